@@ -1,0 +1,174 @@
+// SPDX-License-Identifier: MIT
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/utsname.h>
+
+#include "internal.h"
+
+static struct keel_caps caps;
+static pthread_once_t caps_once = PTHREAD_ONCE_INIT;
+
+/* Try a ring with @flags; true when the kernel accepts them. */
+static bool
+setup_ok(unsigned flags, uint32_t *features)
+{
+	struct io_uring ring;
+	struct io_uring_params p;
+
+	memset(&p, 0, sizeof(p));
+	p.flags = flags;
+	if (io_uring_queue_init_params(4, &ring, &p) < 0)
+		return false;
+	if (features)
+		*features = p.features;
+	io_uring_queue_exit(&ring);
+	return true;
+}
+
+static void
+probe(void)
+{
+	struct utsname u;
+	struct io_uring ring;
+	struct io_uring_probe *pr;
+	int r;
+
+	if (uname(&u) == 0)
+		snprintf(caps.kernel, sizeof(caps.kernel), "%s", u.release);
+	r = io_uring_queue_init(4, &ring, 0);
+	if (r < 0) {
+		caps.probe_status = r;
+		return;
+	}
+	pr = io_uring_get_probe_ring(&ring);
+	if (pr) {
+		caps.last_op = pr->last_op;
+		for (unsigned i = 0; i < pr->ops_len && i < 256; i++)
+			caps.op_supported[pr->ops[i].op] = pr->ops[i].flags & IO_URING_OP_SUPPORTED;
+		io_uring_free_probe(pr);
+	}
+	caps.reg_ring_fd = io_uring_register_ring_fd(&ring) == 1;
+	io_uring_queue_exit(&ring);
+
+	setup_ok(0, &caps.ring_features);
+	caps.single_issuer = setup_ok(IORING_SETUP_SINGLE_ISSUER, NULL);
+	caps.defer_taskrun =
+		setup_ok(IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN, NULL);
+	caps.coop_taskrun = setup_ok(IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG, NULL);
+}
+
+const struct keel_caps *
+keel_caps_get(void)
+{
+	pthread_once(&caps_once, probe);
+	return &caps;
+}
+
+struct feature_req {
+	bool have;
+	const char *missing; /* why not, with the fix */
+};
+
+static struct feature_req
+feature_have(const struct keel_caps *c, enum keel_feature f)
+{
+	switch (f) {
+	case KEEL_FEAT_SINGLE_ISSUER:
+		return (struct feature_req){
+			c->single_issuer, "IORING_SETUP_SINGLE_ISSUER needs Linux 6.0 or later"
+		};
+	case KEEL_FEAT_DEFER_TASKRUN:
+		return (struct feature_req){
+			c->defer_taskrun, "IORING_SETUP_DEFER_TASKRUN needs Linux 6.1 or later"
+		};
+	case KEEL_FEAT_REG_RING_FD:
+		return (struct feature_req){ c->reg_ring_fd,
+					     "registered ring fds need Linux 5.18 or later" };
+	default:
+		return (struct feature_req){ false, "unknown feature" };
+	}
+}
+
+int
+keel_features_decide(const struct keel_opts *opts, struct keel_feature_decision *out)
+{
+	const struct keel_caps *c = keel_caps_get();
+	int err = 0;
+
+	if (c->probe_status < 0) {
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "io_uring is not available (%s); keel needs Linux 6.1 or later with "
+			 "io_uring enabled (sysctl kernel.io_uring_disabled=0)",
+			 strerror(-c->probe_status));
+		return c->probe_status;
+	}
+	for (int f = 0; f < KEEL_FEAT__COUNT; f++) {
+		struct feature_req fr = feature_have(c, (enum keel_feature)f);
+		enum keel_policy p = opts->features[f];
+
+		out[f].policy = p;
+		/* DEFER_TASKRUN requires SINGLE_ISSUER. */
+		if (f == KEEL_FEAT_DEFER_TASKRUN && !out[KEEL_FEAT_SINGLE_ISSUER].used && fr.have) {
+			fr.have = false;
+			fr.missing = "DEFER_TASKRUN requires single_issuer, which is off";
+		}
+		if (p == KEEL_POLICY_OFF) {
+			out[f].used = false;
+			out[f].reason = "forced off by policy";
+		} else if (fr.have) {
+			out[f].used = true;
+			out[f].reason =
+				p == KEEL_POLICY_ON ? "forced on; kernel has it" : "kernel has it";
+		} else {
+			out[f].used = false;
+			out[f].reason = fr.missing;
+			if (p == KEEL_POLICY_ON) {
+				keel_log(KEEL_LOG_ERROR, "core",
+					 "feature %s is forced on but unavailable: %s (kernel %s); "
+					 "use --feature %s=auto to fall back",
+					 keel_feature_name((enum keel_feature)f), fr.missing,
+					 c->kernel, keel_feature_name((enum keel_feature)f));
+				err = -EOPNOTSUPP;
+			}
+		}
+	}
+	return err;
+}
+
+void
+keel__features_log(const struct keel_feature_decision *d)
+{
+	for (int f = 0; f < KEEL_FEAT__COUNT; f++) {
+		if (d[f].used)
+			keel_log(KEEL_LOG_DEBUG, "core", "feature %s: used (%s)",
+				 keel_feature_name((enum keel_feature)f), d[f].reason);
+		else
+			keel_log(KEEL_LOG_INFO, "core", "feature %s: not used (%s)",
+				 keel_feature_name((enum keel_feature)f), d[f].reason);
+	}
+}
+
+void
+keel_caps_print(const struct keel_opts *opts, FILE *f)
+{
+	const struct keel_caps *c = keel_caps_get();
+	struct keel_feature_decision d[KEEL_FEAT__COUNT];
+	unsigned nops = 0;
+
+	fprintf(f, "kernel %s\n", c->kernel);
+	if (c->probe_status < 0) {
+		fprintf(f, "io_uring unavailable: %s\n", strerror(-c->probe_status));
+		return;
+	}
+	for (unsigned i = 0; i < 256; i++)
+		nops += c->op_supported[i];
+	fprintf(f, "ring features 0x%x, %u opcodes supported (last %u)\n", c->ring_features, nops,
+		c->last_op);
+	fprintf(f, "%-16s %-6s %-5s %s\n", "feature", "policy", "used", "why");
+	keel_features_decide(opts, d);
+	for (int i = 0; i < KEEL_FEAT__COUNT; i++)
+		fprintf(f, "%-16s %-6s %-5s %s\n", keel_feature_name((enum keel_feature)i),
+			keel_policy_name(d[i].policy), d[i].used ? "yes" : "no", d[i].reason);
+}

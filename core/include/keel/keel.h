@@ -1,0 +1,15 @@
+/* SPDX-License-Identifier: MIT */
+/* Umbrella header: everything keel exports. */
+#ifndef KEEL_KEEL_H
+#define KEEL_KEEL_H
+
+#include <keel/common.h>
+#include <keel/compat.h>
+#include <keel/log.h>
+#include <keel/msg.h>
+#include <keel/opts.h>
+#include <keel/ring.h>
+#include <keel/runtime.h>
+#include <keel/timer.h>
+
+#endif

@@ -1,0 +1,55 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Logging. Library code never writes to stdout/stderr directly: every message goes through
+ * keel_log(), which the application may redirect with keel_log_set_sink().
+ */
+#ifndef KEEL_LOG_H
+#define KEEL_LOG_H
+
+#include <keel/common.h>
+#include <stdbool.h>
+
+enum keel_log_level {
+	KEEL_LOG_ERROR = 0,
+	KEEL_LOG_WARN = 1,
+	KEEL_LOG_INFO = 2,
+	KEEL_LOG_DEBUG = 3,
+};
+
+/**
+ * A log sink. @msg is one formatted line without a trailing newline; @shard is the id of
+ * the shard that logged it, or -1 when a non-shard thread did.
+ * Context: called from any thread, concurrently; the sink must be thread-safe.
+ */
+typedef void (*keel_log_fn)(enum keel_log_level level, const char *module, int shard,
+			    const char *msg, void *arg);
+
+/**
+ * Install a log sink; NULL restores the default (one line per message on stderr).
+ * Context: any thread; takes effect for messages logged after it returns.
+ */
+KEEL_API void keel_log_set_sink(keel_log_fn fn, void *arg);
+
+/** Set the most verbose level that is logged (default KEEL_LOG_INFO). Context: any thread. */
+KEEL_API void keel_log_set_level(enum keel_log_level level);
+
+/** The current log level. Context: any thread. */
+KEEL_API enum keel_log_level keel_log_get_level(void);
+
+/** True when a message at @level would be logged (skip expensive formatting otherwise). */
+KEEL_API bool keel_log_enabled(enum keel_log_level level);
+
+/**
+ * Log one message from @module ("core", "net", ...) at @level.
+ * Context: any thread.
+ */
+KEEL_API void keel_log(enum keel_log_level level, const char *module, const char *fmt, ...)
+	KEEL_PRINTF(3, 4);
+
+/**
+ * Parse "error", "warn", "info" or "debug".
+ * Returns: 0, or -EINVAL for anything else.
+ */
+KEEL_API int keel_log_level_parse(const char *s, enum keel_log_level *out);
+
+#endif

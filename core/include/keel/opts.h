@@ -1,0 +1,108 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Runtime options, parsed from the command line and KEEL_* environment variables.
+ */
+#ifndef KEEL_OPTS_H
+#define KEEL_OPTS_H
+
+#include <keel/common.h>
+#include <keel/log.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/** Most shards one runtime runs. */
+#define KEEL_MAX_SHARDS 256
+
+/** Highest CPU number + 1 that a CPU set holds. */
+#define KEEL_MAX_CPUS 1024
+
+/** A set of CPUs (a plain bitmap, so this header needs no _GNU_SOURCE). */
+struct keel_cpuset {
+	uint64_t bits[KEEL_MAX_CPUS / 64];
+};
+
+static inline void
+keel_cpuset_add(struct keel_cpuset *s, unsigned cpu)
+{
+	if (cpu < KEEL_MAX_CPUS)
+		s->bits[cpu / 64] |= 1ULL << (cpu % 64);
+}
+
+static inline bool
+keel_cpuset_has(const struct keel_cpuset *s, unsigned cpu)
+{
+	return cpu < KEEL_MAX_CPUS && (s->bits[cpu / 64] >> (cpu % 64)) & 1;
+}
+
+/** How an io_uring feature is decided at start-up. */
+enum keel_policy {
+	KEEL_POLICY_AUTO = 0, /* use it when the kernel has it, else fall back with one INFO line */
+	KEEL_POLICY_OFF = 1,  /* never use it (how each fallback path is tested) */
+	KEEL_POLICY_ON = 2,   /* require it: start-up fails with the reason and the fix */
+};
+
+/** io_uring features with a policy. Names for --feature are keel_feature_name(). */
+enum keel_feature {
+	KEEL_FEAT_SINGLE_ISSUER = 0, /* IORING_SETUP_SINGLE_ISSUER (6.0) */
+	KEEL_FEAT_DEFER_TASKRUN,     /* IORING_SETUP_DEFER_TASKRUN (6.1), else COOP_TASKRUN */
+	KEEL_FEAT_REG_RING_FD,       /* io_uring_register_ring_fd (5.18) */
+	KEEL_FEAT__COUNT
+};
+
+/** Runtime options. Initialise with keel_opts_init(); every field may then be set directly. */
+struct keel_opts {
+	unsigned shards;           /* --shards: 0 = one per CPU in the cpuset */
+	struct keel_cpuset cpuset; /* --cpuset: CPUs for shards, in ascending order */
+	bool cpuset_given;         /* false: the process's affinity mask at start */
+	unsigned idle_poll_us;     /* --idle-poll-us: busy-poll this long before sleeping */
+	unsigned ring_entries;     /* --ring-entries: SQ size (CQ is 4x) */
+	unsigned stall_ms;         /* --stall-ms: a loop pass longer than this is a stall */
+	unsigned mailbox_entries;  /* --mailbox-entries: slots per shard-pair queue (power of 2) */
+	enum keel_log_level log_level; /* --log-level */
+	bool stats;                    /* --stats: print per-shard stats at exit */
+	bool signals;                  /* SIGINT/SIGTERM stop the runtime (keel_run default) */
+	enum keel_policy features[KEEL_FEAT__COUNT]; /* --feature NAME=off|on|auto */
+};
+
+/** Fill @o with defaults (no shards count = one per CPU, 50 us idle poll, 256 entries,
+ * 25 ms stall threshold, 1024 mailbox slots, INFO logs, signals on). */
+KEEL_API void keel_opts_init(struct keel_opts *o);
+
+/**
+ * Parse KEEL_* environment variables, then the options keel owns in argv (which override
+ * them). Recognised options are removed from argv and *argc is updated; options keel does
+ * not own are left in place, in order, for the application.
+ *
+ * Both "--opt value" and "--opt=value" are accepted. "--" ends keel's options.
+ *
+ * Returns: 0; 1 when --help was given (print keel_opts_help() and exit 0); -EINVAL with a
+ * one-line message in @err naming the option and what it expects.
+ */
+KEEL_API int keel_opts_parse(struct keel_opts *o, int *argc, char **argv, char *err, size_t errlen);
+
+/** Write the list of runtime options and environment variables to @f. */
+KEEL_API void keel_opts_help(FILE *f);
+
+/**
+ * Program helper: keel_opts_parse(), and on an error print "PROG: MESSAGE" to stderr and
+ * exit with status 2; on --help print @usage (may be NULL) and the runtime options to stdout
+ * and exit 0.
+ */
+KEEL_API void keel_opts_parse_or_exit(struct keel_opts *o, int *argc, char **argv,
+				      const char *usage);
+
+/** The --feature name of @f ("defer_taskrun", ...), or NULL. */
+KEEL_API const char *keel_feature_name(enum keel_feature f);
+
+/** The name of a policy: "auto", "off" or "on". */
+KEEL_API const char *keel_policy_name(enum keel_policy p);
+
+/**
+ * Parse a CPU list such as "0-3,8,10-11" into @out.
+ * Returns: 0, or -EINVAL (message in @err).
+ */
+KEEL_API int keel_cpulist_parse(const char *s, struct keel_cpuset *out, char *err, size_t errlen);
+
+#endif

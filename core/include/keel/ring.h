@@ -1,0 +1,85 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The shard's ring: intrusive operations, SQE access and the kernel capability probe.
+ *
+ * An operation is a struct keel_op embedded in the caller's own object (a connection, a
+ * request); its address is the SQE's user_data, so completing it allocates nothing. The
+ * loop calls op->fn for every CQE of the operation; a CQE without IORING_CQE_F_MORE is
+ * the operation's last.
+ */
+#ifndef KEEL_RING_H
+#define KEEL_RING_H
+
+#include <keel/common.h>
+#include <keel/compat.h>
+#include <keel/opts.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <liburing.h>
+
+struct keel_op;
+
+/** Completion of an operation: @res and @flags are the CQE's. */
+typedef void (*keel_op_fn)(struct keel_op *op, int res, uint32_t flags);
+
+/** An operation; embed it and recover the outer object with container_of-style arithmetic. */
+struct keel_op {
+	keel_op_fn fn;
+};
+
+/**
+ * An SQE on this shard's ring whose completion goes to @op. Prepare it with any
+ * io_uring_prep_*() and then call keel_sqe_bind() (the prep helpers clear user_data).
+ * The SQE is submitted by the loop at the end of the pass. If the SQ is full it is
+ * submitted first, so this never fails while the ring works.
+ * Do not set IOSQE_CQE_SKIP_SUCCESS: the loop counts operations by their last CQE.
+ * Returns: the SQE, or NULL on a ring error (logged).
+ * Context: a shard.
+ */
+KEEL_API struct io_uring_sqe *keel_sqe_get(void);
+
+/** Point @sqe's completion at @op and count @op as in flight. Context: a shard. */
+KEEL_API void keel_sqe_bind(struct io_uring_sqe *sqe, struct keel_op *op);
+
+/** This shard's ring, for operations keel has no helper for. Context: a shard. */
+KEEL_API struct io_uring *keel_shard_ring_get(void);
+
+/** What the running kernel's io_uring offers, probed once per process. */
+struct keel_caps {
+	char kernel[65];        /* uname release */
+	int probe_status;       /* 0, or -errno when no ring could be created at all */
+	uint32_t ring_features; /* IORING_FEAT_* of a default ring */
+	unsigned last_op;       /* highest opcode the kernel knows */
+	bool op_supported[256]; /* by IORING_OP_* */
+	bool single_issuer;     /* IORING_SETUP_SINGLE_ISSUER accepted */
+	bool defer_taskrun;     /* IORING_SETUP_DEFER_TASKRUN accepted */
+	bool coop_taskrun;      /* IORING_SETUP_COOP_TASKRUN | TASKRUN_FLAG accepted */
+	bool reg_ring_fd;       /* io_uring_register_ring_fd works */
+};
+
+/**
+ * The capability probe, run on first use.
+ * Returns: a read-only struct valid for the life of the process.
+ * Context: any thread.
+ */
+KEEL_API const struct keel_caps *keel_caps_get(void);
+
+/** The decision for one feature at start-up. */
+struct keel_feature_decision {
+	enum keel_policy policy;
+	bool used;
+	const char *reason; /* why it is used or not, for people */
+};
+
+/**
+ * Decide every feature of @opts against the capabilities: fills @out[KEEL_FEAT__COUNT].
+ * Returns: 0, or -EOPNOTSUPP when a feature forced on is missing (the message, with the
+ * fix, is logged).
+ */
+KEEL_API int keel_features_decide(const struct keel_opts *opts, struct keel_feature_decision *out);
+
+/** Print the capability matrix and each feature's decision for @opts to @f. */
+KEEL_API void keel_caps_print(const struct keel_opts *opts, FILE *f);
+
+#endif

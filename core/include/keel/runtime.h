@@ -1,0 +1,209 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The shard runtime: N shard threads, each pinned to one CPU and owning one io_uring ring,
+ * running every callback to completion.
+ *
+ * Threading: a shard's objects (its ring, timers, ops, connections) are used only on that
+ * shard. Other shards reach it with messages (keel/msg.h); threads that are not shards reach
+ * it with keel_runtime_submit().
+ */
+#ifndef KEEL_RUNTIME_H
+#define KEEL_RUNTIME_H
+
+#include <keel/common.h>
+#include <keel/opts.h>
+#include <stdint.h>
+#include <stdio.h>
+
+struct keel_runtime;
+struct keel_shard;
+
+/** Called once on each shard, on that shard's thread, before its loop starts. */
+typedef void (*keel_shard_fn)(void *app);
+
+/** A plain callback with one argument. */
+typedef void (*keel_fn)(void *arg);
+
+/**
+ * Run the runtime in the calling thread until it stops: create @opts->shards shard threads,
+ * pin each to its CPU, call @on_start on every shard, run the loops, and join them.
+ * With @opts->signals, SIGINT/SIGTERM stop all shards gracefully; a second one exits the
+ * process at once.
+ * Returns: the status passed to keel_stop() (0 after a clean stop), or -errno when the
+ * runtime could not start (the reason is logged).
+ */
+KEEL_API int keel_run(const struct keel_opts *opts, keel_shard_fn on_start, void *app);
+
+/**
+ * Embedding, step 1: create a runtime (topology, shard table, mailboxes), starting nothing.
+ * Returns: 0 and *out, or -errno (-EINVAL for impossible options, -ENOMEM).
+ */
+KEEL_API int keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out);
+
+/**
+ * Embedding, step 2: start the shard threads; @on_start runs on each. Returns once every
+ * shard has its ring and is running. With opts->signals, SIGINT and SIGTERM are blocked in
+ * the calling thread (the host must block them in its other threads too) until join.
+ * Returns: 0, or -errno when a shard failed to start (all shards are then stopped and joined).
+ * Context: the thread that created the runtime; once.
+ */
+KEEL_API int keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start, void *app);
+
+/**
+ * Ask every shard to stop: on-stop hooks run, in-flight operations are cancelled, messages
+ * already sent are delivered, then the loops end. The first status given wins.
+ * Context: any thread, any number of times.
+ */
+KEEL_API void keel_runtime_stop(struct keel_runtime *rt, int status);
+
+/**
+ * Wait for all shard threads to end.
+ * Returns: the stop status (0 after a clean stop).
+ * Context: the thread that started the runtime; once.
+ */
+KEEL_API int keel_runtime_join(struct keel_runtime *rt);
+
+/** Free a runtime that was never started or has been joined. */
+KEEL_API void keel_runtime_destroy(struct keel_runtime *rt);
+
+/** Number of shards of @rt. */
+KEEL_API unsigned keel_runtime_shard_count(const struct keel_runtime *rt);
+
+/** The CPU that shard @shard is pinned to, or -EINVAL. */
+KEEL_API int keel_runtime_shard_cpu(const struct keel_runtime *rt, unsigned shard);
+
+/** The shard the calling thread runs, or NULL on a non-shard thread. */
+KEEL_API struct keel_shard *keel_this_shard(void);
+
+/** Id (0..count-1) of @sh. */
+KEEL_API unsigned keel_shard_id(const struct keel_shard *sh);
+
+/** Number of shards in @sh's runtime. */
+KEEL_API unsigned keel_shard_count(const struct keel_shard *sh);
+
+/** CPU @sh is pinned to. */
+KEEL_API int keel_shard_cpu(const struct keel_shard *sh);
+
+/** The runtime @sh belongs to. */
+KEEL_API struct keel_runtime *keel_shard_runtime(const struct keel_shard *sh);
+
+/** The io_uring setup flags @sh's ring was created with (IORING_SETUP_*). */
+KEEL_API unsigned keel_shard_ring_flags(const struct keel_shard *sh);
+
+/** Monotonic time in nanoseconds as of the start of the current loop pass on this shard. */
+KEEL_API uint64_t keel_now_ns(void);
+
+/**
+ * Stop the runtime this shard belongs to (see keel_runtime_stop()).
+ * Context: a shard.
+ */
+KEEL_API void keel_stop(int status);
+
+/**
+ * Run @fn(@arg) on this shard on the current loop pass, after timers, in FIFO order; work
+ * deferred from inside a deferred callback runs on the next pass.
+ * Returns: 0, or -ENOMEM.
+ * Context: a shard.
+ */
+KEEL_API int keel_defer(keel_fn fn, void *arg);
+
+/**
+ * Register @fn(@arg) to run on this shard when the runtime begins to stop (before its
+ * in-flight operations are cancelled). Hooks run in registration order, once.
+ * Returns: 0, or -ENOMEM.
+ * Context: a shard.
+ */
+KEEL_API int keel_shard_on_stop(keel_fn fn, void *arg);
+
+/** Per-shard counters. Each is written only by its shard; readers see a recent value. */
+struct keel_shard_stats {
+	uint64_t passes;        /* loop passes */
+	uint64_t enters;        /* io_uring_enter system calls */
+	uint64_t cqes;          /* completions reaped */
+	uint64_t msgs_sent;     /* cross-shard messages sent (calls and replies included) */
+	uint64_t msgs_recv;     /* cross-shard messages run */
+	uint64_t msgs_overflow; /* messages that waited in the sender's overflow list */
+	uint64_t sleeps;        /* waits in the kernel with nothing to do */
+	uint64_t wakeups;       /* MSG_RING or eventfd wake-ups received */
+	uint64_t stalls;        /* passes longer than --stall-ms */
+	uint64_t timers_fired;  /* timer callbacks run */
+	uint64_t deferred;      /* keel_defer callbacks run */
+	uint64_t foreign;       /* keel_runtime_submit requests run */
+	uint64_t max_pass_ns;   /* longest pass seen */
+};
+
+/**
+ * Copy shard @shard's counters into @out.
+ * Returns: 0, or -EINVAL for a shard that does not exist.
+ * Context: any thread.
+ */
+KEEL_API int keel_runtime_stats(const struct keel_runtime *rt, unsigned shard,
+				struct keel_shard_stats *out);
+
+/** Print one line of counters per shard to @f (what --stats prints at exit). */
+KEEL_API void keel_runtime_stats_print(const struct keel_runtime *rt, FILE *f);
+
+/*
+ * Foreign threads: a thread that is not a shard (a storage server's own worker, say) hands
+ * a request to a shard and gets the completion back on its own terms: a callback, or a
+ * completion queue with an eventfd it can poll.
+ */
+struct keel_xreq;
+struct keel_xqueue;
+
+/** Runs on the target shard; must eventually call keel_xreq_complete(). */
+typedef void (*keel_xreq_fn)(struct keel_xreq *req);
+
+/** A request from a foreign thread. Caller-owned memory; set the public fields, then submit. */
+struct keel_xreq {
+	keel_xreq_fn fn;           /* runs on the shard */
+	keel_xreq_fn done;         /* optional: runs on the shard at completion */
+	struct keel_xqueue *queue; /* optional: completion is queued here (after done) */
+	void *arg;                 /* for the application */
+	int status;                /* out: the status given to keel_xreq_complete() */
+	/* private to keel */
+	struct keel_xreq *next_;
+};
+
+/**
+ * Hand @req to shard @shard; its fn runs there on a coming loop pass.
+ * Ownership: @req must stay valid until it completes (done ran or it was popped from its
+ * queue).
+ * Returns: 0; -EINVAL (no such shard, no fn); -ESHUTDOWN when the runtime is stopping.
+ * A request accepted but not run before the runtime ends completes with -ECANCELED.
+ * Context: any thread.
+ */
+KEEL_API int keel_runtime_submit(struct keel_runtime *rt, unsigned shard, struct keel_xreq *req);
+
+/**
+ * Complete @req with @status: run req->done on this shard if set, then queue it on
+ * req->queue if set (waking that queue's eventfd).
+ * Context: the shard the request was submitted to.
+ */
+KEEL_API void keel_xreq_complete(struct keel_xreq *req, int status);
+
+/** Create a completion queue for foreign requests. Returns: 0 and *out, or -errno. */
+KEEL_API int keel_xqueue_create(struct keel_xqueue **out);
+
+/** The queue's eventfd: readable while completions are waiting. Owned by the queue. */
+KEEL_API int keel_xqueue_fd(const struct keel_xqueue *q);
+
+/**
+ * Take up to @max completed requests, oldest first, without blocking.
+ * Returns: how many were stored in @out.
+ * Context: any thread.
+ */
+KEEL_API unsigned keel_xqueue_pop(struct keel_xqueue *q, struct keel_xreq **out, unsigned max);
+
+/**
+ * Block until at least one completion is waiting (or @timeout_ms passes; -1 waits forever),
+ * then pop like keel_xqueue_pop().
+ * Returns: how many were stored, 0 on timeout, or -errno.
+ */
+KEEL_API int keel_xqueue_wait(struct keel_xqueue *q, struct keel_xreq **out, unsigned max,
+			      int timeout_ms);
+
+/** Free a queue with no request still pointing at it. */
+KEEL_API void keel_xqueue_destroy(struct keel_xqueue *q);
+
+#endif

@@ -1,0 +1,247 @@
+/* SPDX-License-Identifier: MIT */
+/* Private to core/: the runtime and shard structures shared by its source files. */
+#ifndef KEEL_CORE_INTERNAL_H
+#define KEEL_CORE_INTERNAL_H
+
+#include <keel/keel.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/signalfd.h>
+
+#include <hwloc.h>
+#include <liburing.h>
+
+#define KEEL_CACHELINE 64
+
+/* Always-on invariant check for states that would corrupt memory. */
+#define keel_verify(x)                                             \
+	do {                                                       \
+		if (__builtin_expect(!(x), 0))                     \
+			keel__verify_fail(__FILE__, __LINE__, #x); \
+	} while (0)
+__attribute__((noreturn)) void keel__verify_fail(const char *file, int line, const char *expr);
+
+/* Counters written by their shard, read by anyone: relaxed atomics (plain moves on x86). */
+#define STAT_ADD(s, field, n)                                                                      \
+	atomic_store_explicit(&(s)->stats.field,                                                   \
+			      atomic_load_explicit(&(s)->stats.field, memory_order_relaxed) + (n), \
+			      memory_order_relaxed)
+#define STAT_INC(s, field) STAT_ADD(s, field, 1)
+
+struct atomic_stats {
+	_Atomic uint64_t passes, enters, cqes, msgs_sent, msgs_recv, msgs_overflow, sleeps, wakeups,
+		stalls, timers_fired, deferred, foreign, max_pass_ns;
+};
+
+/* A message in a shard-pair queue. */
+enum msg_kind { MSG_SEND = 0, MSG_CALL = 1, MSG_DONE = 2 };
+struct msg {
+	uint32_t kind;
+	int32_t status;
+	union {
+		keel_fn send;
+		keel_call_fn call;
+	} fn;
+	void *arg;
+	keel_done_fn done;
+	void *done_arg;
+};
+
+/* Single-producer single-consumer queue from one shard to another, allocated by (and
+ * NUMA-local to) the receiver. Producer and consumer fields live on separate cache lines;
+ * each side caches the other's index so the shared line is read only when needed. */
+struct mbox {
+	_Alignas(KEEL_CACHELINE) _Atomic uint32_t head; /* consumer: next slot to read */
+	uint32_t tail_cache;                            /* consumer's copy of tail */
+	_Alignas(KEEL_CACHELINE) _Atomic uint32_t tail; /* producer: published end */
+	uint32_t head_cache;                            /* producer's copy of head */
+	uint32_t tail_local;                            /* producer: written, not yet published */
+	_Alignas(KEEL_CACHELINE) struct msg slots[];
+};
+
+/* Messages that did not fit in a full queue, waiting on the sender in order. */
+struct ovf_node {
+	struct ovf_node *next;
+	struct msg m;
+};
+
+/* The sender's view of one destination. */
+struct outbox {
+	struct mbox *mb;
+	struct ovf_node *ovf_head, *ovf_tail;
+	bool dirty; /* written or overflowed since the last flush */
+};
+
+struct defer_item {
+	keel_fn fn;
+	void *arg;
+};
+
+struct defer_vec {
+	struct defer_item *v;
+	size_t n, cap;
+};
+
+struct keel_timer {
+	struct keel_shard *shard;
+	keel_timer_fn fn;
+	void *arg;
+	uint64_t deadline_ns;
+	uint64_t period_ns;
+	int64_t heap_idx;                       /* -1 when not pending */
+	struct keel_timer *all_prev, *all_next; /* every timer of the shard, for teardown */
+};
+
+enum shard_phase {
+	PHASE_RUN = 0,  /* normal operation */
+	PHASE_STOP = 1, /* stop hooks ran, user operations cancelled, draining */
+	PHASE_DONE = 2, /* the whole runtime is quiescent */
+};
+
+/* An operation that keel itself submits; counted separately so that quiescence ignores it. */
+struct internal_op {
+	struct keel_op op;
+	struct keel_shard *shard;
+	bool armed;
+};
+
+struct keel_shard {
+	struct keel_runtime *rt;
+	unsigned id;
+	int cpu;
+	pthread_t thread;
+	bool ring_ok;
+
+	struct io_uring ring;
+	int ring_fd; /* the real fd, the MSG_RING target for other shards */
+	unsigned ring_flags;
+	bool taskrun_flag; /* the kernel flags pending task work in sq_flags */
+
+	uint64_t now_ns;
+	uint64_t stall_ns;
+	uint64_t last_stall_log_ns;
+	uint64_t stalls_unlogged;
+
+	/* Operations in flight: all, and keel's own permanent ones. */
+	uint64_t inflight;
+	uint64_t internal_inflight;
+
+	/* Inbound mail: queues from every shard and the has-mail bitmap, both owned here. */
+	struct mbox **inbox;                                  /* [count], inbox[src] */
+	_Alignas(KEEL_CACHELINE) _Atomic uint64_t *mail_bits; /* [(count + 63) / 64] */
+	unsigned mail_words;
+	_Alignas(KEEL_CACHELINE) _Atomic int sleeping;
+	_Alignas(KEEL_CACHELINE) _Atomic int quiescent;
+
+	/* Outbound: one per destination, and the list of destinations to flush. */
+	struct outbox *out;
+	unsigned *dirty;
+	unsigned ndirty;
+	uint64_t ovf_pending;
+
+	struct keel_op wake_op;    /* target of other shards' MSG_RING wake-ups (uncounted) */
+	struct keel_op msgring_op; /* sender-side MSG_RING errors only (CQE_SKIP_SUCCESS) */
+	struct internal_op cancel_op;
+
+	/* Foreign requests: a mutex-protected list, checked without the lock each pass. */
+	pthread_mutex_t xlock;
+	struct keel_xreq *xhead, *xtail;
+	_Atomic int xpending;
+	bool xclosed;
+	int xefd;
+	uint64_t xefd_buf;
+	struct internal_op xefd_op;
+
+	/* Signals (shard 0 only). */
+	int sigfd;
+	struct signalfd_siginfo sigbuf;
+	struct internal_op sig_op;
+	unsigned signals_seen;
+
+	struct defer_vec defer_run, defer_next;
+	struct defer_vec stop_hooks;
+
+	struct keel_timer **heap;
+	size_t heap_n, heap_cap;
+	struct keel_timer *timers_all;
+
+	enum shard_phase phase;
+	struct atomic_stats stats;
+};
+
+struct keel_runtime {
+	struct keel_opts opts;
+	unsigned count;
+	hwloc_topology_t topo;
+	struct keel_shard *shards; /* [count] */
+	struct keel_feature_decision features[KEEL_FEAT__COUNT];
+
+	keel_shard_fn on_start;
+	void *app;
+
+	/* Latches (under start_lock, signalled on latch_cond): every shard has its ring and
+	 * inbox (+1: the starting thread); every shard has left its loop, rings may close. */
+	pthread_mutex_t start_lock;
+	pthread_cond_t latch_cond;
+	unsigned ready_left, exit_left;
+	unsigned created; /* shard threads created */
+	int start_err;
+
+	_Atomic int stopping;
+	_Atomic int stop_status;
+	_Atomic int stop_status_set;
+
+	bool started, joined;
+	sigset_t saved_mask;
+	bool mask_saved;
+};
+
+/* Current shard of this thread (NULL off-shard). */
+extern _Thread_local struct keel_shard *keel__cur;
+
+static inline struct keel_shard *
+cur_shard(const char *fn)
+{
+	struct keel_shard *s = keel__cur;
+	if (__builtin_expect(s == NULL, 0))
+		keel__verify_fail(__FILE__, __LINE__, fn);
+	return s;
+}
+
+uint64_t keel__clock_ns(void);
+
+/* loop.c */
+int keel__shard_ring_init(struct keel_shard *s);
+void keel__shard_loop(struct keel_shard *s);
+void keel__shard_ring_fini(struct keel_shard *s);
+void keel__shard_wake(struct keel_shard *target, struct keel_shard *from);
+struct io_uring_sqe *keel__sqe_internal(struct keel_shard *s);
+void keel__internal_arm(struct keel_shard *s, struct internal_op *iop, struct io_uring_sqe *sqe);
+
+/* msg.c */
+int keel__mail_init(struct keel_shard *s);
+void keel__mail_fini(struct keel_shard *s);
+void keel__mail_link(struct keel_shard *s);
+unsigned keel__mail_drain(struct keel_shard *s);
+void keel__mail_flush(struct keel_shard *s);
+bool keel__mail_pending(struct keel_shard *s);
+
+/* timer.c */
+unsigned keel__timers_run(struct keel_shard *s);
+int64_t keel__timers_next_ns(struct keel_shard *s); /* -1: none */
+void keel__timers_fini(struct keel_shard *s);
+void keel__timers_stop_all(struct keel_shard *s);
+
+/* runtime.c */
+int keel__defer_push(struct defer_vec *v, keel_fn fn, void *arg);
+unsigned keel__defer_run(struct keel_shard *s);
+void keel__defer_fini(struct defer_vec *v);
+unsigned keel__foreign_drain(struct keel_shard *s);
+void keel__foreign_close(struct keel_shard *s);
+
+/* caps.c */
+void keel__features_log(const struct keel_feature_decision *d);
+
+#endif

@@ -1,0 +1,89 @@
+// SPDX-License-Identifier: MIT
+#include <errno.h>
+#include <keel/log.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+static _Atomic int log_level = KEEL_LOG_INFO;
+static pthread_rwlock_t sink_lock = PTHREAD_RWLOCK_INITIALIZER;
+static keel_log_fn sink_fn;
+static void *sink_arg;
+
+static const char *const level_names[] = { "error", "warn", "info", "debug" };
+
+void
+keel_log_set_sink(keel_log_fn fn, void *arg)
+{
+	pthread_rwlock_wrlock(&sink_lock);
+	sink_fn = fn;
+	sink_arg = arg;
+	pthread_rwlock_unlock(&sink_lock);
+}
+
+void
+keel_log_set_level(enum keel_log_level level)
+{
+	atomic_store(&log_level, level);
+}
+
+enum keel_log_level
+keel_log_get_level(void)
+{
+	return atomic_load(&log_level);
+}
+
+bool
+keel_log_enabled(enum keel_log_level level)
+{
+	return (int)level <= atomic_load_explicit(&log_level, memory_order_relaxed);
+}
+
+int
+keel_log_level_parse(const char *s, enum keel_log_level *out)
+{
+	for (unsigned i = 0; i < sizeof(level_names) / sizeof(level_names[0]); i++) {
+		if (strcmp(s, level_names[i]) == 0) {
+			*out = (enum keel_log_level)i;
+			return 0;
+		}
+	}
+	return -EINVAL;
+}
+
+void
+keel_log(enum keel_log_level level, const char *module, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+	int shard = keel__cur ? (int)keel__cur->id : -1;
+
+	if (!keel_log_enabled(level))
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+
+	pthread_rwlock_rdlock(&sink_lock);
+	if (sink_fn) {
+		sink_fn(level, module, shard, msg, sink_arg);
+	} else if (shard >= 0) {
+		fprintf(stderr, "keel %s %s[shard %d]: %s\n", level_names[level], module, shard,
+			msg);
+	} else {
+		fprintf(stderr, "keel %s %s: %s\n", level_names[level], module, msg);
+	}
+	pthread_rwlock_unlock(&sink_lock);
+}
+
+void
+keel__verify_fail(const char *file, int line, const char *expr)
+{
+	fprintf(stderr, "keel: invariant violated at %s:%d: %s\n", file, line, expr);
+	abort();
+}

@@ -1,0 +1,411 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The shard loop: reap, drain mail, run timers and deferred work, flush mail, submit, and
+ * sleep in the kernel when there is nothing to do. See docs/architecture.md.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+_Thread_local struct keel_shard *keel__cur;
+
+#define NS_PER_MS 1000000ULL
+#define NS_PER_S  1000000000ULL
+/* While draining at stop, or while messages wait in an overflow list, sleep at most this
+ * long: progress then depends on other shards, which do not wake us. */
+#define BOUNDED_SLEEP_NS (1 * NS_PER_MS)
+
+uint64_t
+keel__clock_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * NS_PER_S + (uint64_t)ts.tv_nsec;
+}
+
+static void
+wake_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	struct keel_shard *s = keel__cur;
+	STAT_INC(s, wakeups);
+}
+
+static void
+msgring_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	/* Only failures arrive here (IOSQE_CQE_SKIP_SUCCESS). A lost wake-up would leave a
+	 * shard asleep with mail: say so loudly. */
+	keel_log(KEEL_LOG_ERROR, "core", "MSG_RING wake-up failed: %s", strerror(-res));
+}
+
+static void
+cancel_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	struct internal_op *iop = (struct internal_op *)op;
+	iop->armed = false;
+	iop->shard->internal_inflight--;
+}
+
+int
+keel__shard_ring_init(struct keel_shard *s)
+{
+	struct keel_runtime *rt = s->rt;
+	const struct keel_caps *caps = keel_caps_get();
+	struct io_uring_params p;
+	unsigned flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
+	int r;
+
+	if (rt->features[KEEL_FEAT_SINGLE_ISSUER].used)
+		flags |= IORING_SETUP_SINGLE_ISSUER;
+	if (rt->features[KEEL_FEAT_DEFER_TASKRUN].used)
+		flags |= IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
+	else if (caps->coop_taskrun)
+		flags |= IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
+
+	memset(&p, 0, sizeof(p));
+	p.flags = flags;
+	p.cq_entries = rt->opts.ring_entries * 4;
+	r = io_uring_queue_init_params(rt->opts.ring_entries, &s->ring, &p);
+	if (r < 0) {
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "io_uring_setup(%u entries, flags 0x%x) failed: %s%s",
+			 rt->opts.ring_entries, flags, strerror(-r),
+			 r == -ENOMEM ? "; lower --ring-entries or raise RLIMIT_MEMLOCK (ulimit -l)"
+				      : "");
+		return r;
+	}
+	s->ring_fd = s->ring.ring_fd;
+	s->ring_flags = s->ring.flags;
+	s->taskrun_flag = flags & IORING_SETUP_TASKRUN_FLAG;
+	if (rt->features[KEEL_FEAT_REG_RING_FD].used) {
+		r = io_uring_register_ring_fd(&s->ring);
+		if (r != 1) {
+			keel_log(rt->features[KEEL_FEAT_REG_RING_FD].policy == KEEL_POLICY_ON
+					 ? KEEL_LOG_ERROR
+					 : KEEL_LOG_INFO,
+				 "core", "registering the ring fd failed (%s)",
+				 strerror(r < 0 ? -r : EIO));
+			if (rt->features[KEEL_FEAT_REG_RING_FD].policy == KEEL_POLICY_ON) {
+				io_uring_queue_exit(&s->ring);
+				return r < 0 ? r : -EIO;
+			}
+		}
+	}
+	s->wake_op.fn = wake_cb;
+	s->msgring_op.fn = msgring_cb;
+	s->cancel_op.op.fn = cancel_cb;
+	s->cancel_op.shard = s;
+	s->stall_ns = (uint64_t)rt->opts.stall_ms * NS_PER_MS;
+	return 0;
+}
+
+void
+keel__shard_ring_fini(struct keel_shard *s)
+{
+	io_uring_queue_exit(&s->ring);
+}
+
+struct io_uring_sqe *
+keel__sqe_internal(struct keel_shard *s)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
+	int r;
+
+	if (__builtin_expect(sqe != NULL, 1))
+		return sqe;
+	/* SQ full: submit what is queued (no GETEVENTS needed for submission). */
+	r = io_uring_submit(&s->ring);
+	STAT_INC(s, enters);
+	if (r < 0)
+		keel_log(KEEL_LOG_ERROR, "core", "io_uring_submit failed: %s", strerror(-r));
+	return io_uring_get_sqe(&s->ring);
+}
+
+void
+keel__internal_arm(struct keel_shard *s, struct internal_op *iop, struct io_uring_sqe *sqe)
+{
+	io_uring_sqe_set_data(sqe, &iop->op);
+	iop->armed = true;
+	s->inflight++;
+	s->internal_inflight++;
+}
+
+struct io_uring_sqe *
+keel_sqe_get(void)
+{
+	return keel__sqe_internal(cur_shard(__func__));
+}
+
+void
+keel_sqe_bind(struct io_uring_sqe *sqe, struct keel_op *op)
+{
+	struct keel_shard *s = cur_shard(__func__);
+	io_uring_sqe_set_data(sqe, op);
+	s->inflight++;
+}
+
+struct io_uring *
+keel_shard_ring_get(void)
+{
+	return &cur_shard(__func__)->ring;
+}
+
+uint64_t
+keel_now_ns(void)
+{
+	return cur_shard(__func__)->now_ns;
+}
+
+void
+keel__shard_wake(struct keel_shard *t, struct keel_shard *from)
+{
+	if (from && from->rt == t->rt && from->phase != PHASE_DONE) {
+		struct io_uring_sqe *sqe = keel__sqe_internal(from);
+		if (sqe) {
+			io_uring_prep_msg_ring(sqe, t->ring_fd, 0, (uint64_t)(uintptr_t)&t->wake_op,
+					       0);
+			io_uring_sqe_set_data(sqe, &from->msgring_op);
+			sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+			return;
+		}
+	}
+	/* Not a shard of this runtime: the target's eventfd, read through its ring. */
+	uint64_t one = 1;
+	if (write(t->xefd, &one, sizeof(one)) != sizeof(one))
+		keel_log(KEEL_LOG_ERROR, "core", "waking shard %u through its eventfd failed: %s",
+			 t->id, strerror(errno));
+}
+
+/* Dispatch every CQE already in the CQ: no system call. */
+static unsigned
+reap(struct keel_shard *s)
+{
+	struct io_uring_cqe *cqe;
+	unsigned head, n = 0;
+
+	io_uring_for_each_cqe(&s->ring, head, cqe)
+	{
+		struct keel_op *op = io_uring_cqe_get_data(cqe);
+		n++;
+		if (__builtin_expect(op == NULL, 0))
+			continue;
+		if (op != &s->wake_op && op != &s->msgring_op && !(cqe->flags & IORING_CQE_F_MORE))
+			s->inflight--;
+		op->fn(op, cqe->res, cqe->flags);
+	}
+	if (n) {
+		io_uring_cq_advance(&s->ring, n);
+		STAT_ADD(s, cqes, n);
+	}
+	return n;
+}
+
+/* Enter the kernel only when it has something for us: SQEs to submit, task work pending
+ * (IORING_SQ_TASKRUN, which DEFER_TASKRUN only runs inside io_uring_enter), or an
+ * overflowed CQ. */
+static bool
+need_enter(struct keel_shard *s)
+{
+	unsigned sqf = IO_URING_READ_ONCE(*s->ring.sq.kflags);
+
+	if (io_uring_sq_ready(&s->ring))
+		return true;
+	if (sqf & (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN))
+		return true;
+	return !s->taskrun_flag && s->inflight > 0 && io_uring_cq_ready(&s->ring) == 0;
+}
+
+static void
+enter(struct keel_shard *s)
+{
+	int r = io_uring_submit_and_get_events(&s->ring);
+	STAT_INC(s, enters);
+	if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY)
+		keel_log(KEEL_LOG_ERROR, "core", "io_uring_enter failed: %s", strerror(-r));
+}
+
+static void
+sleep_in_kernel(struct keel_shard *s)
+{
+	struct keel_runtime *rt = s->rt;
+	struct __kernel_timespec ts, *tsp = NULL;
+	struct io_uring_cqe *cqe;
+	int64_t next = keel__timers_next_ns(s);
+	uint64_t now, d = UINT64_MAX;
+	int r;
+
+	/* Announce the sleep, then look again: a sender that set our mail bit before seeing
+	 * `sleeping` is seen here; one that sets it after will wake us. */
+	atomic_store(&s->sleeping, 1);
+	if (keel__mail_pending(s) || atomic_load(&s->xpending) ||
+	    (atomic_load(&rt->stopping) && s->phase == PHASE_RUN)) {
+		atomic_store(&s->sleeping, 0);
+		return;
+	}
+	now = keel__clock_ns();
+	if (next >= 0)
+		d = (uint64_t)next > now ? (uint64_t)next - now : 0;
+	if ((s->ovf_pending || s->phase != PHASE_RUN) && d > BOUNDED_SLEEP_NS)
+		d = BOUNDED_SLEEP_NS;
+	if (d != UINT64_MAX) {
+		ts.tv_sec = (long long)(d / NS_PER_S);
+		ts.tv_nsec = (long long)(d % NS_PER_S);
+		tsp = &ts;
+	}
+	STAT_INC(s, sleeps);
+	STAT_INC(s, enters);
+	r = io_uring_submit_and_wait_timeout(&s->ring, &cqe, 1, tsp, NULL);
+	if (r < 0 && r != -ETIME && r != -EINTR && r != -EAGAIN && r != -EBUSY)
+		keel_log(KEEL_LOG_ERROR, "core", "io_uring wait failed: %s", strerror(-r));
+	atomic_store(&s->sleeping, 0);
+}
+
+static void
+stall_check(struct keel_shard *s, uint64_t t0)
+{
+	uint64_t t1 = keel__clock_ns(), d = t1 - t0;
+
+	if (d > atomic_load_explicit(&s->stats.max_pass_ns, memory_order_relaxed))
+		atomic_store_explicit(&s->stats.max_pass_ns, d, memory_order_relaxed);
+	if (__builtin_expect(d <= s->stall_ns, 1))
+		return;
+	STAT_INC(s, stalls);
+	/* Rate-limited: one line a second per shard, with the count of those not logged. */
+	if (s->last_stall_log_ns && t1 - s->last_stall_log_ns < NS_PER_S) {
+		s->stalls_unlogged++;
+		return;
+	}
+	keel_log(KEEL_LOG_WARN, "core",
+		 "stall: loop pass took %.1f ms (> --stall-ms %u); a callback blocked shard %u "
+		 "(%llu more stalls not logged)",
+		 (double)d / NS_PER_MS, s->rt->opts.stall_ms, s->id,
+		 (unsigned long long)s->stalls_unlogged);
+	s->last_stall_log_ns = t1;
+	s->stalls_unlogged = 0;
+}
+
+static void
+submit_cancel_all(struct keel_shard *s)
+{
+	struct io_uring_sqe *sqe;
+
+	if (s->cancel_op.armed)
+		return;
+	sqe = keel__sqe_internal(s);
+	if (!sqe)
+		return;
+	io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+	keel__internal_arm(s, &s->cancel_op, sqe);
+}
+
+static void
+begin_stop(struct keel_shard *s)
+{
+	struct defer_vec hooks = s->stop_hooks;
+
+	s->phase = PHASE_STOP;
+	memset(&s->stop_hooks, 0, sizeof(s->stop_hooks));
+	for (size_t i = 0; i < hooks.n; i++)
+		hooks.v[i].fn(hooks.v[i].arg);
+	keel__defer_fini(&hooks);
+	keel__timers_stop_all(s);
+	if (s->inflight > s->internal_inflight)
+		submit_cancel_all(s);
+}
+
+/* Termination of the whole runtime: every shard quiescent (no user operation in flight, no
+ * mail waiting to go out, no deferred work) and every message sent has been run. Counters
+ * are read twice; both waves must agree, so a message in flight between reads is seen. */
+static bool
+wave(struct keel_runtime *rt, uint64_t *sent, uint64_t *recv)
+{
+	*sent = *recv = 0;
+	for (unsigned i = 0; i < rt->count; i++) {
+		if (!atomic_load(&rt->shards[i].quiescent))
+			return false;
+		*recv += atomic_load_explicit(&rt->shards[i].stats.msgs_recv, memory_order_acquire);
+	}
+	for (unsigned i = 0; i < rt->count; i++)
+		*sent += atomic_load_explicit(&rt->shards[i].stats.msgs_sent, memory_order_acquire);
+	return true;
+}
+
+static bool
+stop_progress(struct keel_shard *s)
+{
+	uint64_t s1, r1, s2, r2;
+	bool q = s->inflight == s->internal_inflight && !s->ovf_pending && !s->ndirty &&
+		 !s->defer_next.n && !atomic_load(&s->xpending);
+
+	atomic_store(&s->quiescent, q);
+	if (!q) {
+		/* Operations started after the first cancel (by stop hooks or callbacks). */
+		if (s->inflight > s->internal_inflight && !s->cancel_op.armed)
+			submit_cancel_all(s);
+		return false;
+	}
+	if (!wave(s->rt, &s1, &r1) || !wave(s->rt, &s2, &r2))
+		return false;
+	return s1 == r1 && s2 == r2 && s1 == s2;
+}
+
+void
+keel__shard_loop(struct keel_shard *s)
+{
+	struct keel_runtime *rt = s->rt;
+	uint64_t idle_since = 0;
+	uint64_t idle_poll_ns = (uint64_t)rt->opts.idle_poll_us * 1000;
+
+	for (;;) {
+		uint64_t t0 = keel__clock_ns();
+		unsigned work;
+
+		s->now_ns = t0;
+		STAT_INC(s, passes);
+		work = reap(s);
+		work += keel__mail_drain(s);
+		work += keel__foreign_drain(s);
+		work += keel__timers_run(s);
+		work += keel__defer_run(s);
+		if (s->phase == PHASE_RUN && atomic_load(&rt->stopping)) {
+			begin_stop(s);
+			work++;
+		}
+		keel__mail_flush(s);
+		stall_check(s, t0);
+		if (s->phase == PHASE_STOP && stop_progress(s))
+			break;
+		if (need_enter(s))
+			enter(s);
+		if (work) {
+			idle_since = 0;
+			continue;
+		}
+		if (idle_poll_ns && (!idle_since || t0 - idle_since < idle_poll_ns)) {
+			if (!idle_since)
+				idle_since = t0;
+			continue;
+		}
+		sleep_in_kernel(s);
+		idle_since = 0;
+	}
+
+	/* The runtime is quiescent: cancel keel's own operations and reap until none is left,
+	 * so no CQE stays unreaped. */
+	s->phase = PHASE_DONE;
+	keel__foreign_close(s);
+	while (s->inflight) {
+		struct io_uring_cqe *cqe;
+		if (!s->cancel_op.armed)
+			submit_cancel_all(s);
+		io_uring_submit_and_wait(&s->ring, 1);
+		STAT_INC(s, enters);
+		reap(s);
+		(void)cqe;
+	}
+	reap(s);
+}

@@ -1,0 +1,355 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Cross-shard messages: one SPSC queue per ordered shard pair, allocated by the receiver on
+ * its own NUMA node, a has-mail bitmap on the receiver, and MSG_RING wake-ups.
+ *
+ * Ordering protocol (a Dekker pattern on both sides):
+ *   sender:   publish tail (release); fence; set the receiver's mail bit; load `sleeping`
+ *   receiver: store `sleeping` = 1; load the mail bits; sleep only if they are all clear
+ * so either the receiver sees the bit, or the sender sees it asleep and wakes it.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+static size_t
+mbox_size(const struct keel_runtime *rt)
+{
+	size_t sz = sizeof(struct mbox) + (size_t)rt->opts.mailbox_entries * sizeof(struct msg);
+	return (sz + KEEL_CACHELINE - 1) & ~(size_t)(KEEL_CACHELINE - 1);
+}
+
+static void *
+alloc_local(struct keel_shard *s, size_t len)
+{
+	hwloc_bitmap_t set = hwloc_bitmap_alloc();
+	void *p;
+
+	/* Bind to the NUMA node(s) of our CPU; first touch below does the rest where binding
+	 * is not supported. */
+	hwloc_bitmap_only(set, (unsigned)s->cpu);
+	p = hwloc_alloc_membind(s->rt->topo, len, set, HWLOC_MEMBIND_BIND, 0);
+	if (!p)
+		p = hwloc_alloc(s->rt->topo, len);
+	hwloc_bitmap_free(set);
+	if (p)
+		memset(p, 0, len);
+	return p;
+}
+
+int
+keel__mail_init(struct keel_shard *s)
+{
+	struct keel_runtime *rt = s->rt;
+	size_t one = mbox_size(rt);
+	char *mem;
+
+	s->mail_words = (rt->count + 63) / 64;
+	s->inbox = calloc(rt->count, sizeof(*s->inbox));
+	s->out = calloc(rt->count, sizeof(*s->out));
+	s->dirty = calloc(rt->count, sizeof(*s->dirty));
+	s->mail_bits = alloc_local(s, s->mail_words * sizeof(uint64_t));
+	mem = alloc_local(s, one * rt->count);
+	if (!s->inbox || !s->out || !s->dirty || !s->mail_bits || !mem) {
+		if (mem)
+			hwloc_free(rt->topo, mem, one * rt->count);
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "no memory for %u mailboxes of %u entries; lower --mailbox-entries",
+			 rt->count, rt->opts.mailbox_entries);
+		return -ENOMEM;
+	}
+	for (unsigned i = 0; i < rt->count; i++)
+		s->inbox[i] = (struct mbox *)(mem + i * one);
+	return 0;
+}
+
+/* After every shard has made its inbox: point our outboxes at them. */
+void
+keel__mail_link(struct keel_shard *s)
+{
+	for (unsigned d = 0; d < s->rt->count; d++)
+		s->out[d].mb = s->rt->shards[d].inbox[s->id];
+}
+
+void
+keel__mail_fini(struct keel_shard *s)
+{
+	struct keel_runtime *rt = s->rt;
+
+	if (s->out) {
+		for (unsigned d = 0; d < rt->count; d++) {
+			struct ovf_node *n = s->out[d].ovf_head;
+			while (n) {
+				struct ovf_node *next = n->next;
+				free(n);
+				n = next;
+			}
+		}
+	}
+	if (s->inbox && s->inbox[0])
+		hwloc_free(rt->topo, s->inbox[0], mbox_size(rt) * rt->count);
+	if (s->mail_bits)
+		hwloc_free(rt->topo, (void *)s->mail_bits, s->mail_words * sizeof(uint64_t));
+	free(s->inbox);
+	free(s->out);
+	free(s->dirty);
+	s->inbox = NULL;
+	s->out = NULL;
+	s->dirty = NULL;
+	s->mail_bits = NULL;
+}
+
+static inline void
+mark_dirty(struct keel_shard *s, unsigned dst)
+{
+	if (!s->out[dst].dirty) {
+		s->out[dst].dirty = true;
+		s->dirty[s->ndirty++] = dst;
+	}
+}
+
+static inline bool
+mbox_has_room(struct mbox *mb, uint32_t cap)
+{
+	if (mb->tail_local - mb->head_cache < cap)
+		return true;
+	mb->head_cache = atomic_load_explicit(&mb->head, memory_order_acquire);
+	return mb->tail_local - mb->head_cache < cap;
+}
+
+static int
+enqueue(struct keel_shard *s, unsigned dst, const struct msg *m)
+{
+	struct outbox *o = &s->out[dst];
+	uint32_t cap = s->rt->opts.mailbox_entries;
+
+	if (__builtin_expect(o->ovf_head == NULL, 1) && mbox_has_room(o->mb, cap)) {
+		o->mb->slots[o->mb->tail_local & (cap - 1)] = *m;
+		o->mb->tail_local++;
+	} else {
+		struct ovf_node *n = malloc(sizeof(*n));
+		if (!n)
+			return -ENOMEM;
+		n->next = NULL;
+		n->m = *m;
+		if (o->ovf_tail)
+			o->ovf_tail->next = n;
+		else
+			o->ovf_head = n;
+		o->ovf_tail = n;
+		s->ovf_pending++;
+		STAT_INC(s, msgs_overflow);
+	}
+	STAT_INC(s, msgs_sent);
+	mark_dirty(s, dst);
+	return 0;
+}
+
+int
+keel_send(unsigned dst, keel_fn fn, void *arg)
+{
+	struct keel_shard *s = cur_shard(__func__);
+	struct msg m = { .kind = MSG_SEND, .fn.send = fn, .arg = arg };
+
+	if (dst >= s->rt->count || !fn)
+		return -EINVAL;
+	return enqueue(s, dst, &m);
+}
+
+int
+keel_call(unsigned dst, keel_call_fn fn, void *arg, keel_done_fn done, void *done_arg)
+{
+	struct keel_shard *s = cur_shard(__func__);
+	struct msg m = {
+		.kind = MSG_CALL, .fn.call = fn, .arg = arg, .done = done, .done_arg = done_arg
+	};
+
+	if (dst >= s->rt->count || !fn || !done)
+		return -EINVAL;
+	return enqueue(s, dst, &m);
+}
+
+struct bcast {
+	keel_fn fn;
+	void *arg;
+	keel_done_fn all_done;
+	void *done_arg;
+	unsigned remaining;
+	int status;
+};
+
+static int
+bcast_run(void *p)
+{
+	struct bcast *b = p;
+	b->fn(b->arg);
+	return 0;
+}
+
+static void
+bcast_ack(int status, void *p)
+{
+	struct bcast *b = p;
+	if (--b->remaining == 0) {
+		if (b->all_done)
+			b->all_done(b->status, b->done_arg);
+		free(b);
+	}
+}
+
+int
+keel_broadcast(keel_fn fn, void *arg, keel_done_fn all_done, void *done_arg)
+{
+	struct keel_shard *s = cur_shard(__func__);
+	struct bcast *b;
+	unsigned n = s->rt->count;
+
+	if (!fn)
+		return -EINVAL;
+	b = malloc(sizeof(*b));
+	if (!b)
+		return -ENOMEM;
+	*b = (struct bcast){ fn, arg, all_done, done_arg, n, 0 };
+	/* Every shard, this one included, through its queue: a broadcast is ordered with the
+	 * other messages from this shard. Enqueueing fails only when memory is out; the shards
+	 * already reached still run fn, and all_done then reports -ENOMEM. */
+	for (unsigned i = 0; i < n; i++) {
+		if (keel_call(i, bcast_run, b, bcast_ack, b) < 0) {
+			if (i == 0) {
+				free(b);
+				return -ENOMEM;
+			}
+			keel_log(KEEL_LOG_ERROR, "core",
+				 "broadcast reached %u of %u shards: out of memory", i, n);
+			b->remaining = i;
+			b->status = -ENOMEM;
+			break;
+		}
+	}
+	return 0;
+}
+
+static void
+run_msg(struct keel_shard *s, unsigned src, const struct msg *m)
+{
+	switch (m->kind) {
+	case MSG_SEND:
+		m->fn.send(m->arg);
+		break;
+	case MSG_CALL: {
+		struct msg r = { .kind = MSG_DONE,
+				 .status = m->fn.call(m->arg),
+				 .done = m->done,
+				 .done_arg = m->done_arg };
+		/* A lost reply would break exactly-once delivery: only memory exhaustion
+		 * fails here. */
+		keel_verify(enqueue(s, src, &r) == 0);
+		break;
+	}
+	case MSG_DONE:
+		m->done(m->status, m->done_arg);
+		break;
+	}
+	/* After the handler, so that what it sent is counted first (termination detection). */
+	atomic_store_explicit(&s->stats.msgs_recv,
+			      atomic_load_explicit(&s->stats.msgs_recv, memory_order_relaxed) + 1,
+			      memory_order_release);
+}
+
+static unsigned
+drain_one(struct keel_shard *s, unsigned src)
+{
+	struct mbox *mb = s->inbox[src];
+	uint32_t cap = s->rt->opts.mailbox_entries;
+	uint32_t head = atomic_load_explicit(&mb->head, memory_order_relaxed);
+	uint32_t tail = atomic_load_explicit(&mb->tail, memory_order_acquire);
+	unsigned n = 0;
+
+	/* tail was read once: at most one queue's worth runs per pass, which keeps the loop
+	 * fair; what the sender publishes meanwhile waits for the next pass (its bit is set
+	 * again by that publication). */
+	while (head != tail) {
+		struct msg m = mb->slots[head & (cap - 1)];
+		head++;
+		n++;
+		/* Hand the slot back before running the handler, which may take a while. */
+		atomic_store_explicit(&mb->head, head, memory_order_release);
+		run_msg(s, src, &m);
+	}
+	return n;
+}
+
+unsigned
+keel__mail_drain(struct keel_shard *s)
+{
+	unsigned n = 0;
+
+	for (unsigned w = 0; w < s->mail_words; w++) {
+		uint64_t v;
+
+		if (!atomic_load_explicit(&s->mail_bits[w], memory_order_relaxed))
+			continue;
+		v = atomic_exchange(&s->mail_bits[w], 0);
+		atomic_thread_fence(memory_order_seq_cst);
+		while (v) {
+			unsigned src = w * 64 + (unsigned)__builtin_ctzll(v);
+			v &= v - 1;
+			n += drain_one(s, src);
+		}
+	}
+	return n;
+}
+
+bool
+keel__mail_pending(struct keel_shard *s)
+{
+	for (unsigned w = 0; w < s->mail_words; w++)
+		if (atomic_load(&s->mail_bits[w]))
+			return true;
+	return false;
+}
+
+void
+keel__mail_flush(struct keel_shard *s)
+{
+	struct keel_runtime *rt = s->rt;
+	uint32_t cap = rt->opts.mailbox_entries;
+	unsigned keep = 0;
+
+	for (unsigned i = 0; i < s->ndirty; i++) {
+		unsigned dst = s->dirty[i];
+		struct outbox *o = &s->out[dst];
+		struct mbox *mb = o->mb;
+
+		/* Overflow first, in order, as far as the queue has room. */
+		while (o->ovf_head && mbox_has_room(mb, cap)) {
+			struct ovf_node *n = o->ovf_head;
+			mb->slots[mb->tail_local & (cap - 1)] = n->m;
+			mb->tail_local++;
+			o->ovf_head = n->next;
+			if (!o->ovf_head)
+				o->ovf_tail = NULL;
+			free(n);
+			s->ovf_pending--;
+		}
+		if (mb->tail_local != atomic_load_explicit(&mb->tail, memory_order_relaxed)) {
+			struct keel_shard *t = &rt->shards[dst];
+			_Atomic uint64_t *word = &t->mail_bits[s->id / 64];
+			uint64_t bit = 1ULL << (s->id % 64);
+
+			atomic_store_explicit(&mb->tail, mb->tail_local, memory_order_release);
+			atomic_thread_fence(memory_order_seq_cst);
+			if (!(atomic_load_explicit(word, memory_order_relaxed) & bit))
+				atomic_fetch_or(word, bit);
+			if (t != s && atomic_load(&t->sleeping) && atomic_exchange(&t->sleeping, 0))
+				keel__shard_wake(t, s);
+		}
+		if (o->ovf_head)
+			s->dirty[keep++] = dst;
+		else
+			o->dirty = false;
+	}
+	s->ndirty = keep;
+}

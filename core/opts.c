@@ -1,0 +1,340 @@
+// SPDX-License-Identifier: MIT
+#include <errno.h>
+#include <keel/opts.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const feature_names[KEEL_FEAT__COUNT] = {
+	[KEEL_FEAT_SINGLE_ISSUER] = "single_issuer",
+	[KEEL_FEAT_DEFER_TASKRUN] = "defer_taskrun",
+	[KEEL_FEAT_REG_RING_FD] = "reg_ring_fd",
+};
+
+static const char *const policy_names[] = {
+	[KEEL_POLICY_AUTO] = "auto",
+	[KEEL_POLICY_OFF] = "off",
+	[KEEL_POLICY_ON] = "on",
+};
+
+const char *
+keel_feature_name(enum keel_feature f)
+{
+	return (unsigned)f < KEEL_FEAT__COUNT ? feature_names[f] : NULL;
+}
+
+const char *
+keel_policy_name(enum keel_policy p)
+{
+	return (unsigned)p <= KEEL_POLICY_ON ? policy_names[p] : "?";
+}
+
+void
+keel_opts_init(struct keel_opts *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->idle_poll_us = 50;
+	o->ring_entries = 256;
+	o->stall_ms = 25;
+	o->mailbox_entries = 1024;
+	o->log_level = KEEL_LOG_INFO;
+	o->signals = true;
+}
+
+static int
+fail(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	if (err && errlen)
+		vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+	return -EINVAL;
+}
+
+static int
+parse_uint(const char *name, const char *s, unsigned lo, unsigned hi, unsigned *out, char *err,
+	   size_t errlen)
+{
+	char *end;
+	unsigned long v;
+
+	errno = 0;
+	v = strtoul(s, &end, 10);
+	if (!*s || *end || errno || s[0] == '-' || v < lo || v > hi)
+		return fail(err, errlen, "%s: '%s' is not a number in %u..%u", name, s, lo, hi);
+	*out = (unsigned)v;
+	return 0;
+}
+
+int
+keel_cpulist_parse(const char *s, struct keel_cpuset *out, char *err, size_t errlen)
+{
+	const char *p = s;
+
+	memset(out, 0, sizeof(*out));
+	if (!*s)
+		return fail(err, errlen, "--cpuset: empty CPU list (expected e.g. 0-3,6)");
+	while (*p) {
+		char *end;
+		unsigned long a, b;
+
+		if (*p < '0' || *p > '9')
+			goto bad;
+		a = strtoul(p, &end, 10);
+		b = a;
+		if (*end == '-') {
+			p = end + 1;
+			if (*p < '0' || *p > '9')
+				goto bad;
+			b = strtoul(p, &end, 10);
+		}
+		if (a > b || b >= KEEL_MAX_CPUS)
+			goto bad;
+		for (unsigned long c = a; c <= b; c++)
+			keel_cpuset_add(out, (unsigned)c);
+		p = end;
+		if (*p == ',')
+			p++;
+		else if (*p)
+			goto bad;
+	}
+	return 0;
+bad:
+	return fail(err, errlen,
+		    "--cpuset: '%s' is not a CPU list (expected e.g. 0-3,6; CPUs < %d)", s,
+		    KEEL_MAX_CPUS);
+}
+
+static int
+parse_bool(const char *name, const char *s, bool *out, char *err, size_t errlen)
+{
+	if (!strcmp(s, "1") || !strcmp(s, "on") || !strcmp(s, "true") || !strcmp(s, "yes")) {
+		*out = true;
+		return 0;
+	}
+	if (!strcmp(s, "0") || !strcmp(s, "off") || !strcmp(s, "false") || !strcmp(s, "no")) {
+		*out = false;
+		return 0;
+	}
+	return fail(err, errlen, "%s: '%s' is not a boolean (expected on or off)", name, s);
+}
+
+/* "name=policy[,name=policy...]" */
+static int
+parse_features(const char *name, const char *s, struct keel_opts *o, char *err, size_t errlen)
+{
+	char buf[512];
+	char *save = NULL;
+
+	if (strlen(s) >= sizeof(buf))
+		return fail(err, errlen, "%s: value too long", name);
+	strcpy(buf, s);
+	for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		char *eq = strchr(tok, '=');
+		int f = -1, p = -1;
+
+		if (!eq)
+			return fail(err, errlen, "%s: '%s' is not NAME=off|on|auto", name, tok);
+		*eq = 0;
+		for (int i = 0; i < KEEL_FEAT__COUNT; i++)
+			if (!strcmp(tok, feature_names[i]))
+				f = i;
+		for (int i = 0; i <= KEEL_POLICY_ON; i++)
+			if (!strcmp(eq + 1, policy_names[i]))
+				p = i;
+		if (f < 0) {
+			char names[256] = "";
+			for (int i = 0; i < KEEL_FEAT__COUNT; i++) {
+				strcat(names, i ? ", " : "");
+				strcat(names, feature_names[i]);
+			}
+			return fail(err, errlen, "%s: unknown feature '%s' (known: %s)", name, tok,
+				    names);
+		}
+		if (p < 0)
+			return fail(err, errlen, "%s: policy '%s' for %s is not off, on or auto",
+				    name, eq + 1, tok);
+		o->features[f] = (enum keel_policy)p;
+	}
+	return 0;
+}
+
+enum opt_id {
+	OPT_SHARDS,
+	OPT_CPUSET,
+	OPT_IDLE_POLL,
+	OPT_RING_ENTRIES,
+	OPT_STALL_MS,
+	OPT_MAILBOX,
+	OPT_LOG_LEVEL,
+	OPT_STATS,
+	OPT_FEATURE,
+	OPT_HELP,
+};
+
+struct opt_desc {
+	enum opt_id id;
+	const char *name; /* --name */
+	const char *env;  /* KEEL_* */
+	const char *arg;  /* NULL: a flag */
+	const char *help;
+};
+
+static const struct opt_desc opt_table[] = {
+	{ OPT_SHARDS, "--shards", "KEEL_SHARDS", "N", "number of shards (default: one per CPU)" },
+	{ OPT_CPUSET, "--cpuset", "KEEL_CPUSET", "LIST",
+	  "CPUs for shards, e.g. 0-3,8 (default: the process's affinity)" },
+	{ OPT_IDLE_POLL, "--idle-poll-us", "KEEL_IDLE_POLL_US", "N",
+	  "busy-poll N us before sleeping in the kernel (default 50)" },
+	{ OPT_RING_ENTRIES, "--ring-entries", "KEEL_RING_ENTRIES", "N",
+	  "io_uring SQ entries per shard, CQ is 4x (default 256)" },
+	{ OPT_STALL_MS, "--stall-ms", "KEEL_STALL_MS", "N",
+	  "report loop passes longer than N ms (default 25)" },
+	{ OPT_MAILBOX, "--mailbox-entries", "KEEL_MAILBOX_ENTRIES", "N",
+	  "slots per shard-pair message queue, a power of two (default 1024)" },
+	{ OPT_LOG_LEVEL, "--log-level", "KEEL_LOG_LEVEL", "LEVEL",
+	  "error, warn, info or debug (default info)" },
+	{ OPT_STATS, "--stats", "KEEL_STATS", NULL, "print per-shard counters at exit" },
+	{ OPT_FEATURE, "--feature", "KEEL_FEATURE", "NAME=POLICY[,..]",
+	  "io_uring feature policy off|on|auto; names: single_issuer, defer_taskrun, reg_ring_fd" },
+	{ OPT_HELP, "--help", NULL, NULL, "show this help" },
+};
+
+static int
+apply(const struct opt_desc *d, const char *v, struct keel_opts *o, char *err, size_t errlen)
+{
+	int r;
+
+	switch (d->id) {
+	case OPT_SHARDS:
+		return parse_uint(d->name, v, 1, KEEL_MAX_SHARDS, &o->shards, err, errlen);
+	case OPT_CPUSET:
+		r = keel_cpulist_parse(v, &o->cpuset, err, errlen);
+		if (r == 0)
+			o->cpuset_given = true;
+		return r;
+	case OPT_IDLE_POLL:
+		return parse_uint(d->name, v, 0, 10000000, &o->idle_poll_us, err, errlen);
+	case OPT_RING_ENTRIES:
+		return parse_uint(d->name, v, 8, 32768, &o->ring_entries, err, errlen);
+	case OPT_STALL_MS:
+		return parse_uint(d->name, v, 1, 3600000, &o->stall_ms, err, errlen);
+	case OPT_MAILBOX:
+		r = parse_uint(d->name, v, 16, 1u << 20, &o->mailbox_entries, err, errlen);
+		if (r == 0 && (o->mailbox_entries & (o->mailbox_entries - 1)))
+			return fail(err, errlen, "%s: %u is not a power of two", d->name,
+				    o->mailbox_entries);
+		return r;
+	case OPT_LOG_LEVEL:
+		if (keel_log_level_parse(v, &o->log_level))
+			return fail(err, errlen, "%s: '%s' is not error, warn, info or debug",
+				    d->name, v);
+		return 0;
+	case OPT_STATS:
+		return parse_bool(d->name, v, &o->stats, err, errlen);
+	case OPT_FEATURE:
+		return parse_features(d->name, v, o, err, errlen);
+	case OPT_HELP:
+		return 1;
+	}
+	return -EINVAL;
+}
+
+int
+keel_opts_parse(struct keel_opts *o, int *argc, char **argv, char *err, size_t errlen)
+{
+	int n = *argc, out = 1, r, help = 0;
+	int i;
+
+	for (size_t k = 0; k < sizeof(opt_table) / sizeof(opt_table[0]); k++) {
+		const char *v = opt_table[k].env ? getenv(opt_table[k].env) : NULL;
+		if (v && (r = apply(&opt_table[k], v, o, err, errlen)) < 0) {
+			/* name the variable, not the option */
+			char tmp[512];
+			snprintf(tmp, sizeof(tmp), "%s (from %s=%s)", err ? err : "",
+				 opt_table[k].env, v);
+			if (err)
+				snprintf(err, errlen, "%s", tmp);
+			return r;
+		}
+	}
+
+	for (i = 1; i < n; i++) {
+		const char *a = argv[i];
+		const struct opt_desc *d = NULL;
+		const char *v = NULL;
+
+		if (!strcmp(a, "--")) {
+			break;
+		}
+		for (size_t k = 0; k < sizeof(opt_table) / sizeof(opt_table[0]); k++) {
+			size_t len = strlen(opt_table[k].name);
+			if (!strncmp(a, opt_table[k].name, len) && (a[len] == 0 || a[len] == '=')) {
+				d = &opt_table[k];
+				if (a[len] == '=')
+					v = a + len + 1;
+				break;
+			}
+		}
+		if (!d) {
+			argv[out++] = argv[i];
+			continue;
+		}
+		if (d->arg && !v) {
+			if (i + 1 >= n)
+				return fail(err, errlen, "%s: missing value (expected %s)", d->name,
+					    d->arg);
+			v = argv[++i];
+		} else if (!d->arg && !v) {
+			v = "on";
+		}
+		r = apply(d, v, o, err, errlen);
+		if (r < 0)
+			return r;
+		if (r == 1)
+			help = 1;
+	}
+	for (; i < n; i++)
+		argv[out++] = argv[i];
+	argv[out] = NULL;
+	*argc = out;
+	return help;
+}
+
+void
+keel_opts_help(FILE *f)
+{
+	fprintf(f, "Runtime options (each also read from its environment variable):\n");
+	for (size_t k = 0; k < sizeof(opt_table) / sizeof(opt_table[0]); k++) {
+		const struct opt_desc *d = &opt_table[k];
+		char left[64];
+		snprintf(left, sizeof(left), "%s%s%s", d->name, d->arg ? " " : "",
+			 d->arg ? d->arg : "");
+		fprintf(f, "  %-34s %s%s%s%s\n", left, d->help, d->env ? " [" : "",
+			d->env ? d->env : "", d->env ? "]" : "");
+	}
+}
+
+void
+keel_opts_parse_or_exit(struct keel_opts *o, int *argc, char **argv, const char *usage)
+{
+	char err[512];
+	const char *prog = (*argc > 0 && argv[0]) ? strrchr(argv[0], '/') : NULL;
+	int r;
+
+	prog = prog ? prog + 1 : (*argc > 0 && argv[0] ? argv[0] : "keel");
+	r = keel_opts_parse(o, argc, argv, err, sizeof(err));
+	if (r < 0) {
+		fprintf(stderr, "%s: %s\n", prog, err);
+		exit(2);
+	}
+	if (r == 1) {
+		if (usage)
+			fputs(usage, stdout);
+		keel_opts_help(stdout);
+		exit(0);
+	}
+}

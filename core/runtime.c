@@ -1,0 +1,753 @@
+// SPDX-License-Identifier: MIT
+/* Runtime lifecycle: shard threads, pinning, signals, foreign requests, deferred work. */
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* A countdown latch: threads arrive and wait until all parties have arrived. Unlike a
+ * pthread barrier, the count can shrink when a thread could not be created. */
+static void
+latch_arrive(pthread_mutex_t *lock, pthread_cond_t *cond, unsigned *left, bool wait)
+{
+	pthread_mutex_lock(lock);
+	if (*left > 0 && --*left == 0)
+		pthread_cond_broadcast(cond);
+	while (wait && *left > 0)
+		pthread_cond_wait(cond, lock);
+	pthread_mutex_unlock(lock);
+}
+
+/* ---- deferred work ---- */
+
+int
+keel__defer_push(struct defer_vec *v, keel_fn fn, void *arg)
+{
+	if (v->n == v->cap) {
+		size_t cap = v->cap ? v->cap * 2 : 64;
+		struct defer_item *nv = realloc(v->v, cap * sizeof(*nv));
+		if (!nv)
+			return -ENOMEM;
+		v->v = nv;
+		v->cap = cap;
+	}
+	v->v[v->n++] = (struct defer_item){ fn, arg };
+	return 0;
+}
+
+void
+keel__defer_fini(struct defer_vec *v)
+{
+	free(v->v);
+	memset(v, 0, sizeof(*v));
+}
+
+int
+keel_defer(keel_fn fn, void *arg)
+{
+	struct keel_shard *s = cur_shard(__func__);
+	if (!fn)
+		return -EINVAL;
+	return keel__defer_push(&s->defer_next, fn, arg);
+}
+
+unsigned
+keel__defer_run(struct keel_shard *s)
+{
+	struct defer_vec tmp;
+	size_t n = s->defer_next.n;
+
+	if (!n)
+		return 0;
+	/* Swap: what these callbacks defer lands in the (now empty) next vector. */
+	tmp = s->defer_run;
+	s->defer_run = s->defer_next;
+	s->defer_next = tmp;
+	s->defer_next.n = 0;
+	for (size_t i = 0; i < n; i++)
+		s->defer_run.v[i].fn(s->defer_run.v[i].arg);
+	s->defer_run.n = 0;
+	STAT_ADD(s, deferred, n);
+	return (unsigned)n;
+}
+
+int
+keel_shard_on_stop(keel_fn fn, void *arg)
+{
+	struct keel_shard *s = cur_shard(__func__);
+	if (!fn)
+		return -EINVAL;
+	return keel__defer_push(&s->stop_hooks, fn, arg);
+}
+
+/* ---- foreign requests ---- */
+
+struct keel_xqueue {
+	pthread_mutex_t lock;
+	struct keel_xreq *head, *tail;
+	int efd;
+};
+
+int
+keel_runtime_submit(struct keel_runtime *rt, unsigned shard, struct keel_xreq *req)
+{
+	struct keel_shard *s;
+
+	if (!rt || shard >= rt->count || !req || !req->fn)
+		return -EINVAL;
+	s = &rt->shards[shard];
+	pthread_mutex_lock(&s->xlock);
+	if (s->xclosed || !rt->started || atomic_load(&rt->stopping)) {
+		pthread_mutex_unlock(&s->xlock);
+		return -ESHUTDOWN;
+	}
+	req->next_ = NULL;
+	if (s->xtail)
+		s->xtail->next_ = req;
+	else
+		s->xhead = req;
+	s->xtail = req;
+	atomic_store(&s->xpending, 1);
+	pthread_mutex_unlock(&s->xlock);
+	if (atomic_load(&s->sleeping) && atomic_exchange(&s->sleeping, 0))
+		keel__shard_wake(s, keel__cur);
+	return 0;
+}
+
+unsigned
+keel__foreign_drain(struct keel_shard *s)
+{
+	struct keel_xreq *r;
+	unsigned n = 0;
+
+	if (!atomic_load_explicit(&s->xpending, memory_order_relaxed))
+		return 0;
+	pthread_mutex_lock(&s->xlock);
+	r = s->xhead;
+	s->xhead = s->xtail = NULL;
+	atomic_store(&s->xpending, 0);
+	pthread_mutex_unlock(&s->xlock);
+	while (r) {
+		struct keel_xreq *next = r->next_;
+		r->fn(r);
+		r = next;
+		n++;
+	}
+	STAT_ADD(s, foreign, n);
+	return n;
+}
+
+void
+keel__foreign_close(struct keel_shard *s)
+{
+	struct keel_xreq *r;
+
+	pthread_mutex_lock(&s->xlock);
+	s->xclosed = true;
+	r = s->xhead;
+	s->xhead = s->xtail = NULL;
+	atomic_store(&s->xpending, 0);
+	pthread_mutex_unlock(&s->xlock);
+	while (r) {
+		struct keel_xreq *next = r->next_;
+		keel_xreq_complete(r, -ECANCELED);
+		r = next;
+	}
+}
+
+void
+keel_xreq_complete(struct keel_xreq *req, int status)
+{
+	struct keel_xqueue *q = req->queue;
+	uint64_t one = 1;
+
+	req->status = status;
+	if (req->done)
+		req->done(req);
+	if (!q)
+		return;
+	pthread_mutex_lock(&q->lock);
+	req->next_ = NULL;
+	if (q->tail)
+		q->tail->next_ = req;
+	else
+		q->head = req;
+	q->tail = req;
+	pthread_mutex_unlock(&q->lock);
+	if (write(q->efd, &one, sizeof(one)) != sizeof(one))
+		keel_log(KEEL_LOG_ERROR, "core", "xqueue eventfd write failed: %s",
+			 strerror(errno));
+}
+
+int
+keel_xqueue_create(struct keel_xqueue **out)
+{
+	struct keel_xqueue *q = calloc(1, sizeof(*q));
+	if (!q)
+		return -ENOMEM;
+	q->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (q->efd < 0) {
+		int e = errno;
+		free(q);
+		return -e;
+	}
+	pthread_mutex_init(&q->lock, NULL);
+	*out = q;
+	return 0;
+}
+
+int
+keel_xqueue_fd(const struct keel_xqueue *q)
+{
+	return q->efd;
+}
+
+unsigned
+keel_xqueue_pop(struct keel_xqueue *q, struct keel_xreq **out, unsigned max)
+{
+	uint64_t v;
+	unsigned n = 0;
+
+	if (read(q->efd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+		keel_log(KEEL_LOG_ERROR, "core", "xqueue eventfd read failed: %s", strerror(errno));
+	pthread_mutex_lock(&q->lock);
+	while (n < max && q->head) {
+		out[n++] = q->head;
+		q->head = q->head->next_;
+	}
+	if (!q->head)
+		q->tail = NULL;
+	pthread_mutex_unlock(&q->lock);
+	if (q->head) {
+		/* More than max waiting: stay readable. */
+		v = 1;
+		if (write(q->efd, &v, sizeof(v)) != sizeof(v))
+			keel_log(KEEL_LOG_ERROR, "core", "xqueue eventfd write failed: %s",
+				 strerror(errno));
+	}
+	return n;
+}
+
+int
+keel_xqueue_wait(struct keel_xqueue *q, struct keel_xreq **out, unsigned max, int timeout_ms)
+{
+	struct pollfd pfd = { .fd = q->efd, .events = POLLIN };
+	int r = poll(&pfd, 1, timeout_ms);
+
+	if (r < 0)
+		return -errno;
+	if (r == 0)
+		return 0;
+	return (int)keel_xqueue_pop(q, out, max);
+}
+
+void
+keel_xqueue_destroy(struct keel_xqueue *q)
+{
+	if (!q)
+		return;
+	close(q->efd);
+	pthread_mutex_destroy(&q->lock);
+	free(q);
+}
+
+/* The shard's own eventfd: foreign threads write it to wake a sleeping shard. */
+static void xefd_cb(struct keel_op *op, int res, uint32_t flags);
+
+static void
+arm_read(struct keel_shard *s, struct internal_op *iop, int fd, void *buf, unsigned len)
+{
+	struct io_uring_sqe *sqe = keel__sqe_internal(s);
+	if (!sqe) {
+		keel_log(KEEL_LOG_ERROR, "core", "no SQE to arm an internal read");
+		return;
+	}
+	io_uring_prep_read(sqe, fd, buf, len, 0);
+	keel__internal_arm(s, iop, sqe);
+}
+
+static void
+xefd_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	struct internal_op *iop = (struct internal_op *)op;
+	struct keel_shard *s = iop->shard;
+
+	iop->armed = false;
+	s->internal_inflight--;
+	if (res > 0)
+		STAT_INC(s, wakeups);
+	else if (res != -ECANCELED)
+		keel_log(KEEL_LOG_ERROR, "core", "eventfd read failed: %s", strerror(-res));
+	if (s->phase != PHASE_DONE)
+		arm_read(s, iop, s->xefd, &s->xefd_buf, sizeof(s->xefd_buf));
+}
+
+/* ---- signals (read through shard 0's ring) ---- */
+
+static void
+sig_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	struct internal_op *iop = (struct internal_op *)op;
+	struct keel_shard *s = iop->shard;
+
+	iop->armed = false;
+	s->internal_inflight--;
+	if (res == (int)sizeof(s->sigbuf)) {
+		int sig = (int)s->sigbuf.ssi_signo;
+		if (++s->signals_seen == 1) {
+			keel_log(KEEL_LOG_INFO, "core",
+				 "%s received: stopping all shards (send it again to exit at once)",
+				 sigabbrev_np(sig) ? sigabbrev_np(sig) : "signal");
+			keel_runtime_stop(s->rt, 0);
+		} else {
+			keel_log(KEEL_LOG_WARN, "core", "second signal: exiting now");
+			_exit(128 + sig);
+		}
+	} else if (res != -ECANCELED) {
+		keel_log(KEEL_LOG_ERROR, "core", "signalfd read failed: %s", strerror(-res));
+		return;
+	}
+	if (s->phase != PHASE_DONE)
+		arm_read(s, iop, s->sigfd, &s->sigbuf, sizeof(s->sigbuf));
+}
+
+/* ---- shard threads ---- */
+
+static int
+pin(struct keel_shard *s)
+{
+	hwloc_bitmap_t set = hwloc_bitmap_alloc();
+	int r;
+
+	hwloc_bitmap_only(set, (unsigned)s->cpu);
+	r = hwloc_set_cpubind(s->rt->topo, set, HWLOC_CPUBIND_THREAD | HWLOC_CPUBIND_STRICT);
+	if (r < 0)
+		r = hwloc_set_cpubind(s->rt->topo, set, HWLOC_CPUBIND_THREAD);
+	hwloc_bitmap_free(set);
+	if (r < 0) {
+		int e = errno;
+		keel_log(KEEL_LOG_ERROR, "core", "pinning shard %u to CPU %d failed: %s", s->id,
+			 s->cpu, strerror(e));
+		return -e;
+	}
+	return 0;
+}
+
+static int
+shard_init(struct keel_shard *s)
+{
+	int r;
+	char name[16];
+
+	snprintf(name, sizeof(name), "keel-shard-%u", s->id);
+	pthread_setname_np(pthread_self(), name);
+	r = pin(s);
+	if (r < 0)
+		return r;
+	r = keel__shard_ring_init(s);
+	if (r < 0)
+		return r;
+	s->ring_ok = true;
+	r = keel__mail_init(s);
+	if (r < 0)
+		return r;
+	s->xefd_op.op.fn = xefd_cb;
+	s->xefd_op.shard = s;
+	arm_read(s, &s->xefd_op, s->xefd, &s->xefd_buf, sizeof(s->xefd_buf));
+	if (s->sigfd >= 0) {
+		s->sig_op.op.fn = sig_cb;
+		s->sig_op.shard = s;
+		arm_read(s, &s->sig_op, s->sigfd, &s->sigbuf, sizeof(s->sigbuf));
+	}
+	/* Submit the internal reads now so a wake-up written before our first pass counts. */
+	io_uring_submit(&s->ring);
+	return 0;
+}
+
+static void *
+shard_main(void *p)
+{
+	struct keel_shard *s = p;
+	struct keel_runtime *rt = s->rt;
+	int r;
+
+	keel__cur = s;
+	r = shard_init(s);
+	if (r < 0) {
+		pthread_mutex_lock(&rt->start_lock);
+		if (!rt->start_err)
+			rt->start_err = r;
+		pthread_mutex_unlock(&rt->start_lock);
+	}
+	latch_arrive(&rt->start_lock, &rt->latch_cond, &rt->ready_left, true);
+	if (!rt->start_err) {
+		keel__mail_link(s);
+		if (rt->on_start)
+			rt->on_start(rt->app);
+		keel__shard_loop(s);
+	}
+	/* Every shard has left its loop before any ring closes: no MSG_RING can then target
+	 * a closed ring. */
+	latch_arrive(&rt->start_lock, &rt->latch_cond, &rt->exit_left, true);
+	if (s->ring_ok)
+		keel__shard_ring_fini(s);
+	keel__mail_fini(s);
+	keel__timers_fini(s);
+	keel__defer_fini(&s->defer_run);
+	keel__defer_fini(&s->defer_next);
+	keel__defer_fini(&s->stop_hooks);
+	keel__cur = NULL;
+	return NULL;
+}
+
+static int
+cpus_of(const struct keel_opts *o, int *cpus, unsigned *n, char *why, size_t whylen)
+{
+	cpu_set_t allowed;
+
+	if (sched_getaffinity(0, sizeof(allowed), &allowed) < 0)
+		return -errno;
+	*n = 0;
+	for (int c = 0; c < CPU_SETSIZE && c < KEEL_MAX_CPUS; c++) {
+		if (o->cpuset_given) {
+			if (!keel_cpuset_has(&o->cpuset, (unsigned)c))
+				continue;
+			if (!CPU_ISSET(c, &allowed)) {
+				snprintf(why, whylen,
+					 "--cpuset: CPU %d is not in this process's affinity mask "
+					 "(see taskset -p %d)",
+					 c, (int)getpid());
+				return -EINVAL;
+			}
+		} else if (!CPU_ISSET(c, &allowed)) {
+			continue;
+		}
+		cpus[(*n)++] = c;
+	}
+	if (*n == 0) {
+		snprintf(why, whylen, "--cpuset: no CPU given");
+		return -EINVAL;
+	}
+	return 0;
+}
+
+int
+keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
+{
+	struct keel_runtime *rt;
+	static int cpus[CPU_SETSIZE];
+	unsigned ncpus;
+	char why[256];
+	int r;
+
+	if (!opts || !out)
+		return -EINVAL;
+	keel_log_set_level(opts->log_level);
+	if (opts->mailbox_entries < 16 || (opts->mailbox_entries & (opts->mailbox_entries - 1))) {
+		keel_log(KEEL_LOG_ERROR, "core", "--mailbox-entries %u is not a power of two >= 16",
+			 opts->mailbox_entries);
+		return -EINVAL;
+	}
+	if (opts->shards > KEEL_MAX_SHARDS) {
+		keel_log(KEEL_LOG_ERROR, "core", "--shards %u: at most %d shards", opts->shards,
+			 KEEL_MAX_SHARDS);
+		return -EINVAL;
+	}
+	rt = calloc(1, sizeof(*rt));
+	if (!rt)
+		return -ENOMEM;
+	rt->opts = *opts;
+	r = keel_features_decide(opts, rt->features);
+	if (r < 0)
+		goto err_rt;
+	r = cpus_of(opts, cpus, &ncpus, why, sizeof(why));
+	if (r < 0) {
+		keel_log(KEEL_LOG_ERROR, "core", "%s", why);
+		goto err_rt;
+	}
+	rt->count =
+		opts->shards ? opts->shards : (ncpus > KEEL_MAX_SHARDS ? KEEL_MAX_SHARDS : ncpus);
+	if (hwloc_topology_init(&rt->topo) < 0 || hwloc_topology_load(rt->topo) < 0) {
+		r = -errno ? -errno : -EIO;
+		keel_log(KEEL_LOG_ERROR, "core", "hwloc could not load this machine's topology");
+		goto err_rt;
+	}
+	rt->shards = calloc(rt->count, sizeof(*rt->shards));
+	if (!rt->shards) {
+		r = -ENOMEM;
+		goto err_topo;
+	}
+	for (unsigned i = 0; i < rt->count; i++) {
+		struct keel_shard *s = &rt->shards[i];
+		s->rt = rt;
+		s->id = i;
+		s->cpu = cpus[i % ncpus];
+		s->sigfd = -1;
+		s->xefd = -1;
+		pthread_mutex_init(&s->xlock, NULL);
+	}
+	pthread_mutex_init(&rt->start_lock, NULL);
+	pthread_cond_init(&rt->latch_cond, NULL);
+	keel__features_log(rt->features);
+	*out = rt;
+	return 0;
+err_topo:
+	hwloc_topology_destroy(rt->topo);
+err_rt:
+	free(rt);
+	return r;
+}
+
+int
+keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start, void *app)
+{
+	unsigned created = 0;
+	int r = 0;
+
+	if (rt->started)
+		return -EALREADY;
+	rt->on_start = on_start;
+	rt->app = app;
+	rt->ready_left = rt->count + 1;
+	rt->exit_left = rt->count;
+
+	if (rt->opts.signals) {
+		sigset_t set;
+		sigemptyset(&set);
+		sigaddset(&set, SIGINT);
+		sigaddset(&set, SIGTERM);
+		/* Blocked here and so in every shard thread (they inherit the mask); shard 0
+		 * reads them from a signalfd through its ring. */
+		pthread_sigmask(SIG_BLOCK, &set, &rt->saved_mask);
+		rt->mask_saved = true;
+		rt->shards[0].sigfd = signalfd(-1, &set, SFD_CLOEXEC);
+		if (rt->shards[0].sigfd < 0) {
+			r = -errno;
+			keel_log(KEEL_LOG_ERROR, "core", "signalfd failed: %s", strerror(-r));
+			goto err;
+		}
+	}
+	for (unsigned i = 0; i < rt->count; i++) {
+		rt->shards[i].xefd = eventfd(0, EFD_CLOEXEC);
+		if (rt->shards[i].xefd < 0) {
+			r = -errno;
+			keel_log(KEEL_LOG_ERROR, "core", "eventfd failed: %s", strerror(-r));
+			goto err;
+		}
+	}
+	rt->started = true;
+	for (; created < rt->count; created++) {
+		r = -pthread_create(&rt->shards[created].thread, NULL, shard_main,
+				    &rt->shards[created]);
+		if (r < 0) {
+			keel_log(KEEL_LOG_ERROR, "core", "creating shard thread %u failed: %s",
+				 created, strerror(-r));
+			break;
+		}
+	}
+	if (r < 0) {
+		/* Arrive for the threads that do not exist, so the others can go on and exit. */
+		pthread_mutex_lock(&rt->start_lock);
+		rt->start_err = r;
+		rt->exit_left -= rt->count - created;
+		rt->ready_left -= rt->count - created;
+		pthread_mutex_unlock(&rt->start_lock);
+	}
+	rt->created = created;
+	latch_arrive(&rt->start_lock, &rt->latch_cond, &rt->ready_left, true);
+	if (rt->start_err) {
+		r = rt->start_err;
+		keel_runtime_join(rt);
+		return r;
+	}
+	return 0;
+err:
+	if (rt->mask_saved) {
+		pthread_sigmask(SIG_SETMASK, &rt->saved_mask, NULL);
+		rt->mask_saved = false;
+	}
+	return r;
+}
+
+void
+keel_runtime_stop(struct keel_runtime *rt, int status)
+{
+	int expect = 0;
+	struct keel_shard *self = keel__cur && keel__cur->rt == rt ? keel__cur : NULL;
+
+	if (atomic_compare_exchange_strong(&rt->stop_status_set, &expect, 1))
+		atomic_store(&rt->stop_status, status);
+	if (atomic_exchange(&rt->stopping, 1))
+		return;
+	if (!rt->started)
+		return;
+	for (unsigned i = 0; i < rt->count; i++) {
+		struct keel_shard *t = &rt->shards[i];
+		if (t != self && atomic_load(&t->sleeping) && atomic_exchange(&t->sleeping, 0))
+			keel__shard_wake(t, self);
+	}
+}
+
+void
+keel_stop(int status)
+{
+	keel_runtime_stop(cur_shard(__func__)->rt, status);
+}
+
+int
+keel_runtime_join(struct keel_runtime *rt)
+{
+	if (!rt->started || rt->joined)
+		return atomic_load(&rt->stop_status);
+	for (unsigned i = 0; i < rt->created; i++)
+		pthread_join(rt->shards[i].thread, NULL);
+	rt->joined = true;
+	if (rt->mask_saved) {
+		pthread_sigmask(SIG_SETMASK, &rt->saved_mask, NULL);
+		rt->mask_saved = false;
+	}
+	if (rt->opts.stats)
+		keel_runtime_stats_print(rt, stderr);
+	return rt->start_err ? rt->start_err : atomic_load(&rt->stop_status);
+}
+
+void
+keel_runtime_destroy(struct keel_runtime *rt)
+{
+	if (!rt)
+		return;
+	if (rt->started && !rt->joined) {
+		keel_runtime_stop(rt, 0);
+		keel_runtime_join(rt);
+	}
+	for (unsigned i = 0; i < rt->count; i++) {
+		struct keel_shard *s = &rt->shards[i];
+		if (s->sigfd >= 0)
+			close(s->sigfd);
+		if (s->xefd >= 0)
+			close(s->xefd);
+		pthread_mutex_destroy(&s->xlock);
+	}
+	pthread_mutex_destroy(&rt->start_lock);
+	pthread_cond_destroy(&rt->latch_cond);
+	free(rt->shards);
+	hwloc_topology_destroy(rt->topo);
+	free(rt);
+}
+
+int
+keel_run(const struct keel_opts *opts, keel_shard_fn on_start, void *app)
+{
+	struct keel_runtime *rt;
+	int r = keel_runtime_create(opts, &rt);
+
+	if (r < 0)
+		return r;
+	r = keel_runtime_start(rt, on_start, app);
+	if (r == 0)
+		r = keel_runtime_join(rt);
+	keel_runtime_destroy(rt);
+	return r;
+}
+
+/* ---- accessors and stats ---- */
+
+unsigned
+keel_runtime_shard_count(const struct keel_runtime *rt)
+{
+	return rt->count;
+}
+
+int
+keel_runtime_shard_cpu(const struct keel_runtime *rt, unsigned shard)
+{
+	return shard < rt->count ? rt->shards[shard].cpu : -EINVAL;
+}
+
+struct keel_shard *
+keel_this_shard(void)
+{
+	return keel__cur;
+}
+
+unsigned
+keel_shard_id(const struct keel_shard *sh)
+{
+	return sh->id;
+}
+
+unsigned
+keel_shard_count(const struct keel_shard *sh)
+{
+	return sh->rt->count;
+}
+
+int
+keel_shard_cpu(const struct keel_shard *sh)
+{
+	return sh->cpu;
+}
+
+struct keel_runtime *
+keel_shard_runtime(const struct keel_shard *sh)
+{
+	return sh->rt;
+}
+
+unsigned
+keel_shard_ring_flags(const struct keel_shard *sh)
+{
+	return sh->ring_flags;
+}
+
+int
+keel_runtime_stats(const struct keel_runtime *rt, unsigned shard, struct keel_shard_stats *out)
+{
+	const struct atomic_stats *a;
+
+	if (!rt || shard >= rt->count)
+		return -EINVAL;
+	a = &rt->shards[shard].stats;
+#define LD(f) out->f = atomic_load_explicit(&a->f, memory_order_relaxed)
+	LD(passes);
+	LD(enters);
+	LD(cqes);
+	LD(msgs_sent);
+	LD(msgs_recv);
+	LD(msgs_overflow);
+	LD(sleeps);
+	LD(wakeups);
+	LD(stalls);
+	LD(timers_fired);
+	LD(deferred);
+	LD(foreign);
+	LD(max_pass_ns);
+#undef LD
+	return 0;
+}
+
+void
+keel_runtime_stats_print(const struct keel_runtime *rt, FILE *f)
+{
+	fprintf(f, "%5s %4s %12s %10s %12s %12s %12s %9s %9s %9s %6s %9s\n", "shard", "cpu",
+		"passes", "enters", "cqes", "msgs_sent", "msgs_recv", "overflow", "sleeps",
+		"wakeups", "stalls", "max_ms");
+	for (unsigned i = 0; i < rt->count; i++) {
+		struct keel_shard_stats st;
+		keel_runtime_stats(rt, i, &st);
+		fprintf(f,
+			"%5u %4d %12llu %10llu %12llu %12llu %12llu %9llu %9llu %9llu %6llu %9.2f\n",
+			i, rt->shards[i].cpu, (unsigned long long)st.passes,
+			(unsigned long long)st.enters, (unsigned long long)st.cqes,
+			(unsigned long long)st.msgs_sent, (unsigned long long)st.msgs_recv,
+			(unsigned long long)st.msgs_overflow, (unsigned long long)st.sleeps,
+			(unsigned long long)st.wakeups, (unsigned long long)st.stalls,
+			(double)st.max_pass_ns / 1e6);
+	}
+}

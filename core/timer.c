@@ -1,0 +1,217 @@
+// SPDX-License-Identifier: MIT
+/* Per-shard timers: a binary min-heap ordered by deadline. */
+#include <errno.h>
+#include <stdlib.h>
+
+#include "internal.h"
+
+static inline bool
+before(const struct keel_timer *a, const struct keel_timer *b)
+{
+	return a->deadline_ns < b->deadline_ns;
+}
+
+static void
+heap_set(struct keel_shard *s, size_t i, struct keel_timer *t)
+{
+	s->heap[i] = t;
+	t->heap_idx = (int64_t)i;
+}
+
+static void
+sift_up(struct keel_shard *s, size_t i)
+{
+	struct keel_timer *t = s->heap[i];
+	while (i > 0) {
+		size_t p = (i - 1) / 2;
+		if (!before(t, s->heap[p]))
+			break;
+		heap_set(s, i, s->heap[p]);
+		i = p;
+	}
+	heap_set(s, i, t);
+}
+
+static void
+sift_down(struct keel_shard *s, size_t i)
+{
+	struct keel_timer *t = s->heap[i];
+	for (;;) {
+		size_t c = 2 * i + 1;
+		if (c >= s->heap_n)
+			break;
+		if (c + 1 < s->heap_n && before(s->heap[c + 1], s->heap[c]))
+			c++;
+		if (!before(s->heap[c], t))
+			break;
+		heap_set(s, i, s->heap[c]);
+		i = c;
+	}
+	heap_set(s, i, t);
+}
+
+static void
+heap_remove(struct keel_shard *s, struct keel_timer *t)
+{
+	size_t i = (size_t)t->heap_idx;
+	struct keel_timer *last = s->heap[--s->heap_n];
+
+	t->heap_idx = -1;
+	if (last == t)
+		return;
+	heap_set(s, i, last);
+	if (i > 0 && before(last, s->heap[(i - 1) / 2]))
+		sift_up(s, i);
+	else
+		sift_down(s, i);
+}
+
+static int
+heap_push(struct keel_shard *s, struct keel_timer *t)
+{
+	if (s->heap_n == s->heap_cap) {
+		size_t cap = s->heap_cap ? s->heap_cap * 2 : 64;
+		struct keel_timer **h = realloc(s->heap, cap * sizeof(*h));
+		if (!h)
+			return -ENOMEM;
+		s->heap = h;
+		s->heap_cap = cap;
+	}
+	s->heap[s->heap_n] = t;
+	t->heap_idx = (int64_t)s->heap_n++;
+	sift_up(s, (size_t)t->heap_idx);
+	return 0;
+}
+
+int
+keel_timer_create(keel_timer_fn fn, void *arg, struct keel_timer **out)
+{
+	struct keel_shard *s = cur_shard(__func__);
+	struct keel_timer *t;
+
+	if (!fn)
+		return -EINVAL;
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	t->shard = s;
+	t->fn = fn;
+	t->arg = arg;
+	t->heap_idx = -1;
+	t->all_next = s->timers_all;
+	if (s->timers_all)
+		s->timers_all->all_prev = t;
+	s->timers_all = t;
+	*out = t;
+	return 0;
+}
+
+int
+keel_timer_start(struct keel_timer *t, uint64_t delay_us, uint64_t period_us)
+{
+	struct keel_shard *s = t->shard;
+	uint64_t now = keel__clock_ns();
+
+	keel_verify(s == keel__cur);
+	/* Strictly after this pass's start, so a timer re-started from a timer callback with
+	 * no delay fires on the next pass, never in a loop within this one. */
+	if (now <= s->now_ns)
+		now = s->now_ns + 1;
+	if (t->heap_idx >= 0)
+		heap_remove(s, t);
+	t->deadline_ns = now + delay_us * 1000;
+	t->period_ns = period_us * 1000;
+	/* The heap grows at most to the number of timers, each of which the shard allocated;
+	 * growth failure is memory exhaustion. */
+	return heap_push(s, t);
+}
+
+int
+keel_timer_stop(struct keel_timer *t)
+{
+	keel_verify(t->shard == keel__cur);
+	if (t->heap_idx < 0)
+		return -ENOENT;
+	heap_remove(t->shard, t);
+	return 0;
+}
+
+int
+keel_timer_pending(const struct keel_timer *t)
+{
+	return t->heap_idx >= 0;
+}
+
+void
+keel_timer_destroy(struct keel_timer *t)
+{
+	struct keel_shard *s;
+
+	if (!t)
+		return;
+	s = t->shard;
+	keel_verify(s == keel__cur);
+	if (t->heap_idx >= 0)
+		heap_remove(s, t);
+	if (t->all_prev)
+		t->all_prev->all_next = t->all_next;
+	else
+		s->timers_all = t->all_next;
+	if (t->all_next)
+		t->all_next->all_prev = t->all_prev;
+	free(t);
+}
+
+unsigned
+keel__timers_run(struct keel_shard *s)
+{
+	uint64_t now = s->now_ns;
+	unsigned n = 0;
+
+	while (s->heap_n && s->heap[0]->deadline_ns <= now) {
+		struct keel_timer *t = s->heap[0];
+
+		heap_remove(s, t);
+		if (t->period_ns) {
+			t->deadline_ns += t->period_ns;
+			if (t->deadline_ns <= now) /* fell behind: skip, do not burst */
+				t->deadline_ns = now + t->period_ns;
+			if (heap_push(s, t) < 0)
+				keel_log(KEEL_LOG_ERROR, "core",
+					 "periodic timer dropped: out of memory");
+		}
+		n++;
+		STAT_INC(s, timers_fired);
+		t->fn(t, t->arg);
+	}
+	return n;
+}
+
+int64_t
+keel__timers_next_ns(struct keel_shard *s)
+{
+	return s->heap_n ? (int64_t)s->heap[0]->deadline_ns : -1;
+}
+
+void
+keel__timers_stop_all(struct keel_shard *s)
+{
+	for (size_t i = 0; i < s->heap_n; i++)
+		s->heap[i]->heap_idx = -1;
+	s->heap_n = 0;
+}
+
+void
+keel__timers_fini(struct keel_shard *s)
+{
+	struct keel_timer *t = s->timers_all;
+	while (t) {
+		struct keel_timer *next = t->all_next;
+		free(t);
+		t = next;
+	}
+	s->timers_all = NULL;
+	free(s->heap);
+	s->heap = NULL;
+	s->heap_n = s->heap_cap = 0;
+}

@@ -1,0 +1,21 @@
+/* SPDX-License-Identifier: MIT */
+/* Shared helpers for the core tests. */
+#ifndef KEEL_TEST_HELPERS_H
+#define KEEL_TEST_HELPERS_H
+
+#include <keel/keel.h>
+#include <stdatomic.h>
+
+/* Options for a test runtime: quiet, no signal handling unless a test asks for it. */
+static inline struct keel_opts
+test_opts(unsigned shards)
+{
+	struct keel_opts o;
+	keel_opts_init(&o);
+	o.shards = shards;
+	o.signals = false;
+	o.log_level = KEEL_LOG_WARN;
+	return o;
+}
+
+#endif

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# Sourced by tools/test.sh and tools/demo.sh: install the Debian packages keel needs, only
+# those that are missing, and only with apt-get (no downloads at build time).
+keel_deps=(gcc make cmake pkg-config liburing-dev libhwloc-dev libjemalloc-dev libcriterion-dev
+	clang-format iproute2 hwloc-nox)
+
+keel_install_missing() {
+	local missing=() p
+	for p in "${keel_deps[@]}" "$@"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+			missing+=("$p")
+	done
+	[ ${#missing[@]} -eq 0 ] && return 0
+	echo "installing missing packages: ${missing[*]}"
+	local sudo=()
+	[ "$(id -u)" -ne 0 ] && sudo=(sudo)
+	"${sudo[@]}" apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+		"${missing[@]}"
+}

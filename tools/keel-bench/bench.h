@@ -1,0 +1,31 @@
+/* SPDX-License-Identifier: MIT */
+/* keel-bench: one tool, one mode per file. Shared helpers for the modes. */
+#ifndef KEEL_BENCH_H
+#define KEEL_BENCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* A mode: argv[0] is the mode name; keel's runtime options are parsed by the mode. Returns
+ * the process exit status (0 ok, 1 the run failed, 2 bad options). */
+typedef int (*bench_mode_fn)(int argc, char **argv);
+
+int bench_xshard(int argc, char **argv);
+
+/* Monotonic nanoseconds. */
+uint64_t bench_now_ns(void);
+
+/* Pin the calling thread to @cpu. Returns 0 or -errno. */
+int bench_pin(int cpu);
+
+/* Percentile @p (0..100) of @n samples (sorted in place). */
+uint64_t bench_percentile(uint64_t *v, size_t n, double p);
+
+/* Parse "--name value" / "--name=value" options that keel's runtime does not own.
+ * Returns 1 when argv[*i] is @name (advancing *i past its value and storing it in *val),
+ * 0 when it is not, -1 when its value is missing. */
+int bench_opt(int argc, char **argv, int *i, const char *name, const char **val);
+
+#endif

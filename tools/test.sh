@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# Install what is missing, build, and run every test: the normal build, the sanitizer build
+# (ASan+UBSan, leaks included), a ThreadSanitizer build of the cross-thread tests, and the
+# clang-format check.
+#   tools/test.sh            everything
+#   KEEL_TEST_QUICK=1 ...    the normal build only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. tools/deps.sh
+keel_install_missing
+
+jobs=$(nproc)
+status=0
+
+build() { # dir, cmake args...
+	local dir=$1
+	shift
+	cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >"$dir.configure.log" 2>&1 ||
+		{ cat "$dir.configure.log"; return 1; }
+	cmake --build "$dir" -j "$jobs"
+}
+
+echo "== format check (clang-format, .clang-format)"
+mapfile -t srcs < <(git ls-files '*.c' '*.h' 2>/dev/null || find core alloc net apps tools tests -name '*.[ch]')
+if ! clang-format --dry-run --Werror "${srcs[@]}"; then
+	echo "format check failed: run clang-format -i on the files above"
+	status=1
+fi
+
+echo "== build and test (RelWithDebInfo)"
+mkdir -p build
+build build
+(cd build && ctest --output-on-failure -j 1) || status=1
+
+if [ -z "${KEEL_TEST_QUICK:-}" ]; then
+	echo "== sanitizer build (ASan+UBSan) and tests"
+	mkdir -p build-asan
+	build build-asan -DKEEL_SANITIZE=ON
+	# Criterion's workers must exit normally for LeakSanitizer to run.
+	(cd build-asan && CRITERION_NO_EARLY_EXIT=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+		UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j 1) || status=1
+
+	echo "== ThreadSanitizer build: cross-thread tests"
+	mkdir -p build-tsan
+	build build-tsan -DKEEL_TSAN=ON
+	(cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+		ctest --output-on-failure -j 1 -L tsan) || status=1
+fi
+
+if [ $status -ne 0 ]; then
+	echo "tools/test.sh: FAILED"
+else
+	echo "tools/test.sh: all passed"
+fi
+exit $status
