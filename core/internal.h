@@ -35,11 +35,10 @@ struct atomic_stats {
 		stalls, timers_fired, deferred, foreign, max_pass_ns;
 };
 
-/* A message in a shard-pair queue. */
-enum msg_kind { MSG_SEND = 0, MSG_CALL = 1, MSG_DONE = 2 };
+/* A message in a shard-pair queue: 32 bytes, two per cache line. The kind is implied:
+ * send (fn set, done NULL), call (fn and done set), reply (fn NULL; the status rides in
+ * arg). */
 struct msg {
-	uint32_t kind;
-	int32_t status;
 	union {
 		keel_fn send;
 		keel_call_fn call;
@@ -48,6 +47,7 @@ struct msg {
 	keel_done_fn done;
 	void *done_arg;
 };
+_Static_assert(sizeof(struct msg) == 32, "two messages per cache line");
 
 /* Single-producer single-consumer queue from one shard to another, allocated by (and
  * NUMA-local to) the receiver. Producer and consumer fields live on separate cache lines;
@@ -140,6 +140,7 @@ struct keel_shard {
 	unsigned *dirty;
 	unsigned ndirty;
 	uint64_t ovf_pending;
+	uint64_t sent_unpublished; /* counted into stats.msgs_sent at the next flush */
 
 	struct keel_op wake_op;    /* target of other shards' MSG_RING wake-ups (uncounted) */
 	struct keel_op msgring_op; /* sender-side MSG_RING errors only (CQE_SKIP_SUCCESS) */
@@ -199,7 +200,7 @@ struct keel_runtime {
 };
 
 /* Current shard of this thread (NULL off-shard). */
-extern _Thread_local struct keel_shard *keel__cur;
+extern _Thread_local struct keel_shard *keel__cur __attribute__((tls_model("initial-exec")));
 
 static inline struct keel_shard *
 cur_shard(const char *fn)

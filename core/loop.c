@@ -11,7 +11,7 @@
 
 #include "internal.h"
 
-_Thread_local struct keel_shard *keel__cur;
+_Thread_local struct keel_shard *keel__cur __attribute__((tls_model("initial-exec")));
 
 #define NS_PER_MS 1000000ULL
 #define NS_PER_S  1000000000ULL

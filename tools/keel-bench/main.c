@@ -1,0 +1,42 @@
+// SPDX-License-Identifier: MIT
+/* keel-bench: benchmarks of the keel runtime, each beside a baseline in the same run. */
+#include <stdio.h>
+#include <string.h>
+
+#include "bench.h"
+
+static const struct {
+	const char *name;
+	bench_mode_fn fn;
+	const char *help;
+} modes[] = {
+	{ "xshard", bench_xshard,
+	  "cross-shard messages: one-way rate and round trips, polling and sleeping, beside "
+	  "two threads with a mutex queue and an eventfd" },
+};
+
+static void
+usage(FILE *f)
+{
+	fprintf(f, "usage: keel-bench MODE [options] [runtime options]\n\nmodes:\n");
+	for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++)
+		fprintf(f, "  %-10s %s\n", modes[i].name, modes[i].help);
+	fprintf(f, "\n'keel-bench MODE --help' lists a mode's options.\n");
+}
+
+int
+main(int argc, char **argv)
+{
+	if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+		usage(argc < 2 ? stderr : stdout);
+		return argc < 2 ? 2 : 0;
+	}
+	for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++)
+		if (!strcmp(argv[1], modes[i].name))
+			return modes[i].fn(argc - 1, argv + 1);
+	fprintf(stderr, "keel-bench: unknown mode '%s' (modes:", argv[1]);
+	for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++)
+		fprintf(stderr, " %s", modes[i].name);
+	fprintf(stderr, ")\n");
+	return 2;
+}

@@ -1,0 +1,560 @@
+// SPDX-License-Identifier: MIT
+/*
+ * keel-bench xshard: cross-shard messaging between shard 0 and shard 1.
+ *
+ * keel: one-way messages/s with a bounded window (the receiver acknowledges through a
+ * shared counter every 64 messages, so the sender never overflows the queue); round trips
+ * with keel_call while both shards poll; round trips with both shards asleep between
+ * pings (--idle-poll-us 0 and a gap), so each ping and each reply is a MSG_RING wake-up.
+ *
+ * baseline: the same three exchanges between two threads pinned to the same CPUs, through
+ * a mutex-protected queue with an eventfd wake-up (the consumer takes everything queued
+ * under one lock; the producer writes the eventfd only when the consumer said it waits).
+ */
+#include <errno.h>
+#include <keel/keel.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bench.h"
+
+#define ACK_EVERY   64
+#define MAX_SAMPLES (4u << 20)
+#define WARMUP      100
+
+struct result {
+	double msgs_per_sec;
+	double rtt_p50_us, rtt_p99_us;
+	double wake_rtt_p50_us, wake_rtt_p99_us;
+	uint64_t rtt_samples, wake_samples;
+};
+
+struct samples {
+	uint64_t *v;
+	size_t n, seen;
+};
+
+static void
+sample_add(struct samples *s, uint64_t ns)
+{
+	if (s->seen++ < WARMUP)
+		return;
+	if (s->n < MAX_SAMPLES)
+		s->v[s->n++] = ns;
+}
+
+struct xs {
+	uint64_t dur_ns;
+	uint64_t gap_us;
+	unsigned window;
+	int err;
+	int cpu[2];
+
+	/* shard 0 */
+	_Alignas(64) uint64_t sent;
+	bool oneway_done, rtt_done;
+	uint64_t t_start, t_ping, t_phase_end;
+	struct keel_timer *timer;
+	struct samples rtt, wake;
+	uint64_t oneway_count;
+	uint64_t oneway_ns;
+
+	/* shard 1 */
+	_Alignas(64) uint64_t recv;
+	uint64_t count_snapshot;
+	_Alignas(64) _Atomic uint64_t acked;
+};
+
+/* ---- keel: one-way ---- */
+
+static void rtt_begin(struct xs *x);
+
+static void
+oneway_recv(void *arg)
+{
+	struct xs *x = arg;
+	if (++x->recv % ACK_EVERY == 0)
+		atomic_store_explicit(&x->acked, x->recv, memory_order_release);
+}
+
+static void
+oneway_pump(void *arg)
+{
+	struct xs *x = arg;
+	uint64_t acked = atomic_load_explicit(&x->acked, memory_order_acquire);
+
+	if (x->oneway_done)
+		return;
+	for (unsigned n = 0; n < 256 && x->sent - acked < x->window; n++) {
+		if (keel_send(1, oneway_recv, x) < 0) {
+			x->err = -ENOMEM;
+			keel_stop(-ENOMEM);
+			return;
+		}
+		x->sent++;
+	}
+	keel_defer(oneway_pump, x);
+}
+
+static int
+oneway_snapshot(void *arg)
+{
+	struct xs *x = arg;
+	x->count_snapshot = x->recv;
+	return 0;
+}
+
+static void
+oneway_counted(int status, void *arg)
+{
+	struct xs *x = arg;
+	/* The call ran after every message sent before it (per-pair order), so the count is
+	 * exact for the interval. */
+	x->oneway_ns = bench_now_ns() - x->t_start;
+	x->oneway_count = x->count_snapshot;
+	rtt_begin(x);
+}
+
+static void
+oneway_end(struct keel_timer *t, void *arg)
+{
+	struct xs *x = arg;
+	x->oneway_done = true;
+	keel_call(1, oneway_snapshot, x, oneway_counted, x);
+}
+
+/* ---- keel: round trips ---- */
+
+static int
+noop(void *arg)
+{
+	return 0;
+}
+
+static void ping(struct xs *x);
+
+static void
+pong(int status, void *arg)
+{
+	struct xs *x = arg;
+	uint64_t now = bench_now_ns();
+
+	sample_add(&x->rtt, now - x->t_ping);
+	if (now < x->t_phase_end)
+		ping(x);
+	else
+		keel_stop(0);
+}
+
+static void
+ping(struct xs *x)
+{
+	x->t_ping = bench_now_ns();
+	if (keel_call(1, noop, NULL, pong, x) < 0)
+		keel_stop(-ENOMEM);
+}
+
+static void
+rtt_begin(struct xs *x)
+{
+	x->t_phase_end = bench_now_ns() + x->dur_ns;
+	ping(x);
+}
+
+static void
+polling_start(void *app)
+{
+	struct xs *x = app;
+	struct keel_shard *sh = keel_this_shard();
+
+	if (keel_shard_id(sh) > 1)
+		return;
+	x->cpu[keel_shard_id(sh)] = keel_shard_cpu(sh);
+	if (keel_shard_id(sh) != 0)
+		return;
+	if (keel_timer_create(oneway_end, x, &x->timer) < 0) {
+		keel_stop(-ENOMEM);
+		return;
+	}
+	x->t_start = bench_now_ns();
+	keel_timer_start(x->timer, x->dur_ns / 1000, 0);
+	keel_defer(oneway_pump, x);
+}
+
+/* ---- keel: round trips with both shards asleep ---- */
+
+static void wake_ping(struct keel_timer *t, void *arg);
+
+static void
+wake_pong(int status, void *arg)
+{
+	struct xs *x = arg;
+	uint64_t now = bench_now_ns();
+
+	sample_add(&x->wake, now - x->t_ping);
+	if (now < x->t_phase_end)
+		keel_timer_start(x->timer, x->gap_us, 0);
+	else
+		keel_stop(0);
+}
+
+static void
+wake_ping(struct keel_timer *t, void *arg)
+{
+	struct xs *x = arg;
+	x->t_ping = bench_now_ns();
+	if (keel_call(1, noop, NULL, wake_pong, x) < 0)
+		keel_stop(-ENOMEM);
+}
+
+static void
+sleeping_start(void *app)
+{
+	struct xs *x = app;
+
+	if (keel_shard_id(keel_this_shard()) != 0)
+		return;
+	if (keel_timer_create(wake_ping, x, &x->timer) < 0) {
+		keel_stop(-ENOMEM);
+		return;
+	}
+	x->t_phase_end = bench_now_ns() + x->dur_ns;
+	keel_timer_start(x->timer, x->gap_us, 0);
+}
+
+/* ---- baseline: mutex queue + eventfd ---- */
+
+struct item {
+	uint64_t v; /* UINT64_MAX: stop */
+};
+
+struct bq {
+	pthread_mutex_t lock;
+	struct item *buf;
+	size_t head, tail, cap;
+	bool waiting;
+	int efd;
+};
+
+static int
+bq_init(struct bq *q)
+{
+	memset(q, 0, sizeof(*q));
+	pthread_mutex_init(&q->lock, NULL);
+	q->cap = 1024;
+	q->buf = malloc(q->cap * sizeof(*q->buf));
+	q->efd = eventfd(0, EFD_CLOEXEC);
+	return q->buf && q->efd >= 0 ? 0 : -ENOMEM;
+}
+
+static void
+bq_fini(struct bq *q)
+{
+	free(q->buf);
+	if (q->efd >= 0)
+		close(q->efd);
+	pthread_mutex_destroy(&q->lock);
+}
+
+static void
+bq_push(struct bq *q, uint64_t v)
+{
+	bool wake;
+
+	pthread_mutex_lock(&q->lock);
+	if (q->tail - q->head == q->cap) {
+		struct item *nb = malloc(2 * q->cap * sizeof(*nb));
+		for (size_t i = q->head; i < q->tail; i++)
+			nb[i & (2 * q->cap - 1)] = q->buf[i & (q->cap - 1)];
+		free(q->buf);
+		q->buf = nb;
+		q->cap *= 2;
+	}
+	q->buf[q->tail++ & (q->cap - 1)].v = v;
+	wake = q->waiting;
+	q->waiting = false;
+	pthread_mutex_unlock(&q->lock);
+	if (wake) {
+		uint64_t one = 1;
+		if (write(q->efd, &one, sizeof(one)) != sizeof(one))
+			abort();
+	}
+}
+
+/* Take up to max items; with @block, wait on the eventfd while the queue is empty. */
+static size_t
+bq_pop(struct bq *q, struct item *out, size_t max, bool block)
+{
+	for (;;) {
+		size_t n = 0;
+		pthread_mutex_lock(&q->lock);
+		while (n < max && q->head != q->tail)
+			out[n++] = q->buf[q->head++ & (q->cap - 1)];
+		if (n || !block) {
+			pthread_mutex_unlock(&q->lock);
+			return n;
+		}
+		q->waiting = true;
+		pthread_mutex_unlock(&q->lock);
+		uint64_t v;
+		if (read(q->efd, &v, sizeof(v)) != sizeof(v) && errno != EINTR)
+			abort();
+	}
+}
+
+struct base {
+	struct bq q01, q10;
+	int cpu[2];
+	uint64_t dur_ns, gap_us;
+	unsigned window;
+	_Alignas(64) _Atomic uint64_t acked;
+	_Alignas(64) uint64_t recv;
+	uint64_t t_end;
+	int mode; /* 0 one-way, 1 polling rtt, 2 sleeping rtt */
+};
+
+static void *
+base_consumer(void *p)
+{
+	struct base *b = p;
+	struct item items[256];
+
+	bench_pin(b->cpu[1]);
+	for (;;) {
+		size_t n = bq_pop(&b->q01, items, 256, b->mode != 1);
+		for (size_t i = 0; i < n; i++) {
+			if (items[i].v == UINT64_MAX) {
+				b->t_end = bench_now_ns();
+				return NULL;
+			}
+			if (b->mode == 0) {
+				if (++b->recv % ACK_EVERY == 0)
+					atomic_store_explicit(&b->acked, b->recv,
+							      memory_order_release);
+			} else {
+				bq_push(&b->q10, items[i].v);
+			}
+		}
+	}
+}
+
+static int
+run_baseline(struct base *b, int mode, struct samples *smp, uint64_t *count, uint64_t *ns)
+{
+	pthread_t th;
+	uint64_t t0, end, sent = 0;
+	struct item it;
+
+	b->mode = mode;
+	b->recv = 0;
+	atomic_store(&b->acked, 0);
+	if (pthread_create(&th, NULL, base_consumer, b))
+		return -EAGAIN;
+	bench_pin(b->cpu[0]);
+	t0 = bench_now_ns();
+	end = t0 + b->dur_ns;
+	if (mode == 0) {
+		while (bench_now_ns() < end) {
+			uint64_t acked = atomic_load_explicit(&b->acked, memory_order_acquire);
+			for (unsigned n = 0; n < 256 && sent - acked < b->window; n++) {
+				bq_push(&b->q01, sent);
+				sent++;
+			}
+		}
+	} else {
+		while (bench_now_ns() < end) {
+			uint64_t t = bench_now_ns();
+			bq_push(&b->q01, t);
+			while (bq_pop(&b->q10, &it, 1, mode == 2) == 0)
+				;
+			sample_add(smp, bench_now_ns() - t);
+			if (mode == 2) {
+				struct timespec gap = { 0, (long)(b->gap_us * 1000) };
+				nanosleep(&gap, NULL);
+			}
+		}
+	}
+	bq_push(&b->q01, UINT64_MAX);
+	pthread_join(th, NULL);
+	if (count)
+		*count = b->recv;
+	if (ns)
+		*ns = b->t_end - t0;
+	return 0;
+}
+
+/* ---- driver ---- */
+
+static void
+summarise(struct result *r, struct samples *rtt, struct samples *wake, uint64_t count, uint64_t ns)
+{
+	r->msgs_per_sec = ns ? (double)count * 1e9 / (double)ns : 0;
+	r->rtt_samples = rtt->n;
+	r->wake_samples = wake->n;
+	r->rtt_p50_us = (double)bench_percentile(rtt->v, rtt->n, 50) / 1000.0;
+	r->rtt_p99_us = (double)bench_percentile(rtt->v, rtt->n, 99) / 1000.0;
+	r->wake_rtt_p50_us = (double)bench_percentile(wake->v, wake->n, 50) / 1000.0;
+	r->wake_rtt_p99_us = (double)bench_percentile(wake->v, wake->n, 99) / 1000.0;
+}
+
+static void
+print_json_result(const char *indent, const struct result *r)
+{
+	printf("%s\"msgs_per_sec\": %.0f,\n", indent, r->msgs_per_sec);
+	printf("%s\"rtt_p50_us\": %.3f,\n", indent, r->rtt_p50_us);
+	printf("%s\"rtt_p99_us\": %.3f,\n", indent, r->rtt_p99_us);
+	printf("%s\"rtt_samples\": %llu,\n", indent, (unsigned long long)r->rtt_samples);
+	printf("%s\"wake_rtt_p50_us\": %.3f,\n", indent, r->wake_rtt_p50_us);
+	printf("%s\"wake_rtt_p99_us\": %.3f,\n", indent, r->wake_rtt_p99_us);
+	printf("%s\"wake_samples\": %llu", indent, (unsigned long long)r->wake_samples);
+}
+
+static const char xshard_usage[] =
+	"usage: keel-bench xshard [--seconds S] [--gap-us N] [--json] [runtime options]\n"
+	"  --seconds S   length of each of the three measurements (default 2)\n"
+	"  --gap-us N    pause between sleeping round trips (default 1000)\n"
+	"  --json        print JSON instead of a table\n\n";
+
+int
+bench_xshard(int argc, char **argv)
+{
+	struct keel_opts o;
+	struct xs *x;
+	struct base *b;
+	struct result rk = { 0 }, rb = { 0 };
+	struct samples brtt = { 0 }, bwake = { 0 };
+	uint64_t bcount = 0, bns = 0;
+	double seconds = 2;
+	bool json = false;
+	int r;
+
+	keel_opts_init(&o);
+	o.shards = 2;
+	o.signals = false;
+	o.log_level = KEEL_LOG_WARN;
+	keel_opts_parse_or_exit(&o, &argc, argv, xshard_usage);
+	x = aligned_alloc(64, (sizeof(*x) + 63) & ~(size_t)63);
+	b = aligned_alloc(64, (sizeof(*b) + 63) & ~(size_t)63);
+	memset(x, 0, sizeof(*x));
+	memset(b, 0, sizeof(*b));
+	x->gap_us = 1000;
+	for (int i = 1; i < argc; i++) {
+		const char *v;
+		int m;
+		if ((m = bench_opt(argc, argv, &i, "--seconds", &v)) != 0) {
+			char *end;
+			seconds = m > 0 ? strtod(v, &end) : 0;
+			if (m < 0 || *end || seconds <= 0 || seconds > 3600) {
+				fprintf(stderr,
+					"keel-bench xshard: --seconds: expected 0 < S <= 3600\n");
+				return 2;
+			}
+		} else if ((m = bench_opt(argc, argv, &i, "--gap-us", &v)) != 0) {
+			char *end;
+			x->gap_us = m > 0 ? strtoull(v, &end, 10) : 0;
+			if (m < 0 || *end || x->gap_us > 1000000) {
+				fprintf(stderr,
+					"keel-bench xshard: --gap-us: expected 0..1000000\n");
+				return 2;
+			}
+		} else if (!strcmp(argv[i], "--json")) {
+			json = true;
+		} else {
+			fprintf(stderr, "keel-bench xshard: unknown option '%s' (see --help)\n",
+				argv[i]);
+			return 2;
+		}
+	}
+	if (o.shards < 2) {
+		fprintf(stderr, "keel-bench xshard: --shards: needs at least 2 shards\n");
+		return 2;
+	}
+	x->dur_ns = (uint64_t)(seconds * 1e9);
+	x->window = o.mailbox_entries;
+	x->rtt.v = malloc(MAX_SAMPLES * sizeof(uint64_t));
+	x->wake.v = malloc(MAX_SAMPLES * sizeof(uint64_t));
+	brtt.v = malloc(MAX_SAMPLES * sizeof(uint64_t));
+	bwake.v = malloc(MAX_SAMPLES * sizeof(uint64_t));
+	if (!x->rtt.v || !x->wake.v || !brtt.v || !bwake.v) {
+		fprintf(stderr, "keel-bench xshard: out of memory\n");
+		return 1;
+	}
+
+	/* keel, polling: one-way then round trips. */
+	r = keel_run(&o, polling_start, x);
+	if (r < 0 || x->err) {
+		fprintf(stderr, "keel-bench xshard: runtime failed: %s\n",
+			strerror(-(r ? r : x->err)));
+		return 1;
+	}
+	/* keel, sleeping: every message wakes its receiver. */
+	o.idle_poll_us = 0;
+	r = keel_run(&o, sleeping_start, x);
+	if (r < 0) {
+		fprintf(stderr, "keel-bench xshard: runtime failed: %s\n", strerror(-r));
+		return 1;
+	}
+	summarise(&rk, &x->rtt, &x->wake, x->oneway_count, x->oneway_ns);
+
+	/* baseline on the same CPUs. */
+	b->cpu[0] = x->cpu[0];
+	b->cpu[1] = x->cpu[1];
+	b->dur_ns = x->dur_ns;
+	b->gap_us = x->gap_us;
+	b->window = x->window;
+	if (bq_init(&b->q01) || bq_init(&b->q10) || run_baseline(b, 0, NULL, &bcount, &bns) ||
+	    run_baseline(b, 1, &brtt, NULL, NULL) || run_baseline(b, 2, &bwake, NULL, NULL)) {
+		fprintf(stderr, "keel-bench xshard: baseline failed\n");
+		return 1;
+	}
+	summarise(&rb, &brtt, &bwake, bcount, bns);
+
+	if (x->oneway_count == 0 || bcount == 0 || rk.rtt_samples == 0 || rb.rtt_samples == 0 ||
+	    rk.wake_samples == 0 || rb.wake_samples == 0) {
+		fprintf(stderr, "keel-bench xshard: a measurement moved no messages "
+				"(run longer with --seconds)\n");
+		return 1;
+	}
+	if (json) {
+		printf("{\n  \"mode\": \"xshard\",\n  \"shards\": %u,\n  \"cpus\": [%d, %d],\n",
+		       o.shards, x->cpu[0], x->cpu[1]);
+		printf("  \"seconds\": %.3f,\n  \"messages\": %llu,\n", seconds,
+		       (unsigned long long)x->oneway_count);
+		print_json_result("  ", &rk);
+		printf(",\n  \"baseline\": {\n    \"name\": \"mutex queue + eventfd\",\n"
+		       "    \"messages\": %llu,\n",
+		       (unsigned long long)bcount);
+		print_json_result("    ", &rb);
+		printf("\n  },\n  \"ratio_msgs_per_sec\": %.2f\n}\n",
+		       rk.msgs_per_sec / rb.msgs_per_sec);
+	} else {
+		printf("xshard: shard 0 (CPU %d) -> shard 1 (CPU %d), %.1f s per measurement\n",
+		       x->cpu[0], x->cpu[1], seconds);
+		printf("%-26s %14s %14s %8s\n", "", "keel", "mutex+eventfd", "ratio");
+		printf("%-26s %14.0f %14.0f %7.2fx\n", "one-way msgs/s", rk.msgs_per_sec,
+		       rb.msgs_per_sec, rk.msgs_per_sec / rb.msgs_per_sec);
+		printf("%-26s %14.2f %14.2f %7.2fx\n", "polling rtt p50 (us)", rk.rtt_p50_us,
+		       rb.rtt_p50_us, rb.rtt_p50_us / rk.rtt_p50_us);
+		printf("%-26s %14.2f %14.2f %7.2fx\n", "polling rtt p99 (us)", rk.rtt_p99_us,
+		       rb.rtt_p99_us, rb.rtt_p99_us / rk.rtt_p99_us);
+		printf("%-26s %14.2f %14.2f %7.2fx\n", "sleeping rtt p50 (us)", rk.wake_rtt_p50_us,
+		       rb.wake_rtt_p50_us, rb.wake_rtt_p50_us / rk.wake_rtt_p50_us);
+		printf("%-26s %14.2f %14.2f %7.2fx\n", "sleeping rtt p99 (us)", rk.wake_rtt_p99_us,
+		       rb.wake_rtt_p99_us, rb.wake_rtt_p99_us / rk.wake_rtt_p99_us);
+		printf("(ratio > 1: keel is better; latency ratios are baseline/keel)\n");
+	}
+	bq_fini(&b->q01);
+	bq_fini(&b->q10);
+	free(x->rtt.v);
+	free(x->wake.v);
+	free(brtt.v);
+	free(bwake.v);
+	free(x);
+	free(b);
+	return 0;
+}
