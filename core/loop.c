@@ -307,11 +307,12 @@ begin_stop(struct keel_shard *s)
 {
 	struct defer_vec hooks = s->stop_hooks;
 
-	s->phase = PHASE_STOP;
+	/* Hooks run while the shard still accepts sends, so they can tell other shards. */
 	memset(&s->stop_hooks, 0, sizeof(s->stop_hooks));
 	for (size_t i = 0; i < hooks.n; i++)
 		hooks.v[i].fn(hooks.v[i].arg);
 	keel__defer_fini(&hooks);
+	s->phase = PHASE_STOP;
 	keel__timers_stop_all(s);
 	if (s->inflight > s->internal_inflight)
 		submit_cancel_all(s);

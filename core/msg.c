@@ -155,6 +155,8 @@ keel_send(unsigned dst, keel_fn fn, void *arg)
 
 	if (dst >= s->rt->count || !fn)
 		return -EINVAL;
+	if (s->phase != PHASE_RUN)
+		return -ESHUTDOWN;
 	return enqueue(s, dst, &m);
 }
 
@@ -166,6 +168,8 @@ keel_call(unsigned dst, keel_call_fn fn, void *arg, keel_done_fn done, void *don
 
 	if (dst >= s->rt->count || !fn || !done)
 		return -EINVAL;
+	if (s->phase != PHASE_RUN)
+		return -ESHUTDOWN;
 	return enqueue(s, dst, &m);
 }
 
@@ -206,6 +210,8 @@ keel_broadcast(keel_fn fn, void *arg, keel_done_fn all_done, void *done_arg)
 
 	if (!fn)
 		return -EINVAL;
+	if (s->phase != PHASE_RUN)
+		return -ESHUTDOWN;
 	b = malloc(sizeof(*b));
 	if (!b)
 		return -ENOMEM;

@@ -238,13 +238,26 @@ int
 keel_xqueue_wait(struct keel_xqueue *q, struct keel_xreq **out, unsigned max, int timeout_ms)
 {
 	struct pollfd pfd = { .fd = q->efd, .events = POLLIN };
-	int r = poll(&pfd, 1, timeout_ms);
+	uint64_t deadline = timeout_ms >= 0 ? keel__clock_ns() + (uint64_t)timeout_ms * 1000000 : 0;
 
-	if (r < 0)
-		return -errno;
-	if (r == 0)
-		return 0;
-	return (int)keel_xqueue_pop(q, out, max);
+	for (;;) {
+		unsigned n = keel_xqueue_pop(q, out, max);
+		int wait_ms = -1, r;
+
+		if (n)
+			return (int)n;
+		/* The eventfd can be readable for a completion an earlier pop already took:
+		 * wait again until something is really there. */
+		if (timeout_ms >= 0) {
+			uint64_t now = keel__clock_ns();
+			if (now >= deadline)
+				return 0;
+			wait_ms = (int)((deadline - now + 999999) / 1000000);
+		}
+		r = poll(&pfd, 1, wait_ms);
+		if (r < 0 && errno != EINTR)
+			return -errno;
+	}
 }
 
 void

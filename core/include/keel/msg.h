@@ -22,9 +22,11 @@ typedef void (*keel_done_fn)(int status, void *arg);
 
 /**
  * Run @fn(@arg) on shard @dst (which may be this shard: it then runs on a later pass).
- * Ownership: whatever @arg points at moves to @dst with the message.
+ * Ownership: whatever @arg points at moves to @dst with the message, on success only.
  * Returns: 0; -EINVAL for a shard that does not exist; -ENOMEM when the overflow list
- * could not grow.
+ * could not grow; -ESHUTDOWN once this shard is stopping (after its on-stop hooks ran):
+ * new messages are refused so that a busy runtime can drain and stop, while messages
+ * already sent, and the replies of calls already made, are still delivered.
  * Context: a shard.
  */
 KEEL_API int keel_send(unsigned dst, keel_fn fn, void *arg);
@@ -42,7 +44,8 @@ KEEL_API int keel_call(unsigned dst, keel_call_fn fn, void *arg, keel_done_fn do
  * on this shard once every shard reached has run it: status is 0, or -ENOMEM when memory
  * ran out part-way and some shards were not reached. @arg is shared: @fn must only read
  * it, or synchronise itself.
- * Returns: 0, or -ENOMEM when nothing was sent (all_done will not run).
+ * Returns: 0, -ENOMEM when nothing was sent (all_done will not run), or -ESHUTDOWN as for
+ * keel_send().
  * Context: a shard.
  */
 KEEL_API int keel_broadcast(keel_fn fn, void *arg, keel_done_fn all_done, void *done_arg);

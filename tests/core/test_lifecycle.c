@@ -1,0 +1,287 @@
+// SPDX-License-Identifier: MIT
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "helpers.h"
+
+/* ---- signals ---- */
+
+struct busy {
+	_Atomic uint64_t msgs;
+	_Atomic int hooks;
+	_Atomic int signalled;
+	_Atomic int refused;
+};
+static struct busy *busy_g;
+
+static void busy_bounce(void *arg);
+
+static void
+busy_bounce(void *arg)
+{
+	struct keel_shard *sh = keel_this_shard();
+	unsigned n = keel_shard_count(sh);
+	atomic_fetch_add(&busy_g->msgs, 1);
+	/* Keep the runtime busy: every message begets one to the next shard, until the
+	 * runtime refuses new ones because it is stopping. */
+	if (keel_send((keel_shard_id(sh) + 1) % n, busy_bounce, arg) == -ESHUTDOWN)
+		atomic_fetch_add(&busy_g->refused, 1);
+	if (atomic_load(&busy_g->msgs) == 10000 && !atomic_exchange(&busy_g->signalled, 1))
+		kill(getpid(), SIGTERM);
+}
+
+static void
+on_stop_hook(void *arg)
+{
+	atomic_fetch_add(&busy_g->hooks, 1);
+}
+
+static void
+busy_start(void *app)
+{
+	keel_shard_on_stop(on_stop_hook, NULL);
+	for (int i = 0; i < 8; i++)
+		keel_send(keel_shard_id(keel_this_shard()), busy_bounce, NULL);
+}
+
+Test(core_lifecycle, sigterm_stops_a_busy_runtime_cleanly, .timeout = 60)
+{
+	struct keel_opts o = test_opts(3);
+	struct busy b = { 0 };
+
+	busy_g = &b;
+	o.signals = true;
+	cr_assert_eq(keel_run(&o, busy_start, NULL), 0);
+	cr_assert_geq(atomic_load(&b.msgs), 10000);
+	cr_assert_eq(atomic_load(&b.hooks), 3, "stop hooks ran %d times", atomic_load(&b.hooks));
+	/* Exactly the 24 bouncing chains ended, each with one refused send. */
+	cr_assert_eq(atomic_load(&b.refused), 24);
+}
+
+/* ---- stalls ---- */
+
+static char stall_line[512];
+static _Atomic int stall_lines;
+
+static void
+capture_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	if (strstr(msg, "stall")) {
+		snprintf(stall_line, sizeof(stall_line), "%d %s", shard, msg);
+		atomic_fetch_add(&stall_lines, 1);
+	}
+}
+
+static void
+slow_cb(void *arg)
+{
+	struct timespec ts = { 0, 60 * 1000000L };
+	nanosleep(&ts, NULL);
+	keel_stop(0);
+}
+
+static void
+stall_start(void *app)
+{
+	if (keel_shard_id(keel_this_shard()) == 1)
+		keel_defer(slow_cb, NULL);
+}
+
+Test(core_lifecycle, slow_callback_is_reported_as_a_stall)
+{
+	struct keel_opts o = test_opts(2);
+	struct keel_runtime *rt;
+	struct keel_shard_stats st;
+
+	o.stall_ms = 20;
+	keel_log_set_sink(capture_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, stall_start, NULL), 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq(keel_runtime_stats(rt, 1, &st), 0);
+	cr_assert_geq(st.stalls, 1);
+	cr_assert_geq(st.max_pass_ns, 60 * 1000000ULL);
+	cr_assert_eq(atomic_load(&stall_lines), 1, "%d stall lines", atomic_load(&stall_lines));
+	cr_assert(strncmp(stall_line, "1 ", 2) == 0, "stall logged from shard: %s", stall_line);
+	cr_assert(strstr(stall_line, "--stall-ms 20"), "%s", stall_line);
+	keel_runtime_destroy(rt);
+}
+
+/* ---- foreign threads ---- */
+
+#define FOREIGN_THREADS 3
+#define FOREIGN_REQS    2000
+
+struct foreign_ctx {
+	struct keel_runtime *rt;
+	int thread;
+	_Atomic unsigned *done_cb_count;
+	long failures;
+};
+
+static void
+foreign_work(struct keel_xreq *req)
+{
+	/* Runs on the shard: answer with the shard id, later (through a deferral). */
+	keel_xreq_complete(req, (int)keel_shard_id(keel_this_shard()));
+}
+
+static void
+foreign_done_cb(struct keel_xreq *req)
+{
+	atomic_fetch_add((_Atomic unsigned *)req->arg, 1);
+}
+
+static void *
+foreign_thread(void *p)
+{
+	struct foreign_ctx *c = p;
+	struct keel_xqueue *q;
+	struct keel_xreq *reqs = calloc(FOREIGN_REQS, sizeof(*reqs));
+	struct keel_xreq *out[64];
+	unsigned got = 0, nshards = keel_runtime_shard_count(c->rt);
+	long bad = 0;
+
+	/* No cr_assert here: Criterion's assertions belong to the test's main thread. */
+	if (keel_xqueue_create(&q) < 0) {
+		c->failures++;
+		return NULL;
+	}
+	for (unsigned i = 0; i < FOREIGN_REQS; i++) {
+		reqs[i].fn = foreign_work;
+		reqs[i].queue = (i % 2) ? q : NULL;
+		reqs[i].done = (i % 2) ? NULL : foreign_done_cb;
+		reqs[i].arg = c->done_cb_count;
+		reqs[i].status = -1;
+		if (keel_runtime_submit(c->rt, i % nshards, &reqs[i]) != 0)
+			c->failures++;
+	}
+	while (got < FOREIGN_REQS / 2) {
+		int n = keel_xqueue_wait(q, out, 64, 20000);
+		if (n <= 0) {
+			c->failures++; /* completions stopped coming */
+			break;
+		}
+		for (int k = 0; k < n; k++) {
+			unsigned idx = (unsigned)(out[k] - reqs);
+			if (out[k]->status != (int)(idx % nshards))
+				bad++;
+		}
+		got += (unsigned)n;
+	}
+	c->failures += bad;
+	keel_xqueue_destroy(q);
+	free(reqs);
+	return NULL;
+}
+
+Test(core_lifecycle, foreign_threads_submit_and_get_completions)
+{
+	struct keel_opts o = test_opts(3);
+	struct keel_runtime *rt;
+	pthread_t th[FOREIGN_THREADS];
+	struct foreign_ctx ctx[FOREIGN_THREADS];
+	_Atomic unsigned done_cb = 0;
+	struct keel_xreq late = { .fn = foreign_work };
+
+	o.idle_poll_us = 0; /* shards asleep: submissions must wake them */
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_submit(rt, 0, &late), -ESHUTDOWN, "submit before start");
+	cr_assert_eq(keel_runtime_start(rt, NULL, NULL), 0);
+	for (int i = 0; i < FOREIGN_THREADS; i++) {
+		ctx[i] = (struct foreign_ctx){ rt, i, &done_cb, 0 };
+		pthread_create(&th[i], NULL, foreign_thread, &ctx[i]);
+	}
+	for (int i = 0; i < FOREIGN_THREADS; i++) {
+		pthread_join(th[i], NULL);
+		cr_assert_eq(ctx[i].failures, 0, "foreign thread %d: %ld failures", i,
+			     ctx[i].failures);
+	}
+	/* The callbacks of the other half ran on the shards; wait for them through a request
+	 * queued behind them on every shard. */
+	for (unsigned s = 0; s < 3; s++) {
+		struct keel_xqueue *q;
+		struct keel_xreq r = { .fn = foreign_work }, *out;
+		cr_assert_eq(keel_xqueue_create(&q), 0);
+		r.queue = q;
+		cr_assert_eq(keel_runtime_submit(rt, s, &r), 0);
+		cr_assert_eq(keel_xqueue_wait(q, &out, 1, 10000), 1);
+		keel_xqueue_destroy(q);
+	}
+	cr_assert_eq(atomic_load(&done_cb), FOREIGN_THREADS * FOREIGN_REQS / 2);
+	cr_assert_eq(keel_runtime_submit(rt, 7, &late), -EINVAL);
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	cr_assert_eq(keel_runtime_submit(rt, 0, &late), -ESHUTDOWN);
+	keel_runtime_destroy(rt);
+}
+
+/* ---- embedding: stop from the host thread, status returned ---- */
+
+static void
+noop_start(void *app)
+{
+}
+
+Test(core_lifecycle, host_thread_stops_runtime_and_gets_status)
+{
+	struct keel_opts o = test_opts(2);
+	struct keel_runtime *rt;
+
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_shard_count(rt), 2);
+	cr_assert_eq(keel_runtime_start(rt, noop_start, NULL), 0);
+	keel_runtime_stop(rt, -ECONNRESET);
+	keel_runtime_stop(rt, 0); /* first status wins */
+	cr_assert_eq(keel_runtime_join(rt), -ECONNRESET);
+	keel_runtime_destroy(rt);
+}
+
+/* In-flight user operations are cancelled at stop and reaped: no CQE left behind. */
+struct op_test {
+	struct keel_op op;
+	int fd[2];
+	char buf[16];
+	int res;
+	_Atomic int completions;
+};
+
+static void
+read_done(struct keel_op *op, int res, uint32_t flags)
+{
+	struct op_test *t = (struct op_test *)op;
+	t->res = res;
+	atomic_fetch_add(&t->completions, 1);
+}
+
+static void
+read_start(void *app)
+{
+	struct op_test *t = app;
+	struct io_uring_sqe *sqe = keel_sqe_get();
+	cr_assert_not_null(sqe);
+	io_uring_prep_read(sqe, t->fd[0], t->buf, sizeof(t->buf), 0);
+	keel_sqe_bind(sqe, &t->op);
+	keel_stop(0);
+}
+
+Test(core_lifecycle, stop_cancels_and_reaps_inflight_operations)
+{
+	struct keel_opts o = test_opts(1);
+	struct op_test t = { .op.fn = read_done };
+
+	cr_assert_eq(pipe(t.fd), 0);
+	cr_assert_eq(keel_run(&o, read_start, &t), 0);
+	cr_assert_eq(atomic_load(&t.completions), 1);
+	cr_assert_eq(t.res, -ECANCELED);
+	close(t.fd[0]);
+	close(t.fd[1]);
+}

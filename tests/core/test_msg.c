@@ -1,0 +1,291 @@
+// SPDX-License-Identifier: MIT
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#include <criterion/criterion.h>
+
+#include "helpers.h"
+
+/* 1,000,000 messages among 4 shards: every shard sends to every shard (itself included)
+ * sequence numbers; each receiver checks the per-source sequence. */
+#define NSHARDS  4
+#define TOTAL    1000000u
+#define PER_PAIR (TOTAL / (NSHARDS * NSHARDS))
+
+struct pair_msg {
+	unsigned src;
+	uint64_t seq;
+};
+
+struct shard_state {
+	_Alignas(64) uint64_t next_send[NSHARDS];
+	uint64_t next_recv[NSHARDS];
+	uint64_t received;
+	uint64_t out_of_order;
+	struct pair_msg *pool; /* PER_PAIR * NSHARDS messages, owned by the sender */
+	unsigned shard;
+};
+
+struct mail_test {
+	struct shard_state st[NSHARDS];
+	_Atomic unsigned done_shards;
+	_Atomic uint64_t total_received;
+};
+
+static struct mail_test *mt;
+
+static void
+on_msg(void *arg)
+{
+	struct pair_msg *m = arg;
+	struct shard_state *me = &mt->st[keel_shard_id(keel_this_shard())];
+
+	if (m->seq != me->next_recv[m->src])
+		me->out_of_order++;
+	me->next_recv[m->src] = m->seq + 1;
+	if (++me->received == PER_PAIR * NSHARDS) {
+		atomic_fetch_add(&mt->total_received, me->received);
+		if (atomic_fetch_add(&mt->done_shards, 1) + 1 == NSHARDS)
+			keel_stop(0);
+	}
+}
+
+static void
+pump(void *arg)
+{
+	struct shard_state *me = arg;
+	bool more = false;
+
+	/* A burst per destination per pass: enough to fill queues and exercise overflow. */
+	for (unsigned d = 0; d < NSHARDS; d++) {
+		for (unsigned k = 0; k < 3000 && me->next_send[d] < PER_PAIR; k++) {
+			struct pair_msg *m = &me->pool[d * PER_PAIR + me->next_send[d]];
+			m->src = me->shard;
+			m->seq = me->next_send[d]++;
+			cr_assert_eq(keel_send(d, on_msg, m), 0);
+		}
+		more |= me->next_send[d] < PER_PAIR;
+	}
+	if (more)
+		keel_defer(pump, me);
+}
+
+static void
+mail_start(void *app)
+{
+	unsigned id = keel_shard_id(keel_this_shard());
+	struct shard_state *me = &mt->st[id];
+
+	me->shard = id;
+	keel_defer(pump, me);
+}
+
+Test(core_msg, million_messages_among_four_shards_arrive_once_in_order, .timeout = 120)
+{
+	struct keel_opts o = test_opts(NSHARDS);
+	struct keel_runtime *rt;
+	uint64_t sent = 0, recv = 0, overflow = 0;
+
+	o.mailbox_entries = 256; /* small queues: the overflow path must carry order too */
+	mt = calloc(1, sizeof(*mt));
+	for (unsigned i = 0; i < NSHARDS; i++)
+		mt->st[i].pool = calloc(PER_PAIR * NSHARDS, sizeof(struct pair_msg));
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, mail_start, NULL), 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	for (unsigned i = 0; i < NSHARDS; i++) {
+		struct keel_shard_stats st;
+		cr_assert_eq(keel_runtime_stats(rt, i, &st), 0);
+		sent += st.msgs_sent;
+		recv += st.msgs_recv;
+		overflow += st.msgs_overflow;
+		cr_expect_eq(mt->st[i].out_of_order, 0, "shard %u saw messages out of order", i);
+		cr_expect_eq(mt->st[i].received, PER_PAIR * NSHARDS);
+		for (unsigned s = 0; s < NSHARDS; s++)
+			cr_expect_eq(mt->st[i].next_recv[s], PER_PAIR, "pair %u->%u incomplete", s,
+				     i);
+	}
+	keel_runtime_destroy(rt);
+	cr_assert_eq(atomic_load(&mt->total_received), (uint64_t)PER_PAIR * NSHARDS * NSHARDS);
+	cr_assert_eq(sent, (uint64_t)PER_PAIR * NSHARDS * NSHARDS);
+	cr_assert_eq(recv, sent, "messages lost or duplicated: sent %llu, run %llu",
+		     (unsigned long long)sent, (unsigned long long)recv);
+	cr_expect_gt(overflow, 0, "the test meant to exercise the overflow path did not");
+	for (unsigned i = 0; i < NSHARDS; i++)
+		free(mt->st[i].pool);
+	free(mt);
+}
+
+/* call: fn runs on the destination, done back on the caller. */
+struct call_test {
+	_Atomic int fn_shard;
+	_Atomic int done_shard;
+	_Atomic int done_status;
+};
+
+static int
+call_fn(void *arg)
+{
+	struct call_test *c = arg;
+	atomic_store(&c->fn_shard, (int)keel_shard_id(keel_this_shard()));
+	return -42;
+}
+
+static void
+call_done(int status, void *arg)
+{
+	struct call_test *c = arg;
+	atomic_store(&c->done_shard, (int)keel_shard_id(keel_this_shard()));
+	atomic_store(&c->done_status, status);
+	keel_stop(0);
+}
+
+static void
+call_start(void *app)
+{
+	if (keel_shard_id(keel_this_shard()) == 1)
+		cr_assert_eq(keel_call(2, call_fn, app, call_done, app), 0);
+}
+
+Test(core_msg, call_runs_fn_remotely_and_done_on_caller)
+{
+	struct keel_opts o = test_opts(3);
+	struct call_test c = { -1, -1, 0 };
+
+	cr_assert_eq(keel_run(&o, call_start, &c), 0);
+	cr_assert_eq(atomic_load(&c.fn_shard), 2);
+	cr_assert_eq(atomic_load(&c.done_shard), 1);
+	cr_assert_eq(atomic_load(&c.done_status), -42);
+}
+
+/* broadcast: every shard once, all_done once on the caller after all ran. */
+#define BSHARDS 6
+struct bcast_test {
+	_Atomic unsigned hits[BSHARDS];
+	_Atomic unsigned all_done_calls;
+	_Atomic unsigned hits_at_done;
+	_Atomic int done_shard;
+};
+
+static void
+bcast_fn(void *arg)
+{
+	struct bcast_test *b = arg;
+	atomic_fetch_add(&b->hits[keel_shard_id(keel_this_shard())], 1);
+}
+
+static void
+bcast_done(int status, void *arg)
+{
+	struct bcast_test *b = arg;
+	unsigned sum = 0;
+	cr_assert_eq(status, 0);
+	for (unsigned i = 0; i < BSHARDS; i++)
+		sum += atomic_load(&b->hits[i]);
+	atomic_store(&b->hits_at_done, sum);
+	atomic_store(&b->done_shard, (int)keel_shard_id(keel_this_shard()));
+	atomic_fetch_add(&b->all_done_calls, 1);
+	keel_stop(0);
+}
+
+static void
+bcast_start(void *app)
+{
+	if (keel_shard_id(keel_this_shard()) == 3)
+		cr_assert_eq(keel_broadcast(bcast_fn, app, bcast_done, app), 0);
+}
+
+Test(core_msg, broadcast_reaches_every_shard_once)
+{
+	struct keel_opts o = test_opts(BSHARDS);
+	struct bcast_test b = { 0 };
+
+	cr_assert_eq(keel_run(&o, bcast_start, &b), 0);
+	for (unsigned i = 0; i < BSHARDS; i++)
+		cr_assert_eq(atomic_load(&b.hits[i]), 1, "shard %u ran the broadcast %u times", i,
+			     atomic_load(&b.hits[i]));
+	cr_assert_eq(atomic_load(&b.all_done_calls), 1);
+	cr_assert_eq(atomic_load(&b.hits_at_done), BSHARDS);
+	cr_assert_eq(atomic_load(&b.done_shard), 3);
+}
+
+/* Messages to a sleeping shard wake it (MSG_RING): with no idle polling, every message in
+ * a slow ping-pong lands on a receiver asleep in the kernel. */
+struct wake_test {
+	unsigned rounds;
+	struct keel_timer *t;
+};
+
+static int
+wake_noop(void *arg)
+{
+	return 0;
+}
+
+static void wake_tick(struct keel_timer *t, void *arg);
+
+static void
+wake_back(int status, void *arg)
+{
+	struct wake_test *w = arg;
+	if (++w->rounds == 20)
+		keel_stop(0);
+	else
+		keel_timer_start(w->t, 2000, 0);
+}
+
+static void
+wake_tick(struct keel_timer *t, void *arg)
+{
+	keel_call(1, wake_noop, NULL, wake_back, arg);
+}
+
+static void
+wake_start(void *app)
+{
+	struct wake_test *w = app;
+	if (keel_shard_id(keel_this_shard()) != 0)
+		return;
+	cr_assert_eq(keel_timer_create(wake_tick, w, &w->t), 0);
+	keel_timer_start(w->t, 2000, 0);
+}
+
+Test(core_msg, sleeping_receiver_is_woken_by_msg_ring)
+{
+	struct keel_opts o = test_opts(2);
+	struct keel_runtime *rt;
+	struct keel_shard_stats st;
+	struct wake_test w = { 0 };
+
+	o.idle_poll_us = 0;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, wake_start, &w), 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	cr_assert_eq(w.rounds, 20);
+	cr_assert_eq(keel_runtime_stats(rt, 1, &st), 0);
+	cr_assert_geq(st.wakeups, 15, "shard 1 was woken %llu times",
+		      (unsigned long long)st.wakeups);
+	cr_assert_geq(st.sleeps, 15);
+	keel_runtime_destroy(rt);
+}
+
+static void
+bad_dst_start(void *app)
+{
+	int *r = app;
+	r[0] = keel_send(5, bcast_fn, NULL);
+	r[1] = keel_call(5, wake_noop, NULL, wake_back, NULL);
+	keel_stop(0);
+}
+
+Test(core_msg, send_to_missing_shard_is_einval)
+{
+	struct keel_opts o = test_opts(2);
+	int r[2] = { 0, 0 };
+
+	o.shards = 1;
+	cr_assert_eq(keel_run(&o, bad_dst_start, r), 0);
+	cr_assert_eq(r[0], -EINVAL);
+	cr_assert_eq(r[1], -EINVAL);
+}

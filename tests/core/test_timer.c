@@ -1,0 +1,162 @@
+// SPDX-License-Identifier: MIT
+#include <errno.h>
+
+#include <criterion/criterion.h>
+
+#include "helpers.h"
+
+struct timer_test {
+	int order[8];
+	int n;
+	int periodic_fires;
+	struct keel_timer *t[4];
+	struct keel_timer *periodic, *cancelled, *finish;
+	int cancelled_fired;
+	uint64_t t0, fired_at[3];
+	int stop_ret, stop_again;
+};
+
+static void
+record(struct keel_timer *t, void *arg)
+{
+	struct timer_test *tt = arg;
+	for (int i = 0; i < 3; i++)
+		if (tt->t[i] == t) {
+			tt->fired_at[i] = keel_now_ns();
+			tt->order[tt->n++] = i;
+		}
+}
+
+static void
+periodic_cb(struct keel_timer *t, void *arg)
+{
+	struct timer_test *tt = arg;
+	if (++tt->periodic_fires == 5)
+		keel_timer_stop(t);
+}
+
+static void
+cancelled_cb(struct keel_timer *t, void *arg)
+{
+	((struct timer_test *)arg)->cancelled_fired++;
+}
+
+static void
+finish_cb(struct keel_timer *t, void *arg)
+{
+	keel_stop(0);
+}
+
+static void
+timer_start(void *app)
+{
+	struct timer_test *tt = app;
+	static const unsigned delays_ms[3] = { 30, 10, 20 };
+
+	tt->t0 = keel_now_ns();
+	for (int i = 0; i < 3; i++) {
+		cr_assert_eq(keel_timer_create(record, tt, &tt->t[i]), 0);
+		cr_assert_eq(keel_timer_start(tt->t[i], delays_ms[i] * 1000, 0), 0);
+	}
+	cr_assert_eq(keel_timer_create(periodic_cb, tt, &tt->periodic), 0);
+	keel_timer_start(tt->periodic, 2000, 2000);
+	cr_assert_eq(keel_timer_create(cancelled_cb, tt, &tt->cancelled), 0);
+	keel_timer_start(tt->cancelled, 15000, 0);
+	cr_assert(keel_timer_pending(tt->cancelled));
+	tt->stop_ret = keel_timer_stop(tt->cancelled);
+	tt->stop_again = keel_timer_stop(tt->cancelled);
+	cr_assert_eq(keel_timer_create(finish_cb, tt, &tt->finish), 0);
+	keel_timer_start(tt->finish, 60000, 0);
+}
+
+Test(core_timer, fire_in_deadline_order_and_cancel_works)
+{
+	struct keel_opts o = test_opts(1);
+	struct timer_test tt = { 0 };
+
+	o.idle_poll_us = 0; /* sleep in the kernel until the next deadline */
+	cr_assert_eq(keel_run(&o, timer_start, &tt), 0);
+	cr_assert_eq(tt.n, 3);
+	cr_assert_eq(tt.order[0], 1);
+	cr_assert_eq(tt.order[1], 2);
+	cr_assert_eq(tt.order[2], 0);
+	/* Never early; lateness is not asserted (shared machines are noisy). */
+	cr_assert_geq(tt.fired_at[1] - tt.t0, 10 * 1000000ULL);
+	cr_assert_geq(tt.fired_at[2] - tt.t0, 20 * 1000000ULL);
+	cr_assert_geq(tt.fired_at[0] - tt.t0, 30 * 1000000ULL);
+	cr_assert_eq(tt.periodic_fires, 5);
+	cr_assert_eq(tt.cancelled_fired, 0);
+	cr_assert_eq(tt.stop_ret, 0);
+	cr_assert_eq(tt.stop_again, -ENOENT);
+}
+
+/* An idle shard with a far timer sleeps in the kernel: few passes, not a busy loop. */
+static void
+idle_start(void *app)
+{
+	struct keel_timer *t;
+	cr_assert_eq(keel_timer_create(finish_cb, NULL, &t), 0);
+	keel_timer_start(t, 200 * 1000, 0);
+}
+
+Test(core_timer, idle_shard_sleeps_until_the_deadline)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_runtime *rt;
+	struct keel_shard_stats st;
+
+	o.idle_poll_us = 0;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, idle_start, NULL), 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	cr_assert_eq(keel_runtime_stats(rt, 0, &st), 0);
+	cr_assert_eq(st.timers_fired, 1);
+	cr_assert_lt(st.passes, 50, "an idle shard made %llu passes in 200 ms",
+		     (unsigned long long)st.passes);
+	keel_runtime_destroy(rt);
+}
+
+/* A timer callback that destroys its own timer, and one re-armed with no delay. */
+struct rearm_test {
+	int zero_delay_fires;
+	uint64_t pass_of_fire[4];
+};
+
+static void
+self_destroy(struct keel_timer *t, void *arg)
+{
+	keel_timer_destroy(t);
+}
+
+static void
+zero_rearm(struct keel_timer *t, void *arg)
+{
+	struct rearm_test *r = arg;
+	r->pass_of_fire[r->zero_delay_fires] = keel_now_ns();
+	if (++r->zero_delay_fires < 4)
+		keel_timer_start(t, 0, 0);
+	else
+		keel_stop(0);
+}
+
+static void
+rearm_start(void *app)
+{
+	struct keel_timer *a, *b;
+	cr_assert_eq(keel_timer_create(self_destroy, NULL, &a), 0);
+	keel_timer_start(a, 100, 0);
+	cr_assert_eq(keel_timer_create(zero_rearm, app, &b), 0);
+	keel_timer_start(b, 0, 0);
+}
+
+Test(core_timer, zero_delay_rearm_fires_on_next_pass_and_self_destroy_is_safe)
+{
+	struct keel_opts o = test_opts(1);
+	struct rearm_test r = { 0 };
+
+	cr_assert_eq(keel_run(&o, rearm_start, &r), 0);
+	cr_assert_eq(r.zero_delay_fires, 4);
+	for (int i = 1; i < 4; i++)
+		cr_assert_gt(r.pass_of_fire[i], r.pass_of_fire[i - 1],
+			     "re-armed timer fired twice in one pass");
+}
