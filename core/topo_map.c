@@ -238,8 +238,10 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 		}
 	}
 	if (!ncand) {
-		r = fail(err, errlen, -EINVAL, "no CPU is allowed for shards (cpuset %s)",
-			 keel_topo_cpulist_format(&allowed, list, sizeof(list)));
+		r = fail(err, errlen, -EINVAL, "no CPU is left for shards (allowed CPUs: %s%s)%s",
+			 keel_topo_cpulist_format(&allowed, list, sizeof(list)),
+			 req->reserve ? ", after --reserve" : "",
+			 req->reserve ? "; reserve fewer cores" : "");
 		goto out;
 	}
 
