@@ -235,8 +235,17 @@ svg_write(const struct tool_ctx *c, FILE *f)
 		height);
 
 	/* Title, what it shows, legend. */
-	snprintf(buf, sizeof(buf), "keel-topo: %s%s%s", in->source, in->host[0] ? " · " : "",
-		 in->host);
+	{
+		/* "xml /long/path/x.xml": the file name says which machine; the path does not. */
+		const char *src = in->source, *slash = strrchr(src, '/');
+		char shown[320];
+		if (!strncmp(src, "xml ", 4) && slash)
+			snprintf(shown, sizeof(shown), "xml %s", slash + 1);
+		else
+			snprintf(shown, sizeof(shown), "%s", src);
+		snprintf(buf, sizeof(buf), "keel-topo: %s%s%s", shown,
+			 in->host[0] ? " · host " : "", in->host);
+	}
 	text(f, MARGIN, MARGIN + 16, 18, "#1a202c", "start", "bold", buf);
 	if (m)
 		snprintf(buf, sizeof(buf),
