@@ -245,4 +245,9 @@ void keel__foreign_close(struct keel_shard *s);
 /* caps.c */
 void keel__features_log(const struct keel_feature_decision *d);
 
+/* --map FILE (topo_map.c): validate the map, then shard i runs on its CPU. Logs the reason
+ * and returns -EINVAL for a stale map. */
+int keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus, char *why,
+			 size_t whylen);
+
 #endif

@@ -172,6 +172,7 @@ enum opt_id {
 	OPT_LOG_LEVEL,
 	OPT_STATS,
 	OPT_FEATURE,
+	OPT_MAP,
 	OPT_HELP,
 };
 
@@ -200,6 +201,8 @@ static const struct opt_desc opt_table[] = {
 	{ OPT_STATS, "--stats", "KEEL_STATS", NULL, "print per-shard counters at exit" },
 	{ OPT_FEATURE, "--feature", "KEEL_FEATURE", "NAME=POLICY[,..]",
 	  "io_uring feature policy off|on|auto; names: single_issuer, defer_taskrun, reg_ring_fd" },
+	{ OPT_MAP, "--map", "KEEL_MAP", "FILE",
+	  "core/queue map file written by keel-topo --plan (shard i runs on its CPU)" },
 	{ OPT_HELP, "--help", NULL, NULL, "show this help" },
 };
 
@@ -237,6 +240,9 @@ apply(const struct opt_desc *d, const char *v, struct keel_opts *o, char *err, s
 		return parse_bool(d->name, v, &o->stats, err, errlen);
 	case OPT_FEATURE:
 		return parse_features(d->name, v, o, err, errlen);
+	case OPT_MAP:
+		o->map_path = v;
+		return 0;
 	case OPT_HELP:
 		return 1;
 	}

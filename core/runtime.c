@@ -455,7 +455,7 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 {
 	struct keel_runtime *rt;
 	static int cpus[CPU_SETSIZE];
-	unsigned ncpus;
+	unsigned ncpus = 0;
 	char why[256];
 	int r;
 
@@ -484,6 +484,9 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 		keel_log(KEEL_LOG_ERROR, "core", "%s", why);
 		goto err_rt;
 	}
+	r = keel__topo_apply_map(opts, cpus, &ncpus, why, sizeof(why)); /* --map: topo_map.c */
+	if (r < 0)
+		goto err_rt;
 	rt->count =
 		opts->shards ? opts->shards : (ncpus > KEEL_MAX_SHARDS ? KEEL_MAX_SHARDS : ncpus);
 	if (hwloc_topology_init(&rt->topo) < 0 || hwloc_topology_load(rt->topo) < 0) {

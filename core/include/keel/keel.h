@@ -11,5 +11,6 @@
 #include <keel/ring.h>
 #include <keel/runtime.h>
 #include <keel/timer.h>
+#include <keel/topo.h>
 
 #endif

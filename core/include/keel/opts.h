@@ -64,6 +64,7 @@ struct keel_opts {
 	bool stats;                    /* --stats: print per-shard stats at exit */
 	bool signals;                  /* SIGINT/SIGTERM stop the runtime (keel_run default) */
 	enum keel_policy features[KEEL_FEAT__COUNT]; /* --feature NAME=off|on|auto */
+	const char *map_path; /* --map: core/queue map file (keel-topo --plan), NULL: none */
 };
 
 /** Fill @o with defaults (no shards count = one per CPU, 50 us idle poll, 256 entries,

@@ -1,0 +1,445 @@
+// SPDX-License-Identifier: MIT
+/* Topology discovery with hwloc: packages, NUMA nodes, cores, SMT siblings, caches and the
+ * PCI locality of each NIC; live facts (queues, IRQs) come from topo_sysfs.c. */
+#include <errno.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <hwloc.h>
+
+#include "topo_internal.h"
+
+static int
+fail(char *err, size_t errlen, int r, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	if (err && errlen)
+		vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+	return r;
+}
+
+const char *
+keel_topo_state_name(enum keel_topo_state s)
+{
+	switch (s) {
+	case KEEL_TOPO_OFF:
+		return "off";
+	case KEEL_TOPO_ON:
+		return "on";
+	default:
+		return "unknown";
+	}
+}
+
+char *
+keel_topo_cpulist_format(const struct keel_cpuset *s, char *buf, size_t len)
+{
+	size_t off = 0;
+
+	if (!len)
+		return buf;
+	buf[0] = 0;
+	for (unsigned c = 0; c < KEEL_MAX_CPUS; c++) {
+		unsigned e = c;
+		int n;
+
+		if (!keel_cpuset_has(s, c))
+			continue;
+		while (e + 1 < KEEL_MAX_CPUS && keel_cpuset_has(s, e + 1))
+			e++;
+		if (e == c)
+			n = snprintf(buf + off, len - off, "%s%u", off ? "," : "", c);
+		else
+			n = snprintf(buf + off, len - off, "%s%u-%u", off ? "," : "", c, e);
+		if (n < 0 || (size_t)n >= len - off)
+			break;
+		off += (size_t)n;
+		c = e;
+	}
+	return buf;
+}
+
+static void
+cpuset_from_hwloc(hwloc_const_bitmap_t b, struct keel_cpuset *out)
+{
+	int i;
+
+	memset(out, 0, sizeof(*out));
+	hwloc_bitmap_foreach_begin(i, b)
+	{
+		keel_cpuset_add(out, (unsigned)i);
+	}
+	hwloc_bitmap_foreach_end();
+}
+
+struct keel_topo_nic *
+keel__topo_nic_add(struct keel_topo *t)
+{
+	struct keel_topo_nic *n;
+
+	if (t->info.nnics == t->nics_cap) {
+		unsigned cap = t->nics_cap ? t->nics_cap * 2 : 8;
+		struct keel_topo_nic *nv = realloc(t->nics, cap * sizeof(*nv));
+		if (!nv)
+			return NULL;
+		t->nics = nv;
+		t->nics_cap = cap;
+		t->info.nics = nv;
+	}
+	n = &t->nics[t->info.nnics++];
+	memset(n, 0, sizeof(*n));
+	n->numa = -1;
+	n->nrxq = n->ntxq = -1;
+	n->ch_rx = n->ch_tx = n->ch_combined = -1;
+	n->ch_max_rx = n->ch_max_tx = n->ch_max_combined = -1;
+	n->ring_rx = -1;
+	n->hds_thresh = -1;
+	return n;
+}
+
+static int
+numa_of_cpuset(hwloc_topology_t h, hwloc_const_cpuset_t set)
+{
+	hwloc_obj_t node = NULL;
+
+	while ((node = hwloc_get_next_obj_by_type(h, HWLOC_OBJ_NUMANODE, node)))
+		if (!hwloc_bitmap_iszero(set) && hwloc_bitmap_isincluded(set, node->cpuset))
+			return (int)node->os_index;
+	return -1;
+}
+
+static int
+load_cpus(struct keel_topo *t, hwloc_topology_t h)
+{
+	int nnuma = hwloc_get_nbobjs_by_type(h, HWLOC_OBJ_NUMANODE);
+	int ncores = hwloc_get_nbobjs_by_type(h, HWLOC_OBJ_CORE);
+	int npus = hwloc_get_nbobjs_by_type(h, HWLOC_OBJ_PU);
+	bool pu_cores = ncores <= 0; /* no core level: every PU is a core of its own */
+	hwloc_obj_t o = NULL;
+	unsigned k = 0;
+
+	if (npus <= 0)
+		return -EINVAL;
+	if (pu_cores)
+		ncores = npus;
+	if (nnuma < 0)
+		nnuma = 0;
+	t->numa = calloc((size_t)nnuma + 1, sizeof(*t->numa));
+	t->cores = calloc((size_t)ncores, sizeof(*t->cores));
+	t->pus = calloc((size_t)npus, sizeof(*t->pus));
+	if (!t->numa || !t->cores || !t->pus)
+		return -ENOMEM;
+	t->info.npackages = (unsigned)hwloc_get_nbobjs_by_type(h, HWLOC_OBJ_PACKAGE);
+	if (!t->info.npackages)
+		t->info.npackages = 1;
+
+	while ((o = hwloc_get_next_obj_by_type(h, HWLOC_OBJ_NUMANODE, o))) {
+		struct keel_topo_numa *n = &t->numa[k++];
+		n->os = o->os_index;
+		n->memory_bytes = o->attr ? o->attr->numanode.local_memory : 0;
+		cpuset_from_hwloc(o->cpuset, &n->cpus);
+	}
+	t->info.nnuma = k;
+
+	for (int c = 0; c < ncores; c++) {
+		struct keel_topo_core *core = &t->cores[c];
+		hwloc_obj_t co = hwloc_get_obj_by_type(h, pu_cores ? HWLOC_OBJ_PU : HWLOC_OBJ_CORE,
+						       (unsigned)c);
+		hwloc_obj_t pkg = hwloc_get_ancestor_obj_by_type(h, HWLOC_OBJ_PACKAGE, co);
+		hwloc_obj_t pu = NULL;
+
+		core->package = pkg ? pkg->logical_index : 0;
+		core->numa = numa_of_cpuset(h, co->cpuset);
+		for (hwloc_obj_t p = co->parent; p; p = p->parent) {
+			if (p->type == HWLOC_OBJ_L2CACHE && !core->l2_bytes)
+				core->l2_bytes = p->attr->cache.size;
+			if (p->type == HWLOC_OBJ_L3CACHE && !core->l3_bytes)
+				core->l3_bytes = p->attr->cache.size;
+		}
+		while ((pu = hwloc_get_next_obj_inside_cpuset_by_type(h, co->cpuset, HWLOC_OBJ_PU,
+								      pu))) {
+			struct keel_topo_pu *kp = &t->pus[pu->logical_index];
+			kp->os = pu->os_index;
+			kp->core = (unsigned)c;
+			kp->smt = core->npus;
+			kp->allowed = true;
+			keel_cpuset_add(&t->info.present, pu->os_index);
+			if (core->npus < KEEL_TOPO_MAX_SMT)
+				core->pus[core->npus++] = pu->os_index;
+		}
+		for (unsigned i = 0; i < t->info.nnuma; i++)
+			if (core->numa >= 0 && t->numa[i].os == (unsigned)core->numa)
+				t->numa[i].ncores++;
+	}
+	t->info.ncores = (unsigned)ncores;
+	t->info.npus = (unsigned)npus;
+	return 0;
+}
+
+static void
+nic_locality(hwloc_topology_t h, hwloc_obj_t io, struct keel_topo_nic *n)
+{
+	hwloc_obj_t anc = hwloc_get_non_io_ancestor_obj(h, io);
+
+	if (!anc)
+		return;
+	cpuset_from_hwloc(anc->cpuset, &n->local);
+	if (anc->nodeset && hwloc_bitmap_weight(anc->nodeset) == 1)
+		n->numa = hwloc_bitmap_first(anc->nodeset);
+}
+
+static void
+pci_busid(hwloc_obj_t pci, char *buf, size_t len)
+{
+	snprintf(buf, len, "%04x:%02x:%02x.%01x", pci->attr->pcidev.domain, pci->attr->pcidev.bus,
+		 pci->attr->pcidev.dev, pci->attr->pcidev.func);
+}
+
+static int
+load_nics(struct keel_topo *t, hwloc_topology_t h)
+{
+	hwloc_obj_t o = NULL;
+
+	/* Network interfaces, with the PCI function they sit on. */
+	while ((o = hwloc_get_next_osdev(h, o))) {
+		struct keel_topo_nic *n;
+		const char *model;
+
+		if (o->attr->osdev.type != HWLOC_OBJ_OSDEV_NETWORK || !o->name)
+			continue;
+		n = keel__topo_nic_add(t);
+		if (!n)
+			return -ENOMEM;
+		keel__topo_strcpy(n->name, sizeof(n->name), o->name);
+		n->netdev = true;
+		if (o->parent && o->parent->type == HWLOC_OBJ_PCI_DEVICE) {
+			pci_busid(o->parent, n->pci, sizeof(n->pci));
+			model = hwloc_obj_get_info_by_name(o->parent, "PCIDevice");
+			if (model)
+				keel__topo_strcpy(n->model, sizeof(n->model), model);
+		}
+		nic_locality(h, o, n);
+	}
+	/* Ethernet PCI functions without an interface (SR-IOV VFs, functions bound to vfio or
+	 * to no driver): an operator may still place work by their locality. */
+	o = NULL;
+	while ((o = hwloc_get_next_pcidev(h, o))) {
+		struct keel_topo_nic *n;
+		bool has_net = false;
+		const char *model;
+
+		if ((o->attr->pcidev.class_id >> 8) != 0x02)
+			continue;
+		for (hwloc_obj_t c = o->io_first_child; c; c = c->next_sibling)
+			if (c->type == HWLOC_OBJ_OS_DEVICE &&
+			    c->attr->osdev.type == HWLOC_OBJ_OSDEV_NETWORK)
+				has_net = true;
+		if (has_net)
+			continue;
+		n = keel__topo_nic_add(t);
+		if (!n)
+			return -ENOMEM;
+		pci_busid(o, n->pci, sizeof(n->pci));
+		keel__topo_strcpy(n->name, sizeof(n->name), n->pci);
+		model = hwloc_obj_get_info_by_name(o, "PCIDevice");
+		if (model)
+			keel__topo_strcpy(n->model, sizeof(n->model), model);
+		nic_locality(h, o, n);
+	}
+	return 0;
+}
+
+static void
+load_allowed(struct keel_topo *t)
+{
+	cpu_set_t mask;
+
+	t->info.allowed = t->info.present;
+	if (!t->info.live || sched_getaffinity(0, sizeof(mask), &mask) < 0)
+		return;
+	memset(&t->info.allowed, 0, sizeof(t->info.allowed));
+	for (unsigned c = 0; c < KEEL_MAX_CPUS && c < CPU_SETSIZE; c++)
+		if (CPU_ISSET(c, &mask) && keel_cpuset_has(&t->info.present, c))
+			keel_cpuset_add(&t->info.allowed, c);
+	for (unsigned i = 0; i < t->info.npus; i++)
+		t->pus[i].allowed = keel_cpuset_has(&t->info.allowed, t->pus[i].os);
+}
+
+int
+keel_topo_load(const struct keel_topo_load_opts *o, struct keel_topo **out, char *err,
+	       size_t errlen)
+{
+	struct keel_topo *t;
+	hwloc_topology_t h;
+	const char *xml = o && o->xml && *o->xml ? o->xml : NULL;
+	const char *syn = o && o->synthetic && *o->synthetic ? o->synthetic : NULL;
+	int r;
+
+	if (xml && syn)
+		return fail(
+			err, errlen, -EINVAL,
+			"--xml and --synthetic both given: pick one description of the machine");
+	if (xml) {
+		struct stat st;
+		if (stat(xml, &st) < 0)
+			return fail(err, errlen, -errno,
+				    "cannot read hwloc XML '%s': %s (check the path)", xml,
+				    strerror(errno));
+	}
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	if (hwloc_topology_init(&h) < 0) {
+		free(t);
+		return fail(err, errlen, -ENOMEM, "hwloc_topology_init failed");
+	}
+	/* Keep PCI devices and network interfaces so NICs have a locality. */
+	hwloc_topology_set_io_types_filter(h, HWLOC_TYPE_FILTER_KEEP_IMPORTANT);
+	/* The linux component reads the PCI tree from sysfs by itself. The libpciaccess one
+	 * ("pci") adds only device names and leaks on every load (LeakSanitizer sees it);
+	 * GPU components cost start-up time for nothing a NIC map needs. */
+	hwloc_topology_set_components(h, HWLOC_TOPOLOGY_COMPONENTS_FLAG_BLACKLIST, "pci");
+	hwloc_topology_set_components(h, HWLOC_TOPOLOGY_COMPONENTS_FLAG_BLACKLIST, "opencl");
+	hwloc_topology_set_components(h, HWLOC_TOPOLOGY_COMPONENTS_FLAG_BLACKLIST, "gl");
+	t->info.live = !xml && !syn;
+	if (xml) {
+		snprintf(t->info.source, sizeof(t->info.source), "xml %s", xml);
+		if (hwloc_topology_set_xml(h, xml) < 0) {
+			r = fail(
+				err, errlen, -EINVAL,
+				"hwloc cannot use '%s' as XML: %s (check it with: lstopo-no-graphics "
+				"--input %s)",
+				xml, strerror(errno), xml);
+			goto err_h;
+		}
+	} else if (syn) {
+		snprintf(t->info.source, sizeof(t->info.source), "synthetic %s", syn);
+		if (hwloc_topology_set_synthetic(h, syn) < 0) {
+			r = fail(err, errlen, -EINVAL,
+				 "hwloc rejects the synthetic description '%s' (expected e.g. "
+				 "\"pack:2 numa:2 core:8 pu:2\")",
+				 syn);
+			goto err_h;
+		}
+	} else {
+		snprintf(t->info.source, sizeof(t->info.source), "this machine");
+	}
+	if (hwloc_topology_load(h) < 0) {
+		r = fail(err, errlen, -EINVAL, "hwloc could not load %s: %s", t->info.source,
+			 strerror(errno));
+		goto err_h;
+	}
+	if (t->info.live) {
+		if (gethostname(t->info.host, sizeof(t->info.host)) < 0)
+			t->info.host[0] = 0;
+		t->info.host[sizeof(t->info.host) - 1] = 0;
+	} else {
+		const char *hn = hwloc_obj_get_info_by_name(hwloc_get_root_obj(h), "HostName");
+		if (hn)
+			keel__topo_strcpy(t->info.host, sizeof(t->info.host), hn);
+	}
+	r = load_cpus(t, h);
+	if (r == 0)
+		r = load_nics(t, h);
+	if (r < 0) {
+		fail(err, errlen, r, "reading the topology of %s failed: %s", t->info.source,
+		     strerror(-r));
+		goto err_h;
+	}
+	hwloc_topology_destroy(h);
+	load_allowed(t);
+	t->info.irqbalance = KEEL_TOPO_UNKNOWN;
+	if (t->info.live) {
+		r = keel__topo_sysfs_virtual(t);
+		if (r < 0) {
+			fail(err, errlen, r, "listing network interfaces failed: %s", strerror(-r));
+			keel_topo_destroy(t);
+			return r;
+		}
+		for (unsigned i = 0; i < t->info.nnics; i++) {
+			if (t->nics[i].is_virtual)
+				t->nics[i].local = t->info.present;
+			keel__topo_sysfs_nic(&t->nics[i]);
+		}
+		t->info.irqbalance = keel__topo_irqbalance();
+	} else {
+		for (unsigned i = 0; i < t->info.nnics; i++) {
+			struct keel_topo_nic *n = &t->nics[i];
+			if (!o->queues)
+				continue;
+			n->nrxq = n->ntxq = (int)o->queues;
+			n->rxq = calloc(o->queues, sizeof(*n->rxq));
+			if (!n->rxq) {
+				keel_topo_destroy(t);
+				return -ENOMEM;
+			}
+			for (unsigned q = 0; q < o->queues; q++) {
+				n->rxq[q].index = q;
+				n->rxq[q].irq = -1;
+			}
+		}
+	}
+	t->info.numa = t->numa;
+	t->info.cores = t->cores;
+	t->info.pus = t->pus;
+	t->info.nics = t->nics;
+	*out = t;
+	return 0;
+err_h:
+	hwloc_topology_destroy(h);
+	keel_topo_destroy(t);
+	return r;
+}
+
+void
+keel_topo_destroy(struct keel_topo *t)
+{
+	if (!t)
+		return;
+	for (unsigned i = 0; i < t->info.nnics; i++)
+		free(t->nics[i].rxq);
+	free(t->nics);
+	free(t->numa);
+	free(t->cores);
+	free(t->pus);
+	free(t);
+}
+
+const struct keel_topo_info *
+keel_topo_info_get(const struct keel_topo *t)
+{
+	return &t->info;
+}
+
+/* "88:00.1" and "0000:88:00.1" name the same function. */
+static bool
+pci_match(const char *busid, const char *name)
+{
+	if (!*busid)
+		return false;
+	if (!strcasecmp(busid, name))
+		return true;
+	return strlen(name) == 7 && !strcasecmp(busid + 5, name);
+}
+
+const struct keel_topo_nic *
+keel_topo_nic_find(const struct keel_topo *t, const char *name)
+{
+	if (!name || !*name)
+		return NULL;
+	for (unsigned i = 0; i < t->info.nnics; i++)
+		if (!strcmp(t->nics[i].name, name))
+			return &t->nics[i];
+	for (unsigned i = 0; i < t->info.nnics; i++)
+		if (pci_match(t->nics[i].pci, name))
+			return &t->nics[i];
+	return NULL;
+}

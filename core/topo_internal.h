@@ -1,0 +1,58 @@
+/* SPDX-License-Identifier: MIT */
+/* Private to core/topo*.c (and the topo tests): the topology object and sysfs helpers. */
+#ifndef KEEL_CORE_TOPO_INTERNAL_H
+#define KEEL_CORE_TOPO_INTERNAL_H
+
+#include <keel/topo.h>
+#include <string.h>
+
+/* Copy @src into @dst[len], truncating; always terminated. */
+static inline void
+keel__topo_strcpy(char *dst, size_t len, const char *src)
+{
+	size_t n = strlen(src);
+
+	if (!len)
+		return;
+	if (n >= len)
+		n = len - 1;
+	memcpy(dst, src, n);
+	dst[n] = 0;
+}
+
+struct keel_topo {
+	struct keel_topo_info info;
+	struct keel_topo_numa *numa;
+	struct keel_topo_core *cores;
+	struct keel_topo_pu *pus;
+	struct keel_topo_nic *nics;
+	unsigned nics_cap;
+};
+
+/* Append a zeroed NIC (unknown counts set to -1) to @t. Returns it, or NULL (ENOMEM). */
+struct keel_topo_nic *keel__topo_nic_add(struct keel_topo *t);
+
+/* Live facts of one NIC from sysfs, /proc and ethtool: queues, IRQs, channels, driver, hds. */
+void keel__topo_sysfs_nic(struct keel_topo_nic *nic);
+
+/* Add every /sys/class/net interface that hwloc did not report (virtual ones), except lo. */
+int keel__topo_sysfs_virtual(struct keel_topo *t);
+
+/* Whether irqbalance is running (a /proc/PID/comm called irqbalance). */
+enum keel_topo_state keel__topo_irqbalance(void);
+
+/* If @irq_name (a /proc/interrupts action name) serves an rx queue, return 1 and its number
+ * in *q; 0 when it names something else (config, tx-only, misc). */
+int keel__topo_irq_rxq(const char *irq_name, unsigned *q);
+
+/* Read a CPU list file (smp_affinity_list, cpu/online). Returns 0 or -errno. */
+int keel__topo_cpulist_read(const char *path, struct keel_cpuset *out);
+
+/* Number of rx-N entries in /sys/class/net/@ifname/queues, or -errno (-ENODEV: no such
+ * interface). */
+int keel__topo_sysfs_rxq_count(const char *ifname);
+
+/* Comma-separated names in /sys/class/net except lo, into @buf ("none" when empty). */
+void keel__topo_sysfs_ifnames(char *buf, size_t len);
+
+#endif

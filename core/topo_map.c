@@ -1,0 +1,546 @@
+// SPDX-License-Identifier: MIT
+/* The core/queue map: computing it from a topology and a request, checking it against the
+ * live machine, and applying a map file to the runtime's CPU list (--map FILE). */
+#include <errno.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "topo_internal.h"
+
+static int
+fail(char *err, size_t errlen, int r, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	if (err && errlen)
+		vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+	return r;
+}
+
+void
+keel_map_req_init(struct keel_map_req *r)
+{
+	memset(r, 0, sizeof(*r));
+}
+
+int
+keel_map_req_rxqs_parse(struct keel_map_req *r, const char *s, char *err, size_t errlen)
+{
+	const char *colon = strrchr(s, ':');
+	struct keel_cpuset set;
+	char e2[160];
+	size_t iflen;
+
+	/* The last colon separates IF from LIST, so a PCI bus id can name the NIC. */
+	if (!colon || colon == s || !colon[1])
+		return fail(err, errlen, -EINVAL,
+			    "--rxqs: '%s' is not IF:LIST (expected e.g. eth0:0-3)", s);
+	iflen = (size_t)(colon - s);
+	if (iflen >= sizeof(r->iface))
+		return fail(err, errlen, -EINVAL, "--rxqs: interface name too long in '%s'", s);
+	if (keel_cpulist_parse(colon + 1, &set, e2, sizeof(e2)) < 0)
+		return fail(err, errlen, -EINVAL,
+			    "--rxqs: '%s' is not a queue list (expected e.g. eth0:0-3,6)", s);
+	memcpy(r->iface, s, iflen);
+	r->iface[iflen] = 0;
+	r->nrxqs = 0;
+	for (unsigned q = 0; q < KEEL_MAX_CPUS; q++) {
+		if (!keel_cpuset_has(&set, q))
+			continue;
+		if (r->nrxqs == KEEL_MAX_SHARDS)
+			return fail(err, errlen, -EINVAL, "--rxqs: more than %d queues",
+				    KEEL_MAX_SHARDS);
+		r->rxqs[r->nrxqs++] = q;
+	}
+	return 0;
+}
+
+/* The NIC a map uses when none is named: the first with a PCI device (it has a locality),
+ * else the first interface. */
+static const struct keel_topo_nic *
+default_nic(const struct keel_topo_info *in)
+{
+	for (unsigned i = 0; i < in->nnics; i++)
+		if (in->nics[i].netdev && in->nics[i].pci[0])
+			return &in->nics[i];
+	for (unsigned i = 0; i < in->nnics; i++)
+		if (in->nics[i].netdev)
+			return &in->nics[i];
+	return NULL;
+}
+
+static void
+nic_names(const struct keel_topo_info *in, char *buf, size_t len)
+{
+	size_t off = 0;
+
+	buf[0] = 0;
+	for (unsigned i = 0; i < in->nnics; i++) {
+		int n = snprintf(buf + off, len - off, "%s%s", off ? ", " : "", in->nics[i].name);
+		if (n < 0 || (size_t)n >= len - off)
+			break;
+		off += (size_t)n;
+	}
+	if (!buf[0])
+		snprintf(buf, len, "none");
+}
+
+static int
+pu_numa(const struct keel_topo_info *in, unsigned cpu, int *core)
+{
+	for (unsigned i = 0; i < in->npus; i++)
+		if (in->pus[i].os == cpu) {
+			*core = (int)in->pus[i].core;
+			return in->cores[in->pus[i].core].numa;
+		}
+	*core = -1;
+	return -1;
+}
+
+int
+keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, struct keel_map *out,
+		 char *err, size_t errlen)
+{
+	const struct keel_topo_info *in = keel_topo_info_get(t);
+	const struct keel_topo_nic *nic = NULL;
+	struct keel_cpuset allowed = in->allowed;
+	unsigned *cand, ncand = 0, nphys = 0, nlocal_phys = 0, shards;
+	unsigned char *reserved;
+	char list[512];
+	int r = 0;
+
+	memset(out, 0, sizeof(*out));
+	out->version = KEEL_MAP_VERSION;
+	out->numa = -1;
+	out->smt = req->smt;
+	out->numa_policy = req->numa;
+	out->reserve = req->reserve;
+	out->hds = req->hds;
+	keel__topo_strcpy(out->source, sizeof(out->source), in->source);
+
+	if (req->iface[0]) {
+		nic = keel_topo_nic_find(t, req->iface);
+		if (!nic) {
+			nic_names(in, list, sizeof(list));
+			return fail(err, errlen, -ENODEV,
+				    "no interface '%s' on %s (it has: %s); pick one with --iface",
+				    req->iface, in->source, list);
+		}
+	} else {
+		nic = default_nic(in);
+	}
+	if (nic) {
+		keel__topo_strcpy(out->iface, sizeof(out->iface), nic->name);
+		keel__topo_strcpy(out->pci, sizeof(out->pci), nic->pci);
+		out->numa = nic->numa;
+	}
+
+	if (req->cpuset_given) {
+		for (unsigned c = 0; c < KEEL_MAX_CPUS; c++) {
+			if (!keel_cpuset_has(&req->cpuset, c))
+				continue;
+			if (!keel_cpuset_has(&in->present, c))
+				return fail(
+					err, errlen, -EINVAL,
+					"--cpuset: CPU %u does not exist on %s (CPUs: %s)", c,
+					in->source,
+					keel_topo_cpulist_format(&in->present, list, sizeof(list)));
+			if (!keel_cpuset_has(&in->allowed, c))
+				return fail(
+					err, errlen, -EINVAL,
+					"--cpuset: CPU %u is outside this process's affinity mask "
+					"(allowed: %s); see taskset -p %d",
+					c,
+					keel_topo_cpulist_format(&in->allowed, list, sizeof(list)),
+					(int)getpid());
+		}
+		for (unsigned w = 0; w < KEEL_MAX_CPUS / 64; w++)
+			allowed.bits[w] &= req->cpuset.bits[w];
+	}
+
+	cand = calloc(in->npus + 1, sizeof(*cand));
+	reserved = calloc(in->ncores + 1, 1);
+	if (!cand || !reserved) {
+		r = -ENOMEM;
+		goto out;
+	}
+	/* Tiers, in order: local first threads (A), local siblings (B), remote first threads
+	 * (C), remote siblings (D). "First thread" is a core's first allowed PU. NUMA local
+	 * takes A B C D, spread A C B D; SMT avoid drops B and D. Reserved cores (the first
+	 * --reserve cores of A then C) take part in none. */
+	{
+		unsigned left = req->reserve;
+		for (int pass = 0; pass < 2 && left; pass++)
+			for (unsigned c = 0; c < in->ncores && left; c++) {
+				const struct keel_topo_core *co = &in->cores[c];
+				bool local = !nic || keel_cpuset_has(&nic->local, co->pus[0]);
+				bool any = false;
+				if (local != (pass == 0))
+					continue;
+				for (unsigned p = 0; p < co->npus; p++)
+					any |= keel_cpuset_has(&allowed, co->pus[p]);
+				if (any) {
+					reserved[c] = 1;
+					left--;
+				}
+			}
+		if (left) {
+			r = fail(
+				err, errlen, -EINVAL,
+				"--reserve %u leaves no core for shards (allowed CPUs: %s); reserve "
+				"fewer",
+				req->reserve,
+				keel_topo_cpulist_format(&allowed, list, sizeof(list)));
+			goto out;
+		}
+	}
+	{
+		static const int order_local[4] = { 0, 1, 2, 3 }, order_spread[4] = { 0, 2, 1, 3 };
+		const int *order = req->numa == KEEL_MAP_NUMA_SPREAD ? order_spread : order_local;
+
+		for (int k = 0; k < 4; k++) {
+			int tier = order[k];
+			bool want_local = tier < 2, sibling = tier & 1;
+
+			if (sibling && req->smt == KEEL_MAP_SMT_AVOID)
+				continue;
+			for (unsigned rank = sibling ? 1 : 0;
+			     rank < (sibling ? KEEL_TOPO_MAX_SMT : 1); rank++)
+				for (unsigned c = 0; c < in->ncores; c++) {
+					const struct keel_topo_core *co = &in->cores[c];
+					bool local =
+						!nic || keel_cpuset_has(&nic->local, co->pus[0]);
+					unsigned seen = 0;
+
+					if (local != want_local || reserved[c])
+						continue;
+					/* The rank-th allowed PU of the core. */
+					for (unsigned p = 0; p < co->npus; p++) {
+						if (!keel_cpuset_has(&allowed, co->pus[p]))
+							continue;
+						if (seen++ == rank) {
+							cand[ncand++] = co->pus[p];
+							if (!sibling) {
+								nphys++;
+								nlocal_phys += local;
+							}
+							break;
+						}
+					}
+				}
+		}
+	}
+	if (!ncand) {
+		r = fail(err, errlen, -EINVAL, "no CPU is left for shards (allowed CPUs: %s%s)%s",
+			 keel_topo_cpulist_format(&allowed, list, sizeof(list)),
+			 req->reserve ? ", after --reserve" : "",
+			 req->reserve ? "; reserve fewer cores" : "");
+		goto out;
+	}
+
+	if (req->nrxqs && !nic) {
+		r = fail(err, errlen, -ENODEV, "--rxqs: no interface '%s'", req->iface);
+		goto out;
+	}
+	shards = req->shards;
+	if (!shards) {
+		if (req->nrxqs)
+			shards = req->nrxqs;
+		else if (nic && nic->nrxq > 0)
+			shards = (unsigned)nic->nrxq < nphys ? (unsigned)nic->nrxq : nphys;
+		else
+			shards = nlocal_phys ? nlocal_phys : nphys;
+		if (!shards)
+			shards = 1;
+	}
+	if (shards > KEEL_MAX_SHARDS) {
+		r = fail(err, errlen, -EINVAL, "--shards %u: at most %d shards", shards,
+			 KEEL_MAX_SHARDS);
+		goto out;
+	}
+	if (shards > ncand && !req->oversubscribe) {
+		bool siblings = req->smt == KEEL_MAP_SMT_AVOID && in->npus > in->ncores;
+		r = fail(err, errlen, -EINVAL,
+			 "%u shards but only %u CPUs are allowed for them (%s%s); use fewer "
+			 "shards%s%s, or --oversubscribe",
+			 shards, ncand, siblings ? "one per physical core, " : "",
+			 req->reserve ? "after --reserve" : "allowed CPUs",
+			 siblings ? ", --smt allow" : "",
+			 req->cpuset_given ? ", a wider --cpuset" : "");
+		goto out;
+	}
+	if (req->nrxqs && shards > req->nrxqs) {
+		r = fail(err, errlen, -EINVAL,
+			 "--rxqs gives %u queues for %u shards: give one queue per shard",
+			 req->nrxqs, shards);
+		goto out;
+	}
+	out->nshards = shards;
+	for (unsigned i = 0; i < shards; i++) {
+		struct keel_map_shard *s = &out->shards[i];
+		s->cpu = (int)cand[i % ncand];
+		s->numa = pu_numa(in, (unsigned)s->cpu, &s->core);
+		s->rxq = -1;
+		s->irq_cpu = -1;
+		if (!nic || !nic->netdev)
+			continue;
+		s->rxq = req->nrxqs ? (int)req->rxqs[i] : (int)i;
+		if (req->nrxqs && nic->nrxq >= 0 && s->rxq >= nic->nrxq) {
+			r = fail(err, errlen, -EINVAL,
+				 "--rxqs: rx queue %d of %s does not exist (it has %d: 0-%d); pick "
+				 "existing queues or add channels with: ethtool -L %s combined %d",
+				 s->rxq, nic->name, nic->nrxq, nic->nrxq - 1, nic->name,
+				 s->rxq + 1);
+			goto out;
+		}
+		s->irq_cpu = s->cpu;
+		if ((unsigned)s->rxq + 1 > out->rx_queues)
+			out->rx_queues = (unsigned)s->rxq + 1;
+	}
+out:
+	free(cand);
+	free(reserved);
+	if (r < 0)
+		out->nshards = 0;
+	return r;
+}
+
+/* ---- checking a map against the live machine ---- */
+
+static bool
+pci_name(const char *s)
+{
+	return strchr(s, ':') != NULL;
+}
+
+/* Calls @emit for each reason @m cannot run here; stops early when @emit returns false. */
+static unsigned
+validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line), void *arg)
+{
+	struct keel_cpuset online;
+	cpu_set_t mask;
+	char line[512], list[256];
+	unsigned n = 0;
+	bool have_online = keel__topo_cpulist_read("/sys/devices/system/cpu/online", &online) == 0;
+	bool have_mask = sched_getaffinity(0, sizeof(mask), &mask) == 0;
+
+	if (m->version != KEEL_MAP_VERSION) {
+		snprintf(line, sizeof(line),
+			 "map version %u is not %d; write it again with: keel-topo --plan",
+			 m->version, KEEL_MAP_VERSION);
+		n++;
+		if (!emit(arg, line))
+			return n;
+	}
+	for (unsigned i = 0; i < m->nshards; i++) {
+		int cpu = m->shards[i].cpu;
+		if (cpu < 0 || cpu >= KEEL_MAX_CPUS ||
+		    (have_online && !keel_cpuset_has(&online, (unsigned)cpu))) {
+			snprintf(line, sizeof(line),
+				 "shard %u: CPU %d does not exist or is offline here (online: %s); "
+				 "the map is stale: run keel-topo --plan again",
+				 i, cpu,
+				 have_online ? keel_topo_cpulist_format(&online, list, sizeof(list))
+					     : "unknown");
+		} else if (have_mask && (cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &mask))) {
+			struct keel_cpuset a;
+			memset(&a, 0, sizeof(a));
+			for (unsigned c = 0; c < CPU_SETSIZE && c < KEEL_MAX_CPUS; c++)
+				if (CPU_ISSET(c, &mask))
+					keel_cpuset_add(&a, c);
+			snprintf(
+				line, sizeof(line),
+				"shard %u: CPU %d is outside this process's affinity mask (allowed: "
+				"%s); run it with taskset -c covering the map, or run keel-topo "
+				"--plan again",
+				i, cpu, keel_topo_cpulist_format(&a, list, sizeof(list)));
+		} else {
+			continue;
+		}
+		n++;
+		if (!emit(arg, line))
+			return n;
+	}
+	if (m->iface[0] && !pci_name(m->iface)) {
+		int rx = keel__topo_sysfs_rxq_count(m->iface);
+		if (rx == -ENODEV) {
+			keel__topo_sysfs_ifnames(list, sizeof(list));
+			snprintf(line, sizeof(line),
+				 "interface %s does not exist here (interfaces: %s); the map is "
+				 "stale: run keel-topo --plan again",
+				 m->iface, list);
+			n++;
+			if (!emit(arg, line))
+				return n;
+		} else if (rx >= 0 && (unsigned)rx < m->rx_queues) {
+			snprintf(
+				line, sizeof(line),
+				"%s has %d rx queue%s, the map needs %u; run: ethtool -L %s combined "
+				"%u (or keel-topo --plan again)",
+				m->iface, rx, rx == 1 ? "" : "s", m->rx_queues, m->iface,
+				m->rx_queues);
+			n++;
+			if (!emit(arg, line))
+				return n;
+		}
+	}
+	return n;
+}
+
+struct first_line {
+	char *buf;
+	size_t len;
+};
+
+static bool
+keep_first(void *arg, const char *line)
+{
+	struct first_line *f = arg;
+	if (f->buf && f->len)
+		snprintf(f->buf, f->len, "%s", line);
+	return false;
+}
+
+int
+keel_map_validate(const struct keel_map *m, char *err, size_t errlen)
+{
+	struct first_line f = { err, errlen };
+
+	return validate_each(m, keep_first, &f) ? -EINVAL : 0;
+}
+
+static bool
+print_line(void *arg, const char *line)
+{
+	fprintf((FILE *)arg, "%s\n", line);
+	return true;
+}
+
+int
+keel_map_check(const struct keel_topo *live, const struct keel_map *m, FILE *f)
+{
+	const struct keel_topo_info *in = keel_topo_info_get(live);
+	const struct keel_topo_nic *nic;
+	char list[256];
+	unsigned n;
+	bool irq_checked = false;
+
+	if (!in->live)
+		return -EINVAL;
+	n = validate_each(m, print_line, f);
+	nic = m->iface[0] ? keel_topo_nic_find(live, m->iface) : NULL;
+	if (!nic)
+		return (int)n;
+	for (unsigned i = 0; i < m->nshards; i++) {
+		const struct keel_map_shard *s = &m->shards[i];
+		const struct keel_topo_rxq *q;
+		struct keel_cpuset want;
+
+		if (s->rxq < 0 || s->irq_cpu < 0 || s->rxq >= nic->nrxq || !nic->has_irqs)
+			continue;
+		q = &nic->rxq[s->rxq];
+		irq_checked = true;
+		if (q->irq < 0) {
+			fprintf(f,
+				"%s rx queue %d (shard %u): no IRQ of %s is named for it in "
+				"/proc/interrupts, so its CPU cannot be checked; pin it by hand to CPU "
+				"%d\n",
+				nic->name, s->rxq, i, nic->name, s->irq_cpu);
+			n++;
+			continue;
+		}
+		memset(&want, 0, sizeof(want));
+		keel_cpuset_add(&want, (unsigned)s->irq_cpu);
+		if (!q->affinity_known) {
+			fprintf(f,
+				"%s rx queue %d (shard %u): IRQ %d affinity unreadable; run as root: "
+				"echo %d > /proc/irq/%d/smp_affinity_list\n",
+				nic->name, s->rxq, i, q->irq, s->irq_cpu, q->irq);
+			n++;
+		} else if (memcmp(&want, &q->affinity, sizeof(want))) {
+			fprintf(f,
+				"%s rx queue %d (shard %u): IRQ %d (%s) points at CPU %s, the map wants "
+				"CPU %d; run: echo %d > /proc/irq/%d/smp_affinity_list\n",
+				nic->name, s->rxq, i, q->irq, q->irq_name,
+				keel_topo_cpulist_format(&q->affinity, list, sizeof(list)),
+				s->irq_cpu, s->irq_cpu, q->irq);
+			n++;
+		}
+	}
+	if (m->hds && nic->hds != KEEL_TOPO_ON) {
+		if (nic->hds == KEEL_TOPO_OFF)
+			fprintf(f,
+				"%s: header/data split is off, the map needs it; run: ethtool -G %s "
+				"tcp-data-split on\n",
+				nic->name, nic->name);
+		else
+			fprintf(f,
+				"%s: header/data split state is unknown (the kernel did not report "
+				"it), the map needs it; run: ethtool -G %s tcp-data-split on and check "
+				"with ethtool -g %s\n",
+				nic->name, nic->name, nic->name);
+		n++;
+	}
+	if (irq_checked && in->irqbalance == KEEL_TOPO_ON) {
+		fprintf(f, "irqbalance is running and moves rx IRQs away from the map; run: "
+			   "systemctl stop irqbalance\n");
+		n++;
+	}
+	return (int)n;
+}
+
+/* ---- the runtime's --map FILE ---- */
+
+int
+keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus, char *why,
+		     size_t whylen)
+{
+	struct keel_map *m;
+	char err[400];
+	int r;
+
+	if (!o->map_path || !*o->map_path)
+		return 0;
+	m = malloc(sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	r = keel_map_load(o->map_path, m, err, sizeof(err));
+	if (r == 0)
+		r = keel_map_validate(m, err, sizeof(err));
+	if (r == 0 && o->cpuset_given) {
+		snprintf(err, sizeof(err), "--cpuset and --map both choose the CPUs: drop one");
+		r = -EINVAL;
+	}
+	if (r == 0 && o->shards && o->shards != m->nshards) {
+		snprintf(err, sizeof(err),
+			 "--shards %u but the map has %u shards: drop --shards or run keel-topo "
+			 "--plan --shards %u",
+			 o->shards, m->nshards, o->shards);
+		r = -EINVAL;
+	}
+	if (r == 0 && !m->nshards) {
+		snprintf(err, sizeof(err), "the map has no shards; run keel-topo --plan again");
+		r = -EINVAL;
+	}
+	if (r < 0) {
+		/* @why is the runtime's short buffer: log the whole reason here. */
+		keel_log(KEEL_LOG_ERROR, "topo", "--map %s: %s", o->map_path, err);
+		snprintf(why, whylen, "--map %s: %s", o->map_path, err);
+		free(m);
+		return r;
+	}
+	for (unsigned i = 0; i < m->nshards; i++)
+		cpus[i] = m->shards[i].cpu;
+	*ncpus = m->nshards;
+	keel_log(KEEL_LOG_INFO, "topo", "--map %s: %u shards%s%s", o->map_path, m->nshards,
+		 m->iface[0] ? " for " : "", m->iface);
+	free(m);
+	return 0;
+}

@@ -1,0 +1,655 @@
+// SPDX-License-Identifier: MIT
+/* The map file: a small JSON emitter and a small, strict JSON parser (no dependency). The
+ * schema is in docs/topology.md; anything outside it is an error, so a typo in a hand-edited
+ * map is reported instead of silently ignored. */
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "topo_internal.h"
+
+#define MAP_FILE_MAX (1u << 20)
+#define JSON_DEPTH   8
+
+static int
+fail(char *err, size_t errlen, int r, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	if (err && errlen)
+		vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+	return r;
+}
+
+/* ---- writing ---- */
+
+static void
+put_str(FILE *f, const char *s)
+{
+	fputc('"', f);
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '"' || c == '\\')
+			fprintf(f, "\\%c", c);
+		else if (c < 0x20)
+			fprintf(f, "\\u%04x", c);
+		else
+			fputc(c, f);
+	}
+	fputc('"', f);
+}
+
+static void
+put_str_or_null(FILE *f, const char *s)
+{
+	if (*s)
+		put_str(f, s);
+	else
+		fputs("null", f);
+}
+
+static void
+put_int_or_null(FILE *f, int v)
+{
+	if (v >= 0)
+		fprintf(f, "%d", v);
+	else
+		fputs("null", f);
+}
+
+int
+keel_map_write(const struct keel_map *m, FILE *f)
+{
+	fprintf(f, "{\n  \"keel_map\": %u,\n  \"source\": ", m->version);
+	put_str(f, m->source);
+	fputs(",\n  \"iface\": ", f);
+	put_str_or_null(f, m->iface);
+	fputs(",\n  \"pci\": ", f);
+	put_str_or_null(f, m->pci);
+	fputs(",\n  \"numa_node\": ", f);
+	put_int_or_null(f, m->numa);
+	fprintf(f, ",\n  \"rx_queues\": %u,\n  \"hds\": %s,\n", m->rx_queues,
+		m->hds ? "true" : "false");
+	fprintf(f, "  \"smt\": \"%s\",\n  \"numa\": \"%s\",\n  \"reserve\": %u,\n",
+		m->smt == KEEL_MAP_SMT_ALLOW ? "allow" : "avoid",
+		m->numa_policy == KEEL_MAP_NUMA_SPREAD ? "spread" : "local", m->reserve);
+	fputs("  \"shards\": [", f);
+	for (unsigned i = 0; i < m->nshards; i++) {
+		const struct keel_map_shard *s = &m->shards[i];
+		fprintf(f, "%s\n    { \"shard\": %u, \"cpu\": %d, \"core\": ", i ? "," : "", i,
+			s->cpu);
+		put_int_or_null(f, s->core);
+		fputs(", \"numa_node\": ", f);
+		put_int_or_null(f, s->numa);
+		fputs(", \"rxq\": ", f);
+		put_int_or_null(f, s->rxq);
+		fputs(", \"irq_cpu\": ", f);
+		put_int_or_null(f, s->irq_cpu);
+		fputs(" }", f);
+	}
+	fputs(m->nshards ? "\n  ]\n}\n" : "]\n}\n", f);
+	return ferror(f) ? -EIO : 0;
+}
+
+int
+keel_map_save(const struct keel_map *m, const char *path, char *err, size_t errlen)
+{
+	char tmp[PATH_MAX];
+	FILE *f;
+	int r;
+
+	if (snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof(tmp))
+		return fail(err, errlen, -ENAMETOOLONG, "map path too long: %s", path);
+	f = fopen(tmp, "we");
+	if (!f)
+		return fail(err, errlen, -errno, "cannot write %s: %s (check the directory)", tmp,
+			    strerror(errno));
+	r = keel_map_write(m, f);
+	if (fflush(f) != 0 || fsync(fileno(f)) != 0)
+		r = -errno ? -errno : -EIO;
+	if (fclose(f) != 0 && r == 0)
+		r = -EIO;
+	if (r == 0 && rename(tmp, path) < 0)
+		r = -errno;
+	if (r < 0) {
+		unlink(tmp);
+		return fail(err, errlen, r, "writing map %s failed: %s", path, strerror(-r));
+	}
+	return 0;
+}
+
+/* ---- parsing: a tree of values ---- */
+
+enum jtype { J_NULL, J_BOOL, J_INT, J_STR, J_ARR, J_OBJ };
+
+struct jval {
+	enum jtype type;
+	long long num;    /* J_INT, J_BOOL */
+	char *str;        /* J_STR */
+	char *key;        /* member name when inside an object */
+	struct jval *kid; /* J_ARR, J_OBJ: [n] */
+	unsigned n;
+	size_t at; /* byte offset, for messages */
+};
+
+struct jp {
+	const char *s;
+	size_t len, pos;
+	char *err;
+	size_t errlen;
+};
+
+static int
+jerr(struct jp *p, const char *what)
+{
+	size_t line = 1;
+
+	for (size_t i = 0; i < p->pos && i < p->len; i++)
+		line += p->s[i] == '\n';
+	return fail(p->err, p->errlen, -EINVAL, "map file: %s at line %zu (byte %zu)", what, line,
+		    p->pos);
+}
+
+static void
+jfree(struct jval *v)
+{
+	for (unsigned i = 0; i < v->n; i++)
+		jfree(&v->kid[i]);
+	free(v->kid);
+	free(v->str);
+	free(v->key);
+	memset(v, 0, sizeof(*v));
+}
+
+static void
+skip_ws(struct jp *p)
+{
+	while (p->pos < p->len && (p->s[p->pos] == ' ' || p->s[p->pos] == '\t' ||
+				   p->s[p->pos] == '\n' || p->s[p->pos] == '\r'))
+		p->pos++;
+}
+
+static int
+hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+static int
+parse_string(struct jp *p, char **out)
+{
+	size_t cap = 32, n = 0;
+	char *b = malloc(cap);
+
+	if (!b)
+		return -ENOMEM;
+	p->pos++; /* opening quote */
+	for (;;) {
+		unsigned char c;
+		if (p->pos >= p->len) {
+			free(b);
+			return jerr(p, "unterminated string");
+		}
+		c = (unsigned char)p->s[p->pos++];
+		if (c == '"')
+			break;
+		if (c < 0x20) {
+			free(b);
+			return jerr(p, "control character in a string");
+		}
+		if (n + 4 >= cap) {
+			char *nb = realloc(b, cap *= 2);
+			if (!nb) {
+				free(b);
+				return -ENOMEM;
+			}
+			b = nb;
+		}
+		if (c != '\\') {
+			b[n++] = (char)c;
+			continue;
+		}
+		if (p->pos >= p->len) {
+			free(b);
+			return jerr(p, "unterminated escape");
+		}
+		c = (unsigned char)p->s[p->pos++];
+		switch (c) {
+		case '"':
+		case '\\':
+		case '/':
+			b[n++] = (char)c;
+			break;
+		case 'n':
+			b[n++] = '\n';
+			break;
+		case 't':
+			b[n++] = '\t';
+			break;
+		case 'r':
+			b[n++] = '\r';
+			break;
+		case 'b':
+			b[n++] = '\b';
+			break;
+		case 'f':
+			b[n++] = '\f';
+			break;
+		case 'u': {
+			unsigned u = 0;
+			for (int i = 0; i < 4; i++) {
+				int h = p->pos < p->len ? hexval(p->s[p->pos]) : -1;
+				if (h < 0) {
+					free(b);
+					return jerr(p, "bad \\u escape");
+				}
+				u = u * 16 + (unsigned)h;
+				p->pos++;
+			}
+			/* Names in a map are ASCII; surrogates would need pairing. */
+			if (u == 0 || (u >= 0xd800 && u <= 0xdfff)) {
+				free(b);
+				return jerr(p, "unsupported \\u escape");
+			}
+			if (u < 0x80) {
+				b[n++] = (char)u;
+			} else if (u < 0x800) {
+				b[n++] = (char)(0xc0 | (u >> 6));
+				b[n++] = (char)(0x80 | (u & 0x3f));
+			} else {
+				b[n++] = (char)(0xe0 | (u >> 12));
+				b[n++] = (char)(0x80 | ((u >> 6) & 0x3f));
+				b[n++] = (char)(0x80 | (u & 0x3f));
+			}
+			break;
+		}
+		default:
+			free(b);
+			return jerr(p, "bad escape in a string");
+		}
+	}
+	b[n] = 0;
+	*out = b;
+	return 0;
+}
+
+static int parse_value(struct jp *p, struct jval *v, int depth);
+
+static int
+push(struct jval *v, struct jval *kid)
+{
+	struct jval *nk;
+
+	if (v->n >= 100000)
+		return -E2BIG;
+	nk = realloc(v->kid, (v->n + 1) * sizeof(*nk));
+	if (!nk)
+		return -ENOMEM;
+	v->kid = nk;
+	v->kid[v->n++] = *kid;
+	return 0;
+}
+
+static int
+parse_container(struct jp *p, struct jval *v, int depth)
+{
+	bool obj = p->s[p->pos] == '{';
+	char close = obj ? '}' : ']';
+	int r;
+
+	v->type = obj ? J_OBJ : J_ARR;
+	p->pos++;
+	skip_ws(p);
+	if (p->pos < p->len && p->s[p->pos] == close) {
+		p->pos++;
+		return 0;
+	}
+	for (;;) {
+		struct jval kid;
+		char *key = NULL;
+
+		memset(&kid, 0, sizeof(kid));
+		skip_ws(p);
+		if (obj) {
+			if (p->pos >= p->len || p->s[p->pos] != '"')
+				return jerr(p, "expected a member name");
+			r = parse_string(p, &key);
+			if (r < 0)
+				return r;
+			for (unsigned i = 0; i < v->n; i++)
+				if (!strcmp(v->kid[i].key, key)) {
+					free(key);
+					return jerr(p, "duplicate member");
+				}
+			skip_ws(p);
+			if (p->pos >= p->len || p->s[p->pos] != ':') {
+				free(key);
+				return jerr(p, "expected ':'");
+			}
+			p->pos++;
+		}
+		r = parse_value(p, &kid, depth + 1);
+		kid.key = key;
+		if (r == 0)
+			r = push(v, &kid);
+		if (r < 0) {
+			jfree(&kid);
+			return r;
+		}
+		skip_ws(p);
+		if (p->pos < p->len && p->s[p->pos] == ',') {
+			p->pos++;
+			continue;
+		}
+		if (p->pos < p->len && p->s[p->pos] == close) {
+			p->pos++;
+			return 0;
+		}
+		return jerr(p, obj ? "expected ',' or '}'" : "expected ',' or ']'");
+	}
+}
+
+static int
+parse_value(struct jp *p, struct jval *v, int depth)
+{
+	const char *s;
+
+	if (depth > JSON_DEPTH)
+		return jerr(p, "nested too deeply");
+	skip_ws(p);
+	v->at = p->pos;
+	if (p->pos >= p->len)
+		return jerr(p, "unexpected end");
+	s = p->s + p->pos;
+	if (*s == '{' || *s == '[')
+		return parse_container(p, v, depth);
+	if (*s == '"') {
+		v->type = J_STR;
+		return parse_string(p, &v->str);
+	}
+	if (p->len - p->pos >= 4 && !strncmp(s, "null", 4)) {
+		v->type = J_NULL;
+		p->pos += 4;
+		return 0;
+	}
+	if (p->len - p->pos >= 4 && !strncmp(s, "true", 4)) {
+		v->type = J_BOOL;
+		v->num = 1;
+		p->pos += 4;
+		return 0;
+	}
+	if (p->len - p->pos >= 5 && !strncmp(s, "false", 5)) {
+		v->type = J_BOOL;
+		p->pos += 5;
+		return 0;
+	}
+	if (*s == '-' || (*s >= '0' && *s <= '9')) {
+		/* Integers only: a map has no fractions. No leading zeros (JSON). */
+		size_t i = p->pos + (*s == '-');
+		long long n = 0;
+		if (i >= p->len || p->s[i] < '0' || p->s[i] > '9')
+			return jerr(p, "bad number");
+		if (p->s[i] == '0' && i + 1 < p->len && p->s[i + 1] >= '0' && p->s[i + 1] <= '9')
+			return jerr(p, "leading zero in a number");
+		for (; i < p->len && p->s[i] >= '0' && p->s[i] <= '9'; i++) {
+			if (n > (LLONG_MAX - 9) / 10)
+				return jerr(p, "number too large");
+			n = n * 10 + (p->s[i] - '0');
+		}
+		if (i < p->len && (p->s[i] == '.' || p->s[i] == 'e' || p->s[i] == 'E'))
+			return jerr(p, "only integers are allowed");
+		v->type = J_INT;
+		v->num = *s == '-' ? -n : n;
+		p->pos = i;
+		return 0;
+	}
+	return jerr(p, "unexpected character");
+}
+
+/* ---- the schema ---- */
+
+static int
+field_err(struct jp *p, const struct jval *v, const char *name, const char *want)
+{
+	char msg[160];
+
+	p->pos = v->at;
+	snprintf(msg, sizeof(msg), "\"%s\" must be %s", name, want);
+	return jerr(p, msg);
+}
+
+/* An integer in [lo, hi], or -1 for null when @nullable. */
+static int
+get_int(struct jp *p, const struct jval *v, const char *name, long long lo, long long hi,
+	bool nullable, int *out)
+{
+	char want[96];
+
+	if (nullable && v->type == J_NULL) {
+		*out = -1;
+		return 0;
+	}
+	if (v->type != J_INT || v->num < lo || v->num > hi) {
+		snprintf(want, sizeof(want), "an integer in %lld..%lld%s", lo, hi,
+			 nullable ? " or null" : "");
+		return field_err(p, v, name, want);
+	}
+	*out = (int)v->num;
+	return 0;
+}
+
+static int
+get_str(struct jp *p, const struct jval *v, const char *name, char *out, size_t len, bool nullable)
+{
+	if (nullable && v->type == J_NULL) {
+		out[0] = 0;
+		return 0;
+	}
+	if (v->type != J_STR || strlen(v->str) >= len || (nullable && !v->str[0]))
+		return field_err(p, v, name, nullable ? "a non-empty string or null" : "a string");
+	snprintf(out, len, "%s", v->str);
+	return 0;
+}
+
+static int
+parse_shard(struct jp *p, const struct jval *o, unsigned idx, struct keel_map_shard *s)
+{
+	unsigned seen = 0;
+	int v, r;
+
+	if (o->type != J_OBJ)
+		return field_err(p, o, "shards[]", "an object");
+	for (unsigned i = 0; i < o->n; i++) {
+		const struct jval *k = &o->kid[i];
+		if (!strcmp(k->key, "shard")) {
+			r = get_int(p, k, "shard", idx, idx, false, &v);
+			seen |= 1;
+		} else if (!strcmp(k->key, "cpu")) {
+			r = get_int(p, k, "cpu", 0, KEEL_MAX_CPUS - 1, false, &s->cpu);
+			seen |= 2;
+		} else if (!strcmp(k->key, "core")) {
+			r = get_int(p, k, "core", 0, INT_MAX, true, &s->core);
+		} else if (!strcmp(k->key, "numa_node")) {
+			r = get_int(p, k, "numa_node", 0, INT_MAX, true, &s->numa);
+		} else if (!strcmp(k->key, "rxq")) {
+			r = get_int(p, k, "rxq", 0, 65535, true, &s->rxq);
+			seen |= 4;
+		} else if (!strcmp(k->key, "irq_cpu")) {
+			r = get_int(p, k, "irq_cpu", 0, KEEL_MAX_CPUS - 1, true, &s->irq_cpu);
+		} else {
+			char msg[128];
+			p->pos = k->at;
+			snprintf(msg, sizeof(msg), "unknown member \"%.40s\" in shard %u", k->key,
+				 idx);
+			return jerr(p, msg);
+		}
+		if (r < 0)
+			return r;
+	}
+	if (seen != 7) {
+		p->pos = o->at;
+		return jerr(p, "a shard needs \"shard\", \"cpu\" and \"rxq\"");
+	}
+	return 0;
+}
+
+static int
+from_tree(struct jp *p, const struct jval *root, struct keel_map *m)
+{
+	const char *required[] = { "keel_map", "iface", "rx_queues", "shards" };
+	int v, r = 0;
+
+	if (root->type != J_OBJ) {
+		p->pos = root->at;
+		return jerr(p, "the document must be an object");
+	}
+	for (size_t q = 0; q < sizeof(required) / sizeof(required[0]); q++) {
+		bool found = false;
+		for (unsigned i = 0; i < root->n; i++)
+			found |= !strcmp(root->kid[i].key, required[q]);
+		if (!found) {
+			char msg[96];
+			snprintf(msg, sizeof(msg), "missing member \"%s\"", required[q]);
+			p->pos = root->at;
+			return jerr(p, msg);
+		}
+	}
+	for (unsigned i = 0; i < root->n && r == 0; i++) {
+		const struct jval *k = &root->kid[i];
+		const char *name = k->key;
+
+		if (!strcmp(name, "keel_map")) {
+			r = get_int(p, k, name, KEEL_MAP_VERSION, KEEL_MAP_VERSION, false, &v);
+			m->version = (unsigned)v;
+		} else if (!strcmp(name, "source")) {
+			r = get_str(p, k, name, m->source, sizeof(m->source), false);
+		} else if (!strcmp(name, "iface")) {
+			r = get_str(p, k, name, m->iface, sizeof(m->iface), true);
+		} else if (!strcmp(name, "pci")) {
+			r = get_str(p, k, name, m->pci, sizeof(m->pci), true);
+		} else if (!strcmp(name, "numa_node")) {
+			r = get_int(p, k, name, 0, INT_MAX, true, &m->numa);
+		} else if (!strcmp(name, "rx_queues")) {
+			r = get_int(p, k, name, 0, 65536, false, &v);
+			m->rx_queues = (unsigned)v;
+		} else if (!strcmp(name, "hds")) {
+			if (k->type != J_BOOL)
+				r = field_err(p, k, name, "true or false");
+			m->hds = k->num != 0;
+		} else if (!strcmp(name, "smt")) {
+			if (k->type == J_STR && !strcmp(k->str, "avoid"))
+				m->smt = KEEL_MAP_SMT_AVOID;
+			else if (k->type == J_STR && !strcmp(k->str, "allow"))
+				m->smt = KEEL_MAP_SMT_ALLOW;
+			else
+				r = field_err(p, k, name, "\"avoid\" or \"allow\"");
+		} else if (!strcmp(name, "numa")) {
+			if (k->type == J_STR && !strcmp(k->str, "local"))
+				m->numa_policy = KEEL_MAP_NUMA_LOCAL;
+			else if (k->type == J_STR && !strcmp(k->str, "spread"))
+				m->numa_policy = KEEL_MAP_NUMA_SPREAD;
+			else
+				r = field_err(p, k, name, "\"local\" or \"spread\"");
+		} else if (!strcmp(name, "reserve")) {
+			r = get_int(p, k, name, 0, KEEL_MAX_CPUS, false, &v);
+			m->reserve = (unsigned)v;
+		} else if (!strcmp(name, "shards")) {
+			if (k->type != J_ARR || k->n == 0 || k->n > KEEL_MAX_SHARDS) {
+				r = field_err(p, k, name, "an array of 1 to 256 shards");
+				break;
+			}
+			m->nshards = k->n;
+			for (unsigned s = 0; s < k->n && r == 0; s++) {
+				m->shards[s].core = m->shards[s].numa = m->shards[s].irq_cpu = -1;
+				r = parse_shard(p, &k->kid[s], s, &m->shards[s]);
+			}
+		} else {
+			char msg[128];
+			p->pos = k->at;
+			snprintf(msg, sizeof(msg), "unknown member \"%.40s\"", name);
+			r = jerr(p, msg);
+		}
+	}
+	if (r < 0)
+		return r;
+	/* Cross-field consistency: queues need an interface and fit rx_queues. */
+	for (unsigned s = 0; s < m->nshards; s++) {
+		if (m->shards[s].rxq >= 0 && !m->iface[0]) {
+			p->pos = root->at;
+			return jerr(p, "a shard has an rx queue but \"iface\" is null");
+		}
+		if (m->shards[s].rxq >= 0 && (unsigned)m->shards[s].rxq >= m->rx_queues) {
+			p->pos = root->at;
+			return jerr(p, "a shard's rxq is not below \"rx_queues\"");
+		}
+	}
+	return 0;
+}
+
+int
+keel_map_parse(const char *json, size_t len, struct keel_map *out, char *err, size_t errlen)
+{
+	struct jp p = { json, len, 0, err, errlen };
+	struct jval root;
+	int r;
+
+	memset(out, 0, sizeof(*out));
+	memset(&root, 0, sizeof(root));
+	out->numa = -1;
+	if (memchr(json, 0, len))
+		return jerr(&p, "NUL byte in the file");
+	r = parse_value(&p, &root, 0);
+	if (r == 0) {
+		skip_ws(&p);
+		if (p.pos != p.len)
+			r = jerr(&p, "data after the document");
+	}
+	if (r == 0)
+		r = from_tree(&p, &root, out);
+	jfree(&root);
+	if (r < 0)
+		out->nshards = 0;
+	return r;
+}
+
+int
+keel_map_load(const char *path, struct keel_map *out, char *err, size_t errlen)
+{
+	FILE *f = fopen(path, "re");
+	char *buf;
+	size_t n;
+	int r;
+
+	if (!f)
+		return fail(err, errlen, -errno,
+			    "cannot read map %s: %s (write one with keel-topo --plan --map %s)",
+			    path, strerror(errno), path);
+	buf = malloc(MAP_FILE_MAX + 1);
+	if (!buf) {
+		fclose(f);
+		return -ENOMEM;
+	}
+	n = fread(buf, 1, MAP_FILE_MAX + 1, f);
+	r = ferror(f) ? -EIO : 0;
+	fclose(f);
+	if (r == 0 && n > MAP_FILE_MAX)
+		r = fail(err, errlen, -EFBIG, "map %s is larger than %u bytes", path, MAP_FILE_MAX);
+	else if (r < 0)
+		fail(err, errlen, r, "reading map %s failed", path);
+	else
+		r = keel_map_parse(buf, n, out, err, errlen);
+	free(buf);
+	return r;
+}

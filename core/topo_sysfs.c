@@ -1,0 +1,523 @@
+// SPDX-License-Identifier: MIT
+/* Live NIC facts: rx/tx queues and their IRQs (sysfs, /proc), channels, rings and driver
+ * (ethtool ioctl), header/data split (ethtool netlink), whether irqbalance runs. Nothing
+ * here is available offline; what cannot be read stays "unknown", never "off". */
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/ethtool.h>
+#include <linux/ethtool_netlink.h>
+#include <linux/genetlink.h>
+#include <linux/netlink.h>
+#include <linux/sockios.h>
+#include <net/if.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "topo_internal.h"
+
+/* Kernel ABI facts newer than Debian 12's headers (linux/ethtool_netlink.h, 6.1): the rings
+ * attributes after TX_PUSH, added in 6.4 (RX_PUSH, TX_PUSH_BUF_LEN[_MAX]) and 6.13
+ * (HDS_THRESH[_MAX]). */
+#define RINGS_A_TCP_DATA_SPLIT 11
+#define RINGS_A_HDS_THRESH     17
+_Static_assert(ETHTOOL_A_RINGS_TCP_DATA_SPLIT == RINGS_A_TCP_DATA_SPLIT, "ethtool ABI");
+
+int
+keel__topo_cpulist_read(const char *path, struct keel_cpuset *out)
+{
+	char buf[4096];
+	FILE *f = fopen(path, "re");
+	size_t n;
+
+	if (!f)
+		return -errno;
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = 0;
+	while (n && isspace((unsigned char)buf[n - 1]))
+		buf[--n] = 0;
+	if (!n) {
+		memset(out, 0, sizeof(*out));
+		return 0;
+	}
+	return keel_cpulist_parse(buf, out, NULL, 0);
+}
+
+int
+keel__topo_sysfs_rxq_count(const char *ifname)
+{
+	char path[PATH_MAX];
+	DIR *d;
+	struct dirent *e;
+	int n = 0;
+
+	if (!*ifname || strchr(ifname, '/'))
+		return -ENODEV;
+	snprintf(path, sizeof(path), "/sys/class/net/%s/queues", ifname);
+	d = opendir(path);
+	if (!d)
+		return errno == ENOENT ? -ENODEV : -errno;
+	while ((e = readdir(d)))
+		if (!strncmp(e->d_name, "rx-", 3))
+			n++;
+	closedir(d);
+	return n;
+}
+
+static int
+count_prefix(const char *dir, const char *prefix)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	int n = 0;
+
+	if (!d)
+		return -1;
+	while ((e = readdir(d)))
+		if (!strncmp(e->d_name, prefix, strlen(prefix)))
+			n++;
+	closedir(d);
+	return n;
+}
+
+void
+keel__topo_sysfs_ifnames(char *buf, size_t len)
+{
+	DIR *d = opendir("/sys/class/net");
+	struct dirent *e;
+	size_t off = 0;
+
+	buf[0] = 0;
+	if (d) {
+		while ((e = readdir(d))) {
+			int n;
+			if (e->d_name[0] == '.' || !strcmp(e->d_name, "lo"))
+				continue;
+			n = snprintf(buf + off, len - off, "%s%s", off ? ", " : "", e->d_name);
+			if (n < 0 || (size_t)n >= len - off)
+				break;
+			off += (size_t)n;
+		}
+		closedir(d);
+	}
+	if (!buf[0])
+		snprintf(buf, len, "none");
+}
+
+int
+keel__topo_sysfs_virtual(struct keel_topo *t)
+{
+	DIR *d = opendir("/sys/class/net");
+	struct dirent *e;
+
+	if (!d)
+		return errno == ENOENT ? 0 : -errno;
+	while ((e = readdir(d))) {
+		struct keel_topo_nic *n;
+		char path[PATH_MAX];
+		struct stat st;
+		bool known = false;
+
+		if (e->d_name[0] == '.' || !strcmp(e->d_name, "lo"))
+			continue;
+		for (unsigned i = 0; i < t->info.nnics; i++)
+			if (!strcmp(t->nics[i].name, e->d_name))
+				known = true;
+		if (known)
+			continue;
+		n = keel__topo_nic_add(t);
+		if (!n) {
+			closedir(d);
+			return -ENOMEM;
+		}
+		keel__topo_strcpy(n->name, sizeof(n->name), e->d_name);
+		n->netdev = true;
+		/* hwloc skips interfaces it cannot place; one with a device link is a real
+		 * device hwloc did not tie to PCI, one without is virtual. */
+		snprintf(path, sizeof(path), "/sys/class/net/%s/device", e->d_name);
+		n->is_virtual = stat(path, &st) < 0;
+	}
+	closedir(d);
+	return 0;
+}
+
+enum keel_topo_state
+keel__topo_irqbalance(void)
+{
+	DIR *d = opendir("/proc");
+	struct dirent *e;
+	enum keel_topo_state s = KEEL_TOPO_OFF;
+
+	if (!d)
+		return KEEL_TOPO_UNKNOWN;
+	while ((e = readdir(d)) && s == KEEL_TOPO_OFF) {
+		char path[300], comm[32] = "";
+		FILE *f;
+
+		if (!isdigit((unsigned char)e->d_name[0]))
+			continue;
+		snprintf(path, sizeof(path), "/proc/%s/comm", e->d_name);
+		f = fopen(path, "re");
+		if (!f)
+			continue;
+		if (fgets(comm, sizeof(comm), f) && !strncmp(comm, "irqbalance", 10) &&
+		    (comm[10] == '\n' || comm[10] == 0))
+			s = KEEL_TOPO_ON;
+		fclose(f);
+	}
+	closedir(d);
+	return s;
+}
+
+static bool
+has_word(const char *s, const char *w)
+{
+	size_t n = strlen(w);
+
+	for (; *s; s++)
+		if (!strncasecmp(s, w, n))
+			return true;
+	return false;
+}
+
+int
+keel__topo_irq_rxq(const char *irq_name, unsigned *q)
+{
+	char name[128];
+	char *p, *end;
+	size_t n;
+
+	keel__topo_strcpy(name, sizeof(name), irq_name);
+	/* mlx5 and others append "@pci:0000:..."; the queue number comes before it. */
+	p = strchr(name, '@');
+	if (p)
+		*p = 0;
+	/* Not rx: virtio's "output.N" and "config", tx-only vectors, admin/async/link ones. */
+	if (has_word(name, "config") || has_word(name, "output") || has_word(name, "async") ||
+	    has_word(name, "ctrl") || has_word(name, "misc") || has_word(name, "link") ||
+	    has_word(name, "event") || has_word(name, "fdir"))
+		return 0;
+	if (has_word(name, "tx") && !has_word(name, "rx"))
+		return 0;
+	n = strlen(name);
+	if (!n || !isdigit((unsigned char)name[n - 1]))
+		return 0;
+	p = name + n;
+	while (p > name && isdigit((unsigned char)p[-1]))
+		p--;
+	*q = (unsigned)strtoul(p, &end, 10);
+	return 1;
+}
+
+/* IRQ numbers of the device behind @ifname: its msi_irqs, or its parent's (virtio-net's
+ * netdev sits on a virtio device whose PCI parent owns the vectors). */
+static int
+device_irqs(const char *ifname, int *irqs, int max)
+{
+	char path[PATH_MAX], real[PATH_MAX];
+	int n = 0;
+
+	snprintf(path, sizeof(path), "/sys/class/net/%s/device", ifname);
+	if (!realpath(path, real))
+		return 0;
+	for (int up = 0; up < 2 && n == 0; up++) {
+		DIR *d;
+		struct dirent *e;
+		char dir[PATH_MAX + 16];
+
+		snprintf(dir, sizeof(dir), "%s/msi_irqs", real);
+		d = opendir(dir);
+		if (d) {
+			while ((e = readdir(d)) && n < max)
+				if (isdigit((unsigned char)e->d_name[0]))
+					irqs[n++] = atoi(e->d_name);
+			closedir(d);
+		}
+		if (n == 0) {
+			char *slash = strrchr(real, '/');
+			if (!slash || slash == real)
+				break;
+			*slash = 0;
+		}
+	}
+	return n;
+}
+
+/* The action name of @irq in /proc/interrupts: the line's last field. */
+static bool
+irq_name(int irq, char *out, size_t len)
+{
+	FILE *f = fopen("/proc/interrupts", "re");
+	char line[4096];
+	bool found = false;
+
+	if (!f)
+		return false;
+	while (!found && fgets(line, sizeof(line), f)) {
+		char *p = line, *end;
+		long v;
+
+		while (*p == ' ')
+			p++;
+		v = strtol(p, &end, 10);
+		if (end == p || *end != ':' || v != irq)
+			continue;
+		end += strlen(end);
+		while (end > line && isspace((unsigned char)end[-1]))
+			*--end = 0;
+		p = strrchr(line, ' ');
+		keel__topo_strcpy(out, len, p ? p + 1 : line);
+		found = true;
+	}
+	fclose(f);
+	return found;
+}
+
+static void
+read_irqs(struct keel_topo_nic *n)
+{
+	int irqs[512];
+	int nirq = device_irqs(n->name, irqs, 512);
+
+	n->has_irqs = nirq > 0;
+	for (int i = 0; i < nirq; i++) {
+		char name[128];
+		unsigned q;
+
+		if (!irq_name(irqs[i], name, sizeof(name)) || !keel__topo_irq_rxq(name, &q))
+			continue;
+		if ((int)q >= n->nrxq || n->rxq[q].irq >= 0)
+			continue;
+		n->rxq[q].irq = irqs[i];
+		keel__topo_strcpy(n->rxq[q].irq_name, sizeof(n->rxq[q].irq_name), name);
+	}
+	for (int q = 0; q < n->nrxq; q++) {
+		char path[64];
+		struct keel_topo_rxq *r = &n->rxq[q];
+		if (r->irq < 0)
+			continue;
+		snprintf(path, sizeof(path), "/proc/irq/%d/smp_affinity_list", r->irq);
+		r->affinity_known = keel__topo_cpulist_read(path, &r->affinity) == 0;
+	}
+}
+
+static int
+ethtool_ioctl(int fd, const char *ifname, void *cmd)
+{
+	struct ifreq ifr;
+
+	memset(&ifr, 0, sizeof(ifr));
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", ifname);
+	ifr.ifr_data = cmd;
+	return ioctl(fd, SIOCETHTOOL, &ifr) < 0 ? -errno : 0;
+}
+
+static void
+read_ethtool(struct keel_topo_nic *n)
+{
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	struct ethtool_drvinfo di = { .cmd = ETHTOOL_GDRVINFO };
+	struct ethtool_channels ch = { .cmd = ETHTOOL_GCHANNELS };
+	struct ethtool_ringparam rp = { .cmd = ETHTOOL_GRINGPARAM };
+
+	if (fd < 0)
+		return;
+	if (ethtool_ioctl(fd, n->name, &di) == 0)
+		keel__topo_strcpy(n->driver, sizeof(n->driver), di.driver);
+	if (ethtool_ioctl(fd, n->name, &ch) == 0) {
+		n->ch_rx = (int)ch.rx_count;
+		n->ch_tx = (int)ch.tx_count;
+		n->ch_combined = (int)ch.combined_count;
+		n->ch_max_rx = (int)ch.max_rx;
+		n->ch_max_tx = (int)ch.max_tx;
+		n->ch_max_combined = (int)ch.max_combined;
+	}
+	if (ethtool_ioctl(fd, n->name, &rp) == 0)
+		n->ring_rx = (int)rp.rx_pending;
+	close(fd);
+}
+
+/* ---- ethtool netlink: tcp-data-split and hds-thresh (no ioctl carries them) ---- */
+
+#define NLA_ALIGN4(x) (((x) + 3u) & ~3u)
+
+struct nlbuf {
+	char b[1024];
+	size_t len;
+};
+
+static struct nlattr *
+nla_put(struct nlbuf *m, uint16_t type, const void *data, size_t len)
+{
+	struct nlattr *a = (struct nlattr *)(m->b + m->len);
+
+	if (m->len + NLA_ALIGN4(NLA_HDRLEN + len) > sizeof(m->b))
+		return NULL;
+	a->nla_type = type;
+	a->nla_len = (uint16_t)(NLA_HDRLEN + len);
+	if (len)
+		memcpy((char *)a + NLA_HDRLEN, data, len);
+	m->len += NLA_ALIGN4(a->nla_len);
+	return a;
+}
+
+/* Send one generic netlink request and receive its reply into @rx. Returns the reply's
+ * length, or -errno (a NLMSG_ERROR reply's error included). */
+static int
+genl_call(int fd, struct nlbuf *m, char *rx, size_t rxlen)
+{
+	struct nlmsghdr *h = (struct nlmsghdr *)m->b;
+	ssize_t r;
+
+	h->nlmsg_len = (uint32_t)m->len;
+	if (send(fd, m->b, m->len, 0) < 0)
+		return -errno;
+	r = recv(fd, rx, rxlen, 0);
+	if (r < 0)
+		return -errno;
+	h = (struct nlmsghdr *)rx;
+	if (r < (ssize_t)sizeof(*h) || !NLMSG_OK(h, (size_t)r))
+		return -EPROTO;
+	if (h->nlmsg_type == NLMSG_ERROR) {
+		struct nlmsgerr *e = NLMSG_DATA(h);
+		return e->error ? e->error : -ENODATA;
+	}
+	return (int)r;
+}
+
+static void
+genl_start(struct nlbuf *m, uint16_t family, uint8_t cmd)
+{
+	struct nlmsghdr *h = (struct nlmsghdr *)m->b;
+	struct genlmsghdr *g = (struct genlmsghdr *)(m->b + NLMSG_HDRLEN);
+
+	memset(m, 0, sizeof(*m));
+	h->nlmsg_type = family;
+	h->nlmsg_flags = NLM_F_REQUEST;
+	h->nlmsg_seq = 1;
+	g->cmd = cmd;
+	g->version = 1;
+	m->len = NLMSG_HDRLEN + NLA_ALIGN4(sizeof(*g));
+}
+
+/* Walk the attributes of a genl reply: calls back with each top-level attribute. */
+#define FOR_EACH_ATTR(a, start, end)                                        \
+	for (struct nlattr *a = (struct nlattr *)(start);                   \
+	     (char *)a + NLA_HDRLEN <= (end) && a->nla_len >= NLA_HDRLEN && \
+	     (char *)a + a->nla_len <= (end);                               \
+	     a = (struct nlattr *)((char *)a + NLA_ALIGN4(a->nla_len)))
+
+static void
+read_hds(struct keel_topo_nic *n)
+{
+	int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_GENERIC);
+	struct timeval tv = { .tv_sec = 1 };
+	struct nlbuf m;
+	static char rx[16384];
+	uint16_t family = 0;
+	struct nlattr *nest;
+	int r;
+
+	if (fd < 0)
+		return;
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	genl_start(&m, GENL_ID_CTRL, CTRL_CMD_GETFAMILY);
+	nla_put(&m, CTRL_ATTR_FAMILY_NAME, ETHTOOL_GENL_NAME, sizeof(ETHTOOL_GENL_NAME));
+	r = genl_call(fd, &m, rx, sizeof(rx));
+	if (r > 0) {
+		char *end = rx + ((struct nlmsghdr *)rx)->nlmsg_len;
+		char *start = rx + NLMSG_HDRLEN + NLA_ALIGN4(sizeof(struct genlmsghdr));
+		if (end > rx + r)
+			end = rx + r;
+		FOR_EACH_ATTR(a, start, end)
+		{
+			if (a->nla_type == CTRL_ATTR_FAMILY_ID && a->nla_len >= NLA_HDRLEN + 2)
+				memcpy(&family, (char *)a + NLA_HDRLEN, 2);
+		}
+	}
+	if (!family)
+		goto out;
+	genl_start(&m, family, ETHTOOL_MSG_RINGS_GET);
+	nest = nla_put(&m, ETHTOOL_A_RINGS_HEADER | NLA_F_NESTED, NULL, 0);
+	if (!nest || !nla_put(&m, ETHTOOL_A_HEADER_DEV_NAME, n->name, strlen(n->name) + 1))
+		goto out;
+	nest->nla_len = (uint16_t)(m.b + m.len - (char *)nest);
+	r = genl_call(fd, &m, rx, sizeof(rx));
+	if (r > 0) {
+		char *end = rx + ((struct nlmsghdr *)rx)->nlmsg_len;
+		char *start = rx + NLMSG_HDRLEN + NLA_ALIGN4(sizeof(struct genlmsghdr));
+		bool seen = false;
+		if (end > rx + r)
+			end = rx + r;
+		FOR_EACH_ATTR(a, start, end)
+		{
+			unsigned char *v = (unsigned char *)a + NLA_HDRLEN;
+			uint16_t type = a->nla_type & NLA_TYPE_MASK;
+			if (type == RINGS_A_TCP_DATA_SPLIT && a->nla_len >= NLA_HDRLEN + 1) {
+				seen = true;
+				n->hds = v[0] == ETHTOOL_TCP_DATA_SPLIT_ENABLED ? KEEL_TOPO_ON
+					 : v[0] == ETHTOOL_TCP_DATA_SPLIT_DISABLED
+						 ? KEEL_TOPO_OFF
+						 : KEEL_TOPO_UNKNOWN;
+			} else if (type == RINGS_A_HDS_THRESH && a->nla_len >= NLA_HDRLEN + 4) {
+				uint32_t t;
+				memcpy(&t, v, 4);
+				n->hds_thresh = (int)t;
+			}
+		}
+		/* The kernel omits the attribute when the driver cannot split at all. */
+		if (!seen)
+			n->hds = KEEL_TOPO_OFF;
+	}
+out:
+	close(fd);
+}
+
+void
+keel__topo_sysfs_nic(struct keel_topo_nic *n)
+{
+	char path[PATH_MAX], link[PATH_MAX];
+	ssize_t len;
+	int rx;
+
+	if (!n->netdev)
+		return;
+	rx = keel__topo_sysfs_rxq_count(n->name);
+	if (rx >= 0) {
+		snprintf(path, sizeof(path), "/sys/class/net/%s/queues", n->name);
+		n->nrxq = rx;
+		n->ntxq = count_prefix(path, "tx-");
+		n->rxq = rx ? calloc((size_t)rx, sizeof(*n->rxq)) : NULL;
+		if (rx && !n->rxq) {
+			n->nrxq = -1;
+		} else {
+			for (int q = 0; q < rx; q++) {
+				n->rxq[q].index = (unsigned)q;
+				n->rxq[q].irq = -1;
+			}
+		}
+	}
+	snprintf(path, sizeof(path), "/sys/class/net/%s/device/physfn", n->name);
+	n->is_vf = access(path, F_OK) == 0;
+	snprintf(path, sizeof(path), "/sys/class/net/%s/device/driver", n->name);
+	len = readlink(path, link, sizeof(link) - 1);
+	if (len > 0) {
+		char *b;
+		link[len] = 0;
+		b = strrchr(link, '/');
+		keel__topo_strcpy(n->driver, sizeof(n->driver), b ? b + 1 : link);
+	}
+	read_ethtool(n);
+	read_hds(n);
+	if (n->nrxq > 0)
+		read_irqs(n);
+}

@@ -1,0 +1,598 @@
+// SPDX-License-Identifier: MIT
+/* The topology mapper on real machines' hwloc XML (../shared/topologies), synthetic edge
+ * cases, and the live machine; the map file parser; the runtime's --map. */
+#include <errno.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "../../core/topo_internal.h"
+#include "helpers.h"
+
+#ifndef KEEL_TOPOLOGIES_DIR
+#define KEEL_TOPOLOGIES_DIR "../shared/topologies"
+#endif
+
+static char err[1024];
+
+/* Load a topology file from the shared folder, or skip the test when it is not there. */
+static struct keel_topo *
+load_xml(const char *name, unsigned queues)
+{
+	char path[512];
+	struct keel_topo_load_opts o = { .queues = queues };
+	struct keel_topo *t = NULL;
+	struct stat st;
+
+	snprintf(path, sizeof(path), "%s/%s", KEEL_TOPOLOGIES_DIR, name);
+	if (stat(path, &st) < 0)
+		cr_skip_test("topology file %s is missing (shared/ must sit beside the repo)",
+			     path);
+	o.xml = path;
+	cr_assert_eq(keel_topo_load(&o, &t, err, sizeof(err)), 0, "%s", err);
+	return t;
+}
+
+static struct keel_topo *
+load_syn(const char *desc)
+{
+	struct keel_topo_load_opts o = { .synthetic = desc };
+	struct keel_topo *t = NULL;
+
+	cr_assert_eq(keel_topo_load(&o, &t, err, sizeof(err)), 0, "%s", err);
+	return t;
+}
+
+static int
+compute(struct keel_topo *t, const char *iface, unsigned shards, enum keel_map_smt smt,
+	enum keel_map_numa numa, unsigned reserve, struct keel_map *m)
+{
+	struct keel_map_req r;
+
+	keel_map_req_init(&r);
+	if (iface)
+		snprintf(r.iface, sizeof(r.iface), "%s", iface);
+	r.shards = shards;
+	r.smt = smt;
+	r.numa = numa;
+	r.reserve = reserve;
+	return keel_map_compute(t, &r, m, err, sizeof(err));
+}
+
+/* The core and SMT rank of OS CPU @cpu. */
+static const struct keel_topo_pu *
+pu_of(struct keel_topo *t, int cpu)
+{
+	const struct keel_topo_info *in = keel_topo_info_get(t);
+	for (unsigned i = 0; i < in->npus; i++)
+		if ((int)in->pus[i].os == cpu)
+			return &in->pus[i];
+	cr_assert_fail("CPU %d not in the topology", cpu);
+	return NULL;
+}
+
+static void
+assert_distinct_cores(struct keel_topo *t, const struct keel_map *m)
+{
+	for (unsigned i = 0; i < m->nshards; i++)
+		for (unsigned j = i + 1; j < m->nshards; j++)
+			cr_assert_neq(pu_of(t, m->shards[i].cpu)->core,
+				      pu_of(t, m->shards[j].cpu)->core,
+				      "shards %u and %u share a core (CPUs %d, %d)", i, j,
+				      m->shards[i].cpu, m->shards[j].cpu);
+}
+
+static struct keel_map map; /* large: keep it off the worker's stack */
+
+Test(core_topo, xml_24em64t_six_shards_on_node0_physical_cores)
+{
+	struct keel_topo *t = load_xml("24em64t-2n6c2t-pci.xml", 0);
+	const struct keel_topo_nic *nic = keel_topo_nic_find(t, "eth0");
+
+	cr_assert_not_null(nic);
+	cr_assert_eq(nic->numa, 0);
+	cr_assert_eq(compute(t, "eth0", 6, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map), 0,
+		     "%s", err);
+	cr_assert_eq(map.nshards, 6);
+	cr_assert_eq(map.numa, 0);
+	for (unsigned i = 0; i < 6; i++) {
+		cr_assert_eq(map.shards[i].numa, 0, "shard %u on node %d", i, map.shards[i].numa);
+		cr_assert_eq(pu_of(t, map.shards[i].cpu)->smt, 0, "shard %u on a sibling", i);
+		cr_assert_eq(map.shards[i].rxq, (int)i);
+		cr_assert_eq(map.shards[i].irq_cpu, map.shards[i].cpu);
+	}
+	assert_distinct_cores(t, &map);
+	keel_topo_destroy(t);
+}
+
+Test(core_topo, xml_32em64t_eight_shards_on_node1_where_the_nic_is)
+{
+	struct keel_topo *t = load_xml("32em64t-2n8c2t-pci-normalio.xml", 0);
+
+	cr_assert_eq(keel_topo_nic_find(t, "eth0")->numa, 1);
+	cr_assert_eq(compute(t, "eth0", 8, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map), 0,
+		     "%s", err);
+	for (unsigned i = 0; i < 8; i++) {
+		cr_assert_eq(map.shards[i].numa, 1, "shard %u on node %d", i, map.shards[i].numa);
+		cr_assert_eq(pu_of(t, map.shards[i].cpu)->smt, 0);
+	}
+	assert_distinct_cores(t, &map);
+	cr_assert_eq(map.rx_queues, 8);
+	keel_topo_destroy(t);
+}
+
+Test(core_topo, sixteen_shards_smt_allow_numa_local_fill_node1_siblings)
+{
+	struct keel_topo *t = load_xml("32em64t-2n8c2t-pci-normalio.xml", 0);
+
+	cr_assert_eq(compute(t, "eth0", 16, KEEL_MAP_SMT_ALLOW, KEEL_MAP_NUMA_LOCAL, 0, &map), 0,
+		     "%s", err);
+	for (unsigned i = 0; i < 16; i++) {
+		cr_assert_eq(map.shards[i].numa, 1, "shard %u on node %d", i, map.shards[i].numa);
+		/* physical cores first, then siblings */
+		cr_assert_eq(pu_of(t, map.shards[i].cpu)->smt, i < 8 ? 0u : 1u, "shard %u", i);
+	}
+	keel_topo_destroy(t);
+}
+
+Test(core_topo, sixteen_shards_numa_spread_take_node0_cores_before_siblings)
+{
+	struct keel_topo *t = load_xml("32em64t-2n8c2t-pci-normalio.xml", 0);
+
+	cr_assert_eq(compute(t, "eth0", 16, KEEL_MAP_SMT_ALLOW, KEEL_MAP_NUMA_SPREAD, 0, &map), 0,
+		     "%s", err);
+	for (unsigned i = 0; i < 16; i++) {
+		cr_assert_eq(map.shards[i].numa, i < 8 ? 1 : 0, "shard %u on node %d", i,
+			     map.shards[i].numa);
+		cr_assert_eq(pu_of(t, map.shards[i].cpu)->smt, 0);
+	}
+	assert_distinct_cores(t, &map);
+	keel_topo_destroy(t);
+}
+
+Test(core_topo, sixteen_shards_smt_avoid_never_share_a_core)
+{
+	struct keel_topo *t = load_xml("32em64t-2n8c2t-pci-normalio.xml", 0);
+
+	cr_assert_eq(compute(t, "eth0", 16, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map), 0,
+		     "%s", err);
+	assert_distinct_cores(t, &map);
+	for (unsigned i = 0; i < 8; i++)
+		cr_assert_eq(map.shards[i].numa, 1);
+	/* 17 does not fit one per physical core: a clear error naming the ways out */
+	cr_assert_eq(compute(t, "eth0", 17, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map),
+		     -EINVAL);
+	cr_assert(strstr(err, "--smt allow") && strstr(err, "--oversubscribe"), "%s", err);
+	keel_topo_destroy(t);
+}
+
+Test(core_topo, reserve_one_keeps_the_first_local_core_free)
+{
+	struct keel_topo *t = load_xml("32em64t-2n8c2t-pci-normalio.xml", 0);
+	const struct keel_topo_nic *nic = keel_topo_nic_find(t, "eth0");
+	const struct keel_topo_info *in = keel_topo_info_get(t);
+	int first = -1;
+
+	/* the first core local to eth0 */
+	for (unsigned c = 0; c < in->ncores && first < 0; c++)
+		if (keel_cpuset_has(&nic->local, in->cores[c].pus[0]))
+			first = (int)c;
+	cr_assert_geq(first, 0);
+	cr_assert_eq(compute(t, "eth0", 7, KEEL_MAP_SMT_ALLOW, KEEL_MAP_NUMA_LOCAL, 1, &map), 0,
+		     "%s", err);
+	for (unsigned i = 0; i < map.nshards; i++) {
+		cr_assert_neq(map.shards[i].core, first, "shard %u on the reserved core", i);
+		cr_assert_eq(map.shards[i].numa, 1);
+	}
+	cr_assert_eq(map.reserve, 1);
+	keel_topo_destroy(t);
+}
+
+Test(core_topo, manyvfs_resolves_a_vf_to_its_numa_node)
+{
+	struct keel_topo *t = load_xml("16intel64-manyVFs.xml", 0);
+	const struct keel_topo_nic *vf = keel_topo_nic_find(t, "0000:88:00.1");
+
+	cr_assert_not_null(vf, "the VF 0000:88:00.1 was not found");
+	cr_assert(!vf->netdev);
+	cr_assert_eq(vf->numa, 1);
+	cr_assert_eq(keel_topo_nic_find(t, "88:00.1"), vf, "short bus id");
+	cr_assert_eq(keel_topo_nic_find(t, "eth0")->numa, 0);
+	cr_assert_eq(compute(t, "88:00.1", 4, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map), 0,
+		     "%s", err);
+	for (unsigned i = 0; i < 4; i++) {
+		cr_assert_eq(map.shards[i].numa, 1);
+		cr_assert_eq(map.shards[i].rxq, -1, "a function without an interface has no queue");
+	}
+	keel_topo_destroy(t);
+}
+
+Test(core_topo, synthetic_one_core_needs_oversubscribe_for_two_shards)
+{
+	struct keel_topo *t = load_syn("core:1 pu:1");
+	struct keel_map_req r;
+
+	cr_assert_eq(compute(t, NULL, 0, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map), 0, "%s",
+		     err);
+	cr_assert_eq(map.nshards, 1);
+	cr_assert_eq(map.shards[0].cpu, 0);
+	cr_assert_eq(compute(t, NULL, 2, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map),
+		     -EINVAL);
+	cr_assert(strstr(err, "--oversubscribe"), "%s", err);
+	keel_map_req_init(&r);
+	r.shards = 2;
+	r.oversubscribe = true;
+	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(map.shards[0].cpu, 0);
+	cr_assert_eq(map.shards[1].cpu, 0);
+	/* --reserve 1 leaves nothing */
+	cr_assert_eq(compute(t, NULL, 1, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 1, &map),
+		     -EINVAL);
+	cr_assert(strstr(err, "--reserve"), "%s", err);
+	keel_topo_destroy(t);
+}
+
+Test(core_topo, synthetic_four_nodes_without_nics_map_every_physical_core)
+{
+	struct keel_topo *t = load_syn("numa:4 core:2 pu:2");
+	const struct keel_topo_info *in = keel_topo_info_get(t);
+
+	cr_assert_eq(in->nnuma, 4);
+	cr_assert_eq(in->ncores, 8);
+	cr_assert_eq(in->npus, 16);
+	cr_assert_eq(in->nnics, 0);
+	cr_assert_eq(compute(t, NULL, 0, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map), 0, "%s",
+		     err);
+	cr_assert_eq(map.nshards, 8);
+	cr_assert_str_empty(map.iface);
+	cr_assert_eq(map.rx_queues, 0);
+	for (unsigned i = 0; i < 8; i++)
+		cr_assert_eq(map.shards[i].rxq, -1);
+	assert_distinct_cores(t, &map);
+	cr_assert_eq(compute(t, "eth0", 0, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map),
+		     -ENODEV);
+	cr_assert(strstr(err, "it has: none"), "%s", err);
+	keel_topo_destroy(t);
+}
+
+Test(core_topo, unknown_interface_names_the_ones_that_exist)
+{
+	struct keel_topo *t = load_xml("24em64t-2n6c2t-pci.xml", 0);
+
+	cr_assert_eq(compute(t, "eth9", 2, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map),
+		     -ENODEV);
+	cr_assert(strstr(err, "eth9") && strstr(err, "eth0") && strstr(err, "eth2"), "%s", err);
+	keel_topo_destroy(t);
+}
+
+Test(core_topo, rxqs_naming_a_missing_queue_is_refused)
+{
+	struct keel_topo *t = load_xml("24em64t-2n6c2t-pci.xml", 4);
+	struct keel_map_req r;
+
+	keel_map_req_init(&r);
+	cr_assert_eq(keel_map_req_rxqs_parse(&r, "eth1:1-3", err, sizeof(err)), 0, "%s", err);
+	cr_assert_str_eq(r.iface, "eth1");
+	cr_assert_eq(r.nrxqs, 3);
+	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(map.nshards, 3);
+	cr_assert_eq(map.shards[0].rxq, 1);
+	cr_assert_eq(map.shards[2].rxq, 3);
+	cr_assert_eq(map.rx_queues, 4);
+
+	cr_assert_eq(keel_map_req_rxqs_parse(&r, "eth1:2-5", err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "rx queue 4 of eth1 does not exist"), "%s", err);
+	cr_assert_eq(keel_map_req_rxqs_parse(&r, "eth1", err, sizeof(err)), -EINVAL);
+	cr_assert_eq(keel_map_req_rxqs_parse(&r, "eth1:x", err, sizeof(err)), -EINVAL);
+	keel_topo_destroy(t);
+}
+
+Test(core_topo, cpuset_outside_the_machine_or_the_affinity_mask_is_refused)
+{
+	struct keel_topo *t = load_syn("core:4 pu:1");
+	struct keel_topo *live;
+	struct keel_map_req r;
+	cpu_set_t one;
+
+	keel_map_req_init(&r);
+	cr_assert_eq(keel_cpulist_parse("2-5", &r.cpuset, err, sizeof(err)), 0);
+	r.cpuset_given = true;
+	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "CPU 4 does not exist"), "%s", err);
+	keel_cpulist_parse("2-3", &r.cpuset, err, sizeof(err));
+	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(map.nshards, 2);
+	cr_assert_eq(map.shards[0].cpu, 2);
+	keel_topo_destroy(t);
+
+	/* Live: this worker process is confined to CPU 0; CPU 1 is then not allowed. */
+	if (sysconf(_SC_NPROCESSORS_ONLN) < 2)
+		cr_skip_test("needs 2 CPUs to confine the affinity mask");
+	CPU_ZERO(&one);
+	CPU_SET(0, &one);
+	cr_assert_eq(sched_setaffinity(0, sizeof(one), &one), 0);
+	cr_assert_eq(keel_topo_load(NULL, &live, err, sizeof(err)), 0, "%s", err);
+	keel_cpulist_parse("1", &r.cpuset, err, sizeof(err));
+	cr_assert_eq(keel_map_compute(live, &r, &map, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "CPU 1 is outside this process's affinity mask"), "%s", err);
+	keel_topo_destroy(live);
+}
+
+Test(core_topo, irq_names_resolve_to_rx_queues)
+{
+	unsigned q = 99;
+
+	cr_assert_eq(keel__topo_irq_rxq("virtio2-input.0", &q), 1);
+	cr_assert_eq(q, 0);
+	cr_assert_eq(keel__topo_irq_rxq("eth0-TxRx-7", &q), 1);
+	cr_assert_eq(q, 7);
+	cr_assert_eq(keel__topo_irq_rxq("mlx5_comp3@pci:0000:81:00.0", &q), 1);
+	cr_assert_eq(q, 3);
+	cr_assert_eq(keel__topo_irq_rxq("virtio2-output.0", &q), 0);
+	cr_assert_eq(keel__topo_irq_rxq("virtio2-config", &q), 0);
+	cr_assert_eq(keel__topo_irq_rxq("i40e-eth0-tx-2", &q), 0);
+	cr_assert_eq(keel__topo_irq_rxq("mlx5_async0@pci:0000:81:00.0", &q), 0);
+}
+
+Test(core_topo, cpulist_format_round_trips)
+{
+	struct keel_cpuset s, back;
+	char buf[128];
+
+	keel_cpulist_parse("0-3,8,10-11,1023", &s, err, sizeof(err));
+	cr_assert_str_eq(keel_topo_cpulist_format(&s, buf, sizeof(buf)), "0-3,8,10-11,1023");
+	keel_cpulist_parse(buf, &back, err, sizeof(err));
+	cr_assert_eq(memcmp(&s, &back, sizeof(s)), 0);
+}
+
+/* ---- map file ---- */
+
+static struct keel_map back;
+
+Test(core_topo, map_file_round_trips)
+{
+	struct keel_topo *t = load_xml("32em64t-2n8c2t-pci-normalio.xml", 16);
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f;
+
+	cr_assert_eq(compute(t, "eth0", 12, KEEL_MAP_SMT_ALLOW, KEEL_MAP_NUMA_SPREAD, 1, &map), 0,
+		     "%s", err);
+	map.hds = true;
+	f = open_memstream(&buf, &len);
+	cr_assert_eq(keel_map_write(&map, f), 0);
+	fclose(f);
+	cr_assert_eq(keel_map_parse(buf, len, &back, err, sizeof(err)), 0, "%s\n%s", err, buf);
+	cr_assert_eq(memcmp(&map, &back, sizeof(map)), 0, "%s", buf);
+	free(buf);
+	keel_topo_destroy(t);
+}
+
+static void
+expect_reject(const char *doc, const char *why)
+{
+	cr_assert_eq(keel_map_parse(doc, strlen(doc), &back, err, sizeof(err)), -EINVAL,
+		     "accepted: %s", doc);
+	cr_assert(strstr(err, why), "for %s: got '%s', expected '%s'", doc, err, why);
+}
+
+#define SHARD0 "\"shards\": [{\"shard\": 0, \"cpu\": 0, \"rxq\": 0}]"
+
+Test(core_topo, map_parser_is_strict)
+{
+	const char *ok = "{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 1, " SHARD0 "}";
+
+	cr_assert_eq(keel_map_parse(ok, strlen(ok), &back, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(back.nshards, 1);
+	cr_assert_eq(back.shards[0].core, -1);
+	expect_reject("{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 1, " SHARD0
+		      ", \"colour\": 1}",
+		      "unknown member \"colour\"");
+	expect_reject(
+		"{\"keel_map\": 1, \"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 1, " SHARD0
+		"}",
+		"duplicate member");
+	expect_reject("{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 1, " SHARD0 "} x",
+		      "data after the document");
+	expect_reject("{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 1.5, " SHARD0 "}",
+		      "only integers");
+	expect_reject("{\"keel_map\": 2, \"iface\": \"lo\", \"rx_queues\": 1, " SHARD0 "}",
+		      "\"keel_map\" must be");
+	expect_reject("{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 1}",
+		      "missing member \"shards\"");
+	expect_reject("{\"keel_map\": 1, \"iface\": 7, \"rx_queues\": 1, " SHARD0 "}",
+		      "\"iface\" must be");
+	expect_reject("{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 0, " SHARD0 "}",
+		      "below \"rx_queues\"");
+	expect_reject("{\"keel_map\": 1, \"iface\": null, \"rx_queues\": 1, " SHARD0 "}",
+		      "\"iface\" is null");
+	expect_reject("{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 1, \"shards\": "
+		      "[{\"shard\": 1, \"cpu\": 0, \"rxq\": 0}]}",
+		      "\"shard\" must be");
+	expect_reject("{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 1, \"shards\": "
+		      "[{\"shard\": 0, \"cpu\": 1024, \"rxq\": 0}]}",
+		      "\"cpu\" must be");
+	expect_reject("{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 1, \"shards\": []}",
+		      "1 to 256 shards");
+	expect_reject("{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 1, \"shards\": [",
+		      "unexpected end");
+	expect_reject("{\"keel_map\": 1, \"iface\": \"l\\qo\", \"rx_queues\": 1, " SHARD0 "}",
+		      "bad escape");
+	expect_reject("[1, 2]", "must be an object");
+	expect_reject("", "unexpected end");
+}
+
+/* A map on the loopback interface (present in every network namespace) on @cpus. */
+static void
+write_map(const char *path, const char *iface, unsigned rx_queues, const int *cpus, unsigned n)
+{
+	FILE *f = fopen(path, "w");
+
+	cr_assert_not_null(f);
+	fprintf(f, "{\"keel_map\": 1, \"iface\": \"%s\", \"rx_queues\": %u, \"shards\": [", iface,
+		rx_queues);
+	for (unsigned i = 0; i < n; i++)
+		fprintf(f, "%s{\"shard\": %u, \"cpu\": %d, \"rxq\": %s}", i ? ", " : "", i, cpus[i],
+			rx_queues ? "0" : "null");
+	fprintf(f, "]}\n");
+	fclose(f);
+}
+
+static void
+tmp_path(char *buf, size_t len, const char *tag)
+{
+	snprintf(buf, len, "/tmp/keel-test-map-%d-%s.json", (int)getpid(), tag);
+}
+
+Test(core_topo, validate_refuses_a_stale_map_with_the_reason)
+{
+	char path[128];
+	int cpu0 = 0, cpu_gone = KEEL_MAX_CPUS - 1;
+
+	tmp_path(path, sizeof(path), "stale");
+	write_map(path, "lo", 1, &cpu0, 1);
+	cr_assert_eq(keel_map_load(path, &back, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(keel_map_validate(&back, err, sizeof(err)), 0, "%s", err);
+
+	write_map(path, "nosuchif0", 1, &cpu0, 1);
+	keel_map_load(path, &back, err, sizeof(err));
+	cr_assert_eq(keel_map_validate(&back, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "nosuchif0 does not exist") && strstr(err, "keel-topo --plan"), "%s",
+		  err);
+
+	write_map(path, "lo", 4, &cpu0, 1);
+	keel_map_load(path, &back, err, sizeof(err));
+	cr_assert_eq(keel_map_validate(&back, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "ethtool -L lo combined 4"), "%s", err);
+
+	write_map(path, "lo", 1, &cpu_gone, 1);
+	keel_map_load(path, &back, err, sizeof(err));
+	cr_assert_eq(keel_map_validate(&back, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "does not exist or is offline"), "%s", err);
+	unlink(path);
+	cr_assert_eq(keel_map_load(path, &back, err, sizeof(err)), -ENOENT);
+	cr_assert(strstr(err, "keel-topo --plan"), "%s", err);
+}
+
+Test(core_topo, runtime_takes_shards_and_cpus_from_the_map)
+{
+	char path[128];
+	int cpus[2];
+	unsigned n = 0;
+	cpu_set_t mask;
+	struct keel_runtime *rt;
+	struct keel_opts o = test_opts(0);
+
+	cr_assert_eq(sched_getaffinity(0, sizeof(mask), &mask), 0);
+	/* The allowed CPUs in reverse order: the map, not the mask, decides. */
+	for (int c = CPU_SETSIZE - 1; c >= 0 && n < 2; c--)
+		if (CPU_ISSET(c, &mask))
+			cpus[n++] = c;
+	tmp_path(path, sizeof(path), "rt");
+	write_map(path, "lo", 1, cpus, n);
+	o.map_path = path;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_shard_count(rt), n);
+	for (unsigned i = 0; i < n; i++)
+		cr_assert_eq(keel_runtime_shard_cpu(rt, i), cpus[i]);
+	keel_runtime_destroy(rt);
+
+	/* --shards that disagrees with the map is refused, as is a stale map */
+	o.shards = n + 1;
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
+	o.shards = 0;
+	write_map(path, "nosuchif0", 1, cpus, n);
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
+	unlink(path);
+}
+
+Test(core_topo, map_option_and_env_set_map_path)
+{
+	struct keel_opts o;
+	char a0[] = "prog", a1[] = "--map", a2[] = "/x/m.json", a3[] = "app";
+	char *argv[] = { a0, a1, a2, a3, NULL };
+	int argc = 4;
+
+	keel_opts_init(&o);
+	cr_assert_eq(keel_opts_parse(&o, &argc, argv, err, sizeof(err)), 0, "%s", err);
+	cr_assert_str_eq(o.map_path, "/x/m.json");
+	cr_assert_eq(argc, 2);
+	cr_assert_str_eq(argv[1], "app");
+	setenv("KEEL_MAP", "/y/m.json", 1);
+	keel_opts_init(&o);
+	argc = 1;
+	cr_assert_eq(keel_opts_parse(&o, &argc, argv, err, sizeof(err)), 0, "%s", err);
+	cr_assert_str_eq(o.map_path, "/y/m.json");
+	unsetenv("KEEL_MAP");
+}
+
+/* ---- the live machine ---- */
+
+Test(core_topo, live_machine_loads_with_queues_from_sysfs)
+{
+	struct keel_topo *t;
+	const struct keel_topo_info *in;
+	long online = sysconf(_SC_NPROCESSORS_ONLN);
+
+	cr_assert_eq(keel_topo_load(NULL, &t, err, sizeof(err)), 0, "%s", err);
+	in = keel_topo_info_get(t);
+	cr_assert(in->live);
+	cr_assert_eq((long)in->npus, online);
+	cr_assert_geq(in->ncores, 1);
+	cr_assert_neq(in->irqbalance, KEEL_TOPO_UNKNOWN);
+	for (unsigned i = 0; i < in->nnics; i++) {
+		const struct keel_topo_nic *n = &in->nics[i];
+		if (!n->netdev)
+			continue;
+		cr_assert_eq(n->nrxq, keel__topo_sysfs_rxq_count(n->name), "%s", n->name);
+		cr_assert_neq(strcmp(n->name, "lo"), 0, "lo is not a NIC");
+	}
+	keel_topo_destroy(t);
+}
+
+Test(core_topo, check_reports_a_map_asking_for_more_queues_than_exist)
+{
+	struct keel_topo *t;
+	char *out = NULL;
+	size_t len = 0;
+	FILE *f;
+	int n;
+
+	cr_assert_eq(keel_topo_load(NULL, &t, err, sizeof(err)), 0, "%s", err);
+	memset(&map, 0, sizeof(map));
+	map.version = KEEL_MAP_VERSION;
+	snprintf(map.iface, sizeof(map.iface), "lo");
+	map.rx_queues = 64;
+	map.nshards = 1;
+	map.shards[0] = (struct keel_map_shard){
+		.cpu = 0, .core = -1, .numa = -1, .rxq = 63, .irq_cpu = 0
+	};
+	f = open_memstream(&out, &len);
+	n = keel_map_check(t, &map, f);
+	fclose(f);
+	cr_assert_geq(n, 1, "%s", out);
+	cr_assert(strstr(out, "the map needs 64") && strstr(out, "ethtool -L lo combined 64"), "%s",
+		  out);
+	free(out);
+	keel_topo_destroy(t);
+}
+
+Test(core_topo, bad_sources_fail_with_the_fix)
+{
+	struct keel_topo *t = NULL;
+	struct keel_topo_load_opts o = { .xml = "/nonexistent/topo.xml" };
+
+	cr_assert_eq(keel_topo_load(&o, &t, err, sizeof(err)), -ENOENT);
+	cr_assert(strstr(err, "check the path"), "%s", err);
+	o.xml = NULL;
+	o.synthetic = "banana:3";
+	cr_assert_eq(keel_topo_load(&o, &t, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "pack:2"), "%s", err);
+	cr_assert_null(t);
+}

@@ -1,0 +1,330 @@
+// SPDX-License-Identifier: MIT
+/* keel-topo: report this machine's topology (or a topology file's), compute the core/queue
+ * map, write it with the commands that make the machine match (--plan), check the machine
+ * against a map (--check), and show the io_uring capabilities (--caps). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "topo_tool.h"
+
+static const char usage[] =
+	"usage: keel-topo [SOURCE] [MAP OPTIONS] [MODE]\n"
+	"Report this machine's NUMA nodes, cores, NICs, rx queues and IRQs, and the core/queue\n"
+	"map keel programs would use (shard i -> CPU -> rx queue -> IRQ CPU).\n"
+	"\n"
+	"Source (default: this machine):\n"
+	"  --xml FILE            an hwloc XML topology (offline; no queues or IRQs)\n"
+	"  --synthetic DESC      an hwloc synthetic topology, e.g. \"pack:2 numa:2 core:8 pu:2\"\n"
+	"  --queues N            offline: rx queues of every NIC\n"
+	"Map options:\n"
+	"  --iface IF            the NIC (name or PCI bus id; default: the first PCI NIC)\n"
+	"  --shards N            shards (default: one per rx queue, at most one per core)\n"
+	"  --cpuset LIST         CPUs shards may use, e.g. 0-7,16\n"
+	"  --rxqs IF:LIST        rx queue of each shard, e.g. eth0:0-3\n"
+	"  --smt avoid|allow     SMT siblings only after every physical core (default avoid)\n"
+	"  --reserve N           keep the first N NIC-local cores free for housekeeping\n"
+	"  --numa local|spread   after local physical cores: local siblings, or other nodes\n"
+	"  --oversubscribe       allow more shards than CPUs\n"
+	"  --hds                 the map needs header/data split (ZCRX)\n"
+	"  --port P              --plan: ntuple rules steering TCP port P to the shards' queues\n"
+	"  --map FILE            the map file (--plan writes it, --check reads it;\n"
+	"                        default keel-map.json for --plan)\n"
+	"Mode (default: the text report):\n"
+	"  --json                the report as JSON\n"
+	"  --svg FILE            a picture of the machine and the map\n"
+	"  --plan                write the map file and print the commands that apply it\n"
+	"  --apply               with --plan: run those commands (root)\n"
+	"  --check               compare this machine with the map; exit 1 on mismatch\n"
+	"  --caps                io_uring capabilities and feature decisions\n"
+	"  --help                this text\n";
+
+struct args {
+	struct keel_topo_load_opts load;
+	struct keel_map_req req;
+	const char *map_path;
+	const char *svg;
+	int port;
+	bool json, plan, apply, check, caps;
+};
+
+static int
+bad(const char *fmt, const char *a, const char *b)
+{
+	fprintf(stderr, "keel-topo: ");
+	fprintf(stderr, fmt, a, b);
+	fprintf(stderr, "\n");
+	return -EINVAL;
+}
+
+static int
+parse_num(const char *opt, const char *v, unsigned lo, unsigned hi, unsigned *out)
+{
+	char *end;
+	unsigned long n;
+
+	errno = 0;
+	n = strtoul(v, &end, 10);
+	if (!*v || *end || errno || v[0] == '-' || n < lo || n > hi) {
+		char range[64];
+		snprintf(range, sizeof(range), "%u..%u", lo, hi);
+		fprintf(stderr, "keel-topo: %s: '%s' is not a number in %s\n", opt, v, range);
+		return -EINVAL;
+	}
+	*out = (unsigned)n;
+	return 0;
+}
+
+static int
+parse_args(int argc, char **argv, struct args *a)
+{
+	char err[256];
+
+	memset(a, 0, sizeof(*a));
+	keel_map_req_init(&a->req);
+	a->port = -1;
+	for (int i = 1; i < argc; i++) {
+		char name[64];
+		const char *arg = argv[i], *eq = strchr(arg, '='), *v = NULL;
+		size_t nl = eq ? (size_t)(eq - arg) : strlen(arg);
+		static const char *const with_value[] = { "--xml",   "--synthetic", "--queues",
+							  "--iface", "--shards",    "--cpuset",
+							  "--rxqs",  "--smt",       "--reserve",
+							  "--numa",  "--port",      "--map",
+							  "--svg",   "--feature",   NULL };
+		bool takes = false;
+		unsigned u;
+
+		if (nl >= sizeof(name))
+			return bad("unknown option '%s'%s (see --help)", arg, "");
+		memcpy(name, arg, nl);
+		name[nl] = 0;
+		for (int k = 0; with_value[k]; k++)
+			takes |= !strcmp(name, with_value[k]);
+		if (takes) {
+			if (eq)
+				v = eq + 1;
+			else if (i + 1 < argc)
+				v = argv[++i];
+			else
+				return bad("%s needs a value (see --help)", name, "");
+		} else if (eq) {
+			return bad("%s takes no value%s", name, "");
+		}
+
+		if (!strcmp(name, "--help")) {
+			fputs(usage, stdout);
+			exit(0);
+		} else if (!strcmp(name, "--xml")) {
+			a->load.xml = v;
+		} else if (!strcmp(name, "--synthetic")) {
+			a->load.synthetic = v;
+		} else if (!strcmp(name, "--queues")) {
+			if (parse_num(name, v, 1, 4096, &a->load.queues))
+				return -EINVAL;
+		} else if (!strcmp(name, "--iface")) {
+			if (strlen(v) >= sizeof(a->req.iface))
+				return bad("--iface: '%s' is too long%s", v, "");
+			if (a->req.nrxqs && strcmp(a->req.iface, v))
+				return bad("--iface %s conflicts with --rxqs %s:...", v,
+					   a->req.iface);
+			snprintf(a->req.iface, sizeof(a->req.iface), "%s", v);
+		} else if (!strcmp(name, "--shards")) {
+			if (parse_num(name, v, 1, KEEL_MAX_SHARDS, &a->req.shards))
+				return -EINVAL;
+		} else if (!strcmp(name, "--cpuset")) {
+			if (keel_cpulist_parse(v, &a->req.cpuset, err, sizeof(err)) < 0)
+				return bad("%s%s", err, "");
+			a->req.cpuset_given = true;
+		} else if (!strcmp(name, "--rxqs")) {
+			char prev[KEEL_TOPO_NAME_MAX];
+			snprintf(prev, sizeof(prev), "%s", a->req.iface);
+			if (keel_map_req_rxqs_parse(&a->req, v, err, sizeof(err)) < 0)
+				return bad("%s%s", err, "");
+			if (prev[0] && strcmp(prev, a->req.iface))
+				return bad("--rxqs names %s but --iface is %s: use one interface",
+					   a->req.iface, prev);
+		} else if (!strcmp(name, "--smt")) {
+			if (!strcmp(v, "avoid"))
+				a->req.smt = KEEL_MAP_SMT_AVOID;
+			else if (!strcmp(v, "allow"))
+				a->req.smt = KEEL_MAP_SMT_ALLOW;
+			else
+				return bad("--smt: '%s' is not avoid or allow%s", v, "");
+		} else if (!strcmp(name, "--numa")) {
+			if (!strcmp(v, "local"))
+				a->req.numa = KEEL_MAP_NUMA_LOCAL;
+			else if (!strcmp(v, "spread"))
+				a->req.numa = KEEL_MAP_NUMA_SPREAD;
+			else
+				return bad("--numa: '%s' is not local or spread%s", v, "");
+		} else if (!strcmp(name, "--reserve")) {
+			if (parse_num(name, v, 0, KEEL_MAX_CPUS, &a->req.reserve))
+				return -EINVAL;
+		} else if (!strcmp(name, "--port")) {
+			if (parse_num(name, v, 1, 65535, &u))
+				return -EINVAL;
+			a->port = (int)u;
+		} else if (!strcmp(name, "--map")) {
+			a->map_path = v;
+		} else if (!strcmp(name, "--svg")) {
+			a->svg = v;
+		} else if (!strcmp(name, "--oversubscribe")) {
+			a->req.oversubscribe = true;
+		} else if (!strcmp(name, "--hds")) {
+			a->req.hds = true;
+		} else if (!strcmp(name, "--json")) {
+			a->json = true;
+		} else if (!strcmp(name, "--plan")) {
+			a->plan = true;
+		} else if (!strcmp(name, "--apply")) {
+			a->apply = true;
+		} else if (!strcmp(name, "--check")) {
+			a->check = true;
+		} else if (!strcmp(name, "--caps")) {
+			a->caps = true;
+		} else if (!strcmp(name, "--feature")) {
+			/* read by keel_opts_parse() for --caps */
+		} else {
+			return bad("unknown option '%s'%s (see --help)", arg, "");
+		}
+	}
+	if (a->apply && !a->plan)
+		return bad("--apply runs the commands of --plan: give --plan too%s%s", "", "");
+	if (a->check && (a->load.xml || a->load.synthetic))
+		return bad(
+			"--check compares the live machine with a map: drop --xml/--synthetic%s%s",
+			"", "");
+	if ((int)a->json + (int)a->plan + (int)a->check + (int)a->caps > 1)
+		return bad("give one of --json, --plan, --check, --caps%s%s", "", "");
+	return 0;
+}
+
+static int
+caps_main(int argc, char **argv)
+{
+	struct keel_opts o;
+	char err[256];
+
+	keel_opts_init(&o);
+	if (keel_opts_parse(&o, &argc, argv, err, sizeof(err)) < 0) {
+		fprintf(stderr, "keel-topo: %s\n", err);
+		return 2;
+	}
+	keel_caps_print(&o, stdout);
+	return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+	struct args a;
+	struct keel_topo *topo = NULL;
+	struct keel_map *map = calloc(1, sizeof(*map));
+	struct tool_ctx c;
+	char err[1024] = "";
+	int r, status = 0;
+
+	if (!map)
+		return 2;
+	if (parse_args(argc, argv, &a) < 0) {
+		free(map);
+		return 2;
+	}
+	if (a.caps) {
+		free(map);
+		return caps_main(argc, argv);
+	}
+	keel_log_set_level(KEEL_LOG_WARN);
+	r = keel_topo_load(&a.load, &topo, err, sizeof(err));
+	if (r < 0) {
+		fprintf(stderr, "keel-topo: %s\n", err);
+		free(map);
+		return 2;
+	}
+	memset(&c, 0, sizeof(c));
+	c.topo = topo;
+	c.info = keel_topo_info_get(topo);
+	c.port = a.port;
+
+	if (a.check && a.map_path) {
+		r = keel_map_load(a.map_path, map, err, sizeof(err));
+	} else {
+		r = keel_map_compute(topo, &a.req, map, err, sizeof(err));
+	}
+	if (r == 0)
+		c.map = map;
+	else
+		c.map_error = err;
+
+	if (a.check) {
+		if (!c.map) {
+			fprintf(stderr, "keel-topo: %s\n", err);
+			status = 2;
+		} else {
+			r = keel_map_check(topo, c.map, stdout);
+			if (r < 0) {
+				fprintf(stderr, "keel-topo: --check failed: %s\n", strerror(-r));
+				status = 2;
+			} else if (r > 0) {
+				status = 1;
+			} else {
+				printf("this machine matches the map (%u shards%s%s)\n",
+				       c.map->nshards, c.map->iface[0] ? " on " : "", c.map->iface);
+			}
+		}
+		goto out;
+	}
+	if (a.plan) {
+		static struct plan_step steps[1024];
+		const char *path = a.map_path ? a.map_path : "keel-map.json";
+		unsigned n;
+
+		if (!c.map) {
+			fprintf(stderr, "keel-topo: %s\n", err);
+			status = 2;
+			goto out;
+		}
+		r = keel_map_save(c.map, path, err, sizeof(err));
+		if (r < 0) {
+			fprintf(stderr, "keel-topo: %s\n", err);
+			status = 2;
+			goto out;
+		}
+		n = plan_build(&c, steps, sizeof(steps) / sizeof(steps[0]));
+		printf("# keel-topo --plan: wrote %s (%u shards); run keel programs with --map %s\n",
+		       path, c.map->nshards, path);
+		plan_print(steps, n, stdout);
+		if (a.apply)
+			status = plan_apply(steps, n);
+		goto out;
+	}
+	if (a.svg) {
+		FILE *f = fopen(a.svg, "we");
+		if (!f) {
+			fprintf(stderr, "keel-topo: cannot write %s: %s (check the directory)\n",
+				a.svg, strerror(errno));
+			status = 2;
+			goto out;
+		}
+		r = svg_write(&c, f);
+		if (fclose(f) != 0 || r < 0) {
+			fprintf(stderr, "keel-topo: writing %s failed\n", a.svg);
+			status = 2;
+			goto out;
+		}
+	}
+	if (a.json)
+		report_json(&c, stdout);
+	else if (!a.svg)
+		report_text(&c, stdout);
+	if (!c.map) {
+		fprintf(stderr, "keel-topo: %s\n", err);
+		status = 2;
+	}
+out:
+	keel_topo_destroy(topo);
+	free(map);
+	return status;
+}

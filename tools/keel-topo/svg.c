@@ -1,0 +1,520 @@
+// SPDX-License-Identifier: MIT
+/* --svg: one picture of the machine. NUMA nodes side by side, their cores in a grid with the
+ * hardware threads as chips (a shard's chip is filled and labelled), the NICs under the node
+ * they are attached to, the mapped NIC's rx queues under it with an arrow to the shard that
+ * owns each, and IRQs that point elsewhere in orange with a dashed arrow to where they go. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "topo_tool.h"
+
+#define MARGIN  24
+#define GAP     14
+#define CORE_W  132
+#define CORE_H  64
+#define NODE_HD 46
+#define NIC_H   46
+#define Q_W     64
+#define Q_H     40
+#define MAX_QS  64
+#define MAX_NIC 6 /* per column; the rest are counted */
+
+#define C_SHARD "#2b6cb0"
+#define C_WARN  "#dd6b20"
+#define C_LOCAL "#2f855a"
+
+struct pos {
+	int x, y; /* anchor: bottom centre of a PU chip, top centre of a queue chip */
+	bool set;
+};
+
+struct col {
+	int os;     /* NUMA node OS index, -1: the column of NICs without a node */
+	int x, w;   /* node box */
+	int ncores; /* cores drawn in it */
+	int cols;   /* core grid columns */
+};
+
+static void
+esc(FILE *f, const char *s)
+{
+	for (; *s; s++) {
+		switch (*s) {
+		case '<':
+			fputs("&lt;", f);
+			break;
+		case '>':
+			fputs("&gt;", f);
+			break;
+		case '&':
+			fputs("&amp;", f);
+			break;
+		case '"':
+			fputs("&quot;", f);
+			break;
+		default:
+			if ((unsigned char)*s >= 0x20)
+				fputc(*s, f);
+		}
+	}
+}
+
+static void
+text(FILE *f, int x, int y, int size, const char *fill, const char *anchor, const char *weight,
+     const char *s)
+{
+	fprintf(f,
+		"<text x=\"%d\" y=\"%d\" font-size=\"%d\" fill=\"%s\" text-anchor=\"%s\" "
+		"font-weight=\"%s\">",
+		x, y, size, fill, anchor, weight);
+	esc(f, s);
+	fputs("</text>\n", f);
+}
+
+static const struct keel_map_shard *
+shard_on(const struct keel_map *m, unsigned cpu, unsigned *id)
+{
+	if (!m)
+		return NULL;
+	for (unsigned i = 0; i < m->nshards; i++)
+		if (m->shards[i].cpu == (int)cpu) {
+			*id = i;
+			return &m->shards[i];
+		}
+	return NULL;
+}
+
+static bool
+pu_allowed(const struct keel_topo_info *in, unsigned cpu)
+{
+	return keel_cpuset_has(&in->allowed, cpu);
+}
+
+static int
+core_grid_cols(int ncores)
+{
+	if (ncores <= 4)
+		return ncores ? ncores : 1;
+	if (ncores <= 16)
+		return 4;
+	return 8;
+}
+
+/* The NICs drawn under column @os, the mapped one first. */
+static unsigned
+nics_of(const struct tool_ctx *c, int os, const struct keel_topo_nic **out, unsigned max,
+	unsigned *hidden)
+{
+	const struct keel_topo_info *in = c->info;
+	const struct keel_topo_nic *mapped =
+		c->map && c->map->iface[0] ? keel_topo_nic_find(c->topo, c->map->iface) : NULL;
+	unsigned n = 0;
+
+	*hidden = 0;
+	if (mapped && mapped->numa == os)
+		out[n++] = mapped;
+	for (unsigned i = 0; i < in->nnics; i++) {
+		const struct keel_topo_nic *nic = &in->nics[i];
+		if (nic == mapped || nic->numa != os)
+			continue;
+		if (n < max)
+			out[n++] = nic;
+		else
+			(*hidden)++;
+	}
+	return n;
+}
+
+static bool
+irq_mismatch(const struct keel_topo_rxq *q, int want)
+{
+	struct keel_cpuset w;
+
+	if (!q || q->irq < 0 || !q->affinity_known || want < 0)
+		return false;
+	memset(&w, 0, sizeof(w));
+	keel_cpuset_add(&w, (unsigned)want);
+	return memcmp(&w, &q->affinity, sizeof(w)) != 0;
+}
+
+int
+svg_write(const struct tool_ctx *c, FILE *f)
+{
+	const struct keel_topo_info *in = c->info;
+	const struct keel_map *m = c->map;
+	const struct keel_topo_nic *mapped =
+		m && m->iface[0] ? keel_topo_nic_find(c->topo, m->iface) : NULL;
+	struct col cols[66];
+	unsigned ncols = 0;
+	struct pos *pu_pos = calloc(KEEL_MAX_CPUS, sizeof(*pu_pos));
+	struct pos qpos[MAX_QS];
+	int width, height, core_top, nic_top, max_core_rows = 0, max_nic_h = 0;
+	char buf[512], list[256];
+	bool any_unnoded = false, any_nic_unnoded = false, any_mismatch = false;
+	unsigned nq_draw = 0;
+
+	if (!pu_pos)
+		return -ENOMEM;
+	memset(qpos, 0, sizeof(qpos));
+	for (unsigned i = 0; i < in->ncores; i++)
+		any_unnoded |= in->cores[i].numa < 0;
+	for (unsigned i = 0; i < in->nnics; i++)
+		any_nic_unnoded |= in->nics[i].numa < 0;
+
+	/* Columns: one per NUMA node (at most 64 drawn), plus one for what has no node. */
+	for (unsigned i = 0; i < in->nnuma && ncols < 64; i++)
+		cols[ncols++] = (struct col){ .os = (int)in->numa[i].os };
+	if (any_unnoded || any_nic_unnoded || !ncols)
+		cols[ncols++] = (struct col){ .os = -1 };
+	if (mapped && m) {
+		int nq = mapped->nrxq > (int)m->rx_queues ? mapped->nrxq : (int)m->rx_queues;
+		nq_draw = nq > MAX_QS ? MAX_QS : (unsigned)(nq < 0 ? 0 : nq);
+	}
+	{
+		int x = MARGIN;
+		for (unsigned k = 0; k < ncols; k++) {
+			struct col *cl = &cols[k];
+			int rows;
+			for (unsigned i = 0; i < in->ncores; i++)
+				cl->ncores += in->cores[i].numa == cl->os;
+			cl->cols = core_grid_cols(cl->ncores);
+			cl->w = cl->cols * (CORE_W + GAP) + GAP;
+			if (cl->w < 260)
+				cl->w = 260;
+			rows = (cl->ncores + cl->cols - 1) / cl->cols;
+			if (rows > max_core_rows)
+				max_core_rows = rows;
+			cl->x = x;
+			x += cl->w + GAP * 2;
+		}
+		width = x - GAP * 2 + MARGIN;
+		if (width < 760)
+			width = 760;
+	}
+	core_top = MARGIN + 92;
+	nic_top = core_top + NODE_HD + max_core_rows * (CORE_H + GAP) + GAP * 3;
+	for (unsigned k = 0; k < ncols; k++) {
+		const struct keel_topo_nic *list_n[MAX_NIC];
+		unsigned hidden, nn = nics_of(c, cols[k].os, list_n, MAX_NIC, &hidden);
+		int h = 0;
+		for (unsigned j = 0; j < nn; j++) {
+			h += NIC_H + GAP;
+			if (list_n[j] == mapped && nq_draw) {
+				int per = (cols[k].w - GAP) / (Q_W + 8);
+				if (per < 1)
+					per = 1;
+				h += (int)((nq_draw + (unsigned)per - 1) / (unsigned)per) *
+					     (Q_H + 8) +
+				     GAP;
+			}
+		}
+		if (hidden)
+			h += 24;
+		if (h > max_nic_h)
+			max_nic_h = h;
+	}
+	height = nic_top + 30 + max_nic_h + MARGIN;
+
+	fprintf(f,
+		"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+		"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" viewBox=\"0 0 "
+		"%d %d\" font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\">\n",
+		width, height, width, height);
+	fputs("<defs>\n"
+	      "<marker id=\"arrow\" viewBox=\"0 0 10 10\" refX=\"9\" refY=\"5\" markerWidth=\"7\" "
+	      "markerHeight=\"7\" orient=\"auto-start-reverse\"><path d=\"M0,0 L10,5 L0,10 z\" "
+	      "fill=\"" C_SHARD "\"/></marker>\n"
+	      "<marker id=\"warn\" viewBox=\"0 0 10 10\" refX=\"9\" refY=\"5\" markerWidth=\"7\" "
+	      "markerHeight=\"7\" orient=\"auto-start-reverse\"><path d=\"M0,0 L10,5 L0,10 z\" "
+	      "fill=\"" C_WARN "\"/></marker>\n"
+	      "</defs>\n",
+	      f);
+	fprintf(f, "<rect x=\"0\" y=\"0\" width=\"%d\" height=\"%d\" fill=\"#ffffff\"/>\n", width,
+		height);
+
+	/* Title, what it shows, legend. */
+	{
+		/* "xml /long/path/x.xml": the file name says which machine; the path does not. */
+		const char *src = in->source, *slash = strrchr(src, '/');
+		char shown[320];
+		if (!strncmp(src, "xml ", 4) && slash)
+			snprintf(shown, sizeof(shown), "xml %s", slash + 1);
+		else
+			snprintf(shown, sizeof(shown), "%s", src);
+		snprintf(buf, sizeof(buf), "keel-topo: %s%s%s", shown,
+			 in->host[0] ? " · host " : "", in->host);
+	}
+	text(f, MARGIN, MARGIN + 16, 18, "#1a202c", "start", "bold", buf);
+	if (m)
+		snprintf(buf, sizeof(buf),
+			 "%u shard%s%s%s · SMT %s · NUMA %s · %u NUMA node%s, %u cores, %u PUs",
+			 m->nshards, m->nshards == 1 ? "" : "s", m->iface[0] ? " on " : "",
+			 m->iface, m->smt == KEEL_MAP_SMT_ALLOW ? "allow" : "avoid",
+			 m->numa_policy == KEEL_MAP_NUMA_SPREAD ? "spread" : "local", in->nnuma,
+			 in->nnuma == 1 ? "" : "s", in->ncores, in->npus);
+	else
+		snprintf(buf, sizeof(buf), "no map: %s", c->map_error ? c->map_error : "?");
+	text(f, MARGIN, MARGIN + 38, 13, "#4a5568", "start", "normal", buf);
+	{
+		int lx = MARGIN, ly = MARGIN + 52;
+		fprintf(f,
+			"<rect x=\"%d\" y=\"%d\" width=\"18\" height=\"14\" rx=\"3\" fill=\"" C_SHARD
+			"\"/>\n",
+			lx, ly);
+		text(f, lx + 24, ly + 12, 12, "#2d3748", "start", "normal", "shard's CPU");
+		lx += 120;
+		fprintf(f,
+			"<rect x=\"%d\" y=\"%d\" width=\"18\" height=\"14\" rx=\"3\" fill=\"#edf2f7\" "
+			"stroke=\"#a0aec0\"/>\n",
+			lx, ly);
+		text(f, lx + 24, ly + 12, 12, "#2d3748", "start", "normal", "free CPU");
+		lx += 100;
+		fprintf(f,
+			"<rect x=\"%d\" y=\"%d\" width=\"18\" height=\"14\" rx=\"3\" fill=\"#f7fafc\" "
+			"stroke=\"#cbd5e0\" stroke-dasharray=\"3,2\"/>\n",
+			lx, ly);
+		text(f, lx + 24, ly + 12, 12, "#2d3748", "start", "normal", "not allowed");
+		lx += 110;
+		fprintf(f,
+			"<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"" C_SHARD
+			"\" stroke-width=\"2\" marker-end=\"url(#arrow)\"/>\n",
+			lx, ly + 7, lx + 30, ly + 7);
+		text(f, lx + 36, ly + 12, 12, "#2d3748", "start", "normal", "rx queue → shard");
+		lx += 160;
+		fprintf(f,
+			"<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"" C_WARN
+			"\" stroke-width=\"2\" stroke-dasharray=\"5,3\" marker-end=\"url(#warn)\"/>\n",
+			lx, ly + 7, lx + 30, ly + 7);
+		text(f, lx + 36, ly + 12, 12, "#2d3748", "start", "normal",
+		     "IRQ points elsewhere (fix: --plan)");
+	}
+
+	/* NUMA nodes and their cores. */
+	for (unsigned k = 0; k < ncols; k++) {
+		struct col *cl = &cols[k];
+		int bh = NODE_HD + max_core_rows * (CORE_H + GAP);
+		bool local = m && m->numa >= 0 && m->numa == cl->os;
+		int idx = 0;
+
+		if (cl->os < 0 && !cl->ncores)
+			continue;
+		fprintf(f,
+			"<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" rx=\"10\" fill=\"%s\" "
+			"stroke=\"%s\" stroke-width=\"%d\"/>\n",
+			cl->x, core_top, cl->w, bh, local ? "#f0fff4" : "#f7fafc",
+			local ? C_LOCAL : "#a0aec0", local ? 3 : 1);
+		if (cl->os >= 0) {
+			const struct keel_topo_numa *nd = NULL;
+			char mem[32] = "";
+			for (unsigned i = 0; i < in->nnuma; i++)
+				if ((int)in->numa[i].os == cl->os)
+					nd = &in->numa[i];
+			if (nd && nd->memory_bytes)
+				snprintf(mem, sizeof(mem), " · %.0f GiB",
+					 (double)nd->memory_bytes / (double)(1ull << 30));
+			snprintf(buf, sizeof(buf), "NUMA node %d%s%s", cl->os, mem,
+				 local ? " · local to the NIC" : "");
+			text(f, cl->x + 12, core_top + 22, 15, local ? C_LOCAL : "#2d3748", "start",
+			     "bold", buf);
+			snprintf(buf, sizeof(buf), "CPUs %s",
+				 nd ? keel_topo_cpulist_format(&nd->cpus, list, sizeof(list))
+				    : "?");
+			text(f, cl->x + 12, core_top + 38, 11, "#718096", "start", "normal", buf);
+		} else {
+			text(f, cl->x + 12, core_top + 22, 15, "#2d3748", "start", "bold",
+			     "no NUMA node");
+		}
+		for (unsigned ci = 0; ci < in->ncores; ci++) {
+			const struct keel_topo_core *co = &in->cores[ci];
+			int cx, cy, chip_w, np;
+
+			if (co->numa != cl->os)
+				continue;
+			cx = cl->x + GAP + (idx % cl->cols) * (CORE_W + GAP);
+			cy = core_top + NODE_HD + (idx / cl->cols) * (CORE_H + GAP);
+			idx++;
+			fprintf(f,
+				"<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" rx=\"6\" "
+				"fill=\"#ffffff\" stroke=\"#a0aec0\"/>\n",
+				cx, cy, CORE_W, CORE_H);
+			snprintf(buf, sizeof(buf), "core %u", ci);
+			text(f, cx + 8, cy + 15, 11, "#718096", "start", "normal", buf);
+			np = co->npus ? (int)co->npus : 1;
+			chip_w = (CORE_W - 16 - (np - 1) * 6) / np;
+			for (unsigned p = 0; p < co->npus; p++) {
+				unsigned cpu = co->pus[p], sid;
+				int px = cx + 8 + (int)p * (chip_w + 6), py = cy + 22;
+				bool mine = shard_on(m, cpu, &sid) != NULL;
+				bool ok = pu_allowed(in, cpu);
+
+				fprintf(f,
+					"<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"34\" rx=\"4\" "
+					"fill=\"%s\" stroke=\"%s\"%s/>\n",
+					px, py, chip_w,
+					mine ? C_SHARD
+					: ok ? "#edf2f7"
+					     : "#f7fafc",
+					mine ? C_SHARD
+					: ok ? "#a0aec0"
+					     : "#cbd5e0",
+					ok ? "" : " stroke-dasharray=\"3,2\"");
+				if (mine) {
+					snprintf(buf, sizeof(buf), "S%u", sid);
+					text(f, px + chip_w / 2, py + 15, 13, "#ffffff", "middle",
+					     "bold", buf);
+					snprintf(buf, sizeof(buf), "cpu %u", cpu);
+					text(f, px + chip_w / 2, py + 29, 10, "#ebf8ff", "middle",
+					     "normal", buf);
+				} else {
+					snprintf(buf, sizeof(buf), "cpu %u", cpu);
+					text(f, px + chip_w / 2, py + 22, 11,
+					     ok ? "#2d3748" : "#a0aec0", "middle", "normal", buf);
+				}
+				if (cpu < KEEL_MAX_CPUS)
+					pu_pos[cpu] =
+						(struct pos){ px + chip_w / 2, py + 34, true };
+			}
+		}
+	}
+
+	/* NICs under their node; the mapped one with its queues. */
+	for (unsigned k = 0; k < ncols; k++) {
+		struct col *cl = &cols[k];
+		const struct keel_topo_nic *list_n[MAX_NIC];
+		unsigned hidden, nn = nics_of(c, cl->os, list_n, MAX_NIC, &hidden);
+		int y = nic_top;
+
+		if (nn && cl->os < 0 && !cl->ncores)
+			text(f, cl->x, y - 8, 12, "#718096", "start", "normal",
+			     "NICs without NUMA locality");
+		for (unsigned j = 0; j < nn; j++) {
+			const struct keel_topo_nic *nic = list_n[j];
+			bool is_mapped = nic == mapped;
+			char q[32] = "";
+
+			fprintf(f,
+				"<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" rx=\"8\" "
+				"fill=\"%s\" stroke=\"%s\" stroke-width=\"%d\"/>\n",
+				cl->x, y, cl->w, NIC_H, is_mapped ? "#ebf8ff" : "#fffff0",
+				is_mapped ? C_SHARD : "#b7791f", is_mapped ? 2 : 1);
+			snprintf(buf, sizeof(buf), "%s%s%s", nic->name, nic->driver[0] ? " · " : "",
+				 nic->driver);
+			text(f, cl->x + 10, y + 19, 14, "#1a202c", "start", "bold", buf);
+			if (nic->nrxq >= 0)
+				snprintf(q, sizeof(q), " · %d rx queue%s", nic->nrxq,
+					 nic->nrxq == 1 ? "" : "s");
+			if (!nic->netdev)
+				snprintf(buf, sizeof(buf), "PCI function, no interface (VF?)");
+			else if (nic->is_virtual)
+				snprintf(buf, sizeof(buf), "virtual%s", q);
+			else
+				snprintf(buf, sizeof(buf), "PCI %s%s%s%s", nic->pci, q,
+					 c->info->live ? " · hds " : "",
+					 c->info->live ? keel_topo_state_name(nic->hds) : "");
+			text(f, cl->x + 10, y + 36, 11, "#4a5568", "start", "normal", buf);
+			y += NIC_H + GAP;
+			if (!is_mapped || !nq_draw)
+				continue;
+			{
+				int per = (cl->w - GAP) / (Q_W + 8);
+				if (per < 1)
+					per = 1;
+				for (unsigned qi = 0; qi < nq_draw; qi++) {
+					int qx = cl->x + (int)(qi % (unsigned)per) * (Q_W + 8);
+					int qy = y + (int)(qi / (unsigned)per) * (Q_H + 8);
+					const struct keel_topo_rxq *rq =
+						(int)qi < nic->nrxq ? &nic->rxq[qi] : NULL;
+					int want = -1;
+					bool exists = rq != NULL, bad;
+					const char *fill, *stroke;
+
+					for (unsigned s = 0; m && s < m->nshards; s++)
+						if (m->shards[s].rxq == (int)qi)
+							want = m->shards[s].irq_cpu;
+					bad = irq_mismatch(rq, want);
+					any_mismatch |= bad;
+					fill = bad ? "#feebc8" : want >= 0 ? "#ebf8ff" : "#ffffff";
+					stroke = bad ? C_WARN : want >= 0 ? C_SHARD : "#a0aec0";
+					fprintf(f,
+						"<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" "
+						"rx=\"5\" fill=\"%s\" stroke=\"%s\" stroke-width=\"%d\"%s/>\n",
+						qx, qy, Q_W, Q_H, fill, stroke, bad ? 2 : 1,
+						exists || !c->info->live
+							? ""
+							: " stroke-dasharray=\"4,3\"");
+					snprintf(buf, sizeof(buf), "rxq %u", qi);
+					text(f, qx + Q_W / 2, qy + 16, 12, "#1a202c", "middle",
+					     "bold", buf);
+					if (rq && rq->irq >= 0)
+						snprintf(buf, sizeof(buf), "IRQ %d→%s", rq->irq,
+							 rq->affinity_known
+								 ? keel_topo_cpulist_format(
+									   &rq->affinity, list,
+									   sizeof(list))
+								 : "?");
+					else if (!exists && c->info->live)
+						snprintf(buf, sizeof(buf), "planned");
+					else
+						buf[0] = 0;
+					text(f, qx + Q_W / 2, qy + 32, 10, bad ? C_WARN : "#4a5568",
+					     "middle", "normal", buf);
+					qpos[qi] = (struct pos){ qx + Q_W / 2, qy, true };
+				}
+				y += (int)((nq_draw + (unsigned)per - 1) / (unsigned)per) *
+					     (Q_H + 8) +
+				     GAP;
+			}
+		}
+		if (hidden) {
+			snprintf(buf, sizeof(buf), "+ %u more NIC%s (see the text report)", hidden,
+				 hidden == 1 ? "" : "s");
+			text(f, cl->x + 4, y + 14, 12, "#718096", "start", "normal", buf);
+		}
+	}
+
+	/* Arrows: queue -> shard CPU (solid), and IRQ -> where it points now when that is
+	 * not the shard (dashed, warning colour). */
+	for (unsigned s = 0; m && s < m->nshards; s++) {
+		const struct keel_map_shard *sh = &m->shards[s];
+		const struct pos *a, *b;
+		if (sh->rxq < 0 || sh->rxq >= (int)nq_draw || sh->cpu < 0 ||
+		    sh->cpu >= KEEL_MAX_CPUS)
+			continue;
+		a = &qpos[sh->rxq];
+		b = &pu_pos[sh->cpu];
+		if (!a->set || !b->set)
+			continue;
+		fprintf(f,
+			"<path d=\"M%d,%d C%d,%d %d,%d %d,%d\" fill=\"none\" stroke=\"" C_SHARD
+			"\" stroke-width=\"2\" stroke-opacity=\"0.75\" marker-end=\"url(#arrow)\"/>\n",
+			a->x, a->y, a->x, a->y - 60, b->x, b->y + 60, b->x, b->y + 2);
+		if (mapped && sh->rxq < mapped->nrxq) {
+			const struct keel_topo_rxq *rq = &mapped->rxq[sh->rxq];
+			unsigned w = 0;
+			if (!irq_mismatch(rq, sh->irq_cpu))
+				continue;
+			for (unsigned cpu = 0; cpu < KEEL_MAX_CPUS; cpu++)
+				w += keel_cpuset_has(&rq->affinity, cpu);
+			for (unsigned cpu = 0; cpu < KEEL_MAX_CPUS && w <= 4; cpu++) {
+				const struct pos *t = &pu_pos[cpu];
+				if (!keel_cpuset_has(&rq->affinity, cpu) || !t->set ||
+				    (int)cpu == sh->irq_cpu)
+					continue;
+				fprintf(f,
+					"<path d=\"M%d,%d C%d,%d %d,%d %d,%d\" fill=\"none\" "
+					"stroke=\"" C_WARN "\" stroke-width=\"2\" "
+					"stroke-dasharray=\"6,4\" marker-end=\"url(#warn)\"/>\n",
+					a->x + 6, a->y, a->x + 6, a->y - 80, t->x + 6, t->y + 80,
+					t->x + 6, t->y + 2);
+			}
+		}
+	}
+	if (any_mismatch)
+		text(f, width - MARGIN, MARGIN + 16, 13, C_WARN, "end", "bold",
+		     "IRQ placement differs from the map");
+	fputs("</svg>\n", f);
+	free(pu_pos);
+	return ferror(f) ? -EIO : 0;
+}
