@@ -255,6 +255,8 @@ bq_init(struct bq *q)
 static void
 bq_fini(struct bq *q)
 {
+	if (!q->cap)
+		return; /* never initialised */
 	free(q->buf);
 	if (q->efd >= 0)
 		close(q->efd);
@@ -430,6 +432,8 @@ bench_xshard(int argc, char **argv)
 	struct samples brtt = { 0 }, bwake = { 0 };
 	uint64_t bcount = 0, bns = 0;
 	double seconds = 2;
+	uint64_t gap_us = 1000;
+	int status = 1;
 	bool json = false;
 	int r;
 
@@ -438,11 +442,6 @@ bench_xshard(int argc, char **argv)
 	o.signals = false;
 	o.log_level = KEEL_LOG_WARN;
 	keel_opts_parse_or_exit(&o, &argc, argv, xshard_usage);
-	x = aligned_alloc(64, (sizeof(*x) + 63) & ~(size_t)63);
-	b = aligned_alloc(64, (sizeof(*b) + 63) & ~(size_t)63);
-	memset(x, 0, sizeof(*x));
-	memset(b, 0, sizeof(*b));
-	x->gap_us = 1000;
 	for (int i = 1; i < argc; i++) {
 		const char *v;
 		int m;
@@ -456,8 +455,8 @@ bench_xshard(int argc, char **argv)
 			}
 		} else if ((m = bench_opt(argc, argv, &i, "--gap-us", &v)) != 0) {
 			char *end;
-			x->gap_us = m > 0 ? strtoull(v, &end, 10) : 0;
-			if (m < 0 || *end || x->gap_us > 1000000) {
+			gap_us = m > 0 ? strtoull(v, &end, 10) : 0;
+			if (m < 0 || *end || gap_us > 1000000) {
 				fprintf(stderr,
 					"keel-bench xshard: --gap-us: expected 0..1000000\n");
 				return 2;
@@ -474,6 +473,17 @@ bench_xshard(int argc, char **argv)
 		fprintf(stderr, "keel-bench xshard: --shards: needs at least 2 shards\n");
 		return 2;
 	}
+	x = aligned_alloc(64, (sizeof(*x) + 63) & ~(size_t)63);
+	b = aligned_alloc(64, (sizeof(*b) + 63) & ~(size_t)63);
+	if (!x || !b) {
+		fprintf(stderr, "keel-bench xshard: out of memory\n");
+		free(x);
+		free(b);
+		return 1;
+	}
+	memset(x, 0, sizeof(*x));
+	memset(b, 0, sizeof(*b));
+	x->gap_us = gap_us;
 	x->dur_ns = (uint64_t)(seconds * 1e9);
 	x->window = o.mailbox_entries;
 	x->rtt.v = malloc(MAX_SAMPLES * sizeof(uint64_t));
@@ -482,7 +492,7 @@ bench_xshard(int argc, char **argv)
 	bwake.v = malloc(MAX_SAMPLES * sizeof(uint64_t));
 	if (!x->rtt.v || !x->wake.v || !brtt.v || !bwake.v) {
 		fprintf(stderr, "keel-bench xshard: out of memory\n");
-		return 1;
+		goto out;
 	}
 
 	/* keel, polling: one-way then round trips. */
@@ -490,14 +500,14 @@ bench_xshard(int argc, char **argv)
 	if (r < 0 || x->err) {
 		fprintf(stderr, "keel-bench xshard: runtime failed: %s\n",
 			strerror(-(r ? r : x->err)));
-		return 1;
+		goto out;
 	}
 	/* keel, sleeping: every message wakes its receiver. */
 	o.idle_poll_us = 0;
 	r = keel_run(&o, sleeping_start, x);
 	if (r < 0) {
 		fprintf(stderr, "keel-bench xshard: runtime failed: %s\n", strerror(-r));
-		return 1;
+		goto out;
 	}
 	summarise(&rk, &x->rtt, &x->wake, x->oneway_count, x->oneway_ns);
 
@@ -510,7 +520,7 @@ bench_xshard(int argc, char **argv)
 	if (bq_init(&b->q01) || bq_init(&b->q10) || run_baseline(b, 0, NULL, &bcount, &bns) ||
 	    run_baseline(b, 1, &brtt, NULL, NULL) || run_baseline(b, 2, &bwake, NULL, NULL)) {
 		fprintf(stderr, "keel-bench xshard: baseline failed\n");
-		return 1;
+		goto out;
 	}
 	summarise(&rb, &brtt, &bwake, bcount, bns);
 
@@ -518,7 +528,7 @@ bench_xshard(int argc, char **argv)
 	    rk.wake_samples == 0 || rb.wake_samples == 0) {
 		fprintf(stderr, "keel-bench xshard: a measurement moved no messages "
 				"(run longer with --seconds)\n");
-		return 1;
+		goto out;
 	}
 	if (json) {
 		printf("{\n  \"mode\": \"xshard\",\n  \"shards\": %u,\n  \"cpus\": [%d, %d],\n",
@@ -548,6 +558,8 @@ bench_xshard(int argc, char **argv)
 		       rb.wake_rtt_p99_us, rb.wake_rtt_p99_us / rk.wake_rtt_p99_us);
 		printf("(ratio > 1: keel is better; latency ratios are baseline/keel)\n");
 	}
+	status = 0;
+out:
 	bq_fini(&b->q01);
 	bq_fini(&b->q10);
 	free(x->rtt.v);
@@ -556,5 +568,5 @@ bench_xshard(int argc, char **argv)
 	free(bwake.v);
 	free(x);
 	free(b);
-	return 0;
+	return status;
 }

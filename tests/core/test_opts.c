@@ -1,0 +1,195 @@
+// SPDX-License-Identifier: MIT
+#include <errno.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "helpers.h"
+
+extern char **environ;
+
+static int
+parse(struct keel_opts *o, char *err, size_t errlen, int *argc, char **argv)
+{
+	keel_opts_init(o);
+	return keel_opts_parse(o, argc, argv, err, errlen);
+}
+
+Test(core_opts, parses_owned_options_and_leaves_the_rest_in_order)
+{
+	struct keel_opts o;
+	char err[256];
+	char *argv[] = { "prog",
+			 "--port",
+			 "80",
+			 "--shards",
+			 "4",
+			 "--cpuset=0-1,3",
+			 "--idle-poll-us",
+			 "0",
+			 "--app-flag",
+			 "--stats",
+			 "--feature",
+			 "defer_taskrun=off,reg_ring_fd=on",
+			 "--log-level=debug",
+			 "--ring-entries",
+			 "512",
+			 "--stall-ms",
+			 "7",
+			 "last",
+			 NULL };
+	int argc = (int)(sizeof(argv) / sizeof(argv[0])) - 1;
+
+	cr_assert_eq(parse(&o, err, sizeof(err), &argc, argv), 0, "%s", err);
+	cr_assert_eq(o.shards, 4);
+	cr_assert(keel_cpuset_has(&o.cpuset, 0) && keel_cpuset_has(&o.cpuset, 1) &&
+		  !keel_cpuset_has(&o.cpuset, 2) && keel_cpuset_has(&o.cpuset, 3));
+	cr_assert(o.cpuset_given);
+	cr_assert_eq(o.idle_poll_us, 0);
+	cr_assert(o.stats);
+	cr_assert_eq(o.features[KEEL_FEAT_DEFER_TASKRUN], KEEL_POLICY_OFF);
+	cr_assert_eq(o.features[KEEL_FEAT_REG_RING_FD], KEEL_POLICY_ON);
+	cr_assert_eq(o.features[KEEL_FEAT_SINGLE_ISSUER], KEEL_POLICY_AUTO);
+	cr_assert_eq(o.log_level, KEEL_LOG_DEBUG);
+	cr_assert_eq(o.ring_entries, 512);
+	cr_assert_eq(o.stall_ms, 7);
+	cr_assert_eq(argc, 5);
+	cr_assert_str_eq(argv[1], "--port");
+	cr_assert_str_eq(argv[2], "80");
+	cr_assert_str_eq(argv[3], "--app-flag");
+	cr_assert_str_eq(argv[4], "last");
+	cr_assert_null(argv[5]);
+}
+
+struct bad_case {
+	const char *arg, *val, *must_name;
+};
+
+Test(core_opts, malformed_values_are_rejected_naming_the_option)
+{
+	static const struct bad_case cases[] = {
+		{ "--shards", "0", "--shards" },
+		{ "--shards", "abc", "--shards" },
+		{ "--shards", "-1", "--shards" },
+		{ "--cpuset", "3-1", "--cpuset" },
+		{ "--cpuset", "0,,x", "--cpuset" },
+		{ "--idle-poll-us", "1e3", "--idle-poll-us" },
+		{ "--ring-entries", "4", "--ring-entries" },
+		{ "--mailbox-entries", "1000", "--mailbox-entries" },
+		{ "--log-level", "loud", "--log-level" },
+		{ "--feature", "warp_drive=on", "warp_drive" },
+		{ "--feature", "defer_taskrun=maybe", "defer_taskrun" },
+		{ "--stall-ms", "", "--stall-ms" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct keel_opts o;
+		char err[256] = "";
+		char *argv[] = { "prog", (char *)cases[i].arg, (char *)cases[i].val, NULL };
+		int argc = 3;
+
+		cr_assert_eq(parse(&o, err, sizeof(err), &argc, argv), -EINVAL, "%s %s accepted",
+			     cases[i].arg, cases[i].val);
+		cr_assert(strstr(err, cases[i].must_name), "message '%s' does not name %s", err,
+			  cases[i].must_name);
+	}
+}
+
+Test(core_opts, missing_value_is_an_error)
+{
+	struct keel_opts o;
+	char err[256];
+	char *argv[] = { "prog", "--shards", NULL };
+	int argc = 2;
+
+	cr_assert_eq(parse(&o, err, sizeof(err), &argc, argv), -EINVAL);
+	cr_assert(strstr(err, "--shards") && strstr(err, "missing"), "%s", err);
+}
+
+Test(core_opts, environment_is_read_and_argv_overrides_it)
+{
+	struct keel_opts o;
+	char err[256];
+	char *argv[] = { "prog", "--stall-ms", "9", NULL };
+	int argc = 3;
+
+	setenv("KEEL_SHARDS", "3", 1);
+	setenv("KEEL_STALL_MS", "40", 1);
+	cr_assert_eq(parse(&o, err, sizeof(err), &argc, argv), 0, "%s", err);
+	cr_assert_eq(o.shards, 3);
+	cr_assert_eq(o.stall_ms, 9);
+	setenv("KEEL_SHARDS", "many", 1);
+	argc = 1;
+	cr_assert_eq(parse(&o, err, sizeof(err), &argc, argv), -EINVAL);
+	cr_assert(strstr(err, "KEEL_SHARDS"), "%s", err);
+	unsetenv("KEEL_SHARDS");
+	unsetenv("KEEL_STALL_MS");
+}
+
+Test(core_opts, help_is_reported)
+{
+	struct keel_opts o;
+	char err[256];
+	char *argv[] = { "prog", "--help", NULL };
+	int argc = 2;
+
+	cr_assert_eq(parse(&o, err, sizeof(err), &argc, argv), 1);
+}
+
+Test(core_opts, cpuset_outside_the_affinity_mask_fails_start)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_runtime *rt;
+
+	keel_cpuset_add(&o.cpuset, KEEL_MAX_CPUS - 1);
+	o.cpuset_given = true;
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
+}
+
+/* The program contract: a bad option exits with status 2 and one line naming it. */
+static int
+run_capture(char *const argv[], char *out, size_t outlen)
+{
+	posix_spawn_file_actions_t fa;
+	int pfd[2], status;
+	pid_t pid;
+	ssize_t n, total = 0;
+
+	cr_assert_eq(pipe(pfd), 0);
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, pfd[1], 2);
+	posix_spawn_file_actions_adddup2(&fa, pfd[1], 1);
+	posix_spawn_file_actions_addclose(&fa, pfd[0]);
+	cr_assert_eq(posix_spawn(&pid, argv[0], &fa, NULL, argv, environ), 0, "spawn %s", argv[0]);
+	close(pfd[1]);
+	while ((n = read(pfd[0], out + total, outlen - 1 - (size_t)total)) > 0)
+		total += n;
+	out[total] = 0;
+	close(pfd[0]);
+	waitpid(pid, &status, 0);
+	posix_spawn_file_actions_destroy(&fa);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+Test(core_opts, program_exits_2_naming_a_bad_option)
+{
+	char out[4096];
+	char *bad_value[] = { KEEL_BIN_DIR "/keel-bench", "xshard", "--ring-entries", "lots",
+			      NULL };
+	char *unknown[] = { KEEL_BIN_DIR "/keel-bench", "xshard", "--frobnicate", NULL };
+	char *help[] = { KEEL_BIN_DIR "/keel-bench", "xshard", "--help", NULL };
+
+	cr_assert_eq(run_capture(bad_value, out, sizeof(out)), 2, "%s", out);
+	cr_assert(strstr(out, "--ring-entries"), "%s", out);
+	cr_assert_eq(strchr(out, '\n'), out + strlen(out) - 1, "more than one line: %s", out);
+	cr_assert_eq(run_capture(unknown, out, sizeof(out)), 2, "%s", out);
+	cr_assert(strstr(out, "--frobnicate"), "%s", out);
+	cr_assert_eq(run_capture(help, out, sizeof(out)), 0, "%s", out);
+	cr_assert(strstr(out, "--idle-poll-us") && strstr(out, "--stall-ms") &&
+			  strstr(out, "--cpuset") && strstr(out, "--feature"),
+		  "%s", out);
+}

@@ -1,0 +1,167 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Cross-thread paths of the runtime, as a plain program so ThreadSanitizer can watch it
+ * (Criterion's runner is not instrumented and forks): foreign threads submitting requests
+ * with eventfd queues and callbacks, shards calling and broadcasting to each other while
+ * sleeping and waking, a host thread reading stats, and a host-initiated stop.
+ * Exits 0 when every check held, 1 otherwise.
+ */
+#include <keel/keel.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define SHARDS  3
+#define THREADS 3
+#define REQS    3000
+#define PINGS   2000
+
+static int failures;
+#define CHECK(c)                                                                                 \
+	do {                                                                                     \
+		if (!(c)) {                                                                      \
+			fprintf(stderr, "tsan_runtime: check failed at line %d: %s\n", __LINE__, \
+				#c);                                                             \
+			__atomic_add_fetch(&failures, 1, __ATOMIC_RELAXED);                      \
+		}                                                                                \
+	} while (0)
+
+struct shard_app {
+	unsigned pongs;
+	unsigned bcast_done;
+	int payload[SHARDS]; /* written by the sender, read by the receiver: ownership moves */
+};
+static struct shard_app apps[SHARDS];
+static _Atomic unsigned shards_finished;
+
+static int
+pong(void *arg)
+{
+	int *p = arg;
+	return *p + 1;
+}
+
+static void ping(unsigned me);
+
+static void
+ponged(int status, void *arg)
+{
+	unsigned me = keel_shard_id(keel_this_shard());
+	CHECK(status == (int)apps[me].pongs + 1);
+	if (++apps[me].pongs < PINGS)
+		ping(me);
+	else
+		atomic_fetch_add(&shards_finished, 1);
+}
+
+static void
+ping(unsigned me)
+{
+	unsigned dst = (me + 1) % SHARDS;
+	apps[me].payload[dst] = (int)apps[me].pongs;
+	CHECK(keel_call(dst, pong, &apps[me].payload[dst], ponged, NULL) == 0);
+}
+
+static void
+bcast_fn(void *arg)
+{
+}
+
+static void
+bcast_all(int status, void *arg)
+{
+	apps[keel_shard_id(keel_this_shard())].bcast_done++;
+}
+
+static void
+on_start(void *app)
+{
+	unsigned me = keel_shard_id(keel_this_shard());
+	ping(me);
+	CHECK(keel_broadcast(bcast_fn, NULL, bcast_all, NULL) == 0);
+}
+
+static void
+work(struct keel_xreq *req)
+{
+	keel_xreq_complete(req, (int)keel_shard_id(keel_this_shard()) + 100);
+}
+
+static void
+done_cb(struct keel_xreq *req)
+{
+	atomic_fetch_add((_Atomic unsigned *)req->arg, 1);
+}
+
+struct thr {
+	struct keel_runtime *rt;
+	_Atomic unsigned *cb;
+};
+
+static void *
+foreign(void *p)
+{
+	struct thr *t = p;
+	struct keel_xqueue *q;
+	struct keel_xreq *reqs = calloc(REQS, sizeof(*reqs)), *out[32];
+	unsigned got = 0;
+
+	CHECK(keel_xqueue_create(&q) == 0);
+	for (unsigned i = 0; i < REQS; i++) {
+		reqs[i].fn = work;
+		reqs[i].queue = q;
+		reqs[i].done = (i & 1) ? done_cb : NULL;
+		reqs[i].arg = t->cb;
+		CHECK(keel_runtime_submit(t->rt, i % SHARDS, &reqs[i]) == 0);
+	}
+	while (got < REQS) {
+		int n = keel_xqueue_wait(q, out, 32, 30000);
+		CHECK(n > 0);
+		if (n <= 0)
+			break;
+		for (int k = 0; k < n; k++)
+			CHECK(out[k]->status == (int)((out[k] - reqs) % SHARDS) + 100);
+		got += (unsigned)n;
+	}
+	keel_xqueue_destroy(q);
+	free(reqs);
+	return NULL;
+}
+
+int
+main(void)
+{
+	struct keel_opts o;
+	struct keel_runtime *rt;
+	pthread_t th[THREADS];
+	struct thr t;
+	_Atomic unsigned cb = 0;
+	struct keel_shard_stats st;
+
+	keel_opts_init(&o);
+	o.shards = SHARDS;
+	o.signals = false;
+	o.idle_poll_us = 0; /* every message and request lands on a sleeping shard */
+	o.log_level = KEEL_LOG_WARN;
+	CHECK(keel_runtime_create(&o, &rt) == 0);
+	CHECK(keel_runtime_start(rt, on_start, NULL) == 0);
+	t = (struct thr){ rt, &cb };
+	for (int i = 0; i < THREADS; i++)
+		pthread_create(&th[i], NULL, foreign, &t);
+	while (atomic_load(&shards_finished) < SHARDS)
+		for (unsigned s = 0; s < SHARDS; s++)
+			CHECK(keel_runtime_stats(rt, s, &st) == 0); /* racing readers */
+	for (int i = 0; i < THREADS; i++)
+		pthread_join(th[i], NULL);
+	keel_runtime_stop(rt, 0);
+	CHECK(keel_runtime_join(rt) == 0);
+	for (unsigned s = 0; s < SHARDS; s++) {
+		CHECK(apps[s].pongs == PINGS);
+		CHECK(apps[s].bcast_done == 1);
+	}
+	CHECK(atomic_load(&cb) == THREADS * REQS / 2);
+	keel_runtime_destroy(rt);
+	printf("tsan_runtime: %d passed, %d failed\n", failures ? 0 : 1, failures ? 1 : 0);
+	return failures ? 1 : 0;
+}

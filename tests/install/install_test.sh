@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# Install keel into a temporary prefix, then build docs/examples/first-app.c out of tree
+# twice, with pkg-config and with find_package(keel), and run both.
+#   install_test.sh BUILD_DIR SOURCE_DIR
+set -euo pipefail
+build=$1
+src=$2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+cmake --install "$build" --prefix "$tmp/prefix" >"$tmp/install.log"
+pc=$(find "$tmp/prefix" -name keel.pc | head -n 1)
+[ -n "$pc" ] || { echo "keel.pc was not installed"; exit 1; }
+[ -f "$tmp/prefix/include/keel/keel.h" ] || { echo "keel/keel.h was not installed"; exit 1; }
+
+check_run() { # binary
+	local out
+	out=$("$1" --shards 2 --log-level warn)
+	echo "$out"
+	[ "$(grep -c '^hello from shard' <<<"$out")" -eq 2 ] ||
+		{ echo "expected two hellos from $1"; exit 1; }
+}
+
+echo "== pkg-config"
+export PKG_CONFIG_PATH="$(dirname "$pc")${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+# shellcheck disable=SC2046
+cc -std=c11 -Wall -Werror "$src/docs/examples/first-app.c" -o "$tmp/first-app-pc" \
+	$(pkg-config --cflags --libs keel)
+check_run "$tmp/first-app-pc"
+
+echo "== find_package(keel)"
+mkdir -p "$tmp/consumer"
+cp "$src/docs/examples/first-app.c" "$tmp/consumer/"
+cat >"$tmp/consumer/CMakeLists.txt" <<'CMAKE'
+cmake_minimum_required(VERSION 3.18)
+project(consumer C)
+find_package(keel REQUIRED)
+add_executable(first-app first-app.c)
+target_link_libraries(first-app PRIVATE keel::core)
+CMAKE
+cmake -S "$tmp/consumer" -B "$tmp/consumer/build" -DCMAKE_PREFIX_PATH="$tmp/prefix" \
+	>"$tmp/consumer.log" 2>&1 || { cat "$tmp/consumer.log"; exit 1; }
+cmake --build "$tmp/consumer/build" >>"$tmp/consumer.log" 2>&1 ||
+	{ cat "$tmp/consumer.log"; exit 1; }
+check_run "$tmp/consumer/build/first-app"
+echo "install test: passed"
