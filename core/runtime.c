@@ -213,6 +213,7 @@ keel_xqueue_pop(struct keel_xqueue *q, struct keel_xreq **out, unsigned max)
 {
 	uint64_t v;
 	unsigned n = 0;
+	bool more;
 
 	if (read(q->efd, &v, sizeof(v)) < 0 && errno != EAGAIN)
 		keel_log(KEEL_LOG_ERROR, "core", "xqueue eventfd read failed: %s", strerror(errno));
@@ -223,8 +224,9 @@ keel_xqueue_pop(struct keel_xqueue *q, struct keel_xreq **out, unsigned max)
 	}
 	if (!q->head)
 		q->tail = NULL;
+	more = q->head != NULL;
 	pthread_mutex_unlock(&q->lock);
-	if (q->head) {
+	if (more) {
 		/* More than max waiting: stay readable. */
 		v = 1;
 		if (write(q->efd, &v, sizeof(v)) != sizeof(v))

@@ -509,7 +509,7 @@ static int
 from_tree(struct jp *p, const struct jval *root, struct keel_map *m)
 {
 	const char *required[] = { "keel_map", "iface", "rx_queues", "shards" };
-	int v, r = 0;
+	int v = 0, r = 0;
 
 	if (root->type != J_OBJ) {
 		p->pos = root->at;
@@ -532,7 +532,8 @@ from_tree(struct jp *p, const struct jval *root, struct keel_map *m)
 
 		if (!strcmp(name, "keel_map")) {
 			r = get_int(p, k, name, KEEL_MAP_VERSION, KEEL_MAP_VERSION, false, &v);
-			m->version = (unsigned)v;
+			if (r == 0)
+				m->version = (unsigned)v;
 		} else if (!strcmp(name, "source")) {
 			r = get_str(p, k, name, m->source, sizeof(m->source), false);
 		} else if (!strcmp(name, "iface")) {
@@ -543,7 +544,8 @@ from_tree(struct jp *p, const struct jval *root, struct keel_map *m)
 			r = get_int(p, k, name, 0, INT_MAX, true, &m->numa);
 		} else if (!strcmp(name, "rx_queues")) {
 			r = get_int(p, k, name, 0, 65536, false, &v);
-			m->rx_queues = (unsigned)v;
+			if (r == 0)
+				m->rx_queues = (unsigned)v;
 		} else if (!strcmp(name, "hds")) {
 			if (k->type != J_BOOL)
 				r = field_err(p, k, name, "true or false");
@@ -564,7 +566,8 @@ from_tree(struct jp *p, const struct jval *root, struct keel_map *m)
 				r = field_err(p, k, name, "\"local\" or \"spread\"");
 		} else if (!strcmp(name, "reserve")) {
 			r = get_int(p, k, name, 0, KEEL_MAX_CPUS, false, &v);
-			m->reserve = (unsigned)v;
+			if (r == 0)
+				m->reserve = (unsigned)v;
 		} else if (!strcmp(name, "shards")) {
 			if (k->type != J_ARR || k->n == 0 || k->n > KEEL_MAX_SHARDS) {
 				r = field_err(p, k, name, "an array of 1 to 256 shards");
