@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -63,6 +64,62 @@ Test(core_lifecycle, sigterm_stops_a_busy_runtime_cleanly, .timeout = 60)
 	cr_assert_eq(atomic_load(&b.hooks), 3, "stop hooks ran %d times", atomic_load(&b.hooks));
 	/* Exactly the 24 bouncing chains ended, each with one refused send. */
 	cr_assert_eq(atomic_load(&b.refused), 24);
+}
+
+/* A second signal exits at once, even when the runtime cannot finish stopping. Runs in a
+ * forked child: it ends the process. */
+static int sig_pipe[2];
+
+static void
+never_quiescent(void *arg)
+{
+	keel_defer(never_quiescent, arg); /* deferred work pending forever */
+}
+
+static void
+hook_report_stopping(void *arg)
+{
+	keel_defer(never_quiescent, NULL);
+	if (write(sig_pipe[1], "s", 1) != 1)
+		_exit(99);
+}
+
+static void
+sig_child_start(void *app)
+{
+	if (keel_shard_id(keel_this_shard()) == 0) {
+		keel_shard_on_stop(hook_report_stopping, NULL);
+		if (write(sig_pipe[1], "r", 1) != 1)
+			_exit(99);
+	}
+}
+
+Test(core_lifecycle, second_signal_forces_exit, .timeout = 60)
+{
+	pid_t pid;
+	char c;
+	int status;
+
+	cr_assert_eq(pipe(sig_pipe), 0);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		struct keel_opts o = test_opts(2);
+		o.signals = true;
+		keel_log_set_level(KEEL_LOG_ERROR);
+		_exit(keel_run(&o, sig_child_start, NULL) == 0 ? 0 : 1);
+	}
+	cr_assert_eq(read(sig_pipe[0], &c, 1), 1);
+	cr_assert_eq(c, 'r');
+	kill(pid, SIGTERM);
+	cr_assert_eq(read(sig_pipe[0], &c, 1), 1);
+	cr_assert_eq(c, 's', "the first signal did not begin the stop");
+	kill(pid, SIGINT);
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status), "child did not exit: status 0x%x", status);
+	cr_assert_eq(WEXITSTATUS(status), 128 + SIGINT);
+	close(sig_pipe[0]);
+	close(sig_pipe[1]);
 }
 
 /* ---- stalls ---- */

@@ -1,7 +1,11 @@
 // SPDX-License-Identifier: MIT
+#include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <criterion/criterion.h>
 
@@ -15,7 +19,27 @@ struct start_state {
 	_Atomic unsigned ids_seen; /* bitmap of ids, up to 32 */
 	unsigned need_flags;
 	unsigned forbid_flags;
+	/* Ask the kernel, from another thread, what it enforces on the shard's ring:
+	 * SINGLE_ISSUER refuses that thread's submit, DEFER_TASKRUN its GETEVENTS (EEXIST). */
+	bool probe_kernel;
+	_Atomic unsigned single_issuer_enforced, defer_taskrun_enforced;
 };
+
+struct probe {
+	int fd;
+	long submit_errno, getevents_errno;
+};
+
+static void *
+probe_ring(void *p)
+{
+	struct probe *pr = p;
+	long r = syscall(__NR_io_uring_enter, pr->fd, 1, 0, 0, NULL, 0);
+	pr->submit_errno = r < 0 ? errno : 0;
+	r = syscall(__NR_io_uring_enter, pr->fd, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0);
+	pr->getevents_errno = r < 0 ? errno : 0;
+	return NULL;
+}
 
 static void
 stop_when_all_started(void *arg)
@@ -41,9 +65,33 @@ on_start_record(void *app)
 	if ((flags & st->need_flags) == st->need_flags && !(flags & st->forbid_flags))
 		atomic_fetch_add(&st->flags_ok, 1);
 	atomic_fetch_or(&st->ids_seen, 1u << keel_shard_id(sh));
+	if (st->probe_kernel) {
+		struct probe pr = { .fd = keel_shard_ring_get()->ring_fd };
+		pthread_t t;
+		pthread_create(&t, NULL, probe_ring, &pr);
+		pthread_join(t, NULL);
+		if (pr.submit_errno == EEXIST)
+			atomic_fetch_add(&st->single_issuer_enforced, 1);
+		if (pr.getevents_errno == EEXIST)
+			atomic_fetch_add(&st->defer_taskrun_enforced, 1);
+	}
 	atomic_fetch_add(&st->started, 1);
 	if (keel_shard_id(sh) == 0)
 		keel_defer(stop_when_all_started, st);
+}
+
+static int
+count_threads(void)
+{
+	DIR *d = opendir("/proc/self/task");
+	struct dirent *e;
+	int n = 0;
+
+	cr_assert_not_null(d);
+	while ((e = readdir(d)))
+		n += e->d_name[0] != '.';
+	closedir(d);
+	return n;
 }
 
 static void
@@ -52,7 +100,9 @@ run_shards(unsigned n)
 	struct keel_opts o = test_opts(n);
 	struct start_state st = { .shards = n,
 				  .need_flags =
-					  IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN };
+					  IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+				  .probe_kernel = true };
+	int threads_before = count_threads();
 
 	cr_assert_eq(keel_run(&o, on_start_record, &st), 0);
 	cr_assert_eq(atomic_load(&st.started), n);
@@ -60,6 +110,11 @@ run_shards(unsigned n)
 	cr_assert_eq(atomic_load(&st.on_cpu), n, "only %u of %u shards ran on their CPU",
 		     atomic_load(&st.on_cpu), n);
 	cr_assert_eq(atomic_load(&st.flags_ok), n, "ring lacks SINGLE_ISSUER|DEFER_TASKRUN");
+	cr_assert_eq(atomic_load(&st.single_issuer_enforced), n,
+		     "the kernel let another thread submit");
+	cr_assert_eq(atomic_load(&st.defer_taskrun_enforced), n,
+		     "the kernel let another thread run task work");
+	cr_assert_eq(count_threads(), threads_before, "shard threads left behind");
 }
 
 Test(core_runtime, starts_and_stops_one_shard)
@@ -83,11 +138,14 @@ Test(core_runtime, forced_coop_taskrun_fallback_works)
 	struct start_state st = { .shards = 2,
 				  .need_flags =
 					  IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER,
-				  .forbid_flags = IORING_SETUP_DEFER_TASKRUN };
+				  .forbid_flags = IORING_SETUP_DEFER_TASKRUN,
+				  .probe_kernel = true };
 
 	o.features[KEEL_FEAT_DEFER_TASKRUN] = KEEL_POLICY_OFF;
 	cr_assert_eq(keel_run(&o, on_start_record, &st), 0);
 	cr_assert_eq(atomic_load(&st.flags_ok), 2);
+	cr_assert_eq(atomic_load(&st.single_issuer_enforced), 2);
+	cr_assert_eq(atomic_load(&st.defer_taskrun_enforced), 0, "DEFER_TASKRUN still on");
 }
 
 Test(core_runtime, all_features_forced_off_still_runs)
