@@ -456,7 +456,7 @@ int
 keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 {
 	struct keel_runtime *rt;
-	static int cpus[CPU_SETSIZE];
+	int *cpus = NULL;
 	unsigned ncpus = 0;
 	char why[256];
 	int r;
@@ -478,6 +478,11 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 	if (!rt)
 		return -ENOMEM;
 	rt->opts = *opts;
+	cpus = calloc(CPU_SETSIZE, sizeof(*cpus));
+	if (!cpus) {
+		r = -ENOMEM;
+		goto err_rt;
+	}
 	r = keel_features_decide(opts, rt->features);
 	if (r < 0)
 		goto err_rt;
@@ -491,10 +496,14 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 		goto err_rt;
 	rt->count =
 		opts->shards ? opts->shards : (ncpus > KEEL_MAX_SHARDS ? KEEL_MAX_SHARDS : ncpus);
-	if (hwloc_topology_init(&rt->topo) < 0 || hwloc_topology_load(rt->topo) < 0) {
-		r = -errno ? -errno : -EIO;
-		keel_log(KEEL_LOG_ERROR, "core", "hwloc could not load this machine's topology");
+	if (hwloc_topology_init(&rt->topo) < 0) {
+		r = -ENOMEM;
 		goto err_rt;
+	}
+	if (hwloc_topology_load(rt->topo) < 0) {
+		r = -EIO;
+		keel_log(KEEL_LOG_ERROR, "core", "hwloc could not load this machine's topology");
+		goto err_topo;
 	}
 	rt->shards = calloc(rt->count, sizeof(*rt->shards));
 	if (!rt->shards) {
@@ -513,11 +522,13 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 	pthread_mutex_init(&rt->start_lock, NULL);
 	pthread_cond_init(&rt->latch_cond, NULL);
 	keel__features_log(rt->features);
+	free(cpus);
 	*out = rt;
 	return 0;
 err_topo:
 	hwloc_topology_destroy(rt->topo);
 err_rt:
+	free(cpus);
 	free(rt);
 	return r;
 }
