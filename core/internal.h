@@ -213,6 +213,9 @@ cur_shard(const char *fn)
 
 uint64_t keel__clock_ns(void);
 
+/* Format an error for a person into @err (may be NULL) and return @r. */
+int keel__errf(char *err, size_t errlen, int r, const char *fmt, ...) KEEL_PRINTF(4, 5);
+
 /* loop.c */
 int keel__shard_ring_init(struct keel_shard *s);
 void keel__shard_loop(struct keel_shard *s);

@@ -81,6 +81,18 @@ keel_log(enum keel_log_level level, const char *module, const char *fmt, ...)
 	pthread_rwlock_unlock(&sink_lock);
 }
 
+int
+keel__errf(char *err, size_t errlen, int r, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	if (err && errlen)
+		vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+	return r;
+}
+
 void
 keel__verify_fail(const char *file, int line, const char *expr)
 {

@@ -2,10 +2,11 @@
 #include <errno.h>
 #include <keel/opts.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "internal.h"
 
 static const char *const feature_names[KEEL_FEAT__COUNT] = {
 	[KEEL_FEAT_SINGLE_ISSUER] = "single_issuer",
@@ -44,17 +45,6 @@ keel_opts_init(struct keel_opts *o)
 }
 
 static int
-fail(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	if (err && errlen)
-		vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-	return -EINVAL;
-}
-
-static int
 parse_uint(const char *name, const char *s, unsigned lo, unsigned hi, unsigned *out, char *err,
 	   size_t errlen)
 {
@@ -64,7 +54,8 @@ parse_uint(const char *name, const char *s, unsigned lo, unsigned hi, unsigned *
 	errno = 0;
 	v = strtoul(s, &end, 10);
 	if (!*s || *end || errno || s[0] == '-' || v < lo || v > hi)
-		return fail(err, errlen, "%s: '%s' is not a number in %u..%u", name, s, lo, hi);
+		return keel__errf(err, errlen, -EINVAL, "%s: '%s' is not a number in %u..%u", name,
+				  s, lo, hi);
 	*out = (unsigned)v;
 	return 0;
 }
@@ -76,7 +67,8 @@ keel_cpulist_parse(const char *s, struct keel_cpuset *out, char *err, size_t err
 
 	memset(out, 0, sizeof(*out));
 	if (!*s)
-		return fail(err, errlen, "--cpuset: empty CPU list (expected e.g. 0-3,6)");
+		return keel__errf(err, errlen, -EINVAL,
+				  "--cpuset: empty CPU list (expected e.g. 0-3,6)");
 	while (*p) {
 		char *end;
 		unsigned long a, b;
@@ -103,9 +95,9 @@ keel_cpulist_parse(const char *s, struct keel_cpuset *out, char *err, size_t err
 	}
 	return 0;
 bad:
-	return fail(err, errlen,
-		    "--cpuset: '%s' is not a CPU list (expected e.g. 0-3,6; CPUs < %d)", s,
-		    KEEL_MAX_CPUS);
+	return keel__errf(err, errlen, -EINVAL,
+			  "--cpuset: '%s' is not a CPU list (expected e.g. 0-3,6; CPUs < %d)", s,
+			  KEEL_MAX_CPUS);
 }
 
 static int
@@ -119,7 +111,8 @@ parse_bool(const char *name, const char *s, bool *out, char *err, size_t errlen)
 		*out = false;
 		return 0;
 	}
-	return fail(err, errlen, "%s: '%s' is not a boolean (expected on or off)", name, s);
+	return keel__errf(err, errlen, -EINVAL, "%s: '%s' is not a boolean (expected on or off)",
+			  name, s);
 }
 
 /* "name=policy[,name=policy...]" */
@@ -130,14 +123,15 @@ parse_features(const char *name, const char *s, struct keel_opts *o, char *err, 
 	char *save = NULL;
 
 	if (strlen(s) >= sizeof(buf))
-		return fail(err, errlen, "%s: value too long", name);
+		return keel__errf(err, errlen, -EINVAL, "%s: value too long", name);
 	strcpy(buf, s);
 	for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
 		char *eq = strchr(tok, '=');
 		int f = -1, p = -1;
 
 		if (!eq)
-			return fail(err, errlen, "%s: '%s' is not NAME=off|on|auto", name, tok);
+			return keel__errf(err, errlen, -EINVAL, "%s: '%s' is not NAME=off|on|auto",
+					  name, tok);
 		*eq = 0;
 		for (int i = 0; i < KEEL_FEAT__COUNT; i++)
 			if (!strcmp(tok, feature_names[i]))
@@ -151,12 +145,13 @@ parse_features(const char *name, const char *s, struct keel_opts *o, char *err, 
 				strcat(names, i ? ", " : "");
 				strcat(names, feature_names[i]);
 			}
-			return fail(err, errlen, "%s: unknown feature '%s' (known: %s)", name, tok,
-				    names);
+			return keel__errf(err, errlen, -EINVAL,
+					  "%s: unknown feature '%s' (known: %s)", name, tok, names);
 		}
 		if (p < 0)
-			return fail(err, errlen, "%s: policy '%s' for %s is not off, on or auto",
-				    name, eq + 1, tok);
+			return keel__errf(err, errlen, -EINVAL,
+					  "%s: policy '%s' for %s is not off, on or auto", name,
+					  eq + 1, tok);
 		o->features[f] = (enum keel_policy)p;
 	}
 	return 0;
@@ -228,13 +223,13 @@ apply(const struct opt_desc *d, const char *v, struct keel_opts *o, char *err, s
 	case OPT_MAILBOX:
 		r = parse_uint(d->name, v, 16, 1u << 20, &o->mailbox_entries, err, errlen);
 		if (r == 0 && (o->mailbox_entries & (o->mailbox_entries - 1)))
-			return fail(err, errlen, "%s: %u is not a power of two", d->name,
-				    o->mailbox_entries);
+			return keel__errf(err, errlen, -EINVAL, "%s: %u is not a power of two",
+					  d->name, o->mailbox_entries);
 		return r;
 	case OPT_LOG_LEVEL:
 		if (keel_log_level_parse(v, &o->log_level))
-			return fail(err, errlen, "%s: '%s' is not error, warn, info or debug",
-				    d->name, v);
+			return keel__errf(err, errlen, -EINVAL,
+					  "%s: '%s' is not error, warn, info or debug", d->name, v);
 		return 0;
 	case OPT_STATS:
 		return parse_bool(d->name, v, &o->stats, err, errlen);
@@ -291,8 +286,9 @@ keel_opts_parse(struct keel_opts *o, int *argc, char **argv, char *err, size_t e
 		}
 		if (d->arg && !v) {
 			if (i + 1 >= n)
-				return fail(err, errlen, "%s: missing value (expected %s)", d->name,
-					    d->arg);
+				return keel__errf(err, errlen, -EINVAL,
+						  "%s: missing value (expected %s)", d->name,
+						  d->arg);
 			v = argv[++i];
 		} else if (!d->arg && !v) {
 			v = "on";

@@ -3,7 +3,6 @@
  * PCI locality of each NIC; live facts (queues, IRQs) come from topo_sysfs.c. */
 #include <errno.h>
 #include <sched.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,19 +11,8 @@
 
 #include <hwloc.h>
 
+#include "internal.h"
 #include "topo_internal.h"
-
-static int
-fail(char *err, size_t errlen, int r, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	if (err && errlen)
-		vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-	return r;
-}
 
 const char *
 keel_topo_state_name(enum keel_topo_state s)
@@ -284,22 +272,22 @@ keel_topo_load(const struct keel_topo_load_opts *o, struct keel_topo **out, char
 	int r;
 
 	if (xml && syn)
-		return fail(
+		return keel__errf(
 			err, errlen, -EINVAL,
 			"--xml and --synthetic both given: pick one description of the machine");
 	if (xml) {
 		struct stat st;
 		if (stat(xml, &st) < 0)
-			return fail(err, errlen, -errno,
-				    "cannot read hwloc XML '%s': %s (check the path)", xml,
-				    strerror(errno));
+			return keel__errf(err, errlen, -errno,
+					  "cannot read hwloc XML '%s': %s (check the path)", xml,
+					  strerror(errno));
 	}
 	t = calloc(1, sizeof(*t));
 	if (!t)
 		return -ENOMEM;
 	if (hwloc_topology_init(&h) < 0) {
 		free(t);
-		return fail(err, errlen, -ENOMEM, "hwloc_topology_init failed");
+		return keel__errf(err, errlen, -ENOMEM, "hwloc_topology_init failed");
 	}
 	/* Keep PCI devices and network interfaces so NICs have a locality. */
 	hwloc_topology_set_io_types_filter(h, HWLOC_TYPE_FILTER_KEEP_IMPORTANT);
@@ -313,7 +301,7 @@ keel_topo_load(const struct keel_topo_load_opts *o, struct keel_topo **out, char
 	if (xml) {
 		snprintf(t->info.source, sizeof(t->info.source), "xml %s", xml);
 		if (hwloc_topology_set_xml(h, xml) < 0) {
-			r = fail(
+			r = keel__errf(
 				err, errlen, -EINVAL,
 				"hwloc cannot use '%s' as XML: %s (check it with: lstopo-no-graphics "
 				"--input %s)",
@@ -323,18 +311,19 @@ keel_topo_load(const struct keel_topo_load_opts *o, struct keel_topo **out, char
 	} else if (syn) {
 		snprintf(t->info.source, sizeof(t->info.source), "synthetic %s", syn);
 		if (hwloc_topology_set_synthetic(h, syn) < 0) {
-			r = fail(err, errlen, -EINVAL,
-				 "hwloc rejects the synthetic description '%s' (expected e.g. "
-				 "\"pack:2 numa:2 core:8 pu:2\")",
-				 syn);
+			r = keel__errf(
+				err, errlen, -EINVAL,
+				"hwloc rejects the synthetic description '%s' (expected e.g. "
+				"\"pack:2 numa:2 core:8 pu:2\")",
+				syn);
 			goto err_h;
 		}
 	} else {
 		snprintf(t->info.source, sizeof(t->info.source), "this machine");
 	}
 	if (hwloc_topology_load(h) < 0) {
-		r = fail(err, errlen, -EINVAL, "hwloc could not load %s: %s", t->info.source,
-			 strerror(errno));
+		r = keel__errf(err, errlen, -EINVAL, "hwloc could not load %s: %s", t->info.source,
+			       strerror(errno));
 		goto err_h;
 	}
 	if (t->info.live) {
@@ -350,8 +339,8 @@ keel_topo_load(const struct keel_topo_load_opts *o, struct keel_topo **out, char
 	if (r == 0)
 		r = load_nics(t, h);
 	if (r < 0) {
-		fail(err, errlen, r, "reading the topology of %s failed: %s", t->info.source,
-		     strerror(-r));
+		keel__errf(err, errlen, r, "reading the topology of %s failed: %s", t->info.source,
+			   strerror(-r));
 		goto err_h;
 	}
 	hwloc_topology_destroy(h);
@@ -360,7 +349,8 @@ keel_topo_load(const struct keel_topo_load_opts *o, struct keel_topo **out, char
 	if (t->info.live) {
 		r = keel__topo_sysfs_virtual(t);
 		if (r < 0) {
-			fail(err, errlen, r, "listing network interfaces failed: %s", strerror(-r));
+			keel__errf(err, errlen, r, "listing network interfaces failed: %s",
+				   strerror(-r));
 			keel_topo_destroy(t);
 			return r;
 		}

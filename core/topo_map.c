@@ -3,7 +3,6 @@
  * live machine, and applying a map file to the runtime's CPU list (--map FILE). */
 #include <errno.h>
 #include <sched.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,18 +10,6 @@
 
 #include "internal.h"
 #include "topo_internal.h"
-
-static int
-fail(char *err, size_t errlen, int r, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	if (err && errlen)
-		vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-	return r;
-}
 
 void
 keel_map_req_init(struct keel_map_req *r)
@@ -40,14 +27,15 @@ keel_map_req_rxqs_parse(struct keel_map_req *r, const char *s, char *err, size_t
 
 	/* The last colon separates IF from LIST, so a PCI bus id can name the NIC. */
 	if (!colon || colon == s || !colon[1])
-		return fail(err, errlen, -EINVAL,
-			    "--rxqs: '%s' is not IF:LIST (expected e.g. eth0:0-3)", s);
+		return keel__errf(err, errlen, -EINVAL,
+				  "--rxqs: '%s' is not IF:LIST (expected e.g. eth0:0-3)", s);
 	iflen = (size_t)(colon - s);
 	if (iflen >= sizeof(r->iface))
-		return fail(err, errlen, -EINVAL, "--rxqs: interface name too long in '%s'", s);
+		return keel__errf(err, errlen, -EINVAL, "--rxqs: interface name too long in '%s'",
+				  s);
 	if (keel_cpulist_parse(colon + 1, &set, e2, sizeof(e2)) < 0)
-		return fail(err, errlen, -EINVAL,
-			    "--rxqs: '%s' is not a queue list (expected e.g. eth0:0-3,6)", s);
+		return keel__errf(err, errlen, -EINVAL,
+				  "--rxqs: '%s' is not a queue list (expected e.g. eth0:0-3,6)", s);
 	memcpy(r->iface, s, iflen);
 	r->iface[iflen] = 0;
 	r->nrxqs = 0;
@@ -55,8 +43,8 @@ keel_map_req_rxqs_parse(struct keel_map_req *r, const char *s, char *err, size_t
 		if (!keel_cpuset_has(&set, q))
 			continue;
 		if (r->nrxqs == KEEL_MAX_SHARDS)
-			return fail(err, errlen, -EINVAL, "--rxqs: more than %d queues",
-				    KEEL_MAX_SHARDS);
+			return keel__errf(err, errlen, -EINVAL, "--rxqs: more than %d queues",
+					  KEEL_MAX_SHARDS);
 		r->rxqs[r->nrxqs++] = q;
 	}
 	return 0;
@@ -129,9 +117,10 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 		nic = keel_topo_nic_find(t, req->iface);
 		if (!nic) {
 			nic_names(in, list, sizeof(list));
-			return fail(err, errlen, -ENODEV,
-				    "no interface '%s' on %s (it has: %s); pick one with --iface",
-				    req->iface, in->source, list);
+			return keel__errf(
+				err, errlen, -ENODEV,
+				"no interface '%s' on %s (it has: %s); pick one with --iface",
+				req->iface, in->source, list);
 		}
 	} else {
 		nic = default_nic(in);
@@ -147,13 +136,13 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 			if (!keel_cpuset_has(&req->cpuset, c))
 				continue;
 			if (!keel_cpuset_has(&in->present, c))
-				return fail(
+				return keel__errf(
 					err, errlen, -EINVAL,
 					"--cpuset: CPU %u does not exist on %s (CPUs: %s)", c,
 					in->source,
 					keel_topo_cpulist_format(&in->present, list, sizeof(list)));
 			if (!keel_cpuset_has(&in->allowed, c))
-				return fail(
+				return keel__errf(
 					err, errlen, -EINVAL,
 					"--cpuset: CPU %u is outside this process's affinity mask "
 					"(allowed: %s); see taskset -p %d",
@@ -192,7 +181,7 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 				}
 			}
 		if (left) {
-			r = fail(
+			r = keel__errf(
 				err, errlen, -EINVAL,
 				"--reserve %u leaves no core for shards (allowed CPUs: %s); reserve "
 				"fewer",
@@ -238,15 +227,16 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 		}
 	}
 	if (!ncand) {
-		r = fail(err, errlen, -EINVAL, "no CPU is left for shards (allowed CPUs: %s%s)%s",
-			 keel_topo_cpulist_format(&allowed, list, sizeof(list)),
-			 req->reserve ? ", after --reserve" : "",
-			 req->reserve ? "; reserve fewer cores" : "");
+		r = keel__errf(err, errlen, -EINVAL,
+			       "no CPU is left for shards (allowed CPUs: %s%s)%s",
+			       keel_topo_cpulist_format(&allowed, list, sizeof(list)),
+			       req->reserve ? ", after --reserve" : "",
+			       req->reserve ? "; reserve fewer cores" : "");
 		goto out;
 	}
 
 	if (req->nrxqs && !nic) {
-		r = fail(err, errlen, -ENODEV, "--rxqs: no interface '%s'", req->iface);
+		r = keel__errf(err, errlen, -ENODEV, "--rxqs: no interface '%s'", req->iface);
 		goto out;
 	}
 	shards = req->shards;
@@ -261,25 +251,25 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 			shards = 1;
 	}
 	if (shards > KEEL_MAX_SHARDS) {
-		r = fail(err, errlen, -EINVAL, "--shards %u: at most %d shards", shards,
-			 KEEL_MAX_SHARDS);
+		r = keel__errf(err, errlen, -EINVAL, "--shards %u: at most %d shards", shards,
+			       KEEL_MAX_SHARDS);
 		goto out;
 	}
 	if (shards > ncand && !req->oversubscribe) {
 		bool siblings = req->smt == KEEL_MAP_SMT_AVOID && in->npus > in->ncores;
-		r = fail(err, errlen, -EINVAL,
-			 "%u shards but only %u CPUs are allowed for them (%s%s); use fewer "
-			 "shards%s%s, or --oversubscribe",
-			 shards, ncand, siblings ? "one per physical core, " : "",
-			 req->reserve ? "after --reserve" : "allowed CPUs",
-			 siblings ? ", --smt allow" : "",
-			 req->cpuset_given ? ", a wider --cpuset" : "");
+		r = keel__errf(err, errlen, -EINVAL,
+			       "%u shards but only %u CPUs are allowed for them (%s%s); use fewer "
+			       "shards%s%s, or --oversubscribe",
+			       shards, ncand, siblings ? "one per physical core, " : "",
+			       req->reserve ? "after --reserve" : "allowed CPUs",
+			       siblings ? ", --smt allow" : "",
+			       req->cpuset_given ? ", a wider --cpuset" : "");
 		goto out;
 	}
 	if (req->nrxqs && shards > req->nrxqs) {
-		r = fail(err, errlen, -EINVAL,
-			 "--rxqs gives %u queues for %u shards: give one queue per shard",
-			 req->nrxqs, shards);
+		r = keel__errf(err, errlen, -EINVAL,
+			       "--rxqs gives %u queues for %u shards: give one queue per shard",
+			       req->nrxqs, shards);
 		goto out;
 	}
 	out->nshards = shards;
@@ -293,11 +283,11 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 			continue;
 		s->rxq = req->nrxqs ? (int)req->rxqs[i] : (int)i;
 		if (req->nrxqs && nic->nrxq >= 0 && s->rxq >= nic->nrxq) {
-			r = fail(err, errlen, -EINVAL,
-				 "--rxqs: rx queue %d of %s does not exist (it has %d: 0-%d); pick "
-				 "existing queues or add channels with: ethtool -L %s combined %d",
-				 s->rxq, nic->name, nic->nrxq, nic->nrxq - 1, nic->name,
-				 s->rxq + 1);
+			r = keel__errf(
+				err, errlen, -EINVAL,
+				"--rxqs: rx queue %d of %s does not exist (it has %d: 0-%d); pick "
+				"existing queues or add channels with: ethtool -L %s combined %d",
+				s->rxq, nic->name, nic->nrxq, nic->nrxq - 1, nic->name, s->rxq + 1);
 			goto out;
 		}
 		s->irq_cpu = s->cpu;

@@ -4,28 +4,16 @@
  * map is reported instead of silently ignored. */
 #include <errno.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "internal.h"
 #include "topo_internal.h"
 
 #define MAP_FILE_MAX (1u << 20)
 #define JSON_DEPTH   8
-
-static int
-fail(char *err, size_t errlen, int r, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	if (err && errlen)
-		vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-	return r;
-}
 
 /* ---- writing ---- */
 
@@ -105,11 +93,11 @@ keel_map_save(const struct keel_map *m, const char *path, char *err, size_t errl
 	int r;
 
 	if (snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof(tmp))
-		return fail(err, errlen, -ENAMETOOLONG, "map path too long: %s", path);
+		return keel__errf(err, errlen, -ENAMETOOLONG, "map path too long: %s", path);
 	f = fopen(tmp, "we");
 	if (!f)
-		return fail(err, errlen, -errno, "cannot write %s: %s (check the directory)", tmp,
-			    strerror(errno));
+		return keel__errf(err, errlen, -errno, "cannot write %s: %s (check the directory)",
+				  tmp, strerror(errno));
 	r = keel_map_write(m, f);
 	if (fflush(f) != 0 || fsync(fileno(f)) != 0)
 		r = -errno ? -errno : -EIO;
@@ -119,7 +107,7 @@ keel_map_save(const struct keel_map *m, const char *path, char *err, size_t errl
 		r = -errno;
 	if (r < 0) {
 		unlink(tmp);
-		return fail(err, errlen, r, "writing map %s failed: %s", path, strerror(-r));
+		return keel__errf(err, errlen, r, "writing map %s failed: %s", path, strerror(-r));
 	}
 	return 0;
 }
@@ -152,8 +140,8 @@ jerr(struct jp *p, const char *what)
 
 	for (size_t i = 0; i < p->pos && i < p->len; i++)
 		line += p->s[i] == '\n';
-	return fail(p->err, p->errlen, -EINVAL, "map file: %s at line %zu (byte %zu)", what, line,
-		    p->pos);
+	return keel__errf(p->err, p->errlen, -EINVAL, "map file: %s at line %zu (byte %zu)", what,
+			  line, p->pos);
 }
 
 static void
@@ -636,9 +624,10 @@ keel_map_load(const char *path, struct keel_map *out, char *err, size_t errlen)
 	int r;
 
 	if (!f)
-		return fail(err, errlen, -errno,
-			    "cannot read map %s: %s (write one with keel-topo --plan --map %s)",
-			    path, strerror(errno), path);
+		return keel__errf(
+			err, errlen, -errno,
+			"cannot read map %s: %s (write one with keel-topo --plan --map %s)", path,
+			strerror(errno), path);
 	buf = malloc(MAP_FILE_MAX + 1);
 	if (!buf) {
 		fclose(f);
@@ -648,9 +637,10 @@ keel_map_load(const char *path, struct keel_map *out, char *err, size_t errlen)
 	r = ferror(f) ? -EIO : 0;
 	fclose(f);
 	if (r == 0 && n > MAP_FILE_MAX)
-		r = fail(err, errlen, -EFBIG, "map %s is larger than %u bytes", path, MAP_FILE_MAX);
+		r = keel__errf(err, errlen, -EFBIG, "map %s is larger than %u bytes", path,
+			       MAP_FILE_MAX);
 	else if (r < 0)
-		fail(err, errlen, r, "reading map %s failed", path);
+		keel__errf(err, errlen, r, "reading map %s failed", path);
 	else
 		r = keel_map_parse(buf, n, out, err, errlen);
 	free(buf);

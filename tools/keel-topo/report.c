@@ -28,7 +28,7 @@ num_or(int v, char *buf, size_t len, const char *unknown)
 	return buf;
 }
 
-static const struct keel_map_shard *
+const struct keel_map_shard *
 shard_on_cpu(const struct keel_map *m, unsigned cpu, unsigned *id)
 {
 	if (!m)

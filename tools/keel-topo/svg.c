@@ -73,19 +73,6 @@ text(FILE *f, int x, int y, int size, const char *fill, const char *anchor, cons
 	fputs("</text>\n", f);
 }
 
-static const struct keel_map_shard *
-shard_on(const struct keel_map *m, unsigned cpu, unsigned *id)
-{
-	if (!m)
-		return NULL;
-	for (unsigned i = 0; i < m->nshards; i++)
-		if (m->shards[i].cpu == (int)cpu) {
-			*id = i;
-			return &m->shards[i];
-		}
-	return NULL;
-}
-
 static bool
 pu_allowed(const struct keel_topo_info *in, unsigned cpu)
 {
@@ -346,7 +333,7 @@ svg_write(const struct tool_ctx *c, FILE *f)
 			for (unsigned p = 0; p < co->npus; p++) {
 				unsigned cpu = co->pus[p], sid;
 				int px = cx + 8 + (int)p * (chip_w + 6), py = cy + 22;
-				bool mine = shard_on(m, cpu, &sid) != NULL;
+				bool mine = shard_on_cpu(m, cpu, &sid) != NULL;
 				bool ok = pu_allowed(in, cpu);
 
 				fprintf(f,

@@ -44,4 +44,7 @@ int plan_apply(const struct plan_step *s, unsigned n);
 /* JSON string helper shared by the JSON report. */
 void json_str(FILE *f, const char *s);
 
+/* The map's shard on @cpu (its id in *id), or NULL. */
+const struct keel_map_shard *shard_on_cpu(const struct keel_map *m, unsigned cpu, unsigned *id);
+
 #endif
