@@ -442,7 +442,7 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 {
 	struct keel_runtime *rt;
 	static int cpus[CPU_SETSIZE];
-	unsigned ncpus;
+	unsigned ncpus = 0;
 	char why[256];
 	int r;
 
