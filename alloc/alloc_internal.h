@@ -138,10 +138,65 @@ int keel__region_map(struct keel_alloc *a, unsigned idx);
 void *keel__region_carve(struct keel_alloc *a, uint64_t size, uint64_t align);
 void keel__region_release(struct keel_alloc *a);
 
-/* slab.c */
+/* slab.c; the fast paths are inline here */
 void keel__slab_init(struct keel_alloc *a);
-void *keel__slab_alloc(struct keel_alloc *a, size_t len, uint8_t *cls, uint32_t *cap);
-void keel__slab_free(struct keel_alloc *a, void *p, uint8_t cls);
+void *keel__slab_refill(struct keel_alloc *a, struct slab_class *sc);
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define POISON(p, n)   ASAN_POISON_MEMORY_REGION((p), (n))
+#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define POISON(p, n)   ((void)(p), (void)(n))
+#define UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
+static inline unsigned
+class_of(size_t len)
+{
+	if (len <= (1u << SLAB_MIN_SHIFT))
+		return 0;
+	return (unsigned)(64 - __builtin_clzll((unsigned long long)len - 1)) - SLAB_MIN_SHIFT;
+}
+
+static inline void *
+keel__slab_alloc(struct keel_alloc *a, size_t len, uint8_t *cls, uint32_t *cap)
+{
+	unsigned c = class_of(len);
+	struct slab_class *sc;
+	void *p;
+
+	if (__builtin_expect(c >= a->nclasses, 0))
+		return NULL;
+	sc = &a->cls[c];
+	p = sc->free;
+	if (p) {
+		UNPOISON(p, sizeof(void *));
+		sc->free = *(void **)p;
+	} else if (sc->bump < sc->end) {
+		p = sc->bump;
+		sc->bump += sc->size;
+	} else {
+		p = keel__slab_refill(a, sc);
+		if (!p)
+			return NULL;
+	}
+	UNPOISON(p, sc->size);
+	*cls = (uint8_t)c;
+	*cap = sc->size;
+	return p;
+}
+
+static inline void
+keel__slab_free(struct keel_alloc *a, void *p, uint8_t cls)
+{
+	struct slab_class *sc = &a->cls[cls];
+
+	*(void **)p = sc->free;
+	sc->free = p;
+	/* Use after the last put is caught by ASan, except in the link word. */
+	POISON((uint8_t *)p + sizeof(void *), sc->size - sizeof(void *));
+}
 
 /* jeext.c */
 int keel__je_general_init(struct keel_alloc *a);
