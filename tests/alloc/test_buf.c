@@ -290,6 +290,7 @@ Test(alloc_buf, stats_count_regions_in_use_and_peak)
 	keel_alloc_destroy(a);
 }
 
+#ifndef KEEL_BUF_TRACE
 static void
 quiet(int level, const char *msg, void *arg)
 {
@@ -308,3 +309,10 @@ Test(alloc_buf, refcount_underflow_aborts, .signal = SIGABRT)
 	keel_slice_put(&s);
 	keel_slice_put(&s); /* double put */
 }
+#else
+Test(alloc_buf, refcount_underflow_aborts)
+{
+	cr_skip_test("built with KEEL_BUF_TRACE: a double put is reported, not aborted "
+		     "(test_alloc_trace covers it)");
+}
+#endif
