@@ -13,6 +13,7 @@
 typedef int (*bench_mode_fn)(int argc, char **argv);
 
 int bench_xshard(int argc, char **argv);
+int bench_alloc(int argc, char **argv);
 
 /* Monotonic nanoseconds. */
 uint64_t bench_now_ns(void);

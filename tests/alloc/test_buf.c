@@ -1,0 +1,318 @@
+// SPDX-License-Identifier: MIT
+/* Buffers and the allocator without a runtime: refcounts, pools, the cap, regions. */
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <criterion/criterion.h>
+
+#include "helpers.h"
+
+#define MiB (1ULL << 20)
+
+static struct keel_alloc *
+make(enum keel_alloc_backend be, uint64_t mem, uint64_t region)
+{
+	struct keel_alloc_config c = test_alloc_config(be, mem, region);
+	struct keel_alloc *a = NULL;
+	int r = keel_alloc_create(&c, &a);
+
+	cr_assert_eq(r, 0, "keel_alloc_create: %s", strerror(-r));
+	keel_alloc_bind_thread(a);
+	return a;
+}
+
+static void
+refcount_rules(enum keel_alloc_backend be)
+{
+	struct keel_alloc *a = make(be, 16 * MiB, 4 * MiB);
+	struct keel_slice s, g, sub, subsub;
+	struct keel_alloc_stats st;
+
+	cr_assert_eq(keel_buf_alloc(a, 2000, &s), 0);
+	cr_assert_eq(keel_slice_refs(&s), 1);
+	cr_assert_eq(s.len, 2000);
+	cr_assert_geq(keel_buf_cap(s.buf), 2000);
+	memset(s.data, 0xab, s.len);
+
+	keel_slice_get(&s, &g); /* +1 */
+	cr_assert_eq(keel_slice_refs(&s), 2);
+	cr_assert_eq(g.data, s.data);
+	cr_assert_eq(g.buf, s.buf);
+
+	cr_assert_eq(keel_slice_sub(&s, 100, 500, &sub), 0); /* +1 */
+	cr_assert_eq(sub.data, s.data + 100);
+	cr_assert_eq(sub.len, 500);
+	cr_assert_eq(keel_slice_sub(&sub, 50, 10, &subsub), 0); /* slice of a slice: same buf */
+	cr_assert_eq(subsub.buf, s.buf);
+	cr_assert_eq(subsub.data, s.data + 150);
+	cr_assert_eq(keel_slice_refs(&s), 4);
+	cr_assert_eq(keel_slice_sub(&sub, 400, 101, &g), -ERANGE, "range past the slice");
+	cr_assert_eq(keel_slice_refs(&s), 4, "a refused sub took no reference");
+
+	keel_slice_put(&g);
+	keel_slice_put(&sub);
+	keel_slice_put(&s);
+	cr_assert_eq(keel_slice_refs(&subsub), 1);
+	keel_alloc_stats_get(a, &st);
+	cr_assert_eq(st.buffers_live, 1, "the buffer lives while a slice holds it");
+	cr_assert_eq(subsub.data[0], 0xab);
+	keel_slice_put(&subsub);
+	keel_alloc_stats_get(a, &st);
+	cr_assert_eq(st.buffers_live, 0);
+	cr_assert_eq(st.bytes_in_use, 0);
+	cr_assert_geq(st.bytes_peak, 2000);
+	keel_alloc_destroy(a);
+}
+
+Test(alloc_buf, refcount_get_put_and_slice_of_slice_slab)
+{
+	refcount_rules(KEEL_ALLOC_BACKEND_SLAB);
+}
+
+Test(alloc_buf, refcount_get_put_and_slice_of_slice_jemalloc)
+{
+	refcount_rules(KEEL_ALLOC_BACKEND_JEMALLOC);
+}
+
+static void
+last_put_returns_to_pool(enum keel_alloc_backend be)
+{
+	struct keel_alloc *a = make(be, 16 * MiB, 4 * MiB);
+	static const size_t sizes[] = { 64, 2048, 16384, 65536, 1 << 20 };
+
+	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		struct keel_slice s, t;
+		struct keel_alloc_stats st;
+		uint8_t *first;
+
+		cr_assert_eq(keel_buf_alloc(a, sizes[i], &s), 0);
+		first = s.data;
+		keel_slice_put(&s);
+		keel_alloc_stats_get(a, &st);
+		cr_assert_eq(st.bytes_in_use, 0);
+		/* The memory went back to the pool: the next buffer of the class reuses it. */
+		cr_assert_eq(keel_buf_alloc(a, sizes[i], &t), 0);
+		/* The slab's free lists are LIFO; jemalloc may pick another free extent. */
+		if (be == KEEL_ALLOC_BACKEND_SLAB)
+			cr_assert_eq(t.data, first, "size %zu: memory not reused from the pool",
+				     sizes[i]);
+		keel_slice_put(&t);
+		/* 64 times the cap's worth of cycles: only reuse keeps this from -ENOMEM. */
+		for (unsigned k = 0; k < 64 * (16 << 20) / sizes[i] && k < 20000; k++) {
+			cr_assert_eq(keel_buf_alloc(a, sizes[i], &t), 0, "size %zu, cycle %u",
+				     sizes[i], k);
+			keel_slice_put(&t);
+		}
+	}
+	keel_alloc_destroy(a);
+}
+
+Test(alloc_buf, last_put_returns_chunk_to_pool_slab)
+{
+	last_put_returns_to_pool(KEEL_ALLOC_BACKEND_SLAB);
+}
+
+Test(alloc_buf, last_put_returns_chunk_to_pool_jemalloc)
+{
+	last_put_returns_to_pool(KEEL_ALLOC_BACKEND_JEMALLOC);
+}
+
+struct ext_state {
+	int released;
+	void *data;
+	uint32_t cap;
+};
+
+static void
+ext_release(void *data, uint32_t cap, void *arg)
+{
+	struct ext_state *e = arg;
+	e->released++;
+	e->data = data;
+	e->cap = cap;
+}
+
+Test(alloc_buf, external_buffer_last_put_returns_to_its_owner)
+{
+	struct keel_alloc *a = make(KEEL_ALLOC_BACKEND_DEFAULT, 8 * MiB, 4 * MiB);
+	struct ext_state e = { 0 };
+	static uint8_t ring_buf[4096]; /* stands in for a provided-buffer ring's buffer */
+	struct keel_slice s, sub;
+
+	cr_assert_eq(keel_buf_wrap(a, ring_buf, sizeof(ring_buf), ext_release, &e, &s), 0);
+	cr_assert(keel_buf_is_external(s.buf));
+	cr_assert_eq(keel_slice_sub(&s, 10, 20, &sub), 0);
+	keel_slice_put(&s);
+	cr_assert_eq(e.released, 0, "released while a slice still refers to it");
+	keel_slice_put(&sub);
+	cr_assert_eq(e.released, 1);
+	cr_assert_eq(e.data, ring_buf);
+	cr_assert_eq(e.cap, sizeof(ring_buf));
+	keel_alloc_destroy(a);
+}
+
+static void
+cap_returns_enomem(enum keel_alloc_backend be)
+{
+	struct keel_alloc *a = make(be, 8 * MiB, 4 * MiB);
+	struct keel_slice s[16];
+	struct keel_alloc_stats st;
+	unsigned n = 0;
+	int r = 0;
+
+	while (n < 16 && (r = keel_buf_alloc(a, 1 << 20, &s[n])) == 0)
+		n++;
+	cr_assert_eq(r, -ENOMEM, "allocation past --memory: got %d after %u buffers", r, n);
+	cr_assert(n >= 4 && n <= 8, "%u buffers of 1 MiB in 8 MiB", n);
+	keel_alloc_stats_get(a, &st);
+	cr_assert_eq(st.alloc_failures, 1);
+	cr_assert_eq(st.regions, 2);
+	cr_assert_leq(st.bytes_mapped, 8 * MiB, "the cap is never exceeded");
+	/* The caller decides: free one and the next allocation succeeds. */
+	keel_slice_put(&s[--n]);
+	cr_assert_eq(keel_buf_alloc(a, 1 << 20, &s[n]), 0);
+	n++;
+	while (n)
+		keel_slice_put(&s[--n]);
+	keel_alloc_destroy(a);
+}
+
+Test(alloc_buf, memory_cap_returns_enomem_slab)
+{
+	cap_returns_enomem(KEEL_ALLOC_BACKEND_SLAB);
+}
+
+Test(alloc_buf, memory_cap_returns_enomem_jemalloc)
+{
+	cap_returns_enomem(KEEL_ALLOC_BACKEND_JEMALLOC);
+}
+
+Test(alloc_buf, bad_sizes_are_refused)
+{
+	struct keel_alloc *a = make(KEEL_ALLOC_BACKEND_DEFAULT, 8 * MiB, 4 * MiB);
+	struct keel_alloc_config c =
+		test_alloc_config(KEEL_ALLOC_BACKEND_DEFAULT, 8 * MiB, 3 * MiB);
+	struct keel_alloc *b;
+	struct keel_slice s;
+
+	cr_assert_eq(keel_buf_alloc(a, 0, &s), -EINVAL);
+	cr_assert_eq(keel_buf_alloc(a, 4 * MiB + 1, &s), -E2BIG);
+	cr_assert_eq(keel_alloc_create(&c, &b), -EINVAL, "region size not a power of two");
+	c.region_size = 4 * MiB;
+	c.memory = 1 * MiB;
+	cr_assert_eq(keel_alloc_create(&c, &b), -EINVAL, "cap below one huge page");
+	keel_alloc_destroy(a);
+}
+
+/* Every buffer lies inside one region, and locate() gives its region and offset. */
+static void
+buffers_never_straddle_regions(enum keel_alloc_backend be)
+{
+	struct keel_alloc *a = make(be, 16 * MiB, 2 * MiB);
+	static const size_t sizes[] = { 3000, 70000, 300000, 1 << 20, 100 };
+	struct keel_slice *v = calloc(4096, sizeof(*v));
+	unsigned n = 0, regions_seen = 0;
+	bool seen[8] = { 0 };
+
+	for (unsigned i = 0; n < 4096; i++) {
+		unsigned r0, r1;
+		uint64_t o0, o1;
+		void *base;
+		uint64_t len;
+
+		if (keel_buf_alloc(a, sizes[i % 5], &v[n]) != 0)
+			break;
+		cr_assert_eq(keel_alloc_locate(a, v[n].data, &r0, &o0), 0);
+		cr_assert_eq(keel_alloc_locate(a, v[n].data + v[n].len - 1, &r1, &o1), 0);
+		cr_assert_eq(r0, r1, "a buffer crosses from region %u to %u", r0, r1);
+		cr_assert_eq(keel_alloc_region(a, r0, &base, &len), 0);
+		cr_assert_eq((uint8_t *)base + o0, v[n].data);
+		cr_assert_leq(o0 + v[n].len, len);
+		if (!seen[r0])
+			regions_seen++;
+		seen[r0] = true;
+		n++;
+	}
+	cr_assert_eq(regions_seen, 8, "filled %u of 8 regions", regions_seen);
+	while (n)
+		keel_slice_put(&v[--n]);
+	free(v);
+	keel_alloc_destroy(a);
+}
+
+Test(alloc_buf, buffers_never_straddle_regions_slab)
+{
+	buffers_never_straddle_regions(KEEL_ALLOC_BACKEND_SLAB);
+}
+
+Test(alloc_buf, buffers_never_straddle_regions_jemalloc)
+{
+	buffers_never_straddle_regions(KEEL_ALLOC_BACKEND_JEMALLOC);
+}
+
+Test(alloc_buf, general_arena_is_not_registered_memory)
+{
+	struct keel_alloc *a = make(KEEL_ALLOC_BACKEND_JEMALLOC, 8 * MiB, 4 * MiB);
+	unsigned idx;
+	uint64_t off;
+	char *p = keel_alloc_malloc(a, 1000);
+
+	cr_assert_not_null(p);
+	memset(p, 1, 1000);
+	cr_assert_eq(keel_alloc_locate(a, p, &idx, &off), -ENOENT);
+	keel_alloc_free(a, p);
+	keel_alloc_destroy(a);
+}
+
+Test(alloc_buf, stats_count_regions_in_use_and_peak)
+{
+	struct keel_alloc *a = make(KEEL_ALLOC_BACKEND_SLAB, 16 * MiB, 4 * MiB);
+	struct keel_alloc_stats st;
+	struct keel_slice s[3];
+
+	keel_alloc_stats_get(a, &st);
+	cr_assert_eq(st.regions, 1, "one region is mapped and pre-faulted at create");
+	cr_assert_eq(st.regions_max, 4);
+	cr_assert_eq(st.bytes_mapped, 4 * MiB);
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(keel_buf_alloc(a, 4096, &s[i]), 0);
+	keel_alloc_stats_get(a, &st);
+	cr_assert_eq(st.bytes_in_use, 3 * 4096);
+	cr_assert_eq(st.buffers_live, 3);
+	keel_slice_put(&s[0]);
+	keel_slice_put(&s[1]);
+	keel_alloc_stats_get(a, &st);
+	cr_assert_eq(st.bytes_in_use, 4096);
+	cr_assert_eq(st.bytes_peak, 3 * 4096);
+	keel_slice_put(&s[2]);
+	keel_alloc_destroy(a);
+}
+
+#ifndef KEEL_BUF_TRACE
+static void
+quiet(int level, const char *msg, void *arg)
+{
+}
+
+/* Without KEEL_BUF_TRACE a refcount underflow is memory corruption: keel_verify aborts. */
+Test(alloc_buf, refcount_underflow_aborts, .signal = SIGABRT)
+{
+	struct keel_alloc *a = make(KEEL_ALLOC_BACKEND_SLAB, 8 * MiB, 4 * MiB);
+	struct keel_slice s, g;
+
+	keel_alloc_log_set(quiet, NULL);
+	cr_assert_eq(keel_buf_alloc(a, 100, &s), 0);
+	keel_slice_get(&s, &g);
+	keel_slice_put(&g);
+	keel_slice_put(&s);
+	keel_slice_put(&s); /* double put */
+}
+#else
+Test(alloc_buf, refcount_underflow_aborts)
+{
+	cr_skip_test("built with KEEL_BUF_TRACE: a double put is reported, not aborted "
+		     "(test_alloc_trace covers it)");
+}
+#endif

@@ -1,0 +1,193 @@
+// SPDX-License-Identifier: MIT
+/*
+ * RLIMIT_MEMLOCK: in a forked child that drops CAP_IPC_LOCK and lowers the limit below one
+ * region, a runtime with reg_buffers=auto runs with unregistered buffers (plain sends that
+ * deliver) after one log line naming the limit and the fix; with reg_buffers=on start-up
+ * fails with that message.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <keel/keel.h>
+#include <linux/capability.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "helpers.h"
+
+#define LEN 4096
+
+static struct logcap cap = { PTHREAD_MUTEX_INITIALIZER, "", 0 };
+
+struct ml_state {
+	struct keel_op op;
+	int fd;
+	struct keel_slice s;
+	int registered[2];
+	int fixed;
+	int zc;
+	int sent;
+};
+
+static void
+ml_sent(struct keel_op *op, int res, uint32_t flags)
+{
+	struct ml_state *st = (struct ml_state *)op;
+
+	st->sent = res;
+	if (!(flags & IORING_CQE_F_MORE)) {
+		keel_slice_put(&st->s);
+		keel_stop(0);
+	}
+}
+
+static void
+ml_start(void *app)
+{
+	struct ml_state *st = app;
+	unsigned id = keel_shard_id(keel_this_shard()), idx;
+	uint64_t off;
+	struct io_uring_sqe *sqe;
+
+	st->registered[id] = keel_shard_bufs_registered();
+	if (id != 0)
+		return;
+	if (keel_buf_alloc(keel_shard_alloc(), LEN, &st->s) < 0) {
+		keel_stop(-ENOMEM);
+		return;
+	}
+	memset(st->s.data, 'k', LEN);
+	st->fixed = keel_buf_fixed(&st->s, &idx, &off);
+	sqe = keel_sqe_get();
+	st->zc = keel_prep_send_buf(sqe, st->fd, &st->s, 0);
+	st->op.fn = ml_sent;
+	keel_sqe_bind(sqe, &st->op);
+}
+
+static int
+drop_cap_ipc_lock(void)
+{
+	struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct d[2];
+	unsigned w = CAP_IPC_LOCK / 32, bit = 1u << (CAP_IPC_LOCK % 32);
+
+	/* Out of the bounding set too (needs CAP_SETPCAP; harmless when it fails). */
+	prctl(PR_CAPBSET_DROP, CAP_IPC_LOCK, 0, 0, 0);
+	if (syscall(SYS_capget, &h, d) < 0)
+		return -errno;
+	d[w].effective &= ~bit;
+	d[w].permitted &= ~bit;
+	d[w].inheritable &= ~bit;
+	if (syscall(SYS_capset, &h, d) < 0)
+		return -errno;
+	if (syscall(SYS_capget, &h, d) < 0 || (d[w].effective & bit))
+		return -EPERM;
+	return 0;
+}
+
+/* The child: returns 0, or writes what went wrong to @out and returns 1. */
+static int
+child(char *out, size_t len)
+{
+	struct rlimit rl = { 1 << 20, 1 << 20 }; /* below one 4 MiB region */
+	struct sockaddr_in sa = { .sin_family = AF_INET,
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t sl = sizeof(sa);
+	struct keel_opts o;
+	struct ml_state st = { 0 };
+	char got[LEN];
+	int l, fds[2], r;
+	size_t n = 0;
+
+	if ((r = drop_cap_ipc_lock()) < 0)
+		return snprintf(out, len, "dropping CAP_IPC_LOCK: %s", strerror(-r)), 1;
+	if (setrlimit(RLIMIT_MEMLOCK, &rl) < 0)
+		return snprintf(out, len, "setrlimit: %s", strerror(errno)), 1;
+	l = socket(AF_INET, SOCK_STREAM, 0);
+	if (bind(l, (struct sockaddr *)&sa, sizeof(sa)) || listen(l, 1) ||
+	    getsockname(l, (struct sockaddr *)&sa, &sl))
+		return snprintf(out, len, "listen: %s", strerror(errno)), 1;
+	fds[0] = socket(AF_INET, SOCK_STREAM, 0);
+	if (connect(fds[0], (struct sockaddr *)&sa, sizeof(sa)) ||
+	    (fds[1] = accept(l, NULL, NULL)) < 0)
+		return snprintf(out, len, "connect: %s", strerror(errno)), 1;
+
+	keel_log_set_sink(logcap_keel_sink, &cap);
+	keel_opts_init(&o);
+	o.shards = 2;
+	o.signals = false;
+	o.log_level = KEEL_LOG_INFO;
+	o.memory = 16 << 20;
+	st.fd = fds[0];
+	r = keel_run(&o, ml_start, &st);
+	if (r != 0)
+		return snprintf(out, len, "auto: keel_run = %d; log: %s", r, cap.text), 1;
+	if (st.registered[0] || st.registered[1])
+		return snprintf(out, len, "auto: a shard claims registered buffers"), 1;
+	if (st.fixed != -EOPNOTSUPP)
+		return snprintf(out, len, "auto: keel_buf_fixed = %d, want -EOPNOTSUPP", st.fixed),
+		       1;
+	if (st.zc != 0 || st.sent != LEN)
+		return snprintf(out, len, "auto: zc %d, sent %d", st.zc, st.sent), 1;
+	while (n < LEN) {
+		ssize_t k = recv(fds[1], got + n, LEN - n, 0);
+		if (k <= 0)
+			return snprintf(out, len, "recv: %s", strerror(errno)), 1;
+		n += (size_t)k;
+	}
+	for (size_t i = 0; i < LEN; i++)
+		if (got[i] != 'k')
+			return snprintf(out, len, "byte %zu arrived wrong", i), 1;
+	if (logcap_count(&cap, "RLIMIT_MEMLOCK") != 1 || !logcap_has(&cap, "ulimit -l") ||
+	    !logcap_has(&cap, "LimitMEMLOCK="))
+		return snprintf(out, len, "auto: want one line naming the limit and the fix: %s",
+				cap.text),
+		       1;
+
+	/* Policy on: start-up fails with the message. */
+	cap.len = 0;
+	cap.text[0] = 0;
+	o.features[KEEL_FEAT_REG_BUFFERS] = KEEL_POLICY_ON;
+	r = keel_run(&o, NULL, NULL);
+	if (r >= 0)
+		return snprintf(out, len, "on: keel_run = %d, want a failure", r), 1;
+	if (!logcap_has(&cap, "RLIMIT_MEMLOCK") || !logcap_has(&cap, "ulimit -l") ||
+	    !logcap_has(&cap, "LimitMEMLOCK="))
+		return snprintf(out, len, "on: no message naming the limit and fix: %s", cap.text),
+		       1;
+	return 0;
+}
+
+Test(alloc_memlock, low_rlimit_without_cap_ipc_lock_falls_back_or_fails_when_forced)
+{
+	int p[2], status;
+	char msg[2048] = "";
+	pid_t pid;
+
+	cr_assert_eq(pipe(p), 0);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		char out[2048] = "";
+		int rc = child(out, sizeof(out));
+		if (write(p[1], out, strlen(out)) < 0)
+			rc = 2;
+		_exit(rc);
+	}
+	close(p[1]);
+	for (ssize_t n, got = 0; (n = read(p[0], msg + got, sizeof(msg) - 1 - (size_t)got)) > 0;)
+		got += n;
+	close(p[0]);
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status), "child died (status %#x)", status);
+	cr_assert_eq(WEXITSTATUS(status), 0, "%s", msg);
+}

@@ -1,0 +1,231 @@
+// SPDX-License-Identifier: MIT
+/* Regions: NUMA binding, transparent huge pages, pre-faulting, hugetlbfs, options. */
+#include <errno.h>
+#include <keel/keel.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+#include <hwloc.h>
+
+#include "helpers.h"
+
+#define MiB (1ULL << 20)
+
+static struct logcap cap = { PTHREAD_MUTEX_INITIALIZER, "", 0 };
+
+static long
+read_long(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	long v = -1;
+
+	if (!f)
+		return -1;
+	if (fscanf(f, "%ld", &v) != 1)
+		v = -1;
+	fclose(f);
+	return v;
+}
+
+Test(alloc_region, numa_binding_is_asked_for_and_memory_is_on_the_cpus_node)
+{
+	hwloc_topology_t topo;
+	struct keel_alloc_config c =
+		test_alloc_config(KEEL_ALLOC_BACKEND_DEFAULT, 8 * MiB, 4 * MiB);
+	struct keel_alloc *a;
+	hwloc_bitmap_t where = hwloc_bitmap_alloc(), bound = hwloc_bitmap_alloc();
+	hwloc_membind_policy_t pol;
+	hwloc_obj_t pu;
+	void *base;
+	uint64_t len;
+	int cpu = sched_getcpu();
+
+	cr_assert_eq(hwloc_topology_init(&topo), 0);
+	cr_assert_eq(hwloc_topology_load(topo), 0);
+	pu = hwloc_get_pu_obj_by_os_index(topo, (unsigned)cpu);
+	cr_assert_not_null(pu);
+	if (!hwloc_topology_get_support(topo)->membind->set_area_membind)
+		cr_skip_test("hwloc cannot bind memory areas on this system");
+	c.topo = topo;
+	c.cpu = cpu;
+	cr_assert_eq(keel_alloc_create(&c, &a), 0);
+	cr_assert_eq(keel_alloc_region(a, 0, &base, &len), 0);
+	/* Asked for: the region's policy is BIND to the CPU's node set. */
+	cr_assert_eq(hwloc_get_area_membind(topo, base, len, bound, &pol, HWLOC_MEMBIND_BYNODESET),
+		     0, "get_area_membind: %s", strerror(errno));
+	cr_assert_eq(pol, HWLOC_MEMBIND_BIND, "policy %d", (int)pol);
+	cr_assert(hwloc_bitmap_isequal(bound, pu->nodeset), "bound to another node set");
+	/* And checked: the pre-faulted pages are on that node. */
+	cr_assert_eq(hwloc_get_area_memlocation(topo, base, len, where, HWLOC_MEMBIND_BYNODESET),
+		     0);
+	cr_assert(!hwloc_bitmap_iszero(where), "no page located (not pre-faulted?)");
+	cr_assert(hwloc_bitmap_isincluded(where, pu->nodeset), "pages off the CPU's node");
+	keel_alloc_destroy(a);
+	hwloc_bitmap_free(where);
+	hwloc_bitmap_free(bound);
+	hwloc_topology_destroy(topo);
+}
+
+Test(alloc_region, first_region_is_prefaulted_at_create)
+{
+	struct keel_alloc_config c =
+		test_alloc_config(KEEL_ALLOC_BACKEND_DEFAULT, 16 * MiB, 4 * MiB);
+	struct keel_alloc *a;
+	long pg = sysconf(_SC_PAGESIZE);
+	unsigned char *vec;
+	void *base;
+	uint64_t len;
+	size_t resident = 0;
+
+	cr_assert_eq(keel_alloc_create(&c, &a), 0);
+	cr_assert_eq(keel_alloc_region(a, 0, &base, &len), 0);
+	cr_assert_eq(keel_alloc_region(a, 1, &base, &len), -ENOENT, "only region 0 is mapped");
+	cr_assert_eq(keel_alloc_region(a, 0, &base, &len), 0);
+	vec = malloc(len / (uint64_t)pg);
+	cr_assert_eq(mincore(base, len, vec), 0);
+	for (size_t i = 0; i < len / (uint64_t)pg; i++)
+		resident += vec[i] & 1;
+	cr_assert_eq(resident, len / (uint64_t)pg, "%zu of %llu pages resident", resident,
+		     (unsigned long long)(len / (uint64_t)pg));
+	free(vec);
+	keel_alloc_destroy(a);
+}
+
+/* The VmFlags line of the mapping that holds @p in /proc/self/smaps. */
+static int
+vmflags_of(void *p, char *out, size_t len)
+{
+	FILE *f = fopen("/proc/self/smaps", "r");
+	char line[512];
+	bool in = false;
+
+	if (!f)
+		return -errno;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long lo, hi;
+		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 &&
+		    strchr(line, '-') < strchr(line, ' ')) {
+			in = (uintptr_t)p >= lo && (uintptr_t)p < hi;
+			continue;
+		}
+		if (in && !strncmp(line, "VmFlags:", 8)) {
+			snprintf(out, len, "%s", line);
+			fclose(f);
+			return 0;
+		}
+	}
+	fclose(f);
+	return -ENOENT;
+}
+
+Test(alloc_region, regions_are_advised_for_transparent_huge_pages)
+{
+	struct keel_alloc_config c =
+		test_alloc_config(KEEL_ALLOC_BACKEND_DEFAULT, 8 * MiB, 4 * MiB);
+	struct keel_alloc *a;
+	char flags[512];
+	void *base;
+	uint64_t len;
+
+	if (access("/sys/kernel/mm/transparent_hugepage/enabled", F_OK) != 0)
+		cr_skip_test("kernel built without transparent huge pages");
+	cr_assert_eq(keel_alloc_create(&c, &a), 0);
+	cr_assert_eq(keel_alloc_region(a, 0, &base, &len), 0);
+	cr_assert_eq(((uintptr_t)base) & (KEEL_ALLOC_HUGEPAGE - 1), 0, "region not 2 MiB aligned");
+	cr_assert_eq(vmflags_of(base, flags, sizeof(flags)), 0);
+	cr_assert(strstr(flags, " hg") != NULL, "no MADV_HUGEPAGE on the region: %s", flags);
+	keel_alloc_destroy(a);
+}
+
+Test(alloc_region, hugepages_without_reserved_pages_fail_naming_nr_hugepages)
+{
+	struct keel_alloc_config c =
+		test_alloc_config(KEEL_ALLOC_BACKEND_DEFAULT, 8 * MiB, 4 * MiB);
+	struct keel_alloc *a = NULL;
+	long free_pages = read_long("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages");
+	int r;
+
+	if (free_pages < 0)
+		cr_skip_test("no 2 MiB hugetlbfs pages on this kernel");
+	c.hugepages = true;
+	keel_alloc_log_set(logcap_alloc_hook, &cap);
+	r = keel_alloc_create(&c, &a);
+	if (free_pages >= 2) {
+		/* Pages are reserved here: the region comes from them. */
+		char flags[512];
+		void *base;
+		uint64_t len;
+		cr_assert_eq(r, 0, "hugetlbfs region with %ld free pages: %s", free_pages,
+			     strerror(-r));
+		cr_assert_eq(keel_alloc_region(a, 0, &base, &len), 0);
+		cr_assert_eq(vmflags_of(base, flags, sizeof(flags)), 0);
+		cr_assert(strstr(flags, " ht") != NULL, "not a hugetlb mapping: %s", flags);
+		keel_alloc_destroy(a);
+		return;
+	}
+	cr_assert_eq(r, -ENOMEM, "got %d", r);
+	cr_assert(logcap_has(&cap, "/proc/sys/vm/nr_hugepages"), "log: %s", cap.text);
+}
+
+Test(alloc_region, runtime_with_hugepages_and_none_reserved_fails_start_up)
+{
+	struct keel_opts o;
+	long free_pages = read_long("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages");
+
+	if (free_pages != 0)
+		cr_skip_test("this machine has free huge pages (%ld): nothing to fail", free_pages);
+	keel_opts_init(&o);
+	o.shards = 1;
+	o.signals = false;
+	o.log_level = KEEL_LOG_ERROR;
+	o.hugepages = true;
+	keel_log_set_sink(logcap_keel_sink, &cap);
+	cr_assert_eq(keel_run(&o, NULL, NULL), -ENOMEM);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(logcap_has(&cap, "/proc/sys/vm/nr_hugepages"), "log: %s", cap.text);
+}
+
+Test(alloc_region, memory_and_hugepages_options_parse)
+{
+	struct keel_opts o;
+	char *argv[] = { "prog",      "--memory",       "512M", "--hugepages",
+			 "--feature", "reg_buffers=on", "app",  NULL };
+	int argc = 7;
+	char err[256];
+
+	keel_opts_init(&o);
+	cr_assert_eq(o.memory, 256 * MiB);
+	cr_assert_eq(keel_opts_parse(&o, &argc, argv, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(o.memory, 512 * MiB);
+	cr_assert(o.hugepages);
+	cr_assert_eq(o.features[KEEL_FEAT_REG_BUFFERS], KEEL_POLICY_ON);
+	cr_assert_eq(argc, 2);
+	cr_assert_str_eq(argv[1], "app");
+
+	static const struct {
+		const char *v;
+		uint64_t want;
+	} ok[] = { { "1G", 1ULL << 30 },
+		   { "2048k", 2 * MiB },
+		   { "3m", 3 * MiB },
+		   { "8388608", 8 * MiB } };
+	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+		char *av[] = { "prog", "--memory", (char *)ok[i].v, NULL };
+		int ac = 3;
+		cr_assert_eq(keel_opts_parse(&o, &ac, av, err, sizeof(err)), 0, "%s", err);
+		cr_assert_eq(o.memory, ok[i].want, "%s", ok[i].v);
+	}
+	static const char *const bad[] = { "12X", "-1G", "1M", "", "G", "2000G" };
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char *av[] = { "prog", "--memory", (char *)bad[i], NULL };
+		int ac = 3;
+		cr_assert_eq(keel_opts_parse(&o, &ac, av, err, sizeof(err)), -EINVAL, "'%s'",
+			     bad[i]);
+		cr_assert(strstr(err, "--memory") != NULL, "%s", err);
+	}
+	cr_assert_str_eq(keel_feature_name(KEEL_FEAT_REG_BUFFERS), "reg_buffers");
+}
