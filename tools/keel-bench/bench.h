@@ -14,6 +14,8 @@ typedef int (*bench_mode_fn)(int argc, char **argv);
 
 int bench_xshard(int argc, char **argv);
 int bench_alloc(int argc, char **argv);
+/* pingpong, throughput, stream, connections, serve (net.c) */
+int bench_net(int argc, char **argv);
 
 /* Monotonic nanoseconds. */
 uint64_t bench_now_ns(void);

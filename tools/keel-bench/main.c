@@ -16,6 +16,14 @@ static const struct {
 	{ "alloc", bench_alloc,
 	  "buffer alloc+free pairs/s on a shard beside glibc and jemalloc; 1 GiB registration "
 	  "time" },
+	{ "pingpong", bench_net,
+	  "one message in flight per connection: round trips/s, latency p50..p99.9, max" },
+	{ "throughput", bench_net, "--inflight messages in flight per connection: msgs/s, Gb/s" },
+	{ "stream", bench_net, "unframed bytes echoed back: Gb/s" },
+	{ "connections", bench_net,
+	  "open/close rate, and latency on held connections beside --idle idle ones" },
+	{ "serve", bench_net,
+	  "a byte-echo server (--backend epoll|keel) for the four modes above" },
 };
 
 static void

@@ -1,0 +1,383 @@
+// SPDX-License-Identifier: MIT
+/*
+ * keel-bench epoll backend, server side: a byte-echo server written the way a careful
+ * epoll program is, so that keel is compared with a good baseline and not a straw man.
+ *
+ *   - one thread per shard, pinned, each with its own SO_REUSEPORT listener and its own
+ *     epoll instance: the kernel spreads connections, threads share nothing;
+ *   - edge-triggered (EPOLLET) for the listener and for connections, registered once with
+ *     EPOLLIN|EPOLLOUT|EPOLLRDHUP: no epoll_ctl per message;
+ *   - non-blocking sockets with TCP_NODELAY;
+ *   - reads until EAGAIN or a short read (epoll(7): a stream socket that returns fewer
+ *     bytes than asked for has been drained; the next arrival raises a new edge), up to
+ *     256 KiB into a per-thread buffer, then echoes the batch with one call;
+ *   - writev batching: bytes left over from an earlier partial write and the new batch go
+ *     out in one sendmsg (writev with MSG_NOSIGNAL); only what the socket did not take is
+ *     copied, into a per-connection buffer allocated once on the first partial write;
+ *   - backpressure: a connection with 1 MiB pending stops being read until EPOLLOUT.
+ * No allocation per message. Every epoll_wait, read, sendmsg, accept4 and close a server
+ * thread makes is counted (server_syscalls_per_msg).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "bench.h"
+
+#define TBUF     (256u * 1024u)
+#define PEND_CAP (1024u * 1024u)
+#define MAXEV    256
+
+struct sconn {
+	int fd;
+	uint8_t *pend; /* bytes the socket has not taken yet, [head, head + len) */
+	size_t head, len;
+	struct sconn *prev, *next;
+};
+
+struct sthread {
+	pthread_t tid;
+	struct bench_server *srv;
+	int cpu, lfd, epfd, evfd;
+	uint8_t *buf;
+	struct sconn conns; /* list head */
+	uint64_t syscalls, bytes_in, accepted, errors, cpu_ns;
+	bool started;
+} __attribute__((aligned(64)));
+
+struct bench_server {
+	struct sthread *t;
+	unsigned n;
+	_Atomic bool stop;
+};
+
+static const char syscalls_what[] = "epoll_wait+read+sendmsg+accept4+close";
+
+static void
+conn_close(struct sthread *t, struct sconn *c)
+{
+	close(c->fd);
+	t->syscalls++;
+	c->prev->next = c->next;
+	c->next->prev = c->prev;
+	free(c->pend);
+	free(c);
+}
+
+/* Keep @n bytes of @src that the socket did not take. */
+static int
+pend_append(struct sconn *c, const uint8_t *src, size_t n)
+{
+	if (!c->pend) {
+		c->pend = malloc(PEND_CAP);
+		if (!c->pend)
+			return -ENOMEM;
+	}
+	if (c->head + c->len + n > PEND_CAP) {
+		memmove(c->pend, c->pend + c->head, c->len);
+		c->head = 0;
+	}
+	memcpy(c->pend + c->head + c->len, src, n);
+	c->len += n;
+	return 0;
+}
+
+/* Echo what is readable. Returns false when the connection was closed. */
+static bool
+conn_io(struct sthread *t, struct sconn *c)
+{
+	for (;;) {
+		size_t want = PEND_CAP - c->len < TBUF ? PEND_CAP - c->len : TBUF;
+		size_t got = 0;
+		bool drained = false, eof = false;
+		struct iovec iov[2];
+		struct msghdr mh;
+		ssize_t n;
+
+		while (got < want) {
+			n = read(c->fd, t->buf + got, want - got);
+			t->syscalls++;
+			if (n > 0) {
+				got += (size_t)n;
+				if (got < want) {
+					drained = true;
+					break;
+				}
+				continue;
+			}
+			if (n == 0) {
+				eof = true;
+				break;
+			}
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN) {
+				drained = true;
+				break;
+			}
+			if (errno != ECONNRESET)
+				t->errors++;
+			conn_close(t, c);
+			return false;
+		}
+		t->bytes_in += got;
+		if (c->len + got) {
+			memset(&mh, 0, sizeof(mh));
+			iov[0].iov_base = c->pend ? c->pend + c->head : NULL;
+			iov[0].iov_len = c->len;
+			iov[1].iov_base = t->buf;
+			iov[1].iov_len = got;
+			mh.msg_iov = c->len ? iov : iov + 1;
+			mh.msg_iovlen = c->len ? (got ? 2 : 1) : 1;
+			do {
+				n = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+				t->syscalls++;
+			} while (n < 0 && errno == EINTR);
+			if (n < 0 && errno != EAGAIN) {
+				if (errno != ECONNRESET && errno != EPIPE)
+					t->errors++;
+				conn_close(t, c);
+				return false;
+			}
+			if (n < 0)
+				n = 0;
+			if ((size_t)n >= c->len) {
+				n -= (ssize_t)c->len;
+				c->head = 0;
+				c->len = 0;
+				if ((size_t)n < got &&
+				    pend_append(c, t->buf + n, got - (size_t)n)) {
+					t->errors++;
+					conn_close(t, c);
+					return false;
+				}
+			} else {
+				c->head += (size_t)n;
+				c->len -= (size_t)n;
+				if (got && pend_append(c, t->buf, got)) {
+					t->errors++;
+					conn_close(t, c);
+					return false;
+				}
+			}
+		}
+		if (eof) {
+			conn_close(t, c);
+			return false;
+		}
+		/* The socket is full: its EPOLLOUT edge brings us back, and we read on then. */
+		if (c->len)
+			return true;
+		if (drained)
+			return true;
+	}
+}
+
+static void
+do_accept(struct sthread *t)
+{
+	for (;;) {
+		struct epoll_event ev;
+		struct sconn *c;
+		int one = 1, fd;
+
+		fd = accept4(t->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		t->syscalls++;
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			if (errno != EAGAIN)
+				t->errors++; /* EMFILE: raise the limit (ulimit -n) */
+			return;
+		}
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		c = calloc(1, sizeof(*c));
+		if (!c) {
+			close(fd);
+			t->errors++;
+			continue;
+		}
+		c->fd = fd;
+		c->next = t->conns.next;
+		c->prev = &t->conns;
+		c->next->prev = c;
+		t->conns.next = c;
+		ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+		ev.data.ptr = c;
+		if (epoll_ctl(t->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+			t->errors++;
+			conn_close(t, c);
+			continue;
+		}
+		t->accepted++;
+	}
+}
+
+static void *
+server_thread(void *arg)
+{
+	struct sthread *t = arg;
+	struct epoll_event ev[MAXEV];
+
+	if (t->cpu >= 0)
+		bench_pin(t->cpu);
+	while (!atomic_load_explicit(&t->srv->stop, memory_order_acquire)) {
+		int n = epoll_wait(t->epfd, ev, MAXEV, -1);
+		t->syscalls++;
+		for (int i = 0; i < n; i++) {
+			if (ev[i].data.ptr == &t->lfd)
+				do_accept(t);
+			else if (ev[i].data.ptr != &t->evfd)
+				conn_io(t, ev[i].data.ptr);
+		}
+	}
+	while (t->conns.next != &t->conns)
+		conn_close(t, t->conns.next);
+	t->cpu_ns = bench_thread_cpu_ns();
+	return NULL;
+}
+
+static int
+listener(const struct sockaddr_in *addr, uint16_t *port)
+{
+	struct sockaddr_in a = *addr;
+	socklen_t len = sizeof(a);
+	int one = 1, fd, r;
+
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	a.sin_port = htons(*port);
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
+	    bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(fd, 4096) < 0 ||
+	    getsockname(fd, (struct sockaddr *)&a, &len) < 0) {
+		r = -errno;
+		close(fd);
+		return r;
+	}
+	*port = ntohs(a.sin_port);
+	return fd;
+}
+
+static int serve_stop(struct bench_server *s, struct bench_server_stats *out);
+
+static int
+serve_start(const struct bench_cfg *cfg, uint16_t *port, struct bench_server **out)
+{
+	struct bench_server *s = calloc(1, sizeof(*s));
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	uint16_t p = ntohs(cfg->addr.sin_port);
+	int r = -ENOMEM;
+
+	if (!s)
+		return -ENOMEM;
+	s->n = cfg->shards;
+	s->t = aligned_alloc(64, sizeof(*s->t) * s->n);
+	if (!s->t) {
+		free(s);
+		return -ENOMEM;
+	}
+	memset(s->t, 0, sizeof(*s->t) * s->n);
+	for (unsigned i = 0; i < s->n; i++) {
+		struct sthread *t = &s->t[i];
+		struct epoll_event ev;
+
+		t->srv = s;
+		t->lfd = t->epfd = t->evfd = -1;
+		t->conns.next = t->conns.prev = &t->conns;
+		t->cpu = cfg->pin ? (int)(i % (unsigned)(ncpu > 0 ? ncpu : 1)) : -1;
+		t->buf = malloc(TBUF);
+		if (!t->buf) {
+			r = -ENOMEM;
+			goto err;
+		}
+		r = listener(&cfg->addr, &p);
+		if (r < 0)
+			goto err;
+		t->lfd = r;
+		t->epfd = epoll_create1(EPOLL_CLOEXEC);
+		t->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+		if (t->epfd < 0 || t->evfd < 0) {
+			r = -errno;
+			goto err;
+		}
+		ev.events = EPOLLIN | EPOLLET;
+		ev.data.ptr = &t->lfd;
+		if (epoll_ctl(t->epfd, EPOLL_CTL_ADD, t->lfd, &ev) < 0) {
+			r = -errno;
+			goto err;
+		}
+		ev.events = EPOLLIN;
+		ev.data.ptr = &t->evfd;
+		if (epoll_ctl(t->epfd, EPOLL_CTL_ADD, t->evfd, &ev) < 0) {
+			r = -errno;
+			goto err;
+		}
+	}
+	for (unsigned i = 0; i < s->n; i++) {
+		r = -pthread_create(&s->t[i].tid, NULL, server_thread, &s->t[i]);
+		if (r < 0)
+			goto err;
+		s->t[i].started = true;
+	}
+	*port = p;
+	*out = s;
+	return 0;
+err:
+	serve_stop(s, NULL);
+	return r;
+}
+
+static int
+serve_stop(struct bench_server *s, struct bench_server_stats *out)
+{
+	struct bench_server_stats st = { .syscalls_what = syscalls_what };
+	uint64_t one = 1;
+
+	atomic_store_explicit(&s->stop, true, memory_order_release);
+	for (unsigned i = 0; i < s->n; i++)
+		if (s->t[i].started && write(s->t[i].evfd, &one, sizeof(one)) < 0)
+			return -errno;
+	for (unsigned i = 0; i < s->n; i++) {
+		struct sthread *t = &s->t[i];
+		if (t->started)
+			pthread_join(t->tid, NULL);
+		st.cpu_ns += t->cpu_ns;
+		st.syscalls += t->syscalls;
+		st.bytes_in += t->bytes_in;
+		st.accepted += t->accepted;
+		st.errors += t->errors;
+		if (t->lfd >= 0)
+			close(t->lfd);
+		if (t->epfd >= 0)
+			close(t->epfd);
+		if (t->evfd >= 0)
+			close(t->evfd);
+		free(t->buf);
+	}
+	free(s->t);
+	free(s);
+	if (out)
+		*out = st;
+	return 0;
+}
+
+int bench__epoll_client_run(const struct bench_cfg *cfg, struct bench_result *out);
+
+const struct bench_backend bench_backend_epoll = {
+	.name = "epoll",
+	.serve_start = serve_start,
+	.serve_stop = serve_stop,
+	.client_run = bench__epoll_client_run,
+};
