@@ -183,8 +183,6 @@ parse(struct opts *o, int argc, char **argv)
 	    (c->mode == BENCH_PINGPONG || c->mode == BENCH_CONNECTIONS))
 		return bad(o, "--inflight",
 			   "this mode keeps one message in flight (see throughput)", NULL);
-	if (c->mode == BENCH_CONNECTIONS ? c->churn == 0 && c->conns == 0 : false)
-		return bad(o, "--churn", "nothing to measure", NULL);
 	if (has_threads && c->threads > c->conns)
 		return bad(o, "--threads", "more threads than --conns", NULL);
 	return 0;

@@ -1,0 +1,88 @@
+// SPDX-License-Identifier: MIT
+/* keel-bench wire protocol (tools/keel-bench/proto.c): the client's verification and the
+ * latency histogram, tested directly since no honest server gets them wrong. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <criterion/criterion.h>
+
+#include "backend.h"
+
+static struct bench_cfg
+cfg(enum bench_mode mode, uint32_t size)
+{
+	struct bench_cfg c;
+
+	memset(&c, 0, sizeof(c));
+	c.mode = mode;
+	c.size = size;
+	return c;
+}
+
+Test(tools_bench_proto, framed_stream_starts_with_big_endian_length)
+{
+	struct bench_cfg c = cfg(BENCH_PINGPONG, 0x01020304 & 0xffff);
+	struct bench_pattern p;
+
+	cr_assert_eq(bench_pattern_init(&p, &c, 4096), 0);
+	cr_assert_eq(p.unit, c.size + 4);
+	cr_assert_eq(p.period % p.unit, 0);
+	cr_assert_eq(p.pat[0], 0);
+	cr_assert_eq(p.pat[1], 0);
+	cr_assert_eq(p.pat[2], (c.size >> 8) & 0xff);
+	cr_assert_eq(p.pat[3], c.size & 0xff);
+	cr_assert_eq(memcmp(p.pat + p.period, p.pat, 4096), 0, "the tail repeats the start");
+	bench_pattern_fini(&p);
+}
+
+Test(tools_bench_proto, check_accepts_the_stream_and_names_a_wrong_byte)
+{
+	struct bench_cfg c = cfg(BENCH_THROUGHPUT, 64);
+	struct bench_pattern p;
+	uint8_t buf[1000];
+	char why[200];
+	uint64_t off = 5 * 68 + 10; /* inside message 5 */
+
+	cr_assert_eq(bench_pattern_init(&p, &c, sizeof(buf)), 0);
+	memcpy(buf, p.pat + off % p.period, sizeof(buf));
+	cr_assert_eq(bench_pattern_check(&p, buf, sizeof(buf), off, why, sizeof(why)), 0);
+
+	buf[20] ^= 1; /* message 5, payload byte 10 + 20 - 4 = 26 */
+	cr_assert_eq(bench_pattern_check(&p, buf, sizeof(buf), off, why, sizeof(why)), -EPROTO);
+	cr_assert(strstr(why, "message 5: payload byte 26"), "%s", why);
+	buf[20] ^= 1;
+
+	buf[68 - 10 + 1] ^= 0x80; /* message 6, length byte 1 */
+	cr_assert_eq(bench_pattern_check(&p, buf, sizeof(buf), off, why, sizeof(why)), -EPROTO);
+	cr_assert(strstr(why, "message 6: length field byte 1"), "%s", why);
+	bench_pattern_fini(&p);
+}
+
+Test(tools_bench_proto, a_dropped_message_does_not_verify)
+{
+	struct bench_cfg c = cfg(BENCH_PINGPONG, 64);
+	struct bench_pattern p;
+	char why[200];
+
+	cr_assert_eq(bench_pattern_init(&p, &c, 4096), 0);
+	/* Message 1 where message 0 was expected. */
+	cr_assert_eq(bench_pattern_check(&p, p.pat + p.unit, p.unit, 0, why, sizeof(why)), -EPROTO);
+	bench_pattern_fini(&p);
+}
+
+Test(tools_bench_proto, histogram_percentiles_are_within_a_bucket)
+{
+	struct bench_hist *h = calloc(1, sizeof(*h));
+
+	cr_assert_not_null(h);
+	for (uint64_t v = 1; v <= 100000; v++)
+		bench_hist_add(h, v * 100); /* 100 ns .. 10 ms, uniform */
+	cr_assert_eq(h->count, 100000);
+	cr_assert_eq(h->max_ns, 10000000);
+	cr_assert_float_eq((double)bench_hist_pct(h, 50), 5e6, 5e6 * 0.04);
+	cr_assert_float_eq((double)bench_hist_pct(h, 99), 9.9e6, 9.9e6 * 0.04);
+	cr_assert_leq(bench_hist_pct(h, 100), h->max_ns);
+	cr_assert_eq(bench_hist_pct(h, 0) <= bench_hist_pct(h, 50), true);
+	free(h);
+}
