@@ -340,6 +340,37 @@ Test(core_topo, irq_names_resolve_to_rx_queues)
 	cr_assert_eq(keel__topo_irq_rxq("mlx5_async0@pci:0000:81:00.0", &q), 0);
 }
 
+Test(core_topo, irq_names_survive_proc_interrupts_lines_longer_than_4k)
+{
+	/* 512 CPUs: each line is ~5.7 KB of counts before the name. */
+	char *doc = NULL, names[3][64] = { "", "", "" };
+	size_t len = 0;
+	int irqs[3] = { 38, 40, 99 };
+	FILE *f = open_memstream(&doc, &len);
+
+	cr_assert_not_null(f);
+	fputs("     ", f);
+	for (int c = 0; c < 512; c++)
+		fprintf(f, " CPU%-7d", c);
+	fputc('\n', f);
+	for (int irq = 37; irq <= 40; irq++) {
+		fprintf(f, "%4d:", irq);
+		for (int c = 0; c < 512; c++)
+			fprintf(f, " %10d", c * 1000 + irq);
+		fprintf(f, "  PCI-MSIX-0000:00:03.0 %d-edge      virtio2-input.%d\n", irq,
+			irq - 37);
+	}
+	fclose(f);
+	cr_assert_gt(len, 4 * 5000);
+	f = fmemopen(doc, len, "r");
+	cr_assert_eq(keel__topo_irq_names_parse(f, irqs, 3, names), 2);
+	fclose(f);
+	cr_assert_str_eq(names[0], "virtio2-input.1");
+	cr_assert_str_eq(names[1], "virtio2-input.3");
+	cr_assert_str_empty(names[2]);
+	free(doc);
+}
+
 Test(core_topo, cpulist_format_round_trips)
 {
 	struct keel_cpuset s, back;
