@@ -382,6 +382,22 @@ Test(core_topo, cpulist_format_round_trips)
 	cr_assert_eq(memcmp(&s, &back, sizeof(s)), 0);
 }
 
+Test(core_topo, cpulist_format_truncates_at_an_element_boundary)
+{
+	struct keel_cpuset s;
+	char buf[16];
+
+	keel_cpulist_parse("0,2,4,382", &s, err, sizeof(err));
+	cr_assert_str_eq(keel_topo_cpulist_format(&s, buf, 9), "0,2,...");
+	cr_assert_str_eq(keel_topo_cpulist_format(&s, buf, 10), "0,2,4,382");
+	keel_cpulist_parse("0,2,4,382,500", &s, err, sizeof(err));
+	cr_assert_str_eq(keel_topo_cpulist_format(&s, buf, 13), "0,2,4,...");
+	cr_assert_str_eq(keel_topo_cpulist_format(&s, buf, 4), "...");
+	keel_cpulist_parse("0-1000", &s, err, sizeof(err));
+	cr_assert_str_eq(keel_topo_cpulist_format(&s, buf, 4), "...");
+	cr_assert_str_eq(keel_topo_cpulist_format(&s, buf, 7), "0-1000");
+}
+
 /* ---- map file ---- */
 
 static struct keel_map back;

@@ -145,7 +145,8 @@ KEEL_API const struct keel_topo_nic *keel_topo_nic_find(const struct keel_topo *
 							const char *name);
 
 /**
- * Format @s as a CPU list ("0-3,8") into @buf ("" for an empty set; truncated to @len).
+ * Format @s as a CPU list ("0-3,8") into @buf ("" for an empty set). When it does not fit
+ * in @len, it is cut after a whole element and ends in ",..." ("0,2,..."), or is "..." alone.
  * Returns: @buf.
  */
 KEEL_API char *keel_topo_cpulist_format(const struct keel_cpuset *s, char *buf, size_t len);
