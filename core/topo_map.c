@@ -20,10 +20,9 @@ keel_map_req_init(struct keel_map_req *r)
 int
 keel_map_req_rxqs_parse(struct keel_map_req *r, const char *s, char *err, size_t errlen)
 {
-	const char *colon = strrchr(s, ':');
-	struct keel_cpuset set;
-	char e2[160];
+	const char *colon = strrchr(s, ':'), *p;
 	size_t iflen;
+	unsigned n = 0;
 
 	/* The last colon separates IF from LIST, so a PCI bus id can name the NIC. */
 	if (!colon || colon == s || !colon[1])
@@ -33,21 +32,49 @@ keel_map_req_rxqs_parse(struct keel_map_req *r, const char *s, char *err, size_t
 	if (iflen >= sizeof(r->iface))
 		return keel__errf(err, errlen, -EINVAL, "--rxqs: interface name too long in '%s'",
 				  s);
-	if (keel_cpulist_parse(colon + 1, &set, e2, sizeof(e2)) < 0)
-		return keel__errf(err, errlen, -EINVAL,
-				  "--rxqs: '%s' is not a queue list (expected e.g. eth0:0-3,6)", s);
+	/* Parsed by hand, not as a CPU set: the order is the shard order ("eth0:7,3" gives
+	 * shard 0 queue 7), and a queue named twice is a mistake, not a no-op. */
+	for (p = colon + 1;;) {
+		unsigned long a, b;
+		char *end;
+
+		if (*p < '0' || *p > '9')
+			goto bad;
+		a = b = strtoul(p, &end, 10);
+		p = end;
+		if (*p == '-') {
+			p++;
+			if (*p < '0' || *p > '9')
+				goto bad;
+			b = strtoul(p, &end, 10);
+			p = end;
+		}
+		if (a > 65535 || b > 65535 || b < a)
+			goto bad;
+		for (unsigned long q = a; q <= b; q++) {
+			for (unsigned i = 0; i < n; i++)
+				if (r->rxqs[i] == q)
+					return keel__errf(err, errlen, -EINVAL,
+							  "--rxqs: rx queue %lu is named twice in "
+							  "'%s': give each shard its own queue",
+							  q, s);
+			if (n == KEEL_MAX_SHARDS)
+				return keel__errf(err, errlen, -EINVAL,
+						  "--rxqs: more than %d queues", KEEL_MAX_SHARDS);
+			r->rxqs[n++] = (unsigned)q;
+		}
+		if (!*p)
+			break;
+		if (*p++ != ',')
+			goto bad;
+	}
 	memcpy(r->iface, s, iflen);
 	r->iface[iflen] = 0;
-	r->nrxqs = 0;
-	for (unsigned q = 0; q < KEEL_MAX_CPUS; q++) {
-		if (!keel_cpuset_has(&set, q))
-			continue;
-		if (r->nrxqs == KEEL_MAX_SHARDS)
-			return keel__errf(err, errlen, -EINVAL, "--rxqs: more than %d queues",
-					  KEEL_MAX_SHARDS);
-		r->rxqs[r->nrxqs++] = q;
-	}
+	r->nrxqs = n;
 	return 0;
+bad:
+	return keel__errf(err, errlen, -EINVAL,
+			  "--rxqs: '%s' is not a queue list (expected e.g. eth0:0-3,6)", s);
 }
 
 /* The NIC a map uses when none is named: the first with a PCI device (it has a locality),
@@ -92,6 +119,26 @@ pu_numa(const struct keel_topo_info *in, unsigned cpu, int *core)
 	return -1;
 }
 
+/* The most rx queues @nic can have: live, the ethtool channel maximum when the driver
+ * reports one (ethtool -L can create queues up to it), else the queues it has now; offline,
+ * --queues. -1 when unknown. *src says which, for messages. */
+static int
+queue_limit(const struct keel_topo_info *in, const struct keel_topo_nic *nic, const char **src)
+{
+	int q = nic->nrxq;
+
+	*src = in->live ? "its current count" : "--queues";
+	if (in->live) {
+		int ch = nic->ch_max_combined > nic->ch_max_rx ? nic->ch_max_combined
+							       : nic->ch_max_rx;
+		if (ch > 0 && ch >= q) {
+			q = ch;
+			*src = "the driver's channel maximum";
+		}
+	}
+	return q;
+}
+
 int
 keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, struct keel_map *out,
 		 char *err, size_t errlen)
@@ -100,6 +147,8 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 	const struct keel_topo_nic *nic = NULL;
 	struct keel_cpuset allowed = in->allowed;
 	unsigned *cand, ncand = 0, nphys = 0, nlocal_phys = 0, shards;
+	const char *qsrc = "";
+	int qmax;
 	unsigned char *reserved;
 	char list[512];
 	int r = 0;
@@ -144,11 +193,11 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 			if (!keel_cpuset_has(&in->allowed, c))
 				return keel__errf(
 					err, errlen, -EINVAL,
-					"--cpuset: CPU %u is outside this process's affinity mask "
-					"(allowed: %s); see taskset -p %d",
+					"--cpuset: CPU %u is outside this process's affinity mask; "
+					"the allowed CPUs are %s: pick from those, or start the "
+					"program with a wider mask",
 					c,
-					keel_topo_cpulist_format(&in->allowed, list, sizeof(list)),
-					(int)getpid());
+					keel_topo_cpulist_format(&in->allowed, list, sizeof(list)));
 		}
 		for (unsigned w = 0; w < KEEL_MAX_CPUS / 64; w++)
 			allowed.bits[w] &= req->cpuset.bits[w];
@@ -239,16 +288,23 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 		r = keel__errf(err, errlen, -ENODEV, "--rxqs: no interface '%s'", req->iface);
 		goto out;
 	}
+	qmax = nic && nic->netdev ? queue_limit(in, nic, &qsrc) : -1;
 	shards = req->shards;
 	if (!shards) {
+		/* One per physical core local to the NIC (all cores without a NIC, or when the
+		 * allowed CPUs have no local core), no more than the queues the NIC can have. */
 		if (req->nrxqs)
 			shards = req->nrxqs;
-		else if (nic && nic->nrxq > 0)
-			shards = (unsigned)nic->nrxq < nphys ? (unsigned)nic->nrxq : nphys;
 		else
 			shards = nlocal_phys ? nlocal_phys : nphys;
+		if (!req->nrxqs && qmax > 0 && (unsigned)qmax < shards)
+			shards = (unsigned)qmax;
 		if (!shards)
 			shards = 1;
+		if (shards > KEEL_MAX_SHARDS) {
+			shards = KEEL_MAX_SHARDS;
+			out->notes |= KEEL_MAP_NOTE_CLAMPED;
+		}
 	}
 	if (shards > KEEL_MAX_SHARDS) {
 		r = keel__errf(err, errlen, -EINVAL, "--shards %u: at most %d shards", shards,
@@ -258,18 +314,32 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 	if (shards > ncand && !req->oversubscribe) {
 		bool siblings = req->smt == KEEL_MAP_SMT_AVOID && in->npus > in->ncores;
 		r = keel__errf(err, errlen, -EINVAL,
-			       "%u shards but only %u CPUs are allowed for them (%s%s); use fewer "
-			       "shards%s%s, or --oversubscribe",
-			       shards, ncand, siblings ? "one per physical core, " : "",
-			       req->reserve ? "after --reserve" : "allowed CPUs",
+			       "%u shards but only %u CPU%s can take one (%s of the allowed CPUs "
+			       "%s%s); use fewer shards%s%s, or --oversubscribe",
+			       shards, ncand, ncand == 1 ? "" : "s",
+			       siblings ? "one per physical core" : "one per CPU",
+			       keel_topo_cpulist_format(&allowed, list, sizeof(list)),
+			       req->reserve ? ", after --reserve" : "",
 			       siblings ? ", --smt allow" : "",
 			       req->cpuset_given ? ", a wider --cpuset" : "");
 		goto out;
 	}
-	if (req->nrxqs && shards > req->nrxqs) {
+	if (req->nrxqs && shards > req->nrxqs && !req->extra_without_rxq) {
+		r = keel__errf(
+			err, errlen, -EINVAL,
+			"--rxqs gives %u queue%s for %u shards: give one queue per shard, or "
+			"--no-rxq-for-extra to run the other shards without one",
+			req->nrxqs, req->nrxqs == 1 ? "" : "s", shards);
+		goto out;
+	}
+	if (!req->nrxqs && qmax >= 0 && shards > (unsigned)qmax && !req->extra_without_rxq) {
 		r = keel__errf(err, errlen, -EINVAL,
-			       "--rxqs gives %u queues for %u shards: give one queue per shard",
-			       req->nrxqs, shards);
+			       "%u shards but %s has at most %d rx queue%s (%s): shard i owns rx "
+			       "queue i, so %u shard%s would have none; use --shards %d, or "
+			       "--no-rxq-for-extra to run the extra shards without a queue",
+			       shards, nic->name, qmax, qmax == 1 ? "" : "s", qsrc,
+			       shards - (unsigned)qmax, shards - (unsigned)qmax == 1 ? "" : "s",
+			       qmax ? qmax : 1);
 		goto out;
 	}
 	out->nshards = shards;
@@ -281,13 +351,19 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 		s->irq_cpu = -1;
 		if (!nic || !nic->netdev)
 			continue;
-		s->rxq = req->nrxqs ? (int)req->rxqs[i] : (int)i;
-		if (req->nrxqs && nic->nrxq >= 0 && s->rxq >= nic->nrxq) {
+		if (req->nrxqs)
+			s->rxq = i < req->nrxqs ? (int)req->rxqs[i] : -1;
+		else
+			s->rxq = qmax < 0 || (int)i < qmax ? (int)i : -1;
+		if (s->rxq < 0)
+			continue;
+		if (req->nrxqs && qmax >= 0 && s->rxq >= qmax) {
 			r = keel__errf(
 				err, errlen, -EINVAL,
-				"--rxqs: rx queue %d of %s does not exist (it has %d: 0-%d); pick "
-				"existing queues or add channels with: ethtool -L %s combined %d",
-				s->rxq, nic->name, nic->nrxq, nic->nrxq - 1, nic->name, s->rxq + 1);
+				"--rxqs: rx queue %d of %s does not exist (%s has at most %d "
+				"rx queue%s, %s: 0-%d); pick queues from those",
+				s->rxq, nic->name, nic->name, qmax, qmax == 1 ? "" : "s", qsrc,
+				qmax - 1);
 			goto out;
 		}
 		s->irq_cpu = s->cpu;

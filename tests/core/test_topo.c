@@ -293,6 +293,105 @@ Test(core_topo, rxqs_naming_a_missing_queue_is_refused)
 	keel_topo_destroy(t);
 }
 
+Test(core_topo, rxqs_keep_the_given_order_and_refuse_duplicates)
+{
+	struct keel_topo *t = load_xml("24em64t-2n6c2t-pci.xml", 8);
+	struct keel_map_req r;
+
+	keel_map_req_init(&r);
+	cr_assert_eq(keel_map_req_rxqs_parse(&r, "eth1:7,3,4-5", err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(r.nrxqs, 4);
+	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(map.shards[0].rxq, 7);
+	cr_assert_eq(map.shards[1].rxq, 3);
+	cr_assert_eq(map.shards[3].rxq, 5);
+	cr_assert_eq(map.rx_queues, 8);
+	cr_assert_eq(keel_map_req_rxqs_parse(&r, "eth1:1,0-2", err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "rx queue 1 is named twice"), "%s", err);
+	cr_assert_eq(keel_map_req_rxqs_parse(&r, "eth1:3-1", err, sizeof(err)), -EINVAL);
+	cr_assert_eq(keel_map_req_rxqs_parse(&r, "eth1:1,", err, sizeof(err)), -EINVAL);
+	/* fewer queues than shards: an error, or shards without a queue when asked */
+	cr_assert_eq(keel_map_req_rxqs_parse(&r, "eth1:2,6", err, sizeof(err)), 0, "%s", err);
+	r.shards = 3;
+	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "--no-rxq-for-extra"), "%s", err);
+	r.extra_without_rxq = true;
+	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(map.shards[1].rxq, 6);
+	cr_assert_eq(map.shards[2].rxq, -1);
+	cr_assert_eq(map.shards[2].irq_cpu, -1);
+	keel_topo_destroy(t);
+}
+
+Test(core_topo, default_shards_beyond_the_queues_that_exist_are_refused)
+{
+	struct keel_topo *t = load_xml("24em64t-2n6c2t-pci.xml", 2);
+	struct keel_map_req r;
+
+	/* --queues 2 --shards 4: shards 2 and 3 would map queues 2 and 3, which do not exist */
+	cr_assert_eq(compute(t, "eth0", 4, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map),
+		     -EINVAL);
+	cr_assert(strstr(err, "eth0 has at most 2 rx queues (--queues)") &&
+			  strstr(err, "--shards 2") && strstr(err, "--no-rxq-for-extra"),
+		  "%s", err);
+	keel_map_req_init(&r);
+	snprintf(r.iface, sizeof(r.iface), "eth0");
+	r.shards = 4;
+	r.extra_without_rxq = true;
+	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(map.nshards, 4);
+	cr_assert_eq(map.shards[1].rxq, 1);
+	cr_assert_eq(map.shards[2].rxq, -1);
+	cr_assert_eq(map.shards[3].rxq, -1);
+	cr_assert_eq(map.rx_queues, 2);
+	/* the default is one shard per queue there is */
+	cr_assert_eq(compute(t, "eth0", 0, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map), 0,
+		     "%s", err);
+	cr_assert_eq(map.nshards, 2);
+	keel_topo_destroy(t);
+}
+
+Test(core_topo, default_stays_on_the_nics_node_whether_or_not_queues_are_known)
+{
+	/* eth0 on node 1 of 2 nodes x 8 cores x 2 threads; 16 queues would once have spread
+	 * the default over all 16 physical cores, node 0 included. */
+	unsigned queues[] = { 0, 16, 4 }, want[] = { 8, 8, 4 };
+
+	for (unsigned k = 0; k < 3; k++) {
+		struct keel_topo *t = load_xml("32em64t-2n8c2t-pci-normalio.xml", queues[k]);
+
+		cr_assert_eq(
+			compute(t, "eth0", 0, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map), 0,
+			"%s", err);
+		cr_assert_eq(map.nshards, want[k], "--queues %u: %u shards", queues[k],
+			     map.nshards);
+		for (unsigned i = 0; i < map.nshards; i++) {
+			cr_assert_eq(map.shards[i].numa, 1, "--queues %u: shard %u on node %d",
+				     queues[k], i, map.shards[i].numa);
+			cr_assert_eq(pu_of(t, map.shards[i].cpu)->smt, 0);
+		}
+		assert_distinct_cores(t, &map);
+		keel_topo_destroy(t);
+	}
+}
+
+Test(core_topo, default_shard_count_is_clamped_to_keel_max_shards)
+{
+	struct keel_topo *t = load_syn("pack:4 numa:4 core:32 pu:2");
+
+	cr_assert_eq(keel_topo_info_get(t)->ncores, 512);
+	cr_assert_eq(compute(t, NULL, 0, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map), 0, "%s",
+		     err);
+	cr_assert_eq(map.nshards, KEEL_MAX_SHARDS);
+	cr_assert(map.notes & KEEL_MAP_NOTE_CLAMPED);
+	assert_distinct_cores(t, &map);
+	/* an explicit count is not clamped silently */
+	cr_assert_eq(compute(t, NULL, 100, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map), 0,
+		     "%s", err);
+	cr_assert_eq(map.notes & KEEL_MAP_NOTE_CLAMPED, 0);
+	keel_topo_destroy(t);
+}
+
 Test(core_topo, cpuset_outside_the_machine_or_the_affinity_mask_is_refused)
 {
 	struct keel_topo *t = load_syn("core:4 pu:1");
@@ -320,7 +419,9 @@ Test(core_topo, cpuset_outside_the_machine_or_the_affinity_mask_is_refused)
 	cr_assert_eq(keel_topo_load(NULL, &live, err, sizeof(err)), 0, "%s", err);
 	keel_cpulist_parse("1", &r.cpuset, err, sizeof(err));
 	cr_assert_eq(keel_map_compute(live, &r, &map, err, sizeof(err)), -EINVAL);
-	cr_assert(strstr(err, "CPU 1 is outside this process's affinity mask"), "%s", err);
+	cr_assert(strstr(err, "CPU 1 is outside this process's affinity mask") &&
+			  strstr(err, "the allowed CPUs are 0:") && !strstr(err, "taskset -p"),
+		  "%s", err);
 	keel_topo_destroy(live);
 }
 

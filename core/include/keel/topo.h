@@ -168,7 +168,8 @@ enum keel_map_numa {
 
 /** A map request: the options of keel-topo. Initialise with keel_map_req_init(). */
 struct keel_map_req {
-	unsigned shards;                /* 0: one per rx queue, at most one per physical core */
+	unsigned shards; /* 0: one per physical core local to the NIC, at most one per rx queue
+			  * it can have, at most KEEL_MAX_SHARDS */
 	char iface[KEEL_TOPO_NAME_MAX]; /* "": the first NIC with a PCI device */
 	struct keel_cpuset cpuset;      /* CPUs shards may use... */
 	bool cpuset_given;              /* ...when true (else the affinity mask) */
@@ -176,17 +177,21 @@ struct keel_map_req {
 	unsigned nrxqs;                 /* ...for i < nrxqs (0: shard i gets queue i) */
 	enum keel_map_smt smt;
 	enum keel_map_numa numa;
-	unsigned reserve;   /* the first N local cores are kept free for housekeeping */
-	bool oversubscribe; /* more shards than CPUs: CPUs are reused in order */
-	bool hds;           /* the map requires header/data split (ZCRX) */
+	unsigned reserve;       /* the first N local cores are kept free for housekeeping */
+	bool oversubscribe;     /* more shards than CPUs: CPUs are reused in order */
+	bool extra_without_rxq; /* shards beyond the queues that exist (or beyond --rxqs) get
+				 * no rx queue; without it that is an error */
+	bool hds;               /* the map requires header/data split (ZCRX) */
 };
 
 /** Fill @r with the defaults (everything 0: SMT avoid, NUMA local). */
 KEEL_API void keel_map_req_init(struct keel_map_req *r);
 
 /**
- * Parse an --rxqs value "IF:LIST" (e.g. "eth0:0-3,8") into @r->iface and @r->rxqs.
- * Returns: 0, or -EINVAL with the reason in @err.
+ * Parse an --rxqs value "IF:LIST" (e.g. "eth0:0-3,8") into @r->iface and @r->rxqs, in the
+ * order given (shard i gets the i-th queue listed).
+ * Returns: 0, or -EINVAL (not IF:LIST, a queue named twice, more than KEEL_MAX_SHARDS
+ * queues) with the reason in @err.
  */
 KEEL_API int keel_map_req_rxqs_parse(struct keel_map_req *r, const char *s, char *err,
 				     size_t errlen);
@@ -200,6 +205,9 @@ struct keel_map_shard {
 	int irq_cpu; /* where that queue's IRQ should point, -1 none */
 };
 
+/** keel_map.notes: the default shard count was cut to KEEL_MAX_SHARDS. */
+#define KEEL_MAP_NOTE_CLAMPED (1u << 0)
+
 /** A core/queue map. A plain value: copy it, no destructor. */
 struct keel_map {
 	unsigned version;               /* KEEL_MAP_VERSION */
@@ -212,6 +220,7 @@ struct keel_map {
 	enum keel_map_numa numa_policy;
 	unsigned reserve;
 	char source[320]; /* keel_topo_info.source of the topology */
+	unsigned notes;   /* KEEL_MAP_NOTE_*: how keel_map_compute() chose (not in the file) */
 	unsigned nshards;
 	struct keel_map_shard shards[KEEL_MAX_SHARDS];
 };
@@ -220,8 +229,8 @@ struct keel_map {
  * Compute the map for @req on @t.
  * Returns: 0 and *out; -ENODEV (no such interface: @err names the ones that exist), -EINVAL
  * (a CPU that does not exist or is outside the affinity mask, a queue that does not exist,
- * more shards than allowed CPUs without oversubscribe, conflicting options), with the
- * reason and the fix in @err.
+ * more shards than allowed CPUs without oversubscribe, more shards than queues without
+ * extra_without_rxq, conflicting options), with the reason and the fix in @err.
  */
 KEEL_API int keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req,
 			      struct keel_map *out, char *err, size_t errlen);
