@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -406,7 +407,19 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 			return n;
 	}
 	for (unsigned i = 0; i < m->nshards; i++) {
-		int cpu = m->shards[i].cpu;
+		int cpu = m->shards[i].cpu, icpu = m->shards[i].irq_cpu;
+		if (icpu >= 0 && (icpu >= KEEL_MAX_CPUS ||
+				  (have_online && !keel_cpuset_has(&online, (unsigned)icpu)))) {
+			snprintf(line, sizeof(line),
+				 "shard %u: irq_cpu %d does not exist or is offline here (online: "
+				 "%s); the map is stale: run keel-topo --plan again",
+				 i, icpu,
+				 have_online ? keel_topo_cpulist_format(&online, list, sizeof(list))
+					     : "unknown");
+			n++;
+			if (!emit(arg, line))
+				return n;
+		}
 		if (cpu < 0 || cpu >= KEEL_MAX_CPUS ||
 		    (have_online && !keel_cpuset_has(&online, (unsigned)cpu))) {
 			snprintf(line, sizeof(line),
@@ -434,7 +447,24 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 		if (!emit(arg, line))
 			return n;
 	}
-	if (m->iface[0] && !pci_name(m->iface)) {
+	if (m->iface[0] && pci_name(m->iface)) {
+		/* A PCI function without an interface (a VF): it must still be there. */
+		char path[128];
+		struct stat st;
+
+		snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s%s",
+			 strlen(m->iface) == 7 ? "0000:" : "", m->iface);
+		if (strchr(m->iface, '/') || stat(path, &st) < 0) {
+			snprintf(
+				line, sizeof(line),
+				"PCI function %s does not exist here (no %s); the map is stale: run "
+				"keel-topo --plan again",
+				m->iface, path);
+			n++;
+			if (!emit(arg, line))
+				return n;
+		}
+	} else if (m->iface[0]) {
 		int rx = keel__topo_sysfs_rxq_count(m->iface);
 		if (rx == -ENODEV) {
 			keel__topo_sysfs_ifnames(list, sizeof(list));
@@ -565,8 +595,8 @@ keel_map_check(const struct keel_topo *live, const struct keel_map *m, FILE *f)
 /* ---- the runtime's --map FILE ---- */
 
 int
-keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus, char *why,
-		     size_t whylen)
+keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus, struct keel_map **out,
+		     char *why, size_t whylen)
 {
 	struct keel_map *m;
 	char err[400];
@@ -584,7 +614,9 @@ keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus, char
 		snprintf(err, sizeof(err), "--cpuset and --map both choose the CPUs: drop one");
 		r = -EINVAL;
 	}
-	if (r == 0 && o->shards && o->shards != m->nshards) {
+	/* Only a count the user gave conflicts: a program's own default (keel-bench sets 2)
+	 * yields to the map. */
+	if (r == 0 && o->shards_given && o->shards != m->nshards) {
 		snprintf(err, sizeof(err),
 			 "--shards %u but the map has %u shards: drop --shards or run keel-topo "
 			 "--plan --shards %u",
@@ -605,8 +637,8 @@ keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus, char
 	for (unsigned i = 0; i < m->nshards; i++)
 		cpus[i] = m->shards[i].cpu;
 	*ncpus = m->nshards;
-	keel_log(KEEL_LOG_INFO, "topo", "--map %s: %u shards%s%s", o->map_path, m->nshards,
-		 m->iface[0] ? " for " : "", m->iface);
-	free(m);
-	return 0;
+	keel_log(KEEL_LOG_INFO, "topo", "--map %s: %u shard%s%s%s", o->map_path, m->nshards,
+		 m->nshards == 1 ? "" : "s", m->iface[0] ? " for " : "", m->iface);
+	*out = m;
+	return 1;
 }

@@ -3,6 +3,7 @@
  * cases, and the live machine; the map file parser; the runtime's --map. */
 #include <errno.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -569,14 +570,21 @@ Test(core_topo, map_parser_is_strict)
 	expect_reject("{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 1, \"shards\": []}",
 		      "1 to 256 shards");
 	expect_reject("{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 1, \"shards\": [",
-		      "unexpected end");
+		      "unexpected end of file");
+	expect_reject("{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 1, " SHARD0,
+		      "unexpected end of file");
+	expect_reject("{\"keel_map\": 1, \"iface\": \"l", "unexpected end of file");
+	expect_reject("{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 2, \"shards\": "
+		      "[{\"shard\": 0, \"cpu\": 0, \"rxq\": 1}, "
+		      "{\"shard\": 1, \"cpu\": 0, \"rxq\": 1}]}",
+		      "shards 0 and 1 both own rxq 1");
 	expect_reject("{\"keel_map\": 1, \"iface\": \"l\\qo\", \"rx_queues\": 1, " SHARD0 "}",
 		      "bad escape");
 	expect_reject("[1, 2]", "must be an object");
-	expect_reject("", "unexpected end");
+	expect_reject("", "unexpected end of file");
 }
 
-/* A map on the loopback interface (present in every network namespace) on @cpus. */
+/* A map on @iface (lo is present in every network namespace) on @cpus. */
 static void
 write_map(const char *path, const char *iface, unsigned rx_queues, const int *cpus, unsigned n)
 {
@@ -585,9 +593,14 @@ write_map(const char *path, const char *iface, unsigned rx_queues, const int *cp
 	cr_assert_not_null(f);
 	fprintf(f, "{\"keel_map\": 1, \"iface\": \"%s\", \"rx_queues\": %u, \"shards\": [", iface,
 		rx_queues);
-	for (unsigned i = 0; i < n; i++)
-		fprintf(f, "%s{\"shard\": %u, \"cpu\": %d, \"rxq\": %s}", i ? ", " : "", i, cpus[i],
-			rx_queues ? "0" : "null");
+	/* shard i owns queue i while there are queues (a queue has one owner) */
+	for (unsigned i = 0; i < n; i++) {
+		fprintf(f, "%s{\"shard\": %u, \"cpu\": %d, \"rxq\": ", i ? ", " : "", i, cpus[i]);
+		if (i < rx_queues)
+			fprintf(f, "%u}", i);
+		else
+			fprintf(f, "null}");
+	}
 	fprintf(f, "]}\n");
 	fclose(f);
 }
@@ -628,6 +641,38 @@ Test(core_topo, validate_refuses_a_stale_map_with_the_reason)
 	cr_assert(strstr(err, "keel-topo --plan"), "%s", err);
 }
 
+/* Log lines of the runtime, for the tests that read the reason of a refusal. */
+static char logged[2048];
+
+static void
+log_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	size_t n = strlen(logged);
+
+	(void)level, (void)module, (void)shard, (void)arg;
+	snprintf(logged + n, sizeof(logged) - n, "%s\n", msg);
+}
+
+static void
+write_map_rxqs(const char *path, const char *iface, unsigned rx_queues, const int *cpus,
+	       const int *rxqs, unsigned n)
+{
+	FILE *f = fopen(path, "w");
+
+	cr_assert_not_null(f);
+	fprintf(f, "{\"keel_map\": 1, \"iface\": \"%s\", \"rx_queues\": %u, \"shards\": [", iface,
+		rx_queues);
+	for (unsigned i = 0; i < n; i++) {
+		fprintf(f, "%s{\"shard\": %u, \"cpu\": %d, \"rxq\": ", i ? ", " : "", i, cpus[i]);
+		if (rxqs[i] < 0)
+			fprintf(f, "null}");
+		else
+			fprintf(f, "%d}", rxqs[i]);
+	}
+	fprintf(f, "]}\n");
+	fclose(f);
+}
+
 Test(core_topo, runtime_takes_shards_and_cpus_from_the_map)
 {
 	char path[128];
@@ -651,12 +696,88 @@ Test(core_topo, runtime_takes_shards_and_cpus_from_the_map)
 		cr_assert_eq(keel_runtime_shard_cpu(rt, i), cpus[i]);
 	keel_runtime_destroy(rt);
 
-	/* --shards that disagrees with the map is refused, as is a stale map */
-	o.shards = n + 1;
+	/* A program's own default count (keel-bench sets 2) yields to the map... */
+	o.shards = n + 3;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_shard_count(rt), n);
+	keel_runtime_destroy(rt);
+	/* ...a --shards the user gave that disagrees with it is refused, with the reason */
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	o.shards_given = true;
 	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
+	cr_assert(strstr(logged, "but the map has") && strstr(logged, "drop --shards"), "%s",
+		  logged);
 	o.shards = 0;
+	o.shards_given = false;
+	/* a stale map is refused, and the log line says why */
+	logged[0] = 0;
 	write_map(path, "nosuchif0", 1, cpus, n);
 	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
+	cr_assert(strstr(logged, "interface nosuchif0 does not exist here") &&
+			  strstr(logged, "run keel-topo --plan again"),
+		  "%s", logged);
+	/* a VF (PCI bus id) map whose function is gone */
+	logged[0] = 0;
+	write_map(path, "0000:ff:1f.7", 0, cpus, n);
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
+	cr_assert(strstr(logged, "PCI function 0000:ff:1f.7 does not exist here"), "%s", logged);
+	keel_log_set_sink(NULL, NULL);
+	unlink(path);
+}
+
+static atomic_int seen_rxq[2];
+
+static void
+record_rxq(void *app)
+{
+	struct keel_shard *sh = keel_this_shard();
+
+	(void)app;
+	atomic_store(&seen_rxq[keel_shard_id(sh)], keel_shard_rxq(sh) + 100);
+	keel_stop(0);
+}
+
+Test(core_topo, runtime_gives_each_shard_its_rxq_from_the_map)
+{
+	char path[128];
+	int cpus[2] = { 0, 0 }, rxqs[2] = { 0, -1 };
+	struct keel_runtime *rt;
+	struct keel_opts o = test_opts(0);
+
+	tmp_path(path, sizeof(path), "rxq");
+	write_map_rxqs(path, "lo", 1, cpus, rxqs, 2);
+	o.map_path = path;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_str_eq(keel_runtime_map_iface(rt), "lo");
+	cr_assert_eq(keel_runtime_start(rt, record_rxq, NULL), 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	cr_assert_eq(atomic_load(&seen_rxq[0]), 100, "shard 0 owns rxq 0");
+	cr_assert_eq(atomic_load(&seen_rxq[1]), 99, "shard 1 has no queue: -1");
+	unlink(path);
+	/* without --map: no interface, no queue */
+	o.map_path = NULL;
+	o.shards = 1;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_null(keel_runtime_map_iface(rt));
+	keel_runtime_destroy(rt);
+}
+
+Test(core_topo, validate_refuses_an_irq_cpu_that_does_not_exist)
+{
+	char path[128];
+	FILE *f;
+
+	tmp_path(path, sizeof(path), "irqcpu");
+	f = fopen(path, "w");
+	cr_assert_not_null(f);
+	fprintf(f, "{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 1, \"shards\": "
+		   "[{\"shard\": 0, \"cpu\": 0, \"rxq\": 0, \"irq_cpu\": 1000}]}\n");
+	fclose(f);
+	cr_assert_eq(keel_map_load(path, &back, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(keel_map_validate(&back, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "irq_cpu 1000 does not exist"), "%s", err);
 	unlink(path);
 }
 
@@ -678,6 +799,15 @@ Test(core_topo, map_option_and_env_set_map_path)
 	cr_assert_eq(keel_opts_parse(&o, &argc, argv, err, sizeof(err)), 0, "%s", err);
 	cr_assert_str_eq(o.map_path, "/y/m.json");
 	unsetenv("KEEL_MAP");
+	/* shards_given: only when the user gave a count */
+	cr_assert(!o.shards_given);
+	setenv("KEEL_SHARDS", "3", 1);
+	keel_opts_init(&o);
+	argc = 1;
+	cr_assert_eq(keel_opts_parse(&o, &argc, argv, err, sizeof(err)), 0, "%s", err);
+	unsetenv("KEEL_SHARDS");
+	cr_assert(o.shards_given);
+	cr_assert_eq(o.shards, 3);
 }
 
 /* ---- the live machine ---- */

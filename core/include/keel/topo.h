@@ -272,4 +272,24 @@ KEEL_API int keel_map_validate(const struct keel_map *m, char *err, size_t errle
  */
 KEEL_API int keel_map_check(const struct keel_topo *live, const struct keel_map *m, FILE *f);
 
+struct keel_runtime;
+struct keel_shard;
+
+/**
+ * The rx queue of keel_runtime_map_iface() that shard @sh owns under --map: the map file's
+ * shards[i].rxq, so the program can bind its receive path (e.g. a ZCRX interface queue) to
+ * it.
+ * Context: any thread, once keel_runtime_create() has returned.
+ * Returns: the queue index, or -1 when the runtime has no map or the map gives the shard
+ * no queue.
+ */
+KEEL_API int keel_shard_rxq(const struct keel_shard *sh);
+
+/**
+ * The interface (or PCI bus id) whose rx queues the --map file gives to the shards.
+ * Ownership: the string belongs to @rt and lives as long as it.
+ * Returns: the name, or NULL when the runtime has no map or the map has no NIC.
+ */
+KEEL_API const char *keel_runtime_map_iface(const struct keel_runtime *rt);
+
 #endif
