@@ -434,10 +434,17 @@ cpus_of(const struct keel_opts *o, int *cpus, unsigned *n, char *why, size_t why
 			if (!keel_cpuset_has(&o->cpuset, (unsigned)c))
 				continue;
 			if (!CPU_ISSET(c, &allowed)) {
+				struct keel_cpuset a;
+				char list[128];
+
+				memset(&a, 0, sizeof(a));
+				for (int k = 0; k < CPU_SETSIZE && k < KEEL_MAX_CPUS; k++)
+					if (CPU_ISSET(k, &allowed))
+						keel_cpuset_add(&a, (unsigned)k);
 				snprintf(why, whylen,
 					 "--cpuset: CPU %d is not in this process's affinity mask "
-					 "(see taskset -p %d)",
-					 c, (int)getpid());
+					 "(allowed CPUs: %s)",
+					 c, keel_topo_cpulist_format(&a, list, sizeof(list)));
 				return -EINVAL;
 			}
 		} else if (!CPU_ISSET(c, &allowed)) {

@@ -571,7 +571,12 @@ keel_map_check(const struct keel_topo *live, const struct keel_map *m, FILE *f)
 		}
 	}
 	if (m->hds && nic->hds != KEEL_TOPO_ON) {
-		if (nic->hds == KEEL_TOPO_OFF)
+		if (nic->hds_capable == KEEL_TOPO_OFF)
+			fprintf(f,
+				"%s: the driver%s%s cannot do header/data split, which the map "
+				"needs; use a NIC whose driver supports it\n",
+				nic->name, nic->driver[0] ? " " : "", nic->driver);
+		else if (nic->hds == KEEL_TOPO_OFF)
 			fprintf(f,
 				"%s: header/data split is off, the map needs it; run: ethtool -G %s "
 				"tcp-data-split on\n",

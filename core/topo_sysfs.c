@@ -508,6 +508,7 @@ read_hds(struct keel_topo_nic *n)
 			uint16_t type = a->nla_type & NLA_TYPE_MASK;
 			if (type == RINGS_A_TCP_DATA_SPLIT && a->nla_len >= NLA_HDRLEN + 1) {
 				seen = true;
+				n->hds_capable = KEEL_TOPO_ON;
 				n->hds = v[0] == ETHTOOL_TCP_DATA_SPLIT_ENABLED ? KEEL_TOPO_ON
 					 : v[0] == ETHTOOL_TCP_DATA_SPLIT_DISABLED
 						 ? KEEL_TOPO_OFF
@@ -519,8 +520,10 @@ read_hds(struct keel_topo_nic *n)
 			}
 		}
 		/* The kernel omits the attribute when the driver cannot split at all. */
-		if (!seen)
+		if (!seen) {
 			n->hds = KEEL_TOPO_OFF;
+			n->hds_capable = KEEL_TOPO_OFF;
+		}
 	}
 out:
 	close(fd);

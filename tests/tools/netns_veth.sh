@@ -46,7 +46,7 @@ else
 fi
 
 map=$(mktemp /tmp/keel-topo-netns-XXXXXX.json)
-plan=$(in_ns "$bin" --iface kt0 --shards 2 --oversubscribe --plan --map "$map") ||
+plan=$(in_ns "$bin" --iface kt0 --shards 2 --plan --map "$map") ||
 	fail "--plan exited $?"
 echo "$plan"
 grep -q "^ethtool -L kt0 rx 2$" <<<"$plan" || fail "no channels command in the plan (veth has rx/tx channels, no combined)"

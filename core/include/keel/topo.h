@@ -94,11 +94,12 @@ struct keel_topo_nic {
 	int nrxq, ntxq;                /* queue counts, -1 when unknown */
 	int ch_rx, ch_tx, ch_combined; /* ethtool channels, -1 when unknown */
 	int ch_max_rx, ch_max_tx, ch_max_combined;
-	int ring_rx;               /* rx ring size, -1 when unknown */
-	enum keel_topo_state hds;  /* header/data split (tcp-data-split) */
-	int hds_thresh;            /* header/data split threshold, -1 when unknown */
-	bool has_irqs;             /* the device has MSI IRQs (virtual ones have none) */
-	struct keel_topo_rxq *rxq; /* [nrxq] when nrxq > 0, else NULL */
+	int ring_rx;                      /* rx ring size, -1 when unknown */
+	enum keel_topo_state hds;         /* header/data split (tcp-data-split) */
+	enum keel_topo_state hds_capable; /* ON: the driver can split, OFF: it cannot */
+	int hds_thresh;                   /* header/data split threshold, -1 when unknown */
+	bool has_irqs;                    /* the device has MSI IRQs (virtual ones have none) */
+	struct keel_topo_rxq *rxq;        /* [nrxq] when nrxq > 0, else NULL */
 };
 
 /** What keel_topo_load() found; read-only, owned by the struct keel_topo. */
