@@ -861,6 +861,48 @@ Test(core_topo, check_reports_a_map_asking_for_more_queues_than_exist)
 	keel_topo_destroy(t);
 }
 
+Test(core_topo, check_reports_irqbalance_and_hds_off_on_a_capable_nic)
+{
+	struct keel_topo *t;
+	struct keel_topo_nic *nic = NULL;
+	char *out = NULL;
+	size_t len = 0;
+	FILE *f;
+	int n;
+
+	cr_assert_eq(keel_topo_load(NULL, &t, err, sizeof(err)), 0, "%s", err);
+	for (unsigned i = 0; i < t->info.nnics; i++)
+		if (t->nics[i].nrxq > 0 && t->nics[i].has_irqs && t->nics[i].rxq[0].irq >= 0)
+			nic = &t->nics[i];
+	if (!nic) {
+		keel_topo_destroy(t);
+		cr_skip_test("no NIC with a named rx IRQ here");
+	}
+	/* What this machine cannot show by itself: irqbalance running, and a driver that can
+	 * split with the split off. */
+	t->info.irqbalance = KEEL_TOPO_ON;
+	nic->hds_capable = KEEL_TOPO_ON;
+	nic->hds = KEEL_TOPO_OFF;
+	memset(&map, 0, sizeof(map));
+	map.version = KEEL_MAP_VERSION;
+	snprintf(map.iface, sizeof(map.iface), "%s", nic->name);
+	map.rx_queues = 1;
+	map.hds = true;
+	map.nshards = 1;
+	map.shards[0] =
+		(struct keel_map_shard){ .cpu = 0, .core = -1, .numa = -1, .rxq = 0, .irq_cpu = 0 };
+	f = open_memstream(&out, &len);
+	n = keel_map_check(t, &map, f);
+	fclose(f);
+	cr_assert(strstr(out, "irqbalance is running") && strstr(out, "systemctl stop irqbalance"),
+		  "%s", out);
+	cr_assert(strstr(out, "header/data split is off, the map needs it; run: ethtool -G"), "%s",
+		  out);
+	cr_assert_geq(n, 2, "%s", out);
+	free(out);
+	keel_topo_destroy(t);
+}
+
 Test(core_topo, bad_sources_fail_with_the_fix)
 {
 	struct keel_topo *t = NULL;
