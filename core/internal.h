@@ -111,6 +111,7 @@ struct keel_shard {
 	struct keel_runtime *rt;
 	unsigned id;
 	int cpu;
+	int rxq; /* --map: the rx queue of rt->map->iface this shard owns, -1 none */
 	pthread_t thread;
 	bool ring_ok;
 
@@ -192,6 +193,8 @@ struct keel_runtime {
 	unsigned created; /* shard threads created */
 	int start_err;
 
+	struct keel_map *map; /* --map: the map file's contents, NULL without --map */
+
 	_Atomic int stopping;
 	_Atomic int stop_status;
 	_Atomic int stop_status_set;
@@ -255,9 +258,11 @@ void keel__bufreg_fini(struct keel_shard *s);
 /* caps.c */
 void keel__features_log(const struct keel_feature_decision *d);
 
-/* --map FILE (topo_map.c): validate the map, then shard i runs on its CPU. Logs the reason
- * and returns -EINVAL for a stale map. */
-int keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus, char *why,
-			 size_t whylen);
+/* --map FILE (topo_map.c): validate the map, then shard i runs on its CPU. Returns 0 (no
+ * map), 1 with the map's CPUs in @cpus[*ncpus] and the map in *map (the caller frees it),
+ * or -EINVAL for a stale map after logging the reason. */
+struct keel_map;
+int keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus,
+			 struct keel_map **map, char *why, size_t whylen);
 
 #endif

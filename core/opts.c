@@ -244,7 +244,10 @@ apply(const struct opt_desc *d, const char *v, struct keel_opts *o, char *err, s
 
 	switch (d->id) {
 	case OPT_SHARDS:
-		return parse_uint(d->name, v, 1, KEEL_MAX_SHARDS, &o->shards, err, errlen);
+		r = parse_uint(d->name, v, 1, KEEL_MAX_SHARDS, &o->shards, err, errlen);
+		if (r == 0)
+			o->shards_given = true;
+		return r;
 	case OPT_CPUSET:
 		r = keel_cpulist_parse(v, &o->cpuset, err, errlen);
 		if (r == 0)

@@ -441,10 +441,17 @@ cpus_of(const struct keel_opts *o, int *cpus, unsigned *n, char *why, size_t why
 			if (!keel_cpuset_has(&o->cpuset, (unsigned)c))
 				continue;
 			if (!CPU_ISSET(c, &allowed)) {
+				struct keel_cpuset a;
+				char list[128];
+
+				memset(&a, 0, sizeof(a));
+				for (int k = 0; k < CPU_SETSIZE && k < KEEL_MAX_CPUS; k++)
+					if (CPU_ISSET(k, &allowed))
+						keel_cpuset_add(&a, (unsigned)k);
 				snprintf(why, whylen,
 					 "--cpuset: CPU %d is not in this process's affinity mask "
-					 "(see taskset -p %d)",
-					 c, (int)getpid());
+					 "(allowed CPUs: %s)",
+					 c, keel_topo_cpulist_format(&a, list, sizeof(list)));
 				return -EINVAL;
 			}
 		} else if (!CPU_ISSET(c, &allowed)) {
@@ -498,11 +505,14 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 		keel_log(KEEL_LOG_ERROR, "core", "%s", why);
 		goto err_rt;
 	}
-	r = keel__topo_apply_map(opts, cpus, &ncpus, why, sizeof(why)); /* --map: topo_map.c */
+	r = keel__topo_apply_map(opts, cpus, &ncpus, &rt->map, why, sizeof(why)); /* topo_map.c */
 	if (r < 0)
 		goto err_rt;
-	rt->count =
-		opts->shards ? opts->shards : (ncpus > KEEL_MAX_SHARDS ? KEEL_MAX_SHARDS : ncpus);
+	if (r > 0)
+		rt->count = ncpus; /* the map decides, whatever default the program set */
+	else
+		rt->count = opts->shards ? opts->shards
+					 : (ncpus > KEEL_MAX_SHARDS ? KEEL_MAX_SHARDS : ncpus);
 	if (hwloc_topology_init(&rt->topo) < 0) {
 		r = -ENOMEM;
 		goto err_rt;
@@ -522,6 +532,7 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 		s->rt = rt;
 		s->id = i;
 		s->cpu = cpus[i % ncpus];
+		s->rxq = rt->map ? rt->map->shards[i].rxq : -1;
 		s->sigfd = -1;
 		s->xefd = -1;
 		pthread_mutex_init(&s->xlock, NULL);
@@ -536,6 +547,7 @@ err_topo:
 	hwloc_topology_destroy(rt->topo);
 err_rt:
 	free(cpus);
+	free(rt->map);
 	free(rt);
 	return r;
 }
@@ -674,6 +686,7 @@ keel_runtime_destroy(struct keel_runtime *rt)
 	pthread_cond_destroy(&rt->latch_cond);
 	free(rt->shards);
 	hwloc_topology_destroy(rt->topo);
+	free(rt->map);
 	free(rt);
 }
 
@@ -704,6 +717,18 @@ int
 keel_runtime_shard_cpu(const struct keel_runtime *rt, unsigned shard)
 {
 	return shard < rt->count ? rt->shards[shard].cpu : -EINVAL;
+}
+
+int
+keel_shard_rxq(const struct keel_shard *sh)
+{
+	return sh->rxq;
+}
+
+const char *
+keel_runtime_map_iface(const struct keel_runtime *rt)
+{
+	return rt->map && rt->map->iface[0] ? rt->map->iface : NULL;
 }
 
 struct keel_shard *

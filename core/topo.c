@@ -30,11 +30,12 @@ keel_topo_state_name(enum keel_topo_state s)
 char *
 keel_topo_cpulist_format(const struct keel_cpuset *s, char *buf, size_t len)
 {
-	size_t off = 0;
+	char full[8192]; /* 1024 CPUs, every other one: < 4 KiB */
+	size_t off = 0, cut;
 
 	if (!len)
 		return buf;
-	buf[0] = 0;
+	full[0] = 0;
 	for (unsigned c = 0; c < KEEL_MAX_CPUS; c++) {
 		unsigned e = c;
 		int n;
@@ -44,14 +45,28 @@ keel_topo_cpulist_format(const struct keel_cpuset *s, char *buf, size_t len)
 		while (e + 1 < KEEL_MAX_CPUS && keel_cpuset_has(s, e + 1))
 			e++;
 		if (e == c)
-			n = snprintf(buf + off, len - off, "%s%u", off ? "," : "", c);
+			n = snprintf(full + off, sizeof(full) - off, "%s%u", off ? "," : "", c);
 		else
-			n = snprintf(buf + off, len - off, "%s%u-%u", off ? "," : "", c, e);
-		if (n < 0 || (size_t)n >= len - off)
+			n = snprintf(full + off, sizeof(full) - off, "%s%u-%u", off ? "," : "", c,
+				     e);
+		if (n < 0 || (size_t)n >= sizeof(full) - off)
 			break;
 		off += (size_t)n;
 		c = e;
 	}
+	if (off < len) {
+		memcpy(buf, full, off + 1);
+		return buf;
+	}
+	/* Too long: cut at an element boundary and say so, never in the middle of a number
+	 * ("0,2,4,38" would name a CPU that is not in the set). */
+	cut = off;
+	while (cut > 0 && (full[cut] != ',' || cut + 5 > len))
+		cut--;
+	if (cut > 0)
+		snprintf(buf, len, "%.*s,...", (int)cut, full);
+	else
+		snprintf(buf, len, "%s", len >= 4 ? "..." : "");
 	return buf;
 }
 

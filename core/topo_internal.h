@@ -4,6 +4,7 @@
 #define KEEL_CORE_TOPO_INTERNAL_H
 
 #include <keel/topo.h>
+#include <stdio.h>
 #include <string.h>
 
 /* Copy @src into @dst[len], truncating; always terminated. */
@@ -44,6 +45,11 @@ enum keel_topo_state keel__topo_irqbalance(void);
 /* If @irq_name (a /proc/interrupts action name) serves an rx queue, return 1 and its number
  * in *q; 0 when it names something else (config, tx-only, misc). */
 int keel__topo_irq_rxq(const char *irq_name, unsigned *q);
+
+/* One pass over a /proc/interrupts stream @f: the action name (the line's last field) of
+ * each IRQ in @irqs[n] into @names (left as they are for IRQs it does not list; start them
+ * ""). Lines of any length. Returns how many were found. */
+int keel__topo_irq_names_parse(FILE *f, const int *irqs, int n, char (*names)[64]);
 
 /* Read a CPU list file (smp_affinity_list, cpu/online). Returns 0 or -errno. */
 int keel__topo_cpulist_read(const char *path, struct keel_cpuset *out);

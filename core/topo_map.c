@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -20,10 +21,9 @@ keel_map_req_init(struct keel_map_req *r)
 int
 keel_map_req_rxqs_parse(struct keel_map_req *r, const char *s, char *err, size_t errlen)
 {
-	const char *colon = strrchr(s, ':');
-	struct keel_cpuset set;
-	char e2[160];
+	const char *colon = strrchr(s, ':'), *p;
 	size_t iflen;
+	unsigned n = 0;
 
 	/* The last colon separates IF from LIST, so a PCI bus id can name the NIC. */
 	if (!colon || colon == s || !colon[1])
@@ -33,21 +33,49 @@ keel_map_req_rxqs_parse(struct keel_map_req *r, const char *s, char *err, size_t
 	if (iflen >= sizeof(r->iface))
 		return keel__errf(err, errlen, -EINVAL, "--rxqs: interface name too long in '%s'",
 				  s);
-	if (keel_cpulist_parse(colon + 1, &set, e2, sizeof(e2)) < 0)
-		return keel__errf(err, errlen, -EINVAL,
-				  "--rxqs: '%s' is not a queue list (expected e.g. eth0:0-3,6)", s);
+	/* Parsed by hand, not as a CPU set: the order is the shard order ("eth0:7,3" gives
+	 * shard 0 queue 7), and a queue named twice is a mistake, not a no-op. */
+	for (p = colon + 1;;) {
+		unsigned long a, b;
+		char *end;
+
+		if (*p < '0' || *p > '9')
+			goto bad;
+		a = b = strtoul(p, &end, 10);
+		p = end;
+		if (*p == '-') {
+			p++;
+			if (*p < '0' || *p > '9')
+				goto bad;
+			b = strtoul(p, &end, 10);
+			p = end;
+		}
+		if (a > 65535 || b > 65535 || b < a)
+			goto bad;
+		for (unsigned long q = a; q <= b; q++) {
+			for (unsigned i = 0; i < n; i++)
+				if (r->rxqs[i] == q)
+					return keel__errf(err, errlen, -EINVAL,
+							  "--rxqs: rx queue %lu is named twice in "
+							  "'%s': give each shard its own queue",
+							  q, s);
+			if (n == KEEL_MAX_SHARDS)
+				return keel__errf(err, errlen, -EINVAL,
+						  "--rxqs: more than %d queues", KEEL_MAX_SHARDS);
+			r->rxqs[n++] = (unsigned)q;
+		}
+		if (!*p)
+			break;
+		if (*p++ != ',')
+			goto bad;
+	}
 	memcpy(r->iface, s, iflen);
 	r->iface[iflen] = 0;
-	r->nrxqs = 0;
-	for (unsigned q = 0; q < KEEL_MAX_CPUS; q++) {
-		if (!keel_cpuset_has(&set, q))
-			continue;
-		if (r->nrxqs == KEEL_MAX_SHARDS)
-			return keel__errf(err, errlen, -EINVAL, "--rxqs: more than %d queues",
-					  KEEL_MAX_SHARDS);
-		r->rxqs[r->nrxqs++] = q;
-	}
+	r->nrxqs = n;
 	return 0;
+bad:
+	return keel__errf(err, errlen, -EINVAL,
+			  "--rxqs: '%s' is not a queue list (expected e.g. eth0:0-3,6)", s);
 }
 
 /* The NIC a map uses when none is named: the first with a PCI device (it has a locality),
@@ -92,6 +120,26 @@ pu_numa(const struct keel_topo_info *in, unsigned cpu, int *core)
 	return -1;
 }
 
+/* The most rx queues @nic can have: live, the ethtool channel maximum when the driver
+ * reports one (ethtool -L can create queues up to it), else the queues it has now; offline,
+ * --queues. -1 when unknown. *src says which, for messages. */
+static int
+queue_limit(const struct keel_topo_info *in, const struct keel_topo_nic *nic, const char **src)
+{
+	int q = nic->nrxq;
+
+	*src = in->live ? "its current count" : "--queues";
+	if (in->live) {
+		int ch = nic->ch_max_combined > nic->ch_max_rx ? nic->ch_max_combined
+							       : nic->ch_max_rx;
+		if (ch > 0 && ch >= q) {
+			q = ch;
+			*src = "the driver's channel maximum";
+		}
+	}
+	return q;
+}
+
 int
 keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, struct keel_map *out,
 		 char *err, size_t errlen)
@@ -100,6 +148,8 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 	const struct keel_topo_nic *nic = NULL;
 	struct keel_cpuset allowed = in->allowed;
 	unsigned *cand, ncand = 0, nphys = 0, nlocal_phys = 0, shards;
+	const char *qsrc = "";
+	int qmax;
 	unsigned char *reserved;
 	char list[512];
 	int r = 0;
@@ -144,11 +194,11 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 			if (!keel_cpuset_has(&in->allowed, c))
 				return keel__errf(
 					err, errlen, -EINVAL,
-					"--cpuset: CPU %u is outside this process's affinity mask "
-					"(allowed: %s); see taskset -p %d",
+					"--cpuset: CPU %u is outside this process's affinity mask; "
+					"the allowed CPUs are %s: pick from those, or start the "
+					"program with a wider mask",
 					c,
-					keel_topo_cpulist_format(&in->allowed, list, sizeof(list)),
-					(int)getpid());
+					keel_topo_cpulist_format(&in->allowed, list, sizeof(list)));
 		}
 		for (unsigned w = 0; w < KEEL_MAX_CPUS / 64; w++)
 			allowed.bits[w] &= req->cpuset.bits[w];
@@ -239,16 +289,23 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 		r = keel__errf(err, errlen, -ENODEV, "--rxqs: no interface '%s'", req->iface);
 		goto out;
 	}
+	qmax = nic && nic->netdev ? queue_limit(in, nic, &qsrc) : -1;
 	shards = req->shards;
 	if (!shards) {
+		/* One per physical core local to the NIC (all cores without a NIC, or when the
+		 * allowed CPUs have no local core), no more than the queues the NIC can have. */
 		if (req->nrxqs)
 			shards = req->nrxqs;
-		else if (nic && nic->nrxq > 0)
-			shards = (unsigned)nic->nrxq < nphys ? (unsigned)nic->nrxq : nphys;
 		else
 			shards = nlocal_phys ? nlocal_phys : nphys;
+		if (!req->nrxqs && qmax > 0 && (unsigned)qmax < shards)
+			shards = (unsigned)qmax;
 		if (!shards)
 			shards = 1;
+		if (shards > KEEL_MAX_SHARDS) {
+			shards = KEEL_MAX_SHARDS;
+			out->notes |= KEEL_MAP_NOTE_CLAMPED;
+		}
 	}
 	if (shards > KEEL_MAX_SHARDS) {
 		r = keel__errf(err, errlen, -EINVAL, "--shards %u: at most %d shards", shards,
@@ -258,18 +315,32 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 	if (shards > ncand && !req->oversubscribe) {
 		bool siblings = req->smt == KEEL_MAP_SMT_AVOID && in->npus > in->ncores;
 		r = keel__errf(err, errlen, -EINVAL,
-			       "%u shards but only %u CPUs are allowed for them (%s%s); use fewer "
-			       "shards%s%s, or --oversubscribe",
-			       shards, ncand, siblings ? "one per physical core, " : "",
-			       req->reserve ? "after --reserve" : "allowed CPUs",
+			       "%u shards but only %u CPU%s can take one (%s of the allowed CPUs "
+			       "%s%s); use fewer shards%s%s, or --oversubscribe",
+			       shards, ncand, ncand == 1 ? "" : "s",
+			       siblings ? "one per physical core" : "one per CPU",
+			       keel_topo_cpulist_format(&allowed, list, sizeof(list)),
+			       req->reserve ? ", after --reserve" : "",
 			       siblings ? ", --smt allow" : "",
 			       req->cpuset_given ? ", a wider --cpuset" : "");
 		goto out;
 	}
-	if (req->nrxqs && shards > req->nrxqs) {
+	if (req->nrxqs && shards > req->nrxqs && !req->extra_without_rxq) {
+		r = keel__errf(
+			err, errlen, -EINVAL,
+			"--rxqs gives %u queue%s for %u shards: give one queue per shard, or "
+			"--no-rxq-for-extra to run the other shards without one",
+			req->nrxqs, req->nrxqs == 1 ? "" : "s", shards);
+		goto out;
+	}
+	if (!req->nrxqs && qmax >= 0 && shards > (unsigned)qmax && !req->extra_without_rxq) {
 		r = keel__errf(err, errlen, -EINVAL,
-			       "--rxqs gives %u queues for %u shards: give one queue per shard",
-			       req->nrxqs, shards);
+			       "%u shards but %s has at most %d rx queue%s (%s): shard i owns rx "
+			       "queue i, so %u shard%s would have none; use --shards %d, or "
+			       "--no-rxq-for-extra to run the extra shards without a queue",
+			       shards, nic->name, qmax, qmax == 1 ? "" : "s", qsrc,
+			       shards - (unsigned)qmax, shards - (unsigned)qmax == 1 ? "" : "s",
+			       qmax ? qmax : 1);
 		goto out;
 	}
 	out->nshards = shards;
@@ -281,13 +352,19 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 		s->irq_cpu = -1;
 		if (!nic || !nic->netdev)
 			continue;
-		s->rxq = req->nrxqs ? (int)req->rxqs[i] : (int)i;
-		if (req->nrxqs && nic->nrxq >= 0 && s->rxq >= nic->nrxq) {
+		if (req->nrxqs)
+			s->rxq = i < req->nrxqs ? (int)req->rxqs[i] : -1;
+		else
+			s->rxq = qmax < 0 || (int)i < qmax ? (int)i : -1;
+		if (s->rxq < 0)
+			continue;
+		if (req->nrxqs && qmax >= 0 && s->rxq >= qmax) {
 			r = keel__errf(
 				err, errlen, -EINVAL,
-				"--rxqs: rx queue %d of %s does not exist (it has %d: 0-%d); pick "
-				"existing queues or add channels with: ethtool -L %s combined %d",
-				s->rxq, nic->name, nic->nrxq, nic->nrxq - 1, nic->name, s->rxq + 1);
+				"--rxqs: rx queue %d of %s does not exist (%s has at most %d "
+				"rx queue%s, %s: 0-%d); pick queues from those",
+				s->rxq, nic->name, nic->name, qmax, qmax == 1 ? "" : "s", qsrc,
+				qmax - 1);
 			goto out;
 		}
 		s->irq_cpu = s->cpu;
@@ -330,7 +407,19 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 			return n;
 	}
 	for (unsigned i = 0; i < m->nshards; i++) {
-		int cpu = m->shards[i].cpu;
+		int cpu = m->shards[i].cpu, icpu = m->shards[i].irq_cpu;
+		if (icpu >= 0 && (icpu >= KEEL_MAX_CPUS ||
+				  (have_online && !keel_cpuset_has(&online, (unsigned)icpu)))) {
+			snprintf(line, sizeof(line),
+				 "shard %u: irq_cpu %d does not exist or is offline here (online: "
+				 "%s); the map is stale: run keel-topo --plan again",
+				 i, icpu,
+				 have_online ? keel_topo_cpulist_format(&online, list, sizeof(list))
+					     : "unknown");
+			n++;
+			if (!emit(arg, line))
+				return n;
+		}
 		if (cpu < 0 || cpu >= KEEL_MAX_CPUS ||
 		    (have_online && !keel_cpuset_has(&online, (unsigned)cpu))) {
 			snprintf(line, sizeof(line),
@@ -358,7 +447,24 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 		if (!emit(arg, line))
 			return n;
 	}
-	if (m->iface[0] && !pci_name(m->iface)) {
+	if (m->iface[0] && pci_name(m->iface)) {
+		/* A PCI function without an interface (a VF): it must still be there. */
+		char path[128];
+		struct stat st;
+
+		snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s%s",
+			 strlen(m->iface) == 7 ? "0000:" : "", m->iface);
+		if (strchr(m->iface, '/') || stat(path, &st) < 0) {
+			snprintf(
+				line, sizeof(line),
+				"PCI function %s does not exist here (no %s); the map is stale: run "
+				"keel-topo --plan again",
+				m->iface, path);
+			n++;
+			if (!emit(arg, line))
+				return n;
+		}
+	} else if (m->iface[0]) {
 		int rx = keel__topo_sysfs_rxq_count(m->iface);
 		if (rx == -ENODEV) {
 			keel__topo_sysfs_ifnames(list, sizeof(list));
@@ -465,7 +571,12 @@ keel_map_check(const struct keel_topo *live, const struct keel_map *m, FILE *f)
 		}
 	}
 	if (m->hds && nic->hds != KEEL_TOPO_ON) {
-		if (nic->hds == KEEL_TOPO_OFF)
+		if (nic->hds_capable == KEEL_TOPO_OFF)
+			fprintf(f,
+				"%s: the driver%s%s cannot do header/data split, which the map "
+				"needs; use a NIC whose driver supports it\n",
+				nic->name, nic->driver[0] ? " " : "", nic->driver);
+		else if (nic->hds == KEEL_TOPO_OFF)
 			fprintf(f,
 				"%s: header/data split is off, the map needs it; run: ethtool -G %s "
 				"tcp-data-split on\n",
@@ -489,8 +600,8 @@ keel_map_check(const struct keel_topo *live, const struct keel_map *m, FILE *f)
 /* ---- the runtime's --map FILE ---- */
 
 int
-keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus, char *why,
-		     size_t whylen)
+keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus, struct keel_map **out,
+		     char *why, size_t whylen)
 {
 	struct keel_map *m;
 	char err[400];
@@ -508,7 +619,9 @@ keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus, char
 		snprintf(err, sizeof(err), "--cpuset and --map both choose the CPUs: drop one");
 		r = -EINVAL;
 	}
-	if (r == 0 && o->shards && o->shards != m->nshards) {
+	/* Only a count the user gave conflicts: a program's own default (keel-bench sets 2)
+	 * yields to the map. */
+	if (r == 0 && o->shards_given && o->shards != m->nshards) {
 		snprintf(err, sizeof(err),
 			 "--shards %u but the map has %u shards: drop --shards or run keel-topo "
 			 "--plan --shards %u",
@@ -529,8 +642,8 @@ keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus, char
 	for (unsigned i = 0; i < m->nshards; i++)
 		cpus[i] = m->shards[i].cpu;
 	*ncpus = m->nshards;
-	keel_log(KEEL_LOG_INFO, "topo", "--map %s: %u shards%s%s", o->map_path, m->nshards,
-		 m->iface[0] ? " for " : "", m->iface);
-	free(m);
-	return 0;
+	keel_log(KEEL_LOG_INFO, "topo", "--map %s: %u shard%s%s%s", o->map_path, m->nshards,
+		 m->nshards == 1 ? "" : "s", m->iface[0] ? " for " : "", m->iface);
+	*out = m;
+	return 1;
 }

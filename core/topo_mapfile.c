@@ -188,7 +188,7 @@ parse_string(struct jp *p, char **out)
 		unsigned char c;
 		if (p->pos >= p->len) {
 			free(b);
-			return jerr(p, "unterminated string");
+			return jerr(p, "unexpected end of file in a string (is it truncated?)");
 		}
 		c = (unsigned char)p->s[p->pos++];
 		if (c == '"')
@@ -310,8 +310,10 @@ parse_container(struct jp *p, struct jval *v, int depth)
 
 		memset(&kid, 0, sizeof(kid));
 		skip_ws(p);
+		if (p->pos >= p->len)
+			return jerr(p, "unexpected end of file (is it truncated?)");
 		if (obj) {
-			if (p->pos >= p->len || p->s[p->pos] != '"')
+			if (p->s[p->pos] != '"')
 				return jerr(p, "expected a member name");
 			r = parse_string(p, &key);
 			if (r < 0)
@@ -337,7 +339,9 @@ parse_container(struct jp *p, struct jval *v, int depth)
 			return r;
 		}
 		skip_ws(p);
-		if (p->pos < p->len && p->s[p->pos] == ',') {
+		if (p->pos >= p->len)
+			return jerr(p, "unexpected end of file (is it truncated?)");
+		if (p->s[p->pos] == ',') {
 			p->pos++;
 			continue;
 		}
@@ -359,7 +363,7 @@ parse_value(struct jp *p, struct jval *v, int depth)
 	skip_ws(p);
 	v->at = p->pos;
 	if (p->pos >= p->len)
-		return jerr(p, "unexpected end");
+		return jerr(p, "unexpected end of file (is it truncated?)");
 	s = p->s + p->pos;
 	if (*s == '{' || *s == '[')
 		return parse_container(p, v, depth);
@@ -493,6 +497,17 @@ parse_shard(struct jp *p, const struct jval *o, unsigned idx, struct keel_map_sh
 	return 0;
 }
 
+/* Where shard @s of the "shards" member starts, for messages. */
+static size_t
+shard_at(const struct jval *root, unsigned s)
+{
+	for (unsigned i = 0; i < root->n; i++)
+		if (!strcmp(root->kid[i].key, "shards") && root->kid[i].type == J_ARR &&
+		    s < root->kid[i].n)
+			return root->kid[i].kid[s].at;
+	return root->at;
+}
+
 static int
 from_tree(struct jp *p, const struct jval *root, struct keel_map *m)
 {
@@ -585,6 +600,15 @@ from_tree(struct jp *p, const struct jval *root, struct keel_map *m)
 			p->pos = root->at;
 			return jerr(p, "a shard's rxq is not below \"rx_queues\"");
 		}
+		for (unsigned o = 0; o < s; o++)
+			if (m->shards[s].rxq >= 0 && m->shards[o].rxq == m->shards[s].rxq) {
+				char msg[128];
+				p->pos = shard_at(root, s);
+				snprintf(msg, sizeof(msg),
+					 "shards %u and %u both own rxq %d: a queue has one owner",
+					 o, s, m->shards[s].rxq);
+				return jerr(p, msg);
+			}
 	}
 	return 0;
 }

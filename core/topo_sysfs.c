@@ -252,54 +252,91 @@ device_irqs(const char *ifname, int *irqs, int max)
 	return n;
 }
 
-/* The action name of @irq in /proc/interrupts: the line's last field. */
-static bool
-irq_name(int irq, char *out, size_t len)
+int
+keel__topo_irq_names_parse(FILE *f, const int *irqs, int n, char (*names)[64])
 {
-	FILE *f = fopen("/proc/interrupts", "re");
-	char line[4096];
-	bool found = false;
+	char *line = NULL;
+	size_t cap = 0;
+	int found = 0;
 
-	if (!f)
-		return false;
-	while (!found && fgets(line, sizeof(line), f)) {
-		char *p = line, *end;
+	/* getline: a line has one column per CPU, so it has no useful fixed bound (a
+	 * 4096-byte buffer ends inside the counts with ~370 CPUs, and the name is lost). */
+	while (found < n && getline(&line, &cap, f) > 0) {
+		char *p = line, *end, *name;
 		long v;
 
 		while (*p == ' ')
 			p++;
 		v = strtol(p, &end, 10);
-		if (end == p || *end != ':' || v != irq)
+		if (end == p || *end != ':')
 			continue;
 		end += strlen(end);
 		while (end > line && isspace((unsigned char)end[-1]))
 			*--end = 0;
-		p = strrchr(line, ' ');
-		keel__topo_strcpy(out, len, p ? p + 1 : line);
-		found = true;
+		name = strrchr(line, ' ');
+		name = name ? name + 1 : line;
+		for (int i = 0; i < n; i++)
+			if (irqs[i] == v && !names[i][0]) {
+				keel__topo_strcpy(names[i], 64, name);
+				found++;
+			}
 	}
-	fclose(f);
+	free(line);
 	return found;
+}
+
+/* The action name of every IRQ in @irqs: /sys/kernel/irq/N/actions (one small file each),
+ * else one pass over /proc/interrupts for all of them. "" where neither names it. */
+static void
+irq_names(const int *irqs, int n, char (*names)[64])
+{
+	bool missing = false;
+	FILE *f;
+
+	for (int i = 0; i < n; i++) {
+		char path[64];
+
+		names[i][0] = 0;
+		snprintf(path, sizeof(path), "/sys/kernel/irq/%d/actions", irqs[i]);
+		f = fopen(path, "re");
+		if (f) {
+			/* "name" or "name1,name2" for a shared line: the first is the device's. */
+			if (fgets(names[i], 64, f))
+				names[i][strcspn(names[i], ",\n")] = 0;
+			fclose(f);
+		}
+		missing |= !names[i][0];
+	}
+	if (!missing)
+		return;
+	f = fopen("/proc/interrupts", "re");
+	if (!f)
+		return;
+	keel__topo_irq_names_parse(f, irqs, n, names);
+	fclose(f);
 }
 
 static void
 read_irqs(struct keel_topo_nic *n)
 {
-	int irqs[512];
-	int nirq = device_irqs(n->name, irqs, 512);
+	int *irqs = calloc(512, sizeof(*irqs));
+	char(*names)[64] = calloc(512, sizeof(*names));
+	int nirq = irqs && names ? device_irqs(n->name, irqs, 512) : 0;
 
 	n->has_irqs = nirq > 0;
+	irq_names(irqs, nirq, names);
 	for (int i = 0; i < nirq; i++) {
-		char name[128];
 		unsigned q;
 
-		if (!irq_name(irqs[i], name, sizeof(name)) || !keel__topo_irq_rxq(name, &q))
+		if (!names[i][0] || !keel__topo_irq_rxq(names[i], &q))
 			continue;
 		if ((int)q >= n->nrxq || n->rxq[q].irq >= 0)
 			continue;
 		n->rxq[q].irq = irqs[i];
-		keel__topo_strcpy(n->rxq[q].irq_name, sizeof(n->rxq[q].irq_name), name);
+		keel__topo_strcpy(n->rxq[q].irq_name, sizeof(n->rxq[q].irq_name), names[i]);
 	}
+	free(irqs);
+	free(names);
 	for (int q = 0; q < n->nrxq; q++) {
 		char path[64];
 		struct keel_topo_rxq *r = &n->rxq[q];
@@ -424,17 +461,22 @@ read_hds(struct keel_topo_nic *n)
 	int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_GENERIC);
 	struct timeval tv = { .tv_sec = 1 };
 	struct nlbuf m;
-	static char rx[16384];
+	char *rx = malloc(16384); /* per call: two threads may load topologies at once */
+	const size_t rxlen = 16384;
 	uint16_t family = 0;
 	struct nlattr *nest;
 	int r;
 
-	if (fd < 0)
+	if (fd < 0 || !rx) {
+		if (fd >= 0)
+			close(fd);
+		free(rx);
 		return;
+	}
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	genl_start(&m, GENL_ID_CTRL, CTRL_CMD_GETFAMILY);
 	nla_put(&m, CTRL_ATTR_FAMILY_NAME, ETHTOOL_GENL_NAME, sizeof(ETHTOOL_GENL_NAME));
-	r = genl_call(fd, &m, rx, sizeof(rx));
+	r = genl_call(fd, &m, rx, rxlen);
 	if (r > 0) {
 		char *end = rx + ((struct nlmsghdr *)rx)->nlmsg_len;
 		char *start = rx + NLMSG_HDRLEN + NLA_ALIGN4(sizeof(struct genlmsghdr));
@@ -453,7 +495,7 @@ read_hds(struct keel_topo_nic *n)
 	if (!nest || !nla_put(&m, ETHTOOL_A_HEADER_DEV_NAME, n->name, strlen(n->name) + 1))
 		goto out;
 	nest->nla_len = (uint16_t)(m.b + m.len - (char *)nest);
-	r = genl_call(fd, &m, rx, sizeof(rx));
+	r = genl_call(fd, &m, rx, rxlen);
 	if (r > 0) {
 		char *end = rx + ((struct nlmsghdr *)rx)->nlmsg_len;
 		char *start = rx + NLMSG_HDRLEN + NLA_ALIGN4(sizeof(struct genlmsghdr));
@@ -466,6 +508,7 @@ read_hds(struct keel_topo_nic *n)
 			uint16_t type = a->nla_type & NLA_TYPE_MASK;
 			if (type == RINGS_A_TCP_DATA_SPLIT && a->nla_len >= NLA_HDRLEN + 1) {
 				seen = true;
+				n->hds_capable = KEEL_TOPO_ON;
 				n->hds = v[0] == ETHTOOL_TCP_DATA_SPLIT_ENABLED ? KEEL_TOPO_ON
 					 : v[0] == ETHTOOL_TCP_DATA_SPLIT_DISABLED
 						 ? KEEL_TOPO_OFF
@@ -477,11 +520,14 @@ read_hds(struct keel_topo_nic *n)
 			}
 		}
 		/* The kernel omits the attribute when the driver cannot split at all. */
-		if (!seen)
+		if (!seen) {
 			n->hds = KEEL_TOPO_OFF;
+			n->hds_capable = KEEL_TOPO_OFF;
+		}
 	}
 out:
 	close(fd);
+	free(rx);
 }
 
 void

@@ -3,6 +3,7 @@
  * cases, and the live machine; the map file parser; the runtime's --map. */
 #include <errno.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -293,6 +294,105 @@ Test(core_topo, rxqs_naming_a_missing_queue_is_refused)
 	keel_topo_destroy(t);
 }
 
+Test(core_topo, rxqs_keep_the_given_order_and_refuse_duplicates)
+{
+	struct keel_topo *t = load_xml("24em64t-2n6c2t-pci.xml", 8);
+	struct keel_map_req r;
+
+	keel_map_req_init(&r);
+	cr_assert_eq(keel_map_req_rxqs_parse(&r, "eth1:7,3,4-5", err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(r.nrxqs, 4);
+	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(map.shards[0].rxq, 7);
+	cr_assert_eq(map.shards[1].rxq, 3);
+	cr_assert_eq(map.shards[3].rxq, 5);
+	cr_assert_eq(map.rx_queues, 8);
+	cr_assert_eq(keel_map_req_rxqs_parse(&r, "eth1:1,0-2", err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "rx queue 1 is named twice"), "%s", err);
+	cr_assert_eq(keel_map_req_rxqs_parse(&r, "eth1:3-1", err, sizeof(err)), -EINVAL);
+	cr_assert_eq(keel_map_req_rxqs_parse(&r, "eth1:1,", err, sizeof(err)), -EINVAL);
+	/* fewer queues than shards: an error, or shards without a queue when asked */
+	cr_assert_eq(keel_map_req_rxqs_parse(&r, "eth1:2,6", err, sizeof(err)), 0, "%s", err);
+	r.shards = 3;
+	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "--no-rxq-for-extra"), "%s", err);
+	r.extra_without_rxq = true;
+	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(map.shards[1].rxq, 6);
+	cr_assert_eq(map.shards[2].rxq, -1);
+	cr_assert_eq(map.shards[2].irq_cpu, -1);
+	keel_topo_destroy(t);
+}
+
+Test(core_topo, default_shards_beyond_the_queues_that_exist_are_refused)
+{
+	struct keel_topo *t = load_xml("24em64t-2n6c2t-pci.xml", 2);
+	struct keel_map_req r;
+
+	/* --queues 2 --shards 4: shards 2 and 3 would map queues 2 and 3, which do not exist */
+	cr_assert_eq(compute(t, "eth0", 4, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map),
+		     -EINVAL);
+	cr_assert(strstr(err, "eth0 has at most 2 rx queues (--queues)") &&
+			  strstr(err, "--shards 2") && strstr(err, "--no-rxq-for-extra"),
+		  "%s", err);
+	keel_map_req_init(&r);
+	snprintf(r.iface, sizeof(r.iface), "eth0");
+	r.shards = 4;
+	r.extra_without_rxq = true;
+	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(map.nshards, 4);
+	cr_assert_eq(map.shards[1].rxq, 1);
+	cr_assert_eq(map.shards[2].rxq, -1);
+	cr_assert_eq(map.shards[3].rxq, -1);
+	cr_assert_eq(map.rx_queues, 2);
+	/* the default is one shard per queue there is */
+	cr_assert_eq(compute(t, "eth0", 0, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map), 0,
+		     "%s", err);
+	cr_assert_eq(map.nshards, 2);
+	keel_topo_destroy(t);
+}
+
+Test(core_topo, default_stays_on_the_nics_node_whether_or_not_queues_are_known)
+{
+	/* eth0 on node 1 of 2 nodes x 8 cores x 2 threads; 16 queues would once have spread
+	 * the default over all 16 physical cores, node 0 included. */
+	unsigned queues[] = { 0, 16, 4 }, want[] = { 8, 8, 4 };
+
+	for (unsigned k = 0; k < 3; k++) {
+		struct keel_topo *t = load_xml("32em64t-2n8c2t-pci-normalio.xml", queues[k]);
+
+		cr_assert_eq(
+			compute(t, "eth0", 0, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map), 0,
+			"%s", err);
+		cr_assert_eq(map.nshards, want[k], "--queues %u: %u shards", queues[k],
+			     map.nshards);
+		for (unsigned i = 0; i < map.nshards; i++) {
+			cr_assert_eq(map.shards[i].numa, 1, "--queues %u: shard %u on node %d",
+				     queues[k], i, map.shards[i].numa);
+			cr_assert_eq(pu_of(t, map.shards[i].cpu)->smt, 0);
+		}
+		assert_distinct_cores(t, &map);
+		keel_topo_destroy(t);
+	}
+}
+
+Test(core_topo, default_shard_count_is_clamped_to_keel_max_shards)
+{
+	struct keel_topo *t = load_syn("pack:4 numa:4 core:32 pu:2");
+
+	cr_assert_eq(keel_topo_info_get(t)->ncores, 512);
+	cr_assert_eq(compute(t, NULL, 0, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map), 0, "%s",
+		     err);
+	cr_assert_eq(map.nshards, KEEL_MAX_SHARDS);
+	cr_assert(map.notes & KEEL_MAP_NOTE_CLAMPED);
+	assert_distinct_cores(t, &map);
+	/* an explicit count is not clamped silently */
+	cr_assert_eq(compute(t, NULL, 100, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map), 0,
+		     "%s", err);
+	cr_assert_eq(map.notes & KEEL_MAP_NOTE_CLAMPED, 0);
+	keel_topo_destroy(t);
+}
+
 Test(core_topo, cpuset_outside_the_machine_or_the_affinity_mask_is_refused)
 {
 	struct keel_topo *t = load_syn("core:4 pu:1");
@@ -320,7 +420,9 @@ Test(core_topo, cpuset_outside_the_machine_or_the_affinity_mask_is_refused)
 	cr_assert_eq(keel_topo_load(NULL, &live, err, sizeof(err)), 0, "%s", err);
 	keel_cpulist_parse("1", &r.cpuset, err, sizeof(err));
 	cr_assert_eq(keel_map_compute(live, &r, &map, err, sizeof(err)), -EINVAL);
-	cr_assert(strstr(err, "CPU 1 is outside this process's affinity mask"), "%s", err);
+	cr_assert(strstr(err, "CPU 1 is outside this process's affinity mask") &&
+			  strstr(err, "the allowed CPUs are 0:") && !strstr(err, "taskset -p"),
+		  "%s", err);
 	keel_topo_destroy(live);
 }
 
@@ -340,6 +442,37 @@ Test(core_topo, irq_names_resolve_to_rx_queues)
 	cr_assert_eq(keel__topo_irq_rxq("mlx5_async0@pci:0000:81:00.0", &q), 0);
 }
 
+Test(core_topo, irq_names_survive_proc_interrupts_lines_longer_than_4k)
+{
+	/* 512 CPUs: each line is ~5.7 KB of counts before the name. */
+	char *doc = NULL, names[3][64] = { "", "", "" };
+	size_t len = 0;
+	int irqs[3] = { 38, 40, 99 };
+	FILE *f = open_memstream(&doc, &len);
+
+	cr_assert_not_null(f);
+	fputs("     ", f);
+	for (int c = 0; c < 512; c++)
+		fprintf(f, " CPU%-7d", c);
+	fputc('\n', f);
+	for (int irq = 37; irq <= 40; irq++) {
+		fprintf(f, "%4d:", irq);
+		for (int c = 0; c < 512; c++)
+			fprintf(f, " %10d", c * 1000 + irq);
+		fprintf(f, "  PCI-MSIX-0000:00:03.0 %d-edge      virtio2-input.%d\n", irq,
+			irq - 37);
+	}
+	fclose(f);
+	cr_assert_gt(len, 4 * 5000);
+	f = fmemopen(doc, len, "r");
+	cr_assert_eq(keel__topo_irq_names_parse(f, irqs, 3, names), 2);
+	fclose(f);
+	cr_assert_str_eq(names[0], "virtio2-input.1");
+	cr_assert_str_eq(names[1], "virtio2-input.3");
+	cr_assert_str_empty(names[2]);
+	free(doc);
+}
+
 Test(core_topo, cpulist_format_round_trips)
 {
 	struct keel_cpuset s, back;
@@ -349,6 +482,22 @@ Test(core_topo, cpulist_format_round_trips)
 	cr_assert_str_eq(keel_topo_cpulist_format(&s, buf, sizeof(buf)), "0-3,8,10-11,1023");
 	keel_cpulist_parse(buf, &back, err, sizeof(err));
 	cr_assert_eq(memcmp(&s, &back, sizeof(s)), 0);
+}
+
+Test(core_topo, cpulist_format_truncates_at_an_element_boundary)
+{
+	struct keel_cpuset s;
+	char buf[16];
+
+	keel_cpulist_parse("0,2,4,382", &s, err, sizeof(err));
+	cr_assert_str_eq(keel_topo_cpulist_format(&s, buf, 9), "0,2,...");
+	cr_assert_str_eq(keel_topo_cpulist_format(&s, buf, 10), "0,2,4,382");
+	keel_cpulist_parse("0,2,4,382,500", &s, err, sizeof(err));
+	cr_assert_str_eq(keel_topo_cpulist_format(&s, buf, 13), "0,2,4,...");
+	cr_assert_str_eq(keel_topo_cpulist_format(&s, buf, 4), "...");
+	keel_cpulist_parse("0-1000", &s, err, sizeof(err));
+	cr_assert_str_eq(keel_topo_cpulist_format(&s, buf, 4), "...");
+	cr_assert_str_eq(keel_topo_cpulist_format(&s, buf, 7), "0-1000");
 }
 
 /* ---- map file ---- */
@@ -421,14 +570,21 @@ Test(core_topo, map_parser_is_strict)
 	expect_reject("{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 1, \"shards\": []}",
 		      "1 to 256 shards");
 	expect_reject("{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 1, \"shards\": [",
-		      "unexpected end");
+		      "unexpected end of file");
+	expect_reject("{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 1, " SHARD0,
+		      "unexpected end of file");
+	expect_reject("{\"keel_map\": 1, \"iface\": \"l", "unexpected end of file");
+	expect_reject("{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 2, \"shards\": "
+		      "[{\"shard\": 0, \"cpu\": 0, \"rxq\": 1}, "
+		      "{\"shard\": 1, \"cpu\": 0, \"rxq\": 1}]}",
+		      "shards 0 and 1 both own rxq 1");
 	expect_reject("{\"keel_map\": 1, \"iface\": \"l\\qo\", \"rx_queues\": 1, " SHARD0 "}",
 		      "bad escape");
 	expect_reject("[1, 2]", "must be an object");
-	expect_reject("", "unexpected end");
+	expect_reject("", "unexpected end of file");
 }
 
-/* A map on the loopback interface (present in every network namespace) on @cpus. */
+/* A map on @iface (lo is present in every network namespace) on @cpus. */
 static void
 write_map(const char *path, const char *iface, unsigned rx_queues, const int *cpus, unsigned n)
 {
@@ -437,9 +593,14 @@ write_map(const char *path, const char *iface, unsigned rx_queues, const int *cp
 	cr_assert_not_null(f);
 	fprintf(f, "{\"keel_map\": 1, \"iface\": \"%s\", \"rx_queues\": %u, \"shards\": [", iface,
 		rx_queues);
-	for (unsigned i = 0; i < n; i++)
-		fprintf(f, "%s{\"shard\": %u, \"cpu\": %d, \"rxq\": %s}", i ? ", " : "", i, cpus[i],
-			rx_queues ? "0" : "null");
+	/* shard i owns queue i while there are queues (a queue has one owner) */
+	for (unsigned i = 0; i < n; i++) {
+		fprintf(f, "%s{\"shard\": %u, \"cpu\": %d, \"rxq\": ", i ? ", " : "", i, cpus[i]);
+		if (i < rx_queues)
+			fprintf(f, "%u}", i);
+		else
+			fprintf(f, "null}");
+	}
 	fprintf(f, "]}\n");
 	fclose(f);
 }
@@ -480,6 +641,38 @@ Test(core_topo, validate_refuses_a_stale_map_with_the_reason)
 	cr_assert(strstr(err, "keel-topo --plan"), "%s", err);
 }
 
+/* Log lines of the runtime, for the tests that read the reason of a refusal. */
+static char logged[2048];
+
+static void
+log_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	size_t n = strlen(logged);
+
+	(void)level, (void)module, (void)shard, (void)arg;
+	snprintf(logged + n, sizeof(logged) - n, "%s\n", msg);
+}
+
+static void
+write_map_rxqs(const char *path, const char *iface, unsigned rx_queues, const int *cpus,
+	       const int *rxqs, unsigned n)
+{
+	FILE *f = fopen(path, "w");
+
+	cr_assert_not_null(f);
+	fprintf(f, "{\"keel_map\": 1, \"iface\": \"%s\", \"rx_queues\": %u, \"shards\": [", iface,
+		rx_queues);
+	for (unsigned i = 0; i < n; i++) {
+		fprintf(f, "%s{\"shard\": %u, \"cpu\": %d, \"rxq\": ", i ? ", " : "", i, cpus[i]);
+		if (rxqs[i] < 0)
+			fprintf(f, "null}");
+		else
+			fprintf(f, "%d}", rxqs[i]);
+	}
+	fprintf(f, "]}\n");
+	fclose(f);
+}
+
 Test(core_topo, runtime_takes_shards_and_cpus_from_the_map)
 {
 	char path[128];
@@ -503,12 +696,88 @@ Test(core_topo, runtime_takes_shards_and_cpus_from_the_map)
 		cr_assert_eq(keel_runtime_shard_cpu(rt, i), cpus[i]);
 	keel_runtime_destroy(rt);
 
-	/* --shards that disagrees with the map is refused, as is a stale map */
-	o.shards = n + 1;
+	/* A program's own default count (keel-bench sets 2) yields to the map... */
+	o.shards = n + 3;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_shard_count(rt), n);
+	keel_runtime_destroy(rt);
+	/* ...a --shards the user gave that disagrees with it is refused, with the reason */
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	o.shards_given = true;
 	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
+	cr_assert(strstr(logged, "but the map has") && strstr(logged, "drop --shards"), "%s",
+		  logged);
 	o.shards = 0;
+	o.shards_given = false;
+	/* a stale map is refused, and the log line says why */
+	logged[0] = 0;
 	write_map(path, "nosuchif0", 1, cpus, n);
 	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
+	cr_assert(strstr(logged, "interface nosuchif0 does not exist here") &&
+			  strstr(logged, "run keel-topo --plan again"),
+		  "%s", logged);
+	/* a VF (PCI bus id) map whose function is gone */
+	logged[0] = 0;
+	write_map(path, "0000:ff:1f.7", 0, cpus, n);
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
+	cr_assert(strstr(logged, "PCI function 0000:ff:1f.7 does not exist here"), "%s", logged);
+	keel_log_set_sink(NULL, NULL);
+	unlink(path);
+}
+
+static atomic_int seen_rxq[2];
+
+static void
+record_rxq(void *app)
+{
+	struct keel_shard *sh = keel_this_shard();
+
+	(void)app;
+	atomic_store(&seen_rxq[keel_shard_id(sh)], keel_shard_rxq(sh) + 100);
+	keel_stop(0);
+}
+
+Test(core_topo, runtime_gives_each_shard_its_rxq_from_the_map)
+{
+	char path[128];
+	int cpus[2] = { 0, 0 }, rxqs[2] = { 0, -1 };
+	struct keel_runtime *rt;
+	struct keel_opts o = test_opts(0);
+
+	tmp_path(path, sizeof(path), "rxq");
+	write_map_rxqs(path, "lo", 1, cpus, rxqs, 2);
+	o.map_path = path;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_str_eq(keel_runtime_map_iface(rt), "lo");
+	cr_assert_eq(keel_runtime_start(rt, record_rxq, NULL), 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	cr_assert_eq(atomic_load(&seen_rxq[0]), 100, "shard 0 owns rxq 0");
+	cr_assert_eq(atomic_load(&seen_rxq[1]), 99, "shard 1 has no queue: -1");
+	unlink(path);
+	/* without --map: no interface, no queue */
+	o.map_path = NULL;
+	o.shards = 1;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_null(keel_runtime_map_iface(rt));
+	keel_runtime_destroy(rt);
+}
+
+Test(core_topo, validate_refuses_an_irq_cpu_that_does_not_exist)
+{
+	char path[128];
+	FILE *f;
+
+	tmp_path(path, sizeof(path), "irqcpu");
+	f = fopen(path, "w");
+	cr_assert_not_null(f);
+	fprintf(f, "{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 1, \"shards\": "
+		   "[{\"shard\": 0, \"cpu\": 0, \"rxq\": 0, \"irq_cpu\": 1000}]}\n");
+	fclose(f);
+	cr_assert_eq(keel_map_load(path, &back, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(keel_map_validate(&back, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "irq_cpu 1000 does not exist"), "%s", err);
 	unlink(path);
 }
 
@@ -530,6 +799,15 @@ Test(core_topo, map_option_and_env_set_map_path)
 	cr_assert_eq(keel_opts_parse(&o, &argc, argv, err, sizeof(err)), 0, "%s", err);
 	cr_assert_str_eq(o.map_path, "/y/m.json");
 	unsetenv("KEEL_MAP");
+	/* shards_given: only when the user gave a count */
+	cr_assert(!o.shards_given);
+	setenv("KEEL_SHARDS", "3", 1);
+	keel_opts_init(&o);
+	argc = 1;
+	cr_assert_eq(keel_opts_parse(&o, &argc, argv, err, sizeof(err)), 0, "%s", err);
+	unsetenv("KEEL_SHARDS");
+	cr_assert(o.shards_given);
+	cr_assert_eq(o.shards, 3);
 }
 
 /* ---- the live machine ---- */
@@ -579,6 +857,48 @@ Test(core_topo, check_reports_a_map_asking_for_more_queues_than_exist)
 	cr_assert_geq(n, 1, "%s", out);
 	cr_assert(strstr(out, "the map needs 64") && strstr(out, "ethtool -L lo combined 64"), "%s",
 		  out);
+	free(out);
+	keel_topo_destroy(t);
+}
+
+Test(core_topo, check_reports_irqbalance_and_hds_off_on_a_capable_nic)
+{
+	struct keel_topo *t;
+	struct keel_topo_nic *nic = NULL;
+	char *out = NULL;
+	size_t len = 0;
+	FILE *f;
+	int n;
+
+	cr_assert_eq(keel_topo_load(NULL, &t, err, sizeof(err)), 0, "%s", err);
+	for (unsigned i = 0; i < t->info.nnics; i++)
+		if (t->nics[i].nrxq > 0 && t->nics[i].has_irqs && t->nics[i].rxq[0].irq >= 0)
+			nic = &t->nics[i];
+	if (!nic) {
+		keel_topo_destroy(t);
+		cr_skip_test("no NIC with a named rx IRQ here");
+	}
+	/* What this machine cannot show by itself: irqbalance running, and a driver that can
+	 * split with the split off. */
+	t->info.irqbalance = KEEL_TOPO_ON;
+	nic->hds_capable = KEEL_TOPO_ON;
+	nic->hds = KEEL_TOPO_OFF;
+	memset(&map, 0, sizeof(map));
+	map.version = KEEL_MAP_VERSION;
+	snprintf(map.iface, sizeof(map.iface), "%s", nic->name);
+	map.rx_queues = 1;
+	map.hds = true;
+	map.nshards = 1;
+	map.shards[0] =
+		(struct keel_map_shard){ .cpu = 0, .core = -1, .numa = -1, .rxq = 0, .irq_cpu = 0 };
+	f = open_memstream(&out, &len);
+	n = keel_map_check(t, &map, f);
+	fclose(f);
+	cr_assert(strstr(out, "irqbalance is running") && strstr(out, "systemctl stop irqbalance"),
+		  "%s", out);
+	cr_assert(strstr(out, "header/data split is off, the map needs it; run: ethtool -G"), "%s",
+		  out);
+	cr_assert_geq(n, 2, "%s", out);
 	free(out);
 	keel_topo_destroy(t);
 }

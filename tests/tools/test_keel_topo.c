@@ -98,6 +98,27 @@ Test(tools_topo, report_describes_this_machine)
 	free(out);
 }
 
+/* The IRQ of eth0's rx queue 0 and its name, found independently of keel (the virtio
+ * "-input.0" vector in /proc/interrupts), or skip. */
+static int
+vm_rxq0_irq(char *name, size_t len)
+{
+	FILE *p = popen("awk '/virtio[0-9]+-input\\.0$/ {sub(\":\",\"\",$1); print $1, $NF; exit}' "
+			"/proc/interrupts",
+			"r");
+	int irq = -1;
+	char nm[64];
+
+	cr_assert_not_null(p);
+	if (fscanf(p, "%d %63s", &irq, nm) != 2)
+		irq = -1;
+	pclose(p);
+	if (irq < 0)
+		cr_skip_test("eth0 is not a virtio NIC with an input.0 vector");
+	snprintf(name, len, "%s", nm);
+	return irq;
+}
+
 Test(tools_topo, report_of_the_vm_nic_has_its_queue_and_irq)
 {
 	char *out;
@@ -106,8 +127,14 @@ Test(tools_topo, report_of_the_vm_nic_has_its_queue_and_irq)
 	if (stat("/sys/class/net/eth0/device", &st) < 0)
 		cr_skip_test("no eth0 NIC with a device on this machine");
 	cr_assert_eq(run("--iface eth0", true, &out), 0);
-	cr_assert(strstr(out, "rxq 0"), "%s", out);
 	cr_assert(strstr(out, "-> eth0 rxq 0"), "%s", out);
+	/* the queue's IRQ and its name, as /sys/kernel/irq and /proc/interrupts give them */
+	{
+		char want[160], name[64] = "";
+		int irq = vm_rxq0_irq(name, sizeof(name));
+		snprintf(want, sizeof(want), "rxq 0   IRQ %-4d %-24s -> CPU ", irq, name);
+		cr_assert(strstr(out, want), "missing '%s' in\n%s", want, out);
+	}
 	free(out);
 }
 
@@ -143,30 +170,47 @@ Test(tools_topo, json_parses_and_has_the_documented_fields)
 		"          'cpus_allowed','numa_nodes','core_list','nics','irqbalance','map',\n"
 		"          'map_error']:\n"
 		"    assert k in d, k\n"
-		"assert d['keel_topo']==1 and d['live'] is True\n"
+		"assert d['keel_topo']==1 and d['live'] is (sys.argv[2]=='live')\n"
 		"for n in d['numa_nodes']: assert set(n)=={'node','memory_bytes','cpus'}, n\n"
-		"for c in d['core_list']: assert {'core','package','numa_node','pus'}<=set(c), c\n"
+		"for c in d['core_list']: assert set(c)=={'core','package','numa_node','pus',\n"
+		"    'l2_bytes','l3_bytes'}, c\n"
 		"for n in d['nics']:\n"
-		"    for k in ['name','netdev','pci','virtual','vf','driver','numa_node',\n"
-		"              'local_cpus','rx_queues','tx_queues','channels','hds','rxq']:\n"
-		"        assert k in n, k\n"
+		"    assert set(n)=={'name','netdev','pci','virtual','vf','model','driver',\n"
+		"        'numa_node','local_cpus','rx_queues','tx_queues','channels','rx_ring',\n"
+		"        'hds','hds_thresh','irqs','rxq'}, set(n)\n"
+		"    assert set(n['channels'])=={'rx','tx','combined','max_rx','max_tx',\n"
+		"        'max_combined'}, n['channels']\n"
 		"    assert n['hds'] in ('on','off','unknown')\n"
+		"    assert n['model'] is None or n['model'], n\n"
+		"    assert n['driver'] is None or n['driver'], n\n"
+		"    assert isinstance(n['irqs'], bool)\n"
+		"    for q in n['rxq']: assert set(q)=={'queue','irq','irq_name','affinity'}, q\n"
+		"    if not d['live']:\n"
+		"        assert n['rx_ring'] is None and n['hds_thresh'] is None, n\n"
+		"        assert all(v is None for v in n['channels'].values()), n\n"
+		"        assert n['driver'] is None, n\n"
 		"    if n['rx_queues'] is not None: assert len(n['rxq'])==n['rx_queues']\n"
 		"m=d['map']\n"
 		"assert m['keel_map']==1 and len(m['shards'])>=1\n"
 		"for s in m['shards']: assert {'shard','cpu','core','numa_node','rxq','irq_cpu'}==set(s)\n";
 
 	need_python();
-	cr_assert_eq(run("--json", false, &out), 0, "%s", out);
-	snprintf(path, sizeof(path), "/tmp/keel-topo-test-%d.json", (int)getpid());
-	f = fopen(path, "w");
-	cr_assert_not_null(f);
-	fputs(out, f);
-	fclose(f);
-	snprintf(cmd, sizeof(cmd), "python3 - %s <<'EOF'\n%sEOF\n", path, check);
-	cr_assert_eq(system(cmd), 0, "JSON check failed on:\n%s", out);
-	unlink(path);
-	free(out);
+	for (int live = 1; live >= 0; live--) {
+		char args[640];
+		snprintf(args, sizeof(args), "--xml %s --iface eth0 --queues 4 --json",
+			 topo_file("32em64t-2n8c2t-pci-normalio.xml"));
+		cr_assert_eq(run(live ? "--json" : args, false, &out), 0, "%s", out);
+		snprintf(path, sizeof(path), "/tmp/keel-topo-test-%d.json", (int)getpid());
+		f = fopen(path, "w");
+		cr_assert_not_null(f);
+		fputs(out, f);
+		fclose(f);
+		snprintf(cmd, sizeof(cmd), "python3 - %s %s <<'EOF'\n%sEOF\n", path,
+			 live ? "live" : "offline", check);
+		cr_assert_eq(system(cmd), 0, "JSON check failed on:\n%s", out);
+		unlink(path);
+		free(out);
+	}
 }
 
 Test(tools_topo, svg_is_well_formed_and_labels_the_shards)
@@ -316,4 +360,283 @@ Test(tools_topo, caps_prints_the_feature_decisions)
 	cr_assert(strstr(out, "kernel "), "%s", out);
 	cr_assert(strstr(out, "defer_taskrun    off"), "%s", out);
 	free(out);
+}
+
+/* Write @doc to a temporary map file; returns its path. */
+static const char *
+map_file(const char *tag, const char *doc)
+{
+	static char path[128];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/tmp/keel-topo-test-%d.%s.json", (int)getpid(), tag);
+	f = fopen(path, "w");
+	cr_assert_not_null(f);
+	fputs(doc, f);
+	fclose(f);
+	return path;
+}
+
+static void
+need_vm_eth0(void)
+{
+	struct stat st;
+	char name[64];
+
+	if (stat("/sys/class/net/eth0/device", &st) < 0)
+		cr_skip_test("no eth0 NIC with a device on this machine");
+	vm_rxq0_irq(name, sizeof(name));
+}
+
+Test(tools_topo, check_reports_an_irq_on_the_wrong_cpu_and_hds_off)
+{
+	char args[256], name[64], want[160], *out;
+	const char *path;
+	int irq;
+
+	need_vm_eth0();
+	irq = vm_rxq0_irq(name, sizeof(name));
+	/* The map wants the IRQ on CPU 0 and needs header/data split, which virtio lacks. */
+	path = map_file("irq", "{\"keel_map\": 1, \"iface\": \"eth0\", \"rx_queues\": 1, \"hds\": "
+			       "true, \"shards\": [{\"shard\": 0, \"cpu\": 0, \"rxq\": 0, "
+			       "\"irq_cpu\": 0}]}\n");
+	{
+		char aff[64] = "", p2[64];
+		FILE *f;
+		snprintf(p2, sizeof(p2), "/proc/irq/%d/smp_affinity_list", irq);
+		f = fopen(p2, "r");
+		cr_assert_not_null(f);
+		cr_assert_not_null(fgets(aff, sizeof(aff), f));
+		fclose(f);
+		if (!strcmp(aff, "0\n"))
+			cr_skip_test("IRQ %d already points at CPU 0 only", irq);
+	}
+	snprintf(args, sizeof(args), "--check --map %s", path);
+	cr_assert_eq(run(args, false, &out), 1, "%s", out);
+	snprintf(want, sizeof(want), "IRQ %d (%s) points at CPU", irq, name);
+	cr_assert(strstr(out, want), "missing '%s' in\n%s", want, out);
+	snprintf(want, sizeof(want), "echo 0 > /proc/irq/%d/smp_affinity_list", irq);
+	cr_assert(strstr(out, want), "%s", out);
+	cr_assert(strstr(out, "cannot do header/data split"), "%s", out);
+	/* one line per mismatch */
+	{
+		unsigned lines = 0;
+		for (const char *p = out; *p; p++)
+			lines += *p == '\n';
+		cr_assert_eq(lines, 2, "%s", out);
+	}
+	free(out);
+	unlink(path);
+}
+
+Test(tools_topo, check_passes_with_a_nic_map_that_matches)
+{
+	char args[256], *out;
+	const char *path;
+
+	/* eth0 with its one queue and no IRQ CPU demand: nothing can disagree */
+	need_vm_eth0();
+	path = map_file("nicok", "{\"keel_map\": 1, \"iface\": \"eth0\", \"rx_queues\": 1, "
+				 "\"shards\": [{\"shard\": 0, \"cpu\": 0, \"rxq\": 0}]}\n");
+	snprintf(args, sizeof(args), "--check --map %s", path);
+	cr_assert_eq(run(args, true, &out), 0, "%s", out);
+	cr_assert(strstr(out, "this machine matches the map (1 shard on eth0)"), "%s", out);
+	free(out);
+	unlink(path);
+}
+
+Test(tools_topo, more_shards_than_the_vm_nic_has_queues_is_an_error)
+{
+	char *out;
+
+	need_vm_eth0();
+	/* keel-topo's own report says what the driver allows (ethtool may not be installed) */
+	cr_assert_eq(run("--iface eth0", true, &out), 0, "%s", out);
+	if (!strstr(out, "channels combined 1/1 rx 0/0"))
+		cr_skip_test("eth0's channel maximum is not 1 combined: %s", out);
+	free(out);
+	cr_assert_eq(run("--shards 2", true, &out), 2, "%s", out);
+	cr_assert(strstr(out, "eth0 has at most 1 rx queue (the driver's channel maximum)"), "%s",
+		  out);
+	cr_assert(!strstr(out, "ethtool -L eth0 combined 2"), "%s", out);
+	free(out);
+	cr_assert_eq(run("--shards 2 --no-rxq-for-extra --cpuset 0-1", true, &out), 0, "%s", out);
+	cr_assert(strstr(out, "-> no rx queue"), "%s", out);
+	free(out);
+}
+
+Test(tools_topo, plan_quotes_names_and_apply_runs_no_shell)
+{
+	char xml[256], cmd[1024], args[640], *out;
+	const char *src = topo_file("24em64t-2n6c2t-pci.xml");
+
+	/* An interface name a shell would run: it must come out as one quoted word. */
+	snprintf(xml, sizeof(xml), "/tmp/keel-topo-test-%d.evil.xml", (int)getpid());
+	snprintf(cmd, sizeof(cmd),
+		 "sed 's/name=\"eth0\"/name=\"e;$(touch \\/tmp\\/keel-pwned)'\"'\"'x\"/' %s > %s",
+		 src, xml);
+	cr_assert_eq(system(cmd), 0);
+	snprintf(args, sizeof(args),
+		 "--xml %s --queues 2 --shards 2 --plan --map /tmp/keel-topo-test-%d.evil.map "
+		 "--iface \"e;\\$(touch /tmp/keel-pwned)'x\"",
+		 xml, (int)getpid());
+	cr_assert_eq(run(args, true, &out), 0, "%s", out);
+	cr_assert(strstr(out, "ethtool -L 'e;$(touch /tmp/keel-pwned)'\\''x' combined 2\n"), "%s",
+		  out);
+	cr_assert(strstr(out, "ethtool -X 'e;$(touch /tmp/keel-pwned)'\\''x' equal 2\n"), "%s",
+		  out);
+	free(out);
+	snprintf(cmd, sizeof(cmd), "/tmp/keel-topo-test-%d.evil.map", (int)getpid());
+	unlink(cmd);
+	unlink(xml);
+}
+
+Test(tools_topo, plan_steers_a_port_to_non_contiguous_rxqs)
+{
+	char args[640], *out;
+	const char *xml = topo_file("32em64t-2n8c2t-pci-normalio.xml");
+
+	snprintf(args, sizeof(args),
+		 "--xml %s --queues 8 --rxqs eth0:4-7 --port 80 --plan --map /tmp/keel-topo-test-%d"
+		 ".port.map",
+		 xml, (int)getpid());
+	cr_assert_eq(run(args, true, &out), 0, "%s", out);
+	cr_assert(strstr(out, "ethtool -X eth0 weight 0 0 0 0 1 1 1 1\n"), "%s", out);
+	cr_assert(strstr(out, "ethtool -X eth0 context new start 4 equal 4 |"), "%s", out);
+	cr_assert(!strstr(out, "start 0"), "%s", out);
+	cr_assert(strstr(out, "ethtool -N eth0 flow-type tcp4 dst-port 80 context \"$ctx\"\n"),
+		  "%s", out);
+	free(out);
+	snprintf(args, sizeof(args),
+		 "--xml %s --queues 8 --rxqs eth0:6,1,3 --port 80 --plan --map "
+		 "/tmp/keel-topo-test-%d.port.map",
+		 xml, (int)getpid());
+	cr_assert_eq(run(args, true, &out), 0, "%s", out);
+	cr_assert(strstr(out, "ethtool -X eth0 context new weight 0 1 0 1 0 0 1 |"), "%s", out);
+	cr_assert(strstr(out, "rx queue 6 to CPU 8"), "shard 0 owns queue 6: %s", out);
+	free(out);
+	snprintf(args, sizeof(args), "/tmp/keel-topo-test-%d.port.map", (int)getpid());
+	unlink(args);
+}
+
+Test(tools_topo, plan_for_a_vf_says_to_bind_a_driver)
+{
+	char args[640], *out;
+
+	snprintf(args, sizeof(args),
+		 "--xml %s --iface 88:00.1 --plan --map /tmp/keel-topo-test-%d.vf.map",
+		 topo_file("16intel64-manyVFs.xml"), (int)getpid());
+	cr_assert_eq(run(args, true, &out), 0, "%s", out);
+	cr_assert(strstr(out, "has no network interface: bind a network driver"), "%s", out);
+	cr_assert(!strstr(out, "the map has no NIC"), "%s", out);
+	free(out);
+	snprintf(args, sizeof(args), "/tmp/keel-topo-test-%d.vf.map", (int)getpid());
+	unlink(args);
+}
+
+Test(tools_topo, map_file_drives_the_report_json_and_svg)
+{
+	char args[512], svg[128], *out;
+	const char *path;
+
+	if (sysconf(_SC_NPROCESSORS_ONLN) < 2)
+		cr_skip_test("needs CPU 1");
+	path = map_file("show", "{\"keel_map\": 1, \"iface\": null, \"rx_queues\": 0, \"shards\": "
+				"[{\"shard\": 0, \"cpu\": 1, \"rxq\": null}]}\n");
+	snprintf(args, sizeof(args), "--map %s", path);
+	cr_assert_eq(run(args, true, &out), 0, "%s", out);
+	cr_assert(strstr(out, "Map (1 shard;"), "%s", out);
+	cr_assert(strstr(out, "shard 0   -> CPU 1 "), "%s", out);
+	free(out);
+	snprintf(args, sizeof(args), "--map %s --json", path);
+	cr_assert_eq(run(args, false, &out), 0, "%s", out);
+	cr_assert(strstr(out, "\"cpu\": 1,"), "%s", out);
+	free(out);
+	unlink(path);
+	/* --plan --svg writes the picture too */
+	snprintf(svg, sizeof(svg), "/tmp/keel-topo-test-%d.plan.svg", (int)getpid());
+	unlink(svg);
+	snprintf(args, sizeof(args),
+		 "--synthetic 'core:2 pu:1' --plan --svg %s --map /tmp/keel-topo-test-%d.p.map",
+		 svg, (int)getpid());
+	cr_assert_eq(run(args, true, &out), 0, "%s", out);
+	free(out);
+	cr_assert_eq(access(svg, R_OK), 0, "--plan --svg wrote no %s", svg);
+	unlink(svg);
+	snprintf(args, sizeof(args), "/tmp/keel-topo-test-%d.p.map", (int)getpid());
+	unlink(args);
+}
+
+Test(tools_topo, empty_sources_live_queues_and_caps_with_a_file_are_errors)
+{
+	char *out;
+
+	cr_assert_eq(run("--synthetic ''", true, &out), 2, "%s", out);
+	cr_assert(strstr(out, "--synthetic needs a value"), "%s", out);
+	free(out);
+	cr_assert_eq(run("--xml ''", true, &out), 2, "%s", out);
+	cr_assert(strstr(out, "--xml needs a value"), "%s", out);
+	free(out);
+	cr_assert_eq(run("--queues 2", true, &out), 2, "%s", out);
+	cr_assert(strstr(out, "drop --queues"), "%s", out);
+	free(out);
+	cr_assert_eq(run("--caps --xml /x.xml", true, &out), 2, "%s", out);
+	cr_assert(strstr(out, "--caps describes this machine's kernel"), "%s", out);
+	free(out);
+}
+
+Test(tools_topo, synthetic_two_packages_with_queues_but_no_nic)
+{
+	char *out;
+
+	cr_assert_eq(run("--synthetic 'pack:2 numa:2 core:8 pu:2' --queues 4", true, &out), 0, "%s",
+		     out);
+	/* 4 nodes x 8 cores: no NIC, so every physical core is local and none gets a queue */
+	cr_assert(strstr(out, "Map (32 shards"), "%s", out);
+	cr_assert(strstr(out, "-> no rx queue"), "%s", out);
+	cr_assert(!strstr(out, "-> CPU 1 "), "a sibling was used: %s", out);
+	cr_assert(strstr(out, "--queues 4 has no effect"), "%s", out);
+	free(out);
+}
+
+Test(tools_topo, default_count_is_clamped_with_a_note)
+{
+	char *out;
+
+	cr_assert_eq(run("--synthetic 'pack:4 numa:4 core:32 pu:2'", true, &out), 0, "%s", out);
+	cr_assert(strstr(out, "Map (256 shards, cut to KEEL_MAX_SHARDS"), "%s", out);
+	cr_assert(strstr(out, "cut to 256 (KEEL_MAX_SHARDS)"), "%s", out);
+	free(out);
+}
+
+Test(tools_topo, svg_marks_an_irq_mismatch_in_the_warning_colour)
+{
+	char args[512], svg[128], *out, *doc;
+	const char *path;
+	FILE *f;
+	long len;
+
+	need_vm_eth0();
+	path = map_file("svgwarn", "{\"keel_map\": 1, \"iface\": \"eth0\", \"rx_queues\": 1, "
+				   "\"shards\": [{\"shard\": 0, \"cpu\": 0, \"rxq\": 0, "
+				   "\"irq_cpu\": 0}]}\n");
+	snprintf(svg, sizeof(svg), "/tmp/keel-topo-test-%d.warn.svg", (int)getpid());
+	snprintf(args, sizeof(args), "--map %s --svg %s", path, svg);
+	cr_assert_eq(run(args, true, &out), 0, "%s", out);
+	free(out);
+	f = fopen(svg, "r");
+	cr_assert_not_null(f);
+	fseek(f, 0, SEEK_END);
+	len = ftell(f);
+	rewind(f);
+	doc = calloc(1, (size_t)len + 1);
+	cr_assert_eq(fread(doc, 1, (size_t)len, f), (size_t)len);
+	fclose(f);
+	/* IRQ 38 -> 0-1 against the map's CPU 0: the queue is outlined in orange (#dd6b20),
+	 * with the title's warning */
+	cr_assert(strstr(doc, "stroke=\"#dd6b20\" stroke-width=\"2\""), "%s", doc);
+	cr_assert(strstr(doc, "IRQ placement differs from the map"), "%s", doc);
+	free(doc);
+	unlink(svg);
+	unlink(path);
 }

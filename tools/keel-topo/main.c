@@ -20,21 +20,25 @@ static const char usage[] =
 	"  --queues N            offline: rx queues of every NIC\n"
 	"Map options:\n"
 	"  --iface IF            the NIC (name or PCI bus id; default: the first PCI NIC)\n"
-	"  --shards N            shards (default: one per rx queue, at most one per core)\n"
+	"  --shards N            shards (default: one per physical core local to the NIC,\n"
+	"                        at most one per rx queue it can have)\n"
 	"  --cpuset LIST         CPUs shards may use, e.g. 0-7,16\n"
 	"  --rxqs IF:LIST        rx queue of each shard, e.g. eth0:0-3\n"
 	"  --smt avoid|allow     SMT siblings only after every physical core (default avoid)\n"
 	"  --reserve N           keep the first N NIC-local cores free for housekeeping\n"
 	"  --numa local|spread   after local physical cores: local siblings, or other nodes\n"
 	"  --oversubscribe       allow more shards than CPUs\n"
+	"  --no-rxq-for-extra    shards beyond the rx queues that exist (or beyond --rxqs)\n"
+	"                        run without a queue (default: an error)\n"
 	"  --hds                 the map needs header/data split (ZCRX)\n"
 	"  --port P              --plan: ntuple rules steering TCP port P to the shards' queues\n"
-	"  --map FILE            the map file (--plan writes it, --check reads it;\n"
-	"                        default keel-map.json for --plan)\n"
+	"  --map FILE            the map file: --plan writes it (default keel-map.json);\n"
+	"                        --check, the report, --json and --svg read it\n"
 	"Mode (default: the text report):\n"
 	"  --json                the report as JSON\n"
 	"  --svg FILE            a picture of the machine and the map\n"
 	"  --plan                write the map file and print the commands that apply it\n"
+	"                        (with --svg FILE, also the picture)\n"
 	"  --apply               with --plan: run those commands (root)\n"
 	"  --check               compare this machine with the map; exit 1 on mismatch\n"
 	"  --caps                io_uring capabilities and feature decisions\n"
@@ -170,6 +174,8 @@ parse_args(int argc, char **argv, struct args *a)
 			a->map_path = v;
 		} else if (!strcmp(name, "--svg")) {
 			a->svg = v;
+		} else if (!strcmp(name, "--no-rxq-for-extra")) {
+			a->req.extra_without_rxq = true;
 		} else if (!strcmp(name, "--oversubscribe")) {
 			a->req.oversubscribe = true;
 		} else if (!strcmp(name, "--hds")) {
@@ -190,6 +196,18 @@ parse_args(int argc, char **argv, struct args *a)
 			return bad("unknown option '%s'%s (see --help)", arg, "");
 		}
 	}
+	if ((a->load.xml && !*a->load.xml) || (a->load.synthetic && !*a->load.synthetic))
+		return bad("%s needs a value: %s", a->load.xml ? "--xml" : "--synthetic",
+			   a->load.xml ? "an hwloc XML file"
+				       : "e.g. \"pack:2 numa:2 core:8 pu:2\"");
+	if (a->load.queues && !a->load.xml && !a->load.synthetic)
+		return bad("--queues describes the NICs of a topology file (--xml/--synthetic); "
+			   "on this machine the rx queues are read from sysfs: drop --queues%s%s",
+			   "", "");
+	if (a->caps && (a->load.xml || a->load.synthetic))
+		return bad("--caps describes this machine's kernel, not a topology file: drop "
+			   "--xml/--synthetic%s%s",
+			   "", "");
 	if (a->apply && !a->plan)
 		return bad("--apply runs the commands of --plan: give --plan too%s%s", "", "");
 	if (a->check && (a->load.xml || a->load.synthetic))
@@ -248,7 +266,8 @@ main(int argc, char **argv)
 	c.info = keel_topo_info_get(topo);
 	c.port = a.port;
 
-	if (a.check && a.map_path) {
+	if (a.map_path && !a.plan) {
+		/* --check, the report, --json and --svg show the map in the file. */
 		r = keel_map_load(a.map_path, map, err, sizeof(err));
 	} else {
 		r = keel_map_compute(topo, &a.req, map, err, sizeof(err));
@@ -257,6 +276,16 @@ main(int argc, char **argv)
 		c.map = map;
 	else
 		c.map_error = err;
+	if (c.map && (c.map->notes & KEEL_MAP_NOTE_CLAMPED))
+		fprintf(stderr,
+			"keel-topo: note: the default shard count was cut to %d (KEEL_MAX_SHARDS); "
+			"give --shards to choose\n",
+			KEEL_MAX_SHARDS);
+	if (a.load.queues && c.map && !c.map->iface[0])
+		fprintf(stderr,
+			"keel-topo: note: --queues %u has no effect: %s has no NIC, so no shard "
+			"gets an rx queue\n",
+			a.load.queues, c.info->source);
 
 	if (a.check) {
 		if (!c.map) {
@@ -270,34 +299,11 @@ main(int argc, char **argv)
 			} else if (r > 0) {
 				status = 1;
 			} else {
-				printf("this machine matches the map (%u shards%s%s)\n",
-				       c.map->nshards, c.map->iface[0] ? " on " : "", c.map->iface);
+				printf("this machine matches the map (%u shard%s%s%s)\n",
+				       c.map->nshards, c.map->nshards == 1 ? "" : "s",
+				       c.map->iface[0] ? " on " : "", c.map->iface);
 			}
 		}
-		goto out;
-	}
-	if (a.plan) {
-		static struct plan_step steps[1024];
-		const char *path = a.map_path ? a.map_path : "keel-map.json";
-		unsigned n;
-
-		if (!c.map) {
-			fprintf(stderr, "keel-topo: %s\n", err);
-			status = 2;
-			goto out;
-		}
-		r = keel_map_save(c.map, path, err, sizeof(err));
-		if (r < 0) {
-			fprintf(stderr, "keel-topo: %s\n", err);
-			status = 2;
-			goto out;
-		}
-		n = plan_build(&c, steps, sizeof(steps) / sizeof(steps[0]));
-		printf("# keel-topo --plan: wrote %s (%u shards); run keel programs with --map %s\n",
-		       path, c.map->nshards, path);
-		plan_print(steps, n, stdout);
-		if (a.apply)
-			status = plan_apply(steps, n);
 		goto out;
 	}
 	if (a.svg) {
@@ -314,6 +320,30 @@ main(int argc, char **argv)
 			status = 2;
 			goto out;
 		}
+	}
+	if (a.plan) {
+		static struct plan_step steps[300];
+		const char *path = a.map_path ? a.map_path : "keel-map.json";
+		unsigned n;
+
+		if (!c.map) {
+			fprintf(stderr, "keel-topo: %s\n", err);
+			status = 2;
+			goto out;
+		}
+		r = keel_map_save(c.map, path, err, sizeof(err));
+		if (r < 0) {
+			fprintf(stderr, "keel-topo: %s\n", err);
+			status = 2;
+			goto out;
+		}
+		n = plan_build(&c, steps, sizeof(steps) / sizeof(steps[0]));
+		printf("# keel-topo --plan: wrote %s (%u shard%s); run keel programs with --map %s\n",
+		       path, c.map->nshards, c.map->nshards == 1 ? "" : "s", path);
+		plan_print(steps, n, stdout);
+		if (a.apply)
+			status = plan_apply(steps, n);
+		goto out;
 	}
 	if (a.json)
 		report_json(&c, stdout);

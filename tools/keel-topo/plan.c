@@ -1,10 +1,14 @@
 // SPDX-License-Identifier: MIT
 /* --plan: the exact commands that make the machine match the map, each with why it
- * matters; --apply runs them (only when asked). */
+ * matters; --apply runs them (only when asked), each as an argv or a direct file write,
+ * never through a shell: interface names come from the machine or a topology file and may
+ * hold any character but '/'. */
 #include <errno.h>
+#include <fcntl.h>
 #include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -13,39 +17,91 @@
 
 extern char **environ;
 
-static void
-step(struct plan_step *out, unsigned max, unsigned *n, bool comment, const char *why,
-     const char *fmt, ...)
+static struct plan_step *
+step(struct plan_step *out, unsigned max, unsigned *n, enum plan_kind kind, const char *why)
 {
 	struct plan_step *s;
-	va_list ap;
 
 	if (*n >= max)
-		return;
+		return NULL;
 	s = &out[(*n)++];
 	memset(s, 0, sizeof(*s));
-	s->comment = comment;
+	s->kind = kind;
 	snprintf(s->why, sizeof(s->why), "%s", why);
-	if (fmt) {
-		va_start(ap, fmt);
-		vsnprintf(s->cmd, sizeof(s->cmd), fmt, ap);
-		va_end(ap);
-	}
+	return s;
 }
 
-/* Queues of the map are 0..N-1 (the default): RSS "equal N" covers exactly them. */
-static bool
-contiguous(const struct keel_map *m)
+static void
+note(struct plan_step *out, unsigned max, unsigned *n, const char *why)
 {
-	unsigned seen = 0;
+	step(out, max, n, PLAN_NOTE, why);
+}
 
-	for (unsigned i = 0; i < m->nshards; i++)
-		if (m->shards[i].rxq >= 0)
-			seen++;
-	for (unsigned i = 0; i < m->nshards; i++)
-		if (m->shards[i].rxq >= (int)seen)
-			return false;
-	return seen == m->rx_queues;
+/* Append one argument to @s; one that does not fit marks the step too long. */
+static void __attribute__((format(printf, 2, 3))) add_arg(struct plan_step *s, const char *fmt, ...)
+{
+	va_list ap;
+	int k;
+
+	if (s->argc >= PLAN_MAX_ARGS) {
+		s->too_long = true;
+		return;
+	}
+	va_start(ap, fmt);
+	k = vsnprintf(s->buf + s->used, sizeof(s->buf) - s->used, fmt, ap);
+	va_end(ap);
+	if (k < 0 || (size_t)k >= sizeof(s->buf) - s->used) {
+		s->too_long = true;
+		return;
+	}
+	s->argv[s->argc++] = s->buf + s->used;
+	s->used += (size_t)k + 1;
+}
+
+/* A command: arguments as separate strings, NULL-terminated. */
+static void
+cmd(struct plan_step *out, unsigned max, unsigned *n, enum plan_kind kind, const char *why, ...)
+{
+	struct plan_step *s = step(out, max, n, kind, why);
+	va_list ap;
+	const char *a;
+
+	if (!s)
+		return;
+	va_start(ap, why);
+	while ((a = va_arg(ap, const char *)) && s->argc < PLAN_MAX_ARGS)
+		add_arg(s, "%s", a);
+	va_end(ap);
+}
+
+/* The queues the map gives to shards, ascending, in @q; returns how many. */
+static unsigned
+owned_queues(const struct keel_map *m, int *q)
+{
+	unsigned n = 0;
+
+	for (unsigned v = 0; v < m->rx_queues; v++)
+		for (unsigned i = 0; i < m->nshards; i++)
+			if (m->shards[i].rxq == (int)v) {
+				q[n++] = (int)v;
+				break;
+			}
+	return n;
+}
+
+/* "weight w0 w1 ...": 1 for the queues the map owns, 0 for the others (as arguments). */
+static void
+add_weights(struct plan_step *s, const struct keel_map *m)
+{
+	if (!s)
+		return;
+	add_arg(s, "weight");
+	for (unsigned v = 0; v < m->rx_queues; v++) {
+		bool used = false;
+		for (unsigned i = 0; i < m->nshards; i++)
+			used |= m->shards[i].rxq == (int)v;
+		add_arg(s, "%d", used ? 1 : 0);
+	}
 }
 
 unsigned
@@ -55,107 +111,175 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 	const struct keel_topo_nic *nic =
 		m->iface[0] ? keel_topo_nic_find(c->topo, m->iface) : NULL;
 	const char *ifn = m->iface;
-	bool live = c->info->live;
-	unsigned n = 0, nq = m->rx_queues;
+	bool live = c->info->live, channels_change = true;
+	unsigned n = 0, nq = m->rx_queues, nown;
+	int *owned = calloc(nq + 1, sizeof(*owned));
+	char a[32], b[32], why[400];
 
-	if (!m->iface[0] || !nq) {
-		step(out, max, &n, true, "the map has no NIC: nothing to configure", NULL);
-		return n;
-	}
+	if (!owned)
+		return 0;
+	nown = owned_queues(m, owned);
+	/* A PCI function without an interface first: the map names it but has no queues. */
 	if (nic && !nic->netdev) {
-		step(out, max, &n, true,
+		note(out, max, &n,
 		     "this PCI function has no network interface: bind a network driver to it, then "
-		     "plan again with its interface name",
-		     NULL);
-		return n;
+		     "plan again with its interface name");
+		goto out;
+	}
+	if (!m->iface[0] || !nq) {
+		note(out, max, &n, "the map has no NIC: nothing to configure");
+		goto out;
 	}
 	/* Channels first: the rx queues (and their IRQs) exist only afterwards. */
-	if (live && nic && nic->ch_max_combined == 0 && nic->ch_max_rx > 0)
-		step(out, max, &n, false,
-		     "one rx queue per shard: the driver has separate rx channels",
-		     "ethtool -L %s rx %u", ifn, nq);
-	else
-		step(out, max, &n, false,
-		     "one rx queue per shard, so each shard owns the queue its packets arrive on",
-		     "ethtool -L %s combined %u", ifn, nq);
+	snprintf(a, sizeof(a), "%u", nq);
+	if (live && nic && nic->ch_max_combined == 0 && nic->ch_max_rx > 0) {
+		if (nic->ch_rx == (int)nq) {
+			channels_change = false;
+			snprintf(why, sizeof(why),
+				 "%s already has %u rx channel%s: nothing to change", ifn, nq,
+				 nq == 1 ? "" : "s");
+			note(out, max, &n, why);
+		} else {
+			cmd(out, max, &n, PLAN_RUN,
+			    "one rx queue per shard: the driver has separate rx channels",
+			    "ethtool", "-L", ifn, "rx", a, NULL);
+		}
+	} else if (live && nic && nic->ch_combined == (int)nq) {
+		channels_change = false;
+		snprintf(why, sizeof(why),
+			 "%s already has %u combined channel%s: nothing to change", ifn, nq,
+			 nq == 1 ? "" : "s");
+		note(out, max, &n, why);
+	} else {
+		cmd(out, max, &n, PLAN_RUN,
+		    "one rx queue per shard, so each shard owns the queue its packets arrive on",
+		    "ethtool", "-L", ifn, "combined", a, NULL);
+	}
 
-	if (m->hds) {
-		step(out, max, &n, false,
-		     "header/data split: headers to kernel memory, payload to the shard's buffers "
-		     "(ZCRX needs it)",
-		     "ethtool -G %s tcp-data-split on", ifn);
-		step(out, max, &n, false,
-		     "split every packet, however small, so all payload lands in ZCRX buffers "
-		     "(ethtool 6.13+)",
-		     "ethtool -G %s hds-thresh 0", ifn);
+	if (m->hds && live && nic && nic->hds_capable == KEEL_TOPO_OFF) {
+		snprintf(
+			why, sizeof(why),
+			"the map needs header/data split (--hds), but the driver%s%s of %s cannot "
+			"do it (the kernel reports no tcp-data-split for it): no command can turn it "
+			"on; use a NIC whose driver supports it",
+			nic->driver[0] ? " " : "", nic->driver, ifn);
+		note(out, max, &n, why);
+	} else if (m->hds) {
+		cmd(out, max, &n, PLAN_RUN,
+		    "header/data split: headers to kernel memory, payload to the shard's buffers "
+		    "(ZCRX needs it)",
+		    "ethtool", "-G", ifn, "tcp-data-split", "on", NULL);
+		cmd(out, max, &n, PLAN_RUN,
+		    "split every packet, however small, so all payload lands in ZCRX buffers "
+		    "(ethtool 6.13+)",
+		    "ethtool", "-G", ifn, "hds-thresh", "0", NULL);
 	}
 
 	if (nic && nic->is_virtual) {
-		step(out, max, &n, true,
-		     "virtual interface: no RSS table, ntuple rules or IRQs to configure", NULL);
-		return n;
+		note(out, max, &n,
+		     "virtual interface: no RSS table, ntuple rules or IRQs to configure");
+		goto out;
 	}
-	if (contiguous(m)) {
-		step(out, max, &n, false,
-		     "RSS spreads flows over exactly the shards' queues, none elsewhere",
-		     "ethtool -X %s equal %u", ifn, nq);
+	if (nown == nq) {
+		cmd(out, max, &n, PLAN_RUN,
+		    "RSS spreads flows over exactly the shards' queues, none elsewhere", "ethtool",
+		    "-X", ifn, "equal", a, NULL);
 	} else {
-		char cmd[512];
-		int off = snprintf(cmd, sizeof(cmd), "ethtool -X %s weight", ifn);
-		for (unsigned q = 0; q < nq && off < (int)sizeof(cmd) - 8; q++) {
-			bool used = false;
-			for (unsigned i = 0; i < m->nshards; i++)
-				used |= m->shards[i].rxq == (int)q;
-			off += snprintf(cmd + off, sizeof(cmd) - (size_t)off, " %d", used ? 1 : 0);
+		struct plan_step *s = step(out, max, &n, PLAN_RUN,
+					   "RSS weights: flows only to the queues the map gives "
+					   "to shards");
+		if (s) {
+			add_arg(s, "ethtool");
+			add_arg(s, "-X");
+			add_arg(s, "%s", ifn);
 		}
-		step(out, max, &n, false,
-		     "RSS weights: flows only to the queues the map gives to shards", "%s", cmd);
+		add_weights(s, m);
 	}
-	if (c->port > 0) {
-		step(out, max, &n, false, "ntuple filters must be on before rules can be added",
-		     "ethtool -K %s ntuple on", ifn);
-		if (nq == 1 && m->nshards)
-			step(out, max, &n, false,
-			     "steer the service port to the shard's queue, other traffic stays on "
-			     "RSS",
-			     "ethtool -N %s flow-type tcp4 dst-port %d action %d && ethtool -N %s "
-			     "flow-type tcp6 dst-port %d action %d",
-			     ifn, c->port, m->shards[0].rxq, ifn, c->port, m->shards[0].rxq);
-		else
-			step(out, max, &n, false,
-			     "steer the service port into an RSS context over the shards' queues "
-			     "(ethtool prints the context number; the command passes it on)",
-			     "ctx=$(ethtool -X %s context new start 0 equal %u | awk '/New RSS "
-			     "context/ {print $NF}') && ethtool -N %s flow-type tcp4 dst-port %d "
-			     "context \"$ctx\" && ethtool -N %s flow-type tcp6 dst-port %d context "
-			     "\"$ctx\"",
-			     ifn, nq, ifn, c->port, ifn, c->port);
+	if (c->port > 0 && nown) {
+		char port[16], q[16];
+
+		snprintf(port, sizeof(port), "%d", c->port);
+		cmd(out, max, &n, PLAN_RUN, "ntuple filters must be on before rules can be added",
+		    "ethtool", "-K", ifn, "ntuple", "on", NULL);
+		if (nown == 1) {
+			snprintf(q, sizeof(q), "%d", owned[0]);
+			cmd(out, max, &n, PLAN_RUN,
+			    "steer the service port (IPv4) to the shard's queue, other traffic stays "
+			    "on RSS",
+			    "ethtool", "-N", ifn, "flow-type", "tcp4", "dst-port", port, "action",
+			    q, NULL);
+			cmd(out, max, &n, PLAN_RUN, "the same for IPv6", "ethtool", "-N", ifn,
+			    "flow-type", "tcp6", "dst-port", port, "action", q, NULL);
+		} else {
+			/* A contiguous set is "start S equal N"; any other set a weight list with
+			 * 1 for each owned queue, so the context covers exactly them. */
+			bool contiguous = owned[nown - 1] - owned[0] == (int)nown - 1;
+			struct plan_step *s;
+
+			s = step(
+				out, max, &n, PLAN_NEW_CTX,
+				"a new RSS context over exactly the shards' queues; ethtool prints "
+				"its number, which the rules below use");
+			if (s) {
+				add_arg(s, "ethtool");
+				add_arg(s, "-X");
+				add_arg(s, "%s", ifn);
+				add_arg(s, "context");
+				add_arg(s, "new");
+				if (contiguous) {
+					snprintf(b, sizeof(b), "%d", owned[0]);
+					add_arg(s, "start");
+					add_arg(s, "%s", b);
+					snprintf(b, sizeof(b), "%u", nown);
+					add_arg(s, "equal");
+					add_arg(s, "%s", b);
+				} else {
+					add_weights(s, m);
+				}
+			}
+			cmd(out, max, &n, PLAN_RUN,
+			    "steer the service port (IPv4) into that context, other traffic stays on "
+			    "the default RSS",
+			    "ethtool", "-N", ifn, "flow-type", "tcp4", "dst-port", port, "context",
+			    PLAN_CTX_ARG, NULL);
+			cmd(out, max, &n, PLAN_RUN, "the same for IPv6", "ethtool", "-N", ifn,
+			    "flow-type", "tcp6", "dst-port", port, "context", PLAN_CTX_ARG, NULL);
+		}
 	}
 
 	if (!live || c->info->irqbalance == KEEL_TOPO_ON)
-		step(out, max, &n, false,
-		     live ? "irqbalance is running: it would move the IRQs below again"
-			  : "irqbalance (when running) would move the IRQs below again",
-		     "systemctl stop irqbalance");
+		cmd(out, max, &n, PLAN_RUN,
+		    live ? "irqbalance is running: it would move the IRQs below again"
+			 : "irqbalance (when running) would move the IRQs below again",
+		    "systemctl", "stop", "irqbalance", NULL);
 	else if (c->info->irqbalance == KEEL_TOPO_OFF)
-		step(out, max, &n, true, "irqbalance is not running: nothing to stop", NULL);
+		note(out, max, &n, "irqbalance is not running: nothing to stop");
 
+	if (live && channels_change && nic && nic->has_irqs)
+		note(out, max, &n,
+		     "the channel change above creates the rx queues and their IRQs anew, so IRQ "
+		     "numbers read now would be wrong: run keel-topo --plan again after it to get "
+		     "the IRQ lines");
 	for (unsigned i = 0; i < m->nshards; i++) {
 		const struct keel_map_shard *s = &m->shards[i];
 		const struct keel_topo_rxq *q =
 			nic && s->rxq >= 0 && s->rxq < nic->nrxq ? &nic->rxq[s->rxq] : NULL;
-		char why[400];
 
 		if (s->rxq < 0 || s->irq_cpu < 0)
 			continue;
-		if (live && q && q->irq >= 0) {
+		if (live && nic && !nic->has_irqs)
+			continue;
+		if (live && !channels_change && q && q->irq >= 0) {
+			struct plan_step *st;
 			snprintf(why, sizeof(why),
 				 "shard %u: rx queue %d's IRQ (%s) fires on the shard's own CPU", i,
 				 s->rxq, q->irq_name);
-			step(out, max, &n, false, why, "echo %d > /proc/irq/%d/smp_affinity_list",
-			     s->irq_cpu, q->irq);
-		} else if (live && nic && !nic->has_irqs) {
-			continue;
+			st = step(out, max, &n, PLAN_WRITE, why);
+			if (st) {
+				snprintf(st->path, sizeof(st->path),
+					 "/proc/irq/%d/smp_affinity_list", q->irq);
+				snprintf(st->data, sizeof(st->data), "%d", s->irq_cpu);
+			}
 		} else {
 			snprintf(
 				why, sizeof(why),
@@ -163,12 +287,53 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 				"%s: run keel-topo --plan again on the machine after the commands "
 				"above",
 				i, ifn, s->rxq, s->irq_cpu,
-				live ? "not known yet (the queue or its IRQ name is missing)"
-				     : "only known on the live machine");
-			step(out, max, &n, true, why, NULL);
+				!live             ? "only known on the live machine"
+				: channels_change ? "known only after the channel change"
+						  : "not known (the queue or its IRQ name is "
+						    "missing)");
+			note(out, max, &n, why);
 		}
 	}
+out:
+	free(owned);
 	return n;
+}
+
+/* @s quoted for a POSIX shell when it needs to be: 'it'\''s' style. */
+static void
+put_word(FILE *f, const char *s)
+{
+	bool plain = *s != 0;
+
+	for (const char *p = s; *p; p++)
+		if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@%+=:,./-",
+			    *p))
+			plain = false;
+	if (plain) {
+		fputs(s, f);
+		return;
+	}
+	fputc('\'', f);
+	for (; *s; s++) {
+		if (*s == '\'')
+			fputs("'\\''", f);
+		else
+			fputc(*s, f);
+	}
+	fputc('\'', f);
+}
+
+static void
+put_argv(FILE *f, const struct plan_step *s)
+{
+	for (unsigned i = 0; i < s->argc; i++) {
+		if (i)
+			fputc(' ', f);
+		if (!strcmp(s->argv[i], PLAN_CTX_ARG))
+			fputs("\"$ctx\"", f);
+		else
+			put_word(f, s->argv[i]);
+	}
 }
 
 void
@@ -176,37 +341,144 @@ plan_print(const struct plan_step *s, unsigned n, FILE *f)
 {
 	for (unsigned i = 0; i < n; i++) {
 		fprintf(f, "# %s\n", s[i].why);
-		if (!s[i].comment)
-			fprintf(f, "%s\n", s[i].cmd);
+		if (s[i].too_long) {
+			fprintf(f,
+				"# (the command is too long for keel-topo: %u queues; write it "
+				"by hand)\n",
+				s[i].argc);
+			continue;
+		}
+		switch (s[i].kind) {
+		case PLAN_NOTE:
+			break;
+		case PLAN_RUN:
+			put_argv(f, &s[i]);
+			fputc('\n', f);
+			break;
+		case PLAN_NEW_CTX:
+			fputs("ctx=$(", f);
+			put_argv(f, &s[i]);
+			fputs(" | awk '/New RSS context/ {print $NF}')\n", f);
+			break;
+		case PLAN_WRITE:
+			fprintf(f, "echo ");
+			put_word(f, s[i].data);
+			fputs(" > ", f);
+			put_word(f, s[i].path);
+			fputc('\n', f);
+			break;
+		}
 	}
+}
+
+/* Run @s (context placeholders replaced by @ctx); its stdout into @outbuf when given.
+ * Returns 0 when it exited 0. */
+static int
+run_argv(const struct plan_step *s, const char *ctx, char *outbuf, size_t outlen)
+{
+	char *argv[PLAN_MAX_ARGS + 1];
+	posix_spawn_file_actions_t fa;
+	int pipefd[2] = { -1, -1 }, st, r;
+	pid_t pid;
+
+	for (unsigned i = 0; i < s->argc; i++)
+		argv[i] = !strcmp(s->argv[i], PLAN_CTX_ARG) ? (char *)ctx : (char *)s->argv[i];
+	argv[s->argc] = NULL;
+	posix_spawn_file_actions_init(&fa);
+	if (outbuf) {
+		if (pipe2(pipefd, O_CLOEXEC) < 0)
+			return -errno;
+		posix_spawn_file_actions_adddup2(&fa, pipefd[1], STDOUT_FILENO);
+	}
+	r = posix_spawnp(&pid, argv[0], &fa, NULL, argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	if (outbuf)
+		close(pipefd[1]);
+	if (r != 0) {
+		if (outbuf)
+			close(pipefd[0]);
+		fprintf(stderr, "keel-topo: cannot run %s: %s\n", argv[0], strerror(r));
+		return -r;
+	}
+	if (outbuf) {
+		size_t len = 0;
+		ssize_t k;
+		while (len + 1 < outlen &&
+		       (k = read(pipefd[0], outbuf + len, outlen - len - 1)) > 0)
+			len += (size_t)k;
+		outbuf[len] = 0;
+		close(pipefd[0]);
+		fputs(outbuf, stdout);
+	}
+	if (waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+		return -EIO;
+	return 0;
+}
+
+static int
+write_file(const char *path, const char *data)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	size_t len = strlen(data);
+	int r = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (write(fd, data, len) != (ssize_t)len)
+		r = -errno ? -errno : -EIO;
+	close(fd);
+	return r;
 }
 
 int
 plan_apply(const struct plan_step *s, unsigned n)
 {
+	char ctx[32] = "", out[512];
+
 	if (geteuid() != 0) {
 		fprintf(stderr, "keel-topo: --apply changes NICs and IRQs and needs root: run it "
 				"with sudo, or run the commands above by hand\n");
 		return 1;
 	}
 	for (unsigned i = 0; i < n; i++) {
-		char *argv[] = { "sh", "-c", (char *)s[i].cmd, NULL };
-		pid_t pid;
-		int st, r;
+		int r = 0;
 
-		if (s[i].comment)
+		if (s[i].kind == PLAN_NOTE)
 			continue;
-		fprintf(stderr, "+ %s\n", s[i].cmd);
-		r = posix_spawn(&pid, "/bin/sh", NULL, NULL, argv, environ);
-		if (r != 0) {
-			fprintf(stderr, "keel-topo: cannot run /bin/sh: %s\n", strerror(r));
+		if (s[i].too_long) {
+			fprintf(stderr, "keel-topo: step %u is too long to run; stopping\n", i + 1);
 			return 1;
 		}
-		if (waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+		fputs("+ ", stderr);
+		if (s[i].kind == PLAN_WRITE) {
+			fprintf(stderr, "echo %s > %s\n", s[i].data, s[i].path);
+			r = write_file(s[i].path, s[i].data);
+		} else {
+			put_argv(stderr, &s[i]);
+			fputc('\n', stderr);
+			r = run_argv(&s[i], ctx, s[i].kind == PLAN_NEW_CTX ? out : NULL,
+				     sizeof(out));
+			if (r == 0 && s[i].kind == PLAN_NEW_CTX) {
+				/* "New RSS context is 1": the last number of that line. */
+				const char *p = strstr(out, "New RSS context");
+				const char *e = p ? strchr(p, '\n') : NULL;
+				const char *d = e ? e : p ? p + strlen(p) : NULL;
+				while (d && d > p && (d[-1] < '0' || d[-1] > '9'))
+					d--;
+				const char *b = d;
+				while (b && b > p && b[-1] >= '0' && b[-1] <= '9')
+					b--;
+				if (!p || b == d)
+					r = -EPROTO;
+				else
+					snprintf(ctx, sizeof(ctx), "%.*s", (int)(d - b), b);
+			}
+		}
+		if (r < 0) {
 			fprintf(stderr,
-				"keel-topo: '%s' failed; the steps before it were applied, the rest "
-				"were not (fix the cause and run --plan --apply again)\n",
-				s[i].cmd);
+				"keel-topo: step %u failed (%s); the steps before it were applied, "
+				"the rest were not (fix the cause and run --plan --apply again)\n",
+				i + 1, strerror(-r));
 			return 1;
 		}
 	}

@@ -151,13 +151,15 @@ report_text(const struct tool_ctx *c, FILE *f)
 
 	fprintf(f, "Topology of %s%s%s%s\n", in->source, in->host[0] ? " (host " : "", in->host,
 		in->host[0] ? ")" : "");
-	fprintf(f, "  %u package%s, %u NUMA node%s, %u cores, %u PUs; CPUs allowed here: %s\n",
+	fprintf(f, "  %u package%s, %u NUMA node%s, %u core%s, %u PU%s; CPUs allowed here: %s\n",
 		in->npackages, in->npackages == 1 ? "" : "s", in->nnuma, in->nnuma == 1 ? "" : "s",
-		in->ncores, in->npus, keel_topo_cpulist_format(&in->allowed, list, sizeof(list)));
+		in->ncores, in->ncores == 1 ? "" : "s", in->npus, in->npus == 1 ? "" : "s",
+		keel_topo_cpulist_format(&in->allowed, list, sizeof(list)));
 	for (unsigned i = 0; i < in->nnuma; i++) {
 		const struct keel_topo_numa *nd = &in->numa[i];
-		fprintf(f, "\nNUMA node %u: %s memory, %u cores, CPUs %s\n", nd->os,
+		fprintf(f, "\nNUMA node %u: %s memory, %u core%s, CPUs %s\n", nd->os,
 			size_str(nd->memory_bytes, b1, sizeof(b1)), nd->ncores,
+			nd->ncores == 1 ? "" : "s",
 			keel_topo_cpulist_format(&nd->cpus, list, sizeof(list)));
 		for (unsigned ci = 0; ci < in->ncores; ci++)
 			if (in->cores[ci].numa == (int)nd->os)
@@ -186,7 +188,8 @@ report_text(const struct tool_ctx *c, FILE *f)
 		fprintf(f, ": none: %s\n", c->map_error ? c->map_error : "not computed");
 		return;
 	}
-	fprintf(f, " (%u shard%s", c->map->nshards, c->map->nshards == 1 ? "" : "s");
+	fprintf(f, " (%u shard%s%s", c->map->nshards, c->map->nshards == 1 ? "" : "s",
+		c->map->notes & KEEL_MAP_NOTE_CLAMPED ? ", cut to KEEL_MAX_SHARDS" : "");
 	if (c->map->iface[0])
 		fprintf(f, " for %s, NUMA node %s", c->map->iface,
 			num_or(c->map->numa, b1, sizeof(b1), "none"));
@@ -243,6 +246,15 @@ json_str(FILE *f, const char *s)
 }
 
 static void
+json_str_or_null(FILE *f, const char *s)
+{
+	if (*s)
+		json_str(f, s);
+	else
+		fputs("null", f);
+}
+
+static void
 json_int(FILE *f, int v)
 {
 	if (v < 0)
@@ -281,9 +293,9 @@ json_nic(const struct tool_ctx *c, const struct keel_topo_nic *n, FILE *f)
 	fputs(", \"vf\": ", f);
 	fputs(n->is_vf ? "true" : "false", f);
 	fputs(", \"model\": ", f);
-	json_str(f, n->model);
+	json_str_or_null(f, n->model);
 	fputs(", \"driver\": ", f);
-	json_str(f, n->driver);
+	json_str_or_null(f, n->driver);
 	fputs(",\n      \"numa_node\": ", f);
 	json_int(f, n->numa);
 	fputs(", \"local_cpus\": ", f);
@@ -343,7 +355,7 @@ report_json(const struct tool_ctx *c, FILE *f)
 	fputs(",\n  \"live\": ", f);
 	fputs(in->live ? "true" : "false", f);
 	fputs(",\n  \"host\": ", f);
-	json_str(f, in->host);
+	json_str_or_null(f, in->host);
 	fprintf(f, ",\n  \"packages\": %u,\n  \"cores\": %u,\n  \"pus\": %u,\n  \"cpus\": ",
 		in->npackages, in->ncores, in->npus);
 	json_cpus(f, &in->present);
@@ -352,9 +364,12 @@ report_json(const struct tool_ctx *c, FILE *f)
 	fputs(",\n  \"numa_nodes\": [", f);
 	for (unsigned i = 0; i < in->nnuma; i++) {
 		const struct keel_topo_numa *nd = &in->numa[i];
-		fprintf(f,
-			"%s\n    { \"node\": %u, \"memory_bytes\": %llu, \"cpus\": ", i ? "," : "",
-			nd->os, (unsigned long long)nd->memory_bytes);
+		fprintf(f, "%s\n    { \"node\": %u, \"memory_bytes\": ", i ? "," : "", nd->os);
+		if (nd->memory_bytes)
+			fprintf(f, "%llu", (unsigned long long)nd->memory_bytes);
+		else
+			fputs("null", f);
+		fputs(", \"cpus\": ", f);
 		json_cpus(f, &nd->cpus);
 		fputs(" }", f);
 	}
@@ -367,8 +382,17 @@ report_json(const struct tool_ctx *c, FILE *f)
 		fputs(", \"pus\": [", f);
 		for (unsigned p = 0; p < co->npus; p++)
 			fprintf(f, "%s%u", p ? ", " : "", co->pus[p]);
-		fprintf(f, "], \"l2_bytes\": %llu, \"l3_bytes\": %llu }",
-			(unsigned long long)co->l2_bytes, (unsigned long long)co->l3_bytes);
+		fputs("], \"l2_bytes\": ", f);
+		if (co->l2_bytes)
+			fprintf(f, "%llu", (unsigned long long)co->l2_bytes);
+		else
+			fputs("null", f);
+		fputs(", \"l3_bytes\": ", f);
+		if (co->l3_bytes)
+			fprintf(f, "%llu", (unsigned long long)co->l3_bytes);
+		else
+			fputs("null", f);
+		fputs(" }", f);
 	}
 	fputs(in->ncores ? "\n  ],\n  \"nics\": [" : "],\n  \"nics\": [", f);
 	for (unsigned i = 0; i < in->nnics; i++) {

@@ -126,6 +126,52 @@ irq_mismatch(const struct keel_topo_rxq *q, int want)
 	return memcmp(&w, &q->affinity, sizeof(w)) != 0;
 }
 
+/* A generous estimate of @s's width at @size px in DejaVu Sans (bold is wider), so boxes
+ * can be sized from their text instead of clipping it. */
+static int
+text_w(const char *s, int size, bool bold)
+{
+	int n = 0;
+
+	for (; *s; s++)
+		n += ((unsigned char)*s & 0xc0) != 0x80; /* count UTF-8 characters */
+	return (int)((double)n * size * (bold ? 0.66 : 0.58)) + 2;
+}
+
+/* The title of the node column @os. */
+static void
+node_title(const struct tool_ctx *c, int os, char *buf, size_t len)
+{
+	const struct keel_topo_info *in = c->info;
+	const struct keel_map *m = c->map;
+	bool local = m && m->numa >= 0 && m->numa == os;
+	char mem[32] = "";
+
+	if (os < 0) {
+		snprintf(buf, len, "no NUMA node");
+		return;
+	}
+	for (unsigned i = 0; i < in->nnuma; i++)
+		if ((int)in->numa[i].os == os && in->numa[i].memory_bytes)
+			snprintf(mem, sizeof(mem), " · %.0f GiB",
+				 (double)in->numa[i].memory_bytes / (double)(1ull << 30));
+	snprintf(buf, len, "NUMA node %d%s%s", os, mem, local ? " · local to the NIC" : "");
+}
+
+/* Text with a white halo, so it stays readable where an arrow passes under it. */
+static void
+label(FILE *f, int x, int y, int size, const char *fill, const char *anchor, const char *weight,
+      const char *halo, const char *s)
+{
+	fprintf(f,
+		"<text x=\"%d\" y=\"%d\" font-size=\"%d\" fill=\"%s\" text-anchor=\"%s\" "
+		"font-weight=\"%s\" stroke=\"%s\" stroke-width=\"3\" paint-order=\"stroke\" "
+		"stroke-linejoin=\"round\">",
+		x, y, size, fill, anchor, weight, halo);
+	esc(f, s);
+	fputs("</text>\n", f);
+}
+
 int
 svg_write(const struct tool_ctx *c, FILE *f)
 {
@@ -137,13 +183,22 @@ svg_write(const struct tool_ctx *c, FILE *f)
 	unsigned ncols = 0;
 	struct pos *pu_pos = calloc(KEEL_MAX_CPUS, sizeof(*pu_pos));
 	struct pos qpos[MAX_QS];
-	int width, height, core_top, nic_top, max_core_rows = 0, max_nic_h = 0;
+	int width, height, core_top, q_top, nic_top, max_core_rows = 0, max_nic_h = 0, qrows = 0;
+	int qcol = -1, per = 1, bh;
 	char buf[512], list[256];
 	bool any_unnoded = false, any_nic_unnoded = false, any_mismatch = false;
 	unsigned nq_draw = 0;
+	char *labels = NULL;
+	size_t labels_len = 0;
+	FILE *lf;
 
 	if (!pu_pos)
 		return -ENOMEM;
+	lf = open_memstream(&labels, &labels_len);
+	if (!lf) {
+		free(pu_pos);
+		return -ENOMEM;
+	}
 	memset(qpos, 0, sizeof(qpos));
 	for (unsigned i = 0; i < in->ncores; i++)
 		any_unnoded |= in->cores[i].numa < 0;
@@ -163,40 +218,46 @@ svg_write(const struct tool_ctx *c, FILE *f)
 		int x = MARGIN;
 		for (unsigned k = 0; k < ncols; k++) {
 			struct col *cl = &cols[k];
-			int rows;
+			int rows, tw;
 			for (unsigned i = 0; i < in->ncores; i++)
 				cl->ncores += in->cores[i].numa == cl->os;
 			cl->cols = core_grid_cols(cl->ncores);
 			cl->w = cl->cols * (CORE_W + GAP) + GAP;
 			if (cl->w < 260)
 				cl->w = 260;
+			/* The box fits its title. */
+			node_title(c, cl->os, buf, sizeof(buf));
+			tw = text_w(buf, 15, true) + 24;
+			if (cl->w < tw)
+				cl->w = tw;
 			rows = (cl->ncores + cl->cols - 1) / cl->cols;
 			if (rows > max_core_rows)
 				max_core_rows = rows;
 			cl->x = x;
 			x += cl->w + GAP * 2;
+			if (mapped && mapped->numa == cl->os)
+				qcol = (int)k;
 		}
 		width = x - GAP * 2 + MARGIN;
 		if (width < 760)
 			width = 760;
 	}
+	/* The mapped NIC's queues sit right under its node, above the NICs, so the arrows to
+	 * the shards cross no NIC box and no other queue row. */
+	if (qcol >= 0 && nq_draw) {
+		per = (cols[qcol].w + 8) / (Q_W + 8);
+		if (per < 1)
+			per = 1;
+		qrows = (int)((nq_draw + (unsigned)per - 1) / (unsigned)per);
+	}
 	core_top = MARGIN + 92;
-	nic_top = core_top + NODE_HD + max_core_rows * (CORE_H + GAP) + GAP * 3;
+	bh = NODE_HD + max_core_rows * (CORE_H + GAP);
+	q_top = core_top + bh + GAP * 4;
+	nic_top = q_top + (qrows ? qrows * (Q_H + 8) + GAP * 2 : 0) + GAP;
 	for (unsigned k = 0; k < ncols; k++) {
 		const struct keel_topo_nic *list_n[MAX_NIC];
 		unsigned hidden, nn = nics_of(c, cols[k].os, list_n, MAX_NIC, &hidden);
-		int h = 0;
-		for (unsigned j = 0; j < nn; j++) {
-			h += NIC_H + GAP;
-			if (list_n[j] == mapped && nq_draw) {
-				int per = (cols[k].w - GAP) / (Q_W + 8);
-				if (per < 1)
-					per = 1;
-				h += (int)((nq_draw + (unsigned)per - 1) / (unsigned)per) *
-					     (Q_H + 8) +
-				     GAP;
-			}
-		}
+		int h = (int)nn * (NIC_H + GAP);
 		if (hidden)
 			h += 24;
 		if (h > max_nic_h)
@@ -220,7 +281,6 @@ svg_write(const struct tool_ctx *c, FILE *f)
 	      f);
 	fprintf(f, "<rect x=\"0\" y=\"0\" width=\"%d\" height=\"%d\" fill=\"#ffffff\"/>\n", width,
 		height);
-
 	/* Title, what it shows, legend. */
 	{
 		/* "xml /long/path/x.xml": the file name says which machine; the path does not. */
@@ -278,10 +338,9 @@ svg_write(const struct tool_ctx *c, FILE *f)
 		     "IRQ points elsewhere (fix: --plan)");
 	}
 
-	/* NUMA nodes and their cores. */
+	/* NUMA nodes and their cores. Labels go to @lf, drawn after the arrows. */
 	for (unsigned k = 0; k < ncols; k++) {
 		struct col *cl = &cols[k];
-		int bh = NODE_HD + max_core_rows * (CORE_H + GAP);
 		bool local = m && m->numa >= 0 && m->numa == cl->os;
 		int idx = 0;
 
@@ -292,26 +351,18 @@ svg_write(const struct tool_ctx *c, FILE *f)
 			"stroke=\"%s\" stroke-width=\"%d\"/>\n",
 			cl->x, core_top, cl->w, bh, local ? "#f0fff4" : "#f7fafc",
 			local ? C_LOCAL : "#a0aec0", local ? 3 : 1);
+		node_title(c, cl->os, buf, sizeof(buf));
+		text(f, cl->x + 12, core_top + 22, 15, local ? C_LOCAL : "#2d3748", "start", "bold",
+		     buf);
 		if (cl->os >= 0) {
 			const struct keel_topo_numa *nd = NULL;
-			char mem[32] = "";
 			for (unsigned i = 0; i < in->nnuma; i++)
 				if ((int)in->numa[i].os == cl->os)
 					nd = &in->numa[i];
-			if (nd && nd->memory_bytes)
-				snprintf(mem, sizeof(mem), " · %.0f GiB",
-					 (double)nd->memory_bytes / (double)(1ull << 30));
-			snprintf(buf, sizeof(buf), "NUMA node %d%s%s", cl->os, mem,
-				 local ? " · local to the NIC" : "");
-			text(f, cl->x + 12, core_top + 22, 15, local ? C_LOCAL : "#2d3748", "start",
-			     "bold", buf);
 			snprintf(buf, sizeof(buf), "CPUs %s",
 				 nd ? keel_topo_cpulist_format(&nd->cpus, list, sizeof(list))
 				    : "?");
 			text(f, cl->x + 12, core_top + 38, 11, "#718096", "start", "normal", buf);
-		} else {
-			text(f, cl->x + 12, core_top + 22, 15, "#2d3748", "start", "bold",
-			     "no NUMA node");
 		}
 		for (unsigned ci = 0; ci < in->ncores; ci++) {
 			const struct keel_topo_core *co = &in->cores[ci];
@@ -327,7 +378,8 @@ svg_write(const struct tool_ctx *c, FILE *f)
 				"fill=\"#ffffff\" stroke=\"#a0aec0\"/>\n",
 				cx, cy, CORE_W, CORE_H);
 			snprintf(buf, sizeof(buf), "core %u", ci);
-			text(f, cx + 8, cy + 15, 11, "#718096", "start", "normal", buf);
+			label(lf, cx + 8, cy + 15, 11, "#718096", "start", "normal", "#ffffff",
+			      buf);
 			np = co->npus ? (int)co->npus : 1;
 			chip_w = (CORE_W - 16 - (np - 1) * 6) / np;
 			for (unsigned p = 0; p < co->npus; p++) {
@@ -349,15 +401,16 @@ svg_write(const struct tool_ctx *c, FILE *f)
 					ok ? "" : " stroke-dasharray=\"3,2\"");
 				if (mine) {
 					snprintf(buf, sizeof(buf), "S%u", sid);
-					text(f, px + chip_w / 2, py + 15, 13, "#ffffff", "middle",
-					     "bold", buf);
+					label(lf, px + chip_w / 2, py + 15, 13, "#ffffff", "middle",
+					      "bold", C_SHARD, buf);
 					snprintf(buf, sizeof(buf), "cpu %u", cpu);
-					text(f, px + chip_w / 2, py + 29, 10, "#ebf8ff", "middle",
-					     "normal", buf);
+					label(lf, px + chip_w / 2, py + 29, 10, "#ebf8ff", "middle",
+					      "normal", C_SHARD, buf);
 				} else {
 					snprintf(buf, sizeof(buf), "cpu %u", cpu);
-					text(f, px + chip_w / 2, py + 22, 11,
-					     ok ? "#2d3748" : "#a0aec0", "middle", "normal", buf);
+					label(lf, px + chip_w / 2, py + 22, 11,
+					      ok ? "#2d3748" : "#a0aec0", "middle", "normal",
+					      ok ? "#edf2f7" : "#f7fafc", buf);
 				}
 				if (cpu < KEEL_MAX_CPUS)
 					pu_pos[cpu] =
@@ -366,7 +419,103 @@ svg_write(const struct tool_ctx *c, FILE *f)
 		}
 	}
 
-	/* NICs under their node; the mapped one with its queues. */
+	/* Where the queues go (drawn after the arrows, so an arrow starts at its box). */
+	for (unsigned qi = 0; qcol >= 0 && qi < nq_draw; qi++) {
+		int qx = cols[qcol].x + (int)(qi % (unsigned)per) * (Q_W + 8);
+		int qy = q_top + (int)(qi / (unsigned)per) * (Q_H + 8);
+		qpos[qi] = (struct pos){ qx + Q_W / 2, qy, true };
+	}
+
+	/* Arrows: queue -> shard CPU (solid), and IRQ -> where it points now when that is
+	 * not the shard (dashed, warning colour). Queue rows below the first start at the
+	 * right edge of their box and rise in the gap between queue columns. */
+	for (unsigned s = 0; m && s < m->nshards; s++) {
+		const struct keel_map_shard *sh = &m->shards[s];
+		const struct pos *a, *b;
+		int ax, ay;
+		if (sh->rxq < 0 || sh->rxq >= (int)nq_draw || sh->cpu < 0 ||
+		    sh->cpu >= KEEL_MAX_CPUS)
+			continue;
+		a = &qpos[sh->rxq];
+		b = &pu_pos[sh->cpu];
+		if (!a->set || !b->set)
+			continue;
+		ax = a->x;
+		ay = a->y;
+		if (ay > q_top) {
+			/* up the gap to the right of the queue, past the rows above */
+			ax = a->x + Q_W / 2 + 4;
+			fprintf(f,
+				"<path d=\"M%d,%d L%d,%d L%d,%d\" fill=\"none\" stroke=\"" C_SHARD
+				"\" stroke-width=\"2\" stroke-opacity=\"0.75\"/>\n",
+				a->x + Q_W / 2, a->y + Q_H / 2, ax, a->y + Q_H / 2, ax, q_top - 4);
+			ay = q_top - 4;
+		}
+		fprintf(f,
+			"<path d=\"M%d,%d C%d,%d %d,%d %d,%d\" fill=\"none\" stroke=\"" C_SHARD
+			"\" stroke-width=\"2\" stroke-opacity=\"0.75\" marker-end=\"url(#arrow)\"/>\n",
+			ax, ay, ax, ay - 40, b->x, b->y + 40, b->x, b->y + 2);
+		if (mapped && sh->rxq < mapped->nrxq) {
+			const struct keel_topo_rxq *rq = &mapped->rxq[sh->rxq];
+			unsigned w = 0;
+			if (!irq_mismatch(rq, sh->irq_cpu))
+				continue;
+			for (unsigned cpu = 0; cpu < KEEL_MAX_CPUS; cpu++)
+				w += keel_cpuset_has(&rq->affinity, cpu);
+			for (unsigned cpu = 0; cpu < KEEL_MAX_CPUS && w <= 4; cpu++) {
+				const struct pos *t = &pu_pos[cpu];
+				if (!keel_cpuset_has(&rq->affinity, cpu) || !t->set ||
+				    (int)cpu == sh->irq_cpu)
+					continue;
+				fprintf(f,
+					"<path d=\"M%d,%d C%d,%d %d,%d %d,%d\" fill=\"none\" "
+					"stroke=\"" C_WARN "\" stroke-width=\"2\" "
+					"stroke-dasharray=\"6,4\" marker-end=\"url(#warn)\"/>\n",
+					ax + 6, ay, ax + 6, ay - 60, t->x + 6, t->y + 60, t->x + 6,
+					t->y + 2);
+			}
+		}
+	}
+
+	/* The queues. */
+	if (qcol >= 0 && nq_draw)
+		label(f, cols[qcol].x, q_top - 8, 11, "#4a5568", "start", "normal", "#ffffff",
+		      "rx queues of the mapped NIC");
+	for (unsigned qi = 0; qcol >= 0 && qi < nq_draw; qi++) {
+		int qx = qpos[qi].x - Q_W / 2, qy = qpos[qi].y;
+		const struct keel_topo_rxq *rq = (int)qi < mapped->nrxq ? &mapped->rxq[qi] : NULL;
+		int want = -1;
+		bool exists = rq != NULL, bad;
+		const char *fill, *stroke;
+
+		for (unsigned s = 0; m && s < m->nshards; s++)
+			if (m->shards[s].rxq == (int)qi)
+				want = m->shards[s].irq_cpu;
+		bad = irq_mismatch(rq, want);
+		any_mismatch |= bad;
+		fill = bad ? "#feebc8" : want >= 0 ? "#ebf8ff" : "#ffffff";
+		stroke = bad ? C_WARN : want >= 0 ? C_SHARD : "#a0aec0";
+		fprintf(f,
+			"<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" rx=\"5\" fill=\"%s\" "
+			"stroke=\"%s\" stroke-width=\"%d\"%s/>\n",
+			qx, qy, Q_W, Q_H, fill, stroke, bad ? 2 : 1,
+			exists || !c->info->live ? "" : " stroke-dasharray=\"4,3\"");
+		snprintf(buf, sizeof(buf), "rxq %u", qi);
+		text(f, qx + Q_W / 2, qy + 16, 12, "#1a202c", "middle", "bold", buf);
+		if (rq && rq->irq >= 0)
+			snprintf(buf, sizeof(buf), "IRQ %d→%s", rq->irq,
+				 rq->affinity_known ? keel_topo_cpulist_format(&rq->affinity, list,
+									       sizeof(list))
+						    : "?");
+		else if (!exists && c->info->live)
+			snprintf(buf, sizeof(buf), "planned");
+		else
+			buf[0] = 0;
+		text(f, qx + Q_W / 2, qy + 32, 10, bad ? C_WARN : "#4a5568", "middle", "normal",
+		     buf);
+	}
+
+	/* NICs under their node. */
 	for (unsigned k = 0; k < ncols; k++) {
 		struct col *cl = &cols[k];
 		const struct keel_topo_nic *list_n[MAX_NIC];
@@ -386,8 +535,9 @@ svg_write(const struct tool_ctx *c, FILE *f)
 				"fill=\"%s\" stroke=\"%s\" stroke-width=\"%d\"/>\n",
 				cl->x, y, cl->w, NIC_H, is_mapped ? "#ebf8ff" : "#fffff0",
 				is_mapped ? C_SHARD : "#b7791f", is_mapped ? 2 : 1);
-			snprintf(buf, sizeof(buf), "%s%s%s", nic->name, nic->driver[0] ? " · " : "",
-				 nic->driver);
+			snprintf(buf, sizeof(buf), "%s%s%s%s", nic->name,
+				 nic->driver[0] ? " · " : "", nic->driver,
+				 is_mapped && nq_draw ? " · its queues are above" : "");
 			text(f, cl->x + 10, y + 19, 14, "#1a202c", "start", "bold", buf);
 			if (nic->nrxq >= 0)
 				snprintf(q, sizeof(q), " · %d rx queue%s", nic->nrxq,
@@ -402,57 +552,6 @@ svg_write(const struct tool_ctx *c, FILE *f)
 					 c->info->live ? keel_topo_state_name(nic->hds) : "");
 			text(f, cl->x + 10, y + 36, 11, "#4a5568", "start", "normal", buf);
 			y += NIC_H + GAP;
-			if (!is_mapped || !nq_draw)
-				continue;
-			{
-				int per = (cl->w - GAP) / (Q_W + 8);
-				if (per < 1)
-					per = 1;
-				for (unsigned qi = 0; qi < nq_draw; qi++) {
-					int qx = cl->x + (int)(qi % (unsigned)per) * (Q_W + 8);
-					int qy = y + (int)(qi / (unsigned)per) * (Q_H + 8);
-					const struct keel_topo_rxq *rq =
-						(int)qi < nic->nrxq ? &nic->rxq[qi] : NULL;
-					int want = -1;
-					bool exists = rq != NULL, bad;
-					const char *fill, *stroke;
-
-					for (unsigned s = 0; m && s < m->nshards; s++)
-						if (m->shards[s].rxq == (int)qi)
-							want = m->shards[s].irq_cpu;
-					bad = irq_mismatch(rq, want);
-					any_mismatch |= bad;
-					fill = bad ? "#feebc8" : want >= 0 ? "#ebf8ff" : "#ffffff";
-					stroke = bad ? C_WARN : want >= 0 ? C_SHARD : "#a0aec0";
-					fprintf(f,
-						"<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" "
-						"rx=\"5\" fill=\"%s\" stroke=\"%s\" stroke-width=\"%d\"%s/>\n",
-						qx, qy, Q_W, Q_H, fill, stroke, bad ? 2 : 1,
-						exists || !c->info->live
-							? ""
-							: " stroke-dasharray=\"4,3\"");
-					snprintf(buf, sizeof(buf), "rxq %u", qi);
-					text(f, qx + Q_W / 2, qy + 16, 12, "#1a202c", "middle",
-					     "bold", buf);
-					if (rq && rq->irq >= 0)
-						snprintf(buf, sizeof(buf), "IRQ %d→%s", rq->irq,
-							 rq->affinity_known
-								 ? keel_topo_cpulist_format(
-									   &rq->affinity, list,
-									   sizeof(list))
-								 : "?");
-					else if (!exists && c->info->live)
-						snprintf(buf, sizeof(buf), "planned");
-					else
-						buf[0] = 0;
-					text(f, qx + Q_W / 2, qy + 32, 10, bad ? C_WARN : "#4a5568",
-					     "middle", "normal", buf);
-					qpos[qi] = (struct pos){ qx + Q_W / 2, qy, true };
-				}
-				y += (int)((nq_draw + (unsigned)per - 1) / (unsigned)per) *
-					     (Q_H + 8) +
-				     GAP;
-			}
 		}
 		if (hidden) {
 			snprintf(buf, sizeof(buf), "+ %u more NIC%s (see the text report)", hidden,
@@ -461,43 +560,11 @@ svg_write(const struct tool_ctx *c, FILE *f)
 		}
 	}
 
-	/* Arrows: queue -> shard CPU (solid), and IRQ -> where it points now when that is
-	 * not the shard (dashed, warning colour). */
-	for (unsigned s = 0; m && s < m->nshards; s++) {
-		const struct keel_map_shard *sh = &m->shards[s];
-		const struct pos *a, *b;
-		if (sh->rxq < 0 || sh->rxq >= (int)nq_draw || sh->cpu < 0 ||
-		    sh->cpu >= KEEL_MAX_CPUS)
-			continue;
-		a = &qpos[sh->rxq];
-		b = &pu_pos[sh->cpu];
-		if (!a->set || !b->set)
-			continue;
-		fprintf(f,
-			"<path d=\"M%d,%d C%d,%d %d,%d %d,%d\" fill=\"none\" stroke=\"" C_SHARD
-			"\" stroke-width=\"2\" stroke-opacity=\"0.75\" marker-end=\"url(#arrow)\"/>\n",
-			a->x, a->y, a->x, a->y - 60, b->x, b->y + 60, b->x, b->y + 2);
-		if (mapped && sh->rxq < mapped->nrxq) {
-			const struct keel_topo_rxq *rq = &mapped->rxq[sh->rxq];
-			unsigned w = 0;
-			if (!irq_mismatch(rq, sh->irq_cpu))
-				continue;
-			for (unsigned cpu = 0; cpu < KEEL_MAX_CPUS; cpu++)
-				w += keel_cpuset_has(&rq->affinity, cpu);
-			for (unsigned cpu = 0; cpu < KEEL_MAX_CPUS && w <= 4; cpu++) {
-				const struct pos *t = &pu_pos[cpu];
-				if (!keel_cpuset_has(&rq->affinity, cpu) || !t->set ||
-				    (int)cpu == sh->irq_cpu)
-					continue;
-				fprintf(f,
-					"<path d=\"M%d,%d C%d,%d %d,%d %d,%d\" fill=\"none\" "
-					"stroke=\"" C_WARN "\" stroke-width=\"2\" "
-					"stroke-dasharray=\"6,4\" marker-end=\"url(#warn)\"/>\n",
-					a->x + 6, a->y, a->x + 6, a->y - 80, t->x + 6, t->y + 80,
-					t->x + 6, t->y + 2);
-			}
-		}
-	}
+	/* Core and CPU labels last, over the arrows. */
+	fclose(lf);
+	if (labels)
+		fwrite(labels, 1, labels_len, f);
+	free(labels);
 	if (any_mismatch)
 		text(f, width - MARGIN, MARGIN + 16, 13, C_WARN, "end", "bold",
 		     "IRQ placement differs from the map");

@@ -25,11 +25,28 @@ void report_json(const struct tool_ctx *c, FILE *f);
 /* An SVG picture of the machine and the map. Returns 0 or -errno. */
 int svg_write(const struct tool_ctx *c, FILE *f);
 
-/* One command of a plan and why it matters; cmd NULL for a comment-only step. */
+/* What one plan step does. */
+enum plan_kind {
+	PLAN_NOTE,    /* a comment only */
+	PLAN_RUN,     /* run argv */
+	PLAN_NEW_CTX, /* run argv (ethtool -X ... context new) and keep the context number */
+	PLAN_WRITE,   /* write @data to @path (/proc/irq/N/smp_affinity_list) */
+};
+
+#define PLAN_MAX_ARGS 520
+/* An argument replaced by the number PLAN_NEW_CTX printed ("$ctx" in the script). */
+#define PLAN_CTX_ARG "\x01ctx"
+
+/* One step of a plan and why it matters. Commands are argv, never shell text. */
 struct plan_step {
-	char cmd[512];
+	enum plan_kind kind;
+	unsigned argc;
+	const char *argv[PLAN_MAX_ARGS]; /* into buf */
+	char buf[2048];
+	size_t used;
+	bool too_long;           /* an argument did not fit: printed as a note, not run */
+	char path[64], data[16]; /* PLAN_WRITE */
 	char why[400];
-	bool comment; /* printed as "# why", not run by --apply */
 };
 
 /* The commands that make the machine match c->map. Returns the number of steps in @out. */
@@ -38,7 +55,8 @@ unsigned plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned ma
 /* Print the steps as a shell script. */
 void plan_print(const struct plan_step *s, unsigned n, FILE *f);
 
-/* Run the steps with /bin/sh, in order, stopping at the first failure. Returns 0 or 1. */
+/* Run the steps in order (each as an argv, or a direct write), stopping at the first
+ * failure. Returns 0 or 1. */
 int plan_apply(const struct plan_step *s, unsigned n);
 
 /* JSON string helper shared by the JSON report. */

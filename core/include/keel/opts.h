@@ -55,6 +55,8 @@ enum keel_feature {
 /** Runtime options. Initialise with keel_opts_init(); every field may then be set directly. */
 struct keel_opts {
 	unsigned shards;           /* --shards: 0 = one per CPU in the cpuset */
+	bool shards_given;         /* --shards or KEEL_SHARDS was given (a program's own default
+				    * in @shards is not: --map then decides the count) */
 	struct keel_cpuset cpuset; /* --cpuset: CPUs for shards, in ascending order */
 	bool cpuset_given;         /* false: the process's affinity mask at start */
 	unsigned idle_poll_us;     /* --idle-poll-us: busy-poll this long before sleeping */

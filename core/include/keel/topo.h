@@ -94,11 +94,12 @@ struct keel_topo_nic {
 	int nrxq, ntxq;                /* queue counts, -1 when unknown */
 	int ch_rx, ch_tx, ch_combined; /* ethtool channels, -1 when unknown */
 	int ch_max_rx, ch_max_tx, ch_max_combined;
-	int ring_rx;               /* rx ring size, -1 when unknown */
-	enum keel_topo_state hds;  /* header/data split (tcp-data-split) */
-	int hds_thresh;            /* header/data split threshold, -1 when unknown */
-	bool has_irqs;             /* the device has MSI IRQs (virtual ones have none) */
-	struct keel_topo_rxq *rxq; /* [nrxq] when nrxq > 0, else NULL */
+	int ring_rx;                      /* rx ring size, -1 when unknown */
+	enum keel_topo_state hds;         /* header/data split (tcp-data-split) */
+	enum keel_topo_state hds_capable; /* ON: the driver can split, OFF: it cannot */
+	int hds_thresh;                   /* header/data split threshold, -1 when unknown */
+	bool has_irqs;                    /* the device has MSI IRQs (virtual ones have none) */
+	struct keel_topo_rxq *rxq;        /* [nrxq] when nrxq > 0, else NULL */
 };
 
 /** What keel_topo_load() found; read-only, owned by the struct keel_topo. */
@@ -145,7 +146,8 @@ KEEL_API const struct keel_topo_nic *keel_topo_nic_find(const struct keel_topo *
 							const char *name);
 
 /**
- * Format @s as a CPU list ("0-3,8") into @buf ("" for an empty set; truncated to @len).
+ * Format @s as a CPU list ("0-3,8") into @buf ("" for an empty set). When it does not fit
+ * in @len, it is cut after a whole element and ends in ",..." ("0,2,..."), or is "..." alone.
  * Returns: @buf.
  */
 KEEL_API char *keel_topo_cpulist_format(const struct keel_cpuset *s, char *buf, size_t len);
@@ -167,7 +169,8 @@ enum keel_map_numa {
 
 /** A map request: the options of keel-topo. Initialise with keel_map_req_init(). */
 struct keel_map_req {
-	unsigned shards;                /* 0: one per rx queue, at most one per physical core */
+	unsigned shards; /* 0: one per physical core local to the NIC, at most one per rx queue
+			  * it can have, at most KEEL_MAX_SHARDS */
 	char iface[KEEL_TOPO_NAME_MAX]; /* "": the first NIC with a PCI device */
 	struct keel_cpuset cpuset;      /* CPUs shards may use... */
 	bool cpuset_given;              /* ...when true (else the affinity mask) */
@@ -175,17 +178,21 @@ struct keel_map_req {
 	unsigned nrxqs;                 /* ...for i < nrxqs (0: shard i gets queue i) */
 	enum keel_map_smt smt;
 	enum keel_map_numa numa;
-	unsigned reserve;   /* the first N local cores are kept free for housekeeping */
-	bool oversubscribe; /* more shards than CPUs: CPUs are reused in order */
-	bool hds;           /* the map requires header/data split (ZCRX) */
+	unsigned reserve;       /* the first N local cores are kept free for housekeeping */
+	bool oversubscribe;     /* more shards than CPUs: CPUs are reused in order */
+	bool extra_without_rxq; /* shards beyond the queues that exist (or beyond --rxqs) get
+				 * no rx queue; without it that is an error */
+	bool hds;               /* the map requires header/data split (ZCRX) */
 };
 
 /** Fill @r with the defaults (everything 0: SMT avoid, NUMA local). */
 KEEL_API void keel_map_req_init(struct keel_map_req *r);
 
 /**
- * Parse an --rxqs value "IF:LIST" (e.g. "eth0:0-3,8") into @r->iface and @r->rxqs.
- * Returns: 0, or -EINVAL with the reason in @err.
+ * Parse an --rxqs value "IF:LIST" (e.g. "eth0:0-3,8") into @r->iface and @r->rxqs, in the
+ * order given (shard i gets the i-th queue listed).
+ * Returns: 0, or -EINVAL (not IF:LIST, a queue named twice, more than KEEL_MAX_SHARDS
+ * queues) with the reason in @err.
  */
 KEEL_API int keel_map_req_rxqs_parse(struct keel_map_req *r, const char *s, char *err,
 				     size_t errlen);
@@ -199,6 +206,9 @@ struct keel_map_shard {
 	int irq_cpu; /* where that queue's IRQ should point, -1 none */
 };
 
+/** keel_map.notes: the default shard count was cut to KEEL_MAX_SHARDS. */
+#define KEEL_MAP_NOTE_CLAMPED (1u << 0)
+
 /** A core/queue map. A plain value: copy it, no destructor. */
 struct keel_map {
 	unsigned version;               /* KEEL_MAP_VERSION */
@@ -211,6 +221,7 @@ struct keel_map {
 	enum keel_map_numa numa_policy;
 	unsigned reserve;
 	char source[320]; /* keel_topo_info.source of the topology */
+	unsigned notes;   /* KEEL_MAP_NOTE_*: how keel_map_compute() chose (not in the file) */
 	unsigned nshards;
 	struct keel_map_shard shards[KEEL_MAX_SHARDS];
 };
@@ -219,8 +230,8 @@ struct keel_map {
  * Compute the map for @req on @t.
  * Returns: 0 and *out; -ENODEV (no such interface: @err names the ones that exist), -EINVAL
  * (a CPU that does not exist or is outside the affinity mask, a queue that does not exist,
- * more shards than allowed CPUs without oversubscribe, conflicting options), with the
- * reason and the fix in @err.
+ * more shards than allowed CPUs without oversubscribe, more shards than queues without
+ * extra_without_rxq, conflicting options), with the reason and the fix in @err.
  */
 KEEL_API int keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req,
 			      struct keel_map *out, char *err, size_t errlen);
@@ -261,5 +272,25 @@ KEEL_API int keel_map_validate(const struct keel_map *m, char *err, size_t errle
  * a live topology.
  */
 KEEL_API int keel_map_check(const struct keel_topo *live, const struct keel_map *m, FILE *f);
+
+struct keel_runtime;
+struct keel_shard;
+
+/**
+ * The rx queue of keel_runtime_map_iface() that shard @sh owns under --map: the map file's
+ * shards[i].rxq, so the program can bind its receive path (e.g. a ZCRX interface queue) to
+ * it.
+ * Context: any thread, once keel_runtime_create() has returned.
+ * Returns: the queue index, or -1 when the runtime has no map or the map gives the shard
+ * no queue.
+ */
+KEEL_API int keel_shard_rxq(const struct keel_shard *sh);
+
+/**
+ * The interface (or PCI bus id) whose rx queues the --map file gives to the shards.
+ * Ownership: the string belongs to @rt and lives as long as it.
+ * Returns: the name, or NULL when the runtime has no map or the map has no NIC.
+ */
+KEEL_API const char *keel_runtime_map_iface(const struct keel_runtime *rt);
 
 #endif
