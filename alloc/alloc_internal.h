@@ -32,7 +32,11 @@ __attribute__((noreturn)) void keel__alloc_verify_fail(const char *file, int lin
 			      atomic_load_explicit(&(a)->st.field, memory_order_relaxed) + (n), \
 			      memory_order_relaxed)
 #define ASTAT_SUB(a, field, n) ASTAT_ADD(a, field, -(uint64_t)(n))
-#define ASTAT_GET(a, field)    atomic_load_explicit(&(a)->st.field, memory_order_relaxed)
+/* Counters that several threads may update (a remote put counts on the home allocator):
+ * an atomic read-modify-write, or concurrent updates are lost. */
+#define ASTAT_ADD_SHARED(a, field, n) \
+	atomic_fetch_add_explicit(&(a)->st.field, (n), memory_order_relaxed)
+#define ASTAT_GET(a, field) atomic_load_explicit(&(a)->st.field, memory_order_relaxed)
 
 enum buf_kind {
 	BUF_SLAB = 0,

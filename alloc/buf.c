@@ -85,7 +85,7 @@ trace_check(const struct keel_slice *s, const char *what)
 	struct keel_alloc *cur = keel__alloc_cur;
 
 	if (s->gen_ != b->gen || b->refs == 0) {
-		ASTAT_ADD(b->home, trace_errors, 1);
+		ASTAT_ADD_SHARED(b->home, trace_errors, 1);
 		keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
 				"buf trace: %s of a buffer already freed (double put) on shard %d; "
 				"buffer allocated at %s:%d",
@@ -94,7 +94,7 @@ trace_check(const struct keel_slice *s, const char *what)
 		return true;
 	}
 	if (cur && b->holder != cur->cfg.shard) {
-		ASTAT_ADD(b->home, trace_errors, 1);
+		ASTAT_ADD_SHARED(b->home, trace_errors, 1);
 		keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
 				"buf trace: %s on shard %u of a buffer held by shard %u (wrong "
 				"shard: move it with keel_slice_move in a cross-shard message); "
@@ -232,7 +232,7 @@ last_put(struct keel_buf *b)
 		release_local(b);
 		return;
 	}
-	ASTAT_ADD(home, remote_returns, 1);
+	ASTAT_ADD_SHARED(home, remote_returns, 1);
 	r = home->cfg.send_home(home, b, home->cfg.ctx);
 	if (r < 0)
 		keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
@@ -329,7 +329,7 @@ keel__buf_teardown(struct keel_alloc *a)
 
 #ifdef KEEL_BUF_TRACE
 	for (struct keel_buf *b = a->trace_live; b; b = b->tnext) {
-		ASTAT_ADD(a, trace_errors, 1);
+		ASTAT_ADD_SHARED(a, trace_errors, 1);
 		keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
 				"buf trace: leak on shard %u: buffer of %u bytes (%u references) "
 				"allocated at %s:%d",

@@ -1,0 +1,94 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The allocator across threads without a runtime: counters updated by several threads,
+ * stale-slice puts, puts on threads that are not shards.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <criterion/criterion.h>
+
+#include "helpers.h"
+
+#define MiB (1ULL << 20)
+
+/* ---- remote returns counted exactly under concurrency ---- */
+
+#define RR_THREADS 2
+#define RR_PER     200000
+
+struct rr_thread {
+	pthread_t t;
+	struct keel_alloc *mine; /* the thread's own allocator: puts of the home's are remote */
+	struct keel_slice *s;
+	struct keel_buf **back; /* what the send_home hook got, released on the home thread */
+	unsigned nback;
+};
+
+static _Thread_local struct rr_thread *rr_self;
+
+static int
+rr_send_home(struct keel_alloc *home, struct keel_buf *b, void *ctx)
+{
+	rr_self->back[rr_self->nback++] = b;
+	return 0;
+}
+
+static void *
+rr_run(void *p)
+{
+	struct rr_thread *t = p;
+
+	rr_self = t;
+	keel_alloc_bind_thread(t->mine);
+	for (unsigned i = 0; i < RR_PER; i++)
+		keel_slice_put(&t->s[i]);
+	keel_alloc_bind_thread(NULL);
+	return NULL;
+}
+
+Test(alloc_shared, remote_returns_counted_exactly_when_threads_put_concurrently)
+{
+	struct keel_alloc_config c = test_alloc_config(KEEL_ALLOC_BACKEND_SLAB, 64 * MiB, 4 * MiB);
+	struct keel_alloc *home;
+	struct rr_thread th[RR_THREADS];
+	struct keel_alloc_stats st;
+
+	c.send_home = rr_send_home;
+	cr_assert_eq(keel_alloc_create(&c, &home), 0);
+	keel_alloc_bind_thread(home);
+	for (unsigned k = 0; k < RR_THREADS; k++) {
+		struct keel_alloc_config o = test_alloc_config(KEEL_ALLOC_BACKEND_SLAB, 4 * MiB, 0);
+		o.shard = k + 1;
+		cr_assert_eq(keel_alloc_create(&o, &th[k].mine), 0);
+		th[k].s = calloc(RR_PER, sizeof(*th[k].s));
+		th[k].back = calloc(RR_PER, sizeof(*th[k].back));
+		th[k].nback = 0;
+		for (unsigned i = 0; i < RR_PER; i++) {
+			cr_assert_eq(keel_buf_alloc(home, 64, &th[k].s[i]), 0);
+			keel_slice_move(&th[k].s[i], k + 1);
+		}
+	}
+	for (unsigned k = 0; k < RR_THREADS; k++)
+		pthread_create(&th[k].t, NULL, rr_run, &th[k]);
+	for (unsigned k = 0; k < RR_THREADS; k++)
+		pthread_join(th[k].t, NULL);
+	keel_alloc_stats_get(home, &st);
+	cr_assert_eq(st.remote_returns, (uint64_t)RR_THREADS * RR_PER,
+		     "remote_returns %llu of %u: concurrent updates were lost",
+		     (unsigned long long)st.remote_returns, RR_THREADS * RR_PER);
+	for (unsigned k = 0; k < RR_THREADS; k++) {
+		cr_assert_eq(th[k].nback, RR_PER);
+		for (unsigned i = 0; i < th[k].nback; i++)
+			keel_buf_release(th[k].back[i]);
+		keel_alloc_destroy(th[k].mine);
+		free(th[k].s);
+		free(th[k].back);
+	}
+	keel_alloc_stats_get(home, &st);
+	cr_assert_eq(st.buffers_live, 0);
+	keel_alloc_destroy(home);
+}
