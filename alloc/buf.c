@@ -249,6 +249,11 @@ keel_slice_put(struct keel_slice *s)
 #ifdef KEEL_BUF_TRACE
 	if (trace_check(s, "put"))
 		return;
+#else
+	/* A stale slice (a put after the last one, the header since reused by another
+	 * buffer) would drop a reference of that other buffer: one compare on the line the
+	 * count is on. */
+	alloc_verify(s->gen_ == b->gen);
 #endif
 	alloc_verify(b->refs > 0);
 	if (--b->refs == 0)
@@ -265,6 +270,8 @@ keel_slice_get(const struct keel_slice *s, struct keel_slice *out)
 		memset(out, 0, sizeof(*out));
 		return;
 	}
+#else
+	alloc_verify(s->gen_ == b->gen);
 #endif
 	alloc_verify(b->refs > 0 && b->refs < UINT32_MAX);
 	b->refs++;

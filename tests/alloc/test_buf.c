@@ -316,3 +316,24 @@ Test(alloc_buf, refcount_underflow_aborts)
 		     "(test_alloc_trace covers it)");
 }
 #endif
+
+#ifndef KEEL_BUF_TRACE
+/* The header of a freed buffer is reused by the next allocation: a second put through the
+ * first slice must not drop the new buffer's reference (the slice's generation differs). */
+Test(alloc_buf, double_put_after_header_reuse_aborts, .signal = SIGABRT)
+{
+	struct keel_alloc *a = make(KEEL_ALLOC_BACKEND_SLAB, 8 * MiB, 4 * MiB);
+	struct keel_slice s, stale, n;
+
+	keel_alloc_log_set(quiet, NULL);
+	cr_assert_eq(keel_buf_alloc(a, 100, &s), 0);
+	stale = s;
+	keel_slice_put(&s);
+	cr_assert_eq(keel_buf_alloc(a, 100, &n), 0);
+	cr_assert_eq(n.buf, stale.buf, "the header is reused (test premise)");
+	keel_slice_put(&stale); /* aborts; without the check it freed n's buffer */
+	keel_alloc_log_set(NULL, NULL);
+	cr_assert_fail("a put through a stale slice returned (new buffer refs %u)",
+		       keel_slice_refs(&n));
+}
+#endif
