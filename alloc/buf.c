@@ -221,6 +221,21 @@ keel_buf_release(struct keel_buf *b)
 	release_local(b);
 }
 
+/* A buffer that could not go home stays referenced; reported at teardown too. Rate-limited
+ * (a power-of-two count): this runs on the hot path. */
+static void
+leak_log(struct keel_alloc *home, int err)
+{
+	static _Atomic uint64_t n;
+	uint64_t k = atomic_fetch_add_explicit(&n, 1, memory_order_relaxed) + 1;
+
+	if (k & (k - 1))
+		return;
+	keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
+			"a buffer of shard %u could not be sent home (%s): leaked (%llu so far)",
+			home->cfg.shard, strerror(-err), (unsigned long long)k);
+}
+
 static void
 last_put(struct keel_buf *b)
 {
@@ -232,12 +247,21 @@ last_put(struct keel_buf *b)
 		release_local(b);
 		return;
 	}
-	ASTAT_ADD_SHARED(home, remote_returns, 1);
-	r = home->cfg.send_home(home, b, home->cfg.ctx);
-	if (r < 0)
+	if (!keel__alloc_cur) {
+		/* A thread that is no shard held a reference: refcounts are not atomic, so
+		 * the count itself may already be wrong (documented misuse). */
 		keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
-				"a buffer of shard %u could not be sent home (%s): leaked",
-				home->cfg.shard, strerror(-r));
+				"last put of a buffer of shard %u on a thread that is not a shard: "
+				"buffers may be held and put only on shards",
+				home->cfg.shard);
+		alloc_verify(keel__alloc_cur != NULL);
+	}
+	r = home->cfg.send_home(home, b, home->cfg.ctx);
+	if (r < 0) {
+		leak_log(home, r);
+		return;
+	}
+	ASTAT_ADD_SHARED(home, remote_returns, 1);
 }
 
 void

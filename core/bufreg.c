@@ -161,7 +161,9 @@ send_home_hook(struct keel_alloc *home, struct keel_buf *b, void *ctx)
 {
 	if (!keel_this_shard())
 		return -EPERM;
-	return keel_send(keel_alloc_shard(home), release_home, b);
+	/* Not keel_send: a last put during the stop sequence (a cancelled operation's
+	 * completion) must still reach home, or the buffer leaks. */
+	return keel__send_internal(keel_alloc_shard(home), release_home, b);
 }
 
 int

@@ -92,3 +92,35 @@ Test(alloc_shared, remote_returns_counted_exactly_when_threads_put_concurrently)
 	cr_assert_eq(st.buffers_live, 0);
 	keel_alloc_destroy(home);
 }
+
+/* ---- a last put on a thread that is not a shard ---- */
+
+static int
+never_home(struct keel_alloc *home, struct keel_buf *b, void *ctx)
+{
+	return 0;
+}
+
+static void
+quiet(int level, const char *msg, void *arg)
+{
+}
+
+/* Refcounts are not atomic: holding a buffer off the shards is misuse, and a silent leak
+ * (the old -EPERM path) hid it. */
+Test(alloc_shared, last_put_on_a_thread_that_is_no_shard_aborts, .signal = SIGABRT)
+{
+	struct keel_alloc_config c = test_alloc_config(KEEL_ALLOC_BACKEND_SLAB, 8 * MiB, 4 * MiB);
+	struct keel_alloc *a;
+	struct keel_slice s;
+
+	c.send_home = never_home;
+	cr_assert_eq(keel_alloc_create(&c, &a), 0);
+	keel_alloc_bind_thread(a);
+	cr_assert_eq(keel_buf_alloc(a, 100, &s), 0);
+	keel_alloc_bind_thread(NULL); /* now a thread that is no shard */
+	keel_alloc_log_set(quiet, NULL);
+	keel_slice_put(&s);
+	keel_alloc_log_set(NULL, NULL);
+	cr_assert_fail("the put returned");
+}
