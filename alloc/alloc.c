@@ -119,6 +119,10 @@ keel_alloc_create(const struct keel_alloc_config *cfg, struct keel_alloc **out)
 		r = -ENOMEM;
 		goto err;
 	}
+	a->chunk_order = a->region_shift - CHUNK_SHIFT;
+	r = keel__pool_init(a);
+	if (r < 0)
+		goto err;
 	r = keel__region_reserve(a);
 	if (r < 0)
 		goto err;
@@ -131,16 +135,15 @@ keel_alloc_create(const struct keel_alloc_config *cfg, struct keel_alloc **out)
 		if (r < 0)
 			goto err;
 	}
-	for (unsigned i = 0; i < pre && i < a->nregions; i++) {
-		r = keel__region_map(a, i);
-		if (r < 0)
-			goto err;
-	}
+	r = keel__region_prefault_initial(a, pre);
+	if (r < 0)
+		goto err;
 	*out = a;
 	return 0;
 err:
 	keel__je_fini(a);
 	keel__region_release(a);
+	keel__pool_fini(a);
 	free(a->regions);
 	free(a);
 	return r;
@@ -157,6 +160,7 @@ keel_alloc_destroy(struct keel_alloc *a)
 	/* The arenas before the regions: jemalloc may still touch extents it retains. */
 	keel__je_fini(a);
 	keel__region_release(a);
+	keel__pool_fini(a);
 	free(a->regions);
 	free(a);
 }
@@ -202,4 +206,6 @@ keel_alloc_stats_get(const struct keel_alloc *a, struct keel_alloc_stats *out)
 	out->remote_returns = ASTAT_GET(m, remote_returns);
 	out->trace_errors = ASTAT_GET(m, trace_errors);
 	out->prefault_ns = ASTAT_GET(m, prefault_ns);
+	out->inline_prefaults = ASTAT_GET(m, inline_prefaults);
+	out->regions_unprefaulted = ASTAT_GET(m, regions_unprefaulted);
 }

@@ -136,18 +136,16 @@ register_slot(struct keel_shard *s, unsigned idx)
 static void
 grow_cb(void *arg)
 {
-	int r = keel_alloc_grow(arg);
-	if (r < 0)
-		keel_log(KEEL_LOG_WARN, "core", "mapping the next buffer region failed: %s",
-			 strerror(-r));
+	/* One region per pass; a failure is logged once by the allocator. */
+	(void)keel_alloc_grow(arg);
 }
 
-static void
+static int
 grow_hook(struct keel_alloc *a, void *ctx)
 {
-	/* Off the hot path: after this pass's callbacks. */
-	if (keel_defer(grow_cb, a) < 0)
-		grow_cb(a);
+	/* Off the hot path: after this pass's callbacks. Never inline: when deferring fails,
+	 * the allocator asks again later. */
+	return keel_defer(grow_cb, a);
 }
 
 static void

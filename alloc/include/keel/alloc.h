@@ -43,9 +43,10 @@ enum keel_alloc_backend {
 
 /**
  * Ask the runtime to call keel_alloc_grow(@a) soon, off the hot path (a deferred callback
- * on @a's shard): the allocator just took its last pre-faulted region.
+ * on @a's shard): fewer pre-faulted regions than the low-water mark are left ahead of use.
+ * Returns: 0 when scheduled, -errno when not (the allocator asks again later).
  */
-typedef void (*keel_alloc_grow_fn)(struct keel_alloc *a, void *ctx);
+typedef int (*keel_alloc_grow_fn)(struct keel_alloc *a, void *ctx);
 
 /**
  * Send @b, whose last reference was put on another shard, home: arrange for
@@ -64,30 +65,36 @@ struct keel_alloc_config {
 	struct hwloc_topology *topo; /* with @cpu >= 0: bind regions to that CPU's NUMA node */
 	int cpu;                     /* -1: no explicit binding */
 	enum keel_alloc_backend backend;
-	unsigned prefault_regions;         /* regions mapped and pre-faulted at create; 0: 1 */
-	keel_alloc_grow_fn grow;           /* NULL: the next region is mapped when needed */
+	unsigned prefault_regions; /* regions pre-faulted at create; 0: 1 */
+	/* Pre-faults regions ahead of need off the request path; NULL: a region is
+	 * pre-faulted when the pool first needs it, inside that allocation. */
+	keel_alloc_grow_fn grow;
 	keel_alloc_send_home_fn send_home; /* NULL: single-threaded use, puts free locally */
 	void *ctx;                         /* for the hooks */
 };
 
 /** Counters of one allocator. */
 struct keel_alloc_stats {
-	uint64_t regions;          /* regions mapped */
-	uint64_t regions_max;      /* regions the cap allows */
-	uint64_t bytes_mapped;     /* bytes of regions mapped and pre-faulted */
-	uint64_t bytes_registered; /* bytes of regions marked registered by the runtime */
-	uint64_t bytes_in_use;     /* bytes of live buffers (their size-class capacity) */
-	uint64_t bytes_peak;       /* highest bytes_in_use */
-	uint64_t buffers_live;     /* buffers allocated and not yet returned */
-	uint64_t alloc_failures;   /* buffer allocations that failed (-ENOMEM) */
-	uint64_t remote_returns;   /* buffers whose last put happened on another shard */
-	uint64_t trace_errors;     /* KEEL_BUF_TRACE: double puts, wrong-shard puts, leaks */
-	uint64_t prefault_ns;      /* time spent mapping and pre-faulting regions */
+	uint64_t regions;              /* regions pre-faulted */
+	uint64_t regions_max;          /* regions the cap allows */
+	uint64_t bytes_mapped;         /* bytes of regions pre-faulted */
+	uint64_t bytes_registered;     /* bytes of regions marked registered by the runtime */
+	uint64_t bytes_in_use;         /* bytes of live buffers (their size-class capacity) */
+	uint64_t bytes_peak;           /* highest bytes_in_use */
+	uint64_t buffers_live;         /* buffers allocated and not yet returned */
+	uint64_t alloc_failures;       /* buffer allocations that failed (-ENOMEM) */
+	uint64_t remote_returns;       /* buffers whose last put happened on another shard */
+	uint64_t trace_errors;         /* KEEL_BUF_TRACE: double puts, wrong-shard puts, leaks */
+	uint64_t prefault_ns;          /* time spent pre-faulting regions */
+	uint64_t inline_prefaults;     /* regions pre-faulted inside an allocation (no grow hook) */
+	uint64_t regions_unprefaulted; /* regions an allocation took before the grow hook
+					* pre-faulted them (their pages fault on first touch) */
 };
 
 /**
- * Create an allocator: reserve address space for the cap and map, bind and pre-fault the
- * first region(s). Does not bind the allocator to the calling thread.
+ * Create an allocator: map the cap (address space; with hugepages, the huge pages of the
+ * whole cap are reserved now), bind it and pre-fault the first region(s). Does not bind
+ * the allocator to the calling thread.
  * Returns: 0 and *out; -EINVAL (bad sizes), -ENOMEM (no memory; with hugepages, the error
  * logged names /proc/sys/vm/nr_hugepages), or another -errno from mmap.
  * Context: any thread.
@@ -122,8 +129,10 @@ KEEL_API enum keel_alloc_backend keel_alloc_backend_of(const struct keel_alloc *
 KEEL_API const char *keel_alloc_backend_name(enum keel_alloc_backend b);
 
 /**
- * Map and pre-fault the next region ahead of need, if the cap allows and none is spare.
- * Returns: 1 when a region was mapped, 0 when none was needed, -errno on failure.
+ * Pre-fault the next region ahead of need: one region per call (bounded time), when fewer
+ * than the low-water mark (2 regions) are pre-faulted ahead of the pool. Asks the grow
+ * hook again when still below it. A failure is logged once and not retried.
+ * Returns: 1 when a region was pre-faulted, 0 when none was needed, -errno on failure.
  * Context: @a's shard, off the hot path (the grow hook schedules it).
  */
 KEEL_API int keel_alloc_grow(struct keel_alloc *a);
