@@ -98,8 +98,16 @@ keel_alloc_create(const struct keel_alloc_config *cfg, struct keel_alloc **out)
 	 * down to whole regions: it is never exceeded. */
 	while (rs > KEEL_ALLOC_HUGEPAGE && rs > mem)
 		rs /= 2;
-	if (mem / rs > 65536)
+	if (mem / rs > KEEL_ALLOC_MAX_REGIONS) {
+		keel__alloc_log(
+			KEEL_ALLOC_LOG_ERROR,
+			"shard %u: %llu MiB of buffer memory is %llu regions of %llu MiB; "
+			"at most %u fit a ring's fixed-buffer table (%llu MiB at most)",
+			cfg->shard, (unsigned long long)(mem >> 20), (unsigned long long)(mem / rs),
+			(unsigned long long)(rs >> 20), KEEL_ALLOC_MAX_REGIONS,
+			(unsigned long long)(((uint64_t)KEEL_ALLOC_MAX_REGIONS * rs) >> 20));
 		return -EINVAL;
+	}
 
 	a = calloc(1, sizeof(*a));
 	if (!a)

@@ -31,6 +31,13 @@ struct hwloc_topology;
 #define KEEL_ALLOC_DEFAULT_MEMORY (256ULL << 20)
 /** Default region size: the unit of mapping, pre-faulting and ring registration. */
 #define KEEL_ALLOC_DEFAULT_REGION (4ULL << 20)
+/**
+ * Most regions one allocator may have: each is one slot of the shard ring's fixed-buffer
+ * table, and the kernel allows at most this many (IORING_MAX_REG_BUFFERS).
+ */
+#define KEEL_ALLOC_MAX_REGIONS (1u << 14)
+/** Largest --memory per shard: KEEL_ALLOC_MAX_REGIONS default-sized regions (64 GiB). */
+#define KEEL_ALLOC_MAX_MEMORY ((uint64_t)KEEL_ALLOC_MAX_REGIONS * KEEL_ALLOC_DEFAULT_REGION)
 /** Huge page size used for alignment and hugetlbfs mappings. */
 #define KEEL_ALLOC_HUGEPAGE (2ULL << 20)
 
@@ -95,7 +102,8 @@ struct keel_alloc_stats {
  * Create an allocator: map the cap (address space; with hugepages, the huge pages of the
  * whole cap are reserved now), bind it and pre-fault the first region(s). Does not bind
  * the allocator to the calling thread.
- * Returns: 0 and *out; -EINVAL (bad sizes), -ENOMEM (no memory; with hugepages, the error
+ * Returns: 0 and *out; -EINVAL (bad sizes, or more than KEEL_ALLOC_MAX_REGIONS regions:
+ * the error logged names the maximum), -ENOMEM (no memory; with hugepages, the error
  * logged names /proc/sys/vm/nr_hugepages), or another -errno from mmap.
  * Context: any thread.
  */
