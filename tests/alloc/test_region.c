@@ -185,9 +185,12 @@ Test(alloc_region, runtime_with_hugepages_and_none_reserved_fails_start_up)
 	o.log_level = KEEL_LOG_ERROR;
 	o.hugepages = true;
 	keel_log_set_sink(logcap_keel_sink, &cap);
+	o.shards = 2;
 	cr_assert_eq(keel_run(&o, NULL, NULL), -ENOMEM);
 	keel_log_set_sink(NULL, NULL);
 	cr_assert(logcap_has(&cap, "/proc/sys/vm/nr_hugepages"), "log: %s", cap.text);
+	/* How many: the default 256 MiB per shard, times 2 shards, in 2 MiB pages. */
+	cr_assert(logcap_has(&cap, "256 huge pages of 2 MiB needed in all"), "log: %s", cap.text);
 }
 
 Test(alloc_region, memory_and_hugepages_options_parse)

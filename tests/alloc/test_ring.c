@@ -510,3 +510,44 @@ Test(alloc_ring, memory_cap_on_a_shard_returns_enomem)
 	cr_assert_eq(cs.n, 8, "%u buffers of 1 MiB under --memory 8M", cs.n);
 	cr_assert_eq(cs.failures, 1);
 }
+
+/* ---- a zero-length slice at the end of a buffer ---- */
+
+struct zl_state {
+	int r;
+	unsigned idx;
+	uint64_t off;
+};
+
+static void
+zl_start(void *app)
+{
+	struct zl_state *zs = app;
+	struct keel_slice s0, s1, end;
+
+	/* Two region-sized buffers: regions 0 and 1 both in use. */
+	if (keel_buf_alloc(keel_shard_alloc(), 4 * MiB, &s0) < 0 ||
+	    keel_buf_alloc(keel_shard_alloc(), 4 * MiB, &s1) < 0) {
+		zs->r = -ENOMEM;
+		keel_stop(0);
+		return;
+	}
+	CHECK(keel_slice_sub(&s0, s0.len, 0, &end) == 0);
+	zs->r = keel_buf_fixed(&end, &zs->idx, &zs->off);
+	keel_slice_put(&end);
+	keel_slice_put(&s0);
+	keel_slice_put(&s1);
+	keel_stop(0);
+}
+
+Test(alloc_ring, zero_length_slice_at_a_buffer_end_stays_in_its_region)
+{
+	struct keel_opts o = ring_opts(1, 8 * MiB);
+	struct zl_state zs = { .idx = 99 };
+
+	cr_assert_eq(keel_run(&o, zl_start, &zs), 0);
+	ASSERT_NO_FAILURE();
+	cr_assert_eq(zs.r, 0, "keel_buf_fixed: %s", strerror(-zs.r));
+	cr_assert_eq(zs.idx, 0, "the end of region 0's buffer resolved to region %u", zs.idx);
+	cr_assert_eq(zs.off, 4 * MiB);
+}

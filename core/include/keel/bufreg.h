@@ -33,7 +33,9 @@ KEEL_API struct keel_alloc *keel_shard_alloc(void);
  * Returns: 0; -EXDEV for a buffer of another shard (its region is in that shard's table:
  * send it plain); -ENOENT for external memory (keel_buf_wrap); -EOPNOTSUPP when this shard
  * runs with unregistered buffers; -ENOMEM when this region could not be registered
- * (RLIMIT_MEMLOCK; logged once); -ERANGE past the table.
+ * (RLIMIT_MEMLOCK, mid-run: the kernel counts pinned pages per user, so the start-up check
+ * with --feature reg_buffers=on is arithmetic only; logged once per runtime with the total
+ * pinned, the amount needed and the fix); -ERANGE past the table.
  * Context: a shard, holding @s.
  */
 KEEL_API int keel_buf_fixed(const struct keel_slice *s, unsigned *index, uint64_t *offset);
@@ -43,13 +45,20 @@ KEEL_API int keel_buf_fixed(const struct keel_slice *s, unsigned *index, uint64_
  * succeeds (two CQEs: the result with IORING_CQE_F_MORE, then the notification with
  * IORING_CQE_F_NOTIF, after which the buffer may be put), else a plain send (one CQE).
  * Ownership: @s must stay referenced until the last CQE.
- * Returns: 1 for SEND_ZC fixed, 0 for a plain send.
+ * Returns: 1 for SEND_ZC fixed, 0 for a plain send; with --feature reg_buffers=on,
+ * -ENOMEM when @s's region could not be registered (@sqe is left unprepared: the caller
+ * decides; no silent plain send).
  * Context: a shard, holding @s.
  */
 KEEL_API int keel_prep_send_buf(struct io_uring_sqe *sqe, int fd, const struct keel_slice *s,
 				int msg_flags);
 
-/** True when this shard registers its regions with its ring. Context: a shard. */
+/**
+ * True when this shard registers its regions with its ring and none has failed to register
+ * so far: false after a mid-run RLIMIT_MEMLOCK failure (buffers of regions registered
+ * earlier still send fixed; keel_buf_fixed() answers per buffer).
+ * Context: a shard.
+ */
 KEEL_API bool keel_shard_bufs_registered(void);
 
 #endif
