@@ -122,6 +122,10 @@ keel_alloc_create(const struct keel_alloc_config *cfg, struct keel_alloc **out)
 	/* Measured (docs/memory.md): the slab is the faster backend. */
 	a->backend =
 		cfg->backend == KEEL_ALLOC_BACKEND_DEFAULT ? KEEL_ALLOC_BACKEND_SLAB : cfg->backend;
+	/* jemalloc places a large allocation in an extent one page larger than its size class
+	 * (cache-oblivious padding), and an extent must fit in one region: its largest class
+	 * that does is 7/8 of the region (size classes are 4 per power of two). */
+	a->buf_max = a->backend == KEEL_ALLOC_BACKEND_JEMALLOC ? rs - rs / 8 : rs;
 	a->regions = calloc(a->nregions, sizeof(*a->regions));
 	if (!a->regions) {
 		r = -ENOMEM;
@@ -183,6 +187,12 @@ struct keel_alloc *
 keel_alloc_current(void)
 {
 	return keel__alloc_cur;
+}
+
+uint64_t
+keel_alloc_buf_max(const struct keel_alloc *a)
+{
+	return a->buf_max;
 }
 
 unsigned

@@ -128,6 +128,7 @@ struct keel_alloc {
 	uint8_t *base;
 	unsigned region_shift;
 	uint64_t region_size;
+	uint64_t buf_max;  /* largest buffer keel_buf_alloc returns (keel_alloc_buf_max) */
 	unsigned nregions; /* the cap, in regions */
 	unsigned mapped;   /* regions 0..mapped-1 are in use (added to the pool or pre-faulted) */
 	unsigned faulted;  /* regions 0..faulted-1 are pre-faulted */

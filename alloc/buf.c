@@ -125,7 +125,7 @@ keel_buf_alloc_at(struct keel_alloc *a, size_t len, struct keel_slice *out, cons
 
 	if (len == 0)
 		return -EINVAL;
-	if (len > a->region_size)
+	if (len > a->buf_max)
 		return -E2BIG;
 	b = hdr_get(a);
 	if (!b)
@@ -135,7 +135,8 @@ keel_buf_alloc_at(struct keel_alloc *a, size_t len, struct keel_slice *out, cons
 		b->kind = BUF_SLAB;
 	} else {
 		p = mallocx(len, a->reg_flags);
-		cap = (uint32_t)len;
+		/* The size class jemalloc used: what the buffer really holds and accounts. */
+		cap = p ? (uint32_t)sallocx(p, a->reg_flags) : 0;
 		b->kind = BUF_JEMALLOC;
 	}
 	if (!p) {

@@ -194,3 +194,43 @@ Test(alloc_pool, prefault_failure_is_logged_once_and_not_retried)
 		keel_slice_put(&s[i]);
 	keel_alloc_destroy(a);
 }
+
+/* Every size up to keel_alloc_buf_max is served, for both backends; the capacity is the size
+ * class really handed out, and bytes_in_use counts it. */
+static void
+largest_buffers(enum keel_alloc_backend be, uint64_t want_max)
+{
+	struct keel_alloc_config c = test_alloc_config(be, 64 * MiB, 4 * MiB);
+	struct keel_alloc *a = make_cfg(&c);
+	uint64_t max = keel_alloc_buf_max(a);
+	size_t sizes[] = { (size_t)max, (size_t)max - 1, 3 * MiB, 2 * MiB + 1, 2 * MiB, 100000 };
+	struct keel_alloc_stats st;
+	struct keel_slice s;
+
+	cr_assert_eq(max, want_max);
+	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		int r = keel_buf_alloc(a, sizes[i], &s);
+		cr_assert_eq(r, 0, "%s: %zu bytes: %s", keel_alloc_backend_name(be), sizes[i],
+			     strerror(-r));
+		cr_assert_geq(keel_buf_cap(s.buf), sizes[i]);
+		keel_alloc_stats_get(a, &st);
+		cr_assert_eq(st.bytes_in_use, keel_buf_cap(s.buf), "bytes_in_use is the capacity");
+		memset(s.data, 7, keel_buf_cap(s.buf)); /* all of it is ours (ASan checks) */
+		keel_slice_put(&s);
+	}
+	cr_assert_eq(keel_buf_alloc(a, max + 1, &s), -E2BIG);
+	keel_alloc_stats_get(a, &st);
+	cr_assert_eq(st.bytes_in_use, 0);
+	cr_assert_eq(st.alloc_failures, 0);
+	keel_alloc_destroy(a);
+}
+
+Test(alloc_pool, slab_serves_region_sized_buffers)
+{
+	largest_buffers(KEEL_ALLOC_BACKEND_SLAB, 4 * MiB);
+}
+
+Test(alloc_pool, jemalloc_serves_up_to_its_documented_maximum)
+{
+	largest_buffers(KEEL_ALLOC_BACKEND_JEMALLOC, 3584 * 1024);
+}

@@ -45,7 +45,8 @@ struct hwloc_topology;
 enum keel_alloc_backend {
 	KEEL_ALLOC_BACKEND_DEFAULT = 0,  /* the faster of the two, measured (docs/memory.md) */
 	KEEL_ALLOC_BACKEND_SLAB = 1,     /* power-of-two size-class slab over the regions */
-	KEEL_ALLOC_BACKEND_JEMALLOC = 2, /* a jemalloc arena whose extent hooks carve regions */
+	KEEL_ALLOC_BACKEND_JEMALLOC = 2, /* a jemalloc arena whose extent hooks carve regions;
+					  * buffers up to 7/8 of a region (keel_alloc_buf_max) */
 };
 
 /**
@@ -144,6 +145,13 @@ KEEL_API const char *keel_alloc_backend_name(enum keel_alloc_backend b);
  * Context: @a's shard, off the hot path (the grow hook schedules it).
  */
 KEEL_API int keel_alloc_grow(struct keel_alloc *a);
+
+/**
+ * The largest buffer keel_buf_alloc() returns from @a: the region size with the slab
+ * backend; 7/8 of it with the jemalloc backend (jemalloc pads a large allocation's extent
+ * by a page, and an extent must fit in one region).
+ */
+KEEL_API uint64_t keel_alloc_buf_max(const struct keel_alloc *a);
 
 /** Regions the cap allows: the size of the runtime's fixed-buffer table for @a. */
 KEEL_API unsigned keel_alloc_region_max(const struct keel_alloc *a);
