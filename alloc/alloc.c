@@ -226,4 +226,6 @@ keel_alloc_stats_get(const struct keel_alloc *a, struct keel_alloc_stats *out)
 	out->prefault_ns = ASTAT_GET(m, prefault_ns);
 	out->inline_prefaults = ASTAT_GET(m, inline_prefaults);
 	out->regions_unprefaulted = ASTAT_GET(m, regions_unprefaulted);
+	out->ext_bytes_in_use = ASTAT_GET(m, ext_bytes_in_use);
+	out->ext_buffers_live = ASTAT_GET(m, ext_buffers_live);
 }

@@ -180,7 +180,9 @@ keel_buf_wrap_at(struct keel_alloc *a, void *data, uint32_t cap, keel_buf_releas
 	b->home = a;
 	b->u.ext.fn = release;
 	b->u.ext.arg = arg;
-	account_alloc(a, cap);
+	/* Not registered memory: counted apart from bytes_in_use and its peak. */
+	ASTAT_ADD(a, ext_bytes_in_use, cap);
+	ASTAT_ADD(a, ext_buffers_live, 1);
 #ifdef KEEL_BUF_TRACE
 	trace_link(a, b, file, line);
 #endif
@@ -205,8 +207,13 @@ release_local(struct keel_buf *b)
 		b->u.ext.fn(b->data, b->cap, b->u.ext.arg);
 		break;
 	}
-	ASTAT_SUB(a, bytes_in_use, b->cap);
-	ASTAT_SUB(a, buffers_live, 1);
+	if (b->kind == BUF_EXTERNAL) {
+		ASTAT_SUB(a, ext_bytes_in_use, b->cap);
+		ASTAT_SUB(a, ext_buffers_live, 1);
+	} else {
+		ASTAT_SUB(a, bytes_in_use, b->cap);
+		ASTAT_SUB(a, buffers_live, 1);
+	}
 #ifdef KEEL_BUF_TRACE
 	trace_unlink(a, b);
 #endif
@@ -357,7 +364,7 @@ keel_buf_is_external(const struct keel_buf *b)
 void
 keel__buf_teardown(struct keel_alloc *a)
 {
-	uint64_t live = ASTAT_GET(a, buffers_live);
+	uint64_t live = ASTAT_GET(a, buffers_live) + ASTAT_GET(a, ext_buffers_live);
 
 #ifdef KEEL_BUF_TRACE
 	for (struct keel_buf *b = a->trace_live; b; b = b->tnext) {
@@ -373,5 +380,6 @@ keel__buf_teardown(struct keel_alloc *a)
 				"shard %u: %llu buffers (%llu bytes) still referenced at teardown; "
 				"build with -DKEEL_BUF_TRACE=ON to see where they were allocated",
 				a->cfg.shard, (unsigned long long)live,
-				(unsigned long long)ASTAT_GET(a, bytes_in_use));
+				(unsigned long long)(ASTAT_GET(a, bytes_in_use) +
+						     ASTAT_GET(a, ext_bytes_in_use)));
 }

@@ -83,20 +83,22 @@ struct keel_alloc_config {
 
 /** Counters of one allocator. */
 struct keel_alloc_stats {
-	uint64_t regions;              /* regions pre-faulted */
-	uint64_t regions_max;          /* regions the cap allows */
-	uint64_t bytes_mapped;         /* bytes of regions pre-faulted */
-	uint64_t bytes_registered;     /* bytes of regions marked registered by the runtime */
-	uint64_t bytes_in_use;         /* bytes of live buffers (their size-class capacity) */
-	uint64_t bytes_peak;           /* highest bytes_in_use */
-	uint64_t buffers_live;         /* buffers allocated and not yet returned */
-	uint64_t alloc_failures;       /* buffer allocations that failed (-ENOMEM) */
-	uint64_t remote_returns;       /* buffers whose last put happened on another shard */
-	uint64_t trace_errors;         /* KEEL_BUF_TRACE: double puts, wrong-shard puts, leaks */
-	uint64_t prefault_ns;          /* time spent pre-faulting regions */
-	uint64_t inline_prefaults;     /* regions pre-faulted inside an allocation (no grow hook) */
+	uint64_t regions;          /* regions pre-faulted */
+	uint64_t regions_max;      /* regions the cap allows */
+	uint64_t bytes_mapped;     /* bytes of regions pre-faulted */
+	uint64_t bytes_registered; /* bytes of regions marked registered by the runtime */
+	uint64_t bytes_in_use;     /* bytes of live region buffers (their size-class capacity) */
+	uint64_t bytes_peak;       /* highest bytes_in_use */
+	uint64_t buffers_live;     /* region buffers allocated and not yet returned */
+	uint64_t alloc_failures;   /* buffer allocations that failed (-ENOMEM) */
+	uint64_t remote_returns;   /* buffers whose last put happened on another shard */
+	uint64_t trace_errors;     /* KEEL_BUF_TRACE: double puts, wrong-shard puts, leaks */
+	uint64_t prefault_ns;      /* time spent pre-faulting regions */
+	uint64_t inline_prefaults; /* regions pre-faulted inside an allocation (no grow hook) */
 	uint64_t regions_unprefaulted; /* regions an allocation took before the grow hook
 					* pre-faulted them (their pages fault on first touch) */
+	uint64_t ext_bytes_in_use;     /* bytes of live external buffers (keel_buf_wrap) */
+	uint64_t ext_buffers_live;     /* external buffers not yet released */
 };
 
 /**
