@@ -194,6 +194,14 @@ keel_alloc_malloc(struct keel_alloc *a, size_t size)
 	return mallocx(size ? size : 1, a->gen_flags);
 }
 
+void *
+keel_alloc_realloc(struct keel_alloc *a, void *p, size_t size)
+{
+	if (!p)
+		return keel_alloc_malloc(a, size);
+	return rallocx(p, size ? size : 1, a->gen_flags);
+}
+
 void
 keel_alloc_free(struct keel_alloc *a, void *p)
 {

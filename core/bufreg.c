@@ -314,6 +314,25 @@ keel_shard_alloc(void)
 	return cur_shard(__func__)->bufreg->alloc;
 }
 
+void *
+keel_shard_malloc(size_t size)
+{
+	return keel_alloc_malloc(cur_shard(__func__)->bufreg->alloc, size);
+}
+
+void *
+keel_shard_realloc(void *p, size_t size)
+{
+	return keel_alloc_realloc(cur_shard(__func__)->bufreg->alloc, p, size);
+}
+
+void
+keel_shard_free(void *p)
+{
+	if (p)
+		keel_alloc_free(cur_shard(__func__)->bufreg->alloc, p);
+}
+
 bool
 keel_shard_bufs_registered(void)
 {

@@ -194,6 +194,13 @@ KEEL_API void keel_alloc_stats_get(const struct keel_alloc *a, struct keel_alloc
 KEEL_API void *keel_alloc_malloc(struct keel_alloc *a, size_t size);
 
 /**
+ * Resize memory from keel_alloc_malloc(@a, ...) (@p NULL: allocate), in @a's arena.
+ * Returns: the memory (@p is then invalid), or NULL (@p is untouched).
+ * Context: @a's shard.
+ */
+KEEL_API void *keel_alloc_realloc(struct keel_alloc *a, void *p, size_t size);
+
+/**
  * Free memory from keel_alloc_malloc(@a, ...). Never pass it to free().
  * Context: any thread: off @a's shard it bypasses @a's tcache (thread-safe, slower).
  */

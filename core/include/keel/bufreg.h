@@ -27,6 +27,30 @@
 KEEL_API struct keel_alloc *keel_shard_alloc(void);
 
 /**
+ * Shard-local memory from this shard's own jemalloc arena and tcache (NUMA-local, no
+ * contention with other shards): for objects created and freed on one shard (keel's own
+ * mailbox overflow nodes, broadcast records and deferred-callback vectors use it).
+ * Returns: the memory, or NULL.
+ * Ownership: free it with keel_shard_free() on this shard, before the runtime ends (the
+ * arena is destroyed with the shard); never with free().
+ * Context: a shard.
+ */
+KEEL_API void *keel_shard_malloc(size_t size);
+
+/**
+ * Resize memory from keel_shard_malloc() (@p NULL: allocate).
+ * Returns: the memory (@p is then invalid), or NULL (@p is untouched).
+ * Context: the shard that allocated @p.
+ */
+KEEL_API void *keel_shard_realloc(void *p, size_t size);
+
+/**
+ * Free memory from keel_shard_malloc() or keel_shard_realloc() (NULL: nothing).
+ * Context: the shard that allocated @p.
+ */
+KEEL_API void keel_shard_free(void *p);
+
+/**
  * The fixed buffer of @s on this shard's ring: *index is the slot, *offset the distance of
  * s->data from the slot's base. The slot is registered on first use (one region, bounded
  * time); later calls are O(1).
