@@ -104,7 +104,18 @@ struct slab_class {
 	struct chunk *cur; /* objects come from here first */
 	uint32_t partial;  /* chunks with free objects, other than cur */
 	uint32_t size;
+	/* Classes of a chunk or more: freed blocks kept for reuse (a buddy split and merge per
+	 * alloc/free pair costs several times the slab path), given back when the pool runs
+	 * dry, so they never strand memory. */
+	void *cache;
+	uint32_t ncache;
+	uint32_t nempty; /* small classes: empty chunks kept on the partial list */
 };
+/* Empty chunks a small class keeps (on its partial list) before giving them back: a burst
+ * that empties and refills a few chunks does not split and merge pool blocks each time. */
+#define EMPTY_KEEP 4
+/* Blocks a large class keeps in its cache. */
+#define LARGE_CACHE 32
 
 /* jemalloc extent hooks, with a way back to the allocator (the hooks get this pointer). */
 struct ext_hooks {
@@ -260,7 +271,14 @@ keel__slab_free(struct keel_alloc *a, void *p, uint8_t cls)
 	struct chunk *ch;
 
 	if (class_is_large(cls)) {
-		keel__pool_free(a, p);
+		if (sc->ncache < LARGE_CACHE) {
+			*(void **)p = sc->cache;
+			sc->cache = p;
+			sc->ncache++;
+			POISON((uint8_t *)p + sizeof(void *), sc->size - sizeof(void *));
+		} else {
+			keel__pool_free(a, p);
+		}
 		return;
 	}
 	ch = chunk_of(a, p);

@@ -11,10 +11,13 @@
  * 64 KiB carves objects from chunks it takes from the pool: its current chunk serves the
  * fast path (the chunk's free list, then its bump range); chunks with free objects wait
  * on the class's partial list; a chunk whose last object is freed goes back to the pool,
- * except the class's current chunk, which is kept (alloc/free of one object would take
- * and return it each time) until the pool runs dry. A class of 64 KiB or more takes one
- * block per object. Fragmentation is therefore bounded by the partially used chunks:
- * at most one chunk per live small object, in the worst case. Shard-local: no locks.
+ * except the class's current chunk and up to EMPTY_KEEP others, which are kept (a burst
+ * that empties and refills a few chunks would split and merge pool blocks each time)
+ * until the pool runs dry. A class of 64 KiB or more takes one block per object and keeps
+ * up to LARGE_CACHE freed blocks for reuse, also given back when the pool runs dry. So
+ * allocation fails only when live bytes plus the free space of partially used chunks
+ * reach the cap (at worst one 64 KiB chunk per live small object, for a pathological
+ * pattern; for ordinary churn a few chunks per class). Shard-local: no locks.
  */
 #include <errno.h>
 #include <string.h>
@@ -108,13 +111,35 @@ reclaim_current_chunks(struct keel_alloc *a)
 {
 	bool any = false;
 
-	for (unsigned c = 0; c < a->nclasses && !class_is_large(c); c++) {
-		struct chunk *ch = a->cls[c].cur;
+	for (unsigned c = 0; c < a->nclasses; c++) {
+		struct slab_class *sc = &a->cls[c];
+		struct chunk *ch = sc->cur;
 
+		while (sc->cache) {
+			void *p = sc->cache;
+			UNPOISON(p, sizeof(void *));
+			sc->cache = *(void **)p;
+			sc->ncache--;
+			keel__pool_free(a, p);
+			any = true;
+		}
 		if (ch && ch->live == 0) {
 			a->cls[c].cur = NULL;
 			block_free(a, (uint32_t)(ch - a->chunks), 0);
 			any = true;
+		}
+		/* Empty chunks kept on the partial list. */
+		for (uint32_t i = sc->partial; sc->nempty && i != CHUNK_NONE;) {
+			uint32_t next = a->chunks[i].next;
+			if (a->chunks[i].live == 0) {
+				list_unlink(a, &sc->partial, i);
+				a->chunks[i].listed = false;
+				a->chunks[i].free = NULL;
+				sc->nempty--;
+				block_free(a, i, 0);
+				any = true;
+			}
+			i = next;
 		}
 	}
 	return any;
@@ -223,8 +248,16 @@ keel__slab_refill(struct keel_alloc *a, struct slab_class *sc, unsigned c)
 	struct chunk *ch;
 	uint8_t *p;
 
-	if (class_is_large(c))
+	if (class_is_large(c)) {
+		if (sc->cache) {
+			p = sc->cache;
+			UNPOISON(p, sizeof(void *));
+			sc->cache = *(void **)p;
+			sc->ncache--;
+			return p;
+		}
 		return keel__pool_alloc(a, c + SLAB_MIN_SHIFT - CHUNK_SHIFT);
+	}
 	/* The current chunk is full (not listed: a free into it lists it). */
 	if (sc->partial != CHUNK_NONE) {
 		uint32_t idx = sc->partial;
@@ -232,6 +265,8 @@ keel__slab_refill(struct keel_alloc *a, struct slab_class *sc, unsigned c)
 		list_unlink(a, &sc->partial, idx);
 		ch = &a->chunks[idx];
 		ch->listed = false;
+		if (ch->live == 0)
+			sc->nempty--;
 		sc->cur = ch;
 		if (ch->free) {
 			p = ch->free;
@@ -275,6 +310,10 @@ keel__slab_chunk_changed(struct keel_alloc *a, struct slab_class *sc, struct chu
 	uint32_t idx = (uint32_t)(ch - a->chunks);
 
 	if (ch->live == 0) {
+		if (ch->listed && sc->nempty < EMPTY_KEEP) {
+			sc->nempty++;
+			return;
+		}
 		if (ch->listed)
 			list_unlink(a, &sc->partial, idx);
 		ch->listed = false;
