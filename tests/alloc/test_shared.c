@@ -124,3 +124,46 @@ Test(alloc_shared, last_put_on_a_thread_that_is_no_shard_aborts, .signal = SIGAB
 	keel_alloc_log_set(NULL, NULL);
 	cr_assert_fail("the put returned");
 }
+
+/* ---- a trip home that cannot be sent ---- */
+
+static int
+home_refuses(struct keel_alloc *home, struct keel_buf *b, void *ctx)
+{
+	return -ESHUTDOWN;
+}
+
+static struct logcap cap = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+Test(alloc_shared, failed_trip_home_is_not_counted_and_logs_rate_limited)
+{
+	struct keel_alloc_config c = test_alloc_config(KEEL_ALLOC_BACKEND_SLAB, 8 * MiB, 4 * MiB);
+	struct keel_alloc_config o = test_alloc_config(KEEL_ALLOC_BACKEND_SLAB, 4 * MiB, 0);
+	struct keel_alloc *home, *other;
+	struct keel_slice s[100];
+	struct keel_alloc_stats st;
+
+	c.send_home = home_refuses;
+	o.shard = 1;
+	cr_assert_eq(keel_alloc_create(&c, &home), 0);
+	cr_assert_eq(keel_alloc_create(&o, &other), 0);
+	keel_alloc_bind_thread(home);
+	for (int i = 0; i < 100; i++)
+		cr_assert_eq(keel_buf_alloc(home, 64, &s[i]), 0);
+	keel_alloc_bind_thread(other); /* now "shard 1" */
+	keel_alloc_log_set(logcap_alloc_hook, &cap);
+	for (int i = 0; i < 100; i++)
+		keel_slice_put(&s[i]);
+	keel_alloc_log_set(NULL, NULL);
+	keel_alloc_stats_get(home, &st);
+	cr_assert_eq(st.remote_returns, 0, "a trip that was not sent is not a return");
+	cr_assert_eq(st.buffers_live, 100, "the buffers are leaked, and counted live");
+	/* Rate-limited: lines at the 1st, 2nd, 4th ... 64th failure, not 100. */
+	cr_assert_leq(logcap_count(&cap, "could not be sent home"), 8, "%s", cap.text);
+	cr_assert_geq(logcap_count(&cap, "could not be sent home"), 1);
+	keel_alloc_bind_thread(NULL);
+	keel_alloc_log_set(quiet, NULL);
+	keel_alloc_destroy(other);
+	keel_alloc_destroy(home); /* reports the leak */
+	keel_alloc_log_set(NULL, NULL);
+}

@@ -167,9 +167,12 @@ KEEL_API int keel_alloc_region(const struct keel_alloc *a, unsigned idx, void **
 			       uint64_t *len);
 
 /**
- * Locate @p in @a's regions in O(1).
+ * Locate the byte at @p in @a's regions in O(1).
+ * A pointer one past the end of a buffer (a zero-length slice at its end) may lie in the
+ * next region: locate the buffer's start (keel_buf_base) and add the distance, as
+ * keel_buf_fixed() does.
  * Returns: 0 with the region index and the offset from that region's base, or -ENOENT
- * when @p is not in a mapped region of @a.
+ * when @p is not in a region of @a in use.
  */
 KEEL_API int keel_alloc_locate(const struct keel_alloc *a, const void *p, unsigned *region,
 			       uint64_t *offset);
