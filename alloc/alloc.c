@@ -98,8 +98,16 @@ keel_alloc_create(const struct keel_alloc_config *cfg, struct keel_alloc **out)
 	 * down to whole regions: it is never exceeded. */
 	while (rs > KEEL_ALLOC_HUGEPAGE && rs > mem)
 		rs /= 2;
-	if (mem / rs > 65536)
+	if (mem / rs > KEEL_ALLOC_MAX_REGIONS) {
+		keel__alloc_log(
+			KEEL_ALLOC_LOG_ERROR,
+			"shard %u: %llu MiB of buffer memory is %llu regions of %llu MiB; "
+			"at most %u fit a ring's fixed-buffer table (%llu MiB at most)",
+			cfg->shard, (unsigned long long)(mem >> 20), (unsigned long long)(mem / rs),
+			(unsigned long long)(rs >> 20), KEEL_ALLOC_MAX_REGIONS,
+			(unsigned long long)(((uint64_t)KEEL_ALLOC_MAX_REGIONS * rs) >> 20));
 		return -EINVAL;
+	}
 
 	a = calloc(1, sizeof(*a));
 	if (!a)
@@ -114,11 +122,19 @@ keel_alloc_create(const struct keel_alloc_config *cfg, struct keel_alloc **out)
 	/* Measured (docs/memory.md): the slab is the faster backend. */
 	a->backend =
 		cfg->backend == KEEL_ALLOC_BACKEND_DEFAULT ? KEEL_ALLOC_BACKEND_SLAB : cfg->backend;
+	/* jemalloc places a large allocation in an extent one page larger than its size class
+	 * (cache-oblivious padding), and an extent must fit in one region: its largest class
+	 * that does is 7/8 of the region (size classes are 4 per power of two). */
+	a->buf_max = a->backend == KEEL_ALLOC_BACKEND_JEMALLOC ? rs - rs / 8 : rs;
 	a->regions = calloc(a->nregions, sizeof(*a->regions));
 	if (!a->regions) {
 		r = -ENOMEM;
 		goto err;
 	}
+	a->chunk_order = a->region_shift - CHUNK_SHIFT;
+	r = keel__pool_init(a);
+	if (r < 0)
+		goto err;
 	r = keel__region_reserve(a);
 	if (r < 0)
 		goto err;
@@ -131,16 +147,15 @@ keel_alloc_create(const struct keel_alloc_config *cfg, struct keel_alloc **out)
 		if (r < 0)
 			goto err;
 	}
-	for (unsigned i = 0; i < pre && i < a->nregions; i++) {
-		r = keel__region_map(a, i);
-		if (r < 0)
-			goto err;
-	}
+	r = keel__region_prefault_initial(a, pre);
+	if (r < 0)
+		goto err;
 	*out = a;
 	return 0;
 err:
 	keel__je_fini(a);
 	keel__region_release(a);
+	keel__pool_fini(a);
 	free(a->regions);
 	free(a);
 	return r;
@@ -157,6 +172,7 @@ keel_alloc_destroy(struct keel_alloc *a)
 	/* The arenas before the regions: jemalloc may still touch extents it retains. */
 	keel__je_fini(a);
 	keel__region_release(a);
+	keel__pool_fini(a);
 	free(a->regions);
 	free(a);
 }
@@ -171,6 +187,12 @@ struct keel_alloc *
 keel_alloc_current(void)
 {
 	return keel__alloc_cur;
+}
+
+uint64_t
+keel_alloc_buf_max(const struct keel_alloc *a)
+{
+	return a->buf_max;
 }
 
 unsigned
@@ -202,4 +224,8 @@ keel_alloc_stats_get(const struct keel_alloc *a, struct keel_alloc_stats *out)
 	out->remote_returns = ASTAT_GET(m, remote_returns);
 	out->trace_errors = ASTAT_GET(m, trace_errors);
 	out->prefault_ns = ASTAT_GET(m, prefault_ns);
+	out->inline_prefaults = ASTAT_GET(m, inline_prefaults);
+	out->regions_unprefaulted = ASTAT_GET(m, regions_unprefaulted);
+	out->ext_bytes_in_use = ASTAT_GET(m, ext_bytes_in_use);
+	out->ext_buffers_live = ASTAT_GET(m, ext_buffers_live);
 }

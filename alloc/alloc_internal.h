@@ -14,8 +14,17 @@
 /* Smallest size class of the slab, and the most classes any region size needs. */
 #define SLAB_MIN_SHIFT 6
 #define SLAB_CLASSES   32
-/* A slab chunk holds at least this many bytes of one class (one object when larger). */
-#define SLAB_CHUNK (64u << 10)
+/* The pool's unit: regions are split into 64 KiB chunks managed by a buddy allocator. A
+ * small class (below a chunk) carves its objects from chunks it takes from the pool and
+ * gives each chunk back when its last object is freed; a class of a chunk or more takes
+ * a buddy block per object. So freed memory serves any class. */
+#define CHUNK_SHIFT 16
+#define SLAB_CHUNK  (1u << CHUNK_SHIFT)
+#define CHUNK_NONE  UINT32_MAX
+/* Buddy orders: chunk << order up to the largest region (2 GiB). */
+#define POOL_ORDERS 16
+/* Pre-faulted regions the grow hook keeps ahead of the pool (the low-water mark). */
+#define GROW_SPARE 2
 
 /* Always-on check for states that would corrupt memory (refcount underflow). */
 #define alloc_verify(x)                                                  \
@@ -32,7 +41,11 @@ __attribute__((noreturn)) void keel__alloc_verify_fail(const char *file, int lin
 			      atomic_load_explicit(&(a)->st.field, memory_order_relaxed) + (n), \
 			      memory_order_relaxed)
 #define ASTAT_SUB(a, field, n) ASTAT_ADD(a, field, -(uint64_t)(n))
-#define ASTAT_GET(a, field)    atomic_load_explicit(&(a)->st.field, memory_order_relaxed)
+/* Counters that several threads may update (a remote put counts on the home allocator):
+ * an atomic read-modify-write, or concurrent updates are lost. */
+#define ASTAT_ADD_SHARED(a, field, n) \
+	atomic_fetch_add_explicit(&(a)->st.field, (n), memory_order_relaxed)
+#define ASTAT_GET(a, field) atomic_load_explicit(&(a)->st.field, memory_order_relaxed)
 
 enum buf_kind {
 	BUF_SLAB = 0,
@@ -66,15 +79,43 @@ struct keel_buf {
 struct region {
 	uint8_t *base;
 	uint64_t len;
-	uint64_t used; /* bump offset of the next carve */
 	bool registered;
 };
 
-struct slab_class {
-	void *free; /* intrusive list through the first word of each free object */
-	uint8_t *bump, *end;
-	uint32_t size;
+enum chunk_state {
+	CH_UNUSED = 0, /* not in the pool (its region was not added), or inside a block */
+	CH_FREE = 1,   /* head of a free buddy block of @order */
+	CH_SMALL = 2,  /* objects of small class @order */
+	CH_LARGE = 3,  /* head of a block of @order holding one buffer or jemalloc extent */
 };
+
+/* One per chunk of the cap: a side table, so the chunks themselves hold only data. */
+struct chunk {
+	void *free; /* small: intrusive list of free objects of this chunk */
+	uint8_t *bump, *end;
+	uint32_t next, prev; /* in a buddy free list or the class's partial list */
+	uint32_t live;       /* small: objects handed out */
+	uint8_t state;       /* enum chunk_state */
+	uint8_t order;       /* buddy order, or small class */
+	bool listed;         /* small: in the class's partial list */
+};
+
+struct slab_class {
+	struct chunk *cur; /* objects come from here first */
+	uint32_t partial;  /* chunks with free objects, other than cur */
+	uint32_t size;
+	/* Classes of a chunk or more: freed blocks kept for reuse (a buddy split and merge per
+	 * alloc/free pair costs several times the slab path), given back when the pool runs
+	 * dry, so they never strand memory. */
+	void *cache;
+	uint32_t ncache;
+	uint32_t nempty; /* small classes: empty chunks kept on the partial list */
+};
+/* Empty chunks a small class keeps (on its partial list) before giving them back: a burst
+ * that empties and refills a few chunks does not split and merge pool blocks each time. */
+#define EMPTY_KEEP 4
+/* Blocks a large class keeps in its cache. */
+#define LARGE_CACHE 32
 
 /* jemalloc extent hooks, with a way back to the allocator (the hooks get this pointer). */
 struct ext_hooks {
@@ -84,7 +125,8 @@ struct ext_hooks {
 
 struct atomic_astats {
 	_Atomic uint64_t regions, bytes_mapped, bytes_registered, bytes_in_use, bytes_peak,
-		buffers_live, alloc_failures, remote_returns, trace_errors, prefault_ns;
+		buffers_live, alloc_failures, remote_returns, trace_errors, prefault_ns,
+		inline_prefaults, regions_unprefaulted, ext_bytes_in_use, ext_buffers_live;
 };
 
 struct keel_alloc {
@@ -97,12 +139,21 @@ struct keel_alloc {
 	uint8_t *base;
 	unsigned region_shift;
 	uint64_t region_size;
+	uint64_t buf_max;  /* largest buffer keel_buf_alloc returns (keel_alloc_buf_max) */
 	unsigned nregions; /* the cap, in regions */
-	unsigned mapped;   /* regions 0..mapped-1 are mapped */
-	unsigned hint;     /* lowest region that may still have room */
+	unsigned mapped;   /* regions 0..mapped-1 are in use (added to the pool or pre-faulted) */
+	unsigned faulted;  /* regions 0..faulted-1 are pre-faulted */
+	unsigned added;    /* regions 0..added-1 were added to the pool */
 	bool grow_pending;
+	bool grow_failed;       /* pre-faulting failed once: logged, not retried */
 	struct region *regions; /* [nregions] */
 	int numa_node;          /* node regions are bound to, -1 none */
+
+	/* The pool: per-chunk state and the buddy free lists. */
+	struct chunk *chunks; /* [nregions << chunk_order] */
+	uint64_t chunks_len;
+	unsigned chunk_order; /* log2(chunks per region): the largest buddy order */
+	uint32_t pool_free[POOL_ORDERS];
 
 	/* Slab backend. */
 	unsigned nclasses;
@@ -134,13 +185,22 @@ void keel__alloc_log(int level, const char *fmt, ...) __attribute__((format(prin
 
 /* region.c */
 int keel__region_reserve(struct keel_alloc *a);
-int keel__region_map(struct keel_alloc *a, unsigned idx);
-void *keel__region_carve(struct keel_alloc *a, uint64_t size, uint64_t align);
+int keel__region_prefault_initial(struct keel_alloc *a, unsigned n);
+int keel__region_prefault_next(struct keel_alloc *a);
+void keel__region_maybe_grow(struct keel_alloc *a);
 void keel__region_release(struct keel_alloc *a);
 
-/* slab.c; the fast paths are inline here */
+/* slab.c: the pool, and the slab's slow paths; the fast paths are inline here */
+int keel__pool_init(struct keel_alloc *a);
+void keel__pool_fini(struct keel_alloc *a);
+/* A block of 64 KiB << @order from the pool (adding a region when needed), or NULL. */
+void *keel__pool_alloc(struct keel_alloc *a, unsigned order);
+void keel__pool_free(struct keel_alloc *a, void *p);
+/* The smallest order whose block holds @size bytes aligned to @align. */
+unsigned keel__pool_order(uint64_t size, uint64_t align);
 void keel__slab_init(struct keel_alloc *a);
-void *keel__slab_refill(struct keel_alloc *a, struct slab_class *sc);
+void *keel__slab_refill(struct keel_alloc *a, struct slab_class *sc, unsigned c);
+void keel__slab_chunk_changed(struct keel_alloc *a, struct slab_class *sc, struct chunk *ch);
 
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
@@ -159,25 +219,42 @@ class_of(size_t len)
 	return (unsigned)(64 - __builtin_clzll((unsigned long long)len - 1)) - SLAB_MIN_SHIFT;
 }
 
+static inline struct chunk *
+chunk_of(struct keel_alloc *a, const void *p)
+{
+	return &a->chunks[((uintptr_t)p - (uintptr_t)a->base) >> CHUNK_SHIFT];
+}
+
+/* Classes of a chunk or more take one pool block per object. */
+static inline bool
+class_is_large(unsigned c)
+{
+	return c + SLAB_MIN_SHIFT >= CHUNK_SHIFT;
+}
+
 static inline void *
 keel__slab_alloc(struct keel_alloc *a, size_t len, uint8_t *cls, uint32_t *cap)
 {
 	unsigned c = class_of(len);
 	struct slab_class *sc;
+	struct chunk *ch;
 	void *p;
 
 	if (__builtin_expect(c >= a->nclasses, 0))
 		return NULL;
 	sc = &a->cls[c];
-	p = sc->free;
-	if (p) {
+	ch = sc->cur;
+	if (__builtin_expect(ch != NULL, 1) && ch->free) {
+		p = ch->free;
 		UNPOISON(p, sizeof(void *));
-		sc->free = *(void **)p;
-	} else if (sc->bump < sc->end) {
-		p = sc->bump;
-		sc->bump += sc->size;
+		ch->free = *(void **)p;
+		ch->live++;
+	} else if (ch && ch->bump < ch->end) {
+		p = ch->bump;
+		ch->bump += sc->size;
+		ch->live++;
 	} else {
-		p = keel__slab_refill(a, sc);
+		p = keel__slab_refill(a, sc, c);
 		if (!p)
 			return NULL;
 	}
@@ -191,11 +268,26 @@ static inline void
 keel__slab_free(struct keel_alloc *a, void *p, uint8_t cls)
 {
 	struct slab_class *sc = &a->cls[cls];
+	struct chunk *ch;
 
-	*(void **)p = sc->free;
-	sc->free = p;
+	if (class_is_large(cls)) {
+		if (sc->ncache < LARGE_CACHE) {
+			*(void **)p = sc->cache;
+			sc->cache = p;
+			sc->ncache++;
+			POISON((uint8_t *)p + sizeof(void *), sc->size - sizeof(void *));
+		} else {
+			keel__pool_free(a, p);
+		}
+		return;
+	}
+	ch = chunk_of(a, p);
+	*(void **)p = ch->free;
+	ch->free = p;
 	/* Use after the last put is caught by ASan, except in the link word. */
 	POISON((uint8_t *)p + sizeof(void *), sc->size - sizeof(void *));
+	if (__builtin_expect(--ch->live == 0 || !ch->listed, 0) && ch != sc->cur)
+		keel__slab_chunk_changed(a, sc, ch);
 }
 
 /* jeext.c */

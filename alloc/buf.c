@@ -85,7 +85,7 @@ trace_check(const struct keel_slice *s, const char *what)
 	struct keel_alloc *cur = keel__alloc_cur;
 
 	if (s->gen_ != b->gen || b->refs == 0) {
-		ASTAT_ADD(b->home, trace_errors, 1);
+		ASTAT_ADD_SHARED(b->home, trace_errors, 1);
 		keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
 				"buf trace: %s of a buffer already freed (double put) on shard %d; "
 				"buffer allocated at %s:%d",
@@ -94,7 +94,7 @@ trace_check(const struct keel_slice *s, const char *what)
 		return true;
 	}
 	if (cur && b->holder != cur->cfg.shard) {
-		ASTAT_ADD(b->home, trace_errors, 1);
+		ASTAT_ADD_SHARED(b->home, trace_errors, 1);
 		keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
 				"buf trace: %s on shard %u of a buffer held by shard %u (wrong "
 				"shard: move it with keel_slice_move in a cross-shard message); "
@@ -125,7 +125,7 @@ keel_buf_alloc_at(struct keel_alloc *a, size_t len, struct keel_slice *out, cons
 
 	if (len == 0)
 		return -EINVAL;
-	if (len > a->region_size)
+	if (len > a->buf_max)
 		return -E2BIG;
 	b = hdr_get(a);
 	if (!b)
@@ -135,7 +135,8 @@ keel_buf_alloc_at(struct keel_alloc *a, size_t len, struct keel_slice *out, cons
 		b->kind = BUF_SLAB;
 	} else {
 		p = mallocx(len, a->reg_flags);
-		cap = (uint32_t)len;
+		/* The size class jemalloc used: what the buffer really holds and accounts. */
+		cap = p ? (uint32_t)sallocx(p, a->reg_flags) : 0;
 		b->kind = BUF_JEMALLOC;
 	}
 	if (!p) {
@@ -179,7 +180,9 @@ keel_buf_wrap_at(struct keel_alloc *a, void *data, uint32_t cap, keel_buf_releas
 	b->home = a;
 	b->u.ext.fn = release;
 	b->u.ext.arg = arg;
-	account_alloc(a, cap);
+	/* Not registered memory: counted apart from bytes_in_use and its peak. */
+	ASTAT_ADD(a, ext_bytes_in_use, cap);
+	ASTAT_ADD(a, ext_buffers_live, 1);
 #ifdef KEEL_BUF_TRACE
 	trace_link(a, b, file, line);
 #endif
@@ -204,8 +207,13 @@ release_local(struct keel_buf *b)
 		b->u.ext.fn(b->data, b->cap, b->u.ext.arg);
 		break;
 	}
-	ASTAT_SUB(a, bytes_in_use, b->cap);
-	ASTAT_SUB(a, buffers_live, 1);
+	if (b->kind == BUF_EXTERNAL) {
+		ASTAT_SUB(a, ext_bytes_in_use, b->cap);
+		ASTAT_SUB(a, ext_buffers_live, 1);
+	} else {
+		ASTAT_SUB(a, bytes_in_use, b->cap);
+		ASTAT_SUB(a, buffers_live, 1);
+	}
 #ifdef KEEL_BUF_TRACE
 	trace_unlink(a, b);
 #endif
@@ -221,6 +229,21 @@ keel_buf_release(struct keel_buf *b)
 	release_local(b);
 }
 
+/* A buffer that could not go home stays referenced; reported at teardown too. Rate-limited
+ * (a power-of-two count): this runs on the hot path. */
+static void
+leak_log(struct keel_alloc *home, int err)
+{
+	static _Atomic uint64_t n;
+	uint64_t k = atomic_fetch_add_explicit(&n, 1, memory_order_relaxed) + 1;
+
+	if (k & (k - 1))
+		return;
+	keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
+			"a buffer of shard %u could not be sent home (%s): leaked (%llu so far)",
+			home->cfg.shard, strerror(-err), (unsigned long long)k);
+}
+
 static void
 last_put(struct keel_buf *b)
 {
@@ -232,12 +255,21 @@ last_put(struct keel_buf *b)
 		release_local(b);
 		return;
 	}
-	ASTAT_ADD(home, remote_returns, 1);
-	r = home->cfg.send_home(home, b, home->cfg.ctx);
-	if (r < 0)
+	if (!keel__alloc_cur) {
+		/* A thread that is no shard held a reference: refcounts are not atomic, so
+		 * the count itself may already be wrong (documented misuse). */
 		keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
-				"a buffer of shard %u could not be sent home (%s): leaked",
-				home->cfg.shard, strerror(-r));
+				"last put of a buffer of shard %u on a thread that is not a shard: "
+				"buffers may be held and put only on shards",
+				home->cfg.shard);
+		alloc_verify(keel__alloc_cur != NULL);
+	}
+	r = home->cfg.send_home(home, b, home->cfg.ctx);
+	if (r < 0) {
+		leak_log(home, r);
+		return;
+	}
+	ASTAT_ADD_SHARED(home, remote_returns, 1);
 }
 
 void
@@ -249,6 +281,11 @@ keel_slice_put(struct keel_slice *s)
 #ifdef KEEL_BUF_TRACE
 	if (trace_check(s, "put"))
 		return;
+#else
+	/* A stale slice (a put after the last one, the header since reused by another
+	 * buffer) would drop a reference of that other buffer: one compare on the line the
+	 * count is on. */
+	alloc_verify(s->gen_ == b->gen);
 #endif
 	alloc_verify(b->refs > 0);
 	if (--b->refs == 0)
@@ -265,6 +302,8 @@ keel_slice_get(const struct keel_slice *s, struct keel_slice *out)
 		memset(out, 0, sizeof(*out));
 		return;
 	}
+#else
+	alloc_verify(s->gen_ == b->gen);
 #endif
 	alloc_verify(b->refs > 0 && b->refs < UINT32_MAX);
 	b->refs++;
@@ -325,11 +364,11 @@ keel_buf_is_external(const struct keel_buf *b)
 void
 keel__buf_teardown(struct keel_alloc *a)
 {
-	uint64_t live = ASTAT_GET(a, buffers_live);
+	uint64_t live = ASTAT_GET(a, buffers_live) + ASTAT_GET(a, ext_buffers_live);
 
 #ifdef KEEL_BUF_TRACE
 	for (struct keel_buf *b = a->trace_live; b; b = b->tnext) {
-		ASTAT_ADD(a, trace_errors, 1);
+		ASTAT_ADD_SHARED(a, trace_errors, 1);
 		keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
 				"buf trace: leak on shard %u: buffer of %u bytes (%u references) "
 				"allocated at %s:%d",
@@ -341,5 +380,6 @@ keel__buf_teardown(struct keel_alloc *a)
 				"shard %u: %llu buffers (%llu bytes) still referenced at teardown; "
 				"build with -DKEEL_BUF_TRACE=ON to see where they were allocated",
 				a->cfg.shard, (unsigned long long)live,
-				(unsigned long long)ASTAT_GET(a, bytes_in_use));
+				(unsigned long long)(ASTAT_GET(a, bytes_in_use) +
+						     ASTAT_GET(a, ext_bytes_in_use)));
 }

@@ -40,7 +40,8 @@ ext_alloc(extent_hooks_t *h, void *new_addr, size_t size, size_t alignment, bool
 	 * new extent and copies. */
 	if (new_addr)
 		return NULL;
-	p = keel__region_carve(a, size, alignment < 4096 ? 4096 : alignment);
+	/* A pool block: inside one region, aligned to its own size. */
+	p = keel__pool_alloc(a, keel__pool_order(size, alignment));
 	if (!p)
 		return NULL;
 	/* Carved memory was never handed out before: fresh (zero) pages, committed. */
@@ -191,6 +192,14 @@ void *
 keel_alloc_malloc(struct keel_alloc *a, size_t size)
 {
 	return mallocx(size ? size : 1, a->gen_flags);
+}
+
+void *
+keel_alloc_realloc(struct keel_alloc *a, void *p, size_t size)
+{
+	if (!p)
+		return keel_alloc_malloc(a, size);
+	return rallocx(p, size ? size : 1, a->gen_flags);
 }
 
 void

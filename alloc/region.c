@@ -1,12 +1,21 @@
 // SPDX-License-Identifier: MIT
 /*
- * Regions: one address-space reservation per allocator for the whole cap, mapped region by
- * region. Region i starts at base + i * region_size, so locating a byte is a subtraction
- * and a shift. Each region is bound to the shard's NUMA node, advised for transparent huge
- * pages (or mapped from hugetlbfs) and pre-faulted when it is mapped: at create, or ahead
- * of need from the grow hook, so no request pays for page faults.
+ * Regions: one mapping per allocator for the whole cap, region-aligned, made at create.
+ * Region i starts at base + i * region_size, so locating a byte is a subtraction and a
+ * shift. The mapping is bound to the shard's NUMA node and advised for transparent huge
+ * pages (or is a hugetlbfs mapping, whose pages the kernel reserves for the whole cap at
+ * create: huge pages cannot run out mid-run). Creating it commits nothing else.
+ *
+ * Pre-faulting is the only costly step, and it never happens inside a request when the
+ * runtime gave a grow hook: create pre-faults the first region(s); after that the hook
+ * pre-faults one region per deferred callback, keeping GROW_SPARE pre-faulted regions
+ * ahead of the pool. An allocation burst that outruns it takes the next region as it is
+ * (no system call: its pages fault in on first touch), counted in regions_unprefaulted.
+ * Without a hook (standalone use) the pool pre-faults a region when it adds it, counted in
+ * inline_prefaults.
  */
 #include <errno.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
@@ -34,16 +43,47 @@ now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
+/* Bind [p, p+len) to the NUMA node of the configured CPU. On failure the memory stays
+ * where first touch puts it: the shard's own thread pre-faults it, so it is local anyway
+ * unless the kernel's policy says otherwise. Logged once per process at INFO: a person
+ * tuning NUMA placement needs to see it, and it does not change from shard to shard. */
+static void
+bind_local(struct keel_alloc *a, void *p, uint64_t len)
+{
+	static _Atomic int logged;
+	hwloc_topology_t topo = (hwloc_topology_t)a->cfg.topo;
+	hwloc_obj_t pu;
+
+	if (!topo || a->cfg.cpu < 0)
+		return;
+	pu = hwloc_get_pu_obj_by_os_index(topo, (unsigned)a->cfg.cpu);
+	if (!pu || !pu->nodeset)
+		return;
+	if (hwloc_set_area_membind(topo, p, len, pu->nodeset, HWLOC_MEMBIND_BIND,
+				   HWLOC_MEMBIND_BYNODESET) < 0) {
+		int e = errno;
+		if (!atomic_exchange(&logged, 1))
+			keel__alloc_log(KEEL_ALLOC_LOG_INFO,
+					"shard %u: binding buffer memory to its NUMA node failed "
+					"(%s); pages go where the shard first touches them",
+					a->cfg.shard, strerror(e));
+		return;
+	}
+	a->numa_node = hwloc_bitmap_first(pu->nodeset);
+}
+
 int
 keel__region_reserve(struct keel_alloc *a)
 {
 	uint64_t align =
 		a->region_size > KEEL_ALLOC_HUGEPAGE ? a->region_size : KEEL_ALLOC_HUGEPAGE;
 	uint64_t span = (uint64_t)a->nregions * a->region_size;
+	int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED;
 	uintptr_t p;
+	void *m;
 
-	/* PROT_NONE and NORESERVE: address space only; nothing is committed until a region is
-	 * mapped. Over-reserve by one alignment unit to align the base. */
+	/* PROT_NONE and NORESERVE first, over-reserved by one alignment unit to align the
+	 * base; then the aligned span is mapped for real. */
 	a->resv_len = span + align;
 	a->resv = mmap(NULL, a->resv_len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
 		       -1, 0);
@@ -53,6 +93,27 @@ keel__region_reserve(struct keel_alloc *a)
 	}
 	p = ((uintptr_t)a->resv + align - 1) & ~(uintptr_t)(align - 1);
 	a->base = (uint8_t *)p;
+	if (a->cfg.hugepages)
+		flags |= MAP_HUGETLB | MAP_HUGE_2MB; /* reserves the pages for the whole span */
+	else
+		flags |= MAP_NORESERVE;
+	m = mmap(a->base, span, PROT_READ | PROT_WRITE, flags, -1, 0);
+	if (m == MAP_FAILED) {
+		int e = errno;
+		if (a->cfg.hugepages)
+			keel__alloc_log(
+				KEEL_ALLOC_LOG_ERROR,
+				"shard %u: %llu huge pages of 2 MiB needed for %llu MiB of "
+				"buffers, not reserved (%s): reserve them first, e.g. echo N "
+				"> /proc/sys/vm/nr_hugepages (N: this times the shard "
+				"count), or run without --hugepages",
+				a->cfg.shard, (unsigned long long)(span / KEEL_ALLOC_HUGEPAGE),
+				(unsigned long long)(span >> 20), strerror(e));
+		return -e;
+	}
+	if (!a->cfg.hugepages)
+		madvise(a->base, span, MADV_HUGEPAGE); /* best effort: THP may be disabled */
+	bind_local(a, a->base, span);
 	return 0;
 }
 
@@ -64,28 +125,27 @@ keel__region_release(struct keel_alloc *a)
 	a->resv = NULL;
 }
 
-/* Bind [p, p+len) to the NUMA node of the configured CPU. On failure the memory stays
- * where first touch puts it: the shard's own thread pre-faults it, so it is local anyway
- * unless the kernel's policy says otherwise. */
-static void
-bind_local(struct keel_alloc *a, void *p, uint64_t len)
+/* MADV_POPULATE_WRITE (Linux 5.14) is known by the kernel? Probed once on a page of our
+ * own: EINVAL also means "not writable" for a mapping, which must not send us touching. */
+static bool
+have_populate_write(void)
 {
-	hwloc_topology_t topo = (hwloc_topology_t)a->cfg.topo;
-	hwloc_obj_t pu;
+	static _Atomic int have; /* 0 unknown, 1 yes, -1 no */
+	int h = atomic_load_explicit(&have, memory_order_relaxed);
 
-	if (!topo || a->cfg.cpu < 0)
-		return;
-	pu = hwloc_get_pu_obj_by_os_index(topo, (unsigned)a->cfg.cpu);
-	if (!pu || !pu->nodeset)
-		return;
-	if (hwloc_set_area_membind(topo, p, len, pu->nodeset, HWLOC_MEMBIND_BIND,
-				   HWLOC_MEMBIND_BYNODESET) < 0) {
-		keel__alloc_log(KEEL_ALLOC_LOG_DEBUG,
-				"shard %u: binding region memory to its NUMA node failed: %s",
-				a->cfg.shard, strerror(errno));
-		return;
+	if (!h) {
+		long pg = sysconf(_SC_PAGESIZE);
+		void *p = mmap(NULL, (size_t)pg, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		h = -1;
+		if (p != MAP_FAILED) {
+			if (madvise(p, (size_t)pg, MADV_POPULATE_WRITE) == 0)
+				h = 1;
+			munmap(p, (size_t)pg);
+		}
+		atomic_store_explicit(&have, h, memory_order_relaxed);
 	}
-	a->numa_node = hwloc_bitmap_first(pu->nodeset);
+	return h > 0;
 }
 
 static int
@@ -93,81 +153,78 @@ prefault(void *p, uint64_t len)
 {
 	long pg = sysconf(_SC_PAGESIZE);
 
-	if (madvise(p, len, MADV_POPULATE_WRITE) == 0)
-		return 0;
-	if (errno != EINVAL)
-		return -errno;
-	/* Kernels before 5.14: touch every page. */
+	if (have_populate_write())
+		return madvise(p, len, MADV_POPULATE_WRITE) == 0 ? 0 : -errno;
+	/* Kernels before 5.14: touch every page (pages already in use keep their bytes). */
 	for (uint64_t off = 0; off < len; off += (uint64_t)pg)
-		((volatile uint8_t *)p)[off] = 0;
+		__atomic_fetch_add((uint8_t *)p + off, 0, __ATOMIC_RELAXED);
 	return 0;
 }
 
+/* Pre-fault region `faulted`. A failure is recorded and logged once: later regions are then
+ * used as they are (faulted on first touch); no system call is retried. */
 int
-keel__region_map(struct keel_alloc *a, unsigned idx)
+keel__region_prefault_next(struct keel_alloc *a)
 {
+	unsigned idx = a->faulted;
 	struct region *r = &a->regions[idx];
-	uint8_t *p = a->base + (uint64_t)idx * a->region_size;
-	uint64_t len = a->region_size;
 	uint64_t t0 = now_ns();
-	int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED;
-	void *m;
 	int e;
 
-	if (a->cfg.hugepages)
-		flags |= MAP_HUGETLB | MAP_HUGE_2MB;
-	else
-		flags |= MAP_NORESERVE;
-	m = mmap(p, len, PROT_READ | PROT_WRITE, flags, -1, 0);
-	if (m == MAP_FAILED) {
-		e = errno;
-		/* A failed MAP_FIXED may have unmapped the range: reserve it again. */
-		mmap(p, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1,
-		     0);
-		if (a->cfg.hugepages)
-			keel__alloc_log(
-				KEEL_ALLOC_LOG_ERROR,
-				"shard %u: no huge pages for a %llu MiB region (%s): reserve "
-				"2 MiB pages first, e.g. echo N > /proc/sys/vm/nr_hugepages, "
-				"or run without --hugepages",
-				a->cfg.shard, (unsigned long long)(len >> 20), strerror(e));
-		return -e;
-	}
-	if (!a->cfg.hugepages)
-		madvise(p, len, MADV_HUGEPAGE); /* best effort: THP may be disabled */
-	bind_local(a, p, len);
-	e = prefault(p, len);
+	if (idx >= a->nregions || a->grow_failed)
+		return -ENOMEM;
+	r->base = a->base + (uint64_t)idx * a->region_size;
+	r->len = a->region_size;
+	e = prefault(r->base, r->len);
 	if (e < 0) {
-		mmap(p, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1,
-		     0);
-		if (a->cfg.hugepages && e == -ENOMEM)
-			keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
-					"shard %u: too few huge pages reserved: raise "
-					"/proc/sys/vm/nr_hugepages or run without --hugepages",
-					a->cfg.shard);
+		a->grow_failed = true;
+		keel__alloc_log(KEEL_ALLOC_LOG_WARN,
+				"shard %u: pre-faulting buffer region %u failed (%s); later "
+				"regions are used without pre-faulting (first touch faults "
+				"them in); not retried",
+				a->cfg.shard, idx, strerror(-e));
 		return e;
 	}
-	r->base = p;
-	r->len = len;
-	r->used = 0;
-	a->mapped = idx + 1;
+	a->faulted = idx + 1;
+	if (a->mapped < a->faulted)
+		a->mapped = a->faulted;
 	ASTAT_ADD(a, regions, 1);
-	ASTAT_ADD(a, bytes_mapped, len);
+	ASTAT_ADD(a, bytes_mapped, r->len);
 	ASTAT_ADD(a, prefault_ns, now_ns() - t0);
 	return 0;
 }
 
-/* A spare is a mapped region nothing was carved from yet. Keep one ahead when the runtime
- * gave us a way to map it off the hot path. */
-static void
-maybe_grow(struct keel_alloc *a)
+int
+keel__region_prefault_initial(struct keel_alloc *a, unsigned n)
 {
-	if (!a->cfg.grow || a->grow_pending || a->mapped >= a->nregions)
-		return;
-	if (a->mapped > 0 && a->regions[a->mapped - 1].used == 0)
+	for (unsigned i = 0; i < a->nregions; i++) {
+		a->regions[i].base = a->base + (uint64_t)i * a->region_size;
+		a->regions[i].len = a->region_size;
+	}
+	for (unsigned i = 0; i < n && i < a->nregions; i++) {
+		int r = keel__region_prefault_next(a);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+static bool
+below_low_water(const struct keel_alloc *a)
+{
+	return !a->grow_failed && a->faulted < a->nregions &&
+	       a->faulted < (uint64_t)a->added + GROW_SPARE;
+}
+
+/* Keep GROW_SPARE pre-faulted regions ahead of the pool, through the runtime's hook. */
+void
+keel__region_maybe_grow(struct keel_alloc *a)
+{
+	if (!a->cfg.grow || a->grow_pending || !below_low_water(a))
 		return;
 	a->grow_pending = true;
-	a->cfg.grow(a, a->cfg.ctx);
+	if (a->cfg.grow(a, a->cfg.ctx) < 0)
+		a->grow_pending = false;
 }
 
 int
@@ -176,45 +233,14 @@ keel_alloc_grow(struct keel_alloc *a)
 	int r;
 
 	a->grow_pending = false;
-	if (a->mapped >= a->nregions || (a->mapped > 0 && a->regions[a->mapped - 1].used == 0))
+	if (!below_low_water(a))
 		return 0;
-	r = keel__region_map(a, a->mapped);
-	return r < 0 ? r : 1;
-}
-
-static inline uint64_t
-align_up(uint64_t v, uint64_t align)
-{
-	return (v + align - 1) & ~(align - 1);
-}
-
-/* First fit from the hint: regions are few (the cap over the region size) and the hint
- * skips the full ones, so this is O(1) in the common case. Never crosses a region
- * boundary: every carved block lies inside one registered buffer. */
-void *
-keel__region_carve(struct keel_alloc *a, uint64_t size, uint64_t align)
-{
-	if (size > a->region_size)
-		return NULL;
-	for (unsigned i = a->hint;; i++) {
-		struct region *r;
-		uint64_t off;
-
-		if (i >= a->mapped) {
-			if (i >= a->nregions || keel__region_map(a, i) < 0)
-				return NULL;
-		}
-		r = &a->regions[i];
-		off = align_up(r->used, align);
-		if (off + size <= r->len) {
-			r->used = off + size;
-			maybe_grow(a);
-			return r->base + off;
-		}
-		/* Too little left for a slab chunk: skip this region from now on. */
-		if (i == a->hint && r->len - r->used < SLAB_CHUNK)
-			a->hint = i + 1;
-	}
+	/* One region per call: the bounded slice of a loop pass. */
+	r = keel__region_prefault_next(a);
+	if (r < 0)
+		return r;
+	keel__region_maybe_grow(a);
+	return 1;
 }
 
 unsigned

@@ -17,6 +17,7 @@
 #include <linux/capability.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -25,11 +26,12 @@
 
 #include "internal.h"
 
-/* More slots than this the kernel refuses (IORING_MAX_REG_BUFFERS). */
-#define MAX_SLOTS (1u << 14)
-
 static pthread_once_t once = PTHREAD_ONCE_INIT;
-/* The runtime that logged the memlock fallback line: one line per runtime. */
+/* Bytes this process has pinned in fixed-buffer tables, all runtimes and shards: what a
+ * person compares with RLIMIT_MEMLOCK (the kernel counts pinned pages per user). */
+static _Atomic uint64_t pinned_bytes;
+/* The runtime that logged the memlock fallback line: one line per runtime. Cleared when
+ * that runtime's shards end (a later runtime may get the same address). */
 static _Atomic(struct keel_runtime *) memlock_logged;
 
 static void
@@ -75,29 +77,44 @@ memlock_str(char *buf, size_t len)
 	return buf;
 }
 
-/* The message a person needs, at the level the policy asks for. */
+/* The message a person needs, at the level the policy asks for: the limit, what is pinned
+ * already, what the whole configuration needs, and the fix. @what: the registration that
+ * failed (a region mid-run, or the start-up check). */
 static void
-memlock_fail_log(struct keel_shard *s, uint64_t bytes)
+memlock_fail_log(struct keel_shard *s, const char *what)
 {
 	struct keel__bufreg *br = s->bufreg;
+	struct keel_runtime *rt = s->rt;
+	uint64_t need = rt->opts.memory * rt->count;
 	char lim[32];
 
 	if (br->policy_on) {
-		keel_log(KEEL_LOG_ERROR, "core",
-			 "shard %u: registering %llu KiB of buffers failed: RLIMIT_MEMLOCK (%s) is "
-			 "too low and the process lacks CAP_IPC_LOCK; raise it (ulimit -l "
-			 "unlimited, or LimitMEMLOCK=infinity in the systemd unit), or use "
-			 "--feature reg_buffers=auto to run with unregistered buffers",
-			 s->id, (unsigned long long)(bytes >> 10), memlock_str(lim, sizeof(lim)));
+		keel_log(
+			KEEL_LOG_ERROR, "core",
+			"shard %u: %s: RLIMIT_MEMLOCK (%s) is too low and the process lacks "
+			"CAP_IPC_LOCK: %llu KiB pinned by keel so far (other pinned memory of this user "
+			"counts too), %llu KiB needed (--memory %llu MiB "
+			"x %u shards); raise it (ulimit -l unlimited, or LimitMEMLOCK=infinity in "
+			"the systemd unit), or use --feature reg_buffers=auto to run with "
+			"unregistered buffers",
+			s->id, what, memlock_str(lim, sizeof(lim)),
+			(unsigned long long)(atomic_load(&pinned_bytes) >> 10),
+			(unsigned long long)(need >> 10),
+			(unsigned long long)(rt->opts.memory >> 20), rt->count);
 		return;
 	}
-	if (atomic_exchange(&memlock_logged, s->rt) == s->rt)
+	if (atomic_exchange(&memlock_logged, rt) == rt)
 		return;
 	keel_log(KEEL_LOG_WARN, "core",
-		 "registered buffers: RLIMIT_MEMLOCK (%s) is too low to pin %llu KiB without "
-		 "CAP_IPC_LOCK; running with unregistered buffers (plain sends). Fix: ulimit -l "
-		 "unlimited, or LimitMEMLOCK=infinity in the systemd unit",
-		 memlock_str(lim, sizeof(lim)), (unsigned long long)(bytes >> 10));
+		 "registered buffers: %s on shard %u: RLIMIT_MEMLOCK (%s) is too low without "
+		 "CAP_IPC_LOCK: %llu KiB pinned by keel so far (other pinned memory of this user "
+		 "counts too), %llu KiB needed (--memory %llu MiB x %u "
+		 "shards); running with unregistered buffers (plain sends) where registration "
+		 "fails. Fix: ulimit -l unlimited, or LimitMEMLOCK=infinity in the systemd unit",
+		 what, s->id, memlock_str(lim, sizeof(lim)),
+		 (unsigned long long)(atomic_load(&pinned_bytes) >> 10),
+		 (unsigned long long)(need >> 10), (unsigned long long)(rt->opts.memory >> 20),
+		 rt->count);
 }
 
 /* Register region @idx in slot @idx. Returns 0 or -errno. */
@@ -120,14 +137,19 @@ register_slot(struct keel_shard *s, unsigned idx)
 	r = io_uring_register_buffers_update_tag(&s->ring, idx, &iov, &tag, 1);
 	if (r == 1) {
 		br->slots[idx] = SLOT_REGISTERED;
+		atomic_fetch_add(&pinned_bytes, len);
 		keel_alloc_region_set_registered(br->alloc, idx, true);
 		return 0;
 	}
 	r = r < 0 ? r : -EIO;
 	br->slots[idx] = SLOT_FAILED;
-	if (r == -ENOMEM)
-		memlock_fail_log(s, len);
-	else
+	br->failed = true;
+	if (r == -ENOMEM) {
+		char what[96];
+		snprintf(what, sizeof(what), "registering buffer region %u (%llu KiB) failed", idx,
+			 (unsigned long long)(len >> 10));
+		memlock_fail_log(s, what);
+	} else
 		keel_log(KEEL_LOG_ERROR, "core", "shard %u: registering region %u failed: %s",
 			 s->id, idx, strerror(-r));
 	return r;
@@ -136,18 +158,16 @@ register_slot(struct keel_shard *s, unsigned idx)
 static void
 grow_cb(void *arg)
 {
-	int r = keel_alloc_grow(arg);
-	if (r < 0)
-		keel_log(KEEL_LOG_WARN, "core", "mapping the next buffer region failed: %s",
-			 strerror(-r));
+	/* One region per pass; a failure is logged once by the allocator. */
+	(void)keel_alloc_grow(arg);
 }
 
-static void
+static int
 grow_hook(struct keel_alloc *a, void *ctx)
 {
-	/* Off the hot path: after this pass's callbacks. */
-	if (keel_defer(grow_cb, a) < 0)
-		grow_cb(a);
+	/* Off the hot path: after this pass's callbacks. Never inline: when deferring fails,
+	 * the allocator asks again later. */
+	return keel_defer(grow_cb, a);
 }
 
 static void
@@ -161,7 +181,9 @@ send_home_hook(struct keel_alloc *home, struct keel_buf *b, void *ctx)
 {
 	if (!keel_this_shard())
 		return -EPERM;
-	return keel_send(keel_alloc_shard(home), release_home, b);
+	/* Not keel_send: a last put during the stop sequence (a cancelled operation's
+	 * completion) must still reach home, or the buffer leaks. */
+	return keel__send_internal(keel_alloc_shard(home), release_home, b);
 }
 
 int
@@ -189,6 +211,15 @@ keel__bufreg_init(struct keel_shard *s)
 	cfg.send_home = send_home_hook;
 	cfg.ctx = s;
 	r = keel_alloc_create(&cfg, &br->alloc);
+	if (r == -ENOMEM && rt->opts.hugepages) {
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "--hugepages: %llu huge pages of 2 MiB needed in all (--memory %llu MiB x "
+			 "%u shards), reserved at start; set /proc/sys/vm/nr_hugepages to at least "
+			 "that",
+			 (unsigned long long)(rt->opts.memory / KEEL_ALLOC_HUGEPAGE * rt->count),
+			 (unsigned long long)(rt->opts.memory >> 20), rt->count);
+		return r;
+	}
 	if (r < 0) {
 		keel_log(KEEL_LOG_ERROR, "core",
 			 "shard %u: buffer memory (--memory %llu MiB%s): %s", s->id,
@@ -203,15 +234,17 @@ keel__bufreg_init(struct keel_shard *s)
 	if (br->policy_on && !have_cap_ipc_lock()) {
 		struct rlimit rl;
 		uint64_t need = (uint64_t)rt->opts.memory * rt->count;
+		/* Arithmetic only: the kernel counts pinned pages per user, so other processes
+		 * of this user may still make a later registration fail (then an error to
+		 * the caller of keel_buf_fixed / keel_prep_send_buf, see keel/bufreg.h). */
 		if (getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
 		    rl.rlim_cur < need) {
-			memlock_fail_log(s, need);
+			memlock_fail_log(s, "start-up check");
 			return -ENOMEM;
 		}
 	}
+	/* One slot per region: keel_alloc_create refuses more regions than a table holds. */
 	br->nslots = keel_alloc_region_max(br->alloc);
-	if (br->nslots > MAX_SLOTS)
-		br->nslots = MAX_SLOTS;
 	br->slots = calloc(br->nslots, 1);
 	if (!br->slots)
 		return -ENOMEM;
@@ -254,6 +287,20 @@ keel__bufreg_fini(struct keel_shard *s)
 			 (unsigned long long)st.alloc_failures,
 			 (unsigned long long)st.remote_returns);
 	}
+	/* The ring is gone: its table no longer pins anything. */
+	for (unsigned i = 0; i < br->nslots; i++) {
+		if (br->slots[i] != SLOT_REGISTERED)
+			continue;
+		void *base;
+		uint64_t len;
+		if (keel_alloc_region(br->alloc, i, &base, &len) == 0)
+			atomic_fetch_sub(&pinned_bytes, len);
+		keel_alloc_region_set_registered(br->alloc, i, false);
+	}
+	{
+		struct keel_runtime *rt = s->rt;
+		atomic_compare_exchange_strong(&memlock_logged, &rt, NULL);
+	}
 	keel_alloc_destroy(br->alloc);
 	keel_alloc_bind_thread(NULL);
 	free(br->slots);
@@ -267,10 +314,31 @@ keel_shard_alloc(void)
 	return cur_shard(__func__)->bufreg->alloc;
 }
 
+void *
+keel_shard_malloc(size_t size)
+{
+	return keel_alloc_malloc(cur_shard(__func__)->bufreg->alloc, size);
+}
+
+void *
+keel_shard_realloc(void *p, size_t size)
+{
+	return keel_alloc_realloc(cur_shard(__func__)->bufreg->alloc, p, size);
+}
+
+void
+keel_shard_free(void *p)
+{
+	if (p)
+		keel_alloc_free(cur_shard(__func__)->bufreg->alloc, p);
+}
+
 bool
 keel_shard_bufs_registered(void)
 {
-	return cur_shard(__func__)->bufreg->enabled;
+	struct keel__bufreg *br = cur_shard(__func__)->bufreg;
+
+	return br->enabled && !br->failed;
 }
 
 int
@@ -287,8 +355,11 @@ keel_buf_fixed(const struct keel_slice *sl, unsigned *index, uint64_t *offset)
 		return -ENOENT;
 	if (!br->enabled)
 		return -EOPNOTSUPP;
-	if (keel_alloc_locate(br->alloc, sl->data, &idx, &off) < 0)
+	/* Locate the buffer's start, not sl->data: a zero-length slice at the end of a buffer
+	 * points at the first byte of the next region. */
+	if (keel_alloc_locate(br->alloc, keel_buf_base(sl->buf), &idx, &off) < 0)
 		return -ENOENT;
+	off += (uint64_t)(sl->data - (uint8_t *)keel_buf_base(sl->buf));
 	if (idx >= br->nslots)
 		return -ERANGE;
 	switch (br->slots[idx]) {
@@ -313,10 +384,16 @@ keel_prep_send_buf(struct io_uring_sqe *sqe, int fd, const struct keel_slice *sl
 	unsigned idx;
 	uint64_t off;
 
-	if (keel_buf_fixed(sl, &idx, &off) == 0) {
+	int r = keel_buf_fixed(sl, &idx, &off);
+
+	if (r == 0) {
 		io_uring_prep_send_zc_fixed(sqe, fd, sl->data, sl->len, msg_flags, 0, idx);
 		return 1;
 	}
+	/* reg_buffers=on promised registered sends: a region that failed to register is an
+	 * error for the caller, not a silent plain send. */
+	if (r == -ENOMEM && cur_shard(__func__)->bufreg->policy_on)
+		return r;
 	io_uring_prep_send(sqe, fd, sl->data, sl->len, msg_flags);
 	return 0;
 }

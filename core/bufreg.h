@@ -20,6 +20,7 @@ struct keel__bufreg {
 	uint8_t *slots; /* [nslots] enum slot_state */
 	unsigned nslots;
 	bool enabled; /* the sparse table exists and registration is allowed */
+	bool failed;  /* a region failed to register (RLIMIT_MEMLOCK) */
 	bool policy_on;
 };
 

@@ -235,6 +235,8 @@ void keel__mail_fini(struct keel_shard *s);
 void keel__mail_link(struct keel_shard *s);
 unsigned keel__mail_drain(struct keel_shard *s);
 void keel__mail_flush(struct keel_shard *s);
+/* A message of keel itself: like keel_send, also while the shard drains (PHASE_STOP). */
+int keel__send_internal(unsigned dst, keel_fn fn, void *arg);
 bool keel__mail_pending(struct keel_shard *s);
 
 /* timer.c */

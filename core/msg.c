@@ -83,7 +83,7 @@ keel__mail_fini(struct keel_shard *s)
 			struct ovf_node *n = s->out[d].ovf_head;
 			while (n) {
 				struct ovf_node *next = n->next;
-				free(n);
+				keel_shard_free(n);
 				n = next;
 			}
 		}
@@ -129,7 +129,7 @@ enqueue(struct keel_shard *s, unsigned dst, const struct msg *m)
 		o->mb->slots[o->mb->tail_local & (cap - 1)] = *m;
 		o->mb->tail_local++;
 	} else {
-		struct ovf_node *n = malloc(sizeof(*n));
+		struct ovf_node *n = keel_shard_malloc(sizeof(*n));
 		if (!n)
 			return -ENOMEM;
 		n->next = NULL;
@@ -156,6 +156,22 @@ keel_send(unsigned dst, keel_fn fn, void *arg)
 	if (dst >= s->rt->count || !fn)
 		return -EINVAL;
 	if (s->phase != PHASE_RUN)
+		return -ESHUTDOWN;
+	return enqueue(s, dst, &m);
+}
+
+/* keel's own messages (a buffer's trip home): unlike keel_send, allowed while the shard
+ * drains in PHASE_STOP, like call replies. Termination detection counts them as it counts
+ * every enqueue, so the destination keeps looping until it ran this. */
+int
+keel__send_internal(unsigned dst, keel_fn fn, void *arg)
+{
+	struct keel_shard *s = cur_shard(__func__);
+	struct msg m = { .fn.send = fn, .arg = arg };
+
+	if (dst >= s->rt->count || !fn)
+		return -EINVAL;
+	if (s->phase == PHASE_DONE)
 		return -ESHUTDOWN;
 	return enqueue(s, dst, &m);
 }
@@ -197,7 +213,7 @@ bcast_ack(int status, void *p)
 	if (--b->remaining == 0) {
 		if (b->all_done)
 			b->all_done(b->status, b->done_arg);
-		free(b);
+		keel_shard_free(b);
 	}
 }
 
@@ -212,7 +228,7 @@ keel_broadcast(keel_fn fn, void *arg, keel_done_fn all_done, void *done_arg)
 		return -EINVAL;
 	if (s->phase != PHASE_RUN)
 		return -ESHUTDOWN;
-	b = malloc(sizeof(*b));
+	b = keel_shard_malloc(sizeof(*b));
 	if (!b)
 		return -ENOMEM;
 	*b = (struct bcast){ fn, arg, all_done, done_arg, n, 0 };
@@ -222,7 +238,7 @@ keel_broadcast(keel_fn fn, void *arg, keel_done_fn all_done, void *done_arg)
 	for (unsigned i = 0; i < n; i++) {
 		if (keel_call(i, bcast_run, b, bcast_ack, b) < 0) {
 			if (i == 0) {
-				free(b);
+				keel_shard_free(b);
 				return -ENOMEM;
 			}
 			keel_log(KEEL_LOG_ERROR, "core",
@@ -344,7 +360,7 @@ keel__mail_flush(struct keel_shard *s)
 			o->ovf_head = n->next;
 			if (!o->ovf_head)
 				o->ovf_tail = NULL;
-			free(n);
+			keel_shard_free(n);
 			s->ovf_pending--;
 		}
 		if (mb->tail_local != atomic_load_explicit(&mb->tail, memory_order_relaxed)) {

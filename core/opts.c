@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #include <errno.h>
+#include <keel/alloc.h>
 #include <keel/opts.h>
 #include <limits.h>
 #include <stdio.h>
@@ -277,8 +278,23 @@ apply(const struct opt_desc *d, const char *v, struct keel_opts *o, char *err, s
 	case OPT_MAP:
 		o->map_path = v;
 		return 0;
-	case OPT_MEMORY:
-		return parse_size(d->name, v, &o->memory, err, errlen);
+	case OPT_MEMORY: {
+		/* The allocator's limit: one fixed-buffer slot per region (keel/alloc.h). */
+		uint64_t mem = 0;
+		int mr = parse_size(d->name, v, &mem, err, errlen);
+		if (mr < 0)
+			return mr;
+		if (mem > KEEL_ALLOC_MAX_MEMORY)
+			return keel__errf(err, errlen, -EINVAL,
+					  "%s: '%s' is more than the maximum of %lluG per shard "
+					  "(%u regions of %llu MiB, one fixed-buffer slot each)",
+					  d->name, v,
+					  (unsigned long long)(KEEL_ALLOC_MAX_MEMORY >> 30),
+					  KEEL_ALLOC_MAX_REGIONS,
+					  (unsigned long long)(KEEL_ALLOC_DEFAULT_REGION >> 20));
+		o->memory = mem;
+		return 0;
+	}
 	case OPT_HUGEPAGES:
 		return parse_bool(d->name, v, &o->hugepages, err, errlen);
 	case OPT_HELP:

@@ -31,7 +31,8 @@ keel__defer_push(struct defer_vec *v, keel_fn fn, void *arg)
 {
 	if (v->n == v->cap) {
 		size_t cap = v->cap ? v->cap * 2 : 64;
-		struct defer_item *nv = realloc(v->v, cap * sizeof(*nv));
+		/* The shard's own arena (vectors live and die on their shard). */
+		struct defer_item *nv = keel_shard_realloc(v->v, cap * sizeof(*nv));
 		if (!nv)
 			return -ENOMEM;
 		v->v = nv;
@@ -44,7 +45,7 @@ keel__defer_push(struct defer_vec *v, keel_fn fn, void *arg)
 void
 keel__defer_fini(struct defer_vec *v)
 {
-	free(v->v);
+	keel_shard_free(v->v);
 	memset(v, 0, sizeof(*v));
 }
 
@@ -418,12 +419,14 @@ shard_main(void *p)
 	latch_arrive(&rt->start_lock, &rt->latch_cond, &rt->exit_left, true);
 	if (s->ring_ok)
 		keel__shard_ring_fini(s);
-	keel__bufreg_fini(s); /* alloc: after the ring (no fixed buffer in use) */
 	keel__mail_fini(s);
 	keel__timers_fini(s);
 	keel__defer_fini(&s->defer_run);
 	keel__defer_fini(&s->defer_next);
 	keel__defer_fini(&s->stop_hooks);
+	/* alloc: after the ring (no fixed buffer in use), and last: overflow nodes and
+	 * defer vectors above live in the shard's arena. */
+	keel__bufreg_fini(s);
 	keel__cur = NULL;
 	return NULL;
 }

@@ -141,13 +141,25 @@ Test(alloc_buf, external_buffer_last_put_returns_to_its_owner)
 	static uint8_t ring_buf[4096]; /* stands in for a provided-buffer ring's buffer */
 	struct keel_slice s, sub;
 
+	struct keel_alloc_stats st;
+
 	cr_assert_eq(keel_buf_wrap(a, ring_buf, sizeof(ring_buf), ext_release, &e, &s), 0);
 	cr_assert(keel_buf_is_external(s.buf));
+	/* Not registered memory: counted apart from the region buffers. */
+	keel_alloc_stats_get(a, &st);
+	cr_assert_eq(st.bytes_in_use, 0);
+	cr_assert_eq(st.bytes_peak, 0);
+	cr_assert_eq(st.buffers_live, 0);
+	cr_assert_eq(st.ext_bytes_in_use, sizeof(ring_buf));
+	cr_assert_eq(st.ext_buffers_live, 1);
 	cr_assert_eq(keel_slice_sub(&s, 10, 20, &sub), 0);
 	keel_slice_put(&s);
 	cr_assert_eq(e.released, 0, "released while a slice still refers to it");
 	keel_slice_put(&sub);
 	cr_assert_eq(e.released, 1);
+	keel_alloc_stats_get(a, &st);
+	cr_assert_eq(st.ext_bytes_in_use, 0);
+	cr_assert_eq(st.ext_buffers_live, 0);
 	cr_assert_eq(e.data, ring_buf);
 	cr_assert_eq(e.cap, sizeof(ring_buf));
 	keel_alloc_destroy(a);
@@ -314,5 +326,26 @@ Test(alloc_buf, refcount_underflow_aborts)
 {
 	cr_skip_test("built with KEEL_BUF_TRACE: a double put is reported, not aborted "
 		     "(test_alloc_trace covers it)");
+}
+#endif
+
+#ifndef KEEL_BUF_TRACE
+/* The header of a freed buffer is reused by the next allocation: a second put through the
+ * first slice must not drop the new buffer's reference (the slice's generation differs). */
+Test(alloc_buf, double_put_after_header_reuse_aborts, .signal = SIGABRT)
+{
+	struct keel_alloc *a = make(KEEL_ALLOC_BACKEND_SLAB, 8 * MiB, 4 * MiB);
+	struct keel_slice s, stale, n;
+
+	keel_alloc_log_set(quiet, NULL);
+	cr_assert_eq(keel_buf_alloc(a, 100, &s), 0);
+	stale = s;
+	keel_slice_put(&s);
+	cr_assert_eq(keel_buf_alloc(a, 100, &n), 0);
+	cr_assert_eq(n.buf, stale.buf, "the header is reused (test premise)");
+	keel_slice_put(&stale); /* aborts; without the check it freed n's buffer */
+	keel_alloc_log_set(NULL, NULL);
+	cr_assert_fail("a put through a stale slice returned (new buffer refs %u)",
+		       keel_slice_refs(&n));
 }
 #endif

@@ -191,3 +191,193 @@ Test(alloc_memlock, low_rlimit_without_cap_ipc_lock_falls_back_or_fails_when_for
 	cr_assert(WIFEXITED(status), "child died (status %#x)", status);
 	cr_assert_eq(WEXITSTATUS(status), 0, "%s", msg);
 }
+
+/* ---- mid-run: region 0 registers, region 1 does not ---- */
+
+struct mr_state {
+	struct keel_op nop;
+	int fixed0, fixed1, reg_before, reg_after, prep1;
+};
+
+static void
+mr_nop_done(struct keel_op *op, int res, uint32_t flags)
+{
+}
+
+static void
+mr_start(void *app)
+{
+	struct mr_state *st = app;
+	struct io_uring_sqe *sqe;
+	struct keel_slice s0, s1;
+	unsigned idx;
+	uint64_t off;
+
+	/* Region-sized: one buffer per region. */
+	if (keel_buf_alloc(keel_shard_alloc(), 4 << 20, &s0) < 0 ||
+	    keel_buf_alloc(keel_shard_alloc(), 4 << 20, &s1) < 0) {
+		keel_stop(-ENOMEM);
+		return;
+	}
+	st->reg_before = keel_shard_bufs_registered();
+	st->fixed0 = keel_buf_fixed(&s0, &idx, &off);
+	st->fixed1 = keel_buf_fixed(&s1, &idx, &off);
+	st->reg_after = keel_shard_bufs_registered();
+	/* Prepared only, never submitted: the sqe is turned into a nop either way. */
+	sqe = keel_sqe_get();
+	st->prep1 = keel_prep_send_buf(sqe, -1, &s1, 0);
+	io_uring_prep_nop(sqe);
+	st->nop.fn = mr_nop_done;
+	keel_sqe_bind(sqe, &st->nop);
+	keel_slice_put(&s0);
+	keel_slice_put(&s1);
+	keel_stop(0);
+}
+
+/* Pin @len bytes in a ring of our own: the kernel counts them against the same per-user
+ * RLIMIT_MEMLOCK, so region 0 fits under the limit and region 1 does not. */
+static int
+pin_bytes(struct io_uring *ring, void **mem, size_t len)
+{
+	struct iovec iov;
+	int r = io_uring_queue_init(4, ring, 0);
+
+	if (r < 0)
+		return r;
+	if (posix_memalign(mem, 4096, len))
+		return -ENOMEM;
+	memset(*mem, 0, len);
+	iov.iov_base = *mem;
+	iov.iov_len = len;
+	return io_uring_register_buffers(ring, &iov, 1);
+}
+
+static int
+midrun_child(char *out, size_t len, int on)
+{
+	struct rlimit rl = { 8 << 20, 8 << 20 }; /* --memory 8M passes the start-up check */
+	struct io_uring pin;
+	void *mem;
+	struct keel_opts o;
+	struct mr_state st;
+	int r;
+
+	if (setrlimit(RLIMIT_MEMLOCK, &rl) < 0)
+		return snprintf(out, len, "setrlimit: %s", strerror(errno)), 1;
+	/* A user of its own: the kernel counts pinned pages per user, and unpins a ring's
+	 * buffers asynchronously after it exits; other tests' rings must not count here.
+	 * Leaving root drops CAP_IPC_LOCK with every other capability. */
+	if (setgid((gid_t)(200000 + getpid())) < 0 || setuid((uid_t)(200000 + getpid())) < 0)
+		return snprintf(out, len, "setuid: %s", strerror(errno)), 1;
+	if ((r = drop_cap_ipc_lock()) < 0)
+		return snprintf(out, len, "dropping CAP_IPC_LOCK: %s", strerror(-r)), 1;
+	if ((r = pin_bytes(&pin, &mem, 2 << 20)) < 0)
+		return snprintf(out, len, "pinning 2 MiB: %s", strerror(-r)), 1;
+	keel_log_set_sink(logcap_keel_sink, &cap);
+	keel_opts_init(&o);
+	o.shards = 1;
+	o.signals = false;
+	o.log_level = KEEL_LOG_INFO;
+	o.memory = 8 << 20;
+	const char *p = on ? "on" : "auto";
+	cap.len = 0;
+	cap.text[0] = 0;
+	memset(&st, 0, sizeof(st));
+	o.features[KEEL_FEAT_REG_BUFFERS] = on ? KEEL_POLICY_ON : KEEL_POLICY_AUTO;
+	r = keel_run(&o, mr_start, &st);
+	if (r != 0)
+		return snprintf(out, len, "%s: keel_run = %d; log: %s", p, r, cap.text), 1;
+	if (st.fixed0 != 0 || st.fixed1 != -ENOMEM || !st.reg_before || st.reg_after)
+		return snprintf(out, len, "%s: fixed %d/%d, registered() %d then %d; log: %s", p,
+				st.fixed0, st.fixed1, st.reg_before, st.reg_after, cap.text),
+		       1;
+	if (st.prep1 != (on ? -ENOMEM : 0))
+		return snprintf(out, len, "%s: keel_prep_send_buf = %d", p, st.prep1), 1;
+	/* keel's total pinned so far (region 0), the need, and the fix. */
+	if (logcap_count(&cap, "RLIMIT_MEMLOCK") != 1 ||
+	    !logcap_has(&cap, "4096 KiB pinned by keel so far") ||
+	    !logcap_has(&cap, "8192 KiB needed") || !logcap_has(&cap, "ulimit -l"))
+		return snprintf(out, len, "%s: want one line with totals and the fix: %s", p,
+				cap.text),
+		       1;
+	return 0;
+}
+
+/* ---- the fallback line is logged for each runtime of the process ---- */
+
+static void
+stop_now(void *app)
+{
+	keel_stop(0);
+}
+
+static int
+twice_child(char *out, size_t len, int unused)
+{
+	struct rlimit rl = { 1 << 20, 1 << 20 };
+	struct keel_opts o;
+	int r;
+
+	if ((r = drop_cap_ipc_lock()) < 0)
+		return snprintf(out, len, "dropping CAP_IPC_LOCK: %s", strerror(-r)), 1;
+	if (setrlimit(RLIMIT_MEMLOCK, &rl) < 0)
+		return snprintf(out, len, "setrlimit: %s", strerror(errno)), 1;
+	keel_log_set_sink(logcap_keel_sink, &cap);
+	keel_opts_init(&o);
+	o.shards = 1;
+	o.signals = false;
+	o.log_level = KEEL_LOG_INFO;
+	o.memory = 16 << 20;
+	for (int i = 0; i < 2; i++) {
+		struct keel_runtime *rt;
+		if ((r = keel_runtime_create(&o, &rt)) < 0 ||
+		    (r = keel_runtime_start(rt, stop_now, NULL)) < 0 ||
+		    (r = keel_runtime_join(rt)) < 0)
+			return snprintf(out, len, "run %d: %d", i, r), 1;
+		keel_runtime_destroy(rt);
+	}
+	if (logcap_count(&cap, "RLIMIT_MEMLOCK") != 2)
+		return snprintf(out, len, "want one fallback line per runtime: %s", cap.text), 1;
+	return 0;
+}
+
+static void
+run_child(int (*fn)(char *, size_t, int), int arg)
+{
+	int p[2], status;
+	char msg[2048] = "";
+	pid_t pid;
+
+	cr_assert_eq(pipe(p), 0);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		char out[2048] = "";
+		int rc = fn(out, sizeof(out), arg);
+		if (write(p[1], out, strlen(out)) < 0)
+			rc = 2;
+		_exit(rc);
+	}
+	close(p[1]);
+	for (ssize_t n, got = 0; (n = read(p[0], msg + got, sizeof(msg) - 1 - (size_t)got)) > 0;)
+		got += n;
+	close(p[0]);
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status), "child died (status %#x)", status);
+	cr_assert_eq(WEXITSTATUS(status), 0, "%s", msg);
+}
+
+Test(alloc_memlock, midrun_registration_failure_is_truthful_with_policy_auto)
+{
+	run_child(midrun_child, 0);
+}
+
+Test(alloc_memlock, midrun_registration_failure_is_an_error_with_policy_on)
+{
+	run_child(midrun_child, 1);
+}
+
+Test(alloc_memlock, fallback_line_is_logged_for_a_second_runtime_in_the_process)
+{
+	run_child(twice_child, 0);
+}

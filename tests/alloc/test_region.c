@@ -154,8 +154,8 @@ Test(alloc_region, hugepages_without_reserved_pages_fail_naming_nr_hugepages)
 	c.hugepages = true;
 	keel_alloc_log_set(logcap_alloc_hook, &cap);
 	r = keel_alloc_create(&c, &a);
-	if (free_pages >= 2) {
-		/* Pages are reserved here: the region comes from them. */
+	if (free_pages >= 4) {
+		/* Pages are reserved here: the whole cap (4 pages) is reserved at create. */
 		char flags[512];
 		void *base;
 		uint64_t len;
@@ -169,6 +169,7 @@ Test(alloc_region, hugepages_without_reserved_pages_fail_naming_nr_hugepages)
 	}
 	cr_assert_eq(r, -ENOMEM, "got %d", r);
 	cr_assert(logcap_has(&cap, "/proc/sys/vm/nr_hugepages"), "log: %s", cap.text);
+	cr_assert(logcap_has(&cap, "4 huge pages of 2 MiB needed"), "log: %s", cap.text);
 }
 
 Test(alloc_region, runtime_with_hugepages_and_none_reserved_fails_start_up)
@@ -184,9 +185,12 @@ Test(alloc_region, runtime_with_hugepages_and_none_reserved_fails_start_up)
 	o.log_level = KEEL_LOG_ERROR;
 	o.hugepages = true;
 	keel_log_set_sink(logcap_keel_sink, &cap);
+	o.shards = 2;
 	cr_assert_eq(keel_run(&o, NULL, NULL), -ENOMEM);
 	keel_log_set_sink(NULL, NULL);
 	cr_assert(logcap_has(&cap, "/proc/sys/vm/nr_hugepages"), "log: %s", cap.text);
+	/* How many: the default 256 MiB per shard, times 2 shards, in 2 MiB pages. */
+	cr_assert(logcap_has(&cap, "256 huge pages of 2 MiB needed in all"), "log: %s", cap.text);
 }
 
 Test(alloc_region, memory_and_hugepages_options_parse)
@@ -219,7 +223,7 @@ Test(alloc_region, memory_and_hugepages_options_parse)
 		cr_assert_eq(keel_opts_parse(&o, &ac, av, err, sizeof(err)), 0, "%s", err);
 		cr_assert_eq(o.memory, ok[i].want, "%s", ok[i].v);
 	}
-	static const char *const bad[] = { "12X", "-1G", "1M", "", "G", "2000G" };
+	static const char *const bad[] = { "12X", "-1G", "1M", "", "G", "2000G", "65G" };
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		char *av[] = { "prog", "--memory", (char *)bad[i], NULL };
 		int ac = 3;
@@ -228,4 +232,38 @@ Test(alloc_region, memory_and_hugepages_options_parse)
 		cr_assert(strstr(err, "--memory") != NULL, "%s", err);
 	}
 	cr_assert_str_eq(keel_feature_name(KEEL_FEAT_REG_BUFFERS), "reg_buffers");
+}
+
+/* One limit: the parser, the allocator and the fixed-buffer table agree on it. */
+Test(alloc_region, memory_limit_is_one_constant_named_in_the_errors)
+{
+	struct keel_opts o;
+	char err[256];
+	char *ok[] = { "prog", "--memory", "64G", NULL };
+	char *big[] = { "prog", "--memory", "65G", NULL };
+	int ac = 3;
+	struct keel_alloc_config c =
+		test_alloc_config(KEEL_ALLOC_BACKEND_DEFAULT, KEEL_ALLOC_MAX_MEMORY, 0);
+	struct keel_alloc *a = NULL;
+
+	cr_assert_eq(KEEL_ALLOC_MAX_MEMORY, 64ULL << 30);
+	keel_opts_init(&o);
+	cr_assert_eq(keel_opts_parse(&o, &ac, ok, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(o.memory, KEEL_ALLOC_MAX_MEMORY);
+	ac = 3;
+	cr_assert_eq(keel_opts_parse(&o, &ac, big, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "maximum of 64G") != NULL, "%s", err);
+	cr_assert_eq(o.memory, KEEL_ALLOC_MAX_MEMORY, "a refused value is not stored");
+
+	/* The allocator takes exactly the maximum (address space only) and no more. */
+	cr_assert_eq(keel_alloc_create(&c, &a), 0);
+	cr_assert_eq(keel_alloc_region_max(a), KEEL_ALLOC_MAX_REGIONS);
+	keel_alloc_destroy(a);
+	c.memory = KEEL_ALLOC_MAX_MEMORY + KEEL_ALLOC_DEFAULT_REGION;
+	cap.len = 0;
+	cap.text[0] = 0;
+	keel_alloc_log_set(logcap_alloc_hook, &cap);
+	cr_assert_eq(keel_alloc_create(&c, &a), -EINVAL);
+	keel_alloc_log_set(NULL, NULL);
+	cr_assert(logcap_has(&cap, "at most 16384"), "log: %s", cap.text);
 }

@@ -31,6 +31,13 @@ struct hwloc_topology;
 #define KEEL_ALLOC_DEFAULT_MEMORY (256ULL << 20)
 /** Default region size: the unit of mapping, pre-faulting and ring registration. */
 #define KEEL_ALLOC_DEFAULT_REGION (4ULL << 20)
+/**
+ * Most regions one allocator may have: each is one slot of the shard ring's fixed-buffer
+ * table, and the kernel allows at most this many (IORING_MAX_REG_BUFFERS).
+ */
+#define KEEL_ALLOC_MAX_REGIONS (1u << 14)
+/** Largest --memory per shard: KEEL_ALLOC_MAX_REGIONS default-sized regions (64 GiB). */
+#define KEEL_ALLOC_MAX_MEMORY ((uint64_t)KEEL_ALLOC_MAX_REGIONS * KEEL_ALLOC_DEFAULT_REGION)
 /** Huge page size used for alignment and hugetlbfs mappings. */
 #define KEEL_ALLOC_HUGEPAGE (2ULL << 20)
 
@@ -38,14 +45,16 @@ struct hwloc_topology;
 enum keel_alloc_backend {
 	KEEL_ALLOC_BACKEND_DEFAULT = 0,  /* the faster of the two, measured (docs/memory.md) */
 	KEEL_ALLOC_BACKEND_SLAB = 1,     /* power-of-two size-class slab over the regions */
-	KEEL_ALLOC_BACKEND_JEMALLOC = 2, /* a jemalloc arena whose extent hooks carve regions */
+	KEEL_ALLOC_BACKEND_JEMALLOC = 2, /* a jemalloc arena whose extent hooks carve regions;
+					  * buffers up to 7/8 of a region (keel_alloc_buf_max) */
 };
 
 /**
  * Ask the runtime to call keel_alloc_grow(@a) soon, off the hot path (a deferred callback
- * on @a's shard): the allocator just took its last pre-faulted region.
+ * on @a's shard): fewer pre-faulted regions than the low-water mark are left ahead of use.
+ * Returns: 0 when scheduled, -errno when not (the allocator asks again later).
  */
-typedef void (*keel_alloc_grow_fn)(struct keel_alloc *a, void *ctx);
+typedef int (*keel_alloc_grow_fn)(struct keel_alloc *a, void *ctx);
 
 /**
  * Send @b, whose last reference was put on another shard, home: arrange for
@@ -64,31 +73,40 @@ struct keel_alloc_config {
 	struct hwloc_topology *topo; /* with @cpu >= 0: bind regions to that CPU's NUMA node */
 	int cpu;                     /* -1: no explicit binding */
 	enum keel_alloc_backend backend;
-	unsigned prefault_regions;         /* regions mapped and pre-faulted at create; 0: 1 */
-	keel_alloc_grow_fn grow;           /* NULL: the next region is mapped when needed */
+	unsigned prefault_regions; /* regions pre-faulted at create; 0: 1 */
+	/* Pre-faults regions ahead of need off the request path; NULL: a region is
+	 * pre-faulted when the pool first needs it, inside that allocation. */
+	keel_alloc_grow_fn grow;
 	keel_alloc_send_home_fn send_home; /* NULL: single-threaded use, puts free locally */
 	void *ctx;                         /* for the hooks */
 };
 
 /** Counters of one allocator. */
 struct keel_alloc_stats {
-	uint64_t regions;          /* regions mapped */
+	uint64_t regions;          /* regions pre-faulted */
 	uint64_t regions_max;      /* regions the cap allows */
-	uint64_t bytes_mapped;     /* bytes of regions mapped and pre-faulted */
+	uint64_t bytes_mapped;     /* bytes of regions pre-faulted */
 	uint64_t bytes_registered; /* bytes of regions marked registered by the runtime */
-	uint64_t bytes_in_use;     /* bytes of live buffers (their size-class capacity) */
+	uint64_t bytes_in_use;     /* bytes of live region buffers (their size-class capacity) */
 	uint64_t bytes_peak;       /* highest bytes_in_use */
-	uint64_t buffers_live;     /* buffers allocated and not yet returned */
+	uint64_t buffers_live;     /* region buffers allocated and not yet returned */
 	uint64_t alloc_failures;   /* buffer allocations that failed (-ENOMEM) */
 	uint64_t remote_returns;   /* buffers whose last put happened on another shard */
 	uint64_t trace_errors;     /* KEEL_BUF_TRACE: double puts, wrong-shard puts, leaks */
-	uint64_t prefault_ns;      /* time spent mapping and pre-faulting regions */
+	uint64_t prefault_ns;      /* time spent pre-faulting regions */
+	uint64_t inline_prefaults; /* regions pre-faulted inside an allocation (no grow hook) */
+	uint64_t regions_unprefaulted; /* regions an allocation took before the grow hook
+					* pre-faulted them (their pages fault on first touch) */
+	uint64_t ext_bytes_in_use;     /* bytes of live external buffers (keel_buf_wrap) */
+	uint64_t ext_buffers_live;     /* external buffers not yet released */
 };
 
 /**
- * Create an allocator: reserve address space for the cap and map, bind and pre-fault the
- * first region(s). Does not bind the allocator to the calling thread.
- * Returns: 0 and *out; -EINVAL (bad sizes), -ENOMEM (no memory; with hugepages, the error
+ * Create an allocator: map the cap (address space; with hugepages, the huge pages of the
+ * whole cap are reserved now), bind it and pre-fault the first region(s). Does not bind
+ * the allocator to the calling thread.
+ * Returns: 0 and *out; -EINVAL (bad sizes, or more than KEEL_ALLOC_MAX_REGIONS regions:
+ * the error logged names the maximum), -ENOMEM (no memory; with hugepages, the error
  * logged names /proc/sys/vm/nr_hugepages), or another -errno from mmap.
  * Context: any thread.
  */
@@ -122,11 +140,20 @@ KEEL_API enum keel_alloc_backend keel_alloc_backend_of(const struct keel_alloc *
 KEEL_API const char *keel_alloc_backend_name(enum keel_alloc_backend b);
 
 /**
- * Map and pre-fault the next region ahead of need, if the cap allows and none is spare.
- * Returns: 1 when a region was mapped, 0 when none was needed, -errno on failure.
+ * Pre-fault the next region ahead of need: one region per call (bounded time), when fewer
+ * than the low-water mark (2 regions) are pre-faulted ahead of the pool. Asks the grow
+ * hook again when still below it. A failure is logged once and not retried.
+ * Returns: 1 when a region was pre-faulted, 0 when none was needed, -errno on failure.
  * Context: @a's shard, off the hot path (the grow hook schedules it).
  */
 KEEL_API int keel_alloc_grow(struct keel_alloc *a);
+
+/**
+ * The largest buffer keel_buf_alloc() returns from @a: the region size with the slab
+ * backend; 7/8 of it with the jemalloc backend (jemalloc pads a large allocation's extent
+ * by a page, and an extent must fit in one region).
+ */
+KEEL_API uint64_t keel_alloc_buf_max(const struct keel_alloc *a);
 
 /** Regions the cap allows: the size of the runtime's fixed-buffer table for @a. */
 KEEL_API unsigned keel_alloc_region_max(const struct keel_alloc *a);
@@ -140,9 +167,12 @@ KEEL_API int keel_alloc_region(const struct keel_alloc *a, unsigned idx, void **
 			       uint64_t *len);
 
 /**
- * Locate @p in @a's regions in O(1).
+ * Locate the byte at @p in @a's regions in O(1).
+ * A pointer one past the end of a buffer (a zero-length slice at its end) may lie in the
+ * next region: locate the buffer's start (keel_buf_base) and add the distance, as
+ * keel_buf_fixed() does.
  * Returns: 0 with the region index and the offset from that region's base, or -ENOENT
- * when @p is not in a mapped region of @a.
+ * when @p is not in a region of @a in use.
  */
 KEEL_API int keel_alloc_locate(const struct keel_alloc *a, const void *p, unsigned *region,
 			       uint64_t *offset);
@@ -165,6 +195,13 @@ KEEL_API void keel_alloc_stats_get(const struct keel_alloc *a, struct keel_alloc
  * Context: @a's shard.
  */
 KEEL_API void *keel_alloc_malloc(struct keel_alloc *a, size_t size);
+
+/**
+ * Resize memory from keel_alloc_malloc(@a, ...) (@p NULL: allocate), in @a's arena.
+ * Returns: the memory (@p is then invalid), or NULL (@p is untouched).
+ * Context: @a's shard.
+ */
+KEEL_API void *keel_alloc_realloc(struct keel_alloc *a, void *p, size_t size);
 
 /**
  * Free memory from keel_alloc_malloc(@a, ...). Never pass it to free().

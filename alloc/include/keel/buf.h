@@ -44,7 +44,8 @@ struct keel_slice {
 _Static_assert(sizeof(struct keel_slice) == 24, "slice layout is pinned");
 _Static_assert(offsetof(struct keel_slice, buf) == 16, "slice layout is pinned");
 
-/** The largest buffer keel_buf_alloc() returns: the region size. */
+/** The largest buffer keel_buf_alloc() returns with the default (slab) backend and region
+ * size: the region size. keel_alloc_buf_max() gives an allocator's own limit. */
 #define KEEL_BUF_MAX_DEFAULT KEEL_ALLOC_DEFAULT_REGION
 
 /** Release callback of an external buffer: its memory is no longer referenced. */
@@ -53,7 +54,8 @@ typedef void (*keel_buf_release_fn)(void *data, uint32_t cap, void *arg);
 /**
  * Allocate a buffer of at least @len bytes from @a's regions.
  * Ownership: *out holds the only reference; put it with keel_slice_put().
- * Returns: 0; -EINVAL for @len 0; -E2BIG past the region size; -ENOMEM when the cap
+ * Returns: 0; -EINVAL for @len 0; -E2BIG past keel_alloc_buf_max(@a) (the region size, or
+ * 7/8 of it with the jemalloc backend); -ENOMEM when the cap
  * (--memory) is reached (the caller decides what to do; nothing is killed).
  * Context: @a's shard.
  */
@@ -91,7 +93,11 @@ KEEL_API int keel_slice_sub(const struct keel_slice *s, size_t off, size_t len,
  * Drop @s's reference (-1). The last put returns the memory to its pool (or to its
  * external owner); on a shard that is not the buffer's home, it is sent home first.
  * Consumes: @s's reference; *s must not be used again.
- * Context: the shard holding the buffer. A refcount underflow aborts (keel_verify).
+ * Context: the shard holding the buffer (with the runtime: a shard thread; a last put on
+ * a thread that is not a shard is misuse and aborts, since the count is not atomic). A
+ * refcount underflow, or a put through a stale
+ * slice (its buffer was freed already, even if the header now holds another buffer),
+ * aborts (keel_verify); with KEEL_BUF_TRACE both are reported and the put is skipped.
  */
 KEEL_API void keel_slice_put(struct keel_slice *s);
 

@@ -27,13 +27,39 @@
 KEEL_API struct keel_alloc *keel_shard_alloc(void);
 
 /**
+ * Shard-local memory from this shard's own jemalloc arena and tcache (NUMA-local, no
+ * contention with other shards): for objects created and freed on one shard (keel's own
+ * mailbox overflow nodes, broadcast records and deferred-callback vectors use it).
+ * Returns: the memory, or NULL.
+ * Ownership: free it with keel_shard_free() on this shard, before the runtime ends (the
+ * arena is destroyed with the shard); never with free().
+ * Context: a shard.
+ */
+KEEL_API void *keel_shard_malloc(size_t size);
+
+/**
+ * Resize memory from keel_shard_malloc() (@p NULL: allocate).
+ * Returns: the memory (@p is then invalid), or NULL (@p is untouched).
+ * Context: the shard that allocated @p.
+ */
+KEEL_API void *keel_shard_realloc(void *p, size_t size);
+
+/**
+ * Free memory from keel_shard_malloc() or keel_shard_realloc() (NULL: nothing).
+ * Context: the shard that allocated @p.
+ */
+KEEL_API void keel_shard_free(void *p);
+
+/**
  * The fixed buffer of @s on this shard's ring: *index is the slot, *offset the distance of
  * s->data from the slot's base. The slot is registered on first use (one region, bounded
  * time); later calls are O(1).
  * Returns: 0; -EXDEV for a buffer of another shard (its region is in that shard's table:
  * send it plain); -ENOENT for external memory (keel_buf_wrap); -EOPNOTSUPP when this shard
  * runs with unregistered buffers; -ENOMEM when this region could not be registered
- * (RLIMIT_MEMLOCK; logged once); -ERANGE past the table.
+ * (RLIMIT_MEMLOCK, mid-run: the kernel counts pinned pages per user, so the start-up check
+ * with --feature reg_buffers=on is arithmetic only; logged once per runtime with the total
+ * pinned, the amount needed and the fix); -ERANGE past the table.
  * Context: a shard, holding @s.
  */
 KEEL_API int keel_buf_fixed(const struct keel_slice *s, unsigned *index, uint64_t *offset);
@@ -43,13 +69,20 @@ KEEL_API int keel_buf_fixed(const struct keel_slice *s, unsigned *index, uint64_
  * succeeds (two CQEs: the result with IORING_CQE_F_MORE, then the notification with
  * IORING_CQE_F_NOTIF, after which the buffer may be put), else a plain send (one CQE).
  * Ownership: @s must stay referenced until the last CQE.
- * Returns: 1 for SEND_ZC fixed, 0 for a plain send.
+ * Returns: 1 for SEND_ZC fixed, 0 for a plain send; with --feature reg_buffers=on,
+ * -ENOMEM when @s's region could not be registered (@sqe is left unprepared: the caller
+ * decides; no silent plain send).
  * Context: a shard, holding @s.
  */
 KEEL_API int keel_prep_send_buf(struct io_uring_sqe *sqe, int fd, const struct keel_slice *s,
 				int msg_flags);
 
-/** True when this shard registers its regions with its ring. Context: a shard. */
+/**
+ * True when this shard registers its regions with its ring and none has failed to register
+ * so far: false after a mid-run RLIMIT_MEMLOCK failure (buffers of regions registered
+ * earlier still send fixed; keel_buf_fixed() answers per buffer).
+ * Context: a shard.
+ */
 KEEL_API bool keel_shard_bufs_registered(void);
 
 #endif

@@ -1,0 +1,236 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The pool under the slab: memory freed by one size class serves any other; pre-faulting
+ * stays off the request path when a grow hook is given; a pre-fault failure is recorded.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include <criterion/criterion.h>
+
+#include "helpers.h"
+
+#define MiB (1ULL << 20)
+
+static struct logcap cap = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+static struct keel_alloc *
+make_cfg(struct keel_alloc_config *c)
+{
+	struct keel_alloc *a = NULL;
+	int r = keel_alloc_create(c, &a);
+
+	cr_assert_eq(r, 0, "keel_alloc_create: %s", strerror(-r));
+	keel_alloc_bind_thread(a);
+	return a;
+}
+
+/* The reviewer's scenario: fill the cap with 64 B buffers, free them all, then 2 KiB. */
+Test(alloc_pool, memory_freed_by_one_class_serves_another)
+{
+	struct keel_alloc_config c = test_alloc_config(KEEL_ALLOC_BACKEND_SLAB, 8 * MiB, 4 * MiB);
+	struct keel_alloc *a = make_cfg(&c);
+	unsigned max = (unsigned)(8 * MiB / 64);
+	struct keel_slice *s = calloc(max + 1, sizeof(*s));
+	struct keel_alloc_stats st;
+	unsigned n = 0;
+	int r = 0;
+
+	while (n <= max && (r = keel_buf_alloc(a, 64, &s[n])) == 0)
+		n++;
+	cr_assert_eq(r, -ENOMEM);
+	cr_assert_eq(n, max, "64 B buffers fill the whole cap: %u of %u", n, max);
+	while (n)
+		keel_slice_put(&s[--n]);
+	keel_alloc_stats_get(a, &st);
+	cr_assert_eq(st.bytes_in_use, 0);
+	r = keel_buf_alloc(a, 2048, &s[0]);
+	cr_assert_eq(r, 0, "2 KiB with nothing in use: %s", strerror(-r));
+	keel_slice_put(&s[0]);
+
+	/* And the whole cap again, in 2 KiB buffers, then in region-sized ones. */
+	while (n <= max && (r = keel_buf_alloc(a, 2048, &s[n])) == 0)
+		n++;
+	cr_assert_eq(n, 8 * MiB / 2048, "2 KiB buffers after 64 B ones: %u", n);
+	while (n)
+		keel_slice_put(&s[--n]);
+	for (n = 0; n < 2; n++)
+		cr_assert_eq(keel_buf_alloc(a, 4 * MiB, &s[n]), 0, "region-sized buffer %u", n);
+	cr_assert_eq(keel_buf_alloc(a, 64, &s[n]), -ENOMEM);
+	while (n)
+		keel_slice_put(&s[--n]);
+	free(s);
+	keel_alloc_destroy(a);
+}
+
+/* Mixed sizes churned: failure only when live bytes plus partially used chunks (one 64 KiB
+ * chunk per small class at most, here) reach the cap. */
+Test(alloc_pool, enomem_only_when_live_bytes_reach_the_cap)
+{
+	struct keel_alloc_config c = test_alloc_config(KEEL_ALLOC_BACKEND_SLAB, 16 * MiB, 2 * MiB);
+	struct keel_alloc *a = make_cfg(&c);
+	static const size_t sizes[] = { 64, 256, 1024, 4096, 16384, 65536, 262144, 1 << 20 };
+	struct keel_slice *s = calloc(1 << 18, sizeof(*s));
+	struct keel_alloc_stats st;
+
+	for (unsigned round = 0; round < 8; round++) {
+		size_t sz = sizes[round];
+		unsigned n = 0;
+		int r;
+
+		while ((r = keel_buf_alloc(a, sz, &s[n])) == 0)
+			n++;
+		cr_assert_eq(r, -ENOMEM);
+		keel_alloc_stats_get(a, &st);
+		cr_assert_geq(st.bytes_in_use + 64 * 1024, 16 * MiB,
+			      "%zu B buffers: -ENOMEM at %llu bytes in use", sz,
+			      (unsigned long long)st.bytes_in_use);
+		/* Free every other one, then all: the pool merges back to whole regions. */
+		for (unsigned i = 0; i < n; i += 2)
+			keel_slice_put(&s[i]);
+		for (unsigned i = 1; i < n; i += 2)
+			keel_slice_put(&s[i]);
+	}
+	keel_alloc_stats_get(a, &st);
+	cr_assert_eq(st.bytes_in_use, 0);
+	free(s);
+	keel_alloc_destroy(a);
+}
+
+static int grow_calls;
+
+static int
+grow_count(struct keel_alloc *a, void *ctx)
+{
+	grow_calls++; /* the runtime would defer keel_alloc_grow; the test calls it itself */
+	return 0;
+}
+
+Test(alloc_pool, allocation_burst_in_one_callback_never_prefaults_inline)
+{
+	struct keel_alloc_config c = test_alloc_config(KEEL_ALLOC_BACKEND_SLAB, 64 * MiB, 4 * MiB);
+	struct keel_alloc *a;
+	struct keel_alloc_stats st0, st;
+	struct keel_slice s[9];
+	int r, steps = 0;
+
+	c.grow = grow_count;
+	grow_calls = 0;
+	a = make_cfg(&c);
+	keel_alloc_stats_get(a, &st0);
+	cr_assert_eq(st0.regions, 1, "region 0 pre-faulted at create");
+	/* One "request": 9 MiB, more than the pre-faulted region. */
+	for (int i = 0; i < 9; i++)
+		cr_assert_eq(keel_buf_alloc(a, MiB, &s[i]), 0);
+	keel_alloc_stats_get(a, &st);
+	cr_assert_eq(st.inline_prefaults, 0, "pre-faulted inside the request");
+	cr_assert_eq(st.regions, 1, "no region pre-faulted inside the request");
+	cr_assert_eq(st.prefault_ns, st0.prefault_ns, "pre-fault time spent inside the request");
+	cr_assert_eq(st.regions_unprefaulted, 2, "regions 1 and 2 used before their pre-fault");
+	cr_assert_eq(grow_calls, 1, "the hook was asked once");
+	/* The deferred callbacks: one region per call until the low-water mark is met. */
+	while ((r = keel_alloc_grow(a)) == 1)
+		steps++;
+	cr_assert_eq(r, 0);
+	keel_alloc_stats_get(a, &st);
+	cr_assert_eq(steps, 4, "regions 1-4: 3 in use + 2 spare ahead (got %d)", steps);
+	cr_assert_eq(st.regions, 5);
+	cr_assert_eq(st.inline_prefaults, 0);
+	for (int i = 0; i < 9; i++)
+		keel_slice_put(&s[i]);
+	keel_alloc_destroy(a);
+}
+
+Test(alloc_pool, without_a_grow_hook_prefaults_are_inline_and_counted)
+{
+	struct keel_alloc_config c = test_alloc_config(KEEL_ALLOC_BACKEND_SLAB, 16 * MiB, 4 * MiB);
+	struct keel_alloc *a = make_cfg(&c);
+	struct keel_alloc_stats st;
+	struct keel_slice s[5];
+
+	for (int i = 0; i < 5; i++)
+		cr_assert_eq(keel_buf_alloc(a, 2 * MiB, &s[i]), 0);
+	keel_alloc_stats_get(a, &st);
+	cr_assert_eq(st.regions, 3);
+	cr_assert_eq(st.inline_prefaults, 2);
+	cr_assert_eq(st.regions_unprefaulted, 0);
+	for (int i = 0; i < 5; i++)
+		keel_slice_put(&s[i]);
+	keel_alloc_destroy(a);
+}
+
+/* A pre-fault that fails (here: the region made read-only) is logged once and not retried;
+ * allocation goes on with regions faulted on first touch. */
+Test(alloc_pool, prefault_failure_is_logged_once_and_not_retried)
+{
+	struct keel_alloc_config c = test_alloc_config(KEEL_ALLOC_BACKEND_SLAB, 32 * MiB, 4 * MiB);
+	struct keel_alloc *a;
+	struct keel_alloc_stats st;
+	struct keel_slice s[3];
+	void *base;
+	uint64_t len;
+
+	c.grow = grow_count;
+	a = make_cfg(&c);
+	keel_alloc_log_set(logcap_alloc_hook, &cap);
+	cr_assert_eq(keel_alloc_region(a, 0, &base, &len), 0);
+	cr_assert_eq(mprotect((uint8_t *)base + len, len, PROT_READ), 0);
+	cr_assert_lt(keel_alloc_grow(a), 0, "pre-faulting a read-only region fails");
+	cr_assert_eq(mprotect((uint8_t *)base + len, len, PROT_READ | PROT_WRITE), 0);
+	for (int i = 0; i < 5; i++)
+		cr_assert_eq(keel_alloc_grow(a), 0, "not retried");
+	for (int i = 0; i < 3; i++) {
+		cr_assert_eq(keel_buf_alloc(a, 4 * MiB, &s[i]), 0);
+		memset(s[i].data, 1, s[i].len);
+	}
+	keel_alloc_log_set(NULL, NULL);
+	cr_assert_eq(logcap_count(&cap, "pre-faulting buffer region"), 1, "log: %s", cap.text);
+	keel_alloc_stats_get(a, &st);
+	cr_assert_eq(st.regions, 1);
+	cr_assert_eq(st.inline_prefaults, 0);
+	for (int i = 0; i < 3; i++)
+		keel_slice_put(&s[i]);
+	keel_alloc_destroy(a);
+}
+
+/* Every size up to keel_alloc_buf_max is served, for both backends; the capacity is the size
+ * class really handed out, and bytes_in_use counts it. */
+static void
+largest_buffers(enum keel_alloc_backend be, uint64_t want_max)
+{
+	struct keel_alloc_config c = test_alloc_config(be, 64 * MiB, 4 * MiB);
+	struct keel_alloc *a = make_cfg(&c);
+	uint64_t max = keel_alloc_buf_max(a);
+	size_t sizes[] = { (size_t)max, (size_t)max - 1, 3 * MiB, 2 * MiB + 1, 2 * MiB, 100000 };
+	struct keel_alloc_stats st;
+	struct keel_slice s;
+
+	cr_assert_eq(max, want_max);
+	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		int r = keel_buf_alloc(a, sizes[i], &s);
+		cr_assert_eq(r, 0, "%s: %zu bytes: %s", keel_alloc_backend_name(be), sizes[i],
+			     strerror(-r));
+		cr_assert_geq(keel_buf_cap(s.buf), sizes[i]);
+		keel_alloc_stats_get(a, &st);
+		cr_assert_eq(st.bytes_in_use, keel_buf_cap(s.buf), "bytes_in_use is the capacity");
+		memset(s.data, 7, keel_buf_cap(s.buf)); /* all of it is ours (ASan checks) */
+		keel_slice_put(&s);
+	}
+	cr_assert_eq(keel_buf_alloc(a, max + 1, &s), -E2BIG);
+	keel_alloc_stats_get(a, &st);
+	cr_assert_eq(st.bytes_in_use, 0);
+	cr_assert_eq(st.alloc_failures, 0);
+	keel_alloc_destroy(a);
+}
+
+Test(alloc_pool, slab_serves_region_sized_buffers)
+{
+	largest_buffers(KEEL_ALLOC_BACKEND_SLAB, 4 * MiB);
+}
+
+Test(alloc_pool, jemalloc_serves_up_to_its_documented_maximum)
+{
+	largest_buffers(KEEL_ALLOC_BACKEND_JEMALLOC, 3584 * 1024);
+}

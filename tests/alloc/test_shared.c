@@ -1,0 +1,169 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The allocator across threads without a runtime: counters updated by several threads,
+ * stale-slice puts, puts on threads that are not shards.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <criterion/criterion.h>
+
+#include "helpers.h"
+
+#define MiB (1ULL << 20)
+
+/* ---- remote returns counted exactly under concurrency ---- */
+
+#define RR_THREADS 2
+#define RR_PER     200000
+
+struct rr_thread {
+	pthread_t t;
+	struct keel_alloc *mine; /* the thread's own allocator: puts of the home's are remote */
+	struct keel_slice *s;
+	struct keel_buf **back; /* what the send_home hook got, released on the home thread */
+	unsigned nback;
+};
+
+static _Thread_local struct rr_thread *rr_self;
+
+static int
+rr_send_home(struct keel_alloc *home, struct keel_buf *b, void *ctx)
+{
+	rr_self->back[rr_self->nback++] = b;
+	return 0;
+}
+
+static void *
+rr_run(void *p)
+{
+	struct rr_thread *t = p;
+
+	rr_self = t;
+	keel_alloc_bind_thread(t->mine);
+	for (unsigned i = 0; i < RR_PER; i++)
+		keel_slice_put(&t->s[i]);
+	keel_alloc_bind_thread(NULL);
+	return NULL;
+}
+
+Test(alloc_shared, remote_returns_counted_exactly_when_threads_put_concurrently)
+{
+	struct keel_alloc_config c = test_alloc_config(KEEL_ALLOC_BACKEND_SLAB, 64 * MiB, 4 * MiB);
+	struct keel_alloc *home;
+	struct rr_thread th[RR_THREADS];
+	struct keel_alloc_stats st;
+
+	c.send_home = rr_send_home;
+	cr_assert_eq(keel_alloc_create(&c, &home), 0);
+	keel_alloc_bind_thread(home);
+	for (unsigned k = 0; k < RR_THREADS; k++) {
+		struct keel_alloc_config o = test_alloc_config(KEEL_ALLOC_BACKEND_SLAB, 4 * MiB, 0);
+		o.shard = k + 1;
+		cr_assert_eq(keel_alloc_create(&o, &th[k].mine), 0);
+		th[k].s = calloc(RR_PER, sizeof(*th[k].s));
+		th[k].back = calloc(RR_PER, sizeof(*th[k].back));
+		th[k].nback = 0;
+		for (unsigned i = 0; i < RR_PER; i++) {
+			cr_assert_eq(keel_buf_alloc(home, 64, &th[k].s[i]), 0);
+			keel_slice_move(&th[k].s[i], k + 1);
+		}
+	}
+	for (unsigned k = 0; k < RR_THREADS; k++)
+		pthread_create(&th[k].t, NULL, rr_run, &th[k]);
+	for (unsigned k = 0; k < RR_THREADS; k++)
+		pthread_join(th[k].t, NULL);
+	keel_alloc_stats_get(home, &st);
+	cr_assert_eq(st.remote_returns, (uint64_t)RR_THREADS * RR_PER,
+		     "remote_returns %llu of %u: concurrent updates were lost",
+		     (unsigned long long)st.remote_returns, RR_THREADS * RR_PER);
+	for (unsigned k = 0; k < RR_THREADS; k++) {
+		cr_assert_eq(th[k].nback, RR_PER);
+		for (unsigned i = 0; i < th[k].nback; i++)
+			keel_buf_release(th[k].back[i]);
+		keel_alloc_destroy(th[k].mine);
+		free(th[k].s);
+		free(th[k].back);
+	}
+	keel_alloc_stats_get(home, &st);
+	cr_assert_eq(st.buffers_live, 0);
+	keel_alloc_destroy(home);
+}
+
+/* ---- a last put on a thread that is not a shard ---- */
+
+static int
+never_home(struct keel_alloc *home, struct keel_buf *b, void *ctx)
+{
+	return 0;
+}
+
+static void
+quiet(int level, const char *msg, void *arg)
+{
+}
+
+/* Refcounts are not atomic: holding a buffer off the shards is misuse, and a silent leak
+ * (the old -EPERM path) hid it. */
+Test(alloc_shared, last_put_on_a_thread_that_is_no_shard_aborts, .signal = SIGABRT)
+{
+	struct keel_alloc_config c = test_alloc_config(KEEL_ALLOC_BACKEND_SLAB, 8 * MiB, 4 * MiB);
+	struct keel_alloc *a;
+	struct keel_slice s;
+
+	c.send_home = never_home;
+	cr_assert_eq(keel_alloc_create(&c, &a), 0);
+	keel_alloc_bind_thread(a);
+	cr_assert_eq(keel_buf_alloc(a, 100, &s), 0);
+	keel_alloc_bind_thread(NULL); /* now a thread that is no shard */
+	keel_alloc_log_set(quiet, NULL);
+	keel_slice_put(&s);
+	keel_alloc_log_set(NULL, NULL);
+	cr_assert_fail("the put returned");
+}
+
+/* ---- a trip home that cannot be sent ---- */
+
+static int
+home_refuses(struct keel_alloc *home, struct keel_buf *b, void *ctx)
+{
+	return -ESHUTDOWN;
+}
+
+static struct logcap cap = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+Test(alloc_shared, failed_trip_home_is_not_counted_and_logs_rate_limited)
+{
+	struct keel_alloc_config c = test_alloc_config(KEEL_ALLOC_BACKEND_SLAB, 8 * MiB, 4 * MiB);
+	struct keel_alloc_config o = test_alloc_config(KEEL_ALLOC_BACKEND_SLAB, 4 * MiB, 0);
+	struct keel_alloc *home, *other;
+	struct keel_slice s[100];
+	struct keel_alloc_stats st;
+
+	c.send_home = home_refuses;
+	o.shard = 1;
+	cr_assert_eq(keel_alloc_create(&c, &home), 0);
+	cr_assert_eq(keel_alloc_create(&o, &other), 0);
+	keel_alloc_bind_thread(home);
+	for (int i = 0; i < 100; i++)
+		cr_assert_eq(keel_buf_alloc(home, 64, &s[i]), 0);
+	keel_alloc_bind_thread(other); /* now "shard 1" */
+	keel_alloc_log_set(logcap_alloc_hook, &cap);
+	for (int i = 0; i < 100; i++)
+		keel_slice_put(&s[i]);
+	keel_alloc_log_set(NULL, NULL);
+	keel_alloc_stats_get(home, &st);
+	cr_assert_eq(st.remote_returns, 0, "a trip that was not sent is not a return");
+	cr_assert_eq(st.buffers_live, 100, "the buffers are leaked, and counted live");
+	/* Rate-limited: lines at the 1st, 2nd, 4th ... 64th failure, not 100. */
+	cr_assert_leq(logcap_count(&cap, "could not be sent home"), 8, "%s", cap.text);
+	cr_assert_geq(logcap_count(&cap, "could not be sent home"), 1);
+	keel_alloc_bind_thread(NULL);
+	keel_alloc_log_set(quiet, NULL);
+	keel_alloc_destroy(other);
+	keel_alloc_destroy(home); /* reports the leak */
+	keel_alloc_log_set(NULL, NULL);
+}
