@@ -50,6 +50,7 @@ probe(void)
 		io_uring_free_probe(pr);
 	}
 	caps.reg_ring_fd = io_uring_register_ring_fd(&ring) == 1;
+	caps.reg_buffers = io_uring_register_buffers_sparse(&ring, 1) == 0;
 	io_uring_queue_exit(&ring);
 
 	setup_ok(0, &caps.ring_features);
@@ -86,6 +87,9 @@ feature_have(const struct keel_caps *c, enum keel_feature f)
 	case KEEL_FEAT_REG_RING_FD:
 		return (struct feature_req){ c->reg_ring_fd,
 					     "registered ring fds need Linux 5.18 or later" };
+	case KEEL_FEAT_REG_BUFFERS:
+		return (struct feature_req){ c->reg_buffers,
+					     "sparse registered buffers need Linux 5.19 or later" };
 	default:
 		return (struct feature_req){ false, "unknown feature" };
 	}

@@ -170,6 +170,8 @@ struct keel_shard {
 
 	enum shard_phase phase;
 	struct atomic_stats stats;
+
+	struct keel__bufreg *bufreg; /* alloc: the shard's allocator and fixed buffers (bufreg.c) */
 };
 
 struct keel_runtime {
@@ -241,6 +243,11 @@ unsigned keel__defer_run(struct keel_shard *s);
 void keel__defer_fini(struct defer_vec *v);
 unsigned keel__foreign_drain(struct keel_shard *s);
 void keel__foreign_close(struct keel_shard *s);
+
+/* bufreg.c: see bufreg.h */
+struct keel__bufreg;
+int keel__bufreg_init(struct keel_shard *s);
+void keel__bufreg_fini(struct keel_shard *s);
 
 /* caps.c */
 void keel__features_log(const struct keel_feature_decision *d);

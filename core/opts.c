@@ -11,6 +11,7 @@ static const char *const feature_names[KEEL_FEAT__COUNT] = {
 	[KEEL_FEAT_SINGLE_ISSUER] = "single_issuer",
 	[KEEL_FEAT_DEFER_TASKRUN] = "defer_taskrun",
 	[KEEL_FEAT_REG_RING_FD] = "reg_ring_fd",
+	[KEEL_FEAT_REG_BUFFERS] = "reg_buffers",
 };
 
 static const char *const policy_names[] = {
@@ -41,6 +42,7 @@ keel_opts_init(struct keel_opts *o)
 	o->mailbox_entries = 1024;
 	o->log_level = KEEL_LOG_INFO;
 	o->signals = true;
+	o->memory = 256ULL << 20;
 }
 
 static int
@@ -122,6 +124,32 @@ parse_bool(const char *name, const char *s, bool *out, char *err, size_t errlen)
 	return fail(err, errlen, "%s: '%s' is not a boolean (expected on or off)", name, s);
 }
 
+/* "SIZE" with an optional K, M or G suffix (powers of 1024), at least 2M. */
+static int
+parse_size(const char *name, const char *s, uint64_t *out, char *err, size_t errlen)
+{
+	char *end;
+	unsigned long long v;
+	unsigned shift = 0;
+
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (*end == 'K' || *end == 'k')
+		shift = 10;
+	else if (*end == 'M' || *end == 'm')
+		shift = 20;
+	else if (*end == 'G' || *end == 'g')
+		shift = 30;
+	if (shift)
+		end++;
+	if (!*s || s[0] == '-' || *end || errno || end == s || v > (1ULL << 40) >> shift ||
+	    (v << shift) < (2ULL << 20))
+		return fail(err, errlen, "%s: '%s' is not a size from 2M to 1024G (e.g. 512M, 2G)",
+			    name, s);
+	*out = (uint64_t)v << shift;
+	return 0;
+}
+
 /* "name=policy[,name=policy...]" */
 static int
 parse_features(const char *name, const char *s, struct keel_opts *o, char *err, size_t errlen)
@@ -173,6 +201,8 @@ enum opt_id {
 	OPT_STATS,
 	OPT_FEATURE,
 	OPT_MAP,
+	OPT_MEMORY,
+	OPT_HUGEPAGES,
 	OPT_HELP,
 };
 
@@ -200,7 +230,12 @@ static const struct opt_desc opt_table[] = {
 	  "error, warn, info or debug (default info)" },
 	{ OPT_STATS, "--stats", "KEEL_STATS", NULL, "print per-shard counters at exit" },
 	{ OPT_FEATURE, "--feature", "KEEL_FEATURE", "NAME=POLICY[,..]",
-	  "io_uring feature policy off|on|auto; names: single_issuer, defer_taskrun, reg_ring_fd" },
+	  "io_uring feature policy off|on|auto; names: single_issuer, defer_taskrun, reg_ring_fd, "
+	  "reg_buffers" },
+	{ OPT_MEMORY, "--memory", "KEEL_MEMORY", "SIZE",
+	  "registered buffer memory per shard, K/M/G suffixes (default 256M)" },
+	{ OPT_HUGEPAGES, "--hugepages", "KEEL_HUGEPAGES", NULL,
+	  "back buffer memory with hugetlbfs pages (reserve them in /proc/sys/vm/nr_hugepages)" },
 	{ OPT_MAP, "--map", "KEEL_MAP", "FILE",
 	  "core/queue map file written by keel-topo --plan (shard i runs on its CPU)" },
 	{ OPT_HELP, "--help", NULL, NULL, "show this help" },
@@ -243,6 +278,10 @@ apply(const struct opt_desc *d, const char *v, struct keel_opts *o, char *err, s
 	case OPT_MAP:
 		o->map_path = v;
 		return 0;
+	case OPT_MEMORY:
+		return parse_size(d->name, v, &o->memory, err, errlen);
+	case OPT_HUGEPAGES:
+		return parse_bool(d->name, v, &o->hugepages, err, errlen);
 	case OPT_HELP:
 		return 1;
 	}

@@ -369,6 +369,9 @@ shard_init(struct keel_shard *s)
 	if (r < 0)
 		return r;
 	s->ring_ok = true;
+	r = keel__bufreg_init(s); /* alloc: allocator + sparse fixed-buffer table */
+	if (r < 0)
+		return r;
 	r = keel__mail_init(s);
 	if (r < 0)
 		return r;
@@ -412,6 +415,7 @@ shard_main(void *p)
 	latch_arrive(&rt->start_lock, &rt->latch_cond, &rt->exit_left, true);
 	if (s->ring_ok)
 		keel__shard_ring_fini(s);
+	keel__bufreg_fini(s); /* alloc: after the ring (no fixed buffer in use) */
 	keel__mail_fini(s);
 	keel__timers_fini(s);
 	keel__defer_fini(&s->defer_run);

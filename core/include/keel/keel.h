@@ -3,6 +3,9 @@
 #ifndef KEEL_KEEL_H
 #define KEEL_KEEL_H
 
+#include <keel/alloc.h>
+#include <keel/buf.h>
+#include <keel/bufreg.h>
 #include <keel/common.h>
 #include <keel/compat.h>
 #include <keel/log.h>

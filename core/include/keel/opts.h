@@ -48,6 +48,7 @@ enum keel_feature {
 	KEEL_FEAT_SINGLE_ISSUER = 0, /* IORING_SETUP_SINGLE_ISSUER (6.0) */
 	KEEL_FEAT_DEFER_TASKRUN,     /* IORING_SETUP_DEFER_TASKRUN (6.1), else COOP_TASKRUN */
 	KEEL_FEAT_REG_RING_FD,       /* io_uring_register_ring_fd (5.18) */
+	KEEL_FEAT_REG_BUFFERS,       /* shard memory as fixed buffers (5.19; RLIMIT_MEMLOCK) */
 	KEEL_FEAT__COUNT
 };
 
@@ -65,10 +66,13 @@ struct keel_opts {
 	bool signals;                  /* SIGINT/SIGTERM stop the runtime (keel_run default) */
 	enum keel_policy features[KEEL_FEAT__COUNT]; /* --feature NAME=off|on|auto */
 	const char *map_path; /* --map: core/queue map file (keel-topo --plan), NULL: none */
+	uint64_t memory; /* --memory: registered buffer memory per shard, bytes (default 256M) */
+	bool hugepages;  /* --hugepages: hugetlbfs pages for it (reserved in nr_hugepages) */
 };
 
 /** Fill @o with defaults (no shards count = one per CPU, 50 us idle poll, 256 entries,
- * 25 ms stall threshold, 1024 mailbox slots, INFO logs, signals on). */
+ * 25 ms stall threshold, 1024 mailbox slots, INFO logs, signals on, 256 MiB of buffer
+ * memory per shard on transparent huge pages). */
 KEEL_API void keel_opts_init(struct keel_opts *o);
 
 /**

@@ -56,6 +56,7 @@ struct keel_caps {
 	bool defer_taskrun;     /* IORING_SETUP_DEFER_TASKRUN accepted */
 	bool coop_taskrun;      /* IORING_SETUP_COOP_TASKRUN | TASKRUN_FLAG accepted */
 	bool reg_ring_fd;       /* io_uring_register_ring_fd works */
+	bool reg_buffers;       /* sparse registered-buffer tables (5.19) */
 };
 
 /**

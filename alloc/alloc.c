@@ -1,0 +1,205 @@
+// SPDX-License-Identifier: MIT
+/* The allocator's lifecycle, thread binding, stats and the log hook. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "alloc_internal.h"
+
+_Thread_local struct keel_alloc *keel__alloc_cur __attribute__((tls_model("initial-exec")));
+
+/* ---- log hook ---- */
+
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+static keel_alloc_log_fn log_fn;
+static void *log_arg;
+
+void
+keel_alloc_log_set(keel_alloc_log_fn fn, void *arg)
+{
+	pthread_mutex_lock(&log_lock);
+	log_fn = fn;
+	log_arg = arg;
+	pthread_mutex_unlock(&log_lock);
+}
+
+void
+keel__alloc_log(int level, const char *fmt, ...)
+{
+	static const char *const names[] = { "error", "warn", "info", "debug" };
+	char msg[512];
+	keel_alloc_log_fn fn;
+	void *arg;
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	pthread_mutex_lock(&log_lock);
+	fn = log_fn;
+	arg = log_arg;
+	pthread_mutex_unlock(&log_lock);
+	if (fn) {
+		fn(level, msg, arg);
+		return;
+	}
+	if (level > KEEL_ALLOC_LOG_INFO)
+		return;
+	/* No hook (the allocator used without the runtime): like keel_log's default sink. */
+	fprintf(stderr, "keel alloc %s: %s\n", names[level & 3], msg);
+}
+
+void
+keel__alloc_verify_fail(const char *file, int line, const char *expr)
+{
+	keel__alloc_log(KEEL_ALLOC_LOG_ERROR, "%s:%d: invariant violated: %s (memory corruption)",
+			file, line, expr);
+	abort();
+}
+
+/* ---- lifecycle ---- */
+
+static unsigned
+log2_u64(uint64_t v)
+{
+	return 63u - (unsigned)__builtin_clzll(v);
+}
+
+const char *
+keel_alloc_backend_name(enum keel_alloc_backend b)
+{
+	switch (b) {
+	case KEEL_ALLOC_BACKEND_SLAB:
+		return "slab";
+	case KEEL_ALLOC_BACKEND_JEMALLOC:
+		return "jemalloc";
+	default:
+		return "default";
+	}
+}
+
+int
+keel_alloc_create(const struct keel_alloc_config *cfg, struct keel_alloc **out)
+{
+	struct keel_alloc *a;
+	uint64_t mem = cfg->memory ? cfg->memory : KEEL_ALLOC_DEFAULT_MEMORY;
+	uint64_t rs = cfg->region_size ? cfg->region_size : KEEL_ALLOC_DEFAULT_REGION;
+	unsigned pre = cfg->prefault_regions ? cfg->prefault_regions : 1;
+	int r;
+
+	if (rs < KEEL_ALLOC_HUGEPAGE || (rs & (rs - 1)) || rs > (1ULL << 31))
+		return -EINVAL;
+	if (mem < KEEL_ALLOC_HUGEPAGE)
+		return -EINVAL;
+	/* A cap below one region: smaller regions (still a power of two). The cap is rounded
+	 * down to whole regions: it is never exceeded. */
+	while (rs > KEEL_ALLOC_HUGEPAGE && rs > mem)
+		rs /= 2;
+	if (mem / rs > 65536)
+		return -EINVAL;
+
+	a = calloc(1, sizeof(*a));
+	if (!a)
+		return -ENOMEM;
+	a->cfg = *cfg;
+	a->cfg.memory = (mem / rs) * rs;
+	a->cfg.region_size = rs;
+	a->region_size = rs;
+	a->region_shift = log2_u64(rs);
+	a->nregions = (unsigned)(mem / rs);
+	a->numa_node = -1;
+	/* Measured (docs/memory.md): the slab is the faster backend. */
+	a->backend =
+		cfg->backend == KEEL_ALLOC_BACKEND_DEFAULT ? KEEL_ALLOC_BACKEND_SLAB : cfg->backend;
+	a->regions = calloc(a->nregions, sizeof(*a->regions));
+	if (!a->regions) {
+		r = -ENOMEM;
+		goto err;
+	}
+	r = keel__region_reserve(a);
+	if (r < 0)
+		goto err;
+	keel__slab_init(a);
+	r = keel__je_general_init(a);
+	if (r < 0)
+		goto err;
+	if (a->backend == KEEL_ALLOC_BACKEND_JEMALLOC) {
+		r = keel__je_registered_init(a);
+		if (r < 0)
+			goto err;
+	}
+	for (unsigned i = 0; i < pre && i < a->nregions; i++) {
+		r = keel__region_map(a, i);
+		if (r < 0)
+			goto err;
+	}
+	*out = a;
+	return 0;
+err:
+	keel__je_fini(a);
+	keel__region_release(a);
+	free(a->regions);
+	free(a);
+	return r;
+}
+
+void
+keel_alloc_destroy(struct keel_alloc *a)
+{
+	if (!a)
+		return;
+	keel__buf_teardown(a);
+	if (keel__alloc_cur == a)
+		keel__alloc_cur = NULL;
+	/* The arenas before the regions: jemalloc may still touch extents it retains. */
+	keel__je_fini(a);
+	keel__region_release(a);
+	free(a->regions);
+	free(a);
+}
+
+void
+keel_alloc_bind_thread(struct keel_alloc *a)
+{
+	keel__alloc_cur = a;
+}
+
+struct keel_alloc *
+keel_alloc_current(void)
+{
+	return keel__alloc_cur;
+}
+
+unsigned
+keel_alloc_shard(const struct keel_alloc *a)
+{
+	return a->cfg.shard;
+}
+
+enum keel_alloc_backend
+keel_alloc_backend_of(const struct keel_alloc *a)
+{
+	return a->backend;
+}
+
+void
+keel_alloc_stats_get(const struct keel_alloc *a, struct keel_alloc_stats *out)
+{
+	struct keel_alloc *m = (struct keel_alloc *)a;
+
+	memset(out, 0, sizeof(*out));
+	out->regions = ASTAT_GET(m, regions);
+	out->regions_max = a->nregions;
+	out->bytes_mapped = ASTAT_GET(m, bytes_mapped);
+	out->bytes_registered = ASTAT_GET(m, bytes_registered);
+	out->bytes_in_use = ASTAT_GET(m, bytes_in_use);
+	out->bytes_peak = ASTAT_GET(m, bytes_peak);
+	out->buffers_live = ASTAT_GET(m, buffers_live);
+	out->alloc_failures = ASTAT_GET(m, alloc_failures);
+	out->remote_returns = ASTAT_GET(m, remote_returns);
+	out->trace_errors = ASTAT_GET(m, trace_errors);
+	out->prefault_ns = ASTAT_GET(m, prefault_ns);
+}

@@ -1,0 +1,345 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Buffers: headers, reference counts, the last put, and (KEEL_BUF_TRACE) the checks.
+ *
+ * Headers live in the shard's general arena, apart from the data, so a buffer's bytes are
+ * exactly its size class and stay aligned. A header's generation is bumped when the buffer
+ * is freed; slices carry the generation they were taken at, so a put through a stale slice
+ * (a double put) is recognised even after the header was reused.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "alloc_internal.h"
+
+#define HDR_BLOCK 64
+
+static struct keel_buf *
+hdr_get(struct keel_alloc *a)
+{
+	struct keel_buf *b = a->hdr_free;
+
+	if (__builtin_expect(b == NULL, 0)) {
+		/* A block of headers from the general arena; freed with the arena. */
+		struct keel_buf *blk = keel_alloc_malloc(a, HDR_BLOCK * sizeof(*blk));
+		if (!blk)
+			return NULL;
+		memset(blk, 0, HDR_BLOCK * sizeof(*blk));
+		for (unsigned i = 0; i < HDR_BLOCK - 1; i++)
+			blk[i].u.next_free = &blk[i + 1];
+		b = blk;
+	}
+	a->hdr_free = b->u.next_free;
+	return b;
+}
+
+static inline void
+hdr_put(struct keel_alloc *a, struct keel_buf *b)
+{
+	b->u.next_free = a->hdr_free;
+	a->hdr_free = b;
+}
+
+static inline void
+account_alloc(struct keel_alloc *a, uint32_t cap)
+{
+	uint64_t in_use = ASTAT_GET(a, bytes_in_use) + cap;
+
+	atomic_store_explicit(&a->st.bytes_in_use, in_use, memory_order_relaxed);
+	if (in_use > ASTAT_GET(a, bytes_peak))
+		atomic_store_explicit(&a->st.bytes_peak, in_use, memory_order_relaxed);
+	ASTAT_ADD(a, buffers_live, 1);
+}
+
+#ifdef KEEL_BUF_TRACE
+static void
+trace_link(struct keel_alloc *a, struct keel_buf *b, const char *file, int line)
+{
+	b->file = file;
+	b->line = line;
+	b->tprev = NULL;
+	b->tnext = a->trace_live;
+	if (a->trace_live)
+		a->trace_live->tprev = b;
+	a->trace_live = b;
+}
+
+static void
+trace_unlink(struct keel_alloc *a, struct keel_buf *b)
+{
+	if (b->tprev)
+		b->tprev->tnext = b->tnext;
+	else
+		a->trace_live = b->tnext;
+	if (b->tnext)
+		b->tnext->tprev = b->tprev;
+	b->tprev = b->tnext = NULL;
+}
+
+/* Checks before a reference is taken or dropped. Returns true when the operation must be
+ * skipped (the slice is stale: doing it would corrupt a reused buffer). */
+static bool
+trace_check(const struct keel_slice *s, const char *what)
+{
+	struct keel_buf *b = s->buf;
+	struct keel_alloc *cur = keel__alloc_cur;
+
+	if (s->gen_ != b->gen || b->refs == 0) {
+		ASTAT_ADD(b->home, trace_errors, 1);
+		keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
+				"buf trace: %s of a buffer already freed (double put) on shard %d; "
+				"buffer allocated at %s:%d",
+				what, cur ? (int)cur->cfg.shard : -1, b->file ? b->file : "?",
+				b->line);
+		return true;
+	}
+	if (cur && b->holder != cur->cfg.shard) {
+		ASTAT_ADD(b->home, trace_errors, 1);
+		keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
+				"buf trace: %s on shard %u of a buffer held by shard %u (wrong "
+				"shard: move it with keel_slice_move in a cross-shard message); "
+				"buffer allocated at %s:%d",
+				what, cur->cfg.shard, b->holder, b->file, b->line);
+	}
+	return false;
+}
+#endif
+
+static inline void
+slice_init(struct keel_slice *out, struct keel_buf *b, uint8_t *data, uint32_t len)
+{
+	out->data = data;
+	out->len = len;
+	out->gen_ = b->gen;
+	out->buf = b;
+}
+
+int
+keel_buf_alloc_at(struct keel_alloc *a, size_t len, struct keel_slice *out, const char *file,
+		  int line)
+{
+	struct keel_buf *b;
+	void *p;
+	uint32_t cap;
+	uint8_t cls = 0;
+
+	if (len == 0)
+		return -EINVAL;
+	if (len > a->region_size)
+		return -E2BIG;
+	b = hdr_get(a);
+	if (!b)
+		goto nomem;
+	if (a->backend == KEEL_ALLOC_BACKEND_SLAB) {
+		p = keel__slab_alloc(a, len, &cls, &cap);
+		b->kind = BUF_SLAB;
+	} else {
+		p = mallocx(len, a->reg_flags);
+		cap = (uint32_t)len;
+		b->kind = BUF_JEMALLOC;
+	}
+	if (!p) {
+		hdr_put(a, b);
+		goto nomem;
+	}
+	b->refs = 1;
+	b->cap = cap;
+	b->cls = cls;
+	b->holder = (uint16_t)a->cfg.shard;
+	b->data = p;
+	b->home = a;
+	account_alloc(a, cap);
+#ifdef KEEL_BUF_TRACE
+	trace_link(a, b, file, line);
+#endif
+	slice_init(out, b, p, (uint32_t)len);
+	return 0;
+nomem:
+	ASTAT_ADD(a, alloc_failures, 1);
+	return -ENOMEM;
+}
+
+int
+keel_buf_wrap_at(struct keel_alloc *a, void *data, uint32_t cap, keel_buf_release_fn release,
+		 void *arg, struct keel_slice *out, const char *file, int line)
+{
+	struct keel_buf *b;
+
+	if (!data || !cap || !release)
+		return -EINVAL;
+	b = hdr_get(a);
+	if (!b)
+		return -ENOMEM;
+	b->refs = 1;
+	b->cap = cap;
+	b->cls = 0;
+	b->kind = BUF_EXTERNAL;
+	b->holder = (uint16_t)a->cfg.shard;
+	b->data = data;
+	b->home = a;
+	b->u.ext.fn = release;
+	b->u.ext.arg = arg;
+	account_alloc(a, cap);
+#ifdef KEEL_BUF_TRACE
+	trace_link(a, b, file, line);
+#endif
+	slice_init(out, b, data, cap);
+	return 0;
+}
+
+/* Free a buffer on its home shard. */
+static void
+release_local(struct keel_buf *b)
+{
+	struct keel_alloc *a = b->home;
+
+	switch (b->kind) {
+	case BUF_SLAB:
+		keel__slab_free(a, b->data, b->cls);
+		break;
+	case BUF_JEMALLOC:
+		sdallocx(b->data, b->cap, a->reg_flags);
+		break;
+	case BUF_EXTERNAL:
+		b->u.ext.fn(b->data, b->cap, b->u.ext.arg);
+		break;
+	}
+	ASTAT_SUB(a, bytes_in_use, b->cap);
+	ASTAT_SUB(a, buffers_live, 1);
+#ifdef KEEL_BUF_TRACE
+	trace_unlink(a, b);
+#endif
+	b->gen++;
+	b->data = NULL;
+	hdr_put(a, b);
+}
+
+void
+keel_buf_release(struct keel_buf *b)
+{
+	alloc_verify(b->refs == 0);
+	release_local(b);
+}
+
+static void
+last_put(struct keel_buf *b)
+{
+	struct keel_alloc *home = b->home;
+	int r;
+
+	/* Allocators without a send_home hook are single-threaded by contract. */
+	if (__builtin_expect(home == keel__alloc_cur || !home->cfg.send_home, 1)) {
+		release_local(b);
+		return;
+	}
+	ASTAT_ADD(home, remote_returns, 1);
+	r = home->cfg.send_home(home, b, home->cfg.ctx);
+	if (r < 0)
+		keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
+				"a buffer of shard %u could not be sent home (%s): leaked",
+				home->cfg.shard, strerror(-r));
+}
+
+void
+keel_slice_put(struct keel_slice *s)
+{
+	struct keel_buf *b = s->buf;
+
+	alloc_verify(b != NULL);
+#ifdef KEEL_BUF_TRACE
+	if (trace_check(s, "put"))
+		return;
+#endif
+	alloc_verify(b->refs > 0);
+	if (--b->refs == 0)
+		last_put(b);
+}
+
+void
+keel_slice_get(const struct keel_slice *s, struct keel_slice *out)
+{
+	struct keel_buf *b = s->buf;
+
+#ifdef KEEL_BUF_TRACE
+	if (trace_check(s, "get")) {
+		memset(out, 0, sizeof(*out));
+		return;
+	}
+#endif
+	alloc_verify(b->refs > 0 && b->refs < UINT32_MAX);
+	b->refs++;
+	*out = *s;
+}
+
+int
+keel_slice_sub(const struct keel_slice *s, size_t off, size_t len, struct keel_slice *out)
+{
+	if (off > s->len || len > s->len - off)
+		return -ERANGE;
+	keel_slice_get(s, out);
+	out->data += off;
+	out->len = (uint32_t)len;
+	return 0;
+}
+
+void
+keel_slice_move(const struct keel_slice *s, unsigned dst)
+{
+#ifdef KEEL_BUF_TRACE
+	trace_check(s, "move");
+#endif
+	s->buf->holder = (uint16_t)dst;
+}
+
+unsigned
+keel_slice_refs(const struct keel_slice *s)
+{
+	return s->buf->refs;
+}
+
+uint32_t
+keel_buf_cap(const struct keel_buf *b)
+{
+	return b->cap;
+}
+
+void *
+keel_buf_base(const struct keel_buf *b)
+{
+	return b->data;
+}
+
+struct keel_alloc *
+keel_buf_home(const struct keel_buf *b)
+{
+	return b->home;
+}
+
+bool
+keel_buf_is_external(const struct keel_buf *b)
+{
+	return b->kind == BUF_EXTERNAL;
+}
+
+/* At destroy: buffers still live are leaks. */
+void
+keel__buf_teardown(struct keel_alloc *a)
+{
+	uint64_t live = ASTAT_GET(a, buffers_live);
+
+#ifdef KEEL_BUF_TRACE
+	for (struct keel_buf *b = a->trace_live; b; b = b->tnext) {
+		ASTAT_ADD(a, trace_errors, 1);
+		keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
+				"buf trace: leak on shard %u: buffer of %u bytes (%u references) "
+				"allocated at %s:%d",
+				a->cfg.shard, b->cap, b->refs, b->file, b->line);
+	}
+#endif
+	if (live)
+		keel__alloc_log(KEEL_ALLOC_LOG_WARN,
+				"shard %u: %llu buffers (%llu bytes) still referenced at teardown; "
+				"build with -DKEEL_BUF_TRACE=ON to see where they were allocated",
+				a->cfg.shard, (unsigned long long)live,
+				(unsigned long long)ASTAT_GET(a, bytes_in_use));
+}

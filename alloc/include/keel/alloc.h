@@ -1,0 +1,197 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The per-shard allocator: registered-memory regions and general allocation.
+ *
+ * Each shard owns one allocator. It reserves address space for --memory bytes at create
+ * and maps it region by region (NUMA-local to the shard's CPU, huge pages where
+ * available, pre-faulted when mapped). Buffers (keel/buf.h) are carved out of those
+ * regions, so every buffer lies inside exactly one region and the pair (region index,
+ * offset) of any byte is O(1) to compute: the runtime registers region i as fixed buffer
+ * i of the shard's ring the first time a buffer of it is used for I/O.
+ *
+ * General allocations (shard-local objects) come from a jemalloc arena of the shard's own,
+ * with an explicit tcache, so shards never contend.
+ *
+ * This module knows nothing of io_uring: it reports errors by return codes and through a
+ * log hook (keel_alloc_log_set()) that the runtime points at keel_log.
+ */
+#ifndef KEEL_ALLOC_H
+#define KEEL_ALLOC_H
+
+#include <keel/common.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct keel_alloc;
+struct keel_buf;
+struct hwloc_topology;
+
+/** Default cap on one allocator's registered memory (--memory). */
+#define KEEL_ALLOC_DEFAULT_MEMORY (256ULL << 20)
+/** Default region size: the unit of mapping, pre-faulting and ring registration. */
+#define KEEL_ALLOC_DEFAULT_REGION (4ULL << 20)
+/** Huge page size used for alignment and hugetlbfs mappings. */
+#define KEEL_ALLOC_HUGEPAGE (2ULL << 20)
+
+/** How buffer memory is carved out of the regions. */
+enum keel_alloc_backend {
+	KEEL_ALLOC_BACKEND_DEFAULT = 0,  /* the faster of the two, measured (docs/memory.md) */
+	KEEL_ALLOC_BACKEND_SLAB = 1,     /* power-of-two size-class slab over the regions */
+	KEEL_ALLOC_BACKEND_JEMALLOC = 2, /* a jemalloc arena whose extent hooks carve regions */
+};
+
+/**
+ * Ask the runtime to call keel_alloc_grow(@a) soon, off the hot path (a deferred callback
+ * on @a's shard): the allocator just took its last pre-faulted region.
+ */
+typedef void (*keel_alloc_grow_fn)(struct keel_alloc *a, void *ctx);
+
+/**
+ * Send @b, whose last reference was put on another shard, home: arrange for
+ * keel_buf_release(@b) to run on @a's shard (a cross-shard message).
+ * Returns: 0, or -errno (the buffer is then leaked and reported).
+ * Context: the shard that put the last reference.
+ */
+typedef int (*keel_alloc_send_home_fn)(struct keel_alloc *a, struct keel_buf *b, void *ctx);
+
+/** Allocator configuration. Zero-initialise, then set what differs from the defaults. */
+struct keel_alloc_config {
+	unsigned shard;              /* owner shard id (reports) */
+	uint64_t memory;             /* cap on mapped buffer memory; 0: KEEL_ALLOC_DEFAULT_MEMORY */
+	uint64_t region_size;        /* power of two >= 2 MiB; 0: KEEL_ALLOC_DEFAULT_REGION */
+	bool hugepages;              /* hugetlbfs 2 MiB pages (reserved in nr_hugepages), not THP */
+	struct hwloc_topology *topo; /* with @cpu >= 0: bind regions to that CPU's NUMA node */
+	int cpu;                     /* -1: no explicit binding */
+	enum keel_alloc_backend backend;
+	unsigned prefault_regions;         /* regions mapped and pre-faulted at create; 0: 1 */
+	keel_alloc_grow_fn grow;           /* NULL: the next region is mapped when needed */
+	keel_alloc_send_home_fn send_home; /* NULL: single-threaded use, puts free locally */
+	void *ctx;                         /* for the hooks */
+};
+
+/** Counters of one allocator. */
+struct keel_alloc_stats {
+	uint64_t regions;          /* regions mapped */
+	uint64_t regions_max;      /* regions the cap allows */
+	uint64_t bytes_mapped;     /* bytes of regions mapped and pre-faulted */
+	uint64_t bytes_registered; /* bytes of regions marked registered by the runtime */
+	uint64_t bytes_in_use;     /* bytes of live buffers (their size-class capacity) */
+	uint64_t bytes_peak;       /* highest bytes_in_use */
+	uint64_t buffers_live;     /* buffers allocated and not yet returned */
+	uint64_t alloc_failures;   /* buffer allocations that failed (-ENOMEM) */
+	uint64_t remote_returns;   /* buffers whose last put happened on another shard */
+	uint64_t trace_errors;     /* KEEL_BUF_TRACE: double puts, wrong-shard puts, leaks */
+	uint64_t prefault_ns;      /* time spent mapping and pre-faulting regions */
+};
+
+/**
+ * Create an allocator: reserve address space for the cap and map, bind and pre-fault the
+ * first region(s). Does not bind the allocator to the calling thread.
+ * Returns: 0 and *out; -EINVAL (bad sizes), -ENOMEM (no memory; with hugepages, the error
+ * logged names /proc/sys/vm/nr_hugepages), or another -errno from mmap.
+ * Context: any thread.
+ */
+KEEL_API int keel_alloc_create(const struct keel_alloc_config *cfg, struct keel_alloc **out);
+
+/**
+ * Destroy @a: report buffers still live (leaks; with KEEL_BUF_TRACE each with its
+ * allocation site), destroy its jemalloc arenas and unmap its regions.
+ * Ownership: every buffer and general allocation of @a becomes invalid.
+ * Context: the thread @a is bound to, or any thread when it is bound to none.
+ */
+KEEL_API void keel_alloc_destroy(struct keel_alloc *a);
+
+/**
+ * Make @a the calling thread's allocator (NULL: none). Puts compare a buffer's home with
+ * it to decide whether the buffer is freed here or sent home.
+ * Context: the thread; the runtime binds each shard's allocator on its shard.
+ */
+KEEL_API void keel_alloc_bind_thread(struct keel_alloc *a);
+
+/** The calling thread's allocator (on a shard: the shard's), or NULL. */
+KEEL_API struct keel_alloc *keel_alloc_current(void);
+
+/** The owner shard id given at create. */
+KEEL_API unsigned keel_alloc_shard(const struct keel_alloc *a);
+
+/** The backend @a uses (never KEEL_ALLOC_BACKEND_DEFAULT). */
+KEEL_API enum keel_alloc_backend keel_alloc_backend_of(const struct keel_alloc *a);
+
+/** Name of a backend: "slab", "jemalloc" or "default". */
+KEEL_API const char *keel_alloc_backend_name(enum keel_alloc_backend b);
+
+/**
+ * Map and pre-fault the next region ahead of need, if the cap allows and none is spare.
+ * Returns: 1 when a region was mapped, 0 when none was needed, -errno on failure.
+ * Context: @a's shard, off the hot path (the grow hook schedules it).
+ */
+KEEL_API int keel_alloc_grow(struct keel_alloc *a);
+
+/** Regions the cap allows: the size of the runtime's fixed-buffer table for @a. */
+KEEL_API unsigned keel_alloc_region_max(const struct keel_alloc *a);
+
+/**
+ * Region @idx of @a: its base and length.
+ * Returns: 0, -ENOENT when it is not mapped yet, -EINVAL past the cap.
+ * Context: any thread (a mapped region never moves until destroy).
+ */
+KEEL_API int keel_alloc_region(const struct keel_alloc *a, unsigned idx, void **base,
+			       uint64_t *len);
+
+/**
+ * Locate @p in @a's regions in O(1).
+ * Returns: 0 with the region index and the offset from that region's base, or -ENOENT
+ * when @p is not in a mapped region of @a.
+ */
+KEEL_API int keel_alloc_locate(const struct keel_alloc *a, const void *p, unsigned *region,
+			       uint64_t *offset);
+
+/**
+ * Record that region @idx is (@on) or is no longer registered with a ring, for stats.
+ * Context: @a's shard.
+ */
+KEEL_API void keel_alloc_region_set_registered(struct keel_alloc *a, unsigned idx, bool on);
+
+/**
+ * Copy @a's counters to @out.
+ * Context: any thread; values written by other threads may be slightly stale.
+ */
+KEEL_API void keel_alloc_stats_get(const struct keel_alloc *a, struct keel_alloc_stats *out);
+
+/**
+ * General allocation from @a's own jemalloc arena (not registered memory).
+ * Returns: the memory, or NULL.
+ * Context: @a's shard.
+ */
+KEEL_API void *keel_alloc_malloc(struct keel_alloc *a, size_t size);
+
+/**
+ * Free memory from keel_alloc_malloc(@a, ...). Never pass it to free().
+ * Context: any thread: off @a's shard it bypasses @a's tcache (thread-safe, slower).
+ */
+KEEL_API void keel_alloc_free(struct keel_alloc *a, void *p);
+
+/** The jemalloc arena index of @a's general arena (for MALLOCX_ARENA). */
+KEEL_API unsigned keel_alloc_arena(const struct keel_alloc *a);
+
+/** Log levels of the hook; the same numbers as enum keel_log_level. */
+enum keel_alloc_log_level {
+	KEEL_ALLOC_LOG_ERROR = 0,
+	KEEL_ALLOC_LOG_WARN = 1,
+	KEEL_ALLOC_LOG_INFO = 2,
+	KEEL_ALLOC_LOG_DEBUG = 3,
+};
+
+/** A log hook: one line, no trailing newline. Must be thread-safe. */
+typedef void (*keel_alloc_log_fn)(int level, const char *msg, void *arg);
+
+/**
+ * Route the allocator's messages (errors a person must read, KEEL_BUF_TRACE reports) to
+ * @fn; NULL restores the default: one line on stderr. The runtime installs a hook that
+ * logs through keel_log with module "alloc".
+ * Context: any thread; set it before creating allocators.
+ */
+KEEL_API void keel_alloc_log_set(keel_alloc_log_fn fn, void *arg);
+
+#endif

@@ -1,0 +1,212 @@
+// SPDX-License-Identifier: MIT
+/*
+ * jemalloc: the shard's general arena, and the jemalloc backend for buffers: an arena whose
+ * extent hooks carve extents out of the shard's regions, so jemalloc does the size classes
+ * and everything it returns from that arena is registered memory.
+ *
+ * The hooks never give memory back to the kernel: purge and decommit are left unset (a
+ * purged page of a registered region would no longer be the page the ring pinned), dalloc
+ * opts out (jemalloc retains and reuses the extent), and merge refuses to join extents of
+ * two regions (a block must lie inside one fixed buffer).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/types.h>
+
+#include "alloc_internal.h"
+
+/* jemalloc 5.3's experimental.arenas_create_ext takes this (not in the public header):
+ * metadata_use_hooks=false keeps jemalloc's own metadata out of the registered regions. */
+struct je_arena_config {
+	extent_hooks_t *extent_hooks;
+	bool metadata_use_hooks;
+};
+
+static struct keel_alloc *
+hooks_alloc(extent_hooks_t *h)
+{
+	return ((struct ext_hooks *)h)->a;
+}
+
+static void *
+ext_alloc(extent_hooks_t *h, void *new_addr, size_t size, size_t alignment, bool *zero,
+	  bool *commit, unsigned arena_ind)
+{
+	struct keel_alloc *a = hooks_alloc(h);
+	void *p;
+
+	/* Growing in place at a given address is not supported: jemalloc then allocates a
+	 * new extent and copies. */
+	if (new_addr)
+		return NULL;
+	p = keel__region_carve(a, size, alignment < 4096 ? 4096 : alignment);
+	if (!p)
+		return NULL;
+	/* Carved memory was never handed out before: fresh (zero) pages, committed. */
+	*zero = true;
+	*commit = true;
+	return p;
+}
+
+static bool
+ext_dalloc(extent_hooks_t *h, void *addr, size_t size, bool committed, unsigned arena_ind)
+{
+	return true; /* opt out: jemalloc keeps the extent for reuse */
+}
+
+static void
+ext_destroy(extent_hooks_t *h, void *addr, size_t size, bool committed, unsigned arena_ind)
+{
+	/* The regions are unmapped as a whole when the allocator is destroyed. */
+}
+
+static bool
+ext_commit(extent_hooks_t *h, void *addr, size_t size, size_t offset, size_t length,
+	   unsigned arena_ind)
+{
+	return false; /* always committed */
+}
+
+static bool
+ext_split(extent_hooks_t *h, void *addr, size_t size, size_t size_a, size_t size_b, bool committed,
+	  unsigned arena_ind)
+{
+	return false;
+}
+
+static bool
+ext_merge(extent_hooks_t *h, void *addr_a, size_t size_a, void *addr_b, size_t size_b,
+	  bool committed, unsigned arena_ind)
+{
+	struct keel_alloc *a = hooks_alloc(h);
+	uintptr_t ra = ((uintptr_t)addr_a - (uintptr_t)a->base) >> a->region_shift;
+	uintptr_t rb = ((uintptr_t)addr_b + size_b - 1 - (uintptr_t)a->base) >> a->region_shift;
+
+	return ra != rb; /* true refuses */
+}
+
+static int
+arena_set_ssize(unsigned arena, const char *name, ssize_t v)
+{
+	char key[64];
+	snprintf(key, sizeof(key), "arena.%u.%s", arena, name);
+	return mallctl(key, NULL, NULL, &v, sizeof(v));
+}
+
+static int
+tcache_create(unsigned *out)
+{
+	size_t sz = sizeof(*out);
+	return mallctl("tcache.create", out, &sz, NULL, 0);
+}
+
+int
+keel__je_general_init(struct keel_alloc *a)
+{
+	size_t sz = sizeof(a->gen_arena);
+	int r;
+
+	r = mallctl("arenas.create", &a->gen_arena, &sz, NULL, 0);
+	if (r)
+		return -r;
+	r = tcache_create(&a->gen_tcache);
+	if (r) {
+		char key[64];
+		snprintf(key, sizeof(key), "arena.%u.destroy", a->gen_arena);
+		mallctl(key, NULL, NULL, NULL, 0);
+		return -r;
+	}
+	a->gen_flags = (int)(MALLOCX_ARENA(a->gen_arena) | MALLOCX_TCACHE(a->gen_tcache));
+	a->gen_ok = true;
+	return 0;
+}
+
+int
+keel__je_registered_init(struct keel_alloc *a)
+{
+	struct je_arena_config cfg;
+	extent_hooks_t *hp = &a->hooks.h;
+	size_t sz = sizeof(a->reg_arena);
+	size_t grow = a->region_size;
+	char key[64];
+	int r;
+
+	memset(&a->hooks, 0, sizeof(a->hooks));
+	a->hooks.h.alloc = ext_alloc;
+	a->hooks.h.dalloc = ext_dalloc;
+	a->hooks.h.destroy = ext_destroy;
+	a->hooks.h.commit = ext_commit;
+	a->hooks.h.split = ext_split;
+	a->hooks.h.merge = ext_merge;
+	a->hooks.a = a;
+
+	cfg.extent_hooks = hp;
+	cfg.metadata_use_hooks = false;
+	r = mallctl("experimental.arenas_create_ext", &a->reg_arena, &sz, &cfg, sizeof(cfg));
+	if (r) /* an older jemalloc: metadata then lives in the regions too */
+		r = mallctl("arenas.create", &a->reg_arena, &sz, &hp, sizeof(hp));
+	if (r)
+		return -r;
+	/* No decay work: nothing is ever purged. Grow no further than a region at a time. */
+	arena_set_ssize(a->reg_arena, "dirty_decay_ms", -1);
+	arena_set_ssize(a->reg_arena, "muzzy_decay_ms", -1);
+	snprintf(key, sizeof(key), "arena.%u.retain_grow_limit", a->reg_arena);
+	mallctl(key, NULL, NULL, &grow, sizeof(grow));
+	r = tcache_create(&a->reg_tcache);
+	if (r) {
+		snprintf(key, sizeof(key), "arena.%u.destroy", a->reg_arena);
+		mallctl(key, NULL, NULL, NULL, 0);
+		return -r;
+	}
+	a->reg_flags = (int)(MALLOCX_ARENA(a->reg_arena) | MALLOCX_TCACHE(a->reg_tcache));
+	a->reg_ok = true;
+	return 0;
+}
+
+static void
+destroy_pair(unsigned arena, unsigned tcache)
+{
+	char key[64];
+
+	/* The tcache first: arena reset requires every tcache that used it to be flushed. */
+	mallctl("tcache.destroy", NULL, NULL, &tcache, sizeof(tcache));
+	snprintf(key, sizeof(key), "arena.%u.destroy", arena);
+	if (mallctl(key, NULL, NULL, NULL, 0))
+		keel__alloc_log(KEEL_ALLOC_LOG_WARN, "jemalloc arena %u could not be destroyed",
+				arena);
+}
+
+void
+keel__je_fini(struct keel_alloc *a)
+{
+	if (a->reg_ok)
+		destroy_pair(a->reg_arena, a->reg_tcache);
+	if (a->gen_ok)
+		destroy_pair(a->gen_arena, a->gen_tcache);
+	a->reg_ok = a->gen_ok = false;
+}
+
+void *
+keel_alloc_malloc(struct keel_alloc *a, size_t size)
+{
+	return mallocx(size ? size : 1, a->gen_flags);
+}
+
+void
+keel_alloc_free(struct keel_alloc *a, void *p)
+{
+	if (!p)
+		return;
+	/* An explicit tcache belongs to one thread: off the shard, go to the arena. */
+	if (a == keel__alloc_cur)
+		dallocx(p, a->gen_flags);
+	else
+		dallocx(p, MALLOCX_TCACHE_NONE);
+}
+
+unsigned
+keel_alloc_arena(const struct keel_alloc *a)
+{
+	return a->gen_arena;
+}

@@ -1,0 +1,322 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The shard's allocator on its ring: a sparse fixed-buffer table (slot i = region i of the
+ * shard's allocator) registered at ring set-up, filled lazily: a region is registered the
+ * first time one of its buffers is used for I/O. Start-up registers region 0 only (bounded
+ * time, and the RLIMIT_MEMLOCK decision is made before the first request); 1 GiB of
+ * regions is never pinned in one stall.
+ *
+ * RLIMIT_MEMLOCK: the soft limit is raised to the hard limit once per process. Without
+ * CAP_IPC_LOCK, pinned pages count against it; when a registration fails with ENOMEM the
+ * shard goes on with unregistered buffers (plain sends) after one log line naming the
+ * limit and the fix, or, with --feature reg_buffers=on, start-up fails with that message.
+ */
+#include "bufreg.h"
+
+#include <errno.h>
+#include <linux/capability.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* More slots than this the kernel refuses (IORING_MAX_REG_BUFFERS). */
+#define MAX_SLOTS (1u << 14)
+
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+/* The runtime that logged the memlock fallback line: one line per runtime. */
+static _Atomic(struct keel_runtime *) memlock_logged;
+
+static void
+alloc_log_hook(int level, const char *msg, void *arg)
+{
+	keel_log((enum keel_log_level)level, "alloc", "%s", msg);
+}
+
+static void
+process_init(void)
+{
+	struct rlimit rl;
+
+	keel_alloc_log_set(alloc_log_hook, NULL);
+	if (getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_MEMLOCK, &rl) < 0)
+			keel_log(KEEL_LOG_DEBUG, "core", "raising RLIMIT_MEMLOCK failed: %s",
+				 strerror(errno));
+	}
+}
+
+static bool
+have_cap_ipc_lock(void)
+{
+	struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct d[2];
+
+	if (syscall(SYS_capget, &h, d) < 0)
+		return false;
+	return d[CAP_IPC_LOCK / 32].effective & (1u << (CAP_IPC_LOCK % 32));
+}
+
+static const char *
+memlock_str(char *buf, size_t len)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_MEMLOCK, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+		snprintf(buf, len, "unlimited");
+	else
+		snprintf(buf, len, "%llu KiB", (unsigned long long)(rl.rlim_cur >> 10));
+	return buf;
+}
+
+/* The message a person needs, at the level the policy asks for. */
+static void
+memlock_fail_log(struct keel_shard *s, uint64_t bytes)
+{
+	struct keel__bufreg *br = s->bufreg;
+	char lim[32];
+
+	if (br->policy_on) {
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "shard %u: registering %llu KiB of buffers failed: RLIMIT_MEMLOCK (%s) is "
+			 "too low and the process lacks CAP_IPC_LOCK; raise it (ulimit -l "
+			 "unlimited, or LimitMEMLOCK=infinity in the systemd unit), or use "
+			 "--feature reg_buffers=auto to run with unregistered buffers",
+			 s->id, (unsigned long long)(bytes >> 10), memlock_str(lim, sizeof(lim)));
+		return;
+	}
+	if (atomic_exchange(&memlock_logged, s->rt) == s->rt)
+		return;
+	keel_log(KEEL_LOG_WARN, "core",
+		 "registered buffers: RLIMIT_MEMLOCK (%s) is too low to pin %llu KiB without "
+		 "CAP_IPC_LOCK; running with unregistered buffers (plain sends). Fix: ulimit -l "
+		 "unlimited, or LimitMEMLOCK=infinity in the systemd unit",
+		 memlock_str(lim, sizeof(lim)), (unsigned long long)(bytes >> 10));
+}
+
+/* Register region @idx in slot @idx. Returns 0 or -errno. */
+static int
+register_slot(struct keel_shard *s, unsigned idx)
+{
+	struct keel__bufreg *br = s->bufreg;
+	struct iovec iov;
+	void *base;
+	uint64_t len;
+	/* Tag 0: the kernel posts no CQE when the slot is dropped (at ring exit). */
+	__u64 tag = 0;
+	int r;
+
+	r = keel_alloc_region(br->alloc, idx, &base, &len);
+	if (r < 0)
+		return r;
+	iov.iov_base = base;
+	iov.iov_len = len;
+	r = io_uring_register_buffers_update_tag(&s->ring, idx, &iov, &tag, 1);
+	if (r == 1) {
+		br->slots[idx] = SLOT_REGISTERED;
+		keel_alloc_region_set_registered(br->alloc, idx, true);
+		return 0;
+	}
+	r = r < 0 ? r : -EIO;
+	br->slots[idx] = SLOT_FAILED;
+	if (r == -ENOMEM)
+		memlock_fail_log(s, len);
+	else
+		keel_log(KEEL_LOG_ERROR, "core", "shard %u: registering region %u failed: %s",
+			 s->id, idx, strerror(-r));
+	return r;
+}
+
+static void
+grow_cb(void *arg)
+{
+	int r = keel_alloc_grow(arg);
+	if (r < 0)
+		keel_log(KEEL_LOG_WARN, "core", "mapping the next buffer region failed: %s",
+			 strerror(-r));
+}
+
+static void
+grow_hook(struct keel_alloc *a, void *ctx)
+{
+	/* Off the hot path: after this pass's callbacks. */
+	if (keel_defer(grow_cb, a) < 0)
+		grow_cb(a);
+}
+
+static void
+release_home(void *arg)
+{
+	keel_buf_release(arg);
+}
+
+static int
+send_home_hook(struct keel_alloc *home, struct keel_buf *b, void *ctx)
+{
+	if (!keel_this_shard())
+		return -EPERM;
+	return keel_send(keel_alloc_shard(home), release_home, b);
+}
+
+int
+keel__bufreg_init(struct keel_shard *s)
+{
+	struct keel_runtime *rt = s->rt;
+	struct keel_alloc_config cfg;
+	struct keel__bufreg *br;
+	int r;
+
+	pthread_once(&once, process_init);
+	br = calloc(1, sizeof(*br));
+	if (!br)
+		return -ENOMEM;
+	s->bufreg = br;
+	br->policy_on = rt->features[KEEL_FEAT_REG_BUFFERS].policy == KEEL_POLICY_ON;
+
+	memset(&cfg, 0, sizeof(cfg));
+	cfg.shard = s->id;
+	cfg.memory = rt->opts.memory;
+	cfg.hugepages = rt->opts.hugepages;
+	cfg.topo = rt->topo;
+	cfg.cpu = s->cpu;
+	cfg.grow = grow_hook;
+	cfg.send_home = send_home_hook;
+	cfg.ctx = s;
+	r = keel_alloc_create(&cfg, &br->alloc);
+	if (r < 0) {
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "shard %u: buffer memory (--memory %llu MiB%s): %s", s->id,
+			 (unsigned long long)(rt->opts.memory >> 20),
+			 rt->opts.hugepages ? ", --hugepages" : "", strerror(-r));
+		return r;
+	}
+	keel_alloc_bind_thread(br->alloc);
+
+	if (!rt->features[KEEL_FEAT_REG_BUFFERS].used)
+		return 0;
+	if (br->policy_on && !have_cap_ipc_lock()) {
+		struct rlimit rl;
+		uint64_t need = (uint64_t)rt->opts.memory * rt->count;
+		if (getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+		    rl.rlim_cur < need) {
+			memlock_fail_log(s, need);
+			return -ENOMEM;
+		}
+	}
+	br->nslots = keel_alloc_region_max(br->alloc);
+	if (br->nslots > MAX_SLOTS)
+		br->nslots = MAX_SLOTS;
+	br->slots = calloc(br->nslots, 1);
+	if (!br->slots)
+		return -ENOMEM;
+	r = io_uring_register_buffers_sparse(&s->ring, br->nslots);
+	if (r < 0) {
+		keel_log(br->policy_on ? KEEL_LOG_ERROR : KEEL_LOG_INFO, "core",
+			 "shard %u: sparse fixed-buffer table of %u slots failed: %s", s->id,
+			 br->nslots, strerror(-r));
+		return br->policy_on ? r : 0;
+	}
+	br->enabled = true;
+	/* Region 0 now: bounded, and the memlock decision is made at start. */
+	r = register_slot(s, 0);
+	if (r == -ENOMEM) {
+		if (br->policy_on)
+			return r;
+		br->enabled = false;
+	}
+	return 0;
+}
+
+void
+keel__bufreg_fini(struct keel_shard *s)
+{
+	struct keel__bufreg *br = s->bufreg;
+
+	if (!br)
+		return;
+	if (s->rt->opts.stats && br->alloc) {
+		struct keel_alloc_stats st;
+		keel_alloc_stats_get(br->alloc, &st);
+		keel_log(KEEL_LOG_INFO, "core",
+			 "shard %u memory: %llu/%llu regions, %llu MiB registered, in use %llu KiB "
+			 "(peak %llu KiB), %llu allocation failures, %llu returned from other "
+			 "shards",
+			 s->id, (unsigned long long)st.regions, (unsigned long long)st.regions_max,
+			 (unsigned long long)(st.bytes_registered >> 20),
+			 (unsigned long long)(st.bytes_in_use >> 10),
+			 (unsigned long long)(st.bytes_peak >> 10),
+			 (unsigned long long)st.alloc_failures,
+			 (unsigned long long)st.remote_returns);
+	}
+	keel_alloc_destroy(br->alloc);
+	keel_alloc_bind_thread(NULL);
+	free(br->slots);
+	free(br);
+	s->bufreg = NULL;
+}
+
+struct keel_alloc *
+keel_shard_alloc(void)
+{
+	return cur_shard(__func__)->bufreg->alloc;
+}
+
+bool
+keel_shard_bufs_registered(void)
+{
+	return cur_shard(__func__)->bufreg->enabled;
+}
+
+int
+keel_buf_fixed(const struct keel_slice *sl, unsigned *index, uint64_t *offset)
+{
+	struct keel_shard *s = cur_shard(__func__);
+	struct keel__bufreg *br = s->bufreg;
+	unsigned idx;
+	uint64_t off;
+
+	if (keel_buf_home(sl->buf) != br->alloc)
+		return -EXDEV;
+	if (keel_buf_is_external(sl->buf))
+		return -ENOENT;
+	if (!br->enabled)
+		return -EOPNOTSUPP;
+	if (keel_alloc_locate(br->alloc, sl->data, &idx, &off) < 0)
+		return -ENOENT;
+	if (idx >= br->nslots)
+		return -ERANGE;
+	switch (br->slots[idx]) {
+	case SLOT_REGISTERED:
+		break;
+	case SLOT_FAILED:
+		return -ENOMEM;
+	default: {
+		int r = register_slot(s, idx);
+		if (r < 0)
+			return r;
+	}
+	}
+	*index = idx;
+	*offset = off;
+	return 0;
+}
+
+int
+keel_prep_send_buf(struct io_uring_sqe *sqe, int fd, const struct keel_slice *sl, int msg_flags)
+{
+	unsigned idx;
+	uint64_t off;
+
+	if (keel_buf_fixed(sl, &idx, &off) == 0) {
+		io_uring_prep_send_zc_fixed(sqe, fd, sl->data, sl->len, msg_flags, 0, idx);
+		return 1;
+	}
+	io_uring_prep_send(sqe, fd, sl->data, sl->len, msg_flags);
+	return 0;
+}
