@@ -49,6 +49,7 @@ struct keel_listener {
 	unsigned *queue_shard;
 	unsigned nqueues;
 	_Atomic unsigned started;
+	bool attached;              /* the steering program is in place */
 	int *cpus;                  /* [n], filled as shards start */
 	struct keel__lshard *parts; /* [n] */
 	struct lstats *stats;       /* [n] */
@@ -75,6 +76,8 @@ keel_steer_name(enum keel_steer s)
 {
 	return s == KEEL_STEER_CPU ? "cpu" : s == KEEL_STEER_QUEUE ? "queue" : "hash";
 }
+
+static int steer_attach(struct keel_listener *l);
 
 int
 keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
@@ -115,7 +118,8 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 	}
 	for (unsigned i = 0; i < nshards; i++)
 		l->parts[i].fd = -1;
-	/* In shard order: socket i is index i of the reuseport group. */
+	/* Bound in shard order, none listening yet: a TCP socket joins the reuseport group
+	 * when it listens, in that order, so socket i is index i of the group. */
 	for (unsigned i = 0; i < nshards; i++) {
 		int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		if (fd < 0) {
@@ -148,7 +152,25 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 			/* The other sockets join the group on the port actually bound. */
 			((struct sockaddr_in *)&ss)->sin_port = htons(l->port);
 		}
-		if (listen(fd, o->backlog ? o->backlog : 4096) < 0) {
+	}
+	/* Attaching to the first, still unhashed socket creates the group with the program;
+	 * the others join it as they listen. So the first SYN is already steered. */
+	if (l->steer == KEEL_STEER_QUEUE || (l->steer == KEEL_STEER_CPU && o->rt)) {
+		if (l->steer == KEEL_STEER_CPU) {
+			if (keel_runtime_shard_count(o->rt) < nshards) {
+				r = -EINVAL;
+				goto err;
+			}
+			for (unsigned i = 0; i < nshards; i++)
+				l->cpus[i] = keel_runtime_shard_cpu(o->rt, i);
+		}
+		r = steer_attach(l);
+		if (r < 0)
+			goto err;
+		l->attached = true;
+	}
+	for (unsigned i = 0; i < nshards; i++) {
+		if (listen(l->parts[i].fd, o->backlog ? o->backlog : 4096) < 0) {
 			r = -errno;
 			keel_log(KEEL_LOG_ERROR, NET_MOD, "listen: %s", strerror(-r));
 			goto err;
@@ -429,9 +451,11 @@ keel_listener_start(struct keel_listener *l)
 	keel__net_ref(ns);
 	ls->next = ns->lshards;
 	ns->lshards = ls;
-	l->cpus[id] = keel_shard_cpu(sh);
-	/* The last shard to start knows every CPU: it attaches the program. */
-	if (atomic_fetch_add(&l->started, 1) + 1 == l->n) {
+	if (!l->attached)
+		l->cpus[id] = keel_shard_cpu(sh);
+	/* Without the runtime at create, the last shard to start knows every CPU: it attaches
+	 * the program (until then the kernel's hash places connections). */
+	if (atomic_fetch_add(&l->started, 1) + 1 == l->n && !l->attached) {
 		r = steer_attach(l);
 		if (r < 0)
 			return r;

@@ -139,6 +139,7 @@ main(int argc, char **argv)
 	if (!a.udp) {
 		lo.addr = a.addr;
 		lo.port = (uint16_t)a.port;
+		lo.rt = rt;
 		r = keel_listener_create(&lo, keel_runtime_shard_count(rt), &echo_ops, &a, &a.l);
 		if (r < 0) {
 			fprintf(stderr, "keel-echo: listening on %s port %ld: %s\n", a.addr, a.port,

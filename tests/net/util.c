@@ -81,6 +81,7 @@ srv_start(struct srv *s, const struct keel_opts *o, const struct keel_net_config
 		return r;
 	memset(&lo, 0, sizeof(lo));
 	lo.addr = "127.0.0.1";
+	lo.rt = s->rt;
 	r = keel_listener_create(&lo, keel_runtime_shard_count(s->rt), ops ? ops : &echo_ops, s,
 				 &s->l);
 	if (r < 0) {

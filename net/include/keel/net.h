@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 struct keel_conn;
+struct keel_runtime;
 struct keel_listener;
 struct keel_udp;
 
@@ -96,11 +97,21 @@ struct keel_listen_opts {
 	enum keel_steer steer;       /* default KEEL_STEER_CPU */
 	const unsigned *queue_shard; /* queue steering: rx queue q is owned by queue_shard[q]; */
 	unsigned nqueues;            /* NULL/0: shard q % nshards owns queue q */
+	/* CPU steering: the runtime whose shards will accept. With it the shards' CPUs are
+	 * known at create, and the program is attached before any socket listens, so no
+	 * connection is ever queued on a socket the program did not choose. Without it the
+	 * program is attached when the last shard starts, and connections that arrive
+	 * before that are placed by the kernel's hash. */
+	const struct keel_runtime *rt;
 };
 
 /**
  * Create a listener with @nshards sockets bound to the same address (SO_REUSEPORT), in
- * shard order, listening. Nothing is accepted until keel_listener_start() on a shard.
+ * shard order, listening. The steering program is attached to the first socket before any
+ * of them listens (queue steering, or cpu steering with opts.rt), so the reuseport group
+ * is complete and steered from the first SYN. Nothing is accepted until
+ * keel_listener_start() on a shard (connections wait in the backlog of the socket the
+ * program picked).
  * Returns: 0 and *out; -EINVAL (address does not parse, nshards 0), -EADDRINUSE (port in
  * use by another program), or another -errno of socket/bind/listen (logged, with the
  * address).
