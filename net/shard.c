@@ -17,7 +17,7 @@
 static struct keel_net_config g_cfg = {
 	.buf_size = 16384,
 	.buf_count = 256,
-	.zc_threshold = 32768,
+	.zc_threshold = KEEL_NET_ZC_THRESHOLD_DEFAULT,
 	.high_watermark = 1u << 20,
 	.low_watermark = 256u << 10,
 	.max_files = 4096,
@@ -38,7 +38,7 @@ keel_net_config_init(struct keel_net_config *c)
 {
 	c->buf_size = 16384;
 	c->buf_count = 256;
-	c->zc_threshold = 32768;
+	c->zc_threshold = KEEL_NET_ZC_THRESHOLD_DEFAULT;
 	c->high_watermark = 1u << 20;
 	c->low_watermark = 256u << 10;
 	c->max_files = 4096;

@@ -31,12 +31,21 @@ struct keel_runtime;
 struct keel_listener;
 struct keel_udp;
 
+/**
+ * Default SEND_ZC threshold: UINT32_MAX, i.e. plain send for every size. Measured on
+ * loopback (docs/net.md, keel-netbench send): plain send beat SEND_ZC at every size from
+ * 4 KiB to 1 MiB (3.3-4.1 GB/s against 0.9-3.5 GB/s), because loopback copies the pages
+ * anyway (the notification says IORING_NOTIF_USAGE_ZC_COPIED). On a NIC, measure with the
+ * same tool and set zc_threshold (keel-echo --zc-threshold N).
+ */
+#define KEEL_NET_ZC_THRESHOLD_DEFAULT UINT32_MAX
+
 /** Network tuning, process-wide. Initialise with keel_net_config_init(). */
 struct keel_net_config {
 	uint32_t buf_size;          /* bytes per provided receive buffer (default 16 KiB) */
 	uint32_t buf_count;         /* buffers per shard ring, a power of two (default 256) */
 	uint32_t zc_threshold;      /* sends of at least this many bytes use SEND_ZC (default
-				       32 KiB, measured on loopback; see docs/net.md) */
+				       KEEL_NET_ZC_THRESHOLD_DEFAULT: never; see below) */
 	uint32_t high_watermark;    /* queued send bytes above which reading pauses (1 MiB) */
 	uint32_t low_watermark;     /* ... and below which it resumes, on_writable (256 KiB) */
 	uint32_t max_files;         /* direct-descriptor table slots per shard (default 4096) */
