@@ -140,6 +140,23 @@ main(int argc, char **argv)
 		lo.addr = a.addr;
 		lo.port = (uint16_t)a.port;
 		lo.rt = rt;
+		/* Queue steering follows the --map file: rx queue q goes to the shard that owns
+		 * it there (without a map, queue q goes to shard q % shards). */
+		if (lo.steer == KEEL_STEER_QUEUE && o.map_path && *o.map_path) {
+			static struct keel_map m;
+			static unsigned qs[KEEL_MAX_SHARDS * 4];
+			char err[256];
+			if (keel_map_load(o.map_path, &m, err, sizeof(err)) < 0)
+				die("--map: ", err);
+			for (unsigned i = 0; i < m.nshards; i++)
+				if (m.shards[i].rxq >= 0 &&
+				    (unsigned)m.shards[i].rxq < sizeof(qs) / sizeof(qs[0])) {
+					qs[m.shards[i].rxq] = i;
+					if ((unsigned)m.shards[i].rxq + 1 > lo.nqueues)
+						lo.nqueues = (unsigned)m.shards[i].rxq + 1;
+				}
+			lo.queue_shard = lo.nqueues ? qs : NULL;
+		}
 		r = keel_listener_create(&lo, keel_runtime_shard_count(rt), &echo_ops, &a, &a.l);
 		if (r < 0) {
 			fprintf(stderr, "keel-echo: listening on %s port %ld: %s\n", a.addr, a.port,
