@@ -34,6 +34,7 @@ struct keel_conn {
 	bool want_writable, cancel_sent;
 	int status;
 
+	struct keel_timer *close_timer; /* bounds a graceful close (close_timeout_ms) */
 	struct keel_slice *q;
 	uint32_t qhead, qn, qcap, qoff;
 	uint64_t queued, offered;
@@ -517,6 +518,14 @@ keel_conn_shutdown(struct keel_conn *c)
 	return 0;
 }
 
+/* The peer did not take the queue in time. The abort may free @c, and with it this timer
+ * (destroying a timer inside its callback is allowed). */
+static void
+close_timeout_cb(struct keel_timer *t, void *arg)
+{
+	keel_conn_abort(arg, -ETIMEDOUT);
+}
+
 void
 keel_conn_close(struct keel_conn *c)
 {
@@ -529,6 +538,11 @@ keel_conn_close(struct keel_conn *c)
 	c->flush_close = true;
 	recv_update(c);
 	flush_later(c);
+	/* Without a timer the close waits as long as the peer does not read. If none can be
+	 * made (ENOMEM), it waits: the runtime's stop still aborts it. */
+	if (c->ns->cfg.close_timeout_ms &&
+	    keel_timer_create(close_timeout_cb, c, &c->close_timer) == 0)
+		keel_timer_start(c->close_timer, (uint64_t)c->ns->cfg.close_timeout_ms * 1000, 0);
 }
 
 void
@@ -576,6 +590,8 @@ conn_free(struct keel_conn *c)
 	} else {
 		close(c->fd);
 	}
+	if (c->close_timer)
+		keel_timer_destroy(c->close_timer);
 	if (c->ops->on_close)
 		c->ops->on_close(c, c->status);
 	if (c->prev)

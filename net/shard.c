@@ -22,6 +22,7 @@ static struct keel_net_config g_cfg = {
 	.low_watermark = 256u << 10,
 	.max_files = 4096,
 	.accept_backoff_ms = 100,
+	.close_timeout_ms = 0,
 };
 
 static _Thread_local struct net_shard *tl_ns;
@@ -43,6 +44,7 @@ keel_net_config_init(struct keel_net_config *c)
 	c->low_watermark = 256u << 10;
 	c->max_files = 4096;
 	c->accept_backoff_ms = 100;
+	c->close_timeout_ms = 0;
 }
 
 int

@@ -613,3 +613,50 @@ Test(net_conn, send_zc_notification_after_close)
 	cr_assert_gt(atomic_load(&zc_sends), 0, "no SEND_ZC was used");
 	cr_assert_eq(srv_stop(&s), 0);
 }
+
+/* A graceful close to a peer that never reads ends after close_timeout_ms with
+ * -ETIMEDOUT, its queue dropped (without the option it would wait for ever). */
+static void
+linger_open(struct keel_conn *c)
+{
+	struct keel_slice big;
+
+	if (keel_buf_alloc(keel_shard_alloc(), 1u << 20, &big) < 0) {
+		keel_conn_abort(c, -ENOMEM);
+		return;
+	}
+	memset(big.data, 'x', big.len);
+	/* 16 MiB: more than the client's fixed 64 KiB window and the server's send buffer. */
+	for (int i = 0; i < 16; i++) {
+		struct keel_slice s;
+		keel_slice_get(&big, &s);
+		if (keel_conn_send(c, &s) < 0)
+			keel_slice_put(&s);
+	}
+	keel_slice_put(&big);
+	keel_conn_close(c);
+}
+
+Test(net_conn, graceful_close_gives_up_after_close_timeout)
+{
+	static const struct keel_conn_ops ops = { .on_open = linger_open,
+						  .on_data = sink_data,
+						  .on_close = sink_close };
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct srv s;
+	int fd, rcv = 64 << 10;
+
+	sink_reset();
+	keel_net_config_init(&nc);
+	nc.close_timeout_ms = 50;
+	cr_assert_eq(srv_start(&s, &o, &nc, &ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv));
+	WAIT_FOR(atomic_load(&sink_closes) == 1);
+	cr_assert_eq(atomic_load(&sink_status), -ETIMEDOUT);
+	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
+	cr_assert_eq(atomic_load(&sink_closes), 1);
+}

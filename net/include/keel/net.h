@@ -50,6 +50,8 @@ struct keel_net_config {
 	uint32_t low_watermark;     /* ... and below which it resumes, on_writable (256 KiB) */
 	uint32_t max_files;         /* direct-descriptor table slots per shard (default 4096) */
 	uint32_t accept_backoff_ms; /* pause after EMFILE/ENFILE before accepting again (100) */
+	uint32_t close_timeout_ms;  /* keel_conn_close() gives up on a peer that does not read
+				       after this long: on_close(-ETIMEDOUT) (0: wait, default) */
 };
 
 /** Fill @c with the defaults. */
@@ -195,6 +197,8 @@ KEEL_API int keel_conn_shutdown(struct keel_conn *c);
 
 /**
  * Close gracefully: stop reading, send what is queued, then close; on_close(c, 0) follows.
+ * With keel_net_config.close_timeout_ms set, a queue still not sent after that long is
+ * dropped and on_close(c, -ETIMEDOUT) follows instead.
  * Context: the connection's shard. Closing twice is harmless.
  */
 KEEL_API void keel_conn_close(struct keel_conn *c);
