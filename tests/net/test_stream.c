@@ -291,3 +291,51 @@ Test(net_stream, cpu_steering_accepts_on_the_client_cpu)
 	keel_runtime_destroy(s.rt);
 	keel_listener_destroy(s.l);
 }
+
+static void
+qsteer_start(void *arg)
+{
+	int r = keel_listener_start(arg);
+	if (r < 0)
+		keel_stop(r);
+}
+
+/* Queue steering: lo has one rx queue (0); mapping it to shard 1 sends every connection
+ * there, from the first SYN (the program is attached before the sockets listen). */
+Test(net_stream, queue_steering_follows_the_queue_map)
+{
+	struct keel_opts o = net_test_opts(2);
+	struct keel_runtime *rt;
+	struct keel_listener *l;
+	static const unsigned qmap[1] = { 1 };
+	struct keel_listen_opts lo = {
+		.addr = "127.0.0.1", .steer = KEEL_STEER_QUEUE, .queue_shard = qmap, .nqueues = 1
+	};
+	struct keel_listener_stats st0, st1;
+	static struct srv counters; /* echo_ops' app: its counters */
+
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_listener_create(&lo, 2, &echo_ops, &counters, &l), 0);
+	/* Connections made before the shards start wait in the chosen socket's backlog. */
+	int early = cli_connect(keel_listener_port(l));
+	cr_assert_geq(early, 0);
+	cr_assert_eq(keel_runtime_start(rt, qsteer_start, l), 0);
+	for (int j = 0; j < 6; j++) {
+		char b[8] = "ping";
+		int fd = j == 0 ? early : cli_connect(keel_listener_port(l));
+		cr_assert_geq(fd, 0);
+		cr_assert_eq(cli_write_all(fd, b, 4), 0);
+		cr_assert_eq(cli_read_all(fd, b, 4), 0);
+		close(fd);
+	}
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	cr_assert_eq(keel_listener_stats(l, 0, &st0), 0);
+	cr_assert_eq(keel_listener_stats(l, 1, &st1), 0);
+	cr_assert_eq(st0.accepted, 0);
+	cr_assert_eq(st1.accepted, 6);
+	cr_assert_eq(st1.napi_mismatch, 0);
+	cr_assert_eq(atomic_load(&counters.closes), 6);
+	keel_runtime_destroy(rt);
+	keel_listener_destroy(l);
+}
