@@ -179,10 +179,13 @@ keel_xreq_complete(struct keel_xreq *req, int status)
 	else
 		q->head = req;
 	q->tail = req;
-	pthread_mutex_unlock(&q->lock);
+	/* The wake-up is written under the lock: once the lock is dropped the owner may pop
+	 * this request and destroy the queue (close its eventfd, free it), so nothing of @q
+	 * may be touched after the unlock. A non-blocking eventfd write is short. */
 	if (write(q->efd, &one, sizeof(one)) != sizeof(one))
 		keel_log(KEEL_LOG_ERROR, "core", "xqueue eventfd write failed: %s",
 			 strerror(errno));
+	pthread_mutex_unlock(&q->lock);
 }
 
 int
@@ -267,6 +270,9 @@ keel_xqueue_destroy(struct keel_xqueue *q)
 {
 	if (!q)
 		return;
+	/* Wait out a completer still inside its critical section (keel_xreq_complete). */
+	pthread_mutex_lock(&q->lock);
+	pthread_mutex_unlock(&q->lock);
 	close(q->efd);
 	pthread_mutex_destroy(&q->lock);
 	free(q);
