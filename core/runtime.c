@@ -270,6 +270,9 @@ keel_xqueue_destroy(struct keel_xqueue *q)
 {
 	if (!q)
 		return;
+	/* Wait out a completer still inside its critical section (keel_xreq_complete). */
+	pthread_mutex_lock(&q->lock);
+	pthread_mutex_unlock(&q->lock);
 	close(q->efd);
 	pthread_mutex_destroy(&q->lock);
 	free(q);

@@ -1,0 +1,662 @@
+// SPDX-License-Identifier: MIT
+/* Connection edge cases: many concurrent connections, resets, half-close, buffer-ring
+ * exhaustion, backpressure against a slow reader, SEND_ZC notifications after close,
+ * connecting to a closed port. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "helpers.h"
+
+/* Wait for a condition another thread makes true (no deadline: Criterion's --timeout is
+ * the guard, so a slow shared machine cannot fail the test). */
+#define WAIT_FOR(cond)                 \
+	do {                           \
+		while (!(cond))        \
+			sched_yield(); \
+	} while (0)
+
+static void
+feature(struct keel_opts *o, const char *spec)
+{
+	char err[128], s[64];
+	int argc = 3;
+	char *argv[] = { "t", "--feature", s, NULL };
+
+	snprintf(s, sizeof(s), "%s", spec);
+	cr_assert_eq(keel_opts_parse(o, &argc, argv, err, sizeof(err)), 0, "%s", err);
+}
+
+/* 1,000 connections open at once, 100 round trips of 64 bytes each, all interleaved. */
+Test(net_conn, thousand_concurrent_connections_100_round_trips)
+{
+	unsigned nc = test_small() ? 100 : 1000, rounds = test_small() ? 20 : 100;
+	struct keel_opts o = net_test_opts(2);
+	struct srv s;
+	struct rlimit rl;
+	int *fds, ep;
+	unsigned *left, done = 0;
+	char out[64], in[64];
+
+	getrlimit(RLIMIT_NOFILE, &rl);
+	if (rl.rlim_cur < nc + 64) {
+		rl.rlim_cur = rl.rlim_max < nc + 64 ? rl.rlim_max : nc + 64;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	if (rl.rlim_cur < nc + 64)
+		cr_skip_test("RLIMIT_NOFILE %llu is below %u", (unsigned long long)rl.rlim_cur,
+			     nc + 64);
+	fds = calloc(nc, sizeof(*fds));
+	left = calloc(nc, sizeof(*left));
+	cr_assert(fds && left);
+	cr_assert_eq(srv_start(&s, &o, NULL, NULL), 0);
+	ep = epoll_create1(EPOLL_CLOEXEC);
+	for (unsigned i = 0; i < nc; i++) {
+		fds[i] = cli_connect(s.port);
+		cr_assert_geq(fds[i], 0, "connection %u: %s", i, strerror(-fds[i]));
+		left[i] = rounds;
+	}
+	/* Every connection has its first message out before any answer is read. */
+	for (unsigned i = 0; i < nc; i++) {
+		struct epoll_event ev = { .events = EPOLLIN, .data.u32 = i };
+		memset(out, (int)(i % 251), sizeof(out));
+		cr_assert_eq(cli_write_all(fds[i], out, sizeof(out)), 0);
+		cr_assert_eq(epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &ev), 0);
+	}
+	while (done < nc) {
+		struct epoll_event evs[64];
+		int n = epoll_wait(ep, evs, 64, 30000);
+		cr_assert_gt(n, 0, "no answer for 30 s (%u connections done)", done);
+		for (int k = 0; k < n; k++) {
+			unsigned i = evs[k].data.u32;
+			cr_assert_eq(cli_read_all(fds[i], in, sizeof(in)), 0);
+			memset(out, (int)((i + rounds - left[i]) % 251), sizeof(out));
+			cr_assert_eq(memcmp(in, out, sizeof(in)), 0, "connection %u", i);
+			if (--left[i] == 0) {
+				epoll_ctl(ep, EPOLL_CTL_DEL, fds[i], NULL);
+				done++;
+				continue;
+			}
+			memset(out, (int)((i + rounds - left[i]) % 251), sizeof(out));
+			cr_assert_eq(cli_write_all(fds[i], out, sizeof(out)), 0);
+		}
+	}
+	for (unsigned i = 0; i < nc; i++)
+		close(fds[i]);
+	close(ep);
+	cr_assert_eq(srv_stop(&s), 0);
+	cr_assert_eq(atomic_load(&s.closes), (int)nc);
+	free(fds);
+	free(left);
+}
+
+/* A server that keeps nothing: counts bytes and records how each connection ended. */
+static _Atomic uint64_t sink_bytes;
+static _Atomic int sink_closes, sink_status, sink_eofs;
+
+static void
+sink_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++) {
+		atomic_fetch_add(&sink_bytes, s[i].len);
+		keel_slice_put(&s[i]);
+	}
+}
+
+static void
+sink_close(struct keel_conn *c, int status)
+{
+	atomic_store(&sink_status, status);
+	atomic_fetch_add(&sink_closes, 1);
+}
+
+static void
+sink_reset(void)
+{
+	atomic_store(&sink_bytes, 0);
+	atomic_store(&sink_closes, 0);
+	atomic_store(&sink_status, 1);
+	atomic_store(&sink_eofs, 0);
+}
+
+/* The peer resets in the middle of a message: the connection ends with -ECONNRESET. */
+Test(net_conn, peer_reset_mid_message_closes_with_econnreset)
+{
+	static const struct keel_conn_ops ops = { .on_data = sink_data, .on_close = sink_close };
+	struct keel_opts o = net_test_opts(1);
+	struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+	static char half[32768];
+	struct srv s;
+	int fd;
+
+	sink_reset();
+	cr_assert_eq(srv_start(&s, &o, NULL, &ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	/* Half of a 64 KiB message, received by the server, then a reset (linger 0). */
+	cr_assert_eq(cli_write_all(fd, half, sizeof(half)), 0);
+	WAIT_FOR(atomic_load(&sink_bytes) == sizeof(half));
+	cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);
+	close(fd);
+	WAIT_FOR(atomic_load(&sink_closes) == 1);
+	cr_assert_eq(atomic_load(&sink_status), -ECONNRESET);
+	cr_assert_eq(srv_stop(&s), 0);
+	cr_assert_eq(atomic_load(&sink_closes), 1, "on_close runs exactly once");
+}
+
+/* The client half-closes: the echo server (on_eof NULL: close gracefully) sends back
+ * everything it had, then closes; the client reads it all, then EOF. */
+Test(net_conn, client_half_close_gets_every_byte_then_eof)
+{
+	struct keel_opts o = net_test_opts(1);
+	size_t len = 4u << 20, got = 0;
+	uint8_t *out = malloc(len), *in = malloc(len);
+	struct srv s;
+	int fd;
+
+	for (size_t k = 0; k < len; k++)
+		out[k] = (uint8_t)(k * 7 + k / 4099);
+	cr_assert_eq(srv_start(&s, &o, NULL, NULL), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	fcntl(fd, F_SETFL, O_NONBLOCK);
+	size_t sent = 0;
+	bool shut = false;
+	for (;;) {
+		struct pollfd pf = { .fd = fd, .events = POLLIN | (shut ? 0 : POLLOUT) };
+		cr_assert_gt(poll(&pf, 1, 30000), 0);
+		if (!shut && (pf.revents & POLLOUT)) {
+			ssize_t w = send(fd, out + sent, len - sent, MSG_NOSIGNAL);
+			cr_assert(w > 0 || errno == EAGAIN);
+			if (w > 0)
+				sent += (size_t)w;
+			if (sent == len) {
+				cr_assert_eq(shutdown(fd, SHUT_WR), 0);
+				shut = true;
+			}
+		}
+		if (pf.revents & (POLLIN | POLLHUP)) {
+			ssize_t r = recv(fd, in + got, len - got + 1, 0);
+			if (r < 0 && errno == EAGAIN)
+				continue;
+			cr_assert_geq(r, 0, "recv: %s", strerror(errno));
+			if (r == 0)
+				break;
+			got += (size_t)r;
+			cr_assert_leq(got, len);
+		}
+	}
+	cr_assert(shut, "EOF before the client shut down");
+	cr_assert_eq(got, len);
+	cr_assert_eq(memcmp(in, out, len), 0);
+	WAIT_FOR(atomic_load(&s.closes) == 1);
+	cr_assert_eq(atomic_load(&s.close_errors), 0, "graceful close reports 0");
+	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
+	free(out);
+	free(in);
+}
+
+/* keel_conn_shutdown(): the server says hello and half-closes; the client reads the
+ * hello and EOF, and the server still receives what the client sends afterwards. */
+static _Atomic int hello_bad;
+
+static void
+hello_open(struct keel_conn *c)
+{
+	struct keel_slice sl;
+
+	/* Asserts belong to the test thread: failures are recorded and checked there. */
+	if (keel_buf_alloc(keel_shard_alloc(), 5, &sl) < 0) {
+		atomic_store(&hello_bad, 1);
+		keel_conn_abort(c, -ENOMEM);
+		return;
+	}
+	memcpy(sl.data, "hello", 5);
+	if (keel_conn_send(c, &sl) != 0)
+		atomic_store(&hello_bad, 2);
+	if (keel_conn_shutdown(c) != 0)
+		atomic_store(&hello_bad, 3);
+	if (keel_conn_send(c, &sl) != -EINVAL) /* sl was consumed: empty */
+		atomic_store(&hello_bad, 4);
+}
+
+static void
+hello_eof(struct keel_conn *c)
+{
+	atomic_fetch_add(&sink_eofs, 1);
+	keel_conn_close(c);
+}
+
+Test(net_conn, server_half_close_keeps_receiving)
+{
+	static const struct keel_conn_ops ops = { .on_open = hello_open,
+						  .on_data = sink_data,
+						  .on_eof = hello_eof,
+						  .on_close = sink_close };
+	struct keel_opts o = net_test_opts(1);
+	struct srv s;
+	char b[16];
+	int fd;
+
+	sink_reset();
+	cr_assert_eq(srv_start(&s, &o, NULL, &ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(cli_read_all(fd, b, 5), 0);
+	cr_assert_eq(memcmp(b, "hello", 5), 0);
+	cr_assert_eq(recv(fd, b, sizeof(b), 0), 0, "EOF after the hello");
+	cr_assert_eq(cli_write_all(fd, "after", 5), 0);
+	WAIT_FOR(atomic_load(&sink_bytes) == 5);
+	cr_assert_eq(shutdown(fd, SHUT_WR), 0);
+	WAIT_FOR(atomic_load(&sink_closes) == 1);
+	cr_assert_eq(atomic_load(&sink_eofs), 1);
+	cr_assert_eq(atomic_load(&sink_status), 0);
+	cr_assert_eq(atomic_load(&hello_bad), 0);
+	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
+}
+
+/* Connecting to a port where nothing listens: on_close(-ECONNREFUSED), never on_open. */
+struct refused {
+	uint16_t port;
+	_Atomic int opens, closes, status, rc;
+};
+
+static void
+refused_open(struct keel_conn *c)
+{
+	struct refused *rf = keel_conn_app(c);
+	atomic_fetch_add(&rf->opens, 1);
+}
+
+static void
+refused_close(struct keel_conn *c, int status)
+{
+	struct refused *rf = keel_conn_app(c);
+	atomic_store(&rf->status, status);
+	atomic_fetch_add(&rf->closes, 1);
+	keel_stop(0);
+}
+
+static const struct keel_conn_ops refused_ops = { .on_open = refused_open,
+						  .on_data = sink_data,
+						  .on_close = refused_close };
+
+static void
+refused_start(void *arg)
+{
+	struct refused *rf = arg;
+	struct keel_conn *c;
+	int r = keel_conn_connect("127.0.0.1", rf->port, 0, &refused_ops, rf, &c);
+
+	atomic_store(&rf->rc, r);
+	if (r < 0)
+		keel_stop(r);
+}
+
+Test(net_conn, connect_to_closed_port_is_refused)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	socklen_t al = sizeof(a);
+	struct refused rf = { 0 };
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	/* A bound socket that does not listen holds a port nobody accepts on. */
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	getsockname(fd, (struct sockaddr *)&a, &al);
+	rf.port = ntohs(a.sin_port);
+	cr_assert_eq(keel_run(&o, refused_start, &rf), 0);
+	cr_assert_eq(atomic_load(&rf.rc), 0);
+	cr_assert_eq(atomic_load(&rf.closes), 1);
+	cr_assert_eq(atomic_load(&rf.opens), 0);
+	cr_assert_eq(atomic_load(&rf.status), -ECONNREFUSED);
+	close(fd);
+}
+
+/* Buffer-ring exhaustion: the server holds every receive buffer of a 4 x 4 KiB ring until
+ * a receive has failed with ENOBUFS, then echoes; the stream still arrives intact. */
+static _Atomic uint64_t ex_enobufs;
+struct ex_conn {
+	struct keel_slice held[64];
+	unsigned n;
+	size_t bytes;
+	bool released, polling;
+	uint64_t enobufs0;
+};
+
+static void ex_poll(void *arg);
+
+static void
+ex_release(struct keel_conn *c)
+{
+	struct ex_conn *e = keel_conn_user(c);
+
+	e->released = true;
+	for (unsigned i = 0; i < e->n; i++)
+		if (keel_conn_send(c, &e->held[i]) < 0)
+			keel_slice_put(&e->held[i]);
+	e->n = 0;
+}
+
+/* Runs every loop pass until the shard has seen ENOBUFS (a condition, not a delay). */
+static void
+ex_poll(void *arg)
+{
+	struct keel_conn *c = arg;
+	struct ex_conn *e = keel_conn_user(c);
+	struct keel_net_stats st;
+
+	keel_net_stats(&st);
+	if (st.enobufs > e->enobufs0) {
+		atomic_store(&ex_enobufs, st.enobufs - e->enobufs0);
+		ex_release(c);
+		return;
+	}
+	if (keel_defer(ex_poll, c) < 0)
+		ex_release(c);
+}
+
+static void
+ex_open(struct keel_conn *c)
+{
+	struct ex_conn *e = calloc(1, sizeof(*e));
+	struct keel_net_stats st;
+
+	keel_net_stats(&st);
+	e->enobufs0 = st.enobufs;
+	keel_conn_set_user(c, e);
+}
+
+static void
+ex_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	struct ex_conn *e = keel_conn_user(c);
+
+	for (unsigned i = 0; i < n; i++) {
+		if (e->released || e->n == 64) {
+			if (keel_conn_send(c, &s[i]) < 0)
+				keel_slice_put(&s[i]);
+			continue;
+		}
+		e->bytes += s[i].len;
+		e->held[e->n++] = s[i];
+	}
+	/* 16 KiB held is the whole ring: the next receive can only fail with ENOBUFS. */
+	if (!e->released && !e->polling && e->bytes >= 4 * 4096) {
+		e->polling = true;
+		if (keel_defer(ex_poll, c) < 0)
+			ex_release(c);
+	}
+}
+
+static void
+ex_close(struct keel_conn *c, int status)
+{
+	struct ex_conn *e = keel_conn_user(c);
+
+	if (e) {
+		for (unsigned i = 0; i < e->n; i++)
+			keel_slice_put(&e->held[i]);
+		free(e);
+	}
+	sink_close(c, status);
+}
+
+static void
+exhaust(const char *spec)
+{
+	static const struct keel_conn_ops ops = { .on_open = ex_open,
+						  .on_data = ex_data,
+						  .on_close = ex_close };
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	size_t len = 1u << 20;
+	uint8_t *out = malloc(len), *in = malloc(len);
+	struct srv s;
+	int fd;
+
+	sink_reset();
+	atomic_store(&ex_enobufs, 0);
+	if (spec)
+		feature(&o, spec);
+	keel_net_config_init(&nc);
+	nc.buf_count = 4;
+	nc.buf_size = 4096;
+	for (size_t k = 0; k < len; k++)
+		out[k] = (uint8_t)(k * 13 + k / 4093);
+	cr_assert_eq(srv_start(&s, &o, &nc, &ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	/* A burst: far more than the ring holds, written before anything is read back. */
+	cr_assert_eq(cli_write_all(fd, out, 256 << 10), 0);
+	cr_assert_eq(cli_read_all(fd, in, 256 << 10), 0);
+	cr_assert_eq(cli_write_all(fd, out + (256 << 10), len - (256 << 10)), 0);
+	cr_assert_eq(cli_read_all(fd, in + (256 << 10), len - (256 << 10)), 0);
+	cr_assert_eq(memcmp(in, out, len), 0);
+	cr_assert_gt(atomic_load(&ex_enobufs), 0, "the ring never ran out");
+	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
+	free(out);
+	free(in);
+}
+
+Test(net_conn, buffer_ring_exhaustion_under_a_burst)
+{
+	exhaust(NULL);
+}
+Test(net_conn, buffer_ring_exhaustion_single_shot_recv)
+{
+	exhaust("multishot_recv=off");
+}
+
+/* A slow reader: the client writes without reading until the echo server's send queue
+ * passed the high watermark (256 KiB), then reads everything back. The receive ring (64 x
+ * 16 KiB) is larger than the watermark, so the pause, not buffer exhaustion, stops reading.
+ * @slack: what may still arrive after reading paused (receive completions already made). */
+static void
+slow_reader(const char *spec, const char *spec2, uint64_t slack)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	size_t len = 32u << 20, sent = 0, got = 0;
+	uint8_t *out = malloc(len), *in = malloc(len);
+	struct srv s;
+	int fd;
+
+	keel_net_config_init(&nc);
+	if (spec)
+		feature(&o, spec);
+	if (spec2)
+		feature(&o, spec2);
+	nc.buf_count = 64;
+	nc.buf_size = 16384;
+	nc.high_watermark = 256u << 10;
+	nc.low_watermark = 64u << 10;
+	for (size_t k = 0; k < len; k++)
+		out[k] = (uint8_t)(k * 5 + k / 65521);
+	cr_assert_eq(srv_start(&s, &o, &nc, NULL), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	/* A fixed, small receive buffer (no autotuning): the kernel cannot absorb the 32 MiB
+	 * on the way back, so the server's send queue must grow. */
+	int rcv = 64 << 10;
+	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv));
+	fcntl(fd, F_SETFL, O_NONBLOCK);
+	/* Write, reading nothing, until the server's queue passed the high watermark (it then
+	 * stops reading, and the client's writes block). */
+	while (atomic_load(&s.max_queued) <= nc.high_watermark) {
+		ssize_t w = send(fd, out + sent, len - sent, MSG_NOSIGNAL);
+		if (w < 0 && errno == EAGAIN) {
+			sched_yield();
+			continue;
+		}
+		cr_assert_gt(w, 0);
+		sent += (size_t)w;
+		cr_assert_lt(sent, len, "32 MiB written and the server never queued 256 KiB");
+	}
+	/* Now read everything back while writing the rest. */
+	while (got < len) {
+		struct pollfd pf = { .fd = fd, .events = POLLIN | (sent < len ? POLLOUT : 0) };
+		cr_assert_gt(poll(&pf, 1, 30000), 0);
+		if ((pf.revents & POLLOUT) && sent < len) {
+			ssize_t w = send(fd, out + sent, len - sent, MSG_NOSIGNAL);
+			if (w > 0)
+				sent += (size_t)w;
+		}
+		if (pf.revents & POLLIN) {
+			ssize_t r = recv(fd, in + got, len - got, 0);
+			if (r > 0)
+				got += (size_t)r;
+		}
+	}
+	cr_assert_eq(memcmp(in, out, len), 0);
+	/* At most the watermark plus what was received after reading paused. */
+	cr_assert_leq(atomic_load(&s.max_queued), (256u << 10) + slack, "queued %llu bytes",
+		      (unsigned long long)atomic_load(&s.max_queued));
+	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
+	free(out);
+	free(in);
+}
+
+/* Single-shot receives of one buffer each: after the pause at most the one receive in
+ * flight (16 KiB) adds to the queue. */
+Test(net_conn, slow_reader_stays_under_the_high_watermark)
+{
+	slow_reader("multishot_recv=off", "recv_bundle=off", 16384);
+}
+
+/* Multishot receives with bundles: one completion may carry every buffer of the ring, and
+ * completions already made are delivered after the pause, so the bound is the watermark
+ * plus the ring (1 MiB); the test shows reading pauses and the queue drains intact. */
+Test(net_conn, slow_reader_default_features_pauses_and_drains)
+{
+	slow_reader(NULL, NULL, 64 * 16384);
+}
+
+/* SEND_ZC notifications that arrive after the connection is gone: the server echoes with
+ * SEND_ZC (threshold 1) and aborts the connection once the third burst is in, right after
+ * its echo was submitted. The notifications then find no connection; their buffers are released
+ * once (the sanitizer run checks for use after free and leaks). */
+static _Atomic uint64_t zc_sends;
+
+/* Deferred behind the echo's own flush, so the echo's SEND_ZC is already prepared. */
+static void
+zc_abort(void *arg)
+{
+	struct keel_conn *c = arg;
+	struct keel_net_stats st;
+
+	keel_net_stats(&st);
+	atomic_store(&zc_sends, st.sends_zc);
+	keel_conn_abort(c, -ECONNABORTED);
+}
+
+static void
+zc_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	uintptr_t bytes = (uintptr_t)keel_conn_user(c);
+
+	for (unsigned i = 0; i < n; i++) {
+		bytes += s[i].len;
+		if (keel_conn_send(c, &s[i]) < 0)
+			keel_slice_put(&s[i]);
+	}
+	keel_conn_set_user(c, (void *)bytes);
+	/* The whole third burst is here: abort with its echo in flight. */
+	if (bytes == 3 * 4096 && keel_defer(zc_abort, c) < 0)
+		keel_conn_abort(c, -ECONNABORTED);
+}
+
+Test(net_conn, send_zc_notification_after_close)
+{
+	static const struct keel_conn_ops ops = { .on_data = zc_data, .on_close = sink_close };
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	static char b[65536];
+	struct srv s;
+
+	sink_reset();
+	feature(&o, "send_zc=on");
+	keel_net_config_init(&nc);
+	nc.zc_threshold = 1;
+	nc.buf_size = 4096;
+	cr_assert_eq(srv_start(&s, &o, &nc, &ops), 0);
+	for (int k = 0; k < 4; k++) {
+		int fd = cli_connect(s.port);
+		cr_assert_geq(fd, 0);
+		sink_reset();
+		/* Three bursts, each echoed before the next is written. */
+		for (int j = 0; j < 3; j++) {
+			cr_assert_eq(cli_write_all(fd, b, 4096), 0);
+			if (j < 2)
+				cr_assert_eq(cli_read_all(fd, b, 4096), 0);
+		}
+		WAIT_FOR(atomic_load(&sink_closes) == 1);
+		cr_assert_eq(atomic_load(&sink_status), -ECONNABORTED);
+		close(fd);
+	}
+	cr_assert_gt(atomic_load(&zc_sends), 0, "no SEND_ZC was used");
+	cr_assert_eq(srv_stop(&s), 0);
+}
+
+/* A graceful close to a peer that never reads ends after close_timeout_ms with
+ * -ETIMEDOUT, its queue dropped (without the option it would wait for ever). */
+static void
+linger_open(struct keel_conn *c)
+{
+	struct keel_slice big;
+
+	if (keel_buf_alloc(keel_shard_alloc(), 1u << 20, &big) < 0) {
+		keel_conn_abort(c, -ENOMEM);
+		return;
+	}
+	memset(big.data, 'x', big.len);
+	/* 16 MiB: more than the client's fixed 64 KiB window and the server's send buffer. */
+	for (int i = 0; i < 16; i++) {
+		struct keel_slice s;
+		keel_slice_get(&big, &s);
+		if (keel_conn_send(c, &s) < 0)
+			keel_slice_put(&s);
+	}
+	keel_slice_put(&big);
+	keel_conn_close(c);
+}
+
+Test(net_conn, graceful_close_gives_up_after_close_timeout)
+{
+	static const struct keel_conn_ops ops = { .on_open = linger_open,
+						  .on_data = sink_data,
+						  .on_close = sink_close };
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct srv s;
+	int fd, rcv = 64 << 10;
+
+	sink_reset();
+	keel_net_config_init(&nc);
+	nc.close_timeout_ms = 50;
+	cr_assert_eq(srv_start(&s, &o, &nc, &ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv));
+	WAIT_FOR(atomic_load(&sink_closes) == 1);
+	cr_assert_eq(atomic_load(&sink_status), -ETIMEDOUT);
+	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
+	cr_assert_eq(atomic_load(&sink_closes), 1);
+}

@@ -1,0 +1,344 @@
+// SPDX-License-Identifier: MIT
+/* Data integrity per feature combination, steering, bad input, shutdown with open conns. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "helpers.h"
+
+#define NCONN 16
+
+/* Each connection's stream is a window onto one random pattern of PAT_LEN bytes (a prime,
+ * so a buffer-sized chunk that is lost, repeated or reordered lands at an offset whose
+ * bytes differ), starting at a per-connection offset. Sending needs no generation and
+ * checking is a memcmp per chunk, so the client keeps up with the server and the test
+ * measures keel, not the checker. */
+#define PAT_LEN  1048573u
+#define IO_CHUNK (256u << 10)
+static uint8_t pattern[PAT_LEN + IO_CHUNK];
+
+static void
+pattern_init(void)
+{
+	uint64_t s = 0x9e3779b97f4a7c15ull;
+
+	for (size_t k = 0; k + 8 <= sizeof(pattern); k += 8) {
+		s ^= s << 13;
+		s ^= s >> 7;
+		s ^= s << 17;
+		memcpy(&pattern[k], &s, 8);
+	}
+	/* The tail repeats the head, so a chunk starting near the end reads straight on. */
+	memcpy(&pattern[PAT_LEN], pattern, IO_CHUNK);
+}
+
+/* The sum of the bytes, eight at a time in 16-bit lanes folded every 128 words (before a
+ * lane can overflow): both ends sum what they saw. */
+static uint64_t
+sum64(const uint8_t *p, size_t n)
+{
+	uint64_t s = 0, w;
+	size_t k = 0;
+
+	while (k + 8 <= n) {
+		uint64_t acc = 0;
+		for (int j = 0; j < 128 && k + 8 <= n; j++, k += 8) {
+			memcpy(&w, p + k, 8);
+			acc += (w & 0x00ff00ff00ff00ffull) + ((w >> 8) & 0x00ff00ff00ff00ffull);
+		}
+		for (int i = 0; i < 4; i++)
+			s += (acc >> (16 * i)) & 0xffff;
+	}
+	for (; k < n; k++)
+		s += p[k];
+	return s;
+}
+
+/* Full duplex: write 16 streams while reading the echo back, comparing every byte with
+ * what was sent and a sum of the bytes at both ends. */
+static void
+integrity(const char *feature, enum keel_policy p, uint32_t zc_threshold)
+{
+	/* 64 MiB per connection on 16 connections, once per feature combination; the
+	 * sanitizer run of tools/test.sh (KEEL_TEST_SCALE=small) moves 1 MiB each. */
+	size_t total = test_small() ? (1u << 20) : (64u << 20);
+	struct keel_opts o = net_test_opts(2);
+	struct keel_net_config nc;
+	struct srv s;
+	int fds[NCONN];
+	size_t base[NCONN];
+	uint64_t wsum[NCONN] = { 0 }, rsum[NCONN] = { 0 };
+	size_t sent[NCONN] = { 0 }, rcvd[NCONN] = { 0 };
+	static uint8_t buf[IO_CHUNK];
+	unsigned done = 0;
+
+	if (!pattern[0] && !pattern[1])
+		pattern_init();
+	keel_net_config_init(&nc);
+	nc.zc_threshold = zc_threshold;
+	if (feature) {
+		char err[128];
+		char spec[64];
+		int argc = 3;
+		snprintf(spec, sizeof(spec), "%s=%s", feature, keel_policy_name(p));
+		char *argv[] = { "t", "--feature", spec, NULL };
+		cr_assert_eq(keel_opts_parse(&o, &argc, argv, err, sizeof(err)), 0, "%s", err);
+	}
+	cr_assert_eq(srv_start(&s, &o, &nc, NULL), 0);
+	/* The client's socket buffers stay autotuned: a fixed SO_RCVBUF let the send_zc=on
+	 * run crawl (tiny copied ZC skbs shrank the client's window below the 64 KiB
+	 * loopback MSS, so the server sent only on window probes). */
+	for (int i = 0; i < NCONN; i++) {
+		fds[i] = cli_connect(s.port);
+		cr_assert_geq(fds[i], 0);
+		fcntl(fds[i], F_SETFL, O_NONBLOCK);
+		base[i] = (size_t)i * 65537u;
+	}
+	while (done < NCONN) {
+		struct pollfd pf[NCONN];
+		for (int i = 0; i < NCONN; i++) {
+			pf[i].fd = rcvd[i] < total ? fds[i] : -1;
+			pf[i].events = POLLIN | (sent[i] < total ? POLLOUT : 0);
+		}
+		cr_assert_gt(poll(pf, NCONN, 30000), 0, "no progress for 30 s");
+		for (int i = 0; i < NCONN; i++) {
+			if (pf[i].revents & POLLOUT) {
+				size_t n = total - sent[i] < IO_CHUNK ? total - sent[i] : IO_CHUNK;
+				const uint8_t *src = &pattern[(base[i] + sent[i]) % PAT_LEN];
+				ssize_t w = send(fds[i], src, n, MSG_NOSIGNAL);
+				cr_assert(w >= 0 || errno == EAGAIN, "send: %s", strerror(errno));
+				if (w > 0) {
+					wsum[i] += sum64(src, (size_t)w);
+					sent[i] += (size_t)w;
+				}
+			}
+			if (pf[i].revents & (POLLIN | POLLHUP | POLLERR)) {
+				size_t want =
+					total - rcvd[i] < IO_CHUNK ? total - rcvd[i] : IO_CHUNK;
+				ssize_t r = recv(fds[i], buf, want, 0);
+				cr_assert(r > 0 || (r < 0 && errno == EAGAIN), "recv: %zd %s", r,
+					  strerror(errno));
+				if (r <= 0)
+					continue;
+				const uint8_t *e = &pattern[(base[i] + rcvd[i]) % PAT_LEN];
+				if (memcmp(buf, e, (size_t)r)) {
+					size_t k = 0;
+					while (buf[k] == e[k])
+						k++;
+					cr_assert_fail("conn %d byte %zu differs", i, rcvd[i] + k);
+				}
+				rsum[i] += sum64(buf, (size_t)r);
+				rcvd[i] += (size_t)r;
+				if (rcvd[i] == total)
+					done++;
+			}
+		}
+	}
+	for (int i = 0; i < NCONN; i++) {
+		cr_assert_eq(wsum[i], rsum[i]);
+		cr_assert_eq(sent[i], total);
+		close(fds[i]);
+	}
+	cr_assert_eq(srv_stop(&s), 0);
+}
+
+Test(net_stream, integrity_all_auto)
+{
+	integrity(NULL, KEEL_POLICY_AUTO, 32768);
+}
+Test(net_stream, integrity_multishot_recv_off)
+{
+	integrity("multishot_recv", KEEL_POLICY_OFF, 32768);
+}
+Test(net_stream, integrity_bundle_off)
+{
+	integrity("recv_bundle", KEEL_POLICY_OFF, 32768);
+}
+Test(net_stream, integrity_pbuf_inc_off)
+{
+	integrity("pbuf_inc", KEEL_POLICY_OFF, 32768);
+}
+Test(net_stream, integrity_direct_fd_off)
+{
+	integrity("direct_fd", KEEL_POLICY_OFF, 32768);
+}
+Test(net_stream, integrity_send_zc_on_all_sizes)
+{
+	integrity("send_zc", KEEL_POLICY_ON, 1);
+}
+Test(net_stream, integrity_send_zc_off)
+{
+	integrity("send_zc", KEEL_POLICY_OFF, 1);
+}
+
+/* Shutdown with connections open: every connection is closed with -ESHUTDOWN and nothing
+ * leaks (the ASan run checks). */
+Test(net_stream, shutdown_with_open_connections)
+{
+	struct keel_opts o = net_test_opts(2);
+	struct srv s;
+	int fds[8];
+	char b[100] = { 1 };
+
+	cr_assert_eq(srv_start(&s, &o, NULL, NULL), 0);
+	for (int i = 0; i < 8; i++) {
+		fds[i] = cli_connect(s.port);
+		cr_assert_geq(fds[i], 0);
+		cr_assert_eq(cli_write_all(fds[i], b, sizeof(b)), 0);
+		cr_assert_eq(cli_read_all(fds[i], b, sizeof(b)), 0);
+	}
+	cr_assert_eq(srv_stop(&s), 0);
+	cr_assert_eq(atomic_load(&s.closes), 8);
+	cr_assert_eq(atomic_load(&s.close_errors), 8);
+	for (int i = 0; i < 8; i++) {
+		cr_assert_eq(recv(fds[i], b, 1, 0), 0, "server side closed");
+		close(fds[i]);
+	}
+}
+
+Test(net_stream, bad_input_gives_clear_errors)
+{
+	struct keel_listen_opts lo = { .addr = "127.0.0.1.5" };
+	struct keel_listener *l, *l2;
+	int fd;
+
+	cr_assert_eq(keel_listener_create(&lo, 1, &echo_ops, NULL, &l), -EINVAL);
+	lo.addr = "127.0.0.1";
+	cr_assert_eq(keel_listener_create(&lo, 1, &echo_ops, NULL, &l), 0);
+	/* A port in use (a plain socket without SO_REUSEPORT holds it). */
+	fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	cr_assert_eq(listen(fd, 1), 0);
+	socklen_t al = sizeof(a);
+	getsockname(fd, (struct sockaddr *)&a, &al);
+	lo.port = ntohs(a.sin_port);
+	cr_assert_eq(keel_listener_create(&lo, 1, &echo_ops, NULL, &l2), -EADDRINUSE);
+	close(fd);
+	keel_listener_destroy(l);
+}
+
+/* The RPS mask of lo's receive queue, or 0 when RPS is off (the SYN is then processed on
+ * the CPU that sent it, in its softirq or its ksoftirqd, both per-CPU). */
+static unsigned long
+lo_rps_mask(void)
+{
+	char b[64] = { 0 };
+	int fd = open("/sys/class/net/lo/queues/rx-0/rps_cpus", O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return 0;
+	if (read(fd, b, sizeof(b) - 1) < 0)
+		b[0] = 0;
+	close(fd);
+	return strtoul(b, NULL, 16);
+}
+
+/* CPU steering: every connection from a client pinned to CPU k is accepted by the shard
+ * pinned to CPU k, and its SO_INCOMING_CPU, read after the handshake, agrees. Nothing here
+ * waits for the shards to start: the program is attached before any socket listens. */
+Test(net_stream, cpu_steering_accepts_on_the_client_cpu)
+{
+	struct keel_opts o = net_test_opts(2);
+	struct srv s;
+	cpu_set_t set, old;
+	uint64_t want[2] = { 0, 0 };
+
+	if (lo_rps_mask())
+		cr_skip_test("RPS is on for lo: SYNs are processed on other CPUs");
+	sched_getaffinity(0, sizeof(old), &old);
+	if (CPU_COUNT(&old) < 2)
+		cr_skip_test("needs two CPUs");
+	cr_assert_eq(srv_start(&s, &o, NULL, NULL), 0);
+	for (unsigned sh = 0; sh < 2; sh++) {
+		int cpu = keel_runtime_shard_cpu(s.rt, sh);
+		cr_assert_geq(cpu, 0, "shard %u is not pinned", sh);
+		CPU_ZERO(&set);
+		CPU_SET(cpu, &set);
+		cr_assert_eq(sched_setaffinity(0, sizeof(set), &set), 0);
+		for (int j = 0; j < 10; j++) {
+			char b[8] = "ping";
+			int fd = cli_connect(s.port);
+			cr_assert_geq(fd, 0);
+			cr_assert_eq(cli_write_all(fd, b, 4), 0);
+			cr_assert_eq(cli_read_all(fd, b, 4), 0);
+			close(fd);
+		}
+		want[sh] = 10;
+	}
+	sched_setaffinity(0, sizeof(old), &old);
+	/* Read after the runtime ended: the SO_INCOMING_CPU reads (uring_cmd on direct
+	 * descriptors) have all completed by then. */
+	keel_runtime_stop(s.rt, 0);
+	cr_assert_eq(keel_runtime_join(s.rt), 0);
+	for (unsigned sh = 0; sh < 2; sh++) {
+		struct keel_listener_stats st;
+		cr_assert_eq(keel_listener_stats(s.l, sh, &st), 0);
+		cr_assert_eq(st.accepted, want[sh], "shard %u (cpu %d) accepted %llu, want %llu",
+			     sh, keel_runtime_shard_cpu(s.rt, sh), (unsigned long long)st.accepted,
+			     (unsigned long long)want[sh]);
+		cr_assert_eq(st.cpu_mismatch, 0, "shard %u: %llu connections arrived elsewhere", sh,
+			     (unsigned long long)st.cpu_mismatch);
+		cr_assert_eq(st.unverified, 0);
+	}
+	keel_runtime_destroy(s.rt);
+	keel_listener_destroy(s.l);
+}
+
+static void
+qsteer_start(void *arg)
+{
+	int r = keel_listener_start(arg);
+	if (r < 0)
+		keel_stop(r);
+}
+
+/* Queue steering: lo has one rx queue (0); mapping it to shard 1 sends every connection
+ * there, from the first SYN (the program is attached before the sockets listen). */
+Test(net_stream, queue_steering_follows_the_queue_map)
+{
+	struct keel_opts o = net_test_opts(2);
+	struct keel_runtime *rt;
+	struct keel_listener *l;
+	static const unsigned qmap[1] = { 1 };
+	struct keel_listen_opts lo = {
+		.addr = "127.0.0.1", .steer = KEEL_STEER_QUEUE, .queue_shard = qmap, .nqueues = 1
+	};
+	struct keel_listener_stats st0, st1;
+	static struct srv counters; /* echo_ops' app: its counters */
+
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_listener_create(&lo, 2, &echo_ops, &counters, &l), 0);
+	/* Connections made before the shards start wait in the chosen socket's backlog. */
+	int early = cli_connect(keel_listener_port(l));
+	cr_assert_geq(early, 0);
+	cr_assert_eq(keel_runtime_start(rt, qsteer_start, l), 0);
+	for (int j = 0; j < 6; j++) {
+		char b[8] = "ping";
+		int fd = j == 0 ? early : cli_connect(keel_listener_port(l));
+		cr_assert_geq(fd, 0);
+		cr_assert_eq(cli_write_all(fd, b, 4), 0);
+		cr_assert_eq(cli_read_all(fd, b, 4), 0);
+		close(fd);
+	}
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	cr_assert_eq(keel_listener_stats(l, 0, &st0), 0);
+	cr_assert_eq(keel_listener_stats(l, 1, &st1), 0);
+	cr_assert_eq(st0.accepted, 0);
+	cr_assert_eq(st1.accepted, 6);
+	cr_assert_eq(st1.napi_mismatch, 0);
+	cr_assert_eq(atomic_load(&counters.closes), 6);
+	keel_runtime_destroy(rt);
+	keel_listener_destroy(l);
+}
