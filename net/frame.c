@@ -421,10 +421,9 @@ keel_framer_on_data(struct keel_framer *f, struct keel_conn *c, struct keel_slic
 		keel_slice_put(&s[i]);
 	if (r < 0 && !was) {
 		if (log_allowed(&suppressed))
-			keel_log(KEEL_LOG_WARN, "net",
-				 "closing a connection: %s (framing error %d; %u similar messages "
-				 "suppressed)",
-				 f->why, r, suppressed);
+			keel_log(KEEL_LOG_WARN, "net", "closing a connection: %s (error %d)%s",
+				 f->why, r,
+				 suppressed ? "; earlier framing errors were not logged" : "");
 		keel_conn_abort(c, r);
 	}
 	return r;
