@@ -12,6 +12,7 @@
 #include <keel/msg.h>
 /* net: the network layer (library keel_net) when it is on the include path. */
 #if __has_include(<keel/net.h>)
+#include <keel/frame.h>
 #include <keel/net.h>
 #endif
 #include <keel/opts.h>

@@ -1,0 +1,480 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Message framing (keel/frame.h): a per-connection framer that turns received slices into
+ * whole frames without copying, and the length-prefixed send.
+ *
+ * The framer keeps the references of the slices it was given in a small deque (head slice,
+ * offset into it, tail). When a frame is whole, its payload is handed out as sub-slices of
+ * the held ones (each sub takes its own reference) and the held slices the frame used up
+ * are put, so a receive buffer goes back to its ring as soon as neither the framer nor the
+ * app needs it. Parsing state is only what cannot be recomputed cheaply: for lines, how far
+ * the current frame has been searched for a LF, so a long line arriving in many slices is
+ * scanned once.
+ */
+#include <errno.h>
+#include <keel/bufreg.h>
+#include <keel/frame.h>
+#include <keel/log.h>
+#include <keel/net.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct keel_framer {
+	struct keel_framer_opts o;
+	struct keel_slice *q; /* held slices: q[head..tail) */
+	unsigned head, tail, cap;
+	uint32_t off;          /* bytes of q[head] already consumed */
+	size_t buffered;       /* bytes held past off */
+	size_t scanned;        /* LINE: bytes of the current frame known to hold no LF */
+	struct keel_slice *fs; /* a frame's slices, lent to on_frame */
+	unsigned fcap;
+	int err;
+	char why[160];
+};
+
+int
+keel_framer_create(const struct keel_framer_opts *o, struct keel_framer **out)
+{
+	struct keel_framer *f;
+
+	if (!o || !o->on_frame)
+		return -EINVAL;
+	switch (o->kind) {
+	case KEEL_FRAME_LEN32:
+	case KEEL_FRAME_LINE:
+		if (o->measure)
+			return -EINVAL;
+		break;
+	case KEEL_FRAME_USER:
+		if (!o->measure)
+			return -EINVAL;
+		break;
+	default:
+		return -EINVAL;
+	}
+	f = calloc(1, sizeof(*f));
+	if (!f)
+		return -ENOMEM;
+	f->o = *o;
+	if (!f->o.max)
+		f->o.max = KEEL_FRAME_MAX_DEFAULT;
+	*out = f;
+	return 0;
+}
+
+static void
+drop_all(struct keel_framer *f)
+{
+	while (f->head < f->tail)
+		keel_slice_put(&f->q[f->head++]);
+	f->head = f->tail = 0;
+	f->off = 0;
+	f->buffered = 0;
+	f->scanned = 0;
+}
+
+void
+keel_framer_destroy(struct keel_framer *f)
+{
+	if (!f)
+		return;
+	drop_all(f);
+	free(f->q);
+	free(f->fs);
+	free(f);
+}
+
+KEEL_PRINTF(3, 4)
+static int
+fail(struct keel_framer *f, int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(f->why, sizeof(f->why), fmt, ap);
+	va_end(ap);
+	f->err = err;
+	/* A failed framer holds nothing: the app learns of the error, memory comes back. */
+	drop_all(f);
+	return err;
+}
+
+size_t
+keel_framer_buffered(const struct keel_framer *f)
+{
+	return f->buffered;
+}
+
+size_t
+keel_framer_chunk(const struct keel_framer *f, size_t off, const uint8_t **out)
+{
+	size_t skip = off + f->off;
+
+	for (unsigned i = f->head; i < f->tail; i++) {
+		const struct keel_slice *s = &f->q[i];
+
+		if (skip < s->len) {
+			*out = s->data + skip;
+			return s->len - skip;
+		}
+		skip -= s->len;
+	}
+	*out = NULL;
+	return 0;
+}
+
+size_t
+keel_framer_peek(const struct keel_framer *f, size_t off, void *buf, size_t len)
+{
+	uint8_t *p = buf;
+	size_t done = 0, skip = off + f->off;
+
+	for (unsigned i = f->head; i < f->tail && done < len; i++) {
+		const struct keel_slice *s = &f->q[i];
+		size_t n;
+
+		if (skip >= s->len) {
+			skip -= s->len;
+			continue;
+		}
+		n = s->len - skip;
+		if (n > len - done)
+			n = len - done;
+		memcpy(p + done, s->data + skip, n);
+		done += n;
+		skip = 0;
+	}
+	return done;
+}
+
+int
+keel_framer_error(const struct keel_framer *f)
+{
+	return f->err;
+}
+
+const char *
+keel_framer_reason(const struct keel_framer *f)
+{
+	return f->why;
+}
+
+/* Put the first @n buffered bytes (a header, a consumed payload, a terminator). */
+static void
+advance(struct keel_framer *f, size_t n)
+{
+	f->buffered -= n;
+	while (n) {
+		struct keel_slice *s = &f->q[f->head];
+		size_t avail = s->len - f->off;
+
+		if (n < avail) {
+			f->off += (uint32_t)n;
+			return;
+		}
+		n -= avail;
+		keel_slice_put(s);
+		f->head++;
+		f->off = 0;
+	}
+}
+
+/* Deliver a frame: skip @hdr bytes, hand out @len payload bytes, skip @trail bytes. */
+static int
+deliver(struct keel_framer *f, size_t hdr, size_t len, size_t trail)
+{
+	struct keel_frame fr = { .len = (uint32_t)len };
+	size_t left = len, off;
+	unsigned need, i;
+	int r;
+
+	advance(f, hdr);
+	need = f->tail - f->head;
+	if (need > f->fcap) {
+		struct keel_slice *nfs = realloc(f->fs, need * sizeof(*nfs));
+		if (!nfs)
+			return fail(f, -ENOMEM, "out of memory for a frame of %zu bytes", len);
+		f->fs = nfs;
+		f->fcap = need;
+	}
+	fr.s = f->fs;
+	off = f->off;
+	for (i = f->head; left; i++) {
+		const struct keel_slice *s = &f->q[i];
+		size_t n = s->len - off;
+
+		if (n > left)
+			n = left;
+		r = keel_slice_sub(s, off, n, &f->fs[fr.n]);
+		if (r < 0) { /* cannot happen: the range is inside the held slice */
+			while (fr.n)
+				keel_slice_put(&f->fs[--fr.n]);
+			return fail(f, r, "internal: slice range");
+		}
+		fr.n++;
+		left -= n;
+		off = 0;
+	}
+	advance(f, len + trail);
+	f->scanned = 0;
+	r = f->o.on_frame(f->o.arg, &fr);
+	if (r < 0)
+		return fail(f, r, "the frame callback failed (%s)", strerror(-r));
+	return 0;
+}
+
+static int
+next_len32(struct keel_framer *f)
+{
+	uint8_t h[KEEL_FRAME_LEN32_HDR];
+	uint32_t len;
+	int r;
+
+	if (f->buffered < sizeof(h))
+		return 0;
+	keel_framer_peek(f, 0, h, sizeof(h));
+	len = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+	/* Known from the header alone: refuse before buffering any of it. */
+	if (len > f->o.max)
+		return fail(f, -EMSGSIZE,
+			    "length-prefixed frame of %u bytes exceeds the maximum of %u bytes",
+			    len, f->o.max);
+	if (f->buffered - sizeof(h) < len)
+		return 0;
+	r = deliver(f, sizeof(h), len, 0);
+	return r < 0 ? r : 1;
+}
+
+static int
+next_line(struct keel_framer *f)
+{
+	size_t pos = 0, skip = f->off + f->scanned, base = 0, len, trail = 1;
+	const uint8_t *lf = NULL;
+	unsigned i;
+	int r;
+
+	for (i = f->head; i < f->tail; i++) {
+		const struct keel_slice *s = &f->q[i];
+
+		if (skip >= s->len) {
+			skip -= s->len;
+			base += s->len;
+			continue;
+		}
+		lf = memchr(s->data + skip, '\n', s->len - skip);
+		if (lf) {
+			pos = base + (size_t)(lf - s->data) - f->off;
+			break;
+		}
+		base += s->len;
+		skip = 0;
+	}
+	if (!lf) {
+		f->scanned = f->buffered;
+		/* max payload bytes and a CR may wait for their LF, no more. */
+		if (f->buffered > (size_t)f->o.max + 1)
+			return fail(f, -EMSGSIZE,
+				    "line of more than %zu bytes without LF exceeds the maximum of "
+				    "%u bytes",
+				    f->buffered, f->o.max);
+		return 0;
+	}
+	len = pos;
+	if (len) {
+		uint8_t cr;
+		keel_framer_peek(f, len - 1, &cr, 1);
+		if (cr == '\r') {
+			len--;
+			trail = 2;
+		}
+	}
+	if (len > f->o.max)
+		return fail(f, -EMSGSIZE, "line of %zu bytes exceeds the maximum of %u bytes", len,
+			    f->o.max);
+	r = deliver(f, 0, len, trail);
+	return r < 0 ? r : 1;
+}
+
+static int
+next_user(struct keel_framer *f)
+{
+	long r;
+
+	if (!f->buffered)
+		return 0;
+	r = f->o.measure(f, f->o.arg);
+	if (r < 0)
+		return fail(f, (int)r, "the measure callback rejected the frame (%s)",
+			    strerror((int)-r));
+	if (r == 0) {
+		/* The frame is longer than what is buffered: at least max + 1 bytes. */
+		if (f->buffered >= f->o.max)
+			return fail(f, -EMSGSIZE,
+				    "frame of more than %zu bytes exceeds the maximum of %u bytes",
+				    f->buffered, f->o.max);
+		return 0;
+	}
+	if ((unsigned long)r > f->o.max)
+		return fail(f, -EMSGSIZE, "frame of %ld bytes exceeds the maximum of %u bytes", r,
+			    f->o.max);
+	if ((size_t)r > f->buffered)
+		return 0;
+	return deliver(f, 0, (size_t)r, 0) < 0 ? f->err : 1;
+}
+
+static int
+hold(struct keel_framer *f, struct keel_slice *s)
+{
+	if (f->tail == f->cap) {
+		if (f->head) {
+			memmove(f->q, f->q + f->head, (f->tail - f->head) * sizeof(*f->q));
+			f->tail -= f->head;
+			f->head = 0;
+		} else {
+			unsigned ncap = f->cap ? f->cap * 2 : 8;
+			struct keel_slice *nq = realloc(f->q, ncap * sizeof(*nq));
+			if (!nq)
+				return -ENOMEM;
+			f->q = nq;
+			f->cap = ncap;
+		}
+	}
+	f->q[f->tail++] = *s;
+	f->buffered += s->len;
+	memset(s, 0, sizeof(*s));
+	return 0;
+}
+
+int
+keel_framer_push(struct keel_framer *f, struct keel_slice *s)
+{
+	int r;
+
+	if (f->err) {
+		keel_slice_put(s);
+		return f->err;
+	}
+	if (!s->len) {
+		keel_slice_put(s);
+		return 0;
+	}
+	if (hold(f, s) < 0) {
+		keel_slice_put(s);
+		return fail(f, -ENOMEM, "out of memory holding a partial frame");
+	}
+	do {
+		switch (f->o.kind) {
+		case KEEL_FRAME_LEN32:
+			r = next_len32(f);
+			break;
+		case KEEL_FRAME_LINE:
+			r = next_line(f);
+			break;
+		default:
+			r = next_user(f);
+			break;
+		}
+	} while (r > 0);
+	return r;
+}
+
+/* At most 10 framing errors a second per shard reach the log; the rest are counted. */
+static bool
+log_allowed(unsigned *suppressed)
+{
+	static _Thread_local uint64_t window;
+	static _Thread_local unsigned count, dropped;
+	struct timespec ts;
+	uint64_t now;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	now = (uint64_t)ts.tv_sec;
+	if (now != window) {
+		window = now;
+		count = 0;
+	}
+	if (count >= 10) {
+		dropped++;
+		return false;
+	}
+	count++;
+	*suppressed = dropped;
+	dropped = 0;
+	return true;
+}
+
+int
+keel_framer_on_data(struct keel_framer *f, struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	int was = f->err, r = was;
+	unsigned i, suppressed;
+
+	for (i = 0; i < n; i++) {
+		r = keel_framer_push(f, &s[i]);
+		if (r < 0)
+			break;
+	}
+	for (i = i < n ? i + 1 : n; i < n; i++)
+		keel_slice_put(&s[i]);
+	if (r < 0 && !was) {
+		if (log_allowed(&suppressed))
+			keel_log(KEEL_LOG_WARN, "net", "closing a connection: %s (error %d)%s",
+				 f->why, r,
+				 suppressed ? "; earlier framing errors were not logged" : "");
+		keel_conn_abort(c, r);
+	}
+	return r;
+}
+
+int
+keel_frame_send(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	struct keel_slice h;
+	uint64_t total = 0;
+	unsigned i;
+	int r, ret;
+
+	for (i = 0; i < n; i++)
+		total += s[i].len;
+	if (total > UINT32_MAX)
+		return -EMSGSIZE;
+	r = keel_buf_alloc(keel_shard_alloc(), KEEL_FRAME_LEN32_HDR, &h);
+	if (r < 0)
+		return r;
+	h.data[0] = (uint8_t)(total >> 24);
+	h.data[1] = (uint8_t)(total >> 16);
+	h.data[2] = (uint8_t)(total >> 8);
+	h.data[3] = (uint8_t)total;
+	/*
+	 * Queued in the same pass, the header and the payload leave in one sendmsg (the
+	 * connection flushes at the end of the pass and gathers what is queued).
+	 */
+	ret = keel_conn_send(c, &h);
+	if (ret < 0) {
+		keel_slice_put(&h);
+		return ret;
+	}
+	for (i = 0; i < n; i++) {
+		if (!s[i].len) {
+			if (s[i].buf)
+				keel_slice_put(&s[i]);
+			memset(&s[i], 0, sizeof(s[i]));
+			continue;
+		}
+		r = keel_conn_send(c, &s[i]);
+		if (r < 0) {
+			/* Half a frame queued: the peer would misread everything after it. */
+			keel_log(KEEL_LOG_WARN, "net",
+				 "closing a connection: a framed send failed half-queued (%s)",
+				 strerror(-r));
+			keel_conn_abort(c, r);
+			return r;
+		}
+		if (r > 0)
+			ret = r;
+	}
+	return ret;
+}

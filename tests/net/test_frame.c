@@ -1,0 +1,852 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Framer tests: the core driven by hand with slices from a standalone allocator (no ring,
+ * deterministic), a seeded property test with random split points, and end to end over
+ * loopback (keel_frame_send -> framing echo server -> framing client).
+ */
+#include <errno.h>
+#include <keel/frame.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "helpers.h"
+
+/* ---- the core, by hand ---- */
+
+struct got {
+	struct keel_alloc *a;
+	uint8_t *bytes; /* delivered payloads, back to back */
+	size_t nbytes, cap;
+	uint32_t lens[4096];
+	unsigned nframes;
+	unsigned max_slices;
+	/* Pushed buffers' ranges: every delivered byte must lie inside one (no copy). */
+	struct {
+		const uint8_t *p;
+		size_t len;
+	} pushed[8192];
+	unsigned npushed;
+	bool outside;
+	int fail_at; /* on_frame returns -ECANCELED for this frame number (1-based) */
+	bool keep;   /* keep the first frame's slices in kept[] */
+	struct keel_slice kept[64];
+	unsigned nkept;
+};
+
+static bool
+inside(struct got *g, const uint8_t *p, size_t len)
+{
+	for (unsigned i = 0; i < g->npushed; i++)
+		if (p >= g->pushed[i].p && p + len <= g->pushed[i].p + g->pushed[i].len)
+			return true;
+	return false;
+}
+
+static int
+collect(void *arg, struct keel_frame *fr)
+{
+	struct got *g = arg;
+	uint32_t sum = 0;
+
+	if (g->fail_at && (int)g->nframes + 1 == g->fail_at) {
+		for (unsigned i = 0; i < fr->n; i++)
+			keel_slice_put(&fr->s[i]);
+		return -ECANCELED;
+	}
+	cr_assert_lt(g->nframes, 4096);
+	g->lens[g->nframes++] = fr->len;
+	if (fr->n > g->max_slices)
+		g->max_slices = fr->n;
+	for (unsigned i = 0; i < fr->n; i++) {
+		struct keel_slice *s = &fr->s[i];
+
+		cr_assert_gt(s->len, 0, "empty slice in a frame");
+		if (!inside(g, s->data, s->len))
+			g->outside = true;
+		if (g->nbytes + s->len > g->cap) {
+			g->cap = (g->nbytes + s->len) * 2;
+			g->bytes = realloc(g->bytes, g->cap);
+			cr_assert_not_null(g->bytes);
+		}
+		memcpy(g->bytes + g->nbytes, s->data, s->len);
+		g->nbytes += s->len;
+		sum += s->len;
+		if (g->keep && g->nframes == 1 && g->nkept < 64)
+			g->kept[g->nkept++] = *s; /* the reference moves to kept[] */
+		else
+			keel_slice_put(s);
+	}
+	cr_assert_eq(sum, fr->len);
+	return 0;
+}
+
+static void
+got_init(struct got *g)
+{
+	struct keel_alloc_config cfg;
+
+	memset(g, 0, sizeof(*g));
+	memset(&cfg, 0, sizeof(cfg));
+	cfg.memory = 64ull << 20;
+	cr_assert_eq(keel_alloc_create(&cfg, &g->a), 0);
+	keel_alloc_bind_thread(g->a);
+}
+
+static uint64_t
+live(struct got *g)
+{
+	struct keel_alloc_stats st;
+	keel_alloc_stats_get(g->a, &st);
+	return st.buffers_live;
+}
+
+static void
+got_fini(struct got *g)
+{
+	for (unsigned i = 0; i < g->nkept; i++)
+		keel_slice_put(&g->kept[i]);
+	cr_assert_eq(live(g), 0, "buffers leaked: %llu", (unsigned long long)live(g));
+	keel_alloc_bind_thread(NULL);
+	keel_alloc_destroy(g->a);
+	free(g->bytes);
+}
+
+static struct keel_framer *
+framer(struct got *g, enum keel_frame_kind kind, uint32_t max, keel_frame_measure_fn m)
+{
+	struct keel_framer_opts o = {
+		.kind = kind, .max = max, .on_frame = collect, .measure = m, .arg = g
+	};
+	struct keel_framer *f;
+	cr_assert_eq(keel_framer_create(&o, &f), 0);
+	return f;
+}
+
+/* Push @len bytes of @p as one freshly allocated slice; returns the push's result. */
+static int
+push(struct got *g, struct keel_framer *f, const void *p, size_t len)
+{
+	struct keel_slice s;
+
+	cr_assert_gt(len, 0);
+	cr_assert_eq(keel_buf_alloc(g->a, len, &s), 0);
+	memcpy(s.data, p, len);
+	cr_assert_lt(g->npushed, 8192);
+	g->pushed[g->npushed].p = s.data;
+	g->pushed[g->npushed++].len = len;
+	return keel_framer_push(f, &s);
+}
+
+static int
+push_str(struct got *g, struct keel_framer *f, const char *str)
+{
+	return push(g, f, str, strlen(str));
+}
+
+static size_t
+hdr32(uint8_t *out, uint32_t len)
+{
+	out[0] = (uint8_t)(len >> 24);
+	out[1] = (uint8_t)(len >> 16);
+	out[2] = (uint8_t)(len >> 8);
+	out[3] = (uint8_t)len;
+	return 4;
+}
+
+#define assert_frames(g, str)                                                         \
+	do {                                                                          \
+		cr_assert_eq((g)->nbytes, strlen(str), "got %zu bytes", (g)->nbytes); \
+		cr_assert_eq(memcmp((g)->bytes, (str), (g)->nbytes), 0);              \
+	} while (0)
+
+Test(net_frame, create_rejects_bad_options)
+{
+	struct keel_framer_opts o = { .kind = KEEL_FRAME_LEN32 };
+	struct keel_framer *f;
+
+	cr_assert_eq(keel_framer_create(&o, &f), -EINVAL, "no on_frame");
+	o.on_frame = collect;
+	o.kind = 0;
+	cr_assert_eq(keel_framer_create(&o, &f), -EINVAL, "no kind");
+	o.kind = KEEL_FRAME_USER;
+	cr_assert_eq(keel_framer_create(&o, &f), -EINVAL, "user without measure");
+	o.kind = KEEL_FRAME_LINE;
+	o.measure = (keel_frame_measure_fn)1;
+	cr_assert_eq(keel_framer_create(&o, &f), -EINVAL, "measure for a built-in kind");
+}
+
+Test(net_frame, len32_frames_in_one_slice_and_split)
+{
+	struct got g;
+	struct keel_framer *f;
+	uint8_t b[64];
+	size_t n = 0;
+
+	got_init(&g);
+	f = framer(&g, KEEL_FRAME_LEN32, 0, NULL);
+	n += hdr32(b + n, 5);
+	memcpy(b + n, "hello", 5), n += 5;
+	n += hdr32(b + n, 6);
+	memcpy(b + n, "world!", 6), n += 6;
+	cr_assert_eq(push(&g, f, b, n), 0);
+	cr_assert_eq(g.nframes, 2);
+	cr_assert_eq(g.lens[0], 5);
+	cr_assert_eq(g.lens[1], 6);
+	/* A header split 1+3 and a payload split across three slices. */
+	n = hdr32(b, 9);
+	memcpy(b + n, "abcdefghi", 9), n += 9;
+	cr_assert_eq(push(&g, f, b, 1), 0);
+	cr_assert_eq(push(&g, f, b + 1, 3), 0);
+	cr_assert_eq(keel_framer_buffered(f), 4);
+	cr_assert_eq(push(&g, f, b + 4, 2), 0);
+	cr_assert_eq(push(&g, f, b + 6, 4), 0);
+	cr_assert_eq(g.nframes, 2);
+	cr_assert_eq(push(&g, f, b + 10, 3), 0);
+	cr_assert_eq(g.nframes, 3);
+	cr_assert_eq(g.max_slices, 3);
+	cr_assert_eq(keel_framer_buffered(f), 0);
+	assert_frames(&g, "helloworld!abcdefghi");
+	cr_assert(!g.outside, "a delivered slice does not point into a pushed buffer");
+	keel_framer_destroy(f);
+	got_fini(&g);
+}
+
+Test(net_frame, zero_length_frames)
+{
+	struct got g;
+	struct keel_framer *f;
+	uint8_t b[12];
+
+	got_init(&g);
+	f = framer(&g, KEEL_FRAME_LEN32, 0, NULL);
+	hdr32(b, 0);
+	hdr32(b + 4, 0);
+	hdr32(b + 8, 0);
+	cr_assert_eq(push(&g, f, b, 12), 0);
+	cr_assert_eq(g.nframes, 3);
+	cr_assert_eq(g.lens[2], 0);
+	cr_assert_eq(g.max_slices, 0);
+	keel_framer_destroy(f);
+	f = framer(&g, KEEL_FRAME_LINE, 0, NULL);
+	cr_assert_eq(push_str(&g, f, "\n\r\n"), 0);
+	cr_assert_eq(g.nframes, 5);
+	cr_assert_eq(g.lens[3] + g.lens[4], 0);
+	keel_framer_destroy(f);
+	got_fini(&g);
+}
+
+Test(net_frame, lines_lf_and_crlf_strip_the_terminator)
+{
+	struct got g;
+	struct keel_framer *f;
+
+	got_init(&g);
+	f = framer(&g, KEEL_FRAME_LINE, 0, NULL);
+	cr_assert_eq(push_str(&g, f, "a\r\nbb\nccc\r\n\nx\ry\n"), 0);
+	cr_assert_eq(g.nframes, 5);
+	cr_assert_eq(g.lens[0], 1);
+	cr_assert_eq(g.lens[1], 2);
+	cr_assert_eq(g.lens[2], 3);
+	cr_assert_eq(g.lens[3], 0);
+	cr_assert_eq(g.lens[4], 3, "a CR that is not before the LF is kept");
+	/* CR and LF in different slices; a line over four slices. */
+	cr_assert_eq(push_str(&g, f, "de"), 0);
+	cr_assert_eq(push_str(&g, f, "f"), 0);
+	cr_assert_eq(push_str(&g, f, "g\r"), 0);
+	cr_assert_eq(g.nframes, 5);
+	cr_assert_eq(push_str(&g, f, "\nrest"), 0);
+	cr_assert_eq(g.nframes, 6);
+	cr_assert_eq(g.lens[5], 4);
+	cr_assert_eq(keel_framer_buffered(f), 4);
+	assert_frames(&g, "abbcccx\rydefg");
+	cr_assert(!g.outside);
+	keel_framer_destroy(f); /* puts the partial "rest" */
+	got_fini(&g);
+}
+
+/* A user protocol: 2-byte little-endian total length (header included), 0xffff is bad. */
+static long
+measure_le16(struct keel_framer *f, void *arg)
+{
+	uint8_t h[2];
+	const uint8_t *p;
+	unsigned len;
+
+	if (keel_framer_peek(f, 0, h, 2) < 2)
+		return 0;
+	len = h[0] | h[1] << 8;
+	if (len == 0xffff || len < 2)
+		return -EPROTO;
+	/* The cursor sees the same bytes, without copying. */
+	cr_assert_geq(keel_framer_chunk(f, 0, &p), 1);
+	cr_assert_eq(p[0], h[0]);
+	return len;
+}
+
+Test(net_frame, user_measure_callback)
+{
+	struct got g;
+	struct keel_framer *f;
+	const uint8_t b[] = { 5, 0, 'a', 'b', 'c', 2, 0, 4, 0, 'x' };
+	const uint8_t bad[] = { 0xff, 0xff, 1, 2, 3 };
+
+	got_init(&g);
+	f = framer(&g, KEEL_FRAME_USER, 0, measure_le16);
+	cr_assert_eq(push(&g, f, b, 1), 0, "a split header: need more");
+	cr_assert_eq(push(&g, f, b + 1, 9), 0);
+	cr_assert_eq(g.nframes, 2);
+	cr_assert_eq(g.lens[0], 5);
+	cr_assert_eq(g.lens[1], 2);
+	cr_assert_eq(keel_framer_buffered(f), 3);
+	cr_assert_eq(push(&g, f, "y", 1), 0);
+	cr_assert_eq(g.nframes, 3);
+	cr_assert_eq(memcmp(g.bytes, "\5\0abc\2\0\4\0xy", 11), 0);
+	cr_assert_eq(push(&g, f, bad, sizeof(bad)), -EPROTO);
+	cr_assert_eq(keel_framer_error(f), -EPROTO);
+	cr_assert_neq(strlen(keel_framer_reason(f)), 0);
+	cr_assert_eq(keel_framer_buffered(f), 0, "a failed framer holds nothing");
+	cr_assert_eq(push(&g, f, b, sizeof(b)), -EPROTO, "refuses input after an error");
+	cr_assert_eq(g.nframes, 3);
+	keel_framer_destroy(f);
+	got_fini(&g);
+}
+
+Test(net_frame, peek_and_chunk_cross_slices)
+{
+	struct got g;
+	struct keel_framer *f;
+	const uint8_t *p;
+	char buf[16];
+
+	got_init(&g);
+	f = framer(&g, KEEL_FRAME_LINE, 0, NULL);
+	cr_assert_eq(push_str(&g, f, "ab"), 0);
+	cr_assert_eq(push_str(&g, f, "cde"), 0);
+	cr_assert_eq(push_str(&g, f, "f"), 0);
+	cr_assert_eq(keel_framer_peek(f, 1, buf, 4), 4);
+	cr_assert_eq(memcmp(buf, "bcde", 4), 0);
+	cr_assert_eq(keel_framer_peek(f, 4, buf, 16), 2);
+	cr_assert_eq(keel_framer_chunk(f, 3, &p), 2);
+	cr_assert_eq(memcmp(p, "de", 2), 0);
+	cr_assert(inside(&g, p, 2));
+	cr_assert_eq(keel_framer_chunk(f, 6, &p), 0);
+	keel_framer_destroy(f);
+	got_fini(&g);
+}
+
+Test(net_frame, max_size_len32_refused_from_the_header)
+{
+	struct got g;
+	struct keel_framer *f;
+	uint8_t b[4 + 1024];
+
+	got_init(&g);
+	f = framer(&g, KEEL_FRAME_LEN32, 1024, NULL);
+	hdr32(b, 1024);
+	memset(b + 4, 'z', 1024);
+	cr_assert_eq(push(&g, f, b, sizeof(b)), 0, "exactly the maximum is fine");
+	cr_assert_eq(g.nframes, 1);
+	hdr32(b, 1025);
+	cr_assert_eq(push(&g, f, b, 4), -EMSGSIZE, "known from the header alone");
+	cr_assert_eq(keel_framer_buffered(f), 0);
+	cr_assert_eq(live(&g), 0, "nothing buffered after the error");
+	for (int i = 0; i < 100; i++)
+		cr_assert_eq(push(&g, f, b + 4, 1000), -EMSGSIZE);
+	cr_assert_eq(live(&g), 0);
+	keel_framer_destroy(f);
+	got_fini(&g);
+}
+
+Test(net_frame, max_size_line_and_user_never_buffer_unbounded)
+{
+	struct got g;
+	struct keel_framer *f;
+	uint8_t junk[1000];
+	int r = 0, i;
+
+	got_init(&g);
+	memset(junk, 'j', sizeof(junk));
+	f = framer(&g, KEEL_FRAME_LINE, 4096, NULL);
+	for (i = 0; i < 1000 && r == 0; i++) {
+		cr_assert_leq(keel_framer_buffered(f), 4096 + 1, "held past max + CR");
+		r = push(&g, f, junk, sizeof(junk));
+	}
+	cr_assert_eq(r, -EMSGSIZE);
+	cr_assert_eq(i, 5, "fails once more than max + 1 bytes wait for a LF");
+	cr_assert_eq(live(&g), 0);
+	keel_framer_destroy(f);
+	/* A line of max + 1 bytes ending in LF (no CR) is too long as well. */
+	f = framer(&g, KEEL_FRAME_LINE, 4, NULL);
+	cr_assert_eq(push_str(&g, f, "abcd\r\n"), 0);
+	cr_assert_eq(push_str(&g, f, "abcde\n"), -EMSGSIZE);
+	cr_assert_eq(g.nframes, 1);
+	keel_framer_destroy(f);
+	/* User mode: "need more" with max bytes buffered means the frame is too long. */
+	f = framer(&g, KEEL_FRAME_USER, 4096, measure_le16);
+	r = push(&g, f, "\x00\x80", 2); /* 32 KiB announced */
+	cr_assert_eq(r, -EMSGSIZE, "a measured length above max fails at once");
+	keel_framer_destroy(f);
+	got_fini(&g);
+}
+
+static long
+measure_never(struct keel_framer *f, void *arg)
+{
+	return 0;
+}
+
+Test(net_frame, max_size_user_need_more_forever)
+{
+	struct got g;
+	struct keel_framer *f;
+	uint8_t junk[1000];
+	int r = 0, i;
+
+	got_init(&g);
+	memset(junk, 'j', sizeof(junk));
+	f = framer(&g, KEEL_FRAME_USER, 4096, measure_never);
+	for (i = 0; i < 1000 && r == 0; i++)
+		r = push(&g, f, junk, sizeof(junk));
+	cr_assert_eq(r, -EMSGSIZE);
+	cr_assert_eq(i, 5);
+	cr_assert_eq(live(&g), 0);
+	keel_framer_destroy(f);
+	got_fini(&g);
+}
+
+Test(net_frame, on_frame_error_stops_the_framer)
+{
+	struct got g;
+	struct keel_framer *f;
+
+	got_init(&g);
+	g.fail_at = 2;
+	f = framer(&g, KEEL_FRAME_LINE, 0, NULL);
+	cr_assert_eq(push_str(&g, f, "one\ntwo\nthree\n"), -ECANCELED);
+	cr_assert_eq(g.nframes, 1);
+	cr_assert_eq(keel_framer_error(f), -ECANCELED);
+	cr_assert_eq(push_str(&g, f, "four\n"), -ECANCELED);
+	cr_assert_eq(g.nframes, 1);
+	keel_framer_destroy(f);
+	got_fini(&g);
+}
+
+Test(net_frame, refcounts_follow_the_frames)
+{
+	struct got g;
+	struct keel_framer *f;
+	struct keel_slice whole, s;
+	uint8_t *base;
+
+	got_init(&g);
+	g.keep = true;
+	f = framer(&g, KEEL_FRAME_LINE, 0, NULL);
+	cr_assert_eq(keel_buf_alloc(g.a, 16, &whole), 0);
+	memcpy(whole.data, "aa\nbb\ncc", 8);
+	cr_assert_eq(keel_slice_sub(&whole, 0, 8, &s), 0);
+	keel_slice_put(&whole);
+	base = s.data;
+	g.pushed[g.npushed].p = base;
+	g.pushed[g.npushed++].len = 8;
+	cr_assert_eq(keel_framer_push(f, &s), 0);
+	cr_assert_eq(g.nframes, 2);
+	/* Held: the framer's reference (partial "cc") and the kept first frame. */
+	cr_assert_eq(g.nkept, 1);
+	cr_assert_eq(g.kept[0].data, base, "the frame is the pushed bytes themselves");
+	cr_assert_eq(keel_slice_refs(&g.kept[0]), 2);
+	keel_framer_destroy(f);
+	cr_assert_eq(keel_slice_refs(&g.kept[0]), 1);
+	cr_assert_eq(live(&g), 1);
+	got_fini(&g); /* puts kept[0] and checks nothing is live */
+}
+
+/* ---- property: random frames, random split points ---- */
+
+static uint64_t
+rnd(uint64_t *st)
+{
+	uint64_t x = *st;
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	return *st = x;
+}
+
+static void
+property(enum keel_frame_kind kind, uint64_t seed, unsigned iters)
+{
+	uint64_t st = seed;
+	struct got g;
+	size_t cap = 2 << 20;
+	uint8_t *stream = malloc(cap), *want = malloc(cap);
+	uint32_t *wlens = malloc(4096 * sizeof(*wlens));
+
+	cr_assert(stream && want && wlens);
+	got_init(&g);
+	for (unsigned it = 0; it < iters; it++) {
+		struct keel_framer *f =
+			framer(&g, kind, 0, kind == KEEL_FRAME_USER ? measure_le16 : NULL);
+		unsigned nf = 1 + rnd(&st) % 40, nsl = 0;
+		size_t n = 0, w = 0, pos;
+
+		g.nframes = 0;
+		g.nbytes = 0;
+		g.npushed = 0;
+		g.max_slices = 0;
+		for (unsigned i = 0; i < nf; i++) {
+			/* Mostly small frames, some spanning many receive-sized slices. */
+			uint32_t len = rnd(&st) % 8 == 0 ? rnd(&st) % 40000 : rnd(&st) % 300;
+			bool crlf = rnd(&st) & 1;
+
+			if (kind == KEEL_FRAME_USER && len < 2)
+				len = 2;
+			if (kind == KEEL_FRAME_USER && len > 60000)
+				len = 60000;
+			cr_assert_lt(n + len + 8, cap);
+			if (kind == KEEL_FRAME_LEN32)
+				n += hdr32(stream + n, len);
+			for (uint32_t k = 0; k < len; k++) {
+				uint8_t c = (uint8_t)rnd(&st);
+				if (kind == KEEL_FRAME_LINE &&
+				    (c == '\n' || (k == len - 1 && c == '\r')))
+					c = 'L';
+				stream[n + k] = c;
+			}
+			if (kind == KEEL_FRAME_USER) {
+				stream[n] = (uint8_t)len;
+				stream[n + 1] = (uint8_t)(len >> 8);
+			}
+			memcpy(want + w, stream + n, len);
+			w += len;
+			n += len;
+			if (kind == KEEL_FRAME_LINE) {
+				if (crlf)
+					stream[n++] = '\r';
+				stream[n++] = '\n';
+			}
+			wlens[i] = len;
+		}
+		/* Split at random points: 1-byte slices, medium, whole-stream, all mixed. */
+		for (pos = 0; pos < n; nsl++) {
+			size_t left = n - pos, take;
+			switch (rnd(&st) % 4) {
+			case 0:
+				take = 1 + rnd(&st) % 3;
+				break;
+			case 1:
+				take = 1 + rnd(&st) % 64;
+				break;
+			case 2:
+				take = 1 + rnd(&st) % 16384;
+				break;
+			default:
+				take = rnd(&st) % 16 == 0 ? left : 1 + rnd(&st) % 4096;
+				break;
+			}
+			if (take > left)
+				take = left;
+			cr_assert_eq(push(&g, f, stream + pos, take), 0, "seed %llu iter %u",
+				     (unsigned long long)seed, it);
+			/* Bounded: at most one frame (and its framing) plus one pushed slice. */
+			cr_assert_leq(keel_framer_buffered(f), 40000 + 8 + take);
+			pos += take;
+		}
+		cr_assert_eq(g.nframes, nf, "seed %llu iter %u: %u of %u frames",
+			     (unsigned long long)seed, it, g.nframes, nf);
+		for (unsigned i = 0; i < nf; i++)
+			cr_assert_eq(g.lens[i], wlens[i], "seed %llu iter %u frame %u",
+				     (unsigned long long)seed, it, i);
+		cr_assert_eq(g.nbytes, w);
+		cr_assert_eq(memcmp(g.bytes, want, w), 0, "seed %llu iter %u: bytes differ",
+			     (unsigned long long)seed, it);
+		cr_assert(!g.outside, "seed %llu iter %u: a delivered slice was copied",
+			  (unsigned long long)seed, it);
+		cr_assert_eq(keel_framer_buffered(f), 0);
+		keel_framer_destroy(f);
+		cr_assert_eq(live(&g), 0, "seed %llu iter %u: buffers leaked",
+			     (unsigned long long)seed, it);
+	}
+	got_fini(&g);
+	free(stream);
+	free(want);
+	free(wlens);
+}
+
+Test(net_frame, property_len32_random_splits)
+{
+	property(KEEL_FRAME_LEN32, 0x6b65656c31ull, test_small() ? 100 : 400);
+}
+Test(net_frame, property_lines_random_splits)
+{
+	property(KEEL_FRAME_LINE, 0x6b65656c32ull, test_small() ? 100 : 400);
+}
+Test(net_frame, property_user_random_splits)
+{
+	property(KEEL_FRAME_USER, 0x6b65656c33ull, test_small() ? 100 : 400);
+}
+
+/* ---- end to end over loopback ---- */
+
+struct e2e {
+	struct keel_runtime *rt;
+	struct keel_listener *l;
+	uint16_t port;
+	bool with_client;
+	uint64_t rng;
+	unsigned frames, sent, echoed, bad;
+	uint8_t *cur; /* the frame in flight (lock-step: one at a time) */
+	uint32_t curlen;
+	struct keel_net_stats ns;
+	_Atomic int srv_closed, cli_closed, srv_status, cli_status, start_err;
+};
+
+static int
+srv_frame(void *arg, struct keel_frame *fr)
+{
+	struct keel_conn *c = arg;
+	int r = keel_frame_send(c, fr->s, fr->n);
+
+	if (r < 0)
+		for (unsigned i = 0; i < fr->n; i++)
+			if (fr->s[i].buf)
+				keel_slice_put(&fr->s[i]);
+	return r < 0 ? r : 0;
+}
+
+static void
+attach(struct keel_conn *c, keel_frame_fn fn)
+{
+	struct keel_framer_opts o = { .kind = KEEL_FRAME_LEN32, .on_frame = fn, .arg = c };
+	struct keel_framer *f;
+	int r = keel_framer_create(&o, &f);
+
+	if (r < 0) {
+		keel_conn_abort(c, r);
+		return;
+	}
+	keel_conn_set_user(c, f);
+}
+
+static void
+framed_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	struct keel_framer *f = keel_conn_user(c);
+
+	if (!f) {
+		for (unsigned i = 0; i < n; i++)
+			keel_slice_put(&s[i]);
+		return;
+	}
+	keel_framer_on_data(f, c, s, n);
+}
+
+static void
+srv_open(struct keel_conn *c)
+{
+	attach(c, srv_frame);
+}
+
+static void
+srv_close(struct keel_conn *c, int status)
+{
+	struct e2e *e = keel_conn_app(c);
+
+	keel_framer_destroy(keel_conn_user(c));
+	atomic_store(&e->srv_status, status);
+	atomic_fetch_add(&e->srv_closed, 1);
+}
+
+static const struct keel_conn_ops srv_ops = { .on_open = srv_open,
+					      .on_data = framed_data,
+					      .on_close = srv_close };
+
+static void
+send_next(struct keel_conn *c)
+{
+	struct e2e *e = keel_conn_app(c);
+	struct keel_slice sl[16];
+	unsigned n = 0;
+	uint32_t off = 0;
+	int r;
+
+	if (e->sent == e->frames) {
+		keel_net_stats(&e->ns);
+		keel_conn_close(c);
+		return;
+	}
+	/* Zero-length, small, and several-receive-buffer frames. */
+	switch (rnd(&e->rng) % 4) {
+	case 0:
+		e->curlen = (uint32_t)(rnd(&e->rng) % 4);
+		break;
+	case 1:
+		e->curlen = (uint32_t)(rnd(&e->rng) % 2000);
+		break;
+	default:
+		e->curlen = (uint32_t)(rnd(&e->rng) % 100000);
+		break;
+	}
+	for (uint32_t k = 0; k < e->curlen; k++)
+		e->cur[k] = (uint8_t)rnd(&e->rng);
+	/* Payload slices of at most 8 KiB: below the SEND_ZC threshold (see docs). */
+	while (off < e->curlen) {
+		uint32_t len = e->curlen - off > 8192 ? 8192 : e->curlen - off;
+		if (keel_buf_alloc(keel_shard_alloc(), len, &sl[n]) < 0)
+			break;
+		memcpy(sl[n].data, e->cur + off, len);
+		off += len;
+		n++;
+	}
+	r = keel_frame_send(c, sl, n);
+	if (off < e->curlen || r < 0) {
+		for (unsigned i = 0; i < n; i++)
+			if (sl[i].buf)
+				keel_slice_put(&sl[i]);
+		e->bad++;
+		keel_conn_abort(c, r < 0 ? r : -ENOMEM);
+		return;
+	}
+	e->sent++;
+}
+
+static int
+cli_frame(void *arg, struct keel_frame *fr)
+{
+	struct keel_conn *c = arg;
+	struct e2e *e = keel_conn_app(c);
+	uint32_t off = 0;
+
+	if (fr->len != e->curlen)
+		e->bad++;
+	for (unsigned i = 0; i < fr->n; i++) {
+		if (off + fr->s[i].len > e->curlen ||
+		    memcmp(fr->s[i].data, e->cur + off, fr->s[i].len))
+			e->bad++;
+		off += fr->s[i].len;
+		keel_slice_put(&fr->s[i]);
+	}
+	e->echoed++;
+	send_next(c);
+	return 0;
+}
+
+static void
+cli_open(struct keel_conn *c)
+{
+	attach(c, cli_frame);
+	send_next(c);
+}
+
+static void
+cli_close(struct keel_conn *c, int status)
+{
+	struct e2e *e = keel_conn_app(c);
+
+	keel_framer_destroy(keel_conn_user(c));
+	atomic_store(&e->cli_status, status);
+	atomic_fetch_add(&e->cli_closed, 1);
+}
+
+static const struct keel_conn_ops cli_ops = { .on_open = cli_open,
+					      .on_data = framed_data,
+					      .on_close = cli_close };
+
+static void
+e2e_start_shard(void *arg)
+{
+	struct e2e *e = arg;
+	struct keel_conn *c;
+	int r = keel_listener_start(e->l);
+
+	if (r == 0 && e->with_client)
+		r = keel_conn_connect("127.0.0.1", e->port, 5000, &cli_ops, e, &c);
+	if (r < 0) {
+		atomic_store(&e->start_err, r);
+		keel_stop(r);
+	}
+}
+
+static void
+e2e_start(struct e2e *e)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct keel_listen_opts lo = { .addr = "127.0.0.1" };
+
+	keel_net_config_init(&nc);
+	cr_assert_eq(keel_net_config_set(&nc), 0);
+	cr_assert_eq(keel_runtime_create(&o, &e->rt), 0);
+	cr_assert_eq(keel_listener_create(&lo, 1, &srv_ops, e, &e->l), 0);
+	e->port = keel_listener_port(e->l);
+	cr_assert_eq(keel_runtime_start(e->rt, e2e_start_shard, e), 0);
+}
+
+static void
+e2e_wait(struct e2e *e, _Atomic int *flag, int want)
+{
+	for (int i = 0; i < 30000 && atomic_load(flag) < want && !atomic_load(&e->start_err); i++)
+		usleep(1000);
+}
+
+static void
+e2e_stop(struct e2e *e)
+{
+	keel_runtime_stop(e->rt, 0);
+	cr_assert_eq(keel_runtime_join(e->rt), 0);
+	keel_runtime_destroy(e->rt);
+	keel_listener_destroy(e->l);
+}
+
+Test(net_frame, loopback_frame_send_echo)
+{
+	struct e2e e;
+
+	memset(&e, 0, sizeof(e));
+	e.with_client = true;
+	e.rng = 0x6b65656c34ull;
+	e.frames = test_small() ? 50 : 300;
+	e.cur = malloc(100000);
+	cr_assert_not_null(e.cur);
+	e2e_start(&e);
+	e2e_wait(&e, &e.srv_closed, 1);
+	e2e_wait(&e, &e.cli_closed, 1);
+	e2e_stop(&e);
+	cr_assert_eq(atomic_load(&e.start_err), 0);
+	cr_assert_eq(e.echoed, e.frames, "%u of %u frames came back", e.echoed, e.frames);
+	cr_assert_eq(e.bad, 0, "frames came back different");
+	cr_assert_eq(atomic_load(&e.cli_status), 0);
+	cr_assert_eq(atomic_load(&e.srv_status), 0);
+	/*
+	 * One send per frame: lock-step, each side sent @frames framed messages, each as one
+	 * header + payload; only a short send (the kernel took part) adds one.
+	 */
+	cr_assert_eq(e.ns.sends_zc, 0);
+	cr_assert_geq(e.ns.sends, 2ull * e.frames);
+	cr_assert_leq(e.ns.sends, 2ull * e.frames + e.ns.short_sends, "sends %llu short %llu",
+		      (unsigned long long)e.ns.sends, (unsigned long long)e.ns.short_sends);
+	free(e.cur);
+}
+
+Test(net_frame, loopback_oversized_frame_closes_with_emsgsize)
+{
+	struct e2e e;
+	uint8_t b[4 + 64], in[4];
+	int fd, r;
+
+	memset(&e, 0, sizeof(e));
+	e2e_start(&e);
+	fd = cli_connect(e.port);
+	cr_assert_geq(fd, 0);
+	hdr32(b, KEEL_FRAME_MAX_DEFAULT + 1);
+	memset(b + 4, 'x', 64);
+	cr_assert_eq(cli_write_all(fd, b, sizeof(b)), 0);
+	r = cli_read_all(fd, in, sizeof(in));
+	cr_assert(r == -EPIPE || r == -ECONNRESET, "the server closes: got %d", r);
+	e2e_wait(&e, &e.srv_closed, 1);
+	cr_assert_eq(atomic_load(&e.srv_status), -EMSGSIZE);
+	close(fd);
+	e2e_stop(&e);
+}
