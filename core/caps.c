@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/utsname.h>
 
 #include "internal.h"
@@ -25,6 +26,30 @@ setup_ok(unsigned flags, uint32_t *features)
 		*features = p.features;
 	io_uring_queue_exit(&ring);
 	return true;
+}
+
+/* net: register a one-entry buffer ring with IOU_PBUF_RING_INC; kernels before 6.12
+ * refuse the flag with EINVAL. */
+static bool
+probe_pbuf_inc(struct io_uring *ring)
+{
+	struct keel_buf_reg reg;
+	void *mem;
+	bool ok;
+
+	mem = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (mem == MAP_FAILED)
+		return false;
+	memset(&reg, 0, sizeof(reg));
+	reg.ring_addr = (uintptr_t)mem;
+	reg.ring_entries = 1;
+	reg.bgid = 0;
+	reg.flags = IOU_PBUF_RING_INC;
+	ok = io_uring_register_buf_ring(ring, (struct io_uring_buf_reg *)&reg, 0) == 0;
+	if (ok)
+		io_uring_unregister_buf_ring(ring, 0);
+	munmap(mem, 4096);
+	return ok;
 }
 
 static void
@@ -51,6 +76,9 @@ probe(void)
 	}
 	caps.reg_ring_fd = io_uring_register_ring_fd(&ring) == 1;
 	caps.reg_buffers = io_uring_register_buffers_sparse(&ring, 1) == 0;
+	/* net: a sparse file table, and a trial incremental buffer ring. */
+	caps.sparse_files = io_uring_register_files_sparse(&ring, 1) == 0;
+	caps.pbuf_inc = probe_pbuf_inc(&ring);
 	io_uring_queue_exit(&ring);
 
 	setup_ok(0, &caps.ring_features);
@@ -90,6 +118,30 @@ feature_have(const struct keel_caps *c, enum keel_feature f)
 	case KEEL_FEAT_REG_BUFFERS:
 		return (struct feature_req){ c->reg_buffers,
 					     "sparse registered buffers need Linux 5.19 or later" };
+	/* net: */
+	case KEEL_FEAT_MULTISHOT_ACCEPT:
+		/* IORING_OP_SOCKET arrived with multishot accept in 5.19. */
+		return (struct feature_req){ c->op_supported[IORING_OP_SOCKET],
+					     "multishot accept needs Linux 5.19 or later" };
+	case KEEL_FEAT_MULTISHOT_RECV:
+		/* IORING_OP_SEND_ZC arrived with multishot recv in 6.0. */
+		return (struct feature_req){ c->op_supported[IORING_OP_SEND_ZC],
+					     "multishot recv needs Linux 6.0 or later" };
+	case KEEL_FEAT_RECV_BUNDLE:
+		return (struct feature_req){ (c->ring_features & (1U << 14)) != 0,
+					     "IORING_RECVSEND_BUNDLE (IORING_FEAT_RECVSEND_BUNDLE) "
+					     "needs Linux 6.10 or later" };
+	case KEEL_FEAT_PBUF_INC:
+		return (struct feature_req){ c->pbuf_inc,
+					     "incremental buffer rings (IOU_PBUF_RING_INC) need "
+					     "Linux 6.12 or later" };
+	case KEEL_FEAT_DIRECT_FD:
+		return (struct feature_req){ c->sparse_files && c->op_supported[IORING_OP_SOCKET],
+					     "direct descriptors need Linux 5.19 or later" };
+	case KEEL_FEAT_SEND_ZC:
+		return (struct feature_req){ c->op_supported[IORING_OP_SEND_ZC] &&
+						     c->op_supported[IORING_OP_SENDMSG_ZC],
+					     "SEND_ZC/SENDMSG_ZC need Linux 6.1 or later" };
 	default:
 		return (struct feature_req){ false, "unknown feature" };
 	}
@@ -152,6 +204,13 @@ keel__features_log(const struct keel_feature_decision *d)
 			keel_log(KEEL_LOG_INFO, "core", "feature %s: not used (%s)",
 				 keel_feature_name((enum keel_feature)f), d[f].reason);
 	}
+}
+
+bool
+keel_feature_used(enum keel_feature f)
+{
+	struct keel_shard *s = cur_shard(__func__);
+	return (unsigned)f < KEEL_FEAT__COUNT && s->rt->features[f].used;
 }
 
 void

@@ -13,6 +13,12 @@ static const char *const feature_names[KEEL_FEAT__COUNT] = {
 	[KEEL_FEAT_DEFER_TASKRUN] = "defer_taskrun",
 	[KEEL_FEAT_REG_RING_FD] = "reg_ring_fd",
 	[KEEL_FEAT_REG_BUFFERS] = "reg_buffers",
+	[KEEL_FEAT_MULTISHOT_ACCEPT] = "multishot_accept",
+	[KEEL_FEAT_MULTISHOT_RECV] = "multishot_recv",
+	[KEEL_FEAT_RECV_BUNDLE] = "recv_bundle",
+	[KEEL_FEAT_PBUF_INC] = "pbuf_inc",
+	[KEEL_FEAT_DIRECT_FD] = "direct_fd",
+	[KEEL_FEAT_SEND_ZC] = "send_zc",
 };
 
 static const char *const policy_names[] = {
@@ -227,7 +233,7 @@ static const struct opt_desc opt_table[] = {
 	{ OPT_STATS, "--stats", "KEEL_STATS", NULL, "print per-shard counters at exit" },
 	{ OPT_FEATURE, "--feature", "KEEL_FEATURE", "NAME=POLICY[,..]",
 	  "io_uring feature policy off|on|auto; names: single_issuer, defer_taskrun, reg_ring_fd, "
-	  "reg_buffers" },
+	  "reg_buffers, multishot_accept, multishot_recv, recv_bundle, pbuf_inc, direct_fd, send_zc" },
 	{ OPT_MEMORY, "--memory", "KEEL_MEMORY", "SIZE",
 	  "registered buffer memory per shard, K/M/G suffixes (default 256M)" },
 	{ OPT_HUGEPAGES, "--hugepages", "KEEL_HUGEPAGES", NULL,

@@ -38,7 +38,7 @@ if [ -z "${KEEL_TEST_QUICK:-}" ]; then
 	mkdir -p build-asan
 	build build-asan -DKEEL_SANITIZE=ON
 	# Criterion's workers must exit normally for LeakSanitizer to run.
-	(cd build-asan && CRITERION_NO_EARLY_EXIT=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	(cd build-asan && KEEL_TEST_SCALE=small CRITERION_NO_EARLY_EXIT=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 		UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j 1) || status=1
 
 	echo "== ThreadSanitizer build: cross-thread tests"

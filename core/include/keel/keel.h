@@ -10,6 +10,10 @@
 #include <keel/compat.h>
 #include <keel/log.h>
 #include <keel/msg.h>
+/* net: the network layer (library keel_net) when it is on the include path. */
+#if __has_include(<keel/net.h>)
+#include <keel/net.h>
+#endif
 #include <keel/opts.h>
 #include <keel/ring.h>
 #include <keel/runtime.h>

@@ -49,6 +49,13 @@ enum keel_feature {
 	KEEL_FEAT_DEFER_TASKRUN,     /* IORING_SETUP_DEFER_TASKRUN (6.1), else COOP_TASKRUN */
 	KEEL_FEAT_REG_RING_FD,       /* io_uring_register_ring_fd (5.18) */
 	KEEL_FEAT_REG_BUFFERS,       /* shard memory as fixed buffers (5.19; RLIMIT_MEMLOCK) */
+	/* net: */
+	KEEL_FEAT_MULTISHOT_ACCEPT, /* multishot accept (5.19) */
+	KEEL_FEAT_MULTISHOT_RECV,   /* multishot recv/recvmsg with provided buffers (6.0) */
+	KEEL_FEAT_RECV_BUNDLE,      /* IORING_RECVSEND_BUNDLE: one CQE, several buffers (6.10) */
+	KEEL_FEAT_PBUF_INC,         /* IOU_PBUF_RING_INC: incremental buffer consumption (6.12) */
+	KEEL_FEAT_DIRECT_FD,        /* accepted/connected sockets as direct descriptors (5.19) */
+	KEEL_FEAT_SEND_ZC,          /* SEND_ZC / SENDMSG_ZC for large sends (6.0 / 6.1) */
 	KEEL_FEAT__COUNT
 };
 

@@ -57,6 +57,8 @@ struct keel_caps {
 	bool coop_taskrun;      /* IORING_SETUP_COOP_TASKRUN | TASKRUN_FLAG accepted */
 	bool reg_ring_fd;       /* io_uring_register_ring_fd works */
 	bool reg_buffers;       /* sparse registered-buffer tables (5.19) */
+	bool sparse_files;      /* net: sparse registered-file tables (5.19) */
+	bool pbuf_inc;          /* net: IOU_PBUF_RING_INC buffer rings register (6.12) */
 };
 
 /**
@@ -79,6 +81,12 @@ struct keel_feature_decision {
  * fix, is logged).
  */
 KEEL_API int keel_features_decide(const struct keel_opts *opts, struct keel_feature_decision *out);
+
+/**
+ * Whether feature @f is used by this shard's runtime (the start-up decision).
+ * Context: a shard.
+ */
+KEEL_API bool keel_feature_used(enum keel_feature f);
 
 /** Print the capability matrix and each feature's decision for @opts to @f. */
 KEEL_API void keel_caps_print(const struct keel_opts *opts, FILE *f);

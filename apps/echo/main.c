@@ -1,0 +1,161 @@
+// SPDX-License-Identifier: MIT
+/*
+ * keel-echo: every byte received is sent back, using the received slices themselves as
+ * the send buffers (no copy in the application).
+ */
+#include <errno.h>
+#include <keel/keel.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char usage[] =
+	"usage: keel-echo --port P [--addr A] [--udp] [--steer cpu|queue|hash] [--zc-threshold N]\n"
+	"                 [--caps] [runtime options]\n"
+	"Echo TCP (or UDP) on every shard; SIGINT/SIGTERM stop it.\n";
+
+struct app {
+	const char *addr;
+	long port;
+	bool udp;
+	struct keel_listener *l;
+};
+
+static void
+on_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		if (keel_conn_send(c, &s[i]) < 0)
+			keel_slice_put(&s[i]);
+}
+
+static void
+on_close(struct keel_conn *c, int status)
+{
+}
+
+static const struct keel_conn_ops echo_ops = {
+	.on_data = on_data,
+	.on_close = on_close,
+};
+
+static void
+on_datagram(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_storage *src)
+{
+	if (keel_udp_send(u, s, src) < 0)
+		keel_slice_put(s);
+}
+
+static const struct keel_udp_ops udp_ops = { .on_datagram = on_datagram };
+
+static void
+on_start(void *arg)
+{
+	struct app *a = arg;
+	int r;
+
+	if (a->udp) {
+		struct keel_udp *u;
+		r = keel_udp_open(a->addr, (uint16_t)a->port, &udp_ops, a, &u);
+	} else {
+		r = keel_listener_start(a->l);
+	}
+	if (r < 0) {
+		keel_log(KEEL_LOG_ERROR, "echo", "shard %u: %s", keel_shard_id(keel_this_shard()),
+			 strerror(-r));
+		keel_stop(r);
+	}
+}
+
+static void
+die(const char *msg, const char *opt)
+{
+	fprintf(stderr, "keel-echo: %s%s\n%s", msg, opt ? opt : "", usage);
+	exit(2);
+}
+
+int
+main(int argc, char **argv)
+{
+	struct keel_opts o;
+	struct keel_net_config nc;
+	struct keel_listen_opts lo;
+	struct keel_runtime *rt;
+	struct app a = { .addr = "0.0.0.0", .port = -1 };
+	bool caps = false;
+	int r;
+
+	keel_opts_init(&o);
+	keel_opts_parse_or_exit(&o, &argc, argv, usage);
+	keel_net_config_init(&nc);
+	memset(&lo, 0, sizeof(lo));
+	for (int i = 1; i < argc; i++) {
+		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+		char *end;
+
+		if (!strcmp(argv[i], "--udp")) {
+			a.udp = true;
+		} else if (!strcmp(argv[i], "--caps")) {
+			caps = true;
+		} else if (!strcmp(argv[i], "--port")) {
+			if (!v)
+				die("missing value for ", "--port");
+			a.port = strtol(v, &end, 10);
+			if (*end || a.port < 0 || a.port > 65535)
+				die("--port expects 0..65535, got ", v);
+			i++;
+		} else if (!strcmp(argv[i], "--addr")) {
+			if (!v)
+				die("missing value for ", "--addr");
+			a.addr = v;
+			i++;
+		} else if (!strcmp(argv[i], "--steer")) {
+			if (!v || keel_steer_parse(v, &lo.steer) < 0)
+				die("--steer expects cpu, queue or hash, got ", v ? v : "nothing");
+			i++;
+		} else if (!strcmp(argv[i], "--zc-threshold")) {
+			long t;
+			if (!v)
+				die("missing value for ", "--zc-threshold");
+			t = strtol(v, &end, 10);
+			if (*end || t < 0 || t > (1L << 30))
+				die("--zc-threshold expects a byte count, got ", v);
+			nc.zc_threshold = (uint32_t)t;
+			i++;
+		} else {
+			die("unknown option ", argv[i]);
+		}
+	}
+	if (caps) {
+		keel_caps_print(&o, stdout);
+		return 0;
+	}
+	if (a.port < 0)
+		die("missing ", "--port");
+	keel_net_config_set(&nc);
+	r = keel_runtime_create(&o, &rt);
+	if (r < 0)
+		return 1;
+	if (!a.udp) {
+		lo.addr = a.addr;
+		lo.port = (uint16_t)a.port;
+		r = keel_listener_create(&lo, keel_runtime_shard_count(rt), &echo_ops, &a, &a.l);
+		if (r < 0) {
+			fprintf(stderr, "keel-echo: listening on %s port %ld: %s\n", a.addr, a.port,
+				strerror(-r));
+			keel_runtime_destroy(rt);
+			return 1;
+		}
+		fprintf(stderr, "keel-echo: listening on %s port %u, %u shards, steering %s\n",
+			a.addr, keel_listener_port(a.l), keel_runtime_shard_count(rt),
+			keel_steer_name(lo.steer));
+	}
+	r = keel_runtime_start(rt, on_start, &a);
+	if (r == 0)
+		r = keel_runtime_join(rt);
+	if (o.stats)
+		keel_runtime_stats_print(rt, stderr);
+	keel_runtime_destroy(rt);
+	keel_listener_destroy(a.l);
+	return r < 0 ? 1 : 0;
+}

@@ -1,0 +1,796 @@
+// SPDX-License-Identifier: MIT
+/*
+ * TCP connections: receive (multishot recv from the shard's buffer ring), send (one
+ * operation in flight; what is queued meanwhile leaves together), backpressure, close.
+ *
+ * Lifetime: every operation in flight on a connection is counted in c->ops (deferred
+ * flushes too). Closing marks it, cancels what is in flight, and the connection is freed
+ * only once nothing is in flight, after on_close: no callback ever runs on a freed
+ * connection. Slices of a send stay queued until that send completes, because the
+ * kernel may still be reading them.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "net_internal.h"
+
+struct keel_conn {
+	struct net_shard *ns;
+	const struct keel_conn_ops *ops;
+	void *app, *user;
+	int fd;
+	bool direct;
+	struct keel_conn *prev, *next; /* ns->conns */
+	struct keel_conn *starve_next;
+	bool starving;
+
+	struct keel_op recv_op, rcancel_op, send_op, cancel_op, shut_op, connect_op, tmo_op;
+	unsigned nops;
+
+	bool open, connecting, recv_armed, rcancel_sent, read_paused, bp_paused, eof;
+	bool closing, flush_close, shut_pending, shut_sent, send_inflight, flush_queued;
+	bool want_writable, cancel_sent;
+	int status;
+
+	struct keel_slice *q;
+	uint32_t qhead, qn, qcap, qoff;
+	uint64_t queued, offered;
+	uint32_t low, high;
+	struct iovec iov[NET_IOV_MAX];
+	struct msghdr msg;
+	struct sockaddr_storage peer;
+	socklen_t peerlen;
+	struct __kernel_timespec ts;
+};
+
+/* A SEND_ZC: lives until its notification, which may come after the connection is gone. */
+struct zc_op {
+	struct keel_op op;
+	struct keel_conn *c; /* until the first CQE */
+	struct net_shard *ns;
+	struct keel_slice s;
+};
+
+static void conn_check(struct keel_conn *c);
+static void send_kick(struct keel_conn *c);
+
+static void
+sqe_fd(struct keel_conn *c, struct io_uring_sqe *sqe)
+{
+	if (c->direct)
+		sqe->flags |= IOSQE_FIXED_FILE;
+}
+
+static bool
+want_recv(const struct keel_conn *c)
+{
+	return c->open && !c->closing && !c->flush_close && !c->eof && !c->read_paused &&
+	       !c->bp_paused && !c->starving && !c->ns->stopping;
+}
+
+static void
+recv_arm(struct keel_conn *c)
+{
+	struct net_shard *ns = c->ns;
+	struct io_uring_sqe *sqe = keel_sqe_get();
+
+	if (!sqe)
+		return;
+	if (ns->f_ms_recv)
+		io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+	else
+		io_uring_prep_recv(sqe, c->fd, NULL, 0, 0);
+	if (ns->f_bundle)
+		sqe->ioprio |= IORING_RECVSEND_BUNDLE;
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = ns->tcp.bgid;
+	sqe_fd(c, sqe);
+	keel_sqe_bind(sqe, &c->recv_op);
+	c->recv_armed = true;
+	c->rcancel_sent = false;
+	c->nops++;
+}
+
+/* Arm or cancel the receive to match want_recv(). */
+static void
+recv_update(struct keel_conn *c)
+{
+	struct io_uring_sqe *sqe;
+
+	if (want_recv(c)) {
+		if (!c->recv_armed)
+			recv_arm(c);
+		return;
+	}
+	if (!c->recv_armed || c->rcancel_sent || c->cancel_sent)
+		return;
+	sqe = keel_sqe_get();
+	if (!sqe)
+		return;
+	io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)&c->recv_op, 0);
+	keel_sqe_bind(sqe, &c->rcancel_op);
+	c->rcancel_sent = true;
+	c->nops++;
+}
+
+static void
+starve_remove(struct keel_conn *c)
+{
+	struct keel_conn **pp = &c->ns->starved;
+
+	if (!c->starving)
+		return;
+	for (; *pp; pp = &(*pp)->starve_next)
+		if (*pp == c) {
+			*pp = c->starve_next;
+			c->nops--; /* the list's hold */
+			break;
+		}
+	c->starving = false;
+}
+
+static void
+starve_cb(void *arg)
+{
+	struct net_shard *ns = arg;
+	struct keel_conn *list = ns->starved;
+
+	ns->starve_kick = false;
+	ns->starved = NULL;
+	while (list) {
+		struct keel_conn *c = list;
+		list = c->starve_next;
+		c->starving = false;
+		c->nops--;
+		recv_update(c);
+		conn_check(c);
+	}
+	keel__net_unref(ns);
+}
+
+void
+keel__conn_starved_kick(struct net_shard *ns)
+{
+	if (ns->starve_kick || !ns->starved)
+		return;
+	if (keel_defer(starve_cb, ns) < 0)
+		return;
+	ns->starve_kick = true;
+	keel__net_ref(ns);
+}
+
+static void
+deliver(struct keel_conn *c, unsigned bid, int res, uint32_t flags)
+{
+	struct net_shard *ns = c->ns;
+	int n = keel__pbuf_take(&ns->tcp, bid, res, flags, ns->f_bundle, ns->scratch,
+				ns->cfg.buf_count);
+
+	if (n < 0) {
+		keel_conn_abort(c, n);
+		return;
+	}
+	ns->st.recv_cqes++;
+	ns->st.recv_bufs += (unsigned)n;
+	if (c->closing || c->flush_close) {
+		for (int i = 0; i < n; i++)
+			keel_slice_put(&ns->scratch[i]);
+		return;
+	}
+	c->ops->on_data(c, ns->scratch, (unsigned)n);
+}
+
+static void
+recv_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	struct keel_conn *c = container_of(op, struct keel_conn, recv_op);
+	struct net_shard *ns = c->ns;
+	bool more = flags & IORING_CQE_F_MORE;
+
+	if (!more)
+		c->recv_armed = false;
+	if (res > 0) {
+		if (flags & IORING_CQE_F_BUFFER)
+			deliver(c, flags >> IORING_CQE_BUFFER_SHIFT, res, flags);
+	} else if (res == 0) {
+		if (!c->closing && !c->eof) {
+			c->eof = true;
+			if (c->ops->on_eof)
+				c->ops->on_eof(c);
+			else
+				keel_conn_close(c);
+		}
+	} else if (res == -ENOBUFS) {
+		ns->st.enobufs++;
+		if (!c->starving && !c->closing) {
+			c->starving = true;
+			c->starve_next = ns->starved;
+			ns->starved = c;
+			c->nops++; /* held while on the list */
+			/* Buffers may have come back before this completion was seen. */
+			if (ns->tcp.out < ns->tcp.nbufs)
+				keel__conn_starved_kick(ns);
+		}
+	} else if (res != -ECANCELED) {
+		keel_conn_abort(c, res);
+	}
+	if (!more) {
+		c->nops--;
+		if (want_recv(c) && res != -ENOBUFS)
+			ns->st.rearms++;
+		recv_update(c);
+		conn_check(c);
+	}
+}
+
+static void
+rcancel_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	struct keel_conn *c = container_of(op, struct keel_conn, rcancel_op);
+
+	c->nops--;
+	conn_check(c);
+}
+
+static void
+drop_queue(struct keel_conn *c)
+{
+	while (c->qn) {
+		keel_slice_put(&c->q[c->qhead]);
+		c->qhead = (c->qhead + 1) % c->qcap;
+		c->qn--;
+	}
+	c->qoff = 0;
+	c->queued = 0;
+}
+
+static void
+consume(struct keel_conn *c, uint32_t res)
+{
+	if (res < c->offered)
+		c->ns->st.short_sends++;
+	while (res) {
+		struct keel_slice *s = &c->q[c->qhead];
+		uint32_t avail = s->len - c->qoff;
+
+		net_verify(c->qn > 0);
+		if (res >= avail) {
+			res -= avail;
+			c->queued -= avail;
+			keel_slice_put(s);
+			c->qhead = (c->qhead + 1) % c->qcap;
+			c->qn--;
+			c->qoff = 0;
+		} else {
+			c->qoff += res;
+			c->queued -= res;
+			res = 0;
+		}
+	}
+}
+
+static void
+send_done(struct keel_conn *c, int res)
+{
+	c->send_inflight = false;
+	if (res > 0) {
+		consume(c, (uint32_t)res);
+	} else if (!c->closing) {
+		keel_conn_abort(c, res == 0 ? -EPIPE : res);
+		return;
+	}
+	if (c->closing)
+		return;
+	if (c->bp_paused && c->queued <= c->low) {
+		c->bp_paused = false;
+		recv_update(c);
+		if (c->want_writable) {
+			c->want_writable = false;
+			if (c->ops->on_writable)
+				c->ops->on_writable(c);
+		}
+	}
+	send_kick(c);
+}
+
+static void
+send_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	struct keel_conn *c = container_of(op, struct keel_conn, send_op);
+
+	send_done(c, res);
+	c->nops--;
+	conn_check(c);
+}
+
+static void
+zc_done(struct zc_op *z)
+{
+	struct net_shard *ns = z->ns;
+
+	keel_slice_put(&z->s);
+	free(z);
+	keel__net_unref(ns);
+}
+
+static void
+zc_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	struct zc_op *z = container_of(op, struct zc_op, op);
+
+	if (flags & IORING_CQE_F_NOTIF) {
+		if (res & (int)IORING_NOTIF_USAGE_ZC_COPIED)
+			z->ns->st.zc_copied++;
+		zc_done(z);
+		return;
+	}
+	struct keel_conn *c = z->c;
+	z->c = NULL;
+	send_done(c, res);
+	c->nops--;
+	conn_check(c);
+	/* Without F_MORE no notification follows: the buffer is free now. */
+	if (!(flags & IORING_CQE_F_MORE))
+		zc_done(z);
+}
+
+static bool
+zc_send(struct keel_conn *c, struct keel_slice *s, uint32_t off, uint32_t len)
+{
+	struct net_shard *ns = c->ns;
+	struct io_uring_sqe *sqe;
+	struct zc_op *z;
+	unsigned idx;
+	uint64_t boff;
+
+	if (!ns->f_zc || len < ns->cfg.zc_threshold || keel__net_fixed(ns, s, &idx, &boff) < 0)
+		return false;
+	z = calloc(1, sizeof(*z));
+	if (!z)
+		return false;
+	if (keel_slice_sub(s, off, len, &z->s) < 0) {
+		free(z);
+		return false;
+	}
+	sqe = keel_sqe_get();
+	if (!sqe) {
+		keel_slice_put(&z->s);
+		free(z);
+		return false;
+	}
+	z->op.fn = zc_cb;
+	z->c = c;
+	z->ns = ns;
+	keel__net_ref(ns);
+	io_uring_prep_send_zc_fixed(sqe, c->fd, s->data + off, len, MSG_NOSIGNAL,
+				    IORING_SEND_ZC_REPORT_USAGE, idx);
+	sqe_fd(c, sqe);
+	keel_sqe_bind(sqe, &z->op);
+	c->offered = len;
+	c->send_inflight = true;
+	c->nops++;
+	ns->st.sends_zc++;
+	return true;
+}
+
+static void
+shut_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	struct keel_conn *c = container_of(op, struct keel_conn, shut_op);
+
+	if (res < 0 && res != -ECANCELED && !c->closing)
+		keel_conn_abort(c, res);
+	c->nops--;
+	conn_check(c);
+}
+
+static void
+send_kick(struct keel_conn *c)
+{
+	struct net_shard *ns = c->ns;
+	struct io_uring_sqe *sqe;
+	unsigned n = 0;
+	uint32_t i, first_len;
+
+	if (c->send_inflight || c->closing || !c->open)
+		return;
+	if (!c->qn) {
+		if (c->flush_close) {
+			keel_conn_abort(c, 0);
+		} else if (c->shut_pending && !c->shut_sent) {
+			sqe = keel_sqe_get();
+			if (!sqe)
+				return;
+			io_uring_prep_shutdown(sqe, c->fd, SHUT_WR);
+			sqe_fd(c, sqe);
+			keel_sqe_bind(sqe, &c->shut_op);
+			c->shut_sent = true;
+			c->nops++;
+		}
+		return;
+	}
+	first_len = c->q[c->qhead].len - c->qoff;
+	if (zc_send(c, &c->q[c->qhead], c->qoff, first_len))
+		return;
+	c->offered = 0;
+	for (i = 0; i < c->qn && n < NET_IOV_MAX; i++) {
+		struct keel_slice *s = &c->q[(c->qhead + i) % c->qcap];
+		uint32_t off = i == 0 ? c->qoff : 0;
+
+		/* A large slice goes on its own, with SEND_ZC. */
+		if (i > 0 && ns->f_zc && s->len >= ns->cfg.zc_threshold)
+			break;
+		c->iov[n].iov_base = s->data + off;
+		c->iov[n].iov_len = s->len - off;
+		c->offered += s->len - off;
+		n++;
+	}
+	sqe = keel_sqe_get();
+	if (!sqe)
+		return;
+	if (n == 1) {
+		io_uring_prep_send(sqe, c->fd, c->iov[0].iov_base, c->iov[0].iov_len, MSG_NOSIGNAL);
+	} else {
+		memset(&c->msg, 0, sizeof(c->msg));
+		c->msg.msg_iov = c->iov;
+		c->msg.msg_iovlen = n;
+		io_uring_prep_sendmsg(sqe, c->fd, &c->msg, MSG_NOSIGNAL);
+	}
+	sqe_fd(c, sqe);
+	keel_sqe_bind(sqe, &c->send_op);
+	c->send_inflight = true;
+	c->nops++;
+	ns->st.sends++;
+}
+
+static void
+flush_cb(void *arg)
+{
+	struct keel_conn *c = arg;
+
+	c->flush_queued = false;
+	send_kick(c); /* may close it: our count keeps it alive until below */
+	c->nops--;
+	conn_check(c);
+}
+
+static void
+flush_later(struct keel_conn *c)
+{
+	if (c->flush_queued || c->send_inflight)
+		return;
+	/* At the end of the pass, so slices queued by the same callbacks leave together. */
+	if (keel_defer(flush_cb, c) < 0) {
+		send_kick(c);
+		return;
+	}
+	c->flush_queued = true;
+	c->nops++;
+}
+
+int
+keel_conn_send(struct keel_conn *c, struct keel_slice *s)
+{
+	if (!s || !s->len)
+		return -EINVAL;
+	if (c->closing || c->flush_close || c->shut_pending)
+		return -EPIPE;
+	if (c->qn == c->qcap) {
+		uint32_t ncap = c->qcap ? c->qcap * 2 : 16;
+		struct keel_slice *nq = malloc(ncap * sizeof(*nq));
+		if (!nq)
+			return -ENOMEM;
+		for (uint32_t i = 0; i < c->qn; i++)
+			nq[i] = c->q[(c->qhead + i) % c->qcap];
+		free(c->q);
+		c->q = nq;
+		c->qhead = 0;
+		c->qcap = ncap;
+	}
+	c->q[(c->qhead + c->qn) % c->qcap] = *s;
+	c->qn++;
+	c->queued += s->len;
+	memset(s, 0, sizeof(*s));
+	if (c->open)
+		flush_later(c);
+	if (c->queued > c->high) {
+		if (!c->bp_paused) {
+			c->bp_paused = true;
+			c->ns->st.bp_pauses++;
+			recv_update(c);
+		}
+		c->want_writable = true;
+		return 1;
+	}
+	return 0;
+}
+
+int
+keel_conn_shutdown(struct keel_conn *c)
+{
+	if (c->closing || c->flush_close || c->shut_pending)
+		return -EPIPE;
+	c->shut_pending = true;
+	flush_later(c);
+	return 0;
+}
+
+void
+keel_conn_close(struct keel_conn *c)
+{
+	if (c->closing || c->flush_close)
+		return;
+	if (!c->open) {
+		keel_conn_abort(c, -ECANCELED);
+		return;
+	}
+	c->flush_close = true;
+	recv_update(c);
+	flush_later(c);
+}
+
+void
+keel_conn_abort(struct keel_conn *c, int status)
+{
+	struct io_uring_sqe *sqe;
+
+	if (c->closing)
+		return;
+	c->closing = true;
+	c->status = status > 0 ? 0 : status;
+	starve_remove(c);
+	if (c->nops && (c->recv_armed || c->send_inflight || c->connecting || c->shut_sent)) {
+		sqe = keel_sqe_get();
+		if (sqe) {
+			io_uring_prep_cancel_fd(
+				sqe, c->fd,
+				IORING_ASYNC_CANCEL_ALL |
+					(c->direct ? IORING_ASYNC_CANCEL_FD_FIXED : 0));
+			keel_sqe_bind(sqe, &c->cancel_op);
+			c->cancel_sent = true;
+			c->nops++;
+		}
+	}
+	conn_check(c);
+}
+
+static void
+cancel_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	struct keel_conn *c = container_of(op, struct keel_conn, cancel_op);
+
+	c->nops--;
+	conn_check(c);
+}
+
+static void
+conn_free(struct keel_conn *c)
+{
+	struct net_shard *ns = c->ns;
+
+	if (c->direct) {
+		int minus1 = -1;
+		io_uring_register_files_update(keel_shard_ring_get(), (unsigned)c->fd, &minus1, 1);
+	} else {
+		close(c->fd);
+	}
+	if (c->ops->on_close)
+		c->ops->on_close(c, c->status);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		ns->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	ns->st.conns_open--;
+	free(c->q);
+	free(c);
+	keel__net_unref(ns);
+}
+
+static void
+conn_check(struct keel_conn *c)
+{
+	if (!c->closing)
+		return;
+	if (!c->send_inflight)
+		drop_queue(c);
+	if (c->nops)
+		return;
+	conn_free(c);
+}
+
+static void connect_cb(struct keel_op *op, int res, uint32_t flags);
+static void tmo_cb(struct keel_op *op, int res, uint32_t flags);
+
+struct keel_conn *
+keel__conn_new(struct net_shard *ns, int fd, bool direct, const struct keel_conn_ops *ops,
+	       void *app)
+{
+	struct keel_conn *c = calloc(1, sizeof(*c));
+
+	if (!c)
+		return NULL;
+	c->ns = ns;
+	c->ops = ops;
+	c->app = app;
+	c->fd = fd;
+	c->direct = direct;
+	c->low = ns->cfg.low_watermark;
+	c->high = ns->cfg.high_watermark;
+	c->recv_op.fn = recv_cb;
+	c->rcancel_op.fn = rcancel_cb;
+	c->send_op.fn = send_cb;
+	c->cancel_op.fn = cancel_cb;
+	c->shut_op.fn = shut_cb;
+	c->connect_op.fn = connect_cb;
+	c->tmo_op.fn = tmo_cb;
+	c->next = ns->conns;
+	if (c->next)
+		c->next->prev = c;
+	ns->conns = c;
+	ns->st.conns_open++;
+	keel__net_ref(ns);
+	return c;
+}
+
+void
+keel__conn_opened(struct keel_conn *c)
+{
+	c->open = true;
+	if (c->ops->on_open) {
+		c->nops++; /* on_open may close it */
+		c->ops->on_open(c);
+		c->nops--;
+	}
+	if (!c->closing) {
+		recv_update(c);
+		if (c->qn)
+			flush_later(c);
+	}
+	conn_check(c);
+}
+
+void
+keel__conns_stop(struct net_shard *ns)
+{
+	struct keel_conn *c = ns->conns, *next;
+
+	for (; c; c = next) {
+		next = c->next;
+		keel_conn_abort(c, -ESHUTDOWN);
+	}
+}
+
+static void
+connect_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	struct keel_conn *c = container_of(op, struct keel_conn, connect_op);
+
+	c->connecting = false;
+	c->nops--;
+	if (!c->closing) {
+		if (res == 0) {
+			keel__conn_opened(c);
+			return;
+		}
+		keel_conn_abort(c, res == -ECANCELED ? -ETIMEDOUT : res);
+		return;
+	}
+	conn_check(c);
+}
+
+static void
+tmo_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	struct keel_conn *c = container_of(op, struct keel_conn, tmo_op);
+
+	c->nops--;
+	conn_check(c);
+}
+
+int
+keel_conn_connect(const char *addr, uint16_t port, uint32_t timeout_ms,
+		  const struct keel_conn_ops *ops, void *app, struct keel_conn **out)
+{
+	struct net_shard *ns;
+	struct keel_conn *c;
+	struct io_uring_sqe *sqe;
+	struct sockaddr_storage ss;
+	socklen_t len;
+	int fd, r;
+
+	r = keel_net_addr_parse(addr, port, &ss, &len);
+	if (r < 0)
+		return r;
+	r = keel__net_shard_get(&ns);
+	if (r < 0)
+		return r;
+	/* Client sockets stay plain descriptors: liburing 2.3 cannot install one into the
+	 * table synchronously, and a connect is not the hot path. */
+	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		r = -errno;
+		keel_log(KEEL_LOG_ERROR, NET_MOD, "socket: %s", strerror(-r));
+		return r;
+	}
+	c = keel__conn_new(ns, fd, false, ops, app);
+	if (!c) {
+		close(fd);
+		return -ENOMEM;
+	}
+	c->peer = ss;
+	c->peerlen = len;
+	sqe = keel_sqe_get();
+	if (!sqe) {
+		keel_conn_abort(c, -EIO);
+		return -EIO;
+	}
+	io_uring_prep_connect(sqe, fd, (struct sockaddr *)&c->peer, c->peerlen);
+	keel_sqe_bind(sqe, &c->connect_op);
+	c->connecting = true;
+	c->nops++;
+	if (timeout_ms) {
+		sqe->flags |= IOSQE_IO_LINK;
+		c->ts.tv_sec = timeout_ms / 1000;
+		c->ts.tv_nsec = (long long)(timeout_ms % 1000) * 1000000;
+		sqe = keel_sqe_get();
+		if (sqe) {
+			io_uring_prep_link_timeout(sqe, &c->ts, 0);
+			keel_sqe_bind(sqe, &c->tmo_op);
+			c->nops++;
+		}
+	}
+	*out = c;
+	return 0;
+}
+
+void
+keel_conn_pause_read(struct keel_conn *c)
+{
+	c->read_paused = true;
+	recv_update(c);
+}
+
+void
+keel_conn_resume_read(struct keel_conn *c)
+{
+	c->read_paused = false;
+	recv_update(c);
+}
+
+uint64_t
+keel_conn_queued(const struct keel_conn *c)
+{
+	return c->queued;
+}
+
+int
+keel_conn_set_watermarks(struct keel_conn *c, uint32_t low, uint32_t high)
+{
+	if (low > high)
+		return -EINVAL;
+	c->low = low;
+	c->high = high;
+	return 0;
+}
+
+void *
+keel_conn_user(const struct keel_conn *c)
+{
+	return c->user;
+}
+
+void
+keel_conn_set_user(struct keel_conn *c, void *user)
+{
+	c->user = user;
+}
+
+void *
+keel_conn_app(const struct keel_conn *c)
+{
+	return c->app;
+}

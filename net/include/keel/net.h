@@ -1,0 +1,277 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * TCP and UDP on the shard ring.
+ *
+ * Every shard listens on the same address with its own SO_REUSEPORT socket; a classic-BPF
+ * reuseport program picks the shard by CPU or rx queue. Accepted connections live on the
+ * accepting shard: multishot accept (into direct descriptors), multishot recv from a
+ * per-shard provided-buffer ring (bundles and incremental consumption where the kernel has
+ * them), one send in flight per connection (queued slices leave together; large slices of
+ * registered memory with SEND_ZC), and a per-connection high/low watermark.
+ *
+ * Received data reaches the application as slices (keel/buf.h) that point into the receive
+ * buffers; a buffer goes back to the ring when its last slice is put. Each feature has a
+ * policy (--feature multishot_accept, multishot_recv, recv_bundle, pbuf_inc, direct_fd,
+ * send_zc = off|on|auto).
+ *
+ * Threading: a connection, a UDP endpoint and a listener's per-shard part are used only on
+ * their shard. Callbacks run on that shard.
+ */
+#ifndef KEEL_NET_H
+#define KEEL_NET_H
+
+#include <keel/buf.h>
+#include <keel/common.h>
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+struct keel_conn;
+struct keel_listener;
+struct keel_udp;
+
+/** Network tuning, process-wide. Initialise with keel_net_config_init(). */
+struct keel_net_config {
+	uint32_t buf_size;          /* bytes per provided receive buffer (default 16 KiB) */
+	uint32_t buf_count;         /* buffers per shard ring, a power of two (default 256) */
+	uint32_t zc_threshold;      /* sends of at least this many bytes use SEND_ZC (default
+				       32 KiB, measured on loopback; see docs/net.md) */
+	uint32_t high_watermark;    /* queued send bytes above which reading pauses (1 MiB) */
+	uint32_t low_watermark;     /* ... and below which it resumes, on_writable (256 KiB) */
+	uint32_t max_files;         /* direct-descriptor table slots per shard (default 4096) */
+	uint32_t accept_backoff_ms; /* pause after EMFILE/ENFILE before accepting again (100) */
+};
+
+/** Fill @c with the defaults. */
+KEEL_API void keel_net_config_init(struct keel_net_config *c);
+
+/**
+ * Set the configuration every shard uses when it first touches the network.
+ * Returns: 0, or -EINVAL (buf_count not a power of two in 1..32768, buf_size 0 or above
+ * 1 MiB, low_watermark > high_watermark).
+ * Context: any thread, before the runtime's shards use the network.
+ */
+KEEL_API int keel_net_config_set(const struct keel_net_config *c);
+
+/** Connection callbacks. on_data and on_close are required. */
+struct keel_conn_ops {
+	/** The connection is established (accepted, or connected). Optional. */
+	void (*on_open)(struct keel_conn *c);
+	/**
+	 * @n slices of received bytes, in order.
+	 * Ownership: the application owns each slice's reference (put it, keep it, or give it
+	 * to keel_conn_send()); the array itself is borrowed for the call.
+	 */
+	void (*on_data)(struct keel_conn *c, struct keel_slice *s, unsigned n);
+	/** The peer shut down its side. NULL: keel_conn_close() is called. */
+	void (*on_eof)(struct keel_conn *c);
+	/** Queued bytes fell below the low watermark after passing the high one. Optional. */
+	void (*on_writable)(struct keel_conn *c);
+	/**
+	 * The last callback: @status is 0 after keel_conn_close(), -ECONNRESET, -EPIPE,
+	 * -ETIMEDOUT (connect), -ECONNREFUSED, -ESHUTDOWN (runtime stop), or another -errno.
+	 * The connection is freed when it returns.
+	 */
+	void (*on_close)(struct keel_conn *c, int status);
+};
+
+/** How a listener's reuseport group picks the shard for a new flow. */
+enum keel_steer {
+	KEEL_STEER_CPU = 0, /* SKF_AD_CPU: the shard pinned to the CPU that received the SYN */
+	KEEL_STEER_QUEUE,   /* SKF_AD_QUEUE: the shard that owns the rx queue */
+	KEEL_STEER_HASH,    /* no program: the kernel's flow hash */
+};
+
+/** Parse "cpu", "queue" or "hash". Returns: 0, or -EINVAL. */
+KEEL_API int keel_steer_parse(const char *s, enum keel_steer *out);
+
+/** The name of @s. */
+KEEL_API const char *keel_steer_name(enum keel_steer s);
+
+/** Listener options. Zero-initialise, then set addr/port. */
+struct keel_listen_opts {
+	const char *addr;            /* IPv4 or IPv6 literal; NULL: 0.0.0.0 */
+	uint16_t port;               /* 0: an ephemeral port (keel_listener_port()) */
+	int backlog;                 /* 0: 4096 */
+	enum keel_steer steer;       /* default KEEL_STEER_CPU */
+	const unsigned *queue_shard; /* queue steering: rx queue q is owned by queue_shard[q]; */
+	unsigned nqueues;            /* NULL/0: shard q % nshards owns queue q */
+};
+
+/**
+ * Create a listener with @nshards sockets bound to the same address (SO_REUSEPORT), in
+ * shard order, listening. Nothing is accepted until keel_listener_start() on a shard.
+ * Returns: 0 and *out; -EINVAL (address does not parse, nshards 0), -EADDRINUSE (port in
+ * use by another program), or another -errno of socket/bind/listen (logged, with the
+ * address).
+ * Context: any thread, before the shards start listening.
+ */
+KEEL_API int keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
+				  const struct keel_conn_ops *ops, void *app,
+				  struct keel_listener **out);
+
+/** The bound port (the ephemeral one when opts.port was 0). */
+KEEL_API uint16_t keel_listener_port(const struct keel_listener *l);
+
+/**
+ * Accept on this shard's socket of @l (socket keel_shard_id()). When the last shard has
+ * started, the steering program is attached. Accepting stops when the runtime stops.
+ * Returns: 0; -EINVAL (shard id >= nshards, or started twice); -EOPNOTSUPP (a feature
+ * forced on is missing); -errno setting up the shard's network state.
+ * Context: a shard (typically its on_start callback).
+ */
+KEEL_API int keel_listener_start(struct keel_listener *l);
+
+/** Free @l after the runtime that used it has ended. Context: any thread. */
+KEEL_API void keel_listener_destroy(struct keel_listener *l);
+
+/** The app pointer given at create. */
+KEEL_API void *keel_listener_app(const struct keel_listener *l);
+
+/** Per-shard listener counters. */
+struct keel_listener_stats {
+	uint64_t accepted;      /* connections accepted on this shard */
+	uint64_t cpu_mismatch;  /* SO_INCOMING_CPU is not this shard's CPU (cpu steering) */
+	uint64_t napi_mismatch; /* SO_INCOMING_NAPI_ID differs from the shard's first one */
+	uint64_t unverified;    /* the incoming CPU could not be read */
+	uint64_t accept_errors; /* EMFILE/ENFILE/ENOMEM and other accept failures */
+};
+
+/**
+ * Copy shard @shard's counters of @l.
+ * Returns: 0, or -EINVAL. Context: any thread.
+ */
+KEEL_API int keel_listener_stats(const struct keel_listener *l, unsigned shard,
+				 struct keel_listener_stats *out);
+
+/**
+ * Connect to @addr:@port through the ring, giving up after @timeout_ms (0: no timeout).
+ * on_open runs when connected; on failure on_close runs with the error and on_open never
+ * does.
+ * Returns: 0 and *out (valid until on_close returns); -EINVAL with a logged message when the
+ * address does not parse; -ESHUTDOWN when the runtime is stopping; -errno (socket, memory).
+ * Context: a shard.
+ */
+KEEL_API int keel_conn_connect(const char *addr, uint16_t port, uint32_t timeout_ms,
+			       const struct keel_conn_ops *ops, void *app, struct keel_conn **out);
+
+/**
+ * Queue @s for sending. Slices leave in the order queued; slices queued while a send is in
+ * flight leave together.
+ * Consumes: @s's reference, on success (0 or 1).
+ * Returns: 0; 1 when the queued bytes are above the high watermark (reading from this
+ * connection pauses until on_writable; keep queueing only what you must); -EPIPE after
+ * close or shutdown; -EINVAL for an empty slice.
+ * Context: the connection's shard.
+ */
+KEEL_API int keel_conn_send(struct keel_conn *c, struct keel_slice *s);
+
+/**
+ * Half-close: after the queued bytes are sent, shut down the write side (the peer reads
+ * EOF); receiving goes on. Returns: 0, or -EPIPE when already closing.
+ * Context: the connection's shard.
+ */
+KEEL_API int keel_conn_shutdown(struct keel_conn *c);
+
+/**
+ * Close gracefully: stop reading, send what is queued, then close; on_close(c, 0) follows.
+ * Context: the connection's shard. Closing twice is harmless.
+ */
+KEEL_API void keel_conn_close(struct keel_conn *c);
+
+/**
+ * Close now: queued bytes are dropped, operations are cancelled; on_close(c, @status)
+ * follows (status <= 0). Context: the connection's shard.
+ */
+KEEL_API void keel_conn_abort(struct keel_conn *c, int status);
+
+/** Stop delivering on_data until keel_conn_resume_read(). Context: its shard. */
+KEEL_API void keel_conn_pause_read(struct keel_conn *c);
+
+/** Resume delivering on_data. Context: its shard. */
+KEEL_API void keel_conn_resume_read(struct keel_conn *c);
+
+/** Bytes queued and not yet acknowledged by the kernel. */
+KEEL_API uint64_t keel_conn_queued(const struct keel_conn *c);
+
+/** Set this connection's watermarks (bytes; low <= high). Returns: 0 or -EINVAL. */
+KEEL_API int keel_conn_set_watermarks(struct keel_conn *c, uint32_t low, uint32_t high);
+
+/** The application's per-connection pointer (NULL until set). */
+KEEL_API void *keel_conn_user(const struct keel_conn *c);
+/** Set the application's per-connection pointer. */
+KEEL_API void keel_conn_set_user(struct keel_conn *c, void *user);
+/** The app pointer of the listener that accepted @c, or the one given to connect. */
+KEEL_API void *keel_conn_app(const struct keel_conn *c);
+
+/** Per-shard network counters. */
+struct keel_net_stats {
+	uint64_t conns_open;  /* connections alive now */
+	uint64_t recv_cqes;   /* receive completions with data */
+	uint64_t recv_bufs;   /* receive buffers filled (several per CQE with bundles) */
+	uint64_t enobufs;     /* receives that ran out of buffers (re-armed later) */
+	uint64_t rearms;      /* multishot receives re-armed after ending */
+	uint64_t sends;       /* send/sendmsg operations */
+	uint64_t sends_zc;    /* SEND_ZC / SENDMSG_ZC operations */
+	uint64_t zc_copied;   /* ... whose notification says the kernel copied */
+	uint64_t short_sends; /* sends that took part of what was offered */
+	uint64_t bp_pauses;   /* reads paused by the high watermark */
+	uint64_t bufs_out;    /* receive buffers held by the application now */
+};
+
+/**
+ * This shard's counters. Returns: 0, or -ENOENT when the network was not used here.
+ * Context: a shard.
+ */
+KEEL_API int keel_net_stats(struct keel_net_stats *out);
+
+/* UDP. */
+
+/** UDP callbacks. */
+struct keel_udp_ops {
+	/**
+	 * One datagram from @src. Ownership: the application owns @s's reference; @src is
+	 * borrowed for the call.
+	 */
+	void (*on_datagram)(struct keel_udp *u, struct keel_slice *s,
+			    const struct sockaddr_storage *src);
+	/** The last callback (after keel_udp_close() or the runtime stopping). Optional. */
+	void (*on_close)(struct keel_udp *u, int status);
+};
+
+/**
+ * Bind a UDP socket to @addr:@port on this shard (SO_REUSEPORT, so every shard may bind the
+ * same port) and start receiving (multishot recvmsg with provided buffers).
+ * Returns: 0 and *out; -EINVAL (address does not parse), -EADDRINUSE, -errno.
+ * Context: a shard.
+ */
+KEEL_API int keel_udp_open(const char *addr, uint16_t port, const struct keel_udp_ops *ops,
+			   void *app, struct keel_udp **out);
+
+/** The bound port. */
+KEEL_API uint16_t keel_udp_port(const struct keel_udp *u);
+
+/**
+ * Send @s as one datagram to @dst (datagrams queued in one pass are submitted together;
+ * large ones with SENDMSG_ZC).
+ * Consumes: @s's reference, on success.
+ * Returns: 0; -EINVAL; -EPIPE after close; -ENOMEM.
+ * Context: @u's shard.
+ */
+KEEL_API int keel_udp_send(struct keel_udp *u, struct keel_slice *s,
+			   const struct sockaddr_storage *dst);
+
+/** Close @u: on_close(u, 0) follows once its operations end. Context: its shard. */
+KEEL_API void keel_udp_close(struct keel_udp *u);
+
+/** The app pointer given to keel_udp_open(). */
+KEEL_API void *keel_udp_app(const struct keel_udp *u);
+
+/**
+ * Parse @addr (IPv4 or IPv6 literal; NULL: 0.0.0.0) and @port into @out.
+ * Returns: 0, or -EINVAL (logged: the address and what is expected).
+ */
+KEEL_API int keel_net_addr_parse(const char *addr, uint16_t port, struct sockaddr_storage *out,
+				 socklen_t *len);
+
+#endif

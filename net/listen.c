@@ -1,0 +1,495 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Listening: one SO_REUSEPORT socket per shard, created and bound in shard order (the
+ * reuseport program returns an index into the group in the order sockets joined it), a
+ * classic-BPF program that maps the receiving CPU or rx queue to the owning shard, and
+ * multishot accept into direct descriptors on each shard.
+ *
+ * Verification: each accepted connection's SO_INCOMING_CPU (and NAPI id) is read back
+ * (a uring_cmd getsockopt for direct descriptors, getsockopt otherwise) and compared with
+ * the accepting shard; mismatches are counted per shard.
+ */
+#include <errno.h>
+#include <linux/filter.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "net_internal.h"
+
+#ifndef SO_INCOMING_NAPI_ID
+#define SO_INCOMING_NAPI_ID 56
+#endif
+/* uring_cmd socket operations (Linux 6.7; liburing 2.3 has no names for them). */
+#define KEEL_SOCKET_URING_OP_GETSOCKOPT 2
+
+struct lstats {
+	_Atomic uint64_t accepted, cpu_mismatch, napi_mismatch, unverified, accept_errors;
+};
+
+struct keel__lshard {
+	struct keel_op op;
+	struct keel_listener *l;
+	struct net_shard *ns;
+	unsigned shard;
+	int fd;
+	bool armed, started, stopping;
+	uint32_t napi_first;
+	struct keel_timer *backoff;
+	uint64_t errors_logged_ns; /* failures seen, for the rate limit */
+	struct keel__lshard *next;
+};
+
+struct keel_listener {
+	struct keel_conn_ops ops;
+	void *app;
+	unsigned n;
+	uint16_t port;
+	enum keel_steer steer;
+	unsigned *queue_shard;
+	unsigned nqueues;
+	_Atomic unsigned started;
+	int *cpus;                  /* [n], filled as shards start */
+	struct keel__lshard *parts; /* [n] */
+	struct lstats *stats;       /* [n] */
+};
+
+#define STAT_INC(l, sh, f) atomic_fetch_add_explicit(&(l)->stats[sh].f, 1, memory_order_relaxed)
+
+int
+keel_steer_parse(const char *s, enum keel_steer *out)
+{
+	if (!strcmp(s, "cpu"))
+		*out = KEEL_STEER_CPU;
+	else if (!strcmp(s, "queue"))
+		*out = KEEL_STEER_QUEUE;
+	else if (!strcmp(s, "hash"))
+		*out = KEEL_STEER_HASH;
+	else
+		return -EINVAL;
+	return 0;
+}
+
+const char *
+keel_steer_name(enum keel_steer s)
+{
+	return s == KEEL_STEER_CPU ? "cpu" : s == KEEL_STEER_QUEUE ? "queue" : "hash";
+}
+
+int
+keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
+		     const struct keel_conn_ops *ops, void *app, struct keel_listener **out)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	struct keel_listener *l;
+	int r, one = 1;
+
+	if (!nshards || nshards > KEEL_MAX_SHARDS || !ops || !ops->on_data || !ops->on_close)
+		return -EINVAL;
+	r = keel_net_addr_parse(o->addr, o->port, &ss, &len);
+	if (r < 0)
+		return r;
+	l = calloc(1, sizeof(*l));
+	if (!l)
+		return -ENOMEM;
+	l->ops = *ops;
+	l->app = app;
+	l->n = nshards;
+	l->steer = o->steer;
+	l->cpus = calloc(nshards, sizeof(*l->cpus));
+	l->parts = calloc(nshards, sizeof(*l->parts));
+	l->stats = calloc(nshards, sizeof(*l->stats));
+	if (!l->cpus || !l->parts || !l->stats) {
+		r = -ENOMEM;
+		goto err;
+	}
+	if (o->queue_shard && o->nqueues) {
+		l->queue_shard = calloc(o->nqueues, sizeof(unsigned));
+		if (!l->queue_shard) {
+			r = -ENOMEM;
+			goto err;
+		}
+		memcpy(l->queue_shard, o->queue_shard, o->nqueues * sizeof(unsigned));
+		l->nqueues = o->nqueues;
+	}
+	for (unsigned i = 0; i < nshards; i++)
+		l->parts[i].fd = -1;
+	/* In shard order: socket i is index i of the reuseport group. */
+	for (unsigned i = 0; i < nshards; i++) {
+		int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd < 0) {
+			r = -errno;
+			keel_log(KEEL_LOG_ERROR, NET_MOD, "socket: %s", strerror(-r));
+			goto err;
+		}
+		l->parts[i].fd = fd;
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) {
+			r = -errno;
+			keel_log(KEEL_LOG_ERROR, NET_MOD, "SO_REUSEPORT: %s", strerror(-r));
+			goto err;
+		}
+		if (bind(fd, (struct sockaddr *)&ss, len) < 0) {
+			r = -errno;
+			keel_log(KEEL_LOG_ERROR, NET_MOD, "bind %s port %u: %s%s",
+				 o->addr ? o->addr : "0.0.0.0", (unsigned)(i ? l->port : o->port),
+				 strerror(-r),
+				 r == -EADDRINUSE ? " (another program listens there: pick "
+						    "another --port, or stop it)"
+						  : "");
+			goto err;
+		}
+		if (i == 0) {
+			struct sockaddr_storage b;
+			socklen_t bl = sizeof(b);
+			getsockname(fd, (struct sockaddr *)&b, &bl);
+			l->port = ntohs(((struct sockaddr_in *)&b)->sin_port);
+			/* The other sockets join the group on the port actually bound. */
+			((struct sockaddr_in *)&ss)->sin_port = htons(l->port);
+		}
+		if (listen(fd, o->backlog ? o->backlog : 4096) < 0) {
+			r = -errno;
+			keel_log(KEEL_LOG_ERROR, NET_MOD, "listen: %s", strerror(-r));
+			goto err;
+		}
+	}
+	*out = l;
+	return 0;
+err:
+	keel_listener_destroy(l);
+	return r;
+}
+
+/* ld CPU|QUEUE; one jeq/ret pair per key; default: key % n. */
+static int
+steer_attach(struct keel_listener *l)
+{
+	struct sock_filter *f;
+	struct sock_fprog prog;
+	unsigned nkeys = l->steer == KEEL_STEER_CPU ? l->n : (l->nqueues ? l->nqueues : l->n);
+	unsigned k = 0;
+	int r = 0;
+
+	if (l->steer == KEEL_STEER_HASH)
+		return 0;
+	f = calloc(2 * nkeys + 3, sizeof(*f));
+	if (!f)
+		return -ENOMEM;
+	f[k++] = (struct sock_filter)BPF_STMT(
+		BPF_LD | BPF_W | BPF_ABS,
+		(uint32_t)(SKF_AD_OFF + (l->steer == KEEL_STEER_CPU ? SKF_AD_CPU : SKF_AD_QUEUE)));
+	for (unsigned i = 0; i < nkeys; i++) {
+		unsigned key = l->steer == KEEL_STEER_CPU ? (unsigned)l->cpus[i] : i;
+		unsigned shard = l->steer == KEEL_STEER_CPU ? i
+				 : l->queue_shard           ? l->queue_shard[i] % l->n
+							    : i % l->n;
+		f[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, key, 0, 1);
+		f[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, shard);
+	}
+	f[k++] = (struct sock_filter)BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, l->n);
+	f[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_A, 0);
+	prog.len = (unsigned short)k;
+	prog.filter = f;
+	if (setsockopt(l->parts[0].fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog, sizeof(prog)) <
+	    0) {
+		r = -errno;
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "attaching the %s steering program failed: %s; use --steer hash",
+			 keel_steer_name(l->steer), strerror(-r));
+	}
+	free(f);
+	return r;
+}
+
+/* Reading back where the flow arrived. */
+struct verify_op {
+	struct keel_op op;
+	struct keel_listener *l;
+	struct keel__lshard *ls;
+	struct net_shard *ns;
+	int optname;
+	uint32_t val;
+};
+
+static void
+verify_check(struct keel_listener *l, struct keel__lshard *ls, int optname, int res, uint32_t val)
+{
+	if (res < 0) {
+		STAT_INC(l, ls->shard, unverified);
+		return;
+	}
+	if (optname == SO_INCOMING_CPU) {
+		if (l->steer == KEEL_STEER_CPU && (int)val != ls->ns->cpu)
+			STAT_INC(l, ls->shard, cpu_mismatch);
+	} else if (val) {
+		if (!ls->napi_first)
+			ls->napi_first = val;
+		else if (val != ls->napi_first && l->steer == KEEL_STEER_QUEUE)
+			STAT_INC(l, ls->shard, napi_mismatch);
+	}
+}
+
+static void
+verify_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	struct verify_op *v = container_of(op, struct verify_op, op);
+
+	verify_check(v->l, v->ls, v->optname, res, v->val);
+	keel__net_unref(v->ns);
+	free(v);
+}
+
+static void
+verify_submit(struct keel__lshard *ls, int fd, bool direct, int optname)
+{
+	struct keel_listener *l = ls->l;
+	struct io_uring_sqe *sqe;
+	struct verify_op *v;
+
+	if (!direct) {
+		uint32_t val = 0;
+		socklen_t len = sizeof(val);
+		int r = getsockopt(fd, SOL_SOCKET, optname, &val, &len) < 0 ? -errno : 0;
+		verify_check(l, ls, optname, r, val);
+		return;
+	}
+	v = calloc(1, sizeof(*v));
+	sqe = v ? keel_sqe_get() : NULL;
+	if (!sqe) {
+		free(v);
+		STAT_INC(l, ls->shard, unverified);
+		return;
+	}
+	v->op.fn = verify_cb;
+	v->l = l;
+	v->ls = ls;
+	v->ns = ls->ns;
+	v->optname = optname;
+	keel__net_ref(ls->ns);
+	/* struct io_uring_sqe of 6.7: cmd_op at 8, level/optname at 16, optlen at 44,
+	 * optval at 48; liburing 2.3 lacks the names. */
+	io_uring_prep_rw(IORING_OP_URING_CMD, sqe, fd, NULL, 0, 0);
+	{
+		uint8_t *b = (uint8_t *)sqe;
+		uint32_t cmd_op = KEEL_SOCKET_URING_OP_GETSOCKOPT, level = SOL_SOCKET,
+			 name = (uint32_t)optname, optlen = sizeof(v->val);
+		uint64_t optval = (uint64_t)(uintptr_t)&v->val;
+		memcpy(b + 8, &cmd_op, 4);
+		memcpy(b + 16, &level, 4);
+		memcpy(b + 20, &name, 4);
+		memcpy(b + 44, &optlen, 4);
+		memcpy(b + 48, &optval, 8);
+	}
+	sqe->flags |= IOSQE_FIXED_FILE;
+	keel_sqe_bind(sqe, &v->op);
+}
+
+static void accept_arm(struct keel__lshard *ls);
+
+static void
+backoff_cb(struct keel_timer *t, void *arg)
+{
+	struct keel__lshard *ls = arg;
+
+	if (!ls->stopping && !ls->armed)
+		accept_arm(ls);
+}
+
+static void
+lshard_close(struct keel__lshard *ls)
+{
+	if (ls->fd >= 0) {
+		close(ls->fd);
+		ls->fd = -1;
+	}
+	if (ls->backoff) {
+		keel_timer_destroy(ls->backoff);
+		ls->backoff = NULL;
+	}
+	if (ls->ns) {
+		struct net_shard *ns = ls->ns;
+		ls->ns = NULL;
+		keel__net_unref(ns);
+	}
+}
+
+static void
+accept_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	struct keel__lshard *ls = container_of(op, struct keel__lshard, op);
+	struct keel_listener *l = ls->l;
+	struct net_shard *ns = ls->ns;
+	bool direct = ns->f_direct;
+
+	if (!(flags & IORING_CQE_F_MORE))
+		ls->armed = false;
+	if (res >= 0) {
+		if (ls->stopping) {
+			if (direct) {
+				int m1 = -1;
+				io_uring_register_files_update(keel_shard_ring_get(), (unsigned)res,
+							       &m1, 1);
+			} else {
+				close(res);
+			}
+		} else {
+			struct keel_conn *c = keel__conn_new(ns, res, direct, &l->ops, l->app);
+			STAT_INC(l, ls->shard, accepted);
+			verify_submit(ls, res, direct, SO_INCOMING_CPU);
+			verify_submit(ls, res, direct, SO_INCOMING_NAPI_ID);
+			if (c)
+				keel__conn_opened(c);
+			else if (direct) {
+				int m1 = -1;
+				io_uring_register_files_update(keel_shard_ring_get(), (unsigned)res,
+							       &m1, 1);
+			} else {
+				close(res);
+			}
+		}
+	} else if (res != -ECANCELED) {
+		/* Rate-limited: the first failure, then one in 100. */
+		STAT_INC(l, ls->shard, accept_errors);
+		if (ls->errors_logged_ns++ % 100 == 0) {
+			keel_log(KEEL_LOG_WARN, NET_MOD,
+				 "shard %u: accept failed: %s; pausing %u ms%s", ls->shard,
+				 strerror(-res), ns->cfg.accept_backoff_ms,
+				 res == -EMFILE || res == -ENFILE
+					 ? " (raise ulimit -n, or the direct-descriptor table "
+					   "max_files)"
+					 : "");
+		}
+		if (!ls->stopping && !ls->armed && ls->backoff) {
+			keel_timer_start(ls->backoff, (uint64_t)ns->cfg.accept_backoff_ms * 1000,
+					 0);
+			return;
+		}
+	}
+	if (!ls->armed) {
+		if (ls->stopping)
+			lshard_close(ls);
+		else if (!(res < 0 && res != -ECANCELED))
+			accept_arm(ls);
+		else if (res == -ECANCELED)
+			lshard_close(ls);
+	}
+}
+
+static void
+accept_arm(struct keel__lshard *ls)
+{
+	struct net_shard *ns = ls->ns;
+	struct io_uring_sqe *sqe = keel_sqe_get();
+
+	if (!sqe)
+		return;
+	if (ns->f_direct) {
+		if (ns->f_ms_accept)
+			io_uring_prep_multishot_accept_direct(sqe, ls->fd, NULL, NULL, 0);
+		else
+			io_uring_prep_accept_direct(sqe, ls->fd, NULL, NULL, 0,
+						    IORING_FILE_INDEX_ALLOC);
+	} else {
+		if (ns->f_ms_accept)
+			io_uring_prep_multishot_accept(sqe, ls->fd, NULL, NULL, SOCK_CLOEXEC);
+		else
+			io_uring_prep_accept(sqe, ls->fd, NULL, NULL, SOCK_CLOEXEC);
+	}
+	keel_sqe_bind(sqe, &ls->op);
+	ls->armed = true;
+}
+
+int
+keel_listener_start(struct keel_listener *l)
+{
+	struct keel_shard *sh = keel_this_shard();
+	struct keel__lshard *ls;
+	struct net_shard *ns;
+	unsigned id;
+	int r;
+
+	if (!sh)
+		return -EPERM;
+	id = keel_shard_id(sh);
+	if (id >= l->n || l->parts[id].started)
+		return -EINVAL;
+	r = keel__net_shard_get(&ns);
+	if (r < 0)
+		return r;
+	ls = &l->parts[id];
+	r = keel_timer_create(backoff_cb, ls, &ls->backoff);
+	if (r < 0)
+		return r;
+	ls->op.fn = accept_cb;
+	ls->l = l;
+	ls->ns = ns;
+	ls->shard = id;
+	ls->started = true;
+	keel__net_ref(ns);
+	ls->next = ns->lshards;
+	ns->lshards = ls;
+	l->cpus[id] = keel_shard_cpu(sh);
+	/* The last shard to start knows every CPU: it attaches the program. */
+	if (atomic_fetch_add(&l->started, 1) + 1 == l->n) {
+		r = steer_attach(l);
+		if (r < 0)
+			return r;
+	}
+	accept_arm(ls);
+	return 0;
+}
+
+void
+keel__listeners_stop(struct net_shard *ns)
+{
+	for (struct keel__lshard *ls = ns->lshards; ls; ls = ls->next) {
+		ls->stopping = true;
+		if (ls->backoff)
+			keel_timer_stop(ls->backoff);
+		/* Armed: keel cancels it right after the stop hooks; the callback closes. */
+		if (!ls->armed)
+			lshard_close(ls);
+	}
+}
+
+void
+keel_listener_destroy(struct keel_listener *l)
+{
+	if (!l)
+		return;
+	if (l->parts)
+		for (unsigned i = 0; i < l->n; i++)
+			if (l->parts[i].fd >= 0)
+				close(l->parts[i].fd);
+	free(l->parts);
+	free(l->cpus);
+	free(l->stats);
+	free(l->queue_shard);
+	free(l);
+}
+
+uint16_t
+keel_listener_port(const struct keel_listener *l)
+{
+	return l->port;
+}
+
+void *
+keel_listener_app(const struct keel_listener *l)
+{
+	return l->app;
+}
+
+int
+keel_listener_stats(const struct keel_listener *l, unsigned shard, struct keel_listener_stats *out)
+{
+	if (shard >= l->n)
+		return -EINVAL;
+	out->accepted = atomic_load(&l->stats[shard].accepted);
+	out->cpu_mismatch = atomic_load(&l->stats[shard].cpu_mismatch);
+	out->napi_mismatch = atomic_load(&l->stats[shard].napi_mismatch);
+	out->unverified = atomic_load(&l->stats[shard].unverified);
+	out->accept_errors = atomic_load(&l->stats[shard].accept_errors);
+	return 0;
+}

@@ -1,0 +1,107 @@
+/* SPDX-License-Identifier: MIT */
+/* Private to net/: the per-shard network state, the provided-buffer ring, connections. */
+#ifndef KEEL_NET_INTERNAL_H
+#define KEEL_NET_INTERNAL_H
+
+#include <keel/keel.h>
+#include <keel/net.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#define NET_MOD "net"
+/* Most slices gathered into one sendmsg. */
+#define NET_IOV_MAX 64
+
+__attribute__((noreturn)) void keel__net_verify_fail(const char *file, int line, const char *e);
+#define net_verify(x)                                                  \
+	do {                                                           \
+		if (__builtin_expect(!(x), 0))                         \
+			keel__net_verify_fail(__FILE__, __LINE__, #x); \
+	} while (0)
+
+#define container_of(p, type, member) ((type *)((char *)(p)-offsetof(type, member)))
+
+struct net_shard;
+
+/* A provided-buffer ring: nbufs buffers of bufsize bytes in areas of allocator memory. */
+struct pbuf_ring {
+	struct net_shard *ns;
+	struct io_uring_buf_ring *br;
+	size_t br_bytes;
+	uint16_t bgid;
+	bool inc; /* IOU_PBUF_RING_INC */
+	bool registered;
+	uint32_t nbufs, mask, bufsize;
+	uint32_t per_area; /* buffers per area */
+	unsigned nareas;
+	struct keel_slice *areas; /* [nareas], allocator slices holding the memory */
+	uint32_t *off;            /* [nbufs] bytes the kernel consumed (incremental) */
+	struct keel_slice *kref;  /* [nbufs] the ring's reference while the kernel may write */
+	uint16_t *pos_bid;        /* [nbufs] buffer id at each ring position */
+	uint32_t *bid_pos;        /* [nbufs] ring position a buffer id was added at */
+	uint32_t tail;
+	uint32_t out;   /* buffers not in the ring */
+	uint32_t nkref; /* kref[] entries held */
+};
+
+struct net_shard {
+	unsigned id;
+	int cpu;
+	struct keel_net_config cfg;
+	bool stopping;
+	bool files; /* sparse file table registered (direct descriptors) */
+	bool f_ms_accept, f_ms_recv, f_bundle, f_inc, f_direct, f_zc;
+	unsigned refs;
+	struct pbuf_ring tcp; /* bgid 0 */
+	struct pbuf_ring udp; /* bgid 1, created on first UDP use */
+	bool udp_ready;
+	bool dropping;                /* releasing the rings' own references at the end */
+	struct keel_conn *conns;      /* every live connection (abort on stop) */
+	struct keel_udp *udps;        /* every live UDP endpoint */
+	struct keel_conn *starved;    /* connections waiting for buffers */
+	bool starve_kick;             /* a deferred re-arm is queued */
+	struct keel__lshard *lshards; /* listener parts on this shard */
+	struct keel_slice *scratch;   /* [tcp.nbufs] slices of one completion */
+	struct keel_net_stats st;
+};
+
+/* shard.c */
+int keel__net_shard_get(struct net_shard **out);
+struct net_shard *keel__net_shard_cur(void);
+void keel__net_ref(struct net_shard *ns);
+void keel__net_unref(struct net_shard *ns);
+/* The SEND_ZC fixed buffer for @s: 0 with index/offset, or -errno. Works for the shard's
+ * allocator buffers and for slices of its receive buffers. */
+int keel__net_fixed(struct net_shard *ns, const struct keel_slice *s, unsigned *index,
+		    uint64_t *offset);
+
+/* pbuf.c */
+int keel__pbuf_init(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid, uint32_t nbufs,
+		    uint32_t bufsize, bool inc);
+void keel__pbuf_fini(struct pbuf_ring *r);
+/* Put the ring's own references (no receive may be in flight). */
+void keel__pbuf_drop_krefs(struct pbuf_ring *r);
+/* Turn a receive completion of @res bytes starting at buffer @bid into slices in @out
+ * (at most @max). Returns how many, or -errno (the buffers went back to the ring). */
+int keel__pbuf_take(struct pbuf_ring *r, unsigned bid, int res, uint32_t cqe_flags, bool bundle,
+		    struct keel_slice *out, unsigned max);
+/* True when @p lies in @r's memory; then *area is its area slice. */
+bool keel__pbuf_owns(const struct pbuf_ring *r, const void *p, const struct keel_slice **area);
+
+/* conn.c */
+struct keel_conn *keel__conn_new(struct net_shard *ns, int fd, bool direct,
+				 const struct keel_conn_ops *ops, void *app);
+void keel__conn_opened(struct keel_conn *c);
+void keel__conn_starved_kick(struct net_shard *ns);
+void keel__conns_stop(struct net_shard *ns);
+
+/* listen.c */
+void keel__listeners_stop(struct net_shard *ns);
+
+/* udp.c */
+void keel__udps_stop(struct net_shard *ns);
+
+#endif

@@ -1,0 +1,243 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The provided-buffer ring of a shard. Buffers are carved from allocator buffers ("areas",
+ * each at most one allocator region), so a receive buffer is registered memory and can go
+ * back out with SEND_ZC. Each buffer the kernel fills is wrapped as a keel buffer
+ * (keel_buf_wrap): the ring keeps one reference while the kernel may still write into it
+ * (incremental consumption), every slice handed to the application holds another, and the
+ * last put puts the buffer back in the ring.
+ *
+ * With bundles one completion spans several buffers, taken from the ring in ring order;
+ * pos_bid/bid_pos remember which buffer id sits at each ring position, because buffers
+ * return in whatever order the application puts them.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "net_internal.h"
+
+static void
+ring_add(struct pbuf_ring *r, uint16_t bid)
+{
+	uint32_t pos = r->tail & r->mask;
+
+	r->off[bid] = 0;
+	r->pos_bid[pos] = bid;
+	r->bid_pos[bid] = pos;
+	io_uring_buf_ring_add(
+		r->br, r->areas[bid / r->per_area].data + (size_t)(bid % r->per_area) * r->bufsize,
+		r->bufsize, bid, r->mask, 0);
+	r->tail++;
+	/* Publishes the entry with a store-release of the tail. */
+	io_uring_buf_ring_advance(r->br, 1);
+}
+
+static void
+buf_release(void *data, uint32_t cap, void *arg)
+{
+	struct pbuf_ring *r = arg;
+	struct net_shard *ns = r->ns;
+	const struct keel_slice *area;
+	uint16_t bid;
+
+	net_verify(keel__pbuf_owns(r, data, &area));
+	bid = (uint16_t)((unsigned)(area - r->areas) * r->per_area +
+			 (unsigned)(((uint8_t *)data - area->data) / r->bufsize));
+	net_verify(r->out > 0);
+	r->out--;
+	if (r->registered && !ns->stopping) {
+		ring_add(r, bid);
+		if (ns->starved)
+			keel__conn_starved_kick(ns);
+	}
+	keel__net_unref(ns);
+}
+
+bool
+keel__pbuf_owns(const struct pbuf_ring *r, const void *p, const struct keel_slice **area)
+{
+	const uint8_t *b = p;
+
+	for (unsigned i = 0; i < r->nareas; i++) {
+		const struct keel_slice *a = &r->areas[i];
+		if (a->buf && b >= a->data && b < a->data + (size_t)r->per_area * r->bufsize) {
+			*area = a;
+			return true;
+		}
+	}
+	return false;
+}
+
+int
+keel__pbuf_init(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid, uint32_t nbufs,
+		uint32_t bufsize, bool inc)
+{
+	struct keel_alloc *a = keel_shard_alloc();
+	struct keel_buf_reg reg;
+	uint64_t area_max = KEEL_BUF_MAX_DEFAULT;
+	int ret;
+
+	memset(r, 0, sizeof(*r));
+	r->ns = ns;
+	r->bgid = bgid;
+	r->inc = inc;
+	r->nbufs = nbufs;
+	r->mask = io_uring_buf_ring_mask(nbufs);
+	r->bufsize = bufsize;
+	r->per_area = (uint32_t)(area_max / bufsize);
+	if (r->per_area > nbufs)
+		r->per_area = nbufs;
+	r->nareas = (nbufs + r->per_area - 1) / r->per_area;
+	r->areas = calloc(r->nareas, sizeof(*r->areas));
+	r->off = calloc(nbufs, sizeof(*r->off));
+	r->kref = calloc(nbufs, sizeof(*r->kref));
+	r->pos_bid = calloc(nbufs, sizeof(*r->pos_bid));
+	r->bid_pos = calloc(nbufs, sizeof(*r->bid_pos));
+	if (!r->areas || !r->off || !r->kref || !r->pos_bid || !r->bid_pos) {
+		ret = -ENOMEM;
+		goto err;
+	}
+	for (unsigned i = 0; i < r->nareas; i++) {
+		ret = keel_buf_alloc(a, (size_t)r->per_area * bufsize, &r->areas[i]);
+		if (ret < 0) {
+			keel_log(KEEL_LOG_ERROR, NET_MOD,
+				 "shard %u: %u receive buffers of %u bytes: %s; lower "
+				 "buf_count/buf_size or raise --memory",
+				 ns->id, nbufs, bufsize, strerror(-ret));
+			goto err;
+		}
+	}
+	r->br_bytes = ((size_t)nbufs * sizeof(struct io_uring_buf) + 4095) & ~(size_t)4095;
+	r->br = mmap(NULL, r->br_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (r->br == MAP_FAILED) {
+		r->br = NULL;
+		ret = -errno;
+		goto err;
+	}
+	io_uring_buf_ring_init(r->br);
+	memset(&reg, 0, sizeof(reg));
+	reg.ring_addr = (uintptr_t)r->br;
+	reg.ring_entries = nbufs;
+	reg.bgid = bgid;
+	/* liburing 2.3 calls the flags field "pad": keel_buf_reg names it (compat.h). */
+	reg.flags = inc ? IOU_PBUF_RING_INC : 0;
+	ret = io_uring_register_buf_ring(keel_shard_ring_get(), (struct io_uring_buf_reg *)&reg, 0);
+	if (ret < 0) {
+		keel_log(KEEL_LOG_ERROR, NET_MOD, "shard %u: registering buffer ring %u failed: %s",
+			 ns->id, bgid, strerror(-ret));
+		goto err;
+	}
+	r->registered = true;
+	for (uint32_t i = 0; i < nbufs; i++)
+		ring_add(r, (uint16_t)i);
+	return 0;
+err:
+	keel__pbuf_fini(r);
+	return ret;
+}
+
+void
+keel__pbuf_fini(struct pbuf_ring *r)
+{
+	if (r->registered)
+		io_uring_unregister_buf_ring(keel_shard_ring_get(), r->bgid);
+	r->registered = false;
+	if (r->kref)
+		for (uint32_t i = 0; i < r->nbufs; i++)
+			net_verify(!r->kref[i].buf);
+	if (r->areas)
+		for (unsigned i = 0; i < r->nareas; i++)
+			if (r->areas[i].buf)
+				keel_slice_put(&r->areas[i]);
+	if (r->br)
+		munmap(r->br, r->br_bytes);
+	free(r->areas);
+	free(r->off);
+	free(r->kref);
+	free(r->pos_bid);
+	free(r->bid_pos);
+	memset(r, 0, sizeof(*r));
+}
+
+void
+keel__pbuf_drop_krefs(struct pbuf_ring *r)
+{
+	for (uint32_t i = 0; i < r->nbufs && r->nkref; i++) {
+		if (r->kref[i].buf) {
+			struct keel_slice k = r->kref[i];
+			memset(&r->kref[i], 0, sizeof(k));
+			r->nkref--;
+			keel_slice_put(&k);
+		}
+	}
+}
+
+/* The ring's reference on @bid, wrapping the buffer when the kernel starts filling it. */
+static int
+kref_get(struct pbuf_ring *r, uint16_t bid)
+{
+	uint8_t *base;
+	int ret;
+
+	if (r->kref[bid].buf)
+		return 0;
+	base = r->areas[bid / r->per_area].data + (size_t)(bid % r->per_area) * r->bufsize;
+	ret = keel_buf_wrap(keel_shard_alloc(), base, r->bufsize, buf_release, r, &r->kref[bid]);
+	if (ret < 0)
+		return ret;
+	r->out++;
+	r->nkref++;
+	keel__net_ref(r->ns);
+	return 0;
+}
+
+int
+keel__pbuf_take(struct pbuf_ring *r, unsigned bid, int res, uint32_t cqe_flags, bool bundle,
+		struct keel_slice *out, unsigned max)
+{
+	uint32_t rem = (uint32_t)res;
+	uint32_t pos;
+	unsigned n = 0;
+	int err = 0;
+
+	net_verify(bid < r->nbufs);
+	pos = r->bid_pos[bid];
+	while (rem) {
+		uint16_t b = r->pos_bid[pos & r->mask];
+		uint32_t avail = r->bufsize - r->off[b];
+		uint32_t take = rem < avail ? rem : avail;
+		bool last = rem == take;
+		/* Without incremental consumption the kernel retires every buffer it used;
+		 * with it, only a full one, or the last one when the CQE lacks BUF_MORE. */
+		bool done =
+			!r->inc || take == avail || (last && !(cqe_flags & IORING_CQE_F_BUF_MORE));
+		int ret;
+
+		net_verify(n < max && (bundle || n == 0));
+		ret = kref_get(r, b);
+		if (ret == 0)
+			ret = keel_slice_sub(&r->kref[b], r->off[b], take, &out[n]);
+		if (ret < 0)
+			err = ret;
+		else
+			n++;
+		r->off[b] += take;
+		rem -= take;
+		if (done && r->kref[b].buf) {
+			struct keel_slice k = r->kref[b];
+			/* Cleared first: the put may recycle the buffer (buf_release). */
+			memset(&r->kref[b], 0, sizeof(k));
+			r->nkref--;
+			keel_slice_put(&k); /* the kernel is done with it */
+		}
+		pos++;
+	}
+	if (err) {
+		while (n)
+			keel_slice_put(&out[--n]);
+		return err;
+	}
+	return (int)n;
+}

@@ -1,0 +1,236 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The shard's network state: created on first use (a listener starting, a connect, a UDP
+ * bind), with the feature decisions, the sparse file table and the receive buffer ring.
+ * It lives until the runtime stops and the last connection, endpoint, in-flight
+ * notification and application-held receive buffer is gone (a reference count), so a
+ * buffer put late still has a ring to return to.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "net_internal.h"
+
+static struct keel_net_config g_cfg = {
+	.buf_size = 16384,
+	.buf_count = 256,
+	.zc_threshold = 32768,
+	.high_watermark = 1u << 20,
+	.low_watermark = 256u << 10,
+	.max_files = 4096,
+	.accept_backoff_ms = 100,
+};
+
+static _Thread_local struct net_shard *tl_ns;
+
+void
+keel__net_verify_fail(const char *file, int line, const char *e)
+{
+	keel_log(KEEL_LOG_ERROR, NET_MOD, "%s:%d: invariant failed: %s", file, line, e);
+	abort();
+}
+
+void
+keel_net_config_init(struct keel_net_config *c)
+{
+	c->buf_size = 16384;
+	c->buf_count = 256;
+	c->zc_threshold = 32768;
+	c->high_watermark = 1u << 20;
+	c->low_watermark = 256u << 10;
+	c->max_files = 4096;
+	c->accept_backoff_ms = 100;
+}
+
+int
+keel_net_config_set(const struct keel_net_config *c)
+{
+	if (!c || !c->buf_count || c->buf_count > 32768 || (c->buf_count & (c->buf_count - 1)) ||
+	    !c->buf_size || c->buf_size > (1u << 20) || c->low_watermark > c->high_watermark ||
+	    !c->max_files)
+		return -EINVAL;
+	g_cfg = *c;
+	return 0;
+}
+
+static void
+on_stop(void *arg)
+{
+	struct net_shard *ns = arg;
+
+	ns->stopping = true;
+	keel__listeners_stop(ns);
+	keel__conns_stop(ns);
+	keel__udps_stop(ns);
+	keel__net_unref(ns); /* the base reference */
+}
+
+static void
+destroy(struct net_shard *ns)
+{
+	keel__pbuf_fini(&ns->tcp);
+	if (ns->udp_ready)
+		keel__pbuf_fini(&ns->udp);
+	if (ns->files)
+		io_uring_unregister_files(keel_shard_ring_get());
+	free(ns->scratch);
+	if (tl_ns == ns)
+		tl_ns = NULL;
+	free(ns);
+}
+
+void
+keel__net_ref(struct net_shard *ns)
+{
+	ns->refs++;
+}
+
+void
+keel__net_unref(struct net_shard *ns)
+{
+	net_verify(ns->refs > 0);
+	if (--ns->refs == 0) {
+		destroy(ns);
+		return;
+	}
+	/* Stopped, and only the rings' own references on partly filled buffers (incremental
+	 * consumption) are left: no receive is in flight, so put them. */
+	if (ns->stopping && !ns->dropping &&
+	    ns->refs == ns->tcp.nkref + (ns->udp_ready ? ns->udp.nkref : 0)) {
+		ns->dropping = true;
+		ns->refs++;
+		keel__pbuf_drop_krefs(&ns->tcp);
+		if (ns->udp_ready)
+			keel__pbuf_drop_krefs(&ns->udp);
+		keel__net_unref(ns);
+	}
+}
+
+struct net_shard *
+keel__net_shard_cur(void)
+{
+	return tl_ns;
+}
+
+int
+keel__net_shard_get(struct net_shard **out)
+{
+	struct keel_shard *sh = keel_this_shard();
+	struct net_shard *ns;
+	int r;
+
+	if (!sh)
+		return -EPERM;
+	if (tl_ns) {
+		if (tl_ns->stopping)
+			return -ESHUTDOWN;
+		*out = tl_ns;
+		return 0;
+	}
+	ns = calloc(1, sizeof(*ns));
+	if (!ns)
+		return -ENOMEM;
+	ns->id = keel_shard_id(sh);
+	ns->cpu = keel_shard_cpu(sh);
+	ns->cfg = g_cfg;
+	ns->f_ms_accept = keel_feature_used(KEEL_FEAT_MULTISHOT_ACCEPT);
+	ns->f_ms_recv = keel_feature_used(KEEL_FEAT_MULTISHOT_RECV);
+	ns->f_bundle = keel_feature_used(KEEL_FEAT_RECV_BUNDLE);
+	ns->f_inc = keel_feature_used(KEEL_FEAT_PBUF_INC);
+	ns->f_direct = keel_feature_used(KEEL_FEAT_DIRECT_FD);
+	ns->f_zc = keel_feature_used(KEEL_FEAT_SEND_ZC);
+	ns->refs = 1;
+	if (ns->f_direct) {
+		r = io_uring_register_files_sparse(keel_shard_ring_get(), ns->cfg.max_files);
+		if (r < 0) {
+			keel_log(KEEL_LOG_ERROR, NET_MOD,
+				 "shard %u: registering a file table of %u slots failed: %s; use "
+				 "--feature direct_fd=off",
+				 ns->id, ns->cfg.max_files, strerror(-r));
+			free(ns);
+			return r;
+		}
+		ns->files = true;
+	}
+	ns->scratch = calloc(ns->cfg.buf_count, sizeof(*ns->scratch));
+	if (!ns->scratch) {
+		r = -ENOMEM;
+		goto err;
+	}
+	r = keel__pbuf_init(ns, &ns->tcp, 0, ns->cfg.buf_count, ns->cfg.buf_size, ns->f_inc);
+	if (r < 0)
+		goto err;
+	r = keel_shard_on_stop(on_stop, ns);
+	if (r < 0)
+		goto err;
+	tl_ns = ns;
+	*out = ns;
+	return 0;
+err:
+	keel__pbuf_fini(&ns->tcp);
+	if (ns->files)
+		io_uring_unregister_files(keel_shard_ring_get());
+	free(ns->scratch);
+	free(ns);
+	return r;
+}
+
+int
+keel__net_fixed(struct net_shard *ns, const struct keel_slice *s, unsigned *index, uint64_t *offset)
+{
+	const struct keel_slice *area;
+	int r;
+
+	if (!keel_buf_is_external(s->buf))
+		return keel_buf_fixed(s, index, offset);
+	/* A receive buffer: its area is a buffer of the shard's allocator. */
+	if (!keel__pbuf_owns(&ns->tcp, s->data, &area) &&
+	    !(ns->udp_ready && keel__pbuf_owns(&ns->udp, s->data, &area)))
+		return -ENOENT;
+	r = keel_buf_fixed(area, index, offset);
+	if (r == 0)
+		*offset += (uint64_t)(s->data - area->data);
+	return r;
+}
+
+int
+keel_net_stats(struct keel_net_stats *out)
+{
+	struct net_shard *ns = tl_ns;
+
+	if (!ns)
+		return -ENOENT;
+	*out = ns->st;
+	out->bufs_out = ns->tcp.out + (ns->udp_ready ? ns->udp.out : 0);
+	return 0;
+}
+
+int
+keel_net_addr_parse(const char *addr, uint16_t port, struct sockaddr_storage *out, socklen_t *len)
+{
+	struct sockaddr_in *a4 = (struct sockaddr_in *)out;
+	struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)out;
+
+	memset(out, 0, sizeof(*out));
+	if (!addr)
+		addr = "0.0.0.0";
+	if (inet_pton(AF_INET, addr, &a4->sin_addr) == 1) {
+		a4->sin_family = AF_INET;
+		a4->sin_port = htons(port);
+		*len = sizeof(*a4);
+		return 0;
+	}
+	if (inet_pton(AF_INET6, addr, &a6->sin6_addr) == 1) {
+		a6->sin6_family = AF_INET6;
+		a6->sin6_port = htons(port);
+		*len = sizeof(*a6);
+		return 0;
+	}
+	keel_log(KEEL_LOG_ERROR, NET_MOD,
+		 "address '%s' does not parse: give an IPv4 (127.0.0.1) or IPv6 (::1) literal",
+		 addr);
+	return -EINVAL;
+}

@@ -1,0 +1,36 @@
+/* SPDX-License-Identifier: MIT */
+/* Shared helpers for the net tests: an in-process echo server and plain-socket clients. */
+#ifndef KEEL_NET_TEST_HELPERS_H
+#define KEEL_NET_TEST_HELPERS_H
+
+#include <keel/keel.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+struct srv {
+	struct keel_runtime *rt;
+	struct keel_listener *l;
+	uint16_t port;
+	_Atomic int closes;
+	_Atomic int close_errors; /* on_close with status < 0 */
+	_Atomic uint64_t max_queued;
+	_Atomic int started;
+};
+
+struct keel_opts net_test_opts(unsigned shards);
+/* Start an echo server on 127.0.0.1:0 with @o (NULL: defaults) and @nc (NULL: defaults). */
+int srv_start(struct srv *s, const struct keel_opts *o, const struct keel_net_config *nc,
+	      const struct keel_conn_ops *ops);
+/* Stop, join, destroy. Returns the runtime's status. */
+int srv_stop(struct srv *s);
+extern const struct keel_conn_ops echo_ops;
+
+/* A blocking client socket connected to 127.0.0.1:@port, or -errno. */
+int cli_connect(uint16_t port);
+/* Send all / receive exactly @len; 0 or -errno (-EPIPE on EOF). */
+int cli_write_all(int fd, const void *p, size_t len);
+int cli_read_all(int fd, void *p, size_t len);
+/* Small scale under the sanitizer run (KEEL_TEST_SCALE=small). */
+bool test_small(void);
+
+#endif

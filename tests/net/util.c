@@ -1,0 +1,163 @@
+// SPDX-License-Identifier: MIT
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "helpers.h"
+
+struct keel_opts
+net_test_opts(unsigned shards)
+{
+	struct keel_opts o;
+	keel_opts_init(&o);
+	o.shards = shards;
+	o.signals = false;
+	o.log_level = KEEL_LOG_WARN;
+	o.memory = 64ull << 20;
+	return o;
+}
+
+bool
+test_small(void)
+{
+	const char *e = getenv("KEEL_TEST_SCALE");
+	return e && !strcmp(e, "small");
+}
+
+static void
+echo_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	struct srv *sv = keel_conn_app(c);
+	for (unsigned i = 0; i < n; i++)
+		if (keel_conn_send(c, &s[i]) < 0)
+			keel_slice_put(&s[i]);
+	uint64_t q = keel_conn_queued(c), m = atomic_load(&sv->max_queued);
+	while (q > m && !atomic_compare_exchange_weak(&sv->max_queued, &m, q))
+		;
+}
+
+static void
+echo_close(struct keel_conn *c, int status)
+{
+	struct srv *sv = keel_conn_app(c);
+	atomic_fetch_add(&sv->closes, 1);
+	if (status < 0)
+		atomic_fetch_add(&sv->close_errors, 1);
+}
+
+const struct keel_conn_ops echo_ops = { .on_data = echo_data, .on_close = echo_close };
+
+static void
+on_start(void *arg)
+{
+	struct srv *s = arg;
+	int r = keel_listener_start(s->l);
+	if (r < 0)
+		keel_stop(r);
+	atomic_fetch_add(&s->started, 1);
+}
+
+int
+srv_start(struct srv *s, const struct keel_opts *o, const struct keel_net_config *nc,
+	  const struct keel_conn_ops *ops)
+{
+	struct keel_opts def = net_test_opts(1);
+	struct keel_net_config ndef;
+	struct keel_listen_opts lo;
+	int r;
+
+	memset(s, 0, sizeof(*s));
+	keel_net_config_init(&ndef);
+	r = keel_net_config_set(nc ? nc : &ndef);
+	if (r < 0)
+		return r;
+	r = keel_runtime_create(o ? o : &def, &s->rt);
+	if (r < 0)
+		return r;
+	memset(&lo, 0, sizeof(lo));
+	lo.addr = "127.0.0.1";
+	r = keel_listener_create(&lo, keel_runtime_shard_count(s->rt), ops ? ops : &echo_ops, s,
+				 &s->l);
+	if (r < 0) {
+		keel_runtime_destroy(s->rt);
+		return r;
+	}
+	s->port = keel_listener_port(s->l);
+	r = keel_runtime_start(s->rt, on_start, s);
+	if (r < 0) {
+		keel_runtime_destroy(s->rt);
+		keel_listener_destroy(s->l);
+		return r;
+	}
+	return 0;
+}
+
+int
+srv_stop(struct srv *s)
+{
+	int r;
+	keel_runtime_stop(s->rt, 0);
+	r = keel_runtime_join(s->rt);
+	keel_runtime_destroy(s->rt);
+	keel_listener_destroy(s->l);
+	return r;
+}
+
+int
+cli_connect(uint16_t port)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port) };
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+
+	if (fd < 0)
+		return -errno;
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+		int e = -errno;
+		close(fd);
+		return e;
+	}
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	return fd;
+}
+
+int
+cli_write_all(int fd, const void *p, size_t len)
+{
+	const char *b = p;
+	while (len) {
+		ssize_t n = send(fd, b, len, MSG_NOSIGNAL);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		b += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int
+cli_read_all(int fd, void *p, size_t len)
+{
+	char *b = p;
+	while (len) {
+		ssize_t n = recv(fd, b, len, 0);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return -EPIPE;
+		b += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
