@@ -326,3 +326,12 @@ Test(tools_bench, epoll_client_against_the_keel_server)
 {
 	cross("epoll", "keel");
 }
+
+Test(tools_bench, keel_is_the_default_backend)
+{
+	char *out;
+
+	cr_assert_eq(bench("pingpong --seconds 0.1 --warmup 0 --json", &out), 0, "%s", out);
+	cr_assert(strstr(out, "\"backend\": \"keel\""), "%s", out);
+	free(out);
+}
