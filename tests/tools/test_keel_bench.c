@@ -226,6 +226,15 @@ Test(tools_bench, keel_stream_echoes_unframed_chunks)
 	free(out);
 }
 
+/* A window (64 MiB) far above the socket buffers and the server's 1 MiB watermark: the
+ * client must keep reading while its sends wait, or both sides stop. */
+Test(tools_bench, keel_stream_window_above_the_socket_buffers_keeps_moving)
+{
+	char *out = run_mode_on("keel", "stream --size 1048576 --inflight 64", 1048576);
+
+	free(out);
+}
+
 Test(tools_bench, keel_connections_cycles_beside_idle_connections)
 {
 	char *out = run_mode_on("keel", "connections --size 32 --idle 20 --churn 2", 32 + 4);

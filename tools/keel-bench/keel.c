@@ -18,7 +18,9 @@
  *     sub-slices of it: no copy and no allocation per message in the application;
  *   - every echoed byte is compared with the pattern in the received slices themselves,
  *     then the slices are put;
- *   - message s may be sent once message s - inflight has come back; the clock is read
+ *   - message s may be sent once message s - inflight has come back, and at most 4 MiB
+ *     wait unsent (the kernel's socket buffer plays that part for epoll); reading never
+ *     pauses; the clock is read
  *     once per batch queued and once per on_data call (per completion, not per message);
  *   - messages count when they complete inside [warmup, warmup + seconds); a keel timer
  *     ends each shard's run at the end of the window, and the last shard stops the runtime;
@@ -44,6 +46,12 @@
 
 /* Most bytes one send slice covers (and the pattern's contiguous tail). */
 #define SENDMAX (256u * 1024u)
+/*
+ * Client connections never pause reading on their send queue (the epoll client always
+ * reads): their watermarks are set out of reach, and conn_send() stops queueing at SENDQ
+ * unsent bytes instead; the echo of what is queued brings it back.
+ */
+#define SENDQ (4u * 1024u * 1024u)
 /* Connect timeout: a server that never answers fails the run instead of hanging it. */
 #define CONNECT_MS 10000u
 /* Buffer memory per shard: the receive rings need a few MiB. */
@@ -427,6 +435,8 @@ conn_send(struct kconn *k)
 		struct keel_slice sl;
 		int r;
 
+		if (keel_conn_queued(k->c) >= SENDQ)
+			return; /* on_data sends the rest as the echo comes back */
 		if (len > SENDMAX)
 			len = SENDMAX;
 		r = keel_slice_sub(&sh->base, k->tx_off % cl->pat.period, len, &sl);
@@ -611,6 +621,7 @@ open_conn(struct kconn *k)
 			    r == -EMFILE ? " (raise ulimit -n?)" : "");
 	}
 	keel_conn_set_user(k->c, k);
+	keel_conn_set_watermarks(k->c, UINT32_MAX, UINT32_MAX);
 	return 0;
 }
 
