@@ -547,6 +547,8 @@ cli_eof(struct keel_conn *c)
 {
 	struct kconn *k = keel_conn_user(c);
 
+	if (k->closed_by_us)
+		return; /* a churn cycle's close is under way */
 	fail(k->sh, -ECONNRESET, "%sconnection %u: the server closed it after %llu bytes",
 	     k->kind == C_IDLE ? "idle " : "", k->id, (unsigned long long)k->rx_off);
 	keel_conn_close(c);
