@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: MIT
 /*
- * keel-bench network modes end to end, epoll backend, loopback only: each mode runs for a
- * fraction of a second and its JSON must show messages that moved, bytes that match them,
- * and no error. A run that moved nothing fails. Timing is never asserted.
+ * keel-bench network modes end to end, each backend (epoll, keel), loopback only: each mode
+ * runs for a fraction of a second and its JSON must show messages that moved, bytes that
+ * match them, and no error. A run that moved nothing fails. Timing is never asserted.
+ * Cross-backend runs drive each backend's server with the other backend's client, so every
+ * side is checked by an implementation it does not share code with.
  */
 #include <signal.h>
 #include <spawn.h>
@@ -58,12 +60,13 @@ num(const char *json, const char *key)
 
 /* Run a mode and check what every run must show. Returns the JSON for more checks. */
 static char *
-run_mode(const char *args, unsigned wire_per_msg)
+run_mode_on(const char *backend, const char *args, unsigned wire_per_msg)
 {
 	char full[512], *out;
 	double msgs, bytes;
 
-	snprintf(full, sizeof(full), "%s --backend epoll --seconds 0.3 --warmup 0 --json", args);
+	snprintf(full, sizeof(full), "%s --backend %s --seconds 0.3 --warmup 0 --json", args,
+		 backend);
 	cr_assert_eq(bench(full, &out), 0, "keel-bench %s:\n%s", full, out);
 	msgs = num(out, "msgs");
 	bytes = num(out, "bytes");
@@ -74,7 +77,14 @@ run_mode(const char *args, unsigned wire_per_msg)
 	cr_assert_geq(num(out, "server_bytes"), bytes, "%s", out);
 	cr_assert_gt(num(out, "msgs_per_sec"), 0, "%s", out);
 	cr_assert_gt(num(out, "server_syscalls_per_msg"), 0, "%s", out);
+	cr_assert(strstr(out, backend), "%s", out);
 	return out;
+}
+
+static char *
+run_mode(const char *args, unsigned wire_per_msg)
+{
+	return run_mode_on("epoll", args, wire_per_msg);
 }
 
 Test(tools_bench, pingpong_moves_framed_messages_and_times_them)
@@ -182,14 +192,155 @@ Test(tools_bench, bad_options_exit_2_naming_them)
 	}
 }
 
-Test(tools_bench, keel_backend_is_refused_until_it_exists)
+/* ---- the keel backend: the same runs ---- */
+
+Test(tools_bench, keel_pingpong_moves_framed_messages_and_times_them)
+{
+	char *out = run_mode_on("keel", "pingpong --size 64", 64 + 4);
+
+	cr_assert(strstr(out, "\"server_syscalls_what\": \"io_uring_enter\""), "%s", out);
+	cr_assert_gt(num(out, "lat_p50_us"), 0, "%s", out);
+	cr_assert_geq(num(out, "lat_max_us"), num(out, "lat_p999_us"), "%s", out);
+	cr_assert_gt(num(out, "server_cpu_ns_per_msg"), 0, "%s", out);
+	free(out);
+}
+
+Test(tools_bench, keel_throughput_keeps_many_in_flight_over_threads_and_conns)
+{
+	char *out = run_mode_on("keel",
+				"throughput --size 1000 --inflight 8 --conns 4 --threads 2 "
+				"--shards 2",
+				1000 + 4);
+
+	cr_assert_eq(num(out, "inflight"), 8, "%s", out);
+	cr_assert_gt(num(out, "lat_p50_us"), 0, "%s", out);
+	free(out);
+}
+
+Test(tools_bench, keel_stream_echoes_unframed_chunks)
+{
+	char *out = run_mode_on("keel", "stream --size 65536 --inflight 4", 65536);
+
+	cr_assert_gt(num(out, "gbps"), 0, "%s", out);
+	cr_assert(strstr(out, "\"lat_p50_us\": null"), "stream has no latency:\n%s", out);
+	free(out);
+}
+
+/* A window (64 MiB) far above the socket buffers and the server's 1 MiB watermark: the
+ * client must keep reading while its sends wait, or both sides stop. */
+Test(tools_bench, keel_stream_window_above_the_socket_buffers_keeps_moving)
+{
+	char *out = run_mode_on("keel", "stream --size 1048576 --inflight 64", 1048576);
+
+	free(out);
+}
+
+Test(tools_bench, keel_connections_cycles_beside_idle_connections)
+{
+	char *out = run_mode_on("keel", "connections --size 32 --idle 20 --churn 2", 32 + 4);
+
+	cr_assert_gt(num(out, "cycles"), 0, "no open/close cycle:\n%s", out);
+	cr_assert_eq(num(out, "idle"), 20, "%s", out);
+	cr_assert_gt(num(out, "lat_p50_us"), 0, "%s", out);
+	free(out);
+}
+
+/*
+ * Start "keel-bench serve --backend @backend" on an ephemeral port; returns the port, with
+ * its pid and its stdout (for the end report).
+ */
+static unsigned
+serve_spawn(const char *backend, pid_t *pid, FILE **f)
+{
+	char *argv[] = { KEEL_BENCH_BIN, "serve", "--backend", (char *)backend,
+			 "--port",       "0",     "--seconds", "60",
+			 "--size",       "64",    NULL };
+	posix_spawn_file_actions_t fa;
+	char line[256], *rest;
+	unsigned port;
+	int pfd[2];
+
+	cr_assert_eq(pipe(pfd), 0);
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, pfd[1], 1);
+	posix_spawn_file_actions_addclose(&fa, pfd[0]);
+	cr_assert_eq(posix_spawn(pid, argv[0], &fa, NULL, argv, environ), 0);
+	posix_spawn_file_actions_destroy(&fa);
+	close(pfd[1]);
+	*f = fdopen(pfd[0], "r");
+	cr_assert_not_null(*f);
+	cr_assert_not_null(fgets(line, sizeof(line), *f), "serve printed nothing");
+	cr_assert(strstr(line, backend), "%s", line);
+	rest = strstr(line, "127.0.0.1:");
+	cr_assert_not_null(rest, "%s", line);
+	port = (unsigned)strtoul(rest + strlen("127.0.0.1:"), NULL, 10);
+	cr_assert_gt(port, 0, "%s", line);
+	return port;
+}
+
+/* Stop a serve process: it must report bytes served, no error, and exit 0. */
+static void
+serve_end(pid_t pid, FILE *f)
+{
+	char line[256];
+	int st;
+
+	kill(pid, SIGTERM);
+	cr_assert_not_null(fgets(line, sizeof(line), f), "serve printed no report");
+	cr_assert(strstr(line, "served ") && !strstr(line, "served 0 bytes"), "%s", line);
+	cr_assert(strstr(line, "; 0 errors"), "%s", line);
+	fclose(f);
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "serve status %d", st);
+}
+
+/* Every mode of the @client backend's client against the @server backend's server. */
+static void
+cross(const char *client, const char *server)
+{
+	static const struct {
+		const char *args;
+		unsigned wire;
+	} modes[] = {
+		{ "pingpong --size 64", 64 + 4 },
+		{ "throughput --size 100 --inflight 16 --conns 2 --threads 2", 100 + 4 },
+		{ "stream --size 65536 --inflight 4", 65536 },
+		{ "connections --size 32 --idle 10 --churn 2", 32 + 4 },
+	};
+	char args[512], *out;
+	pid_t pid;
+	FILE *f;
+	unsigned port = serve_spawn(server, &pid, &f);
+
+	for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+		snprintf(args, sizeof(args),
+			 "%s --backend %s --port %u --seconds 0.2 --warmup 0 --json", modes[i].args,
+			 client, port);
+		cr_assert_eq(bench(args, &out), 0, "%s:\n%s", args, out);
+		cr_assert_gt(num(out, "msgs"), 0, "%s:\n%s", args, out);
+		cr_assert_eq(num(out, "bytes"), num(out, "msgs") * modes[i].wire, "%s:\n%s", args,
+			     out);
+		cr_assert_eq(num(out, "errors"), 0, "%s:\n%s", args, out);
+		free(out);
+	}
+	serve_end(pid, f);
+}
+
+Test(tools_bench, keel_client_against_the_epoll_server)
+{
+	cross("keel", "epoll");
+}
+
+Test(tools_bench, epoll_client_against_the_keel_server)
+{
+	cross("epoll", "keel");
+}
+
+Test(tools_bench, keel_is_the_default_backend)
 {
 	char *out;
 
-	cr_assert_eq(bench("pingpong --backend keel --seconds 0.1", &out), 2, "%s", out);
-	cr_assert(strstr(out, "keel backend not built yet"), "%s", out);
-	cr_assert_eq(strchr(out, '\n'), out + strlen(out) - 1, "more than one line: %s", out);
-	free(out);
-	cr_assert_eq(bench("serve --backend keel", &out), 2, "%s", out);
+	cr_assert_eq(bench("pingpong --seconds 0.1 --warmup 0 --json", &out), 0, "%s", out);
+	cr_assert(strstr(out, "\"backend\": \"keel\""), "%s", out);
 	free(out);
 }

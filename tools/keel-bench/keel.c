@@ -1,17 +1,857 @@
 // SPDX-License-Identifier: MIT
 /*
- * keel-bench keel backend: not built yet. It needs keel's network layer (issue 5: TCP on
- * the ring, slices, keel-echo). Until then --backend keel is refused with exit status 2,
- * never answered with a made-up figure. The implementation replaces this file: serve_start
- * runs cfg->shards keel shards, each accepting and echoing with keel_net; client_run drives
- * the protocol of proto.c from runtime shards; serve_stop fills syscalls with the shards'
- * io_uring_enter calls and syscalls_what with "io_uring_enter".
+ * keel-bench keel backend: both sides on keel runtimes embedded in this process
+ * (keel_runtime_create/start), TCP through keel's network layer (keel/net.h).
+ *
+ * Server: cfg->shards shards, one SO_REUSEPORT listener socket each (keel_listener_*,
+ * steering by CPU), every received slice handed straight back to keel_conn_send(): the
+ * echo copies nothing in user space. Figures: io_uring_enter calls of the shards
+ * (keel_runtime_stats .enters), each shard's RUSAGE_THREAD CPU read on the shard when the
+ * runtime begins to stop, bytes and errors counted in the callbacks, accepted connections
+ * from the listener's counters.
+ *
+ * Client: cfg->threads shards, pinned after the server's CPUs like the epoll client. Each
+ * shard opens its share of the connections with keel_conn_connect() and runs the same
+ * protocol as epoll_client.c, with the same accounting:
+ *   - sends come from the pattern of proto.c, wrapped once per shard as an external buffer
+ *     (keel_buf_wrap, no-op release: the pattern outlives the runtime) and sent as
+ *     sub-slices of it: no copy and no allocation per message in the application;
+ *   - every echoed byte is compared with the pattern in the received slices themselves,
+ *     then the slices are put;
+ *   - message s may be sent once message s - inflight has come back, and at most 4 MiB
+ *     wait unsent (the kernel's socket buffer plays that part for epoll); reading never
+ *     pauses; the clock is read
+ *     once per batch queued and once per on_data call (per completion, not per message);
+ *   - messages count when they complete inside [warmup, warmup + seconds); a keel timer
+ *     ends each shard's run at the end of the window, and the last shard stops the runtime;
+ *   - connections mode: held latency connections and idle ones are opened first, then
+ *     cfg->churn slots per shard loop: connect, one message, its echo, close.
+ * The window starts when every shard has its held connections open: the calling thread
+ * waits on a latch, sets the window, and hands each shard a start request
+ * (keel_runtime_submit).
  */
-#include <stddef.h>
+#include <arpa/inet.h>
+#include <errno.h>
+#include <keel/keel.h>
+#include <keel/net.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #include "backend.h"
+#include "bench.h"
+
+/* Most bytes one send slice covers (and the pattern's contiguous tail). */
+#define SENDMAX (256u * 1024u)
+/*
+ * Client connections never pause reading on their send queue (the epoll client always
+ * reads): their watermarks are set out of reach, and conn_send() stops queueing at SENDQ
+ * unsent bytes instead; the echo of what is queued brings it back.
+ */
+#define SENDQ (4u * 1024u * 1024u)
+/* Connect timeout: a server that never answers fails the run instead of hanging it. */
+#define CONNECT_MS 10000u
+/* Buffer memory per shard: the receive rings need a few MiB. */
+#define SHARD_MEMORY (64ull << 20)
+
+static void
+opts_for(struct keel_opts *o, unsigned shards, unsigned first_cpu, bool pin)
+{
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	unsigned n = (unsigned)(ncpu > 0 ? ncpu : 1);
+
+	keel_opts_init(o);
+	o->shards = shards;
+	o->signals = false;
+	o->log_level = KEEL_LOG_WARN;
+	o->memory = SHARD_MEMORY;
+	if (pin) {
+		/* Shard i runs on the i-th CPU of the set (wrapping): CPUs first_cpu + i. */
+		o->cpuset_given = true;
+		for (unsigned i = 0; i < shards && i < n; i++)
+			keel_cpuset_add(&o->cpuset, (first_cpu + i) % n);
+	}
+}
+
+/* A latch: the calling thread waits until @n shards arrived. */
+struct latch {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	unsigned arrived;
+	int err; /* the first error reported */
+};
+
+static void
+latch_init(struct latch *l)
+{
+	pthread_mutex_init(&l->mu, NULL);
+	pthread_cond_init(&l->cv, NULL);
+	l->arrived = 0;
+	l->err = 0;
+}
+
+static void
+latch_fini(struct latch *l)
+{
+	pthread_mutex_destroy(&l->mu);
+	pthread_cond_destroy(&l->cv);
+}
+
+static void
+latch_arrive(struct latch *l, int err)
+{
+	pthread_mutex_lock(&l->mu);
+	l->arrived++;
+	if (err && !l->err)
+		l->err = err;
+	pthread_cond_broadcast(&l->cv);
+	pthread_mutex_unlock(&l->mu);
+}
+
+static int
+latch_wait(struct latch *l, unsigned n)
+{
+	int err;
+
+	pthread_mutex_lock(&l->mu);
+	while (l->arrived < n)
+		pthread_cond_wait(&l->cv, &l->mu);
+	err = l->err;
+	pthread_mutex_unlock(&l->mu);
+	return err;
+}
+
+/* ---- server ---- */
+
+struct sshard {
+	uint64_t bytes_in, errors, cpu_ns;
+} __attribute__((aligned(64)));
+
+struct bench_server {
+	struct keel_runtime *rt;
+	struct keel_listener *l;
+	unsigned n;
+	struct sshard *sh;
+	struct latch started;
+};
+
+static __thread struct sshard *srv_shard;
+
+static void
+srv_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	struct sshard *ss = srv_shard;
+	unsigned i = 0;
+
+	for (; i < n; i++) {
+		uint32_t len = s[i].len;
+		int r = keel_conn_send(c, &s[i]);
+
+		if (r < 0) {
+			if (r != -EPIPE) {
+				ss->errors++;
+				keel_conn_abort(c, r);
+			}
+			break;
+		}
+		ss->bytes_in += len;
+	}
+	for (; i < n; i++)
+		keel_slice_put(&s[i]);
+}
+
+static void
+srv_close(struct keel_conn *c, int status)
+{
+	(void)c;
+	/* A client's close or reset and the runtime stopping are not errors. */
+	if (status < 0 && status != -ECONNRESET && status != -EPIPE && status != -ESHUTDOWN)
+		srv_shard->errors++;
+}
+
+static const struct keel_conn_ops srv_ops = { .on_data = srv_data, .on_close = srv_close };
+
+static void
+srv_on_stop(void *arg)
+{
+	struct sshard *ss = arg;
+
+	ss->cpu_ns = bench_thread_cpu_ns();
+}
+
+static void
+srv_start(void *arg)
+{
+	struct bench_server *s = arg;
+	unsigned id = keel_shard_id(keel_this_shard());
+	int r;
+
+	srv_shard = &s->sh[id];
+	r = keel_shard_on_stop(srv_on_stop, &s->sh[id]);
+	if (r == 0)
+		r = keel_listener_start(s->l);
+	latch_arrive(&s->started, r);
+}
+
+static void
+srv_free(struct bench_server *s)
+{
+	if (s->rt)
+		keel_runtime_destroy(s->rt);
+	if (s->l)
+		keel_listener_destroy(s->l);
+	latch_fini(&s->started);
+	free(s->sh);
+	free(s);
+}
+
+static int
+serve_start(const struct bench_cfg *cfg, uint16_t *port, struct bench_server **out)
+{
+	struct bench_server *s = calloc(1, sizeof(*s));
+	struct keel_listen_opts lo;
+	struct keel_opts o;
+	char addr[INET_ADDRSTRLEN];
+	int r;
+
+	if (!s)
+		return -ENOMEM;
+	latch_init(&s->started);
+	s->n = cfg->shards;
+	s->sh = aligned_alloc(64, sizeof(*s->sh) * s->n);
+	if (!s->sh) {
+		srv_free(s);
+		return -ENOMEM;
+	}
+	memset(s->sh, 0, sizeof(*s->sh) * s->n);
+	opts_for(&o, cfg->shards, 0, cfg->pin);
+	r = keel_runtime_create(&o, &s->rt);
+	if (r < 0) {
+		s->rt = NULL;
+		srv_free(s);
+		return r;
+	}
+	memset(&lo, 0, sizeof(lo));
+	inet_ntop(AF_INET, &cfg->addr.sin_addr, addr, sizeof(addr));
+	lo.addr = addr;
+	lo.port = ntohs(cfg->addr.sin_port);
+	r = keel_listener_create(&lo, s->n, &srv_ops, s, &s->l);
+	if (r < 0) {
+		s->l = NULL;
+		srv_free(s);
+		return r;
+	}
+	r = keel_runtime_start(s->rt, srv_start, s);
+	if (r < 0) {
+		srv_free(s);
+		return r;
+	}
+	/* Every shard accepts before the client connects. */
+	r = latch_wait(&s->started, s->n);
+	if (r < 0) {
+		keel_runtime_stop(s->rt, r);
+		keel_runtime_join(s->rt);
+		srv_free(s);
+		return r;
+	}
+	*port = keel_listener_port(s->l);
+	*out = s;
+	return 0;
+}
+
+static int
+serve_stop(struct bench_server *s, struct bench_server_stats *out)
+{
+	struct bench_server_stats st = { .syscalls_what = "io_uring_enter" };
+	int r;
+
+	keel_runtime_stop(s->rt, 0);
+	r = keel_runtime_join(s->rt);
+	for (unsigned i = 0; i < s->n; i++) {
+		struct keel_shard_stats ks;
+		struct keel_listener_stats ls;
+
+		if (keel_runtime_stats(s->rt, i, &ks) == 0)
+			st.syscalls += ks.enters;
+		if (keel_listener_stats(s->l, i, &ls) == 0) {
+			st.accepted += ls.accepted;
+			st.errors += ls.accept_errors;
+		}
+		st.cpu_ns += s->sh[i].cpu_ns;
+		st.bytes_in += s->sh[i].bytes_in;
+		st.errors += s->sh[i].errors;
+	}
+	srv_free(s);
+	if (out)
+		*out = st;
+	return r < 0 ? r : 0;
+}
+
+/* ---- client ---- */
+
+enum { C_ACTIVE, C_IDLE, C_CHURN };
+
+struct kconn {
+	struct keel_conn *c; /* NULL while closed */
+	struct cshard *sh;
+	uint8_t kind;
+	bool open, closed_by_us;
+	unsigned id;
+	uint64_t tx_off, rx_off; /* bytes sent and bytes echoed back, from the start */
+	uint64_t *sent_ns;       /* send time of message s at [s % window] */
+};
+
+struct kclient;
+
+struct cshard {
+	struct kclient *cl;
+	unsigned nactive, nidle, nchurn, first_id, nheld, nopened;
+	struct kconn *conns; /* active, then idle, then churn */
+	uint64_t *sent;
+	struct keel_slice base; /* the whole pattern, wrapped */
+	bool have_base, ready, finished, closed_all;
+	struct keel_timer *timer;
+	struct keel_xreq go;
+	uint64_t msgs, bytes, msgs_all, cycles, errors;
+	int err;
+	char why[256];
+	struct bench_hist lat;
+} __attribute__((aligned(64)));
+
+struct kclient {
+	const struct bench_cfg *cfg;
+	struct bench_pattern pat;
+	uint64_t unit, inflight;
+	char addr[INET_ADDRSTRLEN];
+	uint16_t port;
+	struct cshard *sh;
+	unsigned n;
+	struct latch ready;
+	pthread_mutex_t left_mu;
+	unsigned left;           /* shards not finished */
+	uint64_t t_start, t_end; /* the window: set before the start requests are submitted */
+};
+
+static void conn_send(struct kconn *k);
+static void finish(struct cshard *sh);
+
+static int fail(struct cshard *sh, int err, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static int
+fail(struct cshard *sh, int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (sh->finished)
+		return err; /* after the window: closing down, nothing counts */
+	if (sh->err == 0) {
+		va_start(ap, fmt);
+		vsnprintf(sh->why, sizeof(sh->why), fmt, ap);
+		va_end(ap);
+		sh->err = err;
+	}
+	sh->errors++;
+	finish(sh);
+	return err;
+}
+
+static void
+set_ready(struct cshard *sh)
+{
+	if (sh->ready)
+		return;
+	sh->ready = true;
+	latch_arrive(&sh->cl->ready, sh->err);
+}
+
+static void
+close_all(void *arg)
+{
+	struct cshard *sh = arg;
+	struct kclient *cl = sh->cl;
+	unsigned n = sh->nactive + sh->nidle + sh->nchurn, left;
+
+	if (sh->closed_all)
+		return;
+	sh->closed_all = true;
+	for (unsigned i = 0; i < n; i++)
+		if (sh->conns[i].c)
+			keel_conn_abort(sh->conns[i].c, 0);
+	pthread_mutex_lock(&cl->left_mu);
+	left = --cl->left;
+	pthread_mutex_unlock(&cl->left_mu);
+	if (left == 0)
+		keel_stop(0);
+}
+
+/* End this shard's run (window over, or an error): close everything, from a deferred
+ * callback so that no connection is closed under its own callback. */
+static void
+finish(struct cshard *sh)
+{
+	if (sh->finished)
+		return;
+	sh->finished = true;
+	if (sh->timer)
+		keel_timer_stop(sh->timer);
+	set_ready(sh);
+	if (keel_defer(close_all, sh) < 0)
+		close_all(sh);
+}
+
+static bool
+in_window(const struct kclient *cl, uint64_t now)
+{
+	return now >= cl->t_start && now < cl->t_end;
+}
+
+static uint64_t
+window_of(const struct kconn *k)
+{
+	return k->kind == C_CHURN ? 1 : k->sh->cl->inflight;
+}
+
+/* Queue what the window allows, as sub-slices of the wrapped pattern. */
+static void
+conn_send(struct kconn *k)
+{
+	struct cshard *sh = k->sh;
+	struct kclient *cl = sh->cl;
+	uint64_t unit = cl->unit, window = window_of(k);
+	uint64_t limit = (k->rx_off / unit + window) * unit, ts;
+	bool timed = k->kind != C_IDLE && cl->cfg->mode != BENCH_STREAM;
+
+	if (k->kind == C_CHURN && limit > unit)
+		limit = unit;
+	if (k->tx_off >= limit || !k->c || !k->open)
+		return;
+	ts = bench_now_ns();
+	while (k->tx_off < limit) {
+		uint64_t len = limit - k->tx_off, s, end;
+		struct keel_slice sl;
+		int r;
+
+		if (keel_conn_queued(k->c) >= SENDQ)
+			return; /* on_data sends the rest as the echo comes back */
+		if (len > SENDMAX)
+			len = SENDMAX;
+		r = keel_slice_sub(&sh->base, k->tx_off % cl->pat.period, len, &sl);
+		if (r < 0) {
+			fail(sh, r, "connection %u: slicing the pattern: %s", k->id, strerror(-r));
+			return;
+		}
+		r = keel_conn_send(k->c, &sl);
+		if (r < 0) {
+			keel_slice_put(&sl);
+			fail(sh, r, "connection %u: send: %s", k->id, strerror(-r));
+			return;
+		}
+		/* Messages whose first byte this slice holds start their clock now. */
+		s = (k->tx_off + unit - 1) / unit;
+		end = (k->tx_off + len + unit - 1) / unit;
+		if (timed)
+			for (; s < end; s++)
+				k->sent_ns[s % window] = ts;
+		k->tx_off += len;
+	}
+}
+
+static void
+cli_open(struct keel_conn *c)
+{
+	struct kconn *k = keel_conn_user(c);
+	struct cshard *sh = k->sh;
+
+	k->open = true;
+	if (sh->finished)
+		return;
+	if (k->kind == C_CHURN) {
+		conn_send(k);
+		return;
+	}
+	if (++sh->nopened == sh->nheld)
+		set_ready(sh);
+}
+
+/* Verify and count the echoed bytes of @s. */
+static int
+on_bytes(struct kconn *k, const struct keel_slice *s, uint64_t now)
+{
+	struct cshard *sh = k->sh;
+	struct kclient *cl = sh->cl;
+	uint64_t unit = cl->unit, window = window_of(k), m, end;
+	char why[200];
+
+	if (k->kind == C_IDLE)
+		return fail(sh, -EPROTO, "idle connection %u: %u bytes came back, none were sent",
+			    k->id, s->len);
+	if (k->rx_off + s->len > k->tx_off)
+		return fail(sh, -EPROTO, "connection %u: %llu bytes came back, only %llu were sent",
+			    k->id, (unsigned long long)(k->rx_off + s->len),
+			    (unsigned long long)k->tx_off);
+	if (bench_pattern_check(&cl->pat, s->data, s->len, k->rx_off, why, sizeof(why)) < 0)
+		return fail(sh, -EPROTO, "connection %u: %s", k->id, why);
+	m = k->rx_off / unit;
+	k->rx_off += s->len;
+	end = k->rx_off / unit;
+	sh->msgs_all += end - m;
+	if (!in_window(cl, now))
+		return 0;
+	sh->msgs += end - m;
+	sh->bytes += (end - m) * unit;
+	if (k->kind == C_ACTIVE && cl->cfg->mode != BENCH_STREAM)
+		for (; m < end; m++)
+			bench_hist_add(&sh->lat, now - k->sent_ns[m % window]);
+	return 0;
+}
+
+static void
+cli_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	struct kconn *k = keel_conn_user(c);
+	struct cshard *sh = k->sh;
+	struct kclient *cl = sh->cl;
+	uint64_t now = bench_now_ns();
+	unsigned i = 0;
+
+	for (; i < n && !sh->finished; i++) {
+		int r = on_bytes(k, &s[i], now);
+
+		keel_slice_put(&s[i]);
+		if (r < 0) {
+			i++;
+			break;
+		}
+	}
+	for (; i < n; i++)
+		keel_slice_put(&s[i]);
+	if (sh->finished)
+		return;
+	if (k->kind == C_ACTIVE) {
+		conn_send(k);
+	} else if (k->kind == C_CHURN && k->rx_off >= cl->unit) {
+		/* The cycle is done: close; on_close opens the slot again. */
+		if (in_window(cl, bench_now_ns()))
+			sh->cycles++;
+		k->closed_by_us = true;
+		keel_conn_close(c);
+	}
+}
+
+static void
+cli_eof(struct keel_conn *c)
+{
+	struct kconn *k = keel_conn_user(c);
+
+	if (k->closed_by_us)
+		return; /* a churn cycle's close is under way */
+	fail(k->sh, -ECONNRESET, "%sconnection %u: the server closed it after %llu bytes",
+	     k->kind == C_IDLE ? "idle " : "", k->id, (unsigned long long)k->rx_off);
+	keel_conn_close(c);
+}
+
+static int open_conn(struct kconn *k);
+
+static void
+reopen(void *arg)
+{
+	struct kconn *k = arg;
+
+	if (!k->sh->finished && !k->c && bench_now_ns() < k->sh->cl->t_end)
+		open_conn(k);
+}
+
+static void
+cli_close(struct keel_conn *c, int status)
+{
+	struct kconn *k = keel_conn_user(c);
+	struct cshard *sh;
+	struct kclient *cl;
+	bool was_open, by_us;
+
+	if (!k)
+		return; /* failed inside keel_conn_connect(), which reported it */
+	sh = k->sh;
+	cl = sh->cl;
+	was_open = k->open;
+	by_us = k->closed_by_us;
+
+	k->c = NULL;
+	k->open = false;
+	k->closed_by_us = false;
+	if (sh->finished)
+		return;
+	if (k->kind == C_CHURN && by_us && status == 0) {
+		if (keel_defer(reopen, k) < 0)
+			fail(sh, -ENOMEM, "out of memory");
+		return;
+	}
+	if (!was_open)
+		fail(sh, status < 0 ? status : -ECONNABORTED, "connect to %s:%u%s: %s", cl->addr,
+		     cl->port, k->kind == C_CHURN ? " (open/close loop)" : "",
+		     strerror(status < 0 ? -status : ECONNABORTED));
+	else
+		fail(sh, status < 0 ? status : -ECONNRESET,
+		     "connection %u: closed after %llu bytes: %s", k->id,
+		     (unsigned long long)k->rx_off, strerror(status < 0 ? -status : ECONNRESET));
+}
+
+static const struct keel_conn_ops cli_ops = {
+	.on_open = cli_open,
+	.on_data = cli_data,
+	.on_eof = cli_eof,
+	.on_close = cli_close,
+};
+
+static int
+open_conn(struct kconn *k)
+{
+	struct cshard *sh = k->sh;
+	struct kclient *cl = sh->cl;
+	int r;
+
+	k->tx_off = k->rx_off = 0;
+	k->open = k->closed_by_us = false;
+	r = keel_conn_connect(cl->addr, cl->port, CONNECT_MS, &cli_ops, cl, &k->c);
+	if (r < 0) {
+		k->c = NULL;
+		return fail(sh, r, "connect to %s:%u: %s%s", cl->addr, cl->port, strerror(-r),
+			    r == -EMFILE ? " (raise ulimit -n?)" : "");
+	}
+	keel_conn_set_user(k->c, k);
+	keel_conn_set_watermarks(k->c, UINT32_MAX, UINT32_MAX);
+	return 0;
+}
+
+static void
+window_end(struct keel_timer *t, void *arg)
+{
+	struct cshard *sh = arg;
+	uint64_t now = bench_now_ns();
+
+	/* The timer's clock is the loop's: never end before the window has. */
+	if (now < sh->cl->t_end) {
+		keel_timer_start(t, (sh->cl->t_end - now) / 1000 + 1, 0);
+		return;
+	}
+	finish(sh);
+}
+
+/* Runs on the shard once every shard is set up and the window is known. */
+static void
+go(struct keel_xreq *req)
+{
+	struct cshard *sh = req->arg;
+	struct kclient *cl = sh->cl;
+	unsigned n = sh->nactive + sh->nidle + sh->nchurn;
+	uint64_t now = bench_now_ns();
+
+	if (!sh->finished) {
+		keel_timer_start(sh->timer, now < cl->t_end ? (cl->t_end - now) / 1000 + 1 : 0, 0);
+		for (unsigned i = 0; i < n && !sh->finished; i++) {
+			struct kconn *k = &sh->conns[i];
+			if (k->kind == C_ACTIVE)
+				conn_send(k);
+			else if (k->kind == C_CHURN)
+				open_conn(k);
+		}
+	}
+	keel_xreq_complete(req, 0);
+}
+
+static void
+noop_release(void *data, uint32_t cap, void *arg)
+{
+	(void)data;
+	(void)cap;
+	(void)arg;
+}
+
+static void
+cli_on_stop(void *arg)
+{
+	struct cshard *sh = arg;
+
+	if (sh->have_base) {
+		keel_slice_put(&sh->base);
+		sh->have_base = false;
+	}
+}
+
+static void
+cli_start(void *arg)
+{
+	struct kclient *cl = arg;
+	struct cshard *sh = &cl->sh[keel_shard_id(keel_this_shard())];
+	int r;
+
+	r = keel_shard_on_stop(cli_on_stop, sh);
+	if (r < 0) {
+		fail(sh, r, "keel_shard_on_stop: %s", strerror(-r));
+		return;
+	}
+	r = keel_buf_wrap(keel_shard_alloc(), sh->cl->pat.pat,
+			  (uint32_t)(cl->pat.period + cl->pat.extra), noop_release, NULL,
+			  &sh->base);
+	if (r < 0) {
+		fail(sh, r, "wrapping the pattern: %s", strerror(-r));
+		return;
+	}
+	sh->have_base = true;
+	r = keel_timer_create(window_end, sh, &sh->timer);
+	if (r < 0) {
+		sh->timer = NULL;
+		fail(sh, r, "keel_timer_create: %s", strerror(-r));
+		return;
+	}
+	/* Idle connections first, so the latency connections run beside all of them. */
+	for (unsigned i = sh->nactive; i < sh->nactive + sh->nidle && !sh->finished; i++)
+		open_conn(&sh->conns[i]);
+	for (unsigned i = 0; i < sh->nactive && !sh->finished; i++)
+		open_conn(&sh->conns[i]);
+	if (sh->nheld == 0)
+		set_ready(sh);
+}
+
+static int
+shard_setup(struct kclient *cl, struct cshard *sh, unsigned i, unsigned *id)
+{
+	const struct bench_cfg *cfg = cl->cfg;
+	unsigned nt = cl->n, n;
+	uint64_t win = cl->inflight;
+
+	sh->cl = cl;
+	sh->nactive = cfg->conns / nt + (i < cfg->conns % nt);
+	sh->nidle = cfg->mode == BENCH_CONNECTIONS ? cfg->idle / nt + (i < cfg->idle % nt) : 0;
+	sh->nchurn = cfg->mode == BENCH_CONNECTIONS ? cfg->churn : 0;
+	sh->nheld = sh->nactive + sh->nidle;
+	sh->first_id = *id;
+	n = sh->nactive + sh->nidle + sh->nchurn;
+	*id += n;
+	sh->conns = calloc(n ? n : 1, sizeof(*sh->conns));
+	sh->sent = calloc((size_t)sh->nactive * win + sh->nchurn + 1, sizeof(*sh->sent));
+	if (!sh->conns || !sh->sent)
+		return -ENOMEM;
+	for (unsigned k = 0; k < n; k++) {
+		struct kconn *c = &sh->conns[k];
+		c->sh = sh;
+		c->id = sh->first_id + k;
+		c->kind = k < sh->nactive               ? C_ACTIVE
+			  : k < sh->nactive + sh->nidle ? C_IDLE
+							: C_CHURN;
+		c->sent_ns = c->kind == C_ACTIVE  ? sh->sent + (size_t)k * win
+			     : c->kind == C_CHURN ? sh->sent + (size_t)sh->nactive * win + k -
+							    sh->nactive - sh->nidle
+						  : NULL;
+	}
+	return 0;
+}
+
+static int
+client_run(const struct bench_cfg *cfg, struct bench_result *out)
+{
+	struct kclient *cl = calloc(1, sizeof(*cl));
+	struct keel_runtime *rt = NULL;
+	struct keel_opts o;
+	unsigned nt = cfg->threads, id = 0;
+	int r;
+
+	memset(out, 0, sizeof(*out));
+	if (!cl)
+		return -ENOMEM;
+	cl->cfg = cfg;
+	cl->n = nt;
+	cl->left = nt;
+	cl->unit = bench_unit(cfg);
+	cl->inflight =
+		cfg->mode == BENCH_PINGPONG || cfg->mode == BENCH_CONNECTIONS ? 1 : cfg->inflight;
+	cl->port = ntohs(cfg->addr.sin_port);
+	inet_ntop(AF_INET, &cfg->addr.sin_addr, cl->addr, sizeof(cl->addr));
+	latch_init(&cl->ready);
+	pthread_mutex_init(&cl->left_mu, NULL);
+	r = bench_pattern_init(&cl->pat, cfg, SENDMAX);
+	if (r < 0)
+		goto out_cl;
+	cl->sh = aligned_alloc(64, sizeof(*cl->sh) * nt);
+	if (!cl->sh) {
+		r = -ENOMEM;
+		goto out_pat;
+	}
+	memset(cl->sh, 0, sizeof(*cl->sh) * nt);
+	for (unsigned i = 0; i < nt; i++) {
+		r = shard_setup(cl, &cl->sh[i], i, &id);
+		if (r < 0) {
+			snprintf(out->why, sizeof(out->why), "out of memory");
+			goto out_sh;
+		}
+	}
+	opts_for(&o, nt, cfg->shards, cfg->pin);
+	r = keel_runtime_create(&o, &rt);
+	if (r < 0) {
+		snprintf(out->why, sizeof(out->why), "creating the client runtime: %s",
+			 strerror(-r));
+		goto out_sh;
+	}
+	r = keel_runtime_start(rt, cli_start, cl);
+	if (r < 0) {
+		snprintf(out->why, sizeof(out->why), "starting the client runtime: %s",
+			 strerror(-r));
+		goto out_rt;
+	}
+	/* Every shard has its held connections open (or failed): set the window, go. */
+	if (latch_wait(&cl->ready, nt) < 0) {
+		keel_runtime_stop(rt, 0);
+	} else {
+		cl->t_start = bench_now_ns() + cfg->warmup_ns;
+		cl->t_end = cl->t_start + cfg->seconds_ns;
+		for (unsigned i = 0; i < nt; i++) {
+			cl->sh[i].go.fn = go;
+			cl->sh[i].go.arg = &cl->sh[i];
+			/* -ESHUTDOWN: every shard already failed and the runtime stops. */
+			(void)keel_runtime_submit(rt, i, &cl->sh[i].go);
+		}
+	}
+	keel_runtime_join(rt);
+	r = 0;
+	for (unsigned i = 0; i < nt; i++) {
+		struct cshard *sh = &cl->sh[i];
+		out->msgs += sh->msgs;
+		out->bytes += sh->bytes;
+		out->msgs_all += sh->msgs_all;
+		out->cycles += sh->cycles;
+		out->errors += sh->errors;
+		bench_hist_merge(&out->lat, &sh->lat);
+		if (sh->err && r == 0) {
+			r = sh->err;
+			snprintf(out->why, sizeof(out->why), "%s", sh->why);
+		}
+	}
+	out->window_ns = cfg->seconds_ns;
+out_rt:
+	keel_runtime_destroy(rt);
+out_sh:
+	for (unsigned i = 0; i < nt; i++) {
+		free(cl->sh[i].conns);
+		free(cl->sh[i].sent);
+	}
+	free(cl->sh);
+out_pat:
+	bench_pattern_fini(&cl->pat);
+out_cl:
+	latch_fini(&cl->ready);
+	pthread_mutex_destroy(&cl->left_mu);
+	free(cl);
+	return r;
+}
 
 const struct bench_backend bench_backend_keel = {
 	.name = "keel",
-	.unavailable = "keel backend not built yet: it needs the net layer (issue 5)",
+	.unavailable = NULL,
+	.serve_start = serve_start,
+	.serve_stop = serve_stop,
+	.client_run = client_run,
 };

@@ -23,7 +23,7 @@ static const char *const mode_names[] = { "pingpong", "throughput", "stream", "c
 
 static const char client_usage[] =
 	"usage: keel-bench pingpong|throughput|stream|connections [options]\n"
-	"  --backend B    epoll or keel (default epoll); the in-process server uses it too\n"
+	"  --backend B    keel or epoll (default keel); the in-process server uses it too\n"
 	"  --port P       drive an external echo server on P (keel-echo, keel-bench serve);\n"
 	"                 without it a server starts in this process on an ephemeral port\n"
 	"  --addr A       the server's IPv4 address (default 127.0.0.1)\n"
@@ -44,7 +44,7 @@ static const char client_usage[] =
 
 static const char serve_usage[] =
 	"usage: keel-bench serve [options]\n"
-	"  --backend B    epoll or keel (default epoll)\n"
+	"  --backend B    keel or epoll (default keel)\n"
 	"  --port P       port to listen on (default 0: an ephemeral port, printed)\n"
 	"  --addr A       IPv4 address to bind (default 127.0.0.1)\n"
 	"  --shards N     server threads, one per core, SO_REUSEPORT (default 1)\n"
@@ -203,7 +203,7 @@ defaults(struct opts *o, enum bench_mode mode)
 	c->threads = 1;
 	c->shards = 1;
 	c->pin = true;
-	o->be = &bench_backend_epoll;
+	o->be = &bench_backend_keel;
 	o->seconds = 3;
 	o->warmup = 0.5;
 }
