@@ -10,6 +10,7 @@
  * kernel may still be reading them.
  */
 #include <errno.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -731,6 +732,11 @@ keel_conn_connect(const char *addr, uint16_t port, uint32_t timeout_ms,
 		r = -errno;
 		keel_log(KEEL_LOG_ERROR, NET_MOD, "socket: %s", strerror(-r));
 		return r;
+	}
+	if (keel__net_cfg()->nodelay) {
+		int one = 1;
+		if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
+			keel_log(KEEL_LOG_WARN, NET_MOD, "TCP_NODELAY: %s", strerror(errno));
 	}
 	c = keel__conn_new(ns, fd, false, ops, app);
 	if (!c) {

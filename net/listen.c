@@ -11,6 +11,7 @@
  */
 #include <errno.h>
 #include <linux/filter.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -129,6 +130,11 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 		}
 		l->parts[i].fd = fd;
 		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		/* Accepted sockets inherit TCP_NODELAY from the listener, so direct descriptors
+		 * (which setsockopt cannot reach) get it too. */
+		if (keel__net_cfg()->nodelay &&
+		    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
+			keel_log(KEEL_LOG_WARN, NET_MOD, "TCP_NODELAY: %s", strerror(errno));
 		if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) {
 			r = -errno;
 			keel_log(KEEL_LOG_ERROR, NET_MOD, "SO_REUSEPORT: %s", strerror(-r));

@@ -104,4 +104,7 @@ void keel__listeners_stop(struct net_shard *ns);
 /* udp.c */
 void keel__udps_stop(struct net_shard *ns);
 
+/* The configuration set by keel_net_config_set() (defaults until then). */
+const struct keel_net_config *keel__net_cfg(void);
+
 #endif

@@ -14,18 +14,24 @@
 
 #include "net_internal.h"
 
-static struct keel_net_config g_cfg = {
-	.buf_size = 16384,
-	.buf_count = 256,
-	.zc_threshold = KEEL_NET_ZC_THRESHOLD_DEFAULT,
-	.high_watermark = 1u << 20,
-	.low_watermark = 256u << 10,
-	.max_files = 4096,
-	.accept_backoff_ms = 100,
-	.close_timeout_ms = 0,
-};
+/* One list of defaults: the initial configuration and keel_net_config_init(). */
+#define NET_CONFIG_DEFAULTS                                                                \
+	{                                                                                  \
+		.buf_size = 16384, .buf_count = 256,                                       \
+		.zc_threshold = KEEL_NET_ZC_THRESHOLD_DEFAULT, .high_watermark = 1u << 20, \
+		.low_watermark = 256u << 10, .max_files = 4096, .accept_backoff_ms = 100,  \
+		.close_timeout_ms = 0, .nodelay = true,                                    \
+	}
+
+static struct keel_net_config g_cfg = NET_CONFIG_DEFAULTS;
 
 static _Thread_local struct net_shard *tl_ns;
+
+const struct keel_net_config *
+keel__net_cfg(void)
+{
+	return &g_cfg;
+}
 
 void
 keel__net_verify_fail(const char *file, int line, const char *e)
@@ -37,14 +43,8 @@ keel__net_verify_fail(const char *file, int line, const char *e)
 void
 keel_net_config_init(struct keel_net_config *c)
 {
-	c->buf_size = 16384;
-	c->buf_count = 256;
-	c->zc_threshold = KEEL_NET_ZC_THRESHOLD_DEFAULT;
-	c->high_watermark = 1u << 20;
-	c->low_watermark = 256u << 10;
-	c->max_files = 4096;
-	c->accept_backoff_ms = 100;
-	c->close_timeout_ms = 0;
+	const struct keel_net_config d = NET_CONFIG_DEFAULTS;
+	*c = d;
 }
 
 int

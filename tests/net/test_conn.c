@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sched.h>
 #include <stdio.h>
@@ -659,4 +660,64 @@ Test(net_conn, graceful_close_gives_up_after_close_timeout)
 	close(fd);
 	cr_assert_eq(srv_stop(&s), 0);
 	cr_assert_eq(atomic_load(&sink_closes), 1);
+}
+
+/* TCP_NODELAY: on the listeners, and so (inherited) on accepted sockets; off when asked.
+ * Direct descriptors are off here so the accepted socket is a plain fd the test can find. */
+static int
+nodelay_of(uint16_t port, bool listening)
+{
+	for (int fd = 3; fd < 1024; fd++) {
+		struct sockaddr_in a;
+		socklen_t al = sizeof(a);
+		int acc = 0, v = -1;
+		socklen_t l = sizeof(acc);
+
+		if (getsockname(fd, (struct sockaddr *)&a, &al) < 0 || a.sin_family != AF_INET ||
+		    ntohs(a.sin_port) != port)
+			continue;
+		if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &l) < 0 || !!acc != listening)
+			continue;
+		l = sizeof(v);
+		if (getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &v, &l) == 0)
+			return v;
+	}
+	return -1;
+}
+
+static void
+nodelay_case(bool on)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct srv s = { 0 };
+	char b = 'x';
+	int fd;
+
+	o.features[KEEL_FEAT_DIRECT_FD] = KEEL_POLICY_OFF;
+	keel_net_config_init(&nc);
+	cr_assert(nc.nodelay, "TCP_NODELAY is the default");
+	nc.nodelay = on;
+	cr_assert_eq(srv_start(&s, &o, &nc, &echo_ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	/* One echoed byte: the server has accepted by then. */
+	cr_assert_eq(cli_write_all(fd, &b, 1), 0);
+	cr_assert_eq(cli_read_all(fd, &b, 1), 0);
+	cr_assert_eq(nodelay_of(s.port, true), on ? 1 : 0, "listener");
+	cr_assert_eq(nodelay_of(s.port, false), on ? 1 : 0, "accepted socket");
+	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
+	keel_net_config_init(&nc);
+	keel_net_config_set(&nc);
+}
+
+Test(net_conn, tcp_nodelay_on_listeners_and_accepted_sockets)
+{
+	nodelay_case(true);
+}
+
+Test(net_conn, tcp_nodelay_off_when_configured)
+{
+	nodelay_case(false);
 }

@@ -52,6 +52,8 @@ struct keel_net_config {
 	uint32_t accept_backoff_ms; /* pause after EMFILE/ENFILE before accepting again (100) */
 	uint32_t close_timeout_ms;  /* keel_conn_close() gives up on a peer that does not read
 				       after this long: on_close(-ETIMEDOUT) (0: wait, default) */
+	bool nodelay;               /* TCP_NODELAY on listeners (accepted sockets inherit it)
+				       and on connecting sockets (default true) */
 };
 
 /** Fill @c with the defaults. */
