@@ -24,7 +24,7 @@ extern char **environ;
 
 /* Run "keel-bench ARGS" (stderr into stdout) and return its exit status. */
 static int
-bench(const char *args, char **out)
+bench_once(const char *args, char **out)
 {
 	char cmd[1024];
 	size_t cap = 1 << 16, len = 0, n;
@@ -43,6 +43,28 @@ bench(const char *args, char **out)
 	*out = buf;
 	cr_assert(WIFEXITED(st), "keel-bench %s did not exit normally", args);
 	return WEXITSTATUS(st);
+}
+
+/*
+ * Run keel-bench. The smoke runs use short windows; on a machine busy with other work a
+ * window can pass before the first echo returns, which keel-bench rightly reports as a
+ * failed run. That one outcome is retried once with a 3 s window, so the tests check that
+ * messages move and are verified, not how fast the machine is.
+ */
+static int
+bench(const char *args, char **out)
+{
+	const char *sec = strstr(args, "--seconds ");
+	char longer[1024];
+	int r = bench_once(args, out);
+
+	if (r == 0 || !sec || !strstr(*out, "no message came back in the window"))
+		return r;
+	sec += strlen("--seconds ");
+	snprintf(longer, sizeof(longer), "%.*s3%s", (int)(sec - args), args,
+		 sec + strcspn(sec, " "));
+	free(*out);
+	return bench_once(longer, out);
 }
 
 /* The number after "key": in a JSON object; fails the test when absent. */
