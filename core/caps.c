@@ -213,6 +213,27 @@ keel_feature_used(enum keel_feature f)
 	return (unsigned)f < KEEL_FEAT__COUNT && s->rt->features[f].used;
 }
 
+/* One row of the capability matrix: what the kernel has, since when, and what keel uses it
+ * for. */
+struct cap_row {
+	const char *name;
+	bool have;
+	const char *since;
+	const char *use;
+};
+
+static bool
+op(const struct keel_caps *c, unsigned o)
+{
+	return o < 256 && c->op_supported[o];
+}
+
+static bool
+feat(const struct keel_caps *c, uint32_t bit)
+{
+	return c->ring_features & bit;
+}
+
 void
 keel_caps_print(const struct keel_opts *opts, FILE *f)
 {
@@ -227,9 +248,40 @@ keel_caps_print(const struct keel_opts *opts, FILE *f)
 	}
 	for (unsigned i = 0; i < 256; i++)
 		nops += c->op_supported[i];
-	fprintf(f, "ring features 0x%x, %u opcodes supported (last %u)\n", c->ring_features, nops,
+	fprintf(f, "ring features 0x%x, %u opcodes supported (last %u)\n\n", c->ring_features, nops,
 		c->last_op);
-	fprintf(f, "%-16s %-6s %-5s %s\n", "feature", "policy", "used", "why");
+
+	const struct cap_row rows[] = {
+		{ "SINGLE_ISSUER", c->single_issuer, "6.0",
+		  "one submitter per ring: cheaper locking" },
+		{ "DEFER_TASKRUN", c->defer_taskrun, "6.1",
+		  "completions run only when the shard asks" },
+		{ "COOP_TASKRUN", c->coop_taskrun, "5.19", "fallback without DEFER_TASKRUN" },
+		{ "registered ring fd", c->reg_ring_fd, "5.18", "no fd lookup per io_uring_enter" },
+		{ "EXT_ARG waits", feat(c, IORING_FEAT_EXT_ARG), "5.11",
+		  "sleep until the next timer" },
+		{ "CQE_SKIP_SUCCESS", feat(c, IORING_FEAT_CQE_SKIP), "5.17",
+		  "silent MSG_RING wake-ups" },
+		{ "MSG_RING", op(c, IORING_OP_MSG_RING), "5.18", "wake a sleeping shard" },
+		{ "sparse fixed buffers", c->reg_buffers, "5.19", "registered shard memory" },
+		{ "sparse fixed files", c->sparse_files, "5.19", "direct descriptors" },
+		{ "multishot accept", op(c, IORING_OP_ACCEPT) && c->sparse_files, "5.19",
+		  "one accept SQE per listener" },
+		{ "SEND_ZC", op(c, IORING_OP_SEND_ZC), "6.0",
+		  "zero-copy sends from fixed buffers" },
+		{ "SENDMSG_ZC", op(c, IORING_OP_SENDMSG_ZC), "6.1", "zero-copy UDP datagrams" },
+		{ "RECVSEND_BUNDLE", feat(c, 1U << 14), "6.10", "one CQE spans several buffers" },
+		{ "incremental buffers", c->pbuf_inc, "6.12", "small messages share a buffer" },
+		{ "min-timeout waits", feat(c, IORING_FEAT_MIN_TIMEOUT), "6.12", "(not used yet)" },
+		{ "RECV_ZC opcode (ZCRX)", op(c, KEEL_IORING_OP_RECV_ZC), "6.15",
+		  "zero-copy receive; needs a NIC with header/data split (keel-topo)" },
+	};
+	fprintf(f, "%-22s %-4s %-6s %s\n", "capability", "here", "since", "keel uses it for");
+	for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++)
+		fprintf(f, "%-22s %-4s %-6s %s\n", rows[i].name, rows[i].have ? "yes" : "no",
+			rows[i].since, rows[i].use);
+
+	fprintf(f, "\n%-16s %-6s %-5s %s\n", "feature", "policy", "used", "why");
 	keel_features_decide(opts, d);
 	for (int i = 0; i < KEEL_FEAT__COUNT; i++)
 		fprintf(f, "%-16s %-6s %-5s %s\n", keel_feature_name((enum keel_feature)i),

@@ -359,6 +359,11 @@ Test(tools_topo, caps_prints_the_feature_decisions)
 	cr_assert_eq(run("--caps --feature defer_taskrun=off", true, &out), 0, "%s", out);
 	cr_assert(strstr(out, "kernel "), "%s", out);
 	cr_assert(strstr(out, "defer_taskrun    off"), "%s", out);
+	/* The capability matrix names each kernel capability with its answer here. */
+	cr_assert(strstr(out, "capability             here since"), "%s", out);
+	cr_assert(strstr(out, "MSG_RING               yes"), "%s", out);
+	cr_assert(strstr(out, "SEND_ZC                yes"), "%s", out);
+	cr_assert(strstr(out, "RECV_ZC opcode (ZCRX)"), "%s", out);
 	free(out);
 }
 
