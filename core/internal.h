@@ -228,6 +228,8 @@ void keel__shard_ring_fini(struct keel_shard *s);
 void keel__shard_wake(struct keel_shard *target, struct keel_shard *from);
 struct io_uring_sqe *keel__sqe_internal(struct keel_shard *s);
 void keel__internal_arm(struct keel_shard *s, struct internal_op *iop, struct io_uring_sqe *sqe);
+/* The last CQE of an internal op: disarm it and stop counting it. Returns it. */
+struct internal_op *keel__internal_done(struct keel_op *op);
 
 /* msg.c */
 int keel__mail_init(struct keel_shard *s);

@@ -45,9 +45,7 @@ msgring_cb(struct keel_op *op, int res, uint32_t flags)
 static void
 cancel_cb(struct keel_op *op, int res, uint32_t flags)
 {
-	struct internal_op *iop = (struct internal_op *)op;
-	iop->armed = false;
-	iop->shard->internal_inflight--;
+	keel__internal_done(op);
 }
 
 int
@@ -132,6 +130,16 @@ keel__internal_arm(struct keel_shard *s, struct internal_op *iop, struct io_urin
 	iop->armed = true;
 	s->inflight++;
 	s->internal_inflight++;
+}
+
+struct internal_op *
+keel__internal_done(struct keel_op *op)
+{
+	struct internal_op *iop = (struct internal_op *)op;
+
+	iop->armed = false;
+	iop->shard->internal_inflight--;
+	return iop;
 }
 
 struct io_uring_sqe *
@@ -400,13 +408,11 @@ keel__shard_loop(struct keel_shard *s)
 	s->phase = PHASE_DONE;
 	keel__foreign_close(s);
 	while (s->inflight) {
-		struct io_uring_cqe *cqe;
 		if (!s->cancel_op.armed)
 			submit_cancel_all(s);
 		io_uring_submit_and_wait(&s->ring, 1);
 		STAT_INC(s, enters);
 		reap(s);
-		(void)cqe;
 	}
-	reap(s);
+	reap(s); /* uncounted CQEs (MSG_RING wake-ups) that arrived with the last ones */
 }

@@ -296,11 +296,9 @@ arm_read(struct keel_shard *s, struct internal_op *iop, int fd, void *buf, unsig
 static void
 xefd_cb(struct keel_op *op, int res, uint32_t flags)
 {
-	struct internal_op *iop = (struct internal_op *)op;
+	struct internal_op *iop = keel__internal_done(op);
 	struct keel_shard *s = iop->shard;
 
-	iop->armed = false;
-	s->internal_inflight--;
 	if (res > 0)
 		STAT_INC(s, wakeups);
 	else if (res != -ECANCELED)
@@ -314,11 +312,9 @@ xefd_cb(struct keel_op *op, int res, uint32_t flags)
 static void
 sig_cb(struct keel_op *op, int res, uint32_t flags)
 {
-	struct internal_op *iop = (struct internal_op *)op;
+	struct internal_op *iop = keel__internal_done(op);
 	struct keel_shard *s = iop->shard;
 
-	iop->armed = false;
-	s->internal_inflight--;
 	if (res == (int)sizeof(s->sigbuf)) {
 		int sig = (int)s->sigbuf.ssi_signo;
 		if (++s->signals_seen == 1) {
