@@ -232,17 +232,21 @@ KEEL_API void *keel_conn_app(const struct keel_conn *c);
 
 /** Per-shard network counters. */
 struct keel_net_stats {
-	uint64_t conns_open;  /* connections alive now */
-	uint64_t recv_cqes;   /* receive completions with data */
-	uint64_t recv_bufs;   /* receive buffers filled (several per CQE with bundles) */
-	uint64_t enobufs;     /* receives that ran out of buffers (re-armed later) */
-	uint64_t rearms;      /* multishot receives re-armed after ending */
-	uint64_t sends;       /* send/sendmsg operations */
-	uint64_t sends_zc;    /* SEND_ZC / SENDMSG_ZC operations */
-	uint64_t zc_copied;   /* ... whose notification says the kernel copied */
-	uint64_t short_sends; /* sends that took part of what was offered */
-	uint64_t bp_pauses;   /* reads paused by the high watermark */
-	uint64_t bufs_out;    /* receive buffers held by the application now */
+	uint64_t conns_open;     /* connections alive now */
+	uint64_t recv_cqes;      /* receive completions with data */
+	uint64_t recv_bufs;      /* receive buffers filled (several per CQE with bundles) */
+	uint64_t enobufs;        /* receives that ran out of buffers (re-armed later) */
+	uint64_t rearms;         /* multishot receives re-armed after ending */
+	uint64_t sends;          /* send/sendmsg operations */
+	uint64_t sends_zc;       /* SEND_ZC / SENDMSG_ZC operations */
+	uint64_t zc_copied;      /* ... whose notification says the kernel copied */
+	uint64_t short_sends;    /* sends that took part of what was offered */
+	uint64_t bp_pauses;      /* reads paused by the high watermark */
+	uint64_t bufs_out;       /* receive buffers held by the application now */
+	uint64_t reads_held;     /* received slices held for a paused connection (pause_read,
+				    high watermark) and delivered after resume */
+	uint64_t fd_closes_ring; /* direct descriptors released through the ring
+				    (IORING_OP_CLOSE) */
 };
 
 /**
