@@ -3,11 +3,22 @@
  * TCP connections: receive (multishot recv from the shard's buffer ring), send (one
  * operation in flight; what is queued meanwhile leaves together), backpressure, close.
  *
- * Lifetime: every operation in flight on a connection is counted in c->ops (deferred
- * flushes too). Closing marks it, cancels what is in flight, and the connection is freed
- * only once nothing is in flight, after on_close: no callback ever runs on a freed
- * connection. Slices of a send stay queued until that send completes, because the
- * kernel may still be reading them.
+ * Lifetime: every operation in flight on a connection is counted in c->nops (deferred
+ * flushes too). Closing (keel_conn_close, keel_conn_abort) only marks it and cancels what
+ * is in flight; it never runs a callback. Once nothing is in flight (the last CQE of every
+ * operation seen, SEND_ZC completions reaped, the queue dropped) the descriptor is released
+ * (a direct one through the ring: IORING_OP_CLOSE), and then the connection goes on the
+ * shard's close list. The list is run from the loop (a deferred callback, like libuv's
+ * closing_handles): detached first, so a close issued by an on_close waits for the next
+ * run; each entry gets on_close and is freed. So no callback ever runs inside the call
+ * the application made, and no callback ever runs on a freed connection. Slices of a send
+ * stay queued until that send completes, because the kernel may still be reading them.
+ *
+ * Pause: after keel_conn_pause_read (or the high watermark) no on_data runs until resume.
+ * Data that completes meanwhile (CQEs already reaped, or racing the cancel) is held in
+ * c->rq and delivered, in order, from the loop after resume. The receive stays cancelled
+ * while anything is held, so c->rq never holds more than the receives in flight at the
+ * pause could fill: at most the buffer ring.
  */
 #include <errno.h>
 #include <netinet/tcp.h>
@@ -28,12 +39,22 @@ struct keel_conn {
 	bool starving;
 
 	struct keel_op recv_op, rcancel_op, send_op, cancel_op, shut_op, connect_op, tmo_op;
+	struct keel_op close_op;
 	unsigned nops;
 
 	bool open, connecting, recv_armed, rcancel_sent, read_paused, bp_paused, eof;
 	bool closing, flush_close, shut_pending, shut_sent, send_inflight, flush_queued;
 	bool want_writable, cancel_sent;
+	bool eof_held;    /* EOF seen behind held data: on_eof after it */
+	bool rq_queued;   /* a deferred delivery of the held data is queued */
+	bool fd_released; /* the descriptor is closed (or its close is in flight) */
+	bool close_listed;
+	struct keel_conn *close_next; /* ns->close_head */
 	int status;
+
+	/* Received slices held while paused: rq[rqhead..rqn) */
+	struct keel_slice *rq;
+	uint32_t rqhead, rqn, rqcap;
 
 	struct keel_timer *close_timer; /* bounds a graceful close (close_timeout_ms) */
 	struct keel_slice *q;
@@ -57,6 +78,8 @@ struct zc_op {
 
 static void conn_check(struct keel_conn *c);
 static void send_kick(struct keel_conn *c);
+static void recv_update(struct keel_conn *c);
+static void rq_later(struct keel_conn *c);
 
 static void
 sqe_fd(struct keel_conn *c, struct io_uring_sqe *sqe)
@@ -69,7 +92,101 @@ static bool
 want_recv(const struct keel_conn *c)
 {
 	return c->open && !c->closing && !c->flush_close && !c->eof && !c->read_paused &&
-	       !c->bp_paused && !c->starving && !c->ns->stopping;
+	       !c->bp_paused && !c->starving && !c->ns->stopping && c->rqhead == c->rqn;
+}
+
+static bool
+read_blocked(const struct keel_conn *c)
+{
+	return c->read_paused || c->bp_paused;
+}
+
+static bool
+dropping_reads(const struct keel_conn *c)
+{
+	return c->closing || c->flush_close;
+}
+
+static void
+rq_drop(struct keel_conn *c)
+{
+	while (c->rqhead < c->rqn)
+		keel_slice_put(&c->rq[c->rqhead++]);
+	c->rqhead = c->rqn = 0;
+	c->eof_held = false;
+}
+
+/* Hold @n slices for delivery after resume. Consumes them, also on failure (-ENOMEM). */
+static int
+rq_hold(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	if (c->rqhead == c->rqn)
+		c->rqhead = c->rqn = 0;
+	if (c->rqn + n > c->rqcap && c->rqhead) {
+		memmove(c->rq, c->rq + c->rqhead, (c->rqn - c->rqhead) * sizeof(*c->rq));
+		c->rqn -= c->rqhead;
+		c->rqhead = 0;
+	}
+	if (c->rqn + n > c->rqcap) {
+		uint32_t ncap = c->rqcap ? c->rqcap : 16;
+		struct keel_slice *nq;
+
+		while (ncap < c->rqn + n)
+			ncap *= 2;
+		nq = realloc(c->rq, ncap * sizeof(*nq));
+		if (!nq) {
+			for (unsigned i = 0; i < n; i++)
+				keel_slice_put(&s[i]);
+			return -ENOMEM;
+		}
+		c->rq = nq;
+		c->rqcap = ncap;
+	}
+	memcpy(c->rq + c->rqn, s, n * sizeof(*s));
+	c->rqn += n;
+	c->ns->st.reads_held += n;
+	return 0;
+}
+
+/* How many of @s[0..n) one on_data may carry: what fits under the high watermark plus one
+ * receive buffer, and at least one slice. An application that echoes what it receives
+ * therefore never queues more than high + buf_size. */
+static unsigned
+chunk(const struct keel_conn *c, const struct keel_slice *s, unsigned n)
+{
+	uint64_t budget = (c->queued < c->high ? c->high - c->queued : 0) + c->ns->cfg.buf_size;
+	uint64_t bytes = s[0].len;
+	unsigned k = 1;
+
+	while (k < n && bytes + s[k].len <= budget)
+		bytes += s[k++].len;
+	return k;
+}
+
+/* Deliver @s[0..n) in on_data calls, as long as reading is not paused; hold the rest. */
+static void
+deliver_slices(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	unsigned i = 0;
+
+	while (i < n) {
+		unsigned k;
+
+		if (dropping_reads(c)) {
+			for (; i < n; i++)
+				keel_slice_put(&s[i]);
+			return;
+		}
+		if (read_blocked(c)) {
+			if (rq_hold(c, s + i, n - i) < 0)
+				keel_conn_abort(c, -ENOMEM);
+			recv_update(c);
+			return;
+		}
+		k = chunk(c, s + i, n - i);
+		c->ops->on_data(c, s + i, k);
+		i += k;
+	}
 }
 
 static void
@@ -176,12 +293,69 @@ deliver(struct keel_conn *c, unsigned bid, int res, uint32_t flags)
 	}
 	ns->st.recv_cqes++;
 	ns->st.recv_bufs += (unsigned)n;
-	if (c->closing || c->flush_close) {
-		for (int i = 0; i < n; i++)
-			keel_slice_put(&ns->scratch[i]);
+	/* Behind held data: in order, after it. */
+	if (c->rqhead < c->rqn && !dropping_reads(c)) {
+		if (rq_hold(c, ns->scratch, (unsigned)n) < 0)
+			keel_conn_abort(c, -ENOMEM);
 		return;
 	}
-	c->ops->on_data(c, ns->scratch, (unsigned)n);
+	deliver_slices(c, ns->scratch, (unsigned)n);
+}
+
+static void
+eof_deliver(struct keel_conn *c)
+{
+	if (c->ops->on_eof)
+		c->ops->on_eof(c);
+	else
+		keel_conn_close(c);
+}
+
+/* Deferred: hand over what was held while reading was paused, then a held EOF. */
+static void
+rq_cb(void *arg)
+{
+	struct keel_conn *c = arg;
+
+	c->rq_queued = false;
+	while (c->rqhead < c->rqn && !dropping_reads(c) && !read_blocked(c)) {
+		unsigned k = chunk(c, c->rq + c->rqhead, c->rqn - c->rqhead);
+		uint32_t at = c->rqhead;
+
+		/* Advanced first: on_data owns the slices (keel_conn_send clears them). */
+		c->rqhead += k;
+		c->ops->on_data(c, c->rq + at, k);
+	}
+	if (c->rqhead == c->rqn) {
+		c->rqhead = c->rqn = 0;
+		if (c->eof_held && !dropping_reads(c)) {
+			c->eof_held = false;
+			eof_deliver(c);
+		}
+	}
+	recv_update(c);
+	c->nops--;
+	conn_check(c);
+}
+
+static void
+rq_later(struct keel_conn *c)
+{
+	if (c->rq_queued || (c->rqhead == c->rqn && !c->eof_held) || read_blocked(c) ||
+	    dropping_reads(c))
+		return;
+	if (keel_defer(rq_cb, c) < 0) {
+		/* Out of memory for the deferred call: drop rather than deliver inside the
+		 * application's call. */
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "shard %u: cannot defer the delivery of held data (out of memory); "
+			 "aborting the connection",
+			 c->ns->id);
+		keel_conn_abort(c, -ENOMEM);
+		return;
+	}
+	c->rq_queued = true;
+	c->nops++;
 }
 
 static void
@@ -199,10 +373,10 @@ recv_cb(struct keel_op *op, int res, uint32_t flags)
 	} else if (res == 0) {
 		if (!c->closing && !c->eof) {
 			c->eof = true;
-			if (c->ops->on_eof)
-				c->ops->on_eof(c);
+			if (c->rqhead < c->rqn)
+				c->eof_held = true; /* after the held data */
 			else
-				keel_conn_close(c);
+				eof_deliver(c);
 		}
 	} else if (res == -ENOBUFS) {
 		ns->st.enobufs++;
@@ -287,6 +461,7 @@ send_done(struct keel_conn *c, int res)
 		return;
 	if (c->bp_paused && c->queued <= c->low) {
 		c->bp_paused = false;
+		rq_later(c);
 		recv_update(c);
 		if (c->want_writable) {
 			c->want_writable = false;
@@ -537,11 +712,12 @@ keel_conn_close(struct keel_conn *c)
 		return;
 	}
 	c->flush_close = true;
+	rq_drop(c); /* a closing connection reads nothing more */
 	recv_update(c);
 	flush_later(c);
 	/* Without a timer the close waits as long as the peer does not read. If none can be
 	 * made (ENOMEM), it waits: the runtime's stop still aborts it. */
-	if (c->ns->cfg.close_timeout_ms &&
+	if (!c->closing && c->ns->cfg.close_timeout_ms &&
 	    keel_timer_create(close_timeout_cb, c, &c->close_timer) == 0)
 		keel_timer_start(c->close_timer, (uint64_t)c->ns->cfg.close_timeout_ms * 1000, 0);
 }
@@ -555,6 +731,12 @@ keel_conn_abort(struct keel_conn *c, int status)
 		return;
 	c->closing = true;
 	c->status = status > 0 ? 0 : status;
+	if (c->close_timer) {
+		/* Allowed inside its own callback (close_timeout_cb). */
+		keel_timer_destroy(c->close_timer);
+		c->close_timer = NULL;
+	}
+	rq_drop(c);
 	starve_remove(c);
 	if (c->nops && (c->recv_armed || c->send_inflight || c->connecting || c->shut_sent)) {
 		sqe = keel_sqe_get();
@@ -580,20 +762,16 @@ cancel_cb(struct keel_op *op, int res, uint32_t flags)
 	conn_check(c);
 }
 
+/* Free @c: unlinked, on_close (when @notify), memory. Nothing may be in flight. */
 static void
-conn_free(struct keel_conn *c)
+conn_free(struct keel_conn *c, bool notify)
 {
 	struct net_shard *ns = c->ns;
 
-	if (c->direct) {
-		int minus1 = -1;
-		io_uring_register_files_update(keel_shard_ring_get(), (unsigned)c->fd, &minus1, 1);
-	} else {
-		close(c->fd);
-	}
+	net_verify(c->nops == 0 && c->fd_released);
 	if (c->close_timer)
 		keel_timer_destroy(c->close_timer);
-	if (c->ops->on_close)
+	if (notify && c->ops->on_close)
 		c->ops->on_close(c, c->status);
 	if (c->prev)
 		c->prev->next = c->next;
@@ -603,8 +781,123 @@ conn_free(struct keel_conn *c)
 		c->next->prev = c->prev;
 	ns->st.conns_open--;
 	free(c->q);
+	free(c->rq);
 	free(c);
 	keel__net_unref(ns);
+}
+
+/* The close list, run from the loop. Detached first: what on_close closes waits for the
+ * next run, which the deferral already queued. */
+static void
+close_run(struct net_shard *ns)
+{
+	struct keel_conn *c = ns->close_head;
+
+	ns->close_head = NULL;
+	ns->close_tail = NULL;
+	ns->close_kick = false;
+	while (c) {
+		struct keel_conn *next = c->close_next;
+		conn_free(c, true);
+		c = next;
+	}
+	keel__net_unref(ns); /* the kick's */
+}
+
+static void
+close_defer_cb(void *arg)
+{
+	close_run(arg);
+}
+
+static void
+close_nop_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	struct net_shard *ns = container_of(op, struct net_shard, close_nop);
+
+	ns->close_nop_inflight = false;
+	close_run(ns);
+}
+
+static void
+close_list_add(struct keel_conn *c)
+{
+	struct net_shard *ns = c->ns;
+	struct io_uring_sqe *sqe;
+
+	if (c->close_listed)
+		return;
+	c->close_listed = true;
+	c->close_next = NULL;
+	if (ns->close_tail)
+		ns->close_tail->close_next = c;
+	else
+		ns->close_head = c;
+	ns->close_tail = c;
+	if (ns->close_kick)
+		return;
+	/* A deferred call keeps the shard awake until it runs; without memory for one, a
+	 * NOP's completion does the same. */
+	if (keel_defer(close_defer_cb, ns) == 0) {
+		ns->close_kick = true;
+		keel__net_ref(ns);
+		return;
+	}
+	if (ns->close_nop_inflight)
+		return;
+	sqe = keel_sqe_get();
+	if (!sqe) {
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "shard %u: neither a deferred call nor an SQE for on_close; closes wait "
+			 "for the next close",
+			 ns->id);
+		return;
+	}
+	io_uring_prep_nop(sqe);
+	ns->close_nop.fn = close_nop_cb;
+	keel_sqe_bind(sqe, &ns->close_nop);
+	ns->close_nop_inflight = true;
+	ns->close_kick = true;
+	keel__net_ref(ns);
+}
+
+static void
+close_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	struct keel_conn *c = container_of(op, struct keel_conn, close_op);
+
+	if (res < 0)
+		keel_log(KEEL_LOG_ERROR, NET_MOD, "shard %u: closing direct descriptor %d: %s",
+			 c->ns->id, c->fd, strerror(-res));
+	else
+		c->ns->st.fd_closes_ring++;
+	c->nops--;
+	conn_check(c);
+}
+
+/* Release the descriptor. A direct one goes through the ring (IORING_OP_CLOSE on the
+ * fixed slot, Linux 5.15, older than the sparse tables direct_fd needs): no system call
+ * of its own, and its completion comes before on_close, so the slot is free again by
+ * then. Without an SQE (the ring failed, logged) the slot is released synchronously. */
+static void
+fd_release(struct keel_conn *c)
+{
+	struct io_uring_sqe *sqe;
+
+	c->fd_released = true;
+	if (!c->direct) {
+		close(c->fd);
+		return;
+	}
+	sqe = keel_sqe_get();
+	if (sqe) {
+		io_uring_prep_close_direct(sqe, (unsigned)c->fd);
+		keel_sqe_bind(sqe, &c->close_op);
+		c->nops++;
+		return;
+	}
+	int minus1 = -1;
+	io_uring_register_files_update(keel_shard_ring_get(), (unsigned)c->fd, &minus1, 1);
 }
 
 static void
@@ -616,7 +909,12 @@ conn_check(struct keel_conn *c)
 		drop_queue(c);
 	if (c->nops)
 		return;
-	conn_free(c);
+	if (!c->fd_released) {
+		fd_release(c);
+		if (c->nops)
+			return;
+	}
+	close_list_add(c);
 }
 
 static void connect_cb(struct keel_op *op, int res, uint32_t flags);
@@ -644,6 +942,7 @@ keel__conn_new(struct net_shard *ns, int fd, bool direct, const struct keel_conn
 	c->shut_op.fn = shut_cb;
 	c->connect_op.fn = connect_cb;
 	c->tmo_op.fn = tmo_cb;
+	c->close_op.fn = close_cb;
 	c->next = ns->conns;
 	if (c->next)
 		c->next->prev = c;
@@ -708,6 +1007,40 @@ tmo_cb(struct keel_op *op, int res, uint32_t flags)
 	conn_check(c);
 }
 
+/* Room for @n SQEs in this shard's SQ, submitting what is queued first if needed.
+ * Returns: 0, or -errno of the submit (logged). */
+static int
+sq_reserve(unsigned n)
+{
+	struct io_uring *ring = keel_shard_ring_get();
+	int r;
+
+	if (io_uring_sq_space_left(ring) >= n)
+		return 0;
+	r = io_uring_submit(ring);
+	if (r < 0) {
+		keel_log(KEEL_LOG_ERROR, NET_MOD, "io_uring_submit failed: %s", strerror(-r));
+		return r;
+	}
+	if (io_uring_sq_space_left(ring) < n) {
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "the SQ has no room for %u entries after a submit; raise --ring-entries",
+			 n);
+		return -EBUSY;
+	}
+	return 0;
+}
+
+/* A connection the application never got (keel_conn_connect failed): freed without
+ * on_close. Nothing may be in flight. */
+static void
+conn_discard(struct keel_conn *c)
+{
+	c->closing = true;
+	fd_release(c); /* a plain descriptor: synchronous */
+	conn_free(c, false);
+}
+
 int
 keel_conn_connect(const char *addr, uint16_t port, uint32_t timeout_ms,
 		  const struct keel_conn_ops *ops, void *app, struct keel_conn **out)
@@ -745,11 +1078,17 @@ keel_conn_connect(const char *addr, uint16_t port, uint32_t timeout_ms,
 	}
 	c->peer = ss;
 	c->peerlen = len;
-	sqe = keel_sqe_get();
-	if (!sqe) {
-		keel_conn_abort(c, -EIO);
-		return -EIO;
+	/* The connect and its link timeout are one chain: both SQEs are reserved before
+	 * either is prepared, so a full SQ never submits the connect as an unterminated
+	 * chain (no timeout) and a missing second SQE never links it to whatever comes
+	 * next. */
+	r = sq_reserve(timeout_ms ? 2 : 1);
+	if (r < 0) {
+		conn_discard(c);
+		return r;
 	}
+	sqe = keel_sqe_get();
+	net_verify(sqe);
 	io_uring_prep_connect(sqe, fd, (struct sockaddr *)&c->peer, c->peerlen);
 	keel_sqe_bind(sqe, &c->connect_op);
 	c->connecting = true;
@@ -759,11 +1098,10 @@ keel_conn_connect(const char *addr, uint16_t port, uint32_t timeout_ms,
 		c->ts.tv_sec = timeout_ms / 1000;
 		c->ts.tv_nsec = (long long)(timeout_ms % 1000) * 1000000;
 		sqe = keel_sqe_get();
-		if (sqe) {
-			io_uring_prep_link_timeout(sqe, &c->ts, 0);
-			keel_sqe_bind(sqe, &c->tmo_op);
-			c->nops++;
-		}
+		net_verify(sqe); /* reserved above */
+		io_uring_prep_link_timeout(sqe, &c->ts, 0);
+		keel_sqe_bind(sqe, &c->tmo_op);
+		c->nops++;
 	}
 	*out = c;
 	return 0;
@@ -780,6 +1118,7 @@ void
 keel_conn_resume_read(struct keel_conn *c)
 {
 	c->read_paused = false;
+	rq_later(c);
 	recv_update(c);
 }
 

@@ -58,11 +58,16 @@ struct net_shard {
 	struct pbuf_ring tcp; /* bgid 0 */
 	struct pbuf_ring udp; /* bgid 1, created on first UDP use */
 	bool udp_ready;
-	bool dropping;                /* releasing the rings' own references at the end */
-	struct keel_conn *conns;      /* every live connection (abort on stop) */
-	struct keel_udp *udps;        /* every live UDP endpoint */
-	struct keel_conn *starved;    /* connections waiting for buffers */
-	bool starve_kick;             /* a deferred re-arm is queued */
+	bool dropping;             /* releasing the rings' own references at the end */
+	struct keel_conn *conns;   /* every live connection (abort on stop) */
+	struct keel_udp *udps;     /* every live UDP endpoint */
+	struct keel_conn *starved; /* connections waiting for buffers */
+	bool starve_kick;          /* a deferred re-arm is queued */
+	/* Closed connections with nothing in flight, waiting for on_close from the loop. */
+	struct keel_conn *close_head, *close_tail;
+	bool close_kick;         /* a run of the close list is queued (holds a reference) */
+	bool close_nop_inflight; /* ... through a NOP, when no deferred call could be had */
+	struct keel_op close_nop;
 	struct keel__lshard *lshards; /* listener parts on this shard */
 	struct keel_slice *scratch;   /* [tcp.nbufs] slices of one completion */
 	struct keel_net_stats st;
@@ -85,11 +90,18 @@ void keel__pbuf_fini(struct pbuf_ring *r);
 /* Put the ring's own references (no receive may be in flight). */
 void keel__pbuf_drop_krefs(struct pbuf_ring *r);
 /* Turn a receive completion of @res bytes starting at buffer @bid into slices in @out
- * (at most @max). Returns how many, or -errno (the buffers went back to the ring). */
+ * (at most @max). Returns how many, or -errno (-ENOMEM: a buffer could not be wrapped).
+ * On error no slice is returned and the data is lost (the caller aborts the connection),
+ * but no buffer is: every buffer of the completion the kernel retired goes back to the
+ * ring, through the put of its slices or directly when it was never wrapped. */
 int keel__pbuf_take(struct pbuf_ring *r, unsigned bid, int res, uint32_t cqe_flags, bool bundle,
 		    struct keel_slice *out, unsigned max);
 /* True when @p lies in @r's memory; then *area is its area slice. */
 bool keel__pbuf_owns(const struct pbuf_ring *r, const void *p, const struct keel_slice **area);
+
+/* Fault injection for tests: the next this-many buffer wraps in keel__pbuf_take fail
+ * with -ENOMEM (as keel_buf_wrap does when no buffer header can be allocated). */
+extern _Atomic unsigned keel__pbuf_fail_wraps;
 
 /* conn.c */
 struct keel_conn *keel__conn_new(struct net_shard *ns, int fd, bool direct,

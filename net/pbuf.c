@@ -18,6 +18,8 @@
 
 #include "net_internal.h"
 
+_Atomic unsigned keel__pbuf_fail_wraps;
+
 static void
 ring_add(struct pbuf_ring *r, uint16_t bid)
 {
@@ -183,6 +185,14 @@ kref_get(struct pbuf_ring *r, uint16_t bid)
 
 	if (r->kref[bid].buf)
 		return 0;
+	if (__builtin_expect(atomic_load_explicit(&keel__pbuf_fail_wraps, memory_order_relaxed),
+			     0)) {
+		unsigned n = atomic_load(&keel__pbuf_fail_wraps);
+		while (n && !atomic_compare_exchange_weak(&keel__pbuf_fail_wraps, &n, n - 1))
+			;
+		if (n)
+			return -ENOMEM;
+	}
 	base = r->areas[bid / r->per_area].data + (size_t)(bid % r->per_area) * r->bufsize;
 	ret = keel_buf_wrap(keel_shard_alloc(), base, r->bufsize, buf_release, r, &r->kref[bid]);
 	if (ret < 0)
@@ -231,6 +241,12 @@ keel__pbuf_take(struct pbuf_ring *r, unsigned bid, int res, uint32_t cqe_flags, 
 			memset(&r->kref[b], 0, sizeof(k));
 			r->nkref--;
 			keel_slice_put(&k); /* the kernel is done with it */
+		} else if (done && r->registered && !r->ns->stopping) {
+			/* Never wrapped (ENOMEM): the kernel retired it all the same, so it
+			 * goes straight back, or the ring would shrink for good. */
+			ring_add(r, b);
+			if (r->ns->starved)
+				keel__conn_starved_kick(r->ns);
 		}
 		pos++;
 	}

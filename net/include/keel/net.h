@@ -84,7 +84,11 @@ struct keel_conn_ops {
 	/**
 	 * The last callback: @status is 0 after keel_conn_close(), -ECONNRESET, -EPIPE,
 	 * -ETIMEDOUT (connect), -ECONNREFUSED, -ESHUTDOWN (runtime stop), or another -errno.
-	 * The connection is freed when it returns.
+	 * It runs from the loop, never inside keel_conn_close()/keel_conn_abort() or any other
+	 * call, and only once the connection has nothing in flight: every receive ended, the
+	 * send in flight completed, the queue dropped, the descriptor released (a direct
+	 * descriptor's slot is free again). It may close, abort or free anything, other
+	 * connections included. The connection is freed when it returns.
 	 */
 	void (*on_close)(struct keel_conn *c, int status);
 };
@@ -170,10 +174,13 @@ KEEL_API int keel_listener_stats(const struct keel_listener *l, unsigned shard,
 
 /**
  * Connect to @addr:@port through the ring, giving up after @timeout_ms (0: no timeout).
- * on_open runs when connected; on failure on_close runs with the error and on_open never
- * does.
+ * on_open runs when connected; on failure on_close runs with the error (-ETIMEDOUT when
+ * the timeout ended it) and on_open never does. The connect and its timeout go to the ring
+ * as one linked pair: both SQEs are reserved first (submitting what is queued when the SQ
+ * has no room for two), so the timeout always applies.
  * Returns: 0 and *out (valid until on_close returns); -EINVAL with a logged message when the
- * address does not parse; -ESHUTDOWN when the runtime is stopping; -errno (socket, memory).
+ * address does not parse; -ESHUTDOWN when the runtime is stopping; -errno (socket, memory,
+ * a failed submit). On error no callback follows.
  * Context: a shard.
  */
 KEEL_API int keel_conn_connect(const char *addr, uint16_t port, uint32_t timeout_ms,
@@ -183,8 +190,10 @@ KEEL_API int keel_conn_connect(const char *addr, uint16_t port, uint32_t timeout
  * Queue @s for sending. Slices leave in the order queued; slices queued while a send is in
  * flight leave together.
  * Consumes: @s's reference, on success (0 or 1).
- * Returns: 0; 1 when the queued bytes are above the high watermark (reading from this
- * connection pauses until on_writable; keep queueing only what you must); -EPIPE after
+ * Returns: 0; 1 when the queued bytes are above the high watermark (no on_data for this
+ * connection until on_writable, as with keel_conn_pause_read(); one on_data carries at most
+ * the room under the high watermark plus one receive buffer, so an application that sends
+ * what it receives stays within high_watermark + buf_size); -EPIPE after
  * close or shutdown; -EINVAL for an empty slice.
  * Context: the connection's shard.
  */
@@ -198,23 +207,36 @@ KEEL_API int keel_conn_send(struct keel_conn *c, struct keel_slice *s);
 KEEL_API int keel_conn_shutdown(struct keel_conn *c);
 
 /**
- * Close gracefully: stop reading, send what is queued, then close; on_close(c, 0) follows.
+ * Close gracefully: stop reading (received data not yet delivered is dropped), send what
+ * is queued, then close; on_close(c, 0) follows, from the loop, never before this returns.
  * With keel_net_config.close_timeout_ms set, a queue still not sent after that long is
  * dropped and on_close(c, -ETIMEDOUT) follows instead.
- * Context: the connection's shard. Closing twice is harmless.
+ * Context: the connection's shard. Closing twice is harmless; @c stays valid until
+ * on_close returns (calls on it then fail with -EPIPE or do nothing).
  */
 KEEL_API void keel_conn_close(struct keel_conn *c);
 
 /**
  * Close now: queued bytes are dropped, operations are cancelled; on_close(c, @status)
- * follows (status <= 0). Context: the connection's shard.
+ * follows (status <= 0), from the loop once nothing is in flight, never before this
+ * returns. Context: the connection's shard; @c stays valid until on_close returns.
  */
 KEEL_API void keel_conn_abort(struct keel_conn *c, int status);
 
-/** Stop delivering on_data until keel_conn_resume_read(). Context: its shard. */
+/**
+ * Stop delivering on_data until keel_conn_resume_read(): once this returns, on_data does
+ * not run for @c, not even for completions already reaped in the same pass or racing the
+ * receive's cancellation. Such data (at most what the receives in flight could fill: the
+ * shard's receive buffers) is held, in order, and delivered after the resume, followed by
+ * an EOF that came behind it. The same holds while the high watermark pauses reading.
+ * Context: its shard (inside on_data too: the rest of that completion is then held).
+ */
 KEEL_API void keel_conn_pause_read(struct keel_conn *c);
 
-/** Resume delivering on_data. Context: its shard. */
+/**
+ * Resume delivering on_data. Held data is delivered from the loop (never inside this
+ * call), then receiving starts again. Context: its shard.
+ */
 KEEL_API void keel_conn_resume_read(struct keel_conn *c);
 
 /** Bytes queued and not yet acknowledged by the kernel. */
@@ -232,17 +254,21 @@ KEEL_API void *keel_conn_app(const struct keel_conn *c);
 
 /** Per-shard network counters. */
 struct keel_net_stats {
-	uint64_t conns_open;  /* connections alive now */
-	uint64_t recv_cqes;   /* receive completions with data */
-	uint64_t recv_bufs;   /* receive buffers filled (several per CQE with bundles) */
-	uint64_t enobufs;     /* receives that ran out of buffers (re-armed later) */
-	uint64_t rearms;      /* multishot receives re-armed after ending */
-	uint64_t sends;       /* send/sendmsg operations */
-	uint64_t sends_zc;    /* SEND_ZC / SENDMSG_ZC operations */
-	uint64_t zc_copied;   /* ... whose notification says the kernel copied */
-	uint64_t short_sends; /* sends that took part of what was offered */
-	uint64_t bp_pauses;   /* reads paused by the high watermark */
-	uint64_t bufs_out;    /* receive buffers held by the application now */
+	uint64_t conns_open;     /* connections alive now */
+	uint64_t recv_cqes;      /* receive completions with data */
+	uint64_t recv_bufs;      /* receive buffers filled (several per CQE with bundles) */
+	uint64_t enobufs;        /* receives that ran out of buffers (re-armed later) */
+	uint64_t rearms;         /* multishot receives re-armed after ending */
+	uint64_t sends;          /* send/sendmsg operations */
+	uint64_t sends_zc;       /* SEND_ZC / SENDMSG_ZC operations */
+	uint64_t zc_copied;      /* ... whose notification says the kernel copied */
+	uint64_t short_sends;    /* sends that took part of what was offered */
+	uint64_t bp_pauses;      /* reads paused by the high watermark */
+	uint64_t bufs_out;       /* receive buffers held by the application now */
+	uint64_t reads_held;     /* received slices held for a paused connection (pause_read,
+				    high watermark) and delivered after resume */
+	uint64_t fd_closes_ring; /* direct descriptors released through the ring
+				    (IORING_OP_CLOSE) */
 };
 
 /**

@@ -1,0 +1,568 @@
+// SPDX-License-Identifier: MIT
+/* Connection lifetime: no on_data between pause and resume, on_close deferred to the loop
+ * (never inside the application's call, never on freed memory when an on_close aborts
+ * another connection), the connect + link-timeout chain on a tiny SQ, a failed buffer
+ * wrap that must not shrink the receive ring, direct descriptors closed through the ring. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "../../net/net_internal.h"
+#include "helpers.h"
+
+static double
+now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Wait for a condition another thread makes true; fail loudly after @secs. */
+#define WAIT_UNTIL(cond, secs, ...)                                             \
+	do {                                                                    \
+		double end_ = now_s() + (secs);                                 \
+		while (!(cond)) {                                               \
+			cr_assert_lt(now_s(), end_, "timed out: " __VA_ARGS__); \
+			sched_yield();                                          \
+		}                                                               \
+	} while (0)
+
+static struct keel_opts
+opts1(void)
+{
+	struct keel_opts o = net_test_opts(1);
+	o.idle_poll_us = 0;
+	return o;
+}
+
+static void
+feature(struct keel_opts *o, const char *spec)
+{
+	char err[128], s[64];
+	int argc = 3;
+	char *argv[] = { "t", "--feature", s, NULL };
+
+	snprintf(s, sizeof(s), "%s", spec);
+	cr_assert_eq(keel_opts_parse(o, &argc, argv, err, sizeof(err)), 0, "%s", err);
+}
+
+static uint8_t
+pat(uint64_t k)
+{
+	return (uint8_t)(k * 7 + k / 251);
+}
+
+/* ---- pause: no on_data until resume ---- */
+
+/* The server pauses reading in every on_data and resumes from a timer 1 ms later. Any
+ * on_data in between is a violation; the stream must still arrive whole and in order. */
+static struct {
+	_Atomic uint64_t bytes;
+	_Atomic int violations, bad_bytes, pauses, closes;
+	bool paused; /* shard only */
+	struct keel_timer *t;
+} pz;
+
+static void
+pz_resume(struct keel_timer *t, void *arg)
+{
+	pz.paused = false;
+	keel_conn_resume_read(arg);
+}
+
+static void
+pz_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	uint64_t at = atomic_load(&pz.bytes);
+
+	if (pz.paused)
+		atomic_fetch_add(&pz.violations, 1);
+	for (unsigned i = 0; i < n; i++) {
+		for (uint32_t k = 0; k < s[i].len; k++)
+			if (s[i].data[k] != pat(at + k))
+				atomic_fetch_add(&pz.bad_bytes, 1);
+		at += s[i].len;
+		keel_slice_put(&s[i]);
+	}
+	atomic_store(&pz.bytes, at);
+	if (!pz.t && keel_timer_create(pz_resume, c, &pz.t) < 0)
+		return;
+	keel_conn_pause_read(c);
+	pz.paused = true;
+	atomic_fetch_add(&pz.pauses, 1);
+	keel_timer_start(pz.t, 1000, 0);
+}
+
+static void
+pz_close(struct keel_conn *c, int status)
+{
+	if (pz.t)
+		keel_timer_destroy(pz.t);
+	pz.t = NULL;
+	atomic_fetch_add(&pz.closes, 1);
+}
+
+static const struct keel_conn_ops pz_ops = { .on_data = pz_data, .on_close = pz_close };
+
+static void
+pause_run(const char *spec)
+{
+	struct keel_opts o = opts1();
+	struct keel_net_config nc;
+	size_t len = test_small() ? (2u << 20) : (16u << 20);
+	uint8_t *out = malloc(len);
+	struct srv s;
+	int fd;
+
+	memset(&pz, 0, sizeof(pz));
+	if (spec)
+		feature(&o, spec);
+	keel_net_config_init(&nc);
+	nc.buf_size = 4096;
+	nc.buf_count = 256;
+	for (size_t k = 0; k < len; k++)
+		out[k] = pat(k);
+	cr_assert_eq(srv_start(&s, &o, &nc, &pz_ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(cli_write_all(fd, out, len), 0);
+	WAIT_UNTIL(atomic_load(&pz.bytes) == len, 120, "%llu of %zu bytes arrived",
+		   (unsigned long long)atomic_load(&pz.bytes), len);
+	close(fd);
+	WAIT_UNTIL(atomic_load(&pz.closes) == 1, 30, "no on_close");
+	cr_assert_eq(srv_stop(&s), 0);
+	cr_assert_eq(atomic_load(&pz.violations), 0, "%d on_data calls while paused (of %d pauses)",
+		     atomic_load(&pz.violations), atomic_load(&pz.pauses));
+	cr_assert_eq(atomic_load(&pz.bad_bytes), 0);
+	cr_assert_gt(atomic_load(&pz.pauses), 1);
+	free(out);
+}
+
+Test(net_lifetime, no_on_data_after_pause_until_resume)
+{
+	pause_run(NULL);
+}
+
+/* One buffer per completion: many completions per pass, so some are always reaped with the
+ * one whose on_data paused. */
+Test(net_lifetime, no_on_data_after_pause_until_resume_without_bundles)
+{
+	pause_run("recv_bundle=off");
+}
+
+/* ---- on_close from the loop ---- */
+
+/* A proxy pair: the server pairs each two accepted connections; each one's on_close
+ * aborts its peer (as any proxy does). Both clients half-close, so both server sides sit
+ * idle after EOF with nothing in flight, the case where a close could complete at once. */
+static struct {
+	struct keel_conn *first, *c[2]; /* shard only */
+	_Atomic int eofs, closes, inside, status[2];
+	_Atomic int abort_mode; /* 0: nothing; 1: abort c[0] from the loop; 2: close c[0] */
+	bool in_call;           /* shard only: inside keel_conn_abort/close of the test */
+} px;
+
+static void
+px_open(struct keel_conn *c)
+{
+	if (!px.first) {
+		px.first = c;
+		px.c[0] = c;
+		return;
+	}
+	px.c[1] = c;
+	keel_conn_set_user(px.first, c);
+	keel_conn_set_user(c, px.first);
+	px.first = NULL;
+}
+
+static void
+px_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		keel_slice_put(&s[i]);
+}
+
+static void
+px_kill(void *arg)
+{
+	px.in_call = true;
+	if (atomic_load(&px.abort_mode) == 1)
+		keel_conn_abort(px.c[0], -ECONNABORTED);
+	else
+		keel_conn_close(px.c[0]);
+	px.in_call = false;
+	/* Both still valid here: their on_close has not run. */
+	keel_conn_set_user(px.c[0], keel_conn_user(px.c[0]));
+	keel_conn_set_user(px.c[1], keel_conn_user(px.c[1]));
+}
+
+static void
+px_eof(struct keel_conn *c)
+{
+	/* Stays open and idle. The second EOF (the recv that brought it has ended by the
+	 * time the deferred call runs) kills the pair, if the test asks for it. */
+	if (atomic_fetch_add(&px.eofs, 1) == 1 && atomic_load(&px.abort_mode))
+		keel_defer(px_kill, NULL);
+}
+
+static void
+px_close(struct keel_conn *c, int status)
+{
+	struct keel_conn *peer = keel_conn_user(c);
+
+	if (px.in_call)
+		atomic_fetch_add(&px.inside, 1);
+	atomic_store(&px.status[c == px.c[0] ? 0 : 1], status);
+	atomic_fetch_add(&px.closes, 1);
+	if (peer) {
+		keel_conn_set_user(peer, NULL);
+		keel_conn_abort(peer, -ECONNABORTED);
+		/* The peer is still valid after the abort returns. */
+		keel_conn_set_user(peer, NULL);
+	}
+}
+
+static const struct keel_conn_ops px_ops = {
+	.on_open = px_open, .on_data = px_data, .on_eof = px_eof, .on_close = px_close
+};
+
+static void
+proxy_run(int mode)
+{
+	struct keel_opts o = opts1();
+	struct srv s;
+	int fa, fb;
+
+	memset(&px, 0, sizeof(px));
+	atomic_store(&px.abort_mode, mode);
+	cr_assert_eq(srv_start(&s, &o, NULL, &px_ops), 0);
+	fa = cli_connect(s.port);
+	cr_assert_geq(fa, 0);
+	fb = cli_connect(s.port);
+	cr_assert_geq(fb, 0);
+	cr_assert_eq(cli_write_all(fa, "a", 1), 0);
+	cr_assert_eq(cli_write_all(fb, "b", 1), 0);
+	shutdown(fa, SHUT_WR);
+	shutdown(fb, SHUT_WR);
+	WAIT_UNTIL(atomic_load(&px.eofs) == 2, 30, "%d of 2 EOFs", atomic_load(&px.eofs));
+	if (mode)
+		WAIT_UNTIL(atomic_load(&px.closes) == 2, 30, "%d of 2 closes",
+			   atomic_load(&px.closes));
+	/* mode 0: the runtime's stop aborts both (the stop walk meets an on_close that
+	 * aborts the next connection of the walk). */
+	cr_assert_eq(srv_stop(&s), 0);
+	cr_assert_eq(atomic_load(&px.closes), 2);
+	cr_assert_eq(atomic_load(&px.inside), 0, "on_close ran inside the application's call");
+	if (mode == 1) {
+		cr_assert_eq(atomic_load(&px.status[0]), -ECONNABORTED);
+		cr_assert_eq(atomic_load(&px.status[1]), -ECONNABORTED);
+	} else if (mode == 2) {
+		cr_assert_eq(atomic_load(&px.status[0]), 0);
+		cr_assert_eq(atomic_load(&px.status[1]), -ECONNABORTED);
+	} else {
+		/* One of them is aborted by the stop walk, the other by that one's on_close,
+		 * or by the walk: both orders are fine, both must have ended. */
+		int a = atomic_load(&px.status[0]), b = atomic_load(&px.status[1]);
+		cr_assert((a == -ESHUTDOWN || a == -ECONNABORTED) &&
+				  (b == -ESHUTDOWN || b == -ECONNABORTED),
+			  "statuses %d %d", a, b);
+	}
+	close(fa);
+	close(fb);
+}
+
+Test(net_lifetime, proxy_pair_aborting_the_peer_in_on_close_while_running)
+{
+	proxy_run(1);
+}
+
+Test(net_lifetime, proxy_pair_aborting_the_peer_in_on_close_during_stop)
+{
+	proxy_run(0);
+}
+
+Test(net_lifetime, on_close_does_not_run_before_keel_conn_close_returns)
+{
+	proxy_run(2);
+}
+
+/* ---- connect + link timeout on a tiny SQ ---- */
+
+/* Each round queues a connect without timeout (one SQE) to a listener that completes the
+ * handshake, and a connect with a 50 ms timeout (two SQEs) to a listener whose accept
+ * queue is full (its SYNs are dropped, so only the timeout ends the connect). Three SQEs
+ * a round on an SQ of 8 (the smallest --ring-entries): chains keep landing on the last
+ * slot. Every timed connect must end with -ETIMEDOUT, promptly. */
+#define CT_ROUNDS 24
+static struct {
+	uint16_t live_port, dead_port;
+	_Atomic int timed_out, other, rc_bad, live_closes;
+	int left; /* shard only */
+	struct keel_timer *watchdog;
+} ct;
+
+static void
+ct_dead_close(struct keel_conn *c, int status)
+{
+	if (status == -ETIMEDOUT)
+		atomic_fetch_add(&ct.timed_out, 1);
+	else
+		atomic_fetch_add(&ct.other, 1);
+	if (--ct.left == 0 && ct.watchdog) {
+		keel_timer_destroy(ct.watchdog);
+		ct.watchdog = NULL;
+		keel_stop(0);
+	}
+}
+
+static void
+ct_live_close(struct keel_conn *c, int status)
+{
+	atomic_fetch_add(&ct.live_closes, 1);
+}
+
+static const struct keel_conn_ops ct_dead_ops = { .on_data = px_data, .on_close = ct_dead_close };
+static const struct keel_conn_ops ct_live_ops = { .on_data = px_data, .on_close = ct_live_close };
+
+static void
+ct_watchdog(struct keel_timer *t, void *arg)
+{
+	keel_timer_destroy(t);
+	ct.watchdog = NULL;
+	keel_stop(-ETIMEDOUT);
+}
+
+static void
+ct_start(void *arg)
+{
+	struct keel_conn *c;
+
+	ct.left = CT_ROUNDS;
+	/* 50 ms timeouts; a connect left without one would hang in SYN retries for minutes. */
+	if (keel_timer_create(ct_watchdog, NULL, &ct.watchdog) < 0) {
+		keel_stop(-ENOMEM);
+		return;
+	}
+	keel_timer_start(ct.watchdog, 20u * 1000 * 1000, 0);
+	for (int i = 0; i < CT_ROUNDS; i++) {
+		if (keel_conn_connect("127.0.0.1", ct.live_port, 0, &ct_live_ops, NULL, &c) < 0)
+			atomic_fetch_add(&ct.rc_bad, 1);
+		if (keel_conn_connect("127.0.0.1", ct.dead_port, 50, &ct_dead_ops, NULL, &c) < 0)
+			atomic_fetch_add(&ct.rc_bad, 1);
+	}
+}
+
+static int
+listen_on(int backlog, uint16_t *port)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	socklen_t al = sizeof(a);
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	cr_assert_eq(listen(fd, backlog), 0);
+	getsockname(fd, (struct sockaddr *)&a, &al);
+	*port = ntohs(a.sin_port);
+	return fd;
+}
+
+Test(net_lifetime, connect_timeouts_hold_on_a_full_sq)
+{
+	struct keel_opts o = opts1();
+	int live, dead, filler;
+	int r;
+
+	memset(&ct, 0, sizeof(ct));
+	o.ring_entries = 8;
+	live = listen_on(4 * CT_ROUNDS, &ct.live_port);
+	/* Backlog 0 holds one connection; with it queued, further SYNs are dropped. */
+	dead = listen_on(0, &ct.dead_port);
+	filler = cli_connect(ct.dead_port);
+	cr_assert_geq(filler, 0);
+	r = keel_run(&o, ct_start, NULL);
+	cr_assert_eq(r, 0,
+		     "keel_run: %d (-ETIMEDOUT: the watchdog stopped it; %d of %d timed "
+		     "connects ended with -ETIMEDOUT, %d otherwise)",
+		     r, atomic_load(&ct.timed_out), CT_ROUNDS, atomic_load(&ct.other));
+	cr_assert_eq(atomic_load(&ct.rc_bad), 0);
+	cr_assert_eq(atomic_load(&ct.timed_out), CT_ROUNDS);
+	cr_assert_eq(atomic_load(&ct.other), 0);
+	cr_assert_eq(atomic_load(&ct.live_closes), CT_ROUNDS);
+	close(filler);
+	close(dead);
+	close(live);
+}
+
+/* ---- a buffer wrap that fails ---- */
+
+/* The first buffer wrap fails (-ENOMEM): that connection is aborted with -ENOMEM, and the
+ * buffer the kernel filled goes back to the ring. A second connection then holds every
+ * received slice until the ring's whole capacity (8 x 4 KiB) has arrived: with a buffer
+ * lost, only 7 would ever fit and the bytes would stop short. */
+#define WR_BUFS 8
+#define WR_SIZE 4096
+static struct {
+	_Atomic int closes, first_status, conns;
+	_Atomic uint64_t held_bytes;
+	_Atomic int all_held;
+	struct keel_slice held[WR_BUFS * WR_SIZE / 16]; /* shard only */
+	unsigned nheld;
+} wr;
+
+static void
+wr_open(struct keel_conn *c)
+{
+	keel_conn_set_user(c, (void *)(uintptr_t)atomic_fetch_add(&wr.conns, 1));
+}
+
+static void
+wr_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	uint64_t b = atomic_load(&wr.held_bytes);
+
+	for (unsigned i = 0; i < n; i++) {
+		b += s[i].len;
+		if (wr.nheld < sizeof(wr.held) / sizeof(wr.held[0]))
+			wr.held[wr.nheld++] = s[i];
+		else
+			keel_slice_put(&s[i]);
+	}
+	atomic_store(&wr.held_bytes, b);
+	if (b == WR_BUFS * WR_SIZE) {
+		while (wr.nheld)
+			keel_slice_put(&wr.held[--wr.nheld]);
+		atomic_store(&wr.all_held, 1);
+	}
+}
+
+static void
+wr_close(struct keel_conn *c, int status)
+{
+	if (keel_conn_user(c) == NULL)
+		atomic_store(&wr.first_status, status);
+	while (wr.nheld)
+		keel_slice_put(&wr.held[--wr.nheld]);
+	atomic_fetch_add(&wr.closes, 1);
+}
+
+static const struct keel_conn_ops wr_ops = { .on_open = wr_open,
+					     .on_data = wr_data,
+					     .on_close = wr_close };
+
+static void
+wrap_run(const char *spec)
+{
+	struct keel_opts o = opts1();
+	struct keel_net_config nc;
+	static uint8_t out[WR_BUFS * WR_SIZE];
+	struct srv s;
+	int fa, fb;
+
+	memset(&wr, 0, sizeof(wr));
+	if (spec)
+		feature(&o, spec);
+	keel_net_config_init(&nc);
+	nc.buf_size = WR_SIZE;
+	nc.buf_count = WR_BUFS;
+	memset(out, 'x', sizeof(out));
+	cr_assert_eq(srv_start(&s, &o, &nc, &wr_ops), 0);
+	atomic_store(&keel__pbuf_fail_wraps, 1);
+	fa = cli_connect(s.port);
+	cr_assert_geq(fa, 0);
+	/* A whole buffer: retired by the kernel even with incremental consumption. */
+	cr_assert_eq(cli_write_all(fa, out, WR_SIZE), 0);
+	WAIT_UNTIL(atomic_load(&wr.closes) == 1, 30, "the first connection was not aborted");
+	cr_assert_eq(atomic_load(&wr.first_status), -ENOMEM);
+	cr_assert_eq(atomic_load(&keel__pbuf_fail_wraps), 0);
+	fb = cli_connect(s.port);
+	cr_assert_geq(fb, 0);
+	cr_assert_eq(cli_write_all(fb, out, sizeof(out)), 0);
+	WAIT_UNTIL(atomic_load(&wr.all_held), 30,
+		   "%llu of %u bytes arrived while holding every buffer: the ring lost one",
+		   (unsigned long long)atomic_load(&wr.held_bytes), WR_BUFS * WR_SIZE);
+	close(fa);
+	close(fb);
+	cr_assert_eq(srv_stop(&s), 0);
+	atomic_store(&keel__pbuf_fail_wraps, 0);
+}
+
+Test(net_lifetime, failed_buffer_wrap_returns_the_buffer_to_the_ring)
+{
+	wrap_run(NULL);
+}
+
+Test(net_lifetime, failed_buffer_wrap_returns_the_buffer_whole_buffers)
+{
+	wrap_run("pbuf_inc=off");
+}
+
+/* ---- direct descriptors closed through the ring ---- */
+
+/* A file table of 4 slots and 16 connections one after the other: each slot must come
+ * back for the next accept, and each release goes through the ring (counted). */
+#define DC_CONNS 16
+static _Atomic uint64_t dc_ring_closes;
+static _Atomic int dc_closes;
+
+static void
+dc_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		if (keel_conn_send(c, &s[i]) < 0)
+			keel_slice_put(&s[i]);
+}
+
+static void
+dc_close(struct keel_conn *c, int status)
+{
+	struct keel_net_stats st;
+
+	/* The ring close completed before on_close: counted already. */
+	if (keel_net_stats(&st) == 0)
+		atomic_store(&dc_ring_closes, st.fd_closes_ring);
+	atomic_fetch_add(&dc_closes, 1);
+}
+
+static const struct keel_conn_ops dc_ops = { .on_data = dc_data, .on_close = dc_close };
+
+Test(net_lifetime, direct_descriptors_close_through_the_ring_and_slots_come_back)
+{
+	struct keel_opts o = opts1();
+	struct keel_net_config nc;
+	struct srv s;
+
+	if (!keel_caps_get()->sparse_files)
+		cr_skip_test("no sparse file tables (Linux 5.19): no direct descriptors");
+	atomic_store(&dc_ring_closes, 0);
+	atomic_store(&dc_closes, 0);
+	feature(&o, "direct_fd=on");
+	keel_net_config_init(&nc);
+	nc.max_files = 4;
+	cr_assert_eq(srv_start(&s, &o, &nc, &dc_ops), 0);
+	for (int i = 0; i < DC_CONNS; i++) {
+		char b[5];
+		int fd = cli_connect(s.port);
+
+		cr_assert_geq(fd, 0);
+		cr_assert_eq(cli_write_all(fd, "ping", 4), 0);
+		cr_assert_eq(cli_read_all(fd, b, 4), 0, "connection %d got no echo", i);
+		close(fd);
+		WAIT_UNTIL(atomic_load(&dc_closes) == i + 1, 30, "connection %d never closed", i);
+		cr_assert_eq(atomic_load(&dc_ring_closes), (uint64_t)i + 1,
+			     "connection %d: %llu ring closes", i,
+			     (unsigned long long)atomic_load(&dc_ring_closes));
+	}
+	cr_assert_eq(srv_stop(&s), 0);
+}
