@@ -228,4 +228,6 @@ keel_alloc_stats_get(const struct keel_alloc *a, struct keel_alloc_stats *out)
 	out->regions_unprefaulted = ASTAT_GET(m, regions_unprefaulted);
 	out->ext_bytes_in_use = ASTAT_GET(m, ext_bytes_in_use);
 	out->ext_buffers_live = ASTAT_GET(m, ext_buffers_live);
+	out->exports = ASTAT_GET(m, exports);
+	out->exports_live = ASTAT_GET(m, exports_live);
 }
