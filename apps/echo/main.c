@@ -9,15 +9,21 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "forward.h"
+
 static const char usage[] =
 	"usage: keel-echo --port P [--addr A] [--udp] [--steer cpu|queue|hash] [--zc-threshold N]\n"
-	"                 [--caps] [runtime options]\n"
-	"Echo TCP (or UDP) on every shard; SIGINT/SIGTERM stop it.\n";
+	"                 [--forward] [--caps] [runtime options]\n"
+	"Echo TCP (or UDP) on every shard; SIGINT/SIGTERM stop it.\n"
+	"--forward: TCP, length-prefixed frames (a 32-bit big-endian length, then the bytes, as\n"
+	"           keel-bench sends them); each frame goes to the next shard and back, without\n"
+	"           copying, before it is echoed (docs/net.md).\n";
 
 struct app {
 	const char *addr;
 	long port;
 	bool udp;
+	bool forward;
 	struct keel_listener *l;
 };
 
@@ -95,6 +101,8 @@ main(int argc, char **argv)
 
 		if (!strcmp(argv[i], "--udp")) {
 			a.udp = true;
+		} else if (!strcmp(argv[i], "--forward")) {
+			a.forward = true;
 		} else if (!strcmp(argv[i], "--caps")) {
 			caps = true;
 		} else if (!strcmp(argv[i], "--port")) {
@@ -132,6 +140,8 @@ main(int argc, char **argv)
 	}
 	if (a.port < 0)
 		die("missing ", "--port");
+	if (a.forward && a.udp)
+		die("--forward frames TCP streams: drop --udp or --forward", NULL);
 	keel_net_config_set(&nc);
 	r = keel_runtime_create(&o, &rt);
 	if (r < 0)
@@ -157,16 +167,17 @@ main(int argc, char **argv)
 				}
 			lo.queue_shard = lo.nqueues ? qs : NULL;
 		}
-		r = keel_listener_create(&lo, keel_runtime_shard_count(rt), &echo_ops, &a, &a.l);
+		r = keel_listener_create(&lo, keel_runtime_shard_count(rt),
+					 a.forward ? &echo_fwd_ops : &echo_ops, &a, &a.l);
 		if (r < 0) {
 			fprintf(stderr, "keel-echo: listening on %s port %ld: %s\n", a.addr, a.port,
 				strerror(-r));
 			keel_runtime_destroy(rt);
 			return 1;
 		}
-		fprintf(stderr, "keel-echo: listening on %s port %u, %u shards, steering %s\n",
+		fprintf(stderr, "keel-echo: listening on %s port %u, %u shards, steering %s%s\n",
 			a.addr, keel_listener_port(a.l), keel_runtime_shard_count(rt),
-			keel_steer_name(lo.steer));
+			keel_steer_name(lo.steer), a.forward ? ", forwarding frames" : "");
 	}
 	r = keel_runtime_start(rt, on_start, &a);
 	if (r == 0)
@@ -175,5 +186,6 @@ main(int argc, char **argv)
 		keel_runtime_stats_print(rt, stderr);
 	keel_runtime_destroy(rt);
 	keel_listener_destroy(a.l);
+	echo_fwd_fini();
 	return r < 0 ? 1 : 0;
 }
