@@ -5,6 +5,10 @@
  * while the home shard keeps receiving. A reference count changed by two shards shows as
  * a data race; every byte is checked and every buffer must be home at the end.
  * Exits 0 when every check held, 1 otherwise. KEEL_TEST_SCALE=small shrinks it.
+ *
+ * Built a second time as trace_forward, against the allocator with KEEL_BUF_TRACE
+ * (FWD_EXPECT_TRACE): then every get and put is checked for the right shard, and any
+ * report fails the run.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +27,16 @@ __tsan_default_suppressions(void)
 {
 	return "race:keel_alloc_create\n";
 }
+
+#ifdef FWD_EXPECT_TRACE
+static void
+quiet(int level, const char *msg, void *arg)
+{
+	(void)level;
+	(void)msg;
+	(void)arg;
+}
+#endif
 
 int
 main(void)
@@ -43,6 +57,35 @@ main(void)
 
 	if (scale && !strcmp(scale, "small"))
 		cfg.bytes = 1ull << 20;
+#ifdef FWD_EXPECT_TRACE
+	{
+		/* Prove the traced allocator is the one linked: a planted double put is
+		 * reported (and skipped) there; the plain one would abort. */
+		struct keel_alloc_config c;
+		struct keel_alloc_stats st;
+		struct keel_alloc *a;
+		struct keel_slice s, stale;
+		memset(&c, 0, sizeof(c));
+		c.memory = 8ull << 20;
+		c.region_size = 4ull << 20;
+		c.cpu = -1;
+		keel_alloc_log_set(quiet, NULL);
+		if (keel_alloc_create(&c, &a) < 0 || keel_buf_alloc(a, 64, &s) < 0)
+			return 1;
+		keel_alloc_bind_thread(a);
+		stale = s;
+		keel_slice_put(&s);
+		keel_slice_put(&stale);
+		keel_alloc_stats_get(a, &st);
+		keel_alloc_bind_thread(NULL);
+		keel_alloc_destroy(a);
+		keel_alloc_log_set(NULL, NULL);
+		if (st.trace_errors != 1) {
+			fprintf(stderr, "trace_forward: not linked against the traced allocator\n");
+			return 1;
+		}
+	}
+#endif
 	if (fwd_run(&cfg, &res) < 0) {
 		fprintf(stderr, "tsan_forward: %s\n", res.err);
 		return 1;
