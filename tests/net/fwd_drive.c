@@ -163,8 +163,8 @@ connect_nb(uint16_t port)
 	return fd;
 }
 
-static int
-clients(const struct fwd_cfg *cfg, uint16_t port, struct fwd_result *res)
+int
+fwd_clients(const struct fwd_cfg *cfg, uint16_t port, struct fwd_result *res)
 {
 	struct cconn *cs = calloc(cfg->conns, sizeof(*cs));
 	struct pollfd *pf = calloc(cfg->conns, sizeof(*pf));
@@ -460,7 +460,7 @@ fwd_run(const struct fwd_cfg *cfg, struct fwd_result *res)
 		fail(res, "server: %u of %u shards started (%s)", atomic_load(&s.started),
 		     cfg->shards, strerror(-atomic_load(&s.start_err)));
 	if (!res->err[0])
-		clients(cfg, keel_listener_port(s.l), res);
+		fwd_clients(cfg, keel_listener_port(s.l), res);
 	/* Every frame home, every proxy released, every receive buffer back in its ring. */
 	until = now_s() + 30;
 	for (;;) {

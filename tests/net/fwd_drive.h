@@ -40,4 +40,8 @@ struct fwd_result {
  * with res->err saying what failed. */
 int fwd_run(const struct fwd_cfg *cfg, struct fwd_result *res);
 
+/* Only the clients (cfg->conns, bytes, max_frame, window, seconds), against a server on
+ * 127.0.0.1:@port. Returns 0, or -1 with res->err. */
+int fwd_clients(const struct fwd_cfg *cfg, uint16_t port, struct fwd_result *res);
+
 #endif

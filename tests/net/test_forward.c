@@ -3,6 +3,16 @@
  * Received frames handed to another shard and back without copying (keel_slice_export,
  * keel-echo --forward's code): every byte checked, every buffer back home at the end.
  */
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
 #include <criterion/criterion.h>
 
 #include "fwd_drive.h"
@@ -70,4 +80,80 @@ Test(net_forward, frames_of_random_sizes_go_to_another_shard_and_back_intact, .t
 	check(&cfg, &res, r);
 	cr_assert_gt(res.bytes_checked, cfg.conns * cfg.bytes,
 		     "every payload byte and header came back");
+}
+
+extern char **environ;
+
+/* The done-when check: the keel-echo binary itself, 2 shards, --forward; 32 clients of
+ * 4 MiB each (frames of 1 B..256 KiB), every byte checked; then SIGTERM, exit status 0. */
+Test(net_forward, keel_echo_forward_echoes_32_clients_of_4_MiB_intact, .timeout = 600)
+{
+	struct fwd_cfg cfg = {
+		.conns = 32,
+		.bytes = 4ull << 20,
+		.max_frame = 256u << 10,
+		.window = 1u << 20,
+		.seconds = 400,
+	};
+	char logpath[] = "/tmp/keel-echo-forward-XXXXXX";
+	char *argv[] = { KEEL_BIN_DIR "/keel-echo",
+			 "--addr",
+			 "127.0.0.1",
+			 "--port",
+			 "0",
+			 "--forward",
+			 "--shards",
+			 "2",
+			 "--steer",
+			 "hash",
+			 "--idle-poll-us",
+			 "0",
+			 NULL };
+	posix_spawn_file_actions_t fa;
+	struct fwd_result res;
+	char text[8192];
+	unsigned port = 0;
+	int fd, status, r;
+	pid_t pid;
+
+	if (test_small())
+		cfg.bytes = 1ull << 20;
+	fd = mkstemp(logpath);
+	cr_assert_geq(fd, 0);
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, fd, 2);
+	cr_assert_eq(posix_spawn(&pid, argv[0], &fa, NULL, argv, environ), 0, "spawn %s", argv[0]);
+	posix_spawn_file_actions_destroy(&fa);
+	for (int i = 0; i < 3000 && !port; i++) { /* 30 s */
+		ssize_t n = pread(fd, text, sizeof(text) - 1, 0);
+		const char *p;
+		text[n > 0 ? n : 0] = 0;
+		p = strstr(text, " port ");
+		if (p && strstr(text, "forwarding frames"))
+			sscanf(p, " port %u", &port);
+		if (!port)
+			usleep(10000);
+	}
+	if (!port) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &status, 0);
+		cr_assert_fail("keel-echo --forward did not say it listens within 30 s: %s", text);
+	}
+	memset(&res, 0, sizeof(res));
+	r = fwd_clients(&cfg, (uint16_t)port, &res);
+	kill(pid, SIGTERM);
+	waitpid(pid, &status, 0);
+	{
+		ssize_t n = pread(fd, text, sizeof(text) - 1, 0);
+		text[n > 0 ? n : 0] = 0;
+	}
+	close(fd);
+	unlink(logpath);
+	cr_assert_eq(r, 0, "%s; keel-echo said: %s", res.err, text);
+	cr_log_info("keel-echo --forward: %llu frames, %llu bytes checked",
+		    (unsigned long long)res.frames_sent, (unsigned long long)res.bytes_checked);
+	cr_assert_eq(res.bytes_checked, cfg.conns * cfg.bytes + 4 * res.frames_sent,
+		     "every frame came back whole");
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+		  "keel-echo exit status 0x%x after SIGTERM: %s", status, text);
 }
