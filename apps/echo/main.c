@@ -184,6 +184,19 @@ main(int argc, char **argv)
 		r = keel_runtime_join(rt);
 	if (o.stats)
 		keel_runtime_stats_print(rt, stderr);
+	if (o.stats && a.forward)
+		for (unsigned i = 0; i < keel_runtime_shard_count(rt); i++) {
+			struct echo_fwd_stats fs;
+			echo_fwd_stats(i, &fs);
+			fprintf(stderr,
+				"shard %u forward: %llu frames in, %llu relayed for other shards, "
+				"%llu echoed, %llu dropped (connection gone), %llu errors\n",
+				i, (unsigned long long)fs.frames_in,
+				(unsigned long long)fs.frames_relayed,
+				(unsigned long long)fs.frames_out,
+				(unsigned long long)fs.frames_dropped,
+				(unsigned long long)fs.errors);
+		}
 	keel_runtime_destroy(rt);
 	keel_listener_destroy(a.l);
 	echo_fwd_fini();
