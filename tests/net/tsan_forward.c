@@ -16,18 +16,6 @@
 
 #include "fwd_drive.h"
 
-/* jemalloc is not instrumented: while shards create their allocators at once, a mutex it
- * initialises in memory it mapped on another thread reads as a race in the pthread and
- * mmap interceptors it calls (both stacks end in keel_alloc_create). Only that start-up
- * path is ignored; the reference counts are watched everywhere. */
-const char *__tsan_default_suppressions(void) __attribute__((visibility("default")));
-
-const char *
-__tsan_default_suppressions(void)
-{
-	return "race:keel_alloc_create\n";
-}
-
 #ifdef FWD_EXPECT_TRACE
 static void
 quiet(int level, const char *msg, void *arg)
