@@ -17,6 +17,12 @@
 #include "fwd_drive.h"
 
 #ifdef FWD_EXPECT_TRACE
+#define PROG "trace_forward"
+#else
+#define PROG "tsan_forward"
+#endif
+
+#ifdef FWD_EXPECT_TRACE
 static void
 quiet(int level, const char *msg, void *arg)
 {
@@ -69,13 +75,13 @@ main(void)
 		keel_alloc_destroy(a);
 		keel_alloc_log_set(NULL, NULL);
 		if (st.trace_errors != 1) {
-			fprintf(stderr, "trace_forward: not linked against the traced allocator\n");
+			fprintf(stderr, "%s: not linked against the traced allocator\n", PROG);
 			return 1;
 		}
 	}
 #endif
 	if (fwd_run(&cfg, &res) < 0) {
-		fprintf(stderr, "tsan_forward: %s\n", res.err);
+		fprintf(stderr, "%s: %s\n", PROG, res.err);
 		return 1;
 	}
 	for (unsigned i = 0; i < cfg.shards; i++) {
@@ -83,21 +89,21 @@ main(void)
 		relayed += res.end[i].frames_relayed;
 		exports += res.end[i].exports;
 		if (res.end[i].errors || res.end[i].trace_errors) {
-			fprintf(stderr, "tsan_forward: shard %u: %llu errors, %llu trace errors\n",
-				i, (unsigned long long)res.end[i].errors,
+			fprintf(stderr, "%s: shard %u: %llu errors, %llu trace errors\n", PROG, i,
+				(unsigned long long)res.end[i].errors,
 				(unsigned long long)res.end[i].trace_errors);
 			return 1;
 		}
 	}
 	if (in != res.frames_sent || relayed != in || exports < 2 * in || res.trace_logs) {
 		fprintf(stderr,
-			"tsan_forward: %llu frames sent, %llu received, %llu relayed, %llu exports, "
+			"%s: %llu frames sent, %llu received, %llu relayed, %llu exports, "
 			"%u buf trace lines\n",
-			(unsigned long long)res.frames_sent, (unsigned long long)in,
+			PROG, (unsigned long long)res.frames_sent, (unsigned long long)in,
 			(unsigned long long)relayed, (unsigned long long)exports, res.trace_logs);
 		return 1;
 	}
-	printf("tsan_forward: %llu frames, %llu bytes checked, every buffer home\n",
+	printf("%s: %llu frames, %llu bytes checked, every buffer home\n", PROG,
 	       (unsigned long long)res.frames_sent, (unsigned long long)res.bytes_checked);
 	return 0;
 }
