@@ -13,11 +13,14 @@
 
 static const char usage[] =
 	"usage: keel-echo --port P [--addr A] [--udp] [--steer cpu|queue|hash] [--zc-threshold N]\n"
-	"                 [--forward] [--caps] [runtime options]\n"
+	"                 [--forward] [--buf-count N] [--buf-size N] [--caps] [runtime options]\n"
 	"Echo TCP (or UDP) on every shard; SIGINT/SIGTERM stop it.\n"
 	"--forward: TCP, length-prefixed frames (a 32-bit big-endian length, then the bytes, as\n"
 	"           keel-bench sends them); each frame goes to the next shard and back, without\n"
-	"           copying, before it is echoed (docs/net.md).\n";
+	"           copying, before it is echoed (docs/net.md).\n"
+	"--buf-count N, --buf-size N: receive buffers per shard ring (a power of two, default\n"
+	"           256) and their size (default 16384); frames held away pin buffers, so size\n"
+	"           the ring for the bytes in flight (keep it within --memory).\n";
 
 struct app {
 	const char *addr;
@@ -121,6 +124,18 @@ main(int argc, char **argv)
 			if (!v || keel_steer_parse(v, &lo.steer) < 0)
 				die("--steer expects cpu, queue or hash, got ", v ? v : "nothing");
 			i++;
+		} else if (!strcmp(argv[i], "--buf-count") || !strcmp(argv[i], "--buf-size")) {
+			long t;
+			if (!v)
+				die("missing value for ", argv[i]);
+			t = strtol(v, &end, 10);
+			if (*end || t <= 0 || t > (1L << 20))
+				die("--buf-count and --buf-size expect 1..1048576, got ", v);
+			if (argv[i][6] == 'c')
+				nc.buf_count = (uint32_t)t;
+			else
+				nc.buf_size = (uint32_t)t;
+			i++;
 		} else if (!strcmp(argv[i], "--zc-threshold")) {
 			long t;
 			if (!v)
@@ -142,7 +157,9 @@ main(int argc, char **argv)
 		die("missing ", "--port");
 	if (a.forward && a.udp)
 		die("--forward frames TCP streams: drop --udp or --forward", NULL);
-	keel_net_config_set(&nc);
+	if (keel_net_config_set(&nc) < 0)
+		die("--buf-count must be a power of two up to 32768 and --buf-size at most 1 MiB",
+		    NULL);
 	r = keel_runtime_create(&o, &rt);
 	if (r < 0)
 		return 1;

@@ -96,6 +96,8 @@ Test(net_forward, keel_echo_forward_echoes_32_clients_of_4_MiB_intact, .timeout 
 		.seconds = 400,
 	};
 	char logpath[] = "/tmp/keel-echo-forward-XXXXXX";
+	/* 64 MiB of receive buffers per shard: twice the 32 x 1 MiB the clients may have in
+	 * flight, so partial frames never pin them all. */
 	char *argv[] = { KEEL_BIN_DIR "/keel-echo",
 			 "--addr",
 			 "127.0.0.1",
@@ -108,6 +110,8 @@ Test(net_forward, keel_echo_forward_echoes_32_clients_of_4_MiB_intact, .timeout 
 			 "hash",
 			 "--idle-poll-us",
 			 "0",
+			 "--buf-count",
+			 "4096",
 			 NULL };
 	posix_spawn_file_actions_t fa;
 	struct fwd_result res;
