@@ -7,8 +7,9 @@
  * Exits 0 when every check held, 1 otherwise. KEEL_TEST_SCALE=small shrinks it.
  *
  * Built a second time as trace_forward, against the allocator with KEEL_BUF_TRACE
- * (FWD_EXPECT_TRACE): then every get and put is checked for the right shard, and any
- * report fails the run.
+ * (FWD_EXPECT_TRACE), at net_forward's full size (16 connections x 16 MiB, frames of
+ * 1 B..256 KiB): then every get and put is checked for the right shard, and any report
+ * fails the run.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +50,14 @@ main(void)
 	struct fwd_result res;
 	uint64_t in = 0, relayed = 0, exports = 0;
 
+#ifdef FWD_EXPECT_TRACE
+	/* Not slowed by a sanitizer: the full stress of net_forward (16 x 16 MiB). */
+	cfg.conns = 16;
+	cfg.bytes = 16ull << 20;
+	cfg.max_frame = 256u << 10;
+	cfg.window = 1u << 20;
+	cfg.buf_count = 2048;
+#endif
 	if (scale && !strcmp(scale, "small"))
 		cfg.bytes = 1ull << 20;
 #ifdef FWD_EXPECT_TRACE
