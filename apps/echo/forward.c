@@ -141,8 +141,9 @@ on_relay(void *arg)
 		r = keel_send(m->home, on_back, m);
 	if (r < 0) {
 		/* Slices not yet exported are this shard's proxies; exported ones go through
-		 * msg_drop's move. The home finds out by the connection's frames never coming
-		 * back: only possible when a shard runs out of memory or stops. */
+		 * msg_drop's move. The connection misses this frame (its peer sees the echo
+		 * stop, and the error counter says why): only when a shard runs out of memory
+		 * or is stopping. */
 		BUMP(fs, errors);
 		msg_drop(m);
 		return;
