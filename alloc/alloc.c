@@ -14,6 +14,7 @@ _Thread_local struct keel_alloc *keel__alloc_cur __attribute__((tls_model("initi
 /* ---- log hook ---- */
 
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t je_create_lock = PTHREAD_MUTEX_INITIALIZER;
 static keel_alloc_log_fn log_fn;
 static void *log_arg;
 
@@ -139,14 +140,17 @@ keel_alloc_create(const struct keel_alloc_config *cfg, struct keel_alloc **out)
 	if (r < 0)
 		goto err;
 	keel__slab_init(a);
+	/* jemalloc publishes a new arena's metadata (mutexes in memory it mapped) with its own
+	 * atomics, which ThreadSanitizer does not see: shards creating allocators at once were
+	 * reported as racing. Arena creation happens at start-up only; serialising it costs
+	 * nothing and gives the ordering a form TSan understands. */
+	pthread_mutex_lock(&je_create_lock);
 	r = keel__je_general_init(a);
+	if (r == 0 && a->backend == KEEL_ALLOC_BACKEND_JEMALLOC)
+		r = keel__je_registered_init(a);
+	pthread_mutex_unlock(&je_create_lock);
 	if (r < 0)
 		goto err;
-	if (a->backend == KEEL_ALLOC_BACKEND_JEMALLOC) {
-		r = keel__je_registered_init(a);
-		if (r < 0)
-			goto err;
-	}
 	r = keel__region_prefault_initial(a, pre);
 	if (r < 0)
 		goto err;
@@ -228,4 +232,6 @@ keel_alloc_stats_get(const struct keel_alloc *a, struct keel_alloc_stats *out)
 	out->regions_unprefaulted = ASTAT_GET(m, regions_unprefaulted);
 	out->ext_bytes_in_use = ASTAT_GET(m, ext_bytes_in_use);
 	out->ext_buffers_live = ASTAT_GET(m, ext_buffers_live);
+	out->exports = ASTAT_GET(m, exports);
+	out->exports_live = ASTAT_GET(m, exports_live);
 }

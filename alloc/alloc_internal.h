@@ -51,13 +51,14 @@ enum buf_kind {
 	BUF_SLAB = 0,
 	BUF_JEMALLOC = 1,
 	BUF_EXTERNAL = 2,
+	BUF_FOREIGN = 3, /* a proxy made by keel_slice_export: counts a remote holder's refs */
 };
 
 struct keel_buf {
 	uint32_t refs;
 	uint32_t gen; /* bumped when the buffer is freed: a slice with another gen is stale */
 	uint32_t cap;
-	uint16_t holder; /* shard holding the references (keel_slice_move) */
+	uint16_t holder; /* shard holding the references (keel_slice_move, keel_slice_export) */
 	uint8_t kind;    /* enum buf_kind */
 	uint8_t cls;     /* slab class */
 	uint8_t *data;
@@ -68,6 +69,11 @@ struct keel_buf {
 			keel_buf_release_fn fn;
 			void *arg;
 		} ext; /* BUF_EXTERNAL, while live */
+		struct {
+			struct keel_buf *buf;
+			uint32_t gen;
+		} fwd; /* BUF_FOREIGN: the exported slice's reference, held on the home (the
+			* exporter); its window is the proxy's data and cap */
 	} u;
 #ifdef KEEL_BUF_TRACE
 	const char *file;
@@ -126,7 +132,8 @@ struct ext_hooks {
 struct atomic_astats {
 	_Atomic uint64_t regions, bytes_mapped, bytes_registered, bytes_in_use, bytes_peak,
 		buffers_live, alloc_failures, remote_returns, trace_errors, prefault_ns,
-		inline_prefaults, regions_unprefaulted, ext_bytes_in_use, ext_buffers_live;
+		inline_prefaults, regions_unprefaulted, ext_bytes_in_use, ext_buffers_live, exports,
+		exports_live;
 };
 
 struct keel_alloc {

@@ -97,7 +97,8 @@ trace_check(const struct keel_slice *s, const char *what)
 		ASTAT_ADD_SHARED(b->home, trace_errors, 1);
 		keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
 				"buf trace: %s on shard %u of a buffer held by shard %u (wrong "
-				"shard: move it with keel_slice_move in a cross-shard message); "
+				"shard: hand slices to another shard with keel_slice_export, or "
+				"keel_slice_move when that shard takes every reference); "
 				"buffer allocated at %s:%d",
 				what, cur->cfg.shard, b->holder, b->file, b->line);
 	}
@@ -190,6 +191,8 @@ keel_buf_wrap_at(struct keel_alloc *a, void *data, uint32_t cap, keel_buf_releas
 	return 0;
 }
 
+static void release_foreign(struct keel_buf *b);
+
 /* Free a buffer on its home shard. */
 static void
 release_local(struct keel_buf *b)
@@ -197,6 +200,9 @@ release_local(struct keel_buf *b)
 	struct keel_alloc *a = b->home;
 
 	switch (b->kind) {
+	case BUF_FOREIGN:
+		release_foreign(b);
+		return;
 	case BUF_SLAB:
 		keel__slab_free(a, b->data, b->cls);
 		break;
@@ -220,6 +226,30 @@ release_local(struct keel_buf *b)
 	b->gen++;
 	b->data = NULL;
 	hdr_put(a, b);
+}
+
+/* The last holder of a proxy is done (on the exporter, where the proxy was made): free the
+ * header, then drop the reference the export kept, an ordinary local put here. That put
+ * may in turn be the last of a proxy held here, and travel on to its own home. */
+static void
+release_foreign(struct keel_buf *b)
+{
+	struct keel_alloc *a = b->home;
+	struct keel_slice orig = {
+		.data = b->data,
+		.len = b->cap,
+		.gen_ = b->u.fwd.gen,
+		.buf = b->u.fwd.buf,
+	};
+
+	ASTAT_SUB(a, exports_live, 1);
+#ifdef KEEL_BUF_TRACE
+	trace_unlink(a, b);
+#endif
+	b->gen++;
+	b->data = NULL;
+	hdr_put(a, b);
+	keel_slice_put(&orig);
 }
 
 void
@@ -330,6 +360,76 @@ keel_slice_move(const struct keel_slice *s, unsigned dst)
 	s->buf->holder = (uint16_t)dst;
 }
 
+int
+keel_slice_export_at(const struct keel_slice *s, unsigned dst, struct keel_slice *out,
+		     const char *file, int line)
+{
+	struct keel_alloc *a = keel__alloc_cur;
+	struct keel_slice orig;
+	struct keel_buf *b;
+
+	if (!a)
+		return -EPERM;
+	if (dst == a->cfg.shard) {
+		/* Staying here: an ordinary reference. */
+		keel_slice_get(s, out);
+		return out->buf ? 0 : -EINVAL;
+	}
+	/* Without the hook the proxy's last put could not come back here. */
+	if (!a->cfg.send_home)
+		return -EINVAL;
+	b = hdr_get(a);
+	if (!b)
+		return -ENOMEM;
+	/* The home-side reference, taken here on the holder: the only count of @s's buffer
+	 * the export touches, and only this shard touches it. */
+	keel_slice_get(s, &orig);
+	if (!orig.buf) { /* KEEL_BUF_TRACE: a stale slice, reported */
+		hdr_put(a, b);
+		memset(out, 0, sizeof(*out));
+		return -EINVAL;
+	}
+	b->refs = 1;
+	b->cap = s->len;
+	b->cls = 0;
+	b->kind = BUF_FOREIGN;
+	b->holder = (uint16_t)dst;
+	b->data = s->data;
+	b->home = a;
+	b->u.fwd.buf = orig.buf;
+	b->u.fwd.gen = orig.gen_;
+	ASTAT_ADD(a, exports, 1);
+	ASTAT_ADD(a, exports_live, 1);
+#ifdef KEEL_BUF_TRACE
+	trace_link(a, b, file, line);
+#endif
+	slice_init(out, b, s->data, s->len);
+	return 0;
+}
+
+int
+keel_slice_copy_at(const struct keel_slice *s, struct keel_slice *out, const char *file, int line)
+{
+	struct keel_alloc *a = keel__alloc_cur;
+	int r;
+
+	if (!a)
+		return -EPERM;
+	/* A buffer has at least one byte; an empty copy is an empty window on one. */
+	r = keel_buf_alloc_at(a, s->len ? s->len : 1, out, file, line);
+	if (r < 0)
+		return r;
+	memcpy(out->data, s->data, s->len);
+	out->len = s->len;
+	return 0;
+}
+
+bool
+keel_buf_is_foreign(const struct keel_buf *b)
+{
+	return b->kind == BUF_FOREIGN;
+}
+
 unsigned
 keel_slice_refs(const struct keel_slice *s)
 {
@@ -364,15 +464,23 @@ keel_buf_is_external(const struct keel_buf *b)
 void
 keel__buf_teardown(struct keel_alloc *a)
 {
-	uint64_t live = ASTAT_GET(a, buffers_live) + ASTAT_GET(a, ext_buffers_live);
+	uint64_t live = ASTAT_GET(a, buffers_live) + ASTAT_GET(a, ext_buffers_live) +
+			ASTAT_GET(a, exports_live);
 
 #ifdef KEEL_BUF_TRACE
 	for (struct keel_buf *b = a->trace_live; b; b = b->tnext) {
 		ASTAT_ADD_SHARED(a, trace_errors, 1);
-		keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
-				"buf trace: leak on shard %u: buffer of %u bytes (%u references) "
-				"allocated at %s:%d",
-				a->cfg.shard, b->cap, b->refs, b->file, b->line);
+		if (b->kind == BUF_FOREIGN)
+			keel__alloc_log(
+				KEEL_ALLOC_LOG_ERROR,
+				"buf trace: leak on shard %u: slice of %u bytes exported to "
+				"shard %u (%u references there) at %s:%d",
+				a->cfg.shard, b->cap, b->holder, b->refs, b->file, b->line);
+		else
+			keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
+					"buf trace: leak on shard %u: buffer of %u bytes (%u "
+					"references) allocated at %s:%d",
+					a->cfg.shard, b->cap, b->refs, b->file, b->line);
 	}
 #endif
 	if (live)

@@ -207,6 +207,7 @@ keel_net_stats(struct keel_net_stats *out)
 		return -ENOENT;
 	*out = ns->st;
 	out->bufs_out = ns->tcp.out + (ns->udp_ready ? ns->udp.out : 0);
+	out->bufs_kernel = ns->tcp.nkref + (ns->udp_ready ? ns->udp.nkref : 0);
 	return 0;
 }
 

@@ -9,15 +9,24 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "forward.h"
+
 static const char usage[] =
 	"usage: keel-echo --port P [--addr A] [--udp] [--steer cpu|queue|hash] [--zc-threshold N]\n"
-	"                 [--caps] [runtime options]\n"
-	"Echo TCP (or UDP) on every shard; SIGINT/SIGTERM stop it.\n";
+	"                 [--forward] [--buf-count N] [--buf-size N] [--caps] [runtime options]\n"
+	"Echo TCP (or UDP) on every shard; SIGINT/SIGTERM stop it.\n"
+	"--forward: TCP, length-prefixed frames (a 32-bit big-endian length, then the bytes, as\n"
+	"           keel-bench sends them); each frame goes to the next shard and back, without\n"
+	"           copying, before it is echoed (docs/net.md).\n"
+	"--buf-count N, --buf-size N: receive buffers per shard ring (a power of two, default\n"
+	"           256) and their size (default 16384); frames held away pin buffers, so size\n"
+	"           the ring for the bytes in flight (keep it within --memory).\n";
 
 struct app {
 	const char *addr;
 	long port;
 	bool udp;
+	bool forward;
 	struct keel_listener *l;
 };
 
@@ -95,6 +104,8 @@ main(int argc, char **argv)
 
 		if (!strcmp(argv[i], "--udp")) {
 			a.udp = true;
+		} else if (!strcmp(argv[i], "--forward")) {
+			a.forward = true;
 		} else if (!strcmp(argv[i], "--caps")) {
 			caps = true;
 		} else if (!strcmp(argv[i], "--port")) {
@@ -112,6 +123,18 @@ main(int argc, char **argv)
 		} else if (!strcmp(argv[i], "--steer")) {
 			if (!v || keel_steer_parse(v, &lo.steer) < 0)
 				die("--steer expects cpu, queue or hash, got ", v ? v : "nothing");
+			i++;
+		} else if (!strcmp(argv[i], "--buf-count") || !strcmp(argv[i], "--buf-size")) {
+			long t;
+			if (!v)
+				die("missing value for ", argv[i]);
+			t = strtol(v, &end, 10);
+			if (*end || t <= 0 || t > (1L << 20))
+				die("--buf-count and --buf-size expect 1..1048576, got ", v);
+			if (argv[i][6] == 'c')
+				nc.buf_count = (uint32_t)t;
+			else
+				nc.buf_size = (uint32_t)t;
 			i++;
 		} else if (!strcmp(argv[i], "--zc-threshold")) {
 			long t;
@@ -132,7 +155,11 @@ main(int argc, char **argv)
 	}
 	if (a.port < 0)
 		die("missing ", "--port");
-	keel_net_config_set(&nc);
+	if (a.forward && a.udp)
+		die("--forward frames TCP streams: drop --udp or --forward", NULL);
+	if (keel_net_config_set(&nc) < 0)
+		die("--buf-count must be a power of two up to 32768 and --buf-size at most 1 MiB",
+		    NULL);
 	r = keel_runtime_create(&o, &rt);
 	if (r < 0)
 		return 1;
@@ -157,23 +184,38 @@ main(int argc, char **argv)
 				}
 			lo.queue_shard = lo.nqueues ? qs : NULL;
 		}
-		r = keel_listener_create(&lo, keel_runtime_shard_count(rt), &echo_ops, &a, &a.l);
+		r = keel_listener_create(&lo, keel_runtime_shard_count(rt),
+					 a.forward ? &echo_fwd_ops : &echo_ops, &a, &a.l);
 		if (r < 0) {
 			fprintf(stderr, "keel-echo: listening on %s port %ld: %s\n", a.addr, a.port,
 				strerror(-r));
 			keel_runtime_destroy(rt);
 			return 1;
 		}
-		fprintf(stderr, "keel-echo: listening on %s port %u, %u shards, steering %s\n",
+		fprintf(stderr, "keel-echo: listening on %s port %u, %u shards, steering %s%s\n",
 			a.addr, keel_listener_port(a.l), keel_runtime_shard_count(rt),
-			keel_steer_name(lo.steer));
+			keel_steer_name(lo.steer), a.forward ? ", forwarding frames" : "");
 	}
 	r = keel_runtime_start(rt, on_start, &a);
 	if (r == 0)
 		r = keel_runtime_join(rt);
 	if (o.stats)
 		keel_runtime_stats_print(rt, stderr);
+	if (o.stats && a.forward)
+		for (unsigned i = 0; i < keel_runtime_shard_count(rt); i++) {
+			struct echo_fwd_stats fs;
+			echo_fwd_stats(i, &fs);
+			fprintf(stderr,
+				"shard %u forward: %llu frames in, %llu relayed for other shards, "
+				"%llu echoed, %llu dropped (connection gone), %llu errors\n",
+				i, (unsigned long long)fs.frames_in,
+				(unsigned long long)fs.frames_relayed,
+				(unsigned long long)fs.frames_out,
+				(unsigned long long)fs.frames_dropped,
+				(unsigned long long)fs.errors);
+		}
 	keel_runtime_destroy(rt);
 	keel_listener_destroy(a.l);
+	echo_fwd_fini();
 	return r < 0 ? 1 : 0;
 }

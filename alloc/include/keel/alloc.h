@@ -99,6 +99,8 @@ struct keel_alloc_stats {
 					* pre-faulted them (their pages fault on first touch) */
 	uint64_t ext_bytes_in_use;     /* bytes of live external buffers (keel_buf_wrap) */
 	uint64_t ext_buffers_live;     /* external buffers not yet released */
+	uint64_t exports;              /* slices exported to other shards (keel_slice_export) */
+	uint64_t exports_live;         /* ... whose proxy is still held somewhere */
 };
 
 /**

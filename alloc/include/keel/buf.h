@@ -12,15 +12,28 @@
  *   - keel_slice_put() drops one reference (-1); the last put returns the memory to its
  *     pool or calls the external release callback, never free().
  *
- * Refcounts are shard-local and not atomic: all references of a buffer are held on one
- * shard at a time. To hand a buffer to another shard, call keel_slice_move() and send the
- * slice(s) inside a cross-shard message; the receiver then owns those references. A
- * buffer whose last put happens away from its home shard is sent home (through the
+ * Refcounts are shard-local and not atomic: only the shard holding a buffer changes its
+ * count. A buffer is often shared on its home shard (a receive buffer is held by its ring
+ * while the kernel fills it, by a framer's partial frame and by the app's frames at once),
+ * so one slice of it cannot simply move. Two ways across shards (docs/architecture.md,
+ * "Ownership across shards"):
+ *   - keel_slice_export() (zero copy, any slice): the holder keeps one reference for the
+ *     export and hands out a slice of a proxy buffer whose count only the destination
+ *     changes; the proxy's last put, wherever it happens, travels home as a message and
+ *     drops the kept reference there (Seastar's foreign_ptr). The memory goes back to its
+ *     pool or ring when the last holder anywhere is done.
+ *   - keel_slice_copy(): a copy in the calling shard's memory (small frames: the receive
+ *     buffer recycles at once).
+ * keel_slice_move() hands over a buffer all of whose references go together (a buffer
+ * the app allocated and nobody else holds); it is wrong for received slices.
+ * A buffer whose last put happens away from its home shard is sent home (through the
  * allocator's send_home hook) and freed there.
  *
  * Built with -DKEEL_BUF_TRACE=ON, each buffer records its allocation site and the shard
  * holding it; double puts, puts on the wrong shard and leaks at teardown are reported with
- * the allocation site (through the allocator's log hook) and counted in trace_errors.
+ * the allocation site (through the allocator's log hook) and counted in trace_errors. A
+ * proxy records the shard it was exported to, so its holder's gets and puts are checked
+ * like any buffer's, and a proxy never released is reported as a leak with the export site.
  */
 #ifndef KEEL_BUF_H
 #define KEEL_BUF_H
@@ -103,10 +116,52 @@ KEEL_API void keel_slice_put(struct keel_slice *s);
 
 /**
  * Declare that every reference to @s's buffer now belongs to shard @dst; call it just
- * before sending the slice(s) to @dst in a cross-shard message.
+ * before sending the slice(s) to @dst in a cross-shard message. Only for a buffer none of
+ * whose references stay behind (received slices share their buffer with the ring and
+ * the framer: export those). A buffer with exports outstanding cannot move either (the
+ * exports' references stay here).
  * Context: the shard holding the buffer.
  */
 KEEL_API void keel_slice_move(const struct keel_slice *s, unsigned dst);
+
+/**
+ * Export @s to shard @dst without copying: *out is a slice of the same bytes, to send to
+ * @dst in a cross-shard message (keel_send). This shard takes one reference on @s's buffer
+ * and keeps it on @dst's behalf; *out holds the one reference of a proxy buffer (a header
+ * from this shard's allocator) whose count only the shard holding it changes. On @dst,
+ * *out is an ordinary slice: keel_slice_get/sub/put there are local and free of atomics,
+ * it can be sent on a connection, exported onward (a proxy of the proxy) or exported back
+ * here. When the proxy's last reference is put, on whatever shard, the proxy travels
+ * home (the send_home hook: one cross-shard message) and the kept reference is put here;
+ * the memory goes back to its pool or provided-buffer ring when that was the last one.
+ * Ownership: @s is borrowed (the caller still holds its reference); *out holds a new
+ * reference that belongs to @dst once sent. The memory must stay readable: @s's bytes are
+ * not to be written while exported (nothing keel does writes into a received buffer).
+ * Context: the shard holding @s's buffer, with an allocator bound to the thread (a shard).
+ * Returns: 0; -ENOMEM (no proxy header; nothing taken); -EPERM on a thread without an
+ * allocator; -EINVAL when the allocator has no send_home hook (single-threaded use, no
+ * runtime) or, with KEEL_BUF_TRACE, @s is stale (reported). @dst equal to this shard is an
+ * ordinary keel_slice_get().
+ */
+#define keel_slice_export(s, dst, out) keel_slice_export_at((s), (dst), (out), __FILE__, __LINE__)
+KEEL_API int keel_slice_export_at(const struct keel_slice *s, unsigned dst, struct keel_slice *out,
+				  const char *file, int line);
+
+/**
+ * Copy @s's bytes into a new buffer of the calling shard's allocator. For small frames
+ * this beats an export: copy on the home shard and put the received slice, so the receive
+ * buffer goes back to its ring at once, then hand the copy over with keel_slice_move()
+ * (its only reference); or, on the destination, copy an exported slice into local memory
+ * and put the proxy early.
+ * Ownership: @s is borrowed (still the caller's); *out holds the only reference of the
+ * copy, with @s->len bytes (a zero-length copy is an empty window on a one-byte buffer).
+ * Context: a shard that holds @s (or may read it: it holds an export of it).
+ * Returns: 0; -EPERM on a thread without an allocator; as keel_buf_alloc() (-ENOMEM,
+ * -E2BIG).
+ */
+#define keel_slice_copy(s, out) keel_slice_copy_at((s), (out), __FILE__, __LINE__)
+KEEL_API int keel_slice_copy_at(const struct keel_slice *s, struct keel_slice *out,
+				const char *file, int line);
 
 /** Current reference count of @s's buffer. Context: the shard holding it. */
 KEEL_API unsigned keel_slice_refs(const struct keel_slice *s);
@@ -124,7 +179,14 @@ KEEL_API struct keel_alloc *keel_buf_home(const struct keel_buf *b);
 KEEL_API bool keel_buf_is_external(const struct keel_buf *b);
 
 /**
- * Return @b, whose count reached zero on another shard, to its pool.
+ * True when @b is a proxy made by keel_slice_export(): keel_buf_home() is the exporter,
+ * keel_buf_base() and keel_buf_cap() are the exported window.
+ */
+KEEL_API bool keel_buf_is_foreign(const struct keel_buf *b);
+
+/**
+ * Return @b, whose count reached zero on another shard, to its pool (a proxy: put the
+ * reference its export kept).
  * Context: @b's home shard; the runtime's send_home hook calls it there.
  */
 KEEL_API void keel_buf_release(struct keel_buf *b);

@@ -264,7 +264,10 @@ struct keel_net_stats {
 	uint64_t zc_copied;      /* ... whose notification says the kernel copied */
 	uint64_t short_sends;    /* sends that took part of what was offered */
 	uint64_t bp_pauses;      /* reads paused by the high watermark */
-	uint64_t bufs_out;       /* receive buffers held by the application now */
+	uint64_t bufs_out;       /* receive buffers out of their ring now (held by the app, or
+				    by the ring itself while the kernel fills them: bufs_kernel) */
+	uint64_t bufs_kernel;    /* ... of which the ring holds for the kernel (incremental
+				    buffers partly filled): bufs_out - bufs_kernel is the app's */
 	uint64_t reads_held;     /* received slices held for a paused connection (pause_read,
 				    high watermark) and delivered after resume */
 	uint64_t fd_closes_ring; /* direct descriptors released through the ring

@@ -1,0 +1,293 @@
+// SPDX-License-Identifier: MIT
+/*
+ * keel-echo --forward. A connection lives on its home shard; so does its slot in a table
+ * of that shard, with a generation bumped at close. A frame travels as a message carrying
+ * (slot, generation) and slices:
+ *   home: framer delivers the frame; each slice is exported to the next shard
+ *         (keel_slice_export), the frame's own references put, the message sent;
+ *   next: reads nothing, exports each slice back home, puts its own, sends the message
+ *         back (a proxy of a proxy: both hops follow the same rule);
+ *   home: looks the slot up; with the same generation the connection is still open and
+ *         the frame is queued on it (keel_frame_send); otherwise the frame is put.
+ * No count is touched by two shards: each proxy is counted only where it is held, and
+ * every last put of a proxy travels to the shard that made it.
+ */
+#include "forward.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct slot {
+	struct keel_conn *conn; /* NULL: free */
+	struct keel_framer *framer;
+	uint32_t gen;
+	uint32_t next_free;
+};
+
+struct fwd_shard {
+	struct slot *slots;
+	uint32_t nslots, free_head;
+	_Atomic uint64_t frames_in, frames_relayed, frames_out, frames_dropped, errors, conns_live;
+};
+
+#define NO_SLOT UINT32_MAX
+
+static struct fwd_shard shards[KEEL_MAX_SHARDS];
+
+struct fwd_msg {
+	unsigned home;
+	uint32_t slot, gen;
+	unsigned n;
+	struct keel_slice s[];
+};
+
+struct conn_ref {
+	unsigned home;
+	uint32_t slot;
+};
+
+#define BUMP(fs, f) atomic_fetch_add_explicit(&(fs)->f, 1, memory_order_relaxed)
+
+static struct fwd_shard *
+me(void)
+{
+	return &shards[keel_shard_id(keel_this_shard())];
+}
+
+static int
+slot_new(struct fwd_shard *fs, uint32_t *out)
+{
+	if (!fs->nslots || fs->free_head == NO_SLOT) {
+		uint32_t n = fs->nslots ? fs->nslots * 2 : 64;
+		struct slot *t = realloc(fs->slots, n * sizeof(*t));
+		if (!t)
+			return -ENOMEM;
+		for (uint32_t i = fs->nslots; i < n; i++) {
+			memset(&t[i], 0, sizeof(t[i]));
+			t[i].next_free = i + 1 < n ? i + 1 : NO_SLOT;
+		}
+		fs->free_head = fs->nslots;
+		fs->slots = t;
+		fs->nslots = n;
+	}
+	*out = fs->free_head;
+	fs->free_head = fs->slots[*out].next_free;
+	return 0;
+}
+
+/* Put the slices of a message that will not be delivered. Proxies made for another shard
+ * come back here first: their one reference is ours again (a move), then an ordinary put. */
+static void
+msg_drop(struct fwd_msg *m)
+{
+	unsigned self = keel_shard_id(keel_this_shard());
+
+	for (unsigned i = 0; i < m->n; i++) {
+		if (!m->s[i].buf)
+			continue;
+		keel_slice_move(&m->s[i], self);
+		keel_slice_put(&m->s[i]);
+	}
+	free(m);
+}
+
+/* On the home shard: the frame is back. */
+static void
+on_back(void *arg)
+{
+	struct fwd_msg *m = arg;
+	struct fwd_shard *fs = me();
+	struct slot *sl = m->slot < fs->nslots ? &fs->slots[m->slot] : NULL;
+	int r;
+
+	if (!sl || !sl->conn || sl->gen != m->gen) {
+		/* The connection closed while the frame was away. */
+		BUMP(fs, frames_dropped);
+		msg_drop(m);
+		return;
+	}
+	r = keel_frame_send(sl->conn, m->s, m->n);
+	if (r < 0) {
+		BUMP(fs, errors);
+		if (r != -EPIPE)
+			keel_conn_abort(sl->conn, r);
+		msg_drop(m); /* what was not queued is still ours */
+		return;
+	}
+	BUMP(fs, frames_out);
+	free(m);
+}
+
+/* On the next shard: hand the frame back. */
+static void
+on_relay(void *arg)
+{
+	struct fwd_msg *m = arg;
+	struct fwd_shard *fs = me();
+	int r = 0;
+
+	for (unsigned i = 0; i < m->n; i++) {
+		struct keel_slice back;
+		if (r == 0)
+			r = keel_slice_export(&m->s[i], m->home, &back);
+		if (r < 0)
+			continue; /* put below, with the rest */
+		keel_slice_put(&m->s[i]);
+		m->s[i] = back;
+	}
+	if (r == 0)
+		r = keel_send(m->home, on_back, m);
+	if (r < 0) {
+		/* Slices not yet exported are this shard's proxies; exported ones go through
+		 * msg_drop's move. The connection misses this frame (its peer sees the echo
+		 * stop, and the error counter says why): only when a shard runs out of memory
+		 * or is stopping. */
+		BUMP(fs, errors);
+		msg_drop(m);
+		return;
+	}
+	BUMP(fs, frames_relayed);
+}
+
+static int
+on_frame(void *arg, struct keel_frame *fr)
+{
+	struct conn_ref *ref = arg;
+	struct fwd_shard *fs = &shards[ref->home];
+	struct slot *sl = &fs->slots[ref->slot];
+	unsigned next = (ref->home + 1) % keel_shard_count(keel_this_shard());
+	struct fwd_msg *m = malloc(sizeof(*m) + fr->n * sizeof(m->s[0]));
+	unsigned done = 0;
+	int r = 0;
+
+	BUMP(fs, frames_in);
+	if (!m)
+		r = -ENOMEM;
+	for (unsigned i = 0; i < fr->n; i++) {
+		if (r == 0)
+			r = keel_slice_export(&fr->s[i], next, &m->s[i]);
+		if (r == 0)
+			done++;
+		keel_slice_put(&fr->s[i]);
+	}
+	if (r < 0) {
+		BUMP(fs, errors);
+		if (m) {
+			m->n = done;
+			msg_drop(m);
+		}
+		return r; /* the framer fails: the connection is aborted with r */
+	}
+	m->home = ref->home;
+	m->slot = ref->slot;
+	m->gen = sl->gen;
+	m->n = fr->n;
+	r = keel_send(next, on_relay, m);
+	if (r < 0) {
+		BUMP(fs, errors);
+		msg_drop(m);
+		return r; /* the framer fails: the connection is aborted with r */
+	}
+	return 0;
+}
+
+static void
+fwd_open(struct keel_conn *c)
+{
+	struct fwd_shard *fs = me();
+	struct keel_framer_opts fo;
+	struct conn_ref *ref;
+	uint32_t id;
+	int r;
+
+	ref = malloc(sizeof(*ref));
+	if (!ref || slot_new(fs, &id) < 0) {
+		free(ref);
+		BUMP(fs, errors);
+		keel_conn_abort(c, -ENOMEM);
+		return;
+	}
+	ref->home = keel_shard_id(keel_this_shard());
+	ref->slot = id;
+	memset(&fo, 0, sizeof(fo));
+	fo.kind = KEEL_FRAME_LEN32;
+	fo.on_frame = on_frame;
+	fo.arg = ref;
+	r = keel_framer_create(&fo, &fs->slots[id].framer);
+	if (r < 0) {
+		fs->slots[id].next_free = fs->free_head;
+		fs->free_head = id;
+		free(ref);
+		BUMP(fs, errors);
+		keel_conn_abort(c, r);
+		return;
+	}
+	fs->slots[id].conn = c;
+	atomic_fetch_add_explicit(&fs->conns_live, 1, memory_order_relaxed);
+	keel_conn_set_user(c, ref);
+}
+
+static void
+fwd_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	struct conn_ref *ref = keel_conn_user(c);
+
+	if (!ref) { /* opening failed; the abort is on its way */
+		for (unsigned i = 0; i < n; i++)
+			keel_slice_put(&s[i]);
+		return;
+	}
+	keel_framer_on_data(shards[ref->home].slots[ref->slot].framer, c, s, n);
+}
+
+static void
+fwd_close(struct keel_conn *c, int status)
+{
+	struct conn_ref *ref = keel_conn_user(c);
+	struct fwd_shard *fs;
+	struct slot *sl;
+
+	(void)status;
+	if (!ref)
+		return;
+	fs = &shards[ref->home];
+	sl = &fs->slots[ref->slot];
+	keel_framer_destroy(sl->framer);
+	sl->framer = NULL;
+	sl->conn = NULL;
+	sl->gen++; /* frames still away find the slot changed */
+	sl->next_free = fs->free_head;
+	fs->free_head = ref->slot;
+	atomic_fetch_sub_explicit(&fs->conns_live, 1, memory_order_relaxed);
+	free(ref);
+}
+
+const struct keel_conn_ops echo_fwd_ops = {
+	.on_open = fwd_open,
+	.on_data = fwd_data,
+	.on_close = fwd_close,
+};
+
+void
+echo_fwd_stats(unsigned shard, struct echo_fwd_stats *out)
+{
+	struct fwd_shard *fs = &shards[shard];
+
+	out->frames_in = atomic_load_explicit(&fs->frames_in, memory_order_relaxed);
+	out->frames_relayed = atomic_load_explicit(&fs->frames_relayed, memory_order_relaxed);
+	out->frames_out = atomic_load_explicit(&fs->frames_out, memory_order_relaxed);
+	out->frames_dropped = atomic_load_explicit(&fs->frames_dropped, memory_order_relaxed);
+	out->errors = atomic_load_explicit(&fs->errors, memory_order_relaxed);
+	out->conns_live = atomic_load_explicit(&fs->conns_live, memory_order_relaxed);
+}
+
+void
+echo_fwd_fini(void)
+{
+	for (unsigned i = 0; i < KEEL_MAX_SHARDS; i++) {
+		free(shards[i].slots);
+		memset(&shards[i], 0, sizeof(shards[i]));
+	}
+}

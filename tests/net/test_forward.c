@@ -1,0 +1,163 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Received frames handed to another shard and back without copying (keel_slice_export,
+ * keel-echo --forward's code): every byte checked, every buffer back home at the end.
+ */
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "fwd_drive.h"
+#include "helpers.h"
+
+static void
+check(const struct fwd_cfg *cfg, const struct fwd_result *res, int r)
+{
+	uint64_t exports = 0, trace = 0, errors = 0, relayed = 0, in = 0;
+
+	cr_assert_eq(r, 0, "%s", res->err);
+	cr_log_info("%llu frames, %llu bytes checked", (unsigned long long)res->frames_sent,
+		    (unsigned long long)res->bytes_checked);
+	for (unsigned i = 0; i < cfg->shards; i++) {
+		const struct fwd_shard_end *e = &res->end[i];
+		exports += e->exports;
+		trace += e->trace_errors;
+		errors += e->errors;
+		relayed += e->frames_relayed;
+		in += e->frames_in;
+		cr_log_info("shard %u: frames in %llu relayed %llu out %llu; exports %llu, remote "
+			    "returns %llu",
+			    i, (unsigned long long)e->frames_in,
+			    (unsigned long long)e->frames_relayed,
+			    (unsigned long long)e->frames_out, (unsigned long long)e->exports,
+			    (unsigned long long)e->remote_returns);
+		cr_assert_eq(e->bufs_out, e->bufs_kernel,
+			     "shard %u: %llu receive buffers out of the ring, %llu of them with "
+			     "the kernel: the rest never came back",
+			     i, (unsigned long long)e->bufs_out,
+			     (unsigned long long)e->bufs_kernel);
+		cr_assert_eq(e->exports_live, 0, "shard %u: %llu exported slices never released", i,
+			     (unsigned long long)e->exports_live);
+		cr_assert_gt(e->frames_in, 0,
+			     "shard %u received no frame: steering put every "
+			     "connection on one shard",
+			     i);
+	}
+	cr_assert_eq(in, res->frames_sent, "every frame sent was received once");
+	cr_assert_eq(relayed, in, "every frame went to the next shard and back");
+	cr_assert_geq(exports, 2 * in, "each frame was exported at least there and back");
+	cr_assert_eq(errors, 0);
+	cr_assert_eq(trace, 0, "KEEL_BUF_TRACE reported %llu errors", (unsigned long long)trace);
+	cr_assert_eq(res->trace_logs, 0, "buf trace lines logged (teardown included)");
+}
+
+Test(net_forward, frames_of_random_sizes_go_to_another_shard_and_back_intact, .timeout = 600)
+{
+	struct fwd_cfg cfg = {
+		.shards = 2,
+		.conns = 16,
+		.bytes = 16ull << 20,
+		.max_frame = 256u << 10,
+		.window = 1u << 20,
+		.buf_count = 2048,
+		.buf_size = 16384,
+		.seconds = 400,
+	};
+	struct fwd_result res;
+	int r;
+
+	if (test_small())
+		cfg.bytes = 2ull << 20;
+	r = fwd_run(&cfg, &res);
+	check(&cfg, &res, r);
+	cr_assert_gt(res.bytes_checked, cfg.conns * cfg.bytes,
+		     "every payload byte and header came back");
+}
+
+extern char **environ;
+
+/* The done-when check: the keel-echo binary itself, 2 shards, --forward; 32 clients of
+ * 4 MiB each (frames of 1 B..256 KiB), every byte checked; then SIGTERM, exit status 0. */
+Test(net_forward, keel_echo_forward_echoes_32_clients_of_4_MiB_intact, .timeout = 600)
+{
+	struct fwd_cfg cfg = {
+		.conns = 32,
+		.bytes = 4ull << 20,
+		.max_frame = 256u << 10,
+		.window = 1u << 20,
+		.seconds = 400,
+	};
+	char logpath[] = "/tmp/keel-echo-forward-XXXXXX";
+	/* 64 MiB of receive buffers per shard: twice the 32 x 1 MiB the clients may have in
+	 * flight, so partial frames never pin them all. */
+	char *argv[] = { KEEL_BIN_DIR "/keel-echo",
+			 "--addr",
+			 "127.0.0.1",
+			 "--port",
+			 "0",
+			 "--forward",
+			 "--shards",
+			 "2",
+			 "--steer",
+			 "hash",
+			 "--idle-poll-us",
+			 "0",
+			 "--buf-count",
+			 "4096",
+			 NULL };
+	posix_spawn_file_actions_t fa;
+	struct fwd_result res;
+	char text[8192];
+	unsigned port = 0;
+	int fd, status, r;
+	pid_t pid;
+
+	if (test_small())
+		cfg.bytes = 1ull << 20;
+	fd = mkstemp(logpath);
+	cr_assert_geq(fd, 0);
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, fd, 2);
+	cr_assert_eq(posix_spawn(&pid, argv[0], &fa, NULL, argv, environ), 0, "spawn %s", argv[0]);
+	posix_spawn_file_actions_destroy(&fa);
+	for (int i = 0; i < 3000 && !port; i++) { /* 30 s */
+		ssize_t n = pread(fd, text, sizeof(text) - 1, 0);
+		const char *p;
+		text[n > 0 ? n : 0] = 0;
+		p = strstr(text, " port ");
+		if (p && strstr(text, "forwarding frames"))
+			sscanf(p, " port %u", &port);
+		if (!port)
+			usleep(10000);
+	}
+	if (!port) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &status, 0);
+		cr_assert_fail("keel-echo --forward did not say it listens within 30 s: %s", text);
+	}
+	memset(&res, 0, sizeof(res));
+	r = fwd_clients(&cfg, (uint16_t)port, &res);
+	kill(pid, SIGTERM);
+	waitpid(pid, &status, 0);
+	{
+		ssize_t n = pread(fd, text, sizeof(text) - 1, 0);
+		text[n > 0 ? n : 0] = 0;
+	}
+	close(fd);
+	unlink(logpath);
+	cr_assert_eq(r, 0, "%s; keel-echo said: %s", res.err, text);
+	cr_log_info("keel-echo --forward: %llu frames, %llu bytes checked",
+		    (unsigned long long)res.frames_sent, (unsigned long long)res.bytes_checked);
+	cr_assert_eq(res.bytes_checked, cfg.conns * cfg.bytes + 4 * res.frames_sent,
+		     "every frame came back whole");
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+		  "keel-echo exit status 0x%x after SIGTERM: %s", status, text);
+}
