@@ -296,6 +296,15 @@ struct sampler {
 	int err;
 };
 
+/* How late the later of the two samples was after its edge of the window, ms. */
+static double
+sampler_late_ms(const struct sampler *s)
+{
+	uint64_t a = s->wall[0] - s->t_start, b = s->wall[1] - s->t_end;
+
+	return (double)(a > b ? a : b) / 1e6;
+}
+
 static int
 clock_ns(clockid_t c, uint64_t *out)
 {
@@ -387,12 +396,14 @@ sampler_start(struct sampler *s)
 	return r;
 }
 
-/* After the client returned: a window that did not end yet is cancelled (a failed run). */
+/* After the client returned: a window that did not end yet is cancelled (a failed run); one
+ * that ended gets its last sample now if the sampler has not woken yet. */
 static void
 sampler_stop(struct sampler *s)
 {
 	pthread_mutex_lock(&s->mu);
-	s->cancel = true;
+	if (!s->have_window || bench_now_ns() < s->t_end)
+		s->cancel = true;
 	pthread_cond_broadcast(&s->cv);
 	pthread_mutex_unlock(&s->mu);
 	pthread_join(s->tid, NULL);
@@ -442,7 +453,7 @@ json_u64(const char *key, uint64_t v)
 
 struct window_cpu {
 	bool valid;
-	double wall_s, server_util, client_util, server_ns_per_msg;
+	double late_ms, wall_s, server_util, client_util, server_ns_per_msg;
 	unsigned client_cores;
 	bool client_bound;
 	char from[64];
@@ -501,6 +512,7 @@ report(const struct opts *o, const struct bench_result *r, const struct bench_se
 		}
 		printf("  \"cpu_from\": \"%s\",\n", w->valid ? w->from : "");
 		json_num("cpu_window_s", w->wall_s, w->valid, "%.3f", false);
+		json_num("cpu_sample_late_ms", w->late_ms, w->valid, "%.3f", false);
 		json_num("server_cpu_util", w->server_util, w->valid, "%.3f", false);
 		json_num("server_cpu_ns_per_msg", w->server_ns_per_msg, w->valid && r->msgs, "%.0f",
 			 false);
@@ -588,7 +600,13 @@ run_client(struct opts *o)
 	c->warmup_ns = (uint64_t)(o->warmup * 1e9);
 	c->client_cpu0 = o->has_port && c->cpus_given ? 0 : c->shards;
 	if (o->server_pid) {
-		rc = -clock_getcpuclockid((pid_t)o->server_pid, &smp->srv[0]);
+		uint64_t probe;
+
+		rc = kill((pid_t)o->server_pid, 0) < 0 ? -errno : 0;
+		if (rc == 0)
+			rc = -clock_getcpuclockid((pid_t)o->server_pid, &smp->srv[0]);
+		if (rc == 0)
+			rc = clock_ns(smp->srv[0], &probe);
 		if (rc < 0) {
 			fprintf(stderr,
 				"keel-bench %s: --server-pid %ld: %s (is the server "
@@ -633,6 +651,7 @@ run_client(struct opts *o)
 
 		w.valid = wall > 0;
 		w.wall_s = wall / 1e9;
+		w.late_ms = sampler_late_ms(smp);
 		w.server_util = wall > 0 ? scpu / wall : 0;
 		w.client_util = wall > 0 ? (ccpu > 0 ? ccpu : 0) / wall : 0;
 		w.server_ns_per_msg = r->msgs ? scpu / (double)r->msgs : 0;
