@@ -10,6 +10,7 @@
  * asserted. Cross-backend runs drive each backend's server with the other backend's
  * client, so every side is checked by an implementation it does not share code with.
  */
+#include <dirent.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -647,4 +648,59 @@ Test(tools_bench, keel_is_the_default_backend)
 	cr_assert_eq(bench("pingpong --seconds 0.1 --warmup 0 --json", &out), 0, "%s", out);
 	cr_assert(strstr(out, "\"backend\": \"keel\""), "%s", out);
 	free(out);
+}
+
+/* serve --cpuset pins the server threads there, for either backend. */
+static void
+serve_pinned(const char *backend)
+{
+	char path[512], line[256], want[32];
+	unsigned port;
+	bool found = false;
+	pid_t pid;
+	FILE *f, *st;
+	DIR *d;
+	struct dirent *e;
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+	if (n < 2)
+		cr_skip_test("needs 2 CPUs");
+	snprintf(want, sizeof(want), "%ld", n - 1);
+	snprintf(line, sizeof(line), "--cpuset %ld", n - 1);
+	port = serve_spawn_with(backend, line, &pid, &f);
+	cr_assert_gt(port, 0);
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	d = opendir(path);
+	cr_assert_not_null(d, "%s", path);
+	while ((e = readdir(d)) && !found) {
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%d/task/%s/status", (int)pid, e->d_name);
+		st = fopen(path, "r");
+		if (!st)
+			continue;
+		while (fgets(line, sizeof(line), st))
+			if (!strncmp(line, "Cpus_allowed_list:", 18)) {
+				char *v = line + 18;
+				v += strspn(v, " \t");
+				v[strcspn(v, "\n")] = 0;
+				found = !strcmp(v, want);
+			}
+		fclose(st);
+	}
+	closedir(d);
+	kill(pid, SIGTERM);
+	fclose(f);
+	waitpid(pid, NULL, 0);
+	cr_assert(found, "no %s server thread pinned to CPU %s", backend, want);
+}
+
+Test(tools_bench, serve_pins_epoll_threads_to_the_cpuset)
+{
+	serve_pinned("epoll");
+}
+
+Test(tools_bench, serve_pins_keel_shards_to_the_cpuset)
+{
+	serve_pinned("keel");
 }
