@@ -577,6 +577,24 @@ report(const struct opts *o, const struct bench_result *r, const struct bench_se
 		printf("errors: %llu\n", (unsigned long long)errors);
 }
 
+/*
+ * Start the server. With an ephemeral port, the TCP listener picks it and UDP binds the
+ * same number, which something else may hold already: try a few ports then.
+ */
+static int
+serve_start(const struct bench_backend *be, const struct bench_cfg *c, uint16_t *port,
+	    struct bench_server **srv)
+{
+	int rc = -EADDRINUSE;
+
+	for (int i = 0; i < 8 && rc == -EADDRINUSE; i++) {
+		rc = be->serve_start(c, port, srv);
+		if (c->addr.sin_port != 0)
+			break;
+	}
+	return rc;
+}
+
 static int
 run_client(struct opts *o)
 {
@@ -621,7 +639,7 @@ run_client(struct opts *o)
 	}
 	if (!o->has_port) {
 		c->addr.sin_port = 0;
-		rc = o->be->serve_start(c, &port, &srv);
+		rc = serve_start(o->be, c, &port, &srv);
 		if (rc < 0) {
 			fprintf(stderr, "keel-bench %s: starting the %s server: %s\n", o->prog,
 				o->be->name, strerror(-rc));
@@ -710,7 +728,7 @@ run_serve(struct opts *o)
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGTERM);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
-	rc = o->be->serve_start(c, &port, &srv);
+	rc = serve_start(o->be, c, &port, &srv);
 	if (rc < 0) {
 		fprintf(stderr, "keel-bench serve: %s server on port %u: %s\n", o->be->name,
 			ntohs(c->addr.sin_port), strerror(-rc));
