@@ -240,8 +240,6 @@ server_thread(void *arg)
 	struct epoll_event ev[MAXEV];
 	uint64_t busy = t->srv->busy_poll_ns, idle_since = 0;
 
-	if (t->cpu >= 0)
-		bench_pin(t->cpu);
 	while (!atomic_load_explicit(&t->srv->stop, memory_order_acquire)) {
 		/* keel's loop policy: poll until idle for busy ns, then block. */
 		uint64_t now = busy ? bench_now_ns() : 0;
@@ -367,7 +365,18 @@ serve_start(const struct bench_cfg *cfg, uint16_t *port, struct bench_server **o
 		}
 	}
 	for (unsigned i = 0; i < s->n; i++) {
-		r = -pthread_create(&s->t[i].tid, NULL, server_thread, &s->t[i]);
+		pthread_attr_t attr;
+		cpu_set_t set;
+
+		/* Pinned from its creation: it never runs, nor shows, elsewhere. */
+		pthread_attr_init(&attr);
+		if (s->t[i].cpu >= 0) {
+			CPU_ZERO(&set);
+			CPU_SET(s->t[i].cpu, &set);
+			pthread_attr_setaffinity_np(&attr, sizeof(set), &set);
+		}
+		r = -pthread_create(&s->t[i].tid, &attr, server_thread, &s->t[i]);
+		pthread_attr_destroy(&attr);
 		if (r < 0)
 			goto err;
 		s->t[i].started = true;
