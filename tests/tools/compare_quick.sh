@@ -1,35 +1,40 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# tools/bench/compare.sh --quick end to end (loopback only): both files exist, compare.md has
-# a row for each mode of the quick matrix with both backends' figures non-zero, and
-# compare.png is a PNG. Skips (77) when gnuplot or iperf3 is missing (tools/test.sh installs
-# them).
+# tools/bench/compare.sh --quick end to end (loopback only): compare.md has every quick row in
+# both policies with both servers' medians, ratios and windowed server CPU non-zero,
+# results.tsv holds every run (rows x policies x servers x reps), and compare.png is a PNG.
+# Skips (77) when gnuplot is missing (tools/test.sh installs it).
 #   compare_quick.sh BIN_DIR OUT_DIR
 set -euo pipefail
 bin=$1
 out=$2
-for t in gnuplot iperf3 ss; do
-	command -v "$t" >/dev/null || { echo "SKIP: $t is not installed (tools/test.sh installs it)"; exit 77; }
-done
+command -v gnuplot >/dev/null || { echo "SKIP: gnuplot is not installed (tools/test.sh installs it)"; exit 77; }
 root=$(cd "$(dirname "$0")/../.." && pwd)
 rm -rf "$out"
 bash "$root/tools/bench/compare.sh" --quick --bin "$bin" --out "$out"
 md=$out/compare.md
 png=$out/compare.png
-[ -s "$md" ] || { echo "FAIL: no $md"; exit 1; }
-[ -s "$png" ] || { echo "FAIL: no $png"; exit 1; }
+tsv=$out/results.tsv
+for f in "$md" "$png" "$tsv"; do [ -s "$f" ] || { echo "FAIL: no $f"; exit 1; }; done
 magic=$(head -c 8 "$png" | od -An -tx1 | tr -d ' \n')
 [ "$magic" = 89504e470d0a1a0a ] || { echo "FAIL: $png is not a PNG ($magic)"; exit 1; }
 fail=0
-for row in "pingpong 64 1" "pingpong 64 16" "throughput 64 1" "stream 65536 1"; do
-	read -r mode size conns <<<"$row"
-	line=$(grep "^| $mode | $size | $conns |" "$md" || true)
-	[ -n "$line" ] || { echo "FAIL: no row $row in $md"; fail=1; continue; }
-	# columns: mode size conns inflight keel epoll ratio ...
-	awk -F'|' -v r="$row" '{k = $6 + 0; e = $7 + 0; q = $8 + 0
-		if (k <= 0 || e <= 0 || q <= 0) { printf "FAIL: row %s: keel %s epoll %s ratio %s\n", r, $6, $7, $8; exit 1 }}' \
-		<<<"$line" || fail=1
+# 4 rows x 2 policies x 2 servers x 2 reps, each with a windowed server CPU figure
+n=$(($(wc -l <"$tsv") - 1))
+[ "$n" -eq 32 ] || { echo "FAIL: $tsv has $n runs, expected 32"; fail=1; }
+awk -F'\t' 'NR > 1 && !($15 > 0 && $16 > 0) { printf "FAIL: run %s %s %s rep %s: server CPU %s ns/msg, %s cores\n", $1, $7, $8, $9, $15, $16; bad = 1 }
+	END { exit bad }' "$tsv" || fail=1
+for pol in block spin; do
+	grep -q "^## policy: $pol" "$md" || { echo "FAIL: no $pol table in $md"; fail=1; continue; }
+	for row in pp1 tp64 st64k udp-pp; do
+		line=$(sed -n "/^## policy: $pol/,/^## policy/p" "$md" | grep "^| $row |" || true)
+		[ -n "$line" ] || { echo "FAIL: no row $row ($pol) in $md"; fail=1; continue; }
+		# columns: row mode size inflight conns threads unit keel epoll ratio p50 p99 cpu ...
+		awk -F'|' -v r="$row $pol" '{k = $9 + 0; e = $10 + 0; q = $11 + 0; split($14, c, "/")
+			if (k <= 0 || e <= 0 || q <= 0 || c[1] + 0 <= 0 || c[2] + 0 <= 0) {
+				printf "FAIL: row %s: keel %s epoll %s ratio %s cpu %s\n", r, $9, $10, $11, $14; exit 1 }}' \
+			<<<"$line" || fail=1
+	done
 done
-grep -q '^| iperf3 (reference) | .* [0-9.]*[1-9][0-9.]* (one way' "$md" || { echo "FAIL: no iperf3 row"; fail=1; }
 [ $fail -eq 0 ] && echo "compare_quick: ok"
 exit $fail

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <criterion/criterion.h>
 
@@ -85,4 +86,25 @@ Test(tools_bench_proto, histogram_percentiles_are_within_a_bucket)
 	cr_assert_leq(bench_hist_pct(h, 100), h->max_ns);
 	cr_assert_eq(bench_hist_pct(h, 0) <= bench_hist_pct(h, 50), true);
 	free(h);
+}
+
+/* Thread slots map onto --cpuset in order and wrap; without it, slot k is CPU k (mod the
+ * CPUs online). Server threads take slots 0.., client threads the ones after. */
+Test(tools_bench_proto, cpu_slots_follow_the_cpuset_in_order_and_wrap)
+{
+	struct bench_cfg c = cfg(BENCH_PINGPONG, 64);
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+	keel_cpuset_add(&c.cpus, 9);
+	keel_cpuset_add(&c.cpus, 4);
+	keel_cpuset_add(&c.cpus, 5);
+	c.cpus_given = true;
+	cr_assert_eq(bench_cpu_for(&c, 0), 4);
+	cr_assert_eq(bench_cpu_for(&c, 1), 5);
+	cr_assert_eq(bench_cpu_for(&c, 2), 9);
+	cr_assert_eq(bench_cpu_for(&c, 3), 4);
+	c.cpus_given = false;
+	cr_assert_eq(bench_cpu_for(&c, 0), 0);
+	cr_assert_eq(bench_cpu_for(&c, (unsigned)n), 0);
+	cr_assert_eq(bench_cpu_for(&c, 1), n > 1 ? 1 : 0);
 }

@@ -1,11 +1,16 @@
 // SPDX-License-Identifier: MIT
 /*
  * keel-bench network modes end to end, each backend (epoll, keel), loopback only: each mode
- * runs for a fraction of a second and its JSON must show messages that moved, bytes that
- * match them, and no error. A run that moved nothing fails. Timing is never asserted.
- * Cross-backend runs drive each backend's server with the other backend's client, so every
- * side is checked by an implementation it does not share code with.
+ * runs for a fraction of a second and its JSON must show messages that moved and no error.
+ * The figures are checked against the server's own, independent counters (bytes and
+ * datagrams it read and sent back): every message the client counted must have been sent
+ * back by the server, and everything the client sent must have come back as counted
+ * messages except what was in flight when the run ended. CPU over the window must be within
+ * what the pinned threads can use. A run that moved nothing fails. Timing is never
+ * asserted. Cross-backend runs drive each backend's server with the other backend's
+ * client, so every side is checked by an implementation it does not share code with.
  */
+#include <dirent.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -51,6 +56,23 @@ bench_once(const char *args, char **out)
  * failed run. That one outcome is retried once with a 3 s window, so the tests check that
  * messages move and are verified, not how fast the machine is.
  */
+/* What the attempts that were retried sent to the server and counted back (their report is
+ * printed too), for the tests that compare a serve process's totals with the client's. */
+static struct {
+	double tx, retries;
+} retried;
+
+static double
+field_of(const char *json, const char *key)
+{
+	char pat[64];
+	const char *at;
+
+	snprintf(pat, sizeof(pat), "\"%s\": ", key);
+	at = strstr(json, pat);
+	return at ? strtod(at + strlen(pat), NULL) : 0;
+}
+
 static int
 bench(const char *args, char **out)
 {
@@ -60,6 +82,8 @@ bench(const char *args, char **out)
 
 	if (r == 0 || !sec || !strstr(*out, "no message came back in the window"))
 		return r;
+	retried.tx += field_of(*out, "tx_bytes_all") + field_of(*out, "tx_dgrams_all");
+	retried.retries++;
 	sec += strlen("--seconds ");
 	snprintf(longer, sizeof(longer), "%.*s3%s", (int)(sec - args), args,
 		 sec + strcspn(sec, " "));
@@ -80,38 +104,104 @@ num(const char *json, const char *key)
 	return strtod(at + strlen(pat), NULL);
 }
 
-/* Run a mode and check what every run must show. Returns the JSON for more checks. */
+/* The number after "key": in a JSON object, or -1 when it is null; fails when absent. */
+static double
+num_or_null(const char *json, const char *key)
+{
+	char pat[64];
+	const char *at;
+
+	snprintf(pat, sizeof(pat), "\"%s\": ", key);
+	at = strstr(json, pat);
+	cr_assert_not_null(at, "no %s in:\n%s", key, json);
+	at += strlen(pat);
+	return strncmp(at, "null", 4) ? strtod(at, NULL) : -1;
+}
+
+/*
+ * The server's counters against the client's, for TCP: @wire bytes per message, at most
+ * @window messages per connection unanswered when the run ends. Every message the client
+ * counted came back from the server (msgs_all * wire <= bytes the server sent <= bytes it
+ * read <= bytes the client sent), and everything the client sent came back as counted
+ * messages but what was in flight at the end (tx - msgs_all * wire <= window * wire).
+ */
+struct tally {
+	double tx, msgs_all, msgs, sin, sout, wire, window;
+};
+
+static void
+tally_check(const struct tally *t, const char *what)
+{
+	cr_assert_gt(t->msgs, 0, "%s: no message moved", what);
+	cr_assert_leq(t->msgs, t->msgs_all, "%s: more messages in the window than in the run",
+		      what);
+	cr_assert_leq(t->msgs_all * t->wire, t->sout,
+		      "%s: the client counted %.0f messages (%.0f bytes) but the server sent back "
+		      "only %.0f bytes",
+		      what, t->msgs_all, t->msgs_all * t->wire, t->sout);
+	cr_assert_leq(t->sout, t->sin, "%s: the server sent %.0f bytes, read only %.0f", what,
+		      t->sout, t->sin);
+	cr_assert_leq(t->sin, t->tx, "%s: the server read %.0f bytes, the client sent %.0f", what,
+		      t->sin, t->tx);
+	cr_assert_leq(t->tx - t->msgs_all * t->wire, t->window * t->wire,
+		      "%s: %.0f bytes sent, %.0f counted back: more missing than the %.0f "
+		      "messages in flight",
+		      what, t->tx, t->msgs_all * t->wire, t->window);
+}
+
+/* CPU over the window: measured, and within what the threads pinned to it can use. */
+static void
+cpu_check(const char *out, double server_cores)
+{
+	double s = num_or_null(out, "server_cpu_util"), c = num_or_null(out, "client_cpu_util");
+
+	cr_assert_gt(s, 0, "no server CPU over the window:\n%s", out);
+	cr_assert_leq(s, server_cores + 0.05, "more server CPU than its cores:\n%s", out);
+	cr_assert_geq(c, 0, "no client CPU over the window:\n%s", out);
+	cr_assert_leq(c, num(out, "client_cores") + 0.05, "more client CPU than its cores:\n%s",
+		      out);
+	cr_assert_gt(num(out, "server_cpu_ns_per_msg"), 0, "%s", out);
+	cr_assert_gt(num(out, "cpu_window_s"), 0, "%s", out);
+}
+
+/* Run a mode and check what every run must show. Returns the JSON for more checks. @window:
+ * messages that may be unanswered per connection when the run ends (connections mode: the
+ * held ones and one per open/close slot). */
 static char *
-run_mode_on(const char *backend, const char *args, unsigned wire_per_msg)
+run_mode_on(const char *backend, const char *args, unsigned wire_per_msg, unsigned window)
 {
 	char full[512], *out;
-	double msgs, bytes;
+	struct tally t;
 
 	snprintf(full, sizeof(full), "%s --backend %s --seconds 0.3 --warmup 0 --json", args,
 		 backend);
 	cr_assert_eq(bench(full, &out), 0, "keel-bench %s:\n%s", full, out);
-	msgs = num(out, "msgs");
-	bytes = num(out, "bytes");
-	cr_assert_gt(msgs, 0, "no message moved:\n%s", out);
-	cr_assert_eq(bytes, msgs * wire_per_msg, "bytes != msgs * %u:\n%s", wire_per_msg, out);
 	cr_assert_eq(num(out, "errors"), 0, "%s", out);
-	/* Everything the client counted went through the in-process server. */
-	cr_assert_geq(num(out, "server_bytes"), bytes, "%s", out);
+	t.tx = num(out, "tx_bytes_all");
+	t.msgs_all = num(out, "msgs_all");
+	t.msgs = num(out, "msgs");
+	t.sin = num(out, "server_bytes_in");
+	t.sout = num(out, "server_bytes_out");
+	t.wire = wire_per_msg;
+	t.window = window;
+	tally_check(&t, out);
+	cr_assert_leq(num(out, "bytes"), num(out, "rx_bytes_all"), "%s", out);
 	cr_assert_gt(num(out, "msgs_per_sec"), 0, "%s", out);
 	cr_assert_gt(num(out, "server_syscalls_per_msg"), 0, "%s", out);
 	cr_assert(strstr(out, backend), "%s", out);
+	cpu_check(out, num(out, "shards"));
 	return out;
 }
 
 static char *
-run_mode(const char *args, unsigned wire_per_msg)
+run_mode(const char *args, unsigned wire_per_msg, unsigned window)
 {
-	return run_mode_on("epoll", args, wire_per_msg);
+	return run_mode_on("epoll", args, wire_per_msg, window);
 }
 
 Test(tools_bench, pingpong_moves_framed_messages_and_times_them)
 {
-	char *out = run_mode("pingpong --size 64", 64 + 4);
+	char *out = run_mode("pingpong --size 64", 64 + 4, 1);
 
 	cr_assert(strstr(out, "\"mode\": \"pingpong\""), "%s", out);
 	cr_assert_gt(num(out, "lat_p50_us"), 0, "%s", out);
@@ -124,7 +214,7 @@ Test(tools_bench, throughput_keeps_many_in_flight_over_threads_and_conns)
 {
 	char *out = run_mode("throughput --size 1000 --inflight 8 --conns 4 --threads 2 "
 			     "--shards 2",
-			     1000 + 4);
+			     1000 + 4, 8 * 4);
 
 	cr_assert_eq(num(out, "inflight"), 8, "%s", out);
 	cr_assert_eq(num(out, "conns"), 4, "%s", out);
@@ -133,7 +223,7 @@ Test(tools_bench, throughput_keeps_many_in_flight_over_threads_and_conns)
 
 Test(tools_bench, stream_echoes_unframed_chunks)
 {
-	char *out = run_mode("stream --size 65536 --inflight 4", 65536);
+	char *out = run_mode("stream --size 65536 --inflight 4", 65536, 4);
 
 	cr_assert_gt(num(out, "gbps"), 0, "%s", out);
 	cr_assert(strstr(out, "\"lat_p50_us\": null"), "stream has no latency:\n%s", out);
@@ -142,7 +232,7 @@ Test(tools_bench, stream_echoes_unframed_chunks)
 
 Test(tools_bench, connections_cycles_beside_idle_connections)
 {
-	char *out = run_mode("connections --size 32 --idle 20 --churn 2", 32 + 4);
+	char *out = run_mode("connections --size 32 --idle 20 --churn 2", 32 + 4, 1 + 2);
 
 	cr_assert_gt(num(out, "cycles"), 0, "no open/close cycle:\n%s", out);
 	cr_assert_eq(num(out, "idle"), 20, "%s", out);
@@ -177,10 +267,13 @@ Test(tools_bench, client_drives_an_external_serve_process)
 	cr_assert_gt(port, 0, "%s", line);
 
 	snprintf(args, sizeof(args),
-		 "pingpong --backend epoll --port %u --seconds 0.2 --warmup 0 --json", port);
+		 "pingpong --backend epoll --port %u --server-pid %d --seconds 0.2 --warmup 0 "
+		 "--json",
+		 port, (int)pid);
 	cr_assert_eq(bench(args, &out), 0, "%s", out);
 	cr_assert_gt(num(out, "msgs"), 0, "%s", out);
-	cr_assert(strstr(out, "\"server_cpu_ns_per_msg\": null"), "%s", out);
+	cr_assert(strstr(out, "\"cpu_from\": \"pid "), "%s", out);
+	cpu_check(out, 1);
 	free(out);
 
 	kill(pid, SIGTERM);
@@ -204,6 +297,14 @@ Test(tools_bench, bad_options_exit_2_naming_them)
 		{ "pingpong --backend dpdk", "--backend" },
 		{ "pingpong --addr localhost", "--addr" },
 		{ "serve --port 70000", "--port" },
+		{ "pingpong --idle-poll-us abc", "--idle-poll-us" },
+		{ "pingpong --backend keel --busy-poll-us 5", "--idle-poll-us" },
+		{ "serve --backend keel --busy-poll-us 5", "--busy-poll-us" },
+		{ "pingpong --server-pid 1", "--port" },
+		{ "pingpong --port 1 --server-pid 1073741824", "--server-pid" },
+		{ "udp --client keel", "--client" },
+		{ "udp --size 8", "--size" },
+		{ "pingpong --client dpdk", "--client" },
 	};
 	char *out;
 
@@ -218,7 +319,7 @@ Test(tools_bench, bad_options_exit_2_naming_them)
 
 Test(tools_bench, keel_pingpong_moves_framed_messages_and_times_them)
 {
-	char *out = run_mode_on("keel", "pingpong --size 64", 64 + 4);
+	char *out = run_mode_on("keel", "pingpong --size 64", 64 + 4, 1);
 
 	cr_assert(strstr(out, "\"server_syscalls_what\": \"io_uring_enter\""), "%s", out);
 	cr_assert_gt(num(out, "lat_p50_us"), 0, "%s", out);
@@ -232,7 +333,7 @@ Test(tools_bench, keel_throughput_keeps_many_in_flight_over_threads_and_conns)
 	char *out = run_mode_on("keel",
 				"throughput --size 1000 --inflight 8 --conns 4 --threads 2 "
 				"--shards 2",
-				1000 + 4);
+				1000 + 4, 8 * 4);
 
 	cr_assert_eq(num(out, "inflight"), 8, "%s", out);
 	cr_assert_gt(num(out, "lat_p50_us"), 0, "%s", out);
@@ -241,7 +342,7 @@ Test(tools_bench, keel_throughput_keeps_many_in_flight_over_threads_and_conns)
 
 Test(tools_bench, keel_stream_echoes_unframed_chunks)
 {
-	char *out = run_mode_on("keel", "stream --size 65536 --inflight 4", 65536);
+	char *out = run_mode_on("keel", "stream --size 65536 --inflight 4", 65536, 4);
 
 	cr_assert_gt(num(out, "gbps"), 0, "%s", out);
 	cr_assert(strstr(out, "\"lat_p50_us\": null"), "stream has no latency:\n%s", out);
@@ -252,14 +353,14 @@ Test(tools_bench, keel_stream_echoes_unframed_chunks)
  * client must keep reading while its sends wait, or both sides stop. */
 Test(tools_bench, keel_stream_window_above_the_socket_buffers_keeps_moving)
 {
-	char *out = run_mode_on("keel", "stream --size 1048576 --inflight 64", 1048576);
+	char *out = run_mode_on("keel", "stream --size 1048576 --inflight 64", 1048576, 64);
 
 	free(out);
 }
 
 Test(tools_bench, keel_connections_cycles_beside_idle_connections)
 {
-	char *out = run_mode_on("keel", "connections --size 32 --idle 20 --churn 2", 32 + 4);
+	char *out = run_mode_on("keel", "connections --size 32 --idle 20 --churn 2", 32 + 4, 1 + 2);
 
 	cr_assert_gt(num(out, "cycles"), 0, "no open/close cycle:\n%s", out);
 	cr_assert_eq(num(out, "idle"), 20, "%s", out);
@@ -268,20 +369,24 @@ Test(tools_bench, keel_connections_cycles_beside_idle_connections)
 }
 
 /*
- * Start "keel-bench serve --backend @backend" on an ephemeral port; returns the port, with
- * its pid and its stdout (for the end report).
+ * Start "keel-bench serve --backend @backend [@extra]" on an ephemeral port; returns the
+ * port, with its pid and its stdout (for the end report).
  */
 static unsigned
-serve_spawn(const char *backend, pid_t *pid, FILE **f)
+serve_spawn_with(const char *backend, const char *extra, pid_t *pid, FILE **f)
 {
-	char *argv[] = { KEEL_BENCH_BIN, "serve", "--backend", (char *)backend,
-			 "--port",       "0",     "--seconds", "60",
-			 "--size",       "64",    NULL };
+	char *argv[16] = { KEEL_BENCH_BIN, "serve", "--backend", (char *)backend,
+			   "--port",       "0",     "--seconds", "60",
+			   "--size",       "64" };
 	posix_spawn_file_actions_t fa;
-	char line[256], *rest;
-	unsigned port;
+	char line[256], *rest, *save = NULL, ex[128];
+	unsigned port, n = 10;
 	int pfd[2];
 
+	snprintf(ex, sizeof(ex), "%s", extra ? extra : "");
+	for (char *tok = strtok_r(ex, " ", &save); tok && n < 15; tok = strtok_r(NULL, " ", &save))
+		argv[n++] = tok;
+	argv[n] = NULL;
 	cr_assert_eq(pipe(pfd), 0);
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_adddup2(&fa, pfd[1], 1);
@@ -300,52 +405,113 @@ serve_spawn(const char *backend, pid_t *pid, FILE **f)
 	return port;
 }
 
+static unsigned
+serve_spawn(const char *backend, pid_t *pid, FILE **f)
+{
+	return serve_spawn_with(backend, NULL, pid, f);
+}
+
+/* What a serve process counted, from its end report. */
+struct served {
+	double bytes_in, bytes_out, dgrams_in, dgrams_out, sleeps, polls;
+};
+
 /* Stop a serve process: it must report bytes served, no error, and exit 0. */
-static void
+static struct served
 serve_end(pid_t pid, FILE *f)
 {
-	char line[256];
+	struct served sv;
+	char line[256], line2[256];
 	int st;
 
 	kill(pid, SIGTERM);
 	cr_assert_not_null(fgets(line, sizeof(line), f), "serve printed no report");
-	cr_assert(strstr(line, "served ") && !strstr(line, "served 0 bytes"), "%s", line);
+	cr_assert(strstr(line, "served "), "%s", line);
 	cr_assert(strstr(line, "; 0 errors"), "%s", line);
+	cr_assert_not_null(fgets(line2, sizeof(line2), f), "serve printed no counters");
+	cr_assert_eq(sscanf(line2,
+			    "bytes in %lf out %lf; datagrams in %lf out %lf; %lf blocking waits, "
+			    "%lf busy polls",
+			    &sv.bytes_in, &sv.bytes_out, &sv.dgrams_in, &sv.dgrams_out, &sv.sleeps,
+			    &sv.polls),
+		     6, "%s", line2);
+	cr_assert_gt(sv.bytes_in + sv.dgrams_in, 0, "the server saw nothing:\n%s%s", line, line2);
 	fclose(f);
 	cr_assert_eq(waitpid(pid, &st, 0), pid);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "serve status %d", st);
+	return sv;
 }
 
-/* Every mode of the @client backend's client against the @server backend's server. */
+/* UDP: every datagram counted came back from the server, and every one sent came back or
+ * was given up on or was in flight at the end. */
+static void
+udp_check(const char *out, double sin, double sout, double window, double retried_tx)
+{
+	/* An attempt bench() retried sent datagrams the server counted, none counted back. */
+	double tx = num(out, "tx_dgrams_all") + retried_tx, rx = num(out, "rx_dgrams_all");
+
+	cr_assert_gt(num(out, "msgs"), 0, "%s", out);
+	cr_assert_leq(num(out, "msgs"), num(out, "msgs_all"), "%s", out);
+	cr_assert_eq(num(out, "msgs_all"), rx, "%s", out);
+	cr_assert_leq(rx, sout, "the client counted %.0f datagrams, the server sent %.0f:\n%s", rx,
+		      sout, out);
+	cr_assert_leq(sout, sin, "%s", out);
+	cr_assert_leq(sin, tx, "the server read %.0f datagrams, the client sent %.0f:\n%s", sin, tx,
+		      out);
+	cr_assert_leq(tx - rx, num(out, "lost") + window + retried_tx,
+		      "%.0f datagrams missing, %.0f given up on, %.0f in flight:\n%s", tx - rx,
+		      num(out, "lost"), window, out);
+	cr_assert_eq(num(out, "errors"), 0, "%s", out);
+}
+
+/* Every mode of the @client backend's client against the @server backend's server, and
+ * the sum of what the client counted against what the server counted. */
 static void
 cross(const char *client, const char *server)
 {
 	static const struct {
 		const char *args;
-		unsigned wire;
+		unsigned wire, window;
 	} modes[] = {
-		{ "pingpong --size 64", 64 + 4 },
-		{ "throughput --size 100 --inflight 16 --conns 2 --threads 2", 100 + 4 },
-		{ "stream --size 65536 --inflight 4", 65536 },
-		{ "connections --size 32 --idle 10 --churn 2", 32 + 4 },
+		{ "pingpong --size 64", 64 + 4, 1 },
+		{ "throughput --size 100 --inflight 16 --conns 2 --threads 2", 100 + 4, 16 * 2 },
+		{ "stream --size 65536 --inflight 4", 65536, 4 },
+		{ "connections --size 32 --idle 10 --churn 2", 32 + 4, 1 + 2 },
 	};
 	char args[512], *out;
 	pid_t pid;
 	FILE *f;
 	unsigned port = serve_spawn(server, &pid, &f);
+	double counted = 0, tx = 0, window = 0, msgs = 0;
+	struct served sv;
+	struct tally t;
 
+	memset(&retried, 0, sizeof(retried));
 	for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
 		snprintf(args, sizeof(args),
-			 "%s --backend %s --port %u --seconds 0.2 --warmup 0 --json", modes[i].args,
-			 client, port);
+			 "%s --client %s --port %u --server-pid %d --seconds 0.2 --warmup 0 --json",
+			 modes[i].args, client, port, (int)pid);
 		cr_assert_eq(bench(args, &out), 0, "%s:\n%s", args, out);
-		cr_assert_gt(num(out, "msgs"), 0, "%s:\n%s", args, out);
-		cr_assert_eq(num(out, "bytes"), num(out, "msgs") * modes[i].wire, "%s:\n%s", args,
-			     out);
 		cr_assert_eq(num(out, "errors"), 0, "%s:\n%s", args, out);
+		cr_assert(strstr(out, "\"server\": \"external\""), "%s", out);
+		cpu_check(out, 1);
+		counted += num(out, "msgs_all") * modes[i].wire;
+		msgs += num(out, "msgs");
+		tx += num(out, "tx_bytes_all");
+		window += (double)modes[i].window * modes[i].wire;
 		free(out);
 	}
-	serve_end(pid, f);
+	sv = serve_end(pid, f);
+	/* In bytes: wire 1, the windows summed. An attempt bench() retried sent bytes too,
+	 * none of them counted back. */
+	t = (struct tally){ .tx = tx + retried.tx,
+			    .msgs_all = counted,
+			    .msgs = msgs,
+			    .sin = sv.bytes_in,
+			    .sout = sv.bytes_out,
+			    .wire = 1,
+			    .window = window + retried.tx };
+	tally_check(&t, server);
 }
 
 Test(tools_bench, keel_client_against_the_epoll_server)
@@ -358,6 +524,123 @@ Test(tools_bench, epoll_client_against_the_keel_server)
 	cross("epoll", "keel");
 }
 
+/* ---- udp: one client, both servers ---- */
+
+static void
+udp_in_process(const char *backend)
+{
+	static const char *const modes[] = { "udp --size 64",
+					     "udp --size 1400 --inflight 32 --conns 2 --threads 2 "
+					     "--shards 2" };
+	static const double windows[] = { 1, 64 };
+	char full[256], *out;
+
+	for (size_t i = 0; i < 2; i++) {
+		snprintf(full, sizeof(full), "%s --backend %s --seconds 0.3 --warmup 0 --json",
+			 modes[i], backend);
+		cr_assert_eq(bench(full, &out), 0, "%s:\n%s", full, out);
+		cr_assert(strstr(out, "\"client\": \"sockets\""), "%s", out);
+		udp_check(out, num(out, "server_dgrams_in"), num(out, "server_dgrams_out"),
+			  windows[i], 0);
+		cr_assert_gt(num(out, "lat_p50_us"), 0, "%s", out);
+		cpu_check(out, num(out, "shards"));
+		free(out);
+	}
+}
+
+Test(tools_bench, udp_echoes_datagrams_on_the_epoll_server)
+{
+	udp_in_process("epoll");
+}
+
+Test(tools_bench, udp_echoes_datagrams_on_the_keel_server)
+{
+	udp_in_process("keel");
+}
+
+Test(tools_bench, udp_client_against_a_keel_serve_process)
+{
+	char args[256], *out;
+	pid_t pid;
+	FILE *f;
+	unsigned port = serve_spawn("keel", &pid, &f);
+	struct served sv;
+
+	memset(&retried, 0, sizeof(retried));
+	snprintf(args, sizeof(args),
+		 "udp --size 1400 --inflight 8 --port %u --server-pid %d --seconds 0.2 --warmup 0 "
+		 "--json",
+		 port, (int)pid);
+	cr_assert_eq(bench(args, &out), 0, "%s:\n%s", args, out);
+	cpu_check(out, 1);
+	sv = serve_end(pid, f);
+	udp_check(out, sv.dgrams_in, sv.dgrams_out, 8, retried.tx);
+	free(out);
+}
+
+/* ---- polling policies ---- */
+
+/* The epoll server blocks with --busy-poll-us 0 and polls first with more. */
+Test(tools_bench, epoll_busy_poll_polls_before_blocking)
+{
+	char *out;
+
+	cr_assert_eq(bench("pingpong --backend epoll --busy-poll-us 0 --seconds 0.2 --warmup 0 "
+			   "--json",
+			   &out),
+		     0, "%s", out);
+	cr_assert_eq(num(out, "server_polls"), 0, "%s", out);
+	cr_assert_gt(num(out, "server_sleeps"), 0, "%s", out);
+	cr_assert_eq(num(out, "busy_poll_us"), 0, "%s", out);
+	free(out);
+	cr_assert_eq(bench("pingpong --backend epoll --busy-poll-us 1 --seconds 0.2 --warmup 0 "
+			   "--json",
+			   &out),
+		     0, "%s", out);
+	cr_assert_gt(num(out, "server_polls"), 0, "%s", out);
+	cr_assert_gt(num(out, "server_sleeps"), 0, "idle longer than 1 us never blocked:\n%s", out);
+	free(out);
+}
+
+/* keel's runtime options reach the runtimes keel-bench starts: a shard that may poll for
+ * 10 s never sleeps in a run this short, one that may not sleeps when idle. */
+Test(tools_bench, keel_idle_poll_option_reaches_the_server)
+{
+	char *out;
+
+	cr_assert_eq(bench("pingpong --backend keel --idle-poll-us 0 --seconds 0.2 --warmup 0 "
+			   "--json",
+			   &out),
+		     0, "%s", out);
+	cr_assert_eq(num(out, "idle_poll_us"), 0, "%s", out);
+	cr_assert_gt(num(out, "server_sleeps"), 0, "%s", out);
+	free(out);
+	cr_assert_eq(bench("pingpong --backend keel --client epoll --idle-poll-us 10000000 "
+			   "--seconds 0.2 --warmup 0 --json",
+			   &out),
+		     0, "%s", out);
+	cr_assert_eq(num(out, "server_sleeps"), 0, "%s", out);
+	cr_assert(strstr(out, "\"client\": \"epoll\""), "%s", out);
+	free(out);
+}
+
+/* The serve process takes the policy options too, and says which policy it runs. */
+Test(tools_bench, serve_takes_the_polling_policy)
+{
+	char args[256], *out;
+	pid_t pid;
+	FILE *f;
+	unsigned port = serve_spawn_with("epoll", "--busy-poll-us 1", &pid, &f);
+	struct served sv;
+
+	snprintf(args, sizeof(args), "pingpong --port %u --seconds 0.2 --warmup 0 --json", port);
+	cr_assert_eq(bench(args, &out), 0, "%s", out);
+	cr_assert(strstr(out, "\"server_cpu_util\": null"), "no --server-pid, no figure:\n%s", out);
+	free(out);
+	sv = serve_end(pid, f);
+	cr_assert_gt(sv.polls, 0, "busy polls %.0f", sv.polls);
+}
+
 Test(tools_bench, keel_is_the_default_backend)
 {
 	char *out;
@@ -365,4 +648,59 @@ Test(tools_bench, keel_is_the_default_backend)
 	cr_assert_eq(bench("pingpong --seconds 0.1 --warmup 0 --json", &out), 0, "%s", out);
 	cr_assert(strstr(out, "\"backend\": \"keel\""), "%s", out);
 	free(out);
+}
+
+/* serve --cpuset pins the server threads there, for either backend. */
+static void
+serve_pinned(const char *backend)
+{
+	char path[512], line[256], want[32];
+	unsigned port;
+	bool found = false;
+	pid_t pid;
+	FILE *f, *st;
+	DIR *d;
+	struct dirent *e;
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+	if (n < 2)
+		cr_skip_test("needs 2 CPUs");
+	snprintf(want, sizeof(want), "%ld", n - 1);
+	snprintf(line, sizeof(line), "--cpuset %ld", n - 1);
+	port = serve_spawn_with(backend, line, &pid, &f);
+	cr_assert_gt(port, 0);
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	d = opendir(path);
+	cr_assert_not_null(d, "%s", path);
+	while ((e = readdir(d)) && !found) {
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%d/task/%s/status", (int)pid, e->d_name);
+		st = fopen(path, "r");
+		if (!st)
+			continue;
+		while (fgets(line, sizeof(line), st))
+			if (!strncmp(line, "Cpus_allowed_list:", 18)) {
+				char *v = line + 18;
+				v += strspn(v, " \t");
+				v[strcspn(v, "\n")] = 0;
+				found = !strcmp(v, want);
+			}
+		fclose(st);
+	}
+	closedir(d);
+	kill(pid, SIGTERM);
+	fclose(f);
+	waitpid(pid, NULL, 0);
+	cr_assert(found, "no %s server thread pinned to CPU %s", backend, want);
+}
+
+Test(tools_bench, serve_pins_epoll_threads_to_the_cpuset)
+{
+	serve_pinned("epoll");
+}
+
+Test(tools_bench, serve_pins_keel_shards_to_the_cpuset)
+{
+	serve_pinned("keel");
 }

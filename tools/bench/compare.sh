@@ -1,53 +1,135 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# keel against the in-tree epoll baseline, side by side in one run: every row of the matrix
-# (mode x size x connections) runs `keel-bench MODE --json` (client and server in one process,
-# both of the same backend) for keel and epoll alternately, --reps times; the medians go to
-# OUT/compare.md (a table per mode, ratios keel/epoll) and OUT/compare.png (gnuplot: keel/epoll
-# ratio per row, 1.0 line). iperf3 (Debian's) is a reference row for stream bandwidth.
-# Loopback (127.0.0.1) only. A failed run names its row and exits 1.
-#   tools/bench/compare.sh [--quick] [--reps N] [--seconds S] [--out DIR] [--bin DIR]
-#     --quick      a few rows, 0.3 s each, 1 repetition (for the tests)
-#     --reps N     repetitions per backend and row (default 3)
-#     --seconds S  measured window per run (default 2)
-#     --out DIR    where compare.md and compare.png go (default bench-results)
-#     --bin DIR    keel-bench's directory (default build-release/bin, built Release if missing)
+# keel's server against the in-tree epoll server, driven by ONE client program (docs/bench.md):
+# for every row x policy x repetition, `keel-bench serve --backend keel` and then
+# `--backend epoll` (which goes first alternates) run alone on the server CPUs, and the same
+# client (`keel-bench MODE --client epoll --port P --server-pid PID`) on the client CPUs drives
+# each. Policies: "block" (keel --idle-poll-us 0, epoll --busy-poll-us 0) and "spin" (both 50 us).
+# Server CPU is the server process's CPU time over the measured window only, read by the client
+# at the window's edges, the same way for both; the client's own CPU flags client-bound rows.
+# Out: OUT/compare.md (median and min-max per row, keel/epoll ratios), OUT/compare.png (per-rep
+# ratios with min-max error bars; needs gnuplot), OUT/results.tsv (every run), OUT/summary.tsv
+# (medians), OUT/runs/ (every JSON and server log). Loopback only. Installs nothing.
+#   tools/bench/compare.sh [options]
+#     --quick             4 rows, both policies, 2 reps, 0.2 s windows, no iperf3 (compare_quick)
+#     --reps N            alternating repetitions per row, policy and server (default 5)
+#     --seconds S         measured window per run (default 3)
+#     --warmup S          uncounted warm-up before it (default 1)
+#     --rows LIST         comma-separated row names (default: all, see below) or specs
+#                         NAME:MODE:SIZE:INFLIGHT:CONNS
+#     --policies LIST     block,spin (default both)
+#     --spin-us N         busy/idle poll of the spin policy (default 50)
+#     --client B          the one client: epoll (default) or keel (udp always uses sockets)
+#     --servers LIST      keel,epoll (default both)
+#     --shards N          server threads (default: the CPUs in --server-cpus)
+#     --server-cpus LIST  server CPUs, e.g. 0 or 0-3 (default 0)
+#     --client-cpus LIST  client CPUs, e.g. 1 or 4-15 (default 1)
+#     --client-threads N  client threads at most (default: the CPUs in --client-cpus); a row
+#                         uses min(N, its connections)
+#     --port P            server port (default 0: ephemeral, a new one per run)
+#     --out DIR           output directory (default bench-results)
+#     --bin DIR           directory of keel-bench (default build-release/bin, built if missing)
+#     --no-plot           no compare.png        --no-iperf    no iperf3 reference row
+# Rows: pp1 pp16 pp256 pp1000 (pingpong 64 B, 1/16/256/1000 connections), tp64 tp4k
+# (throughput 64 B / 4 KiB x 64 in flight), st64k st1m (stream 64 KiB / 1 MiB x 16),
+# udp-pp (64 B datagrams, 1 in flight), udp-tp (1400 B datagrams, 32 in flight).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cmdline="tools/bench/compare.sh $*"
 
-quick=0
-reps=3
-secs=2
-out=bench-results
-bin=
-usage() { sed -n '9,14s/^# \{0,1\}//p' "$0"; }
+quick=0 reps=5 secs=3 warmup=1 rows_arg= policies=block,spin spin=50 client=epoll
+servers=keel,epoll shards= server_cpus=0 client_cpus=1 client_threads= port=0
+out=bench-results bin= plot=1 iperf=1
+usage() { sed -n '/^#   tools\/bench\/compare.sh \[options\]/,/^set -e/{/^#/s/^# \{0,1\}//p}' "$0"; }
+# --quick sets defaults; options given beside it still win.
+for a in "$@"; do
+	if [ "$a" = --quick ]; then
+		quick=1 reps=2 secs=0.2 warmup=0.05 rows_arg=pp1,tp64,st64k,udp-pp iperf=0
+	fi
+done
 while [ $# -gt 0 ]; do
 	case $1 in
-	--quick) quick=1 ;;
+	--quick) ;;
 	--reps) reps=${2:?--reps needs a value}; shift ;;
 	--seconds) secs=${2:?--seconds needs a value}; shift ;;
+	--warmup) warmup=${2:?--warmup needs a value}; shift ;;
+	--rows) rows_arg=${2:?--rows needs a value}; shift ;;
+	--policies) policies=${2:?--policies needs a value}; shift ;;
+	--spin-us) spin=${2:?--spin-us needs a value}; shift ;;
+	--client) client=${2:?--client needs a value}; shift ;;
+	--servers) servers=${2:?--servers needs a value}; shift ;;
+	--shards) shards=${2:?--shards needs a value}; shift ;;
+	--server-cpus) server_cpus=${2:?--server-cpus needs a value}; shift ;;
+	--client-cpus) client_cpus=${2:?--client-cpus needs a value}; shift ;;
+	--client-threads) client_threads=${2:?--client-threads needs a value}; shift ;;
+	--port) port=${2:?--port needs a value}; shift ;;
 	--out) out=${2:?--out needs a value}; shift ;;
 	--bin) bin=${2:?--bin needs a value}; shift ;;
+	--no-plot) plot=0 ;;
+	--no-iperf) iperf=0 ;;
 	-h | --help) usage; exit 0 ;;
-	*) echo "compare.sh: unknown option '$1'" >&2; usage >&2; exit 2 ;;
+	*) echo "compare.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
 	esac
 	shift
 done
-[[ $reps =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: --reps must be a positive integer" >&2; exit 2; }
-[[ $secs =~ ^[0-9]*\.?[0-9]+$ ]] || { echo "compare.sh: --seconds must be a number" >&2; exit 2; }
-warmup=0.5
-if [ $quick -eq 1 ]; then
-	reps=1
-	secs=0.3
-	warmup=0.1
-fi
+die() { echo "compare.sh: $*" >&2; exit 2; }
+num='^[0-9]*\.?[0-9]+$'
+[[ $reps =~ ^[1-9][0-9]*$ ]] || die "--reps must be a positive integer"
+[[ $secs =~ $num ]] || die "--seconds must be a number"
+[[ $warmup =~ $num ]] || die "--warmup must be a number"
+[[ $spin =~ ^[0-9]+$ ]] || die "--spin-us must be an integer"
+[[ $port =~ ^[0-9]+$ ]] || die "--port must be a port number"
+case $client in epoll | keel) ;; *) die "--client must be epoll or keel" ;; esac
 
-. "$root/tools/deps.sh"
-need=()
-command -v gnuplot >/dev/null || need+=(gnuplot-nox)
-command -v iperf3 >/dev/null || need+=(iperf3)
-[ ${#need[@]} -eq 0 ] || keel_install_missing "${need[@]}"
+# CPU lists: "0-3,8" -> count
+cpu_count() {
+	local n=0 part a b
+	IFS=, read -ra parts <<<"$1"
+	for part in "${parts[@]}"; do
+		if [[ $part =~ ^([0-9]+)-([0-9]+)$ ]]; then
+			a=${BASH_REMATCH[1]} b=${BASH_REMATCH[2]}
+			[ "$a" -le "$b" ] || return 1
+			n=$((n + b - a + 1))
+		elif [[ $part =~ ^[0-9]+$ ]]; then
+			n=$((n + 1))
+		else
+			return 1
+		fi
+	done
+	echo "$n"
+}
+nsrv=$(cpu_count "$server_cpus") || die "--server-cpus '$server_cpus' is not a CPU list (e.g. 0-3,8)"
+ncli=$(cpu_count "$client_cpus") || die "--client-cpus '$client_cpus' is not a CPU list (e.g. 4-15)"
+[ -n "$shards" ] || shards=$nsrv
+[ -n "$client_threads" ] || client_threads=$ncli
+[[ $shards =~ ^[1-9][0-9]*$ ]] || die "--shards must be a positive integer"
+[[ $client_threads =~ ^[1-9][0-9]*$ ]] || die "--client-threads must be a positive integer"
+
+declare -A known=(
+	[pp1]="pingpong:64:1:1" [pp16]="pingpong:64:1:16" [pp256]="pingpong:64:1:256"
+	[pp1000]="pingpong:64:1:1000" [tp64]="throughput:64:64:1" [tp4k]="throughput:4096:64:1"
+	[st64k]="stream:65536:16:1" [st1m]="stream:1048576:16:1" [udp-pp]="udp:64:1:1"
+	[udp-tp]="udp:1400:32:1")
+[ -n "$rows_arg" ] || rows_arg=pp1,pp16,pp256,pp1000,tp64,tp4k,st64k,st1m,udp-pp,udp-tp
+rows=() # name mode size inflight conns
+IFS=, read -ra names <<<"$rows_arg"
+for r in "${names[@]}"; do
+	if [[ $r == *:* ]]; then
+		IFS=: read -r n m s i c <<<"$r"
+		[[ $m =~ ^(pingpong|throughput|stream|udp)$ && $s =~ ^[0-9]+$ && $i =~ ^[0-9]+$ && $c =~ ^[0-9]+$ ]] ||
+			die "--rows: '$r' is not NAME:MODE:SIZE:INFLIGHT:CONNS (MODE pingpong|throughput|stream|udp)"
+		rows+=("$n $m $s $i $c")
+	elif [ -n "${known[$r]:-}" ]; then
+		IFS=: read -r m s i c <<<"${known[$r]}"
+		rows+=("$r $m $s $i $c")
+	else
+		die "--rows: unknown row '$r' (known: ${!known[*]})"
+	fi
+done
+IFS=, read -ra pols <<<"$policies"
+for p in "${pols[@]}"; do [[ $p =~ ^(block|spin)$ ]] || die "--policies: '$p' is not block or spin"; done
+IFS=, read -ra srvs <<<"$servers"
+for s in "${srvs[@]}"; do [[ $s =~ ^(keel|epoll)$ ]] || die "--servers: '$s' is not keel or epoll"; done
 
 if [ -z "$bin" ]; then
 	bin=$root/build-release/bin
@@ -59,191 +141,304 @@ if [ -z "$bin" ]; then
 	fi
 fi
 kb=$bin/keel-bench
-[ -x "$kb" ] || { echo "compare.sh: no keel-bench in $bin" >&2; exit 1; }
-mkdir -p "$out"
+[ -x "$kb" ] || { echo "compare.sh: no keel-bench in $bin (--bin DIR)" >&2; exit 1; }
+have_gnuplot=0
+command -v gnuplot >/dev/null && have_gnuplot=1
+[ $plot -eq 0 ] || [ $have_gnuplot -eq 1 ] ||
+	echo "compare.sh: gnuplot is not installed: no compare.png (apt-get install gnuplot-nox)" >&2
+have_iperf=0
+[ $iperf -eq 1 ] && command -v iperf3 >/dev/null && have_iperf=1
 
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-	local p
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Rows: mode size inflight conns. inflight "-" = the mode's default.
-if [ $quick -eq 1 ]; then
-	rows=("pingpong 64 1 1" "throughput 64 64 1" "stream 65536 16 1" "pingpong 64 1 16")
-else
-	rows=()
-	for c in 1 16; do
-		rows+=("pingpong 64 1 $c" "pingpong 4096 1 $c" "throughput 64 64 $c" "throughput 4096 64 $c"
-			"stream 65536 16 $c" "stream 1048576 16 $c")
-	done
+maxconns=0
+for row in "${rows[@]}"; do read -r _ _ _ _ c <<<"$row"; [ "$c" -gt $maxconns ] && maxconns=$c; done
+hard=$(ulimit -Hn)
+if [ "$hard" != unlimited ] && [ "$hard" -lt $((maxconns + 64)) ]; then
+	echo "compare.sh: RLIMIT_NOFILE hard limit $hard is below $maxconns connections + 64;" \
+		"raise it (ulimit -Hn, /etc/security/limits.conf) or drop the row" >&2
+	exit 1
 fi
 
-field() { # file name -> value ("null" stays "null")
+mkdir -p "$out/runs"
+runs=$out/runs
+rm -f "$runs"/*.json "$runs"/*.log "$runs"/*.err
+tsv=$out/results.tsv
+printf 'row\tmode\tsize\tinflight\tconns\tthreads\tpolicy\tserver\trep\tmetric\tmsgs_per_sec\tgbps\tp50_us\tp99_us\tserver_cpu_ns_per_msg\tserver_cores\tclient_cores_used\tclient_cores\tclient_bound\tlost\n' >"$tsv"
+
+server=
+stop_server() {
+	if [ -n "$server" ]; then
+		kill -TERM "$server" 2>/dev/null || true
+		wait "$server" 2>/dev/null || true
+		server=
+	fi
+}
+trap 'stop_server' EXIT
+trap 'exit 130' INT TERM
+
+field() { # file name -> value ("null" stays null; strings unquoted)
 	sed -n "s/^ *\"$2\": *\"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p" "$1" | head -n 1
 }
-median() { # values on stdin (nulls skipped) -> median, or "null"
-	grep -v '^null$' | sort -g | awk '{v[NR] = $1} END {
-		if (NR == 0) print "null"; else if (NR % 2) print v[(NR + 1) / 2];
-		else printf "%.6g\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+
+# start_server backend policy log -> sets server (pid) and sport
+start_server() {
+	local be=$1 pol=$2 log=$3 poll=0 i
+	[ "$pol" = spin ] && poll=$spin
+	local popt=(--idle-poll-us "$poll")
+	[ "$be" = epoll ] && popt=(--busy-poll-us "$poll")
+	"$kb" serve --backend "$be" --addr 127.0.0.1 --port "$port" --shards "$shards" \
+		--cpuset "$server_cpus" "${popt[@]}" >"$log" 2>&1 &
+	server=$!
+	sport=
+	for i in $(seq 200); do # the first line names the port (10 s at most)
+		sport=$(sed -n 's/^keel-bench serve: .* on 127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$log")
+		[ -n "$sport" ] && return 0
+		kill -0 "$server" 2>/dev/null || break
+		sleep 0.05
+	done
+	echo "compare.sh: the $be server ($pol) did not start:" >&2
+	cat "$log" >&2
+	exit 1
 }
 
-run_one() { # backend mode size inflight conns rep
-	local f="$tmp/$2-$3-$4-$5-$1-$6.json"
-	if ! "$kb" "$2" --backend "$1" --size "$3" --inflight "$4" --conns "$5" --seconds "$secs" \
-		--warmup "$warmup" --addr 127.0.0.1 --json >"$f" 2>"$f.err"; then
-		echo "compare.sh: FAILED row mode=$2 size=$3 inflight=$4 conns=$5 backend=$1 rep=$6:" >&2
-		cat "$f" "$f.err" >&2
+run_one() { # name mode size inflight conns policy backend rep
+	local name=$1 mode=$2 size=$3 infl=$4 conns=$5 pol=$6 be=$7 rep=$8
+	local base="$runs/$name-$pol-$be-$rep" threads=$client_threads copt=()
+	[ "$threads" -gt "$conns" ] && threads=$conns
+	[ "$mode" = udp ] || copt=(--client "$client")
+	[ "$client" = keel ] && [ "$mode" != udp ] && copt+=(--idle-poll-us 0)
+	start_server "$be" "$pol" "$base.log"
+	if ! "$kb" "$mode" "${copt[@]}" --addr 127.0.0.1 --port "$sport" --server-pid "$server" \
+		--cpuset "$client_cpus" --threads "$threads" --size "$size" --inflight "$infl" \
+		--conns "$conns" --seconds "$secs" --warmup "$warmup" --json >"$base.json" 2>"$base.err"; then
+		stop_server
+		echo "compare.sh: FAILED row $name ($mode size $size inflight $infl conns $conns)" \
+			"policy $pol server $be rep $rep:" >&2
+		cat "$base.json" "$base.err" "$base.log" >&2
 		exit 1
 	fi
-	local m
-	m=$(field "$f" msgs_per_sec)
-	if [ -z "$m" ] || ! awk -v m="$m" 'BEGIN {exit !(m > 0)}'; then
-		echo "compare.sh: FAILED row mode=$2 size=$3 conns=$5 backend=$1 rep=$6: no msgs_per_sec" >&2
-		cat "$f" >&2
+	stop_server
+	if ! grep -q '; 0 errors$' "$base.log"; then
+		echo "compare.sh: FAILED row $name policy $pol server $be rep $rep: the server reported errors:" >&2
+		cat "$base.log" >&2
 		exit 1
 	fi
+	local metric=msgs_per_sec
+	[ "$mode" = stream ] && metric=gbps
+	local v=()
+	for f in msgs_per_sec gbps lat_p50_us lat_p99_us server_cpu_ns_per_msg server_cpu_util \
+		client_cpu_util client_cores client_bound lost; do
+		x=$(field "$base.json" $f)
+		v+=("${x:-null}")
+	done
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s' "$name" "$mode" "$size" "$infl" "$conns" \
+		"$threads" "$pol" "$be" "$rep" "$metric" >>"$tsv"
+	printf '\t%s' "${v[@]}" >>"$tsv"
+	printf '\n' >>"$tsv"
 }
 
 nrow=${#rows[@]}
-echo "== keel vs epoll: $nrow rows x $reps reps x 2 backends, ${secs}s each (+${warmup}s warm-up)"
+echo "== one $client client for every server: $nrow rows x ${#pols[@]} policies x ${#srvs[@]} servers x $reps reps," \
+	"${secs}s each (+${warmup}s warm-up); server CPUs $server_cpus ($shards shards), client CPUs $client_cpus"
+t0=$(date +%s)
 for rep in $(seq "$reps"); do
 	for row in "${rows[@]}"; do
-		read -r mode size infl conns <<<"$row"
-		# Alternate which backend goes first, so that drift does not favour one.
-		if [ $((rep % 2)) -eq 1 ]; then order="keel epoll"; else order="epoll keel"; fi
-		for be in $order; do
-			printf '  rep %s  %-10s size %-7s inflight %-2s conns %-2s %s\n' \
-				"$rep" "$mode" "$size" "$infl" "$conns" "$be"
-			run_one "$be" "$mode" "$size" "$infl" "$conns" "$rep"
+		read -r name mode size infl conns <<<"$row"
+		for pol in "${pols[@]}"; do
+			# Alternate which server goes first, so that drift does not favour one.
+			order=("${srvs[@]}")
+			if [ $((rep % 2)) -eq 0 ] && [ ${#srvs[@]} -eq 2 ]; then order=("${srvs[1]}" "${srvs[0]}"); fi
+			for be in "${order[@]}"; do
+				printf '  rep %s  %-8s %-10s size %-7s inflight %-2s conns %-4s %-5s %s\n' \
+					"$rep" "$name" "$mode" "$size" "$infl" "$conns" "$pol" "$be"
+				run_one "$name" "$mode" "$size" "$infl" "$conns" "$pol" "$be" "$rep"
+			done
 		done
 	done
 done
 
-med() { # backend mode size inflight conns field
-	local f
-	for f in "$tmp/$2-$3-$4-$5-$1-"*.json; do field "$f" "$6"; done | median
-}
-
-# iperf3 reference: one-way TCP bandwidth over loopback, integer seconds.
+# iperf3 reference (optional): one-way TCP over loopback, the same CPUs.
 iperf_gbps=
-ipsecs=$(awk -v s="$secs" 'BEGIN {n = int(s + 0.999); print (n < 1) ? 1 : n}')
-free_port() {
-	local p
-	for p in $(seq 25201 25300); do
-		ss -Htln 2>/dev/null | awk '{print $4}' | grep -q ":$p\$" || { echo "$p"; return 0; }
-	done
-	return 1
-}
-echo "== iperf3 reference (${ipsecs}s x $reps)"
-for rep in $(seq "$reps"); do
-	port=$(free_port) || { echo "compare.sh: no free port for iperf3" >&2; exit 1; }
-	iperf3 -s -1 -p "$port" -B 127.0.0.1 >"$tmp/iperf3-s-$rep.log" 2>&1 &
-	spid=$!
-	pids+=("$spid")
-	ok=0
-	for _ in $(seq 100); do # until the server listens (5 s at most)
-		ss -Htln 2>/dev/null | awk '{print $4}' | grep -q "^127.0.0.1:$port\$" && { ok=1; break; }
-		kill -0 "$spid" 2>/dev/null || break
+if [ $have_iperf -eq 1 ]; then
+	ipsecs=$(awk -v s="$secs" 'BEGIN {n = int(s + 0.999); print (n < 1) ? 1 : n}')
+	ip=$((25201 + RANDOM % 500))
+	echo "== iperf3 reference (${ipsecs}s, port $ip)"
+	taskset -c "$server_cpus" iperf3 -s -1 -p "$ip" -B 127.0.0.1 >"$runs/iperf3-s.log" 2>&1 &
+	server=$!
+	for _ in $(seq 100); do
+		grep -q 'listening' "$runs/iperf3-s.log" 2>/dev/null && break
 		sleep 0.05
 	done
-	if [ $ok -eq 1 ]; then
-		timeout $((ipsecs + 15)) iperf3 -c 127.0.0.1 -p "$port" -t "$ipsecs" -J >"$tmp/iperf3-$rep.json" 2>&1 || ok=0
+	if timeout $((ipsecs + 15)) taskset -c "$client_cpus" iperf3 -c 127.0.0.1 -p "$ip" -t "$ipsecs" -J \
+		>"$runs/iperf3.json" 2>&1; then
+		iperf_gbps=$(awk '/"sum_received"/ {f = 1} f && /"bits_per_second"/ {gsub(/[",]/, ""); print $2 / 1e9; exit}' \
+			"$runs/iperf3.json")
 	fi
-	kill "$spid" 2>/dev/null || true
-	wait "$spid" 2>/dev/null || true
-	g=$(awk '/"sum_received"/ {f = 1} f && /"bits_per_second"/ {gsub(/[",]/, ""); print $2 / 1e9; exit}' \
-		"$tmp/iperf3-$rep.json")
-	if [ $ok -ne 1 ] || [ -z "$g" ]; then
-		echo "compare.sh: FAILED row iperf3 reference rep=$rep:" >&2
-		cat "$tmp/iperf3-$rep.json" "$tmp/iperf3-s-$rep.log" >&2
-		exit 1
-	fi
-	echo "$g" >>"$tmp/iperf3.txt"
-done
-iperf_gbps=$(median <"$tmp/iperf3.txt")
+	stop_server
+	[ -n "$iperf_gbps" ] || echo "compare.sh: iperf3 reference failed (see $runs/iperf3.json); no reference row" >&2
+fi
+
+# summary.tsv: per row, policy and server: median/min/max of the metric, medians of the rest,
+# client-bound reps; per row and policy the per-rep keel/epoll ratios (median, min, max).
+sum=$out/summary.tsv
+awk -F'\t' -v OFS='\t' '
+function med(a, n,   i, j, t) {
+	for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+	return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+NR == 1 { next }
+{
+	k = $1 SUBSEP $7 SUBSEP $8
+	if (!(k in n)) { order[++nk] = k; n[k] = 0; cb[k] = 0 }
+	i = ++n[k]
+	v = ($10 == "gbps") ? $12 : $11
+	m[k, i] = v; p50[k, i] = $13; p99[k, i] = $14; cpu[k, i] = $15; sc[k, i] = $16; cc[k, i] = $17
+	if ($19 == "true") cb[k]++
+	lost[k] += ($20 == "null") ? 0 : $20
+	info[k] = $2 OFS $3 OFS $4 OFS $5 OFS $6
+	byrep[$1, $7, $8, $9] = v
+	reps[$1, $7, $9] = 1
+}
+END {
+	print "row", "mode", "size", "inflight", "conns", "threads", "policy", "server", "n", "median", "min", "max", \
+		"p50_us", "p99_us", "server_cpu_ns_per_msg", "server_cores", "client_cores_used", "client_bound_reps", \
+		"lost", "ratio_median", "ratio_min", "ratio_max"
+	for (o = 1; o <= nk; o++) {
+		k = order[o]; split(k, kk, SUBSEP); c = n[k]
+		delete a; for (i = 1; i <= c; i++) a[i] = m[k, i]; md = med(a, c); lo = a[1]; hi = a[c]
+		delete a; for (i = 1; i <= c; i++) a[i] = (p50[k, i] == "null") ? -1 : p50[k, i]; mp50 = med(a, c)
+		delete a; for (i = 1; i <= c; i++) a[i] = (p99[k, i] == "null") ? -1 : p99[k, i]; mp99 = med(a, c)
+		delete a; for (i = 1; i <= c; i++) a[i] = cpu[k, i]; mcpu = med(a, c)
+		delete a; for (i = 1; i <= c; i++) a[i] = sc[k, i]; msc = med(a, c)
+		delete a; for (i = 1; i <= c; i++) a[i] = cc[k, i]; mcc = med(a, c)
+		# per-rep keel/epoll ratio of this row and policy (on the keel line)
+		rm = rl = rh = "-"
+		if (kk[3] == "keel") {
+			nr = 0; delete a
+			for (r = 1; r <= 1000; r++)
+				if (((kk[1], kk[2], "keel", r) in byrep) && ((kk[1], kk[2], "epoll", r) in byrep) && byrep[kk[1], kk[2], "epoll", r] > 0)
+					a[++nr] = byrep[kk[1], kk[2], "keel", r] / byrep[kk[1], kk[2], "epoll", r]
+			if (nr) { rm = med(a, nr); rl = a[1]; rh = a[nr] }
+		}
+		print kk[1], info[k], kk[2], kk[3], c, md, lo, hi, (mp50 < 0 ? "null" : mp50), (mp99 < 0 ? "null" : mp99), \
+			mcpu, msc, mcc, cb[k], lost[k], rm, rl, rh
+	}
+}' "$tsv" >"$sum"
 
 # compare.md
-fmt() { # value [printf format] -> formatted, "-" for null
-	if [ "$1" = null ] || [ -z "$1" ]; then echo -; else awk -v v="$1" -v f="${2:-%.4g}" 'BEGIN {printf f, v}'; fi
-}
-ratio() { awk -v k="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", k / b; else print "-"}'; }
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 [ -n "$cpu" ] || cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1)
 md=$out/compare.md
-dat=$tmp/plot.dat
-: >"$dat"
+client_desc="keel-bench MODE --client $client --port P --server-pid PID"
+[ "$client" = keel ] && client_desc="$client_desc --idle-poll-us 0"
 {
-	echo "# keel vs epoll (keel-bench)"
+	echo "# keel vs epoll servers, one client (keel-bench)"
 	echo
-	echo "- machine: $(nproc) CPUs, ${cpu:-unknown CPU}, Linux $(uname -r)"
+	echo "- machine: $(nproc) CPUs, ${cpu:-unknown CPU}, Linux $(uname -r); load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 	echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 	echo "- command: \`$cmdline\`"
-	echo "- $reps repetitions of ${secs} s (+${warmup} s warm-up) per backend and row, alternating; medians"
-	echo "- each run: \`keel-bench MODE --backend B --json\`, client and server of the same backend in one"
-	echo "  process on 127.0.0.1 (1 server shard, 1 client thread, pinned); see docs/bench.md"
-	echo "- p50/p99: round-trip latency in µs (loaded latency in throughput mode); syscalls and CPU:"
-	echo "  the server's, per message"
-	for mode in pingpong throughput stream; do
-		case $mode in
-		pingpong) metric=msgs_per_sec; unit="round trips/s"; mfmt=%.0f ;;
-		throughput) metric=msgs_per_sec; unit="msgs/s"; mfmt=%.0f ;;
-		stream) metric=gbps; unit="Gb/s"; mfmt=%.3f ;;
-		esac
-		echo
-		echo "## $mode ($unit)"
-		echo
-		echo "| mode | size | conns | inflight | keel $unit | epoll $unit | keel/epoll | p50 µs keel / epoll | p99 µs keel / epoll | srv syscalls/msg keel / epoll | srv CPU ns/msg keel / epoll |"
-		echo "|---|---|---|---|---|---|---|---|---|---|---|"
-		for row in "${rows[@]}"; do
-			read -r m size infl conns <<<"$row"
-			[ "$m" = "$mode" ] || continue
-			k=$(med keel "$m" "$size" "$infl" "$conns" "$metric")
-			e=$(med epoll "$m" "$size" "$infl" "$conns" "$metric")
-			r=$(ratio "$k" "$e")
-			cols=()
-			for fld in lat_p50_us:%.1f lat_p99_us:%.1f server_syscalls_per_msg:%.3f server_cpu_ns_per_msg:%.0f; do
-				ff=${fld#*:}
-				fld=${fld%%:*}
-				cols+=("$(fmt "$(med keel "$m" "$size" "$infl" "$conns" "$fld")" "$ff") / $(fmt "$(med epoll "$m" "$size" "$infl" "$conns" "$fld")" "$ff")")
-			done
-			printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$m" "$size" "$conns" "$infl" \
-				"$(fmt "$k" "$mfmt")" "$(fmt "$e" "$mfmt")" "$r" "${cols[@]}"
-			echo "\"$m $size x$conns\" $r" >>"$dat"
-		done
-		if [ $mode = stream ]; then
-			printf '| iperf3 (reference) | 128 KiB | 1 | - | %s (one way, no echo) | | reference | - | - | - | - |\n' \
-				"$(fmt "$iperf_gbps" '%.3f')"
-		fi
-	done
+	echo "- servers: \`keel-bench serve --backend keel|epoll --shards $shards --cpuset $server_cpus\`, alone on CPUs $server_cpus"
+	echo "- client (the same program for both servers): \`$client_desc --cpuset $client_cpus\`" \
+		"(udp: the sockets client), at most $client_threads threads, on CPUs $client_cpus"
+	echo "- policies: **block** = keel \`--idle-poll-us 0\`, epoll \`--busy-poll-us 0\`; **spin** = both $spin us of polling before blocking"
+	echo "- $reps alternating repetitions of ${secs} s (+${warmup} s warm-up) per row, policy and server; median (min-max)"
+	echo "- server CPU: the server process's CPU time over the measured window only (clock_getcpuclockid of its pid, read"
+	echo "  by the client at the window's edges), per message echoed in the window; cores = CPU time / window"
+	echo "- keel/epoll: median of the per-repetition ratios (min-max); > 1: keel's server moved more"
+	echo "- **client-bound**: the client used >= 0.9 of each of its cores in some repetition; there the throughput"
+	echo "  compares the client, and the server CPU per message is the figure that counts"
+	echo "- p50/p99: round-trip latency in µs (loaded latency with many in flight)"
 } >"$md"
+awk -F'\t' -v pols="${pols[*]}" -v spin="$spin" '
+function fmtv(v, mode) { if (v == "null" || v == "-" || v == "") return "-"; return (mode == "stream") ? sprintf("%.3f", v) : sprintf("%.0f", v) }
+function f1(v) { return (v == "null" || v == "-" || v == "") ? "-" : sprintf("%.1f", v) }
+function f2(v) { return (v == "null" || v == "-" || v == "") ? "-" : sprintf("%.2f", v) }
+function unit(mode) { return mode == "stream" ? "Gb/s" : mode == "pingpong" ? "round trips/s" : mode == "udp" ? "datagrams/s" : "msgs/s" }
+NR == 1 { next }
+{
+	k = $1 SUBSEP $7 SUBSEP $8; have[k] = 1; line[k] = $0
+	if (!($1 in seen)) { seen[$1] = 1; rows[++nr] = $1 }
+}
+END {
+	np = split(pols, P, " ")
+	for (p = 1; p <= np; p++) {
+		pol = P[p]
+		print ""
+		print "## policy: " pol (pol == "block" ? " (both servers block in the kernel when idle)" : " (both servers poll " spin " us before blocking)")
+		print ""
+		print "| row | mode | size | inflight | conns | client threads | unit | keel median (min-max) | epoll median (min-max) | keel/epoll (min-max) | p50 µs keel / epoll | p99 µs keel / epoll | server CPU ns/msg keel / epoll | server cores keel / epoll | client cores used keel / epoll | flags |"
+		print "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+		for (r = 1; r <= nr; r++) {
+			kk = rows[r] SUBSEP pol SUBSEP "keel"; ke = rows[r] SUBSEP pol SUBSEP "epoll"
+			if (!(kk in have) && !(ke in have)) continue
+			split((kk in have) ? line[kk] : "", K, "\t"); split((ke in have) ? line[ke] : "", E, "\t")
+			src = (kk in have) ? line[kk] : line[ke]; split(src, S, "\t")
+			mode = S[2]
+			flags = ""
+			if (K[18] > 0) flags = flags "client-bound keel " K[18] "/" K[9] "; "
+			if (E[18] > 0) flags = flags "client-bound epoll " E[18] "/" E[9] "; "
+			if (K[19] > 0 || E[19] > 0) flags = flags "lost " (K[19] + 0) " / " (E[19] + 0) "; "
+			sub(/; $/, "", flags)
+			printf "| %s | %s | %s | %s | %s | %s | %s | %s (%s-%s) | %s (%s-%s) | %s (%s-%s) | %s / %s | %s / %s | %s / %s | %s / %s | %s / %s | %s |\n", \
+				S[1], mode, S[3], S[4], S[5], S[6], unit(mode), \
+				fmtv(K[10], mode), fmtv(K[11], mode), fmtv(K[12], mode), fmtv(E[10], mode), fmtv(E[11], mode), fmtv(E[12], mode), \
+				f2(K[20]), f2(K[21]), f2(K[22]), f1(K[13]), f1(E[13]), f1(K[14]), f1(E[14]), \
+				fmtv(K[15], "x"), fmtv(E[15], "x"), f2(K[16]), f2(E[16]), f2(K[17]), f2(E[17]), (flags == "" ? "" : flags)
+		}
+	}
+}' "$sum" >>"$md"
+if [ -n "$iperf_gbps" ]; then
+	printf '\niperf3 reference (one way, no echo, one stream, CPUs %s / %s): %.3f Gb/s\n' "$server_cpus" "$client_cpus" \
+		"$iperf_gbps" >>"$md"
+elif [ $iperf -eq 1 ]; then
+	printf '\niperf3 reference: not run (iperf3 is not installed)\n' >>"$md"
+fi
 
-# compare.png: keel/epoll per row, 1.0 line.
-png=$out/compare.png
-term="pngcairo size 1000,500 font ',10'"
-echo 'set terminal' | gnuplot 2>&1 | grep -q pngcairo || term="png size 1000,500"
-gnuplot <<EOF
+# compare.png: per-rep keel/epoll ratio, median with min-max error bars, one series per policy.
+if [ $plot -eq 1 ] && [ $have_gnuplot -eq 1 ]; then
+	dat=$out/plot.dat
+	awk -F'\t' -v pols="${pols[*]}" '
+	NR == 1 { next }
+	$8 == "keel" && $20 != "-" { r[$1, $7] = $20 " " $21 " " $22; if (!($1 in seen)) { seen[$1] = 1; rows[++nr] = $1 } }
+	END {
+		np = split(pols, P, " ")
+		for (i = 1; i <= nr; i++) {
+			s = "\"" rows[i] "\""
+			for (p = 1; p <= np; p++) s = s " " (((rows[i], P[p]) in r) ? r[rows[i], P[p]] : "NaN NaN NaN")
+			print s
+		}
+	}' "$sum" >"$dat"
+	png=$out/compare.png
+	term="pngcairo size 1100,550 font ',10'"
+	echo 'set terminal' | gnuplot 2>&1 | grep -q pngcairo || term="png size 1100,550"
+	plotcmd=""
+	col=2
+	for p in "${pols[@]}"; do
+		t="both $p"
+		[ "$p" = spin ] && t="both spin $spin us"
+		[ "$p" = block ] && t="both blocking"
+		xt=
+		[ $col -eq 2 ] && xt=":xtic(1)"
+		plotcmd+="${plotcmd:+, }'$dat' using $col:$((col + 1)):$((col + 2))$xt title '$t'"
+		col=$((col + 3))
+	done
+	gnuplot <<EOF
 set terminal $term
 set output '$png'
-set title "keel / epoll (keel-bench, medians of $reps x ${secs} s; >1: keel ahead)"
-set ylabel "keel / epoll (round trips/s, msgs/s or Gb/s)"
-set xlabel "mode, size (bytes) x connections"
+set title "keel server / epoll server, same $client client: median of $reps per-rep ratios, bars min-max (>1: keel ahead)"
+set ylabel "keel / epoll (round trips/s, msgs/s, datagrams/s or Gb/s)"
 set style data histograms
-set style fill solid 0.8 border -1
-set boxwidth 0.7
+set style histogram errorbars gap 2 lw 1
+set style fill solid 0.7 border -1
 set yrange [0:*]
 set grid ytics
 set xtics rotate by -30 noenhanced
 set key top left
-plot '$dat' using 2:xtic(1) title 'keel / epoll' lc rgb '#2a6fbb', 1.0 with lines dt 2 lc rgb '#c0392b' lw 2 title 'epoll = 1.0'
+plot $plotcmd, 1.0 with lines dt 2 lc rgb '#c0392b' lw 2 title 'epoll = 1.0'
 EOF
-[ -s "$png" ] || { echo "compare.sh: gnuplot wrote no $png" >&2; exit 1; }
+	[ -s "$png" ] || { echo "compare.sh: gnuplot wrote no $png" >&2; exit 1; }
+fi
 
 cat "$md"
 echo
-echo "wrote $md and $png"
+echo "wrote $md${plot:+ }$([ $plot -eq 1 ] && [ $have_gnuplot -eq 1 ] && echo "and $out/compare.png"), $tsv, $sum" \
+	"($(($(date +%s) - t0)) s)"

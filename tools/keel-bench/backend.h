@@ -17,17 +17,23 @@
 #ifndef KEEL_BENCH_BACKEND_H
 #define KEEL_BENCH_BACKEND_H
 
+#include <keel/opts.h>
 #include <netinet/in.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 enum bench_mode {
 	BENCH_PINGPONG,    /* one message in flight per connection */
 	BENCH_THROUGHPUT,  /* --inflight messages in flight per connection */
 	BENCH_STREAM,      /* unframed bytes, --inflight chunks of --size in flight */
 	BENCH_CONNECTIONS, /* open+round trip+close cycles beside held and idle conns */
+	BENCH_UDP,         /* datagrams echoed, --inflight outstanding per socket (udp.c) */
 };
+
+/* Bytes of a UDP datagram's sequence number (big-endian, at its start). */
+#define BENCH_UDP_HDR 8u
 
 /* Bytes of a framed message's length field. */
 #define BENCH_HDR 4u
@@ -45,8 +51,21 @@ struct bench_cfg {
 	uint32_t shards;         /* server threads (one per core, SO_REUSEPORT) */
 	uint64_t warmup_ns;      /* run, but do not count */
 	uint64_t seconds_ns;     /* the measured window */
-	bool pin;                /* pin threads: server i on CPU i, client i on CPU shards+i */
+	bool pin;                /* pin threads (bench_cpu_for) */
+	uint32_t client_cpu0;    /* client thread i takes CPU slot client_cpu0 + i */
+	struct keel_cpuset cpus; /* --cpuset: the CPUs slot k means, in order; else CPU k */
+	bool cpus_given;
+	uint32_t busy_poll_us;      /* epoll server: epoll_wait(0) this long before blocking */
+	const struct keel_opts *rt; /* runtime options for keel runtimes in this process */
+	/* Called once by client_run, from the calling thread, when the window is known (the
+	 * harness samples CPU clocks at its edges). NULL: nobody asked. */
+	void (*on_window)(void *arg, uint64_t t_start, uint64_t t_end);
+	void *window_arg;
 };
+
+/* The CPU of thread slot @k: the k-th CPU of --cpuset (wrapping), or k modulo the CPUs
+ * online. */
+int bench_cpu_for(const struct bench_cfg *cfg, unsigned k);
 
 /* Latency histogram: log-linear buckets, 32 per power of two (about 3% wide). */
 #define BENCH_HIST_BUCKETS 1920
@@ -64,6 +83,10 @@ struct bench_result {
 	uint64_t cycles;       /* connections mode: open+round trip+close cycles */
 	uint64_t window_ns;    /* the measured window */
 	uint64_t errors;       /* resets, short connects...: any is a failed run */
+	uint64_t tx_all;       /* bytes (udp: datagrams) sent over the whole run */
+	uint64_t rx_all;       /* bytes (udp: datagrams) echoed back and verified, whole run */
+	uint64_t lost;         /* udp: datagrams given up on (no echo within the loss timeout) */
+	uint64_t late;         /* udp: echoes that came after their datagram was given up on */
 	struct bench_hist lat; /* per-message latency (pingpong, throughput, held conns) */
 	char why[256];         /* first error, for a person */
 };
@@ -73,7 +96,12 @@ struct bench_server_stats {
 	uint64_t cpu_ns;           /* user+system CPU of the server threads (RUSAGE_THREAD) */
 	uint64_t syscalls;         /* I/O syscalls, counted by the backend (see syscalls_what) */
 	const char *syscalls_what; /* "epoll_wait+read+write...", "io_uring_enter" */
-	uint64_t bytes_in;         /* bytes read from clients (and echoed) */
+	uint64_t sleeps;           /* waits that blocked in the kernel (epoll_wait -1, keel) */
+	uint64_t polls;            /* epoll: epoll_wait(0) calls of --busy-poll-us */
+	uint64_t bytes_in;         /* TCP bytes read from clients */
+	uint64_t bytes_out;        /* TCP bytes written back (keel: accepted by keel_conn_send) */
+	uint64_t dgrams_in;        /* UDP datagrams received */
+	uint64_t dgrams_out;       /* UDP datagrams sent back (keel: accepted by keel_udp_send) */
 	uint64_t accepted;         /* connections accepted */
 	uint64_t errors;           /* connection errors other than a client's close or reset */
 };
@@ -86,8 +114,13 @@ struct bench_server; /* a backend's running server; opaque to the harness */
  * serve_start: bind cfg->addr (port 0: an ephemeral port) on cfg->shards threads and serve
  *   until serve_stop. Returns 0 with *port (host order) and *out set, or -errno.
  *   Context: any thread; the server runs on threads of its own.
+ *   The server serves TCP and UDP (datagrams echoed to their sender) on the same port.
  * serve_stop: stop, join, release everything, and fill *out. Returns 0 or -errno.
- * client_run: connect to cfg->addr, run cfg->mode for warmup + seconds and fill *out.
+ * server_clocks: the CPU-time clocks of the server threads (pthread_getcpuclockid) into
+ *   @out (at most @max); returns how many. Context: between serve_start and serve_stop.
+ * client_run: connect to cfg->addr, run cfg->mode for warmup + seconds and fill *out;
+ *   calls cfg->on_window once the window is set. NULL: the backend has no client of its
+ *   own for cfg->mode (udp: every backend uses bench_udp_client_run).
  *   Returns 0, or -errno with out->why set (a verification failure is -EPROTO).
  *   Context: blocks the calling thread; the client runs cfg->threads threads.
  * unavailable: when not NULL the backend is not built; the harness prints this line and
@@ -98,11 +131,27 @@ struct bench_backend {
 	const char *unavailable;
 	int (*serve_start)(const struct bench_cfg *cfg, uint16_t *port, struct bench_server **out);
 	int (*serve_stop)(struct bench_server *srv, struct bench_server_stats *out);
+	unsigned (*server_clocks)(struct bench_server *srv, clockid_t *out, unsigned max);
 	int (*client_run)(const struct bench_cfg *cfg, struct bench_result *out);
 };
 
 extern const struct bench_backend bench_backend_epoll;
 extern const struct bench_backend bench_backend_keel;
+
+/* The UDP client (udp.c), plain sockets with recvmmsg/sendmmsg: the one client of udp mode,
+ * whatever the server. Same contract as client_run. */
+int bench_udp_client_run(const struct bench_cfg *cfg, struct bench_result *out);
+
+/* The epoll backend's UDP echo (udp.c): a non-blocking SO_REUSEPORT socket per thread,
+ * batches of recvmmsg echoed with one sendmmsg. Returns the fd or -errno. */
+int bench_udp_socket(const struct sockaddr_in *addr, uint16_t port);
+/* A thread's receive batch (about 2 MiB). NULL: out of memory. */
+struct bench_udp_batch *bench_udp_batch_new(void);
+void bench_udp_batch_free(struct bench_udp_batch *b);
+/* Echo what @fd holds, recvmmsg/sendmmsg in batches, until it is drained. A datagram the
+ * socket does not take (EAGAIN, ENOBUFS) is dropped, as UDP may. Adds to the counters. */
+void bench_udp_echo(int fd, struct bench_udp_batch *b, uint64_t *syscalls, uint64_t *in,
+		    uint64_t *out, uint64_t *errors);
 
 /* ---- shared by backends (proto.c) ---- */
 

@@ -5,7 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
+#include "backend.h"
 #include "bench.h"
 
 uint64_t
@@ -62,4 +64,21 @@ bench_opt(int argc, char **argv, int *i, const char *name, const char **val)
 		return -1;
 	*val = argv[++*i];
 	return 1;
+}
+
+int
+bench_cpu_for(const struct bench_cfg *cfg, unsigned k)
+{
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	unsigned n = 0, want;
+
+	if (!cfg->cpus_given)
+		return (int)(k % (unsigned)(ncpu > 0 ? ncpu : 1));
+	for (unsigned c = 0; c < KEEL_MAX_CPUS; c++)
+		n += keel_cpuset_has(&cfg->cpus, c);
+	want = n ? k % n : 0;
+	for (unsigned c = 0; c < KEEL_MAX_CPUS; c++)
+		if (keel_cpuset_has(&cfg->cpus, c) && want-- == 0)
+			return (int)c;
+	return 0;
 }

@@ -14,7 +14,12 @@
  *   - writev batching: bytes left over from an earlier partial write and the new batch go
  *     out in one sendmsg (writev with MSG_NOSIGNAL); only what the socket did not take is
  *     copied, into a per-connection buffer allocated once on the first partial write;
- *   - backpressure: a connection with 1 MiB pending stops being read until EPOLLOUT.
+ *   - backpressure: a connection with 1 MiB pending stops being read until EPOLLOUT;
+ *   - --busy-poll-us N (default 0): after the last event, epoll_wait with a zero timeout
+ *     for N us before blocking, the policy of keel's --idle-poll-us, so that both servers
+ *     can be compared blocking or spinning alike;
+ *   - UDP on the same port: a SO_REUSEPORT socket per thread in the same epoll instance,
+ *     datagrams read with recvmmsg and echoed with sendmmsg in batches (udp.c).
  * No allocation per message. Every epoll_wait, read, sendmsg, accept4 and close a server
  * thread makes is counted (server_syscalls_per_msg).
  */
@@ -48,20 +53,24 @@ struct sconn {
 struct sthread {
 	pthread_t tid;
 	struct bench_server *srv;
-	int cpu, lfd, epfd, evfd;
+	int cpu, lfd, epfd, evfd, ufd;
 	uint8_t *buf;
+	struct bench_udp_batch *ub;
 	struct sconn conns; /* list head */
-	uint64_t syscalls, bytes_in, accepted, errors, cpu_ns;
+	uint64_t syscalls, bytes_in, bytes_out, dgrams_in, dgrams_out, accepted, errors, cpu_ns;
+	uint64_t sleeps, polls;
+	clockid_t clock;
 	bool started;
 } __attribute__((aligned(64)));
 
 struct bench_server {
 	struct sthread *t;
 	unsigned n;
+	uint64_t busy_poll_ns;
 	_Atomic bool stop;
 };
 
-static const char syscalls_what[] = "epoll_wait+read+sendmsg+accept4+close";
+static const char syscalls_what[] = "epoll_wait+read+sendmsg+accept4+close+recvmmsg+sendmmsg";
 
 static void
 conn_close(struct sthread *t, struct sconn *c)
@@ -151,6 +160,7 @@ conn_io(struct sthread *t, struct sconn *c)
 			}
 			if (n < 0)
 				n = 0;
+			t->bytes_out += (uint64_t)n;
 			if ((size_t)n >= c->len) {
 				n -= (ssize_t)c->len;
 				c->head = 0;
@@ -228,15 +238,33 @@ server_thread(void *arg)
 {
 	struct sthread *t = arg;
 	struct epoll_event ev[MAXEV];
+	uint64_t busy = t->srv->busy_poll_ns, idle_since = 0;
 
-	if (t->cpu >= 0)
-		bench_pin(t->cpu);
 	while (!atomic_load_explicit(&t->srv->stop, memory_order_acquire)) {
-		int n = epoll_wait(t->epfd, ev, MAXEV, -1);
+		/* keel's loop policy: poll until idle for busy ns, then block. */
+		uint64_t now = busy ? bench_now_ns() : 0;
+		bool poll = busy && (!idle_since || now - idle_since < busy);
+		int n = epoll_wait(t->epfd, ev, MAXEV, poll ? 0 : -1);
+
 		t->syscalls++;
+		if (poll)
+			t->polls++;
+		else
+			t->sleeps++;
+		if (n <= 0) {
+			if (poll && !idle_since)
+				idle_since = now;
+			else if (!poll)
+				idle_since = 0;
+			continue;
+		}
+		idle_since = 0;
 		for (int i = 0; i < n; i++) {
 			if (ev[i].data.ptr == &t->lfd)
 				do_accept(t);
+			else if (ev[i].data.ptr == &t->ufd)
+				bench_udp_echo(t->ufd, t->ub, &t->syscalls, &t->dgrams_in,
+					       &t->dgrams_out, &t->errors);
 			else if (ev[i].data.ptr != &t->evfd)
 				conn_io(t, ev[i].data.ptr);
 		}
@@ -276,13 +304,13 @@ static int
 serve_start(const struct bench_cfg *cfg, uint16_t *port, struct bench_server **out)
 {
 	struct bench_server *s = calloc(1, sizeof(*s));
-	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	uint16_t p = ntohs(cfg->addr.sin_port);
 	int r = -ENOMEM;
 
 	if (!s)
 		return -ENOMEM;
 	s->n = cfg->shards;
+	s->busy_poll_ns = (uint64_t)cfg->busy_poll_us * 1000;
 	s->t = aligned_alloc(64, sizeof(*s->t) * s->n);
 	if (!s->t) {
 		free(s);
@@ -294,11 +322,12 @@ serve_start(const struct bench_cfg *cfg, uint16_t *port, struct bench_server **o
 		struct epoll_event ev;
 
 		t->srv = s;
-		t->lfd = t->epfd = t->evfd = -1;
+		t->lfd = t->epfd = t->evfd = t->ufd = -1;
 		t->conns.next = t->conns.prev = &t->conns;
-		t->cpu = cfg->pin ? (int)(i % (unsigned)(ncpu > 0 ? ncpu : 1)) : -1;
+		t->cpu = cfg->pin ? bench_cpu_for(cfg, i) : -1;
 		t->buf = malloc(TBUF);
-		if (!t->buf) {
+		t->ub = bench_udp_batch_new();
+		if (!t->buf || !t->ub) {
 			r = -ENOMEM;
 			goto err;
 		}
@@ -324,12 +353,36 @@ serve_start(const struct bench_cfg *cfg, uint16_t *port, struct bench_server **o
 			r = -errno;
 			goto err;
 		}
+		r = bench_udp_socket(&cfg->addr, p);
+		if (r < 0)
+			goto err;
+		t->ufd = r;
+		ev.events = EPOLLIN | EPOLLET;
+		ev.data.ptr = &t->ufd;
+		if (epoll_ctl(t->epfd, EPOLL_CTL_ADD, t->ufd, &ev) < 0) {
+			r = -errno;
+			goto err;
+		}
 	}
 	for (unsigned i = 0; i < s->n; i++) {
-		r = -pthread_create(&s->t[i].tid, NULL, server_thread, &s->t[i]);
+		pthread_attr_t attr;
+		cpu_set_t set;
+
+		/* Pinned from its creation: it never runs, nor shows, elsewhere. */
+		pthread_attr_init(&attr);
+		if (s->t[i].cpu >= 0) {
+			CPU_ZERO(&set);
+			CPU_SET(s->t[i].cpu, &set);
+			pthread_attr_setaffinity_np(&attr, sizeof(set), &set);
+		}
+		r = -pthread_create(&s->t[i].tid, &attr, server_thread, &s->t[i]);
+		pthread_attr_destroy(&attr);
 		if (r < 0)
 			goto err;
 		s->t[i].started = true;
+		r = -pthread_getcpuclockid(s->t[i].tid, &s->t[i].clock);
+		if (r < 0)
+			goto err;
 	}
 	*port = p;
 	*out = s;
@@ -356,6 +409,11 @@ serve_stop(struct bench_server *s, struct bench_server_stats *out)
 		st.cpu_ns += t->cpu_ns;
 		st.syscalls += t->syscalls;
 		st.bytes_in += t->bytes_in;
+		st.bytes_out += t->bytes_out;
+		st.dgrams_in += t->dgrams_in;
+		st.dgrams_out += t->dgrams_out;
+		st.sleeps += t->sleeps;
+		st.polls += t->polls;
 		st.accepted += t->accepted;
 		st.errors += t->errors;
 		if (t->lfd >= 0)
@@ -364,7 +422,10 @@ serve_stop(struct bench_server *s, struct bench_server_stats *out)
 			close(t->epfd);
 		if (t->evfd >= 0)
 			close(t->evfd);
+		if (t->ufd >= 0)
+			close(t->ufd);
 		free(t->buf);
+		bench_udp_batch_free(t->ub);
 	}
 	free(s->t);
 	free(s);
@@ -373,11 +434,22 @@ serve_stop(struct bench_server *s, struct bench_server_stats *out)
 	return 0;
 }
 
+static unsigned
+server_clocks(struct bench_server *s, clockid_t *out, unsigned max)
+{
+	unsigned n = 0;
+
+	for (unsigned i = 0; i < s->n && n < max; i++)
+		out[n++] = s->t[i].clock;
+	return n;
+}
+
 int bench__epoll_client_run(const struct bench_cfg *cfg, struct bench_result *out);
 
 const struct bench_backend bench_backend_epoll = {
 	.name = "epoll",
 	.serve_start = serve_start,
 	.serve_stop = serve_stop,
+	.server_clocks = server_clocks,
 	.client_run = bench__epoll_client_run,
 };

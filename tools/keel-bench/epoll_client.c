@@ -62,7 +62,7 @@ struct cthread {
 	uint64_t *sent;
 	uint8_t *rx;
 	struct cconn *reopen;
-	uint64_t msgs, bytes, msgs_all, cycles, errors;
+	uint64_t msgs, bytes, msgs_all, cycles, errors, tx_all, rx_all;
 	int err;
 	char why[256];
 	struct bench_hist lat;
@@ -186,6 +186,7 @@ conn_send(struct cthread *t, struct cconn *c)
 			for (; s < end; s++)
 				c->sent_ns[s % window] = ts;
 		c->tx_off += (uint64_t)w;
+		t->tx_all += (uint64_t)w;
 		if ((uint64_t)w < len)
 			return 0; /* the socket is full: wait for EPOLLOUT */
 	}
@@ -210,6 +211,7 @@ on_data(struct cthread *t, struct cconn *c, const uint8_t *buf, size_t n, uint64
 		return fail(t, -EPROTO, "connection %u: %s", c->id, why);
 	s = c->rx_off / unit;
 	c->rx_off += n;
+	t->rx_all += n;
 	end = c->rx_off / unit;
 	t->msgs_all += end - s;
 	if (!win)
@@ -389,7 +391,6 @@ int
 bench__epoll_client_run(const struct bench_cfg *cfg, struct bench_result *out)
 {
 	struct client cl = { .cfg = cfg };
-	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	unsigned nt = cfg->threads, started = 0, id = 0;
 	struct cthread *t;
 	int r;
@@ -410,8 +411,7 @@ bench__epoll_client_run(const struct bench_cfg *cfg, struct bench_result *out)
 	for (unsigned i = 0; i < nt; i++) {
 		t[i].cl = &cl;
 		t[i].epfd = -1;
-		t[i].cpu =
-			cfg->pin ? (int)((cfg->shards + i) % (unsigned)(ncpu > 0 ? ncpu : 1)) : -1;
+		t[i].cpu = cfg->pin ? bench_cpu_for(cfg, cfg->client_cpu0 + i) : -1;
 		t[i].nactive = cfg->conns / nt + (i < cfg->conns % nt);
 		t[i].nidle =
 			cfg->mode == BENCH_CONNECTIONS ? cfg->idle / nt + (i < cfg->idle % nt) : 0;
@@ -430,6 +430,8 @@ bench__epoll_client_run(const struct bench_cfg *cfg, struct bench_result *out)
 	pthread_barrier_wait(&cl.bar);
 	cl.t_start = bench_now_ns() + cfg->warmup_ns;
 	cl.t_end = cl.t_start + cfg->seconds_ns;
+	if (cfg->on_window)
+		cfg->on_window(cfg->window_arg, cl.t_start, cl.t_end);
 	pthread_barrier_wait(&cl.bar);
 	memset(out, 0, sizeof(*out));
 	r = 0;
@@ -440,6 +442,8 @@ bench__epoll_client_run(const struct bench_cfg *cfg, struct bench_result *out)
 		out->msgs_all += t[i].msgs_all;
 		out->cycles += t[i].cycles;
 		out->errors += t[i].errors;
+		out->tx_all += t[i].tx_all;
+		out->rx_all += t[i].rx_all;
 		bench_hist_merge(&out->lat, &t[i].lat);
 		if (t[i].err && r == 0) {
 			r = t[i].err;

@@ -5,10 +5,12 @@
  *
  * Server: cfg->shards shards, one SO_REUSEPORT listener socket each (keel_listener_*,
  * steering by CPU), every received slice handed straight back to keel_conn_send(): the
- * echo copies nothing in user space. Figures: io_uring_enter calls of the shards
- * (keel_runtime_stats .enters), each shard's RUSAGE_THREAD CPU read on the shard when the
- * runtime begins to stop, bytes and errors counted in the callbacks, accepted connections
- * from the listener's counters.
+ * echo copies nothing in user space. Each shard also binds a UDP socket on the same port
+ * (keel_udp_open) and sends every datagram back to its source, the slice itself.
+ * The runtime takes the command line's runtime options (cfg->rt: --idle-poll-us...). Figures:
+ * io_uring_enter calls of the shards (keel_runtime_stats .enters), each shard's RUSAGE_THREAD CPU
+ * read on the shard when the runtime begins to stop, bytes and errors counted in the callbacks,
+ * accepted connections from the listener's counters.
  *
  * Client: cfg->threads shards, pinned after the server's CPUs like the epoll client. Each
  * shard opens its share of the connections with keel_conn_connect() and runs the same
@@ -57,23 +59,32 @@
 /* Buffer memory per shard: the receive rings need a few MiB. */
 #define SHARD_MEMORY (64ull << 20)
 
-static void
-opts_for(struct keel_opts *o, unsigned shards, unsigned first_cpu, bool pin)
+/* The runtime options of the command line (--idle-poll-us, --ring-entries, ...; keel-bench
+ * sets its own defaults for the log level and memory before parsing them, see net.c), with
+ * the shards and their CPUs of this side. */
+static int
+opts_for(struct keel_opts *o, const struct bench_cfg *cfg, unsigned shards, unsigned first_slot)
 {
-	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-	unsigned n = (unsigned)(ncpu > 0 ? ncpu : 1);
-
-	keel_opts_init(o);
-	o->shards = shards;
-	o->signals = false;
-	o->log_level = KEEL_LOG_WARN;
-	o->memory = SHARD_MEMORY;
-	if (pin) {
-		/* Shard i runs on the i-th CPU of the set (wrapping): CPUs first_cpu + i. */
-		o->cpuset_given = true;
-		for (unsigned i = 0; i < shards && i < n; i++)
-			keel_cpuset_add(&o->cpuset, (first_cpu + i) % n);
+	if (cfg->rt) {
+		*o = *cfg->rt;
+	} else {
+		keel_opts_init(o);
+		o->log_level = KEEL_LOG_WARN;
+		o->memory = SHARD_MEMORY;
 	}
+	o->shards = shards;
+	o->shards_given = true;
+	o->signals = false;
+	memset(&o->cpuset, 0, sizeof(o->cpuset));
+	o->cpuset_given = false;
+	if (cfg->pin) {
+		/* The CPUs of slots first_slot.. (bench_cpu_for). The runtime puts its shards on
+		 * the set's CPUs in ascending order (wrapping when there are fewer). */
+		o->cpuset_given = true;
+		for (unsigned i = 0; i < shards; i++)
+			keel_cpuset_add(&o->cpuset, (unsigned)bench_cpu_for(cfg, first_slot + i));
+	}
+	return 0;
 }
 
 /* A latch: the calling thread waits until @n shards arrived. */
@@ -127,12 +138,15 @@ latch_wait(struct latch *l, unsigned n)
 /* ---- server ---- */
 
 struct sshard {
-	uint64_t bytes_in, errors, cpu_ns;
+	uint64_t bytes_in, bytes_out, dgrams_in, dgrams_out, errors, cpu_ns;
+	clockid_t clock;
+	struct keel_udp *udp;
 } __attribute__((aligned(64)));
 
 struct bench_server {
 	struct keel_runtime *rt;
 	struct keel_listener *l;
+	char addr[INET_ADDRSTRLEN];
 	unsigned n;
 	struct sshard *sh;
 	struct latch started;
@@ -146,7 +160,9 @@ srv_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
 	struct sshard *ss = srv_shard;
 	unsigned i = 0;
 
-	for (; i < n; i++) {
+	for (; i < n; i++)
+		ss->bytes_in += s[i].len;
+	for (i = 0; i < n; i++) {
 		uint32_t len = s[i].len;
 		int r = keel_conn_send(c, &s[i]);
 
@@ -157,11 +173,28 @@ srv_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
 			}
 			break;
 		}
-		ss->bytes_in += len;
+		ss->bytes_out += len;
 	}
 	for (; i < n; i++)
 		keel_slice_put(&s[i]);
 }
+
+static void
+srv_datagram(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_storage *src)
+{
+	struct sshard *ss = srv_shard;
+
+	ss->dgrams_in++;
+	/* UDP may drop: a datagram not sent is counted by its absence (dgrams_out), and the
+	 * client counts it lost. */
+	if (keel_udp_send(u, s, src) < 0) {
+		keel_slice_put(s);
+		return;
+	}
+	ss->dgrams_out++;
+}
+
+static const struct keel_udp_ops srv_udp_ops = { .on_datagram = srv_datagram };
 
 static void
 srv_close(struct keel_conn *c, int status)
@@ -190,9 +223,15 @@ srv_start(void *arg)
 	int r;
 
 	srv_shard = &s->sh[id];
-	r = keel_shard_on_stop(srv_on_stop, &s->sh[id]);
+	r = -pthread_getcpuclockid(pthread_self(), &s->sh[id].clock);
+	if (r == 0)
+		r = keel_shard_on_stop(srv_on_stop, &s->sh[id]);
 	if (r == 0)
 		r = keel_listener_start(s->l);
+	/* UDP on the TCP port (every shard binds it, SO_REUSEPORT). */
+	if (r == 0)
+		r = keel_udp_open(s->addr, keel_listener_port(s->l), &srv_udp_ops, s,
+				  &s->sh[id].udp);
 	latch_arrive(&s->started, r);
 }
 
@@ -214,7 +253,6 @@ serve_start(const struct bench_cfg *cfg, uint16_t *port, struct bench_server **o
 	struct bench_server *s = calloc(1, sizeof(*s));
 	struct keel_listen_opts lo;
 	struct keel_opts o;
-	char addr[INET_ADDRSTRLEN];
 	int r;
 
 	if (!s)
@@ -227,16 +265,17 @@ serve_start(const struct bench_cfg *cfg, uint16_t *port, struct bench_server **o
 		return -ENOMEM;
 	}
 	memset(s->sh, 0, sizeof(*s->sh) * s->n);
-	opts_for(&o, cfg->shards, 0, cfg->pin);
-	r = keel_runtime_create(&o, &s->rt);
+	r = opts_for(&o, cfg, cfg->shards, 0);
+	if (r == 0)
+		r = keel_runtime_create(&o, &s->rt);
 	if (r < 0) {
 		s->rt = NULL;
 		srv_free(s);
 		return r;
 	}
 	memset(&lo, 0, sizeof(lo));
-	inet_ntop(AF_INET, &cfg->addr.sin_addr, addr, sizeof(addr));
-	lo.addr = addr;
+	inet_ntop(AF_INET, &cfg->addr.sin_addr, s->addr, sizeof(s->addr));
+	lo.addr = s->addr;
 	lo.port = ntohs(cfg->addr.sin_port);
 	r = keel_listener_create(&lo, s->n, &srv_ops, s, &s->l);
 	if (r < 0) {
@@ -274,14 +313,19 @@ serve_stop(struct bench_server *s, struct bench_server_stats *out)
 		struct keel_shard_stats ks;
 		struct keel_listener_stats ls;
 
-		if (keel_runtime_stats(s->rt, i, &ks) == 0)
+		if (keel_runtime_stats(s->rt, i, &ks) == 0) {
 			st.syscalls += ks.enters;
+			st.sleeps += ks.sleeps;
+		}
 		if (keel_listener_stats(s->l, i, &ls) == 0) {
 			st.accepted += ls.accepted;
 			st.errors += ls.accept_errors;
 		}
 		st.cpu_ns += s->sh[i].cpu_ns;
 		st.bytes_in += s->sh[i].bytes_in;
+		st.bytes_out += s->sh[i].bytes_out;
+		st.dgrams_in += s->sh[i].dgrams_in;
+		st.dgrams_out += s->sh[i].dgrams_out;
 		st.errors += s->sh[i].errors;
 	}
 	srv_free(s);
@@ -315,7 +359,7 @@ struct cshard {
 	bool have_base, ready, finished, closed_all;
 	struct keel_timer *timer;
 	struct keel_xreq go;
-	uint64_t msgs, bytes, msgs_all, cycles, errors;
+	uint64_t msgs, bytes, msgs_all, cycles, errors, tx_all, rx_all;
 	int err;
 	char why[256];
 	struct bench_hist lat;
@@ -457,6 +501,7 @@ conn_send(struct kconn *k)
 			for (; s < end; s++)
 				k->sent_ns[s % window] = ts;
 		k->tx_off += len;
+		sh->tx_all += len;
 	}
 }
 
@@ -497,6 +542,7 @@ on_bytes(struct kconn *k, const struct keel_slice *s, uint64_t now)
 		return fail(sh, -EPROTO, "connection %u: %s", k->id, why);
 	m = k->rx_off / unit;
 	k->rx_off += s->len;
+	sh->rx_all += s->len;
 	end = k->rx_off / unit;
 	sh->msgs_all += end - m;
 	if (!in_window(cl, now))
@@ -789,8 +835,9 @@ client_run(const struct bench_cfg *cfg, struct bench_result *out)
 			goto out_sh;
 		}
 	}
-	opts_for(&o, nt, cfg->shards, cfg->pin);
-	r = keel_runtime_create(&o, &rt);
+	r = opts_for(&o, cfg, nt, cfg->client_cpu0);
+	if (r == 0)
+		r = keel_runtime_create(&o, &rt);
 	if (r < 0) {
 		snprintf(out->why, sizeof(out->why), "creating the client runtime: %s",
 			 strerror(-r));
@@ -808,6 +855,8 @@ client_run(const struct bench_cfg *cfg, struct bench_result *out)
 	} else {
 		cl->t_start = bench_now_ns() + cfg->warmup_ns;
 		cl->t_end = cl->t_start + cfg->seconds_ns;
+		if (cfg->on_window)
+			cfg->on_window(cfg->window_arg, cl->t_start, cl->t_end);
 		for (unsigned i = 0; i < nt; i++) {
 			cl->sh[i].go.fn = go;
 			cl->sh[i].go.arg = &cl->sh[i];
@@ -824,6 +873,8 @@ client_run(const struct bench_cfg *cfg, struct bench_result *out)
 		out->msgs_all += sh->msgs_all;
 		out->cycles += sh->cycles;
 		out->errors += sh->errors;
+		out->tx_all += sh->tx_all;
+		out->rx_all += sh->rx_all;
 		bench_hist_merge(&out->lat, &sh->lat);
 		if (sh->err && r == 0) {
 			r = sh->err;
@@ -848,10 +899,21 @@ out_cl:
 	return r;
 }
 
+static unsigned
+server_clocks(struct bench_server *s, clockid_t *out, unsigned max)
+{
+	unsigned n = 0;
+
+	for (unsigned i = 0; i < s->n && n < max; i++)
+		out[n++] = s->sh[i].clock;
+	return n;
+}
+
 const struct bench_backend bench_backend_keel = {
 	.name = "keel",
 	.unavailable = NULL,
 	.serve_start = serve_start,
 	.serve_stop = serve_stop,
+	.server_clocks = server_clocks,
 	.client_run = client_run,
 };

@@ -22,8 +22,11 @@ static const struct {
 	{ "stream", bench_net, "unframed bytes echoed back: Gb/s" },
 	{ "connections", bench_net,
 	  "open/close rate, and latency on held connections beside --idle idle ones" },
+	{ "udp", bench_net,
+	  "datagrams echoed, --inflight outstanding per socket: round trips/s or datagrams/s, "
+	  "latency, losses" },
 	{ "serve", bench_net,
-	  "a byte-echo server (--backend epoll|keel) for the four modes above" },
+	  "a TCP and UDP echo server (--backend epoll|keel) for the five modes above" },
 };
 
 static void

@@ -1,13 +1,22 @@
 // SPDX-License-Identifier: MIT
 /*
- * keel-bench network modes: pingpong, throughput, stream, connections (clients) and serve
- * (a byte-echo server). Options are parsed here, the backend is picked by --backend, and
- * without --port the client starts a server of the same backend in this process on an
- * ephemeral loopback port, so one command measures both sides. See docs/bench.md.
+ * keel-bench network modes: pingpong, throughput, stream, connections, udp (clients) and
+ * serve (a TCP and UDP echo server). Options are parsed here (keel's runtime options first,
+ * keel_opts_parse), the server backend is picked by --backend and the client by --client
+ * (default: the same), and without --port the client starts a server in this process on an
+ * ephemeral loopback port.
+ *
+ * CPU over the window: when the client sets its window it calls on_window; a sampler thread
+ * then reads CPU-time clocks at the window's start and end: the server's (the in-process
+ * server threads' pthread_getcpuclockid clocks, or with --server-pid the whole server
+ * process's clock_getcpuclockid clock) and this process's, so both servers are measured the
+ * same way and the client's own CPU shows whether the client was the bottleneck.
+ * See docs/bench.md.
  */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,28 +28,40 @@
 
 static const struct bench_backend *const backends[] = { &bench_backend_epoll, &bench_backend_keel };
 
-static const char *const mode_names[] = { "pingpong", "throughput", "stream", "connections" };
+static const char *const mode_names[] = { "pingpong", "throughput", "stream", "connections",
+					  "udp" };
+#define NMODES (sizeof(mode_names) / sizeof(mode_names[0]))
 
 static const char client_usage[] =
-	"usage: keel-bench pingpong|throughput|stream|connections [options]\n"
-	"  --backend B    keel or epoll (default keel); the in-process server uses it too\n"
+	"usage: keel-bench pingpong|throughput|stream|connections|udp [options] [runtime "
+	"options]\n"
+	"  --backend B    the in-process server: keel or epoll (default keel)\n"
+	"  --client B     the client: keel or epoll (default: --backend; udp: one client)\n"
 	"  --port P       drive an external echo server on P (keel-echo, keel-bench serve);\n"
 	"                 without it a server starts in this process on an ephemeral port\n"
+	"  --server-pid N with --port: the server's pid, whose CPU time is read at the\n"
+	"                 window's edges (server_cpu_*)\n"
 	"  --addr A       the server's IPv4 address (default 127.0.0.1)\n"
-	"  --size N       payload bytes per message, stream: per chunk (default 64; stream "
-	"65536)\n"
+	"  --size N       payload bytes per message, stream: per chunk, udp: per datagram\n"
+	"                 (default 64; stream 65536)\n"
 	"  --inflight N   messages in flight per connection (pingpong and connections: 1;\n"
-	"                 throughput default 64; stream: chunks, default 16)\n"
-	"  --conns N      connections (connections mode: the held ones timed; default 1)\n"
+	"                 throughput default 64; stream: chunks, default 16; udp: datagrams\n"
+	"                 per socket, default 1)\n"
+	"  --conns N      connections (connections mode: the held ones timed; udp: sockets;\n"
+	"                 default 1)\n"
 	"  --idle M       connections mode: idle connections held open (default 100)\n"
 	"  --churn N      connections mode: open/close loops per client thread (default 1)\n"
 	"  --threads T    client threads (default 1)\n"
 	"  --shards N     in-process server threads, one per core (default 1)\n"
+	"  --busy-poll-us N  the epoll server: epoll_wait(0) for N us before blocking (default\n"
+	"                 0); keel's runtime option is --idle-poll-us (default 50)\n"
 	"  --seconds S    measured window (default 3)\n"
 	"  --warmup S     run this long first without counting (default 0.5)\n"
-	"  --no-pin       do not pin threads (default: server i on CPU i, client i on CPU "
-	"shards+i)\n"
-	"  --json         print JSON instead of a table\n";
+	"  --cpuset LIST  pin to these CPUs in order: in-process server threads first, then\n"
+	"                 the client threads (default: server i on CPU i, client i on CPU\n"
+	"                 shards+i)\n"
+	"  --no-pin       do not pin threads\n"
+	"  --json         print JSON instead of a table\n\n";
 
 static const char serve_usage[] =
 	"usage: keel-bench serve [options]\n"
@@ -48,16 +69,22 @@ static const char serve_usage[] =
 	"  --port P       port to listen on (default 0: an ephemeral port, printed)\n"
 	"  --addr A       IPv4 address to bind (default 127.0.0.1)\n"
 	"  --shards N     server threads, one per core, SO_REUSEPORT (default 1)\n"
+	"  --busy-poll-us N  epoll: epoll_wait(0) for N us before blocking (default 0);\n"
+	"                 keel: use the runtime option --idle-poll-us (default 50)\n"
+	"  --cpuset LIST  server thread i on the i-th CPU of LIST (default CPU i)\n"
 	"  --seconds S    stop after S seconds (default: at SIGINT or SIGTERM)\n"
 	"  --size N       report per-message figures for framed messages of N bytes\n"
 	"  --no-pin       do not pin the server threads\n"
-	"  --json         print the end report as JSON\n";
+	"  --json         print the end report as JSON\n"
+	"Serves TCP and UDP (each datagram back to its sender) on the same port.\n\n";
 
 struct opts {
 	const char *prog;
 	struct bench_cfg cfg;
-	const struct bench_backend *be;
-	bool json, has_port, serve, has_size;
+	struct keel_opts rt;
+	const struct bench_backend *be, *client;
+	bool json, has_port, serve, has_size, has_busy;
+	long server_pid;
 	double seconds, warmup;
 };
 
@@ -114,20 +141,34 @@ parse(struct opts *o, int argc, char **argv)
 #define OPT(name) ((m = bench_opt(argc, argv, &i, name, &v)) != 0)
 		if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
 			fputs(o->serve ? serve_usage : client_usage, stdout);
+			keel_opts_help(stdout);
 			exit(0);
 		} else if (!strcmp(a, "--json")) {
 			o->json = true;
 		} else if (!strcmp(a, "--no-pin")) {
 			c->pin = false;
-		} else if (OPT("--backend")) {
+		} else if (OPT("--backend") || (!o->serve && OPT("--client"))) {
+			const char *opt = !strncmp(a, "--backend", 9) ? "--backend" : "--client";
+			const struct bench_backend **be = opt[2] == 'b' ? &o->be : &o->client;
+
 			if (m < 0)
-				return bad(o, "--backend", "missing value (epoll or keel)", NULL);
-			o->be = NULL;
+				return bad(o, opt, "missing value (epoll or keel)", NULL);
+			*be = NULL;
 			for (size_t k = 0; k < sizeof(backends) / sizeof(backends[0]); k++)
 				if (!strcmp(v, backends[k]->name))
-					o->be = backends[k];
-			if (!o->be)
-				return bad(o, "--backend", "expected epoll or keel", v);
+					*be = backends[k];
+			if (!*be)
+				return bad(o, opt, "expected epoll or keel", v);
+		} else if (!o->serve && OPT("--server-pid")) {
+			uint32_t pid;
+			if (m < 0 || parse_u32(o, "--server-pid", v, 1, 1u << 30, &pid))
+				return m < 0 ? bad(o, "--server-pid", "missing value", NULL) : 2;
+			o->server_pid = pid;
+		} else if (OPT("--busy-poll-us")) {
+			if (m < 0 ||
+			    parse_u32(o, "--busy-poll-us", v, 0, 10000000, &c->busy_poll_us))
+				return m < 0 ? bad(o, "--busy-poll-us", "missing value", NULL) : 2;
+			o->has_busy = true;
 		} else if (OPT("--addr")) {
 			if (m < 0)
 				return bad(o, "--addr", "missing value", NULL);
@@ -157,9 +198,6 @@ parse(struct opts *o, int argc, char **argv)
 			if (m < 0 || parse_u32(o, "--threads", v, 1, 256, &c->threads))
 				return m < 0 ? bad(o, "--threads", "missing value", NULL) : 2;
 			has_threads = true;
-		} else if (OPT("--shards")) {
-			if (m < 0 || parse_u32(o, "--shards", v, 1, 256, &c->shards))
-				return m < 0 ? bad(o, "--shards", "missing value", NULL) : 2;
 		} else if (OPT("--seconds")) {
 			if (m < 0 ||
 			    parse_secs(o, "--seconds", v, o->serve ? 0 : 0.01, 86400, &o->seconds))
@@ -177,8 +215,27 @@ parse(struct opts *o, int argc, char **argv)
 	c->addr.sin_port = htons((uint16_t)port);
 	if (inet_pton(AF_INET, addr, &c->addr.sin_addr) != 1)
 		return bad(o, "--addr", "expected an IPv4 address", addr);
+	if (o->has_busy && o->be != &bench_backend_epoll)
+		return bad(o, "--busy-poll-us",
+			   "the epoll server's option (keel's runtime option is --idle-poll-us)",
+			   NULL);
 	if (o->serve)
 		return 0;
+	if (o->server_pid && !o->has_port)
+		return bad(o, "--server-pid",
+			   "needs --port (the in-process server is measured "
+			   "without it)",
+			   NULL);
+	if (c->mode == BENCH_UDP && o->client && o->client != &bench_backend_epoll)
+		return bad(o, "--client",
+			   "udp has one client (plain sockets, recvmmsg/sendmmsg): use --client "
+			   "epoll or leave it out",
+			   NULL);
+	if (c->mode == BENCH_UDP && (c->size < 16 || c->size > 65507))
+		return bad(o, "--size",
+			   "udp: expected 16..65507 (the datagram, with its 8-byte "
+			   "sequence number)",
+			   NULL);
 	if (has_inflight && c->inflight != 1 &&
 	    (c->mode == BENCH_PINGPONG || c->mode == BENCH_CONNECTIONS))
 		return bad(o, "--inflight",
@@ -204,6 +261,7 @@ defaults(struct opts *o, enum bench_mode mode)
 	c->shards = 1;
 	c->pin = true;
 	o->be = &bench_backend_keel;
+	o->client = NULL;
 	o->seconds = 3;
 	o->warmup = 0.5;
 }
@@ -220,6 +278,162 @@ raise_nofile(void)
 	}
 }
 
+/* ---- CPU over the window ---- */
+
+#define MAX_CLOCKS 256
+
+struct sampler {
+	pthread_t tid;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool have_window, cancel, ok;
+	uint64_t t_start, t_end;
+	clockid_t srv[MAX_CLOCKS];
+	unsigned nsrv;
+	bool srv_in_process; /* the server's clocks are threads of this process */
+	/* at the window's start [0] and end [1]: wall, server CPU, this process's CPU */
+	uint64_t wall[2], scpu[2], pcpu[2];
+	int err;
+};
+
+/* How late the later of the two samples was after its edge of the window, ms. */
+static double
+sampler_late_ms(const struct sampler *s)
+{
+	uint64_t a = s->wall[0] - s->t_start, b = s->wall[1] - s->t_end;
+
+	return (double)(a > b ? a : b) / 1e6;
+}
+
+static int
+clock_ns(clockid_t c, uint64_t *out)
+{
+	struct timespec ts;
+
+	if (clock_gettime(c, &ts) < 0)
+		return -errno;
+	*out = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+	return 0;
+}
+
+static int
+sample(struct sampler *s, int k)
+{
+	uint64_t v = 0;
+	int r;
+
+	s->wall[k] = bench_now_ns();
+	s->scpu[k] = 0;
+	for (unsigned i = 0; i < s->nsrv; i++) {
+		r = clock_ns(s->srv[i], &v);
+		if (r < 0)
+			return r;
+		s->scpu[k] += v;
+	}
+	return clock_ns(CLOCK_PROCESS_CPUTIME_ID, &s->pcpu[k]);
+}
+
+/* Wait until @t (monotonic ns) unless cancelled. Returns false when cancelled. Holds mu. */
+static bool
+wait_until(struct sampler *s, uint64_t t)
+{
+	struct timespec ts = { .tv_sec = (time_t)(t / 1000000000ULL),
+			       .tv_nsec = (long)(t % 1000000000ULL) };
+
+	while (!s->cancel && bench_now_ns() < t)
+		pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+	return !s->cancel;
+}
+
+static void *
+sampler_thread(void *arg)
+{
+	struct sampler *s = arg;
+
+	pthread_mutex_lock(&s->mu);
+	while (!s->have_window && !s->cancel)
+		pthread_cond_wait(&s->cv, &s->mu);
+	if (wait_until(s, s->t_start)) {
+		s->err = sample(s, 0);
+		if (s->err == 0 && wait_until(s, s->t_end)) {
+			s->err = sample(s, 1);
+			s->ok = s->err == 0;
+		}
+	}
+	pthread_mutex_unlock(&s->mu);
+	return NULL;
+}
+
+static void
+on_window(void *arg, uint64_t t_start, uint64_t t_end)
+{
+	struct sampler *s = arg;
+
+	pthread_mutex_lock(&s->mu);
+	s->t_start = t_start;
+	s->t_end = t_end;
+	s->have_window = true;
+	pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+}
+
+static int
+sampler_start(struct sampler *s)
+{
+	pthread_condattr_t ca;
+	int r;
+
+	pthread_mutex_init(&s->mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&s->cv, &ca);
+	pthread_condattr_destroy(&ca);
+	r = -pthread_create(&s->tid, NULL, sampler_thread, s);
+	if (r < 0) {
+		pthread_cond_destroy(&s->cv);
+		pthread_mutex_destroy(&s->mu);
+	}
+	return r;
+}
+
+/* After the client returned: a window that did not end yet is cancelled (a failed run); one
+ * that ended gets its last sample now if the sampler has not woken yet. */
+static void
+sampler_stop(struct sampler *s)
+{
+	pthread_mutex_lock(&s->mu);
+	if (!s->have_window || bench_now_ns() < s->t_end)
+		s->cancel = true;
+	pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+	pthread_join(s->tid, NULL);
+	pthread_cond_destroy(&s->cv);
+	pthread_mutex_destroy(&s->mu);
+}
+
+/* The CPUs the client threads are pinned to (distinct), or their number unpinned. */
+static unsigned
+client_cores(const struct bench_cfg *c)
+{
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	struct keel_cpuset seen;
+	unsigned n = 0;
+
+	if (!c->pin)
+		return c->threads < (unsigned)ncpu ? c->threads : (unsigned)ncpu;
+	memset(&seen, 0, sizeof(seen));
+	for (unsigned i = 0; i < c->threads; i++) {
+		int cpu = bench_cpu_for(c, c->client_cpu0 + i);
+		if (!keel_cpuset_has(&seen, (unsigned)cpu)) {
+			keel_cpuset_add(&seen, (unsigned)cpu);
+			n++;
+		}
+	}
+	return n;
+}
+
+/* ---- reports ---- */
+
 static void
 json_num(const char *key, double v, bool valid, const char *fmt, bool last)
 {
@@ -232,33 +446,58 @@ json_num(const char *key, double v, bool valid, const char *fmt, bool last)
 }
 
 static void
+json_u64(const char *key, uint64_t v)
+{
+	printf("  \"%s\": %llu,\n", key, (unsigned long long)v);
+}
+
+struct window_cpu {
+	bool valid;
+	double late_ms, wall_s, server_util, client_util, server_ns_per_msg;
+	unsigned client_cores;
+	bool client_bound;
+	char from[64];
+};
+
+static void
 report(const struct opts *o, const struct bench_result *r, const struct bench_server_stats *ss,
-       bool have_server, uint64_t errors, const char *error)
+       bool have_server, const struct window_cpu *w, uint64_t errors, const char *error)
 {
 	const struct bench_cfg *c = &o->cfg;
+	const struct bench_backend *cli = o->client ? o->client : o->be;
 	double secs = (double)r->window_ns / 1e9;
 	double mps = (double)r->msgs / secs;
 	double gbps = (double)r->msgs * c->size * 8.0 / secs / 1e9;
 	bool lat = c->mode != BENCH_STREAM && r->lat.count > 0;
 	bool per_msg = have_server && r->msgs_all > 0;
-	double cpu = per_msg ? (double)ss->cpu_ns / (double)r->msgs_all : 0;
 	double sys = per_msg ? (double)ss->syscalls / (double)r->msgs_all : 0;
 	double p[5] = { bench_hist_pct(&r->lat, 50) / 1e3, bench_hist_pct(&r->lat, 90) / 1e3,
 			bench_hist_pct(&r->lat, 99) / 1e3, bench_hist_pct(&r->lat, 99.9) / 1e3,
 			r->lat.max_ns / 1e3 };
 	uint32_t inflight =
 		c->mode == BENCH_PINGPONG || c->mode == BENCH_CONNECTIONS ? 1 : c->inflight;
+	const char *server = o->has_port ? "external" : o->be->name;
+	const char *client = c->mode == BENCH_UDP ? "sockets" : cli->name;
 
 	if (o->json) {
 		printf("{\n  \"mode\": \"%s\",\n  \"backend\": \"%s\",\n", mode_names[c->mode],
 		       o->be->name);
+		printf("  \"server\": \"%s\",\n  \"client\": \"%s\",\n", server, client);
 		printf("  \"size\": %u,\n  \"inflight\": %u,\n  \"conns\": %u,\n", c->size,
 		       inflight, c->conns);
 		printf("  \"threads\": %u,\n  \"shards\": %u,\n", c->threads, c->shards);
+		printf("  \"idle_poll_us\": %u,\n  \"busy_poll_us\": %u,\n", o->rt.idle_poll_us,
+		       c->busy_poll_us);
 		printf("  \"seconds\": %.3f,\n  \"warmup\": %.3f,\n", secs, o->warmup);
 		printf("  \"msgs\": %llu,\n  \"bytes\": %llu,\n", (unsigned long long)r->msgs,
 		       (unsigned long long)r->bytes);
-		printf("  \"msgs_all\": %llu,\n", (unsigned long long)r->msgs_all);
+		json_u64("msgs_all", r->msgs_all);
+		json_u64(c->mode == BENCH_UDP ? "tx_dgrams_all" : "tx_bytes_all", r->tx_all);
+		json_u64(c->mode == BENCH_UDP ? "rx_dgrams_all" : "rx_bytes_all", r->rx_all);
+		if (c->mode == BENCH_UDP) {
+			json_u64("lost", r->lost);
+			json_u64("late", r->late);
+		}
 		json_num("msgs_per_sec", mps, true, "%.0f", false);
 		json_num("gbps", gbps, true, "%.3f", false);
 		json_num("lat_p50_us", p[0], lat, "%.2f", false);
@@ -271,21 +510,36 @@ report(const struct opts *o, const struct bench_result *r, const struct bench_se
 			       c->churn, (unsigned long long)r->cycles);
 			json_num("conns_per_sec", (double)r->cycles / secs, true, "%.0f", false);
 		}
-		json_num("server_cpu_ns_per_msg", cpu, per_msg, "%.0f", false);
+		printf("  \"cpu_from\": \"%s\",\n", w->valid ? w->from : "");
+		json_num("cpu_window_s", w->wall_s, w->valid, "%.3f", false);
+		json_num("cpu_sample_late_ms", w->late_ms, w->valid, "%.3f", false);
+		json_num("server_cpu_util", w->server_util, w->valid, "%.3f", false);
+		json_num("server_cpu_ns_per_msg", w->server_ns_per_msg, w->valid && r->msgs, "%.0f",
+			 false);
+		json_num("client_cpu_util", w->client_util, w->valid, "%.3f", false);
+		printf("  \"client_cores\": %u,\n", w->client_cores);
+		printf("  \"client_bound\": %s,\n",
+		       w->valid ? (w->client_bound ? "true" : "false") : "null");
 		json_num("server_syscalls_per_msg", sys, per_msg, "%.3f", false);
-		if (have_server)
-			printf("  \"server_syscalls_what\": \"%s\",\n  \"server_bytes\": %llu,\n",
-			       ss->syscalls_what, (unsigned long long)ss->bytes_in);
+		if (have_server) {
+			printf("  \"server_syscalls_what\": \"%s\",\n", ss->syscalls_what);
+			json_u64("server_bytes_in", ss->bytes_in);
+			json_u64("server_bytes_out", ss->bytes_out);
+			json_u64("server_dgrams_in", ss->dgrams_in);
+			json_u64("server_dgrams_out", ss->dgrams_out);
+			json_u64("server_sleeps", ss->sleeps);
+			json_u64("server_polls", ss->polls);
+		}
 		printf("  \"errors\": %llu", (unsigned long long)errors);
 		if (error)
 			printf(",\n  \"error\": \"%s\"", error);
 		printf("\n}\n");
 		return;
 	}
-	printf("%s: backend %s, %u B payload, %u in flight x %u conns, %u client threads, "
-	       "%.2f s (after %.2f s warm-up)\n",
-	       mode_names[c->mode], o->be->name, c->size, inflight, c->conns, c->threads, secs,
-	       o->warmup);
+	printf("%s: server %s, client %s, %u B payload, %u in flight x %u %s, %u client "
+	       "threads, %.2f s (after %.2f s warm-up)\n",
+	       mode_names[c->mode], server, client, c->size, inflight, c->conns,
+	       c->mode == BENCH_UDP ? "sockets" : "conns", c->threads, secs, o->warmup);
 	if (c->mode == BENCH_CONNECTIONS)
 		printf("  %u idle connections held, %u open/close loop(s) per thread: %llu cycles, "
 		       "%.0f connections/s (connect + one round trip + close)\n",
@@ -300,43 +554,132 @@ report(const struct opts *o, const struct bench_result *r, const struct bench_se
 			printf(" %9s", "-");
 	printf("\n  Gb/s counts payload bits echoed back (one direction, length fields "
 	       "excluded)\n");
+	if (c->mode == BENCH_UDP)
+		printf("  udp: %llu datagrams sent, %llu echoed, %llu lost (no echo in 50 ms), "
+		       "%llu late\n",
+		       (unsigned long long)r->tx_all, (unsigned long long)r->rx_all,
+		       (unsigned long long)r->lost, (unsigned long long)r->late);
+	if (w->valid)
+		printf("CPU over the %.2f s window: server %.2f cores (%.0f ns per message, from "
+		       "%s), client %.2f of %u core%s%s\n",
+		       w->wall_s, w->server_util, w->server_ns_per_msg, w->from, w->client_util,
+		       w->client_cores, w->client_cores == 1 ? "" : "s",
+		       w->client_bound ? ": CLIENT-BOUND (the server CPU figure is the one that "
+					 "counts)"
+				       : "");
+	else if (o->has_port)
+		printf("server CPU: not measured (give --server-pid)\n");
 	if (have_server)
-		printf("server (in-process, %u shard%s): %.0f ns CPU per message, %.3f syscalls per "
-		       "message (%s), over its whole life, warm-up included\n",
-		       c->shards, c->shards == 1 ? "" : "s", cpu, sys, ss->syscalls_what);
-	else
-		printf("server: external; it reports its own figures when it stops\n");
+		printf("server (in-process, %u shard%s): %.3f syscalls per message (%s) over its "
+		       "whole life, warm-up included\n",
+		       c->shards, c->shards == 1 ? "" : "s", sys, ss->syscalls_what);
 	if (errors)
 		printf("errors: %llu\n", (unsigned long long)errors);
+}
+
+/*
+ * Start the server. With an ephemeral port, the TCP listener picks it and UDP binds the
+ * same number, which something else may hold already: try a few ports then.
+ */
+static int
+serve_start(const struct bench_backend *be, const struct bench_cfg *c, uint16_t *port,
+	    struct bench_server **srv)
+{
+	int rc = -EADDRINUSE;
+
+	for (int i = 0; i < 8 && rc == -EADDRINUSE; i++) {
+		rc = be->serve_start(c, port, srv);
+		if (c->addr.sin_port != 0)
+			break;
+	}
+	return rc;
 }
 
 static int
 run_client(struct opts *o)
 {
 	struct bench_cfg *c = &o->cfg;
+	const struct bench_backend *cli = o->client ? o->client : o->be;
 	struct bench_server_stats ss = { 0 };
 	struct bench_server *srv = NULL;
 	struct bench_result *r = calloc(1, sizeof(*r));
+	struct sampler *smp = calloc(1, sizeof(*smp));
+	struct window_cpu w = { 0 };
 	uint64_t errors;
 	uint16_t port;
 	int rc, status = 0;
 
-	if (!r)
+	if (!r || !smp) {
+		free(r);
+		free(smp);
 		return 1;
+	}
 	c->seconds_ns = (uint64_t)(o->seconds * 1e9);
 	c->warmup_ns = (uint64_t)(o->warmup * 1e9);
+	c->client_cpu0 = o->has_port && c->cpus_given ? 0 : c->shards;
+	if (o->server_pid) {
+		uint64_t probe;
+
+		rc = kill((pid_t)o->server_pid, 0) < 0 ? -errno : 0;
+		if (rc == 0)
+			rc = -clock_getcpuclockid((pid_t)o->server_pid, &smp->srv[0]);
+		if (rc == 0)
+			rc = clock_ns(smp->srv[0], &probe);
+		if (rc < 0) {
+			fprintf(stderr,
+				"keel-bench %s: --server-pid %ld: %s (is the server "
+				"running?)\n",
+				o->prog, o->server_pid, strerror(-rc));
+			free(r);
+			free(smp);
+			return 2;
+		}
+		smp->nsrv = 1;
+		snprintf(w.from, sizeof(w.from), "pid %ld", o->server_pid);
+	}
 	if (!o->has_port) {
 		c->addr.sin_port = 0;
-		rc = o->be->serve_start(c, &port, &srv);
+		rc = serve_start(o->be, c, &port, &srv);
 		if (rc < 0) {
 			fprintf(stderr, "keel-bench %s: starting the %s server: %s\n", o->prog,
 				o->be->name, strerror(-rc));
 			free(r);
+			free(smp);
 			return 1;
 		}
 		c->addr.sin_port = htons(port);
+		smp->nsrv = o->be->server_clocks(srv, smp->srv, MAX_CLOCKS);
+		smp->srv_in_process = true;
+		snprintf(w.from, sizeof(w.from), "in-process server threads");
 	}
-	rc = o->be->client_run(c, r);
+	c->on_window = on_window;
+	c->window_arg = smp;
+	rc = sampler_start(smp);
+	if (rc == 0) {
+		rc = c->mode == BENCH_UDP ? bench_udp_client_run(c, r) : cli->client_run(c, r);
+		sampler_stop(smp);
+	} else {
+		snprintf(r->why, sizeof(r->why), "starting the CPU sampler: %s", strerror(-rc));
+	}
+	if (smp->ok) {
+		double wall = (double)(smp->wall[1] - smp->wall[0]);
+		double scpu = (double)(smp->scpu[1] - smp->scpu[0]);
+		double pcpu = (double)(smp->pcpu[1] - smp->pcpu[0]);
+		double ccpu = smp->srv_in_process ? pcpu - scpu : pcpu;
+
+		w.valid = wall > 0;
+		w.wall_s = wall / 1e9;
+		w.late_ms = sampler_late_ms(smp);
+		w.server_util = wall > 0 ? scpu / wall : 0;
+		w.client_util = wall > 0 ? (ccpu > 0 ? ccpu : 0) / wall : 0;
+		w.server_ns_per_msg = r->msgs ? scpu / (double)r->msgs : 0;
+		w.client_cores = client_cores(c);
+		w.client_bound = w.client_util >= 0.9 * w.client_cores;
+		if (!smp->nsrv) { /* external server, no --server-pid */
+			w.valid = false;
+		}
+	}
+	w.client_cores = client_cores(c);
 	if (srv) {
 		int s = o->be->serve_stop(srv, &ss);
 		if (s < 0 && rc == 0) {
@@ -358,10 +701,11 @@ run_client(struct opts *o)
 			errors = 1;
 		status = 1;
 	}
-	report(o, r, &ss, srv != NULL, errors, status ? r->why : NULL);
+	report(o, r, &ss, srv != NULL, &w, errors, status ? r->why : NULL);
 	if (status)
 		fprintf(stderr, "keel-bench %s: %s\n", o->prog, r->why);
 	free(r);
+	free(smp);
 	return status;
 }
 
@@ -384,15 +728,18 @@ run_serve(struct opts *o)
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGTERM);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
-	rc = o->be->serve_start(c, &port, &srv);
+	rc = serve_start(o->be, c, &port, &srv);
 	if (rc < 0) {
 		fprintf(stderr, "keel-bench serve: %s server on port %u: %s\n", o->be->name,
 			ntohs(c->addr.sin_port), strerror(-rc));
 		return 1;
 	}
 	inet_ntop(AF_INET, &c->addr.sin_addr, addr, sizeof(addr));
-	printf("keel-bench serve: %s echo server on %s:%u, %u shard%s\n", o->be->name, addr, port,
-	       c->shards, c->shards == 1 ? "" : "s");
+	printf("keel-bench serve: %s echo server on %s:%u (TCP and UDP), %u shard%s, pid %ld, "
+	       "%s\n",
+	       o->be->name, addr, port, c->shards, c->shards == 1 ? "" : "s", (long)getpid(),
+	       o->be == &bench_backend_keel ? (o->rt.idle_poll_us ? "idle-poll" : "blocking")
+					    : (c->busy_poll_us ? "busy-poll" : "blocking"));
 	fflush(stdout);
 	if (o->seconds > 0) {
 		ts.tv_sec = (time_t)o->seconds;
@@ -412,11 +759,17 @@ run_serve(struct opts *o)
 	if (o->json) {
 		printf("{\n  \"mode\": \"serve\",\n  \"backend\": \"%s\",\n  \"shards\": %u,\n",
 		       o->be->name, c->shards);
-		printf("  \"bytes\": %llu,\n  \"accepted\": %llu,\n  \"cpu_ns\": %llu,\n"
-		       "  \"syscalls\": %llu,\n  \"syscalls_what\": \"%s\",\n",
-		       (unsigned long long)ss.bytes_in, (unsigned long long)ss.accepted,
-		       (unsigned long long)ss.cpu_ns, (unsigned long long)ss.syscalls,
-		       ss.syscalls_what);
+		printf("  \"idle_poll_us\": %u,\n  \"busy_poll_us\": %u,\n", o->rt.idle_poll_us,
+		       c->busy_poll_us);
+		printf("  \"bytes\": %llu,\n  \"bytes_out\": %llu,\n  \"dgrams_in\": %llu,\n"
+		       "  \"dgrams_out\": %llu,\n  \"accepted\": %llu,\n  \"cpu_ns\": %llu,\n"
+		       "  \"syscalls\": %llu,\n  \"syscalls_what\": \"%s\",\n  \"sleeps\": %llu,\n"
+		       "  \"polls\": %llu,\n",
+		       (unsigned long long)ss.bytes_in, (unsigned long long)ss.bytes_out,
+		       (unsigned long long)ss.dgrams_in, (unsigned long long)ss.dgrams_out,
+		       (unsigned long long)ss.accepted, (unsigned long long)ss.cpu_ns,
+		       (unsigned long long)ss.syscalls, ss.syscalls_what,
+		       (unsigned long long)ss.sleeps, (unsigned long long)ss.polls);
 		json_num("size", c->size, o->has_size, "%.0f", false);
 		json_num("msgs", msgs, o->has_size, "%.0f", false);
 		json_num("server_cpu_ns_per_msg", ss.cpu_ns / msgs, o->has_size && msgs > 0, "%.0f",
@@ -430,8 +783,14 @@ run_serve(struct opts *o)
 		       (unsigned long long)ss.bytes_in, (unsigned long long)ss.accepted,
 		       ss.cpu_ns / 1e6, (unsigned long long)ss.syscalls, ss.syscalls_what,
 		       (unsigned long long)ss.errors);
+		printf("bytes in %llu out %llu; datagrams in %llu out %llu; %llu blocking waits, "
+		       "%llu busy polls\n",
+		       (unsigned long long)ss.bytes_in, (unsigned long long)ss.bytes_out,
+		       (unsigned long long)ss.dgrams_in, (unsigned long long)ss.dgrams_out,
+		       (unsigned long long)ss.sleeps, (unsigned long long)ss.polls);
 		if (o->has_size && msgs > 0)
-			printf("per message of %u B (+4 B length): %.0f ns CPU, %.3f syscalls\n",
+			printf("per message of %u B (+4 B length), whole life: %.0f ns CPU, %.3f "
+			       "syscalls\n",
 			       c->size, ss.cpu_ns / msgs, ss.syscalls / msgs);
 	}
 	return ss.errors ? 1 : 0;
@@ -441,17 +800,40 @@ int
 bench_net(int argc, char **argv)
 {
 	struct opts o;
+	char err[512];
 	int rc;
 
 	memset(&o, 0, sizeof(o));
 	o.prog = argv[0];
 	o.serve = !strcmp(argv[0], "serve");
 	defaults(&o, BENCH_PINGPONG);
-	for (int m = 0; m < 4; m++)
+	for (unsigned m = 0; m < NMODES; m++)
 		if (!strcmp(argv[0], mode_names[m]))
 			defaults(&o, (enum bench_mode)m);
 	if (o.serve)
 		o.seconds = 0;
+	/* keel's runtime options (--idle-poll-us, --shards, --cpuset...), keel-bench's
+	 * defaults first: quiet logs, 64 MiB of buffers per shard. */
+	keel_opts_init(&o.rt);
+	o.rt.log_level = KEEL_LOG_WARN;
+	o.rt.memory = 64ull << 20;
+	rc = keel_opts_parse(&o.rt, &argc, argv, err, sizeof(err));
+	if (rc < 0) {
+		fprintf(stderr, "keel-bench %s: %s\n", o.prog, err);
+		return 2;
+	}
+	if (rc == 1) {
+		fputs(o.serve ? serve_usage : client_usage, stdout);
+		keel_opts_help(stdout);
+		return 0;
+	}
+	if (o.rt.shards_given)
+		o.cfg.shards = o.rt.shards;
+	if (o.rt.cpuset_given) {
+		o.cfg.cpus = o.rt.cpuset;
+		o.cfg.cpus_given = true;
+	}
+	o.cfg.rt = &o.rt;
 	rc = parse(&o, argc, argv);
 	if (rc)
 		return rc;

@@ -24,7 +24,8 @@
 uint64_t
 bench_unit(const struct bench_cfg *cfg)
 {
-	return (uint64_t)cfg->size + (cfg->mode == BENCH_STREAM ? 0 : BENCH_HDR);
+	return (uint64_t)cfg->size +
+	       (cfg->mode == BENCH_STREAM || cfg->mode == BENCH_UDP ? 0 : BENCH_HDR);
 }
 
 int

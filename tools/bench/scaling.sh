@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# Shard scaling, keel's server against the epoll server, one client program for both: for each
+# server shard count S (default 1,2,4,8,12) the servers run on CPUs 0..S-1 and the client on
+# the remaining CPUs S..N-1 (as many client threads), through tools/bench/compare.sh (both
+# policies, alternating repetitions, server CPU over the window, client-bound flag). Rows grow
+# with S so that SO_REUSEPORT spreads the connections over every shard: pingpong 64 B with 32
+# connections per shard, throughput 64 B x 64 in flight with 4 connections per shard.
+# Out: OUT/scaling.md (one table: shards x row x policy), OUT/scaling.tsv, OUT/scaling.png
+# (when gnuplot is there), OUT/shards-S/ (compare.sh's files). Installs nothing, builds
+# nothing: give it a built bin directory (cmake --build; keel-bench is all it runs).
+# Default: 5 shard counts x 2 rows x 2 policies x 2 servers x 3 reps x (2 s + 0.5 s warm-up)
+# = 120 runs, about 6-7 minutes.
+#   tools/bench/scaling.sh [options]
+#     --bin DIR         directory of keel-bench (default build-release/bin)
+#     --shards LIST     server shard counts (default 1,2,4,8,12)
+#     --cpus N          CPUs to use, 0..N-1 (default: all online)
+#     --reps N          repetitions (default 3)      --seconds S  window (default 2)
+#     --warmup S        warm-up (default 0.5)        --out DIR    (default scaling-results)
+#     --policies LIST   block,spin (default both)    --client B   epoll (default) or keel
+#     --rows LIST       row specs for compare.sh with {S} for the shard count (default
+#                       "pp64:pingpong:64:1:32*{S},tp64:throughput:64:64:4*{S}")
+#     --allow-shared    when no CPU is left for the client (S >= N), run it on all CPUs
+#                       (marked "shared" in the table; for trying the script on a small box)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cmdline="tools/bench/scaling.sh $*"
+
+bin=$root/build-release/bin shards_list=1,2,4,8,12 ncpu=$(nproc) reps=3 secs=2 warmup=0.5
+out=scaling-results policies=block,spin client=epoll shared=0
+rows='pp64:pingpong:64:1:32*{S},tp64:throughput:64:64:4*{S}'
+usage() { sed -n '/^#   tools\/bench\/scaling.sh \[options\]/,/^set -e/{/^#/s/^# \{0,1\}//p}' "$0"; }
+while [ $# -gt 0 ]; do
+	case $1 in
+	--bin) bin=${2:?}; shift ;;
+	--shards) shards_list=${2:?}; shift ;;
+	--cpus) ncpu=${2:?}; shift ;;
+	--reps) reps=${2:?}; shift ;;
+	--seconds) secs=${2:?}; shift ;;
+	--warmup) warmup=${2:?}; shift ;;
+	--out) out=${2:?}; shift ;;
+	--policies) policies=${2:?}; shift ;;
+	--client) client=${2:?}; shift ;;
+	--rows) rows=${2:?}; shift ;;
+	--allow-shared) shared=1 ;;
+	-h | --help) usage; exit 0 ;;
+	*) echo "scaling.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
+	esac
+	shift
+done
+[[ $ncpu =~ ^[1-9][0-9]*$ ]] || { echo "scaling.sh: --cpus must be a positive integer" >&2; exit 2; }
+[ -x "$bin/keel-bench" ] || { echo "scaling.sh: no keel-bench in $bin (build first, or --bin DIR)" >&2; exit 1; }
+IFS=, read -ra S <<<"$shards_list"
+for s in "${S[@]}"; do
+	[[ $s =~ ^[1-9][0-9]*$ ]] || { echo "scaling.sh: --shards: '$s' is not a positive integer" >&2; exit 2; }
+	if [ "$s" -ge "$ncpu" ] && [ $shared -eq 0 ]; then
+		echo "scaling.sh: $s shards leave no CPU of $ncpu for the client (fewer shards, --cpus, or --allow-shared)" >&2
+		exit 2
+	fi
+done
+mkdir -p "$out"
+t0=$(date +%s)
+for s in "${S[@]}"; do
+	srv="0-$((s - 1))"
+	if [ "$s" -lt "$ncpu" ]; then
+		cli="$s-$((ncpu - 1))"
+	else
+		cli="0-$((ncpu - 1))"
+	fi
+	r=${rows//\{S\}/$s}
+	# conns expressions like 32*4 -> 128
+	spec=()
+	IFS=, read -ra rr <<<"$r"
+	for x in "${rr[@]}"; do
+		IFS=: read -r n m sz inf c <<<"$x"
+		spec+=("$n:$m:$sz:$inf:$((c))")
+	done
+	echo "== $s shard(s) on CPUs $srv, client on CPUs $cli ($(($(date +%s) - t0)) s so far)"
+	bash "$root/tools/bench/compare.sh" --bin "$bin" --shards "$s" --server-cpus "$srv" --client-cpus "$cli" \
+		--rows "$(IFS=,; echo "${spec[*]}")" --reps "$reps" --seconds "$secs" --warmup "$warmup" \
+		--policies "$policies" --client "$client" --out "$out/shards-$s" --no-plot --no-iperf >"$out/shards-$s.log" 2>&1 || {
+		echo "scaling.sh: compare.sh failed for $s shard(s):" >&2
+		tail -n 30 "$out/shards-$s.log" >&2
+		exit 1
+	}
+done
+
+tsv=$out/scaling.tsv
+{
+	head -n 1 "$out/shards-${S[0]}/summary.tsv" | sed 's/^/shards\tclient_cpus\t/'
+	for s in "${S[@]}"; do
+		if [ "$s" -lt "$ncpu" ]; then c="$s-$((ncpu - 1))"; else c="0-$((ncpu - 1)) (shared)"; fi
+		tail -n +2 "$out/shards-$s/summary.tsv" | sed "s/^/$s\t$c\t/"
+	done
+} >"$tsv"
+
+md=$out/scaling.md
+cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+{
+	echo "# Shard scaling: keel vs epoll servers, one $client client"
+	echo
+	echo "- machine: $(nproc) CPUs (using $ncpu), ${cpu:-unknown CPU}, Linux $(uname -r)"
+	echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'); command: \`$cmdline\`"
+	echo "- S shards on CPUs 0..S-1, the client on the other CPUs with one thread per CPU (at most one per connection)"
+	echo "- $reps alternating repetitions of ${secs} s (+${warmup} s warm-up); median (min-max); method: docs/bench.md"
+	echo "- policies: block = keel --idle-poll-us 0 / epoll --busy-poll-us 0; spin = both 50 us"
+	echo "- server cores: the server's CPU time over the window / window; client-bound: the client used >= 0.9 of its cores"
+	echo
+	echo "| shards | client CPUs | row | mode | conns | policy | unit | keel median (min-max) | epoll median (min-max) | keel/epoll (min-max) | server cores keel / epoll | server CPU ns/msg keel / epoll | p99 µs keel / epoll | flags |"
+	echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+	awk -F'\t' '
+	function v(x) { return (x == "" || x == "null" || x == "-") ? "-" : sprintf("%.0f", x) }
+	function g(x) { return (x == "" || x == "null" || x == "-") ? "-" : sprintf("%.2f", x) }
+	function f1(x) { return (x == "" || x == "null" || x == "-") ? "-" : sprintf("%.1f", x) }
+	NR == 1 { next }
+	{ k = $1 SUBSEP $3 SUBSEP $9; L[k, $10] = $0; if (!(k in seen)) { seen[k] = 1; ord[++n] = k } }
+	END {
+		for (i = 1; i <= n; i++) {
+			k = ord[i]; split(L[k, "keel"], K, "\t"); split(L[k, "epoll"], E, "\t")
+			src = (K[1] != "") ? L[k, "keel"] : L[k, "epoll"]; split(src, A, "\t")
+			mode = A[4]; unit = mode == "stream" ? "Gb/s" : mode == "pingpong" ? "round trips/s" : mode == "udp" ? "datagrams/s" : "msgs/s"
+			fl = ""
+			if (K[20] > 0) fl = fl "client-bound keel " K[20] "/" K[11] "; "
+			if (E[20] > 0) fl = fl "client-bound epoll " E[20] "/" E[11] "; "
+			if (A[2] ~ /shared/) fl = fl "client shares the server CPUs; "
+			sub(/; $/, "", fl)
+			printf "| %s | %s | %s | %s | %s | %s | %s | %s (%s-%s) | %s (%s-%s) | %s (%s-%s) | %s / %s | %s / %s | %s / %s | %s |\n", \
+				A[1], A[2], A[3], mode, A[7], A[9], unit, v(K[12]), v(K[13]), v(K[14]), v(E[12]), v(E[13]), v(E[14]), \
+				g(K[22]), g(K[23]), g(K[24]), g(K[18]), g(E[18]), v(K[17]), v(E[17]), f1(K[16]), f1(E[16]), fl
+		}
+	}' "$tsv"
+} >"$md"
+
+if command -v gnuplot >/dev/null; then
+	dat=$out/scaling.dat
+	awk -F'\t' 'NR > 1 { print $3 "-" $9 "-" $10, $1, $12, $13, $14 }' "$tsv" | sort -k1,1 -k2,2n >"$dat"
+	series=$(cut -d' ' -f1 "$dat" | sort -u)
+	plot=""
+	for sname in $series; do
+		plot+="${plot:+, }'< grep \"^$sname \" $dat' using 2:3:4:5 with yerrorlines title '$sname'"
+	done
+	term="pngcairo size 1000,550 font ',10'"
+	echo 'set terminal' | gnuplot 2>&1 | grep -q pngcairo || term="png size 1000,550"
+	gnuplot <<EOF || echo "scaling.sh: gnuplot failed; no scaling.png" >&2
+set terminal $term
+set output '$out/scaling.png'
+set title "msgs/s by server shards (median, bars min-max); row-policy-server"
+set xlabel "server shards"
+set ylabel "round trips/s or msgs/s"
+set logscale y
+set logscale x 2
+set xtics ($(IFS=,; echo "${S[*]}"))
+set grid
+set key outside right noenhanced
+plot $plot
+EOF
+fi
+cat "$md"
+echo
+echo "wrote $md and $tsv$([ -s "$out/scaling.png" ] && echo " and $out/scaling.png") ($(($(date +%s) - t0)) s)"
