@@ -85,6 +85,9 @@ shard_check_fail_eq(const char *file, int line, const char *expr, long long a, l
 		ok_;                                                                  \
 	})
 
+/* Record a failure outright: SHARD_FAIL("write of buffer %u: %d", i, res). */
+#define SHARD_FAIL(...) ((void)shard_check_fail(__FILE__, __LINE__, "", __VA_ARGS__))
+
 /* SHARD_CHECK(a == b) that also records both values (as long long); each is evaluated
  * once. */
 #define SHARD_CHECK_EQ(a, b, ...)                                                     \
