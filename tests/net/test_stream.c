@@ -200,7 +200,7 @@ Test(net_stream, shutdown_with_open_connections)
 	cr_assert_eq(atomic_load(&s.closes), 8);
 	cr_assert_eq(atomic_load(&s.close_errors), 8);
 	for (int i = 0; i < 8; i++) {
-		cr_assert_eq(recv(fds[i], b, 1, 0), 0, "server side closed");
+		cr_assert_eq(cli_recv(fds[i], b, 1), 0, "server side closed");
 		close(fds[i]);
 	}
 }

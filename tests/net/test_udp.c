@@ -88,8 +88,7 @@ udp_echo_run(const char *feature)
 	cr_assert_eq(keel_net_config_set(&nc), 0);
 	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
 	cr_assert_eq(keel_runtime_start(rt, udp_start, &us), 0);
-	while (!atomic_load(&us.port))
-		sched_yield();
+	WAIT_FOR(atomic_load(&us.port), "the shard to open its UDP socket");
 	cr_assert_eq(atomic_load(&us.open_err), 0);
 	dst.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	dst.sin_port = htons(atomic_load(&us.port));
