@@ -22,7 +22,9 @@
 
 #include <criterion/criterion.h>
 
+#ifndef TEST_WAIT_MS /* -DTEST_WAIT_MS=2000 shows a timeout quickly */
 #define TEST_WAIT_MS 30000
+#endif
 
 static inline uint64_t __attribute__((unused)) test_now_ms(void)
 {
@@ -55,7 +57,13 @@ static inline void __attribute__((unused)) test_pause(void)
  * naming the condition and the optional message (a format string literal and arguments):
  *	WAIT_UNTIL(atomic_load(&closes) == 1, TEST_WAIT_MS, "on_close of connection %d", i);
  */
-#define WAIT_UNTIL(cond, ms, ...)                                                          \
+#define WAIT_UNTIL(cond, ms, ...) WAIT_UNTIL_(cond, #cond, ms, __VA_ARGS__)
+
+/* WAIT_UNTIL with the suite's deadline. */
+#define WAIT_FOR(cond, ...) WAIT_UNTIL_(cond, #cond, TEST_WAIT_MS, __VA_ARGS__)
+
+/* (The condition is stringified by the macro the test calls, before its macros expand.) */
+#define WAIT_UNTIL_(cond, text, ms, ...)                                                   \
 	do {                                                                               \
 		uint64_t wait_dl_ = test_deadline(ms);                                     \
 		while (!(cond)) {                                                          \
@@ -63,19 +71,19 @@ static inline void __attribute__((unused)) test_pause(void)
 				char wait_what_[256];                                      \
 				snprintf(wait_what_, sizeof(wait_what_), " " __VA_ARGS__); \
 				cr_assert_fail("timed out after %u ms waiting for (%s)%s", \
-					       (unsigned)(ms), #cond, wait_what_);         \
+					       (unsigned)(ms), text, wait_what_);          \
 			}                                                                  \
 			test_pause();                                                      \
 		}                                                                          \
 	} while (0)
 
-/* WAIT_UNTIL with the suite's deadline. */
-#define WAIT_FOR(cond, ...) WAIT_UNTIL(cond, TEST_WAIT_MS, __VA_ARGS__)
-
-/* poll() a descriptor for @events, riding out signals, for at most @ms; fails the test
- * naming @what when nothing came. Returns the revents. */
-static inline short __attribute__((unused))
-wait_fd(int fd, short events, unsigned ms, const char *what)
+/* poll() a descriptor for @events, riding out signals, for at most @ms; when nothing came,
+ * kill @child (if not 0: a forked child that would outlive the failed test) and fail the
+ * test naming @what. Returns the revents. */
+#define wait_fd(fd, events, ms, child, what) \
+	wait_fd_(fd, events, ms, child, what, __FILE__, __LINE__)
+static inline short __attribute__((unused)) wait_fd_(int fd, short events, unsigned ms, pid_t child,
+						     const char *what, const char *file, int line)
 {
 	struct pollfd pf = { .fd = fd, .events = events };
 	uint64_t dl = test_deadline(ms);
@@ -88,7 +96,14 @@ wait_fd(int fd, short events, unsigned ms, const char *what)
 			continue;
 		break;
 	}
-	cr_assert_gt(r, 0, "%s: %s after %u ms", what, r < 0 ? strerror(errno) : "nothing", ms);
+	if (r <= 0 && child > 0) {
+		int e = errno;
+		kill(child, SIGKILL);
+		waitpid(child, NULL, 0);
+		errno = e;
+	}
+	cr_assert_gt(r, 0, "%s:%d: waiting for %s: %s after %u ms", file, line, what,
+		     r < 0 ? strerror(errno) : "nothing", ms);
 	return pf.revents;
 }
 
@@ -96,7 +111,9 @@ wait_fd(int fd, short events, unsigned ms, const char *what)
  * Wait for child @pid to exit, for at most @ms; on the deadline kill it (SIGKILL, then
  * reap) and fail the test naming @what. Returns the wait status.
  */
-static inline int __attribute__((unused)) wait_child(pid_t pid, unsigned ms, const char *what)
+#define wait_child(pid, ms, what) wait_child_(pid, ms, what, __FILE__, __LINE__)
+static inline int __attribute__((unused))
+wait_child_(pid_t pid, unsigned ms, const char *what, const char *file, int line)
 {
 	uint64_t dl = test_deadline(ms);
 	int status = 0;
@@ -106,12 +123,14 @@ static inline int __attribute__((unused)) wait_child(pid_t pid, unsigned ms, con
 		if (test_expired(dl)) {
 			kill(pid, SIGKILL);
 			waitpid(pid, &status, 0);
-			cr_assert_fail("%s: child %d still running after %u ms (killed)", what,
-				       (int)pid, ms);
+			cr_assert_fail("%s:%d: waiting for %s: child %d still running after %u "
+				       "ms (killed)",
+				       file, line, what, (int)pid, ms);
 		}
 		test_pause();
 	}
-	cr_assert_eq(r, pid, "%s: waitpid: %s", what, strerror(errno));
+	cr_assert_eq(r, pid, "%s:%d: waiting for %s: waitpid: %s", file, line, what,
+		     strerror(errno));
 	return status;
 }
 
@@ -120,8 +139,11 @@ static inline int __attribute__((unused)) wait_child(pid_t pid, unsigned ms, con
  * terminated), then wait for it to exit, all within @ms; on the deadline kill it and fail
  * the test naming @what and showing the output so far. Returns the wait status.
  */
+#define wait_child_output(pid, fd, out, len, ms, what) \
+	wait_child_output_(pid, fd, out, len, ms, what, __FILE__, __LINE__)
 static inline int __attribute__((unused))
-wait_child_output(pid_t pid, int fd, char *out, size_t len, unsigned ms, const char *what)
+wait_child_output_(pid_t pid, int fd, char *out, size_t len, unsigned ms, const char *what,
+		   const char *file, int line)
 {
 	uint64_t dl = test_deadline(ms);
 	size_t got = 0;
@@ -139,10 +161,12 @@ wait_child_output(pid_t pid, int fd, char *out, size_t len, unsigned ms, const c
 		if (r == 0) {
 			kill(pid, SIGKILL);
 			waitpid(pid, NULL, 0);
-			cr_assert_fail("%s: child %d not done after %u ms (killed); output: %s",
-				       what, (int)pid, ms, out);
+			cr_assert_fail("%s:%d: waiting for %s: child %d not done after %u ms "
+				       "(killed); output: %s",
+				       file, line, what, (int)pid, ms, out);
 		}
-		cr_assert_gt(r, 0, "%s: poll: %s", what, strerror(errno));
+		cr_assert_gt(r, 0, "%s:%d: waiting for %s: poll: %s", file, line, what,
+			     strerror(errno));
 		/* Past @len, keep reading (and dropping) so the child never blocks on us. */
 		if (got + 1 < len)
 			n = read(fd, out + got, len - 1 - got);
@@ -159,7 +183,7 @@ wait_child_output(pid_t pid, int fd, char *out, size_t len, unsigned ms, const c
 	}
 	{
 		uint64_t now = test_now_ms();
-		return wait_child(pid, now >= dl ? 1 : (unsigned)(dl - now), what);
+		return wait_child_(pid, now >= dl ? 1 : (unsigned)(dl - now), what, file, line);
 	}
 }
 

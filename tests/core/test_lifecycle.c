@@ -109,11 +109,11 @@ Test(core_lifecycle, second_signal_forces_exit, .timeout = 60)
 		keel_log_set_level(KEEL_LOG_ERROR);
 		_exit(keel_run(&o, sig_child_start, NULL) == 0 ? 0 : 1);
 	}
-	wait_fd(sig_pipe[0], POLLIN, TEST_WAIT_MS, "the child's runtime to start");
+	wait_fd(sig_pipe[0], POLLIN, TEST_WAIT_MS, pid, "the child's runtime to start");
 	cr_assert_eq(read(sig_pipe[0], &c, 1), 1);
 	cr_assert_eq(c, 'r');
 	kill(pid, SIGTERM);
-	wait_fd(sig_pipe[0], POLLIN, TEST_WAIT_MS, "the stop hook after SIGTERM");
+	wait_fd(sig_pipe[0], POLLIN, TEST_WAIT_MS, pid, "the stop hook after SIGTERM");
 	cr_assert_eq(read(sig_pipe[0], &c, 1), 1);
 	cr_assert_eq(c, 's', "the first signal did not begin the stop");
 	kill(pid, SIGINT);

@@ -39,7 +39,7 @@ feature(struct keel_opts *o, const char *spec)
 static void
 poll_intr(struct pollfd *pf, const char *what)
 {
-	pf->revents = wait_fd(pf->fd, pf->events, TEST_WAIT_MS, what);
+	pf->revents = wait_fd(pf->fd, pf->events, TEST_WAIT_MS, 0, what);
 }
 
 /* 1,000 connections open at once, 100 round trips of 64 bytes each, all interleaved. */
