@@ -4,19 +4,22 @@
  * timers, completions, connection callbacks) and helper threads.
  *
  * Criterion's cr_assert ends a test by longjmp'ing to the test thread's frame; called on a
- * shard thread it jumps across threads and the run crashes or hangs instead of failing.
- * SHARD_CHECK records the failure instead: a count, and the first message with its
- * file:line (each one is also printed to stderr at once). The code carries on (or bails
- * out itself: SHARD_CHECK is an expression that is false when the check failed), and the
- * test thread calls SHARD_CHECKS_PASSED() after keel_run()/keel_runtime_join() returned.
+ * shard thread it jumps across threads onto another thread's stack (undefined behaviour:
+ * under ASan a false cr_assert in a shard callback is a stack-buffer-overflow crash, not a
+ * failure). SHARD_CHECK records the failure instead: a count, and the first message with
+ * its file:line (each one is also printed to stderr at once). The code carries on (or
+ * bails out itself: SHARD_CHECK is an expression that is false when the check failed),
+ * and the test thread calls SHARD_CHECKS_PASSED() once the shards ended, before it looks
+ * at the runtime's status (a failed check usually stops the runtime with an error):
  *
  *	if (!SHARD_CHECK_EQ(keel_timer_create(fn, arg, &t), 0)) {
  *		keel_stop(-EIO);
  *		return;
  *	}
  *	...
- *	cr_assert_eq(keel_run(&o, start, &st), 0);  (or -EIO: a check stopped it)
+ *	int r = keel_run(&o, start, &st);
  *	SHARD_CHECKS_PASSED();
+ *	cr_assert_eq(r, 0);
  *
  * The record is per test file (a static in each translation unit): Criterion runs every
  * test in a process of its own, so one test's failures never reach another.
