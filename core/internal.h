@@ -50,11 +50,13 @@ struct msg {
 _Static_assert(sizeof(struct msg) == 32, "two messages per cache line");
 
 /* Single-producer single-consumer queue from one shard to another, allocated by (and
- * NUMA-local to) the receiver. Producer and consumer fields live on separate cache lines;
- * each side caches the other's index so the shared line is read only when needed. */
+ * NUMA-local to) the receiver. Producer and consumer fields live on separate cache lines.
+ * Only the producer caches the other side's index: it rereads the consumer's head only
+ * when its copy says the queue is full (mbox_has_room). The consumer keeps no copy of
+ * tail: it drains only when the sender's mail bit says there is something, and then reads
+ * tail once per drain (drain_one). */
 struct mbox {
 	_Alignas(KEEL_CACHELINE) _Atomic uint32_t head; /* consumer: next slot to read */
-	uint32_t tail_cache;                            /* consumer's copy of tail */
 	_Alignas(KEEL_CACHELINE) _Atomic uint32_t tail; /* producer: published end */
 	uint32_t head_cache;                            /* producer's copy of head */
 	uint32_t tail_local;                            /* producer: written, not yet published */

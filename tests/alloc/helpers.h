@@ -9,6 +9,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "shard_check.h"
+#include "wait.h"
+
 /* A log capture: every line appended, thread-safe (shards log concurrently). */
 struct logcap {
 	pthread_mutex_t lock;

@@ -126,6 +126,7 @@ child(char *out, size_t len)
 	o.shards = 2;
 	o.signals = false;
 	o.log_level = KEEL_LOG_INFO;
+	o.idle_poll_us = 0; /* two tests at once on two cores: no spinning shards */
 	o.memory = 16 << 20;
 	st.fd = fds[0];
 	r = keel_run(&o, ml_start, &st);
@@ -184,10 +185,8 @@ Test(alloc_memlock, low_rlimit_without_cap_ipc_lock_falls_back_or_fails_when_for
 		_exit(rc);
 	}
 	close(p[1]);
-	for (ssize_t n, got = 0; (n = read(p[0], msg + got, sizeof(msg) - 1 - (size_t)got)) > 0;)
-		got += n;
+	status = wait_child_output(pid, p[0], msg, sizeof(msg), TEST_WAIT_MS, "the memlock child");
 	close(p[0]);
-	cr_assert_eq(waitpid(pid, &status, 0), pid);
 	cr_assert(WIFEXITED(status), "child died (status %#x)", status);
 	cr_assert_eq(WEXITSTATUS(status), 0, "%s", msg);
 }
@@ -278,6 +277,7 @@ midrun_child(char *out, size_t len, int on)
 	o.shards = 1;
 	o.signals = false;
 	o.log_level = KEEL_LOG_INFO;
+	o.idle_poll_us = 0; /* two tests at once on two cores: no spinning shards */
 	o.memory = 8 << 20;
 	const char *p = on ? "on" : "auto";
 	cap.len = 0;
@@ -327,6 +327,7 @@ twice_child(char *out, size_t len, int unused)
 	o.shards = 1;
 	o.signals = false;
 	o.log_level = KEEL_LOG_INFO;
+	o.idle_poll_us = 0; /* two tests at once on two cores: no spinning shards */
 	o.memory = 16 << 20;
 	for (int i = 0; i < 2; i++) {
 		struct keel_runtime *rt;
@@ -359,10 +360,8 @@ run_child(int (*fn)(char *, size_t, int), int arg)
 		_exit(rc);
 	}
 	close(p[1]);
-	for (ssize_t n, got = 0; (n = read(p[0], msg + got, sizeof(msg) - 1 - (size_t)got)) > 0;)
-		got += n;
+	status = wait_child_output(pid, p[0], msg, sizeof(msg), TEST_WAIT_MS, "the memlock child");
 	close(p[0]);
-	cr_assert_eq(waitpid(pid, &status, 0), pid);
 	cr_assert(WIFEXITED(status), "child died (status %#x)", status);
 	cr_assert_eq(WEXITSTATUS(status), 0, "%s", msg);
 }

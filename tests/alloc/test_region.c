@@ -184,6 +184,7 @@ Test(alloc_region, runtime_with_hugepages_and_none_reserved_fails_start_up)
 	o.signals = false;
 	o.log_level = KEEL_LOG_ERROR;
 	o.hugepages = true;
+	o.idle_poll_us = 0;
 	keel_log_set_sink(logcap_keel_sink, &cap);
 	o.shards = 2;
 	cr_assert_eq(keel_run(&o, NULL, NULL), -ENOMEM);

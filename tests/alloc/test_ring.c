@@ -4,14 +4,13 @@
  * with a fixed buffer over loopback, the first request of a shard with 1 GiB of regions,
  * cross-shard transfer and release at home, the cap on a shard, the forced-off fallback.
  *
- * Shard threads record the first failure in the test state; the test thread asserts after
- * keel_run() returns (Criterion's asserts belong to the test thread).
+ * Shard threads record failures with SHARD_CHECK (shard_check.h); the test thread asserts
+ * after keel_run() returns (Criterion's asserts belong to the test thread).
  */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <keel/keel.h>
 #include <netinet/in.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,34 +25,6 @@
 
 #define MiB (1ULL << 20)
 
-struct failure {
-	pthread_mutex_t lock;
-	char msg[512];
-};
-
-static struct failure fail_rec = { PTHREAD_MUTEX_INITIALIZER, "" };
-
-static void
-record_failure(const char *fmt, ...)
-{
-	va_list ap;
-	pthread_mutex_lock(&fail_rec.lock);
-	if (!fail_rec.msg[0]) {
-		va_start(ap, fmt);
-		vsnprintf(fail_rec.msg, sizeof(fail_rec.msg), fmt, ap);
-		va_end(ap);
-	}
-	pthread_mutex_unlock(&fail_rec.lock);
-}
-
-#define CHECK(cond, ...)                                                        \
-	do {                                                                    \
-		if (!(cond))                                                    \
-			record_failure("%s:%d: %s", __FILE__, __LINE__, #cond); \
-	} while (0)
-
-#define ASSERT_NO_FAILURE() cr_assert_eq(fail_rec.msg[0], 0, "%s", fail_rec.msg)
-
 static struct keel_opts
 ring_opts(unsigned shards, uint64_t memory)
 {
@@ -63,6 +34,7 @@ ring_opts(unsigned shards, uint64_t memory)
 	o.signals = false;
 	o.log_level = KEEL_LOG_WARN;
 	o.memory = memory;
+	o.idle_poll_us = 0; /* two tests at once on two cores: no spinning shards */
 	return o;
 }
 
@@ -93,6 +65,9 @@ tcp_pair(int fds[2])
 	fds[1] = accept(l, NULL, NULL);
 	cr_assert_geq(fds[1], 0);
 	close(l);
+	/* The receiving end's reads end at the suite's deadline (recv_all names the wait). */
+	struct timeval tv = { .tv_sec = TEST_WAIT_MS / 1000 };
+	cr_assert_eq(setsockopt(fds[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
 }
 
 static void
@@ -101,7 +76,12 @@ recv_all(int fd, uint8_t *buf, size_t len)
 	size_t got = 0;
 	while (got < len) {
 		ssize_t n = recv(fd, buf + got, len - got, 0);
-		cr_assert_gt(n, 0, "recv: %s", n < 0 ? strerror(errno) : "EOF");
+		if (n < 0 && errno == EINTR)
+			continue;
+		cr_assert_gt(n, 0, "waiting for %zu sent bytes, %zu arrived: %s", len, got,
+			     n == 0            ? "EOF"
+			     : errno == EAGAIN ? "nothing more within the deadline"
+					       : strerror(errno));
 		got += (size_t)n;
 	}
 }
@@ -138,10 +118,9 @@ fx_done(struct keel_op *op, int res, uint32_t flags)
 	struct fx_write *w = (struct fx_write *)op;
 	struct fx_state *st = w->st;
 
-	CHECK(res == (int)FX_BUF);
 	if (res != (int)FX_BUF)
-		record_failure("WRITE_FIXED of buffer %u: %d (%s)", w->i, res,
-			       res < 0 ? strerror(-res) : "short");
+		SHARD_FAIL("WRITE_FIXED of buffer %u: %d (%s)", w->i, res,
+			   res < 0 ? strerror(-res) : "short");
 	if (++st->done == st->n) {
 		for (unsigned i = 0; i < st->n; i++)
 			keel_slice_put(&st->bufs[i]);
@@ -156,10 +135,10 @@ fx_start(void *app)
 	struct keel_alloc *a = keel_shard_alloc();
 	int r;
 
-	CHECK(keel_shard_bufs_registered());
+	SHARD_CHECK(keel_shard_bufs_registered());
 	while (st->n < FX_COUNT && (r = keel_buf_alloc(a, FX_BUF, &st->bufs[st->n])) == 0)
 		st->n++;
-	CHECK(st->n == FX_COUNT); /* 64 KiB classes tile the regions exactly */
+	SHARD_CHECK(st->n == FX_COUNT); /* 64 KiB classes tile the regions exactly */
 	for (unsigned i = 0; i < st->n; i++) {
 		struct keel_slice *s = &st->bufs[i];
 		unsigned idx, ridx;
@@ -171,15 +150,15 @@ fx_start(void *app)
 			s->data[k] = pattern(i, k);
 		r = keel_buf_fixed(s, &idx, &off);
 		if (r < 0) {
-			record_failure("keel_buf_fixed(buffer %u): %s", i, strerror(-r));
+			SHARD_FAIL("keel_buf_fixed(buffer %u): %s", i, strerror(-r));
 			keel_stop(r);
 			return;
 		}
-		CHECK(keel_alloc_locate(a, s->data, &ridx, &roff) == 0);
-		CHECK(idx == ridx && off == roff);
-		CHECK(keel_alloc_region(a, idx, &base, &rlen) == 0);
-		CHECK((uint8_t *)base + off == s->data);
-		CHECK(off + s->len <= rlen);
+		SHARD_CHECK(keel_alloc_locate(a, s->data, &ridx, &roff) == 0);
+		SHARD_CHECK(idx == ridx && off == roff);
+		SHARD_CHECK(keel_alloc_region(a, idx, &base, &rlen) == 0);
+		SHARD_CHECK((uint8_t *)base + off == s->data);
+		SHARD_CHECK(off + s->len <= rlen);
 		if (off == 0 || off + s->len == rlen)
 			st->boundary_bufs++;
 		st->regions_used |= 1ULL << idx;
@@ -197,11 +176,13 @@ Test(alloc_ring, fixed_index_and_offset_correct_over_every_region_boundary)
 	struct keel_opts o = ring_opts(1, FX_MEM);
 	struct fx_state *st = calloc(1, sizeof(*st));
 	uint8_t *back = malloc(FX_BUF);
+	int rc;
 
 	st->memfd = memfd_create("keel-fixed", MFD_CLOEXEC);
 	cr_assert_geq(st->memfd, 0);
-	cr_assert_eq(keel_run(&o, fx_start, st), 0);
-	ASSERT_NO_FAILURE();
+	rc = keel_run(&o, fx_start, st);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(rc, 0);
 	cr_assert_eq(st->done, FX_COUNT);
 	cr_assert_eq(st->regions_used, 0xff, "all 8 regions used");
 	cr_assert_eq(st->boundary_bufs, 16, "a buffer on each side of every region boundary");
@@ -260,7 +241,7 @@ zc_start(void *app)
 
 	st->registered = keel_shard_bufs_registered();
 	if (keel_buf_alloc(keel_shard_alloc(), ZC_LEN, &st->s) < 0) {
-		record_failure("keel_buf_alloc failed");
+		SHARD_FAIL("keel_buf_alloc failed");
 		keel_stop(-ENOMEM);
 		return;
 	}
@@ -278,13 +259,14 @@ send_and_check(enum keel_policy reg, int expect_zc)
 	struct keel_opts o = ring_opts(1, 16 * MiB);
 	struct zc_state st = { 0 };
 	uint8_t *got = malloc(ZC_LEN);
-	int fds[2];
+	int fds[2], rc;
 
 	o.features[KEEL_FEAT_REG_BUFFERS] = reg;
 	tcp_pair(fds);
 	st.fd = fds[0];
-	cr_assert_eq(keel_run(&o, zc_start, &st), 0);
-	ASSERT_NO_FAILURE();
+	rc = keel_run(&o, zc_start, &st);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(rc, 0);
 	cr_assert_eq(st.zc, expect_zc, "keel_prep_send_buf chose %s",
 		     st.zc ? "SEND_ZC fixed" : "a plain send");
 	cr_assert_eq(st.registered, expect_zc);
@@ -346,7 +328,7 @@ first_start(void *app)
 	if (r == 0)
 		r = keel_buf_fixed(&fs->s, &idx, &off);
 	if (r < 0) {
-		record_failure("first request: %s", strerror(-r));
+		SHARD_FAIL("first request: %s", strerror(-r));
 		keel_stop(r);
 		return;
 	}
@@ -363,13 +345,15 @@ Test(alloc_ring, first_request_within_100ms_with_1gib_of_regions)
 	struct first_state fs = { .memfd = memfd_create("keel-first", MFD_CLOEXEC) };
 	struct keel_runtime *rt;
 	uint64_t t0, ms;
+	int rc;
 
 	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
 	t0 = now_ns();
 	cr_assert_eq(keel_runtime_start(rt, first_start, &fs), 0);
-	cr_assert_eq(keel_runtime_join(rt), 0);
+	rc = keel_runtime_join(rt);
 	keel_runtime_destroy(rt);
-	ASSERT_NO_FAILURE();
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(rc, 0);
 	cr_assert_eq(fs.res, 16384);
 	ms = (atomic_load(&fs.t_done) - t0) / 1000000;
 	/* The design property behind the bound: nothing near 1 GiB is pre-faulted or pinned
@@ -426,15 +410,15 @@ xs_receive(void *arg)
 	uint64_t off;
 	bool ok = true;
 
-	CHECK(keel_shard_id(keel_this_shard()) == 1);
+	SHARD_CHECK(keel_shard_id(keel_this_shard()) == 1);
 	for (size_t k = 0; k < m->s.len; k++)
 		ok &= m->s.data[k] == pattern(3, k);
-	CHECK(ok);
+	SHARD_CHECK(ok);
 	/* Its region is in shard 0's table, not ours. */
 	st->fixed_on_other = keel_buf_fixed(&m->s, &idx, &off);
 	keel_slice_put(&m->s);       /* the last reference: goes home to shard 0 */
 	keel_alloc_free(m->home, m); /* general memory of shard 0, freed here */
-	CHECK(keel_send(0, xs_check_home, st) == 0);
+	SHARD_CHECK(keel_send(0, xs_check_home, st) == 0);
 }
 
 static void
@@ -448,7 +432,7 @@ xs_start(void *app)
 		return;
 	a = keel_shard_alloc();
 	m = keel_alloc_malloc(a, sizeof(*m));
-	CHECK(m != NULL);
+	SHARD_CHECK(m != NULL);
 	if (!m || keel_buf_alloc(a, 3000, &m->s) < 0) {
 		keel_stop(-ENOMEM);
 		return;
@@ -459,16 +443,18 @@ xs_start(void *app)
 	m->home = a;
 	m->st = st;
 	keel_slice_move(&m->s, 1);
-	CHECK(keel_send(1, xs_receive, m) == 0);
+	SHARD_CHECK(keel_send(1, xs_receive, m) == 0);
 }
 
 Test(alloc_ring, cross_shard_transfer_and_release_at_home)
 {
 	struct keel_opts o = ring_opts(2, 16 * MiB);
 	struct xs_state st = { 0 };
+	int rc;
 
-	cr_assert_eq(keel_run(&o, xs_start, &st), 0);
-	ASSERT_NO_FAILURE();
+	rc = keel_run(&o, xs_start, &st);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(rc, 0);
 	cr_assert(st.checked);
 	cr_assert_eq(st.fixed_on_other, -EXDEV);
 	cr_assert_eq(st.remote_after, 1, "the last put on shard 1 sent the buffer home");
@@ -532,7 +518,7 @@ zl_start(void *app)
 		keel_stop(0);
 		return;
 	}
-	CHECK(keel_slice_sub(&s0, s0.len, 0, &end) == 0);
+	SHARD_CHECK(keel_slice_sub(&s0, s0.len, 0, &end) == 0);
 	zs->r = keel_buf_fixed(&end, &zs->idx, &zs->off);
 	keel_slice_put(&end);
 	keel_slice_put(&s0);
@@ -544,9 +530,11 @@ Test(alloc_ring, zero_length_slice_at_a_buffer_end_stays_in_its_region)
 {
 	struct keel_opts o = ring_opts(1, 8 * MiB);
 	struct zl_state zs = { .idx = 99 };
+	int rc;
 
-	cr_assert_eq(keel_run(&o, zl_start, &zs), 0);
-	ASSERT_NO_FAILURE();
+	rc = keel_run(&o, zl_start, &zs);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(rc, 0);
 	cr_assert_eq(zs.r, 0, "keel_buf_fixed: %s", strerror(-zs.r));
 	cr_assert_eq(zs.idx, 0, "the end of region 0's buffer resolved to region %u", zs.idx);
 	cr_assert_eq(zs.off, 4 * MiB);

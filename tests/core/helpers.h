@@ -6,7 +6,12 @@
 #include <keel/keel.h>
 #include <stdatomic.h>
 
-/* Options for a test runtime: quiet, no signal handling unless a test asks for it. */
+#include "shard_check.h"
+#include "wait.h"
+
+/* Options for a test runtime: quiet, no signal handling unless a test asks for it, and no
+ * idle polling (Criterion runs two tests at once on two cores: shards that spin between
+ * passes would starve each other; a test about polling sets idle_poll_us itself). */
 static inline struct keel_opts
 test_opts(unsigned shards)
 {
@@ -15,6 +20,7 @@ test_opts(unsigned shards)
 	o.shards = shards;
 	o.signals = false;
 	o.log_level = KEEL_LOG_WARN;
+	o.idle_poll_us = 0;
 	return o;
 }
 

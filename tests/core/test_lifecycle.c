@@ -109,13 +109,15 @@ Test(core_lifecycle, second_signal_forces_exit, .timeout = 60)
 		keel_log_set_level(KEEL_LOG_ERROR);
 		_exit(keel_run(&o, sig_child_start, NULL) == 0 ? 0 : 1);
 	}
+	wait_fd(sig_pipe[0], POLLIN, TEST_WAIT_MS, pid, "the child's runtime to start");
 	cr_assert_eq(read(sig_pipe[0], &c, 1), 1);
 	cr_assert_eq(c, 'r');
 	kill(pid, SIGTERM);
+	wait_fd(sig_pipe[0], POLLIN, TEST_WAIT_MS, pid, "the stop hook after SIGTERM");
 	cr_assert_eq(read(sig_pipe[0], &c, 1), 1);
 	cr_assert_eq(c, 's', "the first signal did not begin the stop");
 	kill(pid, SIGINT);
-	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	status = wait_child(pid, TEST_WAIT_MS, "exit on the second signal");
 	cr_assert(WIFEXITED(status), "child did not exit: status 0x%x", status);
 	cr_assert_eq(WEXITSTATUS(status), 128 + SIGINT);
 	close(sig_pipe[0]);
@@ -209,8 +211,9 @@ foreign_thread(void *p)
 	long bad = 0;
 
 	/* No cr_assert here: Criterion's assertions belong to the test's main thread. */
-	if (keel_xqueue_create(&q) < 0) {
+	if (!SHARD_CHECK_EQ(keel_xqueue_create(&q), 0, "thread %d", c->thread)) {
 		c->failures++;
+		free(reqs);
 		return NULL;
 	}
 	for (unsigned i = 0; i < FOREIGN_REQS; i++) {
@@ -219,13 +222,15 @@ foreign_thread(void *p)
 		reqs[i].done = (i % 2) ? NULL : foreign_done_cb;
 		reqs[i].arg = c->done_cb_count;
 		reqs[i].status = -1;
-		if (keel_runtime_submit(c->rt, i % nshards, &reqs[i]) != 0)
+		if (!SHARD_CHECK_EQ(keel_runtime_submit(c->rt, i % nshards, &reqs[i]), 0,
+				    "thread %d request %u", c->thread, i))
 			c->failures++;
 	}
 	while (got < FOREIGN_REQS / 2) {
-		int n = keel_xqueue_wait(q, out, 64, 20000);
-		if (n <= 0) {
-			c->failures++; /* completions stopped coming */
+		int n = keel_xqueue_wait(q, out, 64, TEST_WAIT_MS);
+		if (!SHARD_CHECK(n > 0, "thread %d: %u of %u completions, then none in %u ms (%d)",
+				 c->thread, got, FOREIGN_REQS / 2, TEST_WAIT_MS, n)) {
+			c->failures++;
 			break;
 		}
 		for (int k = 0; k < n; k++) {
@@ -258,11 +263,12 @@ Test(core_lifecycle, foreign_threads_submit_and_get_completions)
 		ctx[i] = (struct foreign_ctx){ rt, i, &done_cb, 0 };
 		pthread_create(&th[i], NULL, foreign_thread, &ctx[i]);
 	}
-	for (int i = 0; i < FOREIGN_THREADS; i++) {
+	for (int i = 0; i < FOREIGN_THREADS; i++)
 		pthread_join(th[i], NULL);
+	SHARD_CHECKS_PASSED();
+	for (int i = 0; i < FOREIGN_THREADS; i++)
 		cr_assert_eq(ctx[i].failures, 0, "foreign thread %d: %ld failures", i,
 			     ctx[i].failures);
-	}
 	/* The callbacks of the other half ran on the shards; wait for them through a request
 	 * queued behind them on every shard. */
 	for (unsigned s = 0; s < 3; s++) {
@@ -271,7 +277,8 @@ Test(core_lifecycle, foreign_threads_submit_and_get_completions)
 		cr_assert_eq(keel_xqueue_create(&q), 0);
 		r.queue = q;
 		cr_assert_eq(keel_runtime_submit(rt, s, &r), 0);
-		cr_assert_eq(keel_xqueue_wait(q, &out, 1, 10000), 1);
+		cr_assert_eq(keel_xqueue_wait(q, &out, 1, TEST_WAIT_MS), 1,
+			     "shard %u answered no request in %u ms", s, TEST_WAIT_MS);
 		keel_xqueue_destroy(q);
 	}
 	cr_assert_eq(atomic_load(&done_cb), FOREIGN_THREADS * FOREIGN_REQS / 2);
@@ -325,7 +332,10 @@ read_start(void *app)
 {
 	struct op_test *t = app;
 	struct io_uring_sqe *sqe = keel_sqe_get();
-	cr_assert_not_null(sqe);
+	if (!SHARD_CHECK(sqe != NULL, "keel_sqe_get()")) {
+		keel_stop(-EIO);
+		return;
+	}
 	io_uring_prep_read(sqe, t->fd[0], t->buf, sizeof(t->buf), 0);
 	keel_sqe_bind(sqe, &t->op);
 	keel_stop(0);
@@ -336,8 +346,12 @@ Test(core_lifecycle, stop_cancels_and_reaps_inflight_operations)
 	struct keel_opts o = test_opts(1);
 	struct op_test t = { .op.fn = read_done };
 
+	int r;
+
 	cr_assert_eq(pipe(t.fd), 0);
-	cr_assert_eq(keel_run(&o, read_start, &t), 0);
+	r = keel_run(&o, read_start, &t);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
 	cr_assert_eq(atomic_load(&t.completions), 1);
 	cr_assert_eq(t.res, -ECANCELED);
 	close(t.fd[0]);

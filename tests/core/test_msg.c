@@ -63,7 +63,11 @@ pump(void *arg)
 			struct pair_msg *m = &me->pool[d * PER_PAIR + me->next_send[d]];
 			m->src = me->shard;
 			m->seq = me->next_send[d]++;
-			cr_assert_eq(keel_send(d, on_msg, m), 0);
+			if (!SHARD_CHECK_EQ(keel_send(d, on_msg, m), 0, "shard %u to %u", me->shard,
+					    d)) {
+				keel_stop(-EIO);
+				return;
+			}
 		}
 		more |= me->next_send[d] < PER_PAIR;
 	}
@@ -86,6 +90,7 @@ Test(core_msg, million_messages_among_four_shards_arrive_once_in_order, .timeout
 	struct keel_opts o = test_opts(NSHARDS);
 	struct keel_runtime *rt;
 	uint64_t sent = 0, recv = 0, overflow = 0;
+	int r;
 
 	o.mailbox_entries = 256; /* small queues: the overflow path must carry order too */
 	mt = calloc(1, sizeof(*mt));
@@ -93,7 +98,9 @@ Test(core_msg, million_messages_among_four_shards_arrive_once_in_order, .timeout
 		mt->st[i].pool = calloc(PER_PAIR * NSHARDS, sizeof(struct pair_msg));
 	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
 	cr_assert_eq(keel_runtime_start(rt, mail_start, NULL), 0);
-	cr_assert_eq(keel_runtime_join(rt), 0);
+	r = keel_runtime_join(rt);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
 	for (unsigned i = 0; i < NSHARDS; i++) {
 		struct keel_shard_stats st;
 		cr_assert_eq(keel_runtime_stats(rt, i, &st), 0);
@@ -144,16 +151,19 @@ call_done(int status, void *arg)
 static void
 call_start(void *app)
 {
-	if (keel_shard_id(keel_this_shard()) == 1)
-		cr_assert_eq(keel_call(2, call_fn, app, call_done, app), 0);
+	if (keel_shard_id(keel_this_shard()) == 1 &&
+	    !SHARD_CHECK_EQ(keel_call(2, call_fn, app, call_done, app), 0))
+		keel_stop(-EIO);
 }
 
 Test(core_msg, call_runs_fn_remotely_and_done_on_caller)
 {
 	struct keel_opts o = test_opts(3);
 	struct call_test c = { -1, -1, 0 };
+	int r = keel_run(&o, call_start, &c);
 
-	cr_assert_eq(keel_run(&o, call_start, &c), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
 	cr_assert_eq(atomic_load(&c.fn_shard), 2);
 	cr_assert_eq(atomic_load(&c.done_shard), 1);
 	cr_assert_eq(atomic_load(&c.done_status), -42);
@@ -180,7 +190,7 @@ bcast_done(int status, void *arg)
 {
 	struct bcast_test *b = arg;
 	unsigned sum = 0;
-	cr_assert_eq(status, 0);
+	SHARD_CHECK_EQ(status, 0);
 	for (unsigned i = 0; i < BSHARDS; i++)
 		sum += atomic_load(&b->hits[i]);
 	atomic_store(&b->hits_at_done, sum);
@@ -192,16 +202,19 @@ bcast_done(int status, void *arg)
 static void
 bcast_start(void *app)
 {
-	if (keel_shard_id(keel_this_shard()) == 3)
-		cr_assert_eq(keel_broadcast(bcast_fn, app, bcast_done, app), 0);
+	if (keel_shard_id(keel_this_shard()) == 3 &&
+	    !SHARD_CHECK_EQ(keel_broadcast(bcast_fn, app, bcast_done, app), 0))
+		keel_stop(-EIO);
 }
 
 Test(core_msg, broadcast_reaches_every_shard_once)
 {
 	struct keel_opts o = test_opts(BSHARDS);
 	struct bcast_test b = { 0 };
+	int r = keel_run(&o, bcast_start, &b);
 
-	cr_assert_eq(keel_run(&o, bcast_start, &b), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
 	for (unsigned i = 0; i < BSHARDS; i++)
 		cr_assert_eq(atomic_load(&b.hits[i]), 1, "shard %u ran the broadcast %u times", i,
 			     atomic_load(&b.hits[i]));
@@ -214,7 +227,7 @@ Test(core_msg, broadcast_reaches_every_shard_once)
  * a slow ping-pong lands on a receiver asleep in the kernel. */
 struct wake_test {
 	unsigned rounds;
-	struct keel_timer *t;
+	struct keel_timer *t, *watchdog;
 };
 
 static int
@@ -238,7 +251,19 @@ wake_back(int status, void *arg)
 static void
 wake_tick(struct keel_timer *t, void *arg)
 {
-	keel_call(1, wake_noop, NULL, wake_back, arg);
+	if (!SHARD_CHECK_EQ(keel_call(1, wake_noop, NULL, wake_back, arg), 0))
+		keel_stop(-EIO);
+}
+
+/* The deadline: a reply that never comes (a sleeping shard never woken) ends the test
+ * with a message instead of a hang. */
+static void
+wake_deadline(struct keel_timer *t, void *arg)
+{
+	struct wake_test *w = arg;
+	SHARD_CHECK(false, "%u of 20 rounds in %u ms: the ping-pong stalled (a shard not woken?)",
+		    w->rounds, TEST_WAIT_MS);
+	keel_stop(-ETIMEDOUT);
 }
 
 static void
@@ -247,7 +272,12 @@ wake_start(void *app)
 	struct wake_test *w = app;
 	if (keel_shard_id(keel_this_shard()) != 0)
 		return;
-	cr_assert_eq(keel_timer_create(wake_tick, w, &w->t), 0);
+	if (!SHARD_CHECK_EQ(keel_timer_create(wake_tick, w, &w->t), 0) ||
+	    !SHARD_CHECK_EQ(keel_timer_create(wake_deadline, w, &w->watchdog), 0)) {
+		keel_stop(-EIO);
+		return;
+	}
+	keel_timer_start(w->watchdog, TEST_WAIT_MS * 1000ull, 0);
 	keel_timer_start(w->t, 2000, 0);
 }
 
@@ -257,11 +287,14 @@ Test(core_msg, sleeping_receiver_is_woken_by_msg_ring)
 	struct keel_runtime *rt;
 	struct keel_shard_stats st;
 	struct wake_test w = { 0 };
+	int r;
 
-	o.idle_poll_us = 0;
+	o.idle_poll_us = 0; /* about sleeping: said here too, not only in test_opts() */
 	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
 	cr_assert_eq(keel_runtime_start(rt, wake_start, &w), 0);
-	cr_assert_eq(keel_runtime_join(rt), 0);
+	r = keel_runtime_join(rt);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
 	cr_assert_eq(w.rounds, 20);
 	/* Shard 1 has no timer: it sleeps until woken, so finishing 20 rounds is itself the
 	 * proof; the counters show it slept and was woken (how often depends on scheduling). */

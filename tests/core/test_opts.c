@@ -157,7 +157,6 @@ run_capture(char *const argv[], char *out, size_t outlen)
 	posix_spawn_file_actions_t fa;
 	int pfd[2], status;
 	pid_t pid;
-	ssize_t n, total = 0;
 
 	cr_assert_eq(pipe(pfd), 0);
 	posix_spawn_file_actions_init(&fa);
@@ -166,11 +165,8 @@ run_capture(char *const argv[], char *out, size_t outlen)
 	posix_spawn_file_actions_addclose(&fa, pfd[0]);
 	cr_assert_eq(posix_spawn(&pid, argv[0], &fa, NULL, argv, environ), 0, "spawn %s", argv[0]);
 	close(pfd[1]);
-	while ((n = read(pfd[0], out + total, outlen - 1 - (size_t)total)) > 0)
-		total += n;
-	out[total] = 0;
+	status = wait_child_output(pid, pfd[0], out, outlen, TEST_WAIT_MS, argv[0]);
 	close(pfd[0]);
-	waitpid(pid, &status, 0);
 	posix_spawn_file_actions_destroy(&fa);
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }

@@ -23,6 +23,7 @@ struct start_state {
 	 * SINGLE_ISSUER refuses that thread's submit, DEFER_TASKRUN its GETEVENTS (EEXIST). */
 	bool probe_kernel;
 	_Atomic unsigned single_issuer_enforced, defer_taskrun_enforced;
+	uint64_t deadline; /* for shard 0's wait for the others (set by shard 0) */
 };
 
 struct probe {
@@ -47,6 +48,9 @@ stop_when_all_started(void *arg)
 	struct start_state *st = arg;
 	if (atomic_load(&st->started) == st->shards)
 		keel_stop(0);
+	else if (!SHARD_CHECK(!test_expired(st->deadline), "%u of %u shards started in %u ms",
+			      atomic_load(&st->started), st->shards, TEST_WAIT_MS))
+		keel_stop(-ETIMEDOUT);
 	else
 		keel_defer(stop_when_all_started, st);
 }
@@ -56,10 +60,14 @@ on_start_record(void *app)
 {
 	struct start_state *st = app;
 	struct keel_shard *sh = keel_this_shard();
-	unsigned flags = keel_shard_ring_flags(sh);
+	unsigned flags;
 
-	cr_assert_not_null(sh);
-	cr_assert_eq(keel_shard_count(sh), st->shards);
+	if (!SHARD_CHECK(sh != NULL, "on_start runs on a shard")) {
+		keel_stop(-EIO);
+		return;
+	}
+	flags = keel_shard_ring_flags(sh);
+	SHARD_CHECK_EQ(keel_shard_count(sh), st->shards);
 	if (sched_getcpu() == keel_shard_cpu(sh))
 		atomic_fetch_add(&st->on_cpu, 1);
 	if ((flags & st->need_flags) == st->need_flags && !(flags & st->forbid_flags))
@@ -76,8 +84,10 @@ on_start_record(void *app)
 			atomic_fetch_add(&st->defer_taskrun_enforced, 1);
 	}
 	atomic_fetch_add(&st->started, 1);
-	if (keel_shard_id(sh) == 0)
+	if (keel_shard_id(sh) == 0) {
+		st->deadline = test_deadline(TEST_WAIT_MS);
 		keel_defer(stop_when_all_started, st);
+	}
 }
 
 static int
@@ -103,8 +113,10 @@ run_shards(unsigned n)
 					  IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
 				  .probe_kernel = true };
 	int threads_before = count_threads();
+	int r = keel_run(&o, on_start_record, &st);
 
-	cr_assert_eq(keel_run(&o, on_start_record, &st), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
 	cr_assert_eq(atomic_load(&st.started), n);
 	cr_assert_eq(atomic_load(&st.ids_seen), (n == 32 ? 0 : (1u << n)) - 1);
 	cr_assert_eq(atomic_load(&st.on_cpu), n, "only %u of %u shards ran on their CPU",
@@ -140,9 +152,12 @@ Test(core_runtime, forced_coop_taskrun_fallback_works)
 					  IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER,
 				  .forbid_flags = IORING_SETUP_DEFER_TASKRUN,
 				  .probe_kernel = true };
+	int r;
 
 	o.features[KEEL_FEAT_DEFER_TASKRUN] = KEEL_POLICY_OFF;
-	cr_assert_eq(keel_run(&o, on_start_record, &st), 0);
+	r = keel_run(&o, on_start_record, &st);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
 	cr_assert_eq(atomic_load(&st.flags_ok), 2);
 	cr_assert_eq(atomic_load(&st.single_issuer_enforced), 2);
 	cr_assert_eq(atomic_load(&st.defer_taskrun_enforced), 0, "DEFER_TASKRUN still on");
@@ -154,9 +169,12 @@ Test(core_runtime, all_features_forced_off_still_runs)
 	struct start_state st = { .shards = 2,
 				  .forbid_flags =
 					  IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SINGLE_ISSUER };
+	int r;
 
 	for (int f = 0; f < KEEL_FEAT__COUNT; f++)
 		o.features[f] = KEEL_POLICY_OFF;
-	cr_assert_eq(keel_run(&o, on_start_record, &st), 0);
+	r = keel_run(&o, on_start_record, &st);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
 	cr_assert_eq(atomic_load(&st.flags_ok), 2);
 }

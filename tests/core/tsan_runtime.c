@@ -11,11 +11,14 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 #define SHARDS  3
 #define THREADS 3
 #define REQS    3000
 #define PINGS   2000
+/* Every wait ends: far above what the run needs under ThreadSanitizer on two cores. */
+#define WAIT_MS 120000
 
 static int failures;
 #define CHECK(c)                                                                                 \
@@ -26,6 +29,14 @@ static int failures;
 			__atomic_add_fetch(&failures, 1, __ATOMIC_RELAXED);                      \
 		}                                                                                \
 	} while (0)
+
+static uint64_t
+now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
 
 struct shard_app {
 	unsigned pongs;
@@ -116,10 +127,13 @@ foreign(void *p)
 		CHECK(keel_runtime_submit(t->rt, i % SHARDS, &reqs[i]) == 0);
 	}
 	while (got < REQS) {
-		int n = keel_xqueue_wait(q, out, 32, 30000);
-		CHECK(n > 0);
-		if (n <= 0)
+		int n = keel_xqueue_wait(q, out, 32, WAIT_MS);
+		if (n <= 0) {
+			fprintf(stderr, "tsan_runtime: %u of %u completions, then none in %d ms\n",
+				got, REQS, WAIT_MS);
+			CHECK(n > 0);
 			break;
+		}
 		for (int k = 0; k < n; k++)
 			CHECK(out[k]->status == (int)((out[k] - reqs) % SHARDS) + 100);
 		got += (unsigned)n;
@@ -138,6 +152,7 @@ main(void)
 	struct thr t;
 	_Atomic unsigned cb = 0;
 	struct keel_shard_stats st;
+	uint64_t deadline;
 
 	keel_opts_init(&o);
 	o.shards = SHARDS;
@@ -149,9 +164,18 @@ main(void)
 	t = (struct thr){ rt, &cb };
 	for (int i = 0; i < THREADS; i++)
 		pthread_create(&th[i], NULL, foreign, &t);
-	while (atomic_load(&shards_finished) < SHARDS)
+	deadline = now_ms() + WAIT_MS;
+	while (atomic_load(&shards_finished) < SHARDS) {
+		if (now_ms() > deadline) {
+			fprintf(stderr,
+				"tsan_runtime: %u of %u shards finished their pings in %d ms\n",
+				atomic_load(&shards_finished), SHARDS, WAIT_MS);
+			CHECK(atomic_load(&shards_finished) == SHARDS);
+			break;
+		}
 		for (unsigned s = 0; s < SHARDS; s++)
 			CHECK(keel_runtime_stats(rt, s, &st) == 0); /* racing readers */
+	}
 	for (int i = 0; i < THREADS; i++)
 		pthread_join(th[i], NULL);
 	keel_runtime_stop(rt, 0);

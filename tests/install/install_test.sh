@@ -15,9 +15,13 @@ pc=$(find "$tmp/prefix" -name keel.pc | head -n 1)
 [ -f "$tmp/prefix/include/keel/keel.h" ] || { echo "keel/keel.h was not installed"; exit 1; }
 
 check_run() { # binary
-	local out
-	out=$("$1" --shards 2 --log-level warn)
+	local out rc=0
+	# A deadline (the program stops by itself at once) and no idle polling (the suite
+	# runs beside other tests on two cores).
+	out=$(timeout 60 "$1" --shards 2 --idle-poll-us 0 --log-level warn) || rc=$?
 	echo "$out"
+	[ "$rc" -ne 124 ] || { echo "$1 did not finish within 60 s"; exit 1; }
+	[ "$rc" -eq 0 ] || { echo "$1 exited with status $rc"; exit 1; }
 	[ "$(grep -c '^hello from shard' <<<"$out")" -eq 2 ] ||
 		{ echo "expected two hellos from $1"; exit 1; }
 }

@@ -6,6 +6,10 @@
 #include <keel/keel.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <sys/types.h>
+
+#include "shard_check.h"
+#include "wait.h"
 
 struct srv {
 	struct keel_runtime *rt;
@@ -17,6 +21,7 @@ struct srv {
 	_Atomic int started;
 };
 
+/* Quiet, no signals, 64 MiB, and no idle polling (two tests' shards share two cores). */
 struct keel_opts net_test_opts(unsigned shards);
 /* Start an echo server on 127.0.0.1:0 with @o (NULL: defaults) and @nc (NULL: defaults). */
 int srv_start(struct srv *s, const struct keel_opts *o, const struct keel_net_config *nc,
@@ -27,9 +32,14 @@ extern const struct keel_conn_ops echo_ops;
 
 /* A blocking client socket connected to 127.0.0.1:@port, or -errno. */
 int cli_connect(uint16_t port);
-/* Send all / receive exactly @len; 0 or -errno (-EPIPE on EOF). */
+/* Send all / receive exactly @len; 0 or -errno (-EPIPE on EOF). Each waits at most
+ * TEST_WAIT_MS for the peer to take or send anything, then prints how far it got and
+ * returns -ETIMEDOUT. */
 int cli_write_all(int fd, const void *p, size_t len);
 int cli_read_all(int fd, void *p, size_t len);
+/* One recv() of up to @len bytes once something (or EOF) arrives, within TEST_WAIT_MS:
+ * its result (0 on EOF), -1 with errno ETIMEDOUT (printed) when nothing came. */
+ssize_t cli_recv(int fd, void *p, size_t len);
 /* Small scale under the sanitizer run (KEEL_TEST_SCALE=small). */
 bool test_small(void);
 

@@ -20,13 +20,8 @@
 
 #include "helpers.h"
 
-/* Wait for a condition another thread makes true (no deadline: Criterion's --timeout is
- * the guard, so a slow shared machine cannot fail the test). */
-#define WAIT_FOR(cond)                 \
-	do {                           \
-		while (!(cond))        \
-			sched_yield(); \
-	} while (0)
+/* Waits for what another thread makes true: WAIT_FOR (wait.h) fails the test naming the
+ * condition after TEST_WAIT_MS. */
 
 static void
 feature(struct keel_opts *o, const char *spec)
@@ -39,15 +34,12 @@ feature(struct keel_opts *o, const char *spec)
 	cr_assert_eq(keel_opts_parse(o, &argc, argv, err, sizeof(err)), 0, "%s", err);
 }
 
-/* poll() that a signal does not interrupt: 30 s, then 0. */
-static int
-poll_intr(struct pollfd *pf)
+/* poll() that a signal does not interrupt, for the suite's deadline; fails the test
+ * naming @what when nothing happened. */
+static void
+poll_intr(struct pollfd *pf, const char *what)
 {
-	int r;
-
-	while ((r = poll(pf, 1, 30000)) < 0 && errno == EINTR)
-		;
-	return r;
+	pf->revents = wait_fd(pf->fd, pf->events, TEST_WAIT_MS, 0, what);
 }
 
 /* 1,000 connections open at once, 100 round trips of 64 bytes each, all interleaved. */
@@ -88,11 +80,11 @@ Test(net_conn, thousand_concurrent_connections_100_round_trips)
 	}
 	while (done < nc) {
 		struct epoll_event evs[64];
-		int n = epoll_wait(ep, evs, 64, 30000);
+		int n = epoll_wait(ep, evs, 64, TEST_WAIT_MS);
 		if (n < 0 && errno == EINTR)
 			continue; /* a signal (the sanitizer's, a profiler's) is not an answer */
-		cr_assert_gt(n, 0, "no answer for 30 s (%u connections done): %s", done,
-			     n < 0 ? strerror(errno) : "timeout");
+		cr_assert_gt(n, 0, "no answer for %u ms (%u connections done): %s", TEST_WAIT_MS,
+			     done, n < 0 ? strerror(errno) : "timeout");
 		for (int k = 0; k < n; k++) {
 			unsigned i = evs[k].data.u32;
 			cr_assert_eq(cli_read_all(fds[i], in, sizeof(in)), 0);
@@ -190,7 +182,8 @@ Test(net_conn, client_half_close_gets_every_byte_then_eof)
 	bool shut = false;
 	for (;;) {
 		struct pollfd pf = { .fd = fd, .events = POLLIN | (shut ? 0 : POLLOUT) };
-		cr_assert_gt(poll_intr(&pf), 0);
+		poll_intr(&pf, shut ? "the echo after the client's shutdown"
+				    : "room to send or the echo");
 		if (!shut && (pf.revents & POLLOUT)) {
 			ssize_t w = send(fd, out + sent, len - sent, MSG_NOSIGNAL);
 			cr_assert(w > 0 || errno == EAGAIN);
@@ -271,7 +264,7 @@ Test(net_conn, server_half_close_keeps_receiving)
 	cr_assert_geq(fd, 0);
 	cr_assert_eq(cli_read_all(fd, b, 5), 0);
 	cr_assert_eq(memcmp(b, "hello", 5), 0);
-	cr_assert_eq(recv(fd, b, sizeof(b), 0), 0, "EOF after the hello");
+	cr_assert_eq(cli_recv(fd, b, sizeof(b)), 0, "EOF after the hello");
 	cr_assert_eq(cli_write_all(fd, "after", 5), 0);
 	WAIT_FOR(atomic_load(&sink_bytes) == 5);
 	cr_assert_eq(shutdown(fd, SHUT_WR), 0);
@@ -351,6 +344,7 @@ struct ex_conn {
 	size_t bytes;
 	bool released, polling;
 	uint64_t enobufs0;
+	uint64_t deadline; /* for ex_poll's wait */
 };
 
 static void ex_poll(void *arg);
@@ -381,7 +375,9 @@ ex_poll(void *arg)
 		ex_release(c);
 		return;
 	}
-	if (keel_defer(ex_poll, c) < 0)
+	if (!SHARD_CHECK(!test_expired(e->deadline), "no ENOBUFS in %u ms with the ring held",
+			 TEST_WAIT_MS) ||
+	    keel_defer(ex_poll, c) < 0)
 		ex_release(c);
 }
 
@@ -413,6 +409,7 @@ ex_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
 	/* 16 KiB held is the whole ring: the next receive can only fail with ENOBUFS. */
 	if (!e->released && !e->polling && e->bytes >= 4 * 4096) {
 		e->polling = true;
+		e->deadline = test_deadline(TEST_WAIT_MS);
 		if (keel_defer(ex_poll, c) < 0)
 			ex_release(c);
 	}
@@ -462,6 +459,7 @@ exhaust(const char *spec)
 	cr_assert_eq(cli_write_all(fd, out + (256 << 10), len - (256 << 10)), 0);
 	cr_assert_eq(cli_read_all(fd, in + (256 << 10), len - (256 << 10)), 0);
 	cr_assert_eq(memcmp(in, out, len), 0);
+	SHARD_CHECKS_PASSED();
 	cr_assert_gt(atomic_load(&ex_enobufs), 0, "the ring never ran out");
 	close(fd);
 	cr_assert_eq(srv_stop(&s), 0);
@@ -513,10 +511,16 @@ slow_reader(const char *spec, const char *spec2, uint64_t slack)
 	fcntl(fd, F_SETFL, O_NONBLOCK);
 	/* Write, reading nothing, until the server's queue passed the high watermark (it then
 	 * stops reading, and the client's writes block). */
+	uint64_t deadline = test_deadline(TEST_WAIT_MS);
 	while (atomic_load(&s.max_queued) <= nc.high_watermark) {
 		ssize_t w = send(fd, out + sent, len - sent, MSG_NOSIGNAL);
 		if (w < 0 && errno == EAGAIN) {
-			sched_yield();
+			cr_assert(!test_expired(deadline),
+				  "%u ms: the server queued at most %llu bytes of the %zu sent, "
+				  "waiting for it to pass %u",
+				  TEST_WAIT_MS, (unsigned long long)atomic_load(&s.max_queued),
+				  sent, nc.high_watermark);
+			test_pause();
 			continue;
 		}
 		cr_assert_gt(w, 0);
@@ -526,7 +530,7 @@ slow_reader(const char *spec, const char *spec2, uint64_t slack)
 	/* Now read everything back while writing the rest. */
 	while (got < len) {
 		struct pollfd pf = { .fd = fd, .events = POLLIN | (sent < len ? POLLOUT : 0) };
-		cr_assert_gt(poll_intr(&pf), 0);
+		poll_intr(&pf, "the echo of the slow reader's stream");
 		if ((pf.revents & POLLOUT) && sent < len) {
 			ssize_t w = send(fd, out + sent, len - sent, MSG_NOSIGNAL);
 			if (w > 0)

@@ -784,11 +784,12 @@ e2e_start(struct e2e *e)
 	cr_assert_eq(keel_runtime_start(e->rt, e2e_start_shard, e), 0);
 }
 
+/* Wait for @flag to reach @want (or for the start to fail); fails the test naming @what
+ * after TEST_WAIT_MS. */
 static void
-e2e_wait(struct e2e *e, _Atomic int *flag, int want)
+e2e_wait(struct e2e *e, _Atomic int *flag, int want, const char *what)
 {
-	for (int i = 0; i < 30000 && atomic_load(flag) < want && !atomic_load(&e->start_err); i++)
-		usleep(1000);
+	WAIT_FOR(atomic_load(flag) >= want || atomic_load(&e->start_err), "%s", what);
 }
 
 static void
@@ -811,8 +812,8 @@ Test(net_frame, loopback_frame_send_echo)
 	e.cur = malloc(100000);
 	cr_assert_not_null(e.cur);
 	e2e_start(&e);
-	e2e_wait(&e, &e.srv_closed, 1);
-	e2e_wait(&e, &e.cli_closed, 1);
+	e2e_wait(&e, &e.srv_closed, 1, "the server's on_close");
+	e2e_wait(&e, &e.cli_closed, 1, "the client's on_close");
 	e2e_stop(&e);
 	cr_assert_eq(atomic_load(&e.start_err), 0);
 	cr_assert_eq(e.echoed, e.frames, "%u of %u frames came back", e.echoed, e.frames);
@@ -845,7 +846,7 @@ Test(net_frame, loopback_oversized_frame_closes_with_emsgsize)
 	cr_assert_eq(cli_write_all(fd, b, sizeof(b)), 0);
 	r = cli_read_all(fd, in, sizeof(in));
 	cr_assert(r == -EPIPE || r == -ECONNRESET, "the server closes: got %d", r);
-	e2e_wait(&e, &e.srv_closed, 1);
+	e2e_wait(&e, &e.srv_closed, 1, "the server's on_close");
 	cr_assert_eq(atomic_load(&e.srv_status), -EMSGSIZE);
 	close(fd);
 	e2e_stop(&e);

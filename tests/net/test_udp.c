@@ -88,8 +88,7 @@ udp_echo_run(const char *feature)
 	cr_assert_eq(keel_net_config_set(&nc), 0);
 	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
 	cr_assert_eq(keel_runtime_start(rt, udp_start, &us), 0);
-	while (!atomic_load(&us.port))
-		sched_yield();
+	WAIT_FOR(atomic_load(&us.port), "the shard to open its UDP socket");
 	cr_assert_eq(atomic_load(&us.open_err), 0);
 	dst.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	dst.sin_port = htons(atomic_load(&us.port));
@@ -116,8 +115,11 @@ udp_echo_run(const char *feature)
 		struct pollfd pf[NSRC];
 		for (int i = 0; i < NSRC; i++)
 			pf[i] = (struct pollfd){ .fd = fds[i], .events = POLLIN };
-		cr_assert_gt(poll(pf, NSRC, 30000), 0, "no echo for 30 s (%u of %u back)", ngot,
-			     total);
+		int pr;
+		while ((pr = poll(pf, NSRC, TEST_WAIT_MS)) < 0 && errno == EINTR)
+			; /* a signal is not an echo, nor the lack of one */
+		cr_assert_gt(pr, 0, "no echo for %u ms (%u of %u back): %s", TEST_WAIT_MS, ngot,
+			     total, pr < 0 ? strerror(errno) : "timeout");
 		for (int i = 0; i < NSRC; i++) {
 			if (!(pf[i].revents & POLLIN))
 				continue;

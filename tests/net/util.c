@@ -3,6 +3,8 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -19,6 +21,7 @@ net_test_opts(unsigned shards)
 	o.signals = false;
 	o.log_level = KEEL_LOG_WARN;
 	o.memory = 64ull << 20;
+	o.idle_poll_us = 0;
 	return o;
 }
 
@@ -127,19 +130,56 @@ cli_connect(uint16_t port)
 	return fd;
 }
 
+/*
+ * Wait until @fd is ready for @events, at most until @deadline (test_now_ms() time).
+ * Returns 1, or -ETIMEDOUT, or -errno. Deadlines come from poll(), not SO_RCVTIMEO: a
+ * socket with a timeout is not restarted after a signal, so every plain recv() on it
+ * would have to handle EINTR.
+ */
+static int
+ready(int fd, short events, uint64_t deadline)
+{
+	for (;;) {
+		struct pollfd pf = { .fd = fd, .events = events };
+		uint64_t now = test_now_ms();
+		int r = poll(&pf, 1, now >= deadline ? 0 : (int)(deadline - now));
+
+		if (r > 0)
+			return 1;
+		if (r == 0)
+			return -ETIMEDOUT;
+		if (errno != EINTR)
+			return -errno;
+	}
+}
+
 int
 cli_write_all(int fd, const void *p, size_t len)
 {
 	const char *b = p;
+	size_t want = len;
+	uint64_t deadline = test_deadline(TEST_WAIT_MS);
+
 	while (len) {
-		ssize_t n = send(fd, b, len, MSG_NOSIGNAL);
+		int r = ready(fd, POLLOUT, deadline);
+		ssize_t n;
+
+		if (r == -ETIMEDOUT)
+			fprintf(stderr,
+				"cli_write_all(fd %d): the peer took nothing for %d ms (%zu of %zu "
+				"bytes sent)\n",
+				fd, TEST_WAIT_MS, want - len, want);
+		if (r < 0)
+			return r;
+		n = send(fd, b, len, MSG_NOSIGNAL | MSG_DONTWAIT);
 		if (n < 0) {
-			if (errno == EINTR)
+			if (errno == EINTR || errno == EAGAIN)
 				continue;
 			return -errno;
 		}
 		b += n;
 		len -= (size_t)n;
+		deadline = test_deadline(TEST_WAIT_MS);
 	}
 	return 0;
 }
@@ -148,10 +188,23 @@ int
 cli_read_all(int fd, void *p, size_t len)
 {
 	char *b = p;
+	size_t want = len;
+	uint64_t deadline = test_deadline(TEST_WAIT_MS);
+
 	while (len) {
-		ssize_t n = recv(fd, b, len, 0);
+		int r = ready(fd, POLLIN, deadline);
+		ssize_t n;
+
+		if (r == -ETIMEDOUT)
+			fprintf(stderr,
+				"cli_read_all(fd %d): nothing arrived for %d ms (%zu of %zu bytes "
+				"read)\n",
+				fd, TEST_WAIT_MS, want - len, want);
+		if (r < 0)
+			return r;
+		n = recv(fd, b, len, MSG_DONTWAIT);
 		if (n < 0) {
-			if (errno == EINTR)
+			if (errno == EINTR || errno == EAGAIN)
 				continue;
 			return -errno;
 		}
@@ -159,6 +212,29 @@ cli_read_all(int fd, void *p, size_t len)
 			return -EPIPE;
 		b += n;
 		len -= (size_t)n;
+		deadline = test_deadline(TEST_WAIT_MS);
 	}
 	return 0;
+}
+
+ssize_t
+cli_recv(int fd, void *p, size_t len)
+{
+	uint64_t deadline = test_deadline(TEST_WAIT_MS);
+
+	for (;;) {
+		int r = ready(fd, POLLIN, deadline);
+		ssize_t n;
+
+		if (r == -ETIMEDOUT)
+			fprintf(stderr, "cli_recv(fd %d): nothing (not even EOF) for %d ms\n", fd,
+				TEST_WAIT_MS);
+		if (r < 0) {
+			errno = -r;
+			return -1;
+		}
+		n = recv(fd, p, len, MSG_DONTWAIT);
+		if (n >= 0 || (errno != EINTR && errno != EAGAIN))
+			return n;
+	}
 }

@@ -10,6 +10,8 @@
 
 #include <criterion/criterion.h>
 
+#include "wait.h"
+
 #ifndef KEEL_TOPO_BIN
 #error "KEEL_TOPO_BIN must name the keel-topo binary"
 #endif
@@ -17,30 +19,34 @@
 #define KEEL_TOPOLOGIES_DIR "../shared/topologies"
 #endif
 
-/* Run "keel-topo ARGS" through the shell; stdout (and stderr when @merge) into a buffer. */
+/* Run "keel-topo ARGS" through the shell; stdout (and stderr when @merge) into a buffer.
+ * The run ends within TEST_WAIT_MS (wait.h) or the test fails naming the command. */
 static int
 run(const char *args, bool merge, char **out)
 {
 	char cmd[2048];
-	size_t cap = 1 << 16, len = 0, n;
+	size_t cap = 4 << 20;
 	char *buf = malloc(cap);
-	FILE *p;
-	int st;
+	int pfd[2], st;
+	pid_t pid;
 
 	cr_assert_not_null(buf);
 	snprintf(cmd, sizeof(cmd), "%s %s%s", KEEL_TOPO_BIN, args, merge ? " 2>&1" : "");
-	p = popen(cmd, "r");
-	cr_assert_not_null(p, "popen %s", cmd);
-	while ((n = fread(buf + len, 1, cap - len - 1, p)) > 0) {
-		len += n;
-		if (cap - len < 4096) {
-			cap *= 2;
-			buf = realloc(buf, cap);
-			cr_assert_not_null(buf);
-		}
+	cr_assert_eq(pipe(pfd), 0);
+	pid = fork();
+	cr_assert_geq(pid, 0, "fork for %s", cmd);
+	if (pid == 0) {
+		dup2(pfd[1], 1);
+		close(pfd[0]);
+		close(pfd[1]);
+		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+		_exit(127);
 	}
-	buf[len] = 0;
-	st = pclose(p);
+	close(pfd[1]);
+	st = wait_child_output(pid, pfd[0], buf, cap, TEST_WAIT_MS, cmd);
+	close(pfd[0]);
+	cr_assert_lt(strlen(buf), cap - 1, "keel-topo %s: more output than the %zu-byte buffer",
+		     args, cap);
 	*out = buf;
 	cr_assert(WIFEXITED(st), "keel-topo %s did not exit normally", args);
 	return WEXITSTATUS(st);

@@ -8,13 +8,18 @@
  *   - edge-triggered (EPOLLET) for the listener and for connections, registered once with
  *     EPOLLIN|EPOLLOUT|EPOLLRDHUP: no epoll_ctl per message;
  *   - non-blocking sockets with TCP_NODELAY;
- *   - reads until EAGAIN or a short read (epoll(7): a stream socket that returns fewer
- *     bytes than asked for has been drained; the next arrival raises a new edge), up to
- *     256 KiB into a per-thread buffer, then echoes the batch with one call;
+ *   - reads a batch into a per-thread buffer until the buffer is full (256 KiB, less when
+ *     the connection's pending bytes would pass 1 MiB), EAGAIN, a short read (epoll(7): a
+ *     stream socket that returns fewer bytes than asked for has been drained; the next
+ *     arrival raises a new edge) or EOF, then echoes the batch with one call, and reads
+ *     the next batch only when the socket took all of it and the last read did not drain;
  *   - writev batching: bytes left over from an earlier partial write and the new batch go
  *     out in one sendmsg (writev with MSG_NOSIGNAL); only what the socket did not take is
  *     copied, into a per-connection buffer allocated once on the first partial write;
- *   - backpressure: a connection with 1 MiB pending stops being read until EPOLLOUT;
+ *   - backpressure: a connection with any bytes pending stops being read until its next
+ *     edge (EPOLLOUT as the socket drains, or EPOLLIN as more arrives); each such pass
+ *     reads at most what keeps it within 1 MiB pending, so a connection never holds more
+ *     than 1 MiB and, once it does, is not read until the socket took some of it.
  *   - --busy-poll-us N (default 0): after the last event, epoll_wait with a zero timeout
  *     for N us before blocking, the policy of keel's --idle-poll-us, so that both servers
  *     can be compared blocking or spinning alike;
