@@ -34,12 +34,39 @@ wake_cb(struct keel_op *op, int res, uint32_t flags)
 	STAT_INC(s, wakeups);
 }
 
+/* Only failures arrive here (IOSQE_CQE_SKIP_SUCCESS). The sender cleared the target's
+ * `sleeping` flag when it chose to wake it, so no later sender will: the target may sleep
+ * with mail waiting. Wake it through its eventfd instead, whose read is always armed on the
+ * target's ring (runtime.c): the write completes that read and ends the target's wait, and
+ * if the target is awake already, or its read is being re-armed, the eventfd's count stays
+ * non-zero and the re-armed read completes at once. The failure CQE is on our own ring, so
+ * it ends our own wait and we reach this before sleeping ourselves. No wake-up is lost. */
 static void
 msgring_cb(struct keel_op *op, int res, uint32_t flags)
 {
-	/* Only failures arrive here (IOSQE_CQE_SKIP_SUCCESS). A lost wake-up would leave a
-	 * shard asleep with mail: say so loudly. */
-	keel_log(KEEL_LOG_ERROR, "core", "MSG_RING wake-up failed: %s", strerror(-res));
+	struct keel_shard *s = keel__cur;
+	struct keel_shard *t = &s->rt->shards[op - s->msgring_ops];
+	uint64_t one = 1, now = keel__clock_ns();
+
+	STAT_INC(s, wake_fallbacks);
+	if (!s->wake_fail_logged_ns || now - s->wake_fail_logged_ns >= 10 * NS_PER_S) {
+		s->wake_fail_logged_ns = now;
+		keel_log(KEEL_LOG_WARN, "core",
+			 "shard %u: MSG_RING wake-up of shard %u failed (%s); woke it through its "
+			 "eventfd (counted in the stats as wake_fallbacks; logged once per 10 s)",
+			 s->id, t->id, strerror(-res));
+	}
+	if (write(t->xefd, &one, sizeof(one)) != sizeof(one))
+		keel_log(KEEL_LOG_ERROR, "core", "waking shard %u through its eventfd failed: %s",
+			 t->id, strerror(errno));
+}
+
+/* Not counted in flight: wake-ups received, and our MSG_RING failures. */
+static inline bool
+uncounted_op(const struct keel_shard *s, const struct keel_op *op)
+{
+	return op == &s->wake_op ||
+	       (uintptr_t)op - (uintptr_t)s->msgring_ops < s->rt->count * sizeof(*op);
 }
 
 static void
@@ -93,8 +120,14 @@ keel__shard_ring_init(struct keel_shard *s)
 			}
 		}
 	}
+	s->msgring_ops = calloc(rt->count, sizeof(*s->msgring_ops));
+	if (!s->msgring_ops) {
+		io_uring_queue_exit(&s->ring);
+		return -ENOMEM;
+	}
+	for (unsigned i = 0; i < rt->count; i++)
+		s->msgring_ops[i].fn = msgring_cb;
 	s->wake_op.fn = wake_cb;
-	s->msgring_op.fn = msgring_cb;
 	s->cancel_op.op.fn = cancel_cb;
 	s->cancel_op.shard = s;
 	s->stall_ns = (uint64_t)rt->opts.stall_ms * NS_PER_MS;
@@ -105,6 +138,8 @@ void
 keel__shard_ring_fini(struct keel_shard *s)
 {
 	io_uring_queue_exit(&s->ring);
+	free(s->msgring_ops);
+	s->msgring_ops = NULL;
 }
 
 struct io_uring_sqe *
@@ -168,15 +203,29 @@ keel_now_ns(void)
 	return cur_shard(__func__)->now_ns;
 }
 
+_Atomic unsigned keel__fault_msgring_fail;
+
+/* The target ring fd of a MSG_RING wake-up: -1 while a test injects failures. */
+static int
+msgring_fd(const struct keel_shard *t)
+{
+	unsigned n = atomic_load_explicit(&keel__fault_msgring_fail, memory_order_relaxed);
+
+	while (__builtin_expect(n != 0, 0))
+		if (atomic_compare_exchange_weak(&keel__fault_msgring_fail, &n, n - 1))
+			return -1;
+	return t->ring_fd;
+}
+
 void
 keel__shard_wake(struct keel_shard *t, struct keel_shard *from)
 {
 	if (from && from->rt == t->rt && from->phase != PHASE_DONE) {
 		struct io_uring_sqe *sqe = keel__sqe_internal(from);
 		if (sqe) {
-			io_uring_prep_msg_ring(sqe, t->ring_fd, 0, (uint64_t)(uintptr_t)&t->wake_op,
-					       0);
-			io_uring_sqe_set_data(sqe, &from->msgring_op);
+			io_uring_prep_msg_ring(sqe, msgring_fd(t), 0,
+					       (uint64_t)(uintptr_t)&t->wake_op, 0);
+			io_uring_sqe_set_data(sqe, &from->msgring_ops[t->id]);
 			sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
 			return;
 		}
@@ -201,7 +250,7 @@ reap(struct keel_shard *s)
 		n++;
 		if (__builtin_expect(op == NULL, 0))
 			continue;
-		if (op != &s->wake_op && op != &s->msgring_op && !(cqe->flags & IORING_CQE_F_MORE))
+		if (!(cqe->flags & IORING_CQE_F_MORE) && !uncounted_op(s, op))
 			s->inflight--;
 		op->fn(op, cqe->res, cqe->flags);
 	}
