@@ -93,16 +93,24 @@ keel__shard_ring_init(struct keel_shard *s)
 
 	memset(&p, 0, sizeof(p));
 	p.flags = flags;
-	p.cq_entries = rt->opts.ring_entries * 4;
+	/* Sized for connections, not for the SQ: every multishot receive of every connection
+	 * may complete in one pass (docs/architecture.md, "The ring"). */
+	p.cq_entries = rt->opts.cq_entries;
 	r = io_uring_queue_init_params(rt->opts.ring_entries, &s->ring, &p);
 	if (r < 0) {
 		keel_log(KEEL_LOG_ERROR, "core",
-			 "io_uring_setup(%u entries, flags 0x%x) failed: %s%s",
-			 rt->opts.ring_entries, flags, strerror(-r),
-			 r == -ENOMEM ? "; lower --ring-entries or raise RLIMIT_MEMLOCK (ulimit -l)"
+			 "io_uring_setup(%u SQ entries, %u CQ entries, flags 0x%x) failed: %s%s",
+			 rt->opts.ring_entries, rt->opts.cq_entries, flags, strerror(-r),
+			 r == -ENOMEM ? "; lower --ring-entries and --cq-entries, or raise "
+					"RLIMIT_MEMLOCK (ulimit -l)"
 				      : "");
 		return r;
 	}
+	if (!(p.features & IORING_FEAT_NODROP))
+		keel_log(KEEL_LOG_WARN, "core",
+			 "this kernel lacks IORING_FEAT_NODROP (5.5): completions beyond the CQ "
+			 "(--cq-entries %u) are dropped, not held; raise --cq-entries",
+			 p.cq_entries);
 	s->ring_fd = s->ring.ring_fd;
 	s->ring_flags = s->ring.flags;
 	s->taskrun_flag = flags & IORING_SETUP_TASKRUN_FLAG;
@@ -264,16 +272,51 @@ reap(struct keel_shard *s)
 /* Enter the kernel only when it has something for us: SQEs to submit, task work pending
  * (IORING_SQ_TASKRUN, which DEFER_TASKRUN only runs inside io_uring_enter), or an
  * overflowed CQ. */
+/* The CQ overflowed: the kernel holds the completions that did not fit (IORING_FEAT_NODROP)
+ * and moves them into the CQ at the next io_uring_enter with GETEVENTS, which the caller
+ * makes. Multishot operations whose CQE did not fit end (a final CQE without F_MORE, data
+ * included) and their owners re-arm them. Completions the kernel could not even hold are
+ * counted in koverflow. */
+static void
+cq_overflowed(struct keel_shard *s)
+{
+	STAT_INC(s, cq_overflows);
+	atomic_store_explicit(&s->stats.cq_dropped, IO_URING_READ_ONCE(*s->ring.cq.koverflow),
+			      memory_order_relaxed);
+}
+
 static bool
 need_enter(struct keel_shard *s)
 {
 	unsigned sqf = IO_URING_READ_ONCE(*s->ring.sq.kflags);
 
+	if (__builtin_expect(sqf & IORING_SQ_CQ_OVERFLOW, 0)) {
+		cq_overflowed(s);
+		return true;
+	}
 	if (io_uring_sq_ready(&s->ring))
 		return true;
-	if (sqf & (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN))
+	if (sqf & IORING_SQ_TASKRUN)
 		return true;
 	return !s->taskrun_flag && s->inflight > 0 && io_uring_cq_ready(&s->ring) == 0;
+}
+
+/* io_uring_enter's errors: -EBADR says the kernel dropped completions (reported once). */
+static void
+enter_error(struct keel_shard *s, int r, const char *what)
+{
+	if (r == -EBADR) {
+		cq_overflowed(s);
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "shard %u: the kernel dropped %llu completions (CQ of %u full and no "
+			 "memory to hold more): raise --cq-entries",
+			 s->id,
+			 (unsigned long long)atomic_load_explicit(&s->stats.cq_dropped,
+								  memory_order_relaxed),
+			 s->ring.cq.ring_entries);
+		return;
+	}
+	keel_log(KEEL_LOG_ERROR, "core", "%s failed: %s", what, strerror(-r));
 }
 
 static void
@@ -282,7 +325,7 @@ enter(struct keel_shard *s)
 	int r = io_uring_submit_and_get_events(&s->ring);
 	STAT_INC(s, enters);
 	if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY)
-		keel_log(KEEL_LOG_ERROR, "core", "io_uring_enter failed: %s", strerror(-r));
+		enter_error(s, r, "io_uring_enter");
 }
 
 static void
@@ -298,7 +341,11 @@ sleep_in_kernel(struct keel_shard *s)
 	/* Announce the sleep, then look again: a sender that set our mail bit before seeing
 	 * `sleeping` is seen here; one that sets it after will wake us. */
 	atomic_store(&s->sleeping, 1);
-	if (keel__mail_pending(s) || atomic_load(&s->xpending) ||
+	/* Completions already in the CQ or held in the kernel's overflow list are work: the
+	 * wait would return at once (the kernel flushes the overflow list before it sleeps),
+	 * but say so here rather than rely on it. */
+	if (keel__mail_pending(s) || atomic_load(&s->xpending) || io_uring_cq_ready(&s->ring) ||
+	    (IO_URING_READ_ONCE(*s->ring.sq.kflags) & IORING_SQ_CQ_OVERFLOW) ||
 	    (atomic_load(&rt->stopping) && s->phase == PHASE_RUN)) {
 		atomic_store(&s->sleeping, 0);
 		return;
@@ -317,7 +364,7 @@ sleep_in_kernel(struct keel_shard *s)
 	STAT_INC(s, enters);
 	r = io_uring_submit_and_wait_timeout(&s->ring, &cqe, 1, tsp, NULL);
 	if (r < 0 && r != -ETIME && r != -EINTR && r != -EAGAIN && r != -EBUSY)
-		keel_log(KEEL_LOG_ERROR, "core", "io_uring wait failed: %s", strerror(-r));
+		enter_error(s, r, "io_uring wait");
 	atomic_store(&s->sleeping, 0);
 }
 

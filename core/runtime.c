@@ -485,6 +485,15 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 			 opts->mailbox_entries);
 		return -EINVAL;
 	}
+	if (opts->cq_entries < opts->ring_entries || opts->cq_entries > KEEL_CQ_ENTRIES_MAX) {
+		keel_log(
+			KEEL_LOG_ERROR, "core",
+			"--cq-entries %u must be from --ring-entries (%u) to %u: raise --cq-entries "
+			"or lower --ring-entries (default CQ %u)",
+			opts->cq_entries, opts->ring_entries, KEEL_CQ_ENTRIES_MAX,
+			KEEL_CQ_ENTRIES_DEFAULT);
+		return -EINVAL;
+	}
 	if (opts->shards > KEEL_MAX_SHARDS) {
 		keel_log(KEEL_LOG_ERROR, "core", "--shards %u: at most %d shards", opts->shards,
 			 KEEL_MAX_SHARDS);

@@ -118,3 +118,29 @@ Test(core_wakeup, failed_msg_ring_wakeup_falls_back_to_eventfd, .timeout = 120)
 	cr_assert_eq(st1.wake_fallbacks, 0);
 	free(w);
 }
+
+static _Atomic unsigned ring_cq, ring_sq;
+
+static void
+record_ring(void *app)
+{
+	atomic_store(&ring_cq, keel_shard_ring_get()->cq.ring_entries);
+	atomic_store(&ring_sq, keel_shard_ring_get()->sq.ring_entries);
+	keel_stop(0);
+}
+
+/* --cq-entries sizes the CQ, not 4x the SQ; the kernel rounds up to a power of two. */
+Test(core_wakeup, ring_cq_is_sized_by_cq_entries)
+{
+	struct keel_opts o = test_opts(1);
+
+	o.idle_poll_us = 0;
+	o.ring_entries = 64;
+	o.cq_entries = 3000;
+	cr_assert_eq(keel_run(&o, record_ring, NULL), 0);
+	cr_assert_eq(atomic_load(&ring_sq), 64);
+	cr_assert_eq(atomic_load(&ring_cq), 4096);
+	o.cq_entries = KEEL_CQ_ENTRIES_DEFAULT;
+	cr_assert_eq(keel_run(&o, record_ring, NULL), 0);
+	cr_assert_eq(atomic_load(&ring_cq), KEEL_CQ_ENTRIES_DEFAULT);
+}
