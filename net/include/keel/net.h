@@ -54,7 +54,16 @@ struct keel_net_config {
 				       after this long: on_close(-ETIMEDOUT) (0: wait, default) */
 	bool nodelay;               /* TCP_NODELAY on listeners (accepted sockets inherit it)
 				       and on connecting sockets (default true) */
+	uint32_t udp_buf_count;     /* UDP receive buffers per shard, a power of two: the most
+				       datagrams received and not yet put back (default 256) */
+	uint32_t udp_buf_size;      /* the largest UDP datagram received whole, bytes (default
+				       65536); a longer one is dropped and counted
+				       (udp_truncated). Each buffer adds KEEL_UDP_BUF_OVERHEAD. */
 };
+
+/** Bytes of each UDP receive buffer beyond udp_buf_size: the io_uring_recvmsg_out header,
+ * the source address and the control data (the kernel's drop counter). */
+#define KEEL_UDP_BUF_OVERHEAD 72
 
 /** Fill @c with the defaults. */
 KEEL_API void keel_net_config_init(struct keel_net_config *c);
@@ -232,17 +241,23 @@ KEEL_API void *keel_conn_app(const struct keel_conn *c);
 
 /** Per-shard network counters. */
 struct keel_net_stats {
-	uint64_t conns_open;  /* connections alive now */
-	uint64_t recv_cqes;   /* receive completions with data */
-	uint64_t recv_bufs;   /* receive buffers filled (several per CQE with bundles) */
-	uint64_t enobufs;     /* receives that ran out of buffers (re-armed later) */
-	uint64_t rearms;      /* multishot receives re-armed after ending */
-	uint64_t sends;       /* send/sendmsg operations */
-	uint64_t sends_zc;    /* SEND_ZC / SENDMSG_ZC operations */
-	uint64_t zc_copied;   /* ... whose notification says the kernel copied */
-	uint64_t short_sends; /* sends that took part of what was offered */
-	uint64_t bp_pauses;   /* reads paused by the high watermark */
-	uint64_t bufs_out;    /* receive buffers held by the application now */
+	uint64_t conns_open;     /* connections alive now */
+	uint64_t recv_cqes;      /* receive completions with data */
+	uint64_t recv_bufs;      /* receive buffers filled (several per CQE with bundles) */
+	uint64_t enobufs;        /* receives that ran out of buffers (re-armed later) */
+	uint64_t rearms;         /* multishot receives re-armed after ending */
+	uint64_t sends;          /* send/sendmsg operations */
+	uint64_t sends_zc;       /* SEND_ZC / SENDMSG_ZC operations */
+	uint64_t zc_copied;      /* ... whose notification says the kernel copied */
+	uint64_t short_sends;    /* sends that took part of what was offered */
+	uint64_t bp_pauses;      /* reads paused by the high watermark */
+	uint64_t bufs_out;       /* receive buffers held by the application now */
+	uint64_t udp_drops;      /* datagrams the kernel dropped on this shard's UDP sockets
+				    (receive queue full; SO_RXQ_OVFL, reported with the next
+				    datagram received) */
+	uint64_t udp_truncated;  /* datagrams longer than udp_buf_size, dropped */
+	uint64_t udp_send_slots; /* UDP send slots allocated (pooled: grows with the most
+				    datagrams in flight at once, not with the sends) */
 };
 
 /**
