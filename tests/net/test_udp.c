@@ -3,13 +3,17 @@
  * receive buffer count and size; drops the kernel reports; pooled sends. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -569,4 +573,85 @@ Test(net_udp, kernel_drops_are_counted)
 Test(net_udp, kernel_drops_are_counted_with_multishot_recv_off)
 {
 	drops_run("multishot_recv=off");
+}
+
+/* keel-echo --udp-buf-size: the flag reaches the UDP ring (a datagram one byte longer is
+ * not echoed); a bad --udp-buf-count is refused with exit status 2. */
+Test(net_udp, keel_echo_udp_buffer_flags, .timeout = 120)
+{
+	char port_s[16], in[2048], out[1025];
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	socklen_t al = sizeof(a);
+	struct timeval tv = { .tv_sec = 30 };
+	int fd, st;
+	pid_t pid;
+	ssize_t n;
+
+	/* A free port: the kernel's pick, released for keel-echo (loopback only). */
+	fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	getsockname(fd, (struct sockaddr *)&a, &al);
+	close(fd);
+	snprintf(port_s, sizeof(port_s), "%u", ntohs(a.sin_port));
+
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL); /* a failed assertion must not leave it */
+		execl(KEEL_BIN_DIR "/keel-echo", "keel-echo", "--udp", "--addr", "127.0.0.1",
+		      "--port", port_s, "--shards", "1", "--idle-poll-us", "0", "--log-level",
+		      "warn", "--udp-buf-count", "16", "--udp-buf-size", "1024", (char *)NULL);
+		_exit(127);
+	}
+	fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	/* Until keel-echo is up: a probe every 10 ms, 30 s at most. */
+	tv.tv_sec = 0;
+	tv.tv_usec = 10000;
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	for (unsigned tries = 0;; tries++) {
+		cr_assert_lt(tries, 3000, "keel-echo did not answer in 30 s");
+		if (waitpid(pid, &st, WNOHANG) == pid)
+			cr_assert_fail("keel-echo exited early (status %d)", st);
+		send(fd, "p", 1, 0);
+		n = recv(fd, in, sizeof(in), 0);
+		if (n == 1)
+			break;
+		if (n < 0 && errno != EAGAIN) {
+			/* Refused (nothing bound yet) or interrupted: wait out the 10 ms. */
+			struct timespec ts = { 0, 10000000 };
+			nanosleep(&ts, NULL);
+		}
+	}
+	tv.tv_sec = 30;
+	tv.tv_usec = 0;
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	/* Probes still in flight come back first: drain them with the marker's echo. */
+	memset(out, 'x', sizeof(out));
+	cr_assert_eq(send(fd, out, 1025, 0), 1025);
+	cr_assert_eq(send(fd, "M", 1, 0), 1);
+	do {
+		n = recv_intr(fd, in, sizeof(in));
+		cr_assert_neq(n, 1025, "a 1,025-byte datagram was echoed with --udp-buf-size 1024");
+		cr_assert_gt(n, 0, "no echo of the marker in 30 s: %s", strerror(errno));
+	} while (!(n == 1 && in[0] == 'M'));
+	cr_assert_eq(send(fd, out, 1024, 0), 1024);
+	cr_assert_eq(recv_intr(fd, in, sizeof(in)), 1024);
+	close(fd);
+	kill(pid, SIGTERM);
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "keel-echo status %d", st);
+
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		int null = open("/dev/null", O_WRONLY);
+		dup2(null, 2);
+		execl(KEEL_BIN_DIR "/keel-echo", "keel-echo", "--udp", "--port", port_s,
+		      "--udp-buf-count", "100", (char *)NULL);
+		_exit(127);
+	}
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "keel-echo status %d, want exit 2", st);
 }
