@@ -655,3 +655,25 @@ Test(net_udp, keel_echo_udp_buffer_flags, .timeout = 120)
 	cr_assert_eq(waitpid(pid, &st, 0), pid);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "keel-echo status %d, want exit 2", st);
 }
+
+Test(net_udp, buffer_config_is_validated)
+{
+	struct keel_net_config nc;
+
+	keel_net_config_init(&nc);
+	cr_assert_eq(nc.udp_buf_count, 256);
+	cr_assert_eq(nc.udp_buf_size, 65536);
+	nc.udp_buf_count = 100;
+	cr_assert_eq(keel_net_config_set(&nc), -EINVAL, "a count that is not a power of two");
+	nc.udp_buf_count = 65536;
+	cr_assert_eq(keel_net_config_set(&nc), -EINVAL, "more than 32768 buffers");
+	nc.udp_buf_count = 4096;
+	nc.udp_buf_size = 0;
+	cr_assert_eq(keel_net_config_set(&nc), -EINVAL, "a size of 0");
+	nc.udp_buf_size = 65537;
+	cr_assert_eq(keel_net_config_set(&nc), -EINVAL, "a size above 65536");
+	nc.udp_buf_size = 2048;
+	cr_assert_eq(keel_net_config_set(&nc), 0);
+	keel_net_config_init(&nc);
+	cr_assert_eq(keel_net_config_set(&nc), 0);
+}

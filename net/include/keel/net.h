@@ -70,8 +70,9 @@ KEEL_API void keel_net_config_init(struct keel_net_config *c);
 
 /**
  * Set the configuration every shard uses when it first touches the network.
- * Returns: 0, or -EINVAL (buf_count not a power of two in 1..32768, buf_size 0 or above
- * 1 MiB, low_watermark > high_watermark).
+ * Returns: 0, or -EINVAL (buf_count or udp_buf_count not a power of two in 1..32768,
+ * buf_size 0 or above 1 MiB, udp_buf_size 0 or above 65536, low_watermark >
+ * high_watermark, max_files 0).
  * Context: any thread, before the runtime's shards use the network.
  */
 KEEL_API int keel_net_config_set(const struct keel_net_config *c);
@@ -271,8 +272,8 @@ KEEL_API int keel_net_stats(struct keel_net_stats *out);
 /** UDP callbacks. */
 struct keel_udp_ops {
 	/**
-	 * One datagram from @src. Ownership: the application owns @s's reference; @src is
-	 * borrowed for the call.
+	 * One datagram from @src; @s is empty (len 0) for a zero-length datagram.
+	 * Ownership: the application owns @s's reference; @src is borrowed for the call.
 	 */
 	void (*on_datagram)(struct keel_udp *u, struct keel_slice *s,
 			    const struct sockaddr_storage *src);
@@ -282,7 +283,9 @@ struct keel_udp_ops {
 
 /**
  * Bind a UDP socket to @addr:@port on this shard (SO_REUSEPORT, so every shard may bind the
- * same port) and start receiving (multishot recvmsg with provided buffers).
+ * same port) and start receiving (multishot recvmsg with provided buffers: the shard's
+ * udp_buf_count buffers of udp_buf_size bytes, made on its first endpoint). SO_RXQ_OVFL
+ * is set, so datagrams the kernel drops are counted (udp_drops in keel_net_stats).
  * Returns: 0 and *out; -EINVAL (address does not parse), -EADDRINUSE, -errno.
  * Context: a shard.
  */
@@ -294,7 +297,9 @@ KEEL_API uint16_t keel_udp_port(const struct keel_udp *u);
 
 /**
  * Send @s as one datagram to @dst (datagrams queued in one pass are submitted together;
- * large ones with SENDMSG_ZC).
+ * large ones with SENDMSG_ZC). An empty slice sends a zero-length datagram. The send's
+ * state is a slot of a per-shard pool: nothing is allocated per datagram once the pool
+ * covers the most datagrams in flight (udp_send_slots in keel_net_stats).
  * Consumes: @s's reference, on success.
  * Returns: 0; -EINVAL; -EPIPE after close; -ENOMEM.
  * Context: @u's shard.
