@@ -258,6 +258,8 @@ keel_caps_print(const struct keel_opts *opts, FILE *f)
 		  "completions run only when the shard asks" },
 		{ "COOP_TASKRUN", c->coop_taskrun, "5.19", "fallback without DEFER_TASKRUN" },
 		{ "registered ring fd", c->reg_ring_fd, "5.18", "no fd lookup per io_uring_enter" },
+		{ "CQ overflow held", feat(c, IORING_FEAT_NODROP), "5.5",
+		  "a full CQ (--cq-entries) loses no completion" },
 		{ "EXT_ARG waits", feat(c, IORING_FEAT_EXT_ARG), "5.11",
 		  "sleep until the next timer" },
 		{ "CQE_SKIP_SUCCESS", feat(c, IORING_FEAT_CQE_SKIP), "5.17",

@@ -32,7 +32,8 @@ __attribute__((noreturn)) void keel__verify_fail(const char *file, int line, con
 
 struct atomic_stats {
 	_Atomic uint64_t passes, enters, cqes, msgs_sent, msgs_recv, msgs_overflow, sleeps, wakeups,
-		stalls, timers_fired, deferred, foreign, max_pass_ns;
+		wake_fallbacks, cq_overflows, cq_dropped, stalls, timers_fired, deferred, foreign,
+		max_pass_ns;
 };
 
 /* A message in a shard-pair queue: 32 bytes, two per cache line. The kind is implied:
@@ -145,8 +146,11 @@ struct keel_shard {
 	uint64_t ovf_pending;
 	uint64_t sent_unpublished; /* counted into stats.msgs_sent at the next flush */
 
-	struct keel_op wake_op;    /* target of other shards' MSG_RING wake-ups (uncounted) */
-	struct keel_op msgring_op; /* sender-side MSG_RING errors only (CQE_SKIP_SUCCESS) */
+	struct keel_op wake_op; /* target of other shards' MSG_RING wake-ups (uncounted) */
+	/* Sender side of MSG_RING wake-ups, one per destination shard, so a failure (the only
+	 * CQE: IOSQE_CQE_SKIP_SUCCESS) names the shard still to wake. Uncounted. */
+	struct keel_op *msgring_ops; /* [rt->count] */
+	uint64_t wake_fail_logged_ns;
 	struct internal_op cancel_op;
 
 	/* Foreign requests: a mutex-protected list, checked without the lock each pass. */
@@ -228,6 +232,9 @@ int keel__shard_ring_init(struct keel_shard *s);
 void keel__shard_loop(struct keel_shard *s);
 void keel__shard_ring_fini(struct keel_shard *s);
 void keel__shard_wake(struct keel_shard *target, struct keel_shard *from);
+/* Fault injection for tests: while non-zero, each MSG_RING wake-up is aimed at an invalid
+ * fd (so it fails with -EBADF on the sender) and the count drops by one. */
+extern _Atomic unsigned keel__fault_msgring_fail;
 struct io_uring_sqe *keel__sqe_internal(struct keel_shard *s);
 void keel__internal_arm(struct keel_shard *s, struct internal_op *iop, struct io_uring_sqe *sqe);
 /* The last CQE of an internal op: disarm it and stop counting it. Returns it. */

@@ -34,12 +34,39 @@ wake_cb(struct keel_op *op, int res, uint32_t flags)
 	STAT_INC(s, wakeups);
 }
 
+/* Only failures arrive here (IOSQE_CQE_SKIP_SUCCESS). The sender cleared the target's
+ * `sleeping` flag when it chose to wake it, so no later sender will: the target may sleep
+ * with mail waiting. Wake it through its eventfd instead, whose read is always armed on the
+ * target's ring (runtime.c): the write completes that read and ends the target's wait, and
+ * if the target is awake already, or its read is being re-armed, the eventfd's count stays
+ * non-zero and the re-armed read completes at once. The failure CQE is on our own ring, so
+ * it ends our own wait and we reach this before sleeping ourselves. No wake-up is lost. */
 static void
 msgring_cb(struct keel_op *op, int res, uint32_t flags)
 {
-	/* Only failures arrive here (IOSQE_CQE_SKIP_SUCCESS). A lost wake-up would leave a
-	 * shard asleep with mail: say so loudly. */
-	keel_log(KEEL_LOG_ERROR, "core", "MSG_RING wake-up failed: %s", strerror(-res));
+	struct keel_shard *s = keel__cur;
+	struct keel_shard *t = &s->rt->shards[op - s->msgring_ops];
+	uint64_t one = 1, now = keel__clock_ns();
+
+	STAT_INC(s, wake_fallbacks);
+	if (!s->wake_fail_logged_ns || now - s->wake_fail_logged_ns >= 10 * NS_PER_S) {
+		s->wake_fail_logged_ns = now;
+		keel_log(KEEL_LOG_WARN, "core",
+			 "shard %u: MSG_RING wake-up of shard %u failed (%s); woke it through its "
+			 "eventfd (counted in the stats as wake_fallbacks; logged once per 10 s)",
+			 s->id, t->id, strerror(-res));
+	}
+	if (write(t->xefd, &one, sizeof(one)) != sizeof(one))
+		keel_log(KEEL_LOG_ERROR, "core", "waking shard %u through its eventfd failed: %s",
+			 t->id, strerror(errno));
+}
+
+/* Not counted in flight: wake-ups received, and our MSG_RING failures. */
+static inline bool
+uncounted_op(const struct keel_shard *s, const struct keel_op *op)
+{
+	return op == &s->wake_op ||
+	       (uintptr_t)op - (uintptr_t)s->msgring_ops < s->rt->count * sizeof(*op);
 }
 
 static void
@@ -66,16 +93,24 @@ keel__shard_ring_init(struct keel_shard *s)
 
 	memset(&p, 0, sizeof(p));
 	p.flags = flags;
-	p.cq_entries = rt->opts.ring_entries * 4;
+	/* Sized for connections, not for the SQ: every multishot receive of every connection
+	 * may complete in one pass (docs/architecture.md, "The ring"). */
+	p.cq_entries = rt->opts.cq_entries;
 	r = io_uring_queue_init_params(rt->opts.ring_entries, &s->ring, &p);
 	if (r < 0) {
 		keel_log(KEEL_LOG_ERROR, "core",
-			 "io_uring_setup(%u entries, flags 0x%x) failed: %s%s",
-			 rt->opts.ring_entries, flags, strerror(-r),
-			 r == -ENOMEM ? "; lower --ring-entries or raise RLIMIT_MEMLOCK (ulimit -l)"
+			 "io_uring_setup(%u SQ entries, %u CQ entries, flags 0x%x) failed: %s%s",
+			 rt->opts.ring_entries, rt->opts.cq_entries, flags, strerror(-r),
+			 r == -ENOMEM ? "; lower --ring-entries and --cq-entries, or raise "
+					"RLIMIT_MEMLOCK (ulimit -l)"
 				      : "");
 		return r;
 	}
+	if (!(p.features & IORING_FEAT_NODROP))
+		keel_log(KEEL_LOG_WARN, "core",
+			 "this kernel lacks IORING_FEAT_NODROP (5.5): completions beyond the CQ "
+			 "(--cq-entries %u) are dropped, not held; raise --cq-entries",
+			 p.cq_entries);
 	s->ring_fd = s->ring.ring_fd;
 	s->ring_flags = s->ring.flags;
 	s->taskrun_flag = flags & IORING_SETUP_TASKRUN_FLAG;
@@ -93,8 +128,14 @@ keel__shard_ring_init(struct keel_shard *s)
 			}
 		}
 	}
+	s->msgring_ops = calloc(rt->count, sizeof(*s->msgring_ops));
+	if (!s->msgring_ops) {
+		io_uring_queue_exit(&s->ring);
+		return -ENOMEM;
+	}
+	for (unsigned i = 0; i < rt->count; i++)
+		s->msgring_ops[i].fn = msgring_cb;
 	s->wake_op.fn = wake_cb;
-	s->msgring_op.fn = msgring_cb;
 	s->cancel_op.op.fn = cancel_cb;
 	s->cancel_op.shard = s;
 	s->stall_ns = (uint64_t)rt->opts.stall_ms * NS_PER_MS;
@@ -105,6 +146,8 @@ void
 keel__shard_ring_fini(struct keel_shard *s)
 {
 	io_uring_queue_exit(&s->ring);
+	free(s->msgring_ops);
+	s->msgring_ops = NULL;
 }
 
 struct io_uring_sqe *
@@ -168,15 +211,29 @@ keel_now_ns(void)
 	return cur_shard(__func__)->now_ns;
 }
 
+_Atomic unsigned keel__fault_msgring_fail;
+
+/* The target ring fd of a MSG_RING wake-up: -1 while a test injects failures. */
+static int
+msgring_fd(const struct keel_shard *t)
+{
+	unsigned n = atomic_load_explicit(&keel__fault_msgring_fail, memory_order_relaxed);
+
+	while (__builtin_expect(n != 0, 0))
+		if (atomic_compare_exchange_weak(&keel__fault_msgring_fail, &n, n - 1))
+			return -1;
+	return t->ring_fd;
+}
+
 void
 keel__shard_wake(struct keel_shard *t, struct keel_shard *from)
 {
 	if (from && from->rt == t->rt && from->phase != PHASE_DONE) {
 		struct io_uring_sqe *sqe = keel__sqe_internal(from);
 		if (sqe) {
-			io_uring_prep_msg_ring(sqe, t->ring_fd, 0, (uint64_t)(uintptr_t)&t->wake_op,
-					       0);
-			io_uring_sqe_set_data(sqe, &from->msgring_op);
+			io_uring_prep_msg_ring(sqe, msgring_fd(t), 0,
+					       (uint64_t)(uintptr_t)&t->wake_op, 0);
+			io_uring_sqe_set_data(sqe, &from->msgring_ops[t->id]);
 			sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
 			return;
 		}
@@ -201,7 +258,7 @@ reap(struct keel_shard *s)
 		n++;
 		if (__builtin_expect(op == NULL, 0))
 			continue;
-		if (op != &s->wake_op && op != &s->msgring_op && !(cqe->flags & IORING_CQE_F_MORE))
+		if (!(cqe->flags & IORING_CQE_F_MORE) && !uncounted_op(s, op))
 			s->inflight--;
 		op->fn(op, cqe->res, cqe->flags);
 	}
@@ -215,16 +272,51 @@ reap(struct keel_shard *s)
 /* Enter the kernel only when it has something for us: SQEs to submit, task work pending
  * (IORING_SQ_TASKRUN, which DEFER_TASKRUN only runs inside io_uring_enter), or an
  * overflowed CQ. */
+/* The CQ overflowed: the kernel holds the completions that did not fit (IORING_FEAT_NODROP)
+ * and moves them into the CQ at the next io_uring_enter with GETEVENTS, which the caller
+ * makes. Multishot operations whose CQE did not fit end (a final CQE without F_MORE, data
+ * included) and their owners re-arm them. Completions the kernel could not even hold are
+ * counted in koverflow. */
+static void
+cq_overflowed(struct keel_shard *s)
+{
+	STAT_INC(s, cq_overflows);
+	atomic_store_explicit(&s->stats.cq_dropped, IO_URING_READ_ONCE(*s->ring.cq.koverflow),
+			      memory_order_relaxed);
+}
+
 static bool
 need_enter(struct keel_shard *s)
 {
 	unsigned sqf = IO_URING_READ_ONCE(*s->ring.sq.kflags);
 
+	if (__builtin_expect(sqf & IORING_SQ_CQ_OVERFLOW, 0)) {
+		cq_overflowed(s);
+		return true;
+	}
 	if (io_uring_sq_ready(&s->ring))
 		return true;
-	if (sqf & (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN))
+	if (sqf & IORING_SQ_TASKRUN)
 		return true;
 	return !s->taskrun_flag && s->inflight > 0 && io_uring_cq_ready(&s->ring) == 0;
+}
+
+/* io_uring_enter's errors: -EBADR says the kernel dropped completions (reported once). */
+static void
+enter_error(struct keel_shard *s, int r, const char *what)
+{
+	if (r == -EBADR) {
+		cq_overflowed(s);
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "shard %u: the kernel dropped %llu completions (CQ of %u full and no "
+			 "memory to hold more): raise --cq-entries",
+			 s->id,
+			 (unsigned long long)atomic_load_explicit(&s->stats.cq_dropped,
+								  memory_order_relaxed),
+			 s->ring.cq.ring_entries);
+		return;
+	}
+	keel_log(KEEL_LOG_ERROR, "core", "%s failed: %s", what, strerror(-r));
 }
 
 static void
@@ -233,7 +325,7 @@ enter(struct keel_shard *s)
 	int r = io_uring_submit_and_get_events(&s->ring);
 	STAT_INC(s, enters);
 	if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY)
-		keel_log(KEEL_LOG_ERROR, "core", "io_uring_enter failed: %s", strerror(-r));
+		enter_error(s, r, "io_uring_enter");
 }
 
 static void
@@ -249,7 +341,11 @@ sleep_in_kernel(struct keel_shard *s)
 	/* Announce the sleep, then look again: a sender that set our mail bit before seeing
 	 * `sleeping` is seen here; one that sets it after will wake us. */
 	atomic_store(&s->sleeping, 1);
-	if (keel__mail_pending(s) || atomic_load(&s->xpending) ||
+	/* Completions already in the CQ or held in the kernel's overflow list are work: the
+	 * wait would return at once (the kernel flushes the overflow list before it sleeps),
+	 * but say so here rather than rely on it. */
+	if (keel__mail_pending(s) || atomic_load(&s->xpending) || io_uring_cq_ready(&s->ring) ||
+	    (IO_URING_READ_ONCE(*s->ring.sq.kflags) & IORING_SQ_CQ_OVERFLOW) ||
 	    (atomic_load(&rt->stopping) && s->phase == PHASE_RUN)) {
 		atomic_store(&s->sleeping, 0);
 		return;
@@ -268,7 +364,7 @@ sleep_in_kernel(struct keel_shard *s)
 	STAT_INC(s, enters);
 	r = io_uring_submit_and_wait_timeout(&s->ring, &cqe, 1, tsp, NULL);
 	if (r < 0 && r != -ETIME && r != -EINTR && r != -EAGAIN && r != -EBUSY)
-		keel_log(KEEL_LOG_ERROR, "core", "io_uring wait failed: %s", strerror(-r));
+		enter_error(s, r, "io_uring wait");
 	atomic_store(&s->sleeping, 0);
 }
 

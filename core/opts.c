@@ -46,6 +46,7 @@ keel_opts_init(struct keel_opts *o)
 	memset(o, 0, sizeof(*o));
 	o->idle_poll_us = 50;
 	o->ring_entries = 256;
+	o->cq_entries = KEEL_CQ_ENTRIES_DEFAULT;
 	o->stall_ms = 25;
 	o->mailbox_entries = 1024;
 	o->log_level = KEEL_LOG_INFO;
@@ -198,6 +199,7 @@ enum opt_id {
 	OPT_CPUSET,
 	OPT_IDLE_POLL,
 	OPT_RING_ENTRIES,
+	OPT_CQ_ENTRIES,
 	OPT_STALL_MS,
 	OPT_MAILBOX,
 	OPT_LOG_LEVEL,
@@ -224,7 +226,10 @@ static const struct opt_desc opt_table[] = {
 	{ OPT_IDLE_POLL, "--idle-poll-us", "KEEL_IDLE_POLL_US", "N",
 	  "busy-poll N us before sleeping in the kernel (default 50)" },
 	{ OPT_RING_ENTRIES, "--ring-entries", "KEEL_RING_ENTRIES", "N",
-	  "io_uring SQ entries per shard, CQ is 4x (default 256)" },
+	  "io_uring SQ entries per shard (default 256)" },
+	{ OPT_CQ_ENTRIES, "--cq-entries", "KEEL_CQ_ENTRIES", "N",
+	  "io_uring CQ entries per shard, >= --ring-entries; size it for the connections a shard "
+	  "serves, about 4 each (default 16384)" },
 	{ OPT_STALL_MS, "--stall-ms", "KEEL_STALL_MS", "N",
 	  "report loop passes longer than N ms (default 25)" },
 	{ OPT_MAILBOX, "--mailbox-entries", "KEEL_MAILBOX_ENTRIES", "N",
@@ -264,6 +269,8 @@ apply(const struct opt_desc *d, const char *v, struct keel_opts *o, char *err, s
 		return parse_uint(d->name, v, 0, 10000000, &o->idle_poll_us, err, errlen);
 	case OPT_RING_ENTRIES:
 		return parse_uint(d->name, v, 8, 32768, &o->ring_entries, err, errlen);
+	case OPT_CQ_ENTRIES:
+		return parse_uint(d->name, v, 16, KEEL_CQ_ENTRIES_MAX, &o->cq_entries, err, errlen);
 	case OPT_STALL_MS:
 		return parse_uint(d->name, v, 1, 3600000, &o->stall_ms, err, errlen);
 	case OPT_MAILBOX:

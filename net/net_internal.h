@@ -58,11 +58,13 @@ struct net_shard {
 	struct pbuf_ring tcp; /* bgid 0 */
 	struct pbuf_ring udp; /* bgid 1, created on first UDP use */
 	bool udp_ready;
-	bool dropping;             /* releasing the rings' own references at the end */
-	struct keel_conn *conns;   /* every live connection (abort on stop) */
-	struct keel_udp *udps;     /* every live UDP endpoint */
-	struct keel_conn *starved; /* connections waiting for buffers */
-	bool starve_kick;          /* a deferred re-arm is queued */
+	bool dropping;                          /* releasing the rings' own references at the end */
+	struct keel_conn *conns;                /* every live connection (abort on stop) */
+	struct keel_udp *udps;                  /* every live UDP endpoint */
+	struct udp_send *udp_sends_free;        /* udp.c: pooled send slots */
+	struct udp_send_chunk *udp_send_chunks; /* ... and the chunks they live in */
+	struct keel_conn *starved;              /* connections waiting for buffers */
+	bool starve_kick;                       /* a deferred re-arm is queued */
 	/* Closed connections with nothing in flight, waiting for on_close from the loop. */
 	struct keel_conn *close_head, *close_tail;
 	bool close_kick;         /* a run of the close list is queued (holds a reference) */
@@ -115,6 +117,8 @@ void keel__listeners_stop(struct net_shard *ns);
 
 /* udp.c */
 void keel__udps_stop(struct net_shard *ns);
+/* Free the send-slot pool (the shard's network state is going). */
+void keel__udp_fini(struct net_shard *ns);
 
 /* The configuration set by keel_net_config_set() (defaults until then). */
 const struct keel_net_config *keel__net_cfg(void);

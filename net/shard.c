@@ -20,7 +20,8 @@
 		.buf_size = 16384, .buf_count = 256,                                       \
 		.zc_threshold = KEEL_NET_ZC_THRESHOLD_DEFAULT, .high_watermark = 1u << 20, \
 		.low_watermark = 256u << 10, .max_files = 4096, .accept_backoff_ms = 100,  \
-		.close_timeout_ms = 0, .nodelay = true,                                    \
+		.close_timeout_ms = 0, .nodelay = true, .udp_buf_count = 256,              \
+		.udp_buf_size = 65536,                                                     \
 	}
 
 static struct keel_net_config g_cfg = NET_CONFIG_DEFAULTS;
@@ -52,7 +53,9 @@ keel_net_config_set(const struct keel_net_config *c)
 {
 	if (!c || !c->buf_count || c->buf_count > 32768 || (c->buf_count & (c->buf_count - 1)) ||
 	    !c->buf_size || c->buf_size > (1u << 20) || c->low_watermark > c->high_watermark ||
-	    !c->max_files)
+	    !c->max_files || !c->udp_buf_count || c->udp_buf_count > 32768 ||
+	    (c->udp_buf_count & (c->udp_buf_count - 1)) || !c->udp_buf_size ||
+	    c->udp_buf_size > 65536)
 		return -EINVAL;
 	g_cfg = *c;
 	return 0;
@@ -76,6 +79,7 @@ destroy(struct net_shard *ns)
 	keel__pbuf_fini(&ns->tcp);
 	if (ns->udp_ready)
 		keel__pbuf_fini(&ns->udp);
+	keel__udp_fini(ns);
 	if (ns->files)
 		io_uring_unregister_files(keel_shard_ring_get());
 	free(ns->scratch);

@@ -2,15 +2,31 @@
 /*
  * UDP endpoints: multishot recvmsg with provided buffers (a buffer ring of its own, without
  * bundles or incremental consumption, since each buffer holds one datagram after its
- * io_uring_recvmsg_out header and source address), and one sendmsg per datagram, all
- * queued in a pass submitted together; SENDMSG_ZC for large ones.
+ * io_uring_recvmsg_out header, source address and control data), and one sendmsg per
+ * datagram, all queued in a pass submitted together; SENDMSG_ZC for large ones.
+ *
+ * Each socket has SO_RXQ_OVFL set: a datagram carries the socket's running count of
+ * datagrams the kernel dropped (receive queue full) as control data, and the difference
+ * from the last one seen is added to the shard's udp_drops. Send state comes from a
+ * per-shard pool of slots, carved from chunks: nothing is allocated per datagram once the
+ * pool covers the most datagrams in flight at once.
  */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "net_internal.h"
+
+/* The buffer layout of a multishot recvmsg: header, source address (room for IPv6, a
+ * multiple of 8 so the control data is aligned), control data (the drop counter). */
+#define UDP_NAMELEN  32
+#define UDP_CTRL_LEN CMSG_SPACE(sizeof(uint32_t))
+_Static_assert(sizeof(struct io_uring_recvmsg_out) + UDP_NAMELEN + UDP_CTRL_LEN ==
+		       KEEL_UDP_BUF_OVERHEAD,
+	       "KEEL_UDP_BUF_OVERHEAD (keel/net.h) is the buffer layout's overhead");
+_Static_assert(UDP_NAMELEN >= sizeof(struct sockaddr_in6), "an IPv6 source fits");
 
 struct keel_udp {
 	struct net_shard *ns;
@@ -19,14 +35,19 @@ struct keel_udp {
 	int fd;
 	uint16_t port;
 	struct keel_op recv_op;
-	struct msghdr rmsg; /* the template: name length, no control */
+	/* The receive template: name and control lengths (multishot lays the buffer out
+	 * with them); single-shot receives the name and control data here. */
+	struct msghdr rmsg;
+	struct sockaddr_storage rname;
+	uint64_t rctrl[UDP_CTRL_LEN / sizeof(uint64_t)];
+	uint32_t drops_seen; /* the kernel's drop count in the last datagram (SO_RXQ_OVFL) */
 	unsigned ops_n;
 	bool armed, closing;
 	int status;
 	struct keel_udp *next;
 };
 
-/* One datagram on its way out. */
+/* One datagram on its way out: a slot of the shard's pool. */
 struct udp_send {
 	struct keel_op op;
 	struct keel_udp *u;
@@ -36,6 +57,14 @@ struct udp_send {
 	struct iovec iov;
 	struct msghdr msg;
 	bool zc;
+	struct udp_send *next_free;
+};
+
+#define UDP_SEND_CHUNK 64
+
+struct udp_send_chunk {
+	struct udp_send_chunk *next;
+	struct udp_send slot[UDP_SEND_CHUNK];
 };
 
 static void udp_check(struct keel_udp *u);
@@ -56,6 +85,12 @@ udp_arm(struct keel_udp *u)
 
 	if (!sqe)
 		return;
+	/* Single-shot recvmsg writes the lengths back: reset them. */
+	u->rmsg.msg_name = &u->rname;
+	u->rmsg.msg_namelen = UDP_NAMELEN;
+	u->rmsg.msg_control = u->rctrl;
+	u->rmsg.msg_controllen = UDP_CTRL_LEN;
+	u->rmsg.msg_flags = 0;
 	if (ns->f_ms_recv)
 		io_uring_prep_recvmsg_multishot(sqe, u->fd, &u->rmsg, 0);
 	else
@@ -67,46 +102,129 @@ udp_arm(struct keel_udp *u)
 	u->ops_n++;
 }
 
+/* The kernel's running drop count of the socket, if the control data carries it. Read
+ * with memcpy: the control data need not be aligned in the buffer. */
+static void
+udp_count_drops(struct keel_udp *u, const uint8_t *ctrl, size_t len)
+{
+	while (len >= sizeof(struct cmsghdr)) {
+		struct cmsghdr c;
+		uint32_t v;
+
+		memcpy(&c, ctrl, sizeof(c));
+		if (c.cmsg_len < sizeof(c) || c.cmsg_len > len)
+			return;
+		if (c.cmsg_level == SOL_SOCKET && c.cmsg_type == SO_RXQ_OVFL &&
+		    c.cmsg_len >= CMSG_LEN(sizeof(v))) {
+			memcpy(&v, ctrl + CMSG_LEN(0), sizeof(v));
+			/* Unsigned difference: the kernel's counter wraps at 2^32. */
+			u->ns->st.udp_drops += (uint32_t)(v - u->drops_seen);
+			u->drops_seen = v;
+		}
+		if (CMSG_ALIGN(c.cmsg_len) >= len)
+			return;
+		ctrl += CMSG_ALIGN(c.cmsg_len);
+		len -= CMSG_ALIGN(c.cmsg_len);
+	}
+}
+
 static void
 udp_deliver(struct keel_udp *u, unsigned bid, int res, uint32_t flags)
 {
 	struct net_shard *ns = u->ns;
 	struct keel_slice whole, payload;
-	struct io_uring_recvmsg_out *o;
+	struct io_uring_recvmsg_out o;
 	struct sockaddr_storage src;
+	size_t off;
 	int n;
 
+	memset(&src, 0, sizeof(src));
 	if (ns->f_ms_recv) {
 		n = keel__pbuf_take(&ns->udp, bid, res, flags, false, &whole, 1);
 		if (n != 1)
 			return;
-		o = io_uring_recvmsg_validate(whole.data, (int)whole.len, &u->rmsg);
-		if (!o || (o->flags & MSG_TRUNC)) {
+		if (whole.len < KEEL_UDP_BUF_OVERHEAD) {
+			/* Never on a working kernel: the header is always there. */
+			ns->st.udp_truncated++;
 			keel_slice_put(&whole);
 			return;
 		}
-		memset(&src, 0, sizeof(src));
-		memcpy(&src, io_uring_recvmsg_name(o),
-		       o->namelen < sizeof(src) ? o->namelen : sizeof(src));
-		if (keel_slice_sub(
-			    &whole,
-			    (size_t)((uint8_t *)io_uring_recvmsg_payload(o, &u->rmsg) - whole.data),
-			    io_uring_recvmsg_payload_length(o, (int)whole.len, &u->rmsg),
-			    &payload) < 0) {
+		/* Copied out: a buffer holds any datagram size, so it need not be aligned. */
+		memcpy(&o, whole.data, sizeof(o));
+		off = sizeof(o);
+		memcpy(&src, whole.data + off, o.namelen < UDP_NAMELEN ? o.namelen : UDP_NAMELEN);
+		off += UDP_NAMELEN;
+		udp_count_drops(u, whole.data + off,
+				o.controllen < UDP_CTRL_LEN ? o.controllen : UDP_CTRL_LEN);
+		off += UDP_CTRL_LEN;
+		/* A zero-length datagram is a valid one: an empty slice. */
+		if ((o.flags & MSG_TRUNC) || o.payloadlen > ns->cfg.udp_buf_size ||
+		    keel_slice_sub(&whole, off, o.payloadlen, &payload) < 0) {
+			ns->st.udp_truncated++;
 			keel_slice_put(&whole);
 			return;
 		}
 		keel_slice_put(&whole);
 	} else {
-		/* Single-shot recvmsg: the name lands in rmsg's own buffer. */
-		n = keel__pbuf_take(&ns->udp, bid, res, flags, false, &payload, 1);
+		/* Single-shot recvmsg: the name and control data land in rmsg's own buffers.
+		 * Linux 6.18 reports no buffer for a zero-length datagram (udp_deliver_empty);
+		 * should a kernel report one with res 0, own it as a one-byte slice narrowed to
+		 * an empty one, so it still goes back to the ring when that is put. */
+		n = keel__pbuf_take(&ns->udp, bid, res ? res : 1, flags, false, &whole, 1);
 		if (n != 1)
 			return;
-		memcpy(&src, u->rmsg.msg_name, sizeof(src));
+		memcpy(&src, &u->rname,
+		       u->rmsg.msg_namelen < sizeof(src) ? u->rmsg.msg_namelen : sizeof(src));
+		udp_count_drops(u, (const uint8_t *)u->rctrl,
+				u->rmsg.msg_controllen < UDP_CTRL_LEN ? u->rmsg.msg_controllen
+								      : UDP_CTRL_LEN);
+		if ((u->rmsg.msg_flags & MSG_TRUNC) || (uint32_t)res > ns->cfg.udp_buf_size ||
+		    keel_slice_sub(&whole, 0, (size_t)res, &payload) < 0) {
+			ns->st.udp_truncated++;
+			keel_slice_put(&whole);
+			return;
+		}
+		keel_slice_put(&whole);
 	}
 	ns->st.recv_cqes++;
 	ns->st.recv_bufs++;
-	if (u->closing || !payload.len) {
+	if (u->closing) {
+		keel_slice_put(&payload);
+		return;
+	}
+	u->ops->on_datagram(u, &payload, &src);
+}
+
+/* Single-shot recvmsg of a zero-length datagram: the kernel completes it with res 0 and
+ * puts the provided buffer back itself (no IORING_CQE_F_BUFFER), so the empty slice comes
+ * from the shard's allocator. Multishot always uses a buffer (the header). */
+static void
+udp_deliver_empty(struct keel_udp *u)
+{
+	struct net_shard *ns = u->ns;
+	struct keel_slice one, payload;
+	struct sockaddr_storage src;
+	int r;
+
+	memset(&src, 0, sizeof(src));
+	memcpy(&src, &u->rname,
+	       u->rmsg.msg_namelen < sizeof(src) ? u->rmsg.msg_namelen : sizeof(src));
+	udp_count_drops(u, (const uint8_t *)u->rctrl,
+			u->rmsg.msg_controllen < UDP_CTRL_LEN ? u->rmsg.msg_controllen
+							      : UDP_CTRL_LEN);
+	r = keel_buf_alloc(keel_shard_alloc(), 1, &one);
+	if (r < 0) {
+		keel_log(KEEL_LOG_WARN, NET_MOD,
+			 "udp port %u: a zero-length datagram dropped: %s; raise --memory", u->port,
+			 strerror(-r));
+		return;
+	}
+	r = keel_slice_sub(&one, 0, 0, &payload);
+	keel_slice_put(&one);
+	if (r < 0)
+		return;
+	ns->st.recv_cqes++;
+	if (u->closing) {
 		keel_slice_put(&payload);
 		return;
 	}
@@ -123,6 +241,8 @@ udp_recv_cb(struct keel_op *op, int res, uint32_t flags)
 		u->armed = false;
 	if (res >= 0 && (flags & IORING_CQE_F_BUFFER))
 		udp_deliver(u, flags >> IORING_CQE_BUFFER_SHIFT, res, flags);
+	else if (res == 0 && !u->ns->f_ms_recv)
+		udp_deliver_empty(u);
 	else if (res == -ENOBUFS)
 		u->ns->st.enobufs++;
 	if (!more) {
@@ -153,7 +273,6 @@ udp_free(struct keel_udp *u)
 			*pp = u->next;
 			break;
 		}
-	free(u->rmsg.msg_name);
 	free(u);
 	keel__net_unref(ns);
 }
@@ -184,8 +303,11 @@ keel_udp_open(const char *addr, uint16_t port, const struct keel_udp_ops *ops, v
 	if (r < 0)
 		return r;
 	if (!ns->udp_ready) {
-		/* Each buffer holds the largest datagram with its header and address. */
-		r = keel__pbuf_init(ns, &ns->udp, 1, 64, 65536 + 512, false);
+		/* Each buffer holds the largest datagram with its header, address and control
+		 * data; rounded up to 8 bytes so every buffer starts aligned. */
+		uint32_t bufsize = (ns->cfg.udp_buf_size + KEEL_UDP_BUF_OVERHEAD + 7) & ~7u;
+
+		r = keel__pbuf_init(ns, &ns->udp, 1, ns->cfg.udp_buf_count, bufsize, false);
 		if (r < 0)
 			return r;
 		ns->udp_ready = true;
@@ -194,6 +316,11 @@ keel_udp_open(const char *addr, uint16_t port, const struct keel_udp_ops *ops, v
 	if (fd < 0)
 		return -errno;
 	setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+	/* The kernel's drop counter with each datagram (udp_drops in the stats). */
+	if (setsockopt(fd, SOL_SOCKET, SO_RXQ_OVFL, &one, sizeof(one)) < 0)
+		keel_log(KEEL_LOG_WARN, NET_MOD,
+			 "udp port %u: SO_RXQ_OVFL: %s; datagrams the kernel drops are not counted",
+			 port, strerror(errno));
 	if (bind(fd, (struct sockaddr *)&ss, len) < 0) {
 		r = -errno;
 		keel_log(KEEL_LOG_ERROR, NET_MOD, "udp bind %s port %u: %s",
@@ -207,13 +334,6 @@ keel_udp_open(const char *addr, uint16_t port, const struct keel_udp_ops *ops, v
 		close(fd);
 		return -ENOMEM;
 	}
-	u->rmsg.msg_name = calloc(1, sizeof(struct sockaddr_storage));
-	if (!u->rmsg.msg_name) {
-		free(u);
-		close(fd);
-		return -ENOMEM;
-	}
-	u->rmsg.msg_namelen = sizeof(struct sockaddr_storage);
 	u->ns = ns;
 	u->ops = ops;
 	u->app = app;
@@ -233,6 +353,7 @@ send_cb(struct keel_op *op, int res, uint32_t flags)
 {
 	struct udp_send *d = container_of(op, struct udp_send, op);
 	struct keel_udp *u = d->u;
+	struct net_shard *ns;
 
 	if (u) {
 		/* The first (or only) CQE: the endpoint's part ends here. */
@@ -247,8 +368,55 @@ send_cb(struct keel_op *op, int res, uint32_t flags)
 		d->ns->st.zc_copied++;
 	}
 	keel_slice_put(&d->s);
-	keel__net_unref(d->ns);
-	free(d);
+	ns = d->ns;
+	/* Back to the pool before the unref, which may free the pool with the shard. */
+	d->next_free = ns->udp_sends_free;
+	ns->udp_sends_free = d;
+	keel__net_unref(ns);
+}
+
+/* A send slot from the shard's pool; a new chunk only when every slot is in flight. */
+static struct udp_send *
+send_slot(struct net_shard *ns)
+{
+	struct udp_send *d = ns->udp_sends_free;
+
+	if (__builtin_expect(d == NULL, 0)) {
+		struct udp_send_chunk *c = calloc(1, sizeof(*c));
+		if (!c)
+			return NULL;
+		c->next = ns->udp_send_chunks;
+		ns->udp_send_chunks = c;
+		for (unsigned i = UDP_SEND_CHUNK; i-- > 0;) {
+			c->slot[i].next_free = ns->udp_sends_free;
+			ns->udp_sends_free = &c->slot[i];
+		}
+		ns->st.udp_send_slots += UDP_SEND_CHUNK;
+		d = ns->udp_sends_free;
+	}
+	ns->udp_sends_free = d->next_free;
+	memset(d, 0, sizeof(*d));
+	return d;
+}
+
+static void
+send_slot_put(struct net_shard *ns, struct udp_send *d)
+{
+	d->next_free = ns->udp_sends_free;
+	ns->udp_sends_free = d;
+}
+
+void
+keel__udp_fini(struct net_shard *ns)
+{
+	struct udp_send_chunk *c = ns->udp_send_chunks, *next;
+
+	for (; c; c = next) {
+		next = c->next;
+		free(c);
+	}
+	ns->udp_send_chunks = NULL;
+	ns->udp_sends_free = NULL;
 }
 
 int
@@ -262,12 +430,12 @@ keel_udp_send(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_st
 		return -EINVAL;
 	if (u->closing)
 		return -EPIPE;
-	d = calloc(1, sizeof(*d));
+	d = send_slot(ns);
 	if (!d)
 		return -ENOMEM;
 	sqe = keel_sqe_get();
 	if (!sqe) {
-		free(d);
+		send_slot_put(ns, d);
 		return -EIO;
 	}
 	d->op.fn = send_cb;

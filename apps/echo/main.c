@@ -13,14 +13,17 @@
 
 static const char usage[] =
 	"usage: keel-echo --port P [--addr A] [--udp] [--steer cpu|queue|hash] [--zc-threshold N]\n"
-	"                 [--forward] [--buf-count N] [--buf-size N] [--caps] [runtime options]\n"
+	"                 [--forward] [--buf-count N] [--buf-size N] [--udp-buf-count N]\n"
+	"                 [--udp-buf-size N] [--caps] [runtime options]\n"
 	"Echo TCP (or UDP) on every shard; SIGINT/SIGTERM stop it.\n"
 	"--forward: TCP, length-prefixed frames (a 32-bit big-endian length, then the bytes, as\n"
 	"           keel-bench sends them); each frame goes to the next shard and back, without\n"
 	"           copying, before it is echoed (docs/net.md).\n"
 	"--buf-count N, --buf-size N: receive buffers per shard ring (a power of two, default\n"
 	"           256) and their size (default 16384); frames held away pin buffers, so size\n"
-	"           the ring for the bytes in flight (keep it within --memory).\n";
+	"           the ring for the bytes in flight (keep it within --memory).\n"
+	"--udp-buf-count N: UDP receive buffers per shard, a power of two (default 256)\n"
+	"--udp-buf-size N: largest UDP datagram received whole, bytes (default 65536)\n";
 
 struct app {
 	const char *addr;
@@ -144,6 +147,20 @@ main(int argc, char **argv)
 			if (*end || t < 0 || t > (1L << 30))
 				die("--zc-threshold expects a byte count, got ", v);
 			nc.zc_threshold = (uint32_t)t;
+			i++;
+		} else if (!strcmp(argv[i], "--udp-buf-count")) {
+			long c = v ? strtol(v, &end, 10) : 0;
+			if (!v || *end || c < 1 || c > 32768 || (c & (c - 1)))
+				die("--udp-buf-count expects a power of two from 1 to 32768, got ",
+				    v ? v : "nothing");
+			nc.udp_buf_count = (uint32_t)c;
+			i++;
+		} else if (!strcmp(argv[i], "--udp-buf-size")) {
+			long b = v ? strtol(v, &end, 10) : 0;
+			if (!v || *end || b < 1 || b > 65536)
+				die("--udp-buf-size expects a byte count from 1 to 65536, got ",
+				    v ? v : "nothing");
+			nc.udp_buf_size = (uint32_t)b;
 			i++;
 		} else {
 			die("unknown option ", argv[i]);

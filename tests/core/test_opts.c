@@ -80,6 +80,8 @@ Test(core_opts, malformed_values_are_rejected_naming_the_option)
 		{ "--cpuset", "0,,x", "--cpuset" },
 		{ "--idle-poll-us", "1e3", "--idle-poll-us" },
 		{ "--ring-entries", "4", "--ring-entries" },
+		{ "--cq-entries", "8", "--cq-entries" },
+		{ "--cq-entries", "131072", "--cq-entries" },
 		{ "--mailbox-entries", "1000", "--mailbox-entries" },
 		{ "--log-level", "loud", "--log-level" },
 		{ "--feature", "warp_drive=on", "warp_drive" },
@@ -128,6 +130,30 @@ Test(core_opts, environment_is_read_and_argv_overrides_it)
 	cr_assert(strstr(err, "KEEL_SHARDS"), "%s", err);
 	unsetenv("KEEL_SHARDS");
 	unsetenv("KEEL_STALL_MS");
+}
+
+/* The CQ is sized on its own (for connections), and never below the SQ. */
+Test(core_opts, cq_entries_sets_the_ring_cq_and_must_cover_the_sq)
+{
+	struct keel_opts o;
+	struct keel_runtime *rt;
+	char err[256];
+	char *argv[] = { "prog", "--cq-entries", "4096", NULL };
+	int argc = 3;
+
+	keel_opts_init(&o);
+	cr_assert_eq(o.cq_entries, KEEL_CQ_ENTRIES_DEFAULT);
+	cr_assert_eq(parse(&o, err, sizeof(err), &argc, argv), 0, "%s", err);
+	cr_assert_eq(o.cq_entries, 4096);
+	setenv("KEEL_CQ_ENTRIES", "2048", 1);
+	argc = 1;
+	cr_assert_eq(parse(&o, err, sizeof(err), &argc, argv), 0, "%s", err);
+	unsetenv("KEEL_CQ_ENTRIES");
+	cr_assert_eq(o.cq_entries, 2048);
+	o = test_opts(1);
+	o.ring_entries = 1024;
+	o.cq_entries = 512;
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
 }
 
 Test(core_opts, help_is_reported)

@@ -1,12 +1,20 @@
 // SPDX-License-Identifier: MIT
-/* UDP: echo of many datagrams of mixed sizes from several sources. */
+/* UDP: echo of many datagrams of mixed sizes from several sources; zero-length datagrams;
+ * receive buffer count and size; drops the kernel reports; pooled sends. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
@@ -55,6 +63,27 @@ udp_start(void *arg)
 		return;
 	}
 	atomic_store(&us->port, keel_udp_port(us->u));
+}
+
+/* This shard's net stats, read on the shard (keel_net_stats is shard context). */
+static void
+stats_fn(struct keel_xreq *req)
+{
+	keel_xreq_complete(req, keel_net_stats(req->arg));
+}
+
+static void
+shard_net_stats(struct keel_runtime *rt, struct keel_net_stats *out)
+{
+	struct keel_xqueue *q;
+	struct keel_xreq req = { .fn = stats_fn, .arg = out }, *done;
+
+	cr_assert_eq(keel_xqueue_create(&q), 0);
+	req.queue = q;
+	cr_assert_eq(keel_runtime_submit(rt, 0, &req), 0);
+	cr_assert_eq(keel_xqueue_wait(q, &done, 1, 30000), 1, "no stats from the shard in 30 s");
+	cr_assert_eq(req.status, 0);
+	keel_xqueue_destroy(q);
 }
 
 #define NSRC   3
@@ -140,10 +169,16 @@ udp_echo_run(const char *feature)
 			ngot++;
 		}
 	}
+	struct keel_net_stats ns;
+	shard_net_stats(rt, &ns);
 	keel_runtime_stop(rt, 0);
 	cr_assert_eq(keel_runtime_join(rt), 0);
 	keel_runtime_destroy(rt);
 	cr_assert_eq(atomic_load(&us.datagrams), total);
+	/* Sends come from a pool: at most NSRC * WINDOW are in flight, so one chunk. */
+	cr_assert_eq(ns.sends + ns.sends_zc, total);
+	cr_assert_leq(ns.udp_send_slots, 64, "%llu send slots allocated for %u sends",
+		      (unsigned long long)ns.udp_send_slots, total);
 	cr_assert_eq(atomic_load(&us.closes), 1);
 	cr_assert_eq(atomic_load(&us.close_status), -ESHUTDOWN);
 	for (int i = 0; i < NSRC; i++)
@@ -165,4 +200,482 @@ Test(net_udp, echo_with_multishot_recv_off)
 Test(net_udp, echo_with_send_zc_off)
 {
 	udp_echo_run("send_zc=off");
+}
+
+/* ---- zero-length datagrams, buffer count and size, kernel drops ---- */
+
+struct udp_sink {
+	struct keel_udp *u;
+	_Atomic uint16_t port;
+	_Atomic int open_err;
+	_Atomic uint64_t datagrams, markers;
+	bool echo; /* echo (else count and put, or hold) */
+	bool hold; /* keep the slices (their receive buffers) until sink_put_held() */
+	struct keel_slice held[256];
+	unsigned nheld;
+	/* The shard blocks in a request while the test sends a burst (block_cb). */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool blocked, released;
+	_Atomic int block_timeout;
+};
+
+static void
+sink_datagram(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_storage *src)
+{
+	struct udp_sink *k = keel_udp_app(u);
+
+	atomic_fetch_add(&k->datagrams, 1);
+	if (s->len == 1 && s->data[0] == 'M')
+		atomic_fetch_add(&k->markers, 1);
+	if (k->hold && k->nheld < sizeof(k->held) / sizeof(k->held[0]))
+		k->held[k->nheld++] = *s;
+	else if (!k->echo || keel_udp_send(u, s, src) < 0)
+		keel_slice_put(s);
+}
+
+static void
+put_held_fn(struct keel_xreq *req)
+{
+	struct udp_sink *k = req->arg;
+
+	k->hold = false;
+	while (k->nheld)
+		keel_slice_put(&k->held[--k->nheld]);
+	keel_xreq_complete(req, 0);
+}
+
+/* Put the held slices, on the shard. */
+static void
+sink_put_held(struct keel_runtime *rt, struct udp_sink *k)
+{
+	struct keel_xqueue *q;
+	struct keel_xreq req = { .fn = put_held_fn, .arg = k }, *done;
+
+	cr_assert_eq(keel_xqueue_create(&q), 0);
+	req.queue = q;
+	cr_assert_eq(keel_runtime_submit(rt, 0, &req), 0);
+	cr_assert_eq(keel_xqueue_wait(q, &done, 1, 30000), 1, "the shard did not answer in 30 s");
+	keel_xqueue_destroy(q);
+}
+
+static const struct keel_udp_ops sink_ops = { .on_datagram = sink_datagram };
+
+static void
+sink_start(void *arg)
+{
+	struct udp_sink *k = arg;
+	int r = keel_udp_open("127.0.0.1", 0, &sink_ops, k, &k->u);
+
+	if (r < 0) {
+		atomic_store(&k->open_err, r);
+		atomic_store(&k->port, 1);
+		keel_stop(r);
+		return;
+	}
+	atomic_store(&k->port, keel_udp_port(k->u));
+}
+
+static void
+block_cb(struct keel_xreq *req)
+{
+	struct udp_sink *k = req->arg;
+	struct timespec dl;
+
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += 60;
+	pthread_mutex_lock(&k->lock);
+	k->blocked = true;
+	pthread_cond_broadcast(&k->cond);
+	while (!k->released)
+		if (pthread_cond_timedwait(&k->cond, &k->lock, &dl) == ETIMEDOUT) {
+			atomic_store(&k->block_timeout, 1);
+			break;
+		}
+	k->released = false;
+	pthread_mutex_unlock(&k->lock);
+	keel_xreq_complete(req, 0);
+}
+
+/* Hold the shard in a request until sink_release(): what arrives meanwhile waits in the
+ * socket's receive queue. */
+static void
+sink_block(struct keel_runtime *rt, struct udp_sink *k, struct keel_xreq *req)
+{
+	*req = (struct keel_xreq){ .fn = block_cb, .arg = k };
+	pthread_mutex_lock(&k->lock);
+	cr_assert_eq(keel_runtime_submit(rt, 0, req), 0);
+	while (!k->blocked)
+		pthread_cond_wait(&k->cond, &k->lock);
+	k->blocked = false;
+	pthread_mutex_unlock(&k->lock);
+}
+
+static void
+sink_release(struct udp_sink *k)
+{
+	pthread_mutex_lock(&k->lock);
+	k->released = true;
+	pthread_cond_broadcast(&k->cond);
+	pthread_mutex_unlock(&k->lock);
+}
+
+static struct keel_runtime *
+sink_run(struct udp_sink *k, const struct keel_net_config *nc, const char *feature)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_runtime *rt;
+
+	o.idle_poll_us = 0;
+	pthread_mutex_init(&k->lock, NULL);
+	pthread_cond_init(&k->cond, NULL);
+	if (feature) {
+		char err[128], spec[64];
+		int argc = 3;
+		char *argv[] = { "t", "--feature", spec, NULL };
+		snprintf(spec, sizeof(spec), "%s", feature);
+		cr_assert_eq(keel_opts_parse(&o, &argc, argv, err, sizeof(err)), 0, "%s", err);
+	}
+	cr_assert_eq(keel_net_config_set(nc), 0);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, sink_start, k), 0);
+	while (!atomic_load(&k->port))
+		sched_yield();
+	cr_assert_eq(atomic_load(&k->open_err), 0);
+	return rt;
+}
+
+static void
+sink_stop(struct keel_runtime *rt, struct udp_sink *k)
+{
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	cr_assert_eq(atomic_load(&k->block_timeout), 0);
+	pthread_mutex_destroy(&k->lock);
+	pthread_cond_destroy(&k->cond);
+}
+
+/* recv() that a signal does not interrupt (the socket's 30 s timeout still ends it). */
+static ssize_t
+recv_intr(int fd, void *buf, size_t len)
+{
+	ssize_t n;
+
+	while ((n = recv(fd, buf, len, 0)) < 0 && errno == EINTR)
+		;
+	return n;
+}
+
+/* A client socket connected to the sink's port, with a 30 s receive timeout. */
+static int
+sink_client(struct udp_sink *k)
+{
+	struct sockaddr_in dst = { .sin_family = AF_INET };
+	struct timeval tv = { .tv_sec = 30 };
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+	cr_assert_geq(fd, 0);
+	dst.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	dst.sin_port = htons(atomic_load(&k->port));
+	cr_assert_eq(connect(fd, (struct sockaddr *)&dst, sizeof(dst)), 0);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	return fd;
+}
+
+/* Datagrams of 0, 3, 0, 0 and 1 bytes come back in order with their lengths. Loopback
+ * keeps order, so a dropped empty datagram shows as the next one arriving in its place. */
+static void
+zero_length_run(const char *feature)
+{
+	static const size_t sizes[] = { 0, 3, 0, 0, 1 };
+	struct udp_sink *k = calloc(1, sizeof(*k));
+	struct keel_net_config nc;
+	struct keel_runtime *rt;
+	char in[16];
+	int fd;
+
+	keel_net_config_init(&nc);
+	k->echo = true;
+	rt = sink_run(k, &nc, feature);
+	fd = sink_client(k);
+	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
+		cr_assert_eq(send(fd, "abc", sizes[i], 0), (ssize_t)sizes[i]);
+	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		ssize_t n = recv_intr(fd, in, sizeof(in));
+		cr_assert_eq(n, (ssize_t)sizes[i], "datagram %zu: echo of %zd bytes, want %zu (%s)",
+			     i, n, sizes[i], n < 0 ? strerror(errno) : "an empty one was dropped");
+	}
+	close(fd);
+	sink_stop(rt, k);
+	cr_assert_eq(atomic_load(&k->datagrams), 5);
+	free(k);
+}
+
+Test(net_udp, zero_length_datagrams_are_delivered)
+{
+	zero_length_run(NULL);
+}
+
+Test(net_udp, zero_length_datagrams_with_multishot_recv_off)
+{
+	zero_length_run("multishot_recv=off");
+}
+
+/* udp_buf_size is the largest datagram received whole: one byte more is dropped and
+ * counted; udp_buf_count buffers take a burst without running out. */
+static void
+buf_config_run(const char *feature)
+{
+	struct udp_sink *k = calloc(1, sizeof(*k));
+	struct keel_net_config nc;
+	struct keel_net_stats st;
+	struct keel_runtime *rt;
+	struct keel_xreq req;
+	static char buf[2048];
+	unsigned burst = 100;
+	ssize_t n;
+	int fd;
+
+	keel_net_config_init(&nc);
+	nc.udp_buf_size = 1024;
+	nc.udp_buf_count = 128;
+	k->echo = true;
+	rt = sink_run(k, &nc, feature);
+	fd = sink_client(k);
+	memset(buf, 'x', sizeof(buf));
+	cr_assert_eq(send(fd, buf, 1024, 0), 1024);
+	cr_assert_eq(recv_intr(fd, buf, sizeof(buf)), 1024);
+	cr_assert_eq(send(fd, buf, 1025, 0), 1025);
+	cr_assert_eq(send(fd, "M", 1, 0), 1);
+	n = recv_intr(fd, buf, sizeof(buf));
+	cr_assert_eq(n, 1, "got %zd bytes (%s), want the 1-byte marker", n,
+		     n < 0 ? strerror(errno) : "the 1,025-byte datagram came back?");
+	shard_net_stats(rt, &st);
+	cr_assert_eq(st.udp_truncated, 1);
+	/* A burst while the shard is held: all of it waits in the socket, then every datagram
+	 * finds a buffer while the application keeps them all (128 >= 100). */
+	k->echo = false;
+	sink_block(rt, k, &req);
+	k->hold = true; /* the shard is blocked: no datagram is being delivered */
+	for (unsigned i = 0; i < burst; i++)
+		cr_assert_eq(send(fd, "b", 1, 0), 1);
+	sink_release(k);
+	/* 2 before: the 1,024-byte datagram and the marker. */
+	for (uint64_t spins = 0; atomic_load(&k->datagrams) < 2 + burst; spins++) {
+		struct timespec ts = { 0, 1000000 };
+		cr_assert_lt(spins, 30000, "%llu of %u datagrams of the burst arrived in 30 s",
+			     (unsigned long long)atomic_load(&k->datagrams) - 2, burst);
+		nanosleep(&ts, NULL);
+	}
+	shard_net_stats(rt, &st);
+	cr_assert_eq(st.enobufs, 0, "%llu receives ran out of the 128 buffers",
+		     (unsigned long long)st.enobufs);
+	cr_assert_eq(st.bufs_out, burst, "%llu receive buffers held, want %u",
+		     (unsigned long long)st.bufs_out, burst);
+	sink_put_held(rt, k);
+	close(fd);
+	sink_stop(rt, k);
+	free(k);
+}
+
+Test(net_udp, buffer_size_and_count_are_configurable)
+{
+	buf_config_run(NULL);
+}
+
+Test(net_udp, buffer_size_and_count_with_multishot_recv_off)
+{
+	buf_config_run("multishot_recv=off");
+}
+
+/* /proc/net/udp's row of the socket bound to 127.0.0.1:@port: receive queue bytes and
+ * drops. Returns 0, or -ENOENT. */
+static int
+proc_udp(uint16_t port, unsigned long *rxq, unsigned long *drops)
+{
+	FILE *f = fopen("/proc/net/udp", "r");
+	char line[512];
+	int r = -ENOENT;
+
+	if (!f)
+		return -errno;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned a, p, tx, rx;
+		unsigned long d;
+		if (sscanf(line,
+			   " %*u: %x:%x %*x:%*x %*x %x:%x %*x:%*x %*x %*u %*u %*u %*u %*x %lu", &a,
+			   &p, &tx, &rx, &d) == 5 &&
+		    p == port && a == htonl(INADDR_LOOPBACK)) {
+			*rxq = rx;
+			*drops = d;
+			r = 0;
+			break;
+		}
+	}
+	fclose(f);
+	return r;
+}
+
+/* A burst far beyond the socket's receive buffer while the shard is held: the kernel
+ * drops most of it, and reports how many with the next datagram (SO_RXQ_OVFL). */
+static void
+drops_run(const char *feature)
+{
+	struct udp_sink *k = calloc(1, sizeof(*k));
+	struct keel_net_config nc;
+	struct keel_net_stats st;
+	struct keel_runtime *rt;
+	struct keel_xreq req;
+	static char buf[1000];
+	unsigned burst = 3000;
+	unsigned long rxq = 1, drops = 0;
+	uint64_t got;
+	int fd;
+
+	keel_net_config_init(&nc);
+	rt = sink_run(k, &nc, feature);
+	fd = sink_client(k);
+	sink_block(rt, k, &req);
+	memset(buf, 'd', sizeof(buf));
+	for (unsigned i = 0; i < burst; i++)
+		cr_assert_eq(send(fd, buf, sizeof(buf), 0), (ssize_t)sizeof(buf));
+	sink_release(k);
+	/* The queue drained (the kernel says so), then one marker, which cannot be dropped. */
+	for (uint64_t spins = 0; rxq; spins++) {
+		struct timespec ts = { 0, 1000000 };
+		cr_assert_eq(proc_udp(atomic_load(&k->port), &rxq, &drops), 0);
+		cr_assert_lt(spins, 30000, "the receive queue did not drain in 30 s");
+		nanosleep(&ts, NULL);
+	}
+	cr_assert_eq(send(fd, "M", 1, 0), 1);
+	for (uint64_t spins = 0; !atomic_load(&k->markers); spins++) {
+		struct timespec ts = { 0, 1000000 };
+		cr_assert_lt(spins, 30000, "the marker did not arrive in 30 s");
+		nanosleep(&ts, NULL);
+	}
+	shard_net_stats(rt, &st);
+	cr_assert_eq(proc_udp(atomic_load(&k->port), &rxq, &drops), 0);
+	got = atomic_load(&k->datagrams) - 1;
+	close(fd);
+	sink_stop(rt, k);
+	cr_assert_gt(drops, 0, "the burst was meant to overflow the receive queue");
+	cr_assert_eq(got + drops, burst, "%llu received + %lu dropped != %u sent",
+		     (unsigned long long)got, drops, burst);
+	cr_assert_eq(st.udp_drops, drops, "keel counted %llu drops, the kernel %lu",
+		     (unsigned long long)st.udp_drops, drops);
+	free(k);
+}
+
+Test(net_udp, kernel_drops_are_counted)
+{
+	drops_run(NULL);
+}
+
+Test(net_udp, kernel_drops_are_counted_with_multishot_recv_off)
+{
+	drops_run("multishot_recv=off");
+}
+
+/* keel-echo --udp-buf-size: the flag reaches the UDP ring (a datagram one byte longer is
+ * not echoed); a bad --udp-buf-count is refused with exit status 2. */
+Test(net_udp, keel_echo_udp_buffer_flags, .timeout = 120)
+{
+	char port_s[16], in[2048], out[1025];
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	socklen_t al = sizeof(a);
+	struct timeval tv = { .tv_sec = 30 };
+	int fd, st;
+	pid_t pid;
+	ssize_t n;
+
+	/* A free port: the kernel's pick, released for keel-echo (loopback only). */
+	fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	getsockname(fd, (struct sockaddr *)&a, &al);
+	close(fd);
+	snprintf(port_s, sizeof(port_s), "%u", ntohs(a.sin_port));
+
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL); /* a failed assertion must not leave it */
+		execl(KEEL_BIN_DIR "/keel-echo", "keel-echo", "--udp", "--addr", "127.0.0.1",
+		      "--port", port_s, "--shards", "1", "--idle-poll-us", "0", "--log-level",
+		      "warn", "--udp-buf-count", "16", "--udp-buf-size", "1024", (char *)NULL);
+		_exit(127);
+	}
+	fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	/* Until keel-echo is up: a probe every 10 ms, 30 s at most. */
+	tv.tv_sec = 0;
+	tv.tv_usec = 10000;
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	for (unsigned tries = 0;; tries++) {
+		cr_assert_lt(tries, 3000, "keel-echo did not answer in 30 s");
+		if (waitpid(pid, &st, WNOHANG) == pid)
+			cr_assert_fail("keel-echo exited early (status %d)", st);
+		send(fd, "p", 1, 0);
+		n = recv(fd, in, sizeof(in), 0);
+		if (n == 1)
+			break;
+		if (n < 0 && errno != EAGAIN) {
+			/* Refused (nothing bound yet) or interrupted: wait out the 10 ms. */
+			struct timespec ts = { 0, 10000000 };
+			nanosleep(&ts, NULL);
+		}
+	}
+	tv.tv_sec = 30;
+	tv.tv_usec = 0;
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	/* Probes still in flight come back first: drain them with the marker's echo. */
+	memset(out, 'x', sizeof(out));
+	cr_assert_eq(send(fd, out, 1025, 0), 1025);
+	cr_assert_eq(send(fd, "M", 1, 0), 1);
+	do {
+		n = recv_intr(fd, in, sizeof(in));
+		cr_assert_neq(n, 1025, "a 1,025-byte datagram was echoed with --udp-buf-size 1024");
+		cr_assert_gt(n, 0, "no echo of the marker in 30 s: %s", strerror(errno));
+	} while (!(n == 1 && in[0] == 'M'));
+	cr_assert_eq(send(fd, out, 1024, 0), 1024);
+	cr_assert_eq(recv_intr(fd, in, sizeof(in)), 1024);
+	close(fd);
+	kill(pid, SIGTERM);
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "keel-echo status %d", st);
+
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		int null = open("/dev/null", O_WRONLY);
+		dup2(null, 2);
+		execl(KEEL_BIN_DIR "/keel-echo", "keel-echo", "--udp", "--port", port_s,
+		      "--udp-buf-count", "100", (char *)NULL);
+		_exit(127);
+	}
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "keel-echo status %d, want exit 2", st);
+}
+
+Test(net_udp, buffer_config_is_validated)
+{
+	struct keel_net_config nc;
+
+	keel_net_config_init(&nc);
+	cr_assert_eq(nc.udp_buf_count, 256);
+	cr_assert_eq(nc.udp_buf_size, 65536);
+	nc.udp_buf_count = 100;
+	cr_assert_eq(keel_net_config_set(&nc), -EINVAL, "a count that is not a power of two");
+	nc.udp_buf_count = 65536;
+	cr_assert_eq(keel_net_config_set(&nc), -EINVAL, "more than 32768 buffers");
+	nc.udp_buf_count = 4096;
+	nc.udp_buf_size = 0;
+	cr_assert_eq(keel_net_config_set(&nc), -EINVAL, "a size of 0");
+	nc.udp_buf_size = 65537;
+	cr_assert_eq(keel_net_config_set(&nc), -EINVAL, "a size above 65536");
+	nc.udp_buf_size = 2048;
+	cr_assert_eq(keel_net_config_set(&nc), 0);
+	keel_net_config_init(&nc);
+	cr_assert_eq(keel_net_config_set(&nc), 0);
 }

@@ -59,6 +59,19 @@ enum keel_feature {
 	KEEL_FEAT__COUNT
 };
 
+/**
+ * Default CQ size per shard: four completions (a multishot receive, a send, a SEND_ZC
+ * notification, a cancel) for each of the 4,096 connections a shard's default
+ * direct-descriptor table holds, so one pass in which every connection completes does not
+ * overflow. 256 KiB of CQ per shard. A CQ that does overflow loses nothing (the kernel
+ * holds the excess until the next io_uring_enter) but ends multishot operations, which are
+ * then re-armed: counted as cq_overflows in the stats.
+ */
+#define KEEL_CQ_ENTRIES_DEFAULT 16384
+
+/** Most CQ entries the kernel gives a ring (IORING_MAX_CQ_ENTRIES). */
+#define KEEL_CQ_ENTRIES_MAX 65536
+
 /** Runtime options. Initialise with keel_opts_init(); every field may then be set directly. */
 struct keel_opts {
 	unsigned shards;           /* --shards: 0 = one per CPU in the cpuset */
@@ -67,7 +80,9 @@ struct keel_opts {
 	struct keel_cpuset cpuset; /* --cpuset: CPUs for shards, in ascending order */
 	bool cpuset_given;         /* false: the process's affinity mask at start */
 	unsigned idle_poll_us;     /* --idle-poll-us: busy-poll this long before sleeping */
-	unsigned ring_entries;     /* --ring-entries: SQ size (CQ is 4x) */
+	unsigned ring_entries;     /* --ring-entries: SQ size */
+	unsigned cq_entries;       /* --cq-entries: CQ size, >= ring_entries (the kernel rounds
+				    * up to a power of two; default KEEL_CQ_ENTRIES_DEFAULT) */
 	unsigned stall_ms;         /* --stall-ms: a loop pass longer than this is a stall */
 	unsigned mailbox_entries;  /* --mailbox-entries: slots per shard-pair queue (power of 2) */
 	enum keel_log_level log_level; /* --log-level */
@@ -79,9 +94,9 @@ struct keel_opts {
 	bool hugepages;  /* --hugepages: hugetlbfs pages for it (reserved in nr_hugepages) */
 };
 
-/** Fill @o with defaults (no shards count = one per CPU, 50 us idle poll, 256 entries,
- * 25 ms stall threshold, 1024 mailbox slots, INFO logs, signals on, 256 MiB of buffer
- * memory per shard on transparent huge pages). */
+/** Fill @o with defaults (no shards count = one per CPU, 50 us idle poll, 256 SQ entries,
+ * KEEL_CQ_ENTRIES_DEFAULT CQ entries, 25 ms stall threshold, 1024 mailbox slots, INFO logs, signals
+ * on, 256 MiB of buffer memory per shard on transparent huge pages). */
 KEEL_API void keel_opts_init(struct keel_opts *o);
 
 /**

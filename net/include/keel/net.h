@@ -54,15 +54,25 @@ struct keel_net_config {
 				       after this long: on_close(-ETIMEDOUT) (0: wait, default) */
 	bool nodelay;               /* TCP_NODELAY on listeners (accepted sockets inherit it)
 				       and on connecting sockets (default true) */
+	uint32_t udp_buf_count;     /* UDP receive buffers per shard, a power of two: the most
+				       datagrams received and not yet put back (default 256) */
+	uint32_t udp_buf_size;      /* the largest UDP datagram received whole, bytes (default
+				       65536); a longer one is dropped and counted
+				       (udp_truncated). Each buffer adds KEEL_UDP_BUF_OVERHEAD. */
 };
+
+/** Bytes of each UDP receive buffer beyond udp_buf_size: the io_uring_recvmsg_out header,
+ * the source address and the control data (the kernel's drop counter). */
+#define KEEL_UDP_BUF_OVERHEAD 72
 
 /** Fill @c with the defaults. */
 KEEL_API void keel_net_config_init(struct keel_net_config *c);
 
 /**
  * Set the configuration every shard uses when it first touches the network.
- * Returns: 0, or -EINVAL (buf_count not a power of two in 1..32768, buf_size 0 or above
- * 1 MiB, low_watermark > high_watermark).
+ * Returns: 0, or -EINVAL (buf_count or udp_buf_count not a power of two in 1..32768,
+ * buf_size 0 or above 1 MiB, udp_buf_size 0 or above 65536, low_watermark >
+ * high_watermark, max_files 0).
  * Context: any thread, before the runtime's shards use the network.
  */
 KEEL_API int keel_net_config_set(const struct keel_net_config *c);
@@ -272,6 +282,12 @@ struct keel_net_stats {
 				    high watermark) and delivered after resume */
 	uint64_t fd_closes_ring; /* direct descriptors released through the ring
 				    (IORING_OP_CLOSE) */
+	uint64_t udp_drops;      /* datagrams the kernel dropped on this shard's UDP sockets
+				    (receive queue full; SO_RXQ_OVFL, reported with the next
+				    datagram received) */
+	uint64_t udp_truncated;  /* datagrams longer than udp_buf_size, dropped */
+	uint64_t udp_send_slots; /* UDP send slots allocated (pooled: grows with the most
+				    datagrams in flight at once, not with the sends) */
 };
 
 /**
@@ -285,8 +301,8 @@ KEEL_API int keel_net_stats(struct keel_net_stats *out);
 /** UDP callbacks. */
 struct keel_udp_ops {
 	/**
-	 * One datagram from @src. Ownership: the application owns @s's reference; @src is
-	 * borrowed for the call.
+	 * One datagram from @src; @s is empty (len 0) for a zero-length datagram.
+	 * Ownership: the application owns @s's reference; @src is borrowed for the call.
 	 */
 	void (*on_datagram)(struct keel_udp *u, struct keel_slice *s,
 			    const struct sockaddr_storage *src);
@@ -296,7 +312,9 @@ struct keel_udp_ops {
 
 /**
  * Bind a UDP socket to @addr:@port on this shard (SO_REUSEPORT, so every shard may bind the
- * same port) and start receiving (multishot recvmsg with provided buffers).
+ * same port) and start receiving (multishot recvmsg with provided buffers: the shard's
+ * udp_buf_count buffers of udp_buf_size bytes, made on its first endpoint). SO_RXQ_OVFL
+ * is set, so datagrams the kernel drops are counted (udp_drops in keel_net_stats).
  * Returns: 0 and *out; -EINVAL (address does not parse), -EADDRINUSE, -errno.
  * Context: a shard.
  */
@@ -308,7 +326,9 @@ KEEL_API uint16_t keel_udp_port(const struct keel_udp *u);
 
 /**
  * Send @s as one datagram to @dst (datagrams queued in one pass are submitted together;
- * large ones with SENDMSG_ZC).
+ * large ones with SENDMSG_ZC). An empty slice sends a zero-length datagram. The send's
+ * state is a slot of a per-shard pool: nothing is allocated per datagram once the pool
+ * covers the most datagrams in flight (udp_send_slots in keel_net_stats).
  * Consumes: @s's reference, on success.
  * Returns: 0; -EINVAL; -EPIPE after close; -ENOMEM.
  * Context: @u's shard.

@@ -1,0 +1,146 @@
+// SPDX-License-Identifier: MIT
+/* Waking a sleeping shard: a MSG_RING wake-up that fails must not leave mail unread. */
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include <criterion/criterion.h>
+
+#include "helpers.h"
+
+/* core/internal.h: while non-zero, each MSG_RING wake-up targets an invalid fd. */
+extern _Atomic unsigned keel__fault_msgring_fail;
+
+#define ROUNDS 200
+
+struct wake_test {
+	_Atomic unsigned delivered;
+	_Atomic int send_err;
+	struct keel_xreq req[ROUNDS];
+};
+
+static void
+mail_cb(void *arg)
+{
+	struct wake_test *w = arg;
+
+	atomic_fetch_add(&w->delivered, 1);
+}
+
+/* On shard 0: mail shard 1 (which has no timer, so only a wake-up ends its sleep). */
+static void
+send_from_0(struct keel_xreq *req)
+{
+	struct wake_test *w = req->arg;
+	int r = keel_send(1, mail_cb, w);
+
+	if (r < 0)
+		atomic_store(&w->send_err, r);
+	keel_xreq_complete(req, r);
+}
+
+static uint64_t
+now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void
+nap(void)
+{
+	struct timespec ts = { 0, 200000 };
+	nanosleep(&ts, NULL);
+}
+
+/* Round after round, shard 0 mails the sleeping shard 1 with the next MSG_RING wake-up
+ * forced to fail, until a round actually used (and failed) a wake-up. That round's
+ * message must still be run: the sender falls back to shard 1's eventfd. */
+Test(core_wakeup, failed_msg_ring_wakeup_falls_back_to_eventfd, .timeout = 120)
+{
+	struct keel_opts o = test_opts(2);
+	struct keel_runtime *rt;
+	struct wake_test *w = calloc(1, sizeof(*w));
+	struct keel_shard_stats st0, st1;
+	unsigned rounds = 0;
+	bool injected = false, lost = false;
+
+	cr_assert_not_null(w);
+	o.idle_poll_us = 0; /* sleep as soon as idle: the path under test */
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, NULL, NULL), 0);
+	while (rounds < ROUNDS && !injected) {
+		uint64_t deadline;
+
+		/* Let shard 1 reach its sleep: without a sleeper no wake-up is sent. */
+		cr_assert_eq(keel_runtime_stats(rt, 1, &st1), 0);
+		deadline = now_ms() + 10000;
+		for (;;) {
+			struct keel_shard_stats now;
+			keel_runtime_stats(rt, 1, &now);
+			if (now.sleeps > st1.sleeps || now_ms() > deadline)
+				break;
+			nap();
+		}
+		atomic_store(&keel__fault_msgring_fail, 1);
+		w->req[rounds] = (struct keel_xreq){ .fn = send_from_0, .arg = w };
+		cr_assert_eq(keel_runtime_submit(rt, 0, &w->req[rounds]), 0);
+		rounds++;
+		deadline = now_ms() + 10000;
+		while (atomic_load(&w->delivered) < rounds && now_ms() < deadline)
+			nap();
+		injected = atomic_load(&keel__fault_msgring_fail) == 0;
+		if (atomic_load(&w->delivered) < rounds) {
+			lost = true;
+			break;
+		}
+	}
+	atomic_store(&keel__fault_msgring_fail, 0);
+	/* Before stopping: a shard that lost its wake-up would not see the stop either. */
+	cr_assert(!lost,
+		  "round %u: shard 1 slept for 10 s with mail waiting after a failed MSG_RING "
+		  "wake-up (%u of %u messages run)",
+		  rounds, atomic_load(&w->delivered), rounds);
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	cr_assert_eq(keel_runtime_stats(rt, 0, &st0), 0);
+	cr_assert_eq(keel_runtime_stats(rt, 1, &st1), 0);
+	keel_runtime_destroy(rt);
+	cr_assert_eq(atomic_load(&w->send_err), 0);
+	cr_assert(injected, "no round in %u used a MSG_RING wake-up: the path was not tested",
+		  rounds);
+	cr_assert_eq(atomic_load(&w->delivered), rounds);
+	cr_assert_eq(st0.wake_fallbacks, 1, "shard 0 counted %llu eventfd fallbacks, want 1",
+		     (unsigned long long)st0.wake_fallbacks);
+	cr_assert_eq(st1.wake_fallbacks, 0);
+	free(w);
+}
+
+static _Atomic unsigned ring_cq, ring_sq;
+
+static void
+record_ring(void *app)
+{
+	atomic_store(&ring_cq, keel_shard_ring_get()->cq.ring_entries);
+	atomic_store(&ring_sq, keel_shard_ring_get()->sq.ring_entries);
+	keel_stop(0);
+}
+
+/* --cq-entries sizes the CQ, not 4x the SQ; the kernel rounds up to a power of two. */
+Test(core_wakeup, ring_cq_is_sized_by_cq_entries)
+{
+	struct keel_opts o = test_opts(1);
+
+	o.idle_poll_us = 0;
+	o.ring_entries = 64;
+	o.cq_entries = 3000;
+	cr_assert_eq(keel_run(&o, record_ring, NULL), 0);
+	cr_assert_eq(atomic_load(&ring_sq), 64);
+	cr_assert_eq(atomic_load(&ring_cq), 4096);
+	o.cq_entries = KEEL_CQ_ENTRIES_DEFAULT;
+	cr_assert_eq(keel_run(&o, record_ring, NULL), 0);
+	cr_assert_eq(atomic_load(&ring_cq), KEEL_CQ_ENTRIES_DEFAULT);
+}
