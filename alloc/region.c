@@ -14,6 +14,7 @@
  * Without a hook (standalone use) the pool pre-faults a region when it adds it, counted in
  * inline_prefaults.
  */
+#define _GNU_SOURCE /* mremap */
 #include <errno.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -78,7 +79,7 @@ keel__region_reserve(struct keel_alloc *a)
 	uint64_t align =
 		a->region_size > KEEL_ALLOC_HUGEPAGE ? a->region_size : KEEL_ALLOC_HUGEPAGE;
 	uint64_t span = (uint64_t)a->nregions * a->region_size;
-	int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED;
+	int flags = MAP_PRIVATE | MAP_ANONYMOUS;
 	uintptr_t p;
 	void *m;
 
@@ -93,11 +94,26 @@ keel__region_reserve(struct keel_alloc *a)
 	}
 	p = ((uintptr_t)a->resv + align - 1) & ~(uintptr_t)(align - 1);
 	a->base = (uint8_t *)p;
-	if (a->cfg.hugepages)
-		flags |= MAP_HUGETLB | MAP_HUGE_2MB; /* reserves the pages for the whole span */
-	else
-		flags |= MAP_NORESERVE;
-	m = mmap(a->base, span, PROT_READ | PROT_WRITE, flags, -1, 0);
+	if (a->cfg.hugepages) {
+		/* Never a MAP_FIXED hugetlb mmap over the reservation: when the pages are not
+		 * there it fails after the kernel has already unmapped the target range, and
+		 * another thread's mmap (jemalloc's, say) can land in that hole before our
+		 * reservation is released, which would then unmap it under that thread. Map
+		 * the pages anywhere (which fails cleanly), then move them over the
+		 * reservation: mremap replaces the target under the mm lock, no hole. */
+		m = mmap(NULL, span, PROT_READ | PROT_WRITE, flags | MAP_HUGETLB | MAP_HUGE_2MB, -1,
+			 0);
+		if (m != MAP_FAILED &&
+		    mremap(m, span, span, MREMAP_MAYMOVE | MREMAP_FIXED, a->base) == MAP_FAILED) {
+			int e = errno;
+			munmap(m, span);
+			errno = e;
+			m = MAP_FAILED;
+		}
+	} else {
+		m = mmap(a->base, span, PROT_READ | PROT_WRITE, flags | MAP_FIXED | MAP_NORESERVE,
+			 -1, 0);
+	}
 	if (m == MAP_FAILED) {
 		int e = errno;
 		if (a->cfg.hugepages)
