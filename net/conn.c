@@ -373,7 +373,12 @@ recv_cb(struct keel_op *op, int res, uint32_t flags)
 	} else if (res == 0) {
 		if (!c->closing && !c->eof) {
 			c->eof = true;
-			if (c->rqhead < c->rqn)
+			/* After keel_conn_close (flush_close) the app hears nothing more but
+			 * on_close, even when the EOF came in the batch that held the data it
+			 * closed on. */
+			if (dropping_reads(c))
+				;
+			else if (c->rqhead < c->rqn)
 				c->eof_held = true; /* after the held data */
 			else
 				eof_deliver(c);
@@ -463,7 +468,8 @@ send_done(struct keel_conn *c, int res)
 		c->bp_paused = false;
 		rq_later(c);
 		recv_update(c);
-		if (c->want_writable) {
+		/* Not after a close (the app's, or rq_later's abort): on_close is next. */
+		if (c->want_writable && !dropping_reads(c)) {
 			c->want_writable = false;
 			if (c->ops->on_writable)
 				c->ops->on_writable(c);

@@ -387,6 +387,68 @@ Test(net_lifetime, connect_timeouts_hold_on_a_full_sq)
 	close(live);
 }
 
+/* ---- nothing but on_close after keel_conn_close ---- */
+
+/* The client's request and its FIN are queued before the server arms its receive, so the
+ * data and the EOF complete in one batch: on_data closes the connection, and the EOF
+ * behind it must not reach on_eof. */
+static struct {
+	_Atomic int datas, eofs_after_close, closes;
+	bool closed; /* shard only */
+} ce;
+
+static void
+ce_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		keel_slice_put(&s[i]);
+	atomic_fetch_add(&ce.datas, 1);
+	ce.closed = true;
+	keel_conn_close(c);
+}
+
+static void
+ce_eof(struct keel_conn *c)
+{
+	if (ce.closed)
+		atomic_fetch_add(&ce.eofs_after_close, 1);
+	keel_conn_close(c);
+}
+
+static void
+ce_close(struct keel_conn *c, int status)
+{
+	ce.closed = false;
+	atomic_fetch_add(&ce.closes, 1);
+}
+
+static const struct keel_conn_ops ce_ops = { .on_data = ce_data,
+					     .on_eof = ce_eof,
+					     .on_close = ce_close };
+
+Test(net_lifetime, no_on_eof_after_close_in_the_same_batch)
+{
+	struct keel_opts o = opts1();
+	struct srv s;
+	enum { ROUNDS = 20 };
+
+	memset(&ce, 0, sizeof(ce));
+	cr_assert_eq(srv_start(&s, &o, NULL, &ce_ops), 0);
+	for (int i = 0; i < ROUNDS; i++) {
+		int fd = cli_connect(s.port);
+
+		cr_assert_geq(fd, 0);
+		cr_assert_eq(cli_write_all(fd, "request", 7), 0);
+		shutdown(fd, SHUT_WR);
+		WAIT_FOR(atomic_load(&ce.closes) == i + 1, "connection %d never closed", i);
+		close(fd);
+	}
+	cr_assert_eq(srv_stop(&s), 0);
+	cr_assert_eq(atomic_load(&ce.eofs_after_close), 0,
+		     "on_eof ran after keel_conn_close on %d of %d connections (%d on_data)",
+		     atomic_load(&ce.eofs_after_close), ROUNDS, atomic_load(&ce.datas));
+}
+
 /* ---- a buffer wrap that fails ---- */
 
 /* The first buffer wrap fails (-ENOMEM): that connection is aborted with -ENOMEM, and the
