@@ -107,8 +107,16 @@ keel__region_reserve(struct keel_alloc *a)
 		    mremap(m, span, span, MREMAP_MAYMOVE | MREMAP_FIXED, a->base) == MAP_FAILED) {
 			int e = errno;
 			munmap(m, span);
-			errno = e;
-			m = MAP_FAILED;
+			/* Kernels before 5.16 cannot move hugetlb mappings (EINVAL): map the
+			 * pages in place, as before. They were there a moment ago, so this is
+			 * not expected to fail; if it does, it has the hole described above. */
+			if (e == EINVAL) {
+				m = mmap(a->base, span, PROT_READ | PROT_WRITE,
+					 flags | MAP_FIXED | MAP_HUGETLB | MAP_HUGE_2MB, -1, 0);
+			} else {
+				m = MAP_FAILED;
+				errno = e;
+			}
 		}
 	} else {
 		m = mmap(a->base, span, PROT_READ | PROT_WRITE, flags | MAP_FIXED | MAP_NORESERVE,

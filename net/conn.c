@@ -872,10 +872,17 @@ close_cb(struct keel_op *op, int res, uint32_t flags)
 {
 	struct keel_conn *c = container_of(op, struct keel_conn, close_op);
 
-	if (res < 0)
-		keel_log(KEEL_LOG_ERROR, NET_MOD, "shard %u: closing direct descriptor %d: %s",
-			 c->ns->id, c->fd, strerror(-res));
-	else
+	if (res < 0) {
+		int minus1 = -1;
+		int r = io_uring_register_files_update(keel_shard_ring_get(), (unsigned)c->fd,
+						       &minus1, 1);
+
+		/* The slot must not stay taken for good: release it the synchronous way. */
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "shard %u: closing direct descriptor %d on the ring: %s; released with "
+			 "a files update instead (%s)",
+			 c->ns->id, c->fd, strerror(-res), r < 0 ? strerror(-r) : "done");
+	} else
 		c->ns->st.fd_closes_ring++;
 	c->nops--;
 	conn_check(c);
