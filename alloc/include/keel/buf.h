@@ -119,8 +119,9 @@ KEEL_API void keel_slice_put(struct keel_slice *s);
  * before sending the slice(s) to @dst in a cross-shard message. Only for a buffer none of
  * whose references stay behind (received slices share their buffer with the ring and
  * the framer: export those). A buffer with exports outstanding cannot move either (the
- * exports' references stay here).
- * Context: the shard holding the buffer.
+ * exports' references stay here). The shard that exported a proxy slice and could not send
+ * it takes it back with keel_slice_move(proxy, this shard) before putting it.
+ * Context: the shard holding the buffer (for a proxy not sent, its exporter).
  */
 KEEL_API void keel_slice_move(const struct keel_slice *s, unsigned dst);
 

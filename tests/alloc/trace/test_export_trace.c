@@ -60,6 +60,25 @@ Test(alloc_export_trace, a_full_round_trip_reports_nothing)
 	cr_assert_eq(cap.len, 0, "no leak reported: %s", cap.text);
 }
 
+/* A message that could not be sent: the exporter takes its proxy back and puts it. */
+Test(alloc_export_trace, the_exporter_taking_back_an_unsent_proxy_reports_nothing)
+{
+	struct keel_slice ring, frame, p;
+
+	sim_init(logcap_alloc_hook, &cap);
+	cr_assert_eq(keel_buf_wrap(sim.a[0], mem, sizeof(mem), sim_ext_release, NULL, &ring), 0);
+	cr_assert_eq(keel_slice_sub(&ring, 0, 10, &frame), 0);
+	cr_assert_eq(keel_slice_export(&frame, 1, &p), 0);
+	keel_slice_put(&frame);
+	keel_slice_move(&p, 0);
+	keel_slice_put(&p);
+	keel_slice_put(&ring);
+	cr_assert_eq(sim.released, 1);
+	cr_assert_eq(trace_errors(), 0, "log: %s", cap.text);
+	sim_fini();
+	cr_assert_eq(cap.len, 0, "no leak reported: %s", cap.text);
+}
+
 Test(alloc_export_trace, the_remote_shard_touching_the_exported_buffer_itself_is_reported)
 {
 	struct keel_slice ring, frame, p, bad;
