@@ -391,7 +391,7 @@ recv_cb(struct keel_op *op, int res, uint32_t flags)
 			ns->starved = c;
 			c->nops++; /* held while on the list */
 			/* Buffers may have come back before this completion was seen. */
-			if (ns->tcp.out < ns->tcp.nbufs)
+			if (keel__pbuf_grow(&ns->tcp))
 				keel__conn_starved_kick(ns);
 		}
 	} else if (res != -ECANCELED) {

@@ -12,6 +12,8 @@
 #include <sys/uio.h>
 
 #define NET_MOD "net"
+/* Receive buffers the TCP ring starts with in the kernel's hands (pbuf.c, warm reuse). */
+#define NET_RX_WINDOW 16
 /* Most slices gathered into one sendmsg. */
 #define NET_IOV_MAX 64
 
@@ -43,6 +45,11 @@ struct pbuf_ring {
 	uint16_t *pos_bid;        /* [nbufs] buffer id at each ring position */
 	uint32_t *bid_pos;        /* [nbufs] ring position a buffer id was added at */
 	uint32_t tail;
+	uint32_t window; /* most buffers in the ring at once (see pbuf.c, warm reuse) */
+	uint32_t inring; /* buffers in the ring the kernel has not retired */
+	uint16_t *spare; /* [nbufs] stack of buffers neither in the ring nor held */
+	uint32_t nspare;
+	uint32_t grows; /* times the window doubled */
 	uint32_t out;   /* buffers not in the ring */
 	uint32_t nkref; /* kref[] entries held */
 };
@@ -88,7 +95,13 @@ int keel__net_fixed(struct net_shard *ns, const struct keel_slice *s, unsigned *
 /* pbuf.c */
 int keel__pbuf_init(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid, uint32_t nbufs,
 		    uint32_t bufsize, bool inc);
+/* The same, with at most @window buffers in the kernel's ring at first (0: all of them). */
+int keel__pbuf_init_window(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid, uint32_t nbufs,
+			   uint32_t bufsize, bool inc, uint32_t window);
 void keel__pbuf_fini(struct pbuf_ring *r);
+/* A receive found the ring empty: double the window (up to every buffer) when spares are
+ * left. Returns true when the ring now holds a buffer, so a re-arm can succeed. */
+bool keel__pbuf_grow(struct pbuf_ring *r);
 /* Put the ring's own references (no receive may be in flight). */
 void keel__pbuf_drop_krefs(struct pbuf_ring *r);
 /* Turn a receive completion of @res bytes starting at buffer @bid into slices in @out

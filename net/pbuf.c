@@ -10,6 +10,16 @@
  * With bundles one completion spans several buffers, taken from the ring in ring order;
  * pos_bid/bid_pos remember which buffer id sits at each ring position, because buffers
  * return in whatever order the application puts them.
+ *
+ * Warm reuse: the kernel takes buffers from the ring first-in first-out, so with every buffer
+ * in the ring a buffer put back is filled again only after all the others, by which time it
+ * has left the cache (the kernel's copy into it then dominates the receive cost). So the ring
+ * holds at most `window` buffers the kernel has not retired (`inring`); a buffer put back
+ * while the ring is full goes on a last-in first-out stack of spares, and the ring is topped
+ * up from the top of that stack, the most recently used spare first. The window starts small
+ * (NET_RX_WINDOW) and doubles, up to every buffer, each time a receive finds the ring empty
+ * while some buffer is not held by the application (keel__pbuf_grow), so it ends sized to the bytes
+ * in flight and the buffers cycling through it stay warm. It never shrinks.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -25,6 +35,7 @@ ring_add(struct pbuf_ring *r, uint16_t bid)
 {
 	uint32_t pos = r->tail & r->mask;
 
+	r->inring++;
 	r->off[bid] = 0;
 	r->pos_bid[pos] = bid;
 	r->bid_pos[bid] = pos;
@@ -34,6 +45,41 @@ ring_add(struct pbuf_ring *r, uint16_t bid)
 	r->tail++;
 	/* Publishes the entry with a store-release of the tail. */
 	io_uring_buf_ring_advance(r->br, 1);
+}
+
+/* Give @bid back: to the ring while it holds fewer than the window, else onto the spares. */
+static void
+give_back(struct pbuf_ring *r, uint16_t bid)
+{
+	if (r->inring < r->window)
+		ring_add(r, bid);
+	else
+		r->spare[r->nspare++] = bid;
+}
+
+/* Fill the ring up to the window from the spares, the most recently put first. */
+static void
+top_up(struct pbuf_ring *r)
+{
+	while (r->inring < r->window && r->nspare)
+		ring_add(r, r->spare[--r->nspare]);
+}
+
+bool
+keel__pbuf_grow(struct pbuf_ring *r)
+{
+	if (!r->registered || r->ns->stopping)
+		return false;
+	/* The ring ran dry with buffers to spare (in the ring again by now, or on the stack):
+	 * the window was the limit, not the application's holding of buffers. */
+	if ((r->inring || r->nspare) && r->window < r->nbufs) {
+		r->window *= 2;
+		if (r->window > r->nbufs)
+			r->window = r->nbufs;
+		r->grows++;
+		top_up(r);
+	}
+	return r->inring > 0;
 }
 
 static void
@@ -50,7 +96,7 @@ buf_release(void *data, uint32_t cap, void *arg)
 	net_verify(r->out > 0);
 	r->out--;
 	if (r->registered && !ns->stopping) {
-		ring_add(r, bid);
+		give_back(r, bid);
 		if (ns->starved)
 			keel__conn_starved_kick(ns);
 	}
@@ -76,6 +122,13 @@ int
 keel__pbuf_init(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid, uint32_t nbufs,
 		uint32_t bufsize, bool inc)
 {
+	return keel__pbuf_init_window(ns, r, bgid, nbufs, bufsize, inc, nbufs);
+}
+
+int
+keel__pbuf_init_window(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid, uint32_t nbufs,
+		       uint32_t bufsize, bool inc, uint32_t window)
+{
 	struct keel_alloc *a = keel_shard_alloc();
 	struct keel_buf_reg reg;
 	uint64_t area_max = KEEL_BUF_MAX_DEFAULT;
@@ -87,6 +140,7 @@ keel__pbuf_init(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid, uint32
 	r->inc = inc;
 	r->nbufs = nbufs;
 	r->mask = io_uring_buf_ring_mask(nbufs);
+	r->window = window && window < nbufs ? window : nbufs;
 	r->bufsize = bufsize;
 	r->per_area = (uint32_t)(area_max / bufsize);
 	if (r->per_area > nbufs)
@@ -97,7 +151,8 @@ keel__pbuf_init(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid, uint32
 	r->kref = calloc(nbufs, sizeof(*r->kref));
 	r->pos_bid = calloc(nbufs, sizeof(*r->pos_bid));
 	r->bid_pos = calloc(nbufs, sizeof(*r->bid_pos));
-	if (!r->areas || !r->off || !r->kref || !r->pos_bid || !r->bid_pos) {
+	r->spare = calloc(nbufs, sizeof(*r->spare));
+	if (!r->areas || !r->off || !r->kref || !r->pos_bid || !r->bid_pos || !r->spare) {
 		ret = -ENOMEM;
 		goto err;
 	}
@@ -132,8 +187,10 @@ keel__pbuf_init(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid, uint32
 		goto err;
 	}
 	r->registered = true;
-	for (uint32_t i = 0; i < nbufs; i++)
-		ring_add(r, (uint16_t)i);
+	/* Spares pushed highest id first, so the ring fills in id order. */
+	for (uint32_t i = nbufs; i-- > 0;)
+		r->spare[r->nspare++] = (uint16_t)i;
+	top_up(r);
 	return 0;
 err:
 	keel__pbuf_fini(r);
@@ -160,6 +217,7 @@ keel__pbuf_fini(struct pbuf_ring *r)
 	free(r->kref);
 	free(r->pos_bid);
 	free(r->bid_pos);
+	free(r->spare);
 	memset(r, 0, sizeof(*r));
 }
 
@@ -235,6 +293,8 @@ keel__pbuf_take(struct pbuf_ring *r, unsigned bid, int res, uint32_t cqe_flags, 
 			n++;
 		r->off[b] += take;
 		rem -= take;
+		if (done)
+			r->inring--;
 		if (done && r->kref[b].buf) {
 			struct keel_slice k = r->kref[b];
 			/* Cleared first: the put may recycle the buffer (buf_release). */
@@ -244,12 +304,14 @@ keel__pbuf_take(struct pbuf_ring *r, unsigned bid, int res, uint32_t cqe_flags, 
 		} else if (done && r->registered && !r->ns->stopping) {
 			/* Never wrapped (ENOMEM): the kernel retired it all the same, so it
 			 * goes straight back, or the ring would shrink for good. */
-			ring_add(r, b);
+			give_back(r, b);
 			if (r->ns->starved)
 				keel__conn_starved_kick(r->ns);
 		}
 		pos++;
 	}
+	if (r->registered && !r->ns->stopping)
+		top_up(r);
 	if (err) {
 		while (n)
 			keel_slice_put(&out[--n]);

@@ -166,7 +166,8 @@ keel__net_shard_get(struct net_shard **out)
 		r = -ENOMEM;
 		goto err;
 	}
-	r = keel__pbuf_init(ns, &ns->tcp, 0, ns->cfg.buf_count, ns->cfg.buf_size, ns->f_inc);
+	r = keel__pbuf_init_window(ns, &ns->tcp, 0, ns->cfg.buf_count, ns->cfg.buf_size, ns->f_inc,
+				   NET_RX_WINDOW);
 	if (r < 0)
 		goto err;
 	r = keel_shard_on_stop(on_stop, ns);

@@ -1,0 +1,204 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Warm reuse of the receive buffers (net/pbuf.c): with little in flight the kernel keeps
+ * filling the same few buffers instead of cycling through the whole ring, and when the
+ * application holds more buffers than the ring keeps in the kernel's hands, the ring is
+ * topped up rather than starving the connection. Both are checked by counting distinct buffers
+ * (keel_buf_base), never by timing.
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "helpers.h"
+
+static struct keel_opts
+opts1(void)
+{
+	struct keel_opts o = net_test_opts(1);
+	o.idle_poll_us = 0;
+	return o;
+}
+
+static void
+feature(struct keel_opts *o, const char *spec)
+{
+	char err[128], s[64];
+	int argc = 3;
+	char *argv[] = { "t", "--feature", s, NULL };
+
+	snprintf(s, sizeof(s), "%s", spec);
+	cr_assert_eq(keel_opts_parse(o, &argc, argv, err, sizeof(err)), 0, "%s", err);
+}
+
+#define RW_BUFS 256 /* the default ring */
+static struct {
+	void *base[RW_BUFS]; /* shard only */
+	_Atomic unsigned nbase;
+	_Atomic int send_errors;
+	/* held_buffers: hold every slice until HB_HOLD distinct buffers are held */
+	struct keel_slice held[4096]; /* shard only */
+	unsigned nheld;
+	_Atomic int all_held;
+	_Atomic uint64_t bytes;
+} rw;
+
+/* Count the buffer @s lies in among the distinct ones seen. */
+static void
+rw_note(const struct keel_slice *s)
+{
+	void *b = keel_buf_base(s->buf);
+	unsigned n = atomic_load(&rw.nbase), k;
+
+	for (k = 0; k < n && rw.base[k] != b; k++)
+		;
+	if (k == n && n < RW_BUFS)
+		atomic_store(&rw.nbase, n + 1), rw.base[n] = b;
+}
+
+static void
+pp_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++) {
+		rw_note(&s[i]);
+		if (keel_conn_send(c, &s[i]) < 0) {
+			atomic_fetch_add(&rw.send_errors, 1);
+			keel_slice_put(&s[i]);
+		}
+	}
+}
+
+static void
+pp_close(struct keel_conn *c, int status)
+{
+	(void)c;
+	(void)status;
+}
+
+static const struct keel_conn_ops pp_ops = { .on_data = pp_data, .on_close = pp_close };
+
+/* 4 KiB ping-pong, one message in flight, for more bytes than the whole ring holds
+ * (256 x 16 KiB): the kernel must fill a few recently used buffers over and over. With
+ * every buffer in the ring, first-in first-out, it filled all 256 in turn. */
+static void
+pingpong_run(const char *spec)
+{
+	struct keel_opts o = opts1();
+	enum { MSG = 4096 };
+	unsigned rounds = (RW_BUFS * 16384u) / MSG * 5 / 4;
+	static uint8_t out[MSG], in[MSG];
+	struct srv s;
+	int fd;
+
+	memset(&rw, 0, sizeof(rw));
+	if (spec)
+		feature(&o, spec);
+	cr_assert_eq(srv_start(&s, &o, NULL, &pp_ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	for (unsigned i = 0; i < rounds; i++) {
+		memset(out, (int)(i & 0xff), sizeof(out));
+		cr_assert_eq(cli_write_all(fd, out, sizeof(out)), 0, "round %u", i);
+		cr_assert_eq(cli_read_all(fd, in, sizeof(in)), 0, "round %u", i);
+		cr_assert_eq(memcmp(in, out, sizeof(in)), 0, "round %u: echo differs", i);
+	}
+	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
+	cr_assert_eq(atomic_load(&rw.send_errors), 0);
+	/* 16 in the ring at first, one or two held by the echo: far below the ring. */
+	cr_assert_leq(atomic_load(&rw.nbase), 32,
+		      "%u distinct receive buffers filled for %u x %u B one at a time: the ring "
+		      "is cycling through its buffers instead of reusing warm ones",
+		      atomic_load(&rw.nbase), rounds, (unsigned)MSG);
+}
+
+Test(net_rxwarm, pingpong_reuses_a_few_buffers)
+{
+	pingpong_run(NULL);
+}
+
+Test(net_rxwarm, pingpong_reuses_a_few_buffers_whole_buffers)
+{
+	pingpong_run("pbuf_inc=off");
+}
+
+/* The application holds every received slice until slices of HB_HOLD distinct buffers are
+ * held (four times the buffers the ring keeps in the kernel's hands), then puts them all and
+ * every later one at once. Buffers the application holds are outside the ring's window: the
+ * ring is topped up from the spares as the kernel retires buffers, so the connection keeps
+ * receiving; were the window to bound the buffers held, it would starve with 3/4 of the
+ * buffers to spare and the bytes would never all arrive. */
+#define HB_HOLD  64
+#define HB_BYTES (4u << 20)
+
+static void
+hb_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	(void)c;
+	for (unsigned i = 0; i < n; i++) {
+		atomic_fetch_add(&rw.bytes, s[i].len);
+		if (atomic_load(&rw.all_held) || rw.nheld == sizeof(rw.held) / sizeof(rw.held[0])) {
+			keel_slice_put(&s[i]);
+			continue;
+		}
+		rw_note(&s[i]);
+		rw.held[rw.nheld++] = s[i];
+	}
+	if (!atomic_load(&rw.all_held) && atomic_load(&rw.nbase) >= HB_HOLD) {
+		while (rw.nheld)
+			keel_slice_put(&rw.held[--rw.nheld]);
+		atomic_store(&rw.all_held, 1);
+	}
+}
+
+static void
+hb_close(struct keel_conn *c, int status)
+{
+	(void)c;
+	(void)status;
+	while (rw.nheld)
+		keel_slice_put(&rw.held[--rw.nheld]);
+}
+
+static const struct keel_conn_ops hb_ops = { .on_data = hb_data, .on_close = hb_close };
+
+static void
+held_run(const char *spec)
+{
+	struct keel_opts o = opts1();
+	static uint8_t out[HB_BYTES];
+	struct srv s;
+	int fd;
+
+	memset(&rw, 0, sizeof(rw));
+	if (spec)
+		feature(&o, spec);
+	memset(out, 'h', sizeof(out));
+	cr_assert_eq(srv_start(&s, &o, NULL, &hb_ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(cli_write_all(fd, out, sizeof(out)), 0,
+		     "the server stopped reading with %u buffers held", atomic_load(&rw.nbase));
+	WAIT_UNTIL(atomic_load(&rw.bytes) == HB_BYTES, TEST_WAIT_MS,
+		   "%llu of %u bytes received, %u buffers held, all held %d: the ring was not "
+		   "topped up from the spares",
+		   (unsigned long long)atomic_load(&rw.bytes), HB_BYTES, atomic_load(&rw.nbase),
+		   atomic_load(&rw.all_held));
+	cr_assert(atomic_load(&rw.all_held));
+	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
+}
+
+Test(net_rxwarm, held_buffers_do_not_starve_the_ring)
+{
+	held_run(NULL);
+}
+
+Test(net_rxwarm, held_buffers_do_not_starve_the_ring_whole_buffers)
+{
+	held_run("pbuf_inc=off");
+}
