@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
-/* Waking a sleeping shard: a MSG_RING wake-up that fails must not leave mail unread. */
+/* Waking a sleeping shard: a MSG_RING wake-up that fails must not leave mail unread; a
+ * wake-up that submits costs one io_uring_enter. */
 #include <errno.h>
 #include <stdatomic.h>
 #include <stdio.h>
