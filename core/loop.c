@@ -328,50 +328,13 @@ enter(struct keel_shard *s)
 		enter_error(s, r, "io_uring_enter");
 }
 
+/* The end of a loop pass at @t1, for the stall check: the start of the next pass, or the
+ * clock read before a sleep. One clock read thus serves two purposes, and a pass that does
+ * not sleep costs one read. */
 static void
-sleep_in_kernel(struct keel_shard *s)
+pass_end(struct keel_shard *s, uint64_t t0, uint64_t t1)
 {
-	struct keel_runtime *rt = s->rt;
-	struct __kernel_timespec ts, *tsp = NULL;
-	struct io_uring_cqe *cqe;
-	int64_t next = keel__timers_next_ns(s);
-	uint64_t now, d = UINT64_MAX;
-	int r;
-
-	/* Announce the sleep, then look again: a sender that set our mail bit before seeing
-	 * `sleeping` is seen here; one that sets it after will wake us. */
-	atomic_store(&s->sleeping, 1);
-	/* Completions already in the CQ or held in the kernel's overflow list are work: the
-	 * wait would return at once (the kernel flushes the overflow list before it sleeps),
-	 * but say so here rather than rely on it. */
-	if (keel__mail_pending(s) || atomic_load(&s->xpending) || io_uring_cq_ready(&s->ring) ||
-	    (IO_URING_READ_ONCE(*s->ring.sq.kflags) & IORING_SQ_CQ_OVERFLOW) ||
-	    (atomic_load(&rt->stopping) && s->phase == PHASE_RUN)) {
-		atomic_store(&s->sleeping, 0);
-		return;
-	}
-	now = keel__clock_ns();
-	if (next >= 0)
-		d = (uint64_t)next > now ? (uint64_t)next - now : 0;
-	if ((s->ovf_pending || s->phase != PHASE_RUN) && d > BOUNDED_SLEEP_NS)
-		d = BOUNDED_SLEEP_NS;
-	if (d != UINT64_MAX) {
-		ts.tv_sec = (long long)(d / NS_PER_S);
-		ts.tv_nsec = (long long)(d % NS_PER_S);
-		tsp = &ts;
-	}
-	STAT_INC(s, sleeps);
-	STAT_INC(s, enters);
-	r = io_uring_submit_and_wait_timeout(&s->ring, &cqe, 1, tsp, NULL);
-	if (r < 0 && r != -ETIME && r != -EINTR && r != -EAGAIN && r != -EBUSY)
-		enter_error(s, r, "io_uring wait");
-	atomic_store(&s->sleeping, 0);
-}
-
-static void
-stall_check(struct keel_shard *s, uint64_t t0)
-{
-	uint64_t t1 = keel__clock_ns(), d = t1 - t0;
+	uint64_t d = t1 - t0;
 
 	if (d > atomic_load_explicit(&s->stats.max_pass_ns, memory_order_relaxed))
 		atomic_store_explicit(&s->stats.max_pass_ns, d, memory_order_relaxed);
@@ -390,6 +353,56 @@ stall_check(struct keel_shard *s, uint64_t t0)
 		 (unsigned long long)s->stalls_unlogged);
 	s->last_stall_log_ns = t1;
 	s->stalls_unlogged = 0;
+}
+
+/* Sleep in the kernel until a completion, a wake-up or the next timer. The same
+ * io_uring_enter submits what the pass queued (SUBMIT + GETEVENTS, the timeout through
+ * EXT_ARG): a woken shard that answers and goes back to sleep enters the kernel once.
+ * GETEVENTS also runs the task work DEFER_TASKRUN holds back, so completions of what was
+ * just submitted end the wait at once. Returns false without entering when there is work
+ * for another pass: then the pass that began at @t0 stays open and the caller enters if it
+ * must. On true the pass was closed (pass_end) before the sleep. */
+static bool
+sleep_in_kernel(struct keel_shard *s, uint64_t t0)
+{
+	struct keel_runtime *rt = s->rt;
+	struct __kernel_timespec ts, *tsp = NULL;
+	struct io_uring_cqe *cqe;
+	int64_t next;
+	uint64_t now, d = UINT64_MAX;
+	int r;
+
+	/* Announce the sleep, then look again: a sender that set our mail bit before seeing
+	 * `sleeping` is seen here; one that sets it after will wake us. */
+	atomic_store(&s->sleeping, 1);
+	/* Completions already in the CQ or held in the kernel's overflow list are work: the
+	 * wait would return at once (the kernel flushes the overflow list before it sleeps),
+	 * but say so here rather than rely on it. Deferred callbacks run on the next pass. */
+	if (keel__mail_pending(s) || atomic_load(&s->xpending) || io_uring_cq_ready(&s->ring) ||
+	    s->defer_next.n || (IO_URING_READ_ONCE(*s->ring.sq.kflags) & IORING_SQ_CQ_OVERFLOW) ||
+	    (atomic_load(&rt->stopping) && s->phase == PHASE_RUN)) {
+		atomic_store(&s->sleeping, 0);
+		return false;
+	}
+	now = keel__clock_ns();
+	pass_end(s, t0, now);
+	next = keel__timers_next_ns(s);
+	if (next >= 0)
+		d = (uint64_t)next > now ? (uint64_t)next - now : 0;
+	if ((s->ovf_pending || s->phase != PHASE_RUN) && d > BOUNDED_SLEEP_NS)
+		d = BOUNDED_SLEEP_NS;
+	if (d != UINT64_MAX) {
+		ts.tv_sec = (long long)(d / NS_PER_S);
+		ts.tv_nsec = (long long)(d % NS_PER_S);
+		tsp = &ts;
+	}
+	STAT_INC(s, sleeps);
+	STAT_INC(s, enters);
+	r = io_uring_submit_and_wait_timeout(&s->ring, &cqe, 1, tsp, NULL);
+	if (r < 0 && r != -ETIME && r != -EINTR && r != -EAGAIN && r != -EBUSY)
+		enter_error(s, r, "io_uring wait");
+	atomic_store(&s->sleeping, 0);
+	return true;
 }
 
 static void
@@ -462,13 +475,20 @@ void
 keel__shard_loop(struct keel_shard *s)
 {
 	struct keel_runtime *rt = s->rt;
-	uint64_t idle_since = 0;
+	uint64_t idle_since = 0, t0 = 0;
 	uint64_t idle_poll_ns = (uint64_t)rt->opts.idle_poll_us * 1000;
+	bool open = false; /* the pass that began at t0 is not yet stall-checked */
 
 	for (;;) {
-		uint64_t t0 = keel__clock_ns();
+		uint64_t now = keel__clock_ns();
 		unsigned work;
+		bool must_enter;
 
+		/* The previous pass did not sleep: it ended where this one begins. */
+		if (open)
+			pass_end(s, t0, now);
+		t0 = now;
+		open = true;
 		s->now_ns = t0;
 		STAT_INC(s, passes);
 		work = reap(s);
@@ -481,21 +501,31 @@ keel__shard_loop(struct keel_shard *s)
 			work++;
 		}
 		keel__mail_flush(s);
-		stall_check(s, t0);
 		if (s->phase == PHASE_STOP && stop_progress(s))
 			break;
-		if (need_enter(s))
-			enter(s);
+		must_enter = need_enter(s);
 		if (work) {
 			idle_since = 0;
-			continue;
-		}
-		if (idle_poll_ns && (!idle_since || t0 - idle_since < idle_poll_ns)) {
+			/* After work, sleep at once if nothing is left for another pass (checked in
+			 * sleep_in_kernel): the sleep submits what this pass queued, so a wake-up
+			 * costs one io_uring_enter. With idle polling on, while draining, or while
+			 * mail waits in an overflow list, pass again instead. */
+			if (idle_poll_ns || s->phase != PHASE_RUN || s->ovf_pending) {
+				if (must_enter)
+					enter(s);
+				continue;
+			}
+		} else if (idle_poll_ns && (!idle_since || t0 - idle_since < idle_poll_ns)) {
 			if (!idle_since)
 				idle_since = t0;
+			if (must_enter)
+				enter(s);
 			continue;
 		}
-		sleep_in_kernel(s);
+		if (sleep_in_kernel(s, t0))
+			open = false;
+		else if (must_enter)
+			enter(s);
 		idle_since = 0;
 	}
 

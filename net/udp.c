@@ -35,6 +35,7 @@ struct keel_udp {
 	int fd;
 	uint16_t port;
 	struct keel_op recv_op;
+	struct keel_op close_nop; /* keel_udp_close without memory for a keel_defer */
 	/* The receive template: name and control lengths (multishot lays the buffer out
 	 * with them); single-shot receives the name and control data here. */
 	struct msghdr rmsg;
@@ -466,6 +467,23 @@ keel_udp_send(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_st
 	return 0;
 }
 
+/* keel_udp_close's deferred step: counted in ops_n like an operation, so the endpoint is
+ * freed (and on_close runs) from the loop, never inside keel_udp_close. */
+static void
+close_deferred(void *arg)
+{
+	struct keel_udp *u = arg;
+
+	u->ops_n--;
+	udp_check(u);
+}
+
+static void
+close_nop_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	close_deferred(container_of(op, struct keel_udp, close_nop));
+}
+
 void
 keel_udp_close(struct keel_udp *u)
 {
@@ -482,6 +500,27 @@ keel_udp_close(struct keel_udp *u)
 			keel_sqe_bind(sqe, &noop_op);
 		}
 	}
+	if (u->ops_n)
+		return; /* the last completion frees it */
+	/* Nothing in flight: on_close still runs from the loop (STYLE.md, Callbacks). A
+	 * deferred call keeps the shard awake until it runs; without memory for one, a NOP's
+	 * completion does the same. */
+	if (keel_defer(close_deferred, u) == 0) {
+		u->ops_n++;
+		return;
+	}
+	sqe = keel_sqe_get();
+	if (sqe) {
+		io_uring_prep_nop(sqe);
+		u->close_nop.fn = close_nop_cb;
+		keel_sqe_bind(sqe, &u->close_nop);
+		u->ops_n++;
+		return;
+	}
+	keel_log(KEEL_LOG_ERROR, NET_MOD,
+		 "udp port %u: neither a deferred call nor an SQE for on_close; it runs inside "
+		 "keel_udp_close",
+		 u->port);
 	udp_check(u);
 }
 

@@ -679,3 +679,154 @@ Test(net_udp, buffer_config_is_validated)
 	keel_net_config_init(&nc);
 	cr_assert_eq(keel_net_config_set(&nc), 0);
 }
+
+/* ---- close ---- */
+
+/* keel_udp_close never runs on_close before it returns (STYLE.md, Callbacks), even when
+ * nothing is in flight on the endpoint. To reach that state the test ends the endpoint's
+ * receive itself: with IP_RECVERR set on its socket, an ICMP port unreachable (a datagram
+ * sent to a closed loopback port) makes the pending recvmsg fail with -ECONNREFUSED, which
+ * keel does not re-arm (it logs a warning, seen here through the log sink). */
+struct udp_close_test {
+	struct keel_udp *u;
+	struct keel_timer *t;
+	_Atomic int recv_ended;
+	unsigned ticks;
+	int closes;
+	int closes_at_return; /* on_close calls seen when keel_udp_close returned */
+	int close_status;
+	int err;
+	char why[160];
+};
+
+static struct udp_close_test *g_uct;
+
+static void
+uct_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	if (g_uct && strstr(msg, "recvmsg") && strstr(msg, strerror(ECONNREFUSED)))
+		atomic_store(&g_uct->recv_ended, 1);
+}
+
+static void
+uct_fail(struct udp_close_test *t, int err, const char *why)
+{
+	t->err = err;
+	snprintf(t->why, sizeof(t->why), "%s", why);
+	keel_stop(err);
+}
+
+#define UCT_FAIL(t, err, why)          \
+	do {                           \
+		uct_fail(t, err, why); \
+		return;                \
+	} while (0)
+
+static void
+uct_datagram(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_storage *src)
+{
+	keel_slice_put(s);
+}
+
+static void
+uct_closed(struct keel_udp *u, int status)
+{
+	struct udp_close_test *t = keel_udp_app(u);
+
+	t->closes++;
+	t->close_status = status;
+	if (t->t)
+		keel_timer_destroy(t->t);
+	t->t = NULL;
+	keel_stop(0);
+}
+
+static const struct keel_udp_ops uct_ops = { .on_datagram = uct_datagram, .on_close = uct_closed };
+
+static void
+uct_tick(struct keel_timer *tm, void *arg)
+{
+	struct udp_close_test *t = arg;
+
+	if (!atomic_load(&t->recv_ended)) {
+		if (++t->ticks > 10 * 1000) /* 1 ms ticks: 10 s */
+			uct_fail(t, -ETIMEDOUT,
+				 "the receive did not end on the ICMP error in 10 s");
+		return;
+	}
+	keel_timer_stop(tm);
+	keel_udp_close(t->u);
+	t->closes_at_return = t->closes;
+}
+
+/* The endpoint's socket, found by its bound port (the test process holds few fds). */
+static int
+udp_fd_of_port(uint16_t port)
+{
+	for (int fd = 3; fd < 4096; fd++) {
+		struct sockaddr_in a;
+		socklen_t al = sizeof(a);
+		int type;
+		socklen_t tl = sizeof(type);
+
+		if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) < 0 || type != SOCK_DGRAM)
+			continue;
+		if (getsockname(fd, (struct sockaddr *)&a, &al) == 0 && a.sin_family == AF_INET &&
+		    ntohs(a.sin_port) == port)
+			return fd;
+	}
+	return -1;
+}
+
+static void
+uct_start(void *app)
+{
+	struct udp_close_test *t = app;
+	struct sockaddr_in dst = { .sin_family = AF_INET };
+	socklen_t dl = sizeof(dst);
+	int fd, one = 1, tmp, r;
+
+	r = keel_udp_open("127.0.0.1", 0, &uct_ops, t, &t->u);
+	if (r < 0)
+		UCT_FAIL(t, r, "keel_udp_open");
+	fd = udp_fd_of_port(keel_udp_port(t->u));
+	if (fd < 0)
+		UCT_FAIL(t, -ENOENT, "the endpoint's socket was not found");
+	if (setsockopt(fd, IPPROTO_IP, IP_RECVERR, &one, sizeof(one)) < 0)
+		UCT_FAIL(t, -errno, "setsockopt IP_RECVERR");
+	/* A loopback port that was just free: bound, its number read, closed. */
+	tmp = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	dst.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (tmp < 0 || bind(tmp, (struct sockaddr *)&dst, sizeof(dst)) < 0 ||
+	    getsockname(tmp, (struct sockaddr *)&dst, &dl) < 0)
+		UCT_FAIL(t, -errno, "a free loopback port");
+	close(tmp);
+	if (sendto(fd, "x", 1, 0, (struct sockaddr *)&dst, sizeof(dst)) != 1)
+		UCT_FAIL(t, -errno, "sendto the closed port");
+	r = keel_timer_create(uct_tick, t, &t->t);
+	if (r == 0)
+		r = keel_timer_start(t->t, 1000, 1000);
+	if (r < 0)
+		uct_fail(t, r, "timer");
+}
+
+Test(net_udp, close_with_nothing_in_flight_runs_on_close_from_the_loop, .timeout = 60)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct udp_close_test *t = calloc(1, sizeof(*t));
+	int r;
+
+	cr_assert_not_null(t);
+	g_uct = t;
+	keel_log_set_sink(uct_sink, NULL);
+	r = keel_run(&o, uct_start, t);
+	keel_log_set_sink(NULL, NULL);
+	g_uct = NULL;
+	cr_assert_eq(t->err, 0, "%s: %s", t->why, strerror(-t->err));
+	cr_assert_eq(r, 0);
+	cr_assert_eq(t->closes, 1, "on_close ran %d times", t->closes);
+	cr_assert_eq(t->closes_at_return, 0,
+		     "on_close ran inside keel_udp_close (nothing was in flight on the endpoint)");
+	cr_assert_eq(t->close_status, 0);
+	free(t);
+}

@@ -336,7 +336,11 @@ KEEL_API uint16_t keel_udp_port(const struct keel_udp *u);
 KEEL_API int keel_udp_send(struct keel_udp *u, struct keel_slice *s,
 			   const struct sockaddr_storage *dst);
 
-/** Close @u: on_close(u, 0) follows once its operations end. Context: its shard. */
+/**
+ * Close @u: on_close(u, 0) follows once its operations end, from the loop, never before
+ * this returns (also when nothing is in flight).
+ * Context: its shard.
+ */
 KEEL_API void keel_udp_close(struct keel_udp *u);
 
 /** The app pointer given to keel_udp_open(). */
