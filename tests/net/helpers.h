@@ -23,6 +23,8 @@ struct srv {
 
 /* Quiet, no signals, 64 MiB, and no idle polling (two tests' shards share two cores). */
 struct keel_opts net_test_opts(unsigned shards);
+/* Apply one --feature NAME=POLICY to @o; fails the test if it does not parse. */
+void net_test_feature(struct keel_opts *o, const char *spec);
 /* Start an echo server on 127.0.0.1:0 with @o (NULL: defaults) and @nc (NULL: defaults). */
 int srv_start(struct srv *s, const struct keel_opts *o, const struct keel_net_config *nc,
 	      const struct keel_conn_ops *ops);

@@ -23,17 +23,6 @@
 /* Waits for what another thread makes true: WAIT_FOR (wait.h) fails the test naming the
  * condition after TEST_WAIT_MS. */
 
-static void
-feature(struct keel_opts *o, const char *spec)
-{
-	char err[128], s[64];
-	int argc = 3;
-	char *argv[] = { "t", "--feature", s, NULL };
-
-	snprintf(s, sizeof(s), "%s", spec);
-	cr_assert_eq(keel_opts_parse(o, &argc, argv, err, sizeof(err)), 0, "%s", err);
-}
-
 /* poll() that a signal does not interrupt, for the suite's deadline; fails the test
  * naming @what when nothing happened. */
 static void
@@ -444,7 +433,7 @@ exhaust(const char *spec)
 	sink_reset();
 	atomic_store(&ex_enobufs, 0);
 	if (spec)
-		feature(&o, spec);
+		net_test_feature(&o, spec);
 	keel_net_config_init(&nc);
 	nc.buf_count = 4;
 	nc.buf_size = 4096;
@@ -492,9 +481,9 @@ slow_reader(const char *spec, const char *spec2, uint64_t slack)
 
 	keel_net_config_init(&nc);
 	if (spec)
-		feature(&o, spec);
+		net_test_feature(&o, spec);
 	if (spec2)
-		feature(&o, spec2);
+		net_test_feature(&o, spec2);
 	nc.buf_count = 64;
 	nc.buf_size = 16384;
 	nc.high_watermark = 256u << 10;
@@ -610,7 +599,7 @@ Test(net_conn, send_zc_notification_after_close)
 	struct srv s;
 
 	sink_reset();
-	feature(&o, "send_zc=on");
+	net_test_feature(&o, "send_zc=on");
 	keel_net_config_init(&nc);
 	nc.zc_threshold = 1;
 	nc.buf_size = 4096;

@@ -19,25 +19,6 @@
 #include "../../net/net_internal.h"
 #include "helpers.h"
 
-static struct keel_opts
-opts1(void)
-{
-	struct keel_opts o = net_test_opts(1);
-	o.idle_poll_us = 0;
-	return o;
-}
-
-static void
-feature(struct keel_opts *o, const char *spec)
-{
-	char err[128], s[64];
-	int argc = 3;
-	char *argv[] = { "t", "--feature", s, NULL };
-
-	snprintf(s, sizeof(s), "%s", spec);
-	cr_assert_eq(keel_opts_parse(o, &argc, argv, err, sizeof(err)), 0, "%s", err);
-}
-
 static uint8_t
 pat(uint64_t k)
 {
@@ -99,7 +80,7 @@ static const struct keel_conn_ops pz_ops = { .on_data = pz_data, .on_close = pz_
 static void
 pause_run(const char *spec)
 {
-	struct keel_opts o = opts1();
+	struct keel_opts o = net_test_opts(1);
 	struct keel_net_config nc;
 	size_t len = test_small() ? (2u << 20) : (16u << 20);
 	uint8_t *out = malloc(len);
@@ -108,7 +89,7 @@ pause_run(const char *spec)
 
 	memset(&pz, 0, sizeof(pz));
 	if (spec)
-		feature(&o, spec);
+		net_test_feature(&o, spec);
 	keel_net_config_init(&nc);
 	nc.buf_size = 4096;
 	nc.buf_count = 256;
@@ -222,7 +203,7 @@ static const struct keel_conn_ops px_ops = {
 static void
 proxy_run(int mode)
 {
-	struct keel_opts o = opts1();
+	struct keel_opts o = net_test_opts(1);
 	struct srv s;
 	int fa, fb;
 
@@ -362,7 +343,7 @@ listen_on(int backlog, uint16_t *port)
 
 Test(net_lifetime, connect_timeouts_hold_on_a_full_sq)
 {
-	struct keel_opts o = opts1();
+	struct keel_opts o = net_test_opts(1);
 	int live, dead, filler;
 	int r;
 
@@ -428,7 +409,7 @@ static const struct keel_conn_ops ce_ops = { .on_data = ce_data,
 
 Test(net_lifetime, no_on_eof_after_close_in_the_same_batch)
 {
-	struct keel_opts o = opts1();
+	struct keel_opts o = net_test_opts(1);
 	struct srv s;
 	enum { ROUNDS = 20 };
 
@@ -523,7 +504,7 @@ static const struct keel_conn_ops wr_ops = { .on_open = wr_open,
 static void
 wrap_run(const char *spec)
 {
-	struct keel_opts o = opts1();
+	struct keel_opts o = net_test_opts(1);
 	struct keel_net_config nc;
 	static uint8_t out[2 * WR_BUFS * WR_SIZE];
 	struct srv s;
@@ -531,7 +512,7 @@ wrap_run(const char *spec)
 
 	memset(&wr, 0, sizeof(wr));
 	if (spec)
-		feature(&o, spec);
+		net_test_feature(&o, spec);
 	keel_net_config_init(&nc);
 	nc.buf_size = WR_SIZE;
 	nc.buf_count = WR_BUFS;
@@ -599,7 +580,7 @@ static const struct keel_conn_ops dc_ops = { .on_data = dc_data, .on_close = dc_
 
 Test(net_lifetime, direct_descriptors_close_through_the_ring_and_slots_come_back)
 {
-	struct keel_opts o = opts1();
+	struct keel_opts o = net_test_opts(1);
 	struct keel_net_config nc;
 	struct srv s;
 
@@ -607,7 +588,7 @@ Test(net_lifetime, direct_descriptors_close_through_the_ring_and_slots_come_back
 		cr_skip_test("no sparse file tables (Linux 5.19): no direct descriptors");
 	atomic_store(&dc_ring_closes, 0);
 	atomic_store(&dc_closes, 0);
-	feature(&o, "direct_fd=on");
+	net_test_feature(&o, "direct_fd=on");
 	keel_net_config_init(&nc);
 	nc.max_files = 4;
 	cr_assert_eq(srv_start(&s, &o, &nc, &dc_ops), 0);

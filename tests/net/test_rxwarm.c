@@ -16,25 +16,6 @@
 
 #include "helpers.h"
 
-static struct keel_opts
-opts1(void)
-{
-	struct keel_opts o = net_test_opts(1);
-	o.idle_poll_us = 0;
-	return o;
-}
-
-static void
-feature(struct keel_opts *o, const char *spec)
-{
-	char err[128], s[64];
-	int argc = 3;
-	char *argv[] = { "t", "--feature", s, NULL };
-
-	snprintf(s, sizeof(s), "%s", spec);
-	cr_assert_eq(keel_opts_parse(o, &argc, argv, err, sizeof(err)), 0, "%s", err);
-}
-
 #define RW_BUFS 256 /* the default ring */
 static struct {
 	void *base[RW_BUFS]; /* shard only */
@@ -87,7 +68,7 @@ static const struct keel_conn_ops pp_ops = { .on_data = pp_data, .on_close = pp_
 static void
 pingpong_run(const char *spec)
 {
-	struct keel_opts o = opts1();
+	struct keel_opts o = net_test_opts(1);
 	enum { MSG = 4096 };
 	unsigned rounds = (RW_BUFS * 16384u) / MSG * 5 / 4;
 	static uint8_t out[MSG], in[MSG];
@@ -96,7 +77,7 @@ pingpong_run(const char *spec)
 
 	memset(&rw, 0, sizeof(rw));
 	if (spec)
-		feature(&o, spec);
+		net_test_feature(&o, spec);
 	cr_assert_eq(srv_start(&s, &o, NULL, &pp_ops), 0);
 	fd = cli_connect(s.port);
 	cr_assert_geq(fd, 0);
@@ -169,14 +150,14 @@ static const struct keel_conn_ops hb_ops = { .on_data = hb_data, .on_close = hb_
 static void
 held_run(const char *spec)
 {
-	struct keel_opts o = opts1();
+	struct keel_opts o = net_test_opts(1);
 	static uint8_t out[HB_BYTES];
 	struct srv s;
 	int fd;
 
 	memset(&rw, 0, sizeof(rw));
 	if (spec)
-		feature(&o, spec);
+		net_test_feature(&o, spec);
 	memset(out, 'h', sizeof(out));
 	cr_assert_eq(srv_start(&s, &o, NULL, &hb_ops), 0);
 	fd = cli_connect(s.port);

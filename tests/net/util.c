@@ -25,6 +25,17 @@ net_test_opts(unsigned shards)
 	return o;
 }
 
+void
+net_test_feature(struct keel_opts *o, const char *spec)
+{
+	char err[128], s[64];
+	int argc = 3;
+	char *argv[] = { "t", "--feature", s, NULL };
+
+	snprintf(s, sizeof(s), "%s", spec);
+	cr_assert_eq(keel_opts_parse(o, &argc, argv, err, sizeof(err)), 0, "%s", err);
+}
+
 bool
 test_small(void)
 {
