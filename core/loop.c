@@ -477,7 +477,8 @@ keel__shard_loop(struct keel_shard *s)
 	struct keel_runtime *rt = s->rt;
 	uint64_t idle_since = 0, t0 = 0;
 	uint64_t idle_poll_ns = (uint64_t)rt->opts.idle_poll_us * 1000;
-	bool open = false; /* the pass that began at t0 is not yet stall-checked */
+	bool open = false;   /* the pass that began at t0 is not yet stall-checked */
+	bool polled = false; /* the pass that began at t0 found nothing and polled on */
 
 	for (;;) {
 		uint64_t now = keel__clock_ns();
@@ -487,6 +488,9 @@ keel__shard_loop(struct keel_shard *s)
 		/* The previous pass did not sleep: it ended where this one begins. */
 		if (open)
 			pass_end(s, t0, now);
+		if (polled)
+			STAT_ADD(s, idle_poll_ns, now - t0);
+		polled = false;
 		t0 = now;
 		open = true;
 		s->now_ns = t0;
@@ -520,6 +524,7 @@ keel__shard_loop(struct keel_shard *s)
 				idle_since = t0;
 			if (must_enter)
 				enter(s);
+			polled = true;
 			continue;
 		}
 		if (sleep_in_kernel(s, t0))

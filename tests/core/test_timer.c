@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #include <errno.h>
+#include <time.h>
 
 #include <criterion/criterion.h>
 
@@ -146,6 +147,36 @@ Test(core_timer, idle_shard_sleeps_until_the_deadline)
 	cr_assert_eq(st.timers_fired, 1);
 	cr_assert_lt(st.passes, 50, "an idle shard made %llu passes in 200 ms",
 		     (unsigned long long)st.passes);
+	cr_assert_eq(st.idle_poll_ns, 0, "no idle polling asked for, %llu ns counted",
+		     (unsigned long long)st.idle_poll_ns);
+	keel_runtime_destroy(rt);
+}
+
+/* The time a shard spends polling with nothing to do is counted (it is CPU the OS sees as
+ * busy): more than nothing when polling is on, never more than the run lasted. */
+Test(core_timer, idle_polling_time_is_counted)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_runtime *rt;
+	struct keel_shard_stats st;
+	struct timespec a, b;
+	uint64_t wall;
+	int r;
+
+	o.idle_poll_us = 1000; /* about polling */
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, idle_start, NULL), 0);
+	r = keel_runtime_join(rt);
+	clock_gettime(CLOCK_MONOTONIC, &b);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
+	wall = (uint64_t)(b.tv_sec - a.tv_sec) * 1000000000ull + (uint64_t)b.tv_nsec -
+	       (uint64_t)a.tv_nsec;
+	cr_assert_eq(keel_runtime_stats(rt, 0, &st), 0);
+	cr_assert_gt(st.idle_poll_ns, 0, "the shard polled but counted no time");
+	cr_assert_leq(st.idle_poll_ns, wall, "%llu ns of polling in a run of %llu ns",
+		      (unsigned long long)st.idle_poll_ns, (unsigned long long)wall);
 	keel_runtime_destroy(rt);
 }
 

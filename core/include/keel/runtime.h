@@ -135,6 +135,8 @@ struct keel_shard_stats {
 	uint64_t deferred;       /* keel_defer callbacks run */
 	uint64_t foreign;        /* keel_runtime_submit requests run */
 	uint64_t max_pass_ns;    /* longest pass seen */
+	uint64_t idle_poll_ns;   /* time spent polling with nothing to do (--idle-poll-us):
+				  * CPU the shard burned idle, counted as busy by the OS */
 };
 
 /**
