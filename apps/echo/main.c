@@ -216,8 +216,8 @@ main(int argc, char **argv)
 	r = keel_runtime_start(rt, on_start, &a);
 	if (r == 0)
 		r = keel_runtime_join(rt);
-	if (o.stats)
-		keel_runtime_stats_print(rt, stderr);
+	/* keel_runtime_join printed the runtime's counters (--stats); the forwarding ones
+	 * are the app's. */
 	if (o.stats && a.forward)
 		for (unsigned i = 0; i < keel_runtime_shard_count(rt); i++) {
 			struct echo_fwd_stats fs;
