@@ -42,21 +42,6 @@ send_from_0(struct keel_xreq *req)
 	keel_xreq_complete(req, r);
 }
 
-static uint64_t
-now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static void
-nap(void)
-{
-	struct timespec ts = { 0, 200000 };
-	nanosleep(&ts, NULL);
-}
-
 /* Round after round, shard 0 mails the sleeping shard 1 with the next MSG_RING wake-up
  * forced to fail, until a round actually used (and failed) a wake-up. That round's
  * message must still be run: the sender falls back to shard 1's eventfd. */
@@ -78,21 +63,21 @@ Test(core_wakeup, failed_msg_ring_wakeup_falls_back_to_eventfd, .timeout = 120)
 
 		/* Let shard 1 reach its sleep: without a sleeper no wake-up is sent. */
 		cr_assert_eq(keel_runtime_stats(rt, 1, &st1), 0);
-		deadline = now_ms() + 10000;
+		deadline = test_now_ms() + 10000;
 		for (;;) {
 			struct keel_shard_stats now;
 			keel_runtime_stats(rt, 1, &now);
-			if (now.sleeps > st1.sleeps || now_ms() > deadline)
+			if (now.sleeps > st1.sleeps || test_now_ms() > deadline)
 				break;
-			nap();
+			test_pause();
 		}
 		atomic_store(&keel__fault_msgring_fail, 1);
 		w->req[rounds] = (struct keel_xreq){ .fn = send_from_0, .arg = w };
 		cr_assert_eq(keel_runtime_submit(rt, 0, &w->req[rounds]), 0);
 		rounds++;
-		deadline = now_ms() + 10000;
-		while (atomic_load(&w->delivered) < rounds && now_ms() < deadline)
-			nap();
+		deadline = test_now_ms() + 10000;
+		while (atomic_load(&w->delivered) < rounds && test_now_ms() < deadline)
+			test_pause();
 		injected = atomic_load(&keel__fault_msgring_fail) == 0;
 		if (atomic_load(&w->delivered) < rounds) {
 			lost = true;

@@ -4,6 +4,7 @@
 #define KEEL_NET_TEST_HELPERS_H
 
 #include <keel/keel.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <sys/types.h>
@@ -25,6 +26,22 @@ struct srv {
 struct keel_opts net_test_opts(unsigned shards);
 /* Apply one --feature NAME=POLICY to @o; fails the test if it does not parse. */
 void net_test_feature(struct keel_opts *o, const char *spec);
+
+/* Holding a shard: it runs a request that waits (at most 60 s) until the test releases
+ * it, so whatever the test sends meanwhile piles up in the kernel for one pass. */
+struct shard_hold {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool blocked, released;
+	_Atomic int timed_out; /* the shard gave up waiting: the test never released it */
+	struct keel_xreq req;
+};
+void shard_hold_init(struct shard_hold *h);
+/* Fails the test if a hold timed out. */
+void shard_hold_fini(struct shard_hold *h);
+/* Returns once shard @shard of @rt is held. */
+void shard_hold(struct shard_hold *h, struct keel_runtime *rt, unsigned shard);
+void shard_hold_release(struct shard_hold *h);
 /* Start an echo server on 127.0.0.1:0 with @o (NULL: defaults) and @nc (NULL: defaults). */
 int srv_start(struct srv *s, const struct keel_opts *o, const struct keel_net_config *nc,
 	      const struct keel_conn_ops *ops);

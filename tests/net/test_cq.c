@@ -23,11 +23,7 @@ struct cq_test {
 	struct keel_listener *l;
 	_Atomic unsigned opens, closes, close_errors;
 	_Atomic unsigned cq_size; /* the CQ the shard's ring got */
-	/* The shard blocks in a request until the clients have written (see block_cb). */
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	bool blocked, released;
-	_Atomic int block_timeout;
+	struct shard_hold hold;   /* the shard waits until the clients have written */
 };
 
 static void
@@ -71,44 +67,6 @@ cq_start(void *arg)
 		keel_stop(r);
 }
 
-/* Runs on the shard and holds it (at most 60 s) while the clients write: every receive then
- * completes in the shard's next system call, thousands of CQEs into a CQ of 16. */
-static void
-block_cb(struct keel_xreq *req)
-{
-	struct cq_test *t = req->arg;
-	struct timespec dl;
-
-	clock_gettime(CLOCK_REALTIME, &dl);
-	dl.tv_sec += 60;
-	pthread_mutex_lock(&t->lock);
-	t->blocked = true;
-	pthread_cond_broadcast(&t->cond);
-	while (!t->released)
-		if (pthread_cond_timedwait(&t->cond, &t->lock, &dl) == ETIMEDOUT) {
-			atomic_store(&t->block_timeout, 1);
-			break;
-		}
-	t->released = false;
-	pthread_mutex_unlock(&t->lock);
-	keel_xreq_complete(req, 0);
-}
-
-static uint64_t
-now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static void
-nap(void)
-{
-	struct timespec ts = { 0, 200000 };
-	nanosleep(&ts, NULL);
-}
-
 static void
 stats_fn(struct keel_xreq *req)
 {
@@ -131,7 +89,6 @@ cq_run(const char *feature)
 	struct keel_listen_opts lo = { .addr = "127.0.0.1" };
 	struct cq_test *t = calloc(1, sizeof(*t));
 	struct keel_shard_stats st;
-	struct keel_xreq req;
 	struct rlimit rl;
 	int *fds = calloc(nconn, sizeof(*fds));
 	char out[MSG_LEN], in[MSG_LEN];
@@ -146,18 +103,12 @@ cq_run(const char *feature)
 	if (rl.rlim_cur < 2 * nconn + 64)
 		cr_skip_test("RLIMIT_NOFILE %llu is below %u: raise ulimit -n",
 			     (unsigned long long)rl.rlim_cur, 2 * nconn + 64);
-	pthread_mutex_init(&t->lock, NULL);
-	pthread_cond_init(&t->cond, NULL);
+	shard_hold_init(&t->hold);
 	o.idle_poll_us = 0;
 	o.ring_entries = 8;
 	o.cq_entries = 16;
-	if (feature) {
-		char err[128], spec[64];
-		int argc = 3;
-		char *argv[] = { "t", "--feature", spec, NULL };
-		snprintf(spec, sizeof(spec), "%s", feature);
-		cr_assert_eq(keel_opts_parse(&o, &argc, argv, err, sizeof(err)), 0, "%s", err);
-	}
+	if (feature)
+		net_test_feature(&o, feature);
 	keel_net_config_init(&nc);
 	/* Enough receive buffers that the test is about the CQ, not buffer starvation. */
 	nc.buf_size = 2048;
@@ -175,28 +126,21 @@ cq_run(const char *feature)
 	}
 	/* Every connection accepted and its receive armed (armed in the pass that opened it,
 	 * submitted before the shard takes the request below). */
-	for (uint64_t deadline = now_ms() + 30000; atomic_load(&t->opens) < nconn;) {
-		cr_assert_lt(now_ms(), deadline, "%u of %u connections opened in 30 s",
+	for (uint64_t deadline = test_now_ms() + 30000; atomic_load(&t->opens) < nconn;) {
+		cr_assert_lt(test_now_ms(), deadline, "%u of %u connections opened in 30 s",
 			     atomic_load(&t->opens), nconn);
-		nap();
+		test_pause();
 	}
 	for (unsigned round = 0; round < 2; round++) {
 		/* Round 0 proves no byte is lost; round 1 that every receive was re-armed. */
-		req = (struct keel_xreq){ .fn = block_cb, .arg = t };
-		pthread_mutex_lock(&t->lock);
-		cr_assert_eq(keel_runtime_submit(t->rt, 0, &req), 0);
-		while (!t->blocked)
-			pthread_cond_wait(&t->cond, &t->lock);
-		t->blocked = false;
-		pthread_mutex_unlock(&t->lock);
+		/* Held: every receive completes in the shard's next system call, thousands
+		 * of CQEs into a CQ of 16. */
+		shard_hold(&t->hold, t->rt, 0);
 		for (unsigned i = 0; i < nconn; i++) {
 			fill(out, i, round);
 			cr_assert_eq(cli_write_all(fds[i], out, MSG_LEN), 0);
 		}
-		pthread_mutex_lock(&t->lock);
-		t->released = true;
-		pthread_cond_broadcast(&t->cond);
-		pthread_mutex_unlock(&t->lock);
+		shard_hold_release(&t->hold);
 		for (unsigned i = 0; i < nconn; i++) {
 			int r = cli_read_all(fds[i], in, MSG_LEN);
 			cr_assert_eq(r, 0, "round %u, connection %u: no echo in 30 s (%s)", round,
@@ -205,7 +149,6 @@ cq_run(const char *feature)
 			cr_assert_eq(memcmp(in, out, MSG_LEN), 0,
 				     "round %u, connection %u: differs", round, i);
 		}
-		cr_assert_eq(atomic_load(&t->block_timeout), 0);
 	}
 	/* The shard's net counters, read on the shard. */
 	struct keel_net_stats ns;
@@ -233,8 +176,7 @@ cq_run(const char *feature)
 	cr_assert_gt(ns.rearms, 0, "no receive ended: the overflow did not end multishots");
 	cr_assert_eq(ns.recv_cqes, 2 * nconn, "%llu receive completions for %u messages",
 		     (unsigned long long)ns.recv_cqes, 2 * nconn);
-	pthread_mutex_destroy(&t->lock);
-	pthread_cond_destroy(&t->cond);
+	shard_hold_fini(&t->hold);
 	free(fds);
 	free(t);
 }

@@ -213,11 +213,7 @@ struct udp_sink {
 	bool hold; /* keep the slices (their receive buffers) until sink_put_held() */
 	struct keel_slice held[256];
 	unsigned nheld;
-	/* The shard blocks in a request while the test sends a burst (block_cb). */
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	bool blocked, released;
-	_Atomic int block_timeout;
+	struct shard_hold shard; /* the shard waits while the test sends a burst */
 };
 
 static void
@@ -276,50 +272,6 @@ sink_start(void *arg)
 	atomic_store(&k->port, keel_udp_port(k->u));
 }
 
-static void
-block_cb(struct keel_xreq *req)
-{
-	struct udp_sink *k = req->arg;
-	struct timespec dl;
-
-	clock_gettime(CLOCK_REALTIME, &dl);
-	dl.tv_sec += 60;
-	pthread_mutex_lock(&k->lock);
-	k->blocked = true;
-	pthread_cond_broadcast(&k->cond);
-	while (!k->released)
-		if (pthread_cond_timedwait(&k->cond, &k->lock, &dl) == ETIMEDOUT) {
-			atomic_store(&k->block_timeout, 1);
-			break;
-		}
-	k->released = false;
-	pthread_mutex_unlock(&k->lock);
-	keel_xreq_complete(req, 0);
-}
-
-/* Hold the shard in a request until sink_release(): what arrives meanwhile waits in the
- * socket's receive queue. */
-static void
-sink_block(struct keel_runtime *rt, struct udp_sink *k, struct keel_xreq *req)
-{
-	*req = (struct keel_xreq){ .fn = block_cb, .arg = k };
-	pthread_mutex_lock(&k->lock);
-	cr_assert_eq(keel_runtime_submit(rt, 0, req), 0);
-	while (!k->blocked)
-		pthread_cond_wait(&k->cond, &k->lock);
-	k->blocked = false;
-	pthread_mutex_unlock(&k->lock);
-}
-
-static void
-sink_release(struct udp_sink *k)
-{
-	pthread_mutex_lock(&k->lock);
-	k->released = true;
-	pthread_cond_broadcast(&k->cond);
-	pthread_mutex_unlock(&k->lock);
-}
-
 static struct keel_runtime *
 sink_run(struct udp_sink *k, const struct keel_net_config *nc, const char *feature)
 {
@@ -327,20 +279,13 @@ sink_run(struct udp_sink *k, const struct keel_net_config *nc, const char *featu
 	struct keel_runtime *rt;
 
 	o.idle_poll_us = 0;
-	pthread_mutex_init(&k->lock, NULL);
-	pthread_cond_init(&k->cond, NULL);
-	if (feature) {
-		char err[128], spec[64];
-		int argc = 3;
-		char *argv[] = { "t", "--feature", spec, NULL };
-		snprintf(spec, sizeof(spec), "%s", feature);
-		cr_assert_eq(keel_opts_parse(&o, &argc, argv, err, sizeof(err)), 0, "%s", err);
-	}
+	shard_hold_init(&k->shard);
+	if (feature)
+		net_test_feature(&o, feature);
 	cr_assert_eq(keel_net_config_set(nc), 0);
 	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
 	cr_assert_eq(keel_runtime_start(rt, sink_start, k), 0);
-	while (!atomic_load(&k->port))
-		sched_yield();
+	WAIT_FOR(atomic_load(&k->port), "the UDP endpoint's port");
 	cr_assert_eq(atomic_load(&k->open_err), 0);
 	return rt;
 }
@@ -351,9 +296,7 @@ sink_stop(struct keel_runtime *rt, struct udp_sink *k)
 	keel_runtime_stop(rt, 0);
 	cr_assert_eq(keel_runtime_join(rt), 0);
 	keel_runtime_destroy(rt);
-	cr_assert_eq(atomic_load(&k->block_timeout), 0);
-	pthread_mutex_destroy(&k->lock);
-	pthread_cond_destroy(&k->cond);
+	shard_hold_fini(&k->shard);
 }
 
 /* recv() that a signal does not interrupt (the socket's 30 s timeout still ends it). */
@@ -431,7 +374,6 @@ buf_config_run(const char *feature)
 	struct keel_net_config nc;
 	struct keel_net_stats st;
 	struct keel_runtime *rt;
-	struct keel_xreq req;
 	static char buf[2048];
 	unsigned burst = 100;
 	ssize_t n;
@@ -456,11 +398,11 @@ buf_config_run(const char *feature)
 	/* A burst while the shard is held: all of it waits in the socket, then every datagram
 	 * finds a buffer while the application keeps them all (128 >= 100). */
 	k->echo = false;
-	sink_block(rt, k, &req);
+	shard_hold(&k->shard, rt, 0);
 	k->hold = true; /* the shard is blocked: no datagram is being delivered */
 	for (unsigned i = 0; i < burst; i++)
 		cr_assert_eq(send(fd, "b", 1, 0), 1);
-	sink_release(k);
+	shard_hold_release(&k->shard);
 	/* 2 before: the 1,024-byte datagram and the marker. */
 	for (uint64_t spins = 0; atomic_load(&k->datagrams) < 2 + burst; spins++) {
 		struct timespec ts = { 0, 1000000 };
@@ -526,7 +468,6 @@ drops_run(const char *feature)
 	struct keel_net_config nc;
 	struct keel_net_stats st;
 	struct keel_runtime *rt;
-	struct keel_xreq req;
 	static char buf[1000];
 	unsigned burst = 3000;
 	unsigned long rxq = 1, drops = 0;
@@ -536,11 +477,11 @@ drops_run(const char *feature)
 	keel_net_config_init(&nc);
 	rt = sink_run(k, &nc, feature);
 	fd = sink_client(k);
-	sink_block(rt, k, &req);
+	shard_hold(&k->shard, rt, 0);
 	memset(buf, 'd', sizeof(buf));
 	for (unsigned i = 0; i < burst; i++)
 		cr_assert_eq(send(fd, buf, sizeof(buf), 0), (ssize_t)sizeof(buf));
-	sink_release(k);
+	shard_hold_release(&k->shard);
 	/* The queue drained (the kernel says so), then one marker, which cannot be dropped. */
 	for (uint64_t spins = 0; rxq; spins++) {
 		struct timespec ts = { 0, 1000000 };

@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -248,4 +249,63 @@ cli_recv(int fd, void *p, size_t len)
 		if (n >= 0 || (errno != EINTR && errno != EAGAIN))
 			return n;
 	}
+}
+
+static void
+hold_cb(struct keel_xreq *req)
+{
+	struct shard_hold *h =
+		(struct shard_hold *)((char *)req - offsetof(struct shard_hold, req));
+	struct timespec dl;
+
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += 60;
+	pthread_mutex_lock(&h->lock);
+	h->blocked = true;
+	pthread_cond_broadcast(&h->cond);
+	while (!h->released)
+		if (pthread_cond_timedwait(&h->cond, &h->lock, &dl) == ETIMEDOUT) {
+			atomic_store(&h->timed_out, 1);
+			break;
+		}
+	h->released = false;
+	pthread_mutex_unlock(&h->lock);
+	keel_xreq_complete(req, 0);
+}
+
+void
+shard_hold_init(struct shard_hold *h)
+{
+	memset(h, 0, sizeof(*h));
+	pthread_mutex_init(&h->lock, NULL);
+	pthread_cond_init(&h->cond, NULL);
+}
+
+void
+shard_hold_fini(struct shard_hold *h)
+{
+	cr_assert_eq(atomic_load(&h->timed_out), 0, "a held shard waited 60 s for its release");
+	pthread_mutex_destroy(&h->lock);
+	pthread_cond_destroy(&h->cond);
+}
+
+void
+shard_hold(struct shard_hold *h, struct keel_runtime *rt, unsigned shard)
+{
+	h->req = (struct keel_xreq){ .fn = hold_cb };
+	pthread_mutex_lock(&h->lock);
+	cr_assert_eq(keel_runtime_submit(rt, shard, &h->req), 0);
+	while (!h->blocked)
+		pthread_cond_wait(&h->cond, &h->lock);
+	h->blocked = false;
+	pthread_mutex_unlock(&h->lock);
+}
+
+void
+shard_hold_release(struct shard_hold *h)
+{
+	pthread_mutex_lock(&h->lock);
+	h->released = true;
+	pthread_cond_broadcast(&h->cond);
+	pthread_mutex_unlock(&h->lock);
 }
