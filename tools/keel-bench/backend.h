@@ -19,6 +19,7 @@
 
 #include <keel/opts.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -189,5 +190,11 @@ uint64_t bench_hist_pct(const struct bench_hist *h, double p);
 
 /* CPU time of the calling thread (getrusage RUSAGE_THREAD, user + system), ns. */
 uint64_t bench_thread_cpu_ns(void);
+
+/* The client threads' start line: once every thread has set up (the first wait on @bar),
+ * fix the measured window (@cfg's warm-up from now, then its seconds) into *t_start and
+ * *t_end, tell @cfg->on_window, and let the threads go (the second wait). */
+void bench_window_open(const struct bench_cfg *cfg, pthread_barrier_t *bar, uint64_t *t_start,
+		       uint64_t *t_end);
 
 #endif

@@ -18,6 +18,18 @@ bench_now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
+void
+bench_window_open(const struct bench_cfg *cfg, pthread_barrier_t *bar, uint64_t *t_start,
+		  uint64_t *t_end)
+{
+	pthread_barrier_wait(bar);
+	*t_start = bench_now_ns() + cfg->warmup_ns;
+	*t_end = *t_start + cfg->seconds_ns;
+	if (cfg->on_window)
+		cfg->on_window(cfg->window_arg, *t_start, *t_end);
+	pthread_barrier_wait(bar);
+}
+
 int
 bench_pin(int cpu)
 {

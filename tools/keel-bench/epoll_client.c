@@ -427,12 +427,7 @@ bench__epoll_client_run(const struct bench_cfg *cfg, struct bench_result *out)
 		fprintf(stderr, "keel-bench: pthread_create: %s\n", strerror(-r));
 		exit(1);
 	}
-	pthread_barrier_wait(&cl.bar);
-	cl.t_start = bench_now_ns() + cfg->warmup_ns;
-	cl.t_end = cl.t_start + cfg->seconds_ns;
-	if (cfg->on_window)
-		cfg->on_window(cfg->window_arg, cl.t_start, cl.t_end);
-	pthread_barrier_wait(&cl.bar);
+	bench_window_open(cfg, &cl.bar, &cl.t_start, &cl.t_end);
 	memset(out, 0, sizeof(*out));
 	r = 0;
 	for (unsigned i = 0; i < nt; i++) {

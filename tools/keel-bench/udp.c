@@ -494,12 +494,7 @@ bench_udp_client_run(const struct bench_cfg *cfg, struct bench_result *out)
 		fprintf(stderr, "keel-bench: pthread_create: %s\n", strerror(-r));
 		exit(1);
 	}
-	pthread_barrier_wait(&cl.bar);
-	cl.t_start = bench_now_ns() + cfg->warmup_ns;
-	cl.t_end = cl.t_start + cfg->seconds_ns;
-	if (cfg->on_window)
-		cfg->on_window(cfg->window_arg, cl.t_start, cl.t_end);
-	pthread_barrier_wait(&cl.bar);
+	bench_window_open(cfg, &cl.bar, &cl.t_start, &cl.t_end);
 	r = 0;
 	for (unsigned i = 0; i < nt; i++) {
 		pthread_join(t[i].tid, NULL);
