@@ -269,9 +269,6 @@ reap(struct keel_shard *s)
 	return n;
 }
 
-/* Enter the kernel only when it has something for us: SQEs to submit, task work pending
- * (IORING_SQ_TASKRUN, which DEFER_TASKRUN only runs inside io_uring_enter), or an
- * overflowed CQ. */
 /* The CQ overflowed: the kernel holds the completions that did not fit (IORING_FEAT_NODROP)
  * and moves them into the CQ at the next io_uring_enter with GETEVENTS, which the caller
  * makes. Multishot operations whose CQE did not fit end (a final CQE without F_MORE, data
@@ -285,6 +282,9 @@ cq_overflowed(struct keel_shard *s)
 			      memory_order_relaxed);
 }
 
+/* Enter the kernel only when it has something for us: SQEs to submit, task work pending
+ * (IORING_SQ_TASKRUN, which DEFER_TASKRUN only runs inside io_uring_enter), or an
+ * overflowed CQ. */
 static bool
 need_enter(struct keel_shard *s)
 {
