@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: MIT
 # Install what is missing, build, and run every test: the normal build, the sanitizer build
 # (ASan+UBSan, leaks included), a ThreadSanitizer build of the cross-thread tests, and the
-# clang-format check.
+# clang-format check, and the fuzz harnesses (tools/fuzz.sh: corpus replay plus a fixed-seed
+# run of each; KEEL_FUZZ_RUNS sets the inputs per harness).
 #   tools/test.sh            everything
 #   KEEL_TEST_QUICK=1 ...    the normal build only
 set -euo pipefail
@@ -46,6 +47,9 @@ if [ -z "${KEEL_TEST_QUICK:-}" ]; then
 	build build-tsan -DKEEL_TSAN=ON
 	(cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
 		ctest --output-on-failure -j 1 -L tsan) || status=1
+
+	echo "== fuzz harnesses (clang libFuzzer, ASan+UBSan): corpus replay, then fixed-seed runs"
+	tools/fuzz.sh --runs "${KEEL_FUZZ_RUNS:-20000}" || status=1
 fi
 
 if [ $status -ne 0 ]; then
