@@ -436,10 +436,12 @@ genl_call(int fd, struct nlbuf *m, char *rx, size_t rxlen)
 static void
 genl_start(struct nlbuf *m, uint16_t family, uint8_t cmd)
 {
-	struct nlmsghdr *h = (struct nlmsghdr *)m->b;
-	struct genlmsghdr *g = (struct genlmsghdr *)(m->b + NLMSG_HDRLEN);
+	struct nlmsghdr *h;
+	struct genlmsghdr *g;
 
 	memset(m, 0, sizeof(*m));
+	h = (struct nlmsghdr *)m->b;
+	g = (struct genlmsghdr *)(m->b + NLMSG_HDRLEN);
 	h->nlmsg_type = family;
 	h->nlmsg_flags = NLM_F_REQUEST;
 	h->nlmsg_seq = 1;

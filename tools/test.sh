@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
 # Install what is missing, build, and run every test: the normal build, the sanitizer build
-# (ASan+UBSan, leaks included), a ThreadSanitizer build of the cross-thread tests, and the
-# clang-format check, and the fuzz harnesses (tools/fuzz.sh: corpus replay plus a fixed-seed
-# run of each; KEEL_FUZZ_RUNS sets the inputs per harness).
+# (ASan+UBSan, leaks included), a ThreadSanitizer build of the cross-thread tests, the
+# clang-format check, cppcheck (tools/cppcheck.sh), and the fuzz harnesses (tools/fuzz.sh:
+# corpus replay plus a fixed-seed run of each; KEEL_FUZZ_RUNS sets the inputs per harness).
 #   tools/test.sh            everything
 #   KEEL_TEST_QUICK=1 ...    the normal build only
 set -euo pipefail
@@ -33,6 +33,9 @@ echo "== build and test (RelWithDebInfo)"
 mkdir -p build
 build build
 (cd build && ctest --output-on-failure -j 1) || status=1
+
+echo "== static analysis (cppcheck: warning, portability, performance; tools/cppcheck.sh)"
+tools/cppcheck.sh build/include || status=1
 
 if [ -z "${KEEL_TEST_QUICK:-}" ]; then
 	echo "== sanitizer build (ASan+UBSan) and tests"

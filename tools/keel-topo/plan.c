@@ -142,7 +142,7 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 		} else {
 			cmd(out, max, &n, PLAN_RUN,
 			    "one rx queue per shard: the driver has separate rx channels",
-			    "ethtool", "-L", ifn, "rx", a, NULL);
+			    "ethtool", "-L", ifn, "rx", a, (char *)NULL);
 		}
 	} else if (live && nic && nic->ch_combined == (int)nq) {
 		channels_change = false;
@@ -153,7 +153,7 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 	} else {
 		cmd(out, max, &n, PLAN_RUN,
 		    "one rx queue per shard, so each shard owns the queue its packets arrive on",
-		    "ethtool", "-L", ifn, "combined", a, NULL);
+		    "ethtool", "-L", ifn, "combined", a, (char *)NULL);
 	}
 
 	if (m->hds && live && nic && nic->hds_capable == KEEL_TOPO_OFF) {
@@ -168,11 +168,11 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 		cmd(out, max, &n, PLAN_RUN,
 		    "header/data split: headers to kernel memory, payload to the shard's buffers "
 		    "(ZCRX needs it)",
-		    "ethtool", "-G", ifn, "tcp-data-split", "on", NULL);
+		    "ethtool", "-G", ifn, "tcp-data-split", "on", (char *)NULL);
 		cmd(out, max, &n, PLAN_RUN,
 		    "split every packet, however small, so all payload lands in ZCRX buffers "
 		    "(ethtool 6.13+)",
-		    "ethtool", "-G", ifn, "hds-thresh", "0", NULL);
+		    "ethtool", "-G", ifn, "hds-thresh", "0", (char *)NULL);
 	}
 
 	if (nic && nic->is_virtual) {
@@ -183,7 +183,7 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 	if (nown == nq) {
 		cmd(out, max, &n, PLAN_RUN,
 		    "RSS spreads flows over exactly the shards' queues, none elsewhere", "ethtool",
-		    "-X", ifn, "equal", a, NULL);
+		    "-X", ifn, "equal", a, (char *)NULL);
 	} else {
 		struct plan_step *s = step(out, max, &n, PLAN_RUN,
 					   "RSS weights: flows only to the queues the map gives "
@@ -200,16 +200,16 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 
 		snprintf(port, sizeof(port), "%d", c->port);
 		cmd(out, max, &n, PLAN_RUN, "ntuple filters must be on before rules can be added",
-		    "ethtool", "-K", ifn, "ntuple", "on", NULL);
+		    "ethtool", "-K", ifn, "ntuple", "on", (char *)NULL);
 		if (nown == 1) {
 			snprintf(q, sizeof(q), "%d", owned[0]);
 			cmd(out, max, &n, PLAN_RUN,
 			    "steer the service port (IPv4) to the shard's queue, other traffic stays "
 			    "on RSS",
 			    "ethtool", "-N", ifn, "flow-type", "tcp4", "dst-port", port, "action",
-			    q, NULL);
+			    q, (char *)NULL);
 			cmd(out, max, &n, PLAN_RUN, "the same for IPv6", "ethtool", "-N", ifn,
-			    "flow-type", "tcp6", "dst-port", port, "action", q, NULL);
+			    "flow-type", "tcp6", "dst-port", port, "action", q, (char *)NULL);
 		} else {
 			/* A contiguous set is "start S equal N"; any other set a weight list with
 			 * 1 for each owned queue, so the context covers exactly them. */
@@ -241,9 +241,9 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 			    "steer the service port (IPv4) into that context, other traffic stays on "
 			    "the default RSS",
 			    "ethtool", "-N", ifn, "flow-type", "tcp4", "dst-port", port, "context",
-			    PLAN_CTX_ARG, NULL);
+			    PLAN_CTX_ARG, (char *)NULL);
 			cmd(out, max, &n, PLAN_RUN, "the same for IPv6", "ethtool", "-N", ifn,
-			    "flow-type", "tcp6", "dst-port", port, "context", PLAN_CTX_ARG, NULL);
+			    "flow-type", "tcp6", "dst-port", port, "context", PLAN_CTX_ARG, (char *)NULL);
 		}
 	}
 
@@ -251,7 +251,7 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 		cmd(out, max, &n, PLAN_RUN,
 		    live ? "irqbalance is running: it would move the IRQs below again"
 			 : "irqbalance (when running) would move the IRQs below again",
-		    "systemctl", "stop", "irqbalance", NULL);
+		    "systemctl", "stop", "irqbalance", (char *)NULL);
 	else if (c->info->irqbalance == KEEL_TOPO_OFF)
 		note(out, max, &n, "irqbalance is not running: nothing to stop");
 
@@ -433,7 +433,7 @@ write_file(const char *path, const char *data)
 int
 plan_apply(const struct plan_step *s, unsigned n)
 {
-	char ctx[32] = "", out[512];
+	char ctx[32] = "", out[512] = "";
 
 	if (geteuid() != 0) {
 		fprintf(stderr, "keel-topo: --apply changes NICs and IRQs and needs root: run it "
