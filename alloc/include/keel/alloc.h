@@ -9,8 +9,11 @@
  * offset) of any byte is O(1) to compute: the runtime registers region i as fixed buffer
  * i of the shard's ring the first time a buffer of it is used for I/O.
  *
- * General allocations (shard-local objects) come from a jemalloc arena of the shard's own,
- * with an explicit tcache, so shards never contend.
+ * General allocations (shard-local objects) come from the C library's malloc by default,
+ * so linking keel leaves the process's malloc alone. A program that calls
+ * keel_jemalloc_enable() (keel/jemalloc.h, library keel_jemalloc) first gets a jemalloc
+ * arena per shard instead, with an explicit tcache, so shards never contend
+ * (docs/embedding.md: what each choice costs).
  *
  * This module knows nothing of io_uring: it reports errors by return codes and through a
  * log hook (keel_alloc_log_set()) that the runtime points at keel_log.
@@ -46,7 +49,8 @@ enum keel_alloc_backend {
 	KEEL_ALLOC_BACKEND_DEFAULT = 0,  /* the faster of the two, measured (docs/memory.md) */
 	KEEL_ALLOC_BACKEND_SLAB = 1,     /* power-of-two size-class slab over the regions */
 	KEEL_ALLOC_BACKEND_JEMALLOC = 2, /* a jemalloc arena whose extent hooks carve regions;
-					  * buffers up to 7/8 of a region (keel_alloc_buf_max) */
+					  * buffers up to 7/8 of a region (keel_alloc_buf_max);
+					  * needs keel_jemalloc_enable() (else -ENOTSUP) */
 };
 
 /**
@@ -109,7 +113,8 @@ struct keel_alloc_stats {
  * the allocator to the calling thread.
  * Returns: 0 and *out; -EINVAL (bad sizes, or more than KEEL_ALLOC_MAX_REGIONS regions:
  * the error logged names the maximum), -ENOMEM (no memory; with hugepages, the error
- * logged names /proc/sys/vm/nr_hugepages), or another -errno from mmap.
+ * logged names /proc/sys/vm/nr_hugepages), -ENOTSUP (KEEL_ALLOC_BACKEND_JEMALLOC without
+ * keel_jemalloc_enable(): the error logged names the fix), or another -errno from mmap.
  * Context: any thread.
  */
 KEEL_API int keel_alloc_create(const struct keel_alloc_config *cfg, struct keel_alloc **out);
@@ -192,7 +197,8 @@ KEEL_API void keel_alloc_region_set_registered(struct keel_alloc *a, unsigned id
 KEEL_API void keel_alloc_stats_get(const struct keel_alloc *a, struct keel_alloc_stats *out);
 
 /**
- * General allocation from @a's own jemalloc arena (not registered memory).
+ * General allocation (not registered memory): from @a's own jemalloc arena where the
+ * program called keel_jemalloc_enable() before creating @a, from malloc otherwise.
  * Returns: the memory, or NULL.
  * Context: @a's shard.
  */
@@ -211,7 +217,14 @@ KEEL_API void *keel_alloc_realloc(struct keel_alloc *a, void *p, size_t size);
  */
 KEEL_API void keel_alloc_free(struct keel_alloc *a, void *p);
 
-/** The jemalloc arena index of @a's general arena (for MALLOCX_ARENA). */
+/** keel_alloc_arena() of an allocator without a jemalloc arena. */
+#define KEEL_ALLOC_NO_ARENA (~0u)
+
+/**
+ * The jemalloc arena index of @a's general arena (for MALLOCX_ARENA).
+ * Returns: the index, or KEEL_ALLOC_NO_ARENA where general allocation is malloc's
+ * (keel_jemalloc_enable() was not called before @a was created).
+ */
 KEEL_API unsigned keel_alloc_arena(const struct keel_alloc *a);
 
 /** Log levels of the hook; the same numbers as enum keel_log_level. */

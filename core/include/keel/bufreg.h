@@ -27,9 +27,11 @@
 KEEL_API struct keel_alloc *keel_shard_alloc(void);
 
 /**
- * Shard-local memory from this shard's own jemalloc arena and tcache (NUMA-local, no
- * contention with other shards): for objects created and freed on one shard (keel's own
- * mailbox overflow nodes, broadcast records and deferred-callback vectors use it).
+ * Shard-local memory: from malloc by default; from this shard's own jemalloc arena and
+ * tcache (no contention with other shards) where the program called
+ * keel_jemalloc_enable() (keel/jemalloc.h) first. For objects created and freed on one
+ * shard (keel's own mailbox overflow nodes, broadcast records and deferred-callback vectors
+ * use it).
  * Returns: the memory, or NULL.
  * Ownership: free it with keel_shard_free() on this shard, before the runtime ends (the
  * arena is destroyed with the shard); never with free().
