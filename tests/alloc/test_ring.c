@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <keel/keel.h>
+#include <keel/ring.h>
 #include <netinet/in.h>
 #include <stdatomic.h>
 #include <stdlib.h>

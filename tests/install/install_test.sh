@@ -34,6 +34,24 @@ cc -std=c11 -Wall -Werror "$src/docs/examples/first-app.c" -o "$tmp/first-app-pc
 	$(pkg-config --cflags --libs keel)
 check_run "$tmp/first-app-pc"
 
+echo "== public headers expose no liburing (raw ring access is keel/ring.h, asked for)"
+# shellcheck disable=SC2046
+for h in "$tmp/prefix/include/keel/"*.h; do
+	name=keel/$(basename "$h")
+	case $name in keel/ring.h | keel/compat.h) continue ;; esac
+	printf '#include <%s>\n' "$name" >"$tmp/hdr.c"
+	deps=$(cc -std=c11 -H -fsyntax-only "$tmp/hdr.c" $(pkg-config --cflags keel) 2>&1) ||
+		{ echo "$deps"; echo "$name does not compile on its own"; exit 1; }
+	if grep -E 'liburing|linux/io_uring\.h' <<<"$deps"; then
+		echo "$name pulls in liburing or the kernel io_uring ABI; only keel/ring.h may"
+		exit 1
+	fi
+done
+printf '#include <keel/ring.h>\nint main(void) { return keel_sqe_get() != 0; }\n' >"$tmp/hdr.c"
+# shellcheck disable=SC2046
+cc -std=c11 -fsyntax-only "$tmp/hdr.c" $(pkg-config --cflags keel) ||
+	{ echo "keel/ring.h does not compile on its own"; exit 1; }
+
 echo "== malloc: pkg-config keel leaves it to the C library"
 # shellcheck disable=SC2046
 cc -std=c11 -Wall -Werror "$src/tests/install/malloc_check.c" -o "$tmp/malloc-default" \
