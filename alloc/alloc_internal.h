@@ -4,6 +4,7 @@
 #define KEEL_ALLOC_INTERNAL_H
 
 #include <keel/alloc.h>
+#include <keel/alloc_runtime.h>
 #include <keel/buf.h>
 #include <stdatomic.h>
 #include <stdbool.h>

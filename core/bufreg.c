@@ -14,6 +14,7 @@
 #include "bufreg.h"
 
 #include <errno.h>
+#include <keel/alloc_runtime.h>
 #include <linux/capability.h>
 #include <pthread.h>
 #include <stdatomic.h>

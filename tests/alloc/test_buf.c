@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 /* Buffers and the allocator without a runtime: refcounts, pools, the cap, regions. */
 #include <errno.h>
+#include <keel/alloc_runtime.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>

@@ -4,6 +4,7 @@
  * stays off the request path when a grow hook is given; a pre-fault failure is recorded.
  */
 #include <errno.h>
+#include <keel/alloc_runtime.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>

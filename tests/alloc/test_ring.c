@@ -9,6 +9,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <keel/alloc_runtime.h>
 #include <keel/keel.h>
 #include <keel/ring.h>
 #include <netinet/in.h>

@@ -4,6 +4,7 @@
  * stale-slice puts, puts on threads that are not shards.
  */
 #include <errno.h>
+#include <keel/alloc_runtime.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>

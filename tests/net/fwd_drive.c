@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <keel/alloc_runtime.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>

@@ -5,6 +5,7 @@
  * loopback (keel_frame_send -> framing echo server -> framing client).
  */
 #include <errno.h>
+#include <keel/alloc_runtime.h>
 #include <keel/frame.h>
 #include <stdlib.h>
 #include <string.h>

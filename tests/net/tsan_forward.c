@@ -11,6 +11,7 @@
  * 1 B..256 KiB): then every get and put is checked for the right shard, and any report
  * fails the run.
  */
+#include <keel/alloc_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -54,15 +54,15 @@ enum keel_alloc_backend {
 };
 
 /**
- * Ask the runtime to call keel_alloc_grow(@a) soon, off the hot path (a deferred callback
- * on @a's shard): fewer pre-faulted regions than the low-water mark are left ahead of use.
- * Returns: 0 when scheduled, -errno when not (the allocator asks again later).
+ * Ask the runtime to call keel_alloc_grow(@a) (keel/alloc_runtime.h) soon, off the hot path (a
+ * deferred callback on @a's shard): fewer pre-faulted regions than the low-water mark are left
+ * ahead of use. Returns: 0 when scheduled, -errno when not (the allocator asks again later).
  */
 typedef int (*keel_alloc_grow_fn)(struct keel_alloc *a, void *ctx);
 
 /**
  * Send @b, whose last reference was put on another shard, home: arrange for
- * keel_buf_release(@b) to run on @a's shard (a cross-shard message).
+ * keel_buf_release(@b) (keel/alloc_runtime.h) to run on @a's shard (a cross-shard message).
  * Returns: 0, or -errno (the buffer is then leaked and reported).
  * Context: the shard that put the last reference.
  */
@@ -127,13 +127,6 @@ KEEL_API int keel_alloc_create(const struct keel_alloc_config *cfg, struct keel_
  */
 KEEL_API void keel_alloc_destroy(struct keel_alloc *a);
 
-/**
- * Make @a the calling thread's allocator (NULL: none). Puts compare a buffer's home with
- * it to decide whether the buffer is freed here or sent home.
- * Context: the thread; the runtime binds each shard's allocator on its shard.
- */
-KEEL_API void keel_alloc_bind_thread(struct keel_alloc *a);
-
 /** The calling thread's allocator (on a shard: the shard's), or NULL. */
 KEEL_API struct keel_alloc *keel_alloc_current(void);
 
@@ -145,15 +138,6 @@ KEEL_API enum keel_alloc_backend keel_alloc_backend_of(const struct keel_alloc *
 
 /** Name of a backend: "slab", "jemalloc" or "default". */
 KEEL_API const char *keel_alloc_backend_name(enum keel_alloc_backend b);
-
-/**
- * Pre-fault the next region ahead of need: one region per call (bounded time), when fewer
- * than the low-water mark (2 regions) are pre-faulted ahead of the pool. Asks the grow
- * hook again when still below it. A failure is logged once and not retried.
- * Returns: 1 when a region was pre-faulted, 0 when none was needed, -errno on failure.
- * Context: @a's shard, off the hot path (the grow hook schedules it).
- */
-KEEL_API int keel_alloc_grow(struct keel_alloc *a);
 
 /**
  * The largest buffer keel_buf_alloc() returns from @a: the region size with the slab
@@ -183,18 +167,6 @@ KEEL_API int keel_alloc_region(const struct keel_alloc *a, unsigned idx, void **
  */
 KEEL_API int keel_alloc_locate(const struct keel_alloc *a, const void *p, unsigned *region,
 			       uint64_t *offset);
-
-/**
- * Record that region @idx is (@on) or is no longer registered with a ring, for stats.
- * Context: @a's shard.
- */
-KEEL_API void keel_alloc_region_set_registered(struct keel_alloc *a, unsigned idx, bool on);
-
-/**
- * Copy @a's counters to @out.
- * Context: any thread; values written by other threads may be slightly stale.
- */
-KEEL_API void keel_alloc_stats_get(const struct keel_alloc *a, struct keel_alloc_stats *out);
 
 /**
  * General allocation (not registered memory): from @a's own jemalloc arena where the

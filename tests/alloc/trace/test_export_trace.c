@@ -6,6 +6,7 @@
  * proxy never put are still reported.
  */
 #include <errno.h>
+#include <keel/alloc_runtime.h>
 #include <stdio.h>
 #include <string.h>
 

@@ -5,6 +5,7 @@
  * allocation site.
  */
 #include <errno.h>
+#include <keel/alloc_runtime.h>
 #include <stdio.h>
 #include <string.h>
 
