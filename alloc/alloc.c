@@ -233,11 +233,13 @@ keel_alloc_backend_of(const struct keel_alloc *a)
 	return a->backend;
 }
 
-void
-keel_alloc_stats_get(const struct keel_alloc *a, struct keel_alloc_stats *out)
+int
+keel_alloc_stats(const struct keel_alloc *a, struct keel_alloc_stats *out)
 {
 	struct keel_alloc *m = (struct keel_alloc *)a;
 
+	if (!a || !out)
+		return -EINVAL;
 	memset(out, 0, sizeof(*out));
 	out->regions = ASTAT_GET(m, regions);
 	out->regions_max = a->nregions;
@@ -256,4 +258,5 @@ keel_alloc_stats_get(const struct keel_alloc *a, struct keel_alloc_stats *out)
 	out->ext_buffers_live = ASTAT_GET(m, ext_buffers_live);
 	out->exports = ASTAT_GET(m, exports);
 	out->exports_live = ASTAT_GET(m, exports_live);
+	return 0;
 }

@@ -100,7 +100,7 @@ static uint64_t
 live(struct got *g)
 {
 	struct keel_alloc_stats st;
-	keel_alloc_stats_get(g->a, &st);
+	keel_alloc_stats(g->a, &st);
 	return st.buffers_live;
 }
 
@@ -674,7 +674,7 @@ send_next(struct keel_conn *c)
 	int r;
 
 	if (e->sent == e->frames) {
-		keel_net_stats(&e->ns);
+		keel_net_stats(keel_this_shard(), &e->ns);
 		keel_conn_close(c);
 		return;
 	}

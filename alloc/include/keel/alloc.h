@@ -169,6 +169,13 @@ KEEL_API int keel_alloc_locate(const struct keel_alloc *a, const void *p, unsign
 			       uint64_t *offset);
 
 /**
+ * Copy @a's counters to @out (the stats convention: docs/architecture.md, "Stats").
+ * Returns: 0, or -EINVAL for a NULL @a or @out.
+ * Context: any thread; values written by other threads may be slightly stale.
+ */
+KEEL_API int keel_alloc_stats(const struct keel_alloc *a, struct keel_alloc_stats *out);
+
+/**
  * General allocation (not registered memory): from @a's own jemalloc arena where the
  * program called keel_jemalloc_enable() before creating @a, from malloc otherwise.
  * Returns: the memory, or NULL.

@@ -38,12 +38,6 @@ KEEL_API int keel_alloc_grow(struct keel_alloc *a);
 KEEL_API void keel_alloc_region_set_registered(struct keel_alloc *a, unsigned idx, bool on);
 
 /**
- * Copy @a's counters to @out.
- * Context: any thread; values written by other threads may be slightly stale.
- */
-KEEL_API void keel_alloc_stats_get(const struct keel_alloc *a, struct keel_alloc_stats *out);
-
-/**
  * Return @b, whose count reached zero on another shard, to its pool (a proxy: put the
  * reference its export kept).
  * Context: @b's home shard; the runtime's send_home hook calls it there.
