@@ -17,6 +17,14 @@ static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t je_create_lock = PTHREAD_MUTEX_INITIALIZER;
 static keel_alloc_log_fn log_fn;
 static void *log_arg;
+/* jemalloc's entry points, or NULL: the C library's malloc (keel__alloc_set_jemalloc). */
+static _Atomic(const struct keel__je *) je_fns;
+
+void
+keel__alloc_set_jemalloc(const struct keel__je *je)
+{
+	atomic_store(&je_fns, je);
+}
 
 void
 keel_alloc_log_set(keel_alloc_log_fn fn, void *arg)
@@ -123,6 +131,17 @@ keel_alloc_create(const struct keel_alloc_config *cfg, struct keel_alloc **out)
 	/* Measured (docs/memory.md): the slab is the faster backend. */
 	a->backend =
 		cfg->backend == KEEL_ALLOC_BACKEND_DEFAULT ? KEEL_ALLOC_BACKEND_SLAB : cfg->backend;
+	a->je = atomic_load(&je_fns);
+	if (a->backend == KEEL_ALLOC_BACKEND_JEMALLOC && !a->je) {
+		keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
+				"shard %u: the jemalloc backend needs jemalloc: link the program "
+				"with keel_jemalloc (pkg-config keel-jemalloc, or CMake "
+				"keel::jemalloc) and call keel_jemalloc_enable() before creating "
+				"the runtime (docs/embedding.md)",
+				cfg->shard);
+		free(a);
+		return -ENOTSUP;
+	}
 	/* jemalloc places a large allocation in an extent one page larger than its size class
 	 * (cache-oblivious padding), and an extent must fit in one region: its largest class
 	 * that does is 7/8 of the region (size classes are 4 per power of two). */
@@ -144,11 +163,14 @@ keel_alloc_create(const struct keel_alloc_config *cfg, struct keel_alloc **out)
 	 * atomics, which ThreadSanitizer does not see: shards creating allocators at once were
 	 * reported as racing. Arena creation happens at start-up only; serialising it costs
 	 * nothing and gives the ordering a form TSan understands. */
-	pthread_mutex_lock(&je_create_lock);
-	r = keel__je_general_init(a);
-	if (r == 0 && a->backend == KEEL_ALLOC_BACKEND_JEMALLOC)
-		r = keel__je_registered_init(a);
-	pthread_mutex_unlock(&je_create_lock);
+	r = 0;
+	if (a->je) {
+		pthread_mutex_lock(&je_create_lock);
+		r = keel__je_general_init(a);
+		if (r == 0 && a->backend == KEEL_ALLOC_BACKEND_JEMALLOC)
+			r = keel__je_registered_init(a);
+		pthread_mutex_unlock(&je_create_lock);
+	}
 	if (r < 0)
 		goto err;
 	r = keel__region_prefault_initial(a, pre);
@@ -211,11 +233,13 @@ keel_alloc_backend_of(const struct keel_alloc *a)
 	return a->backend;
 }
 
-void
-keel_alloc_stats_get(const struct keel_alloc *a, struct keel_alloc_stats *out)
+int
+keel_alloc_stats(const struct keel_alloc *a, struct keel_alloc_stats *out)
 {
 	struct keel_alloc *m = (struct keel_alloc *)a;
 
+	if (!a || !out)
+		return -EINVAL;
 	memset(out, 0, sizeof(*out));
 	out->regions = ASTAT_GET(m, regions);
 	out->regions_max = a->nregions;
@@ -234,4 +258,5 @@ keel_alloc_stats_get(const struct keel_alloc *a, struct keel_alloc_stats *out)
 	out->ext_buffers_live = ASTAT_GET(m, ext_buffers_live);
 	out->exports = ASTAT_GET(m, exports);
 	out->exports_live = ASTAT_GET(m, exports_live);
+	return 0;
 }

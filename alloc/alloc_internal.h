@@ -4,12 +4,30 @@
 #define KEEL_ALLOC_INTERNAL_H
 
 #include <keel/alloc.h>
+#include <keel/alloc_runtime.h>
 #include <keel/buf.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
+/* jemalloc's header for its types and MALLOCX_* flags only: keel_alloc does not link
+ * jemalloc. Its entry points come through struct keel__je, which keel_jemalloc_enable()
+ * (library keel_jemalloc) installs, so linking keel leaves the process's malloc alone. */
 #include <jemalloc/jemalloc.h>
+
+struct keel__je {
+	void *(*mallocx_fn)(size_t size, int flags);
+	void *(*rallocx_fn)(void *p, size_t size, int flags);
+	void (*dallocx_fn)(void *p, int flags);
+	void (*sdallocx_fn)(void *p, size_t size, int flags);
+	size_t (*sallocx_fn)(const void *p, int flags);
+	int (*mallctl_fn)(const char *name, void *oldp, size_t *oldlenp, void *newp, size_t newlen);
+};
+
+/* Install jemalloc's entry points: allocators created afterwards use jemalloc arenas for
+ * general allocation and may use KEEL_ALLOC_BACKEND_JEMALLOC. Exported for the sibling
+ * library keel_jemalloc only (not a public API). */
+KEEL_API void keel__alloc_set_jemalloc(const struct keel__je *je);
 
 /* Smallest size class of the slab, and the most classes any region size needs. */
 #define SLAB_MIN_SHIFT 6
@@ -167,7 +185,9 @@ struct keel_alloc {
 	struct slab_class cls[SLAB_CLASSES];
 
 	/* jemalloc: the general arena and (jemalloc backend) the registered arena, each with
-	 * its own explicit tcache. */
+	 * its own explicit tcache; @je NULL (keel_jemalloc_enable() not called before
+	 * create): general allocation is the C library's malloc. */
+	const struct keel__je *je;
 	unsigned gen_arena, gen_tcache;
 	int gen_flags;
 	bool gen_ok;

@@ -135,9 +135,9 @@ keel_buf_alloc_at(struct keel_alloc *a, size_t len, struct keel_slice *out, cons
 		p = keel__slab_alloc(a, len, &cls, &cap);
 		b->kind = BUF_SLAB;
 	} else {
-		p = mallocx(len, a->reg_flags);
+		p = a->je->mallocx_fn(len, a->reg_flags);
 		/* The size class jemalloc used: what the buffer really holds and accounts. */
-		cap = p ? (uint32_t)sallocx(p, a->reg_flags) : 0;
+		cap = p ? (uint32_t)a->je->sallocx_fn(p, a->reg_flags) : 0;
 		b->kind = BUF_JEMALLOC;
 	}
 	if (!p) {
@@ -207,7 +207,7 @@ release_local(struct keel_buf *b)
 		keel__slab_free(a, b->data, b->cls);
 		break;
 	case BUF_JEMALLOC:
-		sdallocx(b->data, b->cap, a->reg_flags);
+		a->je->sdallocx_fn(b->data, b->cap, a->reg_flags);
 		break;
 	case BUF_EXTERNAL:
 		b->u.ext.fn(b->data, b->cap, b->u.ext.arg);

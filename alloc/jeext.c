@@ -2,7 +2,9 @@
 /*
  * jemalloc: the shard's general arena, and the jemalloc backend for buffers: an arena whose
  * extent hooks carve extents out of the shard's regions, so jemalloc does the size classes
- * and everything it returns from that arena is registered memory.
+ * and everything it returns from that arena is registered memory. Both only where the
+ * program opted in with keel_jemalloc_enable() before creating the allocator (jemalloc is
+ * reached through a->je); otherwise general allocation is the C library's malloc.
  *
  * The hooks never give memory back to the kernel: purge and decommit are left unset (a
  * purged page of a registered region would no longer be the page the ring pinned), dalloc
@@ -11,6 +13,7 @@
  */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
 
@@ -88,18 +91,18 @@ ext_merge(extent_hooks_t *h, void *addr_a, size_t size_a, void *addr_b, size_t s
 }
 
 static int
-arena_set_ssize(unsigned arena, const char *name, ssize_t v)
+arena_set_ssize(const struct keel__je *je, unsigned arena, const char *name, ssize_t v)
 {
 	char key[64];
 	snprintf(key, sizeof(key), "arena.%u.%s", arena, name);
-	return mallctl(key, NULL, NULL, &v, sizeof(v));
+	return je->mallctl_fn(key, NULL, NULL, &v, sizeof(v));
 }
 
 static int
-tcache_create(unsigned *out)
+tcache_create(const struct keel__je *je, unsigned *out)
 {
 	size_t sz = sizeof(*out);
-	return mallctl("tcache.create", out, &sz, NULL, 0);
+	return je->mallctl_fn("tcache.create", out, &sz, NULL, 0);
 }
 
 int
@@ -108,14 +111,14 @@ keel__je_general_init(struct keel_alloc *a)
 	size_t sz = sizeof(a->gen_arena);
 	int r;
 
-	r = mallctl("arenas.create", &a->gen_arena, &sz, NULL, 0);
+	r = a->je->mallctl_fn("arenas.create", &a->gen_arena, &sz, NULL, 0);
 	if (r)
 		return -r;
-	r = tcache_create(&a->gen_tcache);
+	r = tcache_create(a->je, &a->gen_tcache);
 	if (r) {
 		char key[64];
 		snprintf(key, sizeof(key), "arena.%u.destroy", a->gen_arena);
-		mallctl(key, NULL, NULL, NULL, 0);
+		a->je->mallctl_fn(key, NULL, NULL, NULL, 0);
 		return -r;
 	}
 	a->gen_flags = (int)(MALLOCX_ARENA(a->gen_arena) | MALLOCX_TCACHE(a->gen_tcache));
@@ -144,20 +147,21 @@ keel__je_registered_init(struct keel_alloc *a)
 
 	cfg.extent_hooks = hp;
 	cfg.metadata_use_hooks = false;
-	r = mallctl("experimental.arenas_create_ext", &a->reg_arena, &sz, &cfg, sizeof(cfg));
+	r = a->je->mallctl_fn("experimental.arenas_create_ext", &a->reg_arena, &sz, &cfg,
+			      sizeof(cfg));
 	if (r) /* an older jemalloc: metadata then lives in the regions too */
-		r = mallctl("arenas.create", &a->reg_arena, &sz, &hp, sizeof(hp));
+		r = a->je->mallctl_fn("arenas.create", &a->reg_arena, &sz, &hp, sizeof(hp));
 	if (r)
 		return -r;
 	/* No decay work: nothing is ever purged. Grow no further than a region at a time. */
-	arena_set_ssize(a->reg_arena, "dirty_decay_ms", -1);
-	arena_set_ssize(a->reg_arena, "muzzy_decay_ms", -1);
+	arena_set_ssize(a->je, a->reg_arena, "dirty_decay_ms", -1);
+	arena_set_ssize(a->je, a->reg_arena, "muzzy_decay_ms", -1);
 	snprintf(key, sizeof(key), "arena.%u.retain_grow_limit", a->reg_arena);
-	mallctl(key, NULL, NULL, &grow, sizeof(grow));
-	r = tcache_create(&a->reg_tcache);
+	a->je->mallctl_fn(key, NULL, NULL, &grow, sizeof(grow));
+	r = tcache_create(a->je, &a->reg_tcache);
 	if (r) {
 		snprintf(key, sizeof(key), "arena.%u.destroy", a->reg_arena);
-		mallctl(key, NULL, NULL, NULL, 0);
+		a->je->mallctl_fn(key, NULL, NULL, NULL, 0);
 		return -r;
 	}
 	a->reg_flags = (int)(MALLOCX_ARENA(a->reg_arena) | MALLOCX_TCACHE(a->reg_tcache));
@@ -166,14 +170,14 @@ keel__je_registered_init(struct keel_alloc *a)
 }
 
 static void
-destroy_pair(unsigned arena, unsigned tcache)
+destroy_pair(const struct keel__je *je, unsigned arena, unsigned tcache)
 {
 	char key[64];
 
 	/* The tcache first: arena reset requires every tcache that used it to be flushed. */
-	mallctl("tcache.destroy", NULL, NULL, &tcache, sizeof(tcache));
+	je->mallctl_fn("tcache.destroy", NULL, NULL, &tcache, sizeof(tcache));
 	snprintf(key, sizeof(key), "arena.%u.destroy", arena);
-	if (mallctl(key, NULL, NULL, NULL, 0))
+	if (je->mallctl_fn(key, NULL, NULL, NULL, 0))
 		keel__alloc_log(KEEL_ALLOC_LOG_WARN, "jemalloc arena %u could not be destroyed",
 				arena);
 }
@@ -182,16 +186,18 @@ void
 keel__je_fini(struct keel_alloc *a)
 {
 	if (a->reg_ok)
-		destroy_pair(a->reg_arena, a->reg_tcache);
+		destroy_pair(a->je, a->reg_arena, a->reg_tcache);
 	if (a->gen_ok)
-		destroy_pair(a->gen_arena, a->gen_tcache);
+		destroy_pair(a->je, a->gen_arena, a->gen_tcache);
 	a->reg_ok = a->gen_ok = false;
 }
 
 void *
 keel_alloc_malloc(struct keel_alloc *a, size_t size)
 {
-	return mallocx(size ? size : 1, a->gen_flags);
+	if (!a->je)
+		return malloc(size ? size : 1);
+	return a->je->mallocx_fn(size ? size : 1, a->gen_flags);
 }
 
 void *
@@ -199,7 +205,9 @@ keel_alloc_realloc(struct keel_alloc *a, void *p, size_t size)
 {
 	if (!p)
 		return keel_alloc_malloc(a, size);
-	return rallocx(p, size ? size : 1, a->gen_flags);
+	if (!a->je)
+		return realloc(p, size ? size : 1);
+	return a->je->rallocx_fn(p, size ? size : 1, a->gen_flags);
 }
 
 void
@@ -207,15 +215,17 @@ keel_alloc_free(struct keel_alloc *a, void *p)
 {
 	if (!p)
 		return;
+	if (!a->je)
+		free(p);
 	/* An explicit tcache belongs to one thread: off the shard, go to the arena. */
-	if (a == keel__alloc_cur)
-		dallocx(p, a->gen_flags);
+	else if (a == keel__alloc_cur)
+		a->je->dallocx_fn(p, a->gen_flags);
 	else
-		dallocx(p, MALLOCX_TCACHE_NONE);
+		a->je->dallocx_fn(p, MALLOCX_TCACHE_NONE);
 }
 
 unsigned
 keel_alloc_arena(const struct keel_alloc *a)
 {
-	return a->gen_arena;
+	return a->gen_ok ? a->gen_arena : KEEL_ALLOC_NO_ARENA;
 }

@@ -14,6 +14,7 @@
 #include "bufreg.h"
 
 #include <errno.h>
+#include <keel/alloc_runtime.h>
 #include <linux/capability.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -275,7 +276,7 @@ keel__bufreg_fini(struct keel_shard *s)
 		return;
 	if (s->rt->opts.stats && br->alloc) {
 		struct keel_alloc_stats st;
-		keel_alloc_stats_get(br->alloc, &st);
+		keel_alloc_stats(br->alloc, &st);
 		keel_log(KEEL_LOG_INFO, "core",
 			 "shard %u memory: %llu/%llu regions, %llu MiB registered, in use %llu KiB "
 			 "(peak %llu KiB), %llu allocation failures, %llu returned from other "

@@ -4,6 +4,7 @@
 #define KEEL_CORE_INTERNAL_H
 
 #include <keel/keel.h>
+#include <keel/ring.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -239,6 +240,9 @@ struct io_uring_sqe *keel__sqe_internal(struct keel_shard *s);
 void keel__internal_arm(struct keel_shard *s, struct internal_op *iop, struct io_uring_sqe *sqe);
 /* The last CQE of an internal op: disarm it and stop counting it. Returns it. */
 struct internal_op *keel__internal_done(struct keel_op *op);
+/* Arm @iop as a read of @len bytes of @fd into @buf (logged when no SQE is left). */
+void keel__internal_read(struct keel_shard *s, struct internal_op *iop, int fd, void *buf,
+			 unsigned len);
 
 /* msg.c */
 int keel__mail_init(struct keel_shard *s);
@@ -260,8 +264,16 @@ void keel__timers_stop_all(struct keel_shard *s);
 int keel__defer_push(struct defer_vec *v, keel_fn fn, void *arg);
 unsigned keel__defer_run(struct keel_shard *s);
 void keel__defer_fini(struct defer_vec *v);
+
+/* foreign.c */
 unsigned keel__foreign_drain(struct keel_shard *s);
 void keel__foreign_close(struct keel_shard *s);
+/* Arm the read of the shard's wake-up eventfd. */
+void keel__foreign_arm(struct keel_shard *s);
+
+/* signal.c */
+/* Arm the read of the runtime's signalfd (shard 0). */
+void keel__signal_arm(struct keel_shard *s);
 
 /* bufreg.c: see bufreg.h */
 struct keel__bufreg;

@@ -185,6 +185,18 @@ keel__internal_done(struct keel_op *op)
 	return iop;
 }
 
+void
+keel__internal_read(struct keel_shard *s, struct internal_op *iop, int fd, void *buf, unsigned len)
+{
+	struct io_uring_sqe *sqe = keel__sqe_internal(s);
+	if (!sqe) {
+		keel_log(KEEL_LOG_ERROR, "core", "no SQE to arm an internal read");
+		return;
+	}
+	io_uring_prep_read(sqe, fd, buf, len, 0);
+	keel__internal_arm(s, iop, sqe);
+}
+
 struct io_uring_sqe *
 keel_sqe_get(void)
 {

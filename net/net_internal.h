@@ -5,6 +5,7 @@
 
 #include <keel/keel.h>
 #include <keel/net.h>
+#include <keel/ring.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>

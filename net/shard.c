@@ -204,10 +204,12 @@ keel__net_fixed(struct net_shard *ns, const struct keel_slice *s, unsigned *inde
 }
 
 int
-keel_net_stats(struct keel_net_stats *out)
+keel_net_stats(const struct keel_shard *sh, struct keel_net_stats *out)
 {
 	struct net_shard *ns = tl_ns;
 
+	if (!sh || !out || sh != keel_this_shard())
+		return -EINVAL;
 	if (!ns)
 		return -ENOENT;
 	*out = ns->st;

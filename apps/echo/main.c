@@ -4,6 +4,7 @@
  * the send buffers (no copy in the application).
  */
 #include <errno.h>
+#include <keel/jemalloc.h>
 #include <keel/keel.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -97,6 +98,11 @@ main(int argc, char **argv)
 	bool caps = false;
 	int r;
 
+#ifndef KEEL_ECHO_MALLOC_LIBC
+	/* keel's own server opts in to jemalloc arenas per shard (docs/embedding.md);
+	 * keel-echo-libc, built without this, is what an embedder gets by default. */
+	keel_jemalloc_enable();
+#endif
 	keel_opts_init(&o);
 	keel_opts_parse_or_exit(&o, &argc, argv, usage);
 	keel_net_config_init(&nc);

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 /* Buffers and the allocator without a runtime: refcounts, pools, the cap, regions. */
 #include <errno.h>
+#include <keel/alloc_runtime.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,11 +56,11 @@ refcount_rules(enum keel_alloc_backend be)
 	keel_slice_put(&sub);
 	keel_slice_put(&s);
 	cr_assert_eq(keel_slice_refs(&subsub), 1);
-	keel_alloc_stats_get(a, &st);
+	keel_alloc_stats(a, &st);
 	cr_assert_eq(st.buffers_live, 1, "the buffer lives while a slice holds it");
 	cr_assert_eq(subsub.data[0], 0xab);
 	keel_slice_put(&subsub);
-	keel_alloc_stats_get(a, &st);
+	keel_alloc_stats(a, &st);
 	cr_assert_eq(st.buffers_live, 0);
 	cr_assert_eq(st.bytes_in_use, 0);
 	cr_assert_geq(st.bytes_peak, 2000);
@@ -90,7 +91,7 @@ last_put_returns_to_pool(enum keel_alloc_backend be)
 		cr_assert_eq(keel_buf_alloc(a, sizes[i], &s), 0);
 		first = s.data;
 		keel_slice_put(&s);
-		keel_alloc_stats_get(a, &st);
+		keel_alloc_stats(a, &st);
 		cr_assert_eq(st.bytes_in_use, 0);
 		/* The memory went back to the pool: the next buffer of the class reuses it. */
 		cr_assert_eq(keel_buf_alloc(a, sizes[i], &t), 0);
@@ -146,7 +147,7 @@ Test(alloc_buf, external_buffer_last_put_returns_to_its_owner)
 	cr_assert_eq(keel_buf_wrap(a, ring_buf, sizeof(ring_buf), ext_release, &e, &s), 0);
 	cr_assert(keel_buf_is_external(s.buf));
 	/* Not registered memory: counted apart from the region buffers. */
-	keel_alloc_stats_get(a, &st);
+	keel_alloc_stats(a, &st);
 	cr_assert_eq(st.bytes_in_use, 0);
 	cr_assert_eq(st.bytes_peak, 0);
 	cr_assert_eq(st.buffers_live, 0);
@@ -157,7 +158,7 @@ Test(alloc_buf, external_buffer_last_put_returns_to_its_owner)
 	cr_assert_eq(e.released, 0, "released while a slice still refers to it");
 	keel_slice_put(&sub);
 	cr_assert_eq(e.released, 1);
-	keel_alloc_stats_get(a, &st);
+	keel_alloc_stats(a, &st);
 	cr_assert_eq(st.ext_bytes_in_use, 0);
 	cr_assert_eq(st.ext_buffers_live, 0);
 	cr_assert_eq(e.data, ring_buf);
@@ -178,7 +179,7 @@ cap_returns_enomem(enum keel_alloc_backend be)
 		n++;
 	cr_assert_eq(r, -ENOMEM, "allocation past --memory: got %d after %u buffers", r, n);
 	cr_assert(n >= 4 && n <= 8, "%u buffers of 1 MiB in 8 MiB", n);
-	keel_alloc_stats_get(a, &st);
+	keel_alloc_stats(a, &st);
 	cr_assert_eq(st.alloc_failures, 1);
 	cr_assert_eq(st.regions, 2);
 	cr_assert_leq(st.bytes_mapped, 8 * MiB, "the cap is never exceeded");
@@ -284,18 +285,18 @@ Test(alloc_buf, stats_count_regions_in_use_and_peak)
 	struct keel_alloc_stats st;
 	struct keel_slice s[3];
 
-	keel_alloc_stats_get(a, &st);
+	keel_alloc_stats(a, &st);
 	cr_assert_eq(st.regions, 1, "one region is mapped and pre-faulted at create");
 	cr_assert_eq(st.regions_max, 4);
 	cr_assert_eq(st.bytes_mapped, 4 * MiB);
 	for (int i = 0; i < 3; i++)
 		cr_assert_eq(keel_buf_alloc(a, 4096, &s[i]), 0);
-	keel_alloc_stats_get(a, &st);
+	keel_alloc_stats(a, &st);
 	cr_assert_eq(st.bytes_in_use, 3 * 4096);
 	cr_assert_eq(st.buffers_live, 3);
 	keel_slice_put(&s[0]);
 	keel_slice_put(&s[1]);
-	keel_alloc_stats_get(a, &st);
+	keel_alloc_stats(a, &st);
 	cr_assert_eq(st.bytes_in_use, 4096);
 	cr_assert_eq(st.bytes_peak, 3 * 4096);
 	keel_slice_put(&s[2]);
@@ -349,3 +350,15 @@ Test(alloc_buf, double_put_after_header_reuse_aborts, .signal = SIGABRT)
 		       keel_slice_refs(&n));
 }
 #endif
+
+Test(alloc_buf, stats_call_returns_0_or_einval)
+{
+	struct keel_alloc *a = make(KEEL_ALLOC_BACKEND_DEFAULT, 8 * MiB, 4 * MiB);
+	struct keel_alloc_stats st;
+
+	cr_assert_eq(keel_alloc_stats(a, &st), 0);
+	cr_assert_eq(st.regions_max, 2);
+	cr_assert_eq(keel_alloc_stats(NULL, &st), -EINVAL);
+	cr_assert_eq(keel_alloc_stats(a, NULL), -EINVAL);
+	keel_alloc_destroy(a);
+}

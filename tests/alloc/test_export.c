@@ -26,7 +26,7 @@ received(struct keel_slice *ring, struct keel_slice *frame, size_t off, size_t l
 static void
 stats(int i, struct keel_alloc_stats *st)
 {
-	keel_alloc_stats_get(sim.a[i], st);
+	keel_alloc_stats(sim.a[i], st);
 }
 
 Test(alloc_export, remote_puts_leave_the_home_count_alone_until_the_proxy_comes_home)

@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <keel/keel.h>
+#include <keel/ring.h>
 #include <linux/capability.h>
 #include <netinet/in.h>
 #include <stdio.h>

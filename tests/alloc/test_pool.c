@@ -4,6 +4,7 @@
  * stays off the request path when a grow hook is given; a pre-fault failure is recorded.
  */
 #include <errno.h>
+#include <keel/alloc_runtime.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -44,7 +45,7 @@ Test(alloc_pool, memory_freed_by_one_class_serves_another)
 	cr_assert_eq(n, max, "64 B buffers fill the whole cap: %u of %u", n, max);
 	while (n)
 		keel_slice_put(&s[--n]);
-	keel_alloc_stats_get(a, &st);
+	keel_alloc_stats(a, &st);
 	cr_assert_eq(st.bytes_in_use, 0);
 	r = keel_buf_alloc(a, 2048, &s[0]);
 	cr_assert_eq(r, 0, "2 KiB with nothing in use: %s", strerror(-r));
@@ -83,7 +84,7 @@ Test(alloc_pool, enomem_only_when_live_bytes_reach_the_cap)
 		while ((r = keel_buf_alloc(a, sz, &s[n])) == 0)
 			n++;
 		cr_assert_eq(r, -ENOMEM);
-		keel_alloc_stats_get(a, &st);
+		keel_alloc_stats(a, &st);
 		cr_assert_geq(st.bytes_in_use + 64 * 1024, 16 * MiB,
 			      "%zu B buffers: -ENOMEM at %llu bytes in use", sz,
 			      (unsigned long long)st.bytes_in_use);
@@ -93,7 +94,7 @@ Test(alloc_pool, enomem_only_when_live_bytes_reach_the_cap)
 		for (unsigned i = 1; i < n; i += 2)
 			keel_slice_put(&s[i]);
 	}
-	keel_alloc_stats_get(a, &st);
+	keel_alloc_stats(a, &st);
 	cr_assert_eq(st.bytes_in_use, 0);
 	free(s);
 	keel_alloc_destroy(a);
@@ -119,12 +120,12 @@ Test(alloc_pool, allocation_burst_in_one_callback_never_prefaults_inline)
 	c.grow = grow_count;
 	grow_calls = 0;
 	a = make_cfg(&c);
-	keel_alloc_stats_get(a, &st0);
+	keel_alloc_stats(a, &st0);
 	cr_assert_eq(st0.regions, 1, "region 0 pre-faulted at create");
 	/* One "request": 9 MiB, more than the pre-faulted region. */
 	for (int i = 0; i < 9; i++)
 		cr_assert_eq(keel_buf_alloc(a, MiB, &s[i]), 0);
-	keel_alloc_stats_get(a, &st);
+	keel_alloc_stats(a, &st);
 	cr_assert_eq(st.inline_prefaults, 0, "pre-faulted inside the request");
 	cr_assert_eq(st.regions, 1, "no region pre-faulted inside the request");
 	cr_assert_eq(st.prefault_ns, st0.prefault_ns, "pre-fault time spent inside the request");
@@ -134,7 +135,7 @@ Test(alloc_pool, allocation_burst_in_one_callback_never_prefaults_inline)
 	while ((r = keel_alloc_grow(a)) == 1)
 		steps++;
 	cr_assert_eq(r, 0);
-	keel_alloc_stats_get(a, &st);
+	keel_alloc_stats(a, &st);
 	cr_assert_eq(steps, 4, "regions 1-4: 3 in use + 2 spare ahead (got %d)", steps);
 	cr_assert_eq(st.regions, 5);
 	cr_assert_eq(st.inline_prefaults, 0);
@@ -152,7 +153,7 @@ Test(alloc_pool, without_a_grow_hook_prefaults_are_inline_and_counted)
 
 	for (int i = 0; i < 5; i++)
 		cr_assert_eq(keel_buf_alloc(a, 2 * MiB, &s[i]), 0);
-	keel_alloc_stats_get(a, &st);
+	keel_alloc_stats(a, &st);
 	cr_assert_eq(st.regions, 3);
 	cr_assert_eq(st.inline_prefaults, 2);
 	cr_assert_eq(st.regions_unprefaulted, 0);
@@ -187,7 +188,7 @@ Test(alloc_pool, prefault_failure_is_logged_once_and_not_retried)
 	}
 	keel_alloc_log_set(NULL, NULL);
 	cr_assert_eq(logcap_count(&cap, "pre-faulting buffer region"), 1, "log: %s", cap.text);
-	keel_alloc_stats_get(a, &st);
+	keel_alloc_stats(a, &st);
 	cr_assert_eq(st.regions, 1);
 	cr_assert_eq(st.inline_prefaults, 0);
 	for (int i = 0; i < 3; i++)
@@ -213,13 +214,13 @@ largest_buffers(enum keel_alloc_backend be, uint64_t want_max)
 		cr_assert_eq(r, 0, "%s: %zu bytes: %s", keel_alloc_backend_name(be), sizes[i],
 			     strerror(-r));
 		cr_assert_geq(keel_buf_cap(s.buf), sizes[i]);
-		keel_alloc_stats_get(a, &st);
+		keel_alloc_stats(a, &st);
 		cr_assert_eq(st.bytes_in_use, keel_buf_cap(s.buf), "bytes_in_use is the capacity");
 		memset(s.data, 7, keel_buf_cap(s.buf)); /* all of it is ours (ASan checks) */
 		keel_slice_put(&s);
 	}
 	cr_assert_eq(keel_buf_alloc(a, max + 1, &s), -E2BIG);
-	keel_alloc_stats_get(a, &st);
+	keel_alloc_stats(a, &st);
 	cr_assert_eq(st.bytes_in_use, 0);
 	cr_assert_eq(st.alloc_failures, 0);
 	keel_alloc_destroy(a);

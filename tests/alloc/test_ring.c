@@ -9,7 +9,9 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <keel/alloc_runtime.h>
 #include <keel/keel.h>
+#include <keel/ring.h>
 #include <netinet/in.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -310,7 +312,7 @@ first_done(struct keel_op *op, int res, uint32_t flags)
 
 	atomic_store(&fs->t_done, now_ns());
 	fs->res = res;
-	keel_alloc_stats_get(keel_shard_alloc(), &fs->st);
+	keel_alloc_stats(keel_shard_alloc(), &fs->st);
 	keel_slice_put(&fs->s);
 	keel_stop(0);
 }
@@ -393,7 +395,7 @@ xs_check_home(void *arg)
 	struct keel_slice again;
 
 	/* Per-pair order: the buffer's trip home (sent first) ran before this. */
-	keel_alloc_stats_get(keel_shard_alloc(), &s);
+	keel_alloc_stats(keel_shard_alloc(), &s);
 	st->live_after = s.buffers_live;
 	st->remote_after = s.remote_returns;
 	if (keel_buf_alloc(keel_shard_alloc(), 3000, &again) == 0) {
@@ -482,7 +484,7 @@ cap_start(void *app)
 
 	while (cs->n < 32 && (cs->last = keel_buf_alloc(keel_shard_alloc(), MiB, &s[cs->n])) == 0)
 		cs->n++;
-	keel_alloc_stats_get(keel_shard_alloc(), &st);
+	keel_alloc_stats(keel_shard_alloc(), &st);
 	cs->failures = st.alloc_failures;
 	for (unsigned i = 0; i < cs->n; i++)
 		keel_slice_put(&s[i]);

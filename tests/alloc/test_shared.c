@@ -4,6 +4,7 @@
  * stale-slice puts, puts on threads that are not shards.
  */
 #include <errno.h>
+#include <keel/alloc_runtime.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -76,7 +77,7 @@ Test(alloc_shared, remote_returns_counted_exactly_when_threads_put_concurrently)
 		pthread_create(&th[k].t, NULL, rr_run, &th[k]);
 	for (unsigned k = 0; k < RR_THREADS; k++)
 		pthread_join(th[k].t, NULL);
-	keel_alloc_stats_get(home, &st);
+	keel_alloc_stats(home, &st);
 	cr_assert_eq(st.remote_returns, (uint64_t)RR_THREADS * RR_PER,
 		     "remote_returns %llu of %u: concurrent updates were lost",
 		     (unsigned long long)st.remote_returns, RR_THREADS * RR_PER);
@@ -88,7 +89,7 @@ Test(alloc_shared, remote_returns_counted_exactly_when_threads_put_concurrently)
 		free(th[k].s);
 		free(th[k].back);
 	}
-	keel_alloc_stats_get(home, &st);
+	keel_alloc_stats(home, &st);
 	cr_assert_eq(st.buffers_live, 0);
 	keel_alloc_destroy(home);
 }
@@ -155,7 +156,7 @@ Test(alloc_shared, failed_trip_home_is_not_counted_and_logs_rate_limited)
 	for (int i = 0; i < 100; i++)
 		keel_slice_put(&s[i]);
 	keel_alloc_log_set(NULL, NULL);
-	keel_alloc_stats_get(home, &st);
+	keel_alloc_stats(home, &st);
 	cr_assert_eq(st.remote_returns, 0, "a trip that was not sent is not a return");
 	cr_assert_eq(st.buffers_live, 100, "the buffers are leaked, and counted live");
 	/* Rate-limited: lines at the 1st, 2nd, 4th ... 64th failure, not 100. */

@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <keel/keel.h>
+#include <keel/ring.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>

@@ -7,6 +7,8 @@
 #ifndef KEEL_TEST_XSHARD_SIM_H
 #define KEEL_TEST_XSHARD_SIM_H
 
+#include <keel/alloc_runtime.h>
+
 #include <criterion/criterion.h>
 
 #include "helpers.h"

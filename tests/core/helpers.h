@@ -4,6 +4,7 @@
 #define KEEL_TEST_HELPERS_H
 
 #include <keel/keel.h>
+#include <keel/ring.h>
 #include <stdatomic.h>
 
 #include "shard_check.h"

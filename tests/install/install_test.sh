@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
 # Install keel into a temporary prefix, then build docs/examples/first-app.c out of tree
-# twice, with pkg-config and with find_package(keel), and run both.
+# twice, with pkg-config and with find_package(keel), and run both; check which malloc a
+# host gets with pkg-config keel (the C library's) and keel-jemalloc (the opt-in).
 #   install_test.sh BUILD_DIR SOURCE_DIR
 set -euo pipefail
 build=$1
@@ -32,6 +33,47 @@ export PKG_CONFIG_PATH="$(dirname "$pc")${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
 cc -std=c11 -Wall -Werror "$src/docs/examples/first-app.c" -o "$tmp/first-app-pc" \
 	$(pkg-config --cflags --libs keel)
 check_run "$tmp/first-app-pc"
+
+echo "== public headers expose no liburing (raw ring access is keel/ring.h, asked for)"
+# shellcheck disable=SC2046
+for h in "$tmp/prefix/include/keel/"*.h; do
+	name=keel/$(basename "$h")
+	case $name in keel/ring.h | keel/compat.h) continue ;; esac
+	printf '#include <%s>\n' "$name" >"$tmp/hdr.c"
+	deps=$(cc -std=c11 -H -fsyntax-only "$tmp/hdr.c" $(pkg-config --cflags keel) 2>&1) ||
+		{ echo "$deps"; echo "$name does not compile on its own"; exit 1; }
+	if grep -E 'liburing|linux/io_uring\.h' <<<"$deps"; then
+		echo "$name pulls in liburing or the kernel io_uring ABI; only keel/ring.h may"
+		exit 1
+	fi
+done
+printf '#include <keel/ring.h>\nint main(void) { return keel_sqe_get() != 0; }\n' >"$tmp/hdr.c"
+# shellcheck disable=SC2046
+cc -std=c11 -fsyntax-only "$tmp/hdr.c" $(pkg-config --cflags keel) ||
+	{ echo "keel/ring.h does not compile on its own"; exit 1; }
+
+echo "== malloc: pkg-config keel leaves it to the C library"
+# shellcheck disable=SC2046
+cc -std=c11 -Wall -Werror "$src/tests/install/malloc_check.c" -o "$tmp/malloc-default" \
+	$(pkg-config --cflags --libs keel)
+out=$("$tmp/malloc-default") || { echo "$out"; echo "malloc-default failed"; exit 1; }
+echo "$out"
+grep -q '^malloc: .*/libc\.so\.6$' <<<"$out" ||
+	{ echo "a host linked with pkg-config keel must keep the C library's malloc"; exit 1; }
+grep -q '^arena: none$' <<<"$out" ||
+	{ echo "without keel_jemalloc_enable() keel's allocator must not use jemalloc"; exit 1; }
+
+echo "== malloc: pkg-config keel-jemalloc opts in"
+# shellcheck disable=SC2046
+cc -std=c11 -Wall -Werror -DOPT_IN "$src/tests/install/malloc_check.c" -o "$tmp/malloc-jemalloc" \
+	$(pkg-config --cflags --libs keel-jemalloc)
+out=$("$tmp/malloc-jemalloc") || { echo "$out"; echo "malloc-jemalloc failed"; exit 1; }
+echo "$out"
+grep -q '^arena: [0-9]' <<<"$out" ||
+	{ echo "keel_jemalloc_enable() must give the allocator a jemalloc arena"; exit 1; }
+# The documented cost of opting in with Debian's unprefixed jemalloc (docs/embedding.md).
+grep -q '^malloc: .*libjemalloc' <<<"$out" ||
+	{ echo "expected jemalloc to replace malloc when opted in (docs/embedding.md)"; exit 1; }
 
 echo "== find_package(keel)"
 mkdir -p "$tmp/consumer"

@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <keel/alloc_runtime.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -329,8 +330,8 @@ snap_fn(struct keel_xreq *req)
 	struct echo_fwd_stats fs;
 
 	memset(&ns, 0, sizeof(ns));
-	keel_net_stats(&ns); /* -ENOENT before the network was used: zeros */
-	keel_alloc_stats_get(keel_shard_alloc(), &as);
+	keel_net_stats(keel_this_shard(), &ns); /* -ENOENT before the network was used: zeros */
+	keel_alloc_stats(keel_shard_alloc(), &as);
 	echo_fwd_stats(keel_shard_id(keel_this_shard()), &fs);
 	e->bufs_out = ns.bufs_out;
 	e->bufs_kernel = ns.bufs_kernel;

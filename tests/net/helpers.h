@@ -4,6 +4,7 @@
 #define KEEL_NET_TEST_HELPERS_H
 
 #include <keel/keel.h>
+#include <keel/ring.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>

@@ -358,7 +358,7 @@ ex_poll(void *arg)
 	struct ex_conn *e = keel_conn_user(c);
 	struct keel_net_stats st;
 
-	keel_net_stats(&st);
+	keel_net_stats(keel_this_shard(), &st);
 	if (st.enobufs > e->enobufs0) {
 		atomic_store(&ex_enobufs, st.enobufs - e->enobufs0);
 		ex_release(c);
@@ -376,7 +376,7 @@ ex_open(struct keel_conn *c)
 	struct ex_conn *e = calloc(1, sizeof(*e));
 	struct keel_net_stats st;
 
-	keel_net_stats(&st);
+	keel_net_stats(keel_this_shard(), &st);
 	e->enobufs0 = st.enobufs;
 	keel_conn_set_user(c, e);
 }
@@ -569,7 +569,7 @@ zc_abort(void *arg)
 	struct keel_conn *c = arg;
 	struct keel_net_stats st;
 
-	keel_net_stats(&st);
+	keel_net_stats(keel_this_shard(), &st);
 	atomic_store(&zc_sends, st.sends_zc);
 	keel_conn_abort(c, -ECONNABORTED);
 }
@@ -727,4 +727,13 @@ Test(net_conn, tcp_nodelay_on_listeners_and_accepted_sockets)
 Test(net_conn, tcp_nodelay_off_when_configured)
 {
 	nodelay_case(false);
+}
+
+Test(net_conn, net_stats_off_a_shard_is_einval)
+{
+	struct keel_net_stats st;
+
+	/* Not a shard: keel_this_shard() is NULL, and the counters are read on their shard. */
+	cr_assert_null(keel_this_shard());
+	cr_assert_eq(keel_net_stats(keel_this_shard(), &st), -EINVAL);
 }

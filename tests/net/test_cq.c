@@ -70,7 +70,7 @@ cq_start(void *arg)
 static void
 stats_fn(struct keel_xreq *req)
 {
-	keel_xreq_complete(req, keel_net_stats(req->arg));
+	keel_xreq_complete(req, keel_net_stats(keel_this_shard(), req->arg));
 }
 
 static void

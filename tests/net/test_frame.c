@@ -5,6 +5,7 @@
  * loopback (keel_frame_send -> framing echo server -> framing client).
  */
 #include <errno.h>
+#include <keel/alloc_runtime.h>
 #include <keel/frame.h>
 #include <stdlib.h>
 #include <string.h>
@@ -99,7 +100,7 @@ static uint64_t
 live(struct got *g)
 {
 	struct keel_alloc_stats st;
-	keel_alloc_stats_get(g->a, &st);
+	keel_alloc_stats(g->a, &st);
 	return st.buffers_live;
 }
 
@@ -673,7 +674,7 @@ send_next(struct keel_conn *c)
 	int r;
 
 	if (e->sent == e->frames) {
-		keel_net_stats(&e->ns);
+		keel_net_stats(keel_this_shard(), &e->ns);
 		keel_conn_close(c);
 		return;
 	}

@@ -571,7 +571,7 @@ dc_close(struct keel_conn *c, int status)
 	struct keel_net_stats st;
 
 	/* The ring close completed before on_close: counted already. */
-	if (keel_net_stats(&st) == 0)
+	if (keel_net_stats(keel_this_shard(), &st) == 0)
 		atomic_store(&dc_ring_closes, st.fd_closes_ring);
 	atomic_fetch_add(&dc_closes, 1);
 }

@@ -11,6 +11,7 @@
  * 1 B..256 KiB): then every get and put is checked for the right shard, and any report
  * fails the run.
  */
+#include <keel/alloc_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,7 +80,7 @@ main(void)
 		stale = s;
 		keel_slice_put(&s);
 		keel_slice_put(&stale);
-		keel_alloc_stats_get(a, &st);
+		keel_alloc_stats(a, &st);
 		keel_alloc_bind_thread(NULL);
 		keel_alloc_destroy(a);
 		keel_alloc_log_set(NULL, NULL);

@@ -15,6 +15,7 @@
  */
 #include <errno.h>
 #include <keel/keel.h>
+#include <keel/ring.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

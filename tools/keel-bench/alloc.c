@@ -16,6 +16,7 @@
  */
 #include <errno.h>
 #include <keel/keel.h>
+#include <keel/ring.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 /* keel-bench: benchmarks of the keel runtime, each beside a baseline in the same run. */
+#include <keel/jemalloc.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -41,6 +42,9 @@ usage(FILE *f)
 int
 main(int argc, char **argv)
 {
+	/* keel's own benchmark opts in to jemalloc arenas per shard, like keel-echo (and the
+	 * alloc mode's jemalloc backend needs it). */
+	keel_jemalloc_enable();
 	if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
 		usage(argc < 2 ? stderr : stdout);
 		return argc < 2 ? 2 : 0;

@@ -133,7 +133,7 @@ pump(struct keel_conn *c)
 		if (keel_conn_send(c, &s) != 0)
 			return; /* above the high watermark: on_writable resumes */
 	}
-	keel_net_stats(&g_st);
+	keel_net_stats(keel_this_shard(), &g_st);
 	keel_conn_close(c);
 }
 
@@ -156,7 +156,7 @@ b_close(struct keel_conn *c, int status)
 {
 	struct keel_net_stats st;
 
-	if (keel_net_stats(&st) == 0)
+	if (keel_net_stats(keel_this_shard(), &st) == 0)
 		g_st = st;
 	keel_slice_put(&g_src);
 	keel_stop(status);

@@ -9,8 +9,11 @@
  * offset) of any byte is O(1) to compute: the runtime registers region i as fixed buffer
  * i of the shard's ring the first time a buffer of it is used for I/O.
  *
- * General allocations (shard-local objects) come from a jemalloc arena of the shard's own,
- * with an explicit tcache, so shards never contend.
+ * General allocations (shard-local objects) come from the C library's malloc by default,
+ * so linking keel leaves the process's malloc alone. A program that calls
+ * keel_jemalloc_enable() (keel/jemalloc.h, library keel_jemalloc) first gets a jemalloc
+ * arena per shard instead, with an explicit tcache, so shards never contend
+ * (docs/embedding.md: what each choice costs).
  *
  * This module knows nothing of io_uring: it reports errors by return codes and through a
  * log hook (keel_alloc_log_set()) that the runtime points at keel_log.
@@ -46,19 +49,20 @@ enum keel_alloc_backend {
 	KEEL_ALLOC_BACKEND_DEFAULT = 0,  /* the faster of the two, measured (docs/memory.md) */
 	KEEL_ALLOC_BACKEND_SLAB = 1,     /* power-of-two size-class slab over the regions */
 	KEEL_ALLOC_BACKEND_JEMALLOC = 2, /* a jemalloc arena whose extent hooks carve regions;
-					  * buffers up to 7/8 of a region (keel_alloc_buf_max) */
+					  * buffers up to 7/8 of a region (keel_alloc_buf_max);
+					  * needs keel_jemalloc_enable() (else -ENOTSUP) */
 };
 
 /**
- * Ask the runtime to call keel_alloc_grow(@a) soon, off the hot path (a deferred callback
- * on @a's shard): fewer pre-faulted regions than the low-water mark are left ahead of use.
- * Returns: 0 when scheduled, -errno when not (the allocator asks again later).
+ * Ask the runtime to call keel_alloc_grow(@a) (keel/alloc_runtime.h) soon, off the hot path (a
+ * deferred callback on @a's shard): fewer pre-faulted regions than the low-water mark are left
+ * ahead of use. Returns: 0 when scheduled, -errno when not (the allocator asks again later).
  */
 typedef int (*keel_alloc_grow_fn)(struct keel_alloc *a, void *ctx);
 
 /**
  * Send @b, whose last reference was put on another shard, home: arrange for
- * keel_buf_release(@b) to run on @a's shard (a cross-shard message).
+ * keel_buf_release(@b) (keel/alloc_runtime.h) to run on @a's shard (a cross-shard message).
  * Returns: 0, or -errno (the buffer is then leaked and reported).
  * Context: the shard that put the last reference.
  */
@@ -109,7 +113,8 @@ struct keel_alloc_stats {
  * the allocator to the calling thread.
  * Returns: 0 and *out; -EINVAL (bad sizes, or more than KEEL_ALLOC_MAX_REGIONS regions:
  * the error logged names the maximum), -ENOMEM (no memory; with hugepages, the error
- * logged names /proc/sys/vm/nr_hugepages), or another -errno from mmap.
+ * logged names /proc/sys/vm/nr_hugepages), -ENOTSUP (KEEL_ALLOC_BACKEND_JEMALLOC without
+ * keel_jemalloc_enable(): the error logged names the fix), or another -errno from mmap.
  * Context: any thread.
  */
 KEEL_API int keel_alloc_create(const struct keel_alloc_config *cfg, struct keel_alloc **out);
@@ -122,13 +127,6 @@ KEEL_API int keel_alloc_create(const struct keel_alloc_config *cfg, struct keel_
  */
 KEEL_API void keel_alloc_destroy(struct keel_alloc *a);
 
-/**
- * Make @a the calling thread's allocator (NULL: none). Puts compare a buffer's home with
- * it to decide whether the buffer is freed here or sent home.
- * Context: the thread; the runtime binds each shard's allocator on its shard.
- */
-KEEL_API void keel_alloc_bind_thread(struct keel_alloc *a);
-
 /** The calling thread's allocator (on a shard: the shard's), or NULL. */
 KEEL_API struct keel_alloc *keel_alloc_current(void);
 
@@ -140,15 +138,6 @@ KEEL_API enum keel_alloc_backend keel_alloc_backend_of(const struct keel_alloc *
 
 /** Name of a backend: "slab", "jemalloc" or "default". */
 KEEL_API const char *keel_alloc_backend_name(enum keel_alloc_backend b);
-
-/**
- * Pre-fault the next region ahead of need: one region per call (bounded time), when fewer
- * than the low-water mark (2 regions) are pre-faulted ahead of the pool. Asks the grow
- * hook again when still below it. A failure is logged once and not retried.
- * Returns: 1 when a region was pre-faulted, 0 when none was needed, -errno on failure.
- * Context: @a's shard, off the hot path (the grow hook schedules it).
- */
-KEEL_API int keel_alloc_grow(struct keel_alloc *a);
 
 /**
  * The largest buffer keel_buf_alloc() returns from @a: the region size with the slab
@@ -180,19 +169,15 @@ KEEL_API int keel_alloc_locate(const struct keel_alloc *a, const void *p, unsign
 			       uint64_t *offset);
 
 /**
- * Record that region @idx is (@on) or is no longer registered with a ring, for stats.
- * Context: @a's shard.
- */
-KEEL_API void keel_alloc_region_set_registered(struct keel_alloc *a, unsigned idx, bool on);
-
-/**
- * Copy @a's counters to @out.
+ * Copy @a's counters to @out (the stats convention: docs/architecture.md, "Stats").
+ * Returns: 0, or -EINVAL for a NULL @a or @out.
  * Context: any thread; values written by other threads may be slightly stale.
  */
-KEEL_API void keel_alloc_stats_get(const struct keel_alloc *a, struct keel_alloc_stats *out);
+KEEL_API int keel_alloc_stats(const struct keel_alloc *a, struct keel_alloc_stats *out);
 
 /**
- * General allocation from @a's own jemalloc arena (not registered memory).
+ * General allocation (not registered memory): from @a's own jemalloc arena where the
+ * program called keel_jemalloc_enable() before creating @a, from malloc otherwise.
  * Returns: the memory, or NULL.
  * Context: @a's shard.
  */
@@ -211,7 +196,14 @@ KEEL_API void *keel_alloc_realloc(struct keel_alloc *a, void *p, size_t size);
  */
 KEEL_API void keel_alloc_free(struct keel_alloc *a, void *p);
 
-/** The jemalloc arena index of @a's general arena (for MALLOCX_ARENA). */
+/** keel_alloc_arena() of an allocator without a jemalloc arena. */
+#define KEEL_ALLOC_NO_ARENA (~0u)
+
+/**
+ * The jemalloc arena index of @a's general arena (for MALLOCX_ARENA).
+ * Returns: the index, or KEEL_ALLOC_NO_ARENA where general allocation is malloc's
+ * (keel_jemalloc_enable() was not called before @a was created).
+ */
 KEEL_API unsigned keel_alloc_arena(const struct keel_alloc *a);
 
 /** Log levels of the hook; the same numbers as enum keel_log_level. */

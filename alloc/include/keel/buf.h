@@ -185,11 +185,4 @@ KEEL_API bool keel_buf_is_external(const struct keel_buf *b);
  */
 KEEL_API bool keel_buf_is_foreign(const struct keel_buf *b);
 
-/**
- * Return @b, whose count reached zero on another shard, to its pool (a proxy: put the
- * reference its export kept).
- * Context: @b's home shard; the runtime's send_home hook calls it there.
- */
-KEEL_API void keel_buf_release(struct keel_buf *b);
-
 #endif

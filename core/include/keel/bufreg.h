@@ -15,7 +15,6 @@
 #include <keel/alloc.h>
 #include <keel/buf.h>
 #include <keel/common.h>
-#include <keel/ring.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -27,9 +26,11 @@
 KEEL_API struct keel_alloc *keel_shard_alloc(void);
 
 /**
- * Shard-local memory from this shard's own jemalloc arena and tcache (NUMA-local, no
- * contention with other shards): for objects created and freed on one shard (keel's own
- * mailbox overflow nodes, broadcast records and deferred-callback vectors use it).
+ * Shard-local memory: from malloc by default; from this shard's own jemalloc arena and
+ * tcache (no contention with other shards) where the program called
+ * keel_jemalloc_enable() (keel/jemalloc.h) first. For objects created and freed on one
+ * shard (keel's own mailbox overflow nodes, broadcast records and deferred-callback vectors
+ * use it).
  * Returns: the memory, or NULL.
  * Ownership: free it with keel_shard_free() on this shard, before the runtime ends (the
  * arena is destroyed with the shard); never with free().
@@ -63,19 +64,6 @@ KEEL_API void keel_shard_free(void *p);
  * Context: a shard, holding @s.
  */
 KEEL_API int keel_buf_fixed(const struct keel_slice *s, unsigned *index, uint64_t *offset);
-
-/**
- * Prepare @sqe to send @s on socket @fd: SEND_ZC with the fixed buffer when keel_buf_fixed()
- * succeeds (two CQEs: the result with IORING_CQE_F_MORE, then the notification with
- * IORING_CQE_F_NOTIF, after which the buffer may be put), else a plain send (one CQE).
- * Ownership: @s must stay referenced until the last CQE.
- * Returns: 1 for SEND_ZC fixed, 0 for a plain send; with --feature reg_buffers=on,
- * -ENOMEM when @s's region could not be registered (@sqe is left unprepared: the caller
- * decides; no silent plain send).
- * Context: a shard, holding @s.
- */
-KEEL_API int keel_prep_send_buf(struct io_uring_sqe *sqe, int fd, const struct keel_slice *s,
-				int msg_flags);
 
 /**
  * True when this shard registers its regions with its ring and none has failed to register

@@ -12,6 +12,7 @@
 #define KEEL_COMPAT_H
 
 #include <keel/common.h>
+#include <keel/config.h>
 #include <stddef.h>
 #include <stdint.h>
 

@@ -1,6 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The shard's ring: intrusive operations, SQE access and the kernel capability probe.
+ * Raw ring access: the shard's io_uring, for operations keel has no helper for. This is
+ * the one public header that exposes liburing and the kernel's io_uring ABI
+ * (keel/compat.h); keel/keel.h does not include it, so an app that does not ask for raw
+ * access never sees them. Include it explicitly: #include <keel/ring.h>.
  *
  * An operation is a struct keel_op embedded in the caller's own object (a connection, a
  * request); its address is the SQE's user_data, so completing it allocates nothing. The
@@ -10,9 +13,9 @@
 #ifndef KEEL_RING_H
 #define KEEL_RING_H
 
+#include <keel/buf.h>
 #include <keel/common.h>
 #include <keel/compat.h>
-#include <keel/opts.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -45,50 +48,17 @@ KEEL_API void keel_sqe_bind(struct io_uring_sqe *sqe, struct keel_op *op);
 /** This shard's ring, for operations keel has no helper for. Context: a shard. */
 KEEL_API struct io_uring *keel_shard_ring_get(void);
 
-/** What the running kernel's io_uring offers, probed once per process. */
-struct keel_caps {
-	char kernel[65];        /* uname release */
-	int probe_status;       /* 0, or -errno when no ring could be created at all */
-	uint32_t ring_features; /* IORING_FEAT_* of a default ring */
-	unsigned last_op;       /* highest opcode the kernel knows */
-	bool op_supported[256]; /* by IORING_OP_* */
-	bool single_issuer;     /* IORING_SETUP_SINGLE_ISSUER accepted */
-	bool defer_taskrun;     /* IORING_SETUP_DEFER_TASKRUN accepted */
-	bool coop_taskrun;      /* IORING_SETUP_COOP_TASKRUN | TASKRUN_FLAG accepted */
-	bool reg_ring_fd;       /* io_uring_register_ring_fd works */
-	bool reg_buffers;       /* sparse registered-buffer tables (5.19) */
-	bool sparse_files;      /* net: sparse registered-file tables (5.19) */
-	bool pbuf_inc;          /* net: IOU_PBUF_RING_INC buffer rings register (6.12) */
-};
-
 /**
- * The capability probe, run on first use.
- * Returns: a read-only struct valid for the life of the process.
- * Context: any thread.
+ * Prepare @sqe to send @s on socket @fd: SEND_ZC with the fixed buffer when keel_buf_fixed()
+ * succeeds (two CQEs: the result with IORING_CQE_F_MORE, then the notification with
+ * IORING_CQE_F_NOTIF, after which the buffer may be put), else a plain send (one CQE).
+ * Ownership: @s must stay referenced until the last CQE.
+ * Returns: 1 for SEND_ZC fixed, 0 for a plain send; with --feature reg_buffers=on,
+ * -ENOMEM when @s's region could not be registered (@sqe is left unprepared: the caller
+ * decides; no silent plain send).
+ * Context: a shard, holding @s.
  */
-KEEL_API const struct keel_caps *keel_caps_get(void);
-
-/** The decision for one feature at start-up. */
-struct keel_feature_decision {
-	enum keel_policy policy;
-	bool used;
-	const char *reason; /* why it is used or not, for people */
-};
-
-/**
- * Decide every feature of @opts against the capabilities: fills @out[KEEL_FEAT__COUNT].
- * Returns: 0, or -EOPNOTSUPP when a feature forced on is missing (the message, with the
- * fix, is logged).
- */
-KEEL_API int keel_features_decide(const struct keel_opts *opts, struct keel_feature_decision *out);
-
-/**
- * Whether feature @f is used by this shard's runtime (the start-up decision).
- * Context: a shard.
- */
-KEEL_API bool keel_feature_used(enum keel_feature f);
-
-/** Print the capability matrix and each feature's decision for @opts to @f. */
-KEEL_API void keel_caps_print(const struct keel_opts *opts, FILE *f);
+KEEL_API int keel_prep_send_buf(struct io_uring_sqe *sqe, int fd, const struct keel_slice *s,
+				int msg_flags);
 
 #endif

@@ -28,6 +28,7 @@
 
 struct keel_conn;
 struct keel_runtime;
+struct keel_shard;
 struct keel_listener;
 struct keel_udp;
 
@@ -291,10 +292,14 @@ struct keel_net_stats {
 };
 
 /**
- * This shard's counters. Returns: 0, or -ENOENT when the network was not used here.
- * Context: a shard.
+ * Copy shard @sh's network counters to @out (the stats convention: docs/architecture.md,
+ * "Stats"). They are the shard's own, unsynchronised: read them on @sh
+ * (keel_this_shard()); from elsewhere, send the shard a message that reads them.
+ * Returns: 0; -ENOENT when the network was not used on @sh; -EINVAL for a NULL @sh or
+ * @out, or @sh not the calling shard.
+ * Context: @sh.
  */
-KEEL_API int keel_net_stats(struct keel_net_stats *out);
+KEEL_API int keel_net_stats(const struct keel_shard *sh, struct keel_net_stats *out);
 
 /* UDP. */
 

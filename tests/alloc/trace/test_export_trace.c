@@ -6,6 +6,7 @@
  * proxy never put are still reported.
  */
 #include <errno.h>
+#include <keel/alloc_runtime.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -22,7 +23,7 @@ trace_errors(void)
 	uint64_t n = 0;
 	for (int i = 0; i < SIM_SHARDS; i++) {
 		struct keel_alloc_stats st;
-		keel_alloc_stats_get(sim.a[i], &st);
+		keel_alloc_stats(sim.a[i], &st);
 		n += st.trace_errors;
 	}
 	return n;

@@ -5,6 +5,7 @@
  * allocation site.
  */
 #include <errno.h>
+#include <keel/alloc_runtime.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -57,7 +58,7 @@ Test(alloc_trace, double_put_is_reported_with_the_allocation_site)
 	site(where, sizeof(where), line);
 	cr_assert(logcap_has(&cap, "double put"), "log: %s", cap.text);
 	cr_assert(logcap_has(&cap, where), "no allocation site %s in: %s", where, cap.text);
-	keel_alloc_stats_get(a, &st);
+	keel_alloc_stats(a, &st);
 	cr_assert_eq(st.trace_errors, 1);
 	cr_assert_eq(st.buffers_live, 0, "the double put did not free anything twice");
 	keel_alloc_destroy(a);

@@ -1,0 +1,223 @@
+// SPDX-License-Identifier: MIT
+/* Foreign-thread requests (keel_runtime_submit, keel_xqueue_*) and the shard's wake-up
+ * eventfd, which foreign threads write to wake a sleeping shard. */
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+struct keel_xqueue {
+	pthread_mutex_t lock;
+	struct keel_xreq *head, *tail;
+	int efd;
+};
+
+int
+keel_runtime_submit(struct keel_runtime *rt, unsigned shard, struct keel_xreq *req)
+{
+	struct keel_shard *s;
+
+	if (!rt || shard >= rt->count || !req || !req->fn)
+		return -EINVAL;
+	s = &rt->shards[shard];
+	pthread_mutex_lock(&s->xlock);
+	if (s->xclosed || !rt->started || atomic_load(&rt->stopping)) {
+		pthread_mutex_unlock(&s->xlock);
+		return -ESHUTDOWN;
+	}
+	req->next_ = NULL;
+	if (s->xtail)
+		s->xtail->next_ = req;
+	else
+		s->xhead = req;
+	s->xtail = req;
+	atomic_store(&s->xpending, 1);
+	pthread_mutex_unlock(&s->xlock);
+	if (atomic_load(&s->sleeping) && atomic_exchange(&s->sleeping, 0))
+		keel__shard_wake(s, keel__cur);
+	return 0;
+}
+
+unsigned
+keel__foreign_drain(struct keel_shard *s)
+{
+	struct keel_xreq *r;
+	unsigned n = 0;
+
+	if (!atomic_load_explicit(&s->xpending, memory_order_relaxed))
+		return 0;
+	pthread_mutex_lock(&s->xlock);
+	r = s->xhead;
+	s->xhead = s->xtail = NULL;
+	atomic_store(&s->xpending, 0);
+	pthread_mutex_unlock(&s->xlock);
+	while (r) {
+		struct keel_xreq *next = r->next_;
+		r->fn(r);
+		r = next;
+		n++;
+	}
+	STAT_ADD(s, foreign, n);
+	return n;
+}
+
+void
+keel__foreign_close(struct keel_shard *s)
+{
+	struct keel_xreq *r;
+
+	pthread_mutex_lock(&s->xlock);
+	s->xclosed = true;
+	r = s->xhead;
+	s->xhead = s->xtail = NULL;
+	atomic_store(&s->xpending, 0);
+	pthread_mutex_unlock(&s->xlock);
+	while (r) {
+		struct keel_xreq *next = r->next_;
+		keel_xreq_complete(r, -ECANCELED);
+		r = next;
+	}
+}
+
+void
+keel_xreq_complete(struct keel_xreq *req, int status)
+{
+	struct keel_xqueue *q = req->queue;
+	uint64_t one = 1;
+
+	req->status = status;
+	if (req->done)
+		req->done(req);
+	if (!q)
+		return;
+	/* The eventfd is written under the lock: once the owner can pop this request it may
+	 * destroy the queue, so nothing here may touch @q after the unlock. */
+	pthread_mutex_lock(&q->lock);
+	req->next_ = NULL;
+	if (q->tail)
+		q->tail->next_ = req;
+	else
+		q->head = req;
+	q->tail = req;
+	if (write(q->efd, &one, sizeof(one)) != sizeof(one))
+		keel_log(KEEL_LOG_ERROR, "core", "xqueue eventfd write failed: %s",
+			 strerror(errno));
+	pthread_mutex_unlock(&q->lock);
+}
+
+int
+keel_xqueue_create(struct keel_xqueue **out)
+{
+	struct keel_xqueue *q = calloc(1, sizeof(*q));
+	if (!q)
+		return -ENOMEM;
+	q->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (q->efd < 0) {
+		int e = errno;
+		free(q);
+		return -e;
+	}
+	pthread_mutex_init(&q->lock, NULL);
+	*out = q;
+	return 0;
+}
+
+int
+keel_xqueue_fd(const struct keel_xqueue *q)
+{
+	return q->efd;
+}
+
+unsigned
+keel_xqueue_pop(struct keel_xqueue *q, struct keel_xreq **out, unsigned max)
+{
+	uint64_t v;
+	unsigned n = 0;
+	bool more;
+
+	if (read(q->efd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+		keel_log(KEEL_LOG_ERROR, "core", "xqueue eventfd read failed: %s", strerror(errno));
+	pthread_mutex_lock(&q->lock);
+	while (n < max && q->head) {
+		out[n++] = q->head;
+		q->head = q->head->next_;
+	}
+	if (!q->head)
+		q->tail = NULL;
+	more = q->head != NULL;
+	pthread_mutex_unlock(&q->lock);
+	if (more) {
+		/* More than max waiting: stay readable. */
+		v = 1;
+		if (write(q->efd, &v, sizeof(v)) != sizeof(v))
+			keel_log(KEEL_LOG_ERROR, "core", "xqueue eventfd write failed: %s",
+				 strerror(errno));
+	}
+	return n;
+}
+
+int
+keel_xqueue_wait(struct keel_xqueue *q, struct keel_xreq **out, unsigned max, int timeout_ms)
+{
+	struct pollfd pfd = { .fd = q->efd, .events = POLLIN };
+	uint64_t deadline = timeout_ms >= 0 ? keel__clock_ns() + (uint64_t)timeout_ms * 1000000 : 0;
+
+	for (;;) {
+		unsigned n = keel_xqueue_pop(q, out, max);
+		int wait_ms = -1, r;
+
+		if (n)
+			return (int)n;
+		/* The eventfd can be readable for a completion an earlier pop already took:
+		 * wait again until something is really there. */
+		if (timeout_ms >= 0) {
+			uint64_t now = keel__clock_ns();
+			if (now >= deadline)
+				return 0;
+			wait_ms = (int)((deadline - now + 999999) / 1000000);
+		}
+		r = poll(&pfd, 1, wait_ms);
+		if (r < 0 && errno != EINTR)
+			return -errno;
+	}
+}
+
+void
+keel_xqueue_destroy(struct keel_xqueue *q)
+{
+	if (!q)
+		return;
+	/* Wait out a completer still inside its critical section (keel_xreq_complete). */
+	pthread_mutex_lock(&q->lock);
+	pthread_mutex_unlock(&q->lock);
+	close(q->efd);
+	pthread_mutex_destroy(&q->lock);
+	free(q);
+}
+
+static void
+xefd_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	struct internal_op *iop = keel__internal_done(op);
+	struct keel_shard *s = iop->shard;
+
+	if (res > 0)
+		STAT_INC(s, wakeups);
+	else if (res != -ECANCELED)
+		keel_log(KEEL_LOG_ERROR, "core", "eventfd read failed: %s", strerror(-res));
+	if (s->phase != PHASE_DONE)
+		keel__internal_read(s, iop, s->xefd, &s->xefd_buf, sizeof(s->xefd_buf));
+}
+
+/* The shard's own eventfd: foreign threads write it to wake a sleeping shard. */
+void
+keel__foreign_arm(struct keel_shard *s)
+{
+	s->xefd_op.op.fn = xefd_cb;
+	s->xefd_op.shard = s;
+	keel__internal_read(s, &s->xefd_op, s->xefd, &s->xefd_buf, sizeof(s->xefd_buf));
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# What the malloc choice costs on the echo path (docs/embedding.md): keel-echo (jemalloc
+# arenas; jemalloc is the process's malloc) and keel-echo-libc (glibc malloc), one shard
+# on CPU 0, alternating, ROUNDS rounds; pingpong and throughput from keel-bench on CPU 1.
+# Prints one JSON line per run, then the medians.
+#   malloc.sh BIN_DIR [ROUNDS (5)] [PORT (17931)]
+set -euo pipefail
+bin=$1
+rounds=${2:-5}
+port=${3:-17931}
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+for r in $(seq 1 "$rounds"); do
+	for v in keel-echo keel-echo-libc; do
+		"$bin/$v" --port "$port" --addr 127.0.0.1 --shards 1 --cpuset 0 --idle-poll-us 0 \
+			--log-level warn >/dev/null &
+		pid=$!
+		for _ in $(seq 1 100); do
+			ss -ltn | grep -q ":$port " && break
+			sleep 0.1
+		done
+		ss -ltn | grep -q ":$port " || { echo "$v did not listen on $port"; kill "$pid"; exit 1; }
+		for m in pingpong throughput; do
+			res=$(timeout 60 "$bin/keel-bench" "$m" --client epoll --port "$port" \
+				--server-pid "$pid" --cpuset 1 --seconds 2 --warmup 0.5 --json | tr -d '\n')
+			echo "{\"round\":$r,\"server\":\"$v\",\"mode\":\"$m\",\"res\":$res}" | tee -a "$out"
+		done
+		kill -TERM "$pid"
+		wait "$pid" || true
+	done
+done
+python3 - "$out" <<'PY'
+import json, statistics as st, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+for m in ("pingpong", "throughput"):
+    for v in ("keel-echo", "keel-echo-libc"):
+        rs = [r["res"] for r in rows if r["mode"] == m and r["server"] == v]
+        med = lambda k: st.median(x[k] for x in rs if x[k] is not None)
+        print(f"{m:10} {v:15} runs {len(rs)} msgs/s {med('msgs_per_sec'):.0f} "
+              f"p50_us {med('lat_p50_us'):.1f} server_ns_per_msg {med('server_cpu_ns_per_msg'):.0f}")
+PY
