@@ -189,6 +189,55 @@ keel_call(unsigned dst, keel_call_fn fn, void *arg, keel_done_fn done, void *don
 	return enqueue(s, dst, &m);
 }
 
+/* A call with a value: the record rides as the call's argument, allocated and freed on the
+ * caller; the remote shard writes status and value into it before the reply (whose queue
+ * publication orders those writes before the caller reads them). */
+struct value_call {
+	keel_call_value_fn fn;
+	void *arg;
+	keel_value_done_fn done;
+	void *done_arg;
+	uint64_t value;
+};
+
+static int
+value_run(void *p)
+{
+	struct value_call *c = p;
+	return c->fn(c->arg, &c->value);
+}
+
+static void
+value_reply(int status, void *p)
+{
+	struct value_call c = *(struct value_call *)p;
+
+	keel_shard_free(p);
+	c.done(status, c.value, c.done_arg);
+}
+
+int
+keel_call_value(unsigned dst, keel_call_value_fn fn, void *arg, keel_value_done_fn done,
+		void *done_arg)
+{
+	struct keel_shard *s = cur_shard(__func__);
+	struct value_call *c;
+	int r;
+
+	if (dst >= s->rt->count || !fn || !done)
+		return -EINVAL;
+	if (s->phase != PHASE_RUN)
+		return -ESHUTDOWN;
+	c = keel_shard_malloc(sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	*c = (struct value_call){ fn, arg, done, done_arg, 0 };
+	r = keel_call(dst, value_run, c, value_reply, c);
+	if (r < 0)
+		keel_shard_free(c);
+	return r;
+}
+
 struct bcast {
 	keel_fn fn;
 	void *arg;

@@ -40,6 +40,30 @@ KEEL_API int keel_send(unsigned dst, keel_fn fn, void *arg);
 KEEL_API int keel_call(unsigned dst, keel_call_fn fn, void *arg, keel_done_fn done, void *done_arg);
 
 /**
+ * The work of a keel_call_value(), run on the destination: returns 0 or -errno (the status
+ * given to done) and may store a result in *@value (it starts at 0). A pointer travels as
+ * (uint64_t)(uintptr_t)p; what it points at moves to the caller with the reply.
+ */
+typedef int (*keel_call_value_fn)(void *arg, uint64_t *value);
+
+/** Completion of a keel_call_value(), run on the calling shard: @fn's status and value. */
+typedef void (*keel_value_done_fn)(int status, uint64_t value, void *arg);
+
+/**
+ * Run @fn(@arg, &value) on shard @dst, then @done(status, value, @done_arg) back on this
+ * shard: status is what @fn returned, value what it stored. Like keel_call(), the call and
+ * its reply travel through the pair's queues, in order with the other messages; the reply
+ * is delivered even while either shard stops. Costs one allocation from this shard's arena
+ * per call (freed before @done runs).
+ * Ownership: whatever @arg points at moves to @dst with the message, and whatever value
+ * points at moves back with the reply, on success only.
+ * Returns: as keel_send(); on an error @fn and @done never run.
+ * Context: a shard.
+ */
+KEEL_API int keel_call_value(unsigned dst, keel_call_value_fn fn, void *arg,
+			     keel_value_done_fn done, void *done_arg);
+
+/**
  * Run @fn(@arg) once on every shard, this one included, then @all_done(status, @done_arg)
  * on this shard once every shard reached has run it: status is 0, or -ENOMEM when memory
  * ran out part-way and some shards were not reached. @arg is shared: @fn must only read
