@@ -70,11 +70,21 @@ struct ovf_node {
 	struct msg m;
 };
 
+/* A keel_msg_wait_room() registration, waiting on the sender for room to one destination. */
+struct room_wait {
+	struct room_wait *next;
+	keel_done_fn fn;
+	void *arg;
+	int status;
+};
+
 /* The sender's view of one destination. */
 struct outbox {
 	struct mbox *mb;
 	struct ovf_node *ovf_head, *ovf_tail;
-	bool dirty; /* written or overflowed since the last flush */
+	uint32_t ovf_n; /* nodes in the overflow list: user sends stop at opts.mailbox_overflow */
+	bool dirty;     /* written or overflowed since the last flush, or room awaited */
+	struct room_wait *wait_head, *wait_tail;
 };
 
 struct defer_item {
@@ -144,6 +154,7 @@ struct keel_shard {
 	unsigned *dirty;
 	unsigned ndirty;
 	uint64_t ovf_pending;
+	uint64_t room_waiters;     /* keel_msg_wait_room() registrations not yet handed to defer */
 	uint64_t sent_unpublished; /* counted into stats.msgs_sent at the next flush */
 
 	struct keel_op wake_op; /* target of other shards' MSG_RING wake-ups (uncounted) */

@@ -2,8 +2,11 @@
 /*
  * Cross-shard messages. One single-producer single-consumer queue per ordered pair of
  * shards, allocated NUMA-local to the receiver. Messages between a pair arrive exactly once
- * and in the order they were sent. A full queue never drops and never blocks: the overflow
- * waits, in order, on the sender. A sleeping receiver is woken with IORING_OP_MSG_RING.
+ * and in the order they were sent. A full queue never drops and never blocks: up to
+ * keel_opts.mailbox_overflow messages per destination wait, in order, on the sender; past
+ * that the app's sends are refused with -EAGAIN until keel_msg_wait_room() says there is
+ * room again (keel's own traffic, such as a buffer's trip home or a call's reply, is never
+ * refused). A sleeping receiver is woken with IORING_OP_MSG_RING.
  *
  * Sends are published at the end of the sender's loop pass, so a burst of sends costs one
  * queue publication per destination.
@@ -23,13 +26,29 @@ typedef void (*keel_done_fn)(int status, void *arg);
 /**
  * Run @fn(@arg) on shard @dst (which may be this shard: it then runs on a later pass).
  * Ownership: whatever @arg points at moves to @dst with the message, on success only.
- * Returns: 0; -EINVAL for a shard that does not exist; -ENOMEM when the overflow list
- * could not grow; -ESHUTDOWN once this shard is stopping (after its on-stop hooks ran):
- * new messages are refused so that a busy runtime can drain and stop, while messages
- * already sent, and the replies of calls already made, are still delivered.
+ * Returns: 0; -EINVAL for a shard that does not exist; -EAGAIN when @dst's queue is full
+ * and keel_opts.mailbox_overflow messages to it already wait on this shard (nothing was
+ * sent: try again from a keel_msg_wait_room() callback, or drop the work); -ENOMEM when the
+ * overflow list could not grow; -ESHUTDOWN once this shard is stopping (after its on-stop
+ * hooks ran): new messages are refused so that a busy runtime can drain and stop, while
+ * messages already sent, and the replies of calls already made, are still delivered.
  * Context: a shard.
  */
 KEEL_API int keel_send(unsigned dst, keel_fn fn, void *arg);
+
+/**
+ * Run @fn(0, @arg) on this shard, on a later pass, once a message to @dst would not be
+ * refused with -EAGAIN (at once, on the next pass, when there is room now); or
+ * @fn(-ESHUTDOWN, @arg) once this shard stops first. Runs exactly once. Waiters of one
+ * destination run in the order they waited, on the same pass: a send from the callback may
+ * still meet a queue that an earlier callback filled again, so a sender that gets -EAGAIN
+ * there waits again. While a waiter waits, the shard looks for room at least every
+ * millisecond (the receiver does not signal it).
+ * Returns: 0; -EINVAL (no such shard, no @fn); -ENOMEM; -ESHUTDOWN once this shard is
+ * stopping (then @fn never runs).
+ * Context: a shard.
+ */
+KEEL_API int keel_msg_wait_room(unsigned dst, keel_done_fn fn, void *arg);
 
 /**
  * Run @fn(@arg) on shard @dst, then @done(status, @done_arg) back on this shard, where
@@ -68,7 +87,8 @@ KEEL_API int keel_call_value(unsigned dst, keel_call_value_fn fn, void *arg,
  * on this shard once every shard reached has run it: status is 0, or -ENOMEM when memory
  * ran out part-way and some shards were not reached. @arg is shared: @fn must only read
  * it, or synchronise itself.
- * Returns: 0, -ENOMEM when nothing was sent (all_done will not run), or -ESHUTDOWN as for
+ * Returns: 0, -ENOMEM when nothing was sent (all_done will not run), -EAGAIN when any
+ * shard's queue is full as for keel_send() (nothing was sent), or -ESHUTDOWN as for
  * keel_send().
  * Context: a shard.
  */
