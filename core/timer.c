@@ -107,7 +107,7 @@ keel_timer_create(keel_timer_fn fn, void *arg, struct keel_timer **out)
 }
 
 int
-keel_timer_start(struct keel_timer *t, uint64_t delay_us, uint64_t period_us)
+keel_timer_start(struct keel_timer *t, uint64_t delay_ns, uint64_t period_ns)
 {
 	struct keel_shard *s = t->shard;
 	uint64_t now = keel__clock_ns();
@@ -119,8 +119,8 @@ keel_timer_start(struct keel_timer *t, uint64_t delay_us, uint64_t period_us)
 		now = s->now_ns + 1;
 	if (t->heap_idx >= 0)
 		heap_remove(s, t);
-	t->deadline_ns = now + delay_us * 1000;
-	t->period_ns = period_us * 1000;
+	t->deadline_ns = now + delay_ns;
+	t->period_ns = period_ns;
 	/* The heap grows at most to the number of timers, each of which the shard allocated;
 	 * growth failure is memory exhaustion. */
 	return heap_push(s, t);
@@ -134,6 +134,13 @@ keel_timer_stop(struct keel_timer *t)
 		return -ENOENT;
 	heap_remove(t->shard, t);
 	return 0;
+}
+
+uint64_t
+keel_timer_deadline_ns(const struct keel_timer *t)
+{
+	keel_verify(t->shard == keel__cur);
+	return t->heap_idx >= 0 ? t->deadline_ns : 0;
 }
 
 int

@@ -251,7 +251,7 @@ wake_back(int status, void *arg)
 	if (++w->rounds == 20)
 		keel_stop(0);
 	else
-		keel_timer_start(w->t, 2000, 0);
+		keel_timer_start(w->t, KEEL_MS(2), 0);
 }
 
 static void
@@ -283,8 +283,8 @@ wake_start(void *app)
 		keel_stop(-EIO);
 		return;
 	}
-	keel_timer_start(w->watchdog, TEST_WAIT_MS * 1000ull, 0);
-	keel_timer_start(w->t, 2000, 0);
+	keel_timer_start(w->watchdog, KEEL_MS(TEST_WAIT_MS), 0);
+	keel_timer_start(w->t, KEEL_MS(2), 0);
 }
 
 Test(core_msg, sleeping_receiver_is_woken_by_msg_ring)

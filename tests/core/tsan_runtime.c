@@ -127,7 +127,7 @@ foreign(void *p)
 		CHECK(keel_runtime_submit(t->rt, i % SHARDS, &reqs[i]) == 0);
 	}
 	while (got < REQS) {
-		int n = keel_xqueue_wait(q, out, 32, WAIT_MS);
+		int n = keel_xqueue_wait(q, out, 32, KEEL_MS(WAIT_MS));
 		if (n <= 0) {
 			fprintf(stderr, "tsan_runtime: %u of %u completions, then none in %d ms\n",
 				got, REQS, WAIT_MS);

@@ -18,6 +18,7 @@
 #include <keel/opts.h>
 #include <keel/ring.h>
 #include <keel/runtime.h>
+#include <keel/time.h>
 #include <keel/timer.h>
 #include <keel/topo.h>
 

@@ -8,6 +8,7 @@
 #define KEEL_TIMER_H
 
 #include <keel/common.h>
+#include <keel/time.h>
 #include <stdint.h>
 
 struct keel_timer;
@@ -24,11 +25,19 @@ typedef void (*keel_timer_fn)(struct keel_timer *t, void *arg);
 KEEL_API int keel_timer_create(keel_timer_fn fn, void *arg, struct keel_timer **out);
 
 /**
- * (Re)start @t to fire @delay_us from now, then every @period_us (0: once).
- * Returns: 0.
+ * (Re)start @t to fire @delay_ns from now, then every @period_ns (0: once). Nanoseconds,
+ * like every duration in keel: write KEEL_MS(250) or KEEL_US(500) (keel/time.h).
+ * Returns: 0, or -ENOMEM when the shard's timer heap could not grow.
  * Context: the timer's shard.
  */
-KEEL_API int keel_timer_start(struct keel_timer *t, uint64_t delay_us, uint64_t period_us);
+KEEL_API int keel_timer_start(struct keel_timer *t, uint64_t delay_ns, uint64_t period_ns);
+
+/**
+ * When @t fires next, on the keel_now_ns() clock (CLOCK_MONOTONIC).
+ * Returns: the deadline in nanoseconds, or 0 when @t is not pending.
+ * Context: the timer's shard.
+ */
+KEEL_API uint64_t keel_timer_deadline_ns(const struct keel_timer *t);
 
 /**
  * Cancel @t.
