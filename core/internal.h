@@ -97,16 +97,6 @@ struct defer_vec {
 	size_t n, cap;
 };
 
-struct keel_timer {
-	struct keel_shard *shard;
-	keel_timer_fn fn;
-	void *arg;
-	uint64_t deadline_ns;
-	uint64_t period_ns;
-	int64_t heap_idx;                       /* -1 when not pending */
-	struct keel_timer *all_prev, *all_next; /* every timer of the shard, for teardown */
-};
-
 enum shard_phase {
 	PHASE_RUN = 0,  /* normal operation */
 	PHASE_STOP = 1, /* stop hooks ran, user operations cancelled, draining */
