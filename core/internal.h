@@ -31,9 +31,9 @@ __attribute__((noreturn)) void keel__verify_fail(const char *file, int line, con
 #define STAT_INC(s, field) STAT_ADD(s, field, 1)
 
 struct atomic_stats {
-	_Atomic uint64_t passes, enters, cqes, msgs_sent, msgs_recv, msgs_overflow, sleeps, wakeups,
-		wake_fallbacks, cq_overflows, cq_dropped, stalls, timers_fired, deferred, foreign,
-		max_pass_ns, idle_poll_ns;
+	_Atomic uint64_t passes, enters, cqes, msgs_sent, msgs_recv, msgs_overflow, msgs_refused,
+		sleeps, wakeups, wake_fallbacks, cq_overflows, cq_dropped, stalls, timers_fired,
+		deferred, foreign, max_pass_ns, idle_poll_ns;
 };
 
 /* A message in a shard-pair queue: 32 bytes, two per cache line. The kind is implied:

@@ -150,8 +150,10 @@ enqueue(struct keel_shard *s, unsigned dst, const struct msg *m, bool internal)
 	} else {
 		struct ovf_node *n;
 
-		if (!internal && o->ovf_n >= s->rt->opts.mailbox_overflow)
+		if (!internal && o->ovf_n >= s->rt->opts.mailbox_overflow) {
+			STAT_INC(s, msgs_refused);
 			return -EAGAIN;
+		}
 		n = keel_shard_malloc(sizeof(*n));
 		if (!n)
 			return -ENOMEM;
@@ -374,8 +376,10 @@ keel_broadcast(keel_fn fn, void *arg, keel_done_fn all_done, void *done_arg)
 	/* All or nothing for a full queue: refused before anything is sent, so the app can
 	 * wait for room and try again; once accepted, the parts are sent past the limit. */
 	for (unsigned i = 0; i < n; i++)
-		if (!app_room(s, &s->out[i]))
+		if (!app_room(s, &s->out[i])) {
+			STAT_INC(s, msgs_refused);
 			return -EAGAIN;
+		}
 	b = keel_shard_malloc(sizeof(*b));
 	if (!b)
 		return -ENOMEM;

@@ -179,6 +179,7 @@ Test(core_msg_limit, full_queue_refuses_with_eagain_then_room_callback_runs)
 {
 	struct keel_opts o = test_opts(2);
 	struct keel_runtime *rt;
+	struct keel_shard_stats st;
 	int r;
 
 	memset(&L, 0, sizeof(L));
@@ -201,6 +202,7 @@ Test(core_msg_limit, full_queue_refuses_with_eagain_then_room_callback_runs)
 	pthread_cond_signal(&L.cond);
 	pthread_mutex_unlock(&L.lock);
 	r = keel_runtime_join(rt);
+	cr_assert_eq(keel_runtime_stats(rt, 0, &st), 0);
 	keel_runtime_destroy(rt);
 	SHARD_CHECKS_PASSED();
 	cr_assert_eq(atomic_load(&L.hold_timed_out), 0, "the hold timed out");
@@ -211,6 +213,8 @@ Test(core_msg_limit, full_queue_refuses_with_eagain_then_room_callback_runs)
 	cr_assert_eq(atomic_load(&L.call_err), -EAGAIN);
 	cr_assert_eq(atomic_load(&L.value_err), -EAGAIN);
 	cr_assert_eq(atomic_load(&L.bcast_err), -EAGAIN);
+	/* keel_send, keel_call, keel_call_value, keel_broadcast: one refusal each. */
+	cr_assert_eq(st.msgs_refused, 4, "msgs_refused %llu", (unsigned long long)st.msgs_refused);
 	cr_assert_eq(atomic_load(&L.wait_ret), 0);
 	cr_assert_eq(atomic_load(&L.room_runs), 1);
 	cr_assert_eq(atomic_load(&L.room_status), 0);

@@ -125,6 +125,8 @@ struct keel_shard_stats {
 	uint64_t msgs_sent;      /* cross-shard messages sent (calls and replies included) */
 	uint64_t msgs_recv;      /* cross-shard messages run */
 	uint64_t msgs_overflow;  /* messages that waited in the sender's overflow list */
+	uint64_t msgs_refused;   /* sends and calls refused with -EAGAIN: the destination's
+				  * queue and --mailbox-overflow were full */
 	uint64_t sleeps;         /* waits in the kernel with nothing to do */
 	uint64_t wakeups;        /* MSG_RING or eventfd wake-ups received */
 	uint64_t wake_fallbacks; /* MSG_RING wake-ups that failed, sent again by eventfd */
