@@ -266,3 +266,78 @@ Test(core_msg_limit, overflow_limit_option_parses_and_defaults)
 	cr_assert_eq(o.mailbox_overflow, 0);
 	cr_assert_eq(argc, 1);
 }
+
+/* A waiter whose shard stops before room comes gets -ESHUTDOWN (the target is still held
+ * when it runs), and a wait asked for while stopping is refused. */
+static void
+shut_room(int status, void *arg)
+{
+	atomic_store(&L.room_status, status);
+	atomic_store(&L.late_wait_ret, keel_msg_wait_room(1, late_room, NULL));
+	atomic_fetch_add(&L.room_runs, 1);
+}
+
+static void
+fill_then_stop(struct keel_xreq *req)
+{
+	int r, n = 0;
+
+	while ((r = keel_send(1, seq_recv, (void *)(uintptr_t)L.next_seq)) == 0 && n < 1000) {
+		L.next_seq++;
+		n++;
+	}
+	atomic_store(&L.fill_ok, n);
+	atomic_store(&L.fill_err, r);
+	atomic_store(&L.wait_ret, keel_msg_wait_room(1, shut_room, NULL));
+	keel_stop(0);
+	keel_xreq_complete(req, 0);
+}
+
+static void
+shut_start(void *app)
+{
+	if (keel_shard_id(keel_this_shard()) == 0 && !SHARD_CHECK_EQ(keel_send(1, hold, NULL), 0))
+		keel_stop(-EIO);
+}
+
+Test(core_msg_limit, waiter_gets_eshutdown_when_its_shard_stops_first)
+{
+	struct keel_opts o = test_opts(2);
+	struct keel_runtime *rt;
+	int r;
+
+	memset(&L, 0, sizeof(L));
+	pthread_mutex_init(&L.lock, NULL);
+	pthread_cond_init(&L.cond, NULL);
+	L.fill_err = L.wait_ret = L.late_wait_ret = 1;
+	o.mailbox_entries = ENTRIES;
+	o.mailbox_overflow = OVERFLOW;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, shut_start, NULL), 0);
+	WAIT_FOR(atomic_load(&L.held), "shard 1 in the hold");
+	L.req.fn = fill_then_stop;
+	cr_assert_eq(keel_runtime_submit(rt, 0, &L.req), 0);
+	/* Shard 1 stays held until the waiter ran: no room can have come first. */
+	WAIT_FOR(atomic_load(&L.room_runs) == 1, "the room waiter at the stop");
+	pthread_mutex_lock(&L.lock);
+	L.released = true;
+	pthread_cond_signal(&L.cond);
+	pthread_mutex_unlock(&L.lock);
+	r = keel_runtime_join(rt);
+	keel_runtime_destroy(rt);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(atomic_load(&L.hold_timed_out), 0, "the hold timed out");
+	cr_assert_eq(r, 0);
+	cr_assert_eq(atomic_load(&L.fill_ok), (int)FITS);
+	cr_assert_eq(atomic_load(&L.fill_err), -EAGAIN);
+	cr_assert_eq(atomic_load(&L.wait_ret), 0);
+	cr_assert_eq(atomic_load(&L.room_status), -ESHUTDOWN);
+	cr_assert_eq(atomic_load(&L.late_wait_ret), -ESHUTDOWN);
+	cr_assert_eq(atomic_load(&L.room_runs), 1);
+	cr_assert_eq(atomic_load(&L.late_runs), 0);
+	/* Everything accepted before the stop was still delivered, in order. */
+	cr_assert_eq(atomic_load(&L.received_total), FITS);
+	cr_assert_eq(L.out_of_order, 0);
+	pthread_mutex_destroy(&L.lock);
+	pthread_cond_destroy(&L.cond);
+}
