@@ -161,10 +161,10 @@ keel_xqueue_pop(struct keel_xqueue *q, struct keel_xreq **out, unsigned max)
 }
 
 int
-keel_xqueue_wait(struct keel_xqueue *q, struct keel_xreq **out, unsigned max, int timeout_ms)
+keel_xqueue_wait(struct keel_xqueue *q, struct keel_xreq **out, unsigned max, int64_t timeout_ns)
 {
 	struct pollfd pfd = { .fd = q->efd, .events = POLLIN };
-	uint64_t deadline = timeout_ms >= 0 ? keel__clock_ns() + (uint64_t)timeout_ms * 1000000 : 0;
+	uint64_t deadline = timeout_ns >= 0 ? keel__clock_ns() + (uint64_t)timeout_ns : 0;
 
 	for (;;) {
 		unsigned n = keel_xqueue_pop(q, out, max);
@@ -174,11 +174,12 @@ keel_xqueue_wait(struct keel_xqueue *q, struct keel_xreq **out, unsigned max, in
 			return (int)n;
 		/* The eventfd can be readable for a completion an earlier pop already took:
 		 * wait again until something is really there. */
-		if (timeout_ms >= 0) {
-			uint64_t now = keel__clock_ns();
+		if (timeout_ns >= 0) {
+			uint64_t now = keel__clock_ns(), ms;
 			if (now >= deadline)
 				return 0;
-			wait_ms = (int)((deadline - now + 999999) / 1000000);
+			ms = KEEL_NS_TO_MS(deadline - now + 999999);
+			wait_ms = ms > INT32_MAX ? INT32_MAX : (int)ms;
 		}
 		r = poll(&pfd, 1, wait_ms);
 		if (r < 0 && errno != EINTR)

@@ -32,9 +32,9 @@ __attribute__((noreturn)) void keel__verify_fail(const char *file, int line, con
 #define STAT_INC(s, field) STAT_ADD(s, field, 1)
 
 struct atomic_stats {
-	_Atomic uint64_t passes, enters, cqes, msgs_sent, msgs_recv, msgs_overflow, sleeps, wakeups,
-		wake_fallbacks, cq_overflows, cq_dropped, stalls, timers_fired, deferred, foreign,
-		max_pass_ns, idle_poll_ns;
+	_Atomic uint64_t passes, enters, cqes, msgs_sent, msgs_recv, msgs_overflow, msgs_refused,
+		sleeps, wakeups, wake_fallbacks, cq_overflows, cq_dropped, stalls, timers_fired,
+		deferred, foreign, max_pass_ns, idle_poll_ns;
 };
 
 /* A message in a shard-pair queue: 32 bytes, two per cache line. The kind is implied:
@@ -71,11 +71,21 @@ struct ovf_node {
 	struct msg m;
 };
 
+/* A keel_msg_wait_room() registration, waiting on the sender for room to one destination. */
+struct room_wait {
+	struct room_wait *next;
+	keel_done_fn fn;
+	void *arg;
+	int status;
+};
+
 /* The sender's view of one destination. */
 struct outbox {
 	struct mbox *mb;
 	struct ovf_node *ovf_head, *ovf_tail;
-	bool dirty; /* written or overflowed since the last flush */
+	uint32_t ovf_n; /* nodes in the overflow list: user sends stop at opts.mailbox_overflow */
+	bool dirty;     /* written or overflowed since the last flush, or room awaited */
+	struct room_wait *wait_head, *wait_tail;
 };
 
 struct defer_item {
@@ -86,16 +96,6 @@ struct defer_item {
 struct defer_vec {
 	struct defer_item *v;
 	size_t n, cap;
-};
-
-struct keel_timer {
-	struct keel_shard *shard;
-	keel_timer_fn fn;
-	void *arg;
-	uint64_t deadline_ns;
-	uint64_t period_ns;
-	int64_t heap_idx;                       /* -1 when not pending */
-	struct keel_timer *all_prev, *all_next; /* every timer of the shard, for teardown */
 };
 
 enum shard_phase {
@@ -145,6 +145,7 @@ struct keel_shard {
 	unsigned *dirty;
 	unsigned ndirty;
 	uint64_t ovf_pending;
+	uint64_t room_waiters;     /* keel_msg_wait_room() registrations not yet handed to defer */
 	uint64_t sent_unpublished; /* counted into stats.msgs_sent at the next flush */
 
 	struct keel_op wake_op; /* target of other shards' MSG_RING wake-ups (uncounted) */

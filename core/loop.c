@@ -15,8 +15,9 @@ _Thread_local struct keel_shard *keel__cur __attribute__((tls_model("initial-exe
 
 #define NS_PER_MS 1000000ULL
 #define NS_PER_S  1000000000ULL
-/* While draining at stop, or while messages wait in an overflow list, sleep at most this
- * long: progress then depends on other shards, which do not wake us. */
+/* While draining at stop, while messages wait in an overflow list, or while the app waits
+ * for room in a queue (keel_msg_wait_room), sleep at most this long: progress then depends
+ * on other shards, which do not wake us. */
 #define BOUNDED_SLEEP_NS (1 * NS_PER_MS)
 
 uint64_t
@@ -401,7 +402,7 @@ sleep_in_kernel(struct keel_shard *s, uint64_t t0)
 	next = keel__timers_next_ns(s);
 	if (next >= 0)
 		d = (uint64_t)next > now ? (uint64_t)next - now : 0;
-	if ((s->ovf_pending || s->phase != PHASE_RUN) && d > BOUNDED_SLEEP_NS)
+	if ((s->ovf_pending || s->room_waiters || s->phase != PHASE_RUN) && d > BOUNDED_SLEEP_NS)
 		d = BOUNDED_SLEEP_NS;
 	if (d != UINT64_MAX) {
 		ts.tv_sec = (long long)(d / NS_PER_S);

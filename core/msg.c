@@ -81,10 +81,16 @@ keel__mail_fini(struct keel_shard *s)
 	if (s->out) {
 		for (unsigned d = 0; d < rt->count; d++) {
 			struct ovf_node *n = s->out[d].ovf_head;
+			struct room_wait *w = s->out[d].wait_head;
 			while (n) {
 				struct ovf_node *next = n->next;
 				keel_shard_free(n);
 				n = next;
+			}
+			while (w) {
+				struct room_wait *next = w->next;
+				keel_shard_free(w);
+				w = next;
 			}
 		}
 	}
@@ -119,8 +125,21 @@ mbox_has_room(struct mbox *mb, uint32_t cap)
 	return mb->tail_local - mb->head_cache < cap;
 }
 
+/* Would a message of the app to @o be accepted now? */
+static bool
+app_room(struct keel_shard *s, struct outbox *o)
+{
+	if (o->ovf_n < s->rt->opts.mailbox_overflow)
+		return true;
+	return !o->ovf_head && mbox_has_room(o->mb, s->rt->opts.mailbox_entries);
+}
+
+/* @internal: keel's own traffic (a buffer's trip home, a call's reply, the parts of an
+ * accepted broadcast) is never refused for a full queue: losing it would leak a buffer or
+ * break a call's exactly-once reply. It is bounded by what the app sent (a reply per call)
+ * or holds (a trip home per buffer), not by the queue. */
 static int
-enqueue(struct keel_shard *s, unsigned dst, const struct msg *m)
+enqueue(struct keel_shard *s, unsigned dst, const struct msg *m, bool internal)
 {
 	struct outbox *o = &s->out[dst];
 	uint32_t cap = s->rt->opts.mailbox_entries;
@@ -129,7 +148,13 @@ enqueue(struct keel_shard *s, unsigned dst, const struct msg *m)
 		o->mb->slots[o->mb->tail_local & (cap - 1)] = *m;
 		o->mb->tail_local++;
 	} else {
-		struct ovf_node *n = keel_shard_malloc(sizeof(*n));
+		struct ovf_node *n;
+
+		if (!internal && o->ovf_n >= s->rt->opts.mailbox_overflow) {
+			STAT_INC(s, msgs_refused);
+			return -EAGAIN;
+		}
+		n = keel_shard_malloc(sizeof(*n));
 		if (!n)
 			return -ENOMEM;
 		n->next = NULL;
@@ -139,6 +164,7 @@ enqueue(struct keel_shard *s, unsigned dst, const struct msg *m)
 		else
 			o->ovf_head = n;
 		o->ovf_tail = n;
+		o->ovf_n++;
 		s->ovf_pending++;
 		STAT_INC(s, msgs_overflow);
 	}
@@ -157,7 +183,7 @@ keel_send(unsigned dst, keel_fn fn, void *arg)
 		return -EINVAL;
 	if (s->phase != PHASE_RUN)
 		return -ESHUTDOWN;
-	return enqueue(s, dst, &m);
+	return enqueue(s, dst, &m, false);
 }
 
 /* keel's own messages (a buffer's trip home): unlike keel_send, allowed while the shard
@@ -173,20 +199,139 @@ keel__send_internal(unsigned dst, keel_fn fn, void *arg)
 		return -EINVAL;
 	if (s->phase == PHASE_DONE)
 		return -ESHUTDOWN;
-	return enqueue(s, dst, &m);
+	return enqueue(s, dst, &m, true);
 }
 
-int
-keel_call(unsigned dst, keel_call_fn fn, void *arg, keel_done_fn done, void *done_arg)
+static int
+call_enqueue(struct keel_shard *s, unsigned dst, keel_call_fn fn, void *arg, keel_done_fn done,
+	     void *done_arg, bool internal)
 {
-	struct keel_shard *s = cur_shard(__func__);
 	struct msg m = { .fn.call = fn, .arg = arg, .done = done, .done_arg = done_arg };
 
 	if (dst >= s->rt->count || !fn || !done)
 		return -EINVAL;
 	if (s->phase != PHASE_RUN)
 		return -ESHUTDOWN;
-	return enqueue(s, dst, &m);
+	return enqueue(s, dst, &m, internal);
+}
+
+int
+keel_call(unsigned dst, keel_call_fn fn, void *arg, keel_done_fn done, void *done_arg)
+{
+	return call_enqueue(cur_shard(__func__), dst, fn, arg, done, done_arg, false);
+}
+
+static void
+room_run(void *p)
+{
+	struct room_wait w = *(struct room_wait *)p;
+
+	keel_shard_free(p);
+	w.fn(w.status, w.arg);
+}
+
+int
+keel_msg_wait_room(unsigned dst, keel_done_fn fn, void *arg)
+{
+	struct keel_shard *s = cur_shard(__func__);
+	struct outbox *o;
+	struct room_wait *w;
+
+	if (dst >= s->rt->count || !fn)
+		return -EINVAL;
+	if (s->phase != PHASE_RUN)
+		return -ESHUTDOWN;
+	w = keel_shard_malloc(sizeof(*w));
+	if (!w)
+		return -ENOMEM;
+	*w = (struct room_wait){ NULL, fn, arg, 0 };
+	o = &s->out[dst];
+	if (o->wait_tail)
+		o->wait_tail->next = w;
+	else
+		o->wait_head = w;
+	o->wait_tail = w;
+	s->room_waiters++;
+	/* The flush at the end of this pass looks for room (and keeps looking, pass after
+	 * pass, while the destination stays dirty). */
+	mark_dirty(s, dst);
+	return 0;
+}
+
+/* In the flush: hand @o's room waiters to the next pass once the app may send to it again,
+ * or with -ESHUTDOWN once this shard stops (sends are refused from then on). */
+static void
+room_wake(struct keel_shard *s, struct outbox *o)
+{
+	int status;
+
+	if (s->phase != PHASE_RUN)
+		status = -ESHUTDOWN;
+	else if (app_room(s, o))
+		status = 0;
+	else
+		return;
+	while (o->wait_head) {
+		struct room_wait *w = o->wait_head;
+
+		w->status = status;
+		/* Out of memory: the waiter stays, and the next flush tries again. */
+		if (keel__defer_push(&s->defer_next, room_run, w) < 0)
+			return;
+		o->wait_head = w->next;
+		if (!o->wait_head)
+			o->wait_tail = NULL;
+		s->room_waiters--;
+	}
+}
+
+/* A call with a value: the record rides as the call's argument, allocated and freed on the
+ * caller; the remote shard writes status and value into it before the reply (whose queue
+ * publication orders those writes before the caller reads them). */
+struct value_call {
+	keel_call_value_fn fn;
+	void *arg;
+	keel_value_done_fn done;
+	void *done_arg;
+	uint64_t value;
+};
+
+static int
+value_run(void *p)
+{
+	struct value_call *c = p;
+	return c->fn(c->arg, &c->value);
+}
+
+static void
+value_reply(int status, void *p)
+{
+	struct value_call c = *(struct value_call *)p;
+
+	keel_shard_free(p);
+	c.done(status, c.value, c.done_arg);
+}
+
+int
+keel_call_value(unsigned dst, keel_call_value_fn fn, void *arg, keel_value_done_fn done,
+		void *done_arg)
+{
+	struct keel_shard *s = cur_shard(__func__);
+	struct value_call *c;
+	int r;
+
+	if (dst >= s->rt->count || !fn || !done)
+		return -EINVAL;
+	if (s->phase != PHASE_RUN)
+		return -ESHUTDOWN;
+	c = keel_shard_malloc(sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	*c = (struct value_call){ fn, arg, done, done_arg, 0 };
+	r = keel_call(dst, value_run, c, value_reply, c);
+	if (r < 0)
+		keel_shard_free(c);
+	return r;
 }
 
 struct bcast {
@@ -228,6 +373,13 @@ keel_broadcast(keel_fn fn, void *arg, keel_done_fn all_done, void *done_arg)
 		return -EINVAL;
 	if (s->phase != PHASE_RUN)
 		return -ESHUTDOWN;
+	/* All or nothing for a full queue: refused before anything is sent, so the app can
+	 * wait for room and try again; once accepted, the parts are sent past the limit. */
+	for (unsigned i = 0; i < n; i++)
+		if (!app_room(s, &s->out[i])) {
+			STAT_INC(s, msgs_refused);
+			return -EAGAIN;
+		}
 	b = keel_shard_malloc(sizeof(*b));
 	if (!b)
 		return -ENOMEM;
@@ -236,7 +388,7 @@ keel_broadcast(keel_fn fn, void *arg, keel_done_fn all_done, void *done_arg)
 	 * other messages from this shard. Enqueueing fails only when memory is out; the shards
 	 * already reached still run fn, and all_done then reports -ENOMEM. */
 	for (unsigned i = 0; i < n; i++) {
-		if (keel_call(i, bcast_run, b, bcast_ack, b) < 0) {
+		if (call_enqueue(s, i, bcast_run, b, bcast_ack, b, true) < 0) {
 			if (i == 0) {
 				keel_shard_free(b);
 				return -ENOMEM;
@@ -262,7 +414,7 @@ run_msg(struct keel_shard *s, unsigned src, const struct msg *m)
 				 .done_arg = m->done_arg };
 		/* A lost reply would break exactly-once delivery: only memory exhaustion
 		 * fails here. */
-		keel_verify(enqueue(s, src, &r) == 0);
+		keel_verify(enqueue(s, src, &r, true) == 0);
 	} else {
 		m->done((int)(intptr_t)m->arg, m->done_arg);
 	}
@@ -361,8 +513,11 @@ keel__mail_flush(struct keel_shard *s)
 			if (!o->ovf_head)
 				o->ovf_tail = NULL;
 			keel_shard_free(n);
+			o->ovf_n--;
 			s->ovf_pending--;
 		}
+		if (o->wait_head)
+			room_wake(s, o);
 		if (mb->tail_local != atomic_load_explicit(&mb->tail, memory_order_relaxed)) {
 			struct keel_shard *t = &rt->shards[dst];
 			_Atomic uint64_t *word = &t->mail_bits[s->id / 64];
@@ -375,7 +530,7 @@ keel__mail_flush(struct keel_shard *s)
 			if (t != s && atomic_load(&t->sleeping) && atomic_exchange(&t->sleeping, 0))
 				keel__shard_wake(t, s);
 		}
-		if (o->ovf_head)
+		if (o->ovf_head || o->wait_head)
 			s->dirty[keep++] = dst;
 		else
 			o->dirty = false;

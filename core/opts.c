@@ -49,6 +49,7 @@ keel_opts_init(struct keel_opts *o)
 	o->cq_entries = KEEL_CQ_ENTRIES_DEFAULT;
 	o->stall_ms = 25;
 	o->mailbox_entries = 1024;
+	o->mailbox_overflow = KEEL_MAILBOX_OVERFLOW_DEFAULT;
 	o->log_level = KEEL_LOG_INFO;
 	o->signals = true;
 	o->memory = 256ULL << 20;
@@ -202,6 +203,7 @@ enum opt_id {
 	OPT_CQ_ENTRIES,
 	OPT_STALL_MS,
 	OPT_MAILBOX,
+	OPT_MAILBOX_OVERFLOW,
 	OPT_LOG_LEVEL,
 	OPT_STATS,
 	OPT_FEATURE,
@@ -234,6 +236,9 @@ static const struct opt_desc opt_table[] = {
 	  "report loop passes longer than N ms (default 25)" },
 	{ OPT_MAILBOX, "--mailbox-entries", "KEEL_MAILBOX_ENTRIES", "N",
 	  "slots per shard-pair message queue, a power of two (default 1024)" },
+	{ OPT_MAILBOX_OVERFLOW, "--mailbox-overflow", "KEEL_MAILBOX_OVERFLOW", "N",
+	  "messages to one shard that may wait on the sender beyond its full queue before "
+	  "keel_send returns -EAGAIN (default 16384)" },
 	{ OPT_LOG_LEVEL, "--log-level", "KEEL_LOG_LEVEL", "LEVEL",
 	  "error, warn, info or debug (default info)" },
 	{ OPT_STATS, "--stats", "KEEL_STATS", NULL, "print per-shard counters at exit" },
@@ -279,6 +284,8 @@ apply(const struct opt_desc *d, const char *v, struct keel_opts *o, char *err, s
 			return keel__errf(err, errlen, -EINVAL, "%s: %u is not a power of two",
 					  d->name, o->mailbox_entries);
 		return r;
+	case OPT_MAILBOX_OVERFLOW:
+		return parse_uint(d->name, v, 0, 1u << 24, &o->mailbox_overflow, err, errlen);
 	case OPT_LOG_LEVEL:
 		if (keel_log_level_parse(v, &o->log_level))
 			return keel__errf(err, errlen, -EINVAL,

@@ -540,6 +540,7 @@ keel_runtime_stats(const struct keel_runtime *rt, unsigned shard, struct keel_sh
 	LD(msgs_sent);
 	LD(msgs_recv);
 	LD(msgs_overflow);
+	LD(msgs_refused);
 	LD(sleeps);
 	LD(wakeups);
 	LD(wake_fallbacks);
@@ -558,22 +559,23 @@ keel_runtime_stats(const struct keel_runtime *rt, unsigned shard, struct keel_sh
 void
 keel_runtime_stats_print(const struct keel_runtime *rt, FILE *f)
 {
-	fprintf(f, "%5s %4s %12s %10s %12s %12s %12s %9s %9s %9s %7s %8s %7s %6s %9s %10s\n",
+	fprintf(f, "%5s %4s %12s %10s %12s %12s %12s %9s %8s %9s %9s %7s %8s %7s %6s %9s %10s\n",
 		"shard", "cpu", "passes", "enters", "cqes", "msgs_sent", "msgs_recv", "overflow",
-		"sleeps", "wakeups", "wake_fb", "cq_ovf", "cq_drop", "stalls", "max_ms", "idle_ms");
+		"refused", "sleeps", "wakeups", "wake_fb", "cq_ovf", "cq_drop", "stalls", "max_ms",
+		"idle_ms");
 	for (unsigned i = 0; i < rt->count; i++) {
 		struct keel_shard_stats st;
 		keel_runtime_stats(rt, i, &st);
 		fprintf(f,
-			"%5u %4d %12llu %10llu %12llu %12llu %12llu %9llu %9llu %9llu %7llu %8llu "
-			"%7llu %6llu %9.2f %10.1f\n",
+			"%5u %4d %12llu %10llu %12llu %12llu %12llu %9llu %8llu %9llu %9llu %7llu "
+			"%8llu %7llu %6llu %9.2f %10.1f\n",
 			i, rt->shards[i].cpu, (unsigned long long)st.passes,
 			(unsigned long long)st.enters, (unsigned long long)st.cqes,
 			(unsigned long long)st.msgs_sent, (unsigned long long)st.msgs_recv,
-			(unsigned long long)st.msgs_overflow, (unsigned long long)st.sleeps,
-			(unsigned long long)st.wakeups, (unsigned long long)st.wake_fallbacks,
-			(unsigned long long)st.cq_overflows, (unsigned long long)st.cq_dropped,
-			(unsigned long long)st.stalls, (double)st.max_pass_ns / 1e6,
-			(double)st.idle_poll_ns / 1e6);
+			(unsigned long long)st.msgs_overflow, (unsigned long long)st.msgs_refused,
+			(unsigned long long)st.sleeps, (unsigned long long)st.wakeups,
+			(unsigned long long)st.wake_fallbacks, (unsigned long long)st.cq_overflows,
+			(unsigned long long)st.cq_dropped, (unsigned long long)st.stalls,
+			(double)st.max_pass_ns / 1e6, (double)st.idle_poll_ns / 1e6);
 	}
 }

@@ -8,14 +8,14 @@
 static inline bool
 before(const struct keel_timer *a, const struct keel_timer *b)
 {
-	return a->deadline_ns < b->deadline_ns;
+	return a->deadline_ns_ < b->deadline_ns_;
 }
 
 static void
 heap_set(struct keel_shard *s, size_t i, struct keel_timer *t)
 {
 	s->heap[i] = t;
-	t->heap_idx = (int64_t)i;
+	t->heap_idx_ = (int64_t)i;
 }
 
 static void
@@ -53,10 +53,10 @@ sift_down(struct keel_shard *s, size_t i)
 static void
 heap_remove(struct keel_shard *s, struct keel_timer *t)
 {
-	size_t i = (size_t)t->heap_idx;
+	size_t i = (size_t)t->heap_idx_;
 	struct keel_timer *last = s->heap[--s->heap_n];
 
-	t->heap_idx = -1;
+	t->heap_idx_ = -1;
 	if (last == t)
 		return;
 	heap_set(s, i, last);
@@ -78,9 +78,47 @@ heap_push(struct keel_shard *s, struct keel_timer *t)
 		s->heap_cap = cap;
 	}
 	s->heap[s->heap_n] = t;
-	t->heap_idx = (int64_t)s->heap_n++;
-	sift_up(s, (size_t)t->heap_idx);
+	t->heap_idx_ = (int64_t)s->heap_n++;
+	sift_up(s, (size_t)t->heap_idx_);
 	return 0;
+}
+
+/* flags_: a timer keel allocated (create/destroy), and one initialised (init/fini), so that
+ * the wrong release of either is caught. */
+#define TIMER_ALLOCATED 1u
+#define TIMER_LIVE      2u
+
+static void
+timer_setup(struct keel_shard *s, struct keel_timer *t, keel_timer_fn fn, void *arg, unsigned flags)
+{
+	*t = (struct keel_timer){
+		.shard_ = s, .fn_ = fn, .arg_ = arg, .heap_idx_ = -1, .flags_ = flags | TIMER_LIVE
+	};
+}
+
+int
+keel_timer_init(struct keel_timer *t, keel_timer_fn fn, void *arg)
+{
+	struct keel_shard *s = cur_shard(__func__);
+
+	if (!fn || !t)
+		return -EINVAL;
+	timer_setup(s, t, fn, arg, 0);
+	return 0;
+}
+
+void
+keel_timer_fini(struct keel_timer *t)
+{
+	/* Twice, or on a zeroed struct never initialised: nothing to do (an app's error path
+	 * may fini what it did not get to init). */
+	if (!t || !(t->flags_ & TIMER_LIVE))
+		return;
+	keel_verify(!(t->flags_ & TIMER_ALLOCATED)); /* from keel_timer_create: destroy it */
+	keel_verify(t->shard_ == keel__cur);
+	if (t->heap_idx_ >= 0)
+		heap_remove(t->shard_, t);
+	t->flags_ = 0;
 }
 
 int
@@ -94,33 +132,31 @@ keel_timer_create(keel_timer_fn fn, void *arg, struct keel_timer **out)
 	t = calloc(1, sizeof(*t));
 	if (!t)
 		return -ENOMEM;
-	t->shard = s;
-	t->fn = fn;
-	t->arg = arg;
-	t->heap_idx = -1;
-	t->all_next = s->timers_all;
+	timer_setup(s, t, fn, arg, TIMER_ALLOCATED);
+	t->all_next_ = s->timers_all;
 	if (s->timers_all)
-		s->timers_all->all_prev = t;
+		s->timers_all->all_prev_ = t;
 	s->timers_all = t;
 	*out = t;
 	return 0;
 }
 
 int
-keel_timer_start(struct keel_timer *t, uint64_t delay_us, uint64_t period_us)
+keel_timer_start(struct keel_timer *t, uint64_t delay_ns, uint64_t period_ns)
 {
-	struct keel_shard *s = t->shard;
+	struct keel_shard *s = t->shard_;
 	uint64_t now = keel__clock_ns();
 
 	keel_verify(s == keel__cur);
+	keel_verify(t->flags_ & TIMER_LIVE);
 	/* Strictly after this pass's start, so a timer re-started from a timer callback with
 	 * no delay fires on the next pass, never in a loop within this one. */
 	if (now <= s->now_ns)
 		now = s->now_ns + 1;
-	if (t->heap_idx >= 0)
+	if (t->heap_idx_ >= 0)
 		heap_remove(s, t);
-	t->deadline_ns = now + delay_us * 1000;
-	t->period_ns = period_us * 1000;
+	t->deadline_ns_ = now + delay_ns;
+	t->period_ns_ = period_ns;
 	/* The heap grows at most to the number of timers, each of which the shard allocated;
 	 * growth failure is memory exhaustion. */
 	return heap_push(s, t);
@@ -129,17 +165,24 @@ keel_timer_start(struct keel_timer *t, uint64_t delay_us, uint64_t period_us)
 int
 keel_timer_stop(struct keel_timer *t)
 {
-	keel_verify(t->shard == keel__cur);
-	if (t->heap_idx < 0)
+	keel_verify(t->shard_ == keel__cur);
+	if (t->heap_idx_ < 0)
 		return -ENOENT;
-	heap_remove(t->shard, t);
+	heap_remove(t->shard_, t);
 	return 0;
+}
+
+uint64_t
+keel_timer_deadline_ns(const struct keel_timer *t)
+{
+	keel_verify(t->shard_ == keel__cur);
+	return t->heap_idx_ >= 0 ? t->deadline_ns_ : 0;
 }
 
 int
 keel_timer_pending(const struct keel_timer *t)
 {
-	return t->heap_idx >= 0;
+	return t->heap_idx_ >= 0;
 }
 
 void
@@ -149,16 +192,17 @@ keel_timer_destroy(struct keel_timer *t)
 
 	if (!t)
 		return;
-	s = t->shard;
+	s = t->shard_;
 	keel_verify(s == keel__cur);
-	if (t->heap_idx >= 0)
+	keel_verify(t->flags_ == (TIMER_LIVE | TIMER_ALLOCATED));
+	if (t->heap_idx_ >= 0)
 		heap_remove(s, t);
-	if (t->all_prev)
-		t->all_prev->all_next = t->all_next;
+	if (t->all_prev_)
+		t->all_prev_->all_next_ = t->all_next_;
 	else
-		s->timers_all = t->all_next;
-	if (t->all_next)
-		t->all_next->all_prev = t->all_prev;
+		s->timers_all = t->all_next_;
+	if (t->all_next_)
+		t->all_next_->all_prev_ = t->all_prev_;
 	free(t);
 }
 
@@ -168,21 +212,21 @@ keel__timers_run(struct keel_shard *s)
 	uint64_t now = s->now_ns;
 	unsigned n = 0;
 
-	while (s->heap_n && s->heap[0]->deadline_ns <= now) {
+	while (s->heap_n && s->heap[0]->deadline_ns_ <= now) {
 		struct keel_timer *t = s->heap[0];
 
 		heap_remove(s, t);
-		if (t->period_ns) {
-			t->deadline_ns += t->period_ns;
-			if (t->deadline_ns <= now) /* fell behind: skip, do not burst */
-				t->deadline_ns = now + t->period_ns;
+		if (t->period_ns_) {
+			t->deadline_ns_ += t->period_ns_;
+			if (t->deadline_ns_ <= now) /* fell behind: skip, do not burst */
+				t->deadline_ns_ = now + t->period_ns_;
 			if (heap_push(s, t) < 0)
 				keel_log(KEEL_LOG_ERROR, "core",
 					 "periodic timer dropped: out of memory");
 		}
 		n++;
 		STAT_INC(s, timers_fired);
-		t->fn(t, t->arg);
+		t->fn_(t, t->arg_);
 	}
 	return n;
 }
@@ -190,14 +234,14 @@ keel__timers_run(struct keel_shard *s)
 int64_t
 keel__timers_next_ns(struct keel_shard *s)
 {
-	return s->heap_n ? (int64_t)s->heap[0]->deadline_ns : -1;
+	return s->heap_n ? (int64_t)s->heap[0]->deadline_ns_ : -1;
 }
 
 void
 keel__timers_stop_all(struct keel_shard *s)
 {
 	for (size_t i = 0; i < s->heap_n; i++)
-		s->heap[i]->heap_idx = -1;
+		s->heap[i]->heap_idx_ = -1;
 	s->heap_n = 0;
 }
 
@@ -206,7 +250,7 @@ keel__timers_fini(struct keel_shard *s)
 {
 	struct keel_timer *t = s->timers_all;
 	while (t) {
-		struct keel_timer *next = t->all_next;
+		struct keel_timer *next = t->all_next_;
 		free(t);
 		t = next;
 	}

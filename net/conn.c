@@ -56,7 +56,7 @@ struct keel_conn {
 	struct keel_slice *rq;
 	uint32_t rqhead, rqn, rqcap;
 
-	struct keel_timer *close_timer; /* bounds a graceful close (close_timeout_ms) */
+	struct keel_timer *close_timer; /* bounds a graceful close (close_timeout_ns) */
 	struct keel_slice *q;
 	uint32_t qhead, qn, qcap, qoff;
 	uint64_t queued, offered;
@@ -723,9 +723,9 @@ keel_conn_close(struct keel_conn *c)
 	flush_later(c);
 	/* Without a timer the close waits as long as the peer does not read. If none can be
 	 * made (ENOMEM), it waits: the runtime's stop still aborts it. */
-	if (!c->closing && c->ns->cfg.close_timeout_ms &&
+	if (!c->closing && c->ns->cfg.close_timeout_ns &&
 	    keel_timer_create(close_timeout_cb, c, &c->close_timer) == 0)
-		keel_timer_start(c->close_timer, (uint64_t)c->ns->cfg.close_timeout_ms * 1000, 0);
+		keel_timer_start(c->close_timer, c->ns->cfg.close_timeout_ns, 0);
 }
 
 void
@@ -1055,7 +1055,7 @@ conn_discard(struct keel_conn *c)
 }
 
 int
-keel_conn_connect(const char *addr, uint16_t port, uint32_t timeout_ms,
+keel_conn_connect(const char *addr, uint16_t port, uint64_t timeout_ns,
 		  const struct keel_conn_ops *ops, void *app, struct keel_conn **out)
 {
 	struct net_shard *ns;
@@ -1095,7 +1095,7 @@ keel_conn_connect(const char *addr, uint16_t port, uint32_t timeout_ms,
 	 * either is prepared, so a full SQ never submits the connect as an unterminated
 	 * chain (no timeout) and a missing second SQE never links it to whatever comes
 	 * next. */
-	r = sq_reserve(timeout_ms ? 2 : 1);
+	r = sq_reserve(timeout_ns ? 2 : 1);
 	if (r < 0) {
 		conn_discard(c);
 		return r;
@@ -1106,10 +1106,10 @@ keel_conn_connect(const char *addr, uint16_t port, uint32_t timeout_ms,
 	keel_sqe_bind(sqe, &c->connect_op);
 	c->connecting = true;
 	c->nops++;
-	if (timeout_ms) {
+	if (timeout_ns) {
 		sqe->flags |= IOSQE_IO_LINK;
-		c->ts.tv_sec = timeout_ms / 1000;
-		c->ts.tv_nsec = (long long)(timeout_ms % 1000) * 1000000;
+		c->ts.tv_sec = (long long)(timeout_ns / KEEL_S(1));
+		c->ts.tv_nsec = (long long)(timeout_ns % KEEL_S(1));
 		sqe = keel_sqe_get();
 		net_verify(sqe); /* reserved above */
 		io_uring_prep_link_timeout(sqe, &c->ts, 0);

@@ -381,16 +381,16 @@ accept_cb(struct keel_op *op, int res, uint32_t flags)
 		STAT_INC(l, ls->shard, accept_errors);
 		if (ls->errors_logged_ns++ % 100 == 0) {
 			keel_log(KEEL_LOG_WARN, NET_MOD,
-				 "shard %u: accept failed: %s; pausing %u ms%s", ls->shard,
-				 strerror(-res), ns->cfg.accept_backoff_ms,
+				 "shard %u: accept failed: %s; pausing %llu ms%s", ls->shard,
+				 strerror(-res),
+				 (unsigned long long)KEEL_NS_TO_MS(ns->cfg.accept_backoff_ns),
 				 res == -EMFILE || res == -ENFILE
 					 ? " (raise ulimit -n, or the direct-descriptor table "
 					   "max_files)"
 					 : "");
 		}
 		if (!ls->stopping && !ls->armed && ls->backoff) {
-			keel_timer_start(ls->backoff, (uint64_t)ns->cfg.accept_backoff_ms * 1000,
-					 0);
+			keel_timer_start(ls->backoff, ns->cfg.accept_backoff_ns, 0);
 			return;
 		}
 	}

@@ -15,13 +15,13 @@
 #include "net_internal.h"
 
 /* One list of defaults: the initial configuration and keel_net_config_init(). */
-#define NET_CONFIG_DEFAULTS                                                                \
-	{                                                                                  \
-		.buf_size = 16384, .buf_count = 256,                                       \
-		.zc_threshold = KEEL_NET_ZC_THRESHOLD_DEFAULT, .high_watermark = 1u << 20, \
-		.low_watermark = 256u << 10, .max_files = 4096, .accept_backoff_ms = 100,  \
-		.close_timeout_ms = 0, .nodelay = true, .udp_buf_count = 256,              \
-		.udp_buf_size = 65536,                                                     \
+#define NET_CONFIG_DEFAULTS                                                                        \
+	{                                                                                          \
+		.buf_size = 16384, .buf_count = 256,                                               \
+		.zc_threshold = KEEL_NET_ZC_THRESHOLD_DEFAULT, .high_watermark = 1u << 20,         \
+		.low_watermark = 256u << 10, .max_files = 4096, .accept_backoff_ns = KEEL_MS(100), \
+		.close_timeout_ns = 0, .nodelay = true, .udp_buf_count = 256,                      \
+		.udp_buf_size = 65536,                                                             \
 	}
 
 static struct keel_net_config g_cfg = NET_CONFIG_DEFAULTS;

@@ -5,8 +5,10 @@
  * (slot, generation) and slices:
  *   home: framer delivers the frame; each slice is exported to the next shard
  *         (keel_slice_export), the frame's own references put, the message sent;
- *   next: reads nothing, exports each slice back home, puts its own, sends the message
- *         back (a proxy of a proxy: both hops follow the same rule);
+ *   next: reads nothing, exports each slice back home, puts its own; the message goes
+ *         back as the reply of the keel_call that brought it (a proxy of a proxy: both
+ *         hops follow the same rule). A reply is never refused, even when the queue home
+ *         is full (keel_send would be: -EAGAIN), so a frame that got out comes back;
  *   home: looks the slot up; with the same generation the connection is still open and
  *         the frame is queued on it (keel_frame_send); otherwise the frame is put.
  * No count is touched by two shards: each proxy is counted only where it is held, and
@@ -93,14 +95,18 @@ msg_drop(struct fwd_msg *m)
 	free(m);
 }
 
-/* On the home shard: the frame is back. */
+/* On the home shard: the frame is back (the reply of on_frame's call). */
 static void
-on_back(void *arg)
+on_back(int status, void *arg)
 {
 	struct fwd_msg *m = arg;
 	struct fwd_shard *fs = me();
-	struct slot *sl = m->slot < fs->nslots ? &fs->slots[m->slot] : NULL;
+	struct slot *sl;
 	int r;
+
+	if (status < 0)
+		return; /* on_relay failed and dropped the message there (counted there) */
+	sl = m->slot < fs->nslots ? &fs->slots[m->slot] : NULL;
 
 	if (!sl || !sl->conn || sl->gen != m->gen) {
 		/* The connection closed while the frame was away. */
@@ -121,7 +127,7 @@ on_back(void *arg)
 }
 
 /* On the next shard: hand the frame back. */
-static void
+static int
 on_relay(void *arg)
 {
 	struct fwd_msg *m = arg;
@@ -137,18 +143,17 @@ on_relay(void *arg)
 		keel_slice_put(&m->s[i]);
 		m->s[i] = back;
 	}
-	if (r == 0)
-		r = keel_send(m->home, on_back, m);
 	if (r < 0) {
 		/* Slices not yet exported are this shard's proxies; exported ones go through
 		 * msg_drop's move. The connection misses this frame (its peer sees the echo
-		 * stop, and the error counter says why): only when a shard runs out of memory
-		 * or is stopping. */
+		 * stop, and the error counter says why): only when a shard runs out of memory.
+		 * on_back gets r and leaves the (freed) message alone. */
 		BUMP(fs, errors);
 		msg_drop(m);
-		return;
+		return r;
 	}
 	BUMP(fs, frames_relayed);
+	return 0;
 }
 
 static int
@@ -184,7 +189,9 @@ on_frame(void *arg, struct keel_frame *fr)
 	m->slot = ref->slot;
 	m->gen = sl->gen;
 	m->n = fr->n;
-	r = keel_send(next, on_relay, m);
+	/* -EAGAIN: --mailbox-overflow frames already wait for the next shard; this one is
+	 * not sent and the connection is aborted, like any lost frame of an echo stream. */
+	r = keel_call(next, on_relay, m, on_back, m);
 	if (r < 0) {
 		BUMP(fs, errors);
 		msg_drop(m);

@@ -227,7 +227,7 @@ foreign_thread(void *p)
 			c->failures++;
 	}
 	while (got < FOREIGN_REQS / 2) {
-		int n = keel_xqueue_wait(q, out, 64, TEST_WAIT_MS);
+		int n = keel_xqueue_wait(q, out, 64, KEEL_MS(TEST_WAIT_MS));
 		if (!SHARD_CHECK(n > 0, "thread %d: %u of %u completions, then none in %u ms (%d)",
 				 c->thread, got, FOREIGN_REQS / 2, TEST_WAIT_MS, n)) {
 			c->failures++;
@@ -277,7 +277,7 @@ Test(core_lifecycle, foreign_threads_submit_and_get_completions)
 		cr_assert_eq(keel_xqueue_create(&q), 0);
 		r.queue = q;
 		cr_assert_eq(keel_runtime_submit(rt, s, &r), 0);
-		cr_assert_eq(keel_xqueue_wait(q, &out, 1, TEST_WAIT_MS), 1,
+		cr_assert_eq(keel_xqueue_wait(q, &out, 1, KEEL_MS(TEST_WAIT_MS)), 1,
 			     "shard %u answered no request in %u ms", s, TEST_WAIT_MS);
 		keel_xqueue_destroy(q);
 	}

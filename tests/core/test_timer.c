@@ -61,7 +61,7 @@ finish_cb(struct keel_timer *t, void *arg)
 			keel_stop(-ETIMEDOUT);
 			return;
 		}
-		keel_timer_start(t, 10000, 0);
+		keel_timer_start(t, KEEL_MS(10), 0);
 		return;
 	}
 	keel_stop(0);
@@ -87,21 +87,21 @@ timer_start(void *app)
 		if (!SHARD_CHECK_EQ(keel_timer_create(record, tt, &tt->t[i]), 0))
 			goto fail;
 		tt->start_lo[i] = mono_ns();
-		SHARD_CHECK_EQ(keel_timer_start(tt->t[i], delays_ms[i] * 1000, 0), 0);
+		SHARD_CHECK_EQ(keel_timer_start(tt->t[i], KEEL_MS(delays_ms[i]), 0), 0);
 		tt->start_hi[i] = mono_ns();
 	}
 	if (!SHARD_CHECK_EQ(keel_timer_create(periodic_cb, tt, &tt->periodic), 0))
 		goto fail;
-	keel_timer_start(tt->periodic, 2000, 2000);
+	keel_timer_start(tt->periodic, KEEL_MS(2), KEEL_MS(2));
 	if (!SHARD_CHECK_EQ(keel_timer_create(cancelled_cb, tt, &tt->cancelled), 0))
 		goto fail;
-	keel_timer_start(tt->cancelled, 15000, 0);
+	keel_timer_start(tt->cancelled, KEEL_MS(15), 0);
 	SHARD_CHECK(keel_timer_pending(tt->cancelled));
 	tt->stop_ret = keel_timer_stop(tt->cancelled);
 	tt->stop_again = keel_timer_stop(tt->cancelled);
 	if (!SHARD_CHECK_EQ(keel_timer_create(finish_cb, tt, &tt->finish), 0))
 		goto fail;
-	keel_timer_start(tt->finish, 60000, 0);
+	keel_timer_start(tt->finish, KEEL_MS(60), 0);
 	return;
 fail:
 	keel_stop(-EIO);
@@ -149,7 +149,7 @@ idle_start(void *app)
 		keel_stop(-EIO);
 		return;
 	}
-	keel_timer_start(t, 200 * 1000, 0);
+	keel_timer_start(t, KEEL_MS(200), 0);
 }
 
 Test(core_timer, idle_shard_sleeps_until_the_deadline)
@@ -234,7 +234,7 @@ rearm_start(void *app)
 		keel_stop(-EIO);
 		return;
 	}
-	keel_timer_start(a, 100, 0);
+	keel_timer_start(a, KEEL_US(100), 0);
 	keel_timer_start(b, 0, 0);
 }
 

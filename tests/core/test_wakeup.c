@@ -169,7 +169,7 @@ enter_tick(struct keel_timer *t, void *arg)
 	io_uring_prep_nop(sqe);
 	io_uring_sqe_set_data(sqe, NULL);
 	sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
-	r = keel_timer_start(t, 500, 0);
+	r = keel_timer_start(t, KEEL_US(500), 0);
 	if (r < 0) {
 		atomic_store(&e->err, r);
 		keel_stop(r);
@@ -183,7 +183,7 @@ enter_start(void *app)
 	int r = keel_timer_create(enter_tick, e, &e->t);
 
 	if (r == 0)
-		r = keel_timer_start(e->t, 500, 0);
+		r = keel_timer_start(e->t, KEEL_US(500), 0);
 	if (r < 0) {
 		atomic_store(&e->err, r);
 		keel_stop(r);

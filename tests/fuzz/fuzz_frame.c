@@ -12,6 +12,7 @@
  */
 #include <errno.h>
 #include <keel/alloc.h>
+#include <keel/alloc_runtime.h>
 #include <keel/buf.h>
 #include <keel/frame.h>
 #include <stdio.h>
@@ -155,7 +156,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		CHECK(keel_framer_buffered(f) <= (size_t)z.max + 8 + 64);
 	}
 	keel_framer_destroy(f);
-	keel_alloc_stats_get(alloc, &st);
+	keel_alloc_stats(alloc, &st);
 	CHECK(st.buffers_live == 0);
 	return 0;
 }

@@ -369,7 +369,7 @@ snapshot(struct server *s, unsigned shards, struct fwd_shard_end *end)
 			break;
 	}
 	while (r == 0 && n < shards) {
-		int k = keel_xqueue_wait(q, got, 8, 10000);
+		int k = keel_xqueue_wait(q, got, 8, KEEL_S(10));
 		if (k <= 0) {
 			r = k < 0 ? k : -ETIMEDOUT;
 			break;

@@ -622,7 +622,7 @@ Test(net_conn, send_zc_notification_after_close)
 	cr_assert_eq(srv_stop(&s), 0);
 }
 
-/* A graceful close to a peer that never reads ends after close_timeout_ms with
+/* A graceful close to a peer that never reads ends after close_timeout_ns with
  * -ETIMEDOUT, its queue dropped (without the option it would wait for ever). */
 static void
 linger_open(struct keel_conn *c)
@@ -657,7 +657,7 @@ Test(net_conn, graceful_close_gives_up_after_close_timeout)
 
 	sink_reset();
 	keel_net_config_init(&nc);
-	nc.close_timeout_ms = 50;
+	nc.close_timeout_ns = KEEL_MS(50);
 	cr_assert_eq(srv_start(&s, &o, &nc, &ops), 0);
 	fd = cli_connect(s.port);
 	cr_assert_geq(fd, 0);

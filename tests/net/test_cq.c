@@ -157,7 +157,8 @@ cq_run(const char *feature)
 	cr_assert_eq(keel_xqueue_create(&q), 0);
 	sreq.queue = q;
 	cr_assert_eq(keel_runtime_submit(t->rt, 0, &sreq), 0);
-	cr_assert_eq(keel_xqueue_wait(q, &done, 1, 30000), 1, "no stats from the shard in 30 s");
+	cr_assert_eq(keel_xqueue_wait(q, &done, 1, KEEL_S(30)), 1,
+		     "no stats from the shard in 30 s");
 	keel_xqueue_destroy(q);
 	for (unsigned i = 0; i < nconn; i++)
 		close(fds[i]);

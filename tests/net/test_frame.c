@@ -763,7 +763,7 @@ e2e_start_shard(void *arg)
 	int r = keel_listener_start(e->l);
 
 	if (r == 0 && e->with_client)
-		r = keel_conn_connect("127.0.0.1", e->port, 5000, &cli_ops, e, &c);
+		r = keel_conn_connect("127.0.0.1", e->port, KEEL_S(5), &cli_ops, e, &c);
 	if (r < 0) {
 		atomic_store(&e->start_err, r);
 		keel_stop(r);

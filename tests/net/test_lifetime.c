@@ -63,7 +63,7 @@ pz_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
 	keel_conn_pause_read(c);
 	pz.paused = true;
 	atomic_fetch_add(&pz.pauses, 1);
-	keel_timer_start(pz.t, 1000, 0);
+	keel_timer_start(pz.t, KEEL_MS(1), 0);
 }
 
 static void
@@ -317,11 +317,12 @@ ct_start(void *arg)
 		keel_stop(-ENOMEM);
 		return;
 	}
-	keel_timer_start(ct.watchdog, 20u * 1000 * 1000, 0);
+	keel_timer_start(ct.watchdog, KEEL_S(20), 0);
 	for (int i = 0; i < CT_ROUNDS; i++) {
 		if (keel_conn_connect("127.0.0.1", ct.live_port, 0, &ct_live_ops, NULL, &c) < 0)
 			atomic_fetch_add(&ct.rc_bad, 1);
-		if (keel_conn_connect("127.0.0.1", ct.dead_port, 50, &ct_dead_ops, NULL, &c) < 0)
+		if (keel_conn_connect("127.0.0.1", ct.dead_port, KEEL_MS(50), &ct_dead_ops, NULL,
+				      &c) < 0)
 			atomic_fetch_add(&ct.rc_bad, 1);
 	}
 }

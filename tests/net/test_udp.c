@@ -81,7 +81,8 @@ shard_net_stats(struct keel_runtime *rt, struct keel_net_stats *out)
 	cr_assert_eq(keel_xqueue_create(&q), 0);
 	req.queue = q;
 	cr_assert_eq(keel_runtime_submit(rt, 0, &req), 0);
-	cr_assert_eq(keel_xqueue_wait(q, &done, 1, 30000), 1, "no stats from the shard in 30 s");
+	cr_assert_eq(keel_xqueue_wait(q, &done, 1, KEEL_S(30)), 1,
+		     "no stats from the shard in 30 s");
 	cr_assert_eq(req.status, 0);
 	keel_xqueue_destroy(q);
 }
@@ -251,7 +252,8 @@ sink_put_held(struct keel_runtime *rt, struct udp_sink *k)
 	cr_assert_eq(keel_xqueue_create(&q), 0);
 	req.queue = q;
 	cr_assert_eq(keel_runtime_submit(rt, 0, &req), 0);
-	cr_assert_eq(keel_xqueue_wait(q, &done, 1, 30000), 1, "the shard did not answer in 30 s");
+	cr_assert_eq(keel_xqueue_wait(q, &done, 1, KEEL_S(30)), 1,
+		     "the shard did not answer in 30 s");
 	keel_xqueue_destroy(q);
 }
 
@@ -746,7 +748,7 @@ uct_start(void *app)
 		UCT_FAIL(t, -errno, "sendto the closed port");
 	r = keel_timer_create(uct_tick, t, &t->t);
 	if (r == 0)
-		r = keel_timer_start(t->t, 1000, 1000);
+		r = keel_timer_start(t->t, KEEL_MS(1), KEEL_MS(1));
 	if (r < 0)
 		uct_fail(t, r, "timer");
 }

@@ -43,7 +43,7 @@ nop_tick(struct keel_timer *t, void *arg)
 	io_uring_prep_nop(sqe);
 	io_uring_sqe_set_data(sqe, NULL);
 	sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
-	keel_timer_start(t, GAP_US, 0);
+	keel_timer_start(t, KEEL_US(GAP_US), 0);
 }
 
 static int
@@ -60,7 +60,7 @@ ponged(int status, void *arg)
 		keel_stop(0);
 		return;
 	}
-	keel_timer_start(timer, GAP_US, 0);
+	keel_timer_start(timer, KEEL_US(GAP_US), 0);
 }
 
 static void
@@ -82,7 +82,7 @@ start(void *app)
 		return;
 	r = keel_timer_create(pingpong ? ping_tick : nop_tick, NULL, &timer);
 	if (r == 0)
-		r = keel_timer_start(timer, GAP_US, 0);
+		r = keel_timer_start(timer, KEEL_US(GAP_US), 0);
 	if (r < 0)
 		keel_stop(r);
 }

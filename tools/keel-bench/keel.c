@@ -662,7 +662,7 @@ open_conn(struct kconn *k)
 
 	k->tx_off = k->rx_off = 0;
 	k->open = k->closed_by_us = false;
-	r = keel_conn_connect(cl->addr, cl->port, CONNECT_MS, &cli_ops, cl, &k->c);
+	r = keel_conn_connect(cl->addr, cl->port, KEEL_MS(CONNECT_MS), &cli_ops, cl, &k->c);
 	if (r < 0) {
 		k->c = NULL;
 		return fail(sh, r, "connect to %s:%u: %s%s", cl->addr, cl->port, strerror(-r),
@@ -681,7 +681,7 @@ window_end(struct keel_timer *t, void *arg)
 
 	/* The timer's clock is the loop's: never end before the window has. */
 	if (now < sh->cl->t_end) {
-		keel_timer_start(t, (sh->cl->t_end - now) / 1000 + 1, 0);
+		keel_timer_start(t, sh->cl->t_end - now, 0);
 		return;
 	}
 	finish(sh);
@@ -697,7 +697,7 @@ go(struct keel_xreq *req)
 	uint64_t now = bench_now_ns();
 
 	if (!sh->finished) {
-		keel_timer_start(sh->timer, now < cl->t_end ? (cl->t_end - now) / 1000 + 1 : 0, 0);
+		keel_timer_start(sh->timer, now < cl->t_end ? cl->t_end - now : 0, 0);
 		for (unsigned i = 0; i < n && !sh->finished; i++) {
 			struct kconn *k = &sh->conns[i];
 			if (k->kind == C_ACTIVE)

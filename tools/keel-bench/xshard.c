@@ -182,7 +182,7 @@ polling_start(void *app)
 		return;
 	}
 	x->t_start = bench_now_ns();
-	keel_timer_start(x->timer, x->dur_ns / 1000, 0);
+	keel_timer_start(x->timer, x->dur_ns, 0);
 	keel_defer(oneway_pump, x);
 }
 
@@ -198,7 +198,7 @@ wake_pong(int status, void *arg)
 
 	sample_add(&x->wake, now - x->t_ping);
 	if (now < x->t_phase_end)
-		keel_timer_start(x->timer, x->gap_us, 0);
+		keel_timer_start(x->timer, KEEL_US(x->gap_us), 0);
 	else
 		keel_stop(0);
 }
@@ -224,7 +224,7 @@ sleeping_start(void *app)
 		return;
 	}
 	x->t_phase_end = bench_now_ns() + x->dur_ns;
-	keel_timer_start(x->timer, x->gap_us, 0);
+	keel_timer_start(x->timer, KEEL_US(x->gap_us), 0);
 }
 
 /* ---- baseline: mutex queue + eventfd ---- */

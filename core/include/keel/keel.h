@@ -22,6 +22,7 @@
 #endif
 #include <keel/opts.h>
 #include <keel/runtime.h>
+#include <keel/time.h>
 #include <keel/timer.h>
 #include <keel/topo.h>
 

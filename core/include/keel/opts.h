@@ -72,6 +72,13 @@ enum keel_feature {
 /** Most CQ entries the kernel gives a ring (IORING_MAX_CQ_ENTRIES). */
 #define KEEL_CQ_ENTRIES_MAX 65536
 
+/**
+ * Default for keel_opts.mailbox_overflow: messages to one destination that may wait on the
+ * sender once the destination's queue is full (about 48 bytes each from the sender's arena,
+ * so at most 768 KiB per destination) before keel_send and the calls return -EAGAIN.
+ */
+#define KEEL_MAILBOX_OVERFLOW_DEFAULT 16384
+
 /** Runtime options. Initialise with keel_opts_init(); every field may then be set directly. */
 struct keel_opts {
 	unsigned shards;           /* --shards: 0 = one per CPU in the cpuset */
@@ -85,6 +92,9 @@ struct keel_opts {
 				    * up to a power of two; default KEEL_CQ_ENTRIES_DEFAULT) */
 	unsigned stall_ms;         /* --stall-ms: a loop pass longer than this is a stall */
 	unsigned mailbox_entries;  /* --mailbox-entries: slots per shard-pair queue (power of 2) */
+	unsigned mailbox_overflow; /* --mailbox-overflow: messages to one destination that may
+				    * wait on the sender beyond its full queue; then keel_send
+				    * returns -EAGAIN (0: none; KEEL_MAILBOX_OVERFLOW_DEFAULT) */
 	enum keel_log_level log_level; /* --log-level */
 	bool stats;                    /* --stats: print per-shard stats at exit */
 	bool signals;                  /* SIGINT/SIGTERM stop the runtime (keel_run default) */
@@ -95,7 +105,8 @@ struct keel_opts {
 };
 
 /** Fill @o with defaults (no shards count = one per CPU, 50 us idle poll, 256 SQ entries,
- * KEEL_CQ_ENTRIES_DEFAULT CQ entries, 25 ms stall threshold, 1024 mailbox slots, INFO logs, signals
+ * KEEL_CQ_ENTRIES_DEFAULT CQ entries, 25 ms stall threshold, 1024 mailbox slots,
+ * KEEL_MAILBOX_OVERFLOW_DEFAULT overflow messages per destination, INFO logs, signals
  * on, 256 MiB of buffer memory per shard on transparent huge pages). */
 KEEL_API void keel_opts_init(struct keel_opts *o);
 

@@ -12,6 +12,7 @@
 
 #include <keel/common.h>
 #include <keel/opts.h>
+#include <keel/time.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -90,8 +91,8 @@ KEEL_API struct keel_runtime *keel_shard_runtime(const struct keel_shard *sh);
 /** The io_uring setup flags @sh's ring was created with (IORING_SETUP_*). */
 KEEL_API unsigned keel_shard_ring_flags(const struct keel_shard *sh);
 
-/** Monotonic time in nanoseconds as of the start of the current loop pass on this shard (in
- * on_start: as of the shard's start). */
+/** Monotonic time (CLOCK_MONOTONIC) in nanoseconds as of the start of the current loop pass on this
+ * shard (in on_start: as of the shard's start). */
 KEEL_API uint64_t keel_now_ns(void);
 
 /**
@@ -124,6 +125,8 @@ struct keel_shard_stats {
 	uint64_t msgs_sent;      /* cross-shard messages sent (calls and replies included) */
 	uint64_t msgs_recv;      /* cross-shard messages run */
 	uint64_t msgs_overflow;  /* messages that waited in the sender's overflow list */
+	uint64_t msgs_refused;   /* sends and calls refused with -EAGAIN: the destination's
+				  * queue and --mailbox-overflow were full */
 	uint64_t sleeps;         /* waits in the kernel with nothing to do */
 	uint64_t wakeups;        /* MSG_RING or eventfd wake-ups received */
 	uint64_t wake_fallbacks; /* MSG_RING wake-ups that failed, sent again by eventfd */
@@ -203,12 +206,12 @@ KEEL_API int keel_xqueue_fd(const struct keel_xqueue *q);
 KEEL_API unsigned keel_xqueue_pop(struct keel_xqueue *q, struct keel_xreq **out, unsigned max);
 
 /**
- * Block until at least one completion is waiting (or @timeout_ms passes; -1 waits forever),
- * then pop like keel_xqueue_pop().
+ * Block until at least one completion is waiting (or @timeout_ns passes: KEEL_MS(100); -1
+ * waits forever), then pop like keel_xqueue_pop().
  * Returns: how many were stored, 0 on timeout, or -errno.
  */
 KEEL_API int keel_xqueue_wait(struct keel_xqueue *q, struct keel_xreq **out, unsigned max,
-			      int timeout_ms);
+			      int64_t timeout_ns);
 
 /** Free a queue with no request still pointing at it. */
 KEEL_API void keel_xqueue_destroy(struct keel_xqueue *q);

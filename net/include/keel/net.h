@@ -50,8 +50,9 @@ struct keel_net_config {
 	uint32_t high_watermark;    /* queued send bytes above which reading pauses (1 MiB) */
 	uint32_t low_watermark;     /* ... and below which it resumes, on_writable (256 KiB) */
 	uint32_t max_files;         /* direct-descriptor table slots per shard (default 4096) */
-	uint32_t accept_backoff_ms; /* pause after EMFILE/ENFILE before accepting again (100) */
-	uint32_t close_timeout_ms;  /* keel_conn_close() gives up on a peer that does not read
+	uint64_t accept_backoff_ns; /* pause after EMFILE/ENFILE before accepting again
+				       (KEEL_MS(100)) */
+	uint64_t close_timeout_ns;  /* keel_conn_close() gives up on a peer that does not read
 				       after this long: on_close(-ETIMEDOUT) (0: wait, default) */
 	bool nodelay;               /* TCP_NODELAY on listeners (accepted sockets inherit it)
 				       and on connecting sockets (default true) */
@@ -184,7 +185,8 @@ KEEL_API int keel_listener_stats(const struct keel_listener *l, unsigned shard,
 				 struct keel_listener_stats *out);
 
 /**
- * Connect to @addr:@port through the ring, giving up after @timeout_ms (0: no timeout).
+ * Connect to @addr:@port through the ring, giving up after @timeout_ns (KEEL_S(5); 0: no
+ * timeout).
  * on_open runs when connected; on failure on_close runs with the error (-ETIMEDOUT when
  * the timeout ended it) and on_open never does. The connect and its timeout go to the ring
  * as one linked pair: both SQEs are reserved first (submitting what is queued when the SQ
@@ -194,7 +196,7 @@ KEEL_API int keel_listener_stats(const struct keel_listener *l, unsigned shard,
  * a failed submit). On error no callback follows.
  * Context: a shard.
  */
-KEEL_API int keel_conn_connect(const char *addr, uint16_t port, uint32_t timeout_ms,
+KEEL_API int keel_conn_connect(const char *addr, uint16_t port, uint64_t timeout_ns,
 			       const struct keel_conn_ops *ops, void *app, struct keel_conn **out);
 
 /**
@@ -220,7 +222,7 @@ KEEL_API int keel_conn_shutdown(struct keel_conn *c);
 /**
  * Close gracefully: stop reading (received data not yet delivered is dropped), send what
  * is queued, then close; on_close(c, 0) follows, from the loop, never before this returns.
- * With keel_net_config.close_timeout_ms set, a queue still not sent after that long is
+ * With keel_net_config.close_timeout_ns set, a queue still not sent after that long is
  * dropped and on_close(c, -ETIMEDOUT) follows instead.
  * Context: the connection's shard. Closing twice is harmless; @c stays valid until
  * on_close returns (calls on it then fail with -EPIPE or do nothing).

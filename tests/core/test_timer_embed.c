@@ -1,0 +1,124 @@
+// SPDX-License-Identifier: MIT
+/* Timers embedded in the app's own structs (keel_timer_init/fini): no allocation per timer,
+ * the callback finds its struct from the timer's address. */
+#include <errno.h>
+#include <stddef.h>
+#include <stdlib.h>
+
+#include <criterion/criterion.h>
+
+#include "helpers.h"
+
+#define NCONN 64
+
+/* An app object with a timer inside it, as a connection with an idle timeout would be. */
+struct conn {
+	unsigned id;
+	int fired;
+	struct keel_timer idle;
+	uint64_t fired_at;
+	uint64_t deadline; /* as started */
+};
+
+struct embed_test {
+	struct conn conns[NCONN];
+	unsigned order[NCONN];
+	unsigned n;
+	struct keel_timer finish; /* the test's own struct holds one too */
+	int late_fired;
+	int fini_stop_pending;
+	int zero_fini_ok;
+	uint64_t give_up;
+};
+
+static struct embed_test *E;
+
+#define container_of(p, type, member) ((type *)((char *)(p)-offsetof(type, member)))
+
+static void
+idle_cb(struct keel_timer *t, void *arg)
+{
+	struct conn *c = container_of(t, struct conn, idle);
+
+	SHARD_CHECK(arg == E, "arg %p", arg);
+	c->fired++;
+	c->fired_at = keel_now_ns();
+	E->order[E->n++] = c->id;
+	keel_timer_fini(t); /* inside its own callback */
+}
+
+static void
+finish_cb(struct keel_timer *t, void *arg)
+{
+	struct embed_test *e = container_of(t, struct embed_test, finish);
+
+	if (e->n < NCONN / 2) {
+		/* Not yet: look again; the deadline is only for timers that never fire. */
+		if (!SHARD_CHECK(!test_expired(e->give_up), "%u of %u timers fired in %u ms", e->n,
+				 NCONN / 2, TEST_WAIT_MS)) {
+			keel_stop(-ETIMEDOUT);
+			return;
+		}
+		keel_timer_start(t, KEEL_MS(1), 0);
+		return;
+	}
+	keel_stop(0);
+}
+
+static void
+embed_start(void *app)
+{
+	struct embed_test *e = app;
+	struct keel_timer zero = { 0 };
+
+	/* Every even connection fires (later ids with earlier delays); every odd one is
+	 * stopped for good with fini while pending. */
+	e->give_up = test_deadline(TEST_WAIT_MS);
+	for (unsigned i = 0; i < NCONN; i++) {
+		struct conn *c = &e->conns[i];
+		c->id = i;
+		if (!SHARD_CHECK_EQ(keel_timer_init(&c->idle, idle_cb, e), 0)) {
+			keel_stop(-EIO);
+			return;
+		}
+		SHARD_CHECK_EQ(
+			keel_timer_start(&c->idle, KEEL_MS(2) + KEEL_US(100) * (NCONN - i), 0), 0);
+		c->deadline = keel_timer_deadline_ns(&c->idle);
+	}
+	for (unsigned i = 1; i < NCONN; i += 2) {
+		keel_timer_fini(&e->conns[i].idle);
+		e->fini_stop_pending += !keel_timer_pending(&e->conns[i].idle);
+	}
+	keel_timer_fini(&zero); /* never initialised: nothing to do */
+	e->zero_fini_ok = 1;
+	SHARD_CHECK_EQ(keel_timer_init(&e->finish, finish_cb, NULL), 0);
+	keel_timer_start(&e->finish, KEEL_MS(2) + KEEL_US(100) * (NCONN + 1), 0);
+}
+
+Test(core_timer_embed, embedded_timers_fire_in_order_and_fini_stops_them)
+{
+	struct keel_opts o = test_opts(1);
+	int r;
+
+	E = calloc(1, sizeof(*E));
+	r = keel_run(&o, embed_start, E);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
+	cr_assert_eq(E->n, NCONN / 2, "%u fired", E->n);
+	cr_assert_eq(E->fini_stop_pending, NCONN / 2);
+	cr_assert_eq(E->zero_fini_ok, 1);
+	for (unsigned i = 0; i < NCONN; i++)
+		cr_assert_eq(E->conns[i].fired, i % 2 == 0, "conn %u fired %d times", i,
+			     E->conns[i].fired);
+	/* In deadline order (as started: a stall between two starts may reorder them), each
+	 * on a pass at or after its deadline. */
+	for (unsigned k = 0; k < E->n; k++) {
+		struct conn *c = &E->conns[E->order[k]];
+		cr_assert_geq(c->fired_at, c->deadline, "conn %u fired early", c->id);
+		if (k)
+			cr_assert_geq(c->deadline, E->conns[E->order[k - 1]].deadline,
+				      "conn %u fired before conn %u with an earlier deadline",
+				      E->order[k - 1], c->id);
+	}
+	free(E);
+}
