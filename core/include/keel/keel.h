@@ -8,6 +8,7 @@
 #include <keel/bufreg.h>
 #include <keel/common.h>
 #include <keel/compat.h>
+#include <keel/file.h>
 #include <keel/log.h>
 #include <keel/msg.h>
 /* net: the network layer (library keel_net) when it is on the include path. */
