@@ -283,6 +283,11 @@ issue(struct keel_shard *s, struct keel_file_req *req)
 	if (req->kind_ == K_READ_SLICE || req->kind_ == K_WRITE_SLICE) {
 		/* Before the SQE: an SQE once taken cannot be given back. */
 		int r = keel_buf_fixed(&req->slice_, &idx, &boff);
+		/* A buffer of this shard that wraps memory (a receive buffer of net's provided
+		 * buffer ring, carved from an allocator buffer) is still registered memory. */
+		if (r == -ENOENT && req->slice_.len)
+			r = keel__bufreg_fixed_mem(s, req->slice_.data, req->slice_.len, &idx,
+						   &boff);
 		if (r == 0)
 			fixed = true;
 		else if (r == -ENOMEM && s->bufreg->policy_on)
