@@ -258,6 +258,8 @@ dio_open_cb(struct keel_file_req *req, int res, void *arg)
 		keel_stop(-EIO);
 		return;
 	}
+	/* docs/file.md promises page-aligned buffers from 4 KiB up. */
+	SHARD_CHECK((uintptr_t)d->sl.data % 4096 == 0, "keel_buf_alloc(8192) at %p", d->sl.data);
 	/* Each case alone: the message names that value, not the others. */
 	struct keel_slice part;
 	keel_slice_sub(&d->sl, 0, 4096, &part);
