@@ -92,6 +92,8 @@ Test(tools_disk, json_reports_keel_fio_and_threads, .fini = rm_path)
 	cr_assert_eq(field(out, NULL, "qd"), 4);
 	cr_assert_eq(field(out, NULL, "size"), 4 << 20);
 	cr_assert_not_null(strstr(out, "\"direct\": false"), "%s", out);
+	cr_assert_geq(field(out, NULL, "cpu"), 0, "the shard's CPU, where the baselines ran");
+	cr_assert_not_null(strstr(out, "\"baselines_pinned\": true"), "%s", out);
 	for (int w = 0; w < 2; w++) {
 		const char *wl = w ? "seqwrite_128k" : "randread_4k";
 		double block = w ? 131072 : 4096;

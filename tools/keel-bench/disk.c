@@ -45,6 +45,8 @@ struct dcfg {
 	unsigned rounds;
 	const char *fio;
 	bool json;
+	bool pin; /* baselines on the shard's CPU */
+	int cpu;  /* the shard's CPU, learnt from the first keel run; -1 before */
 };
 
 struct result {
@@ -188,6 +190,7 @@ static void
 kb_start(void *app)
 {
 	struct kbench *kb = app;
+	((struct dcfg *)kb->cfg)->cpu = keel_shard_cpu(keel_this_shard());
 	int flags = (kb->wl == W_RANDREAD ? O_RDONLY : O_WRONLY) | (kb->cfg->direct ? O_DIRECT : 0);
 	int r = keel_file_openat(&kb->open_req, AT_FDCWD, kb->cfg->path, flags, 0, 0, &kb->f,
 				 kb_opened, kb);
@@ -255,6 +258,8 @@ tworker_main(void *arg)
 		return NULL;
 	}
 	memset(buf, 0x5a, bs);
+	if (p->cfg->pin && p->cfg->cpu >= 0)
+		bench_pin(p->cfg->cpu);
 	pthread_barrier_wait(&p->bar);
 	while (bench_now_ns() < p->t_end) {
 		ssize_t r;
@@ -333,16 +338,18 @@ out:
 static void
 fio_cmd(const struct dcfg *cfg, int wl, char *out, size_t len)
 {
-	char rt[32];
+	char rt[32], cpus[32] = "";
 
 	snprintf(rt, sizeof(rt), "%.0fms", cfg->seconds * 1000);
+	if (cfg->pin && cfg->cpu >= 0)
+		snprintf(cpus, sizeof(cpus), " --cpus_allowed=%d", cfg->cpu);
 	snprintf(out, len,
 		 "%s --name=keel-bench --filename=%s --size=%llu --rw=%s --bs=%u "
 		 "--ioengine=io_uring --fixedbufs --iodepth=%u --direct=%d --time_based "
-		 "--runtime=%s --numjobs=1 --output-format=json",
+		 "--runtime=%s --numjobs=1%s --output-format=json",
 		 cfg->fio, cfg->path, (unsigned long long)cfg->size,
 		 wl == W_RANDREAD ? "randread" : "write", wl_bs[wl], cfg->qd, cfg->direct ? 1 : 0,
-		 rt);
+		 rt, cpus);
 }
 
 /* The number after "key" : inside fio's section "sect" : { of the first job. */
@@ -511,6 +518,8 @@ static const char disk_usage[] =
 	"  --seconds S        per engine, workload and round (default 5)\n"
 	"  --rounds N         rounds, engine order alternating (default 2)\n"
 	"  --fio PATH|off     the fio binary (default fio)\n"
+	"  --pin on|off       run fio and the threads on the shard's CPU, as keel runs on one\n"
+	"                     (default on)\n"
 	"  --json             print JSON instead of a table\n\n";
 
 static void
@@ -527,9 +536,9 @@ print_json(const struct dcfg *cfg, struct result r[NW][NE][MAX_ROUNDS], bool fio
 	printf("  \"fs_magic\": \"0x%lx\",\n",
 	       statfs(cfg->path, &sf) == 0 ? (unsigned long)sf.f_type : 0UL);
 	printf("  \"size\": %llu,\n  \"qd\": %u,\n  \"direct\": %s,\n  \"seconds\": %.3f,\n"
-	       "  \"rounds\": %u,\n",
+	       "  \"rounds\": %u,\n  \"cpu\": %d,\n  \"baselines_pinned\": %s,\n",
 	       (unsigned long long)cfg->size, cfg->qd, cfg->direct ? "true" : "false", cfg->seconds,
-	       cfg->rounds);
+	       cfg->rounds, cfg->cpu, cfg->pin ? "true" : "false");
 	if (fio_ok)
 		printf("  \"fio_skipped\": null,\n");
 	else
@@ -571,9 +580,10 @@ print_table(const struct dcfg *cfg, struct result r[NW][NE][MAX_ROUNDS], bool fi
 {
 	char cmd[1024];
 
-	printf("disk: %s, %llu bytes, qd %u, O_DIRECT %s, %.1f s x %u rounds per engine\n",
+	printf("disk: %s, %llu bytes, qd %u, O_DIRECT %s, %.1f s x %u rounds per engine; keel's "
+	       "shard on CPU %d, baselines %s\n",
 	       cfg->path, (unsigned long long)cfg->size, cfg->qd, cfg->direct ? "on" : "off",
-	       cfg->seconds, cfg->rounds);
+	       cfg->seconds, cfg->rounds, cfg->cpu, cfg->pin ? "on that CPU too" : "unpinned");
 	if (!fio_ok)
 		printf("fio skipped: %s\n", fio_why);
 	printf("%-14s %-8s %12s %10s %10s\n", "workload", "engine", "IOPS", "MB/s", "keel/x");
@@ -612,7 +622,9 @@ bench_disk(int argc, char **argv)
 			    .direct = true,
 			    .seconds = 5,
 			    .rounds = 2,
-			    .fio = "fio" };
+			    .fio = "fio",
+			    .pin = true,
+			    .cpu = -1 };
 	static struct result r[NW][NE][MAX_ROUNDS];
 	char fio_why[256] = "";
 	bool fio_ok;
@@ -668,6 +680,12 @@ bench_disk(int argc, char **argv)
 			if (m < 0)
 				goto missing;
 			cfg.fio = v;
+		} else if ((m = bench_opt(argc, argv, &i, "--pin", &v)) != 0) {
+			if (m < 0 || (strcmp(v, "on") && strcmp(v, "off"))) {
+				fprintf(stderr, "keel-bench disk: --pin: expected on or off\n");
+				return 2;
+			}
+			cfg.pin = !strcmp(v, "on");
 		} else if (!strcmp(argv[i], "--json")) {
 			cfg.json = true;
 		} else {
