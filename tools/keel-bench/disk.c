@@ -81,7 +81,7 @@ struct kbench {
 	unsigned active;
 	uint64_t seed, next_off, ops, t0, t_end, t_last;
 	int err;
-	const char *why;
+	char why[400]; /* a copy: keel_file_last_error() dies with the shard */
 };
 
 static void kb_done(struct kbench *kb);
@@ -97,7 +97,7 @@ kb_fail(struct kbench *kb, int err, const char *why)
 {
 	if (!kb->err) {
 		kb->err = err;
-		kb->why = why;
+		snprintf(kb->why, sizeof(kb->why), "%s", why);
 	}
 }
 
@@ -125,7 +125,7 @@ kb_io_cb(struct keel_file_req *req, int res, void *arg)
 	struct kslot *sl = arg;
 	struct kbench *kb = sl->kb;
 	uint64_t now = bench_now_ns();
-	int r;
+	int r = 0;
 
 	if (res != (int)wl_bs[kb->wl])
 		kb_fail(kb, res < 0 ? res : -EIO, res < 0 ? "a disk request" : "a short transfer");
@@ -217,7 +217,7 @@ run_keel(const struct dcfg *cfg, const struct keel_opts *base, int wl, uint64_t 
 	free(kb.slots);
 	if (r < 0 || kb.err < 0) {
 		fprintf(stderr, "keel-bench disk: keel %s: %s failed: %s\n", wl_name[wl],
-			kb.why ? kb.why : "the runtime", strerror(-(r < 0 ? r : kb.err)));
+			kb.why[0] ? kb.why : "the runtime", strerror(-(r < 0 ? r : kb.err)));
 		res.err = r < 0 ? r : kb.err;
 		return res;
 	}
