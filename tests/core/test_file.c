@@ -751,3 +751,59 @@ Test(core_file, direct_descriptors)
 	cr_assert_eq(memcmp(dd.buf, "directfd", 8), 0);
 	cr_assert_eq(dd.res[3], 0, "close_direct: %d", dd.res[3]);
 }
+
+/* ---- a burst larger than the SQ: the SQ-full path submits and goes on ---- */
+
+#define BURST_N 200
+
+struct burst {
+	struct keel_file_req req[BURST_N];
+	struct keel_file f;
+	char buf[BURST_N][8];
+	int ok, n;
+	struct keel_file_stats st;
+};
+
+static struct burst burst;
+
+static void
+burst_cb(struct keel_file_req *req, int res, void *arg)
+{
+	struct burst *b = arg;
+	int i = (int)(req - b->req);
+
+	b->ok += res == 8 && memcmp(b->buf[i], "burstbur", 8) == 0;
+	if (++b->n == BURST_N) {
+		keel_file_stats(&b->st);
+		keel_stop(0);
+	}
+}
+
+static void
+burst_start(void *app)
+{
+	struct burst *b = &burst;
+	int fd = open(tmp_path, O_RDONLY);
+
+	SHARD_CHECK_EQ(keel_file_from_fd(fd, &b->f), 0);
+	for (int i = 0; i < BURST_N; i++)
+		SHARD_CHECK_EQ(keel_file_read(&b->req[i], &b->f, b->buf[i], 8, 0, burst_cb, b), 0);
+}
+
+Test(core_file, burst_beyond_the_sq_completes)
+{
+	struct keel_opts o = test_opts(1);
+	int fd = make_tmp();
+
+	cr_assert_eq(write(fd, "burstbur", 8), 8);
+	close(fd);
+	o.ring_entries = 8; /* the SQ holds 8: a qd of 32 fills it four times over */
+	o.file_qd = 32;
+	int r = keel_run(&o, burst_start, NULL);
+	rm_tmp();
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
+	cr_assert_eq(burst.ok, BURST_N, "%d of %d reads right", burst.ok, BURST_N);
+	cr_assert_eq(burst.st.inflight_max, 32);
+	cr_assert_eq(burst.st.waiting_max, BURST_N - 32);
+}
