@@ -807,3 +807,27 @@ Test(core_file, burst_beyond_the_sq_completes)
 	cr_assert_eq(burst.st.inflight_max, 32);
 	cr_assert_eq(burst.st.waiting_max, BURST_N - 32);
 }
+
+Test(core_file, from_fd_reads_the_odirect_alignment)
+{
+	struct keel_file f;
+	int fd = make_tmp();
+	close(fd);
+	fd = open(tmp_path, O_RDWR | O_DIRECT);
+	if (fd < 0) {
+		rm_tmp();
+		cr_skip_test("the file system of %s refuses O_DIRECT: %s", KEEL_BIN_DIR,
+			     strerror(errno));
+	}
+	cr_assert_eq(keel_file_from_fd(fd, &f), 0);
+	cr_assert_eq(f.fd, fd);
+	cr_assert(f.flags & KEEL_FILE_F_DIRECT_IO, "flags 0x%x", f.flags);
+	cr_assert(f.lbs || f.dio_offset_align, "alignment known: lbs %u, dio %u/%u", f.lbs,
+		  f.dio_offset_align, f.dio_mem_align);
+	close(fd);
+	fd = open(tmp_path, O_RDONLY);
+	cr_assert_eq(keel_file_from_fd(fd, &f), 0);
+	cr_assert_eq(f.flags, 0, "no O_DIRECT, no checks");
+	close(fd);
+	rm_tmp();
+}
