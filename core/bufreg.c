@@ -398,3 +398,35 @@ keel_prep_send_buf(struct io_uring_sqe *sqe, int fd, const struct keel_slice *sl
 	io_uring_prep_send(sqe, fd, sl->data, sl->len, msg_flags);
 	return 0;
 }
+
+int
+keel__bufreg_fixed_mem(struct keel_shard *s, const void *p, size_t len, unsigned *index,
+		       uint64_t *offset)
+{
+	struct keel__bufreg *br = s->bufreg;
+	unsigned idx;
+	uint64_t off, rlen;
+	void *base;
+
+	if (!br->enabled)
+		return -EOPNOTSUPP;
+	if (keel_alloc_locate(br->alloc, p, &idx, &off) < 0 ||
+	    keel_alloc_region(br->alloc, idx, &base, &rlen) < 0)
+		return -ENOENT;
+	if (off + len > rlen || idx >= br->nslots)
+		return -ERANGE;
+	switch (br->slots[idx]) {
+	case SLOT_REGISTERED:
+		break;
+	case SLOT_FAILED:
+		return -ENOMEM;
+	default: {
+		int r = register_slot(s, idx);
+		if (r < 0)
+			return r;
+	}
+	}
+	*index = idx;
+	*offset = off;
+	return 0;
+}

@@ -28,5 +28,12 @@ struct keel__bufreg {
 int keel__bufreg_init(struct keel_shard *s);
 /* After the ring is gone: destroy the allocator (leaks are reported). */
 void keel__bufreg_fini(struct keel_shard *s);
+/* The fixed-buffer slot and offset of @len bytes at @p inside one of this shard's regions,
+ * whatever buffer holds them (a receive buffer that net wrapped is carved from an allocator
+ * buffer): registers the slot on first use. Returns 0, -ENOENT (not in a region in use),
+ * -ERANGE (crosses the region's end), -EOPNOTSUPP (unregistered shard), -ENOMEM (the region
+ * could not be registered). */
+int keel__bufreg_fixed_mem(struct keel_shard *s, const void *p, size_t len, unsigned *index,
+			   uint64_t *offset);
 
 #endif

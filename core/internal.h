@@ -181,6 +181,14 @@ struct keel_shard {
 	struct atomic_stats stats;
 
 	struct keel__bufreg *bufreg; /* alloc: the shard's allocator and fixed buffers (bufreg.c) */
+
+	/* Disk requests (file.c): the FIFO of those waiting for a slot under --file-qd. */
+	struct {
+		struct keel_file_req *head, *tail;
+		struct keel_file_stats st;
+		uint64_t err_logged_ns;
+		char last_err[384];
+	} files;
 };
 
 struct keel_runtime {

@@ -53,6 +53,7 @@ keel_opts_init(struct keel_opts *o)
 	o->log_level = KEEL_LOG_INFO;
 	o->signals = true;
 	o->memory = 256ULL << 20;
+	o->file_qd = KEEL_FILE_QD_DEFAULT;
 }
 
 static int
@@ -210,6 +211,7 @@ enum opt_id {
 	OPT_MAP,
 	OPT_MEMORY,
 	OPT_HUGEPAGES,
+	OPT_FILE_QD,
 	OPT_HELP,
 };
 
@@ -251,6 +253,8 @@ static const struct opt_desc opt_table[] = {
 	  "back buffer memory with hugetlbfs pages (reserve them in /proc/sys/vm/nr_hugepages)" },
 	{ OPT_MAP, "--map", "KEEL_MAP", "FILE",
 	  "core/queue map file written by keel-topo --plan (shard i runs on its CPU)" },
+	{ OPT_FILE_QD, "--file-qd", "KEEL_FILE_QD", "N",
+	  "disk requests per shard in the ring at once; more wait in a FIFO (default 64)" },
 	{ OPT_HELP, "--help", NULL, NULL, "show this help" },
 };
 
@@ -317,6 +321,8 @@ apply(const struct opt_desc *d, const char *v, struct keel_opts *o, char *err, s
 	}
 	case OPT_HUGEPAGES:
 		return parse_bool(d->name, v, &o->hugepages, err, errlen);
+	case OPT_FILE_QD:
+		return parse_uint(d->name, v, 1, 65536, &o->file_qd, err, errlen);
 	case OPT_HELP:
 		return 1;
 	}

@@ -14,6 +14,7 @@ typedef int (*bench_mode_fn)(int argc, char **argv);
 
 int bench_xshard(int argc, char **argv);
 int bench_alloc(int argc, char **argv);
+int bench_disk(int argc, char **argv);
 /* pingpong, throughput, stream, connections, serve (net.c) */
 int bench_net(int argc, char **argv);
 

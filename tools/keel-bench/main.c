@@ -26,6 +26,9 @@ static const struct {
 	{ "udp", bench_net,
 	  "datagrams echoed, --inflight outstanding per socket: round trips/s or datagrams/s, "
 	  "latency, losses" },
+	{ "disk", bench_disk,
+	  "random 4 KiB reads and sequential 128 KiB writes on a file through keel_file_*, beside "
+	  "fio's io_uring engine and a pread/pwrite thread pool" },
 	{ "serve", bench_net,
 	  "a TCP and UDP echo server (--backend epoll|keel) for the five modes above" },
 };

@@ -102,6 +102,10 @@ struct keel_opts {
 	const char *map_path; /* --map: core/queue map file (keel-topo --plan), NULL: none */
 	uint64_t memory; /* --memory: registered buffer memory per shard, bytes (default 256M) */
 	bool hugepages;  /* --hugepages: hugetlbfs pages for it (reserved in nr_hugepages) */
+
+	/* --file-qd: disk requests in a shard's ring at once; the rest wait in a FIFO
+	 * (default KEEL_FILE_QD_DEFAULT, keel/file.h; docs/file.md) */
+	unsigned file_qd;
 };
 
 /** Fill @o with defaults (no shards count = one per CPU, 50 us idle poll, 256 SQ entries,

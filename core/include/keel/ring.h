@@ -16,20 +16,11 @@
 #include <keel/buf.h>
 #include <keel/common.h>
 #include <keel/compat.h>
+#include <keel/op.h>
 #include <stdbool.h>
 #include <stdint.h>
 
 #include <liburing.h>
-
-struct keel_op;
-
-/** Completion of an operation: @res and @flags are the CQE's. */
-typedef void (*keel_op_fn)(struct keel_op *op, int res, uint32_t flags);
-
-/** An operation; embed it and recover the outer object with container_of-style arithmetic. */
-struct keel_op {
-	keel_op_fn fn;
-};
 
 /**
  * An SQE on this shard's ring whose completion goes to @op. Prepare it with any

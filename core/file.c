@@ -1,0 +1,753 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Disk I/O on the shard's ring (keel/file.h, docs/file.md).
+ *
+ * A request is the caller's struct keel_file_req; its keel_op is the SQE's user_data, so
+ * nothing is allocated per request (a path is copied into the shard's arena for open and
+ * statx, and an O_DIRECT open borrows a struct statx from it until it completes).
+ *
+ * At most --file-qd requests of a shard are in its ring; the others wait in a FIFO and are
+ * issued in order as slots free up, from the completion that freed the slot. A request made
+ * while others wait queues behind them even if a slot is free, so the FIFO holds.
+ *
+ * Stop: requests in the ring are operations like any other, cancelled by the loop's
+ * IORING_ASYNC_CANCEL_ANY (their callbacks run with -ECANCELED, or with their result when the
+ * kernel finished first); requests still waiting in the FIFO are never issued: the first
+ * completion after the stop began runs their callbacks with -ECANCELED (a FIFO is never
+ * non-empty without a request in the ring, so that completion comes). New requests are
+ * refused with -ESHUTDOWN. The loop's quiescence waits for every request in the ring, so no
+ * callback runs after the runtime stopped.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "bufreg.h"
+#include "internal.h"
+
+enum kind {
+	K_OPEN = 1,
+	K_READ,
+	K_WRITE,
+	K_READV,
+	K_WRITEV,
+	K_READ_SLICE,
+	K_WRITE_SLICE,
+	K_FSYNC,
+	K_FDATASYNC,
+	K_FALLOCATE,
+	K_STATX,
+	K_CLOSE,
+};
+
+/* stage_ of an open: the openat, then (O_DIRECT) the statx that reads the alignment. */
+enum { ST_FIRST = 0, ST_OPEN_STATX = 1 };
+
+#define OPEN_F_DIRECT_DESC 0x80 /* in sqe_flags_ of an open: IORING_FILE_INDEX_ALLOC */
+
+static uint32_t
+qd_of(const struct keel_shard *s)
+{
+	return s->rt->opts.file_qd ? s->rt->opts.file_qd : KEEL_FILE_QD_DEFAULT;
+}
+
+/* A refusal a person may read: kept for keel_file_last_error() and logged, at most one line
+ * a second per shard (a misaligned loop would otherwise flood the log). */
+static int KEEL_PRINTF(3, 4) refuse(struct keel_shard *s, int r, const char *fmt, ...)
+{
+	va_list ap;
+	uint64_t now = keel__clock_ns();
+
+	va_start(ap, fmt);
+	vsnprintf(s->files.last_err, sizeof(s->files.last_err), fmt, ap);
+	va_end(ap);
+	s->files.st.refused++;
+	if (!s->files.err_logged_ns || now - s->files.err_logged_ns >= 1000000000ULL) {
+		s->files.err_logged_ns = now;
+		keel_log(KEEL_LOG_WARN, "file", "shard %u: %s (%s; logged at most once a second)",
+			 s->id, s->files.last_err, strerror(-r));
+	}
+	return r;
+}
+
+/* Common checks of every call. */
+static int
+begin(struct keel_shard *s, struct keel_file_req *req, keel_file_fn cb, int kind)
+{
+	if (!req || !cb)
+		return refuse(s, -EINVAL, "disk request without %s",
+			      req ? "a callback" : "a request");
+	if (s->phase != PHASE_RUN)
+		return refuse(s, -ESHUTDOWN,
+			      "disk request refused: the runtime is stopping (shard %u)", s->id);
+	memset(req, 0, sizeof(*req));
+	req->cb_ = cb;
+	req->kind_ = (uint8_t)kind;
+	req->fd_ = -1;
+	req->dirfd_ = AT_FDCWD;
+	return 0;
+}
+
+static int
+file_ok(struct keel_shard *s, const struct keel_file *f, struct keel_file_req *req)
+{
+	if (!f)
+		return refuse(s, -EINVAL, "disk request without a file");
+	if (f->fd < 0)
+		return refuse(s, -EBADF, "disk request on a closed keel_file (fd %d)", f->fd);
+	req->fd_ = f->fd;
+	if (f->flags & KEEL_FILE_F_FIXED)
+		req->sqe_flags_ = IOSQE_FIXED_FILE;
+	return 0;
+}
+
+static const char *
+kind_name(int k)
+{
+	switch (k) {
+	case K_READ:
+	case K_READ_SLICE:
+		return "read";
+	case K_WRITE:
+	case K_WRITE_SLICE:
+		return "write";
+	case K_READV:
+		return "readv";
+	case K_WRITEV:
+		return "writev";
+	default:
+		return "request";
+	}
+}
+
+/* O_DIRECT rules, checked before the kernel sees the request, so the person reading the
+ * error learns which value is wrong instead of a bare EINVAL. */
+static int
+check_dio(struct keel_shard *s, const struct keel_file *f, int kind, const struct iovec *iov,
+	  unsigned n, uint64_t off)
+{
+	uint32_t oa, ma;
+	char bad[256];
+	size_t k = 0;
+	uint64_t total = 0;
+
+	if (!(f->flags & KEEL_FILE_F_DIRECT_IO))
+		return 0;
+	oa = f->dio_offset_align ? f->dio_offset_align : f->lbs;
+	ma = f->dio_mem_align ? f->dio_mem_align : f->lbs;
+	if (!oa && !ma)
+		return 0; /* alignment unknown (see docs/file.md): the kernel decides */
+	bad[0] = 0;
+	if (oa && off % oa)
+		k += (size_t)snprintf(bad + k, sizeof(bad) - k,
+				      "offset %" PRIu64 " is not a multiple of %u; ", off, oa);
+	for (unsigned i = 0; i < n; i++)
+		total += iov[i].iov_len;
+	for (unsigned i = 0; i < n && k < sizeof(bad); i++) {
+		if (oa && iov[i].iov_len % oa) {
+			k += (size_t)snprintf(bad + k, sizeof(bad) - k,
+					      "length %zu%s is not a multiple of %u; ",
+					      iov[i].iov_len, n > 1 ? " (of an iovec)" : "", oa);
+			break;
+		}
+	}
+	for (unsigned i = 0; i < n && k < sizeof(bad); i++) {
+		if (ma && (uintptr_t)iov[i].iov_base % ma) {
+			k += (size_t)snprintf(bad + k, sizeof(bad) - k,
+					      "buffer address %p is not aligned to %u; ",
+					      iov[i].iov_base, ma);
+			break;
+		}
+	}
+	if (!k)
+		return 0;
+	if (k > 2 && k < sizeof(bad))
+		bad[k - 2] = 0; /* the last "; " */
+	return refuse(s, -EINVAL,
+		      "O_DIRECT %s of %" PRIu64 " bytes at %" PRIu64 " on fd %d refused: %s "
+		      "(device logical block size %u, statx dio_offset_align %u, dio_mem_align "
+		      "%u): align offset and length to %u and the buffer address to %u",
+		      kind_name(kind), total, off, f->fd, bad, f->lbs, f->dio_offset_align,
+		      f->dio_mem_align, oa, ma);
+}
+
+/* The device's logical block size from sysfs (a partition's is its disk's), 0 if none: a
+ * file system without a block device (tmpfs, NFS, overlay upper dirs on tmpfs). */
+static uint32_t
+sysfs_lbs(unsigned maj, unsigned min)
+{
+	static const char *const fmt[] = { "/sys/dev/block/%u:%u/queue/logical_block_size",
+					   "/sys/dev/block/%u:%u/../queue/logical_block_size" };
+	char path[96], buf[32];
+
+	for (size_t i = 0; i < sizeof(fmt) / sizeof(fmt[0]); i++) {
+		int fd, n;
+		snprintf(path, sizeof(path), fmt[i], maj, min);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		n = (int)read(fd, buf, sizeof(buf) - 1);
+		close(fd);
+		if (n > 0) {
+			buf[n] = 0;
+			return (uint32_t)strtoul(buf, NULL, 10);
+		}
+	}
+	return 0;
+}
+
+static void
+dio_fill(struct keel_file *f, const struct statx *stx)
+{
+	f->flags |= KEEL_FILE_F_DIRECT_IO;
+	if (stx->stx_mask & STATX_DIOALIGN) {
+		f->dio_mem_align = stx->stx_dio_mem_align;
+		f->dio_offset_align = stx->stx_dio_offset_align;
+	}
+	if ((stx->stx_mask & STATX_TYPE) && S_ISBLK(stx->stx_mode))
+		f->lbs = sysfs_lbs(stx->stx_rdev_major, stx->stx_rdev_minor);
+	else
+		f->lbs = sysfs_lbs(stx->stx_dev_major, stx->stx_dev_minor);
+}
+
+int
+keel_file_from_fd(int fd, struct keel_file *out)
+{
+	struct statx stx;
+	int fl;
+
+	if (!out)
+		return -EINVAL;
+	fl = fcntl(fd, F_GETFL);
+	if (fl < 0)
+		return -errno;
+	memset(out, 0, sizeof(*out));
+	out->fd = fd;
+	if (fl & O_DIRECT) {
+		if (statx(fd, "", AT_EMPTY_PATH, STATX_TYPE | STATX_DIOALIGN, &stx) < 0)
+			return -errno;
+		dio_fill(out, &stx);
+	}
+	return 0;
+}
+
+/* What a request holds besides the caller's memory: dropped before its callback runs, or
+ * when the call that made it fails. */
+static void
+release(struct keel_file_req *req)
+{
+	if (req->has_slice_) {
+		keel_slice_put(&req->slice_);
+		req->has_slice_ = false;
+	}
+	if (req->path_) {
+		keel_shard_free(req->path_);
+		req->path_ = NULL;
+	}
+	if (req->kind_ == K_OPEN && req->addr_) {
+		keel_shard_free(req->addr_);
+		req->addr_ = NULL;
+	}
+}
+
+static void
+complete(struct keel_shard *s, struct keel_file_req *req, int res)
+{
+	release(req);
+	s->files.st.completed++;
+	if (res < 0)
+		s->files.st.errors++;
+	if (res == -ECANCELED)
+		s->files.st.cancelled++;
+	req->cb_(req, res, req->arg_);
+}
+
+/* Put one request on the ring. Returns 0, or -errno with nothing submitted. */
+static int
+issue(struct keel_shard *s, struct keel_file_req *req)
+{
+	struct io_uring_sqe *sqe;
+	unsigned idx = 0;
+	uint64_t boff;
+	bool fixed = false;
+
+	if (req->kind_ == K_READ_SLICE || req->kind_ == K_WRITE_SLICE) {
+		/* Before the SQE: an SQE once taken cannot be given back. */
+		int r = keel_buf_fixed(&req->slice_, &idx, &boff);
+		/* A buffer of this shard that wraps memory (a receive buffer of net's provided
+		 * buffer ring, carved from an allocator buffer) is still registered memory. */
+		if (r == -ENOENT && req->slice_.len)
+			r = keel__bufreg_fixed_mem(s, req->slice_.data, req->slice_.len, &idx,
+						   &boff);
+		if (r == 0)
+			fixed = true;
+		else if (r == -ENOMEM && s->bufreg->policy_on)
+			return -ENOMEM; /* reg_buffers=on promised fixed I/O: no silent plain */
+	}
+	sqe = keel__sqe_internal(s);
+	if (!sqe)
+		return -EBUSY;
+	switch (req->kind_) {
+	case K_OPEN:
+		if (req->stage_ == ST_OPEN_STATX)
+			io_uring_prep_statx(sqe, req->dirfd_, req->path_, 0,
+					    STATX_TYPE | STATX_DIOALIGN, req->addr_);
+		else {
+			io_uring_prep_openat(sqe, req->dirfd_, req->path_, req->oflags_,
+					     req->mode_);
+			/* Not io_uring_prep_openat_direct(): liburing 2.3 stores index + 1,
+			 * which turns IORING_FILE_INDEX_ALLOC (~0U) into 0, a plain open. */
+			if (req->sqe_flags_ & OPEN_F_DIRECT_DESC)
+				sqe->file_index = IORING_FILE_INDEX_ALLOC;
+		}
+		break;
+	case K_READ:
+		io_uring_prep_read(sqe, req->fd_, req->addr_, req->len_, req->off_);
+		break;
+	case K_WRITE:
+		io_uring_prep_write(sqe, req->fd_, req->addr_, req->len_, req->off_);
+		break;
+	case K_READV:
+		io_uring_prep_readv(sqe, req->fd_, req->addr_, req->len_, req->off_);
+		break;
+	case K_WRITEV:
+		io_uring_prep_writev(sqe, req->fd_, req->addr_, req->len_, req->off_);
+		break;
+	case K_READ_SLICE:
+		if (fixed)
+			io_uring_prep_read_fixed(sqe, req->fd_, req->slice_.data, req->slice_.len,
+						 req->off_, (int)idx);
+		else
+			io_uring_prep_read(sqe, req->fd_, req->slice_.data, req->slice_.len,
+					   req->off_);
+		break;
+	case K_WRITE_SLICE:
+		if (fixed)
+			io_uring_prep_write_fixed(sqe, req->fd_, req->slice_.data, req->slice_.len,
+						  req->off_, (int)idx);
+		else
+			io_uring_prep_write(sqe, req->fd_, req->slice_.data, req->slice_.len,
+					    req->off_);
+		break;
+	case K_FSYNC:
+		io_uring_prep_fsync(sqe, req->fd_, 0);
+		break;
+	case K_FDATASYNC:
+		io_uring_prep_fsync(sqe, req->fd_, IORING_FSYNC_DATASYNC);
+		break;
+	case K_FALLOCATE:
+		io_uring_prep_fallocate(sqe, req->fd_, req->oflags_, (off_t)req->off_,
+					(off_t)req->aux_);
+		break;
+	case K_STATX:
+		io_uring_prep_statx(sqe, req->dirfd_, req->path_, req->oflags_, req->mode_,
+				    req->addr_);
+		break;
+	case K_CLOSE:
+		if (req->sqe_flags_ & IOSQE_FIXED_FILE)
+			io_uring_prep_close_direct(sqe, (unsigned)req->fd_);
+		else
+			io_uring_prep_close(sqe, req->fd_);
+		break;
+	}
+	/* Open, statx and close name no file through the table: only I/O on a direct
+	 * descriptor carries IOSQE_FIXED_FILE. */
+	if (req->kind_ != K_OPEN && req->kind_ != K_STATX && req->kind_ != K_CLOSE)
+		sqe->flags |= req->sqe_flags_ & IOSQE_FIXED_FILE;
+	io_uring_sqe_set_data(sqe, &req->op_);
+	s->inflight++;
+	if (req->stage_ == ST_FIRST) {
+		struct keel_file_stats *st = &s->files.st;
+		st->issued++;
+		if (fixed)
+			st->fixed++;
+		if (++st->inflight > st->inflight_max)
+			st->inflight_max = st->inflight;
+	}
+	return 0;
+}
+
+/* Issue waiting requests while slots are free; once the runtime stops, cancel them. */
+static void
+pump(struct keel_shard *s)
+{
+	uint32_t qd = qd_of(s);
+
+	while (s->files.head) {
+		struct keel_file_req *req = s->files.head;
+		int r;
+
+		if (s->phase == PHASE_RUN && s->files.st.inflight >= qd)
+			return;
+		s->files.head = req->next_;
+		if (!s->files.head)
+			s->files.tail = NULL;
+		s->files.st.waiting--;
+		if (s->phase != PHASE_RUN) {
+			complete(s, req, -ECANCELED);
+			continue;
+		}
+		r = issue(s, req);
+		if (r < 0)
+			complete(s, req, r);
+	}
+}
+
+/* An open whose statx stage did not happen or failed: the caller never sees the file, so
+ * close it here (synchronously: a plain close, or dropping the table slot). */
+static void
+open_undo(struct keel_shard *s, struct keel_file_req *req)
+{
+	if (req->fd_ < 0)
+		return;
+	if (req->sqe_flags_ & OPEN_F_DIRECT_DESC) {
+		int none = -1;
+		io_uring_register_files_update(&s->ring, (unsigned)req->fd_, &none, 1);
+	} else
+		close(req->fd_);
+	req->fd_ = -1;
+}
+
+static void
+file_cb(struct keel_op *op, int res, uint32_t cqe_flags)
+{
+	struct keel_file_req *req = (struct keel_file_req *)op;
+	struct keel_shard *s = keel__cur;
+
+	(void)cqe_flags;
+	if (req->kind_ == K_OPEN) {
+		if (req->stage_ == ST_FIRST && res >= 0 && (req->oflags_ & O_DIRECT)) {
+			/* Second stage: the alignment, before the caller sees the file. */
+			req->fd_ = res;
+			req->stage_ = ST_OPEN_STATX;
+			if (s->phase == PHASE_RUN) {
+				int r = issue(s, req);
+				if (r == 0)
+					return;
+				res = r;
+			} else
+				res = -ECANCELED;
+			open_undo(s, req);
+		} else if (req->stage_ == ST_OPEN_STATX) {
+			if (res < 0) {
+				open_undo(s, req);
+			} else {
+				memset(req->file_, 0, sizeof(*req->file_));
+				dio_fill(req->file_, req->addr_);
+				req->file_->fd = req->fd_;
+				if (req->sqe_flags_ & OPEN_F_DIRECT_DESC)
+					req->file_->flags |= KEEL_FILE_F_FIXED;
+				res = req->fd_;
+			}
+		} else if (res >= 0) {
+			memset(req->file_, 0, sizeof(*req->file_));
+			req->file_->fd = res;
+			if (req->sqe_flags_ & OPEN_F_DIRECT_DESC)
+				req->file_->flags |= KEEL_FILE_F_FIXED;
+		}
+	}
+	s->files.st.inflight--;
+	pump(s);
+	complete(s, req, res);
+}
+
+/* Admit a prepared request: issue it now, or queue it behind the ones waiting. On an error
+ * the caller's request holds nothing and its callback will not run. */
+static int
+submit(struct keel_shard *s, struct keel_file_req *req, void *arg)
+{
+	struct keel_file_stats *st = &s->files.st;
+	int r;
+
+	req->op_.fn = file_cb;
+	req->arg_ = arg;
+	st->qd = qd_of(s);
+	if (s->files.head || st->inflight >= st->qd) {
+		req->next_ = NULL;
+		if (s->files.tail)
+			s->files.tail->next_ = req;
+		else
+			s->files.head = req;
+		s->files.tail = req;
+		st->submitted++;
+		st->waited++;
+		if (++st->waiting > st->waiting_max)
+			st->waiting_max = st->waiting;
+		return 0;
+	}
+	r = issue(s, req);
+	if (r < 0) {
+		release(req);
+		return refuse(s, r, "disk %s could not be submitted: %s", kind_name(req->kind_),
+			      r == -EBUSY ? "no SQE (the ring failed, see the log)"
+					  : "its buffer's region could not be registered "
+					    "(--feature reg_buffers=on)");
+	}
+	st->submitted++;
+	return 0;
+}
+
+static int
+copy_path(struct keel_shard *s, struct keel_file_req *req, const char *path)
+{
+	size_t n;
+
+	if (!path)
+		return refuse(s, -EINVAL, "disk request without a path");
+	n = strlen(path) + 1;
+	req->path_ = keel_shard_malloc(n);
+	if (!req->path_)
+		return refuse(s, -ENOMEM, "no memory to copy a path of %zu bytes", n);
+	memcpy(req->path_, path, n);
+	return 0;
+}
+
+int
+keel_file_openat(struct keel_file_req *req, int dirfd, const char *path, int flags, mode_t mode,
+		 unsigned kflags, struct keel_file *out, keel_file_fn cb, void *arg)
+{
+	struct keel_shard *s = cur_shard(__func__);
+	int r = begin(s, req, cb, K_OPEN);
+
+	if (r < 0)
+		return r;
+	if (!out)
+		return refuse(s, -EINVAL, "keel_file_openat without a struct keel_file to fill");
+	if (kflags & ~KEEL_FILE_OPEN_DIRECT_DESC)
+		return refuse(s, -EINVAL, "keel_file_openat: unknown kflags 0x%x", kflags);
+	r = copy_path(s, req, path);
+	if (r < 0)
+		return r;
+	if (flags & O_DIRECT) {
+		req->addr_ = keel_shard_malloc(sizeof(struct statx));
+		if (!req->addr_) {
+			release(req);
+			return refuse(s, -ENOMEM, "no memory for an O_DIRECT open");
+		}
+	}
+	req->dirfd_ = dirfd;
+	req->oflags_ = flags;
+	req->mode_ = (uint32_t)mode;
+	req->file_ = out;
+	if (kflags & KEEL_FILE_OPEN_DIRECT_DESC)
+		req->sqe_flags_ = OPEN_F_DIRECT_DESC;
+	return submit(s, req, arg);
+}
+
+static int
+rw(struct keel_file_req *req, const struct keel_file *f, int kind, void *buf, size_t len,
+   uint64_t off, keel_file_fn cb, void *arg)
+{
+	struct keel_shard *s = cur_shard(__func__);
+	struct iovec iov = { .iov_base = buf, .iov_len = len };
+	int r = begin(s, req, cb, kind);
+
+	if (r < 0 || (r = file_ok(s, f, req)) < 0)
+		return r;
+	if (!buf && len)
+		return refuse(s, -EINVAL, "disk %s without a buffer", kind_name(kind));
+	if (len > INT_MAX)
+		return refuse(s, -EINVAL, "disk %s of %zu bytes: at most %d per request",
+			      kind_name(kind), len, INT_MAX);
+	r = check_dio(s, f, kind, &iov, 1, off);
+	if (r < 0)
+		return r;
+	req->addr_ = buf;
+	req->len_ = (uint32_t)len;
+	req->off_ = off;
+	return submit(s, req, arg);
+}
+
+int
+keel_file_read(struct keel_file_req *req, const struct keel_file *f, void *buf, size_t len,
+	       uint64_t off, keel_file_fn cb, void *arg)
+{
+	return rw(req, f, K_READ, buf, len, off, cb, arg);
+}
+
+int
+keel_file_write(struct keel_file_req *req, const struct keel_file *f, const void *buf, size_t len,
+		uint64_t off, keel_file_fn cb, void *arg)
+{
+	return rw(req, f, K_WRITE, (void *)buf, len, off, cb, arg);
+}
+
+static int
+rwv(struct keel_file_req *req, const struct keel_file *f, int kind, const struct iovec *iov,
+    unsigned n, uint64_t off, keel_file_fn cb, void *arg)
+{
+	struct keel_shard *s = cur_shard(__func__);
+	int r = begin(s, req, cb, kind);
+
+	if (r < 0 || (r = file_ok(s, f, req)) < 0)
+		return r;
+	if (!iov || n == 0 || n > IOV_MAX)
+		return refuse(s, -EINVAL, "disk %s with %u iovecs: give 1..%d", kind_name(kind),
+			      iov ? n : 0, IOV_MAX);
+	r = check_dio(s, f, kind, iov, n, off);
+	if (r < 0)
+		return r;
+	req->addr_ = (void *)iov;
+	req->len_ = n;
+	req->off_ = off;
+	return submit(s, req, arg);
+}
+
+int
+keel_file_readv(struct keel_file_req *req, const struct keel_file *f, const struct iovec *iov,
+		unsigned n, uint64_t off, keel_file_fn cb, void *arg)
+{
+	return rwv(req, f, K_READV, iov, n, off, cb, arg);
+}
+
+int
+keel_file_writev(struct keel_file_req *req, const struct keel_file *f, const struct iovec *iov,
+		 unsigned n, uint64_t off, keel_file_fn cb, void *arg)
+{
+	return rwv(req, f, K_WRITEV, iov, n, off, cb, arg);
+}
+
+static int
+rw_slice(struct keel_file_req *req, const struct keel_file *f, int kind,
+	 const struct keel_slice *sl, uint64_t off, keel_file_fn cb, void *arg)
+{
+	struct keel_shard *s = cur_shard(__func__);
+	struct iovec iov;
+	int r = begin(s, req, cb, kind);
+
+	if (r < 0 || (r = file_ok(s, f, req)) < 0)
+		return r;
+	if (!sl || !sl->buf)
+		return refuse(s, -EINVAL, "disk %s without a slice", kind_name(kind));
+	iov.iov_base = sl->data;
+	iov.iov_len = sl->len;
+	r = check_dio(s, f, kind, &iov, 1, off);
+	if (r < 0)
+		return r;
+	/* Our own reference: the kernel may use the bytes until the CQE, whatever the caller
+	 * does with its slice meanwhile. */
+	keel_slice_get(sl, &req->slice_);
+	req->has_slice_ = true;
+	req->off_ = off;
+	return submit(s, req, arg);
+}
+
+int
+keel_file_read_slice(struct keel_file_req *req, const struct keel_file *f,
+		     const struct keel_slice *sl, uint64_t off, keel_file_fn cb, void *arg)
+{
+	return rw_slice(req, f, K_READ_SLICE, sl, off, cb, arg);
+}
+
+int
+keel_file_write_slice(struct keel_file_req *req, const struct keel_file *f,
+		      const struct keel_slice *sl, uint64_t off, keel_file_fn cb, void *arg)
+{
+	return rw_slice(req, f, K_WRITE_SLICE, sl, off, cb, arg);
+}
+
+static int
+simple(struct keel_file_req *req, const struct keel_file *f, int kind, keel_file_fn cb, void *arg)
+{
+	struct keel_shard *s = cur_shard(__func__);
+	int r = begin(s, req, cb, kind);
+
+	if (r < 0 || (r = file_ok(s, f, req)) < 0)
+		return r;
+	return submit(s, req, arg);
+}
+
+int
+keel_file_fsync(struct keel_file_req *req, const struct keel_file *f, keel_file_fn cb, void *arg)
+{
+	return simple(req, f, K_FSYNC, cb, arg);
+}
+
+int
+keel_file_fdatasync(struct keel_file_req *req, const struct keel_file *f, keel_file_fn cb,
+		    void *arg)
+{
+	return simple(req, f, K_FDATASYNC, cb, arg);
+}
+
+int
+keel_file_fallocate(struct keel_file_req *req, const struct keel_file *f, int mode, uint64_t off,
+		    uint64_t len, keel_file_fn cb, void *arg)
+{
+	struct keel_shard *s = cur_shard(__func__);
+	int r = begin(s, req, cb, K_FALLOCATE);
+
+	if (r < 0 || (r = file_ok(s, f, req)) < 0)
+		return r;
+	if (len == 0 || off > INT64_MAX || len > INT64_MAX - off)
+		return refuse(s, -EINVAL,
+			      "fallocate of %" PRIu64 " bytes at %" PRIu64
+			      ": the length must be > 0 and the range inside 2^63",
+			      len, off);
+	req->oflags_ = mode;
+	req->off_ = off;
+	req->aux_ = len;
+	return submit(s, req, arg);
+}
+
+int
+keel_file_statx(struct keel_file_req *req, int dirfd, const char *path, int flags, unsigned mask,
+		struct statx *out, keel_file_fn cb, void *arg)
+{
+	struct keel_shard *s = cur_shard(__func__);
+	int r = begin(s, req, cb, K_STATX);
+
+	if (r < 0)
+		return r;
+	if (!out)
+		return refuse(s, -EINVAL, "keel_file_statx without a struct statx to fill");
+	r = copy_path(s, req, path);
+	if (r < 0)
+		return r;
+	req->dirfd_ = dirfd;
+	req->oflags_ = flags;
+	req->mode_ = mask;
+	req->addr_ = out;
+	return submit(s, req, arg);
+}
+
+int
+keel_file_close(struct keel_file_req *req, struct keel_file *f, keel_file_fn cb, void *arg)
+{
+	struct keel_shard *s = cur_shard(__func__);
+	int r = begin(s, req, cb, K_CLOSE);
+
+	if (r < 0 || (r = file_ok(s, f, req)) < 0)
+		return r;
+	r = submit(s, req, arg);
+	if (r == 0)
+		f->fd = -1;
+	return r;
+}
+
+const char *
+keel_file_last_error(void)
+{
+	return cur_shard(__func__)->files.last_err;
+}
+
+int
+keel_file_stats(const struct keel_shard *sh, struct keel_file_stats *out)
+{
+	struct keel_shard *s = keel__cur;
+
+	if (!sh || !out || sh != s)
+		return -EINVAL;
+	s->files.st.qd = qd_of(s);
+	*out = s->files.st;
+	return 0;
+}

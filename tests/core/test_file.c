@@ -1,0 +1,833 @@
+// SPDX-License-Identifier: MIT
+/* Disk I/O on the shard ring (keel/file.h): each call, bad input, O_DIRECT alignment, a full
+ * file system, the per-shard queue depth and its FIFO, and stop with requests in flight. */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "helpers.h"
+
+/* A file on the build tree's file system (ext4 here): tmpfs may refuse O_DIRECT. */
+static char tmp_path[256];
+
+static int
+make_tmp(void)
+{
+	snprintf(tmp_path, sizeof(tmp_path), "%s/test_file.XXXXXX", KEEL_BIN_DIR);
+	int fd = mkstemp(tmp_path);
+	cr_assert_geq(fd, 0, "mkstemp %s: %s", tmp_path, strerror(errno));
+	return fd;
+}
+
+static void
+rm_tmp(void)
+{
+	if (tmp_path[0])
+		unlink(tmp_path);
+}
+
+/* ---- every call, in one chain ---- */
+
+struct chain {
+	struct keel_file_req req;
+	struct keel_file f;
+	int step;
+	char wbuf[64], rbuf[64], a[8], b[8];
+	struct iovec iov[2];
+	struct statx stx;
+	int results[16];
+	char readback[64];
+	char err[64];
+};
+
+static struct chain ch;
+
+static void chain_cb(struct keel_file_req *req, int res, void *arg);
+
+static void
+chain_next(struct chain *c)
+{
+	int r = 0;
+
+	switch (c->step) {
+	case 0:
+		r = keel_file_openat(&c->req, AT_FDCWD, tmp_path, O_RDWR, 0, 0, &c->f, chain_cb, c);
+		break;
+	case 1:
+		strcpy(c->wbuf, "hello, disk");
+		r = keel_file_write(&c->req, &c->f, c->wbuf, 11, 0, chain_cb, c);
+		break;
+	case 2:
+		r = keel_file_fsync(&c->req, &c->f, chain_cb, c);
+		break;
+	case 3:
+		r = keel_file_fdatasync(&c->req, &c->f, chain_cb, c);
+		break;
+	case 4:
+		r = keel_file_read(&c->req, &c->f, c->rbuf, sizeof(c->rbuf), 0, chain_cb, c);
+		break;
+	case 5:
+		memcpy(c->a, "ABCD", 4);
+		memcpy(c->b, "EFG", 3);
+		c->iov[0] = (struct iovec){ c->a, 4 };
+		c->iov[1] = (struct iovec){ c->b, 3 };
+		r = keel_file_writev(&c->req, &c->f, c->iov, 2, 100, chain_cb, c);
+		break;
+	case 6:
+		memset(c->a, 0, sizeof(c->a));
+		memset(c->b, 0, sizeof(c->b));
+		r = keel_file_readv(&c->req, &c->f, c->iov, 2, 100, chain_cb, c);
+		break;
+	case 7:
+		r = keel_file_fallocate(&c->req, &c->f, 0, 0, 8192, chain_cb, c);
+		break;
+	case 8:
+		r = keel_file_statx(&c->req, AT_FDCWD, tmp_path, 0, STATX_SIZE, &c->stx, chain_cb,
+				    c);
+		break;
+	case 9:
+		r = keel_file_close(&c->req, &c->f, chain_cb, c);
+		SHARD_CHECK_EQ(c->f.fd, -1, "close leaves -1 in the keel_file");
+		break;
+	default:
+		keel_stop(0);
+		return;
+	}
+	if (!SHARD_CHECK_EQ(r, 0, "step %d: %s", c->step, keel_file_last_error()))
+		keel_stop(-EIO);
+}
+
+static void
+chain_cb(struct keel_file_req *req, int res, void *arg)
+{
+	struct chain *c = arg;
+
+	SHARD_CHECK(req == &c->req, "the callback gets its request");
+	c->results[c->step] = res;
+	if (c->step == 4 && res > 0)
+		memcpy(c->readback, c->rbuf, (size_t)res);
+	c->step++;
+	chain_next(c);
+}
+
+static void
+chain_start(void *app)
+{
+	chain_next(&ch);
+}
+
+Test(core_file, every_call_in_a_chain)
+{
+	struct keel_opts o = test_opts(1);
+	int fd = make_tmp();
+	close(fd);
+
+	int r = keel_run(&o, chain_start, NULL);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
+	cr_assert_eq(ch.step, 10, "every step ran (%d)", ch.step);
+	cr_assert_geq(ch.results[0], 0, "open: %d", ch.results[0]);
+	cr_assert_eq(ch.results[1], 11, "write: %d", ch.results[1]);
+	cr_assert_eq(ch.results[2], 0, "fsync");
+	cr_assert_eq(ch.results[3], 0, "fdatasync");
+	cr_assert_eq(ch.results[4], 11, "read: %d", ch.results[4]);
+	cr_assert_eq(memcmp(ch.readback, "hello, disk", 11), 0);
+	cr_assert_eq(ch.results[5], 7, "writev: %d", ch.results[5]);
+	cr_assert_eq(ch.results[6], 7, "readv: %d", ch.results[6]);
+	cr_assert_eq(memcmp(ch.a, "ABCD", 4), 0);
+	cr_assert_eq(memcmp(ch.b, "EFG", 3), 0);
+	cr_assert_eq(ch.results[7], 0, "fallocate: %d", ch.results[7]);
+	cr_assert_eq(ch.results[8], 0, "statx: %d", ch.results[8]);
+	cr_assert_eq(ch.stx.stx_size, 8192, "statx sees the fallocated size");
+	cr_assert_eq(ch.results[9], 0, "close: %d", ch.results[9]);
+	rm_tmp();
+}
+
+/* ---- bad input: a closed descriptor, NULLs, calls off the loop ---- */
+
+struct bad {
+	struct keel_file_req req[4];
+	struct keel_file f;
+	char buf[16];
+	int res[4], n;
+	int sync_neg, sync_null, sync_len;
+};
+
+static struct bad bad;
+
+static void
+bad_cb(struct keel_file_req *req, int res, void *arg)
+{
+	struct bad *b = arg;
+	b->res[req - b->req] = res;
+	if (++b->n == 3)
+		keel_stop(0);
+}
+
+static void
+bad_start(void *app)
+{
+	struct bad *b = &bad;
+	struct keel_file neg = { .fd = -1 };
+	int fd = open("/dev/null", O_RDONLY);
+
+	close(fd); /* a descriptor number that is not open */
+	b->f = (struct keel_file){ .fd = fd };
+	SHARD_CHECK_EQ(keel_file_read(&b->req[0], &b->f, b->buf, 4, 0, bad_cb, b), 0);
+	SHARD_CHECK_EQ(keel_file_fsync(&b->req[1], &b->f, bad_cb, b), 0);
+	SHARD_CHECK_EQ(keel_file_close(&b->req[2], &b->f, bad_cb, b), 0);
+	b->sync_neg = keel_file_read(&b->req[3], &neg, b->buf, 4, 0, bad_cb, b);
+	b->sync_null = keel_file_read(&b->req[3], &b->f, b->buf, 4, 0, NULL, b);
+	b->sync_len = keel_file_readv(&b->req[3], &neg, NULL, 0, 0, bad_cb, b);
+}
+
+Test(core_file, closed_fd_and_bad_arguments)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_file f;
+
+	int fd = open("/dev/null", O_RDONLY);
+	close(fd);
+	cr_assert_eq(keel_file_from_fd(fd, &f), -EBADF);
+
+	int r = keel_run(&o, bad_start, NULL);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
+	cr_assert_eq(bad.res[0], -EBADF, "read of a closed fd: %d", bad.res[0]);
+	cr_assert_eq(bad.res[1], -EBADF, "fsync of a closed fd: %d", bad.res[1]);
+	cr_assert_eq(bad.res[2], -EBADF, "close of a closed fd: %d", bad.res[2]);
+	cr_assert_eq(bad.sync_neg, -EBADF, "fd -1 refused in the call");
+	cr_assert_eq(bad.sync_null, -EINVAL, "no callback");
+	cr_assert_eq(bad.sync_len, -EBADF, "fd -1 checked first");
+	cr_assert_eq(bad.n, 3, "no callback for a refused call");
+}
+
+/* ---- O_DIRECT: misalignment refused, naming which value ---- */
+
+struct dio {
+	struct keel_file_req req;
+	struct keel_file f;
+	struct keel_slice sl;
+	int open_res, read_res;
+	int r_off, r_len, r_addr;
+	char e_off[384], e_len[384], e_addr[384];
+	bool skipped;
+};
+
+static struct dio dio;
+
+static void
+dio_read_cb(struct keel_file_req *req, int res, void *arg)
+{
+	dio.read_res = res;
+	SHARD_CHECK(memcmp(dio.sl.data, "DIRECT", 6) == 0, "the block read back");
+	keel_slice_put(&dio.sl);
+	keel_stop(0);
+}
+
+static void
+dio_open_cb(struct keel_file_req *req, int res, void *arg)
+{
+	struct dio *d = &dio;
+	uint32_t a;
+
+	d->open_res = res;
+	if (res == -EINVAL) { /* the file system refuses O_DIRECT */
+		d->skipped = true;
+		keel_stop(0);
+		return;
+	}
+	if (!SHARD_CHECK(res >= 0, "open O_DIRECT: %d", res)) {
+		keel_stop(-EIO);
+		return;
+	}
+	SHARD_CHECK(d->f.flags & KEEL_FILE_F_DIRECT_IO, "flags 0x%x", d->f.flags);
+	SHARD_CHECK(d->f.lbs || d->f.dio_offset_align, "alignment known: lbs %u, dio %u", d->f.lbs,
+		    d->f.dio_offset_align);
+	a = d->f.dio_offset_align ? d->f.dio_offset_align : d->f.lbs;
+	if (!SHARD_CHECK_EQ(keel_buf_alloc(keel_shard_alloc(), 8192, &d->sl), 0)) {
+		keel_stop(-EIO);
+		return;
+	}
+	/* docs/file.md promises page-aligned buffers from 4 KiB up. */
+	SHARD_CHECK((uintptr_t)d->sl.data % 4096 == 0, "keel_buf_alloc(8192) at %p", d->sl.data);
+	/* Each case alone: the message names that value, not the others. */
+	struct keel_slice part;
+	keel_slice_sub(&d->sl, 0, 4096, &part);
+	d->r_off = keel_file_read_slice(&d->req, &d->f, &part, 1, dio_read_cb, d);
+	snprintf(d->e_off, sizeof(d->e_off), "%s", keel_file_last_error());
+	keel_slice_put(&part);
+	d->r_len = keel_file_read(&d->req, &d->f, d->sl.data, a + 1, 0, dio_read_cb, d);
+	snprintf(d->e_len, sizeof(d->e_len), "%s", keel_file_last_error());
+	d->r_addr = keel_file_read(&d->req, &d->f, d->sl.data + 1, 4096, 0, dio_read_cb, d);
+	snprintf(d->e_addr, sizeof(d->e_addr), "%s", keel_file_last_error());
+	/* Aligned: goes through. */
+	keel_slice_sub(&d->sl, 0, 4096, &part);
+	SHARD_CHECK_EQ(keel_file_read_slice(&d->req, &d->f, &part, 0, dio_read_cb, d), 0, "%s",
+		       keel_file_last_error());
+	keel_slice_put(&part);
+}
+
+static void
+dio_start(void *app)
+{
+	SHARD_CHECK_EQ(keel_file_openat(&dio.req, AT_FDCWD, tmp_path, O_RDWR | O_DIRECT, 0, 0,
+					&dio.f, dio_open_cb, NULL),
+		       0);
+}
+
+Test(core_file, odirect_misalignment_names_the_value)
+{
+	struct keel_opts o = test_opts(1);
+	char block[4096] = "DIRECT";
+	int fd = make_tmp();
+
+	cr_assert_eq(pwrite(fd, block, sizeof(block), 0), (ssize_t)sizeof(block));
+	close(fd);
+	int r = keel_run(&o, dio_start, NULL);
+	rm_tmp();
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
+	if (dio.skipped)
+		cr_skip_test("the file system of %s refuses O_DIRECT", KEEL_BIN_DIR);
+	cr_assert_eq(dio.r_off, -EINVAL);
+	cr_assert(strstr(dio.e_off, "offset 1 is not a multiple"), "%s", dio.e_off);
+	cr_assert(!strstr(dio.e_off, "length 4096 is") && !strstr(dio.e_off, "buffer address 0x"),
+		  "%s", dio.e_off);
+	cr_assert(strstr(dio.e_off, "logical block size"), "%s", dio.e_off);
+	cr_assert_eq(dio.r_len, -EINVAL);
+	cr_assert(strstr(dio.e_len, "length ") && strstr(dio.e_len, "is not a multiple"), "%s",
+		  dio.e_len);
+	cr_assert(!strstr(dio.e_len, "offset 0 is") && !strstr(dio.e_len, "buffer address 0x"),
+		  "%s", dio.e_len);
+	cr_assert_eq(dio.r_addr, -EINVAL);
+	cr_assert(strstr(dio.e_addr, "buffer address 0x"), "%s", dio.e_addr);
+	cr_assert(!strstr(dio.e_addr, "length 4096 is") && !strstr(dio.e_addr, "offset 0 is"), "%s",
+		  dio.e_addr);
+	cr_assert_eq(dio.read_res, 4096, "aligned O_DIRECT read: %d", dio.read_res);
+}
+
+/* ---- a full file system: a small tmpfs ---- */
+
+static char mnt_dir[256];
+static bool mounted;
+
+static void
+tmpfs_fini(void)
+{
+	if (mounted)
+		umount2(mnt_dir, MNT_DETACH);
+	if (mnt_dir[0])
+		rmdir(mnt_dir);
+}
+
+struct full {
+	struct keel_file_req req;
+	struct keel_file f;
+	char path[300];
+	char chunk[65536];
+	uint64_t off;
+	int falloc_res, last_res, writes;
+};
+
+static struct full full;
+
+static void full_write_cb(struct keel_file_req *req, int res, void *arg);
+
+static void
+full_write_next(struct full *fl)
+{
+	if (!SHARD_CHECK_EQ(keel_file_write(&fl->req, &fl->f, fl->chunk, sizeof(fl->chunk), fl->off,
+					    full_write_cb, fl),
+			    0))
+		keel_stop(-EIO);
+}
+
+static void
+full_write_cb(struct keel_file_req *req, int res, void *arg)
+{
+	struct full *fl = arg;
+
+	fl->last_res = res;
+	fl->writes++;
+	/* 256 KiB of tmpfs: the writes must fail within 64 chunks of 64 KiB. */
+	if (res <= 0 || fl->writes >= 64) {
+		keel_stop(0);
+		return;
+	}
+	fl->off += (uint64_t)res;
+	full_write_next(fl);
+}
+
+static void
+full_falloc_cb(struct keel_file_req *req, int res, void *arg)
+{
+	struct full *fl = arg;
+
+	fl->falloc_res = res;
+	full_write_next(fl);
+}
+
+static void
+full_open_cb(struct keel_file_req *req, int res, void *arg)
+{
+	struct full *fl = arg;
+
+	if (!SHARD_CHECK(res >= 0, "open on tmpfs: %d", res)) {
+		keel_stop(-EIO);
+		return;
+	}
+	SHARD_CHECK_EQ(keel_file_fallocate(&fl->req, &fl->f, 0, 0, 16 << 20, full_falloc_cb, fl),
+		       0);
+}
+
+static void
+full_start(void *app)
+{
+	SHARD_CHECK_EQ(keel_file_openat(&full.req, AT_FDCWD, full.path, O_CREAT | O_RDWR, 0600, 0,
+					&full.f, full_open_cb, &full),
+		       0);
+}
+
+Test(core_file, full_disk_reports_enospc, .fini = tmpfs_fini)
+{
+	struct keel_opts o = test_opts(1);
+
+	if (geteuid() != 0)
+		cr_skip_test("mounting a small tmpfs needs root (this test runs as uid %u)",
+			     (unsigned)geteuid());
+	snprintf(mnt_dir, sizeof(mnt_dir), "%s/test_file_mnt.XXXXXX", KEEL_BIN_DIR);
+	cr_assert_not_null(mkdtemp(mnt_dir), "mkdtemp: %s", strerror(errno));
+	if (mount("keel-test", mnt_dir, "tmpfs", 0, "size=256k") < 0)
+		cr_skip_test("mount -t tmpfs -o size=256k %s failed: %s (no CAP_SYS_ADMIN in "
+			     "this container?)",
+			     mnt_dir, strerror(errno));
+	mounted = true;
+	snprintf(full.path, sizeof(full.path), "%s/full", mnt_dir);
+	memset(full.chunk, 'x', sizeof(full.chunk));
+
+	int r = keel_run(&o, full_start, NULL);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
+	cr_assert_eq(full.falloc_res, -ENOSPC, "fallocate of 16 MiB on 256 KiB: %d",
+		     full.falloc_res);
+	cr_assert_eq(full.last_res, -ENOSPC, "writes end in ENOSPC: %d after %d writes",
+		     full.last_res, full.writes);
+	cr_assert_leq(full.off, 256 << 10, "no more than the tmpfs size was written");
+}
+
+/* ---- queue depth: a limit and a FIFO, observed in the counters ---- */
+
+#define QD_N 16
+
+struct qd {
+	struct keel_file_req req[QD_N + 1];
+	struct keel_file f;
+	char buf[QD_N + 1][8];
+	int order[QD_N + 1], n;
+	int extra_submitted;
+	struct keel_file_stats st_mid, st_end;
+	unsigned nreq;
+};
+
+static struct qd qd;
+
+static void
+qd_cb(struct keel_file_req *req, int res, void *arg)
+{
+	struct qd *q = arg;
+	int i = (int)(req - q->req);
+
+	SHARD_CHECK_EQ(res, 8, "read %d", i);
+	q->order[q->n++] = i;
+	if (q->n == 1) {
+		/* Made while QD_N - 2 others wait: it must wait behind them all. */
+		keel_file_stats(keel_this_shard(), &q->st_mid);
+		q->extra_submitted =
+			keel_file_read(&q->req[QD_N], &q->f, q->buf[QD_N], 8, 0, qd_cb, q) == 0;
+	}
+	if (q->n == (int)q->nreq + 1) {
+		keel_file_stats(keel_this_shard(), &q->st_end);
+		keel_stop(0);
+	}
+}
+
+static void
+qd_start(void *app)
+{
+	struct qd *q = &qd;
+	int fd = open(tmp_path, O_RDONLY);
+
+	SHARD_CHECK(fd >= 0, "open %s", tmp_path);
+	SHARD_CHECK_EQ(keel_file_from_fd(fd, &q->f), 0);
+	for (unsigned i = 0; i < q->nreq; i++)
+		SHARD_CHECK_EQ(keel_file_read(&q->req[i], &q->f, q->buf[i], 8, i * 8, qd_cb, q), 0);
+}
+
+static void
+qd_run(unsigned file_qd, unsigned nreq)
+{
+	struct keel_opts o = test_opts(1);
+	char data[QD_N * 8];
+	int fd = make_tmp();
+
+	memset(data, 'q', sizeof(data));
+	cr_assert_eq(write(fd, data, sizeof(data)), (ssize_t)sizeof(data));
+	close(fd);
+	o.file_qd = file_qd;
+	qd.nreq = nreq;
+	int r = keel_run(&o, qd_start, NULL);
+	rm_tmp();
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
+	cr_assert(qd.extra_submitted);
+	cr_assert_eq(qd.n, (int)nreq + 1);
+	cr_assert_eq(qd.st_end.qd, file_qd);
+	cr_assert_eq(qd.st_end.inflight_max, file_qd, "never more than qd in the ring: %u",
+		     qd.st_end.inflight_max);
+	cr_assert_eq(qd.st_end.submitted, nreq + 1);
+	cr_assert_eq(qd.st_end.issued, nreq + 1);
+	cr_assert_eq(qd.st_end.waiting_max, nreq - file_qd, "the FIFO held the rest: %u",
+		     qd.st_end.waiting_max);
+	cr_assert_eq(qd.st_mid.waiting, nreq - file_qd - 1,
+		     "at the first completion one waiting request was issued into its slot");
+}
+
+Test(core_file, qd1_issues_in_fifo_order)
+{
+	qd_run(1, QD_N);
+	cr_assert_eq(qd.order[QD_N], QD_N, "the request made later completed last");
+	/* With one slot, the completion order is the issue order: the FIFO's order. */
+	for (int i = 0; i < QD_N; i++)
+		cr_assert_eq(qd.order[i], i, "completion %d was request %d", i, qd.order[i]);
+}
+
+Test(core_file, qd4_limits_the_ring)
+{
+	qd_run(4, QD_N);
+}
+
+Test(core_file, file_qd_option)
+{
+	struct keel_opts o;
+	char err[256];
+	char *argv[] = { "prog", "--file-qd", "7", NULL };
+	int argc = 3;
+
+	keel_opts_init(&o);
+	cr_assert_eq(o.file_qd, KEEL_FILE_QD_DEFAULT);
+	cr_assert_eq(keel_opts_parse(&o, &argc, argv, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(o.file_qd, 7);
+	char *bad_argv[] = { "prog", "--file-qd=0", NULL };
+	argc = 2;
+	cr_assert_eq(keel_opts_parse(&o, &argc, bad_argv, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "--file-qd"), "%s", err);
+}
+
+/* ---- stop with requests in the ring and in the FIFO ---- */
+
+#define STOP_N 6
+
+struct stopt {
+	struct keel_file_req req[STOP_N], late;
+	struct keel_file f;
+	char buf[STOP_N][4];
+	int pipefd[2];
+	int res[STOP_N], n, late_res;
+	struct keel_file_stats st;
+	_Atomic int after_run;
+};
+
+static struct stopt stp;
+
+static void
+stop_cb(struct keel_file_req *req, int res, void *arg)
+{
+	struct stopt *t = arg;
+
+	SHARD_CHECK(!atomic_load(&t->after_run), "a callback after keel_run returned");
+	t->res[req - t->req] = res;
+	if (++t->n == 1)
+		t->late_res = keel_file_read(&t->late, &t->f, t->buf[0], 1, 0, stop_cb, t);
+	if (t->n == STOP_N)
+		keel_file_stats(keel_this_shard(), &t->st);
+}
+
+static void
+stop_start(void *app)
+{
+	struct stopt *t = &stp;
+
+	/* An empty pipe: reads stay in the ring until cancelled. */
+	t->f = (struct keel_file){ .fd = t->pipefd[0] };
+	for (int i = 0; i < STOP_N; i++)
+		SHARD_CHECK_EQ(
+			keel_file_read(&t->req[i], &t->f, t->buf[i], 4, (uint64_t)-1, stop_cb, t),
+			0);
+	keel_stop(0);
+}
+
+Test(core_file, stop_cancels_inflight_and_waiting)
+{
+	struct keel_opts o = test_opts(1);
+
+	cr_assert_eq(pipe(stp.pipefd), 0);
+	o.file_qd = 2;
+	int r = keel_run(&o, stop_start, NULL);
+	atomic_store(&stp.after_run, 1);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
+	cr_assert_eq(stp.n, STOP_N, "every callback ran once: %d", stp.n);
+	for (int i = 0; i < STOP_N; i++)
+		cr_assert_eq(stp.res[i], -ECANCELED, "request %d: %d", i, stp.res[i]);
+	cr_assert_eq(stp.late_res, -ESHUTDOWN, "a request made while stopping is refused");
+	cr_assert_eq(stp.st.cancelled, STOP_N);
+	cr_assert_eq(stp.st.issued, 2, "the waiting ones never reached the ring");
+	cr_assert_eq(stp.st.inflight, 0);
+	cr_assert_eq(stp.st.waiting, 0);
+	close(stp.pipefd[0]);
+	close(stp.pipefd[1]);
+}
+
+/* ---- slices: registered buffers, and the request's own reference ---- */
+
+struct slc {
+	struct keel_file_req req;
+	struct keel_file f;
+	struct keel_slice w, r;
+	unsigned refs_during;
+	int wres, rres;
+	struct keel_file_stats st;
+	bool registered;
+};
+
+static struct slc slc;
+
+static void
+slc_read_cb(struct keel_file_req *req, int res, void *arg)
+{
+	struct slc *c = arg;
+
+	c->rres = res;
+	SHARD_CHECK_EQ(keel_slice_refs(&c->r), 1, "the request's reference is gone");
+	SHARD_CHECK(memcmp(c->r.data, "slice bytes", 11) == 0, "read back");
+	keel_slice_put(&c->r);
+	keel_file_stats(keel_this_shard(), &c->st);
+	keel_stop(0);
+}
+
+static void
+slc_write_cb(struct keel_file_req *req, int res, void *arg)
+{
+	struct slc *c = arg;
+
+	c->wres = res;
+	SHARD_CHECK_EQ(keel_buf_alloc(keel_shard_alloc(), 11, &c->r), 0);
+	SHARD_CHECK_EQ(keel_file_read_slice(&c->req, &c->f, &c->r, 0, slc_read_cb, c), 0);
+}
+
+static void
+slc_start(void *app)
+{
+	struct slc *c = &slc;
+	int fd = open(tmp_path, O_RDWR);
+
+	SHARD_CHECK_EQ(keel_file_from_fd(fd, &c->f), 0);
+	c->registered = keel_shard_bufs_registered();
+	SHARD_CHECK_EQ(keel_buf_alloc(keel_shard_alloc(), 11, &c->w), 0);
+	memcpy(c->w.data, "slice bytes", 11);
+	SHARD_CHECK_EQ(keel_file_write_slice(&c->req, &c->f, &c->w, 0, slc_write_cb, c), 0);
+	c->refs_during = keel_slice_refs(&c->w);
+	keel_slice_put(&c->w); /* the request keeps the buffer alive */
+}
+
+Test(core_file, slices_use_fixed_buffers_and_hold_a_reference)
+{
+	struct keel_opts o = test_opts(1);
+	close(make_tmp());
+
+	int r = keel_run(&o, slc_start, NULL);
+	int fd = open(tmp_path, O_RDONLY);
+	char back[16] = "";
+	cr_assert_eq(read(fd, back, sizeof(back)), 11);
+	close(fd);
+	rm_tmp();
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
+	cr_assert_eq(slc.refs_during, 2, "the request holds its own reference");
+	cr_assert_eq(slc.wres, 11);
+	cr_assert_eq(slc.rres, 11);
+	cr_assert_eq(memcmp(back, "slice bytes", 11), 0);
+	if (slc.registered)
+		cr_assert_eq(slc.st.fixed, 2, "WRITE_FIXED and READ_FIXED: %llu",
+			     (unsigned long long)slc.st.fixed);
+	else
+		cr_assert_eq(slc.st.fixed, 0);
+}
+
+Test(core_file, slices_without_registration_are_plain)
+{
+	struct keel_opts o = test_opts(1);
+	close(make_tmp());
+
+	o.features[KEEL_FEAT_REG_BUFFERS] = KEEL_POLICY_OFF;
+	int r = keel_run(&o, slc_start, NULL);
+	rm_tmp();
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
+	cr_assert_not(slc.registered);
+	cr_assert_eq(slc.wres, 11);
+	cr_assert_eq(slc.rres, 11);
+	cr_assert_eq(slc.st.fixed, 0);
+}
+
+/* ---- direct descriptors ---- */
+
+struct dd {
+	struct keel_file_req req;
+	struct keel_file f, f2;
+	char buf[8];
+	int step, res[4];
+};
+
+static struct dd dd;
+
+static void
+dd_cb(struct keel_file_req *req, int res, void *arg)
+{
+	struct dd *d = arg;
+
+	d->res[d->step++] = res;
+	switch (d->step) {
+	case 1: /* no table: -ENFILE; now register one */
+		SHARD_CHECK_EQ(io_uring_register_files_sparse(keel_shard_ring_get(), 8), 0);
+		SHARD_CHECK_EQ(keel_file_openat(&d->req, AT_FDCWD, tmp_path, O_RDONLY, 0,
+						KEEL_FILE_OPEN_DIRECT_DESC, &d->f2, dd_cb, d),
+			       0);
+		break;
+	case 2:
+		SHARD_CHECK(d->f2.flags & KEEL_FILE_F_FIXED, "flags 0x%x", d->f2.flags);
+		SHARD_CHECK_EQ(keel_file_read(&d->req, &d->f2, d->buf, 8, 0, dd_cb, d), 0);
+		break;
+	case 3:
+		SHARD_CHECK_EQ(keel_file_close(&d->req, &d->f2, dd_cb, d), 0);
+		break;
+	default:
+		keel_stop(0);
+	}
+}
+
+static void
+dd_start(void *app)
+{
+	SHARD_CHECK_EQ(keel_file_openat(&dd.req, AT_FDCWD, tmp_path, O_RDONLY, 0,
+					KEEL_FILE_OPEN_DIRECT_DESC, &dd.f, dd_cb, &dd),
+		       0);
+}
+
+Test(core_file, direct_descriptors)
+{
+	struct keel_opts o = test_opts(1);
+	int fd = make_tmp();
+
+	cr_assert_eq(write(fd, "directfd", 8), 8);
+	close(fd);
+	int r = keel_run(&o, dd_start, NULL);
+	rm_tmp();
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
+	cr_assert_eq(dd.res[0], -ENFILE, "no file table: %d", dd.res[0]);
+	cr_assert_geq(dd.res[1], 0, "open into the table: %d", dd.res[1]);
+	cr_assert_eq(dd.res[2], 8, "read through the direct descriptor: %d", dd.res[2]);
+	cr_assert_eq(memcmp(dd.buf, "directfd", 8), 0);
+	cr_assert_eq(dd.res[3], 0, "close_direct: %d", dd.res[3]);
+}
+
+/* ---- a burst larger than the SQ: the SQ-full path submits and goes on ---- */
+
+#define BURST_N 200
+
+struct burst {
+	struct keel_file_req req[BURST_N];
+	struct keel_file f;
+	char buf[BURST_N][8];
+	int ok, n;
+	struct keel_file_stats st;
+};
+
+static struct burst burst;
+
+static void
+burst_cb(struct keel_file_req *req, int res, void *arg)
+{
+	struct burst *b = arg;
+	int i = (int)(req - b->req);
+
+	b->ok += res == 8 && memcmp(b->buf[i], "burstbur", 8) == 0;
+	if (++b->n == BURST_N) {
+		keel_file_stats(keel_this_shard(), &b->st);
+		keel_stop(0);
+	}
+}
+
+static void
+burst_start(void *app)
+{
+	struct burst *b = &burst;
+	int fd = open(tmp_path, O_RDONLY);
+
+	SHARD_CHECK_EQ(keel_file_from_fd(fd, &b->f), 0);
+	for (int i = 0; i < BURST_N; i++)
+		SHARD_CHECK_EQ(keel_file_read(&b->req[i], &b->f, b->buf[i], 8, 0, burst_cb, b), 0);
+}
+
+Test(core_file, burst_beyond_the_sq_completes)
+{
+	struct keel_opts o = test_opts(1);
+	int fd = make_tmp();
+
+	cr_assert_eq(write(fd, "burstbur", 8), 8);
+	close(fd);
+	o.ring_entries = 8; /* the SQ holds 8: a qd of 32 fills it four times over */
+	o.file_qd = 32;
+	int r = keel_run(&o, burst_start, NULL);
+	rm_tmp();
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
+	cr_assert_eq(burst.ok, BURST_N, "%d of %d reads right", burst.ok, BURST_N);
+	cr_assert_eq(burst.st.inflight_max, 32);
+	cr_assert_eq(burst.st.waiting_max, BURST_N - 32);
+}
+
+Test(core_file, from_fd_reads_the_odirect_alignment)
+{
+	struct keel_file f;
+	int fd = make_tmp();
+	close(fd);
+	fd = open(tmp_path, O_RDWR | O_DIRECT);
+	if (fd < 0) {
+		rm_tmp();
+		cr_skip_test("the file system of %s refuses O_DIRECT: %s", KEEL_BIN_DIR,
+			     strerror(errno));
+	}
+	cr_assert_eq(keel_file_from_fd(fd, &f), 0);
+	cr_assert_eq(f.fd, fd);
+	cr_assert(f.flags & KEEL_FILE_F_DIRECT_IO, "flags 0x%x", f.flags);
+	cr_assert(f.lbs || f.dio_offset_align, "alignment known: lbs %u, dio %u/%u", f.lbs,
+		  f.dio_offset_align, f.dio_mem_align);
+	close(fd);
+	fd = open(tmp_path, O_RDONLY);
+	cr_assert_eq(keel_file_from_fd(fd, &f), 0);
+	cr_assert_eq(f.flags, 0, "no O_DIRECT, no checks");
+	close(fd);
+	rm_tmp();
+}

@@ -1,0 +1,143 @@
+// SPDX-License-Identifier: MIT
+/*
+ * keel-bench disk end to end: a short run on a small file under the build tree, --json, and
+ * the fields each engine reports. Speeds are never asserted: only that every engine moved
+ * data and that the figures agree with one another (MB/s is IOPS times the block size).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+static int
+run(const char *args, char **out)
+{
+	char cmd[2048];
+	size_t cap = 1 << 16, len = 0, n;
+	char *buf = malloc(cap);
+	FILE *p;
+	int st;
+
+	cr_assert_not_null(buf);
+	snprintf(cmd, sizeof(cmd), "%s %s 2>&1", KEEL_BENCH_BIN, args);
+	p = popen(cmd, "r");
+	cr_assert_not_null(p, "popen %s", cmd);
+	while ((n = fread(buf + len, 1, cap - len - 1, p)) > 0)
+		len += n;
+	buf[len] = 0;
+	st = pclose(p);
+	*out = buf;
+	cr_assert(WIFEXITED(st), "keel-bench %s did not exit normally", args);
+	return WEXITSTATUS(st);
+}
+
+/* The number after "key": from @from on; -1 for null; fails when absent. */
+static double
+field(const char *json, const char *from, const char *key)
+{
+	char pat[64];
+	const char *at = from ? strstr(json, from) : json;
+
+	cr_assert_not_null(at, "no %s in:\n%s", from, json);
+	snprintf(pat, sizeof(pat), "\"%s\": ", key);
+	at = strstr(at, pat);
+	cr_assert_not_null(at, "no %s after %s in:\n%s", key, from ? from : "the start", json);
+	at += strlen(pat);
+	if (*at == '{')
+		at = strstr(at, "\"iops\": ") + strlen("\"iops\": ");
+	return strncmp(at, "null", 4) ? strtod(at, NULL) : -1;
+}
+
+static void
+check_engine(const char *json, const char *wl, const char *eng, double block)
+{
+	char from[64];
+	snprintf(from, sizeof(from), "\"%s\": {", wl);
+	const char *w = strstr(json, from);
+	cr_assert_not_null(w, "no %s in:\n%s", wl, json);
+	snprintf(from, sizeof(from), "\"%s\": {\"iops\"", eng);
+	const char *e = strstr(w, from);
+	cr_assert_not_null(e, "no %s figures for %s in:\n%s", eng, wl, json);
+	double iops = field(e, NULL, "iops"), mbs = field(e, NULL, "mb_s");
+	cr_assert_gt(iops, 0, "%s %s moved nothing:\n%s", eng, wl, json);
+	double want = iops * block / 1e6;
+	cr_assert(mbs > want * 0.99 - 0.1 && mbs < want * 1.01 + 0.1,
+		  "%s %s: %.1f MB/s is not %.0f IOPS x %.0f bytes", eng, wl, mbs, iops, block);
+}
+
+static char path[512];
+
+static void
+rm_path(void)
+{
+	if (path[0])
+		unlink(path);
+}
+
+Test(tools_disk, json_reports_keel_fio_and_threads, .fini = rm_path)
+{
+	char args[1024], *out;
+	bool fio = system("fio --version >/dev/null 2>&1") == 0;
+
+	snprintf(path, sizeof(path), "%s/bench-disk-%d.dat", KEEL_TOOLS_TMP, (int)getpid());
+	snprintf(args, sizeof(args),
+		 "disk --path %s --size 4M --qd 4 --seconds 0.2 --rounds 2 --direct off --json",
+		 path);
+	int st = run(args, &out);
+	cr_assert_eq(st, 0, "keel-bench %s: status %d:\n%s", args, st, out);
+	cr_assert_not_null(strstr(out, "\"mode\": \"disk\""), "%s", out);
+	cr_assert_eq(field(out, NULL, "qd"), 4);
+	cr_assert_eq(field(out, NULL, "size"), 4 << 20);
+	cr_assert_not_null(strstr(out, "\"direct\": false"), "%s", out);
+	cr_assert_geq(field(out, NULL, "cpu"), 0, "the shard's CPU, where the baselines ran");
+	cr_assert_not_null(strstr(out, "\"baselines_pinned\": true"), "%s", out);
+	for (int w = 0; w < 2; w++) {
+		const char *wl = w ? "seqwrite_128k" : "randread_4k";
+		double block = w ? 131072 : 4096;
+		check_engine(out, wl, "keel", block);
+		check_engine(out, wl, "threads", block);
+		cr_assert_gt(field(out, wl, "keel_to_threads"), 0);
+		if (fio) {
+			check_engine(out, wl, "fio", block);
+			cr_assert_gt(field(out, wl, "keel_to_fio"), 0);
+		}
+	}
+	if (!fio) {
+		cr_log_warn("fio is not installed: its part of the report was not checked");
+		cr_assert_null(strstr(out, "\"fio_skipped\": null"), "%s", out);
+	} else
+		cr_assert_not_null(strstr(out, "\"fio_skipped\": null"), "%s", out);
+	free(out);
+}
+
+Test(tools_disk, fio_off_reports_why, .fini = rm_path)
+{
+	char args[1024], *out;
+
+	snprintf(path, sizeof(path), "%s/bench-disk-off-%d.dat", KEEL_TOOLS_TMP, (int)getpid());
+	snprintf(args, sizeof(args),
+		 "disk --path %s --size 1M --qd 1 --seconds 0.1 --rounds 1 --direct off --fio off "
+		 "--json",
+		 path);
+	cr_assert_eq(run(args, &out), 0, "%s", out);
+	cr_assert_not_null(strstr(out, "\"fio_skipped\": \"--fio off\""), "%s", out);
+	cr_assert_not_null(strstr(out, "\"fio\": null"), "%s", out);
+	cr_assert_eq(field(out, "randread_4k", "keel_to_fio"), -1);
+	free(out);
+}
+
+Test(tools_disk, bad_options_exit_2)
+{
+	char *out;
+	const char *bad[] = { "disk --qd 0", "disk --direct maybe", "disk --size 10",
+			      "disk --seconds x", "disk --nope" };
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		cr_assert_eq(run(bad[i], &out), 2, "%s: %s", bad[i], out);
+		cr_assert_not_null(strstr(out, "keel-bench disk"), "%s", out);
+		free(out);
+	}
+}
