@@ -171,11 +171,14 @@ main(int argc, char **argv)
 		return 1;
 	}
 	kv_set_port(keel_listener_port(a.l));
-	fprintf(stderr, "keel-kv: listening on %s port %u, %u shards\n", addr,
-		keel_listener_port(a.l), kv_cfg.nshards);
 	r = keel_runtime_start(rt, on_start, &a);
-	if (r == 0)
+	if (r == 0) {
+		/* Only now: SIGTERM stops the runtime once it has started (before, it would
+		 * kill the process), and whoever waits for this line may send it. */
+		fprintf(stderr, "keel-kv: listening on %s port %u, %u shards\n", addr,
+			keel_listener_port(a.l), kv_cfg.nshards);
 		r = keel_runtime_join(rt);
+	}
 	keel_runtime_destroy(rt);
 	keel_listener_destroy(a.l);
 	kv_fini();
