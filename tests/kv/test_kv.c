@@ -281,6 +281,9 @@ Test(kv_server, commands_reply_like_redis)
 				  strstr(got, "user:2") && !strstr(got, "other"),
 			  "KEYS user:*: %s", got);
 	}
+	expect(&r, "KEYS user:[2-9]", "*1\r\n$6\r\nuser:2\r\n");
+	expect(&r, "KEYS ?ther", "*1\r\n$5\r\nother\r\n");
+	expect(&r, "KEYS nomatch*", "*0\r\n");
 	expect(&r, "SELECT 0", "+OK\r\n");
 	expect(&r, "SELECT 1", "-ERR DB index is out of range\r\n");
 	expect(&r, "CONFIG GET save", "*2\r\n$4\r\nsave\r\n$0\r\n\r\n");
@@ -691,4 +694,42 @@ Test(kv_server, stops_cleanly_under_load)
 	for (int k = 0; k < 4; k++)
 		close(fds[k]);
 	free(req);
+}
+
+static char *
+run_cmd(const char *cmd)
+{
+	static char out[1 << 16];
+	FILE *p = popen(cmd, "r");
+	size_t n;
+
+	cr_assert(p, "popen %s", cmd);
+	n = fread(out, 1, sizeof(out) - 1, p);
+	out[n] = 0;
+	pclose(p);
+	return out;
+}
+
+/* redis-benchmark's own commands, pipelined over 2 shards: every test completes with no
+ * error reply, and the server counted them. */
+Test(kv_server, redis_benchmark_runs_clean)
+{
+	struct srv s;
+	char cmd[512], *out;
+	const char *tests[] = { "\"SET\"", "\"GET\"", "\"INCR\"", "\"MSET (10 keys)\"" };
+
+	if (access("/usr/bin/redis-benchmark", X_OK))
+		cr_skip_test("redis-benchmark is not installed (apt install redis-tools)");
+	srv_start(&s, 2, NULL);
+	snprintf(cmd, sizeof(cmd),
+		 "/usr/bin/redis-benchmark -p %d -t set,get,incr,mset -n 20000 -P 16 -c 20 "
+		 "-r 1000 --csv 2>&1",
+		 s.port);
+	out = run_cmd(cmd);
+	cr_assert_null(strstr(out, "rror"), "redis-benchmark reported an error:\n%s", out);
+	for (unsigned i = 0; i < 4; i++)
+		cr_assert(strstr(out, tests[i]), "no %s line in:\n%s", tests[i], out);
+	/* 20,000 each of SET, GET, INCR and MSET, plus CONFIG GET. */
+	cr_assert_geq(info_field(s.port, "total_commands_processed:"), 80000);
+	srv_stop(&s);
 }
