@@ -220,7 +220,19 @@ drain(struct kconn *kc)
 	}
 }
 
-/* Queue kc->out on the connection, in buffers of the shard's allocator. */
+static void
+release_heap(void *data, uint32_t cap, void *arg)
+{
+	free(data);
+}
+
+/* Replies of at least this many bytes are sent from their own heap memory (wrapped as an
+ * external buffer) rather than copied into registered buffers: a 512 MiB value must not
+ * need 512 MiB of the shard's registered memory (--memory). */
+#define WRAP_MIN (64u * 1024)
+
+/* Queue kc->out on the connection, copied into buffers of the shard's allocator, or
+ * handed over whole when large. */
 static void
 flush_out(struct kconn *kc)
 {
@@ -232,6 +244,19 @@ flush_out(struct kconn *kc)
 		keel_conn_abort(kc->c, -ENOMEM);
 		return;
 	}
+	if (kc->out.len >= WRAP_MIN && kc->out.len <= UINT32_MAX) {
+		struct keel_slice s;
+		int r = keel_buf_wrap(a, kc->out.p, (uint32_t)kc->out.len, release_heap, NULL, &s);
+		if (r < 0) {
+			rb_free(&kc->out);
+			keel_conn_abort(kc->c, r);
+			return;
+		}
+		memset(&kc->out, 0, sizeof(kc->out)); /* the memory is the slice's now */
+		if (keel_conn_send(kc->c, &s) < 0)
+			keel_slice_put(&s); /* closing: dropped with it */
+		off = 0;
+	}
 	while (off < kc->out.len) {
 		size_t n = kc->out.len - off < max ? kc->out.len - off : max;
 		struct keel_slice s;
@@ -242,7 +267,6 @@ flush_out(struct kconn *kc)
 			return;
 		}
 		memcpy(s.data, kc->out.p + off, n);
-		s.len = (uint32_t)n;
 		r = keel_conn_send(kc->c, &s);
 		if (r < 0) {
 			keel_slice_put(&s);
@@ -251,7 +275,7 @@ flush_out(struct kconn *kc)
 		off += n;
 	}
 	kc->out.len = 0;
-	if (kc->out.cap > 64 * 1024)
+	if (kc->out.cap > WRAP_MIN)
 		rb_free(&kc->out); /* a large reply's buffer is not kept per connection */
 	if (kc->closing && !kc->head)
 		keel_conn_close(kc->c);

@@ -436,6 +436,41 @@ Test(kv_server, bulk_over_proto_max_bulk_len_is_refused)
 	srv_stop(&s);
 }
 
+/* A value larger than a registered buffer (4 MiB), and than the shard's registered memory
+ * (--memory 16m), goes in and comes back whole: large replies are sent from heap memory. */
+Test(kv_server, large_value_round_trip)
+{
+	enum { LEN = 24 << 20 };
+	struct srv s;
+	char *req = malloc(LEN + 64), *got = malloc(LEN + 64);
+	int fd, n;
+	size_t have = 0, want;
+
+	srv_start(&s, 2, "--memory", "16m", NULL);
+	fd = cconnect(s.port);
+	n = sprintf(req, "*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$%d\r\n", LEN);
+	for (int i = 0; i < LEN; i++)
+		req[n + i] = (char)('a' + i % 26);
+	memcpy(req + n + LEN, "\r\n", 2);
+	send_all(fd, req, (size_t)n + LEN + 2);
+	send_all(fd, "GET big\r\n", 9);
+	want = 5 + (size_t)snprintf(NULL, 0, "$%d\r\n", LEN) + LEN + 2;
+	while (have < want) {
+		ssize_t r = recv(fd, got + have, want - have, 0);
+		cr_assert_gt(r, 0, "recv after %zu of %zu bytes: %s", have, want, strerror(errno));
+		have += (size_t)r;
+	}
+	cr_assert(!memcmp(got, "+OK\r\n", 5));
+	n = snprintf(req, 64, "$%d\r\n", LEN);
+	cr_assert(!memcmp(got + 5, req, (size_t)n));
+	for (int i = 0; i < LEN; i++)
+		cr_assert_eq(got[5 + n + i], (char)('a' + i % 26), "byte %d", i);
+	close(fd);
+	srv_stop(&s);
+	free(req);
+	free(got);
+}
+
 /* A half request that stalls is closed by --timeout. */
 Test(kv_server, stalled_half_request_closed_by_timeout)
 {
