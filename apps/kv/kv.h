@@ -1,0 +1,126 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * keel-kv internals shared by its files: reply buffers, the per-shard key table, the
+ * command table. docs/kv.md describes the design.
+ */
+#ifndef KEEL_KV_H
+#define KEEL_KV_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "resp.h"
+
+/* A growable reply buffer (malloc: replies cross shards and are freed where they land).
+ * An allocation failure sets @oom and drops further bytes; the caller then aborts. */
+struct rbuf {
+	uint8_t *p;
+	size_t len, cap;
+	bool oom;
+};
+
+void rb_put(struct rbuf *b, const void *p, size_t n);
+void rb_simple(struct rbuf *b, const char *s); /* "+s\r\n" */
+void rb_err(struct rbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void rb_int(struct rbuf *b, long long v);
+void rb_bulk(struct rbuf *b, const void *p, size_t n);
+void rb_nil(struct rbuf *b);
+void rb_arr(struct rbuf *b, long long n);
+void rb_free(struct rbuf *b);
+
+/* One key: key bytes then value bytes in data[]. */
+struct kv_ent {
+	struct kv_ent *next;
+	uint64_t hash;
+	int64_t expire_ms; /* unix ms; 0: none */
+	uint32_t klen, vlen, vcap;
+	uint8_t data[];
+};
+
+/* Counters of one shard, written by it, read by INFO on any shard (relaxed). */
+struct kv_stats {
+	_Atomic uint64_t keys, expires, used_memory;
+	_Atomic uint64_t commands, forwarded_out, forwarded_in, fanouts;
+	_Atomic uint64_t expired_lazy, expired_swept, oom_rejected;
+	_Atomic uint64_t conns, conns_total, proto_errors, timeouts;
+	_Atomic uint64_t hits, misses;
+};
+
+/* A shard's key table: chained buckets, a power of two of them. */
+struct kv_db {
+	struct kv_ent **b;
+	size_t mask; /* buckets - 1 */
+	size_t count, expires;
+	size_t sweep; /* next bucket the expiry sweep looks at */
+	struct kv_stats *st;
+};
+
+/* Process-wide settings (set before the shards start, read-only after). */
+struct kv_config {
+	uint64_t maxmemory; /* 0: no limit */
+	uint64_t max_bulk;  /* --proto-max-bulk-len */
+	uint64_t query_max; /* the largest request buffered (client-query-buffer-limit) */
+	unsigned timeout_s; /* --timeout: idle connections closed after this; 0: never */
+	unsigned nshards;
+	bool handoff_export; /* --handoff export: forward requests as exported slices */
+	uint64_t hash_seed;
+};
+extern struct kv_config kv_cfg;
+extern struct kv_stats kv_stats[];
+
+uint64_t kv_hash(const void *p, size_t n);
+static inline unsigned
+kv_owner(uint64_t h)
+{
+	return (unsigned)((h >> 40) % kv_cfg.nshards);
+}
+int64_t kv_now_ms(void);
+uint64_t kv_used_total(void);
+bool kv_glob(const uint8_t *pat, size_t plen, const uint8_t *s, size_t slen, bool nocase);
+
+int kv_db_init(struct kv_db *db, struct kv_stats *st);
+void kv_db_fini(struct kv_db *db);
+void kv_db_flush(struct kv_db *db);
+/* Delete up to @budget expired keys' buckets' worth; returns keys deleted. */
+size_t kv_db_sweep(struct kv_db *db, size_t budget);
+
+/* How a command is routed. */
+enum kv_route {
+	KV_R_LOCAL, /* no keys: runs where it was received */
+	KV_R_KEY,   /* argv[1] is the key: runs on its owner */
+	KV_R_KEYS,  /* every argument from 1 (step 1 or 2) is a key: split per owner */
+	KV_R_ALL,   /* every shard's table: run on each, replies merged */
+};
+enum kv_merge { KV_M_NONE, KV_M_SUM, KV_M_OK, KV_M_ARRAY_BY_KEY, KV_M_CONCAT };
+
+#define KV_F_WRITE   1u
+#define KV_F_DENYOOM 2u
+
+struct kv_cmd;
+typedef void (*kv_cmd_fn)(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out);
+
+struct kv_cmd {
+	const char *name;
+	int arity; /* Redis's: n exactly, -n at least n */
+	unsigned flags;
+	enum kv_route route;
+	unsigned key_step;      /* KV_R_KEYS: 1 (DEL k k) or 2 (MSET k v k v) */
+	enum kv_merge merge;    /* KV_R_KEYS and KV_R_ALL */
+	kv_cmd_fn fn;           /* runs on the owner (NULL for KV_R_LOCAL: the server runs it) */
+	const char *flag_words; /* for COMMAND: "write denyoom" */
+};
+
+/* Find a command by name (case-insensitive); NULL when unknown. */
+const struct kv_cmd *kv_cmd_find(const uint8_t *name, size_t len);
+/* The whole table (for COMMAND), *n entries. */
+const struct kv_cmd *kv_cmd_table(unsigned *n);
+/* Run @c on this shard's table @db (its keys live here), checking maxmemory. */
+void kv_cmd_exec(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv, unsigned argc,
+		 struct rbuf *out);
+/* Write Redis's reply for an unknown command / wrong arity. */
+void kv_reply_unknown(struct rbuf *out, struct resp_arg *argv, unsigned argc);
+void kv_reply_arity(struct rbuf *out, const struct kv_cmd *c);
+
+#endif

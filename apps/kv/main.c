@@ -1,0 +1,186 @@
+// SPDX-License-Identifier: MIT
+/*
+ * keel-kv: a sharded key-value server that speaks the Redis protocol (RESP2). See
+ * docs/kv.md.
+ */
+#include <errno.h>
+#include <keel/keel.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "kv.h"
+#include "server.h"
+
+static const char usage[] =
+	"usage: keel-kv [--port P] [--addr A] [--maxmemory BYTES] [--timeout SECONDS]\n"
+	"               [--proto-max-bulk-len BYTES] [--client-query-buffer-limit BYTES]\n"
+	"               [--handoff copy|export] [--buf-count N] [--buf-size N] [runtime options]\n"
+	"A Redis-protocol key-value server, keys spread over the shards (docs/kv.md).\n"
+	"--port P: TCP port (default 6379; 0: an ephemeral one, printed at start)\n"
+	"--addr A: address to listen on (default 0.0.0.0)\n"
+	"--maxmemory BYTES: writes past this much key/value memory get -OOM (0: no limit;\n"
+	"           suffixes k kb m mb g gb)\n"
+	"--timeout SECONDS: close connections idle this long (0: never, the default)\n"
+	"--proto-max-bulk-len BYTES: the largest bulk string accepted (default 512mb); a\n"
+	"           longer one gets an error and the connection is closed\n"
+	"--client-query-buffer-limit BYTES: the largest request buffered (default 1gb)\n"
+	"--handoff copy|export: requests for another shard's keys travel copied (default)\n"
+	"           or as an export of the receive buffer (keel_slice_export)\n"
+	"--buf-count N, --buf-size N: receive buffers per shard (default 256 x 16384)\n";
+
+static void
+die(const char *msg, const char *opt)
+{
+	fprintf(stderr, "keel-kv: %s%s\n%s", msg, opt ? opt : "", usage);
+	exit(2);
+}
+
+/* "100", "64k", "100mb", "1gb" (Redis's memtoll, case-insensitive). */
+static int
+parse_bytes(const char *s, uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+	uint64_t mul = 1;
+
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno || end == s || *s == '-')
+		return -EINVAL;
+	if (!strcasecmp(end, "k") || !strcasecmp(end, "kb"))
+		mul = 1024;
+	else if (!strcasecmp(end, "m") || !strcasecmp(end, "mb"))
+		mul = 1024 * 1024;
+	else if (!strcasecmp(end, "g") || !strcasecmp(end, "gb"))
+		mul = 1024 * 1024 * 1024;
+	else if (*end)
+		return -EINVAL;
+	if (v > UINT64_MAX / mul)
+		return -ERANGE;
+	*out = v * mul;
+	return 0;
+}
+
+struct app {
+	struct keel_listener *l;
+};
+
+static void
+on_start(void *arg)
+{
+	struct app *a = arg;
+	int r = kv_shard_start();
+
+	if (r == 0)
+		r = keel_listener_start(a->l);
+	if (r < 0) {
+		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: %s", keel_shard_id(keel_this_shard()),
+			 strerror(-r));
+		keel_stop(r);
+	}
+}
+
+int
+main(int argc, char **argv)
+{
+	struct keel_opts o;
+	struct keel_net_config nc;
+	struct keel_listen_opts lo;
+	struct keel_runtime *rt;
+	struct app a = { 0 };
+	struct timespec ts;
+	const char *addr = "0.0.0.0";
+	long port = 6379;
+	int r;
+
+	keel_opts_init(&o);
+	keel_opts_parse_or_exit(&o, &argc, argv, usage);
+	keel_net_config_init(&nc);
+	memset(&lo, 0, sizeof(lo));
+	for (int i = 1; i < argc; i++) {
+		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+		char *end;
+		uint64_t b;
+
+		if (!v)
+			die("missing value for ", argv[i]);
+		if (!strcmp(argv[i], "--port")) {
+			port = strtol(v, &end, 10);
+			if (*end || port < 0 || port > 65535)
+				die("--port expects 0..65535, got ", v);
+		} else if (!strcmp(argv[i], "--addr")) {
+			addr = v;
+		} else if (!strcmp(argv[i], "--maxmemory")) {
+			if (parse_bytes(v, &kv_cfg.maxmemory) < 0)
+				die("--maxmemory expects bytes (100mb, 1gb, ...), got ", v);
+		} else if (!strcmp(argv[i], "--timeout")) {
+			long t = strtol(v, &end, 10);
+			if (*end || t < 0 || t > 100000000)
+				die("--timeout expects seconds (0: never), got ", v);
+			kv_cfg.timeout_s = (unsigned)t;
+		} else if (!strcmp(argv[i], "--proto-max-bulk-len")) {
+			if (parse_bytes(v, &b) < 0 || b < 1024 || b > (1ull << 32) - 1)
+				die("--proto-max-bulk-len expects 1kb..4gb, got ", v);
+			kv_cfg.max_bulk = b;
+		} else if (!strcmp(argv[i], "--client-query-buffer-limit")) {
+			if (parse_bytes(v, &b) < 0 || b < 1024 * 1024)
+				die("--client-query-buffer-limit expects at least 1mb, got ", v);
+			kv_cfg.query_max = b;
+		} else if (!strcmp(argv[i], "--handoff")) {
+			if (!strcmp(v, "copy"))
+				kv_cfg.handoff_export = false;
+			else if (!strcmp(v, "export"))
+				kv_cfg.handoff_export = true;
+			else
+				die("--handoff expects copy or export, got ", v);
+		} else if (!strcmp(argv[i], "--buf-count") || !strcmp(argv[i], "--buf-size")) {
+			long t = strtol(v, &end, 10);
+			if (*end || t <= 0 || t > (1L << 20))
+				die("--buf-count and --buf-size expect 1..1048576, got ", v);
+			if (argv[i][6] == 'c')
+				nc.buf_count = (uint32_t)t;
+			else
+				nc.buf_size = (uint32_t)t;
+		} else {
+			die("unknown option ", argv[i]);
+		}
+		i++;
+	}
+	if (kv_cfg.query_max < kv_cfg.max_bulk + 1024)
+		kv_cfg.query_max = kv_cfg.max_bulk + 1024;
+	if (keel_net_config_set(&nc) < 0)
+		die("--buf-count must be a power of two up to 32768 and --buf-size at most 1 MiB",
+		    NULL);
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	kv_cfg.hash_seed = (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ull ^ (uint64_t)ts.tv_sec;
+	r = keel_runtime_create(&o, &rt);
+	if (r < 0)
+		return 1;
+	kv_cfg.nshards = keel_runtime_shard_count(rt);
+	lo.addr = addr;
+	lo.port = (uint16_t)port;
+	lo.rt = rt;
+	r = keel_listener_create(&lo, kv_cfg.nshards, &kv_conn_ops, &a, &a.l);
+	if (r < 0) {
+		fprintf(stderr, "keel-kv: listening on %s port %ld: %s\n", addr, port,
+			strerror(-r));
+		keel_runtime_destroy(rt);
+		return 1;
+	}
+	kv_set_port(keel_listener_port(a.l));
+	r = keel_runtime_start(rt, on_start, &a);
+	if (r == 0) {
+		/* Only now: SIGTERM stops the runtime once it has started (before, it would
+		 * kill the process), and whoever waits for this line may send it. */
+		fprintf(stderr, "keel-kv: listening on %s port %u, %u shards\n", addr,
+			keel_listener_port(a.l), kv_cfg.nshards);
+		r = keel_runtime_join(rt);
+	}
+	keel_runtime_destroy(rt);
+	keel_listener_destroy(a.l);
+	kv_fini();
+	return r < 0 ? 1 : 0;
+}

@@ -1,0 +1,301 @@
+// SPDX-License-Identifier: MIT
+/*
+ * RESP2 request parsing, following Redis 7's processMultibulkBuffer and
+ * processInlineBuffer (src/networking.c) so that the same bytes get the same replies:
+ * counts are strict integers (string2ll), a bulk's trailing CRLF is skipped unchecked,
+ * count lines and inline requests are bounded by 64 KiB.
+ */
+#include "resp.h"
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+
+/* Redis's string2ll: an optional '-', then digits without a leading zero; no overflow. */
+static bool
+str2ll(const uint8_t *p, size_t n, long long *out)
+{
+	unsigned long long v = 0;
+	bool neg = false;
+	size_t i = 0;
+
+	if (n == 0 || n > 20)
+		return false;
+	if (n == 1 && p[0] == '0') {
+		*out = 0;
+		return true;
+	}
+	if (p[0] == '-') {
+		neg = true;
+		i = 1;
+		if (n == 1)
+			return false;
+	}
+	if (p[i] < '1' || p[i] > '9')
+		return false;
+	for (; i < n; i++) {
+		if (p[i] < '0' || p[i] > '9')
+			return false;
+		if (v > (ULLONG_MAX - (p[i] - '0')) / 10)
+			return false;
+		v = v * 10 + (p[i] - '0');
+	}
+	if (neg) {
+		if (v > (unsigned long long)LLONG_MAX + 1)
+			return false;
+		*out = v == (unsigned long long)LLONG_MAX + 1 ? LLONG_MIN : -(long long)v;
+	} else {
+		if (v > LLONG_MAX)
+			return false;
+		*out = (long long)v;
+	}
+	return true;
+}
+
+static long
+fail(struct resp_req *req, const char *msg)
+{
+	snprintf(req->err, sizeof(req->err), "%s", msg);
+	return RESP_ERROR;
+}
+
+static long
+more(struct resp_req *req, size_t need)
+{
+	req->need = need;
+	return RESP_MORE;
+}
+
+static long
+parse_multibulk(const uint8_t *p, size_t n, struct resp_req *req)
+{
+	const uint8_t *cr = memchr(p, '\r', n);
+	long long count, len;
+	size_t pos;
+
+	if (!cr) {
+		if (n > RESP_INLINE_MAX)
+			return fail(req, "Protocol error: too big mbulk count string");
+		return more(req, n + 1);
+	}
+	if (!str2ll(p + 1, (size_t)(cr - p) - 1, &count) || count > INT_MAX)
+		return fail(req, "Protocol error: invalid multibulk length");
+	pos = (size_t)(cr - p) + 2;
+	if (pos > n)
+		return more(req, pos);
+	if (count <= 0)
+		return (long)pos; /* an empty request: skipped, as Redis does */
+	for (long long i = 0; i < count; i++) {
+		size_t start;
+
+		if (pos >= n)
+			return more(req, pos + 1);
+		cr = memchr(p + pos, '\r', n - pos);
+		if (!cr) {
+			if (n - pos > RESP_INLINE_MAX)
+				return fail(req, "Protocol error: too big bulk count string");
+			return more(req, n + 1);
+		}
+		if (p[pos] != '$') {
+			int ch = p[pos] == '\r' || p[pos] == '\n' ? ' ' : p[pos];
+			snprintf(req->err, sizeof(req->err),
+				 "Protocol error: expected '$', got '%c'", ch);
+			return RESP_ERROR;
+		}
+		if (!str2ll(p + pos + 1, (size_t)(cr - (p + pos)) - 1, &len) || len < 0 ||
+		    (unsigned long long)len > req->max_bulk)
+			return fail(req, "Protocol error: invalid bulk length");
+		start = (size_t)(cr - p) + 2;
+		if (start + (size_t)len + 2 > n)
+			return more(req, start + (size_t)len + 2);
+		if (req->argc == req->cap) {
+			unsigned want = req->cap ? req->cap * 2 : 8;
+			if ((long long)want > count)
+				want = (unsigned)count;
+			req->need = want;
+			return RESP_NEED_ARGV;
+		}
+		req->argv[req->argc].p = p + start;
+		req->argv[req->argc].len = (size_t)len;
+		req->argc++;
+		pos = start + (size_t)len + 2;
+	}
+	return (long)pos;
+}
+
+static int
+hexval(uint8_t c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+static bool
+is_space(uint8_t c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
+
+/* sdssplitargs: arguments separated by spaces, "double quotes" with C escapes and \xHH,
+ * 'single quotes' with \' only; a closing quote must be followed by a space or the end. */
+static long
+parse_inline(const uint8_t *p, size_t n, struct resp_req *req)
+{
+	const uint8_t *nl = memchr(p, '\n', n);
+	size_t linelen, i = 0, out = 0;
+
+	if (!nl) {
+		if (n > RESP_INLINE_MAX)
+			return fail(req, "Protocol error: too big inline request");
+		return more(req, n + 1);
+	}
+	linelen = (size_t)(nl - p);
+	if (linelen && p[linelen - 1] == '\r')
+		linelen--;
+	if (req->scratch_cap < linelen) {
+		req->need = linelen;
+		return RESP_NEED_SCRATCH;
+	}
+	while (1) {
+		size_t start;
+		bool dq = false, sq = false, done = false;
+
+		while (i < linelen && is_space(p[i]))
+			i++;
+		if (i == linelen)
+			break;
+		start = out;
+		while (!done) {
+			uint8_t c = i < linelen ? p[i] : 0;
+			if (dq) {
+				if (i >= linelen)
+					goto unbalanced;
+				if (c == '\\' && i + 3 < linelen && p[i + 1] == 'x' &&
+				    hexval(p[i + 2]) >= 0 && hexval(p[i + 3]) >= 0) {
+					req->scratch[out++] =
+						(uint8_t)(hexval(p[i + 2]) * 16 + hexval(p[i + 3]));
+					i += 3;
+				} else if (c == '\\' && i + 1 < linelen) {
+					uint8_t e = p[++i];
+					req->scratch[out++] = e == 'n'   ? '\n'
+							      : e == 'r' ? '\r'
+							      : e == 't' ? '\t'
+							      : e == 'b' ? '\b'
+							      : e == 'a' ? '\a'
+									 : e;
+				} else if (c == '"') {
+					if (i + 1 < linelen && !is_space(p[i + 1]))
+						goto unbalanced;
+					done = true;
+				} else {
+					req->scratch[out++] = c;
+				}
+			} else if (sq) {
+				if (i >= linelen)
+					goto unbalanced;
+				if (c == '\\' && i + 1 < linelen && p[i + 1] == '\'') {
+					i++;
+					req->scratch[out++] = '\'';
+				} else if (c == '\'') {
+					if (i + 1 < linelen && !is_space(p[i + 1]))
+						goto unbalanced;
+					done = true;
+				} else {
+					req->scratch[out++] = c;
+				}
+			} else {
+				if (i >= linelen || is_space(c)) {
+					done = true;
+					continue; /* i stays on the space */
+				} else if (c == '"') {
+					dq = true;
+				} else if (c == '\'') {
+					sq = true;
+				} else {
+					req->scratch[out++] = c;
+				}
+			}
+			i++;
+		}
+		if (req->argc == req->cap) {
+			req->need = req->cap ? req->cap * 2 : 8;
+			req->argc = 0;
+			return RESP_NEED_ARGV;
+		}
+		req->argv[req->argc].p = req->scratch + start;
+		req->argv[req->argc].len = out - start;
+		req->argc++;
+	}
+	return (long)(nl - p) + 1;
+unbalanced:
+	req->argc = 0;
+	return fail(req, "Protocol error: unbalanced quotes in request");
+}
+
+long
+resp_parse(const uint8_t *p, size_t n, struct resp_req *req)
+{
+	long r;
+
+	req->argc = 0;
+	req->need = 0;
+	if (n == 0)
+		return more(req, 1);
+	r = p[0] == '*' ? parse_multibulk(p, n, req) : parse_inline(p, n, req);
+	if (r <= 0)
+		req->argc = 0;
+	return r;
+}
+
+static size_t
+line_end(const uint8_t *p, size_t n)
+{
+	const uint8_t *cr = memchr(p, '\r', n);
+
+	if (!cr || (size_t)(cr - p) + 2 > n)
+		return 0;
+	return (size_t)(cr - p) + 2;
+}
+
+size_t
+resp_reply_len(const uint8_t *p, size_t n)
+{
+	size_t l, pos;
+	long long v;
+
+	if (n < 3)
+		return 0;
+	l = line_end(p, n);
+	if (!l)
+		return 0;
+	switch (p[0]) {
+	case '+':
+	case '-':
+	case ':':
+		return l;
+	case '$':
+		if (!str2ll(p + 1, l - 3, &v))
+			return 0;
+		if (v < 0)
+			return l;
+		return l + (size_t)v + 2 <= n ? l + (size_t)v + 2 : 0;
+	case '*':
+		if (!str2ll(p + 1, l - 3, &v))
+			return 0;
+		pos = l;
+		for (long long i = 0; i < v; i++) {
+			size_t e = resp_reply_len(p + pos, n - pos);
+			if (!e)
+				return 0;
+			pos += e;
+		}
+		return pos;
+	}
+	return 0;
+}

@@ -1,0 +1,1178 @@
+// SPDX-License-Identifier: MIT
+/*
+ * keel-kv connections: parsing, routing, cross-shard hand-off, in-order replies.
+ *
+ * A connection lives on the shard that accepted it (its home). Each request is parsed
+ * there. A key is owned by shard kv_owner(hash(key)); a request for a key owned here runs
+ * at once, one for another shard's key goes there with keel_call (the request's bytes,
+ * copied, or exported from the receive buffer with --handoff export) and its reply comes
+ * back to the home shard in the call's completion. Replies leave in request order: a
+ * request whose reply is not ready yet holds a place (struct pend) in the connection's
+ * queue, and replies behind it wait in the queue too. Per connection, requests reach each
+ * shard in the order sent (a local one runs at once, remote ones travel through one FIFO
+ * queue per shard pair), so each key sees the connection's commands in order.
+ */
+#include "server.h"
+
+#include <errno.h>
+#include <keel/keel.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kv.h"
+
+struct kv_config kv_cfg = { .max_bulk = RESP_MAX_BULK_DEFAULT,
+			    .query_max = 1ull << 30,
+			    .nshards = 1 };
+struct kv_stats kv_stats[KEEL_MAX_SHARDS];
+static uint16_t kv_port;
+static int64_t kv_start_ms;
+
+/* A reply place in a connection's queue. */
+struct pend {
+	struct pend *next;
+	struct kconn *kc; /* NULL: the connection closed while this was away */
+	struct rbuf rep;
+	bool done;
+	/* A fan-out (KV_R_KEYS split over shards, KV_R_ALL): one part per shard. */
+	const struct kv_cmd *cmd;
+	unsigned parts_left;
+	struct rbuf *parts;  /* [nshards] */
+	uint16_t *key_owner; /* KV_M_ARRAY_BY_KEY: the owner of each key, in order */
+	unsigned nkeys;
+};
+
+struct kconn {
+	struct keel_conn *c;
+	struct kconn *prev, *next; /* the shard's connections */
+	uint64_t id;
+	uint8_t *in; /* the start of a request not yet whole */
+	size_t in_len, in_cap, in_need;
+	struct rbuf out; /* replies ready to queue on the connection */
+	struct pend *head, *tail;
+	unsigned npend;
+	bool closing; /* a protocol error or QUIT: no more requests; close once replied */
+	bool paused;  /* this code paused reading (too many replies outstanding) */
+	int64_t last_ms;
+	char *name;
+	struct resp_arg *argv;
+	unsigned argv_cap;
+	uint8_t *scratch;
+	size_t scratch_cap;
+};
+
+/* Per shard. */
+struct kv_shard {
+	struct kv_db db;
+	struct kconn *conns;
+	uint64_t next_id;
+	struct keel_timer *sweep, *idle;
+	/* Parsing of requests handed over by other shards. */
+	struct resp_arg *argv;
+	unsigned argv_cap;
+	uint8_t *scratch;
+	size_t scratch_cap;
+};
+static struct kv_shard shards[KEEL_MAX_SHARDS];
+
+/* Outstanding replies per connection before reading pauses (a client that pipelines
+ * without reading cannot make the home shard hold more than this many). */
+#define PEND_MAX 4096
+
+/* The hand-off of one request (or one part of a fan-out) to the owner shard. */
+struct kmsg {
+	struct pend *pend;
+	unsigned part;        /* the owner (the part of a fan-out) */
+	struct keel_slice sl; /* --handoff export: the request's bytes; else buf NULL */
+	const uint8_t *req;   /* the request's bytes */
+	size_t req_len;
+	struct rbuf rep;
+	uint8_t copy[]; /* copied request bytes */
+};
+
+static unsigned
+self(void)
+{
+	return keel_shard_id(keel_this_shard());
+}
+
+static void
+stat_add(_Atomic uint64_t *c, long long d)
+{
+	atomic_fetch_add_explicit(c, (uint64_t)d, memory_order_relaxed);
+}
+
+uint64_t
+kv_used_total(void)
+{
+	uint64_t t = 0;
+
+	for (unsigned i = 0; i < kv_cfg.nshards; i++)
+		t += atomic_load_explicit(&kv_stats[i].used_memory, memory_order_relaxed);
+	return t;
+}
+
+void
+kv_set_port(uint16_t port)
+{
+	kv_port = port;
+}
+
+/* Grow a parser's arrays as resp_parse asks (bounded by the request's own bytes). */
+static int
+parse_grow(long r, struct resp_req *req, struct resp_arg **argv, unsigned *cap, uint8_t **scr,
+	   size_t *scap)
+{
+	if (r == RESP_NEED_ARGV) {
+		struct resp_arg *a = realloc(*argv, req->need * sizeof(*a));
+		if (!a)
+			return -ENOMEM;
+		*argv = a;
+		*cap = (unsigned)req->need;
+	} else {
+		uint8_t *s = realloc(*scr, req->need);
+		if (!s)
+			return -ENOMEM;
+		*scr = s;
+		*scap = req->need;
+	}
+	req->argv = *argv;
+	req->cap = *cap;
+	req->scratch = *scr;
+	req->scratch_cap = *scap;
+	return 0;
+}
+
+/* Replies. */
+
+static void flush_out(struct kconn *kc);
+
+static struct pend *
+pend_new(struct kconn *kc)
+{
+	struct pend *p = calloc(1, sizeof(*p));
+
+	if (!p)
+		return NULL;
+	p->kc = kc;
+	if (kc->tail)
+		kc->tail->next = p;
+	else
+		kc->head = p;
+	kc->tail = p;
+	kc->npend++;
+	if (kc->npend >= PEND_MAX && !kc->paused) {
+		kc->paused = true;
+		keel_conn_pause_read(kc->c);
+	}
+	return p;
+}
+
+static void
+pend_free(struct pend *p)
+{
+	rb_free(&p->rep);
+	if (p->parts) {
+		for (unsigned i = 0; i < kv_cfg.nshards; i++)
+			rb_free(&p->parts[i]);
+		free(p->parts);
+	}
+	free(p->key_owner);
+	free(p);
+}
+
+/* Where the next reply goes: straight out when nothing waits before it. NULL: no memory
+ * (the connection is aborted). */
+static struct rbuf *
+reply_to(struct kconn *kc)
+{
+	struct pend *p;
+
+	if (!kc->head)
+		return &kc->out;
+	p = pend_new(kc);
+	if (!p)
+		return NULL;
+	p->done = true;
+	return &p->rep;
+}
+
+/* Move the replies that are ready, in order, to the output. */
+static void
+drain(struct kconn *kc)
+{
+	struct pend *p;
+
+	while ((p = kc->head) && p->done) {
+		rb_put(&kc->out, p->rep.p, p->rep.len);
+		kc->out.oom |= p->rep.oom;
+		kc->head = p->next;
+		if (!kc->head)
+			kc->tail = NULL;
+		kc->npend--;
+		pend_free(p);
+	}
+	if (kc->paused && kc->npend < PEND_MAX / 2) {
+		kc->paused = false;
+		keel_conn_resume_read(kc->c);
+	}
+}
+
+static void
+release_heap(void *data, uint32_t cap, void *arg)
+{
+	free(data);
+}
+
+/* Replies of at least this many bytes are sent from their own heap memory (wrapped as an
+ * external buffer) rather than copied into registered buffers: a 512 MiB value must not
+ * need 512 MiB of the shard's registered memory (--memory). */
+#define WRAP_MIN (64u * 1024)
+
+/* Queue kc->out on the connection, copied into buffers of the shard's allocator, or
+ * handed over whole when large. */
+static void
+flush_out(struct kconn *kc)
+{
+	struct keel_alloc *a = keel_shard_alloc();
+	size_t max = keel_alloc_buf_max(a), off = 0;
+
+	if (kc->out.oom) {
+		rb_free(&kc->out);
+		keel_conn_abort(kc->c, -ENOMEM);
+		return;
+	}
+	if (kc->out.len >= WRAP_MIN && kc->out.len <= UINT32_MAX) {
+		struct keel_slice s;
+		int r = keel_buf_wrap(a, kc->out.p, (uint32_t)kc->out.len, release_heap, NULL, &s);
+		if (r < 0) {
+			rb_free(&kc->out);
+			keel_conn_abort(kc->c, r);
+			return;
+		}
+		memset(&kc->out, 0, sizeof(kc->out)); /* the memory is the slice's now */
+		if (keel_conn_send(kc->c, &s) < 0)
+			keel_slice_put(&s); /* closing: dropped with it */
+		off = 0;
+	}
+	while (off < kc->out.len) {
+		size_t n = kc->out.len - off < max ? kc->out.len - off : max;
+		struct keel_slice s;
+		int r = keel_buf_alloc(a, n, &s);
+		if (r < 0) {
+			rb_free(&kc->out);
+			keel_conn_abort(kc->c, r);
+			return;
+		}
+		memcpy(s.data, kc->out.p + off, n);
+		r = keel_conn_send(kc->c, &s);
+		if (r < 0) {
+			keel_slice_put(&s);
+			break; /* closing: the rest is dropped with it */
+		}
+		off += n;
+	}
+	kc->out.len = 0;
+	if (kc->out.cap > WRAP_MIN)
+		rb_free(&kc->out); /* a large reply's buffer is not kept per connection */
+	if (kc->closing && !kc->head)
+		keel_conn_close(kc->c);
+}
+
+/* Fan-out merging. */
+
+static bool
+part_error(struct pend *p, struct rbuf *out)
+{
+	for (unsigned s = 0; s < kv_cfg.nshards; s++)
+		if (p->parts[s].len && p->parts[s].p[0] == '-') {
+			rb_put(out, p->parts[s].p, p->parts[s].len);
+			return true;
+		}
+	return false;
+}
+
+static long long
+arr_count(const struct rbuf *b, size_t *hdr)
+{
+	const uint8_t *cr = b->len ? memchr(b->p, '\r', b->len) : NULL;
+
+	if (!cr || b->p[0] != '*') {
+		*hdr = 0;
+		return 0;
+	}
+	*hdr = (size_t)(cr - b->p) + 2;
+	return strtoll((const char *)b->p + 1, NULL, 10);
+}
+
+static void
+merge(struct pend *p)
+{
+	struct rbuf *out = &p->rep;
+	unsigned ns = kv_cfg.nshards;
+
+	for (unsigned s = 0; s < ns; s++)
+		if (p->parts[s].oom) {
+			out->oom = true;
+			return;
+		}
+	if (part_error(p, out))
+		return;
+	switch (p->cmd->merge) {
+	case KV_M_SUM: {
+		long long t = 0;
+		for (unsigned s = 0; s < ns; s++)
+			if (p->parts[s].len > 1)
+				t += strtoll((const char *)p->parts[s].p + 1, NULL, 10);
+		rb_int(out, t);
+		break;
+	}
+	case KV_M_OK:
+		rb_simple(out, "OK");
+		break;
+	case KV_M_CONCAT: {
+		long long t = 0;
+		size_t hdr;
+		for (unsigned s = 0; s < ns; s++)
+			t += arr_count(&p->parts[s], &hdr);
+		rb_arr(out, t);
+		for (unsigned s = 0; s < ns; s++) {
+			arr_count(&p->parts[s], &hdr);
+			if (hdr)
+				rb_put(out, p->parts[s].p + hdr, p->parts[s].len - hdr);
+		}
+		break;
+	}
+	case KV_M_ARRAY_BY_KEY: {
+		size_t cur[KEEL_MAX_SHARDS];
+		for (unsigned s = 0; s < ns; s++)
+			arr_count(&p->parts[s], &cur[s]);
+		rb_arr(out, p->nkeys);
+		for (unsigned i = 0; i < p->nkeys; i++) {
+			struct rbuf *b = &p->parts[p->key_owner[i]];
+			size_t *c = &cur[p->key_owner[i]];
+			size_t l = *c < b->len ? resp_reply_len(b->p + *c, b->len - *c) : 0;
+			if (!l) { /* a part shorter than its keys: cannot happen; say so */
+				out->len = 0;
+				rb_err(out, "ERR internal error merging replies");
+				return;
+			}
+			rb_put(out, b->p + *c, l);
+			*c += l;
+		}
+		break;
+	}
+	case KV_M_NONE:
+		break;
+	}
+}
+
+/* A part (or the whole) of a request is answered. */
+static void
+pend_part_done(struct pend *p, unsigned part, struct rbuf *rep)
+{
+	if (p->parts) {
+		p->parts[part] = *rep;
+		memset(rep, 0, sizeof(*rep));
+		if (--p->parts_left)
+			return;
+		merge(p);
+	} else {
+		p->rep = *rep;
+		memset(rep, 0, sizeof(*rep));
+	}
+	p->done = true;
+	if (!p->kc) {
+		pend_free(p); /* its connection is gone */
+		return;
+	}
+	if (p == p->kc->head) {
+		struct kconn *kc = p->kc;
+		drain(kc);
+		flush_out(kc);
+	}
+}
+
+/* Run a command against this shard's table. */
+static void
+exec_here(const struct kv_cmd *c, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	struct kv_shard *ks = &shards[self()];
+
+	if (!ks->db.b) {
+		rb_err(out, "ERR keel-kv is shutting down");
+		return;
+	}
+	kv_cmd_exec(c, &ks->db, argv, argc, out);
+}
+
+/* On the owner: parse the request again and run it. */
+static int
+owner_run(void *arg)
+{
+	struct kmsg *m = arg;
+	struct kv_shard *ks = &shards[self()];
+	struct resp_req req = { .argv = ks->argv,
+				.cap = ks->argv_cap,
+				.scratch = ks->scratch,
+				.scratch_cap = ks->scratch_cap,
+				.max_bulk = UINT64_MAX };
+	long r;
+
+	stat_add(&kv_stats[self()].forwarded_in, 1);
+	while ((r = resp_parse(m->req, m->req_len, &req)) == RESP_NEED_ARGV ||
+	       r == RESP_NEED_SCRATCH)
+		if (parse_grow(r, &req, &ks->argv, &ks->argv_cap, &ks->scratch, &ks->scratch_cap) <
+		    0)
+			break;
+	if (r > 0 && req.argc) {
+		const struct kv_cmd *c = kv_cmd_find(req.argv[0].p, req.argv[0].len);
+		exec_here(c, req.argv, req.argc, &m->rep);
+	} else {
+		m->rep.oom = true; /* only memory can fail a request parsed once already */
+	}
+	if (m->sl.buf)
+		keel_slice_put(&m->sl); /* the proxy: its last put travels home */
+	return 0;
+}
+
+/* Back on the home shard. */
+static void
+home_done(int status, void *arg)
+{
+	struct kmsg *m = arg;
+
+	pend_part_done(m->pend, m->part, &m->rep);
+	free(m);
+}
+
+/* Hand a request's bytes to @owner. @src, when given, holds those bytes at @off. */
+static int
+handoff(struct pend *p, unsigned owner, const uint8_t *req, size_t len,
+	const struct keel_slice *src, size_t off)
+{
+	bool exp = kv_cfg.handoff_export && src;
+	struct kmsg *m = malloc(sizeof(*m) + (exp ? 0 : len));
+	int r;
+
+	if (!m)
+		return -ENOMEM;
+	memset(m, 0, sizeof(*m));
+	m->pend = p;
+	m->part = owner;
+	m->req_len = len;
+	if (exp) {
+		struct keel_slice sub;
+		r = keel_slice_sub(src, off, len, &sub);
+		if (r == 0) {
+			r = keel_slice_export(&sub, owner, &m->sl);
+			keel_slice_put(&sub);
+		}
+		if (r < 0) {
+			free(m);
+			return r;
+		}
+		m->req = m->sl.data;
+	} else {
+		memcpy(m->copy, req, len);
+		m->req = m->copy;
+	}
+	r = keel_call(owner, owner_run, m, home_done, m);
+	if (r < 0) {
+		if (m->sl.buf) {
+			keel_slice_move(&m->sl, self());
+			keel_slice_put(&m->sl);
+		}
+		free(m);
+		return r;
+	}
+	stat_add(&kv_stats[self()].forwarded_out, 1);
+	return 0;
+}
+
+/* Encode a sub-request: @name and the given arguments, as a RESP array. */
+static void
+encode(struct rbuf *b, const struct resp_arg *name, const struct resp_arg *argv,
+       const unsigned *idx, unsigned n, unsigned step)
+{
+	rb_arr(b, 1 + (long long)n * step);
+	rb_bulk(b, name->p, name->len);
+	for (unsigned i = 0; i < n; i++)
+		for (unsigned j = 0; j < step; j++)
+			rb_bulk(b, argv[idx[i] + j].p, argv[idx[i] + j].len);
+}
+
+/* Split a multi-key command (or send an all-shards one) to every shard concerned; the
+ * part for this shard runs now. */
+static void
+fanout(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsigned argc,
+       const uint8_t *raw, size_t rawlen, const uint16_t *owners)
+{
+	unsigned ns = kv_cfg.nshards, me = self();
+	unsigned nkeys = c->route == KV_R_KEYS ? (argc - 1) / c->key_step : 0;
+	struct pend *p = pend_new(kc);
+	unsigned *idx = NULL;
+	bool want[KEEL_MAX_SHARDS] = { false };
+
+	if (!p || !(p->parts = calloc(ns, sizeof(*p->parts))) ||
+	    (nkeys && (!(p->key_owner = malloc(nkeys * sizeof(uint16_t))) ||
+		       !(idx = malloc(nkeys * sizeof(*idx)))))) {
+		if (p)
+			p->rep.oom = true, p->done = true;
+		free(idx);
+		if (p && p->parts) {
+			free(p->parts);
+			p->parts = NULL;
+		}
+		return;
+	}
+	stat_add(&kv_stats[me].fanouts, 1);
+	p->cmd = c;
+	p->nkeys = c->merge == KV_M_ARRAY_BY_KEY ? nkeys : 0;
+	for (unsigned i = 0; i < nkeys; i++) {
+		p->key_owner[i] = owners[i];
+		want[owners[i]] = true;
+	}
+	if (!nkeys)
+		for (unsigned s = 0; s < ns; s++)
+			want[s] = true;
+	for (unsigned s = 0; s < ns; s++)
+		p->parts_left += want[s];
+	/* Remote parts first, so a reply cannot complete the fan-out before it is whole;
+	 * then this shard's, which may complete it. */
+	for (unsigned pass = 0; pass < 2; pass++)
+		for (unsigned s = 0; s < ns; s++) {
+			struct rbuf sub = { 0 };
+			unsigned n = 0;
+			int r;
+
+			if (!want[s] || (pass == 0) == (s == me))
+				continue;
+			if (nkeys) {
+				for (unsigned i = 0; i < nkeys; i++)
+					if (owners[i] == s)
+						idx[n++] = 1 + i * c->key_step;
+				encode(&sub, &argv[0], argv, idx, n, c->key_step);
+			} else {
+				rb_put(&sub, raw, rawlen);
+			}
+			if (sub.oom) {
+				rb_free(&sub);
+				struct rbuf e = { 0 };
+				e.oom = true;
+				pend_part_done(p, s, &e);
+				continue;
+			}
+			if (s == me) {
+				struct resp_req req = { .argv = kc->argv,
+							.cap = kc->argv_cap,
+							.scratch = kc->scratch,
+							.scratch_cap = kc->scratch_cap,
+							.max_bulk = UINT64_MAX };
+				struct rbuf rep = { 0 };
+				long pr;
+				while ((pr = resp_parse(sub.p, sub.len, &req)) == RESP_NEED_ARGV ||
+				       pr == RESP_NEED_SCRATCH)
+					if (parse_grow(pr, &req, &kc->argv, &kc->argv_cap,
+						       &kc->scratch, &kc->scratch_cap) < 0)
+						break;
+				if (pr > 0)
+					exec_here(c, req.argv, req.argc, &rep);
+				else
+					rep.oom = true;
+				rb_free(&sub);
+				pend_part_done(p, s, &rep);
+				continue;
+			}
+			r = handoff(p, s, sub.p, sub.len, NULL, 0);
+			rb_free(&sub);
+			if (r < 0) {
+				struct rbuf e = { 0 };
+				rb_err(&e, "ERR shard %u unreachable: %s", s, strerror(-r));
+				pend_part_done(p, s, &e);
+			}
+		}
+	free(idx);
+}
+
+/* Commands that run where they are received. */
+
+static void
+info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
+{
+	struct rbuf b = { 0 };
+	char line[512];
+	const char *sec = argc > 1 ? (const char *)argv[1].p : "default";
+	size_t slen = argc > 1 ? argv[1].len : 7;
+	bool all = (slen == 3 && !strncasecmp(sec, "all", 3)) ||
+		   (slen == 7 && !strncasecmp(sec, "default", 7)) ||
+		   (slen == 10 && !strncasecmp(sec, "everything", 10));
+	uint64_t keys = 0, expires = 0, cmds = 0, fwd = 0, conns = 0, total = 0, hits = 0,
+		 misses = 0, exp = 0, oom = 0, used = kv_used_total();
+	unsigned ns = kv_cfg.nshards;
+	int n;
+
+#define LD(f)      atomic_load_explicit(&kv_stats[i].f, memory_order_relaxed)
+#define WANT(name) (all || (slen == strlen(name) && !strncasecmp(sec, name, slen)))
+#define LINE(...)                                              \
+	do {                                                   \
+		n = snprintf(line, sizeof(line), __VA_ARGS__); \
+		rb_put(&b, line, (size_t)n);                   \
+	} while (0)
+	for (unsigned i = 0; i < ns; i++) {
+		keys += LD(keys);
+		expires += LD(expires);
+		cmds += LD(commands);
+		fwd += LD(forwarded_out);
+		conns += LD(conns);
+		total += LD(conns_total);
+		hits += LD(hits);
+		misses += LD(misses);
+		exp += LD(expired_lazy) + LD(expired_swept);
+		oom += LD(oom_rejected);
+	}
+	if (WANT("server")) {
+		LINE("# Server\r\nredis_version:7.0.0\r\nkeel_kv_version:0.1\r\n"
+		     "redis_mode:standalone\r\narch_bits:64\r\nmultiplexing_api:io_uring\r\n"
+		     "process_id:%ld\r\ntcp_port:%u\r\nuptime_in_seconds:%lld\r\nshards:%u\r\n\r\n",
+		     (long)getpid(), kv_port, (long long)((kv_now_ms() - kv_start_ms) / 1000), ns);
+	}
+	if (WANT("clients"))
+		LINE("# Clients\r\nconnected_clients:%llu\r\n\r\n", (unsigned long long)conns);
+	if (WANT("memory"))
+		LINE("# Memory\r\nused_memory:%llu\r\nused_memory_human:%.2fM\r\nmaxmemory:%llu\r\n"
+		     "maxmemory_policy:noeviction\r\n\r\n",
+		     (unsigned long long)used, used / 1048576.0,
+		     (unsigned long long)kv_cfg.maxmemory);
+	if (WANT("stats"))
+		LINE("# Stats\r\ntotal_connections_received:%llu\r\n"
+		     "total_commands_processed:%llu\r\nkeyspace_hits:%llu\r\n"
+		     "keyspace_misses:%llu\r\nexpired_keys:%llu\r\nrejected_oom:%llu\r\n"
+		     "forwarded_requests:%llu\r\n\r\n",
+		     (unsigned long long)total, (unsigned long long)cmds, (unsigned long long)hits,
+		     (unsigned long long)misses, (unsigned long long)exp, (unsigned long long)oom,
+		     (unsigned long long)fwd);
+	if (WANT("keyspace")) {
+		LINE("# Keyspace\r\n");
+		if (keys)
+			LINE("db0:keys=%llu,expires=%llu,avg_ttl=0\r\n", (unsigned long long)keys,
+			     (unsigned long long)expires);
+		LINE("\r\n");
+	}
+	if (WANT("shards")) {
+		LINE("# Shards\r\n");
+		for (unsigned i = 0; i < ns; i++)
+			LINE("shard%u:keys=%llu,expires=%llu,used_memory=%llu,commands=%llu,"
+			     "forwarded_out=%llu,forwarded_in=%llu,fanouts=%llu,clients=%llu,"
+			     "expired_lazy=%llu,expired_swept=%llu,proto_errors=%llu,"
+			     "timeouts=%llu\r\n",
+			     i, (unsigned long long)LD(keys), (unsigned long long)LD(expires),
+			     (unsigned long long)LD(used_memory), (unsigned long long)LD(commands),
+			     (unsigned long long)LD(forwarded_out),
+			     (unsigned long long)LD(forwarded_in), (unsigned long long)LD(fanouts),
+			     (unsigned long long)LD(conns), (unsigned long long)LD(expired_lazy),
+			     (unsigned long long)LD(expired_swept),
+			     (unsigned long long)LD(proto_errors),
+			     (unsigned long long)LD(timeouts));
+		LINE("\r\n");
+	}
+#undef LD
+#undef WANT
+#undef LINE
+	if (b.len >= 2)
+		b.len -= 2; /* no blank line after the last section */
+	rb_bulk(out, b.p, b.len);
+	out->oom |= b.oom;
+	rb_free(&b);
+}
+
+static bool
+is(const struct resp_arg *a, const char *w)
+{
+	return a->len == strlen(w) && !strncasecmp((const char *)a->p, w, a->len);
+}
+
+static void
+command_info(struct rbuf *out, const struct kv_cmd *c)
+{
+	char words[64];
+	unsigned nw = 0;
+	const char *w = c->flag_words;
+	int first = c->route == KV_R_KEY || c->route == KV_R_KEYS ? 1 : 0;
+	int last = c->route == KV_R_KEY ? 1 : c->route == KV_R_KEYS ? -1 : 0;
+
+	rb_arr(out, 6);
+	rb_bulk(out, c->name, strlen(c->name));
+	rb_int(out, c->arity);
+	for (const char *q = w; *q; q++)
+		nw += (*q != ' ' && (q == w || q[-1] == ' '));
+	rb_arr(out, nw);
+	while (*w) {
+		size_t l = strcspn(w, " ");
+		memcpy(words, w, l);
+		words[l] = 0;
+		rb_simple(out, words);
+		w += l;
+		w += *w == ' ';
+	}
+	rb_int(out, first);
+	rb_int(out, last);
+	rb_int(out, first ? (int)(c->key_step ? c->key_step : 1) : 0);
+}
+
+static void
+local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsigned argc,
+	  struct rbuf *out)
+{
+	const char *n = c->name;
+
+	stat_add(&kv_stats[self()].commands, 1);
+	if (!strcmp(n, "ping")) {
+		if (argc > 2)
+			kv_reply_arity(out, c);
+		else if (argc == 2)
+			rb_bulk(out, argv[1].p, argv[1].len);
+		else
+			rb_simple(out, "PONG");
+	} else if (!strcmp(n, "echo")) {
+		rb_bulk(out, argv[1].p, argv[1].len);
+	} else if (!strcmp(n, "select")) {
+		if (argv[1].len == 1 && argv[1].p[0] == '0')
+			rb_simple(out, "OK");
+		else if (argv[1].len && argv[1].len < 20 &&
+			 strspn((const char *)argv[1].p, "-0123456789") >= argv[1].len)
+			rb_err(out, "ERR DB index is out of range");
+		else
+			rb_err(out, "ERR value is not an integer or out of range");
+	} else if (!strcmp(n, "quit")) {
+		rb_simple(out, "OK");
+		kc->closing = true;
+	} else if (!strcmp(n, "info")) {
+		info(out, argv, argc);
+	} else if (!strcmp(n, "command")) {
+		unsigned nc;
+		const struct kv_cmd *t = kv_cmd_table(&nc);
+		if (argc == 1) {
+			rb_arr(out, nc);
+			for (unsigned i = 0; i < nc; i++)
+				command_info(out, &t[i]);
+		} else if (is(&argv[1], "COUNT") && argc == 2) {
+			rb_int(out, nc);
+		} else if (is(&argv[1], "DOCS")) {
+			rb_arr(out, 0); /* no documentation: redis-cli then shows no hints */
+		} else if (is(&argv[1], "INFO")) {
+			rb_arr(out, argc - 2);
+			for (unsigned i = 2; i < argc; i++) {
+				const struct kv_cmd *k = kv_cmd_find(argv[i].p, argv[i].len);
+				if (k)
+					command_info(out, k);
+				else
+					rb_nil(out);
+			}
+		} else {
+			rb_err(out, "ERR unknown subcommand '%.*s'. Try COMMAND HELP.",
+			       (int)argv[1].len, (const char *)argv[1].p);
+		}
+	} else if (!strcmp(n, "config")) {
+		if (is(&argv[1], "GET") && argc >= 3) {
+			char v[3][32];
+			const char *names[] = { "save",    "appendonly",         "maxmemory",
+						"timeout", "proto-max-bulk-len", "databases" };
+			const char *vals[6] = { "", "no", v[0], v[1], v[2], "1" };
+			struct rbuf body = { 0 };
+			unsigned cnt = 0;
+			snprintf(v[0], sizeof(v[0]), "%llu", (unsigned long long)kv_cfg.maxmemory);
+			snprintf(v[1], sizeof(v[1]), "%u", kv_cfg.timeout_s);
+			snprintf(v[2], sizeof(v[2]), "%llu", (unsigned long long)kv_cfg.max_bulk);
+			for (unsigned k = 0; k < 6; k++)
+				for (unsigned i = 2; i < argc; i++)
+					if (kv_glob(argv[i].p, argv[i].len,
+						    (const uint8_t *)names[k], strlen(names[k]),
+						    true)) {
+						rb_bulk(&body, names[k], strlen(names[k]));
+						rb_bulk(&body, vals[k], strlen(vals[k]));
+						cnt += 2;
+						break;
+					}
+			rb_arr(out, cnt);
+			rb_put(out, body.p, body.len);
+			out->oom |= body.oom;
+			rb_free(&body);
+		} else if (is(&argv[1], "GET")) {
+			rb_err(out, "ERR wrong number of arguments for 'config|get' command");
+		} else {
+			rb_err(out, "ERR unknown subcommand '%.*s'. Try CONFIG HELP.",
+			       (int)argv[1].len, (const char *)argv[1].p);
+		}
+	} else if (!strcmp(n, "client")) {
+		if (is(&argv[1], "SETNAME") && argc == 3) {
+			for (size_t i = 0; i < argv[2].len; i++)
+				if (argv[2].p[i] <= ' ' || argv[2].p[i] > '~') {
+					rb_err(out, "ERR Client names cannot contain spaces, "
+						    "newlines or special characters.");
+					return;
+				}
+			free(kc->name);
+			kc->name =
+				argv[2].len ? strndup((const char *)argv[2].p, argv[2].len) : NULL;
+			rb_simple(out, "OK");
+		} else if (is(&argv[1], "GETNAME") && argc == 2) {
+			if (kc->name)
+				rb_bulk(out, kc->name, strlen(kc->name));
+			else
+				rb_nil(out);
+		} else if (is(&argv[1], "ID") && argc == 2) {
+			rb_int(out, (long long)kc->id);
+		} else if (is(&argv[1], "SETNAME") || is(&argv[1], "GETNAME") ||
+			   is(&argv[1], "ID")) {
+			rb_err(out, "ERR wrong number of arguments for 'client|%s' command",
+			       is(&argv[1], "ID")        ? "id"
+			       : is(&argv[1], "SETNAME") ? "setname"
+							 : "getname");
+		} else {
+			rb_err(out, "ERR unknown subcommand '%.*s'. Try CLIENT HELP.",
+			       (int)argv[1].len, (const char *)argv[1].p);
+		}
+	}
+}
+
+/* One parsed request. @src holds @raw at @off when it came straight from a receive
+ * buffer (the export hand-off can then avoid a copy). */
+static void
+dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *raw, size_t rawlen,
+	 const struct keel_slice *src, size_t off)
+{
+	const struct kv_cmd *c = kv_cmd_find(argv[0].p, argv[0].len);
+	unsigned me = self(), owner;
+	struct rbuf *out;
+	uint16_t owners_small[64], *owners = owners_small;
+	bool one = true;
+
+	if (!c || (c->arity > 0 && argc != (unsigned)c->arity) ||
+	    (c->arity < 0 && argc < (unsigned)-c->arity) ||
+	    (c->route == KV_R_KEYS && c->key_step == 2 && (argc - 1) % 2)) {
+		out = reply_to(kc);
+		if (!out)
+			goto oom;
+		if (!c)
+			kv_reply_unknown(out, argv, argc);
+		else
+			kv_reply_arity(out, c);
+		return;
+	}
+	switch (c->route) {
+	case KV_R_LOCAL:
+		out = reply_to(kc);
+		if (!out)
+			goto oom;
+		local_cmd(kc, c, argv, argc, out);
+		return;
+	case KV_R_KEY:
+		owner = kv_owner(kv_hash(argv[1].p, argv[1].len));
+		break;
+	case KV_R_KEYS: {
+		unsigned nkeys = (argc - 1) / c->key_step;
+		if (nkeys > 64 && !(owners = malloc(nkeys * sizeof(*owners))))
+			goto oom;
+		for (unsigned i = 0; i < nkeys; i++) {
+			const struct resp_arg *k = &argv[1 + i * c->key_step];
+			owners[i] = (uint16_t)kv_owner(kv_hash(k->p, k->len));
+			one &= owners[i] == owners[0];
+		}
+		owner = owners[0];
+		if (!one) {
+			fanout(kc, c, argv, argc, raw, rawlen, owners);
+			if (owners != owners_small)
+				free(owners);
+			return;
+		}
+		if (owners != owners_small)
+			free(owners);
+		break;
+	}
+	case KV_R_ALL:
+	default:
+		if (kv_cfg.nshards > 1) {
+			fanout(kc, c, argv, argc, raw, rawlen, NULL);
+			return;
+		}
+		owner = me;
+		break;
+	}
+	if (owner == me) {
+		out = reply_to(kc);
+		if (!out)
+			goto oom;
+		exec_here(c, argv, argc, out);
+		return;
+	}
+	{
+		struct pend *p = pend_new(kc);
+		int r;
+		if (!p)
+			goto oom;
+		r = handoff(p, owner, raw, rawlen, src, off);
+		if (r < 0) {
+			rb_err(&p->rep, "ERR shard %u unreachable: %s", owner, strerror(-r));
+			p->done = true;
+		}
+	}
+	return;
+oom:
+	kc->out.oom = true;
+}
+
+/* Parse and run every whole request in @p[0..@n); returns the bytes used. */
+static size_t
+process(struct kconn *kc, const uint8_t *p, size_t n, const struct keel_slice *src)
+{
+	size_t off = 0;
+
+	while (off < n && !kc->closing && !kc->out.oom) {
+		struct resp_req req = { .argv = kc->argv,
+					.cap = kc->argv_cap,
+					.scratch = kc->scratch,
+					.scratch_cap = kc->scratch_cap,
+					.max_bulk = kv_cfg.max_bulk };
+		long r;
+
+		while ((r = resp_parse(p + off, n - off, &req)) == RESP_NEED_ARGV ||
+		       r == RESP_NEED_SCRATCH)
+			if (parse_grow(r, &req, &kc->argv, &kc->argv_cap, &kc->scratch,
+				       &kc->scratch_cap) < 0) {
+				kc->out.oom = true;
+				return n;
+			}
+		if (r == RESP_MORE) {
+			kc->in_need = req.need;
+			break;
+		}
+		if (r == RESP_ERROR) {
+			struct rbuf *out = reply_to(kc);
+			stat_add(&kv_stats[self()].proto_errors, 1);
+			if (out)
+				rb_err(out, "ERR %s", req.err);
+			else
+				kc->out.oom = true;
+			kc->closing = true; /* Redis replies, then closes */
+			keel_conn_pause_read(kc->c);
+			return n;
+		}
+		if (req.argc)
+			dispatch(kc, req.argv, req.argc, p + off, (size_t)r, src, off);
+		off += (size_t)r;
+	}
+	return off;
+}
+
+static int
+in_append(struct kconn *kc, const uint8_t *p, size_t n)
+{
+	if (kc->in_len + n > kc->in_cap) {
+		size_t cap = kc->in_cap ? kc->in_cap : 4096;
+		uint8_t *b;
+		while (cap < kc->in_len + n)
+			cap *= 2;
+		b = realloc(kc->in, cap);
+		if (!b)
+			return -ENOMEM;
+		kc->in = b;
+		kc->in_cap = cap;
+	}
+	memcpy(kc->in + kc->in_len, p, n);
+	kc->in_len += n;
+	return 0;
+}
+
+static void
+on_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	struct kconn *kc = keel_conn_user(c);
+
+	kc->last_ms = kv_now_ms();
+	for (unsigned i = 0; i < n; i++) {
+		size_t used;
+
+		if (kc->closing || kc->out.oom) {
+			keel_slice_put(&s[i]);
+			continue;
+		}
+		if (kc->in_len + s[i].len > kv_cfg.query_max) {
+			/* Redis closes a client whose query buffer passes the limit. */
+			stat_add(&kv_stats[self()].proto_errors, 1);
+			keel_slice_put(&s[i]);
+			keel_conn_abort(c, -EMSGSIZE);
+			kc->closing = true;
+			continue;
+		}
+		if (kc->in_len == 0) {
+			used = process(kc, s[i].data, s[i].len, &s[i]);
+			if (used < s[i].len && !kc->closing &&
+			    in_append(kc, s[i].data + used, s[i].len - used) < 0)
+				kc->out.oom = true;
+		} else {
+			if (in_append(kc, s[i].data, s[i].len) < 0) {
+				kc->out.oom = true;
+			} else if (kc->in_len >= kc->in_need) {
+				used = process(kc, kc->in, kc->in_len, NULL);
+				memmove(kc->in, kc->in + used, kc->in_len - used);
+				kc->in_len -= used;
+			}
+		}
+		keel_slice_put(&s[i]);
+	}
+	if (kc->in_len == 0 && kc->in_cap > 64 * 1024) {
+		free(kc->in); /* a large request's buffer is not kept per connection */
+		kc->in = NULL;
+		kc->in_cap = 0;
+	}
+	flush_out(kc);
+}
+
+static void
+on_open(struct keel_conn *c)
+{
+	struct kv_shard *ks = &shards[self()];
+	struct kconn *kc = calloc(1, sizeof(*kc));
+
+	if (!kc) {
+		keel_conn_abort(c, -ENOMEM);
+		return;
+	}
+	kc->c = c;
+	kc->id = ++ks->next_id * KEEL_MAX_SHARDS + self();
+	kc->last_ms = kv_now_ms();
+	kc->next = ks->conns;
+	if (ks->conns)
+		ks->conns->prev = kc;
+	ks->conns = kc;
+	keel_conn_set_user(c, kc);
+	stat_add(&kv_stats[self()].conns, 1);
+	stat_add(&kv_stats[self()].conns_total, 1);
+}
+
+static void
+on_data_entry(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	if (!keel_conn_user(c)) { /* opening failed; the abort is on its way */
+		for (unsigned i = 0; i < n; i++)
+			keel_slice_put(&s[i]);
+		return;
+	}
+	on_data(c, s, n);
+}
+
+static void
+on_close(struct keel_conn *c, int status)
+{
+	struct kconn *kc = keel_conn_user(c);
+	struct kv_shard *ks = &shards[self()];
+	struct pend *p, *next;
+
+	if (!kc)
+		return;
+	for (p = kc->head; p; p = next) {
+		next = p->next;
+		if (p->done)
+			pend_free(p);
+		else
+			p->kc = NULL; /* freed when its reply comes back */
+	}
+	if (kc->prev)
+		kc->prev->next = kc->next;
+	else
+		ks->conns = kc->next;
+	if (kc->next)
+		kc->next->prev = kc->prev;
+	stat_add(&kv_stats[self()].conns, -1);
+	rb_free(&kc->out);
+	free(kc->in);
+	free(kc->name);
+	free(kc->argv);
+	free(kc->scratch);
+	free(kc);
+}
+
+const struct keel_conn_ops kv_conn_ops = {
+	.on_open = on_open,
+	.on_data = on_data_entry,
+	.on_close = on_close,
+};
+
+/* Timers. */
+
+/* Incremental expiry: a bounded number of buckets per tick; more ticks follow at once
+ * while many keys are found expired. */
+static void
+on_sweep(struct keel_timer *t, void *arg)
+{
+	struct kv_shard *ks = arg;
+	size_t n;
+
+	if (!ks->db.b)
+		return;
+	n = kv_db_sweep(&ks->db, 1024);
+	keel_timer_start(t, n > 256 ? KEEL_MS(1) : KEEL_MS(100), 0);
+}
+
+static void
+on_idle_check(struct keel_timer *t, void *arg)
+{
+	struct kv_shard *ks = arg;
+	int64_t now = kv_now_ms();
+
+	for (struct kconn *kc = ks->conns; kc; kc = kc->next)
+		if (!kc->closing && !kc->head &&
+		    now - kc->last_ms > (int64_t)kv_cfg.timeout_s * 1000) {
+			kc->closing = true;
+			stat_add(&kv_stats[self()].timeouts, 1);
+			keel_conn_close(kc->c);
+		}
+}
+
+static void
+on_stop(void *arg)
+{
+	struct kv_shard *ks = arg;
+
+	kv_db_fini(&ks->db);
+}
+
+int
+kv_shard_start(void)
+{
+	struct kv_shard *ks = &shards[self()];
+	int r;
+
+	if (self() == 0)
+		kv_start_ms = kv_now_ms();
+	r = kv_db_init(&ks->db, &kv_stats[self()]);
+	if (r < 0)
+		return r;
+	r = keel_shard_on_stop(on_stop, ks);
+	if (r < 0)
+		return r;
+	r = keel_timer_create(on_sweep, ks, &ks->sweep);
+	if (r < 0)
+		return r;
+	keel_timer_start(ks->sweep, KEEL_MS(100), 0);
+	if (kv_cfg.timeout_s) {
+		r = keel_timer_create(on_idle_check, ks, &ks->idle);
+		if (r < 0)
+			return r;
+		keel_timer_start(ks->idle, KEEL_S(1), KEEL_S(1));
+	}
+	return 0;
+}
+
+void
+kv_fini(void)
+{
+	for (unsigned i = 0; i < KEEL_MAX_SHARDS; i++) {
+		free(shards[i].argv);
+		free(shards[i].scratch);
+		memset(&shards[i], 0, sizeof(shards[i]));
+	}
+}

@@ -1,0 +1,1001 @@
+// SPDX-License-Identifier: MIT
+/*
+ * keel-kv: a shard's key table and the commands that run on it. Everything here runs on
+ * the shard that owns the keys involved; routing is server.c's.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <keel/keel.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kv.h"
+
+/* Reply buffers. */
+
+static bool
+rb_reserve(struct rbuf *b, size_t n)
+{
+	size_t cap;
+	uint8_t *p;
+
+	if (b->oom)
+		return false;
+	if (b->len + n <= b->cap)
+		return true;
+	cap = b->cap ? b->cap : 256;
+	while (cap < b->len + n)
+		cap *= 2;
+	p = realloc(b->p, cap);
+	if (!p) {
+		b->oom = true;
+		return false;
+	}
+	b->p = p;
+	b->cap = cap;
+	return true;
+}
+
+void
+rb_put(struct rbuf *b, const void *p, size_t n)
+{
+	if (!n || !rb_reserve(b, n))
+		return;
+	memcpy(b->p + b->len, p, n);
+	b->len += n;
+}
+
+void
+rb_simple(struct rbuf *b, const char *s)
+{
+	rb_put(b, "+", 1);
+	rb_put(b, s, strlen(s));
+	rb_put(b, "\r\n", 2);
+}
+
+void
+rb_err(struct rbuf *b, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		n = 0;
+	if ((size_t)n >= sizeof(msg))
+		n = sizeof(msg) - 1;
+	/* An error is one line: Redis turns CR and LF into spaces. */
+	for (int i = 0; i < n; i++)
+		if (msg[i] == '\r' || msg[i] == '\n')
+			msg[i] = ' ';
+	rb_put(b, "-", 1);
+	rb_put(b, msg, (size_t)n);
+	rb_put(b, "\r\n", 2);
+}
+
+static void
+rb_prefix(struct rbuf *b, char c, long long v)
+{
+	char t[32];
+	int n = snprintf(t, sizeof(t), "%c%lld\r\n", c, v);
+
+	rb_put(b, t, (size_t)n);
+}
+
+void
+rb_int(struct rbuf *b, long long v)
+{
+	rb_prefix(b, ':', v);
+}
+
+void
+rb_bulk(struct rbuf *b, const void *p, size_t n)
+{
+	rb_prefix(b, '$', (long long)n);
+	rb_put(b, p, n);
+	rb_put(b, "\r\n", 2);
+}
+
+void
+rb_nil(struct rbuf *b)
+{
+	rb_put(b, "$-1\r\n", 5);
+}
+
+void
+rb_arr(struct rbuf *b, long long n)
+{
+	rb_prefix(b, '*', n);
+}
+
+void
+rb_free(struct rbuf *b)
+{
+	free(b->p);
+	memset(b, 0, sizeof(*b));
+}
+
+/* Hashing, time, patterns. */
+
+uint64_t
+kv_hash(const void *key, size_t n)
+{
+	const uint8_t *p = key;
+	uint64_t h = kv_cfg.hash_seed ^ (n * 0x9E3779B97F4A7C15ull), v;
+
+	while (n >= 8) {
+		memcpy(&v, p, 8);
+		h = (h ^ v) * 0xff51afd7ed558ccdull;
+		h ^= h >> 32;
+		p += 8;
+		n -= 8;
+	}
+	v = 0;
+	memcpy(&v, p, n);
+	h = (h ^ v) * 0xc4ceb9fe1a85ec53ull;
+	h ^= h >> 29;
+	h *= 0x94d049bb133111ebull;
+	h ^= h >> 32;
+	return h;
+}
+
+int64_t
+kv_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Redis's stringmatchlen: * ? [abc] [^a-z] and \ escapes. */
+bool
+kv_glob(const uint8_t *pat, size_t plen, const uint8_t *s, size_t slen, bool nocase)
+{
+	while (plen && slen) {
+		switch (pat[0]) {
+		case '*':
+			while (plen > 1 && pat[1] == '*') {
+				pat++;
+				plen--;
+			}
+			if (plen == 1)
+				return true;
+			while (slen) {
+				if (kv_glob(pat + 1, plen - 1, s, slen, nocase))
+					return true;
+				s++;
+				slen--;
+			}
+			return false;
+		case '?':
+			s++;
+			slen--;
+			break;
+		case '[': {
+			bool not, match = false;
+			pat++;
+			plen--;
+			not = plen && pat[0] == '^';
+			if (not ) {
+				pat++;
+				plen--;
+			}
+			while (plen) {
+				if (pat[0] == '\\' && plen >= 2) {
+					pat++;
+					plen--;
+					if (pat[0] == s[0])
+						match = true;
+				} else if (pat[0] == ']') {
+					break;
+				} else if (plen >= 3 && pat[1] == '-') {
+					int lo = pat[0], hi = pat[2], c = s[0];
+					if (lo > hi) {
+						int t = lo;
+						lo = hi;
+						hi = t;
+					}
+					if (nocase) {
+						lo = tolower(lo);
+						hi = tolower(hi);
+						c = tolower(c);
+					}
+					pat += 2;
+					plen -= 2;
+					if (c >= lo && c <= hi)
+						match = true;
+				} else if (nocase ? tolower(pat[0]) == tolower(s[0])
+						  : pat[0] == s[0]) {
+					match = true;
+				}
+				pat++;
+				plen--;
+			}
+			if (!plen) { /* no ']': Redis treats the end as the end of the class */
+				pat--;
+				plen++;
+			}
+			if (not )
+				match = !match;
+			if (!match)
+				return false;
+			s++;
+			slen--;
+			break;
+		}
+		case '\\':
+			if (plen >= 2) {
+				pat++;
+				plen--;
+			}
+			/* fall through */
+		default:
+			if (nocase ? tolower(pat[0]) != tolower(s[0]) : pat[0] != s[0])
+				return false;
+			s++;
+			slen--;
+			break;
+		}
+		pat++;
+		plen--;
+	}
+	while (plen && pat[0] == '*') {
+		pat++;
+		plen--;
+	}
+	return !plen && !slen;
+}
+
+/* The table. Memory comes from the shard's own arena (keel_shard_malloc). */
+
+static size_t
+ent_size(const struct kv_ent *e)
+{
+	return sizeof(*e) + e->klen + e->vcap;
+}
+
+static void
+mem_add(struct kv_db *db, long long d)
+{
+	atomic_fetch_add_explicit(&db->st->used_memory, (uint64_t)d, memory_order_relaxed);
+}
+
+static void
+counts_publish(struct kv_db *db)
+{
+	atomic_store_explicit(&db->st->keys, db->count, memory_order_relaxed);
+	atomic_store_explicit(&db->st->expires, db->expires, memory_order_relaxed);
+}
+
+int
+kv_db_init(struct kv_db *db, struct kv_stats *st)
+{
+	memset(db, 0, sizeof(*db));
+	db->st = st;
+	db->b = keel_shard_malloc(16 * sizeof(*db->b));
+	if (!db->b)
+		return -ENOMEM;
+	memset(db->b, 0, 16 * sizeof(*db->b));
+	db->mask = 15;
+	mem_add(db, 16 * sizeof(*db->b));
+	return 0;
+}
+
+static void
+ent_free(struct kv_db *db, struct kv_ent *e)
+{
+	mem_add(db, -(long long)ent_size(e));
+	if (e->expire_ms)
+		db->expires--;
+	db->count--;
+	keel_shard_free(e);
+}
+
+void
+kv_db_flush(struct kv_db *db)
+{
+	for (size_t i = 0; i <= db->mask; i++) {
+		struct kv_ent *e = db->b[i], *n;
+		for (; e; e = n) {
+			n = e->next;
+			ent_free(db, e);
+		}
+		db->b[i] = NULL;
+	}
+	counts_publish(db);
+}
+
+void
+kv_db_fini(struct kv_db *db)
+{
+	if (!db->b)
+		return;
+	kv_db_flush(db);
+	mem_add(db, -(long long)((db->mask + 1) * sizeof(*db->b)));
+	keel_shard_free(db->b);
+	db->b = NULL;
+}
+
+/* Double the buckets when there are more keys than buckets. All at once: a table of a
+ * million keys takes some milliseconds (docs/kv.md, limits). A failed allocation leaves
+ * the table as it was (longer chains, still correct). */
+static void
+maybe_grow(struct kv_db *db)
+{
+	size_t n = (db->mask + 1) * 2;
+	struct kv_ent **nb;
+
+	if (db->count <= db->mask + 1)
+		return;
+	nb = keel_shard_malloc(n * sizeof(*nb));
+	if (!nb)
+		return;
+	memset(nb, 0, n * sizeof(*nb));
+	for (size_t i = 0; i <= db->mask; i++) {
+		struct kv_ent *e = db->b[i], *next;
+		for (; e; e = next) {
+			next = e->next;
+			e->next = nb[e->hash & (n - 1)];
+			nb[e->hash & (n - 1)] = e;
+		}
+	}
+	mem_add(db, (long long)((n - db->mask - 1) * sizeof(*nb)));
+	keel_shard_free(db->b);
+	db->b = nb;
+	db->mask = n - 1;
+	db->sweep = 0;
+}
+
+/* Find @key; an expired key is deleted on the way (lazy expiry). *pp: the link to it. */
+static struct kv_ent *
+lookup(struct kv_db *db, const struct resp_arg *key, struct kv_ent ***pp)
+{
+	uint64_t h = kv_hash(key->p, key->len);
+	struct kv_ent **p = &db->b[h & db->mask], *e;
+
+	for (; (e = *p); p = &e->next) {
+		if (e->hash != h || e->klen != key->len || memcmp(e->data, key->p, key->len))
+			continue;
+		if (e->expire_ms && e->expire_ms <= kv_now_ms()) {
+			*p = e->next;
+			ent_free(db, e);
+			atomic_fetch_add_explicit(&db->st->expired_lazy, 1, memory_order_relaxed);
+			counts_publish(db);
+			return NULL;
+		}
+		if (pp)
+			*pp = p;
+		return e;
+	}
+	return NULL;
+}
+
+static void
+unlink_ent(struct kv_db *db, struct kv_ent **p)
+{
+	struct kv_ent *e = *p;
+
+	*p = e->next;
+	ent_free(db, e);
+	counts_publish(db);
+}
+
+static void
+set_expire(struct kv_db *db, struct kv_ent *e, int64_t at)
+{
+	if (!e->expire_ms && at)
+		db->expires++;
+	else if (e->expire_ms && !at)
+		db->expires--;
+	e->expire_ms = at;
+	counts_publish(db);
+}
+
+/* Set @key to @val (value capacity at least @cap). Returns the entry, or NULL when memory
+ * ran out (the old value is then untouched). */
+static struct kv_ent *
+store(struct kv_db *db, const struct resp_arg *key, const void *val, size_t vlen, size_t cap,
+      bool keepttl)
+{
+	struct kv_ent **pp = NULL, *old = lookup(db, key, &pp), *e;
+	int64_t exp = old && keepttl ? old->expire_ms : 0;
+
+	if (cap < vlen)
+		cap = vlen;
+	if (old && old->vcap >= vlen && old->vcap <= 2 * cap + 64) {
+		memmove(old->data + old->klen, val, vlen); /* val may point into old */
+		old->vlen = (uint32_t)vlen;
+		set_expire(db, old, exp);
+		return old;
+	}
+	e = keel_shard_malloc(sizeof(*e) + key->len + cap);
+	if (!e)
+		return NULL;
+	e->hash = old ? old->hash : kv_hash(key->p, key->len);
+	e->klen = (uint32_t)key->len;
+	e->vlen = (uint32_t)vlen;
+	e->vcap = (uint32_t)cap;
+	e->expire_ms = 0;
+	memcpy(e->data, key->p, key->len);
+	memcpy(e->data + key->len, val, vlen);
+	if (old) {
+		e->next = old->next;
+		*pp = e;
+		ent_free(db, old);
+	} else {
+		e->next = db->b[e->hash & db->mask];
+		db->b[e->hash & db->mask] = e;
+	}
+	db->count++;
+	mem_add(db, (long long)ent_size(e));
+	if (exp)
+		db->expires++;
+	e->expire_ms = exp;
+	counts_publish(db);
+	maybe_grow(db);
+	return e;
+}
+
+size_t
+kv_db_sweep(struct kv_db *db, size_t budget)
+{
+	int64_t now = kv_now_ms();
+	size_t n = 0;
+
+	if (!db->expires)
+		return 0;
+	while (budget--) {
+		struct kv_ent **p = &db->b[db->sweep & db->mask], *e;
+		while ((e = *p)) {
+			if (e->expire_ms && e->expire_ms <= now) {
+				*p = e->next;
+				ent_free(db, e);
+				n++;
+			} else {
+				p = &e->next;
+			}
+		}
+		db->sweep = (db->sweep + 1) & db->mask;
+	}
+	if (n) {
+		atomic_fetch_add_explicit(&db->st->expired_swept, n, memory_order_relaxed);
+		counts_publish(db);
+	}
+	return n;
+}
+
+/* Commands. */
+
+static const char e_int[] = "ERR value is not an integer or out of range";
+static const char e_syntax[] = "ERR syntax error";
+static const char e_oom[] = "ERR out of memory";
+
+static bool
+arg_ll(const struct resp_arg *a, long long *out)
+{
+	char t[24];
+	char *end;
+
+	if (a->len == 0 || a->len > 20)
+		return false;
+	memcpy(t, a->p, a->len);
+	t[a->len] = 0;
+	if (t[0] == '+' || isspace((unsigned char)t[0]) || (t[0] == '0' && a->len > 1) ||
+	    (t[0] == '-' && a->len > 1 && t[1] == '0'))
+		return false;
+	errno = 0;
+	*out = strtoll(t, &end, 10);
+	return !errno && *end == 0;
+}
+
+static bool
+arg_is(const struct resp_arg *a, const char *w)
+{
+	return a->len == strlen(w) && !strncasecmp((const char *)a->p, w, a->len);
+}
+
+static void
+cmd_get(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	struct kv_ent *e = lookup(db, &argv[1], NULL);
+
+	atomic_fetch_add_explicit(e ? &db->st->hits : &db->st->misses, 1, memory_order_relaxed);
+	if (e)
+		rb_bulk(out, e->data + e->klen, e->vlen);
+	else
+		rb_nil(out);
+}
+
+static void
+cmd_set(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	bool nx = false, xx = false, keepttl = false, get = false;
+	int64_t exp = 0;
+	struct kv_ent *e;
+
+	for (unsigned i = 3; i < argc; i++) {
+		bool has_next = i + 1 < argc;
+		long long v;
+		if (arg_is(&argv[i], "NX") && !xx) {
+			nx = true;
+		} else if (arg_is(&argv[i], "XX") && !nx) {
+			xx = true;
+		} else if (arg_is(&argv[i], "GET")) {
+			get = true;
+		} else if (arg_is(&argv[i], "KEEPTTL") && !exp) {
+			keepttl = true;
+		} else if ((arg_is(&argv[i], "EX") || arg_is(&argv[i], "PX") ||
+			    arg_is(&argv[i], "EXAT") || arg_is(&argv[i], "PXAT")) &&
+			   !exp && !keepttl && has_next) {
+			bool sec = argv[i].p[0] == 'E' || argv[i].p[0] == 'e';
+			bool at = argv[i].len == 4;
+			if (!arg_ll(&argv[i + 1], &v)) {
+				rb_err(out, "%s", e_int);
+				return;
+			}
+			if (v <= 0 || (sec && v > LLONG_MAX / 1000) ||
+			    (!at && (sec ? v * 1000 : v) > LLONG_MAX - kv_now_ms())) {
+				rb_err(out, "ERR invalid expire time in 'set' command");
+				return;
+			}
+			v = sec ? v * 1000 : v;
+			exp = at ? v : kv_now_ms() + v;
+			i++;
+		} else {
+			rb_err(out, "%s", e_syntax);
+			return;
+		}
+	}
+	e = lookup(db, &argv[1], NULL);
+	if (get) {
+		if (e)
+			rb_bulk(out, e->data + e->klen, e->vlen);
+		else
+			rb_nil(out);
+	}
+	if ((nx && e) || (xx && !e)) {
+		if (!get)
+			rb_nil(out);
+		return;
+	}
+	e = store(db, &argv[1], argv[2].p, argv[2].len, argv[2].len, keepttl);
+	if (!e) {
+		if (!get)
+			rb_err(out, "%s", e_oom);
+		return;
+	}
+	if (exp)
+		set_expire(db, e, exp);
+	if (!get)
+		rb_simple(out, "OK");
+}
+
+static void
+cmd_getset(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	struct kv_ent *e = lookup(db, &argv[1], NULL);
+
+	if (e)
+		rb_bulk(out, e->data + e->klen, e->vlen);
+	else
+		rb_nil(out);
+	if (!store(db, &argv[1], argv[2].p, argv[2].len, argv[2].len, false)) {
+		out->len = 0;
+		rb_err(out, "%s", e_oom);
+	}
+}
+
+static void
+cmd_del(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	long long n = 0;
+
+	for (unsigned i = 1; i < argc; i++) {
+		struct kv_ent **pp;
+		if (lookup(db, &argv[i], &pp)) {
+			unlink_ent(db, pp);
+			n++;
+		}
+	}
+	rb_int(out, n);
+}
+
+static void
+cmd_exists(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	long long n = 0;
+
+	for (unsigned i = 1; i < argc; i++)
+		n += lookup(db, &argv[i], NULL) != NULL;
+	rb_int(out, n);
+}
+
+static void
+incr_by(struct kv_db *db, struct resp_arg *key, long long by, struct rbuf *out)
+{
+	struct kv_ent *e = lookup(db, key, NULL);
+	long long v = 0;
+	char t[24];
+	int n;
+
+	if (e) {
+		struct resp_arg a = { e->data + e->klen, e->vlen };
+		if (!arg_ll(&a, &v)) {
+			rb_err(out, "%s", e_int);
+			return;
+		}
+	}
+	if ((by < 0 && v < 0 && by < LLONG_MIN - v) || (by > 0 && v > 0 && by > LLONG_MAX - v)) {
+		rb_err(out, "ERR increment or decrement would overflow");
+		return;
+	}
+	v += by;
+	n = snprintf(t, sizeof(t), "%lld", v);
+	if (!store(db, key, t, (size_t)n, 20, true)) {
+		rb_err(out, "%s", e_oom);
+		return;
+	}
+	rb_int(out, v);
+}
+
+static void
+cmd_incr(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	incr_by(db, &argv[1], 1, out);
+}
+
+static void
+cmd_decr(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	incr_by(db, &argv[1], -1, out);
+}
+
+static void
+cmd_incrby(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	long long by;
+
+	if (!arg_ll(&argv[2], &by)) {
+		rb_err(out, "%s", e_int);
+		return;
+	}
+	incr_by(db, &argv[1], by, out);
+}
+
+static void
+cmd_decrby(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	long long by;
+
+	if (!arg_ll(&argv[2], &by)) {
+		rb_err(out, "%s", e_int);
+		return;
+	}
+	if (by == LLONG_MIN) {
+		rb_err(out, "ERR decrement would overflow");
+		return;
+	}
+	incr_by(db, &argv[1], -by, out);
+}
+
+static void
+cmd_append(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	struct kv_ent *e = lookup(db, &argv[1], NULL);
+	size_t old = e ? e->vlen : 0, total = old + argv[2].len;
+
+	if (total > kv_cfg.max_bulk) {
+		rb_err(out, "ERR string exceeds maximum allowed size (proto-max-bulk-len)");
+		return;
+	}
+	if (e && e->vcap >= total) {
+		memcpy(e->data + e->klen + old, argv[2].p, argv[2].len);
+		e->vlen = (uint32_t)total;
+	} else {
+		/* Grow geometrically so that repeated appends are amortised. */
+		size_t cap = total < 64 ? 64 : total + total / 2;
+		uint8_t *tmp = malloc(total ? total : 1);
+		if (!tmp) {
+			rb_err(out, "%s", e_oom);
+			return;
+		}
+		if (e)
+			memcpy(tmp, e->data + e->klen, old);
+		memcpy(tmp + old, argv[2].p, argv[2].len);
+		if (cap > kv_cfg.max_bulk)
+			cap = total;
+		e = store(db, &argv[1], tmp, total, cap, true);
+		free(tmp);
+		if (!e) {
+			rb_err(out, "%s", e_oom);
+			return;
+		}
+	}
+	rb_int(out, (long long)total);
+}
+
+static void
+cmd_strlen(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	struct kv_ent *e = lookup(db, &argv[1], NULL);
+
+	rb_int(out, e ? e->vlen : 0);
+}
+
+static void
+cmd_mget(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	rb_arr(out, argc - 1);
+	for (unsigned i = 1; i < argc; i++)
+		cmd_get(db, (struct resp_arg[]){ argv[0], argv[i] }, 2, out);
+}
+
+static void
+cmd_mset(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	for (unsigned i = 1; i + 1 < argc; i += 2)
+		if (!store(db, &argv[i], argv[i + 1].p, argv[i + 1].len, argv[i + 1].len, false)) {
+			rb_err(out, "%s", e_oom);
+			return;
+		}
+	rb_simple(out, "OK");
+}
+
+static void
+expire_generic(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out, bool sec,
+	       const char *name)
+{
+	bool nx = false, xx = false, gt = false, lt = false;
+	struct kv_ent **pp, *e;
+	long long v;
+	int64_t at, now = kv_now_ms();
+
+	if (!arg_ll(&argv[2], &v)) {
+		rb_err(out, "%s", e_int);
+		return;
+	}
+	for (unsigned i = 3; i < argc; i++) {
+		if (arg_is(&argv[i], "NX"))
+			nx = true;
+		else if (arg_is(&argv[i], "XX"))
+			xx = true;
+		else if (arg_is(&argv[i], "GT"))
+			gt = true;
+		else if (arg_is(&argv[i], "LT"))
+			lt = true;
+		else {
+			rb_err(out, "ERR Unsupported option %.*s", (int)argv[i].len,
+			       (const char *)argv[i].p);
+			return;
+		}
+	}
+	if (nx && (xx || gt || lt)) {
+		rb_err(out, "ERR NX and XX, GT or LT options at the same time are not compatible");
+		return;
+	}
+	if (gt && lt) {
+		rb_err(out, "ERR GT and LT options at the same time are not compatible");
+		return;
+	}
+	if ((sec && (v > LLONG_MAX / 1000 || v < LLONG_MIN / 1000)) ||
+	    (v > 0 && (sec ? v * 1000 : v) > LLONG_MAX - now)) {
+		rb_err(out, "ERR invalid expire time in '%s' command", name);
+		return;
+	}
+	at = now + (sec ? v * 1000 : v);
+	e = lookup(db, &argv[1], &pp);
+	if (!e) {
+		rb_int(out, 0);
+		return;
+	}
+	if ((nx && e->expire_ms) || (xx && !e->expire_ms) ||
+	    (gt && (!e->expire_ms || at <= e->expire_ms)) ||
+	    (lt && e->expire_ms && at >= e->expire_ms)) {
+		rb_int(out, 0);
+		return;
+	}
+	if (at <= now) {
+		unlink_ent(db, pp); /* Redis deletes a key given a time in the past */
+	} else {
+		set_expire(db, e, at);
+	}
+	rb_int(out, 1);
+}
+
+static void
+cmd_expire(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	expire_generic(db, argv, argc, out, true, "expire");
+}
+
+static void
+cmd_pexpire(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	expire_generic(db, argv, argc, out, false, "pexpire");
+}
+
+static void
+ttl_generic(struct kv_db *db, struct resp_arg *argv, struct rbuf *out, bool sec)
+{
+	struct kv_ent *e = lookup(db, &argv[1], NULL);
+	long long ms;
+
+	if (!e) {
+		rb_int(out, -2);
+		return;
+	}
+	if (!e->expire_ms) {
+		rb_int(out, -1);
+		return;
+	}
+	ms = e->expire_ms - kv_now_ms();
+	if (ms < 0)
+		ms = 0;
+	rb_int(out, sec ? (ms + 500) / 1000 : ms);
+}
+
+static void
+cmd_ttl(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	ttl_generic(db, argv, out, true);
+}
+
+static void
+cmd_pttl(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	ttl_generic(db, argv, out, false);
+}
+
+static void
+cmd_persist(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	struct kv_ent *e = lookup(db, &argv[1], NULL);
+
+	if (!e || !e->expire_ms) {
+		rb_int(out, 0);
+		return;
+	}
+	set_expire(db, e, 0);
+	rb_int(out, 1);
+}
+
+static void
+cmd_dbsize(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	rb_int(out, (long long)db->count);
+}
+
+static void
+cmd_flushall(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	if (argc > 2 || (argc == 2 && !arg_is(&argv[1], "SYNC") && !arg_is(&argv[1], "ASYNC"))) {
+		rb_err(out, "%s", e_syntax);
+		return;
+	}
+	kv_db_flush(db);
+	rb_simple(out, "OK");
+}
+
+static void
+cmd_keys(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	struct rbuf body = { 0 };
+	int64_t now = kv_now_ms();
+	long long n = 0;
+
+	for (size_t i = 0; i <= db->mask; i++)
+		for (struct kv_ent *e = db->b[i]; e; e = e->next) {
+			if (e->expire_ms && e->expire_ms <= now)
+				continue;
+			if (!kv_glob(argv[1].p, argv[1].len, e->data, e->klen, false))
+				continue;
+			rb_bulk(&body, e->data, e->klen);
+			n++;
+		}
+	rb_arr(out, n);
+	rb_put(out, body.p, body.len);
+	out->oom |= body.oom;
+	rb_free(&body);
+}
+
+/* Replies to KV_R_LOCAL commands come from server.c (fn NULL). */
+static const struct kv_cmd cmds[] = {
+	{ "ping", -1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "fast" },
+	{ "echo", 2, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "fast" },
+	{ "get", 2, 0, KV_R_KEY, 0, KV_M_NONE, cmd_get, "readonly fast" },
+	{ "set", -3, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEY, 0, KV_M_NONE, cmd_set, "write denyoom" },
+	{ "getset", 3, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEY, 0, KV_M_NONE, cmd_getset,
+	  "write denyoom fast" },
+	{ "del", -2, KV_F_WRITE, KV_R_KEYS, 1, KV_M_SUM, cmd_del, "write" },
+	{ "exists", -2, 0, KV_R_KEYS, 1, KV_M_SUM, cmd_exists, "readonly fast" },
+	{ "incr", 2, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEY, 0, KV_M_NONE, cmd_incr,
+	  "write denyoom fast" },
+	{ "decr", 2, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEY, 0, KV_M_NONE, cmd_decr,
+	  "write denyoom fast" },
+	{ "incrby", 3, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEY, 0, KV_M_NONE, cmd_incrby,
+	  "write denyoom fast" },
+	{ "decrby", 3, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEY, 0, KV_M_NONE, cmd_decrby,
+	  "write denyoom fast" },
+	{ "append", 3, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEY, 0, KV_M_NONE, cmd_append,
+	  "write denyoom fast" },
+	{ "strlen", 2, 0, KV_R_KEY, 0, KV_M_NONE, cmd_strlen, "readonly fast" },
+	{ "mget", -2, 0, KV_R_KEYS, 1, KV_M_ARRAY_BY_KEY, cmd_mget, "readonly fast" },
+	{ "mset", -3, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEYS, 2, KV_M_OK, cmd_mset, "write denyoom" },
+	{ "expire", -3, KV_F_WRITE, KV_R_KEY, 0, KV_M_NONE, cmd_expire, "write fast" },
+	{ "pexpire", -3, KV_F_WRITE, KV_R_KEY, 0, KV_M_NONE, cmd_pexpire, "write fast" },
+	{ "ttl", 2, 0, KV_R_KEY, 0, KV_M_NONE, cmd_ttl, "readonly fast" },
+	{ "pttl", 2, 0, KV_R_KEY, 0, KV_M_NONE, cmd_pttl, "readonly fast" },
+	{ "persist", 2, KV_F_WRITE, KV_R_KEY, 0, KV_M_NONE, cmd_persist, "write fast" },
+	{ "dbsize", 1, 0, KV_R_ALL, 0, KV_M_SUM, cmd_dbsize, "readonly fast" },
+	{ "flushall", -1, KV_F_WRITE, KV_R_ALL, 0, KV_M_OK, cmd_flushall, "write" },
+	{ "keys", 2, 0, KV_R_ALL, 0, KV_M_CONCAT, cmd_keys, "readonly" },
+	{ "info", -1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "loading stale" },
+	{ "select", 2, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "loading stale fast" },
+	{ "quit", -1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "fast" },
+	{ "command", -1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "loading stale" },
+	{ "config", -2, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "admin loading stale" },
+	{ "client", -2, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "loading stale" },
+};
+
+const struct kv_cmd *
+kv_cmd_table(unsigned *n)
+{
+	*n = sizeof(cmds) / sizeof(cmds[0]);
+	return cmds;
+}
+
+const struct kv_cmd *
+kv_cmd_find(const uint8_t *name, size_t len)
+{
+	for (unsigned i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
+		if (strlen(cmds[i].name) == len &&
+		    !strncasecmp(cmds[i].name, (const char *)name, len))
+			return &cmds[i];
+	return NULL;
+}
+
+void
+kv_cmd_exec(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv, unsigned argc,
+	    struct rbuf *out)
+{
+	atomic_fetch_add_explicit(&db->st->commands, 1, memory_order_relaxed);
+	if ((c->flags & KV_F_DENYOOM) && kv_cfg.maxmemory && kv_used_total() > kv_cfg.maxmemory) {
+		atomic_fetch_add_explicit(&db->st->oom_rejected, 1, memory_order_relaxed);
+		rb_err(out, "OOM command not allowed when used memory > 'maxmemory'.");
+		return;
+	}
+	c->fn(db, argv, argc, out);
+}
+
+void
+kv_reply_unknown(struct rbuf *out, struct resp_arg *argv, unsigned argc)
+{
+	char args[256];
+	size_t n = 0;
+
+	args[0] = 0;
+	/* Redis 7: up to 128 bytes of arguments, each quoted and followed by a space. */
+	for (unsigned i = 1; i < argc && n < 128; i++) {
+		int w = snprintf(args + n, sizeof(args) - n, "'%.*s' ",
+				 (int)(argv[i].len < 128 - n ? argv[i].len : 128 - n),
+				 (const char *)argv[i].p);
+		if (w > 0)
+			n += (size_t)w < sizeof(args) - n ? (size_t)w : sizeof(args) - n - 1;
+	}
+	rb_err(out, "ERR unknown command '%.*s', with args beginning with: %s",
+	       (int)(argv[0].len < 128 ? argv[0].len : 128), (const char *)argv[0].p, args);
+}
+
+void
+kv_reply_arity(struct rbuf *out, const struct kv_cmd *c)
+{
+	rb_err(out, "ERR wrong number of arguments for '%s' command", c->name);
+}

@@ -1,0 +1,770 @@
+// SPDX-License-Identifier: MIT
+/*
+ * keel-kv end to end: the real binary on an ephemeral loopback port, driven by a small
+ * RESP client in this file (and by redis-cli where it is installed).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "resp.h"
+#include "wait.h"
+
+static pid_t live; /* the server a failed test leaves running: killed by the fini */
+
+struct srv {
+	pid_t pid;
+	int port;
+};
+
+/* Start keel-kv with @shards shards and extra arguments (NULL-terminated); read the port
+ * from its start-up line. */
+static void
+srv_start(struct srv *s, unsigned shards, ...)
+{
+	const char *argv[32];
+	char sh[16], line[256];
+	int pfd[2], n = 0;
+	va_list ap;
+	FILE *f;
+
+	snprintf(sh, sizeof(sh), "%u", shards);
+	argv[n++] = KEEL_KV_BIN;
+	argv[n++] = "--port";
+	argv[n++] = "0";
+	argv[n++] = "--addr";
+	argv[n++] = "127.0.0.1";
+	argv[n++] = "--shards";
+	argv[n++] = sh;
+	argv[n++] = "--idle-poll-us";
+	argv[n++] = "0";
+	va_start(ap, shards);
+	for (const char *a; (a = va_arg(ap, const char *)) && n < 30;)
+		argv[n++] = a;
+	va_end(ap);
+	argv[n] = NULL;
+	cr_assert_eq(pipe(pfd), 0);
+	s->pid = fork();
+	cr_assert_geq(s->pid, 0);
+	if (s->pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlives a failed test */
+		dup2(pfd[1], 2);
+		close(pfd[0]);
+		execv(argv[0], (char **)argv);
+		_exit(127);
+	}
+	close(pfd[1]);
+	f = fdopen(pfd[0], "r");
+	s->port = -1;
+	while (fgets(line, sizeof(line), f)) {
+		char *p = strstr(line, " port ");
+		if (strstr(line, "keel-kv: listening") && p) {
+			s->port = atoi(p + 6);
+			break;
+		}
+	}
+	cr_assert_gt(s->port, 0, "keel-kv did not start (no 'listening' line on stderr)");
+	/* Keep draining its stderr so that logging never blocks it. */
+	if (fork() == 0) {
+		char b[4096];
+		int null = open("/dev/null", O_WRONLY);
+		dup2(null, 1); /* hold no pipe of the test runner open */
+		dup2(null, 2);
+		while (fread(b, 1, sizeof(b), f) > 0)
+			;
+		_exit(0);
+	}
+	fclose(f);
+	live = s->pid;
+}
+
+static void
+kill_live(void)
+{
+	if (live > 0)
+		kill(live, SIGKILL);
+	live = 0;
+}
+
+TestSuite(kv_server, .fini = kill_live);
+
+static void
+srv_stop(struct srv *s)
+{
+	uint64_t dl = test_deadline(TEST_WAIT_MS);
+	int st;
+
+	kill(s->pid, SIGTERM);
+	while (waitpid(s->pid, &st, WNOHANG) == 0) {
+		cr_assert(!test_expired(dl), "keel-kv did not stop after SIGTERM");
+		test_pause();
+	}
+	live = 0;
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "keel-kv exit status %d", st);
+}
+
+static int
+cconnect(int port)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+	struct timeval tv = { .tv_sec = TEST_WAIT_MS / 1000 };
+	int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0, "connect: %s",
+		     strerror(errno));
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	return fd;
+}
+
+static void
+send_all(int fd, const void *p, size_t n)
+{
+	while (n) {
+		ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+		cr_assert_gt(w, 0, "send: %s", strerror(errno));
+		p = (const char *)p + w;
+		n -= (size_t)w;
+	}
+}
+
+/* A reader of replies. */
+struct rd {
+	int fd;
+	uint8_t *b;
+	size_t len, cap;
+	bool eof;
+};
+
+static void
+rd_init(struct rd *r, int fd)
+{
+	memset(r, 0, sizeof(*r));
+	r->fd = fd;
+	r->cap = 1 << 20;
+	r->b = malloc(r->cap);
+}
+
+/* The next whole reply, as a string (valid until the next call); NULL at EOF. */
+static char *
+rd_next(struct rd *r, size_t *lenp)
+{
+	static char out[1 << 16];
+	size_t l;
+
+	while (!(l = resp_reply_len(r->b, r->len))) {
+		ssize_t n;
+		cr_assert(r->len < r->cap, "reply larger than the reader");
+		n = recv(r->fd, r->b + r->len, r->cap - r->len, 0);
+		if (n == 0) {
+			r->eof = true;
+			return NULL;
+		}
+		cr_assert_gt(n, 0, "recv: %s (no reply within the deadline)", strerror(errno));
+		r->len += (size_t)n;
+	}
+	cr_assert_lt(l, sizeof(out));
+	memcpy(out, r->b, l);
+	out[l] = 0;
+	memmove(r->b, r->b + l, r->len - l);
+	r->len -= l;
+	if (lenp)
+		*lenp = l;
+	return out;
+}
+
+static void
+rd_free(struct rd *r)
+{
+	free(r->b);
+	close(r->fd);
+}
+
+/* Send one inline command, expect exactly @want. */
+static void
+expect(struct rd *r, const char *cmd, const char *want)
+{
+	char *got;
+
+	send_all(r->fd, cmd, strlen(cmd));
+	send_all(r->fd, "\r\n", 2);
+	got = rd_next(r, NULL);
+	cr_assert(got, "%s: connection closed", cmd);
+	cr_assert_str_eq(got, want, "%s", cmd);
+}
+
+static long long
+info_field(int port, const char *field)
+{
+	struct rd r;
+	char *got, *p;
+	long long v = 0;
+
+	rd_init(&r, cconnect(port));
+	send_all(r.fd, "INFO everything\r\n", 17);
+	got = rd_next(&r, NULL);
+	cr_assert(got);
+	/* Sum every occurrence (per-shard lines carry the field once per shard). */
+	for (p = got; (p = strstr(p, field)); p += strlen(field))
+		v += atoll(p + strlen(field));
+	rd_free(&r);
+	return v;
+}
+
+Test(kv_server, commands_reply_like_redis)
+{
+	struct srv s;
+	struct rd r;
+
+	srv_start(&s, 2, NULL);
+	rd_init(&r, cconnect(s.port));
+	expect(&r, "PING", "+PONG\r\n");
+	expect(&r, "PING hi", "$2\r\nhi\r\n");
+	expect(&r, "ECHO \"a b\"", "$3\r\na b\r\n");
+	expect(&r, "SET k v", "+OK\r\n");
+	expect(&r, "GET k", "$1\r\nv\r\n");
+	expect(&r, "SET k w NX", "$-1\r\n");
+	expect(&r, "SET k w XX", "+OK\r\n");
+	expect(&r, "SET nokey w XX", "$-1\r\n");
+	expect(&r, "SET k v2 GET", "$1\r\nw\r\n");
+	expect(&r, "GETSET k v3", "$2\r\nv2\r\n");
+	expect(&r, "APPEND k xyz", ":5\r\n");
+	expect(&r, "STRLEN k", ":5\r\n");
+	expect(&r, "INCR k", "-ERR value is not an integer or out of range\r\n");
+	expect(&r, "INCR n", ":1\r\n");
+	expect(&r, "INCRBY n 10", ":11\r\n");
+	expect(&r, "DECR n", ":10\r\n");
+	expect(&r, "DECRBY n 20", ":-10\r\n");
+	expect(&r, "SET big 9223372036854775807", "+OK\r\n");
+	expect(&r, "INCR big", "-ERR increment or decrement would overflow\r\n");
+	expect(&r, "MSET a 1 b 2 c 3 d 4 e 5", "+OK\r\n");
+	expect(&r, "MGET a b nope c d e",
+	       "*6\r\n$1\r\n1\r\n$1\r\n2\r\n$-1\r\n$1\r\n3\r\n$1\r\n4\r\n$1\r\n5\r\n");
+	expect(&r, "EXISTS a b nope c", ":3\r\n");
+	expect(&r, "DEL a b nope", ":2\r\n");
+	expect(&r, "TTL c", ":-1\r\n");
+	expect(&r, "TTL nope", ":-2\r\n");
+	expect(&r, "EXPIRE c 100", ":1\r\n");
+	expect(&r, "TTL c", ":100\r\n");
+	expect(&r, "EXPIRE c 100 NX", ":0\r\n");
+	expect(&r, "PERSIST c", ":1\r\n");
+	expect(&r, "PTTL c", ":-1\r\n");
+	expect(&r, "PEXPIRE c 100000", ":1\r\n");
+	expect(&r, "EXPIRE c -1", ":1\r\n");
+	expect(&r, "EXISTS c", ":0\r\n");
+	expect(&r, "SET x 1 EX 0", "-ERR invalid expire time in 'set' command\r\n");
+	expect(&r, "SET x 1 EX 5 PX 5", "-ERR syntax error\r\n");
+	expect(&r, "FLUSHALL", "+OK\r\n");
+	expect(&r, "DBSIZE", ":0\r\n");
+	expect(&r, "MSET user:1 a user:2 b other c", "+OK\r\n");
+	expect(&r, "DBSIZE", ":3\r\n");
+	send_all(r.fd, "KEYS user:*\r\n", 13);
+	{
+		char *got = rd_next(&r, NULL);
+		cr_assert(got);
+		cr_assert(!strncmp(got, "*2\r\n", 4) && strstr(got, "user:1") &&
+				  strstr(got, "user:2") && !strstr(got, "other"),
+			  "KEYS user:*: %s", got);
+	}
+	expect(&r, "KEYS user:[2-9]", "*1\r\n$6\r\nuser:2\r\n");
+	expect(&r, "KEYS ?ther", "*1\r\n$5\r\nother\r\n");
+	expect(&r, "KEYS nomatch*", "*0\r\n");
+	expect(&r, "SELECT 0", "+OK\r\n");
+	expect(&r, "SELECT 1", "-ERR DB index is out of range\r\n");
+	expect(&r, "CONFIG GET save", "*2\r\n$4\r\nsave\r\n$0\r\n\r\n");
+	expect(&r, "CONFIG GET appendonly", "*2\r\n$10\r\nappendonly\r\n$2\r\nno\r\n");
+	expect(&r, "CLIENT GETNAME", "$-1\r\n");
+	expect(&r, "CLIENT SETNAME me", "+OK\r\n");
+	expect(&r, "CLIENT GETNAME", "$2\r\nme\r\n");
+	expect(&r, "COMMAND DOCS", "*0\r\n");
+	expect(&r, "foo a b", "-ERR unknown command 'foo', with args beginning with: 'a' 'b' \r\n");
+	expect(&r, "GET", "-ERR wrong number of arguments for 'get' command\r\n");
+	expect(&r, "MSET a", "-ERR wrong number of arguments for 'mset' command\r\n");
+	expect(&r, "QUIT", "+OK\r\n");
+	cr_assert_null(rd_next(&r, NULL), "QUIT closes the connection");
+	rd_free(&r);
+	srv_stop(&s);
+}
+
+/* Thousands of pipelined requests whose keys live on both shards: every reply in order,
+ * and some went through the other shard. */
+Test(kv_server, pipelined_replies_in_order_across_shards)
+{
+	enum { N = 3000 };
+	struct srv s;
+	struct rd r;
+	char *req = malloc(N * 128), *got;
+	size_t len = 0;
+
+	srv_start(&s, 2, NULL);
+	rd_init(&r, cconnect(s.port));
+	for (int i = 0; i < N; i++)
+		len += (size_t)sprintf(req + len,
+				       "*3\r\n$3\r\nSET\r\n$6\r\nk%05d\r\n$6\r\nv%05d\r\n"
+				       "*2\r\n$3\r\nGET\r\n$6\r\nk%05d\r\n",
+				       i, i, i);
+	send_all(r.fd, req, len);
+	for (int i = 0; i < N; i++) {
+		char want[32];
+		got = rd_next(&r, NULL);
+		cr_assert(got);
+		cr_assert_str_eq(got, "+OK\r\n", "SET %d", i);
+		got = rd_next(&r, NULL);
+		snprintf(want, sizeof(want), "$6\r\nv%05d\r\n", i);
+		cr_assert(got);
+		cr_assert_str_eq(got, want, "GET %d", i);
+	}
+	/* A multi-key command over both shards, pipelined behind single-key ones. */
+	len = (size_t)sprintf(req, "GET k00001\r\nMGET k00000 k00001 k00002 k00003 nope\r\n"
+				   "DEL k00000 k00001 k00002\r\nGET k00003\r\nDBSIZE\r\n");
+	send_all(r.fd, req, len);
+	cr_assert_str_eq(rd_next(&r, NULL), "$6\r\nv00001\r\n");
+	cr_assert_str_eq(rd_next(&r, NULL), "*5\r\n$6\r\nv00000\r\n$6\r\nv00001\r\n$6\r\nv00002\r\n"
+					    "$6\r\nv00003\r\n$-1\r\n");
+	cr_assert_str_eq(rd_next(&r, NULL), ":3\r\n");
+	cr_assert_str_eq(rd_next(&r, NULL), "$6\r\nv00003\r\n");
+	cr_assert_str_eq(rd_next(&r, NULL), ":2997\r\n");
+	rd_free(&r);
+	cr_assert_gt(info_field(s.port, "forwarded_out="), 0, "no request crossed shards");
+	cr_assert_gt(info_field(s.port, "keys="), 2900 * 2 - 1, "keys spread over both shards");
+	srv_stop(&s);
+	free(req);
+}
+
+/* The same over the zero-copy hand-off. */
+Test(kv_server, export_handoff_keeps_order)
+{
+	enum { N = 2000 };
+	struct srv s;
+	struct rd r;
+	char *req = malloc(N * 64);
+	size_t len = 0;
+
+	srv_start(&s, 2, "--handoff", "export", NULL);
+	rd_init(&r, cconnect(s.port));
+	for (int i = 0; i < N; i++)
+		len += (size_t)sprintf(req + len, "INCRBY ctr%d %d\r\nGET ctr%d\r\n", i % 7, i,
+				       i % 7);
+	send_all(r.fd, req, len);
+	long long sum[7] = { 0 };
+	for (int i = 0; i < N; i++) {
+		char want[64];
+		sum[i % 7] += i;
+		snprintf(want, sizeof(want), ":%lld\r\n", sum[i % 7]);
+		cr_assert_str_eq(rd_next(&r, NULL), want, "INCRBY %d", i);
+		snprintf(want, sizeof(want), "%lld", sum[i % 7]);
+		cr_assert(strstr(rd_next(&r, NULL), want), "GET %d", i);
+	}
+	rd_free(&r);
+	cr_assert_gt(info_field(s.port, "forwarded_out="), 0);
+	srv_stop(&s);
+	free(req);
+}
+
+/* Malformed input: replies already due come first, then Redis's error, then EOF. */
+Test(kv_server, protocol_error_replies_then_closes)
+{
+	struct srv s;
+	const char *bad[] = { "*1\r\n$-5\r\n", "*1\r\n:3\r\n", "*abc\r\n", "SET \"a\r\n" };
+	const char *err[] = { "-ERR Protocol error: invalid bulk length\r\n",
+			      "-ERR Protocol error: expected '$', got ':'\r\n",
+			      "-ERR Protocol error: invalid multibulk length\r\n",
+			      "-ERR Protocol error: unbalanced quotes in request\r\n" };
+
+	srv_start(&s, 2, NULL);
+	for (unsigned i = 0; i < 4; i++) {
+		struct rd r;
+		char req[256];
+		int n = snprintf(req, sizeof(req), "SET a 1\r\nSET b 2\r\nGET a\r\n%s", bad[i]);
+		rd_init(&r, cconnect(s.port));
+		send_all(r.fd, req, (size_t)n);
+		cr_assert_str_eq(rd_next(&r, NULL), "+OK\r\n");
+		cr_assert_str_eq(rd_next(&r, NULL), "+OK\r\n");
+		cr_assert_str_eq(rd_next(&r, NULL), "$1\r\n1\r\n");
+		cr_assert_str_eq(rd_next(&r, NULL), err[i], "case %u", i);
+		cr_assert_null(rd_next(&r, NULL), "case %u: the connection closes", i);
+		rd_free(&r);
+	}
+	/* The server still serves. */
+	struct rd r;
+	rd_init(&r, cconnect(s.port));
+	expect(&r, "PING", "+PONG\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+}
+
+Test(kv_server, bulk_over_proto_max_bulk_len_is_refused)
+{
+	struct srv s;
+	struct rd r;
+	const char req[] = "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5000\r\n";
+
+	srv_start(&s, 1, "--proto-max-bulk-len", "4kb", NULL);
+	rd_init(&r, cconnect(s.port));
+	send_all(r.fd, req, sizeof(req) - 1);
+	cr_assert_str_eq(rd_next(&r, NULL), "-ERR Protocol error: invalid bulk length\r\n");
+	cr_assert_null(rd_next(&r, NULL));
+	rd_free(&r);
+	/* 4000 bytes are accepted. */
+	rd_init(&r, cconnect(s.port));
+	{
+		char *big = malloc(5000);
+		int n = sprintf(big, "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$4000\r\n");
+		memset(big + n, 'x', 4000);
+		memcpy(big + n + 4000, "\r\n", 2);
+		send_all(r.fd, big, (size_t)n + 4002);
+		free(big);
+	}
+	cr_assert_str_eq(rd_next(&r, NULL), "+OK\r\n");
+	expect(&r, "STRLEN k", ":4000\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+}
+
+/* A value larger than a registered buffer (4 MiB), and than the shard's registered memory
+ * (--memory 16m), goes in and comes back whole: large replies are sent from heap memory. */
+Test(kv_server, large_value_round_trip)
+{
+	enum { LEN = 24 << 20 };
+	struct srv s;
+	char *req = malloc(LEN + 64), *got = malloc(LEN + 64);
+	int fd, n;
+	size_t have = 0, want;
+
+	srv_start(&s, 2, "--memory", "16m", NULL);
+	fd = cconnect(s.port);
+	n = sprintf(req, "*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$%d\r\n", LEN);
+	for (int i = 0; i < LEN; i++)
+		req[n + i] = (char)('a' + i % 26);
+	memcpy(req + n + LEN, "\r\n", 2);
+	send_all(fd, req, (size_t)n + LEN + 2);
+	send_all(fd, "GET big\r\n", 9);
+	want = 5 + (size_t)snprintf(NULL, 0, "$%d\r\n", LEN) + LEN + 2;
+	while (have < want) {
+		ssize_t r = recv(fd, got + have, want - have, 0);
+		cr_assert_gt(r, 0, "recv after %zu of %zu bytes: %s", have, want, strerror(errno));
+		have += (size_t)r;
+	}
+	cr_assert(!memcmp(got, "+OK\r\n", 5));
+	n = snprintf(req, 64, "$%d\r\n", LEN);
+	cr_assert(!memcmp(got + 5, req, (size_t)n));
+	for (int i = 0; i < LEN; i++)
+		cr_assert_eq(got[5 + n + i], (char)('a' + i % 26), "byte %d", i);
+	close(fd);
+	srv_stop(&s);
+	free(req);
+	free(got);
+}
+
+/* A half request that stalls is closed by --timeout. */
+Test(kv_server, stalled_half_request_closed_by_timeout)
+{
+	struct srv s;
+	struct rd r;
+	const char half[] = "*2\r\n$3\r\nGET\r\n$1";
+
+	srv_start(&s, 1, "--timeout", "1", NULL);
+	rd_init(&r, cconnect(s.port));
+	send_all(r.fd, half, sizeof(half) - 1);
+	cr_assert_null(rd_next(&r, NULL), "the idle connection is closed");
+	rd_free(&r);
+	cr_assert_geq(info_field(s.port, "timeouts="), 1);
+	srv_stop(&s);
+}
+
+static long
+rss_kb(pid_t pid)
+{
+	char path[64], line[256];
+	long kb = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	f = fopen(path, "r");
+	cr_assert(f);
+	while (fgets(line, sizeof(line), f))
+		if (!strncmp(line, "VmRSS:", 6))
+			kb = atol(line + 6);
+	fclose(f);
+	return kb;
+}
+
+/* A client that pipelines GETs of a 4 KiB value and never reads: the server stops
+ * reading it (send queue above its high watermark, or too many replies outstanding), so
+ * its memory stays bounded, and other clients are still served. */
+Test(kv_server, non_reading_flood_stays_bounded)
+{
+	struct srv s;
+	struct rd r;
+	char *val = malloc(4200), *req = malloc(1 << 16);
+	size_t reqlen = 0, sent = 0;
+	long before, after;
+	int fd, n;
+	uint64_t stall_since = 0;
+
+	srv_start(&s, 2, NULL);
+	rd_init(&r, cconnect(s.port));
+	n = sprintf(val, "*3\r\n$3\r\nSET\r\n$2\r\nkA\r\n$4096\r\n");
+	memset(val + n, 'v', 4096);
+	memcpy(val + n + 4096, "\r\n", 2);
+	send_all(r.fd, val, (size_t)n + 4098);
+	cr_assert_str_eq(rd_next(&r, NULL), "+OK\r\n");
+	send_all(r.fd, "SET kB x\r\n", 10);
+	cr_assert_str_eq(rd_next(&r, NULL), "+OK\r\n");
+	before = rss_kb(s.pid);
+	fd = cconnect(s.port);
+	fcntl(fd, F_SETFL, O_NONBLOCK);
+	while (reqlen + 32 < (1 << 16))
+		reqlen += (size_t)sprintf(req + reqlen, "GET kA\r\nGET kB\r\n");
+	/* Send until the server has stopped reading for a while (or 64 MiB went in: 4000x
+	 * that in replies, were nothing bounded). */
+	while (sent < (64u << 20)) {
+		ssize_t w = send(fd, req, reqlen, MSG_NOSIGNAL);
+		if (w > 0) {
+			sent += (size_t)w;
+			stall_since = 0;
+			continue;
+		}
+		cr_assert(w < 0 && errno == EAGAIN, "send: %s", strerror(errno));
+		if (!stall_since)
+			stall_since = test_now_ms();
+		else if (test_now_ms() - stall_since > 2000)
+			break;
+		test_pause();
+	}
+	after = rss_kb(s.pid);
+	cr_assert_lt(after - before, 256 * 1024,
+		     "server grew by %ld KiB for %zu bytes of unread requests", after - before,
+		     sent);
+	expect(&r, "GET kB", "$1\r\nx\r\n");
+	close(fd);
+	rd_free(&r);
+	srv_stop(&s);
+	free(val);
+	free(req);
+}
+
+Test(kv_server, maxmemory_refuses_writes_with_oom)
+{
+	struct srv s;
+	struct rd r;
+	char *val = malloc(1100);
+	int oom_at = -1;
+
+	srv_start(&s, 2, "--maxmemory", "256kb", NULL);
+	rd_init(&r, cconnect(s.port));
+	memset(val, 'v', 1024);
+	for (int i = 0; i < 1000 && oom_at < 0; i++) {
+		char hdr[64], *got;
+		int n = sprintf(hdr, "*3\r\n$3\r\nSET\r\n$5\r\nk%04d\r\n$1024\r\n", i);
+		send_all(r.fd, hdr, (size_t)n);
+		send_all(r.fd, val, 1024);
+		send_all(r.fd, "\r\n", 2);
+		got = rd_next(&r, NULL);
+		cr_assert(got);
+		if (got[0] == '-') {
+			cr_assert_str_eq(
+				got,
+				"-OOM command not allowed when used memory > 'maxmemory'.\r\n");
+			oom_at = i;
+		} else {
+			cr_assert_str_eq(got, "+OK\r\n");
+		}
+	}
+	cr_assert_gt(oom_at, 100, "writes were refused too early (%d)", oom_at);
+	send_all(r.fd, "STRLEN k0000\r\n", 14);
+	cr_assert_str_eq(rd_next(&r, NULL), ":1024\r\n");
+	/* Reads and deletes still work; the table shrinks and writes work again. */
+	{
+		char *got;
+		send_all(r.fd, "FLUSHALL\r\n", 10);
+		got = rd_next(&r, NULL);
+		cr_assert_str_eq(got, "+OK\r\n");
+	}
+	expect(&r, "SET again 1", "+OK\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+	free(val);
+}
+
+/* Keys expire when read (lazy) and without being read (the sweep). */
+Test(kv_server, keys_expire_lazily_and_by_sweep)
+{
+	struct srv s;
+	struct rd r;
+	uint64_t dl = test_deadline(TEST_WAIT_MS);
+	char *got;
+
+	srv_start(&s, 2, NULL);
+	rd_init(&r, cconnect(s.port));
+	for (int i = 0; i < 200; i++) {
+		char c[64];
+		snprintf(c, sizeof(c), "SET t%d v PX 20", i);
+		expect(&r, c, "+OK\r\n");
+	}
+	expect(&r, "SET lazy v PX 20", "+OK\r\n");
+	expect(&r, "SET keep v", "+OK\r\n");
+	for (;;) {
+		send_all(r.fd, "GET lazy\r\n", 10);
+		got = rd_next(&r, NULL);
+		if (!strcmp(got, "$-1\r\n"))
+			break;
+		cr_assert_str_eq(got, "$1\r\nv\r\n");
+		cr_assert(!test_expired(dl), "the key did not expire");
+		test_pause();
+	}
+	while (info_field(s.port, "expired_swept=") < 200) {
+		cr_assert(!test_expired(dl), "the sweep did not remove the expired keys");
+		usleep(20000);
+	}
+	expect(&r, "DBSIZE", ":1\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+}
+
+Test(kv_server, redis_cli_drives_it)
+{
+	struct srv s;
+	char cmd[512], out[4096];
+	const char *steps[][2] = {
+		{ "SET a 10", "OK" },         { "GET a", "10" },
+		{ "INCR a", "11" },           { "MSET x 1 y 2", "OK" },
+		{ "MGET x y a", "1\n2\n11" }, { "EXPIRE a 100", "1" },
+		{ "TTL a", "100" },
+	};
+
+	if (access("/usr/bin/redis-cli", X_OK))
+		cr_skip_test("redis-cli is not installed (apt install redis-tools)");
+	srv_start(&s, 2, NULL);
+	for (unsigned i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+		FILE *p;
+		size_t n;
+		snprintf(cmd, sizeof(cmd), "/usr/bin/redis-cli -p %d %s 2>&1", s.port, steps[i][0]);
+		p = popen(cmd, "r");
+		cr_assert(p);
+		n = fread(out, 1, sizeof(out) - 1, p);
+		out[n] = 0;
+		pclose(p);
+		while (n && out[n - 1] == '\n')
+			out[--n] = 0;
+		cr_assert_str_eq(out, steps[i][1], "redis-cli %s", steps[i][0]);
+	}
+	snprintf(cmd, sizeof(cmd), "/usr/bin/redis-cli -p %d INFO keyspace 2>&1", s.port);
+	FILE *p = popen(cmd, "r");
+	size_t n = fread(out, 1, sizeof(out) - 1, p);
+	out[n] = 0;
+	pclose(p);
+	cr_assert(strstr(out, "db0:keys=3"), "INFO keyspace: %s", out);
+	srv_stop(&s);
+}
+
+static size_t
+build_mixed(char *req, int n)
+{
+	size_t len = 0;
+
+	for (int i = 0; i < n; i++)
+		len += (size_t)sprintf(req + len,
+				       "SET key%d v%d\r\nMGET key%d key%d key%d\r\nDEL key%d\r\n",
+				       i, i, i, i + 1, i + 2, i + 3);
+	return len;
+}
+
+/* Connections that close while their requests are on other shards: the replies that come
+ * back find the connection gone (under ASan: no leak, no use after free), and the server
+ * goes on serving. */
+Test(kv_server, close_with_requests_in_flight)
+{
+	enum { N = 2000 };
+	struct srv s;
+	struct rd r;
+	char *req = malloc(N * 96);
+	size_t len = build_mixed(req, N);
+
+	srv_start(&s, 2, NULL);
+	for (int k = 0; k < 20; k++) {
+		int fd = cconnect(s.port);
+		send_all(fd, req, len);
+		close(fd);
+	}
+	rd_init(&r, cconnect(s.port));
+	expect(&r, "SET \"sp ace\" 'v v'", "+OK\r\n");
+	expect(&r, "GET \"sp ace\"", "$3\r\nv v\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+	free(req);
+}
+
+/* SIGTERM while clients pipeline across shards: the server stops and exits 0. */
+Test(kv_server, stops_cleanly_under_load)
+{
+	enum { N = 2000 };
+	struct srv s;
+	char *req = malloc(N * 96);
+	size_t len = build_mixed(req, N);
+	int fds[4];
+
+	srv_start(&s, 2, NULL);
+	for (int k = 0; k < 4; k++) {
+		fds[k] = cconnect(s.port);
+		fcntl(fds[k], F_SETFL, O_NONBLOCK);
+		(void)!send(fds[k], req, len, MSG_NOSIGNAL);
+	}
+	srv_stop(&s);
+	for (int k = 0; k < 4; k++)
+		close(fds[k]);
+	free(req);
+}
+
+static char *
+run_cmd(const char *cmd)
+{
+	static char out[1 << 16];
+	FILE *p = popen(cmd, "r");
+	size_t n;
+
+	cr_assert(p, "popen %s", cmd);
+	n = fread(out, 1, sizeof(out) - 1, p);
+	out[n] = 0;
+	pclose(p);
+	return out;
+}
+
+/* redis-benchmark's own commands, pipelined over 2 shards: every test completes with no
+ * error reply, and the server counted them. */
+Test(kv_server, redis_benchmark_runs_clean)
+{
+	struct srv s;
+	char cmd[512], *out;
+	const char *tests[] = { "\"SET\"", "\"GET\"", "\"INCR\"", "\"MSET (10 keys)\"" };
+
+	if (access("/usr/bin/redis-benchmark", X_OK))
+		cr_skip_test("redis-benchmark is not installed (apt install redis-tools)");
+	srv_start(&s, 2, NULL);
+	snprintf(cmd, sizeof(cmd),
+		 "/usr/bin/redis-benchmark -p %d -t set,get,incr,mset -n 20000 -P 16 -c 20 "
+		 "-r 1000 --csv 2>&1",
+		 s.port);
+	out = run_cmd(cmd);
+	cr_assert_null(strstr(out, "rror"), "redis-benchmark reported an error:\n%s", out);
+	for (unsigned i = 0; i < 4; i++)
+		cr_assert(strstr(out, tests[i]), "no %s line in:\n%s", tests[i], out);
+	/* 20,000 each of SET, GET, INCR and MSET, plus CONFIG GET. */
+	cr_assert_geq(info_field(s.port, "total_commands_processed:"), 80000);
+	srv_stop(&s);
+}

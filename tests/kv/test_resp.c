@@ -1,0 +1,239 @@
+// SPDX-License-Identifier: MIT
+/* The RESP2 request parser (apps/kv/resp.c) on its own: a pure function over bytes. */
+#include <stdlib.h>
+#include <string.h>
+
+#include <criterion/criterion.h>
+
+#include "resp.h"
+
+struct p {
+	struct resp_arg argv[64];
+	uint8_t scratch[70 * 1024];
+	struct resp_req req;
+};
+
+static long
+parse(struct p *s, const void *buf, size_t n)
+{
+	memset(&s->req, 0, sizeof(s->req));
+	s->req.argv = s->argv;
+	s->req.cap = 64;
+	s->req.scratch = s->scratch;
+	s->req.scratch_cap = sizeof(s->scratch);
+	s->req.max_bulk = RESP_MAX_BULK_DEFAULT;
+	return resp_parse(buf, n, &s->req);
+}
+
+static struct p *
+newp(void)
+{
+	struct p *s = calloc(1, sizeof(*s));
+	cr_assert(s);
+	return s;
+}
+
+#define ARG_IS(s, i, lit)                                                         \
+	cr_assert(s->argv[i].len == sizeof(lit) - 1 &&                            \
+			  !memcmp(s->argv[i].p, lit, sizeof(lit) - 1),            \
+		  "argument %d is '%.*s', expected '%s'", i, (int)s->argv[i].len, \
+		  (const char *)s->argv[i].p, lit)
+
+Test(kv_resp, multibulk_request)
+{
+	struct p *s = newp();
+	const char r[] = "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhello\r\n";
+
+	cr_assert_eq(parse(s, r, sizeof(r) - 1), (long)sizeof(r) - 1);
+	cr_assert_eq(s->req.argc, 3);
+	ARG_IS(s, 0, "SET");
+	ARG_IS(s, 1, "k");
+	ARG_IS(s, 2, "hello");
+	free(s);
+}
+
+Test(kv_resp, binary_safe_values)
+{
+	struct p *s = newp();
+	const char r[] = "*2\r\n$4\r\na\r\n\0\r\n$0\r\n\r\n";
+
+	cr_assert_eq(parse(s, r, sizeof(r) - 1), (long)sizeof(r) - 1);
+	cr_assert_eq(s->req.argc, 2);
+	cr_assert_eq(s->argv[0].len, 4);
+	cr_assert(!memcmp(s->argv[0].p, "a\r\n\0", 4));
+	cr_assert_eq(s->argv[1].len, 0);
+	free(s);
+}
+
+Test(kv_resp, pipelined_requests_one_at_a_time)
+{
+	struct p *s = newp();
+	const char r[] = "*1\r\n$4\r\nPING\r\nPING\r\n*2\r\n$3\r\nGET\r\n$1\r\nx\r\n";
+	size_t off = 0;
+	unsigned n = 0;
+
+	while (off < sizeof(r) - 1) {
+		long l = parse(s, r + off, sizeof(r) - 1 - off);
+		cr_assert_gt(l, 0, "request %u at %zu: %ld", n, off, l);
+		off += (size_t)l;
+		n++;
+	}
+	cr_assert_eq(n, 3);
+	ARG_IS(s, 0, "GET");
+	free(s);
+}
+
+Test(kv_resp, inline_commands_with_quotes)
+{
+	struct p *s = newp();
+	const char r[] = "SET \"a b\" 'c\\'d' \"\\x41\\n\"  e\r\n";
+
+	cr_assert_eq(parse(s, r, sizeof(r) - 1), (long)sizeof(r) - 1);
+	cr_assert_eq(s->req.argc, 5);
+	ARG_IS(s, 0, "SET");
+	ARG_IS(s, 1, "a b");
+	ARG_IS(s, 2, "c'd");
+	ARG_IS(s, 3, "A\n");
+	ARG_IS(s, 4, "e");
+	cr_assert_eq(parse(s, "PING\n", 5), 5, "a bare LF ends an inline request too");
+	cr_assert_eq(s->req.argc, 1);
+	cr_assert_eq(parse(s, "\r\n", 2), 2, "an empty line is consumed");
+	cr_assert_eq(s->req.argc, 0);
+	free(s);
+}
+
+Test(kv_resp, every_split_point_needs_more_then_parses_whole)
+{
+	struct p *s = newp();
+	const char *reqs[] = {
+		"*3\r\n$3\r\nSET\r\n$10\r\nkey:000001\r\n$5\r\nva\r\nl\r\n",
+		"*1\r\n$4\r\nPING\r\n",
+		"*0\r\n",
+		"GET key\r\n",
+		"SET 'a b' \"c\"\r\n",
+	};
+
+	for (unsigned k = 0; k < sizeof(reqs) / sizeof(reqs[0]); k++) {
+		size_t n = strlen(reqs[k]);
+		for (size_t cut = 0; cut < n; cut++) {
+			long r = parse(s, reqs[k], cut);
+			cr_assert_eq(r, RESP_MORE, "request %u cut at %zu: %ld", k, cut, r);
+			cr_assert_gt(s->req.need, cut, "request %u cut at %zu: need %zu", k, cut,
+				     s->req.need);
+			cr_assert_leq(s->req.need, n, "request %u cut at %zu: need %zu > %zu", k,
+				      cut, s->req.need, n);
+		}
+		cr_assert_eq(parse(s, reqs[k], n), (long)n, "request %u whole", k);
+	}
+	free(s);
+}
+
+static void
+expect_error(const char *r, size_t n, const char *msg)
+{
+	struct p *s = newp();
+	long l = parse(s, r, n);
+
+	cr_assert_eq(l, RESP_ERROR, "%s: returned %ld", msg, l);
+	cr_assert_str_eq(s->req.err, msg);
+	free(s);
+}
+
+Test(kv_resp, malformed_input_gets_redis_errors)
+{
+	expect_error("*x\r\n", 4, "Protocol error: invalid multibulk length");
+	expect_error("*3000000000\r\n", 13, "Protocol error: invalid multibulk length");
+	expect_error("*01\r\n", 5, "Protocol error: invalid multibulk length");
+	expect_error("*1\r\n:3\r\n", 8, "Protocol error: expected '$', got ':'");
+	expect_error("*1\r\n$-1\r\n", 9, "Protocol error: invalid bulk length");
+	expect_error("*1\r\n$abc\r\n", 10, "Protocol error: invalid bulk length");
+	expect_error("*1\r\n$99999999999999999999999\r\n", 29,
+		     "Protocol error: invalid bulk length");
+	expect_error("SET \"a\r\n", 8, "Protocol error: unbalanced quotes in request");
+	expect_error("SET 'a'b\r\n", 10, "Protocol error: unbalanced quotes in request");
+}
+
+Test(kv_resp, bulk_longer_than_the_limit_is_refused_from_its_header)
+{
+	struct p *s = newp();
+	const char r[] = "*1\r\n$2000\r\n";
+
+	memset(&s->req, 0, sizeof(s->req));
+	s->req.argv = s->argv;
+	s->req.cap = 64;
+	s->req.max_bulk = 1024;
+	cr_assert_eq(resp_parse((const uint8_t *)r, sizeof(r) - 1, &s->req), RESP_ERROR);
+	cr_assert_str_eq(s->req.err, "Protocol error: invalid bulk length");
+	s->req.max_bulk = 4096;
+	cr_assert_eq(resp_parse((const uint8_t *)r, sizeof(r) - 1, &s->req), RESP_MORE);
+	cr_assert_eq(s->req.need, sizeof(r) - 1 + 2002);
+	free(s);
+}
+
+Test(kv_resp, lines_without_end_are_bounded)
+{
+	size_t n = RESP_INLINE_MAX + 10;
+	char *b = malloc(n + 2);
+
+	memset(b, 'a', n);
+	expect_error(b, n, "Protocol error: too big inline request");
+	b[0] = '*';
+	b[1] = '1';
+	expect_error(b, n, "Protocol error: too big mbulk count string");
+	memcpy(b, "*1\r\n$", 5);
+	expect_error(b, n, "Protocol error: too big bulk count string");
+	free(b);
+}
+
+Test(kv_resp, absurd_count_asks_for_argv_only_as_arguments_arrive)
+{
+	struct p *s = newp();
+	const char r[] = "*2000000000\r\n$1\r\na\r\n";
+
+	cr_assert_eq(parse(s, r, sizeof(r) - 1), RESP_MORE);
+	memset(&s->req, 0, sizeof(s->req));
+	s->req.max_bulk = RESP_MAX_BULK_DEFAULT;
+	cr_assert_eq(resp_parse((const uint8_t *)r, sizeof(r) - 1, &s->req), RESP_NEED_ARGV);
+	cr_assert_eq(s->req.need, 8, "argv grows by doubling, not to the announced count");
+	free(s);
+}
+
+Test(kv_resp, reply_lengths)
+{
+	const char r[] = "*3\r\n$1\r\na\r\n$-1\r\n:5\r\n+OK\r\n";
+
+	cr_assert_eq(resp_reply_len((const uint8_t *)r, sizeof(r) - 1), sizeof(r) - 1 - 5);
+	cr_assert_eq(resp_reply_len((const uint8_t *)r, 8), 0);
+	cr_assert_eq(resp_reply_len((const uint8_t *)"$-1\r\n", 5), 5);
+}
+
+/* Seeded random bytes never crash the parser and never claim more than they hold. */
+Test(kv_resp, random_bytes_never_overrun)
+{
+	struct p *s = newp();
+	uint8_t buf[256];
+	unsigned seed = 12345;
+
+	for (int it = 0; it < 200000; it++) {
+		size_t n = (size_t)(rand_r(&seed) % sizeof(buf));
+		for (size_t i = 0; i < n; i++) {
+			int k = rand_r(&seed) % 8;
+			buf[i] = k == 0   ? '*'
+				 : k == 1 ? '$'
+				 : k == 2 ? '\r'
+				 : k == 3 ? '\n'
+				 : k == 4 ? (uint8_t)('0' + rand_r(&seed) % 10)
+					  : (uint8_t)rand_r(&seed);
+		}
+		long r = parse(s, buf, n);
+		cr_assert(r <= (long)n, "consumed %ld of %zu", r, n);
+		if (r > 0)
+			for (unsigned a = 0; a < s->req.argc; a++)
+				cr_assert((s->argv[a].p >= buf &&
+					   s->argv[a].p + s->argv[a].len <= buf + n) ||
+					  (s->argv[a].p >= s->scratch &&
+					   s->argv[a].p + s->argv[a].len <=
+						   s->scratch + sizeof(s->scratch)));
+	}
+	free(s);
+}
