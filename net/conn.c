@@ -59,6 +59,7 @@ struct keel_conn {
 	struct keel_timer *close_timer; /* bounds a graceful close (close_timeout_ms) */
 	struct keel_slice *q;
 	uint32_t qhead, qn, qcap, qoff;
+	bool wopen; /* the last queued slice is a write buffer (keel_conn_write) with room */
 	uint64_t queued, offered;
 	uint32_t low, high;
 	struct iovec iov[NET_IOV_MAX];
@@ -425,6 +426,7 @@ drop_queue(struct keel_conn *c)
 	}
 	c->qoff = 0;
 	c->queued = 0;
+	c->wopen = false;
 }
 
 static void
@@ -444,6 +446,8 @@ consume(struct keel_conn *c, uint32_t res)
 			c->qhead = (c->qhead + 1) % c->qcap;
 			c->qn--;
 			c->qoff = 0;
+			if (!c->qn)
+				c->wopen = false; /* the write buffer was the tail */
 		} else {
 			c->qoff += res;
 			c->queued -= res;
@@ -653,29 +657,34 @@ flush_later(struct keel_conn *c)
 	c->nops++;
 }
 
-int
-keel_conn_send(struct keel_conn *c, struct keel_slice *s)
+/* Room in the queue for @extra more slices. Returns: 0 or -ENOMEM. */
+static int
+q_reserve(struct keel_conn *c, uint32_t extra)
 {
-	if (!s || !s->len)
-		return -EINVAL;
-	if (c->closing || c->flush_close || c->shut_pending)
-		return -EPIPE;
-	if (c->qn == c->qcap) {
-		uint32_t ncap = c->qcap ? c->qcap * 2 : 16;
-		struct keel_slice *nq = malloc(ncap * sizeof(*nq));
-		if (!nq)
-			return -ENOMEM;
-		for (uint32_t i = 0; i < c->qn; i++)
-			nq[i] = c->q[(c->qhead + i) % c->qcap];
-		free(c->q);
-		c->q = nq;
-		c->qhead = 0;
-		c->qcap = ncap;
-	}
-	c->q[(c->qhead + c->qn) % c->qcap] = *s;
-	c->qn++;
-	c->queued += s->len;
-	memset(s, 0, sizeof(*s));
+	uint32_t ncap = c->qcap ? c->qcap : 16;
+	struct keel_slice *nq;
+
+	if (c->qn + extra <= c->qcap)
+		return 0;
+	while (ncap < c->qn + extra)
+		ncap *= 2;
+	nq = malloc(ncap * sizeof(*nq));
+	if (!nq)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < c->qn; i++)
+		nq[i] = c->q[(c->qhead + i) % c->qcap];
+	free(c->q);
+	c->q = nq;
+	c->qhead = 0;
+	c->qcap = ncap;
+	return 0;
+}
+
+/* @bytes were added to the queue: flush at the end of the pass, and the high watermark. */
+static int
+queued_more(struct keel_conn *c, uint64_t bytes)
+{
+	c->queued += bytes;
 	if (c->open)
 		flush_later(c);
 	if (c->queued > c->high) {
@@ -688,6 +697,133 @@ keel_conn_send(struct keel_conn *c, struct keel_slice *s)
 		return 1;
 	}
 	return 0;
+}
+
+int
+keel_conn_send(struct keel_conn *c, struct keel_slice *s)
+{
+	if (!s || !s->len)
+		return -EINVAL;
+	if (c->closing || c->flush_close || c->shut_pending)
+		return -EPIPE;
+	if (q_reserve(c, 1) < 0)
+		return -ENOMEM;
+	c->q[(c->qhead + c->qn) % c->qcap] = *s;
+	c->qn++;
+	c->wopen = false;
+	uint64_t len = s->len;
+	memset(s, 0, sizeof(*s));
+	return queued_more(c, len);
+}
+
+/* Room left in the write buffer at the tail of the queue. Bytes appended there past the
+ * slice's length are not part of any send in flight (a send offers only up to the length
+ * it saw), and nobody else holds the buffer, so growing the slice is safe. */
+static size_t
+wtail_room(const struct keel_conn *c)
+{
+	const struct keel_slice *t;
+
+	if (!c->wopen || !c->qn)
+		return 0;
+	t = &c->q[(c->qhead + c->qn - 1) % c->qcap];
+	return (size_t)((uint8_t *)keel_buf_base(t->buf) + keel_buf_cap(t->buf) -
+			(t->data + t->len));
+}
+
+int
+keel_conn_writev(struct keel_conn *c, const struct iovec *iov, unsigned n)
+{
+	struct keel_alloc *a = keel_shard_alloc();
+	size_t total = 0, room, need, chunk;
+	uint32_t nbufs = 0, first;
+	size_t copied = 0;
+	struct keel_slice *tail = NULL;
+	unsigned part = 0;
+	size_t poff = 0;
+
+	if (!iov || !n)
+		return -EINVAL;
+	for (unsigned i = 0; i < n; i++) {
+		if (iov[i].iov_len && !iov[i].iov_base)
+			return -EINVAL;
+		total += iov[i].iov_len;
+	}
+	if (!total)
+		return -EINVAL;
+	if (c->closing || c->flush_close || c->shut_pending)
+		return -EPIPE;
+	if (!a)
+		return -EPERM;
+	chunk = KEEL_NET_WRITE_CHUNK;
+	if (keel_alloc_buf_max(a) < chunk)
+		chunk = (size_t)keel_alloc_buf_max(a);
+	room = wtail_room(c);
+	need = total > room ? total - room : 0;
+	nbufs = (uint32_t)((need + chunk - 1) / chunk);
+	if (q_reserve(c, nbufs) < 0)
+		return -ENOMEM;
+	/* Every buffer first, into the slots past the queue's end: on failure nothing was
+	 * queued. */
+	first = c->qn;
+	for (uint32_t i = 0; i < nbufs; i++) {
+		size_t want = need - (size_t)i * chunk < chunk ? need - (size_t)i * chunk : chunk;
+		struct keel_slice *s = &c->q[(c->qhead + first + i) % c->qcap];
+
+		/* A small write gets a buffer with room for the next few to join it. */
+		if (want < 4096)
+			want = 4096 < chunk ? 4096 : chunk;
+		if (keel_buf_alloc(a, want, s) < 0) {
+			while (i--)
+				keel_slice_put(&c->q[(c->qhead + first + i) % c->qcap]);
+			return -ENOMEM;
+		}
+		s->len = 0;
+	}
+	if (room) {
+		tail = &c->q[(c->qhead + c->qn - 1) % c->qcap];
+	}
+	/* Copy: the tail's room first, then each new buffer its planned share (the
+	 * allocator may have rounded the buffer up; the rest is room for the next write). */
+	for (uint32_t b = 0; b <= nbufs; b++) {
+		struct keel_slice *s = b == 0 ? tail : &c->q[(c->qhead + first + b - 1) % c->qcap];
+		size_t cap = b == 0 ? room : need - (size_t)(b - 1) * chunk;
+
+		if (!s)
+			continue;
+		if (b > 0 && cap > chunk)
+			cap = chunk;
+		while (cap && part < n) {
+			size_t k = iov[part].iov_len - poff;
+
+			if (k > cap)
+				k = cap;
+			memcpy(s->data + s->len, (const uint8_t *)iov[part].iov_base + poff, k);
+			s->len += (uint32_t)k;
+			copied += k;
+			cap -= k;
+			poff += k;
+			if (poff == iov[part].iov_len) {
+				part++;
+				poff = 0;
+			}
+		}
+	}
+	net_verify(copied == total);
+	c->qn += nbufs;
+	if (nbufs)
+		c->wopen = true;
+	return queued_more(c, total);
+}
+
+int
+keel_conn_write(struct keel_conn *c, const void *data, size_t len)
+{
+	struct iovec iov = { (void *)data, len };
+
+	if (!data || !len)
+		return -EINVAL;
+	return keel_conn_writev(c, &iov, 1);
 }
 
 int

@@ -25,6 +25,8 @@
 #include <netinet/in.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 
 struct keel_conn;
 struct keel_runtime;
@@ -208,6 +210,34 @@ KEEL_API int keel_conn_connect(const char *addr, uint16_t port, uint32_t timeout
  * Context: the connection's shard.
  */
 KEEL_API int keel_conn_send(struct keel_conn *c, struct keel_slice *s);
+
+/**
+ * Queue a copy of @data[0..@len) for sending: for small replies, without managing slices.
+ * The bytes are copied into buffers of the shard's allocator (registered memory, so a large
+ * one may leave with SEND_ZC): consecutive writes fill the last write buffer while it has
+ * room, and a write larger than KEEL_NET_WRITE_CHUNK spans several buffers. They join the
+ * same queue as keel_conn_send(): everything queued leaves in the order queued, writes and
+ * slices mixed, with the same watermark.
+ * Ownership: @data is borrowed for the call (free or reuse it when this returns).
+ * Returns: 0; 1 when the queued bytes are above the high watermark (as keel_conn_send());
+ * -EINVAL for @len 0 or @data NULL; -EPIPE after close or shutdown; -ENOMEM when the shard
+ * allocator is at its cap (--memory) or a queue slot cannot be allocated. On error nothing
+ * was queued (all or nothing).
+ * Context: the connection's shard.
+ */
+KEEL_API int keel_conn_write(struct keel_conn *c, const void *data, size_t len);
+
+/**
+ * keel_conn_write() of @n gathered parts, as one write: the bytes queue in order, all or
+ * nothing. Empty parts are allowed; the total must not be 0.
+ * Ownership: @iov and the memory it points to are borrowed for the call.
+ * Returns: as keel_conn_write(); -EINVAL also for @iov NULL, @n 0 or a total of 0.
+ * Context: the connection's shard.
+ */
+KEEL_API int keel_conn_writev(struct keel_conn *c, const struct iovec *iov, unsigned n);
+
+/** The most bytes keel_conn_write() copies into one buffer (64 KiB). */
+#define KEEL_NET_WRITE_CHUNK (64u << 10)
 
 /**
  * Half-close: after the queued bytes are sent, shut down the write side (the peer reads
