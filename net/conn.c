@@ -64,8 +64,10 @@ struct keel_conn {
 	uint32_t low, high;
 	struct iovec iov[NET_IOV_MAX];
 	struct msghdr msg;
-	struct sockaddr_storage peer;
-	socklen_t peerlen;
+	struct sockaddr_storage peer, local; /* read when it opened (keel__conn_accepted) */
+	socklen_t peerlen, locallen;
+	int addr_err;           /* why they could not be read: what keel_conn_*_addr return */
+	struct keel_op addr_op; /* the descriptor's regular copy, to read them (direct) */
 	struct __kernel_timespec ts;
 };
 
@@ -1068,6 +1070,81 @@ conn_check(struct keel_conn *c)
 
 static void connect_cb(struct keel_op *op, int res, uint32_t flags);
 static void tmo_cb(struct keel_op *op, int res, uint32_t flags);
+static void addr_cb(struct keel_op *op, int res, uint32_t flags);
+
+/* Read both addresses from @fd, a plain descriptor of the socket. */
+static void
+read_names(struct keel_conn *c, int fd)
+{
+	socklen_t pl = sizeof(c->peer), ll = sizeof(c->local);
+
+	if (!c->peerlen) {
+		if (getpeername(fd, (struct sockaddr *)&c->peer, &pl) < 0) {
+			c->addr_err = -errno;
+			return;
+		}
+		c->peerlen = pl;
+	}
+	if (getsockname(fd, (struct sockaddr *)&c->local, &ll) < 0) {
+		c->addr_err = -errno;
+		c->peerlen = 0;
+		return;
+	}
+	c->locallen = ll;
+	c->addr_err = 0;
+}
+
+void
+keel__conn_accepted(struct keel_conn *c, bool addrs)
+{
+	struct io_uring_sqe *sqe;
+
+	if (!addrs) {
+		c->addr_err = -ENODATA;
+	} else if (!c->direct) {
+		read_names(c, c->fd);
+	} else if ((sqe = keel_sqe_get())) {
+		/* A direct descriptor has no getpeername: install a regular copy of it
+		 * (IORING_OP_FIXED_FD_INSTALL, Linux 6.8), read both names, close the copy.
+		 * on_open waits for it, so the addresses are there from on_open on. */
+		io_uring_prep_rw(KEEL_IORING_OP_FIXED_FD_INSTALL, sqe, c->fd, NULL, 0, 0);
+		sqe->flags |= IOSQE_FIXED_FILE;
+		keel_sqe_bind(sqe, &c->addr_op);
+		c->nops++;
+		return;
+	} else {
+		c->addr_err = -EBUSY;
+	}
+	keel__conn_opened(c);
+}
+
+static void
+addr_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	static _Thread_local bool logged;
+	struct keel_conn *c = container_of(op, struct keel_conn, addr_op);
+
+	c->nops--;
+	if (res >= 0) {
+		read_names(c, res);
+		close(res);
+	} else {
+		c->addr_err = res == -EINVAL ? -EOPNOTSUPP : res;
+		if (!logged && res != -ECANCELED) {
+			logged = true;
+			keel_log(KEEL_LOG_WARN, NET_MOD,
+				 "shard %u: the addresses of an accepted direct descriptor cannot "
+				 "be read (%s): it needs Linux 6.8 (IORING_OP_FIXED_FD_INSTALL); "
+				 "upgrade, or use --feature direct_fd=off",
+				 c->ns->id, strerror(-res));
+		}
+	}
+	if (c->closing) {
+		conn_check(c);
+		return;
+	}
+	keel__conn_opened(c);
+}
 
 struct keel_conn *
 keel__conn_new(struct net_shard *ns, int fd, bool direct, const struct keel_conn_ops *ops,
@@ -1092,6 +1169,7 @@ keel__conn_new(struct net_shard *ns, int fd, bool direct, const struct keel_conn
 	c->connect_op.fn = connect_cb;
 	c->tmo_op.fn = tmo_cb;
 	c->close_op.fn = close_cb;
+	c->addr_op.fn = addr_cb;
 	c->next = ns->conns;
 	if (c->next)
 		c->next->prev = c;
@@ -1138,6 +1216,7 @@ connect_cb(struct keel_op *op, int res, uint32_t flags)
 	c->nops--;
 	if (!c->closing) {
 		if (res == 0) {
+			read_names(c, c->fd);
 			keel__conn_opened(c);
 			return;
 		}
@@ -1303,4 +1382,31 @@ void *
 keel_conn_app(const struct keel_conn *c)
 {
 	return c->app;
+}
+
+static int
+addr_copy(const struct keel_conn *c, const struct sockaddr_storage *a, socklen_t alen,
+	  struct sockaddr_storage *out, socklen_t *len)
+{
+	if (!out)
+		return -EINVAL;
+	if (!alen)
+		return c->addr_err ? c->addr_err : -ENOTCONN;
+	memset(out, 0, sizeof(*out));
+	memcpy(out, a, alen);
+	if (len)
+		*len = alen;
+	return 0;
+}
+
+int
+keel_conn_peer_addr(const struct keel_conn *c, struct sockaddr_storage *out, socklen_t *len)
+{
+	return addr_copy(c, &c->peer, c->peerlen, out, len);
+}
+
+int
+keel_conn_local_addr(const struct keel_conn *c, struct sockaddr_storage *out, socklen_t *len)
+{
+	return addr_copy(c, &c->local, c->locallen, out, len);
 }

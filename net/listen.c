@@ -47,6 +47,7 @@ struct keel_listener {
 	unsigned n;
 	uint16_t port;
 	enum keel_steer steer;
+	bool no_addrs;
 	unsigned *queue_shard;
 	unsigned nqueues;
 	_Atomic unsigned started;
@@ -101,6 +102,7 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 	l->app = app;
 	l->n = nshards;
 	l->steer = o->steer;
+	l->no_addrs = o->no_addrs;
 	l->cpus = calloc(nshards, sizeof(*l->cpus));
 	l->parts = calloc(nshards, sizeof(*l->parts));
 	l->stats = calloc(nshards, sizeof(*l->stats));
@@ -367,7 +369,7 @@ accept_cb(struct keel_op *op, int res, uint32_t flags)
 			verify_submit(ls, res, direct, SO_INCOMING_CPU);
 			verify_submit(ls, res, direct, SO_INCOMING_NAPI_ID);
 			if (c)
-				keel__conn_opened(c);
+				keel__conn_accepted(c, !l->no_addrs);
 			else if (direct) {
 				int m1 = -1;
 				io_uring_register_files_update(keel_shard_ring_get(), (unsigned)res,

@@ -122,6 +122,8 @@ extern _Atomic unsigned keel__pbuf_fail_wraps;
 struct keel_conn *keel__conn_new(struct net_shard *ns, int fd, bool direct,
 				 const struct keel_conn_ops *ops, void *app);
 void keel__conn_opened(struct keel_conn *c);
+/* An accepted connection: read its addresses (unless !@addrs), then open it (on_open). */
+void keel__conn_accepted(struct keel_conn *c, bool addrs);
 void keel__conn_starved_kick(struct net_shard *ns);
 void keel__conns_stop(struct net_shard *ns);
 

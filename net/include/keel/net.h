@@ -132,6 +132,10 @@ struct keel_listen_opts {
 	 * program is attached when the last shard starts, and connections that arrive
 	 * before that are placed by the kernel's hash. */
 	const struct keel_runtime *rt;
+	/* Do not read the addresses of accepted connections (keel_conn_peer_addr and
+	 * keel_conn_local_addr then return -ENODATA). Reading them costs two system calls per
+	 * accept, and with direct descriptors one more ring operation before on_open. */
+	bool no_addrs;
 };
 
 /**
@@ -284,6 +288,24 @@ KEEL_API uint64_t keel_conn_queued(const struct keel_conn *c);
 
 /** Set this connection's watermarks (bytes; low <= high). Returns: 0 or -EINVAL. */
 KEEL_API int keel_conn_set_watermarks(struct keel_conn *c, uint32_t low, uint32_t high);
+
+/**
+ * The peer's address: an accepted connection's remote end, or the address a connected one
+ * was given. Both addresses are read once, when the connection opens (before on_open),
+ * and stay valid until on_close returns. An accepted direct descriptor is read through a
+ * regular copy of it (IORING_OP_FIXED_FD_INSTALL, Linux 6.8), closed at once.
+ * Returns: 0 with *out (and *len when @len is not NULL; the rest of *out zeroed);
+ * -EINVAL (@out NULL); -ENOTCONN (not connected yet); -ENODATA (the listener was created
+ * with no_addrs); -EOPNOTSUPP (a direct descriptor on a kernel before 6.8: logged once,
+ * naming --feature direct_fd=off); another -errno of getpeername/getsockname.
+ * Context: the connection's shard.
+ */
+KEEL_API int keel_conn_peer_addr(const struct keel_conn *c, struct sockaddr_storage *out,
+				 socklen_t *len);
+
+/** The connection's own address (the local end). As keel_conn_peer_addr(). */
+KEEL_API int keel_conn_local_addr(const struct keel_conn *c, struct sockaddr_storage *out,
+				  socklen_t *len);
 
 /** The application's per-connection pointer (NULL until set). */
 KEEL_API void *keel_conn_user(const struct keel_conn *c);
