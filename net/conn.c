@@ -30,6 +30,7 @@
 
 struct keel_conn {
 	struct net_shard *ns;
+	const struct keel_net_config *cfg; /* the listener's, or the shard's */
 	const struct keel_conn_ops *ops;
 	void *app, *user;
 	int fd;
@@ -534,7 +535,7 @@ zc_send(struct keel_conn *c, struct keel_slice *s, uint32_t off, uint32_t len)
 	unsigned idx;
 	uint64_t boff;
 
-	if (!ns->f_zc || len < ns->cfg.zc_threshold || keel__net_fixed(ns, s, &idx, &boff) < 0)
+	if (!ns->f_zc || len < c->cfg->zc_threshold || keel__net_fixed(ns, s, &idx, &boff) < 0)
 		return false;
 	z = calloc(1, sizeof(*z));
 	if (!z)
@@ -609,7 +610,7 @@ send_kick(struct keel_conn *c)
 		uint32_t off = i == 0 ? c->qoff : 0;
 
 		/* A large slice goes on its own, with SEND_ZC. */
-		if (i > 0 && ns->f_zc && s->len >= ns->cfg.zc_threshold)
+		if (i > 0 && ns->f_zc && s->len >= c->cfg->zc_threshold)
 			break;
 		c->iov[n].iov_base = s->data + off;
 		c->iov[n].iov_len = s->len - off;
@@ -861,9 +862,9 @@ keel_conn_close(struct keel_conn *c)
 	flush_later(c);
 	/* Without a timer the close waits as long as the peer does not read. If none can be
 	 * made (ENOMEM), it waits: the runtime's stop still aborts it. */
-	if (!c->closing && c->ns->cfg.close_timeout_ms &&
+	if (!c->closing && c->cfg->close_timeout_ms &&
 	    keel_timer_create(close_timeout_cb, c, &c->close_timer) == 0)
-		keel_timer_start(c->close_timer, (uint64_t)c->ns->cfg.close_timeout_ms * 1000, 0);
+		keel_timer_start(c->close_timer, (uint64_t)c->cfg->close_timeout_ms * 1000, 0);
 }
 
 void
@@ -1148,7 +1149,7 @@ addr_cb(struct keel_op *op, int res, uint32_t flags)
 
 struct keel_conn *
 keel__conn_new(struct net_shard *ns, int fd, bool direct, const struct keel_conn_ops *ops,
-	       void *app)
+	       void *app, const struct keel_net_config *cfg)
 {
 	struct keel_conn *c = calloc(1, sizeof(*c));
 
@@ -1159,8 +1160,9 @@ keel__conn_new(struct net_shard *ns, int fd, bool direct, const struct keel_conn
 	c->app = app;
 	c->fd = fd;
 	c->direct = direct;
-	c->low = ns->cfg.low_watermark;
-	c->high = ns->cfg.high_watermark;
+	c->cfg = cfg ? cfg : &ns->cfg;
+	c->low = c->cfg->low_watermark;
+	c->high = c->cfg->high_watermark;
 	c->recv_op.fn = recv_cb;
 	c->rcancel_op.fn = rcancel_cb;
 	c->send_op.fn = send_cb;
@@ -1294,12 +1296,12 @@ keel_conn_connect(const char *addr, uint16_t port, uint32_t timeout_ms,
 		keel_log(KEEL_LOG_ERROR, NET_MOD, "socket: %s", strerror(-r));
 		return r;
 	}
-	if (keel__net_cfg()->nodelay) {
+	if (ns->cfg.nodelay) {
 		int one = 1;
 		if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
 			keel_log(KEEL_LOG_WARN, NET_MOD, "TCP_NODELAY: %s", strerror(errno));
 	}
-	c = keel__conn_new(ns, fd, false, ops, app);
+	c = keel__conn_new(ns, fd, false, ops, app, NULL);
 	if (!c) {
 		close(fd);
 		return -ENOMEM;

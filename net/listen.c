@@ -48,6 +48,8 @@ struct keel_listener {
 	uint16_t port;
 	enum keel_steer steer;
 	bool no_addrs;
+	bool has_cfg;               /* opts.net was given: cfg is this listener's */
+	struct keel_net_config cfg; /* settings of the listener and its connections */
 	unsigned *queue_shard;
 	unsigned nqueues;
 	_Atomic unsigned started;
@@ -103,6 +105,19 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 	l->n = nshards;
 	l->steer = o->steer;
 	l->no_addrs = o->no_addrs;
+	if (o->net) {
+		if (keel__net_config_check(o->net) < 0) {
+			keel_log(KEEL_LOG_ERROR, NET_MOD,
+				 "keel_listen_opts.net is not a valid configuration (see "
+				 "keel_net_config_set)");
+			r = -EINVAL;
+			goto err;
+		}
+		l->cfg = *o->net;
+		l->has_cfg = true;
+	} else {
+		l->cfg = *keel__net_cfg();
+	}
 	l->cpus = calloc(nshards, sizeof(*l->cpus));
 	l->parts = calloc(nshards, sizeof(*l->parts));
 	l->stats = calloc(nshards, sizeof(*l->stats));
@@ -134,7 +149,7 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 		/* Accepted sockets inherit TCP_NODELAY from the listener, so direct descriptors
 		 * (which setsockopt cannot reach) get it too. */
-		if (keel__net_cfg()->nodelay &&
+		if (l->cfg.nodelay &&
 		    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
 			keel_log(KEEL_LOG_WARN, NET_MOD, "TCP_NODELAY: %s", strerror(errno));
 		if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) {
@@ -344,6 +359,13 @@ lshard_close(struct keel__lshard *ls)
 	}
 }
 
+/* The listener's configuration, or the shard's when it was created without one. */
+static const struct keel_net_config *
+lcfg(const struct keel_listener *l, const struct net_shard *ns)
+{
+	return l->has_cfg ? &l->cfg : &ns->cfg;
+}
+
 static void
 accept_cb(struct keel_op *op, int res, uint32_t flags)
 {
@@ -364,7 +386,8 @@ accept_cb(struct keel_op *op, int res, uint32_t flags)
 				close(res);
 			}
 		} else {
-			struct keel_conn *c = keel__conn_new(ns, res, direct, &l->ops, l->app);
+			struct keel_conn *c = keel__conn_new(ns, res, direct, &l->ops, l->app,
+							     l->has_cfg ? &l->cfg : NULL);
 			STAT_INC(l, ls->shard, accepted);
 			verify_submit(ls, res, direct, SO_INCOMING_CPU);
 			verify_submit(ls, res, direct, SO_INCOMING_NAPI_ID);
@@ -384,15 +407,15 @@ accept_cb(struct keel_op *op, int res, uint32_t flags)
 		if (ls->errors_logged_ns++ % 100 == 0) {
 			keel_log(KEEL_LOG_WARN, NET_MOD,
 				 "shard %u: accept failed: %s; pausing %u ms%s", ls->shard,
-				 strerror(-res), ns->cfg.accept_backoff_ms,
+				 strerror(-res), lcfg(l, ns)->accept_backoff_ms,
 				 res == -EMFILE || res == -ENFILE
 					 ? " (raise ulimit -n, or the direct-descriptor table "
 					   "max_files)"
 					 : "");
 		}
 		if (!ls->stopping && !ls->armed && ls->backoff) {
-			keel_timer_start(ls->backoff, (uint64_t)ns->cfg.accept_backoff_ms * 1000,
-					 0);
+			keel_timer_start(ls->backoff,
+					 (uint64_t)lcfg(l, ns)->accept_backoff_ms * 1000, 0);
 			return;
 		}
 	}
@@ -444,9 +467,18 @@ keel_listener_start(struct keel_listener *l)
 	id = keel_shard_id(sh);
 	if (id >= l->n || l->parts[id].started)
 		return -EINVAL;
-	r = keel__net_shard_get(&ns);
+	r = keel__net_shard_get_cfg(l->has_cfg ? &l->cfg : NULL, &ns);
 	if (r < 0)
 		return r;
+	if (l->has_cfg && !keel__net_config_shard_equal(&l->cfg, &ns->cfg)) {
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "shard %u: the listener's configuration (keel_listen_opts.net) has other "
+			 "buffer ring or file table sizes (buf_size, buf_count, max_files, udp_*) "
+			 "than this shard's network state was made with; use the same ones, or "
+			 "start this listener first",
+			 id);
+		return -EINVAL;
+	}
 	ls = &l->parts[id];
 	r = keel_timer_create(backoff_cb, ls, &ls->backoff);
 	if (r < 0)

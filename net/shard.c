@@ -49,7 +49,7 @@ keel_net_config_init(struct keel_net_config *c)
 }
 
 int
-keel_net_config_set(const struct keel_net_config *c)
+keel__net_config_check(const struct keel_net_config *c)
 {
 	if (!c || !c->buf_count || c->buf_count > 32768 || (c->buf_count & (c->buf_count - 1)) ||
 	    !c->buf_size || c->buf_size > (1u << 20) || c->low_watermark > c->high_watermark ||
@@ -57,8 +57,55 @@ keel_net_config_set(const struct keel_net_config *c)
 	    (c->udp_buf_count & (c->udp_buf_count - 1)) || !c->udp_buf_size ||
 	    c->udp_buf_size > 65536)
 		return -EINVAL;
+	return 0;
+}
+
+bool
+keel__net_config_shard_equal(const struct keel_net_config *a, const struct keel_net_config *b)
+{
+	return a->buf_size == b->buf_size && a->buf_count == b->buf_count &&
+	       a->max_files == b->max_files && a->udp_buf_count == b->udp_buf_count &&
+	       a->udp_buf_size == b->udp_buf_size;
+}
+
+int
+keel_net_config_set(const struct keel_net_config *c)
+{
+	if (keel__net_config_check(c) < 0)
+		return -EINVAL;
 	g_cfg = *c;
 	return 0;
+}
+
+int
+keel_net_config_get(struct keel_net_config *out)
+{
+	if (!out)
+		return -EINVAL;
+	*out = tl_ns ? tl_ns->cfg : g_cfg;
+	return 0;
+}
+
+static int shard_create(const struct keel_net_config *cfg, struct net_shard **out);
+
+int
+keel_net_shard_init(const struct keel_net_config *c)
+{
+	struct net_shard *ns;
+
+	if (keel__net_config_check(c) < 0)
+		return -EINVAL;
+	if (!keel_this_shard())
+		return -EPERM;
+	if (tl_ns) {
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "shard %u: keel_net_shard_init after the shard's network state was made "
+			 "(a listener started, a connect or a UDP endpoint came first): call it "
+			 "first, in on_start",
+			 tl_ns->id);
+		return -EBUSY;
+	}
+	return shard_create(c, &ns);
 }
 
 static void
@@ -124,11 +171,13 @@ keel__net_shard_cur(void)
 int
 keel__net_shard_get(struct net_shard **out)
 {
-	struct keel_shard *sh = keel_this_shard();
-	struct net_shard *ns;
-	int r;
+	return keel__net_shard_get_cfg(NULL, out);
+}
 
-	if (!sh)
+int
+keel__net_shard_get_cfg(const struct keel_net_config *cfg, struct net_shard **out)
+{
+	if (!keel_this_shard())
 		return -EPERM;
 	if (tl_ns) {
 		if (tl_ns->stopping)
@@ -136,12 +185,22 @@ keel__net_shard_get(struct net_shard **out)
 		*out = tl_ns;
 		return 0;
 	}
+	return shard_create(cfg ? cfg : &g_cfg, out);
+}
+
+static int
+shard_create(const struct keel_net_config *cfg, struct net_shard **out)
+{
+	struct keel_shard *sh = keel_this_shard();
+	struct net_shard *ns;
+	int r;
+
 	ns = calloc(1, sizeof(*ns));
 	if (!ns)
 		return -ENOMEM;
 	ns->id = keel_shard_id(sh);
 	ns->cpu = keel_shard_cpu(sh);
-	ns->cfg = g_cfg;
+	ns->cfg = *cfg;
 	ns->f_ms_accept = keel_feature_used(KEEL_FEAT_MULTISHOT_ACCEPT);
 	ns->f_ms_recv = keel_feature_used(KEEL_FEAT_MULTISHOT_RECV);
 	ns->f_bundle = keel_feature_used(KEEL_FEAT_RECV_BUNDLE);

@@ -42,7 +42,13 @@ struct keel_udp;
  */
 #define KEEL_NET_ZC_THRESHOLD_DEFAULT UINT32_MAX
 
-/** Network tuning, process-wide. Initialise with keel_net_config_init(). */
+/**
+ * Network tuning. Initialise with keel_net_config_init(). Where it applies, first match:
+ * a listener's own (keel_listen_opts.net: its sockets and connections), the shard's
+ * (keel_net_shard_init() in the shard's on_start: per runtime), the process default
+ * (keel_net_config_set()). The buffer rings and the file table (buf_size, buf_count,
+ * max_files, udp_buf_*) belong to the shard: they are fixed when its network state is made.
+ */
 struct keel_net_config {
 	uint32_t buf_size;          /* bytes per provided receive buffer (default 16 KiB) */
 	uint32_t buf_count;         /* buffers per shard ring, a power of two (default 256) */
@@ -71,13 +77,33 @@ struct keel_net_config {
 KEEL_API void keel_net_config_init(struct keel_net_config *c);
 
 /**
- * Set the configuration every shard uses when it first touches the network.
+ * Set the process default: the configuration a shard's network state is made with when
+ * neither keel_net_shard_init() nor a listener's own configuration came first, and the
+ * one a listener created without keel_listen_opts.net gives its sockets (TCP_NODELAY).
  * Returns: 0, or -EINVAL (buf_count or udp_buf_count not a power of two in 1..32768,
  * buf_size 0 or above 1 MiB, udp_buf_size 0 or above 65536, low_watermark >
  * high_watermark, max_files 0).
  * Context: any thread, before the runtime's shards use the network.
  */
 KEEL_API int keel_net_config_set(const struct keel_net_config *c);
+
+/**
+ * Make this shard's network state with @c instead of the process default: call it in the
+ * shard's on_start, before any listener starts, connect or UDP endpoint on the shard. A
+ * runtime whose on_start calls it on every shard has its own configuration, whatever other
+ * runtimes in the process use. Connections and endpoints of the shard use @c (a listener
+ * with keel_listen_opts.net uses its own for its connections).
+ * Returns: 0; -EINVAL (as keel_net_config_set()); -EPERM off a shard; -EBUSY when the
+ * shard's network state exists already (logged); -errno making it (file table, buffers).
+ * Context: a shard.
+ */
+KEEL_API int keel_net_shard_init(const struct keel_net_config *c);
+
+/**
+ * The configuration in effect: on a shard with network state, the shard's; otherwise the
+ * process default. Returns: 0, or -EINVAL (@out NULL). Context: any thread.
+ */
+KEEL_API int keel_net_config_get(struct keel_net_config *out);
 
 /** Connection callbacks. on_data and on_close are required. */
 struct keel_conn_ops {
@@ -136,6 +162,12 @@ struct keel_listen_opts {
 	 * keel_conn_local_addr then return -ENODATA). Reading them costs two system calls per
 	 * accept, and with direct descriptors one more ring operation before on_open. */
 	bool no_addrs;
+	/* This listener's configuration (copied at create; NULL: the process default for its
+	 * sockets, the shard's for its connections). nodelay applies to its sockets;
+	 * watermarks, close_timeout_ms, zc_threshold and accept_backoff_ms to it and its
+	 * connections. When its start makes the shard's network state, the state is made with
+	 * it; otherwise its buffer and file-table sizes must equal the shard's (-EINVAL). */
+	const struct keel_net_config *net;
 };
 
 /**
