@@ -1412,3 +1412,35 @@ keel_conn_local_addr(const struct keel_conn *c, struct sockaddr_storage *out, so
 {
 	return addr_copy(c, &c->local, c->locallen, out, len);
 }
+
+int
+keel__conn_fd(const struct keel_conn *c, bool *direct)
+{
+	*direct = c->direct;
+	return c->fd;
+}
+
+bool
+keel__conn_closing(const struct keel_conn *c)
+{
+	return c->closing || c->flush_close || c->fd_released;
+}
+
+struct net_shard *
+keel__conn_shard(const struct keel_conn *c)
+{
+	return c->ns;
+}
+
+void
+keel__conn_hold(struct keel_conn *c)
+{
+	c->nops++;
+}
+
+void
+keel__conn_unhold(struct keel_conn *c)
+{
+	c->nops--;
+	conn_check(c);
+}

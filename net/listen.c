@@ -21,8 +21,6 @@
 #ifndef SO_INCOMING_NAPI_ID
 #define SO_INCOMING_NAPI_ID 56
 #endif
-/* uring_cmd socket operations (Linux 6.7; liburing 2.3 has no names for them). */
-#define KEEL_SOCKET_URING_OP_GETSOCKOPT 2
 
 struct lstats {
 	_Atomic uint64_t accepted, cpu_mismatch, napi_mismatch, unverified, accept_errors;
@@ -312,20 +310,7 @@ verify_submit(struct keel__lshard *ls, int fd, bool direct, int optname)
 	v->ns = ls->ns;
 	v->optname = optname;
 	keel__net_ref(ls->ns);
-	/* struct io_uring_sqe of 6.7: cmd_op at 8, level/optname at 16, optlen at 44,
-	 * optval at 48; liburing 2.3 lacks the names. */
-	io_uring_prep_rw(IORING_OP_URING_CMD, sqe, fd, NULL, 0, 0);
-	{
-		uint8_t *b = (uint8_t *)sqe;
-		uint32_t cmd_op = KEEL_SOCKET_URING_OP_GETSOCKOPT, level = SOL_SOCKET,
-			 name = (uint32_t)optname, optlen = sizeof(v->val);
-		uint64_t optval = (uint64_t)(uintptr_t)&v->val;
-		memcpy(b + 8, &cmd_op, 4);
-		memcpy(b + 16, &level, 4);
-		memcpy(b + 20, &name, 4);
-		memcpy(b + 44, &optlen, 4);
-		memcpy(b + 48, &optval, 8);
-	}
+	keel__sqe_sockopt(sqe, fd, true, SOL_SOCKET, optname, &v->val, sizeof(v->val));
 	sqe->flags |= IOSQE_FIXED_FILE;
 	keel_sqe_bind(sqe, &v->op);
 }

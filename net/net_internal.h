@@ -136,6 +136,18 @@ void keel__conn_accepted(struct keel_conn *c, bool addrs);
 void keel__conn_starved_kick(struct net_shard *ns);
 void keel__conns_stop(struct net_shard *ns);
 
+/* The descriptor (*direct: a direct one), whether the application closed it, and a hold
+ * that keeps it (and on_close) waiting, for an operation of another file. */
+int keel__conn_fd(const struct keel_conn *c, bool *direct);
+bool keel__conn_closing(const struct keel_conn *c);
+struct net_shard *keel__conn_shard(const struct keel_conn *c);
+void keel__conn_hold(struct keel_conn *c);
+void keel__conn_unhold(struct keel_conn *c);
+
+/* sockopt.c: prepare @sqe as a uring_cmd SETSOCKOPT/GETSOCKOPT (Linux 6.7) on @fd. */
+void keel__sqe_sockopt(struct io_uring_sqe *sqe, int fd, bool get, int level, int name, void *val,
+		       uint32_t len);
+
 /* listen.c */
 void keel__listeners_stop(struct net_shard *ns);
 

@@ -339,6 +339,44 @@ KEEL_API int keel_conn_peer_addr(const struct keel_conn *c, struct sockaddr_stor
 KEEL_API int keel_conn_local_addr(const struct keel_conn *c, struct sockaddr_storage *out,
 				  socklen_t *len);
 
+/** The largest option value keel_conn_setsockopt/getsockopt carry, bytes. */
+#define KEEL_SOCKOPT_MAX 64
+
+/**
+ * Completion of keel_conn_setsockopt() / keel_conn_getsockopt(): @status is 0 (set), the
+ * option's length (get: @val holds it, @len bytes, borrowed for the call) or -errno.
+ */
+typedef void (*keel_sockopt_fn)(struct keel_conn *c, int status, const void *val, socklen_t len,
+				void *arg);
+
+/**
+ * Set a socket option of @c, any level. A plain descriptor: setsockopt, run from the loop.
+ * A direct descriptor (no system call reaches it): IORING_OP_URING_CMD with
+ * SOCKET_URING_OP_SETSOCKOPT through the ring (Linux 6.7). @cb runs from the loop, never
+ * inside this call, and before on_close. Options set in turn complete in turn only as far
+ * as the ring orders them: wait for @cb before depending on one.
+ * Ownership: @val is copied (at most KEEL_SOCKOPT_MAX bytes).
+ * Returns: 0 (then @cb runs once, if not NULL; a failure without @cb is logged); -EINVAL
+ * (@len 0 or above KEEL_SOCKOPT_MAX, @val NULL); -EPIPE after close; -ENOMEM; -EBUSY (no
+ * SQE: the ring failed). @cb's status: 0, or -errno of the option; -EOPNOTSUPP from a
+ * kernel before 6.7 (logged once per shard, naming --feature direct_fd=off).
+ * Context: the connection's shard.
+ */
+KEEL_API int keel_conn_setsockopt(struct keel_conn *c, int level, int name, const void *val,
+				  socklen_t len, keel_sockopt_fn cb, void *arg);
+
+/**
+ * Read a socket option of @c (@len bytes at most): @cb gets its value. A direct descriptor
+ * reads SOL_SOCKET options with SOCKET_URING_OP_GETSOCKOPT (Linux 6.7), which reads no
+ * other level; other levels (IPPROTO_TCP, ...) through a regular copy of the descriptor,
+ * installed with IORING_OP_FIXED_FD_INSTALL (Linux 6.8) and closed at once. Before those
+ * kernels @cb gets -EOPNOTSUPP (logged once per shard).
+ * Returns: as keel_conn_setsockopt(); -EINVAL also for @cb NULL.
+ * Context: the connection's shard.
+ */
+KEEL_API int keel_conn_getsockopt(struct keel_conn *c, int level, int name, socklen_t len,
+				  keel_sockopt_fn cb, void *arg);
+
 /** The application's per-connection pointer (NULL until set). */
 KEEL_API void *keel_conn_user(const struct keel_conn *c);
 /** Set the application's per-connection pointer. */
