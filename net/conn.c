@@ -1296,7 +1296,7 @@ keel_conn_connect(const char *addr, uint16_t port, uint32_t timeout_ms,
 		keel_log(KEEL_LOG_ERROR, NET_MOD, "socket: %s", strerror(-r));
 		return r;
 	}
-	if (ns->cfg.nodelay) {
+	if (ns->cfg.nodelay && ss.ss_family != AF_UNIX) {
 		int one = 1;
 		if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
 			keel_log(KEEL_LOG_WARN, NET_MOD, "TCP_NODELAY: %s", strerror(errno));

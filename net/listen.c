@@ -10,10 +10,13 @@
  * the accepting shard; mismatches are counted per shard.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/filter.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "net_internal.h"
@@ -46,6 +49,10 @@ struct keel_listener {
 	uint16_t port;
 	enum keel_steer steer;
 	bool no_addrs;
+	bool unix_sock;  /* AF_UNIX: one socket, shared by the shards (no reuseport) */
+	char *unix_path; /* the path keel bound (created), unlinked at destroy */
+	dev_t unix_dev;  /* ... and the inode it got, so only that file is unlinked */
+	ino_t unix_ino;
 	bool has_cfg;               /* opts.net was given: cfg is this listener's */
 	struct keel_net_config cfg; /* settings of the listener and its connections */
 	unsigned *queue_shard;
@@ -80,6 +87,62 @@ keel_steer_name(enum keel_steer s)
 }
 
 static int steer_attach(struct keel_listener *l);
+
+/* A Unix domain listener: reuseport groups are for IP sockets, so there is one socket;
+ * each shard accepts on its own duplicate of it, and the kernel gives each connection to
+ * one of the accepts waiting (no steering). A path is created by bind (an existing one
+ * is EADDRINUSE: keel never removes a file it did not make) and unlinked at destroy. */
+static int
+unix_listen(struct keel_listener *l, const struct keel_listen_opts *o,
+	    const struct sockaddr_storage *ss, socklen_t len)
+{
+	const struct sockaddr_un *u = (const struct sockaddr_un *)ss;
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), r;
+	struct stat st;
+
+	if (fd < 0) {
+		r = -errno;
+		keel_log(KEEL_LOG_ERROR, NET_MOD, "socket(AF_UNIX): %s", strerror(-r));
+		return r;
+	}
+	l->parts[0].fd = fd;
+	l->unix_sock = true;
+	l->attached = true; /* nothing to steer */
+	if (bind(fd, (const struct sockaddr *)ss, len) < 0) {
+		r = -errno;
+		keel_log(KEEL_LOG_ERROR, NET_MOD, "bind %s: %s%s", o->addr, strerror(-r),
+			 r == -EADDRINUSE ? " (the name is taken; for a path left behind by a "
+					    "program that ended, remove the file)"
+					  : "");
+		return r;
+	}
+	if (u->sun_path[0]) {
+		l->unix_path = strdup(u->sun_path);
+		if (!l->unix_path || stat(u->sun_path, &st) < 0) {
+			r = l->unix_path ? -errno : -ENOMEM;
+			if (!l->unix_path)
+				unlink(u->sun_path);
+			return r;
+		}
+		l->unix_dev = st.st_dev;
+		l->unix_ino = st.st_ino;
+	}
+	if (listen(fd, o->backlog ? o->backlog : 4096) < 0) {
+		r = -errno;
+		keel_log(KEEL_LOG_ERROR, NET_MOD, "listen %s: %s", o->addr, strerror(-r));
+		return r;
+	}
+	for (unsigned i = 1; i < l->n; i++) {
+		l->parts[i].fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+		if (l->parts[i].fd < 0) {
+			r = -errno;
+			keel_log(KEEL_LOG_ERROR, NET_MOD, "dup of the Unix listener: %s",
+				 strerror(-r));
+			return r;
+		}
+	}
+	return 0;
+}
 
 int
 keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
@@ -134,6 +197,13 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 	}
 	for (unsigned i = 0; i < nshards; i++)
 		l->parts[i].fd = -1;
+	if (ss.ss_family == AF_UNIX) {
+		r = unix_listen(l, o, &ss, len);
+		if (r < 0)
+			goto err;
+		*out = l;
+		return 0;
+	}
 	/* Bound in shard order, none listening yet: a TCP socket joins the reuseport group
 	 * when it listens, in that order, so socket i is index i of the group. */
 	for (unsigned i = 0; i < nshards; i++) {
@@ -374,8 +444,10 @@ accept_cb(struct keel_op *op, int res, uint32_t flags)
 			struct keel_conn *c = keel__conn_new(ns, res, direct, &l->ops, l->app,
 							     l->has_cfg ? &l->cfg : NULL);
 			STAT_INC(l, ls->shard, accepted);
-			verify_submit(ls, res, direct, SO_INCOMING_CPU);
-			verify_submit(ls, res, direct, SO_INCOMING_NAPI_ID);
+			if (!l->unix_sock) {
+				verify_submit(ls, res, direct, SO_INCOMING_CPU);
+				verify_submit(ls, res, direct, SO_INCOMING_NAPI_ID);
+			}
 			if (c)
 				keel__conn_accepted(c, !l->no_addrs);
 			else if (direct) {
@@ -511,6 +583,14 @@ keel_listener_destroy(struct keel_listener *l)
 		for (unsigned i = 0; i < l->n; i++)
 			if (l->parts[i].fd >= 0)
 				close(l->parts[i].fd);
+	if (l->unix_path) {
+		struct stat st;
+		/* Only the socket keel made: not a file someone put there since. */
+		if (stat(l->unix_path, &st) == 0 && st.st_dev == l->unix_dev &&
+		    st.st_ino == l->unix_ino)
+			unlink(l->unix_path);
+		free(l->unix_path);
+	}
 	free(l->parts);
 	free(l->cpus);
 	free(l->stats);

@@ -8,9 +8,11 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 
 #include "net_internal.h"
 
@@ -275,6 +277,33 @@ keel_net_stats(struct keel_net_stats *out)
 	return 0;
 }
 
+/* "unix:/path" or "unix:@abstract" into a sockaddr_un. */
+static int
+unix_parse(const char *addr, struct sockaddr_storage *out, socklen_t *len)
+{
+	struct sockaddr_un *u = (struct sockaddr_un *)out;
+	const char *name = addr + 5;
+	size_t n = strlen(name);
+
+	if (!n || n >= sizeof(u->sun_path) || (name[0] == '@' && n < 2)) {
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "Unix socket address '%s': give unix:/path or unix:@abstract-name, at "
+			 "most %zu bytes after 'unix:'",
+			 addr, sizeof(u->sun_path) - 1);
+		return -EINVAL;
+	}
+	u->sun_family = AF_UNIX;
+	if (name[0] == '@') {
+		/* Abstract: a leading NUL, and the length says where the name ends. */
+		memcpy(u->sun_path + 1, name + 1, n - 1);
+		*len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
+	} else {
+		memcpy(u->sun_path, name, n + 1);
+		*len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+	}
+	return 0;
+}
+
 int
 keel_net_addr_parse(const char *addr, uint16_t port, struct sockaddr_storage *out, socklen_t *len)
 {
@@ -284,6 +313,8 @@ keel_net_addr_parse(const char *addr, uint16_t port, struct sockaddr_storage *ou
 	memset(out, 0, sizeof(*out));
 	if (!addr)
 		addr = "0.0.0.0";
+	if (!strncmp(addr, "unix:", 5))
+		return unix_parse(addr, out, len);
 	if (inet_pton(AF_INET, addr, &a4->sin_addr) == 1) {
 		a4->sin_family = AF_INET;
 		a4->sin_port = htons(port);
@@ -297,7 +328,8 @@ keel_net_addr_parse(const char *addr, uint16_t port, struct sockaddr_storage *ou
 		return 0;
 	}
 	keel_log(KEEL_LOG_ERROR, NET_MOD,
-		 "address '%s' does not parse: give an IPv4 (127.0.0.1) or IPv6 (::1) literal",
+		 "address '%s' does not parse: give an IPv4 (127.0.0.1) or IPv6 (::1) literal, "
+		 "or unix:/path or unix:@name",
 		 addr);
 	return -EINVAL;
 }

@@ -146,7 +146,9 @@ KEEL_API const char *keel_steer_name(enum keel_steer s);
 
 /** Listener options. Zero-initialise, then set addr/port. */
 struct keel_listen_opts {
-	const char *addr;            /* IPv4 or IPv6 literal; NULL: 0.0.0.0 */
+	const char *addr;            /* IPv4 or IPv6 literal; NULL: 0.0.0.0; or a Unix
+					domain name: "unix:/path" (created, and unlinked by
+					keel_listener_destroy) or "unix:@name" (abstract) */
 	uint16_t port;               /* 0: an ephemeral port (keel_listener_port()) */
 	int backlog;                 /* 0: 4096 */
 	enum keel_steer steer;       /* default KEEL_STEER_CPU */
@@ -222,6 +224,8 @@ KEEL_API int keel_listener_stats(const struct keel_listener *l, unsigned shard,
 
 /**
  * Connect to @addr:@port through the ring, giving up after @timeout_ms (0: no timeout).
+ * @addr is an IPv4 or IPv6 literal, or "unix:/path" / "unix:@name" (a Unix domain stream
+ * socket; @port is ignored).
  * on_open runs when connected; on failure on_close runs with the error (-ETIMEDOUT when
  * the timeout ended it) and on_open never does. The connect and its timeout go to the ring
  * as one linked pair: both SQEs are reserved first (submitting what is queued when the SQ
@@ -469,7 +473,8 @@ KEEL_API void keel_udp_close(struct keel_udp *u);
 KEEL_API void *keel_udp_app(const struct keel_udp *u);
 
 /**
- * Parse @addr (IPv4 or IPv6 literal; NULL: 0.0.0.0) and @port into @out.
+ * Parse @addr (IPv4 or IPv6 literal; NULL: 0.0.0.0; "unix:/path" or "unix:@name", a
+ * sockaddr_un, @port ignored) and @port into @out. Never resolves a host name.
  * Returns: 0, or -EINVAL (logged: the address and what is expected).
  */
 KEEL_API int keel_net_addr_parse(const char *addr, uint16_t port, struct sockaddr_storage *out,
