@@ -1275,16 +1275,35 @@ int
 keel_conn_connect(const char *addr, uint16_t port, uint32_t timeout_ms,
 		  const struct keel_conn_ops *ops, void *app, struct keel_conn **out)
 {
+	struct sockaddr_storage ss;
+	socklen_t len;
+	int r;
+
+	/* Literals only: a name would need the resolver, which blocks (keel_net_resolve
+	 * before the run, then keel_conn_connect_addr). */
+	r = keel_net_addr_parse(addr, port, &ss, &len);
+	if (r < 0)
+		return r;
+	return keel_conn_connect_addr((const struct sockaddr *)&ss, len, timeout_ms, ops, app, out);
+}
+
+int
+keel_conn_connect_addr(const struct sockaddr *sa, socklen_t salen, uint32_t timeout_ms,
+		       const struct keel_conn_ops *ops, void *app, struct keel_conn **out)
+{
 	struct net_shard *ns;
 	struct keel_conn *c;
 	struct io_uring_sqe *sqe;
 	struct sockaddr_storage ss;
-	socklen_t len;
+	socklen_t len = salen;
 	int fd, r;
 
-	r = keel_net_addr_parse(addr, port, &ss, &len);
-	if (r < 0)
-		return r;
+	if (!sa || !ops || !ops->on_data || !ops->on_close || !out || salen > sizeof(ss) ||
+	    salen < sizeof(sa_family_t) ||
+	    (sa->sa_family != AF_INET && sa->sa_family != AF_INET6 && sa->sa_family != AF_UNIX))
+		return -EINVAL;
+	memset(&ss, 0, sizeof(ss));
+	memcpy(&ss, sa, salen);
 	r = keel__net_shard_get(&ns);
 	if (r < 0)
 		return r;

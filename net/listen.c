@@ -155,7 +155,9 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 
 	if (!nshards || nshards > KEEL_MAX_SHARDS || !ops || !ops->on_data || !ops->on_close)
 		return -EINVAL;
-	r = keel_net_addr_parse(o->addr, o->port, &ss, &len);
+	/* A host name is resolved here, on the thread setting up (never on a shard's loop:
+	 * keel_net_resolve refuses there). */
+	r = keel_net_resolve(o->addr ? o->addr : "0.0.0.0", o->port, AF_UNSPEC, &ss, &len);
 	if (r < 0)
 		return r;
 	l = calloc(1, sizeof(*l));

@@ -8,6 +8,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <netdb.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -329,7 +330,62 @@ keel_net_addr_parse(const char *addr, uint16_t port, struct sockaddr_storage *ou
 	}
 	keel_log(KEEL_LOG_ERROR, NET_MOD,
 		 "address '%s' does not parse: give an IPv4 (127.0.0.1) or IPv6 (::1) literal, "
-		 "or unix:/path or unix:@name",
+		 "or unix:/path or unix:@name (a host name: resolve it before the run with "
+		 "keel_net_resolve)",
 		 addr);
 	return -EINVAL;
+}
+
+int
+keel_net_resolve(const char *host, uint16_t port, int family, struct sockaddr_storage *out,
+		 socklen_t *len)
+{
+	struct addrinfo hints = { 0 }, *res = NULL;
+	struct keel_shard *sh = keel_this_shard();
+	socklen_t l;
+	int r;
+
+	if (!host || !*host || !out ||
+	    (family != AF_UNSPEC && family != AF_INET && family != AF_INET6))
+		return -EINVAL;
+	/* A literal (or unix:) needs no resolver: the same answer on any thread. */
+	if (!strncmp(host, "unix:", 5) || inet_pton(AF_INET, host, out) == 1 ||
+	    inet_pton(AF_INET6, host, out) == 1) {
+		r = keel_net_addr_parse(host, port, out, len ? len : &l);
+		if (r == 0 && family != AF_UNSPEC && out->ss_family != family)
+			return -EAFNOSUPPORT;
+		return r;
+	}
+	if (sh) {
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "shard %u: resolving '%s' would block the shard's loop: resolve host "
+			 "names before the runtime starts (keel_net_resolve) and connect with "
+			 "keel_conn_connect_addr",
+			 keel_shard_id(sh), host);
+		return -EPERM;
+	}
+	hints.ai_family = family;
+	hints.ai_socktype = SOCK_STREAM;
+	r = getaddrinfo(host, NULL, &hints, &res);
+	if (r != 0) {
+		int e = r == EAI_NONAME || r == EAI_NODATA ? -ENOENT
+			: r == EAI_AGAIN                   ? -EAGAIN
+			: r == EAI_MEMORY                  ? -ENOMEM
+			: r == EAI_FAMILY                  ? -EAFNOSUPPORT
+			: r == EAI_SYSTEM                  ? -errno
+							   : -EINVAL;
+		keel_log(KEEL_LOG_ERROR, NET_MOD, "resolving '%s': %s", host,
+			 r == EAI_SYSTEM ? strerror(-e) : gai_strerror(r));
+		return e;
+	}
+	memset(out, 0, sizeof(*out));
+	memcpy(out, res->ai_addr, res->ai_addrlen);
+	if (out->ss_family == AF_INET)
+		((struct sockaddr_in *)out)->sin_port = htons(port);
+	else
+		((struct sockaddr_in6 *)out)->sin6_port = htons(port);
+	if (len)
+		*len = res->ai_addrlen;
+	freeaddrinfo(res);
+	return 0;
 }

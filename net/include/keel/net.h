@@ -146,7 +146,8 @@ KEEL_API const char *keel_steer_name(enum keel_steer s);
 
 /** Listener options. Zero-initialise, then set addr/port. */
 struct keel_listen_opts {
-	const char *addr;            /* IPv4 or IPv6 literal; NULL: 0.0.0.0; or a Unix
+	const char *addr;            /* IPv4 or IPv6 literal, or a host name resolved at
+					create (keel_net_resolve); NULL: 0.0.0.0; or a Unix
 					domain name: "unix:/path" (created, and unlinked by
 					keel_listener_destroy) or "unix:@name" (abstract) */
 	uint16_t port;               /* 0: an ephemeral port (keel_listener_port()) */
@@ -237,6 +238,18 @@ KEEL_API int keel_listener_stats(const struct keel_listener *l, unsigned shard,
  */
 KEEL_API int keel_conn_connect(const char *addr, uint16_t port, uint32_t timeout_ms,
 			       const struct keel_conn_ops *ops, void *app, struct keel_conn **out);
+
+/**
+ * keel_conn_connect() to an address already made: one from keel_net_resolve() (a host
+ * name resolved before the runtime started), keel_net_addr_parse(), or the application.
+ * Ownership: @sa is copied.
+ * Returns: as keel_conn_connect(); -EINVAL also for a family other than AF_INET, AF_INET6,
+ * AF_UNIX, or @salen out of range.
+ * Context: a shard.
+ */
+KEEL_API int keel_conn_connect_addr(const struct sockaddr *sa, socklen_t salen, uint32_t timeout_ms,
+				    const struct keel_conn_ops *ops, void *app,
+				    struct keel_conn **out);
 
 /**
  * Queue @s for sending. Slices leave in the order queued; slices queued while a send is in
@@ -479,5 +492,21 @@ KEEL_API void *keel_udp_app(const struct keel_udp *u);
  */
 KEEL_API int keel_net_addr_parse(const char *addr, uint16_t port, struct sockaddr_storage *out,
 				 socklen_t *len);
+
+/**
+ * Resolve @host (a name such as "localhost", or a literal / unix: address as
+ * keel_net_addr_parse() takes) with getaddrinfo, and @port, into @out: the first stream
+ * address of @family (AF_UNSPEC, AF_INET or AF_INET6). The resolver blocks (files, DNS),
+ * so it runs only off the shards: before keel_runtime_start, or on a thread of the
+ * application's; keel_listener_create() calls it for its addr. Literals are parsed on any
+ * thread without it.
+ * Returns: 0 with *out and *len (@len may be NULL); -EINVAL (@host NULL or empty, bad
+ * @family); -EPERM on a shard for a name (logged: what to do instead); -ENOENT (no such
+ * host), -EAGAIN (try again), -EAFNOSUPPORT, -ENOMEM, -errno (logged with the resolver's
+ * message).
+ * Context: any thread but a shard's, for names.
+ */
+KEEL_API int keel_net_resolve(const char *host, uint16_t port, int family,
+			      struct sockaddr_storage *out, socklen_t *len);
 
 #endif
