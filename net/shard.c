@@ -348,9 +348,11 @@ keel_net_resolve(const char *host, uint16_t port, int family, struct sockaddr_st
 	if (!host || !*host || !out ||
 	    (family != AF_UNSPEC && family != AF_INET && family != AF_INET6))
 		return -EINVAL;
-	/* A literal (or unix:) needs no resolver: the same answer on any thread. */
-	if (!strncmp(host, "unix:", 5) || inet_pton(AF_INET, host, out) == 1 ||
-	    inet_pton(AF_INET6, host, out) == 1) {
+	/* A literal (or unix:) needs no resolver: the same answer on any thread. So does
+	 * what can only be meant as one (digits and dots, or a colon: no host name looks
+	 * like that), which is refused as a bad literal, not sent to DNS. */
+	if (!strncmp(host, "unix:", 5) || strchr(host, ':') ||
+	    strspn(host, "0123456789.") == strlen(host)) {
 		r = keel_net_addr_parse(host, port, out, len ? len : &l);
 		if (r == 0 && family != AF_UNSPEC && out->ss_family != family)
 			return -EAFNOSUPPORT;

@@ -499,7 +499,8 @@ KEEL_API int keel_net_addr_parse(const char *addr, uint16_t port, struct sockadd
  * address of @family (AF_UNSPEC, AF_INET or AF_INET6). The resolver blocks (files, DNS),
  * so it runs only off the shards: before keel_runtime_start, or on a thread of the
  * application's; keel_listener_create() calls it for its addr. Literals are parsed on any
- * thread without it.
+ * thread without it; so is a string of digits and dots or one with a colon (meant as a
+ * literal: -EINVAL when it does not parse, never a DNS query).
  * Returns: 0 with *out and *len (@len may be NULL); -EINVAL (@host NULL or empty, bad
  * @family); -EPERM on a shard for a name (logged: what to do instead); -ENOENT (no such
  * host), -EAGAIN (try again), -EAFNOSUPPORT, -ENOMEM, -errno (logged with the resolver's
