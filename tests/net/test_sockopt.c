@@ -190,7 +190,7 @@ accepted_case(const char *feature)
 
 Test(net_sockopt, direct_descriptor_through_the_ring)
 {
-	accepted_case("direct_fd=on");
+	accepted_case("direct_fd=auto");
 }
 
 Test(net_sockopt, plain_descriptor)

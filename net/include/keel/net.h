@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * TCP and UDP on the shard ring.
+ * TCP, Unix domain stream sockets and UDP on the shard ring.
  *
  * Every shard listens on the same address with its own SO_REUSEPORT socket; a classic-BPF
  * reuseport program picks the shard by CPU or rx queue. Accepted connections live on the
