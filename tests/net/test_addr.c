@@ -83,10 +83,10 @@ start_listener(void *arg)
 }
 
 static void
-accepted_case(const char *addr, const char *feature)
+accepted_case_opts(const char *addr, const char *feature, bool no_addrs)
 {
 	struct keel_opts o = net_test_opts(1);
-	struct keel_listen_opts lo = { .addr = addr };
+	struct keel_listen_opts lo = { .addr = addr, .no_addrs = no_addrs };
 	struct keel_runtime *rt;
 	struct keel_listener *l;
 	struct sockaddr_storage want_peer, want_local;
@@ -107,10 +107,15 @@ accepted_case(const char *addr, const char *feature)
 	len = sizeof(want_peer);
 	cr_assert_eq(getsockname(fd, (struct sockaddr *)&want_peer, &len), 0);
 	WAIT_FOR(atomic_load(&seen.done), "on_open of the accepted connection");
-	cr_assert_eq(seen.rpeer, 0, "keel_conn_peer_addr: %s", strerror(-seen.rpeer));
-	cr_assert_eq(seen.rlocal, 0, "keel_conn_local_addr: %s", strerror(-seen.rlocal));
-	assert_same(&seen.peer, seen.peerlen, &want_peer, "peer");
-	assert_same(&seen.local, seen.locallen, &want_local, "local");
+	if (no_addrs) {
+		cr_assert_eq(seen.rpeer, -ENODATA);
+		cr_assert_eq(seen.rlocal, -ENODATA);
+	} else {
+		cr_assert_eq(seen.rpeer, 0, "keel_conn_peer_addr: %s", strerror(-seen.rpeer));
+		cr_assert_eq(seen.rlocal, 0, "keel_conn_local_addr: %s", strerror(-seen.rlocal));
+		assert_same(&seen.peer, seen.peerlen, &want_peer, "peer");
+		assert_same(&seen.local, seen.locallen, &want_local, "local");
+	}
 	close(fd);
 	WAIT_FOR(atomic_load(&seen.closes) == 1, "on_close");
 	keel_runtime_stop(rt, 0);
@@ -118,6 +123,18 @@ accepted_case(const char *addr, const char *feature)
 	keel_runtime_destroy(rt);
 	keel_listener_destroy(l);
 	SHARD_CHECKS_PASSED();
+}
+
+static void
+accepted_case(const char *addr, const char *feature)
+{
+	accepted_case_opts(addr, feature, false);
+}
+
+Test(net_addr, listener_without_addresses_answers_enodata)
+{
+	accepted_case_opts("127.0.0.1", "direct_fd=auto", true);
+	accepted_case_opts("127.0.0.1", "direct_fd=off", true);
 }
 
 Test(net_addr, accepted_ipv4_direct_descriptor)
