@@ -25,6 +25,16 @@
 
 #include "wait.h"
 
+/* The host binary: the in-tree build, or $KEEL_EMBED_BIN (tests/install/install_test.sh
+ * runs this suite against a copy built out of tree with pkg-config). */
+static const char *
+embed_bin(void)
+{
+	const char *e = getenv("KEEL_EMBED_BIN");
+
+	return e && *e ? e : KEEL_EMBED_BIN;
+}
+
 static pid_t live; /* the host a failed test leaves running: killed by the fini */
 
 struct host {
@@ -75,8 +85,9 @@ host_init(struct host *h, const char *extra)
 	snprintf(h->log, sizeof(h->log), "%s/stderr", h->dir);
 }
 
+/* Start the host with --shards @shards (NULL: the map in its config decides). */
 static void
-host_start(struct host *h)
+host_start_n(struct host *h, const char *shards)
 {
 	char cfg[128];
 	uint64_t dl = test_deadline(TEST_WAIT_MS);
@@ -89,8 +100,12 @@ host_start(struct host *h)
 		int fd = open(h->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 		prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlives a failed test */
 		dup2(fd, 2);
-		execl(KEEL_EMBED_BIN, KEEL_EMBED_BIN, "--config", cfg, "--shards", "2",
-		      "--idle-poll-us", "0", "--log-level", "warn", (char *)NULL);
+		if (shards)
+			execl(embed_bin(), embed_bin(), "--config", cfg, "--shards", shards,
+			      "--idle-poll-us", "0", "--log-level", "warn", (char *)NULL);
+		else
+			execl(embed_bin(), embed_bin(), "--config", cfg, "--idle-poll-us", "0",
+			      "--log-level", "warn", (char *)NULL);
 		_exit(127);
 	}
 	live = h->pid;
@@ -109,6 +124,12 @@ host_start(struct host *h)
 		cr_assert(!test_expired(dl), "keel-embed printed no 'listening' line");
 		test_pause();
 	}
+}
+
+static void
+host_start(struct host *h)
+{
+	host_start_n(h, "2");
 }
 
 /* SIGTERM; expect a clean exit (status 0) and keep its stderr in log_text. */
@@ -524,13 +545,54 @@ Test(embed, bad_config, .timeout = 60)
 	int st;
 
 	host_init(&h, "colour blue\n");
-	snprintf(cmd, sizeof(cmd), "%s --config %s/host.conf --shards 1 2>%s", KEEL_EMBED_BIN,
-		 h.dir, h.log);
+	snprintf(cmd, sizeof(cmd), "%s --config %s/host.conf --shards 1 2>%s", embed_bin(), h.dir,
+		 h.log);
 	st = system(cmd);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "status %#x", st);
 	free(h.log_text);
 	h.log_text = slurp(h.log);
 	cr_assert_not_null(strstr(h.log_text, "expected 'KEY VALUE' with KEY one of"), "%s",
 			   h.log_text);
+	host_fini(&h);
+}
+
+/* The shards' CPUs come from a core/queue map (keel-topo --plan) named in the host's config. */
+Test(embed, map_from_config, .timeout = 120)
+{
+	struct host h;
+	char cmd[512], extra[160], *log;
+	struct reply r;
+	int st, fd;
+
+	host_init(&h, "");
+	snprintf(cmd, sizeof(cmd),
+		 "%s --plan --shards 1 --cpuset 1 --map %s/map.json >%s/plan 2>&1", KEEL_TOPO_BIN,
+		 h.dir, h.dir);
+	st = system(cmd);
+	snprintf(cmd, sizeof(cmd), "%s/plan", h.dir);
+	log = slurp(cmd);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "keel-topo --plan: %s", log ? log : "");
+	free(log);
+	snprintf(extra, sizeof(extra), "map %s/map.json\n", h.dir);
+	snprintf(cmd, sizeof(cmd), "%s/host.conf", h.dir);
+	{
+		FILE *f = fopen(cmd, "a");
+		cr_assert_not_null(f);
+		fputs(extra, f);
+		fclose(f);
+	}
+	host_start_n(&h, NULL);
+	log = slurp(h.log);
+	cr_assert_not_null(strstr(log, "1 shards on CPUs 1,"), "%s", log);
+	free(log);
+	fd = cconnect(h.port);
+	req_send(fd, 'P', 1, "m", (const uint8_t *)"map", 3);
+	expect_status(fd, 0, 1);
+	req_send(fd, 'C', 2, "m", NULL, 0);
+	cr_assert(reply_recv(fd, &r));
+	cr_assert_eq(r.status, 0);
+	free(r.body);
+	close(fd);
+	host_stop(&h);
 	host_fini(&h);
 }
