@@ -505,6 +505,13 @@ Test(embed, bad_input, .timeout = 120)
 	b[9] = b[10] = 0;
 	send_all(fd, b, 11);
 	expect_status(fd, 2, 6);
+	{ /* a key over 1024 bytes, whole in its frame */
+		char big[1101];
+		memset(big, 'k', 1100);
+		big[1100] = 0;
+		req_send(fd, 'P', 9, big, (const uint8_t *)"v", 1);
+		expect_status(fd, 2, 9);
+	}
 	/* After all that the connection still works. */
 	req_send(fd, 'P', 7, "k", (const uint8_t *)"v", 1);
 	expect_status(fd, 0, 7);
