@@ -603,3 +603,33 @@ Test(embed, map_from_config, .timeout = 120)
 	host_stop(&h);
 	host_fini(&h);
 }
+
+/* SIGTERM while checksums wait for the worker threads and replies are unread: the host
+ * drains its pool, stops keel and exits cleanly; what was written is still there. */
+Test(embed, stop_with_work_in_flight, .timeout = 120)
+{
+	static struct kv kv[1];
+	struct host h;
+	int fd;
+
+	host_init(&h, "");
+	host_start(&h);
+	kv_fill(&kv[0], 0);
+	kv[0].len = 200000;
+	kv[0].val = realloc(kv[0].val, kv[0].len);
+	for (size_t b = 0; b < kv[0].len; b++)
+		kv[0].val[b] = (uint8_t)rnd();
+	fd = cconnect(h.port);
+	put_all(fd, kv, 1);
+	for (unsigned i = 0; i < 200; i++)
+		req_send(fd, 'C', i, kv[0].key, NULL, 0);
+	host_stop(&h);
+	close(fd);
+	host_start(&h);
+	fd = cconnect(h.port);
+	get_all(fd, kv, 1);
+	close(fd);
+	host_stop(&h);
+	free(kv[0].val);
+	host_fini(&h);
+}
