@@ -950,7 +950,7 @@ int
 main(int argc, char **argv)
 {
 	struct keel_opts opts;
-	struct host_cfg cfg = {0};
+	struct host_cfg cfg = { 0 };
 	const char *cfg_path = NULL;
 	struct keel_listen_opts lo = { 0 };
 	pthread_t sigthr;
