@@ -56,7 +56,13 @@ struct kconn {
 	struct pend *head, *tail;
 	unsigned npend;
 	bool closing; /* a protocol error or QUIT: no more requests; close once replied */
-	bool paused;  /* this code paused reading (too many replies outstanding) */
+	bool paused;  /* this code paused reading (too many replies outstanding, or a
+		       * request waits for room in a full cross-shard queue) */
+	/* Requests for other shards refused with -EAGAIN (a full queue), and every one
+	 * for another shard after them, in order: sent once there is room. */
+	struct kmsg *bq_head, *bq_tail;
+	bool bq_waiting; /* a keel_msg_wait_room() callback will come */
+	bool dead;       /* closed while waiting: the callback frees it */
 	int64_t last_ms;
 	char *name;
 	struct resp_arg *argv;
@@ -85,6 +91,7 @@ static struct kv_shard shards[KEEL_MAX_SHARDS];
 
 /* The hand-off of one request (or one part of a fan-out) to the owner shard. */
 struct kmsg {
+	struct kmsg *next; /* in kconn.bq */
 	struct pend *pend;
 	unsigned part;        /* the owner (the part of a fan-out) */
 	unsigned home;        /* the shard the reply goes to */
@@ -217,7 +224,7 @@ drain(struct kconn *kc)
 		kc->npend--;
 		pend_free(p);
 	}
-	if (kc->paused && kc->npend < PEND_MAX / 2) {
+	if (kc->paused && kc->npend < PEND_MAX / 2 && !kc->bq_head) {
 		kc->paused = false;
 		keel_conn_resume_read(kc->c);
 	}
@@ -570,6 +577,131 @@ home_done(int status, void *arg)
 	free(m);
 }
 
+static void
+msg_drop(struct kmsg *m)
+{
+	if (m->sl.buf) {
+		keel_slice_move(&m->sl, self());
+		keel_slice_put(&m->sl);
+	}
+	rb_free(&m->rep);
+	free(m);
+}
+
+/* Send a request to its owner (m->part). Returns: as keel_call(). */
+static int
+send_req(struct kmsg *m)
+{
+	int r;
+
+	if (kv_cfg.aof && kv_cfg.fsync == KV_FSYNC_ALWAYS)
+		r = keel_send(m->part, owner_recv, m);
+	else
+		r = keel_call(m->part, owner_run, m, home_done, m);
+	if (r == 0)
+		stat_add(&kv_stats[self()].forwarded_out, 1);
+	return r;
+}
+
+static void
+bq_add(struct kconn *kc, struct kmsg *m)
+{
+	m->next = NULL;
+	if (kc->bq_tail)
+		kc->bq_tail->next = m;
+	else
+		kc->bq_head = m;
+	kc->bq_tail = m;
+	if (!kc->paused) {
+		kc->paused = true;
+		keel_conn_pause_read(kc->c);
+	}
+}
+
+/* Answer every waiting request with @err (the queue cannot drain: memory, stopping). */
+static void
+bq_fail(struct kconn *kc, int err)
+{
+	struct kmsg *m;
+
+	while ((m = kc->bq_head)) {
+		kc->bq_head = m->next;
+		if (!kc->bq_head)
+			kc->bq_tail = NULL;
+		if (m->sl.buf) {
+			keel_slice_move(&m->sl, self());
+			keel_slice_put(&m->sl);
+		}
+		rb_err(&m->rep, "ERR shard %u unreachable: %s", m->part, strerror(-err));
+		pend_part_done(m->pend, m->part, &m->rep);
+		free(m);
+	}
+}
+
+static void on_room(int status, void *arg);
+
+static void
+bq_wait(struct kconn *kc)
+{
+	int r = keel_msg_wait_room(kc->bq_head->part, on_room, kc);
+
+	if (r < 0) {
+		bq_fail(kc, r);
+		return;
+	}
+	kc->bq_waiting = true;
+}
+
+static void
+on_room(int status, void *arg)
+{
+	struct kconn *kc = arg;
+	struct kmsg *m;
+
+	kc->bq_waiting = false;
+	if (kc->dead) { /* the connection closed meanwhile: its requests go unanswered */
+		while ((m = kc->bq_head)) {
+			kc->bq_head = m->next;
+			pend_part_done(m->pend, m->part, &m->rep); /* frees the pend when last */
+			if (m->sl.buf) {
+				keel_slice_move(&m->sl, self());
+				keel_slice_put(&m->sl);
+			}
+			free(m);
+		}
+		free(kc);
+		return;
+	}
+	if (status < 0) {
+		bq_fail(kc, status);
+	} else {
+		while ((m = kc->bq_head)) {
+			int r = send_req(m);
+			if (r == -EAGAIN) {
+				bq_wait(kc);
+				return;
+			}
+			kc->bq_head = m->next;
+			if (!kc->bq_head)
+				kc->bq_tail = NULL;
+			if (r < 0) {
+				if (m->sl.buf) {
+					keel_slice_move(&m->sl, self());
+					keel_slice_put(&m->sl);
+				}
+				rb_err(&m->rep, "ERR shard %u unreachable: %s", m->part,
+				       strerror(-r));
+				pend_part_done(m->pend, m->part, &m->rep);
+				free(m);
+			}
+		}
+	}
+	if (kc->paused && kc->npend < PEND_MAX / 2) {
+		kc->paused = false;
+		keel_conn_resume_read(kc->c);
+	}
+}
+
 /* Hand a request's bytes to @owner. @src, when given, holds those bytes at @off. */
 static int
 handoff(struct pend *p, unsigned owner, const uint8_t *req, size_t len,
@@ -602,19 +734,20 @@ handoff(struct pend *p, unsigned owner, const uint8_t *req, size_t len,
 		m->req = m->copy;
 	}
 	m->home = self();
-	if (kv_cfg.aof && kv_cfg.fsync == KV_FSYNC_ALWAYS)
-		r = keel_send(owner, owner_recv, m);
-	else
-		r = keel_call(owner, owner_run, m, home_done, m);
+	if (p->kc && p->kc->bq_head) { /* behind requests waiting for room: in order */
+		bq_add(p->kc, m);
+		return 0;
+	}
+	r = send_req(m);
+	if (r == -EAGAIN && p->kc) {
+		bq_add(p->kc, m);
+		bq_wait(p->kc);
+		return 0;
+	}
 	if (r < 0) {
-		if (m->sl.buf) {
-			keel_slice_move(&m->sl, self());
-			keel_slice_put(&m->sl);
-		}
-		free(m);
+		msg_drop(m);
 		return r;
 	}
-	stat_add(&kv_stats[self()].forwarded_out, 1);
 	return 0;
 }
 
@@ -1234,6 +1367,14 @@ on_close(struct keel_conn *c, int status)
 	free(kc->name);
 	free(kc->argv);
 	free(kc->scratch);
+	if (kc->bq_waiting) {
+		kc->dead = true; /* on_room frees it and its waiting requests */
+		kc->in = NULL;
+		kc->name = NULL;
+		kc->argv = NULL;
+		kc->scratch = NULL;
+		return;
+	}
 	free(kc);
 }
 
