@@ -402,6 +402,8 @@ on_synced(struct keel_file_req *req, int res, void *arg)
 	struct aof *a = arg;
 	struct waiter *w = a->iw;
 
+	if (a->stopping)
+		return;
 	a->iw = NULL;
 	a->st = A_IDLE;
 	if (res < 0 && res != -ECANCELED) {
@@ -430,6 +432,8 @@ on_written(struct keel_file_req *req, int res, void *arg)
 {
 	struct aof *a = arg;
 
+	if (a->stopping) /* kv_aof_stop wrote the batch itself */
+		return;
 	if (res == -ECANCELED) {
 		a->st = A_FAILED;
 		return;
@@ -784,19 +788,28 @@ kv_aof_stop(void)
 
 	if (!a->open)
 		return;
-	/* Stopping: what is gathered goes out now, synchronously, when no write is in
-	 * flight (one in flight is cancelled by the stop; its batch is then lost, as with
-	 * a crash, except under always, where its replies were not sent). */
-	if (a->st == A_IDLE && !a->rewriting) {
-		if (a->reset && ftruncate(a->fd, 0) == 0)
-			a->off = 0;
-		if (a->pend.len &&
-		    pwrite(a->fd, a->pend.p, a->pend.len, (off_t)a->off) == (ssize_t)a->pend.len)
-			a->off += a->pend.len;
-		fdatasync(a->fd);
-	}
+	/* Stopping: in-flight requests are about to be cancelled, so what is gathered goes
+	 * out now, synchronously: the batch in flight again (the same bytes at the same
+	 * offset: harmless if the kernel wrote them already), then what is pending. */
 	a->stopping = true;
-	waiters_done(a->pw, -ESHUTDOWN);
+	if ((a->st == A_WRITING || a->st == A_FAILED) && a->sl.buf) {
+		if (pwrite(a->fd, a->sl.data, a->wlen, (off_t)a->off) == (ssize_t)a->wlen)
+			a->off += a->wlen;
+		keel_slice_put(&a->sl);
+		a->st = A_IDLE;
+	}
+	if (a->rw_ready)
+		rw_switch(a);
+	if (a->reset && ftruncate(a->fd, 0) == 0)
+		a->off = 0;
+	if (a->pend.len &&
+	    pwrite(a->fd, a->pend.p, a->pend.len, (off_t)a->off) == (ssize_t)a->pend.len)
+		a->off += a->pend.len;
+	a->pend.len = 0;
+	fdatasync(a->fd);
+	waiters_done(a->iw, 0);
+	a->iw = NULL;
+	waiters_done(a->pw, 0);
 	a->pw = a->pwt = NULL;
 }
 
