@@ -124,28 +124,6 @@ read_whole(int fd, uint8_t **out, size_t *len)
 	return 0;
 }
 
-/* Parse @p[0..@n) as records; returns the length of the valid prefix. */
-static size_t
-valid_prefix(const uint8_t *p, size_t n)
-{
-	struct resp_arg argv[8];
-	size_t off = 0;
-
-	while (off < n) {
-		struct resp_req req = { .argv = argv, .cap = 8, .max_bulk = UINT64_MAX >> 1 };
-		int64_t at;
-		long r;
-
-		if (p[off] != '*') /* records are arrays: no inline commands */
-			break;
-		r = resp_parse(p + off, n - off, &req);
-		if (r <= 0 || kv_record_check(req.argv, req.argc, &at) < 0)
-			break;
-		off += (size_t)r;
-	}
-	return off;
-}
-
 int
 kv_aof_preload(void)
 {
@@ -197,7 +175,7 @@ kv_aof_preload(void)
 			closedir(d);
 			return r;
 		}
-		good = valid_prefix(l->p, l->len);
+		good = kv_aof_valid_prefix(l->p, l->len);
 		if (good < l->len) {
 			fprintf(stderr,
 				"keel-kv: %s: torn or invalid record at offset %zu: truncating the "

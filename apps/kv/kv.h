@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "aofrec.h"
 #include "resp.h"
 
 /* A growable reply buffer (malloc: replies cross shards and are freed where they land).
@@ -132,7 +133,6 @@ void kv_reply_arity(struct rbuf *out, const struct kv_cmd *c);
  * @db (0; -EINVAL; -ENOMEM). */
 void kv_db_record(struct kv_db *db, const struct resp_arg *key, struct rbuf *out);
 void kv_db_snapshot(struct kv_db *db, struct rbuf *out);
-int kv_record_check(const struct resp_arg *argv, unsigned argc, int64_t *pxat);
 int kv_db_apply(struct kv_db *db, const struct resp_arg *argv, unsigned argc);
 
 /* The append-only files (aof.c, docs/kv.md "Persistence"). */

@@ -549,25 +549,6 @@ kv_db_snapshot(struct kv_db *db, struct rbuf *out)
 }
 
 int
-kv_record_check(const struct resp_arg *argv, unsigned argc, int64_t *pxat)
-{
-	long long v = 0;
-
-	*pxat = 0;
-	if (argc == 2 && argv[0].len == 3 && !memcmp(argv[0].p, "DEL", 3))
-		return 0;
-	if (argv[0].len != 3 || memcmp(argv[0].p, "SET", 3) || (argc != 3 && argc != 5))
-		return -EINVAL;
-	if (argc == 5 &&
-	    (argv[3].len != 4 || memcmp(argv[3].p, "PXAT", 4) || !arg_ll(&argv[4], &v) || v <= 0))
-		return -EINVAL;
-	if (argv[2].len > UINT32_MAX || argv[1].len > UINT32_MAX)
-		return -EINVAL;
-	*pxat = v;
-	return 0;
-}
-
-int
 kv_db_apply(struct kv_db *db, const struct resp_arg *argv, unsigned argc)
 {
 	struct kv_ent **pp, *e;
