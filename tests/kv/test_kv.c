@@ -850,9 +850,22 @@ Test(kv_server, aof_always_every_acknowledged_write_survives_kill9)
 		cr_assert_str_eq(got, "+OK\r\n");
 	}
 	srv_kill9(&s);
-	/* Replies already in the socket were acknowledged too. */
-	while ((got = rd_next(&r, NULL)))
-		acked++;
+	/* Replies already in the socket were acknowledged too (the connection may end with
+	 * a reset when requests were still unread: whole replies before it count). */
+	for (;;) {
+		size_t l;
+		ssize_t n;
+		while ((l = resp_reply_len(r.b, r.len))) {
+			cr_assert(!memcmp(r.b, "+OK\r\n", 5));
+			memmove(r.b, r.b + l, r.len - l);
+			r.len -= l;
+			acked++;
+		}
+		n = recv(r.fd, r.b + r.len, r.cap - r.len, 0);
+		if (n <= 0)
+			break;
+		r.len += (size_t)n;
+	}
 	rd_free(&r);
 	srv_start(&s, 3, "--appendonly", "yes", "--appendfsync", "always", "--dir", dir, NULL);
 	rd_init(&r, cconnect(s.port));
