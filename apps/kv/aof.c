@@ -151,6 +151,9 @@ kv_aof_preload(void)
 
 		if (sscanf(de->d_name, "appendonly-%u.aof%7s", &idx, tail) != 1)
 			continue;
+		snprintf(path, sizeof(path), "appendonly-%u.aof", idx);
+		if (strcmp(path, de->d_name)) /* exactly this name: no ".tmp", no "01" */
+			continue;
 		path_of(path, sizeof(path), idx, "");
 		fd = open(path, O_RDWR | O_CLOEXEC);
 		if (fd < 0) {
@@ -742,7 +745,7 @@ kv_aof_info(struct rbuf *out)
 {
 	char line[512];
 	uint64_t size = 0, rewrites = 0;
-	bool rw = false;
+	bool rw = false, err = false;
 	int n;
 
 	for (unsigned i = 0; i < kv_cfg.nshards; i++) {
@@ -750,12 +753,14 @@ kv_aof_info(struct rbuf *out)
 		size += __atomic_load_n(&aofs[i].off, __ATOMIC_RELAXED);
 		rewrites += __atomic_load_n(&aofs[i].rewrites, __ATOMIC_RELAXED);
 		rw |= __atomic_load_n(&aofs[i].rewriting, __ATOMIC_RELAXED);
+		err |= __atomic_load_n(&aofs[i].err, __ATOMIC_RELAXED) != 0;
 	}
 	n = snprintf(line, sizeof(line),
 		     "# Persistence\r\nloading:0\r\naof_enabled:%d\r\n"
 		     "aof_rewrite_in_progress:%d\r\naof_rewrites:%llu\r\n"
-		     "aof_current_size:%llu\r\n\r\n",
-		     kv_cfg.aof, rw, (unsigned long long)rewrites, (unsigned long long)size);
+		     "aof_current_size:%llu\r\naof_last_write_status:%s\r\n\r\n",
+		     kv_cfg.aof, rw, (unsigned long long)rewrites, (unsigned long long)size,
+		     err ? "err" : "ok");
 	rb_put(out, line, (size_t)n);
 }
 

@@ -1060,6 +1060,9 @@ Test(kv_server, aof_full_disk_gives_misconf_not_a_crash)
 	}
 	cr_assert(refused, "1 MiB of disk took 4 MiB of values");
 	expect(&r, "PING", "+PONG\r\n");
+	send_all(r.fd, "INFO persistence\r\n", 18);
+	got = rd_next(&r, NULL);
+	cr_assert(got && strstr(got, "aof_last_write_status:err"), "%s", got);
 	expect(&r, "STRLEN big0", ":65536\r\n");
 	rd_free(&r);
 	srv_stop(&s);
