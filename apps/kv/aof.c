@@ -63,6 +63,9 @@ struct aof {
 	struct keel_file_req rw_req;
 	uint64_t rewrites;
 	unsigned id;
+	/* What INFO on any shard reads (published by this shard: publish()). */
+	_Atomic uint64_t pub_size, pub_rewrites;
+	_Atomic bool pub_rewriting, pub_err;
 };
 static struct aof aofs[KEEL_MAX_SHARDS];
 
@@ -80,6 +83,15 @@ static struct aof *
 me(void)
 {
 	return &aofs[keel_shard_id(keel_this_shard())];
+}
+
+static void
+publish(struct aof *a)
+{
+	atomic_store_explicit(&a->pub_size, a->off, memory_order_relaxed);
+	atomic_store_explicit(&a->pub_rewrites, a->rewrites, memory_order_relaxed);
+	atomic_store_explicit(&a->pub_rewriting, a->rewriting, memory_order_relaxed);
+	atomic_store_explicit(&a->pub_err, a->err != 0, memory_order_relaxed);
 }
 
 static void
@@ -319,6 +331,7 @@ kv_aof_shard_start(struct kv_db *db)
 		return -errno;
 	keel_file_from_fd(a->fd, &a->f);
 	a->open = true;
+	publish(a);
 	if (atomic_fetch_add(&shards_loaded, 1) + 1 == kv_cfg.nshards) {
 		/* Every shard has its keys in its own file now: the files of shards that no
 		 * longer exist have nothing left, and the read copies are not needed. */
@@ -368,6 +381,7 @@ issue_write(struct aof *a)
 	if (r < 0) {
 		a->err = r;
 		a->st = A_FAILED; /* retried by the tick */
+		publish(a);
 		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: appendonly write: %s", a->id,
 			 strerror(-r));
 		waiters_done(a->iw, r);
@@ -428,6 +442,7 @@ on_written(struct keel_file_req *req, int res, void *arg)
 				 a->id, a->id, strerror(-e));
 		a->err = e;
 		a->st = A_FAILED; /* the batch stays; the tick tries it again */
+		publish(a);
 		waiters_done(a->iw, e);
 		a->iw = NULL;
 		return;
@@ -466,8 +481,17 @@ rw_switch(struct aof *a)
 }
 
 /* Start the next batch when none is in flight. */
+static void kick_(struct aof *a);
+
 static void
 kick(struct aof *a)
+{
+	kick_(a);
+	publish(a);
+}
+
+static void
+kick_(struct aof *a)
 {
 	struct keel_alloc *al;
 	int r;
@@ -538,6 +562,7 @@ on_bg_synced(struct keel_file_req *req, int res, void *arg)
 	a->bg_sync = false;
 	if (res < 0 && res != -ECANCELED) {
 		a->err = res;
+		publish(a);
 		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: appendonly fdatasync: %s", a->id,
 			 strerror(-res));
 	}
@@ -580,6 +605,7 @@ kv_aof_log(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv, unsi
 	if (a->pend.oom) { /* cannot keep the record: say so on every write from now */
 		rb_free(&a->pend);
 		a->err = -ENOMEM;
+		publish(a);
 	}
 	queue_flush(a);
 }
@@ -736,6 +762,7 @@ kv_aof_cmd_bgrewrite(struct kv_db *db, struct resp_arg *argv, unsigned argc, str
 		rb_free(&snap);
 	}
 	a->rewriting = true;
+	publish(a);
 	rw_step(a);
 	rb_simple(out, "Background append only file rewriting started");
 }
@@ -749,11 +776,10 @@ kv_aof_info(struct rbuf *out)
 	int n;
 
 	for (unsigned i = 0; i < kv_cfg.nshards; i++) {
-		/* Plain fields of other shards, read for INFO only: a recent value. */
-		size += __atomic_load_n(&aofs[i].off, __ATOMIC_RELAXED);
-		rewrites += __atomic_load_n(&aofs[i].rewrites, __ATOMIC_RELAXED);
-		rw |= __atomic_load_n(&aofs[i].rewriting, __ATOMIC_RELAXED);
-		err |= __atomic_load_n(&aofs[i].err, __ATOMIC_RELAXED) != 0;
+		size += atomic_load_explicit(&aofs[i].pub_size, memory_order_relaxed);
+		rewrites += atomic_load_explicit(&aofs[i].pub_rewrites, memory_order_relaxed);
+		rw |= atomic_load_explicit(&aofs[i].pub_rewriting, memory_order_relaxed);
+		err |= atomic_load_explicit(&aofs[i].pub_err, memory_order_relaxed);
 	}
 	n = snprintf(line, sizeof(line),
 		     "# Persistence\r\nloading:0\r\naof_enabled:%d\r\n"
