@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "net_internal.h"
+#include "zcrx.h"
 
 /* One list of defaults: the initial configuration and keel_net_config_init(). */
 #define NET_CONFIG_DEFAULTS                                                                        \
@@ -80,6 +81,7 @@ destroy(struct net_shard *ns)
 	if (ns->udp_ready)
 		keel__pbuf_fini(&ns->udp);
 	keel__udp_fini(ns);
+	keel__zcrx_fini(ns);
 	if (ns->files)
 		io_uring_unregister_files(keel_shard_ring_get());
 	free(ns->scratch);
@@ -170,6 +172,9 @@ keel__net_shard_get(struct net_shard **out)
 				   NET_RX_WINDOW);
 	if (r < 0)
 		goto err;
+	r = keel__zcrx_setup(ns); /* --zcrx on: fails with the reason and the fix */
+	if (r < 0)
+		goto err;
 	r = keel_shard_on_stop(on_stop, ns);
 	if (r < 0)
 		goto err;
@@ -177,6 +182,7 @@ keel__net_shard_get(struct net_shard **out)
 	*out = ns;
 	return 0;
 err:
+	keel__zcrx_fini(ns);
 	keel__pbuf_fini(&ns->tcp);
 	if (ns->files)
 		io_uring_unregister_files(keel_shard_ring_get());
