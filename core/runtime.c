@@ -342,8 +342,10 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 		s->cpu = cpus[i % ncpus];
 		if (opts->nrxqs)
 			s->rxq = i < opts->nrxqs ? (int)opts->rxqs[i] : -1;
-		else
-			s->rxq = rt->map ? rt->map->shards[i].rxq : -1;
+		else if (rt->map)
+			s->rxq = rt->map->shards[i].rxq;
+		else /* --iface alone: shard i takes queue i, as keel-topo --plan does */
+			s->rxq = opts->iface[0] ? (int)i : -1;
 		s->sigfd = -1;
 		s->xefd = -1;
 		pthread_mutex_init(&s->xlock, NULL);

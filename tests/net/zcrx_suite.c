@@ -467,3 +467,36 @@ Test(net_zcrx, veth_in_namespace_refuses_and_auto_falls_back)
 	cr_assert_eq(WEXITSTATUS(st), 0, "veth child failed with %d (see its stderr)",
 		     WEXITSTATUS(st));
 }
+
+/* Run keel-echo with @args (stderr into the output); its exit status, output in @out. */
+static int
+run_echo(const char *args, char *out, size_t len)
+{
+	char cmd[512];
+	FILE *f;
+	size_t n = 0;
+	int st;
+
+	snprintf(cmd, sizeof(cmd), "timeout 60 %s/keel-echo %s 2>&1", KEEL_BIN_DIR, args);
+	f = popen(cmd, "r");
+	cr_assert(f, "popen %s", cmd);
+	while (n + 1 < len && fgets(out + n, (int)(len - n), f))
+		n += strlen(out + n);
+	out[n] = 0;
+	st = pclose(f);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+Test(net_zcrx, keel_echo_on_lo_exits_naming_lo_and_reason)
+{
+	char out[8192];
+	int st;
+
+	need_root();
+	st = run_echo("--port 0 --addr 127.0.0.1 --shards 1 --idle-poll-us 0 --zcrx on --iface lo",
+		      out, sizeof(out));
+	cr_assert_neq(st, 0, "keel-echo exited 0:\n%s", out);
+	cr_assert_neq(st, 124, "keel-echo did not exit:\n%s", out);
+	cr_assert(strstr(out, "ZCRX on lo rx queue 0: EOPNOTSUPP"), "%s", out);
+	cr_assert(strstr(out, "lo has no queue API / no parent device"), "%s", out);
+}

@@ -108,7 +108,8 @@ struct keel_opts {
 	unsigned file_qd;
 
 	/* ZCRX (zero-copy receive, docs/net.md "ZCRX"). A shard registers an interface queue
-	 * when it has an rx queue: the i-th of --rxqs, else its --map entry's. */
+	 * when it has an rx queue: the i-th of --rxqs, else its --map entry's, else with
+	 * --iface alone queue i. */
 	enum keel_policy zcrx;          /* --zcrx off|on|auto (default auto) */
 	char iface[32];                 /* --iface IF, or the IF of --rxqs ("": the map's) */
 	unsigned rxqs[KEEL_MAX_SHARDS]; /* --rxqs IF:LIST: rx queue of shard i... */

@@ -278,7 +278,8 @@ struct keel_shard;
 
 /**
  * The rx queue of keel_runtime_rx_iface() that shard @sh owns: the i-th queue of --rxqs
- * when given, else under --map the map file's shards[i].rxq, so the program can bind its receive
+ * when given, else under --map the map file's shards[i].rxq, else with --iface alone
+ * queue i, so the program can bind its receive
  * path (e.g. a ZCRX interface queue) to it. Context: any thread, once keel_runtime_create() has
  * returned. Returns: the queue index, or -1 when neither --rxqs nor the map gives the shard a
  * queue.
