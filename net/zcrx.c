@@ -6,8 +6,9 @@
  * refuses a second shard before the kernel is asked (the kernel would say EEXIST, which
  * cannot tell our own mistake from another program's consumer).
  *
- * What is not here yet: the RECV_ZC receive path, refills on the last put, handoff
- * (docs/net.md, "ZCRX"). A registered shard still receives through the copy path.
+ * What is not here yet: the RECV_ZC receive path (its parser and refill ring are in
+ * zcrx_rx.c, not yet wired to connections), refills on the last put, handoff (docs/net.md,
+ * "ZCRX"). A registered shard still receives through the copy path.
  */
 #include "zcrx.h"
 
@@ -272,6 +273,7 @@ try_setup(struct net_zcrx *z, const struct keel_opts *o, unsigned ring_flags, in
 	z->rq_tail = (uint32_t *)((char *)z->region + reg.offsets.tail);
 	z->rqes = (struct keel_zcrx_rqe *)((char *)z->region + reg.offsets.rqes);
 	z->rq_mask = z->rq_entries - 1;
+	z->rq_local_tail = __atomic_load_n(z->rq_tail, __ATOMIC_RELAXED);
 	return 0;
 }
 

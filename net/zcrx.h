@@ -30,7 +30,45 @@ struct net_zcrx {
 	uint32_t rq_entries, rq_mask;
 	uint32_t *rq_head, *rq_tail; /* in the region, at the kernel's offsets */
 	struct keel_zcrx_rqe *rqes;
+	uint32_t rq_local_tail; /* entries written; *rq_tail catches up once per pass */
 };
+
+/* One piece of received payload in the area: bytes [off, off + len). */
+struct keel__zcrx_frag {
+	uint64_t off;
+	uint32_t len;
+};
+
+/* Parse a RECV_ZC completion (a 32-byte CQE: the second 16 bytes are a struct
+ * keel_zcrx_cqe) for the area registered with @area_token of @area_len bytes.
+ * Returns: 1 and *out for payload; 0 when the CQE carries none (res 0: the peer closed when
+ * IORING_CQE_F_MORE is clear); the CQE's -errno when res < 0; -EPROTO when the offset names
+ * another area or the bytes do not lie inside this one (nothing is read from the area). */
+int keel__zcrx_cqe_parse(const struct io_uring_cqe *cqe, uint64_t area_token, uint64_t area_len,
+			 struct keel__zcrx_frag *out);
+
+/* The fragments of one message: a growable array, bounded by @max (a frame of the framer's
+ * maximum size in the smallest fragments), so a message of any length up to that is
+ * gathered whole and a longer one is refused, never written past an array's end. */
+struct keel__zcrx_msg {
+	struct keel__zcrx_frag *v;
+	uint32_t n, cap, max;
+	uint64_t bytes;
+};
+void keel__zcrx_msg_init(struct keel__zcrx_msg *m, uint32_t max);
+/* Append @f. Returns: 0; -E2BIG at @max fragments; -ENOMEM (the message is unchanged). */
+int keel__zcrx_msg_add(struct keel__zcrx_msg *m, const struct keel__zcrx_frag *f);
+/* Forget the fragments, keep the memory (the next message reuses it). */
+void keel__zcrx_msg_reset(struct keel__zcrx_msg *m);
+void keel__zcrx_msg_fini(struct keel__zcrx_msg *m);
+
+/* Queue @f for return to the kernel: the refill entry {off | area token, len}, written but
+ * not yet visible. Returns: 0, or -ENOBUFS when the ring is full (the kernel has not consumed
+ * what was published: publish, and retry next pass). */
+int keel__zcrx_refill_add(struct net_zcrx *z, const struct keel__zcrx_frag *f);
+/* Make the entries queued since the last call visible: one store-release of the tail.
+ * Returns: how many entries it published. */
+uint32_t keel__zcrx_refill_publish(struct net_zcrx *z);
 
 /* Set up ZCRX for the calling shard by its runtime's options: nothing when --zcrx off or the
  * shard has no rx queue; else claim (iface, queue), allocate, register. On failure with

@@ -500,3 +500,150 @@ Test(net_zcrx, keel_echo_on_lo_exits_naming_lo_and_reason)
 	cr_assert(strstr(out, "ZCRX on lo rx queue 0: EOPNOTSUPP"), "%s", out);
 	cr_assert(strstr(out, "lo has no queue API / no parent device"), "%s", out);
 }
+
+/* A synthetic 32-byte CQE as the kernel writes it for RECV_ZC. */
+struct cqe32 {
+	struct io_uring_cqe cqe;
+	struct keel_zcrx_cqe z;
+};
+_Static_assert(sizeof(struct cqe32) == 32, "cqe32");
+
+static struct cqe32
+mkcqe(int res, uint32_t flags, uint64_t off)
+{
+	struct cqe32 c;
+
+	memset(&c, 0, sizeof(c));
+	c.cqe.res = res;
+	c.cqe.flags = flags;
+	c.z.off = off;
+	return c;
+}
+
+#define AREA_ID2 (2ULL << KEEL_IORING_ZCRX_AREA_SHIFT)
+
+Test(net_zcrx, cqe_parse_maps_offsets_and_rejects_bad_ones)
+{
+	struct keel__zcrx_frag f = { 0, 0 };
+	struct cqe32 c;
+	const uint64_t len = 1 << 20;
+
+	c = mkcqe(1500, IORING_CQE_F_MORE, AREA_ID2 | 8192);
+	cr_assert_eq(keel__zcrx_cqe_parse(&c.cqe, AREA_ID2, len, &f), 1);
+	cr_assert_eq(f.off, 8192);
+	cr_assert_eq(f.len, 1500);
+	/* The last bytes of the area. */
+	c = mkcqe(4096, IORING_CQE_F_MORE, AREA_ID2 | (len - 4096));
+	cr_assert_eq(keel__zcrx_cqe_parse(&c.cqe, AREA_ID2, len, &f), 1);
+	cr_assert_eq(f.off, len - 4096);
+	/* One byte past it, an offset past it, another area's id. */
+	c = mkcqe(4097, IORING_CQE_F_MORE, AREA_ID2 | (len - 4096));
+	cr_assert_eq(keel__zcrx_cqe_parse(&c.cqe, AREA_ID2, len, &f), -EPROTO);
+	c = mkcqe(1, IORING_CQE_F_MORE, AREA_ID2 | len);
+	cr_assert_eq(keel__zcrx_cqe_parse(&c.cqe, AREA_ID2, len, &f), -EPROTO);
+	c = mkcqe(100, IORING_CQE_F_MORE, (1ULL << KEEL_IORING_ZCRX_AREA_SHIFT) | 0);
+	cr_assert_eq(keel__zcrx_cqe_parse(&c.cqe, AREA_ID2, len, &f), -EPROTO);
+	/* End of stream and errors pass through. */
+	c = mkcqe(0, 0, 0);
+	cr_assert_eq(keel__zcrx_cqe_parse(&c.cqe, AREA_ID2, len, &f), 0);
+	c = mkcqe(-ECONNRESET, 0, 0);
+	cr_assert_eq(keel__zcrx_cqe_parse(&c.cqe, AREA_ID2, len, &f), -ECONNRESET);
+}
+
+/* 1 MiB in 256 fragments of 4 KiB, scattered over the area in reverse order as a NIC's
+ * page pool may hand them out: gathered whole, every byte where the CQEs say. */
+Test(net_zcrx, message_of_256_fragments_is_gathered_whole)
+{
+	const uint32_t nfrag = 256, fsz = 4096;
+	const uint64_t area_len = (uint64_t)nfrag * fsz * 2;
+	unsigned char *area = malloc(area_len), *want = malloc((size_t)nfrag * fsz);
+	struct keel__zcrx_msg m;
+	uint32_t x = 7;
+
+	cr_assert(area && want);
+	for (size_t i = 0; i < (size_t)nfrag * fsz; i++) {
+		x = x * 1103515245u + 12345u;
+		want[i] = (unsigned char)(x >> 16);
+	}
+	keel__zcrx_msg_init(&m, nfrag);
+	for (uint32_t i = 0; i < nfrag; i++) {
+		uint64_t off = (uint64_t)(nfrag - 1 - i) * 2 * fsz; /* every other page, reversed */
+		struct cqe32 c = mkcqe((int)fsz, IORING_CQE_F_MORE, AREA_ID2 | off);
+		struct keel__zcrx_frag f;
+
+		memcpy(area + off, want + (size_t)i * fsz, fsz); /* the "NIC" writes the payload */
+		cr_assert_eq(keel__zcrx_cqe_parse(&c.cqe, AREA_ID2, area_len, &f), 1);
+		cr_assert_eq(keel__zcrx_msg_add(&m, &f), 0, "fragment %u", i);
+	}
+	cr_assert_eq(m.n, nfrag);
+	cr_assert_eq(m.bytes, (uint64_t)nfrag * fsz);
+	cr_assert_leq(m.cap, nfrag);
+	for (uint32_t i = 0, pos = 0; i < m.n; pos += m.v[i].len, i++)
+		cr_assert_eq(memcmp(area + m.v[i].off, want + pos, m.v[i].len), 0, "fragment %u",
+			     i);
+	/* One more is refused at the bound, not written past it. */
+	struct keel__zcrx_frag extra = { 0, 1 };
+	cr_assert_eq(keel__zcrx_msg_add(&m, &extra), -E2BIG);
+	cr_assert_eq(m.n, nfrag);
+	keel__zcrx_msg_reset(&m);
+	cr_assert_eq(m.n, 0);
+	cr_assert_eq(keel__zcrx_msg_add(&m, &extra), 0);
+	keel__zcrx_msg_fini(&m);
+	free(area);
+	free(want);
+}
+
+/* The test plays the kernel on a refill region laid out as 6.18 returns it. */
+Test(net_zcrx, refill_ring_entries_tokens_wrap_and_one_publish_per_pass)
+{
+	uint32_t region[4096 / 4 + 8 * 4];
+	struct net_zcrx z;
+	struct keel__zcrx_frag f;
+
+	memset(region, 0, sizeof(region));
+	memset(&z, 0, sizeof(z));
+	z.rq_head = &region[0];
+	z.rq_tail = &region[16]; /* offsets.tail = 64 */
+	z.rqes = (struct keel_zcrx_rqe *)(void *)&region[32];
+	z.rq_entries = 8;
+	z.rq_mask = 7;
+	z.area_token = AREA_ID2;
+
+	/* A pass returns three fragments: nothing is visible until the publish. */
+	for (uint32_t i = 0; i < 3; i++) {
+		f.off = (uint64_t)i * 4096;
+		f.len = 100 + i;
+		cr_assert_eq(keel__zcrx_refill_add(&z, &f), 0);
+	}
+	cr_assert_eq(*z.rq_tail, 0);
+	cr_assert_eq(keel__zcrx_refill_publish(&z), 3);
+	cr_assert_eq(*z.rq_tail, 3);
+	cr_assert_eq(keel__zcrx_refill_publish(&z), 0); /* nothing new: no store */
+	for (uint32_t i = 0; i < 3; i++) {
+		cr_assert_eq(z.rqes[i].off, AREA_ID2 | ((uint64_t)i * 4096));
+		cr_assert_eq(z.rqes[i].len, 100 + i);
+		cr_assert_eq(z.rqes[i].pad, 0);
+	}
+	/* Fill the ring: 5 more fit, the ninth does not until the kernel consumes. */
+	for (uint32_t i = 3; i < 8; i++) {
+		f.off = (uint64_t)i * 4096;
+		f.len = 1;
+		cr_assert_eq(keel__zcrx_refill_add(&z, &f), 0);
+	}
+	f.off = 0;
+	cr_assert_eq(keel__zcrx_refill_add(&z, &f), -ENOBUFS);
+	cr_assert_eq(keel__zcrx_refill_publish(&z), 5);
+	*z.rq_head = 4; /* the kernel took four */
+	for (uint32_t i = 0; i < 4; i++) {
+		f.off = (uint64_t)(20 + i) * 4096;
+		f.len = 7;
+		cr_assert_eq(keel__zcrx_refill_add(&z, &f), 0);
+	}
+	cr_assert_eq(keel__zcrx_refill_add(&z, &f), -ENOBUFS);
+	cr_assert_eq(keel__zcrx_refill_publish(&z), 4);
+	cr_assert_eq(*z.rq_tail, 12);
+	/* Wrapped: entries 8..11 sit in slots 0..3. */
+	for (uint32_t i = 0; i < 4; i++)
+		cr_assert_eq(z.rqes[i].off, AREA_ID2 | ((uint64_t)(20 + i) * 4096), "slot %u", i);
+	cr_assert_eq(z.rqes[4].off, AREA_ID2 | (4ULL * 4096)); /* not overwritten */
+}
