@@ -163,6 +163,10 @@ keel__net_shard_get(struct net_shard **out)
 		}
 		ns->files = true;
 	}
+	/* Before the buffer ring: a failed --zcrx on then unwinds nothing but the file table. */
+	r = keel__zcrx_setup(ns); /* --zcrx on: fails with the reason and the fix */
+	if (r < 0)
+		goto err;
 	ns->scratch = calloc(ns->cfg.buf_count, sizeof(*ns->scratch));
 	if (!ns->scratch) {
 		r = -ENOMEM;
@@ -170,9 +174,6 @@ keel__net_shard_get(struct net_shard **out)
 	}
 	r = keel__pbuf_init_window(ns, &ns->tcp, 0, ns->cfg.buf_count, ns->cfg.buf_size, ns->f_inc,
 				   NET_RX_WINDOW);
-	if (r < 0)
-		goto err;
-	r = keel__zcrx_setup(ns); /* --zcrx on: fails with the reason and the fix */
 	if (r < 0)
 		goto err;
 	r = keel_shard_on_stop(on_stop, ns);
