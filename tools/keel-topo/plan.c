@@ -243,7 +243,8 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 			    "ethtool", "-N", ifn, "flow-type", "tcp4", "dst-port", port, "context",
 			    PLAN_CTX_ARG, (char *)NULL);
 			cmd(out, max, &n, PLAN_RUN, "the same for IPv6", "ethtool", "-N", ifn,
-			    "flow-type", "tcp6", "dst-port", port, "context", PLAN_CTX_ARG, (char *)NULL);
+			    "flow-type", "tcp6", "dst-port", port, "context", PLAN_CTX_ARG,
+			    (char *)NULL);
 		}
 	}
 
