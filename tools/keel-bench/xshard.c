@@ -374,8 +374,7 @@ run_baseline(struct base *b, int mode, struct samples *smp, uint64_t *count, uin
 			bq_push(&b->q01, t);
 			while (bq_pop(&b->q10, &it, 1, mode == 2) == 0)
 				;
-			/* Modes 1 and 2 always have samples (cppcheck follows mode 0's NULL here).
-			 */
+			/* Modes 1 and 2 pass samples; cppcheck follows mode 0's NULL. */
 			// cppcheck-suppress ctunullpointer
 			sample_add(smp, bench_now_ns() - t);
 			if (mode == 2) {
