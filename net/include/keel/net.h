@@ -132,6 +132,10 @@ struct keel_listen_opts {
 	 * program is attached when the last shard starts, and connections that arrive
 	 * before that are placed by the kernel's hash. */
 	const struct keel_runtime *rt;
+	/* The most connections a shard keeps open (all of its connections count, inbound and
+	 * outbound); one accepted beyond it is closed at once and counted in over_limit, so a
+	 * flood of peers costs a descriptor for a moment, never the shard. 0: no limit. */
+	uint32_t max_conns;
 };
 
 /**
@@ -175,6 +179,7 @@ struct keel_listener_stats {
 	uint64_t napi_mismatch; /* SO_INCOMING_NAPI_ID differs from the shard's first one */
 	uint64_t unverified;    /* the incoming CPU could not be read */
 	uint64_t accept_errors; /* EMFILE/ENFILE/ENOMEM and other accept failures */
+	uint64_t over_limit;    /* accepted beyond max_conns and closed at once */
 };
 
 /**
