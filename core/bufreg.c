@@ -346,6 +346,28 @@ keel_shard_bufs_registered(void)
 	return br->enabled && !br->failed;
 }
 
+/* Slot @idx registered (now, on its first use) for a fixed-buffer operation at @off:
+ * *index and *offset, or -ENOMEM when the region's registration failed earlier. */
+static int
+slot_ready(struct keel_shard *s, struct keel__bufreg *br, unsigned idx, uint64_t off,
+	   unsigned *index, uint64_t *offset)
+{
+	switch (br->slots[idx]) {
+	case SLOT_REGISTERED:
+		break;
+	case SLOT_FAILED:
+		return -ENOMEM;
+	default: {
+		int r = register_slot(s, idx);
+		if (r < 0)
+			return r;
+	}
+	}
+	*index = idx;
+	*offset = off;
+	return 0;
+}
+
 int
 keel_buf_fixed(const struct keel_slice *sl, unsigned *index, uint64_t *offset)
 {
@@ -367,20 +389,7 @@ keel_buf_fixed(const struct keel_slice *sl, unsigned *index, uint64_t *offset)
 	off += (uint64_t)(sl->data - (uint8_t *)keel_buf_base(sl->buf));
 	if (idx >= br->nslots)
 		return -ERANGE;
-	switch (br->slots[idx]) {
-	case SLOT_REGISTERED:
-		break;
-	case SLOT_FAILED:
-		return -ENOMEM;
-	default: {
-		int r = register_slot(s, idx);
-		if (r < 0)
-			return r;
-	}
-	}
-	*index = idx;
-	*offset = off;
-	return 0;
+	return slot_ready(s, br, idx, off, index, offset);
 }
 
 int
@@ -419,18 +428,5 @@ keel__bufreg_fixed_mem(struct keel_shard *s, const void *p, size_t len, unsigned
 		return -ENOENT;
 	if (off + len > rlen || idx >= br->nslots)
 		return -ERANGE;
-	switch (br->slots[idx]) {
-	case SLOT_REGISTERED:
-		break;
-	case SLOT_FAILED:
-		return -ENOMEM;
-	default: {
-		int r = register_slot(s, idx);
-		if (r < 0)
-			return r;
-	}
-	}
-	*index = idx;
-	*offset = off;
-	return 0;
+	return slot_ready(s, br, idx, off, index, offset);
 }

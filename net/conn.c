@@ -30,6 +30,7 @@
 
 struct keel_conn {
 	struct net_shard *ns;
+	const struct keel_net_config *cfg; /* the listener's, or the shard's */
 	const struct keel_conn_ops *ops;
 	void *app, *user;
 	int fd;
@@ -59,12 +60,15 @@ struct keel_conn {
 	struct keel_timer *close_timer; /* bounds a graceful close (close_timeout_ns) */
 	struct keel_slice *q;
 	uint32_t qhead, qn, qcap, qoff;
+	bool wopen; /* the last queued slice is a write buffer (keel_conn_write) with room */
 	uint64_t queued, offered;
 	uint32_t low, high;
 	struct iovec iov[NET_IOV_MAX];
 	struct msghdr msg;
-	struct sockaddr_storage peer;
-	socklen_t peerlen;
+	struct sockaddr_storage peer, local; /* read when it opened (keel__conn_accepted) */
+	socklen_t peerlen, locallen;
+	int addr_err;           /* why they could not be read: what keel_conn_*_addr return */
+	struct keel_op addr_op; /* the descriptor's regular copy, to read them (direct) */
 	struct __kernel_timespec ts;
 };
 
@@ -425,6 +429,7 @@ drop_queue(struct keel_conn *c)
 	}
 	c->qoff = 0;
 	c->queued = 0;
+	c->wopen = false;
 }
 
 static void
@@ -444,6 +449,8 @@ consume(struct keel_conn *c, uint32_t res)
 			c->qhead = (c->qhead + 1) % c->qcap;
 			c->qn--;
 			c->qoff = 0;
+			if (!c->qn)
+				c->wopen = false; /* the write buffer was the tail */
 		} else {
 			c->qoff += res;
 			c->queued -= res;
@@ -528,7 +535,7 @@ zc_send(struct keel_conn *c, struct keel_slice *s, uint32_t off, uint32_t len)
 	unsigned idx;
 	uint64_t boff;
 
-	if (!ns->f_zc || len < ns->cfg.zc_threshold || keel__net_fixed(ns, s, &idx, &boff) < 0)
+	if (!ns->f_zc || len < c->cfg->zc_threshold || keel__net_fixed(ns, s, &idx, &boff) < 0)
 		return false;
 	z = calloc(1, sizeof(*z));
 	if (!z)
@@ -603,7 +610,7 @@ send_kick(struct keel_conn *c)
 		uint32_t off = i == 0 ? c->qoff : 0;
 
 		/* A large slice goes on its own, with SEND_ZC. */
-		if (i > 0 && ns->f_zc && s->len >= ns->cfg.zc_threshold)
+		if (i > 0 && ns->f_zc && s->len >= c->cfg->zc_threshold)
 			break;
 		c->iov[n].iov_base = s->data + off;
 		c->iov[n].iov_len = s->len - off;
@@ -653,29 +660,34 @@ flush_later(struct keel_conn *c)
 	c->nops++;
 }
 
-int
-keel_conn_send(struct keel_conn *c, struct keel_slice *s)
+/* Room in the queue for @extra more slices. Returns: 0 or -ENOMEM. */
+static int
+q_reserve(struct keel_conn *c, uint32_t extra)
 {
-	if (!s || !s->len)
-		return -EINVAL;
-	if (c->closing || c->flush_close || c->shut_pending)
-		return -EPIPE;
-	if (c->qn == c->qcap) {
-		uint32_t ncap = c->qcap ? c->qcap * 2 : 16;
-		struct keel_slice *nq = malloc(ncap * sizeof(*nq));
-		if (!nq)
-			return -ENOMEM;
-		for (uint32_t i = 0; i < c->qn; i++)
-			nq[i] = c->q[(c->qhead + i) % c->qcap];
-		free(c->q);
-		c->q = nq;
-		c->qhead = 0;
-		c->qcap = ncap;
-	}
-	c->q[(c->qhead + c->qn) % c->qcap] = *s;
-	c->qn++;
-	c->queued += s->len;
-	memset(s, 0, sizeof(*s));
+	uint32_t ncap = c->qcap ? c->qcap : 16;
+	struct keel_slice *nq;
+
+	if (c->qn + extra <= c->qcap)
+		return 0;
+	while (ncap < c->qn + extra)
+		ncap *= 2;
+	nq = malloc(ncap * sizeof(*nq));
+	if (!nq)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < c->qn; i++)
+		nq[i] = c->q[(c->qhead + i) % c->qcap];
+	free(c->q);
+	c->q = nq;
+	c->qhead = 0;
+	c->qcap = ncap;
+	return 0;
+}
+
+/* @bytes were added to the queue: flush at the end of the pass, and the high watermark. */
+static int
+queued_more(struct keel_conn *c, uint64_t bytes)
+{
+	c->queued += bytes;
 	if (c->open)
 		flush_later(c);
 	if (c->queued > c->high) {
@@ -688,6 +700,133 @@ keel_conn_send(struct keel_conn *c, struct keel_slice *s)
 		return 1;
 	}
 	return 0;
+}
+
+int
+keel_conn_send(struct keel_conn *c, struct keel_slice *s)
+{
+	if (!s || !s->len)
+		return -EINVAL;
+	if (c->closing || c->flush_close || c->shut_pending)
+		return -EPIPE;
+	if (q_reserve(c, 1) < 0)
+		return -ENOMEM;
+	c->q[(c->qhead + c->qn) % c->qcap] = *s;
+	c->qn++;
+	c->wopen = false;
+	uint64_t len = s->len;
+	memset(s, 0, sizeof(*s));
+	return queued_more(c, len);
+}
+
+/* Room left in the write buffer at the tail of the queue. Bytes appended there past the
+ * slice's length are not part of any send in flight (a send offers only up to the length
+ * it saw), and nobody else holds the buffer, so growing the slice is safe. */
+static size_t
+wtail_room(const struct keel_conn *c)
+{
+	const struct keel_slice *t;
+
+	if (!c->wopen || !c->qn)
+		return 0;
+	t = &c->q[(c->qhead + c->qn - 1) % c->qcap];
+	return (size_t)((uint8_t *)keel_buf_base(t->buf) + keel_buf_cap(t->buf) -
+			(t->data + t->len));
+}
+
+int
+keel_conn_writev(struct keel_conn *c, const struct iovec *iov, unsigned n)
+{
+	struct keel_alloc *a = keel_shard_alloc();
+	size_t total = 0, room, need, chunk;
+	uint32_t nbufs = 0, first;
+	size_t copied = 0;
+	struct keel_slice *tail = NULL;
+	unsigned part = 0;
+	size_t poff = 0;
+
+	if (!iov || !n)
+		return -EINVAL;
+	for (unsigned i = 0; i < n; i++) {
+		if (iov[i].iov_len && !iov[i].iov_base)
+			return -EINVAL;
+		total += iov[i].iov_len;
+	}
+	if (!total)
+		return -EINVAL;
+	if (c->closing || c->flush_close || c->shut_pending)
+		return -EPIPE;
+	if (!a)
+		return -EPERM;
+	chunk = KEEL_NET_WRITE_CHUNK;
+	if (keel_alloc_buf_max(a) < chunk)
+		chunk = (size_t)keel_alloc_buf_max(a);
+	room = wtail_room(c);
+	need = total > room ? total - room : 0;
+	nbufs = (uint32_t)((need + chunk - 1) / chunk);
+	if (q_reserve(c, nbufs) < 0)
+		return -ENOMEM;
+	/* Every buffer first, into the slots past the queue's end: on failure nothing was
+	 * queued. */
+	first = c->qn;
+	for (uint32_t i = 0; i < nbufs; i++) {
+		size_t want = need - (size_t)i * chunk < chunk ? need - (size_t)i * chunk : chunk;
+		struct keel_slice *s = &c->q[(c->qhead + first + i) % c->qcap];
+
+		/* A small write gets a buffer with room for the next few to join it. */
+		if (want < 4096)
+			want = 4096 < chunk ? 4096 : chunk;
+		if (keel_buf_alloc(a, want, s) < 0) {
+			while (i--)
+				keel_slice_put(&c->q[(c->qhead + first + i) % c->qcap]);
+			return -ENOMEM;
+		}
+		s->len = 0;
+	}
+	if (room) {
+		tail = &c->q[(c->qhead + c->qn - 1) % c->qcap];
+	}
+	/* Copy: the tail's room first, then each new buffer its planned share (the
+	 * allocator may have rounded the buffer up; the rest is room for the next write). */
+	for (uint32_t b = 0; b <= nbufs; b++) {
+		struct keel_slice *s = b == 0 ? tail : &c->q[(c->qhead + first + b - 1) % c->qcap];
+		size_t cap = b == 0 ? room : need - (size_t)(b - 1) * chunk;
+
+		if (!s)
+			continue;
+		if (b > 0 && cap > chunk)
+			cap = chunk;
+		while (cap && part < n) {
+			size_t k = iov[part].iov_len - poff;
+
+			if (k > cap)
+				k = cap;
+			memcpy(s->data + s->len, (const uint8_t *)iov[part].iov_base + poff, k);
+			s->len += (uint32_t)k;
+			copied += k;
+			cap -= k;
+			poff += k;
+			if (poff == iov[part].iov_len) {
+				part++;
+				poff = 0;
+			}
+		}
+	}
+	net_verify(copied == total);
+	c->qn += nbufs;
+	if (nbufs)
+		c->wopen = true;
+	return queued_more(c, total);
+}
+
+int
+keel_conn_write(struct keel_conn *c, const void *data, size_t len)
+{
+	struct iovec iov = { (void *)data, len };
+
+	if (!data || !len)
+		return -EINVAL;
+	return keel_conn_writev(c, &iov, 1);
 }
 
 int
@@ -723,9 +862,9 @@ keel_conn_close(struct keel_conn *c)
 	flush_later(c);
 	/* Without a timer the close waits as long as the peer does not read. If none can be
 	 * made (ENOMEM), it waits: the runtime's stop still aborts it. */
-	if (!c->closing && c->ns->cfg.close_timeout_ns &&
+	if (!c->closing && c->cfg->close_timeout_ns &&
 	    keel_timer_create(close_timeout_cb, c, &c->close_timer) == 0)
-		keel_timer_start(c->close_timer, c->ns->cfg.close_timeout_ns, 0);
+		keel_timer_start(c->close_timer, c->cfg->close_timeout_ns, 0);
 }
 
 void
@@ -932,10 +1071,85 @@ conn_check(struct keel_conn *c)
 
 static void connect_cb(struct keel_op *op, int res, uint32_t flags);
 static void tmo_cb(struct keel_op *op, int res, uint32_t flags);
+static void addr_cb(struct keel_op *op, int res, uint32_t flags);
+
+/* Read both addresses from @fd, a plain descriptor of the socket. */
+static void
+read_names(struct keel_conn *c, int fd)
+{
+	socklen_t pl = sizeof(c->peer), ll = sizeof(c->local);
+
+	if (!c->peerlen) {
+		if (getpeername(fd, (struct sockaddr *)&c->peer, &pl) < 0) {
+			c->addr_err = -errno;
+			return;
+		}
+		c->peerlen = pl;
+	}
+	if (getsockname(fd, (struct sockaddr *)&c->local, &ll) < 0) {
+		c->addr_err = -errno;
+		c->peerlen = 0;
+		return;
+	}
+	c->locallen = ll;
+	c->addr_err = 0;
+}
+
+void
+keel__conn_accepted(struct keel_conn *c, bool addrs)
+{
+	struct io_uring_sqe *sqe;
+
+	if (!addrs) {
+		c->addr_err = -ENODATA;
+	} else if (!c->direct) {
+		read_names(c, c->fd);
+	} else if ((sqe = keel_sqe_get())) {
+		/* A direct descriptor has no getpeername: install a regular copy of it
+		 * (IORING_OP_FIXED_FD_INSTALL, Linux 6.8), read both names, close the copy.
+		 * on_open waits for it, so the addresses are there from on_open on. */
+		io_uring_prep_rw(KEEL_IORING_OP_FIXED_FD_INSTALL, sqe, c->fd, NULL, 0, 0);
+		sqe->flags |= IOSQE_FIXED_FILE;
+		keel_sqe_bind(sqe, &c->addr_op);
+		c->nops++;
+		return;
+	} else {
+		c->addr_err = -EBUSY;
+	}
+	keel__conn_opened(c);
+}
+
+static void
+addr_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	static _Thread_local bool logged;
+	struct keel_conn *c = container_of(op, struct keel_conn, addr_op);
+
+	c->nops--;
+	if (res >= 0) {
+		read_names(c, res);
+		close(res);
+	} else {
+		c->addr_err = res == -EINVAL ? -EOPNOTSUPP : res;
+		if (!logged && res != -ECANCELED) {
+			logged = true;
+			keel_log(KEEL_LOG_WARN, NET_MOD,
+				 "shard %u: the addresses of an accepted direct descriptor cannot "
+				 "be read (%s): it needs Linux 6.8 (IORING_OP_FIXED_FD_INSTALL); "
+				 "upgrade, or use --feature direct_fd=off",
+				 c->ns->id, strerror(-res));
+		}
+	}
+	if (c->closing) {
+		conn_check(c);
+		return;
+	}
+	keel__conn_opened(c);
+}
 
 struct keel_conn *
 keel__conn_new(struct net_shard *ns, int fd, bool direct, const struct keel_conn_ops *ops,
-	       void *app)
+	       void *app, const struct keel_net_config *cfg)
 {
 	struct keel_conn *c = calloc(1, sizeof(*c));
 
@@ -946,8 +1160,9 @@ keel__conn_new(struct net_shard *ns, int fd, bool direct, const struct keel_conn
 	c->app = app;
 	c->fd = fd;
 	c->direct = direct;
-	c->low = ns->cfg.low_watermark;
-	c->high = ns->cfg.high_watermark;
+	c->cfg = cfg ? cfg : &ns->cfg;
+	c->low = c->cfg->low_watermark;
+	c->high = c->cfg->high_watermark;
 	c->recv_op.fn = recv_cb;
 	c->rcancel_op.fn = rcancel_cb;
 	c->send_op.fn = send_cb;
@@ -956,6 +1171,7 @@ keel__conn_new(struct net_shard *ns, int fd, bool direct, const struct keel_conn
 	c->connect_op.fn = connect_cb;
 	c->tmo_op.fn = tmo_cb;
 	c->close_op.fn = close_cb;
+	c->addr_op.fn = addr_cb;
 	c->next = ns->conns;
 	if (c->next)
 		c->next->prev = c;
@@ -1002,6 +1218,7 @@ connect_cb(struct keel_op *op, int res, uint32_t flags)
 	c->nops--;
 	if (!c->closing) {
 		if (res == 0) {
+			read_names(c, c->fd);
 			keel__conn_opened(c);
 			return;
 		}
@@ -1058,16 +1275,35 @@ int
 keel_conn_connect(const char *addr, uint16_t port, uint64_t timeout_ns,
 		  const struct keel_conn_ops *ops, void *app, struct keel_conn **out)
 {
+	struct sockaddr_storage ss;
+	socklen_t len;
+	int r;
+
+	/* Literals only: a name would need the resolver, which blocks (keel_net_resolve
+	 * before the run, then keel_conn_connect_addr). */
+	r = keel_net_addr_parse(addr, port, &ss, &len);
+	if (r < 0)
+		return r;
+	return keel_conn_connect_addr((const struct sockaddr *)&ss, len, timeout_ns, ops, app, out);
+}
+
+int
+keel_conn_connect_addr(const struct sockaddr *sa, socklen_t salen, uint64_t timeout_ns,
+		       const struct keel_conn_ops *ops, void *app, struct keel_conn **out)
+{
 	struct net_shard *ns;
 	struct keel_conn *c;
 	struct io_uring_sqe *sqe;
 	struct sockaddr_storage ss;
-	socklen_t len;
+	socklen_t len = salen;
 	int fd, r;
 
-	r = keel_net_addr_parse(addr, port, &ss, &len);
-	if (r < 0)
-		return r;
+	if (!sa || !ops || !ops->on_data || !ops->on_close || !out || salen > sizeof(ss) ||
+	    salen < sizeof(sa_family_t) ||
+	    (sa->sa_family != AF_INET && sa->sa_family != AF_INET6 && sa->sa_family != AF_UNIX))
+		return -EINVAL;
+	memset(&ss, 0, sizeof(ss));
+	memcpy(&ss, sa, salen);
 	r = keel__net_shard_get(&ns);
 	if (r < 0)
 		return r;
@@ -1079,12 +1315,12 @@ keel_conn_connect(const char *addr, uint16_t port, uint64_t timeout_ns,
 		keel_log(KEEL_LOG_ERROR, NET_MOD, "socket: %s", strerror(-r));
 		return r;
 	}
-	if (keel__net_cfg()->nodelay) {
+	if (ns->cfg.nodelay && ss.ss_family != AF_UNIX) {
 		int one = 1;
 		if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
 			keel_log(KEEL_LOG_WARN, NET_MOD, "TCP_NODELAY: %s", strerror(errno));
 	}
-	c = keel__conn_new(ns, fd, false, ops, app);
+	c = keel__conn_new(ns, fd, false, ops, app, NULL);
 	if (!c) {
 		close(fd);
 		return -ENOMEM;
@@ -1167,4 +1403,63 @@ void *
 keel_conn_app(const struct keel_conn *c)
 {
 	return c->app;
+}
+
+static int
+addr_copy(const struct keel_conn *c, const struct sockaddr_storage *a, socklen_t alen,
+	  struct sockaddr_storage *out, socklen_t *len)
+{
+	if (!out)
+		return -EINVAL;
+	if (!alen)
+		return c->addr_err ? c->addr_err : -ENOTCONN;
+	memset(out, 0, sizeof(*out));
+	memcpy(out, a, alen);
+	if (len)
+		*len = alen;
+	return 0;
+}
+
+int
+keel_conn_peer_addr(const struct keel_conn *c, struct sockaddr_storage *out, socklen_t *len)
+{
+	return addr_copy(c, &c->peer, c->peerlen, out, len);
+}
+
+int
+keel_conn_local_addr(const struct keel_conn *c, struct sockaddr_storage *out, socklen_t *len)
+{
+	return addr_copy(c, &c->local, c->locallen, out, len);
+}
+
+int
+keel__conn_fd(const struct keel_conn *c, bool *direct)
+{
+	*direct = c->direct;
+	return c->fd;
+}
+
+bool
+keel__conn_closing(const struct keel_conn *c)
+{
+	return c->closing || c->flush_close || c->fd_released;
+}
+
+struct net_shard *
+keel__conn_shard(const struct keel_conn *c)
+{
+	return c->ns;
+}
+
+void
+keel__conn_hold(struct keel_conn *c)
+{
+	c->nops++;
+}
+
+void
+keel__conn_unhold(struct keel_conn *c)
+{
+	c->nops--;
+	conn_check(c);
 }

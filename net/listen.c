@@ -10,10 +10,13 @@
  * the accepting shard; mismatches are counted per shard.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/filter.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "net_internal.h"
@@ -21,8 +24,6 @@
 #ifndef SO_INCOMING_NAPI_ID
 #define SO_INCOMING_NAPI_ID 56
 #endif
-/* uring_cmd socket operations (Linux 6.7; liburing 2.3 has no names for them). */
-#define KEEL_SOCKET_URING_OP_GETSOCKOPT 2
 
 struct lstats {
 	_Atomic uint64_t accepted, cpu_mismatch, napi_mismatch, unverified, accept_errors;
@@ -48,6 +49,13 @@ struct keel_listener {
 	unsigned n;
 	uint16_t port;
 	enum keel_steer steer;
+	bool no_addrs;
+	bool unix_sock;  /* AF_UNIX: one socket, shared by the shards (no reuseport) */
+	char *unix_path; /* the path keel bound (created), unlinked at destroy */
+	dev_t unix_dev;  /* ... and the inode it got, so only that file is unlinked */
+	ino_t unix_ino;
+	bool has_cfg;               /* opts.net was given: cfg is this listener's */
+	struct keel_net_config cfg; /* settings of the listener and its connections */
 	unsigned *queue_shard;
 	unsigned nqueues;
 	_Atomic unsigned started;
@@ -82,6 +90,62 @@ keel_steer_name(enum keel_steer s)
 
 static int steer_attach(struct keel_listener *l);
 
+/* A Unix domain listener: reuseport groups are for IP sockets, so there is one socket;
+ * each shard accepts on its own duplicate of it, and the kernel gives each connection to
+ * one of the accepts waiting (no steering). A path is created by bind (an existing one
+ * is EADDRINUSE: keel never removes a file it did not make) and unlinked at destroy. */
+static int
+unix_listen(struct keel_listener *l, const struct keel_listen_opts *o,
+	    const struct sockaddr_storage *ss, socklen_t len)
+{
+	const struct sockaddr_un *u = (const struct sockaddr_un *)ss;
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), r;
+	struct stat st;
+
+	if (fd < 0) {
+		r = -errno;
+		keel_log(KEEL_LOG_ERROR, NET_MOD, "socket(AF_UNIX): %s", strerror(-r));
+		return r;
+	}
+	l->parts[0].fd = fd;
+	l->unix_sock = true;
+	l->attached = true; /* nothing to steer */
+	if (bind(fd, (const struct sockaddr *)ss, len) < 0) {
+		r = -errno;
+		keel_log(KEEL_LOG_ERROR, NET_MOD, "bind %s: %s%s", o->addr, strerror(-r),
+			 r == -EADDRINUSE ? " (the name is taken; for a path left behind by a "
+					    "program that ended, remove the file)"
+					  : "");
+		return r;
+	}
+	if (u->sun_path[0]) {
+		l->unix_path = strdup(u->sun_path);
+		if (!l->unix_path || stat(u->sun_path, &st) < 0) {
+			r = l->unix_path ? -errno : -ENOMEM;
+			if (!l->unix_path)
+				unlink(u->sun_path);
+			return r;
+		}
+		l->unix_dev = st.st_dev;
+		l->unix_ino = st.st_ino;
+	}
+	if (listen(fd, o->backlog ? o->backlog : 4096) < 0) {
+		r = -errno;
+		keel_log(KEEL_LOG_ERROR, NET_MOD, "listen %s: %s", o->addr, strerror(-r));
+		return r;
+	}
+	for (unsigned i = 1; i < l->n; i++) {
+		l->parts[i].fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+		if (l->parts[i].fd < 0) {
+			r = -errno;
+			keel_log(KEEL_LOG_ERROR, NET_MOD, "dup of the Unix listener: %s",
+				 strerror(-r));
+			return r;
+		}
+	}
+	return 0;
+}
+
 int
 keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 		     const struct keel_conn_ops *ops, void *app, struct keel_listener **out)
@@ -93,7 +157,9 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 
 	if (!nshards || nshards > KEEL_MAX_SHARDS || !ops || !ops->on_data || !ops->on_close)
 		return -EINVAL;
-	r = keel_net_addr_parse(o->addr, o->port, &ss, &len);
+	/* A host name is resolved here, on the thread setting up (never on a shard's loop:
+	 * keel_net_resolve refuses there). */
+	r = keel_net_resolve(o->addr ? o->addr : "0.0.0.0", o->port, AF_UNSPEC, &ss, &len);
 	if (r < 0)
 		return r;
 	l = calloc(1, sizeof(*l));
@@ -104,6 +170,20 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 	l->n = nshards;
 	l->steer = o->steer;
 	l->max_conns = o->max_conns;
+	l->no_addrs = o->no_addrs;
+	if (o->net) {
+		if (keel__net_config_check(o->net) < 0) {
+			keel_log(KEEL_LOG_ERROR, NET_MOD,
+				 "keel_listen_opts.net is not a valid configuration (see "
+				 "keel_net_config_set)");
+			r = -EINVAL;
+			goto err;
+		}
+		l->cfg = *o->net;
+		l->has_cfg = true;
+	} else {
+		l->cfg = *keel__net_cfg();
+	}
 	l->cpus = calloc(nshards, sizeof(*l->cpus));
 	l->parts = calloc(nshards, sizeof(*l->parts));
 	l->stats = calloc(nshards, sizeof(*l->stats));
@@ -122,6 +202,13 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 	}
 	for (unsigned i = 0; i < nshards; i++)
 		l->parts[i].fd = -1;
+	if (ss.ss_family == AF_UNIX) {
+		r = unix_listen(l, o, &ss, len);
+		if (r < 0)
+			goto err;
+		*out = l;
+		return 0;
+	}
 	/* Bound in shard order, none listening yet: a TCP socket joins the reuseport group
 	 * when it listens, in that order, so socket i is index i of the group. */
 	for (unsigned i = 0; i < nshards; i++) {
@@ -135,7 +222,7 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 		/* Accepted sockets inherit TCP_NODELAY from the listener, so direct descriptors
 		 * (which setsockopt cannot reach) get it too. */
-		if (keel__net_cfg()->nodelay &&
+		if (l->cfg.nodelay &&
 		    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
 			keel_log(KEEL_LOG_WARN, NET_MOD, "TCP_NODELAY: %s", strerror(errno));
 		if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) {
@@ -298,20 +385,7 @@ verify_submit(struct keel__lshard *ls, int fd, bool direct, int optname)
 	v->ns = ls->ns;
 	v->optname = optname;
 	keel__net_ref(ls->ns);
-	/* struct io_uring_sqe of 6.7: cmd_op at 8, level/optname at 16, optlen at 44,
-	 * optval at 48; liburing 2.3 lacks the names. */
-	io_uring_prep_rw(IORING_OP_URING_CMD, sqe, fd, NULL, 0, 0);
-	{
-		uint8_t *b = (uint8_t *)sqe;
-		uint32_t cmd_op = KEEL_SOCKET_URING_OP_GETSOCKOPT, level = SOL_SOCKET,
-			 name = (uint32_t)optname, optlen = sizeof(v->val);
-		uint64_t optval = (uint64_t)(uintptr_t)&v->val;
-		memcpy(b + 8, &cmd_op, 4);
-		memcpy(b + 16, &level, 4);
-		memcpy(b + 20, &name, 4);
-		memcpy(b + 44, &optlen, 4);
-		memcpy(b + 48, &optval, 8);
-	}
+	keel__sqe_sockopt(sqe, fd, true, SOL_SOCKET, optname, &v->val, sizeof(v->val));
 	sqe->flags |= IOSQE_FIXED_FILE;
 	keel_sqe_bind(sqe, &v->op);
 }
@@ -345,6 +419,13 @@ lshard_close(struct keel__lshard *ls)
 	}
 }
 
+/* The listener's configuration, or the shard's when it was created without one. */
+static const struct keel_net_config *
+lcfg(const struct keel_listener *l, const struct net_shard *ns)
+{
+	return l->has_cfg ? &l->cfg : &ns->cfg;
+}
+
 static void
 accept_cb(struct keel_op *op, int res, uint32_t flags)
 {
@@ -376,12 +457,15 @@ accept_cb(struct keel_op *op, int res, uint32_t flags)
 				close(res);
 			}
 		} else {
-			struct keel_conn *c = keel__conn_new(ns, res, direct, &l->ops, l->app);
+			struct keel_conn *c = keel__conn_new(ns, res, direct, &l->ops, l->app,
+							     l->has_cfg ? &l->cfg : NULL);
 			STAT_INC(l, ls->shard, accepted);
-			verify_submit(ls, res, direct, SO_INCOMING_CPU);
-			verify_submit(ls, res, direct, SO_INCOMING_NAPI_ID);
+			if (!l->unix_sock) {
+				verify_submit(ls, res, direct, SO_INCOMING_CPU);
+				verify_submit(ls, res, direct, SO_INCOMING_NAPI_ID);
+			}
 			if (c)
-				keel__conn_opened(c);
+				keel__conn_accepted(c, !l->no_addrs);
 			else if (direct) {
 				int m1 = -1;
 				io_uring_register_files_update(keel_shard_ring_get(), (unsigned)res,
@@ -397,14 +481,14 @@ accept_cb(struct keel_op *op, int res, uint32_t flags)
 			keel_log(KEEL_LOG_WARN, NET_MOD,
 				 "shard %u: accept failed: %s; pausing %llu ms%s", ls->shard,
 				 strerror(-res),
-				 (unsigned long long)KEEL_NS_TO_MS(ns->cfg.accept_backoff_ns),
+				 (unsigned long long)KEEL_NS_TO_MS(lcfg(l, ns)->accept_backoff_ns),
 				 res == -EMFILE || res == -ENFILE
 					 ? " (raise ulimit -n, or the direct-descriptor table "
 					   "max_files)"
 					 : "");
 		}
 		if (!ls->stopping && !ls->armed && ls->backoff) {
-			keel_timer_start(ls->backoff, ns->cfg.accept_backoff_ns, 0);
+			keel_timer_start(ls->backoff, lcfg(l, ns)->accept_backoff_ns, 0);
 			return;
 		}
 	}
@@ -456,9 +540,18 @@ keel_listener_start(struct keel_listener *l)
 	id = keel_shard_id(sh);
 	if (id >= l->n || l->parts[id].started)
 		return -EINVAL;
-	r = keel__net_shard_get(&ns);
+	r = keel__net_shard_get_cfg(l->has_cfg ? &l->cfg : NULL, &ns);
 	if (r < 0)
 		return r;
+	if (l->has_cfg && !keel__net_config_shard_equal(&l->cfg, &ns->cfg)) {
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "shard %u: the listener's configuration (keel_listen_opts.net) has other "
+			 "buffer ring or file table sizes (buf_size, buf_count, max_files, udp_*) "
+			 "than this shard's network state was made with; use the same ones, or "
+			 "start this listener first",
+			 id);
+		return -EINVAL;
+	}
 	ls = &l->parts[id];
 	r = keel_timer_create(backoff_cb, ls, &ls->backoff);
 	if (r < 0)
@@ -506,6 +599,14 @@ keel_listener_destroy(struct keel_listener *l)
 		for (unsigned i = 0; i < l->n; i++)
 			if (l->parts[i].fd >= 0)
 				close(l->parts[i].fd);
+	if (l->unix_path) {
+		struct stat st;
+		/* Only the socket keel made: not a file someone put there since. */
+		if (stat(l->unix_path, &st) == 0 && st.st_dev == l->unix_dev &&
+		    st.st_ino == l->unix_ino)
+			unlink(l->unix_path);
+		free(l->unix_path);
+	}
 	free(l->parts);
 	free(l->cpus);
 	free(l->stats);

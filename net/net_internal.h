@@ -85,6 +85,12 @@ struct net_shard {
 
 /* shard.c */
 int keel__net_shard_get(struct net_shard **out);
+/* The same; when the state is made now, with @cfg (NULL: the process default). */
+int keel__net_shard_get_cfg(const struct keel_net_config *cfg, struct net_shard **out);
+/* 0, or -EINVAL for a configuration keel_net_config_set() would refuse. */
+int keel__net_config_check(const struct keel_net_config *c);
+/* The fields the shard's state is made with (buffer rings, file table) are equal. */
+bool keel__net_config_shard_equal(const struct keel_net_config *a, const struct keel_net_config *b);
 struct net_shard *keel__net_shard_cur(void);
 void keel__net_ref(struct net_shard *ns);
 void keel__net_unref(struct net_shard *ns);
@@ -120,11 +126,28 @@ bool keel__pbuf_owns(const struct pbuf_ring *r, const void *p, const struct keel
 extern _Atomic unsigned keel__pbuf_fail_wraps;
 
 /* conn.c */
+/* @cfg: the connection settings (watermarks, close timeout, SEND_ZC threshold); NULL: the
+ * shard's. Must outlive the connection. */
 struct keel_conn *keel__conn_new(struct net_shard *ns, int fd, bool direct,
-				 const struct keel_conn_ops *ops, void *app);
+				 const struct keel_conn_ops *ops, void *app,
+				 const struct keel_net_config *cfg);
 void keel__conn_opened(struct keel_conn *c);
+/* An accepted connection: read its addresses (unless !@addrs), then open it (on_open). */
+void keel__conn_accepted(struct keel_conn *c, bool addrs);
 void keel__conn_starved_kick(struct net_shard *ns);
 void keel__conns_stop(struct net_shard *ns);
+
+/* The descriptor (*direct: a direct one), whether the application closed it, and a hold
+ * that keeps it (and on_close) waiting, for an operation of another file. */
+int keel__conn_fd(const struct keel_conn *c, bool *direct);
+bool keel__conn_closing(const struct keel_conn *c);
+struct net_shard *keel__conn_shard(const struct keel_conn *c);
+void keel__conn_hold(struct keel_conn *c);
+void keel__conn_unhold(struct keel_conn *c);
+
+/* sockopt.c: prepare @sqe as a uring_cmd SETSOCKOPT/GETSOCKOPT (Linux 6.7) on @fd. */
+void keel__sqe_sockopt(struct io_uring_sqe *sqe, int fd, bool get, int level, int name, void *val,
+		       uint32_t len);
 
 /* listen.c */
 void keel__listeners_stop(struct net_shard *ns);

@@ -8,9 +8,12 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <netdb.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 
 #include "net_internal.h"
 
@@ -49,7 +52,7 @@ keel_net_config_init(struct keel_net_config *c)
 }
 
 int
-keel_net_config_set(const struct keel_net_config *c)
+keel__net_config_check(const struct keel_net_config *c)
 {
 	if (!c || !c->buf_count || c->buf_count > 32768 || (c->buf_count & (c->buf_count - 1)) ||
 	    !c->buf_size || c->buf_size > (1u << 20) || c->low_watermark > c->high_watermark ||
@@ -57,8 +60,55 @@ keel_net_config_set(const struct keel_net_config *c)
 	    (c->udp_buf_count & (c->udp_buf_count - 1)) || !c->udp_buf_size ||
 	    c->udp_buf_size > 65536)
 		return -EINVAL;
+	return 0;
+}
+
+bool
+keel__net_config_shard_equal(const struct keel_net_config *a, const struct keel_net_config *b)
+{
+	return a->buf_size == b->buf_size && a->buf_count == b->buf_count &&
+	       a->max_files == b->max_files && a->udp_buf_count == b->udp_buf_count &&
+	       a->udp_buf_size == b->udp_buf_size;
+}
+
+int
+keel_net_config_set(const struct keel_net_config *c)
+{
+	if (keel__net_config_check(c) < 0)
+		return -EINVAL;
 	g_cfg = *c;
 	return 0;
+}
+
+int
+keel_net_config_get(struct keel_net_config *out)
+{
+	if (!out)
+		return -EINVAL;
+	*out = tl_ns ? tl_ns->cfg : g_cfg;
+	return 0;
+}
+
+static int shard_create(const struct keel_net_config *cfg, struct net_shard **out);
+
+int
+keel_net_shard_init(const struct keel_net_config *c)
+{
+	struct net_shard *ns;
+
+	if (keel__net_config_check(c) < 0)
+		return -EINVAL;
+	if (!keel_this_shard())
+		return -EPERM;
+	if (tl_ns) {
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "shard %u: keel_net_shard_init after the shard's network state was made "
+			 "(a listener started, a connect or a UDP endpoint came first): call it "
+			 "first, in on_start",
+			 tl_ns->id);
+		return -EBUSY;
+	}
+	return shard_create(c, &ns);
 }
 
 static void
@@ -124,11 +174,13 @@ keel__net_shard_cur(void)
 int
 keel__net_shard_get(struct net_shard **out)
 {
-	struct keel_shard *sh = keel_this_shard();
-	struct net_shard *ns;
-	int r;
+	return keel__net_shard_get_cfg(NULL, out);
+}
 
-	if (!sh)
+int
+keel__net_shard_get_cfg(const struct keel_net_config *cfg, struct net_shard **out)
+{
+	if (!keel_this_shard())
 		return -EPERM;
 	if (tl_ns) {
 		if (tl_ns->stopping)
@@ -136,12 +188,22 @@ keel__net_shard_get(struct net_shard **out)
 		*out = tl_ns;
 		return 0;
 	}
+	return shard_create(cfg ? cfg : &g_cfg, out);
+}
+
+static int
+shard_create(const struct keel_net_config *cfg, struct net_shard **out)
+{
+	struct keel_shard *sh = keel_this_shard();
+	struct net_shard *ns;
+	int r;
+
 	ns = calloc(1, sizeof(*ns));
 	if (!ns)
 		return -ENOMEM;
 	ns->id = keel_shard_id(sh);
 	ns->cpu = keel_shard_cpu(sh);
-	ns->cfg = g_cfg;
+	ns->cfg = *cfg;
 	ns->f_ms_accept = keel_feature_used(KEEL_FEAT_MULTISHOT_ACCEPT);
 	ns->f_ms_recv = keel_feature_used(KEEL_FEAT_MULTISHOT_RECV);
 	ns->f_bundle = keel_feature_used(KEEL_FEAT_RECV_BUNDLE);
@@ -218,6 +280,33 @@ keel_net_stats(const struct keel_shard *sh, struct keel_net_stats *out)
 	return 0;
 }
 
+/* "unix:/path" or "unix:@abstract" into a sockaddr_un. */
+static int
+unix_parse(const char *addr, struct sockaddr_storage *out, socklen_t *len)
+{
+	struct sockaddr_un *u = (struct sockaddr_un *)out;
+	const char *name = addr + 5;
+	size_t n = strlen(name);
+
+	if (!n || n >= sizeof(u->sun_path) || (name[0] == '@' && n < 2)) {
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "Unix socket address '%s': give unix:/path or unix:@abstract-name, at "
+			 "most %zu bytes after 'unix:'",
+			 addr, sizeof(u->sun_path) - 1);
+		return -EINVAL;
+	}
+	u->sun_family = AF_UNIX;
+	if (name[0] == '@') {
+		/* Abstract: a leading NUL, and the length says where the name ends. */
+		memcpy(u->sun_path + 1, name + 1, n - 1);
+		*len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
+	} else {
+		memcpy(u->sun_path, name, n + 1);
+		*len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+	}
+	return 0;
+}
+
 int
 keel_net_addr_parse(const char *addr, uint16_t port, struct sockaddr_storage *out, socklen_t *len)
 {
@@ -227,6 +316,8 @@ keel_net_addr_parse(const char *addr, uint16_t port, struct sockaddr_storage *ou
 	memset(out, 0, sizeof(*out));
 	if (!addr)
 		addr = "0.0.0.0";
+	if (!strncmp(addr, "unix:", 5))
+		return unix_parse(addr, out, len);
 	if (inet_pton(AF_INET, addr, &a4->sin_addr) == 1) {
 		a4->sin_family = AF_INET;
 		a4->sin_port = htons(port);
@@ -240,7 +331,65 @@ keel_net_addr_parse(const char *addr, uint16_t port, struct sockaddr_storage *ou
 		return 0;
 	}
 	keel_log(KEEL_LOG_ERROR, NET_MOD,
-		 "address '%s' does not parse: give an IPv4 (127.0.0.1) or IPv6 (::1) literal",
+		 "address '%s' does not parse: give an IPv4 (127.0.0.1) or IPv6 (::1) literal, "
+		 "or unix:/path or unix:@name (a host name: resolve it before the run with "
+		 "keel_net_resolve)",
 		 addr);
 	return -EINVAL;
+}
+
+int
+keel_net_resolve(const char *host, uint16_t port, int family, struct sockaddr_storage *out,
+		 socklen_t *len)
+{
+	struct addrinfo hints = { 0 }, *res = NULL;
+	struct keel_shard *sh = keel_this_shard();
+	socklen_t l;
+	int r;
+
+	if (!host || !*host || !out ||
+	    (family != AF_UNSPEC && family != AF_INET && family != AF_INET6))
+		return -EINVAL;
+	/* A literal (or unix:) needs no resolver: the same answer on any thread. So does
+	 * what can only be meant as one (digits and dots, or a colon: no host name looks
+	 * like that), which is refused as a bad literal, not sent to DNS. */
+	if (!strncmp(host, "unix:", 5) || strchr(host, ':') ||
+	    strspn(host, "0123456789.") == strlen(host)) {
+		r = keel_net_addr_parse(host, port, out, len ? len : &l);
+		if (r == 0 && family != AF_UNSPEC && out->ss_family != family)
+			return -EAFNOSUPPORT;
+		return r;
+	}
+	if (sh) {
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "shard %u: resolving '%s' would block the shard's loop: resolve host "
+			 "names before the runtime starts (keel_net_resolve) and connect with "
+			 "keel_conn_connect_addr",
+			 keel_shard_id(sh), host);
+		return -EPERM;
+	}
+	hints.ai_family = family;
+	hints.ai_socktype = SOCK_STREAM;
+	r = getaddrinfo(host, NULL, &hints, &res);
+	if (r != 0) {
+		int e = r == EAI_NONAME || r == EAI_NODATA ? -ENOENT
+			: r == EAI_AGAIN                   ? -EAGAIN
+			: r == EAI_MEMORY                  ? -ENOMEM
+			: r == EAI_FAMILY                  ? -EAFNOSUPPORT
+			: r == EAI_SYSTEM                  ? -errno
+							   : -EINVAL;
+		keel_log(KEEL_LOG_ERROR, NET_MOD, "resolving '%s': %s", host,
+			 r == EAI_SYSTEM ? strerror(-e) : gai_strerror(r));
+		return e;
+	}
+	memset(out, 0, sizeof(*out));
+	memcpy(out, res->ai_addr, res->ai_addrlen);
+	if (out->ss_family == AF_INET)
+		((struct sockaddr_in *)out)->sin_port = htons(port);
+	else
+		((struct sockaddr_in6 *)out)->sin6_port = htons(port);
+	if (len)
+		*len = res->ai_addrlen;
+	freeaddrinfo(res);
+	return 0;
 }

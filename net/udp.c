@@ -300,6 +300,11 @@ keel_udp_open(const char *addr, uint16_t port, const struct keel_udp_ops *ops, v
 	r = keel_net_addr_parse(addr, port, &ss, &len);
 	if (r < 0)
 		return r;
+	if (ss.ss_family == AF_UNIX) {
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "keel_udp_open('%s'): UDP needs an IPv4 or IPv6 address", addr);
+		return -EINVAL;
+	}
 	r = keel__net_shard_get(&ns);
 	if (r < 0)
 		return r;

@@ -100,7 +100,7 @@ main(int argc, char **argv)
 	keel_opts_parse_or_exit(&o, &argc, argv, usage);
 	keel_net_config_init(&nc);
 	memset(&lo, 0, sizeof(lo));
-	for (int i = 1; i < argc; i++) {
+	for (int i = 1; i < argc; i += 2) { /* every option takes a value */
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 		char *end;
 		uint64_t b;
@@ -147,7 +147,6 @@ main(int argc, char **argv)
 		} else {
 			die("unknown option ", argv[i]);
 		}
-		i++;
 	}
 	if (kv_cfg.query_max < kv_cfg.max_bulk + 1024)
 		kv_cfg.query_max = kv_cfg.max_bulk + 1024;

@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "fuzz.h"
 
 #define MAX_PUSHES 4096
 
@@ -38,14 +38,6 @@ struct fz {
 };
 
 static struct keel_alloc *alloc;
-
-#define CHECK(c)                                                                              \
-	do {                                                                                  \
-		if (!(c)) {                                                                   \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c); \
-			abort();                                                              \
-		}                                                                             \
-	} while (0)
 
 /* The stream offset of delivered byte @p, or SIZE_MAX when it is in no pushed buffer. The
  * newest pushed buffer that holds @p is the one: a buffer freed after its frames were put may

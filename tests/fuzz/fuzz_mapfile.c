@@ -10,15 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c)                                                                              \
-	do {                                                                                  \
-		if (!(c)) {                                                                   \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c); \
-			abort();                                                              \
-		}                                                                             \
-	} while (0)
+#include "fuzz.h"
 
 static void
 same_map(const struct keel_map *a, const struct keel_map *b)

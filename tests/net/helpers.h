@@ -60,6 +60,9 @@ int cli_read_all(int fd, void *p, size_t len);
 /* One recv() of up to @len bytes once something (or EOF) arrives, within TEST_WAIT_MS:
  * its result (0 on EOF), -1 with errno ETIMEDOUT (printed) when nothing came. */
 ssize_t cli_recv(int fd, void *p, size_t len);
+/* TCP_NODELAY of this process's loopback socket on @port that is (or is not) @listening
+ * (a plain descriptor: the test finds it by scanning fds 3..1023), or -1 when none. */
+int tcp_nodelay_of(uint16_t port, bool listening);
 /* Small scale under the sanitizer run (KEEL_TEST_SCALE=small). */
 bool test_small(void);
 

@@ -671,27 +671,6 @@ Test(net_conn, graceful_close_gives_up_after_close_timeout)
 
 /* TCP_NODELAY: on the listeners, and so (inherited) on accepted sockets; off when asked.
  * Direct descriptors are off here so the accepted socket is a plain fd the test can find. */
-static int
-nodelay_of(uint16_t port, bool listening)
-{
-	for (int fd = 3; fd < 1024; fd++) {
-		struct sockaddr_in a;
-		socklen_t al = sizeof(a);
-		int acc = 0, v = -1;
-		socklen_t l = sizeof(acc);
-
-		if (getsockname(fd, (struct sockaddr *)&a, &al) < 0 || a.sin_family != AF_INET ||
-		    ntohs(a.sin_port) != port)
-			continue;
-		if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &l) < 0 || !!acc != listening)
-			continue;
-		l = sizeof(v);
-		if (getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &v, &l) == 0)
-			return v;
-	}
-	return -1;
-}
-
 static void
 nodelay_case(bool on)
 {
@@ -711,8 +690,8 @@ nodelay_case(bool on)
 	/* One echoed byte: the server has accepted by then. */
 	cr_assert_eq(cli_write_all(fd, &b, 1), 0);
 	cr_assert_eq(cli_read_all(fd, &b, 1), 0);
-	cr_assert_eq(nodelay_of(s.port, true), on ? 1 : 0, "listener");
-	cr_assert_eq(nodelay_of(s.port, false), on ? 1 : 0, "accepted socket");
+	cr_assert_eq(tcp_nodelay_of(s.port, true), on ? 1 : 0, "listener");
+	cr_assert_eq(tcp_nodelay_of(s.port, false), on ? 1 : 0, "accepted socket");
 	close(fd);
 	cr_assert_eq(srv_stop(&s), 0);
 	keel_net_config_init(&nc);

@@ -309,3 +309,24 @@ shard_hold_release(struct shard_hold *h)
 	pthread_cond_broadcast(&h->cond);
 	pthread_mutex_unlock(&h->lock);
 }
+
+int
+tcp_nodelay_of(uint16_t port, bool listening)
+{
+	for (int fd = 3; fd < 1024; fd++) {
+		struct sockaddr_in a;
+		socklen_t al = sizeof(a);
+		int acc = 0, v = -1;
+		socklen_t l = sizeof(acc);
+
+		if (getsockname(fd, (struct sockaddr *)&a, &al) < 0 || a.sin_family != AF_INET ||
+		    ntohs(a.sin_port) != port)
+			continue;
+		if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &l) < 0 || !!acc != listening)
+			continue;
+		l = sizeof(v);
+		if (getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &v, &l) == 0)
+			return v;
+	}
+	return -1;
+}

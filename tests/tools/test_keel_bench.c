@@ -21,17 +21,19 @@
 
 #include <criterion/criterion.h>
 
+#include "bench_run.h"
+
 #ifndef KEEL_BENCH_BIN
 #error "KEEL_BENCH_BIN must name the keel-bench binary"
 #endif
 
 extern char **environ;
 
-/* Run "keel-bench ARGS" (stderr into stdout) and return its exit status. */
-static int
+/* Run "keel-bench ARGS" (stderr into stdout) and return its exit status (bench_run.h). */
+int
 bench_once(const char *args, char **out)
 {
-	char cmd[1024];
+	char cmd[2048];
 	size_t cap = 1 << 16, len = 0, n;
 	char *buf = malloc(cap);
 	FILE *p;

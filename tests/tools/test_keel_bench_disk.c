@@ -12,27 +12,7 @@
 
 #include <criterion/criterion.h>
 
-static int
-run(const char *args, char **out)
-{
-	char cmd[2048];
-	size_t cap = 1 << 16, len = 0, n;
-	char *buf = malloc(cap);
-	FILE *p;
-	int st;
-
-	cr_assert_not_null(buf);
-	snprintf(cmd, sizeof(cmd), "%s %s 2>&1", KEEL_BENCH_BIN, args);
-	p = popen(cmd, "r");
-	cr_assert_not_null(p, "popen %s", cmd);
-	while ((n = fread(buf + len, 1, cap - len - 1, p)) > 0)
-		len += n;
-	buf[len] = 0;
-	st = pclose(p);
-	*out = buf;
-	cr_assert(WIFEXITED(st), "keel-bench %s did not exit normally", args);
-	return WEXITSTATUS(st);
-}
+#include "bench_run.h"
 
 /* The number after "key": from @from on; -1 for null; fails when absent. */
 static double
@@ -86,7 +66,7 @@ Test(tools_disk, json_reports_keel_fio_and_threads, .fini = rm_path)
 	snprintf(args, sizeof(args),
 		 "disk --path %s --size 4M --qd 4 --seconds 0.2 --rounds 2 --direct off --json",
 		 path);
-	int st = run(args, &out);
+	int st = bench_once(args, &out);
 	cr_assert_eq(st, 0, "keel-bench %s: status %d:\n%s", args, st, out);
 	cr_assert_not_null(strstr(out, "\"mode\": \"disk\""), "%s", out);
 	cr_assert_eq(field(out, NULL, "qd"), 4);
@@ -122,7 +102,7 @@ Test(tools_disk, fio_off_reports_why, .fini = rm_path)
 		 "disk --path %s --size 1M --qd 1 --seconds 0.1 --rounds 1 --direct off --fio off "
 		 "--json",
 		 path);
-	cr_assert_eq(run(args, &out), 0, "%s", out);
+	cr_assert_eq(bench_once(args, &out), 0, "%s", out);
 	cr_assert_not_null(strstr(out, "\"fio_skipped\": \"--fio off\""), "%s", out);
 	cr_assert_not_null(strstr(out, "\"fio\": null"), "%s", out);
 	cr_assert_eq(field(out, "randread_4k", "keel_to_fio"), -1);
@@ -136,7 +116,7 @@ Test(tools_disk, bad_options_exit_2)
 			      "disk --seconds x", "disk --nope" };
 
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		cr_assert_eq(run(bad[i], &out), 2, "%s: %s", bad[i], out);
+		cr_assert_eq(bench_once(bad[i], &out), 2, "%s: %s", bad[i], out);
 		cr_assert_not_null(strstr(out, "keel-bench disk"), "%s", out);
 		free(out);
 	}

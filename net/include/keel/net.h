@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * TCP and UDP on the shard ring.
+ * TCP, Unix domain stream sockets and UDP on the shard ring.
  *
  * Every shard listens on the same address with its own SO_REUSEPORT socket; a classic-BPF
  * reuseport program picks the shard by CPU or rx queue. Accepted connections live on the
@@ -25,6 +25,8 @@
 #include <netinet/in.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 
 struct keel_conn;
 struct keel_runtime;
@@ -41,7 +43,13 @@ struct keel_udp;
  */
 #define KEEL_NET_ZC_THRESHOLD_DEFAULT UINT32_MAX
 
-/** Network tuning, process-wide. Initialise with keel_net_config_init(). */
+/**
+ * Network tuning. Initialise with keel_net_config_init(). Where it applies, first match:
+ * a listener's own (keel_listen_opts.net: its sockets and connections), the shard's
+ * (keel_net_shard_init() in the shard's on_start: per runtime), the process default
+ * (keel_net_config_set()). The buffer rings and the file table (buf_size, buf_count,
+ * max_files, udp_buf_*) belong to the shard: they are fixed when its network state is made.
+ */
 struct keel_net_config {
 	uint32_t buf_size;          /* bytes per provided receive buffer (default 16 KiB) */
 	uint32_t buf_count;         /* buffers per shard ring, a power of two (default 256) */
@@ -71,13 +79,33 @@ struct keel_net_config {
 KEEL_API void keel_net_config_init(struct keel_net_config *c);
 
 /**
- * Set the configuration every shard uses when it first touches the network.
+ * Set the process default: the configuration a shard's network state is made with when
+ * neither keel_net_shard_init() nor a listener's own configuration came first, and the
+ * one a listener created without keel_listen_opts.net gives its sockets (TCP_NODELAY).
  * Returns: 0, or -EINVAL (buf_count or udp_buf_count not a power of two in 1..32768,
  * buf_size 0 or above 1 MiB, udp_buf_size 0 or above 65536, low_watermark >
  * high_watermark, max_files 0).
  * Context: any thread, before the runtime's shards use the network.
  */
 KEEL_API int keel_net_config_set(const struct keel_net_config *c);
+
+/**
+ * Make this shard's network state with @c instead of the process default: call it in the
+ * shard's on_start, before any listener starts, connect or UDP endpoint on the shard. A
+ * runtime whose on_start calls it on every shard has its own configuration, whatever other
+ * runtimes in the process use. Connections and endpoints of the shard use @c (a listener
+ * with keel_listen_opts.net uses its own for its connections).
+ * Returns: 0; -EINVAL (as keel_net_config_set()); -EPERM off a shard; -EBUSY when the
+ * shard's network state exists already (logged); -errno making it (file table, buffers).
+ * Context: a shard.
+ */
+KEEL_API int keel_net_shard_init(const struct keel_net_config *c);
+
+/**
+ * The configuration in effect: on a shard with network state, the shard's; otherwise the
+ * process default. Returns: 0, or -EINVAL (@out NULL). Context: any thread.
+ */
+KEEL_API int keel_net_config_get(struct keel_net_config *out);
 
 /** Connection callbacks. on_data and on_close are required. */
 struct keel_conn_ops {
@@ -120,7 +148,10 @@ KEEL_API const char *keel_steer_name(enum keel_steer s);
 
 /** Listener options. Zero-initialise, then set addr/port. */
 struct keel_listen_opts {
-	const char *addr;            /* IPv4 or IPv6 literal; NULL: 0.0.0.0 */
+	const char *addr;            /* IPv4 or IPv6 literal, or a host name resolved at
+					create (keel_net_resolve); NULL: 0.0.0.0; or a Unix
+					domain name: "unix:/path" (created, and unlinked by
+					keel_listener_destroy) or "unix:@name" (abstract) */
 	uint16_t port;               /* 0: an ephemeral port (keel_listener_port()) */
 	int backlog;                 /* 0: 4096 */
 	enum keel_steer steer;       /* default KEEL_STEER_CPU */
@@ -132,6 +163,16 @@ struct keel_listen_opts {
 	 * program is attached when the last shard starts, and connections that arrive
 	 * before that are placed by the kernel's hash. */
 	const struct keel_runtime *rt;
+	/* Do not read the addresses of accepted connections (keel_conn_peer_addr and
+	 * keel_conn_local_addr then return -ENODATA). Reading them costs two system calls per
+	 * accept, and with direct descriptors one more ring operation before on_open. */
+	bool no_addrs;
+	/* This listener's configuration (copied at create; NULL: the process default for its
+	 * sockets, the shard's for its connections). nodelay applies to its sockets;
+	 * watermarks, close_timeout_ns, zc_threshold and accept_backoff_ns to it and its
+	 * connections. When its start makes the shard's network state, the state is made with
+	 * it; otherwise its buffer and file-table sizes must equal the shard's (-EINVAL). */
+	const struct keel_net_config *net;
 	/* The most connections a shard keeps open (all of its connections count, inbound and
 	 * outbound); one accepted beyond it is closed at once and counted in over_limit, so a
 	 * flood of peers costs a descriptor for a moment, never the shard. 0: no limit. */
@@ -191,7 +232,8 @@ KEEL_API int keel_listener_stats(const struct keel_listener *l, unsigned shard,
 
 /**
  * Connect to @addr:@port through the ring, giving up after @timeout_ns (KEEL_S(5); 0: no
- * timeout).
+ * timeout). @addr is an IPv4 or IPv6 literal, or "unix:/path" / "unix:@name" (a Unix domain
+ * stream socket; @port is ignored).
  * on_open runs when connected; on failure on_close runs with the error (-ETIMEDOUT when
  * the timeout ended it) and on_open never does. The connect and its timeout go to the ring
  * as one linked pair: both SQEs are reserved first (submitting what is queued when the SQ
@@ -205,6 +247,18 @@ KEEL_API int keel_conn_connect(const char *addr, uint16_t port, uint64_t timeout
 			       const struct keel_conn_ops *ops, void *app, struct keel_conn **out);
 
 /**
+ * keel_conn_connect() to an address already made: one from keel_net_resolve() (a host
+ * name resolved before the runtime started), keel_net_addr_parse(), or the application.
+ * Ownership: @sa is copied.
+ * Returns: as keel_conn_connect(); -EINVAL also for a family other than AF_INET, AF_INET6,
+ * AF_UNIX, or @salen out of range.
+ * Context: a shard.
+ */
+KEEL_API int keel_conn_connect_addr(const struct sockaddr *sa, socklen_t salen, uint64_t timeout_ns,
+				    const struct keel_conn_ops *ops, void *app,
+				    struct keel_conn **out);
+
+/**
  * Queue @s for sending. Slices leave in the order queued; slices queued while a send is in
  * flight leave together.
  * Consumes: @s's reference, on success (0 or 1).
@@ -216,6 +270,34 @@ KEEL_API int keel_conn_connect(const char *addr, uint16_t port, uint64_t timeout
  * Context: the connection's shard.
  */
 KEEL_API int keel_conn_send(struct keel_conn *c, struct keel_slice *s);
+
+/**
+ * Queue a copy of @data[0..@len) for sending: for small replies, without managing slices.
+ * The bytes are copied into buffers of the shard's allocator (registered memory, so a large
+ * one may leave with SEND_ZC): consecutive writes fill the last write buffer while it has
+ * room, and a write larger than KEEL_NET_WRITE_CHUNK spans several buffers. They join the
+ * same queue as keel_conn_send(): everything queued leaves in the order queued, writes and
+ * slices mixed, with the same watermark.
+ * Ownership: @data is borrowed for the call (free or reuse it when this returns).
+ * Returns: 0; 1 when the queued bytes are above the high watermark (as keel_conn_send());
+ * -EINVAL for @len 0 or @data NULL; -EPIPE after close or shutdown; -ENOMEM when the shard
+ * allocator is at its cap (--memory) or a queue slot cannot be allocated. On error nothing
+ * was queued (all or nothing).
+ * Context: the connection's shard.
+ */
+KEEL_API int keel_conn_write(struct keel_conn *c, const void *data, size_t len);
+
+/**
+ * keel_conn_write() of @n gathered parts, as one write: the bytes queue in order, all or
+ * nothing. Empty parts are allowed; the total must not be 0.
+ * Ownership: @iov and the memory it points to are borrowed for the call.
+ * Returns: as keel_conn_write(); -EINVAL also for @iov NULL, @n 0 or a total of 0.
+ * Context: the connection's shard.
+ */
+KEEL_API int keel_conn_writev(struct keel_conn *c, const struct iovec *iov, unsigned n);
+
+/** The most bytes keel_conn_write() copies into one buffer (64 KiB). */
+#define KEEL_NET_WRITE_CHUNK (64u << 10)
 
 /**
  * Half-close: after the queued bytes are sent, shut down the write side (the peer reads
@@ -262,6 +344,62 @@ KEEL_API uint64_t keel_conn_queued(const struct keel_conn *c);
 
 /** Set this connection's watermarks (bytes; low <= high). Returns: 0 or -EINVAL. */
 KEEL_API int keel_conn_set_watermarks(struct keel_conn *c, uint32_t low, uint32_t high);
+
+/**
+ * The peer's address: an accepted connection's remote end, or the address a connected one
+ * was given. Both addresses are read once, when the connection opens (before on_open),
+ * and stay valid until on_close returns. An accepted direct descriptor is read through a
+ * regular copy of it (IORING_OP_FIXED_FD_INSTALL, Linux 6.8), closed at once.
+ * Returns: 0 with *out (and *len when @len is not NULL; the rest of *out zeroed);
+ * -EINVAL (@out NULL); -ENOTCONN (not connected yet); -ENODATA (the listener was created
+ * with no_addrs); -EOPNOTSUPP (a direct descriptor on a kernel before 6.8: logged once,
+ * naming --feature direct_fd=off); another -errno of getpeername/getsockname.
+ * Context: the connection's shard.
+ */
+KEEL_API int keel_conn_peer_addr(const struct keel_conn *c, struct sockaddr_storage *out,
+				 socklen_t *len);
+
+/** The connection's own address (the local end). As keel_conn_peer_addr(). */
+KEEL_API int keel_conn_local_addr(const struct keel_conn *c, struct sockaddr_storage *out,
+				  socklen_t *len);
+
+/** The largest option value keel_conn_setsockopt/getsockopt carry, bytes. */
+#define KEEL_SOCKOPT_MAX 64
+
+/**
+ * Completion of keel_conn_setsockopt() / keel_conn_getsockopt(): @status is 0 (set), the
+ * option's length (get: @val holds it, @len bytes, borrowed for the call) or -errno.
+ */
+typedef void (*keel_sockopt_fn)(struct keel_conn *c, int status, const void *val, socklen_t len,
+				void *arg);
+
+/**
+ * Set a socket option of @c, any level. A plain descriptor: setsockopt, run from the loop.
+ * A direct descriptor (no system call reaches it): IORING_OP_URING_CMD with
+ * SOCKET_URING_OP_SETSOCKOPT through the ring (Linux 6.7). @cb runs from the loop, never
+ * inside this call, and before on_close. Options set in turn complete in turn only as far
+ * as the ring orders them: wait for @cb before depending on one.
+ * Ownership: @val is copied (at most KEEL_SOCKOPT_MAX bytes).
+ * Returns: 0 (then @cb runs once, if not NULL; a failure without @cb is logged); -EINVAL
+ * (@len 0 or above KEEL_SOCKOPT_MAX, @val NULL); -EPIPE after close; -ENOMEM; -EBUSY (no
+ * SQE: the ring failed). @cb's status: 0, or -errno of the option; -EOPNOTSUPP from a
+ * kernel before 6.7 (logged once per shard, naming --feature direct_fd=off).
+ * Context: the connection's shard.
+ */
+KEEL_API int keel_conn_setsockopt(struct keel_conn *c, int level, int name, const void *val,
+				  socklen_t len, keel_sockopt_fn cb, void *arg);
+
+/**
+ * Read a socket option of @c (@len bytes at most): @cb gets its value. A direct descriptor
+ * reads SOL_SOCKET options with SOCKET_URING_OP_GETSOCKOPT (Linux 6.7), which reads no
+ * other level; other levels (IPPROTO_TCP, ...) through a regular copy of the descriptor,
+ * installed with IORING_OP_FIXED_FD_INSTALL (Linux 6.8) and closed at once. Before those
+ * kernels @cb gets -EOPNOTSUPP (logged once per shard).
+ * Returns: as keel_conn_setsockopt(); -EINVAL also for @cb NULL.
+ * Context: the connection's shard.
+ */
+KEEL_API int keel_conn_getsockopt(struct keel_conn *c, int level, int name, socklen_t len,
+				  keel_sockopt_fn cb, void *arg);
 
 /** The application's per-connection pointer (NULL until set). */
 KEEL_API void *keel_conn_user(const struct keel_conn *c);
@@ -359,10 +497,28 @@ KEEL_API void keel_udp_close(struct keel_udp *u);
 KEEL_API void *keel_udp_app(const struct keel_udp *u);
 
 /**
- * Parse @addr (IPv4 or IPv6 literal; NULL: 0.0.0.0) and @port into @out.
+ * Parse @addr (IPv4 or IPv6 literal; NULL: 0.0.0.0; "unix:/path" or "unix:@name", a
+ * sockaddr_un, @port ignored) and @port into @out. Never resolves a host name.
  * Returns: 0, or -EINVAL (logged: the address and what is expected).
  */
 KEEL_API int keel_net_addr_parse(const char *addr, uint16_t port, struct sockaddr_storage *out,
 				 socklen_t *len);
+
+/**
+ * Resolve @host (a name such as "localhost", or a literal / unix: address as
+ * keel_net_addr_parse() takes) with getaddrinfo, and @port, into @out: the first stream
+ * address of @family (AF_UNSPEC, AF_INET or AF_INET6). The resolver blocks (files, DNS),
+ * so it runs only off the shards: before keel_runtime_start, or on a thread of the
+ * application's; keel_listener_create() calls it for its addr. Literals are parsed on any
+ * thread without it; so is a string of digits and dots or one with a colon (meant as a
+ * literal: -EINVAL when it does not parse, never a DNS query).
+ * Returns: 0 with *out and *len (@len may be NULL); -EINVAL (@host NULL or empty, bad
+ * @family); -EPERM on a shard for a name (logged: what to do instead); -ENOENT (no such
+ * host), -EAGAIN (try again), -EAFNOSUPPORT, -ENOMEM, -errno (logged with the resolver's
+ * message).
+ * Context: any thread but a shard's, for names.
+ */
+KEEL_API int keel_net_resolve(const char *host, uint16_t port, int family,
+			      struct sockaddr_storage *out, socklen_t *len);
 
 #endif

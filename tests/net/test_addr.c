@@ -1,0 +1,228 @@
+// SPDX-License-Identifier: MIT
+/*
+ * keel_conn_peer_addr / keel_conn_local_addr: accepted connections (direct descriptors and
+ * plain ones) and connected ones, over IPv4 and IPv6 loopback, compared with what the
+ * plain socket on the other end sees.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "helpers.h"
+
+struct seen {
+	_Atomic int done;
+	int rpeer, rlocal;
+	struct sockaddr_storage peer, local;
+	socklen_t peerlen, locallen;
+	_Atomic int closes;
+};
+
+static struct seen seen;
+
+static void
+addr_open(struct keel_conn *c)
+{
+	seen.peerlen = seen.locallen = 0;
+	seen.rpeer = keel_conn_peer_addr(c, &seen.peer, &seen.peerlen);
+	seen.rlocal = keel_conn_local_addr(c, &seen.local, &seen.locallen);
+	atomic_store(&seen.done, 1);
+}
+
+static void
+addr_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		keel_slice_put(&s[i]);
+}
+
+static void
+addr_close(struct keel_conn *c, int status)
+{
+	atomic_fetch_add(&seen.closes, 1);
+}
+
+static const struct keel_conn_ops addr_ops = { .on_open = addr_open,
+					       .on_data = addr_data,
+					       .on_close = addr_close };
+
+/* Same family, address and port. */
+static void
+assert_same(const struct sockaddr_storage *a, socklen_t alen, const struct sockaddr_storage *b,
+	    const char *what)
+{
+	cr_assert_eq(a->ss_family, b->ss_family, "%s: family %d, want %d", what, a->ss_family,
+		     b->ss_family);
+	if (a->ss_family == AF_INET) {
+		const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+		cr_assert_eq(alen, sizeof(*x), "%s: length", what);
+		cr_assert_eq(x->sin_addr.s_addr, y->sin_addr.s_addr, "%s: address", what);
+		cr_assert_eq(ntohs(x->sin_port), ntohs(y->sin_port), "%s: port %u, want %u", what,
+			     ntohs(x->sin_port), ntohs(y->sin_port));
+	} else {
+		const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+		cr_assert_eq(a->ss_family, AF_INET6, "%s: family", what);
+		cr_assert_eq(alen, sizeof(*x), "%s: length", what);
+		cr_assert_eq(memcmp(&x->sin6_addr, &y->sin6_addr, 16), 0, "%s: address", what);
+		cr_assert_eq(ntohs(x->sin6_port), ntohs(y->sin6_port), "%s: port %u, want %u", what,
+			     ntohs(x->sin6_port), ntohs(y->sin6_port));
+	}
+}
+
+static void
+start_listener(void *arg)
+{
+	int r = keel_listener_start(arg);
+	if (!SHARD_CHECK_EQ(r, 0))
+		keel_stop(r);
+}
+
+static void
+accepted_case_opts(const char *addr, const char *feature, bool no_addrs)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_listen_opts lo = { .addr = addr, .no_addrs = no_addrs };
+	struct keel_runtime *rt;
+	struct keel_listener *l;
+	struct sockaddr_storage want_peer, want_local;
+	socklen_t len, wlen;
+	int fd;
+
+	memset(&seen, 0, sizeof(seen));
+	net_test_feature(&o, feature);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	lo.rt = rt;
+	cr_assert_eq(keel_listener_create(&lo, 1, &addr_ops, NULL, &l), 0);
+	cr_assert_eq(keel_runtime_start(rt, start_listener, l), 0);
+	cr_assert_eq(keel_net_addr_parse(addr, keel_listener_port(l), &want_local, &wlen), 0);
+	fd = socket(want_local.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&want_local, wlen), 0, "connect: %s",
+		     strerror(errno));
+	len = sizeof(want_peer);
+	cr_assert_eq(getsockname(fd, (struct sockaddr *)&want_peer, &len), 0);
+	WAIT_FOR(atomic_load(&seen.done), "on_open of the accepted connection");
+	if (no_addrs) {
+		cr_assert_eq(seen.rpeer, -ENODATA);
+		cr_assert_eq(seen.rlocal, -ENODATA);
+	} else {
+		cr_assert_eq(seen.rpeer, 0, "keel_conn_peer_addr: %s", strerror(-seen.rpeer));
+		cr_assert_eq(seen.rlocal, 0, "keel_conn_local_addr: %s", strerror(-seen.rlocal));
+		assert_same(&seen.peer, seen.peerlen, &want_peer, "peer");
+		assert_same(&seen.local, seen.locallen, &want_local, "local");
+	}
+	close(fd);
+	WAIT_FOR(atomic_load(&seen.closes) == 1, "on_close");
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	keel_listener_destroy(l);
+	SHARD_CHECKS_PASSED();
+}
+
+static void
+accepted_case(const char *addr, const char *feature)
+{
+	accepted_case_opts(addr, feature, false);
+}
+
+Test(net_addr, listener_without_addresses_answers_enodata)
+{
+	accepted_case_opts("127.0.0.1", "direct_fd=auto", true);
+	accepted_case_opts("127.0.0.1", "direct_fd=off", true);
+}
+
+Test(net_addr, accepted_ipv4_direct_descriptor)
+{
+	accepted_case("127.0.0.1", "direct_fd=auto");
+}
+
+Test(net_addr, accepted_ipv4_plain_descriptor)
+{
+	accepted_case("127.0.0.1", "direct_fd=off");
+}
+
+Test(net_addr, accepted_ipv6_direct_descriptor)
+{
+	accepted_case("::1", "direct_fd=auto");
+}
+
+Test(net_addr, accepted_ipv6_plain_descriptor)
+{
+	accepted_case("::1", "direct_fd=off");
+}
+
+static struct sockaddr_storage conn_to;
+
+static void
+start_connect(void *arg)
+{
+	struct keel_conn *c;
+	char host[64];
+	uint16_t port;
+	int r;
+
+	if (conn_to.ss_family == AF_INET) {
+		struct sockaddr_in *a = (void *)&conn_to;
+		inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+		port = ntohs(a->sin_port);
+	} else {
+		struct sockaddr_in6 *a = (void *)&conn_to;
+		inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+		port = ntohs(a->sin6_port);
+	}
+	r = keel_conn_connect(host, port, KEEL_S(10), &addr_ops, NULL, &c);
+	if (!SHARD_CHECK_EQ(r, 0))
+		keel_stop(r);
+}
+
+static void
+connected_case(const char *addr)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_runtime *rt;
+	struct sockaddr_storage want_peer;
+	socklen_t len;
+	int lfd, fd;
+
+	memset(&seen, 0, sizeof(seen));
+	cr_assert_eq(keel_net_addr_parse(addr, 0, &conn_to, &len), 0);
+	lfd = socket(conn_to.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(lfd, 0);
+	cr_assert_eq(bind(lfd, (struct sockaddr *)&conn_to, len), 0);
+	cr_assert_eq(listen(lfd, 4), 0);
+	len = sizeof(conn_to);
+	cr_assert_eq(getsockname(lfd, (struct sockaddr *)&conn_to, &len), 0);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, start_connect, NULL), 0);
+	WAIT_FOR(atomic_load(&seen.done), "on_open of the connection");
+	fd = accept(lfd, (struct sockaddr *)&want_peer, &(socklen_t){ sizeof(want_peer) });
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(seen.rpeer, 0, "keel_conn_peer_addr: %s", strerror(-seen.rpeer));
+	cr_assert_eq(seen.rlocal, 0, "keel_conn_local_addr: %s", strerror(-seen.rlocal));
+	/* keel's peer is the listener; keel's local address is what accept() saw. */
+	assert_same(&seen.peer, seen.peerlen, &conn_to, "peer");
+	assert_same(&seen.local, seen.locallen, &want_peer, "local");
+	close(fd);
+	close(lfd);
+	WAIT_FOR(atomic_load(&seen.closes) == 1, "on_close");
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	SHARD_CHECKS_PASSED();
+}
+
+Test(net_addr, connected_ipv4)
+{
+	connected_case("127.0.0.1");
+}
+
+Test(net_addr, connected_ipv6)
+{
+	connected_case("::1");
+}

@@ -1,0 +1,241 @@
+// SPDX-License-Identifier: MIT
+/*
+ * keel_conn_setsockopt / keel_conn_getsockopt on accepted connections held as direct
+ * descriptors (through the ring) and as plain ones, and on connected ones: TCP_NODELAY and
+ * SO_KEEPALIVE set, then read back.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "helpers.h"
+
+struct so_state {
+	int set_status[2];
+	int keepalive_before, keepalive_after, nodelay_after;
+	int get_status[3];
+	int bad_status;
+	int after_close;
+	_Atomic int steps; /* callbacks seen */
+	_Atomic int closes;
+	bool on_close_after_all;
+};
+
+static struct so_state st;
+
+static int
+int_of(const void *v, socklen_t len)
+{
+	int x = -1;
+	if (len == sizeof(int))
+		memcpy(&x, v, sizeof(x));
+	return x;
+}
+
+static void
+got_nodelay(struct keel_conn *c, int status, const void *v, socklen_t len, void *arg)
+{
+	st.get_status[1] = status;
+	st.nodelay_after = status >= 0 ? int_of(v, len) : -2;
+	atomic_fetch_add(&st.steps, 1);
+}
+
+static void
+got_keepalive_after(struct keel_conn *c, int status, const void *v, socklen_t len, void *arg)
+{
+	st.get_status[2] = status;
+	st.keepalive_after = status >= 0 ? int_of(v, len) : -2;
+	atomic_fetch_add(&st.steps, 1);
+}
+
+static void
+got_bad(struct keel_conn *c, int status, const void *v, socklen_t len, void *arg)
+{
+	st.bad_status = status;
+	atomic_fetch_add(&st.steps, 1);
+	/* The last step: close, and nothing may be asked after. */
+	keel_conn_close(c);
+	st.after_close =
+		keel_conn_getsockopt(c, SOL_SOCKET, SO_KEEPALIVE, sizeof(int), got_bad, NULL);
+}
+
+static void
+set_done(struct keel_conn *c, int status, const void *v, socklen_t len, void *arg)
+{
+	int which = (int)(intptr_t)arg;
+
+	st.set_status[which] = status;
+	atomic_fetch_add(&st.steps, 1);
+	if (which == 1) {
+		/* Both sets completed (they were queued in order, but only a completion says
+		 * the kernel applied one): read back. */
+		SHARD_CHECK_EQ(keel_conn_getsockopt(c, IPPROTO_TCP, TCP_NODELAY, sizeof(int),
+						    got_nodelay, NULL),
+			       0);
+		SHARD_CHECK_EQ(keel_conn_getsockopt(c, SOL_SOCKET, SO_KEEPALIVE, sizeof(int),
+						    got_keepalive_after, NULL),
+			       0);
+		SHARD_CHECK_EQ(
+			keel_conn_getsockopt(c, SOL_SOCKET, 9999, sizeof(int), got_bad, NULL), 0);
+	}
+}
+
+static void
+got_keepalive_before(struct keel_conn *c, int status, const void *v, socklen_t len, void *arg)
+{
+	int zero = 0, one = 1;
+
+	st.get_status[0] = status;
+	st.keepalive_before = status >= 0 ? int_of(v, len) : -2;
+	atomic_fetch_add(&st.steps, 1);
+	SHARD_CHECK_EQ(keel_conn_setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &zero, sizeof(zero),
+					    set_done, (void *)(intptr_t)0),
+		       0);
+	SHARD_CHECK_EQ(keel_conn_setsockopt(c, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one),
+					    set_done, (void *)(intptr_t)1),
+		       0);
+}
+
+static void
+so_open(struct keel_conn *c)
+{
+	char big[KEEL_SOCKOPT_MAX + 1] = { 0 };
+
+	SHARD_CHECK_EQ(
+		keel_conn_setsockopt(c, SOL_SOCKET, SO_KEEPALIVE, big, sizeof(big), NULL, NULL),
+		-EINVAL);
+	SHARD_CHECK_EQ(keel_conn_getsockopt(c, SOL_SOCKET, SO_KEEPALIVE, sizeof(int), NULL, NULL),
+		       -EINVAL);
+	SHARD_CHECK_EQ(keel_conn_getsockopt(c, SOL_SOCKET, SO_KEEPALIVE, sizeof(int),
+					    got_keepalive_before, NULL),
+		       0);
+}
+
+static void
+so_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		keel_slice_put(&s[i]);
+}
+
+static void
+so_close(struct keel_conn *c, int status)
+{
+	st.on_close_after_all = atomic_load(&st.steps) == 6;
+	atomic_fetch_add(&st.closes, 1);
+}
+
+static const struct keel_conn_ops so_ops = { .on_open = so_open,
+					     .on_data = so_data,
+					     .on_close = so_close };
+
+static void
+check_steps(void)
+{
+	cr_assert_eq(st.get_status[0], sizeof(int), "get SO_KEEPALIVE: %d", st.get_status[0]);
+	cr_assert_eq(st.keepalive_before, 0);
+	cr_assert_eq(st.set_status[0], 0, "set TCP_NODELAY: %s", strerror(-st.set_status[0]));
+	cr_assert_eq(st.set_status[1], 0, "set SO_KEEPALIVE: %s", strerror(-st.set_status[1]));
+	cr_assert_eq(st.get_status[1], sizeof(int), "get TCP_NODELAY: %d", st.get_status[1]);
+	cr_assert_eq(st.nodelay_after, 0, "TCP_NODELAY read back");
+	cr_assert_eq(st.get_status[2], sizeof(int), "get SO_KEEPALIVE: %d", st.get_status[2]);
+	cr_assert_eq(st.keepalive_after, 1, "SO_KEEPALIVE read back");
+	cr_assert_eq(st.bad_status, -ENOPROTOOPT, "an unknown option: %d", st.bad_status);
+	cr_assert_eq(st.after_close, -EPIPE);
+	cr_assert(st.on_close_after_all, "every callback ran before on_close");
+}
+
+static void
+start_listener(void *arg)
+{
+	int r = keel_listener_start(arg);
+	if (!SHARD_CHECK_EQ(r, 0))
+		keel_stop(r);
+}
+
+static void
+accepted_case(const char *feature)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_listen_opts lo = { .addr = "127.0.0.1" };
+	struct keel_runtime *rt;
+	struct keel_listener *l;
+	char b;
+	int fd;
+
+	memset(&st, 0, sizeof(st));
+	net_test_feature(&o, feature);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	lo.rt = rt;
+	cr_assert_eq(keel_listener_create(&lo, 1, &so_ops, NULL, &l), 0);
+	cr_assert_eq(keel_runtime_start(rt, start_listener, l), 0);
+	fd = cli_connect(keel_listener_port(l));
+	cr_assert_geq(fd, 0);
+	/* The server closes after the last step: EOF. */
+	cr_assert_eq(cli_recv(fd, &b, 1), 0, "EOF from the server");
+	WAIT_FOR(atomic_load(&st.closes) == 1, "on_close");
+	close(fd);
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	keel_listener_destroy(l);
+	SHARD_CHECKS_PASSED();
+	check_steps();
+}
+
+Test(net_sockopt, direct_descriptor_through_the_ring)
+{
+	accepted_case("direct_fd=auto");
+}
+
+Test(net_sockopt, plain_descriptor)
+{
+	accepted_case("direct_fd=off");
+}
+
+static uint16_t conn_port;
+
+static void
+start_connect(void *arg)
+{
+	struct keel_conn *c;
+	int r = keel_conn_connect("127.0.0.1", conn_port, KEEL_S(10), &so_ops, NULL, &c);
+	if (!SHARD_CHECK_EQ(r, 0))
+		keel_stop(r);
+}
+
+Test(net_sockopt, connected)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t len = sizeof(a);
+	struct keel_runtime *rt;
+	int lfd, fd;
+	char b;
+
+	memset(&st, 0, sizeof(st));
+	lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(lfd, 0);
+	cr_assert_eq(bind(lfd, (struct sockaddr *)&a, len), 0);
+	cr_assert_eq(listen(lfd, 4), 0);
+	cr_assert_eq(getsockname(lfd, (struct sockaddr *)&a, &len), 0);
+	conn_port = ntohs(a.sin_port);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, start_connect, NULL), 0);
+	fd = accept(lfd, NULL, NULL);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(cli_recv(fd, &b, 1), 0, "EOF from keel");
+	WAIT_FOR(atomic_load(&st.closes) == 1, "on_close");
+	close(fd);
+	close(lfd);
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	SHARD_CHECKS_PASSED();
+	check_steps();
+}

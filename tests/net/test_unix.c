@@ -1,0 +1,252 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Unix domain stream sockets: listeners on a path ("unix:/dir/name", unlinked when the
+ * listener is destroyed) and on an abstract name ("unix:@name"), connects to either, echo
+ * with every byte checked.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "helpers.h"
+
+static uint8_t
+pat(uint64_t i)
+{
+	return (uint8_t)(i * 7 + i / 509 + 3);
+}
+
+static void
+on_start(void *arg)
+{
+	int r = keel_listener_start(arg);
+	if (!SHARD_CHECK_EQ(r, 0))
+		keel_stop(r);
+}
+
+/* A plain AF_UNIX client of @name ("/path" or "@abstract"). */
+static int
+unix_client(const char *name)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	socklen_t len;
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	cr_assert_geq(fd, 0);
+	if (name[0] == '@') {
+		memcpy(a.sun_path + 1, name + 1, strlen(name) - 1);
+		len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(name));
+	} else {
+		memcpy(a.sun_path, name, strlen(name) + 1);
+		len = sizeof(a);
+	}
+	cr_assert_eq(connect(fd, (struct sockaddr *)&a, len), 0, "connect %s: %s", name,
+		     strerror(errno));
+	return fd;
+}
+
+static void
+echo_some(int fd, size_t len)
+{
+	uint8_t *out = malloc(len), *in = malloc(len);
+
+	cr_assert(out && in);
+	for (size_t i = 0; i < len; i++)
+		out[i] = pat(i);
+	for (size_t at = 0; at < len; at += 64u << 10) {
+		size_t n = len - at < (64u << 10) ? len - at : (64u << 10);
+		cr_assert_eq(cli_write_all(fd, out + at, n), 0);
+		cr_assert_eq(cli_read_all(fd, in + at, n), 0);
+	}
+	cr_assert_eq(memcmp(in, out, len), 0);
+	free(out);
+	free(in);
+}
+
+Test(net_unix, path_listener_echoes_and_unlinks_its_path)
+{
+	struct keel_opts o = net_test_opts(2);
+	char dir[] = "/tmp/keel-unix-XXXXXX", path[128], addr[140];
+	struct keel_listen_opts lo = { 0 };
+	struct srv sv = { 0 };
+	struct keel_runtime *rt;
+	struct keel_listener *l;
+	struct stat stt;
+	int fds[4];
+
+	cr_assert_not_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/echo.sock", dir);
+	snprintf(addr, sizeof(addr), "unix:%s", path);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	lo.addr = addr;
+	lo.rt = rt;
+	cr_assert_eq(keel_listener_create(&lo, 2, &echo_ops, &sv, &l), 0);
+	cr_assert_eq(keel_listener_port(l), 0);
+	cr_assert_eq(stat(path, &stt), 0);
+	cr_assert(S_ISSOCK(stt.st_mode));
+	cr_assert_eq(keel_runtime_start(rt, on_start, l), 0);
+	for (int i = 0; i < 4; i++)
+		fds[i] = unix_client(path);
+	for (int i = 0; i < 4; i++)
+		echo_some(fds[i], test_small() ? (256u << 10) : (2u << 20));
+	for (int i = 0; i < 4; i++)
+		close(fds[i]);
+	WAIT_FOR(atomic_load(&sv.closes) == 4, "4 on_close");
+	cr_assert_eq(atomic_load(&sv.close_errors), 0);
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	cr_assert_eq(stat(path, &stt), 0, "the path stays until the listener is destroyed");
+	keel_listener_destroy(l);
+	cr_assert_eq(stat(path, &stt), -1, "keel unlinks the path it created");
+	cr_assert_eq(errno, ENOENT);
+	cr_assert_eq(rmdir(dir), 0);
+}
+
+Test(net_unix, existing_path_is_refused_and_left_alone)
+{
+	char dir[] = "/tmp/keel-unix-XXXXXX", path[128], addr[140];
+	struct keel_listen_opts lo = { 0 };
+	struct keel_listener *l = NULL;
+	struct srv sv = { 0 };
+	struct stat stt;
+	int fd;
+
+	cr_assert_not_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/taken", dir);
+	snprintf(addr, sizeof(addr), "unix:%s", path);
+	fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+	cr_assert_geq(fd, 0);
+	close(fd);
+	lo.addr = addr;
+	cr_assert_eq(keel_listener_create(&lo, 1, &echo_ops, &sv, &l), -EADDRINUSE);
+	cr_assert_null(l);
+	cr_assert_eq(stat(path, &stt), 0, "someone else's file is not removed");
+	cr_assert(S_ISREG(stt.st_mode));
+	unlink(path);
+	rmdir(dir);
+	/* A path longer than sun_path cannot be bound. */
+	char lng[200];
+	memset(lng, 'a', sizeof(lng));
+	memcpy(lng, "unix:/", 6);
+	lng[sizeof(lng) - 1] = 0;
+	lo.addr = lng;
+	cr_assert_eq(keel_listener_create(&lo, 1, &echo_ops, &sv, &l), -EINVAL);
+}
+
+/* keel_conn_connect to an abstract name, on the listener's own runtime: the client
+ * writes a pattern, reads the echo and checks it. */
+static char abstract_addr[64];
+static _Atomic int cli_done, cli_closes;
+static int cli_family, cli_err;
+static uint64_t cli_got;
+#define CLI_BYTES (300u << 10)
+
+static void
+cli_open(struct keel_conn *c)
+{
+	static uint8_t buf[CLI_BYTES];
+	struct sockaddr_storage ss;
+
+	for (uint32_t i = 0; i < CLI_BYTES; i++)
+		buf[i] = pat(i);
+	if (keel_conn_peer_addr(c, &ss, NULL) == 0)
+		cli_family = ss.ss_family;
+	if (keel_conn_write(c, buf, CLI_BYTES) < 0)
+		cli_err = -1;
+}
+
+static void
+cli_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++) {
+		for (uint32_t k = 0; k < s[i].len; k++)
+			if (s[i].data[k] != pat(cli_got + k) && !cli_err)
+				cli_err = (int)(cli_got + k + 1);
+		cli_got += s[i].len;
+		keel_slice_put(&s[i]);
+	}
+	if (cli_got == CLI_BYTES) {
+		atomic_store(&cli_done, 1);
+		keel_conn_close(c);
+	}
+}
+
+static void
+cli_close(struct keel_conn *c, int status)
+{
+	if (status < 0 && !cli_err)
+		cli_err = status;
+	atomic_fetch_add(&cli_closes, 1);
+}
+
+static const struct keel_conn_ops cli_ops = { .on_open = cli_open,
+					      .on_data = cli_data,
+					      .on_close = cli_close };
+
+static void
+start_both(void *arg)
+{
+	struct keel_conn *c;
+	int r = keel_listener_start(arg);
+
+	if (!SHARD_CHECK_EQ(r, 0)) {
+		keel_stop(r);
+		return;
+	}
+	r = keel_conn_connect(abstract_addr, 0, KEEL_S(10), &cli_ops, NULL, &c);
+	if (!SHARD_CHECK_EQ(r, 0))
+		keel_stop(r);
+}
+
+static void
+abstract_case(const char *feature)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_listen_opts lo = { 0 };
+	struct srv sv = { 0 };
+	struct keel_runtime *rt;
+	struct keel_listener *l;
+	int fd;
+
+	net_test_feature(&o, feature);
+	snprintf(abstract_addr, sizeof(abstract_addr), "unix:@keel-test-%d", (int)getpid());
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	lo.addr = abstract_addr;
+	cr_assert_eq(keel_listener_create(&lo, 1, &echo_ops, &sv, &l), 0);
+	cr_assert_eq(keel_runtime_start(rt, start_both, l), 0);
+	/* A plain client too. */
+	fd = unix_client(abstract_addr + 5);
+	echo_some(fd, 100000);
+	close(fd);
+	WAIT_FOR(atomic_load(&cli_done) && atomic_load(&cli_closes) == 1,
+		 "the keel client's echo (%lu bytes back)", (unsigned long)cli_got);
+	WAIT_FOR(atomic_load(&sv.closes) == 2, "the server's two on_close");
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	keel_listener_destroy(l);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(cli_err, 0, "keel client: %d (a byte index + 1, or -errno)", cli_err);
+	cr_assert_eq(cli_got, CLI_BYTES);
+	cr_assert_eq(cli_family, AF_UNIX);
+}
+
+Test(net_unix, abstract_listener_and_keel_connect_echo)
+{
+	abstract_case("direct_fd=auto");
+}
+
+Test(net_unix, abstract_listener_and_keel_connect_echo_plain_descriptors)
+{
+	abstract_case("direct_fd=off");
+}

@@ -1,0 +1,298 @@
+// SPDX-License-Identifier: MIT
+/*
+ * keel_conn_write / keel_conn_writev: copying sends mixed with slice sends keep their
+ * order, large writes span several buffers, every byte arrives, and writes after close or
+ * shutdown fail with -EPIPE.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "helpers.h"
+
+/* Byte @i of the stream the server writes. */
+static uint8_t
+pat(uint64_t i)
+{
+	return (uint8_t)(i * 131 + i / 251 + 7);
+}
+
+/* The pieces the server queues in on_open, in order: kind 'w' keel_conn_write, 'v'
+ * keel_conn_writev of three parts (sizes a, b, c), 's' keel_conn_send of a slice. */
+struct piece {
+	char kind;
+	uint32_t a, b, c;
+};
+
+static const struct piece pieces[] = {
+	{ 'w', 1, 0, 0 },     { 's', 100, 0, 0 },    { 'v', 5, 0, 7 },
+	{ 'w', 13, 0, 0 },    { 'w', 300000, 0, 0 }, /* spans several write buffers */
+	{ 's', 70000, 0, 0 }, { 'w', 2, 0, 0 },      { 'v', 100000, 3, 200000 },
+	{ 'w', 1, 0, 0 },     { 's', 9, 0, 0 },      { 'v', 4096, 4096, 1 },
+};
+
+static uint64_t
+stream_len(void)
+{
+	uint64_t n = 0;
+	for (unsigned i = 0; i < sizeof(pieces) / sizeof(pieces[0]); i++)
+		n += pieces[i].a + pieces[i].b + pieces[i].c;
+	return n;
+}
+
+static _Atomic int opens, after_close_ok;
+
+static void
+fill(uint8_t *p, uint64_t at, uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++)
+		p[i] = pat(at + i);
+}
+
+static void
+mixed_open(struct keel_conn *c)
+{
+	uint64_t at = 0;
+	int r;
+
+	atomic_fetch_add(&opens, 1);
+	for (unsigned i = 0; i < sizeof(pieces) / sizeof(pieces[0]); i++) {
+		const struct piece *pc = &pieces[i];
+		uint32_t tot = pc->a + pc->b + pc->c;
+
+		if (pc->kind == 's') {
+			struct keel_slice s;
+			if (!SHARD_CHECK_EQ(keel_buf_alloc(keel_shard_alloc(), pc->a, &s), 0))
+				goto fail;
+			fill(s.data, at, pc->a);
+			s.len = pc->a;
+			r = keel_conn_send(c, &s);
+		} else {
+			uint8_t *buf = malloc(tot ? tot : 1);
+			if (!SHARD_CHECK(buf != NULL))
+				goto fail;
+			fill(buf, at, tot);
+			if (pc->kind == 'w') {
+				r = keel_conn_write(c, buf, pc->a);
+			} else {
+				struct iovec iov[3] = { { buf, pc->a },
+							{ buf + pc->a, pc->b },
+							{ buf + pc->a + pc->b, pc->c } };
+				r = keel_conn_writev(c, iov, 3);
+			}
+			/* Copied: the caller's memory is free again at once. */
+			memset(buf, 0xee, tot);
+			free(buf);
+		}
+		if (!SHARD_CHECK(r == 0 || r == 1, " piece %u: %d", i, r))
+			goto fail;
+		at += tot;
+	}
+	keel_conn_close(c);
+	{
+		struct iovec iov = { "x", 1 };
+		struct keel_slice s;
+		bool ok = keel_conn_write(c, "x", 1) == -EPIPE &&
+			  keel_conn_writev(c, &iov, 1) == -EPIPE;
+		SHARD_CHECK(ok, " write after close is -EPIPE");
+		/* The slice path says the same, and keeps the caller's reference. */
+		if (SHARD_CHECK_EQ(keel_buf_alloc(keel_shard_alloc(), 1, &s), 0)) {
+			SHARD_CHECK_EQ(keel_conn_send(c, &s), -EPIPE);
+			keel_slice_put(&s);
+		}
+		if (ok)
+			atomic_fetch_add(&after_close_ok, 1);
+	}
+	return;
+fail:
+	keel_conn_abort(c, -EIO);
+}
+
+static void
+drop_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		keel_slice_put(&s[i]);
+}
+
+static void
+count_close(struct keel_conn *c, int status)
+{
+	struct srv *sv = keel_conn_app(c);
+	atomic_fetch_add(&sv->closes, 1);
+	if (status < 0)
+		atomic_fetch_add(&sv->close_errors, 1);
+}
+
+static const struct keel_conn_ops mixed_ops = { .on_open = mixed_open,
+						.on_data = drop_data,
+						.on_close = count_close };
+
+static void
+read_to_eof_and_check(int fd, uint64_t want)
+{
+	uint8_t *got = malloc(want + 1);
+	uint64_t n = 0;
+
+	cr_assert(got);
+	for (;;) {
+		ssize_t r = cli_recv(fd, got + n, want + 1 - n);
+		cr_assert_geq(r, 0, "recv: %s after %lu bytes", strerror(errno), (unsigned long)n);
+		if (r == 0)
+			break;
+		n += (uint64_t)r;
+		cr_assert_leq(n, want, "more bytes than were written");
+	}
+	cr_assert_eq(n, want, "got %lu of %lu bytes", (unsigned long)n, (unsigned long)want);
+	for (uint64_t i = 0; i < want; i++)
+		cr_assert_eq(got[i], pat(i), "byte %lu is %u, want %u", (unsigned long)i, got[i],
+			     pat(i));
+	free(got);
+}
+
+static void
+mixed_case(bool zc)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct srv s;
+	int fd;
+
+	keel_net_config_init(&nc);
+	if (zc) {
+		/* Large write buffers go out with SEND_ZC (they are registered memory). */
+		net_test_feature(&o, "send_zc=on");
+		nc.zc_threshold = 4096;
+	}
+	atomic_store(&opens, 0);
+	atomic_store(&after_close_ok, 0);
+	cr_assert_eq(srv_start(&s, &o, &nc, &mixed_ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	read_to_eof_and_check(fd, stream_len());
+	close(fd);
+	WAIT_FOR(atomic_load(&s.closes) == 1, "the server's on_close");
+	cr_assert_eq(srv_stop(&s), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(atomic_load(&after_close_ok), 1);
+	cr_assert_eq(atomic_load(&s.close_errors), 0);
+}
+
+Test(net_write, writes_and_slice_sends_keep_their_order)
+{
+	mixed_case(false);
+}
+
+Test(net_write, writes_and_slice_sends_keep_their_order_with_send_zc)
+{
+	mixed_case(true);
+}
+
+/* An echo that copies what it receives with keel_conn_write (and every other on_data with
+ * keel_conn_writev of the slices), so writes land while a send is in flight. */
+static void
+copy_echo_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	static _Thread_local unsigned calls;
+	struct iovec iov[64] = { { 0 } };
+	unsigned k = 0;
+	int r = 0;
+
+	if (calls++ % 2 == 0) {
+		for (unsigned i = 0; i < n && r >= 0; i++)
+			r = keel_conn_write(c, s[i].data, s[i].len);
+	} else {
+		for (unsigned i = 0; i < n && k < 64; i++, k++)
+			iov[k] = (struct iovec){ s[i].data, s[i].len };
+		r = keel_conn_writev(c, iov, k);
+		for (unsigned i = k; i < n && r >= 0; i++)
+			r = keel_conn_write(c, s[i].data, s[i].len);
+	}
+	for (unsigned i = 0; i < n; i++)
+		keel_slice_put(&s[i]);
+	if (!SHARD_CHECK(r >= 0, " write: %d", r))
+		keel_conn_abort(c, -EIO);
+}
+
+static const struct keel_conn_ops copy_echo_ops = { .on_data = copy_echo_data,
+						    .on_close = count_close };
+
+Test(net_write, copying_echo_returns_every_byte)
+{
+	size_t len = test_small() ? (1u << 20) : (8u << 20);
+	uint8_t *out = malloc(len), *in = malloc(len);
+	struct srv s;
+	int fd;
+
+	cr_assert(out && in);
+	for (size_t i = 0; i < len; i++)
+		out[i] = pat(i);
+	cr_assert_eq(srv_start(&s, NULL, NULL, &copy_echo_ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	/* In rounds of 256 KiB written then read, so neither side's buffers fill up. */
+	for (size_t at = 0; at < len; at += 256u << 10) {
+		size_t n = len - at < (256u << 10) ? len - at : (256u << 10);
+		cr_assert_eq(cli_write_all(fd, out + at, n), 0);
+		cr_assert_eq(cli_read_all(fd, in + at, n), 0);
+	}
+	cr_assert_eq(memcmp(in, out, len), 0);
+	close(fd);
+	WAIT_FOR(atomic_load(&s.closes) == 1, "the server's on_close");
+	cr_assert_eq(srv_stop(&s), 0);
+	SHARD_CHECKS_PASSED();
+	free(out);
+	free(in);
+}
+
+/* Bad input and the state checks, on one accepted connection. */
+static _Atomic int bad_done;
+
+static void
+bad_open(struct keel_conn *c)
+{
+	struct iovec none[1] = { { NULL, 0 } };
+	struct iovec big[2] = { { (void *)"a", 1 }, { (void *)"b", 1 } };
+
+	SHARD_CHECK_EQ(keel_conn_write(c, "x", 0), -EINVAL);
+	SHARD_CHECK_EQ(keel_conn_write(c, NULL, 1), -EINVAL);
+	SHARD_CHECK_EQ(keel_conn_writev(c, none, 0), -EINVAL);
+	SHARD_CHECK_EQ(keel_conn_writev(c, none, 1), -EINVAL); /* nothing to send */
+	SHARD_CHECK_EQ(keel_conn_writev(c, NULL, 1), -EINVAL);
+	SHARD_CHECK_EQ(keel_conn_queued(c), 0);
+	SHARD_CHECK_EQ(keel_conn_writev(c, big, 2), 0);
+	SHARD_CHECK_EQ(keel_conn_queued(c), 2);
+	SHARD_CHECK_EQ(keel_conn_shutdown(c), 0);
+	SHARD_CHECK_EQ(keel_conn_write(c, "x", 1), -EPIPE);
+	SHARD_CHECK_EQ(keel_conn_writev(c, big, 2), -EPIPE);
+	atomic_store(&bad_done, 1);
+}
+
+static const struct keel_conn_ops bad_ops = { .on_open = bad_open,
+					      .on_data = drop_data,
+					      .on_close = count_close };
+
+Test(net_write, bad_input_and_write_after_shutdown)
+{
+	struct srv s;
+	char b[4];
+	int fd;
+
+	atomic_store(&bad_done, 0);
+	cr_assert_eq(srv_start(&s, NULL, NULL, &bad_ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	/* The two bytes queued before the shutdown, then EOF. */
+	cr_assert_eq(cli_read_all(fd, b, 2), 0);
+	cr_assert_eq(memcmp(b, "ab", 2), 0);
+	cr_assert_eq(cli_recv(fd, b, sizeof(b)), 0, "EOF after the shutdown");
+	close(fd);
+	WAIT_FOR(atomic_load(&s.closes) == 1, "the server's on_close");
+	cr_assert_eq(srv_stop(&s), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(atomic_load(&bad_done), 1);
+}
