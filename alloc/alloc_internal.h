@@ -196,10 +196,8 @@ struct keel_alloc {
 	bool reg_ok;
 	struct ext_hooks hooks;
 
-	/* Buffer headers: a free list refilled in blocks from the general arena; the blocks,
-	 * freed at teardown (with plain malloc no arena frees them). */
+	/* Buffer headers: a free list refilled in blocks from the general arena. */
 	struct keel_buf *hdr_free;
-	struct hdr_block *hdr_blocks;
 
 #ifdef KEEL_BUF_TRACE
 	struct keel_buf *trace_live;

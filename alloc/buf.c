@@ -14,27 +14,20 @@
 
 #define HDR_BLOCK 64
 
-struct hdr_block {
-	struct hdr_block *next;
-	struct keel_buf h[HDR_BLOCK];
-};
-
 static struct keel_buf *
 hdr_get(struct keel_alloc *a)
 {
 	struct keel_buf *b = a->hdr_free;
 
 	if (__builtin_expect(b == NULL, 0)) {
-		/* A block of headers from the general arena, listed for teardown. */
-		struct hdr_block *blk = keel_alloc_malloc(a, sizeof(*blk));
+		/* A block of headers from the general arena; freed with the arena. */
+		struct keel_buf *blk = keel_alloc_malloc(a, HDR_BLOCK * sizeof(*blk));
 		if (!blk)
 			return NULL;
-		memset(blk, 0, sizeof(*blk));
+		memset(blk, 0, HDR_BLOCK * sizeof(*blk));
 		for (unsigned i = 0; i < HDR_BLOCK - 1; i++)
-			blk->h[i].u.next_free = &blk->h[i + 1];
-		blk->next = a->hdr_blocks;
-		a->hdr_blocks = blk;
-		b = blk->h;
+			blk[i].u.next_free = &blk[i + 1];
+		b = blk;
 	}
 	a->hdr_free = b->u.next_free;
 	return b;
@@ -495,14 +488,6 @@ keel__buf_teardown(struct keel_alloc *a)
 					a->cfg.shard, b->cap, b->refs, b->file, b->line);
 	}
 #endif
-	/* The header blocks, unless a buffer still uses one (then they stay: a late put must
-	 * not touch freed memory; the warning below says so). */
-	while (!live && a->hdr_blocks) {
-		struct hdr_block *blk = a->hdr_blocks;
-		a->hdr_blocks = blk->next;
-		keel_alloc_free(a, blk);
-	}
-	a->hdr_free = NULL;
 	if (live)
 		keel__alloc_log(KEEL_ALLOC_LOG_WARN,
 				"shard %u: %llu buffers (%llu bytes) still referenced at teardown; "
