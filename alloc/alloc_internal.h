@@ -196,8 +196,10 @@ struct keel_alloc {
 	bool reg_ok;
 	struct ext_hooks hooks;
 
-	/* Buffer headers: a free list refilled in blocks from the general arena. */
+	/* Buffer headers: a free list refilled in blocks from the general allocator; the
+	 * blocks, linked through their first header, are freed at destroy. */
 	struct keel_buf *hdr_free;
+	struct keel_buf *hdr_blocks;
 
 #ifdef KEEL_BUF_TRACE
 	struct keel_buf *trace_live;

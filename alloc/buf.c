@@ -20,14 +20,18 @@ hdr_get(struct keel_alloc *a)
 	struct keel_buf *b = a->hdr_free;
 
 	if (__builtin_expect(b == NULL, 0)) {
-		/* A block of headers from the general arena; freed with the arena. */
+		/* A block of headers from the general allocator. Its first header is not handed
+		 * out: it links the blocks (a->hdr_blocks), so the allocator frees them when it is
+		 * destroyed, whether they came from a jemalloc arena or from the C library. */
 		struct keel_buf *blk = keel_alloc_malloc(a, HDR_BLOCK * sizeof(*blk));
 		if (!blk)
 			return NULL;
 		memset(blk, 0, HDR_BLOCK * sizeof(*blk));
-		for (unsigned i = 0; i < HDR_BLOCK - 1; i++)
+		blk[0].u.next_free = a->hdr_blocks;
+		a->hdr_blocks = blk;
+		for (unsigned i = 1; i < HDR_BLOCK - 1; i++)
 			blk[i].u.next_free = &blk[i + 1];
-		b = blk;
+		b = &blk[1];
 	}
 	a->hdr_free = b->u.next_free;
 	return b;
@@ -495,4 +499,12 @@ keel__buf_teardown(struct keel_alloc *a)
 				a->cfg.shard, (unsigned long long)live,
 				(unsigned long long)(ASTAT_GET(a, bytes_in_use) +
 						     ASTAT_GET(a, ext_bytes_in_use)));
+	/* The headers go with the allocator (a jemalloc arena would drop them too). */
+	while (a->hdr_blocks) {
+		struct keel_buf *next = a->hdr_blocks[0].u.next_free;
+
+		keel_alloc_free(a, a->hdr_blocks);
+		a->hdr_blocks = next;
+	}
+	a->hdr_free = NULL;
 }

@@ -92,6 +92,12 @@ keel__shard_ring_init(struct keel_shard *s)
 	else if (caps->coop_taskrun)
 		flags |= IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
 
+	/* ZCRX completions are 32 bytes (the second half holds the area offset), and the kernel
+	 * registers an interface queue only on a DEFER_TASKRUN ring: ask for CQE32 only on the
+	 * shards that will try (liburing's CQ walk follows the CQE size). */
+	if (rt->opts.zcrx != KEEL_POLICY_OFF && s->rxq >= 0 &&
+	    rt->features[KEEL_FEAT_DEFER_TASKRUN].used)
+		flags |= IORING_SETUP_CQE32;
 	memset(&p, 0, sizeof(p));
 	p.flags = flags;
 	/* Sized for connections, not for the SQ: every multishot receive of every connection

@@ -54,6 +54,9 @@ keel_opts_init(struct keel_opts *o)
 	o->signals = true;
 	o->memory = 256ULL << 20;
 	o->file_qd = KEEL_FILE_QD_DEFAULT;
+	o->zcrx = KEEL_POLICY_AUTO;
+	o->zcrx_area = KEEL_ZCRX_AREA_DEFAULT;
+	o->zcrx_rq_entries = KEEL_ZCRX_RQ_ENTRIES_DEFAULT;
 }
 
 static int
@@ -196,6 +199,80 @@ parse_features(const char *name, const char *s, struct keel_opts *o, char *err, 
 	return 0;
 }
 
+static int
+parse_iface(const char *name, const char *s, size_t len, struct keel_opts *o, char *err,
+	    size_t errlen)
+{
+	/* IFNAMSIZ is 16 with the terminator. */
+	if (!len || len >= 16 || memchr(s, '/', len) || memchr(s, ' ', len))
+		return keel__errf(err, errlen, -EINVAL,
+				  "%s: '%.*s' is not an interface name (1-15 characters, no '/')",
+				  name, (int)len, s);
+	memcpy(o->iface, s, len);
+	o->iface[len] = 0;
+	return 0;
+}
+
+/* "IF:LIST": the interface, then the queue of shard 0, 1, ... in order; no queue twice. */
+static int
+parse_rxqs(const char *name, const char *s, struct keel_opts *o, char *err, size_t errlen)
+{
+	const char *colon = strrchr(s, ':');
+	const char *p;
+	unsigned n = 0;
+	int r;
+
+	if (!colon)
+		return keel__errf(err, errlen, -EINVAL, "%s: '%s' is not IF:LIST (e.g. eth0:0-3)",
+				  name, s);
+	r = parse_iface(name, s, (size_t)(colon - s), o, err, errlen);
+	if (r < 0)
+		return r;
+	p = colon + 1;
+	if (!*p)
+		goto bad;
+	while (*p) {
+		char *end;
+		unsigned long a, b;
+
+		if (*p < '0' || *p > '9')
+			goto bad;
+		a = strtoul(p, &end, 10);
+		b = a;
+		if (*end == '-') {
+			p = end + 1;
+			if (*p < '0' || *p > '9')
+				goto bad;
+			b = strtoul(p, &end, 10);
+		}
+		if (a > b || b > 65535)
+			goto bad;
+		for (unsigned long q = a; q <= b; q++) {
+			if (n == KEEL_MAX_SHARDS)
+				return keel__errf(err, errlen, -EINVAL,
+						  "%s: more than %d queues in '%s'", name,
+						  KEEL_MAX_SHARDS, s);
+			for (unsigned k = 0; k < n; k++)
+				if (o->rxqs[k] == q)
+					return keel__errf(err, errlen, -EINVAL,
+							  "%s: queue %lu named twice in '%s': one "
+							  "queue, one shard",
+							  name, q, s);
+			o->rxqs[n++] = (unsigned)q;
+		}
+		p = end;
+		if (*p == ',')
+			p++;
+		else if (*p)
+			goto bad;
+	}
+	o->nrxqs = n;
+	return 0;
+bad:
+	return keel__errf(err, errlen, -EINVAL,
+			  "%s: '%s' is not IF:LIST (e.g. eth0:0-3,8; queues < 65536)", name, s);
+}
+
 enum opt_id {
 	OPT_SHARDS,
 	OPT_CPUSET,
@@ -212,6 +289,11 @@ enum opt_id {
 	OPT_MEMORY,
 	OPT_HUGEPAGES,
 	OPT_FILE_QD,
+	OPT_ZCRX,
+	OPT_IFACE,
+	OPT_RXQS,
+	OPT_ZCRX_AREA,
+	OPT_ZCRX_RQ,
 	OPT_HELP,
 };
 
@@ -255,6 +337,16 @@ static const struct opt_desc opt_table[] = {
 	  "core/queue map file written by keel-topo --plan (shard i runs on its CPU)" },
 	{ OPT_FILE_QD, "--file-qd", "KEEL_FILE_QD", "N",
 	  "disk requests per shard in the ring at once; more wait in a FIFO (default 64)" },
+	{ OPT_ZCRX, "--zcrx", "KEEL_ZCRX", "off|on|auto",
+	  "zero-copy receive on each shard's rx queue; auto falls back to copying with one line "
+	  "naming the kernel's reason (default auto)" },
+	{ OPT_IFACE, "--iface", "KEEL_IFACE", "IF", "interface whose rx queues the shards own" },
+	{ OPT_RXQS, "--rxqs", "KEEL_RXQS", "IF:LIST",
+	  "rx queue of each shard in order, e.g. eth0:0-3 (default: the --map entries)" },
+	{ OPT_ZCRX_AREA, "--zcrx-area", "KEEL_ZCRX_AREA", "SIZE",
+	  "ZCRX receive area per shard, K/M/G suffixes (default 64M)" },
+	{ OPT_ZCRX_RQ, "--zcrx-rq-entries", "KEEL_ZCRX_RQ_ENTRIES", "N",
+	  "ZCRX refill ring entries per shard, a power of two up to 32768 (default 4096)" },
 	{ OPT_HELP, "--help", NULL, NULL, "show this help" },
 };
 
@@ -323,6 +415,27 @@ apply(const struct opt_desc *d, const char *v, struct keel_opts *o, char *err, s
 		return parse_bool(d->name, v, &o->hugepages, err, errlen);
 	case OPT_FILE_QD:
 		return parse_uint(d->name, v, 1, 65536, &o->file_qd, err, errlen);
+	case OPT_ZCRX:
+		for (int i = 0; i <= KEEL_POLICY_ON; i++)
+			if (!strcmp(v, policy_names[i])) {
+				o->zcrx = (enum keel_policy)i;
+				return 0;
+			}
+		return keel__errf(err, errlen, -EINVAL, "%s: '%s' is not off, on or auto", d->name,
+				  v);
+	case OPT_IFACE:
+		return parse_iface(d->name, v, strlen(v), o, err, errlen);
+	case OPT_RXQS:
+		return parse_rxqs(d->name, v, o, err, errlen);
+	case OPT_ZCRX_AREA:
+		return parse_size(d->name, v, &o->zcrx_area, err, errlen);
+	case OPT_ZCRX_RQ:
+		r = parse_uint(d->name, v, 1, KEEL_ZCRX_RQ_ENTRIES_MAX, &o->zcrx_rq_entries, err,
+			       errlen);
+		if (r == 0 && (o->zcrx_rq_entries & (o->zcrx_rq_entries - 1)))
+			return keel__errf(err, errlen, -EINVAL, "%s: %u is not a power of two",
+					  d->name, o->zcrx_rq_entries);
+		return r;
 	case OPT_HELP:
 		return 1;
 	}

@@ -215,6 +215,56 @@ cpus_of(const struct keel_opts *o, int *cpus, unsigned *n, char *why, size_t why
 	return 0;
 }
 
+/* The ZCRX options against the shards' queues, before any shard runs (so before the kernel is
+ * asked): one queue, one shard; queues need an interface; "on" needs a queue per shard and
+ * DEFER_TASKRUN (the kernel refuses the registration on any other ring). */
+static int
+zcrx_check(const struct keel_runtime *rt)
+{
+	const char *iface = keel_runtime_rx_iface(rt);
+	unsigned with = 0;
+
+	if (rt->opts.zcrx == KEEL_POLICY_OFF)
+		return 0;
+	for (unsigned i = 0; i < rt->count; i++) {
+		if (rt->shards[i].rxq < 0)
+			continue;
+		with++;
+		for (unsigned j = 0; j < i; j++)
+			if (rt->shards[j].rxq == rt->shards[i].rxq) {
+				keel_log(KEEL_LOG_ERROR, "core",
+					 "shards %u and %u both ask for rx queue %d of %s: one "
+					 "queue, one shard (a queue takes one ZCRX interface "
+					 "queue); give each shard its own queue in --rxqs or the "
+					 "--map file, or use --zcrx off",
+					 j, i, rt->shards[i].rxq, iface ? iface : "the interface");
+				return -EINVAL;
+			}
+	}
+	if (with && !iface) {
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "the shards have rx queues but no interface: give --iface IF");
+		return -EINVAL;
+	}
+	if (rt->opts.zcrx != KEEL_POLICY_ON)
+		return 0;
+	if (with < rt->count) {
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "--zcrx on: %u of %u shards have no rx queue; give one per shard with "
+			 "--rxqs IF:LIST or a --map file (keel-topo --plan --hds), or use --zcrx "
+			 "auto",
+			 rt->count - with, rt->count);
+		return -EINVAL;
+	}
+	if (!rt->features[KEEL_FEAT_DEFER_TASKRUN].used) {
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "--zcrx on needs IORING_SETUP_DEFER_TASKRUN (Linux 6.1), which is off or "
+			 "missing: drop --feature defer_taskrun=off, or use --zcrx auto");
+		return -EINVAL;
+	}
+	return 0;
+}
+
 int
 keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 {
@@ -300,10 +350,20 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 		s->rt = rt;
 		s->id = i;
 		s->cpu = cpus[i % ncpus];
-		s->rxq = rt->map ? rt->map->shards[i].rxq : -1;
+		if (opts->nrxqs)
+			s->rxq = i < opts->nrxqs ? (int)opts->rxqs[i] : -1;
+		else if (rt->map)
+			s->rxq = rt->map->shards[i].rxq;
+		else /* --iface alone: shard i takes queue i, as keel-topo --plan does */
+			s->rxq = opts->iface[0] ? (int)i : -1;
 		s->sigfd = -1;
 		s->xefd = -1;
 		pthread_mutex_init(&s->xlock, NULL);
+	}
+	r = zcrx_check(rt);
+	if (r < 0) {
+		free(rt->shards);
+		goto err_topo;
 	}
 	pthread_mutex_init(&rt->start_lock, NULL);
 	pthread_cond_init(&rt->latch_cond, NULL);
@@ -485,6 +545,18 @@ int
 keel_runtime_shard_cpu(const struct keel_runtime *rt, unsigned shard)
 {
 	return shard < rt->count ? rt->shards[shard].cpu : -EINVAL;
+}
+
+const struct keel_opts *
+keel_runtime_opts(const struct keel_runtime *rt)
+{
+	return &rt->opts;
+}
+
+const char *
+keel_runtime_rx_iface(const struct keel_runtime *rt)
+{
+	return rt->opts.iface[0] ? rt->opts.iface : keel_runtime_map_iface(rt);
 }
 
 int

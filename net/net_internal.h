@@ -28,6 +28,7 @@ __attribute__((noreturn)) void keel__net_verify_fail(const char *file, int line,
 #define container_of(p, type, member) ((type *)((char *)(p)-offsetof(type, member)))
 
 struct net_shard;
+struct net_zcrx;
 
 /* A provided-buffer ring: nbufs buffers of bufsize bytes in areas of allocator memory. */
 struct pbuf_ring {
@@ -81,6 +82,7 @@ struct net_shard {
 	struct keel__lshard *lshards; /* listener parts on this shard */
 	struct keel_slice *scratch;   /* [tcp.nbufs] slices of one completion */
 	struct keel_net_stats st;
+	struct net_zcrx *zcrx; /* zcrx.c: the shard's ZCRX set-up (NULL until decided) */
 };
 
 /* shard.c */

@@ -16,6 +16,7 @@
 #include <sys/un.h>
 
 #include "net_internal.h"
+#include "zcrx.h"
 
 /* One list of defaults: the initial configuration and keel_net_config_init(). */
 #define NET_CONFIG_DEFAULTS                                                                        \
@@ -130,6 +131,7 @@ destroy(struct net_shard *ns)
 	if (ns->udp_ready)
 		keel__pbuf_fini(&ns->udp);
 	keel__udp_fini(ns);
+	keel__zcrx_fini(ns);
 	if (ns->files)
 		io_uring_unregister_files(keel_shard_ring_get());
 	free(ns->scratch);
@@ -223,6 +225,10 @@ shard_create(const struct keel_net_config *cfg, struct net_shard **out)
 		}
 		ns->files = true;
 	}
+	/* Before the buffer ring: a failed --zcrx on then unwinds nothing but the file table. */
+	r = keel__zcrx_setup(ns); /* --zcrx on: fails with the reason and the fix */
+	if (r < 0)
+		goto err;
 	ns->scratch = calloc(ns->cfg.buf_count, sizeof(*ns->scratch));
 	if (!ns->scratch) {
 		r = -ENOMEM;
@@ -239,6 +245,7 @@ shard_create(const struct keel_net_config *cfg, struct net_shard **out)
 	*out = ns;
 	return 0;
 err:
+	keel__zcrx_fini(ns);
 	keel__pbuf_fini(&ns->tcp);
 	if (ns->files)
 		io_uring_unregister_files(keel_shard_ring_get());

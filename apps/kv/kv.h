@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "aofrec.h"
 #include "resp.h"
 
 /* A growable reply buffer (malloc: replies cross shards and are freed where they land).
@@ -66,6 +67,9 @@ struct kv_config {
 	unsigned nshards;
 	bool handoff_export; /* --handoff export: forward requests as exported slices */
 	uint64_t hash_seed;
+	bool aof;                                                       /* --appendonly yes */
+	enum { KV_FSYNC_NO, KV_FSYNC_EVERYSEC, KV_FSYNC_ALWAYS } fsync; /* --appendfsync */
+	const char *dir; /* --dir: where the files live */
 };
 extern struct kv_config kv_cfg;
 extern struct kv_stats kv_stats[];
@@ -93,7 +97,7 @@ enum kv_route {
 	KV_R_KEYS,  /* every argument from 1 (step 1 or 2) is a key: split per owner */
 	KV_R_ALL,   /* every shard's table: run on each, replies merged */
 };
-enum kv_merge { KV_M_NONE, KV_M_SUM, KV_M_OK, KV_M_ARRAY_BY_KEY, KV_M_CONCAT };
+enum kv_merge { KV_M_NONE, KV_M_SUM, KV_M_OK, KV_M_ARRAY_BY_KEY, KV_M_CONCAT, KV_M_FIRST };
 
 #define KV_F_WRITE   1u
 #define KV_F_DENYOOM 2u
@@ -122,5 +126,36 @@ void kv_cmd_exec(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv
 /* Write Redis's reply for an unknown command / wrong arity. */
 void kv_reply_unknown(struct rbuf *out, struct resp_arg *argv, unsigned argc);
 void kv_reply_arity(struct rbuf *out, const struct kv_cmd *c);
+
+/* Persistence records (store.c): the state of @key as one RESP record (SET k v [PXAT ms]
+ * or DEL k); every live key of @db as records; the check of a record read back (0, and
+ * *pxat its expiry or 0; -EINVAL when it is not one keel-kv writes); a record applied to
+ * @db (0; -EINVAL; -ENOMEM). */
+void kv_db_record(struct kv_db *db, const struct resp_arg *key, struct rbuf *out);
+void kv_db_snapshot(struct kv_db *db, struct rbuf *out);
+int kv_db_apply(struct kv_db *db, const struct resp_arg *argv, unsigned argc);
+
+/* The append-only files (aof.c, docs/kv.md "Persistence"). */
+/* Main thread, before the shards start: read every appendonly-N.aof of --dir, cut a torn
+ * or invalid tail (logged). Returns 0 or -errno (printed). */
+int kv_aof_preload(void);
+/* On each shard before it listens: apply the records whose keys it owns, rewrite its own
+ * file as a snapshot, open it for appending. Returns 0 or -errno (logged). */
+int kv_aof_shard_start(struct kv_db *db);
+/* After a write command ran on this shard: append the new state of the keys it named. */
+void kv_aof_log(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv, unsigned argc);
+/* Why writes are refused now (the last disk error of this shard's file), or NULL. */
+const char *kv_aof_error(void);
+/* --appendfsync always: run @fn(@arg, err) once what this shard logged so far is on disk
+ * (err 0) or could not be written (-errno). Returns 0, or -ENOENT when nothing is to wait
+ * for (not always, no file, stopping): the caller replies at once. */
+int kv_aof_after_sync(void (*fn)(void *arg, int err), void *arg);
+/* BGREWRITEAOF on this shard. */
+void kv_aof_cmd_bgrewrite(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out);
+/* INFO persistence lines of this process. */
+void kv_aof_info(struct rbuf *out);
+/* Flush what is pending synchronously and close (the shard's on-stop hook / main at exit). */
+void kv_aof_stop(void);
+void kv_aof_fini(void);
 
 #endif

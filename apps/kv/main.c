@@ -17,7 +17,9 @@
 static const char usage[] =
 	"usage: keel-kv [--port P] [--addr A] [--maxmemory BYTES] [--timeout SECONDS]\n"
 	"               [--proto-max-bulk-len BYTES] [--client-query-buffer-limit BYTES]\n"
-	"               [--handoff copy|export] [--buf-count N] [--buf-size N] [runtime options]\n"
+	"               [--handoff copy|export] [--buf-count N] [--buf-size N]\n"
+	"               [--appendonly yes|no] [--appendfsync always|everysec|no] [--dir DIR]\n"
+	"               [runtime options]\n"
 	"A Redis-protocol key-value server, keys spread over the shards (docs/kv.md).\n"
 	"--port P: TCP port (default 6379; 0: an ephemeral one, printed at start)\n"
 	"--addr A: address to listen on (default 0.0.0.0)\n"
@@ -29,7 +31,12 @@ static const char usage[] =
 	"--client-query-buffer-limit BYTES: the largest request buffered (default 1gb)\n"
 	"--handoff copy|export: requests for another shard's keys travel copied (default)\n"
 	"           or as an export of the receive buffer (keel_slice_export)\n"
-	"--buf-count N, --buf-size N: receive buffers per shard (default 256 x 16384)\n";
+	"--buf-count N, --buf-size N: receive buffers per shard (default 256 x 16384)\n"
+	"--appendonly yes|no: log every write to DIR/appendonly-<shard>.aof and replay the\n"
+	"           files at start (default no)\n"
+	"--appendfsync always|everysec|no: when the files reach the disk: before the reply,\n"
+	"           each second (the default), or when the kernel decides\n"
+	"--dir DIR: where the append-only files live (default .)\n";
 
 static void
 die(const char *msg, const char *opt)
@@ -144,6 +151,21 @@ main(int argc, char **argv)
 				nc.buf_count = (uint32_t)t;
 			else
 				nc.buf_size = (uint32_t)t;
+		} else if (!strcmp(argv[i], "--appendonly")) {
+			if (strcmp(v, "yes") && strcmp(v, "no"))
+				die("--appendonly expects yes or no, got ", v);
+			kv_cfg.aof = !strcmp(v, "yes");
+		} else if (!strcmp(argv[i], "--appendfsync")) {
+			if (!strcmp(v, "always"))
+				kv_cfg.fsync = KV_FSYNC_ALWAYS;
+			else if (!strcmp(v, "everysec"))
+				kv_cfg.fsync = KV_FSYNC_EVERYSEC;
+			else if (!strcmp(v, "no"))
+				kv_cfg.fsync = KV_FSYNC_NO;
+			else
+				die("--appendfsync expects always, everysec or no, got ", v);
+		} else if (!strcmp(argv[i], "--dir")) {
+			kv_cfg.dir = v;
 		} else {
 			die("unknown option ", argv[i]);
 		}
@@ -153,6 +175,8 @@ main(int argc, char **argv)
 	if (keel_net_config_set(&nc) < 0)
 		die("--buf-count must be a power of two up to 32768 and --buf-size at most 1 MiB",
 		    NULL);
+	if (kv_aof_preload() < 0)
+		return 1;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	kv_cfg.hash_seed = (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ull ^ (uint64_t)ts.tv_sec;
 	r = keel_runtime_create(&o, &rt);

@@ -25,7 +25,9 @@
 
 struct kv_config kv_cfg = { .max_bulk = RESP_MAX_BULK_DEFAULT,
 			    .query_max = 1ull << 30,
-			    .nshards = 1 };
+			    .nshards = 1,
+			    .fsync = KV_FSYNC_EVERYSEC,
+			    .dir = "." };
 struct kv_stats kv_stats[KEEL_MAX_SHARDS];
 static uint16_t kv_port;
 static int64_t kv_start_ms;
@@ -54,7 +56,13 @@ struct kconn {
 	struct pend *head, *tail;
 	unsigned npend;
 	bool closing; /* a protocol error or QUIT: no more requests; close once replied */
-	bool paused;  /* this code paused reading (too many replies outstanding) */
+	bool paused;  /* this code paused reading (too many replies outstanding, or a
+		       * request waits for room in a full cross-shard queue) */
+	/* Requests for other shards refused with -EAGAIN (a full queue), and every one
+	 * for another shard after them, in order: sent once there is room. */
+	struct kmsg *bq_head, *bq_tail;
+	bool bq_waiting; /* a keel_msg_wait_room() callback will come */
+	bool dead;       /* closed while waiting: the callback frees it */
 	int64_t last_ms;
 	char *name;
 	struct resp_arg *argv;
@@ -83,8 +91,10 @@ static struct kv_shard shards[KEEL_MAX_SHARDS];
 
 /* The hand-off of one request (or one part of a fan-out) to the owner shard. */
 struct kmsg {
+	struct kmsg *next; /* in kconn.bq */
 	struct pend *pend;
 	unsigned part;        /* the owner (the part of a fan-out) */
+	unsigned home;        /* the shard the reply goes to */
 	struct keel_slice sl; /* --handoff export: the request's bytes; else buf NULL */
 	const uint8_t *req;   /* the request's bytes */
 	size_t req_len;
@@ -214,7 +224,7 @@ drain(struct kconn *kc)
 		kc->npend--;
 		pend_free(p);
 	}
-	if (kc->paused && kc->npend < PEND_MAX / 2) {
+	if (kc->paused && kc->npend < PEND_MAX / 2 && !kc->bq_head) {
 		kc->paused = false;
 		keel_conn_resume_read(kc->c);
 	}
@@ -364,6 +374,9 @@ merge(struct pend *p)
 		}
 		break;
 	}
+	case KV_M_FIRST:
+		rb_put(out, p->parts[0].p, p->parts[0].len);
+		break;
 	case KV_M_NONE:
 		break;
 	}
@@ -405,14 +418,101 @@ exec_here(const struct kv_cmd *c, struct resp_arg *argv, unsigned argc, struct r
 		rb_err(out, "ERR keel-kv is shutting down");
 		return;
 	}
+	if (c->flags & KV_F_WRITE) {
+		const char *e = kv_aof_error();
+		size_t at = out->len;
+		if (e) {
+			rb_err(out, "MISCONF Errors writing to the AOF file: %s", e);
+			return;
+		}
+		kv_cmd_exec(c, &ks->db, argv, argc, out);
+		if (kv_cfg.aof && out->len > at && out->p[at] != '-')
+			kv_aof_log(c, &ks->db, argv, argc);
+		return;
+	}
 	kv_cmd_exec(c, &ks->db, argv, argc, out);
 }
 
-/* On the owner: parse the request again and run it. */
-static int
-owner_run(void *arg)
+/* --appendfsync always: does @c's reply wait for the disk? */
+static bool
+must_hold(const struct kv_cmd *c)
+{
+	return c && (c->flags & KV_F_WRITE) && kv_cfg.aof && kv_cfg.fsync == KV_FSYNC_ALWAYS;
+}
+
+static void home_recv(void *arg);
+
+/* Send a reply computed here back to its home shard, waiting for room in its queue. */
+static void send_home(struct kmsg *m);
+
+static void
+home_room(int status, void *arg)
 {
 	struct kmsg *m = arg;
+
+	if (status < 0) { /* this shard stops: the home shard's connection goes too */
+		rb_free(&m->rep);
+		free(m);
+		return;
+	}
+	send_home(m);
+}
+
+static void
+send_home(struct kmsg *m)
+{
+	int r = keel_send(m->home, home_recv, m);
+
+	if (r == -EAGAIN)
+		r = keel_msg_wait_room(m->home, home_room, m);
+	if (r < 0)
+		home_room(r, m);
+}
+
+/* A held reply's batch is on disk (or failed: the reply says so). */
+static void
+held_done(void *arg, int err)
+{
+	struct kmsg *m = arg;
+
+	if (err) {
+		m->rep.len = 0;
+		rb_err(&m->rep, "MISCONF Errors writing to the AOF file: %s", strerror(-err));
+	}
+	if (m->home == self()) {
+		home_recv(m);
+		return;
+	}
+	send_home(m);
+}
+
+/* Run a write here and answer part @part of @p once it is on disk (always), or now. */
+static void
+exec_held(struct pend *p, unsigned part, const struct kv_cmd *c, struct resp_arg *argv,
+	  unsigned argc)
+{
+	struct kmsg *m = calloc(1, sizeof(*m));
+	struct rbuf rep = { 0 };
+
+	if (!m) {
+		rep.oom = true;
+		pend_part_done(p, part, &rep);
+		return;
+	}
+	m->pend = p;
+	m->part = part;
+	m->home = self();
+	exec_here(c, argv, argc, &m->rep);
+	if (kv_aof_after_sync(held_done, m) < 0)
+		home_recv(m);
+}
+
+/* On the owner: parse the request again and run it. Returns the command (NULL when
+ * the request could not be parsed). */
+static const struct kv_cmd *
+owner_exec(struct kmsg *m)
+{
+	const struct kv_cmd *c = NULL;
 	struct kv_shard *ks = &shards[self()];
 	struct resp_req req = { .argv = ks->argv,
 				.cap = ks->argv_cap,
@@ -428,14 +528,43 @@ owner_run(void *arg)
 		    0)
 			break;
 	if (r > 0 && req.argc) {
-		const struct kv_cmd *c = kv_cmd_find(req.argv[0].p, req.argv[0].len);
+		c = kv_cmd_find(req.argv[0].p, req.argv[0].len);
 		exec_here(c, req.argv, req.argc, &m->rep);
 	} else {
 		m->rep.oom = true; /* only memory can fail a request parsed once already */
 	}
 	if (m->sl.buf)
 		keel_slice_put(&m->sl); /* the proxy: its last put travels home */
+	return c;
+}
+
+static int
+owner_run(void *arg)
+{
+	owner_exec(arg);
 	return 0;
+}
+
+/* --appendfsync always: the request came with keel_send; its reply goes home with
+ * keel_send once a write is on disk. */
+static void
+owner_recv(void *arg)
+{
+	struct kmsg *m = arg;
+	const struct kv_cmd *c = owner_exec(m);
+
+	if (must_hold(c) && kv_aof_after_sync(held_done, m) == 0)
+		return;
+	send_home(m);
+}
+
+static void
+home_recv(void *arg)
+{
+	struct kmsg *m = arg;
+
+	pend_part_done(m->pend, m->part, &m->rep);
+	free(m);
 }
 
 /* Back on the home shard. */
@@ -446,6 +575,131 @@ home_done(int status, void *arg)
 
 	pend_part_done(m->pend, m->part, &m->rep);
 	free(m);
+}
+
+static void
+msg_drop(struct kmsg *m)
+{
+	if (m->sl.buf) {
+		keel_slice_move(&m->sl, self());
+		keel_slice_put(&m->sl);
+	}
+	rb_free(&m->rep);
+	free(m);
+}
+
+/* Send a request to its owner (m->part). Returns: as keel_call(). */
+static int
+send_req(struct kmsg *m)
+{
+	int r;
+
+	if (kv_cfg.aof && kv_cfg.fsync == KV_FSYNC_ALWAYS)
+		r = keel_send(m->part, owner_recv, m);
+	else
+		r = keel_call(m->part, owner_run, m, home_done, m);
+	if (r == 0)
+		stat_add(&kv_stats[self()].forwarded_out, 1);
+	return r;
+}
+
+static void
+bq_add(struct kconn *kc, struct kmsg *m)
+{
+	m->next = NULL;
+	if (kc->bq_tail)
+		kc->bq_tail->next = m;
+	else
+		kc->bq_head = m;
+	kc->bq_tail = m;
+	if (!kc->paused) {
+		kc->paused = true;
+		keel_conn_pause_read(kc->c);
+	}
+}
+
+/* Answer every waiting request with @err (the queue cannot drain: memory, stopping). */
+static void
+bq_fail(struct kconn *kc, int err)
+{
+	struct kmsg *m;
+
+	while ((m = kc->bq_head)) {
+		kc->bq_head = m->next;
+		if (!kc->bq_head)
+			kc->bq_tail = NULL;
+		if (m->sl.buf) {
+			keel_slice_move(&m->sl, self());
+			keel_slice_put(&m->sl);
+		}
+		rb_err(&m->rep, "ERR shard %u unreachable: %s", m->part, strerror(-err));
+		pend_part_done(m->pend, m->part, &m->rep);
+		free(m);
+	}
+}
+
+static void on_room(int status, void *arg);
+
+static void
+bq_wait(struct kconn *kc)
+{
+	int r = keel_msg_wait_room(kc->bq_head->part, on_room, kc);
+
+	if (r < 0) {
+		bq_fail(kc, r);
+		return;
+	}
+	kc->bq_waiting = true;
+}
+
+static void
+on_room(int status, void *arg)
+{
+	struct kconn *kc = arg;
+	struct kmsg *m;
+
+	kc->bq_waiting = false;
+	if (kc->dead) { /* the connection closed meanwhile: its requests go unanswered */
+		while ((m = kc->bq_head)) {
+			kc->bq_head = m->next;
+			pend_part_done(m->pend, m->part, &m->rep); /* frees the pend when last */
+			if (m->sl.buf) {
+				keel_slice_move(&m->sl, self());
+				keel_slice_put(&m->sl);
+			}
+			free(m);
+		}
+		free(kc);
+		return;
+	}
+	if (status < 0) {
+		bq_fail(kc, status);
+	} else {
+		while ((m = kc->bq_head)) {
+			int r = send_req(m);
+			if (r == -EAGAIN) {
+				bq_wait(kc);
+				return;
+			}
+			kc->bq_head = m->next;
+			if (!kc->bq_head)
+				kc->bq_tail = NULL;
+			if (r < 0) {
+				if (m->sl.buf) {
+					keel_slice_move(&m->sl, self());
+					keel_slice_put(&m->sl);
+				}
+				rb_err(&m->rep, "ERR shard %u unreachable: %s", m->part,
+				       strerror(-r));
+				pend_part_done(m->pend, m->part, &m->rep);
+				free(m);
+			}
+		}
+	}
+	if (kc->paused && kc->npend < PEND_MAX / 2) {
+		kc->paused = false;
+		keel_conn_resume_read(kc->c);
+	}
 }
 
 /* Hand a request's bytes to @owner. @src, when given, holds those bytes at @off. */
@@ -479,16 +733,21 @@ handoff(struct pend *p, unsigned owner, const uint8_t *req, size_t len,
 		memcpy(m->copy, req, len);
 		m->req = m->copy;
 	}
-	r = keel_call(owner, owner_run, m, home_done, m);
+	m->home = self();
+	if (p->kc && p->kc->bq_head) { /* behind requests waiting for room: in order */
+		bq_add(p->kc, m);
+		return 0;
+	}
+	r = send_req(m);
+	if (r == -EAGAIN && p->kc) {
+		bq_add(p->kc, m);
+		bq_wait(p->kc);
+		return 0;
+	}
 	if (r < 0) {
-		if (m->sl.buf) {
-			keel_slice_move(&m->sl, self());
-			keel_slice_put(&m->sl);
-		}
-		free(m);
+		msg_drop(m);
 		return r;
 	}
-	stat_add(&kv_stats[self()].forwarded_out, 1);
 	return 0;
 }
 
@@ -578,6 +837,11 @@ fanout(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsigned
 					if (parse_grow(pr, &req, &kc->argv, &kc->argv_cap,
 						       &kc->scratch, &kc->scratch_cap) < 0)
 						break;
+				if (pr > 0 && must_hold(c)) {
+					exec_held(p, s, c, req.argv, req.argc);
+					rb_free(&sub);
+					continue;
+				}
 				if (pr > 0)
 					exec_here(c, req.argv, req.argc, &rep);
 				else
@@ -654,6 +918,8 @@ info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
 		     (unsigned long long)total, (unsigned long long)cmds, (unsigned long long)hits,
 		     (unsigned long long)misses, (unsigned long long)exp, (unsigned long long)oom,
 		     (unsigned long long)fwd);
+	if (WANT("persistence"))
+		kv_aof_info(&b);
 	if (WANT("keyspace")) {
 		LINE("# Keyspace\r\n");
 		if (keys)
@@ -780,7 +1046,9 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 			char v[3][32];
 			const char *names[] = { "save",    "appendonly",         "maxmemory",
 						"timeout", "proto-max-bulk-len", "databases" };
-			const char *vals[6] = { "", "no", v[0], v[1], v[2], "1" };
+			const char *vals[6] = {
+				"", kv_cfg.aof ? "yes" : "no", v[0], v[1], v[2], "1"
+			};
 			struct rbuf body = { 0 };
 			unsigned cnt = 0;
 			snprintf(v[0], sizeof(v[0]), "%llu", (unsigned long long)kv_cfg.maxmemory);
@@ -900,6 +1168,13 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 		}
 		owner = me;
 		break;
+	}
+	if (owner == me && must_hold(c)) {
+		struct pend *p = pend_new(kc);
+		if (!p)
+			goto oom;
+		exec_held(p, me, c, argv, argc);
+		return;
 	}
 	if (owner == me) {
 		out = reply_to(kc);
@@ -1092,6 +1367,14 @@ on_close(struct keel_conn *c, int status)
 	free(kc->name);
 	free(kc->argv);
 	free(kc->scratch);
+	if (kc->bq_waiting) {
+		kc->dead = true; /* on_room frees it and its waiting requests */
+		kc->in = NULL;
+		kc->name = NULL;
+		kc->argv = NULL;
+		kc->scratch = NULL;
+		return;
+	}
 	free(kc);
 }
 
@@ -1137,6 +1420,7 @@ on_stop(void *arg)
 {
 	struct kv_shard *ks = arg;
 
+	kv_aof_stop();
 	kv_db_fini(&ks->db);
 }
 
@@ -1149,6 +1433,9 @@ kv_shard_start(void)
 	if (self() == 0)
 		kv_start_ms = kv_now_ms();
 	r = kv_db_init(&ks->db, &kv_stats[self()]);
+	if (r < 0)
+		return r;
+	r = kv_aof_shard_start(&ks->db);
 	if (r < 0)
 		return r;
 	r = keel_shard_on_stop(on_stop, ks);
@@ -1175,4 +1462,5 @@ kv_fini(void)
 		free(shards[i].scratch);
 		memset(&shards[i], 0, sizeof(shards[i]));
 	}
+	kv_aof_fini();
 }

@@ -502,6 +502,73 @@ arg_is(const struct resp_arg *a, const char *w)
 	return a->len == strlen(w) && !strncasecmp((const char *)a->p, w, a->len);
 }
 
+/* Persistence (aof.c): a key's state as one record, the table as records, records
+ * applied. A record is the key's whole state (SET k v [PXAT ms] or DEL k), so applying
+ * a file's records in order gives the table back whatever commands produced them, and
+ * an expiry is an absolute unix time in ms (it means the same after a restart). */
+
+static void
+rec_set(struct rbuf *out, const struct kv_ent *e)
+{
+	char t[24];
+
+	rb_arr(out, e->expire_ms ? 5 : 3);
+	rb_bulk(out, "SET", 3);
+	rb_bulk(out, e->data, e->klen);
+	rb_bulk(out, e->data + e->klen, e->vlen);
+	if (e->expire_ms) {
+		int n = snprintf(t, sizeof(t), "%lld", (long long)e->expire_ms);
+		rb_bulk(out, "PXAT", 4);
+		rb_bulk(out, t, (size_t)n);
+	}
+}
+
+void
+kv_db_record(struct kv_db *db, const struct resp_arg *key, struct rbuf *out)
+{
+	struct kv_ent *e = lookup(db, key, NULL);
+
+	if (e) {
+		rec_set(out, e);
+		return;
+	}
+	rb_arr(out, 2);
+	rb_bulk(out, "DEL", 3);
+	rb_bulk(out, key->p, key->len);
+}
+
+void
+kv_db_snapshot(struct kv_db *db, struct rbuf *out)
+{
+	int64_t now = kv_now_ms();
+
+	for (size_t i = 0; i <= db->mask; i++)
+		for (struct kv_ent *e = db->b[i]; e; e = e->next)
+			if (!e->expire_ms || e->expire_ms > now)
+				rec_set(out, e);
+}
+
+int
+kv_db_apply(struct kv_db *db, const struct resp_arg *argv, unsigned argc)
+{
+	struct kv_ent **pp, *e;
+	int64_t at;
+
+	if (kv_record_check(argv, argc, &at) < 0)
+		return -EINVAL;
+	if (argc == 2 || (at && at <= kv_now_ms())) {
+		if ((e = lookup(db, &argv[1], &pp)))
+			unlink_ent(db, pp);
+		return 0;
+	}
+	e = store(db, &argv[1], argv[2].p, argv[2].len, argv[2].len, false);
+	if (!e)
+		return -ENOMEM;
+	if (at)
+		set_expire(db, e, at);
+	return 0;
+}
+
 static void
 cmd_get(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
@@ -943,6 +1010,7 @@ static const struct kv_cmd cmds[] = {
 	{ "command", -1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "loading stale" },
 	{ "config", -2, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "admin loading stale" },
 	{ "client", -2, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "loading stale" },
+	{ "bgrewriteaof", 1, 0, KV_R_ALL, 0, KV_M_FIRST, kv_aof_cmd_bgrewrite, "admin noscript" },
 };
 
 const struct kv_cmd *

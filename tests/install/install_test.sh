@@ -75,6 +75,37 @@ grep -q '^arena: [0-9]' <<<"$out" ||
 grep -q '^malloc: .*libjemalloc' <<<"$out" ||
 	{ echo "expected jemalloc to replace malloc when opted in (docs/embedding.md)"; exit 1; }
 
+echo "== apps/embed out of tree: a host with its own main() and threads, pkg-config keel"
+# shellcheck disable=SC2046
+cc -std=c11 -Wall -Werror -pthread "$src/apps/embed/main.c" -o "$tmp/keel-embed" \
+	$(pkg-config --cflags --libs keel) -ldl
+if readelf -d "$tmp/keel-embed" | grep -q 'NEEDED.*jemalloc'; then
+	echo "keel-embed built with pkg-config keel links jemalloc; only keel-jemalloc may"
+	exit 1
+fi
+# The in-tree end-to-end suite, run against this binary: puts, gets, worker-thread
+# checksums, a restart that reads everything back, bad input. The host prints which
+# malloc it got; the suite keeps its stderr, checked here through a start of its own.
+KEEL_EMBED_BIN="$tmp/keel-embed" "$build/bin/test_embed" -j1 --timeout 300 ||
+	{ echo "tests/embed failed against the out-of-tree keel-embed"; exit 1; }
+mkdir -p "$tmp/embed-data"
+printf 'dir %s\naddr 127.0.0.1\nport 0\nworkers 1\n' "$tmp/embed-data" >"$tmp/embed.conf"
+"$tmp/keel-embed" --config "$tmp/embed.conf" --shards 1 --idle-poll-us 0 2>"$tmp/embed.log" &
+embed_pid=$!
+for _ in $(seq 1 600); do
+	grep -q 'keel-embed: listening' "$tmp/embed.log" && break
+	kill -0 "$embed_pid" 2>/dev/null || break
+	sleep 0.1
+done
+kill -TERM "$embed_pid" 2>/dev/null || true
+rc=0
+wait "$embed_pid" || rc=$?
+cat "$tmp/embed.log"
+[ "$rc" -eq 0 ] || { echo "keel-embed exited with status $rc"; exit 1; }
+grep -q '^keel-embed: listening' "$tmp/embed.log" || { echo "keel-embed did not start"; exit 1; }
+grep -q '^keel-embed: malloc from .*/libc\.so\.6$' "$tmp/embed.log" ||
+	{ echo "the host's malloc must stay the C library's with pkg-config keel"; exit 1; }
+
 echo "== find_package(keel)"
 mkdir -p "$tmp/consumer"
 cp "$src/docs/examples/first-app.c" "$tmp/consumer/"

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -23,7 +24,8 @@
 #include "resp.h"
 #include "wait.h"
 
-static pid_t live; /* the server a failed test leaves running: killed by the fini */
+static pid_t live;           /* the server a failed test leaves running: killed by the fini */
+static char start_log[8192]; /* what the last server printed before it listened */
 
 struct srv {
 	pid_t pid;
@@ -69,8 +71,11 @@ srv_start(struct srv *s, unsigned shards, ...)
 	close(pfd[1]);
 	f = fdopen(pfd[0], "r");
 	s->port = -1;
+	start_log[0] = 0;
 	while (fgets(line, sizeof(line), f)) {
 		char *p = strstr(line, " port ");
+		if (strlen(start_log) + strlen(line) < sizeof(start_log))
+			strcat(start_log, line);
 		if (strstr(line, "keel-kv: listening") && p) {
 			s->port = atoi(p + 6);
 			break;
@@ -767,4 +772,359 @@ Test(kv_server, redis_benchmark_runs_clean)
 	/* 20,000 each of SET, GET, INCR and MSET, plus CONFIG GET. */
 	cr_assert_geq(info_field(s.port, "total_commands_processed:"), 80000);
 	srv_stop(&s);
+}
+
+/* Persistence. */
+
+static void
+mk_dir(char *d, size_t n)
+{
+	snprintf(d, n, "/tmp/keel-kv-aof-XXXXXX");
+	cr_assert(mkdtemp(d), "mkdtemp: %s", strerror(errno));
+}
+
+static void
+rm_dir(const char *d)
+{
+	char cmd[512];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", d);
+	cr_assert_eq(system(cmd), 0);
+}
+
+static long
+file_size(const char *dir, unsigned idx)
+{
+	char p[512];
+	struct stat st;
+
+	snprintf(p, sizeof(p), "%s/appendonly-%u.aof", dir, idx);
+	return stat(p, &st) == 0 ? (long)st.st_size : -1;
+}
+
+static void
+srv_kill9(struct srv *s)
+{
+	int st;
+
+	kill(s->pid, SIGKILL);
+	cr_assert_eq(waitpid(s->pid, &st, 0), s->pid);
+	live = 0;
+}
+
+/* appendfsync always: kill -9 in the middle of a pipelined stream of writes; every write
+ * whose reply arrived is there after a restart (with another shard count). */
+Test(kv_server, aof_always_every_acknowledged_write_survives_kill9)
+{
+	char dir[64], cmd[128], want[128];
+	struct srv s;
+	struct rd r;
+	enum { N = 3000 };
+	int acked = 0;
+	char *got;
+
+	mk_dir(dir, sizeof(dir));
+	srv_start(&s, 2, "--appendonly", "yes", "--appendfsync", "always", "--dir", dir, NULL);
+	rd_init(&r, cconnect(s.port));
+	expect(&r, "SET gone v", "+OK\r\n");
+	expect(&r, "DEL gone", ":1\r\n");
+	expect(&r, "SET counter 10", "+OK\r\n");
+	expect(&r, "INCRBY counter 5", ":15\r\n");
+	expect(&r, "APPEND app abc", ":3\r\n");
+	expect(&r, "APPEND app def", ":6\r\n");
+	expect(&r, "MSET m1 a m2 b m3 c", "+OK\r\n");
+	/* The stream: all requests sent at once; the server is killed once half replied. */
+	{
+		struct rbuf_s {
+			char *p;
+			size_t len;
+		} b = { malloc(N * 64), 0 };
+		for (int i = 0; i < N; i++)
+			b.len += (size_t)sprintf(b.p + b.len, "SET k%d v%d\r\n", i, i);
+		send_all(r.fd, b.p, b.len);
+		free(b.p);
+	}
+	for (; acked < N / 2; acked++) {
+		got = rd_next(&r, NULL);
+		cr_assert(got);
+		cr_assert_str_eq(got, "+OK\r\n");
+	}
+	srv_kill9(&s);
+	/* Replies already in the socket were acknowledged too (the connection may end with
+	 * a reset when requests were still unread: whole replies before it count). */
+	for (;;) {
+		size_t l;
+		ssize_t n;
+		while ((l = resp_reply_len(r.b, r.len))) {
+			cr_assert(!memcmp(r.b, "+OK\r\n", 5));
+			memmove(r.b, r.b + l, r.len - l);
+			r.len -= l;
+			acked++;
+		}
+		n = recv(r.fd, r.b + r.len, r.cap - r.len, 0);
+		if (n <= 0)
+			break;
+		r.len += (size_t)n;
+	}
+	rd_free(&r);
+	srv_start(&s, 3, "--appendonly", "yes", "--appendfsync", "always", "--dir", dir, NULL);
+	rd_init(&r, cconnect(s.port));
+	for (int i = 0; i < acked; i++) {
+		snprintf(cmd, sizeof(cmd), "GET k%d", i);
+		snprintf(want, sizeof(want), "$%zu\r\nv%d\r\n", strlen(cmd) - 4, i);
+		expect(&r, cmd, want);
+	}
+	expect(&r, "GET gone", "$-1\r\n");
+	expect(&r, "GET counter", "$2\r\n15\r\n");
+	expect(&r, "GET app", "$6\r\nabcdef\r\n");
+	expect(&r, "MGET m1 m2 m3", "*3\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+	/* Three shards now: no file of a fourth, and the third exists. */
+	cr_assert_geq(file_size(dir, 2), 0);
+	rm_dir(dir);
+}
+
+/* A record cut short at the end of a file (a crash mid-write) is dropped with a log line
+ * naming the file, the offset and the bytes; everything before it is there. */
+Test(kv_server, aof_torn_tail_truncated_with_log_line)
+{
+	static const char torn[] = "*3\r\n$3\r\nSET\r\n$4\r\ntorn\r\n$10\r\nabc";
+	char dir[64], path[512], want[1024];
+	struct srv s;
+	struct rd r;
+	long size;
+	FILE *f;
+
+	mk_dir(dir, sizeof(dir));
+	srv_start(&s, 1, "--appendonly", "yes", "--dir", dir, NULL);
+	rd_init(&r, cconnect(s.port));
+	expect(&r, "SET a 1", "+OK\r\n");
+	expect(&r, "SET b 2", "+OK\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+	size = file_size(dir, 0);
+	cr_assert_gt(size, 0);
+	snprintf(path, sizeof(path), "%s/appendonly-0.aof", dir);
+	f = fopen(path, "a");
+	cr_assert(f);
+	fwrite(torn, 1, sizeof(torn) - 1, f);
+	fclose(f);
+	srv_start(&s, 2, "--appendonly", "yes", "--dir", dir, NULL);
+	snprintf(want, sizeof(want),
+		 "%s: torn or invalid record at offset %ld: truncating the file there, %zu "
+		 "bytes dropped",
+		 path, size, sizeof(torn) - 1);
+	cr_assert(strstr(start_log, want), "no log line '%s' in:\n%s", want, start_log);
+	rd_init(&r, cconnect(s.port));
+	expect(&r, "MGET a b torn", "*3\r\n$1\r\n1\r\n$1\r\n2\r\n$-1\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+	rm_dir(dir);
+}
+
+/* Expiry times are absolute: a key that expired while the server was down stays gone,
+ * one still to expire keeps a TTL no longer than it was given. */
+Test(kv_server, aof_expiry_survives_restart)
+{
+	char dir[64];
+	struct srv s;
+	struct rd r;
+	uint64_t set_at;
+	char *got;
+	long long ttl;
+
+	mk_dir(dir, sizeof(dir));
+	srv_start(&s, 2, "--appendonly", "yes", "--dir", dir, NULL);
+	rd_init(&r, cconnect(s.port));
+	set_at = test_now_ms();
+	expect(&r, "SET short v PX 200", "+OK\r\n");
+	expect(&r, "SET long v EX 1000", "+OK\r\n");
+	expect(&r, "SET later v", "+OK\r\n");
+	expect(&r, "EXPIRE later 2000", ":1\r\n");
+	expect(&r, "SET kept v EX 1000", "+OK\r\n");
+	expect(&r, "PERSIST kept", ":1\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+	while (test_now_ms() < set_at + 400) /* past "short"'s expiry, by the test's clock */
+		test_pause();
+	srv_start(&s, 3, "--appendonly", "yes", "--dir", dir, NULL);
+	rd_init(&r, cconnect(s.port));
+	expect(&r, "GET short", "$-1\r\n");
+	send_all(r.fd, "TTL long\r\n", 10);
+	got = rd_next(&r, NULL);
+	ttl = atoll(got + 1);
+	cr_assert(got[0] == ':' && ttl > 0 && ttl <= 1000, "TTL long: %s", got);
+	send_all(r.fd, "TTL later\r\n", 11);
+	got = rd_next(&r, NULL);
+	ttl = atoll(got + 1);
+	cr_assert(got[0] == ':' && ttl > 1000 && ttl <= 2000, "TTL later: %s", got);
+	expect(&r, "TTL kept", ":-1\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+	rm_dir(dir);
+}
+
+static long long
+aof_size_total(const char *dir, unsigned n)
+{
+	long long t = 0;
+
+	for (unsigned i = 0; i < n; i++)
+		t += file_size(dir, i);
+	return t;
+}
+
+/* BGREWRITEAOF replies like Redis, leaves files holding only the live state (smaller),
+ * keeps writes made meanwhile, and the data reads back after a restart. */
+Test(kv_server, aof_bgrewriteaof_shrinks_and_keeps_data)
+{
+	char dir[64], cmd[64];
+	struct srv s;
+	struct rd r;
+	long long before, after;
+	uint64_t dl = test_deadline(TEST_WAIT_MS);
+
+	mk_dir(dir, sizeof(dir));
+	srv_start(&s, 2, "--appendonly", "yes", "--appendfsync", "always", "--dir", dir, NULL);
+	rd_init(&r, cconnect(s.port));
+	for (int i = 0; i < 500; i++) {
+		snprintf(cmd, sizeof(cmd), "SET k%d %d", i % 10, i);
+		expect(&r, cmd, "+OK\r\n");
+	}
+	before = aof_size_total(dir, 2);
+	expect(&r, "BGREWRITEAOF", "+Background append only file rewriting started\r\n");
+	expect(&r, "SET during x", "+OK\r\n");
+	while (info_field(s.port, "aof_rewrites:") < 2 ||
+	       info_field(s.port, "aof_rewrite_in_progress:") != 0) {
+		cr_assert(!test_expired(dl), "the rewrite did not finish");
+		test_pause();
+	}
+	expect(&r, "SET after y", "+OK\r\n");
+	after = aof_size_total(dir, 2);
+	cr_assert_lt(after, before / 10, "files %lld bytes after the rewrite, %lld before", after,
+		     before);
+	rd_free(&r);
+	srv_kill9(&s);
+	srv_start(&s, 2, "--appendonly", "yes", "--dir", dir, NULL);
+	rd_init(&r, cconnect(s.port));
+	for (int i = 0; i < 10; i++) {
+		char want[64];
+		snprintf(cmd, sizeof(cmd), "GET k%d", i);
+		snprintf(want, sizeof(want), "$3\r\n%d\r\n", 490 + i);
+		expect(&r, cmd, want);
+	}
+	expect(&r, "MGET during after", "*2\r\n$1\r\nx\r\n$1\r\ny\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+	rm_dir(dir);
+}
+
+/* A full disk: write commands get -MISCONF replies, the server stays up and serves
+ * reads. Needs root (a small tmpfs mount). */
+Test(kv_server, aof_full_disk_gives_misconf_not_a_crash)
+{
+	char dir[64], cmd[256];
+	struct srv s;
+	struct rd r;
+	char *val = malloc(65536 + 64), *got = NULL;
+	bool refused = false;
+
+	if (geteuid() != 0) {
+		free(val);
+		cr_skip_test("needs root to mount a small tmpfs");
+	}
+	mk_dir(dir, sizeof(dir));
+	snprintf(cmd, sizeof(cmd), "mount -t tmpfs -o size=1m keel-kv-test '%s'", dir);
+	if (system(cmd) != 0) {
+		rm_dir(dir);
+		free(val);
+		cr_skip_test("could not mount a tmpfs");
+	}
+	srv_start(&s, 2, "--appendonly", "yes", "--appendfsync", "always", "--dir", dir, NULL);
+	rd_init(&r, cconnect(s.port));
+	for (int i = 0; i < 64 && !refused; i++) {
+		int n = sprintf(val, "SET big%d ", i);
+		memset(val + n, 'x', 65536);
+		memcpy(val + n + 65536, "\r\n", 3);
+		send_all(r.fd, val, strlen(val));
+		got = rd_next(&r, NULL);
+		cr_assert(got, "the server closed the connection");
+		if (got[0] == '-') {
+			cr_assert(!strncmp(got, "-MISCONF Errors writing to the AOF file: ", 41),
+				  "reply: %s", got);
+			refused = true;
+		} else {
+			cr_assert_str_eq(got, "+OK\r\n");
+		}
+	}
+	cr_assert(refused, "1 MiB of disk took 4 MiB of values");
+	expect(&r, "PING", "+PONG\r\n");
+	send_all(r.fd, "INFO persistence\r\n", 18);
+	got = rd_next(&r, NULL);
+	cr_assert(got && strstr(got, "aof_last_write_status:err"), "%s", got);
+	expect(&r, "STRLEN big0", ":65536\r\n");
+	rd_free(&r);
+	/* Detach the mount first (lazily: the server still has its files open), so that a
+	 * failing stop leaves no mount behind. */
+	snprintf(cmd, sizeof(cmd), "umount -l '%s'", dir);
+	cr_assert_eq(system(cmd), 0);
+	rm_dir(dir);
+	free(val);
+	srv_stop(&s);
+}
+
+/* Bounded cross-shard queues: with a tiny mailbox and no overflow, a pipelined burst for
+ * another shard's keys meets -EAGAIN from keel_call; the connection pauses until there is
+ * room and every request is answered, in order, as if the queue were large. */
+static void
+full_mailbox(const char *dir)
+{
+	struct srv s;
+	struct rd r;
+	enum { N = 4000 };
+	char *b = malloc(N * 64 + 128), want[64];
+	size_t len = 0;
+
+	if (dir)
+		srv_start(&s, 2, "--mailbox-entries", "16", "--mailbox-overflow", "0",
+			  "--appendonly", "yes", "--appendfsync", "always", "--dir", dir, NULL);
+	else
+		srv_start(&s, 2, "--mailbox-entries", "16", "--mailbox-overflow", "0", NULL);
+	rd_init(&r, cconnect(s.port));
+	for (int i = 0; i < N; i++)
+		len += (size_t)sprintf(b + len, "SET k%d %d\r\n", i, i);
+	for (int i = 0; i < N; i++)
+		len += (size_t)sprintf(b + len, "GET k%d\r\n", i);
+	len += (size_t)sprintf(b + len, "MSET a 1 b 2 c 3 d 4 e 5 f 6\r\nMGET a b c d e f\r\n");
+	send_all(r.fd, b, len);
+	for (int i = 0; i < N; i++)
+		cr_assert_str_eq(rd_next(&r, NULL), "+OK\r\n", "SET k%d", i);
+	for (int i = 0; i < N; i++) {
+		snprintf(want, sizeof(want), "$%d\r\n%d\r\n", snprintf(NULL, 0, "%d", i), i);
+		cr_assert_str_eq(rd_next(&r, NULL), want, "GET k%d", i);
+	}
+	cr_assert_str_eq(rd_next(&r, NULL), "+OK\r\n");
+	cr_assert_str_eq(
+		rd_next(&r, NULL),
+		"*6\r\n$1\r\n1\r\n$1\r\n2\r\n$1\r\n3\r\n$1\r\n4\r\n$1\r\n5\r\n$1\r\n6\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+	free(b);
+}
+
+Test(kv_server, full_mailbox_pauses_the_connection_not_the_request)
+{
+	full_mailbox(NULL);
+}
+
+/* The same with --appendfsync always, where requests and held replies travel with
+ * keel_send (the reply side waits for room too). */
+Test(kv_server, full_mailbox_with_appendfsync_always)
+{
+	char dir[64];
+
+	mk_dir(dir, sizeof(dir));
+	full_mailbox(dir);
+	rm_dir(dir);
 }

@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: MIT
 /* The RESP2 request parser (apps/kv/resp.c) on its own: a pure function over bytes. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <criterion/criterion.h>
 
+#include "aofrec.h"
 #include "resp.h"
 
 struct p {
@@ -236,4 +238,30 @@ Test(kv_resp, random_bytes_never_overrun)
 						   s->scratch + sizeof(s->scratch)));
 	}
 	free(s);
+}
+
+/* The append-only file checker: whole valid records are kept, the first torn or foreign
+ * record ends the valid prefix. */
+Test(kv_aofrec, valid_prefix_stops_at_torn_or_invalid_records)
+{
+	static const char set[] = "*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n";
+	static const char pxat[] = "*5\r\n$3\r\nSET\r\n$1\r\nb\r\n$1\r\n2\r\n$4\r\nPXAT\r\n"
+				   "$13\r\n1796011095441\r\n";
+	static const char del[] = "*2\r\n$3\r\nDEL\r\n$1\r\na\r\n";
+	char buf[512];
+	size_t s = sizeof(set) - 1, p = sizeof(pxat) - 1, d = sizeof(del) - 1;
+
+	snprintf(buf, sizeof(buf), "%s%s%s", set, pxat, del);
+	cr_assert_eq(kv_aof_valid_prefix((const uint8_t *)buf, s + p + d), s + p + d);
+	/* Every cut inside the last record leaves the first two. */
+	for (size_t cut = s + p; cut < s + p + d; cut++)
+		cr_assert_eq(kv_aof_valid_prefix((const uint8_t *)buf, cut), s + p, "cut %zu", cut);
+	/* Not records keel-kv writes: a command, an inline line, a bad expiry. */
+	snprintf(buf, sizeof(buf), "%s*2\r\n$3\r\nGET\r\n$1\r\na\r\n", set);
+	cr_assert_eq(kv_aof_valid_prefix((const uint8_t *)buf, strlen(buf)), s);
+	snprintf(buf, sizeof(buf), "%sSET a 1\r\n", set);
+	cr_assert_eq(kv_aof_valid_prefix((const uint8_t *)buf, strlen(buf)), s);
+	snprintf(buf, sizeof(buf),
+		 "%s*5\r\n$3\r\nSET\r\n$1\r\nb\r\n$1\r\n2\r\n$4\r\nPXAT\r\n$2\r\n-1\r\n", set);
+	cr_assert_eq(kv_aof_valid_prefix((const uint8_t *)buf, strlen(buf)), s);
 }

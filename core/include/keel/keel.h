@@ -20,6 +20,7 @@
 #if __has_include(<keel/net.h>)
 #include <keel/frame.h>
 #include <keel/net.h>
+#include <keel/zcrx.h>
 #endif
 #include <keel/opts.h>
 #include <keel/runtime.h>

@@ -106,7 +106,24 @@ struct keel_opts {
 	/* --file-qd: disk requests in a shard's ring at once; the rest wait in a FIFO
 	 * (default KEEL_FILE_QD_DEFAULT, keel/file.h; docs/file.md) */
 	unsigned file_qd;
+
+	/* ZCRX (zero-copy receive, docs/net.md "ZCRX"). A shard registers an interface queue
+	 * when it has an rx queue: the i-th of --rxqs, else its --map entry's, else with
+	 * --iface alone queue i. */
+	enum keel_policy zcrx;          /* --zcrx off|on|auto (default auto) */
+	char iface[32];                 /* --iface IF, or the IF of --rxqs ("": the map's) */
+	unsigned rxqs[KEEL_MAX_SHARDS]; /* --rxqs IF:LIST: rx queue of shard i... */
+	unsigned nrxqs;                 /* ...for i < nrxqs (0: from --map) */
+	uint64_t zcrx_area;             /* --zcrx-area: receive area per shard, bytes */
+	unsigned zcrx_rq_entries;       /* --zcrx-rq-entries: refill ring entries (power of 2) */
 };
+
+/** Default --zcrx-area: 64 MiB of receive area per ZCRX shard. */
+#define KEEL_ZCRX_AREA_DEFAULT (64ULL << 20)
+/** Default --zcrx-rq-entries: refill ring entries (the kernel allows up to 32768). */
+#define KEEL_ZCRX_RQ_ENTRIES_DEFAULT 4096
+/** Most --zcrx-rq-entries (the kernel's IORING_MAX_ZCRX_RQ_ENTRIES... as of 6.18). */
+#define KEEL_ZCRX_RQ_ENTRIES_MAX 32768
 
 /** Fill @o with defaults (no shards count = one per CPU, 50 us idle poll, 256 SQ entries,
  * KEEL_CQ_ENTRIES_DEFAULT CQ entries, 25 ms stall threshold, 1024 mailbox slots,

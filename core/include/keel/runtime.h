@@ -88,6 +88,12 @@ KEEL_API int keel_shard_cpu(const struct keel_shard *sh);
 /** The runtime @sh belongs to. */
 KEEL_API struct keel_runtime *keel_shard_runtime(const struct keel_shard *sh);
 
+/**
+ * The options @rt was created with (a copy it owns).
+ * Context: any thread, while @rt exists.
+ */
+KEEL_API const struct keel_opts *keel_runtime_opts(const struct keel_runtime *rt);
+
 /** The io_uring setup flags @sh's ring was created with (IORING_SETUP_*). */
 KEEL_API unsigned keel_shard_ring_flags(const struct keel_shard *sh);
 

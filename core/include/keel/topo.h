@@ -277,12 +277,12 @@ struct keel_runtime;
 struct keel_shard;
 
 /**
- * The rx queue of keel_runtime_map_iface() that shard @sh owns under --map: the map file's
- * shards[i].rxq, so the program can bind its receive path (e.g. a ZCRX interface queue) to
- * it.
- * Context: any thread, once keel_runtime_create() has returned.
- * Returns: the queue index, or -1 when the runtime has no map or the map gives the shard
- * no queue.
+ * The rx queue of keel_runtime_rx_iface() that shard @sh owns: the i-th queue of --rxqs
+ * when given, else under --map the map file's shards[i].rxq, else with --iface alone
+ * queue i, so the program can bind its receive
+ * path (e.g. a ZCRX interface queue) to it. Context: any thread, once keel_runtime_create() has
+ * returned. Returns: the queue index, or -1 when neither --rxqs nor the map gives the shard a
+ * queue.
  */
 KEEL_API int keel_shard_rxq(const struct keel_shard *sh);
 
@@ -292,5 +292,13 @@ KEEL_API int keel_shard_rxq(const struct keel_shard *sh);
  * Returns: the name, or NULL when the runtime has no map or the map has no NIC.
  */
 KEEL_API const char *keel_runtime_map_iface(const struct keel_runtime *rt);
+
+/**
+ * The interface whose rx queues the shards own (keel_shard_rxq()): --iface, the IF of
+ * --rxqs, else keel_runtime_map_iface().
+ * Ownership: the string belongs to @rt and lives as long as it.
+ * Returns: the name, or NULL when none was given.
+ */
+KEEL_API const char *keel_runtime_rx_iface(const struct keel_runtime *rt);
 
 #endif

@@ -1,0 +1,1050 @@
+// SPDX-License-Identifier: MIT
+/*
+ * keel-embed: a host program that embeds keel (docs/embedding.md, "A worked example").
+ *
+ * The host owns main(), its signals and a pool of worker threads (pthreads). keel runs the
+ * shards, on the CPUs of a core/queue map (keel-topo --plan) named in the host's config
+ * file, or of --cpuset. The shards serve a small framed put/get protocol over TCP and keep
+ * the values on disk, one append-only data file per shard; the host keeps an in-memory
+ * index, rebuilt from the files at start. A "checksum" request is computed on a worker
+ * thread, which hands the result back to the shard with keel_runtime_submit().
+ *
+ * Protocol: KEEL_FRAME_LEN32 frames (a 32-bit big-endian length, then the payload).
+ *   request: op (1 byte: 'P' put, 'G' get, 'C' checksum), id (4, BE), key length (2, BE),
+ *            key, and for 'P' the value (the rest of the frame);
+ *   reply:   status (1 byte: EMB_OK, EMB_NOTFOUND, EMB_BADREQ, EMB_ERROR, EMB_BUSY), id
+ *            (4, BE), then: 'G' the value, 'C' the FNV-1a 64-bit hash of the value (8, BE),
+ *            an error a message for a person.
+ * A frame over EMB_FRAME_MAX closes the connection (the framer's -EMSGSIZE).
+ *
+ * Data file record (8-byte aligned): struct rec_hdr, key, value, padding. At start each
+ * file is scanned; a record whose header or checksum does not hold (a write cut short at
+ * a crash or a stop) is skipped, and the scan resynchronises on the next aligned header.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* dladdr; pkg-config keel passes it too */
+#endif
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <keel/keel.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define EMB_KEY_MAX       1024u
+#define EMB_VALUE_MAX     (1u << 20)
+#define EMB_REQ_HDR       7u /* op, id, key length */
+#define EMB_FRAME_MAX     (EMB_REQ_HDR + EMB_KEY_MAX + EMB_VALUE_MAX)
+#define EMB_CONN_INFLIGHT 64 /* requests in progress per connection before reading pauses */
+#define EMB_MAX_FILES     1024
+
+enum { EMB_OK = 0, EMB_NOTFOUND = 1, EMB_BADREQ = 2, EMB_ERROR = 3, EMB_BUSY = 4 };
+
+#define REC_MAGIC 0x424d454bu /* "KEMB" */
+
+struct rec_hdr {
+	uint32_t magic;
+	uint16_t klen;
+	uint16_t pad_;
+	uint32_t vlen;
+	uint32_t sum; /* FNV-1a 32 of key and value */
+	uint64_t seq; /* global order: the highest wins at rebuild */
+};
+
+/* ---- the host's configuration ---- */
+
+struct host_cfg {
+	char addr[64];
+	unsigned port;
+	char dir[PATH_MAX];
+	unsigned workers;
+	char map[PATH_MAX];
+};
+
+/* "key value" lines; '#' starts a comment. Returns 0 or -1 (message printed). */
+static int
+cfg_load(const char *path, struct host_cfg *c)
+{
+	char line[PATH_MAX + 64];
+	unsigned ln = 0;
+	FILE *f = fopen(path, "r");
+
+	snprintf(c->addr, sizeof(c->addr), "127.0.0.1");
+	c->port = 7070;
+	c->dir[0] = c->map[0] = '\0';
+	c->workers = 2;
+	if (!f) {
+		fprintf(stderr, "keel-embed: cannot open config %s: %s\n", path, strerror(errno));
+		return -1;
+	}
+	while (fgets(line, sizeof(line), f)) {
+		char key[32], val[PATH_MAX];
+		char *hash = strchr(line, '#');
+
+		ln++;
+		if (hash)
+			*hash = '\0';
+		if (sscanf(line, " %31s %4095s", key, val) != 2) {
+			if (sscanf(line, " %31s", key) == 1)
+				goto bad;
+			continue;
+		}
+		if (!strcmp(key, "addr"))
+			snprintf(c->addr, sizeof(c->addr), "%.63s", val);
+		else if (!strcmp(key, "port"))
+			c->port = (unsigned)strtoul(val, NULL, 10);
+		else if (!strcmp(key, "dir"))
+			snprintf(c->dir, sizeof(c->dir), "%s", val);
+		else if (!strcmp(key, "workers"))
+			c->workers = (unsigned)strtoul(val, NULL, 10);
+		else if (!strcmp(key, "map"))
+			snprintf(c->map, sizeof(c->map), "%s", val);
+		else
+			goto bad;
+	}
+	fclose(f);
+	if (!c->dir[0] || c->port > 65535 || c->workers == 0 || c->workers > 64) {
+		fprintf(stderr,
+			"keel-embed: %s: needs 'dir PATH', and 'port' 0-65535, 'workers' 1-64\n",
+			path);
+		return -1;
+	}
+	return 0;
+bad:
+	fclose(f);
+	fprintf(stderr,
+		"keel-embed: %s:%u: expected 'KEY VALUE' with KEY one of addr, port, dir, "
+		"workers, map\n",
+		path, ln);
+	return -1;
+}
+
+/* ---- hashes ---- */
+
+static uint32_t
+fnv32(uint32_t h, const uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ p[i]) * 16777619u;
+	return h;
+}
+
+static uint64_t
+fnv64(const uint8_t *p, size_t n)
+{
+	uint64_t h = 14695981039346656037ull;
+
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ p[i]) * 1099511628211ull;
+	return h;
+}
+
+/* ---- the index: the host's, shared by the shards under a mutex ---- */
+
+struct ent {
+	struct ent *next;
+	uint32_t file; /* data file (shard) holding the value */
+	uint32_t vlen;
+	uint64_t off; /* of the value */
+	uint64_t seq;
+	uint16_t klen;
+	uint8_t key[];
+};
+
+#define INDEX_BUCKETS (1u << 16)
+
+static struct {
+	pthread_mutex_t mu;
+	struct ent *b[INDEX_BUCKETS];
+} idx = { .mu = PTHREAD_MUTEX_INITIALIZER };
+
+static _Atomic uint64_t next_seq = 1;
+
+/* Record key -> (file, off, vlen) unless a newer one is there. Returns 0 or -ENOMEM. */
+static int
+index_put(const uint8_t *key, uint16_t klen, uint32_t file, uint64_t off, uint32_t vlen,
+	  uint64_t seq)
+{
+	uint32_t h = fnv32(2166136261u, key, klen) & (INDEX_BUCKETS - 1);
+	struct ent *e;
+	int rc = 0;
+
+	pthread_mutex_lock(&idx.mu);
+	for (e = idx.b[h]; e; e = e->next)
+		if (e->klen == klen && !memcmp(e->key, key, klen))
+			break;
+	if (!e) {
+		e = malloc(sizeof(*e) + klen);
+		if (!e) {
+			rc = -ENOMEM;
+			goto out;
+		}
+		e->klen = klen;
+		memcpy(e->key, key, klen);
+		e->seq = 0;
+		e->next = idx.b[h];
+		idx.b[h] = e;
+	}
+	if (seq > e->seq) {
+		e->file = file;
+		e->off = off;
+		e->vlen = vlen;
+		e->seq = seq;
+	}
+out:
+	pthread_mutex_unlock(&idx.mu);
+	return rc;
+}
+
+static bool
+index_get(const uint8_t *key, uint16_t klen, uint32_t *file, uint64_t *off, uint32_t *vlen)
+{
+	uint32_t h = fnv32(2166136261u, key, klen) & (INDEX_BUCKETS - 1);
+	bool found = false;
+
+	pthread_mutex_lock(&idx.mu);
+	for (struct ent *e = idx.b[h]; e; e = e->next)
+		if (e->klen == klen && !memcmp(e->key, key, klen)) {
+			*file = e->file;
+			*off = e->off;
+			*vlen = e->vlen;
+			found = true;
+			break;
+		}
+	pthread_mutex_unlock(&idx.mu);
+	return found;
+}
+
+static void
+index_free(void)
+{
+	for (unsigned i = 0; i < INDEX_BUCKETS; i++)
+		while (idx.b[i]) {
+			struct ent *e = idx.b[i];
+			idx.b[i] = e->next;
+			free(e);
+		}
+}
+
+/* ---- data files: opened and scanned by main() before the shards start ---- */
+
+static struct keel_file files[EMB_MAX_FILES];
+static int fds[EMB_MAX_FILES];
+static unsigned nfiles;
+static uint64_t tails[KEEL_MAX_SHARDS]; /* shard i appends to file i; only it touches tails[i] */
+static bool failed[KEEL_MAX_SHARDS];    /* a write failed: the shard refuses puts */
+
+static uint64_t
+align8(uint64_t v)
+{
+	return (v + 7) & ~7ull;
+}
+
+/* Read file @i into the index. Returns 0 or -1 (message printed). */
+static int
+scan_file(unsigned i, uint64_t *records, uint64_t *skipped)
+{
+	struct stat st;
+	uint8_t *buf = NULL, *p;
+	uint64_t off = 0, size;
+	ssize_t got;
+
+	if (fstat(fds[i], &st) < 0)
+		return -1;
+	size = (uint64_t)st.st_size;
+	if (size) {
+		buf = malloc(size);
+		if (!buf) {
+			fprintf(stderr, "keel-embed: no memory to scan data file %u\n", i);
+			return -1;
+		}
+		for (uint64_t done = 0; done < size; done += (uint64_t)got) {
+			got = pread(fds[i], buf + done, size - done, (off_t)done);
+			if (got <= 0) {
+				fprintf(stderr, "keel-embed: reading data file %u: %s\n", i,
+					got < 0 ? strerror(errno) : "short read");
+				free(buf);
+				return -1;
+			}
+		}
+	}
+	while (off + sizeof(struct rec_hdr) <= size) {
+		struct rec_hdr h;
+
+		p = buf + off;
+		memcpy(&h, p, sizeof(h));
+		if (h.magic == REC_MAGIC && h.klen && h.klen <= EMB_KEY_MAX &&
+		    h.vlen <= EMB_VALUE_MAX && off + sizeof(h) + h.klen + h.vlen <= size &&
+		    fnv32(fnv32(2166136261u, p + sizeof(h), h.klen), p + sizeof(h) + h.klen,
+			  h.vlen) == h.sum) {
+			if (index_put(p + sizeof(h), h.klen, i, off + sizeof(h) + h.klen, h.vlen,
+				      h.seq) < 0) {
+				free(buf);
+				return -1;
+			}
+			if (h.seq >= atomic_load(&next_seq))
+				atomic_store(&next_seq, h.seq + 1);
+			(*records)++;
+			off = align8(off + sizeof(h) + h.klen + h.vlen);
+			continue;
+		}
+		if (h.magic == REC_MAGIC)
+			(*skipped)++;
+		off += 8; /* resynchronise on the next aligned header */
+	}
+	free(buf);
+	if (i < KEEL_MAX_SHARDS)
+		tails[i] = align8(size);
+	return 0;
+}
+
+static int
+open_files(const char *dir, unsigned nshards)
+{
+	uint64_t records = 0, skipped = 0;
+
+	for (unsigned i = 0; i < EMB_MAX_FILES; i++) {
+		char path[PATH_MAX + 32];
+		int writable = i < nshards;
+
+		snprintf(path, sizeof(path), "%s/shard-%u.dat", dir, i);
+		fds[i] = open(path, (writable ? O_RDWR | O_CREAT : O_RDONLY) | O_CLOEXEC, 0644);
+		if (fds[i] < 0) {
+			if (!writable && errno == ENOENT)
+				break; /* the files of a run with more shards end here */
+			fprintf(stderr,
+				"keel-embed: cannot open %s: %s (is 'dir' in the config "
+				"an existing, writable directory?)\n",
+				path, strerror(errno));
+			return -1;
+		}
+		nfiles = i + 1;
+		if (keel_file_from_fd(fds[i], &files[i]) < 0 || scan_file(i, &records, &skipped))
+			return -1;
+	}
+	fprintf(stderr, "keel-embed: %u data files, %llu records, %llu skipped\n", nfiles,
+		(unsigned long long)records, (unsigned long long)skipped);
+	return 0;
+}
+
+/* ---- the host's worker pool ---- */
+
+struct job {
+	struct keel_xreq xreq; /* handed back to the shard with keel_runtime_submit() */
+	struct cn *cn;
+	uint32_t id;
+	unsigned shard;
+	struct keel_slice val; /* the shard's reference: workers only read the bytes */
+	uint64_t sum;
+	struct job *next;
+};
+
+static struct {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct job *head, *tail;
+	bool closing;
+	pthread_t thr[64];
+	unsigned n;
+	struct job *orphans; /* results the runtime would no longer take */
+} pool = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
+
+static struct keel_runtime *rt;
+
+static void job_back(struct keel_xreq *req);
+static void job_done(struct keel_xreq *req);
+
+/* Queue @j for a worker. Returns 0, or -ESHUTDOWN when the pool is closing. */
+static int
+pool_push(struct job *j)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&pool.mu);
+	if (pool.closing) {
+		rc = -ESHUTDOWN;
+	} else {
+		j->next = NULL;
+		if (pool.tail)
+			pool.tail->next = j;
+		else
+			pool.head = j;
+		pool.tail = j;
+		pthread_cond_signal(&pool.cv);
+	}
+	pthread_mutex_unlock(&pool.mu);
+	return rc;
+}
+
+static void *
+worker(void *arg)
+{
+	(void)arg;
+	for (;;) {
+		struct job *j;
+		int rc;
+
+		pthread_mutex_lock(&pool.mu);
+		while (!pool.head && !pool.closing)
+			pthread_cond_wait(&pool.cv, &pool.mu);
+		j = pool.head;
+		if (!j) {
+			pthread_mutex_unlock(&pool.mu);
+			return NULL;
+		}
+		pool.head = j->next;
+		if (!pool.head)
+			pool.tail = NULL;
+		pthread_mutex_unlock(&pool.mu);
+
+		/* The bytes are the shard's: read them, never put or keep the slice. */
+		j->sum = fnv64(j->val.data, j->val.len);
+		memset(&j->xreq, 0, sizeof(j->xreq));
+		j->xreq.fn = job_back;
+		j->xreq.done = job_done;
+		j->xreq.arg = j;
+		rc = keel_runtime_submit(rt, j->shard, &j->xreq);
+		if (rc < 0) {
+			/* The runtime is stopping: its memory goes with it; main() frees the job.
+			 */
+			pthread_mutex_lock(&pool.mu);
+			j->next = pool.orphans;
+			pool.orphans = j;
+			pthread_mutex_unlock(&pool.mu);
+		}
+	}
+}
+
+static int
+pool_start(unsigned n)
+{
+	pool.n = 0;
+	for (unsigned i = 0; i < n; i++) {
+		int rc = pthread_create(&pool.thr[i], NULL, worker, NULL);
+
+		if (rc) {
+			fprintf(stderr, "keel-embed: cannot start worker thread: %s\n",
+				strerror(rc));
+			return -1;
+		}
+		pool.n++;
+	}
+	return 0;
+}
+
+/* Refuse new jobs, let the workers finish the queued ones, join them. */
+static void
+pool_stop(void)
+{
+	pthread_mutex_lock(&pool.mu);
+	pool.closing = true;
+	pthread_cond_broadcast(&pool.cv);
+	pthread_mutex_unlock(&pool.mu);
+	for (unsigned i = 0; i < pool.n; i++)
+		pthread_join(pool.thr[i], NULL);
+	pool.n = 0;
+}
+
+/* ---- connections (shard side) ---- */
+
+struct cn {
+	struct keel_conn *c; /* NULL once closed */
+	struct keel_framer *fr;
+	int refs;     /* the connection, and each request in progress */
+	int inflight; /* requests in progress */
+	bool paused;
+};
+
+static void
+cn_unref(struct cn *cn)
+{
+	if (--cn->refs == 0)
+		free(cn);
+}
+
+static void
+put_be32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)(v >> 24);
+	p[1] = (uint8_t)(v >> 16);
+	p[2] = (uint8_t)(v >> 8);
+	p[3] = (uint8_t)v;
+}
+
+/* A request finished: resume reading when it had paused. */
+static void
+cn_request_done(struct cn *cn)
+{
+	cn->inflight--;
+	if (cn->c && cn->paused && cn->inflight < EMB_CONN_INFLIGHT / 2) {
+		cn->paused = false;
+		keel_conn_resume_read(cn->c);
+	}
+}
+
+/* Send a reply: status, id, @body (@blen bytes, copied) and @val (consumed, may be NULL). */
+static void
+reply(struct cn *cn, uint8_t status, uint32_t id, const void *body, size_t blen,
+      struct keel_slice *val)
+{
+	struct keel_slice s[2];
+	unsigned n = 1;
+
+	if (!cn->c || keel_buf_alloc(keel_shard_alloc(), 5 + blen, &s[0]) < 0) {
+		if (val)
+			keel_slice_put(val);
+		if (cn->c)
+			keel_conn_abort(cn->c, -ENOMEM);
+		return;
+	}
+	s[0].len = (uint32_t)(5 + blen);
+	s[0].data[0] = status;
+	put_be32(s[0].data + 1, id);
+	if (blen)
+		memcpy(s[0].data + 5, body, blen);
+	if (val)
+		s[n++] = *val;
+	if (keel_frame_send(cn->c, s, n) < 0) {
+		for (unsigned i = 0; i < n; i++)
+			if (s[i].buf)
+				keel_slice_put(&s[i]);
+	}
+}
+
+static void
+reply_err(struct cn *cn, uint8_t status, uint32_t id, const char *msg)
+{
+	reply(cn, status, id, msg, strlen(msg), NULL);
+}
+
+/* Copy @len bytes at @off of frame @fr into @out. */
+static void
+frame_copy(const struct keel_frame *fr, size_t off, uint8_t *out, size_t len)
+{
+	for (unsigned i = 0; i < fr->n && len; i++) {
+		size_t l = fr->s[i].len;
+
+		if (off >= l) {
+			off -= l;
+			continue;
+		}
+		size_t take = l - off < len ? l - off : len;
+		memcpy(out, fr->s[i].data + off, take);
+		out += take;
+		len -= take;
+		off = 0;
+	}
+}
+
+/* PUT: the record header and key from a small buffer, the value slices as received. */
+struct wr {
+	struct keel_file_req req;
+	struct put *put;
+};
+
+struct put {
+	struct cn *cn;
+	uint32_t id;
+	unsigned shard, pending, nw;
+	int err;
+	uint16_t klen;
+	uint32_t vlen;
+	uint64_t off, seq;
+	struct wr w[]; /* w[0]: header and key (hk), then one per value slice */
+};
+
+static void
+put_written(struct keel_file_req *req, int res, void *arg)
+{
+	struct wr *w = arg;
+	struct put *p = w->put;
+	uint8_t *hk = (uint8_t *)(p->w + p->nw);
+
+	(void)req;
+	if (res < 0 && !p->err)
+		p->err = res;
+	if (--p->pending)
+		return;
+	if (!p->err) {
+		int rc = index_put(hk + sizeof(struct rec_hdr), p->klen, p->shard,
+				   p->off + sizeof(struct rec_hdr) + p->klen, p->vlen, p->seq);
+		if (rc < 0)
+			reply_err(p->cn, EMB_ERROR, p->id, "index: out of memory");
+		else
+			reply(p->cn, EMB_OK, p->id, NULL, 0, NULL);
+	} else if (p->err == -ESHUTDOWN) {
+		reply_err(p->cn, EMB_BUSY, p->id, "stopping");
+	} else if (p->err != -ECANCELED) {
+		/* The file's tail is unknown now: refuse further puts on this shard. */
+		failed[p->shard] = true;
+		keel_log(KEEL_LOG_ERROR, "embed", "data file %u: write failed: %s", p->shard,
+			 strerror(-p->err));
+		reply_err(p->cn, EMB_ERROR, p->id, "write failed");
+	}
+	cn_request_done(p->cn);
+	cn_unref(p->cn);
+	free(p);
+}
+
+static void
+do_put(struct cn *cn, struct keel_frame *fr, uint32_t id, const uint8_t *key, uint16_t klen)
+{
+	unsigned shard = keel_shard_id(keel_this_shard());
+	size_t voff = EMB_REQ_HDR + klen;
+	uint32_t vlen = fr->len - (uint32_t)voff;
+	struct keel_slice v[64];
+	unsigned nv = 0;
+	struct rec_hdr h = { .magic = REC_MAGIC, .klen = klen, .vlen = vlen };
+	struct put *p;
+	uint8_t *hk;
+	uint64_t at;
+
+	if (vlen > EMB_VALUE_MAX) {
+		reply_err(cn, EMB_BADREQ, id, "value too large");
+		return;
+	}
+	if (failed[shard]) {
+		reply_err(cn, EMB_ERROR, id, "this shard's data file failed a write");
+		return;
+	}
+	/* The value as sub-slices of what was received: no copy. */
+	for (unsigned i = 0; i < fr->n && vlen; i++) {
+		size_t l = fr->s[i].len;
+
+		if (voff >= l) {
+			voff -= l;
+			continue;
+		}
+		if (nv == 64 || keel_slice_sub(&fr->s[i], voff, l - voff, &v[nv]) < 0) {
+			for (unsigned k = 0; k < nv; k++)
+				keel_slice_put(&v[k]);
+			reply_err(cn, EMB_BUSY, id, "value in too many pieces");
+			return;
+		}
+		nv++;
+		voff = 0;
+	}
+	p = calloc(1, sizeof(*p) + (nv + 1) * sizeof(struct wr) + sizeof(h) + klen);
+	if (!p) {
+		for (unsigned k = 0; k < nv; k++)
+			keel_slice_put(&v[k]);
+		reply_err(cn, EMB_BUSY, id, "out of memory");
+		return;
+	}
+	h.seq = atomic_fetch_add(&next_seq, 1);
+	h.sum = 2166136261u;
+	h.sum = fnv32(h.sum, key, klen);
+	for (unsigned k = 0; k < nv; k++)
+		h.sum = fnv32(h.sum, v[k].data, v[k].len);
+	p->cn = cn;
+	p->id = id;
+	p->shard = shard;
+	p->klen = klen;
+	p->vlen = vlen;
+	p->seq = h.seq;
+	p->nw = nv + 1;
+	p->off = tails[shard];
+	tails[shard] = align8(p->off + sizeof(h) + klen + vlen);
+	hk = (uint8_t *)(p->w + p->nw);
+	memcpy(hk, &h, sizeof(h));
+	memcpy(hk + sizeof(h), key, klen);
+	cn->refs++;
+	cn->inflight++;
+	p->pending = 1; /* held until every write is submitted */
+	at = p->off;
+	for (unsigned k = 0; k < p->nw; k++) {
+		struct wr *w = &p->w[k];
+		int rc;
+
+		w->put = p;
+		p->pending++;
+		if (k == 0)
+			rc = keel_file_write(&w->req, &files[shard], hk, sizeof(h) + klen, at,
+					     put_written, w);
+		else
+			rc = keel_file_write_slice(&w->req, &files[shard], &v[k - 1], at,
+						   put_written, w);
+		at += k == 0 ? sizeof(h) + klen : v[k - 1].len;
+		if (rc < 0) {
+			p->pending--;
+			if (!p->err)
+				p->err = rc;
+		}
+	}
+	for (unsigned k = 0; k < nv; k++)
+		keel_slice_put(&v[k]); /* the writes hold their own references */
+	put_written(NULL, 0, &p->w[0]);
+}
+
+/* GET and CHECKSUM: read the value into a registered buffer of this shard. */
+struct rd {
+	struct keel_file_req req;
+	struct cn *cn;
+	uint32_t id;
+	uint8_t op;
+	struct keel_slice val;
+};
+
+static void
+job_back(struct keel_xreq *req)
+{
+	struct job *j = req->arg;
+	uint8_t be[8];
+
+	for (int i = 0; i < 8; i++)
+		be[i] = (uint8_t)(j->sum >> (56 - 8 * i));
+	reply(j->cn, EMB_OK, j->id, be, sizeof(be), NULL);
+	keel_xreq_complete(req, 0);
+}
+
+/* On the shard, after job_back or when the runtime cancelled the request. */
+static void
+job_done(struct keel_xreq *req)
+{
+	struct job *j = req->arg;
+
+	keel_slice_put(&j->val);
+	cn_request_done(j->cn);
+	cn_unref(j->cn);
+	free(j);
+}
+
+static void
+read_done(struct keel_file_req *req, int res, void *arg)
+{
+	struct rd *r = arg;
+	struct cn *cn = r->cn;
+
+	(void)req;
+	if (res != (int)r->val.len) {
+		keel_slice_put(&r->val);
+		if (res != -ECANCELED)
+			reply_err(cn, EMB_ERROR, r->id, res < 0 ? strerror(-res) : "short read");
+	} else if (r->op == 'G') {
+		reply(cn, EMB_OK, r->id, NULL, 0, r->val.len ? &r->val : NULL);
+		if (!r->val.len)
+			keel_slice_put(&r->val);
+	} else {
+		struct job *j = calloc(1, sizeof(*j));
+
+		if (j) {
+			j->cn = cn;
+			j->id = r->id;
+			j->shard = keel_shard_id(keel_this_shard());
+			j->val = r->val;
+		}
+		if (j && pool_push(j) == 0) {
+			free(r); /* the job now holds the request's place on the connection */
+			return;
+		}
+		free(j);
+		keel_slice_put(&r->val);
+		reply_err(cn, EMB_BUSY, r->id, "worker pool is stopping");
+	}
+	cn_request_done(cn);
+	cn_unref(cn);
+	free(r);
+}
+
+static void
+do_read(struct cn *cn, uint8_t op, uint32_t id, const uint8_t *key, uint16_t klen)
+{
+	uint32_t file, vlen;
+	uint64_t off;
+	struct rd *r;
+	int rc;
+
+	if (!index_get(key, klen, &file, &off, &vlen)) {
+		reply_err(cn, EMB_NOTFOUND, id, "no such key");
+		return;
+	}
+	r = calloc(1, sizeof(*r));
+	if (!r) {
+		reply_err(cn, EMB_BUSY, id, "out of memory");
+		return;
+	}
+	/* A buffer one byte longer than needed, so an empty value still has one. */
+	rc = keel_buf_alloc(keel_shard_alloc(), vlen + 1, &r->val);
+	if (rc < 0) {
+		free(r);
+		reply_err(cn, EMB_BUSY, id, "no buffer memory");
+		return;
+	}
+	r->val.len = vlen;
+	r->cn = cn;
+	r->id = id;
+	r->op = op;
+	cn->refs++;
+	cn->inflight++;
+	if (vlen == 0) {
+		read_done(&r->req, 0, r);
+		return;
+	}
+	rc = keel_file_read_slice(&r->req, &files[file], &r->val, off, read_done, r);
+	if (rc < 0) {
+		read_done(&r->req, rc, r);
+	}
+}
+
+static int
+on_frame(void *arg, struct keel_frame *fr)
+{
+	struct cn *cn = arg;
+	uint8_t hdr[EMB_REQ_HDR], key[EMB_KEY_MAX];
+	uint32_t id = 0;
+	uint16_t klen;
+
+	if (fr->len < EMB_REQ_HDR) {
+		reply_err(cn, EMB_BADREQ, 0, "frame shorter than a request header");
+		goto out;
+	}
+	frame_copy(fr, 0, hdr, sizeof(hdr));
+	id = (uint32_t)hdr[1] << 24 | (uint32_t)hdr[2] << 16 | (uint32_t)hdr[3] << 8 | hdr[4];
+	klen = (uint16_t)(hdr[5] << 8 | hdr[6]);
+	if (klen == 0 || klen > EMB_KEY_MAX || EMB_REQ_HDR + klen > fr->len) {
+		reply_err(cn, EMB_BADREQ, id, "key length 0, over 1024, or past the frame");
+		goto out;
+	}
+	frame_copy(fr, EMB_REQ_HDR, key, klen);
+	switch (hdr[0]) {
+	case 'P':
+		do_put(cn, fr, id, key, klen);
+		break;
+	case 'G':
+	case 'C':
+		if (fr->len != EMB_REQ_HDR + klen)
+			reply_err(cn, EMB_BADREQ, id, "bytes after the key");
+		else
+			do_read(cn, hdr[0], id, key, klen);
+		break;
+	default:
+		reply_err(cn, EMB_BADREQ, id, "unknown op (P, G or C)");
+	}
+out:
+	for (unsigned i = 0; i < fr->n; i++)
+		keel_slice_put(&fr->s[i]);
+	if (cn->c && !cn->paused && cn->inflight >= EMB_CONN_INFLIGHT) {
+		cn->paused = true;
+		keel_conn_pause_read(cn->c);
+	}
+	return 0;
+}
+
+static void
+on_open(struct keel_conn *c)
+{
+	struct cn *cn = calloc(1, sizeof(*cn));
+	struct keel_framer_opts o = { .kind = KEEL_FRAME_LEN32,
+				      .max = EMB_FRAME_MAX,
+				      .on_frame = on_frame };
+
+	if (!cn) {
+		keel_conn_abort(c, -ENOMEM);
+		return;
+	}
+	o.arg = cn;
+	if (keel_framer_create(&o, &cn->fr) < 0) {
+		free(cn);
+		keel_conn_abort(c, -ENOMEM);
+		return;
+	}
+	cn->c = c;
+	cn->refs = 1;
+	keel_conn_set_user(c, cn);
+}
+
+static void
+on_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	struct cn *cn = keel_conn_user(c);
+
+	if (!cn) {
+		for (unsigned i = 0; i < n; i++)
+			keel_slice_put(&s[i]);
+		return;
+	}
+	keel_framer_on_data(cn->fr, c, s, n); /* a bad frame aborts the connection */
+}
+
+static void
+on_close(struct keel_conn *c, int status)
+{
+	struct cn *cn = keel_conn_user(c);
+
+	(void)status;
+	if (!cn)
+		return;
+	cn->c = NULL;
+	keel_framer_destroy(cn->fr);
+	cn_unref(cn);
+}
+
+static const struct keel_conn_ops conn_ops = { .on_open = on_open,
+					       .on_data = on_data,
+					       .on_close = on_close };
+
+static struct keel_listener *listener;
+
+/* At stop, on each shard: its disk counters (fixed: reads and writes that went to the ring
+ * as READ_FIXED/WRITE_FIXED, i.e. straight from registered buffers). */
+static void
+shard_stop(void *arg)
+{
+	struct keel_file_stats fs;
+
+	(void)arg;
+	if (keel_file_stats(keel_this_shard(), &fs) == 0)
+		fprintf(stderr,
+			"keel-embed: shard %u: %llu disk requests, %llu fixed, %llu errors\n",
+			keel_shard_id(keel_this_shard()), (unsigned long long)fs.completed,
+			(unsigned long long)fs.fixed, (unsigned long long)fs.errors);
+}
+
+static void
+shard_start(void *app)
+{
+	int rc = keel_listener_start(listener);
+
+	(void)app;
+	keel_shard_on_stop(shard_stop, NULL);
+	if (rc < 0) {
+		keel_log(KEEL_LOG_ERROR, "embed", "shard %u cannot listen: %s",
+			 keel_shard_id(keel_this_shard()), strerror(-rc));
+		keel_stop(rc);
+	}
+}
+
+/* ---- the host's main thread and its signal thread ---- */
+
+static sigset_t stop_set;
+
+/* Waits for SIGINT/SIGTERM; then drains the workers and stops keel. */
+static void *
+signal_thread(void *arg)
+{
+	int sig;
+
+	(void)arg;
+	sigwait(&stop_set, &sig);
+	pool_stop(); /* results still go back: the runtime is running */
+	keel_runtime_stop(rt, 0);
+	return NULL;
+}
+
+static const char usage[] =
+	"usage: keel-embed --config FILE [keel options]\n"
+	"  The config file holds 'KEY VALUE' lines: dir PATH (data files; required),\n"
+	"  addr ADDR (127.0.0.1), port N (7070; 0: any), workers N (2), map FILE (a core/queue\n"
+	"  map from keel-topo --plan: the shards' CPUs). Without a map, --cpuset picks them.\n";
+
+int
+main(int argc, char **argv)
+{
+	struct keel_opts opts;
+	struct host_cfg cfg = { 0 };
+	const char *cfg_path = NULL;
+	struct keel_listen_opts lo = { 0 };
+	pthread_t sigthr;
+	Dl_info di;
+	int rc;
+
+	keel_opts_init(&opts);
+	opts.signals = false; /* the host owns its signals */
+	keel_opts_parse_or_exit(&opts, &argc, argv, usage);
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--config") && i + 1 < argc) {
+			cfg_path = argv[++i];
+		} else {
+			fprintf(stderr, "keel-embed: unknown argument '%s'\n%s", argv[i], usage);
+			return 2;
+		}
+	}
+	if (!cfg_path) {
+		fprintf(stderr, "keel-embed: --config FILE is required\n%s", usage);
+		return 2;
+	}
+	if (cfg_load(cfg_path, &cfg) < 0)
+		return 2;
+	if (cfg.map[0] && !opts.map_path)
+		opts.map_path = cfg.map;
+
+	/* Which malloc this host got (keel leaves it to the C library unless opted in). */
+	if (dladdr((void *)malloc, &di) && di.dli_fname)
+		fprintf(stderr, "keel-embed: malloc from %s\n", di.dli_fname);
+
+	/* Block the stop signals before any thread exists, so every thread inherits the mask
+	 * and only the signal thread takes them. */
+	sigemptyset(&stop_set);
+	sigaddset(&stop_set, SIGINT);
+	sigaddset(&stop_set, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &stop_set, NULL);
+
+	rc = keel_runtime_create(&opts, &rt);
+	if (rc < 0) {
+		fprintf(stderr, "keel-embed: cannot create the runtime: %s\n", strerror(-rc));
+		return 1;
+	}
+	if (open_files(cfg.dir, keel_runtime_shard_count(rt)) < 0) {
+		rc = -EIO;
+		goto destroy;
+	}
+	lo.addr = cfg.addr;
+	lo.port = (uint16_t)cfg.port;
+	lo.rt = rt;
+	rc = keel_listener_create(&lo, keel_runtime_shard_count(rt), &conn_ops, NULL, &listener);
+	if (rc < 0) {
+		fprintf(stderr, "keel-embed: cannot listen on %s port %u: %s\n", cfg.addr, cfg.port,
+			strerror(-rc));
+		goto destroy;
+	}
+	if (pool_start(cfg.workers) < 0) {
+		rc = -EAGAIN;
+		goto stop_pool;
+	}
+	rc = keel_runtime_start(rt, shard_start, NULL);
+	if (rc < 0) {
+		fprintf(stderr, "keel-embed: cannot start the shards: %s\n", strerror(-rc));
+		goto stop_pool;
+	}
+	if (pthread_create(&sigthr, NULL, signal_thread, NULL)) {
+		keel_runtime_stop(rt, -EAGAIN);
+		keel_runtime_join(rt);
+		rc = -EAGAIN;
+		goto stop_pool;
+	}
+	fprintf(stderr, "keel-embed: listening on %s port %u, %u shards on CPUs", cfg.addr,
+		keel_listener_port(listener), keel_runtime_shard_count(rt));
+	for (unsigned i = 0; i < keel_runtime_shard_count(rt); i++)
+		fprintf(stderr, " %d", keel_runtime_shard_cpu(rt, i));
+	fprintf(stderr, ", %u workers\n", cfg.workers);
+
+	rc = keel_runtime_join(rt);
+	/* The shards ended (a signal, or keel_stop on a shard): wake the signal thread. */
+	pthread_kill(sigthr, SIGTERM);
+	pthread_join(sigthr, NULL);
+stop_pool:
+	pool_stop();
+	while (pool.orphans) {
+		struct job *j = pool.orphans;
+		pool.orphans = j->next;
+		free(j); /* its slice's memory went with the runtime */
+	}
+destroy:
+	if (listener)
+		keel_listener_destroy(listener);
+	keel_runtime_destroy(rt);
+	for (unsigned i = 0; i < nfiles; i++)
+		close(fds[i]);
+	index_free();
+	fprintf(stderr, "keel-embed: stopped (%s)\n", rc ? strerror(rc < 0 ? -rc : rc) : "clean");
+	return rc ? 1 : 0;
+}

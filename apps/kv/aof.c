@@ -1,0 +1,847 @@
+// SPDX-License-Identifier: MIT
+/*
+ * keel-kv persistence: one append-only file per shard (--dir/appendonly-<shard>.aof).
+ *
+ * Every write command that ran on a shard appends, for each key it named, the key's new
+ * state as one RESP record (SET k v [PXAT ms] or DEL k: kv_db_record), so a file replays
+ * in order to the table whatever commands made it, and expiry times are absolute. FLUSHALL
+ * empties the shard's file (truncated before its next write). Records of one loop pass
+ * are gathered and written with one keel_file write (a registered buffer when they fit in
+ * one, else the gathered heap memory wrapped), one write in flight per shard. Then, per
+ * --appendfsync: always: an fdatasync after each write, and the replies of the commands in
+ * that batch wait for it (kv_aof_after_sync); everysec: an fdatasync each second when
+ * something was written; no: never.
+ *
+ * Start: the main thread reads every appendonly-N.aof (any N: the shard count may have
+ * changed) and cuts a torn or invalid tail with ftruncate, logged. Each shard then applies
+ * the records of keys it owns under this run's hash (each key's records are all in one
+ * file, in order), writes its table as a fresh file (tmp, fdatasync, rename), and the last
+ * shard to finish removes the files of shards that no longer exist. Replies never depend
+ * on the old files after that.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <keel/keel.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "kv.h"
+
+struct waiter {
+	struct waiter *next;
+	void (*fn)(void *arg, int err);
+	void *arg;
+};
+
+enum { A_IDLE, A_WRITING, A_SYNCING, A_FAILED };
+
+struct aof {
+	bool open, stopping;
+	int fd;
+	struct keel_file f;
+	uint64_t off;            /* the file's length as written */
+	struct rbuf pend;        /* records not yet handed to the disk */
+	struct waiter *pw, *pwt; /* waiting for the pending records */
+	struct waiter *iw;       /* waiting for the batch in flight */
+	int st;
+	struct keel_slice sl; /* the batch in flight */
+	size_t wlen, wdone;
+	bool flush_queued, dirty, reset, bg_sync;
+	int err; /* the last write error (writes are refused while set) */
+	struct keel_file_req req, sreq;
+	struct keel_timer *tick;
+	/* BGREWRITEAOF */
+	bool rewriting, rw_ready;
+	int rw_fd;
+	struct keel_file rw_f;
+	struct keel_slice rw_sl;
+	size_t rw_len, rw_done;
+	struct keel_file_req rw_req;
+	uint64_t rewrites;
+	unsigned id;
+	/* What INFO on any shard reads (published by this shard: publish()). */
+	_Atomic uint64_t pub_size, pub_rewrites;
+	_Atomic bool pub_rewriting, pub_err;
+};
+static struct aof aofs[KEEL_MAX_SHARDS];
+
+/* What the main thread read at start. */
+struct loaded {
+	unsigned idx;
+	uint8_t *p;
+	size_t len;
+};
+static struct loaded *loaded;
+static unsigned nloaded;
+static _Atomic unsigned shards_loaded;
+
+static struct aof *
+me(void)
+{
+	return &aofs[keel_shard_id(keel_this_shard())];
+}
+
+static void
+publish(struct aof *a)
+{
+	atomic_store_explicit(&a->pub_size, a->off, memory_order_relaxed);
+	atomic_store_explicit(&a->pub_rewrites, a->rewrites, memory_order_relaxed);
+	atomic_store_explicit(&a->pub_rewriting, a->rewriting, memory_order_relaxed);
+	atomic_store_explicit(&a->pub_err, a->err != 0, memory_order_relaxed);
+}
+
+static void
+path_of(char *buf, size_t n, unsigned idx, const char *suffix)
+{
+	snprintf(buf, n, "%s/appendonly-%u.aof%s", kv_cfg.dir, idx, suffix);
+}
+
+static void
+release_heap(void *data, uint32_t cap, void *arg)
+{
+	free(data);
+}
+
+/* Start-up. */
+
+static int
+read_whole(int fd, uint8_t **out, size_t *len)
+{
+	struct stat stt;
+	uint8_t *p;
+	size_t got = 0;
+
+	if (fstat(fd, &stt) < 0)
+		return -errno;
+	p = malloc((size_t)stt.st_size + 1);
+	if (!p)
+		return -ENOMEM;
+	while (got < (size_t)stt.st_size) {
+		ssize_t r = read(fd, p + got, (size_t)stt.st_size - got);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0) {
+			int e = r < 0 ? -errno : -EIO;
+			free(p);
+			return e;
+		}
+		got += (size_t)r;
+	}
+	*out = p;
+	*len = got;
+	return 0;
+}
+
+int
+kv_aof_preload(void)
+{
+	DIR *d;
+	struct dirent *de;
+
+	if (!kv_cfg.aof)
+		return 0;
+	if (mkdir(kv_cfg.dir, 0755) < 0 && errno != EEXIST) {
+		fprintf(stderr, "keel-kv: --dir %s: %s (create it or name another)\n", kv_cfg.dir,
+			strerror(errno));
+		return -errno;
+	}
+	d = opendir(kv_cfg.dir);
+	if (!d) {
+		fprintf(stderr, "keel-kv: --dir %s: %s\n", kv_cfg.dir, strerror(errno));
+		return -errno;
+	}
+	while ((de = readdir(d))) {
+		unsigned idx;
+		char tail[8] = "", path[4096];
+		struct loaded *l;
+		size_t good;
+		int fd, r;
+
+		if (sscanf(de->d_name, "appendonly-%u.aof%7s", &idx, tail) != 1)
+			continue;
+		snprintf(path, sizeof(path), "appendonly-%u.aof", idx);
+		if (strcmp(path, de->d_name)) /* exactly this name: no ".tmp", no "01" */
+			continue;
+		path_of(path, sizeof(path), idx, "");
+		fd = open(path, O_RDWR | O_CLOEXEC);
+		if (fd < 0) {
+			fprintf(stderr, "keel-kv: %s: %s (fix its permissions)\n", path,
+				strerror(errno));
+			closedir(d);
+			return -errno;
+		}
+		l = realloc(loaded, (nloaded + 1) * sizeof(*l));
+		if (!l) {
+			close(fd);
+			closedir(d);
+			return -ENOMEM;
+		}
+		loaded = l;
+		l = &loaded[nloaded];
+		l->idx = idx;
+		r = read_whole(fd, &l->p, &l->len);
+		if (r < 0) {
+			fprintf(stderr, "keel-kv: reading %s: %s\n", path, strerror(-r));
+			close(fd);
+			closedir(d);
+			return r;
+		}
+		good = kv_aof_valid_prefix(l->p, l->len);
+		if (good < l->len) {
+			fprintf(stderr,
+				"keel-kv: %s: torn or invalid record at offset %zu: truncating the "
+				"file there, %zu bytes dropped\n",
+				path, good, l->len - good);
+			if (ftruncate(fd, (off_t)good) < 0 || fsync(fd) < 0) {
+				fprintf(stderr, "keel-kv: truncating %s: %s\n", path,
+					strerror(errno));
+				close(fd);
+				closedir(d);
+				return -errno;
+			}
+			l->len = good;
+		}
+		close(fd);
+		nloaded++;
+	}
+	closedir(d);
+	return 0;
+}
+
+static int
+write_all(int fd, const uint8_t *p, size_t n)
+{
+	while (n) {
+		ssize_t r = write(fd, p, n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		p += r;
+		n -= (size_t)r;
+	}
+	return 0;
+}
+
+/* Write @len bytes as the new file of shard @idx: tmp, fdatasync, rename, directory fsync. */
+static int
+replace_file(unsigned idx, const uint8_t *p, size_t len)
+{
+	char tmp[4096], path[4096];
+	int fd, r = 0, dfd;
+
+	path_of(tmp, sizeof(tmp), idx, ".tmp");
+	path_of(path, sizeof(path), idx, "");
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	r = write_all(fd, p, len);
+	if (r == 0 && fdatasync(fd) < 0)
+		r = -errno;
+	close(fd);
+	if (r == 0 && rename(tmp, path) < 0)
+		r = -errno;
+	if (r < 0) {
+		unlink(tmp);
+		return r;
+	}
+	dfd = open(kv_cfg.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd >= 0) {
+		fsync(dfd);
+		close(dfd);
+	}
+	return 0;
+}
+
+static void on_tick(struct keel_timer *t, void *arg);
+static void kick(struct aof *a);
+
+int
+kv_aof_shard_start(struct kv_db *db)
+{
+	unsigned self = keel_shard_id(keel_this_shard());
+	struct aof *a = &aofs[self];
+	struct resp_arg *argv = NULL;
+	unsigned cap = 0;
+	struct rbuf snap = { 0 };
+	char path[4096];
+	int r = 0;
+
+	memset(a, 0, sizeof(*a));
+	a->fd = -1;
+	a->rw_fd = -1;
+	a->id = self;
+	if (!kv_cfg.aof)
+		return 0;
+	for (unsigned i = 0; i < nloaded && r == 0; i++) {
+		size_t off = 0;
+		while (off < loaded[i].len) {
+			struct resp_req req = { .argv = argv,
+						.cap = cap,
+						.max_bulk = UINT64_MAX >> 1 };
+			long n;
+			while ((n = resp_parse(loaded[i].p + off, loaded[i].len - off, &req)) ==
+			       RESP_NEED_ARGV) {
+				struct resp_arg *g = realloc(argv, req.need * sizeof(*g));
+				if (!g) {
+					n = -ENOMEM;
+					break;
+				}
+				argv = g;
+				cap = (unsigned)req.need;
+				req.argv = argv;
+				req.cap = cap;
+			}
+			if (n <= 0) { /* cannot happen after valid_prefix, but for memory */
+				r = -ENOMEM;
+				break;
+			}
+			if (kv_owner(kv_hash(req.argv[1].p, req.argv[1].len)) == self &&
+			    (r = kv_db_apply(db, req.argv, req.argc)) < 0)
+				break;
+			off += (size_t)n;
+		}
+	}
+	free(argv);
+	if (r < 0) {
+		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: replaying the append-only files: %s",
+			 self, strerror(-r));
+		return r;
+	}
+	kv_db_snapshot(db, &snap);
+	if (snap.oom) {
+		rb_free(&snap);
+		return -ENOMEM;
+	}
+	r = replace_file(self, snap.p, snap.len);
+	a->off = snap.len;
+	rb_free(&snap);
+	if (r < 0) {
+		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: writing %s/appendonly-%u.aof: %s", self,
+			 kv_cfg.dir, self, strerror(-r));
+		return r;
+	}
+	path_of(path, sizeof(path), self, "");
+	a->fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (a->fd < 0)
+		return -errno;
+	keel_file_from_fd(a->fd, &a->f);
+	a->open = true;
+	publish(a);
+	if (atomic_fetch_add(&shards_loaded, 1) + 1 == kv_cfg.nshards) {
+		/* Every shard has its keys in its own file now: the files of shards that no
+		 * longer exist have nothing left, and the read copies are not needed. */
+		for (unsigned i = 0; i < nloaded; i++) {
+			if (loaded[i].idx >= kv_cfg.nshards) {
+				path_of(path, sizeof(path), loaded[i].idx, "");
+				unlink(path);
+			}
+			free(loaded[i].p);
+		}
+		free(loaded);
+		loaded = NULL;
+		nloaded = 0;
+	}
+	r = keel_timer_create(on_tick, a, &a->tick);
+	if (r < 0)
+		return r;
+	keel_timer_start(a->tick, KEEL_S(1), KEEL_S(1));
+	return 0;
+}
+
+/* Writing. */
+
+static void
+waiters_done(struct waiter *w, int err)
+{
+	while (w) {
+		struct waiter *n = w->next;
+		w->fn(w->arg, err);
+		free(w);
+		w = n;
+	}
+}
+
+static void on_written(struct keel_file_req *req, int res, void *arg);
+
+static void
+issue_write(struct aof *a)
+{
+	struct keel_slice sub;
+	int r = keel_slice_sub(&a->sl, a->wdone, a->wlen - a->wdone, &sub);
+
+	if (r == 0) {
+		r = keel_file_write_slice(&a->req, &a->f, &sub, a->off + a->wdone, on_written, a);
+		keel_slice_put(&sub);
+	}
+	if (r < 0) {
+		a->err = r;
+		a->st = A_FAILED; /* retried by the tick */
+		publish(a);
+		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: appendonly write: %s", a->id,
+			 strerror(-r));
+		waiters_done(a->iw, r);
+		a->iw = NULL;
+		return;
+	}
+	a->st = A_WRITING;
+}
+
+static void
+on_synced(struct keel_file_req *req, int res, void *arg)
+{
+	struct aof *a = arg;
+	struct waiter *w = a->iw;
+
+	if (a->stopping)
+		return;
+	a->iw = NULL;
+	a->st = A_IDLE;
+	if (res < 0 && res != -ECANCELED) {
+		a->err = res;
+		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: appendonly fdatasync: %s", a->id,
+			 strerror(-res));
+	}
+	waiters_done(w, res < 0 ? res : 0);
+	kick(a);
+}
+
+static void
+sync_batch(struct aof *a)
+{
+	int r = keel_file_fdatasync(&a->req, &a->f, on_synced, a);
+
+	if (r < 0) {
+		on_synced(&a->req, r, a);
+		return;
+	}
+	a->st = A_SYNCING;
+}
+
+static void
+on_written(struct keel_file_req *req, int res, void *arg)
+{
+	struct aof *a = arg;
+
+	if (a->stopping) /* kv_aof_stop wrote the batch itself */
+		return;
+	if (res == -ECANCELED) {
+		a->st = A_FAILED;
+		return;
+	}
+	if (res <= 0) {
+		int e = res < 0 ? res : -EIO;
+		if (!a->err)
+			keel_log(KEEL_LOG_ERROR, "kv",
+				 "shard %u: appendonly-%u.aof: write failed: %s; write commands "
+				 "are refused (-MISCONF) until it succeeds again",
+				 a->id, a->id, strerror(-e));
+		a->err = e;
+		a->st = A_FAILED; /* the batch stays; the tick tries it again */
+		publish(a);
+		waiters_done(a->iw, e);
+		a->iw = NULL;
+		return;
+	}
+	a->wdone += (size_t)res;
+	if (a->wdone < a->wlen) {
+		issue_write(a);
+		return;
+	}
+	if (a->err)
+		keel_log(KEEL_LOG_INFO, "kv", "shard %u: appendonly writes succeed again", a->id);
+	a->err = 0;
+	a->off += a->wlen;
+	keel_slice_put(&a->sl);
+	a->dirty = true;
+	if (kv_cfg.fsync == KV_FSYNC_ALWAYS) {
+		sync_batch(a);
+		return;
+	}
+	a->st = A_IDLE;
+	waiters_done(a->iw, 0);
+	a->iw = NULL;
+	kick(a);
+}
+
+static void
+rw_switch(struct aof *a)
+{
+	close(a->fd);
+	a->fd = a->rw_fd;
+	a->f = a->rw_f;
+	a->off = a->rw_len;
+	a->rw_fd = -1;
+	a->rewriting = a->rw_ready = false;
+	a->rewrites++;
+}
+
+/* Start the next batch when none is in flight. */
+static void kick_(struct aof *a);
+
+static void
+kick(struct aof *a)
+{
+	kick_(a);
+	publish(a);
+}
+
+static void
+kick_(struct aof *a)
+{
+	struct keel_alloc *al;
+	int r;
+
+	if (a->st != A_IDLE || !a->open || a->stopping)
+		return;
+	if (a->rw_ready)
+		rw_switch(a);
+	if (a->rewriting)
+		return; /* records gather until the new file is in place */
+	if (a->reset) { /* FLUSHALL: the table is empty, so is its file */
+		a->reset = false;
+		if (ftruncate(a->fd, 0) == 0)
+			a->off = 0;
+		else
+			a->err = -errno;
+	}
+	if (!a->pend.len) {
+		if (a->pw) { /* waiters with nothing written (a refused command) */
+			a->iw = a->pw;
+			a->pw = a->pwt = NULL;
+			sync_batch(a);
+		}
+		return;
+	}
+	al = keel_shard_alloc();
+	a->wlen = a->pend.len;
+	a->wdone = 0;
+	if (a->pend.len <= keel_alloc_buf_max(al) && keel_buf_alloc(al, a->pend.len, &a->sl) == 0) {
+		memcpy(a->sl.data, a->pend.p, a->pend.len);
+		a->pend.len = 0;
+		if (a->pend.cap > 1u << 20)
+			rb_free(&a->pend);
+	} else {
+		r = keel_buf_wrap(al, a->pend.p, (uint32_t)a->pend.len, release_heap, NULL, &a->sl);
+		if (r < 0) {
+			a->err = r;
+			return;
+		}
+		memset(&a->pend, 0, sizeof(a->pend));
+	}
+	a->iw = a->pw;
+	a->pw = a->pwt = NULL;
+	issue_write(a);
+}
+
+static void
+on_flush(void *arg)
+{
+	struct aof *a = arg;
+
+	a->flush_queued = false;
+	kick(a);
+}
+
+static void
+queue_flush(struct aof *a)
+{
+	if (!a->flush_queued && keel_defer(on_flush, a) == 0)
+		a->flush_queued = true;
+}
+
+static void
+on_bg_synced(struct keel_file_req *req, int res, void *arg)
+{
+	struct aof *a = arg;
+
+	a->bg_sync = false;
+	if (res < 0 && res != -ECANCELED) {
+		a->err = res;
+		publish(a);
+		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: appendonly fdatasync: %s", a->id,
+			 strerror(-res));
+	}
+}
+
+static void
+on_tick(struct keel_timer *t, void *arg)
+{
+	struct aof *a = arg;
+
+	if (a->stopping)
+		return;
+	if (a->st == A_FAILED) { /* try the failed batch again */
+		issue_write(a);
+		return;
+	}
+	if (kv_cfg.fsync == KV_FSYNC_EVERYSEC && a->dirty && !a->bg_sync &&
+	    keel_file_fdatasync(&a->sreq, &a->f, on_bg_synced, a) == 0) {
+		a->dirty = false;
+		a->bg_sync = true;
+	}
+}
+
+void
+kv_aof_log(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv, unsigned argc)
+{
+	struct aof *a = me();
+
+	if (!a->open)
+		return;
+	if (!strcmp(c->name, "flushall")) {
+		a->pend.len = 0;
+		a->reset = true;
+	} else if (c->route == KV_R_KEY) {
+		kv_db_record(db, &argv[1], &a->pend);
+	} else if (c->route == KV_R_KEYS) {
+		for (unsigned i = 1; i < argc; i += c->key_step)
+			kv_db_record(db, &argv[i], &a->pend);
+	}
+	if (a->pend.oom) { /* cannot keep the record: say so on every write from now */
+		rb_free(&a->pend);
+		a->err = -ENOMEM;
+		publish(a);
+	}
+	queue_flush(a);
+}
+
+const char *
+kv_aof_error(void)
+{
+	struct aof *a = me();
+
+	return a->open && a->err ? strerror(-a->err) : NULL;
+}
+
+int
+kv_aof_after_sync(void (*fn)(void *arg, int err), void *arg)
+{
+	struct aof *a = me();
+	struct waiter *w;
+
+	if (!a->open || a->stopping || kv_cfg.fsync != KV_FSYNC_ALWAYS)
+		return -ENOENT;
+	w = malloc(sizeof(*w));
+	if (!w)
+		return -ENOENT; /* reply at once rather than lose it */
+	w->next = NULL;
+	w->fn = fn;
+	w->arg = arg;
+	if (a->pwt)
+		a->pwt->next = w;
+	else
+		a->pw = w;
+	a->pwt = w;
+	queue_flush(a);
+	return 0;
+}
+
+/* BGREWRITEAOF. */
+
+static void rw_step(struct aof *a);
+
+static void
+rw_fail(struct aof *a, int err)
+{
+	char tmp[4096];
+
+	keel_log(KEEL_LOG_ERROR, "kv", "shard %u: BGREWRITEAOF failed: %s", a->id, strerror(-err));
+	if (a->rw_sl.buf)
+		keel_slice_put(&a->rw_sl);
+	if (a->rw_fd >= 0)
+		close(a->rw_fd);
+	a->rw_fd = -1;
+	path_of(tmp, sizeof(tmp), a->id, ".rewrite");
+	unlink(tmp);
+	a->rewriting = false;
+	kick(a);
+}
+
+static void
+rw_synced(struct keel_file_req *req, int res, void *arg)
+{
+	struct aof *a = arg;
+	char tmp[4096], path[4096];
+
+	if (res < 0)
+		return rw_fail(a, res);
+	path_of(tmp, sizeof(tmp), a->id, ".rewrite");
+	path_of(path, sizeof(path), a->id, "");
+	if (rename(tmp, path) < 0)
+		return rw_fail(a, -errno);
+	a->rw_ready = true;
+	kick(a);
+}
+
+static void
+rw_written(struct keel_file_req *req, int res, void *arg)
+{
+	struct aof *a = arg;
+
+	if (res <= 0)
+		return rw_fail(a, res < 0 ? res : -EIO);
+	a->rw_done += (size_t)res;
+	rw_step(a);
+}
+
+static void
+rw_step(struct aof *a)
+{
+	int r;
+
+	if (a->rw_done < a->rw_len) {
+		struct keel_slice sub;
+		r = keel_slice_sub(&a->rw_sl, a->rw_done, a->rw_len - a->rw_done, &sub);
+		if (r == 0) {
+			r = keel_file_write_slice(&a->rw_req, &a->rw_f, &sub, a->rw_done,
+						  rw_written, a);
+			keel_slice_put(&sub);
+		}
+	} else {
+		if (a->rw_sl.buf)
+			keel_slice_put(&a->rw_sl);
+		r = keel_file_fdatasync(&a->rw_req, &a->rw_f, rw_synced, a);
+	}
+	if (r < 0)
+		rw_fail(a, r);
+}
+
+void
+kv_aof_cmd_bgrewrite(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	struct aof *a = me();
+	struct rbuf snap = { 0 };
+	char tmp[4096];
+	int r;
+
+	if (!a->open) {
+		rb_err(out, "ERR appendonly is off: start keel-kv with --appendonly yes");
+		return;
+	}
+	if (a->rewriting) {
+		rb_err(out, "ERR Background append only file rewriting already in progress");
+		return;
+	}
+	/* The table as it is now: records still pending or in flight are in it too, and
+	 * go to the new file after it (applying a record twice gives the same state). */
+	kv_db_snapshot(db, &snap);
+	path_of(tmp, sizeof(tmp), a->id, ".rewrite");
+	a->rw_fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (snap.oom || a->rw_fd < 0 || snap.len > UINT32_MAX) {
+		rb_err(out, "ERR Can't rewrite append only file in background: %s",
+		       snap.oom       ? "out of memory"
+		       : a->rw_fd < 0 ? strerror(errno)
+				      : "too large");
+		rb_free(&snap);
+		if (a->rw_fd >= 0)
+			close(a->rw_fd);
+		a->rw_fd = -1;
+		return;
+	}
+	keel_file_from_fd(a->rw_fd, &a->rw_f);
+	a->rw_len = snap.len;
+	a->rw_done = 0;
+	memset(&a->rw_sl, 0, sizeof(a->rw_sl));
+	if (snap.len) {
+		r = keel_buf_wrap(keel_shard_alloc(), snap.p, (uint32_t)snap.len, release_heap,
+				  NULL, &a->rw_sl);
+		if (r < 0) {
+			rb_free(&snap);
+			close(a->rw_fd);
+			a->rw_fd = -1;
+			rb_err(out, "ERR Can't rewrite append only file in background: %s",
+			       strerror(-r));
+			return;
+		}
+	} else {
+		rb_free(&snap);
+	}
+	a->rewriting = true;
+	publish(a);
+	rw_step(a);
+	rb_simple(out, "Background append only file rewriting started");
+}
+
+void
+kv_aof_info(struct rbuf *out)
+{
+	char line[512];
+	uint64_t size = 0, rewrites = 0;
+	bool rw = false, err = false;
+	int n;
+
+	for (unsigned i = 0; i < kv_cfg.nshards; i++) {
+		size += atomic_load_explicit(&aofs[i].pub_size, memory_order_relaxed);
+		rewrites += atomic_load_explicit(&aofs[i].pub_rewrites, memory_order_relaxed);
+		rw |= atomic_load_explicit(&aofs[i].pub_rewriting, memory_order_relaxed);
+		err |= atomic_load_explicit(&aofs[i].pub_err, memory_order_relaxed);
+	}
+	n = snprintf(line, sizeof(line),
+		     "# Persistence\r\nloading:0\r\naof_enabled:%d\r\n"
+		     "aof_rewrite_in_progress:%d\r\naof_rewrites:%llu\r\n"
+		     "aof_current_size:%llu\r\naof_last_write_status:%s\r\n\r\n",
+		     kv_cfg.aof, rw, (unsigned long long)rewrites, (unsigned long long)size,
+		     err ? "err" : "ok");
+	rb_put(out, line, (size_t)n);
+}
+
+void
+kv_aof_stop(void)
+{
+	struct aof *a = me();
+
+	if (!a->open)
+		return;
+	/* Stopping: in-flight requests are about to be cancelled, so what is gathered goes
+	 * out now, synchronously: the batch in flight again (the same bytes at the same
+	 * offset: harmless if the kernel wrote them already), then what is pending. */
+	a->stopping = true;
+	if ((a->st == A_WRITING || a->st == A_FAILED) && a->sl.buf) {
+		if (pwrite(a->fd, a->sl.data, a->wlen, (off_t)a->off) == (ssize_t)a->wlen)
+			a->off += a->wlen;
+		keel_slice_put(&a->sl);
+		a->st = A_IDLE;
+	}
+	if (a->rw_ready)
+		rw_switch(a);
+	if (a->reset && ftruncate(a->fd, 0) == 0)
+		a->off = 0;
+	if (a->pend.len &&
+	    pwrite(a->fd, a->pend.p, a->pend.len, (off_t)a->off) == (ssize_t)a->pend.len)
+		a->off += a->pend.len;
+	a->pend.len = 0;
+	fdatasync(a->fd);
+	waiters_done(a->iw, 0);
+	a->iw = NULL;
+	waiters_done(a->pw, 0);
+	a->pw = a->pwt = NULL;
+}
+
+void
+kv_aof_fini(void)
+{
+	for (unsigned i = 0; i < KEEL_MAX_SHARDS; i++) {
+		struct aof *a = &aofs[i];
+		if (a->fd >= 0 && a->open)
+			close(a->fd);
+		if (a->rw_fd >= 0 && a->open)
+			close(a->rw_fd);
+		rb_free(&a->pend);
+		/* Replies still held belong to connections gone with the runtime. */
+		for (struct waiter *w = a->iw, *n; w; w = n) {
+			n = w->next;
+			free(w);
+		}
+		memset(a, 0, sizeof(*a));
+	}
+	for (unsigned i = 0; i < nloaded; i++)
+		free(loaded[i].p);
+	free(loaded);
+	loaded = NULL;
+	nloaded = 0;
+}

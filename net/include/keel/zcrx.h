@@ -1,0 +1,42 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * ZCRX (zero-copy receive) set-up state of a shard: whether its interface queue is
+ * registered, or why it fell back to the copy path. docs/net.md, "ZCRX".
+ */
+#ifndef KEEL_ZCRX_H
+#define KEEL_ZCRX_H
+
+#include <keel/common.h>
+#include <keel/runtime.h>
+#include <stdint.h>
+
+/** What a shard's ZCRX set-up decided. */
+enum keel_zcrx_state {
+	KEEL_ZCRX_NONE = 0,     /* --zcrx off, or the shard has no rx queue: nothing tried */
+	KEEL_ZCRX_ON = 1,       /* the interface queue is registered on the shard's ring */
+	KEEL_ZCRX_FALLBACK = 2, /* --zcrx auto and the set-up failed: the copy path (err why) */
+};
+
+/** A shard's ZCRX state (keel_zcrx_stats()). */
+struct keel_zcrx_stats {
+	enum keel_zcrx_state state;
+	int err;             /* FALLBACK: the positive errno of the failure (kernel's or ours) */
+	int rxq;             /* the rx queue asked for, -1 none */
+	uint32_t zcrx_id;    /* ON: the kernel's id of the interface queue */
+	uint64_t area_bytes; /* ON: bytes of receive area registered */
+	uint32_t rq_entries; /* ON: refill ring entries */
+};
+
+/**
+ * The ZCRX state of shard @sh (set when its network state was created: the first listener,
+ * connect or UDP endpoint).
+ * Context: @sh's own thread.
+ * Returns: 0 and *out; -EINVAL (NULL, or not the calling shard), -ENOENT (the shard has no
+ * network state yet).
+ */
+KEEL_API int keel_zcrx_stats(const struct keel_shard *sh, struct keel_zcrx_stats *out);
+
+/** The name of a ZCRX state: "none", "on" or "fallback". */
+KEEL_API const char *keel_zcrx_state_name(enum keel_zcrx_state s);
+
+#endif

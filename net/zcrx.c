@@ -1,0 +1,399 @@
+// SPDX-License-Identifier: MIT
+/*
+ * ZCRX set-up: each shard whose runtime gives it an rx queue registers its own interface
+ * queue (IORING_REGISTER_ZCRX_IFQ) on its ring, with a receive area and a refill ring in
+ * memory it allocated on its own CPU. One queue, one shard: a process-wide claim table
+ * refuses a second shard before the kernel is asked (the kernel would say EEXIST, which
+ * cannot tell our own mistake from another program's consumer).
+ *
+ * What is not here yet: the RECV_ZC receive path (its parser and refill ring are in
+ * zcrx_rx.c, not yet wired to connections), refills on the last put, handoff (docs/net.md,
+ * "ZCRX"). A registered shard still receives through the copy path.
+ */
+#include "zcrx.h"
+
+#include <errno.h>
+#include <net/if.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "net_internal.h"
+
+_Atomic unsigned keel__zcrx_register_calls;
+
+/* The refill ring's header (the kernel's struct io_uring: head and tail on their own cache
+ * lines) comes first in the region; a page is more than it needs on every architecture. */
+#define RQ_HEADER_BYTES 4096u
+
+struct claim {
+	char iface[32];
+	int rxq;
+	unsigned shard;
+};
+
+static pthread_mutex_t claims_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct claim claims[KEEL_MAX_SHARDS];
+static unsigned nclaims;
+
+int
+keel__zcrx_claim(const char *iface, int rxq, unsigned shard, unsigned *owner)
+{
+	int r = 0;
+
+	pthread_mutex_lock(&claims_lock);
+	for (unsigned i = 0; i < nclaims; i++)
+		if (claims[i].rxq == rxq && !strcmp(claims[i].iface, iface)) {
+			*owner = claims[i].shard;
+			r = -EEXIST;
+			goto out;
+		}
+	if (nclaims == KEEL_MAX_SHARDS) {
+		r = -ENOSPC;
+		goto out;
+	}
+	snprintf(claims[nclaims].iface, sizeof(claims[nclaims].iface), "%s", iface);
+	claims[nclaims].rxq = rxq;
+	claims[nclaims].shard = shard;
+	nclaims++;
+out:
+	pthread_mutex_unlock(&claims_lock);
+	return r;
+}
+
+void
+keel__zcrx_unclaim(const char *iface, int rxq)
+{
+	pthread_mutex_lock(&claims_lock);
+	for (unsigned i = 0; i < nclaims; i++)
+		if (claims[i].rxq == rxq && !strcmp(claims[i].iface, iface)) {
+			claims[i] = claims[--nclaims];
+			break;
+		}
+	pthread_mutex_unlock(&claims_lock);
+}
+
+const char *
+keel__zcrx_reason(int err, const char *iface, int rxq, char *buf, size_t len)
+{
+	int e = err < 0 ? -err : err;
+
+	switch (e) {
+	case EPERM:
+		snprintf(buf, len,
+			 "ZCRX on %s rx queue %d: EPERM (operation not permitted): registering an "
+			 "interface queue needs CAP_NET_ADMIN; run as root or grant it (setcap "
+			 "cap_net_admin+ep PROGRAM)",
+			 iface, rxq);
+		break;
+	case EOPNOTSUPP:
+		snprintf(buf, len,
+			 "ZCRX on %s rx queue %d: EOPNOTSUPP (operation not supported): %s has no "
+			 "queue API / no parent device: ZCRX needs bnxt, mlx5, gve or fbnic; use "
+			 "--zcrx auto (copy path) or an interface of one of those drivers",
+			 iface, rxq, iface);
+		break;
+	case EINVAL:
+		snprintf(buf, len,
+			 "ZCRX on %s rx queue %d: EINVAL (invalid argument): header/data split is "
+			 "off: ethtool -G %s tcp-data-split on (on a capable NIC; kernels before "
+			 "6.15 also answer EINVAL: ZCRX needs Linux 6.15)",
+			 iface, rxq, iface);
+		break;
+	case EEXIST:
+		snprintf(
+			buf, len,
+			"ZCRX on %s rx queue %d: EEXIST (exists): queue %d already has a "
+			"zero-copy consumer (another program's interface queue, or an XDP program "
+			"on %s); give this shard another queue (--rxqs) or stop the other consumer",
+			iface, rxq, rxq, iface);
+		break;
+	case EBUSY:
+		snprintf(
+			buf, len,
+			"ZCRX on %s rx queue %d: EBUSY (device busy): an AF_XDP socket holds queue "
+			"%d; close it or give this shard another queue (--rxqs)",
+			iface, rxq, rxq);
+		break;
+	case ENODEV:
+		snprintf(buf, len,
+			 "ZCRX on %s rx queue %d: ENODEV (no such device): there is no interface "
+			 "%s; list them with: ip -br link",
+			 iface, rxq, iface);
+		break;
+	case ERANGE:
+		snprintf(buf, len,
+			 "ZCRX on %s rx queue %d: ERANGE (out of range): %s has no rx queue %d; "
+			 "raise its channels (ethtool -L %s combined N) or give a lower queue "
+			 "(--rxqs)",
+			 iface, rxq, iface, rxq, iface);
+		break;
+	case ENOMEM:
+		snprintf(buf, len,
+			 "ZCRX on %s rx queue %d: ENOMEM (out of memory): the receive area or "
+			 "refill ring could not be allocated or pinned; lower --zcrx-area or "
+			 "--zcrx-rq-entries, or raise RLIMIT_MEMLOCK (ulimit -l)",
+			 iface, rxq);
+		break;
+	case EFAULT:
+		snprintf(buf, len,
+			 "ZCRX on %s rx queue %d: EFAULT (bad address): the kernel could not read "
+			 "the registration; this is a keel bug, please report it",
+			 iface, rxq);
+		break;
+	default:
+		snprintf(buf, len, "ZCRX on %s rx queue %d: %s (errno %d); use --zcrx auto or off",
+			 iface, rxq, strerror(e), e);
+		break;
+	}
+	return buf;
+}
+
+static size_t
+page_round(uint64_t n)
+{
+	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+
+	return (size_t)((n + pg - 1) & ~((uint64_t)pg - 1));
+}
+
+static void *
+map_local(size_t len)
+{
+	/* MAP_POPULATE on the shard's thread, which is pinned to its CPU: the pages are
+	 * first touched there, so the default NUMA policy places them on its node. */
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+
+	return p == MAP_FAILED ? NULL : p;
+}
+
+/* Checks, allocation and the registration. On failure *why holds our own reason (when the
+ * kernel was not asked) or is empty (the caller maps the errno). */
+static int
+try_setup(struct net_zcrx *z, const struct keel_opts *o, unsigned ring_flags, int ring_fd,
+	  char *why, size_t whylen)
+{
+	struct keel_zcrx_area_reg area;
+	struct keel_region_desc rd;
+	struct keel_zcrx_ifq_reg reg;
+	unsigned owner = 0;
+	unsigned idx;
+	long r;
+
+	why[0] = 0;
+	if (!(ring_flags & IORING_SETUP_DEFER_TASKRUN) || !(ring_flags & IORING_SETUP_CQE32)) {
+		snprintf(why, whylen,
+			 "ZCRX on %s rx queue %d: the shard's ring lacks %s (the kernel registers "
+			 "interface queues only on DEFER_TASKRUN + CQE32 rings); drop --feature "
+			 "defer_taskrun=off",
+			 z->iface, z->rxq,
+			 (ring_flags & IORING_SETUP_DEFER_TASKRUN) ? "CQE32" : "DEFER_TASKRUN");
+		return -EINVAL;
+	}
+	if (!o->zcrx_rq_entries || o->zcrx_rq_entries > KEEL_ZCRX_RQ_ENTRIES_MAX ||
+	    (o->zcrx_rq_entries & (o->zcrx_rq_entries - 1))) {
+		snprintf(why, whylen,
+			 "ZCRX on %s rx queue %d: --zcrx-rq-entries %u is not a power of two up to "
+			 "%d",
+			 z->iface, z->rxq, o->zcrx_rq_entries, KEEL_ZCRX_RQ_ENTRIES_MAX);
+		return -EINVAL;
+	}
+	r = keel__zcrx_claim(z->iface, z->rxq, z->shard, &owner);
+	if (r == -EEXIST) {
+		snprintf(
+			why, whylen,
+			"ZCRX on %s rx queue %d: shard %u of this process already registered queue "
+			"%d: one queue, one shard; give each shard its own queue (--rxqs, --map)",
+			z->iface, z->rxq, owner, z->rxq);
+		return -EEXIST;
+	}
+	if (r < 0) {
+		snprintf(why, whylen, "ZCRX on %s rx queue %d: more than %d queues claimed",
+			 z->iface, z->rxq, KEEL_MAX_SHARDS);
+		return (int)r;
+	}
+	z->claimed = true;
+	idx = if_nametoindex(z->iface);
+	if (!idx)
+		return -ENODEV;
+	z->area_len = page_round(o->zcrx_area);
+	z->area = map_local(z->area_len);
+	if (!z->area)
+		return -ENOMEM;
+	z->rq_entries = o->zcrx_rq_entries;
+	z->region_len = page_round(RQ_HEADER_BYTES + (uint64_t)z->rq_entries * sizeof(*z->rqes));
+	z->region = map_local(z->region_len);
+	if (!z->region)
+		return -ENOMEM;
+
+	memset(&area, 0, sizeof(area));
+	area.addr = (uint64_t)(uintptr_t)z->area;
+	area.len = z->area_len;
+	memset(&rd, 0, sizeof(rd));
+	rd.user_addr = (uint64_t)(uintptr_t)z->region;
+	rd.size = z->region_len;
+	rd.flags = KEEL_IORING_MEM_REGION_TYPE_USER;
+	memset(&reg, 0, sizeof(reg));
+	reg.if_idx = idx;
+	reg.if_rxq = (uint32_t)z->rxq;
+	reg.rq_entries = z->rq_entries;
+	reg.area_ptr = (uint64_t)(uintptr_t)&area;
+	reg.region_ptr = (uint64_t)(uintptr_t)&rd;
+
+	atomic_fetch_add(&keel__zcrx_register_calls, 1);
+	/* The real ring fd: a registered ring index is not accepted by io_uring_register
+	 * without IORING_REGISTER_USE_REGISTERED_RING, and liburing 2.3 has no ZCRX helper. */
+	r = syscall(__NR_io_uring_register, ring_fd, KEEL_IORING_REGISTER_ZCRX_IFQ, &reg, 1);
+	if (r < 0)
+		return -errno;
+	/* Registered: from here the interface queue lives until the ring is closed (6.18 has
+	 * no unregister call), and with it the kernel's pins on the area and region. */
+	z->area_token = area.rq_area_token;
+	z->id = reg.zcrx_id;
+	if ((uint64_t)reg.offsets.head + 4 > z->region_len ||
+	    (uint64_t)reg.offsets.tail + 4 > z->region_len ||
+	    (uint64_t)reg.offsets.rqes + (uint64_t)z->rq_entries * sizeof(*z->rqes) >
+		    z->region_len ||
+	    (reg.offsets.rqes % _Alignof(struct keel_zcrx_rqe)) || (reg.offsets.head % 4) ||
+	    (reg.offsets.tail % 4)) {
+		snprintf(why, whylen,
+			 "ZCRX on %s rx queue %d: the kernel's refill ring offsets (head %u, tail "
+			 "%u, entries %u) do not fit the %zu-byte region: an ABI this keel does "
+			 "not know; use --zcrx off",
+			 z->iface, z->rxq, reg.offsets.head, reg.offsets.tail, reg.offsets.rqes,
+			 z->region_len);
+		return -EPROTO;
+	}
+	z->rq_head = (uint32_t *)((char *)z->region + reg.offsets.head);
+	z->rq_tail = (uint32_t *)((char *)z->region + reg.offsets.tail);
+	z->rqes = (struct keel_zcrx_rqe *)((char *)z->region + reg.offsets.rqes);
+	z->rq_mask = z->rq_entries - 1;
+	z->rq_local_tail = __atomic_load_n(z->rq_tail, __ATOMIC_RELAXED);
+	return 0;
+}
+
+static void
+release(struct net_zcrx *z)
+{
+	if (z->area)
+		munmap(z->area, z->area_len);
+	if (z->region)
+		munmap(z->region, z->region_len);
+	z->area = z->region = NULL;
+	z->rq_head = z->rq_tail = NULL;
+	z->rqes = NULL;
+	if (z->claimed)
+		keel__zcrx_unclaim(z->iface, z->rxq);
+	z->claimed = false;
+}
+
+int
+keel__zcrx_setup(struct net_shard *ns)
+{
+	struct keel_shard *sh = keel_this_shard();
+	const struct keel_runtime *rt = keel_shard_runtime(sh);
+	const struct keel_opts *o = keel_runtime_opts(rt);
+	const char *iface = keel_runtime_rx_iface(rt);
+	struct io_uring *ring = keel_shard_ring_get();
+	struct net_zcrx *z;
+	char why[512];
+	int r;
+
+	z = calloc(1, sizeof(*z));
+	if (!z)
+		return -ENOMEM;
+	z->shard = ns->id;
+	z->rxq = keel_shard_rxq(sh);
+	z->state = KEEL_ZCRX_NONE;
+	if (o->zcrx == KEEL_POLICY_OFF || z->rxq < 0 || !iface) {
+		ns->zcrx = z;
+		return 0;
+	}
+	snprintf(z->iface, sizeof(z->iface), "%s", iface);
+	r = try_setup(z, o, ring->flags, ring->ring_fd, why, sizeof(why));
+	if (r == 0) {
+		z->state = KEEL_ZCRX_ON;
+		keel_log(KEEL_LOG_INFO, NET_MOD,
+			 "shard %u: ZCRX on %s rx queue %d (interface queue %u, %zu-byte area, %u "
+			 "refill entries)",
+			 ns->id, z->iface, z->rxq, z->id, z->area_len, z->rq_entries);
+		ns->zcrx = z;
+		return 0;
+	}
+	if (!why[0])
+		keel__zcrx_reason(r, z->iface, z->rxq, why, sizeof(why));
+	/* A registration that succeeded and was then refused (-EPROTO) keeps its memory: the
+	 * kernel holds it until the ring closes. */
+	if (r == -EPROTO && o->zcrx == KEEL_POLICY_ON) {
+		keel_log(KEEL_LOG_ERROR, NET_MOD, "shard %u: %s", ns->id, why);
+		ns->zcrx = z; /* freed by keel__zcrx_fini() */
+		return r;
+	}
+	if (r != -EPROTO)
+		release(z);
+	if (o->zcrx == KEEL_POLICY_ON) {
+		keel_log(KEEL_LOG_ERROR, NET_MOD, "shard %u: %s", ns->id, why);
+		free(z);
+		return r;
+	}
+	keel_log(KEEL_LOG_INFO, NET_MOD, "shard %u: ZCRX falls back to the copy path: %s", ns->id,
+		 why);
+	z->state = KEEL_ZCRX_FALLBACK;
+	z->err = -r;
+	ns->zcrx = z;
+	return 0;
+}
+
+void
+keel__zcrx_fini(struct net_shard *ns)
+{
+	if (!ns->zcrx)
+		return;
+	/* Unmapping is safe while the ring still holds the interface queue: the kernel pinned
+	 * the pages at registration and keeps them until the ring is closed. */
+	release(ns->zcrx);
+	free(ns->zcrx);
+	ns->zcrx = NULL;
+}
+
+int
+keel_zcrx_stats(const struct keel_shard *sh, struct keel_zcrx_stats *out)
+{
+	struct net_shard *ns = keel__net_shard_cur();
+	const struct net_zcrx *z;
+
+	if (!sh || !out || sh != keel_this_shard())
+		return -EINVAL;
+	if (!ns || !ns->zcrx)
+		return -ENOENT;
+	z = ns->zcrx;
+	memset(out, 0, sizeof(*out));
+	out->state = z->state;
+	out->err = z->err;
+	out->rxq = z->rxq;
+	if (z->state == KEEL_ZCRX_ON) {
+		out->zcrx_id = z->id;
+		out->area_bytes = z->area_len;
+		out->rq_entries = z->rq_entries;
+	}
+	return 0;
+}
+
+const char *
+keel_zcrx_state_name(enum keel_zcrx_state s)
+{
+	switch (s) {
+	case KEEL_ZCRX_NONE:
+		return "none";
+	case KEEL_ZCRX_ON:
+		return "on";
+	case KEEL_ZCRX_FALLBACK:
+		return "fallback";
+	}
+	return "?";
+}

@@ -1,0 +1,94 @@
+/* SPDX-License-Identifier: MIT */
+/* Private to net/: ZCRX interface-queue set-up on a shard's ring (zcrx.c). */
+#ifndef KEEL_NET_ZCRX_H
+#define KEEL_NET_ZCRX_H
+
+#include <keel/compat.h>
+#include <keel/zcrx.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct net_shard;
+
+/* A shard's interface queue: the area the NIC writes payloads into and the refill ring
+ * through which the shard hands consumed buffers back. */
+struct net_zcrx {
+	enum keel_zcrx_state state;
+	int err; /* positive errno of a fallback */
+	int rxq;
+	char iface[32];
+	unsigned shard;
+	bool claimed; /* holds (iface, rxq) in the process's claim table */
+	void *area;   /* page-aligned, area_len bytes, first touched on the shard's CPU */
+	size_t area_len;
+	void *region; /* the refill ring's user region */
+	size_t region_len;
+	uint64_t area_token; /* rq_area_token: area id << 48, or'ed into every refill entry */
+	uint32_t id;         /* zcrx_id */
+	uint32_t rq_entries, rq_mask;
+	uint32_t *rq_head, *rq_tail; /* in the region, at the kernel's offsets */
+	struct keel_zcrx_rqe *rqes;
+	uint32_t rq_local_tail; /* entries written; *rq_tail catches up once per pass */
+};
+
+/* One piece of received payload in the area: bytes [off, off + len). */
+struct keel__zcrx_frag {
+	uint64_t off;
+	uint32_t len;
+};
+
+/* Parse a RECV_ZC completion (a 32-byte CQE: the second 16 bytes are a struct
+ * keel_zcrx_cqe) for the area registered with @area_token of @area_len bytes.
+ * Returns: 1 and *out for payload; 0 when the CQE carries none (res 0: the peer closed when
+ * IORING_CQE_F_MORE is clear); the CQE's -errno when res < 0; -EPROTO when the offset names
+ * another area or the bytes do not lie inside this one (nothing is read from the area). */
+int keel__zcrx_cqe_parse(const struct io_uring_cqe *cqe, uint64_t area_token, uint64_t area_len,
+			 struct keel__zcrx_frag *out);
+
+/* The fragments of one message: a growable array, bounded by @max (a frame of the framer's
+ * maximum size in the smallest fragments), so a message of any length up to that is
+ * gathered whole and a longer one is refused, never written past an array's end. */
+struct keel__zcrx_msg {
+	struct keel__zcrx_frag *v;
+	uint32_t n, cap, max;
+	uint64_t bytes;
+};
+void keel__zcrx_msg_init(struct keel__zcrx_msg *m, uint32_t max);
+/* Append @f. Returns: 0; -E2BIG at @max fragments; -ENOMEM (the message is unchanged). */
+int keel__zcrx_msg_add(struct keel__zcrx_msg *m, const struct keel__zcrx_frag *f);
+/* Forget the fragments, keep the memory (the next message reuses it). */
+void keel__zcrx_msg_reset(struct keel__zcrx_msg *m);
+void keel__zcrx_msg_fini(struct keel__zcrx_msg *m);
+
+/* Queue @f for return to the kernel: the refill entry {off | area token, len}, written but
+ * not yet visible. Returns: 0, or -ENOBUFS when the ring is full (the kernel has not consumed
+ * what was published: publish, and retry next pass). */
+int keel__zcrx_refill_add(struct net_zcrx *z, const struct keel__zcrx_frag *f);
+/* Make the entries queued since the last call visible: one store-release of the tail.
+ * Returns: how many entries it published. */
+uint32_t keel__zcrx_refill_publish(struct net_zcrx *z);
+
+/* Set up ZCRX for the calling shard by its runtime's options: nothing when --zcrx off or the
+ * shard has no rx queue; else claim (iface, queue), allocate, register. On failure with
+ * --zcrx on, log the reason and the fix and return -errno; with auto, log one INFO line
+ * and return 0 with the fallback recorded. ns->zcrx is set in every case but an error. */
+int keel__zcrx_setup(struct net_shard *ns);
+/* Release what keel__zcrx_setup() made (the kernel drops the interface queue with the ring). */
+void keel__zcrx_fini(struct net_shard *ns);
+
+/* The message for a set-up failure -@err on @iface queue @rxq: what the errno means there
+ * and the fix. Writes at most @len bytes to @buf (always terminated); returns @buf. */
+const char *keel__zcrx_reason(int err, const char *iface, int rxq, char *buf, size_t len);
+
+/* Claim (iface, rxq) for @shard in the process-wide table: 0, or -EEXIST with the owner in
+ * *owner (one queue, one shard). keel__zcrx_unclaim() gives it back. */
+int keel__zcrx_claim(const char *iface, int rxq, unsigned shard, unsigned *owner);
+void keel__zcrx_unclaim(const char *iface, int rxq);
+
+/* IORING_REGISTER_ZCRX_IFQ calls made by this process (tests: refusals made before the kernel
+ * was asked leave it unchanged). */
+extern _Atomic unsigned keel__zcrx_register_calls;
+
+#endif

@@ -1,0 +1,642 @@
+// SPDX-License-Identifier: MIT
+/*
+ * keel-embed end to end: the host program (apps/embed) on an ephemeral loopback port with a
+ * data directory of the test's own, driven by a client in this file: puts and gets of many
+ * keys of random sizes, the worker-thread checksum, a clean stop, a restart that reads
+ * everything back, and bad input.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "wait.h"
+
+/* The host binary: the in-tree build, or $KEEL_EMBED_BIN (tests/install/install_test.sh
+ * runs this suite against a copy built out of tree with pkg-config). */
+static const char *
+embed_bin(void)
+{
+	const char *e = getenv("KEEL_EMBED_BIN");
+
+	return e && *e ? e : KEEL_EMBED_BIN;
+}
+
+static pid_t live;        /* the host a failed test leaves running: killed by the fini */
+static char live_dir[64]; /* the directory of the test in progress: removed by the fini */
+
+struct host {
+	pid_t pid;
+	int port;
+	char dir[64];   /* the test's directory: config, data/, log */
+	char log[96];   /* the host's stderr */
+	char *log_text; /* its contents after the stop */
+};
+
+static char *
+slurp(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	char *b;
+	long n;
+
+	if (!f)
+		return NULL;
+	fseek(f, 0, SEEK_END);
+	n = ftell(f);
+	fseek(f, 0, SEEK_SET);
+	b = calloc(1, (size_t)n + 1);
+	if (b && fread(b, 1, (size_t)n, f) != (size_t)n)
+		b[0] = 0;
+	fclose(f);
+	return b;
+}
+
+/* Write the host's config (@extra: more "KEY VALUE" lines, or "") in a new directory. */
+static void
+host_init(struct host *h, const char *extra)
+{
+	char path[128];
+	FILE *f;
+
+	memset(h, 0, sizeof(*h));
+	snprintf(h->dir, sizeof(h->dir), "/tmp/keel-embed-test.XXXXXX");
+	cr_assert_not_null(mkdtemp(h->dir));
+	snprintf(live_dir, sizeof(live_dir), "%s", h->dir);
+	snprintf(path, sizeof(path), "%s/data", h->dir);
+	cr_assert_eq(mkdir(path, 0755), 0);
+	snprintf(path, sizeof(path), "%s/host.conf", h->dir);
+	f = fopen(path, "w");
+	cr_assert_not_null(f);
+	fprintf(f, "# keel-embed test\ndir %s/data\naddr 127.0.0.1\nport 0\nworkers 2\n%s", h->dir,
+		extra);
+	fclose(f);
+	snprintf(h->log, sizeof(h->log), "%s/stderr", h->dir);
+}
+
+/* Start the host with --shards @shards (NULL: the map in its config decides). */
+static void
+host_start_n(struct host *h, const char *shards)
+{
+	char cfg[128];
+	uint64_t dl = test_deadline(TEST_WAIT_MS);
+
+	snprintf(cfg, sizeof(cfg), "%s/host.conf", h->dir);
+	unlink(h->log);
+	h->pid = fork();
+	cr_assert_geq(h->pid, 0);
+	if (h->pid == 0) {
+		int fd = open(h->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlives a failed test */
+		dup2(fd, 2);
+		if (shards)
+			execl(embed_bin(), embed_bin(), "--config", cfg, "--shards", shards,
+			      "--idle-poll-us", "0", "--log-level", "warn", (char *)NULL);
+		else
+			execl(embed_bin(), embed_bin(), "--config", cfg, "--idle-poll-us", "0",
+			      "--log-level", "warn", (char *)NULL);
+		_exit(127);
+	}
+	live = h->pid;
+	h->port = -1;
+	while (h->port < 0) {
+		char *t = slurp(h->log), *p;
+		int st;
+
+		if (t && (p = strstr(t, "keel-embed: listening on ")) && (p = strstr(p, " port ")))
+			h->port = atoi(p + 6);
+		free(t);
+		if (h->port > 0)
+			break;
+		cr_assert_eq(waitpid(h->pid, &st, WNOHANG), 0, "keel-embed exited at start: %s",
+			     (t = slurp(h->log)) ? t : "");
+		cr_assert(!test_expired(dl), "keel-embed printed no 'listening' line");
+		test_pause();
+	}
+}
+
+static void
+host_start(struct host *h)
+{
+	host_start_n(h, "2");
+}
+
+/* SIGTERM; expect a clean exit (status 0) and keep its stderr in log_text. */
+static void
+host_stop(struct host *h)
+{
+	uint64_t dl = test_deadline(TEST_WAIT_MS);
+	int st;
+
+	kill(h->pid, SIGTERM);
+	while (waitpid(h->pid, &st, WNOHANG) == 0) {
+		cr_assert(!test_expired(dl), "keel-embed did not stop after SIGTERM");
+		test_pause();
+	}
+	live = 0;
+	free(h->log_text);
+	h->log_text = slurp(h->log);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "keel-embed exit status %#x: %s", st,
+		  h->log_text ? h->log_text : "");
+	cr_assert_not_null(strstr(h->log_text, "keel-embed: stopped (clean)"), "%s", h->log_text);
+}
+
+static void
+host_fini(struct host *h)
+{
+	free(h->log_text); /* the suite's fini removes h->dir, after a failure too */
+	h->log_text = NULL;
+}
+
+static void
+kill_live(void)
+{
+	char cmd[160];
+
+	if (live > 0)
+		kill(live, SIGKILL);
+	live = 0;
+	if (live_dir[0]) {
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", live_dir);
+		if (system(cmd) != 0)
+			fprintf(stderr, "could not remove %s\n", live_dir);
+		live_dir[0] = 0;
+	}
+}
+
+TestSuite(embed, .fini = kill_live);
+
+static int
+cconnect(int port)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+	struct timeval tv = { .tv_sec = TEST_WAIT_MS / 1000 };
+	int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0, "connect: %s",
+		     strerror(errno));
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	return fd;
+}
+
+static void
+send_all(int fd, const void *p, size_t n)
+{
+	while (n) {
+		ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+		cr_assert_gt(w, 0, "send: %s", strerror(errno));
+		p = (const char *)p + w;
+		n -= (size_t)w;
+	}
+}
+
+/* Read exactly @n bytes. Returns false at EOF or a reset before any of them came. */
+static bool
+recv_all(int fd, void *p, size_t n)
+{
+	size_t got = 0;
+
+	while (got < n) {
+		ssize_t r = recv(fd, (char *)p + got, n - got, 0);
+		if (r == 0 || (r < 0 && errno == ECONNRESET && got == 0))
+			return false;
+		cr_assert_gt(r, 0, "recv: %s (no reply within the deadline)", strerror(errno));
+		got += (size_t)r;
+	}
+	return true;
+}
+
+static void
+be32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)(v >> 24);
+	p[1] = (uint8_t)(v >> 16);
+	p[2] = (uint8_t)(v >> 8);
+	p[3] = (uint8_t)v;
+}
+
+/* Send a request frame: op, id, key, value. */
+static void
+req_send(int fd, char op, uint32_t id, const char *key, const uint8_t *val, size_t vlen)
+{
+	size_t klen = strlen(key), plen = 7 + klen + vlen;
+	uint8_t *b = malloc(4 + plen);
+
+	cr_assert_not_null(b);
+	be32(b, (uint32_t)plen);
+	b[4] = (uint8_t)op;
+	be32(b + 5, id);
+	b[9] = (uint8_t)(klen >> 8);
+	b[10] = (uint8_t)klen;
+	memcpy(b + 11, key, klen);
+	if (vlen)
+		memcpy(b + 11 + klen, val, vlen);
+	send_all(fd, b, 4 + plen);
+	free(b);
+}
+
+struct reply {
+	uint8_t status;
+	uint32_t id;
+	uint8_t *body;
+	size_t len;
+};
+
+/* The next reply frame (body malloc'd); false when the host closed the connection. */
+static bool
+reply_recv(int fd, struct reply *r)
+{
+	uint8_t h[4], *b;
+	uint32_t n;
+
+	if (!recv_all(fd, h, 4))
+		return false;
+	n = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+	cr_assert_geq(n, 5, "reply frame of %u bytes", n);
+	b = malloc(n);
+	cr_assert_not_null(b);
+	cr_assert(recv_all(fd, b, n), "connection closed inside a reply");
+	r->status = b[0];
+	r->id = (uint32_t)b[1] << 24 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 8 | b[4];
+	r->len = n - 5;
+	r->body = malloc(r->len + 1);
+	memcpy(r->body, b + 5, r->len);
+	r->body[r->len] = 0;
+	free(b);
+	return true;
+}
+
+static uint64_t
+fnv64(const uint8_t *p, size_t n)
+{
+	uint64_t h = 14695981039346656037ull;
+
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ p[i]) * 1099511628211ull;
+	return h;
+}
+
+#define NKEYS 400
+
+struct kv {
+	char key[40];
+	uint8_t *val;
+	size_t len;
+};
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+static uint64_t
+rnd(void)
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return rng;
+}
+
+/* Random sizes: mostly small, some up to 256 KiB (many receive buffers), a few empty. */
+static size_t
+rnd_size(void)
+{
+	uint64_t r = rnd() % 100;
+
+	if (r < 5)
+		return 0;
+	if (r < 70)
+		return rnd() % 200;
+	if (r < 95)
+		return rnd() % 20000;
+	return rnd() % (256 * 1024);
+}
+
+static void
+kv_fill(struct kv *kv, unsigned i)
+{
+	free(kv->val);
+	snprintf(kv->key, sizeof(kv->key), "key-%u-%llu", i, (unsigned long long)(rnd() % 1000));
+	kv->len = rnd_size();
+	kv->val = malloc(kv->len + 1);
+	for (size_t b = 0; b < kv->len; b++)
+		kv->val[b] = (uint8_t)rnd();
+}
+
+/* Pipelined puts of @kv[0..n): every reply OK, ids in any order. */
+static void
+put_all(int fd, struct kv *kv, unsigned n)
+{
+	bool *seen = calloc(n, 1);
+
+	for (unsigned i = 0; i < n; i++)
+		req_send(fd, 'P', i, kv[i].key, kv[i].val, kv[i].len);
+	for (unsigned i = 0; i < n; i++) {
+		struct reply r;
+
+		cr_assert(reply_recv(fd, &r), "host closed the connection during puts");
+		cr_assert_lt(r.id, n);
+		cr_assert(!seen[r.id], "two replies for put %u", r.id);
+		seen[r.id] = true;
+		cr_assert_eq(r.status, 0, "put %u: status %u: %s", r.id, r.status, r.body);
+		free(r.body);
+	}
+	free(seen);
+}
+
+/* Get every key (pipelined) and check every byte. */
+static void
+get_all(int fd, struct kv *kv, unsigned n)
+{
+	unsigned got = 0;
+
+	for (unsigned i = 0; i < n; i++)
+		req_send(fd, 'G', i, kv[i].key, NULL, 0);
+	for (; got < n; got++) {
+		struct reply r;
+
+		cr_assert(reply_recv(fd, &r), "host closed the connection during gets");
+		cr_assert_lt(r.id, n);
+		cr_assert_eq(r.status, 0, "get %s: status %u: %s", kv[r.id].key, r.status, r.body);
+		cr_assert_eq(r.len, kv[r.id].len, "get %s: %zu bytes, want %zu", kv[r.id].key,
+			     r.len, kv[r.id].len);
+		cr_assert(!memcmp(r.body, kv[r.id].val, r.len), "get %s: bytes differ",
+			  kv[r.id].key);
+		free(r.body);
+	}
+}
+
+/* The checksum of every 7th key, computed on the host's worker threads. */
+static void
+sum_some(int fd, struct kv *kv, unsigned n)
+{
+	unsigned want = 0;
+
+	for (unsigned i = 0; i < n; i += 7, want++)
+		req_send(fd, 'C', i, kv[i].key, NULL, 0);
+	for (unsigned k = 0; k < want; k++) {
+		struct reply r;
+		uint64_t s = 0;
+
+		cr_assert(reply_recv(fd, &r), "host closed the connection during checksums");
+		cr_assert_lt(r.id, n);
+		cr_assert_eq(r.status, 0, "checksum %u: status %u: %s", r.id, r.status, r.body);
+		cr_assert_eq(r.len, 8);
+		for (int b = 0; b < 8; b++)
+			s = s << 8 | r.body[b];
+		cr_assert_eq(s, fnv64(kv[r.id].val, kv[r.id].len), "checksum of %s", kv[r.id].key);
+		free(r.body);
+	}
+}
+
+/* Sum the "N fixed" of every "keel-embed: shard ..." stop line in @log. */
+static unsigned long long
+fixed_total(const char *log)
+{
+	unsigned long long t = 0, f;
+
+	for (const char *p = log; (p = strstr(p, " disk requests, ")); p++)
+		if (sscanf(p, " disk requests, %llu fixed", &f) == 1)
+			t += f;
+	return t;
+}
+
+Test(embed, put_get_checksum_restart, .timeout = 300)
+{
+	static struct kv kv[NKEYS];
+	struct host h;
+	int fd;
+
+	host_init(&h, "");
+	host_start(&h);
+	for (unsigned i = 0; i < NKEYS; i++)
+		kv_fill(&kv[i], i);
+	/* Two connections, so that both shards are likely to take puts (the kernel places
+	 * each connection); each writes half the keys. */
+	fd = cconnect(h.port);
+	put_all(fd, kv, NKEYS / 2);
+	close(fd);
+	fd = cconnect(h.port);
+	put_all(fd, kv + NKEYS / 2, NKEYS / 2);
+	/* Overwrite a tenth with new values of new sizes: the newest must win. */
+	for (unsigned i = 0; i < NKEYS; i += 10) {
+		char key[40];
+
+		memcpy(key, kv[i].key, sizeof(key));
+		kv_fill(&kv[i], i);
+		memcpy(kv[i].key, key, sizeof(key));
+		put_all(fd, &kv[i], 1);
+	}
+	get_all(fd, kv, NKEYS);
+	sum_some(fd, kv, NKEYS);
+	close(fd);
+	host_stop(&h);
+	/* The values went from received slices to disk as WRITE_FIXED. */
+	cr_assert_gt(fixed_total(h.log_text), 0, "no fixed reads or writes: %s", h.log_text);
+
+	host_start(&h);
+	fd = cconnect(h.port);
+	get_all(fd, kv, NKEYS);
+	sum_some(fd, kv, NKEYS);
+	close(fd);
+	host_stop(&h);
+	cr_assert_not_null(strstr(h.log_text, " 0 skipped"), "%s", h.log_text);
+	for (unsigned i = 0; i < NKEYS; i++) {
+		free(kv[i].val);
+		kv[i].val = NULL;
+	}
+	host_fini(&h);
+}
+
+/* A reply with @status and id @id, or a closed connection when @status is -1. */
+static void
+expect_status(int fd, int status, uint32_t id)
+{
+	struct reply r;
+
+	if (status < 0) {
+		cr_assert(!reply_recv(fd, &r), "expected the host to close the connection");
+		return;
+	}
+	cr_assert(reply_recv(fd, &r), "host closed the connection; expected status %d", status);
+	cr_assert_eq(r.status, status, "status %u (%s), expected %d", r.status, r.body, status);
+	cr_assert_eq(r.id, id);
+	free(r.body);
+}
+
+Test(embed, bad_input, .timeout = 120)
+{
+	struct host h;
+	uint8_t b[16];
+	int fd;
+
+	host_init(&h, "");
+	host_start(&h);
+	fd = cconnect(h.port);
+	req_send(fd, 'X', 1, "k", NULL, 0); /* unknown op */
+	expect_status(fd, 2, 1);
+	req_send(fd, 'G', 2, "missing", NULL, 0);
+	expect_status(fd, 1, 2);
+	req_send(fd, 'C', 3, "missing", NULL, 0);
+	expect_status(fd, 1, 3);
+	req_send(fd, 'G', 4, "k", (const uint8_t *)"x", 1); /* bytes after a get's key */
+	expect_status(fd, 2, 4);
+	be32(b, 3); /* a frame shorter than a request header */
+	memcpy(b + 4, "Pab", 3);
+	send_all(fd, b, 7);
+	expect_status(fd, 2, 0);
+	be32(b, 7); /* a key length past the frame */
+	b[4] = 'G';
+	be32(b + 5, 5);
+	b[9] = 0x7f;
+	b[10] = 0xff;
+	send_all(fd, b, 11);
+	expect_status(fd, 2, 5);
+	be32(b, 7); /* an empty key */
+	b[4] = 'P';
+	be32(b + 5, 6);
+	b[9] = b[10] = 0;
+	send_all(fd, b, 11);
+	expect_status(fd, 2, 6);
+	{ /* a key over 1024 bytes, whole in its frame */
+		char big[1101];
+		memset(big, 'k', 1100);
+		big[1100] = 0;
+		req_send(fd, 'P', 9, big, (const uint8_t *)"v", 1);
+		expect_status(fd, 2, 9);
+	}
+	/* After all that the connection still works. */
+	req_send(fd, 'P', 7, "k", (const uint8_t *)"v", 1);
+	expect_status(fd, 0, 7);
+	/* A frame over the maximum closes the connection at once (no payload needed). */
+	be32(b, 0x7fffffff);
+	send_all(fd, b, 4);
+	expect_status(fd, -1, 0);
+	close(fd);
+	/* So does one just over it, with its header of a valid put. */
+	{
+		size_t plen = 7 + 1024 + (1u << 20) + 1;
+		fd = cconnect(h.port);
+		be32(b, (uint32_t)plen);
+		send_all(fd, b, 4);
+		expect_status(fd, -1, 0);
+		close(fd);
+	}
+	/* The host is still serving. */
+	fd = cconnect(h.port);
+	req_send(fd, 'G', 8, "k", NULL, 0);
+	{
+		struct reply r;
+		cr_assert(reply_recv(fd, &r));
+		cr_assert_eq(r.status, 0);
+		cr_assert_eq(r.len, 1);
+		cr_assert_eq(r.body[0], 'v');
+		free(r.body);
+	}
+	close(fd);
+	host_stop(&h);
+	host_fini(&h);
+}
+
+Test(embed, bad_config, .timeout = 60)
+{
+	struct host h;
+	char cmd[512];
+	int st;
+
+	host_init(&h, "colour blue\n");
+	snprintf(cmd, sizeof(cmd), "%s --config %s/host.conf --shards 1 2>%s", embed_bin(), h.dir,
+		 h.log);
+	st = system(cmd);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "status %#x", st);
+	free(h.log_text);
+	h.log_text = slurp(h.log);
+	cr_assert_not_null(strstr(h.log_text, "expected 'KEY VALUE' with KEY one of"), "%s",
+			   h.log_text);
+	host_fini(&h);
+}
+
+/* The shards' CPUs come from a core/queue map (keel-topo --plan) named in the host's config. */
+Test(embed, map_from_config, .timeout = 120)
+{
+	struct host h;
+	char cmd[512], extra[160], *log;
+	struct reply r;
+	int st, fd;
+
+	host_init(&h, "");
+	snprintf(cmd, sizeof(cmd),
+		 "%s --plan --shards 1 --cpuset 1 --map %s/map.json >%s/plan 2>&1", KEEL_TOPO_BIN,
+		 h.dir, h.dir);
+	st = system(cmd);
+	snprintf(cmd, sizeof(cmd), "%s/plan", h.dir);
+	log = slurp(cmd);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "keel-topo --plan: %s", log ? log : "");
+	free(log);
+	snprintf(extra, sizeof(extra), "map %s/map.json\n", h.dir);
+	snprintf(cmd, sizeof(cmd), "%s/host.conf", h.dir);
+	{
+		FILE *f = fopen(cmd, "a");
+		cr_assert_not_null(f);
+		fputs(extra, f);
+		fclose(f);
+	}
+	host_start_n(&h, NULL);
+	log = slurp(h.log);
+	cr_assert_not_null(strstr(log, "1 shards on CPUs 1,"), "%s", log);
+	free(log);
+	fd = cconnect(h.port);
+	req_send(fd, 'P', 1, "m", (const uint8_t *)"map", 3);
+	expect_status(fd, 0, 1);
+	req_send(fd, 'C', 2, "m", NULL, 0);
+	cr_assert(reply_recv(fd, &r));
+	cr_assert_eq(r.status, 0);
+	free(r.body);
+	close(fd);
+	host_stop(&h);
+	host_fini(&h);
+}
+
+/* SIGTERM while checksums wait for the worker threads and replies are unread: the host
+ * drains its pool, stops keel and exits cleanly; what was written is still there. */
+Test(embed, stop_with_work_in_flight, .timeout = 120)
+{
+	static struct kv kv[1];
+	struct host h;
+	int fd;
+
+	host_init(&h, "");
+	host_start(&h);
+	kv_fill(&kv[0], 0);
+	kv[0].len = 200000;
+	kv[0].val = realloc(kv[0].val, kv[0].len);
+	for (size_t b = 0; b < kv[0].len; b++)
+		kv[0].val[b] = (uint8_t)rnd();
+	fd = cconnect(h.port);
+	put_all(fd, kv, 1);
+	for (unsigned i = 0; i < 200; i++)
+		req_send(fd, 'C', i, kv[0].key, NULL, 0);
+	host_stop(&h);
+	close(fd);
+	host_start(&h);
+	fd = cconnect(h.port);
+	get_all(fd, kv, 1);
+	close(fd);
+	host_stop(&h);
+	free(kv[0].val);
+	host_fini(&h);
+}

@@ -1,0 +1,40 @@
+// SPDX-License-Identifier: MIT
+/*
+ * libFuzzer harness for keel-kv's append-only file checker (kv_aof_valid_prefix, the
+ * replay's parser: apps/kv/aofrec.c). For any bytes: the valid prefix is within them; it
+ * is itself wholly valid (checking it again gives all of it); it splits into records that
+ * each parse and pass kv_record_check; and cutting any one byte off a non-empty valid
+ * prefix never makes a longer prefix valid.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "aofrec.h"
+#include "fuzz.h"
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	size_t good = kv_aof_valid_prefix(data, size), off = 0;
+	/* A copy of exactly the prefix: reading past it would be a bug ASan sees. */
+	uint8_t *copy = malloc(good ? good : 1);
+
+	CHECK(good <= size);
+	memcpy(copy, data, good);
+	CHECK(kv_aof_valid_prefix(copy, good) == good);
+	while (off < good) {
+		struct resp_arg argv[8];
+		struct resp_req req = { .argv = argv, .cap = 8, .max_bulk = UINT64_MAX >> 1 };
+		int64_t at;
+		long r = resp_parse(copy + off, good - off, &req);
+		CHECK(r > 0);
+		CHECK(kv_record_check(req.argv, req.argc, &at) == 0);
+		off += (size_t)r;
+	}
+	CHECK(off == good);
+	if (good)
+		CHECK(kv_aof_valid_prefix(copy, good - 1) <= good - 1);
+	free(copy);
+	return 0;
+}

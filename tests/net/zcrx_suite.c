@@ -1,0 +1,696 @@
+// SPDX-License-Identifier: MIT
+/*
+ * ZCRX set-up: the registration structs against the kernel ABI, the errno -> message
+ * mapping, the options, one queue one shard, and the real kernel's refusals on lo and on a
+ * veth pair in a namespace this test makes (no device here can do ZCRX: every interface
+ * answers EOPNOTSUPP), with the auto fallback still echoing intact.
+ */
+#include <errno.h>
+#include <keel/keel.h>
+#include <linux/capability.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "../../net/zcrx.h"
+#include "helpers.h"
+
+/* The kernel ABI sizes and offsets (include/uapi/linux/io_uring.h, 6.15-6.18), pinned again
+ * here so a change to compat.h that breaks them fails this suite's build too. */
+_Static_assert(sizeof(struct keel_zcrx_ifq_reg) == 96, "ifq_reg");
+_Static_assert(offsetof(struct keel_zcrx_ifq_reg, area_ptr) == 16, "ifq_reg.area_ptr");
+_Static_assert(offsetof(struct keel_zcrx_ifq_reg, region_ptr) == 24, "ifq_reg.region_ptr");
+_Static_assert(offsetof(struct keel_zcrx_ifq_reg, offsets) == 32, "ifq_reg.offsets");
+_Static_assert(offsetof(struct keel_zcrx_ifq_reg, zcrx_id) == 64, "ifq_reg.zcrx_id");
+_Static_assert(offsetof(struct keel_zcrx_ifq_reg, rx_buf_len) == 68, "ifq_reg.rx_buf_len");
+_Static_assert(sizeof(struct keel_zcrx_area_reg) == 48, "area_reg");
+_Static_assert(offsetof(struct keel_zcrx_area_reg, rq_area_token) == 16, "area_reg.token");
+_Static_assert(offsetof(struct keel_zcrx_area_reg, flags) == 24, "area_reg.flags");
+_Static_assert(sizeof(struct keel_region_desc) == 64, "region_desc");
+_Static_assert(offsetof(struct keel_region_desc, flags) == 16, "region_desc.flags");
+_Static_assert(offsetof(struct keel_region_desc, mmap_offset) == 24, "region_desc.mmap");
+_Static_assert(sizeof(struct keel_zcrx_offsets) == 32, "offsets");
+_Static_assert(sizeof(struct keel_zcrx_rqe) == 16, "rqe");
+_Static_assert(sizeof(struct keel_zcrx_cqe) == 16, "cqe");
+_Static_assert(KEEL_IORING_REGISTER_ZCRX_IFQ == 32, "register opcode");
+_Static_assert(KEEL_IORING_OP_RECV_ZC == 58, "recv_zc opcode");
+_Static_assert(KEEL_IORING_ZCRX_AREA_MASK == 0xffff000000000000ULL, "area mask");
+
+Test(net_zcrx, abi_layout_matches_kernel)
+{
+	struct keel_zcrx_ifq_reg reg;
+
+	/* The runtime view of the same facts (the static asserts above are the real check). */
+	cr_assert_eq(sizeof(reg), 96);
+	cr_assert_eq(offsetof(struct keel_zcrx_ifq_reg, offsets) + sizeof(reg.offsets), 64);
+	cr_assert_eq(offsetof(struct keel_zcrx_offsets, rqes), 8);
+}
+
+static void
+expect_reason(int err, const char *a, const char *b, const char *c)
+{
+	char buf[512];
+	const char *m = keel__zcrx_reason(-err, "eth7", 3, buf, sizeof(buf));
+
+	cr_assert_eq(m, buf);
+	cr_assert(strstr(m, "eth7") && strstr(m, "rx queue 3"), "no interface/queue: %s", m);
+	cr_assert(strstr(m, a), "'%s' missing: %s", a, m);
+	if (b)
+		cr_assert(strstr(m, b), "'%s' missing: %s", b, m);
+	if (c)
+		cr_assert(strstr(m, c), "'%s' missing: %s", c, m);
+}
+
+Test(net_zcrx, errno_maps_to_meaning_and_fix)
+{
+	expect_reason(EOPNOTSUPP, "EOPNOTSUPP", "eth7 has no queue API / no parent device",
+		      "ZCRX needs bnxt, mlx5, gve or fbnic");
+	expect_reason(EINVAL, "EINVAL", "header/data split is off",
+		      "ethtool -G eth7 tcp-data-split on");
+	expect_reason(EEXIST, "EEXIST", "queue 3 already has a zero-copy consumer", NULL);
+	expect_reason(EPERM, "EPERM", "needs CAP_NET_ADMIN", NULL);
+	expect_reason(ENODEV, "ENODEV", "no interface eth7", NULL);
+	expect_reason(ERANGE, "ERANGE", "eth7 has no rx queue 3", "ethtool -L eth7");
+	expect_reason(EBUSY, "EBUSY", "AF_XDP", NULL);
+	expect_reason(ENOMEM, "ENOMEM", "--zcrx-area", "ulimit -l");
+	expect_reason(EIO, "errno 5", NULL, NULL);
+
+	/* A short buffer is cut, never overrun, and stays terminated. */
+	char small[16];
+	memset(small, 'x', sizeof(small));
+	keel__zcrx_reason(-EOPNOTSUPP, "eth7", 3, small, 8);
+	cr_assert_eq(strlen(small), 7);
+	cr_assert_eq(small[8], 'x');
+}
+
+static int
+parse(struct keel_opts *o, const char *a, const char *b, char *err, size_t errlen)
+{
+	char *argv[] = { "prog", (char *)a, (char *)b, NULL };
+	int argc = b ? 3 : 2;
+
+	return keel_opts_parse(o, &argc, argv, err, errlen);
+}
+
+Test(net_zcrx, options_parse)
+{
+	struct keel_opts o;
+	char err[256];
+
+	keel_opts_init(&o);
+	cr_assert_eq(o.zcrx, KEEL_POLICY_AUTO);
+	cr_assert_eq(o.zcrx_area, KEEL_ZCRX_AREA_DEFAULT);
+	cr_assert_eq(o.zcrx_rq_entries, KEEL_ZCRX_RQ_ENTRIES_DEFAULT);
+	cr_assert_eq(parse(&o, "--zcrx", "on", err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(o.zcrx, KEEL_POLICY_ON);
+	cr_assert_eq(parse(&o, "--zcrx=off", NULL, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(o.zcrx, KEEL_POLICY_OFF);
+	cr_assert_eq(parse(&o, "--zcrx", "maybe", err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "--zcrx") && strstr(err, "maybe"), "%s", err);
+
+	cr_assert_eq(parse(&o, "--rxqs", "eth3:4-6,1", err, sizeof(err)), 0, "%s", err);
+	cr_assert_str_eq(o.iface, "eth3");
+	cr_assert_eq(o.nrxqs, 4);
+	cr_assert_eq(o.rxqs[0], 4);
+	cr_assert_eq(o.rxqs[2], 6);
+	cr_assert_eq(o.rxqs[3], 1);
+	cr_assert_eq(parse(&o, "--rxqs", "eth3:0,0", err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "one queue, one shard"), "%s", err);
+	cr_assert_eq(parse(&o, "--rxqs", "0-3", err, sizeof(err)), -EINVAL);
+	cr_assert_eq(parse(&o, "--rxqs", "eth3:", err, sizeof(err)), -EINVAL);
+	cr_assert_eq(parse(&o, "--iface", "averyveryverylongname", err, sizeof(err)), -EINVAL);
+	cr_assert_eq(parse(&o, "--iface", "lo", err, sizeof(err)), 0, "%s", err);
+	cr_assert_str_eq(o.iface, "lo");
+
+	cr_assert_eq(parse(&o, "--zcrx-area", "16M", err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(o.zcrx_area, 16ull << 20);
+	cr_assert_eq(parse(&o, "--zcrx-rq-entries", "1024", err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(o.zcrx_rq_entries, 1024);
+	cr_assert_eq(parse(&o, "--zcrx-rq-entries", "1000", err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "power of two"), "%s", err);
+	cr_assert_eq(parse(&o, "--zcrx-rq-entries", "65536", err, sizeof(err)), -EINVAL);
+}
+
+Test(net_zcrx, claim_is_one_queue_one_shard)
+{
+	unsigned owner = 99;
+
+	cr_assert_eq(keel__zcrx_claim("eth9", 5, 0, &owner), 0);
+	cr_assert_eq(keel__zcrx_claim("eth9", 5, 1, &owner), -EEXIST);
+	cr_assert_eq(owner, 0);
+	cr_assert_eq(keel__zcrx_claim("eth9", 6, 1, &owner), 0); /* another queue */
+	cr_assert_eq(keel__zcrx_claim("eth8", 5, 1, &owner), 0); /* another interface */
+	keel__zcrx_unclaim("eth9", 5);
+	cr_assert_eq(keel__zcrx_claim("eth9", 5, 1, &owner), 0);
+	keel__zcrx_unclaim("eth9", 5);
+	keel__zcrx_unclaim("eth9", 6);
+	keel__zcrx_unclaim("eth8", 5);
+}
+
+/* Log lines, captured. */
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+static char logbuf[16384];
+
+static void
+sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	(void)level;
+	(void)arg;
+	pthread_mutex_lock(&log_lock);
+	size_t n = strlen(logbuf);
+	snprintf(logbuf + n, sizeof(logbuf) - n, "[%s %d] %s\n", module, shard, msg);
+	pthread_mutex_unlock(&log_lock);
+}
+
+static bool
+logged(const char *s)
+{
+	bool r;
+
+	pthread_mutex_lock(&log_lock);
+	r = strstr(logbuf, s) != NULL;
+	pthread_mutex_unlock(&log_lock);
+	return r;
+}
+
+static void
+capture(void)
+{
+	logbuf[0] = 0;
+	keel_log_set_sink(sink, NULL);
+}
+
+Test(net_zcrx, two_shards_one_queue_refused_before_kernel)
+{
+	struct keel_opts o = net_test_opts(2);
+	struct keel_runtime *rt = NULL;
+	unsigned calls = atomic_load(&keel__zcrx_register_calls);
+
+	/* Set directly: the --rxqs parser already refuses a queue named twice. */
+	snprintf(o.iface, sizeof(o.iface), "lo");
+	o.rxqs[0] = 0;
+	o.rxqs[1] = 0;
+	o.nrxqs = 2;
+	capture();
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(logged("shards 0 and 1 both ask for rx queue 0 of lo: one queue, one shard"),
+		  "%s", logbuf);
+	cr_assert_eq(atomic_load(&keel__zcrx_register_calls), calls);
+
+	/* With --zcrx off the queues mean nothing to ZCRX and the runtime starts. */
+	o.zcrx = KEEL_POLICY_OFF;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	keel_runtime_destroy(rt);
+}
+
+Test(net_zcrx, on_needs_a_queue_per_shard)
+{
+	struct keel_opts o = net_test_opts(2);
+	struct keel_runtime *rt = NULL;
+
+	o.zcrx = KEEL_POLICY_ON;
+	snprintf(o.iface, sizeof(o.iface), "lo");
+	o.rxqs[0] = 0;
+	o.nrxqs = 1;
+	capture();
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(logged("1 of 2 shards have no rx queue"), "%s", logbuf);
+}
+
+/* A server whose shards record their ZCRX state after starting the listener. */
+struct zsrv {
+	struct keel_runtime *rt;
+	struct keel_listener *l;
+	uint16_t port;
+	_Atomic int started;
+	int start_status[2];
+	struct keel_zcrx_stats st[2];
+	int st_status[2];
+	_Atomic int closes;
+};
+
+static void
+zecho_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		if (keel_conn_send(c, &s[i]) < 0)
+			keel_slice_put(&s[i]);
+}
+
+static void
+zecho_close(struct keel_conn *c, int status)
+{
+	struct zsrv *z = keel_conn_app(c);
+	(void)status;
+	atomic_fetch_add(&z->closes, 1);
+}
+
+static const struct keel_conn_ops zecho_ops = { .on_data = zecho_data, .on_close = zecho_close };
+
+static void
+zon_start(void *arg)
+{
+	struct zsrv *z = arg;
+	struct keel_shard *sh = keel_this_shard();
+	unsigned id = keel_shard_id(sh);
+	int r = keel_listener_start(z->l);
+
+	z->start_status[id] = r;
+	z->st_status[id] = keel_zcrx_stats(sh, &z->st[id]);
+	if (r < 0)
+		keel_stop(r);
+	atomic_fetch_add(&z->started, 1);
+}
+
+/* Start a one-shard echo server with @policy on @iface queue 0; returns the runtime's
+ * status after the start (0 while running). */
+static int
+zsrv_start(struct zsrv *z, enum keel_policy policy, const char *iface)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_listen_opts lo;
+	int r;
+
+	memset(z, 0, sizeof(*z));
+	o.log_level = KEEL_LOG_INFO;
+	o.zcrx = policy;
+	snprintf(o.iface, sizeof(o.iface), "%s", iface);
+	o.rxqs[0] = 0;
+	o.nrxqs = 1;
+	o.zcrx_area = 4ull << 20;
+	o.zcrx_rq_entries = 256;
+	r = keel_runtime_create(&o, &z->rt);
+	if (r < 0)
+		return r;
+	memset(&lo, 0, sizeof(lo));
+	lo.addr = "127.0.0.1";
+	lo.rt = z->rt;
+	r = keel_listener_create(&lo, 1, &zecho_ops, z, &z->l);
+	if (r < 0) {
+		keel_runtime_destroy(z->rt);
+		return r;
+	}
+	z->port = keel_listener_port(z->l);
+	r = keel_runtime_start(z->rt, zon_start, z);
+	if (r < 0) {
+		keel_runtime_destroy(z->rt);
+		keel_listener_destroy(z->l);
+		return r;
+	}
+	WAIT_FOR(atomic_load(&z->started) == 1, "shard did not start");
+	return z->start_status[0];
+}
+
+static int
+zsrv_stop(struct zsrv *z)
+{
+	int r;
+
+	keel_runtime_stop(z->rt, 0);
+	r = keel_runtime_join(z->rt);
+	keel_runtime_destroy(z->rt);
+	keel_listener_destroy(z->l);
+	return r;
+}
+
+static void
+need_root(void)
+{
+	if (geteuid() != 0)
+		cr_skip_test("needs root (CAP_NET_ADMIN): without it the kernel answers EPERM "
+			     "before it looks at the interface");
+}
+
+Test(net_zcrx, on_fails_on_lo_naming_interface_and_reason)
+{
+	struct zsrv z;
+	unsigned calls = atomic_load(&keel__zcrx_register_calls);
+	int r;
+
+	need_root();
+	capture();
+	r = zsrv_start(&z, KEEL_POLICY_ON, "lo");
+	cr_assert_eq(r, -EOPNOTSUPP, "listener start: %d (%s)\n%s", r, strerror(-r), logbuf);
+	cr_assert_eq(zsrv_stop(&z), -EOPNOTSUPP);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq(atomic_load(&keel__zcrx_register_calls), calls + 1);
+	cr_assert(logged("ZCRX on lo rx queue 0: EOPNOTSUPP"), "%s", logbuf);
+	cr_assert(logged("lo has no queue API / no parent device: ZCRX needs bnxt, mlx5, gve or "
+			 "fbnic"),
+		  "%s", logbuf);
+}
+
+Test(net_zcrx, auto_falls_back_on_lo_and_echo_is_intact)
+{
+	struct zsrv z;
+	size_t chunk = 64 << 10, total = test_small() ? 256 << 10 : 1 << 20;
+	unsigned char *out = malloc(chunk), *in = malloc(chunk);
+	uint32_t x = 12345;
+	int fd, r;
+
+	need_root();
+	capture();
+	r = zsrv_start(&z, KEEL_POLICY_AUTO, "lo");
+	cr_assert_eq(r, 0, "listener start: %s\n%s", strerror(-r), logbuf);
+	cr_assert_eq(z.st_status[0], 0);
+	cr_assert_eq(z.st[0].state, KEEL_ZCRX_FALLBACK, "state %s",
+		     keel_zcrx_state_name(z.st[0].state));
+	cr_assert_eq(z.st[0].err, EOPNOTSUPP);
+	cr_assert_eq(z.st[0].rxq, 0);
+	cr_assert(logged("ZCRX falls back to the copy path: ZCRX on lo rx queue 0: EOPNOTSUPP"),
+		  "%s", logbuf);
+
+	fd = cli_connect(z.port);
+	cr_assert_geq(fd, 0);
+	for (size_t done = 0; done < total; done += chunk) {
+		for (size_t i = 0; i < chunk; i++) {
+			x = x * 1103515245u + 12345u;
+			out[i] = (unsigned char)(x >> 16);
+		}
+		cr_assert_eq(cli_write_all(fd, out, chunk), 0);
+		cr_assert_eq(cli_read_all(fd, in, chunk), 0);
+		cr_assert_eq(memcmp(in, out, chunk), 0, "echo differs in bytes %zu..%zu", done,
+			     done + chunk);
+	}
+	close(fd);
+	WAIT_FOR(atomic_load(&z.closes) == 1, "connection not closed");
+	cr_assert_eq(zsrv_stop(&z), 0);
+	keel_log_set_sink(NULL, NULL);
+	free(out);
+	free(in);
+}
+
+Test(net_zcrx, off_tries_nothing)
+{
+	struct zsrv z;
+	unsigned calls = atomic_load(&keel__zcrx_register_calls);
+
+	cr_assert_eq(zsrv_start(&z, KEEL_POLICY_OFF, "lo"), 0);
+	cr_assert_eq(z.st[0].state, KEEL_ZCRX_NONE);
+	cr_assert_eq(zsrv_stop(&z), 0);
+	cr_assert_eq(atomic_load(&keel__zcrx_register_calls), calls);
+}
+
+Test(net_zcrx, unknown_interface_is_enodev)
+{
+	struct zsrv z;
+	int r;
+
+	capture();
+	r = zsrv_start(&z, KEEL_POLICY_ON, "keelnosuch0");
+	cr_assert_eq(r, -ENODEV, "%d\n%s", r, logbuf);
+	zsrv_stop(&z);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(logged("there is no interface keelnosuch0"), "%s", logbuf);
+}
+
+/* In a child, in a network namespace of its own with a veth pair: --zcrx on fails with
+ * EOPNOTSUPP naming the veth, and auto falls back. Exit status 0: as expected. */
+static int
+veth_child(void)
+{
+	struct zsrv z;
+	int r;
+
+	if (unshare(CLONE_NEWNET) < 0)
+		return 10;
+	if (system("ip link add keelz0 type veth peer name keelz1 && ip link set keelz0 up && "
+		   "ip link set keelz1 up && ip link set lo up") != 0)
+		return 11;
+	capture();
+	r = zsrv_start(&z, KEEL_POLICY_ON, "keelz0");
+	zsrv_stop(&z);
+	if (r != -EOPNOTSUPP) {
+		fprintf(stderr, "on: %d\n%s", r, logbuf);
+		return 12;
+	}
+	if (!logged("ZCRX on keelz0 rx queue 0: EOPNOTSUPP") ||
+	    !logged("keelz0 has no queue API / no parent device")) {
+		fprintf(stderr, "on: message\n%s", logbuf);
+		return 13;
+	}
+	logbuf[0] = 0;
+	r = zsrv_start(&z, KEEL_POLICY_AUTO, "keelz0");
+	if (r != 0 || z.st[0].state != KEEL_ZCRX_FALLBACK || z.st[0].err != EOPNOTSUPP) {
+		fprintf(stderr, "auto: %d state %d err %d\n%s", r, z.st[0].state, z.st[0].err,
+			logbuf);
+		zsrv_stop(&z);
+		return 14;
+	}
+	return zsrv_stop(&z) == 0 ? 0 : 15;
+}
+
+Test(net_zcrx, veth_in_namespace_refuses_and_auto_falls_back)
+{
+	pid_t pid;
+	int st = 0;
+
+	need_root();
+	if (system("ip -V >/dev/null 2>&1") != 0)
+		cr_skip_test("the ip command (iproute2) is missing");
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0)
+		_exit(veth_child());
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st), "child died: status 0x%x", st);
+	if (WEXITSTATUS(st) == 10 || WEXITSTATUS(st) == 11)
+		cr_skip_test("cannot make a network namespace with a veth pair here (%d)",
+			     WEXITSTATUS(st));
+	cr_assert_eq(WEXITSTATUS(st), 0, "veth child failed with %d (see its stderr)",
+		     WEXITSTATUS(st));
+}
+
+/* Run keel-echo with @args (stderr into the output); its exit status, output in @out. */
+static int
+run_echo(const char *args, char *out, size_t len)
+{
+	char cmd[512];
+	FILE *f;
+	size_t n = 0;
+	int st;
+
+	snprintf(cmd, sizeof(cmd), "timeout 60 %s/keel-echo %s 2>&1", KEEL_BIN_DIR, args);
+	f = popen(cmd, "r");
+	cr_assert(f, "popen %s", cmd);
+	while (n + 1 < len && fgets(out + n, (int)(len - n), f))
+		n += strlen(out + n);
+	out[n] = 0;
+	st = pclose(f);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+Test(net_zcrx, keel_echo_on_lo_exits_naming_lo_and_reason)
+{
+	char out[8192];
+	int st;
+
+	need_root();
+	st = run_echo("--port 0 --addr 127.0.0.1 --shards 1 --idle-poll-us 0 --zcrx on --iface lo",
+		      out, sizeof(out));
+	cr_assert_neq(st, 0, "keel-echo exited 0:\n%s", out);
+	cr_assert_neq(st, 124, "keel-echo did not exit:\n%s", out);
+	cr_assert(strstr(out, "ZCRX on lo rx queue 0: EOPNOTSUPP"), "%s", out);
+	cr_assert(strstr(out, "lo has no queue API / no parent device"), "%s", out);
+}
+
+/* A synthetic 32-byte CQE as the kernel writes it for RECV_ZC. */
+struct cqe32 {
+	struct io_uring_cqe cqe;
+	struct keel_zcrx_cqe z;
+};
+_Static_assert(sizeof(struct cqe32) == 32, "cqe32");
+
+static struct cqe32
+mkcqe(int res, uint32_t flags, uint64_t off)
+{
+	struct cqe32 c;
+
+	memset(&c, 0, sizeof(c));
+	c.cqe.res = res;
+	c.cqe.flags = flags;
+	c.z.off = off;
+	return c;
+}
+
+#define AREA_ID2 (2ULL << KEEL_IORING_ZCRX_AREA_SHIFT)
+
+Test(net_zcrx, cqe_parse_maps_offsets_and_rejects_bad_ones)
+{
+	struct keel__zcrx_frag f = { 0, 0 };
+	struct cqe32 c;
+	const uint64_t len = 1 << 20;
+
+	c = mkcqe(1500, IORING_CQE_F_MORE, AREA_ID2 | 8192);
+	cr_assert_eq(keel__zcrx_cqe_parse(&c.cqe, AREA_ID2, len, &f), 1);
+	cr_assert_eq(f.off, 8192);
+	cr_assert_eq(f.len, 1500);
+	/* The last bytes of the area. */
+	c = mkcqe(4096, IORING_CQE_F_MORE, AREA_ID2 | (len - 4096));
+	cr_assert_eq(keel__zcrx_cqe_parse(&c.cqe, AREA_ID2, len, &f), 1);
+	cr_assert_eq(f.off, len - 4096);
+	/* One byte past it, an offset past it, another area's id. */
+	c = mkcqe(4097, IORING_CQE_F_MORE, AREA_ID2 | (len - 4096));
+	cr_assert_eq(keel__zcrx_cqe_parse(&c.cqe, AREA_ID2, len, &f), -EPROTO);
+	c = mkcqe(1, IORING_CQE_F_MORE, AREA_ID2 | len);
+	cr_assert_eq(keel__zcrx_cqe_parse(&c.cqe, AREA_ID2, len, &f), -EPROTO);
+	c = mkcqe(100, IORING_CQE_F_MORE, (1ULL << KEEL_IORING_ZCRX_AREA_SHIFT) | 0);
+	cr_assert_eq(keel__zcrx_cqe_parse(&c.cqe, AREA_ID2, len, &f), -EPROTO);
+	/* End of stream and errors pass through. */
+	c = mkcqe(0, 0, 0);
+	cr_assert_eq(keel__zcrx_cqe_parse(&c.cqe, AREA_ID2, len, &f), 0);
+	c = mkcqe(-ECONNRESET, 0, 0);
+	cr_assert_eq(keel__zcrx_cqe_parse(&c.cqe, AREA_ID2, len, &f), -ECONNRESET);
+}
+
+/* 1 MiB in 256 fragments of 4 KiB, scattered over the area in reverse order as a NIC's
+ * page pool may hand them out: gathered whole, every byte where the CQEs say. */
+Test(net_zcrx, message_of_256_fragments_is_gathered_whole)
+{
+	const uint32_t nfrag = 256, fsz = 4096;
+	const uint64_t area_len = (uint64_t)nfrag * fsz * 2;
+	unsigned char *area = malloc(area_len), *want = malloc((size_t)nfrag * fsz);
+	struct keel__zcrx_msg m;
+	uint32_t x = 7;
+
+	cr_assert(area && want);
+	for (size_t i = 0; i < (size_t)nfrag * fsz; i++) {
+		x = x * 1103515245u + 12345u;
+		want[i] = (unsigned char)(x >> 16);
+	}
+	keel__zcrx_msg_init(&m, nfrag);
+	for (uint32_t i = 0; i < nfrag; i++) {
+		uint64_t off = (uint64_t)(nfrag - 1 - i) * 2 * fsz; /* every other page, reversed */
+		struct cqe32 c = mkcqe((int)fsz, IORING_CQE_F_MORE, AREA_ID2 | off);
+		struct keel__zcrx_frag f;
+
+		memcpy(area + off, want + (size_t)i * fsz, fsz); /* the "NIC" writes the payload */
+		cr_assert_eq(keel__zcrx_cqe_parse(&c.cqe, AREA_ID2, area_len, &f), 1);
+		cr_assert_eq(keel__zcrx_msg_add(&m, &f), 0, "fragment %u", i);
+	}
+	cr_assert_eq(m.n, nfrag);
+	cr_assert_eq(m.bytes, (uint64_t)nfrag * fsz);
+	cr_assert_leq(m.cap, nfrag);
+	for (uint32_t i = 0, pos = 0; i < m.n; pos += m.v[i].len, i++)
+		cr_assert_eq(memcmp(area + m.v[i].off, want + pos, m.v[i].len), 0, "fragment %u",
+			     i);
+	/* One more is refused at the bound, not written past it. */
+	struct keel__zcrx_frag extra = { 0, 1 };
+	cr_assert_eq(keel__zcrx_msg_add(&m, &extra), -E2BIG);
+	cr_assert_eq(m.n, nfrag);
+	keel__zcrx_msg_reset(&m);
+	cr_assert_eq(m.n, 0);
+	cr_assert_eq(keel__zcrx_msg_add(&m, &extra), 0);
+	keel__zcrx_msg_fini(&m);
+	free(area);
+	free(want);
+}
+
+/* The test plays the kernel on a refill region laid out as 6.18 returns it. */
+Test(net_zcrx, refill_ring_entries_tokens_wrap_and_one_publish_per_pass)
+{
+	uint32_t region[4096 / 4 + 8 * 4];
+	struct net_zcrx z;
+	struct keel__zcrx_frag f;
+
+	memset(region, 0, sizeof(region));
+	memset(&z, 0, sizeof(z));
+	z.rq_head = &region[0];
+	z.rq_tail = &region[16]; /* offsets.tail = 64 */
+	z.rqes = (struct keel_zcrx_rqe *)(void *)&region[32];
+	z.rq_entries = 8;
+	z.rq_mask = 7;
+	z.area_token = AREA_ID2;
+
+	/* A pass returns three fragments: nothing is visible until the publish. */
+	for (uint32_t i = 0; i < 3; i++) {
+		f.off = (uint64_t)i * 4096;
+		f.len = 100 + i;
+		cr_assert_eq(keel__zcrx_refill_add(&z, &f), 0);
+	}
+	cr_assert_eq(*z.rq_tail, 0);
+	cr_assert_eq(keel__zcrx_refill_publish(&z), 3);
+	cr_assert_eq(*z.rq_tail, 3);
+	cr_assert_eq(keel__zcrx_refill_publish(&z), 0); /* nothing new: no store */
+	for (uint32_t i = 0; i < 3; i++) {
+		cr_assert_eq(z.rqes[i].off, AREA_ID2 | ((uint64_t)i * 4096));
+		cr_assert_eq(z.rqes[i].len, 100 + i);
+		cr_assert_eq(z.rqes[i].pad, 0);
+	}
+	/* Fill the ring: 5 more fit, the ninth does not until the kernel consumes. */
+	for (uint32_t i = 3; i < 8; i++) {
+		f.off = (uint64_t)i * 4096;
+		f.len = 1;
+		cr_assert_eq(keel__zcrx_refill_add(&z, &f), 0);
+	}
+	f.off = 0;
+	cr_assert_eq(keel__zcrx_refill_add(&z, &f), -ENOBUFS);
+	cr_assert_eq(keel__zcrx_refill_publish(&z), 5);
+	*z.rq_head = 4; /* the kernel took four */
+	for (uint32_t i = 0; i < 4; i++) {
+		f.off = (uint64_t)(20 + i) * 4096;
+		f.len = 7;
+		cr_assert_eq(keel__zcrx_refill_add(&z, &f), 0);
+	}
+	cr_assert_eq(keel__zcrx_refill_add(&z, &f), -ENOBUFS);
+	cr_assert_eq(keel__zcrx_refill_publish(&z), 4);
+	cr_assert_eq(*z.rq_tail, 12);
+	/* Wrapped: entries 8..11 sit in slots 0..3. */
+	for (uint32_t i = 0; i < 4; i++)
+		cr_assert_eq(z.rqes[i].off, AREA_ID2 | ((uint64_t)(20 + i) * 4096), "slot %u", i);
+	cr_assert_eq(z.rqes[4].off, AREA_ID2 | (4ULL * 4096)); /* not overwritten */
+}
+
+/* In a child without CAP_NET_ADMIN (dropped from its effective set): --zcrx on fails with
+ * EPERM and the message names the capability. Exit status 0: as expected. */
+static int
+nocap_child(void)
+{
+	struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
+	struct __user_cap_data_struct d[2];
+	struct zsrv z;
+	int r;
+
+	memset(d, 0, sizeof(d));
+	if (syscall(SYS_capget, &h, d) < 0)
+		return 10;
+	d[CAP_NET_ADMIN / 32].effective &= ~(1u << (CAP_NET_ADMIN % 32));
+	if (syscall(SYS_capset, &h, d) < 0)
+		return 11;
+	capture();
+	r = zsrv_start(&z, KEEL_POLICY_ON, "lo");
+	zsrv_stop(&z);
+	if (r != -EPERM) {
+		fprintf(stderr, "on without CAP_NET_ADMIN: %d\n%s", r, logbuf);
+		return 12;
+	}
+	if (!logged("ZCRX on lo rx queue 0: EPERM") || !logged("needs CAP_NET_ADMIN")) {
+		fprintf(stderr, "message:\n%s", logbuf);
+		return 13;
+	}
+	return 0;
+}
+
+Test(net_zcrx, on_without_cap_net_admin_names_the_capability)
+{
+	pid_t pid;
+	int st = 0;
+
+	need_root();
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0)
+		_exit(nocap_child());
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st), "child died: status 0x%x", st);
+	cr_assert_eq(WEXITSTATUS(st), 0, "child failed with %d (see its stderr)", WEXITSTATUS(st));
+}
