@@ -318,12 +318,16 @@ keel_shard_alloc(void)
 void *
 keel_shard_malloc(size_t size)
 {
+	if (KEEL__FAULTS_ALLOC())
+		return NULL;
 	return keel_alloc_malloc(cur_shard(__func__)->bufreg->alloc, size);
 }
 
 void *
 keel_shard_realloc(void *p, size_t size)
 {
+	if (size && KEEL__FAULTS_ALLOC())
+		return NULL;
 	return keel_alloc_realloc(cur_shard(__func__)->bufreg->alloc, p, size);
 }
 

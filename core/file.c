@@ -364,6 +364,7 @@ issue(struct keel_shard *s, struct keel_file_req *req)
 	if (req->kind_ != K_OPEN && req->kind_ != K_STATX && req->kind_ != K_CLOSE)
 		sqe->flags |= req->sqe_flags_ & IOSQE_FIXED_FILE;
 	io_uring_sqe_set_data(sqe, &req->op_);
+	KEEL__FAULTS_SQE(sqe);
 	s->inflight++;
 	if (req->stage_ == ST_FIRST) {
 		struct keel_file_stats *st = &s->files.st;

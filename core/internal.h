@@ -249,6 +249,19 @@ struct io_uring_sqe *keel__sqe_internal(struct keel_shard *s);
 void keel__internal_arm(struct keel_shard *s, struct internal_op *iop, struct io_uring_sqe *sqe);
 /* The last CQE of an internal op: disarm it and stop counting it. Returns it. */
 struct internal_op *keel__internal_done(struct keel_op *op);
+
+#ifdef KEEL_FAULTS
+/* Fault injection (core/faults.c): apply the spec to a prepared, bound SQE; whether this
+ * allocation fails; read KEEL_FAULTS from the environment (0 or -EINVAL). */
+void keel__faults_sqe(struct io_uring_sqe *sqe);
+bool keel__faults_alloc(void);
+int keel__faults_env(void);
+#define KEEL__FAULTS_SQE(sqe) keel__faults_sqe(sqe)
+#define KEEL__FAULTS_ALLOC()  keel__faults_alloc()
+#else
+#define KEEL__FAULTS_SQE(sqe) ((void)0)
+#define KEEL__FAULTS_ALLOC()  false
+#endif
 /* Arm @iop as a read of @len bytes of @fd into @buf (logged when no SQE is left). */
 void keel__internal_read(struct keel_shard *s, struct internal_op *iop, int fd, void *buf,
 			 unsigned len);

@@ -215,6 +215,7 @@ keel_sqe_bind(struct io_uring_sqe *sqe, struct keel_op *op)
 {
 	struct keel_shard *s = cur_shard(__func__);
 	io_uring_sqe_set_data(sqe, op);
+	KEEL__FAULTS_SQE(sqe);
 	s->inflight++;
 }
 
@@ -254,6 +255,7 @@ keel__shard_wake(struct keel_shard *t, struct keel_shard *from)
 					       (uint64_t)(uintptr_t)&t->wake_op, 0);
 			io_uring_sqe_set_data(sqe, &from->msgring_ops[t->id]);
 			sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+			KEEL__FAULTS_SQE(sqe);
 			return;
 		}
 	}

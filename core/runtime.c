@@ -277,6 +277,16 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 	if (!opts || !out)
 		return -EINVAL;
 	keel_log_set_level(opts->log_level);
+#ifdef KEEL_FAULTS
+	r = keel__faults_env();
+	if (r < 0)
+		return r;
+#else
+	if (getenv("KEEL_FAULTS"))
+		keel_log(KEEL_LOG_WARN, "core",
+			 "KEEL_FAULTS is set but this build has no fault injection: ignored "
+			 "(configure with -DKEEL_FAULTS=ON, a non-Release build)");
+#endif
 	if (opts->mailbox_entries < 16 || (opts->mailbox_entries & (opts->mailbox_entries - 1))) {
 		keel_log(KEEL_LOG_ERROR, "core", "--mailbox-entries %u is not a power of two >= 16",
 			 opts->mailbox_entries);

@@ -27,6 +27,7 @@
 
 struct lstats {
 	_Atomic uint64_t accepted, cpu_mismatch, napi_mismatch, unverified, accept_errors;
+	_Atomic uint64_t over_limit;
 };
 
 struct keel__lshard {
@@ -62,6 +63,7 @@ struct keel_listener {
 	int *cpus;                  /* [n], filled as shards start */
 	struct keel__lshard *parts; /* [n] */
 	struct lstats *stats;       /* [n] */
+	uint32_t max_conns;         /* per shard, 0: no limit (keel_listen_opts) */
 };
 
 #define STAT_INC(l, sh, f) atomic_fetch_add_explicit(&(l)->stats[sh].f, 1, memory_order_relaxed)
@@ -167,6 +169,7 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 	l->app = app;
 	l->n = nshards;
 	l->steer = o->steer;
+	l->max_conns = o->max_conns;
 	l->no_addrs = o->no_addrs;
 	if (o->net) {
 		if (keel__net_config_check(o->net) < 0) {
@@ -442,6 +445,17 @@ accept_cb(struct keel_op *op, int res, uint32_t flags)
 			} else {
 				close(res);
 			}
+		} else if (l->max_conns && ns->st.conns_open >= l->max_conns) {
+			/* Over the limit: closed at once, before any operation or memory of a
+			 * connection; the peer sees a reset or EOF. */
+			STAT_INC(l, ls->shard, over_limit);
+			if (direct) {
+				int m1 = -1;
+				io_uring_register_files_update(keel_shard_ring_get(), (unsigned)res,
+							       &m1, 1);
+			} else {
+				close(res);
+			}
 		} else {
 			struct keel_conn *c = keel__conn_new(ns, res, direct, &l->ops, l->app,
 							     l->has_cfg ? &l->cfg : NULL);
@@ -622,5 +636,6 @@ keel_listener_stats(const struct keel_listener *l, unsigned shard, struct keel_l
 	out->napi_mismatch = atomic_load(&l->stats[shard].napi_mismatch);
 	out->unverified = atomic_load(&l->stats[shard].unverified);
 	out->accept_errors = atomic_load(&l->stats[shard].accept_errors);
+	out->over_limit = atomic_load(&l->stats[shard].over_limit);
 	return 0;
 }

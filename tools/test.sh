@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
 # Install what is missing, build, and run every test: the normal build, the sanitizer build
-# (ASan+UBSan, leaks included), a ThreadSanitizer build of the cross-thread tests, the
+# (ASan+UBSan, leaks included, with the fault-injection tests), a ThreadSanitizer build of the cross-thread tests, the
 # clang-format check, cppcheck (tools/cppcheck.sh), and the fuzz harnesses (tools/fuzz.sh:
 # corpus replay plus a fixed-seed run of each; KEEL_FUZZ_RUNS sets the inputs per harness).
 #   tools/test.sh            everything
@@ -38,9 +38,11 @@ echo "== static analysis (cppcheck: warning, portability, performance; tools/cpp
 tools/cppcheck.sh build/include || status=1
 
 if [ -z "${KEEL_TEST_QUICK:-}" ]; then
-	echo "== sanitizer build (ASan+UBSan) and tests"
+	echo "== sanitizer build (ASan+UBSan, fault injection compiled in) and tests"
 	mkdir -p build-asan
-	build build-asan -DKEEL_SANITIZE=ON
+	# KEEL_FAULTS adds tests/faults (CTest entry faults); no fault is injected elsewhere
+	# unless a test or KEEL_FAULTS in the environment asks (docs/testing.md).
+	build build-asan -DKEEL_SANITIZE=ON -DKEEL_FAULTS=ON
 	# Criterion's workers must exit normally for LeakSanitizer to run.
 	(cd build-asan && KEEL_TEST_SCALE=small CRITERION_NO_EARLY_EXIT=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 		UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j 1) || status=1

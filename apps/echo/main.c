@@ -15,7 +15,7 @@
 static const char usage[] =
 	"usage: keel-echo --port P [--addr A] [--udp] [--steer cpu|queue|hash] [--zc-threshold N]\n"
 	"                 [--forward] [--buf-count N] [--buf-size N] [--udp-buf-count N]\n"
-	"                 [--udp-buf-size N] [--caps] [runtime options]\n"
+	"                 [--udp-buf-size N] [--max-conns N] [--caps] [runtime options]\n"
 	"Echo TCP (or UDP) on every shard; SIGINT/SIGTERM stop it.\n"
 	"--forward: TCP, length-prefixed frames (a 32-bit big-endian length, then the bytes, as\n"
 	"           keel-bench sends them); each frame goes to the next shard and back, without\n"
@@ -24,7 +24,9 @@ static const char usage[] =
 	"           256) and their size (default 16384); frames held away pin buffers, so size\n"
 	"           the ring for the bytes in flight (keep it within --memory).\n"
 	"--udp-buf-count N: UDP receive buffers per shard, a power of two (default 256)\n"
-	"--udp-buf-size N: largest UDP datagram received whole, bytes (default 65536)\n";
+	"--udp-buf-size N: largest UDP datagram received whole, bytes (default 65536)\n"
+	"--max-conns N: connections per shard; those beyond are accepted and closed at once\n"
+	"           (counted as over_limit; default 0, no limit)\n";
 
 struct app {
 	const char *addr;
@@ -153,6 +155,13 @@ main(int argc, char **argv)
 			if (*end || t < 0 || t > (1L << 30))
 				die("--zc-threshold expects a byte count, got ", v);
 			nc.zc_threshold = (uint32_t)t;
+			i++;
+		} else if (!strcmp(argv[i], "--max-conns")) {
+			long m = v ? strtol(v, &end, 10) : -1;
+			if (!v || *end || m < 0 || m > (1L << 24))
+				die("--max-conns expects a count from 0 (no limit) to 16777216, got ",
+				    v ? v : "nothing");
+			lo.max_conns = (uint32_t)m;
 			i++;
 		} else if (!strcmp(argv[i], "--udp-buf-count")) {
 			long c = v ? strtol(v, &end, 10) : 0;

@@ -173,6 +173,10 @@ struct keel_listen_opts {
 	 * connections. When its start makes the shard's network state, the state is made with
 	 * it; otherwise its buffer and file-table sizes must equal the shard's (-EINVAL). */
 	const struct keel_net_config *net;
+	/* The most connections a shard keeps open (all of its connections count, inbound and
+	 * outbound); one accepted beyond it is closed at once and counted in over_limit, so a
+	 * flood of peers costs a descriptor for a moment, never the shard. 0: no limit. */
+	uint32_t max_conns;
 };
 
 /**
@@ -216,6 +220,7 @@ struct keel_listener_stats {
 	uint64_t napi_mismatch; /* SO_INCOMING_NAPI_ID differs from the shard's first one */
 	uint64_t unverified;    /* the incoming CPU could not be read */
 	uint64_t accept_errors; /* EMFILE/ENFILE/ENOMEM and other accept failures */
+	uint64_t over_limit;    /* accepted beyond max_conns and closed at once */
 };
 
 /**

@@ -1,0 +1,225 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The echo server under injected faults (KEEL_FAULTS builds; docs/testing.md, "Fault
+ * injection"): every byte that comes back is the byte sent, in order; a connection hit by
+ * an error is closed cleanly (the client sees EOF or a reset, never wrong data); the shard
+ * keeps serving other and later connections; ASan sees no leak and no double release.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <keel/faults.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "helpers.h"
+
+#define NCONN    8
+#define PAT_LEN  65521u /* a prime: a lost or repeated chunk lands on different bytes */
+#define IO_CHUNK 16384u
+static uint8_t pattern[PAT_LEN + IO_CHUNK];
+
+static void
+pattern_init(void)
+{
+	uint64_t s = 0x9e3779b97f4a7c15ull;
+
+	for (size_t k = 0; k < sizeof(pattern); k++) {
+		s ^= s << 13;
+		s ^= s >> 7;
+		s ^= s << 17;
+		pattern[k] = (uint8_t)s;
+	}
+	memcpy(&pattern[PAT_LEN], pattern, IO_CHUNK);
+}
+
+/* Stream @total bytes on each of NCONN connections and check the echo. A connection the
+ * server closes ends early, after only correct bytes. Returns how many ended early. */
+static int
+stream(uint16_t port, size_t total)
+{
+	int fds[NCONN], early = 0;
+	size_t sent[NCONN] = { 0 }, rcvd[NCONN] = { 0 }, base[NCONN];
+	bool over[NCONN] = { false };
+	static uint8_t buf[IO_CHUNK];
+	unsigned done = 0;
+
+	for (int i = 0; i < NCONN; i++) {
+		fds[i] = cli_connect(port);
+		cr_assert_geq(fds[i], 0);
+		fcntl(fds[i], F_SETFL, O_NONBLOCK);
+		base[i] = (size_t)i * 4099u;
+	}
+	while (done < NCONN) {
+		struct pollfd pf[NCONN];
+		for (int i = 0; i < NCONN; i++) {
+			pf[i].fd = over[i] ? -1 : fds[i];
+			pf[i].events = POLLIN | (sent[i] < total ? POLLOUT : 0);
+		}
+		int pr;
+		while ((pr = poll(pf, NCONN, TEST_WAIT_MS)) < 0 && errno == EINTR)
+			;
+		cr_assert_gt(pr, 0, "no progress for %u ms (%u of %d connections done)",
+			     TEST_WAIT_MS, done, NCONN);
+		for (int i = 0; i < NCONN; i++) {
+			if (over[i])
+				continue;
+			if (pf[i].revents & POLLOUT) {
+				size_t n = total - sent[i] < IO_CHUNK ? total - sent[i] : IO_CHUNK;
+				ssize_t w = send(fds[i], &pattern[(base[i] + sent[i]) % PAT_LEN], n,
+						 MSG_NOSIGNAL);
+				if (w > 0)
+					sent[i] += (size_t)w;
+				else
+					cr_assert(errno == EAGAIN || errno == EPIPE ||
+							  errno == ECONNRESET,
+						  "send: %s", strerror(errno));
+			}
+			if (!(pf[i].revents & (POLLIN | POLLHUP | POLLERR)))
+				continue;
+			ssize_t r = recv(fds[i], buf, IO_CHUNK, 0);
+			if (r < 0 && errno == EAGAIN)
+				continue;
+			if (r <= 0) {
+				/* Closed by the server: EOF or a reset, after correct bytes only.
+				 */
+				cr_assert(r == 0 || errno == ECONNRESET, "recv: %s",
+					  strerror(errno));
+				cr_assert_lt(rcvd[i], total, "conn %d closed after all its bytes",
+					     i);
+				over[i] = true;
+				early++;
+				done++;
+				continue;
+			}
+			cr_assert_leq(rcvd[i] + (size_t)r, sent[i],
+				      "conn %d: more came back than was sent", i);
+			const uint8_t *e = &pattern[(base[i] + rcvd[i]) % PAT_LEN];
+			if (memcmp(buf, e, (size_t)r)) {
+				size_t k = 0;
+				while (buf[k] == e[k])
+					k++;
+				cr_assert_fail("conn %d byte %zu differs", i, rcvd[i] + k);
+			}
+			rcvd[i] += (size_t)r;
+			if (rcvd[i] == total) {
+				over[i] = true;
+				done++;
+			}
+		}
+	}
+	for (int i = 0; i < NCONN; i++)
+		close(fds[i]);
+	return early;
+}
+
+static size_t
+stream_bytes(void)
+{
+	return test_small() ? (1u << 20) : (8u << 20);
+}
+
+static void
+start(struct srv *s, const char *feature, const char *faults)
+{
+	struct keel_opts o = net_test_opts(2);
+
+	if (!pattern[0] && !pattern[1])
+		pattern_init();
+	if (feature) {
+		/* One-shot receives without bundles: a length that caps each. */
+		net_test_feature(&o, feature);
+		net_test_feature(&o, "recv_bundle=off");
+	}
+	cr_assert_eq(keel_faults_set(faults), 0, "spec %s", faults);
+	cr_assert_eq(srv_start(s, &o, NULL, NULL), 0);
+}
+
+static void
+stop(struct srv *s)
+{
+	cr_assert_eq(srv_stop(s), 0);
+	keel_faults_set(NULL);
+}
+
+TestSuite(faults_stream, .timeout = 300);
+
+/* Short sends and receives move fewer bytes for real: the stream stays whole. */
+Test(faults_stream, short_io_keeps_every_byte)
+{
+	struct srv s;
+
+	start(&s, "multishot_recv=off", "send:short:p=0.5,recv:short:p=0.5,seed=7");
+	cr_assert_eq(stream(s.port, stream_bytes()), 0, "no connection may end early");
+	cr_assert_gt(keel_faults_injected("send"), 0);
+	cr_assert_gt(keel_faults_injected("recv"), 0);
+	stop(&s);
+}
+
+/* ENOBUFS on a provided-buffer receive leaves the data in the socket: nothing is lost and
+ * no connection closes (the multishot receive ends and is re-armed). */
+Test(faults_stream, enobufs_loses_nothing)
+{
+	struct srv s;
+
+	start(&s, NULL, "recv:ENOBUFS:p=0.3,seed=3");
+	cr_assert_eq(stream(s.port, stream_bytes()), 0, "no connection may end early");
+	cr_assert_gt(keel_faults_injected("recv"), 0);
+	stop(&s);
+	cr_assert_eq(atomic_load(&s.closes), NCONN);
+}
+
+/* Errors mid-stream: the connections hit close cleanly, the others finish, a failed
+ * accept pauses and re-arms, and a later round of connections is served whole. */
+Test(faults_stream, errors_close_cleanly_and_the_shard_keeps_serving)
+{
+	struct srv s;
+
+	start(&s, "multishot_recv=off",
+	      "recv:ECONNRESET:after=10:n=2,send:EPIPE:after=10:n=2,accept:EAGAIN:n=1,"
+	      "send:short:p=0.2,seed=11");
+	int early = stream(s.port, stream_bytes());
+	cr_log_info("first round: %d closed early; injected recv %llu send %llu accept %llu", early,
+		    (unsigned long long)keel_faults_injected("recv"),
+		    (unsigned long long)keel_faults_injected("send"),
+		    (unsigned long long)keel_faults_injected("accept"));
+	cr_assert_eq(keel_faults_injected("recv"), 2);
+	cr_assert_geq(keel_faults_injected("send"), 2, "EPIPE twice, and short sends");
+	cr_assert_eq(keel_faults_injected("accept"), 1);
+	cr_assert_geq(early, 1, "an injected error closes its connection");
+	cr_assert_leq(early, 4, "only the connections hit close");
+	/* Every error rule is spent: a second round must be served whole. */
+	cr_assert_eq(stream(s.port, stream_bytes() / 4), 0, "later connections are served");
+	stop(&s);
+	cr_assert_eq(atomic_load(&s.closes), 2 * NCONN);
+}
+
+/* Failed allocations and file-less classes parse; a bad spec is refused with a reason. */
+Test(faults_spec, bad_specs_are_refused)
+{
+	cr_assert_eq(keel_faults_set("send:short:p=0.1,recv:ECONNRESET:p=0.01,seed=7"), 0);
+	cr_assert_eq(keel_faults_set("alloc:ENOMEM:p=0.5:n=3"), 0);
+	cr_assert_eq(keel_faults_set("sendx:short"), -EINVAL);
+	cr_assert_eq(keel_faults_set("send:EWHAT"), -EINVAL);
+	cr_assert_eq(keel_faults_set("accept:short"), -EINVAL);
+	cr_assert_eq(keel_faults_set("send:ENOBUFS"), -EINVAL);
+	cr_assert_eq(keel_faults_set("alloc:EIO"), -EINVAL);
+	cr_assert_eq(keel_faults_set("send:short:p=2"), -EINVAL);
+	cr_assert_eq(keel_faults_set("send:short:q=1"), -EINVAL);
+	cr_assert_eq(keel_faults_set(NULL), 0);
+	cr_assert_eq(keel_faults_injected(NULL), 0);
+}
+
+/* The same stream with no fault: the control for the tests above. */
+Test(faults_stream, control_without_faults)
+{
+	struct srv s;
+
+	start(&s, "multishot_recv=off", NULL);
+	cr_assert_eq(stream(s.port, stream_bytes()), 0, "no connection may end early");
+	stop(&s);
+}
