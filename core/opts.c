@@ -213,64 +213,24 @@ parse_iface(const char *name, const char *s, size_t len, struct keel_opts *o, ch
 	return 0;
 }
 
-/* "IF:LIST": the interface, then the queue of shard 0, 1, ... in order; no queue twice. */
+/* "IF:LIST": the interface, then the queue of shard 0, 1, ... in order; no queue twice (the
+ * map planner's parser, so keel-topo --rxqs and a program's --rxqs read alike). */
 static int
 parse_rxqs(const char *name, const char *s, struct keel_opts *o, char *err, size_t errlen)
 {
-	const char *colon = strrchr(s, ':');
-	const char *p;
-	unsigned n = 0;
+	struct keel_map_req req;
 	int r;
 
-	if (!colon)
-		return keel__errf(err, errlen, -EINVAL, "%s: '%s' is not IF:LIST (e.g. eth0:0-3)",
-				  name, s);
-	r = parse_iface(name, s, (size_t)(colon - s), o, err, errlen);
+	keel_map_req_init(&req);
+	r = keel_map_req_rxqs_parse(&req, s, err, errlen);
 	if (r < 0)
 		return r;
-	p = colon + 1;
-	if (!*p)
-		goto bad;
-	while (*p) {
-		char *end;
-		unsigned long a, b;
-
-		if (*p < '0' || *p > '9')
-			goto bad;
-		a = strtoul(p, &end, 10);
-		b = a;
-		if (*end == '-') {
-			p = end + 1;
-			if (*p < '0' || *p > '9')
-				goto bad;
-			b = strtoul(p, &end, 10);
-		}
-		if (a > b || b > 65535)
-			goto bad;
-		for (unsigned long q = a; q <= b; q++) {
-			if (n == KEEL_MAX_SHARDS)
-				return keel__errf(err, errlen, -EINVAL,
-						  "%s: more than %d queues in '%s'", name,
-						  KEEL_MAX_SHARDS, s);
-			for (unsigned k = 0; k < n; k++)
-				if (o->rxqs[k] == q)
-					return keel__errf(err, errlen, -EINVAL,
-							  "%s: queue %lu named twice in '%s': one "
-							  "queue, one shard",
-							  name, q, s);
-			o->rxqs[n++] = (unsigned)q;
-		}
-		p = end;
-		if (*p == ',')
-			p++;
-		else if (*p)
-			goto bad;
-	}
-	o->nrxqs = n;
+	r = parse_iface(name, req.iface, strlen(req.iface), o, err, errlen);
+	if (r < 0)
+		return r;
+	memcpy(o->rxqs, req.rxqs, req.nrxqs * sizeof(o->rxqs[0]));
+	o->nrxqs = req.nrxqs;
 	return 0;
-bad:
-	return keel__errf(err, errlen, -EINVAL,
-			  "%s: '%s' is not IF:LIST (e.g. eth0:0-3,8; queues < 65536)", name, s);
 }
 
 enum opt_id {
