@@ -437,18 +437,13 @@ accept_cb(struct keel_op *op, int res, uint32_t flags)
 	if (!(flags & IORING_CQE_F_MORE))
 		ls->armed = false;
 	if (res >= 0) {
-		if (ls->stopping) {
-			if (direct) {
-				int m1 = -1;
-				io_uring_register_files_update(keel_shard_ring_get(), (unsigned)res,
-							       &m1, 1);
-			} else {
-				close(res);
-			}
-		} else if (l->max_conns && ns->st.conns_open >= l->max_conns) {
-			/* Over the limit: closed at once, before any operation or memory of a
-			 * connection; the peer sees a reset or EOF. */
-			STAT_INC(l, ls->shard, over_limit);
+		bool over = !ls->stopping && l->max_conns && ns->st.conns_open >= l->max_conns;
+
+		if (ls->stopping || over) {
+			/* Stopping, or over the limit: closed at once, before any operation or
+			 * memory of a connection; the peer sees a reset or EOF. */
+			if (over)
+				STAT_INC(l, ls->shard, over_limit);
 			if (direct) {
 				int m1 = -1;
 				io_uring_register_files_update(keel_shard_ring_get(), (unsigned)res,
