@@ -74,6 +74,8 @@ Test(tools_disk, json_reports_keel_fio_and_threads, .fini = rm_path)
 	cr_assert_not_null(strstr(out, "\"direct\": false"), "%s", out);
 	cr_assert_geq(field(out, NULL, "cpu"), 0, "the shard's CPU, where the baselines ran");
 	cr_assert_not_null(strstr(out, "\"baselines_pinned\": true"), "%s", out);
+	/* fio and the threads block for completions: keel must not spin by default. */
+	cr_assert_eq(field(out, NULL, "keel_idle_poll_us"), 0, "%s", out);
 	for (int w = 0; w < 2; w++) {
 		const char *wl = w ? "seqwrite_128k" : "randread_4k";
 		double block = w ? 131072 : 4096;

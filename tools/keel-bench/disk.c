@@ -45,8 +45,9 @@ struct dcfg {
 	unsigned rounds;
 	const char *fio;
 	bool json;
-	bool pin; /* baselines on the shard's CPU */
-	int cpu;  /* the shard's CPU, learnt from the first keel run; -1 before */
+	bool pin;              /* baselines on the shard's CPU */
+	int cpu;               /* the shard's CPU, learnt from the first keel run; -1 before */
+	unsigned idle_poll_us; /* keel's; fio and the threads block for completions */
 };
 
 struct result {
@@ -520,7 +521,9 @@ static const char disk_usage[] =
 	"  --fio PATH|off     the fio binary (default fio)\n"
 	"  --pin on|off       run fio and the threads on the shard's CPU, as keel runs on one\n"
 	"                     (default on)\n"
-	"  --json             print JSON instead of a table\n\n";
+	"  --json             print JSON instead of a table\n"
+	"keel sleeps in the kernel between completions (--idle-poll-us 0), as fio and the\n"
+	"threads do: the same polling policy on every side unless --idle-poll-us is given.\n\n";
 
 static void
 print_json(const struct dcfg *cfg, struct result r[NW][NE][MAX_ROUNDS], bool fio_ok,
@@ -536,9 +539,10 @@ print_json(const struct dcfg *cfg, struct result r[NW][NE][MAX_ROUNDS], bool fio
 	printf("  \"fs_magic\": \"0x%lx\",\n",
 	       statfs(cfg->path, &sf) == 0 ? (unsigned long)sf.f_type : 0UL);
 	printf("  \"size\": %llu,\n  \"qd\": %u,\n  \"direct\": %s,\n  \"seconds\": %.3f,\n"
-	       "  \"rounds\": %u,\n  \"cpu\": %d,\n  \"baselines_pinned\": %s,\n",
+	       "  \"rounds\": %u,\n  \"cpu\": %d,\n  \"baselines_pinned\": %s,\n"
+	       "  \"keel_idle_poll_us\": %u,\n",
 	       (unsigned long long)cfg->size, cfg->qd, cfg->direct ? "true" : "false", cfg->seconds,
-	       cfg->rounds, cfg->cpu, cfg->pin ? "true" : "false");
+	       cfg->rounds, cfg->cpu, cfg->pin ? "true" : "false", cfg->idle_poll_us);
 	if (fio_ok)
 		printf("  \"fio_skipped\": null,\n");
 	else
@@ -581,9 +585,10 @@ print_table(const struct dcfg *cfg, struct result r[NW][NE][MAX_ROUNDS], bool fi
 	char cmd[1024];
 
 	printf("disk: %s, %llu bytes, qd %u, O_DIRECT %s, %.1f s x %u rounds per engine; keel's "
-	       "shard on CPU %d, baselines %s\n",
+	       "shard on CPU %d (idle poll %u us), baselines %s\n",
 	       cfg->path, (unsigned long long)cfg->size, cfg->qd, cfg->direct ? "on" : "off",
-	       cfg->seconds, cfg->rounds, cfg->cpu, cfg->pin ? "on that CPU too" : "unpinned");
+	       cfg->seconds, cfg->rounds, cfg->cpu, cfg->idle_poll_us,
+	       cfg->pin ? "on that CPU too" : "unpinned");
 	if (!fio_ok)
 		printf("fio skipped: %s\n", fio_why);
 	printf("%-14s %-8s %12s %10s %10s\n", "workload", "engine", "IOPS", "MB/s", "keel/x");
@@ -633,7 +638,17 @@ bench_disk(int argc, char **argv)
 	keel_opts_init(&o);
 	o.signals = false;
 	o.log_level = KEEL_LOG_WARN;
+	/* The same polling policy on both sides: fio's io_uring engine and the threads block for
+	 * completions, so keel sleeps in the kernel too unless --idle-poll-us says otherwise. */
+	o.idle_poll_us = 0;
 	keel_opts_parse_or_exit(&o, &argc, argv, disk_usage);
+	cfg.idle_poll_us = o.idle_poll_us;
+	if (o.idle_poll_us)
+		fprintf(stderr,
+			"keel-bench disk: keel busy-polls %u us before sleeping and fio and the "
+			"threads do not: the ratios are not an equal comparison (drop "
+			"--idle-poll-us)\n",
+			o.idle_poll_us);
 	for (int i = 1; i < argc; i++) {
 		const char *v = NULL;
 		int m;
