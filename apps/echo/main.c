@@ -224,13 +224,18 @@ main(int argc, char **argv)
 			keel_runtime_destroy(rt);
 			return 1;
 		}
-		fprintf(stderr, "keel-echo: listening on %s port %u, %u shards, steering %s%s\n",
-			a.addr, keel_listener_port(a.l), keel_runtime_shard_count(rt),
-			keel_steer_name(lo.steer), a.forward ? ", forwarding frames" : "");
 	}
 	r = keel_runtime_start(rt, on_start, &a);
-	if (r == 0)
+	if (r == 0) {
+		/* Said once the runtime runs: from here SIGINT/SIGTERM stop it cleanly (before
+		 * keel_runtime_start blocks them, a signal would kill the process). */
+		if (a.l)
+			fprintf(stderr,
+				"keel-echo: listening on %s port %u, %u shards, steering %s%s\n",
+				a.addr, keel_listener_port(a.l), keel_runtime_shard_count(rt),
+				keel_steer_name(lo.steer), a.forward ? ", forwarding frames" : "");
 		r = keel_runtime_join(rt);
+	}
 	/* keel_runtime_join printed the runtime's counters (--stats); the forwarding ones
 	 * are the app's. */
 	if (o.stats && a.forward)
