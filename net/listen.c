@@ -307,6 +307,7 @@ steer_attach(struct keel_listener *l)
 	}
 	f[k++] = (struct sock_filter)BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, l->n);
 	f[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_A, 0);
+	memset(&prog, 0, sizeof(prog)); /* its padding goes to the kernel too */
 	prog.len = (unsigned short)k;
 	prog.filter = f;
 	if (setsockopt(l->parts[0].fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog, sizeof(prog)) <
