@@ -11,6 +11,11 @@
  *         is full (keel_send would be: -EAGAIN), so a frame that got out comes back;
  *   home: looks the slot up; with the same generation the connection is still open and
  *         the frame is queued on it (keel_frame_send); otherwise the frame is put.
+ * When the queue to the next shard is full (keel_call: -EAGAIN), the frame waits on its
+ * slot's backlog, in order with the frames behind it; reading the connection pauses and
+ * keel_msg_wait_room() sends the backlog once there is room, then reading resumes. The
+ * backlog is bounded by what the framer still delivers after the pause (the receive
+ * buffers already filled).
  * No count is touched by two shards: each proxy is counted only where it is held, and
  * every last put of a proxy travels to the shard that made it.
  */
@@ -18,20 +23,26 @@
 
 #include <errno.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+
+struct fwd_msg;
 
 struct slot {
 	struct keel_conn *conn; /* NULL: free */
 	struct keel_framer *framer;
+	struct fwd_msg *bl_head, *bl_tail; /* frames waiting for room towards the next shard */
 	uint32_t gen;
 	uint32_t next_free;
+	bool waiting; /* a keel_msg_wait_room() callback will come */
 };
 
 struct fwd_shard {
 	struct slot *slots;
 	uint32_t nslots, free_head;
-	_Atomic uint64_t frames_in, frames_relayed, frames_out, frames_dropped, errors, conns_live;
+	_Atomic uint64_t frames_in, frames_relayed, frames_out, frames_dropped, frames_waited,
+		errors, conns_live;
 };
 
 #define NO_SLOT UINT32_MAX
@@ -39,6 +50,7 @@ struct fwd_shard {
 static struct fwd_shard shards[KEEL_MAX_SHARDS];
 
 struct fwd_msg {
+	struct fwd_msg *next; /* on a slot's backlog */
 	unsigned home;
 	uint32_t slot, gen;
 	unsigned n;
@@ -156,13 +168,108 @@ on_relay(void *arg)
 	return 0;
 }
 
+/* The waiter of a slot's backlog: which connection it was (the slot may be reused). */
+struct room_ref {
+	uint32_t slot, gen;
+};
+
+static void on_room(int status, void *arg);
+
+static unsigned
+next_shard(unsigned home)
+{
+	return (home + 1) % keel_shard_count(keel_this_shard());
+}
+
+/* Wait for room towards the next shard; reading stays paused until the backlog is sent. */
+static int
+backlog_wait(struct fwd_shard *fs, uint32_t id)
+{
+	struct slot *sl = &fs->slots[id];
+	struct room_ref *rr;
+	int r;
+
+	if (sl->waiting)
+		return 0;
+	rr = malloc(sizeof(*rr));
+	if (!rr)
+		return -ENOMEM;
+	rr->slot = id;
+	rr->gen = sl->gen;
+	r = keel_msg_wait_room(next_shard(keel_shard_id(keel_this_shard())), on_room, rr);
+	if (r < 0) {
+		free(rr);
+		return r;
+	}
+	sl->waiting = true;
+	keel_conn_pause_read(sl->conn);
+	return 0;
+}
+
+/* Send the backlog in order. Returns 0 (sent, or waiting again) or -errno. */
+static int
+backlog_flush(struct fwd_shard *fs, uint32_t id)
+{
+	struct slot *sl = &fs->slots[id];
+	unsigned next = next_shard(keel_shard_id(keel_this_shard()));
+
+	while (sl->bl_head) {
+		struct fwd_msg *m = sl->bl_head;
+		int r = keel_call(next, on_relay, m, on_back, m);
+		if (r == -EAGAIN)
+			return backlog_wait(fs, id);
+		if (r < 0)
+			return r;
+		sl->bl_head = m->next;
+		if (!sl->bl_head)
+			sl->bl_tail = NULL;
+	}
+	return 0;
+}
+
+static void
+backlog_drop(struct fwd_shard *fs, struct slot *sl)
+{
+	while (sl->bl_head) {
+		struct fwd_msg *m = sl->bl_head;
+		sl->bl_head = m->next;
+		BUMP(fs, frames_dropped);
+		msg_drop(m);
+	}
+	sl->bl_tail = NULL;
+}
+
+static void
+on_room(int status, void *arg)
+{
+	struct room_ref *rr = arg;
+	struct fwd_shard *fs = me();
+	struct slot *sl = rr->slot < fs->nslots ? &fs->slots[rr->slot] : NULL;
+	int r;
+
+	if (!sl || !sl->conn || sl->gen != rr->gen) {
+		free(rr); /* the connection closed; its backlog went with it */
+		return;
+	}
+	free(rr);
+	sl->waiting = false;
+	r = status < 0 ? status : backlog_flush(fs, (uint32_t)(sl - fs->slots));
+	if (r < 0) {
+		BUMP(fs, errors);
+		keel_conn_abort(sl->conn, r);
+		return;
+	}
+	if (!sl->waiting)
+		keel_conn_resume_read(sl->conn);
+}
+
 static int
 on_frame(void *arg, struct keel_frame *fr)
 {
 	struct conn_ref *ref = arg;
 	struct fwd_shard *fs = &shards[ref->home];
 	struct slot *sl = &fs->slots[ref->slot];
-	unsigned next = (ref->home + 1) % keel_shard_count(keel_this_shard());
+	unsigned next = next_shard(ref->home);
 	struct fwd_msg *m = malloc(sizeof(*m) + fr->n * sizeof(m->s[0]));
 	unsigned done = 0;
 	int r = 0;
@@ -189,9 +296,20 @@ on_frame(void *arg, struct keel_frame *fr)
 	m->slot = ref->slot;
 	m->gen = sl->gen;
 	m->n = fr->n;
-	/* -EAGAIN: --mailbox-overflow frames already wait for the next shard; this one is
-	 * not sent and the connection is aborted, like any lost frame of an echo stream. */
-	r = keel_call(next, on_relay, m, on_back, m);
+	m->next = NULL;
+	r = sl->bl_head ? -EAGAIN : keel_call(next, on_relay, m, on_back, m);
+	if (r == -EAGAIN) {
+		/* --mailbox-overflow frames already wait for the next shard: this one waits
+		 * on the connection, behind the frames already there. */
+		BUMP(fs, frames_waited);
+		if (sl->bl_tail)
+			sl->bl_tail->next = m;
+		else
+			sl->bl_head = m;
+		sl->bl_tail = m;
+		r = backlog_wait(fs, ref->slot);
+		return r; /* on failure the backlog goes with the connection's close */
+	}
 	if (r < 0) {
 		BUMP(fs, errors);
 		msg_drop(m);
@@ -263,6 +381,8 @@ fwd_close(struct keel_conn *c, int status)
 	sl = &fs->slots[ref->slot];
 	keel_framer_destroy(sl->framer);
 	sl->framer = NULL;
+	backlog_drop(fs, sl);
+	sl->waiting = false; /* a pending on_room finds the generation changed */
 	sl->conn = NULL;
 	sl->gen++; /* frames still away find the slot changed */
 	sl->next_free = fs->free_head;
@@ -286,6 +406,7 @@ echo_fwd_stats(unsigned shard, struct echo_fwd_stats *out)
 	out->frames_relayed = atomic_load_explicit(&fs->frames_relayed, memory_order_relaxed);
 	out->frames_out = atomic_load_explicit(&fs->frames_out, memory_order_relaxed);
 	out->frames_dropped = atomic_load_explicit(&fs->frames_dropped, memory_order_relaxed);
+	out->frames_waited = atomic_load_explicit(&fs->frames_waited, memory_order_relaxed);
 	out->errors = atomic_load_explicit(&fs->errors, memory_order_relaxed);
 	out->conns_live = atomic_load_explicit(&fs->conns_live, memory_order_relaxed);
 }

@@ -20,6 +20,7 @@ struct echo_fwd_stats {
 	uint64_t frames_relayed; /* frames of another shard's connections handed back */
 	uint64_t frames_out;     /* frames queued on their connection after the round trip */
 	uint64_t frames_dropped; /* came back after their connection closed: put */
+	uint64_t frames_waited;  /* met a full queue to the next shard and waited for room */
 	uint64_t errors;         /* a hand-off or send failed (the connection is aborted) */
 	uint64_t conns_live;     /* connection slots in use */
 };

@@ -244,11 +244,13 @@ main(int argc, char **argv)
 			echo_fwd_stats(i, &fs);
 			fprintf(stderr,
 				"shard %u forward: %llu frames in, %llu relayed for other shards, "
-				"%llu echoed, %llu dropped (connection gone), %llu errors\n",
+				"%llu echoed, %llu dropped (connection gone), %llu waited for room, "
+				"%llu errors\n",
 				i, (unsigned long long)fs.frames_in,
 				(unsigned long long)fs.frames_relayed,
 				(unsigned long long)fs.frames_out,
 				(unsigned long long)fs.frames_dropped,
+				(unsigned long long)fs.frames_waited,
 				(unsigned long long)fs.errors);
 		}
 	keel_runtime_destroy(rt);

@@ -345,6 +345,7 @@ snap_fn(struct keel_xreq *req)
 	e->frames_relayed = fs.frames_relayed;
 	e->frames_out = fs.frames_out;
 	e->frames_dropped = fs.frames_dropped;
+	e->frames_waited = fs.frames_waited;
 	e->errors = fs.errors;
 	keel_xreq_complete(req, 0);
 }
@@ -429,6 +430,10 @@ fwd_run(const struct fwd_cfg *cfg, struct fwd_result *res)
 	o.signals = false;
 	o.log_level = KEEL_LOG_WARN;
 	o.idle_poll_us = 0;
+	if (cfg->mailbox_entries) {
+		o.mailbox_entries = cfg->mailbox_entries;
+		o.mailbox_overflow = cfg->mailbox_overflow;
+	}
 	o.memory = (uint64_t)cfg->buf_count * cfg->buf_size + (128ull << 20);
 	keel_net_config_init(&nc);
 	nc.buf_count = cfg->buf_count;

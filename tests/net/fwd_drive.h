@@ -19,6 +19,8 @@ struct fwd_cfg {
 	uint32_t window;    /* bytes a connection may have sent and not yet read back */
 	uint32_t buf_count, buf_size;
 	unsigned seconds; /* deadline of the whole run */
+	/* keel_opts.mailbox_entries / mailbox_overflow; 0: the defaults */
+	uint32_t mailbox_entries, mailbox_overflow;
 };
 
 /* One shard, once the clients closed and everything settled. */
@@ -26,7 +28,7 @@ struct fwd_shard_end {
 	uint64_t bufs_out, bufs_kernel; /* keel_net_stats */
 	uint64_t conns_open;
 	uint64_t exports, exports_live, remote_returns, trace_errors, buffers_live;
-	uint64_t frames_in, frames_relayed, frames_out, frames_dropped, errors;
+	uint64_t frames_in, frames_relayed, frames_out, frames_dropped, frames_waited, errors;
 };
 
 struct fwd_result {

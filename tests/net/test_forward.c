@@ -82,6 +82,36 @@ Test(net_forward, frames_of_random_sizes_go_to_another_shard_and_back_intact, .t
 		     "every payload byte and header came back");
 }
 
+/* A queue of 16 messages between the shards and no overflow list: frames meet -EAGAIN all
+ * the time. keel-echo --forward then holds them on the connection, stops reading it and
+ * sends them when keel_msg_wait_room() says there is room: every byte still comes back. */
+Test(net_forward, a_full_queue_between_shards_delays_frames_and_loses_none, .timeout = 600)
+{
+	struct fwd_cfg cfg = {
+		.shards = 2,
+		.conns = 16,
+		.bytes = 4ull << 20,
+		.max_frame = 16u << 10,
+		.window = 1u << 20,
+		.buf_count = 2048,
+		.buf_size = 16384,
+		.seconds = 400,
+		.mailbox_entries = 16,
+		.mailbox_overflow = 0,
+	};
+	struct fwd_result res;
+	int r;
+
+	if (test_small())
+		cfg.bytes = 1ull << 20;
+	r = fwd_run(&cfg, &res);
+	check(&cfg, &res, r);
+	cr_assert_gt(res.bytes_checked, cfg.conns * cfg.bytes,
+		     "every payload byte and header came back");
+	cr_assert_gt(res.end[0].frames_waited + res.end[1].frames_waited, 0,
+		     "no frame met a full queue: the test did not test the wait");
+}
+
 extern char **environ;
 
 /* The done-when check: the keel-echo binary itself, 2 shards, --forward; 32 clients of
