@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
 # Install keel into a temporary prefix, then build docs/examples/first-app.c out of tree
-# twice, with pkg-config and with find_package(keel), and run both; check which malloc a
+# twice, with pkg-config and with find_package(keel), and run both; build
+# docs/examples/net-hello.c and have it answer one client; check which malloc a
 # host gets with pkg-config keel (the C library's) and keel-jemalloc (the opt-in).
 #   install_test.sh BUILD_DIR SOURCE_DIR
 set -euo pipefail
@@ -33,6 +34,39 @@ export PKG_CONFIG_PATH="$(dirname "$pc")${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
 cc -std=c11 -Wall -Werror "$src/docs/examples/first-app.c" -o "$tmp/first-app-pc" \
 	$(pkg-config --cflags --libs keel)
 check_run "$tmp/first-app-pc"
+
+echo "== docs/examples/net-hello.c: built with pkg-config, answers a client on loopback"
+# shellcheck disable=SC2046
+cc -std=c11 -Wall -Werror "$src/docs/examples/net-hello.c" -o "$tmp/net-hello" \
+	$(pkg-config --cflags --libs keel)
+"$tmp/net-hello" --shards 2 --idle-poll-us 0 --log-level warn 127.0.0.1 0 \
+	>"$tmp/hello.log" 2>&1 &
+hello_pid=$!
+port=
+for _ in $(seq 1 600); do
+	port=$(sed -n 's/^listening on .* port \([0-9][0-9]*\)$/\1/p' "$tmp/hello.log")
+	[ -n "$port" ] && break
+	kill -0 "$hello_pid" 2>/dev/null || break
+	sleep 0.1
+done
+if [ -z "$port" ]; then
+	cat "$tmp/hello.log"
+	kill -KILL "$hello_pid" 2>/dev/null || true
+	echo "net-hello did not say it listens"
+	exit 1
+fi
+reply=
+exec 3<>"/dev/tcp/127.0.0.1/$port"
+printf 'hi\n' >&3
+read -r -t 30 reply <&3 || true
+exec 3>&-
+kill -TERM "$hello_pid"
+rc=0
+wait "$hello_pid" || rc=$?
+[ "$reply" = "hello 127.0.0.1" ] ||
+	{ cat "$tmp/hello.log"; echo "net-hello answered '$reply', expected 'hello 127.0.0.1'"; exit 1; }
+[ "$rc" -eq 0 ] ||
+	{ cat "$tmp/hello.log"; echo "net-hello exited with status $rc after SIGTERM"; exit 1; }
 
 echo "== public headers expose no liburing (raw ring access is keel/ring.h, asked for)"
 # shellcheck disable=SC2046
