@@ -6,9 +6,8 @@
  * refuses a second shard before the kernel is asked (the kernel would say EEXIST, which
  * cannot tell our own mistake from another program's consumer).
  *
- * What is not here yet: the RECV_ZC receive path (its parser and refill ring are in
- * zcrx_rx.c, not yet wired to connections), refills on the last put, handoff (docs/net.md,
- * "ZCRX"). A registered shard still receives through the copy path.
+ * The receive path on connections (RECV_ZC, area slices, refills on the last put) is in
+ * zcrx_rx.c; docs/zcrx.md.
  */
 #include "zcrx.h"
 
@@ -308,6 +307,7 @@ keel__zcrx_setup(struct net_shard *ns)
 	if (!z)
 		return -ENOMEM;
 	z->shard = ns->id;
+	z->ns = ns;
 	z->rxq = keel_shard_rxq(sh);
 	z->state = KEEL_ZCRX_NONE;
 	if (o->zcrx == KEEL_POLICY_OFF || z->rxq < 0 || !iface) {
@@ -352,13 +352,18 @@ keel__zcrx_setup(struct net_shard *ns)
 void
 keel__zcrx_fini(struct net_shard *ns)
 {
-	if (!ns->zcrx)
+	struct net_zcrx *z = ns->zcrx;
+
+	if (!z)
 		return;
-	/* Unmapping is safe while the ring still holds the interface queue: the kernel pinned
-	 * the pages at registration and keeps them until the ring is closed. */
-	release(ns->zcrx);
-	free(ns->zcrx);
 	ns->zcrx = NULL;
+	if (z->claimed)
+		keel__zcrx_unclaim(z->iface, z->rxq);
+	z->claimed = false;
+	/* Unmapping is safe while the ring still holds the interface queue: the kernel pinned
+	 * the pages at registration and keeps them until the ring is closed. With area slices
+	 * still held, the area stays mapped until the last is put. */
+	keel__zcrx_rx_fini(z);
 }
 
 int
@@ -376,6 +381,17 @@ keel_zcrx_stats(const struct keel_shard *sh, struct keel_zcrx_stats *out)
 	out->state = z->state;
 	out->err = z->err;
 	out->rxq = z->rxq;
+	out->zc_bytes = z->zc_bytes;
+	out->zc_frags = z->zc_frags;
+	out->copy_bytes = z->copy_bytes;
+	out->refills = z->refills;
+	out->refill_publishes = z->publishes;
+	out->refills_pending = z->npend;
+	out->refills_lost = z->dropped;
+	out->held = z->held;
+	out->frames = z->frames;
+	out->frame_frags = z->frame_frags;
+	out->frame_frags_max = z->frame_frags_max;
 	if (z->state == KEEL_ZCRX_ON) {
 		out->zcrx_id = z->id;
 		out->area_bytes = z->area_len;

@@ -25,6 +25,19 @@ struct keel_zcrx_stats {
 	uint32_t zcrx_id;    /* ON: the kernel's id of the interface queue */
 	uint64_t area_bytes; /* ON: bytes of receive area registered */
 	uint32_t rq_entries; /* ON: refill ring entries */
+	/* The receive path (ON). */
+	uint64_t zc_bytes;         /* payload bytes received zero-copy (RECV_ZC, into the area) */
+	uint64_t zc_frags;         /* RECV_ZC completions with payload: area fragments handed out */
+	uint64_t copy_bytes;       /* FALLBACK: bytes received through the copy path instead */
+	uint64_t refills;          /* refill entries written (fragments given back to the kernel) */
+	uint64_t refill_publishes; /* tail publishes (store-release): at most one per loop pass */
+	uint32_t
+		refills_pending; /* fragments put while the refill ring was full, not yet written */
+	uint32_t held;           /* area slices handed out and not yet put */
+	uint64_t refills_lost;   /* fragments that could not be queued (out of memory) */
+	uint64_t frames;         /* framer frames made of area slices ... */
+	uint64_t frame_frags;    /* ... the fragments they held in all ... */
+	uint64_t frame_frags_max; /* ... and the most in one frame (fragments per message) */
 };
 
 /**
