@@ -400,6 +400,45 @@ keel_zcrx_stats(const struct keel_shard *sh, struct keel_zcrx_stats *out)
 	return 0;
 }
 
+int
+keel_zcrx_probe(const char *iface, int rxq, char *why, size_t len)
+{
+	struct io_uring_params p;
+	struct io_uring ring;
+	struct keel_opts o;
+	struct net_zcrx z;
+	int r;
+
+	if (!iface || !*iface || rxq < 0 || !why || !len)
+		return -EINVAL;
+	memset(&p, 0, sizeof(p));
+	p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQE32;
+	r = io_uring_queue_init_params(8, &ring, &p);
+	if (r < 0) {
+		snprintf(why, len,
+			 "ZCRX on %s rx queue %d: a DEFER_TASKRUN + CQE32 ring could not be made "
+			 "(%s): ZCRX needs Linux 6.15 with CONFIG_IO_URING_ZCRX",
+			 iface, rxq, strerror(-r));
+		return r;
+	}
+	keel_opts_init(&o);
+	o.zcrx_area = 256u << 10; /* a small area: the probe only registers */
+	o.zcrx_rq_entries = 64;
+	memset(&z, 0, sizeof(z));
+	snprintf(z.iface, sizeof(z.iface), "%s", iface);
+	z.rxq = rxq;
+	z.shard = ~0u;
+	r = try_setup(&z, &o, ring.flags, ring.ring_fd, why, len);
+	/* Closing the ring drops the interface queue (and the kernel's pins): then unmap. */
+	io_uring_queue_exit(&ring);
+	release(&z);
+	if (r < 0 && !why[0])
+		keel__zcrx_reason(r, iface, rxq, why, len);
+	if (r == 0)
+		snprintf(why, len, "ZCRX on %s rx queue %d: registered and released", iface, rxq);
+	return r;
+}
+
 const char *
 keel_zcrx_state_name(enum keel_zcrx_state s)
 {

@@ -471,16 +471,17 @@ Test(net_zcrx, veth_in_namespace_refuses_and_auto_falls_back)
 		     WEXITSTATUS(st));
 }
 
-/* Run keel-echo with @args (stderr into the output); its exit status, output in @out. */
+/* Run tool @bin of the build with @args (stderr into the output); its exit status, output
+ * in @out. */
 static int
-run_echo(const char *args, char *out, size_t len)
+run_tool(const char *bin, const char *args, char *out, size_t len)
 {
 	char cmd[512];
 	FILE *f;
 	size_t n = 0;
 	int st;
 
-	snprintf(cmd, sizeof(cmd), "timeout 60 %s/keel-echo %s 2>&1", KEEL_BIN_DIR, args);
+	snprintf(cmd, sizeof(cmd), "timeout 60 %s/%s %s 2>&1", KEEL_BIN_DIR, bin, args);
 	f = popen(cmd, "r");
 	cr_assert(f, "popen %s", cmd);
 	while (n + 1 < len && fgets(out + n, (int)(len - n), f))
@@ -488,6 +489,47 @@ run_echo(const char *args, char *out, size_t len)
 	out[n] = 0;
 	st = pclose(f);
 	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int
+run_echo(const char *args, char *out, size_t len)
+{
+	return run_tool("keel-echo", args, out, len);
+}
+
+/* The readiness probe is the start-up registration: on lo it says what --zcrx on says. */
+Test(net_zcrx, probe_on_lo_gives_the_start_up_reason)
+{
+	char why[512];
+	unsigned before;
+
+	need_root();
+	before = atomic_load(&keel__zcrx_register_calls);
+	cr_assert_eq(keel_zcrx_probe("lo", 0, why, sizeof(why)), -EOPNOTSUPP, "%s", why);
+	cr_assert(strstr(why, "ZCRX on lo rx queue 0: EOPNOTSUPP"), "%s", why);
+	cr_assert_eq(atomic_load(&keel__zcrx_register_calls), before + 1,
+		     "the kernel was not asked");
+	/* The claim is given back: a second probe of the same queue is not refused by us. */
+	cr_assert_eq(keel_zcrx_probe("lo", 0, why, sizeof(why)), -EOPNOTSUPP, "%s", why);
+	cr_assert_eq(keel_zcrx_probe("nosuch0", 0, why, sizeof(why)), -ENODEV, "%s", why);
+	cr_assert(strstr(why, "no interface nosuch0"), "%s", why);
+}
+
+Test(net_zcrx, keel_topo_check_zcrx_says_per_queue_what_is_missing)
+{
+	char out[8192];
+	int st;
+
+	need_root();
+	st = run_tool("keel-topo", "--check --zcrx --iface lo", out, sizeof(out));
+	cr_assert_eq(st, 1, "exit %d:\n%s", st, out);
+	cr_assert(strstr(out, "lo:\n"), "%s", out);
+	cr_assert(strstr(out, "driver: "), "%s", out);
+	cr_assert(strstr(out, "rx queue 0: ZCRX cannot work: ZCRX on lo rx queue 0: EOPNOTSUPP"),
+		  "%s", out);
+	cr_assert(strstr(out, "lo: 0 of 1 queue can do ZCRX"), "%s", out);
+	st = run_tool("keel-topo", "--zcrx --xml /dev/null", out, sizeof(out));
+	cr_assert_eq(st, 2, "exit %d:\n%s", st, out);
 }
 
 Test(net_zcrx, keel_echo_on_lo_exits_naming_lo_and_reason)

@@ -49,6 +49,17 @@ struct keel_zcrx_stats {
  */
 KEEL_API int keel_zcrx_stats(const struct keel_shard *sh, struct keel_zcrx_stats *out);
 
+/**
+ * Can ZCRX work on @iface rx queue @rxq? The same checks and IORING_REGISTER_ZCRX_IFQ a
+ * shard makes at start-up, on a scratch ring of the calling thread that is closed at once
+ * (keel-topo --check --zcrx). On a capable NIC the kernel restarts the queue when an
+ * interface queue is bound and again when it goes: a short gap in that queue's traffic.
+ * Returns: 0 (registered and released; @why says so); -errno with the meaning and the fix
+ * in @why (at most @len bytes, terminated): the messages of a --zcrx on start-up.
+ * Context: any thread but a shard's (the scratch ring is its own).
+ */
+KEEL_API int keel_zcrx_probe(const char *iface, int rxq, char *why, size_t len);
+
 /** The name of a ZCRX state: "none", "on" or "fallback". */
 KEEL_API const char *keel_zcrx_state_name(enum keel_zcrx_state s);
 
