@@ -10,6 +10,7 @@
 #include <linux/capability.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -181,6 +182,16 @@ logged(const char *s)
 	return r;
 }
 
+static unsigned
+count_of(const char *hay, const char *needle)
+{
+	unsigned n = 0;
+
+	for (const char *p = strstr(hay, needle); p; p = strstr(p + 1, needle))
+		n++;
+	return n;
+}
+
 static void
 capture(void)
 {
@@ -236,6 +247,7 @@ struct zsrv {
 	int start_status[2];
 	struct keel_zcrx_stats st[2];
 	int st_status[2];
+	struct keel_zcrx_stats st_end; /* at the connection's close */
 	_Atomic int closes;
 };
 
@@ -252,6 +264,7 @@ zecho_close(struct keel_conn *c, int status)
 {
 	struct zsrv *z = keel_conn_app(c);
 	(void)status;
+	keel_zcrx_stats(keel_this_shard(), &z->st_end);
 	atomic_fetch_add(&z->closes, 1);
 }
 
@@ -384,7 +397,11 @@ Test(net_zcrx, auto_falls_back_on_lo_and_echo_is_intact)
 	}
 	close(fd);
 	WAIT_FOR(atomic_load(&z.closes) == 1, "connection not closed");
+	/* Every byte came through the copy path, and the stats say so. */
+	cr_assert_eq(z.st_end.copy_bytes, total);
+	cr_assert_eq(z.st_end.zc_bytes, 0);
 	cr_assert_eq(zsrv_stop(&z), 0);
+	cr_assert_eq(count_of(logbuf, "ZCRX falls back to the copy path"), 1, "%s", logbuf);
 	keel_log_set_sink(NULL, NULL);
 	free(out);
 	free(in);
@@ -530,6 +547,78 @@ Test(net_zcrx, keel_topo_check_zcrx_says_per_queue_what_is_missing)
 	cr_assert(strstr(out, "lo: 0 of 1 queue can do ZCRX"), "%s", out);
 	st = run_tool("keel-topo", "--zcrx --xml /dev/null", out, sizeof(out));
 	cr_assert_eq(st, 2, "exit %d:\n%s", st, out);
+}
+
+/* keel-echo --zcrx auto --iface lo: one fallback line, then 1 MiB echoed intact. */
+Test(net_zcrx, keel_echo_auto_on_lo_falls_back_once_and_echoes_1mib)
+{
+	char out[16384] = "", *port_at;
+	size_t n = 0, chunk = 64 << 10, total = 1 << 20;
+	unsigned char *w = malloc(chunk), *rd = malloc(chunk);
+	int pfd[2], fd, st;
+	unsigned port = 0;
+	uint32_t x = 99;
+	pid_t pid;
+
+	need_root();
+	cr_assert_eq(pipe(pfd), 0);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		char bin[512];
+
+		dup2(pfd[1], 2);
+		dup2(pfd[1], 1);
+		close(pfd[0]);
+		snprintf(bin, sizeof(bin), "%s/keel-echo", KEEL_BIN_DIR);
+		execl(bin, bin, "--port", "0", "--addr", "127.0.0.1", "--shards", "1",
+		      "--idle-poll-us", "0", "--zcrx", "auto", "--iface", "lo", "--log-level",
+		      "info", (char *)NULL);
+		_exit(127);
+	}
+	close(pfd[1]);
+	/* Read its output until it says where it listens (it prints that once running). */
+	uint64_t dl = test_now_ms() + TEST_WAIT_MS;
+	while (!(port_at = strstr(out, "listening on 127.0.0.1 port ")) || !strchr(port_at, ',')) {
+		ssize_t k;
+
+		cr_assert(test_now_ms() < dl, "keel-echo never said it listens:\n%.*s", (int)n,
+			  out);
+		k = read(pfd[0], out + n, sizeof(out) - 1 - n);
+		cr_assert_gt(k, 0, "keel-echo ended:\n%.*s", (int)n, out);
+		n += (size_t)k;
+		out[n] = 0;
+	}
+	cr_assert_eq(sscanf(port_at, "listening on 127.0.0.1 port %u", &port), 1, "%s", out);
+	fd = cli_connect((uint16_t)port);
+	cr_assert_geq(fd, 0);
+	for (size_t done = 0; done < total; done += chunk) {
+		for (size_t i = 0; i < chunk; i++) {
+			x = x * 1103515245u + 12345u;
+			w[i] = (unsigned char)(x >> 16);
+		}
+		cr_assert_eq(cli_write_all(fd, w, chunk), 0);
+		cr_assert_eq(cli_read_all(fd, rd, chunk), 0);
+		cr_assert_eq(memcmp(rd, w, chunk), 0, "echo differs in bytes %zu..%zu", done,
+			     done + chunk);
+	}
+	close(fd);
+	kill(pid, SIGTERM);
+	for (;;) {
+		ssize_t k = read(pfd[0], out + n, sizeof(out) - 1 - n);
+
+		if (k <= 0)
+			break;
+		n += (size_t)k;
+	}
+	out[n] = 0;
+	close(pfd[0]);
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "keel-echo status 0x%x:\n%s", st, out);
+	cr_assert_eq(count_of(out, "ZCRX falls back to the copy path"), 1, "%s", out);
+	cr_assert(strstr(out, "ZCRX on lo rx queue 0: EOPNOTSUPP"), "%s", out);
+	free(w);
+	free(rd);
 }
 
 Test(net_zcrx, keel_echo_on_lo_exits_naming_lo_and_reason)
