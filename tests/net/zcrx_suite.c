@@ -621,6 +621,39 @@ Test(net_zcrx, keel_echo_auto_on_lo_falls_back_once_and_echoes_1mib)
 	free(rd);
 }
 
+static unsigned long long
+json_field(const char *out, const char *key)
+{
+	const char *p = strstr(out, key);
+
+	cr_assert(p, "no %s in:\n%s", key, out);
+	return strtoull(p + strlen(key), NULL, 10);
+}
+
+/* keel-bench's network modes take --zcrx: auto on lo falls back and counts what it copied;
+ * on fails naming lo and the reason. */
+Test(net_zcrx, keel_bench_stream_takes_zcrx_and_reports_fallback_bytes)
+{
+	static char out[65536];
+	int st;
+
+	need_root();
+	st = run_tool("keel-bench",
+		      "stream --seconds 0.3 --warmup 0.1 --no-pin --idle-poll-us 0 --json --zcrx "
+		      "auto --iface lo",
+		      out, sizeof(out));
+	cr_assert_eq(st, 0, "exit %d:\n%s", st, out);
+	cr_assert(strstr(out, "\"server_zcrx\": \"fallback\""), "%s", out);
+	cr_assert_gt(json_field(out, "\"server_bytes_in\": "), 0, "%s", out);
+	cr_assert_eq(json_field(out, "\"server_zcrx_copy_bytes\": "),
+		     json_field(out, "\"server_bytes_in\": "), "%s", out);
+	cr_assert_eq(json_field(out, "\"server_zcrx_bytes\": "), 0, "%s", out);
+	st = run_tool("keel-bench", "stream --seconds 0.3 --no-pin --zcrx on --iface lo", out,
+		      sizeof(out));
+	cr_assert_neq(st, 0, "%s", out);
+	cr_assert(strstr(out, "ZCRX on lo rx queue 0: EOPNOTSUPP"), "%s", out);
+}
+
 Test(net_zcrx, keel_echo_on_lo_exits_naming_lo_and_reason)
 {
 	char out[8192];
