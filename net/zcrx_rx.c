@@ -239,14 +239,16 @@ bool
 keel__zcrx_prep_recv(struct net_shard *ns, struct io_uring_sqe *sqe, int fd)
 {
 	struct net_zcrx *z = ns->zcrx;
+	uint16_t ifq;
 
 	if (!z || z->state != KEEL_ZCRX_ON || z->sim)
 		return false;
+	ifq = (uint16_t)z->id;
 	io_uring_prep_rw(KEEL_IORING_OP_RECV_ZC, sqe, fd, NULL, 0, 0);
 	sqe->ioprio |= IORING_RECV_MULTISHOT;
 	/* The interface queue's id in the 16-bit field at byte 44 (zcrx_ifq_idx, shared with
 	 * file_index; liburing 2.3 does not name it). */
-	memcpy((char *)sqe + 44, &(uint16_t){ (uint16_t)z->id }, sizeof(uint16_t));
+	memcpy((char *)sqe + 44, &ifq, sizeof(ifq));
 	return true;
 }
 
@@ -266,15 +268,16 @@ keel__zcrx_take(struct net_shard *ns, const struct io_uring_cqe *cqe, struct kee
 	}
 	r = keel__zcrx_cqe_parse(cqe, z->area_token, z->area_len, &f);
 	if (r <= 0) {
-		if (r == -EPROTO)
+		if (r == -EPROTO) {
+			const struct keel_zcrx_cqe *zc = (const void *)(cqe + 1);
+
 			keel_log(KEEL_LOG_ERROR, NET_MOD,
 				 "shard %u: RECV_ZC completion of %d bytes names offset 0x%llx "
-				 "outside the %zu-byte area (token 0x%llx): dropped",
-				 z->shard, cqe->res,
-				 (unsigned long long)((const struct keel_zcrx_cqe
-							       *)(const void *)(cqe + 1))
-					 ->off,
-				 z->area_len, (unsigned long long)z->area_token);
+				 "outside the %zu-byte area (token 0x%llx): the connection is "
+				 "aborted",
+				 z->shard, cqe->res, (unsigned long long)zc->off, z->area_len,
+				 (unsigned long long)z->area_token);
+		}
 		return r;
 	}
 	r = keel_buf_wrap(keel_shard_alloc(), (uint8_t *)z->area + f.off, f.len, zc_release, z,
