@@ -239,15 +239,15 @@ bool
 keel__zcrx_prep_recv(struct net_shard *ns, struct io_uring_sqe *sqe, int fd)
 {
 	struct net_zcrx *z = ns->zcrx;
-	uint16_t ifq;
+	uint32_t ifq;
 
 	if (!z || z->state != KEEL_ZCRX_ON || z->sim)
 		return false;
-	ifq = (uint16_t)z->id;
+	ifq = z->id;
 	io_uring_prep_rw(KEEL_IORING_OP_RECV_ZC, sqe, fd, NULL, 0, 0);
 	sqe->ioprio |= IORING_RECV_MULTISHOT;
-	/* The interface queue's id in the 16-bit field at byte 44 (zcrx_ifq_idx, shared with
-	 * file_index; liburing 2.3 does not name it). */
+	/* The interface queue's id in zcrx_ifq_idx, the u32 at byte 44 (a union with
+	 * file_index and splice_fd_in; liburing 2.3 does not name it). */
 	memcpy((char *)sqe + 44, &ifq, sizeof(ifq));
 	return true;
 }
