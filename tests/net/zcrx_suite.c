@@ -1442,3 +1442,38 @@ Test(net_zcrx, sim_shutdown_with_held_slices_reports_and_stays_valid)
 	cr_assert(logged("3 area slices are still held"), "%s", logbuf);
 	cr_assert(logged("area unmapped"), "%s", logbuf);
 }
+
+/* The RECV_ZC SQE a connection of a registered shard arms: opcode 58, multishot, the
+ * interface queue's id in zcrx_ifq_idx (byte 44), no buffer selection; a simulated or
+ * fallen-back queue arms nothing (the copy path's recv goes instead). */
+Test(net_zcrx, recv_zc_sqe_layout)
+{
+	struct net_shard ns;
+	struct net_zcrx z;
+	struct io_uring_sqe sqe;
+	uint32_t idx;
+
+	memset(&ns, 0, sizeof(ns));
+	memset(&z, 0, sizeof(z));
+	memset(&sqe, 0xa5, sizeof(sqe));
+	ns.zcrx = &z;
+	z.state = KEEL_ZCRX_ON;
+	z.id = 0x10005;
+	cr_assert(keel__zcrx_prep_recv(&ns, &sqe, 42));
+	cr_assert_eq(sqe.opcode, KEEL_IORING_OP_RECV_ZC);
+	cr_assert_eq(sqe.fd, 42);
+	cr_assert_eq(sqe.ioprio, IORING_RECV_MULTISHOT);
+	cr_assert_eq(sqe.flags & IOSQE_BUFFER_SELECT, 0);
+	cr_assert_eq(sqe.addr, 0);
+	cr_assert_eq(sqe.len, 0);
+	cr_assert_eq(sqe.msg_flags, 0);
+	memcpy(&idx, (const char *)&sqe + 44, sizeof(idx));
+	cr_assert_eq(idx, 0x10005);
+	z.sim = true;
+	cr_assert_not(keel__zcrx_prep_recv(&ns, &sqe, 42));
+	z.sim = false;
+	z.state = KEEL_ZCRX_FALLBACK;
+	cr_assert_not(keel__zcrx_prep_recv(&ns, &sqe, 42));
+	ns.zcrx = NULL;
+	cr_assert_not(keel__zcrx_prep_recv(&ns, &sqe, 42));
+}
