@@ -12,6 +12,14 @@
 #include "internal.h"
 
 _Thread_local struct keel_shard *keel__cur __attribute__((tls_model("initial-exec")));
+/* The CQE being dispatched (keel_cqe_current). */
+static _Thread_local const struct io_uring_cqe *cqe_cur __attribute__((tls_model("initial-exec")));
+
+const struct io_uring_cqe *
+keel_cqe_current(void)
+{
+	return cqe_cur;
+}
 
 #define NS_PER_MS 1000000ULL
 #define NS_PER_S  1000000000ULL
@@ -281,7 +289,9 @@ reap(struct keel_shard *s)
 			continue;
 		if (!(cqe->flags & IORING_CQE_F_MORE) && !uncounted_op(s, op))
 			s->inflight--;
+		cqe_cur = cqe;
 		op->fn(op, cqe->res, cqe->flags);
+		cqe_cur = NULL;
 	}
 	if (n) {
 		io_uring_cq_advance(&s->ring, n);

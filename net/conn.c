@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "net_internal.h"
+#include "zcrx.h"
 
 struct keel_conn {
 	struct net_shard *ns;
@@ -46,6 +47,7 @@ struct keel_conn {
 	bool open, connecting, recv_armed, rcancel_sent, read_paused, bp_paused, eof;
 	bool closing, flush_close, shut_pending, shut_sent, send_inflight, flush_queued;
 	bool want_writable, cancel_sent;
+	bool zc;          /* the armed receive is a RECV_ZC (zcrx_rx.c) */
 	bool eof_held;    /* EOF seen behind held data: on_eof after it */
 	bool rq_queued;   /* a deferred delivery of the held data is queued */
 	bool fd_released; /* the descriptor is closed (or its close is in flight) */
@@ -201,14 +203,17 @@ recv_arm(struct keel_conn *c)
 
 	if (!sqe)
 		return;
-	if (ns->f_ms_recv)
-		io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
-	else
-		io_uring_prep_recv(sqe, c->fd, NULL, 0, 0);
-	if (ns->f_bundle)
-		sqe->ioprio |= IORING_RECVSEND_BUNDLE;
-	sqe->flags |= IOSQE_BUFFER_SELECT;
-	sqe->buf_group = ns->tcp.bgid;
+	c->zc = keel__zcrx_prep_recv(ns, sqe, c->fd);
+	if (!c->zc) {
+		if (ns->f_ms_recv)
+			io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+		else
+			io_uring_prep_recv(sqe, c->fd, NULL, 0, 0);
+		if (ns->f_bundle)
+			sqe->ioprio |= IORING_RECVSEND_BUNDLE;
+		sqe->flags |= IOSQE_BUFFER_SELECT;
+		sqe->buf_group = ns->tcp.bgid;
+	}
 	sqe_fd(c, sqe);
 	keel_sqe_bind(sqe, &c->recv_op);
 	c->recv_armed = true;
@@ -284,12 +289,41 @@ keel__conn_starved_kick(struct net_shard *ns)
 	keel__net_ref(ns);
 }
 
+static void deliver_taken(struct keel_conn *c, int n);
+
 static void
 deliver(struct keel_conn *c, unsigned bid, int res, uint32_t flags)
 {
 	struct net_shard *ns = c->ns;
 	int n = keel__pbuf_take(&ns->tcp, bid, res, flags, ns->f_bundle, ns->scratch,
 				ns->cfg.buf_count);
+
+	if (n > 0)
+		keel__zcrx_copy_bytes(ns, (uint64_t)res);
+	deliver_taken(c, n);
+}
+
+/* A RECV_ZC completion: one slice of the ZCRX area, delivered like the copy path's. */
+static void
+deliver_zc(struct keel_conn *c, const struct io_uring_cqe *cqe)
+{
+	int n = keel__zcrx_take(c->ns, cqe, c->ns->scratch);
+
+	if (n != 0)
+		deliver_taken(c, n);
+}
+
+void
+keel__conn_zcrx_inject(struct keel_conn *c, const struct io_uring_cqe *cqe)
+{
+	deliver_zc(c, cqe);
+}
+
+/* Deliver the @n slices in ns->scratch (-errno: abort). */
+static void
+deliver_taken(struct keel_conn *c, int n)
+{
+	struct net_shard *ns = c->ns;
 
 	if (n < 0) {
 		keel_conn_abort(c, n);
@@ -372,7 +406,9 @@ recv_cb(struct keel_op *op, int res, uint32_t flags)
 	if (!more)
 		c->recv_armed = false;
 	if (res > 0) {
-		if (flags & IORING_CQE_F_BUFFER)
+		if (c->zc)
+			deliver_zc(c, keel_cqe_current());
+		else if (flags & IORING_CQE_F_BUFFER)
 			deliver(c, flags >> IORING_CQE_BUFFER_SHIFT, res, flags);
 	} else if (res == 0) {
 		if (!c->closing && !c->eof) {

@@ -22,6 +22,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "zcrx.h"
+
 struct keel_framer {
 	struct keel_framer_opts o;
 	struct keel_slice *q; /* held slices: q[head..tail) */
@@ -220,6 +222,7 @@ deliver(struct keel_framer *f, size_t hdr, size_t len, size_t trail)
 	}
 	advance(f, len + trail);
 	f->scanned = 0;
+	keel__zcrx_frame_seen(fr.s, fr.n); /* fragments per message, for ZCRX's stats */
 	r = f->o.on_frame(f->o.arg, &fr);
 	if (r < 0)
 		return fail(f, r, "the frame callback failed (%s)", strerror(-r));

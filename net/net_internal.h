@@ -138,6 +138,9 @@ void keel__conn_opened(struct keel_conn *c);
 void keel__conn_accepted(struct keel_conn *c, bool addrs);
 void keel__conn_starved_kick(struct net_shard *ns);
 void keel__conns_stop(struct net_shard *ns);
+/* Tests (simulated ZCRX kernel side): deliver the RECV_ZC completion @cqe (32 bytes) on @c
+ * as recv_cb does. Context: @c's shard. */
+void keel__conn_zcrx_inject(struct keel_conn *c, const struct io_uring_cqe *cqe);
 
 /* The descriptor (*direct: a direct one), whether the application closed it, and a hold
  * that keeps it (and on_close) waiting, for an operation of another file. */

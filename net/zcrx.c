@@ -6,9 +6,8 @@
  * refuses a second shard before the kernel is asked (the kernel would say EEXIST, which
  * cannot tell our own mistake from another program's consumer).
  *
- * What is not here yet: the RECV_ZC receive path (its parser and refill ring are in
- * zcrx_rx.c, not yet wired to connections), refills on the last put, handoff (docs/net.md,
- * "ZCRX"). A registered shard still receives through the copy path.
+ * The receive path on connections (RECV_ZC, area slices, refills on the last put) is in
+ * zcrx_rx.c; docs/zcrx.md.
  */
 #include "zcrx.h"
 
@@ -308,6 +307,7 @@ keel__zcrx_setup(struct net_shard *ns)
 	if (!z)
 		return -ENOMEM;
 	z->shard = ns->id;
+	z->ns = ns;
 	z->rxq = keel_shard_rxq(sh);
 	z->state = KEEL_ZCRX_NONE;
 	if (o->zcrx == KEEL_POLICY_OFF || z->rxq < 0 || !iface) {
@@ -352,13 +352,18 @@ keel__zcrx_setup(struct net_shard *ns)
 void
 keel__zcrx_fini(struct net_shard *ns)
 {
-	if (!ns->zcrx)
+	struct net_zcrx *z = ns->zcrx;
+
+	if (!z)
 		return;
-	/* Unmapping is safe while the ring still holds the interface queue: the kernel pinned
-	 * the pages at registration and keeps them until the ring is closed. */
-	release(ns->zcrx);
-	free(ns->zcrx);
 	ns->zcrx = NULL;
+	if (z->claimed)
+		keel__zcrx_unclaim(z->iface, z->rxq);
+	z->claimed = false;
+	/* Unmapping is safe while the ring still holds the interface queue: the kernel pinned
+	 * the pages at registration and keeps them until the ring is closed. With area slices
+	 * still held, the area stays mapped until the last is put. */
+	keel__zcrx_rx_fini(z);
 }
 
 int
@@ -376,12 +381,62 @@ keel_zcrx_stats(const struct keel_shard *sh, struct keel_zcrx_stats *out)
 	out->state = z->state;
 	out->err = z->err;
 	out->rxq = z->rxq;
+	out->zc_bytes = z->zc_bytes;
+	out->zc_frags = z->zc_frags;
+	out->copy_bytes = z->copy_bytes;
+	out->refills = z->refills;
+	out->refill_publishes = z->publishes;
+	out->refills_pending = z->npend;
+	out->refills_lost = z->dropped;
+	out->held = z->held;
+	out->frames = z->frames;
+	out->frame_frags = z->frame_frags;
+	out->frame_frags_max = z->frame_frags_max;
 	if (z->state == KEEL_ZCRX_ON) {
 		out->zcrx_id = z->id;
 		out->area_bytes = z->area_len;
 		out->rq_entries = z->rq_entries;
 	}
 	return 0;
+}
+
+int
+keel_zcrx_probe(const char *iface, int rxq, char *why, size_t len)
+{
+	struct io_uring_params p;
+	struct io_uring ring;
+	struct keel_opts o;
+	struct net_zcrx z;
+	int r;
+
+	if (!iface || !*iface || rxq < 0 || !why || !len)
+		return -EINVAL;
+	memset(&p, 0, sizeof(p));
+	p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQE32;
+	r = io_uring_queue_init_params(8, &ring, &p);
+	if (r < 0) {
+		snprintf(why, len,
+			 "ZCRX on %s rx queue %d: a DEFER_TASKRUN + CQE32 ring could not be made "
+			 "(%s): ZCRX needs Linux 6.15 with CONFIG_IO_URING_ZCRX",
+			 iface, rxq, strerror(-r));
+		return r;
+	}
+	keel_opts_init(&o);
+	o.zcrx_area = 256u << 10; /* a small area: the probe only registers */
+	o.zcrx_rq_entries = 64;
+	memset(&z, 0, sizeof(z));
+	snprintf(z.iface, sizeof(z.iface), "%s", iface);
+	z.rxq = rxq;
+	z.shard = ~0u;
+	r = try_setup(&z, &o, ring.flags, ring.ring_fd, why, len);
+	/* Closing the ring drops the interface queue (and the kernel's pins): then unmap. */
+	io_uring_queue_exit(&ring);
+	release(&z);
+	if (r < 0 && !why[0])
+		keel__zcrx_reason(r, iface, rxq, why, len);
+	if (r == 0)
+		snprintf(why, len, "ZCRX on %s rx queue %d: registered and released", iface, rxq);
+	return r;
 }
 
 const char *

@@ -11,6 +11,8 @@
 #include <stdint.h>
 
 struct net_shard;
+struct keel_slice;
+struct io_uring_sqe;
 
 /* A shard's interface queue: the area the NIC writes payloads into and the refill ring
  * through which the shard hands consumed buffers back. */
@@ -31,6 +33,17 @@ struct net_zcrx {
 	uint32_t *rq_head, *rq_tail; /* in the region, at the kernel's offsets */
 	struct keel_zcrx_rqe *rqes;
 	uint32_t rq_local_tail; /* entries written; *rq_tail catches up once per pass */
+
+	/* The receive path (zcrx_rx.c). */
+	struct net_shard *ns; /* NULL once keel__zcrx_fini() ran with slices still held */
+	bool sim;             /* keel__zcrx_sim_attach(): a test plays the kernel; no RECV_ZC */
+	bool publish_queued;  /* a deferred publish (end of this pass) holds a net reference */
+	uint32_t held;        /* area slices not yet put (each will write one refill entry) */
+	struct keel__zcrx_frag *pendv; /* [npend] fragments the full refill ring could not take */
+	uint32_t npend, pendcap;
+	/* Counters (keel_zcrx_stats). */
+	uint64_t zc_bytes, zc_frags, copy_bytes, refills, publishes, dropped;
+	uint64_t frames, frame_frags, frame_frags_max;
 };
 
 /* One piece of received payload in the area: bytes [off, off + len). */
@@ -70,12 +83,50 @@ int keel__zcrx_refill_add(struct net_zcrx *z, const struct keel__zcrx_frag *f);
  * Returns: how many entries it published. */
 uint32_t keel__zcrx_refill_publish(struct net_zcrx *z);
 
+/* The receive path on connections (zcrx_rx.c). */
+
+/* Prepare @sqe as a multishot IORING_OP_RECV_ZC on @fd into @ns's interface queue, when the
+ * shard's queue is registered. Returns: true when prepared (the caller binds it); false
+ * when the shard receives through the copy path (@sqe untouched). */
+bool keel__zcrx_prep_recv(struct net_shard *ns, struct io_uring_sqe *sqe, int fd);
+/* Turn the RECV_ZC completion @cqe (32 bytes) into a slice of the area: an external buffer
+ * (keel_buf_wrap) whose last put, on this shard or sent home from another, writes the
+ * refill entry {off | area token, len}; the refill tail is then published once, at the end
+ * of the loop pass (a deferred call), however many slices were put in it.
+ * Ownership: *out holds the slice's only reference.
+ * Returns: 1 and *out; 0 for a completion without payload; the CQE's -errno; -EPROTO for
+ * an offset outside the area (nothing returned: the kernel's entry is not ours to guess);
+ * -ENOMEM when no buffer header could be had (the fragment goes straight back).
+ * Context: @ns's shard. */
+int keel__zcrx_take(struct net_shard *ns, const struct io_uring_cqe *cqe, struct keel_slice *out);
+/* Bytes a shard received through the copy path while ZCRX fell back (stats). */
+void keel__zcrx_copy_bytes(struct net_shard *ns, uint64_t bytes);
+/* A frame of @n slices was delivered whole (frame.c): counted when they are area slices. */
+void keel__zcrx_frame_seen(const struct keel_slice *s, unsigned n);
+
+/* Tests: give @ns an interface queue the test plays the kernel for, with no registration:
+ * an @area_len-byte area, a refill ring of @rq_entries (power of two) laid out as 6.18 lays
+ * it out (head @0, tail @64, entries @128), area token @token. Connections keep receiving
+ * through the copy path (no RECV_ZC is armed); the test feeds completions to
+ * keel__zcrx_take() or keel__conn_zcrx_inject(). Returns: the queue, or NULL (-ENOMEM, or
+ * the shard already has a registered one). Context: @ns's shard. */
+struct net_zcrx *keel__zcrx_sim_attach(struct net_shard *ns, size_t area_len, uint32_t rq_entries,
+				       uint64_t token);
+
+/* The receive side's end (keel__zcrx_fini): unmap and free @z, or, with area slices still
+ * held, report them and leave that to the last put. */
+void keel__zcrx_rx_fini(struct net_zcrx *z);
+
 /* Set up ZCRX for the calling shard by its runtime's options: nothing when --zcrx off or the
  * shard has no rx queue; else claim (iface, queue), allocate, register. On failure with
  * --zcrx on, log the reason and the fix and return -errno; with auto, log one INFO line
  * and return 0 with the fallback recorded. ns->zcrx is set in every case but an error. */
 int keel__zcrx_setup(struct net_shard *ns);
-/* Release what keel__zcrx_setup() made (the kernel drops the interface queue with the ring). */
+/* Release what keel__zcrx_setup() made (the kernel drops the interface queue with the ring).
+ * Called when the shard's network state goes, after every connection closed. Area slices
+ * the application still holds stay valid: the area stays mapped (one WARN line says how
+ * many), and the last put unmaps it; their refill entries are not written (the ring goes
+ * with the shard's io_uring). */
 void keel__zcrx_fini(struct net_shard *ns);
 
 /* The message for a set-up failure -@err on @iface queue @rxq: what the errno means there

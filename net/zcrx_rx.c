@@ -4,11 +4,24 @@
  * into a fragment of the area, gathering the fragments of one message without a fixed-size
  * array (a published integration overran one with 1 MiB messages in 4 KiB fragments), and
  * the refill ring (entries written as slices are put, the tail published once per loop
- * pass). Tests drive them with synthetic CQEs and a refill region they play the kernel on.
+ * pass), and the receive path on connections built on them. Tests drive them with
+ * synthetic CQEs and a refill region they play the kernel on (keel__zcrx_sim_attach).
+ *
+ * Receive path: a connection of a shard whose interface queue is registered arms a
+ * multishot RECV_ZC instead of the buffer-ring recv (keel__zcrx_prep_recv, from conn.c's
+ * recv_arm). Each completion is one fragment of the area; keel__zcrx_take() wraps it as an
+ * external buffer (keel_buf_wrap: one buffer header, no copy) and conn.c delivers the slice
+ * through the same on_data as the copy path, so a framer (keel_framer_on_data) gathers a
+ * message of any number of fragments into one frame of that many slices: a 1 MiB message
+ * in 4 KiB fragments is a frame of 256 slices, held in the framer's growable arrays, never
+ * copied. The buffer's last put (on this shard, or a proxy's put on another shard sent
+ * home by keel_slice_export's machinery) calls zc_release, which writes the refill entry;
+ * a deferred call at the end of the pass publishes the tail with one store-release.
  */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "net_internal.h"
 #include "zcrx.h"
@@ -107,4 +120,255 @@ keel__zcrx_refill_publish(struct net_zcrx *z)
 	/* Release: the entries written above are visible before the tail that covers them. */
 	__atomic_store_n(z->rq_tail, z->rq_local_tail, __ATOMIC_RELEASE);
 	return z->rq_local_tail - old;
+}
+
+/* The refill entries not written because the ring was full go first, in order; what still
+ * does not fit stays for the next try (the kernel consumes entries as it needs buffers:
+ * every RECV_ZC completion is a chance, keel__zcrx_take retries). */
+static void
+pend_flush(struct net_zcrx *z)
+{
+	uint32_t i = 0;
+
+	while (i < z->npend && keel__zcrx_refill_add(z, &z->pendv[i]) == 0)
+		i++;
+	if (i) {
+		memmove(z->pendv, z->pendv + i, (size_t)(z->npend - i) * sizeof(*z->pendv));
+		z->npend -= i;
+		z->refills += i;
+	}
+}
+
+static void
+publish_cb(void *arg)
+{
+	struct net_zcrx *z = arg;
+	struct net_shard *ns = z->ns;
+
+	z->publish_queued = false;
+	pend_flush(z);
+	if (keel__zcrx_refill_publish(z))
+		z->publishes++;
+	keel__net_unref(ns);
+}
+
+/* Queue the end-of-pass publish (once per pass however many slices are put in it). */
+static void
+publish_later(struct net_zcrx *z)
+{
+	if (z->publish_queued)
+		return;
+	if (keel_defer(publish_cb, z) < 0) {
+		/* No memory for the deferred call: publish now rather than never. */
+		if (keel__zcrx_refill_publish(z))
+			z->publishes++;
+		return;
+	}
+	z->publish_queued = true;
+	keel__net_ref(z->ns);
+}
+
+static void
+area_unmap(struct net_zcrx *z)
+{
+	if (z->area)
+		munmap(z->area, z->area_len);
+	if (z->region)
+		munmap(z->region, z->region_len);
+	free(z->pendv);
+	free(z);
+}
+
+/* Give fragment @f back to the kernel: a refill entry now, or later when the ring is full. */
+static void
+refill(struct net_zcrx *z, const struct keel__zcrx_frag *f)
+{
+	if (z->npend == 0 && keel__zcrx_refill_add(z, f) == 0) {
+		z->refills++;
+	} else {
+		if (z->npend == z->pendcap) {
+			uint32_t cap = z->pendcap ? z->pendcap * 2 : 64;
+			struct keel__zcrx_frag *v = realloc(z->pendv, (size_t)cap * sizeof(*v));
+
+			if (!v) {
+				/* The kernel loses this buffer for good (its area shrinks by one):
+				 * counted and logged, never written past an array. */
+				z->dropped++;
+				keel_log(KEEL_LOG_ERROR, NET_MOD,
+					 "shard %u: ZCRX refill of %u bytes at %llu lost: out of "
+					 "memory with the refill ring full",
+					 z->shard, f->len, (unsigned long long)f->off);
+				return;
+			}
+			z->pendv = v;
+			z->pendcap = cap;
+		}
+		z->pendv[z->npend++] = *f;
+	}
+	publish_later(z);
+}
+
+/* The last put of an area slice (keel_buf_wrap's release), on the home shard. */
+static void
+zc_release(void *data, uint32_t cap, void *arg)
+{
+	struct net_zcrx *z = arg;
+	struct keel__zcrx_frag f;
+
+	net_verify(z->held > 0);
+	z->held--;
+	if (!z->ns) {
+		/* The shard's network state went while the app held this slice: the ring (and
+		 * its refill ring) is gone with it; the last one unmaps the area. */
+		if (z->held == 0) {
+			/* WARN, as the report it closes. */
+			keel_log(KEEL_LOG_WARN, NET_MOD,
+				 "shard %u: ZCRX: the last area slice held past shutdown was put; "
+				 "area unmapped",
+				 z->shard);
+			area_unmap(z);
+		}
+		return;
+	}
+	f.off = (uint64_t)((uint8_t *)data - (uint8_t *)z->area);
+	f.len = cap;
+	refill(z, &f);
+}
+
+bool
+keel__zcrx_prep_recv(struct net_shard *ns, struct io_uring_sqe *sqe, int fd)
+{
+	struct net_zcrx *z = ns->zcrx;
+	uint32_t ifq;
+
+	if (!z || z->state != KEEL_ZCRX_ON || z->sim)
+		return false;
+	ifq = z->id;
+	io_uring_prep_rw(KEEL_IORING_OP_RECV_ZC, sqe, fd, NULL, 0, 0);
+	sqe->ioprio |= IORING_RECV_MULTISHOT;
+	/* The interface queue's id in zcrx_ifq_idx, the u32 at byte 44 (a union with
+	 * file_index and splice_fd_in; liburing 2.3 does not name it). */
+	memcpy((char *)sqe + 44, &ifq, sizeof(ifq));
+	return true;
+}
+
+int
+keel__zcrx_take(struct net_shard *ns, const struct io_uring_cqe *cqe, struct keel_slice *out)
+{
+	struct net_zcrx *z = ns->zcrx;
+	struct keel__zcrx_frag f;
+	int r;
+
+	if (!z || z->state != KEEL_ZCRX_ON || !cqe)
+		return -EPROTO;
+	if (z->npend) {
+		/* A completion means the kernel took buffers: room in the refill ring, maybe. */
+		pend_flush(z);
+		publish_later(z);
+	}
+	r = keel__zcrx_cqe_parse(cqe, z->area_token, z->area_len, &f);
+	if (r <= 0) {
+		if (r == -EPROTO) {
+			const struct keel_zcrx_cqe *zc = (const void *)(cqe + 1);
+
+			keel_log(KEEL_LOG_ERROR, NET_MOD,
+				 "shard %u: RECV_ZC completion of %d bytes names offset 0x%llx "
+				 "outside the %zu-byte area (token 0x%llx): the connection is "
+				 "aborted",
+				 z->shard, cqe->res, (unsigned long long)zc->off, z->area_len,
+				 (unsigned long long)z->area_token);
+		}
+		return r;
+	}
+	r = keel_buf_wrap(keel_shard_alloc(), (uint8_t *)z->area + f.off, f.len, zc_release, z,
+			  out);
+	if (r < 0) {
+		refill(z, &f);
+		return r;
+	}
+	z->held++;
+	z->zc_bytes += f.len;
+	z->zc_frags++;
+	return 1;
+}
+
+void
+keel__zcrx_copy_bytes(struct net_shard *ns, uint64_t bytes)
+{
+	if (ns->zcrx && ns->zcrx->state == KEEL_ZCRX_FALLBACK)
+		ns->zcrx->copy_bytes += bytes;
+}
+
+void
+keel__zcrx_frame_seen(const struct keel_slice *s, unsigned n)
+{
+	struct net_shard *ns = keel__net_shard_cur();
+	struct net_zcrx *z = ns ? ns->zcrx : NULL;
+
+	if (!z || z->state != KEEL_ZCRX_ON || !n || s[0].data < (uint8_t *)z->area ||
+	    s[0].data >= (uint8_t *)z->area + z->area_len)
+		return;
+	z->frames++;
+	z->frame_frags += n;
+	if (n > z->frame_frags_max)
+		z->frame_frags_max = n;
+}
+
+struct net_zcrx *
+keel__zcrx_sim_attach(struct net_shard *ns, size_t area_len, uint32_t rq_entries, uint64_t token)
+{
+	struct net_zcrx *z = ns->zcrx;
+
+	if (!rq_entries || (rq_entries & (rq_entries - 1)) || (z && z->state == KEEL_ZCRX_ON))
+		return NULL;
+	if (!z) {
+		z = calloc(1, sizeof(*z));
+		if (!z)
+			return NULL;
+		ns->zcrx = z;
+	}
+	z->shard = ns->id;
+	z->ns = ns;
+	z->area_len = area_len;
+	z->area = mmap(NULL, area_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	z->region_len = 128 + (size_t)rq_entries * sizeof(struct keel_zcrx_rqe);
+	z->region = mmap(NULL, z->region_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			 -1, 0);
+	if (z->area == MAP_FAILED || z->region == MAP_FAILED) {
+		if (z->area != MAP_FAILED)
+			munmap(z->area, area_len);
+		if (z->region != MAP_FAILED)
+			munmap(z->region, z->region_len);
+		z->area = z->region = NULL;
+		return NULL;
+	}
+	z->rq_head = (uint32_t *)z->region;
+	z->rq_tail = (uint32_t *)((char *)z->region + 64);
+	z->rqes = (struct keel_zcrx_rqe *)((char *)z->region + 128);
+	z->rq_entries = rq_entries;
+	z->rq_mask = rq_entries - 1;
+	z->rq_local_tail = 0;
+	z->area_token = token;
+	z->sim = true;
+	z->state = KEEL_ZCRX_ON;
+	return z;
+}
+
+/* The end of a shard's ZCRX (its network state goes, every connection closed). Area slices
+ * still held keep the area mapped; the last put unmaps it (zc_release). */
+void
+keel__zcrx_rx_fini(struct net_zcrx *z)
+{
+	/* A deferred publish holds a net reference, so none is queued when this runs. */
+	if (z->held) {
+		keel_log(
+			KEEL_LOG_WARN, NET_MOD,
+			"shard %u: ZCRX: %u area slices are still held by the application at "
+			"shutdown; the area stays mapped until they are put (their buffers are not "
+			"returned to the interface queue, which goes with the ring)",
+			z->shard, z->held);
+		z->ns = NULL;
+		return;
+	}
+	area_unmap(z);
 }

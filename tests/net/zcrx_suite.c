@@ -10,6 +10,7 @@
 #include <linux/capability.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,7 @@
 
 #include <criterion/criterion.h>
 
+#include "../../net/net_internal.h"
 #include "../../net/zcrx.h"
 #include "helpers.h"
 
@@ -180,6 +182,16 @@ logged(const char *s)
 	return r;
 }
 
+static unsigned
+count_of(const char *hay, const char *needle)
+{
+	unsigned n = 0;
+
+	for (const char *p = strstr(hay, needle); p; p = strstr(p + 1, needle))
+		n++;
+	return n;
+}
+
 static void
 capture(void)
 {
@@ -235,6 +247,7 @@ struct zsrv {
 	int start_status[2];
 	struct keel_zcrx_stats st[2];
 	int st_status[2];
+	struct keel_zcrx_stats st_end; /* at the connection's close */
 	_Atomic int closes;
 };
 
@@ -251,6 +264,7 @@ zecho_close(struct keel_conn *c, int status)
 {
 	struct zsrv *z = keel_conn_app(c);
 	(void)status;
+	keel_zcrx_stats(keel_this_shard(), &z->st_end);
 	atomic_fetch_add(&z->closes, 1);
 }
 
@@ -383,7 +397,11 @@ Test(net_zcrx, auto_falls_back_on_lo_and_echo_is_intact)
 	}
 	close(fd);
 	WAIT_FOR(atomic_load(&z.closes) == 1, "connection not closed");
+	/* Every byte came through the copy path, and the stats say so. */
+	cr_assert_eq(z.st_end.copy_bytes, total);
+	cr_assert_eq(z.st_end.zc_bytes, 0);
 	cr_assert_eq(zsrv_stop(&z), 0);
+	cr_assert_eq(count_of(logbuf, "ZCRX falls back to the copy path"), 1, "%s", logbuf);
 	keel_log_set_sink(NULL, NULL);
 	free(out);
 	free(in);
@@ -470,16 +488,17 @@ Test(net_zcrx, veth_in_namespace_refuses_and_auto_falls_back)
 		     WEXITSTATUS(st));
 }
 
-/* Run keel-echo with @args (stderr into the output); its exit status, output in @out. */
+/* Run tool @bin of the build with @args (stderr into the output); its exit status, output
+ * in @out. */
 static int
-run_echo(const char *args, char *out, size_t len)
+run_tool(const char *bin, const char *args, char *out, size_t len)
 {
 	char cmd[512];
 	FILE *f;
 	size_t n = 0;
 	int st;
 
-	snprintf(cmd, sizeof(cmd), "timeout 60 %s/keel-echo %s 2>&1", KEEL_BIN_DIR, args);
+	snprintf(cmd, sizeof(cmd), "timeout 60 %s/%s %s 2>&1", KEEL_BIN_DIR, bin, args);
 	f = popen(cmd, "r");
 	cr_assert(f, "popen %s", cmd);
 	while (n + 1 < len && fgets(out + n, (int)(len - n), f))
@@ -487,6 +506,152 @@ run_echo(const char *args, char *out, size_t len)
 	out[n] = 0;
 	st = pclose(f);
 	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int
+run_echo(const char *args, char *out, size_t len)
+{
+	return run_tool("keel-echo", args, out, len);
+}
+
+/* The readiness probe is the start-up registration: on lo it says what --zcrx on says. */
+Test(net_zcrx, probe_on_lo_gives_the_start_up_reason)
+{
+	char why[512];
+	unsigned before;
+
+	need_root();
+	before = atomic_load(&keel__zcrx_register_calls);
+	cr_assert_eq(keel_zcrx_probe("lo", 0, why, sizeof(why)), -EOPNOTSUPP, "%s", why);
+	cr_assert(strstr(why, "ZCRX on lo rx queue 0: EOPNOTSUPP"), "%s", why);
+	cr_assert_eq(atomic_load(&keel__zcrx_register_calls), before + 1,
+		     "the kernel was not asked");
+	/* The claim is given back: a second probe of the same queue is not refused by us. */
+	cr_assert_eq(keel_zcrx_probe("lo", 0, why, sizeof(why)), -EOPNOTSUPP, "%s", why);
+	cr_assert_eq(keel_zcrx_probe("nosuch0", 0, why, sizeof(why)), -ENODEV, "%s", why);
+	cr_assert(strstr(why, "no interface nosuch0"), "%s", why);
+}
+
+Test(net_zcrx, keel_topo_check_zcrx_says_per_queue_what_is_missing)
+{
+	char out[8192];
+	int st;
+
+	need_root();
+	st = run_tool("keel-topo", "--check --zcrx --iface lo", out, sizeof(out));
+	cr_assert_eq(st, 1, "exit %d:\n%s", st, out);
+	cr_assert(strstr(out, "lo:\n"), "%s", out);
+	cr_assert(strstr(out, "driver: "), "%s", out);
+	cr_assert(strstr(out, "rx queue 0: ZCRX cannot work: ZCRX on lo rx queue 0: EOPNOTSUPP"),
+		  "%s", out);
+	cr_assert(strstr(out, "lo: 0 of 1 queue can do ZCRX"), "%s", out);
+	st = run_tool("keel-topo", "--zcrx --xml /dev/null", out, sizeof(out));
+	cr_assert_eq(st, 2, "exit %d:\n%s", st, out);
+}
+
+/* keel-echo --zcrx auto --iface lo: one fallback line, then 1 MiB echoed intact. */
+Test(net_zcrx, keel_echo_auto_on_lo_falls_back_once_and_echoes_1mib)
+{
+	char out[16384] = "", *port_at;
+	size_t n = 0, chunk = 64 << 10, total = 1 << 20;
+	unsigned char *w = malloc(chunk), *rd = malloc(chunk);
+	int pfd[2], fd, st;
+	unsigned port = 0;
+	uint32_t x = 99;
+	pid_t pid;
+
+	need_root();
+	cr_assert_eq(pipe(pfd), 0);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		char bin[512];
+
+		dup2(pfd[1], 2);
+		dup2(pfd[1], 1);
+		close(pfd[0]);
+		snprintf(bin, sizeof(bin), "%s/keel-echo", KEEL_BIN_DIR);
+		execl(bin, bin, "--port", "0", "--addr", "127.0.0.1", "--shards", "1",
+		      "--idle-poll-us", "0", "--zcrx", "auto", "--iface", "lo", "--log-level",
+		      "info", (char *)NULL);
+		_exit(127);
+	}
+	close(pfd[1]);
+	/* Read its output until it says where it listens (it prints that once running). */
+	uint64_t dl = test_now_ms() + TEST_WAIT_MS;
+	while (!(port_at = strstr(out, "listening on 127.0.0.1 port ")) || !strchr(port_at, ',')) {
+		ssize_t k;
+
+		cr_assert(test_now_ms() < dl, "keel-echo never said it listens:\n%.*s", (int)n,
+			  out);
+		k = read(pfd[0], out + n, sizeof(out) - 1 - n);
+		cr_assert_gt(k, 0, "keel-echo ended:\n%.*s", (int)n, out);
+		n += (size_t)k;
+		out[n] = 0;
+	}
+	cr_assert_eq(sscanf(port_at, "listening on 127.0.0.1 port %u", &port), 1, "%s", out);
+	fd = cli_connect((uint16_t)port);
+	cr_assert_geq(fd, 0);
+	for (size_t done = 0; done < total; done += chunk) {
+		for (size_t i = 0; i < chunk; i++) {
+			x = x * 1103515245u + 12345u;
+			w[i] = (unsigned char)(x >> 16);
+		}
+		cr_assert_eq(cli_write_all(fd, w, chunk), 0);
+		cr_assert_eq(cli_read_all(fd, rd, chunk), 0);
+		cr_assert_eq(memcmp(rd, w, chunk), 0, "echo differs in bytes %zu..%zu", done,
+			     done + chunk);
+	}
+	close(fd);
+	kill(pid, SIGTERM);
+	for (;;) {
+		ssize_t k = read(pfd[0], out + n, sizeof(out) - 1 - n);
+
+		if (k <= 0)
+			break;
+		n += (size_t)k;
+	}
+	out[n] = 0;
+	close(pfd[0]);
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "keel-echo status 0x%x:\n%s", st, out);
+	cr_assert_eq(count_of(out, "ZCRX falls back to the copy path"), 1, "%s", out);
+	cr_assert(strstr(out, "ZCRX on lo rx queue 0: EOPNOTSUPP"), "%s", out);
+	free(w);
+	free(rd);
+}
+
+static unsigned long long
+json_field(const char *out, const char *key)
+{
+	const char *p = strstr(out, key);
+
+	cr_assert(p, "no %s in:\n%s", key, out);
+	return strtoull(p + strlen(key), NULL, 10);
+}
+
+/* keel-bench's network modes take --zcrx: auto on lo falls back and counts what it copied;
+ * on fails naming lo and the reason. */
+Test(net_zcrx, keel_bench_stream_takes_zcrx_and_reports_fallback_bytes)
+{
+	static char out[65536];
+	int st;
+
+	need_root();
+	st = run_tool("keel-bench",
+		      "stream --seconds 0.3 --warmup 0.1 --no-pin --idle-poll-us 0 --json --zcrx "
+		      "auto --iface lo",
+		      out, sizeof(out));
+	cr_assert_eq(st, 0, "exit %d:\n%s", st, out);
+	cr_assert(strstr(out, "\"server_zcrx\": \"fallback\""), "%s", out);
+	cr_assert_gt(json_field(out, "\"server_bytes_in\": "), 0, "%s", out);
+	cr_assert_eq(json_field(out, "\"server_zcrx_copy_bytes\": "),
+		     json_field(out, "\"server_bytes_in\": "), "%s", out);
+	cr_assert_eq(json_field(out, "\"server_zcrx_bytes\": "), 0, "%s", out);
+	st = run_tool("keel-bench", "stream --seconds 0.3 --no-pin --zcrx on --iface lo", out,
+		      sizeof(out));
+	cr_assert_neq(st, 0, "%s", out);
+	cr_assert(strstr(out, "ZCRX on lo rx queue 0: EOPNOTSUPP"), "%s", out);
 }
 
 Test(net_zcrx, keel_echo_on_lo_exits_naming_lo_and_reason)
@@ -693,4 +858,622 @@ Test(net_zcrx, on_without_cap_net_admin_names_the_capability)
 	cr_assert_eq(waitpid(pid, &st, 0), pid);
 	cr_assert(WIFEXITED(st), "child died: status 0x%x", st);
 	cr_assert_eq(WEXITSTATUS(st), 0, "child failed with %d (see its stderr)", WEXITSTATUS(st));
+}
+
+/*
+ * The receive path against a simulated kernel side (keel__zcrx_sim_attach): the test
+ * writes payload into the area and 32-byte RECV_ZC CQEs naming it, feeds them to the path a
+ * connection's completion takes, and reads the refill ring as the kernel would. Every step
+ * runs on a shard (run_on): one step is one request, so one loop pass or more, and the
+ * deferred refill publish of a step's pass has run before the next step starts.
+ */
+#define SIM_TOKEN (3ULL << KEEL_IORING_ZCRX_AREA_SHIFT)
+#define SIM_AREA  (2u << 20)
+
+struct sim {
+	struct keel_runtime *rt;
+	struct keel_listener *l;
+	uint16_t port;
+	uint32_t rq_entries;
+	struct net_zcrx *z; /* shard 0's simulated interface queue */
+	_Atomic int started;
+	struct keel_conn *conn;  /* the server side of the test's connection (shard 0) */
+	struct keel_framer *fr;  /* its framer (LEN32) */
+	struct keel_slice *held; /* [nheld] area slices the test holds across passes */
+	unsigned nheld;
+	uint64_t seen_frames, seen_frame_len, seen_frame_n;
+	bool frame_zero_copy, frame_bytes_ok;
+	_Atomic int remote_done; /* shard 1 read and put an exported slice */
+	bool stop_hook_ran, stop_bytes_ok;
+};
+static struct sim S;
+
+static void
+sim_start(void *arg)
+{
+	struct sim *s = arg;
+	struct net_shard *ns = NULL;
+	unsigned id = keel_shard_id(keel_this_shard());
+
+	if (id == 0) {
+		if (s->l && !SHARD_CHECK_EQ(keel_listener_start(s->l), 0))
+			keel_stop(-EIO);
+		if (SHARD_CHECK_EQ(keel__net_shard_get(&ns), 0)) {
+			s->z = keel__zcrx_sim_attach(ns, SIM_AREA, s->rq_entries, SIM_TOKEN);
+			SHARD_CHECK(s->z != NULL);
+		}
+	}
+	atomic_fetch_add(&s->started, 1);
+}
+
+static void
+sim_conn_open(struct keel_conn *c)
+{
+	S.conn = c;
+}
+
+static void
+sim_conn_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	/* The app's ordinary framing glue: the same call as on the copy path. */
+	keel_framer_on_data(S.fr, c, s, n);
+}
+
+static void
+sim_conn_close(struct keel_conn *c, int status)
+{
+	(void)status;
+	if (S.conn == c)
+		S.conn = NULL;
+}
+
+static const struct keel_conn_ops sim_ops = { .on_open = sim_conn_open,
+					      .on_data = sim_conn_data,
+					      .on_close = sim_conn_close };
+
+/* Start @shards shards; with @listen, a LEN32-framing listener on shard 0. */
+static void
+sim_up(unsigned shards, uint32_t rq_entries, bool listen)
+{
+	struct keel_opts o = net_test_opts(shards);
+
+	memset(&S, 0, sizeof(S));
+	S.rq_entries = rq_entries;
+	o.zcrx = KEEL_POLICY_OFF;
+	cr_assert_eq(keel_runtime_create(&o, &S.rt), 0);
+	if (listen) {
+		struct keel_listen_opts lo;
+
+		memset(&lo, 0, sizeof(lo));
+		lo.addr = "127.0.0.1";
+		lo.rt = S.rt;
+		cr_assert_eq(keel_listener_create(&lo, 1, &sim_ops, &S, &S.l), 0);
+		S.port = keel_listener_port(S.l);
+	}
+	cr_assert_eq(keel_runtime_start(S.rt, sim_start, &S), 0);
+	WAIT_FOR(atomic_load(&S.started) == (int)shards, "shards did not start");
+	SHARD_CHECKS_PASSED();
+	cr_assert_not_null(S.z);
+}
+
+static void
+sim_down(void)
+{
+	keel_runtime_stop(S.rt, 0);
+	cr_assert_eq(keel_runtime_join(S.rt), 0);
+	keel_runtime_destroy(S.rt);
+	if (S.l)
+		keel_listener_destroy(S.l);
+	free(S.held);
+	SHARD_CHECKS_PASSED();
+}
+
+struct step {
+	struct keel_xreq req;
+	void (*fn)(void);
+	_Atomic int done;
+};
+
+static void
+step_cb(struct keel_xreq *r)
+{
+	struct step *st = r->arg;
+
+	st->fn();
+	keel_xreq_complete(r, 0);
+	atomic_store(&st->done, 1);
+}
+
+/* Run @fn on shard @shard in a pass of its own; return once it ran. */
+static void
+run_on(unsigned shard, void (*fn)(void))
+{
+	struct step st;
+
+	memset(&st, 0, sizeof(st));
+	st.fn = fn;
+	st.req.fn = step_cb;
+	st.req.arg = &st;
+	cr_assert_eq(keel_runtime_submit(S.rt, shard, &st.req), 0);
+	WAIT_FOR(atomic_load(&st.done), "shard %u did not run the step", shard);
+}
+
+static uint8_t
+pat(uint64_t off)
+{
+	return (uint8_t)(off * 131 + (off >> 9) + 7);
+}
+
+/* The "NIC" writes @len bytes at @off; the "kernel" completes a RECV_ZC naming them. */
+static struct cqe32
+nic(uint64_t off, uint32_t len)
+{
+	uint8_t *a = S.z->area;
+
+	for (uint32_t i = 0; i < len; i++)
+		a[off + i] = pat(off + i);
+	return mkcqe((int)len, IORING_CQE_F_MORE, SIM_TOKEN | off);
+}
+
+static bool
+bytes_ok(const struct keel_slice *s, uint64_t off)
+{
+	for (uint32_t i = 0; i < s->len; i++)
+		if (s->data[i] != pat(off + i))
+			return false;
+	return true;
+}
+
+static uint32_t
+tail_now(void)
+{
+	return __atomic_load_n(S.z->rq_tail, __ATOMIC_ACQUIRE);
+}
+
+static struct keel_zcrx_stats
+zst(void)
+{
+	struct keel_zcrx_stats st;
+
+	memset(&st, 0, sizeof(st));
+	SHARD_CHECK_EQ(keel_zcrx_stats(keel_this_shard(), &st), 0);
+	return st;
+}
+
+/* 64 fragments of varied lengths scattered over the area. */
+#define NF 64
+static uint64_t
+frag_off(unsigned i)
+{
+	return (uint64_t)((i * 37u) % NF) * 8192 + (i % 3) * 100;
+}
+static uint32_t
+frag_len(unsigned i)
+{
+	return 1 + (i * 997u) % 4000;
+}
+
+static void
+held_push(struct keel_slice *s)
+{
+	S.held = realloc(S.held, (S.nheld + 1) * sizeof(*S.held));
+	S.held[S.nheld++] = *s;
+}
+
+static void
+step_take_put_half(void)
+{
+	struct net_shard *ns = keel__net_shard_cur();
+
+	for (unsigned i = 0; i < NF; i++) {
+		struct cqe32 c = nic(frag_off(i), frag_len(i));
+		struct keel_slice s;
+
+		if (!SHARD_CHECK_EQ(keel__zcrx_take(ns, &c.cqe, &s), 1))
+			return;
+		/* Zero copy: the slice is the area's bytes at the CQE's offset. */
+		SHARD_CHECK(s.data == (uint8_t *)S.z->area + frag_off(i), " fragment %u", i);
+		SHARD_CHECK_EQ(s.len, frag_len(i));
+		SHARD_CHECK(bytes_ok(&s, frag_off(i)), " fragment %u bytes", i);
+		if (i % 2 == 0)
+			keel_slice_put(&s);
+		else
+			held_push(&s);
+	}
+	/* Put but not yet published: the tail moves once, at the end of the pass. */
+	SHARD_CHECK_EQ(tail_now(), 0);
+	SHARD_CHECK_EQ(zst().refill_publishes, 0);
+}
+
+static void
+step_check_half_put_rest(void)
+{
+	struct keel_zcrx_stats st = zst();
+
+	SHARD_CHECK_EQ(tail_now(), NF / 2);
+	SHARD_CHECK_EQ(st.refill_publishes, 1); /* one publish for 32 puts */
+	SHARD_CHECK_EQ(st.refills, NF / 2);
+	SHARD_CHECK_EQ(st.held, NF / 2);
+	SHARD_CHECK_EQ(st.zc_frags, NF);
+	for (unsigned i = 0; i < NF / 2; i++) {
+		const struct keel_zcrx_rqe *e = &S.z->rqes[i];
+
+		SHARD_CHECK_EQ(e->off, SIM_TOKEN | frag_off(2 * i), " entry %u", i);
+		SHARD_CHECK_EQ(e->len, frag_len(2 * i), " entry %u", i);
+		SHARD_CHECK_EQ(e->pad, 0);
+	}
+	/* The slices held across passes: still intact, then put. */
+	for (unsigned i = 0; i < S.nheld; i++) {
+		SHARD_CHECK(bytes_ok(&S.held[i], frag_off(2 * i + 1)), " held %u", i);
+		keel_slice_put(&S.held[i]);
+	}
+	S.nheld = 0;
+}
+
+static void
+step_check_all_returned_once(void)
+{
+	struct keel_zcrx_stats st = zst();
+	unsigned seen[NF];
+
+	memset(seen, 0, sizeof(seen));
+	SHARD_CHECK_EQ(tail_now(), NF);
+	SHARD_CHECK_EQ(st.refill_publishes, 2);
+	SHARD_CHECK_EQ(st.refills, NF);
+	SHARD_CHECK_EQ(st.held, 0);
+	SHARD_CHECK_EQ(st.zc_bytes > 0, 1);
+	for (unsigned k = 0; k < NF; k++) {
+		const struct keel_zcrx_rqe *e = &S.z->rqes[k];
+
+		SHARD_CHECK_EQ(e->off & KEEL_IORING_ZCRX_AREA_MASK, SIM_TOKEN, " entry %u", k);
+		for (unsigned i = 0; i < NF; i++)
+			if ((e->off & ~KEEL_IORING_ZCRX_AREA_MASK) == frag_off(i) &&
+			    e->len == frag_len(i))
+				seen[i]++;
+	}
+	for (unsigned i = 0; i < NF; i++)
+		SHARD_CHECK_EQ(seen[i], 1, " fragment %u returned %u times", i, seen[i]);
+}
+
+Test(net_zcrx, sim_offsets_bytes_refills_once_one_publish_per_pass)
+{
+	sim_up(1, 128, false);
+	run_on(0, step_take_put_half);
+	run_on(0, step_check_half_put_rest);
+	run_on(0, step_check_all_returned_once);
+	sim_down();
+}
+
+/* A completion naming bytes outside the area, or another area, is refused. */
+static void
+step_bad_offsets(void)
+{
+	struct net_shard *ns = keel__net_shard_cur();
+	struct cqe32 c = mkcqe(4096, IORING_CQE_F_MORE, SIM_TOKEN | (SIM_AREA - 100));
+	struct keel_slice s;
+
+	SHARD_CHECK_EQ(keel__zcrx_take(ns, &c.cqe, &s), -EPROTO);
+	c = mkcqe(10, IORING_CQE_F_MORE, AREA_ID2 | 0);
+	SHARD_CHECK_EQ(keel__zcrx_take(ns, &c.cqe, &s), -EPROTO);
+	c = mkcqe(0, 0, 0);
+	SHARD_CHECK_EQ(keel__zcrx_take(ns, &c.cqe, &s), 0);
+	SHARD_CHECK_EQ(zst().held, 0);
+}
+
+Test(net_zcrx, sim_offsets_outside_the_area_are_refused)
+{
+	sim_up(1, 16, false);
+	run_on(0, step_bad_offsets);
+	sim_down();
+}
+
+/* A refill ring of 8 entries and 20 fragments put in one pass: 8 go in, 12 wait; the
+ * "kernel" consumes, the next completions let the rest in, wrapping the ring. */
+#define WF 20
+static void
+step_wrap_take_put_all(void)
+{
+	struct net_shard *ns = keel__net_shard_cur();
+
+	for (unsigned i = 0; i < WF; i++) {
+		struct cqe32 c = nic((uint64_t)i * 4096, 1000 + i);
+		struct keel_slice s;
+
+		if (!SHARD_CHECK_EQ(keel__zcrx_take(ns, &c.cqe, &s), 1))
+			return;
+		keel_slice_put(&s);
+	}
+}
+
+static void
+step_wrap_consume_8_and_complete(void)
+{
+	struct net_shard *ns = keel__net_shard_cur();
+	struct keel_zcrx_stats st = zst();
+	struct cqe32 c;
+	struct keel_slice s;
+
+	SHARD_CHECK_EQ(tail_now(), 8);
+	SHARD_CHECK_EQ(st.refills, 8);
+	SHARD_CHECK_EQ(st.refills_pending, WF - 8);
+	/* The kernel takes 8 entries and completes one more receive. */
+	__atomic_store_n(S.z->rq_head, 8, __ATOMIC_RELEASE);
+	c = nic(100 * 4096, 77);
+	if (SHARD_CHECK_EQ(keel__zcrx_take(ns, &c.cqe, &s), 1))
+		keel_slice_put(&s);
+}
+
+static void
+step_wrap_consume_rest(void)
+{
+	struct net_shard *ns = keel__net_shard_cur();
+	struct cqe32 c;
+	struct keel_slice s;
+
+	SHARD_CHECK_EQ(tail_now(), 16);
+	SHARD_CHECK_EQ(zst().refills_pending, WF - 16 + 1);
+	__atomic_store_n(S.z->rq_head, 16, __ATOMIC_RELEASE);
+	c = nic(101 * 4096, 78);
+	if (SHARD_CHECK_EQ(keel__zcrx_take(ns, &c.cqe, &s), 1))
+		keel_slice_put(&s);
+}
+
+static void
+step_wrap_check(void)
+{
+	struct keel_zcrx_stats st = zst();
+
+	/* 20 + 2 fragments, all written; the last two are the extra completions. */
+	SHARD_CHECK_EQ(tail_now(), WF + 2);
+	SHARD_CHECK_EQ(st.refills, WF + 2);
+	SHARD_CHECK_EQ(st.refills_pending, 0);
+	SHARD_CHECK_EQ(st.refills_lost, 0);
+	/* In order, wrapped: entry k sits in slot k % 8. */
+	for (unsigned k = 16; k < WF + 2; k++) {
+		const struct keel_zcrx_rqe *e = &S.z->rqes[k & 7];
+		uint64_t off = k < WF ? (uint64_t)k * 4096 : (uint64_t)(100 + k - WF) * 4096;
+
+		SHARD_CHECK_EQ(e->off, SIM_TOKEN | off, " entry %u", k);
+	}
+}
+
+Test(net_zcrx, sim_wrapped_refill_ring_and_full_ring_waits)
+{
+	sim_up(1, 8, false);
+	run_on(0, step_wrap_take_put_all);
+	run_on(0, step_wrap_consume_8_and_complete);
+	run_on(0, step_wrap_consume_rest);
+	run_on(0, step_wrap_check);
+	sim_down();
+}
+
+/* 1 MiB in 256 fragments of 4 KiB, scattered in reverse over the area, through a real
+ * connection's delivery and the app's framer: one frame of 256 slices of the area. */
+#define MSG_FRAGS 256u
+#define MSG_BYTES (MSG_FRAGS * 4096u)
+
+static uint64_t
+msg_off(unsigned i)
+{
+	return (uint64_t)(MSG_FRAGS - 1 - i) * 8192; /* every other page, reversed */
+}
+
+static int
+sim_on_frame(void *arg, struct keel_frame *fr)
+{
+	uint64_t pos = 4; /* stream offset of the payload's first byte */
+	(void)arg;
+
+	S.seen_frames++;
+	S.seen_frame_len = fr->len;
+	S.seen_frame_n = fr->n;
+	S.frame_zero_copy = true;
+	S.frame_bytes_ok = true;
+	for (unsigned i = 0; i < fr->n; i++) {
+		struct keel_slice *s = &fr->s[i];
+		unsigned fi = (unsigned)(pos / 4096);
+		uint64_t aoff = msg_off(fi) + pos % 4096;
+
+		if (s->data != (uint8_t *)S.z->area + aoff)
+			S.frame_zero_copy = false;
+		if (!bytes_ok(s, aoff))
+			S.frame_bytes_ok = false;
+		pos += s->len;
+		keel_slice_put(s);
+	}
+	return 0;
+}
+
+static void
+step_inject_message(void)
+{
+	uint32_t plen = MSG_BYTES - 4;
+
+	if (!SHARD_CHECK(S.conn != NULL))
+		return;
+	for (unsigned i = 0; i < MSG_FRAGS; i++) {
+		struct cqe32 c = nic(msg_off(i), 4096);
+
+		if (i == 0) { /* the LEN32 header: the frame's payload length */
+			uint8_t *a = (uint8_t *)S.z->area + msg_off(0);
+			a[0] = (uint8_t)(plen >> 24);
+			a[1] = (uint8_t)(plen >> 16);
+			a[2] = (uint8_t)(plen >> 8);
+			a[3] = (uint8_t)plen;
+		}
+		keel__conn_zcrx_inject(S.conn, &c.cqe);
+	}
+}
+
+static void
+step_check_message(void)
+{
+	struct keel_zcrx_stats st = zst();
+
+	SHARD_CHECK_EQ(S.seen_frames, 1);
+	SHARD_CHECK_EQ(S.seen_frame_len, MSG_BYTES - 4);
+	SHARD_CHECK_EQ(S.seen_frame_n, MSG_FRAGS);
+	SHARD_CHECK(S.frame_zero_copy);
+	SHARD_CHECK(S.frame_bytes_ok);
+	SHARD_CHECK_EQ(st.zc_frags, MSG_FRAGS);
+	SHARD_CHECK_EQ(st.zc_bytes, MSG_BYTES);
+	SHARD_CHECK_EQ(st.frames, 1);
+	SHARD_CHECK_EQ(st.frame_frags_max, MSG_FRAGS);
+	SHARD_CHECK_EQ(st.held, 0);
+	SHARD_CHECK_EQ(st.refills, MSG_FRAGS);
+	SHARD_CHECK_EQ(tail_now(), MSG_FRAGS);
+}
+
+Test(net_zcrx, sim_1mib_message_in_256_fragments_through_conn_and_framer)
+{
+	struct keel_framer_opts fo;
+	int fd;
+
+	memset(&fo, 0, sizeof(fo));
+	fo.kind = KEEL_FRAME_LEN32;
+	fo.on_frame = sim_on_frame;
+	sim_up(1, 512, true);
+	cr_assert_eq(keel_framer_create(&fo, &S.fr), 0);
+	fd = cli_connect(S.port);
+	cr_assert_geq(fd, 0);
+	WAIT_FOR(S.conn != NULL, "the connection did not open");
+	run_on(0, step_inject_message);
+	run_on(0, step_check_message);
+	close(fd);
+	sim_down();
+	keel_framer_destroy(S.fr);
+}
+
+/* A slice exported to shard 1 and put there: the fragment comes back on shard 0. */
+static struct keel_slice xs;
+
+static void
+remote_read_put(void *arg)
+{
+	(void)arg;
+	SHARD_CHECK(bytes_ok(&xs, 5 * 4096));
+	keel_slice_put(&xs);
+	atomic_store(&S.remote_done, 1);
+}
+
+static void
+step_export(void)
+{
+	struct net_shard *ns = keel__net_shard_cur();
+	struct cqe32 c = nic(5 * 4096, 3000);
+	struct keel_slice s;
+
+	if (!SHARD_CHECK_EQ(keel__zcrx_take(ns, &c.cqe, &s), 1))
+		return;
+	if (!SHARD_CHECK_EQ(keel_slice_export(&s, 1, &xs), 0))
+		return;
+	keel_slice_put(&s); /* shard 0's own reference: the export keeps the fragment */
+	SHARD_CHECK_EQ(zst().held, 1);
+	SHARD_CHECK_EQ(keel_send(1, remote_read_put, NULL), 0);
+}
+
+static bool export_returned;
+static void
+step_export_check(void)
+{
+	struct keel_zcrx_stats st = zst();
+
+	export_returned = st.refills == 1 && st.held == 0 && tail_now() == 1;
+	if (export_returned)
+		SHARD_CHECK_EQ(S.z->rqes[0].off, SIM_TOKEN | (5 * 4096));
+}
+
+Test(net_zcrx, sim_slice_exported_to_another_shard_returns_when_put_there)
+{
+	sim_up(2, 16, false);
+	run_on(0, step_export);
+	WAIT_FOR(atomic_load(&S.remote_done), "shard 1 did not get the slice");
+	uint64_t dl = test_now_ms() + TEST_WAIT_MS;
+	do
+		run_on(0, step_export_check);
+	while (!export_returned && test_now_ms() < dl);
+	cr_assert(export_returned,
+		  "the fragment put on shard 1 never reached shard 0's refill ring");
+	sim_down();
+}
+
+/* Shutdown while the app holds area slices: the network state goes (report), the slices
+ * stay readable, and the last put (in an on-stop hook that runs after the network's)
+ * unmaps the area. ASan checks nothing is used after it is freed. */
+static void
+late_put(void *arg)
+{
+	(void)arg;
+	S.stop_hook_ran = true;
+	S.stop_bytes_ok = true;
+	for (unsigned i = 0; i < S.nheld; i++) {
+		if (!bytes_ok(&S.held[i], (uint64_t)(10 + i) * 4096))
+			S.stop_bytes_ok = false;
+		keel_slice_put(&S.held[i]);
+	}
+	S.nheld = 0;
+}
+
+static void
+step_hold_three(void)
+{
+	struct net_shard *ns = keel__net_shard_cur();
+
+	for (unsigned i = 0; i < 3; i++) {
+		struct cqe32 c = nic((uint64_t)(10 + i) * 4096, 500);
+		struct keel_slice s;
+
+		if (SHARD_CHECK_EQ(keel__zcrx_take(ns, &c.cqe, &s), 1))
+			held_push(&s);
+	}
+	/* Registered after the network state's own stop hook: runs after it. */
+	SHARD_CHECK_EQ(keel_shard_on_stop(late_put, NULL), 0);
+}
+
+Test(net_zcrx, sim_shutdown_with_held_slices_reports_and_stays_valid)
+{
+	sim_up(1, 16, false);
+	capture();
+	run_on(0, step_hold_three);
+	sim_down();
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(S.stop_hook_ran);
+	cr_assert(S.stop_bytes_ok, "held slices were not readable after the network state went");
+	cr_assert(logged("3 area slices are still held"), "%s", logbuf);
+	cr_assert(logged("area unmapped"), "%s", logbuf);
+}
+
+/* The RECV_ZC SQE a connection of a registered shard arms: opcode 58, multishot, the
+ * interface queue's id in zcrx_ifq_idx (byte 44), no buffer selection; a simulated or
+ * fallen-back queue arms nothing (the copy path's recv goes instead). */
+Test(net_zcrx, recv_zc_sqe_layout)
+{
+	struct net_shard ns;
+	struct net_zcrx z;
+	struct io_uring_sqe sqe;
+	uint32_t idx;
+
+	memset(&ns, 0, sizeof(ns));
+	memset(&z, 0, sizeof(z));
+	memset(&sqe, 0xa5, sizeof(sqe));
+	ns.zcrx = &z;
+	z.state = KEEL_ZCRX_ON;
+	z.id = 0x10005;
+	cr_assert(keel__zcrx_prep_recv(&ns, &sqe, 42));
+	cr_assert_eq(sqe.opcode, KEEL_IORING_OP_RECV_ZC);
+	cr_assert_eq(sqe.fd, 42);
+	cr_assert_eq(sqe.ioprio, IORING_RECV_MULTISHOT);
+	cr_assert_eq(sqe.flags & IOSQE_BUFFER_SELECT, 0);
+	cr_assert_eq(sqe.addr, 0);
+	cr_assert_eq(sqe.len, 0);
+	cr_assert_eq(sqe.msg_flags, 0);
+	memcpy(&idx, (const char *)&sqe + 44, sizeof(idx));
+	cr_assert_eq(idx, 0x10005);
+	z.sim = true;
+	cr_assert_not(keel__zcrx_prep_recv(&ns, &sqe, 42));
+	z.sim = false;
+	z.state = KEEL_ZCRX_FALLBACK;
+	cr_assert_not(keel__zcrx_prep_recv(&ns, &sqe, 42));
+	ns.zcrx = NULL;
+	cr_assert_not(keel__zcrx_prep_recv(&ns, &sqe, 42));
 }

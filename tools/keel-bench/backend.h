@@ -105,6 +105,13 @@ struct bench_server_stats {
 	uint64_t dgrams_out;       /* UDP datagrams sent back (keel: accepted by keel_udp_send) */
 	uint64_t accepted;         /* connections accepted */
 	uint64_t errors;           /* connection errors other than a client's close or reset */
+	/* keel: ZCRX (keel_zcrx_stats summed over the shards; docs/zcrx.md). */
+	const char *zcrx_state;   /* "on" when every shard with a queue registered, "fallback"
+				   * when one fell back, "none" (epoll: NULL) */
+	uint64_t zcrx_bytes;      /* bytes received zero-copy into the areas */
+	uint64_t zcrx_copy_bytes; /* bytes received through the copy path after a fallback */
+	uint64_t zcrx_refills;    /* refill entries written */
+	uint64_t zcrx_frags;      /* RECV_ZC completions with payload */
 };
 
 struct bench_server; /* a backend's running server; opaque to the harness */

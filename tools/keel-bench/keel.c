@@ -36,6 +36,7 @@
 #include <errno.h>
 #include <keel/keel.h>
 #include <keel/net.h>
+#include <keel/zcrx.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -139,6 +140,8 @@ latch_wait(struct latch *l, unsigned n)
 
 struct sshard {
 	uint64_t bytes_in, bytes_out, dgrams_in, dgrams_out, errors, cpu_ns;
+	struct keel_zcrx_stats zst; /* read on the shard as it stops */
+	bool zst_ok;
 	clockid_t clock;
 	struct keel_udp *udp;
 } __attribute__((aligned(64)));
@@ -213,6 +216,7 @@ srv_on_stop(void *arg)
 	struct sshard *ss = arg;
 
 	ss->cpu_ns = bench_thread_cpu_ns();
+	ss->zst_ok = keel_zcrx_stats(keel_this_shard(), &ss->zst) == 0;
 }
 
 static void
@@ -304,7 +308,7 @@ serve_start(const struct bench_cfg *cfg, uint16_t *port, struct bench_server **o
 static int
 serve_stop(struct bench_server *s, struct bench_server_stats *out)
 {
-	struct bench_server_stats st = { .syscalls_what = "io_uring_enter" };
+	struct bench_server_stats st = { .syscalls_what = "io_uring_enter", .zcrx_state = "none" };
 	int r;
 
 	keel_runtime_stop(s->rt, 0);
@@ -327,6 +331,18 @@ serve_stop(struct bench_server *s, struct bench_server_stats *out)
 		st.dgrams_in += s->sh[i].dgrams_in;
 		st.dgrams_out += s->sh[i].dgrams_out;
 		st.errors += s->sh[i].errors;
+		if (s->sh[i].zst_ok) {
+			const struct keel_zcrx_stats *z = &s->sh[i].zst;
+
+			if (z->state == KEEL_ZCRX_FALLBACK)
+				st.zcrx_state = "fallback";
+			else if (z->state == KEEL_ZCRX_ON && strcmp(st.zcrx_state, "fallback"))
+				st.zcrx_state = "on";
+			st.zcrx_bytes += z->zc_bytes;
+			st.zcrx_copy_bytes += z->copy_bytes;
+			st.zcrx_refills += z->refills;
+			st.zcrx_frags += z->zc_frags;
+		}
 	}
 	srv_free(s);
 	if (out)

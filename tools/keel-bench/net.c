@@ -529,6 +529,13 @@ report(const struct opts *o, const struct bench_result *r, const struct bench_se
 			json_u64("server_dgrams_out", ss->dgrams_out);
 			json_u64("server_sleeps", ss->sleeps);
 			json_u64("server_polls", ss->polls);
+			if (ss->zcrx_state) {
+				printf("  \"server_zcrx\": \"%s\",\n", ss->zcrx_state);
+				json_u64("server_zcrx_bytes", ss->zcrx_bytes);
+				json_u64("server_zcrx_copy_bytes", ss->zcrx_copy_bytes);
+				json_u64("server_zcrx_refills", ss->zcrx_refills);
+				json_u64("server_zcrx_frags", ss->zcrx_frags);
+			}
 		}
 		printf("  \"errors\": %llu", (unsigned long long)errors);
 		if (error)
@@ -776,6 +783,12 @@ run_serve(struct opts *o)
 			 false);
 		json_num("server_syscalls_per_msg", ss.syscalls / msgs, o->has_size && msgs > 0,
 			 "%.3f", false);
+		if (ss.zcrx_state)
+			printf("  \"zcrx\": \"%s\",\n  \"zcrx_bytes\": %llu,\n  \"zcrx_copy_bytes\": "
+			       "%llu,\n  \"zcrx_refills\": %llu,\n",
+			       ss.zcrx_state, (unsigned long long)ss.zcrx_bytes,
+			       (unsigned long long)ss.zcrx_copy_bytes,
+			       (unsigned long long)ss.zcrx_refills);
 		printf("  \"errors\": %llu\n}\n", (unsigned long long)ss.errors);
 	} else {
 		printf("served %llu bytes on %llu connections; CPU %.1f ms; %llu syscalls (%s); "
@@ -788,6 +801,12 @@ run_serve(struct opts *o)
 		       (unsigned long long)ss.bytes_in, (unsigned long long)ss.bytes_out,
 		       (unsigned long long)ss.dgrams_in, (unsigned long long)ss.dgrams_out,
 		       (unsigned long long)ss.sleeps, (unsigned long long)ss.polls);
+		if (ss.zcrx_state)
+			printf("ZCRX %s: %llu bytes zero-copy, %llu through the copy path after a "
+			       "fallback, %llu refill entries\n",
+			       ss.zcrx_state, (unsigned long long)ss.zcrx_bytes,
+			       (unsigned long long)ss.zcrx_copy_bytes,
+			       (unsigned long long)ss.zcrx_refills);
 		if (o->has_size && msgs > 0)
 			printf("per message of %u B (+4 B length), whole life: %.0f ns CPU, %.3f "
 			       "syscalls\n",

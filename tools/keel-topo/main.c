@@ -42,6 +42,10 @@ static const char usage[] =
 	"  --apply               with --plan: run those commands (root)\n"
 	"  --check               compare this machine with the map; exit 1 on mismatch\n"
 	"  --caps                io_uring capabilities and feature decisions\n"
+	"  --zcrx                per interface and rx queue (--iface/--rxqs, else the map's):\n"
+	"                        can ZCRX work, from the start-up registration probe, and\n"
+	"                        what is missing (driver, header split, channels, ntuple);\n"
+	"                        exit 1 when a queue cannot (with --check: after the map)\n"
 	"  --help                this text\n";
 
 struct args {
@@ -50,7 +54,7 @@ struct args {
 	const char *map_path;
 	const char *svg;
 	int port;
-	bool json, plan, apply, check, caps;
+	bool json, plan, apply, check, caps, zcrx;
 };
 
 static int
@@ -190,6 +194,8 @@ parse_args(int argc, char **argv, struct args *a)
 			a->check = true;
 		} else if (!strcmp(name, "--caps")) {
 			a->caps = true;
+		} else if (!strcmp(name, "--zcrx")) {
+			a->zcrx = true;
 		} else if (!strcmp(name, "--feature")) {
 			/* read by keel_opts_parse() for --caps */
 		} else {
@@ -214,6 +220,10 @@ parse_args(int argc, char **argv, struct args *a)
 		return bad(
 			"--check compares the live machine with a map: drop --xml/--synthetic%s%s",
 			"", "");
+	if (a->zcrx && (a->load.xml || a->load.synthetic || a->json || a->plan || a->caps))
+		return bad("--zcrx probes this machine's interfaces (alone or with --check): drop "
+			   "--xml/--synthetic/--json/--plan/--caps%s%s",
+			   "", "");
 	if ((int)a->json + (int)a->plan + (int)a->check + (int)a->caps > 1)
 		return bad("give one of --json, --plan, --check, --caps%s%s", "", "");
 	return 0;
@@ -287,6 +297,20 @@ main(int argc, char **argv)
 			"gets an rx queue\n",
 			a.load.queues, c.info->source);
 
+	if (a.zcrx) {
+		int z;
+
+		/* With --check, the map first when there is one (a map of an interface that
+		 * is not a NIC, lo say, cannot be made: the ZCRX verdict still can). */
+		if (a.check && c.map) {
+			r = keel_map_check(topo, c.map, stdout);
+			status = r < 0 ? 2 : r > 0 ? 1 : 0;
+		}
+		z = zcrx_report(&c, &a.req, stdout);
+		if (z > status)
+			status = z;
+		goto out;
+	}
 	if (a.check) {
 		if (!c.map) {
 			fprintf(stderr, "keel-topo: %s\n", err);

@@ -59,6 +59,11 @@ void plan_print(const struct plan_step *s, unsigned n, FILE *f);
  * failure. Returns 0 or 1. */
 int plan_apply(const struct plan_step *s, unsigned n);
 
+/* --zcrx: per interface and rx queue (--rxqs/--iface, else the map's), whether ZCRX can
+ * work (keel_zcrx_probe) and what is missing. Returns 0 (every queue can), 1, or 2 (no
+ * interface given or mapped). */
+int zcrx_report(const struct tool_ctx *c, const struct keel_map_req *req, FILE *f);
+
 /* JSON string helper shared by the JSON report. */
 void json_str(FILE *f, const char *s);
 

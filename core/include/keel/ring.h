@@ -40,6 +40,14 @@ KEEL_API void keel_sqe_bind(struct io_uring_sqe *sqe, struct keel_op *op);
 KEEL_API struct io_uring *keel_shard_ring_get(void);
 
 /**
+ * The CQE whose completion callback is running: on a CQE32 ring (ZCRX) it is 32 bytes and
+ * its second half carries what @res and @flags cannot (the RECV_ZC area offset).
+ * Returns: the CQE, valid until the callback returns; NULL outside a completion callback.
+ * Context: a shard, inside a struct keel_op's callback.
+ */
+KEEL_API const struct io_uring_cqe *keel_cqe_current(void);
+
+/**
  * Prepare @sqe to send @s on socket @fd: SEND_ZC with the fixed buffer when keel_buf_fixed()
  * succeeds (two CQEs: the result with IORING_CQE_F_MORE, then the notification with
  * IORING_CQE_F_NOTIF, after which the buffer may be put), else a plain send (one CQE).

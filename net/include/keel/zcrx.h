@@ -25,6 +25,19 @@ struct keel_zcrx_stats {
 	uint32_t zcrx_id;    /* ON: the kernel's id of the interface queue */
 	uint64_t area_bytes; /* ON: bytes of receive area registered */
 	uint32_t rq_entries; /* ON: refill ring entries */
+	/* The receive path (ON). */
+	uint64_t zc_bytes;         /* payload bytes received zero-copy (RECV_ZC, into the area) */
+	uint64_t zc_frags;         /* RECV_ZC completions with payload: area fragments handed out */
+	uint64_t copy_bytes;       /* FALLBACK: bytes received through the copy path instead */
+	uint64_t refills;          /* refill entries written (fragments given back to the kernel) */
+	uint64_t refill_publishes; /* tail publishes (store-release): at most one per loop pass */
+	uint32_t
+		refills_pending; /* fragments put while the refill ring was full, not yet written */
+	uint32_t held;           /* area slices handed out and not yet put */
+	uint64_t refills_lost;   /* fragments that could not be queued (out of memory) */
+	uint64_t frames;         /* framer frames made of area slices ... */
+	uint64_t frame_frags;    /* ... the fragments they held in all ... */
+	uint64_t frame_frags_max; /* ... and the most in one frame (fragments per message) */
 };
 
 /**
@@ -35,6 +48,17 @@ struct keel_zcrx_stats {
  * network state yet).
  */
 KEEL_API int keel_zcrx_stats(const struct keel_shard *sh, struct keel_zcrx_stats *out);
+
+/**
+ * Can ZCRX work on @iface rx queue @rxq? The same checks and IORING_REGISTER_ZCRX_IFQ a
+ * shard makes at start-up, on a scratch ring of the calling thread that is closed at once
+ * (keel-topo --check --zcrx). On a capable NIC the kernel restarts the queue when an
+ * interface queue is bound and again when it goes: a short gap in that queue's traffic.
+ * Returns: 0 (registered and released; @why says so); -errno with the meaning and the fix
+ * in @why (at most @len bytes, terminated): the messages of a --zcrx on start-up.
+ * Context: any thread but a shard's (the scratch ring is its own).
+ */
+KEEL_API int keel_zcrx_probe(const char *iface, int rxq, char *why, size_t len);
 
 /** The name of a ZCRX state: "none", "on" or "fallback". */
 KEEL_API const char *keel_zcrx_state_name(enum keel_zcrx_state s);

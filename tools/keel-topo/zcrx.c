@@ -1,0 +1,192 @@
+// SPDX-License-Identifier: MIT
+/*
+ * keel-topo --zcrx (with or without --check): per interface and rx queue, can ZCRX work and
+ * what is missing. The verdict comes from the probe a shard's start-up makes
+ * (keel_zcrx_probe: the same checks and registration, on a scratch ring); the interface's
+ * facts (driver, header/data split, channels, ntuple) say what to change.
+ */
+#include <errno.h>
+#include <keel/zcrx.h>
+#include <linux/ethtool.h>
+#include <linux/sockios.h>
+#include <net/if.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "topo_tool.h"
+
+/* The drivers with a ZCRX queue API (Linux 6.15-6.18). */
+static const char *const zcrx_drivers[] = { "bnxt_en", "mlx5_core", "gve", "fbnic" };
+
+static bool
+driver_has_zcrx(const char *d)
+{
+	for (size_t i = 0; i < sizeof(zcrx_drivers) / sizeof(zcrx_drivers[0]); i++)
+		if (!strcmp(d, zcrx_drivers[i]))
+			return true;
+	return false;
+}
+
+/* ntuple filters on @iface: 1 on, 0 off, -1 unknown (ETHTOOL_GFLAGS). */
+static int
+ntuple_state(const char *iface)
+{
+	struct ethtool_value ev = { .cmd = ETHTOOL_GFLAGS };
+	struct ifreq ifr;
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), r = -1;
+
+	if (fd < 0)
+		return -1;
+	memset(&ifr, 0, sizeof(ifr));
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%.*s", (int)sizeof(ifr.ifr_name) - 1, iface);
+	ifr.ifr_data = (void *)&ev;
+	if (ioctl(fd, SIOCETHTOOL, &ifr) == 0)
+		r = (ev.data & ETH_FLAG_NTUPLE) ? 1 : 0;
+	close(fd);
+	return r;
+}
+
+static const struct keel_topo_nic *
+find_nic(const struct keel_topo_info *in, const char *name)
+{
+	for (unsigned i = 0; i < in->nnics; i++)
+		if (!strcmp(in->nics[i].name, name))
+			return &in->nics[i];
+	return NULL;
+}
+
+/* The interface's facts, once; returns how many are missing for ZCRX. */
+static unsigned
+iface_facts(const char *iface, const struct keel_topo_nic *nic, int maxq, FILE *f)
+{
+	unsigned missing = 0;
+	int nt = ntuple_state(iface);
+
+	fprintf(f, "%s:\n", iface);
+	if (!nic) {
+		fprintf(f,
+			"  driver: unknown (%s is not a NIC with a device in the topology: a "
+			"virtual interface has no parent device, which ZCRX needs)\n",
+			iface);
+		missing++;
+	} else if (!nic->driver[0] || nic->is_virtual) {
+		fprintf(f,
+			"  driver: %s (virtual: no parent device; ZCRX needs bnxt_en, mlx5_core, "
+			"gve or fbnic)\n",
+			nic->driver[0] ? nic->driver : "none");
+		missing++;
+	} else if (driver_has_zcrx(nic->driver)) {
+		fprintf(f, "  driver: %s (has the queue API ZCRX needs)\n", nic->driver);
+	} else {
+		fprintf(f,
+			"  driver: %s (no ZCRX queue API: ZCRX needs bnxt_en, mlx5_core, gve or "
+			"fbnic)\n",
+			nic->driver);
+		missing++;
+	}
+	if (nic) {
+		if (nic->hds == KEEL_TOPO_ON)
+			fprintf(f, "  header/data split: on\n");
+		else if (nic->hds_capable == KEEL_TOPO_OFF)
+			fprintf(f, "  header/data split: not supported by the driver\n");
+		else if (nic->hds == KEEL_TOPO_OFF)
+			fprintf(f,
+				"  header/data split: off; run: ethtool -G %s tcp-data-split on\n",
+				iface);
+		else
+			fprintf(f,
+				"  header/data split: unknown; run: ethtool -G %s tcp-data-split "
+				"on and check with ethtool -g %s\n",
+				iface, iface);
+		if (nic->hds != KEEL_TOPO_ON)
+			missing++;
+		if (nic->hds_thresh >= 0)
+			fprintf(f, "  header/data split threshold: %d bytes%s\n", nic->hds_thresh,
+				nic->hds_thresh ? " (payloads shorter than this stay in the header "
+						  "buffer and are copied: ethtool -G IF "
+						  "hds-thresh 0 to split every packet)"
+						: "");
+		if (nic->nrxq >= 0) {
+			fprintf(f, "  channels: %d rx queues", nic->nrxq);
+			if (maxq >= nic->nrxq) {
+				fprintf(f, "; queue %d does not exist: ethtool -L %s combined %d",
+					maxq, iface, maxq + 1);
+				missing++;
+			}
+			fprintf(f,
+				" (keep queues for ZCRX out of the RSS table: ethtool -X %s "
+				"equal N, with N below the first ZCRX queue)\n",
+				iface);
+		} else {
+			fprintf(f, "  channels: unknown\n");
+		}
+	}
+	if (nt == 1)
+		fprintf(f, "  ntuple: on (steer each shard's port to its queue: keel-topo --plan "
+			   "--port P)\n");
+	else if (nt == 0) {
+		fprintf(f,
+			"  ntuple: off; run: ethtool -K %s ntuple on, then the rules of "
+			"keel-topo --plan --port P\n",
+			iface);
+		missing++;
+	} else {
+		fprintf(f, "  ntuple: unknown (the driver does not report it)\n");
+	}
+	return missing;
+}
+
+int
+zcrx_report(const struct tool_ctx *c, const struct keel_map_req *req, FILE *f)
+{
+	const char *iface = NULL;
+	int qs[KEEL_MAX_SHARDS];
+	unsigned nq = 0, bad = 0, total = 0;
+	char why[512];
+
+	if (req->iface[0]) {
+		iface = req->iface;
+		for (unsigned i = 0; i < req->nrxqs; i++)
+			qs[nq++] = (int)req->rxqs[i];
+	} else if (c->map && c->map->iface[0]) {
+		iface = c->map->iface;
+		for (unsigned i = 0; i < c->map->nshards; i++)
+			if (c->map->shards[i].rxq >= 0)
+				qs[nq++] = c->map->shards[i].rxq;
+	}
+	if (!iface) {
+		fprintf(stderr, "keel-topo: --zcrx: no interface: give --iface IF (or --rxqs "
+				"IF:LIST)\n");
+		return 2;
+	}
+	if (!nq) {
+		const struct keel_topo_nic *nic = find_nic(c->info, iface);
+		int n = nic && nic->nrxq > 0 ? nic->nrxq : 1;
+
+		for (int q = 0; q < n && nq < KEEL_MAX_SHARDS; q++)
+			qs[nq++] = q;
+	}
+	int maxq = 0;
+	for (unsigned i = 0; i < nq; i++)
+		if (qs[i] > maxq)
+			maxq = qs[i];
+	fprintf(f, "ZCRX readiness (each queue probed with the registration keel makes at "
+		   "start-up, on a scratch ring; on a capable NIC the queue restarts briefly)\n");
+	total = iface_facts(iface, find_nic(c->info, iface), maxq, f);
+	for (unsigned i = 0; i < nq; i++) {
+		int r = keel_zcrx_probe(iface, qs[i], why, sizeof(why));
+
+		if (r == 0) {
+			fprintf(f, "  rx queue %d: ZCRX can work (%s)\n", qs[i], why);
+		} else {
+			fprintf(f, "  rx queue %d: ZCRX cannot work: %s\n", qs[i], why);
+			bad++;
+		}
+	}
+	fprintf(f, "%s: %u of %u queue%s can do ZCRX%s\n", iface, nq - bad, nq, nq == 1 ? "" : "s",
+		total ? "; fix what is listed above, then run keel-topo --check --zcrx again" : "");
+	return bad ? 1 : 0;
+}
