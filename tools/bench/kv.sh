@@ -38,7 +38,7 @@ while [ $# -gt 0 ]; do
 	--servers) servers=$2; shift ;;
 	--out) out=$2; shift ;;
 	--quick) quick=1 runs=1 ;;
-	-h | --help) sed -n '3,31p' "$0"; exit 0 ;;
+	-h | --help) sed -n '3,30p' "$0"; exit 0 ;;
 	-*) echo "kv.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
 	*) bin=$1 ;;
 	esac
