@@ -8,7 +8,9 @@
 #
 # Servers: keel1 = keel-kv 1 shard, keel2 = 2 shards (copy hand-off), keel2x = 2 shards
 # (export hand-off), all with --idle-poll-us 0 (they sleep in the kernel when idle, as
-# redis-server does); redis = redis-server, its default single event loop, --save ''.
+# redis-server does); keel1poll = 1 shard with keel's default idle polling (it spins a
+# while before sleeping: not the same policy as redis-server, a column of its own);
+# redis = redis-server, its default single event loop, --save ''.
 # Persistence: none = --appendonly no on both; aof = --appendonly yes --appendfsync everysec
 # on both, each server in a fresh empty directory. --aof is --persist aof.
 #
@@ -83,14 +85,15 @@ start() { # server persistence -> $pid $port
 		rd=(--appendonly yes --appendfsync everysec --dir "$dir")
 	fi
 	port=$(free_port)
-	local keel=("$bin/keel-kv" --port "$port" --addr 127.0.0.1 --idle-poll-us 0 "${kv[@]}")
+	local keel=("$bin/keel-kv" --port "$port" --addr 127.0.0.1 "${kv[@]}")
 	case $1 in
-	keel1) "${keel[@]}" --shards 1 2>"$tmp/server.log" & ;;
-	keel2) "${keel[@]}" --shards 2 2>"$tmp/server.log" & ;;
-	keel2x) "${keel[@]}" --shards 2 --handoff export 2>"$tmp/server.log" & ;;
+	keel1) "${keel[@]}" --shards 1 --idle-poll-us 0 2>"$tmp/server.log" & ;;
+	keel1poll) "${keel[@]}" --shards 1 2>"$tmp/server.log" & ;;
+	keel2) "${keel[@]}" --shards 2 --idle-poll-us 0 2>"$tmp/server.log" & ;;
+	keel2x) "${keel[@]}" --shards 2 --idle-poll-us 0 --handoff export 2>"$tmp/server.log" & ;;
 	redis) redis-server --port "$port" --bind 127.0.0.1 --save '' "${rd[@]}" \
 		--logfile "$tmp/server.log" & ;;
-	*) echo "kv.sh: unknown server $1 (keel1, keel2, keel2x, redis)" >&2; exit 2 ;;
+	*) echo "kv.sh: unknown server $1 (keel1, keel1poll, keel2, keel2x, redis)" >&2; exit 2 ;;
 	esac
 	pid=$!
 	for i in $(seq 200); do
