@@ -9,7 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . tools/deps.sh
-keel_install_missing
+# The programs the keel-kv tests drive (tests/apps/kv): redis-cli and redis-benchmark
+# (redis-tools), redis-server (the bench script's comparison, tools/bench/kv.sh --quick) and
+# twemproxy (nutcracker, the scale-out test). Without them those tests skip with a reason.
+keel_install_missing redis-server redis-tools nutcracker
 
 jobs=$(nproc)
 status=0

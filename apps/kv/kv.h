@@ -49,10 +49,17 @@ struct kv_stats {
 	_Atomic uint64_t hits, misses;
 };
 
-/* A shard's key table: chained buckets, a power of two of them. */
+/* A shard's key table: chained buckets, a power of two of them. It doubles when it holds
+ * more keys than buckets, incrementally (as Redis rehashes): the old array stays beside the
+ * new one and every write, and the sweep timer, moves a few of its buckets over, so that no
+ * request pays for a pass over the whole table. A key whose old bucket has not been moved
+ * yet is still in the old array (bucket index ob[h & omask] >= migrate). */
 struct kv_db {
 	struct kv_ent **b;
-	size_t mask; /* buckets - 1 */
+	size_t mask;        /* buckets - 1 */
+	struct kv_ent **ob; /* while growing: the old array; NULL otherwise */
+	size_t omask;       /* its buckets - 1 */
+	size_t migrate;     /* its buckets below this one are moved */
 	size_t count, expires;
 	size_t sweep; /* next bucket the expiry sweep looks at */
 	struct kv_stats *st;
@@ -87,6 +94,9 @@ bool kv_glob(const uint8_t *pat, size_t plen, const uint8_t *s, size_t slen, boo
 int kv_db_init(struct kv_db *db, struct kv_stats *st);
 void kv_db_fini(struct kv_db *db);
 void kv_db_flush(struct kv_db *db);
+/* Finish a doubling in progress: move every bucket still in the old array (a pass over
+ * them; KEYS, FLUSHALL and snapshots, passes over the table themselves, call it). */
+void kv_db_finish_grow(struct kv_db *db);
 /* Delete up to @budget expired keys' buckets' worth; returns keys deleted. */
 size_t kv_db_sweep(struct kv_db *db, size_t budget);
 

@@ -299,9 +299,52 @@ ent_free(struct kv_db *db, struct kv_ent *e)
 	keel_shard_free(e);
 }
 
+/* The chain that holds (or will hold) keys of hash @h: while the table grows, the old
+ * array's chain until its bucket has been moved. */
+static struct kv_ent **
+bucket(struct kv_db *db, uint64_t h)
+{
+	if (db->ob && (h & db->omask) >= db->migrate)
+		return &db->ob[h & db->omask];
+	return &db->b[h & db->mask];
+}
+
+/* Move up to @n buckets of the old array into the new one; after the last, free the old
+ * array. No entry moves in memory: pointers to entries stay valid (links do not). */
+static void
+rehash_step(struct kv_db *db, size_t n)
+{
+	if (!db->ob)
+		return;
+	for (; n && db->migrate <= db->omask; n--) {
+		struct kv_ent *e = db->ob[db->migrate], *next;
+
+		for (; e; e = next) {
+			next = e->next;
+			e->next = db->b[e->hash & db->mask];
+			db->b[e->hash & db->mask] = e;
+		}
+		db->ob[db->migrate++] = NULL;
+	}
+	if (db->migrate > db->omask) {
+		mem_add(db, -(long long)((db->omask + 1) * sizeof(*db->ob)));
+		keel_shard_free(db->ob);
+		db->ob = NULL;
+		db->omask = 0;
+		db->migrate = 0;
+	}
+}
+
+void
+kv_db_finish_grow(struct kv_db *db)
+{
+	rehash_step(db, SIZE_MAX);
+}
+
 void
 kv_db_flush(struct kv_db *db)
 {
+	kv_db_finish_grow(db);
 	for (size_t i = 0; i <= db->mask; i++) {
 		struct kv_ent *e = db->b[i], *n;
 		for (; e; e = n) {
@@ -324,34 +367,38 @@ kv_db_fini(struct kv_db *db)
 	db->b = NULL;
 }
 
-/* Double the buckets when there are more keys than buckets. All at once: a table of a
- * million keys takes some milliseconds (docs/kv.md, limits). A failed allocation leaves
- * the table as it was (longer chains, still correct). */
+/* Double the buckets when there are more keys than buckets: allocate the new array and
+ * move KV_GROW_STEP buckets per write from then on (the new array has twice the buckets,
+ * so the move ends long before the next doubling is due; should it not, the rest moves at
+ * once). A failed allocation leaves the table as it was (longer chains, still correct). */
+#define KV_GROW_STEP 4
+
 static void
 maybe_grow(struct kv_db *db)
 {
 	size_t n = (db->mask + 1) * 2;
 	struct kv_ent **nb;
 
+	if (db->ob) {
+		rehash_step(db, KV_GROW_STEP);
+		if (!db->ob || db->count <= db->mask + 1)
+			return;
+		kv_db_finish_grow(db);
+	}
 	if (db->count <= db->mask + 1)
 		return;
 	nb = keel_shard_malloc(n * sizeof(*nb));
 	if (!nb)
 		return;
 	memset(nb, 0, n * sizeof(*nb));
-	for (size_t i = 0; i <= db->mask; i++) {
-		struct kv_ent *e = db->b[i], *next;
-		for (; e; e = next) {
-			next = e->next;
-			e->next = nb[e->hash & (n - 1)];
-			nb[e->hash & (n - 1)] = e;
-		}
-	}
-	mem_add(db, (long long)((n - db->mask - 1) * sizeof(*nb)));
-	keel_shard_free(db->b);
+	mem_add(db, (long long)(n * sizeof(*nb)));
+	db->ob = db->b;
+	db->omask = db->mask;
+	db->migrate = 0;
 	db->b = nb;
 	db->mask = n - 1;
 	db->sweep = 0;
+	rehash_step(db, KV_GROW_STEP);
 }
 
 /* Find @key; an expired key is deleted on the way (lazy expiry). *pp: the link to it. */
@@ -359,7 +406,7 @@ static struct kv_ent *
 lookup(struct kv_db *db, const struct resp_arg *key, struct kv_ent ***pp)
 {
 	uint64_t h = kv_hash(key->p, key->len);
-	struct kv_ent **p = &db->b[h & db->mask], *e;
+	struct kv_ent **p = bucket(db, h), *e;
 
 	for (; (e = *p); p = &e->next) {
 		if (e->hash != h || e->klen != key->len || memcmp(e->data, key->p, key->len))
@@ -431,8 +478,10 @@ store(struct kv_db *db, const struct resp_arg *key, const void *val, size_t vlen
 		*pp = e;
 		ent_free(db, old);
 	} else {
-		e->next = db->b[e->hash & db->mask];
-		db->b[e->hash & db->mask] = e;
+		struct kv_ent **bk = bucket(db, e->hash);
+
+		e->next = *bk;
+		*bk = e;
 	}
 	db->count++;
 	mem_add(db, (long long)ent_size(e));
@@ -450,6 +499,9 @@ kv_db_sweep(struct kv_db *db, size_t budget)
 	int64_t now = kv_now_ms();
 	size_t n = 0;
 
+	/* A table that grew and then saw no writes finishes moving here. Keys still in the
+	 * old array are swept after their move (and expire lazily on access meanwhile). */
+	rehash_step(db, budget);
 	if (!db->expires)
 		return 0;
 	while (budget--) {
@@ -542,6 +594,7 @@ kv_db_snapshot(struct kv_db *db, struct rbuf *out)
 {
 	int64_t now = kv_now_ms();
 
+	kv_db_finish_grow(db); /* a pass over every key anyway */
 	for (size_t i = 0; i <= db->mask; i++)
 		for (struct kv_ent *e = db->b[i]; e; e = e->next)
 			if (!e->expire_ms || e->expire_ms > now)
@@ -958,6 +1011,7 @@ cmd_keys(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *ou
 	int64_t now = kv_now_ms();
 	long long n = 0;
 
+	kv_db_finish_grow(db); /* a pass over every key anyway */
 	for (size_t i = 0; i <= db->mask; i++)
 		for (struct kv_ent *e = db->b[i]; e; e = e->next) {
 			if (e->expire_ms && e->expire_ms <= now)

@@ -1,0 +1,184 @@
+// SPDX-License-Identifier: MIT
+/*
+ * keel-kv's key table (apps/kv/store.c) on a real shard: it doubles incrementally, and it
+ * stays correct while it does (every key found in whichever array holds it, writes, reads
+ * and deletes in the middle of a move, KEYS and FLUSHALL finishing a move).
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include <criterion/criterion.h>
+
+#include "helpers.h"
+#include "kv.h"
+
+#define NKEYS 100000
+
+struct grow_test {
+	struct kv_stats st;
+	unsigned doublings;      /* times the bucket count grew */
+	unsigned writes_growing; /* writes made while an old array was still being moved */
+	size_t most_moved;       /* the most old buckets one write moved */
+	size_t mask_final;
+	bool keys_mid_move; /* KEYS * ran while a move was in progress */
+};
+
+static struct kv_db db;
+
+/* Run one command given as words; the reply in @out (reset first). */
+static void
+run(struct rbuf *out, unsigned argc, const char **words)
+{
+	struct resp_arg argv[8];
+	const struct kv_cmd *c;
+
+	for (unsigned i = 0; i < argc; i++)
+		argv[i] = (struct resp_arg){ (const uint8_t *)words[i], strlen(words[i]) };
+	c = kv_cmd_find(argv[0].p, argv[0].len);
+	out->len = 0;
+	kv_cmd_exec(c, &db, argv, argc, out);
+}
+
+static bool
+reply_is(struct rbuf *out, const char *want)
+{
+	return out->len == strlen(want) && !memcmp(out->p, want, out->len);
+}
+
+static void
+key_of(char *k, size_t n, unsigned i)
+{
+	snprintf(k, n, "key:%u", i);
+}
+
+/* The value of key i as a bulk reply. */
+static void
+bulk_of(char *b, size_t n, unsigned i)
+{
+	char v[32];
+
+	snprintf(v, sizeof(v), "value-%u", i);
+	snprintf(b, n, "$%zu\r\n%s\r\n", strlen(v), v);
+}
+
+static void
+grow_start(void *app)
+{
+	struct grow_test *t = app;
+	struct rbuf out = { 0 };
+	char k[32], v[32], want[64];
+	size_t mask = 0;
+
+	if (!SHARD_CHECK_EQ(kv_db_init(&db, &t->st), 0)) {
+		keel_stop(-EIO);
+		return;
+	}
+	mask = db.mask;
+	for (unsigned i = 0; i < NKEYS; i++) {
+		size_t before = db.ob ? db.migrate : 0, old_buckets = db.omask + 1;
+		bool growing = db.ob != NULL;
+
+		key_of(k, sizeof(k), i);
+		snprintf(v, sizeof(v), "value-%u", i);
+		run(&out, 3, (const char *[]){ "SET", k, v });
+		SHARD_CHECK(reply_is(&out, "+OK\r\n"), "SET %s", k);
+		if (db.mask != mask) {
+			t->doublings++;
+			mask = db.mask;
+		} else if (growing) {
+			size_t moved = (db.ob ? db.migrate : old_buckets) - before;
+			if (moved > t->most_moved)
+				t->most_moved = moved;
+		}
+		if (db.ob)
+			t->writes_growing++;
+		/* Once, in the middle of moving 16,384 old buckets: KEYS sees every key once
+		 * (as many as DBSIZE) and ends the move. */
+		if (db.ob && db.omask + 1 == 16384 && db.migrate > 0 && !t->keys_mid_move) {
+			char dbsize[32];
+
+			t->keys_mid_move = true;
+			run(&out, 1, (const char *[]){ "DBSIZE" });
+			snprintf(dbsize, sizeof(dbsize), "*%.*s", (int)out.len - 1, out.p + 1);
+			run(&out, 2, (const char *[]){ "KEYS", "*" });
+			SHARD_CHECK(out.len > strlen(dbsize) &&
+					    !memcmp(out.p, dbsize, strlen(dbsize)),
+				    "KEYS * mid-move: %.12s, DBSIZE %s", out.p, dbsize);
+			SHARD_CHECK(db.ob == NULL, "KEYS finished the move");
+		}
+		/* Mid-move reads, overwrites and deletes of keys written before. */
+		if (i % 7 == 3) {
+			unsigned j = (i * 2654435761u) % (i + 1);
+			key_of(k, sizeof(k), j);
+			run(&out, 2, (const char *[]){ "GET", k });
+			bulk_of(want, sizeof(want), j);
+			/* A multiple of 5 may be deleted or written back by now. */
+			SHARD_CHECK(reply_is(&out, want) ||
+					    (j % 5 == 0 && (reply_is(&out, "$-1\r\n") ||
+							    reply_is(&out, "$3\r\nnew\r\n"))),
+				    "GET %s while growing", k);
+		}
+		if (i % 5 == 0 && i > 0) { /* key i-5 (a multiple of 5): delete, maybe write back */
+			key_of(k, sizeof(k), i - 5);
+			run(&out, 2, (const char *[]){ "DEL", k });
+			SHARD_CHECK(reply_is(&out, ":1\r\n"), "DEL %s", k);
+			if (i % 10 == 0) {
+				run(&out, 3, (const char *[]){ "SET", k, "new" });
+				SHARD_CHECK(reply_is(&out, "+OK\r\n"), "SET %s new", k);
+			}
+		}
+	}
+	/* Every key where it should be, in whichever array holds it. */
+	for (unsigned i = 0; i < NKEYS; i++) {
+		bool gone = i % 5 == 0 && i + 5 < NKEYS, back = gone && (i + 5) % 10 == 0;
+
+		key_of(k, sizeof(k), i);
+		run(&out, 2, (const char *[]){ "GET", k });
+		if (back)
+			SHARD_CHECK(reply_is(&out, "$3\r\nnew\r\n"), "GET %s at the end", k);
+		else if (gone)
+			SHARD_CHECK(reply_is(&out, "$-1\r\n"), "GET %s at the end", k);
+		else {
+			bulk_of(want, sizeof(want), i);
+			SHARD_CHECK(reply_is(&out, want), "GET %s at the end", k);
+		}
+	}
+	/* DBSIZE: NKEYS less the deleted and not written back (i % 10 == 5 below NKEYS-5). */
+	{
+		unsigned gone = 0;
+		char dbsize[32];
+
+		for (unsigned i = 0; i + 5 < NKEYS; i++)
+			gone += i % 5 == 0 && (i + 5) % 10 != 0;
+		snprintf(dbsize, sizeof(dbsize), ":%u\r\n", NKEYS - gone);
+		run(&out, 1, (const char *[]){ "DBSIZE" });
+		SHARD_CHECK(reply_is(&out, dbsize), "DBSIZE %.*s, want %s", (int)out.len, out.p,
+			    dbsize);
+	}
+	t->mask_final = db.mask;
+	run(&out, 1, (const char *[]){ "FLUSHALL" });
+	run(&out, 1, (const char *[]){ "DBSIZE" });
+	SHARD_CHECK(reply_is(&out, ":0\r\n"), "DBSIZE after FLUSHALL");
+	rb_free(&out);
+	kv_db_fini(&db);
+	SHARD_CHECK_EQ(atomic_load(&t->st.used_memory), 0);
+	keel_stop(0);
+}
+
+Test(kv_store, grows_incrementally_and_stays_correct)
+{
+	struct keel_opts o = test_opts(1);
+	static struct grow_test t;
+
+	memset(&t, 0, sizeof(t));
+	cr_assert_eq(keel_run(&o, grow_start, &t), 0);
+	SHARD_CHECKS_PASSED();
+	/* 16 buckets to at least 65,536: at least 12 doublings, each moved a few buckets per
+	 * write, never the whole old array in one write. */
+	cr_assert_geq(t.doublings, 12, "doublings %u", t.doublings);
+	cr_assert_geq(t.mask_final + 1, 65536);
+	cr_assert_gt(t.writes_growing, 1000, "writes made while a move was in progress: %u",
+		     t.writes_growing);
+	cr_assert_leq(t.most_moved, 4, "one write moved %zu old buckets", t.most_moved);
+	cr_assert(t.keys_mid_move, "no write found the 16,384-bucket array mid-move");
+}
