@@ -11,7 +11,7 @@
 # ratios with min-max error bars; needs gnuplot), OUT/results.tsv (every run), OUT/summary.tsv
 # (medians), OUT/runs/ (every JSON and server log). Loopback only. Installs nothing.
 #   tools/bench/compare.sh [options]
-#     --quick             4 rows, both policies, 2 reps, 0.2 s windows, no iperf3 (compare_quick)
+#     --quick             4 rows, both policies, 2 reps, 0.5 s windows, no iperf3 (compare_quick)
 #     --reps N            alternating repetitions per row, policy and server (default 5)
 #     --seconds S         measured window per run (default 3)
 #     --warmup S          uncounted warm-up before it (default 1)
@@ -44,7 +44,7 @@ usage() { sed -n '/^#   tools\/bench\/compare.sh \[options\]/,/^set -e/{/^#/s/^#
 # --quick sets defaults; options given beside it still win.
 for a in "$@"; do
 	if [ "$a" = --quick ]; then
-		quick=1 reps=2 secs=0.2 warmup=0.05 rows_arg=pp1,tp64,st64k,udp-pp iperf=0
+		quick=1 reps=2 secs=0.5 warmup=0.2 rows_arg=pp1,tp64,st64k,udp-pp iperf=0
 	fi
 done
 while [ $# -gt 0 ]; do
