@@ -17,7 +17,7 @@ static const char usage[] =
 	"                 [--forward] [--buf-count N] [--buf-size N] [--udp-buf-count N]\n"
 	"                 [--udp-buf-size N] [--max-conns N] [--header-timeout-ms N]\n"
 	"                 [--header-bytes B] [--idle-timeout-ms N] [--send-max BYTES]\n"
-	"                 [--shard-send-max BYTES] [--caps] [runtime options]\n"
+	"                 [--shard-send-max BYTES] [--max-files N] [--caps] [runtime options]\n"
 	"Echo TCP (or UDP) on every shard; SIGINT/SIGTERM stop it.\n"
 	"--forward: TCP, length-prefixed frames (a 32-bit big-endian length, then the bytes, as\n"
 	"           keel-bench sends them); each frame goes to the next shard and back, without\n"
@@ -34,7 +34,9 @@ static const char usage[] =
 	"--idle-timeout-ms N: close a connection with no traffic for N ms (default 0, off)\n"
 	"--send-max BYTES, --shard-send-max BYTES: queued send bytes per connection and per\n"
 	"           shard; a connection that would pass either is closed (0: no limit;\n"
-	"           defaults 64 MiB and 1 GiB; docs/reliability.md)\n";
+	"           defaults 64 MiB and 1 GiB; docs/reliability.md)\n"
+	"--max-files N: direct-descriptor slots per shard, the most connections a shard can\n"
+	"           hold (default 4096; at most ulimit -n)\n";
 
 struct app {
 	const char *addr;
@@ -182,6 +184,13 @@ main(int argc, char **argv)
 				nc.header_timeout_ns = KEEL_MS(t);
 			else
 				nc.idle_timeout_ns = KEEL_MS(t);
+			i++;
+		} else if (!strcmp(argv[i], "--max-files")) {
+			long m = v ? strtol(v, &end, 10) : 0;
+			if (!v || *end || m < 1 || m > (1L << 20))
+				die("--max-files expects a count from 1 to 1048576, got ",
+				    v ? v : "nothing");
+			nc.max_files = (uint32_t)m;
 			i++;
 		} else if (!strcmp(argv[i], "--header-bytes")) {
 			long b = v ? strtol(v, &end, 10) : 0;
