@@ -61,12 +61,18 @@ proc_start(struct proc *p, const char *bin, ...)
 	}
 	cr_assert_gt(p->port, 0, "%s did not start (no 'listening ... port' line)", bin);
 	if (fork() == 0) {
-		char b[4096];
+		/* KEEL_TEST_SERVER_LOG=FILE keeps what the server says (appended). */
+		const char *keep = getenv("KEEL_TEST_SERVER_LOG");
 		int null = open("/dev/null", O_WRONLY);
+		FILE *out = keep ? fopen(keep, "a") : NULL;
+		char b[4096];
+		size_t k;
+
 		dup2(null, 1);
 		dup2(null, 2);
-		while (fread(b, 1, sizeof(b), f) > 0)
-			;
+		while ((k = fread(b, 1, sizeof(b), f)) > 0)
+			if (out)
+				fwrite(b, 1, k, out);
 		_exit(0);
 	}
 	fclose(f);
