@@ -95,7 +95,7 @@ Test(net_limits, max_conns_closes_the_excess_and_keeps_serving)
 }
 
 /* The shard's limit counters, read on the shard at each close (the latest close's). */
-static _Atomic uint64_t lim_hdr, lim_idle, lim_cap_conn, lim_cap_shard;
+static _Atomic uint64_t lim_hdr, lim_idle, lim_cap_conn, lim_cap_shard, lim_sendq;
 static _Atomic int lim_enobufs_closes, lim_etimedout_closes;
 
 static void
@@ -108,6 +108,7 @@ lim_note(int status)
 		atomic_store(&lim_idle, st.idle_timeouts);
 		atomic_store(&lim_cap_conn, st.send_cap_conn);
 		atomic_store(&lim_cap_shard, st.send_cap_shard);
+		atomic_store(&lim_sendq, st.send_queued);
 	}
 	if (status == -ENOBUFS)
 		atomic_fetch_add(&lim_enobufs_closes, 1);
@@ -393,4 +394,9 @@ Test(net_limits, shard_send_max_aborts_the_connection_that_passes_it)
 	close(a);
 	close(b);
 	cr_assert_eq(srv_stop(&s), 0);
+	/* The last connection closed (at the stop) with its queue dropped: nothing is counted
+	 * as queued on the shard any more. */
+	cr_assert_eq(atomic_load(&s.closes), 3);
+	cr_assert_eq(atomic_load(&lim_sendq), 0, "send_queued %llu after every close",
+		     (unsigned long long)atomic_load(&lim_sendq));
 }
