@@ -28,7 +28,8 @@ build=${2:-build}
 for b in keel-kv keel-echo keel-bench; do
 	[ -x "$build/bin/$b" ] || { echo "soak: $build/bin/$b missing: build first"; exit 1; }
 done
-command -v redis-benchmark >/dev/null || { echo "soak: redis-benchmark missing (apt-get install redis-tools)"; exit 1; }
+command -v redis-benchmark >/dev/null && command -v redis-cli >/dev/null ||
+	{ echo "soak: redis-benchmark or redis-cli missing (apt-get install redis-tools)"; exit 1; }
 out=${SOAK_DIR:-$(mktemp -d /tmp/keel-soak.XXXXXX)}
 mkdir -p "$out"
 secs=$((minutes * 60))
@@ -65,10 +66,18 @@ t0=$(date +%s)
 end=$((t0 + secs))
 echo "soak: $minutes min; keel-kv port $kvport (pid $kvpid), keel-echo port $echoport (pid $echopid); logs in $out"
 
-# Sampler: every 5 s, seconds since start, then RSS KiB and descriptors of keel-kv and keel-echo.
+# Sampler: every 5 s, seconds since start, then RSS KiB and descriptors of keel-kv and
+# keel-echo, then keel-kv's keys (DBSIZE) and its own count of key/value bytes (INFO
+# used_memory): RSS that grows with the data set is not a leak.
+kvdata() {
+	local k m
+	k=$(timeout 10 redis-cli -p "$kvport" DBSIZE 2>/dev/null | tr -d '\r')
+	m=$(timeout 10 redis-cli -p "$kvport" INFO memory 2>/dev/null | tr -d '\r' | sed -n 's/^used_memory://p')
+	echo "${k:--1} ${m:--1}"
+}
 (
 	while [ "$(date +%s)" -lt "$end" ]; do
-		echo "$(($(date +%s) - t0)) $(sample $kvpid) $(sample $echopid)"
+		echo "$(($(date +%s) - t0)) $(sample $kvpid) $(sample $echopid) $(kvdata)"
 		sleep 5
 	done
 ) >"$out/samples.txt" &
@@ -133,7 +142,7 @@ read -r _ bench_runs bench_fail <<<"$(sed 's/[a-z_-]*=//g' "$out/bench.txt" | ta
 
 # Flatness over the quarters of the samples (columns: t kv_rss kv_fds echo_rss echo_fds).
 flat=$(awk -v fkv0="$fd_kv0" -v fe0="$fd_echo0" -v fkv="${final_kv#* }" -v fe="${final_echo#* }" '
-	{ t[NR] = $1; for (c = 2; c <= 5; c++) v[NR, c] = $c }
+	{ t[NR] = $1; for (c = 2; c <= 7; c++) v[NR, c] = $c }
 	END {
 		n = NR; q = int(n / 4); if (q < 1) q = 1
 		split("kv_rss kv_fds echo_rss echo_fds", name, " ")
@@ -147,6 +156,7 @@ flat=$(awk -v fkv0="$fd_kv0" -v fe0="$fd_echo0" -v fkv="${final_kv#* }" -v fe="$
 			printf "%s first=%d after_warmup_min=%d max=%d q2_max=%d q4_max=%d %s\n", name[c - 1], v[1, c], lo, hi, m2, m4, ok ? "flat" : "GROWING"
 		}
 		printf "fds_after_load kv=%d (before %d) echo=%d (before %d) %s\n", fkv, fkv0, fe, fe0, (fkv <= fkv0 + 2 && fe <= fe0 + 2) ? "back" : "LEAKED"
+		printf "kv_data keys %d -> %d (end of warm-up -> end), used_memory %d -> %d bytes\n", v[q + 1, 6], v[n, 6], v[q + 1, 7], v[n, 7]
 		printf "samples=%d warmup_samples=%d\n", n, q
 	}' "$out/samples.txt")
 grep -qE "GROWING|LEAKED" <<<"$flat" && fail "a server's RSS or descriptors grew (see below)"
@@ -164,6 +174,6 @@ echo "$(cat "$out/bench.txt")"
 echo "$(tail -1 "$out/chaos.txt")"
 echo "$flat"
 echo "servers exited: keel-kv $kv_st, keel-echo $echo_st"
-echo "samples: $out/samples.txt (t kv_rss_kb kv_fds echo_rss_kb echo_fds)"
+echo "samples: $out/samples.txt (t kv_rss_kb kv_fds echo_rss_kb echo_fds kv_keys kv_used_memory)"
 [ $status -eq 0 ] && echo "soak: PASS" || echo "soak: FAILED"
 exit $status
