@@ -139,15 +139,10 @@ keel__lim_stop(struct net_shard *ns)
 }
 
 int
-keel__lim_send_check(struct net_shard *ns, struct keel_conn *c, const struct keel_net_config *cfg,
-		     uint64_t queued, uint64_t bytes)
+keel__lim_send_refuse(struct net_shard *ns, struct keel_conn *c, bool conn, uint64_t limit)
 {
 	static _Thread_local uint64_t refused;
-	bool conn = cfg->send_max && queued + bytes > cfg->send_max;
 
-	if (!conn &&
-	    !(ns->cfg.shard_send_max && ns->st.send_queued + bytes > ns->cfg.shard_send_max))
-		return 0;
 	if (conn)
 		ns->st.send_cap_conn++;
 	else
@@ -159,8 +154,7 @@ keel__lim_send_check(struct net_shard *ns, struct keel_conn *c, const struct kee
 			 "connection is aborted (-ENOBUFS); the peer does not read what it is "
 			 "sent, or raise keel_net_config.%s",
 			 ns->id, conn ? "send_max" : "the shard's shard_send_max",
-			 (unsigned long long)(conn ? cfg->send_max : ns->cfg.shard_send_max),
-			 conn ? "send_max" : "shard_send_max");
+			 (unsigned long long)limit, conn ? "send_max" : "shard_send_max");
 	keel_conn_abort(c, -ENOBUFS);
 	return -ENOBUFS;
 }

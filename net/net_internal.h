@@ -170,10 +170,22 @@ void keel__lim_open(struct net_shard *ns, struct net_lim *l, struct keel_conn *c
 void keel__lim_close(struct net_shard *ns, struct net_lim *l);
 /* The runtime stops: the sweep timer goes. */
 void keel__lim_stop(struct net_shard *ns);
+/* Out of line: count, log (rate-limited), abort @c with -ENOBUFS; returns -ENOBUFS. */
+int keel__lim_send_refuse(struct net_shard *ns, struct keel_conn *c, bool conn_cap, uint64_t limit);
 /* 0 when @c may queue @bytes more (having @queued); otherwise counted, @c aborted with
- * -ENOBUFS, and -ENOBUFS. */
-int keel__lim_send_check(struct net_shard *ns, struct keel_conn *c,
-			 const struct keel_net_config *cfg, uint64_t queued, uint64_t bytes);
+ * -ENOBUFS, and -ENOBUFS. Inline: two compares on the send path. */
+static inline int
+keel__lim_send_check(struct net_shard *ns, struct keel_conn *c, const struct keel_net_config *cfg,
+		     uint64_t queued, uint64_t bytes)
+{
+	if (__builtin_expect(cfg->send_max && queued + bytes > cfg->send_max, 0))
+		return keel__lim_send_refuse(ns, c, true, cfg->send_max);
+	if (__builtin_expect(ns->cfg.shard_send_max &&
+				     ns->st.send_queued + bytes > ns->cfg.shard_send_max,
+			     0))
+		return keel__lim_send_refuse(ns, c, false, ns->cfg.shard_send_max);
+	return 0;
+}
 /* @n bytes received; a send completed. One store each on the hot path. */
 static inline void
 keel__lim_rx(struct net_lim *l, int n)
