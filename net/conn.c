@@ -72,6 +72,7 @@ struct keel_conn {
 	int addr_err;           /* why they could not be read: what keel_conn_*_addr return */
 	struct keel_op addr_op; /* the descriptor's regular copy, to read them (direct) */
 	struct __kernel_timespec ts;
+	struct net_lim lim; /* limits.c: timeouts of an accepted connection */
 };
 
 /* A SEND_ZC: lives until its notification, which may come after the connection is gone. */
@@ -331,6 +332,7 @@ deliver_taken(struct keel_conn *c, int n)
 	}
 	ns->st.recv_cqes++;
 	ns->st.recv_bufs += (unsigned)n;
+	keel__lim_rx(&c->lim, res);
 	/* Behind held data: in order, after it. */
 	if (c->rqhead < c->rqn && !dropping_reads(c)) {
 		if (rq_hold(c, ns->scratch, (unsigned)n) < 0)
@@ -464,6 +466,7 @@ drop_queue(struct keel_conn *c)
 		c->qn--;
 	}
 	c->qoff = 0;
+	c->ns->st.send_queued -= c->queued;
 	c->queued = 0;
 	c->wopen = false;
 }
@@ -473,6 +476,7 @@ consume(struct keel_conn *c, uint32_t res)
 {
 	if (res < c->offered)
 		c->ns->st.short_sends++;
+	c->ns->st.send_queued -= res;
 	while (res) {
 		struct keel_slice *s = &c->q[c->qhead];
 		uint32_t avail = s->len - c->qoff;
@@ -501,6 +505,7 @@ send_done(struct keel_conn *c, int res)
 	c->send_inflight = false;
 	if (res > 0) {
 		consume(c, (uint32_t)res);
+		keel__lim_tx(&c->lim);
 	} else if (!c->closing) {
 		keel_conn_abort(c, res == 0 ? -EPIPE : res);
 		return;
@@ -724,6 +729,7 @@ static int
 queued_more(struct keel_conn *c, uint64_t bytes)
 {
 	c->queued += bytes;
+	c->ns->st.send_queued += bytes;
 	if (c->open)
 		flush_later(c);
 	if (c->queued > c->high) {
@@ -745,6 +751,8 @@ keel_conn_send(struct keel_conn *c, struct keel_slice *s)
 		return -EINVAL;
 	if (c->closing || c->flush_close || c->shut_pending)
 		return -EPIPE;
+	if (keel__lim_send_check(c->ns, c, c->cfg, c->queued, s->len) < 0)
+		return -ENOBUFS;
 	if (q_reserve(c, 1) < 0)
 		return -ENOMEM;
 	c->q[(c->qhead + c->qn) % c->qcap] = *s;
@@ -794,6 +802,8 @@ keel_conn_writev(struct keel_conn *c, const struct iovec *iov, unsigned n)
 		return -EPIPE;
 	if (!a)
 		return -EPERM;
+	if (keel__lim_send_check(c->ns, c, c->cfg, c->queued, total) < 0)
+		return -ENOBUFS;
 	chunk = KEEL_NET_WRITE_CHUNK;
 	if (keel_alloc_buf_max(a) < chunk)
 		chunk = (size_t)keel_alloc_buf_max(a);
@@ -912,6 +922,7 @@ keel_conn_abort(struct keel_conn *c, int status)
 		return;
 	c->closing = true;
 	c->status = status > 0 ? 0 : status;
+	keel__lim_close(c->ns, &c->lim);
 	if (c->close_timer) {
 		/* Allowed inside its own callback (close_timeout_cb). */
 		keel_timer_destroy(c->close_timer);
@@ -961,6 +972,7 @@ conn_free(struct keel_conn *c, bool notify)
 	if (c->next)
 		c->next->prev = c->prev;
 	ns->st.conns_open--;
+	keel__lim_close(ns, &c->lim);
 	free(c->q);
 	free(c->rq);
 	free(c);
@@ -1136,6 +1148,7 @@ keel__conn_accepted(struct keel_conn *c, bool addrs)
 {
 	struct io_uring_sqe *sqe;
 
+	keel__lim_open(c->ns, &c->lim, c, c->cfg);
 	if (!addrs) {
 		c->addr_err = -ENODATA;
 	} else if (!c->direct) {

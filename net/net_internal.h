@@ -56,6 +56,18 @@ struct pbuf_ring {
 	uint32_t nkref; /* kref[] entries held */
 };
 
+/* limits.c: a connection's part in the hostile-peer limits (timeouts). */
+struct net_lim {
+	struct net_lim *prev, *next; /* ns->lim_head: accepted connections with a timeout */
+	struct keel_conn *c;
+	const struct keel_net_config *cfg;
+	uint64_t open_ns; /* accepted */
+	uint64_t last_ns; /* the sweep that last saw activity (or open_ns) */
+	uint64_t rx;      /* bytes received, counted up to header_bytes */
+	bool active;      /* bytes moved since the last sweep */
+	bool listed;
+};
+
 struct net_shard {
 	unsigned id;
 	int cpu;
@@ -82,7 +94,10 @@ struct net_shard {
 	struct keel__lshard *lshards; /* listener parts on this shard */
 	struct keel_slice *scratch;   /* [tcp.nbufs] slices of one completion */
 	struct keel_net_stats st;
-	struct net_zcrx *zcrx; /* zcrx.c: the shard's ZCRX set-up (NULL until decided) */
+	struct net_zcrx *zcrx;        /* zcrx.c: the shard's ZCRX set-up (NULL until decided) */
+	struct net_lim *lim_head;     /* limits.c: connections with a timeout */
+	struct keel_timer *lim_timer; /* ... their sweep, running while the list is not empty */
+	uint64_t lim_period;          /* ... its period */
 };
 
 /* shard.c */
@@ -149,6 +164,46 @@ bool keel__conn_closing(const struct keel_conn *c);
 struct net_shard *keel__conn_shard(const struct keel_conn *c);
 void keel__conn_hold(struct keel_conn *c);
 void keel__conn_unhold(struct keel_conn *c);
+
+/* limits.c (docs/reliability.md). */
+/* An accepted connection opens: list it when its configuration has a timeout. */
+void keel__lim_open(struct net_shard *ns, struct net_lim *l, struct keel_conn *c,
+		    const struct keel_net_config *cfg);
+/* The connection is closing or gone: no timeout applies any more. Idempotent. */
+void keel__lim_close(struct net_shard *ns, struct net_lim *l);
+/* The runtime stops: the sweep timer goes. */
+void keel__lim_stop(struct net_shard *ns);
+/* Out of line: count, log (rate-limited), abort @c with -ENOBUFS; returns -ENOBUFS. */
+int keel__lim_send_refuse(struct net_shard *ns, struct keel_conn *c, bool conn_cap, uint64_t limit);
+/* 0 when @c may queue @bytes more (having @queued); otherwise counted, @c aborted with
+ * -ENOBUFS, and -ENOBUFS. Inline: two compares on the send path. */
+static inline int
+keel__lim_send_check(struct net_shard *ns, struct keel_conn *c, const struct keel_net_config *cfg,
+		     uint64_t queued, uint64_t bytes)
+{
+	if (__builtin_expect(cfg->send_max && queued + bytes > cfg->send_max, 0))
+		return keel__lim_send_refuse(ns, c, true, cfg->send_max);
+	if (__builtin_expect(ns->cfg.shard_send_max &&
+				     ns->st.send_queued + bytes > ns->cfg.shard_send_max,
+			     0))
+		return keel__lim_send_refuse(ns, c, false, ns->cfg.shard_send_max);
+	return 0;
+}
+/* @n bytes received; a send completed. One store each on the hot path. */
+static inline void
+keel__lim_rx(struct net_lim *l, int n)
+{
+	if (l->listed) {
+		l->active = true;
+		if (l->rx < l->cfg->header_bytes)
+			l->rx += (uint64_t)n;
+	}
+}
+static inline void
+keel__lim_tx(struct net_lim *l)
+{
+	l->active = true;
+}
 
 /* sockopt.c: prepare @sqe as a uring_cmd SETSOCKOPT/GETSOCKOPT (Linux 6.7) on @fd. */
 void keel__sqe_sockopt(struct io_uring_sqe *sqe, int fd, bool get, int level, int name, void *val,

@@ -25,7 +25,8 @@
 		.zc_threshold = KEEL_NET_ZC_THRESHOLD_DEFAULT, .high_watermark = 1u << 20,         \
 		.low_watermark = 256u << 10, .max_files = 4096, .accept_backoff_ns = KEEL_MS(100), \
 		.close_timeout_ns = 0, .nodelay = true, .udp_buf_count = 256,                      \
-		.udp_buf_size = 65536,                                                             \
+		.udp_buf_size = 65536, .header_bytes = 1, .send_max = KEEL_NET_SEND_MAX_DEFAULT,   \
+		.shard_send_max = KEEL_NET_SHARD_SEND_MAX_DEFAULT,                                 \
 	}
 
 static struct keel_net_config g_cfg = NET_CONFIG_DEFAULTS;
@@ -120,6 +121,7 @@ on_stop(void *arg)
 	ns->stopping = true;
 	keel__listeners_stop(ns);
 	keel__conns_stop(ns);
+	keel__lim_stop(ns);
 	keel__udps_stop(ns);
 	keel__net_unref(ns); /* the base reference */
 }

@@ -3,7 +3,7 @@
 # Sourced by tools/test.sh and tools/demo.sh: install the Debian packages keel needs, only
 # those that are missing, and only with apt-get (no downloads at build time).
 keel_deps=(gcc make cmake pkg-config liburing-dev libhwloc-dev libjemalloc-dev libcriterion-dev
-	clang-format cppcheck iproute2 hwloc-nox gnuplot-nox iperf3)
+	clang-format cppcheck valgrind python3 iproute2 hwloc-nox gnuplot-nox iperf3)
 
 keel_install_missing() {
 	local missing=() p

@@ -22,7 +22,7 @@ if [ "$secs" = --runs ]; then
 	limit=(-runs="$runs" -seed=1)
 fi
 dir=build-fuzz
-harnesses=(frame mapfile opts resp aof)
+harnesses=(frame mapfile opts resp aof zcrx)
 
 mkdir -p "$dir"
 CC=clang cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKEEL_FUZZ=ON -DKEEL_TESTS=OFF \

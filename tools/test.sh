@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: MIT
 # Install what is missing, build, and run every test: the normal build, the sanitizer build
 # (ASan+UBSan, leaks included, with the fault-injection tests), a ThreadSanitizer build of the cross-thread tests, the
-# clang-format check, cppcheck (tools/cppcheck.sh), and the fuzz harnesses (tools/fuzz.sh:
+# clang-format check, cppcheck (tools/cppcheck.sh), valgrind memcheck of keel-echo and keel-kv
+# (tools/valgrind.sh), and the fuzz harnesses (tools/fuzz.sh:
 # corpus replay plus a fixed-seed run of each; KEEL_FUZZ_RUNS sets the inputs per harness).
 #   tools/test.sh            everything
 #   KEEL_TEST_QUICK=1 ...    the normal build only
@@ -36,6 +37,9 @@ echo "== build and test (RelWithDebInfo)"
 mkdir -p build
 build build
 (cd build && ctest --output-on-failure -j 1) || status=1
+
+echo "== valgrind memcheck: a short keel-echo and keel-kv run (tools/valgrind.sh, one shard)"
+tools/valgrind.sh build || status=1
 
 echo "== static analysis (cppcheck: warning, portability, performance; tools/cppcheck.sh)"
 tools/cppcheck.sh build/include || status=1

@@ -15,7 +15,9 @@
 static const char usage[] =
 	"usage: keel-echo --port P [--addr A] [--udp] [--steer cpu|queue|hash] [--zc-threshold N]\n"
 	"                 [--forward] [--buf-count N] [--buf-size N] [--udp-buf-count N]\n"
-	"                 [--udp-buf-size N] [--max-conns N] [--caps] [runtime options]\n"
+	"                 [--udp-buf-size N] [--max-conns N] [--header-timeout-ms N]\n"
+	"                 [--header-bytes B] [--idle-timeout-ms N] [--send-max BYTES]\n"
+	"                 [--shard-send-max BYTES] [--max-files N] [--caps] [runtime options]\n"
 	"Echo TCP (or UDP) on every shard; SIGINT/SIGTERM stop it.\n"
 	"--forward: TCP, length-prefixed frames (a 32-bit big-endian length, then the bytes, as\n"
 	"           keel-bench sends them); each frame goes to the next shard and back, without\n"
@@ -26,7 +28,15 @@ static const char usage[] =
 	"--udp-buf-count N: UDP receive buffers per shard, a power of two (default 256)\n"
 	"--udp-buf-size N: largest UDP datagram received whole, bytes (default 65536)\n"
 	"--max-conns N: connections per shard; those beyond are accepted and closed at once\n"
-	"           (counted as over_limit; default 0, no limit)\n";
+	"           (counted as over_limit; default 0, no limit)\n"
+	"--header-timeout-ms N [--header-bytes B]: close a connection that has not sent B bytes\n"
+	"           (default 1) within N ms of its accept (slowloris; default 0, off)\n"
+	"--idle-timeout-ms N: close a connection with no traffic for N ms (default 0, off)\n"
+	"--send-max BYTES, --shard-send-max BYTES: queued send bytes per connection and per\n"
+	"           shard; a connection that would pass either is closed (0: no limit;\n"
+	"           defaults 64 MiB and 1 GiB; docs/reliability.md)\n"
+	"--max-files N: direct-descriptor slots per shard, the most connections a shard can\n"
+	"           hold (default 4096; at most ulimit -n)\n";
 
 struct app {
 	const char *addr;
@@ -162,6 +172,43 @@ main(int argc, char **argv)
 				die("--max-conns expects a count from 0 (no limit) to 16777216, got ",
 				    v ? v : "nothing");
 			lo.max_conns = (uint32_t)m;
+			i++;
+		} else if (!strcmp(argv[i], "--header-timeout-ms") ||
+			   !strcmp(argv[i], "--idle-timeout-ms")) {
+			long long t = v ? strtoll(v, &end, 10) : -1;
+			if (!v || *end || t < 0 || t > 86400000LL)
+				die("--header-timeout-ms and --idle-timeout-ms expect milliseconds "
+				    "from 0 (off) to 86400000, got ",
+				    v ? v : "nothing");
+			if (argv[i][2] == 'h')
+				nc.header_timeout_ns = KEEL_MS(t);
+			else
+				nc.idle_timeout_ns = KEEL_MS(t);
+			i++;
+		} else if (!strcmp(argv[i], "--max-files")) {
+			long m = v ? strtol(v, &end, 10) : 0;
+			if (!v || *end || m < 1 || m > (1L << 20))
+				die("--max-files expects a count from 1 to 1048576, got ",
+				    v ? v : "nothing");
+			nc.max_files = (uint32_t)m;
+			i++;
+		} else if (!strcmp(argv[i], "--header-bytes")) {
+			long b = v ? strtol(v, &end, 10) : 0;
+			if (!v || *end || b < 1 || b > (1L << 20))
+				die("--header-bytes expects a byte count from 1 to 1048576, got ",
+				    v ? v : "nothing");
+			nc.header_bytes = (uint32_t)b;
+			i++;
+		} else if (!strcmp(argv[i], "--send-max") || !strcmp(argv[i], "--shard-send-max")) {
+			long long b = v ? strtoll(v, &end, 10) : -1;
+			if (!v || *end || b < 0)
+				die("--send-max and --shard-send-max expect a byte count (0: no "
+				    "limit), got ",
+				    v ? v : "nothing");
+			if (argv[i][2] == 's' && argv[i][3] == 'e')
+				nc.send_max = (uint64_t)b;
+			else
+				nc.shard_send_max = (uint64_t)b;
 			i++;
 		} else if (!strcmp(argv[i], "--udp-buf-count")) {
 			long c = v ? strtol(v, &end, 10) : 0;

@@ -32,6 +32,8 @@ static const char usage[] =
 	"--handoff copy|export: requests for another shard's keys travel copied (default)\n"
 	"           or as an export of the receive buffer (keel_slice_export)\n"
 	"--buf-count N, --buf-size N: receive buffers per shard (default 256 x 16384)\n"
+	"--max-files N: direct-descriptor slots per shard, the most connections a shard can\n"
+	"           hold (default 4096; at most ulimit -n)\n"
 	"--appendonly yes|no: log every write to DIR/appendonly-<shard>.aof and replay the\n"
 	"           files at start (default no)\n"
 	"--appendfsync always|everysec|no: when the files reach the disk: before the reply,\n"
@@ -151,6 +153,11 @@ main(int argc, char **argv)
 				nc.buf_count = (uint32_t)t;
 			else
 				nc.buf_size = (uint32_t)t;
+		} else if (!strcmp(argv[i], "--max-files")) {
+			long m = strtol(v, &end, 10);
+			if (*end || m < 1 || m > (1L << 20))
+				die("--max-files expects 1..1048576, got ", v);
+			nc.max_files = (uint32_t)m;
 		} else if (!strcmp(argv[i], "--appendonly")) {
 			if (strcmp(v, "yes") && strcmp(v, "no"))
 				die("--appendonly expects yes or no, got ", v);

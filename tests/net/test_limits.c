@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 /* Limits against hostile peers: max_conns (docs/net.md, "Connection limit"). */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -91,4 +92,311 @@ Test(net_limits, max_conns_closes_the_excess_and_keeps_serving)
 	for (int i = 0; i < MAX; i++)
 		close(in[i]);
 	cr_assert_eq(srv_stop(&s), 0);
+}
+
+/* The shard's limit counters, read on the shard at each close (the latest close's). */
+static _Atomic uint64_t lim_hdr, lim_idle, lim_cap_conn, lim_cap_shard, lim_sendq;
+static _Atomic int lim_enobufs_closes, lim_etimedout_closes;
+
+static void
+lim_note(int status)
+{
+	struct keel_net_stats st;
+
+	if (keel_net_stats(keel_this_shard(), &st) == 0) {
+		atomic_store(&lim_hdr, st.header_timeouts);
+		atomic_store(&lim_idle, st.idle_timeouts);
+		atomic_store(&lim_cap_conn, st.send_cap_conn);
+		atomic_store(&lim_cap_shard, st.send_cap_shard);
+		atomic_store(&lim_sendq, st.send_queued);
+	}
+	if (status == -ENOBUFS)
+		atomic_fetch_add(&lim_enobufs_closes, 1);
+	if (status == -ETIMEDOUT)
+		atomic_fetch_add(&lim_etimedout_closes, 1);
+}
+
+static void
+lim_reset(void)
+{
+	atomic_store(&lim_hdr, 0);
+	atomic_store(&lim_idle, 0);
+	atomic_store(&lim_cap_conn, 0);
+	atomic_store(&lim_cap_shard, 0);
+	atomic_store(&lim_enobufs_closes, 0);
+	atomic_store(&lim_etimedout_closes, 0);
+}
+
+static void
+lecho_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	echo_ops.on_data(c, s, n);
+}
+
+static void
+lecho_close(struct keel_conn *c, int status)
+{
+	lim_note(status);
+	echo_ops.on_close(c, status);
+}
+
+static const struct keel_conn_ops lecho_ops = { .on_data = lecho_data, .on_close = lecho_close };
+
+/* Waits for the server to end @fd (EOF or reset); fails if it sends anything first. */
+static void
+expect_closed(int fd, const char *what)
+{
+	char b[64];
+	ssize_t r = cli_recv(fd, b, sizeof(b));
+
+	cr_assert(r == 0 || (r < 0 && errno == ECONNRESET),
+		  "%s: expected the server to close it (recv %zd: %s)", what, r,
+		  r < 0 ? strerror(errno) : "data");
+}
+
+/* Slowloris: a connection that sends nothing, and one that sends part of the header
+ * (header_bytes) and then stalls, are both closed once header_timeout_ns has passed
+ * (never before: bounded below by the test's own clock) and counted; a connection that
+ * sent its header in time keeps being served after both are gone. */
+Test(net_limits, header_timeout_closes_silent_and_slow_peers)
+{
+	struct keel_net_config nc;
+	struct srv s;
+	char hdr[64], back[64];
+	uint64_t t0;
+	int silent, slow, good;
+
+	lim_reset();
+	keel_net_config_init(&nc);
+	nc.header_timeout_ns = KEEL_S(1);
+	nc.header_bytes = sizeof(hdr);
+	memset(hdr, 'h', sizeof(hdr));
+	t0 = test_now_ms();
+	cr_assert_eq(srv_start(&s, NULL, &nc, &lecho_ops), 0);
+	good = cli_connect(s.port);
+	cr_assert_geq(good, 0);
+	cr_assert_eq(cli_write_all(good, hdr, sizeof(hdr)), 0);
+	silent = cli_connect(s.port);
+	slow = cli_connect(s.port);
+	cr_assert(silent >= 0 && slow >= 0);
+	cr_assert_eq(cli_write_all(slow, hdr, 10), 0); /* 10 of the 64 bytes */
+	cr_assert_eq(cli_read_all(slow, back, 10), 0); /* echoed: the server reads it */
+	cr_assert_eq(cli_read_all(good, back, sizeof(hdr)), 0);
+	expect_closed(silent, "the silent connection");
+	expect_closed(slow, "the connection that sent 10 of 64 header bytes");
+	cr_assert_geq(test_now_ms() - t0, 1000, "closed before header_timeout_ns had passed");
+	WAIT_FOR(atomic_load(&lim_hdr) == 2 && atomic_load(&lim_etimedout_closes) == 2,
+		 "two header timeouts counted (%llu) and closed with -ETIMEDOUT (%d)",
+		 (unsigned long long)atomic_load(&lim_hdr), atomic_load(&lim_etimedout_closes));
+	/* The good one is past its header: it is not timed any more, and still served. */
+	cr_assert_eq(cli_write_all(good, "again", 5), 0);
+	cr_assert_eq(cli_read_all(good, back, 5), 0);
+	cr_assert_eq(memcmp(back, "again", 5), 0);
+	close(silent);
+	close(slow);
+	close(good);
+	cr_assert_eq(srv_stop(&s), 0);
+	cr_assert_eq(atomic_load(&lim_idle), 0);
+}
+
+/* Idle timeout: a connection that exchanged data and then went quiet is closed once
+ * idle_timeout_ns has passed since its last traffic, and counted. */
+Test(net_limits, idle_timeout_closes_a_quiet_connection)
+{
+	struct keel_net_config nc;
+	struct srv s;
+	char b = 'i';
+	uint64_t t_last;
+	int fd;
+
+	lim_reset();
+	keel_net_config_init(&nc);
+	nc.idle_timeout_ns = KEEL_S(1);
+	cr_assert_eq(srv_start(&s, NULL, &nc, &lecho_ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(cli_write_all(fd, &b, 1), 0);
+	cr_assert_eq(cli_read_all(fd, &b, 1), 0);
+	t_last = test_now_ms();
+	expect_closed(fd, "the idle connection");
+	cr_assert_geq(test_now_ms() - t_last + 1, 1000, "closed before idle_timeout_ns");
+	WAIT_FOR(atomic_load(&lim_idle) == 1, "one idle timeout counted (%llu)",
+		 (unsigned long long)atomic_load(&lim_idle));
+	cr_assert_eq(atomic_load(&lim_hdr), 0);
+	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
+}
+
+/* A server that answers each byte 'x' with 1 MiB (four references to the connection's
+ * 256 KiB buffer: no memory per reply) and echoes a slice without one. */
+static _Atomic int big_done[2];
+static _Atomic int big_next;
+
+struct big_conn {
+	int idx;
+	struct keel_slice blk;
+};
+
+static void
+big_open(struct keel_conn *c)
+{
+	struct big_conn *b = calloc(1, sizeof(*b));
+
+	if (!b || keel_buf_alloc(keel_shard_alloc(), 256u << 10, &b->blk) < 0) {
+		free(b);
+		keel_conn_abort(c, -ENOMEM); /* the test sees the wrong close status */
+		return;
+	}
+	memset(b->blk.data, 'B', b->blk.len);
+	b->idx = atomic_fetch_add(&big_next, 1);
+	keel_conn_set_user(c, b);
+}
+
+static void
+big_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	struct big_conn *b = keel_conn_user(c);
+
+	for (unsigned i = 0; i < n; i++) {
+		bool any = false;
+
+		for (uint32_t k = 0; k < s[i].len; k++) {
+			if (s[i].data[k] != 'x')
+				continue;
+			any = true;
+			for (int j = 0; j < 4; j++) {
+				struct keel_slice r;
+				keel_slice_get(&b->blk, &r);
+				if (keel_conn_send(c, &r) < 0) {
+					keel_slice_put(&r);
+					break;
+				}
+			}
+			if (b->idx >= 1 && b->idx <= 2)
+				atomic_fetch_add(&big_done[b->idx - 1], 1);
+		}
+		if (any || keel_conn_send(c, &s[i]) < 0)
+			keel_slice_put(&s[i]);
+	}
+}
+
+static void
+big_close(struct keel_conn *c, int status)
+{
+	struct big_conn *b = keel_conn_user(c);
+
+	if (b) {
+		keel_slice_put(&b->blk);
+		free(b);
+	}
+	lecho_close(c, status);
+}
+
+static const struct keel_conn_ops big_ops = { .on_open = big_open,
+					      .on_data = big_data,
+					      .on_close = big_close };
+
+/* Reads (and drops) what the server had sent until it ends @fd (EOF or reset): the
+ * replies queued in the kernel before the abort may still arrive first. */
+static void
+drain_until_closed(int fd, const char *what)
+{
+	static char b[1 << 16];
+	size_t got = 0;
+
+	for (;;) {
+		ssize_t r = cli_recv(fd, b, sizeof(b));
+		if (r == 0 || (r < 0 && errno == ECONNRESET))
+			return;
+		cr_assert_gt(r, 0, "%s: expected the server to close it after %zu bytes (%s)", what,
+			     got, strerror(errno));
+		got += (size_t)r;
+	}
+}
+
+static int
+reader_that_never_reads(uint16_t port)
+{
+	int fd = cli_connect(port), rcv = 4096;
+
+	cr_assert_geq(fd, 0);
+	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv));
+	return fd;
+}
+
+/* send_max: a peer that never reads while its requests make replies is cut off once its
+ * queue would pass send_max (-ENOBUFS, counted), instead of growing without bound; the
+ * shard keeps serving another connection. */
+Test(net_limits, send_max_aborts_a_connection_that_does_not_read)
+{
+	struct keel_net_config nc;
+	struct srv s;
+	char req[32];
+	int fd, other;
+
+	lim_reset();
+	atomic_store(&big_next, 1);
+	keel_net_config_init(&nc);
+	nc.high_watermark = 64u << 20; /* no read pause: every request is answered */
+	nc.send_max = 8u << 20;
+	cr_assert_eq(srv_start(&s, NULL, &nc, &big_ops), 0);
+	fd = reader_that_never_reads(s.port);
+	memset(req, 'x', sizeof(req)); /* 32 MiB of replies, were nothing bounded */
+	cr_assert_eq(cli_write_all(fd, req, sizeof(req)), 0);
+	drain_until_closed(fd, "the connection that never reads");
+	WAIT_FOR(atomic_load(&lim_cap_conn) == 1 && atomic_load(&lim_enobufs_closes) == 1,
+		 "one send_max abort counted (%llu), closed with -ENOBUFS (%d)",
+		 (unsigned long long)atomic_load(&lim_cap_conn), atomic_load(&lim_enobufs_closes));
+	other = cli_connect(s.port);
+	cr_assert_geq(other, 0);
+	echo_once(other, 'o'); /* not 'x': echoed */
+	close(other);
+	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
+}
+
+/* shard_send_max: two non-reading peers, each within send_max alone, pass the shard's
+ * total together: the one whose send would pass it is cut off, the first keeps its queue. */
+Test(net_limits, shard_send_max_aborts_the_connection_that_passes_it)
+{
+	struct keel_net_config nc;
+	struct srv s;
+	char req[16];
+	int a, b, other;
+
+	lim_reset();
+	atomic_store(&big_next, 1);
+	atomic_store(&big_done[0], 0);
+	atomic_store(&big_done[1], 0);
+	keel_net_config_init(&nc);
+	nc.high_watermark = 64u << 20;
+	nc.send_max = 0;
+	/* The kernel takes at most a few MiB of a connection's 16 MiB (socket buffers), so
+	 * the first one queues 11-16 MiB, and the two together pass 20 MiB. */
+	nc.shard_send_max = 20u << 20;
+	cr_assert_eq(srv_start(&s, NULL, &nc, &big_ops), 0);
+	memset(req, 'x', sizeof(req));
+	a = reader_that_never_reads(s.port);
+	cr_assert_eq(cli_write_all(a, req, sizeof(req)), 0);
+	WAIT_FOR(atomic_load(&big_done[0]) == 16, "the first connection's 16 requests answered");
+	b = reader_that_never_reads(s.port);
+	cr_assert_eq(cli_write_all(b, req, sizeof(req)), 0);
+	drain_until_closed(b, "the connection that passed the shard's total");
+	WAIT_FOR(atomic_load(&lim_cap_shard) == 1 && atomic_load(&lim_enobufs_closes) == 1,
+		 "one shard_send_max abort counted (%llu), closed with -ENOBUFS (%d)",
+		 (unsigned long long)atomic_load(&lim_cap_shard), atomic_load(&lim_enobufs_closes));
+	cr_assert_eq(atomic_load(&lim_cap_conn), 0);
+	cr_assert_eq(atomic_load(&s.closes), 1, "the first connection was kept");
+	other = cli_connect(s.port);
+	cr_assert_geq(other, 0);
+	echo_once(other, 'o');
+	close(other);
+	close(a);
+	close(b);
+	cr_assert_eq(srv_stop(&s), 0);
+	/* The last connection closed (at the stop) with its queue dropped: nothing is counted
+	 * as queued on the shard any more. */
+	cr_assert_eq(atomic_load(&s.closes), 3);
+	cr_assert_eq(atomic_load(&lim_sendq), 0, "send_queued %llu after every close",
+		     (unsigned long long)atomic_load(&lim_sendq));
 }

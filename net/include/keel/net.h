@@ -69,7 +69,33 @@ struct keel_net_config {
 	uint32_t udp_buf_size;      /* the largest UDP datagram received whole, bytes (default
 				       65536); a longer one is dropped and counted
 				       (udp_truncated). Each buffer adds KEEL_UDP_BUF_OVERHEAD. */
+
+	/* Limits against hostile peers (docs/reliability.md). The timeouts apply to accepted
+	 * connections only and are checked by a per-shard sweep every quarter of the
+	 * shortest timeout in use, so one fires between its value and 1.5 times it; the
+	 * connection then ends with keel_conn_abort(-ETIMEDOUT). */
+	/* An accepted connection that has not received header_bytes bytes this long after
+	 * the accept is aborted (slowloris; counted in header_timeouts). 0: off (default). */
+	uint64_t header_timeout_ns;
+	/* ... the bytes it must have received by then (default 1: a first-byte timeout). */
+	uint32_t header_bytes;
+	/* An accepted connection on which nothing was received and no send completed for
+	 * this long is aborted (counted in idle_timeouts). 0: off (default). */
+	uint64_t idle_timeout_ns;
+	/* Queued send bytes one connection may hold: a send or write that would pass it
+	 * fails with -ENOBUFS and aborts the connection with -ENOBUFS (counted in
+	 * send_cap_conn). 0: no limit. Default KEEL_NET_SEND_MAX_DEFAULT. */
+	uint64_t send_max;
+	/* Queued send bytes of all a shard's connections together; as send_max, counted in
+	 * send_cap_shard. The shard's own setting applies (a listener's is not used). 0: no
+	 * limit. Default KEEL_NET_SHARD_SEND_MAX_DEFAULT. */
+	uint64_t shard_send_max;
 };
+
+/** Default keel_net_config.send_max: 64 MiB (64 times the default high watermark). */
+#define KEEL_NET_SEND_MAX_DEFAULT (UINT64_C(64) << 20)
+/** Default keel_net_config.shard_send_max: 1 GiB. */
+#define KEEL_NET_SHARD_SEND_MAX_DEFAULT (UINT64_C(1) << 30)
 
 /** Bytes of each UDP receive buffer beyond udp_buf_size: the io_uring_recvmsg_out header,
  * the source address and the control data (the kernel's drop counter). */
@@ -434,6 +460,13 @@ struct keel_net_stats {
 	uint64_t udp_truncated;  /* datagrams longer than udp_buf_size, dropped */
 	uint64_t udp_send_slots; /* UDP send slots allocated (pooled: grows with the most
 				    datagrams in flight at once, not with the sends) */
+
+	/* Limits against hostile peers (keel_net_config, docs/reliability.md). */
+	uint64_t header_timeouts; /* connections aborted by header_timeout_ns */
+	uint64_t idle_timeouts;   /* connections aborted by idle_timeout_ns */
+	uint64_t send_cap_conn;   /* connections aborted for passing send_max */
+	uint64_t send_cap_shard;  /* connections aborted for passing shard_send_max */
+	uint64_t send_queued;     /* send bytes queued on the shard's connections now */
 };
 
 /**

@@ -1,0 +1,160 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Limits against hostile peers (docs/reliability.md): the header (first-bytes) and idle
+ * timeouts of accepted connections, and the caps on queued send bytes per connection and
+ * per shard.
+ *
+ * Timeouts: accepted connections whose configuration has one are on a per-shard list,
+ * swept by one periodic timer (a quarter of the shortest timeout in use). The hot path
+ * only sets a flag (keel__lim_rx/keel__lim_tx); the sweep turns the flag into a time, so
+ * no clock is read per receive. A connection leaves the list when it closes, or once its
+ * header is complete and it has no idle timeout. The timer runs only while the list is
+ * not empty, so a shard without timed connections sleeps as before.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "net_internal.h"
+
+static uint64_t
+hdr_bytes(const struct keel_net_config *cfg)
+{
+	return cfg->header_bytes ? cfg->header_bytes : 1;
+}
+
+static bool
+header_pending(const struct net_lim *l)
+{
+	return l->cfg->header_timeout_ns && l->rx < hdr_bytes(l->cfg);
+}
+
+static void
+sweep_cb(struct keel_timer *t, void *arg)
+{
+	struct net_shard *ns = arg;
+	uint64_t now = keel_now_ns();
+	struct net_lim *l, *next;
+
+	for (l = ns->lim_head; l; l = next) {
+		const struct keel_net_config *cfg = l->cfg;
+
+		next = l->next;
+		if (l->active) {
+			l->active = false;
+			l->last_ns = now;
+		}
+		if (header_pending(l)) {
+			if (now - l->open_ns >= cfg->header_timeout_ns) {
+				ns->st.header_timeouts++;
+				keel_conn_abort(l->c, -ETIMEDOUT); /* unlists it */
+			}
+			continue;
+		}
+		if (!cfg->idle_timeout_ns) {
+			keel__lim_close(ns, l); /* nothing left to time */
+			continue;
+		}
+		if (now - l->last_ns >= cfg->idle_timeout_ns) {
+			ns->st.idle_timeouts++;
+			keel_conn_abort(l->c, -ETIMEDOUT);
+		}
+	}
+}
+
+static uint64_t
+period_of(const struct keel_net_config *cfg)
+{
+	uint64_t t = cfg->header_timeout_ns;
+	uint64_t p;
+
+	if (cfg->idle_timeout_ns && (!t || cfg->idle_timeout_ns < t))
+		t = cfg->idle_timeout_ns;
+	p = t / 4;
+	return p < KEEL_MS(1) ? KEEL_MS(1) : p;
+}
+
+void
+keel__lim_open(struct net_shard *ns, struct net_lim *l, struct keel_conn *c,
+	       const struct keel_net_config *cfg)
+{
+	uint64_t p;
+
+	if (!cfg->header_timeout_ns && !cfg->idle_timeout_ns)
+		return;
+	if (!ns->lim_timer && keel_timer_create(sweep_cb, ns, &ns->lim_timer) < 0) {
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "shard %u: no memory for the timeout sweep: header_timeout_ns and "
+			 "idle_timeout_ns are not enforced on this connection",
+			 ns->id);
+		return;
+	}
+	memset(l, 0, sizeof(*l));
+	l->c = c;
+	l->cfg = cfg;
+	l->open_ns = l->last_ns = keel_now_ns();
+	l->next = ns->lim_head;
+	if (l->next)
+		l->next->prev = l;
+	ns->lim_head = l;
+	l->listed = true;
+	p = period_of(cfg);
+	if (!ns->lim_period || p < ns->lim_period) {
+		ns->lim_period = p;
+		if (keel_timer_start(ns->lim_timer, p, p) < 0)
+			keel_log(KEEL_LOG_ERROR, NET_MOD,
+				 "shard %u: the timeout sweep could not be started (no memory); "
+				 "timeouts wait for the next connection",
+				 ns->id);
+	}
+}
+
+void
+keel__lim_close(struct net_shard *ns, struct net_lim *l)
+{
+	if (!l->listed)
+		return;
+	l->listed = false;
+	if (l->prev)
+		l->prev->next = l->next;
+	else
+		ns->lim_head = l->next;
+	if (l->next)
+		l->next->prev = l->prev;
+	l->prev = l->next = NULL;
+	if (!ns->lim_head && ns->lim_timer) {
+		keel_timer_stop(ns->lim_timer);
+		ns->lim_period = 0;
+	}
+}
+
+void
+keel__lim_stop(struct net_shard *ns)
+{
+	while (ns->lim_head)
+		keel__lim_close(ns, ns->lim_head);
+	if (ns->lim_timer) {
+		keel_timer_destroy(ns->lim_timer);
+		ns->lim_timer = NULL;
+	}
+}
+
+int
+keel__lim_send_refuse(struct net_shard *ns, struct keel_conn *c, bool conn, uint64_t limit)
+{
+	static _Thread_local uint64_t refused;
+
+	if (conn)
+		ns->st.send_cap_conn++;
+	else
+		ns->st.send_cap_shard++;
+	/* Rate-limited: the first, then one in 1000. */
+	if (refused++ % 1000 == 0)
+		keel_log(KEEL_LOG_WARN, NET_MOD,
+			 "shard %u: a connection's send queue would pass %s (%llu bytes): the "
+			 "connection is aborted (-ENOBUFS); the peer does not read what it is "
+			 "sent, or raise keel_net_config.%s",
+			 ns->id, conn ? "send_max" : "the shard's shard_send_max",
+			 (unsigned long long)limit, conn ? "send_max" : "shard_send_max");
+	keel_conn_abort(c, -ENOBUFS);
+	return -ENOBUFS;
+}

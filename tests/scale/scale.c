@@ -1,0 +1,214 @@
+// SPDX-License-Identifier: MIT
+#include "scale.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "wait.h"
+
+static pid_t live;
+
+void
+proc_start(struct proc *p, const char *bin, ...)
+{
+	const char *argv[40];
+	char line[512];
+	int pfd[2], n = 0;
+	va_list ap;
+	FILE *f;
+
+	argv[n++] = bin;
+	va_start(ap, bin);
+	for (const char *a; (a = va_arg(ap, const char *)) && n < 38;)
+		argv[n++] = a;
+	va_end(ap);
+	argv[n] = NULL;
+	cr_assert_eq(pipe(pfd), 0);
+	p->pid = fork();
+	cr_assert_geq(p->pid, 0);
+	if (p->pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		dup2(pfd[1], 2);
+		close(pfd[0]);
+		execv(argv[0], (char **)argv);
+		_exit(127);
+	}
+	close(pfd[1]);
+	f = fdopen(pfd[0], "r");
+	p->port = -1;
+	while (fgets(line, sizeof(line), f)) {
+		char *q = strstr(line, " port ");
+		if (strstr(line, "listening") && q) {
+			p->port = atoi(q + 6);
+			break;
+		}
+		fprintf(stderr, "%s", line);
+	}
+	cr_assert_gt(p->port, 0, "%s did not start (no 'listening ... port' line)", bin);
+	if (fork() == 0) {
+		/* KEEL_TEST_SERVER_LOG=FILE keeps what the server says (appended). */
+		const char *keep = getenv("KEEL_TEST_SERVER_LOG");
+		int null = open("/dev/null", O_WRONLY);
+		FILE *out = keep ? fopen(keep, "a") : NULL;
+		char b[4096];
+		size_t k;
+
+		dup2(null, 1);
+		dup2(null, 2);
+		while ((k = fread(b, 1, sizeof(b), f)) > 0)
+			if (out)
+				fwrite(b, 1, k, out);
+		_exit(0);
+	}
+	fclose(f);
+	live = p->pid;
+}
+
+void
+proc_stop(struct proc *p)
+{
+	uint64_t dl = test_deadline(TEST_WAIT_MS);
+	int st = 0;
+	pid_t r;
+
+	kill(p->pid, SIGTERM);
+	while ((r = waitpid(p->pid, &st, WNOHANG)) == 0) {
+		cr_assert(!test_expired(dl), "the server did not stop after SIGTERM");
+		test_pause();
+	}
+	live = 0;
+	cr_assert(r == p->pid && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+		  "the server ended with status 0x%x", st);
+}
+
+void
+scale_fini(void)
+{
+	if (live > 0)
+		kill(live, SIGKILL);
+	live = 0;
+}
+
+long
+proc_rss_kb(pid_t pid)
+{
+	char path[64], line[256];
+	long kb = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	f = fopen(path, "r");
+	cr_assert(f, "%s: %s", path, strerror(errno));
+	while (fgets(line, sizeof(line), f))
+		if (!strncmp(line, "VmRSS:", 6))
+			kb = atol(line + 6);
+	fclose(f);
+	cr_assert_geq(kb, 0, "no VmRSS in %s", path);
+	return kb;
+}
+
+int
+proc_fds(pid_t pid)
+{
+	char path[64];
+	struct dirent *e;
+	int n = 0;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+	d = opendir(path);
+	cr_assert(d, "%s: %s", path, strerror(errno));
+	while ((e = readdir(d)))
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n;
+}
+
+bool
+nofile_raise(unsigned need, char *why, size_t whylen)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0) {
+		snprintf(why, whylen, "getrlimit: %s", strerror(errno));
+		return false;
+	}
+	if (rl.rlim_cur >= need)
+		return true;
+	if (rl.rlim_max < need) {
+		/* Root may raise the hard limit too (up to fs.nr_open). */
+		rl.rlim_max = need;
+	}
+	rl.rlim_cur = need;
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0) {
+		snprintf(why, whylen,
+			 "RLIMIT_NOFILE cannot be raised to %u (%s); run with ulimit -n %u or more",
+			 need, strerror(errno), need);
+		return false;
+	}
+	return true;
+}
+
+int
+scale_connect(int port)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET,
+				 .sin_port = htons((uint16_t)port),
+				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	cr_assert_geq(fd, 0, "socket: %s", strerror(errno));
+	cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0, "connect: %s",
+		     strerror(errno));
+	return fd;
+}
+
+void
+scale_roundtrip(int fd, const char *req, size_t qlen, const char *resp, size_t rlen)
+{
+	char b[256];
+	size_t got = 0;
+	uint64_t dl = test_deadline(TEST_WAIT_MS);
+
+	cr_assert_leq(rlen, sizeof(b));
+	cr_assert_eq(send(fd, req, qlen, MSG_NOSIGNAL), (ssize_t)qlen, "send: %s", strerror(errno));
+	while (got < rlen) {
+		struct pollfd pf = { .fd = fd, .events = POLLIN };
+		int r = poll(&pf, 1, 100);
+		ssize_t k;
+
+		cr_assert(!test_expired(dl), "no reply within %u ms (%zu of %zu bytes)",
+			  TEST_WAIT_MS, got, rlen);
+		if (r <= 0)
+			continue;
+		k = recv(fd, b + got, rlen - got, 0);
+		cr_assert_gt(k, 0, "the server closed the connection (%s)",
+			     k < 0 ? strerror(errno) : "EOF");
+		got += (size_t)k;
+	}
+	cr_assert_eq(memcmp(b, resp, rlen), 0, "reply '%.*s', expected '%.*s'", (int)rlen, b,
+		     (int)rlen, resp);
+}
+
+bool
+scale_small(void)
+{
+	const char *e = getenv("KEEL_TEST_SCALE");
+	return e && !strcmp(e, "small");
+}

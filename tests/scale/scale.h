@@ -1,0 +1,40 @@
+/* SPDX-License-Identifier: MIT */
+/* Helpers of the scale tests: a server process, many client sockets, its memory. */
+#ifndef KEEL_TEST_SCALE_H
+#define KEEL_TEST_SCALE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+struct proc {
+	pid_t pid;
+	int port;
+};
+
+/* Start @bin with the arguments (NULL-terminated), stderr drained in the background;
+ * the port is read from its "listening on ... port N" line. Fails the test if it does not
+ * start. A server left running by a failed test is killed by scale_fini (the suite's fini)
+ * or, failing that, with the test process (PR_SET_PDEATHSIG). */
+void proc_start(struct proc *p, const char *bin, ...);
+/* SIGTERM, then wait (TEST_WAIT_MS); fails the test unless it exits with status 0. */
+void proc_stop(struct proc *p);
+void scale_fini(void);
+
+/* VmRSS of @pid in KiB (from /proc/PID/status), and its open descriptors. */
+long proc_rss_kb(pid_t pid);
+int proc_fds(pid_t pid);
+
+/* Raise RLIMIT_NOFILE's soft limit to cover @need descriptors (the hard limit allows).
+ * Returns false, with the reason in @why, when it cannot. */
+bool nofile_raise(unsigned need, char *why, size_t whylen);
+
+/* A blocking TCP connection to 127.0.0.1:@port, or fails the test. */
+int scale_connect(int port);
+/* Send @req and read exactly @rlen bytes, which must equal @resp (fails the test). */
+void scale_roundtrip(int fd, const char *req, size_t qlen, const char *resp, size_t rlen);
+
+/* KEEL_TEST_SCALE=small (the sanitizer run). */
+bool scale_small(void);
+
+#endif
