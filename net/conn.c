@@ -299,8 +299,10 @@ deliver(struct keel_conn *c, unsigned bid, int res, uint32_t flags)
 	int n = keel__pbuf_take(&ns->tcp, bid, res, flags, ns->f_bundle, ns->scratch,
 				ns->cfg.buf_count);
 
-	if (n > 0)
+	if (n > 0) {
 		keel__zcrx_copy_bytes(ns, (uint64_t)res);
+		keel__lim_rx(&c->lim, res);
+	}
 	deliver_taken(c, n);
 }
 
@@ -310,6 +312,8 @@ deliver_zc(struct keel_conn *c, const struct io_uring_cqe *cqe)
 {
 	int n = keel__zcrx_take(c->ns, cqe, c->ns->scratch);
 
+	if (n > 0)
+		keel__lim_rx(&c->lim, cqe->res);
 	if (n != 0)
 		deliver_taken(c, n);
 }
@@ -332,7 +336,6 @@ deliver_taken(struct keel_conn *c, int n)
 	}
 	ns->st.recv_cqes++;
 	ns->st.recv_bufs += (unsigned)n;
-	keel__lim_rx(&c->lim, res);
 	/* Behind held data: in order, after it. */
 	if (c->rqhead < c->rqn && !dropping_reads(c)) {
 		if (rq_hold(c, ns->scratch, (unsigned)n) < 0)
