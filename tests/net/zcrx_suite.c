@@ -645,8 +645,13 @@ Test(net_zcrx, keel_bench_stream_takes_zcrx_and_reports_fallback_bytes)
 	cr_assert_eq(st, 0, "exit %d:\n%s", st, out);
 	cr_assert(strstr(out, "\"server_zcrx\": \"fallback\""), "%s", out);
 	cr_assert_gt(json_field(out, "\"server_bytes_in\": "), 0, "%s", out);
-	cr_assert_eq(json_field(out, "\"server_zcrx_copy_bytes\": "),
-		     json_field(out, "\"server_bytes_in\": "), "%s", out);
+	/* Counted at each receive completion; bytes_in when the app gets them: what a paused
+	 * connection holds at the end (at most the shard's ring, 256 x 16 KiB) is in the
+	 * first only. */
+	cr_assert_geq(json_field(out, "\"server_zcrx_copy_bytes\": "),
+		      json_field(out, "\"server_bytes_in\": "), "%s", out);
+	cr_assert_leq(json_field(out, "\"server_zcrx_copy_bytes\": "),
+		      json_field(out, "\"server_bytes_in\": ") + 256 * 16384, "%s", out);
 	cr_assert_eq(json_field(out, "\"server_zcrx_bytes\": "), 0, "%s", out);
 	st = run_tool("keel-bench", "stream --seconds 0.3 --no-pin --zcrx on --iface lo", out,
 		      sizeof(out));
