@@ -1080,12 +1080,19 @@ read_names(struct keel_conn *c, int fd)
 	socklen_t pl = sizeof(c->peer), ll = sizeof(c->local);
 
 	if (!c->peerlen) {
+		c->ns->st.name_reads++;
 		if (getpeername(fd, (struct sockaddr *)&c->peer, &pl) < 0) {
 			c->addr_err = -errno;
+			c->locallen = 0; /* both or neither */
 			return;
 		}
 		c->peerlen = pl;
 	}
+	if (c->locallen) { /* the listener's (keel__conn_accepted) */
+		c->addr_err = 0;
+		return;
+	}
+	c->ns->st.name_reads++;
 	if (getsockname(fd, (struct sockaddr *)&c->local, &ll) < 0) {
 		c->addr_err = -errno;
 		c->peerlen = 0;
@@ -1096,10 +1103,15 @@ read_names(struct keel_conn *c, int fd)
 }
 
 void
-keel__conn_accepted(struct keel_conn *c, bool addrs)
+keel__conn_accepted(struct keel_conn *c, bool addrs, const struct sockaddr_storage *local,
+		    socklen_t locallen)
 {
 	struct io_uring_sqe *sqe;
 
+	if (addrs && local) {
+		memcpy(&c->local, local, locallen);
+		c->locallen = locallen;
+	}
 	if (!addrs) {
 		c->addr_err = -ENODATA;
 	} else if (!c->direct) {
@@ -1115,6 +1127,7 @@ keel__conn_accepted(struct keel_conn *c, bool addrs)
 		return;
 	} else {
 		c->addr_err = -EBUSY;
+		c->locallen = 0;
 	}
 	keel__conn_opened(c);
 }
@@ -1131,6 +1144,7 @@ addr_cb(struct keel_op *op, int res, uint32_t flags)
 		close(res);
 	} else {
 		c->addr_err = res == -EINVAL ? -EOPNOTSUPP : res;
+		c->locallen = 0;
 		if (!logged && res != -ECANCELED) {
 			logged = true;
 			keel_log(KEEL_LOG_WARN, NET_MOD,
