@@ -604,18 +604,37 @@ send_kick(struct keel_conn *c)
 	first_len = c->q[c->qhead].len - c->qoff;
 	if (zc_send(c, &c->q[c->qhead], c->qoff, first_len))
 		return;
-	c->offered = 0;
-	for (i = 0; i < c->qn && n < NET_IOV_MAX; i++) {
-		struct keel_slice *s = &c->q[(c->qhead + i) % c->qcap];
-		uint32_t off = i == 0 ? c->qoff : 0;
+	/* Locals, not the connection's fields: nothing aliases them in the loop. qcap is a
+	 * power of two (q_reserve doubles from 16). */
+	{
+		const uint32_t mask = c->qcap - 1,
+			       zct = ns->f_zc ? c->cfg->zc_threshold : UINT32_MAX;
+		uint64_t offered = 0;
+		uint8_t *end = NULL;
 
-		/* A large slice goes on its own, with SEND_ZC. */
-		if (i > 0 && ns->f_zc && s->len >= c->cfg->zc_threshold)
-			break;
-		c->iov[n].iov_base = s->data + off;
-		c->iov[n].iov_len = s->len - off;
-		c->offered += s->len - off;
-		n++;
+		for (i = 0; i < c->qn; i++) {
+			const struct keel_slice *s = &c->q[(c->qhead + i) & mask];
+			uint32_t off = i == 0 ? c->qoff : 0, len = s->len - off;
+			uint8_t *p = s->data + off;
+
+			/* A large slice goes on its own, with SEND_ZC. */
+			if (i > 0 && s->len >= zct)
+				break;
+			/* Adjacent bytes of one buffer (consecutive slices of a receive buffer,
+			 * small frames in one write buffer) go as one iovec. */
+			if (p == end) {
+				c->iov[n - 1].iov_len += len;
+			} else {
+				if (n == NET_IOV_MAX)
+					break;
+				c->iov[n].iov_base = p;
+				c->iov[n].iov_len = len;
+				n++;
+			}
+			end = p + len;
+			offered += len;
+		}
+		c->offered = offered;
 	}
 	sqe = keel_sqe_get();
 	if (!sqe)
@@ -732,6 +751,12 @@ wtail_room(const struct keel_conn *c)
 	t = &c->q[(c->qhead + c->qn - 1) % c->qcap];
 	return (size_t)((uint8_t *)keel_buf_base(t->buf) + keel_buf_cap(t->buf) -
 			(t->data + t->len));
+}
+
+size_t
+keel__conn_write_room(const struct keel_conn *c)
+{
+	return c->closing || c->flush_close || c->shut_pending ? 0 : wtail_room(c);
 }
 
 int

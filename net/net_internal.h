@@ -140,6 +140,9 @@ void keel__conn_opened(struct keel_conn *c);
 void keel__conn_accepted(struct keel_conn *c, bool addrs, const struct sockaddr_storage *local,
 			 socklen_t locallen);
 void keel__conn_starved_kick(struct net_shard *ns);
+/* Bytes keel_conn_write() can append to the write buffer at the queue's tail without a new
+ * buffer (0: the tail is not a write buffer). */
+size_t keel__conn_write_room(const struct keel_conn *c);
 void keel__conns_stop(struct net_shard *ns);
 
 /* The descriptor (*direct: a direct one), whether the application closed it, and a hold
