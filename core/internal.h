@@ -34,7 +34,7 @@ __attribute__((noreturn)) void keel__verify_fail(const char *file, int line, con
 struct atomic_stats {
 	_Atomic uint64_t passes, enters, cqes, msgs_sent, msgs_recv, msgs_overflow, msgs_refused,
 		sleeps, wakeups, wake_fallbacks, cq_overflows, cq_dropped, stalls, timers_fired,
-		deferred, foreign, max_pass_ns, idle_poll_ns;
+		deferred, foreign, max_pass_ns, idle_poll_ns, polls_found, polls_slept;
 };
 
 /* A message in a shard-pair queue: 32 bytes, two per cache line. The kind is implied:

@@ -540,6 +540,8 @@ keel__shard_loop(struct keel_shard *s)
 			break;
 		must_enter = need_enter(s);
 		if (work) {
+			if (idle_since) /* an idle poll ended by work, within its window */
+				STAT_INC(s, polls_found);
 			idle_since = 0;
 			/* After work, sleep at once if nothing is left for another pass (checked in
 			 * sleep_in_kernel): the sleep submits what this pass queued, so a wake-up
@@ -558,9 +560,11 @@ keel__shard_loop(struct keel_shard *s)
 			polled = true;
 			continue;
 		}
-		if (sleep_in_kernel(s, t0))
+		if (sleep_in_kernel(s, t0)) {
 			open = false;
-		else if (must_enter)
+			if (idle_since) /* polled the whole window for nothing */
+				STAT_INC(s, polls_slept);
+		} else if (must_enter)
 			enter(s);
 		idle_since = 0;
 	}

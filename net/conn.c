@@ -648,18 +648,37 @@ send_kick(struct keel_conn *c)
 	first_len = c->q[c->qhead].len - c->qoff;
 	if (zc_send(c, &c->q[c->qhead], c->qoff, first_len))
 		return;
-	c->offered = 0;
-	for (i = 0; i < c->qn && n < NET_IOV_MAX; i++) {
-		struct keel_slice *s = &c->q[(c->qhead + i) % c->qcap];
-		uint32_t off = i == 0 ? c->qoff : 0;
+	/* Locals, not the connection's fields: nothing aliases them in the loop. qcap is a
+	 * power of two (q_reserve doubles from 16). */
+	{
+		const uint32_t mask = c->qcap - 1,
+			       zct = ns->f_zc ? c->cfg->zc_threshold : UINT32_MAX;
+		uint64_t offered = 0;
+		uint8_t *end = NULL;
 
-		/* A large slice goes on its own, with SEND_ZC. */
-		if (i > 0 && ns->f_zc && s->len >= c->cfg->zc_threshold)
-			break;
-		c->iov[n].iov_base = s->data + off;
-		c->iov[n].iov_len = s->len - off;
-		c->offered += s->len - off;
-		n++;
+		for (i = 0; i < c->qn; i++) {
+			const struct keel_slice *s = &c->q[(c->qhead + i) & mask];
+			uint32_t off = i == 0 ? c->qoff : 0, len = s->len - off;
+			uint8_t *p = s->data + off;
+
+			/* A large slice goes on its own, with SEND_ZC. */
+			if (i > 0 && s->len >= zct)
+				break;
+			/* Adjacent bytes of one buffer (consecutive slices of a receive buffer,
+			 * small frames in one write buffer) go as one iovec. */
+			if (p == end) {
+				c->iov[n - 1].iov_len += len;
+			} else {
+				if (n == NET_IOV_MAX)
+					break;
+				c->iov[n].iov_base = p;
+				c->iov[n].iov_len = len;
+				n++;
+			}
+			end = p + len;
+			offered += len;
+		}
+		c->offered = offered;
 	}
 	sqe = keel_sqe_get();
 	if (!sqe)
@@ -779,6 +798,12 @@ wtail_room(const struct keel_conn *c)
 	t = &c->q[(c->qhead + c->qn - 1) % c->qcap];
 	return (size_t)((uint8_t *)keel_buf_base(t->buf) + keel_buf_cap(t->buf) -
 			(t->data + t->len));
+}
+
+size_t
+keel__conn_write_room(const struct keel_conn *c)
+{
+	return c->closing || c->flush_close || c->shut_pending ? 0 : wtail_room(c);
 }
 
 int
@@ -1131,12 +1156,19 @@ read_names(struct keel_conn *c, int fd)
 	socklen_t pl = sizeof(c->peer), ll = sizeof(c->local);
 
 	if (!c->peerlen) {
+		c->ns->st.name_reads++;
 		if (getpeername(fd, (struct sockaddr *)&c->peer, &pl) < 0) {
 			c->addr_err = -errno;
+			c->locallen = 0; /* both or neither */
 			return;
 		}
 		c->peerlen = pl;
 	}
+	if (c->locallen) { /* the listener's (keel__conn_accepted) */
+		c->addr_err = 0;
+		return;
+	}
+	c->ns->st.name_reads++;
 	if (getsockname(fd, (struct sockaddr *)&c->local, &ll) < 0) {
 		c->addr_err = -errno;
 		c->peerlen = 0;
@@ -1147,11 +1179,16 @@ read_names(struct keel_conn *c, int fd)
 }
 
 void
-keel__conn_accepted(struct keel_conn *c, bool addrs)
+keel__conn_accepted(struct keel_conn *c, bool addrs, const struct sockaddr_storage *local,
+		    socklen_t locallen)
 {
 	struct io_uring_sqe *sqe;
 
 	keel__lim_open(c->ns, &c->lim, c, c->cfg);
+	if (addrs && local) {
+		memcpy(&c->local, local, locallen);
+		c->locallen = locallen;
+	}
 	if (!addrs) {
 		c->addr_err = -ENODATA;
 	} else if (!c->direct) {
@@ -1167,6 +1204,7 @@ keel__conn_accepted(struct keel_conn *c, bool addrs)
 		return;
 	} else {
 		c->addr_err = -EBUSY;
+		c->locallen = 0;
 	}
 	keel__conn_opened(c);
 }
@@ -1183,6 +1221,7 @@ addr_cb(struct keel_op *op, int res, uint32_t flags)
 		close(res);
 	} else {
 		c->addr_err = res == -EINVAL ? -EOPNOTSUPP : res;
+		c->locallen = 0;
 		if (!logged && res != -ECANCELED) {
 			logged = true;
 			keel_log(KEEL_LOG_WARN, NET_MOD,

@@ -20,8 +20,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <time.h>
 
+#include "net_internal.h"
 #include "zcrx.h"
 
 struct keel_framer {
@@ -432,9 +434,42 @@ keel_framer_on_data(struct keel_framer *f, struct keel_conn *c, struct keel_slic
 	return r;
 }
 
+/* Frames up to this many payload bytes, in up to FRAME_COPY_SLICES slices, are copied
+ * with their header into the connection's write buffer (keel_conn_writev): consecutive
+ * small frames then fill one buffer and leave as one iovec, where each would otherwise
+ * cost a header allocation and two iovecs. Measured with tools/bench/frameloop.sh
+ * (docs/performance.md, "Speed work (session 3)"). */
+#define FRAME_COPY_MAX    512u
+#define FRAME_COPY_SLICES 8u
+
+/* The copying send of a small frame. Consumes the slices on success. */
+static int
+send_copied(struct keel_conn *c, const uint8_t hdr[KEEL_FRAME_LEN32_HDR], struct keel_slice *s,
+	    unsigned n)
+{
+	struct iovec iov[1 + FRAME_COPY_SLICES];
+	unsigned k = 0;
+	int r;
+
+	iov[k++] = (struct iovec){ (void *)hdr, KEEL_FRAME_LEN32_HDR };
+	for (unsigned i = 0; i < n; i++)
+		if (s[i].len)
+			iov[k++] = (struct iovec){ s[i].data, s[i].len };
+	r = keel_conn_writev(c, iov, k);
+	if (r < 0)
+		return r;
+	for (unsigned i = 0; i < n; i++) {
+		if (s[i].buf)
+			keel_slice_put(&s[i]);
+		memset(&s[i], 0, sizeof(s[i]));
+	}
+	return r;
+}
+
 int
 keel_frame_send(struct keel_conn *c, struct keel_slice *s, unsigned n)
 {
+	uint8_t hb[KEEL_FRAME_LEN32_HDR];
 	struct keel_slice h;
 	uint64_t total = 0;
 	unsigned i;
@@ -444,21 +479,32 @@ keel_frame_send(struct keel_conn *c, struct keel_slice *s, unsigned n)
 		total += s[i].len;
 	if (total > UINT32_MAX)
 		return -EMSGSIZE;
-	r = keel_buf_alloc(keel_shard_alloc(), KEEL_FRAME_LEN32_HDR, &h);
-	if (r < 0)
-		return r;
-	h.data[0] = (uint8_t)(total >> 24);
-	h.data[1] = (uint8_t)(total >> 16);
-	h.data[2] = (uint8_t)(total >> 8);
-	h.data[3] = (uint8_t)total;
-	/*
-	 * Queued in the same pass, the header and the payload leave in one sendmsg (the
-	 * connection flushes at the end of the pass and gathers what is queued).
-	 */
-	ret = keel_conn_send(c, &h);
-	if (ret < 0) {
-		keel_slice_put(&h);
-		return ret;
+	hb[0] = (uint8_t)(total >> 24);
+	hb[1] = (uint8_t)(total >> 16);
+	hb[2] = (uint8_t)(total >> 8);
+	hb[3] = (uint8_t)total;
+	if (total <= FRAME_COPY_MAX && n <= FRAME_COPY_SLICES)
+		return send_copied(c, hb, s, n);
+	/* A large frame goes without copying: its header joins the write buffer at the
+	 * queue's tail when that has room, else it gets a buffer of its own. */
+	if (keel__conn_write_room(c) >= KEEL_FRAME_LEN32_HDR) {
+		ret = keel_conn_write(c, hb, sizeof(hb));
+		if (ret < 0)
+			return ret;
+	} else {
+		r = keel_buf_alloc(keel_shard_alloc(), KEEL_FRAME_LEN32_HDR, &h);
+		if (r < 0)
+			return r;
+		memcpy(h.data, hb, sizeof(hb));
+		/*
+		 * Queued in the same pass, the header and the payload leave in one sendmsg (the
+		 * connection flushes at the end of the pass and gathers what is queued).
+		 */
+		ret = keel_conn_send(c, &h);
+		if (ret < 0) {
+			keel_slice_put(&h);
+			return ret;
+		}
 	}
 	for (i = 0; i < n; i++) {
 		if (!s[i].len) {

@@ -28,6 +28,7 @@
 struct lstats {
 	_Atomic uint64_t accepted, cpu_mismatch, napi_mismatch, unverified, accept_errors;
 	_Atomic uint64_t over_limit;
+	_Atomic uint64_t steer_reads;
 };
 
 struct keel__lshard {
@@ -50,6 +51,11 @@ struct keel_listener {
 	uint16_t port;
 	enum keel_steer steer;
 	bool no_addrs;
+	/* Bound to one IP address (not a wildcard): every accepted connection's local
+	 * address is this one, so it is copied instead of read with getsockname. */
+	bool local_known;
+	struct sockaddr_storage local;
+	socklen_t locallen;
 	bool unix_sock;  /* AF_UNIX: one socket, shared by the shards (no reuseport) */
 	char *unix_path; /* the path keel bound (created), unlinked at destroy */
 	dev_t unix_dev;  /* ... and the inode it got, so only that file is unlinked */
@@ -89,6 +95,31 @@ keel_steer_name(enum keel_steer s)
 }
 
 static int steer_attach(struct keel_listener *l);
+
+/* Remember @b, the first socket's bound address, when it names one IP address: then it is
+ * every accepted connection's local address. A wildcard (0.0.0.0, ::) or a link-local
+ * IPv6 address (whose scope an accepted socket may report differently) is read per
+ * connection instead. */
+static void
+local_note(struct keel_listener *l, const struct sockaddr_storage *b, socklen_t bl)
+{
+	bool one;
+
+	if (b->ss_family == AF_INET) {
+		one = ((const struct sockaddr_in *)b)->sin_addr.s_addr != htonl(INADDR_ANY);
+	} else if (b->ss_family == AF_INET6) {
+		const struct in6_addr *a = &((const struct sockaddr_in6 *)b)->sin6_addr;
+		one = !IN6_IS_ADDR_UNSPECIFIED(a) && !IN6_IS_ADDR_LINKLOCAL(a) &&
+		      !IN6_IS_ADDR_V4MAPPED(a);
+	} else {
+		one = false;
+	}
+	if (!one || bl > sizeof(l->local))
+		return;
+	memcpy(&l->local, b, bl);
+	l->locallen = bl;
+	l->local_known = true;
+}
 
 /* A Unix domain listener: reuseport groups are for IP sockets, so there is one socket;
  * each shard accepts on its own duplicate of it, and the kernel gives each connection to
@@ -247,6 +278,7 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 			l->port = ntohs(((struct sockaddr_in *)&b)->sin_port);
 			/* The other sockets join the group on the port actually bound. */
 			((struct sockaddr_in *)&ss)->sin_port = htons(l->port);
+			local_note(l, &b, bl);
 		}
 	}
 	/* Attaching to the first, still unhashed socket creates the group with the program;
@@ -366,6 +398,7 @@ verify_submit(struct keel__lshard *ls, int fd, bool direct, int optname)
 	struct io_uring_sqe *sqe;
 	struct verify_op *v;
 
+	STAT_INC(l, ls->shard, steer_reads);
 	if (!direct) {
 		uint32_t val = 0;
 		socklen_t len = sizeof(val);
@@ -456,12 +489,15 @@ accept_cb(struct keel_op *op, int res, uint32_t flags)
 			struct keel_conn *c = keel__conn_new(ns, res, direct, &l->ops, l->app,
 							     l->has_cfg ? &l->cfg : NULL);
 			STAT_INC(l, ls->shard, accepted);
-			if (!l->unix_sock) {
-				verify_submit(ls, res, direct, SO_INCOMING_CPU);
-				verify_submit(ls, res, direct, SO_INCOMING_NAPI_ID);
-			}
+			/* Only what the steering compares: cpu steering the incoming CPU,
+			 * queue steering the NAPI id; hash steering has nothing to check. */
+			if (!l->unix_sock && l->steer != KEEL_STEER_HASH)
+				verify_submit(ls, res, direct,
+					      l->steer == KEEL_STEER_CPU ? SO_INCOMING_CPU
+									 : SO_INCOMING_NAPI_ID);
 			if (c)
-				keel__conn_accepted(c, !l->no_addrs);
+				keel__conn_accepted(c, !l->no_addrs,
+						    l->local_known ? &l->local : NULL, l->locallen);
 			else if (direct) {
 				int m1 = -1;
 				io_uring_register_files_update(keel_shard_ring_get(), (unsigned)res,
@@ -633,5 +669,6 @@ keel_listener_stats(const struct keel_listener *l, unsigned shard, struct keel_l
 	out->unverified = atomic_load(&l->stats[shard].unverified);
 	out->accept_errors = atomic_load(&l->stats[shard].accept_errors);
 	out->over_limit = atomic_load(&l->stats[shard].over_limit);
+	out->steer_reads = atomic_load(&l->stats[shard].steer_reads);
 	return 0;
 }

@@ -149,9 +149,15 @@ struct keel_conn *keel__conn_new(struct net_shard *ns, int fd, bool direct,
 				 const struct keel_conn_ops *ops, void *app,
 				 const struct keel_net_config *cfg);
 void keel__conn_opened(struct keel_conn *c);
-/* An accepted connection: read its addresses (unless !@addrs), then open it (on_open). */
-void keel__conn_accepted(struct keel_conn *c, bool addrs);
+/* An accepted connection: read its addresses (unless !@addrs), then open it (on_open).
+ * @local (@locallen bytes): its local address when the listener knows it (bound to one
+ * IP address), so only the peer's is read; NULL: read both. */
+void keel__conn_accepted(struct keel_conn *c, bool addrs, const struct sockaddr_storage *local,
+			 socklen_t locallen);
 void keel__conn_starved_kick(struct net_shard *ns);
+/* Bytes keel_conn_write() can append to the write buffer at the queue's tail without a new
+ * buffer (0: the tail is not a write buffer). */
+size_t keel__conn_write_room(const struct keel_conn *c);
 void keel__conns_stop(struct net_shard *ns);
 /* Tests (simulated ZCRX kernel side): deliver the RECV_ZC completion @cqe (32 bytes) on @c
  * as recv_cb does. Context: @c's shard. */

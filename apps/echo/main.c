@@ -246,6 +246,7 @@ main(int argc, char **argv)
 		lo.addr = a.addr;
 		lo.port = (uint16_t)a.port;
 		lo.rt = rt;
+		lo.no_addrs = true; /* an echo never asks for a connection's addresses */
 		/* Queue steering follows the --map file: rx queue q goes to the shard that owns
 		 * it there (without a map, queue q goes to shard q % shards). */
 		if (lo.steer == KEEL_STEER_QUEUE && o.map_path && *o.map_path) {

@@ -199,6 +199,54 @@ Test(core_timer, idle_polling_time_is_counted)
 	cr_assert_gt(st.idle_poll_ns, 0, "the shard polled but counted no time");
 	cr_assert_leq(st.idle_poll_ns, wall, "%llu ns of polling in a run of %llu ns",
 		      (unsigned long long)st.idle_poll_ns, (unsigned long long)wall);
+	/* Nothing came within 1 ms of polling before the 200 ms timer: the poll slept. */
+	cr_assert_geq(st.polls_slept, 1, "a poll that found nothing was not counted");
+	keel_runtime_destroy(rt);
+}
+
+/* A timer every 100 us under a 1 s polling window: the polls are ended by the timer's
+ * work, and counted as polls that found work. */
+static unsigned tick_n;
+
+static void
+tick_cb(struct keel_timer *t, void *arg)
+{
+	if (++tick_n == 20) {
+		keel_timer_destroy(t);
+		keel_stop(0);
+	}
+}
+
+static void
+tick_start(void *app)
+{
+	struct keel_timer *t;
+
+	tick_n = 0;
+	if (!SHARD_CHECK_EQ(keel_timer_create(tick_cb, NULL, &t), 0)) {
+		keel_stop(-EIO);
+		return;
+	}
+	keel_timer_start(t, KEEL_US(100), KEEL_US(100));
+}
+
+Test(core_timer, idle_polls_that_find_work_are_counted)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_runtime *rt;
+	struct keel_shard_stats st;
+	int r;
+
+	o.idle_poll_us = 1000000; /* about polling: a window no tick can miss */
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, tick_start, NULL), 0);
+	r = keel_runtime_join(rt);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
+	cr_assert_eq(keel_runtime_stats(rt, 0, &st), 0);
+	cr_assert_eq(st.timers_fired, 20);
+	cr_assert_geq(st.polls_found, 1, "polls ended by the timer: %llu",
+		      (unsigned long long)st.polls_found);
 	keel_runtime_destroy(rt);
 }
 

@@ -20,6 +20,7 @@ struct seen {
 	int rpeer, rlocal;
 	struct sockaddr_storage peer, local;
 	socklen_t peerlen, locallen;
+	uint64_t name_reads; /* keel_net_stats' at on_open */
 	_Atomic int closes;
 };
 
@@ -31,6 +32,9 @@ addr_open(struct keel_conn *c)
 	seen.peerlen = seen.locallen = 0;
 	seen.rpeer = keel_conn_peer_addr(c, &seen.peer, &seen.peerlen);
 	seen.rlocal = keel_conn_local_addr(c, &seen.local, &seen.locallen);
+	struct keel_net_stats st;
+	if (SHARD_CHECK_EQ(keel_net_stats(keel_this_shard(), &st), 0))
+		seen.name_reads = st.name_reads;
 	atomic_store(&seen.done, 1);
 }
 
@@ -82,24 +86,41 @@ start_listener(void *arg)
 		keel_stop(r);
 }
 
+/* One accepted connection. @addr: the listener's address; @conn: where the client connects
+ * (NULL: @addr); @want_reads: the getpeername/getsockname calls expected for it (a listener
+ * bound to one address knows the local address: only the peer's is read); @steer: the
+ * listener's steering, and the steering reads (getsockopt) expected per accept. */
+struct acase {
+	const char *addr, *conn, *feature;
+	bool no_addrs;
+	unsigned want_reads;
+	enum keel_steer steer;
+	unsigned want_steer_reads;
+};
+
 static void
-accepted_case_opts(const char *addr, const char *feature, bool no_addrs)
+accepted_run(const struct acase *k)
 {
 	struct keel_opts o = net_test_opts(1);
-	struct keel_listen_opts lo = { .addr = addr, .no_addrs = no_addrs };
+	struct keel_listen_opts lo = { .addr = k->addr,
+				       .no_addrs = k->no_addrs,
+				       .steer = k->steer };
 	struct keel_runtime *rt;
 	struct keel_listener *l;
+	struct keel_listener_stats lst;
 	struct sockaddr_storage want_peer, want_local;
 	socklen_t len, wlen;
 	int fd;
 
 	memset(&seen, 0, sizeof(seen));
-	net_test_feature(&o, feature);
+	net_test_feature(&o, k->feature);
 	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
 	lo.rt = rt;
 	cr_assert_eq(keel_listener_create(&lo, 1, &addr_ops, NULL, &l), 0);
 	cr_assert_eq(keel_runtime_start(rt, start_listener, l), 0);
-	cr_assert_eq(keel_net_addr_parse(addr, keel_listener_port(l), &want_local, &wlen), 0);
+	cr_assert_eq(keel_net_addr_parse(k->conn ? k->conn : k->addr, keel_listener_port(l),
+					 &want_local, &wlen),
+		     0);
 	fd = socket(want_local.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	cr_assert_geq(fd, 0);
 	cr_assert_eq(connect(fd, (struct sockaddr *)&want_local, wlen), 0, "connect: %s",
@@ -107,7 +128,7 @@ accepted_case_opts(const char *addr, const char *feature, bool no_addrs)
 	len = sizeof(want_peer);
 	cr_assert_eq(getsockname(fd, (struct sockaddr *)&want_peer, &len), 0);
 	WAIT_FOR(atomic_load(&seen.done), "on_open of the accepted connection");
-	if (no_addrs) {
+	if (k->no_addrs) {
 		cr_assert_eq(seen.rpeer, -ENODATA);
 		cr_assert_eq(seen.rlocal, -ENODATA);
 	} else {
@@ -116,19 +137,73 @@ accepted_case_opts(const char *addr, const char *feature, bool no_addrs)
 		assert_same(&seen.peer, seen.peerlen, &want_peer, "peer");
 		assert_same(&seen.local, seen.locallen, &want_local, "local");
 	}
+	cr_assert_eq(seen.name_reads, k->want_reads, "%s: %llu address reads, want %u", k->addr,
+		     (unsigned long long)seen.name_reads, k->want_reads);
 	close(fd);
 	WAIT_FOR(atomic_load(&seen.closes) == 1, "on_close");
 	keel_runtime_stop(rt, 0);
 	cr_assert_eq(keel_runtime_join(rt), 0);
+	/* After the join: a steering read on a direct descriptor is a ring operation. */
+	cr_assert_eq(keel_listener_stats(l, 0, &lst), 0);
+	cr_assert_eq(lst.accepted, 1);
+	cr_assert_eq(lst.steer_reads, k->want_steer_reads, "%llu steering reads, want %u",
+		     (unsigned long long)lst.steer_reads, k->want_steer_reads);
 	keel_runtime_destroy(rt);
 	keel_listener_destroy(l);
 	SHARD_CHECKS_PASSED();
 }
 
 static void
+accepted_case_opts(const char *addr, const char *feature, bool no_addrs)
+{
+	accepted_run(&(struct acase){ .addr = addr,
+				      .feature = feature,
+				      .no_addrs = no_addrs,
+				      .want_reads = no_addrs ? 0 : 1,
+				      .want_steer_reads = 1 });
+}
+
+static void
 accepted_case(const char *addr, const char *feature)
 {
 	accepted_case_opts(addr, feature, false);
+}
+
+/* A wildcard listener cannot know which local address a connection came to: both are
+ * read, and the local one is the address connected to. */
+Test(net_addr, wildcard_listener_reads_the_local_address)
+{
+	accepted_run(&(struct acase){ .addr = "0.0.0.0",
+				      .conn = "127.0.0.1",
+				      .feature = "direct_fd=auto",
+				      .want_reads = 2,
+				      .want_steer_reads = 1 });
+	accepted_run(&(struct acase){ .addr = "::",
+				      .conn = "::1",
+				      .feature = "direct_fd=off",
+				      .want_reads = 2,
+				      .want_steer_reads = 1 });
+}
+
+/* Steering is checked with the one value it compares (cpu: SO_INCOMING_CPU, queue: the
+ * NAPI id), and not at all with hash steering. */
+Test(net_addr, steering_reads_only_what_it_checks)
+{
+	accepted_run(&(struct acase){ .addr = "127.0.0.1",
+				      .feature = "direct_fd=auto",
+				      .want_reads = 1,
+				      .steer = KEEL_STEER_HASH,
+				      .want_steer_reads = 0 });
+	accepted_run(&(struct acase){ .addr = "127.0.0.1",
+				      .feature = "direct_fd=off",
+				      .want_reads = 1,
+				      .steer = KEEL_STEER_QUEUE,
+				      .want_steer_reads = 1 });
+	accepted_run(&(struct acase){ .addr = "127.0.0.1",
+				      .feature = "direct_fd=off",
+				      .want_reads = 1,
+				      .steer = KEEL_STEER_CPU,
+				      .want_steer_reads = 1 });
 }
 
 Test(net_addr, listener_without_addresses_answers_enodata)

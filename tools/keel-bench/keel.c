@@ -281,6 +281,7 @@ serve_start(const struct bench_cfg *cfg, uint16_t *port, struct bench_server **o
 	inet_ntop(AF_INET, &cfg->addr.sin_addr, s->addr, sizeof(s->addr));
 	lo.addr = s->addr;
 	lo.port = ntohs(cfg->addr.sin_port);
+	lo.no_addrs = true; /* the echo server never asks for a connection's addresses */
 	r = keel_listener_create(&lo, s->n, &srv_ops, s, &s->l);
 	if (r < 0) {
 		s->l = NULL;

@@ -146,6 +146,9 @@ struct keel_shard_stats {
 	uint64_t max_pass_ns;    /* longest pass seen */
 	uint64_t idle_poll_ns;   /* time spent polling with nothing to do (--idle-poll-us):
 				  * CPU the shard burned idle, counted as busy by the OS */
+	uint64_t polls_found;    /* idle polls (--idle-poll-us) that found work in the window */
+	uint64_t polls_slept;    /* ... that found none in it and slept in the kernel: found /
+				  * (found + slept) is how often polling paid */
 };
 
 /**

@@ -148,10 +148,11 @@ KEEL_API int keel_framer_on_data(struct keel_framer *f, struct keel_conn *c, str
 				 unsigned n);
 
 /**
- * Send one KEEL_FRAME_LEN32 frame: a 4-byte header from the shard's allocator, then the
- * @n payload slices, queued together so that they leave in one send (see docs/framing.md
- * for the limits of that promise). Empty slices are allowed (put); @n may be 0 (an empty
- * frame).
+ * Send one KEEL_FRAME_LEN32 frame: a 4-byte header, then the @n payload slices, queued
+ * together so that they leave in one send (see docs/framing.md for the limits of that
+ * promise). A small frame (<= 512 bytes in <= 8 slices) is copied into the connection's
+ * write buffer and its slices put; a larger one is queued without copying. Empty slices
+ * are allowed (put); @n may be 0 (an empty frame).
  * Consumes: the @n references, on success. On failure the slices that were queued (or
  * empty and put) are zeroed and every slice whose buf is not NULL is still the caller's;
  * when queueing fails after the header went in (-ENOMEM), a half-queued frame would

@@ -244,9 +244,12 @@ struct keel_listener_stats {
 	uint64_t accepted;      /* connections accepted on this shard */
 	uint64_t cpu_mismatch;  /* SO_INCOMING_CPU is not this shard's CPU (cpu steering) */
 	uint64_t napi_mismatch; /* SO_INCOMING_NAPI_ID differs from the shard's first one */
-	uint64_t unverified;    /* the incoming CPU could not be read */
+	uint64_t unverified;    /* the value steering is checked by could not be read */
 	uint64_t accept_errors; /* EMFILE/ENFILE/ENOMEM and other accept failures */
 	uint64_t over_limit;    /* accepted beyond max_conns and closed at once */
+	uint64_t steer_reads;   /* steering checks issued: one getsockopt per accept with
+				   cpu (SO_INCOMING_CPU) or queue steering (SO_INCOMING_NAPI_ID),
+				   none with hash steering or a Unix socket */
 };
 
 /**
@@ -460,6 +463,8 @@ struct keel_net_stats {
 	uint64_t udp_truncated;  /* datagrams longer than udp_buf_size, dropped */
 	uint64_t udp_send_slots; /* UDP send slots allocated (pooled: grows with the most
 				    datagrams in flight at once, not with the sends) */
+	uint64_t name_reads;     /* getpeername/getsockname calls for accepted and connected
+				    connections' addresses (keel_conn_peer_addr) */
 
 	/* Limits against hostile peers (keel_net_config, docs/reliability.md). */
 	uint64_t header_timeouts; /* connections aborted by header_timeout_ns */
