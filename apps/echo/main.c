@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <keel/jemalloc.h>
 #include <keel/keel.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +45,8 @@ struct app {
 	bool udp;
 	bool forward;
 	struct keel_listener *l;
+	const char *steer;        /* the steering's name, for the listening line */
+	_Atomic unsigned started; /* shards whose listener runs */
 };
 
 static void
@@ -89,7 +92,16 @@ on_start(void *arg)
 		keel_log(KEEL_LOG_ERROR, "echo", "shard %u: %s", keel_shard_id(keel_this_shard()),
 			 strerror(-r));
 		keel_stop(r);
+		return;
 	}
+	/* Said by the last shard to start its listener: a shard that cannot (ZCRX on a NIC
+	 * that cannot do it, say) stops the program before the line, so a script that waits
+	 * for it never meets a server that is about to exit. Signals are blocked on shards,
+	 * so a SIGTERM right after the line stops the runtime cleanly. */
+	if (a->l && atomic_fetch_add(&a->started, 1) + 1 == keel_shard_count(keel_this_shard()))
+		fprintf(stderr, "keel-echo: listening on %s port %u, %u shards, steering %s%s\n",
+			a->addr, keel_listener_port(a->l), keel_shard_count(keel_this_shard()),
+			a->steer, a->forward ? ", forwarding frames" : "");
 }
 
 static void
@@ -273,17 +285,10 @@ main(int argc, char **argv)
 			return 1;
 		}
 	}
+	a.steer = keel_steer_name(lo.steer);
 	r = keel_runtime_start(rt, on_start, &a);
-	if (r == 0) {
-		/* Said once the runtime runs: from here SIGINT/SIGTERM stop it cleanly (before
-		 * keel_runtime_start blocks them, a signal would kill the process). */
-		if (a.l)
-			fprintf(stderr,
-				"keel-echo: listening on %s port %u, %u shards, steering %s%s\n",
-				a.addr, keel_listener_port(a.l), keel_runtime_shard_count(rt),
-				keel_steer_name(lo.steer), a.forward ? ", forwarding frames" : "");
+	if (r == 0)
 		r = keel_runtime_join(rt);
-	}
 	/* keel_runtime_join printed the runtime's counters (--stats); the forwarding ones
 	 * are the app's. */
 	if (o.stats && a.forward)

@@ -671,6 +671,10 @@ Test(net_zcrx, keel_echo_on_lo_exits_naming_lo_and_reason)
 	cr_assert_neq(st, 124, "keel-echo did not exit:\n%s", out);
 	cr_assert(strstr(out, "ZCRX on lo rx queue 0: EOPNOTSUPP"), "%s", out);
 	cr_assert(strstr(out, "lo has no queue API / no parent device"), "%s", out);
+	cr_assert_null(strstr(out, "listening on"),
+		       "keel-echo said it listens, then exited: a script waiting for the line "
+		       "would connect to a server on its way out:\n%s",
+		       out);
 }
 
 /* A synthetic 32-byte CQE as the kernel writes it for RECV_ZC. */
