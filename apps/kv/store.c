@@ -52,9 +52,14 @@ rb_put(struct rbuf *b, const void *p, size_t n)
 void
 rb_simple(struct rbuf *b, const char *s)
 {
-	rb_put(b, "+", 1);
-	rb_put(b, s, strlen(s));
-	rb_put(b, "\r\n", 2);
+	size_t n = strlen(s);
+
+	if (!rb_reserve(b, n + 3))
+		return;
+	b->p[b->len] = '+';
+	memcpy(b->p + b->len + 1, s, n);
+	memcpy(b->p + b->len + 1 + n, "\r\n", 2);
+	b->len += n + 3;
 }
 
 void
@@ -80,13 +85,24 @@ rb_err(struct rbuf *b, const char *fmt, ...)
 	rb_put(b, "\r\n", 2);
 }
 
+/* "<c><v>\r\n", written backwards into a small array (snprintf cost more than the
+ * rest of a GET's reply). */
 static void
 rb_prefix(struct rbuf *b, char c, long long v)
 {
-	char t[32];
-	int n = snprintf(t, sizeof(t), "%c%lld\r\n", c, v);
+	char t[32], *q = t + sizeof(t);
+	unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
 
-	rb_put(b, t, (size_t)n);
+	*--q = '\n';
+	*--q = '\r';
+	do {
+		*--q = (char)('0' + u % 10);
+		u /= 10;
+	} while (u);
+	if (v < 0)
+		*--q = '-';
+	*--q = c;
+	rb_put(b, q, (size_t)(t + sizeof(t) - q));
 }
 
 void
@@ -99,8 +115,11 @@ void
 rb_bulk(struct rbuf *b, const void *p, size_t n)
 {
 	rb_prefix(b, '$', (long long)n);
-	rb_put(b, p, n);
-	rb_put(b, "\r\n", 2);
+	if (!rb_reserve(b, n + 2))
+		return;
+	memcpy(b->p + b->len, p, n);
+	memcpy(b->p + b->len + n, "\r\n", 2);
+	b->len += n + 2;
 }
 
 void
@@ -401,11 +420,11 @@ maybe_grow(struct kv_db *db)
 	rehash_step(db, KV_GROW_STEP);
 }
 
-/* Find @key; an expired key is deleted on the way (lazy expiry). *pp: the link to it. */
+/* Find @key, of hash @h; an expired key is deleted on the way (lazy expiry). *pp: the
+ * link to it. */
 static struct kv_ent *
-lookup(struct kv_db *db, const struct resp_arg *key, struct kv_ent ***pp)
+lookup_h(struct kv_db *db, const struct resp_arg *key, uint64_t h, struct kv_ent ***pp)
 {
-	uint64_t h = kv_hash(key->p, key->len);
 	struct kv_ent **p = bucket(db, h), *e;
 
 	for (; (e = *p); p = &e->next) {
@@ -423,6 +442,12 @@ lookup(struct kv_db *db, const struct resp_arg *key, struct kv_ent ***pp)
 		return e;
 	}
 	return NULL;
+}
+
+static struct kv_ent *
+lookup(struct kv_db *db, const struct resp_arg *key, struct kv_ent ***pp)
+{
+	return lookup_h(db, key, kv_hash(key->p, key->len), pp);
 }
 
 static void
@@ -448,11 +473,13 @@ set_expire(struct kv_db *db, struct kv_ent *e, int64_t at)
 
 /* Set @key to @val (value capacity at least @cap). Returns the entry, or NULL when memory
  * ran out (the old value is then untouched). */
+/* store() for a key the caller has just looked up: @h its hash, @old (and @pp, its link)
+ * what lookup_h() returned, the table not changed since. */
 static struct kv_ent *
-store(struct kv_db *db, const struct resp_arg *key, const void *val, size_t vlen, size_t cap,
-      bool keepttl)
+store_at(struct kv_db *db, const struct resp_arg *key, uint64_t h, struct kv_ent *old,
+	 struct kv_ent **pp, const void *val, size_t vlen, size_t cap, bool keepttl)
 {
-	struct kv_ent **pp = NULL, *old = lookup(db, key, &pp), *e;
+	struct kv_ent *e;
 	int64_t exp = old && keepttl ? old->expire_ms : 0;
 
 	if (cap < vlen)
@@ -466,7 +493,7 @@ store(struct kv_db *db, const struct resp_arg *key, const void *val, size_t vlen
 	e = keel_shard_malloc(sizeof(*e) + key->len + cap);
 	if (!e)
 		return NULL;
-	e->hash = old ? old->hash : kv_hash(key->p, key->len);
+	e->hash = h;
 	e->klen = (uint32_t)key->len;
 	e->vlen = (uint32_t)vlen;
 	e->vcap = (uint32_t)cap;
@@ -491,6 +518,16 @@ store(struct kv_db *db, const struct resp_arg *key, const void *val, size_t vlen
 	counts_publish(db);
 	maybe_grow(db);
 	return e;
+}
+
+static struct kv_ent *
+store(struct kv_db *db, const struct resp_arg *key, const void *val, size_t vlen, size_t cap,
+      bool keepttl)
+{
+	uint64_t h = kv_hash(key->p, key->len);
+	struct kv_ent **pp = NULL, *old = lookup_h(db, key, h, &pp);
+
+	return store_at(db, key, h, old, pp, val, vlen, cap, keepttl);
 }
 
 size_t
@@ -639,7 +676,8 @@ cmd_set(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out
 {
 	bool nx = false, xx = false, keepttl = false, get = false;
 	int64_t exp = 0;
-	struct kv_ent *e;
+	struct kv_ent *e, **pp = NULL;
+	uint64_t h;
 
 	for (unsigned i = 3; i < argc; i++) {
 		bool has_next = i + 1 < argc;
@@ -674,7 +712,8 @@ cmd_set(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out
 			return;
 		}
 	}
-	e = lookup(db, &argv[1], NULL);
+	h = kv_hash(argv[1].p, argv[1].len);
+	e = lookup_h(db, &argv[1], h, &pp);
 	if (get) {
 		if (e)
 			rb_bulk(out, e->data + e->klen, e->vlen);
@@ -686,7 +725,7 @@ cmd_set(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out
 			rb_nil(out);
 		return;
 	}
-	e = store(db, &argv[1], argv[2].p, argv[2].len, argv[2].len, keepttl);
+	e = store_at(db, &argv[1], h, e, pp, argv[2].p, argv[2].len, argv[2].len, keepttl);
 	if (!e) {
 		if (!get)
 			rb_err(out, "%s", e_oom);
@@ -741,7 +780,8 @@ cmd_exists(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *
 static void
 incr_by(struct kv_db *db, struct resp_arg *key, long long by, struct rbuf *out)
 {
-	struct kv_ent *e = lookup(db, key, NULL);
+	uint64_t h = kv_hash(key->p, key->len);
+	struct kv_ent **pp = NULL, *e = lookup_h(db, key, h, &pp);
 	long long v = 0;
 	char t[24];
 	int n;
@@ -759,7 +799,7 @@ incr_by(struct kv_db *db, struct resp_arg *key, long long by, struct rbuf *out)
 	}
 	v += by;
 	n = snprintf(t, sizeof(t), "%lld", v);
-	if (!store(db, key, t, (size_t)n, 20, true)) {
+	if (!store_at(db, key, h, e, pp, t, (size_t)n, 20, true)) {
 		rb_err(out, "%s", e_oom);
 		return;
 	}
@@ -1074,12 +1114,30 @@ kv_cmd_table(unsigned *n)
 	return cmds;
 }
 
+/* @lower (a table name) equals @s[0..@n) ignoring ASCII case. */
+static bool
+name_eq(const char *lower, const uint8_t *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		uint8_t c = s[i];
+		if (c >= 'A' && c <= 'Z')
+			c |= 0x20;
+		if (!lower[i] || (uint8_t)lower[i] != c)
+			return false;
+	}
+	return !lower[n];
+}
+
 const struct kv_cmd *
 kv_cmd_find(const uint8_t *name, size_t len)
 {
+	uint8_t first;
+
+	if (!len)
+		return NULL;
+	first = name[0] >= 'A' && name[0] <= 'Z' ? name[0] | 0x20 : name[0];
 	for (unsigned i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
-		if (strlen(cmds[i].name) == len &&
-		    !strncasecmp(cmds[i].name, (const char *)name, len))
+		if ((uint8_t)cmds[i].name[0] == first && name_eq(cmds[i].name, name, len))
 			return &cmds[i];
 	return NULL;
 }
