@@ -1107,37 +1107,62 @@ static const struct kv_cmd cmds[] = {
 	{ "bgrewriteaof", 1, 0, KV_R_ALL, 0, KV_M_FIRST, kv_aof_cmd_bgrewrite, "admin noscript" },
 };
 
+#define NCMDS (sizeof(cmds) / sizeof(cmds[0]))
+
 const struct kv_cmd *
 kv_cmd_table(unsigned *n)
 {
-	*n = sizeof(cmds) / sizeof(cmds[0]);
+	*n = NCMDS;
 	return cmds;
 }
 
-/* @lower (a table name) equals @s[0..@n) ignoring ASCII case. */
-static bool
-name_eq(const char *lower, const uint8_t *s, size_t n)
+/* A name of up to 8 bytes as one word, lower case: kv_cmd_find then compares one word
+ * (and the length) per table entry instead of a string (it runs once per request). */
+static uint64_t
+name_word(const uint8_t *s, size_t n)
 {
-	for (size_t i = 0; i < n; i++) {
-		uint8_t c = s[i];
-		if (c >= 'A' && c <= 'Z')
-			c |= 0x20;
-		if (!lower[i] || (uint8_t)lower[i] != c)
-			return false;
+	const uint64_t ones = 0x0101010101010101ull, high = ones * 0x80;
+	uint64_t w = 0, low, upper;
+
+	memcpy(&w, s, n);
+	/* Per byte, without a loop: the high bit set where 'A' <= (byte & 0x7f) <= 'Z',
+	 * then 0x20 added there (a byte of 0x80 or more keeps its high bit: it matches no
+	 * name either way). */
+	low = w & ~high;
+	upper = (low + ones * (0x80 - 'A')) & ~(low + ones * (0x80 - 'Z' - 1)) & high;
+	return w | upper >> 2;
+}
+
+/* The table's names as words (0 for names longer than 8 bytes), set before main() runs,
+ * so that no shard writes them. */
+static uint64_t cmd_words[NCMDS];
+static uint8_t cmd_lens[NCMDS];
+
+__attribute__((constructor)) static void
+cmd_words_init(void)
+{
+	for (unsigned i = 0; i < NCMDS; i++) {
+		size_t n = strlen(cmds[i].name);
+		cmd_lens[i] = (uint8_t)n;
+		cmd_words[i] = n <= 8 ? name_word((const uint8_t *)cmds[i].name, n) : 0;
 	}
-	return !lower[n];
 }
 
 const struct kv_cmd *
 kv_cmd_find(const uint8_t *name, size_t len)
 {
-	uint8_t first;
+	uint64_t w;
 
-	if (!len)
+	if (len == 0 || len > 8) {
+		for (unsigned i = 0; i < NCMDS; i++)
+			if (cmd_lens[i] == len &&
+			    !strncasecmp(cmds[i].name, (const char *)name, len))
+				return &cmds[i];
 		return NULL;
-	first = name[0] >= 'A' && name[0] <= 'Z' ? name[0] | 0x20 : name[0];
-	for (unsigned i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
-		if ((uint8_t)cmds[i].name[0] == first && name_eq(cmds[i].name, name, len))
+	}
+	w = name_word(name, len);
+	for (unsigned i = 0; i < NCMDS; i++)
+		if (cmd_words[i] == w && cmd_lens[i] == len)
 			return &cmds[i];
 	return NULL;
 }
