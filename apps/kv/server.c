@@ -419,7 +419,7 @@ exec_here(const struct kv_cmd *c, struct resp_arg *argv, unsigned argc, struct r
 		return;
 	}
 	if (c->flags & KV_F_WRITE) {
-		const char *e = kv_aof_error();
+		const char *e = kv_cfg.aof ? kv_aof_error() : NULL;
 		size_t at = out->len;
 		if (e) {
 			rb_err(out, "MISCONF Errors writing to the AOF file: %s", e);
@@ -1275,7 +1275,8 @@ on_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
 {
 	struct kconn *kc = keel_conn_user(c);
 
-	kc->last_ms = kv_now_ms();
+	if (kv_cfg.timeout_s) /* only the idle check reads it: no clock read per pass else */
+		kc->last_ms = kv_now_ms();
 	for (unsigned i = 0; i < n; i++) {
 		size_t used;
 
