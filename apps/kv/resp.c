@@ -59,7 +59,7 @@ str2ll(const uint8_t *p, size_t n, long long *out)
  * whole yet, bad): the caller then takes the general path (memchr, str2ll), which gives
  * the same result for plain lines and Redis's replies for the rest. 18 digits cannot
  * overflow, so no check per digit (the bulk lengths of every request pass here). */
-static size_t
+static inline __attribute__((always_inline)) size_t
 plain_num(const uint8_t *p, size_t n, long long *out)
 {
 	unsigned long long v = 0;
