@@ -3,8 +3,9 @@
 # keel-kv's user-space instructions per request, counted by callgrind (docs/kv.md,
 # "Per-request cost"):
 #   tools/bench/kvcost.sh [BUILD_DIR] [N] [TOP]
-# (defaults build, 20000, 12; KVCOST_P="16" runs one pipeline depth only). keel-kv runs under callgrind with one shard and no idle
-# polling (valgrind runs one thread at a time: tools/valgrind.sh says why one shard); the
+# (defaults build, 20000, 12; KVCOST_P="16" runs one pipeline depth only). keel-kv runs
+# under callgrind with one shard and no idle polling (valgrind runs one thread at a time:
+# tools/valgrind.sh says why one shard); the
 # client is redis-benchmark -c 50 -d 100 -r 100000 -n N at -P 1 and -P 16. For each test
 # (SET, GET) the server runs twice: once with the passes before it (SET: none; GET: one SET
 # pass, so that keys exist) and once with one more pass of the test; the difference / N is
