@@ -193,6 +193,7 @@ main(int argc, char **argv)
 	lo.addr = addr;
 	lo.port = (uint16_t)port;
 	lo.rt = rt;
+	lo.no_addrs = true; /* nothing here asks for them (no CLIENT LIST, no address logs) */
 	r = keel_listener_create(&lo, kv_cfg.nshards, &kv_conn_ops, &a, &a.l);
 	if (r < 0) {
 		fprintf(stderr, "keel-kv: listening on %s port %ld: %s\n", addr, port,

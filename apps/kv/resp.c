@@ -53,6 +53,30 @@ str2ll(const uint8_t *p, size_t n, long long *out)
 	return true;
 }
 
+/* The number of a count line that starts at @p (after its '*' or '$'), when it is plain:
+ * 1 to 18 digits, no leading zero (or "0"), then '\r' within @n bytes. Returns the
+ * digits' length and *out, or 0 when the line is anything else (negative, longer, not
+ * whole yet, bad): the caller then takes the general path (memchr, str2ll), which gives
+ * the same result for plain lines and Redis's replies for the rest. 18 digits cannot
+ * overflow, so no check per digit (the bulk lengths of every request pass here). */
+static inline __attribute__((always_inline)) size_t
+plain_num(const uint8_t *p, size_t n, long long *out)
+{
+	unsigned long long v = 0;
+	size_t i = 0;
+
+	if (n > 19)
+		n = 19;
+	while (i < n && p[i] >= '0' && p[i] <= '9') {
+		v = v * 10 + (unsigned)(p[i] - '0');
+		i++;
+	}
+	if (i == 0 || i == n || i > 18 || p[i] != '\r' || (p[0] == '0' && i > 1))
+		return 0;
+	*out = (long long)v;
+	return i;
+}
+
 static long
 fail(struct resp_req *req, const char *msg)
 {
@@ -70,10 +94,15 @@ more(struct resp_req *req, size_t need)
 static long
 parse_multibulk(const uint8_t *p, size_t n, struct resp_req *req)
 {
-	const uint8_t *cr = memchr(p, '\r', n);
+	const uint8_t *cr;
 	long long count, len;
-	size_t pos;
+	size_t pos, d = plain_num(p + 1, n - 1, &count);
 
+	if (d && count <= INT_MAX) {
+		cr = p + 1 + d;
+		goto counted;
+	}
+	cr = memchr(p, '\r', n);
 	if (!cr) {
 		if (n > RESP_INLINE_MAX)
 			return fail(req, "Protocol error: too big mbulk count string");
@@ -81,6 +110,7 @@ parse_multibulk(const uint8_t *p, size_t n, struct resp_req *req)
 	}
 	if (!str2ll(p + 1, (size_t)(cr - p) - 1, &count) || count > INT_MAX)
 		return fail(req, "Protocol error: invalid multibulk length");
+counted:
 	pos = (size_t)(cr - p) + 2;
 	if (pos > n)
 		return more(req, pos);
@@ -91,6 +121,11 @@ parse_multibulk(const uint8_t *p, size_t n, struct resp_req *req)
 
 		if (pos >= n)
 			return more(req, pos + 1);
+		if (p[pos] == '$' && (d = plain_num(p + pos + 1, n - pos - 1, &len)) &&
+		    (unsigned long long)len <= req->max_bulk) {
+			cr = p + pos + 1 + d;
+			goto sized;
+		}
 		cr = memchr(p + pos, '\r', n - pos);
 		if (!cr) {
 			if (n - pos > RESP_INLINE_MAX)
@@ -106,6 +141,7 @@ parse_multibulk(const uint8_t *p, size_t n, struct resp_req *req)
 		if (!str2ll(p + pos + 1, (size_t)(cr - (p + pos)) - 1, &len) || len < 0 ||
 		    (unsigned long long)len > req->max_bulk)
 			return fail(req, "Protocol error: invalid bulk length");
+sized:
 		start = (size_t)(cr - p) + 2;
 		if (start + (size_t)len + 2 > n)
 			return more(req, start + (size_t)len + 2);

@@ -419,7 +419,7 @@ exec_here(const struct kv_cmd *c, struct resp_arg *argv, unsigned argc, struct r
 		return;
 	}
 	if (c->flags & KV_F_WRITE) {
-		const char *e = kv_aof_error();
+		const char *e = kv_cfg.aof ? kv_aof_error() : NULL;
 		size_t at = out->len;
 		if (e) {
 			rb_err(out, "MISCONF Errors writing to the AOF file: %s", e);
@@ -1138,9 +1138,14 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 		local_cmd(kc, c, argv, argc, out);
 		return;
 	case KV_R_KEY:
-		owner = kv_owner(kv_hash(argv[1].p, argv[1].len));
+		/* One shard owns every key: no hash here (the table hashes the key anyway). */
+		owner = kv_cfg.nshards == 1 ? me : kv_owner(kv_hash(argv[1].p, argv[1].len));
 		break;
 	case KV_R_KEYS: {
+		if (kv_cfg.nshards == 1) {
+			owner = me;
+			break;
+		}
 		unsigned nkeys = (argc - 1) / c->key_step;
 		if (nkeys > 64 && !(owners = malloc(nkeys * sizeof(*owners))))
 			goto oom;
@@ -1204,14 +1209,18 @@ static size_t
 process(struct kconn *kc, const uint8_t *p, size_t n, const struct keel_slice *src)
 {
 	size_t off = 0;
+	/* Set up once per call, not per request: an initializer per request zeroed err[]
+	 * each time (resp_parse resets argc and need itself, and sets err when it fails). */
+	struct resp_req req = { .max_bulk = kv_cfg.max_bulk };
 
 	while (off < n && !kc->closing && !kc->out.oom) {
-		struct resp_req req = { .argv = kc->argv,
-					.cap = kc->argv_cap,
-					.scratch = kc->scratch,
-					.scratch_cap = kc->scratch_cap,
-					.max_bulk = kv_cfg.max_bulk };
 		long r;
+
+		/* kc's arrays may have grown (or moved) since: a fan-out parses with them. */
+		req.argv = kc->argv;
+		req.cap = kc->argv_cap;
+		req.scratch = kc->scratch;
+		req.scratch_cap = kc->scratch_cap;
 
 		while ((r = resp_parse(p + off, n - off, &req)) == RESP_NEED_ARGV ||
 		       r == RESP_NEED_SCRATCH)
@@ -1266,7 +1275,8 @@ on_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
 {
 	struct kconn *kc = keel_conn_user(c);
 
-	kc->last_ms = kv_now_ms();
+	if (kv_cfg.timeout_s) /* only the idle check reads it: no clock read per pass else */
+		kc->last_ms = kv_now_ms();
 	for (unsigned i = 0; i < n; i++) {
 		size_t used;
 

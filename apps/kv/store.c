@@ -52,9 +52,14 @@ rb_put(struct rbuf *b, const void *p, size_t n)
 void
 rb_simple(struct rbuf *b, const char *s)
 {
-	rb_put(b, "+", 1);
-	rb_put(b, s, strlen(s));
-	rb_put(b, "\r\n", 2);
+	size_t n = strlen(s);
+
+	if (!rb_reserve(b, n + 3))
+		return;
+	b->p[b->len] = '+';
+	memcpy(b->p + b->len + 1, s, n);
+	memcpy(b->p + b->len + 1 + n, "\r\n", 2);
+	b->len += n + 3;
 }
 
 void
@@ -80,13 +85,24 @@ rb_err(struct rbuf *b, const char *fmt, ...)
 	rb_put(b, "\r\n", 2);
 }
 
+/* "<c><v>\r\n", written backwards into a small array (snprintf cost more than the
+ * rest of a GET's reply). */
 static void
 rb_prefix(struct rbuf *b, char c, long long v)
 {
-	char t[32];
-	int n = snprintf(t, sizeof(t), "%c%lld\r\n", c, v);
+	char t[32], *q = t + sizeof(t);
+	unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
 
-	rb_put(b, t, (size_t)n);
+	*--q = '\n';
+	*--q = '\r';
+	do {
+		*--q = (char)('0' + u % 10);
+		u /= 10;
+	} while (u);
+	if (v < 0)
+		*--q = '-';
+	*--q = c;
+	rb_put(b, q, (size_t)(t + sizeof(t) - q));
 }
 
 void
@@ -99,8 +115,11 @@ void
 rb_bulk(struct rbuf *b, const void *p, size_t n)
 {
 	rb_prefix(b, '$', (long long)n);
-	rb_put(b, p, n);
-	rb_put(b, "\r\n", 2);
+	if (!rb_reserve(b, n + 2))
+		return;
+	memcpy(b->p + b->len, p, n);
+	memcpy(b->p + b->len + n, "\r\n", 2);
+	b->len += n + 2;
 }
 
 void
@@ -401,11 +420,11 @@ maybe_grow(struct kv_db *db)
 	rehash_step(db, KV_GROW_STEP);
 }
 
-/* Find @key; an expired key is deleted on the way (lazy expiry). *pp: the link to it. */
+/* Find @key, of hash @h; an expired key is deleted on the way (lazy expiry). *pp: the
+ * link to it. */
 static struct kv_ent *
-lookup(struct kv_db *db, const struct resp_arg *key, struct kv_ent ***pp)
+lookup_h(struct kv_db *db, const struct resp_arg *key, uint64_t h, struct kv_ent ***pp)
 {
-	uint64_t h = kv_hash(key->p, key->len);
 	struct kv_ent **p = bucket(db, h), *e;
 
 	for (; (e = *p); p = &e->next) {
@@ -423,6 +442,12 @@ lookup(struct kv_db *db, const struct resp_arg *key, struct kv_ent ***pp)
 		return e;
 	}
 	return NULL;
+}
+
+static struct kv_ent *
+lookup(struct kv_db *db, const struct resp_arg *key, struct kv_ent ***pp)
+{
+	return lookup_h(db, key, kv_hash(key->p, key->len), pp);
 }
 
 static void
@@ -448,11 +473,13 @@ set_expire(struct kv_db *db, struct kv_ent *e, int64_t at)
 
 /* Set @key to @val (value capacity at least @cap). Returns the entry, or NULL when memory
  * ran out (the old value is then untouched). */
+/* store() for a key the caller has just looked up: @h its hash, @old (and @pp, its link)
+ * what lookup_h() returned, the table not changed since. */
 static struct kv_ent *
-store(struct kv_db *db, const struct resp_arg *key, const void *val, size_t vlen, size_t cap,
-      bool keepttl)
+store_at(struct kv_db *db, const struct resp_arg *key, uint64_t h, struct kv_ent *old,
+	 struct kv_ent **pp, const void *val, size_t vlen, size_t cap, bool keepttl)
 {
-	struct kv_ent **pp = NULL, *old = lookup(db, key, &pp), *e;
+	struct kv_ent *e;
 	int64_t exp = old && keepttl ? old->expire_ms : 0;
 
 	if (cap < vlen)
@@ -466,7 +493,7 @@ store(struct kv_db *db, const struct resp_arg *key, const void *val, size_t vlen
 	e = keel_shard_malloc(sizeof(*e) + key->len + cap);
 	if (!e)
 		return NULL;
-	e->hash = old ? old->hash : kv_hash(key->p, key->len);
+	e->hash = h;
 	e->klen = (uint32_t)key->len;
 	e->vlen = (uint32_t)vlen;
 	e->vcap = (uint32_t)cap;
@@ -491,6 +518,16 @@ store(struct kv_db *db, const struct resp_arg *key, const void *val, size_t vlen
 	counts_publish(db);
 	maybe_grow(db);
 	return e;
+}
+
+static struct kv_ent *
+store(struct kv_db *db, const struct resp_arg *key, const void *val, size_t vlen, size_t cap,
+      bool keepttl)
+{
+	uint64_t h = kv_hash(key->p, key->len);
+	struct kv_ent **pp = NULL, *old = lookup_h(db, key, h, &pp);
+
+	return store_at(db, key, h, old, pp, val, vlen, cap, keepttl);
 }
 
 size_t
@@ -639,7 +676,8 @@ cmd_set(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out
 {
 	bool nx = false, xx = false, keepttl = false, get = false;
 	int64_t exp = 0;
-	struct kv_ent *e;
+	struct kv_ent *e, **pp = NULL;
+	uint64_t h;
 
 	for (unsigned i = 3; i < argc; i++) {
 		bool has_next = i + 1 < argc;
@@ -674,7 +712,8 @@ cmd_set(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out
 			return;
 		}
 	}
-	e = lookup(db, &argv[1], NULL);
+	h = kv_hash(argv[1].p, argv[1].len);
+	e = lookup_h(db, &argv[1], h, &pp);
 	if (get) {
 		if (e)
 			rb_bulk(out, e->data + e->klen, e->vlen);
@@ -686,7 +725,7 @@ cmd_set(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out
 			rb_nil(out);
 		return;
 	}
-	e = store(db, &argv[1], argv[2].p, argv[2].len, argv[2].len, keepttl);
+	e = store_at(db, &argv[1], h, e, pp, argv[2].p, argv[2].len, argv[2].len, keepttl);
 	if (!e) {
 		if (!get)
 			rb_err(out, "%s", e_oom);
@@ -741,7 +780,8 @@ cmd_exists(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *
 static void
 incr_by(struct kv_db *db, struct resp_arg *key, long long by, struct rbuf *out)
 {
-	struct kv_ent *e = lookup(db, key, NULL);
+	uint64_t h = kv_hash(key->p, key->len);
+	struct kv_ent **pp = NULL, *e = lookup_h(db, key, h, &pp);
 	long long v = 0;
 	char t[24];
 	int n;
@@ -759,7 +799,7 @@ incr_by(struct kv_db *db, struct resp_arg *key, long long by, struct rbuf *out)
 	}
 	v += by;
 	n = snprintf(t, sizeof(t), "%lld", v);
-	if (!store(db, key, t, (size_t)n, 20, true)) {
+	if (!store_at(db, key, h, e, pp, t, (size_t)n, 20, true)) {
 		rb_err(out, "%s", e_oom);
 		return;
 	}
@@ -1067,19 +1107,62 @@ static const struct kv_cmd cmds[] = {
 	{ "bgrewriteaof", 1, 0, KV_R_ALL, 0, KV_M_FIRST, kv_aof_cmd_bgrewrite, "admin noscript" },
 };
 
+#define NCMDS (sizeof(cmds) / sizeof(cmds[0]))
+
 const struct kv_cmd *
 kv_cmd_table(unsigned *n)
 {
-	*n = sizeof(cmds) / sizeof(cmds[0]);
+	*n = NCMDS;
 	return cmds;
+}
+
+/* A name of up to 8 bytes as one word, lower case: kv_cmd_find then compares one word
+ * (and the length) per table entry instead of a string (it runs once per request). */
+static uint64_t
+name_word(const uint8_t *s, size_t n)
+{
+	const uint64_t ones = 0x0101010101010101ull, high = ones * 0x80;
+	uint64_t w = 0, low, upper;
+
+	memcpy(&w, s, n);
+	/* Per byte, without a loop: the high bit set where 'A' <= (byte & 0x7f) <= 'Z',
+	 * then 0x20 added there (a byte of 0x80 or more keeps its high bit: it matches no
+	 * name either way). */
+	low = w & ~high;
+	upper = (low + ones * (0x80 - 'A')) & ~(low + ones * (0x80 - 'Z' - 1)) & high;
+	return w | upper >> 2;
+}
+
+/* The table's names as words (0 for names longer than 8 bytes), set before main() runs,
+ * so that no shard writes them. */
+static uint64_t cmd_words[NCMDS];
+static uint8_t cmd_lens[NCMDS];
+
+__attribute__((constructor)) static void
+cmd_words_init(void)
+{
+	for (unsigned i = 0; i < NCMDS; i++) {
+		size_t n = strlen(cmds[i].name);
+		cmd_lens[i] = (uint8_t)n;
+		cmd_words[i] = n <= 8 ? name_word((const uint8_t *)cmds[i].name, n) : 0;
+	}
 }
 
 const struct kv_cmd *
 kv_cmd_find(const uint8_t *name, size_t len)
 {
-	for (unsigned i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
-		if (strlen(cmds[i].name) == len &&
-		    !strncasecmp(cmds[i].name, (const char *)name, len))
+	uint64_t w;
+
+	if (len == 0 || len > 8) {
+		for (unsigned i = 0; i < NCMDS; i++)
+			if (cmd_lens[i] == len &&
+			    !strncasecmp(cmds[i].name, (const char *)name, len))
+				return &cmds[i];
+		return NULL;
+	}
+	w = name_word(name, len);
+	for (unsigned i = 0; i < NCMDS; i++)
+		if (cmd_words[i] == w && cmd_lens[i] == len)
 			return &cmds[i];
 	return NULL;
 }

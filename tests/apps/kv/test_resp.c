@@ -155,6 +155,51 @@ Test(kv_resp, malformed_input_gets_redis_errors)
 	expect_error("SET 'a'b\r\n", 10, "Protocol error: unbalanced quotes in request");
 }
 
+/* Count lines at the edges of the parser's quick path for plain numbers (1-18 digits,
+ * then CR): the same results as Redis's string2ll on either side of those edges. */
+Test(kv_resp, count_lines_at_every_length_parse_as_redis_does)
+{
+	struct p *s = newp();
+	const char empty[] = "*2\r\n$0\r\n\r\n$1\r\nx\r\n";
+	char r[64];
+
+	cr_assert_eq(parse(s, empty, sizeof(empty) - 1), (long)sizeof(empty) - 1);
+	cr_assert_eq(s->req.argc, 2);
+	cr_assert_eq(s->argv[0].len, 0);
+	ARG_IS(s, 1, "x");
+	cr_assert_eq(parse(s, "*0\r\n", 4), 4);
+	cr_assert_eq(s->req.argc, 0);
+	expect_error("*1\r\n$00\r\n\r\n", 11, "Protocol error: invalid bulk length");
+	expect_error("*1\r\n$01\r\nx\r\n", 12, "Protocol error: invalid bulk length");
+	expect_error("*00\r\n", 5, "Protocol error: invalid multibulk length");
+	expect_error("*2147483648\r\n", 13, "Protocol error: invalid multibulk length");
+	/* The largest count: the request needs its first argument. */
+	cr_assert_eq(parse(s, "*2147483647\r\n", 13), RESP_MORE);
+	/* Bulk lengths of 1 to 20 digits under an unlimited max_bulk: up to 18 and 19
+	 * digits (below 2^63) the request asks for its bytes; 20 digits are refused. */
+	for (int d = 1; d <= 20; d++) {
+		int n = snprintf(r, sizeof(r), "*1\r\n$%.*s\r\n", d, "12345678912345678912");
+		long ret;
+
+		memset(&s->req, 0, sizeof(s->req));
+		s->req.argv = s->argv;
+		s->req.cap = 64;
+		s->req.max_bulk = UINT64_MAX;
+		ret = resp_parse((const uint8_t *)r, (size_t)n, &s->req);
+		if (d <= 19) {
+			char digits[24];
+			snprintf(digits, sizeof(digits), "%.*s", d, "12345678912345678912");
+			cr_assert_eq(ret, RESP_MORE, "%d digits: %ld", d, ret);
+			cr_assert_eq(s->req.need, (size_t)n + strtoull(digits, NULL, 10) + 2,
+				     "%d digits: need %zu", d, s->req.need);
+		} else {
+			cr_assert_eq(ret, RESP_ERROR, "%d digits: %ld", d, ret);
+			cr_assert_str_eq(s->req.err, "Protocol error: invalid bulk length");
+		}
+	}
+	free(s);
+}
+
 Test(kv_resp, bulk_longer_than_the_limit_is_refused_from_its_header)
 {
 	struct p *s = newp();

@@ -182,3 +182,41 @@ Test(kv_store, grows_incrementally_and_stays_correct)
 	cr_assert_leq(t.most_moved, 4, "one write moved %zu old buckets", t.most_moved);
 	cr_assert(t.keys_mid_move, "no write found the 16,384-bucket array mid-move");
 }
+
+/* kv_cmd_find compares names as words with ASCII case folded per byte: every table name
+ * in any case is found, and nothing that only resembles one (a byte with its high bit
+ * set, the characters next to 'A' and 'Z', a trailing NUL, a prefix) is. */
+Test(kv_store, command_names_found_in_any_case_and_nothing_else)
+{
+	unsigned n;
+	const struct kv_cmd *t = kv_cmd_table(&n);
+	const char *not_names[] = { "ge",
+				    "gett",
+				    "g\xc5t",
+				    "\xc7"
+				    "ET",
+				    "@et",
+				    "[et",
+				    "{et",
+				    "get\0",
+				    "bgrewriteao",
+				    "bgrewriteaofx",
+				    "" };
+	const size_t not_lens[] = { 2, 4, 3, 3, 3, 3, 3, 4, 11, 13, 0 };
+
+	for (unsigned i = 0; i < n; i++) {
+		char up[32], mixed[32];
+		size_t l = strlen(t[i].name);
+
+		cr_assert_lt(l, sizeof(up));
+		for (size_t j = 0; j < l; j++) {
+			up[j] = (char)(t[i].name[j] - 0x20);
+			mixed[j] = j % 2 ? up[j] : t[i].name[j];
+		}
+		cr_assert_eq(kv_cmd_find((const uint8_t *)t[i].name, l), &t[i], "%s", t[i].name);
+		cr_assert_eq(kv_cmd_find((const uint8_t *)up, l), &t[i], "%.*s", (int)l, up);
+		cr_assert_eq(kv_cmd_find((const uint8_t *)mixed, l), &t[i], "%.*s", (int)l, mixed);
+	}
+	for (unsigned i = 0; i < sizeof(not_lens) / sizeof(not_lens[0]); i++)
+		cr_assert_null(kv_cmd_find((const uint8_t *)not_names[i], not_lens[i]), "%u", i);
+}
