@@ -128,6 +128,7 @@ struct keel_shard {
 	uint64_t stall_ns;
 	uint64_t last_stall_log_ns;
 	uint64_t stalls_unlogged;
+	bool cq_ovf_logged; /* the first CQ overflow was logged (the stats count the rest) */
 
 	/* Operations in flight: all, and keel's own permanent ones. */
 	uint64_t inflight;
