@@ -427,7 +427,7 @@ aof_check(int port, int n, const bool *acked)
 		present++;
 	}
 	fclose(f);
-	cr_log_info("after the restart: %d of %d keys present", present, n);
+	cr_log_info("%d of %d keys present", present, n);
 }
 
 /* appendfsync always under short file writes, failed writes and a failed fdatasync: the
@@ -455,6 +455,40 @@ Test(faults_kv, aof_short_and_failed_writes_lose_no_acknowledged_set)
 	cr_assert_geq(errs, 1, "the injected write and fsync errors reached no reply");
 	cr_assert_gt(acked_n, n / 2, "writing did not resume after the errors");
 
+	proc_start(&p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "2",
+		   "--idle-poll-us", "0", "--appendonly", "yes", "--dir", dir, NULL);
+	aof_check(p.port, n, acked);
+	proc_stop(&p);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	cr_assert_eq(system(cmd), 0);
+	free(acked);
+}
+
+/* A full disk (ENOSPC on the append-only file's writes): the batches it hits get -MISCONF,
+ * reads go on meanwhile (every acknowledged SET reads back on the same server), writing
+ * resumes once the disk takes writes again, and a restart finds every acknowledged SET. */
+Test(faults_kv, aof_enospc_refuses_writes_reads_go_on_and_writing_resumes)
+{
+	char dir[] = "/tmp/keel-kv-aof-enospc-XXXXXX", cmd[128];
+	int n = scale_small() ? 2000 : 8000, errs, acked_n = 0;
+	bool *acked = calloc((size_t)n, sizeof(*acked));
+	struct proc p;
+
+	cr_assert(acked && mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	setenv("KEEL_FAULTS", "write:ENOSPC:after=10:n=3,seed=31", 1);
+	proc_start(&p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "2",
+		   "--idle-poll-us", "0", "--appendonly", "yes", "--appendfsync", "always", "--dir",
+		   dir, NULL);
+	unsetenv("KEEL_FAULTS");
+	errs = aof_sets(p.port, n, acked);
+	for (int i = 0; i < n; i++)
+		acked_n += acked[i];
+	cr_log_info("%d SETs under ENOSPC: %d acknowledged, %d refused with -MISCONF", n, acked_n,
+		    errs);
+	cr_assert_geq(errs, 1, "the injected ENOSPC reached no reply");
+	cr_assert_gt(acked_n, n / 2, "writing did not resume after the full disk");
+	aof_check(p.port, n, acked); /* reads, on the server that saw the errors */
+	proc_stop(&p);
 	proc_start(&p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "2",
 		   "--idle-poll-us", "0", "--appendonly", "yes", "--dir", dir, NULL);
 	aof_check(p.port, n, acked);
