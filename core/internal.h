@@ -69,6 +69,7 @@ struct mbox {
 struct ovf_node {
 	struct ovf_node *next;
 	struct msg m;
+	bool heap; /* from malloc (the shard's arena was out, keel's own message): free() */
 };
 
 /* A keel_msg_wait_room() registration, waiting on the sender for room to one destination. */
@@ -128,6 +129,8 @@ struct keel_shard {
 	uint64_t stall_ns;
 	uint64_t last_stall_log_ns;
 	uint64_t stalls_unlogged;
+	bool cq_ovf_logged;   /* the first CQ overflow was logged (the stats count the rest) */
+	bool ovf_heap_logged; /* an overflow node of keel's own came from the heap (logged) */
 
 	/* Operations in flight: all, and keel's own permanent ones. */
 	uint64_t inflight;

@@ -300,6 +300,19 @@ reap(struct keel_shard *s)
 	return n;
 }
 
+/* The first overflow of a shard's CQ, logged once naming the option (the stats count every
+ * pass that finds one: a CQ too small for the load overflows again and again). */
+static __attribute__((noinline, cold)) void
+cq_overflow_log(struct keel_shard *s)
+{
+	s->cq_ovf_logged = true;
+	keel_log(KEEL_LOG_WARN, "core",
+		 "shard %u: the completion queue (%u entries) overflowed: nothing is lost (the "
+		 "kernel holds the excess) but multishot receives end and are re-armed, at a "
+		 "cost; raise --cq-entries (logged once; cq_overflows in the stats counts each)",
+		 s->id, s->ring.cq.ring_entries);
+}
+
 /* The CQ overflowed: the kernel holds the completions that did not fit (IORING_FEAT_NODROP)
  * and moves them into the CQ at the next io_uring_enter with GETEVENTS, which the caller
  * makes. Multishot operations whose CQE did not fit end (a final CQE without F_MORE, data
@@ -311,6 +324,8 @@ cq_overflowed(struct keel_shard *s)
 	STAT_INC(s, cq_overflows);
 	atomic_store_explicit(&s->stats.cq_dropped, IO_URING_READ_ONCE(*s->ring.cq.koverflow),
 			      memory_order_relaxed);
+	if (__builtin_expect(!s->cq_ovf_logged, 0))
+		cq_overflow_log(s);
 }
 
 /* Enter the kernel only when it has something for us: SQEs to submit, task work pending

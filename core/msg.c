@@ -73,6 +73,8 @@ keel__mail_link(struct keel_shard *s)
 		s->out[d].mb = s->rt->shards[d].inbox[s->id];
 }
 
+static void ovf_node_free(struct ovf_node *n);
+
 void
 keel__mail_fini(struct keel_shard *s)
 {
@@ -84,7 +86,7 @@ keel__mail_fini(struct keel_shard *s)
 			struct room_wait *w = s->out[d].wait_head;
 			while (n) {
 				struct ovf_node *next = n->next;
-				keel_shard_free(n);
+				ovf_node_free(n);
 				n = next;
 			}
 			while (w) {
@@ -134,6 +136,35 @@ app_room(struct keel_shard *s, struct outbox *o)
 	return !o->ovf_head && mbox_has_room(o->mb, s->rt->opts.mailbox_entries);
 }
 
+static void
+ovf_node_free(struct ovf_node *n)
+{
+	if (n->heap)
+		free(n);
+	else
+		keel_shard_free(n);
+}
+
+/* The shard's arena is out of memory and keel's own message (a call's reply, a buffer's
+ * trip home) must still be queued: losing it would break a call's exactly-once reply or
+ * leak a buffer. Its node comes from the heap instead, said once per shard. */
+static __attribute__((noinline, cold)) struct ovf_node *
+ovf_node_heap(struct keel_shard *s)
+{
+	struct ovf_node *n = malloc(sizeof(*n));
+
+	if (!s->ovf_heap_logged) {
+		s->ovf_heap_logged = true;
+		keel_log(KEEL_LOG_WARN, "core",
+			 "shard %u: out of shard memory for a queued cross-shard reply: its "
+			 "queue node %s; raise --memory",
+			 s->id, n ? "comes from the heap (logged once)" : "cannot be had");
+	}
+	if (n)
+		n->heap = true;
+	return n;
+}
+
 /* @internal: keel's own traffic (a buffer's trip home, a call's reply, the parts of an
  * accepted broadcast) is never refused for a full queue: losing it would leak a buffer or
  * break a call's exactly-once reply. It is bounded by what the app sent (a reply per call)
@@ -155,7 +186,9 @@ enqueue(struct keel_shard *s, unsigned dst, const struct msg *m, bool internal)
 			return -EAGAIN;
 		}
 		n = keel_shard_malloc(sizeof(*n));
-		if (!n)
+		if (n)
+			n->heap = false;
+		else if (!internal || !(n = ovf_node_heap(s)))
 			return -ENOMEM;
 		n->next = NULL;
 		n->m = *m;
@@ -512,7 +545,7 @@ keel__mail_flush(struct keel_shard *s)
 			o->ovf_head = n->next;
 			if (!o->ovf_head)
 				o->ovf_tail = NULL;
-			keel_shard_free(n);
+			ovf_node_free(n);
 			o->ovf_n--;
 			s->ovf_pending--;
 		}

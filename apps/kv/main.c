@@ -19,7 +19,8 @@ static const char usage[] =
 	"               [--proto-max-bulk-len BYTES] [--client-query-buffer-limit BYTES]\n"
 	"               [--handoff copy|export] [--buf-count N] [--buf-size N]\n"
 	"               [--appendonly yes|no] [--appendfsync always|everysec|no] [--dir DIR]\n"
-	"               [runtime options]\n"
+	"               [--header-timeout-ms MS] [--header-bytes N] [--idle-timeout-ms MS]\n"
+	"               [--send-max BYTES] [--shard-send-max BYTES] [runtime options]\n"
 	"A Redis-protocol key-value server, keys spread over the shards (docs/kv.md).\n"
 	"--port P: TCP port (default 6379; 0: an ephemeral one, printed at start)\n"
 	"--addr A: address to listen on (default 0.0.0.0)\n"
@@ -38,7 +39,31 @@ static const char usage[] =
 	"           files at start (default no)\n"
 	"--appendfsync always|everysec|no: when the files reach the disk: before the reply,\n"
 	"           each second (the default), or when the kernel decides\n"
-	"--dir DIR: where the append-only files live (default .)\n";
+	"--dir DIR: where the append-only files live (default .)\n"
+	"The network layer's limits (docs/reliability.md; a connection past one is aborted):\n"
+	"--header-timeout-ms MS: a connection that has not sent --header-bytes bytes (default\n"
+	"           1) this long after its accept (slowloris; default 0: off)\n"
+	"--idle-timeout-ms MS: a connection with nothing received and no send completed for\n"
+	"           this long (default 0: off; --timeout is keel-kv's own, see docs/kv.md)\n"
+	"--send-max BYTES: replies queued for one connection that does not read (default\n"
+	"           64mb; 0: no limit)\n"
+	"--shard-send-max BYTES: replies queued for all of a shard's connections (default\n"
+	"           1gb; 0: no limit)\n";
+
+/* "250" milliseconds as nanoseconds, for the network limits (0: off). */
+static int
+parse_ms(const char *s, uint64_t *ns)
+{
+	char *end;
+	long long v;
+
+	errno = 0;
+	v = strtoll(s, &end, 10);
+	if (errno || end == s || *end || v < 0 || v > 100000000000LL)
+		return -EINVAL;
+	*ns = KEEL_MS((uint64_t)v);
+	return 0;
+}
 
 static void
 die(const char *msg, const char *opt)
@@ -173,6 +198,25 @@ main(int argc, char **argv)
 				die("--appendfsync expects always, everysec or no, got ", v);
 		} else if (!strcmp(argv[i], "--dir")) {
 			kv_cfg.dir = v;
+		} else if (!strcmp(argv[i], "--header-timeout-ms")) {
+			if (parse_ms(v, &nc.header_timeout_ns) < 0)
+				die("--header-timeout-ms expects milliseconds (0: off), got ", v);
+		} else if (!strcmp(argv[i], "--header-bytes")) {
+			long t = strtol(v, &end, 10);
+			if (*end || t < 1 || t > (1L << 30))
+				die("--header-bytes expects 1..1073741824, got ", v);
+			nc.header_bytes = (uint32_t)t;
+		} else if (!strcmp(argv[i], "--idle-timeout-ms")) {
+			if (parse_ms(v, &nc.idle_timeout_ns) < 0)
+				die("--idle-timeout-ms expects milliseconds (0: off), got ", v);
+		} else if (!strcmp(argv[i], "--send-max")) {
+			if (parse_bytes(v, &nc.send_max) < 0)
+				die("--send-max expects bytes (0: no limit; 64mb, 1gb, ...), got ",
+				    v);
+		} else if (!strcmp(argv[i], "--shard-send-max")) {
+			if (parse_bytes(v, &nc.shard_send_max) < 0)
+				die("--shard-send-max expects bytes (0: no limit; 1gb, ...), got ",
+				    v);
 		} else {
 			die("unknown option ", argv[i]);
 		}

@@ -636,6 +636,11 @@ bq_fail(struct kconn *kc, int err)
 		pend_part_done(m->pend, m->part, &m->rep);
 		free(m);
 	}
+	/* Reads were paused for the queue (bq_add): nothing waits for room any more. */
+	if (kc->paused && kc->npend < PEND_MAX / 2) {
+		kc->paused = false;
+		keel_conn_resume_read(kc->c);
+	}
 }
 
 static void on_room(int status, void *arg);

@@ -73,6 +73,8 @@ proc_start(struct proc *p, const char *bin, ...)
 		while ((k = fread(b, 1, sizeof(b), f)) > 0)
 			if (out)
 				fwrite(b, 1, k, out);
+		if (out)
+			fclose(out); /* _exit does not flush stdio */
 		_exit(0);
 	}
 	fclose(f);

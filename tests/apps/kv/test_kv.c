@@ -492,6 +492,96 @@ Test(kv_server, stalled_half_request_closed_by_timeout)
 	srv_stop(&s);
 }
 
+/* Read @fd until the server ends it (EOF or a reset); fails when nothing comes for
+ * TEST_WAIT_MS (SO_RCVTIMEO). Returns the bytes read before the end. */
+static size_t
+read_to_close(int fd)
+{
+	static char b[1 << 16];
+	size_t total = 0;
+
+	for (;;) {
+		ssize_t n = recv(fd, b, sizeof(b), 0);
+		if (n == 0 || (n < 0 && errno == ECONNRESET))
+			return total;
+		cr_assert_gt(n, 0, "recv after %zu bytes: %s (the server did not close it)", total,
+			     strerror(errno));
+		total += (size_t)n;
+	}
+}
+
+/* --header-timeout-ms / --header-bytes (the network layer's slowloris limit): a client
+ * that sends nothing and one that sends fewer than --header-bytes bytes are closed; one
+ * that sent enough before the timeout stays open and is served. */
+Test(kv_server, header_timeout_closes_slowloris_peers)
+{
+	struct srv s;
+	struct rd r;
+	int quiet, slow;
+	const char part[] = "*2\r\n$3\r\nGE";
+
+	srv_start(&s, 2, "--header-timeout-ms", "2000", "--header-bytes", "16", NULL);
+	rd_init(&r, cconnect(s.port));
+	expect(&r, "SET header-key 0123456789", "+OK\r\n"); /* 27 bytes: past the limit */
+	quiet = cconnect(s.port);
+	slow = cconnect(s.port);
+	send_all(slow, part, sizeof(part) - 1);
+	cr_assert_eq(read_to_close(quiet), 0, "the silent peer got a reply");
+	cr_assert_eq(read_to_close(slow), 0, "the slow peer got a reply");
+	/* Both were closed by the sweep, which leaves the one that sent enough alone. */
+	expect(&r, "GET header-key", "$10\r\n0123456789\r\n");
+	close(quiet);
+	close(slow);
+	rd_free(&r);
+	srv_stop(&s);
+}
+
+/* --send-max: a client that pipelines GETs of a 256 KiB value and never reads is aborted
+ * once more than --send-max bytes of replies would be queued for it, long before it got
+ * them all; the server keeps serving others, the same value included. */
+Test(kv_server, send_max_aborts_a_non_reading_client)
+{
+	enum { VLEN = 256 << 10, NGET = 128 };
+	struct srv s;
+	struct rd r;
+	char *req = malloc(VLEN + 64), *got;
+	size_t total, len;
+	int fd, n;
+
+	cr_assert(req);
+	srv_start(&s, 2, "--send-max", "1mb", NULL);
+	rd_init(&r, cconnect(s.port));
+	n = sprintf(req, "*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$%d\r\n", VLEN);
+	memset(req + n, 'v', VLEN);
+	memcpy(req + n + VLEN, "\r\n", 2);
+	send_all(r.fd, req, (size_t)n + VLEN + 2);
+	cr_assert_str_eq(rd_next(&r, NULL), "+OK\r\n");
+	fd = cconnect(s.port);
+	for (int i = 0; i < NGET; i++)
+		send_all(fd, "GET big\r\n", 9);
+	/* 32 MiB of replies: more than loopback's socket buffers hold on both sides, so the
+	 * send queue passes 1 MiB whatever the kernel takes first. */
+	total = read_to_close(fd);
+	cr_assert_lt(total, (size_t)NGET * VLEN, "the non-reader got all %zu bytes", total);
+	close(fd);
+	/* Others are served, the 256 KiB reply included (below the cap). */
+	r.cap = VLEN + 64;
+	r.b = realloc(r.b, r.cap);
+	send_all(r.fd, "GET big\r\n", 9);
+	while (!(len = resp_reply_len(r.b, r.len))) {
+		ssize_t k = recv(r.fd, r.b + r.len, r.cap - r.len, 0);
+		cr_assert_gt(k, 0, "GET big: %s", k ? strerror(errno) : "EOF");
+		r.len += (size_t)k;
+	}
+	got = (char *)r.b;
+	n = sprintf(req, "$%d\r\n", VLEN);
+	cr_assert_eq(len, (size_t)n + VLEN + 2);
+	cr_assert(!memcmp(got, req, (size_t)n) && got[n] == 'v' && got[n + VLEN - 1] == 'v');
+	rd_free(&r);
+	srv_stop(&s);
+	free(req);
+}
+
 static long
 rss_kb(pid_t pid)
 {
