@@ -13,6 +13,9 @@
  * While it sleeps at once, one wake-up within the window resumes polling, with a history
  * that one slow poll stops again (the quick outcomes oldest): a stray early wake-up costs
  * one window of polling; arrivals that keep coming within the window keep it polling.
+ * The completions of the loop's own submissions (a reply's send) come back within
+ * microseconds and say nothing about arrivals: after a pass that submitted, the next
+ * quick outcome is not counted (keel__idlepoll_submitted).
  */
 #include "internal.h"
 
@@ -22,6 +25,13 @@ keel__idlepoll_init(struct keel__idlepoll *p, uint64_t window_ns, bool adaptive)
 	p->window_ns = window_ns;
 	p->adaptive = adaptive && window_ns;
 	p->hist = (1u << KEEL__IDLEPOLL_HIST) - 1; /* all quick: start polling */
+	p->own = false;
+}
+
+void
+keel__idlepoll_submitted(struct keel__idlepoll *p)
+{
+	p->own = true;
 }
 
 static void
@@ -41,14 +51,20 @@ keel__idlepoll_window(const struct keel__idlepoll *p)
 void
 keel__idlepoll_polled(struct keel__idlepoll *p, bool found)
 {
-	if (p->adaptive)
+	bool own = p->own;
+
+	p->own = false;
+	if (p->adaptive && !(found && own))
 		record(p, found);
 }
 
 void
 keel__idlepoll_woke(struct keel__idlepoll *p, uint64_t gap_ns)
 {
-	if (!p->adaptive)
+	bool own = p->own;
+
+	p->own = false;
+	if (!p->adaptive || (own && gap_ns < p->window_ns))
 		return;
 	if (gap_ns >= p->window_ns)
 		record(p, false);

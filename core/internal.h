@@ -255,6 +255,7 @@ struct keel__idlepoll {
 	uint64_t window_ns; /* --idle-poll-us in ns */
 	unsigned hist;      /* the last KEEL__IDLEPOLL_HIST outcomes, newest in bit 0, 1: quick */
 	bool adaptive;      /* false: the fixed policy (hist unused) */
+	bool own;           /* the loop submitted since the last outcome */
 };
 void keel__idlepoll_init(struct keel__idlepoll *p, uint64_t window_ns, bool adaptive);
 /* How long to poll after running out of work now: the window, or 0 (sleep at once). */
@@ -263,6 +264,9 @@ uint64_t keel__idlepoll_window(const struct keel__idlepoll *p);
 void keel__idlepoll_polled(struct keel__idlepoll *p, bool found);
 /* A sleep taken at once (no poll before it) ended @gap_ns after the pass that slept began. */
 void keel__idlepoll_woke(struct keel__idlepoll *p, uint64_t gap_ns);
+/* The pass submits operations: the next quick outcome may be their completions, not an
+ * arrival, and is not counted. */
+void keel__idlepoll_submitted(struct keel__idlepoll *p);
 struct io_uring_sqe *keel__sqe_internal(struct keel_shard *s);
 void keel__internal_arm(struct keel_shard *s, struct internal_op *iop, struct io_uring_sqe *sqe);
 /* The last CQE of an internal op: disarm it and stop counting it. Returns it. */

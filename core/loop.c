@@ -547,6 +547,8 @@ keel__shard_loop(struct keel_shard *s)
 		if (s->phase == PHASE_STOP && stop_progress(s))
 			break;
 		must_enter = need_enter(s);
+		if (must_enter)
+			keel__idlepoll_submitted(&ip);
 		idle_poll_ns = keel__idlepoll_window(&ip);
 		if (work) {
 			if (idle_since) { /* an idle poll ended by work, within its window */

@@ -112,3 +112,30 @@ Test(core_idlepoll, option_parses_and_defaults_off)
 	cr_assert_eq(keel_opts_parse(&o, &argc, argv, err, sizeof(err)), 0, "%s", err);
 	cr_assert(o.idle_poll_adaptive);
 }
+
+/* A request and its reply: the pass with the request submits the reply's send, whose
+ * completion comes back 2 us later (an outcome that is not an arrival), then the next
+ * request @gap later. Returns the polls. */
+static int
+sim_rr(struct keel__idlepoll *p, uint64_t gap)
+{
+	keel__idlepoll_submitted(p);
+	return sim(p, KEEL_US(2)) + sim(p, gap);
+}
+
+Test(core_idlepoll, own_completions_are_not_arrivals)
+{
+	struct keel__idlepoll p;
+	int polls = 0;
+
+	/* Requests 200 us apart, each reply's completion 2 us after it: polling stops. */
+	keel__idlepoll_init(&p, WIN, true);
+	for (int i = 0; i < 100; i++)
+		polls += sim_rr(&p, KEEL_US(200));
+	cr_assert_eq(keel__idlepoll_window(&p), 0);
+	cr_assert_leq(polls, 2 * (KEEL__IDLEPOLL_HIST - KEEL__IDLEPOLL_MIN + 1), "%d polls", polls);
+	/* Requests 20 us apart: polling resumes and stays on. */
+	sim_rr(&p, KEEL_US(20));
+	for (int i = 0; i < 100; i++)
+		cr_assert_eq(sim_rr(&p, KEEL_US(20)), 2, "request %d slept", i);
+}
