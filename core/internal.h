@@ -248,6 +248,28 @@ void keel__shard_wake(struct keel_shard *target, struct keel_shard *from);
 /* Fault injection for tests: while non-zero, each MSG_RING wake-up is aimed at an invalid
  * fd (so it fails with -EBADF on the sender) and the count drops by one. */
 extern _Atomic unsigned keel__fault_msgring_fail;
+
+/* The idle-polling policy (core/idlepoll.c). Fixed: poll window_ns after running out of
+ * work. Adaptive (--idle-poll-adaptive): poll only while at least KEEL__IDLEPOLL_MIN of the
+ * last KEEL__IDLEPOLL_HIST idle waits ended with work within window_ns; else sleep at once. */
+#define KEEL__IDLEPOLL_HIST 8
+#define KEEL__IDLEPOLL_MIN  4
+struct keel__idlepoll {
+	uint64_t window_ns; /* --idle-poll-us in ns */
+	unsigned hist;      /* the last KEEL__IDLEPOLL_HIST outcomes, newest in bit 0, 1: quick */
+	bool adaptive;      /* false: the fixed policy (hist unused) */
+	bool own;           /* the loop submitted since the last outcome */
+};
+void keel__idlepoll_init(struct keel__idlepoll *p, uint64_t window_ns, bool adaptive);
+/* How long to poll after running out of work now: the window, or 0 (sleep at once). */
+uint64_t keel__idlepoll_window(const struct keel__idlepoll *p);
+/* A poll ended: @found work within the window, or the window ran out (then it sleeps). */
+void keel__idlepoll_polled(struct keel__idlepoll *p, bool found);
+/* A sleep taken at once (no poll before it) ended @gap_ns after the pass that slept began. */
+void keel__idlepoll_woke(struct keel__idlepoll *p, uint64_t gap_ns);
+/* The pass submits operations: the next quick outcome may be their completions, not an
+ * arrival, and is not counted. */
+void keel__idlepoll_submitted(struct keel__idlepoll *p);
 struct io_uring_sqe *keel__sqe_internal(struct keel_shard *s);
 void keel__internal_arm(struct keel_shard *s, struct internal_op *iop, struct io_uring_sqe *sqe);
 /* The last CQE of an internal op: disarm it and stop counting it. Returns it. */

@@ -521,13 +521,17 @@ void
 keel__shard_loop(struct keel_shard *s)
 {
 	struct keel_runtime *rt = s->rt;
-	uint64_t idle_since = 0, t0 = 0;
-	uint64_t idle_poll_ns = (uint64_t)rt->opts.idle_poll_us * 1000;
+	uint64_t idle_since = 0, t0 = 0, slept_at = 0;
+	struct keel__idlepoll ip;
 	bool open = false;   /* the pass that began at t0 is not yet stall-checked */
 	bool polled = false; /* the pass that began at t0 found nothing and polled on */
 
+	keel__idlepoll_init(&ip, (uint64_t)rt->opts.idle_poll_us * 1000,
+			    rt->opts.idle_poll_adaptive);
+
 	for (;;) {
 		uint64_t now = keel__clock_ns();
+		uint64_t idle_poll_ns;
 		unsigned work;
 		bool must_enter;
 
@@ -537,6 +541,10 @@ keel__shard_loop(struct keel_shard *s)
 		if (polled)
 			STAT_ADD(s, idle_poll_ns, now - t0);
 		polled = false;
+		if (slept_at) { /* adaptive: a sleep taken at once ended */
+			keel__idlepoll_woke(&ip, now - slept_at);
+			slept_at = 0;
+		}
 		t0 = now;
 		open = true;
 		s->now_ns = t0;
@@ -554,9 +562,14 @@ keel__shard_loop(struct keel_shard *s)
 		if (s->phase == PHASE_STOP && stop_progress(s))
 			break;
 		must_enter = need_enter(s);
+		if (must_enter)
+			keel__idlepoll_submitted(&ip);
+		idle_poll_ns = keel__idlepoll_window(&ip);
 		if (work) {
-			if (idle_since) /* an idle poll ended by work, within its window */
+			if (idle_since) { /* an idle poll ended by work, within its window */
 				STAT_INC(s, polls_found);
+				keel__idlepoll_polled(&ip, true);
+			}
 			idle_since = 0;
 			/* After work, sleep at once if nothing is left for another pass (checked in
 			 * sleep_in_kernel): the sleep submits what this pass queued, so a wake-up
@@ -577,8 +590,12 @@ keel__shard_loop(struct keel_shard *s)
 		}
 		if (sleep_in_kernel(s, t0)) {
 			open = false;
-			if (idle_since) /* polled the whole window for nothing */
+			if (idle_since) { /* polled the whole window for nothing */
 				STAT_INC(s, polls_slept);
+				keel__idlepoll_polled(&ip, false);
+			} else if (ip.adaptive) {
+				slept_at = t0;
+			}
 		} else if (must_enter)
 			enter(s);
 		idle_since = 0;

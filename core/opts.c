@@ -237,6 +237,7 @@ enum opt_id {
 	OPT_SHARDS,
 	OPT_CPUSET,
 	OPT_IDLE_POLL,
+	OPT_IDLE_POLL_ADAPTIVE,
 	OPT_RING_ENTRIES,
 	OPT_CQ_ENTRIES,
 	OPT_STALL_MS,
@@ -271,6 +272,9 @@ static const struct opt_desc opt_table[] = {
 	  "CPUs for shards, e.g. 0-3,8 (default: the process's affinity)" },
 	{ OPT_IDLE_POLL, "--idle-poll-us", "KEEL_IDLE_POLL_US", "N",
 	  "busy-poll N us before sleeping in the kernel (default 50)" },
+	{ OPT_IDLE_POLL_ADAPTIVE, "--idle-poll-adaptive", "KEEL_IDLE_POLL_ADAPTIVE", NULL,
+	  "poll only while work came within --idle-poll-us in at least 4 of the last 8 idle "
+	  "waits; otherwise sleep at once (default off)" },
 	{ OPT_RING_ENTRIES, "--ring-entries", "KEEL_RING_ENTRIES", "N",
 	  "io_uring SQ entries per shard (default 256)" },
 	{ OPT_CQ_ENTRIES, "--cq-entries", "KEEL_CQ_ENTRIES", "N",
@@ -328,6 +332,8 @@ apply(const struct opt_desc *d, const char *v, struct keel_opts *o, char *err, s
 		return r;
 	case OPT_IDLE_POLL:
 		return parse_uint(d->name, v, 0, 10000000, &o->idle_poll_us, err, errlen);
+	case OPT_IDLE_POLL_ADAPTIVE:
+		return parse_bool(d->name, v, &o->idle_poll_adaptive, err, errlen);
 	case OPT_RING_ENTRIES:
 		return parse_uint(d->name, v, 8, 32768, &o->ring_entries, err, errlen);
 	case OPT_CQ_ENTRIES:

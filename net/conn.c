@@ -696,6 +696,8 @@ send_kick(struct keel_conn *c)
 	c->send_inflight = true;
 	c->nops++;
 	ns->st.sends++;
+	ns->st.send_iovs += n;
+	ns->st.send_bytes += c->offered;
 }
 
 static void

@@ -830,6 +830,9 @@ Test(net_frame, loopback_frame_send_echo)
 	cr_assert_geq(e.ns.sends, 2ull * e.frames);
 	cr_assert_leq(e.ns.sends, 2ull * e.frames + e.ns.short_sends, "sends %llu short %llu",
 		      (unsigned long long)e.ns.sends, (unsigned long long)e.ns.short_sends);
+	/* Each send offered at least one buffer, each frame at least its 4-byte header. */
+	cr_assert_geq(e.ns.send_iovs, e.ns.sends);
+	cr_assert_geq(e.ns.send_bytes, 2ull * e.frames * 4);
 	free(e.cur);
 }
 

@@ -105,6 +105,11 @@ struct bench_server_stats {
 	uint64_t dgrams_out;       /* UDP datagrams sent back (keel: accepted by keel_udp_send) */
 	uint64_t accepted;         /* connections accepted */
 	uint64_t errors;           /* connection errors other than a client's close or reset */
+	/* TCP receives and sends (keel: receive completions with data, and send operations
+	 * (UDP's included), from keel_net_stats; epoll: read() calls that returned data,
+	 * sendmsg() calls), and the buffers the sends offered (keel: iovecs after merging;
+	 * epoll: 1 or 2 per sendmsg). */
+	uint64_t recvs, sends, send_iovs;
 	/* keel: ZCRX (keel_zcrx_stats summed over the shards; docs/zcrx.md). */
 	const char *zcrx_state;   /* "on" when every shard with a queue registered, "fallback"
 				   * when one fell back, "none" (epoll: NULL) */

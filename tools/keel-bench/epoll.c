@@ -63,7 +63,7 @@ struct sthread {
 	struct bench_udp_batch *ub;
 	struct sconn conns; /* list head */
 	uint64_t syscalls, bytes_in, bytes_out, dgrams_in, dgrams_out, accepted, errors, cpu_ns;
-	uint64_t sleeps, polls;
+	uint64_t sleeps, polls, recvs, sends, send_iovs;
 	clockid_t clock;
 	bool started;
 } __attribute__((aligned(64)));
@@ -122,6 +122,7 @@ conn_io(struct sthread *t, struct sconn *c)
 			n = read(c->fd, t->buf + got, want - got);
 			t->syscalls++;
 			if (n > 0) {
+				t->recvs++;
 				got += (size_t)n;
 				if (got < want) {
 					drained = true;
@@ -153,6 +154,8 @@ conn_io(struct sthread *t, struct sconn *c)
 			iov[1].iov_len = got;
 			mh.msg_iov = c->len ? iov : iov + 1;
 			mh.msg_iovlen = c->len ? (got ? 2 : 1) : 1;
+			t->sends++;
+			t->send_iovs += mh.msg_iovlen;
 			do {
 				n = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
 				t->syscalls++;
@@ -419,6 +422,9 @@ serve_stop(struct bench_server *s, struct bench_server_stats *out)
 		st.dgrams_out += t->dgrams_out;
 		st.sleeps += t->sleeps;
 		st.polls += t->polls;
+		st.recvs += t->recvs;
+		st.sends += t->sends;
+		st.send_iovs += t->send_iovs;
 		st.accepted += t->accepted;
 		st.errors += t->errors;
 		if (t->lfd >= 0)

@@ -141,7 +141,8 @@ latch_wait(struct latch *l, unsigned n)
 struct sshard {
 	uint64_t bytes_in, bytes_out, dgrams_in, dgrams_out, errors, cpu_ns;
 	struct keel_zcrx_stats zst; /* read on the shard as it stops */
-	bool zst_ok;
+	struct keel_net_stats nst;  /* ... */
+	bool zst_ok, nst_ok;
 	clockid_t clock;
 	struct keel_udp *udp;
 } __attribute__((aligned(64)));
@@ -217,6 +218,7 @@ srv_on_stop(void *arg)
 
 	ss->cpu_ns = bench_thread_cpu_ns();
 	ss->zst_ok = keel_zcrx_stats(keel_this_shard(), &ss->zst) == 0;
+	ss->nst_ok = keel_net_stats(keel_this_shard(), &ss->nst) == 0;
 }
 
 static void
@@ -332,6 +334,11 @@ serve_stop(struct bench_server *s, struct bench_server_stats *out)
 		st.dgrams_in += s->sh[i].dgrams_in;
 		st.dgrams_out += s->sh[i].dgrams_out;
 		st.errors += s->sh[i].errors;
+		if (s->sh[i].nst_ok) {
+			st.recvs += s->sh[i].nst.recv_cqes;
+			st.sends += s->sh[i].nst.sends + s->sh[i].nst.sends_zc;
+			st.send_iovs += s->sh[i].nst.send_iovs + s->sh[i].nst.sends_zc;
+		}
 		if (s->sh[i].zst_ok) {
 			const struct keel_zcrx_stats *z = &s->sh[i].zst;
 

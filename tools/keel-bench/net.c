@@ -771,12 +771,15 @@ run_serve(struct opts *o)
 		printf("  \"bytes\": %llu,\n  \"bytes_out\": %llu,\n  \"dgrams_in\": %llu,\n"
 		       "  \"dgrams_out\": %llu,\n  \"accepted\": %llu,\n  \"cpu_ns\": %llu,\n"
 		       "  \"syscalls\": %llu,\n  \"syscalls_what\": \"%s\",\n  \"sleeps\": %llu,\n"
-		       "  \"polls\": %llu,\n",
+		       "  \"polls\": %llu,\n  \"recvs\": %llu,\n  \"sends\": %llu,\n"
+		       "  \"send_iovs\": %llu,\n",
 		       (unsigned long long)ss.bytes_in, (unsigned long long)ss.bytes_out,
 		       (unsigned long long)ss.dgrams_in, (unsigned long long)ss.dgrams_out,
 		       (unsigned long long)ss.accepted, (unsigned long long)ss.cpu_ns,
 		       (unsigned long long)ss.syscalls, ss.syscalls_what,
-		       (unsigned long long)ss.sleeps, (unsigned long long)ss.polls);
+		       (unsigned long long)ss.sleeps, (unsigned long long)ss.polls,
+		       (unsigned long long)ss.recvs, (unsigned long long)ss.sends,
+		       (unsigned long long)ss.send_iovs);
 		json_num("size", c->size, o->has_size, "%.0f", false);
 		json_num("msgs", msgs, o->has_size, "%.0f", false);
 		json_num("server_cpu_ns_per_msg", ss.cpu_ns / msgs, o->has_size && msgs > 0, "%.0f",
@@ -801,6 +804,13 @@ run_serve(struct opts *o)
 		       (unsigned long long)ss.bytes_in, (unsigned long long)ss.bytes_out,
 		       (unsigned long long)ss.dgrams_in, (unsigned long long)ss.dgrams_out,
 		       (unsigned long long)ss.sleeps, (unsigned long long)ss.polls);
+		printf("TCP: %llu receives (%.0f B each), %llu sends (%.0f B and %.2f buffers "
+		       "each)\n",
+		       (unsigned long long)ss.recvs,
+		       ss.recvs ? (double)ss.bytes_in / ss.recvs : 0.0,
+		       (unsigned long long)ss.sends,
+		       ss.sends ? (double)ss.bytes_out / ss.sends : 0.0,
+		       ss.sends ? (double)ss.send_iovs / ss.sends : 0.0);
 		if (ss.zcrx_state)
 			printf("ZCRX %s: %llu bytes zero-copy, %llu through the copy path after a "
 			       "fallback, %llu refill entries\n",

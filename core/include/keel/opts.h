@@ -87,6 +87,8 @@ struct keel_opts {
 	struct keel_cpuset cpuset; /* --cpuset: CPUs for shards, in ascending order */
 	bool cpuset_given;         /* false: the process's affinity mask at start */
 	unsigned idle_poll_us;     /* --idle-poll-us: busy-poll this long before sleeping */
+	bool idle_poll_adaptive;   /* --idle-poll-adaptive: poll only while work comes back
+				    * within that window (docs/architecture.md, "Idle polling") */
 	unsigned ring_entries;     /* --ring-entries: SQ size */
 	unsigned cq_entries;       /* --cq-entries: CQ size, >= ring_entries (the kernel rounds
 				    * up to a power of two; default KEEL_CQ_ENTRIES_DEFAULT) */

@@ -445,6 +445,10 @@ struct keel_net_stats {
 	uint64_t enobufs;        /* receives that ran out of buffers (re-armed later) */
 	uint64_t rearms;         /* multishot receives re-armed after ending */
 	uint64_t sends;          /* send/sendmsg operations */
+	uint64_t send_iovs;      /* TCP: buffers those sends offered (1 for a send, the iovec count
+				    for a sendmsg; adjacent slices merged count once) */
+	uint64_t send_bytes;     /* TCP: bytes those sends offered (a short send's rest is offered
+				    again by the next one) */
 	uint64_t sends_zc;       /* SEND_ZC / SENDMSG_ZC operations */
 	uint64_t zc_copied;      /* ... whose notification says the kernel copied */
 	uint64_t short_sends;    /* sends that took part of what was offered */
