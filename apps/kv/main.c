@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <keel/keel.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,6 +101,8 @@ parse_bytes(const char *s, uint64_t *out)
 
 struct app {
 	struct keel_listener *l;
+	const char *addr;
+	_Atomic unsigned started; /* shards whose listener runs */
 };
 
 static void
@@ -114,7 +117,15 @@ on_start(void *arg)
 		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: %s", keel_shard_id(keel_this_shard()),
 			 strerror(-r));
 		keel_stop(r);
+		return;
 	}
+	/* Said by the last shard to start: every shard has replayed its append-only file
+	 * and listens, so whoever waits for this line finds the data there; a shard that
+	 * fails stops the program before the line. Shards run with signals blocked, so a
+	 * SIGTERM right after it stops the runtime cleanly. */
+	if (atomic_fetch_add(&a->started, 1) + 1 == keel_shard_count(keel_this_shard()))
+		fprintf(stderr, "keel-kv: listening on %s port %u, %u shards\n", a->addr,
+			keel_listener_port(a->l), keel_shard_count(keel_this_shard()));
 }
 
 int
@@ -246,14 +257,10 @@ main(int argc, char **argv)
 		return 1;
 	}
 	kv_set_port(keel_listener_port(a.l));
+	a.addr = addr;
 	r = keel_runtime_start(rt, on_start, &a);
-	if (r == 0) {
-		/* Only now: SIGTERM stops the runtime once it has started (before, it would
-		 * kill the process), and whoever waits for this line may send it. */
-		fprintf(stderr, "keel-kv: listening on %s port %u, %u shards\n", addr,
-			keel_listener_port(a.l), kv_cfg.nshards);
+	if (r == 0)
 		r = keel_runtime_join(rt);
-	}
 	keel_runtime_destroy(rt);
 	keel_listener_destroy(a.l);
 	kv_fini();
