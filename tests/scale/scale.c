@@ -214,3 +214,53 @@ scale_small(void)
 	const char *e = getenv("KEEL_TEST_SCALE");
 	return e && !strcmp(e, "small");
 }
+
+void
+scale_idle_conns(const char *bin, const char *name, unsigned n, const char *req, const char *resp)
+{
+	size_t ql = strlen(req), rl = strlen(resp);
+	char why[256], files[16];
+	struct proc p;
+	int *fds = calloc(n, sizeof(*fds)), ctl, fresh;
+	long rss0, rss1;
+	int fd0, fd1;
+
+	cr_assert(fds);
+	if (!nofile_raise(n + 256, why, sizeof(why)))
+		cr_skip_test("%s", why);
+	/* Every connection may land on one shard (CPU steering of one client thread): the
+	 * direct-descriptor table must hold them all. */
+	snprintf(files, sizeof(files), "%u", n + 128);
+	proc_start(&p, bin, "--port", "0", "--addr", "127.0.0.1", "--shards", "2", "--idle-poll-us",
+		   "0", "--max-files", files, NULL);
+	ctl = scale_connect(p.port);
+	scale_roundtrip(ctl, req, ql, resp, rl);
+	rss0 = proc_rss_kb(p.pid);
+	fd0 = proc_fds(p.pid);
+	for (unsigned i = 0; i < n; i++) {
+		fds[i] = scale_connect(p.port);
+		/* Answered: the server holds the connection, and it has been used once. */
+		scale_roundtrip(fds[i], req, ql, resp, rl);
+	}
+	rss1 = proc_rss_kb(p.pid);
+	fd1 = proc_fds(p.pid);
+	/* The server still answers an old connection, a new one, the first and the last. */
+	scale_roundtrip(ctl, req, ql, resp, rl);
+	fresh = scale_connect(p.port);
+	scale_roundtrip(fresh, req, ql, resp, rl);
+	scale_roundtrip(fds[0], req, ql, resp, rl);
+	scale_roundtrip(fds[n - 1], req, ql, resp, rl);
+	fprintf(stderr,
+		"scale: %s, 2 shards, %u idle connections: RSS %ld -> %ld KiB, %ld bytes per idle "
+		"connection; server descriptors %d -> %d\n",
+		name, n, rss0, rss1, (rss1 - rss0) * 1024 / (long)n, fd0, fd1);
+	cr_assert_lt((rss1 - rss0) * 1024 / (long)n, 64 * 1024,
+		     "%ld bytes of server memory per idle connection",
+		     (rss1 - rss0) * 1024 / (long)n);
+	for (unsigned i = 0; i < n; i++)
+		close(fds[i]);
+	close(ctl);
+	close(fresh);
+	proc_stop(&p);
+	free(fds);
+}
