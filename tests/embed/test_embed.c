@@ -23,6 +23,7 @@
 
 #include <criterion/criterion.h>
 
+#include "client.h"
 #include "wait.h"
 
 /* The host binary: the in-tree build, or $KEEL_EMBED_BIN (tests/install/install_test.sh
@@ -179,33 +180,6 @@ kill_live(void)
 
 TestSuite(embed, .fini = kill_live);
 
-static int
-cconnect(int port)
-{
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-	struct timeval tv = { .tv_sec = TEST_WAIT_MS / 1000 };
-	int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	cr_assert_geq(fd, 0);
-	cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0, "connect: %s",
-		     strerror(errno));
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	return fd;
-}
-
-static void
-send_all(int fd, const void *p, size_t n)
-{
-	while (n) {
-		ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-		cr_assert_gt(w, 0, "send: %s", strerror(errno));
-		p = (const char *)p + w;
-		n -= (size_t)w;
-	}
-}
-
 /* Read exactly @n bytes. Returns false at EOF or a reset before any of them came. */
 static bool
 recv_all(int fd, void *p, size_t n)
@@ -247,7 +221,7 @@ req_send(int fd, char op, uint32_t id, const char *key, const uint8_t *val, size
 	memcpy(b + 11, key, klen);
 	if (vlen)
 		memcpy(b + 11 + klen, val, vlen);
-	send_all(fd, b, 4 + plen);
+	test_send_all(fd, b, 4 + plen);
 	free(b);
 }
 
@@ -427,10 +401,10 @@ Test(embed, put_get_checksum_restart, .timeout = 300)
 		kv_fill(&kv[i], i);
 	/* Two connections, so that both shards are likely to take puts (the kernel places
 	 * each connection); each writes half the keys. */
-	fd = cconnect(h.port);
+	fd = test_connect(h.port);
 	put_all(fd, kv, NKEYS / 2);
 	close(fd);
-	fd = cconnect(h.port);
+	fd = test_connect(h.port);
 	put_all(fd, kv + NKEYS / 2, NKEYS / 2);
 	/* Overwrite a tenth with new values of new sizes: the newest must win. */
 	for (unsigned i = 0; i < NKEYS; i += 10) {
@@ -449,7 +423,7 @@ Test(embed, put_get_checksum_restart, .timeout = 300)
 	cr_assert_gt(fixed_total(h.log_text), 0, "no fixed reads or writes: %s", h.log_text);
 
 	host_start(&h);
-	fd = cconnect(h.port);
+	fd = test_connect(h.port);
 	get_all(fd, kv, NKEYS);
 	sum_some(fd, kv, NKEYS);
 	close(fd);
@@ -486,7 +460,7 @@ Test(embed, bad_input, .timeout = 120)
 
 	host_init(&h, "");
 	host_start(&h);
-	fd = cconnect(h.port);
+	fd = test_connect(h.port);
 	req_send(fd, 'X', 1, "k", NULL, 0); /* unknown op */
 	expect_status(fd, 2, 1);
 	req_send(fd, 'G', 2, "missing", NULL, 0);
@@ -497,20 +471,20 @@ Test(embed, bad_input, .timeout = 120)
 	expect_status(fd, 2, 4);
 	be32(b, 3); /* a frame shorter than a request header */
 	memcpy(b + 4, "Pab", 3);
-	send_all(fd, b, 7);
+	test_send_all(fd, b, 7);
 	expect_status(fd, 2, 0);
 	be32(b, 7); /* a key length past the frame */
 	b[4] = 'G';
 	be32(b + 5, 5);
 	b[9] = 0x7f;
 	b[10] = 0xff;
-	send_all(fd, b, 11);
+	test_send_all(fd, b, 11);
 	expect_status(fd, 2, 5);
 	be32(b, 7); /* an empty key */
 	b[4] = 'P';
 	be32(b + 5, 6);
 	b[9] = b[10] = 0;
-	send_all(fd, b, 11);
+	test_send_all(fd, b, 11);
 	expect_status(fd, 2, 6);
 	{ /* a key over 1024 bytes, whole in its frame */
 		char big[1101];
@@ -524,20 +498,20 @@ Test(embed, bad_input, .timeout = 120)
 	expect_status(fd, 0, 7);
 	/* A frame over the maximum closes the connection at once (no payload needed). */
 	be32(b, 0x7fffffff);
-	send_all(fd, b, 4);
+	test_send_all(fd, b, 4);
 	expect_status(fd, -1, 0);
 	close(fd);
 	/* So does one just over it, with its header of a valid put. */
 	{
 		size_t plen = 7 + 1024 + (1u << 20) + 1;
-		fd = cconnect(h.port);
+		fd = test_connect(h.port);
 		be32(b, (uint32_t)plen);
-		send_all(fd, b, 4);
+		test_send_all(fd, b, 4);
 		expect_status(fd, -1, 0);
 		close(fd);
 	}
 	/* The host is still serving. */
-	fd = cconnect(h.port);
+	fd = test_connect(h.port);
 	req_send(fd, 'G', 8, "k", NULL, 0);
 	{
 		struct reply r;
@@ -599,7 +573,7 @@ Test(embed, map_from_config, .timeout = 120)
 	log = slurp(h.log);
 	cr_assert_not_null(strstr(log, "1 shards on CPUs 1,"), "%s", log);
 	free(log);
-	fd = cconnect(h.port);
+	fd = test_connect(h.port);
 	req_send(fd, 'P', 1, "m", (const uint8_t *)"map", 3);
 	expect_status(fd, 0, 1);
 	req_send(fd, 'C', 2, "m", NULL, 0);
@@ -626,14 +600,14 @@ Test(embed, stop_with_work_in_flight, .timeout = 120)
 	kv[0].val = realloc(kv[0].val, kv[0].len);
 	for (size_t b = 0; b < kv[0].len; b++)
 		kv[0].val[b] = (uint8_t)rnd();
-	fd = cconnect(h.port);
+	fd = test_connect(h.port);
 	put_all(fd, kv, 1);
 	for (unsigned i = 0; i < 200; i++)
 		req_send(fd, 'C', i, kv[0].key, NULL, 0);
 	host_stop(&h);
 	close(fd);
 	host_start(&h);
-	fd = cconnect(h.port);
+	fd = test_connect(h.port);
 	get_all(fd, kv, 1);
 	close(fd);
 	host_stop(&h);
