@@ -1318,6 +1318,9 @@ on_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
 		kc->in = NULL;
 		kc->in_cap = 0;
 	}
+	/* A request that failed on the spot (a hand-off refused, a fan-out out of memory)
+	 * completes its pend at once; when that pend is the head nothing else drains it. */
+	drain(kc);
 	flush_out(kc);
 }
 
