@@ -2,7 +2,8 @@
 /*
  * A blocking loopback client for the tests that drive a server process: connect with a
  * receive deadline (TEST_WAIT_MS, so a missing reply fails instead of hanging) and
- * TCP_NODELAY, and send everything or fail the test.
+ * TCP_NODELAY (close-on-exec: a server the test starts later does not inherit it), and
+ * send everything or fail the test.
  */
 #ifndef KEEL_TEST_CLIENT_H
 #define KEEL_TEST_CLIENT_H
@@ -23,7 +24,7 @@ static inline int __attribute__((unused)) test_connect(int port)
 {
 	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
 	struct timeval tv = { .tv_sec = TEST_WAIT_MS / 1000 };
-	int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
 
 	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	cr_assert_geq(fd, 0);

@@ -18,6 +18,7 @@
 
 #include <criterion/criterion.h>
 
+#include "client.h"
 #include "scale.h"
 #include "wait.h"
 
@@ -352,7 +353,7 @@ static int
 aof_sets(int port, int n, bool *acked)
 {
 	static char req[64 * 420], rep[65536];
-	int fd = scale_connect(port), errs = 0;
+	int fd = test_connect(port), errs = 0;
 
 	for (int b = 0; b < n; b += 64) {
 		size_t ql = 0, got = 0;
@@ -404,7 +405,7 @@ aof_sets(int port, int n, bool *acked)
 static void
 aof_check(int port, int n, const bool *acked)
 {
-	int fd = scale_connect(port);
+	int fd = test_connect(port);
 	FILE *f = fdopen(fd, "r+");
 	int present = 0;
 
