@@ -562,7 +562,9 @@ keel__shard_loop(struct keel_shard *s)
 		if (s->phase == PHASE_STOP && stop_progress(s))
 			break;
 		must_enter = need_enter(s);
-		if (must_enter)
+		/* Only SQEs this pass queued are the loop's own: need_enter is also true for
+		 * arrivals (IORING_SQ_TASKRUN) and for operations in flight. */
+		if (ip.adaptive && io_uring_sq_ready(&s->ring))
 			keel__idlepoll_submitted(&ip);
 		idle_poll_ns = keel__idlepoll_window(&ip);
 		if (work) {
