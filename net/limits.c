@@ -16,16 +16,10 @@
 
 #include "net_internal.h"
 
-static uint64_t
-hdr_bytes(const struct keel_net_config *cfg)
-{
-	return cfg->header_bytes ? cfg->header_bytes : 1;
-}
-
 static bool
 header_pending(const struct net_lim *l)
 {
-	return l->cfg->header_timeout_ns && l->rx < hdr_bytes(l->cfg);
+	return l->cfg->header_timeout_ns && l->rx < l->need;
 }
 
 static void
@@ -91,6 +85,7 @@ keel__lim_open(struct net_shard *ns, struct net_lim *l, struct keel_conn *c,
 	memset(l, 0, sizeof(*l));
 	l->c = c;
 	l->cfg = cfg;
+	l->need = cfg->header_bytes ? cfg->header_bytes : 1;
 	l->open_ns = l->last_ns = keel_now_ns();
 	l->next = ns->lim_head;
 	if (l->next)

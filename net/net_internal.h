@@ -63,7 +63,8 @@ struct net_lim {
 	const struct keel_net_config *cfg;
 	uint64_t open_ns; /* accepted */
 	uint64_t last_ns; /* the sweep that last saw activity (or open_ns) */
-	uint64_t rx;      /* bytes received, counted up to header_bytes */
+	uint64_t rx;      /* bytes received, counted up to need */
+	uint32_t need;    /* header_bytes, 0 read as 1 (a first-byte timeout) */
 	bool active;      /* bytes moved since the last sweep */
 	bool listed;
 };
@@ -201,7 +202,7 @@ keel__lim_rx(struct net_lim *l, int n)
 {
 	if (l->listed) {
 		l->active = true;
-		if (l->rx < l->cfg->header_bytes)
+		if (l->rx < l->need)
 			l->rx += (uint64_t)n;
 	}
 }

@@ -199,6 +199,36 @@ Test(net_limits, header_timeout_closes_silent_and_slow_peers)
 	cr_assert_eq(atomic_load(&lim_idle), 0);
 }
 
+/* header_bytes 0 means 1 (a first-byte timeout): a connection that sent a byte is past its
+ * header and stays served when the silent one beside it is closed. */
+Test(net_limits, header_bytes_zero_is_a_first_byte_timeout)
+{
+	struct keel_net_config nc;
+	struct srv s;
+	char b = 'x';
+	int silent, good;
+
+	lim_reset();
+	keel_net_config_init(&nc);
+	nc.header_timeout_ns = KEEL_S(1);
+	nc.header_bytes = 0;
+	cr_assert_eq(srv_start(&s, NULL, &nc, &lecho_ops), 0);
+	good = cli_connect(s.port);
+	cr_assert_geq(good, 0);
+	cr_assert_eq(cli_write_all(good, &b, 1), 0);
+	cr_assert_eq(cli_read_all(good, &b, 1), 0);
+	silent = cli_connect(s.port);
+	cr_assert_geq(silent, 0);
+	expect_closed(silent, "the silent connection");
+	cr_assert_eq(cli_write_all(good, &b, 1), 0);
+	cr_assert_eq(cli_read_all(good, &b, 1), 0, "the connection that sent a byte was closed");
+	WAIT_FOR(atomic_load(&lim_hdr) == 1, "one header timeout counted (%llu)",
+		 (unsigned long long)atomic_load(&lim_hdr));
+	close(silent);
+	close(good);
+	cr_assert_eq(srv_stop(&s), 0);
+}
+
 /* Idle timeout: a connection that exchanged data and then went quiet is closed once
  * idle_timeout_ns has passed since its last traffic, and counted. */
 Test(net_limits, idle_timeout_closes_a_quiet_connection)
