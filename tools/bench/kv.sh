@@ -82,7 +82,10 @@ start() { # server persistence -> $pid $port
 	mkdir -p "$dir"
 	if [ "$2" = aof ]; then
 		kv=(--appendonly yes --appendfsync everysec --dir "$dir")
-		rd=(--appendonly yes --appendfsync everysec --dir "$dir")
+		# No automatic rewrite: keel-kv rewrites only on BGREWRITEAOF, and redis's
+		# rewrite runs in a child whose CPU /proc/PID/stat's utime+stime leave out.
+		rd=(--appendonly yes --appendfsync everysec --auto-aof-rewrite-percentage 0
+			--dir "$dir")
 	fi
 	port=$(free_port)
 	local keel=("$bin/keel-kv" --port "$port" --addr 127.0.0.1 "${kv[@]}")
