@@ -549,6 +549,7 @@ frame_copy(const struct keel_frame *fr, size_t off, uint8_t *out, size_t len)
 struct wr {
 	struct keel_file_req req;
 	struct put *put;
+	uint32_t len; /* bytes this write must move: keel_file_* does not retry a short one */
 };
 
 struct put {
@@ -569,7 +570,8 @@ put_written(struct keel_file_req *req, int res, void *arg)
 	struct put *p = w->put;
 	uint8_t *hk = (uint8_t *)(p->w + p->nw);
 
-	(void)req;
+	if (req && res >= 0 && (uint32_t)res != w->len)
+		res = -EIO; /* short: the record is not all on disk */
 	if (res < 0 && !p->err)
 		p->err = res;
 	if (--p->pending)
@@ -666,6 +668,7 @@ do_put(struct cn *cn, struct keel_frame *fr, uint32_t id, const uint8_t *key, ui
 		int rc;
 
 		w->put = p;
+		w->len = k == 0 ? (uint32_t)(sizeof(h) + klen) : v[k - 1].len;
 		p->pending++;
 		if (k == 0)
 			rc = keel_file_write(&w->req, &files[shard], hk, sizeof(h) + klen, at,
