@@ -142,6 +142,12 @@ feature_have(const struct keel_caps *c, enum keel_feature f)
 		return (struct feature_req){ c->op_supported[IORING_OP_SEND_ZC] &&
 						     c->op_supported[IORING_OP_SENDMSG_ZC],
 					     "SEND_ZC/SENDMSG_ZC need Linux 6.1 or later" };
+	case KEEL_FEAT_MIN_WAIT:
+		return (struct feature_req){
+			(c->ring_features & IORING_FEAT_MIN_TIMEOUT) != 0,
+			"sleeps that gather completions (IORING_FEAT_MIN_TIMEOUT, "
+			"--wait-coalesce-us) need Linux 6.12 or later"
+		};
 	default:
 		return (struct feature_req){ false, "unknown feature" };
 	}
@@ -274,7 +280,8 @@ keel_caps_print(const struct keel_opts *opts, FILE *f)
 		{ "SENDMSG_ZC", op(c, IORING_OP_SENDMSG_ZC), "6.1", "zero-copy UDP datagrams" },
 		{ "RECVSEND_BUNDLE", feat(c, 1U << 14), "6.10", "one CQE spans several buffers" },
 		{ "incremental buffers", c->pbuf_inc, "6.12", "small messages share a buffer" },
-		{ "min-timeout waits", feat(c, IORING_FEAT_MIN_TIMEOUT), "6.12", "(not used yet)" },
+		{ "min-timeout waits", feat(c, IORING_FEAT_MIN_TIMEOUT), "6.12",
+		  "sleeps that gather (--wait-coalesce-us)" },
 		{ "RECV_ZC opcode (ZCRX)", op(c, KEEL_IORING_OP_RECV_ZC), "6.15",
 		  "zero-copy receive; needs a NIC with header/data split (keel-topo)" },
 	};

@@ -34,7 +34,8 @@ __attribute__((noreturn)) void keel__verify_fail(const char *file, int line, con
 struct atomic_stats {
 	_Atomic uint64_t passes, enters, cqes, msgs_sent, msgs_recv, msgs_overflow, msgs_refused,
 		sleeps, wakeups, wake_fallbacks, cq_overflows, cq_dropped, stalls, timers_fired,
-		deferred, foreign, max_pass_ns, idle_poll_ns, polls_found, polls_slept;
+		deferred, foreign, max_pass_ns, idle_poll_ns, polls_found, polls_slept, coalesced,
+		coalesce_trials, coalesce_won;
 };
 
 /* A message in a shard-pair queue: 32 bytes, two per cache line. The kind is implied:
@@ -123,7 +124,9 @@ struct keel_shard {
 	struct io_uring ring;
 	int ring_fd; /* the real fd, the MSG_RING target for other shards */
 	unsigned ring_flags;
-	bool taskrun_flag; /* the kernel flags pending task work in sq_flags */
+	bool taskrun_flag;       /* the kernel flags pending task work in sq_flags */
+	bool ring_fd_registered; /* io_uring_register_ring_fd succeeded: enter by its index */
+	bool min_wait;           /* sleeps may gather (IORING_FEAT_MIN_TIMEOUT, min_wait used) */
 
 	uint64_t now_ns;
 	uint64_t stall_ns;
@@ -270,6 +273,39 @@ void keel__idlepoll_woke(struct keel__idlepoll *p, uint64_t gap_ns);
 /* The pass submits operations: the next quick outcome may be their completions, not an
  * arrival, and is not counted. */
 void keel__idlepoll_submitted(struct keel__idlepoll *p);
+
+/* Wait coalescing (core/coalesce.c, --wait-coalesce-us): whether the next sleep gathers
+ * completions for up to window_ns (IORING_FEAT_MIN_TIMEOUT) or returns at the first. */
+#define KEEL__CO_EPOCH_NS    10000000ULL /* 10 ms: the unit of measurement */
+#define KEEL__CO_MIN_EVENTS  64          /* an epoch with less work decides nothing */
+#define KEEL__CO_MIN_SLEEPS  16          /* ... nor one with fewer sleeps (nothing to save) */
+#define KEEL__CO_TOL         32          /* rates within 1/32 of each other are equal */
+#define KEEL__CO_ON_EPOCHS   32          /* while coalescing, a trial without it every 32 epochs */
+#define KEEL__CO_BACKOFF_MIN 4           /* while not, a trial of it after 4 epochs, */
+#define KEEL__CO_BACKOFF_MAX 512         /* doubled by each lost trial up to 512 (about 5 s) */
+#define KEEL__CO_GATHER      64          /* completions that end a gathering sleep early */
+struct keel__coalesce {
+	uint64_t window_ns;   /* --wait-coalesce-us in ns; 0: never */
+	bool fixed;           /* --wait-coalesce-fixed: always on, no trials */
+	bool on;              /* the next sleep gathers */
+	bool trial;           /* this epoch tries the state opposite to the steady one */
+	uint64_t epoch_start; /* ns */
+	uint64_t events;      /* work found in this epoch */
+	uint64_t sleeps;      /* sleeps in this epoch */
+	uint64_t ref_events;  /* the last steady epoch's work (0: none to compare with) */
+	uint64_t ref_ns;      /* ... and its length */
+	unsigned steady_left; /* steady epochs before the next trial */
+	unsigned backoff;     /* steady epochs without coalescing between its trials */
+	uint64_t trials, trials_won, trials_lost;
+};
+void keel__coalesce_init(struct keel__coalesce *c, uint64_t window_ns, bool fixed, uint64_t now);
+/* Whether the next sleep gathers completions for c->window_ns. */
+bool keel__coalesce_on(const struct keel__coalesce *c);
+/* A loop pass that began at @now found @work (CQEs, messages, timers, deferred calls).
+ * Returns true when it ended an epoch (the trial counts may have changed). */
+bool keel__coalesce_pass(struct keel__coalesce *c, uint64_t now, uint64_t work);
+/* The shard slept in the kernel. */
+void keel__coalesce_slept(struct keel__coalesce *c);
 struct io_uring_sqe *keel__sqe_internal(struct keel_shard *s);
 void keel__internal_arm(struct keel_shard *s, struct internal_op *iop, struct io_uring_sqe *sqe);
 /* The last CQE of an internal op: disarm it and stop counting it. Returns it. */

@@ -131,6 +131,7 @@ keel__shard_ring_init(struct keel_shard *s)
 	s->taskrun_flag = flags & IORING_SETUP_TASKRUN_FLAG;
 	if (rt->features[KEEL_FEAT_REG_RING_FD].used) {
 		r = io_uring_register_ring_fd(&s->ring);
+		s->ring_fd_registered = r == 1;
 		if (r != 1) {
 			keel_log(rt->features[KEEL_FEAT_REG_RING_FD].policy == KEEL_POLICY_ON
 					 ? KEEL_LOG_ERROR
@@ -154,6 +155,7 @@ keel__shard_ring_init(struct keel_shard *s)
 	s->cancel_op.op.fn = cancel_cb;
 	s->cancel_op.shard = s;
 	s->stall_ns = (uint64_t)rt->opts.stall_ms * NS_PER_MS;
+	s->min_wait = rt->features[KEEL_FEAT_MIN_WAIT].used && rt->opts.wait_coalesce_us;
 	return 0;
 }
 
@@ -401,6 +403,43 @@ pass_end(struct keel_shard *s, uint64_t t0, uint64_t t1)
 	s->stalls_unlogged = 0;
 }
 
+/* The argument of an IORING_ENTER_EXT_ARG wait; liburing 2.3 names min_wait_usec "pad". */
+struct getevents_arg {
+	uint64_t sigmask;
+	uint32_t sigmask_sz;
+	uint32_t min_wait_usec; /* Linux 6.12 (IORING_FEAT_MIN_TIMEOUT) */
+	uint64_t ts;
+};
+
+/* Submit what the pass queued and sleep until KEEL__CO_GATHER completions are ready, or
+ * @window_us has passed and at least one is, or @ts expires (io_uring's minimum wait; one
+ * io_uring_enter, as io_uring_submit_and_wait_timeout makes, which cannot pass the minimum
+ * wait in liburing 2.3). The SQ tail is published as liburing publishes it. */
+static int
+enter_gather(struct keel_shard *s, uint32_t window_us, struct __kernel_timespec *ts)
+{
+	struct io_uring_sq *sq = &s->ring.sq;
+	struct getevents_arg arg = {
+		.sigmask_sz = 8,
+		.min_wait_usec = window_us,
+		.ts = (uint64_t)(uintptr_t)ts,
+	};
+	unsigned flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG;
+	unsigned tail = sq->sqe_tail;
+	int fd = s->ring.ring_fd;
+
+	if (sq->sqe_head != tail) {
+		sq->sqe_head = tail;
+		io_uring_smp_store_release(sq->ktail, tail);
+	}
+	if (s->ring_fd_registered) {
+		fd = s->ring.enter_ring_fd;
+		flags |= IORING_ENTER_REGISTERED_RING;
+	}
+	return io_uring_enter2((unsigned)fd, tail - IO_URING_READ_ONCE(*sq->khead), KEEL__CO_GATHER,
+			       flags, (sigset_t *)&arg, sizeof(arg));
+}
+
 /* Sleep in the kernel until a completion, a wake-up or the next timer. The same
  * io_uring_enter submits what the pass queued (SUBMIT + GETEVENTS, the timeout through
  * EXT_ARG): a woken shard that answers and goes back to sleep enters the kernel once.
@@ -409,7 +448,7 @@ pass_end(struct keel_shard *s, uint64_t t0, uint64_t t1)
  * for another pass: then the pass that began at @t0 stays open and the caller enters if it
  * must. On true the pass was closed (pass_end) before the sleep. */
 static bool
-sleep_in_kernel(struct keel_shard *s, uint64_t t0)
+sleep_in_kernel(struct keel_shard *s, uint64_t t0, struct keel__coalesce *co)
 {
 	struct keel_runtime *rt = s->rt;
 	struct __kernel_timespec ts, *tsp = NULL;
@@ -444,7 +483,22 @@ sleep_in_kernel(struct keel_shard *s, uint64_t t0)
 	}
 	STAT_INC(s, sleeps);
 	STAT_INC(s, enters);
-	r = io_uring_submit_and_wait_timeout(&s->ring, &cqe, 1, tsp, NULL);
+	keel__coalesce_slept(co);
+	if (keel__coalesce_on(co) && s->phase == PHASE_RUN && d > co->window_ns) {
+		/* Gather: the kernel wakes us early only with KEEL__CO_GATHER completions; past
+		 * the window, at the first. Without a general timeout longer than the window the
+		 * kernel ends the wait at the window even with none, so an idle shard would wake
+		 * every window: give it one (the timer's, else a second). */
+		if (!tsp) {
+			ts.tv_sec = 1;
+			ts.tv_nsec = 0;
+			tsp = &ts;
+		}
+		STAT_INC(s, coalesced);
+		r = enter_gather(s, (uint32_t)(co->window_ns / 1000), tsp);
+	} else {
+		r = io_uring_submit_and_wait_timeout(&s->ring, &cqe, 1, tsp, NULL);
+	}
 	if (r < 0 && r != -ETIME && r != -EINTR && r != -EAGAIN && r != -EBUSY)
 		enter_error(s, r, "io_uring wait");
 	atomic_store(&s->sleeping, 0);
@@ -523,11 +577,14 @@ keel__shard_loop(struct keel_shard *s)
 	struct keel_runtime *rt = s->rt;
 	uint64_t idle_since = 0, t0 = 0, slept_at = 0;
 	struct keel__idlepoll ip;
+	struct keel__coalesce co;
 	bool open = false;   /* the pass that began at t0 is not yet stall-checked */
 	bool polled = false; /* the pass that began at t0 found nothing and polled on */
 
 	keel__idlepoll_init(&ip, (uint64_t)rt->opts.idle_poll_us * 1000,
 			    rt->opts.idle_poll_adaptive);
+	keel__coalesce_init(&co, s->min_wait ? (uint64_t)rt->opts.wait_coalesce_us * 1000 : 0,
+			    rt->opts.wait_coalesce_fixed, keel__clock_ns());
 
 	for (;;) {
 		uint64_t now = keel__clock_ns();
@@ -559,6 +616,12 @@ keel__shard_loop(struct keel_shard *s)
 			work++;
 		}
 		keel__mail_flush(s);
+		if (co.window_ns && keel__coalesce_pass(&co, t0, work)) {
+			atomic_store_explicit(&s->stats.coalesce_trials, co.trials,
+					      memory_order_relaxed);
+			atomic_store_explicit(&s->stats.coalesce_won, co.trials_won,
+					      memory_order_relaxed);
+		}
 		if (s->phase == PHASE_STOP && stop_progress(s))
 			break;
 		must_enter = need_enter(s);
@@ -590,7 +653,7 @@ keel__shard_loop(struct keel_shard *s)
 			polled = true;
 			continue;
 		}
-		if (sleep_in_kernel(s, t0)) {
+		if (sleep_in_kernel(s, t0, &co)) {
 			open = false;
 			if (idle_since) { /* polled the whole window for nothing */
 				STAT_INC(s, polls_slept);

@@ -20,6 +20,7 @@ static const char *const feature_names[KEEL_FEAT__COUNT] = {
 	[KEEL_FEAT_PBUF_INC] = "pbuf_inc",
 	[KEEL_FEAT_DIRECT_FD] = "direct_fd",
 	[KEEL_FEAT_SEND_ZC] = "send_zc",
+	[KEEL_FEAT_MIN_WAIT] = "min_wait",
 };
 
 static const char *const policy_names[] = {
@@ -45,6 +46,7 @@ keel_opts_init(struct keel_opts *o)
 {
 	memset(o, 0, sizeof(*o));
 	o->idle_poll_us = 50;
+	o->wait_coalesce_us = KEEL_WAIT_COALESCE_US_DEFAULT;
 	o->ring_entries = 256;
 	o->cq_entries = KEEL_CQ_ENTRIES_DEFAULT;
 	o->stall_ms = 25;
@@ -238,6 +240,8 @@ enum opt_id {
 	OPT_CPUSET,
 	OPT_IDLE_POLL,
 	OPT_IDLE_POLL_ADAPTIVE,
+	OPT_WAIT_COALESCE,
+	OPT_WAIT_COALESCE_FIXED,
 	OPT_RING_ENTRIES,
 	OPT_CQ_ENTRIES,
 	OPT_STALL_MS,
@@ -275,6 +279,12 @@ static const struct opt_desc opt_table[] = {
 	{ OPT_IDLE_POLL_ADAPTIVE, "--idle-poll-adaptive", "KEEL_IDLE_POLL_ADAPTIVE", NULL,
 	  "poll only while work came within --idle-poll-us in at least 4 of the last 8 idle "
 	  "waits; otherwise sleep at once (default off)" },
+	{ OPT_WAIT_COALESCE, "--wait-coalesce-us", "KEEL_WAIT_COALESCE_US", "N",
+	  "a sleep may gather completions for up to N us before it wakes the shard, while that "
+	  "was measured not to slow the shard's work (adaptive; 0: never; default 50; Linux "
+	  "6.12)" },
+	{ OPT_WAIT_COALESCE_FIXED, "--wait-coalesce-fixed", "KEEL_WAIT_COALESCE_FIXED", NULL,
+	  "every sleep gathers for --wait-coalesce-us, not measured (default off)" },
 	{ OPT_RING_ENTRIES, "--ring-entries", "KEEL_RING_ENTRIES", "N",
 	  "io_uring SQ entries per shard (default 256)" },
 	{ OPT_CQ_ENTRIES, "--cq-entries", "KEEL_CQ_ENTRIES", "N",
@@ -292,7 +302,8 @@ static const struct opt_desc opt_table[] = {
 	{ OPT_STATS, "--stats", "KEEL_STATS", NULL, "print per-shard counters at exit" },
 	{ OPT_FEATURE, "--feature", "KEEL_FEATURE", "NAME=POLICY[,..]",
 	  "io_uring feature policy off|on|auto; names: single_issuer, defer_taskrun, reg_ring_fd, "
-	  "reg_buffers, multishot_accept, multishot_recv, recv_bundle, pbuf_inc, direct_fd, send_zc" },
+	  "reg_buffers, multishot_accept, multishot_recv, recv_bundle, pbuf_inc, direct_fd, send_zc, "
+	  "min_wait" },
 	{ OPT_MEMORY, "--memory", "KEEL_MEMORY", "SIZE",
 	  "registered buffer memory per shard, K/M/G suffixes (default 256M)" },
 	{ OPT_HUGEPAGES, "--hugepages", "KEEL_HUGEPAGES", NULL,
@@ -334,6 +345,10 @@ apply(const struct opt_desc *d, const char *v, struct keel_opts *o, char *err, s
 		return parse_uint(d->name, v, 0, 10000000, &o->idle_poll_us, err, errlen);
 	case OPT_IDLE_POLL_ADAPTIVE:
 		return parse_bool(d->name, v, &o->idle_poll_adaptive, err, errlen);
+	case OPT_WAIT_COALESCE:
+		return parse_uint(d->name, v, 0, 1000000, &o->wait_coalesce_us, err, errlen);
+	case OPT_WAIT_COALESCE_FIXED:
+		return parse_bool(d->name, v, &o->wait_coalesce_fixed, err, errlen);
 	case OPT_RING_ENTRIES:
 		return parse_uint(d->name, v, 8, 32768, &o->ring_entries, err, errlen);
 	case OPT_CQ_ENTRIES:

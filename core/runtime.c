@@ -636,6 +636,9 @@ keel_runtime_stats(const struct keel_runtime *rt, unsigned shard, struct keel_sh
 	LD(idle_poll_ns);
 	LD(polls_found);
 	LD(polls_slept);
+	LD(coalesced);
+	LD(coalesce_trials);
+	LD(coalesce_won);
 #undef LD
 	return 0;
 }
@@ -644,16 +647,17 @@ void
 keel_runtime_stats_print(const struct keel_runtime *rt, FILE *f)
 {
 	fprintf(f,
-		"%5s %4s %12s %10s %12s %12s %12s %9s %8s %9s %9s %7s %8s %7s %6s %9s %10s %10s %10s\n",
+		"%5s %4s %12s %10s %12s %12s %12s %9s %8s %9s %9s %7s %8s %7s %6s %9s %10s %10s %10s "
+		"%10s %9s %7s\n",
 		"shard", "cpu", "passes", "enters", "cqes", "msgs_sent", "msgs_recv", "overflow",
 		"refused", "sleeps", "wakeups", "wake_fb", "cq_ovf", "cq_drop", "stalls", "max_ms",
-		"idle_ms", "poll_found", "poll_slept");
+		"idle_ms", "poll_found", "poll_slept", "coalesced", "co_trials", "co_won");
 	for (unsigned i = 0; i < rt->count; i++) {
 		struct keel_shard_stats st;
 		keel_runtime_stats(rt, i, &st);
 		fprintf(f,
 			"%5u %4d %12llu %10llu %12llu %12llu %12llu %9llu %8llu %9llu %9llu %7llu "
-			"%8llu %7llu %6llu %9.2f %10.1f %10llu %10llu\n",
+			"%8llu %7llu %6llu %9.2f %10.1f %10llu %10llu %10llu %9llu %7llu\n",
 			i, rt->shards[i].cpu, (unsigned long long)st.passes,
 			(unsigned long long)st.enters, (unsigned long long)st.cqes,
 			(unsigned long long)st.msgs_sent, (unsigned long long)st.msgs_recv,
@@ -662,6 +666,8 @@ keel_runtime_stats_print(const struct keel_runtime *rt, FILE *f)
 			(unsigned long long)st.wake_fallbacks, (unsigned long long)st.cq_overflows,
 			(unsigned long long)st.cq_dropped, (unsigned long long)st.stalls,
 			(double)st.max_pass_ns / 1e6, (double)st.idle_poll_ns / 1e6,
-			(unsigned long long)st.polls_found, (unsigned long long)st.polls_slept);
+			(unsigned long long)st.polls_found, (unsigned long long)st.polls_slept,
+			(unsigned long long)st.coalesced, (unsigned long long)st.coalesce_trials,
+			(unsigned long long)st.coalesce_won);
 	}
 }

@@ -56,6 +56,7 @@ enum keel_feature {
 	KEEL_FEAT_PBUF_INC,         /* IOU_PBUF_RING_INC: incremental buffer consumption (6.12) */
 	KEEL_FEAT_DIRECT_FD,        /* accepted/connected sockets as direct descriptors (5.19) */
 	KEEL_FEAT_SEND_ZC,          /* SEND_ZC / SENDMSG_ZC for large sends (6.0 / 6.1) */
+	KEEL_FEAT_MIN_WAIT,         /* IORING_FEAT_MIN_TIMEOUT: sleeps that gather (6.12) */
 	KEEL_FEAT__COUNT
 };
 
@@ -78,6 +79,7 @@ enum keel_feature {
  * so at most 768 KiB per destination) before keel_send and the calls return -EAGAIN.
  */
 #define KEEL_MAILBOX_OVERFLOW_DEFAULT 16384
+#define KEEL_WAIT_COALESCE_US_DEFAULT 50
 
 /** Runtime options. Initialise with keel_opts_init(); every field may then be set directly. */
 struct keel_opts {
@@ -89,6 +91,10 @@ struct keel_opts {
 	unsigned idle_poll_us;     /* --idle-poll-us: busy-poll this long before sleeping */
 	bool idle_poll_adaptive;   /* --idle-poll-adaptive: poll only while work comes back
 				    * within that window (docs/architecture.md, "Idle polling") */
+	unsigned wait_coalesce_us; /* --wait-coalesce-us: a sleep may gather completions this
+				    * long (adaptive; 0: never; docs/architecture.md, "Wait
+				    * coalescing"; default KEEL_WAIT_COALESCE_US_DEFAULT) */
+	bool wait_coalesce_fixed;  /* --wait-coalesce-fixed: every sleep gathers, no trials */
 	unsigned ring_entries;     /* --ring-entries: SQ size */
 	unsigned cq_entries;       /* --cq-entries: CQ size, >= ring_entries (the kernel rounds
 				    * up to a power of two; default KEEL_CQ_ENTRIES_DEFAULT) */

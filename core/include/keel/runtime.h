@@ -125,30 +125,33 @@ KEEL_API int keel_shard_on_stop(keel_fn fn, void *arg);
 
 /** Per-shard counters. Each is written only by its shard; readers see a recent value. */
 struct keel_shard_stats {
-	uint64_t passes;         /* loop passes */
-	uint64_t enters;         /* io_uring_enter system calls */
-	uint64_t cqes;           /* completions reaped */
-	uint64_t msgs_sent;      /* cross-shard messages sent (calls and replies included) */
-	uint64_t msgs_recv;      /* cross-shard messages run */
-	uint64_t msgs_overflow;  /* messages that waited in the sender's overflow list */
-	uint64_t msgs_refused;   /* sends and calls refused with -EAGAIN: the destination's
-				  * queue and --mailbox-overflow were full */
-	uint64_t sleeps;         /* waits in the kernel with nothing to do */
-	uint64_t wakeups;        /* MSG_RING or eventfd wake-ups received */
-	uint64_t wake_fallbacks; /* MSG_RING wake-ups that failed, sent again by eventfd */
-	uint64_t cq_overflows;   /* passes that found completions held in the kernel's CQ
-				  * overflow list (the CQ was full; see --cq-entries) */
-	uint64_t cq_dropped;     /* completions the kernel dropped (could not hold them) */
-	uint64_t stalls;         /* passes longer than --stall-ms */
-	uint64_t timers_fired;   /* timer callbacks run */
-	uint64_t deferred;       /* keel_defer callbacks run */
-	uint64_t foreign;        /* keel_runtime_submit requests run */
-	uint64_t max_pass_ns;    /* longest pass seen */
-	uint64_t idle_poll_ns;   /* time spent polling with nothing to do (--idle-poll-us):
-				  * CPU the shard burned idle, counted as busy by the OS */
-	uint64_t polls_found;    /* idle polls (--idle-poll-us) that found work in the window */
-	uint64_t polls_slept;    /* ... that found none in it and slept in the kernel: found /
-				  * (found + slept) is how often polling paid */
+	uint64_t passes;          /* loop passes */
+	uint64_t enters;          /* io_uring_enter system calls */
+	uint64_t cqes;            /* completions reaped */
+	uint64_t msgs_sent;       /* cross-shard messages sent (calls and replies included) */
+	uint64_t msgs_recv;       /* cross-shard messages run */
+	uint64_t msgs_overflow;   /* messages that waited in the sender's overflow list */
+	uint64_t msgs_refused;    /* sends and calls refused with -EAGAIN: the destination's
+				   * queue and --mailbox-overflow were full */
+	uint64_t sleeps;          /* waits in the kernel with nothing to do */
+	uint64_t wakeups;         /* MSG_RING or eventfd wake-ups received */
+	uint64_t wake_fallbacks;  /* MSG_RING wake-ups that failed, sent again by eventfd */
+	uint64_t cq_overflows;    /* passes that found completions held in the kernel's CQ
+				   * overflow list (the CQ was full; see --cq-entries) */
+	uint64_t cq_dropped;      /* completions the kernel dropped (could not hold them) */
+	uint64_t stalls;          /* passes longer than --stall-ms */
+	uint64_t timers_fired;    /* timer callbacks run */
+	uint64_t deferred;        /* keel_defer callbacks run */
+	uint64_t foreign;         /* keel_runtime_submit requests run */
+	uint64_t max_pass_ns;     /* longest pass seen */
+	uint64_t idle_poll_ns;    /* time spent polling with nothing to do (--idle-poll-us):
+				   * CPU the shard burned idle, counted as busy by the OS */
+	uint64_t polls_found;     /* idle polls (--idle-poll-us) that found work in the window */
+	uint64_t polls_slept;     /* ... that found none in it and slept in the kernel: found /
+				   * (found + slept) is how often polling paid */
+	uint64_t coalesced;       /* sleeps that gathered completions (--wait-coalesce-us) */
+	uint64_t coalesce_trials; /* epochs of 10 ms run in the other state, to measure */
+	uint64_t coalesce_won;    /* ... that kept (or turned) gathering on */
 };
 
 /**

@@ -1,0 +1,139 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Wait coalescing (--wait-coalesce-us): whether a shard's sleep in the kernel returns at the
+ * first completion or gathers completions for up to the window first (io_uring's minimum
+ * wait, IORING_FEAT_MIN_TIMEOUT: the kernel wakes the shard when many completions are
+ * ready, or when the window has passed and at least one is). Gathering costs latency (up
+ * to the window per wake-up) and saves wake-ups: one sleep and one wake-up serve many
+ * arrivals instead of one. It pays where many independent peers keep arriving while the
+ * shard sleeps; it loses where the peers wait for the shard's answer before they send
+ * again (one connection in ping-pong: nothing more comes, so each answer waits the whole
+ * window).
+ *
+ * Which of the two a workload is cannot be seen from one wait, so the policy measures, as
+ * adaptive interrupt moderation on NICs does: it counts the work the loop finds (CQEs,
+ * messages, timers) per epoch of KEEL__CO_EPOCH_NS, and now and then runs one epoch in the
+ * other state (a trial). A trial of coalescing wins when its rate of work is within
+ * 1/KEEL__CO_TOL of the epoch before it (the same work done with fewer wake-ups); a trial
+ * without it wins when its rate is more than 1/KEEL__CO_TOL above the coalescing epoch
+ * before it. A lost trial of coalescing doubles the wait before the next one (up to
+ * KEEL__CO_BACKOFF_MAX epochs, about 5 s), so a latency-bound workload pays one epoch in
+ * that many. Epochs with little work or few sleeps decide nothing and end coalescing: an
+ * idle shard sleeps plainly. Pure decisions on the counts the loop reports, so tests drive
+ * it with synthetic epochs (tests/core/test_coalesce.c); core/loop.c feeds it.
+ */
+#include "internal.h"
+
+void
+keel__coalesce_init(struct keel__coalesce *c, uint64_t window_ns, bool fixed, uint64_t now)
+{
+	memset(c, 0, sizeof(*c));
+	c->window_ns = window_ns;
+	c->fixed = fixed && window_ns;
+	c->on = c->fixed;
+	c->epoch_start = now;
+	c->backoff = KEEL__CO_BACKOFF_MIN;
+	c->steady_left = KEEL__CO_BACKOFF_MIN;
+}
+
+bool
+keel__coalesce_on(const struct keel__coalesce *c)
+{
+	return c->on;
+}
+
+void
+keel__coalesce_slept(struct keel__coalesce *c)
+{
+	c->sleeps++;
+}
+
+/* @a events in @ad ns against @b events in @bd ns: a * bd vs b * ad, scaled by the
+ * tolerance; 128-bit products cannot overflow. */
+static bool
+rate_at_least(uint64_t a, uint64_t ad, uint64_t b, uint64_t bd, int tol_num)
+{
+	/* a/ad >= b/bd * (KEEL__CO_TOL + tol_num) / KEEL__CO_TOL */
+	unsigned __int128 l = (unsigned __int128)a * bd * KEEL__CO_TOL;
+	unsigned __int128 r = (unsigned __int128)b * ad * (unsigned)(KEEL__CO_TOL + tol_num);
+
+	return l >= r;
+}
+
+/* Start a steady stretch in state @on, the next trial after @epochs epochs. */
+static void
+steady(struct keel__coalesce *c, bool on, unsigned epochs)
+{
+	c->on = on;
+	c->trial = false;
+	c->steady_left = epochs;
+}
+
+static void
+epoch_end(struct keel__coalesce *c, uint64_t dur)
+{
+	bool busy = c->events >= KEEL__CO_MIN_EVENTS && c->sleeps >= KEEL__CO_MIN_SLEEPS;
+
+	if (!busy) {
+		/* Idle or not sleeping: nothing to gather; sleep plainly, forget the reference. */
+		if (c->trial && c->on)
+			c->trials_lost++;
+		c->ref_events = 0;
+		steady(c, false, c->backoff);
+		return;
+	}
+	if (c->trial) {
+		if (c->on) { /* coalescing tried against the plain epoch before it */
+			if (c->ref_events &&
+			    rate_at_least(c->events, dur, c->ref_events, c->ref_ns, -1)) {
+				c->trials_won++;
+				c->backoff = KEEL__CO_BACKOFF_MIN;
+				steady(c, true, KEEL__CO_ON_EPOCHS);
+			} else {
+				c->trials_lost++;
+				if (c->backoff < KEEL__CO_BACKOFF_MAX)
+					c->backoff *= 2;
+				steady(c, false, c->backoff);
+			}
+		} else { /* plain sleeps tried against the coalescing epoch before it */
+			if (c->ref_events &&
+			    rate_at_least(c->events, dur, c->ref_events, c->ref_ns, 1)) {
+				c->trials_lost++; /* plain was clearly faster: coalescing lost */
+				steady(c, false, c->backoff);
+			} else {
+				c->trials_won++;
+				steady(c, true, KEEL__CO_ON_EPOCHS);
+			}
+		}
+		c->ref_events = 0;
+		return;
+	}
+	/* A steady epoch: the reference for a trial, which starts when the stretch ends. */
+	c->ref_events = c->events;
+	c->ref_ns = dur;
+	if (c->steady_left > 1) {
+		c->steady_left--;
+		return;
+	}
+	c->trial = true;
+	c->trials++;
+	c->on = !c->on;
+}
+
+bool
+keel__coalesce_pass(struct keel__coalesce *c, uint64_t now, uint64_t work)
+{
+	uint64_t dur;
+
+	if (!c->window_ns || c->fixed)
+		return false;
+	c->events += work;
+	dur = now - c->epoch_start;
+	if (dur < KEEL__CO_EPOCH_NS)
+		return false;
+	epoch_end(c, dur);
+	c->epoch_start = now;
+	c->events = 0;
+	c->sleeps = 0;
+	return true;
+}

@@ -1,0 +1,254 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The wait-coalescing policy's decisions (core/coalesce.c), driven with synthetic epochs:
+ * no clock, no ring. A workload is the work a shard finds per epoch with gathering sleeps
+ * and without; epoch() plays the loop's part for one epoch of KEEL__CO_EPOCH_NS.
+ */
+#include <criterion/criterion.h>
+
+#include "../../core/internal.h"
+#include "helpers.h"
+
+#define WIN    KEEL_US(50)
+#define PASSES 10 /* passes per epoch */
+
+struct load {
+	uint64_t on, off; /* work found per epoch with and without gathering */
+	uint64_t sleeps;  /* sleeps per epoch */
+};
+
+/* One epoch of @l in the state the policy chose; returns whether it gathered. */
+static bool
+epoch(struct keel__coalesce *c, uint64_t *now, struct load l)
+{
+	bool on = keel__coalesce_on(c);
+	uint64_t work = on ? l.on : l.off;
+
+	for (int i = 0; i < PASSES; i++) {
+		*now += KEEL__CO_EPOCH_NS / PASSES;
+		keel__coalesce_pass(c, *now, work / PASSES);
+		for (uint64_t k = 0; k < l.sleeps / PASSES; k++)
+			keel__coalesce_slept(c);
+	}
+	return on;
+}
+
+static unsigned
+run(struct keel__coalesce *c, uint64_t *now, struct load l, unsigned n)
+{
+	unsigned on = 0;
+
+	for (unsigned i = 0; i < n; i++)
+		on += epoch(c, now, l);
+	return on;
+}
+
+static const struct load many_peers = { .on = 1000, .off = 1000, .sleeps = 500 };
+static const struct load ping_pong = { .on = 300, .off = 1000, .sleeps = 500 };
+
+Test(core_coalesce, gathers_when_that_keeps_the_rate_of_work)
+{
+	struct keel__coalesce c;
+	uint64_t now = 0;
+
+	keel__coalesce_init(&c, WIN, false, now);
+	cr_assert_not(keel__coalesce_on(&c), "starts with plain sleeps");
+	run(&c, &now, many_peers, KEEL__CO_BACKOFF_MIN + 2);
+	cr_assert(keel__coalesce_on(&c), "one won trial turns it on");
+	/* Steady: every KEEL__CO_ON_EPOCHS a trial without it, which it keeps winning. */
+	unsigned on = run(&c, &now, many_peers, 20 * KEEL__CO_ON_EPOCHS);
+	cr_assert_geq(on, 19 * KEEL__CO_ON_EPOCHS, "gathered in %u of %u epochs", on,
+		      20 * KEEL__CO_ON_EPOCHS);
+	cr_assert(keel__coalesce_on(&c));
+	cr_assert_eq(c.trials_lost, 0);
+	cr_assert_geq(c.trials_won, 20);
+}
+
+Test(core_coalesce, does_not_gather_where_that_slows_the_work)
+{
+	struct keel__coalesce c;
+	uint64_t now = 0;
+	unsigned n = 10000; /* 100 s */
+
+	keel__coalesce_init(&c, WIN, false, now);
+	unsigned on = run(&c, &now, ping_pong, n);
+	/* Only trial epochs gathered; the backoff spaces them out to KEEL__CO_BACKOFF_MAX. */
+	cr_assert_eq(on, c.trials, "gathered outside trials (%u epochs, %llu trials)", on,
+		     (unsigned long long)c.trials);
+	cr_assert_lt(on, n / 200, "gathered in %u of %u epochs", on, n);
+	cr_assert_eq(c.trials_won, 0);
+	cr_assert_eq(c.backoff, KEEL__CO_BACKOFF_MAX);
+	cr_assert_not(keel__coalesce_on(&c));
+}
+
+Test(core_coalesce, stops_gathering_when_the_load_turns_latency_bound)
+{
+	struct keel__coalesce c;
+	uint64_t now = 0;
+
+	keel__coalesce_init(&c, WIN, false, now);
+	run(&c, &now, many_peers, KEEL__CO_BACKOFF_MIN + 2);
+	cr_assert(keel__coalesce_on(&c));
+	/* The next trial without gathering finds it 3x faster and turns gathering off. */
+	run(&c, &now, ping_pong, KEEL__CO_ON_EPOCHS + 1);
+	cr_assert_not(keel__coalesce_on(&c));
+	cr_assert_eq(c.trials_lost, 1);
+	/* ... and the load turning back brings it back. */
+	run(&c, &now, many_peers, KEEL__CO_BACKOFF_MIN + 2);
+	cr_assert(keel__coalesce_on(&c));
+}
+
+Test(core_coalesce, rates_within_the_tolerance_are_equal)
+{
+	struct keel__coalesce c;
+	uint64_t now = 0;
+	/* 1.6 % slower gathering is within 1/32: on. 6 % slower is not: off. */
+	struct load near = { .on = 984, .off = 1000, .sleeps = 500 };
+	struct load far = { .on = 940, .off = 1000, .sleeps = 500 };
+
+	keel__coalesce_init(&c, WIN, false, now);
+	run(&c, &now, near, KEEL__CO_BACKOFF_MIN + 2);
+	cr_assert(keel__coalesce_on(&c));
+	keel__coalesce_init(&c, WIN, false, now);
+	run(&c, &now, far, KEEL__CO_BACKOFF_MIN + 2);
+	cr_assert_not(keel__coalesce_on(&c));
+	cr_assert_eq(c.trials_lost, 1);
+}
+
+Test(core_coalesce, idle_or_busy_without_sleeping_decides_nothing)
+{
+	struct keel__coalesce c;
+	uint64_t now = 0;
+	struct load idle = { .on = 0, .off = 0, .sleeps = 500 };
+	struct load spinning = { .on = 1000, .off = 1000, .sleeps = 0 };
+
+	keel__coalesce_init(&c, WIN, false, now);
+	run(&c, &now, many_peers, KEEL__CO_BACKOFF_MIN + 2);
+	cr_assert(keel__coalesce_on(&c));
+	/* An idle epoch ends gathering at once (an idle shard sleeps plainly) ... */
+	epoch(&c, &now, idle);
+	cr_assert_not(keel__coalesce_on(&c));
+	/* ... and no trial starts while it stays idle, or while the shard never sleeps. */
+	uint64_t trials = c.trials;
+	cr_assert_eq(run(&c, &now, idle, 1000), 0);
+	cr_assert_eq(run(&c, &now, spinning, 1000), 0);
+	cr_assert_eq(c.trials, trials);
+	/* One long pass (a sleep of seconds) is one idle epoch. */
+	now += KEEL_MS(5000);
+	keel__coalesce_pass(&c, now, 1);
+	cr_assert_not(keel__coalesce_on(&c));
+}
+
+Test(core_coalesce, fixed_always_gathers_and_zero_never)
+{
+	struct keel__coalesce c;
+	uint64_t now = 0;
+
+	keel__coalesce_init(&c, WIN, true, now);
+	cr_assert_eq(run(&c, &now, ping_pong, 1000), 1000);
+	cr_assert_eq(c.trials, 0);
+	keel__coalesce_init(&c, 0, false, now);
+	cr_assert_eq(run(&c, &now, many_peers, 1000), 0);
+	keel__coalesce_init(&c, 0, true, now);
+	cr_assert_eq(run(&c, &now, many_peers, 1000), 0);
+}
+
+/* The gathering sleep on a real ring (Linux 6.12: IORING_FEAT_MIN_TIMEOUT). */
+
+#define ROUNDS 20
+
+static _Atomic unsigned ran;
+
+static void
+count_cb(struct keel_xreq *req)
+{
+	atomic_fetch_add(&ran, 1);
+	keel_xreq_complete(req, 0);
+}
+
+static struct keel_runtime *
+start_gathering(uint64_t window_us)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_runtime *rt;
+
+	if (!(keel_caps_get()->ring_features & IORING_FEAT_MIN_TIMEOUT))
+		cr_skip_test("this kernel has no minimum-wait io_uring_enter (Linux 6.12)");
+	o.wait_coalesce_us = (unsigned)window_us;
+	o.wait_coalesce_fixed = true;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, NULL, NULL), 0);
+	return rt;
+}
+
+static uint64_t
+shard_sleeps(struct keel_runtime *rt, uint64_t *coalesced)
+{
+	struct keel_shard_stats st;
+
+	cr_assert_eq(keel_runtime_stats(rt, 0, &st), 0);
+	if (coalesced)
+		*coalesced = st.coalesced;
+	return st.sleeps;
+}
+
+/* One arrival while the shard gathers ends the sleep once the window has passed: the
+ * kernel does not hold it until KEEL__CO_GATHER completions came. A sleep that did would
+ * end only at its general timeout (1 s without timers), so ROUNDS rounds would take
+ * ROUNDS seconds; with a 20 ms window they take about ROUNDS x 20 ms. */
+Test(core_coalesce, a_gathering_sleep_ends_after_the_window_with_one_completion, .timeout = 120)
+{
+	struct keel_runtime *rt = start_gathering(20000);
+	struct keel_xreq req[ROUNDS];
+	uint64_t t0, elapsed, coalesced;
+
+	atomic_store(&ran, 0);
+	t0 = test_now_ms();
+	for (unsigned i = 0; i < ROUNDS; i++) {
+		uint64_t deadline = test_now_ms() + 30000;
+
+		/* Submit while the shard sleeps (it has nothing else to do). */
+		req[i] = (struct keel_xreq){ .fn = count_cb };
+		cr_assert_eq(keel_runtime_submit(rt, 0, &req[i]), 0);
+		while (atomic_load(&ran) <= i && test_now_ms() < deadline)
+			test_pause();
+		cr_assert_gt(atomic_load(&ran), i, "round %u not run within 30 s", i);
+	}
+	elapsed = test_now_ms() - t0;
+	shard_sleeps(rt, &coalesced);
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	cr_assert_geq(coalesced, ROUNDS / 2, "only %llu sleeps gathered: the path was not used",
+		      (unsigned long long)coalesced);
+	cr_assert_lt(elapsed, ROUNDS * 1000 / 2,
+		     "%u rounds took %llu ms: gathering sleeps waited for their 1 s timeout",
+		     ROUNDS, (unsigned long long)elapsed);
+}
+
+/* With nothing arriving, a gathering sleep does not end at its window (the kernel ends a
+ * minimum wait without a general timeout at the window, events or not): an idle shard
+ * would wake every window. Over an idle stretch of T ms with a 1 ms window it may wake
+ * about T / 1000 times (the 1 s general timeout), not T. */
+Test(core_coalesce, an_idle_gathering_shard_does_not_wake_every_window, .timeout = 120)
+{
+	struct keel_runtime *rt = start_gathering(1000);
+	uint64_t s0, s1, t0, t, coalesced;
+
+	/* Let the shard finish starting and reach its first sleep. */
+	uint64_t deadline = test_now_ms() + 30000;
+	while (shard_sleeps(rt, NULL) == 0 && test_now_ms() < deadline)
+		test_pause();
+	s0 = shard_sleeps(rt, NULL);
+	t0 = test_now_ms();
+	while (test_now_ms() - t0 < 300)
+		test_pause();
+	s1 = shard_sleeps(rt, &coalesced);
+	t = test_now_ms() - t0;
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	cr_assert_gt(coalesced, 0, "no sleep gathered: the path was not used");
+	cr_assert_lt(s1 - s0, t / 4 + 2, "an idle shard slept %llu times in %llu ms",
+		     (unsigned long long)(s1 - s0), (unsigned long long)t);
+}
