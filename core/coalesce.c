@@ -12,12 +12,13 @@
  *
  * Which of the two a workload is cannot be seen from one wait, so the policy measures, as
  * adaptive interrupt moderation on NICs does: it counts the work the loop finds (CQEs,
- * messages, timers) per epoch of KEEL__CO_EPOCH_NS, and now and then runs one epoch in the
- * other state (a trial). A trial of coalescing wins when its rate of work is within
- * 1/KEEL__CO_TOL of the epoch before it (the same work done with fewer wake-ups); a trial
- * without it wins when its rate is more than 1/KEEL__CO_TOL above the coalescing epoch
- * before it. A lost trial of coalescing doubles the wait before the next one (up to
- * KEEL__CO_BACKOFF_MAX epochs, about 5 s), so a latency-bound workload pays one epoch in
+ * messages from other shards and threads) per epoch of KEEL__CO_EPOCH_NS, and now and then runs
+ * KEEL__CO_TRIAL epochs in the other state (a trial), compared with the last KEEL__CO_REF epochs of
+ * the steady state before it. A trial of coalescing wins when its rate of work is within
+ * 1/KEEL__CO_TOL of that reference (the same work done with fewer wake-ups); a trial
+ * without it wins when its rate is more than 1/KEEL__CO_TOL above the coalescing
+ * reference. A lost trial of coalescing doubles the wait before the next one (up to
+ * KEEL__CO_BACKOFF_MAX epochs, about 5 s), so a latency-bound workload pays a trial in
  * that many. Epochs with little work or few sleeps decide nothing and end coalescing: an
  * idle shard sleeps plainly. Pure decisions on the counts the loop reports, so tests drive
  * it with synthetic epochs (tests/core/test_coalesce.c); core/loop.c feeds it.
@@ -60,13 +61,49 @@ rate_at_least(uint64_t a, uint64_t ad, uint64_t b, uint64_t bd, int tol_num)
 	return l >= r;
 }
 
-/* Start a steady stretch in state @on, the next trial after @epochs epochs. */
+/* Start a steady stretch in state @on, the next trial after @epochs epochs; the reference
+ * is rebuilt from the stretch's own epochs. */
 static void
 steady(struct keel__coalesce *c, bool on, unsigned epochs)
 {
 	c->on = on;
 	c->trial = false;
 	c->steady_left = epochs;
+	c->ref_n = 0;
+	c->ref_i = 0;
+}
+
+/* The trial ended: which state wins, on the rates of the trial and of the reference. */
+static void
+trial_end(struct keel__coalesce *c)
+{
+	uint64_t ref_ev = 0, ref_ns = 0;
+
+	for (unsigned i = 0; i < c->ref_n; i++) {
+		ref_ev += c->ref_ev[i];
+		ref_ns += c->ref_ns[i];
+	}
+	if (c->on) { /* gathering tried against the plain epochs before it */
+		if (rate_at_least(c->trial_ev, c->trial_ns, ref_ev, ref_ns, -1)) {
+			c->trials_won++;
+			c->backoff = KEEL__CO_BACKOFF_MIN;
+			steady(c, true, KEEL__CO_ON_EPOCHS);
+			return;
+		}
+		c->trials_lost++;
+		if (c->backoff < KEEL__CO_BACKOFF_MAX)
+			c->backoff *= 2;
+		steady(c, false, c->backoff);
+		return;
+	}
+	/* plain sleeps tried against the gathering epochs before them */
+	if (rate_at_least(c->trial_ev, c->trial_ns, ref_ev, ref_ns, 1)) {
+		c->trials_lost++; /* plain was clearly faster: gathering lost */
+		steady(c, false, c->backoff);
+	} else {
+		c->trials_won++;
+		steady(c, true, KEEL__CO_ON_EPOCHS);
+	}
 }
 
 static void
@@ -78,44 +115,31 @@ epoch_end(struct keel__coalesce *c, uint64_t dur)
 		/* Idle or not sleeping: nothing to gather; sleep plainly, forget the reference. */
 		if (c->trial && c->on)
 			c->trials_lost++;
-		c->ref_events = 0;
 		steady(c, false, c->backoff);
 		return;
 	}
 	if (c->trial) {
-		if (c->on) { /* coalescing tried against the plain epoch before it */
-			if (c->ref_events &&
-			    rate_at_least(c->events, dur, c->ref_events, c->ref_ns, -1)) {
-				c->trials_won++;
-				c->backoff = KEEL__CO_BACKOFF_MIN;
-				steady(c, true, KEEL__CO_ON_EPOCHS);
-			} else {
-				c->trials_lost++;
-				if (c->backoff < KEEL__CO_BACKOFF_MAX)
-					c->backoff *= 2;
-				steady(c, false, c->backoff);
-			}
-		} else { /* plain sleeps tried against the coalescing epoch before it */
-			if (c->ref_events &&
-			    rate_at_least(c->events, dur, c->ref_events, c->ref_ns, 1)) {
-				c->trials_lost++; /* plain was clearly faster: coalescing lost */
-				steady(c, false, c->backoff);
-			} else {
-				c->trials_won++;
-				steady(c, true, KEEL__CO_ON_EPOCHS);
-			}
-		}
-		c->ref_events = 0;
+		c->trial_ev += c->events;
+		c->trial_ns += dur;
+		if (--c->trial_left == 0)
+			trial_end(c);
 		return;
 	}
-	/* A steady epoch: the reference for a trial, which starts when the stretch ends. */
-	c->ref_events = c->events;
-	c->ref_ns = dur;
+	/* A steady epoch: one of the last KEEL__CO_REF kept as the reference for the trial,
+	 * which starts when the stretch ends. */
+	c->ref_ev[c->ref_i] = c->events;
+	c->ref_ns[c->ref_i] = dur;
+	c->ref_i = (c->ref_i + 1) % KEEL__CO_REF;
+	if (c->ref_n < KEEL__CO_REF)
+		c->ref_n++;
 	if (c->steady_left > 1) {
 		c->steady_left--;
 		return;
 	}
 	c->trial = true;
+	c->trial_left = KEEL__CO_TRIAL;
+	c->trial_ev = 0;
+	c->trial_ns = 0;
 	c->trials++;
 	c->on = !c->on;
 }

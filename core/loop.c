@@ -589,7 +589,7 @@ keel__shard_loop(struct keel_shard *s)
 	for (;;) {
 		uint64_t now = keel__clock_ns();
 		uint64_t idle_poll_ns;
-		unsigned work;
+		unsigned work, arrivals;
 		bool must_enter;
 
 		/* The previous pass did not sleep: it ended where this one begins. */
@@ -609,6 +609,7 @@ keel__shard_loop(struct keel_shard *s)
 		work = reap(s);
 		work += keel__mail_drain(s);
 		work += keel__foreign_drain(s);
+		arrivals = work;
 		work += keel__timers_run(s);
 		work += keel__defer_run(s);
 		if (s->phase == PHASE_RUN && atomic_load(&rt->stopping)) {
@@ -616,7 +617,7 @@ keel__shard_loop(struct keel_shard *s)
 			work++;
 		}
 		keel__mail_flush(s);
-		if (co.window_ns && keel__coalesce_pass(&co, t0, work)) {
+		if (co.window_ns && keel__coalesce_pass(&co, t0, arrivals)) {
 			atomic_store_explicit(&s->stats.coalesce_trials, co.trials,
 					      memory_order_relaxed);
 			atomic_store_explicit(&s->stats.coalesce_won, co.trials_won,

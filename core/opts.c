@@ -281,7 +281,7 @@ static const struct opt_desc opt_table[] = {
 	  "waits; otherwise sleep at once (default off)" },
 	{ OPT_WAIT_COALESCE, "--wait-coalesce-us", "KEEL_WAIT_COALESCE_US", "N",
 	  "a sleep may gather completions for up to N us before it wakes the shard, while that "
-	  "was measured not to slow the shard's work (adaptive; 0: never; default 50; Linux "
+	  "was measured not to slow the shard's work (adaptive; 0: never; default 10; Linux "
 	  "6.12)" },
 	{ OPT_WAIT_COALESCE_FIXED, "--wait-coalesce-fixed", "KEEL_WAIT_COALESCE_FIXED", NULL,
 	  "every sleep gathers for --wait-coalesce-us, not measured (default off)" },

@@ -53,12 +53,12 @@ Test(core_coalesce, gathers_when_that_keeps_the_rate_of_work)
 
 	keel__coalesce_init(&c, WIN, false, now);
 	cr_assert_not(keel__coalesce_on(&c), "starts with plain sleeps");
-	run(&c, &now, many_peers, KEEL__CO_BACKOFF_MIN + 2);
+	run(&c, &now, many_peers, KEEL__CO_BACKOFF_MIN + KEEL__CO_TRIAL);
 	cr_assert(keel__coalesce_on(&c), "one won trial turns it on");
-	/* Steady: every KEEL__CO_ON_EPOCHS a trial without it, which it keeps winning. */
-	unsigned on = run(&c, &now, many_peers, 20 * KEEL__CO_ON_EPOCHS);
-	cr_assert_geq(on, 19 * KEEL__CO_ON_EPOCHS, "gathered in %u of %u epochs", on,
-		      20 * KEEL__CO_ON_EPOCHS);
+	/* Steady: after every KEEL__CO_ON_EPOCHS a trial without it, which it keeps winning. */
+	unsigned n = 20 * (KEEL__CO_ON_EPOCHS + KEEL__CO_TRIAL);
+	unsigned on = run(&c, &now, many_peers, n);
+	cr_assert_geq(on, n - 20 * KEEL__CO_TRIAL, "gathered in %u of %u epochs", on, n);
 	cr_assert(keel__coalesce_on(&c));
 	cr_assert_eq(c.trials_lost, 0);
 	cr_assert_geq(c.trials_won, 20);
@@ -73,9 +73,10 @@ Test(core_coalesce, does_not_gather_where_that_slows_the_work)
 	keel__coalesce_init(&c, WIN, false, now);
 	unsigned on = run(&c, &now, ping_pong, n);
 	/* Only trial epochs gathered; the backoff spaces them out to KEEL__CO_BACKOFF_MAX. */
-	cr_assert_eq(on, c.trials, "gathered outside trials (%u epochs, %llu trials)", on,
+	cr_assert_eq(on, c.trials * KEEL__CO_TRIAL,
+		     "gathered outside trials (%u epochs, %llu trials)", on,
 		     (unsigned long long)c.trials);
-	cr_assert_lt(on, n / 200, "gathered in %u of %u epochs", on, n);
+	cr_assert_lt(on, n / 50, "gathered in %u of %u epochs", on, n);
 	cr_assert_eq(c.trials_won, 0);
 	cr_assert_eq(c.backoff, KEEL__CO_BACKOFF_MAX);
 	cr_assert_not(keel__coalesce_on(&c));
@@ -87,14 +88,14 @@ Test(core_coalesce, stops_gathering_when_the_load_turns_latency_bound)
 	uint64_t now = 0;
 
 	keel__coalesce_init(&c, WIN, false, now);
-	run(&c, &now, many_peers, KEEL__CO_BACKOFF_MIN + 2);
+	run(&c, &now, many_peers, KEEL__CO_BACKOFF_MIN + KEEL__CO_TRIAL);
 	cr_assert(keel__coalesce_on(&c));
 	/* The next trial without gathering finds it 3x faster and turns gathering off. */
-	run(&c, &now, ping_pong, KEEL__CO_ON_EPOCHS + 1);
+	run(&c, &now, ping_pong, KEEL__CO_ON_EPOCHS + KEEL__CO_TRIAL);
 	cr_assert_not(keel__coalesce_on(&c));
 	cr_assert_eq(c.trials_lost, 1);
 	/* ... and the load turning back brings it back. */
-	run(&c, &now, many_peers, KEEL__CO_BACKOFF_MIN + 2);
+	run(&c, &now, many_peers, KEEL__CO_BACKOFF_MIN + KEEL__CO_TRIAL);
 	cr_assert(keel__coalesce_on(&c));
 }
 
@@ -102,15 +103,15 @@ Test(core_coalesce, rates_within_the_tolerance_are_equal)
 {
 	struct keel__coalesce c;
 	uint64_t now = 0;
-	/* 1.6 % slower gathering is within 1/32: on. 6 % slower is not: off. */
+	/* 1.6 % slower gathering is within 1/20: on. 6 % slower is not: off. */
 	struct load near = { .on = 984, .off = 1000, .sleeps = 500 };
 	struct load far = { .on = 940, .off = 1000, .sleeps = 500 };
 
 	keel__coalesce_init(&c, WIN, false, now);
-	run(&c, &now, near, KEEL__CO_BACKOFF_MIN + 2);
+	run(&c, &now, near, KEEL__CO_BACKOFF_MIN + KEEL__CO_TRIAL);
 	cr_assert(keel__coalesce_on(&c));
 	keel__coalesce_init(&c, WIN, false, now);
-	run(&c, &now, far, KEEL__CO_BACKOFF_MIN + 2);
+	run(&c, &now, far, KEEL__CO_BACKOFF_MIN + KEEL__CO_TRIAL);
 	cr_assert_not(keel__coalesce_on(&c));
 	cr_assert_eq(c.trials_lost, 1);
 }
@@ -123,7 +124,7 @@ Test(core_coalesce, idle_or_busy_without_sleeping_decides_nothing)
 	struct load spinning = { .on = 1000, .off = 1000, .sleeps = 0 };
 
 	keel__coalesce_init(&c, WIN, false, now);
-	run(&c, &now, many_peers, KEEL__CO_BACKOFF_MIN + 2);
+	run(&c, &now, many_peers, KEEL__CO_BACKOFF_MIN + KEEL__CO_TRIAL);
 	cr_assert(keel__coalesce_on(&c));
 	/* An idle epoch ends gathering at once (an idle shard sleeps plainly) ... */
 	epoch(&c, &now, idle);

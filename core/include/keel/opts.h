@@ -79,7 +79,7 @@ enum keel_feature {
  * so at most 768 KiB per destination) before keel_send and the calls return -EAGAIN.
  */
 #define KEEL_MAILBOX_OVERFLOW_DEFAULT 16384
-#define KEEL_WAIT_COALESCE_US_DEFAULT 50
+#define KEEL_WAIT_COALESCE_US_DEFAULT 10
 
 /** Runtime options. Initialise with keel_opts_init(); every field may then be set directly. */
 struct keel_opts {
