@@ -176,6 +176,13 @@ keel_features_decide(const struct keel_opts *opts, struct keel_feature_decision 
 			fr.have = false;
 			fr.missing = "DEFER_TASKRUN requires single_issuer, which is off";
 		}
+		/* Without DEFER_TASKRUN a waiter past the minimum wait is not woken by
+		 * completions posted straight to the CQ on kernels before 6.19 (fixed in
+		 * "io_uring: fix min_wait wakeups for SQPOLL", backported to stable). */
+		if (f == KEEL_FEAT_MIN_WAIT && !out[KEEL_FEAT_DEFER_TASKRUN].used && fr.have) {
+			fr.have = false;
+			fr.missing = "gathering sleeps require defer_taskrun, which is off";
+		}
 		if (p == KEEL_POLICY_OFF) {
 			out[f].used = false;
 			out[f].reason = "forced off by policy";

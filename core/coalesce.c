@@ -19,8 +19,9 @@
  * without it wins when its rate is more than 1/KEEL__CO_TOL above the coalescing
  * reference. A lost trial of coalescing doubles the wait before the next one (up to
  * KEEL__CO_BACKOFF_MAX epochs, about 5 s), so a latency-bound workload pays a trial in
- * that many. Epochs with little work or few sleeps decide nothing and end coalescing: an
- * idle shard sleeps plainly. Pure decisions on the counts the loop reports, so tests drive
+ * that many. Epochs with little work, plain epochs with few sleeps, and epochs stretched
+ * past twice their length by a long sleep decide nothing and end coalescing: an idle shard
+ * sleeps plainly. Pure decisions on the counts the loop reports, so tests drive
  * it with synthetic epochs (tests/core/test_coalesce.c); core/loop.c feeds it.
  */
 #include "internal.h"
@@ -109,7 +110,11 @@ trial_end(struct keel__coalesce *c)
 static void
 epoch_end(struct keel__coalesce *c, uint64_t dur)
 {
-	bool busy = c->events >= KEEL__CO_MIN_EVENTS && c->sleeps >= KEEL__CO_MIN_SLEEPS;
+	/* Busy: enough arrivals, in an epoch not stretched by a long sleep (which would dilute
+	 * its rate), and, sleeping plainly, enough sleeps for gathering to save any (gathering
+	 * itself cuts the sleeps: not asked of its epochs). */
+	bool busy = c->events >= KEEL__CO_MIN_EVENTS && dur <= 2 * KEEL__CO_EPOCH_NS &&
+		    (c->on || c->sleeps >= KEEL__CO_MIN_SLEEPS);
 
 	if (!busy) {
 		/* Idle or not sleeping: nothing to gather; sleep plainly, forget the reference. */

@@ -127,6 +127,8 @@ struct keel_shard {
 	bool taskrun_flag;       /* the kernel flags pending task work in sq_flags */
 	bool ring_fd_registered; /* io_uring_register_ring_fd succeeded: enter by its index */
 	bool min_wait;           /* sleeps may gather (IORING_FEAT_MIN_TIMEOUT, min_wait used) */
+	unsigned gather_nr;      /* completions that end a gathering sleep early */
+	unsigned reaped_wakes;   /* wake-up CQEs among those the last reap() ran */
 
 	uint64_t now_ns;
 	uint64_t stall_ns;

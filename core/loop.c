@@ -155,7 +155,14 @@ keel__shard_ring_init(struct keel_shard *s)
 	s->cancel_op.op.fn = cancel_cb;
 	s->cancel_op.shard = s;
 	s->stall_ns = (uint64_t)rt->opts.stall_ms * NS_PER_MS;
+	/* Gathering needs DEFER_TASKRUN (keel_features_decide): without it, kernels before the
+	 * fix "io_uring: fix min_wait wakeups for SQPOLL" (6.19, backported to stable) do not
+	 * wake a waiter past the window for completions posted straight to the CQ. keel never
+	 * sets up SQPOLL, which enter_gather() does not handle (no SQ_WAKEUP). A CQ smaller
+	 * than twice KEEL__CO_GATHER would fill before a gathering sleep ends early. */
 	s->min_wait = rt->features[KEEL_FEAT_MIN_WAIT].used && rt->opts.wait_coalesce_us;
+	s->gather_nr = KEEL__CO_GATHER < s->ring.cq.ring_entries / 2 ? KEEL__CO_GATHER
+								     : s->ring.cq.ring_entries / 2;
 	return 0;
 }
 
@@ -281,7 +288,7 @@ static unsigned
 reap(struct keel_shard *s)
 {
 	struct io_uring_cqe *cqe;
-	unsigned head, n = 0;
+	unsigned head, n = 0, wakes = 0;
 
 	io_uring_for_each_cqe(&s->ring, head, cqe)
 	{
@@ -289,6 +296,9 @@ reap(struct keel_shard *s)
 		n++;
 		if (__builtin_expect(op == NULL, 0))
 			continue;
+		/* Wake-ups (MSG_RING, the eventfd) come with the mail or request they announce,
+		 * which is counted as it is run: not arrivals of their own. */
+		wakes += op == &s->wake_op || op == &s->xefd_op.op;
 		if (!(cqe->flags & IORING_CQE_F_MORE) && !uncounted_op(s, op))
 			s->inflight--;
 		cqe_cur = cqe;
@@ -299,6 +309,7 @@ reap(struct keel_shard *s)
 		io_uring_cq_advance(&s->ring, n);
 		STAT_ADD(s, cqes, n);
 	}
+	s->reaped_wakes = wakes;
 	return n;
 }
 
@@ -436,7 +447,7 @@ enter_gather(struct keel_shard *s, uint32_t window_us, struct __kernel_timespec 
 		fd = s->ring.enter_ring_fd;
 		flags |= IORING_ENTER_REGISTERED_RING;
 	}
-	return io_uring_enter2((unsigned)fd, tail - IO_URING_READ_ONCE(*sq->khead), KEEL__CO_GATHER,
+	return io_uring_enter2((unsigned)fd, tail - IO_URING_READ_ONCE(*sq->khead), s->gather_nr,
 			       flags, (sigset_t *)&arg, sizeof(arg));
 }
 
@@ -609,7 +620,7 @@ keel__shard_loop(struct keel_shard *s)
 		work = reap(s);
 		work += keel__mail_drain(s);
 		work += keel__foreign_drain(s);
-		arrivals = work;
+		arrivals = work - s->reaped_wakes;
 		work += keel__timers_run(s);
 		work += keel__defer_run(s);
 		if (s->phase == PHASE_RUN && atomic_load(&rt->stopping)) {

@@ -346,7 +346,7 @@ apply(const struct opt_desc *d, const char *v, struct keel_opts *o, char *err, s
 	case OPT_IDLE_POLL_ADAPTIVE:
 		return parse_bool(d->name, v, &o->idle_poll_adaptive, err, errlen);
 	case OPT_WAIT_COALESCE:
-		return parse_uint(d->name, v, 0, 1000000, &o->wait_coalesce_us, err, errlen);
+		return parse_uint(d->name, v, 0, 100000, &o->wait_coalesce_us, err, errlen);
 	case OPT_WAIT_COALESCE_FIXED:
 		return parse_bool(d->name, v, &o->wait_coalesce_fixed, err, errlen);
 	case OPT_RING_ENTRIES:

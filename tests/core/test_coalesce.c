@@ -4,6 +4,9 @@
  * no clock, no ring. A workload is the work a shard finds per epoch with gathering sleeps
  * and without; epoch() plays the loop's part for one epoch of KEEL__CO_EPOCH_NS.
  */
+#include <errno.h>
+#include <string.h>
+
 #include <criterion/criterion.h>
 
 #include "../../core/internal.h"
@@ -13,8 +16,9 @@
 #define PASSES 10 /* passes per epoch */
 
 struct load {
-	uint64_t on, off; /* work found per epoch with and without gathering */
-	uint64_t sleeps;  /* sleeps per epoch */
+	uint64_t on, off;  /* work found per epoch with and without gathering */
+	uint64_t sleeps;   /* sleeps per epoch */
+	bool few_gathered; /* gathering cuts the sleeps to 1 per epoch */
 };
 
 /* One epoch of @l in the state the policy chose; returns whether it gathered. */
@@ -23,11 +27,12 @@ epoch(struct keel__coalesce *c, uint64_t *now, struct load l)
 {
 	bool on = keel__coalesce_on(c);
 	uint64_t work = on ? l.on : l.off;
+	uint64_t sleeps = on && l.few_gathered ? 1 : l.sleeps;
 
 	for (int i = 0; i < PASSES; i++) {
 		*now += KEEL__CO_EPOCH_NS / PASSES;
 		keel__coalesce_pass(c, *now, work / PASSES);
-		for (uint64_t k = 0; k < l.sleeps / PASSES; k++)
+		for (uint64_t k = 0; k < sleeps / PASSES + (i == 0 && sleeps < PASSES); k++)
 			keel__coalesce_slept(c);
 	}
 	return on;
@@ -138,6 +143,36 @@ Test(core_coalesce, idle_or_busy_without_sleeping_decides_nothing)
 	now += KEEL_MS(5000);
 	keel__coalesce_pass(&c, now, 1);
 	cr_assert_not(keel__coalesce_on(&c));
+	/* A busy epoch stretched by a long sleep is not busy: its rate would be diluted. */
+	keel__coalesce_init(&c, WIN, false, now);
+	run(&c, &now, many_peers, KEEL__CO_BACKOFF_MIN + KEEL__CO_TRIAL);
+	cr_assert(keel__coalesce_on(&c));
+	trials = c.trials;
+	for (int i = 0; i < PASSES - 1; i++) {
+		now += KEEL__CO_EPOCH_NS / PASSES;
+		keel__coalesce_pass(&c, now, many_peers.on / PASSES);
+		for (uint64_t k = 0; k < many_peers.sleeps / PASSES; k++)
+			keel__coalesce_slept(&c);
+	}
+	now += KEEL_MS(2000);
+	keel__coalesce_pass(&c, now, many_peers.on / PASSES);
+	cr_assert_not(keel__coalesce_on(&c));
+	cr_assert_eq(c.trials, trials);
+}
+
+/* Gathering cuts the sleeps: its own epochs are not asked for KEEL__CO_MIN_SLEEPS. */
+Test(core_coalesce, gathering_that_removes_the_sleeps_stays_on)
+{
+	struct keel__coalesce c;
+	uint64_t now = 0;
+	struct load saturating = { .on = 1000, .off = 1000, .sleeps = 500, .few_gathered = true };
+	unsigned n = 10 * (KEEL__CO_ON_EPOCHS + KEEL__CO_TRIAL);
+
+	keel__coalesce_init(&c, WIN, false, now);
+	run(&c, &now, saturating, KEEL__CO_BACKOFF_MIN + KEEL__CO_TRIAL);
+	cr_assert(keel__coalesce_on(&c));
+	cr_assert_geq(run(&c, &now, saturating, n), n - 10 * KEEL__CO_TRIAL);
+	cr_assert_eq(c.trials_lost, 0);
 }
 
 Test(core_coalesce, fixed_always_gathers_and_zero_never)
@@ -225,6 +260,31 @@ Test(core_coalesce, a_gathering_sleep_ends_after_the_window_with_one_completion,
 	cr_assert_lt(elapsed, ROUNDS * 1000 / 2,
 		     "%u rounds took %llu ms: gathering sleeps waited for their 1 s timeout",
 		     ROUNDS, (unsigned long long)elapsed);
+	/* And the window was applied: each round's sleep began at most a few ms (the test's
+	 * 1 ms look) before its request came, so it lasted most of the 20 ms. */
+	cr_assert_geq(elapsed, ROUNDS * 20 / 2, "%u rounds took only %llu ms", ROUNDS,
+		      (unsigned long long)elapsed);
+}
+
+/* Gathering needs DEFER_TASKRUN: without it, kernels before 6.19 do not wake a waiter past
+ * the window for completions posted straight to the CQ. */
+Test(core_coalesce, min_wait_is_not_used_without_defer_taskrun)
+{
+	struct keel_opts o;
+	struct keel_feature_decision d[KEEL_FEAT__COUNT];
+
+	if (!(keel_caps_get()->ring_features & IORING_FEAT_MIN_TIMEOUT))
+		cr_skip_test("this kernel has no minimum-wait io_uring_enter (Linux 6.12)");
+	keel_opts_init(&o);
+	o.log_level = KEEL_LOG_ERROR;
+	cr_assert_eq(keel_features_decide(&o, d), 0);
+	cr_assert(d[KEEL_FEAT_MIN_WAIT].used);
+	o.features[KEEL_FEAT_DEFER_TASKRUN] = KEEL_POLICY_OFF;
+	cr_assert_eq(keel_features_decide(&o, d), 0);
+	cr_assert_not(d[KEEL_FEAT_MIN_WAIT].used);
+	cr_assert_not_null(strstr(d[KEEL_FEAT_MIN_WAIT].reason, "defer_taskrun"));
+	o.features[KEEL_FEAT_MIN_WAIT] = KEEL_POLICY_ON;
+	cr_assert_eq(keel_features_decide(&o, d), -EOPNOTSUPP);
 }
 
 /* With nothing arriving, a gathering sleep does not end at its window (the kernel ends a

@@ -150,8 +150,8 @@ struct keel_shard_stats {
 	uint64_t polls_slept;     /* ... that found none in it and slept in the kernel: found /
 				   * (found + slept) is how often polling paid */
 	uint64_t coalesced;       /* sleeps that gathered completions (--wait-coalesce-us) */
-	uint64_t coalesce_trials; /* epochs of 10 ms run in the other state, to measure */
-	uint64_t coalesce_won;    /* ... that kept (or turned) gathering on */
+	uint64_t coalesce_trials; /* trials started: 4 epochs of 10 ms in the other state */
+	uint64_t coalesce_won;    /* trials that kept (or turned) gathering on */
 };
 
 /**
