@@ -17,9 +17,10 @@
  * the steady state before it. A trial of coalescing wins when its rate of work is within
  * 1/KEEL__CO_TOL of that reference (the same work done with fewer wake-ups); a trial
  * without it wins when its rate is more than 1/KEEL__CO_TOL above the coalescing
- * reference. A lost trial of coalescing doubles the wait before the next one (up to
- * KEEL__CO_BACKOFF_MAX epochs, about 5 s), so a latency-bound workload pays a trial in
- * that many. Epochs with little work, plain epochs with few sleeps, and epochs stretched
+ * reference; a trial clearly lost (beyond twice that) after any of its epochs ends there.
+ * A lost trial of coalescing quadruples the wait before the next one (up to
+ * KEEL__CO_BACKOFF_MAX epochs, about 5 s), so a latency-bound workload pays about one
+ * epoch in that many. Epochs with little work, plain epochs with few sleeps, and epochs stretched
  * past twice their length by a long sleep decide nothing and end coalescing: an idle shard
  * sleeps plainly. Pure decisions on the counts the loop reports, so tests drive
  * it with synthetic epochs (tests/core/test_coalesce.c); core/loop.c feeds it.
@@ -74,30 +75,49 @@ steady(struct keel__coalesce *c, bool on, unsigned epochs)
 	c->ref_i = 0;
 }
 
-/* The trial ended: which state wins, on the rates of the trial and of the reference. */
+/* A trial of gathering was lost: plain sleeps, the next trial 4x further away. */
 static void
-trial_end(struct keel__coalesce *c)
+lost(struct keel__coalesce *c)
+{
+	c->trials_lost++;
+	c->backoff *= 4;
+	if (c->backoff > KEEL__CO_BACKOFF_MAX)
+		c->backoff = KEEL__CO_BACKOFF_MAX;
+	steady(c, false, c->backoff);
+}
+
+/* A trial epoch ended: decide when the trial is over, or sooner when it is clearly lost
+ * (beyond twice the tolerance after any of its epochs: a trial of gathering that slows a
+ * latency-bound shard costs one epoch, not KEEL__CO_TRIAL). */
+static void
+trial_epoch(struct keel__coalesce *c)
 {
 	uint64_t ref_ev = 0, ref_ns = 0;
+	bool over = --c->trial_left == 0;
 
 	for (unsigned i = 0; i < c->ref_n; i++) {
 		ref_ev += c->ref_ev[i];
 		ref_ns += c->ref_ns[i];
 	}
 	if (c->on) { /* gathering tried against the plain epochs before it */
+		if (!rate_at_least(c->trial_ev, c->trial_ns, ref_ev, ref_ns, -2))
+			over = true;
+		if (!over)
+			return;
 		if (rate_at_least(c->trial_ev, c->trial_ns, ref_ev, ref_ns, -1)) {
 			c->trials_won++;
 			c->backoff = KEEL__CO_BACKOFF_MIN;
 			steady(c, true, KEEL__CO_ON_EPOCHS);
 			return;
 		}
-		c->trials_lost++;
-		if (c->backoff < KEEL__CO_BACKOFF_MAX)
-			c->backoff *= 2;
-		steady(c, false, c->backoff);
+		lost(c);
 		return;
 	}
 	/* plain sleeps tried against the gathering epochs before them */
+	if (rate_at_least(c->trial_ev, c->trial_ns, ref_ev, ref_ns, 2))
+		over = true;
+	if (!over)
+		return;
 	if (rate_at_least(c->trial_ev, c->trial_ns, ref_ev, ref_ns, 1)) {
 		c->trials_lost++; /* plain was clearly faster: gathering lost */
 		steady(c, false, c->backoff);
@@ -117,17 +137,19 @@ epoch_end(struct keel__coalesce *c, uint64_t dur)
 		    (c->on || c->sleeps >= KEEL__CO_MIN_SLEEPS);
 
 	if (!busy) {
-		/* Idle or not sleeping: nothing to gather; sleep plainly, forget the reference. */
+		/* Idle or not sleeping: nothing to gather; sleep plainly, forget the reference. A
+		 * trial of gathering that made its epoch look idle (fewer, larger completions)
+		 * is lost like any other. */
 		if (c->trial && c->on)
-			c->trials_lost++;
-		steady(c, false, c->backoff);
+			lost(c);
+		else
+			steady(c, false, c->backoff);
 		return;
 	}
 	if (c->trial) {
 		c->trial_ev += c->events;
 		c->trial_ns += dur;
-		if (--c->trial_left == 0)
-			trial_end(c);
+		trial_epoch(c);
 		return;
 	}
 	/* A steady epoch: one of the last KEEL__CO_REF kept as the reference for the trial,

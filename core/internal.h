@@ -284,7 +284,7 @@ void keel__idlepoll_submitted(struct keel__idlepoll *p);
 #define KEEL__CO_TOL         20          /* rates within 1/20 of each other are equal */
 #define KEEL__CO_ON_EPOCHS   64          /* while coalescing, a trial without it every 64 epochs */
 #define KEEL__CO_BACKOFF_MIN 4           /* while not, a trial of it after 4 epochs, */
-#define KEEL__CO_BACKOFF_MAX 512         /* doubled by each lost trial up to 512 (about 5 s) */
+#define KEEL__CO_BACKOFF_MAX 512         /* x4 by each lost trial up to 512 (about 5 s) */
 #define KEEL__CO_GATHER      64          /* completions that end a gathering sleep early */
 #define KEEL__CO_REF         4           /* a trial is compared with the last 4 steady epochs */
 #define KEEL__CO_TRIAL       4           /* and lasts 4 epochs */
