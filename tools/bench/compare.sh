@@ -340,6 +340,8 @@ client_desc="keel-bench MODE --client $client --port P --server-pid PID"
 	echo "- client (the same program for both servers): \`$client_desc --cpuset $client_cpus\`" \
 		"(udp: the sockets client), at most $client_threads threads, on CPUs $client_cpus"
 	echo "- policies: **block** = keel \`--idle-poll-us 0\`, epoll \`--busy-poll-us 0\`; **spin** = both $spin us of polling before blocking"
+	gather=$(sed -n 's/^keel-bench serve: keel .*, sleeps \(gather .*\)$/\1/p' "$runs"/*-keel-1.log 2>/dev/null | head -1)
+	echo "- keel's sleeps: ${gather:-end at the first completion} (--wait-coalesce-us, architecture.md step 8; the epoll server has no such wait)"
 	echo "- $reps alternating repetitions of ${secs} s (+${warmup} s warm-up) per row, policy and server; median (min-max)"
 	echo "- server CPU: the server process's CPU time over the measured window only (clock_getcpuclockid of its pid, read"
 	echo "  by the client at the window's edges), per message echoed in the window; cores = CPU time / window"

@@ -723,7 +723,7 @@ run_serve(struct opts *o)
 	struct bench_server_stats ss;
 	struct bench_server *srv;
 	struct timespec ts;
-	char addr[INET_ADDRSTRLEN];
+	char addr[INET_ADDRSTRLEN], gather[64];
 	uint16_t port;
 	sigset_t set;
 	double msgs;
@@ -742,11 +742,17 @@ run_serve(struct opts *o)
 		return 1;
 	}
 	inet_ntop(AF_INET, &c->addr.sin_addr, addr, sizeof(addr));
+	/* keel's sleeps may gather completions (--wait-coalesce-us): say so, it is a policy. */
+	gather[0] = '\0';
+	if (o->be == &bench_backend_keel && o->rt.wait_coalesce_us)
+		snprintf(gather, sizeof(gather), ", sleeps gather up to %u us (%s)",
+			 o->rt.wait_coalesce_us, o->rt.wait_coalesce_fixed ? "fixed" : "adaptive");
 	printf("keel-bench serve: %s echo server on %s:%u (TCP and UDP), %u shard%s, pid %ld, "
-	       "%s\n",
+	       "%s%s\n",
 	       o->be->name, addr, port, c->shards, c->shards == 1 ? "" : "s", (long)getpid(),
 	       o->be == &bench_backend_keel ? (o->rt.idle_poll_us ? "idle-poll" : "blocking")
-					    : (c->busy_poll_us ? "busy-poll" : "blocking"));
+					    : (c->busy_poll_us ? "busy-poll" : "blocking"),
+	       gather);
 	fflush(stdout);
 	if (o->seconds > 0) {
 		ts.tv_sec = (time_t)o->seconds;
