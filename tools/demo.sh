@@ -137,7 +137,8 @@ row() { # label policy mode field higher-is-better(1|0)
 for pol in block spin; do
 	echo
 	if [ $pol = block ]; then
-		echo "policy BLOCK: both servers sleep in the kernel when idle (keel --idle-poll-us 0, epoll --busy-poll-us 0)"
+		echo "policy BLOCK: both servers sleep in the kernel when idle (keel --idle-poll-us 0, epoll --busy-poll-us 0;"
+		echo "  keel's sleeps may gather completions up to 10 us, adaptive: --wait-coalesce-us, its default)"
 	else
 		echo "policy SPIN: both servers poll 50 us before sleeping (keel --idle-poll-us 50, epoll --busy-poll-us 50)"
 	fi
