@@ -77,6 +77,10 @@ struct kv_shard {
 	struct kconn *conns;
 	uint64_t next_id;
 	struct keel_timer *sweep, *idle;
+	/* Replies that could not be sent home for want of memory (keel_send or
+	 * keel_msg_wait_room -ENOMEM), retried by the sweep timer every millisecond: the home
+	 * connection waits for each (linked through kmsg.next, unused on this shard). */
+	struct kmsg *home_retry;
 	/* Parsing of requests handed over by other shards. */
 	struct resp_arg *argv;
 	unsigned argv_cap;
@@ -461,10 +465,21 @@ home_room(int status, void *arg)
 static void
 send_home(struct kmsg *m)
 {
+	struct kv_shard *ks = &shards[self()];
 	int r = keel_send(m->home, home_recv, m);
 
 	if (r == -EAGAIN)
 		r = keel_msg_wait_room(m->home, home_room, m);
+	if (r == -ENOMEM && ks->sweep) {
+		/* Not dropped: the home connection would wait for this reply for ever. */
+		uint64_t due = keel_timer_deadline_ns(ks->sweep); /* 0: not pending */
+
+		m->next = ks->home_retry;
+		ks->home_retry = m;
+		if (!due || due > keel_now_ns() + KEEL_MS(1))
+			keel_timer_start(ks->sweep, KEEL_MS(1), 0);
+		return;
+	}
 	if (r < 0)
 		home_room(r, m);
 }
@@ -1410,12 +1425,19 @@ static void
 on_sweep(struct keel_timer *t, void *arg)
 {
 	struct kv_shard *ks = arg;
+	struct kmsg *m = ks->home_retry;
 	size_t n;
 
+	ks->home_retry = NULL;
+	while (m) { /* send_home may put it back */
+		struct kmsg *next = m->next;
+		send_home(m);
+		m = next;
+	}
 	if (!ks->db.b)
 		return;
 	n = kv_db_sweep(&ks->db, 1024);
-	keel_timer_start(t, n > 256 ? KEEL_MS(1) : KEEL_MS(100), 0);
+	keel_timer_start(t, n > 256 || ks->home_retry ? KEEL_MS(1) : KEEL_MS(100), 0);
 }
 
 static void
@@ -1438,6 +1460,12 @@ on_stop(void *arg)
 {
 	struct kv_shard *ks = arg;
 
+	while (ks->home_retry) { /* the home shards stop too: their connections go */
+		struct kmsg *m = ks->home_retry;
+		ks->home_retry = m->next;
+		rb_free(&m->rep);
+		free(m);
+	}
 	kv_aof_stop();
 	kv_db_fini(&ks->db);
 }

@@ -346,6 +346,36 @@ Test(faults_kv, failed_allocations_refuse_or_close_and_the_shards_keep_serving)
 	proc_stop(&p);
 }
 
+/* The same with the append-only file synced before every reply (appendfsync always): a
+ * write's reply is made on the key's shard once its batch is on disk and sent home with
+ * keel_send. One that could not be sent for want of memory used to be dropped, and its
+ * connection waited for it for ever; now it is retried until it goes. */
+Test(faults_kv, failed_allocations_lose_no_reply_with_appendfsync_always)
+{
+	char dir[] = "/tmp/keel-kv-aof-oom-XXXXXX", cmd[128];
+	struct proc p;
+	int errs = 0, early;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	setenv("KEEL_FAULTS", "alloc:ENOMEM:after=64:p=0.05:n=150,seed=29", 1);
+	proc_start(&p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "2",
+		   "--idle-poll-us", "0", "--mailbox-entries", "16", "--appendonly", "yes",
+		   "--appendfsync", "always", "--dir", dir, NULL);
+	unsetenv("KEEL_FAULTS");
+	early = kv_round_oom(p.port, 0, kv_pairs(), &errs);
+	cr_log_info("keel-kv (appendfsync always) under failed allocations: %d error replies, "
+		    "%d of %d connections closed early",
+		    errs, early, KV_NCONN);
+	cr_assert_gt(errs + early, 0, "no injected allocation failure reached a reply");
+	errs = 0;
+	cr_assert_eq(kv_round_oom(p.port, 1, kv_pairs() / 4, &errs), 0,
+		     "later connections are served");
+	cr_assert_eq(errs, 0, "an error reply after the rule was spent");
+	proc_stop(&p);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	cr_assert_eq(system(cmd), 0);
+}
+
 /* One connection, @n SETs of unique keys in pipelined batches of 64: each reply is +OK
  * (acked[i] = true) or a -MISCONF error (the append-only file could not be written or
  * synced). Returns the number of error replies. */
