@@ -12,8 +12,9 @@ cd "$(dirname "$0")/.."
 . tools/deps.sh
 # The programs the keel-kv tests drive (tests/apps/kv): redis-cli and redis-benchmark
 # (redis-tools), redis-server (the bench script's comparison, tools/bench/kv.sh --quick) and
-# twemproxy (nutcracker, the scale-out test). Without them those tests skip with a reason.
-keel_install_missing redis-server redis-tools nutcracker
+# twemproxy (nutcracker, the scale-out test); and fio, the disk benchmark's baseline
+# (tests/tools: keel-bench disk's fio rows). Without them those tests skip with a reason.
+keel_install_missing redis-server redis-tools nutcracker fio
 
 jobs=$(nproc)
 status=0
