@@ -422,7 +422,7 @@ struct getevents_arg {
 	uint64_t ts;
 };
 
-/* Submit what the pass queued and sleep until KEEL__CO_GATHER completions are ready, or
+/* Submit what the pass queued and sleep until s->gather_nr completions are ready, or
  * @window_us has passed and at least one is, or @ts expires (io_uring's minimum wait; one
  * io_uring_enter, as io_uring_submit_and_wait_timeout makes, which cannot pass the minimum
  * wait in liburing 2.3). The SQ tail is published as liburing publishes it. */
@@ -496,7 +496,7 @@ sleep_in_kernel(struct keel_shard *s, uint64_t t0, struct keel__coalesce *co)
 	STAT_INC(s, enters);
 	keel__coalesce_slept(co);
 	if (keel__coalesce_on(co) && s->phase == PHASE_RUN && d > co->window_ns) {
-		/* Gather: the kernel wakes us early only with KEEL__CO_GATHER completions; past
+		/* Gather: the kernel wakes us early only with s->gather_nr completions; past
 		 * the window, at the first. Without a general timeout longer than the window the
 		 * kernel ends the wait at the window even with none, so an idle shard would wake
 		 * every window: give it one (the timer's, else a second). */
