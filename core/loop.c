@@ -303,8 +303,8 @@ reap(struct keel_shard *s)
 			s->inflight--;
 		cqe_cur = cqe;
 		op->fn(op, cqe->res, cqe->flags);
-		cqe_cur = NULL;
 	}
+	cqe_cur = NULL; /* once: nothing runs between two completions' callbacks */
 	if (n) {
 		io_uring_cq_advance(&s->ring, n);
 		STAT_ADD(s, cqes, n);

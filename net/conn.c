@@ -300,7 +300,8 @@ deliver(struct keel_conn *c, unsigned bid, int res, uint32_t flags)
 				ns->cfg.buf_count);
 
 	if (n > 0) {
-		keel__zcrx_copy_bytes(ns, (uint64_t)res);
+		if (__builtin_expect(ns->zcrx != NULL, 0)) /* no call per receive without ZCRX */
+			keel__zcrx_copy_bytes(ns, (uint64_t)res);
 		keel__lim_rx(&c->lim, res);
 	}
 	deliver_taken(c, n);
