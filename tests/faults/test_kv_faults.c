@@ -314,35 +314,56 @@ Test(faults_kv, failed_msg_ring_wakeups_lose_no_reply)
 	proc_stop(&p);
 }
 
+/* The allocation rule of the two tests below, and keel-kv (2 shards) started under it with
+ * 16-entry queues between the shards: forwarded requests and their replies overflow into
+ * nodes that must be allocated, so hand-offs fail now and then. @aof_dir: also
+ * --appendonly yes --appendfsync always there (NULL: no file). */
+static void
+oom_start(struct proc *p, const char *aof_dir)
+{
+	setenv("KEEL_FAULTS", "alloc:ENOMEM:after=64:p=0.05:n=150,seed=29", 1);
+	if (aof_dir)
+		proc_start(p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "2",
+			   "--idle-poll-us", "0", "--mailbox-entries", "16", "--appendonly", "yes",
+			   "--appendfsync", "always", "--dir", aof_dir, NULL);
+	else
+		proc_start(p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "2",
+			   "--idle-poll-us", "0", "--mailbox-entries", "16", NULL);
+	unsetenv("KEEL_FAULTS");
+}
+
+/* A round under the rule: every reply right or an error line, the failures reached some
+ * reply; then a round once the rule is spent: served whole, no error reply. */
+static void
+oom_rounds(struct proc *p, const char *what)
+{
+	int errs = 0, early = kv_round_oom(p->port, 0, kv_pairs(), &errs);
+
+	cr_log_info("keel-kv%s under failed allocations: %d error replies, %d of %d connections "
+		    "closed early",
+		    what, errs, early, KV_NCONN);
+	cr_assert_gt(errs + early, 0, "no injected allocation failure reached a reply");
+	errs = 0;
+	cr_assert_eq(kv_round_oom(p->port, 1, kv_pairs() / 4, &errs), 0,
+		     "later connections are served");
+	cr_assert_eq(errs, 0, "an error reply after the rule was spent");
+}
+
 /* Failing allocations (keel_shard_malloc: keel-kv's table and entries, keel's message
  * overflow nodes and deferred-callback vectors): a SET that cannot allocate is refused
  * with an error and its key stays absent, a request that cannot reach its shard gets an
  * error, a connection whose request cannot be carried closes cleanly, the shards keep
  * serving (a call's reply is never lost: keel used to abort the process when its queue
  * node could not be had), and once the rule is spent a second round is served whole.
- * The first allocations (start-up) are left alone. */
+ * The first allocations (start-up) are left alone. A hand-off refused while no earlier
+ * reply was pending used to leave its error reply undrained and the connection stalled
+ * (3 of 15 runs before the fix, 0 of 15 after). */
 Test(faults_kv, failed_allocations_refuse_or_close_and_the_shards_keep_serving)
 {
 	struct proc p;
-	int errs = 0, early;
 
-	/* 16-entry queues between the shards: forwarded requests and their replies
-	 * overflow into nodes that must be allocated, so hand-offs fail now and then. A
-	 * hand-off refused while no earlier reply was pending used to leave its error reply
-	 * undrained and the connection stalled (3 of 15 runs before the fix, 0 of 15 after). */
-	setenv("KEEL_FAULTS", "alloc:ENOMEM:after=64:p=0.05:n=150,seed=29", 1);
-	proc_start(&p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "2",
-		   "--idle-poll-us", "0", "--mailbox-entries", "16", NULL);
-	unsetenv("KEEL_FAULTS");
-	early = kv_round_oom(p.port, 0, kv_pairs(), &errs);
-	cr_log_info("keel-kv under failed allocations: %d error replies, %d of %d connections "
-		    "closed early",
-		    errs, early, KV_NCONN);
-	cr_assert_gt(errs + early, 0, "no injected allocation failure reached a reply");
-	errs = 0;
-	cr_assert_eq(kv_round_oom(p.port, 1, kv_pairs() / 4, &errs), 0,
-		     "later connections are served");
-	cr_assert_eq(errs, 0, "an error reply after the rule was spent");
+	oom_start(&p, NULL);
+	oom_rounds(&p, "");
 	proc_stop(&p);
 }
 
@@ -354,23 +375,10 @@ Test(faults_kv, failed_allocations_lose_no_reply_with_appendfsync_always)
 {
 	char dir[] = "/tmp/keel-kv-aof-oom-XXXXXX", cmd[128];
 	struct proc p;
-	int errs = 0, early;
 
 	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
-	setenv("KEEL_FAULTS", "alloc:ENOMEM:after=64:p=0.05:n=150,seed=29", 1);
-	proc_start(&p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "2",
-		   "--idle-poll-us", "0", "--mailbox-entries", "16", "--appendonly", "yes",
-		   "--appendfsync", "always", "--dir", dir, NULL);
-	unsetenv("KEEL_FAULTS");
-	early = kv_round_oom(p.port, 0, kv_pairs(), &errs);
-	cr_log_info("keel-kv (appendfsync always) under failed allocations: %d error replies, "
-		    "%d of %d connections closed early",
-		    errs, early, KV_NCONN);
-	cr_assert_gt(errs + early, 0, "no injected allocation failure reached a reply");
-	errs = 0;
-	cr_assert_eq(kv_round_oom(p.port, 1, kv_pairs() / 4, &errs), 0,
-		     "later connections are served");
-	cr_assert_eq(errs, 0, "an error reply after the rule was spent");
+	oom_start(&p, dir);
+	oom_rounds(&p, " (appendfsync always)");
 	proc_stop(&p);
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	cr_assert_eq(system(cmd), 0);
