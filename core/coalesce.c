@@ -25,7 +25,9 @@
  * sleeps plainly. Pure decisions on the counts the loop reports, so tests drive
  * it with synthetic epochs (tests/core/test_coalesce.c); core/loop.c feeds it.
  */
-#include "internal.h"
+#include "coalesce.h"
+
+#include <string.h>
 
 void
 keel__coalesce_init(struct keel__coalesce *c, uint64_t window_ns, bool fixed, uint64_t now)

@@ -302,6 +302,9 @@ Test(tools_bench, bad_options_exit_2_naming_them)
 		{ "pingpong --idle-poll-us abc", "--idle-poll-us" },
 		{ "pingpong --backend keel --busy-poll-us 5", "--idle-poll-us" },
 		{ "serve --backend keel --busy-poll-us 5", "--busy-poll-us" },
+		{ "serve --backend keel --gather-us 5", "--wait-coalesce-us" },
+		{ "serve --backend epoll --gather-fixed", "--gather-us N" },
+		{ "serve --backend epoll --gather-us 100001", "--gather-us" },
 		{ "pingpong --server-pid 1", "--port" },
 		{ "pingpong --port 1 --server-pid 1073741824", "--server-pid" },
 		{ "udp --client keel", "--client" },
@@ -601,6 +604,34 @@ Test(tools_bench, epoll_busy_poll_polls_before_blocking)
 		     0, "%s", out);
 	cr_assert_gt(num(out, "server_polls"), 0, "%s", out);
 	cr_assert_gt(num(out, "server_sleeps"), 0, "idle longer than 1 us never blocked:\n%s", out);
+	free(out);
+}
+
+/* The epoll server gathers only when asked (--gather-us), and then sleeps the window before
+ * a blocking wait: with 2 ms fixed, no round trip of one connection is shorter than 2 ms, so
+ * a 0.2 s window holds at most 101 of them (a bound from the clock, not from the machine's
+ * speed). */
+Test(tools_bench, epoll_gather_sleeps_before_blocking)
+{
+	char *out;
+
+	cr_assert_eq(bench("pingpong --backend epoll --busy-poll-us 0 --seconds 0.2 --warmup 0 "
+			   "--json",
+			   &out),
+		     0, "%s", out);
+	cr_assert_eq(num(out, "server_gathered"), 0, "%s", out);
+	cr_assert_eq(num(out, "gather_us"), 0, "%s", out);
+	free(out);
+	cr_assert_eq(bench("pingpong --backend epoll --busy-poll-us 0 --gather-us 2000 "
+			   "--gather-fixed --seconds 0.2 --warmup 0 --json",
+			   &out),
+		     0, "%s", out);
+	cr_assert_eq(num(out, "gather_us"), 2000, "%s", out);
+	cr_assert_gt(num(out, "server_gathered"), 0, "%s", out);
+	/* Every blocking wait of a one-connection ping-pong gathered first. */
+	cr_assert_geq(num(out, "server_gathered"), num(out, "server_sleeps"), "%s", out);
+	cr_assert_leq(num(out, "msgs"), 101, "%s", out);
+	cr_assert_geq(num(out, "lat_p50_us"), 2000, "%s", out);
 	free(out);
 }
 

@@ -19,6 +19,9 @@
 #                         NAME:MODE:SIZE:INFLIGHT:CONNS
 #     --policies LIST     block,spin (default both)
 #     --spin-us N         busy/idle poll of the spin policy (default 50)
+#     --epoll-gather-us N the epoll server's sleeps gather for N us first under keel's wait
+#                         coalescing policy (keel-bench serve --gather-us; default 0: never;
+#                         keel's window is its runtime option, KEEL_WAIT_COALESCE_US)
 #     --client B          the one client: epoll (default) or keel (udp always uses sockets)
 #     --servers LIST      keel,epoll (default both)
 #     --shards N          server threads (default: the CPUs in --server-cpus)
@@ -37,7 +40,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cmdline="tools/bench/compare.sh $*"
 
-quick=0 reps=5 secs=3 warmup=1 rows_arg= policies=block,spin spin=50 client=epoll
+quick=0 reps=5 secs=3 warmup=1 rows_arg= policies=block,spin spin=50 client=epoll egather=0
 servers=keel,epoll shards= server_cpus=0 client_cpus=1 client_threads= port=0
 out=bench-results bin= plot=1 iperf=1
 usage() { sed -n '/^#   tools\/bench\/compare.sh \[options\]/,/^set -e/{/^#/s/^# \{0,1\}//p}' "$0"; }
@@ -56,6 +59,7 @@ while [ $# -gt 0 ]; do
 	--rows) rows_arg=${2:?--rows needs a value}; shift ;;
 	--policies) policies=${2:?--policies needs a value}; shift ;;
 	--spin-us) spin=${2:?--spin-us needs a value}; shift ;;
+	--epoll-gather-us) egather=${2:?--epoll-gather-us needs a value}; shift ;;
 	--client) client=${2:?--client needs a value}; shift ;;
 	--servers) servers=${2:?--servers needs a value}; shift ;;
 	--shards) shards=${2:?--shards needs a value}; shift ;;
@@ -184,7 +188,7 @@ start_server() {
 	local be=$1 pol=$2 log=$3 poll=0 i
 	[ "$pol" = spin ] && poll=$spin
 	local popt=(--idle-poll-us "$poll")
-	[ "$be" = epoll ] && popt=(--busy-poll-us "$poll")
+	[ "$be" = epoll ] && popt=(--busy-poll-us "$poll" --gather-us "$egather")
 	"$kb" serve --backend "$be" --addr 127.0.0.1 --port "$port" --shards "$shards" \
 		--cpuset "$server_cpus" "${popt[@]}" >"$log" 2>&1 &
 	server=$!
@@ -341,7 +345,8 @@ client_desc="keel-bench MODE --client $client --port P --server-pid PID"
 		"(udp: the sockets client), at most $client_threads threads, on CPUs $client_cpus"
 	echo "- policies: **block** = keel \`--idle-poll-us 0\`, epoll \`--busy-poll-us 0\`; **spin** = both $spin us of polling before blocking"
 	gather=$(sed -n 's/^keel-bench serve: keel .*, sleeps \(gather .*\)$/\1/p' "$runs"/*-keel-1.log 2>/dev/null | head -1)
-	echo "- keel's sleeps: ${gather:-end at the first completion} (--wait-coalesce-us, architecture.md step 8; the epoll server has no such wait)"
+	egath=$(sed -n 's/^keel-bench serve: epoll .*, sleeps \(gather .*\)$/\1/p' "$runs"/*-epoll-1.log 2>/dev/null | head -1)
+	echo "- keel's sleeps: ${gather:-end at the first completion} (--wait-coalesce-us, architecture.md step 8); the epoll server's: ${egath:-end at the first event} (keel-bench serve --gather-us, the same policy)"
 	echo "- $reps alternating repetitions of ${secs} s (+${warmup} s warm-up) per row, policy and server; median (min-max)"
 	echo "- server CPU: the server process's CPU time over the measured window only (clock_getcpuclockid of its pid, read"
 	echo "  by the client at the window's edges), per message echoed in the window; cores = CPU time / window"

@@ -57,6 +57,9 @@ struct bench_cfg {
 	struct keel_cpuset cpus; /* --cpuset: the CPUs slot k means, in order; else CPU k */
 	bool cpus_given;
 	uint32_t busy_poll_us;      /* epoll server: epoll_wait(0) this long before blocking */
+	uint32_t gather_us;         /* epoll server: sleep this long before a blocking
+				     * epoll_wait when keel's coalescing policy says so */
+	bool gather_fixed;          /* ... always, no trials (--gather-fixed) */
 	const struct keel_opts *rt; /* runtime options for keel runtimes in this process */
 	/* Called once by client_run, from the calling thread, when the window is known (the
 	 * harness samples CPU clocks at its edges). NULL: nobody asked. */
@@ -99,6 +102,8 @@ struct bench_server_stats {
 	const char *syscalls_what; /* "epoll_wait+read+write...", "io_uring_enter" */
 	uint64_t sleeps;           /* waits that blocked in the kernel (epoll_wait -1, keel) */
 	uint64_t polls;            /* epoll: epoll_wait(0) calls of --busy-poll-us */
+	uint64_t gathered;         /* sleeps that gathered arrivals first (keel: coalesced, its
+				    * --wait-coalesce-us; epoll: --gather-us) */
 	uint64_t bytes_in;         /* TCP bytes read from clients */
 	uint64_t bytes_out;        /* TCP bytes written back (keel: accepted by keel_conn_send) */
 	uint64_t dgrams_in;        /* UDP datagrams received */

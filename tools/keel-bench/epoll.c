@@ -23,6 +23,13 @@
  *   - --busy-poll-us N (default 0): after the last event, epoll_wait with a zero timeout
  *     for N us before blocking, the policy of keel's --idle-poll-us, so that both servers
  *     can be compared blocking or spinning alike;
+ *   - --gather-us N (default 0): keel's wait coalescing (--wait-coalesce-us) under the same
+ *     policy code (core/coalesce.c), so that both servers can be compared gathering alike.
+ *     epoll has no minimum wait (io_uring's min_wait_usec), so a gathering sleep is a
+ *     clock_nanosleep of N us, without timer slack, before the blocking epoll_wait, which
+ *     then returns at once with what arrived meanwhile: one system call more per sleep than
+ *     keel's, and no early end when many are ready. A full batch from the last epoll_wait
+ *     says more is ready: then it does not sleep;
  *   - UDP on the same port: a SO_REUSEPORT socket per thread in the same epoll instance,
  *     datagrams read with recvmmsg and echoed with sendmmsg in batches (udp.c).
  * No allocation per message. Every epoll_wait, read, sendmsg, accept4 and close a server
@@ -37,10 +44,13 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "../../core/coalesce.h"
 #include "backend.h"
 #include "bench.h"
 
@@ -63,7 +73,7 @@ struct sthread {
 	struct bench_udp_batch *ub;
 	struct sconn conns; /* list head */
 	uint64_t syscalls, bytes_in, bytes_out, dgrams_in, dgrams_out, accepted, errors, cpu_ns;
-	uint64_t sleeps, polls, recvs, sends, send_iovs;
+	uint64_t sleeps, polls, gathered, recvs, sends, send_iovs;
 	clockid_t clock;
 	bool started;
 } __attribute__((aligned(64)));
@@ -72,10 +82,13 @@ struct bench_server {
 	struct sthread *t;
 	unsigned n;
 	uint64_t busy_poll_ns;
+	uint64_t gather_ns; /* --gather-us */
+	bool gather_fixed;
 	_Atomic bool stop;
 };
 
-static const char syscalls_what[] = "epoll_wait+read+sendmsg+accept4+close+recvmmsg+sendmmsg";
+static const char syscalls_what[] =
+	"epoll_wait+read+sendmsg+accept4+close+recvmmsg+sendmmsg+clock_nanosleep";
 
 static void
 conn_close(struct sthread *t, struct sconn *c)
@@ -246,19 +259,38 @@ server_thread(void *arg)
 {
 	struct sthread *t = arg;
 	struct epoll_event ev[MAXEV];
-	uint64_t busy = t->srv->busy_poll_ns, idle_since = 0;
+	uint64_t busy = t->srv->busy_poll_ns, gather = t->srv->gather_ns, idle_since = 0;
+	struct timespec gts = { .tv_sec = (time_t)(gather / 1000000000u),
+				.tv_nsec = (long)(gather % 1000000000u) };
+	struct keel__coalesce co;
+	int n = 0;
 
+	keel__coalesce_init(&co, gather, t->srv->gather_fixed, bench_now_ns());
+	/* A gathering sleep as exact as io_uring's minimum wait: no timer slack (50 us by
+	 * default, which would make a 10 us sleep up to 60). */
+	if (gather && prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL) < 0)
+		t->errors++;
 	while (!atomic_load_explicit(&t->srv->stop, memory_order_acquire)) {
 		/* keel's loop policy: poll until idle for busy ns, then block. */
 		uint64_t now = busy ? bench_now_ns() : 0;
 		bool poll = busy && (!idle_since || now - idle_since < busy);
-		int n = epoll_wait(t->epfd, ev, MAXEV, poll ? 0 : -1);
 
+		if (!poll && n < MAXEV && keel__coalesce_on(&co)) {
+			clock_nanosleep(CLOCK_MONOTONIC, 0, &gts, NULL);
+			t->syscalls++;
+			t->gathered++;
+		}
+		n = epoll_wait(t->epfd, ev, MAXEV, poll ? 0 : -1);
 		t->syscalls++;
-		if (poll)
+		if (poll) {
 			t->polls++;
-		else
+		} else {
 			t->sleeps++;
+			keel__coalesce_slept(&co);
+		}
+		/* The same counts keel's loop gives the policy: a pass's arrivals. */
+		if (gather)
+			keel__coalesce_pass(&co, bench_now_ns(), n > 0 ? (uint64_t)n : 0);
 		if (n <= 0) {
 			if (poll && !idle_since)
 				idle_since = now;
@@ -319,6 +351,8 @@ serve_start(const struct bench_cfg *cfg, uint16_t *port, struct bench_server **o
 		return -ENOMEM;
 	s->n = cfg->shards;
 	s->busy_poll_ns = (uint64_t)cfg->busy_poll_us * 1000;
+	s->gather_ns = (uint64_t)cfg->gather_us * 1000;
+	s->gather_fixed = cfg->gather_fixed;
 	s->t = aligned_alloc(64, sizeof(*s->t) * s->n);
 	if (!s->t) {
 		free(s);
@@ -422,6 +456,7 @@ serve_stop(struct bench_server *s, struct bench_server_stats *out)
 		st.dgrams_out += t->dgrams_out;
 		st.sleeps += t->sleeps;
 		st.polls += t->polls;
+		st.gathered += t->gathered;
 		st.recvs += t->recvs;
 		st.sends += t->sends;
 		st.send_iovs += t->send_iovs;

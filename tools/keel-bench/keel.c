@@ -323,6 +323,7 @@ serve_stop(struct bench_server *s, struct bench_server_stats *out)
 		if (keel_runtime_stats(s->rt, i, &ks) == 0) {
 			st.syscalls += ks.enters;
 			st.sleeps += ks.sleeps;
+			st.gathered += ks.coalesced;
 		}
 		if (keel_listener_stats(s->l, i, &ls) == 0) {
 			st.accepted += ls.accepted;

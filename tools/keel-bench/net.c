@@ -55,6 +55,10 @@ static const char client_usage[] =
 	"  --shards N     in-process server threads, one per core (default 1)\n"
 	"  --busy-poll-us N  the epoll server: epoll_wait(0) for N us before blocking (default\n"
 	"                 0); keel's runtime option is --idle-poll-us (default 50)\n"
+	"  --gather-us N  the epoll server: sleep N us before a blocking epoll_wait while\n"
+	"                 keel's wait coalescing policy says it pays (default 0: never); keel's\n"
+	"                 runtime option is --wait-coalesce-us (default 10)\n"
+	"  --gather-fixed the epoll server: with --gather-us, before every blocking wait\n"
 	"  --seconds S    measured window (default 3)\n"
 	"  --warmup S     run this long first without counting (default 0.5)\n"
 	"  --cpuset LIST  pin to these CPUs in order: in-process server threads first, then\n"
@@ -71,6 +75,9 @@ static const char serve_usage[] =
 	"  --shards N     server threads, one per core, SO_REUSEPORT (default 1)\n"
 	"  --busy-poll-us N  epoll: epoll_wait(0) for N us before blocking (default 0);\n"
 	"                 keel: use the runtime option --idle-poll-us (default 50)\n"
+	"  --gather-us N  epoll: sleep N us before a blocking epoll_wait while keel's wait\n"
+	"                 coalescing policy says it pays (default 0); --gather-fixed: always;\n"
+	"                 keel: use the runtime option --wait-coalesce-us (default 10)\n"
 	"  --cpuset LIST  server thread i on the i-th CPU of LIST (default CPU i)\n"
 	"  --seconds S    stop after S seconds (default: at SIGINT or SIGTERM)\n"
 	"  --size N       report per-message figures for framed messages of N bytes\n"
@@ -83,7 +90,7 @@ struct opts {
 	struct bench_cfg cfg;
 	struct keel_opts rt;
 	const struct bench_backend *be, *client;
-	bool json, has_port, serve, has_size, has_busy;
+	bool json, has_port, serve, has_size, has_busy, has_gather;
 	long server_pid;
 	double seconds, warmup;
 };
@@ -169,6 +176,13 @@ parse(struct opts *o, int argc, char **argv)
 			    parse_u32(o, "--busy-poll-us", v, 0, 10000000, &c->busy_poll_us))
 				return m < 0 ? bad(o, "--busy-poll-us", "missing value", NULL) : 2;
 			o->has_busy = true;
+		} else if (OPT("--gather-us")) {
+			if (m < 0 || parse_u32(o, "--gather-us", v, 0, 100000, &c->gather_us))
+				return m < 0 ? bad(o, "--gather-us", "missing value", NULL) : 2;
+			o->has_gather = true;
+		} else if (!strcmp(a, "--gather-fixed")) {
+			c->gather_fixed = true;
+			o->has_gather = true;
 		} else if (OPT("--addr")) {
 			if (m < 0)
 				return bad(o, "--addr", "missing value", NULL);
@@ -219,6 +233,13 @@ parse(struct opts *o, int argc, char **argv)
 		return bad(o, "--busy-poll-us",
 			   "the epoll server's option (keel's runtime option is --idle-poll-us)",
 			   NULL);
+	if (o->has_gather && o->be != &bench_backend_epoll)
+		return bad(o, o->cfg.gather_fixed ? "--gather-fixed" : "--gather-us",
+			   "the epoll server's option (keel's runtime options are "
+			   "--wait-coalesce-us and --wait-coalesce-fixed)",
+			   NULL);
+	if (c->gather_fixed && !c->gather_us)
+		return bad(o, "--gather-fixed", "needs --gather-us N (N > 0)", NULL);
 	if (o->serve)
 		return 0;
 	if (o->server_pid && !o->has_port)
@@ -486,8 +507,9 @@ report(const struct opts *o, const struct bench_result *r, const struct bench_se
 		printf("  \"size\": %u,\n  \"inflight\": %u,\n  \"conns\": %u,\n", c->size,
 		       inflight, c->conns);
 		printf("  \"threads\": %u,\n  \"shards\": %u,\n", c->threads, c->shards);
-		printf("  \"idle_poll_us\": %u,\n  \"busy_poll_us\": %u,\n", o->rt.idle_poll_us,
-		       c->busy_poll_us);
+		printf("  \"idle_poll_us\": %u,\n  \"busy_poll_us\": %u,\n"
+		       "  \"wait_coalesce_us\": %u,\n  \"gather_us\": %u,\n",
+		       o->rt.idle_poll_us, c->busy_poll_us, o->rt.wait_coalesce_us, c->gather_us);
 		printf("  \"seconds\": %.3f,\n  \"warmup\": %.3f,\n", secs, o->warmup);
 		printf("  \"msgs\": %llu,\n  \"bytes\": %llu,\n", (unsigned long long)r->msgs,
 		       (unsigned long long)r->bytes);
@@ -529,6 +551,7 @@ report(const struct opts *o, const struct bench_result *r, const struct bench_se
 			json_u64("server_dgrams_out", ss->dgrams_out);
 			json_u64("server_sleeps", ss->sleeps);
 			json_u64("server_polls", ss->polls);
+			json_u64("server_gathered", ss->gathered);
 			if (ss->zcrx_state) {
 				printf("  \"server_zcrx\": \"%s\",\n", ss->zcrx_state);
 				json_u64("server_zcrx_bytes", ss->zcrx_bytes);
@@ -742,11 +765,15 @@ run_serve(struct opts *o)
 		return 1;
 	}
 	inet_ntop(AF_INET, &c->addr.sin_addr, addr, sizeof(addr));
-	/* keel's sleeps may gather completions (--wait-coalesce-us): say so, it is a policy. */
+	/* Either server's sleeps may gather arrivals first (keel: --wait-coalesce-us, epoll:
+	 * --gather-us): say so, it is a policy. */
 	gather[0] = '\0';
 	if (o->be == &bench_backend_keel && o->rt.wait_coalesce_us)
 		snprintf(gather, sizeof(gather), ", sleeps gather up to %u us (%s)",
 			 o->rt.wait_coalesce_us, o->rt.wait_coalesce_fixed ? "fixed" : "adaptive");
+	else if (o->be == &bench_backend_epoll && c->gather_us)
+		snprintf(gather, sizeof(gather), ", sleeps gather for %u us first (%s)",
+			 c->gather_us, c->gather_fixed ? "fixed" : "adaptive");
 	printf("keel-bench serve: %s echo server on %s:%u (TCP and UDP), %u shard%s, pid %ld, "
 	       "%s%s\n",
 	       o->be->name, addr, port, c->shards, c->shards == 1 ? "" : "s", (long)getpid(),
@@ -772,20 +799,22 @@ run_serve(struct opts *o)
 	if (o->json) {
 		printf("{\n  \"mode\": \"serve\",\n  \"backend\": \"%s\",\n  \"shards\": %u,\n",
 		       o->be->name, c->shards);
-		printf("  \"idle_poll_us\": %u,\n  \"busy_poll_us\": %u,\n", o->rt.idle_poll_us,
-		       c->busy_poll_us);
+		printf("  \"idle_poll_us\": %u,\n  \"busy_poll_us\": %u,\n"
+		       "  \"wait_coalesce_us\": %u,\n  \"gather_us\": %u,\n",
+		       o->rt.idle_poll_us, c->busy_poll_us, o->rt.wait_coalesce_us, c->gather_us);
 		printf("  \"bytes\": %llu,\n  \"bytes_out\": %llu,\n  \"dgrams_in\": %llu,\n"
 		       "  \"dgrams_out\": %llu,\n  \"accepted\": %llu,\n  \"cpu_ns\": %llu,\n"
 		       "  \"syscalls\": %llu,\n  \"syscalls_what\": \"%s\",\n  \"sleeps\": %llu,\n"
-		       "  \"polls\": %llu,\n  \"recvs\": %llu,\n  \"sends\": %llu,\n"
+		       "  \"polls\": %llu,\n  \"gathered\": %llu,\n  \"recvs\": %llu,\n"
+		       "  \"sends\": %llu,\n"
 		       "  \"send_iovs\": %llu,\n",
 		       (unsigned long long)ss.bytes_in, (unsigned long long)ss.bytes_out,
 		       (unsigned long long)ss.dgrams_in, (unsigned long long)ss.dgrams_out,
 		       (unsigned long long)ss.accepted, (unsigned long long)ss.cpu_ns,
 		       (unsigned long long)ss.syscalls, ss.syscalls_what,
 		       (unsigned long long)ss.sleeps, (unsigned long long)ss.polls,
-		       (unsigned long long)ss.recvs, (unsigned long long)ss.sends,
-		       (unsigned long long)ss.send_iovs);
+		       (unsigned long long)ss.gathered, (unsigned long long)ss.recvs,
+		       (unsigned long long)ss.sends, (unsigned long long)ss.send_iovs);
 		json_num("size", c->size, o->has_size, "%.0f", false);
 		json_num("msgs", msgs, o->has_size, "%.0f", false);
 		json_num("server_cpu_ns_per_msg", ss.cpu_ns / msgs, o->has_size && msgs > 0, "%.0f",
@@ -806,10 +835,11 @@ run_serve(struct opts *o)
 		       ss.cpu_ns / 1e6, (unsigned long long)ss.syscalls, ss.syscalls_what,
 		       (unsigned long long)ss.errors);
 		printf("bytes in %llu out %llu; datagrams in %llu out %llu; %llu blocking waits, "
-		       "%llu busy polls\n",
+		       "%llu busy polls, %llu gathered\n",
 		       (unsigned long long)ss.bytes_in, (unsigned long long)ss.bytes_out,
 		       (unsigned long long)ss.dgrams_in, (unsigned long long)ss.dgrams_out,
-		       (unsigned long long)ss.sleeps, (unsigned long long)ss.polls);
+		       (unsigned long long)ss.sleeps, (unsigned long long)ss.polls,
+		       (unsigned long long)ss.gathered);
 		printf("TCP: %llu receives (%.0f B each), %llu sends (%.0f B and %.2f buffers "
 		       "each)\n",
 		       (unsigned long long)ss.recvs,
