@@ -91,13 +91,81 @@ more(struct resp_req *req, size_t need)
 	return RESP_MORE;
 }
 
+/* Request more bytes for argument @i, which starts at @pos: remember where. */
+static long
+more_at(struct resp_req *req, size_t need, long long i, size_t pos)
+{
+	req->resume.pos = pos;
+	req->resume.next = (unsigned long long)i;
+	return more(req, need);
+}
+
+/* The @count arguments of a multibulk request, from argument @i at @pos on. With @fill,
+ * into req->argv; without, only checked (a resumed request not yet whole). */
+static long
+multibulk_args(const uint8_t *p, size_t n, struct resp_req *req, long long count, long long i,
+	       size_t pos, bool fill)
+{
+	const uint8_t *cr;
+	long long len;
+	size_t d;
+
+	for (; i < count; i++) {
+		size_t start;
+
+		if (pos >= n)
+			return more_at(req, pos + 1, i, pos);
+		if (p[pos] == '$' && (d = plain_num(p + pos + 1, n - pos - 1, &len)) &&
+		    (unsigned long long)len <= req->max_bulk) {
+			cr = p + pos + 1 + d;
+			goto sized;
+		}
+		cr = memchr(p + pos, '\r', n - pos);
+		if (!cr) {
+			if (n - pos > RESP_INLINE_MAX)
+				return fail(req, "Protocol error: too big bulk count string");
+			return more_at(req, n + 1, i, pos);
+		}
+		if (p[pos] != '$') {
+			int ch = p[pos] == '\r' || p[pos] == '\n' ? ' ' : p[pos];
+			snprintf(req->err, sizeof(req->err),
+				 "Protocol error: expected '$', got '%c'", ch);
+			return RESP_ERROR;
+		}
+		if (!str2ll(p + pos + 1, (size_t)(cr - (p + pos)) - 1, &len) || len < 0 ||
+		    (unsigned long long)len > req->max_bulk)
+			return fail(req, "Protocol error: invalid bulk length");
+sized:
+		start = (size_t)(cr - p) + 2;
+		if (start + (size_t)len + 2 > n)
+			return more_at(req, start + (size_t)len + 2, i, pos);
+		if (fill) {
+			if (req->argc == req->cap) {
+				unsigned want = req->cap ? req->cap * 2 : 8;
+				if ((long long)want > count)
+					want = (unsigned)count;
+				req->need = want;
+				return RESP_NEED_ARGV;
+			}
+			req->argv[req->argc].p = p + start;
+			req->argv[req->argc].len = (size_t)len;
+			req->argc++;
+		}
+		pos = start + (size_t)len + 2;
+	}
+	return (long)pos;
+}
+
 static long
 parse_multibulk(const uint8_t *p, size_t n, struct resp_req *req)
 {
 	const uint8_t *cr;
-	long long count, len;
+	long long count;
+	struct resp_resume rs = req->resume;
 	size_t pos, d = plain_num(p + 1, n - 1, &count);
+	long r;
 
+	req->resume = (struct resp_resume){ 0 };
 	if (d && count <= INT_MAX) {
 		cr = p + 1 + d;
 		goto counted;
@@ -116,48 +184,15 @@ counted:
 		return more(req, pos);
 	if (count <= 0)
 		return (long)pos; /* an empty request: skipped, as Redis does */
-	for (long long i = 0; i < count; i++) {
-		size_t start;
-
-		if (pos >= n)
-			return more(req, pos + 1);
-		if (p[pos] == '$' && (d = plain_num(p + pos + 1, n - pos - 1, &len)) &&
-		    (unsigned long long)len <= req->max_bulk) {
-			cr = p + pos + 1 + d;
-			goto sized;
-		}
-		cr = memchr(p + pos, '\r', n - pos);
-		if (!cr) {
-			if (n - pos > RESP_INLINE_MAX)
-				return fail(req, "Protocol error: too big bulk count string");
-			return more(req, n + 1);
-		}
-		if (p[pos] != '$') {
-			int ch = p[pos] == '\r' || p[pos] == '\n' ? ' ' : p[pos];
-			snprintf(req->err, sizeof(req->err),
-				 "Protocol error: expected '$', got '%c'", ch);
-			return RESP_ERROR;
-		}
-		if (!str2ll(p + pos + 1, (size_t)(cr - (p + pos)) - 1, &len) || len < 0 ||
-		    (unsigned long long)len > req->max_bulk)
-			return fail(req, "Protocol error: invalid bulk length");
-sized:
-		start = (size_t)(cr - p) + 2;
-		if (start + (size_t)len + 2 > n)
-			return more(req, start + (size_t)len + 2);
-		if (req->argc == req->cap) {
-			unsigned want = req->cap ? req->cap * 2 : 8;
-			if ((long long)want > count)
-				want = (unsigned)count;
-			req->need = want;
-			return RESP_NEED_ARGV;
-		}
-		req->argv[req->argc].p = p + start;
-		req->argv[req->argc].len = (size_t)len;
-		req->argc++;
-		pos = start + (size_t)len + 2;
+	/* Resume where an earlier call stopped (a caller's stale state is ignored): check
+	 * only the rest, then, once the request is whole, fill argv from the start. */
+	if (rs.next && rs.next < (unsigned long long)count && rs.pos > pos && rs.pos <= n) {
+		r = multibulk_args(p, n, req, count, (long long)rs.next, rs.pos, false);
+		if (r <= 0)
+			return r;
+		req->resume = (struct resp_resume){ 0 };
 	}
-	return (long)pos;
+	return multibulk_args(p, n, req, count, 0, pos, true);
 }
 
 static int
@@ -281,9 +316,18 @@ resp_parse(const uint8_t *p, size_t n, struct resp_req *req)
 
 	req->argc = 0;
 	req->need = 0;
-	if (n == 0)
+	if (n == 0) {
+		req->resume = (struct resp_resume){ 0 };
 		return more(req, 1);
-	r = p[0] == '*' ? parse_multibulk(p, n, req) : parse_inline(p, n, req);
+	}
+	if (p[0] == '*') {
+		r = parse_multibulk(p, n, req);
+	} else {
+		req->resume = (struct resp_resume){ 0 };
+		r = parse_inline(p, n, req);
+	}
+	if (r != RESP_MORE)
+		req->resume = (struct resp_resume){ 0 };
 	if (r <= 0)
 		req->argc = 0;
 	return r;

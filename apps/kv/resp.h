@@ -20,6 +20,13 @@ struct resp_arg {
 	size_t len;
 };
 
+/** Where the check of an incomplete multibulk request stopped: its arguments before @next
+ * (0: none) are whole and valid, and argument @next starts at byte @pos of the request. */
+struct resp_resume {
+	size_t pos;
+	unsigned long long next;
+};
+
 /** The caller's storage for one request. Set argv/cap and scratch/scratch_cap. */
 struct resp_req {
 	struct resp_arg *argv; /* caller's array of @cap entries */
@@ -31,6 +38,11 @@ struct resp_req {
 			    * on RESP_NEED_ARGV / RESP_NEED_SCRATCH: entries / bytes needed */
 	uint64_t max_bulk; /* largest bulk length accepted (--proto-max-bulk-len) */
 	char err[96];      /* out, on RESP_ERROR: Redis's reply text, without "-" or CRLF */
+	/* in/out: zero for a new request. On RESP_MORE, how far the request was checked: give
+	 * it back with the same request's bytes (at the same offsets, more of them, anywhere
+	 * in memory) and the check goes on from there, so a request that arrives in many
+	 * pieces is read about once, not once per piece. Zeroed on any other result. */
+	struct resp_resume resume;
 };
 
 enum {
@@ -47,6 +59,9 @@ enum {
  * Returns: the bytes the request takes (> 0), req->argc arguments in req->argv; or one of
  * the RESP_* codes above. Arguments point into @p (inline ones with quotes into scratch).
  * Errors match Redis 7's replies ("Protocol error: invalid bulk length", ...).
+ * With req->resume set (an earlier RESP_MORE on this request), arguments before
+ * resume.next are not read again until the request is whole; then it is parsed from its
+ * start once, for req->argv.
  */
 long resp_parse(const uint8_t *p, size_t n, struct resp_req *req);
 

@@ -52,7 +52,8 @@ struct kconn {
 	uint64_t id;
 	uint8_t *in; /* the start of a request not yet whole */
 	size_t in_len, in_cap, in_need;
-	struct rbuf out; /* replies ready to queue on the connection */
+	struct resp_resume in_resume; /* how far resp_parse checked it */
+	struct rbuf out;              /* replies ready to queue on the connection */
 	struct pend *head, *tail;
 	unsigned npend;
 	bool closing; /* a protocol error or QUIT: no more requests; close once replied */
@@ -1224,14 +1225,21 @@ oom:
 	kc->out.oom = true;
 }
 
-/* Parse and run every whole request in @p[0..@n); returns the bytes used. */
+/* Parse and run every whole request in @p[0..@n); returns the bytes used. @p is kc->in
+ * when @src is NULL: then its first request may be one an earlier call found incomplete,
+ * checked up to kc->in_resume. */
 static size_t
 process(struct kconn *kc, const uint8_t *p, size_t n, const struct keel_slice *src)
 {
 	size_t off = 0;
 	/* Set up once per call, not per request: an initializer per request zeroed err[]
-	 * each time (resp_parse resets argc and need itself, and sets err when it fails). */
+	 * each time (resp_parse resets argc and need itself, and sets err when it fails;
+	 * resume is zeroed on every result but RESP_MORE, which ends the loop). */
 	struct resp_req req = { .max_bulk = kv_cfg.max_bulk };
+
+	if (!src)
+		req.resume = kc->in_resume;
+	kc->in_resume = (struct resp_resume){ 0 };
 
 	while (off < n && !kc->closing && !kc->out.oom) {
 		long r;
@@ -1251,6 +1259,7 @@ process(struct kconn *kc, const uint8_t *p, size_t n, const struct keel_slice *s
 			}
 		if (r == RESP_MORE) {
 			kc->in_need = req.need;
+			kc->in_resume = req.resume; /* offsets from this request's start */
 			break;
 		}
 		if (r == RESP_ERROR) {

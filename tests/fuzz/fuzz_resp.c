@@ -6,7 +6,9 @@
  * a request takes at most the bytes given; every argument lies inside the request or the
  * scratch area; an error has a reply text; RESP_MORE asks for more than was given; a
  * complete request parses the same from its own bytes alone, and no strict prefix of it is
- * an error or a request; a growth request is bounded by the input.
+ * an error or a request; parsed in two or three pieces, each resuming where the last
+ * stopped (req.resume) and each in a fresh copy, it parses the same as whole; a growth
+ * request is bounded by the input.
  */
 #include <stdbool.h>
 #include <stdio.h>
@@ -23,14 +25,19 @@ struct st {
 	size_t scap;
 };
 
-/* One request at @p[0..@n) with growth, as the server does. */
+/* One request at @p[0..@n) with growth, as the server does, resuming from @rs (NULL: a
+ * new request). */
 static long
-parse(struct st *s, const uint8_t *p, size_t n, struct resp_req *req)
+parse_from(struct st *s, const uint8_t *p, size_t n, struct resp_req *req,
+	   const struct resp_resume *rs)
 {
 	long r;
 
 	for (;;) {
 		memset(req, 0, sizeof(*req));
+		if (rs)
+			req->resume = *rs;
+		rs = NULL; /* a growth result zeroes it: the server's retry starts over */
 		req->argv = s->argv;
 		req->cap = s->cap;
 		req->scratch = s->scratch;
@@ -54,6 +61,25 @@ parse(struct st *s, const uint8_t *p, size_t n, struct resp_req *req)
 			return r;
 		}
 	}
+}
+
+static long
+parse(struct st *s, const uint8_t *p, size_t n, struct resp_req *req)
+{
+	return parse_from(s, p, n, req, NULL);
+}
+
+/* @n bytes of @p in a fresh exact-size copy (a resumed parse must not depend on where the
+ * bytes were before); parsed from @rs. The copy is freed into *@copy's slot. */
+static long
+parse_copy(struct st *s, const uint8_t *p, size_t n, struct resp_req *req,
+	   const struct resp_resume *rs, uint8_t **copy)
+{
+	free(*copy);
+	*copy = malloc(n ? n : 1);
+	CHECK(*copy);
+	memcpy(*copy, p, n);
+	return parse_from(s, *copy, n, req, rs);
 }
 
 int
@@ -107,6 +133,25 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (cut) {
 			long r3 = parse(&s2, alone, cut, &again);
 			CHECK(r3 == RESP_MORE);
+			/* In pieces, resuming: the same request, the same arguments. */
+			struct resp_resume rs = again.resume;
+			size_t cut2 = cut + ((size_t)r - cut) / 2;
+			uint8_t *copy = NULL;
+
+			CHECK(rs.pos <= cut);
+			if (cut2 > cut) {
+				r3 = parse_copy(&s2, p, cut2, &again, &rs, &copy);
+				CHECK(r3 == RESP_MORE);
+				CHECK(again.resume.next >= rs.next);
+				rs = again.resume;
+			}
+			r3 = parse_copy(&s2, p, (size_t)r, &again, &rs, &copy);
+			CHECK(r3 == r && again.argc == req.argc);
+			CHECK(again.resume.next == 0 && again.resume.pos == 0);
+			for (unsigned i = 0; i < req.argc; i++)
+				CHECK(again.argv[i].len == req.argv[i].len &&
+				      !memcmp(again.argv[i].p, req.argv[i].p, req.argv[i].len));
+			free(copy);
 		}
 		free(alone);
 		free(s2.argv);

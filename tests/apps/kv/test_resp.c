@@ -310,3 +310,119 @@ Test(kv_aofrec, valid_prefix_stops_at_torn_or_invalid_records)
 		 "%s*5\r\n$3\r\nSET\r\n$1\r\nb\r\n$1\r\n2\r\n$4\r\nPXAT\r\n$2\r\n-1\r\n", set);
 	cr_assert_eq(kv_aof_valid_prefix((const uint8_t *)buf, strlen(buf)), s);
 }
+
+/* A request that arrives in pieces: each incomplete parse says how far it checked
+ * (req.resume), and the next parse of the same request goes on from there. The checked
+ * arguments are not read again while the request is incomplete (here they are garbled in
+ * the second piece's copy, and it still asks for more instead of failing), and once it is
+ * whole, argv is filled from the bytes given last. Without resuming, a request of many
+ * arguments arriving in many receives was read again from its start at each one. */
+Test(kv_resp, incomplete_request_resumes_where_its_check_stopped)
+{
+	struct p *s = newp();
+	const char r[] = "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhello\r\n";
+	const size_t arg2 = 4 + 9 + 7; /* where "$5" starts */
+	char b[sizeof(r)];
+	struct resp_resume rs;
+
+	cr_assert_eq(parse(s, r, arg2 + 6), RESP_MORE); /* up to "hel" */
+	cr_assert_eq(s->req.resume.next, 2);
+	cr_assert_eq(s->req.resume.pos, arg2);
+	cr_assert_eq(s->req.need, sizeof(r) - 1);
+	rs = s->req.resume;
+
+	/* The checked arguments garbled, two bytes more: still incomplete, not an error. */
+	memcpy(b, r, sizeof(r));
+	memset(b + 4, 'x', arg2 - 4);
+	memset(&s->req, 0, sizeof(s->req));
+	s->req.argv = s->argv;
+	s->req.cap = 64;
+	s->req.max_bulk = RESP_MAX_BULK_DEFAULT;
+	s->req.resume = rs;
+	cr_assert_eq(resp_parse((const uint8_t *)b, arg2 + 8, &s->req), RESP_MORE, "%s",
+		     s->req.err);
+	cr_assert_eq(s->req.resume.next, 2);
+	cr_assert_eq(s->req.resume.pos, arg2);
+	/* The same garbled bytes parsed as a new request: the error the resume skipped. */
+	cr_assert_eq(parse(s, b, arg2 + 8), RESP_ERROR);
+
+	/* Whole, in another copy: parsed from its start, argv into that copy. */
+	memcpy(b, r, sizeof(r));
+	memset(&s->req, 0, sizeof(s->req));
+	s->req.argv = s->argv;
+	s->req.cap = 64;
+	s->req.max_bulk = RESP_MAX_BULK_DEFAULT;
+	s->req.resume = rs;
+	cr_assert_eq(resp_parse((const uint8_t *)b, sizeof(r) - 1, &s->req), (long)sizeof(r) - 1);
+	cr_assert_eq(s->req.argc, 3);
+	ARG_IS(s, 0, "SET");
+	ARG_IS(s, 1, "k");
+	ARG_IS(s, 2, "hello");
+	cr_assert(s->argv[2].p == (const uint8_t *)b + arg2 + 4);
+	cr_assert_eq(s->req.resume.next, 0, "a whole request leaves no resume state");
+	free(s);
+}
+
+/* Resuming at every split of a request of many arguments gives what one parse gives, and
+ * an error in an argument not yet checked is still found, with Redis's text. */
+Test(kv_resp, resumed_parse_matches_a_whole_parse_at_every_split)
+{
+	struct p *s = newp();
+	char r[512], bad[512];
+	int n = snprintf(r, sizeof(r),
+			 "*6\r\n$4\r\nMSET\r\n$2\r\nk1\r\n$3\r\nv:1\r\n$2\r\nk2\r\n"
+			 "$0\r\n\r\n$10\r\n0123456789\r\n");
+
+	memcpy(bad, r, (size_t)n);
+	bad[n - 17] = '#'; /* the last argument's "$10" becomes "#10" */
+	for (int cut = 1; cut < n; cut++) {
+		struct resp_resume rs;
+		long got;
+
+		cr_assert_eq(parse(s, r, (size_t)cut), RESP_MORE, "cut %d", cut);
+		rs = s->req.resume;
+		for (int pass = 0; pass < 2; pass++) {
+			memset(&s->req, 0, sizeof(s->req));
+			s->req.argv = s->argv;
+			s->req.cap = 64;
+			s->req.max_bulk = RESP_MAX_BULK_DEFAULT;
+			s->req.resume = rs;
+			got = resp_parse((const uint8_t *)(pass ? bad : r), (size_t)n, &s->req);
+			if (pass) { /* the last argument is never checked before it is whole */
+				cr_assert_eq(got, RESP_ERROR, "cut %d: %ld", cut, got);
+				cr_assert_str_eq(s->req.err,
+						 "Protocol error: expected '$', got '#'");
+				continue;
+			}
+			cr_assert_eq(got, n, "cut %d: %ld", cut, got);
+			cr_assert_eq(s->req.argc, 6, "cut %d", cut);
+			ARG_IS(s, 0, "MSET");
+			ARG_IS(s, 2, "v:1");
+			cr_assert_eq(s->argv[4].len, 0);
+			ARG_IS(s, 5, "0123456789");
+		}
+	}
+	free(s);
+}
+
+/* Resume state that does not fit the request (a caller's mistake) is ignored: the parse
+ * starts over instead of reading where it points. */
+Test(kv_resp, resume_state_that_does_not_fit_is_ignored)
+{
+	struct p *s = newp();
+	const char r[] = "*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+	const struct resp_resume bad[] = { { 1000, 1 }, { 13, 7 }, { 2, 1 } };
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		memset(&s->req, 0, sizeof(s->req));
+		s->req.argv = s->argv;
+		s->req.cap = 64;
+		s->req.max_bulk = RESP_MAX_BULK_DEFAULT;
+		s->req.resume = bad[i];
+		cr_assert_eq(resp_parse((const uint8_t *)r, sizeof(r) - 1, &s->req),
+			     (long)sizeof(r) - 1, "case %zu", i);
+		cr_assert_eq(s->req.argc, 2);
+		ARG_IS(s, 1, "k");
+	}
+	free(s);
+}
