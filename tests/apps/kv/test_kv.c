@@ -282,6 +282,31 @@ Test(kv_server, commands_reply_like_redis)
 
 /* Thousands of pipelined requests whose keys live on both shards: every reply in order,
  * and some went through the other shard. */
+/* SELECT reads its argument's bytes only: an inline argument lives in the connection's
+ * scratch area, followed by what an earlier, longer line left there (here 300 digits), so
+ * a test that ran on to a non-digit read past the area (ASan: heap-buffer-overflow). */
+Test(kv_server, select_reads_only_its_argument)
+{
+	char line[301];
+	struct srv s;
+	struct rd r;
+	char *got;
+
+	srv_start(&s, 1, NULL);
+	memset(line, '1', 300);
+	line[300] = 0;
+	rd_init(&r, test_connect(s.port));
+	test_send_all(r.fd, line, 300);
+	test_send_all(r.fd, "\r\n", 2);
+	got = rd_next(&r, NULL);
+	cr_assert(got && !strncmp(got, "-ERR unknown command", 20), "%s", got ? got : "closed");
+	expect(&r, "SELECT 12", "-ERR DB index is out of range\r\n");
+	expect(&r, "SELECT 1x", "-ERR value is not an integer or out of range\r\n");
+	expect(&r, "SELECT 0", "+OK\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+}
+
 Test(kv_server, pipelined_replies_in_order_across_shards)
 {
 	enum { N = 3000 };
