@@ -101,8 +101,9 @@ more_at(struct resp_req *req, size_t need, long long i, size_t pos)
 }
 
 /* The @count arguments of a multibulk request, from argument @i at @pos on. With @fill,
- * into req->argv; without, only checked (a resumed request not yet whole). */
-static long
+ * into req->argv; without, only checked (a resumed request not yet whole). Inlined into
+ * both callers, so each is specialised on @fill (the per-request path of every command). */
+static inline __attribute__((always_inline)) long
 multibulk_args(const uint8_t *p, size_t n, struct resp_req *req, long long count, long long i,
 	       size_t pos, bool fill)
 {
@@ -184,13 +185,15 @@ counted:
 		return more(req, pos);
 	if (count <= 0)
 		return (long)pos; /* an empty request: skipped, as Redis does */
-	/* Resume where an earlier call stopped (a caller's stale state is ignored): check
-	 * only the rest, then, once the request is whole, fill argv from the start. */
+	/* Resume where an earlier call stopped: check only the rest, then, once the request is
+	 * whole, fill argv from the start. State that points outside the request's arguments
+	 * (past its bytes or its count, into its header) is ignored; state inside them is
+	 * trusted, as the caller's promise that it came from this request. */
 	if (rs.next && rs.next < (unsigned long long)count && rs.pos > pos && rs.pos <= n) {
+		/* req->resume stays zero unless this stops again (more_at) */
 		r = multibulk_args(p, n, req, count, (long long)rs.next, rs.pos, false);
 		if (r <= 0)
 			return r;
-		req->resume = (struct resp_resume){ 0 };
 	}
 	return multibulk_args(p, n, req, count, 0, pos, true);
 }
@@ -326,8 +329,8 @@ resp_parse(const uint8_t *p, size_t n, struct resp_req *req)
 		req->resume = (struct resp_resume){ 0 };
 		r = parse_inline(p, n, req);
 	}
-	if (r != RESP_MORE)
-		req->resume = (struct resp_resume){ 0 };
+	/* req->resume is zero here unless r is RESP_MORE: parse_multibulk zeroed it first and
+	 * only more_at sets it. */
 	if (r <= 0)
 		req->argc = 0;
 	return r;

@@ -41,7 +41,8 @@ struct resp_req {
 	/* in/out: zero for a new request. On RESP_MORE, how far the request was checked: give
 	 * it back with the same request's bytes (at the same offsets, more of them, anywhere
 	 * in memory) and the check goes on from there, so a request that arrives in many
-	 * pieces is read about once, not once per piece. Zeroed on any other result. */
+	 * pieces is read about once, not once per piece. Zeroed on any other result. State
+	 * from another request is not detected unless it points outside this one. */
 	struct resp_resume resume;
 };
 

@@ -325,7 +325,7 @@ Test(kv_resp, incomplete_request_resumes_where_its_check_stopped)
 	char b[sizeof(r)];
 	struct resp_resume rs;
 
-	cr_assert_eq(parse(s, r, arg2 + 6), RESP_MORE); /* up to "hel" */
+	cr_assert_eq(parse(s, r, arg2 + 6), RESP_MORE); /* up to "he" */
 	cr_assert_eq(s->req.resume.next, 2);
 	cr_assert_eq(s->req.resume.pos, arg2);
 	cr_assert_eq(s->req.need, sizeof(r) - 1);
