@@ -2,7 +2,7 @@
 /*
  * The wait coalescing policy (core/coalesce.c): pure decisions on counts a loop reports, with
  * no dependency on the ring, so that keel-bench's epoll server can sleep under the same
- * policy as keel's shards (tools/keel-bench/epoll.c, --wait-coalesce-us).
+ * policy as keel's shards (tools/keel-bench/epoll.c, --gather-us).
  */
 #ifndef KEEL_CORE_COALESCE_H
 #define KEEL_CORE_COALESCE_H

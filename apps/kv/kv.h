@@ -89,6 +89,9 @@ kv_owner(uint64_t h)
 }
 int64_t kv_now_ms(void);
 uint64_t kv_used_total(void);
+/* An argument as Redis's string2ll reads it (no sign '+', no leading zero or space, no
+ * overflow): false when it is not such an integer. */
+bool kv_arg_ll(const struct resp_arg *a, long long *out);
 bool kv_glob(const uint8_t *pat, size_t plen, const uint8_t *s, size_t slen, bool nocase);
 
 int kv_db_init(struct kv_db *db, struct kv_stats *st);

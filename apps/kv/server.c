@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <keel/keel.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1009,18 +1010,6 @@ command_info(struct rbuf *out, const struct kv_cmd *c)
 	rb_int(out, first ? (int)(c->key_step ? c->key_step : 1) : 0);
 }
 
-/* Whether @p[0..@n) is all digits and '-' (SELECT's test for "a number, but not 0"). Its
- * bytes are not NUL-terminated: an inline argument in the scratch area is followed by
- * whatever an earlier, longer line left there, so nothing may read past @n. */
-static bool
-digits_or_minus(const uint8_t *p, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		if (p[i] != '-' && (p[i] < '0' || p[i] > '9'))
-			return false;
-	return true;
-}
-
 static void
 local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsigned argc,
 	  struct rbuf *out)
@@ -1038,12 +1027,21 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 	} else if (!strcmp(n, "echo")) {
 		rb_bulk(out, argv[1].p, argv[1].len);
 	} else if (!strcmp(n, "select")) {
-		if (argv[1].len == 1 && argv[1].p[0] == '0')
-			rb_simple(out, "OK");
-		else if (argv[1].len && argv[1].len < 20 && digits_or_minus(argv[1].p, argv[1].len))
+		/* Redis: an integer (string2ll) that fits an int, then the index; there is one
+		 * database (checked against redis-server 7.0.15). The
+		 * argument is not NUL-terminated (an inline one is followed by what an earlier
+		 * line left in the scratch area): read only its bytes. */
+		long long db;
+
+		if (!kv_arg_ll(&argv[1], &db))
+			rb_err(out, "ERR value is not an integer or out of range");
+		else if (db < INT_MIN || db > INT_MAX)
+			rb_err(out, "ERR value is out of range, value must between -2147483648 and "
+				    "2147483647");
+		else if (db != 0)
 			rb_err(out, "ERR DB index is out of range");
 		else
-			rb_err(out, "ERR value is not an integer or out of range");
+			rb_simple(out, "OK");
 	} else if (!strcmp(n, "quit")) {
 		rb_simple(out, "OK");
 		kc->closing = true;

@@ -567,8 +567,8 @@ static const char e_int[] = "ERR value is not an integer or out of range";
 static const char e_syntax[] = "ERR syntax error";
 static const char e_oom[] = "ERR out of memory";
 
-static bool
-arg_ll(const struct resp_arg *a, long long *out)
+bool
+kv_arg_ll(const struct resp_arg *a, long long *out)
 {
 	char t[24];
 	char *end;
@@ -695,7 +695,7 @@ cmd_set(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out
 			   !exp && !keepttl && has_next) {
 			bool sec = argv[i].p[0] == 'E' || argv[i].p[0] == 'e';
 			bool at = argv[i].len == 4;
-			if (!arg_ll(&argv[i + 1], &v)) {
+			if (!kv_arg_ll(&argv[i + 1], &v)) {
 				rb_err(out, "%s", e_int);
 				return;
 			}
@@ -788,7 +788,7 @@ incr_by(struct kv_db *db, struct resp_arg *key, long long by, struct rbuf *out)
 
 	if (e) {
 		struct resp_arg a = { e->data + e->klen, e->vlen };
-		if (!arg_ll(&a, &v)) {
+		if (!kv_arg_ll(&a, &v)) {
 			rb_err(out, "%s", e_int);
 			return;
 		}
@@ -823,7 +823,7 @@ cmd_incrby(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *
 {
 	long long by;
 
-	if (!arg_ll(&argv[2], &by)) {
+	if (!kv_arg_ll(&argv[2], &by)) {
 		rb_err(out, "%s", e_int);
 		return;
 	}
@@ -835,7 +835,7 @@ cmd_decrby(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *
 {
 	long long by;
 
-	if (!arg_ll(&argv[2], &by)) {
+	if (!kv_arg_ll(&argv[2], &by)) {
 		rb_err(out, "%s", e_int);
 		return;
 	}
@@ -918,7 +918,7 @@ expire_generic(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rb
 	long long v;
 	int64_t at, now = kv_now_ms();
 
-	if (!arg_ll(&argv[2], &v)) {
+	if (!kv_arg_ll(&argv[2], &v)) {
 		rb_err(out, "%s", e_int);
 		return;
 	}

@@ -240,6 +240,11 @@ parse(struct opts *o, int argc, char **argv)
 			   NULL);
 	if (c->gather_fixed && !c->gather_us)
 		return bad(o, "--gather-fixed", "needs --gather-us N (N > 0)", NULL);
+	if (o->has_gather && !o->serve && o->has_port)
+		return bad(o, o->cfg.gather_fixed ? "--gather-fixed" : "--gather-us",
+			   "sets the in-process epoll server; give it to the keel-bench serve that "
+			   "--port drives",
+			   NULL);
 	if (o->serve)
 		return 0;
 	if (o->server_pid && !o->has_port)

@@ -280,8 +280,6 @@ Test(kv_server, commands_reply_like_redis)
 	srv_stop(&s);
 }
 
-/* Thousands of pipelined requests whose keys live on both shards: every reply in order,
- * and some went through the other shard. */
 /* SELECT reads its argument's bytes only: an inline argument lives in the connection's
  * scratch area, followed by what an earlier, longer line left there (here 300 digits), so
  * a test that ran on to a non-digit read past the area (ASan: heap-buffer-overflow). */
@@ -302,11 +300,23 @@ Test(kv_server, select_reads_only_its_argument)
 	cr_assert(got && !strncmp(got, "-ERR unknown command", 20), "%s", got ? got : "closed");
 	expect(&r, "SELECT 12", "-ERR DB index is out of range\r\n");
 	expect(&r, "SELECT 1x", "-ERR value is not an integer or out of range\r\n");
+	/* Redis's integer rule (string2ll): a leading zero, "-0", a lone "-" are not integers;
+	 * one outside an int is refused as such; a negative index is out of range. */
+	expect(&r, "SELECT 007", "-ERR value is not an integer or out of range\r\n");
+	expect(&r, "SELECT -0", "-ERR value is not an integer or out of range\r\n");
+	expect(&r, "SELECT -", "-ERR value is not an integer or out of range\r\n");
+	expect(&r, "SELECT -1", "-ERR DB index is out of range\r\n");
+	expect(&r, "SELECT -9223372036854775808",
+	       "-ERR value is out of range, value must between -2147483648 and 2147483647\r\n");
+	expect(&r, "SELECT 2147483648",
+	       "-ERR value is out of range, value must between -2147483648 and 2147483647\r\n");
 	expect(&r, "SELECT 0", "+OK\r\n");
 	rd_free(&r);
 	srv_stop(&s);
 }
 
+/* Thousands of pipelined requests whose keys live on both shards: every reply in order,
+ * and some went through the other shard. */
 Test(kv_server, pipelined_replies_in_order_across_shards)
 {
 	enum { N = 3000 };
