@@ -9,7 +9,11 @@
  * only sets a flag (keel__lim_rx/keel__lim_tx); the sweep turns the flag into a time, so
  * no clock is read per receive. A connection leaves the list when it closes, or once its
  * header is complete and it has no idle timeout. The timer runs only while the list is
- * not empty, so a shard without timed connections sleeps as before.
+ * not empty, so a shard without timed connections sleeps as before. The period follows the
+ * list: a connection with a shorter timeout shortens it at once, and a sweep that finds
+ * the shortest ones gone (closed, or past the header their header timeout was waiting for)
+ * lengthens it again (else one short-lived listener's 1 ms period would sweep every
+ * long-lived connection 1,000 times a second for as long as any stays).
  */
 #include <errno.h>
 #include <string.h>
@@ -22,11 +26,25 @@ header_pending(const struct net_lim *l)
 	return l->cfg->header_timeout_ns && l->rx < l->need;
 }
 
+/* The sweep period @l's pending timeouts need: a quarter of the shorter (the header
+ * timeout only while the header is pending), at least 1 ms. */
+static uint64_t
+lim_period(const struct net_lim *l)
+{
+	uint64_t t = l->cfg->idle_timeout_ns;
+	uint64_t p;
+
+	if (header_pending(l) && (!t || l->cfg->header_timeout_ns < t))
+		t = l->cfg->header_timeout_ns;
+	p = t / 4;
+	return p < KEEL_MS(1) ? KEEL_MS(1) : p;
+}
+
 static void
 sweep_cb(struct keel_timer *t, void *arg)
 {
 	struct net_shard *ns = arg;
-	uint64_t now = keel_now_ns();
+	uint64_t now = keel_now_ns(), pmin = UINT64_MAX;
 	struct net_lim *l, *next;
 
 	for (l = ns->lim_head; l; l = next) {
@@ -41,30 +59,29 @@ sweep_cb(struct keel_timer *t, void *arg)
 			if (now - l->open_ns >= cfg->header_timeout_ns) {
 				ns->st.header_timeouts++;
 				keel_conn_abort(l->c, -ETIMEDOUT); /* unlists it */
+				continue;
 			}
-			continue;
-		}
-		if (!cfg->idle_timeout_ns) {
+		} else if (!cfg->idle_timeout_ns) {
 			keel__lim_close(ns, l); /* nothing left to time */
 			continue;
-		}
-		if (now - l->last_ns >= cfg->idle_timeout_ns) {
+		} else if (now - l->last_ns >= cfg->idle_timeout_ns) {
 			ns->st.idle_timeouts++;
-			keel_conn_abort(l->c, -ETIMEDOUT);
+			keel_conn_abort(l->c, -ETIMEDOUT); /* unlists it */
+			continue;
 		}
+		if (lim_period(l) < pmin) /* still timed */
+			pmin = lim_period(l);
 	}
-}
-
-static uint64_t
-period_of(const struct keel_net_config *cfg)
-{
-	uint64_t t = cfg->header_timeout_ns;
-	uint64_t p;
-
-	if (cfg->idle_timeout_ns && (!t || cfg->idle_timeout_ns < t))
-		t = cfg->idle_timeout_ns;
-	p = t / 4;
-	return p < KEEL_MS(1) ? KEEL_MS(1) : p;
+	/* The shortest timeouts are gone: sweep as often as the rest need (the timer was
+	 * stopped if the list emptied). */
+	if (ns->lim_head && pmin > ns->lim_period) {
+		ns->lim_period = pmin;
+		if (keel_timer_start(ns->lim_timer, pmin, pmin) < 0)
+			keel_log(KEEL_LOG_ERROR, NET_MOD,
+				 "shard %u: the timeout sweep could not be restarted (no memory); "
+				 "timeouts wait for the next connection",
+				 ns->id);
+	}
 }
 
 void
@@ -92,7 +109,7 @@ keel__lim_open(struct net_shard *ns, struct net_lim *l, struct keel_conn *c,
 		l->next->prev = l;
 	ns->lim_head = l;
 	l->listed = true;
-	p = period_of(cfg);
+	p = lim_period(l);
 	if (!ns->lim_period || p < ns->lim_period) {
 		ns->lim_period = p;
 		if (keel_timer_start(ns->lim_timer, p, p) < 0)

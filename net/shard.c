@@ -286,6 +286,7 @@ keel_net_stats(const struct keel_shard *sh, struct keel_net_stats *out)
 	*out = ns->st;
 	out->bufs_out = ns->tcp.out + (ns->udp_ready ? ns->udp.out : 0);
 	out->bufs_kernel = ns->tcp.nkref + (ns->udp_ready ? ns->udp.nkref : 0);
+	out->timeout_sweep_ns = ns->lim_period;
 	return 0;
 }
 

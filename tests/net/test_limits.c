@@ -432,3 +432,101 @@ Test(net_limits, shard_send_max_aborts_the_connection_that_passes_it)
 	cr_assert_eq(atomic_load(&lim_sendq), 0, "send_queued %llu after every close",
 		     (unsigned long long)atomic_load(&lim_sendq));
 }
+
+/* The sweep's period follows the connections it times: one listener with a 50 ms header
+ * timeout and a 10 s idle timeout (a 12.5 ms sweep while a header is pending), one with
+ * only the idle timeout (2.5 s), on the same shard. Once the silent connection with a
+ * pending header is gone and the other one of its listener has sent its header, the sweep
+ * is back at 2.5 s. It used to stay at the shortest period it ever had for as long as any
+ * timed connection was open (with a 4 ms header timeout: every long-lived connection swept
+ * a thousand times a second), and to keep the header timeout in the period after the
+ * header had arrived. Read on the shard (keel_net_stats' timeout_sweep_ns) when the long-lived
+ * connection's byte arrives: no timing in the assertions. */
+static _Atomic uint64_t sweep_seen;
+
+static void
+sweep_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	struct keel_net_stats st;
+
+	if (keel_net_stats(keel_this_shard(), &st) == 0)
+		atomic_store(&sweep_seen, st.timeout_sweep_ns);
+	echo_ops.on_data(c, s, n);
+}
+
+static const struct keel_conn_ops sweep_ops = { .on_data = sweep_data, .on_close = lecho_close };
+
+struct two {
+	struct srv app; /* echo_ops count closes in it */
+	struct keel_listener *shortl, *longl;
+};
+
+static void
+two_on_start(void *arg)
+{
+	struct two *t = arg;
+	int r = keel_listener_start(t->longl);
+
+	if (r == 0)
+		r = keel_listener_start(t->shortl);
+	if (r < 0)
+		keel_stop(r);
+}
+
+Test(net_limits, sweep_period_follows_the_shortest_timeout_left)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config shortc, longc;
+	struct keel_listen_opts lo;
+	struct keel_runtime *rt;
+	struct two t = { 0 };
+	int keep, talker, quick;
+	char b = 'k';
+
+	lim_reset();
+	keel_net_config_init(&shortc);
+	shortc.header_timeout_ns = KEEL_MS(50);
+	shortc.idle_timeout_ns = KEEL_S(10);
+	keel_net_config_init(&longc);
+	longc.idle_timeout_ns = KEEL_S(10);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	memset(&lo, 0, sizeof(lo));
+	lo.addr = "127.0.0.1";
+	lo.rt = rt;
+	lo.net = &longc;
+	cr_assert_eq(keel_listener_create(&lo, 1, &sweep_ops, &t.app, &t.longl), 0);
+	lo.net = &shortc;
+	cr_assert_eq(keel_listener_create(&lo, 1, &lecho_ops, &t.app, &t.shortl), 0);
+	cr_assert_eq(keel_runtime_start(rt, two_on_start, &t), 0);
+
+	keep = cli_connect(keel_listener_port(t.longl));
+	cr_assert_geq(keep, 0);
+	cr_assert_eq(cli_write_all(keep, &b, 1), 0);
+	cr_assert_eq(cli_read_all(keep, &b, 1), 0);
+	cr_assert_eq(atomic_load(&sweep_seen), KEEL_MS(2500), "a 10 s idle timeout: %llu ns",
+		     (unsigned long long)atomic_load(&sweep_seen));
+
+	talker = cli_connect(keel_listener_port(t.shortl));
+	cr_assert_geq(talker, 0);
+	cr_assert_eq(cli_write_all(talker, &b, 1), 0); /* its header: past it at once */
+	cr_assert_eq(cli_read_all(talker, &b, 1), 0);
+	quick = cli_connect(keel_listener_port(t.shortl));
+	cr_assert_geq(quick, 0);
+	expect_closed(quick, "the silent connection with a 50 ms header timeout");
+	WAIT_FOR(atomic_load(&lim_hdr) == 1, "one header timeout counted (%llu)",
+		 (unsigned long long)atomic_load(&lim_hdr));
+	close(quick);
+
+	cr_assert_eq(cli_write_all(keep, &b, 1), 0);
+	cr_assert_eq(cli_read_all(keep, &b, 1), 0);
+	cr_assert_eq(atomic_load(&sweep_seen), KEEL_MS(2500),
+		     "the sweep stayed at %llu ns after the pending header went",
+		     (unsigned long long)atomic_load(&sweep_seen));
+	close(talker);
+	close(keep);
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	keel_listener_destroy(t.shortl);
+	keel_listener_destroy(t.longl);
+}

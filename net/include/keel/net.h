@@ -471,11 +471,14 @@ struct keel_net_stats {
 				    connections' addresses (keel_conn_peer_addr) */
 
 	/* Limits against hostile peers (keel_net_config, docs/reliability.md). */
-	uint64_t header_timeouts; /* connections aborted by header_timeout_ns */
-	uint64_t idle_timeouts;   /* connections aborted by idle_timeout_ns */
-	uint64_t send_cap_conn;   /* connections aborted for passing send_max */
-	uint64_t send_cap_shard;  /* connections aborted for passing shard_send_max */
-	uint64_t send_queued;     /* send bytes queued on the shard's connections now */
+	uint64_t header_timeouts;  /* connections aborted by header_timeout_ns */
+	uint64_t idle_timeouts;    /* connections aborted by idle_timeout_ns */
+	uint64_t send_cap_conn;    /* connections aborted for passing send_max */
+	uint64_t send_cap_shard;   /* connections aborted for passing shard_send_max */
+	uint64_t send_queued;      /* send bytes queued on the shard's connections now */
+	uint64_t timeout_sweep_ns; /* the period of the timeout sweep now: a quarter of the
+				      shortest timeout among the connections it times (at
+				      least 1 ms); 0 while none is timed */
 };
 
 /**
