@@ -48,7 +48,10 @@ struct aof {
 	struct waiter *pw, *pwt; /* waiting for the pending records */
 	struct waiter *iw;       /* waiting for the batch in flight */
 	int st;
-	struct keel_slice sl; /* the batch in flight */
+	/* The batch in flight: in a registered buffer (sl) when it fits one, else in the heap
+	 * memory it was gathered in (heap). Written in pieces of at most aof_chunk bytes. */
+	struct keel_slice sl;
+	uint8_t *heap;
 	size_t wlen, wdone;
 	bool flush_queued, dirty, reset, bg_sync;
 	int err; /* the last write error (writes are refused while set) */
@@ -58,7 +61,7 @@ struct aof {
 	bool rewriting, rw_ready;
 	int rw_fd;
 	struct keel_file rw_f;
-	struct keel_slice rw_sl;
+	uint8_t *rw_p; /* the table's snapshot (heap) */
 	size_t rw_len, rw_done;
 	struct keel_file_req rw_req;
 	uint64_t rewrites;
@@ -100,10 +103,30 @@ path_of(char *buf, size_t n, unsigned idx, const char *suffix)
 	snprintf(buf, n, "%s/appendonly-%u.aof%s", kv_cfg.dir, idx, suffix);
 }
 
-static void
-release_heap(void *data, uint32_t cap, void *arg)
+/* The most one write asks of the kernel: keel's file writes take at most INT_MAX bytes
+ * (2 GiB), and a shard's batch or snapshot may be larger. KEEL_KV_AOF_WRITE_CHUNK=N (bytes,
+ * read once at start) makes it smaller, for the tests that check the pieces. */
+static size_t aof_chunk = 1u << 30;
+
+static size_t
+piece(size_t left)
 {
-	free(data);
+	return left < aof_chunk ? left : aof_chunk;
+}
+
+/* pwrite(2) all of @p[0..@n) at @off (a large write may be short). */
+static bool
+pwrite_all(int fd, const uint8_t *p, size_t n, uint64_t off)
+{
+	while (n) {
+		ssize_t w = pwrite(fd, p, piece(n), (off_t)off);
+		if (w <= 0)
+			return false;
+		p += w;
+		n -= (size_t)w;
+		off += (uint64_t)w;
+	}
+	return true;
 }
 
 /* Start-up. */
@@ -139,11 +162,25 @@ read_whole(int fd, uint8_t **out, size_t *len)
 int
 kv_aof_preload(void)
 {
+	const char *chunk = getenv("KEEL_KV_AOF_WRITE_CHUNK");
 	DIR *d;
 	struct dirent *de;
 
 	if (!kv_cfg.aof)
 		return 0;
+	if (chunk) {
+		char *end;
+		unsigned long long v = strtoull(chunk, &end, 10);
+
+		if (*end || v == 0 || v > (1u << 30)) {
+			fprintf(stderr,
+				"keel-kv: KEEL_KV_AOF_WRITE_CHUNK=%s: expected bytes from 1 to "
+				"1073741824 (the append-only file's largest write; for tests)\n",
+				chunk);
+			return -EINVAL;
+		}
+		aof_chunk = (size_t)v;
+	}
 	if (mkdir(kv_cfg.dir, 0755) < 0 && errno != EEXIST) {
 		fprintf(stderr, "keel-kv: --dir %s: %s (create it or name another)\n", kv_cfg.dir,
 			strerror(errno));
@@ -368,15 +405,33 @@ waiters_done(struct waiter *w, int err)
 
 static void on_written(struct keel_file_req *req, int res, void *arg);
 
+/* The batch in flight is written: release its memory. */
+static void
+batch_free(struct aof *a)
+{
+	if (a->sl.buf)
+		keel_slice_put(&a->sl);
+	memset(&a->sl, 0, sizeof(a->sl)); /* which of the two holds the next batch is read */
+	free(a->heap);
+	a->heap = NULL;
+}
+
 static void
 issue_write(struct aof *a)
 {
+	size_t n = piece(a->wlen - a->wdone);
+	uint64_t off = a->off + a->wdone;
 	struct keel_slice sub;
-	int r = keel_slice_sub(&a->sl, a->wdone, a->wlen - a->wdone, &sub);
+	int r;
 
-	if (r == 0) {
-		r = keel_file_write_slice(&a->req, &a->f, &sub, a->off + a->wdone, on_written, a);
-		keel_slice_put(&sub);
+	if (a->sl.buf) {
+		r = keel_slice_sub(&a->sl, a->wdone, n, &sub);
+		if (r == 0) {
+			r = keel_file_write_slice(&a->req, &a->f, &sub, off, on_written, a);
+			keel_slice_put(&sub);
+		}
+	} else {
+		r = keel_file_write(&a->req, &a->f, a->heap + a->wdone, n, off, on_written, a);
 	}
 	if (r < 0) {
 		a->err = r;
@@ -456,7 +511,7 @@ on_written(struct keel_file_req *req, int res, void *arg)
 		keel_log(KEEL_LOG_INFO, "kv", "shard %u: appendonly writes succeed again", a->id);
 	a->err = 0;
 	a->off += a->wlen;
-	keel_slice_put(&a->sl);
+	batch_free(a);
 	a->dirty = true;
 	if (kv_cfg.fsync == KV_FSYNC_ALWAYS) {
 		sync_batch(a);
@@ -494,7 +549,6 @@ static void
 kick_(struct aof *a)
 {
 	struct keel_alloc *al;
-	int r;
 
 	if (a->st != A_IDLE || !a->open || a->stopping)
 		return;
@@ -526,11 +580,11 @@ kick_(struct aof *a)
 		if (a->pend.cap > 1u << 20)
 			rb_free(&a->pend);
 	} else {
-		r = keel_buf_wrap(al, a->pend.p, (uint32_t)a->pend.len, release_heap, NULL, &a->sl);
-		if (r < 0) {
-			a->err = r;
-			return;
-		}
+		/* Too large for a registered buffer (or none to be had): write it from the heap
+		 * memory it was gathered in, which the batch now owns. Nothing to allocate, so
+		 * nothing to fail; any size (the writes go in pieces). */
+		memset(&a->sl, 0, sizeof(a->sl));
+		a->heap = a->pend.p;
 		memset(&a->pend, 0, sizeof(a->pend));
 	}
 	a->iw = a->pw;
@@ -651,8 +705,8 @@ rw_fail(struct aof *a, int err)
 	char tmp[4096];
 
 	keel_log(KEEL_LOG_ERROR, "kv", "shard %u: BGREWRITEAOF failed: %s", a->id, strerror(-err));
-	if (a->rw_sl.buf)
-		keel_slice_put(&a->rw_sl);
+	free(a->rw_p);
+	a->rw_p = NULL;
 	if (a->rw_fd >= 0)
 		close(a->rw_fd);
 	a->rw_fd = -1;
@@ -695,16 +749,11 @@ rw_step(struct aof *a)
 	int r;
 
 	if (a->rw_done < a->rw_len) {
-		struct keel_slice sub;
-		r = keel_slice_sub(&a->rw_sl, a->rw_done, a->rw_len - a->rw_done, &sub);
-		if (r == 0) {
-			r = keel_file_write_slice(&a->rw_req, &a->rw_f, &sub, a->rw_done,
-						  rw_written, a);
-			keel_slice_put(&sub);
-		}
+		r = keel_file_write(&a->rw_req, &a->rw_f, a->rw_p + a->rw_done,
+				    piece(a->rw_len - a->rw_done), a->rw_done, rw_written, a);
 	} else {
-		if (a->rw_sl.buf)
-			keel_slice_put(&a->rw_sl);
+		free(a->rw_p);
+		a->rw_p = NULL;
 		r = keel_file_fdatasync(&a->rw_req, &a->rw_f, rw_synced, a);
 	}
 	if (r < 0)
@@ -717,7 +766,6 @@ kv_aof_cmd_bgrewrite(struct kv_db *db, struct resp_arg *argv, unsigned argc, str
 	struct aof *a = me();
 	struct rbuf snap = { 0 };
 	char tmp[4096];
-	int r;
 
 	if (!a->open) {
 		rb_err(out, "ERR appendonly is off: start keel-kv with --appendonly yes");
@@ -732,11 +780,9 @@ kv_aof_cmd_bgrewrite(struct kv_db *db, struct resp_arg *argv, unsigned argc, str
 	kv_db_snapshot(db, &snap);
 	path_of(tmp, sizeof(tmp), a->id, ".rewrite");
 	a->rw_fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (snap.oom || a->rw_fd < 0 || snap.len > UINT32_MAX) {
+	if (snap.oom || a->rw_fd < 0) {
 		rb_err(out, "ERR Can't rewrite append only file in background: %s",
-		       snap.oom       ? "out of memory"
-		       : a->rw_fd < 0 ? strerror(errno)
-				      : "too large");
+		       snap.oom ? "out of memory" : strerror(errno));
 		rb_free(&snap);
 		if (a->rw_fd >= 0)
 			close(a->rw_fd);
@@ -744,23 +790,10 @@ kv_aof_cmd_bgrewrite(struct kv_db *db, struct resp_arg *argv, unsigned argc, str
 		return;
 	}
 	keel_file_from_fd(a->rw_fd, &a->rw_f);
+	/* Written from the snapshot's heap memory, in pieces (any size). */
 	a->rw_len = snap.len;
 	a->rw_done = 0;
-	memset(&a->rw_sl, 0, sizeof(a->rw_sl));
-	if (snap.len) {
-		r = keel_buf_wrap(keel_shard_alloc(), snap.p, (uint32_t)snap.len, release_heap,
-				  NULL, &a->rw_sl);
-		if (r < 0) {
-			rb_free(&snap);
-			close(a->rw_fd);
-			a->rw_fd = -1;
-			rb_err(out, "ERR Can't rewrite append only file in background: %s",
-			       strerror(-r));
-			return;
-		}
-	} else {
-		rb_free(&snap);
-	}
+	a->rw_p = snap.p;
 	a->rewriting = true;
 	publish(a);
 	rw_step(a);
@@ -801,18 +834,17 @@ kv_aof_stop(void)
 	 * out now, synchronously: the batch in flight again (the same bytes at the same
 	 * offset: harmless if the kernel wrote them already), then what is pending. */
 	a->stopping = true;
-	if ((a->st == A_WRITING || a->st == A_FAILED) && a->sl.buf) {
-		if (pwrite(a->fd, a->sl.data, a->wlen, (off_t)a->off) == (ssize_t)a->wlen)
+	if ((a->st == A_WRITING || a->st == A_FAILED) && (a->sl.buf || a->heap)) {
+		if (pwrite_all(a->fd, a->sl.buf ? a->sl.data : a->heap, a->wlen, a->off))
 			a->off += a->wlen;
-		keel_slice_put(&a->sl);
+		batch_free(a);
 		a->st = A_IDLE;
 	}
 	if (a->rw_ready)
 		rw_switch(a);
 	if (a->reset && ftruncate(a->fd, 0) == 0)
 		a->off = 0;
-	if (a->pend.len &&
-	    pwrite(a->fd, a->pend.p, a->pend.len, (off_t)a->off) == (ssize_t)a->pend.len)
+	if (a->pend.len && pwrite_all(a->fd, a->pend.p, a->pend.len, a->off))
 		a->off += a->pend.len;
 	a->pend.len = 0;
 	fdatasync(a->fd);
