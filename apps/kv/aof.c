@@ -52,6 +52,8 @@ struct aof {
 	 * memory it was gathered in (heap). Written in pieces of at most aof_chunk bytes. */
 	struct keel_slice sl;
 	uint8_t *heap;
+	uint8_t *heap_busy; /* a heap batch kv_aof_stop wrote itself while a write of it was in
+			     * flight: the kernel may read it until on_written, which frees it */
 	size_t wlen, wdone;
 	bool flush_queued, dirty, reset, bg_sync;
 	int err; /* the last write error (writes are refused while set) */
@@ -482,8 +484,11 @@ on_written(struct keel_file_req *req, int res, void *arg)
 {
 	struct aof *a = arg;
 
-	if (a->stopping) /* kv_aof_stop wrote the batch itself */
+	if (a->stopping) { /* kv_aof_stop wrote the batch itself */
+		free(a->heap_busy);
+		a->heap_busy = NULL;
 		return;
+	}
 	if (res == -ECANCELED) {
 		a->st = A_FAILED;
 		return;
@@ -837,6 +842,12 @@ kv_aof_stop(void)
 	if ((a->st == A_WRITING || a->st == A_FAILED) && (a->sl.buf || a->heap)) {
 		if (pwrite_all(a->fd, a->sl.buf ? a->sl.data : a->heap, a->wlen, a->off))
 			a->off += a->wlen;
+		/* A write still in flight reads the batch until it completes: a slice keeps its
+		 * own reference; heap memory waits for on_written. */
+		if (a->st == A_WRITING && a->heap) {
+			a->heap_busy = a->heap;
+			a->heap = NULL;
+		}
 		batch_free(a);
 		a->st = A_IDLE;
 	}

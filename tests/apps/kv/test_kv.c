@@ -1217,6 +1217,32 @@ Test(kv_server, aof_written_in_pieces_keeps_every_byte)
 	rm_dir(dir);
 }
 
+/* Stopped (SIGTERM) right after a 20 MiB write was acknowledged (appendfsync everysec: the
+ * reply does not wait for the disk), while its batch is still being written in 4,093-byte
+ * pieces from the heap: the stop writes the batch itself (in pieces too) and keeps the
+ * memory the write in flight reads until that write completes; after a restart every byte
+ * is there. */
+Test(kv_server, aof_stop_during_a_heap_batch_keeps_every_byte)
+{
+	char dir[64];
+	struct srv s;
+	struct rd r;
+
+	mk_dir(dir, sizeof(dir));
+	setenv("KEEL_KV_AOF_WRITE_CHUNK", "4093", 1);
+	srv_start(&s, 1, "--memory", "16m", "--appendonly", "yes", "--appendfsync", "everysec",
+		  "--dir", dir, NULL);
+	unsetenv("KEEL_KV_AOF_WRITE_CHUNK");
+	rd_init(&r, test_connect(s.port));
+	set_big(&r, "big", 20u << 20, 3);
+	rd_free(&r);
+	srv_stop(&s);
+	srv_start(&s, 1, "--appendonly", "yes", "--dir", dir, NULL);
+	check_big(s.port, "big", 20u << 20, 3);
+	srv_stop(&s);
+	rm_dir(dir);
+}
+
 /* A bad KEEL_KV_AOF_WRITE_CHUNK is refused at start, naming the range. */
 Test(kv_server, aof_write_chunk_out_of_range_is_refused)
 {
