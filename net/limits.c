@@ -79,7 +79,7 @@ sweep_cb(struct keel_timer *t, void *arg)
 		if (keel_timer_start(ns->lim_timer, pmin, pmin) < 0)
 			keel_log(KEEL_LOG_ERROR, NET_MOD,
 				 "shard %u: the timeout sweep could not be restarted (no memory); "
-				 "timeouts wait for the next connection",
+				 "timeouts wait until a connection with a shorter one opens",
 				 ns->id);
 	}
 }
@@ -115,7 +115,7 @@ keel__lim_open(struct net_shard *ns, struct net_lim *l, struct keel_conn *c,
 		if (keel_timer_start(ns->lim_timer, p, p) < 0)
 			keel_log(KEEL_LOG_ERROR, NET_MOD,
 				 "shard %u: the timeout sweep could not be started (no memory); "
-				 "timeouts wait for the next connection",
+				 "timeouts wait until a connection with a shorter one opens",
 				 ns->id);
 	}
 }

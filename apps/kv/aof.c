@@ -6,8 +6,9 @@
  * state as one RESP record (SET k v [PXAT ms] or DEL k: kv_db_record), so a file replays
  * in order to the table whatever commands made it, and expiry times are absolute. FLUSHALL
  * empties the shard's file (truncated before its next write). Records of one loop pass
- * are gathered and written with one keel_file write (a registered buffer when they fit in
- * one, else the gathered heap memory wrapped), one write in flight per shard. Then, per
+ * are gathered and written with keel_file writes of at most 1 GiB (from a registered
+ * buffer when they fit in one, else from the heap memory they gathered in), one write in
+ * flight per shard. Then, per
  * --appendfsync: always: an fdatasync after each write, and the replies of the commands in
  * that batch wait for it (kv_aof_after_sync); everysec: an fdatasync each second when
  * something was written; no: never.
@@ -122,6 +123,8 @@ pwrite_all(int fd, const uint8_t *p, size_t n, uint64_t off)
 {
 	while (n) {
 		ssize_t w = pwrite(fd, p, piece(n), (off_t)off);
+		if (w < 0 && errno == EINTR)
+			continue;
 		if (w <= 0)
 			return false;
 		p += w;
@@ -704,12 +707,17 @@ kv_aof_after_sync(void (*fn)(void *arg, int err), void *arg)
 
 static void rw_step(struct aof *a);
 
+/* The rewrite ends without replacing the file: @err failed it, or (0) the shard is
+ * stopping, when kv_aof_stop has written the records gathered meanwhile to the old file,
+ * which must stay. */
 static void
 rw_fail(struct aof *a, int err)
 {
 	char tmp[4096];
 
-	keel_log(KEEL_LOG_ERROR, "kv", "shard %u: BGREWRITEAOF failed: %s", a->id, strerror(-err));
+	if (err)
+		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: BGREWRITEAOF failed: %s", a->id,
+			 strerror(-err));
 	free(a->rw_p);
 	a->rw_p = NULL;
 	if (a->rw_fd >= 0)
@@ -727,6 +735,8 @@ rw_synced(struct keel_file_req *req, int res, void *arg)
 	struct aof *a = arg;
 	char tmp[4096], path[4096];
 
+	if (a->stopping) /* not over the file kv_aof_stop completed */
+		return rw_fail(a, 0);
 	if (res < 0)
 		return rw_fail(a, res);
 	path_of(tmp, sizeof(tmp), a->id, ".rewrite");
@@ -742,6 +752,8 @@ rw_written(struct keel_file_req *req, int res, void *arg)
 {
 	struct aof *a = arg;
 
+	if (a->stopping)
+		return rw_fail(a, 0);
 	if (res <= 0)
 		return rw_fail(a, res < 0 ? res : -EIO);
 	a->rw_done += (size_t)res;
