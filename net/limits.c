@@ -40,6 +40,18 @@ lim_period(const struct net_lim *l)
 	return p < KEEL_MS(1) ? KEEL_MS(1) : p;
 }
 
+/* (Re)start the sweep to run every @p ns from now. */
+static void
+sweep_every(struct net_shard *ns, uint64_t p)
+{
+	ns->lim_period = p;
+	if (keel_timer_start(ns->lim_timer, p, p) < 0)
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "shard %u: the timeout sweep could not be started (no memory); timeouts "
+			 "wait until a connection with a shorter one opens",
+			 ns->id);
+}
+
 static void
 sweep_cb(struct keel_timer *t, void *arg)
 {
@@ -74,14 +86,8 @@ sweep_cb(struct keel_timer *t, void *arg)
 	}
 	/* The shortest timeouts are gone: sweep as often as the rest need (the timer was
 	 * stopped if the list emptied). */
-	if (ns->lim_head && pmin > ns->lim_period) {
-		ns->lim_period = pmin;
-		if (keel_timer_start(ns->lim_timer, pmin, pmin) < 0)
-			keel_log(KEEL_LOG_ERROR, NET_MOD,
-				 "shard %u: the timeout sweep could not be restarted (no memory); "
-				 "timeouts wait until a connection with a shorter one opens",
-				 ns->id);
-	}
+	if (ns->lim_head && pmin > ns->lim_period)
+		sweep_every(ns, pmin);
 }
 
 void
@@ -110,14 +116,8 @@ keel__lim_open(struct net_shard *ns, struct net_lim *l, struct keel_conn *c,
 	ns->lim_head = l;
 	l->listed = true;
 	p = lim_period(l);
-	if (!ns->lim_period || p < ns->lim_period) {
-		ns->lim_period = p;
-		if (keel_timer_start(ns->lim_timer, p, p) < 0)
-			keel_log(KEEL_LOG_ERROR, NET_MOD,
-				 "shard %u: the timeout sweep could not be started (no memory); "
-				 "timeouts wait until a connection with a shorter one opens",
-				 ns->id);
-	}
+	if (!ns->lim_period || p < ns->lim_period)
+		sweep_every(ns, p);
 }
 
 void
