@@ -433,8 +433,8 @@ Test(net_limits, shard_send_max_aborts_the_connection_that_passes_it)
 		     (unsigned long long)atomic_load(&lim_sendq));
 }
 
-/* The sweep's period follows the connections it times: one listener with a 50 ms header
- * timeout and a 10 s idle timeout (a 12.5 ms sweep while a header is pending), one with
+/* The sweep's period follows the connections it times: one listener with a 2 s header
+ * timeout and a 10 s idle timeout (a 0.5 s sweep while a header is pending), one with
  * only the idle timeout (2.5 s), on the same shard. Once the silent connection with a
  * pending header is gone and the other one of its listener has sent its header, the sweep
  * is back at 2.5 s. It used to stay at the shortest period it ever had for as long as any
@@ -485,7 +485,8 @@ Test(net_limits, sweep_period_follows_the_shortest_timeout_left)
 
 	lim_reset();
 	keel_net_config_init(&shortc);
-	shortc.header_timeout_ns = KEEL_MS(50);
+	/* 2 s: the talker below has that long to send its header on a loaded machine */
+	shortc.header_timeout_ns = KEEL_S(2);
 	shortc.idle_timeout_ns = KEEL_S(10);
 	keel_net_config_init(&longc);
 	longc.idle_timeout_ns = KEEL_S(10);
@@ -512,7 +513,7 @@ Test(net_limits, sweep_period_follows_the_shortest_timeout_left)
 	cr_assert_eq(cli_read_all(talker, &b, 1), 0);
 	quick = cli_connect(keel_listener_port(t.shortl));
 	cr_assert_geq(quick, 0);
-	expect_closed(quick, "the silent connection with a 50 ms header timeout");
+	expect_closed(quick, "the silent connection with a 2 s header timeout");
 	WAIT_FOR(atomic_load(&lim_hdr) == 1, "one header timeout counted (%llu)",
 		 (unsigned long long)atomic_load(&lim_hdr));
 	close(quick);
