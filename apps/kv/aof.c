@@ -43,6 +43,7 @@ enum { A_IDLE, A_WRITING, A_SYNCING, A_FAILED };
 struct aof {
 	bool open, stopping;
 	int fd;
+	int stale_fd; /* the file a FLUSHALL at stop replaced, kept open (kv_aof_stop) */
 	struct keel_file f;
 	uint64_t off;            /* the file's length as written */
 	struct rbuf pend;        /* records not yet handed to the disk */
@@ -316,6 +317,7 @@ kv_aof_shard_start(struct kv_db *db)
 	memset(a, 0, sizeof(*a));
 	a->fd = -1;
 	a->rw_fd = -1;
+	a->stale_fd = -1;
 	a->id = self;
 	if (!kv_cfg.aof)
 		return 0;
@@ -840,10 +842,43 @@ kv_aof_info(struct rbuf *out)
 	rb_put(out, line, (size_t)n);
 }
 
+/* FLUSHALL at stop while a write is in flight: that write (of records FLUSHALL dropped)
+ * may still land, so the file is not truncated in place, where it would land inside the
+ * records written after it; a new, empty file takes the name, and the old one, which
+ * nothing names any more, stays open until the end (a write still queued names its
+ * descriptor). */
+static void
+stop_fresh_file(struct aof *a)
+{
+	char tmp[4096], path[4096];
+	int fd;
+
+	path_of(tmp, sizeof(tmp), a->id, ".flush");
+	path_of(path, sizeof(path), a->id, "");
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0 || rename(tmp, path) < 0) {
+		keel_log(KEEL_LOG_ERROR, "kv",
+			 "shard %u: FLUSHALL at stop: a new %s: %s; truncated in place instead (a "
+			 "write still in flight may land in it)",
+			 a->id, tmp, strerror(errno));
+		if (fd >= 0) {
+			close(fd);
+			unlink(tmp);
+		}
+		if (ftruncate(a->fd, 0) == 0)
+			a->off = 0;
+		return;
+	}
+	a->stale_fd = a->fd;
+	a->fd = fd;
+	a->off = 0;
+}
+
 void
 kv_aof_stop(void)
 {
 	struct aof *a = me();
+	bool inflight;
 
 	if (!a->open)
 		return;
@@ -851,6 +886,7 @@ kv_aof_stop(void)
 	 * out now, synchronously: the batch in flight again (the same bytes at the same
 	 * offset: harmless if the kernel wrote them already), then what is pending. */
 	a->stopping = true;
+	inflight = a->st == A_WRITING;
 	if ((a->st == A_WRITING || a->st == A_FAILED) && (a->sl.buf || a->heap)) {
 		if (pwrite_all(a->fd, a->sl.buf ? a->sl.data : a->heap, a->wlen, a->off))
 			a->off += a->wlen;
@@ -865,7 +901,9 @@ kv_aof_stop(void)
 	}
 	if (a->rw_ready)
 		rw_switch(a);
-	if (a->reset && ftruncate(a->fd, 0) == 0)
+	if (a->reset && inflight)
+		stop_fresh_file(a);
+	else if (a->reset && ftruncate(a->fd, 0) == 0)
 		a->off = 0;
 	if (a->pend.len && pwrite_all(a->fd, a->pend.p, a->pend.len, a->off))
 		a->off += a->pend.len;
@@ -886,6 +924,8 @@ kv_aof_fini(void)
 			close(a->fd);
 		if (a->rw_fd >= 0 && a->open)
 			close(a->rw_fd);
+		if (a->stale_fd >= 0 && a->open)
+			close(a->stale_fd);
 		rb_free(&a->pend);
 		/* Replies still held belong to connections gone with the runtime. */
 		for (struct waiter *w = a->iw, *n; w; w = n) {
