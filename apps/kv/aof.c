@@ -165,6 +165,30 @@ read_whole(int fd, uint8_t **out, size_t *len)
 	return 0;
 }
 
+/* A file a crash left half made: a rewrite not yet renamed over its file (".rewrite", at
+ * runtime; ".tmp", at start), or an empty file a FLUSHALL at stop had not yet put in place
+ * (".flush"). The file with the plain name is the one that counts, so these are removed,
+ * with a line each (a rewrite's can be as large as the shard's data). */
+static void
+leftover(unsigned idx, const char *tail, const char *name)
+{
+	static const char *const tails[] = { ".rewrite", ".tmp", ".flush" };
+	char exact[64], path[4096];
+
+	for (size_t i = 0; i < sizeof(tails) / sizeof(tails[0]); i++) {
+		snprintf(exact, sizeof(exact), "appendonly-%u.aof%s", idx, tails[i]);
+		if (strcmp(tail, tails[i]) || strcmp(name, exact))
+			continue;
+		path_of(path, sizeof(path), idx, tails[i]);
+		if (unlink(path) == 0)
+			fprintf(stderr, "keel-kv: removed %s, left half made by a crash\n", path);
+		else
+			fprintf(stderr, "keel-kv: %s, left half made by a crash: %s (remove it)\n",
+				path, strerror(errno));
+		return;
+	}
+}
+
 int
 kv_aof_preload(void)
 {
@@ -199,12 +223,14 @@ kv_aof_preload(void)
 	}
 	while ((de = readdir(d))) {
 		unsigned idx;
-		char tail[8] = "", path[4096];
+		char tail[16] = "", path[4096];
 		struct loaded *l;
 		size_t good;
-		int fd, r;
+		int fd, r, got = sscanf(de->d_name, "appendonly-%u.aof%15s", &idx, tail);
 
-		if (sscanf(de->d_name, "appendonly-%u.aof%7s", &idx, tail) != 1)
+		if (got == 2)
+			leftover(idx, tail, de->d_name);
+		if (got != 1)
 			continue;
 		snprintf(path, sizeof(path), "appendonly-%u.aof", idx);
 		if (strcmp(path, de->d_name)) /* exactly this name: no ".tmp", no "01" */

@@ -1275,6 +1275,52 @@ Test(kv_server, aof_flushall_then_stop_during_a_batch_keeps_the_new_records)
 	rm_dir(dir);
 }
 
+/* Files a crash left half made (a rewrite not renamed yet, a start-up rewrite's .tmp, a
+ * FLUSHALL-at-stop's .flush) are removed at start; the shard's file is read as before and
+ * names that only look alike are left alone. */
+Test(kv_server, aof_half_made_files_are_removed_at_start)
+{
+	static const char *const gone[] = { "appendonly-0.aof.rewrite", "appendonly-1.aof.tmp",
+					    "appendonly-0.aof.flush" };
+	static const char *const kept[] = { "appendonly-0.aof.keep", "appendonly-0.aof.rewrite1",
+					    "notes.flush" };
+	char dir[64], p[512];
+	struct srv s;
+	struct rd r;
+	struct stat st;
+	FILE *f;
+
+	mk_dir(dir, sizeof(dir));
+	snprintf(p, sizeof(p), "%s/appendonly-0.aof", dir);
+	f = fopen(p, "w");
+	cr_assert(f);
+	fputs("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n", f);
+	fclose(f);
+	for (size_t i = 0; i < 3; i++) {
+		snprintf(p, sizeof(p), "%s/%s", dir, gone[i]);
+		f = fopen(p, "w");
+		cr_assert(f);
+		fputs("half made", f);
+		fclose(f);
+		snprintf(p, sizeof(p), "%s/%s", dir, kept[i]);
+		f = fopen(p, "w");
+		cr_assert(f);
+		fclose(f);
+	}
+	srv_start(&s, 1, "--appendonly", "yes", "--dir", dir, NULL);
+	rd_init(&r, test_connect(s.port));
+	expect(&r, "GET k", "$1\r\nv\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+	for (size_t i = 0; i < 3; i++) {
+		snprintf(p, sizeof(p), "%s/%s", dir, gone[i]);
+		cr_assert(stat(p, &st) < 0 && errno == ENOENT, "%s is still there", gone[i]);
+		snprintf(p, sizeof(p), "%s/%s", dir, kept[i]);
+		cr_assert_eq(stat(p, &st), 0, "%s was removed", kept[i]);
+	}
+	rm_dir(dir);
+}
+
 /* A bad KEEL_KV_AOF_WRITE_CHUNK is refused at start, naming the range (and a server that
  * started anyway is killed at the deadline, failing the test instead of hanging it). */
 Test(kv_server, aof_write_chunk_out_of_range_is_refused)
