@@ -8,10 +8,9 @@
  * empties the shard's file (truncated before its next write). Records of one loop pass
  * are gathered and written with keel_file writes of at most 1 GiB (from a registered
  * buffer when they fit in one, else from the heap memory they gathered in), one write in
- * flight per shard. Then, per
- * --appendfsync: always: an fdatasync after each write, and the replies of the commands in
- * that batch wait for it (kv_aof_after_sync); everysec: an fdatasync each second when
- * something was written; no: never.
+ * flight per shard. Then, per --appendfsync: always: an fdatasync after each write, and
+ * the replies of the commands in that batch wait for it (kv_aof_after_sync); everysec: an
+ * fdatasync each second when something was written; no: never.
  *
  * Start: the main thread reads every appendonly-N.aof (any N: the shard count may have
  * changed) and cuts a torn or invalid tail with ftruncate, logged. Each shard then applies
@@ -170,14 +169,14 @@ read_whole(int fd, uint8_t **out, size_t *len)
  * (".flush"). The file with the plain name is the one that counts, so these are removed,
  * with a line each (a rewrite's can be as large as the shard's data). */
 static void
-leftover(unsigned idx, const char *tail, const char *name)
+leftover(unsigned idx, const char *name)
 {
 	static const char *const tails[] = { ".rewrite", ".tmp", ".flush" };
 	char exact[64], path[4096];
 
 	for (size_t i = 0; i < sizeof(tails) / sizeof(tails[0]); i++) {
 		snprintf(exact, sizeof(exact), "appendonly-%u.aof%s", idx, tails[i]);
-		if (strcmp(tail, tails[i]) || strcmp(name, exact))
+		if (strcmp(name, exact)) /* exactly: no "01", nothing after the tail */
 			continue;
 		path_of(path, sizeof(path), idx, tails[i]);
 		if (unlink(path) == 0)
@@ -229,7 +228,7 @@ kv_aof_preload(void)
 		int fd, r, got = sscanf(de->d_name, "appendonly-%u.aof%15s", &idx, tail);
 
 		if (got == 2)
-			leftover(idx, tail, de->d_name);
+			leftover(idx, de->d_name);
 		if (got != 1)
 			continue;
 		snprintf(path, sizeof(path), "appendonly-%u.aof", idx);

@@ -1028,9 +1028,9 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 		rb_bulk(out, argv[1].p, argv[1].len);
 	} else if (!strcmp(n, "select")) {
 		/* Redis: an integer (string2ll) that fits an int, then the index; there is one
-		 * database (checked against redis-server 7.0.15). The
-		 * argument is not NUL-terminated (an inline one is followed by what an earlier
-		 * line left in the scratch area): read only its bytes. */
+		 * database (checked against redis-server 7.0.15). The argument is not
+		 * NUL-terminated (an inline one is followed by what an earlier line left in the
+		 * scratch area): kv_arg_ll reads only its bytes. */
 		long long db;
 
 		if (!kv_arg_ll(&argv[1], &db))

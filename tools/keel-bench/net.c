@@ -477,6 +477,16 @@ json_u64(const char *key, uint64_t v)
 	printf("  \"%s\": %llu,\n", key, (unsigned long long)v);
 }
 
+/* The servers' sleep and poll settings: keel's runtime options, the epoll server's. */
+static void
+json_policy(const struct opts *o)
+{
+	json_u64("idle_poll_us", o->rt.idle_poll_us);
+	json_u64("busy_poll_us", o->cfg.busy_poll_us);
+	json_u64("wait_coalesce_us", o->rt.wait_coalesce_us);
+	json_u64("gather_us", o->cfg.gather_us);
+}
+
 struct window_cpu {
 	bool valid;
 	double late_ms, wall_s, server_util, client_util, server_ns_per_msg;
@@ -512,9 +522,7 @@ report(const struct opts *o, const struct bench_result *r, const struct bench_se
 		printf("  \"size\": %u,\n  \"inflight\": %u,\n  \"conns\": %u,\n", c->size,
 		       inflight, c->conns);
 		printf("  \"threads\": %u,\n  \"shards\": %u,\n", c->threads, c->shards);
-		printf("  \"idle_poll_us\": %u,\n  \"busy_poll_us\": %u,\n"
-		       "  \"wait_coalesce_us\": %u,\n  \"gather_us\": %u,\n",
-		       o->rt.idle_poll_us, c->busy_poll_us, o->rt.wait_coalesce_us, c->gather_us);
+		json_policy(o);
 		printf("  \"seconds\": %.3f,\n  \"warmup\": %.3f,\n", secs, o->warmup);
 		printf("  \"msgs\": %llu,\n  \"bytes\": %llu,\n", (unsigned long long)r->msgs,
 		       (unsigned long long)r->bytes);
@@ -804,9 +812,7 @@ run_serve(struct opts *o)
 	if (o->json) {
 		printf("{\n  \"mode\": \"serve\",\n  \"backend\": \"%s\",\n  \"shards\": %u,\n",
 		       o->be->name, c->shards);
-		printf("  \"idle_poll_us\": %u,\n  \"busy_poll_us\": %u,\n"
-		       "  \"wait_coalesce_us\": %u,\n  \"gather_us\": %u,\n",
-		       o->rt.idle_poll_us, c->busy_poll_us, o->rt.wait_coalesce_us, c->gather_us);
+		json_policy(o);
 		printf("  \"bytes\": %llu,\n  \"bytes_out\": %llu,\n  \"dgrams_in\": %llu,\n"
 		       "  \"dgrams_out\": %llu,\n  \"accepted\": %llu,\n  \"cpu_ns\": %llu,\n"
 		       "  \"syscalls\": %llu,\n  \"syscalls_what\": \"%s\",\n  \"sleeps\": %llu,\n"

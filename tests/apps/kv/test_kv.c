@@ -1121,6 +1121,17 @@ Test(kv_server, aof_bgrewriteaof_shrinks_and_keeps_data)
 	rm_dir(dir);
 }
 
+/* keel-kv on one shard with 16 MiB of registered memory, its append-only file in @dir
+ * synced per @fsync and written in pieces of @chunk bytes (KEEL_KV_AOF_WRITE_CHUNK). */
+static void
+srv_start_pieces(struct srv *s, const char *chunk, const char *fsync, const char *dir)
+{
+	setenv("KEEL_KV_AOF_WRITE_CHUNK", chunk, 1);
+	srv_start(s, 1, "--memory", "16m", "--appendonly", "yes", "--appendfsync", fsync, "--dir",
+		  dir, NULL);
+	unsetenv("KEEL_KV_AOF_WRITE_CHUNK");
+}
+
 /* SET big value with @seed's pattern over @fd; expects +OK. */
 static void
 set_big(struct rd *r, const char *key, size_t len, int seed)
@@ -1182,10 +1193,7 @@ Test(kv_server, aof_written_in_pieces_keeps_every_byte)
 	uint64_t dl = test_deadline(TEST_WAIT_MS);
 
 	mk_dir(dir, sizeof(dir));
-	setenv("KEEL_KV_AOF_WRITE_CHUNK", "4093", 1);
-	srv_start(&s, 1, "--memory", "16m", "--appendonly", "yes", "--appendfsync", "always",
-		  "--dir", dir, NULL);
-	unsetenv("KEEL_KV_AOF_WRITE_CHUNK");
+	srv_start_pieces(&s, "4093", "always", dir);
 	rd_init(&r, test_connect(s.port));
 	for (int i = 0; i < 8; i++) {
 		snprintf(key, sizeof(key), "m%d", i);
@@ -1229,10 +1237,7 @@ Test(kv_server, aof_stop_during_a_heap_batch_keeps_every_byte)
 	struct rd r;
 
 	mk_dir(dir, sizeof(dir));
-	setenv("KEEL_KV_AOF_WRITE_CHUNK", "4093", 1);
-	srv_start(&s, 1, "--memory", "16m", "--appendonly", "yes", "--appendfsync", "everysec",
-		  "--dir", dir, NULL);
-	unsetenv("KEEL_KV_AOF_WRITE_CHUNK");
+	srv_start_pieces(&s, "4093", "everysec", dir);
 	rd_init(&r, test_connect(s.port));
 	set_big(&r, "big", 20u << 20, 3);
 	rd_free(&r);
@@ -1256,10 +1261,7 @@ Test(kv_server, aof_flushall_then_stop_during_a_batch_keeps_the_new_records)
 	struct rd r;
 
 	mk_dir(dir, sizeof(dir));
-	setenv("KEEL_KV_AOF_WRITE_CHUNK", "16", 1);
-	srv_start(&s, 1, "--memory", "16m", "--appendonly", "yes", "--appendfsync", "everysec",
-		  "--dir", dir, NULL);
-	unsetenv("KEEL_KV_AOF_WRITE_CHUNK");
+	srv_start_pieces(&s, "16", "everysec", dir);
 	rd_init(&r, test_connect(s.port));
 	set_big(&r, "old", 8u << 20, 4);
 	expect(&r, "FLUSHALL", "+OK\r\n");
