@@ -98,6 +98,9 @@ drive() { # name policy port
 echo
 echo "== TCP echo on 127.0.0.1: $shards server shard(s) on CPU $srv_list, ONE client program for both servers"
 echo "   (keel-bench --client epoll) on CPU $cli, ${seconds}s per measurement"
+# Both servers' sleeps gather alike: keel-echo's default window (or KEEL_WAIT_COALESCE_US),
+# the same for the epoll server, under the same adaptive policy.
+gather=${KEEL_WAIT_COALESCE_US:-10}
 for pol in block spin; do
 	poll=0
 	[ $pol = spin ] && poll=50
@@ -116,9 +119,9 @@ for pol in block spin; do
 	stop_server
 
 	port=$(free_port)
-	echo "   [$pol] epoll server: keel-bench serve --backend epoll --shards $shards --cpuset $srv_list --busy-poll-us $poll"
+	echo "   [$pol] epoll server: keel-bench serve --backend epoll --shards $shards --cpuset $srv_list --busy-poll-us $poll --gather-us $gather"
 	"$bin/keel-bench" serve --backend epoll --shards "$shards" --cpuset "$srv_list" --busy-poll-us "$poll" \
-		--port "$port" --addr 127.0.0.1 >"$tmp/server.log" 2>&1 &
+		--gather-us "$gather" --port "$port" --addr 127.0.0.1 >"$tmp/server.log" 2>&1 &
 	server=$!
 	wait_listen "$port"
 	drive epoll $pol "$port"
@@ -138,7 +141,7 @@ for pol in block spin; do
 	echo
 	if [ $pol = block ]; then
 		echo "policy BLOCK: both servers sleep in the kernel when idle (keel --idle-poll-us 0, epoll --busy-poll-us 0;"
-		echo "  keel's sleeps may gather completions up to 10 us, adaptive: --wait-coalesce-us, its default)"
+		echo "  both servers' sleeps may gather arrivals for $gather us, adaptive: keel --wait-coalesce-us, epoll --gather-us)"
 	else
 		echo "policy SPIN: both servers poll 50 us before sleeping (keel --idle-poll-us 50, epoll --busy-poll-us 50)"
 	fi

@@ -20,8 +20,9 @@
 #     --policies LIST     block,spin (default both)
 #     --spin-us N         busy/idle poll of the spin policy (default 50)
 #     --epoll-gather-us N the epoll server's sleeps gather for N us first under keel's wait
-#                         coalescing policy (keel-bench serve --gather-us; default 0: never;
-#                         keel's window is its runtime option, KEEL_WAIT_COALESCE_US)
+#                         coalescing policy (keel-bench serve --gather-us; default: keel's
+#                         window, KEEL_WAIT_COALESCE_US or 10, fixed with
+#                         KEEL_WAIT_COALESCE_FIXED: both servers sleep alike; 0: never)
 #     --client B          the one client: epoll (default) or keel (udp always uses sockets)
 #     --servers LIST      keel,epoll (default both)
 #     --shards N          server threads (default: the CPUs in --server-cpus)
@@ -40,7 +41,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cmdline="tools/bench/compare.sh $*"
 
-quick=0 reps=5 secs=3 warmup=1 rows_arg= policies=block,spin spin=50 client=epoll egather=0
+quick=0 reps=5 secs=3 warmup=1 rows_arg= policies=block,spin spin=50 client=epoll egather=
 servers=keel,epoll shards= server_cpus=0 client_cpus=1 client_threads= port=0
 out=bench-results bin= plot=1 iperf=1
 usage() { sed -n '/^#   tools\/bench\/compare.sh \[options\]/,/^set -e/{/^#/s/^# \{0,1\}//p}' "$0"; }
@@ -114,6 +115,15 @@ declare -A known=(
 	[pp1000]="pingpong:64:1:1000" [tp64]="throughput:64:64:1" [tp4k]="throughput:4096:64:1"
 	[st64k]="stream:65536:16:1" [st1m]="stream:1048576:16:1" [udp-pp]="udp:64:1:1"
 	[udp-tp]="udp:1400:32:1")
+# The epoll server sleeps as keel's does unless told otherwise: the same window, adaptive
+# or fixed alike (a sleep policy one server has and the other not would favour it).
+[ -n "$egather" ] || egather=${KEEL_WAIT_COALESCE_US:-10}
+[[ $egather =~ ^[0-9]+$ ]] || { echo "compare.sh: --epoll-gather-us: '$egather' is not a number of us" >&2; exit 2; }
+efixed=()
+if [ "$egather" != 0 ] && [ -n "${KEEL_WAIT_COALESCE_FIXED:-}" ] &&
+	! [[ ${KEEL_WAIT_COALESCE_FIXED,,} =~ ^(0|false|no|off)$ ]]; then
+	efixed=(--gather-fixed)
+fi
 [ -n "$rows_arg" ] || rows_arg=pp1,pp16,pp256,pp1000,tp64,tp4k,st64k,st1m,udp-pp,udp-tp
 rows=() # name mode size inflight conns
 IFS=, read -ra names <<<"$rows_arg"
@@ -188,7 +198,7 @@ start_server() {
 	local be=$1 pol=$2 log=$3 poll=0 i
 	[ "$pol" = spin ] && poll=$spin
 	local popt=(--idle-poll-us "$poll")
-	[ "$be" = epoll ] && popt=(--busy-poll-us "$poll" --gather-us "$egather")
+	[ "$be" = epoll ] && popt=(--busy-poll-us "$poll" --gather-us "$egather" "${efixed[@]}")
 	"$kb" serve --backend "$be" --addr 127.0.0.1 --port "$port" --shards "$shards" \
 		--cpuset "$server_cpus" "${popt[@]}" >"$log" 2>&1 &
 	server=$!

@@ -20,8 +20,8 @@
 #     --policies LIST   block,spin (default both)    --client B   epoll (default) or keel
 #     --rows LIST       row specs for compare.sh with {S} for the shard count (default
 #                       "pp64:pingpong:64:1:32*{S},tp64:throughput:64:64:4*{S}")
-#     --epoll-gather-us N  the epoll server gathers under keel's policy too (compare.sh's
-#                       option; default 0: keel's sleeps gather, epoll's do not)
+#     --epoll-gather-us N  the epoll server's gathering window (compare.sh's option; default
+#                       keel's, so both servers sleep alike; 0: the epoll server never)
 #     --allow-shared    when no CPU is left for the client (S >= N), run it on all CPUs
 #                       (marked "shared" in the table; for trying the script on a small box)
 set -euo pipefail
@@ -29,7 +29,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 cmdline="tools/bench/scaling.sh $*"
 
 bin=$root/build-release/bin shards_list=1,2,4,8,12 ncpu=$(nproc) reps=3 secs=2 warmup=0.5
-out=scaling-results policies=block,spin client=epoll shared=0 egather=0
+out=scaling-results policies=block,spin client=epoll shared=0 egather=()
 rows='pp64:pingpong:64:1:32*{S},tp64:throughput:64:64:4*{S}'
 usage() { sed -n '/^#   tools\/bench\/scaling.sh \[options\]/,/^set -e/{/^#/s/^# \{0,1\}//p}' "$0"; }
 while [ $# -gt 0 ]; do
@@ -44,7 +44,7 @@ while [ $# -gt 0 ]; do
 	--policies) policies=${2:?}; shift ;;
 	--client) client=${2:?}; shift ;;
 	--rows) rows=${2:?}; shift ;;
-	--epoll-gather-us) egather=${2:?}; shift ;;
+	--epoll-gather-us) egather=(--epoll-gather-us "${2:?}"); shift ;;
 	--allow-shared) shared=1 ;;
 	-h | --help) usage; exit 0 ;;
 	*) echo "scaling.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
@@ -81,7 +81,7 @@ for s in "${S[@]}"; do
 	echo "== $s shard(s) on CPUs $srv, client on CPUs $cli ($(($(date +%s) - t0)) s so far)"
 	bash "$root/tools/bench/compare.sh" --bin "$bin" --shards "$s" --server-cpus "$srv" --client-cpus "$cli" \
 		--rows "$(IFS=,; echo "${spec[*]}")" --reps "$reps" --seconds "$secs" --warmup "$warmup" \
-		--policies "$policies" --client "$client" --epoll-gather-us "$egather" \
+		--policies "$policies" --client "$client" "${egather[@]}" \
 		--out "$out/shards-$s" --no-plot --no-iperf >"$out/shards-$s.log" 2>&1 || {
 		echo "scaling.sh: compare.sh failed for $s shard(s):" >&2
 		tail -n 30 "$out/shards-$s.log" >&2
