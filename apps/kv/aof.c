@@ -15,9 +15,12 @@
  * Start: the main thread reads every appendonly-N.aof (any N: the shard count may have
  * changed) and cuts a torn or invalid tail with ftruncate, logged. Each shard then applies
  * the records of keys it owns under this run's hash (each key's records are all in one
- * file, in order), writes its table as a fresh file (tmp, fdatasync, rename), and the last
- * shard to finish removes the files of shards that no longer exist. Replies never depend
- * on the old files after that.
+ * file, in order), writes its table as a fresh file (tmp, fdatasync, rename, directory
+ * fsync), and the last shard to finish removes the files of shards that no longer exist
+ * (and syncs the directory). Replies never depend on the old files after that.
+ *
+ * Every rename in --dir is followed by an fsync of the directory before anything relies on
+ * it: without it a crash may leave the name on the old file.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -60,8 +63,15 @@ struct aof {
 	int err; /* the last write error (writes are refused while set) */
 	struct keel_file_req req, sreq;
 	struct keel_timer *tick;
-	/* BGREWRITEAOF */
-	bool rewriting, rw_ready;
+	int dir_fd; /* --dir, synced after every rename in it (open when dir_open) */
+	bool dir_open;
+	struct keel_file dir_f;
+	uint64_t sync_errors; /* failed fdatasyncs and directory fsyncs */
+	/* BGREWRITEAOF: rw_renamed once the new file has the name, rw_ready once the directory
+	 * holding the name is synced too (rw_dir_err: the error its last failed sync set in err,
+	 * rw_dir_busy: a sync in flight) */
+	bool rewriting, rw_renamed, rw_ready, rw_dir_busy;
+	int rw_dir_err;
 	int rw_fd;
 	struct keel_file rw_f;
 	uint8_t *rw_p; /* the table's snapshot (heap) */
@@ -70,7 +80,7 @@ struct aof {
 	uint64_t rewrites;
 	unsigned id;
 	/* What INFO on any shard reads (published by this shard: publish()). */
-	_Atomic uint64_t pub_size, pub_rewrites;
+	_Atomic uint64_t pub_size, pub_rewrites, pub_sync_errors;
 	_Atomic bool pub_rewriting, pub_err;
 };
 static struct aof aofs[KEEL_MAX_SHARDS];
@@ -96,6 +106,7 @@ publish(struct aof *a)
 {
 	atomic_store_explicit(&a->pub_size, a->off, memory_order_relaxed);
 	atomic_store_explicit(&a->pub_rewrites, a->rewrites, memory_order_relaxed);
+	atomic_store_explicit(&a->pub_sync_errors, a->sync_errors, memory_order_relaxed);
 	atomic_store_explicit(&a->pub_rewriting, a->rewriting, memory_order_relaxed);
 	atomic_store_explicit(&a->pub_err, a->err != 0, memory_order_relaxed);
 }
@@ -117,8 +128,8 @@ piece(size_t left)
 	return left < aof_chunk ? left : aof_chunk;
 }
 
-/* pwrite(2) all of @p[0..@n) at @off (a large write may be short). */
-static bool
+/* pwrite(2) all of @p[0..@n) at @off (a large write may be short): 0 or -errno. */
+static int
 pwrite_all(int fd, const uint8_t *p, size_t n, uint64_t off)
 {
 	while (n) {
@@ -126,12 +137,12 @@ pwrite_all(int fd, const uint8_t *p, size_t n, uint64_t off)
 		if (w < 0 && errno == EINTR)
 			continue;
 		if (w <= 0)
-			return false;
+			return w < 0 ? -errno : -EIO;
 		p += w;
 		n -= (size_t)w;
 		off += (uint64_t)w;
 	}
-	return true;
+	return 0;
 }
 
 /* Start-up. */
@@ -295,12 +306,13 @@ write_all(int fd, const uint8_t *p, size_t n)
 	return 0;
 }
 
-/* Write @len bytes as the new file of shard @idx: tmp, fdatasync, rename, directory fsync. */
+/* Write @len bytes as the new file of shard @idx: tmp, fdatasync, rename, and an fsync of
+ * the directory @dir_fd, without which the name may still be the old file's after a crash. */
 static int
-replace_file(unsigned idx, const uint8_t *p, size_t len)
+replace_file(unsigned idx, int dir_fd, const uint8_t *p, size_t len)
 {
 	char tmp[4096], path[4096];
-	int fd, r = 0, dfd;
+	int fd, r = 0;
 
 	path_of(tmp, sizeof(tmp), idx, ".tmp");
 	path_of(path, sizeof(path), idx, "");
@@ -317,16 +329,12 @@ replace_file(unsigned idx, const uint8_t *p, size_t len)
 		unlink(tmp);
 		return r;
 	}
-	dfd = open(kv_cfg.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (dfd >= 0) {
-		fsync(dfd);
-		close(dfd);
-	}
-	return 0;
+	return fsync(dir_fd) < 0 ? -errno : 0;
 }
 
 static void on_tick(struct keel_timer *t, void *arg);
 static void kick(struct aof *a);
+static void rw_dir_sync(struct aof *a);
 
 int
 kv_aof_shard_start(struct kv_db *db)
@@ -343,9 +351,19 @@ kv_aof_shard_start(struct kv_db *db)
 	a->fd = -1;
 	a->rw_fd = -1;
 	a->stale_fd = -1;
+	a->dir_fd = -1;
 	a->id = self;
 	if (!kv_cfg.aof)
 		return 0;
+	a->dir_fd = open(kv_cfg.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (a->dir_fd < 0) {
+		r = -errno;
+		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: opening --dir %s: %s", self, kv_cfg.dir,
+			 strerror(-r));
+		return r;
+	}
+	a->dir_open = true;
+	keel_file_from_fd(a->dir_fd, &a->dir_f);
 	for (unsigned i = 0; i < nloaded && r == 0; i++) {
 		size_t off = 0;
 		while (off < loaded[i].len) {
@@ -386,7 +404,7 @@ kv_aof_shard_start(struct kv_db *db)
 		rb_free(&snap);
 		return -ENOMEM;
 	}
-	r = replace_file(self, snap.p, snap.len);
+	r = replace_file(self, a->dir_fd, snap.p, snap.len);
 	a->off = snap.len;
 	rb_free(&snap);
 	if (r < 0) {
@@ -403,17 +421,34 @@ kv_aof_shard_start(struct kv_db *db)
 	publish(a);
 	if (atomic_fetch_add(&shards_loaded, 1) + 1 == kv_cfg.nshards) {
 		/* Every shard has its keys in its own file now: the files of shards that no
-		 * longer exist have nothing left, and the read copies are not needed. */
-		for (unsigned i = 0; i < nloaded; i++) {
-			if (loaded[i].idx >= kv_cfg.nshards) {
-				path_of(path, sizeof(path), loaded[i].idx, "");
-				unlink(path);
+		 * longer exist have nothing left, and the read copies are not needed. One left
+		 * behind would be replayed at the next start with records older than the new
+		 * files', so a failure to remove one stops the start. */
+		for (unsigned i = 0; i < nloaded && r == 0; i++) {
+			if (loaded[i].idx < kv_cfg.nshards)
+				continue;
+			path_of(path, sizeof(path), loaded[i].idx, "");
+			if (unlink(path) < 0 && errno != ENOENT) {
+				r = -errno;
+				keel_log(
+					KEEL_LOG_ERROR, "kv",
+					"removing %s (a shard this run does not have; its keys are in "
+					"the other files now, remove it by hand): %s",
+					path, strerror(-r));
 			}
-			free(loaded[i].p);
 		}
+		if (r == 0 && fsync(a->dir_fd) < 0) {
+			r = -errno;
+			keel_log(KEEL_LOG_ERROR, "kv", "fsync of --dir %s: %s", kv_cfg.dir,
+				 strerror(-r));
+		}
+		for (unsigned i = 0; i < nloaded; i++)
+			free(loaded[i].p);
 		free(loaded);
 		loaded = NULL;
 		nloaded = 0;
+		if (r < 0)
+			return r;
 	}
 	r = keel_timer_create(on_tick, a, &a->tick);
 	if (r < 0)
@@ -490,6 +525,7 @@ on_synced(struct keel_file_req *req, int res, void *arg)
 	a->st = A_IDLE;
 	if (res < 0 && res != -ECANCELED) {
 		a->err = res;
+		a->sync_errors++;
 		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: appendonly fdatasync: %s", a->id,
 			 strerror(-res));
 	}
@@ -542,9 +578,9 @@ on_written(struct keel_file_req *req, int res, void *arg)
 		issue_write(a);
 		return;
 	}
-	if (a->err)
+	if (a->err && a->err != a->rw_dir_err)
 		keel_log(KEEL_LOG_INFO, "kv", "shard %u: appendonly writes succeed again", a->id);
-	a->err = 0;
+	a->err = a->rw_dir_err; /* a failed directory sync still refuses writes */
 	a->off += a->wlen;
 	batch_free(a);
 	a->dirty = true;
@@ -566,7 +602,7 @@ rw_switch(struct aof *a)
 	a->f = a->rw_f;
 	a->off = a->rw_len;
 	a->rw_fd = -1;
-	a->rewriting = a->rw_ready = false;
+	a->rewriting = a->rw_renamed = a->rw_ready = false;
 	a->rewrites++;
 }
 
@@ -651,6 +687,7 @@ on_bg_synced(struct keel_file_req *req, int res, void *arg)
 	a->bg_sync = false;
 	if (res < 0 && res != -ECANCELED) {
 		a->err = res;
+		a->sync_errors++;
 		publish(a);
 		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: appendonly fdatasync: %s", a->id,
 			 strerror(-res));
@@ -664,6 +701,8 @@ on_tick(struct keel_timer *t, void *arg)
 
 	if (a->stopping)
 		return;
+	if (a->rw_renamed && !a->rw_dir_busy) /* a failed directory sync, again */
+		rw_dir_sync(a);
 	if (a->st == A_FAILED) { /* try the failed batch again */
 		issue_write(a);
 		return;
@@ -756,6 +795,48 @@ rw_fail(struct aof *a, int err)
 	kick(a);
 }
 
+/* The directory is synced after the rename: until then a crash may leave the name on the
+ * old file, and records written to the new one would be lost with it. So the switch waits
+ * for the sync; a failed one refuses writes (err) and is tried again each second. */
+static void
+rw_dir_synced(struct keel_file_req *req, int res, void *arg)
+{
+	struct aof *a = arg;
+
+	a->rw_dir_busy = false;
+	if (a->stopping) /* kv_aof_stop switches to the new file and syncs the directory */
+		return;
+	if (res < 0) {
+		if (!a->rw_dir_err)
+			keel_log(
+				KEEL_LOG_ERROR, "kv",
+				"shard %u: fsync of --dir %s after BGREWRITEAOF renamed its new "
+				"file: %s; write commands are refused (-MISCONF) until it succeeds "
+				"(tried again each second)",
+				a->id, kv_cfg.dir, strerror(-res));
+		a->sync_errors++;
+		a->err = a->rw_dir_err = res;
+		publish(a);
+		return;
+	}
+	if (a->rw_dir_err && a->err == a->rw_dir_err)
+		a->err = 0;
+	a->rw_dir_err = 0;
+	a->rw_renamed = false;
+	a->rw_ready = true;
+	kick(a);
+}
+
+static void
+rw_dir_sync(struct aof *a)
+{
+	int r = keel_file_fsync(&a->rw_req, &a->dir_f, rw_dir_synced, a);
+
+	if (r < 0)
+		return rw_dir_synced(&a->rw_req, r, a);
+	a->rw_dir_busy = true;
+}
+
 static void
 rw_synced(struct keel_file_req *req, int res, void *arg)
 {
@@ -770,8 +851,8 @@ rw_synced(struct keel_file_req *req, int res, void *arg)
 	path_of(path, sizeof(path), a->id, "");
 	if (rename(tmp, path) < 0)
 		return rw_fail(a, -errno);
-	a->rw_ready = true;
-	kick(a);
+	a->rw_renamed = true; /* from here on the name is the new file's */
+	rw_dir_sync(a);
 }
 
 static void
@@ -848,7 +929,7 @@ void
 kv_aof_info(struct rbuf *out)
 {
 	char line[512];
-	uint64_t size = 0, rewrites = 0;
+	uint64_t size = 0, rewrites = 0, sync_errors = 0;
 	bool rw = false, err = false;
 	int n;
 
@@ -857,13 +938,15 @@ kv_aof_info(struct rbuf *out)
 		rewrites += atomic_load_explicit(&aofs[i].pub_rewrites, memory_order_relaxed);
 		rw |= atomic_load_explicit(&aofs[i].pub_rewriting, memory_order_relaxed);
 		err |= atomic_load_explicit(&aofs[i].pub_err, memory_order_relaxed);
+		sync_errors += atomic_load_explicit(&aofs[i].pub_sync_errors, memory_order_relaxed);
 	}
 	n = snprintf(line, sizeof(line),
 		     "# Persistence\r\nloading:0\r\naof_enabled:%d\r\n"
 		     "aof_rewrite_in_progress:%d\r\naof_rewrites:%llu\r\n"
-		     "aof_current_size:%llu\r\naof_last_write_status:%s\r\n\r\n",
+		     "aof_current_size:%llu\r\naof_last_write_status:%s\r\n"
+		     "aof_sync_errors:%llu\r\n\r\n",
 		     kv_cfg.aof, rw, (unsigned long long)rewrites, (unsigned long long)size,
-		     err ? "err" : "ok");
+		     err ? "err" : "ok", (unsigned long long)sync_errors);
 	rb_put(out, line, (size_t)n);
 }
 
@@ -871,8 +954,8 @@ kv_aof_info(struct rbuf *out)
  * may still land, so the file is not truncated in place, where it would land inside the
  * records written after it; a new, empty file takes the name, and the old one, which
  * nothing names any more, stays open until the end (a write still queued names its
- * descriptor). */
-static void
+ * descriptor). Returns whether the new file took the name (the directory wants a sync). */
+static bool
 stop_fresh_file(struct aof *a)
 {
 	char tmp[4096], path[4096];
@@ -892,29 +975,34 @@ stop_fresh_file(struct aof *a)
 		}
 		if (ftruncate(a->fd, 0) == 0)
 			a->off = 0;
-		return;
+		return false;
 	}
 	a->stale_fd = a->fd;
 	a->fd = fd;
 	a->off = 0;
+	return true;
 }
 
 void
 kv_aof_stop(void)
 {
 	struct aof *a = me();
-	bool inflight;
+	bool inflight, dir_sync = false;
+	int err = 0, r;
 
 	if (!a->open)
 		return;
 	/* Stopping: in-flight requests are about to be cancelled, so what is gathered goes
 	 * out now, synchronously: the batch in flight again (the same bytes at the same
-	 * offset: harmless if the kernel wrote them already), then what is pending. */
+	 * offset: harmless if the kernel wrote them already), then what is pending. The
+	 * replies still waiting get the first error of it, if any. */
 	a->stopping = true;
 	inflight = a->st == A_WRITING;
 	if ((a->st == A_WRITING || a->st == A_FAILED) && (a->sl.buf || a->heap)) {
-		if (pwrite_all(a->fd, a->sl.buf ? a->sl.data : a->heap, a->wlen, a->off))
+		r = pwrite_all(a->fd, a->sl.buf ? a->sl.data : a->heap, a->wlen, a->off);
+		if (r == 0)
 			a->off += a->wlen;
+		err = r;
 		/* A write still in flight reads the batch until it completes: a slice keeps its
 		 * own reference; heap memory waits for on_written. */
 		if (a->st == A_WRITING && a->heap) {
@@ -924,19 +1012,37 @@ kv_aof_stop(void)
 		batch_free(a);
 		a->st = A_IDLE;
 	}
-	if (a->rw_ready)
+	if (a->rw_ready || a->rw_renamed) { /* renamed: its directory sync was cut short */
+		dir_sync = a->rw_renamed;
 		rw_switch(a);
-	if (a->reset && inflight)
-		stop_fresh_file(a);
-	else if (a->reset && ftruncate(a->fd, 0) == 0)
-		a->off = 0;
-	if (a->pend.len && pwrite_all(a->fd, a->pend.p, a->pend.len, a->off))
-		a->off += a->pend.len;
+	}
+	if (a->reset && inflight) {
+		dir_sync |= stop_fresh_file(a);
+	} else if (a->reset) {
+		if (ftruncate(a->fd, 0) == 0)
+			a->off = 0;
+		else if (!err)
+			err = -errno;
+	}
+	if (a->pend.len) {
+		r = pwrite_all(a->fd, a->pend.p, a->pend.len, a->off);
+		if (r == 0)
+			a->off += a->pend.len;
+		err = err ? err : r;
+	}
 	a->pend.len = 0;
-	fdatasync(a->fd);
-	waiters_done(a->iw, 0);
+	if (fdatasync(a->fd) < 0 && !err)
+		err = -errno;
+	if (dir_sync && fsync(a->dir_fd) < 0 && !err)
+		err = -errno;
+	if (err)
+		keel_log(KEEL_LOG_ERROR, "kv",
+			 "shard %u: appendonly-%u.aof at stop: %s; the replies still waiting for "
+			 "it say so",
+			 a->id, a->id, strerror(-err));
+	waiters_done(a->iw, err);
 	a->iw = NULL;
-	waiters_done(a->pw, 0);
+	waiters_done(a->pw, err);
 	a->pw = a->pwt = NULL;
 }
 
@@ -951,6 +1057,8 @@ kv_aof_fini(void)
 			close(a->rw_fd);
 		if (a->stale_fd >= 0 && a->open)
 			close(a->stale_fd);
+		if (a->dir_open)
+			close(a->dir_fd);
 		rb_free(&a->pend);
 		/* Replies still held belong to connections gone with the runtime. */
 		for (struct waiter *w = a->iw, *n; w; w = n) {
