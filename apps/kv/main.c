@@ -11,6 +11,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "kv.h"
 #include "server.h"
@@ -102,20 +103,20 @@ parse_bytes(const char *s, uint64_t *out)
 struct app {
 	struct keel_listener *l;
 	const char *addr;
+	_Atomic unsigned loaded;  /* shards whose data is loaded */
 	_Atomic unsigned started; /* shards whose listener runs */
 };
 
 static void
-on_start(void *arg)
+listen_now(void *arg)
 {
 	struct app *a = arg;
-	int r = kv_shard_start();
+	unsigned n = keel_shard_count(keel_this_shard());
+	int r = keel_listener_start(a->l);
 
-	if (r == 0)
-		r = keel_listener_start(a->l);
 	if (r < 0) {
-		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: %s", keel_shard_id(keel_this_shard()),
-			 strerror(-r));
+		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: listening: %s",
+			 keel_shard_id(keel_this_shard()), strerror(-r));
 		keel_stop(r);
 		return;
 	}
@@ -123,9 +124,60 @@ on_start(void *arg)
 	 * and listens, so whoever waits for this line finds the data there; a shard that
 	 * fails stops the program before the line. Shards run with signals blocked, so a
 	 * SIGTERM right after it stops the runtime cleanly. */
-	if (atomic_fetch_add(&a->started, 1) + 1 == keel_shard_count(keel_this_shard()))
+	if (atomic_fetch_add(&a->started, 1) + 1 == n)
 		fprintf(stderr, "keel-kv: listening on %s port %u, %u shards\n", a->addr,
-			keel_listener_port(a->l), keel_shard_count(keel_this_shard()));
+			keel_listener_port(a->l), n);
+}
+
+/* For tests only: the last shard, once loaded, waits until the file KEEL_KV_TEST_HOLD_LOAD
+ * names exists (at most 60 s), so that a test can see what the other shards do meanwhile. */
+static void
+test_hold_load(unsigned self, unsigned n)
+{
+	const char *path = getenv("KEEL_KV_TEST_HOLD_LOAD");
+	struct timespec ms = { 0, 1000000 };
+
+	if (!path || n < 2 || self != n - 1)
+		return;
+	for (int i = 0; i < 60000 && access(path, F_OK) < 0; i++)
+		nanosleep(&ms, NULL);
+}
+
+static void
+on_start(void *arg)
+{
+	struct app *a = arg;
+	unsigned self = keel_shard_id(keel_this_shard());
+	unsigned n = keel_shard_count(keel_this_shard());
+	int r = kv_shard_start();
+
+	if (r < 0) {
+		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: %s", self, strerror(-r));
+		keel_stop(r);
+		return;
+	}
+	test_hold_load(self, n);
+	/* No shard serves a client before every shard has loaded. Keys change owners between
+	 * runs (the hash seed is new), so until the last shard has put its new file in place
+	 * an old file may still hold records of a key another shard owns now and already
+	 * wrote to its own new file; a crash then would replay both, in directory order, and
+	 * could bring back the older value. The last shard to load starts every listener
+	 * (connections wait in the listeners' backlogs meanwhile). */
+	if (atomic_fetch_add(&a->loaded, 1) + 1 < n)
+		return;
+	for (unsigned i = 0; i < n; i++) {
+		if (i == self) {
+			listen_now(a);
+			continue;
+		}
+		r = keel_send(i, listen_now, a);
+		if (r < 0) {
+			keel_log(KEEL_LOG_ERROR, "kv", "shard %u: starting shard %u's listener: %s",
+				 self, i, strerror(-r));
+			keel_stop(r);
+			return;
+		}
+	}
 }
 
 int
