@@ -68,8 +68,8 @@ struct aof {
 	struct keel_file dir_f;
 	uint64_t sync_errors; /* failed fdatasyncs and directory fsyncs */
 	/* BGREWRITEAOF: rw_renamed once the new file has the name, rw_ready once the directory
-	 * holding the name is synced too (rw_dir_err: the error its last failed sync set in err,
-	 * rw_dir_busy: a sync in flight) */
+	 * holding the name is synced too (rw_dir_err: its last sync failed, and writes are
+	 * refused as for err; rw_dir_busy: a sync in flight) */
 	bool rewriting, rw_renamed, rw_ready, rw_dir_busy;
 	int rw_dir_err;
 	int rw_fd;
@@ -108,7 +108,7 @@ publish(struct aof *a)
 	atomic_store_explicit(&a->pub_rewrites, a->rewrites, memory_order_relaxed);
 	atomic_store_explicit(&a->pub_sync_errors, a->sync_errors, memory_order_relaxed);
 	atomic_store_explicit(&a->pub_rewriting, a->rewriting, memory_order_relaxed);
-	atomic_store_explicit(&a->pub_err, a->err != 0, memory_order_relaxed);
+	atomic_store_explicit(&a->pub_err, a->err || a->rw_dir_err, memory_order_relaxed);
 }
 
 static void
@@ -578,9 +578,9 @@ on_written(struct keel_file_req *req, int res, void *arg)
 		issue_write(a);
 		return;
 	}
-	if (a->err && a->err != a->rw_dir_err)
+	if (a->err)
 		keel_log(KEEL_LOG_INFO, "kv", "shard %u: appendonly writes succeed again", a->id);
-	a->err = a->rw_dir_err; /* a failed directory sync still refuses writes */
+	a->err = 0;
 	a->off += a->wlen;
 	batch_free(a);
 	a->dirty = true;
@@ -743,7 +743,9 @@ kv_aof_error(void)
 {
 	struct aof *a = me();
 
-	return a->open && a->err ? strerror(-a->err) : NULL;
+	if (!a->open || !(a->err || a->rw_dir_err))
+		return NULL;
+	return strerror(-(a->err ? a->err : a->rw_dir_err));
 }
 
 int
@@ -815,12 +817,10 @@ rw_dir_synced(struct keel_file_req *req, int res, void *arg)
 				"(tried again each second)",
 				a->id, kv_cfg.dir, strerror(-res));
 		a->sync_errors++;
-		a->err = a->rw_dir_err = res;
+		a->rw_dir_err = res;
 		publish(a);
 		return;
 	}
-	if (a->rw_dir_err && a->err == a->rw_dir_err)
-		a->err = 0;
 	a->rw_dir_err = 0;
 	a->rw_renamed = false;
 	a->rw_ready = true;
@@ -954,9 +954,10 @@ kv_aof_info(struct rbuf *out)
  * may still land, so the file is not truncated in place, where it would land inside the
  * records written after it; a new, empty file takes the name, and the old one, which
  * nothing names any more, stays open until the end (a write still queued names its
- * descriptor). Returns whether the new file took the name (the directory wants a sync). */
-static bool
-stop_fresh_file(struct aof *a)
+ * descriptor). Returns 0 (*@renamed: the new file took the name, and the directory wants
+ * a sync) or -errno (the file could not be emptied either way). */
+static int
+stop_fresh_file(struct aof *a, bool *renamed)
 {
 	char tmp[4096], path[4096];
 	int fd;
@@ -973,14 +974,16 @@ stop_fresh_file(struct aof *a)
 			close(fd);
 			unlink(tmp);
 		}
-		if (ftruncate(a->fd, 0) == 0)
-			a->off = 0;
-		return false;
+		if (ftruncate(a->fd, 0) < 0)
+			return -errno;
+		a->off = 0;
+		return 0;
 	}
 	a->stale_fd = a->fd;
 	a->fd = fd;
 	a->off = 0;
-	return true;
+	*renamed = true;
+	return 0;
 }
 
 void
@@ -999,10 +1002,14 @@ kv_aof_stop(void)
 	a->stopping = true;
 	inflight = a->st == A_WRITING;
 	if ((a->st == A_WRITING || a->st == A_FAILED) && (a->sl.buf || a->heap)) {
-		r = pwrite_all(a->fd, a->sl.buf ? a->sl.data : a->heap, a->wlen, a->off);
-		if (r == 0)
-			a->off += a->wlen;
-		err = r;
+		/* Once a rewrite's file has the name, the batch is in it already: no batch starts
+		 * while a rewrite runs, so this one began before its snapshot was taken. */
+		if (!a->rw_ready && !a->rw_renamed) {
+			r = pwrite_all(a->fd, a->sl.buf ? a->sl.data : a->heap, a->wlen, a->off);
+			if (r == 0)
+				a->off += a->wlen;
+			err = r;
+		}
 		/* A write still in flight reads the batch until it completes: a slice keeps its
 		 * own reference; heap memory waits for on_written. */
 		if (a->st == A_WRITING && a->heap) {
@@ -1017,7 +1024,8 @@ kv_aof_stop(void)
 		rw_switch(a);
 	}
 	if (a->reset && inflight) {
-		dir_sync |= stop_fresh_file(a);
+		r = stop_fresh_file(a, &dir_sync);
+		err = err ? err : r;
 	} else if (a->reset) {
 		if (ftruncate(a->fd, 0) == 0)
 			a->off = 0;

@@ -112,8 +112,11 @@ listen_now(void *arg)
 {
 	struct app *a = arg;
 	unsigned n = keel_shard_count(keel_this_shard());
-	int r = keel_listener_start(a->l);
+	int r;
 
+	if (kv_shard_stopped()) /* stopped (SIGTERM) while the last shard loaded */
+		return;
+	r = keel_listener_start(a->l);
 	if (r < 0) {
 		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: listening: %s",
 			 keel_shard_id(keel_this_shard()), strerror(-r));

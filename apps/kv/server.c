@@ -83,6 +83,7 @@ struct kv_shard {
 	 * keel_msg_wait_room -ENOMEM), retried by the sweep timer every millisecond: the home
 	 * connection waits for each (linked through kmsg.next, unused on this shard). */
 	struct kmsg *home_retry;
+	bool stopped; /* on_stop ran */
 	/* Parsing of requests handed over by other shards. */
 	struct resp_arg *argv;
 	unsigned argv_cap;
@@ -1486,6 +1487,13 @@ on_stop(void *arg)
 	}
 	kv_aof_stop();
 	kv_db_fini(&ks->db);
+	ks->stopped = true;
+}
+
+bool
+kv_shard_stopped(void)
+{
+	return shards[self()].stopped;
 }
 
 int

@@ -607,3 +607,42 @@ Test(faults_kv, aof_rewrite_syncs_its_directory_and_retries_a_failed_sync)
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	cr_assert_eq(system(cmd), 0);
 }
+
+/* The directory's sync keeps failing after BGREWRITEAOF's rename: the switch never comes
+ * (aof_rewrites stays 0), every failure is counted, write commands are refused with
+ * -MISCONF meanwhile; a stop then switches to the new file and syncs the directory itself
+ * (a plain fsync, not injected), and after a restart the acknowledged SETs are there. */
+Test(faults_kv, aof_rewrite_failing_directory_sync_refuses_writes)
+{
+	char dir[] = "/tmp/keel-kv-aof-dirfail-XXXXXX", cmd[128];
+	const int n = 400;
+	bool acked[400] = { false };
+	uint64_t dl = test_deadline(TEST_WAIT_MS);
+	struct proc p;
+	int fd;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	setenv("KEEL_FAULTS", "fsync:EIO:after=1", 1);
+	proc_start(&p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "1",
+		   "--idle-poll-us", "0", "--appendonly", "yes", "--appendfsync", "no", "--dir",
+		   dir, NULL);
+	unsetenv("KEEL_FAULTS");
+	cr_assert_eq(aof_sets(p.port, n / 2, acked), 0);
+	fd = test_connect(p.port);
+	test_send_all(fd, "BGREWRITEAOF\r\n", 14);
+	while (persistence_field(p.port, "aof_sync_errors:") < 1) {
+		cr_assert(!test_expired(dl), "the directory's sync did not fail");
+		test_pause();
+	}
+	close(fd);
+	cr_assert_eq(aof_sets(p.port, n, acked), n, "writes not refused while the sync fails");
+	cr_assert_eq(persistence_field(p.port, "aof_rewrites:"), 0, "switched without the sync");
+	proc_stop(&p);
+
+	proc_start(&p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "1",
+		   "--idle-poll-us", "0", "--appendonly", "yes", "--dir", dir, NULL);
+	aof_check(p.port, n, acked);
+	proc_stop(&p);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	cr_assert_eq(system(cmd), 0);
+}

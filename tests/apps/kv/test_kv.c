@@ -3,11 +3,13 @@
  * keel-kv end to end: the real binary on an ephemeral loopback port, driven by a small
  * RESP client in this file (and by redis-cli where it is installed).
  */
+#define _GNU_SOURCE /* sched_setaffinity */
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -964,12 +966,17 @@ free_port(void)
  * of the same key in that shard's old file, and a crash then would replay both. The last
  * shard is held after loading (KEEL_KV_TEST_HOLD_LOAD) once both shards' new files are in
  * place; connections made meanwhile get no reply, and every one is answered once it goes
- * on. (Without the rule, the first shard answers its share at once.) */
+ * on. The connections are made from each CPU this test may use in turn: keel-kv steers a
+ * connection to the shard of the CPU its SYN arrived on, so all of them would otherwise
+ * land on one shard, perhaps the held one. (Without the rule, the first shard answers its
+ * share at once.) */
 Test(kv_server, no_shard_serves_before_every_shard_has_loaded)
 {
 	char dir[64], gate[128], port[16];
 	uint64_t dl = test_deadline(TEST_WAIT_MS);
 	struct pollfd pf[8];
+	cpu_set_t old, one;
+	int cpus[8], ncpu = 0;
 	struct srv s;
 	FILE *f;
 
@@ -983,11 +990,19 @@ Test(kv_server, no_shard_serves_before_every_shard_has_loaded)
 		cr_assert(!test_expired(dl), "the shards did not load");
 		test_pause();
 	}
+	cr_assert_eq(sched_getaffinity(0, sizeof(old), &old), 0);
+	for (int c = 0; c < CPU_SETSIZE && ncpu < 8; c++)
+		if (CPU_ISSET(c, &old))
+			cpus[ncpu++] = c;
 	for (int i = 0; i < 8; i++) { /* into the listeners' backlogs */
+		CPU_ZERO(&one);
+		CPU_SET(cpus[i % ncpu], &one);
+		cr_assert_eq(sched_setaffinity(0, sizeof(one), &one), 0);
 		pf[i].fd = test_connect(atoi(port));
 		pf[i].events = POLLIN;
 		test_send_all(pf[i].fd, "PING\r\n", 6);
 	}
+	sched_setaffinity(0, sizeof(old), &old);
 	cr_assert_eq(poll(pf, 8, 300), 0, "a shard answered before every shard had loaded");
 	cr_assert_eq(close(open(gate, O_WRONLY | O_CREAT, 0644)), 0);
 	srv_listening(&s, f);
