@@ -61,6 +61,10 @@ struct aof {
 	size_t wlen, wdone;
 	bool flush_queued, dirty, reset, bg_sync;
 	int err; /* the last write error (writes are refused while set) */
+	/* A sync failed (its error): the file may lack records it seems to hold, so it is
+	 * rebuilt from the table (a rewrite) and writes are refused until then */
+	int sync_lost;
+	struct kv_db *db;
 	struct keel_file_req req, sreq;
 	struct keel_timer *tick;
 	int dir_fd; /* --dir, synced after every rename in it (open when dir_open) */
@@ -108,7 +112,8 @@ publish(struct aof *a)
 	atomic_store_explicit(&a->pub_rewrites, a->rewrites, memory_order_relaxed);
 	atomic_store_explicit(&a->pub_sync_errors, a->sync_errors, memory_order_relaxed);
 	atomic_store_explicit(&a->pub_rewriting, a->rewriting, memory_order_relaxed);
-	atomic_store_explicit(&a->pub_err, a->err || a->rw_dir_err, memory_order_relaxed);
+	atomic_store_explicit(&a->pub_err, a->err || a->rw_dir_err || a->sync_lost,
+			      memory_order_relaxed);
 }
 
 static void
@@ -335,6 +340,7 @@ replace_file(unsigned idx, int dir_fd, const uint8_t *p, size_t len)
 static void on_tick(struct keel_timer *t, void *arg);
 static void kick(struct aof *a);
 static void rw_dir_sync(struct aof *a);
+static int rw_begin(struct aof *a);
 
 int
 kv_aof_shard_start(struct kv_db *db)
@@ -353,6 +359,7 @@ kv_aof_shard_start(struct kv_db *db)
 	a->stale_fd = -1;
 	a->dir_fd = -1;
 	a->id = self;
+	a->db = db;
 	if (!kv_cfg.aof)
 		return 0;
 	a->dir_fd = open(kv_cfg.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -513,6 +520,44 @@ issue_write(struct aof *a)
 	a->st = A_WRITING;
 }
 
+/* Start the rebuild after a failed sync, unless a rewrite runs already (its file will do:
+ * rw_switch clears sync_lost) or the shard stops; the tick tries again after a failure. */
+static void
+rebuild(struct aof *a)
+{
+	int r;
+
+	if (a->rewriting || a->stopping)
+		return;
+	r = rw_begin(a);
+	if (r < 0)
+		keel_log(KEEL_LOG_ERROR, "kv",
+			 "shard %u: rebuilding appendonly-%u.aof: %s (tried again each second)",
+			 a->id, a->id, strerror(-r));
+}
+
+/* A failed fdatasync: the kernel may have dropped the pages it could not write (marking
+ * them clean), so records the file seems to hold may not be on the disk, and a later sync
+ * that succeeds says nothing about them; under appendfsync always, the next batch's sync
+ * would acknowledge writes that a restart could then cut off at the hole. So the file is
+ * rebuilt from the table (a rewrite, as BGREWRITEAOF: kick_ starts it, the tick retries it)
+ * and write commands are refused until it is in place. */
+static void
+sync_failed(struct aof *a, int err)
+{
+	a->sync_errors++;
+	if (!a->sync_lost)
+		keel_log(
+			KEEL_LOG_ERROR, "kv",
+			"shard %u: appendonly-%u.aof: fdatasync failed: %s; what was written since "
+			"the last good sync may not be on disk, so the file is rebuilt from memory; "
+			"write commands are refused (-MISCONF) until then",
+			a->id, a->id, strerror(-err));
+	a->sync_lost = err;
+	publish(a);
+	rebuild(a);
+}
+
 static void
 on_synced(struct keel_file_req *req, int res, void *arg)
 {
@@ -523,12 +568,8 @@ on_synced(struct keel_file_req *req, int res, void *arg)
 		return;
 	a->iw = NULL;
 	a->st = A_IDLE;
-	if (res < 0 && res != -ECANCELED) {
-		a->err = res;
-		a->sync_errors++;
-		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: appendonly fdatasync: %s", a->id,
-			 strerror(-res));
-	}
+	if (res < 0 && res != -ECANCELED)
+		sync_failed(a, res);
 	waiters_done(w, res < 0 ? res : 0);
 	kick(a);
 }
@@ -604,6 +645,10 @@ rw_switch(struct aof *a)
 	a->rw_fd = -1;
 	a->rewriting = a->rw_renamed = a->rw_ready = false;
 	a->rewrites++;
+	if (a->sync_lost) /* the new file holds the whole table, synced */
+		keel_log(KEEL_LOG_INFO, "kv",
+			 "shard %u: appendonly-%u.aof rebuilt after the failed sync", a->id, a->id);
+	a->sync_lost = 0;
 }
 
 /* Start the next batch when none is in flight. */
@@ -625,6 +670,11 @@ kick_(struct aof *a)
 		return;
 	if (a->rw_ready)
 		rw_switch(a);
+	if (a->sync_lost && !a->rewriting) { /* the rebuild could not start: say so now */
+		waiters_done(a->pw, a->sync_lost);
+		a->pw = a->pwt = NULL;
+		return;
+	}
 	if (a->rewriting)
 		return; /* records gather until the new file is in place */
 	if (a->reset) { /* FLUSHALL: the table is empty, so is its file */
@@ -685,13 +735,8 @@ on_bg_synced(struct keel_file_req *req, int res, void *arg)
 	struct aof *a = arg;
 
 	a->bg_sync = false;
-	if (res < 0 && res != -ECANCELED) {
-		a->err = res;
-		a->sync_errors++;
-		publish(a);
-		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: appendonly fdatasync: %s", a->id,
-			 strerror(-res));
-	}
+	if (res < 0 && res != -ECANCELED)
+		sync_failed(a, res);
 }
 
 static void
@@ -703,6 +748,8 @@ on_tick(struct keel_timer *t, void *arg)
 		return;
 	if (a->rw_renamed && !a->rw_dir_busy) /* a failed directory sync, again */
 		rw_dir_sync(a);
+	if (a->sync_lost) /* a rebuild that could not start or failed, again */
+		rebuild(a);
 	if (a->st == A_FAILED) { /* try the failed batch again */
 		issue_write(a);
 		return;
@@ -743,9 +790,9 @@ kv_aof_error(void)
 {
 	struct aof *a = me();
 
-	if (!a->open || !(a->err || a->rw_dir_err))
-		return NULL;
-	return strerror(-(a->err ? a->err : a->rw_dir_err));
+	int e = a->err ? a->err : a->rw_dir_err ? a->rw_dir_err : a->sync_lost;
+
+	return a->open && e ? strerror(-e) : NULL;
 }
 
 int
@@ -845,8 +892,10 @@ rw_synced(struct keel_file_req *req, int res, void *arg)
 
 	if (a->stopping) /* not over the file kv_aof_stop completed */
 		return rw_fail(a, 0);
-	if (res < 0)
+	if (res < 0) {
+		a->sync_errors++;
 		return rw_fail(a, res);
+	}
 	path_of(tmp, sizeof(tmp), a->id, ".rewrite");
 	path_of(path, sizeof(path), a->id, "");
 	if (rename(tmp, path) < 0)
@@ -885,34 +934,27 @@ rw_step(struct aof *a)
 		rw_fail(a, r);
 }
 
-void
-kv_aof_cmd_bgrewrite(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+/* Start a rewrite: the table as it is now goes to a new file. Records still pending or in
+ * flight are in it too, and go to the new file after it (applying a record twice gives the
+ * same state). Returns 0 or -errno (-ENOMEM: no memory for the snapshot). */
+static int
+rw_begin(struct aof *a)
 {
-	struct aof *a = me();
 	struct rbuf snap = { 0 };
 	char tmp[4096];
+	int r;
 
-	if (!a->open) {
-		rb_err(out, "ERR appendonly is off: start keel-kv with --appendonly yes");
-		return;
+	kv_db_snapshot(a->db, &snap);
+	if (snap.oom) {
+		rb_free(&snap);
+		return -ENOMEM;
 	}
-	if (a->rewriting) {
-		rb_err(out, "ERR Background append only file rewriting already in progress");
-		return;
-	}
-	/* The table as it is now: records still pending or in flight are in it too, and
-	 * go to the new file after it (applying a record twice gives the same state). */
-	kv_db_snapshot(db, &snap);
 	path_of(tmp, sizeof(tmp), a->id, ".rewrite");
 	a->rw_fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (snap.oom || a->rw_fd < 0) {
-		rb_err(out, "ERR Can't rewrite append only file in background: %s",
-		       snap.oom ? "out of memory" : strerror(errno));
+	if (a->rw_fd < 0) {
+		r = -errno;
 		rb_free(&snap);
-		if (a->rw_fd >= 0)
-			close(a->rw_fd);
-		a->rw_fd = -1;
-		return;
+		return r;
 	}
 	keel_file_from_fd(a->rw_fd, &a->rw_f);
 	/* Written from the snapshot's heap memory, in pieces (any size). */
@@ -922,7 +964,29 @@ kv_aof_cmd_bgrewrite(struct kv_db *db, struct resp_arg *argv, unsigned argc, str
 	a->rewriting = true;
 	publish(a);
 	rw_step(a);
-	rb_simple(out, "Background append only file rewriting started");
+	return 0;
+}
+
+void
+kv_aof_cmd_bgrewrite(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	struct aof *a = me();
+	int r;
+
+	if (!a->open) {
+		rb_err(out, "ERR appendonly is off: start keel-kv with --appendonly yes");
+		return;
+	}
+	if (a->rewriting) {
+		rb_err(out, "ERR Background append only file rewriting already in progress");
+		return;
+	}
+	r = rw_begin(a);
+	if (r < 0)
+		rb_err(out, "ERR Can't rewrite append only file in background: %s",
+		       r == -ENOMEM ? "out of memory" : strerror(-r));
+	else
+		rb_simple(out, "Background append only file rewriting started");
 }
 
 void
@@ -1023,6 +1087,8 @@ kv_aof_stop(void)
 		dir_sync = a->rw_renamed;
 		rw_switch(a);
 	}
+	if (a->sync_lost && !err) /* not rebuilt: the file may lack what it seems to hold */
+		err = a->sync_lost;
 	if (a->reset && inflight) {
 		r = stop_fresh_file(a, &dir_sync);
 		err = err ? err : r;
