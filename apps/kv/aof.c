@@ -46,6 +46,10 @@ struct aof {
 	bool open, stopping;
 	int fd;
 	int stale_fd; /* the file a FLUSHALL at stop replaced, kept open (kv_aof_stop) */
+	/* The file in use opened a second time, for the fdatasync at stop: Linux reports a
+	 * writeback error once per open file, so one the ring's syncs on fd used up would not
+	 * reach a later fdatasync of fd, but does reach this one (opened before it). */
+	int chk_fd;
 	struct keel_file f;
 	uint64_t off;            /* the file's length as written */
 	struct rbuf pend;        /* records not yet handed to the disk */
@@ -64,6 +68,8 @@ struct aof {
 	/* A sync failed (its error): the file may lack records it seems to hold, so it is
 	 * rebuilt from the table (a rewrite) and writes are refused until then */
 	int sync_lost;
+	unsigned rebuild_gap, rebuild_wait; /* seconds between tries of a failing rebuild */
+	uint64_t bg_sync_file;              /* rewrites when the background sync was issued */
 	struct kv_db *db;
 	struct keel_file_req req, sreq;
 	struct keel_timer *tick;
@@ -76,7 +82,7 @@ struct aof {
 	 * refused as for err; rw_dir_busy: a sync in flight) */
 	bool rewriting, rw_renamed, rw_ready, rw_dir_busy;
 	int rw_dir_err;
-	int rw_fd;
+	int rw_fd, rw_chk_fd;
 	struct keel_file rw_f;
 	uint8_t *rw_p; /* the table's snapshot (heap) */
 	size_t rw_len, rw_done;
@@ -357,6 +363,8 @@ kv_aof_shard_start(struct kv_db *db)
 	a->fd = -1;
 	a->rw_fd = -1;
 	a->stale_fd = -1;
+	a->chk_fd = -1;
+	a->rw_chk_fd = -1;
 	a->dir_fd = -1;
 	a->id = self;
 	a->db = db;
@@ -423,6 +431,13 @@ kv_aof_shard_start(struct kv_db *db)
 	a->fd = open(path, O_WRONLY | O_CLOEXEC);
 	if (a->fd < 0)
 		return -errno;
+	a->chk_fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (a->chk_fd < 0) {
+		r = -errno;
+		close(a->fd);
+		a->fd = -1;
+		return r;
+	}
 	keel_file_from_fd(a->fd, &a->f);
 	a->open = true;
 	publish(a);
@@ -525,23 +540,23 @@ issue_write(struct aof *a)
 static void
 rebuild(struct aof *a)
 {
-	int r;
-
 	if (a->rewriting || a->stopping)
 		return;
-	r = rw_begin(a);
-	if (r < 0)
-		keel_log(KEEL_LOG_ERROR, "kv",
-			 "shard %u: rebuilding appendonly-%u.aof: %s (tried again each second)",
-			 a->id, a->id, strerror(-r));
+	if (a->rebuild_wait) { /* a failing disk: 1, 2, 4 .. 64 s between tries */
+		a->rebuild_wait--;
+		return;
+	}
+	a->rebuild_gap = a->rebuild_gap ? (a->rebuild_gap < 64 ? a->rebuild_gap * 2 : 64) : 1;
+	a->rebuild_wait = a->rebuild_gap - 1;
+	rw_begin(a); /* a failure is logged by rw_fail */
 }
 
 /* A failed fdatasync: the kernel may have dropped the pages it could not write (marking
  * them clean), so records the file seems to hold may not be on the disk, and a later sync
  * that succeeds says nothing about them; under appendfsync always, the next batch's sync
  * would acknowledge writes that a restart could then cut off at the hole. So the file is
- * rebuilt from the table (a rewrite, as BGREWRITEAOF: kick_ starts it, the tick retries it)
- * and write commands are refused until it is in place. */
+ * rebuilt from the table (a rewrite, as BGREWRITEAOF: started here, tried again by the
+ * tick with a back-off) and write commands are refused until it is in place. */
 static void
 sync_failed(struct aof *a, int err)
 {
@@ -639,6 +654,9 @@ static void
 rw_switch(struct aof *a)
 {
 	close(a->fd);
+	close(a->chk_fd);
+	a->chk_fd = a->rw_chk_fd;
+	a->rw_chk_fd = -1;
 	a->fd = a->rw_fd;
 	a->f = a->rw_f;
 	a->off = a->rw_len;
@@ -649,6 +667,7 @@ rw_switch(struct aof *a)
 		keel_log(KEEL_LOG_INFO, "kv",
 			 "shard %u: appendonly-%u.aof rebuilt after the failed sync", a->id, a->id);
 	a->sync_lost = 0;
+	a->rebuild_gap = a->rebuild_wait = 0;
 }
 
 /* Start the next batch when none is in flight. */
@@ -671,8 +690,10 @@ kick_(struct aof *a)
 	if (a->rw_ready)
 		rw_switch(a);
 	if (a->sync_lost && !a->rewriting) { /* the rebuild could not start: say so now */
-		waiters_done(a->pw, a->sync_lost);
+		struct waiter *w = a->pw;
+
 		a->pw = a->pwt = NULL;
+		waiters_done(w, a->sync_lost);
 		return;
 	}
 	if (a->rewriting)
@@ -735,7 +756,9 @@ on_bg_synced(struct keel_file_req *req, int res, void *arg)
 	struct aof *a = arg;
 
 	a->bg_sync = false;
-	if (res < 0 && res != -ECANCELED)
+	/* A sync of a file a rewrite has replaced since (closed by rw_switch, maybe before
+	 * the sync was submitted) says nothing about the file in use, which holds it all. */
+	if (res < 0 && res != -ECANCELED && a->bg_sync_file == a->rewrites)
 		sync_failed(a, res);
 }
 
@@ -758,6 +781,7 @@ on_tick(struct keel_timer *t, void *arg)
 	    keel_file_fdatasync(&a->sreq, &a->f, on_bg_synced, a) == 0) {
 		a->dirty = false;
 		a->bg_sync = true;
+		a->bg_sync_file = a->rewrites;
 	}
 }
 
@@ -820,7 +844,7 @@ kv_aof_after_sync(void (*fn)(void *arg, int err), void *arg)
 
 /* BGREWRITEAOF. */
 
-static void rw_step(struct aof *a);
+static int rw_step(struct aof *a);
 
 /* The rewrite ends without replacing the file: @err failed it, or (0) the shard is
  * stopping, when kv_aof_stop has written the records gathered meanwhile to the old file,
@@ -830,14 +854,21 @@ rw_fail(struct aof *a, int err)
 {
 	char tmp[4096];
 
-	if (err)
+	if (err && a->sync_lost)
+		keel_log(KEEL_LOG_ERROR, "kv",
+			 "shard %u: rebuilding appendonly-%u.aof after the failed sync: %s (tried "
+			 "again in %u s)",
+			 a->id, a->id, strerror(-err), a->rebuild_wait + 1);
+	else if (err)
 		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: BGREWRITEAOF failed: %s", a->id,
 			 strerror(-err));
 	free(a->rw_p);
 	a->rw_p = NULL;
 	if (a->rw_fd >= 0)
 		close(a->rw_fd);
-	a->rw_fd = -1;
+	if (a->rw_chk_fd >= 0)
+		close(a->rw_chk_fd);
+	a->rw_fd = a->rw_chk_fd = -1;
 	path_of(tmp, sizeof(tmp), a->id, ".rewrite");
 	unlink(tmp);
 	a->rewriting = false;
@@ -917,7 +948,8 @@ rw_written(struct keel_file_req *req, int res, void *arg)
 	rw_step(a);
 }
 
-static void
+/* Returns 0, or the error that ended the rewrite (rw_fail ran). */
+static int
 rw_step(struct aof *a)
 {
 	int r;
@@ -932,6 +964,7 @@ rw_step(struct aof *a)
 	}
 	if (r < 0)
 		rw_fail(a, r);
+	return r < 0 ? r : 0;
 }
 
 /* Start a rewrite: the table as it is now goes to a new file. Records still pending or in
@@ -951,8 +984,12 @@ rw_begin(struct aof *a)
 	}
 	path_of(tmp, sizeof(tmp), a->id, ".rewrite");
 	a->rw_fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (a->rw_fd < 0) {
+	a->rw_chk_fd = a->rw_fd < 0 ? -1 : open(tmp, O_RDONLY | O_CLOEXEC);
+	if (a->rw_chk_fd < 0) {
 		r = -errno;
+		if (a->rw_fd >= 0)
+			close(a->rw_fd);
+		a->rw_fd = -1;
 		rb_free(&snap);
 		return r;
 	}
@@ -963,8 +1000,7 @@ rw_begin(struct aof *a)
 	a->rw_p = snap.p;
 	a->rewriting = true;
 	publish(a);
-	rw_step(a);
-	return 0;
+	return rw_step(a);
 }
 
 void
@@ -1044,7 +1080,9 @@ stop_fresh_file(struct aof *a, bool *renamed)
 		return 0;
 	}
 	a->stale_fd = a->fd;
-	a->fd = fd;
+	a->fd = fd; /* nothing went through the ring on it: its own fdatasync sees everything */
+	close(a->chk_fd);
+	a->chk_fd = -1;
 	a->off = 0;
 	*renamed = true;
 	return 0;
@@ -1107,6 +1145,8 @@ kv_aof_stop(void)
 	a->pend.len = 0;
 	if (fdatasync(a->fd) < 0 && !err)
 		err = -errno;
+	if (a->chk_fd >= 0 && fdatasync(a->chk_fd) < 0 && !err)
+		err = -errno;
 	if (dir_sync && fsync(a->dir_fd) < 0 && !err)
 		err = -errno;
 	if (err)
@@ -1129,6 +1169,10 @@ kv_aof_fini(void)
 			close(a->fd);
 		if (a->rw_fd >= 0 && a->open)
 			close(a->rw_fd);
+		if (a->rw_chk_fd >= 0 && a->open)
+			close(a->rw_chk_fd);
+		if (a->chk_fd >= 0 && a->open)
+			close(a->chk_fd);
 		if (a->stale_fd >= 0 && a->open)
 			close(a->stale_fd);
 		if (a->dir_open)

@@ -447,6 +447,15 @@ must_hold(const struct kv_cmd *c)
 	return c && (c->flags & KV_F_WRITE) && kv_cfg.aof && kv_cfg.fsync == KV_FSYNC_ALWAYS;
 }
 
+/* An error reply: the command changed nothing, so nothing of it waits for the disk (a
+ * write refused while the append-only file is being rebuilt is answered at once, not when
+ * the rebuild ends). Replies still leave in order (the connection's queue). */
+static bool
+rep_is_error(const struct rbuf *r)
+{
+	return r->len && r->p[0] == '-';
+}
+
 static void home_recv(void *arg);
 
 /* Send a reply computed here back to its home shard, waiting for room in its queue. */
@@ -521,7 +530,7 @@ exec_held(struct pend *p, unsigned part, const struct kv_cmd *c, struct resp_arg
 	m->part = part;
 	m->home = self();
 	exec_here(c, argv, argc, &m->rep);
-	if (kv_aof_after_sync(held_done, m) < 0)
+	if (rep_is_error(&m->rep) || kv_aof_after_sync(held_done, m) < 0)
 		home_recv(m);
 }
 
@@ -571,7 +580,7 @@ owner_recv(void *arg)
 	struct kmsg *m = arg;
 	const struct kv_cmd *c = owner_exec(m);
 
-	if (must_hold(c) && kv_aof_after_sync(held_done, m) == 0)
+	if (must_hold(c) && !rep_is_error(&m->rep) && kv_aof_after_sync(held_done, m) == 0)
 		return;
 	send_home(m);
 }
