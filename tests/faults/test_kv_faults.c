@@ -595,40 +595,49 @@ Test(faults_kv, aof_enospc_refuses_writes_reads_go_on_and_writing_resumes)
 	free(acked);
 }
 
-/* BGREWRITEAOF renames its new file over the old one; until the directory is synced too, a
- * crash may leave the name on the old file, and the writes made since, all in the new one,
- * would go with it. So the switch waits for that sync, and a failed one is counted and tried
- * again. Here the directory's first sync fails (with --appendfsync no the rewrite's own
- * fdatasync is the only sync before it, and is left alone): the failure shows in INFO, the
- * rewrite completes on the retry, and the writes before and after it survive a SIGKILL. */
-Test(faults_kv, aof_rewrite_syncs_its_directory_and_retries_a_failed_sync)
+/* keel-kv on one shard with its append-only file in @dir, synced per @fsync, under the
+ * faults @faults. */
+static void
+aof1_start(struct proc *p, const char *faults, const char *fsync, const char *dir)
 {
-	char dir[] = "/tmp/keel-kv-aof-dirsync-XXXXXX", cmd[128];
-	const int n = 400;
-	bool acked[400] = { false };
-	uint64_t dl = test_deadline(TEST_WAIT_MS);
-	struct proc p;
-	int fd, st;
-
-	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
-	setenv("KEEL_FAULTS", "fsync:EIO:after=1:n=1", 1);
-	proc_start(&p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "1",
-		   "--idle-poll-us", "0", "--appendonly", "yes", "--appendfsync", "no", "--dir",
+	setenv("KEEL_FAULTS", faults, 1);
+	proc_start(p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "1",
+		   "--idle-poll-us", "0", "--appendonly", "yes", "--appendfsync", fsync, "--dir",
 		   dir, NULL);
 	unsetenv("KEEL_FAULTS");
-	cr_assert_eq(aof_sets(p.port, n / 2, acked), 0);
-	fd = test_connect(p.port);
+}
+
+/* BGREWRITEAOF, then wait until the INFO persistence counter @field reaches 1. */
+static void
+bgrewrite_until(int port, const char *field)
+{
+	uint64_t dl = test_deadline(TEST_WAIT_MS);
+	int fd = test_connect(port);
+
 	test_send_all(fd, "BGREWRITEAOF\r\n", 14);
-	while (persistence_field(p.port, "aof_rewrites:") < 1) {
-		cr_assert(!test_expired(dl), "the rewrite did not finish");
+	while (persistence_field(port, field) < 1) {
+		cr_assert(!test_expired(dl), "after BGREWRITEAOF, %s stayed 0", field);
 		test_pause();
 	}
 	close(fd);
-	cr_assert_eq(persistence_field(p.port, "aof_sync_errors:"), 1,
-		     "the directory's failed sync was not counted (was it synced at all?)");
-	cr_assert_eq(aof_sets(p.port, n, acked), 0, "writes refused after the retry");
-	kill(p.pid, SIGKILL);
-	cr_assert_eq(waitpid(p.pid, &st, 0), p.pid);
+}
+
+static void
+kill9(struct proc *p)
+{
+	int st;
+
+	kill(p->pid, SIGKILL);
+	cr_assert_eq(waitpid(p->pid, &st, 0), p->pid);
+}
+
+/* Start keel-kv again on @dir without faults, check that every acknowledged SET of @n is
+ * there, stop it and remove @dir. */
+static void
+aof1_check_and_clean(char *dir, int n, const bool *acked)
+{
+	char cmd[128];
+	struct proc p;
 
 	proc_start(&p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "1",
 		   "--idle-poll-us", "0", "--appendonly", "yes", "--dir", dir, NULL);
@@ -638,43 +647,47 @@ Test(faults_kv, aof_rewrite_syncs_its_directory_and_retries_a_failed_sync)
 	cr_assert_eq(system(cmd), 0);
 }
 
+/* BGREWRITEAOF renames its new file over the old one; until the directory is synced too, a
+ * crash may leave the name on the old file, and the writes made since, all in the new one,
+ * would go with it. So the switch waits for that sync, and a failed one is counted and tried
+ * again. Here the directory's first sync fails (with --appendfsync no the rewrite's own
+ * fdatasync is the only sync before it, and is left alone): the failure shows in INFO, the
+ * rewrite completes on the retry, and the writes before and after it survive a SIGKILL. */
+Test(faults_kv, aof_rewrite_syncs_its_directory_and_retries_a_failed_sync)
+{
+	char dir[] = "/tmp/keel-kv-aof-dirsync-XXXXXX";
+	bool acked[400] = { false };
+	struct proc p;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	aof1_start(&p, "fsync:EIO:after=1:n=1", "no", dir);
+	cr_assert_eq(aof_sets(p.port, 200, acked), 0);
+	bgrewrite_until(p.port, "aof_rewrites:");
+	cr_assert_eq(persistence_field(p.port, "aof_sync_errors:"), 1,
+		     "the directory's failed sync was not counted (was it synced at all?)");
+	cr_assert_eq(aof_sets(p.port, 400, acked), 0, "writes refused after the retry");
+	kill9(&p);
+	aof1_check_and_clean(dir, 400, acked);
+}
+
 /* The directory's sync keeps failing after BGREWRITEAOF's rename: the switch never comes
  * (aof_rewrites stays 0), every failure is counted, write commands are refused with
  * -MISCONF meanwhile; a stop then switches to the new file and syncs the directory itself
  * (a plain fsync, not injected), and after a restart the acknowledged SETs are there. */
 Test(faults_kv, aof_rewrite_failing_directory_sync_refuses_writes)
 {
-	char dir[] = "/tmp/keel-kv-aof-dirfail-XXXXXX", cmd[128];
-	const int n = 400;
+	char dir[] = "/tmp/keel-kv-aof-dirfail-XXXXXX";
 	bool acked[400] = { false };
-	uint64_t dl = test_deadline(TEST_WAIT_MS);
 	struct proc p;
-	int fd;
 
 	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
-	setenv("KEEL_FAULTS", "fsync:EIO:after=1", 1);
-	proc_start(&p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "1",
-		   "--idle-poll-us", "0", "--appendonly", "yes", "--appendfsync", "no", "--dir",
-		   dir, NULL);
-	unsetenv("KEEL_FAULTS");
-	cr_assert_eq(aof_sets(p.port, n / 2, acked), 0);
-	fd = test_connect(p.port);
-	test_send_all(fd, "BGREWRITEAOF\r\n", 14);
-	while (persistence_field(p.port, "aof_sync_errors:") < 1) {
-		cr_assert(!test_expired(dl), "the directory's sync did not fail");
-		test_pause();
-	}
-	close(fd);
-	cr_assert_eq(aof_sets(p.port, n, acked), n, "writes not refused while the sync fails");
+	aof1_start(&p, "fsync:EIO:after=1", "no", dir);
+	cr_assert_eq(aof_sets(p.port, 200, acked), 0);
+	bgrewrite_until(p.port, "aof_sync_errors:");
+	cr_assert_eq(aof_sets(p.port, 400, acked), 400, "writes not refused while the sync fails");
 	cr_assert_eq(persistence_field(p.port, "aof_rewrites:"), 0, "switched without the sync");
 	proc_stop(&p);
-
-	proc_start(&p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "1",
-		   "--idle-poll-us", "0", "--appendonly", "yes", "--dir", dir, NULL);
-	aof_check(p.port, n, acked);
-	proc_stop(&p);
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-	cr_assert_eq(system(cmd), 0);
+	aof1_check_and_clean(dir, 400, acked);
 }
 
 /* appendfsync always, one fdatasync fails: the kernel may have dropped what it could not
@@ -684,36 +697,22 @@ Test(faults_kv, aof_rewrite_failing_directory_sync_refuses_writes)
  * after a SIGKILL and a restart every acknowledged SET is there. */
 Test(faults_kv, aof_failed_sync_rebuilds_the_file)
 {
-	char dir[] = "/tmp/keel-kv-aof-rebuild-XXXXXX", cmd[128];
-	const int n = 400;
+	char dir[] = "/tmp/keel-kv-aof-rebuild-XXXXXX";
 	bool acked[400] = { false };
 	uint64_t dl = test_deadline(TEST_WAIT_MS);
 	struct proc p;
-	int errs, st;
 
 	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
-	setenv("KEEL_FAULTS", "fsync:EIO:after=3:n=1", 1);
-	proc_start(&p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "1",
-		   "--idle-poll-us", "0", "--appendonly", "yes", "--appendfsync", "always", "--dir",
-		   dir, NULL);
-	unsetenv("KEEL_FAULTS");
-	errs = aof_sets(p.port, n, acked);
-	cr_assert_geq(errs, 1, "the failed sync reached no reply");
+	aof1_start(&p, "fsync:EIO:after=3:n=1", "always", dir);
+	cr_assert_geq(aof_sets(p.port, 400, acked), 1, "the failed sync reached no reply");
 	while (persistence_field(p.port, "aof_rewrites:") < 1) {
 		cr_assert(!test_expired(dl), "the file was not rebuilt after the failed sync");
 		test_pause();
 	}
 	cr_assert_eq(persistence_field(p.port, "aof_sync_errors:"), 1);
-	cr_assert_eq(aof_sets(p.port, n, acked), 0, "writes refused after the rebuild");
-	kill(p.pid, SIGKILL);
-	cr_assert_eq(waitpid(p.pid, &st, 0), p.pid);
-
-	proc_start(&p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "1",
-		   "--idle-poll-us", "0", "--appendonly", "yes", "--dir", dir, NULL);
-	aof_check(p.port, n, acked);
-	proc_stop(&p);
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-	cr_assert_eq(system(cmd), 0);
+	cr_assert_eq(aof_sets(p.port, 400, acked), 0, "writes refused after the rebuild");
+	kill9(&p);
+	aof1_check_and_clean(dir, 400, acked);
 }
 
 /* appendfsync always, and the file cannot be switched (the directory's sync after
@@ -723,28 +722,14 @@ Test(faults_kv, aof_failed_sync_rebuilds_the_file)
  * the only sync before the directory's. */
 Test(faults_kv, aof_refused_writes_do_not_wait_for_the_disk)
 {
-	char dir[] = "/tmp/keel-kv-aof-refused-XXXXXX", cmd[128];
-	const int n = 200;
+	char dir[] = "/tmp/keel-kv-aof-refused-XXXXXX";
 	bool acked[200] = { false };
-	uint64_t dl = test_deadline(TEST_WAIT_MS);
 	struct proc p;
-	int fd;
 
 	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
-	setenv("KEEL_FAULTS", "fsync:EIO:after=1", 1);
-	proc_start(&p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "1",
-		   "--idle-poll-us", "0", "--appendonly", "yes", "--appendfsync", "always", "--dir",
-		   dir, NULL);
-	unsetenv("KEEL_FAULTS");
-	fd = test_connect(p.port);
-	test_send_all(fd, "BGREWRITEAOF\r\n", 14);
-	while (persistence_field(p.port, "aof_sync_errors:") < 1) {
-		cr_assert(!test_expired(dl), "the directory's sync did not fail");
-		test_pause();
-	}
-	close(fd);
-	cr_assert_eq(aof_sets(p.port, n, acked), n, "writes not refused while the sync fails");
+	aof1_start(&p, "fsync:EIO:after=1", "always", dir);
+	bgrewrite_until(p.port, "aof_sync_errors:");
+	cr_assert_eq(aof_sets(p.port, 200, acked), 200, "writes not refused while the sync fails");
 	proc_stop(&p);
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-	cr_assert_eq(system(cmd), 0);
+	aof1_check_and_clean(dir, 200, acked);
 }
