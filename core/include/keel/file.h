@@ -180,7 +180,12 @@ KEEL_API int keel_file_write_slice(struct keel_file_req *req, const struct keel_
 				   const struct keel_slice *s, uint64_t off, keel_file_fn cb,
 				   void *arg);
 
-/** fsync(2) @f through the ring. Returns: 0, -EINVAL, -ESHUTDOWN, -EBUSY. Context: a shard. */
+/**
+ * fsync(2) @f through the ring (a directory too: after a rename in it). A failure is reported
+ * once per open file and may mean data lost for good, even if a later sync succeeds
+ * (docs/file.md, "Durability").
+ * Returns: 0, -EINVAL, -ESHUTDOWN, -EBUSY. Context: a shard.
+ */
 KEEL_API int keel_file_fsync(struct keel_file_req *req, const struct keel_file *f, keel_file_fn cb,
 			     void *arg);
 
