@@ -313,6 +313,10 @@ main(int argc, char **argv)
 	}
 	kv_set_port(keel_listener_port(a.l));
 	a.addr = addr;
+	if (kv_cfg.aof) /* loading may take a while: the port is known before the listening line */
+		fprintf(stderr,
+			"keel-kv: bound %s port %u; %u shards load the append-only files, then listen\n",
+			addr, keel_listener_port(a.l), kv_cfg.nshards);
 	r = keel_runtime_start(rt, on_start, &a);
 	if (r == 0)
 		r = keel_runtime_join(rt);

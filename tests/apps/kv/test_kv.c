@@ -947,20 +947,6 @@ srv_kill9(struct srv *s)
 	live = 0;
 }
 
-/* A port no one listens on now (bound and released). */
-static int
-free_port(void)
-{
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t al = sizeof(a);
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-
-	cr_assert(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-		  getsockname(fd, (struct sockaddr *)&a, &al) == 0);
-	close(fd);
-	return ntohs(a.sin_port);
-}
-
 /* No shard serves a client before every shard has loaded: keys change owners between runs,
  * so a write served by a loaded shard while another still loads could leave an older record
  * of the same key in that shard's old file, and a crash then would replay both. The last
@@ -972,9 +958,10 @@ free_port(void)
  * share at once.) */
 Test(kv_server, no_shard_serves_before_every_shard_has_loaded)
 {
-	char dir[64], gate[128], port[16];
+	char dir[64], gate[128], line[256] = "";
 	uint64_t dl = test_deadline(TEST_WAIT_MS);
 	struct pollfd pf[8];
+	int port;
 	cpu_set_t old, one;
 	int cpus[8], ncpu = 0;
 	struct srv s;
@@ -982,10 +969,13 @@ Test(kv_server, no_shard_serves_before_every_shard_has_loaded)
 
 	mk_dir(dir, sizeof(dir));
 	snprintf(gate, sizeof(gate), "%s/gate", dir);
-	snprintf(port, sizeof(port), "%d", free_port());
 	setenv("KEEL_KV_TEST_HOLD_LOAD", gate, 1);
-	f = srv_spawn(&s, 2, port, "--appendonly", "yes", "--dir", dir, NULL);
+	f = srv_spawn(&s, 2, "0", "--appendonly", "yes", "--dir", dir, NULL);
 	unsetenv("KEEL_KV_TEST_HOLD_LOAD");
+	while (fgets(line, sizeof(line), f) && !strstr(line, "keel-kv: bound "))
+		;
+	cr_assert(strstr(line, " port "), "no 'bound ... port' line before loading");
+	port = atoi(strstr(line, " port ") + 6);
 	while (file_size(dir, 0) < 0 || file_size(dir, 1) < 0) { /* both loaded */
 		cr_assert(!test_expired(dl), "the shards did not load");
 		test_pause();
@@ -998,7 +988,7 @@ Test(kv_server, no_shard_serves_before_every_shard_has_loaded)
 		CPU_ZERO(&one);
 		CPU_SET(cpus[i % ncpu], &one);
 		cr_assert_eq(sched_setaffinity(0, sizeof(one), &one), 0);
-		pf[i].fd = test_connect(atoi(port));
+		pf[i].fd = test_connect(port);
 		pf[i].events = POLLIN;
 		test_send_all(pf[i].fd, "PING\r\n", 6);
 	}
