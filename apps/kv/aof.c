@@ -346,7 +346,7 @@ replace_file(unsigned idx, int dir_fd, const uint8_t *p, size_t len)
 static void on_tick(struct keel_timer *t, void *arg);
 static void kick(struct aof *a);
 static void rw_dir_sync(struct aof *a);
-static int rw_begin(struct aof *a);
+static int rw_begin(struct aof *a, bool *wrote);
 
 int
 kv_aof_shard_start(struct kv_db *db)
@@ -494,6 +494,19 @@ waiters_done(struct waiter *w, int err)
 
 static void on_written(struct keel_file_req *req, int res, void *arg);
 
+/* A write failed: the replies waiting for the batch in flight and for the records pending
+ * behind it get @err now (their changes are in memory, their records are kept and written
+ * when the disk takes writes again), rather than wait for as long as the failure lasts. */
+static void
+fail_waiters(struct aof *a, int err)
+{
+	struct waiter *iw = a->iw, *pw = a->pw;
+
+	a->iw = a->pw = a->pwt = NULL;
+	waiters_done(iw, err);
+	waiters_done(pw, err);
+}
+
 /* The batch in flight is written: release its memory. */
 static void
 batch_free(struct aof *a)
@@ -528,8 +541,7 @@ issue_write(struct aof *a)
 		publish(a);
 		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: appendonly write: %s", a->id,
 			 strerror(-r));
-		waiters_done(a->iw, r);
-		a->iw = NULL;
+		fail_waiters(a, r);
 		return;
 	}
 	a->st = A_WRITING;
@@ -540,6 +552,9 @@ issue_write(struct aof *a)
 static void
 rebuild(struct aof *a)
 {
+	bool wrote = false;
+	int r;
+
 	if (a->rewriting || a->stopping)
 		return;
 	if (a->rebuild_wait) { /* a failing disk: 1, 2, 4 .. 64 s between tries */
@@ -548,29 +563,42 @@ rebuild(struct aof *a)
 	}
 	a->rebuild_gap = a->rebuild_gap ? (a->rebuild_gap < 64 ? a->rebuild_gap * 2 : 64) : 1;
 	a->rebuild_wait = a->rebuild_gap - 1;
-	rw_begin(a); /* a failure is logged by rw_fail */
+	r = rw_begin(a, &wrote);
+	if (r < 0 && !wrote) /* before any write (rw_fail logs the failures after) */
+		keel_log(KEEL_LOG_ERROR, "kv",
+			 "shard %u: rebuilding appendonly-%u.aof: %s (tried again in %u s)", a->id,
+			 a->id, strerror(-r), a->rebuild_wait + 1);
+}
+
+/* The file no longer holds what the table says it does (@what failed with @err): it is
+ * rebuilt from the table (a rewrite, as BGREWRITEAOF: started here, tried again by the tick
+ * with a back-off) and write commands are refused until it is in place. Replies waiting
+ * for records wait for the rebuild, whose snapshot holds them (or get the error at once
+ * while no rebuild runs: kick_). */
+static void
+file_lost(struct aof *a, int err, const char *what)
+{
+	if (!a->sync_lost)
+		keel_log(KEEL_LOG_ERROR, "kv",
+			 "shard %u: appendonly-%u.aof: %s: %s; the file is rebuilt from memory, "
+			 "write commands are refused (-MISCONF) until then",
+			 a->id, a->id, what, strerror(-err));
+	a->sync_lost = err;
+	publish(a);
+	rebuild(a);
 }
 
 /* A failed fdatasync: the kernel may have dropped the pages it could not write (marking
  * them clean), so records the file seems to hold may not be on the disk, and a later sync
  * that succeeds says nothing about them; under appendfsync always, the next batch's sync
- * would acknowledge writes that a restart could then cut off at the hole. So the file is
- * rebuilt from the table (a rewrite, as BGREWRITEAOF: started here, tried again by the
- * tick with a back-off) and write commands are refused until it is in place. */
+ * would acknowledge writes that a restart could then cut off at the hole. */
 static void
 sync_failed(struct aof *a, int err)
 {
 	a->sync_errors++;
-	if (!a->sync_lost)
-		keel_log(
-			KEEL_LOG_ERROR, "kv",
-			"shard %u: appendonly-%u.aof: fdatasync failed: %s; what was written since "
-			"the last good sync may not be on disk, so the file is rebuilt from memory; "
-			"write commands are refused (-MISCONF) until then",
-			a->id, a->id, strerror(-err));
-	a->sync_lost = err;
-	publish(a);
-	rebuild(a);
+	file_lost(
+		a, err,
+		"fdatasync failed, so what was written since the last good sync may not be on disk");
 }
 
 static void
@@ -625,8 +653,7 @@ on_written(struct keel_file_req *req, int res, void *arg)
 		a->err = e;
 		a->st = A_FAILED; /* the batch stays; the tick tries it again */
 		publish(a);
-		waiters_done(a->iw, e);
-		a->iw = NULL;
+		fail_waiters(a, e);
 		return;
 	}
 	a->wdone += (size_t)res;
@@ -663,6 +690,7 @@ rw_switch(struct aof *a)
 	a->rw_fd = -1;
 	a->rewriting = a->rw_renamed = a->rw_ready = false;
 	a->rewrites++;
+	a->err = 0; /* a failed batch of the old file is in the new one (on_tick dropped it) */
 	if (a->sync_lost) /* the new file holds the whole table, synced */
 		keel_log(KEEL_LOG_INFO, "kv",
 			 "shard %u: appendonly-%u.aof rebuilt after the failed sync", a->id, a->id);
@@ -700,10 +728,12 @@ kick_(struct aof *a)
 		return; /* records gather until the new file is in place */
 	if (a->reset) { /* FLUSHALL: the table is empty, so is its file */
 		a->reset = false;
-		if (ftruncate(a->fd, 0) == 0)
-			a->off = 0;
-		else
-			a->err = -errno;
+		if (ftruncate(a->fd, 0) < 0) { /* the flushed records would come back */
+			file_lost(a, -errno, "ftruncate for FLUSHALL failed");
+			kick_(a); /* the rebuild runs, or its error reaches the waiters */
+			return;
+		}
+		a->off = 0;
 	}
 	if (!a->pend.len) {
 		if (a->pw) { /* waiters with nothing written (a refused command) */
@@ -773,10 +803,21 @@ on_tick(struct keel_timer *t, void *arg)
 		rw_dir_sync(a);
 	if (a->sync_lost) /* a rebuild that could not start or failed, again */
 		rebuild(a);
+	if (a->st == A_FAILED && a->rw_ready) {
+		/* The rewrite's file is in place and holds this batch (no batch starts while a
+		 * rewrite runs, so it began before the snapshot): drop it and switch, rather
+		 * than retry it on the old file for as long as that fails. */
+		batch_free(a);
+		a->st = A_IDLE;
+		kick(a);
+		return;
+	}
 	if (a->st == A_FAILED) { /* try the failed batch again */
 		issue_write(a);
 		return;
 	}
+	if (a->st == A_IDLE && (a->pend.len || a->pw)) /* a flush keel_defer could not queue */
+		kick(a);
 	if (kv_cfg.fsync == KV_FSYNC_EVERYSEC && a->dirty && !a->bg_sync &&
 	    keel_file_fdatasync(&a->sreq, &a->f, on_bg_synced, a) == 0) {
 		a->dirty = false;
@@ -801,10 +842,9 @@ kv_aof_log(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv, unsi
 		for (unsigned i = 1; i < argc; i += c->key_step)
 			kv_db_record(db, &argv[i], &a->pend);
 	}
-	if (a->pend.oom) { /* cannot keep the record: say so on every write from now */
+	if (a->pend.oom) { /* the records gathered are gone: the file lacks them */
 		rb_free(&a->pend);
-		a->err = -ENOMEM;
-		publish(a);
+		file_lost(a, -ENOMEM, "no memory for the records to append");
 	}
 	queue_flush(a);
 }
@@ -897,6 +937,7 @@ rw_dir_synced(struct keel_file_req *req, int res, void *arg)
 		a->sync_errors++;
 		a->rw_dir_err = res;
 		publish(a);
+		fail_waiters(a, res); /* the records gathered wait for the switch */
 		return;
 	}
 	a->rw_dir_err = 0;
@@ -969,9 +1010,10 @@ rw_step(struct aof *a)
 
 /* Start a rewrite: the table as it is now goes to a new file. Records still pending or in
  * flight are in it too, and go to the new file after it (applying a record twice gives the
- * same state). Returns 0 or -errno (-ENOMEM: no memory for the snapshot). */
+ * same state). Returns 0 or -errno (-ENOMEM: no memory for the snapshot); *@wrote tells
+ * whether the failure came from the writing (rw_fail ran and logged it). */
 static int
-rw_begin(struct aof *a)
+rw_begin(struct aof *a, bool *wrote)
 {
 	struct rbuf snap = { 0 };
 	char tmp[4096];
@@ -1000,6 +1042,7 @@ rw_begin(struct aof *a)
 	a->rw_p = snap.p;
 	a->rewriting = true;
 	publish(a);
+	*wrote = true;
 	return rw_step(a);
 }
 
@@ -1007,6 +1050,7 @@ void
 kv_aof_cmd_bgrewrite(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
 	struct aof *a = me();
+	bool wrote = false;
 	int r;
 
 	if (!a->open) {
@@ -1017,7 +1061,7 @@ kv_aof_cmd_bgrewrite(struct kv_db *db, struct resp_arg *argv, unsigned argc, str
 		rb_err(out, "ERR Background append only file rewriting already in progress");
 		return;
 	}
-	r = rw_begin(a);
+	r = rw_begin(a, &wrote);
 	if (r < 0)
 		rb_err(out, "ERR Can't rewrite append only file in background: %s",
 		       r == -ENOMEM ? "out of memory" : strerror(-r));
@@ -1178,11 +1222,19 @@ kv_aof_fini(void)
 		if (a->dir_open)
 			close(a->dir_fd);
 		rb_free(&a->pend);
-		/* Replies still held belong to connections gone with the runtime. */
+		/* Replies still held belong to connections gone with the runtime (kv_aof_stop
+		 * answers them; a shard whose start failed never ran it). */
 		for (struct waiter *w = a->iw, *n; w; w = n) {
 			n = w->next;
 			free(w);
 		}
+		for (struct waiter *w = a->pw, *n; w; w = n) {
+			n = w->next;
+			free(w);
+		}
+		free(a->heap);
+		free(a->heap_busy);
+		free(a->rw_p);
 		memset(a, 0, sizeof(*a));
 	}
 	for (unsigned i = 0; i < nloaded; i++)

@@ -733,3 +733,35 @@ Test(faults_kv, aof_refused_writes_do_not_wait_for_the_disk)
 	proc_stop(&p);
 	aof1_check_and_clean(dir, 200, acked);
 }
+
+/* appendfsync always: SETs sent right behind BGREWRITEAOF are accepted and gather while
+ * the rewrite runs; the directory's sync after its rename then keeps failing, so the
+ * switch never comes. Their replies get -MISCONF when the sync fails instead of waiting
+ * for the switch (for as long as the failure lasts: here, until the stop). */
+Test(faults_kv, aof_writes_gathered_behind_a_failing_switch_are_answered)
+{
+	char dir[] = "/tmp/keel-kv-aof-gathered-XXXXXX", req[64 * 48], line[256];
+	bool acked[1] = { false };
+	size_t len = (size_t)sprintf(req, "BGREWRITEAOF\r\n");
+	struct proc p;
+	FILE *f;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	aof1_start(&p, "fsync:EIO:after=1", "always", dir);
+	for (int i = 0; i < 64; i++)
+		len += (size_t)sprintf(req + len, "SET g%d v%d\r\n", i, i);
+	f = fdopen(test_connect(p.port), "r+");
+	cr_assert(f);
+	cr_assert_eq(fwrite(req, 1, len, f), len);
+	fflush(f);
+	cr_assert(fgets(line, sizeof(line), f), "BGREWRITEAOF: no reply");
+	cr_assert_str_eq(line, "+Background append only file rewriting started\r\n");
+	for (int i = 0; i < 64; i++) {
+		cr_assert(fgets(line, sizeof(line), f), "SET g%d: no reply (held for the switch?)",
+			  i);
+		cr_assert(!strncmp(line, "-MISCONF", 8), "SET g%d: '%s'", i, line);
+	}
+	fclose(f);
+	proc_stop(&p);
+	aof1_check_and_clean(dir, 0, acked);
+}
