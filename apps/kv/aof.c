@@ -68,8 +68,12 @@ struct aof {
 	/* A sync failed (its error): the file may lack records it seems to hold, so it is
 	 * rebuilt from the table (a rewrite) and writes are refused until then */
 	int sync_lost;
-	unsigned rebuild_gap, rebuild_wait; /* seconds between tries of a failing rebuild */
-	uint64_t bg_sync_file;              /* rewrites when the background sync was issued */
+	unsigned rebuild_gap;  /* seconds between tries of a failing rebuild: 1, 2 .. 64 */
+	uint64_t rebuild_at;   /* keel_now_ns() before which no rebuild starts */
+	bool rw_stale;         /* records gathered after the running rewrite's snapshot were
+				* lost: its file will not do, another rebuild follows */
+	bool rw_reset;         /* a FLUSHALL the running rewrite's snapshot already holds */
+	uint64_t bg_sync_file; /* rewrites when the background sync was issued */
 	struct kv_db *db;
 	struct keel_file_req req, sreq;
 	struct keel_timer *tick;
@@ -547,34 +551,35 @@ issue_write(struct aof *a)
 	a->st = A_WRITING;
 }
 
-/* Start the rebuild after a failed sync, unless a rewrite runs already (its file will do:
- * rw_switch clears sync_lost) or the shard stops; the tick tries again after a failure. */
+/* Start the rebuild of a lost file (sync_lost), unless a rewrite runs already (its file
+ * will do, unless rw_stale: rw_switch) or the shard stops. Called from kick_ and the tick,
+ * never from inside a command; after a try that failed, the next waits 1, 2, 4 .. 64 s. */
 static void
 rebuild(struct aof *a)
 {
 	bool wrote = false;
+	uint64_t now;
 	int r;
 
-	if (a->rewriting || a->stopping)
+	if (!a->sync_lost || a->rewriting || a->stopping)
 		return;
-	if (a->rebuild_wait) { /* a failing disk: 1, 2, 4 .. 64 s between tries */
-		a->rebuild_wait--;
+	now = keel_now_ns();
+	if (now < a->rebuild_at)
 		return;
-	}
 	a->rebuild_gap = a->rebuild_gap ? (a->rebuild_gap < 64 ? a->rebuild_gap * 2 : 64) : 1;
-	a->rebuild_wait = a->rebuild_gap - 1;
+	a->rebuild_at = now + (uint64_t)a->rebuild_gap * 1000000000ull;
 	r = rw_begin(a, &wrote);
 	if (r < 0 && !wrote) /* before any write (rw_fail logs the failures after) */
 		keel_log(KEEL_LOG_ERROR, "kv",
 			 "shard %u: rebuilding appendonly-%u.aof: %s (tried again in %u s)", a->id,
-			 a->id, strerror(-r), a->rebuild_wait + 1);
+			 a->id, strerror(-r), a->rebuild_gap);
 }
 
 /* The file no longer holds what the table says it does (@what failed with @err): it is
- * rebuilt from the table (a rewrite, as BGREWRITEAOF: started here, tried again by the tick
- * with a back-off) and write commands are refused until it is in place. Replies waiting
- * for records wait for the rebuild, whose snapshot holds them (or get the error at once
- * while no rebuild runs: kick_). */
+ * rebuilt from the table (a rewrite, as BGREWRITEAOF, started by the next kick_ and tried
+ * again with a back-off) and write commands are refused until it is in place. Replies
+ * waiting for records wait for the rebuild, whose snapshot holds them (or get the error at
+ * once while no rebuild runs: kick_). The caller kicks. */
 static void
 file_lost(struct aof *a, int err, const char *what)
 {
@@ -585,7 +590,6 @@ file_lost(struct aof *a, int err, const char *what)
 			 a->id, a->id, what, strerror(-err));
 	a->sync_lost = err;
 	publish(a);
-	rebuild(a);
 }
 
 /* A failed fdatasync: the kernel may have dropped the pages it could not write (marking
@@ -691,11 +695,17 @@ rw_switch(struct aof *a)
 	a->rewriting = a->rw_renamed = a->rw_ready = false;
 	a->rewrites++;
 	a->err = 0; /* a failed batch of the old file is in the new one (on_tick dropped it) */
+	a->rw_reset = false;
+	if (a->rw_stale) { /* records after its snapshot were lost: rebuild again, now */
+		a->rw_stale = false;
+		a->rebuild_at = 0;
+		return;
+	}
 	if (a->sync_lost) /* the new file holds the whole table, synced */
-		keel_log(KEEL_LOG_INFO, "kv",
-			 "shard %u: appendonly-%u.aof rebuilt after the failed sync", a->id, a->id);
+		keel_log(KEEL_LOG_INFO, "kv", "shard %u: appendonly-%u.aof rebuilt", a->id, a->id);
 	a->sync_lost = 0;
-	a->rebuild_gap = a->rebuild_wait = 0;
+	a->rebuild_gap = 0;
+	a->rebuild_at = 0;
 }
 
 /* Start the next batch when none is in flight. */
@@ -717,6 +727,7 @@ kick_(struct aof *a)
 		return;
 	if (a->rw_ready)
 		rw_switch(a);
+	rebuild(a);                          /* when the file was lost and no rewrite runs */
 	if (a->sync_lost && !a->rewriting) { /* the rebuild could not start: say so now */
 		struct waiter *w = a->pw;
 
@@ -730,7 +741,7 @@ kick_(struct aof *a)
 		a->reset = false;
 		if (ftruncate(a->fd, 0) < 0) { /* the flushed records would come back */
 			file_lost(a, -errno, "ftruncate for FLUSHALL failed");
-			kick_(a); /* the rebuild runs, or its error reaches the waiters */
+			kick_(a); /* starts the rebuild, or its error reaches the waiters */
 			return;
 		}
 		a->off = 0;
@@ -788,8 +799,10 @@ on_bg_synced(struct keel_file_req *req, int res, void *arg)
 	a->bg_sync = false;
 	/* A sync of a file a rewrite has replaced since (closed by rw_switch, maybe before
 	 * the sync was submitted) says nothing about the file in use, which holds it all. */
-	if (res < 0 && res != -ECANCELED && a->bg_sync_file == a->rewrites)
+	if (res < 0 && res != -ECANCELED && a->bg_sync_file == a->rewrites) {
 		sync_failed(a, res);
+		kick(a);
+	}
 }
 
 static void
@@ -801,8 +814,7 @@ on_tick(struct keel_timer *t, void *arg)
 		return;
 	if (a->rw_renamed && !a->rw_dir_busy) /* a failed directory sync, again */
 		rw_dir_sync(a);
-	if (a->sync_lost) /* a rebuild that could not start or failed, again */
-		rebuild(a);
+	rebuild(a); /* a lost file whose rebuild could not start or failed, again */
 	if (a->st == A_FAILED && a->rw_ready) {
 		/* The rewrite's file is in place and holds this batch (no batch starts while a
 		 * rewrite runs, so it began before the snapshot): drop it and switch, rather
@@ -844,9 +856,10 @@ kv_aof_log(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv, unsi
 	}
 	if (a->pend.oom) { /* the records gathered are gone: the file lacks them */
 		rb_free(&a->pend);
+		a->rw_stale |= a->rewriting; /* and so will the running rewrite's */
 		file_lost(a, -ENOMEM, "no memory for the records to append");
 	}
-	queue_flush(a);
+	queue_flush(a); /* kick_ starts the rebuild, outside this command */
 }
 
 const char *
@@ -896,9 +909,8 @@ rw_fail(struct aof *a, int err)
 
 	if (err && a->sync_lost)
 		keel_log(KEEL_LOG_ERROR, "kv",
-			 "shard %u: rebuilding appendonly-%u.aof after the failed sync: %s (tried "
-			 "again in %u s)",
-			 a->id, a->id, strerror(-err), a->rebuild_wait + 1);
+			 "shard %u: rebuilding appendonly-%u.aof: %s (tried again in %u s)", a->id,
+			 a->id, strerror(-err), a->rebuild_gap);
 	else if (err)
 		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: BGREWRITEAOF failed: %s", a->id,
 			 strerror(-err));
@@ -911,7 +923,9 @@ rw_fail(struct aof *a, int err)
 	a->rw_fd = a->rw_chk_fd = -1;
 	path_of(tmp, sizeof(tmp), a->id, ".rewrite");
 	unlink(tmp);
-	a->rewriting = false;
+	a->rewriting = a->rw_stale = false;
+	a->reset |= a->rw_reset; /* the old file stays: a FLUSHALL it took must still empty it */
+	a->rw_reset = false;
 	kick(a);
 }
 
@@ -1041,6 +1055,10 @@ rw_begin(struct aof *a, bool *wrote)
 	a->rw_done = 0;
 	a->rw_p = snap.p;
 	a->rewriting = true;
+	/* A FLUSHALL not yet applied to the file is in the snapshot: the new file must not be
+	 * emptied after the switch (rw_fail gives it back to the old file). */
+	a->rw_reset = a->reset;
+	a->reset = false;
 	publish(a);
 	*wrote = true;
 	return rw_step(a);
@@ -1168,6 +1186,9 @@ kv_aof_stop(void)
 	if (a->rw_ready || a->rw_renamed) { /* renamed: its directory sync was cut short */
 		dir_sync = a->rw_renamed;
 		rw_switch(a);
+	} else if (a->rewriting) { /* abandoned: a FLUSHALL it took applies to the old file */
+		a->reset |= a->rw_reset;
+		a->rw_reset = false;
 	}
 	if (a->sync_lost && !err) /* not rebuilt: the file may lack what it seems to hold */
 		err = a->sync_lost;

@@ -1182,6 +1182,7 @@ enum { CL_CONNS = 4, CL_KEYS = 64, CL_BURST = 120 };
 struct cl_key {
 	int acked; /* sequence number of the last acknowledged value; -1: none */
 	int sent;  /* of the last value sent */
+	int floor; /* values below it were flushed (an acknowledged FLUSHALL) */
 };
 
 static void
@@ -1201,9 +1202,10 @@ cl_check(int port, const struct cl_key *k, int cycle)
 		if (strcmp(got, "$-1\r\n"))
 			cr_assert_eq(sscanf(strchr(got, '\n') + 1, "s%d", &seq), 1,
 				     "cycle %d: ck%d holds '%s'", cycle, j, got);
-		cr_assert(seq >= k[j].acked && seq <= k[j].sent,
-			  "cycle %d: ck%d holds value %d; acknowledged %d, sent up to %d", cycle, j,
-			  seq, k[j].acked, k[j].sent);
+		cr_assert(seq >= k[j].acked && seq <= k[j].sent && (seq < 0 || seq >= k[j].floor),
+			  "cycle %d: ck%d holds value %d; acknowledged %d, sent up to %d, flushed "
+			  "below %d",
+			  cycle, j, seq, k[j].acked, k[j].sent, k[j].floor);
 	}
 	rd_free(&r);
 }
@@ -1216,8 +1218,10 @@ Test(kv_server, aof_crash_loop_keeps_every_acknowledged_write)
 	unsigned seed = 7;
 
 	mk_dir(dir, sizeof(dir));
-	for (int j = 0; j < CL_KEYS; j++)
+	for (int j = 0; j < CL_KEYS; j++) {
 		k[j].acked = k[j].sent = -1;
+		k[j].floor = 0;
+	}
 	for (int cycle = 0; cycle < cycles; cycle++) {
 		struct srv s;
 		struct rd r[CL_CONNS];
@@ -1240,7 +1244,22 @@ Test(kv_server, aof_crash_loop_keeps_every_acknowledged_write)
 		srv_start(&s, (unsigned)atoi(nsh), "--appendonly", "yes", "--appendfsync", "always",
 			  "--dir", dir, NULL);
 		cl_check(s.port, k, cycle);
-		if (cycle % 3 == 1) { /* a rewrite, the writes gathering while it runs */
+		if (cycle % 5 == 2) { /* FLUSHALL, the rewrite started behind it in the same pass */
+			struct rd w;
+			char *got;
+			rd_init(&w, test_connect(s.port));
+			test_send_all(w.fd, "FLUSHALL\r\nBGREWRITEAOF\r\n", 24);
+			got = rd_next(&w, NULL);
+			cr_assert(got && !strcmp(got, "+OK\r\n"), "FLUSHALL: '%s'", got ? got : "");
+			got = rd_next(&w, NULL);
+			cr_assert(got && strstr(got, "rewriting"), "BGREWRITEAOF: '%s'",
+				  got ? got : "");
+			rd_free(&w);
+			for (int j = 0; j < CL_KEYS; j++) {
+				k[j].acked = -1;
+				k[j].floor = k[j].sent + 1;
+			}
+		} else if (cycle % 3 == 1) { /* a rewrite, the writes gathering while it runs */
 			struct rd w;
 			rd_init(&w, test_connect(s.port));
 			expect(&w, "BGREWRITEAOF",
