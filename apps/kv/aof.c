@@ -15,9 +15,9 @@
  * Start: the main thread reads every appendonly-N.aof (any N: the shard count may have
  * changed) and cuts a torn or invalid tail with ftruncate, logged. Each shard then applies
  * the records of keys it owns under this run's hash (each key's records are all in one
- * file, in order), writes its table as a fresh file (tmp, fdatasync, rename, directory
- * fsync), and the last shard to finish removes the files of shards that no longer exist
- * (and syncs the directory). Replies never depend on the old files after that.
+ * file, in order) and writes its table to a .new file; the last shard to finish switches
+ * to the new files in one commit (commit_begin, commit_finish: a crash in the middle is
+ * completed by the next start). Replies never depend on the old files after that.
  *
  * Every rename in --dir is followed by an fsync of the directory before anything relies on
  * it: without it a crash may leave the name on the old file.
@@ -191,13 +191,14 @@ read_whole(int fd, uint8_t **out, size_t *len)
 }
 
 /* A file a crash left half made: a rewrite not yet renamed over its file (".rewrite", at
- * runtime; ".tmp", at start), or an empty file a FLUSHALL at stop had not yet put in place
- * (".flush"). The file with the plain name is the one that counts, so these are removed,
- * with a line each (a rewrite's can be as large as the shard's data). */
+ * runtime), a start's new file before its commit (".new"; ".tmp" from older versions), or
+ * an empty file a FLUSHALL at stop had not yet put in place (".flush"). The file with the plain
+ * name is the one that counts, so these are removed, with a line each (a rewrite's can be as large
+ * as the shard's data). */
 static void
 leftover(unsigned idx, const char *name)
 {
-	static const char *const tails[] = { ".rewrite", ".tmp", ".flush" };
+	static const char *const tails[] = { ".rewrite", ".new", ".tmp", ".flush" };
 	char exact[64], path[4096];
 
 	for (size_t i = 0; i < sizeof(tails) / sizeof(tails[0]); i++) {
@@ -214,12 +215,15 @@ leftover(unsigned idx, const char *name)
 	}
 }
 
+static int commit_recover(void);
+
 int
 kv_aof_preload(void)
 {
 	const char *chunk = getenv("KEEL_KV_AOF_WRITE_CHUNK");
 	DIR *d;
 	struct dirent *de;
+	int r;
 
 	if (!kv_cfg.aof)
 		return 0;
@@ -241,6 +245,9 @@ kv_aof_preload(void)
 			strerror(errno));
 		return -errno;
 	}
+	r = commit_recover();
+	if (r < 0)
+		return r;
 	d = opendir(kv_cfg.dir);
 	if (!d) {
 		fprintf(stderr, "keel-kv: --dir %s: %s\n", kv_cfg.dir, strerror(errno));
@@ -251,7 +258,7 @@ kv_aof_preload(void)
 		char tail[16] = "", path[4096];
 		struct loaded *l;
 		size_t good;
-		int fd, r, got = sscanf(de->d_name, "appendonly-%u.aof%15s", &idx, tail);
+		int fd, got = sscanf(de->d_name, "appendonly-%u.aof%15s", &idx, tail);
 
 		if (got == 2)
 			leftover(idx, de->d_name);
@@ -321,30 +328,148 @@ write_all(int fd, const uint8_t *p, size_t n)
 	return 0;
 }
 
-/* Write @len bytes as the new file of shard @idx: tmp, fdatasync, rename, and an fsync of
- * the directory @dir_fd, without which the name may still be the old file's after a crash. */
-static int
-replace_file(unsigned idx, int dir_fd, const uint8_t *p, size_t len)
+/* The start's switch to this run's files, the commit. Each shard writes its table to
+ * appendonly-<shard>.aof.new; once all have (each fdatasync'd), the last one commits:
+ * appendonly.commit, holding the new file count, is made durable; every .new file is
+ * renamed over its name; the files of shards this run does not have are removed; the
+ * directory is synced, and the marker removed. A crash before the marker leaves the old
+ * files in force (the .new ones are removed at the next start); after it, the next start
+ * completes the switch (commit_finish) before it reads anything. Each shard used to rename
+ * its own file as soon as it was written: keys change owners between runs, so a shard's old
+ * file holds keys another shard owns now, and a crash before that shard's file was in place
+ * lost them (found by kv_server::aof_crash_loop_keeps_every_acknowledged_write). */
+static void
+marker_path(char *buf, size_t n, const char *suffix)
 {
-	char tmp[4096], path[4096];
-	int fd, r = 0;
+	snprintf(buf, n, "%s/appendonly.commit%s", kv_cfg.dir, suffix);
+}
 
-	path_of(tmp, sizeof(tmp), idx, ".tmp");
-	path_of(path, sizeof(path), idx, "");
+static int
+commit_begin(int dir_fd, unsigned n)
+{
+	char tmp[4096], path[4096], line[32];
+	int len = snprintf(line, sizeof(line), "%u\n", n), fd, r;
+
+	marker_path(tmp, sizeof(tmp), ".tmp");
+	marker_path(path, sizeof(path), "");
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd < 0)
 		return -errno;
-	r = write_all(fd, p, len);
-	if (r == 0 && fdatasync(fd) < 0)
+	r = write_all(fd, (const uint8_t *)line, (size_t)len);
+	if (r == 0 && fsync(fd) < 0)
 		r = -errno;
 	close(fd);
 	if (r == 0 && rename(tmp, path) < 0)
 		r = -errno;
-	if (r < 0) {
+	if (r == 0 && fsync(dir_fd) < 0)
+		r = -errno;
+	if (r < 0)
 		unlink(tmp);
+	return r;
+}
+
+/* Rename every .new file of shards 0..@n-1 over its name (one already renamed is gone),
+ * remove the files of shards @n and up, sync, remove the marker. Returns 0 or -errno, with
+ * the file in @what. */
+static int
+commit_finish(int dir_fd, unsigned n, char *what, size_t wlen)
+{
+	char from[4096], to[4096];
+	struct dirent *de;
+	DIR *d;
+	int r = 0;
+
+	for (unsigned i = 0; i < n; i++) {
+		path_of(from, sizeof(from), i, ".new");
+		path_of(to, sizeof(to), i, "");
+		if (rename(from, to) < 0 && errno != ENOENT) {
+			snprintf(what, wlen, "%s", from);
+			return -errno;
+		}
+	}
+	if (fsync(dir_fd) < 0) {
+		snprintf(what, wlen, "%s", kv_cfg.dir);
+		return -errno;
+	}
+	d = opendir(kv_cfg.dir);
+	if (!d) {
+		snprintf(what, wlen, "%s", kv_cfg.dir);
+		return -errno;
+	}
+	while (r == 0 && (de = readdir(d))) {
+		unsigned idx;
+		char exact[64];
+
+		if (sscanf(de->d_name, "appendonly-%u.aof", &idx) != 1 || idx < n)
+			continue;
+		snprintf(exact, sizeof(exact), "appendonly-%u.aof", idx);
+		if (strcmp(exact, de->d_name)) /* exactly: leftovers are removed at start */
+			continue;
+		path_of(to, sizeof(to), idx, "");
+		if (unlink(to) < 0 && errno != ENOENT) {
+			r = -errno;
+			snprintf(what, wlen, "%s (a shard this run does not have)", to);
+		}
+	}
+	closedir(d);
+	if (r == 0 && fsync(dir_fd) < 0) {
+		r = -errno;
+		snprintf(what, wlen, "%s", kv_cfg.dir);
+	}
+	marker_path(to, sizeof(to), "");
+	if (r == 0 && unlink(to) < 0 && errno != ENOENT) {
+		r = -errno;
+		snprintf(what, wlen, "%s", to);
+	}
+	if (r == 0 && fsync(dir_fd) < 0) {
+		r = -errno;
+		snprintf(what, wlen, "%s", kv_cfg.dir);
+	}
+	return r;
+}
+
+/* At start, before reading: a commit a crash cut short is completed; a marker being written
+ * when it came (.tmp) is removed (the old files are in force). */
+static int
+commit_recover(void)
+{
+	char path[4096], what[4200] = "", line[32] = "";
+	unsigned n = 0;
+	FILE *f;
+	int dfd, r;
+
+	marker_path(path, sizeof(path), ".tmp");
+	unlink(path);
+	marker_path(path, sizeof(path), "");
+	f = fopen(path, "re");
+	if (!f)
+		return errno == ENOENT ? 0 : -errno;
+	if (!fgets(line, sizeof(line), f) || sscanf(line, "%u", &n) != 1 || n == 0 ||
+	    n > KEEL_MAX_SHARDS) {
+		fclose(f);
+		fprintf(stderr,
+			"keel-kv: %s: not a file count ('%.20s'); not written by keel-kv?\n", path,
+			line);
+		return -EINVAL;
+	}
+	fclose(f);
+	dfd = open(kv_cfg.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0)
+		return -errno;
+	r = commit_finish(dfd, n, what, sizeof(what));
+	close(dfd);
+	if (r < 0) {
+		fprintf(stderr,
+			"keel-kv: completing the switch to the append-only files of the last start "
+			"(%u shards), cut short by a crash: %s: %s\n",
+			n, what, strerror(-r));
 		return r;
 	}
-	return fsync(dir_fd) < 0 ? -errno : 0;
+	fprintf(stderr,
+		"keel-kv: completed the switch to the append-only files of the last start (%u "
+		"shards), cut short by a crash\n",
+		n);
+	return 0;
 }
 
 static void on_tick(struct keel_timer *t, void *arg);
@@ -423,51 +548,44 @@ kv_aof_shard_start(struct kv_db *db)
 		rb_free(&snap);
 		return -ENOMEM;
 	}
-	r = replace_file(self, a->dir_fd, snap.p, snap.len);
+	/* This run's file, under its .new name until the last shard commits (above). */
+	path_of(path, sizeof(path), self, ".new");
+	a->fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	a->chk_fd = a->fd < 0 ? -1 : open(path, O_RDONLY | O_CLOEXEC);
+	r = a->chk_fd < 0 ? -errno : write_all(a->fd, snap.p, snap.len);
+	if (r == 0 && fdatasync(a->fd) < 0)
+		r = -errno;
 	a->off = snap.len;
 	rb_free(&snap);
 	if (r < 0) {
-		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: writing %s/appendonly-%u.aof: %s", self,
-			 kv_cfg.dir, self, strerror(-r));
-		return r;
-	}
-	path_of(path, sizeof(path), self, "");
-	a->fd = open(path, O_WRONLY | O_CLOEXEC);
-	if (a->fd < 0)
-		return -errno;
-	a->chk_fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (a->chk_fd < 0) {
-		r = -errno;
-		close(a->fd);
-		a->fd = -1;
+		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: writing %s: %s", self, path,
+			 strerror(-r));
+		if (a->fd >= 0)
+			close(a->fd);
+		if (a->chk_fd >= 0)
+			close(a->chk_fd);
+		a->fd = a->chk_fd = -1;
 		return r;
 	}
 	keel_file_from_fd(a->fd, &a->f);
 	a->open = true;
 	publish(a);
 	if (atomic_fetch_add(&shards_loaded, 1) + 1 == kv_cfg.nshards) {
-		/* Every shard has its keys in its own file now: the files of shards that no
-		 * longer exist have nothing left, and the read copies are not needed. One left
-		 * behind would be replayed at the next start with records older than the new
-		 * files', so a failure to remove one stops the start. */
-		for (unsigned i = 0; i < nloaded && r == 0; i++) {
-			if (loaded[i].idx < kv_cfg.nshards)
-				continue;
-			path_of(path, sizeof(path), loaded[i].idx, "");
-			if (unlink(path) < 0 && errno != ENOENT) {
-				r = -errno;
-				keel_log(
-					KEEL_LOG_ERROR, "kv",
-					"removing %s (a shard this run does not have; its keys are in "
-					"the other files now, remove it by hand): %s",
-					path, strerror(-r));
-			}
-		}
-		if (r == 0 && fsync(a->dir_fd) < 0) {
-			r = -errno;
-			keel_log(KEEL_LOG_ERROR, "kv", "fsync of --dir %s: %s", kv_cfg.dir,
-				 strerror(-r));
-		}
+		/* Every shard's new file is written and synced: switch to them. No client is
+		 * served before this (main.c starts the listeners after every shard's start). */
+		char what[4200] = "";
+
+		r = commit_begin(a->dir_fd, kv_cfg.nshards);
+		if (r < 0)
+			snprintf(what, sizeof(what), "%s/appendonly.commit", kv_cfg.dir);
+		else
+			r = commit_finish(a->dir_fd, kv_cfg.nshards, what, sizeof(what));
+		if (r < 0)
+			keel_log(
+				KEEL_LOG_ERROR, "kv",
+				"switching to this run's append-only files: %s: %s (the next start "
+				"completes or undoes it)",
+				what, strerror(-r));
 		for (unsigned i = 0; i < nloaded; i++)
 			free(loaded[i].p);
 		free(loaded);
