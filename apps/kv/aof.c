@@ -383,18 +383,15 @@ commit_finish(int dir_fd, unsigned n, char *what, size_t wlen)
 		path_of(from, sizeof(from), i, ".new");
 		path_of(to, sizeof(to), i, "");
 		if (rename(from, to) < 0 && errno != ENOENT) {
+			r = -errno;
 			snprintf(what, wlen, "%s", from);
-			return -errno;
+			return r;
 		}
 	}
-	if (fsync(dir_fd) < 0) {
+	if (fsync(dir_fd) < 0 || !(d = opendir(kv_cfg.dir))) {
+		r = -errno;
 		snprintf(what, wlen, "%s", kv_cfg.dir);
-		return -errno;
-	}
-	d = opendir(kv_cfg.dir);
-	if (!d) {
-		snprintf(what, wlen, "%s", kv_cfg.dir);
-		return -errno;
+		return r;
 	}
 	while (r == 0 && (de = readdir(d))) {
 		unsigned idx;
@@ -439,11 +436,17 @@ commit_recover(void)
 	int dfd, r;
 
 	marker_path(path, sizeof(path), ".tmp");
-	unlink(path);
+	if (unlink(path) == 0)
+		fprintf(stderr, "keel-kv: removed %s, left half made by a crash\n", path);
 	marker_path(path, sizeof(path), "");
 	f = fopen(path, "re");
-	if (!f)
-		return errno == ENOENT ? 0 : -errno;
+	if (!f && errno == ENOENT)
+		return 0;
+	if (!f) {
+		r = -errno;
+		fprintf(stderr, "keel-kv: %s: %s\n", path, strerror(-r));
+		return r;
+	}
 	if (!fgets(line, sizeof(line), f) || sscanf(line, "%u", &n) != 1 || n == 0 ||
 	    n > KEEL_MAX_SHARDS) {
 		fclose(f);
@@ -454,8 +457,11 @@ commit_recover(void)
 	}
 	fclose(f);
 	dfd = open(kv_cfg.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (dfd < 0)
-		return -errno;
+	if (dfd < 0) {
+		r = -errno;
+		fprintf(stderr, "keel-kv: --dir %s: %s\n", kv_cfg.dir, strerror(-r));
+		return r;
+	}
 	r = commit_finish(dfd, n, what, sizeof(what));
 	close(dfd);
 	if (r < 0) {
@@ -1044,7 +1050,8 @@ rw_fail(struct aof *a, int err)
 	a->rewriting = a->rw_stale = false;
 	a->reset |= a->rw_reset; /* the old file stays: a FLUSHALL it took must still empty it */
 	a->rw_reset = false;
-	kick(a);
+	publish(a);
+	queue_flush(a); /* a kick on a later pass: this may run inside BGREWRITEAOF */
 }
 
 /* The directory is synced after the rename: until then a crash may leave the name on the

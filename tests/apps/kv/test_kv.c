@@ -1202,7 +1202,7 @@ file_there(const char *dir, const char *name)
  * between runs): 0 renamed already, 1 still old, 1.new waiting, the marker there. The next
  * start completes it, and both keys are there; without the commit, 1.new was not known and
  * a was lost. Then a crash before the marker: the .new file is removed, the old files in
- * force. */
+ * force. Then a switch to fewer files cut short before the removals. */
 Test(kv_server, aof_start_completes_a_switch_a_crash_cut_short)
 {
 	char dir[64];
@@ -1237,6 +1237,19 @@ Test(kv_server, aof_start_completes_a_switch_a_crash_cut_short)
 	srv_stop(&s);
 	cr_assert(!file_there(dir, "appendonly-1.aof"), "the file of shard 1 was not removed");
 	cr_assert(!file_there(dir, "appendonly-0.aof.new"), "the half-made file was not removed");
+	rm_dir(dir);
+
+	/* A switch to one file, cut short after its rename: the stale file of shard 1 (a=0)
+	 * goes before anything is read. */
+	mk_dir(dir, sizeof(dir));
+	put_file(dir, "appendonly-0.aof", REC_A);
+	put_file(dir, "appendonly-1.aof", "*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n0\r\n");
+	put_file(dir, "appendonly.commit", "1\n");
+	srv_start(&s, 2, "--appendonly", "yes", "--dir", dir, NULL);
+	rd_init(&r, test_connect(s.port));
+	expect(&r, "GET a", "$1\r\n1\r\n");
+	rd_free(&r);
+	srv_stop(&s);
 	rm_dir(dir);
 }
 
