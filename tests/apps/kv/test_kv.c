@@ -1599,9 +1599,11 @@ Test(kv_server, aof_flushall_then_stop_during_a_batch_keeps_the_new_records)
 Test(kv_server, aof_half_made_files_are_removed_at_start)
 {
 	static const char *const gone[] = { "appendonly-0.aof.rewrite", "appendonly-1.aof.tmp",
-					    "appendonly-0.aof.flush" };
+					    "appendonly-0.aof.flush", "appendonly-1.aof.new",
+					    "appendonly.commit.tmp" };
 	static const char *const kept[] = { "appendonly-0.aof.keep", "appendonly-0.aof.rewrite1",
-					    "notes.flush" };
+					    "notes.flush", "appendonly-0.aof.new2",
+					    "appendonly.commit.old" };
 	char dir[64], p[512];
 	struct srv s;
 	struct rd r;
@@ -1614,7 +1616,7 @@ Test(kv_server, aof_half_made_files_are_removed_at_start)
 	cr_assert(f);
 	fputs("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n", f);
 	fclose(f);
-	for (size_t i = 0; i < 3; i++) {
+	for (size_t i = 0; i < sizeof(gone) / sizeof(gone[0]); i++) {
 		snprintf(p, sizeof(p), "%s/%s", dir, gone[i]);
 		f = fopen(p, "w");
 		cr_assert(f);
@@ -1630,7 +1632,7 @@ Test(kv_server, aof_half_made_files_are_removed_at_start)
 	expect(&r, "GET k", "$1\r\nv\r\n");
 	rd_free(&r);
 	srv_stop(&s);
-	for (size_t i = 0; i < 3; i++) {
+	for (size_t i = 0; i < sizeof(gone) / sizeof(gone[0]); i++) {
 		snprintf(p, sizeof(p), "%s/%s", dir, gone[i]);
 		cr_assert(stat(p, &st) < 0 && errno == ENOENT, "%s is still there", gone[i]);
 		snprintf(p, sizeof(p), "%s/%s", dir, kept[i]);
