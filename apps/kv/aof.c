@@ -132,6 +132,18 @@ path_of(char *buf, size_t n, unsigned idx, const char *suffix)
 	snprintf(buf, n, "%s/appendonly-%u.aof%s", kv_cfg.dir, idx, suffix);
 }
 
+/* Whether @name is exactly appendonly-<idx>.aof (no ".tmp", no "01"), with *@idx. */
+static bool
+is_aof_name(const char *name, unsigned *idx)
+{
+	char exact[64];
+
+	if (sscanf(name, "appendonly-%u.aof", idx) != 1)
+		return false;
+	snprintf(exact, sizeof(exact), "appendonly-%u.aof", *idx);
+	return !strcmp(exact, name);
+}
+
 /* The most one write asks of the kernel: keel's file writes take at most INT_MAX bytes
  * (2 GiB), and a shard's batch or snapshot may be larger. KEEL_KV_AOF_WRITE_CHUNK=N (bytes,
  * read once at start) makes it smaller, for the tests that check the pieces. */
@@ -262,10 +274,7 @@ kv_aof_preload(void)
 
 		if (got == 2)
 			leftover(idx, de->d_name);
-		if (got != 1)
-			continue;
-		snprintf(path, sizeof(path), "appendonly-%u.aof", idx);
-		if (strcmp(path, de->d_name)) /* exactly this name: no ".tmp", no "01" */
+		if (got != 1 || !is_aof_name(de->d_name, &idx))
 			continue;
 		path_of(path, sizeof(path), idx, "");
 		fd = open(path, O_RDWR | O_CLOEXEC);
@@ -395,12 +404,8 @@ commit_finish(int dir_fd, unsigned n, char *what, size_t wlen)
 	}
 	while (r == 0 && (de = readdir(d))) {
 		unsigned idx;
-		char exact[64];
 
-		if (sscanf(de->d_name, "appendonly-%u.aof", &idx) != 1 || idx < n)
-			continue;
-		snprintf(exact, sizeof(exact), "appendonly-%u.aof", idx);
-		if (strcmp(exact, de->d_name)) /* exactly: leftovers are removed at start */
+		if (!is_aof_name(de->d_name, &idx) || idx < n) /* leftovers: removed at start */
 			continue;
 		path_of(to, sizeof(to), idx, "");
 		if (unlink(to) < 0 && errno != ENOENT) {
@@ -622,11 +627,13 @@ waiters_done(struct waiter *w, int err)
 
 static void on_written(struct keel_file_req *req, int res, void *arg);
 
-/* A write failed: the replies waiting for the batch in flight and for the records pending
- * behind it get @err now (their changes are in memory, their records are kept and written
- * when the disk takes writes again), rather than wait for as long as the failure lasts. */
+/* Answer every reply waiting, for the batch in flight and for the records pending behind
+ * it, with @err (0: on disk). On a failed write they get the error now (their changes are
+ * in memory, their records are kept and written when the disk takes writes again) rather
+ * than wait for as long as the failure lasts. The lists are detached first: an answer may
+ * add a waiter. */
 static void
-fail_waiters(struct aof *a, int err)
+answer_waiters(struct aof *a, int err)
 {
 	struct waiter *iw = a->iw, *pw = a->pw;
 
@@ -669,7 +676,7 @@ issue_write(struct aof *a)
 		publish(a);
 		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: appendonly write: %s", a->id,
 			 strerror(-r));
-		fail_waiters(a, r);
+		answer_waiters(a, r);
 		return;
 	}
 	a->st = A_WRITING;
@@ -781,7 +788,7 @@ on_written(struct keel_file_req *req, int res, void *arg)
 		a->err = e;
 		a->st = A_FAILED; /* the batch stays; the tick tries it again */
 		publish(a);
-		fail_waiters(a, e);
+		answer_waiters(a, e);
 		return;
 	}
 	a->wdone += (size_t)res;
@@ -1076,7 +1083,7 @@ rw_dir_synced(struct keel_file_req *req, int res, void *arg)
 		a->sync_errors++;
 		a->rw_dir_err = res;
 		publish(a);
-		fail_waiters(a, res); /* the records gathered wait for the switch */
+		answer_waiters(a, res); /* the records gathered wait for the switch */
 		return;
 	}
 	a->rw_dir_err = 0;
@@ -1333,9 +1340,9 @@ kv_aof_stop(void)
 		err = err ? err : r;
 	}
 	a->pend.len = 0;
-	if (fdatasync(a->fd) < 0 && !err)
-		err = -errno;
-	if (a->chk_fd >= 0 && fdatasync(a->chk_fd) < 0 && !err)
+	/* Through chk_fd when there is one: the same file, and it sees a writeback error that
+	 * the ring's syncs on fd used up (none went through a fresh file's fd). */
+	if (fdatasync(a->chk_fd >= 0 ? a->chk_fd : a->fd) < 0 && !err)
 		err = -errno;
 	if (dir_sync && fsync(a->dir_fd) < 0 && !err)
 		err = -errno;
@@ -1344,10 +1351,7 @@ kv_aof_stop(void)
 			 "shard %u: appendonly-%u.aof at stop: %s; the replies still waiting for "
 			 "it say so",
 			 a->id, a->id, strerror(-err));
-	waiters_done(a->iw, err);
-	a->iw = NULL;
-	waiters_done(a->pw, err);
-	a->pw = a->pwt = NULL;
+	answer_waiters(a, err);
 }
 
 void
