@@ -56,7 +56,7 @@ static void
 sweep_cb(struct keel_timer *t, void *arg)
 {
 	struct net_shard *ns = arg;
-	uint64_t now = keel_now_ns(), pmin = UINT64_MAX;
+	uint64_t now = keel_now_ns(), pmin = UINT64_MAX, p;
 	struct net_lim *l, *next;
 
 	for (l = ns->lim_head; l; l = next) {
@@ -81,8 +81,9 @@ sweep_cb(struct keel_timer *t, void *arg)
 			keel_conn_abort(l->c, -ETIMEDOUT); /* unlists it */
 			continue;
 		}
-		if (lim_period(l) < pmin) /* still timed */
-			pmin = lim_period(l);
+		p = lim_period(l); /* still timed */
+		if (p < pmin)
+			pmin = p;
 	}
 	/* The shortest timeouts are gone: sweep as often as the rest need (the timer was
 	 * stopped if the list emptied). */
