@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "kv.h"
+#include "testfault.h"
 
 struct waiter {
 	struct waiter *next;
@@ -130,6 +131,37 @@ static void
 path_of(char *buf, size_t n, unsigned idx, const char *suffix)
 {
 	snprintf(buf, n, "%s/appendonly-%u.aof%s", kv_cfg.dir, idx, suffix);
+}
+
+/* The plain system calls that tests make fail (testfault.h; constant in other builds). */
+static int
+truncate_file(int fd) /* FLUSHALL */
+{
+	if (kv_test_fault("ftruncate")) {
+		errno = EIO;
+		return -1;
+	}
+	return ftruncate(fd, 0);
+}
+
+static int
+unlink_file(const char *path) /* at start: a file of a shard this run does not have */
+{
+	if (kv_test_fault("start-unlink")) {
+		errno = EIO;
+		return -1;
+	}
+	return unlink(path);
+}
+
+static int
+stop_datasync(int fd)
+{
+	if (kv_test_fault("stop-sync")) {
+		errno = EIO;
+		return -1;
+	}
+	return fdatasync(fd);
 }
 
 /* Whether @name is exactly appendonly-<idx>.aof (no ".tmp", no "01"), with *@idx. */
@@ -408,7 +440,7 @@ commit_finish(int dir_fd, unsigned n, char *what, size_t wlen)
 		if (!is_aof_name(de->d_name, &idx) || idx < n) /* leftovers: removed at start */
 			continue;
 		path_of(to, sizeof(to), idx, "");
-		if (unlink(to) < 0 && errno != ENOENT) {
+		if (unlink_file(to) < 0 && errno != ENOENT) {
 			r = -errno;
 			snprintf(what, wlen, "%s (a shard this run does not have)", to);
 		}
@@ -870,7 +902,7 @@ kick_(struct aof *a)
 		return; /* records gather until the new file is in place */
 	if (a->reset) { /* FLUSHALL: the table is empty, so is its file */
 		a->reset = false;
-		if (ftruncate(a->fd, 0) < 0) { /* the flushed records would come back */
+		if (truncate_file(a->fd) < 0) { /* the flushed records would come back */
 			file_lost(a, -errno, "ftruncate for FLUSHALL failed");
 			kick_(a); /* starts the rebuild, or its error reaches the waiters */
 			return;
@@ -981,9 +1013,11 @@ kv_aof_log(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv, unsi
 		a->reset = true;
 	} else if (c->route == KV_R_KEY) {
 		kv_db_record(db, &argv[1], &a->pend);
+		a->pend.oom |= kv_test_fault("record-oom");
 	} else if (c->route == KV_R_KEYS) {
 		for (unsigned i = 1; i < argc; i += c->key_step)
 			kv_db_record(db, &argv[i], &a->pend);
+		a->pend.oom |= kv_test_fault("record-oom");
 	}
 	if (a->pend.oom) { /* the records gathered are gone: the file lacks them */
 		rb_free(&a->pend);
@@ -1268,7 +1302,7 @@ stop_fresh_file(struct aof *a, bool *renamed)
 			close(fd);
 			unlink(tmp);
 		}
-		if (ftruncate(a->fd, 0) < 0)
+		if (truncate_file(a->fd) < 0)
 			return -errno;
 		a->off = 0;
 		return 0;
@@ -1328,7 +1362,7 @@ kv_aof_stop(void)
 		r = stop_fresh_file(a, &dir_sync);
 		err = err ? err : r;
 	} else if (a->reset) {
-		if (ftruncate(a->fd, 0) == 0)
+		if (truncate_file(a->fd) == 0)
 			a->off = 0;
 		else if (!err)
 			err = -errno;
@@ -1342,7 +1376,7 @@ kv_aof_stop(void)
 	a->pend.len = 0;
 	/* Through chk_fd when there is one: the same file, and it sees a writeback error that
 	 * the ring's syncs on fd used up (none went through a fresh file's fd). */
-	if (fdatasync(a->chk_fd >= 0 ? a->chk_fd : a->fd) < 0 && !err)
+	if (stop_datasync(a->chk_fd >= 0 ? a->chk_fd : a->fd) < 0 && !err)
 		err = -errno;
 	if (dir_sync && fsync(a->dir_fd) < 0 && !err)
 		err = -errno;

@@ -15,6 +15,7 @@
 
 #include "kv.h"
 #include "server.h"
+#include "testfault.h"
 
 static const char usage[] =
 	"usage: keel-kv [--port P] [--addr A] [--maxmemory BYTES] [--timeout SECONDS]\n"
@@ -196,6 +197,7 @@ main(int argc, char **argv)
 	long port = 6379;
 	int r;
 
+	kv_test_faults_init();
 	keel_opts_init(&o);
 	keel_opts_parse_or_exit(&o, &argc, argv, usage);
 	keel_net_config_init(&nc);

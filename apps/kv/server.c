@@ -1517,11 +1517,12 @@ kv_shard_start(void)
 	if (r < 0)
 		return r;
 	r = kv_aof_shard_start(&ks->db);
-	if (r < 0)
+	if (r == 0)
+		r = keel_shard_on_stop(on_stop, ks);
+	if (r < 0) { /* the table, loaded maybe, is this function's until on_stop has it */
+		kv_db_fini(&ks->db);
 		return r;
-	r = keel_shard_on_stop(on_stop, ks);
-	if (r < 0)
-		return r;
+	}
 	r = keel_timer_create(on_sweep, ks, &ks->sweep);
 	if (r < 0)
 		return r;

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -767,4 +768,183 @@ Test(faults_kv, aof_writes_gathered_behind_a_failing_switch_are_answered)
 	fclose(f);
 	proc_stop(&p);
 	aof1_check_and_clean(dir, 0, acked);
+}
+
+/* keel-kv's own plain system calls and allocations failing (KEEL_KV_TEST_FAULTS,
+ * apps/kv/testfault.h): keel's fault injection reaches only io_uring operations. */
+
+/* keel-kv on @shards shards with its append-only file in @dir, synced per @fsync, its own
+ * calls failing per @kvfaults. */
+static void
+kvf_start(struct proc *p, const char *kvfaults, const char *shards, const char *fsync,
+	  const char *dir)
+{
+	setenv("KEEL_KV_TEST_FAULTS", kvfaults, 1);
+	proc_start(p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", shards,
+		   "--idle-poll-us", "0", "--appendonly", "yes", "--appendfsync", fsync, "--dir",
+		   dir, NULL);
+	unsetenv("KEEL_KV_TEST_FAULTS");
+}
+
+/* One command on a new connection: its first reply line into @line. */
+static void
+kv_command(int port, const char *cmd, char *line, size_t len)
+{
+	FILE *f = fdopen(test_connect(port), "r+");
+
+	cr_assert(f);
+	fprintf(f, "%s\r\n", cmd);
+	fflush(f);
+	cr_assert(fgets(line, (int)len, f), "%s: no reply", cmd);
+	fclose(f);
+}
+
+/* appendfsync always, no memory to gather the 50th SET's record: the records gathered with
+ * it are gone, and with them writes whose replies have not gone out yet. The file is
+ * rebuilt from memory instead (aof_rewrites becomes 1) before they are answered, and after a
+ * SIGKILL and a restart every acknowledged SET is there. */
+Test(faults_kv, aof_records_lost_to_no_memory_rebuild_the_file)
+{
+	char dir[] = "/tmp/keel-kv-aof-recoom-XXXXXX";
+	bool acked[400] = { false };
+	struct proc p;
+	int errs;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	kvf_start(&p, "record-oom:after=49:n=1", "1", "always", dir);
+	errs = aof_sets_until_accepted(p.port, 400, acked);
+	cr_log_info("400 SETs, one record lost to no memory: %d refused", errs);
+	cr_assert_eq(persistence_field(p.port, "aof_rewrites:"), 1,
+		     "the file was not rebuilt after a record was lost");
+	kill9(&p);
+	aof1_check_and_clean(dir, 400, acked);
+}
+
+/* appendfsync always, FLUSHALL's truncation of the file fails: an acknowledged FLUSHALL
+ * would be undone by the next start, which replays the records still in the file. The
+ * file is rebuilt from the (empty) table instead; after a SIGKILL and a restart no key
+ * comes back. */
+Test(faults_kv, aof_failed_flushall_truncate_rebuilds_the_file)
+{
+	char dir[] = "/tmp/keel-kv-aof-flushtr-XXXXXX", line[256];
+	bool acked[200] = { false }, none[1] = { false };
+	struct proc p;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	kvf_start(&p, "ftruncate:n=1", "1", "always", dir);
+	cr_assert_eq(aof_sets(p.port, 200, acked), 0);
+	kv_command(p.port, "FLUSHALL", line, sizeof(line));
+	cr_assert_str_eq(line, "+OK\r\n", "FLUSHALL: '%s'", line);
+	cr_assert_eq(persistence_field(p.port, "aof_rewrites:"), 1,
+		     "FLUSHALL was acknowledged without the file emptied or rebuilt");
+	kill9(&p);
+	proc_start(&p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "1",
+		   "--idle-poll-us", "0", "--appendonly", "yes", "--dir", dir, NULL);
+	kv_command(p.port, "DBSIZE", line, sizeof(line));
+	cr_assert_str_eq(line, ":0\r\n", "keys came back after the acknowledged FLUSHALL: %s",
+			 line);
+	proc_stop(&p);
+	aof1_check_and_clean(dir, 0, none);
+}
+
+/* The fdatasync at stop fails: the stop says so (a line naming the file and the error), and
+ * the replies still waiting for it carry the error rather than +OK. */
+Test(faults_kv, aof_failed_sync_at_stop_is_reported)
+{
+	char dir[] = "/tmp/keel-kv-aof-stopsync-XXXXXX", log[64], buf[8192];
+	bool acked[200] = { false };
+	uint64_t dl = test_deadline(TEST_WAIT_MS);
+	struct proc p;
+	int fd;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	snprintf(log, sizeof(log), "%s.log", dir);
+	setenv("KEEL_TEST_SERVER_LOG", log, 1);
+	kvf_start(&p, "stop-sync", "1", "always", dir);
+	unsetenv("KEEL_TEST_SERVER_LOG");
+	cr_assert_eq(aof_sets(p.port, 200, acked), 0);
+	proc_stop(&p);
+	/* The server's stderr reaches the file through a drain process: wait for the line. */
+	for (;;) {
+		ssize_t n = 0;
+
+		fd = open(log, O_RDONLY);
+		if (fd >= 0) {
+			n = read(fd, buf, sizeof(buf) - 1);
+			close(fd);
+		}
+		buf[n > 0 ? n : 0] = 0;
+		if (strstr(buf, "appendonly-0.aof at stop: Input/output error"))
+			break;
+		cr_assert(!test_expired(dl), "no line for the failed sync at stop; the log: %s",
+			  buf);
+		test_pause();
+	}
+	unlink(log);
+	aof1_check_and_clean(dir, 200, acked);
+}
+
+/* At start, the removal of the file of a shard this run does not have fails (3 shards
+ * before, 2 now): the start stops with a line naming the file, rather than serve while a
+ * later start could replay that file's records over newer ones. The next start completes
+ * the switch and keeps every acknowledged SET. */
+Test(faults_kv, aof_start_stops_on_a_failed_removal_and_the_next_start_completes)
+{
+	char dir[] = "/tmp/keel-kv-aof-unlink-XXXXXX", err[8192], extra[4200];
+	bool acked[300] = { false };
+	uint64_t dl = test_deadline(TEST_WAIT_MS);
+	size_t got = 0;
+	struct proc p;
+	int pfd[2], st;
+	pid_t pid;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	kvf_start(&p, "", "3", "always", dir);
+	cr_assert_eq(aof_sets(p.port, 300, acked), 0);
+	proc_stop(&p);
+
+	cr_assert_eq(pipe(pfd), 0);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		dup2(pfd[1], 2);
+		close(pfd[0]);
+		setenv("KEEL_KV_TEST_FAULTS", "start-unlink", 1);
+		execl(KEEL_KV_BIN, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards",
+		      "2", "--idle-poll-us", "0", "--appendonly", "yes", "--dir", dir,
+		      (char *)NULL);
+		_exit(127);
+	}
+	close(pfd[1]);
+	/* Its stderr is a few lines, well within the pipe: read it once it has exited. */
+	while (waitpid(pid, &st, WNOHANG) == 0) {
+		if (test_expired(dl)) {
+			kill(pid, SIGKILL);
+			waitpid(pid, &st, 0);
+			st = -1;
+			break;
+		}
+		test_pause();
+	}
+	for (ssize_t k;
+	     got < sizeof(err) - 1 && (k = read(pfd[0], err + got, sizeof(err) - 1 - got)) > 0;)
+		got += (size_t)k;
+	err[got] = 0;
+	close(pfd[0]);
+	cr_assert_neq(st, -1, "keel-kv did not stop after the failed removal: %s", err);
+	cr_assert(!strstr(err, "listening"), "keel-kv served after the failed removal: %s", err);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0 && WEXITSTATUS(st) != 127,
+		  "status 0x%x: %s", st, err);
+	snprintf(extra, sizeof(extra), "%s/appendonly-2.aof (a shard this run does not have)", dir);
+	cr_assert(strstr(err, extra) && strstr(err, "Input/output error"), "no line naming %s: %s",
+		  extra, err);
+
+	proc_start(&p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "2",
+		   "--idle-poll-us", "0", "--appendonly", "yes", "--dir", dir, NULL);
+	aof_check(p.port, 300, acked);
+	proc_stop(&p);
+	snprintf(extra, sizeof(extra), "%s/appendonly-2.aof", dir);
+	cr_assert_eq(access(extra, F_OK), -1, "%s is still there after the next start", extra);
+	aof1_check_and_clean(dir, 300, acked);
 }

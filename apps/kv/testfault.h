@@ -1,0 +1,36 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * For tests only: failures of keel-kv's own plain system calls and allocations, which
+ * keel's fault injection (keel/faults.h, io_uring operations) does not reach. Only in
+ * KEEL_FAULTS builds; elsewhere kv_test_fault() is constant false and costs nothing.
+ *
+ * KEEL_KV_TEST_FAULTS="SITE[:after=N][:n=N][,SITE...]" (read once, by kv_test_faults_init
+ * or the first call; a bad spec stops the process with status 2):
+ * the call at SITE fails, except the first N calls there (after=, default 0), at most N
+ * times (n=, default unlimited). Sites (docs/testing.md):
+ *   record-oom   no memory to gather a write's append-only record
+ *   ftruncate    the append-only file's truncation for FLUSHALL (EIO)
+ *   stop-sync    the fdatasync of the append-only file at stop (EIO)
+ *   start-unlink the removal of a file of a shard this run does not have, at start (EIO)
+ */
+#ifndef KEEL_KV_TESTFAULT_H
+#define KEEL_KV_TESTFAULT_H
+
+#include <keel/config.h>
+#include <stdbool.h>
+
+/* Read the spec (another build: say that it is ignored, when there is one). */
+void kv_test_faults_init(void);
+
+#ifdef KEEL_FAULTS
+bool kv_test_fault(const char *site);
+#else
+static inline bool
+kv_test_fault(const char *site)
+{
+	(void)site;
+	return false;
+}
+#endif
+
+#endif
