@@ -1516,13 +1516,15 @@ kv_shard_start(void)
 	r = kv_db_init(&ks->db, &kv_stats[self()]);
 	if (r < 0)
 		return r;
-	r = kv_aof_shard_start(&ks->db);
-	if (r == 0)
-		r = keel_shard_on_stop(on_stop, ks);
-	if (r < 0) { /* the table, loaded maybe, is this function's until on_stop has it */
+	r = keel_shard_on_stop(on_stop, ks);
+	if (r < 0) {
 		kv_db_fini(&ks->db);
 		return r;
 	}
+	/* From here on_stop frees the table, loaded or not, and stops the file if it started. */
+	r = kv_aof_shard_start(&ks->db);
+	if (r < 0)
+		return r;
 	r = keel_timer_create(on_sweep, ks, &ks->sweep);
 	if (r < 0)
 		return r;

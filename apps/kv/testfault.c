@@ -16,6 +16,7 @@ kv_test_faults_init(void)
 #else
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -38,49 +39,74 @@ bad_spec(const char *spec, const char *why)
 	exit(2);
 }
 
+/* A decimal number of digits only (no sign, no space), within uint64_t. */
+static bool
+number(const char *p, size_t len, uint64_t *v)
+{
+	*v = 0;
+	if (!len)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		if (p[i] < '0' || p[i] > '9' || *v > (UINT64_MAX - (uint64_t)(p[i] - '0')) / 10)
+			return false;
+		*v = *v * 10 + (uint64_t)(p[i] - '0');
+	}
+	return true;
+}
+
+/* One SITE[:after=N][:n=N] of @len bytes at @p. */
+static void
+parse_site(const char *env, const char *p, size_t len)
+{
+	size_t nl = strcspn(p, ":,");
+	struct site *s;
+
+	if (nsites == MAX_SITES)
+		bad_spec(env, "more than 8 sites");
+	s = &sites[nsites];
+	for (size_t k = 0;; k++) {
+		if (k == sizeof(known) / sizeof(known[0]))
+			bad_spec(env, "a site is one of record-oom, ftruncate, stop-sync, "
+				      "start-unlink");
+		if (strlen(known[k]) == nl && !memcmp(p, known[k], nl))
+			break;
+	}
+	memcpy(s->name, p, nl);
+	s->name[nl] = 0;
+	for (unsigned i = 0; i < nsites; i++)
+		if (!strcmp(sites[i].name, s->name))
+			bad_spec(env, "a site named twice");
+	s->n = UINT64_MAX;
+	for (size_t off = nl; off < len;) {
+		const char *f = p + off + 1; /* past the ':' */
+		size_t fl = strcspn(f, ":,"), kl = f[0] == 'a' ? 6 : 2;
+
+		if (strncmp(f, kl == 6 ? "after=" : "n=", kl) || fl < kl ||
+		    !number(f + kl, fl - kl, kl == 6 ? &s->after : &s->n))
+			bad_spec(env, "a site takes :after=N and :n=N only (N a number)");
+		off += 1 + fl;
+	}
+	nsites++;
+}
+
 static void
 parse(void)
 {
 	const char *env = getenv("KEEL_KV_TEST_FAULTS");
-	char buf[512], *save = NULL;
 
 	if (!env || !*env)
 		return;
-	if (strlen(env) >= sizeof(buf))
-		bad_spec(env, "too long");
-	strcpy(buf, env);
-	for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-		char *save2 = NULL, *f = strtok_r(tok, ":", &save2);
-		struct site *s = &sites[nsites];
+	for (const char *p = env;;) {
+		size_t len = strcspn(p, ",");
 
-		if (nsites == MAX_SITES)
-			bad_spec(env, "more than 8 sites");
-		for (size_t k = 0;; k++) {
-			if (k == sizeof(known) / sizeof(known[0]))
-				bad_spec(env,
-					 "sites: record-oom, ftruncate, stop-sync, start-unlink");
-			if (!strcmp(f, known[k]))
-				break;
-		}
-		strcpy(s->name, f);
-		s->n = UINT64_MAX;
-		while ((f = strtok_r(NULL, ":", &save2))) {
-			char *end;
-			uint64_t v;
-
-			if (strncmp(f, "after=", 6) && strncmp(f, "n=", 2))
-				bad_spec(env, "a site takes after=N and n=N only");
-			v = strtoull(strchr(f, '=') + 1, &end, 10);
-			if (*end || end == strchr(f, '=') + 1)
-				bad_spec(env, "after= and n= take a number");
-			if (f[0] == 'a')
-				s->after = v;
-			else
-				s->n = v;
-		}
-		nsites++;
+		parse_site(env, p, len);
+		if (!p[len])
+			break;
+		p += len + 1;
 	}
-	fprintf(stderr, "keel-kv: KEEL_KV_TEST_FAULTS=%s: failing these calls (a test build)\n",
+	fprintf(stderr,
+		"keel-kv: KEEL_KV_TEST_FAULTS=%s: failing these calls (a test build; each count "
+		"is over all shards)\n",
 		env);
 }
 

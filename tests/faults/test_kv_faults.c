@@ -847,14 +847,15 @@ Test(faults_kv, aof_failed_flushall_truncate_rebuilds_the_file)
 	aof1_check_and_clean(dir, 0, none);
 }
 
-/* The fdatasync at stop fails: the stop says so (a line naming the file and the error), and
- * the replies still waiting for it carry the error rather than +OK. */
+/* The fdatasync at stop fails: the stop says so, in a line naming the file and the error
+ * (replies still waiting for it would carry the error; none waits here: a stop with
+ * replies in flight is not reproducible from outside). */
 Test(faults_kv, aof_failed_sync_at_stop_is_reported)
 {
 	char dir[] = "/tmp/keel-kv-aof-stopsync-XXXXXX", log[64], buf[8192];
 	bool acked[200] = { false };
-	uint64_t dl = test_deadline(TEST_WAIT_MS);
 	struct proc p;
+	uint64_t dl;
 	int fd;
 
 	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
@@ -865,6 +866,7 @@ Test(faults_kv, aof_failed_sync_at_stop_is_reported)
 	cr_assert_eq(aof_sets(p.port, 200, acked), 0);
 	proc_stop(&p);
 	/* The server's stderr reaches the file through a drain process: wait for the line. */
+	dl = test_deadline(TEST_WAIT_MS);
 	for (;;) {
 		ssize_t n = 0;
 
@@ -892,7 +894,7 @@ Test(faults_kv, aof_start_stops_on_a_failed_removal_and_the_next_start_completes
 {
 	char dir[] = "/tmp/keel-kv-aof-unlink-XXXXXX", err[8192], extra[4200];
 	bool acked[300] = { false };
-	uint64_t dl = test_deadline(TEST_WAIT_MS);
+	uint64_t dl;
 	size_t got = 0;
 	struct proc p;
 	int pfd[2], st;
@@ -918,6 +920,7 @@ Test(faults_kv, aof_start_stops_on_a_failed_removal_and_the_next_start_completes
 	}
 	close(pfd[1]);
 	/* Its stderr is a few lines, well within the pipe: read it once it has exited. */
+	dl = test_deadline(TEST_WAIT_MS);
 	while (waitpid(pid, &st, WNOHANG) == 0) {
 		if (test_expired(dl)) {
 			kill(pid, SIGKILL);
@@ -934,8 +937,9 @@ Test(faults_kv, aof_start_stops_on_a_failed_removal_and_the_next_start_completes
 	close(pfd[0]);
 	cr_assert_neq(st, -1, "keel-kv did not stop after the failed removal: %s", err);
 	cr_assert(!strstr(err, "listening"), "keel-kv served after the failed removal: %s", err);
-	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0 && WEXITSTATUS(st) != 127,
-		  "status 0x%x: %s", st, err);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "status 0x%x: %s", st, err);
+	/* ASan exits 1 on a leak too: the failed shard must have freed its loaded table. */
+	cr_assert(!strstr(err, "LeakSanitizer"), "%s", err);
 	snprintf(extra, sizeof(extra), "%s/appendonly-2.aof (a shard this run does not have)", dir);
 	cr_assert(strstr(err, extra) && strstr(err, "Input/output error"), "no line naming %s: %s",
 		  extra, err);
