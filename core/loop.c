@@ -95,10 +95,18 @@ keel__shard_ring_init(struct keel_shard *s)
 
 	if (rt->features[KEEL_FEAT_SINGLE_ISSUER].used)
 		flags |= IORING_SETUP_SINGLE_ISSUER;
+	/* IORING_SQ_TASKRUN tells a polling pass that arrivals wait, without a system call.
+	 * Only a polling pass reads it (a blocking shard's sleep runs the task work anyway),
+	 * and raising it costs whoever wakes the ring (the sender's CPU on loopback, the
+	 * softirq's elsewhere) an atomic write to a cache line the shard clears at every run
+	 * of task work: so the ring asks for it only when the shard may poll. */
 	if (rt->features[KEEL_FEAT_DEFER_TASKRUN].used)
-		flags |= IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
+		flags |= IORING_SETUP_DEFER_TASKRUN;
 	else if (caps->coop_taskrun)
-		flags |= IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
+		flags |= IORING_SETUP_COOP_TASKRUN;
+	if ((flags & (IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_COOP_TASKRUN)) &&
+	    rt->opts.idle_poll_us)
+		flags |= IORING_SETUP_TASKRUN_FLAG;
 
 	/* ZCRX completions are 32 bytes (the second half holds the area offset), and the kernel
 	 * registers an interface queue only on a DEFER_TASKRUN ring: ask for CQE32 only on the

@@ -178,3 +178,26 @@ Test(core_runtime, all_features_forced_off_still_runs)
 	cr_assert_eq(r, 0);
 	cr_assert_eq(atomic_load(&st.flags_ok), 2);
 }
+
+/* IORING_SETUP_TASKRUN_FLAG only where a pass reads it: a shard that polls
+ * (--idle-poll-us > 0) asks for it; a blocking shard does not, since raising the flag
+ * costs every waker of its ring a write to a cache line the shard clears each time. */
+Test(core_runtime, taskrun_flag_only_when_the_shard_polls)
+{
+	struct keel_opts o = test_opts(2);
+	struct start_state block = { .shards = 2,
+				     .need_flags = IORING_SETUP_DEFER_TASKRUN,
+				     .forbid_flags = IORING_SETUP_TASKRUN_FLAG };
+	struct start_state poll = {
+		.shards = 2, .need_flags = IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG
+	};
+
+	o.idle_poll_us = 0;
+	cr_assert_eq(keel_run(&o, on_start_record, &block), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(atomic_load(&block.flags_ok), 2, "a blocking shard's ring has TASKRUN_FLAG");
+	o.idle_poll_us = 50;
+	cr_assert_eq(keel_run(&o, on_start_record, &poll), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(atomic_load(&poll.flags_ok), 2, "a polling shard's ring lacks TASKRUN_FLAG");
+}
