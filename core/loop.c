@@ -95,11 +95,13 @@ keel__shard_ring_init(struct keel_shard *s)
 
 	if (rt->features[KEEL_FEAT_SINGLE_ISSUER].used)
 		flags |= IORING_SETUP_SINGLE_ISSUER;
-	/* IORING_SQ_TASKRUN tells a polling pass that arrivals wait, without a system call.
-	 * Only a polling pass reads it (a blocking shard's sleep runs the task work anyway),
-	 * and raising it costs whoever wakes the ring (the sender's CPU on loopback, the
-	 * softirq's elsewhere) an atomic write to a cache line the shard clears at every run
-	 * of task work: so the ring asks for it only when the shard may poll. */
+	/* IORING_SQ_TASKRUN tells a pass that does not sleep whether arrivals wait, without a
+	 * system call. A polling shard makes such passes all the time; a blocking one only
+	 * when its sleep is skipped (mail, deferred calls, draining), and without the flag
+	 * those passes enter the kernel when the CQ is empty (need_enter). Raising it costs
+	 * whoever wakes the ring (the sender's CPU on loopback, the softirq's elsewhere) an
+	 * atomic write to a cache line the shard clears at every run of task work: so the
+	 * ring asks for it only when the shard may poll. */
 	if (rt->features[KEEL_FEAT_DEFER_TASKRUN].used)
 		flags |= IORING_SETUP_DEFER_TASKRUN;
 	else if (caps->coop_taskrun)

@@ -192,12 +192,33 @@ Test(core_runtime, taskrun_flag_only_when_the_shard_polls)
 		.shards = 2, .need_flags = IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG
 	};
 
+	struct start_state coop_block = { .shards = 2,
+					  .need_flags = IORING_SETUP_COOP_TASKRUN,
+					  .forbid_flags = IORING_SETUP_TASKRUN_FLAG };
+	struct start_state coop_poll = {
+		.shards = 2, .need_flags = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG
+	};
+
 	o.idle_poll_us = 0;
 	cr_assert_eq(keel_run(&o, on_start_record, &block), 0);
 	SHARD_CHECKS_PASSED();
-	cr_assert_eq(atomic_load(&block.flags_ok), 2, "a blocking shard's ring has TASKRUN_FLAG");
+	cr_assert_eq(atomic_load(&block.flags_ok), 2,
+		     "a blocking shard's ring lacks DEFER_TASKRUN or has TASKRUN_FLAG");
 	o.idle_poll_us = 50;
 	cr_assert_eq(keel_run(&o, on_start_record, &poll), 0);
 	SHARD_CHECKS_PASSED();
-	cr_assert_eq(atomic_load(&poll.flags_ok), 2, "a polling shard's ring lacks TASKRUN_FLAG");
+	cr_assert_eq(atomic_load(&poll.flags_ok), 2,
+		     "a polling shard's ring lacks DEFER_TASKRUN or TASKRUN_FLAG");
+	/* The fallback without DEFER_TASKRUN alike. */
+	o.features[KEEL_FEAT_DEFER_TASKRUN] = KEEL_POLICY_OFF;
+	o.idle_poll_us = 0;
+	cr_assert_eq(keel_run(&o, on_start_record, &coop_block), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(atomic_load(&coop_block.flags_ok), 2,
+		     "COOP_TASKRUN, blocking: the ring lacks COOP_TASKRUN or has TASKRUN_FLAG");
+	o.idle_poll_us = 50;
+	cr_assert_eq(keel_run(&o, on_start_record, &coop_poll), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(atomic_load(&coop_poll.flags_ok), 2,
+		     "COOP_TASKRUN, polling: the ring lacks COOP_TASKRUN or TASKRUN_FLAG");
 }
