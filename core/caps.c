@@ -148,6 +148,11 @@ feature_have(const struct keel_caps *c, enum keel_feature f)
 			"sleeps that gather completions (IORING_FEAT_MIN_TIMEOUT, "
 			"--wait-coalesce-us) need Linux 6.12 or later"
 		};
+	case KEEL_FEAT_TASKRUN_FLAG:
+		return (struct feature_req){
+			c->coop_taskrun || c->defer_taskrun,
+			"IORING_SETUP_TASKRUN_FLAG needs Linux 5.19 or later"
+		};
 	default:
 		return (struct feature_req){ false, "unknown feature" };
 	}
@@ -186,6 +191,13 @@ keel_features_decide(const struct keel_opts *opts, struct keel_feature_decision 
 		if (p == KEEL_POLICY_OFF) {
 			out[f].used = false;
 			out[f].reason = "forced off by policy";
+		} else if (f == KEEL_FEAT_TASKRUN_FLAG && p == KEEL_POLICY_AUTO && fr.have &&
+			   !opts->idle_poll_us) {
+			/* Only passes that do not sleep read it; raising it costs every waker of
+			 * the ring a write to a line the shard clears (architecture.md, step 6). */
+			out[f].used = false;
+			out[f].reason =
+				"the shards do not poll (--idle-poll-us 0); on: set it anyway";
 		} else if (fr.have) {
 			out[f].used = true;
 			out[f].reason =

@@ -100,14 +100,15 @@ keel__shard_ring_init(struct keel_shard *s)
 	 * when its sleep is skipped (mail, deferred calls, draining), and without the flag
 	 * those passes enter the kernel when the CQ is empty (need_enter). Raising it costs
 	 * whoever wakes the ring (the sender's CPU on loopback, the softirq's elsewhere) an
-	 * atomic write to a cache line the shard clears at every run of task work: so the
-	 * ring asks for it only when the shard may poll. */
+	 * atomic write to a cache line the shard clears at every run of task work: so by
+	 * default (feature taskrun_flag, auto) the ring asks for it only when the shard may
+	 * poll. */
 	if (rt->features[KEEL_FEAT_DEFER_TASKRUN].used)
 		flags |= IORING_SETUP_DEFER_TASKRUN;
 	else if (caps->coop_taskrun)
 		flags |= IORING_SETUP_COOP_TASKRUN;
 	if ((flags & (IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_COOP_TASKRUN)) &&
-	    rt->opts.idle_poll_us)
+	    rt->features[KEEL_FEAT_TASKRUN_FLAG].used) /* auto: polling shards only */
 		flags |= IORING_SETUP_TASKRUN_FLAG;
 
 	/* ZCRX completions are 32 bytes (the second half holds the area offset), and the kernel

@@ -21,6 +21,7 @@ static const char *const feature_names[KEEL_FEAT__COUNT] = {
 	[KEEL_FEAT_DIRECT_FD] = "direct_fd",
 	[KEEL_FEAT_SEND_ZC] = "send_zc",
 	[KEEL_FEAT_MIN_WAIT] = "min_wait",
+	[KEEL_FEAT_TASKRUN_FLAG] = "taskrun_flag",
 };
 
 static const char *const policy_names[] = {
@@ -303,7 +304,7 @@ static const struct opt_desc opt_table[] = {
 	{ OPT_FEATURE, "--feature", "KEEL_FEATURE", "NAME=POLICY[,..]",
 	  "io_uring feature policy off|on|auto; names: single_issuer, defer_taskrun, reg_ring_fd, "
 	  "reg_buffers, multishot_accept, multishot_recv, recv_bundle, pbuf_inc, direct_fd, send_zc, "
-	  "min_wait" },
+	  "min_wait, taskrun_flag" },
 	{ OPT_MEMORY, "--memory", "KEEL_MEMORY", "SIZE",
 	  "registered buffer memory per shard, K/M/G suffixes (default 256M)" },
 	{ OPT_HUGEPAGES, "--hugepages", "KEEL_HUGEPAGES", NULL,

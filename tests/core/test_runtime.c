@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: MIT
 #include <dirent.h>
 #include <errno.h>
+#include <keel/caps.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -179,46 +181,55 @@ Test(core_runtime, all_features_forced_off_still_runs)
 	cr_assert_eq(atomic_load(&st.flags_ok), 2);
 }
 
-/* IORING_SETUP_TASKRUN_FLAG only where a pass reads it: a shard that polls
- * (--idle-poll-us > 0) asks for it; a blocking shard does not, since raising the flag
- * costs every waker of its ring a write to a cache line the shard clears each time. */
+/* Run 2 shards under @o; every ring must have @need and lack @forbid. */
+static void
+ring_flags_are(struct keel_opts *o, unsigned need, unsigned forbid, const char *what)
+{
+	struct start_state st = { .shards = 2, .need_flags = need, .forbid_flags = forbid };
+
+	cr_assert_eq(keel_run(o, on_start_record, &st), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(atomic_load(&st.flags_ok), 2, "%s: ring flags other than asked", what);
+}
+
+/* IORING_SETUP_TASKRUN_FLAG (feature taskrun_flag) by default only on the rings of shards
+ * that poll (--idle-poll-us > 0): a blocking shard's sleep runs the task work anyway, and
+ * raising the flag costs every waker of its ring a write to a cache line the shard clears
+ * each time. on: every ring; off: none. The COOP_TASKRUN fallback alike. */
 Test(core_runtime, taskrun_flag_only_when_the_shard_polls)
 {
+	const unsigned DEFER = IORING_SETUP_DEFER_TASKRUN, COOP = IORING_SETUP_COOP_TASKRUN,
+		       FLAG = IORING_SETUP_TASKRUN_FLAG;
 	struct keel_opts o = test_opts(2);
-	struct start_state block = { .shards = 2,
-				     .need_flags = IORING_SETUP_DEFER_TASKRUN,
-				     .forbid_flags = IORING_SETUP_TASKRUN_FLAG };
-	struct start_state poll = {
-		.shards = 2, .need_flags = IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG
-	};
-
-	struct start_state coop_block = { .shards = 2,
-					  .need_flags = IORING_SETUP_COOP_TASKRUN,
-					  .forbid_flags = IORING_SETUP_TASKRUN_FLAG };
-	struct start_state coop_poll = {
-		.shards = 2, .need_flags = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG
-	};
 
 	o.idle_poll_us = 0;
-	cr_assert_eq(keel_run(&o, on_start_record, &block), 0);
-	SHARD_CHECKS_PASSED();
-	cr_assert_eq(atomic_load(&block.flags_ok), 2,
-		     "a blocking shard's ring lacks DEFER_TASKRUN or has TASKRUN_FLAG");
+	ring_flags_are(&o, DEFER, FLAG, "auto, blocking");
 	o.idle_poll_us = 50;
-	cr_assert_eq(keel_run(&o, on_start_record, &poll), 0);
-	SHARD_CHECKS_PASSED();
-	cr_assert_eq(atomic_load(&poll.flags_ok), 2,
-		     "a polling shard's ring lacks DEFER_TASKRUN or TASKRUN_FLAG");
-	/* The fallback without DEFER_TASKRUN alike. */
+	ring_flags_are(&o, DEFER | FLAG, 0, "auto, polling");
+	o.features[KEEL_FEAT_TASKRUN_FLAG] = KEEL_POLICY_OFF;
+	ring_flags_are(&o, DEFER, FLAG, "off, polling");
+	o.features[KEEL_FEAT_TASKRUN_FLAG] = KEEL_POLICY_ON;
+	o.idle_poll_us = 0;
+	ring_flags_are(&o, DEFER | FLAG, 0, "on, blocking");
+	o.features[KEEL_FEAT_TASKRUN_FLAG] = KEEL_POLICY_AUTO;
 	o.features[KEEL_FEAT_DEFER_TASKRUN] = KEEL_POLICY_OFF;
-	o.idle_poll_us = 0;
-	cr_assert_eq(keel_run(&o, on_start_record, &coop_block), 0);
-	SHARD_CHECKS_PASSED();
-	cr_assert_eq(atomic_load(&coop_block.flags_ok), 2,
-		     "COOP_TASKRUN, blocking: the ring lacks COOP_TASKRUN or has TASKRUN_FLAG");
+	ring_flags_are(&o, COOP, FLAG | DEFER, "COOP_TASKRUN, auto, blocking");
 	o.idle_poll_us = 50;
-	cr_assert_eq(keel_run(&o, on_start_record, &coop_poll), 0);
-	SHARD_CHECKS_PASSED();
-	cr_assert_eq(atomic_load(&coop_poll.flags_ok), 2,
-		     "COOP_TASKRUN, polling: the ring lacks COOP_TASKRUN or TASKRUN_FLAG");
+	ring_flags_are(&o, COOP | FLAG, DEFER, "COOP_TASKRUN, auto, polling");
+}
+
+/* The decision says why a blocking shard's ring goes without it. */
+Test(core_runtime, taskrun_flag_decision_names_the_reason)
+{
+	struct keel_feature_decision d[KEEL_FEAT__COUNT];
+	struct keel_opts o = test_opts(1);
+
+	o.idle_poll_us = 0;
+	cr_assert_eq(keel_features_decide(&o, d), 0);
+	cr_assert_not(d[KEEL_FEAT_TASKRUN_FLAG].used);
+	cr_assert_not_null(strstr(d[KEEL_FEAT_TASKRUN_FLAG].reason, "--idle-poll-us 0"));
+	cr_assert_str_eq(keel_feature_name(KEEL_FEAT_TASKRUN_FLAG), "taskrun_flag");
+	o.idle_poll_us = 50;
+	cr_assert_eq(keel_features_decide(&o, d), 0);
+	cr_assert(d[KEEL_FEAT_TASKRUN_FLAG].used);
 }

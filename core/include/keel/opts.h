@@ -57,6 +57,7 @@ enum keel_feature {
 	KEEL_FEAT_DIRECT_FD,        /* accepted/connected sockets as direct descriptors (5.19) */
 	KEEL_FEAT_SEND_ZC,          /* SEND_ZC / SENDMSG_ZC for large sends (6.0 / 6.1) */
 	KEEL_FEAT_MIN_WAIT,         /* IORING_FEAT_MIN_TIMEOUT: sleeps that gather (6.12) */
+	KEEL_FEAT_TASKRUN_FLAG, /* IORING_SETUP_TASKRUN_FLAG (5.19); auto: polling shards only */
 	KEEL_FEAT__COUNT
 };
 
