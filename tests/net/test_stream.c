@@ -66,11 +66,13 @@ sum64(const uint8_t *p, size_t n)
 /* Full duplex: write 16 streams while reading the echo back, comparing every byte with
  * what was sent and a sum of the bytes at both ends. */
 static void
-integrity(const char *feature, enum keel_policy p, uint32_t zc_threshold)
+integrity_polling(const char *feature, enum keel_policy p, uint32_t zc_threshold,
+		  unsigned idle_poll_us)
 {
 	/* 64 MiB per connection on 16 connections, once per feature combination; the
-	 * sanitizer run of tools/test.sh (KEEL_TEST_SCALE=small) moves 1 MiB each. */
-	size_t total = test_small() ? (1u << 20) : (64u << 20);
+	 * sanitizer run of tools/test.sh (KEEL_TEST_SCALE=small) moves 1 MiB each. Shards
+	 * that poll take the client's CPU on a 2-core machine: 4 MiB each then. */
+	size_t total = test_small() ? (1u << 20) : idle_poll_us ? (4u << 20) : (64u << 20);
 	struct keel_opts o = net_test_opts(2);
 	struct keel_net_config nc;
 	struct srv s;
@@ -83,6 +85,7 @@ integrity(const char *feature, enum keel_policy p, uint32_t zc_threshold)
 
 	if (!pattern[0] && !pattern[1])
 		pattern_init();
+	o.idle_poll_us = idle_poll_us;
 	keel_net_config_init(&nc);
 	nc.zc_threshold = zc_threshold;
 	if (feature) {
@@ -155,6 +158,12 @@ integrity(const char *feature, enum keel_policy p, uint32_t zc_threshold)
 	cr_assert_eq(srv_stop(&s), 0);
 }
 
+static void
+integrity(const char *feature, enum keel_policy p, uint32_t zc_threshold)
+{
+	integrity_polling(feature, p, zc_threshold, 0);
+}
+
 Test(net_stream, integrity_all_auto)
 {
 	integrity(NULL, KEEL_POLICY_AUTO, 32768);
@@ -182,6 +191,16 @@ Test(net_stream, integrity_send_zc_on_all_sizes)
 Test(net_stream, integrity_send_zc_off)
 {
 	integrity("send_zc", KEEL_POLICY_OFF, 1);
+}
+/* Shards that poll: their passes find arrivals through IORING_SQ_TASKRUN (taskrun_flag
+ * auto), or, with the flag off, by entering the kernel each pass. */
+Test(net_stream, integrity_polling_shards)
+{
+	integrity_polling(NULL, KEEL_POLICY_AUTO, 32768, 50);
+}
+Test(net_stream, integrity_polling_shards_taskrun_flag_off)
+{
+	integrity_polling("taskrun_flag", KEEL_POLICY_OFF, 32768, 50);
 }
 
 /* Shutdown with connections open: every connection is closed with -ESHUTDOWN and nothing
