@@ -20,16 +20,15 @@ kv_test_faults_init(void)
 #include <stdint.h>
 #include <string.h>
 
-#define MAX_SITES 8
-
+/* The sites, and what the spec says of each (indexed alike). */
+static const char *const known[] = { "record-oom", "ftruncate", "stop-sync", "start-unlink" };
+#define NSITES (sizeof(known) / sizeof(known[0]))
 static struct site {
-	char name[32];
+	bool set;
 	uint64_t after, n;
 	_Atomic uint64_t seen;
-} sites[MAX_SITES];
-static unsigned nsites;
+} sites[NSITES];
 static pthread_once_t once = PTHREAD_ONCE_INIT;
-static const char *const known[] = { "record-oom", "ftruncate", "stop-sync", "start-unlink" };
 
 /* A bad spec is a broken test: say so and stop rather than run without the faults. */
 static void
@@ -54,28 +53,30 @@ number(const char *p, size_t len, uint64_t *v)
 	return true;
 }
 
+/* The index of the site named by the @len bytes at @p, or NSITES. */
+static size_t
+site_index(const char *p, size_t len)
+{
+	size_t k = 0;
+
+	while (k < NSITES && !(strlen(known[k]) == len && !memcmp(p, known[k], len)))
+		k++;
+	return k;
+}
+
 /* One SITE[:after=N][:n=N] of @len bytes at @p. */
 static void
 parse_site(const char *env, const char *p, size_t len)
 {
-	size_t nl = strcspn(p, ":,");
+	size_t nl = strcspn(p, ":,"), k = site_index(p, nl);
 	struct site *s;
 
-	if (nsites == MAX_SITES)
-		bad_spec(env, "more than 8 sites");
-	s = &sites[nsites];
-	for (size_t k = 0;; k++) {
-		if (k == sizeof(known) / sizeof(known[0]))
-			bad_spec(env, "a site is one of record-oom, ftruncate, stop-sync, "
-				      "start-unlink");
-		if (strlen(known[k]) == nl && !memcmp(p, known[k], nl))
-			break;
-	}
-	memcpy(s->name, p, nl);
-	s->name[nl] = 0;
-	for (unsigned i = 0; i < nsites; i++)
-		if (!strcmp(sites[i].name, s->name))
-			bad_spec(env, "a site named twice");
+	if (k == NSITES)
+		bad_spec(env, "a site is one of record-oom, ftruncate, stop-sync, start-unlink");
+	s = &sites[k];
+	if (s->set)
+		bad_spec(env, "a site named twice");
+	s->set = true;
 	s->n = UINT64_MAX;
 	for (size_t off = nl; off < len;) {
 		const char *f = p + off + 1; /* past the ':' */
@@ -86,7 +87,6 @@ parse_site(const char *env, const char *p, size_t len)
 			bad_spec(env, "a site takes :after=N and :n=N only (N a number)");
 		off += 1 + fl;
 	}
-	nsites++;
 }
 
 static void
@@ -119,16 +119,13 @@ kv_test_faults_init(void)
 bool
 kv_test_fault(const char *site)
 {
-	pthread_once(&once, parse);
-	for (unsigned i = 0; i < nsites; i++) {
-		struct site *s = &sites[i];
-		uint64_t k;
+	size_t k = site_index(site, strlen(site));
+	uint64_t seen;
 
-		if (strcmp(s->name, site))
-			continue;
-		k = atomic_fetch_add_explicit(&s->seen, 1, memory_order_relaxed);
-		return k >= s->after && k - s->after < s->n;
-	}
-	return false;
+	pthread_once(&once, parse);
+	if (k == NSITES || !sites[k].set)
+		return false;
+	seen = atomic_fetch_add_explicit(&sites[k].seen, 1, memory_order_relaxed);
+	return seen >= sites[k].after && seen - sites[k].after < sites[k].n;
 }
 #endif
