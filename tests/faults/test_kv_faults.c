@@ -596,16 +596,42 @@ Test(faults_kv, aof_enospc_refuses_writes_reads_go_on_and_writing_resumes)
 	free(acked);
 }
 
-/* keel-kv on one shard with its append-only file in @dir, synced per @fsync, under the
- * faults @faults. */
+/* keel-kv on @shards shards with its append-only file in @dir, synced per @fsync, with
+ * @spec in the environment variable @var (KEEL_FAULTS: keel's injection; KEEL_KV_TEST_FAULTS:
+ * keel-kv's own calls, apps/kv/testfault.h). */
+static void
+aof_start(struct proc *p, const char *var, const char *spec, const char *shards, const char *fsync,
+	  const char *dir)
+{
+	setenv(var, spec, 1);
+	proc_start(p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", shards,
+		   "--idle-poll-us", "0", "--appendonly", "yes", "--appendfsync", fsync, "--dir",
+		   dir, NULL);
+	unsetenv(var);
+}
+
+/* keel-kv on one shard under keel's faults @faults. */
 static void
 aof1_start(struct proc *p, const char *faults, const char *fsync, const char *dir)
 {
-	setenv("KEEL_FAULTS", faults, 1);
-	proc_start(p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "1",
-		   "--idle-poll-us", "0", "--appendonly", "yes", "--appendfsync", fsync, "--dir",
-		   dir, NULL);
-	unsetenv("KEEL_FAULTS");
+	aof_start(p, "KEEL_FAULTS", faults, "1", fsync, dir);
+}
+
+/* keel-kv on @shards shards again on @dir, without faults. */
+static void
+aof_restart(struct proc *p, const char *shards, const char *dir)
+{
+	proc_start(p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", shards,
+		   "--idle-poll-us", "0", "--appendonly", "yes", "--dir", dir, NULL);
+}
+
+static void
+rm_tree(const char *dir)
+{
+	char cmd[128];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	cr_assert_eq(system(cmd), 0);
 }
 
 /* BGREWRITEAOF, then wait until the INFO persistence counter @field reaches 1. */
@@ -637,15 +663,12 @@ kill9(struct proc *p)
 static void
 aof1_check_and_clean(char *dir, int n, const bool *acked)
 {
-	char cmd[128];
 	struct proc p;
 
-	proc_start(&p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "1",
-		   "--idle-poll-us", "0", "--appendonly", "yes", "--dir", dir, NULL);
+	aof_restart(&p, "1", dir);
 	aof_check(p.port, n, acked);
 	proc_stop(&p);
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-	cr_assert_eq(system(cmd), 0);
+	rm_tree(dir);
 }
 
 /* BGREWRITEAOF renames its new file over the old one; until the directory is synced too, a
@@ -773,17 +796,12 @@ Test(faults_kv, aof_writes_gathered_behind_a_failing_switch_are_answered)
 /* keel-kv's own plain system calls and allocations failing (KEEL_KV_TEST_FAULTS,
  * apps/kv/testfault.h): keel's fault injection reaches only io_uring operations. */
 
-/* keel-kv on @shards shards with its append-only file in @dir, synced per @fsync, its own
- * calls failing per @kvfaults. */
+/* keel-kv on @shards shards, its own calls failing per @kvfaults. */
 static void
 kvf_start(struct proc *p, const char *kvfaults, const char *shards, const char *fsync,
 	  const char *dir)
 {
-	setenv("KEEL_KV_TEST_FAULTS", kvfaults, 1);
-	proc_start(p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", shards,
-		   "--idle-poll-us", "0", "--appendonly", "yes", "--appendfsync", fsync, "--dir",
-		   dir, NULL);
-	unsetenv("KEEL_KV_TEST_FAULTS");
+	aof_start(p, "KEEL_KV_TEST_FAULTS", kvfaults, shards, fsync, dir);
 }
 
 /* One command on a new connection: its first reply line into @line. */
@@ -827,7 +845,7 @@ Test(faults_kv, aof_records_lost_to_no_memory_rebuild_the_file)
 Test(faults_kv, aof_failed_flushall_truncate_rebuilds_the_file)
 {
 	char dir[] = "/tmp/keel-kv-aof-flushtr-XXXXXX", line[256];
-	bool acked[200] = { false }, none[1] = { false };
+	bool acked[200] = { false };
 	struct proc p;
 
 	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
@@ -838,13 +856,12 @@ Test(faults_kv, aof_failed_flushall_truncate_rebuilds_the_file)
 	cr_assert_eq(persistence_field(p.port, "aof_rewrites:"), 1,
 		     "FLUSHALL was acknowledged without the file emptied or rebuilt");
 	kill9(&p);
-	proc_start(&p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "1",
-		   "--idle-poll-us", "0", "--appendonly", "yes", "--dir", dir, NULL);
+	aof_restart(&p, "1", dir);
 	kv_command(p.port, "DBSIZE", line, sizeof(line));
 	cr_assert_str_eq(line, ":0\r\n", "keys came back after the acknowledged FLUSHALL: %s",
 			 line);
 	proc_stop(&p);
-	aof1_check_and_clean(dir, 0, none);
+	rm_tree(dir);
 }
 
 /* The fdatasync at stop fails: the stop says so, in a line naming the file and the error
@@ -944,11 +961,10 @@ Test(faults_kv, aof_start_stops_on_a_failed_removal_and_the_next_start_completes
 	cr_assert(strstr(err, extra) && strstr(err, "Input/output error"), "no line naming %s: %s",
 		  extra, err);
 
-	proc_start(&p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "2",
-		   "--idle-poll-us", "0", "--appendonly", "yes", "--dir", dir, NULL);
+	aof_restart(&p, "2", dir);
 	aof_check(p.port, 300, acked);
 	proc_stop(&p);
 	snprintf(extra, sizeof(extra), "%s/appendonly-2.aof", dir);
 	cr_assert_eq(access(extra, F_OK), -1, "%s is still there after the next start", extra);
-	aof1_check_and_clean(dir, 300, acked);
+	rm_tree(dir);
 }
