@@ -409,6 +409,19 @@ commit_begin(int dir_fd, unsigned n)
 	return r;
 }
 
+/* fsync of --dir; on failure its name goes to @what. */
+static int
+dir_synced(int dir_fd, char *what, size_t wlen)
+{
+	int r;
+
+	if (fsync(dir_fd) == 0)
+		return 0;
+	r = -errno;
+	snprintf(what, wlen, "%s", kv_cfg.dir);
+	return r;
+}
+
 /* Rename every .new file of shards 0..@n-1 over its name (one already renamed is gone),
  * remove the files of shards @n and up, sync, remove the marker. Returns 0 or -errno, with
  * the file in @what. */
@@ -429,7 +442,11 @@ commit_finish(int dir_fd, unsigned n, char *what, size_t wlen)
 			return r;
 		}
 	}
-	if (fsync(dir_fd) < 0 || !(d = opendir(kv_cfg.dir))) {
+	r = dir_synced(dir_fd, what, wlen);
+	if (r < 0)
+		return r;
+	d = opendir(kv_cfg.dir);
+	if (!d) {
 		r = -errno;
 		snprintf(what, wlen, "%s", kv_cfg.dir);
 		return r;
@@ -446,19 +463,15 @@ commit_finish(int dir_fd, unsigned n, char *what, size_t wlen)
 		}
 	}
 	closedir(d);
-	if (r == 0 && fsync(dir_fd) < 0) {
-		r = -errno;
-		snprintf(what, wlen, "%s", kv_cfg.dir);
-	}
+	if (r == 0)
+		r = dir_synced(dir_fd, what, wlen);
 	marker_path(to, sizeof(to), "");
 	if (r == 0 && unlink(to) < 0 && errno != ENOENT) {
 		r = -errno;
 		snprintf(what, wlen, "%s", to);
 	}
-	if (r == 0 && fsync(dir_fd) < 0) {
-		r = -errno;
-		snprintf(what, wlen, "%s", kv_cfg.dir);
-	}
+	if (r == 0)
+		r = dir_synced(dir_fd, what, wlen);
 	return r;
 }
 
@@ -890,12 +903,9 @@ kick_(struct aof *a)
 		return;
 	if (a->rw_ready)
 		rw_switch(a);
-	rebuild(a);                          /* when the file was lost and no rewrite runs */
-	if (a->sync_lost && !a->rewriting) { /* the rebuild could not start: say so now */
-		struct waiter *w = a->pw;
-
-		a->pw = a->pwt = NULL;
-		waiters_done(w, a->sync_lost);
+	rebuild(a);                              /* when the file was lost and no rewrite runs */
+	if (a->sync_lost && !a->rewriting) {     /* the rebuild could not start: say so now */
+		answer_waiters(a, a->sync_lost); /* idle: only pending records wait */
 		return;
 	}
 	if (a->rewriting)
