@@ -23,6 +23,7 @@
 
 #include "client.h"
 #include "scale.h"
+#include "tmpdir.h"
 #include "wait.h"
 
 #define KV_NCONN 6
@@ -625,15 +626,6 @@ aof_restart(struct proc *p, const char *shards, const char *dir)
 		   "--idle-poll-us", "0", "--appendonly", "yes", "--dir", dir, NULL);
 }
 
-static void
-rm_tree(const char *dir)
-{
-	char cmd[128];
-
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-	cr_assert_eq(system(cmd), 0);
-}
-
 /* BGREWRITEAOF, then wait until the INFO persistence counter @field reaches 1. */
 static void
 bgrewrite_until(int port, const char *field)
@@ -668,7 +660,7 @@ aof1_check_and_clean(char *dir, int n, const bool *acked)
 	aof_restart(&p, "1", dir);
 	aof_check(p.port, n, acked);
 	proc_stop(&p);
-	rm_tree(dir);
+	rm_dir(dir);
 }
 
 /* BGREWRITEAOF renames its new file over the old one; until the directory is synced too, a
@@ -861,7 +853,7 @@ Test(faults_kv, aof_failed_flushall_truncate_rebuilds_the_file)
 	cr_assert_str_eq(line, ":0\r\n", "keys came back after the acknowledged FLUSHALL: %s",
 			 line);
 	proc_stop(&p);
-	rm_tree(dir);
+	rm_dir(dir);
 }
 
 /* The fdatasync at stop fails: the stop says so, in a line naming the file and the error
@@ -966,5 +958,5 @@ Test(faults_kv, aof_start_stops_on_a_failed_removal_and_the_next_start_completes
 	proc_stop(&p);
 	snprintf(extra, sizeof(extra), "%s/appendonly-2.aof", dir);
 	cr_assert_eq(access(extra, F_OK), -1, "%s is still there after the next start", extra);
-	rm_tree(dir);
+	rm_dir(dir);
 }

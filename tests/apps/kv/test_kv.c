@@ -25,6 +25,7 @@
 
 #include "client.h"
 #include "resp.h"
+#include "tmpdir.h"
 #include "wait.h"
 
 static pid_t live;           /* the server a failed test leaves running: killed by the fini */
@@ -916,15 +917,6 @@ mk_dir(char *d, size_t n)
 {
 	snprintf(d, n, "/tmp/keel-kv-aof-XXXXXX");
 	cr_assert(mkdtemp(d), "mkdtemp: %s", strerror(errno));
-}
-
-static void
-rm_dir(const char *d)
-{
-	char cmd[512];
-
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", d);
-	cr_assert_eq(system(cmd), 0);
 }
 
 static long
