@@ -4,6 +4,8 @@
 # client disconnects, sampling both servers' RSS and descriptor count; prints a summary and
 # exits 1 when a check failed. Not in CI (too long); docs/reliability.md has the figures.
 #   tools/soak.sh MINUTES [BUILD_DIR]      (default build)
+#   SOAK_IDLE_POLL_US=N: the servers' shards poll N us before they sleep (default 0: they
+#   sleep at once; a polling shard takes other paths through its loop and its ring)
 # Load, all at once, each in a loop of short runs (every run's end closes its connections):
 #   - redis-benchmark on keel-kv: SET/GET/INCR/MSET/PING, random clients (5..50), pipeline
 #     depth (1..32) and key space; its errors ("Error ...", a non-zero exit) are counted;
@@ -33,6 +35,8 @@ command -v redis-benchmark >/dev/null && command -v redis-cli >/dev/null ||
 out=${SOAK_DIR:-$(mktemp -d /tmp/keel-soak.XXXXXX)}
 mkdir -p "$out"
 secs=$((minutes * 60))
+poll=${SOAK_IDLE_POLL_US:-0}
+[[ $poll =~ ^[0-9]+$ ]] || { echo "soak: SOAK_IDLE_POLL_US must be a number of microseconds"; exit 1; }
 pids=()
 kvpid= echopid=
 cleanup() {
@@ -43,7 +47,7 @@ trap cleanup EXIT
 start() { # NAME BINARY ARGS... -> sets REPLY to the port, $! to the pid
 	local name=$1 log=$out/$1.log port=
 	shift
-	"$@" --port 0 --addr 127.0.0.1 --shards 2 --idle-poll-us 0 >"$log" 2>&1 &
+	"$@" --port 0 --addr 127.0.0.1 --shards 2 --idle-poll-us "$poll" >"$log" 2>&1 &
 	for _ in $(seq 100); do
 		port=$(sed -n 's/.*listening on .* port \([0-9]*\).*/\1/p' "$log" | head -1)
 		[ -n "$port" ] && break
@@ -64,7 +68,7 @@ fd_kv0=$(sample $kvpid | cut -d' ' -f2)
 fd_echo0=$(sample $echopid | cut -d' ' -f2)
 t0=$(date +%s)
 end=$((t0 + secs))
-echo "soak: $minutes min; keel-kv port $kvport (pid $kvpid), keel-echo port $echoport (pid $echopid); logs in $out"
+echo "soak: $minutes min; shards poll $poll us; keel-kv port $kvport (pid $kvpid), keel-echo port $echoport (pid $echopid); logs in $out"
 
 # Sampler: every 5 s, seconds since start, then RSS KiB and descriptors of keel-kv and
 # keel-echo, then keel-kv's keys (DBSIZE) and its own count of key/value bytes (INFO
