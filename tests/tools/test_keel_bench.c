@@ -311,6 +311,10 @@ Test(tools_bench, bad_options_exit_2_naming_them)
 		{ "udp --client keel", "--client" },
 		{ "udp --size 8", "--size" },
 		{ "pingpong --client dpdk", "--client" },
+		{ "pingpong --backend keel --client-poll-us 5", "--client epoll" },
+		{ "pingpong --client keel --client-poll-us 5", "--idle-poll-us" },
+		{ "serve --client-poll-us 5", "--client-poll-us" },
+		{ "udp --client-poll-us x", "--client-poll-us" },
 	};
 	char *out;
 
@@ -653,6 +657,31 @@ Test(tools_bench, keel_idle_poll_option_reaches_the_server)
 	cr_assert_eq(num(out, "server_sleeps"), 0, "%s", out);
 	cr_assert(strstr(out, "\"client\": \"epoll\""), "%s", out);
 	free(out);
+}
+
+/* The epoll client (and udp's) blocks in its waits by default and polls with
+ * --client-poll-us: one that may poll for 10 s never blocks in a run this short. */
+Test(tools_bench, client_poll_option_makes_the_client_poll)
+{
+	static const char *const modes[] = { "pingpong --backend epoll", "udp" };
+	char args[256], *out;
+
+	for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+		snprintf(args, sizeof(args), "%s --seconds 0.2 --warmup 0 --json", modes[i]);
+		cr_assert_eq(bench(args, &out), 0, "%s:\n%s", args, out);
+		cr_assert_eq(num(out, "client_poll_us"), 0, "%s", out);
+		cr_assert_eq(num(out, "client_polls"), 0, "%s", out);
+		cr_assert_gt(num(out, "client_sleeps"), 0, "%s", out);
+		free(out);
+		snprintf(args, sizeof(args),
+			 "%s --client-poll-us 10000000 --seconds 0.2 --warmup 0 --json", modes[i]);
+		cr_assert_eq(bench(args, &out), 0, "%s:\n%s", args, out);
+		cr_assert_eq(num(out, "client_poll_us"), 10000000, "%s", out);
+		cr_assert_gt(num(out, "client_polls"), 0, "%s", out);
+		cr_assert_eq(num(out, "client_sleeps"), 0, "%s", out);
+		cr_assert_gt(num(out, "msgs"), 0, "%s", out);
+		free(out);
+	}
 }
 
 /* The serve process takes the policy options too, and says which policy it runs. */

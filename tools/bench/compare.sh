@@ -24,6 +24,9 @@
 #                         window, KEEL_WAIT_COALESCE_US or 10, fixed with
 #                         KEEL_WAIT_COALESCE_FIXED: both servers sleep alike; 0: never)
 #     --client B          the one client: epoll (default) or keel (udp always uses sockets)
+#     --client-poll-us N  the epoll client (and udp's) polls N us before it blocks (keel-bench
+#                         --client-poll-us; default 0): a client whose wake-ups do not make
+#                         the round trip; it then uses its whole core (every row client-bound)
 #     --servers LIST      keel,epoll (default both)
 #     --shards N          server threads (default: the CPUs in --server-cpus)
 #     --server-cpus LIST  server CPUs, e.g. 0 or 0-3 (default 0)
@@ -41,7 +44,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cmdline="tools/bench/compare.sh $*"
 
-quick=0 reps=5 secs=3 warmup=1 rows_arg= policies=block,spin spin=50 client=epoll egather=
+quick=0 reps=5 secs=3 warmup=1 rows_arg= policies=block,spin spin=50 client=epoll egather= cpoll=0
 servers=keel,epoll shards= server_cpus=0 client_cpus=1 client_threads= port=0
 out=bench-results bin= plot=1 iperf=1
 usage() { sed -n '/^#   tools\/bench\/compare.sh \[options\]/,/^set -e/{/^#/s/^# \{0,1\}//p}' "$0"; }
@@ -62,6 +65,7 @@ while [ $# -gt 0 ]; do
 	--spin-us) spin=${2:?--spin-us needs a value}; shift ;;
 	--epoll-gather-us) egather=${2:?--epoll-gather-us needs a value}; shift ;;
 	--client) client=${2:?--client needs a value}; shift ;;
+	--client-poll-us) cpoll=${2:?--client-poll-us needs a value}; shift ;;
 	--servers) servers=${2:?--servers needs a value}; shift ;;
 	--shards) shards=${2:?--shards needs a value}; shift ;;
 	--server-cpus) server_cpus=${2:?--server-cpus needs a value}; shift ;;
@@ -85,6 +89,9 @@ num='^[0-9]*\.?[0-9]+$'
 [[ $spin =~ ^[0-9]+$ ]] || die "--spin-us must be an integer"
 [[ $port =~ ^[0-9]+$ ]] || die "--port must be a port number"
 case $client in epoll | keel) ;; *) die "--client must be epoll or keel" ;; esac
+[[ $cpoll =~ ^[0-9]+$ ]] || die "--client-poll-us must be a number of microseconds"
+[ "$cpoll" -eq 0 ] || [ "$client" = epoll ] ||
+	die "--client-poll-us is the epoll client's (a keel client polls with --idle-poll-us)"
 
 # CPU lists: "0-3,8" -> count
 cpu_count() {
@@ -220,6 +227,7 @@ run_one() { # name mode size inflight conns policy backend rep
 	[ "$threads" -gt "$conns" ] && threads=$conns
 	[ "$mode" = udp ] || copt=(--client "$client")
 	[ "$client" = keel ] && [ "$mode" != udp ] && copt+=(--idle-poll-us 0)
+	[ "$cpoll" -gt 0 ] && copt+=(--client-poll-us "$cpoll")
 	start_server "$be" "$pol" "$base.log"
 	if ! "$kb" "$mode" "${copt[@]}" --addr 127.0.0.1 --port "$sport" --server-pid "$server" \
 		--cpuset "$client_cpus" --threads "$threads" --size "$size" --inflight "$infl" \
@@ -344,6 +352,7 @@ cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 md=$out/compare.md
 client_desc="keel-bench MODE --client $client --port P --server-pid PID"
 [ "$client" = keel ] && client_desc="$client_desc --idle-poll-us 0"
+[ "$cpoll" -gt 0 ] && client_desc="$client_desc --client-poll-us $cpoll"
 {
 	echo "# keel vs epoll servers, one client (keel-bench)"
 	echo

@@ -60,6 +60,8 @@ struct bench_cfg {
 	uint32_t gather_us;         /* epoll server: sleep this long before a blocking
 				     * epoll_wait when keel's coalescing policy says so */
 	bool gather_fixed;          /* ... always, no trials (--gather-fixed) */
+	uint32_t client_poll_us;    /* epoll and udp clients: epoll_wait(0) this long after
+				     * the last event before blocking (--client-poll-us) */
 	const struct keel_opts *rt; /* runtime options for keel runtimes in this process */
 	/* Called once by client_run, from the calling thread, when the window is known (the
 	 * harness samples CPU clocks at its edges). NULL: nobody asked. */
@@ -91,6 +93,8 @@ struct bench_result {
 	uint64_t rx_all;       /* bytes (udp: datagrams) echoed back and verified, whole run */
 	uint64_t lost;         /* udp: datagrams given up on (no echo within the loss timeout) */
 	uint64_t late;         /* udp: echoes that came after their datagram was given up on */
+	uint64_t polls;        /* epoll and udp clients: epoll_wait(0) calls (--client-poll-us) */
+	uint64_t sleeps;       /* epoll and udp clients: epoll_waits that could block */
 	struct bench_hist lat; /* per-message latency (pingpong, throughput, held conns) */
 	char why[256];         /* first error, for a person */
 };
@@ -211,6 +215,39 @@ uint64_t bench_thread_cpu_ns(void);
 /* The client threads' start line: once every thread has set up (the first wait on @bar),
  * fix the measured window (@cfg's warm-up from now, then its seconds) into *t_start and
  * *t_end, tell @cfg->on_window, and let the threads go (the second wait). */
+/* A client's wait (--client-poll-us): like the epoll server's --busy-poll-us, epoll_wait
+ * with a zero timeout until nothing came for poll_ns, then a wait that may block. */
+struct bench_client_wait {
+	uint64_t poll_ns, idle_since, polls, sleeps;
+	bool polling;
+};
+
+/* The timeout of the next epoll_wait at @now: 0 while polling, else @block_ms. */
+static inline int
+bench_client_wait_ms(struct bench_client_wait *w, uint64_t now, int block_ms)
+{
+	w->polling = w->poll_ns && (!w->idle_since || now - w->idle_since < w->poll_ns);
+	if (w->polling) {
+		w->polls++;
+		return 0;
+	}
+	w->sleeps++;
+	return block_ms;
+}
+
+/* After that epoll_wait returned @n events: a poll that found none starts (or goes on
+ * with) the idle time; events or a blocking wait end it. */
+static inline void
+bench_client_waited(struct bench_client_wait *w, uint64_t now, int n)
+{
+	if (n <= 0 && w->polling) {
+		if (!w->idle_since)
+			w->idle_since = now;
+	} else {
+		w->idle_since = 0;
+	}
+}
+
 void bench_window_open(const struct bench_cfg *cfg, pthread_barrier_t *bar, uint64_t *t_start,
 		       uint64_t *t_end);
 

@@ -63,6 +63,7 @@ struct cthread {
 	uint8_t *rx;
 	struct cconn *reopen;
 	uint64_t msgs, bytes, msgs_all, cycles, errors, tx_all, rx_all;
+	struct bench_client_wait wait;
 	int err;
 	char why[256];
 	struct bench_hist lat;
@@ -359,11 +360,14 @@ client_thread(void *arg)
 
 		if (now >= cl->t_end)
 			break;
-		k = epoll_wait(t->epfd, ev, MAXEV, (int)((cl->t_end - now) / 1000000) + 1);
+		k = epoll_wait(t->epfd, ev, MAXEV,
+			       bench_client_wait_ms(&t->wait, now,
+						    (int)((cl->t_end - now) / 1000000) + 1));
 		if (k < 0 && errno != EINTR) {
 			fail(t, -errno, "epoll_wait: %s", strerror(errno));
 			break;
 		}
+		bench_client_waited(&t->wait, now, k);
 		for (int i = 0; i < k && !t->err; i++)
 			on_event(t, ev[i].data.ptr, ev[i].events);
 		while (t->reopen && !t->err) {
@@ -411,6 +415,7 @@ bench__epoll_client_run(const struct bench_cfg *cfg, struct bench_result *out)
 	for (unsigned i = 0; i < nt; i++) {
 		t[i].cl = &cl;
 		t[i].epfd = -1;
+		t[i].wait.poll_ns = (uint64_t)cfg->client_poll_us * 1000;
 		t[i].cpu = cfg->pin ? bench_cpu_for(cfg, cfg->client_cpu0 + i) : -1;
 		t[i].nactive = cfg->conns / nt + (i < cfg->conns % nt);
 		t[i].nidle =
@@ -439,6 +444,8 @@ bench__epoll_client_run(const struct bench_cfg *cfg, struct bench_result *out)
 		out->errors += t[i].errors;
 		out->tx_all += t[i].tx_all;
 		out->rx_all += t[i].rx_all;
+		out->polls += t[i].wait.polls;
+		out->sleeps += t[i].wait.sleeps;
 		bench_hist_merge(&out->lat, &t[i].lat);
 		if (t[i].err && r == 0) {
 			r = t[i].err;

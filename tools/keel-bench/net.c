@@ -59,6 +59,9 @@ static const char client_usage[] =
 	"                 keel's wait coalescing policy says it pays (default 0: never); keel's\n"
 	"                 runtime option is --wait-coalesce-us (default 10)\n"
 	"  --gather-fixed the epoll server: with --gather-us, before every blocking wait\n"
+	"  --client-poll-us N  the epoll client (and udp's): epoll_wait(0) for N us after its\n"
+	"                 last event before blocking (default 0); a polling client uses its\n"
+	"                 whole core, so its rows always read client-bound\n"
 	"  --seconds S    measured window (default 3)\n"
 	"  --warmup S     run this long first without counting (default 0.5)\n"
 	"  --cpuset LIST  pin to these CPUs in order: in-process server threads first, then\n"
@@ -90,7 +93,7 @@ struct opts {
 	struct bench_cfg cfg;
 	struct keel_opts rt;
 	const struct bench_backend *be, *client;
-	bool json, has_port, serve, has_size, has_busy, has_gather;
+	bool json, has_port, serve, has_size, has_busy, has_gather, has_client_poll;
 	long server_pid;
 	double seconds, warmup;
 };
@@ -176,6 +179,12 @@ parse(struct opts *o, int argc, char **argv)
 			    parse_u32(o, "--busy-poll-us", v, 0, 10000000, &c->busy_poll_us))
 				return m < 0 ? bad(o, "--busy-poll-us", "missing value", NULL) : 2;
 			o->has_busy = true;
+		} else if (!o->serve && OPT("--client-poll-us")) {
+			if (m < 0 ||
+			    parse_u32(o, "--client-poll-us", v, 0, 10000000, &c->client_poll_us))
+				return m < 0 ? bad(o, "--client-poll-us", "missing value", NULL)
+					     : 2;
+			o->has_client_poll = true;
 		} else if (OPT("--gather-us")) {
 			if (m < 0 || parse_u32(o, "--gather-us", v, 0, 100000, &c->gather_us))
 				return m < 0 ? bad(o, "--gather-us", "missing value", NULL) : 2;
@@ -256,6 +265,12 @@ parse(struct opts *o, int argc, char **argv)
 		return bad(o, "--client",
 			   "udp has one client (plain sockets, recvmmsg/sendmmsg): use --client "
 			   "epoll or leave it out",
+			   NULL);
+	if (o->has_client_poll && c->mode != BENCH_UDP &&
+	    (o->client ? o->client : o->be) != &bench_backend_epoll)
+		return bad(o, "--client-poll-us",
+			   "the epoll client's option (a keel client polls with the runtime "
+			   "option --idle-poll-us; give --client epoll)",
 			   NULL);
 	if (c->mode == BENCH_UDP && (c->size < 16 || c->size > 65507))
 		return bad(o, "--size",
@@ -485,6 +500,7 @@ json_policy(const struct opts *o)
 	json_u64("busy_poll_us", o->cfg.busy_poll_us);
 	json_u64("wait_coalesce_us", o->rt.wait_coalesce_us);
 	json_u64("gather_us", o->cfg.gather_us);
+	json_u64("client_poll_us", o->cfg.client_poll_us);
 }
 
 struct window_cpu {
@@ -555,6 +571,10 @@ report(const struct opts *o, const struct bench_result *r, const struct bench_se
 		printf("  \"client_cores\": %u,\n", w->client_cores);
 		printf("  \"client_bound\": %s,\n",
 		       w->valid ? (w->client_bound ? "true" : "false") : "null");
+		if (c->mode == BENCH_UDP || cli == &bench_backend_epoll) {
+			json_u64("client_polls", r->polls);
+			json_u64("client_sleeps", r->sleeps);
+		}
 		json_num("server_syscalls_per_msg", sys, per_msg, "%.3f", false);
 		if (have_server) {
 			printf("  \"server_syscalls_what\": \"%s\",\n", ss->syscalls_what);
@@ -612,6 +632,11 @@ report(const struct opts *o, const struct bench_result *r, const struct bench_se
 				       : "");
 	else if (o->has_port)
 		printf("server CPU: not measured (give --server-pid)\n");
+	if (c->client_poll_us)
+		printf("client: epoll_wait(0) for %u us before blocking: %llu polls, %llu waits "
+		       "that could block\n",
+		       c->client_poll_us, (unsigned long long)r->polls,
+		       (unsigned long long)r->sleeps);
 	if (have_server)
 		printf("server (in-process, %u shard%s): %.3f syscalls per message (%s) over its "
 		       "whole life, warm-up included\n",

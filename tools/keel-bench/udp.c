@@ -170,6 +170,7 @@ struct uthread {
 	struct iovec iov[2 * BATCH];
 	uint8_t *rx;
 	uint64_t msgs, msgs_all, errors, tx_all, rx_all, lost, late, last_scan;
+	struct bench_client_wait wait;
 	int err;
 	char why[256];
 	struct bench_hist lat;
@@ -428,11 +429,13 @@ client_thread(void *arg)
 		if (now >= cl->t_end)
 			break;
 		left = (cl->t_end - now) / 1000000 + 1;
-		k = epoll_wait(t->epfd, ev, MAXEV, left < 10 ? (int)left : 10);
+		k = epoll_wait(t->epfd, ev, MAXEV,
+			       bench_client_wait_ms(&t->wait, now, left < 10 ? (int)left : 10));
 		if (k < 0 && errno != EINTR) {
 			fail(t, -errno, "epoll_wait: %s", strerror(errno));
 			break;
 		}
+		bench_client_waited(&t->wait, now, k);
 		for (int i = 0; i < k && !t->err; i++) {
 			struct uflow *f = ev[i].data.ptr;
 			if (flow_read(t, f) == 0)
@@ -482,6 +485,7 @@ bench_udp_client_run(const struct bench_cfg *cfg, struct bench_result *out)
 	for (unsigned i = 0; i < nt; i++) {
 		t[i].cl = &cl;
 		t[i].epfd = -1;
+		t[i].wait.poll_ns = (uint64_t)cfg->client_poll_us * 1000;
 		t[i].cpu = cfg->pin ? bench_cpu_for(cfg, cfg->client_cpu0 + i) : -1;
 		t[i].nflows = cfg->conns / nt + (i < cfg->conns % nt);
 		t[i].first_id = id;
@@ -506,6 +510,8 @@ bench_udp_client_run(const struct bench_cfg *cfg, struct bench_result *out)
 		out->rx_all += t[i].rx_all;
 		out->lost += t[i].lost;
 		out->late += t[i].late;
+		out->polls += t[i].wait.polls;
+		out->sleeps += t[i].wait.sleeps;
 		bench_hist_merge(&out->lat, &t[i].lat);
 		if (t[i].err && r == 0) {
 			r = t[i].err;
