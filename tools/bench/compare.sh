@@ -9,7 +9,8 @@
 # at the window's edges, the same way for both; the client's own CPU flags client-bound rows.
 # Out: OUT/compare.md (median and min-max per row, keel/epoll ratios), OUT/compare.png (per-rep
 # ratios with min-max error bars; needs gnuplot), OUT/results.tsv (every run), OUT/summary.tsv
-# (medians), OUT/runs/ (every JSON and server log). Loopback only. Installs nothing.
+# (medians), OUT/runs/ (every JSON and server log). Loopback, or a veth pair between two network
+# namespaces the script creates and deletes (--net veth). Installs nothing.
 #   tools/bench/compare.sh [options]
 #     --quick             4 rows, both policies, 2 reps, 0.5 s windows, no iperf3 (compare_quick)
 #     --reps N            alternating repetitions per row, policy and server (default 5)
@@ -34,6 +35,11 @@
 #     --client-threads N  client threads at most (default: the CPUs in --client-cpus); a row
 #                         uses min(N, its connections)
 #     --port P            server port (default 0: ephemeral, a new one per run)
+#     --net lo|veth       lo (default): loopback, where the client's CPU runs the server's
+#                         receive processing; veth (root, iproute2): server and client each in
+#                         a network namespace of their own, joined by a veth pair whose
+#                         receive processing RPS steers to the receiver's CPUs, as a NIC
+#                         whose interrupts go to the server's cores (MTU 1500)
 #     --out DIR           output directory (default bench-results)
 #     --bin DIR           directory of keel-bench (default build-release/bin, built if missing)
 #     --no-plot           no compare.png        --no-iperf    no iperf3 reference row
@@ -44,7 +50,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cmdline="tools/bench/compare.sh $*"
 
-quick=0 reps=5 secs=3 warmup=1 rows_arg= policies=block,spin spin=50 client=epoll egather= cpoll=0
+quick=0 reps=5 secs=3 warmup=1 rows_arg= policies=block,spin spin=50 client=epoll egather= cpoll=0 net=lo
 servers=keel,epoll shards= server_cpus=0 client_cpus=1 client_threads= port=0
 out=bench-results bin= plot=1 iperf=1
 usage() { sed -n '/^#   tools\/bench\/compare.sh \[options\]/,/^set -e/{/^#/s/^# \{0,1\}//p}' "$0"; }
@@ -72,6 +78,7 @@ while [ $# -gt 0 ]; do
 	--client-cpus) client_cpus=${2:?--client-cpus needs a value}; shift ;;
 	--client-threads) client_threads=${2:?--client-threads needs a value}; shift ;;
 	--port) port=${2:?--port needs a value}; shift ;;
+	--net) net=${2:?--net needs lo or veth}; shift ;;
 	--out) out=${2:?--out needs a value}; shift ;;
 	--bin) bin=${2:?--bin needs a value}; shift ;;
 	--no-plot) plot=0 ;;
@@ -90,6 +97,7 @@ num='^[0-9]*\.?[0-9]+$'
 [[ $port =~ ^[0-9]+$ ]] || die "--port must be a port number"
 case $client in epoll | keel) ;; *) die "--client must be epoll or keel" ;; esac
 [[ $cpoll =~ ^[0-9]+$ ]] || die "--client-poll-us must be a number of microseconds"
+case $net in lo | veth) ;; *) die "--net must be lo or veth" ;; esac
 [ "$cpoll" -eq 0 ] || [ "$client" = epoll ] ||
 	die "--client-poll-us is the epoll client's (a keel client polls with --idle-poll-us)"
 
@@ -109,6 +117,27 @@ cpu_count() {
 		fi
 	done
 	echo "$n"
+}
+# CPU lists: "0-3,8" -> the hex mask sysfs takes ("00000000,0000010f": 32-bit words, highest
+# first)
+cpu_mask() {
+	local part a b c w top=0 out= words=()
+	IFS=, read -ra parts <<<"$1"
+	for part in "${parts[@]}"; do
+		if [[ $part =~ ^([0-9]+)-([0-9]+)$ ]]; then
+			a=${BASH_REMATCH[1]} b=${BASH_REMATCH[2]}
+		else
+			a=$part b=$part
+		fi
+		for ((c = a; c <= b; c++)); do
+			words[c / 32]=$((${words[c / 32]:-0} | (1 << (c % 32))))
+			[ $((c / 32)) -le $top ] || top=$((c / 32))
+		done
+	done
+	for ((w = top; w >= 0; w--)); do
+		out+=$(printf '%s%08x' "${out:+,}" "${words[w]:-0}")
+	done
+	echo "$out"
 }
 nsrv=$(cpu_count "$server_cpus") || die "--server-cpus '$server_cpus' is not a CPU list (e.g. 0-3,8)"
 ncli=$(cpu_count "$client_cpus") || die "--client-cpus '$client_cpus' is not a CPU list (e.g. 4-15)"
@@ -193,8 +222,45 @@ stop_server() {
 		server=
 	fi
 }
-trap 'stop_server' EXIT
+# --net veth: the server's and the client's network namespaces (created below), the
+# commands that run in them, and the server's address.
+ns_srv= ns_cli= in_srv=() in_cli=() addr=127.0.0.1 rps_srv= rps_cli=
+net_down() {
+	[ -z "$ns_srv" ] || ip netns del "$ns_srv" 2>/dev/null || true
+	[ -z "$ns_cli" ] || ip netns del "$ns_cli" 2>/dev/null || true
+	ns_srv= ns_cli=
+}
+trap 'stop_server; net_down' EXIT
 trap 'exit 130' INT TERM
+
+# A veth pair between two namespaces of this run, 10.201.0.1 (server) and 10.201.0.2
+# (client). RPS makes the receiving side's CPUs run its receive processing (without it, the
+# sender's CPU runs it, as on loopback): the server's CPUs for what the client sends, the
+# client's for the replies.
+net_up() {
+	local tag=$$-$RANDOM
+	[ "$(id -u)" -eq 0 ] || die "--net veth needs root (it creates two network namespaces and a veth pair)"
+	command -v ip >/dev/null || die "--net veth needs ip (apt-get install iproute2)"
+	ns_srv=keel-cmp-srv-$tag
+	ip netns add "$ns_srv" || { ns_srv=; die "--net veth: ip netns add failed (no network namespaces here?)"; }
+	ns_cli=keel-cmp-cli-$tag
+	ip netns add "$ns_cli" || { ns_cli=; die "--net veth: ip netns add failed"; }
+	ip link add kcmp0 netns "$ns_srv" type veth peer name kcmp1 netns "$ns_cli" &&
+		ip -n "$ns_srv" addr add 10.201.0.1/24 dev kcmp0 &&
+		ip -n "$ns_cli" addr add 10.201.0.2/24 dev kcmp1 &&
+		ip -n "$ns_srv" link set kcmp0 up && ip -n "$ns_cli" link set kcmp1 up &&
+		ip -n "$ns_srv" link set lo up && ip -n "$ns_cli" link set lo up ||
+		die "--net veth: setting up the veth pair failed"
+	ip netns exec "$ns_srv" sh -c "echo $(cpu_mask "$server_cpus") >/sys/class/net/kcmp0/queues/rx-0/rps_cpus" &&
+		ip netns exec "$ns_cli" sh -c "echo $(cpu_mask "$client_cpus") >/sys/class/net/kcmp1/queues/rx-0/rps_cpus" ||
+		die "--net veth: could not set RPS on the veth pair (/sys/class/net/*/queues/rx-0/rps_cpus)"
+	# Read back for compare.md: the masks the kernel took.
+	rps_srv=$(ip netns exec "$ns_srv" cat /sys/class/net/kcmp0/queues/rx-0/rps_cpus)
+	rps_cli=$(ip netns exec "$ns_cli" cat /sys/class/net/kcmp1/queues/rx-0/rps_cpus)
+	in_srv=(ip netns exec "$ns_srv")
+	in_cli=(ip netns exec "$ns_cli")
+	addr=10.201.0.1
+}
 
 field() { # file name -> value ("null" stays null; strings unquoted)
 	sed -n "s/^ *\"$2\": *\"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p" "$1" | head -n 1
@@ -206,12 +272,12 @@ start_server() {
 	[ "$pol" = spin ] && poll=$spin
 	local popt=(--idle-poll-us "$poll")
 	[ "$be" = epoll ] && popt=(--busy-poll-us "$poll" --gather-us "$egather" "${efixed[@]}")
-	"$kb" serve --backend "$be" --addr 127.0.0.1 --port "$port" --shards "$shards" \
+	"${in_srv[@]}" "$kb" serve --backend "$be" --addr "$addr" --port "$port" --shards "$shards" \
 		--cpuset "$server_cpus" "${popt[@]}" >"$log" 2>&1 &
 	server=$!
 	sport=
 	for i in $(seq 200); do # the first line names the port (10 s at most)
-		sport=$(sed -n 's/^keel-bench serve: .* on 127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$log")
+		sport=$(sed -n 's/^keel-bench serve: .* on [0-9.]*:\([0-9]*\) .*/\1/p' "$log")
 		[ -n "$sport" ] && return 0
 		kill -0 "$server" 2>/dev/null || break
 		sleep 0.05
@@ -229,7 +295,7 @@ run_one() { # name mode size inflight conns policy backend rep
 	[ "$client" = keel ] && [ "$mode" != udp ] && copt+=(--idle-poll-us 0)
 	[ "$cpoll" -gt 0 ] && copt+=(--client-poll-us "$cpoll")
 	start_server "$be" "$pol" "$base.log"
-	if ! "$kb" "$mode" "${copt[@]}" --addr 127.0.0.1 --port "$sport" --server-pid "$server" \
+	if ! "${in_cli[@]}" "$kb" "$mode" "${copt[@]}" --addr "$addr" --port "$sport" --server-pid "$server" \
 		--cpuset "$client_cpus" --threads "$threads" --size "$size" --inflight "$infl" \
 		--conns "$conns" --seconds "$secs" --warmup "$warmup" --json >"$base.json" 2>"$base.err"; then
 		stop_server
@@ -258,6 +324,7 @@ run_one() { # name mode size inflight conns policy backend rep
 	printf '\n' >>"$tsv"
 }
 
+[ "$net" = lo ] || net_up
 nrow=${#rows[@]}
 echo "== one $client client for every server: $nrow rows x ${#pols[@]} policies x ${#srvs[@]} servers x $reps reps," \
 	"${secs}s each (+${warmup}s warm-up); server CPUs $server_cpus ($shards shards), client CPUs $client_cpus"
@@ -280,7 +347,7 @@ done
 
 # iperf3 reference (optional): one-way TCP over loopback, the same CPUs.
 iperf_gbps=
-if [ $have_iperf -eq 1 ]; then
+if [ $have_iperf -eq 1 ] && [ "$net" = lo ]; then
 	ipsecs=$(awk -v s="$secs" 'BEGIN {n = int(s + 0.999); print (n < 1) ? 1 : n}')
 	ip=$((25201 + RANDOM % 500))
 	echo "== iperf3 reference (${ipsecs}s, port $ip)"
@@ -362,6 +429,14 @@ client_desc="keel-bench MODE --client $client --port P --server-pid PID"
 	echo "- servers: \`keel-bench serve --backend keel|epoll --shards $shards --cpuset $server_cpus\`, alone on CPUs $server_cpus"
 	echo "- client (the same program for both servers): \`$client_desc --cpuset $client_cpus\`" \
 		"(udp: the sockets client), at most $client_threads threads, on CPUs $client_cpus"
+	if [ "$net" = veth ]; then
+		echo "- network: a veth pair (MTU 1500) between two network namespaces of this run, server 10.201.0.1, client"
+		echo "  10.201.0.2; RPS steers each side's receive processing to its own CPUs (server $server_cpus, client"
+		echo "  $client_cpus), as a NIC whose interrupts go to the server's cores: the server's CPU pays its receive path"
+		echo "  (rps_cpus read back: server $rps_srv, client $rps_cli)"
+	else
+		echo "- network: loopback; the sender's CPU runs the receiver's receive processing (the client's CPU the server's)"
+	fi
 	echo "- policies: **block** = keel \`--idle-poll-us 0\`, epoll \`--busy-poll-us 0\`; **spin** = both $spin us of polling before blocking"
 	gather=$(sed -n 's/^keel-bench serve: keel .*, sleeps \(gather .*\)$/\1/p' "$runs"/*-keel-1.log 2>/dev/null | head -1)
 	egath=$(sed -n 's/^keel-bench serve: epoll .*, sleeps \(gather .*\)$/\1/p' "$runs"/*-epoll-1.log 2>/dev/null | head -1)
@@ -415,6 +490,8 @@ END {
 if [ -n "$iperf_gbps" ]; then
 	printf '\niperf3 reference (one way, no echo, one stream, CPUs %s / %s): %.3f Gb/s\n' "$server_cpus" "$client_cpus" \
 		"$iperf_gbps" >>"$md"
+elif [ $iperf -eq 1 ] && [ "$net" != lo ]; then
+	printf '\niperf3 reference: loopback only, not run with --net %s\n' "$net" >>"$md"
 elif [ $iperf -eq 1 ]; then
 	printf '\niperf3 reference: not run (iperf3 is not installed)\n' >>"$md"
 fi
