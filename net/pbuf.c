@@ -99,6 +99,8 @@ buf_release(void *data, uint32_t cap, void *arg)
 		give_back(r, bid);
 		if (ns->starved)
 			keel__conn_starved_kick(ns);
+		if (r == &ns->udp && ns->udp_starving)
+			keel__udp_starved_kick(ns);
 	}
 	keel__net_unref(ns);
 }

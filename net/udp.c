@@ -5,6 +5,10 @@
  * io_uring_recvmsg_out header, source address and control data), and one sendmsg per
  * datagram, all queued in a pass submitted together; SENDMSG_ZC for large ones.
  *
+ * A receive that finds the ring empty (ENOBUFS: the application holds every buffer) is not
+ * re-armed into it, which would end the same way at once, pass after pass: the endpoint
+ * waits until a buffer comes back (keel__udp_starved_kick), its datagrams in the socket.
+ *
  * Each socket has SO_RXQ_OVFL set: a datagram carries the socket's running count of
  * datagrams the kernel dropped (receive queue full) as control data, and the difference
  * from the last one seen is added to the shard's udp_drops. Send state comes from a
@@ -44,6 +48,7 @@ struct keel_udp {
 	uint32_t drops_seen; /* the kernel's drop count in the last datagram (SO_RXQ_OVFL) */
 	unsigned ops_n;
 	bool armed, closing;
+	bool starving; /* waiting for a buffer to come back (counted in ns->udp_starving) */
 	int status;
 	struct keel_udp *next;
 };
@@ -101,6 +106,46 @@ udp_arm(struct keel_udp *u)
 	keel_sqe_bind(sqe, &u->recv_op);
 	u->armed = true;
 	u->ops_n++;
+}
+
+static void
+udp_starve(struct keel_udp *u, bool on)
+{
+	if (u->starving == on)
+		return;
+	u->starving = on;
+	if (on)
+		u->ns->udp_starving++;
+	else
+		u->ns->udp_starving--;
+}
+
+static void
+udp_starve_cb(void *arg)
+{
+	struct net_shard *ns = arg;
+
+	ns->udp_kick = false;
+	for (struct keel_udp *u = ns->udps; u && ns->udp_starving; u = u->next) {
+		if (!u->starving)
+			continue;
+		udp_starve(u, false);
+		if (!u->closing && !ns->stopping)
+			udp_arm(u);
+	}
+	keel__net_unref(ns);
+}
+
+void
+keel__udp_starved_kick(struct net_shard *ns)
+{
+	if (ns->udp_kick || !ns->udp_starving)
+		return;
+	/* Without memory for the deferred call, the next buffer to come back tries again. */
+	if (keel_defer(udp_starve_cb, ns) < 0)
+		return;
+	ns->udp_kick = true;
+	keel__net_ref(ns);
 }
 
 /* The kernel's running drop count of the socket, if the control data carries it. Read
@@ -248,12 +293,16 @@ udp_recv_cb(struct keel_op *op, int res, uint32_t flags)
 		u->ns->st.enobufs++;
 	if (!more) {
 		u->ops_n--;
-		/* ENOBUFS: datagrams are dropped by the kernel meanwhile; re-arm at once, the
-		 * buffers the application put are back in the ring. */
+		/* ENOBUFS: the datagrams wait in the socket (the kernel drops only when its
+		 * receive queue is full). Re-arm at once if buffers came back meanwhile, else
+		 * when one does. */
 		if (!u->closing && !u->ns->stopping &&
-		    (res >= 0 || res == -ENOBUFS || res == -EAGAIN))
-			udp_arm(u);
-		else if (!u->closing && res < 0 && res != -ECANCELED)
+		    (res >= 0 || res == -ENOBUFS || res == -EAGAIN)) {
+			if (res == -ENOBUFS && !u->ns->udp.inring)
+				udp_starve(u, true);
+			else
+				udp_arm(u);
+		} else if (!u->closing && res < 0 && res != -ECANCELED)
 			keel_log(KEEL_LOG_WARN, NET_MOD, "udp port %u: recvmsg: %s", u->port,
 				 strerror(-res));
 		udp_check(u);
@@ -498,6 +547,7 @@ keel_udp_close(struct keel_udp *u)
 		return;
 	u->closing = true;
 	u->status = u->ns->stopping ? -ESHUTDOWN : 0;
+	udp_starve(u, false);
 	if (u->armed) {
 		sqe = keel_sqe_get();
 		if (sqe) {

@@ -428,6 +428,71 @@ Test(net_udp, buffer_size_and_count_are_configurable)
 	buf_config_run(NULL);
 }
 
+/* While the application holds every UDP buffer, the endpoint waits for one to come back
+ * instead of re-arming a receive that ends with ENOBUFS at once, pass after pass: the
+ * count of ENOBUFS stays at the one that found the ring empty however long the hold
+ * lasts (spinning, the shard made thousands in the 200 ms this waits). When the held
+ * buffers come back, the datagrams that waited in the socket arrive. */
+static void
+starved_run(const char *feature)
+{
+	enum { NBUF = 16, EXTRA = 8 };
+	struct udp_sink *k = calloc(1, sizeof(*k));
+	struct keel_net_config nc;
+	struct keel_net_stats st;
+	struct keel_runtime *rt;
+	struct timespec pause = { 0, 200 * 1000 * 1000 };
+	uint64_t first;
+	int fd;
+
+	keel_net_config_init(&nc);
+	nc.udp_buf_size = 1024;
+	nc.udp_buf_count = NBUF;
+	k->hold = true;
+	rt = sink_run(k, &nc, feature);
+	fd = sink_client(k);
+	for (unsigned i = 0; i < NBUF + EXTRA; i++)
+		cr_assert_eq(send(fd, "d", 1, 0), 1);
+	WAIT_FOR(atomic_load(&k->datagrams) == NBUF, "the %u datagrams the buffers hold", NBUF);
+	for (uint64_t spins = 0;; spins++) {
+		struct timespec ts = { 0, 1000000 };
+		shard_net_stats(rt, &st);
+		if (st.enobufs)
+			break;
+		cr_assert_lt(spins, 30000, "no receive found the ring empty in 30 s");
+		nanosleep(&ts, NULL);
+	}
+	first = st.enobufs;
+	nanosleep(&pause, NULL);
+	shard_net_stats(rt, &st);
+	cr_assert_leq(st.enobufs, first + 1,
+		      "%llu receives ended with ENOBUFS while every buffer was held (%llu when "
+		      "the hold began): the endpoint re-arms into an empty ring",
+		      (unsigned long long)st.enobufs, (unsigned long long)first);
+	cr_assert_eq(atomic_load(&k->datagrams), NBUF);
+	sink_put_held(rt, k); /* and from now on each datagram is counted and put at once */
+	for (uint64_t spins = 0; atomic_load(&k->datagrams) < NBUF + EXTRA; spins++) {
+		struct timespec ts = { 0, 1000000 };
+		cr_assert_lt(spins, 30000,
+			     "%llu of %u datagrams arrived in 30 s after the buffers came back",
+			     (unsigned long long)atomic_load(&k->datagrams), NBUF + EXTRA);
+		nanosleep(&ts, NULL);
+	}
+	close(fd);
+	sink_stop(rt, k);
+	free(k);
+}
+
+Test(net_udp, held_buffers_make_the_endpoint_wait_not_spin)
+{
+	starved_run(NULL);
+}
+
+Test(net_udp, held_buffers_make_the_endpoint_wait_not_spin_multishot_recv_off)
+{
+	starved_run("multishot_recv=off");
+}
+
 Test(net_udp, buffer_size_and_count_with_multishot_recv_off)
 {
 	buf_config_run("multishot_recv=off");
