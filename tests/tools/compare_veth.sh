@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: MIT
 # tools/bench/compare.sh --net veth end to end: both servers run in a network namespace of the
 # script's own and the client in another, over a veth pair with RPS set to each side's CPUs;
-# compare.md says so (with the RPS masks read back) and has both rows in both policies with non-zero figures; the servers
+# compare.md says so (with the RPS masks read back) and has both rows (server CPU from the
+# process's clock and from /proc/stat) in both policies with non-zero figures; the servers
 # listened on the veth address; no namespace is left behind. Needs root and iproute2; exits
 # 77 (ctest: skipped) with the reason otherwise.
 #   compare_veth.sh BIN_DIR OUT_DIR
@@ -41,9 +42,10 @@ for pol in block spin; do
 	for row in pp1 udp-pp; do
 		line=$(sed -n "/^## policy: $pol/,/^## policy/p" "$md" | grep "^| $row |" || true)
 		[ -n "$line" ] || fail "no row $row ($pol) in $md"
-		awk -F'|' -v r="$row $pol" '{k = $9 + 0; e = $10 + 0; split($14, c, "/")
-			if (k <= 0 || e <= 0 || c[1] + 0 <= 0 || c[2] + 0 <= 0) {
-				printf "FAIL: row %s: keel %s epoll %s cpu %s\n", r, $9, $10, $14; exit 1 }}' \
+		# server CPU (the process's clock) and server CPUs busy (/proc/stat), both servers
+		awk -F'|' -v r="$row $pol" '{k = $9 + 0; e = $10 + 0; split($14, c, "/"); split($15, b, "/")
+			if (k <= 0 || e <= 0 || c[1] + 0 <= 0 || c[2] + 0 <= 0 || b[1] + 0 <= 0 || b[2] + 0 <= 0) {
+				printf "FAIL: row %s: keel %s epoll %s cpu %s cpus busy %s\n", r, $9, $10, $14, $15; exit 1 }}' \
 			<<<"$line" || exit 1
 	done
 done

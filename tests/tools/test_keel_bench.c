@@ -314,6 +314,9 @@ Test(tools_bench, bad_options_exit_2_naming_them)
 		{ "pingpong --backend keel --client-poll-us 5", "--client epoll" },
 		{ "pingpong --client keel --client-poll-us 5", "--idle-poll-us" },
 		{ "serve --client-poll-us 5", "--client-poll-us" },
+		{ "pingpong --server-cpus x", "--server-cpus" },
+		{ "pingpong --server-cpus 1000 --seconds 0.1", "--server-cpus" },
+		{ "serve --server-cpus 0", "--server-cpus" },
 		{ "udp --client-poll-us x", "--client-poll-us" },
 	};
 	char *out;
@@ -682,6 +685,28 @@ Test(tools_bench, client_poll_option_makes_the_client_poll)
 		cr_assert_gt(num(out, "msgs"), 0, "%s", out);
 		free(out);
 	}
+}
+
+/* --server-cpus reads /proc/stat's rows of the server's CPUs at the window's edges: absent
+ * (null) without it; with it, a server that polls through the whole window keeps its CPU
+ * busy (CPU 0, where the in-process server runs by default), whatever the machine's speed. */
+Test(tools_bench, server_cpus_report_the_busy_time_of_the_servers_cpus)
+{
+	char *out;
+
+	cr_assert_eq(bench("pingpong --backend epoll --seconds 0.2 --warmup 0 --json", &out), 0,
+		     "%s", out);
+	cr_assert_eq(num_or_null(out, "server_cpus_util"), -1, "%s", out);
+	cr_assert_eq(num_or_null(out, "server_cpus_ns_per_msg"), -1, "%s", out);
+	free(out);
+	cr_assert_eq(bench("pingpong --backend epoll --busy-poll-us 10000000 --server-cpus 0 "
+			   "--seconds 0.5 --warmup 0 --json",
+			   &out),
+		     0, "%s", out);
+	cr_assert_geq(num(out, "server_cpus_util"), 0.8,
+		      "a server polling the whole window left its CPU idle:\n%s", out);
+	cr_assert_gt(num(out, "server_cpus_ns_per_msg"), 0, "%s", out);
+	free(out);
 }
 
 /* The serve process takes the policy options too, and says which policy it runs. */

@@ -212,7 +212,7 @@ mkdir -p "$out/runs"
 runs=$out/runs
 rm -f "$runs"/*.json "$runs"/*.log "$runs"/*.err
 tsv=$out/results.tsv
-printf 'row\tmode\tsize\tinflight\tconns\tthreads\tpolicy\tserver\trep\tmetric\tmsgs_per_sec\tgbps\tp50_us\tp99_us\tserver_cpu_ns_per_msg\tserver_cores\tclient_cores_used\tclient_cores\tclient_bound\tlost\n' >"$tsv"
+printf 'row\tmode\tsize\tinflight\tconns\tthreads\tpolicy\tserver\trep\tmetric\tmsgs_per_sec\tgbps\tp50_us\tp99_us\tserver_cpu_ns_per_msg\tserver_cores\tclient_cores_used\tclient_cores\tclient_bound\tlost\tserver_cpus_ns_per_msg\n' >"$tsv"
 
 server=
 stop_server() {
@@ -296,6 +296,7 @@ run_one() { # name mode size inflight conns policy backend rep
 	[ "$cpoll" -gt 0 ] && copt+=(--client-poll-us "$cpoll")
 	start_server "$be" "$pol" "$base.log"
 	if ! "${in_cli[@]}" "$kb" "$mode" "${copt[@]}" --addr "$addr" --port "$sport" --server-pid "$server" \
+		--server-cpus "$server_cpus" \
 		--cpuset "$client_cpus" --threads "$threads" --size "$size" --inflight "$infl" \
 		--conns "$conns" --seconds "$secs" --warmup "$warmup" --json >"$base.json" 2>"$base.err"; then
 		stop_server
@@ -314,7 +315,7 @@ run_one() { # name mode size inflight conns policy backend rep
 	[ "$mode" = stream ] && metric=gbps
 	local v=()
 	for f in msgs_per_sec gbps lat_p50_us lat_p99_us server_cpu_ns_per_msg server_cpu_util \
-		client_cpu_util client_cores client_bound lost; do
+		client_cpu_util client_cores client_bound lost server_cpus_ns_per_msg; do
 		x=$(field "$base.json" $f)
 		v+=("${x:-null}")
 	done
@@ -381,6 +382,7 @@ NR == 1 { next }
 	i = ++n[k]
 	v = ($10 == "gbps") ? $12 : $11
 	m[k, i] = v; p50[k, i] = $13; p99[k, i] = $14; cpu[k, i] = $15; sc[k, i] = $16; cc[k, i] = $17
+	bcpu[k, i] = ($21 == "null" || $21 == "") ? -1 : $21
 	if ($19 == "true") cb[k]++
 	lost[k] += ($20 == "null") ? 0 : $20
 	info[k] = $2 OFS $3 OFS $4 OFS $5 OFS $6
@@ -390,7 +392,7 @@ NR == 1 { next }
 END {
 	print "row", "mode", "size", "inflight", "conns", "threads", "policy", "server", "n", "median", "min", "max", \
 		"p50_us", "p99_us", "server_cpu_ns_per_msg", "server_cores", "client_cores_used", "client_bound_reps", \
-		"lost", "ratio_median", "ratio_min", "ratio_max"
+		"lost", "ratio_median", "ratio_min", "ratio_max", "server_cpus_ns_per_msg"
 	for (o = 1; o <= nk; o++) {
 		k = order[o]; split(k, kk, SUBSEP); c = n[k]
 		delete a; for (i = 1; i <= c; i++) a[i] = m[k, i]; md = med(a, c); lo = a[1]; hi = a[c]
@@ -399,6 +401,7 @@ END {
 		delete a; for (i = 1; i <= c; i++) a[i] = cpu[k, i]; mcpu = med(a, c)
 		delete a; for (i = 1; i <= c; i++) a[i] = sc[k, i]; msc = med(a, c)
 		delete a; for (i = 1; i <= c; i++) a[i] = cc[k, i]; mcc = med(a, c)
+		delete a; for (i = 1; i <= c; i++) a[i] = bcpu[k, i]; mbcpu = med(a, c)
 		# per-rep keel/epoll ratio of this row and policy (on the keel line)
 		rm = rl = rh = "-"
 		if (kk[3] == "keel") {
@@ -409,7 +412,7 @@ END {
 			if (nr) { rm = med(a, nr); rl = a[1]; rh = a[nr] }
 		}
 		print kk[1], info[k], kk[2], kk[3], c, md, lo, hi, (mp50 < 0 ? "null" : mp50), (mp99 < 0 ? "null" : mp99), \
-			mcpu, msc, mcc, cb[k], lost[k], rm, rl, rh
+			mcpu, msc, mcc, cb[k], lost[k], rm, rl, rh, (mbcpu < 0 ? "null" : mbcpu)
 	}
 }' "$tsv" >"$sum"
 
@@ -444,6 +447,9 @@ client_desc="keel-bench MODE --client $client --port P --server-pid PID"
 	echo "- $reps alternating repetitions of ${secs} s (+${warmup} s warm-up) per row, policy and server; median (min-max)"
 	echo "- server CPU: the server process's CPU time over the measured window only (clock_getcpuclockid of its pid, read"
 	echo "  by the client at the window's edges), per message echoed in the window; cores = CPU time / window"
+	echo "- server CPUs busy: all the work on the server's CPUs over the same window (/proc/stat: user, nice, system,"
+	echo "  irq, softirq; tick-sampled), per message: unlike the process's clock it includes the receive softirqs that"
+	echo "  ran while the server slept (charged to the idle task), so it does not favour the server that sleeps more"
 	echo "- keel/epoll: median of the per-repetition ratios (min-max); > 1: keel's server moved more"
 	echo "- **client-bound**: the client used >= 0.9 of each of its cores in some repetition; there the throughput"
 	echo "  compares the client, and the server CPU per message is the figure that counts"
@@ -466,8 +472,8 @@ END {
 		print ""
 		print "## policy: " pol (pol == "block" ? " (both servers block in the kernel when idle)" : " (both servers poll " spin " us before blocking)")
 		print ""
-		print "| row | mode | size | inflight | conns | client threads | unit | keel median (min-max) | epoll median (min-max) | keel/epoll (min-max) | p50 µs keel / epoll | p99 µs keel / epoll | server CPU ns/msg keel / epoll | server cores keel / epoll | client cores used keel / epoll | flags |"
-		print "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+		print "| row | mode | size | inflight | conns | client threads | unit | keel median (min-max) | epoll median (min-max) | keel/epoll (min-max) | p50 µs keel / epoll | p99 µs keel / epoll | server CPU ns/msg keel / epoll | server CPUs busy ns/msg keel / epoll | server cores keel / epoll | client cores used keel / epoll | flags |"
+		print "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 		for (r = 1; r <= nr; r++) {
 			kk = rows[r] SUBSEP pol SUBSEP "keel"; ke = rows[r] SUBSEP pol SUBSEP "epoll"
 			if (!(kk in have) && !(ke in have)) continue
@@ -479,11 +485,12 @@ END {
 			if (E[18] > 0) flags = flags "client-bound epoll " E[18] "/" E[9] "; "
 			if (K[19] > 0 || E[19] > 0) flags = flags "lost " (K[19] + 0) " / " (E[19] + 0) "; "
 			sub(/; $/, "", flags)
-			printf "| %s | %s | %s | %s | %s | %s | %s | %s (%s-%s) | %s (%s-%s) | %s (%s-%s) | %s / %s | %s / %s | %s / %s | %s / %s | %s / %s | %s |\n", \
+			printf "| %s | %s | %s | %s | %s | %s | %s | %s (%s-%s) | %s (%s-%s) | %s (%s-%s) | %s / %s | %s / %s | %s / %s | %s / %s | %s / %s | %s / %s | %s |\n", \
 				S[1], mode, S[3], S[4], S[5], S[6], unit(mode), \
 				fmtv(K[10], mode), fmtv(K[11], mode), fmtv(K[12], mode), fmtv(E[10], mode), fmtv(E[11], mode), fmtv(E[12], mode), \
 				f2(K[20]), f2(K[21]), f2(K[22]), f1(K[13]), f1(E[13]), f1(K[14]), f1(E[14]), \
-				fmtv(K[15], "x"), fmtv(E[15], "x"), f2(K[16]), f2(E[16]), f2(K[17]), f2(E[17]), (flags == "" ? "" : flags)
+				fmtv(K[15], "x"), fmtv(E[15], "x"), fmtv(K[23], "x"), fmtv(E[23], "x"), \
+				f2(K[16]), f2(E[16]), f2(K[17]), f2(E[17]), (flags == "" ? "" : flags)
 		}
 	}
 }' "$sum" >>"$md"

@@ -10,8 +10,11 @@
  * then reads CPU-time clocks at the window's start and end: the server's (the in-process
  * server threads' pthread_getcpuclockid clocks, or with --server-pid the whole server
  * process's clock_getcpuclockid clock) and this process's, so both servers are measured the
- * same way and the client's own CPU shows whether the client was the bottleneck.
- * See docs/bench.md.
+ * same way and the client's own CPU shows whether the client was the bottleneck. With
+ * --server-cpus LIST it also reads /proc/stat's rows of those CPUs at the same instants:
+ * all the work done on the server's CPUs, whoever's context it ran in (receive softirqs
+ * that run while the server sleeps are charged to the idle task, not to the server's
+ * clock). See docs/bench.md.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -59,6 +62,8 @@ static const char client_usage[] =
 	"                 keel's wait coalescing policy says it pays (default 0: never); keel's\n"
 	"                 runtime option is --wait-coalesce-us (default 10)\n"
 	"  --gather-fixed the epoll server: with --gather-us, before every blocking wait\n"
+	"  --server-cpus LIST  the server's CPUs: also report their busy time over the window\n"
+	"                 from /proc/stat (server_cpus_*; all work on them, softirqs included)\n"
 	"  --client-poll-us N  the epoll client (and udp's): epoll_wait(0) for N us after its\n"
 	"                 last event before blocking (default 0); a polling client uses its\n"
 	"                 whole core, so its rows always read client-bound\n"
@@ -96,6 +101,8 @@ struct opts {
 	bool json, has_port, serve, has_size, has_busy, has_gather, has_client_poll;
 	long server_pid;
 	double seconds, warmup;
+	struct keel_cpuset server_cpus; /* --server-cpus */
+	bool has_server_cpus;
 };
 
 static int
@@ -179,6 +186,16 @@ parse(struct opts *o, int argc, char **argv)
 			    parse_u32(o, "--busy-poll-us", v, 0, 10000000, &c->busy_poll_us))
 				return m < 0 ? bad(o, "--busy-poll-us", "missing value", NULL) : 2;
 			o->has_busy = true;
+		} else if (!o->serve && OPT("--server-cpus")) {
+			char err[160];
+
+			if (m < 0)
+				return bad(o, "--server-cpus", "missing value", NULL);
+			memset(&o->server_cpus, 0, sizeof(o->server_cpus));
+			if (keel_cpulist_parse(v, &o->server_cpus, err, sizeof(err)) < 0)
+				return bad(o, "--server-cpus", "expected a CPU list (e.g. 0-3,8)",
+					   v);
+			o->has_server_cpus = true;
 		} else if (!o->serve && OPT("--client-poll-us")) {
 			if (m < 0 ||
 			    parse_u32(o, "--client-poll-us", v, 0, 10000000, &c->client_poll_us))
@@ -334,6 +351,8 @@ struct sampler {
 	bool srv_in_process; /* the server's clocks are threads of this process */
 	/* at the window's start [0] and end [1]: wall, server CPU, this process's CPU */
 	uint64_t wall[2], scpu[2], pcpu[2];
+	const struct keel_cpuset *cpus; /* --server-cpus, or NULL */
+	uint64_t busy[2], total[2];     /* their /proc/stat ticks: busy, all */
 	int err;
 };
 
@@ -357,12 +376,49 @@ clock_ns(clockid_t c, uint64_t *out)
 	return 0;
 }
 
+/* /proc/stat's ticks of the CPUs in @cpus: busy (user, nice, system, irq, softirq) and all
+ * (those, idle and iowait; steal and guest time are the hypervisor's). Returns 0, or -errno
+ * (-ENOENT when one of them has no row). */
+static int
+proc_stat_ticks(const struct keel_cpuset *cpus, uint64_t *busy, uint64_t *total)
+{
+	char line[512];
+	unsigned want = 0, seen = 0;
+	FILE *f;
+
+	for (unsigned c = 0; c < KEEL_MAX_CPUS; c++)
+		want += keel_cpuset_has(cpus, c);
+	f = fopen("/proc/stat", "re");
+	if (!f)
+		return -errno;
+	*busy = *total = 0;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long long t[7] = { 0 };
+		unsigned cpu;
+
+		if (sscanf(line, "cpu%u %llu %llu %llu %llu %llu %llu %llu", &cpu, &t[0], &t[1],
+			   &t[2], &t[3], &t[4], &t[5], &t[6]) != 8 ||
+		    !keel_cpuset_has(cpus, cpu))
+			continue;
+		*busy += t[0] + t[1] + t[2] + t[5] + t[6];
+		*total += t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6];
+		seen++;
+	}
+	fclose(f);
+	return seen == want ? 0 : -ENOENT;
+}
+
 static int
 sample(struct sampler *s, int k)
 {
 	uint64_t v = 0;
 	int r;
 
+	if (s->cpus) {
+		r = proc_stat_ticks(s->cpus, &s->busy[k], &s->total[k]);
+		if (r < 0)
+			return r;
+	}
 	s->wall[k] = bench_now_ns();
 	s->scpu[k] = 0;
 	for (unsigned i = 0; i < s->nsrv; i++) {
@@ -506,6 +562,8 @@ json_policy(const struct opts *o)
 struct window_cpu {
 	bool valid;
 	double late_ms, wall_s, server_util, client_util, server_ns_per_msg;
+	bool cpus_valid; /* --server-cpus: their /proc/stat busy time */
+	double cpus_util, cpus_ns_per_msg;
 	unsigned client_cores;
 	bool client_bound;
 	char from[64];
@@ -567,6 +625,9 @@ report(const struct opts *o, const struct bench_result *r, const struct bench_se
 		json_num("server_cpu_util", w->server_util, w->valid, "%.3f", false);
 		json_num("server_cpu_ns_per_msg", w->server_ns_per_msg, w->valid && r->msgs, "%.0f",
 			 false);
+		json_num("server_cpus_util", w->cpus_util, w->cpus_valid, "%.3f", false);
+		json_num("server_cpus_ns_per_msg", w->cpus_ns_per_msg, w->cpus_valid && r->msgs,
+			 "%.0f", false);
 		json_num("client_cpu_util", w->client_util, w->valid, "%.3f", false);
 		printf("  \"client_cores\": %u,\n", w->client_cores);
 		printf("  \"client_bound\": %s,\n",
@@ -632,6 +693,10 @@ report(const struct opts *o, const struct bench_result *r, const struct bench_se
 				       : "");
 	else if (o->has_port)
 		printf("server CPU: not measured (give --server-pid)\n");
+	if (w->cpus_valid)
+		printf("server CPUs (--server-cpus, /proc/stat, softirqs included): %.2f cores busy, "
+		       "%.0f ns per message\n",
+		       w->cpus_util, w->cpus_ns_per_msg);
 	if (c->client_poll_us)
 		printf("client: epoll_wait(0) for %u us before blocking: %llu polls, %llu waits "
 		       "that could block\n",
@@ -720,6 +785,23 @@ run_client(struct opts *o)
 		smp->srv_in_process = true;
 		snprintf(w.from, sizeof(w.from), "in-process server threads");
 	}
+	if (o->has_server_cpus) {
+		uint64_t b, t;
+
+		rc = proc_stat_ticks(&o->server_cpus, &b, &t);
+		if (rc < 0) {
+			fprintf(stderr,
+				"keel-bench %s: --server-cpus: %s (a CPU of the list that is not "
+				"online?)\n",
+				o->prog,
+				rc == -ENOENT ? "not every CPU has a row in /proc/stat"
+					      : strerror(-rc));
+			free(r);
+			free(smp);
+			return 2;
+		}
+		smp->cpus = &o->server_cpus;
+	}
 	c->on_window = on_window;
 	c->window_arg = smp;
 	rc = sampler_start(smp);
@@ -745,6 +827,16 @@ run_client(struct opts *o)
 		w.client_bound = w.client_util >= 0.9 * w.client_cores;
 		if (!smp->nsrv) { /* external server, no --server-pid */
 			w.valid = false;
+		}
+		if (smp->cpus && smp->total[1] > smp->total[0]) {
+			unsigned n = 0;
+
+			for (unsigned k = 0; k < KEEL_MAX_CPUS; k++)
+				n += keel_cpuset_has(smp->cpus, k);
+			w.cpus_valid = wall > 0;
+			w.cpus_util = (double)(smp->busy[1] - smp->busy[0]) /
+				      (double)(smp->total[1] - smp->total[0]) * n;
+			w.cpus_ns_per_msg = r->msgs ? w.cpus_util * wall / (double)r->msgs : 0;
 		}
 	}
 	w.client_cores = client_cores(c);
