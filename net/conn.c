@@ -282,12 +282,8 @@ starve_cb(void *arg)
 void
 keel__conn_starved_kick(struct net_shard *ns)
 {
-	if (ns->starve_kick || !ns->starved)
-		return;
-	if (keel_defer(starve_cb, ns) < 0)
-		return;
-	ns->starve_kick = true;
-	keel__net_ref(ns);
+	if (ns->starved)
+		keel__net_kick(ns, &ns->starve_kick, starve_cb);
 }
 
 static void deliver_taken(struct keel_conn *c, int n);

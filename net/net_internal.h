@@ -114,6 +114,11 @@ bool keel__net_config_shard_equal(const struct keel_net_config *a, const struct 
 struct net_shard *keel__net_shard_cur(void);
 void keel__net_ref(struct net_shard *ns);
 void keel__net_unref(struct net_shard *ns);
+/* Run @fn(ns) from the loop once: nothing when *@queued says it is queued already; else a
+ * deferred call holding a reference to @ns, which @fn drops (keel__net_unref) after
+ * clearing *@queued. Without memory for the call, nothing: the caller's next event tries
+ * again. */
+void keel__net_kick(struct net_shard *ns, bool *queued, void (*fn)(void *));
 /* The SEND_ZC fixed buffer for @s: 0 with index/offset, or -errno. Works for the shard's
  * allocator buffers and for slices of its receive buffers. */
 int keel__net_fixed(struct net_shard *ns, const struct keel_slice *s, unsigned *index,

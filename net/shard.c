@@ -149,6 +149,15 @@ keel__net_ref(struct net_shard *ns)
 }
 
 void
+keel__net_kick(struct net_shard *ns, bool *queued, void (*fn)(void *))
+{
+	if (*queued || keel_defer(fn, ns) < 0)
+		return;
+	*queued = true;
+	keel__net_ref(ns);
+}
+
+void
 keel__net_unref(struct net_shard *ns)
 {
 	net_verify(ns->refs > 0);

@@ -139,13 +139,9 @@ udp_starve_cb(void *arg)
 void
 keel__udp_starved_kick(struct net_shard *ns)
 {
-	if (ns->udp_kick || !ns->udp_starving)
-		return;
 	/* Without memory for the deferred call, the next buffer to come back tries again. */
-	if (keel_defer(udp_starve_cb, ns) < 0)
-		return;
-	ns->udp_kick = true;
-	keel__net_ref(ns);
+	if (ns->udp_starving)
+		keel__net_kick(ns, &ns->udp_kick, udp_starve_cb);
 }
 
 /* The kernel's running drop count of the socket, if the control data carries it. Read
