@@ -47,14 +47,21 @@ ring_add(struct pbuf_ring *r, uint16_t bid)
 	io_uring_buf_ring_advance(r->br, 1);
 }
 
-/* Give @bid back: to the ring while it holds fewer than the window, else onto the spares. */
+/* Give @bid back: to the ring while it holds fewer than the window, else onto the spares;
+ * then wake what waits for a buffer of this ring (TCP's starved connections, UDP endpoints). */
 static void
 give_back(struct pbuf_ring *r, uint16_t bid)
 {
+	struct net_shard *ns = r->ns;
+
 	if (r->inring < r->window)
 		ring_add(r, bid);
 	else
 		r->spare[r->nspare++] = bid;
+	if (ns->starved)
+		keel__conn_starved_kick(ns);
+	if (r == &ns->udp && ns->udp_starving)
+		keel__udp_starved_kick(ns);
 }
 
 /* Fill the ring up to the window from the spares, the most recently put first. */
@@ -97,10 +104,6 @@ buf_release(void *data, uint32_t cap, void *arg)
 	r->out--;
 	if (r->registered && !ns->stopping) {
 		give_back(r, bid);
-		if (ns->starved)
-			keel__conn_starved_kick(ns);
-		if (r == &ns->udp && ns->udp_starving)
-			keel__udp_starved_kick(ns);
 	}
 	keel__net_unref(ns);
 }
@@ -307,8 +310,6 @@ keel__pbuf_take(struct pbuf_ring *r, unsigned bid, int res, uint32_t cqe_flags, 
 			/* Never wrapped (ENOMEM): the kernel retired it all the same, so it
 			 * goes straight back, or the ring would shrink for good. */
 			give_back(r, b);
-			if (r->ns->starved)
-				keel__conn_starved_kick(r->ns);
 		}
 		pos++;
 	}

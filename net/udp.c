@@ -83,14 +83,17 @@ noop_cb(struct keel_op *op, int res, uint32_t flags)
 /* Target of cancel completions nobody waits for; shared and never written. */
 static struct keel_op noop_op = { noop_cb };
 
-static void
+/* Arm the endpoint's receive. False when no SQE could be had (a ring error, logged by the
+ * core): the caller leaves the endpoint waiting for a buffer, so the next one to come back
+ * tries again. */
+static bool
 udp_arm(struct keel_udp *u)
 {
 	struct net_shard *ns = u->ns;
 	struct io_uring_sqe *sqe = keel_sqe_get();
 
 	if (!sqe)
-		return;
+		return false;
 	/* Single-shot recvmsg writes the lengths back: reset them. */
 	u->rmsg.msg_name = &u->rname;
 	u->rmsg.msg_namelen = UDP_NAMELEN;
@@ -106,6 +109,7 @@ udp_arm(struct keel_udp *u)
 	keel_sqe_bind(sqe, &u->recv_op);
 	u->armed = true;
 	u->ops_n++;
+	return true;
 }
 
 static void
@@ -130,8 +134,8 @@ udp_starve_cb(void *arg)
 		if (!u->starving)
 			continue;
 		udp_starve(u, false);
-		if (!u->closing && !ns->stopping)
-			udp_arm(u);
+		if (!u->closing && !ns->stopping && !udp_arm(u))
+			udp_starve(u, true);
 	}
 	keel__net_unref(ns);
 }
@@ -294,10 +298,8 @@ udp_recv_cb(struct keel_op *op, int res, uint32_t flags)
 		 * when one does. */
 		if (!u->closing && !u->ns->stopping &&
 		    (res >= 0 || res == -ENOBUFS || res == -EAGAIN)) {
-			if (res == -ENOBUFS && !u->ns->udp.inring)
+			if ((res == -ENOBUFS && !u->ns->udp.inring) || !udp_arm(u))
 				udp_starve(u, true);
-			else
-				udp_arm(u);
 		} else if (!u->closing && res < 0 && res != -ECANCELED)
 			keel_log(KEEL_LOG_WARN, NET_MOD, "udp port %u: recvmsg: %s", u->port,
 				 strerror(-res));
@@ -394,7 +396,8 @@ keel_udp_open(const char *addr, uint16_t port, const struct keel_udp_ops *ops, v
 	u->next = ns->udps;
 	ns->udps = u;
 	keel__net_ref(ns);
-	udp_arm(u);
+	if (!udp_arm(u))
+		udp_starve(u, true);
 	*out = u;
 	return 0;
 }
