@@ -13,6 +13,7 @@ out=$2
 skip() { echo "SKIP: $*"; exit 77; }
 [ "$(id -u)" -eq 0 ] || skip "needs root to create network namespaces"
 command -v ip >/dev/null || skip "needs ip (iproute2)"
+[ "$(nproc)" -ge 2 ] || skip "needs 2 CPUs (the server on CPU 0, the client on CPU 1)"
 probe="keel-cmp-probe-$$"
 ip netns add "$probe" 2>/dev/null || skip "ip netns add failed (no network namespaces here)"
 ip netns del "$probe"

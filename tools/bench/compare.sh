@@ -401,7 +401,8 @@ END {
 		delete a; for (i = 1; i <= c; i++) a[i] = cpu[k, i]; mcpu = med(a, c)
 		delete a; for (i = 1; i <= c; i++) a[i] = sc[k, i]; msc = med(a, c)
 		delete a; for (i = 1; i <= c; i++) a[i] = cc[k, i]; mcc = med(a, c)
-		delete a; for (i = 1; i <= c; i++) a[i] = bcpu[k, i]; mbcpu = med(a, c)
+		delete a; nb = 0; for (i = 1; i <= c; i++) if (bcpu[k, i] >= 0) a[++nb] = bcpu[k, i]
+		mbcpu = nb ? med(a, nb) : -1 # over the repetitions that have the figure
 		# per-rep keel/epoll ratio of this row and policy (on the keel line)
 		rm = rl = rh = "-"
 		if (kk[3] == "keel") {

@@ -212,9 +212,6 @@ uint64_t bench_hist_pct(const struct bench_hist *h, double p);
 /* CPU time of the calling thread (getrusage RUSAGE_THREAD, user + system), ns. */
 uint64_t bench_thread_cpu_ns(void);
 
-/* The client threads' start line: once every thread has set up (the first wait on @bar),
- * fix the measured window (@cfg's warm-up from now, then its seconds) into *t_start and
- * *t_end, tell @cfg->on_window, and let the threads go (the second wait). */
 /* A client's wait (--client-poll-us): like the epoll server's --busy-poll-us, epoll_wait
  * with a zero timeout until nothing came for poll_ns, then a wait that may block. */
 struct bench_client_wait {
@@ -248,6 +245,9 @@ bench_client_waited(struct bench_client_wait *w, uint64_t now, int n)
 	}
 }
 
+/* The client threads' start line: once every thread has set up (the first wait on @bar),
+ * fix the measured window (@cfg's warm-up from now, then its seconds) into *t_start and
+ * *t_end, tell @cfg->on_window, and let the threads go (the second wait). */
 void bench_window_open(const struct bench_cfg *cfg, pthread_barrier_t *bar, uint64_t *t_start,
 		       uint64_t *t_end);
 

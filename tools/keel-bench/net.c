@@ -396,6 +396,9 @@ proc_stat_ticks(const struct keel_cpuset *cpus, uint64_t *busy, uint64_t *total)
 		unsigned long long t[7] = { 0 };
 		unsigned cpu;
 
+		/* "cpuN ..." rows only: %u would read the total row "cpu  T ..." as a CPU. */
+		if (strncmp(line, "cpu", 3) || line[3] < '0' || line[3] > '9')
+			continue;
 		if (sscanf(line, "cpu%u %llu %llu %llu %llu %llu %llu %llu", &cpu, &t[0], &t[1],
 			   &t[2], &t[3], &t[4], &t[5], &t[6]) != 8 ||
 		    !keel_cpuset_has(cpus, cpu))
@@ -770,21 +773,6 @@ run_client(struct opts *o)
 		smp->nsrv = 1;
 		snprintf(w.from, sizeof(w.from), "pid %ld", o->server_pid);
 	}
-	if (!o->has_port) {
-		c->addr.sin_port = 0;
-		rc = serve_start(o->be, c, &port, &srv);
-		if (rc < 0) {
-			fprintf(stderr, "keel-bench %s: starting the %s server: %s\n", o->prog,
-				o->be->name, strerror(-rc));
-			free(r);
-			free(smp);
-			return 1;
-		}
-		c->addr.sin_port = htons(port);
-		smp->nsrv = o->be->server_clocks(srv, smp->srv, MAX_CLOCKS);
-		smp->srv_in_process = true;
-		snprintf(w.from, sizeof(w.from), "in-process server threads");
-	}
 	if (o->has_server_cpus) {
 		uint64_t b, t;
 
@@ -801,6 +789,21 @@ run_client(struct opts *o)
 			return 2;
 		}
 		smp->cpus = &o->server_cpus;
+	}
+	if (!o->has_port) {
+		c->addr.sin_port = 0;
+		rc = serve_start(o->be, c, &port, &srv);
+		if (rc < 0) {
+			fprintf(stderr, "keel-bench %s: starting the %s server: %s\n", o->prog,
+				o->be->name, strerror(-rc));
+			free(r);
+			free(smp);
+			return 1;
+		}
+		c->addr.sin_port = htons(port);
+		smp->nsrv = o->be->server_clocks(srv, smp->srv, MAX_CLOCKS);
+		smp->srv_in_process = true;
+		snprintf(w.from, sizeof(w.from), "in-process server threads");
 	}
 	c->on_window = on_window;
 	c->window_arg = smp;
