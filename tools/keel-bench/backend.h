@@ -212,16 +212,17 @@ uint64_t bench_hist_pct(const struct bench_hist *h, double p);
 /* CPU time of the calling thread (getrusage RUSAGE_THREAD, user + system), ns. */
 uint64_t bench_thread_cpu_ns(void);
 
-/* A client's wait (--client-poll-us): like the epoll server's --busy-poll-us, epoll_wait
- * with a zero timeout until nothing came for poll_ns, then a wait that may block. */
-struct bench_client_wait {
+/* keel's idle-poll policy for an epoll loop (the epoll server's --busy-poll-us, the clients'
+ * --client-poll-us): epoll_wait with a zero timeout until nothing came for poll_ns, then a
+ * wait that may block. */
+struct bench_poll_wait {
 	uint64_t poll_ns, idle_since, polls, sleeps;
 	bool polling;
 };
 
 /* The timeout of the next epoll_wait at @now: 0 while polling, else @block_ms. */
 static inline int
-bench_client_wait_ms(struct bench_client_wait *w, uint64_t now, int block_ms)
+bench_poll_wait_ms(struct bench_poll_wait *w, uint64_t now, int block_ms)
 {
 	w->polling = w->poll_ns && (!w->idle_since || now - w->idle_since < w->poll_ns);
 	if (w->polling) {
@@ -235,7 +236,7 @@ bench_client_wait_ms(struct bench_client_wait *w, uint64_t now, int block_ms)
 /* After that epoll_wait returned @n events: a poll that found none starts (or goes on
  * with) the idle time; events or a blocking wait end it. */
 static inline void
-bench_client_waited(struct bench_client_wait *w, uint64_t now, int n)
+bench_poll_waited(struct bench_poll_wait *w, uint64_t now, int n)
 {
 	if (n <= 0 && w->polling) {
 		if (!w->idle_since)

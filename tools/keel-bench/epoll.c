@@ -262,7 +262,8 @@ server_thread(void *arg)
 {
 	struct sthread *t = arg;
 	struct epoll_event ev[MAXEV];
-	uint64_t busy = t->srv->busy_poll_ns, gather = t->srv->gather_ns, idle_since = 0;
+	uint64_t gather = t->srv->gather_ns;
+	struct bench_poll_wait pw = { .poll_ns = t->srv->busy_poll_ns };
 	struct timespec gts = { .tv_sec = (time_t)(gather / 1000000000u),
 				.tv_nsec = (long)(gather % 1000000000u) };
 	struct keel__coalesce co;
@@ -274,34 +275,25 @@ server_thread(void *arg)
 	if (gather && prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL) < 0)
 		t->errors++;
 	while (!atomic_load_explicit(&t->srv->stop, memory_order_acquire)) {
-		/* keel's loop policy: poll until idle for busy ns, then block. */
-		uint64_t now = busy ? bench_now_ns() : 0;
-		bool poll = busy && (!idle_since || now - idle_since < busy);
+		/* keel's loop policy: poll until idle for --busy-poll-us, then block. */
+		uint64_t now = pw.poll_ns ? bench_now_ns() : 0;
+		int ms = bench_poll_wait_ms(&pw, now, -1);
 
-		if (!poll && n < KEEL__CO_GATHER && keel__coalesce_on(&co)) {
+		if (ms && n < KEEL__CO_GATHER && keel__coalesce_on(&co)) {
 			clock_nanosleep(CLOCK_MONOTONIC, 0, &gts, NULL);
 			t->syscalls++;
 			t->gathered++;
 		}
-		n = epoll_wait(t->epfd, ev, MAXEV, poll ? 0 : -1);
+		n = epoll_wait(t->epfd, ev, MAXEV, ms);
 		t->syscalls++;
-		if (poll) {
-			t->polls++;
-		} else {
-			t->sleeps++;
+		if (ms)
 			keel__coalesce_slept(&co);
-		}
 		/* The same counts keel's loop gives the policy: a pass's arrivals. */
 		if (gather)
 			keel__coalesce_pass(&co, bench_now_ns(), n > 0 ? (uint64_t)n : 0);
-		if (n <= 0) {
-			if (poll && !idle_since)
-				idle_since = now;
-			else if (!poll)
-				idle_since = 0;
+		bench_poll_waited(&pw, now, n);
+		if (n <= 0)
 			continue;
-		}
-		idle_since = 0;
 		for (int i = 0; i < n; i++) {
 			if (ev[i].data.ptr == &t->lfd)
 				do_accept(t);
@@ -314,6 +306,8 @@ server_thread(void *arg)
 	}
 	while (t->conns.next != &t->conns)
 		conn_close(t, t->conns.next);
+	t->polls = pw.polls;
+	t->sleeps = pw.sleeps;
 	t->cpu_ns = bench_thread_cpu_ns();
 	return NULL;
 }

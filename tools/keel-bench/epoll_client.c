@@ -63,7 +63,7 @@ struct cthread {
 	uint8_t *rx;
 	struct cconn *reopen;
 	uint64_t msgs, bytes, msgs_all, cycles, errors, tx_all, rx_all;
-	struct bench_client_wait wait;
+	struct bench_poll_wait wait;
 	int err;
 	char why[256];
 	struct bench_hist lat;
@@ -360,14 +360,14 @@ client_thread(void *arg)
 
 		if (now >= cl->t_end)
 			break;
-		k = epoll_wait(t->epfd, ev, MAXEV,
-			       bench_client_wait_ms(&t->wait, now,
-						    (int)((cl->t_end - now) / 1000000) + 1));
+		k = epoll_wait(
+			t->epfd, ev, MAXEV,
+			bench_poll_wait_ms(&t->wait, now, (int)((cl->t_end - now) / 1000000) + 1));
 		if (k < 0 && errno != EINTR) {
 			fail(t, -errno, "epoll_wait: %s", strerror(errno));
 			break;
 		}
-		bench_client_waited(&t->wait, now, k);
+		bench_poll_waited(&t->wait, now, k);
 		for (int i = 0; i < k && !t->err; i++)
 			on_event(t, ev[i].data.ptr, ev[i].events);
 		while (t->reopen && !t->err) {

@@ -170,7 +170,7 @@ struct uthread {
 	struct iovec iov[2 * BATCH];
 	uint8_t *rx;
 	uint64_t msgs, msgs_all, errors, tx_all, rx_all, lost, late, last_scan;
-	struct bench_client_wait wait;
+	struct bench_poll_wait wait;
 	int err;
 	char why[256];
 	struct bench_hist lat;
@@ -430,12 +430,12 @@ client_thread(void *arg)
 			break;
 		left = (cl->t_end - now) / 1000000 + 1;
 		k = epoll_wait(t->epfd, ev, MAXEV,
-			       bench_client_wait_ms(&t->wait, now, left < 10 ? (int)left : 10));
+			       bench_poll_wait_ms(&t->wait, now, left < 10 ? (int)left : 10));
 		if (k < 0 && errno != EINTR) {
 			fail(t, -errno, "epoll_wait: %s", strerror(errno));
 			break;
 		}
-		bench_client_waited(&t->wait, now, k);
+		bench_poll_waited(&t->wait, now, k);
 		for (int i = 0; i < k && !t->err; i++) {
 			struct uflow *f = ev[i].data.ptr;
 			if (flow_read(t, f) == 0)
