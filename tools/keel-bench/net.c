@@ -352,6 +352,7 @@ struct sampler {
 	/* at the window's start [0] and end [1]: wall, server CPU, this process's CPU */
 	uint64_t wall[2], scpu[2], pcpu[2];
 	const struct keel_cpuset *cpus; /* --server-cpus, or NULL */
+	unsigned ncpus;                 /* ... how many */
 	uint64_t busy[2], total[2];     /* their /proc/stat ticks: busy, all */
 	int err;
 };
@@ -376,18 +377,27 @@ clock_ns(clockid_t c, uint64_t *out)
 	return 0;
 }
 
-/* /proc/stat's ticks of the CPUs in @cpus: busy (user, nice, system, irq, softirq) and all
- * (those, idle and iowait; steal and guest time are the hypervisor's). Returns 0, or -errno
- * (-ENOENT when one of them has no row). */
+/* The CPUs in @s. */
+static unsigned
+cpuset_count(const struct keel_cpuset *s)
+{
+	unsigned n = 0;
+
+	for (unsigned w = 0; w < KEEL_MAX_CPUS / 64; w++)
+		n += (unsigned)__builtin_popcountll(s->bits[w]);
+	return n;
+}
+
+/* /proc/stat's ticks of the @want CPUs in @cpus: busy (user, nice, system, irq, softirq) and
+ * all (those, idle and iowait; steal and guest time are the hypervisor's). Returns 0, or
+ * -errno (-ENOENT when one of them has no row). */
 static int
-proc_stat_ticks(const struct keel_cpuset *cpus, uint64_t *busy, uint64_t *total)
+proc_stat_ticks(const struct keel_cpuset *cpus, unsigned want, uint64_t *busy, uint64_t *total)
 {
 	char line[512];
-	unsigned want = 0, seen = 0;
+	unsigned seen = 0;
 	FILE *f;
 
-	for (unsigned c = 0; c < KEEL_MAX_CPUS; c++)
-		want += keel_cpuset_has(cpus, c);
 	f = fopen("/proc/stat", "re");
 	if (!f)
 		return -errno;
@@ -418,7 +428,7 @@ sample(struct sampler *s, int k)
 	int r;
 
 	if (s->cpus) {
-		r = proc_stat_ticks(s->cpus, &s->busy[k], &s->total[k]);
+		r = proc_stat_ticks(s->cpus, s->ncpus, &s->busy[k], &s->total[k]);
 		if (r < 0)
 			return r;
 	}
@@ -776,7 +786,8 @@ run_client(struct opts *o)
 	if (o->has_server_cpus) {
 		uint64_t b, t;
 
-		rc = proc_stat_ticks(&o->server_cpus, &b, &t);
+		smp->ncpus = cpuset_count(&o->server_cpus);
+		rc = proc_stat_ticks(&o->server_cpus, smp->ncpus, &b, &t);
 		if (rc < 0) {
 			fprintf(stderr,
 				"keel-bench %s: --server-cpus: %s (a CPU of the list that is not "
@@ -832,13 +843,9 @@ run_client(struct opts *o)
 			w.valid = false;
 		}
 		if (smp->cpus && smp->total[1] > smp->total[0]) {
-			unsigned n = 0;
-
-			for (unsigned k = 0; k < KEEL_MAX_CPUS; k++)
-				n += keel_cpuset_has(smp->cpus, k);
 			w.cpus_valid = wall > 0;
 			w.cpus_util = (double)(smp->busy[1] - smp->busy[0]) /
-				      (double)(smp->total[1] - smp->total[0]) * n;
+				      (double)(smp->total[1] - smp->total[0]) * smp->ncpus;
 			w.cpus_ns_per_msg = r->msgs ? w.cpus_util * wall / (double)r->msgs : 0;
 		}
 	}
