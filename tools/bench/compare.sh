@@ -101,38 +101,36 @@ case $net in lo | veth) ;; *) die "--net must be lo or veth" ;; esac
 [ "$cpoll" -eq 0 ] || [ "$client" = epoll ] ||
 	die "--client-poll-us is the epoll client's (a keel client polls with --idle-poll-us)"
 
-# CPU lists: "0-3,8" -> count
-cpu_count() {
-	local n=0 part a b
+# CPU lists: "0-3,8" -> "0 1 2 3 8"; status 1 when it is not a CPU list
+cpu_expand() {
+	local part a b c out=()
 	IFS=, read -ra parts <<<"$1"
 	for part in "${parts[@]}"; do
 		if [[ $part =~ ^([0-9]+)-([0-9]+)$ ]]; then
 			a=${BASH_REMATCH[1]} b=${BASH_REMATCH[2]}
 			[ "$a" -le "$b" ] || return 1
-			n=$((n + b - a + 1))
 		elif [[ $part =~ ^[0-9]+$ ]]; then
-			n=$((n + 1))
+			a=$part b=$part
 		else
 			return 1
 		fi
+		for ((c = a; c <= b; c++)); do out+=("$c"); done
 	done
-	echo "$n"
+	echo "${out[*]}"
 }
-# CPU lists: "0-3,8" -> the hex mask sysfs takes ("00000000,0000010f": 32-bit words, highest
-# first)
+# -> count
+cpu_count() {
+	local cpus
+	cpus=$(cpu_expand "$1") || return 1
+	set -- $cpus
+	echo $#
+}
+# -> the hex mask sysfs takes ("00000000,0000010f": 32-bit words, highest first)
 cpu_mask() {
-	local part a b c w top=0 out= words=()
-	IFS=, read -ra parts <<<"$1"
-	for part in "${parts[@]}"; do
-		if [[ $part =~ ^([0-9]+)-([0-9]+)$ ]]; then
-			a=${BASH_REMATCH[1]} b=${BASH_REMATCH[2]}
-		else
-			a=$part b=$part
-		fi
-		for ((c = a; c <= b; c++)); do
-			words[c / 32]=$((${words[c / 32]:-0} | (1 << (c % 32))))
-			[ $((c / 32)) -le $top ] || top=$((c / 32))
-		done
+	local c w top=0 out= words=()
+	for c in $(cpu_expand "$1"); do
+		words[c / 32]=$((${words[c / 32]:-0} | (1 << (c % 32))))
+		[ $((c / 32)) -le $top ] || top=$((c / 32))
 	done
 	for ((w = top; w >= 0; w--)); do
 		out+=$(printf '%s%08x' "${out:+,}" "${words[w]:-0}")
