@@ -47,10 +47,13 @@ struct keel_conn {
 	bool open, connecting, recv_armed, rcancel_sent, read_paused, bp_paused, eof;
 	bool closing, flush_close, shut_pending, shut_sent, send_inflight, flush_queued;
 	bool want_writable, cancel_sent;
-	bool zc;          /* the armed receive is a RECV_ZC (zcrx_rx.c) */
-	bool eof_held;    /* EOF seen behind held data: on_eof after it */
-	bool rq_queued;   /* a deferred delivery of the held data is queued */
-	bool fd_released; /* the descriptor is closed (or its close is in flight) */
+	bool zc;            /* the armed receive is a RECV_ZC (zcrx_rx.c) */
+	bool bulk;          /* receive from the bulk ring (the next receive armed does) */
+	bool rx_bulk;       /* the armed receive takes the bulk ring's buffers */
+	uint16_t small_run; /* receives in a row under buf_size on the bulk ring */
+	bool eof_held;      /* EOF seen behind held data: on_eof after it */
+	bool rq_queued;     /* a deferred delivery of the held data is queued */
+	bool fd_released;   /* the descriptor is closed (or its close is in flight) */
 	bool close_listed;
 	struct keel_conn *close_next; /* ns->close_head */
 	int status;
@@ -157,11 +160,14 @@ rq_hold(struct keel_conn *c, struct keel_slice *s, unsigned n)
 
 /* How many of @s[0..n) one on_data may carry: what fits under the high watermark plus one
  * receive buffer, and at least one slice. An application that echoes what it receives
- * therefore never queues more than high + buf_size. */
+ * therefore never queues more than high + buf_size (bulk_buf_size once the bulk ring
+ * exists). */
 static unsigned
 chunk(const struct keel_conn *c, const struct keel_slice *s, unsigned n)
 {
-	uint64_t budget = (c->queued < c->high ? c->high - c->queued : 0) + c->ns->cfg.buf_size;
+	const struct net_shard *ns = c->ns;
+	uint64_t budget = (c->queued < c->high ? c->high - c->queued : 0) +
+			  (ns->bulk_ready ? ns->cfg.bulk_buf_size : ns->cfg.buf_size);
 	uint64_t bytes = s[0].len;
 	unsigned k = 1;
 
@@ -213,7 +219,9 @@ recv_arm(struct keel_conn *c)
 		if (ns->f_bundle)
 			sqe->ioprio |= IORING_RECVSEND_BUNDLE;
 		sqe->flags |= IOSQE_BUFFER_SELECT;
-		sqe->buf_group = ns->tcp.bgid;
+		/* c->bulk is set only once the bulk ring exists (bulk_note). */
+		c->rx_bulk = c->bulk;
+		sqe->buf_group = c->bulk ? ns->bulk.bgid : ns->tcp.bgid;
 	}
 	sqe_fd(c, sqe);
 	keel_sqe_bind(sqe, &c->recv_op);
@@ -222,17 +230,11 @@ recv_arm(struct keel_conn *c)
 	c->nops++;
 }
 
-/* Arm or cancel the receive to match want_recv(). */
 static void
-recv_update(struct keel_conn *c)
+recv_cancel(struct keel_conn *c)
 {
 	struct io_uring_sqe *sqe;
 
-	if (want_recv(c)) {
-		if (!c->recv_armed)
-			recv_arm(c);
-		return;
-	}
 	if (!c->recv_armed || c->rcancel_sent || c->cancel_sent)
 		return;
 	sqe = keel_sqe_get();
@@ -242,6 +244,21 @@ recv_update(struct keel_conn *c)
 	keel_sqe_bind(sqe, &c->rcancel_op);
 	c->rcancel_sent = true;
 	c->nops++;
+}
+
+/* Arm or cancel the receive to match want_recv(); end an armed receive of the ring the
+ * connection is leaving (its last completion re-arms with the other). */
+static void
+recv_update(struct keel_conn *c)
+{
+	if (want_recv(c)) {
+		if (!c->recv_armed)
+			recv_arm(c);
+		else if (c->bulk != c->rx_bulk && !c->zc)
+			recv_cancel(c);
+		return;
+	}
+	recv_cancel(c);
 }
 
 static void
@@ -288,12 +305,39 @@ keel__conn_starved_kick(struct net_shard *ns)
 
 static void deliver_taken(struct keel_conn *c, int n);
 
+/* A receive of @res bytes from the ring in use: move to the bulk ring when it filled two
+ * first-ring buffers (one without bundles, where a receive takes at most one) and the bulk
+ * ring has a buffer to give (else the move would end in ENOBUFS and back); back after
+ * KEEL_NET_BULK_BACK receives in a row under one. */
+static void
+bulk_note(struct keel_conn *c, uint32_t res)
+{
+	struct net_shard *ns = c->ns;
+
+	if (c->rx_bulk) {
+		if (res >= ns->cfg.buf_size)
+			c->small_run = 0;
+		else if (c->bulk && ++c->small_run >= KEEL_NET_BULK_BACK) {
+			c->bulk = false;
+			ns->st.bulk_backs++;
+		}
+	} else if (!c->bulk && res >= (ns->f_bundle ? 2 : 1) * (uint64_t)ns->cfg.buf_size) {
+		struct pbuf_ring *b = keel__net_bulk(ns);
+
+		if (!b || (!b->inring && !b->nspare))
+			return;
+		c->bulk = true;
+		c->small_run = 0;
+		ns->st.bulk_moves++;
+	}
+}
+
 static void
 deliver(struct keel_conn *c, unsigned bid, int res, uint32_t flags)
 {
 	struct net_shard *ns = c->ns;
-	int n = keel__pbuf_take(&ns->tcp, bid, res, flags, ns->f_bundle, ns->scratch,
-				ns->cfg.buf_count);
+	struct pbuf_ring *r = c->rx_bulk ? &ns->bulk : &ns->tcp;
+	int n = keel__pbuf_take(r, bid, res, flags, ns->f_bundle, ns->scratch, r->nbufs);
 
 	if (n > 0) {
 		if (__builtin_expect(ns->zcrx != NULL, 0)) /* no call per receive without ZCRX */
@@ -410,8 +454,14 @@ recv_cb(struct keel_op *op, int res, uint32_t flags)
 	if (res > 0) {
 		if (c->zc)
 			deliver_zc(c, keel_cqe_current());
-		else if (flags & IORING_CQE_F_BUFFER)
+		else if (flags & IORING_CQE_F_BUFFER) {
+			if (keel__net_bulk_on(&ns->cfg))
+				bulk_note(c, (uint32_t)res);
 			deliver(c, flags >> IORING_CQE_BUFFER_SHIFT, res, flags);
+			/* Changing rings ends this receive (the op holds c). */
+			if (more && c->bulk != c->rx_bulk)
+				recv_update(c);
+		}
 	} else if (res == 0) {
 		if (!c->closing && !c->eof) {
 			c->eof = true;
@@ -432,8 +482,19 @@ recv_cb(struct keel_op *op, int res, uint32_t flags)
 			c->starve_next = ns->starved;
 			ns->starved = c;
 			c->nops++; /* held while on the list */
-			/* Buffers may have come back before this completion was seen. */
-			if (keel__pbuf_grow(&ns->tcp))
+			/* Buffers may have come back before this completion was seen. The
+			 * application holds every bulk buffer: back to the first ring. */
+			bool ok = keel__pbuf_grow(c->rx_bulk ? &ns->bulk : &ns->tcp);
+
+			if (!ok && c->rx_bulk && c->bulk) {
+				c->bulk = false;
+				ns->st.bulk_backs++;
+			}
+			/* The next receive takes the other ring (a move was under way, or
+			 * just made): it did not run dry, so it need not grow. */
+			if (c->bulk != c->rx_bulk)
+				ok = (c->bulk ? ns->bulk.inring : ns->tcp.inring) > 0;
+			if (ok)
 				keel__conn_starved_kick(ns);
 		}
 	} else if (res != -ECANCELED) {

@@ -578,7 +578,8 @@ keel_listener_start(struct keel_listener *l)
 	if (l->has_cfg && !keel__net_config_shard_equal(&l->cfg, &ns->cfg)) {
 		keel_log(KEEL_LOG_ERROR, NET_MOD,
 			 "shard %u: the listener's configuration (keel_listen_opts.net) has other "
-			 "buffer ring or file table sizes (buf_size, buf_count, max_files, udp_*) "
+			 "buffer ring or file table sizes (buf_size, buf_count, max_files, udp_*, "
+			 "bulk_buf_*) "
 			 "than this shard's network state was made with; use the same ones, or "
 			 "start this listener first",
 			 id);

@@ -17,6 +17,9 @@
 #define NET_RX_WINDOW 16
 /* Most slices gathered into one sendmsg. */
 #define NET_IOV_MAX 64
+/* The bulk ring's buffer group, and the buffers it starts with in the kernel's hands. */
+#define NET_BULK_BGID   2
+#define NET_BULK_WINDOW 4
 
 __attribute__((noreturn)) void keel__net_verify_fail(const char *file, int line, const char *e);
 #define net_verify(x)                                                  \
@@ -80,6 +83,8 @@ struct net_shard {
 	struct pbuf_ring tcp; /* bgid 0 */
 	struct pbuf_ring udp; /* bgid 1, created on first UDP use */
 	bool udp_ready;
+	struct pbuf_ring bulk; /* NET_BULK_BGID, created on the first move to it */
+	bool bulk_ready;
 	bool dropping;                          /* releasing the rings' own references at the end */
 	struct keel_conn *conns;                /* every live connection (abort on stop) */
 	struct keel_udp *udps;                  /* every live UDP endpoint */
@@ -95,7 +100,7 @@ struct net_shard {
 	bool close_nop_inflight; /* ... through a NOP, when no deferred call could be had */
 	struct keel_op close_nop;
 	struct keel__lshard *lshards; /* listener parts on this shard */
-	struct keel_slice *scratch;   /* [tcp.nbufs] slices of one completion */
+	struct keel_slice *scratch;   /* [the larger ring's nbufs] slices of one completion */
 	struct keel_net_stats st;
 	struct net_zcrx *zcrx;        /* zcrx.c: the shard's ZCRX set-up (NULL until decided) */
 	struct net_lim *lim_head;     /* limits.c: connections with a timeout */
@@ -119,6 +124,15 @@ void keel__net_unref(struct net_shard *ns);
  * clearing *@queued. Without memory for the call, nothing: the caller's next event tries
  * again. */
 void keel__net_kick(struct net_shard *ns, bool *queued, void (*fn)(void *));
+/* @c asks for a bulk ring: bulk_buf_size above buf_size. */
+static inline bool
+keel__net_bulk_on(const struct keel_net_config *c)
+{
+	return c->bulk_buf_size > c->buf_size;
+}
+/* The bulk ring, made now if it is not yet; NULL when it is off (keel__net_bulk_on), the
+ * shard stops, or making it failed (logged once, with the fixes; st.bulk_failed). */
+struct pbuf_ring *keel__net_bulk(struct net_shard *ns);
 /* The SEND_ZC fixed buffer for @s: 0 with index/offset, or -errno. Works for the shard's
  * allocator buffers and for slices of its receive buffers. */
 int keel__net_fixed(struct net_shard *ns, const struct keel_slice *s, unsigned *index,

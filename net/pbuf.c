@@ -130,6 +130,13 @@ keel__pbuf_init(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid, uint32
 	return keel__pbuf_init_window(ns, r, bgid, nbufs, bufsize, inc, nbufs);
 }
 
+/* The settings that size the ring with buffer group @bgid, for the error that names them. */
+static const char *
+ring_knobs(uint16_t bgid)
+{
+	return bgid == 1 ? "udp_buf_count/udp_buf_size" : "buf_count/buf_size";
+}
+
 int
 keel__pbuf_init_window(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid, uint32_t nbufs,
 		       uint32_t bufsize, bool inc, uint32_t window)
@@ -164,10 +171,13 @@ keel__pbuf_init_window(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid,
 	for (unsigned i = 0; i < r->nareas; i++) {
 		ret = keel_buf_alloc(a, (size_t)r->per_area * bufsize, &r->areas[i]);
 		if (ret < 0) {
-			keel_log(KEEL_LOG_ERROR, NET_MOD,
-				 "shard %u: %u receive buffers of %u bytes: %s; lower "
-				 "buf_count/buf_size or raise --memory",
-				 ns->id, nbufs, bufsize, strerror(-ret));
+			/* The bulk ring's maker says it, with the bulk ring's fixes. */
+			if (bgid != NET_BULK_BGID)
+				keel_log(
+					KEEL_LOG_ERROR, NET_MOD,
+					"shard %u: %u receive buffers of %u bytes: %s; lower %s or "
+					"raise --memory",
+					ns->id, nbufs, bufsize, strerror(-ret), ring_knobs(bgid));
 			goto err;
 		}
 	}
@@ -187,8 +197,10 @@ keel__pbuf_init_window(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid,
 	reg.flags = inc ? IOU_PBUF_RING_INC : 0;
 	ret = io_uring_register_buf_ring(keel_shard_ring_get(), (struct io_uring_buf_reg *)&reg, 0);
 	if (ret < 0) {
-		keel_log(KEEL_LOG_ERROR, NET_MOD, "shard %u: registering buffer ring %u failed: %s",
-			 ns->id, bgid, strerror(-ret));
+		if (bgid != NET_BULK_BGID)
+			keel_log(KEEL_LOG_ERROR, NET_MOD,
+				 "shard %u: registering buffer ring %u failed: %s", ns->id, bgid,
+				 strerror(-ret));
 		goto err;
 	}
 	r->registered = true;

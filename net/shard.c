@@ -26,7 +26,8 @@
 		.low_watermark = 256u << 10, .max_files = 4096, .accept_backoff_ns = KEEL_MS(100), \
 		.close_timeout_ns = 0, .nodelay = true, .udp_buf_count = 256,                      \
 		.udp_buf_size = 65536, .header_bytes = 1, .send_max = KEEL_NET_SEND_MAX_DEFAULT,   \
-		.shard_send_max = KEEL_NET_SHARD_SEND_MAX_DEFAULT,                                 \
+		.shard_send_max = KEEL_NET_SHARD_SEND_MAX_DEFAULT, .bulk_buf_size = 65536,         \
+		.bulk_buf_count = 64,                                                              \
 	}
 
 static struct keel_net_config g_cfg = NET_CONFIG_DEFAULTS;
@@ -62,6 +63,12 @@ keel__net_config_check(const struct keel_net_config *c)
 	    (c->udp_buf_count & (c->udp_buf_count - 1)) || !c->udp_buf_size ||
 	    c->udp_buf_size > 65536)
 		return -EINVAL;
+	/* A bulk_buf_size not above buf_size is no bulk ring: a ring of buffers no larger than
+	 * the first ring's has nothing to give (so --buf-size 65536 needs no other change). */
+	if (c->bulk_buf_size > (1u << 20) ||
+	    (c->bulk_buf_size > c->buf_size && (!c->bulk_buf_count || c->bulk_buf_count > 32768 ||
+						(c->bulk_buf_count & (c->bulk_buf_count - 1)))))
+		return -EINVAL;
 	return 0;
 }
 
@@ -70,7 +77,9 @@ keel__net_config_shard_equal(const struct keel_net_config *a, const struct keel_
 {
 	return a->buf_size == b->buf_size && a->buf_count == b->buf_count &&
 	       a->max_files == b->max_files && a->udp_buf_count == b->udp_buf_count &&
-	       a->udp_buf_size == b->udp_buf_size;
+	       a->udp_buf_size == b->udp_buf_size && keel__net_bulk_on(a) == keel__net_bulk_on(b) &&
+	       (!keel__net_bulk_on(a) ||
+		(a->bulk_buf_size == b->bulk_buf_size && a->bulk_buf_count == b->bulk_buf_count));
 }
 
 int
@@ -132,6 +141,8 @@ destroy(struct net_shard *ns)
 	keel__pbuf_fini(&ns->tcp);
 	if (ns->udp_ready)
 		keel__pbuf_fini(&ns->udp);
+	if (ns->bulk_ready)
+		keel__pbuf_fini(&ns->bulk);
 	keel__udp_fini(ns);
 	keel__zcrx_fini(ns);
 	if (ns->files)
@@ -168,12 +179,15 @@ keel__net_unref(struct net_shard *ns)
 	/* Stopped, and only the rings' own references on partly filled buffers (incremental
 	 * consumption) are left: no receive is in flight, so put them. */
 	if (ns->stopping && !ns->dropping &&
-	    ns->refs == ns->tcp.nkref + (ns->udp_ready ? ns->udp.nkref : 0)) {
+	    ns->refs == ns->tcp.nkref + (ns->udp_ready ? ns->udp.nkref : 0) +
+				(ns->bulk_ready ? ns->bulk.nkref : 0)) {
 		ns->dropping = true;
 		ns->refs++;
 		keel__pbuf_drop_krefs(&ns->tcp);
 		if (ns->udp_ready)
 			keel__pbuf_drop_krefs(&ns->udp);
+		if (ns->bulk_ready)
+			keel__pbuf_drop_krefs(&ns->bulk);
 		keel__net_unref(ns);
 	}
 }
@@ -240,7 +254,12 @@ shard_create(const struct keel_net_config *cfg, struct net_shard **out)
 	r = keel__zcrx_setup(ns); /* --zcrx on: fails with the reason and the fix */
 	if (r < 0)
 		goto err;
-	ns->scratch = calloc(ns->cfg.buf_count, sizeof(*ns->scratch));
+	/* One completion spans at most one ring's buffers. */
+	ns->scratch =
+		calloc(keel__net_bulk_on(&ns->cfg) && ns->cfg.bulk_buf_count > ns->cfg.buf_count
+			       ? ns->cfg.bulk_buf_count
+			       : ns->cfg.buf_count,
+		       sizeof(*ns->scratch));
 	if (!ns->scratch) {
 		r = -ENOMEM;
 		goto err;
@@ -265,6 +284,32 @@ err:
 	return r;
 }
 
+struct pbuf_ring *
+keel__net_bulk(struct net_shard *ns)
+{
+	int r;
+
+	if (ns->bulk_ready)
+		return &ns->bulk;
+	if (!keel__net_bulk_on(&ns->cfg) || ns->st.bulk_failed || ns->stopping)
+		return NULL;
+	r = keel__pbuf_init_window(ns, &ns->bulk, NET_BULK_BGID, ns->cfg.bulk_buf_count,
+				   ns->cfg.bulk_buf_size, ns->f_inc, NET_BULK_WINDOW);
+	if (r < 0) {
+		ns->st.bulk_failed = 1;
+		keel_log(
+			KEEL_LOG_ERROR, NET_MOD,
+			"shard %u: the bulk receive ring (%u buffers of %u bytes) could not be "
+			"made: %s; its connections stay on the first ring. Raise --memory, or "
+			"lower bulk_buf_count/bulk_buf_size (keel-echo --bulk-buf-count/"
+			"--bulk-buf-size), or turn it off with bulk_buf_size 0 (--bulk-buf-size 0)",
+			ns->id, ns->cfg.bulk_buf_count, ns->cfg.bulk_buf_size, strerror(-r));
+		return NULL;
+	}
+	ns->bulk_ready = true;
+	return &ns->bulk;
+}
+
 int
 keel__net_fixed(struct net_shard *ns, const struct keel_slice *s, unsigned *index, uint64_t *offset)
 {
@@ -275,6 +320,7 @@ keel__net_fixed(struct net_shard *ns, const struct keel_slice *s, unsigned *inde
 		return keel_buf_fixed(s, index, offset);
 	/* A receive buffer: its area is a buffer of the shard's allocator. */
 	if (!keel__pbuf_owns(&ns->tcp, s->data, &area) &&
+	    !(ns->bulk_ready && keel__pbuf_owns(&ns->bulk, s->data, &area)) &&
 	    !(ns->udp_ready && keel__pbuf_owns(&ns->udp, s->data, &area)))
 		return -ENOENT;
 	r = keel_buf_fixed(area, index, offset);
@@ -293,8 +339,10 @@ keel_net_stats(const struct keel_shard *sh, struct keel_net_stats *out)
 	if (!ns)
 		return -ENOENT;
 	*out = ns->st;
-	out->bufs_out = ns->tcp.out + (ns->udp_ready ? ns->udp.out : 0);
-	out->bufs_kernel = ns->tcp.nkref + (ns->udp_ready ? ns->udp.nkref : 0);
+	out->bufs_out = ns->tcp.out + (ns->udp_ready ? ns->udp.out : 0) +
+			(ns->bulk_ready ? ns->bulk.out : 0);
+	out->bufs_kernel = ns->tcp.nkref + (ns->udp_ready ? ns->udp.nkref : 0) +
+			   (ns->bulk_ready ? ns->bulk.nkref : 0);
 	out->timeout_sweep_ns = ns->lim_period;
 	return 0;
 }

@@ -15,7 +15,8 @@
 
 static const char usage[] =
 	"usage: keel-echo --port P [--addr A] [--udp] [--steer cpu|queue|hash] [--zc-threshold N]\n"
-	"                 [--forward] [--buf-count N] [--buf-size N] [--udp-buf-count N]\n"
+	"                 [--forward] [--buf-count N] [--buf-size N] [--bulk-buf-count N]\n"
+	"                 [--bulk-buf-size N] [--udp-buf-count N]\n"
 	"                 [--udp-buf-size N] [--max-conns N] [--header-timeout-ms N]\n"
 	"                 [--header-bytes B] [--idle-timeout-ms N] [--send-max BYTES]\n"
 	"                 [--shard-send-max BYTES] [--max-files N] [--caps] [runtime options]\n"
@@ -26,6 +27,10 @@ static const char usage[] =
 	"--buf-count N, --buf-size N: receive buffers per shard ring (a power of two, default\n"
 	"           256) and their size (default 16384); frames held away pin buffers, so size\n"
 	"           the ring for the bytes in flight (keep it within --memory).\n"
+	"--bulk-buf-count N, --bulk-buf-size N: the bulk ring, which a connection uses once a\n"
+	"           receive fills two --buf-size buffers (one without bundles): its count (a\n"
+	"           power of two, default 64) and size (default 65536; 0 or not above\n"
+	"           --buf-size: no bulk ring; docs/net.md)\n"
 	"--udp-buf-count N: UDP receive buffers per shard, a power of two (default 256)\n"
 	"--udp-buf-size N: largest UDP datagram received whole, bytes (default 65536)\n"
 	"--max-conns N: connections per shard; those beyond are accepted and closed at once\n"
@@ -45,9 +50,37 @@ struct app {
 	bool udp;
 	bool forward;
 	struct keel_listener *l;
-	const char *steer;        /* the steering's name, for the listening line */
-	_Atomic unsigned started; /* shards whose listener runs */
+	const char *steer;          /* the steering's name, for the listening line */
+	_Atomic unsigned started;   /* shards whose listener runs */
+	struct keel_net_stats *net; /* --stats: [shard] the network counters at stop */
 };
+
+/* The network counters, read on the shard as it begins to stop (before the network's own
+ * stop hook, registered after this one). */
+static void
+net_snap(void *arg)
+{
+	struct app *a = arg;
+	struct keel_shard *sh = keel_this_shard();
+
+	keel_net_stats(sh, &a->net[keel_shard_id(sh)]);
+}
+
+static void
+net_print(const struct app *a, unsigned shards)
+{
+	for (unsigned i = 0; i < shards; i++) {
+		const struct keel_net_stats *n = &a->net[i];
+		fprintf(stderr,
+			"shard %u net: %llu receive completions, %llu buffers, %llu ENOBUFS, %llu "
+			"re-arms, %llu sends of %llu buffers, bulk ring: %llu moves to, %llu back%s\n",
+			i, (unsigned long long)n->recv_cqes, (unsigned long long)n->recv_bufs,
+			(unsigned long long)n->enobufs, (unsigned long long)n->rearms,
+			(unsigned long long)n->sends, (unsigned long long)n->send_iovs,
+			(unsigned long long)n->bulk_moves, (unsigned long long)n->bulk_backs,
+			n->bulk_failed ? " (could not be made)" : "");
+	}
+}
 
 static void
 on_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
@@ -82,6 +115,9 @@ on_start(void *arg)
 	struct app *a = arg;
 	int r;
 
+	if (a->net && keel_shard_on_stop(net_snap, a) < 0)
+		keel_log(KEEL_LOG_WARN, "echo", "shard %u: no memory for --stats' network counters",
+			 keel_shard_id(keel_this_shard()));
 	if (a->udp) {
 		struct keel_udp *u;
 		r = keel_udp_open(a->addr, (uint16_t)a->port, &udp_ops, a, &u);
@@ -169,6 +205,20 @@ main(int argc, char **argv)
 			else
 				nc.buf_size = (uint32_t)t;
 			i++;
+		} else if (!strcmp(argv[i], "--bulk-buf-count") ||
+			   !strcmp(argv[i], "--bulk-buf-size")) {
+			long t;
+			if (!v)
+				die("missing value for ", argv[i]);
+			t = strtol(v, &end, 10);
+			if (*end || t < 0 || t > (1L << 20))
+				die("--bulk-buf-count and --bulk-buf-size expect 0..1048576, got ",
+				    v);
+			if (argv[i][11] == 'c')
+				nc.bulk_buf_count = (uint32_t)t;
+			else
+				nc.bulk_buf_size = (uint32_t)t;
+			i++;
 		} else if (!strcmp(argv[i], "--zc-threshold")) {
 			long t;
 			if (!v)
@@ -249,7 +299,8 @@ main(int argc, char **argv)
 	if (a.forward && a.udp)
 		die("--forward frames TCP streams: drop --udp or --forward", NULL);
 	if (keel_net_config_set(&nc) < 0)
-		die("--buf-count must be a power of two up to 32768 and --buf-size at most 1 MiB",
+		die("--buf-count and --bulk-buf-count must be powers of two up to 32768, --buf-size at "
+		    "most 1 MiB, --bulk-buf-size 0 or above --buf-size and at most 1 MiB",
 		    NULL);
 	r = keel_runtime_create(&o, &rt);
 	if (r < 0)
@@ -286,11 +337,18 @@ main(int argc, char **argv)
 		}
 	}
 	a.steer = keel_steer_name(lo.steer);
+	if (o.stats) {
+		a.net = calloc(keel_runtime_shard_count(rt), sizeof(*a.net));
+		if (!a.net)
+			die("out of memory for --stats", NULL);
+	}
 	r = keel_runtime_start(rt, on_start, &a);
 	if (r == 0)
 		r = keel_runtime_join(rt);
 	/* keel_runtime_join printed the runtime's counters (--stats); the forwarding ones
 	 * are the app's. */
+	if (a.net && r == 0)
+		net_print(&a, keel_runtime_shard_count(rt));
 	if (o.stats && a.forward)
 		for (unsigned i = 0; i < keel_runtime_shard_count(rt); i++) {
 			struct echo_fwd_stats fs;
@@ -309,5 +367,6 @@ main(int argc, char **argv)
 	keel_runtime_destroy(rt);
 	keel_listener_destroy(a.l);
 	echo_fwd_fini();
+	free(a.net);
 	return r < 0 ? 1 : 0;
 }

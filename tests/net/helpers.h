@@ -49,6 +49,8 @@ int srv_start(struct srv *s, const struct keel_opts *o, const struct keel_net_co
 /* Stop, join, destroy. Returns the runtime's status. */
 int srv_stop(struct srv *s);
 extern const struct keel_conn_ops echo_ops;
+/* Shard @shard's network counters, read on the shard (within 30 s): 0 or -errno. */
+int srv_net_stats(struct srv *s, unsigned shard, struct keel_net_stats *out);
 
 /* A blocking client socket connected to 127.0.0.1:@port, or -errno. */
 int cli_connect(uint16_t port);

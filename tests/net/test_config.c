@@ -126,6 +126,9 @@ Test(net_config, two_runtimes_in_one_process_each_apply_their_own)
 	keel_net_config_init(&b.cfg);
 	b.cfg.buf_size = 32768;
 	b.cfg.buf_count = 32;
+	/* One ring each, so a slice's length shows the buffer size each shard made. */
+	a.cfg.bulk_buf_size = 0;
+	b.cfg.bulk_buf_size = 0;
 
 	/* Both run at once. */
 	side_up(&a);

@@ -437,6 +437,7 @@ exhaust(const char *spec)
 	keel_net_config_init(&nc);
 	nc.buf_count = 4;
 	nc.buf_size = 4096;
+	nc.bulk_buf_size = 0; /* the burst would move the connection to the bulk ring */
 	for (size_t k = 0; k < len; k++)
 		out[k] = (uint8_t)(k * 13 + k / 4093);
 	cr_assert_eq(srv_start(&s, &o, &nc, &ops), 0);
@@ -468,9 +469,10 @@ Test(net_conn, buffer_ring_exhaustion_single_shot_recv)
 /* A slow reader: the client writes without reading until the echo server's send queue
  * passed the high watermark (256 KiB), then reads everything back. The receive ring (64 x
  * 16 KiB) is larger than the watermark, so the pause, not buffer exhaustion, stops reading.
- * @slack: what may still arrive after reading paused (receive completions already made). */
+ * @bulk: the bulk ring's buffer size (0: none). @slack: what may still arrive after reading
+ * paused (receive completions already made). */
 static void
-slow_reader(const char *spec, const char *spec2, uint64_t slack)
+slow_reader(const char *spec, const char *spec2, uint32_t bulk, uint64_t slack)
 {
 	struct keel_opts o = net_test_opts(1);
 	struct keel_net_config nc;
@@ -488,6 +490,7 @@ slow_reader(const char *spec, const char *spec2, uint64_t slack)
 	nc.buf_size = 16384;
 	nc.high_watermark = 256u << 10;
 	nc.low_watermark = 64u << 10;
+	nc.bulk_buf_size = bulk;
 	for (size_t k = 0; k < len; k++)
 		out[k] = (uint8_t)(k * 5 + k / 65521);
 	cr_assert_eq(srv_start(&s, &o, &nc, NULL), 0);
@@ -535,6 +538,14 @@ slow_reader(const char *spec, const char *spec2, uint64_t slack)
 	/* At most the watermark plus what was received after reading paused. */
 	cr_assert_leq(atomic_load(&s.max_queued), (256u << 10) + slack, "queued %llu bytes",
 		      (unsigned long long)atomic_load(&s.max_queued));
+	{
+		struct keel_net_stats st;
+		cr_assert_eq(srv_net_stats(&s, 0, &st), 0);
+		if (bulk)
+			cr_assert_geq(st.bulk_moves, 1, "the stream never moved to the bulk ring");
+		else
+			cr_assert_eq(st.bulk_moves, 0);
+	}
 	close(fd);
 	cr_assert_eq(srv_stop(&s), 0);
 	free(out);
@@ -545,7 +556,7 @@ slow_reader(const char *spec, const char *spec2, uint64_t slack)
  * flight (16 KiB) adds to the queue. */
 Test(net_conn, slow_reader_stays_under_the_high_watermark)
 {
-	slow_reader("multishot_recv=off", "recv_bundle=off", 16384);
+	slow_reader("multishot_recv=off", "recv_bundle=off", 0, 16384);
 }
 
 /* Multishot receives with bundles: one completion may carry every buffer of the ring, but
@@ -553,7 +564,14 @@ Test(net_conn, slow_reader_stays_under_the_high_watermark)
  * after the pause is held until the queue drains: the same bound, watermark + 16 KiB. */
 Test(net_conn, slow_reader_default_features_pauses_and_drains)
 {
-	slow_reader(NULL, NULL, 16384);
+	slow_reader(NULL, NULL, 0, 16384);
+}
+
+/* With the bulk ring (the default) the stream moves to it, and the bound is the watermark
+ * plus one bulk buffer. */
+Test(net_conn, slow_reader_bulk_ring_pauses_and_drains)
+{
+	slow_reader(NULL, NULL, 65536, 65536);
 }
 
 /* SEND_ZC notifications that arrive after the connection is gone: the server echoes with

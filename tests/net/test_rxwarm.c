@@ -152,14 +152,17 @@ held_run(const char *spec)
 {
 	struct keel_opts o = net_test_opts(1);
 	static uint8_t out[HB_BYTES];
+	struct keel_net_config nc;
 	struct srv s;
 	int fd;
 
 	memset(&rw, 0, sizeof(rw));
 	if (spec)
 		net_test_feature(&o, spec);
+	keel_net_config_init(&nc);
+	nc.bulk_buf_size = 0; /* the first ring's window and spares, not the bulk ring's */
 	memset(out, 'h', sizeof(out));
-	cr_assert_eq(srv_start(&s, &o, NULL, &hb_ops), 0);
+	cr_assert_eq(srv_start(&s, &o, &nc, &hb_ops), 0);
 	fd = cli_connect(s.port);
 	cr_assert_geq(fd, 0);
 	cr_assert_eq(cli_write_all(fd, out, sizeof(out)), 0,

@@ -124,6 +124,40 @@ srv_stop(struct srv *s)
 	return r;
 }
 
+static void
+net_stats_fn(struct keel_xreq *req)
+{
+	keel_xreq_complete(req, keel_net_stats(keel_this_shard(), req->arg));
+}
+
+int
+srv_net_stats(struct srv *s, unsigned shard, struct keel_net_stats *out)
+{
+	struct keel_xreq *req = calloc(1, sizeof(*req)), *done;
+	struct keel_net_stats *st = calloc(1, sizeof(*st));
+	struct keel_xqueue *q = NULL;
+	int r = req && st ? keel_xqueue_create(&q) : -ENOMEM;
+
+	if (r == 0) {
+		req->fn = net_stats_fn;
+		req->arg = st;
+		req->queue = q;
+		r = keel_runtime_submit(s->rt, shard, req);
+		/* Not answered: the request may still complete into q and st, so all three
+		 * are left, not freed. */
+		if (r == 0 && keel_xqueue_wait(q, &done, 1, KEEL_S(30)) != 1)
+			return -ETIMEDOUT;
+		if (r == 0)
+			r = done->status;
+		if (r == 0)
+			*out = *st;
+		keel_xqueue_destroy(q);
+	}
+	free(req);
+	free(st);
+	return r;
+}
+
 int
 cli_connect(uint16_t port)
 {

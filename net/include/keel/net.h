@@ -48,7 +48,8 @@ struct keel_udp;
  * a listener's own (keel_listen_opts.net: its sockets and connections), the shard's
  * (keel_net_shard_init() in the shard's on_start: per runtime), the process default
  * (keel_net_config_set()). The buffer rings and the file table (buf_size, buf_count,
- * max_files, udp_buf_*) belong to the shard: they are fixed when its network state is made.
+ * max_files, udp_buf_*, bulk_buf_*) belong to the shard: they are fixed when its network state is
+ * made.
  */
 struct keel_net_config {
 	uint32_t buf_size;          /* bytes per provided receive buffer (default 16 KiB) */
@@ -90,7 +91,21 @@ struct keel_net_config {
 	 * send_cap_shard. The shard's own setting applies (a listener's is not used). 0: no
 	 * limit. Default KEEL_NET_SHARD_SEND_MAX_DEFAULT. */
 	uint64_t shard_send_max;
+
+	/* The bulk ring: a second receive ring of larger buffers, made on first use. A
+	 * connection moves to it when one receive fills at least two buf_size buffers (one
+	 * without bundles) while the bulk ring has a buffer, and back when KEEL_NET_BULK_BACK
+	 * receives in a row are under buf_size or the bulk ring runs out; each move ends the
+	 * connection's multishot receive and arms another (docs/net.md, "Two receive rings").
+	 * Bulk data then lands in fewer, larger buffers: fewer slices per receive and per
+	 * send. It adds bulk_buf_count x bulk_buf_size of --memory per shard that uses it. */
+	uint32_t bulk_buf_size;  /* bytes per bulk buffer, at most 1 MiB (default 64 KiB); 0 or
+				    not above buf_size: no bulk ring */
+	uint32_t bulk_buf_count; /* bulk buffers per shard, a power of two (default 64) */
 };
+
+/** Receives in a row under buf_size after which a connection leaves the bulk ring. */
+#define KEEL_NET_BULK_BACK 64
 
 /** Default keel_net_config.send_max: 64 MiB (64 times the default high watermark). */
 #define KEEL_NET_SEND_MAX_DEFAULT (UINT64_C(64) << 20)
@@ -108,9 +123,10 @@ KEEL_API void keel_net_config_init(struct keel_net_config *c);
  * Set the process default: the configuration a shard's network state is made with when
  * neither keel_net_shard_init() nor a listener's own configuration came first, and the
  * one a listener created without keel_listen_opts.net gives its sockets (TCP_NODELAY).
- * Returns: 0, or -EINVAL (buf_count or udp_buf_count not a power of two in 1..32768,
- * buf_size 0 or above 1 MiB, udp_buf_size 0 or above 65536, low_watermark >
- * high_watermark, max_files 0).
+ * Returns: 0, or -EINVAL (buf_count, udp_buf_count, or bulk_buf_count when bulk_buf_size is
+ * above buf_size, not a power of two in 1..32768, buf_size 0 or above 1 MiB, bulk_buf_size
+ * above 1 MiB, udp_buf_size 0 or above 65536,
+ * low_watermark > high_watermark, max_files 0).
  * Context: any thread, before the runtime's shards use the network.
  */
 KEEL_API int keel_net_config_set(const struct keel_net_config *c);
@@ -294,7 +310,8 @@ KEEL_API int keel_conn_connect_addr(const struct sockaddr *sa, socklen_t salen, 
  * Returns: 0; 1 when the queued bytes are above the high watermark (no on_data for this
  * connection until on_writable, as with keel_conn_pause_read(); one on_data carries at most
  * the room under the high watermark plus one receive buffer, so an application that sends
- * what it receives stays within high_watermark + buf_size); -EPIPE after
+ * what it receives stays within high_watermark + buf_size, or + bulk_buf_size once the
+ * shard's bulk ring exists); -EPIPE after
  * close or shutdown; -EINVAL for an empty slice.
  * Context: the connection's shard.
  */
@@ -443,7 +460,8 @@ struct keel_net_stats {
 	uint64_t recv_cqes;      /* receive completions with data */
 	uint64_t recv_bufs;      /* receive buffers filled (several per CQE with bundles) */
 	uint64_t enobufs;        /* receives that ran out of buffers (re-armed later) */
-	uint64_t rearms;         /* multishot receives re-armed after ending */
+	uint64_t rearms;         /* multishot receives re-armed after ending (moves between the
+				    receive rings included) */
 	uint64_t sends;          /* send/sendmsg operations */
 	uint64_t send_iovs;      /* TCP: buffers those sends offered (1 for a send, the iovec count
 				    for a sendmsg; adjacent slices merged count once) */
@@ -479,6 +497,12 @@ struct keel_net_stats {
 	uint64_t timeout_sweep_ns; /* the period of the timeout sweep now: a quarter of the
 				      shortest timeout among the connections it times (at
 				      least 1 ms); 0 while none is timed */
+
+	/* The bulk ring (keel_net_config.bulk_buf_size). */
+	uint64_t bulk_moves;  /* connections moved to the bulk ring */
+	uint64_t bulk_backs;  /* ... and back to the first ring */
+	uint64_t bulk_failed; /* 1 when making the bulk ring failed (logged with the fix): the
+				 shard's connections then stay on the first ring */
 };
 
 /**

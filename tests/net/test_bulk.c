@@ -1,0 +1,345 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The bulk ring (keel_net_config.bulk_buf_size, net/conn.c): a connection whose receive
+ * fills two first-ring buffers moves to the ring of larger buffers, comes back after
+ * KEEL_NET_BULK_BACK small receives in a row or when the application holds every bulk
+ * buffer, and its bytes arrive intact and in order across each move. The ring a slice came
+ * from shows in its length (a first-ring slice is at most buf_size); the moves in the shard's
+ * counters, read on the shard when the connection closes. Nothing here depends on timing:
+ * the first large receive is made certain by holding the shard while the client writes.
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "helpers.h"
+
+#define BK_FIRST (48u << 10) /* written while the shard is held: one receive of 3 buffers */
+
+static struct {
+	_Atomic uint32_t max_len;
+	_Atomic int closed;
+	_Atomic uint64_t moves, backs, failed, enobufs, bytes;
+	/* hold: keep every slice until hold_until bytes, then put them all */
+	uint64_t hold_until;
+	struct keel_slice held[4096]; /* shard only */
+	unsigned nheld;
+} bk;
+
+static void
+bk_note(const struct keel_slice *s)
+{
+	uint32_t m = atomic_load(&bk.max_len);
+
+	while (s->len > m && !atomic_compare_exchange_weak(&bk.max_len, &m, s->len))
+		;
+	atomic_fetch_add(&bk.bytes, s->len);
+}
+
+static void
+bk_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++) {
+		bk_note(&s[i]);
+		if (keel_conn_send(c, &s[i]) < 0)
+			keel_slice_put(&s[i]);
+	}
+}
+
+static void
+bk_hold_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	(void)c;
+	for (unsigned i = 0; i < n; i++) {
+		bk_note(&s[i]);
+		if (bk.nheld < sizeof(bk.held) / sizeof(bk.held[0]) &&
+		    atomic_load(&bk.bytes) < bk.hold_until)
+			bk.held[bk.nheld++] = s[i];
+		else
+			keel_slice_put(&s[i]);
+	}
+	if (atomic_load(&bk.bytes) >= bk.hold_until)
+		while (bk.nheld)
+			keel_slice_put(&bk.held[--bk.nheld]);
+}
+
+static void
+bk_close(struct keel_conn *c, int status)
+{
+	struct keel_net_stats st;
+
+	(void)c;
+	(void)status;
+	while (bk.nheld)
+		keel_slice_put(&bk.held[--bk.nheld]);
+	if (SHARD_CHECK_EQ(keel_net_stats(keel_this_shard(), &st), 0)) {
+		atomic_store(&bk.moves, st.bulk_moves);
+		atomic_store(&bk.backs, st.bulk_backs);
+		atomic_store(&bk.failed, st.bulk_failed);
+		atomic_store(&bk.enobufs, st.enobufs);
+	}
+	atomic_store(&bk.closed, 1);
+}
+
+static const struct keel_conn_ops bk_ops = { .on_data = bk_data, .on_close = bk_close };
+static const struct keel_conn_ops bk_hold_ops = { .on_data = bk_hold_data, .on_close = bk_close };
+
+static void
+pattern(uint8_t *p, size_t len, uint64_t at)
+{
+	for (size_t i = 0; i < len; i++)
+		p[i] = (uint8_t)((at + i) * 31 % 251);
+}
+
+/* Write @len bytes of the pattern from @at, the shard held meanwhile when @hold (so the
+ * next receive takes them all), and, unless !@echo, read the echo back and compare. */
+static void
+bk_chunk(struct srv *s, int fd, size_t len, uint64_t at, bool hold, bool echo)
+{
+	static uint8_t out[1u << 20], in[1u << 20];
+	struct shard_hold h;
+
+	cr_assert_leq(len, sizeof(out));
+	pattern(out, len, at);
+	if (hold) {
+		shard_hold_init(&h);
+		shard_hold(&h, s->rt, 0);
+	}
+	cr_assert_eq(cli_write_all(fd, out, len), 0, "writing %zu bytes at %llu", len,
+		     (unsigned long long)at);
+	if (hold) {
+		shard_hold_release(&h);
+		shard_hold_fini(&h);
+	}
+	if (!echo)
+		return;
+	cr_assert_eq(cli_read_all(fd, in, len), 0, "reading the echo of %zu bytes at %llu", len,
+		     (unsigned long long)at);
+	cr_assert_eq(memcmp(in, out, len), 0, "the echo of %zu bytes at %llu differs", len,
+		     (unsigned long long)at);
+}
+
+static void
+bk_close_wait(struct srv *s, int fd)
+{
+	close(fd);
+	WAIT_UNTIL(atomic_load(&bk.closed), TEST_WAIT_MS, "the server never closed");
+	cr_assert_eq(srv_stop(s), 0);
+}
+
+/* A stream: the first held chunk moves the connection, the rest is echoed from 64 KiB
+ * buffers; every byte comes back in order. */
+static void
+stream_run(const char *feature)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	uint64_t at = 0;
+	struct srv s;
+	int fd;
+
+	memset(&bk, 0, sizeof(bk));
+	if (feature)
+		net_test_feature(&o, feature);
+	keel_net_config_init(&nc);
+	cr_assert_eq(srv_start(&s, &o, &nc, &bk_ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	bk_chunk(&s, fd, BK_FIRST, at, true, true);
+	at += BK_FIRST;
+	for (unsigned i = 0; i < 16; i++, at += 256u << 10)
+		bk_chunk(&s, fd, 256u << 10, at, false, true);
+	bk_close_wait(&s, fd);
+	cr_assert_eq(atomic_load(&bk.moves), 1, "%llu moves to the bulk ring, want 1",
+		     (unsigned long long)atomic_load(&bk.moves));
+	cr_assert_eq(atomic_load(&bk.backs), 0);
+	cr_assert_gt(atomic_load(&bk.max_len), nc.buf_size,
+		     "the largest slice is %u bytes: no receive used the bulk ring",
+		     atomic_load(&bk.max_len));
+	cr_assert_leq(atomic_load(&bk.max_len), nc.bulk_buf_size);
+}
+
+Test(net_bulk, a_stream_moves_to_the_bulk_ring_intact)
+{
+	stream_run(NULL);
+}
+
+Test(net_bulk, a_stream_moves_to_the_bulk_ring_intact_whole_buffers)
+{
+	stream_run("pbuf_inc=off");
+}
+
+Test(net_bulk, a_stream_moves_to_the_bulk_ring_intact_without_bundles)
+{
+	stream_run("recv_bundle=off");
+}
+
+Test(net_bulk, a_stream_moves_to_the_bulk_ring_intact_single_shot_receives)
+{
+	stream_run("multishot_recv=off");
+}
+
+/* Small receives bring it back; a large one moves it again. */
+Test(net_bulk, small_receives_move_the_connection_back)
+{
+	struct keel_opts o = net_test_opts(1);
+	uint64_t at = 0;
+	struct srv s;
+	int fd;
+
+	memset(&bk, 0, sizeof(bk));
+	cr_assert_eq(srv_start(&s, &o, NULL, &bk_ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	bk_chunk(&s, fd, BK_FIRST, at, true, true);
+	at += BK_FIRST;
+	/* One small message at a time: each is one receive under buf_size. */
+	for (unsigned i = 0; i < KEEL_NET_BULK_BACK + 8; i++, at += 100)
+		bk_chunk(&s, fd, 100, at, false, true);
+	bk_chunk(&s, fd, BK_FIRST, at, true, true);
+	bk_close_wait(&s, fd);
+	cr_assert_eq(atomic_load(&bk.backs), 1, "%llu moves back, want 1 after %u small receives",
+		     (unsigned long long)atomic_load(&bk.backs), KEEL_NET_BULK_BACK + 8);
+	cr_assert_eq(atomic_load(&bk.moves), 2, "%llu moves to the bulk ring, want 2",
+		     (unsigned long long)atomic_load(&bk.moves));
+}
+
+/* bulk_buf_size 0, or not above buf_size (64 KiB both): one ring, no slice longer than
+ * buf_size. */
+static void
+one_ring_run(uint32_t buf_size, uint32_t bulk)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct srv s;
+	int fd;
+
+	memset(&bk, 0, sizeof(bk));
+	keel_net_config_init(&nc);
+	nc.buf_size = buf_size;
+	nc.bulk_buf_size = bulk;
+	cr_assert_eq(srv_start(&s, &o, &nc, &bk_ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	bk_chunk(&s, fd, BK_FIRST, 0, true, true);
+	bk_chunk(&s, fd, 256u << 10, BK_FIRST, false, true);
+	bk_close_wait(&s, fd);
+	cr_assert_eq(atomic_load(&bk.moves), 0);
+	cr_assert_leq(atomic_load(&bk.max_len), nc.buf_size);
+}
+
+Test(net_bulk, bulk_buf_size_zero_keeps_one_ring)
+{
+	one_ring_run(16384, 0);
+}
+
+Test(net_bulk, bulk_buf_size_not_above_buf_size_keeps_one_ring)
+{
+	one_ring_run(65536, 65536);
+}
+
+/* The application holds every bulk buffer (4 of them): the next receive finds the bulk ring
+ * empty and the connection goes back to the first ring, whose 256 buffers hold the rest.
+ * Left waiting for a bulk buffer, it would never receive the 1 MiB. */
+Test(net_bulk, held_bulk_buffers_send_the_connection_back)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct srv s;
+	int fd;
+
+	memset(&bk, 0, sizeof(bk));
+	bk.hold_until = 1u << 20;
+	keel_net_config_init(&nc);
+	nc.bulk_buf_count = 4;
+	cr_assert_eq(srv_start(&s, &o, &nc, &bk_hold_ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	bk_chunk(&s, fd, BK_FIRST, 0, true, false);
+	bk_chunk(&s, fd, (1u << 20) - BK_FIRST, BK_FIRST, false, false);
+	WAIT_UNTIL(atomic_load(&bk.bytes) == 1u << 20, TEST_WAIT_MS,
+		   "%llu of %u bytes received with every bulk buffer held",
+		   (unsigned long long)atomic_load(&bk.bytes), 1u << 20);
+	bk_close_wait(&s, fd);
+	/* Once: while the application holds every bulk buffer the large receives that follow
+	 * on the first ring do not move it again (each such move would end in ENOBUFS). */
+	cr_assert_eq(atomic_load(&bk.moves), 1, "%llu moves to the bulk ring, want 1",
+		     (unsigned long long)atomic_load(&bk.moves));
+	cr_assert_eq(atomic_load(&bk.backs), 1, "%llu moves back, want 1",
+		     (unsigned long long)atomic_load(&bk.backs));
+	cr_assert_gt(atomic_load(&bk.enobufs), 0);
+}
+
+static _Atomic unsigned bk_fail_lines;
+
+static void
+bk_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	(void)module;
+	(void)shard;
+	(void)arg;
+	if (level == KEEL_LOG_ERROR && strstr(msg, "bulk receive ring") &&
+	    strstr(msg, "--memory") && strstr(msg, "bulk_buf_size 0"))
+		atomic_fetch_add(&bk_fail_lines, 1);
+}
+
+/* A bulk ring that cannot be made (32 GiB under --memory 64M) is said once, naming the
+ * fixes, and counted; the connection stays on the first ring and its bytes are echoed
+ * intact. */
+Test(net_bulk, a_bulk_ring_that_cannot_be_made_is_counted)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct srv s;
+	int fd;
+
+	memset(&bk, 0, sizeof(bk));
+	keel_net_config_init(&nc);
+	nc.bulk_buf_size = 1u << 20;
+	nc.bulk_buf_count = 32768;
+	atomic_store(&bk_fail_lines, 0);
+	keel_log_set_sink(bk_sink, NULL);
+	cr_assert_eq(srv_start(&s, &o, &nc, &bk_ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	bk_chunk(&s, fd, BK_FIRST, 0, true, true);
+	bk_chunk(&s, fd, BK_FIRST, BK_FIRST, true, true);
+	bk_close_wait(&s, fd);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq(atomic_load(&bk_fail_lines), 1, "%u log lines name the failure and its fixes",
+		     atomic_load(&bk_fail_lines));
+	cr_assert_eq(atomic_load(&bk.failed), 1);
+	cr_assert_eq(atomic_load(&bk.moves), 0);
+	cr_assert_leq(atomic_load(&bk.max_len), nc.buf_size);
+}
+
+Test(net_bulk, the_configuration_is_checked)
+{
+	struct keel_net_config nc;
+
+	keel_net_config_init(&nc);
+	cr_assert_eq(nc.bulk_buf_size, 65536);
+	cr_assert_eq(nc.bulk_buf_count, 64);
+	nc.bulk_buf_size = (1u << 20) + 1;
+	cr_assert_eq(keel_net_config_set(&nc), -EINVAL, "bulk_buf_size above 1 MiB");
+	nc.bulk_buf_size = 65536;
+	nc.bulk_buf_count = 48;
+	cr_assert_eq(keel_net_config_set(&nc), -EINVAL, "bulk_buf_count not a power of two");
+	nc.bulk_buf_count = 0;
+	cr_assert_eq(keel_net_config_set(&nc), -EINVAL, "bulk_buf_count 0");
+	nc.bulk_buf_size = 0;
+	cr_assert_eq(keel_net_config_set(&nc), 0, "bulk_buf_size 0 turns it off");
+	/* Not above buf_size: no bulk ring either, whatever the count (so raising buf_size
+	 * to 64 KiB or more needs no other change). */
+	nc.bulk_buf_size = nc.buf_size;
+	cr_assert_eq(keel_net_config_set(&nc), 0, "bulk_buf_size == buf_size turns it off");
+	keel_net_config_init(&nc);
+	nc.buf_size = 1u << 20;
+	cr_assert_eq(keel_net_config_set(&nc), 0, "buf_size 1 MiB with the default bulk ring");
+	keel_net_config_init(&nc);
+	cr_assert_eq(keel_net_config_set(&nc), 0);
+}
