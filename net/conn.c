@@ -461,6 +461,12 @@ recv_cb(struct keel_op *op, int res, uint32_t flags)
 			/* Changing rings ends this receive (the op holds c). */
 			if (more && c->bulk != c->rx_bulk)
 				recv_update(c);
+			/* A multishot receive that ends with data and was not cancelled took
+			 * the last buffer in the ring (a bundle stops there): the window is
+			 * smaller than the bytes in flight, and left so every receive would
+			 * end and be armed again. */
+			if (!more && ns->f_ms_recv && !c->rcancel_sent && !c->cancel_sent)
+				keel__pbuf_grow(c->rx_bulk ? &ns->bulk : &ns->tcp);
 		}
 	} else if (res == 0) {
 		if (!c->closing && !c->eof) {

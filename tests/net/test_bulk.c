@@ -23,7 +23,7 @@
 static struct {
 	_Atomic uint32_t max_len;
 	_Atomic int closed;
-	_Atomic uint64_t moves, backs, failed, enobufs, bytes;
+	_Atomic uint64_t moves, backs, failed, enobufs, bytes, rearms, cqes;
 	/* hold: keep every slice until hold_until bytes, then put them all */
 	uint64_t hold_until;
 	struct keel_slice held[4096]; /* shard only */
@@ -81,6 +81,8 @@ bk_close(struct keel_conn *c, int status)
 		atomic_store(&bk.backs, st.bulk_backs);
 		atomic_store(&bk.failed, st.bulk_failed);
 		atomic_store(&bk.enobufs, st.enobufs);
+		atomic_store(&bk.rearms, st.rearms);
+		atomic_store(&bk.cqes, st.recv_cqes);
 	}
 	atomic_store(&bk.closed, 1);
 }
@@ -181,6 +183,48 @@ Test(net_bulk, a_stream_moves_to_the_bulk_ring_intact_without_bundles)
 Test(net_bulk, a_stream_moves_to_the_bulk_ring_intact_single_shot_receives)
 {
 	stream_run("multishot_recv=off");
+}
+
+/* A multishot receive with bundles ends when it takes the last buffer in the ring; were the
+ * ring's window (16 buffers at first, 4 in the bulk ring) left smaller than the bytes in
+ * flight, nearly every receive of a stream would end and be armed again. The window grows
+ * instead (doubling, up to the ring), so the re-arms are a handful: the window's doublings
+ * and the move to the bulk ring. */
+static void
+rearm_run(uint32_t bulk)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	uint64_t at = 0;
+	struct srv s;
+	int fd;
+
+	memset(&bk, 0, sizeof(bk));
+	keel_net_config_init(&nc);
+	nc.bulk_buf_size = bulk;
+	if (!bulk)
+		nc.buf_size = 4096; /* a window of 64 KiB under the 256 KiB chunks */
+	cr_assert_eq(srv_start(&s, &o, &nc, &bk_ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	for (unsigned i = 0; i < 64; i++, at += 256u << 10)
+		bk_chunk(&s, fd, 256u << 10, at, false, true);
+	bk_close_wait(&s, fd);
+	cr_assert_geq(atomic_load(&bk.cqes), 64);
+	cr_assert_leq(atomic_load(&bk.rearms), 12,
+		      "%llu of %llu receive completions ended the multishot receive",
+		      (unsigned long long)atomic_load(&bk.rearms),
+		      (unsigned long long)atomic_load(&bk.cqes));
+}
+
+Test(net_bulk, a_stream_keeps_its_multishot_receive_armed)
+{
+	rearm_run(65536);
+}
+
+Test(net_bulk, a_stream_keeps_its_multishot_receive_armed_one_ring)
+{
+	rearm_run(0);
 }
 
 /* Small receives bring it back; a large one moves it again. */
