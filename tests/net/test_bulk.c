@@ -25,7 +25,7 @@ static struct {
 	_Atomic int closed;
 	_Atomic uint64_t moves, backs, failed, enobufs, bytes, rearms, cqes;
 	/* hold: keep every slice until hold_until bytes, then put them all */
-	uint64_t hold_until;
+	_Atomic uint64_t hold_until;
 	struct keel_slice held[4096]; /* shard only */
 	unsigned nheld;
 } bk;
@@ -57,12 +57,12 @@ bk_hold_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
 	for (unsigned i = 0; i < n; i++) {
 		bk_note(&s[i]);
 		if (bk.nheld < sizeof(bk.held) / sizeof(bk.held[0]) &&
-		    atomic_load(&bk.bytes) < bk.hold_until)
+		    atomic_load(&bk.bytes) < atomic_load(&bk.hold_until))
 			bk.held[bk.nheld++] = s[i];
 		else
 			keel_slice_put(&s[i]);
 	}
-	if (atomic_load(&bk.bytes) >= bk.hold_until)
+	if (atomic_load(&bk.bytes) >= atomic_load(&bk.hold_until))
 		while (bk.nheld)
 			keel_slice_put(&bk.held[--bk.nheld]);
 }
@@ -133,24 +133,36 @@ bk_close_wait(struct srv *s, int fd)
 	cr_assert_eq(srv_stop(s), 0);
 }
 
-/* A stream: the first held chunk moves the connection, the rest is echoed from 64 KiB
- * buffers; every byte comes back in order. */
-static void
-stream_run(const char *feature)
+/* Reset the counters, start the server with @nc (NULL: defaults), --feature @feature
+ * (NULL: none) and @ops, and connect: the client's descriptor. */
+static int
+bk_start(struct srv *s, const struct keel_net_config *nc, const char *feature,
+	 const struct keel_conn_ops *ops)
 {
 	struct keel_opts o = net_test_opts(1);
-	struct keel_net_config nc;
-	uint64_t at = 0;
-	struct srv s;
 	int fd;
 
 	memset(&bk, 0, sizeof(bk));
 	if (feature)
 		net_test_feature(&o, feature);
-	keel_net_config_init(&nc);
-	cr_assert_eq(srv_start(&s, &o, &nc, &bk_ops), 0);
-	fd = cli_connect(s.port);
+	cr_assert_eq(srv_start(s, &o, nc, ops), 0);
+	fd = cli_connect(s->port);
 	cr_assert_geq(fd, 0);
+	return fd;
+}
+
+/* A stream: the first held chunk moves the connection, the rest is echoed from 64 KiB
+ * buffers; every byte comes back in order. */
+static void
+stream_run(const char *feature)
+{
+	struct keel_net_config nc;
+	uint64_t at = 0;
+	struct srv s;
+	int fd;
+
+	keel_net_config_init(&nc);
+	fd = bk_start(&s, &nc, feature, &bk_ops);
 	bk_chunk(&s, fd, BK_FIRST, at, true, true);
 	at += BK_FIRST;
 	for (unsigned i = 0; i < 16; i++, at += 256u << 10)
@@ -193,20 +205,16 @@ Test(net_bulk, a_stream_moves_to_the_bulk_ring_intact_single_shot_receives)
 static void
 rearm_run(uint32_t bulk)
 {
-	struct keel_opts o = net_test_opts(1);
 	struct keel_net_config nc;
 	uint64_t at = 0;
 	struct srv s;
 	int fd;
 
-	memset(&bk, 0, sizeof(bk));
 	keel_net_config_init(&nc);
 	nc.bulk_buf_size = bulk;
 	if (!bulk)
 		nc.buf_size = 4096; /* a window of 64 KiB under the 256 KiB chunks */
-	cr_assert_eq(srv_start(&s, &o, &nc, &bk_ops), 0);
-	fd = cli_connect(s.port);
-	cr_assert_geq(fd, 0);
+	fd = bk_start(&s, &nc, NULL, &bk_ops);
 	for (unsigned i = 0; i < 64; i++, at += 256u << 10)
 		bk_chunk(&s, fd, 256u << 10, at, false, true);
 	bk_close_wait(&s, fd);
@@ -230,15 +238,10 @@ Test(net_bulk, a_stream_keeps_its_multishot_receive_armed_one_ring)
 /* Small receives bring it back; a large one moves it again. */
 Test(net_bulk, small_receives_move_the_connection_back)
 {
-	struct keel_opts o = net_test_opts(1);
 	uint64_t at = 0;
 	struct srv s;
-	int fd;
+	int fd = bk_start(&s, NULL, NULL, &bk_ops);
 
-	memset(&bk, 0, sizeof(bk));
-	cr_assert_eq(srv_start(&s, &o, NULL, &bk_ops), 0);
-	fd = cli_connect(s.port);
-	cr_assert_geq(fd, 0);
 	bk_chunk(&s, fd, BK_FIRST, at, true, true);
 	at += BK_FIRST;
 	/* One small message at a time: each is one receive under buf_size. */
@@ -257,18 +260,14 @@ Test(net_bulk, small_receives_move_the_connection_back)
 static void
 one_ring_run(uint32_t buf_size, uint32_t bulk)
 {
-	struct keel_opts o = net_test_opts(1);
 	struct keel_net_config nc;
 	struct srv s;
 	int fd;
 
-	memset(&bk, 0, sizeof(bk));
 	keel_net_config_init(&nc);
 	nc.buf_size = buf_size;
 	nc.bulk_buf_size = bulk;
-	cr_assert_eq(srv_start(&s, &o, &nc, &bk_ops), 0);
-	fd = cli_connect(s.port);
-	cr_assert_geq(fd, 0);
+	fd = bk_start(&s, &nc, NULL, &bk_ops);
 	bk_chunk(&s, fd, BK_FIRST, 0, true, true);
 	bk_chunk(&s, fd, 256u << 10, BK_FIRST, false, true);
 	bk_close_wait(&s, fd);
@@ -291,18 +290,14 @@ Test(net_bulk, bulk_buf_size_not_above_buf_size_keeps_one_ring)
  * Left waiting for a bulk buffer, it would never receive the 1 MiB. */
 Test(net_bulk, held_bulk_buffers_send_the_connection_back)
 {
-	struct keel_opts o = net_test_opts(1);
 	struct keel_net_config nc;
 	struct srv s;
 	int fd;
 
-	memset(&bk, 0, sizeof(bk));
-	bk.hold_until = 1u << 20;
 	keel_net_config_init(&nc);
 	nc.bulk_buf_count = 4;
-	cr_assert_eq(srv_start(&s, &o, &nc, &bk_hold_ops), 0);
-	fd = cli_connect(s.port);
-	cr_assert_geq(fd, 0);
+	fd = bk_start(&s, &nc, NULL, &bk_hold_ops);
+	atomic_store(&bk.hold_until, 1u << 20); /* before any byte is written */
 	bk_chunk(&s, fd, BK_FIRST, 0, true, false);
 	bk_chunk(&s, fd, (1u << 20) - BK_FIRST, BK_FIRST, false, false);
 	WAIT_UNTIL(atomic_load(&bk.bytes) == 1u << 20, TEST_WAIT_MS,
@@ -336,20 +331,16 @@ bk_sink(enum keel_log_level level, const char *module, int shard, const char *ms
  * intact. */
 Test(net_bulk, a_bulk_ring_that_cannot_be_made_is_counted)
 {
-	struct keel_opts o = net_test_opts(1);
 	struct keel_net_config nc;
 	struct srv s;
 	int fd;
 
-	memset(&bk, 0, sizeof(bk));
 	keel_net_config_init(&nc);
 	nc.bulk_buf_size = 1u << 20;
 	nc.bulk_buf_count = 32768;
 	atomic_store(&bk_fail_lines, 0);
 	keel_log_set_sink(bk_sink, NULL);
-	cr_assert_eq(srv_start(&s, &o, &nc, &bk_ops), 0);
-	fd = cli_connect(s.port);
-	cr_assert_geq(fd, 0);
+	fd = bk_start(&s, &nc, NULL, &bk_ops);
 	bk_chunk(&s, fd, BK_FIRST, 0, true, true);
 	bk_chunk(&s, fd, BK_FIRST, BK_FIRST, true, true);
 	bk_close_wait(&s, fd);
