@@ -21,6 +21,7 @@ static const char usage[] =
 	"usage: keel-kv [--port P] [--addr A] [--maxmemory BYTES] [--timeout SECONDS]\n"
 	"               [--proto-max-bulk-len BYTES] [--client-query-buffer-limit BYTES]\n"
 	"               [--handoff copy|export] [--buf-count N] [--buf-size N]\n"
+	"               [--bulk-buf-count N] [--bulk-buf-size N]\n"
 	"               [--appendonly yes|no] [--appendfsync always|everysec|no] [--dir DIR]\n"
 	"               [--header-timeout-ms MS] [--header-bytes N] [--idle-timeout-ms MS]\n"
 	"               [--send-max BYTES] [--shard-send-max BYTES] [runtime options]\n"
@@ -36,6 +37,9 @@ static const char usage[] =
 	"--handoff copy|export: requests for another shard's keys travel copied (default)\n"
 	"           or as an export of the receive buffer (keel_slice_export)\n"
 	"--buf-count N, --buf-size N: receive buffers per shard (default 256 x 16384)\n"
+	"--bulk-buf-count N, --bulk-buf-size N: the bulk receive ring, which a connection\n"
+	"           uses once a receive fills two --buf-size buffers (default 64 x 65536;\n"
+	"           size 0 or not above --buf-size: none; docs/net.md)\n"
 	"--max-files N: direct-descriptor slots per shard, the most connections a shard can\n"
 	"           hold (default 4096; at most ulimit -n)\n"
 	"--appendonly yes|no: log every write to DIR/appendonly-<shard>.aof and replay the\n"
@@ -246,6 +250,16 @@ main(int argc, char **argv)
 				nc.buf_count = (uint32_t)t;
 			else
 				nc.buf_size = (uint32_t)t;
+		} else if (!strcmp(argv[i], "--bulk-buf-count") ||
+			   !strcmp(argv[i], "--bulk-buf-size")) {
+			long t = strtol(v, &end, 10);
+			if (*end || t < 0 || t > (1L << 20))
+				die("--bulk-buf-count and --bulk-buf-size expect 0..1048576, got ",
+				    v);
+			if (argv[i][11] == 'c')
+				nc.bulk_buf_count = (uint32_t)t;
+			else
+				nc.bulk_buf_size = (uint32_t)t;
 		} else if (!strcmp(argv[i], "--max-files")) {
 			long m = strtol(v, &end, 10);
 			if (*end || m < 1 || m > (1L << 20))
@@ -292,7 +306,8 @@ main(int argc, char **argv)
 	if (kv_cfg.query_max < kv_cfg.max_bulk + 1024)
 		kv_cfg.query_max = kv_cfg.max_bulk + 1024;
 	if (keel_net_config_set(&nc) < 0)
-		die("--buf-count must be a power of two up to 32768 and --buf-size at most 1 MiB",
+		die("--buf-count and --bulk-buf-count must be powers of two up to 32768, --buf-size "
+		    "and --bulk-buf-size at most 1 MiB",
 		    NULL);
 	if (kv_aof_preload() < 0)
 		return 1;

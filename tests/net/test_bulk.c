@@ -8,10 +8,19 @@
  * counters, read on the shard when the connection closes. Nothing here depends on timing:
  * the first large receive is made certain by holding the shard while the client writes.
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
@@ -377,4 +386,95 @@ Test(net_bulk, the_configuration_is_checked)
 	cr_assert_eq(keel_net_config_set(&nc), 0, "buf_size 1 MiB with the default bulk ring");
 	keel_net_config_init(&nc);
 	cr_assert_eq(keel_net_config_set(&nc), 0);
+}
+
+/* keel-echo with --stats and @bulk_flag (NULL: the default bulk ring) echoes 16 x 256 KiB on
+ * one connection; returns the moves to the bulk ring its "shard 0 net:" line reports. */
+static unsigned long long
+echo_moves(const char *bulk_flag, const char *bulk_value)
+{
+	char port_s[16], path[] = "/tmp/keel-bulk-XXXXXX", text[8192], *line;
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	socklen_t al = sizeof(a);
+	unsigned long long moves = ~0ull;
+	static uint8_t out[256u << 10], in[256u << 10];
+	int fd, logfd, st;
+	ssize_t n;
+	pid_t pid;
+
+	/* A free port: the kernel's pick, released for keel-echo (loopback only). */
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	getsockname(fd, (struct sockaddr *)&a, &al);
+	close(fd);
+	snprintf(port_s, sizeof(port_s), "%u", ntohs(a.sin_port));
+	logfd = mkstemp(path);
+	cr_assert_geq(logfd, 0);
+	unlink(path);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL); /* a failed assertion must not leave it */
+		dup2(logfd, 2);
+		execl(KEEL_BIN_DIR "/keel-echo", "keel-echo", "--addr", "127.0.0.1", "--port",
+		      port_s, "--shards", "1", "--idle-poll-us", "0", "--log-level", "warn",
+		      "--stats", bulk_flag ? bulk_flag : "--bulk-buf-count",
+		      bulk_flag ? bulk_value : "64", (char *)NULL);
+		_exit(127);
+	}
+	/* Until keel-echo listens: a try every 10 ms, 30 s at most. */
+	for (unsigned tries = 0;; tries++) {
+		struct timespec ts = { 0, 10000000 };
+
+		cr_assert_lt(tries, 3000, "keel-echo did not listen in 30 s");
+		if (waitpid(pid, &st, WNOHANG) == pid)
+			cr_assert_fail("keel-echo exited early (status %d)", st);
+		fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0)
+			break;
+		close(fd);
+		nanosleep(&ts, NULL);
+	}
+	for (unsigned i = 0; i < 16; i++) {
+		pattern(out, sizeof(out), (uint64_t)i * sizeof(out));
+		cr_assert_eq(cli_write_all(fd, out, sizeof(out)), 0);
+		cr_assert_eq(cli_read_all(fd, in, sizeof(in)), 0);
+		cr_assert_eq(memcmp(in, out, sizeof(in)), 0, "chunk %u echoed wrong", i);
+	}
+	close(fd);
+	kill(pid, SIGTERM);
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "keel-echo status %d", st);
+	n = pread(logfd, text, sizeof(text) - 1, 0);
+	close(logfd);
+	cr_assert_gt(n, 0, "keel-echo wrote nothing with --stats");
+	text[n] = 0;
+	line = strstr(text, "shard 0 net:");
+	cr_assert(line, "no network line in keel-echo's --stats output:\n%s", text);
+	cr_assert(strstr(line, "bulk ring: "), "%s", line);
+	sscanf(strstr(line, "bulk ring: "), "bulk ring: %llu moves to", &moves);
+	return moves;
+}
+
+/* keel-echo's --bulk-buf-* flags reach the configuration and --stats reports the moves; a bad
+ * count is refused with exit status 2. */
+Test(net_bulk, keel_echo_bulk_flags_and_stats, .timeout = 120)
+{
+	int st;
+	pid_t pid;
+
+	cr_assert_geq(echo_moves(NULL, NULL), 1, "no move to the bulk ring with the default");
+	cr_assert_eq(echo_moves("--bulk-buf-size", "0"), 0, "a move with --bulk-buf-size 0");
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		int null = open("/dev/null", O_WRONLY);
+		dup2(null, 2);
+		execl(KEEL_BIN_DIR "/keel-echo", "keel-echo", "--port", "1", "--bulk-buf-count",
+		      "3", (char *)NULL);
+		_exit(127);
+	}
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "keel-echo status %d, want exit 2", st);
 }
