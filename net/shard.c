@@ -135,14 +135,38 @@ on_stop(void *arg)
 	keel__net_unref(ns); /* the base reference */
 }
 
+/* The shard's receive rings. One not made (UDP, bulk) is all zeros, which the pbuf calls
+ * below take as an empty ring: no buffers, no references, nothing registered. */
+#define NET_NRINGS 3
+static void
+rings(struct net_shard *ns, struct pbuf_ring *out[NET_NRINGS])
+{
+	out[0] = &ns->tcp;
+	out[1] = &ns->udp;
+	out[2] = &ns->bulk;
+}
+
+/* The rings' own references on buffers the kernel may still write (bufs_kernel). */
+static uint64_t
+rings_nkref(struct net_shard *ns)
+{
+	struct pbuf_ring *r[NET_NRINGS];
+	uint64_t n = 0;
+
+	rings(ns, r);
+	for (unsigned i = 0; i < NET_NRINGS; i++)
+		n += r[i]->nkref;
+	return n;
+}
+
 static void
 destroy(struct net_shard *ns)
 {
-	keel__pbuf_fini(&ns->tcp);
-	if (ns->udp_ready)
-		keel__pbuf_fini(&ns->udp);
-	if (ns->bulk_ready)
-		keel__pbuf_fini(&ns->bulk);
+	struct pbuf_ring *r[NET_NRINGS];
+
+	rings(ns, r);
+	for (unsigned i = 0; i < NET_NRINGS; i++)
+		keel__pbuf_fini(r[i]);
 	keel__udp_fini(ns);
 	keel__zcrx_fini(ns);
 	if (ns->files)
@@ -178,16 +202,14 @@ keel__net_unref(struct net_shard *ns)
 	}
 	/* Stopped, and only the rings' own references on partly filled buffers (incremental
 	 * consumption) are left: no receive is in flight, so put them. */
-	if (ns->stopping && !ns->dropping &&
-	    ns->refs == ns->tcp.nkref + (ns->udp_ready ? ns->udp.nkref : 0) +
-				(ns->bulk_ready ? ns->bulk.nkref : 0)) {
+	if (ns->stopping && !ns->dropping && ns->refs == rings_nkref(ns)) {
+		struct pbuf_ring *r[NET_NRINGS];
+
 		ns->dropping = true;
 		ns->refs++;
-		keel__pbuf_drop_krefs(&ns->tcp);
-		if (ns->udp_ready)
-			keel__pbuf_drop_krefs(&ns->udp);
-		if (ns->bulk_ready)
-			keel__pbuf_drop_krefs(&ns->bulk);
+		rings(ns, r);
+		for (unsigned i = 0; i < NET_NRINGS; i++)
+			keel__pbuf_drop_krefs(r[i]);
 		keel__net_unref(ns);
 	}
 }
@@ -313,15 +335,18 @@ keel__net_bulk(struct net_shard *ns)
 int
 keel__net_fixed(struct net_shard *ns, const struct keel_slice *s, unsigned *index, uint64_t *offset)
 {
-	const struct keel_slice *area;
+	const struct keel_slice *area = NULL;
+	struct pbuf_ring *rs[NET_NRINGS];
 	int r;
 
 	if (!keel_buf_is_external(s->buf))
 		return keel_buf_fixed(s, index, offset);
 	/* A receive buffer: its area is a buffer of the shard's allocator. */
-	if (!keel__pbuf_owns(&ns->tcp, s->data, &area) &&
-	    !(ns->bulk_ready && keel__pbuf_owns(&ns->bulk, s->data, &area)) &&
-	    !(ns->udp_ready && keel__pbuf_owns(&ns->udp, s->data, &area)))
+	rings(ns, rs);
+	for (unsigned i = 0; i < NET_NRINGS; i++)
+		if (keel__pbuf_owns(rs[i], s->data, &area))
+			break;
+	if (!area)
 		return -ENOENT;
 	r = keel_buf_fixed(area, index, offset);
 	if (r == 0)
@@ -339,10 +364,8 @@ keel_net_stats(const struct keel_shard *sh, struct keel_net_stats *out)
 	if (!ns)
 		return -ENOENT;
 	*out = ns->st;
-	out->bufs_out = ns->tcp.out + (ns->udp_ready ? ns->udp.out : 0) +
-			(ns->bulk_ready ? ns->bulk.out : 0);
-	out->bufs_kernel = ns->tcp.nkref + (ns->udp_ready ? ns->udp.nkref : 0) +
-			   (ns->bulk_ready ? ns->bulk.nkref : 0);
+	out->bufs_out = ns->tcp.out + ns->udp.out + ns->bulk.out; /* 0 for a ring not made */
+	out->bufs_kernel = rings_nkref(ns);
 	out->timeout_sweep_ns = ns->lim_period;
 	return 0;
 }
