@@ -52,6 +52,14 @@ extern const struct keel_conn_ops echo_ops;
 /* Shard @shard's network counters, read on the shard (within 30 s): 0 or -errno. */
 int srv_net_stats(struct srv *s, unsigned shard, struct keel_net_stats *out);
 
+/* A free loopback port of socket @type (SOCK_STREAM, SOCK_DGRAM): the kernel's pick,
+ * released for a program the test starts; *@a is 127.0.0.1 and the port, @port_s its text. */
+struct sockaddr_in;
+void free_loopback_port(int type, struct sockaddr_in *a, char *port_s, size_t len);
+/* keel-echo run with @argv (argv[0] "keel-echo", NULL-terminated), its stderr discarded,
+ * to its end: its wait status. */
+int keel_echo_status(char *const argv[]);
+
 /* A blocking client socket connected to 127.0.0.1:@port, or -errno. */
 int cli_connect(uint16_t port);
 /* Send all / receive exactly @len; 0 or -errno (-EPIPE on EOF). Each waits at most

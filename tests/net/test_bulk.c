@@ -8,9 +8,7 @@
  * counters, read on the shard when the connection closes. Nothing here depends on timing:
  * the first large receive is made certain by holding the shard while the client writes.
  */
-#include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdint.h>
@@ -394,21 +392,14 @@ static unsigned long long
 echo_moves(const char *bulk_flag, const char *bulk_value)
 {
 	char port_s[16], path[] = "/tmp/keel-bulk-XXXXXX", text[8192], *line;
-	struct sockaddr_in a = { .sin_family = AF_INET };
-	socklen_t al = sizeof(a);
+	struct sockaddr_in a;
 	unsigned long long moves = ~0ull;
 	static uint8_t out[256u << 10], in[256u << 10];
 	int fd, logfd, st;
 	ssize_t n;
 	pid_t pid;
 
-	/* A free port: the kernel's pick, released for keel-echo (loopback only). */
-	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-	getsockname(fd, (struct sockaddr *)&a, &al);
-	close(fd);
-	snprintf(port_s, sizeof(port_s), "%u", ntohs(a.sin_port));
+	free_loopback_port(SOCK_STREAM, &a, port_s, sizeof(port_s));
 	logfd = mkstemp(path);
 	cr_assert_geq(logfd, 0);
 	unlink(path);
@@ -461,20 +452,11 @@ echo_moves(const char *bulk_flag, const char *bulk_value)
  * count is refused with exit status 2. */
 Test(net_bulk, keel_echo_bulk_flags_and_stats, .timeout = 120)
 {
+	char *bad[] = { "keel-echo", "--port", "1", "--bulk-buf-count", "3", NULL };
 	int st;
-	pid_t pid;
 
 	cr_assert_geq(echo_moves(NULL, NULL), 1, "no move to the bulk ring with the default");
 	cr_assert_eq(echo_moves("--bulk-buf-size", "0"), 0, "a move with --bulk-buf-size 0");
-	pid = fork();
-	cr_assert_geq(pid, 0);
-	if (pid == 0) {
-		int null = open("/dev/null", O_WRONLY);
-		dup2(null, 2);
-		execl(KEEL_BIN_DIR "/keel-echo", "keel-echo", "--port", "1", "--bulk-buf-count",
-		      "3", (char *)NULL);
-		_exit(127);
-	}
-	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	st = keel_echo_status(bad);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "keel-echo status %d, want exit 2", st);
 }

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -9,7 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <criterion/criterion.h>
 
 #include "helpers.h"
 
@@ -156,6 +160,40 @@ srv_net_stats(struct srv *s, unsigned shard, struct keel_net_stats *out)
 	free(req);
 	free(st);
 	return r;
+}
+
+void
+free_loopback_port(int type, struct sockaddr_in *a, char *port_s, size_t len)
+{
+	socklen_t al = sizeof(*a);
+	int fd = socket(AF_INET, type | SOCK_CLOEXEC, 0);
+
+	memset(a, 0, sizeof(*a));
+	a->sin_family = AF_INET;
+	a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(bind(fd, (struct sockaddr *)a, sizeof(*a)), 0);
+	getsockname(fd, (struct sockaddr *)a, &al);
+	close(fd);
+	snprintf(port_s, len, "%u", ntohs(a->sin_port));
+}
+
+int
+keel_echo_status(char *const argv[])
+{
+	int st;
+	pid_t pid = fork();
+
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		int null = open("/dev/null", O_WRONLY);
+
+		dup2(null, 2);
+		execv(KEEL_BIN_DIR "/keel-echo", argv);
+		_exit(127);
+	}
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	return st;
 }
 
 int
