@@ -57,7 +57,7 @@ int srv_net_stats(struct srv *s, unsigned shard, struct keel_net_stats *out);
 struct sockaddr_in;
 void free_loopback_port(int type, struct sockaddr_in *a, char *port_s, size_t len);
 /* keel-echo run with @argv (argv[0] "keel-echo", NULL-terminated), its stderr discarded,
- * to its end: its wait status. */
+ * to its end: its wait status. In binaries built with KEEL_BIN_DIR only. */
 int keel_echo_status(char *const argv[]);
 
 /* A blocking client socket connected to 127.0.0.1:@port, or -errno. */
