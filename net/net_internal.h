@@ -90,6 +90,7 @@ struct net_shard {
 	struct keel_udp *udps;                  /* every live UDP endpoint */
 	struct udp_send *udp_sends_free;        /* udp.c: pooled send slots */
 	struct udp_send_chunk *udp_send_chunks; /* ... and the chunks they live in */
+	struct udp_gso *udp_gso_free;           /* udp.c: pooled multi-datagram sendmsgs */
 	struct keel_conn *starved;              /* connections waiting for buffers */
 	bool starve_kick;                       /* a deferred re-arm is queued */
 	unsigned udp_starving;                  /* UDP endpoints waiting for a buffer */

@@ -27,7 +27,7 @@
 		.close_timeout_ns = 0, .nodelay = true, .udp_buf_count = 256,                      \
 		.udp_buf_size = 65536, .header_bytes = 1, .send_max = KEEL_NET_SEND_MAX_DEFAULT,   \
 		.shard_send_max = KEEL_NET_SHARD_SEND_MAX_DEFAULT, .bulk_buf_size = 65536,         \
-		.bulk_buf_count = 64,                                                              \
+		.bulk_buf_count = 64, .udp_gso_segs = KEEL_UDP_GSO_MAX,                            \
 	}
 
 static struct keel_net_config g_cfg = NET_CONFIG_DEFAULTS;
@@ -61,7 +61,7 @@ keel__net_config_check(const struct keel_net_config *c)
 	    !c->buf_size || c->buf_size > (1u << 20) || c->low_watermark > c->high_watermark ||
 	    !c->max_files || !c->udp_buf_count || c->udp_buf_count > 32768 ||
 	    (c->udp_buf_count & (c->udp_buf_count - 1)) || !c->udp_buf_size ||
-	    c->udp_buf_size > 65536)
+	    c->udp_buf_size > 65536 || c->udp_gso_segs > KEEL_UDP_GSO_MAX)
 		return -EINVAL;
 	/* A bulk_buf_size not above buf_size is no bulk ring: a ring of buffers no larger than
 	 * the first ring's has nothing to give (so --buf-size 65536 needs no other change). */

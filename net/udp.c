@@ -16,12 +16,21 @@
  * pool covers the most datagrams in flight at once.
  */
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/udp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include "net_internal.h"
+
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103 /* linux/udp.h, Linux 4.18 */
+#endif
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
 
 /* The buffer layout of a multishot recvmsg: header, source address (room for IPv6, a
  * multiple of 8 so the control data is aligned), control data (the drop counter). */
@@ -48,6 +57,8 @@ struct keel_udp {
 	uint32_t drops_seen; /* the kernel's drop count in the last datagram (SO_RXQ_OVFL) */
 	unsigned ops_n;
 	bool armed, closing;
+	bool gso_off;              /* a sendmsg of several datagrams failed: one by one */
+	struct udp_send *gso_tail; /* the last sendmsg, which the next datagram may join */
 	bool starving; /* waiting for a buffer to come back (counted in ns->udp_starving) */
 	int status;
 	struct keel_udp *next;
@@ -63,7 +74,20 @@ struct udp_send {
 	struct iovec iov;
 	struct msghdr msg;
 	bool zc;
+	unsigned sqe_pos;    /* its SQE's place in the SQ (liburing's sqe_tail count) */
+	struct udp_gso *gso; /* the datagrams after the first that joined it, or NULL */
+	uint64_t ctrl[CMSG_SPACE(sizeof(uint16_t)) / sizeof(uint64_t)]; /* UDP_SEGMENT */
 	struct udp_send *next_free;
+};
+
+/* A sendmsg that carries several datagrams (UDP_SEGMENT): their buffers, in order; the
+ * first is the send slot's own. From a per-shard pool, like the slots. */
+struct udp_gso {
+	struct udp_gso *next_free;
+	unsigned n;  /* datagrams */
+	bool closed; /* the last one was shorter than the others: no more may join */
+	struct iovec iov[KEEL_UDP_GSO_MAX];
+	struct keel_slice s[KEEL_UDP_GSO_MAX];
 };
 
 #define UDP_SEND_CHUNK 64
@@ -402,6 +426,39 @@ keel_udp_open(const char *addr, uint16_t port, const struct keel_udp_ops *ops, v
 	return 0;
 }
 
+static int udp_send_one(struct keel_udp *u, struct keel_slice *s,
+			const struct sockaddr_storage *dst);
+
+/* Errors a sendmsg with UDP_SEGMENT gets where one datagram per sendmsg would have gone:
+ * no checksum offload on the route's device (EIO), a segment above the path MTU or too
+ * many segments (EINVAL), more than an IP packet holds (EMSGSIZE). */
+static bool
+gso_refused(int res)
+{
+	return res == -EIO || res == -EINVAL || res == -EMSGSIZE;
+}
+
+/* A sendmsg of several datagrams failed where single ones may not: send each again alone,
+ * in order, and send this endpoint's datagrams one by one from now on. */
+static void
+gso_fallback(struct keel_udp *u, struct udp_send *d, int res)
+{
+	struct udp_gso *g = d->gso;
+
+	u->gso_off = true;
+	d->ns->st.udp_gso_fallbacks++;
+	keel_log(KEEL_LOG_WARN, NET_MOD,
+		 "udp port %u: a sendmsg of %u datagrams with UDP_SEGMENT failed (%s): sent "
+		 "one by one, and so from now on for this endpoint; udp_gso_segs 1 "
+		 "(keel-echo --udp-gso-segs 1) turns batching off",
+		 u->port, g->n, strerror(-res));
+	for (unsigned i = 0; i < g->n; i++) {
+		if (u->closing || udp_send_one(u, &g->s[i], &d->dst) < 0)
+			keel_slice_put(&g->s[i]);
+	}
+	g->n = 0;
+}
+
 static void
 send_cb(struct keel_op *op, int res, uint32_t flags)
 {
@@ -413,7 +470,11 @@ send_cb(struct keel_op *op, int res, uint32_t flags)
 		/* The first (or only) CQE: the endpoint's part ends here. */
 		d->u = NULL;
 		u->ops_n--;
-		if (res < 0 && res != -ECANCELED)
+		if (u->gso_tail == d)
+			u->gso_tail = NULL;
+		if (d->gso && gso_refused(res))
+			gso_fallback(u, d, res);
+		else if (res < 0 && res != -ECANCELED)
 			keel_log(KEEL_LOG_DEBUG, NET_MOD, "udp sendmsg: %s", strerror(-res));
 		udp_check(u);
 		if (d->zc && (flags & IORING_CQE_F_MORE))
@@ -421,8 +482,17 @@ send_cb(struct keel_op *op, int res, uint32_t flags)
 	} else if ((flags & IORING_CQE_F_NOTIF) && (res & (int)IORING_NOTIF_USAGE_ZC_COPIED)) {
 		d->ns->st.zc_copied++;
 	}
-	keel_slice_put(&d->s);
 	ns = d->ns;
+	if (d->gso) {
+		struct udp_gso *g = d->gso;
+
+		for (unsigned i = 0; i < g->n; i++)
+			keel_slice_put(&g->s[i]);
+		g->next_free = ns->udp_gso_free;
+		ns->udp_gso_free = g;
+	} else {
+		keel_slice_put(&d->s);
+	}
 	/* Back to the pool before the unref, which may free the pool with the shard. */
 	d->next_free = ns->udp_sends_free;
 	ns->udp_sends_free = d;
@@ -464,6 +534,7 @@ void
 keel__udp_fini(struct net_shard *ns)
 {
 	struct udp_send_chunk *c = ns->udp_send_chunks, *next;
+	struct udp_gso *g = ns->udp_gso_free, *gnext;
 
 	for (; c; c = next) {
 		next = c->next;
@@ -471,19 +542,80 @@ keel__udp_fini(struct net_shard *ns)
 	}
 	ns->udp_send_chunks = NULL;
 	ns->udp_sends_free = NULL;
+	for (; g; g = gnext) {
+		gnext = g->next_free;
+		free(g);
+	}
+	ns->udp_gso_free = NULL;
 }
 
-int
-keel_udp_send(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_storage *dst)
+/* The sendmsg @d still waits in the SQ: the kernel has not read its message, which may
+ * therefore still grow. Every submission moves liburing's sqe_head to its sqe_tail. */
+static bool
+sqe_unsent(const struct udp_send *d)
+{
+	const struct io_uring_sq *sq = &keel_shard_ring_get()->sq;
+
+	return sq->sqe_tail - 1 - d->sqe_pos < sq->sqe_tail - sq->sqe_head;
+}
+
+/* Add @s to @d, the endpoint's last sendmsg, when it is still in the SQ and the datagram
+ * can be one more segment of it: the same destination, the size of the first (or shorter,
+ * which ends the batch), within the segment count and an IP packet's payload. */
+static bool
+gso_join(struct keel_udp *u, struct udp_send *d, struct keel_slice *s,
+	 const struct sockaddr_storage *dst)
+{
+	struct net_shard *ns = u->ns;
+	struct udp_gso *g = d->gso;
+	uint32_t seg = (uint32_t)d->iov.iov_len;
+	struct cmsghdr *cm;
+	unsigned n = g ? g->n : 1;
+
+	if (s->len == 0 || s->len > seg || (g && g->closed) || n >= ns->cfg.udp_gso_segs ||
+	    (uint64_t)seg * n + s->len > KEEL_UDP_GSO_BYTES || dst->ss_family != d->dst.ss_family ||
+	    memcmp(dst, &d->dst, d->msg.msg_namelen) != 0 || !sqe_unsent(d))
+		return false;
+	if (!g) {
+		g = ns->udp_gso_free;
+		if (g)
+			ns->udp_gso_free = g->next_free;
+		else if (!(g = malloc(sizeof(*g))))
+			return false;
+		g->n = 1;
+		g->closed = false;
+		g->iov[0] = d->iov;
+		g->s[0] = d->s;
+		d->gso = g;
+		d->msg.msg_iov = g->iov;
+		d->msg.msg_control = d->ctrl;
+		d->msg.msg_controllen = sizeof(d->ctrl);
+		cm = CMSG_FIRSTHDR(&d->msg);
+		cm->cmsg_level = SOL_UDP;
+		cm->cmsg_type = UDP_SEGMENT;
+		cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+		*(uint16_t *)CMSG_DATA(cm) = (uint16_t)seg;
+		ns->st.udp_gso_sends++;
+		ns->st.udp_gso_datagrams++;
+	}
+	g->iov[g->n].iov_base = s->data;
+	g->iov[g->n].iov_len = s->len;
+	g->s[g->n++] = *s;
+	g->closed = s->len < seg;
+	d->msg.msg_iovlen = g->n;
+	ns->st.udp_gso_datagrams++;
+	memset(s, 0, sizeof(*s));
+	return true;
+}
+
+/* One sendmsg for @s alone (SENDMSG_ZC when large). */
+static int
+udp_send_one(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_storage *dst)
 {
 	struct net_shard *ns = u->ns;
 	struct io_uring_sqe *sqe;
 	struct udp_send *d;
 
-	if (!s || !dst)
-		return -EINVAL;
-	if (u->closing)
-		return -EPIPE;
 	d = send_slot(ns);
 	if (!d)
 		return -ENOMEM;
@@ -514,10 +646,26 @@ keel_udp_send(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_st
 		ns->st.sends++;
 	}
 	keel_sqe_bind(sqe, &d->op);
+	d->sqe_pos = keel_shard_ring_get()->sq.sqe_tail - 1;
 	memset(s, 0, sizeof(*s));
 	u->ops_n++;
 	keel__net_ref(ns);
+	/* The next datagram may join this sendmsg while it waits in the SQ. */
+	u->gso_tail =
+		!d->zc && d->iov.iov_len && !u->gso_off && ns->cfg.udp_gso_segs > 1 ? d : NULL;
 	return 0;
+}
+
+int
+keel_udp_send(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_storage *dst)
+{
+	if (!s || !dst)
+		return -EINVAL;
+	if (u->closing)
+		return -EPIPE;
+	if (u->gso_tail && gso_join(u, u->gso_tail, s, dst))
+		return 0;
+	return udp_send_one(u, s, dst);
 }
 
 /* keel_udp_close's deferred step: counted in ops_n like an operation, so the endpoint is

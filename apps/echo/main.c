@@ -16,8 +16,8 @@
 static const char usage[] =
 	"usage: keel-echo --port P [--addr A] [--udp] [--steer cpu|queue|hash] [--zc-threshold N]\n"
 	"                 [--forward] [--buf-count N] [--buf-size N] [--bulk-buf-count N]\n"
-	"                 [--bulk-buf-size N] [--udp-buf-count N]\n"
-	"                 [--udp-buf-size N] [--max-conns N] [--header-timeout-ms N]\n"
+	"                 [--bulk-buf-size N] [--udp-buf-count N] [--udp-buf-size N]\n"
+	"                 [--udp-gso-segs N] [--max-conns N] [--header-timeout-ms N]\n"
 	"                 [--header-bytes B] [--idle-timeout-ms N] [--send-max BYTES]\n"
 	"                 [--shard-send-max BYTES] [--max-files N] [--caps] [runtime options]\n"
 	"Echo TCP (or UDP) on every shard; SIGINT/SIGTERM stop it.\n"
@@ -33,6 +33,9 @@ static const char usage[] =
 	"           --buf-size: no bulk ring; docs/net.md)\n"
 	"--udp-buf-count N: UDP receive buffers per shard, a power of two (default 256)\n"
 	"--udp-buf-size N: largest UDP datagram received whole, bytes (default 65536)\n"
+	"--udp-gso-segs N: UDP datagrams of one size sent to one destination in one pass share\n"
+	"           a sendmsg (UDP_SEGMENT), up to N (default 64, the most; 0 or 1: one\n"
+	"           sendmsg each; docs/net.md)\n"
 	"--max-conns N: connections per shard; those beyond are accepted and closed at once\n"
 	"           (counted as over_limit; default 0, no limit)\n"
 	"--header-timeout-ms N [--header-bytes B]: close a connection that has not sent B bytes\n"
@@ -79,6 +82,13 @@ net_print(const struct app *a, unsigned shards)
 			(unsigned long long)n->sends, (unsigned long long)n->send_iovs,
 			(unsigned long long)n->bulk_moves, (unsigned long long)n->bulk_backs,
 			n->bulk_failed ? " (could not be made)" : "");
+		if (n->udp_gso_sends || n->udp_gso_fallbacks)
+			fprintf(stderr,
+				"shard %u net: UDP: %llu sendmsgs carried %llu datagrams (UDP_SEGMENT), "
+				"%llu refused and sent one by one\n",
+				i, (unsigned long long)n->udp_gso_sends,
+				(unsigned long long)n->udp_gso_datagrams,
+				(unsigned long long)n->udp_gso_fallbacks);
 	}
 }
 
@@ -285,6 +295,13 @@ main(int argc, char **argv)
 				die("--udp-buf-size expects a byte count from 1 to 65536, got ",
 				    v ? v : "nothing");
 			nc.udp_buf_size = (uint32_t)b;
+			i++;
+		} else if (!strcmp(argv[i], "--udp-gso-segs")) {
+			long n = v ? strtol(v, &end, 10) : -1;
+			if (!v || *end || n < 0 || n > KEEL_UDP_GSO_MAX)
+				die("--udp-gso-segs expects a count from 0 to 64, got ",
+				    v ? v : "nothing");
+			nc.udp_gso_segs = (uint32_t)n;
 			i++;
 		} else {
 			die("unknown option ", argv[i]);

@@ -51,6 +51,8 @@ int srv_stop(struct srv *s);
 extern const struct keel_conn_ops echo_ops;
 /* Shard @shard's network counters, read on the shard (within 30 s): 0 or -errno. */
 int srv_net_stats(struct srv *s, unsigned shard, struct keel_net_stats *out);
+/* ... of any runtime. */
+int rt_net_stats(struct keel_runtime *rt, unsigned shard, struct keel_net_stats *out);
 
 /* A free loopback port of socket @type (SOCK_STREAM, SOCK_DGRAM): the kernel's pick,
  * released for a program the test starts; *@a is 127.0.0.1 and the port, @port_s its text. */

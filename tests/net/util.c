@@ -135,7 +135,7 @@ net_stats_fn(struct keel_xreq *req)
 }
 
 int
-srv_net_stats(struct srv *s, unsigned shard, struct keel_net_stats *out)
+rt_net_stats(struct keel_runtime *rt, unsigned shard, struct keel_net_stats *out)
 {
 	struct keel_xreq *req = calloc(1, sizeof(*req)), *done;
 	struct keel_net_stats *st = calloc(1, sizeof(*st));
@@ -146,7 +146,7 @@ srv_net_stats(struct srv *s, unsigned shard, struct keel_net_stats *out)
 		req->fn = net_stats_fn;
 		req->arg = st;
 		req->queue = q;
-		r = keel_runtime_submit(s->rt, shard, req);
+		r = keel_runtime_submit(rt, shard, req);
 		/* Not answered: the request may still complete into q and st, so all three
 		 * are left, not freed. */
 		if (r == 0 && keel_xqueue_wait(q, &done, 1, KEEL_S(30)) != 1)
@@ -160,6 +160,12 @@ srv_net_stats(struct srv *s, unsigned shard, struct keel_net_stats *out)
 	free(req);
 	free(st);
 	return r;
+}
+
+int
+srv_net_stats(struct srv *s, unsigned shard, struct keel_net_stats *out)
+{
+	return rt_net_stats(s->rt, shard, out);
 }
 
 void

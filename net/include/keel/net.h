@@ -102,7 +102,22 @@ struct keel_net_config {
 	uint32_t bulk_buf_size;  /* bytes per bulk buffer, at most 1 MiB (default 64 KiB); 0 or
 				    not above buf_size: no bulk ring */
 	uint32_t bulk_buf_count; /* bulk buffers per shard, a power of two (default 64) */
+
+	/* UDP sends: datagrams an endpoint sends in one pass to one destination, of one size
+	 * (the last may be shorter), go out as one sendmsg with UDP_SEGMENT (generic
+	 * segmentation offload) of up to udp_gso_segs datagrams and KEEL_UDP_GSO_BYTES: the
+	 * kernel's stack runs once per sendmsg, the device (or the kernel just before it)
+	 * cuts the datagrams. The receiver gets the same datagrams (docs/net.md, "UDP").
+	 * 0 or 1: one sendmsg per datagram. At most KEEL_UDP_GSO_MAX (default 64). */
+	uint32_t udp_gso_segs;
 };
+
+/** The most datagrams one UDP sendmsg carries (udp_gso_segs): the kernel's
+ * UDP_MAX_SEGMENTS in Linux 6.1, raised in later kernels. */
+#define KEEL_UDP_GSO_MAX 64
+/** The most payload bytes one UDP sendmsg of several datagrams carries (an IPv4 packet's
+ * 65,535 less the IP and UDP headers). */
+#define KEEL_UDP_GSO_BYTES 65507
 
 /** Receives in a row under buf_size after which a connection leaves the bulk ring. */
 #define KEEL_NET_BULK_BACK 64
@@ -485,8 +500,13 @@ struct keel_net_stats {
 	uint64_t udp_truncated;  /* datagrams longer than udp_buf_size, dropped */
 	uint64_t udp_send_slots; /* UDP send slots allocated (pooled: grows with the most
 				    datagrams in flight at once, not with the sends) */
-	uint64_t name_reads;     /* getpeername/getsockname calls for accepted and connected
-				    connections' addresses (keel_conn_peer_addr) */
+	uint64_t udp_gso_sends;  /* UDP sendmsgs that carried several datagrams (counted
+				    once in sends) */
+	uint64_t udp_gso_datagrams; /* ... the datagrams they carried */
+	uint64_t udp_gso_fallbacks; /* ... that failed (EIO, EINVAL, EMSGSIZE) and were sent
+				       again one by one (the endpoint then sends so) */
+	uint64_t name_reads;        /* getpeername/getsockname calls for accepted and connected
+				       connections' addresses (keel_conn_peer_addr) */
 
 	/* Limits against hostile peers (keel_net_config, docs/reliability.md). */
 	uint64_t header_timeouts;  /* connections aborted by header_timeout_ns */

@@ -1,0 +1,307 @@
+// SPDX-License-Identifier: MIT
+/* UDP sends batched with UDP_SEGMENT: datagrams one callback sends to one destination, of
+ * one size (the last may be shorter), share a sendmsg; a different size or destination, the
+ * segment limit and an IP packet's payload start another; every datagram arrives whole and
+ * in order; a batch the kernel refuses is sent again one by one. */
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "helpers.h"
+
+#define MAXDG 100
+
+/* What the test asks the shard to send: @n datagrams of @size[i] bytes, to the asker, or
+ * every odd one to 127.0.0.1:@alt_port when that is not 0. */
+struct gso_cmd {
+	uint16_t n, alt_port;
+	uint16_t size[MAXDG];
+};
+
+struct gso_srv {
+	struct keel_udp *u;
+	_Atomic uint16_t port;
+	_Atomic int open_err;
+	bool no_check; /* SO_NO_CHECK on the endpoint's socket: the kernel refuses batches */
+	_Atomic unsigned send_errors;
+};
+
+static uint8_t
+pattern(unsigned i, size_t k)
+{
+	return (uint8_t)(i * 37 + k * 11 + 5);
+}
+
+static void
+gso_datagram(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_storage *src)
+{
+	struct gso_srv *g = keel_udp_app(u);
+	struct gso_cmd c;
+	struct sockaddr_storage alt = *src;
+
+	memset(&c, 0, sizeof(c));
+	memcpy(&c, s->data, s->len < sizeof(c) ? s->len : sizeof(c));
+	keel_slice_put(s);
+	((struct sockaddr_in *)&alt)->sin_port = htons(c.alt_port);
+	for (unsigned i = 0; i < c.n && i < MAXDG; i++) {
+		struct keel_slice d;
+
+		if (keel_buf_alloc(keel_shard_alloc(), c.size[i], &d) < 0) {
+			atomic_fetch_add(&g->send_errors, 1);
+			continue;
+		}
+		d.len = c.size[i];
+		for (size_t k = 0; k < d.len; k++)
+			d.data[k] = pattern(i, k);
+		if (keel_udp_send(u, &d, c.alt_port && (i & 1) ? &alt : src) < 0) {
+			keel_slice_put(&d);
+			atomic_fetch_add(&g->send_errors, 1);
+		}
+	}
+}
+
+static const struct keel_udp_ops gso_ops = { .on_datagram = gso_datagram };
+
+/* The endpoint's socket, found by its port among this process's descriptors. */
+static int
+endpoint_fd(uint16_t port)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	int found = -1;
+
+	while (d && (e = readdir(d)) != NULL) {
+		struct sockaddr_in a;
+		socklen_t al = sizeof(a);
+		int fd = atoi(e->d_name), type;
+		socklen_t tl = sizeof(type);
+
+		if (fd <= 2 || getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) < 0 ||
+		    type != SOCK_DGRAM || getsockname(fd, (struct sockaddr *)&a, &al) < 0 ||
+		    a.sin_family != AF_INET || ntohs(a.sin_port) != port)
+			continue;
+		found = fd;
+		break;
+	}
+	if (d)
+		closedir(d);
+	return found;
+}
+
+static void
+gso_start(void *arg)
+{
+	struct gso_srv *g = arg;
+	int r = keel_udp_open("127.0.0.1", 0, &gso_ops, g, &g->u), one = 1;
+
+	if (r == 0 && g->no_check) {
+		int fd = endpoint_fd(keel_udp_port(g->u));
+		r = fd < 0                                                           ? -ENOENT
+		    : setsockopt(fd, SOL_SOCKET, SO_NO_CHECK, &one, sizeof(one)) < 0 ? -errno
+										     : 0;
+	}
+	if (r < 0) {
+		atomic_store(&g->open_err, r);
+		atomic_store(&g->port, 1);
+		keel_stop(r);
+		return;
+	}
+	atomic_store(&g->port, keel_udp_port(g->u));
+}
+
+struct gso_run {
+	struct keel_runtime *rt;
+	struct gso_srv srv;
+	int fd, alt;
+	uint16_t alt_port;
+};
+
+static void
+gso_run_start(struct gso_run *t, uint32_t segs, bool no_check)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	socklen_t al = sizeof(a);
+	int sz = 4 << 20;
+
+	memset(t, 0, sizeof(*t));
+	t->srv.no_check = no_check;
+	keel_net_config_init(&nc);
+	nc.udp_gso_segs = segs;
+	cr_assert_eq(keel_net_config_set(&nc), 0);
+	cr_assert_eq(keel_runtime_create(&o, &t->rt), 0);
+	cr_assert_eq(keel_runtime_start(t->rt, gso_start, &t->srv), 0);
+	WAIT_FOR(atomic_load(&t->srv.port), "the shard to open its UDP socket");
+	cr_assert_eq(atomic_load(&t->srv.open_err), 0, "open: %s",
+		     strerror(-atomic_load(&t->srv.open_err)));
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	t->alt = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(t->alt, 0);
+	setsockopt(t->alt, SOL_SOCKET, SO_RCVBUFFORCE, &sz, sizeof(sz));
+	cr_assert_eq(bind(t->alt, (struct sockaddr *)&a, sizeof(a)), 0);
+	cr_assert_eq(getsockname(t->alt, (struct sockaddr *)&a, &al), 0);
+	t->alt_port = ntohs(a.sin_port);
+	t->fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(t->fd, 0);
+	setsockopt(t->fd, SOL_SOCKET, SO_RCVBUFFORCE, &sz, sizeof(sz));
+	a.sin_port = htons(atomic_load(&t->srv.port));
+	cr_assert_eq(connect(t->fd, (struct sockaddr *)&a, sizeof(a)), 0);
+}
+
+static void
+gso_run_stop(struct gso_run *t)
+{
+	keel_runtime_stop(t->rt, 0);
+	cr_assert_eq(keel_runtime_join(t->rt), 0);
+	keel_runtime_destroy(t->rt);
+	close(t->fd);
+	close(t->alt);
+	cr_assert_eq(atomic_load(&t->srv.send_errors), 0);
+}
+
+/* Ask for the datagrams of @size[0..n-1] (every odd one to the second socket with @alt),
+ * receive each whole and in order, and return the shard's counters after. */
+static struct keel_net_stats
+exchange(struct gso_run *t, const uint16_t *size, unsigned n, bool alt)
+{
+	static uint8_t in[65536];
+	struct gso_cmd c = { .n = (uint16_t)n, .alt_port = alt ? t->alt_port : 0 };
+	struct keel_net_stats st;
+	int r;
+
+	memcpy(c.size, size, n * sizeof(*size));
+	cr_assert_eq(send(t->fd, &c, sizeof(c), 0), (ssize_t)sizeof(c));
+	for (unsigned i = 0; i < n; i++) {
+		int fd = alt && (i & 1) ? t->alt : t->fd;
+		ssize_t got;
+
+		wait_fd(fd, POLLIN, TEST_WAIT_MS, 0, "a datagram");
+		got = recv(fd, in, sizeof(in), MSG_DONTWAIT);
+		cr_assert_eq(got, (ssize_t)size[i], "datagram %u of %u: %zd bytes (%s), want %u", i,
+			     n, got, got < 0 ? strerror(errno) : "", size[i]);
+		for (size_t k = 0; k < size[i]; k++)
+			cr_assert_eq(in[k], pattern(i, k), "datagram %u byte %zu", i, k);
+	}
+	r = rt_net_stats(t->rt, 0, &st);
+	cr_assert_eq(r, 0, "no stats from the shard: %s", strerror(-r));
+	return st;
+}
+
+static void
+fill(uint16_t *size, unsigned n, uint16_t v)
+{
+	for (unsigned i = 0; i < n; i++)
+		size[i] = v;
+}
+
+Test(net_udp_gso, datagrams_to_one_destination_share_one_sendmsg)
+{
+	struct gso_run t;
+	struct keel_net_stats st;
+	uint16_t size[41];
+
+	gso_run_start(&t, KEEL_UDP_GSO_MAX, false);
+	fill(size, 40, 1000);
+	size[40] = 300; /* a shorter last one joins */
+	st = exchange(&t, size, 41, false);
+	cr_assert_eq(st.sends, 1, "%llu sendmsgs for 41 datagrams of one pass",
+		     (unsigned long long)st.sends);
+	cr_assert_eq(st.udp_gso_sends, 1);
+	cr_assert_eq(st.udp_gso_datagrams, 41);
+	cr_assert_eq(st.udp_gso_fallbacks, 0);
+	gso_run_stop(&t);
+}
+
+Test(net_udp_gso, size_destination_and_limits_start_another_sendmsg)
+{
+	struct gso_run t;
+	struct keel_net_stats st, prev;
+	/* {1000 1000} {1200 1200 300} {1000}: a larger one, and one after a shorter one. */
+	static const uint16_t sizes[] = { 1000, 1000, 1200, 1200, 300, 1000 };
+	uint16_t size[MAXDG];
+
+	gso_run_start(&t, 4, false);
+	st = exchange(&t, sizes, 6, false);
+	cr_assert_eq(st.sends, 3);
+	cr_assert_eq(st.udp_gso_sends, 2);
+	cr_assert_eq(st.udp_gso_datagrams, 5);
+	/* Two destinations in turn: nothing joins. */
+	prev = st;
+	fill(size, 6, 500);
+	st = exchange(&t, size, 6, true);
+	cr_assert_eq(st.sends - prev.sends, 6);
+	cr_assert_eq(st.udp_gso_sends, prev.udp_gso_sends);
+	/* udp_gso_segs 4: ten datagrams in 4 + 4 + 2. */
+	prev = st;
+	fill(size, 10, 100);
+	st = exchange(&t, size, 10, false);
+	cr_assert_eq(st.sends - prev.sends, 3);
+	cr_assert_eq(st.udp_gso_sends - prev.udp_gso_sends, 3);
+	cr_assert_eq(st.udp_gso_datagrams - prev.udp_gso_datagrams, 10);
+	/* An IP packet's payload: two of 30,000 bytes fit, a third does not. */
+	prev = st;
+	fill(size, 3, 30000);
+	st = exchange(&t, size, 3, false);
+	cr_assert_eq(st.sends - prev.sends, 2);
+	cr_assert_eq(st.udp_gso_datagrams - prev.udp_gso_datagrams, 2);
+	cr_assert_eq(st.udp_gso_fallbacks, 0);
+	gso_run_stop(&t);
+}
+
+Test(net_udp_gso, udp_gso_segs_1_sends_one_by_one)
+{
+	struct gso_run t;
+	struct keel_net_stats st;
+	uint16_t size[10];
+
+	gso_run_start(&t, 1, false);
+	fill(size, 10, 1000);
+	st = exchange(&t, size, 10, false);
+	cr_assert_eq(st.sends, 10);
+	cr_assert_eq(st.udp_gso_sends, 0);
+	gso_run_stop(&t);
+}
+
+/* The kernel refuses a sendmsg with UDP_SEGMENT on a socket with SO_NO_CHECK (EINVAL):
+ * each datagram goes again alone, in order, and the endpoint sends one by one after. */
+Test(net_udp_gso, a_refused_batch_is_sent_again_one_by_one)
+{
+	struct gso_run t;
+	struct keel_net_stats st, prev;
+	uint16_t size[20];
+
+	gso_run_start(&t, KEEL_UDP_GSO_MAX, true);
+	fill(size, 20, 1000);
+	st = exchange(&t, size, 20, false);
+	cr_assert_eq(st.udp_gso_sends, 1);
+	cr_assert_eq(st.udp_gso_fallbacks, 1);
+	cr_assert_eq(st.sends, 21, "%llu sendmsgs: the refused one and 20 single ones",
+		     (unsigned long long)st.sends);
+	prev = st;
+	fill(size, 5, 1000);
+	st = exchange(&t, size, 5, false);
+	cr_assert_eq(st.sends - prev.sends, 5);
+	cr_assert_eq(st.udp_gso_sends, prev.udp_gso_sends);
+	gso_run_stop(&t);
+}
+
+Test(net_udp_gso, udp_gso_segs_is_validated)
+{
+	struct keel_net_config nc;
+
+	keel_net_config_init(&nc);
+	cr_assert_eq(nc.udp_gso_segs, KEEL_UDP_GSO_MAX);
+	nc.udp_gso_segs = KEEL_UDP_GSO_MAX + 1;
+	cr_assert_eq(keel_net_config_set(&nc), -EINVAL);
+	nc.udp_gso_segs = 0;
+	cr_assert_eq(keel_net_config_set(&nc), 0);
+	keel_net_config_init(&nc);
+	cr_assert_eq(keel_net_config_set(&nc), 0);
+}
