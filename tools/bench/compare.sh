@@ -24,6 +24,8 @@
 #                         coalescing policy (keel-bench serve --gather-us; default: keel's
 #                         window, KEEL_WAIT_COALESCE_US or 10, fixed with
 #                         KEEL_WAIT_COALESCE_FIXED: both servers sleep alike; 0: never)
+#     --epoll-udp-gso     the epoll server echoes UDP with UDP_SEGMENT, as keel batches its
+#                         UDP sends (keel-bench serve --udp-gso; default: sendmmsg)
 #     --client B          the one client: epoll (default) or keel (udp always uses sockets)
 #     --client-poll-us N  the epoll client (and udp's) polls N us before it blocks (keel-bench
 #                         --client-poll-us; default 0): a client whose wake-ups do not make
@@ -51,6 +53,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 cmdline="tools/bench/compare.sh $*"
 
 quick=0 reps=5 secs=3 warmup=1 rows_arg= policies=block,spin spin=50 client=epoll egather= cpoll=0 net=lo
+eudp=()
 servers=keel,epoll shards= server_cpus=0 client_cpus=1 client_threads= port=0
 out=bench-results bin= plot=1 iperf=1
 usage() { sed -n '/^#   tools\/bench\/compare.sh \[options\]/,/^set -e/{/^#/s/^# \{0,1\}//p}' "$0"; }
@@ -70,6 +73,7 @@ while [ $# -gt 0 ]; do
 	--policies) policies=${2:?--policies needs a value}; shift ;;
 	--spin-us) spin=${2:?--spin-us needs a value}; shift ;;
 	--epoll-gather-us) egather=${2:?--epoll-gather-us needs a value}; shift ;;
+	--epoll-udp-gso) eudp=(--udp-gso) ;;
 	--client) client=${2:?--client needs a value}; shift ;;
 	--client-poll-us) cpoll=${2:?--client-poll-us needs a value}; shift ;;
 	--servers) servers=${2:?--servers needs a value}; shift ;;
@@ -269,7 +273,8 @@ start_server() {
 	local be=$1 pol=$2 log=$3 poll=0 i
 	[ "$pol" = spin ] && poll=$spin
 	local popt=(--idle-poll-us "$poll")
-	[ "$be" = epoll ] && popt=(--busy-poll-us "$poll" --gather-us "$egather" "${efixed[@]}")
+	[ "$be" = epoll ] &&
+		popt=(--busy-poll-us "$poll" --gather-us "$egather" "${efixed[@]}" "${eudp[@]}")
 	"${in_srv[@]}" "$kb" serve --backend "$be" --addr "$addr" --port "$port" --shards "$shards" \
 		--cpuset "$server_cpus" "${popt[@]}" >"$log" 2>&1 &
 	server=$!
@@ -440,6 +445,11 @@ client_desc="keel-bench MODE --client $client --port P --server-pid PID"
 		echo "- network: loopback; the sender's CPU runs the receiver's receive processing (the client's CPU the server's)"
 	fi
 	echo "- policies: **block** = keel \`--idle-poll-us 0\`, epoll \`--busy-poll-us 0\`; **spin** = both $spin us of polling before blocking"
+	if [ ${#eudp[@]} -gt 0 ]; then
+		echo "- UDP sends: keel batches datagrams to one destination with UDP_SEGMENT (udp_gso_segs, docs/net.md); so does the epoll server (--udp-gso)"
+	else
+		echo "- UDP sends: keel batches datagrams to one destination with UDP_SEGMENT (udp_gso_segs, docs/net.md); the epoll server uses sendmmsg, a datagram per message (--epoll-udp-gso: UDP_SEGMENT too)"
+	fi
 	gather=$(sed -n 's/^keel-bench serve: keel .*, sleeps \(gather .*\)$/\1/p' "$runs"/*-keel-1.log 2>/dev/null | head -1)
 	egath=$(sed -n 's/^keel-bench serve: epoll .*, sleeps \(gather .*\)$/\1/p' "$runs"/*-epoll-1.log 2>/dev/null | head -1)
 	echo "- keel's sleeps: ${gather:-end at the first completion} (--wait-coalesce-us, architecture.md step 8); the epoll server's: ${egath:-end at the first event} (keel-bench serve --gather-us, the same policy)"

@@ -60,6 +60,7 @@ struct bench_cfg {
 	uint32_t gather_us;         /* epoll server: sleep this long before a blocking
 				     * epoll_wait when keel's coalescing policy says so */
 	bool gather_fixed;          /* ... always, no trials (--gather-fixed) */
+	bool udp_gso;               /* epoll server: UDP echoes with UDP_SEGMENT (--udp-gso) */
 	uint32_t client_poll_us;    /* epoll and udp clients: epoll_wait(0) this long after
 				     * the last event before blocking (--client-poll-us) */
 	const struct keel_opts *rt; /* runtime options for keel runtimes in this process */
@@ -167,8 +168,9 @@ int bench_udp_client_run(const struct bench_cfg *cfg, struct bench_result *out);
 /* The epoll backend's UDP echo (udp.c): a non-blocking SO_REUSEPORT socket per thread,
  * batches of recvmmsg echoed with one sendmmsg. Returns the fd or -errno. */
 int bench_udp_socket(const struct sockaddr_in *addr, uint16_t port);
-/* A thread's receive batch (about 2 MiB). NULL: out of memory. */
-struct bench_udp_batch *bench_udp_batch_new(void);
+/* A thread's receive batch (about 2 MiB); @gso: echo with UDP_SEGMENT (--udp-gso). NULL:
+ * out of memory. */
+struct bench_udp_batch *bench_udp_batch_new(bool gso);
 void bench_udp_batch_free(struct bench_udp_batch *b);
 /* Echo what @fd holds, recvmmsg/sendmmsg in batches, until it is drained. A datagram the
  * socket does not take (EAGAIN, ENOBUFS) is dropped, as UDP may. Adds to the counters. */

@@ -365,7 +365,7 @@ serve_start(const struct bench_cfg *cfg, uint16_t *port, struct bench_server **o
 		t->conns.next = t->conns.prev = &t->conns;
 		t->cpu = cfg->pin ? bench_cpu_for(cfg, i) : -1;
 		t->buf = malloc(TBUF);
-		t->ub = bench_udp_batch_new();
+		t->ub = bench_udp_batch_new(cfg->udp_gso);
 		if (!t->buf || !t->ub) {
 			r = -ENOMEM;
 			goto err;

@@ -62,6 +62,8 @@ static const char client_usage[] =
 	"                 keel's wait coalescing policy says it pays (default 0: never); keel's\n"
 	"                 runtime option is --wait-coalesce-us (default 10)\n"
 	"  --gather-fixed the epoll server: with --gather-us, before every blocking wait\n"
+	"  --udp-gso      the epoll server: echo each run of datagrams of one size from one\n"
+	"                 source with one sendmsg carrying UDP_SEGMENT (default: sendmmsg)\n"
 	"  --server-cpus LIST  the server's CPUs: also report their busy time over the window\n"
 	"                 from /proc/stat (server_cpus_*; all work on them, softirqs included)\n"
 	"  --client-poll-us N  the epoll client (and udp's): epoll_wait(0) for N us after its\n"
@@ -86,6 +88,9 @@ static const char serve_usage[] =
 	"  --gather-us N  epoll: sleep N us before a blocking epoll_wait while keel's wait\n"
 	"                 coalescing policy says it pays (default 0); --gather-fixed: always;\n"
 	"                 keel: use the runtime option --wait-coalesce-us (default 10)\n"
+	"  --udp-gso      epoll: echo each run of datagrams of one size from one source with\n"
+	"                 one sendmsg carrying UDP_SEGMENT, as keel batches its UDP sends\n"
+	"                 (default: sendmmsg, a datagram per message)\n"
 	"  --cpuset LIST  server thread i on the i-th CPU of LIST (default CPU i)\n"
 	"  --seconds S    stop after S seconds (default: at SIGINT or SIGTERM)\n"
 	"  --size N       report per-message figures for framed messages of N bytes\n"
@@ -209,6 +214,8 @@ parse(struct opts *o, int argc, char **argv)
 		} else if (!strcmp(a, "--gather-fixed")) {
 			c->gather_fixed = true;
 			o->has_gather = true;
+		} else if (!strcmp(a, "--udp-gso")) {
+			c->udp_gso = true;
 		} else if (OPT("--addr")) {
 			if (m < 0)
 				return bad(o, "--addr", "missing value", NULL);
@@ -266,6 +273,11 @@ parse(struct opts *o, int argc, char **argv)
 			   NULL);
 	if (c->gather_fixed && !c->gather_us)
 		return bad(o, "--gather-fixed", "needs --gather-us N (N > 0)", NULL);
+	if (c->udp_gso && o->be != &bench_backend_epoll)
+		return bad(o, "--udp-gso",
+			   "the epoll server's option (keel batches its UDP sends itself; "
+			   "keel-echo --udp-gso-segs 1 turns that off)",
+			   NULL);
 	if (o->has_gather && !o->serve && o->has_port)
 		return bad(o, o->cfg.gather_fixed ? "--gather-fixed" : "--gather-us",
 			   "sets the in-process epoll server; give it to the keel-bench serve that "
