@@ -54,7 +54,8 @@ struct app {
 	bool forward;
 	struct keel_listener *l;
 	const char *steer;          /* the steering's name, for the listening line */
-	_Atomic unsigned started;   /* shards whose listener runs */
+	_Atomic unsigned started;   /* shards whose listener (or UDP endpoint) runs */
+	_Atomic uint16_t udp_port;  /* --udp: the bound port (--port 0, one shard: the kernel's) */
 	struct keel_net_stats *net; /* --stats: [shard] the network counters at stop */
 };
 
@@ -131,6 +132,8 @@ on_start(void *arg)
 	if (a->udp) {
 		struct keel_udp *u;
 		r = keel_udp_open(a->addr, (uint16_t)a->port, &udp_ops, a, &u);
+		if (r == 0)
+			atomic_store(&a->udp_port, keel_udp_port(u));
 	} else {
 		r = keel_listener_start(a->l);
 	}
@@ -144,10 +147,15 @@ on_start(void *arg)
 	 * that cannot do it, say) stops the program before the line, so a script that waits
 	 * for it never meets a server that is about to exit. Signals are blocked on shards,
 	 * so a SIGTERM right after the line stops the runtime cleanly. */
-	if (a->l && atomic_fetch_add(&a->started, 1) + 1 == keel_shard_count(keel_this_shard()))
+	if (atomic_fetch_add(&a->started, 1) + 1 != keel_shard_count(keel_this_shard()))
+		return;
+	if (a->l)
 		fprintf(stderr, "keel-echo: listening on %s port %u, %u shards, steering %s%s\n",
 			a->addr, keel_listener_port(a->l), keel_shard_count(keel_this_shard()),
 			a->steer, a->forward ? ", forwarding frames" : "");
+	else
+		fprintf(stderr, "keel-echo: UDP on %s port %u, %u shards\n", a->addr,
+			(unsigned)atomic_load(&a->udp_port), keel_shard_count(keel_this_shard()));
 }
 
 static void
@@ -322,6 +330,13 @@ main(int argc, char **argv)
 	r = keel_runtime_create(&o, &rt);
 	if (r < 0)
 		return 1;
+	/* Each shard binds the UDP port with SO_REUSEPORT: port 0 would give each its own. */
+	if (a.udp && a.port == 0 && keel_runtime_shard_count(rt) > 1) {
+		keel_runtime_destroy(rt);
+		die("--udp with --port 0 binds a different port on every shard: give a port, or "
+		    "--shards 1",
+		    NULL);
+	}
 	if (!a.udp) {
 		lo.addr = a.addr;
 		lo.port = (uint16_t)a.port;

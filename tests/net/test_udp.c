@@ -637,6 +637,13 @@ Test(net_udp, keel_echo_udp_buffer_flags, .timeout = 120)
 	}
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "--udp-gso-segs 65: status %d, want 2",
 		  st);
+	/* Port 0 would be a different port on every shard. */
+	{
+		char *bad[] = { "keel-echo", "--udp", "--port", "0", "--shards", "2", NULL };
+		st = keel_echo_status(bad);
+	}
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "--udp --port 0 --shards 2: status %d",
+		  st);
 }
 
 Test(net_udp, buffer_config_is_validated)
