@@ -59,7 +59,8 @@ int rt_net_stats(struct keel_runtime *rt, unsigned shard, struct keel_net_stats 
 struct sockaddr_in;
 void free_loopback_port(int type, struct sockaddr_in *a, char *port_s, size_t len);
 /* keel-echo run with @argv (argv[0] "keel-echo", NULL-terminated), its stderr discarded,
- * to its end: its wait status. In binaries built with KEEL_BIN_DIR only. */
+ * to its end: its wait status; one still running after TEST_WAIT_MS is killed and fails the
+ * test. In binaries built with KEEL_BIN_DIR only. */
 int keel_echo_status(char *const argv[]);
 
 /* A blocking client socket connected to 127.0.0.1:@port, or -errno. */

@@ -199,7 +199,18 @@ keel_echo_status(char *const argv[])
 		execv(KEEL_BIN_DIR "/keel-echo", argv);
 		_exit(127);
 	}
-	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	/* Every program run so exits at once (a refused option): one still running at the
+	 * deadline is killed and fails the test. */
+	for (uint64_t dl = test_deadline(TEST_WAIT_MS); waitpid(pid, &st, WNOHANG) == 0;
+	     test_pause()) {
+		if (test_expired(dl)) {
+			kill(pid, SIGKILL);
+			waitpid(pid, &st, 0);
+			cr_assert_fail("keel-echo %s%s still ran after %u ms",
+				       argv[1] ? argv[1] : "", argv[1] && argv[2] ? " ..." : "",
+				       TEST_WAIT_MS);
+		}
+	}
 	return st;
 }
 #endif
