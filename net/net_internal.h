@@ -75,6 +75,7 @@ struct net_lim {
 struct net_shard {
 	unsigned id;
 	int cpu;
+	struct io_uring *ring; /* the shard's ring (keel_shard_ring_get), kept for the send paths */
 	struct keel_net_config cfg;
 	bool stopping;
 	bool files; /* sparse file table registered (direct descriptors) */

@@ -252,6 +252,7 @@ shard_create(const struct keel_net_config *cfg, struct net_shard **out)
 		return -ENOMEM;
 	ns->id = keel_shard_id(sh);
 	ns->cpu = keel_shard_cpu(sh);
+	ns->ring = keel_shard_ring_get();
 	ns->cfg = *cfg;
 	ns->f_ms_accept = keel_feature_used(KEEL_FEAT_MULTISHOT_ACCEPT);
 	ns->f_ms_recv = keel_feature_used(KEEL_FEAT_MULTISHOT_RECV);
@@ -261,7 +262,7 @@ shard_create(const struct keel_net_config *cfg, struct net_shard **out)
 	ns->f_zc = keel_feature_used(KEEL_FEAT_SEND_ZC);
 	ns->refs = 1;
 	if (ns->f_direct) {
-		r = io_uring_register_files_sparse(keel_shard_ring_get(), ns->cfg.max_files);
+		r = io_uring_register_files_sparse(ns->ring, ns->cfg.max_files);
 		if (r < 0) {
 			keel_log(KEEL_LOG_ERROR, NET_MOD,
 				 "shard %u: registering a file table of %u slots failed: %s; use "

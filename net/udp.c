@@ -554,7 +554,7 @@ keel__udp_fini(struct net_shard *ns)
 static bool
 sqe_unsent(const struct udp_send *d)
 {
-	const struct io_uring_sq *sq = &keel_shard_ring_get()->sq;
+	const struct io_uring_sq *sq = &d->ns->ring->sq;
 
 	return sq->sqe_tail - 1 - d->sqe_pos < sq->sqe_tail - sq->sqe_head;
 }
@@ -580,7 +580,9 @@ gso_join(struct keel_udp *u, struct udp_send *d, struct keel_slice *s,
 		g = ns->udp_gso_free;
 		if (g)
 			ns->udp_gso_free = g->next_free;
-		else if (!(g = malloc(sizeof(*g))))
+		else if ((g = malloc(sizeof(*g))))
+			ns->st.udp_gso_batches++;
+		else
 			return false;
 		g->n = 1;
 		g->closed = false;
@@ -646,7 +648,7 @@ udp_send_one(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_sto
 		ns->st.sends++;
 	}
 	keel_sqe_bind(sqe, &d->op);
-	d->sqe_pos = keel_shard_ring_get()->sq.sqe_tail - 1;
+	d->sqe_pos = ns->ring->sq.sqe_tail - 1;
 	memset(s, 0, sizeof(*s));
 	u->ops_n++;
 	keel__net_ref(ns);

@@ -86,10 +86,11 @@ net_print(const struct app *a, unsigned shards)
 		if (n->udp_gso_sends || n->udp_gso_fallbacks)
 			fprintf(stderr,
 				"shard %u net: UDP: %llu sendmsgs carried %llu datagrams (UDP_SEGMENT), "
-				"%llu refused and sent one by one\n",
+				"%llu refused and sent one by one, %llu batch states\n",
 				i, (unsigned long long)n->udp_gso_sends,
 				(unsigned long long)n->udp_gso_datagrams,
-				(unsigned long long)n->udp_gso_fallbacks);
+				(unsigned long long)n->udp_gso_fallbacks,
+				(unsigned long long)n->udp_gso_batches);
 	}
 }
 

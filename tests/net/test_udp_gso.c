@@ -252,6 +252,12 @@ Test(net_udp_gso, size_destination_and_limits_start_another_sendmsg)
 	cr_assert_eq(st.sends - prev.sends, 2);
 	cr_assert_eq(st.udp_gso_datagrams - prev.udp_gso_datagrams, 2);
 	cr_assert_eq(st.udp_gso_fallbacks, 0);
+	/* Six batched sendmsgs, at most three (4 + 4 + 2) in flight at once: the batch states
+	 * come back to the pool with their completions. */
+	cr_assert_eq(st.udp_gso_sends, 6);
+	cr_assert_leq(st.udp_gso_batches, 3, "%llu batch states for %llu batched sendmsgs",
+		      (unsigned long long)st.udp_gso_batches, (unsigned long long)st.udp_gso_sends);
+	cr_assert_geq(st.udp_gso_batches, 1);
 	gso_run_stop(&t);
 }
 

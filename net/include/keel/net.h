@@ -505,6 +505,9 @@ struct keel_net_stats {
 	uint64_t udp_gso_datagrams; /* ... the datagrams they carried */
 	uint64_t udp_gso_fallbacks; /* ... that failed (EIO, EINVAL, EMSGSIZE) and were sent
 				       again one by one (the endpoint then sends so) */
+	uint64_t udp_gso_batches;   /* batch states allocated for them (pooled, about 2.5 KiB
+				       each from malloc, not --memory: grows with the most such
+				       sendmsgs in flight at once, not with the sends) */
 	uint64_t name_reads;        /* getpeername/getsockname calls for accepted and connected
 				       connections' addresses (keel_conn_peer_addr) */
 
