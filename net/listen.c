@@ -203,10 +203,10 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 	l->max_conns = o->max_conns;
 	l->no_addrs = o->no_addrs;
 	if (o->net) {
-		if (keel__net_config_check(o->net) < 0) {
-			keel_log(KEEL_LOG_ERROR, NET_MOD,
-				 "keel_listen_opts.net is not a valid configuration (see "
-				 "keel_net_config_set)");
+		char why[160];
+
+		if (keel_net_config_check(o->net, why, sizeof(why)) < 0) {
+			keel_log(KEEL_LOG_ERROR, NET_MOD, "keel_listen_opts.net: %s", why);
 			r = -EINVAL;
 			goto err;
 		}

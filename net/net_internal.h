@@ -114,8 +114,6 @@ struct net_shard {
 int keel__net_shard_get(struct net_shard **out);
 /* The same; when the state is made now, with @cfg (NULL: the process default). */
 int keel__net_shard_get_cfg(const struct keel_net_config *cfg, struct net_shard **out);
-/* 0, or -EINVAL for a configuration keel_net_config_set() would refuse. */
-int keel__net_config_check(const struct keel_net_config *c);
 /* The fields the shard's state is made with (buffer rings, file table) are equal. */
 bool keel__net_config_shard_equal(const struct keel_net_config *a, const struct keel_net_config *b);
 struct net_shard *keel__net_shard_cur(void);

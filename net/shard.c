@@ -54,24 +54,6 @@ keel_net_config_init(struct keel_net_config *c)
 	*c = d;
 }
 
-int
-keel__net_config_check(const struct keel_net_config *c)
-{
-	if (!c || !c->buf_count || c->buf_count > 32768 || (c->buf_count & (c->buf_count - 1)) ||
-	    !c->buf_size || c->buf_size > (1u << 20) || c->low_watermark > c->high_watermark ||
-	    !c->max_files || !c->udp_buf_count || c->udp_buf_count > 32768 ||
-	    (c->udp_buf_count & (c->udp_buf_count - 1)) || !c->udp_buf_size ||
-	    c->udp_buf_size > 65536 || c->udp_gso_segs > KEEL_UDP_GSO_MAX)
-		return -EINVAL;
-	/* A bulk_buf_size not above buf_size is no bulk ring: a ring of buffers no larger than
-	 * the first ring's has nothing to give (so --buf-size 65536 needs no other change). */
-	if (c->bulk_buf_size > (1u << 20) ||
-	    (c->bulk_buf_size > c->buf_size && (!c->bulk_buf_count || c->bulk_buf_count > 32768 ||
-						(c->bulk_buf_count & (c->bulk_buf_count - 1)))))
-		return -EINVAL;
-	return 0;
-}
-
 bool
 keel__net_config_shard_equal(const struct keel_net_config *a, const struct keel_net_config *b)
 {
@@ -85,7 +67,7 @@ keel__net_config_shard_equal(const struct keel_net_config *a, const struct keel_
 int
 keel_net_config_set(const struct keel_net_config *c)
 {
-	if (keel__net_config_check(c) < 0)
+	if (keel_net_config_check(c, NULL, 0) < 0)
 		return -EINVAL;
 	g_cfg = *c;
 	return 0;
@@ -107,7 +89,7 @@ keel_net_shard_init(const struct keel_net_config *c)
 {
 	struct net_shard *ns;
 
-	if (keel__net_config_check(c) < 0)
+	if (keel_net_config_check(c, NULL, 0) < 0)
 		return -EINVAL;
 	if (!keel_this_shard())
 		return -EPERM;

@@ -14,38 +14,16 @@
 #include "forward.h"
 
 static const char usage[] =
-	"usage: keel-echo --port P [--addr A] [--udp] [--steer cpu|queue|hash] [--zc-threshold N]\n"
-	"                 [--forward] [--buf-count N] [--buf-size N] [--bulk-buf-count N]\n"
-	"                 [--bulk-buf-size N] [--udp-buf-count N] [--udp-buf-size N]\n"
-	"                 [--udp-gso-segs N] [--max-conns N] [--header-timeout-ms N]\n"
-	"                 [--header-bytes B] [--idle-timeout-ms N] [--send-max BYTES]\n"
-	"                 [--shard-send-max BYTES] [--max-files N] [--caps] [runtime options]\n"
+	"usage: keel-echo --port P [--addr A] [--udp] [--steer cpu|queue|hash] [--forward]\n"
+	"                 [--max-conns N] [--caps] [network options] [runtime options]\n"
 	"Echo TCP (or UDP) on every shard; SIGINT/SIGTERM stop it.\n"
 	"--forward: TCP, length-prefixed frames (a 32-bit big-endian length, then the bytes, as\n"
 	"           keel-bench sends them); each frame goes to the next shard and back, without\n"
-	"           copying, before it is echoed (docs/net.md).\n"
-	"--buf-count N, --buf-size N: receive buffers per shard ring (a power of two, default\n"
-	"           256) and their size (default 16384); frames held away pin buffers, so size\n"
-	"           the ring for the bytes in flight (keep it within --memory).\n"
-	"--bulk-buf-count N, --bulk-buf-size N: the bulk ring, which a connection uses once a\n"
-	"           receive fills two --buf-size buffers (one without bundles): its count (a\n"
-	"           power of two, default 64) and size (default 65536; 0 or not above\n"
-	"           --buf-size: no bulk ring; docs/net.md)\n"
-	"--udp-buf-count N: UDP receive buffers per shard, a power of two (default 256)\n"
-	"--udp-buf-size N: largest UDP datagram received whole, bytes (default 65536)\n"
-	"--udp-gso-segs N: UDP datagrams of one size sent to one destination in one pass share\n"
-	"           a sendmsg (UDP_SEGMENT), up to N (default 64, the most; 0 or 1: one\n"
-	"           sendmsg each; docs/net.md)\n"
+	"           copying, before it is echoed (docs/net.md). Frames held away pin receive\n"
+	"           buffers: size the ring (--buf-count, --buf-size) for the bytes in flight.\n"
 	"--max-conns N: connections per shard; those beyond are accepted and closed at once\n"
 	"           (counted as over_limit; default 0, no limit)\n"
-	"--header-timeout-ms N [--header-bytes B]: close a connection that has not sent B bytes\n"
-	"           (default 1) within N ms of its accept (slowloris; default 0, off)\n"
-	"--idle-timeout-ms N: close a connection with no traffic for N ms (default 0, off)\n"
-	"--send-max BYTES, --shard-send-max BYTES: queued send bytes per connection and per\n"
-	"           shard; a connection that would pass either is closed (0: no limit;\n"
-	"           defaults 64 MiB and 1 GiB; docs/reliability.md)\n"
-	"--max-files N: direct-descriptor slots per shard, the most connections a shard can\n"
-	"           hold (default 4096; at most ulimit -n)\n";
+	"--caps: print what the kernel and liburing support, and exit\n";
 
 struct app {
 	const char *addr;
@@ -183,8 +161,8 @@ main(int argc, char **argv)
 	keel_jemalloc_enable();
 #endif
 	keel_opts_init(&o);
-	keel_opts_parse_or_exit(&o, &argc, argv, usage);
 	keel_net_config_init(&nc);
+	keel_net_opts_parse_or_exit(&o, &nc, &argc, argv, usage);
 	memset(&lo, 0, sizeof(lo));
 	for (int i = 1; i < argc; i++) {
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -212,105 +190,12 @@ main(int argc, char **argv)
 			if (!v || keel_steer_parse(v, &lo.steer) < 0)
 				die("--steer expects cpu, queue or hash, got ", v ? v : "nothing");
 			i++;
-		} else if (!strcmp(argv[i], "--buf-count") || !strcmp(argv[i], "--buf-size")) {
-			long t;
-			if (!v)
-				die("missing value for ", argv[i]);
-			t = strtol(v, &end, 10);
-			if (*end || t <= 0 || t > (1L << 20))
-				die("--buf-count and --buf-size expect 1..1048576, got ", v);
-			if (argv[i][6] == 'c')
-				nc.buf_count = (uint32_t)t;
-			else
-				nc.buf_size = (uint32_t)t;
-			i++;
-		} else if (!strcmp(argv[i], "--bulk-buf-count") ||
-			   !strcmp(argv[i], "--bulk-buf-size")) {
-			long t;
-			if (!v)
-				die("missing value for ", argv[i]);
-			t = strtol(v, &end, 10);
-			if (*end || t < 0 || t > (1L << 20))
-				die("--bulk-buf-count and --bulk-buf-size expect 0..1048576, got ",
-				    v);
-			if (argv[i][11] == 'c')
-				nc.bulk_buf_count = (uint32_t)t;
-			else
-				nc.bulk_buf_size = (uint32_t)t;
-			i++;
-		} else if (!strcmp(argv[i], "--zc-threshold")) {
-			long t;
-			if (!v)
-				die("missing value for ", "--zc-threshold");
-			t = strtol(v, &end, 10);
-			if (*end || t < 0 || t > (1L << 30))
-				die("--zc-threshold expects a byte count, got ", v);
-			nc.zc_threshold = (uint32_t)t;
-			i++;
 		} else if (!strcmp(argv[i], "--max-conns")) {
 			long m = v ? strtol(v, &end, 10) : -1;
 			if (!v || *end || m < 0 || m > (1L << 24))
 				die("--max-conns expects a count from 0 (no limit) to 16777216, got ",
 				    v ? v : "nothing");
 			lo.max_conns = (uint32_t)m;
-			i++;
-		} else if (!strcmp(argv[i], "--header-timeout-ms") ||
-			   !strcmp(argv[i], "--idle-timeout-ms")) {
-			long long t = v ? strtoll(v, &end, 10) : -1;
-			if (!v || *end || t < 0 || t > 86400000LL)
-				die("--header-timeout-ms and --idle-timeout-ms expect milliseconds "
-				    "from 0 (off) to 86400000, got ",
-				    v ? v : "nothing");
-			if (argv[i][2] == 'h')
-				nc.header_timeout_ns = KEEL_MS(t);
-			else
-				nc.idle_timeout_ns = KEEL_MS(t);
-			i++;
-		} else if (!strcmp(argv[i], "--max-files")) {
-			long m = v ? strtol(v, &end, 10) : 0;
-			if (!v || *end || m < 1 || m > (1L << 20))
-				die("--max-files expects a count from 1 to 1048576, got ",
-				    v ? v : "nothing");
-			nc.max_files = (uint32_t)m;
-			i++;
-		} else if (!strcmp(argv[i], "--header-bytes")) {
-			long b = v ? strtol(v, &end, 10) : 0;
-			if (!v || *end || b < 1 || b > (1L << 20))
-				die("--header-bytes expects a byte count from 1 to 1048576, got ",
-				    v ? v : "nothing");
-			nc.header_bytes = (uint32_t)b;
-			i++;
-		} else if (!strcmp(argv[i], "--send-max") || !strcmp(argv[i], "--shard-send-max")) {
-			long long b = v ? strtoll(v, &end, 10) : -1;
-			if (!v || *end || b < 0)
-				die("--send-max and --shard-send-max expect a byte count (0: no "
-				    "limit), got ",
-				    v ? v : "nothing");
-			if (argv[i][2] == 's' && argv[i][3] == 'e')
-				nc.send_max = (uint64_t)b;
-			else
-				nc.shard_send_max = (uint64_t)b;
-			i++;
-		} else if (!strcmp(argv[i], "--udp-buf-count")) {
-			long c = v ? strtol(v, &end, 10) : 0;
-			if (!v || *end || c < 1 || c > 32768 || (c & (c - 1)))
-				die("--udp-buf-count expects a power of two from 1 to 32768, got ",
-				    v ? v : "nothing");
-			nc.udp_buf_count = (uint32_t)c;
-			i++;
-		} else if (!strcmp(argv[i], "--udp-buf-size")) {
-			long b = v ? strtol(v, &end, 10) : 0;
-			if (!v || *end || b < 1 || b > 65536)
-				die("--udp-buf-size expects a byte count from 1 to 65536, got ",
-				    v ? v : "nothing");
-			nc.udp_buf_size = (uint32_t)b;
-			i++;
-		} else if (!strcmp(argv[i], "--udp-gso-segs")) {
-			long n = v ? strtol(v, &end, 10) : -1;
-			if (!v || *end || n < 0 || n > KEEL_UDP_GSO_MAX)
-				die("--udp-gso-segs expects a count from 0 to 64, got ",
-				    v ? v : "nothing");
-			nc.udp_gso_segs = (uint32_t)n;
 			i++;
 		} else {
 			die("unknown option ", argv[i]);
@@ -324,10 +209,8 @@ main(int argc, char **argv)
 		die("missing ", "--port");
 	if (a.forward && a.udp)
 		die("--forward frames TCP streams: drop --udp or --forward", NULL);
-	if (keel_net_config_set(&nc) < 0)
-		die("--buf-count and --bulk-buf-count must be powers of two up to 32768, --buf-size at "
-		    "most 1 MiB, --bulk-buf-size 0 or above --buf-size and at most 1 MiB",
-		    NULL);
+	if (keel_net_config_set(&nc) < 0) /* keel_net_opts_parse checked it */
+		die("keel_net_config_set refused the network options", NULL);
 	r = keel_runtime_create(&o, &rt);
 	if (r < 0)
 		return 1;

@@ -20,57 +20,26 @@
 static const char usage[] =
 	"usage: keel-kv [--port P] [--addr A] [--maxmemory BYTES] [--timeout SECONDS]\n"
 	"               [--proto-max-bulk-len BYTES] [--client-query-buffer-limit BYTES]\n"
-	"               [--handoff copy|export] [--buf-count N] [--buf-size N]\n"
-	"               [--bulk-buf-count N] [--bulk-buf-size N]\n"
-	"               [--appendonly yes|no] [--appendfsync always|everysec|no] [--dir DIR]\n"
-	"               [--header-timeout-ms MS] [--header-bytes N] [--idle-timeout-ms MS]\n"
-	"               [--send-max BYTES] [--shard-send-max BYTES] [runtime options]\n"
+	"               [--handoff copy|export] [--appendonly yes|no]\n"
+	"               [--appendfsync always|everysec|no] [--dir DIR]\n"
+	"               [network options] [runtime options]\n"
 	"A Redis-protocol key-value server, keys spread over the shards (docs/kv.md).\n"
 	"--port P: TCP port (default 6379; 0: an ephemeral one, printed at start)\n"
 	"--addr A: address to listen on (default 0.0.0.0)\n"
 	"--maxmemory BYTES: writes past this much key/value memory get -OOM (0: no limit;\n"
 	"           suffixes k kb m mb g gb)\n"
-	"--timeout SECONDS: close connections idle this long (0: never, the default)\n"
+	"--timeout SECONDS: close connections idle this long (0: never, the default; the\n"
+	"           network layer's --idle-timeout-ms aborts them instead, docs/kv.md)\n"
 	"--proto-max-bulk-len BYTES: the largest bulk string accepted (default 512mb); a\n"
 	"           longer one gets an error and the connection is closed\n"
 	"--client-query-buffer-limit BYTES: the largest request buffered (default 1gb)\n"
 	"--handoff copy|export: requests for another shard's keys travel copied (default)\n"
 	"           or as an export of the receive buffer (keel_slice_export)\n"
-	"--buf-count N, --buf-size N: receive buffers per shard (default 256 x 16384)\n"
-	"--bulk-buf-count N, --bulk-buf-size N: the bulk receive ring, which a connection\n"
-	"           uses once a receive fills two --buf-size buffers (default 64 x 65536;\n"
-	"           size 0 or not above --buf-size: none; docs/net.md)\n"
-	"--max-files N: direct-descriptor slots per shard, the most connections a shard can\n"
-	"           hold (default 4096; at most ulimit -n)\n"
 	"--appendonly yes|no: log every write to DIR/appendonly-<shard>.aof and replay the\n"
 	"           files at start (default no)\n"
 	"--appendfsync always|everysec|no: when the files reach the disk: before the reply,\n"
 	"           each second (the default), or when the kernel decides\n"
-	"--dir DIR: where the append-only files live (default .)\n"
-	"The network layer's limits (docs/reliability.md; a connection past one is aborted):\n"
-	"--header-timeout-ms MS: a connection that has not sent --header-bytes bytes (default\n"
-	"           1) this long after its accept (slowloris; default 0: off)\n"
-	"--idle-timeout-ms MS: a connection with nothing received and no send completed for\n"
-	"           this long (default 0: off; --timeout is keel-kv's own, see docs/kv.md)\n"
-	"--send-max BYTES: replies queued for one connection that does not read (default\n"
-	"           64mb; 0: no limit)\n"
-	"--shard-send-max BYTES: replies queued for all of a shard's connections (default\n"
-	"           1gb; 0: no limit)\n";
-
-/* "250" milliseconds as nanoseconds, for the network limits (0: off). */
-static int
-parse_ms(const char *s, uint64_t *ns)
-{
-	char *end;
-	long long v;
-
-	errno = 0;
-	v = strtoll(s, &end, 10);
-	if (errno || end == s || *end || v < 0 || v > 100000000000LL)
-		return -EINVAL;
-	*ns = KEEL_MS((uint64_t)v);
-	return 0;
-}
+	"--dir DIR: where the append-only files live (default .)\n";
 
 static void
 die(const char *msg, const char *opt)
@@ -203,8 +172,8 @@ main(int argc, char **argv)
 
 	kv_test_faults_init();
 	keel_opts_init(&o);
-	keel_opts_parse_or_exit(&o, &argc, argv, usage);
 	keel_net_config_init(&nc);
+	keel_net_opts_parse_or_exit(&o, &nc, &argc, argv, usage);
 	memset(&lo, 0, sizeof(lo));
 	for (int i = 1; i < argc; i += 2) { /* every option takes a value */
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -242,29 +211,6 @@ main(int argc, char **argv)
 				kv_cfg.handoff_export = true;
 			else
 				die("--handoff expects copy or export, got ", v);
-		} else if (!strcmp(argv[i], "--buf-count") || !strcmp(argv[i], "--buf-size")) {
-			long t = strtol(v, &end, 10);
-			if (*end || t <= 0 || t > (1L << 20))
-				die("--buf-count and --buf-size expect 1..1048576, got ", v);
-			if (argv[i][6] == 'c')
-				nc.buf_count = (uint32_t)t;
-			else
-				nc.buf_size = (uint32_t)t;
-		} else if (!strcmp(argv[i], "--bulk-buf-count") ||
-			   !strcmp(argv[i], "--bulk-buf-size")) {
-			long t = strtol(v, &end, 10);
-			if (*end || t < 0 || t > (1L << 20))
-				die("--bulk-buf-count and --bulk-buf-size expect 0..1048576, got ",
-				    v);
-			if (argv[i][11] == 'c')
-				nc.bulk_buf_count = (uint32_t)t;
-			else
-				nc.bulk_buf_size = (uint32_t)t;
-		} else if (!strcmp(argv[i], "--max-files")) {
-			long m = strtol(v, &end, 10);
-			if (*end || m < 1 || m > (1L << 20))
-				die("--max-files expects 1..1048576, got ", v);
-			nc.max_files = (uint32_t)m;
 		} else if (!strcmp(argv[i], "--appendonly")) {
 			if (strcmp(v, "yes") && strcmp(v, "no"))
 				die("--appendonly expects yes or no, got ", v);
@@ -280,35 +226,14 @@ main(int argc, char **argv)
 				die("--appendfsync expects always, everysec or no, got ", v);
 		} else if (!strcmp(argv[i], "--dir")) {
 			kv_cfg.dir = v;
-		} else if (!strcmp(argv[i], "--header-timeout-ms")) {
-			if (parse_ms(v, &nc.header_timeout_ns) < 0)
-				die("--header-timeout-ms expects milliseconds (0: off), got ", v);
-		} else if (!strcmp(argv[i], "--header-bytes")) {
-			long t = strtol(v, &end, 10);
-			if (*end || t < 1 || t > (1L << 30))
-				die("--header-bytes expects 1..1073741824, got ", v);
-			nc.header_bytes = (uint32_t)t;
-		} else if (!strcmp(argv[i], "--idle-timeout-ms")) {
-			if (parse_ms(v, &nc.idle_timeout_ns) < 0)
-				die("--idle-timeout-ms expects milliseconds (0: off), got ", v);
-		} else if (!strcmp(argv[i], "--send-max")) {
-			if (parse_bytes(v, &nc.send_max) < 0)
-				die("--send-max expects bytes (0: no limit; 64mb, 1gb, ...), got ",
-				    v);
-		} else if (!strcmp(argv[i], "--shard-send-max")) {
-			if (parse_bytes(v, &nc.shard_send_max) < 0)
-				die("--shard-send-max expects bytes (0: no limit; 1gb, ...), got ",
-				    v);
 		} else {
 			die("unknown option ", argv[i]);
 		}
 	}
 	if (kv_cfg.query_max < kv_cfg.max_bulk + 1024)
 		kv_cfg.query_max = kv_cfg.max_bulk + 1024;
-	if (keel_net_config_set(&nc) < 0)
-		die("--buf-count and --bulk-buf-count must be powers of two up to 32768, --buf-size "
-		    "and --bulk-buf-size at most 1 MiB",
-		    NULL);
+	if (keel_net_config_set(&nc) < 0) /* keel_net_opts_parse checked it */
+		die("keel_net_config_set refused the network options", NULL);
 	if (kv_aof_preload() < 0)
 		return 1;
 	clock_gettime(CLOCK_MONOTONIC, &ts);

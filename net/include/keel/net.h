@@ -25,6 +25,7 @@
 #include <netinet/in.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -33,6 +34,7 @@ struct keel_runtime;
 struct keel_shard;
 struct keel_listener;
 struct keel_udp;
+struct keel_opts;
 
 /**
  * Default SEND_ZC threshold: UINT32_MAX, i.e. plain send for every size. Measured on
@@ -145,6 +147,46 @@ KEEL_API void keel_net_config_init(struct keel_net_config *c);
  * Context: any thread, before the runtime's shards use the network.
  */
 KEEL_API int keel_net_config_set(const struct keel_net_config *c);
+
+/**
+ * Check @c as keel_net_config_set(), keel_net_shard_init() and a listener's own
+ * configuration are checked, saying why it fails.
+ * Returns: 0, or -EINVAL with a one-line message in @err (may be NULL) naming the first
+ * field out of range, its command-line option and the values it takes.
+ * Context: any thread.
+ */
+KEEL_API int keel_net_config_check(const struct keel_net_config *c, char *err, size_t errlen);
+
+/**
+ * Parse the network options in argv into @c, which holds the defaults
+ * (keel_net_config_init()) or the caller's own values first: --buf-count, --buf-size,
+ * --bulk-buf-count, --bulk-buf-size, --udp-buf-count, --udp-buf-size, --udp-gso-segs,
+ * --zc-threshold, --max-files, --header-timeout-ms, --header-bytes, --idle-timeout-ms,
+ * --send-max and --shard-send-max (keel_net_opts_help() lists them with their meaning).
+ * As keel_opts_parse(): "--opt value" and "--opt=value"; the options it takes are removed
+ * from argv and *argc updated, the others left in order for the application; "--" ends
+ * them. Byte counts take a k, m or g suffix (kb, mb, gb too; powers of 1024); timeouts are
+ * milliseconds, 0 for off. The whole configuration is then checked
+ * (keel_net_config_check()), so a call that returns 0 leaves @c ready for
+ * keel_net_config_set().
+ * Returns: 0, or -EINVAL with a one-line message in @err (may be NULL) naming the option
+ * and what it expects; argv is then partly rearranged.
+ * Context: any thread.
+ */
+KEEL_API int keel_net_opts_parse(struct keel_net_config *c, int *argc, char **argv, char *err,
+				 size_t errlen);
+
+/** Write the options keel_net_opts_parse() takes, one a line, to @f. */
+KEEL_API void keel_net_opts_help(FILE *f);
+
+/**
+ * Program helper: keel_opts_parse() into @o, then keel_net_opts_parse() into @c. On an
+ * error print "PROG: MESSAGE" to stderr and exit with status 2; on --help print @usage (may
+ * be NULL), the network options and the runtime options to stdout and exit 0. What is left
+ * in argv is the application's.
+ */
+KEEL_API void keel_net_opts_parse_or_exit(struct keel_opts *o, struct keel_net_config *c, int *argc,
+					  char **argv, const char *usage);
 
 /**
  * Make this shard's network state with @c instead of the process default: call it in the
