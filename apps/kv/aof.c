@@ -155,6 +155,16 @@ unlink_file(const char *path) /* at start: a file of a shard this run does not h
 }
 
 static int
+commit_rename(const char *site, const char *from, const char *to)
+{
+	if (kv_test_fault(site)) {
+		errno = EIO;
+		return -1;
+	}
+	return rename(from, to);
+}
+
+static int
 stop_datasync(int fd)
 {
 	if (kv_test_fault("stop-sync")) {
@@ -400,7 +410,7 @@ commit_begin(int dir_fd, unsigned n)
 	if (r == 0 && fsync(fd) < 0)
 		r = -errno;
 	close(fd);
-	if (r == 0 && rename(tmp, path) < 0)
+	if (r == 0 && commit_rename("commit-marker", tmp, path) < 0)
 		r = -errno;
 	if (r == 0 && fsync(dir_fd) < 0)
 		r = -errno;
@@ -415,7 +425,9 @@ dir_synced(int dir_fd, char *what, size_t wlen)
 {
 	int r;
 
-	if (fsync(dir_fd) == 0)
+	if (kv_test_fault("commit-dirsync"))
+		errno = EIO;
+	else if (fsync(dir_fd) == 0)
 		return 0;
 	r = -errno;
 	snprintf(what, wlen, "%s", kv_cfg.dir);
@@ -436,7 +448,7 @@ commit_finish(int dir_fd, unsigned n, char *what, size_t wlen)
 	for (unsigned i = 0; i < n; i++) {
 		path_of(from, sizeof(from), i, ".new");
 		path_of(to, sizeof(to), i, "");
-		if (rename(from, to) < 0 && errno != ENOENT) {
+		if (commit_rename("commit-rename", from, to) < 0 && errno != ENOENT) {
 			r = -errno;
 			snprintf(what, wlen, "%s", from);
 			return r;

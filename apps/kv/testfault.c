@@ -21,7 +21,9 @@ kv_test_faults_init(void)
 #include <string.h>
 
 /* The sites, and what the spec says of each (indexed alike). */
-static const char *const known[] = { "record-oom", "ftruncate", "stop-sync", "start-unlink" };
+static const char *const known[] = { "record-oom",    "ftruncate",     "stop-sync",
+				     "start-unlink",  "commit-marker", "commit-rename",
+				     "commit-dirsync" };
 #define NSITES (sizeof(known) / sizeof(known[0]))
 static struct site {
 	bool set;
@@ -72,7 +74,8 @@ parse_site(const char *env, const char *p, size_t len)
 	struct site *s;
 
 	if (k == NSITES)
-		bad_spec(env, "a site is one of record-oom, ftruncate, stop-sync, start-unlink");
+		bad_spec(env, "a site is one of record-oom, ftruncate, stop-sync, start-unlink, "
+			      "commit-marker, commit-rename, commit-dirsync");
 	s = &sites[k];
 	if (s->set)
 		bad_spec(env, "a site named twice");

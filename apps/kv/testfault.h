@@ -12,6 +12,9 @@
  *   ftruncate    the append-only file's truncation for FLUSHALL (EIO)
  *   stop-sync    the fdatasync of the append-only file at stop (EIO)
  *   start-unlink the removal of a file of a shard this run does not have, at start (EIO)
+ *   commit-marker  the rename that makes the start's commit marker durable (EIO)
+ *   commit-rename  a rename of a shard's new file over its name in the start's commit (EIO)
+ *   commit-dirsync an fsync of --dir in the start commit's finish (EIO)
  */
 #ifndef KEEL_KV_TESTFAULT_H
 #define KEEL_KV_TESTFAULT_H

@@ -895,24 +895,17 @@ Test(faults_kv, aof_failed_sync_at_stop_is_reported)
 	aof1_check_and_clean(dir, 200, acked);
 }
 
-/* At start, the removal of the file of a shard this run does not have fails (3 shards
- * before, 2 now): the start stops with a line naming the file, rather than serve while a
- * later start could replay that file's records over newer ones. The next start completes
- * the switch and keeps every acknowledged SET. */
-Test(faults_kv, aof_start_stops_on_a_failed_removal_and_the_next_start_completes)
+/* keel-kv on @shards shards, --appendonly yes on @dir, with KEEL_KV_TEST_FAULTS=@spec: it
+ * must stop at start with status 1, never listening and without a leak, and a line that
+ * holds @says and the injected error. */
+static void
+start_fails(const char *spec, const char *shards, const char *dir, const char *says)
 {
-	char dir[] = "/tmp/keel-kv-aof-unlink-XXXXXX", err[8192], extra[4200];
-	bool acked[300] = { false };
+	char err[8192];
 	uint64_t dl;
 	size_t got = 0;
-	struct proc p;
 	int pfd[2], st;
 	pid_t pid;
-
-	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
-	kvf_start(&p, "", "3", "always", dir);
-	cr_assert_eq(aof_sets(p.port, 300, acked), 0);
-	proc_stop(&p);
 
 	cr_assert_eq(pipe(pfd), 0);
 	pid = fork();
@@ -921,9 +914,9 @@ Test(faults_kv, aof_start_stops_on_a_failed_removal_and_the_next_start_completes
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		dup2(pfd[1], 2);
 		close(pfd[0]);
-		setenv("KEEL_KV_TEST_FAULTS", "start-unlink", 1);
+		setenv("KEEL_KV_TEST_FAULTS", spec, 1);
 		execl(KEEL_KV_BIN, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards",
-		      "2", "--idle-poll-us", "0", "--appendonly", "yes", "--dir", dir,
+		      shards, "--idle-poll-us", "0", "--appendonly", "yes", "--dir", dir,
 		      (char *)NULL);
 		_exit(127);
 	}
@@ -944,14 +937,32 @@ Test(faults_kv, aof_start_stops_on_a_failed_removal_and_the_next_start_completes
 		got += (size_t)k;
 	err[got] = 0;
 	close(pfd[0]);
-	cr_assert_neq(st, -1, "keel-kv did not stop after the failed removal: %s", err);
-	cr_assert(!strstr(err, "listening"), "keel-kv served after the failed removal: %s", err);
-	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "status 0x%x: %s", st, err);
+	cr_assert_neq(st, -1, "%s: keel-kv did not stop: %s", spec, err);
+	cr_assert(!strstr(err, "listening"), "%s: keel-kv served: %s", spec, err);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "%s: status 0x%x: %s", spec, st, err);
 	/* ASan exits 1 on a leak too: the failed shard must have freed its loaded table. */
-	cr_assert(!strstr(err, "LeakSanitizer"), "%s", err);
+	cr_assert(!strstr(err, "LeakSanitizer"), "%s: %s", spec, err);
+	cr_assert(strstr(err, says) && strstr(err, "Input/output error"),
+		  "%s: no line naming %s: %s", spec, says, err);
+}
+
+/* At start, the removal of the file of a shard this run does not have fails (3 shards
+ * before, 2 now): the start stops with a line naming the file, rather than serve while a
+ * later start could replay that file's records over newer ones. The next start completes
+ * the switch and keeps every acknowledged SET. */
+Test(faults_kv, aof_start_stops_on_a_failed_removal_and_the_next_start_completes)
+{
+	char dir[] = "/tmp/keel-kv-aof-unlink-XXXXXX", extra[4200];
+	bool acked[300] = { false };
+	struct proc p;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	kvf_start(&p, "", "3", "always", dir);
+	cr_assert_eq(aof_sets(p.port, 300, acked), 0);
+	proc_stop(&p);
+
 	snprintf(extra, sizeof(extra), "%s/appendonly-2.aof (a shard this run does not have)", dir);
-	cr_assert(strstr(err, extra) && strstr(err, "Input/output error"), "no line naming %s: %s",
-		  extra, err);
+	start_fails("start-unlink", "2", dir, extra);
 
 	aof_restart(&p, "2", dir);
 	aof_check(p.port, 300, acked);
@@ -959,4 +970,45 @@ Test(faults_kv, aof_start_stops_on_a_failed_removal_and_the_next_start_completes
 	snprintf(extra, sizeof(extra), "%s/appendonly-2.aof", dir);
 	cr_assert_eq(access(extra, F_OK), -1, "%s is still there after the next start", extra);
 	rm_dir(dir);
+}
+
+/* The start's commit (apps/kv/aof.c: the marker, the renames of the new files over their
+ * names, the directory syncs) failing at each of its steps: the start stops with a line
+ * naming what failed; the next start either keeps the old files (no marker) or completes
+ * the switch (a marker), and every acknowledged SET is there, and again after a third
+ * start that writes nothing. */
+Test(faults_kv, aof_start_commit_failing_at_each_step_loses_no_write)
+{
+	static const struct {
+		const char *spec, *says;
+	} steps[] = {
+		{ "commit-marker", "appendonly.commit" },
+		{ "commit-rename", "appendonly-0.aof.new" },
+		{ "commit-rename:after=1", "appendonly-1.aof.new" },
+		{ "commit-dirsync", "switching to this run's append-only files" },
+		{ "commit-dirsync:after=1", "switching to this run's append-only files" },
+	};
+
+	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+		char dir[] = "/tmp/keel-kv-aof-commit-XXXXXX", path[4200];
+		bool acked[200] = { false };
+		struct proc p;
+
+		cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+		kvf_start(&p, "", "2", "always", dir);
+		cr_assert_eq(aof_sets(p.port, 200, acked), 0);
+		proc_stop(&p);
+
+		start_fails(steps[i].spec, "2", dir, steps[i].says);
+
+		aof_restart(&p, "2", dir);
+		aof_check(p.port, 200, acked);
+		proc_stop(&p);
+		snprintf(path, sizeof(path), "%s/appendonly.commit", dir);
+		cr_assert_eq(access(path, F_OK), -1, "%s: %s is still there", steps[i].spec, path);
+		aof_restart(&p, "2", dir);
+		aof_check(p.port, 200, acked);
+		proc_stop(&p);
+		rm_dir(dir);
+	}
 }
