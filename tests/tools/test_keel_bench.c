@@ -319,6 +319,9 @@ Test(tools_bench, bad_options_exit_2_naming_them)
 		{ "serve --server-cpus 0", "--server-cpus" },
 		{ "udp --client-poll-us x", "--client-poll-us" },
 		{ "serve --backend keel --udp-gso", "--udp-gso-segs" },
+		{ "serve --backend epoll --buf-count 64", "--backend keel" },
+		{ "pingpong --backend epoll --bulk-buf-size 1m", "--client keel" },
+		{ "serve --buf-count 100", "buf_count (--buf-count) 100" },
 	};
 	char *out;
 

@@ -18,6 +18,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <keel/net.h>
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -96,6 +97,7 @@ static const char serve_usage[] =
 	"  --size N       report per-message figures for framed messages of N bytes\n"
 	"  --no-pin       do not pin the server threads\n"
 	"  --json         print the end report as JSON\n"
+	"  network options (below): keel's receive rings, UDP batching, limits (keel only)\n"
 	"Serves TCP and UDP (each datagram back to its sender) on the same port.\n\n";
 
 struct opts {
@@ -108,6 +110,7 @@ struct opts {
 	double seconds, warmup;
 	struct keel_cpuset server_cpus; /* --server-cpus */
 	bool has_server_cpus;
+	bool has_net; /* network options (keel_net_opts_parse): keel's server or client only */
 };
 
 static int
@@ -163,6 +166,7 @@ parse(struct opts *o, int argc, char **argv)
 #define OPT(name) ((m = bench_opt(argc, argv, &i, name, &v)) != 0)
 		if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
 			fputs(o->serve ? serve_usage : client_usage, stdout);
+			keel_net_opts_help(stdout);
 			keel_opts_help(stdout);
 			exit(0);
 		} else if (!strcmp(a, "--json")) {
@@ -273,10 +277,16 @@ parse(struct opts *o, int argc, char **argv)
 			   NULL);
 	if (c->gather_fixed && !c->gather_us)
 		return bad(o, "--gather-fixed", "needs --gather-us N (N > 0)", NULL);
+	if (o->has_net && o->be != &bench_backend_keel &&
+	    (o->serve || (o->client ? o->client : o->be) != &bench_backend_keel))
+		return bad(o, "network options (--buf-count, --bulk-buf-size, ...)",
+			   "keel's network layer's (keel_net_opts_parse): give them with --backend "
+			   "keel or --client keel",
+			   NULL);
 	if (c->udp_gso && o->be != &bench_backend_epoll)
 		return bad(o, "--udp-gso",
 			   "the epoll server's option (keel batches its UDP sends itself; "
-			   "keel-echo --udp-gso-segs 1 turns that off)",
+			   "--udp-gso-segs 1 turns that off)",
 			   NULL);
 	if (o->has_gather && !o->serve && o->has_port)
 		return bad(o, o->cfg.gather_fixed ? "--gather-fixed" : "--gather-us",
@@ -1039,8 +1049,21 @@ bench_net(int argc, char **argv)
 	}
 	if (rc == 1) {
 		fputs(o.serve ? serve_usage : client_usage, stdout);
+		keel_net_opts_help(stdout);
 		keel_opts_help(stdout);
 		return 0;
+	}
+	{
+		struct keel_net_config nc;
+		int n = argc;
+
+		keel_net_config_init(&nc);
+		if (keel_net_opts_parse(&nc, &argc, argv, err, sizeof(err)) < 0 ||
+		    keel_net_config_set(&nc) < 0) {
+			fprintf(stderr, "keel-bench %s: %s\n", o.prog, err);
+			return 2;
+		}
+		o.has_net = argc != n;
 	}
 	if (o.rt.shards_given)
 		o.cfg.shards = o.rt.shards;
