@@ -75,7 +75,6 @@ struct net_lim {
 struct net_shard {
 	unsigned id;
 	int cpu;
-	struct io_uring *ring; /* the shard's ring (keel_shard_ring_get), kept for the send paths */
 	struct keel_net_config cfg;
 	bool stopping;
 	bool files; /* sparse file table registered (direct descriptors) */
@@ -108,6 +107,7 @@ struct net_shard {
 	struct net_lim *lim_head;     /* limits.c: connections with a timeout */
 	struct keel_timer *lim_timer; /* ... their sweep, running while the list is not empty */
 	uint64_t lim_period;          /* ... its period */
+	struct io_uring *ring;        /* the shard's ring (keel_shard_ring_get), for UDP sends */
 };
 
 /* shard.c */
