@@ -373,7 +373,7 @@ fi
 # summary.tsv: per row, policy and server: median/min/max of the metric, medians of the rest,
 # client-bound reps; per row and policy the per-rep keel/epoll ratios (median, min, max).
 sum=$out/summary.tsv
-awk -F'\t' -v OFS='\t' '
+summary_prog='
 function med(a, n,   i, j, t) {
 	for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
 	return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
@@ -395,7 +395,7 @@ NR == 1 { next }
 END {
 	print "row", "mode", "size", "inflight", "conns", "threads", "policy", "server", "n", "median", "min", "max", \
 		"p50_us", "p99_us", "server_cpu_ns_per_msg", "server_cores", "client_cores_used", "client_bound_reps", \
-		"lost", "ratio_median", "ratio_min", "ratio_max", "server_cpus_ns_per_msg"
+		"lost", "ratio_median", "ratio_min", "ratio_max", "server_cpus_ns_per_msg", "p_rate", "p_cpu"
 	for (o = 1; o <= nk; o++) {
 		k = order[o]; split(k, kk, SUBSEP); c = n[k]
 		delete a; for (i = 1; i <= c; i++) a[i] = m[k, i]; md = med(a, c); lo = a[1]; hi = a[c]
@@ -415,10 +415,25 @@ END {
 					a[++nr] = byrep[kk[1], kk[2], "keel", r] / byrep[kk[1], kk[2], "epoll", r]
 			if (nr) { rm = med(a, nr); rl = a[1]; rh = a[nr] }
 		}
+		# keel against epoll, rank-sum test over the repetitions (ranksum.awk): the rate
+		# and the server CPU per message (on the keel line)
+		prate = pcpu = "-"
+		ke = kk[1] SUBSEP kk[2] SUBSEP "epoll"
+		if (kk[3] == "keel" && (ke in n)) {
+			delete x; delete y; for (i = 1; i <= c; i++) x[i] = m[k, i]; for (i = 1; i <= n[ke]; i++) y[i] = m[ke, i]
+			prate = ranksum_p(x, c, y, n[ke])
+			delete x; delete y; nx = ny = 0
+			for (i = 1; i <= c; i++) if (cpu[k, i] != "null" && cpu[k, i] > 0) x[++nx] = cpu[k, i]
+			for (i = 1; i <= n[ke]; i++) if (cpu[ke, i] != "null" && cpu[ke, i] > 0) y[++ny] = cpu[ke, i]
+			pcpu = ranksum_p(x, nx, y, ny)
+			if (prate < 0) prate = "-"
+			if (pcpu < 0) pcpu = "-"
+		}
 		print kk[1], info[k], kk[2], kk[3], c, md, lo, hi, (mp50 < 0 ? "null" : mp50), (mp99 < 0 ? "null" : mp99), \
-			mcpu, msc, mcc, cb[k], lost[k], rm, rl, rh, (mbcpu < 0 ? "null" : mbcpu)
+			mcpu, msc, mcc, cb[k], lost[k], rm, rl, rh, (mbcpu < 0 ? "null" : mbcpu), prate, pcpu
 	}
-}' "$tsv" >"$sum"
+}'
+awk -F'\t' -v OFS='\t' -f "$root/tools/bench/ranksum.awk" -f <(printf '%s\n' "$summary_prog") "$tsv" >"$sum"
 
 # compare.md
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
@@ -463,11 +478,21 @@ client_desc="keel-bench MODE --client $client --port P --server-pid PID"
 	echo "- **client-bound**: the client used >= 0.9 of each of its cores in some repetition; there the throughput"
 	echo "  compares the client, and the server CPU per message is the figure that counts"
 	echo "- p50/p99: round-trip latency in µs (loaded latency with many in flight)"
+	echo "- shown (p): whether keel's repetitions differ from epoll's by more than their spread explains, for the"
+	echo "  rate and for server CPU per message: the exact two-sided Wilcoxon rank-sum test (tools/bench/ranksum.awk),"
+	echo "  shown at p < 0.05. \"not shown\" is a row within its noise, neither lead nor loss; the median ratio is"
+	echo "  still the figure. With $reps repetitions a side the smallest possible p is $(awk -v n="$reps" \
+		'BEGIN { c = 1; for (i = 1; i <= n; i++) c = c * (n + i) / i; printf "%.4f", 2 / c }')"
 } >"$md"
 awk -F'\t' -v pols="${pols[*]}" -v spin="$spin" '
 function fmtv(v, mode) { if (v == "null" || v == "-" || v == "") return "-"; return (mode == "stream") ? sprintf("%.3f", v) : sprintf("%.0f", v) }
 function f1(v) { return (v == "null" || v == "-" || v == "") ? "-" : sprintf("%.1f", v) }
 function f2(v) { return (v == "null" || v == "-" || v == "") ? "-" : sprintf("%.2f", v) }
+function shown(p, a, b, more, less) {
+	if (p == "-" || p == "" || a == "null" || b == "null") return "-"
+	if (p + 0 >= 0.05) return sprintf("not shown (p %.2f)", p)
+	return sprintf("keel %s (p %.3f)", (a + 0 > b + 0) ? more : less, p)
+}
 function unit(mode) { return mode == "stream" ? "Gb/s" : mode == "pingpong" ? "round trips/s" : mode == "udp" ? "datagrams/s" : "msgs/s" }
 NR == 1 { next }
 {
@@ -481,8 +506,8 @@ END {
 		print ""
 		print "## policy: " pol (pol == "block" ? " (both servers block in the kernel when idle)" : " (both servers poll " spin " us before blocking)")
 		print ""
-		print "| row | mode | size | inflight | conns | client threads | unit | keel median (min-max) | epoll median (min-max) | keel/epoll (min-max) | p50 µs keel / epoll | p99 µs keel / epoll | server CPU ns/msg keel / epoll | server CPUs busy ns/msg keel / epoll | server cores keel / epoll | client cores used keel / epoll | flags |"
-		print "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+		print "| row | mode | size | inflight | conns | client threads | unit | keel median (min-max) | epoll median (min-max) | keel/epoll (min-max) | p50 µs keel / epoll | p99 µs keel / epoll | server CPU ns/msg keel / epoll | server CPUs busy ns/msg keel / epoll | server cores keel / epoll | client cores used keel / epoll | shown (p): rate; server CPU | flags |"
+		print "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 		for (r = 1; r <= nr; r++) {
 			kk = rows[r] SUBSEP pol SUBSEP "keel"; ke = rows[r] SUBSEP pol SUBSEP "epoll"
 			if (!(kk in have) && !(ke in have)) continue
@@ -494,12 +519,14 @@ END {
 			if (E[18] > 0) flags = flags "client-bound epoll " E[18] "/" E[9] "; "
 			if (K[19] > 0 || E[19] > 0) flags = flags "lost " (K[19] + 0) " / " (E[19] + 0) "; "
 			sub(/; $/, "", flags)
-			printf "| %s | %s | %s | %s | %s | %s | %s | %s (%s-%s) | %s (%s-%s) | %s (%s-%s) | %s / %s | %s / %s | %s / %s | %s / %s | %s / %s | %s / %s | %s |\n", \
+			sh = shown(K[24], K[10], E[10], "ahead", "behind") "; " shown(K[25], K[15], E[15], "dearer", "cheaper")
+			if (sh == "-; -") sh = "-"
+			printf "| %s | %s | %s | %s | %s | %s | %s | %s (%s-%s) | %s (%s-%s) | %s (%s-%s) | %s / %s | %s / %s | %s / %s | %s / %s | %s / %s | %s / %s | %s | %s |\n", \
 				S[1], mode, S[3], S[4], S[5], S[6], unit(mode), \
 				fmtv(K[10], mode), fmtv(K[11], mode), fmtv(K[12], mode), fmtv(E[10], mode), fmtv(E[11], mode), fmtv(E[12], mode), \
 				f2(K[20]), f2(K[21]), f2(K[22]), f1(K[13]), f1(E[13]), f1(K[14]), f1(E[14]), \
 				fmtv(K[15], "x"), fmtv(E[15], "x"), fmtv(K[23], "x"), fmtv(E[23], "x"), \
-				f2(K[16]), f2(E[16]), f2(K[17]), f2(E[17]), (flags == "" ? "" : flags)
+				f2(K[16]), f2(E[16]), f2(K[17]), f2(E[17]), sh, (flags == "" ? "" : flags)
 		}
 	}
 }' "$sum" >>"$md"

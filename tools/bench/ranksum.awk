@@ -1,0 +1,80 @@
+# SPDX-License-Identifier: MIT
+# The Wilcoxon rank-sum (Mann-Whitney U) test, exact, for compare.sh: does one server's
+# figure differ from the other's by more than the spread of the repetitions explains?
+#
+# ranksum_p(x, nx, y, ny) is the two-sided p-value of the hypothesis that x[1..nx] and
+# y[1..ny] come from one distribution. Exact: every way of splitting the pooled values into
+# groups of nx and ny is counted (a dynamic programme over rank sums, not a normal
+# approximation, which is wrong for 5 against 5); tied values take their mean rank and the
+# count is over those ranks, the test conditional on the ties. Ranks are doubled so that
+# mean ranks stay integers. The p-value is the share of splits whose rank sum lies at least
+# as far from its mean as the observed one. With 5 repetitions a side the smallest p is
+# 2/252 = 0.0079; with 3 it is 0.1, so 3 repetitions never show a difference at 0.05.
+# Returns -1 when a side is empty. Counts are doubles: exact up to 2^53, C(44, 22) < 2^41.
+#
+# ranksum_shift(x, nx, y, ny) is the median of x over the median of y (the ratio the test
+# is about), or -1 when either is empty or the second is 0.
+#
+# Used with -f beside a program: awk -f tools/bench/ranksum.awk -f prog.awk.
+
+function ranksum__sort(v, n, g,   i, j, t, u) {
+	for (i = 2; i <= n; i++)
+		for (j = i; j > 1 && v[j - 1] > v[j]; j--) {
+			t = v[j]; v[j] = v[j - 1]; v[j - 1] = t
+			u = g[j]; g[j] = g[j - 1]; g[j - 1] = u
+		}
+}
+
+function ranksum_p(x, nx, y, ny,   v, g, r2, n, i, j, k, s, t, obs, mean2, far, tot, hit, cnt, maxs) {
+	if (nx < 1 || ny < 1)
+		return -1
+	n = 0
+	for (i = 1; i <= nx; i++) { v[++n] = x[i] + 0; g[n] = 1 }
+	for (i = 1; i <= ny; i++) { v[++n] = y[i] + 0; g[n] = 0 }
+	ranksum__sort(v, n, g)
+	# doubled mean ranks: a run of ties from i to j (1-based) takes i + j
+	for (i = 1; i <= n; i = j + 1) {
+		for (j = i; j < n && v[j + 1] == v[i]; j++)
+			;
+		for (k = i; k <= j; k++)
+			r2[k] = i + j
+	}
+	obs = 0
+	for (i = 1; i <= n; i++)
+		if (g[i])
+			obs += r2[i]
+	mean2 = nx * (n + 1)
+	far = obs - mean2; if (far < 0) far = -far
+	# cnt[k, s]: subsets of k of the ranks seen so far whose doubled ranks sum to s
+	cnt[0, 0] = 1; maxs = 0
+	for (i = 1; i <= n; i++) {
+		maxs += r2[i]
+		for (k = (i < nx ? i : nx); k >= 1; k--)
+			for (s = maxs; s >= r2[i]; s--)
+				if (((k - 1, s - r2[i]) in cnt))
+					cnt[k, s] += cnt[k - 1, s - r2[i]]
+	}
+	tot = hit = 0
+	for (s = 0; s <= maxs; s++)
+		if (((nx, s) in cnt)) {
+			tot += cnt[nx, s]
+			t = s - mean2; if (t < 0) t = -t
+			# doubled ranks are integers: no rounding in the comparison
+			if (t >= far)
+				hit += cnt[nx, s]
+		}
+	return tot > 0 ? hit / tot : -1
+}
+
+function ranksum__median(a, n,   b, g, i) {
+	for (i = 1; i <= n; i++) { b[i] = a[i] + 0; g[i] = 0 }
+	ranksum__sort(b, n, g)
+	return n % 2 ? b[(n + 1) / 2] : (b[n / 2] + b[n / 2 + 1]) / 2
+}
+
+function ranksum_shift(x, nx, y, ny,   my) {
+	if (nx < 1 || ny < 1)
+		return -1
+	my = ranksum__median(y, ny)
+	return my == 0 ? -1 : ranksum__median(x, nx) / my
+}
