@@ -420,8 +420,10 @@ END {
 		prate = pcpu = "-"
 		ke = kk[1] SUBSEP kk[2] SUBSEP "epoll"
 		if (kk[3] == "keel" && (ke in n)) {
-			delete x; delete y; for (i = 1; i <= c; i++) x[i] = m[k, i]; for (i = 1; i <= n[ke]; i++) y[i] = m[ke, i]
-			prate = ranksum_p(x, c, y, n[ke])
+			delete x; delete y; nx = ny = 0
+			for (i = 1; i <= c; i++) if (m[k, i] != "null") x[++nx] = m[k, i]
+			for (i = 1; i <= n[ke]; i++) if (m[ke, i] != "null") y[++ny] = m[ke, i]
+			prate = ranksum_p(x, nx, y, ny)
 			delete x; delete y; nx = ny = 0
 			for (i = 1; i <= c; i++) if (cpu[k, i] != "null" && cpu[k, i] > 0) x[++nx] = cpu[k, i]
 			for (i = 1; i <= n[ke]; i++) if (cpu[ke, i] != "null" && cpu[ke, i] > 0) y[++ny] = cpu[ke, i]
