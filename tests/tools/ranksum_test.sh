@@ -41,5 +41,14 @@ BEGIN { split("1 2 3", x, " "); split("", y, " "); printf "%d ", ranksum_p(x, 3,
 AWK
 )
 if [ "$out" = "-1 1.6000" ]; then echo "ok: empty side, shift"; else echo "FAIL: empty side / shift: '$out', expected '-1 1.6000'"; fail=1; fi
+# the words the tables print
+out=$(awk -f "$root/tools/bench/ranksum.awk" -f /dev/stdin <<'AWK'
+BEGIN { printf "%s|%s|%s|%s|%s\n", ranksum_verdict(0.0079, 120, 100, "ahead", "behind"),
+	ranksum_verdict(0.0079, 80, 100, "ahead", "behind"), ranksum_verdict(0.05, 80, 100, "ahead", "behind"),
+	ranksum_verdict("-", 80, 100, "ahead", "behind"), ranksum_verdict(0.01, "null", 100, "ahead", "behind") }
+AWK
+)
+want="keel ahead (p 0.008)|keel behind (p 0.008)|not shown (p 0.05)|-|-"
+if [ "$out" = "$want" ]; then echo "ok: verdicts"; else echo "FAIL: verdicts '$out', expected '$want'"; fail=1; fi
 [ $fail -eq 0 ] && echo "ranksum: ok"
 exit $fail

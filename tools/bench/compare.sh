@@ -486,15 +486,10 @@ client_desc="keel-bench MODE --client $client --port P --server-pid PID"
 	echo "  still the figure. With $reps repetitions a side the smallest possible p is $(awk -v n="$reps" \
 		'BEGIN { c = 1; for (i = 1; i <= n; i++) c = c * (n + i) / i; printf "%.4f", 2 / c }')"
 } >"$md"
-awk -F'\t' -v pols="${pols[*]}" -v spin="$spin" '
+md_prog='
 function fmtv(v, mode) { if (v == "null" || v == "-" || v == "") return "-"; return (mode == "stream") ? sprintf("%.3f", v) : sprintf("%.0f", v) }
 function f1(v) { return (v == "null" || v == "-" || v == "") ? "-" : sprintf("%.1f", v) }
 function f2(v) { return (v == "null" || v == "-" || v == "") ? "-" : sprintf("%.2f", v) }
-function shown(p, a, b, more, less) {
-	if (p == "-" || p == "" || a == "null" || b == "null") return "-"
-	if (p + 0 >= 0.05) return sprintf("not shown (p %.2f)", p)
-	return sprintf("keel %s (p %.3f)", (a + 0 > b + 0) ? more : less, p)
-}
 function unit(mode) { return mode == "stream" ? "Gb/s" : mode == "pingpong" ? "round trips/s" : mode == "udp" ? "datagrams/s" : "msgs/s" }
 NR == 1 { next }
 {
@@ -521,7 +516,8 @@ END {
 			if (E[18] > 0) flags = flags "client-bound epoll " E[18] "/" E[9] "; "
 			if (K[19] > 0 || E[19] > 0) flags = flags "lost " (K[19] + 0) " / " (E[19] + 0) "; "
 			sub(/; $/, "", flags)
-			sh = shown(K[24], K[10], E[10], "ahead", "behind") "; " shown(K[25], K[15], E[15], "dearer", "cheaper")
+			sh = ranksum_verdict(K[24], K[10], E[10], "ahead", "behind") "; " \
+				ranksum_verdict(K[25], K[15], E[15], "dearer", "cheaper")
 			if (sh == "-; -") sh = "-"
 			printf "| %s | %s | %s | %s | %s | %s | %s | %s (%s-%s) | %s (%s-%s) | %s (%s-%s) | %s / %s | %s / %s | %s / %s | %s / %s | %s / %s | %s / %s | %s | %s |\n", \
 				S[1], mode, S[3], S[4], S[5], S[6], unit(mode), \
@@ -531,7 +527,9 @@ END {
 				f2(K[16]), f2(E[16]), f2(K[17]), f2(E[17]), sh, (flags == "" ? "" : flags)
 		}
 	}
-}' "$sum" >>"$md"
+}'
+awk -F'\t' -v pols="${pols[*]}" -v spin="$spin" -f "$root/tools/bench/ranksum.awk" -f <(printf '%s\n' "$md_prog") \
+	"$sum" >>"$md"
 if [ -n "$iperf_gbps" ]; then
 	printf '\niperf3 reference (one way, no echo, one stream, CPUs %s / %s): %.3f Gb/s\n' "$server_cpus" "$client_cpus" \
 		"$iperf_gbps" >>"$md"

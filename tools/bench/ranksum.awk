@@ -15,6 +15,10 @@
 # ranksum_shift(x, nx, y, ny) is the median of x over the median of y (the ratio the test
 # is about), or -1 when either is empty or the second is 0.
 #
+# ranksum_verdict(p, a, b, more, less) is the words compare.md and scaling.md print for a
+# p-value p and the two medians a (keel) and b (epoll): "keel MORE (p ...)" or "keel LESS
+# (p ...)" at p < 0.05 (MORE when a > b), "not shown (p ...)" above, "-" without a test.
+#
 # Used with -f beside a program: awk -f tools/bench/ranksum.awk -f prog.awk.
 
 function ranksum__sort(v, n, g,   i, j, t, u) {
@@ -77,4 +81,12 @@ function ranksum_shift(x, nx, y, ny,   my) {
 		return -1
 	my = ranksum__median(y, ny)
 	return my == 0 ? -1 : ranksum__median(x, nx) / my
+}
+
+function ranksum_verdict(p, a, b, more, less) {
+	if (p == "" || p == "-" || p < 0 || a == "" || b == "" || a == "null" || b == "null")
+		return "-"
+	if (p + 0 >= 0.05)
+		return sprintf("not shown (p %.2f)", p)
+	return sprintf("keel %s (p %.3f)", (a + 0 > b + 0) ? more : less, p)
 }

@@ -110,10 +110,13 @@ cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 	echo "- policies: block = keel --idle-poll-us 0 / epoll --busy-poll-us 0; spin = both 50 us"
 	sed -n 's/^- keel.s sleeps: /- sleeps: keel: /p' "$out/shards-${S[0]}/compare.md" | head -n 1
 	echo "- server cores: the server's CPU time over the window / window; client-bound: the client used >= 0.9 of its cores"
+	echo "- shown (p): compare.sh's rank-sum verdicts, rate; server CPU (docs/bench.md); $reps repetitions a side can"
+	echo "  reach p = $(awk -v n="$reps" 'BEGIN { c = 1; for (i = 1; i <= n; i++) c = c * (n + i) / i; printf "%.4f", 2 / c }')" \
+		"(3 never reach 0.05: --reps 5 for verdicts)"
 	echo
-	echo "| shards | client CPUs | row | mode | conns | policy | unit | keel median (min-max) | epoll median (min-max) | keel/epoll (min-max) | server cores keel / epoll | server CPU ns/msg keel / epoll | p99 µs keel / epoll | flags |"
-	echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-	awk -F'\t' '
+	echo "| shards | client CPUs | row | mode | conns | policy | unit | keel median (min-max) | epoll median (min-max) | keel/epoll (min-max) | server cores keel / epoll | server CPU ns/msg keel / epoll | p99 µs keel / epoll | shown (p): rate; server CPU | flags |"
+	echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+	scaling_prog='
 	function v(x) { return (x == "" || x == "null" || x == "-") ? "-" : sprintf("%.0f", x) }
 	function g(x) { return (x == "" || x == "null" || x == "-") ? "-" : sprintf("%.2f", x) }
 	function f1(x) { return (x == "" || x == "null" || x == "-") ? "-" : sprintf("%.1f", x) }
@@ -129,11 +132,15 @@ cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 			if (E[20] > 0) fl = fl "client-bound epoll " E[20] "/" E[11] "; "
 			if (A[2] ~ /shared/) fl = fl "client shares the server CPUs; "
 			sub(/; $/, "", fl)
-			printf "| %s | %s | %s | %s | %s | %s | %s | %s (%s-%s) | %s (%s-%s) | %s (%s-%s) | %s / %s | %s / %s | %s / %s | %s |\n", \
+			sh = ranksum_verdict(K[26], K[12], E[12], "ahead", "behind") "; " \
+				ranksum_verdict(K[27], K[17], E[17], "dearer", "cheaper")
+			if (sh == "-; -") sh = "-"
+			printf "| %s | %s | %s | %s | %s | %s | %s | %s (%s-%s) | %s (%s-%s) | %s (%s-%s) | %s / %s | %s / %s | %s / %s | %s | %s |\n", \
 				A[1], A[2], A[3], mode, A[7], A[9], unit, v(K[12]), v(K[13]), v(K[14]), v(E[12]), v(E[13]), v(E[14]), \
-				g(K[22]), g(K[23]), g(K[24]), g(K[18]), g(E[18]), v(K[17]), v(E[17]), f1(K[16]), f1(E[16]), fl
+				g(K[22]), g(K[23]), g(K[24]), g(K[18]), g(E[18]), v(K[17]), v(E[17]), f1(K[16]), f1(E[16]), sh, fl
 		}
-	}' "$tsv"
+	}'
+	awk -F'\t' -f "$root/tools/bench/ranksum.awk" -f <(printf '%s\n' "$scaling_prog") "$tsv"
 } >"$md"
 
 if command -v gnuplot >/dev/null; then
