@@ -1,14 +1,13 @@
 // SPDX-License-Identifier: MIT
 /*
  * Wait coalescing (--wait-coalesce-us): whether a shard's sleep in the kernel returns at the
- * first completion or gathers completions for up to the window first (io_uring's minimum
- * wait, IORING_FEAT_MIN_TIMEOUT: the kernel wakes the shard when many completions are
- * ready, or when the window has passed and at least one is). Gathering costs latency (up
- * to the window per wake-up) and saves wake-ups: one sleep and one wake-up serve many
- * arrivals instead of one. It pays where many independent peers keep arriving while the
- * shard sleeps; it loses where the peers wait for the shard's answer before they send
- * again (one connection in ping-pong: nothing more comes, so each answer waits the whole
- * window).
+ * first completion or gathers completions for up to the window first (core/loop.c: the
+ * kernel wakes the shard when many completions are ready, or at the window with what
+ * came; a gathering sleep that brought nothing is followed by a plain one). Gathering costs latency
+ * (up to the window per wake-up) and saves wake-ups: one sleep and one wake-up serve many arrivals
+ * instead of one. It pays where many independent peers keep arriving while the shard sleeps; it
+ * loses where the peers wait for the shard's answer before they send again (one connection in
+ * ping-pong: nothing more comes, so each answer waits the whole window).
  *
  * Which of the two a workload is cannot be seen from one wait, so the policy measures, as
  * adaptive interrupt moderation on NICs does: it counts the work the loop finds (CQEs,

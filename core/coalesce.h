@@ -11,7 +11,7 @@
 #include <stdint.h>
 
 /* Wait coalescing (core/coalesce.c, --wait-coalesce-us): whether the next sleep gathers
- * completions for up to window_ns (IORING_FEAT_MIN_TIMEOUT) or returns at the first. */
+ * completions for up to window_ns (core/loop.c: enter_gather) or returns at the first. */
 #define KEEL__CO_EPOCH_NS    10000000ULL /* 10 ms: the unit of measurement */
 #define KEEL__CO_MIN_EVENTS  64          /* an epoch with less work decides nothing */
 #define KEEL__CO_MIN_SLEEPS  16          /* ... nor one with fewer sleeps (nothing to save) */

@@ -131,6 +131,9 @@ struct keel_shard {
 	bool min_wait;           /* sleeps may gather (IORING_FEAT_MIN_TIMEOUT, min_wait used) */
 	unsigned gather_nr;      /* completions that end a gathering sleep early */
 	unsigned reaped_wakes;   /* wake-up CQEs among those the last reap() ran */
+	unsigned gather_sub;     /* SQEs the last gathering sleep submitted */
+	bool gather_check;       /* the next reap() judges the last gathering sleep */
+	bool gather_skip;        /* it brought nothing new: the next sleep does not gather */
 
 	uint64_t now_ns;
 	uint64_t stall_ns;

@@ -425,7 +425,8 @@ pass_end(struct keel_shard *s, uint64_t t0, uint64_t t1)
 	s->stalls_unlogged = 0;
 }
 
-/* The argument of an IORING_ENTER_EXT_ARG wait; liburing 2.3 names min_wait_usec "pad". */
+/* The argument of an IORING_ENTER_EXT_ARG wait (liburing 2.3 names min_wait_usec "pad";
+ * keel leaves it 0). */
 struct getevents_arg {
 	uint64_t sigmask;
 	uint32_t sigmask_sz;
@@ -433,17 +434,15 @@ struct getevents_arg {
 	uint64_t ts;
 };
 
-/* Submit what the pass queued and sleep until s->gather_nr completions are ready, or
- * @window_us has passed and at least one is, or @ts expires (io_uring's minimum wait; one
- * io_uring_enter, as io_uring_submit_and_wait_timeout makes, which cannot pass the minimum
- * wait in liburing 2.3). The SQ tail is published as liburing publishes it. */
+/* Submit what the pass queued and sleep until s->gather_nr completions are ready or @ts (the
+ * window) has passed: one io_uring_enter, with the ring's registered fd when there is one.
+ * The SQ tail is published as liburing publishes it. */
 static int
-enter_gather(struct keel_shard *s, uint32_t window_us, struct __kernel_timespec *ts)
+enter_gather(struct keel_shard *s, struct __kernel_timespec *ts)
 {
 	struct io_uring_sq *sq = &s->ring.sq;
 	struct getevents_arg arg = {
 		.sigmask_sz = 8,
-		.min_wait_usec = window_us,
 		.ts = (uint64_t)(uintptr_t)ts,
 	};
 	unsigned flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG;
@@ -458,8 +457,10 @@ enter_gather(struct keel_shard *s, uint32_t window_us, struct __kernel_timespec 
 		fd = s->ring.enter_ring_fd;
 		flags |= IORING_ENTER_REGISTERED_RING;
 	}
-	return io_uring_enter2((unsigned)fd, tail - IO_URING_READ_ONCE(*sq->khead), s->gather_nr,
-			       flags, (sigset_t *)&arg, sizeof(arg));
+	s->gather_sub = tail - IO_URING_READ_ONCE(*sq->khead);
+	s->gather_check = true;
+	return io_uring_enter2((unsigned)fd, s->gather_sub, s->gather_nr, flags, (sigset_t *)&arg,
+			       sizeof(arg));
 }
 
 /* Sleep in the kernel until a completion, a wake-up or the next timer. The same
@@ -506,21 +507,22 @@ sleep_in_kernel(struct keel_shard *s, uint64_t t0, struct keel__coalesce *co)
 	STAT_INC(s, sleeps);
 	STAT_INC(s, enters);
 	keel__coalesce_slept(co);
-	if (keel__coalesce_on(co) && s->phase == PHASE_RUN && d > co->window_ns) {
-		/* Gather: the kernel wakes us early only with s->gather_nr completions; past
-		 * the window, at the first. Without a general timeout longer than the window the
-		 * kernel ends the wait at the window even with none, so an idle shard would wake
-		 * every window: give it one (the timer's, else a second). */
-		if (!tsp) {
-			ts.tv_sec = 1;
-			ts.tv_nsec = 0;
-			tsp = &ts;
-		}
+	if (keel__coalesce_on(co) && s->phase == PHASE_RUN && d > co->window_ns &&
+	    !s->gather_skip) {
+		/* Gather: the kernel wakes us early only with s->gather_nr completions, else at
+		 * the window, with what came. A sleep that then brings no more completions than
+		 * it submitted (the pass's own sends: nothing arrived) is followed by a plain one
+		 * (the loop sets gather_skip), which needs no timer of its own: the window's
+		 * timer is armed once and expires, none is re-armed or cancelled when the
+		 * arrival comes, and an idle shard sleeps until woken. */
+		ts.tv_sec = 0;
+		ts.tv_nsec = (long long)co->window_ns;
 		STAT_INC(s, coalesced);
-		r = enter_gather(s, (uint32_t)(co->window_ns / 1000), tsp);
+		r = enter_gather(s, &ts);
 	} else {
 		r = io_uring_submit_and_wait_timeout(&s->ring, &cqe, 1, tsp, NULL);
 	}
+	s->gather_skip = false;
 	if (r < 0 && r != -ETIME && r != -EINTR && r != -EAGAIN && r != -EBUSY)
 		enter_error(s, r, "io_uring wait");
 	atomic_store(&s->sleeping, 0);
@@ -629,6 +631,10 @@ keel__shard_loop(struct keel_shard *s)
 		s->now_ns = t0;
 		STAT_INC(s, passes);
 		work = reap(s);
+		if (s->gather_check) { /* the gathering sleep before this pass */
+			s->gather_check = false;
+			s->gather_skip = work <= s->gather_sub;
+		}
 		work += keel__mail_drain(s);
 		work += keel__foreign_drain(s);
 		arrivals = work - s->reaped_wakes;
