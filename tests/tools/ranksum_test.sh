@@ -34,13 +34,14 @@ check "ties 7/8" "10 12 12 15 20 20 21" "11 12 18 20 25 26 30 31" 1196 6435
 # a server-CPU-like row: keel's five figures mostly above epoll's, one tie across
 check "cpu-like 5/5" "464 470 455 480 500" "433 440 470 420 431" 10 252
 check "separated 7/7" "1 2 3 4 5 6 7" "8 9 10 11 12 13 14" 2 3432
-# an empty side has no test; the shift is the ratio of medians
+# an empty side has no test; the smallest p of n a side is 2 / C(2n, n)
 out=$(awk -f "$root/tools/bench/ranksum.awk" -f /dev/stdin <<'AWK'
 BEGIN { split("1 2 3", x, " "); split("", y, " "); printf "%d ", ranksum_p(x, 3, y, 0)
-	split("2 4 6", x, " "); split("1 2 3 4", y, " "); printf "%.4f\n", ranksum_shift(x, 3, y, 4) }
+	printf "%.6f %.6f %.6f\n", ranksum_min_p(2), ranksum_min_p(3), ranksum_min_p(5) }
 AWK
 )
-if [ "$out" = "-1 1.6000" ]; then echo "ok: empty side, shift"; else echo "FAIL: empty side / shift: '$out', expected '-1 1.6000'"; fail=1; fi
+want="-1 0.333333 0.100000 0.007937"
+if [ "$out" = "$want" ]; then echo "ok: empty side, smallest p"; else echo "FAIL: empty side / smallest p: '$out', expected '$want'"; fail=1; fi
 # the words the tables print
 out=$(awk -f "$root/tools/bench/ranksum.awk" -f /dev/stdin <<'AWK'
 BEGIN { printf "%s|%s|%s|%s|%s\n", ranksum_verdict(0.0079, 120, 100, "ahead", "behind"),

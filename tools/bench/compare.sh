@@ -484,7 +484,7 @@ client_desc="keel-bench MODE --client $client --port P --server-pid PID"
 	echo "  rate and for server CPU per message: the exact two-sided Wilcoxon rank-sum test (tools/bench/ranksum.awk),"
 	echo "  shown at p < 0.05. \"not shown\" is a row within its noise, neither lead nor loss; the median ratio is"
 	echo "  still the figure. With $reps repetitions a side the smallest possible p is $(awk -v n="$reps" \
-		'BEGIN { c = 1; for (i = 1; i <= n; i++) c = c * (n + i) / i; printf "%.4f", 2 / c }')"
+		-f "$root/tools/bench/ranksum.awk" -f <(echo 'BEGIN { printf "%.4f", ranksum_min_p(n) }'))"
 } >"$md"
 md_prog='
 function fmtv(v, mode) { if (v == "null" || v == "-" || v == "") return "-"; return (mode == "stream") ? sprintf("%.3f", v) : sprintf("%.0f", v) }

@@ -12,8 +12,8 @@
 # 2/252 = 0.0079; with 3 it is 0.1, so 3 repetitions never show a difference at 0.05.
 # Returns -1 when a side is empty. Counts are doubles: exact up to 2^53, C(44, 22) < 2^41.
 #
-# ranksum_shift(x, nx, y, ny) is the median of x over the median of y (the ratio the test
-# is about), or -1 when either is empty or the second is 0.
+# ranksum_min_p(n) is the smallest p-value n values a side can give: 2 / C(2n, n), the two
+# most extreme of every split; below 0.05 from n = 4 on.
 #
 # ranksum_verdict(p, a, b, more, less) is the words compare.md and scaling.md print for a
 # p-value p and the two medians a (keel) and b (epoll): "keel MORE (p ...)" or "keel LESS
@@ -70,17 +70,11 @@ function ranksum_p(x, nx, y, ny,   v, g, r2, n, i, j, k, s, t, obs, mean2, far, 
 	return tot > 0 ? hit / tot : -1
 }
 
-function ranksum__median(a, n,   b, g, i) {
-	for (i = 1; i <= n; i++) { b[i] = a[i] + 0; g[i] = 0 }
-	ranksum__sort(b, n, g)
-	return n % 2 ? b[(n + 1) / 2] : (b[n / 2] + b[n / 2 + 1]) / 2
-}
-
-function ranksum_shift(x, nx, y, ny,   my) {
-	if (nx < 1 || ny < 1)
-		return -1
-	my = ranksum__median(y, ny)
-	return my == 0 ? -1 : ranksum__median(x, nx) / my
+function ranksum_min_p(n,   c, i) {
+	c = 1
+	for (i = 1; i <= n; i++)
+		c = c * (n + i) / i
+	return 2 / c
 }
 
 function ranksum_verdict(p, a, b, more, less) {

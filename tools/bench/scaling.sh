@@ -111,7 +111,8 @@ cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 	sed -n 's/^- keel.s sleeps: /- sleeps: keel: /p' "$out/shards-${S[0]}/compare.md" | head -n 1
 	echo "- server cores: the server's CPU time over the window / window; client-bound: the client used >= 0.9 of its cores"
 	echo "- shown (p): compare.sh's rank-sum verdicts, rate; server CPU (docs/bench.md); $reps repetitions a side can"
-	echo "  reach p = $(awk -v n="$reps" 'BEGIN { c = 1; for (i = 1; i <= n; i++) c = c * (n + i) / i; printf "%.4f", 2 / c }')" \
+	echo "  reach p = $(awk -v n="$reps" -f "$root/tools/bench/ranksum.awk" \
+		-f <(echo 'BEGIN { printf "%.4f", ranksum_min_p(n) }'))" \
 		"(3 never reach 0.05: --reps 5 for verdicts)"
 	echo
 	echo "| shards | client CPUs | row | mode | conns | policy | unit | keel median (min-max) | epoll median (min-max) | keel/epoll (min-max) | server cores keel / epoll | server CPU ns/msg keel / epoll | p99 µs keel / epoll | shown (p): rate; server CPU | flags |"
