@@ -120,6 +120,10 @@ struct bench_server_stats {
 	 * sendmsg() calls), and the buffers the sends offered (keel: iovecs after merging;
 	 * epoll: 1 or 2 per sendmsg). */
 	uint64_t recvs, sends, send_iovs;
+	uint64_t short_sends; /* sends that took part of what was offered */
+	/* keel: its receive rings (keel_net_stats): receives that found no buffer, multishot
+	 * receives re-armed after ending, reads paused by the high watermark. */
+	uint64_t enobufs, rearms, bp_pauses;
 	/* keel: ZCRX (keel_zcrx_stats summed over the shards; docs/zcrx.md). */
 	const char *zcrx_state;   /* "on" when every shard with a queue registered, "fallback"
 				   * when one fell back, "none" (epoll: NULL) */

@@ -76,7 +76,7 @@ struct sthread {
 	struct bench_udp_batch *ub;
 	struct sconn conns; /* list head */
 	uint64_t syscalls, bytes_in, bytes_out, dgrams_in, dgrams_out, accepted, errors, cpu_ns;
-	uint64_t sleeps, polls, gathered, recvs, sends, send_iovs;
+	uint64_t sleeps, polls, gathered, recvs, sends, send_iovs, short_sends;
 	clockid_t clock;
 	bool started;
 } __attribute__((aligned(64)));
@@ -184,6 +184,8 @@ conn_io(struct sthread *t, struct sconn *c)
 			}
 			if (n < 0)
 				n = 0;
+			if ((size_t)n < c->len + got)
+				t->short_sends++;
 			t->bytes_out += (uint64_t)n;
 			if ((size_t)n >= c->len) {
 				n -= (ssize_t)c->len;
@@ -457,6 +459,7 @@ serve_stop(struct bench_server *s, struct bench_server_stats *out)
 		st.recvs += t->recvs;
 		st.sends += t->sends;
 		st.send_iovs += t->send_iovs;
+		st.short_sends += t->short_sends;
 		st.accepted += t->accepted;
 		st.errors += t->errors;
 		if (t->lfd >= 0)

@@ -339,6 +339,10 @@ serve_stop(struct bench_server *s, struct bench_server_stats *out)
 			st.recvs += s->sh[i].nst.recv_cqes;
 			st.sends += s->sh[i].nst.sends + s->sh[i].nst.sends_zc;
 			st.send_iovs += s->sh[i].nst.send_iovs + s->sh[i].nst.sends_zc;
+			st.short_sends += s->sh[i].nst.short_sends;
+			st.enobufs += s->sh[i].nst.enobufs;
+			st.rearms += s->sh[i].nst.rearms;
+			st.bp_pauses += s->sh[i].nst.bp_pauses;
 		}
 		if (s->sh[i].zst_ok) {
 			const struct keel_zcrx_stats *z = &s->sh[i].zst;

@@ -967,14 +967,15 @@ run_serve(struct opts *o)
 		       "  \"syscalls\": %llu,\n  \"syscalls_what\": \"%s\",\n  \"sleeps\": %llu,\n"
 		       "  \"polls\": %llu,\n  \"gathered\": %llu,\n  \"recvs\": %llu,\n"
 		       "  \"sends\": %llu,\n"
-		       "  \"send_iovs\": %llu,\n",
+		       "  \"send_iovs\": %llu,\n  \"short_sends\": %llu,\n",
 		       (unsigned long long)ss.bytes_in, (unsigned long long)ss.bytes_out,
 		       (unsigned long long)ss.dgrams_in, (unsigned long long)ss.dgrams_out,
 		       (unsigned long long)ss.accepted, (unsigned long long)ss.cpu_ns,
 		       (unsigned long long)ss.syscalls, ss.syscalls_what,
 		       (unsigned long long)ss.sleeps, (unsigned long long)ss.polls,
 		       (unsigned long long)ss.gathered, (unsigned long long)ss.recvs,
-		       (unsigned long long)ss.sends, (unsigned long long)ss.send_iovs);
+		       (unsigned long long)ss.sends, (unsigned long long)ss.send_iovs,
+		       (unsigned long long)ss.short_sends);
 		json_num("size", c->size, o->has_size, "%.0f", false);
 		json_num("msgs", msgs, o->has_size, "%.0f", false);
 		json_num("server_cpu_ns_per_msg", ss.cpu_ns / msgs, o->has_size && msgs > 0, "%.0f",
@@ -1001,12 +1002,18 @@ run_serve(struct opts *o)
 		       (unsigned long long)ss.sleeps, (unsigned long long)ss.polls,
 		       (unsigned long long)ss.gathered);
 		printf("TCP: %llu receives (%.0f B each), %llu sends (%.0f B and %.2f buffers "
-		       "each)\n",
+		       "each, %llu short)\n",
 		       (unsigned long long)ss.recvs,
 		       ss.recvs ? (double)ss.bytes_in / ss.recvs : 0.0,
 		       (unsigned long long)ss.sends,
 		       ss.sends ? (double)ss.bytes_out / ss.sends : 0.0,
-		       ss.sends ? (double)ss.send_iovs / ss.sends : 0.0);
+		       ss.sends ? (double)ss.send_iovs / ss.sends : 0.0,
+		       (unsigned long long)ss.short_sends);
+		if (ss.zcrx_state) /* keel */
+			printf("keel receives: %llu without a buffer, %llu multishot re-arms, %llu "
+			       "pauses at the high watermark\n",
+			       (unsigned long long)ss.enobufs, (unsigned long long)ss.rearms,
+			       (unsigned long long)ss.bp_pauses);
 		if (ss.zcrx_state)
 			printf("ZCRX %s: %llu bytes zero-copy, %llu through the copy path after a "
 			       "fallback, %llu refill entries\n",
