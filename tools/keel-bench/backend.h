@@ -120,7 +120,9 @@ struct bench_server_stats {
 	 * sendmsg() calls), and the buffers the sends offered (keel: iovecs after merging;
 	 * epoll: 1 or 2 per sendmsg). */
 	uint64_t recvs, sends, send_iovs;
-	uint64_t short_sends; /* sends that took part of what was offered */
+	/* Sends that took less than was offered: keel's short completions; epoll's sendmsg()
+	 * calls that took part or, with EAGAIN, none (keel's wait in the kernel instead). */
+	uint64_t short_sends;
 	/* keel: its receive rings (keel_net_stats): receives that found no buffer, multishot
 	 * receives re-armed after ending, reads paused by the high watermark. */
 	uint64_t enobufs, rearms, bp_pauses;

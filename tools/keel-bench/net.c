@@ -1009,17 +1009,17 @@ run_serve(struct opts *o)
 		       ss.sends ? (double)ss.bytes_out / ss.sends : 0.0,
 		       ss.sends ? (double)ss.send_iovs / ss.sends : 0.0,
 		       (unsigned long long)ss.short_sends);
-		if (ss.zcrx_state) /* keel */
+		if (ss.zcrx_state) { /* keel */
 			printf("keel receives: %llu without a buffer, %llu multishot re-arms, %llu "
 			       "pauses at the high watermark\n",
 			       (unsigned long long)ss.enobufs, (unsigned long long)ss.rearms,
 			       (unsigned long long)ss.bp_pauses);
-		if (ss.zcrx_state)
 			printf("ZCRX %s: %llu bytes zero-copy, %llu through the copy path after a "
 			       "fallback, %llu refill entries\n",
 			       ss.zcrx_state, (unsigned long long)ss.zcrx_bytes,
 			       (unsigned long long)ss.zcrx_copy_bytes,
 			       (unsigned long long)ss.zcrx_refills);
+		}
 		if (o->has_size && msgs > 0)
 			printf("per message of %u B (+4 B length), whole life: %.0f ns CPU, %.3f "
 			       "syscalls\n",
