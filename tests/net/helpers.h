@@ -33,8 +33,8 @@ void net_test_feature(struct keel_opts *o, const char *spec);
 struct shard_hold {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	bool blocked, released;
-	_Atomic int timed_out; /* the shard gave up waiting: the test never released it */
+	bool blocked, released, left; /* left: the shard is done with this hold */
+	_Atomic int timed_out;        /* the shard gave up waiting: the test never released it */
 	struct keel_xreq req;
 };
 void shard_hold_init(struct shard_hold *h);
@@ -42,6 +42,7 @@ void shard_hold_init(struct shard_hold *h);
 void shard_hold_fini(struct shard_hold *h);
 /* Returns once shard @shard of @rt is held. */
 void shard_hold(struct shard_hold *h, struct keel_runtime *rt, unsigned shard);
+/* Lets the shard go; returns once the shard is done with @h (it may then go out of scope). */
 void shard_hold_release(struct shard_hold *h);
 /* Start an echo server on 127.0.0.1:0 with @o (NULL: defaults) and @nc (NULL: defaults). */
 int srv_start(struct srv *s, const struct keel_opts *o, const struct keel_net_config *nc,

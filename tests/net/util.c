@@ -360,8 +360,12 @@ hold_cb(struct keel_xreq *req)
 			break;
 		}
 	h->released = false;
-	pthread_mutex_unlock(&h->lock);
+	/* @h lives in the releasing thread's frame: all use of it (the request inside it
+	 * too) ends before that thread learns it may go (shard_hold_release). */
 	keel_xreq_complete(req, 0);
+	h->left = true;
+	pthread_cond_broadcast(&h->cond);
+	pthread_mutex_unlock(&h->lock);
 }
 
 void
@@ -398,6 +402,12 @@ shard_hold_release(struct shard_hold *h)
 	pthread_mutex_lock(&h->lock);
 	h->released = true;
 	pthread_cond_broadcast(&h->cond);
+	/* Until the shard is done with @h: returning earlier let the caller's frame (and @h
+	 * in it) be reused while the shard still read h->released, which then could read
+	 * false and hold the shard for 60 s. */
+	while (!h->left)
+		pthread_cond_wait(&h->cond, &h->lock);
+	h->left = false;
 	pthread_mutex_unlock(&h->lock);
 }
 
