@@ -51,6 +51,7 @@ struct pbuf_ring {
 	uint32_t *bid_pos;        /* [nbufs] ring position a buffer id was added at */
 	uint32_t tail;
 	uint32_t window; /* most buffers in the ring at once (see pbuf.c, warm reuse) */
+	uint32_t wmax;   /* ... the most it grows to */
 	uint32_t inring; /* buffers in the ring the kernel has not retired */
 	uint16_t *spare; /* [nbufs] stack of buffers neither in the ring nor held */
 	uint32_t nspare;
@@ -141,11 +142,12 @@ int keel__net_fixed(struct net_shard *ns, const struct keel_slice *s, unsigned *
 /* pbuf.c */
 int keel__pbuf_init(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid, uint32_t nbufs,
 		    uint32_t bufsize, bool inc);
-/* The same, with at most @window buffers in the kernel's ring at first (0: all of them). */
+/* The same, with at most @window buffers in the kernel's ring at first (0: all of them),
+ * growing to at most @wmax (0: all of them). */
 int keel__pbuf_init_window(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid, uint32_t nbufs,
-			   uint32_t bufsize, bool inc, uint32_t window);
+			   uint32_t bufsize, bool inc, uint32_t window, uint32_t wmax);
 void keel__pbuf_fini(struct pbuf_ring *r);
-/* A receive found the ring empty: double the window (up to every buffer) when spares are
+/* A receive found the ring empty: double the window (up to wmax) when spares are
  * left. Returns true when the ring now holds a buffer, so a re-arm can succeed. */
 bool keel__pbuf_grow(struct pbuf_ring *r);
 /* Put the ring's own references (no receive may be in flight). */

@@ -48,6 +48,9 @@ static const struct net_opt net_opts[] = {
 	NOPT("--bulk-buf-size", NOPT_BYTES, 0, 1u << 20, bulk_buf_size,
 	     "bytes per bulk buffer, at most 1m; 0 or not above --buf-size: no bulk ring "
 	     "(default 64k)"),
+	NOPT("--bulk-window", NOPT_BYTES, 0, UINT32_MAX, bulk_window,
+	     "most bytes of bulk buffers the kernel is handed at once, in whole buffers, at "
+	     "least one (0: every buffer; default 512k)"),
 	NOPT("--udp-buf-count", NOPT_COUNT, 1, 32768, udp_buf_count,
 	     "UDP receive buffers per shard, a power of two (default 256)"),
 	NOPT("--udp-buf-size", NOPT_BYTES, 1, 65536, udp_buf_size,

@@ -19,7 +19,10 @@
  * up from the top of that stack, the most recently used spare first. The window starts small
  * (NET_RX_WINDOW) and doubles, up to every buffer, each time a receive finds the ring empty
  * while some buffer is not held by the application (keel__pbuf_grow), so it ends sized to the bytes
- * in flight and the buffers cycling through it stay warm. It never shrinks.
+ * in flight and the buffers cycling through it stay warm. It never shrinks. The bulk ring's
+ * window stops at keel_net_config.bulk_window bytes (wmax): a stream that sends what it
+ * receives empties any window (the kernel fills buffers as long as data arrives), and one
+ * grown to 4 MiB left the kernel's copies into it cold (docs/net.md, "Two receive rings").
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -79,10 +82,10 @@ keel__pbuf_grow(struct pbuf_ring *r)
 		return false;
 	/* The ring ran dry with buffers to spare (in the ring again by now, or on the stack):
 	 * the window was the limit, not the application's holding of buffers. */
-	if ((r->inring || r->nspare) && r->window < r->nbufs) {
+	if ((r->inring || r->nspare) && r->window < r->wmax) {
 		r->window *= 2;
-		if (r->window > r->nbufs)
-			r->window = r->nbufs;
+		if (r->window > r->wmax)
+			r->window = r->wmax;
 		r->grows++;
 		top_up(r);
 	}
@@ -127,7 +130,7 @@ int
 keel__pbuf_init(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid, uint32_t nbufs,
 		uint32_t bufsize, bool inc)
 {
-	return keel__pbuf_init_window(ns, r, bgid, nbufs, bufsize, inc, nbufs);
+	return keel__pbuf_init_window(ns, r, bgid, nbufs, bufsize, inc, nbufs, nbufs);
 }
 
 /* The settings that size the ring with buffer group @bgid, for the error that names them. */
@@ -139,7 +142,7 @@ ring_knobs(uint16_t bgid)
 
 int
 keel__pbuf_init_window(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid, uint32_t nbufs,
-		       uint32_t bufsize, bool inc, uint32_t window)
+		       uint32_t bufsize, bool inc, uint32_t window, uint32_t wmax)
 {
 	struct keel_alloc *a = keel_shard_alloc();
 	struct keel_buf_reg reg;
@@ -152,7 +155,8 @@ keel__pbuf_init_window(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid,
 	r->inc = inc;
 	r->nbufs = nbufs;
 	r->mask = io_uring_buf_ring_mask(nbufs);
-	r->window = window && window < nbufs ? window : nbufs;
+	r->wmax = wmax && wmax < nbufs ? wmax : nbufs;
+	r->window = window && window < r->wmax ? window : r->wmax;
 	r->bufsize = bufsize;
 	r->per_area = (uint32_t)(area_max / bufsize);
 	if (r->per_area > nbufs)

@@ -27,7 +27,8 @@
 		.close_timeout_ns = 0, .nodelay = true, .udp_buf_count = 256,                      \
 		.udp_buf_size = 65536, .header_bytes = 1, .send_max = KEEL_NET_SEND_MAX_DEFAULT,   \
 		.shard_send_max = KEEL_NET_SHARD_SEND_MAX_DEFAULT, .bulk_buf_size = 65536,         \
-		.bulk_buf_count = 64, .udp_gso_segs = KEEL_UDP_GSO_MAX,                            \
+		.bulk_buf_count = 64, .bulk_window = KEEL_NET_BULK_WINDOW_DEFAULT,                 \
+		.udp_gso_segs = KEEL_UDP_GSO_MAX,                                                  \
 	}
 
 static struct keel_net_config g_cfg = NET_CONFIG_DEFAULTS;
@@ -61,7 +62,8 @@ keel__net_config_shard_equal(const struct keel_net_config *a, const struct keel_
 	       a->max_files == b->max_files && a->udp_buf_count == b->udp_buf_count &&
 	       a->udp_buf_size == b->udp_buf_size && keel__net_bulk_on(a) == keel__net_bulk_on(b) &&
 	       (!keel__net_bulk_on(a) ||
-		(a->bulk_buf_size == b->bulk_buf_size && a->bulk_buf_count == b->bulk_buf_count));
+		(a->bulk_buf_size == b->bulk_buf_size && a->bulk_buf_count == b->bulk_buf_count &&
+		 a->bulk_window == b->bulk_window));
 }
 
 int
@@ -270,7 +272,7 @@ shard_create(const struct keel_net_config *cfg, struct net_shard **out)
 		goto err;
 	}
 	r = keel__pbuf_init_window(ns, &ns->tcp, 0, ns->cfg.buf_count, ns->cfg.buf_size, ns->f_inc,
-				   NET_RX_WINDOW);
+				   NET_RX_WINDOW, 0);
 	if (r < 0)
 		goto err;
 	r = keel_shard_on_stop(on_stop, ns);
@@ -289,6 +291,16 @@ err:
 	return r;
 }
 
+/* The bulk ring's largest window in buffers: bulk_window in whole buffers, at least one
+ * (0: every buffer). */
+static uint32_t
+bulk_wmax(const struct keel_net_config *c)
+{
+	uint32_t n = c->bulk_window / c->bulk_buf_size;
+
+	return !c->bulk_window ? 0 : n ? n : 1;
+}
+
 struct pbuf_ring *
 keel__net_bulk(struct net_shard *ns)
 {
@@ -299,7 +311,8 @@ keel__net_bulk(struct net_shard *ns)
 	if (!keel__net_bulk_on(&ns->cfg) || ns->st.bulk_failed || ns->stopping)
 		return NULL;
 	r = keel__pbuf_init_window(ns, &ns->bulk, NET_BULK_BGID, ns->cfg.bulk_buf_count,
-				   ns->cfg.bulk_buf_size, ns->f_inc, NET_BULK_WINDOW);
+				   ns->cfg.bulk_buf_size, ns->f_inc, NET_BULK_WINDOW,
+				   bulk_wmax(&ns->cfg));
 	if (r < 0) {
 		ns->st.bulk_failed = 1;
 		keel_log(
@@ -350,6 +363,7 @@ keel_net_stats(const struct keel_shard *sh, struct keel_net_stats *out)
 	out->bufs_out = ns->tcp.out + ns->udp.out + ns->bulk.out; /* 0 for a ring not made */
 	out->bufs_kernel = rings_nkref(ns);
 	out->timeout_sweep_ns = ns->lim_period;
+	out->bulk_window = ns->bulk_ready ? (uint64_t)ns->bulk.window * ns->bulk.bufsize : 0;
 	return 0;
 }
 

@@ -55,11 +55,13 @@ net_print(const struct app *a, unsigned shards)
 		const struct keel_net_stats *n = &a->net[i];
 		fprintf(stderr,
 			"shard %u net: %llu receive completions, %llu buffers, %llu ENOBUFS, %llu "
-			"re-arms, %llu sends of %llu buffers, bulk ring: %llu moves to, %llu back%s\n",
+			"re-arms, %llu sends of %llu buffers, bulk ring: %llu moves to, %llu back, "
+			"window %llu KiB%s\n",
 			i, (unsigned long long)n->recv_cqes, (unsigned long long)n->recv_bufs,
 			(unsigned long long)n->enobufs, (unsigned long long)n->rearms,
 			(unsigned long long)n->sends, (unsigned long long)n->send_iovs,
 			(unsigned long long)n->bulk_moves, (unsigned long long)n->bulk_backs,
+			(unsigned long long)(n->bulk_window >> 10),
 			n->bulk_failed ? " (could not be made)" : "");
 		if (n->udp_gso_sends || n->udp_gso_fallbacks)
 			fprintf(stderr,

@@ -30,7 +30,7 @@
 static struct {
 	_Atomic uint32_t max_len;
 	_Atomic int closed;
-	_Atomic uint64_t moves, backs, failed, enobufs, bytes, rearms, cqes;
+	_Atomic uint64_t moves, backs, failed, enobufs, bytes, rearms, cqes, window;
 	/* hold: keep every slice until hold_until bytes, then put them all */
 	_Atomic uint64_t hold_until;
 	struct keel_slice held[4096]; /* shard only */
@@ -90,6 +90,7 @@ bk_close(struct keel_conn *c, int status)
 		atomic_store(&bk.enobufs, st.enobufs);
 		atomic_store(&bk.rearms, st.rearms);
 		atomic_store(&bk.cqes, st.recv_cqes);
+		atomic_store(&bk.window, st.bulk_window);
 	}
 	atomic_store(&bk.closed, 1);
 }
@@ -320,6 +321,64 @@ Test(net_bulk, held_bulk_buffers_send_the_connection_back)
 	cr_assert_gt(atomic_load(&bk.enobufs), 0);
 }
 
+#define WR_HOLD (3u << 20) /* 48 of the 64 bulk buffers */
+
+/* The application holds all it receives until 3 MiB have come: each time the kernel
+ * empties the bulk ring's window it doubles (4, 8, 16, 32 buffers), up to bulk_window =
+ * @window bytes (0: every buffer). Buffers held are outside the window, so the 3 MiB arrive
+ * whatever its size. Returns the window the shard reports at the end. (Data that arrives
+ * before the move lands in the first ring; 1.75 MiB in the bulk ring takes it past 16.) */
+static uint64_t
+window_run(uint32_t window)
+{
+	struct keel_net_config nc;
+	struct srv s;
+	int fd;
+
+	keel_net_config_init(&nc);
+	nc.bulk_window = window;
+	fd = bk_start(&s, &nc, NULL, &bk_hold_ops);
+	atomic_store(&bk.hold_until, WR_HOLD); /* before any byte is written */
+	bk_chunk(&s, fd, BK_FIRST, 0, true, false);
+	bk_chunk(&s, fd, (1u << 20) - BK_FIRST, BK_FIRST, false, false);
+	bk_chunk(&s, fd, 1u << 20, 1u << 20, false, false);
+	bk_chunk(&s, fd, 1u << 20, 2u << 20, false, false);
+	WAIT_UNTIL(atomic_load(&bk.bytes) == WR_HOLD, TEST_WAIT_MS,
+		   "%llu of %u bytes received under a bulk window of %u bytes",
+		   (unsigned long long)atomic_load(&bk.bytes), WR_HOLD, window);
+	bk_close_wait(&s, fd);
+	cr_assert_eq(atomic_load(&bk.moves), 1, "%llu moves to the bulk ring, want 1",
+		     (unsigned long long)atomic_load(&bk.moves));
+	cr_assert_eq(atomic_load(&bk.backs), 0, "%llu moves back, want 0",
+		     (unsigned long long)atomic_load(&bk.backs));
+	return atomic_load(&bk.window);
+}
+
+Test(net_bulk, the_bulk_window_stops_at_bulk_window)
+{
+	uint64_t w = window_run(KEEL_NET_BULK_WINDOW_DEFAULT);
+
+	cr_assert_eq(w, KEEL_NET_BULK_WINDOW_DEFAULT,
+		     "bulk window %llu bytes, want %u (the default)", (unsigned long long)w,
+		     KEEL_NET_BULK_WINDOW_DEFAULT);
+	w = window_run(256u << 10);
+	cr_assert_eq(w, 256u << 10, "bulk window %llu bytes, want 262144", (unsigned long long)w);
+	/* Whole buffers, at least one. */
+	w = window_run(100000);
+	cr_assert_eq(w, 65536, "bulk window %llu bytes for 100000, want 65536",
+		     (unsigned long long)w);
+	w = window_run(1);
+	cr_assert_eq(w, 65536, "bulk window %llu bytes for 1, want 65536", (unsigned long long)w);
+}
+
+Test(net_bulk, bulk_window_zero_grows_to_what_is_held)
+{
+	uint64_t w = window_run(0);
+
+	cr_assert_geq(w, 1u << 20, "bulk window %llu bytes with no bound, want at least 1 MiB",
+		      (unsigned long long)w);
+}
+
 static _Atomic unsigned bk_fail_lines;
 
 static void
@@ -366,6 +425,7 @@ Test(net_bulk, the_configuration_is_checked)
 	keel_net_config_init(&nc);
 	cr_assert_eq(nc.bulk_buf_size, 65536);
 	cr_assert_eq(nc.bulk_buf_count, 64);
+	cr_assert_eq(nc.bulk_window, 512u << 10);
 	nc.bulk_buf_size = (1u << 20) + 1;
 	cr_assert_eq(keel_net_config_set(&nc), -EINVAL, "bulk_buf_size above 1 MiB");
 	nc.bulk_buf_size = 65536;
@@ -387,9 +447,10 @@ Test(net_bulk, the_configuration_is_checked)
 }
 
 /* keel-echo with --stats and @bulk_flag (NULL: the default bulk ring) echoes 16 x 256 KiB on
- * one connection; returns the moves to the bulk ring its "shard 0 net:" line reports. */
+ * one connection; returns the moves to the bulk ring its "shard 0 net:" line reports, and
+ * in @window_kib the bulk window it reports (NULL: not wanted). */
 static unsigned long long
-echo_moves(const char *bulk_flag, const char *bulk_value)
+echo_moves(const char *bulk_flag, const char *bulk_value, unsigned long long *window_kib)
 {
 	char port_s[16], path[] = "/tmp/keel-bulk-XXXXXX", text[8192], *line;
 	struct sockaddr_in a;
@@ -445,18 +506,28 @@ echo_moves(const char *bulk_flag, const char *bulk_value)
 	cr_assert(line, "no network line in keel-echo's --stats output:\n%s", text);
 	cr_assert(strstr(line, "bulk ring: "), "%s", line);
 	sscanf(strstr(line, "bulk ring: "), "bulk ring: %llu moves to", &moves);
+	if (window_kib) {
+		cr_assert(strstr(line, ", window "), "%s", line);
+		cr_assert_eq(sscanf(strstr(line, ", window "), ", window %llu KiB", window_kib), 1,
+			     "%s", line);
+	}
 	return moves;
 }
 
-/* keel-echo's --bulk-buf-* flags reach the configuration and --stats reports the moves; a bad
- * count is refused with exit status 2. */
+/* keel-echo's --bulk-buf-* and --bulk-window flags reach the configuration and --stats
+ * reports the moves and the window; a bad count is refused with exit status 2. */
 Test(net_bulk, keel_echo_bulk_flags_and_stats, .timeout = 120)
 {
 	char *bad[] = { "keel-echo", "--port", "1", "--bulk-buf-count", "3", NULL };
 	int st;
 
-	cr_assert_geq(echo_moves(NULL, NULL), 1, "no move to the bulk ring with the default");
-	cr_assert_eq(echo_moves("--bulk-buf-size", "0"), 0, "a move with --bulk-buf-size 0");
+	unsigned long long kib = 0;
+
+	cr_assert_geq(echo_moves(NULL, NULL, NULL), 1, "no move to the bulk ring with the default");
+	cr_assert_eq(echo_moves("--bulk-buf-size", "0", NULL), 0, "a move with --bulk-buf-size 0");
+	/* 128 KiB: two buffers, the window's first size already past it (4 buffers). */
+	cr_assert_geq(echo_moves("--bulk-window", "128k", &kib), 1);
+	cr_assert_eq(kib, 128, "keel-echo --bulk-window 128k: a window of %llu KiB reported", kib);
 	st = keel_echo_status(bad);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "keel-echo status %d, want exit 2", st);
 }

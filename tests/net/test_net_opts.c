@@ -52,19 +52,21 @@ Test(net_opts, options_set_the_fields_and_leave_the_rest_in_order)
 
 	keel_net_config_init(&c);
 	d = c;
-	cr_assert_eq(parse(&c,
-			   "--port 7 --buf-count 512 --buf-size=8k --bulk-buf-count 16 "
-			   "--bulk-buf-size 1m --udp-buf-count 64 --udp-buf-size 2048 "
-			   "--udp-gso-segs 8 --zc-threshold 4kb --max-files 100 --addr x "
-			   "--header-timeout-ms 250 --header-bytes 16 --idle-timeout-ms 1000 "
-			   "--send-max 2MB --shard-send-max=1g -- --buf-count 2",
-			   err, sizeof(err), left, sizeof(left)),
-		     0, "%s", err);
+	cr_assert_eq(
+		parse(&c,
+		      "--port 7 --buf-count 512 --buf-size=8k --bulk-buf-count 16 "
+		      "--bulk-buf-size 1m --bulk-window 2m --udp-buf-count 64 --udp-buf-size 2048 "
+		      "--udp-gso-segs 8 --zc-threshold 4kb --max-files 100 --addr x "
+		      "--header-timeout-ms 250 --header-bytes 16 --idle-timeout-ms 1000 "
+		      "--send-max 2MB --shard-send-max=1g -- --buf-count 2",
+		      err, sizeof(err), left, sizeof(left)),
+		0, "%s", err);
 	cr_assert_str_eq(left, "--port 7 --addr x -- --buf-count 2");
 	cr_assert_eq(c.buf_count, 512);
 	cr_assert_eq(c.buf_size, 8192);
 	cr_assert_eq(c.bulk_buf_count, 16);
 	cr_assert_eq(c.bulk_buf_size, 1u << 20);
+	cr_assert_eq(c.bulk_window, 2u << 20);
 	cr_assert_eq(c.udp_buf_count, 64);
 	cr_assert_eq(c.udp_buf_size, 2048);
 	cr_assert_eq(c.udp_gso_segs, 8);

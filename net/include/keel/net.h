@@ -104,6 +104,12 @@ struct keel_net_config {
 	uint32_t bulk_buf_size;  /* bytes per bulk buffer, at most 1 MiB (default 64 KiB); 0 or
 				    not above buf_size: no bulk ring */
 	uint32_t bulk_buf_count; /* bulk buffers per shard, a power of two (default 64) */
+	/* Most bytes of bulk buffers the ring hands the kernel at once: the bulk ring's window
+	 * (4 buffers at first) doubles as a stream needs, up to this many bytes (whole buffers,
+	 * at least one), so the buffers the kernel copies into stay few enough to be warm in
+	 * the core's cache. Buffers the application holds are outside it. 0: up to every
+	 * buffer. Default KEEL_NET_BULK_WINDOW_DEFAULT (docs/net.md, "Two receive rings"). */
+	uint32_t bulk_window;
 
 	/* UDP sends: datagrams an endpoint sends in one pass to one destination, of one size
 	 * (the last may be shorter), go out as one sendmsg with UDP_SEGMENT (generic
@@ -120,6 +126,9 @@ struct keel_net_config {
 /** The most payload bytes one UDP sendmsg of several datagrams carries (an IPv4 packet's
  * 65,535 less the IP and UDP headers). */
 #define KEEL_UDP_GSO_BYTES 65507
+
+/** The default bulk_window: 512 KiB, 8 buffers of the default 64 KiB. */
+#define KEEL_NET_BULK_WINDOW_DEFAULT (512u << 10)
 
 /** Receives in a row under buf_size after which a connection leaves the bulk ring. */
 #define KEEL_NET_BULK_BACK 64
@@ -568,6 +577,9 @@ struct keel_net_stats {
 	uint64_t bulk_backs;  /* ... and back to the first ring */
 	uint64_t bulk_failed; /* 1 when making the bulk ring failed (logged with the fix): the
 				 shard's connections then stay on the first ring */
+	uint64_t bulk_window; /* bytes of bulk buffers the ring may hand the kernel now (its
+				 window; at most keel_net_config.bulk_window); 0 before the
+				 ring is made */
 };
 
 /**
