@@ -579,7 +579,7 @@ keel_listener_start(struct keel_listener *l)
 		keel_log(KEEL_LOG_ERROR, NET_MOD,
 			 "shard %u: the listener's configuration (keel_listen_opts.net) has other "
 			 "buffer ring or file table sizes (buf_size, buf_count, max_files, udp_*, "
-			 "bulk_buf_*) "
+			 "bulk_buf_*, bulk_window) "
 			 "than this shard's network state was made with; use the same ones, or "
 			 "start this listener first",
 			 id);

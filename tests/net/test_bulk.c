@@ -208,8 +208,8 @@ Test(net_bulk, a_stream_moves_to_the_bulk_ring_intact_single_shot_receives)
 /* A multishot receive with bundles ends when it takes the last buffer in the ring; were the
  * ring's window (16 buffers at first, 4 in the bulk ring) left smaller than the bytes in
  * flight, nearly every receive of a stream would end and be armed again. The window grows
- * instead (doubling, up to the ring), so the re-arms are a handful: the window's doublings
- * and the move to the bulk ring. */
+ * instead (doubling, up to the ring or bulk_window), so the re-arms are a handful: the
+ * window's doublings and the move to the bulk ring. */
 static void
 rearm_run(uint32_t bulk)
 {
@@ -323,11 +323,11 @@ Test(net_bulk, held_bulk_buffers_send_the_connection_back)
 
 #define WR_HOLD (3u << 20) /* 48 of the 64 bulk buffers */
 
-/* The application holds all it receives until 3 MiB have come: each time the kernel
- * empties the bulk ring's window it doubles (4, 8, 16, 32 buffers), up to bulk_window =
- * @window bytes (0: every buffer). Buffers held are outside the window, so the 3 MiB arrive
- * whatever its size. Returns the window the shard reports at the end. (Data that arrives
- * before the move lands in the first ring; 1.75 MiB in the bulk ring takes it past 16.) */
+/* The application holds all it receives until 3 MiB have come. The bulk ring's window starts
+ * at 4 buffers (256 KiB), or bulk_window = @window bytes if less, and doubles each time the
+ * kernel empties it before the shard tops it up (how often depends on timing), never past
+ * bulk_window. Buffers held are outside the window, so the 3 MiB arrive whatever its size.
+ * Returns the window the shard reports at the end. */
 static uint64_t
 window_run(uint32_t window)
 {
@@ -358,9 +358,11 @@ Test(net_bulk, the_bulk_window_stops_at_bulk_window)
 {
 	uint64_t w = window_run(KEEL_NET_BULK_WINDOW_DEFAULT);
 
-	cr_assert_eq(w, KEEL_NET_BULK_WINDOW_DEFAULT,
-		     "bulk window %llu bytes, want %u (the default)", (unsigned long long)w,
-		     KEEL_NET_BULK_WINDOW_DEFAULT);
+	/* How far it grows depends on timing; the bound does not. */
+	cr_assert(w >= 256u << 10 && w <= KEEL_NET_BULK_WINDOW_DEFAULT,
+		  "bulk window %llu bytes, want 262144 to %u (the default)", (unsigned long long)w,
+		  KEEL_NET_BULK_WINDOW_DEFAULT);
+	/* The start window: it cannot grow. */
 	w = window_run(256u << 10);
 	cr_assert_eq(w, 256u << 10, "bulk window %llu bytes, want 262144", (unsigned long long)w);
 	/* Whole buffers, at least one. */
@@ -369,14 +371,6 @@ Test(net_bulk, the_bulk_window_stops_at_bulk_window)
 		     (unsigned long long)w);
 	w = window_run(1);
 	cr_assert_eq(w, 65536, "bulk window %llu bytes for 1, want 65536", (unsigned long long)w);
-}
-
-Test(net_bulk, bulk_window_zero_grows_to_what_is_held)
-{
-	uint64_t w = window_run(0);
-
-	cr_assert_geq(w, 1u << 20, "bulk window %llu bytes with no bound, want at least 1 MiB",
-		      (unsigned long long)w);
 }
 
 static _Atomic unsigned bk_fail_lines;

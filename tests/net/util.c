@@ -389,6 +389,7 @@ shard_hold(struct shard_hold *h, struct keel_runtime *rt, unsigned shard)
 {
 	h->req = (struct keel_xreq){ .fn = hold_cb };
 	pthread_mutex_lock(&h->lock);
+	h->released = h->left = false; /* a hold that timed out left them set */
 	cr_assert_eq(keel_runtime_submit(rt, shard, &h->req), 0);
 	while (!h->blocked)
 		pthread_cond_wait(&h->cond, &h->lock);

@@ -6,14 +6,15 @@
 # samples' self time is split into: user space (the server, libc, liburing), io_uring (the
 # kernel's io_uring code), epoll and poll, system-call entry and the file layer, scheduler
 # and wake-ups, and the rest (the TCP/UDP/IP stack, copies, memory: work either server
-# does). The shares of the first four are what a server's design can change; the rest
-# bounds how far below the other server's CPU per message it can go.
+# does, though not always the same amount). The split is by symbol name, so approximate:
+# io_uring's own poll of a socket (sock_poll, tcp_poll) counts as poll, and the CPU per
+# message includes perf's own sampling overhead.
 #   tools/bench/profsplit.sh [BIN_DIR] [MODE SIZE INFLIGHT CONNS]
 # Defaults: build-release/bin, pingpong 64 1 256. Needs perf (Debian: linux-perf) and root
 # or kernel.perf_event_paranoid <= 1.
 set -euo pipefail
+bin=$(realpath -m "${1:-$(dirname "$0")/../../build-release/bin}")
 cd "$(dirname "$0")/../.."
-bin=${1:-build-release/bin}
 mode=${2:-pingpong}
 size=${3:-64}
 inflight=${4:-1}
@@ -27,33 +28,51 @@ command -v perf >/dev/null || {
 	exit 2
 }
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-port=$((20000 + RANDOM % 20000))
+sp= cp=
+trap 'kill $sp $cp 2>/dev/null; rm -rf "$tmp"' EXIT
 
 run() { # tag server-options...
-	local tag=$1 sp cp
+	local tag=$1 port= i
 	shift
-	"$bin/keel-bench" serve --cpuset 0 --port "$port" "$@" >"$tmp/$tag.srv" 2>&1 &
+	"$bin/keel-bench" serve --cpuset 0 --port 0 "$@" >"$tmp/$tag.srv" 2>&1 &
 	sp=$!
-	sleep 0.3
+	for i in $(seq 200); do # the first line names the port (10 s at most)
+		port=$(sed -n 's/^keel-bench serve: .* on [0-9.]*:\([0-9]*\) .*/\1/p' "$tmp/$tag.srv")
+		[ -n "$port" ] && break
+		kill -0 "$sp" 2>/dev/null || break
+		sleep 0.05
+	done
+	if [ -z "$port" ]; then
+		echo "profsplit.sh: the $tag server did not start:" >&2
+		cat "$tmp/$tag.srv" >&2
+		exit 1
+	fi
 	"$bin/keel-bench" "$mode" --client epoll --port "$port" --server-pid "$sp" --size "$size" \
 		--inflight "$inflight" --conns "$conns" --cpuset 1 --seconds 3.5 --warmup 0.3 \
 		--json >"$tmp/$tag.json" &
 	cp=$!
 	sleep 0.8
-	perf record -F 2999 -o "$tmp/$tag.data" -p "$sp" -- sleep 2.5 >/dev/null 2>&1
-	wait "$cp"
-	kill "$sp"
+	if ! perf record -F 2999 -o "$tmp/$tag.data" -p "$sp" -- sleep 2.5 >"$tmp/$tag.perf" 2>&1; then
+		echo "profsplit.sh: perf record failed (root, or kernel.perf_event_paranoid <= 1?):" >&2
+		cat "$tmp/$tag.perf" >&2
+		exit 1
+	fi
+	wait "$cp" || {
+		echo "profsplit.sh: the client failed against the $tag server" >&2
+		exit 1
+	}
+	cp=
+	kill "$sp" 2>/dev/null || true
 	wait "$sp" 2>/dev/null || true
-	port=$((port + 1))
+	sp=
 	local ns
 	ns=$(sed -n 's/.*"server_cpu_ns_per_msg": *\([0-9.]*\).*/\1/p' "$tmp/$tag.json")
 	perf report -i "$tmp/$tag.data" --no-children --sort dso,sym --stdio -g none 2>/dev/null |
 		awk -v tag="$tag" -v ns="$ns" '
 		/%/ && $1 ~ /%$/ {
-			s = $1 + 0; d = $2; n = $4; tot += s
-			if (d != "[kernel.kallsyms]") c["user"] += s
-			else if (n ~ /^io_|^__io_|io_uring|^tctx/) c["io_uring"] += s
+			s = $1 + 0; n = $4; tot += s
+			if ($3 == "[.]") c["user"] += s
+			else if (n ~ /^io_/ && n !~ /^io_schedule/ || n ~ /^__io_|io_uring|^tctx/) c["io_uring"] += s
 			else if (n ~ /epoll|^ep_|^sock_poll|^tcp_poll|^__pollwait/) c["epoll"] += s
 			else if (n ~ /syscall|^entry_SYSCALL|fdget|^fput|^vfs_read|^vfs_write|^ksys_|^__sys_|^___sys_|^__x64_sys|^sock_read_iter|^sock_write_iter|^rw_verify|^security_|fsnotify|^import_iovec|^copy_msghdr|^sockfd_lookup|^__check_object_size|^__virt_addr_valid|^check_heap_object/) c["syscall"] += s
 			else if (n ~ /sched|schedule|switch|^try_to_wake|wake_up|^enqueue_task|^dequeue_task|^pick_next|^update_curr|hrtimer|^tick_/) c["sched"] += s
