@@ -51,5 +51,13 @@ AWK
 )
 want="keel ahead (p 0.008)|keel behind (p 0.008)|not shown (p 0.05)|-|-"
 if [ "$out" = "$want" ]; then echo "ok: verdicts"; else echo "FAIL: verdicts '$out', expected '$want'"; fail=1; fi
+# the two verdicts of a row in one cell
+out=$(awk -f "$root/tools/bench/ranksum.awk" -f /dev/stdin <<'AWK'
+BEGIN { printf "%s|%s|%s\n", ranksum_shown(0.0079, 120, 100, 0.3, 5, 6), ranksum_shown("-", 1, 2, "-", 1, 2),
+	ranksum_shown(0.2, 1, 2, 0.002, 6, 5) }
+AWK
+)
+want="keel ahead (p 0.008); not shown (p 0.30)|-|not shown (p 0.20); keel dearer (p 0.002)"
+if [ "$out" = "$want" ]; then echo "ok: shown cell"; else echo "FAIL: shown cell '$out', expected '$want'"; fail=1; fi
 [ $fail -eq 0 ] && echo "ranksum: ok"
 exit $fail

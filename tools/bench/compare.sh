@@ -374,6 +374,15 @@ fi
 # client-bound reps; per row and policy the per-rep keel/epoll ratios (median, min, max).
 sum=$out/summary.tsv
 summary_prog='
+# The @c figures of key @k in @src (src[k, 1..c]) into @dst, leaving out "null" (and, with
+# @positive, figures not above 0); returns how many.
+function figures(src, k, c, dst, positive,   i, nd) {
+	delete dst
+	for (i = 1; i <= c; i++)
+		if (src[k, i] != "null" && (!positive || src[k, i] > 0))
+			dst[++nd] = src[k, i]
+	return nd + 0
+}
 function med(a, n,   i, j, t) {
 	for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
 	return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
@@ -420,13 +429,9 @@ END {
 		prate = pcpu = "-"
 		ke = kk[1] SUBSEP kk[2] SUBSEP "epoll"
 		if (kk[3] == "keel" && (ke in n)) {
-			delete x; delete y; nx = ny = 0
-			for (i = 1; i <= c; i++) if (m[k, i] != "null") x[++nx] = m[k, i]
-			for (i = 1; i <= n[ke]; i++) if (m[ke, i] != "null") y[++ny] = m[ke, i]
+			nx = figures(m, k, c, x, 0); ny = figures(m, ke, n[ke], y, 0)
 			prate = ranksum_p(x, nx, y, ny)
-			delete x; delete y; nx = ny = 0
-			for (i = 1; i <= c; i++) if (cpu[k, i] != "null" && cpu[k, i] > 0) x[++nx] = cpu[k, i]
-			for (i = 1; i <= n[ke]; i++) if (cpu[ke, i] != "null" && cpu[ke, i] > 0) y[++ny] = cpu[ke, i]
+			nx = figures(cpu, k, c, x, 1); ny = figures(cpu, ke, n[ke], y, 1)
 			pcpu = ranksum_p(x, nx, y, ny)
 			if (prate < 0) prate = "-"
 			if (pcpu < 0) pcpu = "-"
@@ -516,9 +521,7 @@ END {
 			if (E[18] > 0) flags = flags "client-bound epoll " E[18] "/" E[9] "; "
 			if (K[19] > 0 || E[19] > 0) flags = flags "lost " (K[19] + 0) " / " (E[19] + 0) "; "
 			sub(/; $/, "", flags)
-			sh = ranksum_verdict(K[24], K[10], E[10], "ahead", "behind") "; " \
-				ranksum_verdict(K[25], K[15], E[15], "dearer", "cheaper")
-			if (sh == "-; -") sh = "-"
+			sh = ranksum_shown(K[24], K[10], E[10], K[25], K[15], E[15])
 			printf "| %s | %s | %s | %s | %s | %s | %s | %s (%s-%s) | %s (%s-%s) | %s (%s-%s) | %s / %s | %s / %s | %s / %s | %s / %s | %s / %s | %s / %s | %s | %s |\n", \
 				S[1], mode, S[3], S[4], S[5], S[6], unit(mode), \
 				fmtv(K[10], mode), fmtv(K[11], mode), fmtv(K[12], mode), fmtv(E[10], mode), fmtv(E[11], mode), fmtv(E[12], mode), \

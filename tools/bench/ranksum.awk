@@ -19,6 +19,8 @@
 # p-value p and the two medians a (keel) and b (epoll): "keel MORE (p ...)" or "keel LESS
 # (p ...)" at p < 0.05 (MORE when a > b), "not shown (p ...)" above, "-" without a test.
 #
+# ranksum_shown(prate, krate, erate, pcpu, kcpu, ecpu) is a row's two verdicts in one cell.
+#
 # Used with -f beside a program: awk -f tools/bench/ranksum.awk -f prog.awk.
 
 function ranksum__sort(v, n, g,   i, j, t, u) {
@@ -83,4 +85,12 @@ function ranksum_verdict(p, a, b, more, less) {
 	if (p + 0 >= 0.05)
 		return sprintf("not shown (p %.2f)", p)
 	return sprintf("keel %s (p %.3f)", (a + 0 > b + 0) ? more : less, p)
+}
+
+# The "shown (p): rate; server CPU" cell of a row: the rate's verdict (keel ahead/behind)
+# and the server CPU's (keel dearer/cheaper), "-" when neither has a test.
+function ranksum_shown(prate, krate, erate, pcpu, kcpu, ecpu,   sh) {
+	sh = ranksum_verdict(prate, krate, erate, "ahead", "behind") "; " \
+		ranksum_verdict(pcpu, kcpu, ecpu, "dearer", "cheaper")
+	return sh == "-; -" ? "-" : sh
 }

@@ -133,9 +133,7 @@ cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 			if (E[20] > 0) fl = fl "client-bound epoll " E[20] "/" E[11] "; "
 			if (A[2] ~ /shared/) fl = fl "client shares the server CPUs; "
 			sub(/; $/, "", fl)
-			sh = ranksum_verdict(K[26], K[12], E[12], "ahead", "behind") "; " \
-				ranksum_verdict(K[27], K[17], E[17], "dearer", "cheaper")
-			if (sh == "-; -") sh = "-"
+			sh = ranksum_shown(K[26], K[12], E[12], K[27], K[17], E[17])
 			printf "| %s | %s | %s | %s | %s | %s | %s | %s (%s-%s) | %s (%s-%s) | %s (%s-%s) | %s / %s | %s / %s | %s / %s | %s | %s |\n", \
 				A[1], A[2], A[3], mode, A[7], A[9], unit, v(K[12]), v(K[13]), v(K[14]), v(E[12]), v(E[13]), v(E[14]), \
 				g(K[22]), g(K[23]), g(K[24]), g(K[18]), g(E[18]), v(K[17]), v(E[17]), f1(K[16]), f1(E[16]), sh, fl
