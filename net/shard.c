@@ -55,6 +55,22 @@ keel_net_config_init(struct keel_net_config *c)
 	*c = d;
 }
 
+/* The bulk ring's largest window in buffers: bulk_window in whole buffers, at least one,
+ * at most the ring (0: every buffer). Only with the bulk ring on (bulk_buf_size above
+ * buf_size, so not 0). */
+static uint32_t
+bulk_wmax(const struct keel_net_config *c)
+{
+	uint32_t n = c->bulk_window / c->bulk_buf_size;
+
+	if (!c->bulk_window || n >= c->bulk_buf_count)
+		return c->bulk_buf_count;
+	return n ? n : 1;
+}
+
+/* Two configurations that make the same buffer rings and file table: bulk_window as the
+ * window it makes, so 0 and the ring's size, or two sizes with the same whole buffers,
+ * are one. */
 bool
 keel__net_config_shard_equal(const struct keel_net_config *a, const struct keel_net_config *b)
 {
@@ -63,7 +79,7 @@ keel__net_config_shard_equal(const struct keel_net_config *a, const struct keel_
 	       a->udp_buf_size == b->udp_buf_size && keel__net_bulk_on(a) == keel__net_bulk_on(b) &&
 	       (!keel__net_bulk_on(a) ||
 		(a->bulk_buf_size == b->bulk_buf_size && a->bulk_buf_count == b->bulk_buf_count &&
-		 a->bulk_window == b->bulk_window));
+		 bulk_wmax(a) == bulk_wmax(b)));
 }
 
 int
@@ -289,16 +305,6 @@ err:
 	free(ns->scratch);
 	free(ns);
 	return r;
-}
-
-/* The bulk ring's largest window in buffers: bulk_window in whole buffers, at least one
- * (0: every buffer). */
-static uint32_t
-bulk_wmax(const struct keel_net_config *c)
-{
-	uint32_t n = c->bulk_window / c->bulk_buf_size;
-
-	return !c->bulk_window ? 0 : n ? n : 1;
 }
 
 struct pbuf_ring *

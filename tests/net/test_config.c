@@ -10,6 +10,7 @@
 
 #include <criterion/criterion.h>
 
+#include "../../net/net_internal.h"
 #include "helpers.h"
 
 /* One runtime of the pair: its configuration and what its shard saw. */
@@ -296,4 +297,31 @@ Test(net_config, listener_with_other_buffer_sizes_than_the_shard_is_refused)
 	cr_assert_eq(second_ret, -EINVAL, "the second listener's start is refused");
 	keel_listener_destroy(ls1);
 	keel_listener_destroy(ls2);
+}
+
+/* The bulk window is compared as the shard uses it, in whole buffers up to the ring: two
+ * values that make the same window are the same configuration. */
+Test(net_config, bulk_windows_that_make_the_same_ring_are_equal)
+{
+	struct keel_net_config x, y;
+
+	keel_net_config_init(&x);
+	keel_net_config_init(&y);
+	x.bulk_buf_size = 64u << 10;
+	x.bulk_buf_count = 64;
+	y.bulk_buf_size = x.bulk_buf_size;
+	y.bulk_buf_count = x.bulk_buf_count;
+	x.bulk_window = 512u << 10;
+	y.bulk_window = (512u << 10) + 1000; /* still 8 whole buffers */
+	cr_assert(keel__net_config_shard_equal(&x, &y), "8 buffers either way");
+	y.bulk_window = 1u << 20;
+	cr_assert_not(keel__net_config_shard_equal(&x, &y), "8 buffers against 16");
+	x.bulk_window = 0;            /* every buffer */
+	y.bulk_window = 64u * 65536u; /* the whole ring, 64 buffers */
+	cr_assert(keel__net_config_shard_equal(&x, &y), "0 and the ring's size are both 64");
+	y.bulk_window = 1u << 30;
+	cr_assert(keel__net_config_shard_equal(&x, &y), "a window above the ring is the ring");
+	x.bulk_window = 1;
+	y.bulk_window = 1000; /* both under one buffer: one */
+	cr_assert(keel__net_config_shard_equal(&x, &y), "one buffer either way");
 }
