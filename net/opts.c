@@ -60,6 +60,11 @@ static const struct net_opt net_opts[] = {
 	     "default 64)"),
 	NOPT("--zc-threshold", NOPT_BYTES, 0, UINT32_MAX, zc_threshold,
 	     "sends of this many bytes or more use SEND_ZC (default 4294967295: never)"),
+	NOPT("--high-watermark", NOPT_BYTES, 1, UINT32_MAX, high_watermark,
+	     "queued send bytes of a connection above which its reading pauses (default 1m)"),
+	NOPT("--low-watermark", NOPT_BYTES, 0, UINT32_MAX, low_watermark,
+	     "queued send bytes below which a paused connection reads again, at most "
+	     "--high-watermark (default 256k)"),
 	NOPT("--max-files", NOPT_COUNT, 1, 1u << 20, max_files,
 	     "direct-descriptor slots per shard, the most connections a shard holds "
 	     "(default 4096; at most ulimit -n)"),
@@ -183,7 +188,9 @@ keel_net_config_check(const struct keel_net_config *c, char *err, size_t errlen)
 	if (!c->max_files)
 		return errf(err, errlen, "max_files (--max-files) 0: a shard needs a slot");
 	if (c->low_watermark > c->high_watermark)
-		return errf(err, errlen, "low_watermark %u above high_watermark %u",
+		return errf(err, errlen,
+			    "low_watermark (--low-watermark) %u above high_watermark "
+			    "(--high-watermark) %u",
 			    c->low_watermark, c->high_watermark);
 	return 0;
 }

@@ -58,7 +58,8 @@ Test(net_opts, options_set_the_fields_and_leave_the_rest_in_order)
 		      "--bulk-buf-size 1m --bulk-window 2m --udp-buf-count 64 --udp-buf-size 2048 "
 		      "--udp-gso-segs 8 --zc-threshold 4kb --max-files 100 --addr x "
 		      "--header-timeout-ms 250 --header-bytes 16 --idle-timeout-ms 1000 "
-		      "--send-max 2MB --shard-send-max=1g -- --buf-count 2",
+		      "--send-max 2MB --shard-send-max=1g --high-watermark 512k "
+		      "--low-watermark=64k -- --buf-count 2",
 		      err, sizeof(err), left, sizeof(left)),
 		0, "%s", err);
 	cr_assert_str_eq(left, "--port 7 --addr x -- --buf-count 2");
@@ -77,8 +78,10 @@ Test(net_opts, options_set_the_fields_and_leave_the_rest_in_order)
 	cr_assert_eq(c.idle_timeout_ns, KEEL_MS(1000));
 	cr_assert_eq(c.send_max, 2u << 20);
 	cr_assert_eq(c.shard_send_max, UINT64_C(1) << 30);
+	cr_assert_eq(c.high_watermark, 512u << 10);
+	cr_assert_eq(c.low_watermark, 64u << 10);
 	/* What no option names keeps its value. */
-	cr_assert_eq(c.high_watermark, d.high_watermark);
+	cr_assert_eq(c.close_timeout_ns, d.close_timeout_ns);
 	cr_assert_eq(c.nodelay, d.nodelay);
 	cr_assert_eq(keel_net_config_set(&c), 0);
 	keel_net_config_init(&c);
@@ -107,6 +110,9 @@ Test(net_opts, a_bad_value_names_the_option_and_what_it_takes)
 		  "--header-timeout-ms: '86400001' is not 0..86400000 ms" },
 		{ "--send-max 99999999999g", "--send-max: '99999999999g' is not 0 or more bytes" },
 		{ "--idle-timeout-ms=", "--idle-timeout-ms: '' is not" },
+		{ "--high-watermark 0", "--high-watermark: '0' is not 1..4294967295 bytes" },
+		{ "--high-watermark 64k --low-watermark 128k",
+		  "low_watermark (--low-watermark) 131072 above high_watermark (--high-watermark) 65536" },
 	};
 	char err[256];
 
