@@ -61,20 +61,22 @@ proc_start(struct proc *p, const char *bin, ...)
 	}
 	cr_assert_gt(p->port, 0, "%s did not start (no 'listening ... port' line)", bin);
 	if (fork() == 0) {
-		/* KEEL_TEST_SERVER_LOG=FILE keeps what the server says (appended). */
+		/* KEEL_TEST_SERVER_LOG=FILE keeps what the server says (appended), each line as
+		 * it comes, so that a test can wait for one while the server runs. */
 		const char *keep = getenv("KEEL_TEST_SERVER_LOG");
 		int null = open("/dev/null", O_WRONLY);
 		FILE *out = keep ? fopen(keep, "a") : NULL;
 		char b[4096];
-		size_t k;
 
 		dup2(null, 1);
 		dup2(null, 2);
-		while ((k = fread(b, 1, sizeof(b), f)) > 0)
-			if (out)
-				fwrite(b, 1, k, out);
+		while (fgets(b, sizeof(b), f))
+			if (out) {
+				fputs(b, out);
+				fflush(out);
+			}
 		if (out)
-			fclose(out); /* _exit does not flush stdio */
+			fclose(out);
 		_exit(0);
 	}
 	fclose(f);
