@@ -155,7 +155,7 @@ unlink_file(const char *path) /* at start: a file of a shard this run does not h
 }
 
 static int
-commit_rename(const char *site, const char *from, const char *to)
+fault_rename(const char *site, const char *from, const char *to) /* commit, BGREWRITEAOF */
 {
 	if (kv_test_fault(site)) {
 		errno = EIO;
@@ -410,7 +410,7 @@ commit_begin(int dir_fd, unsigned n)
 	if (r == 0 && fsync(fd) < 0)
 		r = -errno;
 	close(fd);
-	if (r == 0 && commit_rename("commit-marker", tmp, path) < 0)
+	if (r == 0 && fault_rename("commit-marker", tmp, path) < 0)
 		r = -errno;
 	if (r == 0 && fsync(dir_fd) < 0)
 		r = -errno;
@@ -448,7 +448,7 @@ commit_finish(int dir_fd, unsigned n, char *what, size_t wlen)
 	for (unsigned i = 0; i < n; i++) {
 		path_of(from, sizeof(from), i, ".new");
 		path_of(to, sizeof(to), i, "");
-		if (commit_rename("commit-rename", from, to) < 0 && errno != ENOENT) {
+		if (fault_rename("commit-rename", from, to) < 0 && errno != ENOENT) {
 			r = -errno;
 			snprintf(what, wlen, "%s", from);
 			return r;
@@ -1172,7 +1172,7 @@ rw_synced(struct keel_file_req *req, int res, void *arg)
 	}
 	path_of(tmp, sizeof(tmp), a->id, ".rewrite");
 	path_of(path, sizeof(path), a->id, "");
-	if (rename(tmp, path) < 0)
+	if (fault_rename("rewrite-rename", tmp, path) < 0)
 		return rw_fail(a, -errno);
 	a->rw_renamed = true; /* from here on the name is the new file's */
 	rw_dir_sync(a);

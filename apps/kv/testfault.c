@@ -21,9 +21,9 @@ kv_test_faults_init(void)
 #include <string.h>
 
 /* The sites, and what the spec says of each (indexed alike). */
-static const char *const known[] = { "record-oom",    "ftruncate",     "stop-sync",
-				     "start-unlink",  "commit-marker", "commit-rename",
-				     "commit-dirsync" };
+static const char *const known[] = { "record-oom",     "ftruncate",     "stop-sync",
+				     "start-unlink",   "commit-marker", "commit-rename",
+				     "commit-dirsync", "rewrite-rename" };
 #define NSITES (sizeof(known) / sizeof(known[0]))
 static struct site {
 	bool set;

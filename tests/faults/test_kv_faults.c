@@ -856,16 +856,38 @@ Test(faults_kv, aof_failed_flushall_truncate_rebuilds_the_file)
 	rm_dir(dir);
 }
 
+/* Wait until the server log @log (KEEL_TEST_SERVER_LOG) holds @want. The server's stderr
+ * reaches the file through a drain process, so the line may come after the event. */
+static void
+log_wait(const char *log, const char *want)
+{
+	uint64_t dl = test_deadline(TEST_WAIT_MS);
+	char buf[8192];
+
+	for (;;) {
+		ssize_t n = 0;
+		int fd = open(log, O_RDONLY);
+
+		if (fd >= 0) {
+			n = read(fd, buf, sizeof(buf) - 1);
+			close(fd);
+		}
+		buf[n > 0 ? n : 0] = 0;
+		if (strstr(buf, want))
+			return;
+		cr_assert(!test_expired(dl), "no line '%s'; the log: %s", want, buf);
+		test_pause();
+	}
+}
+
 /* The fdatasync at stop fails: the stop says so, in a line naming the file and the error
  * (replies still waiting for it would carry the error; none waits here: a stop with
  * replies in flight is not reproducible from outside). */
 Test(faults_kv, aof_failed_sync_at_stop_is_reported)
 {
-	char dir[] = "/tmp/keel-kv-aof-stopsync-XXXXXX", log[64], buf[8192];
+	char dir[] = "/tmp/keel-kv-aof-stopsync-XXXXXX", log[64];
 	bool acked[200] = { false };
 	struct proc p;
-	uint64_t dl;
-	int fd;
 
 	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
 	snprintf(log, sizeof(log), "%s.log", dir);
@@ -874,23 +896,7 @@ Test(faults_kv, aof_failed_sync_at_stop_is_reported)
 	unsetenv("KEEL_TEST_SERVER_LOG");
 	cr_assert_eq(aof_sets(p.port, 200, acked), 0);
 	proc_stop(&p);
-	/* The server's stderr reaches the file through a drain process: wait for the line. */
-	dl = test_deadline(TEST_WAIT_MS);
-	for (;;) {
-		ssize_t n = 0;
-
-		fd = open(log, O_RDONLY);
-		if (fd >= 0) {
-			n = read(fd, buf, sizeof(buf) - 1);
-			close(fd);
-		}
-		buf[n > 0 ? n : 0] = 0;
-		if (strstr(buf, "appendonly-0.aof at stop: Input/output error"))
-			break;
-		cr_assert(!test_expired(dl), "no line for the failed sync at stop; the log: %s",
-			  buf);
-		test_pause();
-	}
+	log_wait(log, "appendonly-0.aof at stop: Input/output error");
 	unlink(log);
 	aof1_check_and_clean(dir, 200, acked);
 }
@@ -1011,4 +1017,34 @@ Test(faults_kv, aof_start_commit_failing_at_each_step_loses_no_write)
 		proc_stop(&p);
 		rm_dir(dir);
 	}
+}
+
+/* BGREWRITEAOF's rename of its new file over the old one fails: the rewrite fails with a
+ * line that says so, the new file is removed, the old one stays the file and takes the
+ * writes made after; a second BGREWRITEAOF completes, and after a SIGKILL and a restart
+ * every acknowledged SET is there. */
+Test(faults_kv, aof_rewrite_failing_rename_keeps_the_old_file)
+{
+	char dir[] = "/tmp/keel-kv-aof-rwrename-XXXXXX", log[64], line[4200];
+	bool acked[600] = { false };
+	struct proc p;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	snprintf(log, sizeof(log), "%s.log", dir);
+	setenv("KEEL_TEST_SERVER_LOG", log, 1);
+	kvf_start(&p, "rewrite-rename:n=1", "1", "always", dir);
+	unsetenv("KEEL_TEST_SERVER_LOG");
+	cr_assert_eq(aof_sets(p.port, 200, acked), 0);
+	kv_command(p.port, "BGREWRITEAOF", line, sizeof(line));
+	cr_assert_str_eq(line, "+Background append only file rewriting started\r\n");
+	log_wait(log, "shard 0: BGREWRITEAOF failed: Input/output error");
+	cr_assert_eq(persistence_field(p.port, "aof_rewrites:"), 0, "a failed rewrite counted");
+	snprintf(line, sizeof(line), "%s/appendonly-0.aof.rewrite", dir);
+	cr_assert_eq(access(line, F_OK), -1, "%s is left after the failed rewrite", line);
+	cr_assert_eq(aof_sets(p.port, 400, acked), 0, "writes refused after the failed rewrite");
+	bgrewrite_until(p.port, "aof_rewrites:");
+	cr_assert_eq(aof_sets(p.port, 600, acked), 0, "writes refused after the second rewrite");
+	kill9(&p);
+	unlink(log);
+	aof1_check_and_clean(dir, 600, acked);
 }
