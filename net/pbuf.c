@@ -118,7 +118,7 @@ keel__pbuf_owns(const struct pbuf_ring *r, const void *p, const struct keel_slic
 
 	for (unsigned i = 0; i < r->nareas; i++) {
 		const struct keel_slice *a = &r->areas[i];
-		if (a->buf && b >= a->data && b < a->data + (size_t)r->per_area * r->bufsize) {
+		if (a->buf && b >= a->data && b < a->data + a->len) {
 			*area = a;
 			return true;
 		}
@@ -173,7 +173,12 @@ keel__pbuf_init_window(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid,
 		goto err;
 	}
 	for (unsigned i = 0; i < r->nareas; i++) {
-		ret = keel_buf_alloc(a, (size_t)r->per_area * bufsize, &r->areas[i]);
+		/* per_area buffers an area, the last one the rest: --memory pays for the
+		 * buffers the ring has, not for whole areas. */
+		uint32_t n = nbufs - i * r->per_area;
+
+		ret = keel_buf_alloc(a, (size_t)(n < r->per_area ? n : r->per_area) * bufsize,
+				     &r->areas[i]);
 		if (ret < 0) {
 			/* The bulk ring's maker says it, with the bulk ring's fixes. */
 			if (bgid != NET_BULK_BGID)

@@ -19,6 +19,7 @@
 
 #include <criterion/criterion.h>
 
+#include "../../net/net_internal.h"
 #include "helpers.h"
 
 struct udp_srv {
@@ -414,6 +415,55 @@ buf_config_run(const char *feature)
 Test(net_udp, buffer_size_and_count_are_configurable)
 {
 	buf_config_run(NULL);
+}
+
+/* A ring's buffers take udp_buf_count x (udp_buf_size + KEEL_UDP_BUF_OVERHEAD) bytes of
+ * --memory, as documented, also when its 4 MiB areas do not divide them evenly: the
+ * default's 65,608-byte buffers fit 63 to an area, so 256 of them are four full areas and
+ * one of 4 buffers, not of 63 (3.9 MB more). */
+static _Atomic uint64_t udp_ring_bytes, udp_ring_want;
+
+static void
+ring_bytes_start(void *arg)
+{
+	struct udp_sink *k = arg;
+	struct net_shard *ns;
+	uint64_t sum = 0;
+
+	sink_start(k);
+	if (atomic_load(&k->open_err) || keel__net_shard_get(&ns) < 0) {
+		atomic_store(&udp_ring_want, 1);
+		return;
+	}
+	for (unsigned i = 0; i < ns->udp.nareas; i++)
+		sum += ns->udp.areas[i].len;
+	atomic_store(&udp_ring_bytes, sum);
+	atomic_store(&udp_ring_want, (uint64_t)ns->udp.nbufs * ns->udp.bufsize);
+}
+
+Test(net_udp, the_ring_takes_the_memory_its_buffers_need)
+{
+	struct udp_sink *k = calloc(1, sizeof(*k));
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct keel_runtime *rt;
+
+	keel_net_config_init(&nc);
+	cr_assert_eq(keel_net_config_set(&nc), 0);
+	shard_hold_init(&k->shard);
+	o.idle_poll_us = 0;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, ring_bytes_start, k), 0);
+	WAIT_FOR(atomic_load(&udp_ring_want), "the UDP endpoint");
+	cr_assert_eq(atomic_load(&k->open_err), 0);
+	cr_assert_eq(atomic_load(&udp_ring_want),
+		     (uint64_t)nc.udp_buf_count * (nc.udp_buf_size + KEEL_UDP_BUF_OVERHEAD));
+	cr_assert_eq(atomic_load(&udp_ring_bytes), atomic_load(&udp_ring_want),
+		     "the areas hold %llu bytes for %llu of buffers",
+		     (unsigned long long)atomic_load(&udp_ring_bytes),
+		     (unsigned long long)atomic_load(&udp_ring_want));
+	sink_stop(rt, k);
+	free(k);
 }
 
 /* While the application holds every UDP buffer, the endpoint waits for one to come back
