@@ -496,6 +496,14 @@ recv_cb(struct keel_op *op, int res, uint32_t flags)
 				c->bulk = false;
 				ns->st.bulk_backs++;
 			}
+			/* A move to the bulk ring decided while it had a buffer, and it has
+			 * none now (other connections' applications hold them all): stay on
+			 * the first ring, which may have buffers back, rather than wait on
+			 * an empty ring for a buffer that nothing may return. */
+			if (c->bulk && !c->rx_bulk && !ns->bulk.inring) {
+				c->bulk = false;
+				ns->st.bulk_backs++;
+			}
 			/* The next receive takes the other ring (a move was under way, or
 			 * just made): it did not run dry, so it need not grow. */
 			if (c->bulk != c->rx_bulk)

@@ -578,8 +578,9 @@ struct keel_net_stats {
 	uint64_t bulk_failed; /* 1 when making the bulk ring failed (logged with the fix): the
 				 shard's connections then stay on the first ring */
 	uint64_t bulk_window; /* bytes of bulk buffers the ring may hand the kernel now (its
-				 window; at most keel_net_config.bulk_window); 0 before the
-				 ring is made */
+				 window: at most keel_net_config.bulk_window in whole buffers,
+				 at least one; with bulk_window 0, at most the whole ring); 0
+				 before the ring is made */
 };
 
 /**
