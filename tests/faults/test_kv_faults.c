@@ -880,6 +880,18 @@ log_wait(const char *log, const char *want)
 	}
 }
 
+/* keel-kv on one shard (appendfsync always) on a new directory @dir, its own calls failing
+ * per @kvfaults, what it says kept in @log (@dir.log) for log_wait. */
+static void
+kvf_start_logged(struct proc *p, const char *kvfaults, char *dir, char *log, size_t loglen)
+{
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	snprintf(log, loglen, "%s.log", dir);
+	setenv("KEEL_TEST_SERVER_LOG", log, 1);
+	kvf_start(p, kvfaults, "1", "always", dir);
+	unsetenv("KEEL_TEST_SERVER_LOG");
+}
+
 /* The fdatasync at stop fails: the stop says so, in a line naming the file and the error
  * (replies still waiting for it would carry the error; none waits here: a stop with
  * replies in flight is not reproducible from outside). */
@@ -889,11 +901,7 @@ Test(faults_kv, aof_failed_sync_at_stop_is_reported)
 	bool acked[200] = { false };
 	struct proc p;
 
-	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
-	snprintf(log, sizeof(log), "%s.log", dir);
-	setenv("KEEL_TEST_SERVER_LOG", log, 1);
-	kvf_start(&p, "stop-sync", "1", "always", dir);
-	unsetenv("KEEL_TEST_SERVER_LOG");
+	kvf_start_logged(&p, "stop-sync", dir, log, sizeof(log));
 	cr_assert_eq(aof_sets(p.port, 200, acked), 0);
 	proc_stop(&p);
 	log_wait(log, "appendonly-0.aof at stop: Input/output error");
@@ -1029,11 +1037,7 @@ Test(faults_kv, aof_rewrite_failing_rename_keeps_the_old_file)
 	bool acked[600] = { false };
 	struct proc p;
 
-	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
-	snprintf(log, sizeof(log), "%s.log", dir);
-	setenv("KEEL_TEST_SERVER_LOG", log, 1);
-	kvf_start(&p, "rewrite-rename:n=1", "1", "always", dir);
-	unsetenv("KEEL_TEST_SERVER_LOG");
+	kvf_start_logged(&p, "rewrite-rename:n=1", dir, log, sizeof(log));
 	cr_assert_eq(aof_sets(p.port, 200, acked), 0);
 	kv_command(p.port, "BGREWRITEAOF", line, sizeof(line));
 	cr_assert_str_eq(line, "+Background append only file rewriting started\r\n");
