@@ -1008,14 +1008,17 @@ keel_conn_close(struct keel_conn *c)
 {
 	if (c->closing || c->flush_close)
 		return;
-	if (!c->open) {
+	if (!c->open && !c->connecting) {
 		keel_conn_abort(c, -ECANCELED);
 		return;
 	}
 	c->flush_close = true;
-	rq_drop(c); /* a closing connection reads nothing more */
-	recv_update(c);
-	flush_later(c);
+	/* Still connecting: keel__conn_opened sends the queue and closes (no on_open). */
+	if (c->open) {
+		rq_drop(c); /* a closing connection reads nothing more */
+		recv_update(c);
+		flush_later(c);
+	}
 	/* Without a timer the close waits as long as the peer does not read. If none can be
 	 * made (ENOMEM), it waits: the runtime's stop still aborts it. */
 	if (!c->closing && c->cfg->close_timeout_ns &&
@@ -1358,14 +1361,16 @@ void
 keel__conn_opened(struct keel_conn *c)
 {
 	c->open = true;
-	if (c->ops->on_open) {
+	/* Closed while connecting: the application hears on_close only. */
+	if (c->ops->on_open && !c->flush_close) {
 		c->nops++; /* on_open may close it */
 		c->ops->on_open(c);
 		c->nops--;
 	}
 	if (!c->closing) {
 		recv_update(c);
-		if (c->qn)
+		/* The queue, a half-close or a close asked for while connecting. */
+		if (c->qn || c->shut_pending || c->flush_close)
 			flush_later(c);
 	}
 	conn_check(c);

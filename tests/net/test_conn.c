@@ -734,3 +734,103 @@ Test(net_conn, net_stats_off_a_shard_is_einval)
 	cr_assert_null(keel_this_shard());
 	cr_assert_eq(keel_net_stats(keel_this_shard(), &st), -EINVAL);
 }
+
+/* keel_conn_close and keel_conn_shutdown called right after keel_conn_connect, before the
+ * connect completes: what was queued ("hello") is sent, then the connection closes
+ * (on_close 0); or, with nothing queued, its write side shuts down (the peer reads EOF)
+ * and it goes on receiving. */
+struct early {
+	uint16_t port;
+	bool shut; /* shutdown (else close) */
+	_Atomic int rc, closes, status;
+};
+
+static void
+early_close(struct keel_conn *c, int status)
+{
+	struct early *e = keel_conn_app(c);
+
+	atomic_store(&e->status, status);
+	atomic_fetch_add(&e->closes, 1);
+}
+
+static const struct keel_conn_ops early_ops = { .on_data = sink_data, .on_close = early_close };
+
+static void
+early_start(void *arg)
+{
+	struct early *e = arg;
+	struct keel_conn *c;
+	int r = keel_conn_connect("127.0.0.1", e->port, 0, &early_ops, e, &c);
+
+	if (r == 0 && !e->shut) /* the half-close with nothing queued: the bare case */
+		r = keel_conn_write(c, "hello", 5);
+	if (r == 0) {
+		if (e->shut)
+			r = keel_conn_shutdown(c);
+		else
+			keel_conn_close(c);
+	}
+	atomic_store(&e->rc, r == 0 ? 1 : r);
+}
+
+static void
+early_run(bool shut)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	socklen_t al = sizeof(a);
+	struct early e = { .shut = shut };
+	struct keel_runtime *rt;
+	char got[16];
+	size_t n = 0;
+	ssize_t k;
+	int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), fd;
+
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(bind(lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+	cr_assert_eq(listen(lfd, 4), 0);
+	getsockname(lfd, (struct sockaddr *)&a, &al);
+	e.port = ntohs(a.sin_port);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, early_start, &e), 0);
+	WAIT_FOR(atomic_load(&e.rc));
+	cr_assert_eq(atomic_load(&e.rc), 1, "connect, write or shutdown: %d", atomic_load(&e.rc));
+	wait_fd(lfd, POLLIN, TEST_WAIT_MS, 0, "the connection (was the connect cancelled?)");
+	fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+	cr_assert_geq(fd, 0, "accept: %s", strerror(errno));
+	/* Every byte queued, then EOF. */
+	for (;;) {
+		wait_fd(fd, POLLIN, TEST_WAIT_MS, 0, "the queued bytes and EOF");
+		k = read(fd, got + n, sizeof(got) - n);
+		cr_assert_geq(k, 0, "read: %s", strerror(errno));
+		if (k == 0)
+			break;
+		n += (size_t)k;
+		cr_assert_leq(n, 5);
+	}
+	cr_assert_eq(n, shut ? 0 : 5, "%zu bytes before EOF, want %d", n, shut ? 0 : 5);
+	cr_assert_eq(memcmp(got, "hello", n), 0);
+	if (shut) {
+		/* Receiving goes on: our EOF reaches on_eof, whose default closes it. */
+		cr_assert_eq(atomic_load(&e.closes), 0, "closed after a half-close");
+		shutdown(fd, SHUT_WR);
+	}
+	WAIT_FOR(atomic_load(&e.closes) == 1);
+	cr_assert_eq(atomic_load(&e.status), 0, "on_close status %d", atomic_load(&e.status));
+	close(fd);
+	close(lfd);
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+}
+
+Test(net_conn, close_before_the_connect_completes_sends_the_queue)
+{
+	early_run(false);
+}
+
+Test(net_conn, shutdown_before_the_connect_completes_reaches_the_peer)
+{
+	early_run(true);
+}

@@ -378,7 +378,9 @@ KEEL_API int keel_conn_connect_addr(const struct sockaddr *sa, socklen_t salen, 
  * the room under the high watermark plus one receive buffer, so an application that sends
  * what it receives stays within high_watermark + buf_size, or + bulk_buf_size once the
  * shard's bulk ring exists); -EPIPE after
- * close or shutdown; -EINVAL for an empty slice.
+ * close or shutdown; -EINVAL for an empty slice; -ENOBUFS when it would pass send_max or
+ * shard_send_max (the connection is then aborted with -ENOBUFS); -ENOMEM when a queue slot
+ * cannot be allocated. On error @s is still the caller's.
  * Context: the connection's shard.
  */
 KEEL_API int keel_conn_send(struct keel_conn *c, struct keel_slice *s);
@@ -392,9 +394,9 @@ KEEL_API int keel_conn_send(struct keel_conn *c, struct keel_slice *s);
  * slices mixed, with the same watermark.
  * Ownership: @data is borrowed for the call (free or reuse it when this returns).
  * Returns: 0; 1 when the queued bytes are above the high watermark (as keel_conn_send());
- * -EINVAL for @len 0 or @data NULL; -EPIPE after close or shutdown; -ENOMEM when the shard
- * allocator is at its cap (--memory) or a queue slot cannot be allocated. On error nothing
- * was queued (all or nothing).
+ * -EINVAL for @len 0 or @data NULL; -EPIPE after close or shutdown; -ENOBUFS as
+ * keel_conn_send(); -ENOMEM when the shard allocator is at its cap (--memory) or a queue
+ * slot cannot be allocated. On error nothing was queued (all or nothing).
  * Context: the connection's shard.
  */
 KEEL_API int keel_conn_write(struct keel_conn *c, const void *data, size_t len);
@@ -413,7 +415,8 @@ KEEL_API int keel_conn_writev(struct keel_conn *c, const struct iovec *iov, unsi
 
 /**
  * Half-close: after the queued bytes are sent, shut down the write side (the peer reads
- * EOF); receiving goes on. Returns: 0, or -EPIPE when already closing.
+ * EOF); receiving goes on. On a connection still connecting, once it is open. Returns: 0,
+ * or -EPIPE when already closing.
  * Context: the connection's shard.
  */
 KEEL_API int keel_conn_shutdown(struct keel_conn *c);
@@ -421,6 +424,8 @@ KEEL_API int keel_conn_shutdown(struct keel_conn *c);
 /**
  * Close gracefully: stop reading (received data not yet delivered is dropped), send what
  * is queued, then close; on_close(c, 0) follows, from the loop, never before this returns.
+ * On a connection still connecting (keel_conn_connect) that waits for the connect: no
+ * on_open then, and a connect that fails ends in on_close with its error.
  * With keel_net_config.close_timeout_ns set, a queue still not sent after that long is
  * dropped and on_close(c, -ETIMEDOUT) follows instead.
  * Context: the connection's shard. Closing twice is harmless; @c stays valid until
