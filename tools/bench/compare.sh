@@ -104,6 +104,8 @@ case $client in epoll | keel) ;; *) die "--client must be epoll or keel" ;; esac
 case $net in lo | veth) ;; *) die "--net must be lo or veth" ;; esac
 [ "$cpoll" -eq 0 ] || [ "$client" = epoll ] ||
 	die "--client-poll-us is the epoll client's (a keel client polls with --idle-poll-us)"
+# The longest a client run may take (run_one): its window and warm-up, plus a minute.
+climit=$(awk -v s="$secs" -v w="$warmup" 'BEGIN {print int(s + w + 0.999) + 60}')
 
 # CPU lists: "0-3,8" -> "0 1 2 3 8"; status 1 when it is not a CPU list
 cpu_expand() {
@@ -218,8 +220,17 @@ printf 'row\tmode\tsize\tinflight\tconns\tthreads\tpolicy\tserver\trep\tmetric\t
 
 server=
 stop_server() {
+	local i
 	if [ -n "$server" ]; then
 		kill -TERM "$server" 2>/dev/null || true
+		for i in $(seq 100); do # 10 s for it to stop, then it is killed and said
+			kill -0 "$server" 2>/dev/null || break
+			sleep 0.1
+		done
+		if kill -0 "$server" 2>/dev/null; then
+			echo "compare.sh: the server (pid $server) did not stop 10 s after SIGTERM: killed" >&2
+			kill -KILL "$server" 2>/dev/null || true
+		fi
 		wait "$server" 2>/dev/null || true
 		server=
 	fi
@@ -298,11 +309,19 @@ run_one() { # name mode size inflight conns policy backend rep
 	[ "$client" = keel ] && [ "$mode" != udp ] && copt+=(--idle-poll-us 0)
 	[ "$cpoll" -gt 0 ] && copt+=(--client-poll-us "$cpoll")
 	start_server "$be" "$pol" "$base.log"
-	if ! "${in_cli[@]}" "$kb" "$mode" "${copt[@]}" --addr "$addr" --port "$sport" --server-pid "$server" \
-		--server-cpus "$server_cpus" \
+	# A client that hangs (a server that stopped answering) ends with an error, not a
+	# stall: its window and warm-up, plus a minute for connecting and the rest.
+	local st=0
+	timeout -k 5 "$climit" "${in_cli[@]}" "$kb" "$mode" "${copt[@]}" --addr "$addr" \
+		--port "$sport" --server-pid "$server" --server-cpus "$server_cpus" \
 		--cpuset "$client_cpus" --threads "$threads" --size "$size" --inflight "$infl" \
-		--conns "$conns" --seconds "$secs" --warmup "$warmup" --json >"$base.json" 2>"$base.err"; then
+		--conns "$conns" --seconds "$secs" --warmup "$warmup" --json >"$base.json" \
+		2>"$base.err" || st=$?
+	if [ "$st" -ne 0 ]; then
 		stop_server
+		if [ "$st" -eq 124 ] || [ "$st" -eq 137 ]; then
+			echo "compare.sh: the client did not finish in $climit s (killed)" >&2
+		fi
 		echo "compare.sh: FAILED row $name ($mode size $size inflight $infl conns $conns)" \
 			"policy $pol server $be rep $rep:" >&2
 		cat "$base.json" "$base.err" "$base.log" >&2
