@@ -445,15 +445,18 @@ gso_fallback(struct keel_udp *u, struct udp_send *d, int res)
 {
 	struct udp_gso *g = d->gso;
 
-	u->gso_off = true;
 	d->ns->st.udp_gso_fallbacks++;
-	keel_log(KEEL_LOG_WARN, NET_MOD,
-		 "udp port %u: a sendmsg of %u datagrams with UDP_SEGMENT failed (%s): sent "
-		 "one by one, and so from now on for this endpoint; udp_gso_segs 1 "
-		 "(keel-echo --udp-gso-segs 1) turns batching off",
-		 u->port, g->n, strerror(-res));
+	if (!u->gso_off) /* once per endpoint: batches already in flight may fail too */
+		keel_log(KEEL_LOG_WARN, NET_MOD,
+			 "udp port %u: a sendmsg of %u datagrams with UDP_SEGMENT failed (%s): "
+			 "sent one by one, and so from now on for this endpoint; udp_gso_segs 1 "
+			 "(keel-echo --udp-gso-segs 1) turns batching off",
+			 u->port, g->n, strerror(-res));
+	u->gso_off = true;
+	/* Also after keel_udp_close: these datagrams were accepted (keel_udp_send returned 0),
+	 * and each send holds the endpoint open until it completes. */
 	for (unsigned i = 0; i < g->n; i++) {
-		if (u->closing || udp_send_one(u, &g->s[i], &d->dst) < 0)
+		if (udp_send_one(u, &g->s[i], &d->dst) < 0)
 			keel_slice_put(&g->s[i]);
 	}
 	g->n = 0;
@@ -697,10 +700,12 @@ keel_udp_close(struct keel_udp *u)
 	u->closing = true;
 	u->status = u->ns->stopping ? -ESHUTDOWN : 0;
 	udp_starve(u, false);
+	/* The receive only: sends already accepted go out (a cancel by descriptor would end
+	 * those waiting for room in the socket, their datagrams dropped uncounted). */
 	if (u->armed) {
 		sqe = keel_sqe_get();
 		if (sqe) {
-			io_uring_prep_cancel_fd(sqe, u->fd, IORING_ASYNC_CANCEL_ALL);
+			io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)&u->recv_op, 0);
 			keel_sqe_bind(sqe, &noop_op);
 		}
 	}

@@ -29,6 +29,8 @@ struct gso_srv {
 	_Atomic uint16_t port;
 	_Atomic int open_err;
 	bool no_check; /* SO_NO_CHECK on the endpoint's socket: the kernel refuses batches */
+	_Atomic bool
+		close_after; /* close the endpoint right after queueing the datagrams asked for */
 	_Atomic unsigned send_errors;
 };
 
@@ -64,6 +66,8 @@ gso_datagram(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_sto
 			atomic_fetch_add(&g->send_errors, 1);
 		}
 	}
+	if (atomic_load(&g->close_after))
+		keel_udp_close(u);
 }
 
 static const struct keel_udp_ops gso_ops = { .on_datagram = gso_datagram };
@@ -310,4 +314,20 @@ Test(net_udp_gso, udp_gso_segs_is_validated)
 	cr_assert_eq(keel_net_config_set(&nc), 0);
 	keel_net_config_init(&nc);
 	cr_assert_eq(keel_net_config_set(&nc), 0);
+}
+
+/* The same refusal, the endpoint closed in the callback that queued the datagrams: they
+ * were accepted (keel_udp_send returned 0), so the fallback still sends each of them. */
+Test(net_udp_gso, a_refused_batch_is_sent_again_after_a_close)
+{
+	struct gso_run t;
+	struct keel_net_stats st;
+	uint16_t size[20];
+
+	gso_run_start(&t, KEEL_UDP_GSO_MAX, true);
+	atomic_store(&t.srv.close_after, true); /* read in the callback of the next datagram */
+	fill(size, 20, 1000);
+	st = exchange(&t, size, 20, false);
+	cr_assert_eq(st.udp_gso_fallbacks, 1);
+	gso_run_stop(&t);
 }

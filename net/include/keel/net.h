@@ -632,7 +632,8 @@ KEEL_API uint16_t keel_udp_port(const struct keel_udp *u);
  * state is a slot of a per-shard pool: nothing is allocated per datagram once the pool
  * covers the most datagrams in flight (udp_send_slots in keel_net_stats).
  * Consumes: @s's reference, on success.
- * Returns: 0; -EINVAL; -EPIPE after close; -ENOMEM.
+ * Returns: 0; -EINVAL; -EPIPE after close; -ENOMEM; -EIO when no submission entry could be
+ * had (the ring failed; logged).
  * Context: @u's shard.
  */
 KEEL_API int keel_udp_send(struct keel_udp *u, struct keel_slice *s,
