@@ -271,6 +271,21 @@ complete(struct keel_shard *s, struct keel_file_req *req, int res)
 	req->cb_(req, res, req->arg_);
 }
 
+/* A close still waiting when the shard stops: keel_file_close cleared the application's
+ * handle, so the descriptor is closed here, at once, rather than cancelled and left open.
+ * Returns 0 or -errno. */
+static int
+close_now(struct keel_shard *s, struct keel_file_req *req)
+{
+	if (req->sqe_flags_ & IOSQE_FIXED_FILE) {
+		int none = -1;
+		int r = io_uring_register_files_update(&s->ring, (unsigned)req->fd_, &none, 1);
+
+		return r < 0 ? r : 0;
+	}
+	return close(req->fd_) < 0 ? -errno : 0;
+}
+
 /* Put one request on the ring. Returns 0, or -errno with nothing submitted. */
 static int
 issue(struct keel_shard *s, struct keel_file_req *req)
@@ -394,7 +409,7 @@ pump(struct keel_shard *s)
 			s->files.tail = NULL;
 		s->files.st.waiting--;
 		if (s->phase != PHASE_RUN) {
-			complete(s, req, -ECANCELED);
+			complete(s, req, req->kind_ == K_CLOSE ? close_now(s, req) : -ECANCELED);
 			continue;
 		}
 		r = issue(s, req);

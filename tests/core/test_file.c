@@ -834,3 +834,66 @@ Test(core_file, from_fd_reads_the_odirect_alignment)
 	close(fd);
 	rm_tmp();
 }
+
+/* ---- a close waiting in the queue when the shard stops ---- */
+
+/* keel_file_close clears the application's handle at once; a close still waiting for room
+ * in the ring when the shard stops must close the descriptor all the same (done on the
+ * spot, its result reported), not be cancelled with it left open. */
+struct qclose {
+	struct keel_file_req rd, cl;
+	struct keel_file pipe_f, f;
+	char buf[4];
+	int pipefd[2], fd, rd_res, cl_res, cl_runs;
+};
+
+static struct qclose qc;
+
+static void
+qc_read_cb(struct keel_file_req *req, int res, void *arg)
+{
+	qc.rd_res = res;
+}
+
+static void
+qc_close_cb(struct keel_file_req *req, int res, void *arg)
+{
+	qc.cl_res = res;
+	qc.cl_runs++;
+}
+
+static void
+qc_start(void *app)
+{
+	/* An empty pipe's read holds the one slot of the ring (--file-qd 1) until the stop
+	 * cancels it; the close waits behind it. */
+	qc.pipe_f = (struct keel_file){ .fd = qc.pipefd[0] };
+	SHARD_CHECK_EQ(keel_file_read(&qc.rd, &qc.pipe_f, qc.buf, 4, (uint64_t)-1, qc_read_cb,
+				      NULL),
+		       0);
+	SHARD_CHECK_EQ(keel_file_from_fd(qc.fd, &qc.f), 0);
+	SHARD_CHECK_EQ(keel_file_close(&qc.cl, &qc.f, qc_close_cb, NULL), 0);
+	SHARD_CHECK_EQ(qc.f.fd, -1);
+	keel_stop(0);
+}
+
+Test(core_file, a_close_waiting_at_stop_still_closes)
+{
+	struct keel_opts o = test_opts(1);
+
+	cr_assert_eq(pipe(qc.pipefd), 0);
+	qc.fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	cr_assert_geq(qc.fd, 0);
+	o.file_qd = 1;
+	cr_assert_eq(keel_run(&o, qc_start, NULL), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(qc.rd_res, -ECANCELED);
+	cr_assert_eq(qc.cl_runs, 1);
+	cr_assert_eq(qc.cl_res, 0, "the close reported %d", qc.cl_res);
+	errno = 0;
+	cr_assert_eq(fcntl(qc.fd, F_GETFD), -1, "descriptor %d is still open after the stop",
+		     qc.fd);
+	cr_assert_eq(errno, EBADF);
+	close(qc.pipefd[0]);
+	close(qc.pipefd[1]);
+}
