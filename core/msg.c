@@ -453,6 +453,19 @@ run_msg(struct keel_shard *s, unsigned src, const struct msg *m)
 	}
 }
 
+/* Add the messages sent since the last count to stats.msgs_sent. */
+static void
+sent_count(struct keel_shard *s)
+{
+	if (!s->sent_unpublished)
+		return;
+	atomic_store_explicit(&s->stats.msgs_sent,
+			      atomic_load_explicit(&s->stats.msgs_sent, memory_order_relaxed) +
+				      s->sent_unpublished,
+			      memory_order_release);
+	s->sent_unpublished = 0;
+}
+
 static unsigned
 drain_one(struct keel_shard *s, unsigned src)
 {
@@ -475,13 +488,19 @@ drain_one(struct keel_shard *s, unsigned src)
 		run_msg(s, src, &m);
 	}
 	atomic_store_explicit(&mb->head, head, memory_order_release);
-	/* Counted after the handlers, so what they sent is counted first (termination
-	 * detection compares the totals). */
-	if (n)
+	/* Termination detection (loop.c, wave) compares the totals and each shard's quiescent
+	 * flag. Before these messages count as received: this shard is active again (the flag
+	 * another shard reads may be from an earlier pass: what these handlers deferred has
+	 * not run), and what the handlers sent counts as sent (a flush publishes it later:
+	 * counted sooner than published is safe, later is not). */
+	if (n) {
+		atomic_store(&s->quiescent, 0);
+		sent_count(s);
 		atomic_store_explicit(
 			&s->stats.msgs_recv,
 			atomic_load_explicit(&s->stats.msgs_recv, memory_order_relaxed) + n,
 			memory_order_release);
+	}
 	return n;
 }
 
@@ -524,14 +543,7 @@ keel__mail_flush(struct keel_shard *s)
 
 	/* Counted before any of these messages is published, so no receiver can run one that
 	 * is not yet counted as sent. */
-	if (s->sent_unpublished) {
-		atomic_store_explicit(
-			&s->stats.msgs_sent,
-			atomic_load_explicit(&s->stats.msgs_sent, memory_order_relaxed) +
-				s->sent_unpublished,
-			memory_order_release);
-		s->sent_unpublished = 0;
-	}
+	sent_count(s);
 	for (unsigned i = 0; i < s->ndirty; i++) {
 		unsigned dst = s->dirty[i];
 		struct outbox *o = &s->out[dst];

@@ -4,6 +4,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <criterion/criterion.h>
 
@@ -226,4 +227,84 @@ Test(core_call, bad_arguments_are_einval)
 	cr_assert_eq(r[0], -EINVAL);
 	cr_assert_eq(r[1], -EINVAL);
 	cr_assert_eq(r[2], -EINVAL);
+}
+
+/* A call made while the runtime stops, whose work defers more work on the remote shard:
+ * that shard, stopping and idle (quiescent) a pass before, receives the call, queues the
+ * reply and runs the deferred work before its pass ends and the reply is published.
+ * Stopping must wait for the reply: every message a handler sends counts as sent, and its
+ * shard as busy, before the message that caused it counts as received. (The deferred
+ * work spins 2 ms, so the caller's termination check runs many times in that window.) */
+struct late_reply {
+	_Atomic unsigned dones, deferred;
+	_Atomic int status;
+};
+
+static void
+spin_ms(long ms)
+{
+	struct timespec a, b;
+
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	do
+		clock_gettime(CLOCK_MONOTONIC, &b);
+	while ((b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec) < ms * 1000000L);
+}
+
+static void
+late_spin(void *arg)
+{
+	struct late_reply *t = arg;
+
+	spin_ms(2);
+	atomic_fetch_add(&t->deferred, 1);
+}
+
+static int
+late_fn(void *arg)
+{
+	return keel_defer(late_spin, arg);
+}
+
+static void
+late_done(int status, void *arg)
+{
+	struct late_reply *t = arg;
+
+	atomic_store(&t->status, status);
+	atomic_fetch_add(&t->dones, 1);
+}
+
+static void
+late_hook(void *arg)
+{
+	SHARD_CHECK_EQ(keel_call(1, late_fn, arg, late_done, arg), 0);
+}
+
+static void
+late_start(void *app)
+{
+	if (keel_shard_id(keel_this_shard()) != 0) {
+		keel_stop(0); /* shard 1 stops first and is idle when the call comes */
+		return;
+	}
+	if (!SHARD_CHECK_EQ(keel_shard_on_stop(late_hook, app), 0)) {
+		keel_stop(-EIO);
+		return;
+	}
+	spin_ms(5); /* shard 0 notices the stop later, and calls from its stop hook */
+}
+
+Test(core_call, a_reply_sent_while_stopping_is_delivered, .timeout = 60)
+{
+	for (int i = 0; i < 20; i++) {
+		struct keel_opts o = test_opts(2);
+		struct late_reply t = { 0 };
+
+		cr_assert_eq(keel_run(&o, late_start, &t), 0);
+		SHARD_CHECKS_PASSED();
+		cr_assert_eq(atomic_load(&t.deferred), 1, "round %d: the deferred work", i);
+		cr_assert_eq(atomic_load(&t.dones), 1, "round %d: the reply was not delivered", i);
+		cr_assert_eq(atomic_load(&t.status), 0);
+	}
 }
