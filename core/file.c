@@ -540,6 +540,12 @@ keel_file_openat(struct keel_file_req *req, int dirfd, const char *path, int fla
 		return refuse(s, -EINVAL, "keel_file_openat without a struct keel_file to fill");
 	if (kflags & ~KEEL_FILE_OPEN_DIRECT_DESC)
 		return refuse(s, -EINVAL, "keel_file_openat: unknown kflags 0x%x", kflags);
+	if ((kflags & KEEL_FILE_OPEN_DIRECT_DESC) && (flags & O_CLOEXEC))
+		return refuse(
+			s, -EINVAL,
+			"keel_file_openat: O_CLOEXEC with KEEL_FILE_OPEN_DIRECT_DESC, which the "
+			"kernel refuses (a direct descriptor is not in the descriptor table, "
+			"so nothing is inherited by exec): drop O_CLOEXEC");
 	r = copy_path(s, req, path);
 	if (r < 0)
 		return r;
@@ -609,6 +615,14 @@ rwv(struct keel_file_req *req, const struct keel_file *f, int kind, const struct
 	if (!iov || n == 0 || n > IOV_MAX)
 		return refuse(s, -EINVAL, "disk %s with %u iovecs: give 1..%d", kind_name(kind),
 			      iov ? n : 0, IOV_MAX);
+	for (unsigned i = 0, total = 0; i < n; i++) {
+		if (iov[i].iov_len > (size_t)INT_MAX - total)
+			return refuse(s, -EINVAL,
+				      "disk %s of more than %d bytes in %u iovecs: at most %d per "
+				      "request",
+				      kind_name(kind), INT_MAX, n, INT_MAX);
+		total += (unsigned)iov[i].iov_len;
+	}
 	r = check_dio(s, f, kind, iov, n, off);
 	if (r < 0)
 		return r;
@@ -644,6 +658,9 @@ rw_slice(struct keel_file_req *req, const struct keel_file *f, int kind,
 		return r;
 	if (!sl || !sl->buf)
 		return refuse(s, -EINVAL, "disk %s without a slice", kind_name(kind));
+	if (sl->len > INT_MAX)
+		return refuse(s, -EINVAL, "disk %s of a %u-byte slice: at most %d per request",
+			      kind_name(kind), sl->len, INT_MAX);
 	iov.iov_base = sl->data;
 	iov.iov_len = sl->len;
 	r = check_dio(s, f, kind, &iov, 1, off);

@@ -3,6 +3,7 @@
  * file system, the per-shard queue depth and its FIFO, and stop with requests in flight. */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/falloc.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -160,6 +161,8 @@ struct bad {
 	char buf[16];
 	int res[4], n;
 	int sync_neg, sync_null, sync_len;
+	int big_v, big_slice, cloexec; /* sizes above INT_MAX; O_CLOEXEC on a direct descriptor */
+	char big_v_err[256], cloexec_err[256];
 };
 
 static struct bad bad;
@@ -178,6 +181,8 @@ bad_start(void *app)
 {
 	struct bad *b = &bad;
 	struct keel_file neg = { .fd = -1 };
+	/* Before the closed number below is taken, so that this cannot reuse it. */
+	struct keel_file dn = { .fd = open("/dev/null", O_WRONLY | O_CLOEXEC) };
 	int fd = open("/dev/null", O_RDONLY);
 
 	close(fd); /* a descriptor number that is not open */
@@ -188,6 +193,24 @@ bad_start(void *app)
 	b->sync_neg = keel_file_read(&b->req[3], &neg, b->buf, 4, 0, bad_cb, b);
 	b->sync_null = keel_file_read(&b->req[3], &b->f, b->buf, 4, 0, NULL, b);
 	b->sync_len = keel_file_readv(&b->req[3], &neg, NULL, 0, 0, bad_cb, b);
+	{
+		/* Writes to /dev/null, refused before anything is written (were one let through,
+		 * the kernel would only read past the buffers, never write there). */
+		struct iovec v[2] = { { b->buf, (size_t)INT_MAX }, { b->buf, 2 } };
+		struct keel_slice big;
+
+		b->big_v = keel_file_writev(&b->req[3], &dn, v, 2, 0, bad_cb, b);
+		snprintf(b->big_v_err, sizeof(b->big_v_err), "%s", keel_file_last_error());
+		SHARD_CHECK_EQ(keel_buf_alloc(keel_shard_alloc(), 16, &big), 0);
+		big.len = (uint32_t)INT_MAX + 1u;
+		b->big_slice = keel_file_write_slice(&b->req[3], &dn, &big, 0, bad_cb, b);
+		big.len = 16;
+		keel_slice_put(&big);
+		b->cloexec =
+			keel_file_openat(&b->req[3], AT_FDCWD, "/dev/null", O_RDONLY | O_CLOEXEC, 0,
+					 KEEL_FILE_OPEN_DIRECT_DESC, &dn, bad_cb, b);
+		snprintf(b->cloexec_err, sizeof(b->cloexec_err), "%s", keel_file_last_error());
+	}
 }
 
 Test(core_file, closed_fd_and_bad_arguments)
@@ -202,6 +225,11 @@ Test(core_file, closed_fd_and_bad_arguments)
 	int r = keel_run(&o, bad_start, NULL);
 	SHARD_CHECKS_PASSED();
 	cr_assert_eq(r, 0);
+	cr_assert_eq(bad.big_v, -EINVAL, "iovecs of INT_MAX + 2 bytes");
+	cr_assert(strstr(bad.big_v_err, "at most"), "%s", bad.big_v_err);
+	cr_assert_eq(bad.big_slice, -EINVAL, "a slice of INT_MAX + 1 bytes");
+	cr_assert_eq(bad.cloexec, -EINVAL, "O_CLOEXEC with a direct descriptor");
+	cr_assert(strstr(bad.cloexec_err, "O_CLOEXEC"), "%s", bad.cloexec_err);
 	cr_assert_eq(bad.res[0], -EBADF, "read of a closed fd: %d", bad.res[0]);
 	cr_assert_eq(bad.res[1], -EBADF, "fsync of a closed fd: %d", bad.res[1]);
 	cr_assert_eq(bad.res[2], -EBADF, "close of a closed fd: %d", bad.res[2]);
@@ -868,9 +896,8 @@ qc_start(void *app)
 	/* An empty pipe's read holds the one slot of the ring (--file-qd 1) until the stop
 	 * cancels it; the close waits behind it. */
 	qc.pipe_f = (struct keel_file){ .fd = qc.pipefd[0] };
-	SHARD_CHECK_EQ(keel_file_read(&qc.rd, &qc.pipe_f, qc.buf, 4, (uint64_t)-1, qc_read_cb,
-				      NULL),
-		       0);
+	SHARD_CHECK_EQ(
+		keel_file_read(&qc.rd, &qc.pipe_f, qc.buf, 4, (uint64_t)-1, qc_read_cb, NULL), 0);
 	SHARD_CHECK_EQ(keel_file_from_fd(qc.fd, &qc.f), 0);
 	SHARD_CHECK_EQ(keel_file_close(&qc.cl, &qc.f, qc_close_cb, NULL), 0);
 	SHARD_CHECK_EQ(qc.f.fd, -1);

@@ -163,7 +163,8 @@ KEEL_API int keel_file_writev(struct keel_file_req *req, const struct keel_file 
  * Ownership: @s is borrowed; the request takes its own reference, put before @cb runs, so
  * the caller may put @s at once.
  * Returns: as keel_file_read(); with --feature reg_buffers=on, -ENOMEM when @s's region
- * could not be registered.
+ * could not be registered (or that error, or -EBUSY, in @cb when the request waited for
+ * room in the ring: it is registered when it is issued).
  * Context: a shard holding @s.
  */
 KEEL_API int keel_file_read_slice(struct keel_file_req *req, const struct keel_file *f,
