@@ -441,10 +441,15 @@ pool_start(unsigned n)
 	return 0;
 }
 
-/* Refuse new jobs, let the workers finish the queued ones, join them. */
+/* Refuse new jobs, let the workers finish the queued ones, join them. Called by the signal
+ * thread, by every shard's stop hook and by main(); the first joins, the others wait for
+ * it (stop_mu), so no worker still reads shard memory when a call returns. */
 static void
 pool_stop(void)
 {
+	static pthread_mutex_t stop_mu = PTHREAD_MUTEX_INITIALIZER;
+
+	pthread_mutex_lock(&stop_mu);
 	pthread_mutex_lock(&pool.mu);
 	pool.closing = true;
 	pthread_cond_broadcast(&pool.cv);
@@ -452,6 +457,7 @@ pool_stop(void)
 	for (unsigned i = 0; i < pool.n; i++)
 		pthread_join(pool.thr[i], NULL);
 	pool.n = 0;
+	pthread_mutex_unlock(&stop_mu);
 }
 
 /* ---- connections (shard side) ---- */
@@ -905,6 +911,9 @@ shard_stop(void *arg)
 	struct keel_file_stats fs;
 
 	(void)arg;
+	/* However the runtime stops (a shard that could not listen calls keel_stop), the
+	 * workers finish before any shard's memory, which they read, goes with it. */
+	pool_stop();
 	if (keel_file_stats(keel_this_shard(), &fs) == 0)
 		fprintf(stderr,
 			"keel-embed: shard %u: %llu disk requests, %llu fixed, %llu errors\n",
