@@ -50,8 +50,9 @@ keel__foreign_drain(struct keel_shard *s)
 
 	if (!atomic_load_explicit(&s->xpending, memory_order_relaxed))
 		return 0;
-	/* Active again before the requests run (termination detection: loop.c, wave). */
-	atomic_store(&s->quiescent, 0);
+	/* Active again before the requests run (termination detection: loop.c, wave); the
+	 * lock below orders it. */
+	atomic_store_explicit(&s->quiescent, 0, memory_order_relaxed);
 	pthread_mutex_lock(&s->xlock);
 	r = s->xhead;
 	s->xhead = s->xtail = NULL;

@@ -494,7 +494,9 @@ drain_one(struct keel_shard *s, unsigned src)
 	 * not run), and what the handlers sent counts as sent (a flush publishes it later:
 	 * counted sooner than published is safe, later is not). */
 	if (n) {
-		atomic_store(&s->quiescent, 0);
+		/* Relaxed: the release store of msgs_recv below orders it for any shard that
+		 * reads the new count (and its own line: no other shard reads it before stop). */
+		atomic_store_explicit(&s->quiescent, 0, memory_order_relaxed);
 		sent_count(s);
 		atomic_store_explicit(
 			&s->stats.msgs_recv,
