@@ -271,9 +271,9 @@ complete(struct keel_shard *s, struct keel_file_req *req, int res)
 	req->cb_(req, res, req->arg_);
 }
 
-/* A close still waiting when the shard stops: keel_file_close cleared the application's
- * handle, so the descriptor is closed here, at once, rather than cancelled and left open.
- * Returns 0 or -errno. */
+/* A close still waiting when the shard stops, or that cannot be issued: keel_file_close
+ * cleared the application's handle, so the descriptor is closed here, at once, rather than
+ * cancelled (or failed) and left open. Returns 0 or -errno. */
 static int
 close_now(struct keel_shard *s, struct keel_file_req *req)
 {
@@ -413,8 +413,9 @@ pump(struct keel_shard *s)
 			continue;
 		}
 		r = issue(s, req);
+		/* A close that cannot be issued is done here: its handle is already cleared. */
 		if (r < 0)
-			complete(s, req, r);
+			complete(s, req, req->kind_ == K_CLOSE ? close_now(s, req) : r);
 	}
 }
 

@@ -50,8 +50,10 @@ keel__foreign_drain(struct keel_shard *s)
 
 	if (!atomic_load_explicit(&s->xpending, memory_order_relaxed))
 		return 0;
-	/* Active again before the requests run (termination detection: loop.c, wave); the
-	 * lock below orders it. */
+	/* Active again before the requests run (termination detection: loop.c, wave), so a
+	 * flag from an earlier pass does not stand while they run. Not airtight: a request
+	 * submitted after this shard last found itself quiescent is not seen by another
+	 * shard's wave until this runs (keel_runtime_submit while the runtime stops). */
 	atomic_store_explicit(&s->quiescent, 0, memory_order_relaxed);
 	pthread_mutex_lock(&s->xlock);
 	r = s->xhead;

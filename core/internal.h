@@ -159,7 +159,8 @@ struct keel_shard {
 	unsigned ndirty;
 	uint64_t ovf_pending;
 	uint64_t room_waiters;     /* keel_msg_wait_room() registrations not yet handed to defer */
-	uint64_t sent_unpublished; /* counted into stats.msgs_sent at the next flush */
+	uint64_t sent_unpublished; /* counted into stats.msgs_sent at the next flush, or
+				      before a drain counts its messages received */
 
 	struct keel_op wake_op; /* target of other shards' MSG_RING wake-ups (uncounted) */
 	/* Sender side of MSG_RING wake-ups, one per destination shard, so a failure (the only

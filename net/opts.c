@@ -61,7 +61,8 @@ static const struct net_opt net_opts[] = {
 	NOPT("--zc-threshold", NOPT_BYTES, 0, UINT32_MAX, zc_threshold,
 	     "sends of this many bytes or more use SEND_ZC (default 4294967295: never)"),
 	NOPT("--high-watermark", NOPT_BYTES, 1, UINT32_MAX, high_watermark,
-	     "queued send bytes of a connection above which its reading pauses (default 1m)"),
+	     "queued send bytes of a connection above which its reading pauses, at least "
+	     "--low-watermark (default 1m)"),
 	NOPT("--low-watermark", NOPT_BYTES, 0, UINT32_MAX, low_watermark,
 	     "queued send bytes below which a paused connection reads again, at most "
 	     "--high-watermark (default 256k)"),

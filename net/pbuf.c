@@ -174,7 +174,8 @@ keel__pbuf_init_window(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid,
 	}
 	for (unsigned i = 0; i < r->nareas; i++) {
 		/* per_area buffers an area, the last one the rest: --memory pays for the
-		 * buffers the ring has, not for whole areas. */
+		 * buffers the ring has (each area rounded up to the allocator's size class),
+		 * not for whole areas. */
 		uint32_t n = nbufs - i * r->per_area;
 
 		ret = keel_buf_alloc(a, (size_t)(n < r->per_area ? n : r->per_area) * bufsize,

@@ -15,7 +15,8 @@
  *   commit-marker  the rename that makes the start's commit marker durable (EIO)
  *   commit-rename  a rename of a shard's new file over its name in the start's commit (EIO)
  *   commit-dirsync an fsync of --dir in the start commit's finish (EIO)
- *   rewrite-rename the rename of BGREWRITEAOF's new file over its name (EIO)
+ *   rewrite-rename the rename of a rewrite's new file over its name (EIO): BGREWRITEAOF's,
+ *                  or the rebuild after a failed sync
  */
 #ifndef KEEL_KV_TESTFAULT_H
 #define KEEL_KV_TESTFAULT_H

@@ -862,17 +862,20 @@ static void
 log_wait(const char *log, const char *want)
 {
 	uint64_t dl = test_deadline(TEST_WAIT_MS);
-	char buf[8192];
+	static char buf[1 << 20];
 
 	for (;;) {
-		ssize_t n = 0;
+		size_t n = 0;
+		ssize_t k;
 		int fd = open(log, O_RDONLY);
 
-		if (fd >= 0) {
-			n = read(fd, buf, sizeof(buf) - 1);
+		/* The whole log (a megabyte at most), not its first read's worth. */
+		while (fd >= 0 && n < sizeof(buf) - 1 &&
+		       (k = read(fd, buf + n, sizeof(buf) - 1 - n)) > 0)
+			n += (size_t)k;
+		if (fd >= 0)
 			close(fd);
-		}
-		buf[n > 0 ? n : 0] = 0;
+		buf[n] = 0;
 		if (strstr(buf, want))
 			return;
 		cr_assert(!test_expired(dl), "no line '%s'; the log: %s", want, buf);
@@ -1043,8 +1046,12 @@ Test(faults_kv, aof_rewrite_failing_rename_keeps_the_old_file)
 	cr_assert_str_eq(line, "+Background append only file rewriting started\r\n");
 	log_wait(log, "shard 0: BGREWRITEAOF failed: Input/output error");
 	cr_assert_eq(persistence_field(p.port, "aof_rewrites:"), 0, "a failed rewrite counted");
+	/* The line comes before the new file's removal: wait for that. */
 	snprintf(line, sizeof(line), "%s/appendonly-0.aof.rewrite", dir);
-	cr_assert_eq(access(line, F_OK), -1, "%s is left after the failed rewrite", line);
+	for (uint64_t dl = test_deadline(TEST_WAIT_MS); access(line, F_OK) == 0;) {
+		cr_assert(!test_expired(dl), "%s is left after the failed rewrite", line);
+		test_pause();
+	}
 	cr_assert_eq(aof_sets(p.port, 400, acked), 0, "writes refused after the failed rewrite");
 	bgrewrite_until(p.port, "aof_rewrites:");
 	cr_assert_eq(aof_sets(p.port, 600, acked), 0, "writes refused after the second rewrite");

@@ -742,8 +742,14 @@ Test(net_conn, net_stats_off_a_shard_is_einval)
 struct early {
 	uint16_t port;
 	bool shut; /* shutdown (else close) */
-	_Atomic int rc, closes, status;
+	_Atomic int rc, opens, closes, status;
 };
+
+static void
+early_open(struct keel_conn *c)
+{
+	atomic_fetch_add(&((struct early *)keel_conn_app(c))->opens, 1);
+}
 
 static void
 early_close(struct keel_conn *c, int status)
@@ -754,7 +760,9 @@ early_close(struct keel_conn *c, int status)
 	atomic_fetch_add(&e->closes, 1);
 }
 
-static const struct keel_conn_ops early_ops = { .on_data = sink_data, .on_close = early_close };
+static const struct keel_conn_ops early_ops = { .on_open = early_open,
+						.on_data = sink_data,
+						.on_close = early_close };
 
 static void
 early_start(void *arg)
@@ -818,6 +826,9 @@ early_run(bool shut)
 	}
 	WAIT_FOR(atomic_load(&e.closes) == 1);
 	cr_assert_eq(atomic_load(&e.status), 0, "on_close status %d", atomic_load(&e.status));
+	/* Closed while connecting: on_close only; half-closed: it opened and lived on. */
+	cr_assert_eq(atomic_load(&e.opens), shut ? 1 : 0, "on_open ran %d times",
+		     atomic_load(&e.opens));
 	close(fd);
 	close(lfd);
 	keel_runtime_stop(rt, 0);

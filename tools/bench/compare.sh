@@ -312,7 +312,7 @@ run_one() { # name mode size inflight conns policy backend rep
 	# A client that hangs (a server that stopped answering) ends with an error, not a
 	# stall: its window and warm-up, plus a minute for connecting and the rest.
 	local st=0
-	timeout -k 5 "$climit" "${in_cli[@]}" "$kb" "$mode" "${copt[@]}" --addr "$addr" \
+	timeout --foreground -k 5 "$climit" "${in_cli[@]}" "$kb" "$mode" "${copt[@]}" --addr "$addr" \
 		--port "$sport" --server-pid "$server" --server-cpus "$server_cpus" \
 		--cpuset "$client_cpus" --threads "$threads" --size "$size" --inflight "$infl" \
 		--conns "$conns" --seconds "$secs" --warmup "$warmup" --json >"$base.json" \

@@ -425,7 +425,9 @@ KEEL_API int keel_conn_shutdown(struct keel_conn *c);
  * Close gracefully: stop reading (received data not yet delivered is dropped), send what
  * is queued, then close; on_close(c, 0) follows, from the loop, never before this returns.
  * On a connection still connecting (keel_conn_connect) that waits for the connect: no
- * on_open then, and a connect that fails ends in on_close with its error.
+ * on_open then, and a connect that fails ends in on_close with its error; close_timeout_ns
+ * counts from this call, so it bounds the connect too. keel_conn_abort() cancels the
+ * connect instead.
  * With keel_net_config.close_timeout_ns set, a queue still not sent after that long is
  * dropped and on_close(c, -ETIMEDOUT) follows instead.
  * Context: the connection's shard. Closing twice is harmless; @c stays valid until
@@ -640,8 +642,9 @@ KEEL_API int keel_udp_send(struct keel_udp *u, struct keel_slice *s,
 			   const struct sockaddr_storage *dst);
 
 /**
- * Close @u: on_close(u, 0) follows once its operations end, from the loop, never before
- * this returns (also when nothing is in flight).
+ * Close @u: the receive is cancelled, datagrams keel_udp_send accepted still go out, and
+ * on_close(u, 0) follows once its operations end, from the loop, never before this returns
+ * (also when nothing is in flight).
  * Context: its shard.
  */
 KEEL_API void keel_udp_close(struct keel_udp *u);
