@@ -92,6 +92,14 @@ uint64_t kv_used_total(void);
 /* An argument as Redis's string2ll reads it (no sign '+', no leading zero or space, no
  * overflow): false when it is not such an integer. */
 bool kv_arg_ll(const struct resp_arg *a, long long *out);
+/* An argument's length for a %.*s in an error reply: at most 128 bytes (an int precision
+ * of a longer argument, 2 GiB and up with --proto-max-bulk-len, would be negative and
+ * read the argument as a C string, past its end). */
+static inline int
+kv_err_len(const struct resp_arg *a)
+{
+	return (int)(a->len < 128 ? a->len : 128);
+}
 bool kv_glob(const uint8_t *pat, size_t plen, const uint8_t *s, size_t slen, bool nocase);
 
 int kv_db_init(struct kv_db *db, struct kv_stats *st);

@@ -1079,7 +1079,7 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 			}
 		} else {
 			rb_err(out, "ERR unknown subcommand '%.*s'. Try COMMAND HELP.",
-			       (int)argv[1].len, (const char *)argv[1].p);
+			       kv_err_len(&argv[1]), (const char *)argv[1].p);
 		}
 	} else if (!strcmp(n, "config")) {
 		if (is(&argv[1], "GET") && argc >= 3) {
@@ -1112,7 +1112,7 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 			rb_err(out, "ERR wrong number of arguments for 'config|get' command");
 		} else {
 			rb_err(out, "ERR unknown subcommand '%.*s'. Try CONFIG HELP.",
-			       (int)argv[1].len, (const char *)argv[1].p);
+			       kv_err_len(&argv[1]), (const char *)argv[1].p);
 		}
 	} else if (!strcmp(n, "client")) {
 		if (is(&argv[1], "SETNAME") && argc == 3) {
@@ -1141,7 +1141,7 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 							 : "getname");
 		} else {
 			rb_err(out, "ERR unknown subcommand '%.*s'. Try CLIENT HELP.",
-			       (int)argv[1].len, (const char *)argv[1].p);
+			       kv_err_len(&argv[1]), (const char *)argv[1].p);
 		}
 	}
 }

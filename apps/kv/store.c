@@ -174,103 +174,128 @@ kv_now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Redis's stringmatchlen: * ? [abc] [^a-z] and \ escapes. */
+/* One pattern token other than '*' (?, [class], \x, a byte) against byte @c: whether it
+ * matches, and in *@used the pattern bytes it takes. Redis's stringmatchlen's rules,
+ * including a class without ']' ending at the pattern's end. */
+static bool
+glob_one(const uint8_t *pat, size_t plen, uint8_t c, bool nocase, size_t *used)
+{
+	const uint8_t *p = pat;
+	size_t pl = plen;
+	bool match = false;
+
+	switch (p[0]) {
+	case '?':
+		match = true;
+		break;
+	case '[': {
+		bool not ;
+		p++;
+		pl--;
+		not = pl && p[0] == '^';
+		if (not ) {
+			p++;
+			pl--;
+		}
+		while (pl) {
+			if (p[0] == '\\' && pl >= 2) {
+				p++;
+				pl--;
+				if (p[0] == c)
+					match = true;
+			} else if (p[0] == ']') {
+				break;
+			} else if (pl >= 3 && p[1] == '-') {
+				int lo = p[0], hi = p[2], x = c;
+				if (lo > hi) {
+					int t = lo;
+					lo = hi;
+					hi = t;
+				}
+				if (nocase) {
+					lo = tolower(lo);
+					hi = tolower(hi);
+					x = tolower(x);
+				}
+				p += 2;
+				pl -= 2;
+				if (x >= lo && x <= hi)
+					match = true;
+			} else if (nocase ? tolower(p[0]) == tolower(c) : p[0] == c) {
+				match = true;
+			}
+			p++;
+			pl--;
+		}
+		if (!pl) { /* no ']': Redis treats the end as the end of the class */
+			p--;
+			pl++;
+		}
+		if (not )
+			match = !match;
+		break;
+	}
+	case '\\':
+		if (pl >= 2) {
+			p++;
+			pl--;
+		}
+		/* fall through */
+	default:
+		match = nocase ? tolower(p[0]) == tolower(c) : p[0] == c;
+		break;
+	}
+	*used = (size_t)(p - pat) + 1;
+	return match;
+}
+
+/* Redis's stringmatchlen: * ? [abc] [^a-z] and \ escapes. Every token but '*' takes one
+ * byte, so on a mismatch only the last '*' need take one byte more and try again: time
+ * O(pattern x key) and no recursion, where trying each '*' at every position was
+ * exponential in the stars (KEYS *a*a*a...*b on a long key held the shard, as Redis's
+ * CVE-2022-36021). */
 bool
 kv_glob(const uint8_t *pat, size_t plen, const uint8_t *s, size_t slen, bool nocase)
 {
-	while (plen && slen) {
-		switch (pat[0]) {
-		case '*':
-			while (plen > 1 && pat[1] == '*') {
+	const uint8_t *star = NULL, *star_s = NULL;
+	size_t star_plen = 0, star_slen = 0, used;
+
+	while (slen) {
+		if (plen && pat[0] == '*') {
+			while (plen && pat[0] == '*') {
 				pat++;
 				plen--;
 			}
-			if (plen == 1)
+			if (!plen)
 				return true;
-			while (slen) {
-				if (kv_glob(pat + 1, plen - 1, s, slen, nocase))
-					return true;
-				s++;
-				slen--;
-			}
+			star = pat;
+			star_plen = plen;
+			star_s = s;
+			star_slen = slen;
+			continue;
+		}
+		if (plen && glob_one(pat, plen, s[0], nocase, &used)) {
+			pat += used;
+			plen -= used;
+			s++;
+			slen--;
+			continue;
+		}
+		if (!star)
 			return false;
-		case '?':
-			s++;
-			slen--;
-			break;
-		case '[': {
-			bool not, match = false;
-			pat++;
-			plen--;
-			not = plen && pat[0] == '^';
-			if (not ) {
-				pat++;
-				plen--;
-			}
-			while (plen) {
-				if (pat[0] == '\\' && plen >= 2) {
-					pat++;
-					plen--;
-					if (pat[0] == s[0])
-						match = true;
-				} else if (pat[0] == ']') {
-					break;
-				} else if (plen >= 3 && pat[1] == '-') {
-					int lo = pat[0], hi = pat[2], c = s[0];
-					if (lo > hi) {
-						int t = lo;
-						lo = hi;
-						hi = t;
-					}
-					if (nocase) {
-						lo = tolower(lo);
-						hi = tolower(hi);
-						c = tolower(c);
-					}
-					pat += 2;
-					plen -= 2;
-					if (c >= lo && c <= hi)
-						match = true;
-				} else if (nocase ? tolower(pat[0]) == tolower(s[0])
-						  : pat[0] == s[0]) {
-					match = true;
-				}
-				pat++;
-				plen--;
-			}
-			if (!plen) { /* no ']': Redis treats the end as the end of the class */
-				pat--;
-				plen++;
-			}
-			if (not )
-				match = !match;
-			if (!match)
-				return false;
-			s++;
-			slen--;
-			break;
-		}
-		case '\\':
-			if (plen >= 2) {
-				pat++;
-				plen--;
-			}
-			/* fall through */
-		default:
-			if (nocase ? tolower(pat[0]) != tolower(s[0]) : pat[0] != s[0])
-				return false;
-			s++;
-			slen--;
-			break;
-		}
-		pat++;
-		plen--;
+		/* The last '*' takes one byte more; the pattern after it starts again. */
+		star_s++;
+		star_slen--;
+		pat = star;
+		plen = star_plen;
+		s = star_s;
+		slen = star_slen;
 	}
 	while (plen && pat[0] == '*') {
 		pat++;
 		plen--;
 	}
-	return !plen && !slen;
+	return !plen;
 }
 
 /* The table. Memory comes from the shard's own arena (keel_shard_malloc). */
@@ -582,7 +607,8 @@ kv_arg_ll(const struct resp_arg *a, long long *out)
 		return false;
 	errno = 0;
 	*out = strtoll(t, &end, 10);
-	return !errno && *end == 0;
+	/* Up to the argument's end: a NUL inside it stops strtoll as the copy's own would. */
+	return !errno && end == t + a->len;
 }
 
 static bool
@@ -932,7 +958,7 @@ expire_generic(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rb
 		else if (arg_is(&argv[i], "LT"))
 			lt = true;
 		else {
-			rb_err(out, "ERR Unsupported option %.*s", (int)argv[i].len,
+			rb_err(out, "ERR Unsupported option %.*s", kv_err_len(&argv[i]),
 			       (const char *)argv[i].p);
 			return;
 		}
