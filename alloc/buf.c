@@ -311,11 +311,13 @@ keel_slice_put(struct keel_slice *s)
 {
 	struct keel_buf *b = s->buf;
 
-	alloc_verify(b != NULL);
 #ifdef KEEL_BUF_TRACE
+	if (!b) /* what a stale get handed out (reported there) */
+		return;
 	if (trace_check(s, "put"))
 		return;
 #else
+	alloc_verify(b != NULL);
 	/* A stale slice (a put after the last one, the header since reused by another
 	 * buffer) would drop a reference of that other buffer: one compare on the line the
 	 * count is on. */
@@ -350,6 +352,10 @@ keel_slice_sub(const struct keel_slice *s, size_t off, size_t len, struct keel_s
 	if (off > s->len || len > s->len - off)
 		return -ERANGE;
 	keel_slice_get(s, out);
+#ifdef KEEL_BUF_TRACE
+	if (!out->buf) /* @s was stale: reported, no reference taken */
+		return -ESTALE;
+#endif
 	out->data += off;
 	out->len = (uint32_t)len;
 	return 0;
@@ -363,8 +369,9 @@ keel_slice_move(const struct keel_slice *s, unsigned dst)
 
 	/* The exporter taking back a proxy it never sent (the message could not go): it is
 	 * the proxy's home, so the proxy's puts are local again. Not a wrong-shard touch. */
-	if (!(s->buf->kind == BUF_FOREIGN && cur && s->buf->home == cur && dst == cur->cfg.shard))
-		trace_check(s, "move");
+	if (!(s->buf->kind == BUF_FOREIGN && cur && s->buf->home == cur && dst == cur->cfg.shard) &&
+	    trace_check(s, "move"))
+		return; /* stale: the header may hold another buffer now, whose holder stays */
 #endif
 	s->buf->holder = (uint16_t)dst;
 }

@@ -89,14 +89,16 @@ KEEL_API int keel_buf_wrap_at(struct keel_alloc *a, void *data, uint32_t cap,
 			      const char *file, int line);
 
 /**
- * Take another reference (+1): *out is a slice of the same bytes.
+ * Take another reference (+1): *out is a slice of the same bytes. With KEEL_BUF_TRACE, a
+ * stale @s is reported and *out is an empty slice (no buffer; its put does nothing).
  * Context: the shard holding @s's buffer.
  */
 KEEL_API void keel_slice_get(const struct keel_slice *s, struct keel_slice *out);
 
 /**
  * Take another reference (+1) on a sub-range: *out covers @len bytes from @off of @s.
- * Returns: 0, or -ERANGE when the range is not inside @s (no reference taken).
+ * Returns: 0, or -ERANGE when the range is not inside @s (no reference taken); with
+ * KEEL_BUF_TRACE, -ESTALE when @s is stale (reported; *out is empty).
  * Context: the shard holding @s's buffer.
  */
 KEEL_API int keel_slice_sub(const struct keel_slice *s, size_t off, size_t len,

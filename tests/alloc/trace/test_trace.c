@@ -81,6 +81,31 @@ Test(alloc_trace, double_put_after_the_header_was_reused_leaves_the_new_buffer_a
 	keel_alloc_destroy(a);
 }
 
+/* A sub-slice or a reference taken through a stale slice: reported, and what comes back is
+ * no slice (sub fails, get gives an empty one whose put does nothing), not a slice whose
+ * use faults or whose put aborts the process this mode exists to keep running. */
+Test(alloc_trace, sub_and_get_through_a_stale_slice_are_refused)
+{
+	struct keel_alloc *a = make(0);
+	struct keel_alloc_stats st;
+	struct keel_slice s, o, g;
+
+	keel_alloc_bind_thread(a);
+	cr_assert_eq(keel_buf_alloc(a, 100, &s), 0);
+	keel_slice_put(&s);
+	memset(&o, 0x5a, sizeof(o));
+	cr_assert_eq(keel_slice_sub(&s, 10, 20, &o), -ESTALE);
+	cr_assert_null(o.buf, "sub left a slice behind");
+	keel_slice_get(&s, &g);
+	cr_assert_null(g.buf);
+	cr_assert_null(g.data);
+	keel_slice_put(&g); /* an empty slice: nothing, no abort */
+	cr_assert(logcap_has(&cap, "get"), "log: %s", cap.text);
+	keel_alloc_stats(a, &st);
+	cr_assert_eq(st.trace_errors, 2, "the stale sub and get, once each");
+	keel_alloc_destroy(a);
+}
+
 Test(alloc_trace, put_on_the_wrong_shard_is_reported)
 {
 	struct keel_alloc *a0 = make(0), *a1 = make(1);
