@@ -54,7 +54,8 @@ keel__foreign_drain(struct keel_shard *s)
 	 * flag from an earlier pass does not stand while they run. Not airtight: a request
 	 * submitted after this shard last found itself quiescent is not seen by another
 	 * shard's wave until this runs (keel_runtime_submit while the runtime stops). */
-	atomic_store_explicit(&s->quiescent, 0, memory_order_relaxed);
+	if (s->phase != PHASE_RUN) /* before stopping the flag is 0 anyway */
+		atomic_store_explicit(&s->quiescent, 0, memory_order_relaxed);
 	pthread_mutex_lock(&s->xlock);
 	r = s->xhead;
 	s->xhead = s->xtail = NULL;

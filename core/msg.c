@@ -494,10 +494,14 @@ drain_one(struct keel_shard *s, unsigned src)
 	 * not run), and what the handlers sent counts as sent (a flush publishes it later:
 	 * counted sooner than published is safe, later is not). */
 	if (n) {
-		/* Relaxed: the release store of msgs_recv below orders it for any shard that
-		 * reads the new count (and its own line: no other shard reads it before stop). */
-		atomic_store_explicit(&s->quiescent, 0, memory_order_relaxed);
-		sent_count(s);
+		/* Only while stopping: before, the flag is 0 (stop_progress alone sets it) and
+		 * this pass's flush counts the sends before the shard can call itself idle. The
+		 * busy mark is relaxed: the release store of msgs_recv below orders it for any
+		 * shard that reads the new count. */
+		if (s->phase != PHASE_RUN) {
+			atomic_store_explicit(&s->quiescent, 0, memory_order_relaxed);
+			sent_count(s);
+		}
 		atomic_store_explicit(
 			&s->stats.msgs_recv,
 			atomic_load_explicit(&s->stats.msgs_recv, memory_order_relaxed) + n,
