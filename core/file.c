@@ -271,19 +271,27 @@ complete(struct keel_shard *s, struct keel_file_req *req, int res)
 	req->cb_(req, res, req->arg_);
 }
 
+/* Close @fd here, synchronously: a plain close, or emptying direct descriptor slot @fd.
+ * Returns 0 or -errno. */
+static int
+fd_close_now(struct keel_shard *s, int fd, bool direct)
+{
+	if (direct) {
+		int none = -1;
+		int r = io_uring_register_files_update(&s->ring, (unsigned)fd, &none, 1);
+
+		return r < 0 ? r : 0;
+	}
+	return close(fd) < 0 ? -errno : 0;
+}
+
 /* A close still waiting when the shard stops, or that cannot be issued: keel_file_close
  * cleared the application's handle, so the descriptor is closed here, at once, rather than
  * cancelled (or failed) and left open. Returns 0 or -errno. */
 static int
 close_now(struct keel_shard *s, struct keel_file_req *req)
 {
-	if (req->sqe_flags_ & IOSQE_FIXED_FILE) {
-		int none = -1;
-		int r = io_uring_register_files_update(&s->ring, (unsigned)req->fd_, &none, 1);
-
-		return r < 0 ? r : 0;
-	}
-	return close(req->fd_) < 0 ? -errno : 0;
+	return fd_close_now(s, req->fd_, req->sqe_flags_ & IOSQE_FIXED_FILE);
 }
 
 /* Put one request on the ring. Returns 0, or -errno with nothing submitted. */
@@ -426,11 +434,7 @@ open_undo(struct keel_shard *s, struct keel_file_req *req)
 {
 	if (req->fd_ < 0)
 		return;
-	if (req->sqe_flags_ & OPEN_F_DIRECT_DESC) {
-		int none = -1;
-		io_uring_register_files_update(&s->ring, (unsigned)req->fd_, &none, 1);
-	} else
-		close(req->fd_);
+	fd_close_now(s, req->fd_, req->sqe_flags_ & OPEN_F_DIRECT_DESC);
 	req->fd_ = -1;
 }
 
