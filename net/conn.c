@@ -324,7 +324,7 @@ bulk_note(struct keel_conn *c, uint32_t res)
 	} else if (!c->bulk && res >= (ns->f_bundle ? 2 : 1) * (uint64_t)ns->cfg.buf_size) {
 		struct pbuf_ring *b = keel__net_bulk(ns);
 
-		if (!b || (!b->inring && !b->nspare))
+		if (!b || !keel__pbuf_has_buffer(b))
 			return;
 		c->bulk = true;
 		c->small_run = 0;
@@ -500,7 +500,7 @@ recv_cb(struct keel_op *op, int res, uint32_t flags)
 			 * none now (other connections' applications hold them all): stay on
 			 * the first ring, which may have buffers back, rather than wait on
 			 * an empty ring for a buffer that nothing may return. */
-			if (c->bulk && !c->rx_bulk && !ns->bulk.inring) {
+			if (c->bulk && !c->rx_bulk && !keel__pbuf_has_buffer(&ns->bulk)) {
 				c->bulk = false;
 				ns->st.bulk_backs++;
 			}

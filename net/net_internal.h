@@ -147,6 +147,12 @@ int keel__pbuf_init(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid, ui
 int keel__pbuf_init_window(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid, uint32_t nbufs,
 			   uint32_t bufsize, bool inc, uint32_t window, uint32_t wmax);
 void keel__pbuf_fini(struct pbuf_ring *r);
+/* Whether @r has a buffer to give the kernel: in the ring, or a spare a top-up puts there. */
+static inline bool
+keel__pbuf_has_buffer(const struct pbuf_ring *r)
+{
+	return r->inring || r->nspare;
+}
 /* A receive found the ring empty: double the window (up to wmax) when spares are
  * left. Returns true when the ring now holds a buffer, so a re-arm can succeed. */
 bool keel__pbuf_grow(struct pbuf_ring *r);
