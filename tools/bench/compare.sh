@@ -50,6 +50,8 @@
 # udp-pp (64 B datagrams, 1 in flight), udp-tp (1400 B datagrams, 32 in flight).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=serve_port.sh
+. "$root/tools/bench/serve_port.sh"
 cmdline="tools/bench/compare.sh $*"
 
 quick=0 reps=5 secs=3 warmup=1 rows_arg= policies=block,spin spin=50 client=epoll egather= cpoll=0 net=lo
@@ -223,9 +225,9 @@ stop_server() {
 	local i
 	if [ -n "$server" ]; then
 		kill -TERM "$server" 2>/dev/null || true
-		for i in $(seq 100); do # 10 s for it to stop, then it is killed and said
+		for i in $(seq 500); do # 10 s for it to stop, then it is killed and said
 			kill -0 "$server" 2>/dev/null || break
-			sleep 0.1
+			sleep 0.02
 		done
 		if kill -0 "$server" 2>/dev/null; then
 			echo "compare.sh: the server (pid $server) did not stop 10 s after SIGTERM: killed" >&2
@@ -281,7 +283,7 @@ field() { # file name -> value ("null" stays null; strings unquoted)
 
 # start_server backend policy log -> sets server (pid) and sport
 start_server() {
-	local be=$1 pol=$2 log=$3 poll=0 i
+	local be=$1 pol=$2 log=$3 poll=0
 	[ "$pol" = spin ] && poll=$spin
 	local popt=(--idle-poll-us "$poll")
 	[ "$be" = epoll ] &&
@@ -289,13 +291,7 @@ start_server() {
 	"${in_srv[@]}" "$kb" serve --backend "$be" --addr "$addr" --port "$port" --shards "$shards" \
 		--cpuset "$server_cpus" "${popt[@]}" >"$log" 2>&1 &
 	server=$!
-	sport=
-	for i in $(seq 200); do # the first line names the port (10 s at most)
-		sport=$(sed -n 's/^keel-bench serve: .* on [0-9.]*:\([0-9]*\) .*/\1/p' "$log")
-		[ -n "$sport" ] && return 0
-		kill -0 "$server" 2>/dev/null || break
-		sleep 0.05
-	done
+	sport=$(serve_port "$log" "$server") && return 0
 	echo "compare.sh: the $be server ($pol) did not start:" >&2
 	cat "$log" >&2
 	exit 1

@@ -15,6 +15,8 @@
 set -euo pipefail
 bin=$(realpath -m "${1:-$(dirname "$0")/../../build-release/bin}")
 cd "$(dirname "$0")/../.."
+# shellcheck source=serve_port.sh
+. tools/bench/serve_port.sh
 mode=${2:-pingpong}
 size=${3:-64}
 inflight=${4:-1}
@@ -32,17 +34,11 @@ sp= cp=
 trap 'kill $sp $cp 2>/dev/null; rm -rf "$tmp"' EXIT
 
 run() { # tag server-options...
-	local tag=$1 port= i
+	local tag=$1 port
 	shift
 	"$bin/keel-bench" serve --cpuset 0 --port 0 "$@" >"$tmp/$tag.srv" 2>&1 &
 	sp=$!
-	for i in $(seq 200); do # the first line names the port (10 s at most)
-		port=$(sed -n 's/^keel-bench serve: .* on [0-9.]*:\([0-9]*\) .*/\1/p' "$tmp/$tag.srv")
-		[ -n "$port" ] && break
-		kill -0 "$sp" 2>/dev/null || break
-		sleep 0.05
-	done
-	if [ -z "$port" ]; then
+	if ! port=$(serve_port "$tmp/$tag.srv" "$sp"); then
 		echo "profsplit.sh: the $tag server did not start:" >&2
 		cat "$tmp/$tag.srv" >&2
 		exit 1
