@@ -363,15 +363,18 @@ struct verify_op {
 	uint32_t val;
 };
 
+/* @cpu: the shard's; not read through @ls, whose network state a stop may have released
+ * while the read was in flight (the read holds its own reference). */
 static void
-verify_check(struct keel_listener *l, struct keel__lshard *ls, int optname, int res, uint32_t val)
+verify_check(struct keel_listener *l, struct keel__lshard *ls, int cpu, int optname, int res,
+	     uint32_t val)
 {
 	if (res < 0) {
 		STAT_INC(l, ls->shard, unverified);
 		return;
 	}
 	if (optname == SO_INCOMING_CPU) {
-		if (l->steer == KEEL_STEER_CPU && (int)val != ls->ns->cpu)
+		if (l->steer == KEEL_STEER_CPU && (int)val != cpu)
 			STAT_INC(l, ls->shard, cpu_mismatch);
 	} else if (val) {
 		if (!ls->napi_first)
@@ -386,7 +389,7 @@ verify_cb(struct keel_op *op, int res, uint32_t flags)
 {
 	struct verify_op *v = container_of(op, struct verify_op, op);
 
-	verify_check(v->l, v->ls, v->optname, res, v->val);
+	verify_check(v->l, v->ls, v->ns->cpu, v->optname, res, v->val);
 	keel__net_unref(v->ns);
 	free(v);
 }
@@ -403,7 +406,7 @@ verify_submit(struct keel__lshard *ls, int fd, bool direct, int optname)
 		uint32_t val = 0;
 		socklen_t len = sizeof(val);
 		int r = getsockopt(fd, SOL_SOCKET, optname, &val, &len) < 0 ? -errno : 0;
-		verify_check(l, ls, optname, r, val);
+		verify_check(l, ls, ls->ns->cpu, optname, r, val);
 		return;
 	}
 	v = calloc(1, sizeof(*v));

@@ -301,3 +301,62 @@ Test(net_addr, connected_ipv6)
 {
 	connected_case("::1");
 }
+
+static void
+stop_open(struct keel_conn *c)
+{
+	atomic_store(&seen.done, 1);
+	keel_stop(0);
+}
+
+static const struct keel_conn_ops stop_ops = { .on_open = stop_open,
+					       .on_data = addr_data,
+					       .on_close = addr_close };
+
+/* A steering read still in flight when the runtime stops completes after the listener's
+ * shard part was closed: two connections wait before the listener starts, its table holds
+ * one descriptor, so one pass sees an accept (its read submitted) and the accept that ends
+ * the multishot (ENFILE: the listener is left unarmed, closed at once by the stop), and
+ * the first on_open stops the runtime. The read's completion arrives after the close. */
+Test(net_addr, a_steering_read_in_flight_at_stop_outlives_the_listener_part)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct keel_runtime *rt;
+	struct keel_listener *l;
+	struct keel_listener_stats lst;
+	struct sockaddr_storage to;
+	socklen_t len;
+	int fd[2];
+
+	memset(&seen, 0, sizeof(seen));
+	keel_net_config_init(&nc);
+	nc.max_files = 1;
+	net_test_feature(&o, "direct_fd=auto");
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	struct keel_listen_opts lo = { .addr = "127.0.0.1",
+				       .no_addrs = true,
+				       .steer = KEEL_STEER_CPU,
+				       .net = &nc,
+				       .rt = rt };
+	cr_assert_eq(keel_listener_create(&lo, 1, &stop_ops, NULL, &l), 0);
+	cr_assert_eq(keel_net_addr_parse("127.0.0.1", keel_listener_port(l), &to, &len), 0);
+	for (int i = 0; i < 2; i++) {
+		fd[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		cr_assert_geq(fd[i], 0);
+		cr_assert_eq(connect(fd[i], (struct sockaddr *)&to, len), 0, "connect: %s",
+			     strerror(errno));
+	}
+	cr_assert_eq(keel_runtime_start(rt, start_listener, l), 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	cr_assert_eq(keel_listener_stats(l, 0, &lst), 0);
+	cr_assert_eq(lst.accepted, 1);
+	cr_assert_eq(lst.steer_reads, 1);
+	cr_assert_eq(lst.accept_errors, 1, "%llu accept errors, want the ENFILE",
+		     (unsigned long long)lst.accept_errors);
+	keel_runtime_destroy(rt);
+	keel_listener_destroy(l);
+	close(fd[0]);
+	close(fd[1]);
+	SHARD_CHECKS_PASSED();
+}
