@@ -5,6 +5,13 @@
 
 #include "internal.h"
 
+/* now + d, held at the end of time rather than wrapping into the past. */
+static inline uint64_t
+add_sat(uint64_t now, uint64_t d)
+{
+	return d > UINT64_MAX - now ? UINT64_MAX : now + d;
+}
+
 static inline bool
 before(const struct keel_timer *a, const struct keel_timer *b)
 {
@@ -66,10 +73,14 @@ heap_remove(struct keel_shard *s, struct keel_timer *t)
 		sift_down(s, i);
 }
 
+/* Room for one more live timer: the heap holds at most every live timer, so reserving a
+ * slot when a timer is made means starting one never allocates and never fails. */
 static int
-heap_push(struct keel_shard *s, struct keel_timer *t)
+heap_reserve(struct keel_shard *s)
 {
-	if (s->heap_n == s->heap_cap) {
+	if (s->timers_live == s->heap_cap) {
+		if (KEEL__FAULTS_ALLOC())
+			return -ENOMEM;
 		size_t cap = s->heap_cap ? s->heap_cap * 2 : 64;
 		struct keel_timer **h = realloc(s->heap, cap * sizeof(*h));
 		if (!h)
@@ -77,10 +88,17 @@ heap_push(struct keel_shard *s, struct keel_timer *t)
 		s->heap = h;
 		s->heap_cap = cap;
 	}
+	s->timers_live++;
+	return 0;
+}
+
+static void
+heap_push(struct keel_shard *s, struct keel_timer *t)
+{
+	keel_verify(s->heap_n < s->heap_cap);
 	s->heap[s->heap_n] = t;
 	t->heap_idx_ = (int64_t)s->heap_n++;
 	sift_up(s, (size_t)t->heap_idx_);
-	return 0;
 }
 
 /* flags_: a timer keel allocated (create/destroy), and one initialised (init/fini), so that
@@ -103,6 +121,8 @@ keel_timer_init(struct keel_timer *t, keel_timer_fn fn, void *arg)
 
 	if (!fn || !t)
 		return -EINVAL;
+	if (heap_reserve(s) < 0)
+		return -ENOMEM;
 	timer_setup(s, t, fn, arg, 0);
 	return 0;
 }
@@ -118,6 +138,7 @@ keel_timer_fini(struct keel_timer *t)
 	keel_verify(t->shard_ == keel__cur);
 	if (t->heap_idx_ >= 0)
 		heap_remove(t->shard_, t);
+	t->shard_->timers_live--;
 	t->flags_ = 0;
 }
 
@@ -130,8 +151,10 @@ keel_timer_create(keel_timer_fn fn, void *arg, struct keel_timer **out)
 	if (!fn)
 		return -EINVAL;
 	t = calloc(1, sizeof(*t));
-	if (!t)
+	if (!t || heap_reserve(s) < 0) {
+		free(t);
 		return -ENOMEM;
+	}
 	timer_setup(s, t, fn, arg, TIMER_ALLOCATED);
 	t->all_next_ = s->timers_all;
 	if (s->timers_all)
@@ -155,11 +178,10 @@ keel_timer_start(struct keel_timer *t, uint64_t delay_ns, uint64_t period_ns)
 		now = s->now_ns + 1;
 	if (t->heap_idx_ >= 0)
 		heap_remove(s, t);
-	t->deadline_ns_ = now + delay_ns;
+	t->deadline_ns_ = add_sat(now, delay_ns);
 	t->period_ns_ = period_ns;
-	/* The heap grows at most to the number of timers, each of which the shard allocated;
-	 * growth failure is memory exhaustion. */
-	return heap_push(s, t);
+	heap_push(s, t); /* its slot was reserved when the timer was made */
+	return 0;
 }
 
 int
@@ -182,7 +204,8 @@ keel_timer_deadline_ns(const struct keel_timer *t)
 int
 keel_timer_pending(const struct keel_timer *t)
 {
-	return t->heap_idx_ >= 0;
+	/* A zeroed struct never initialised has heap index 0: not pending. */
+	return (t->flags_ & TIMER_LIVE) && t->heap_idx_ >= 0;
 }
 
 void
@@ -203,6 +226,7 @@ keel_timer_destroy(struct keel_timer *t)
 		s->timers_all = t->all_next_;
 	if (t->all_next_)
 		t->all_next_->all_prev_ = t->all_prev_;
+	s->timers_live--;
 	free(t);
 }
 
@@ -217,12 +241,10 @@ keel__timers_run(struct keel_shard *s)
 
 		heap_remove(s, t);
 		if (t->period_ns_) {
-			t->deadline_ns_ += t->period_ns_;
+			t->deadline_ns_ = add_sat(t->deadline_ns_, t->period_ns_);
 			if (t->deadline_ns_ <= now) /* fell behind: skip, do not burst */
-				t->deadline_ns_ = now + t->period_ns_;
-			if (heap_push(s, t) < 0)
-				keel_log(KEEL_LOG_ERROR, "core",
-					 "periodic timer dropped: out of memory");
+				t->deadline_ns_ = add_sat(now, t->period_ns_);
+			heap_push(s, t);
 		}
 		n++;
 		STAT_INC(s, timers_fired);
@@ -257,5 +279,5 @@ keel__timers_fini(struct keel_shard *s)
 	s->timers_all = NULL;
 	free(s->heap);
 	s->heap = NULL;
-	s->heap_n = s->heap_cap = 0;
+	s->heap_n = s->heap_cap = s->timers_live = 0;
 }

@@ -45,11 +45,7 @@ static void
 sweep_every(struct net_shard *ns, uint64_t p)
 {
 	ns->lim_period = p;
-	if (keel_timer_start(ns->lim_timer, p, p) < 0)
-		keel_log(KEEL_LOG_ERROR, NET_MOD,
-			 "shard %u: the timeout sweep could not be started (no memory); timeouts "
-			 "wait until a connection with a shorter one opens",
-			 ns->id);
+	keel_timer_start(ns->lim_timer, p, p); /* cannot fail: keel/timer.h */
 }
 
 static void

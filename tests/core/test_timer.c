@@ -299,3 +299,84 @@ Test(core_timer, zero_delay_rearm_fires_on_next_pass_and_self_destroy_is_safe)
 		cr_assert_gt(r.pass_of_fire[i], r.pass_of_fire[i - 1],
 			     "re-armed timer fired twice in one pass");
 }
+
+/* Durations past the clock's end: a delay of UINT64_MAX never fires (it does not wrap into
+ * the past), and a periodic timer with a period of UINT64_MAX fires once, then waits for
+ * ever (it does not come back due in the same pass, for ever). Passes are chained with
+ * keel_defer, so the test waits for passes, not for time. */
+struct far_test {
+	struct keel_timer *never, *once;
+	int never_fired, once_fired, passes;
+	uint64_t once_deadline_after, now_after;
+};
+
+static void
+far_never(struct keel_timer *t, void *arg)
+{
+	((struct far_test *)arg)->never_fired++;
+}
+
+static void
+far_once(struct keel_timer *t, void *arg)
+{
+	struct far_test *f = arg;
+
+	if (++f->once_fired > 1) {
+		keel_timer_stop(t); /* wrapped: it would fire for ever within one pass */
+		return;
+	}
+	f->once_deadline_after = keel_timer_deadline_ns(t);
+	f->now_after = keel_now_ns();
+}
+
+static void
+far_pass(void *arg)
+{
+	struct far_test *f = arg;
+
+	if (++f->passes < 5 || !f->once_fired) {
+		if (f->passes > 100000) {
+			keel_stop(-ETIMEDOUT);
+			return;
+		}
+		keel_defer(far_pass, f);
+		return;
+	}
+	keel_stop(0);
+}
+
+static void
+far_start(void *arg)
+{
+	struct far_test *f = arg;
+
+	SHARD_CHECK_EQ(keel_timer_create(far_never, f, &f->never), 0);
+	SHARD_CHECK_EQ(keel_timer_create(far_once, f, &f->once), 0);
+	SHARD_CHECK_EQ(keel_timer_start(f->never, UINT64_MAX, 0), 0);
+	SHARD_CHECK(keel_timer_deadline_ns(f->never) > keel_now_ns() + KEEL_S(3600),
+		    "a delay of UINT64_MAX gave a deadline within the hour");
+	SHARD_CHECK_EQ(keel_timer_start(f->once, 0, UINT64_MAX), 0);
+	keel_defer(far_pass, f);
+}
+
+Test(core_timer, durations_past_the_end_of_the_clock_do_not_wrap)
+{
+	struct keel_opts o = test_opts(1);
+	struct far_test f = { 0 };
+	int rc = keel_run(&o, far_start, &f);
+
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(rc, 0);
+	cr_assert_eq(f.never_fired, 0, "the never timer fired");
+	cr_assert_eq(f.once_fired, 1, "the periodic timer fired %d times", f.once_fired);
+	cr_assert_gt(f.once_deadline_after, f.now_after + KEEL_S(3600));
+}
+
+/* A zeroed struct never initialised is not pending (keel_timer_fini accepts one too). */
+Test(core_timer, a_zeroed_timer_is_not_pending)
+{
+	struct keel_timer t = { 0 };
+
+	cr_assert_eq(keel_timer_pending(&t), 0);
+	keel_timer_fini(&t);
+}

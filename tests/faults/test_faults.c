@@ -223,3 +223,52 @@ Test(faults_stream, control_without_faults)
 	cr_assert_eq(stream(s.port, stream_bytes()), 0, "no connection may end early");
 	stop(&s);
 }
+
+/* Every timer has its place in the shard's timer heap from the moment it is made: with
+ * allocations failing, making one more fails with -ENOMEM, and starting those already made
+ * cannot fail (the listener's accept back-off, a connection's close timer, keel-kv's ticks
+ * start timers without a way to report a failure). */
+#define NTIMERS 64 /* the heap's first size: the next timer needs it to grow */
+
+struct tfault {
+	struct keel_timer *t[NTIMERS];
+	struct keel_timer embedded;
+	int fired, create_r, init_r;
+};
+
+static void
+tf_fire(struct keel_timer *t, void *arg)
+{
+	struct tfault *f = arg;
+
+	if (++f->fired == NTIMERS)
+		keel_stop(0);
+}
+
+static void
+tf_start(void *arg)
+{
+	struct tfault *f = arg;
+	struct keel_timer *extra = NULL;
+
+	for (int i = 0; i < NTIMERS; i++)
+		SHARD_CHECK_EQ(keel_timer_create(tf_fire, f, &f->t[i]), 0);
+	SHARD_CHECK_EQ(keel_faults_set("alloc:ENOMEM"), 0);
+	f->create_r = keel_timer_create(tf_fire, f, &extra);
+	f->init_r = keel_timer_init(&f->embedded, tf_fire, f);
+	for (int i = 0; i < NTIMERS; i++)
+		SHARD_CHECK_EQ(keel_timer_start(f->t[i], KEEL_US(i), 0), 0);
+	SHARD_CHECK_EQ(keel_faults_set(NULL), 0);
+}
+
+Test(faults_timer, starting_a_timer_never_allocates)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct tfault f = { 0 };
+
+	cr_assert_eq(keel_run(&o, tf_start, &f), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(f.create_r, -ENOMEM);
+	cr_assert_eq(f.init_r, -ENOMEM);
+	cr_assert_eq(f.fired, NTIMERS);
+}

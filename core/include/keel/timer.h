@@ -38,7 +38,8 @@ struct keel_timer {
  * Initialise @t, in the caller's memory, as a timer of this shard, not started.
  * Ownership: @t stays the caller's; keel never frees it. It must stay valid, and must not
  * move, until keel_timer_fini() (or until the shard ended: the runtime stops every timer).
- * Returns: 0, or -EINVAL when @fn is NULL.
+ * Returns: 0, -EINVAL when @fn is NULL, or -ENOMEM (every timer has its place in the shard's
+ * timer heap from here on, so that starting it cannot fail).
  * Context: a shard; the timer belongs to it.
  */
 KEEL_API int keel_timer_init(struct keel_timer *t, keel_timer_fn fn, void *arg);
@@ -61,8 +62,9 @@ KEEL_API int keel_timer_create(keel_timer_fn fn, void *arg, struct keel_timer **
 
 /**
  * (Re)start @t to fire @delay_ns from now, then every @period_ns (0: once). Nanoseconds,
- * like every duration in keel: write KEEL_MS(250) or KEEL_US(500) (keel/time.h).
- * Returns: 0, or -ENOMEM when the shard's timer heap could not grow.
+ * like every duration in keel: write KEEL_MS(250) or KEEL_US(500) (keel/time.h). A deadline
+ * or period past the clock's end (UINT64_MAX: never) is held at its end, never wrapped.
+ * Returns: 0; it cannot fail (the timer's place in the heap was made with the timer).
  * Context: the timer's shard.
  */
 KEEL_API int keel_timer_start(struct keel_timer *t, uint64_t delay_ns, uint64_t period_ns);
