@@ -286,6 +286,10 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 	if (l->steer == KEEL_STEER_QUEUE || (l->steer == KEEL_STEER_CPU && o->rt)) {
 		if (l->steer == KEEL_STEER_CPU) {
 			if (keel_runtime_shard_count(o->rt) < nshards) {
+				keel_log(KEEL_LOG_ERROR, NET_MOD,
+					 "listener for %u shards, but keel_listen_opts.rt has %u: "
+					 "give the runtime that runs it",
+					 nshards, keel_runtime_shard_count(o->rt));
 				r = -EINVAL;
 				goto err;
 			}
@@ -522,7 +526,7 @@ accept_cb(struct keel_op *op, int res, uint32_t flags)
 					   "max_files)"
 					 : "");
 		}
-		if (!ls->stopping && !ls->armed && ls->backoff) {
+		if (!ls->stopping && !ls->armed) {
 			keel_timer_start(ls->backoff, lcfg(l, ns)->accept_backoff_ns, 0);
 			return;
 		}
@@ -530,10 +534,8 @@ accept_cb(struct keel_op *op, int res, uint32_t flags)
 	if (!ls->armed) {
 		if (ls->stopping)
 			lshard_close(ls);
-		else if (!(res < 0 && res != -ECANCELED))
-			accept_arm(ls);
-		else if (res == -ECANCELED)
-			lshard_close(ls);
+		else
+			accept_arm(ls); /* an accept, or a cancel keel did not ask for */
 	}
 }
 
@@ -543,8 +545,15 @@ accept_arm(struct keel__lshard *ls)
 	struct net_shard *ns = ls->ns;
 	struct io_uring_sqe *sqe = keel_sqe_get();
 
-	if (!sqe)
+	if (!sqe) {
+		/* The ring could not submit (its error is logged): try again after the pause
+		 * an accept error gets, rather than leave this shard's socket unserved. */
+		keel_log(KEEL_LOG_WARN, NET_MOD,
+			 "shard %u: no SQE to arm the accept; retrying in %llu ms", ls->shard,
+			 (unsigned long long)KEEL_NS_TO_MS(lcfg(ls->l, ns)->accept_backoff_ns));
+		keel_timer_start(ls->backoff, lcfg(ls->l, ns)->accept_backoff_ns, 0);
 		return;
+	}
 	if (ns->f_direct) {
 		if (ns->f_ms_accept)
 			io_uring_prep_multishot_accept_direct(sqe, ls->fd, NULL, NULL, 0);

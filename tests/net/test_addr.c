@@ -334,11 +334,9 @@ Test(net_addr, a_steering_read_in_flight_at_stop_outlives_the_listener_part)
 	nc.max_files = 1;
 	net_test_feature(&o, "direct_fd=auto");
 	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
-	struct keel_listen_opts lo = { .addr = "127.0.0.1",
-				       .no_addrs = true,
-				       .steer = KEEL_STEER_CPU,
-				       .net = &nc,
-				       .rt = rt };
+	struct keel_listen_opts lo = {
+		.addr = "127.0.0.1", .no_addrs = true, .steer = KEEL_STEER_CPU, .net = &nc, .rt = rt
+	};
 	cr_assert_eq(keel_listener_create(&lo, 1, &stop_ops, NULL, &l), 0);
 	cr_assert_eq(keel_net_addr_parse("127.0.0.1", keel_listener_port(l), &to, &len), 0);
 	for (int i = 0; i < 2; i++) {
@@ -359,4 +357,34 @@ Test(net_addr, a_steering_read_in_flight_at_stop_outlives_the_listener_part)
 	close(fd[0]);
 	close(fd[1]);
 	SHARD_CHECKS_PASSED();
+}
+
+static char create_log[512];
+
+static void
+create_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	if (level == KEEL_LOG_ERROR && !create_log[0])
+		snprintf(create_log, sizeof(create_log), "%s", msg);
+}
+
+/* A CPU-steered listener for more shards than its runtime has is refused, and says so. */
+Test(net_addr, a_listener_for_more_shards_than_its_runtime_is_refused_with_a_reason)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_runtime *rt;
+	struct keel_listener *l = NULL;
+	int r;
+
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	struct keel_listen_opts lo = { .addr = "127.0.0.1", .steer = KEEL_STEER_CPU, .rt = rt };
+	create_log[0] = 0;
+	keel_log_set_sink(create_sink, NULL);
+	r = keel_listener_create(&lo, 2, &addr_ops, NULL, &l);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq(r, -EINVAL);
+	cr_assert_null(l);
+	cr_assert(strstr(create_log, "2 shards") && strstr(create_log, "has 1"), "log: '%s'",
+		  create_log);
+	keel_runtime_destroy(rt);
 }
