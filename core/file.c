@@ -389,6 +389,7 @@ issue(struct keel_shard *s, struct keel_file_req *req)
 	io_uring_sqe_set_data(sqe, &req->op_);
 	KEEL__FAULTS_SQE(sqe);
 	s->inflight++;
+	s->binds++;
 	if (req->stage_ == ST_FIRST) {
 		struct keel_file_stats *st = &s->files.st;
 		st->issued++;

@@ -145,6 +145,10 @@ struct keel_shard {
 	/* Operations in flight: all, and keel's own permanent ones. */
 	uint64_t inflight;
 	uint64_t internal_inflight;
+	/* User operations bound so far, and their count when the last cancel-all was queued:
+	 * while stopping, a cancel-all is queued again only for operations bound since (one
+	 * the cancel cannot reach must not make the shard cancel in a loop). */
+	uint64_t binds, cancel_mark;
 
 	/* Inbound mail: queues from every shard and the has-mail bitmap, both owned here. */
 	struct mbox **inbox;                                  /* [count], inbox[src] */

@@ -245,6 +245,7 @@ keel_sqe_bind(struct io_uring_sqe *sqe, struct keel_op *op)
 	io_uring_sqe_set_data(sqe, op);
 	KEEL__FAULTS_SQE(sqe);
 	s->inflight++;
+	s->binds++;
 }
 
 struct io_uring *
@@ -541,6 +542,7 @@ submit_cancel_all(struct keel_shard *s)
 		return;
 	io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
 	keel__internal_arm(s, &s->cancel_op, sqe);
+	s->cancel_mark = s->binds;
 }
 
 static void
@@ -585,8 +587,11 @@ stop_progress(struct keel_shard *s)
 
 	atomic_store(&s->quiescent, q);
 	if (!q) {
-		/* Operations started after the first cancel (by stop hooks or callbacks). */
-		if (s->inflight > s->internal_inflight && !s->cancel_op.armed)
+		/* Operations started after the last cancel (by stop hooks or callbacks). One
+		 * that no cancel can end (a disk read running in io-wq) is waited for in
+		 * bounded sleeps, not cancelled again every pass. */
+		if (s->inflight > s->internal_inflight && !s->cancel_op.armed &&
+		    s->binds != s->cancel_mark)
 			submit_cancel_all(s);
 		return false;
 	}

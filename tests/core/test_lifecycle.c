@@ -372,3 +372,77 @@ Test(core_lifecycle, stop_cancels_and_reaps_inflight_operations)
 	close(t.fd[0]);
 	close(t.fd[1]);
 }
+
+/* ---- stopping with an operation the cancel cannot reach ---- */
+
+/* An operation keel's cancel cannot end (a disk read running in io-wq, a SEND_ZC's
+ * notification): here a NOP whose success posts no CQE, completed later from outside with
+ * a MSG_RING that carries its user_data. While it is in flight the stopping shard waits
+ * for it in bounded sleeps, not in a loop of passes and cancels. */
+struct uncancellable {
+	struct keel_op op;
+	_Atomic int ring_fd, done;
+};
+static struct uncancellable unc;
+
+static void
+unc_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	atomic_store(&unc.done, 1);
+}
+
+static void
+unc_start(void *arg)
+{
+	struct io_uring_sqe *sqe;
+
+	if (keel_shard_id(keel_this_shard()) != 0)
+		return;
+	sqe = keel_sqe_get();
+	if (!SHARD_CHECK(sqe != NULL, "no SQE"))
+		return;
+	io_uring_prep_nop(sqe);
+	/* keel/ring.h forbids this flag to apps: here it makes an operation no cancel finds. */
+	sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+	unc.op.fn = unc_cb;
+	keel_sqe_bind(sqe, &unc.op);
+	atomic_store(&unc.ring_fd, keel_shard_ring_get()->ring_fd);
+}
+
+Test(core_lifecycle, stopping_with_an_operation_the_cancel_cannot_reach_sleeps)
+{
+	struct keel_opts o = test_opts(2);
+	struct keel_runtime *rt;
+	struct keel_shard_stats a, b;
+	struct io_uring ring;
+	struct io_uring_cqe *cqe;
+	struct io_uring_sqe *sqe;
+
+	memset(&unc, 0, sizeof(unc));
+	atomic_store(&unc.ring_fd, -1);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, unc_start, NULL), 0);
+	WAIT_FOR(atomic_load(&unc.ring_fd) >= 0, "shard 0 binding its NOP");
+	keel_runtime_stop(rt, 0);
+	/* Stopping: shard 0 cannot finish while the NOP counts as in flight. */
+	cr_assert_eq(keel_runtime_stats(rt, 0, &a), 0);
+	WAIT_FOR((keel_runtime_stats(rt, 0, &b), b.sleeps >= a.sleeps + 20),
+		 "20 sleeps of the stopping shard (it passes without sleeping)");
+	cr_assert_lt(b.passes - a.passes, 4 * (b.sleeps - a.sleeps) + 16,
+		     "%llu passes for %llu sleeps", (unsigned long long)(b.passes - a.passes),
+		     (unsigned long long)(b.sleeps - a.sleeps));
+	cr_assert_eq(atomic_load(&unc.done), 0);
+	/* Complete it: a CQE with its user_data, from another ring. */
+	cr_assert_eq(io_uring_queue_init(4, &ring, 0), 0);
+	sqe = io_uring_get_sqe(&ring);
+	io_uring_prep_msg_ring(sqe, atomic_load(&unc.ring_fd), 0, (uint64_t)(uintptr_t)&unc.op, 0);
+	cr_assert_eq(io_uring_submit_and_wait(&ring, 1), 1);
+	cr_assert_eq(io_uring_wait_cqe(&ring, &cqe), 0);
+	cr_assert_eq(cqe->res, 0, "MSG_RING: %s", strerror(-cqe->res));
+	io_uring_cqe_seen(&ring, cqe);
+	io_uring_queue_exit(&ring);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	cr_assert_eq(atomic_load(&unc.done), 1);
+	keel_runtime_destroy(rt);
+	SHARD_CHECKS_PASSED();
+}
