@@ -25,8 +25,14 @@ sig_cb(struct keel_op *op, int res, uint32_t flags)
 			keel_log(KEEL_LOG_WARN, "core", "second signal: exiting now");
 			_exit(128 + sig);
 		}
-	} else if (res != -ECANCELED) {
-		keel_log(KEEL_LOG_ERROR, "core", "signalfd read failed: %s", strerror(-res));
+	} else if (res != -ECANCELED && res != -EINTR && res != -EAGAIN) {
+		/* -EINTR: before Linux 6.10 this read of a blocking signalfd runs in io-wq,
+		 * and the cancel at stop interrupts it; reading on keeps the second signal's
+		 * "exit at once" working while the stop is stuck. */
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "signalfd read failed: %s; SIGINT/SIGTERM are no longer read (stop the "
+			 "process with SIGKILL)",
+			 strerror(-res));
 		return;
 	}
 	if (s->phase != PHASE_DONE)
