@@ -548,13 +548,16 @@ submit_cancel_all(struct keel_shard *s)
 static void
 begin_stop(struct keel_shard *s)
 {
-	struct defer_vec hooks = s->stop_hooks;
+	/* Hooks run while the shard still accepts sends, so they can tell other shards; one
+	 * a hook registers runs after it (from here on keel_shard_on_stop defers them). */
+	while (s->stop_hooks.n) {
+		struct defer_vec hooks = s->stop_hooks;
 
-	/* Hooks run while the shard still accepts sends, so they can tell other shards. */
-	memset(&s->stop_hooks, 0, sizeof(s->stop_hooks));
-	for (size_t i = 0; i < hooks.n; i++)
-		hooks.v[i].fn(hooks.v[i].arg);
-	keel__defer_fini(&hooks);
+		memset(&s->stop_hooks, 0, sizeof(s->stop_hooks));
+		for (size_t i = 0; i < hooks.n; i++)
+			hooks.v[i].fn(hooks.v[i].arg);
+		keel__defer_fini(&hooks);
+	}
 	s->phase = PHASE_STOP;
 	keel__timers_stop_all(s);
 	if (s->inflight > s->internal_inflight)

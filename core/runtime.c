@@ -83,6 +83,10 @@ keel_shard_on_stop(keel_fn fn, void *arg)
 	struct keel_shard *s = cur_shard(__func__);
 	if (!fn)
 		return -EINVAL;
+	/* Registered once the stop has begun: it runs at once, as deferred work (the stop
+	 * waits for deferred work), rather than never. */
+	if (s->phase != PHASE_RUN)
+		return keel_defer(fn, arg);
 	return keel__defer_push(&s->stop_hooks, fn, arg);
 }
 

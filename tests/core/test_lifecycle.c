@@ -446,3 +446,58 @@ Test(core_lifecycle, stopping_with_an_operation_the_cancel_cannot_reach_sleeps)
 	keel_runtime_destroy(rt);
 	SHARD_CHECKS_PASSED();
 }
+
+/* ---- stop hooks registered late ---- */
+
+struct late_hooks {
+	int first, second, third;
+};
+
+static void
+late_third(void *arg)
+{
+	((struct late_hooks *)arg)->third++;
+}
+
+static void
+late_after_stop(void *arg)
+{
+	/* A callback run while stopping (deferred work here) registers a hook. */
+	SHARD_CHECK_EQ(keel_shard_on_stop(late_third, arg), 0);
+}
+
+static void
+late_second(void *arg)
+{
+	struct late_hooks *h = arg;
+
+	h->second++;
+	SHARD_CHECK_EQ(h->first, 1, "the second hook ran before the first");
+	SHARD_CHECK_EQ(keel_defer(late_after_stop, arg), 0);
+}
+
+static void
+late_first(void *arg)
+{
+	((struct late_hooks *)arg)->first++;
+	SHARD_CHECK_EQ(keel_shard_on_stop(late_second, arg), 0); /* from inside a hook */
+}
+
+static void
+late_start(void *arg)
+{
+	SHARD_CHECK_EQ(keel_shard_on_stop(late_first, arg), 0);
+	keel_stop(0);
+}
+
+Test(core_lifecycle, stop_hooks_registered_while_stopping_run_once)
+{
+	struct keel_opts o = test_opts(1);
+	struct late_hooks h = { 0 };
+
+	cr_assert_eq(keel_run(&o, late_start, &h), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(h.first, 1);
+	cr_assert_eq(h.second, 1, "a hook registered by a hook ran %d times", h.second);
+	cr_assert_eq(h.third, 1, "a hook registered while stopping ran %d times", h.third);
+}

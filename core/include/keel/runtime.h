@@ -117,7 +117,9 @@ KEEL_API int keel_defer(keel_fn fn, void *arg);
 
 /**
  * Register @fn(@arg) to run on this shard when the runtime begins to stop (before its
- * in-flight operations are cancelled). Hooks run in registration order, once.
+ * in-flight operations are cancelled). Hooks run in registration order, once. One
+ * registered by a hook runs after the hooks registered before it; one registered once the
+ * stop has begun (from a callback run while stopping) runs as deferred work (keel_defer).
  * Returns: 0, or -ENOMEM.
  * Context: a shard.
  */

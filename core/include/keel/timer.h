@@ -37,7 +37,8 @@ struct keel_timer {
 /**
  * Initialise @t, in the caller's memory, as a timer of this shard, not started.
  * Ownership: @t stays the caller's; keel never frees it. It must stay valid, and must not
- * move, until keel_timer_fini() (or until the shard ended: the runtime stops every timer).
+ * move, until keel_timer_fini() (or until the shard ended: its stop takes every timer
+ * pending then off the heap; one started while stopping still fires).
  * Returns: 0, -EINVAL when @fn is NULL, or -ENOMEM (every timer has its place in the shard's
  * timer heap from here on, so that starting it cannot fail).
  * Context: a shard; the timer belongs to it.
