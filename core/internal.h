@@ -139,8 +139,9 @@ struct keel_shard {
 	uint64_t stall_ns;
 	uint64_t last_stall_log_ns;
 	uint64_t stalls_unlogged;
-	bool cq_ovf_logged;   /* the first CQ overflow was logged (the stats count the rest) */
-	bool ovf_heap_logged; /* an overflow node of keel's own came from the heap (logged) */
+	bool cq_ovf_logged; /* the first CQ overflow was logged (the stats count the rest) */
+	uint64_t cq_dropped_logged; /* completions dropped, as last logged */
+	bool ovf_heap_logged;       /* an overflow node of keel's own came from the heap (logged) */
 
 	/* Operations in flight: all, and keel's own permanent ones. */
 	uint64_t inflight;

@@ -372,19 +372,23 @@ need_enter(struct keel_shard *s)
 	return !s->taskrun_flag && s->inflight > 0 && io_uring_cq_ready(&s->ring) == 0;
 }
 
-/* io_uring_enter's errors: -EBADR says the kernel dropped completions (reported once). */
+/* io_uring_enter's errors: -EBADR says the kernel dropped completions; it may say so on
+ * every later wait too, so it is logged when the count of dropped ones has grown. */
 static void
 enter_error(struct keel_shard *s, int r, const char *what)
 {
 	if (r == -EBADR) {
+		uint64_t dropped;
+
 		cq_overflowed(s);
+		dropped = atomic_load_explicit(&s->stats.cq_dropped, memory_order_relaxed);
+		if (dropped == s->cq_dropped_logged)
+			return;
+		s->cq_dropped_logged = dropped;
 		keel_log(KEEL_LOG_ERROR, "core",
 			 "shard %u: the kernel dropped %llu completions (CQ of %u full and no "
 			 "memory to hold more): raise --cq-entries",
-			 s->id,
-			 (unsigned long long)atomic_load_explicit(&s->stats.cq_dropped,
-								  memory_order_relaxed),
-			 s->ring.cq.ring_entries);
+			 s->id, (unsigned long long)dropped, s->ring.cq.ring_entries);
 		return;
 	}
 	keel_log(KEEL_LOG_ERROR, "core", "%s failed: %s", what, strerror(-r));
