@@ -113,6 +113,10 @@ struct internal_op {
 	struct keel_op op;
 	struct keel_shard *shard;
 	bool armed;
+	bool retry; /* a read that found no SQE: armed again at the end of a pass */
+	int fd;     /* the read's, for that retry */
+	void *buf;
+	unsigned len;
 };
 
 struct keel_shard {
@@ -173,6 +177,7 @@ struct keel_shard {
 	struct keel_op *msgring_ops; /* [rt->count] */
 	uint64_t wake_fail_logged_ns;
 	struct internal_op cancel_op;
+	bool internal_retry; /* an internal read waits to be armed again */
 
 	/* Foreign requests: a mutex-protected list, checked without the lock each pass. */
 	pthread_mutex_t xlock;
@@ -265,6 +270,10 @@ void keel__shard_wake(struct keel_shard *target, struct keel_shard *from);
 /* Fault injection for tests: while non-zero, each MSG_RING wake-up is aimed at an invalid
  * fd (so it fails with -EBADF on the sender) and the count drops by one. */
 extern _Atomic unsigned keel__fault_msgring_fail;
+/* ... while non-zero, each arming of keel's own read finds no SQE; the count drops by one. */
+extern _Atomic unsigned keel__fault_internal_nosqe;
+/* Arm again the internal reads that found no SQE (signalfd, eventfd). */
+void keel__internal_retry(struct keel_shard *s);
 
 /* The idle-polling policy (core/idlepoll.c). Fixed: poll window_ns after running out of
  * work. Adaptive (--idle-poll-adaptive): poll only while at least KEEL__IDLEPOLL_MIN of the

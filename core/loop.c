@@ -220,16 +220,54 @@ keel__internal_done(struct keel_op *op)
 	return iop;
 }
 
+_Atomic unsigned keel__fault_internal_nosqe;
+
+static bool
+internal_nosqe(void)
+{
+	unsigned n = atomic_load_explicit(&keel__fault_internal_nosqe, memory_order_relaxed);
+
+	while (__builtin_expect(n != 0, 0))
+		if (atomic_compare_exchange_weak(&keel__fault_internal_nosqe, &n, n - 1))
+			return true;
+	return false;
+}
+
+/* A read that finds no SQE (the ring's submit failed: logged there) is armed again at the
+ * end of the pass, and of every pass until it is: without it a foreign thread's wake-up
+ * (eventfd) or a signal (signalfd) would never reach this shard again. */
 void
 keel__internal_read(struct keel_shard *s, struct internal_op *iop, int fd, void *buf, unsigned len)
 {
-	struct io_uring_sqe *sqe = keel__sqe_internal(s);
+	struct io_uring_sqe *sqe = internal_nosqe() ? NULL : keel__sqe_internal(s);
+
+	iop->fd = fd;
+	iop->buf = buf;
+	iop->len = len;
 	if (!sqe) {
-		keel_log(KEEL_LOG_ERROR, "core", "no SQE to arm an internal read");
+		if (!iop->retry)
+			keel_log(KEEL_LOG_WARN, "core",
+				 "shard %u: no SQE to arm keel's own read of fd %d; retrying every "
+				 "pass",
+				 s->id, fd);
+		iop->retry = true;
+		s->internal_retry = true;
 		return;
 	}
+	iop->retry = false;
 	io_uring_prep_read(sqe, fd, buf, len, 0);
 	keel__internal_arm(s, iop, sqe);
+}
+
+void
+keel__internal_retry(struct keel_shard *s)
+{
+	struct internal_op *ops[] = { &s->xefd_op, &s->sig_op };
+
+	s->internal_retry = false;
+	for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
+		if (ops[i]->retry && !ops[i]->armed)
+			keel__internal_read(s, ops[i], ops[i]->fd, ops[i]->buf, ops[i]->len);
 }
 
 struct io_uring_sqe *
@@ -663,6 +701,8 @@ keel__shard_loop(struct keel_shard *s)
 			atomic_store_explicit(&s->stats.coalesce_won, co.trials_won,
 					      memory_order_relaxed);
 		}
+		if (__builtin_expect(s->internal_retry, 0))
+			keel__internal_retry(s);
 		if (s->phase == PHASE_STOP && stop_progress(s))
 			break;
 		must_enter = need_enter(s);

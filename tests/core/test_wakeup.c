@@ -215,3 +215,56 @@ Test(core_wakeup, a_wakeup_that_submits_costs_one_enter, .timeout = 60)
 	cr_assert_lt(enters, 2 * ENTER_ROUNDS, "%llu enters for %u wake-ups",
 		     (unsigned long long)enters, ENTER_ROUNDS);
 }
+
+/* core/internal.h: while non-zero, each arming of keel's own read finds no SQE. */
+extern _Atomic unsigned keel__fault_internal_nosqe;
+
+static void
+xreq_done(struct keel_xreq *req)
+{
+	keel_xreq_complete(req, 0);
+}
+
+/* Wait (from the test thread) until shard @i of @rt has begun more than @after sleeps;
+ * returns the count. */
+static uint64_t
+wait_sleeps(struct keel_runtime *rt, unsigned i, uint64_t after)
+{
+	struct keel_shard_stats now;
+
+	WAIT_FOR((keel_runtime_stats(rt, i, &now), now.sleeps > after), "shard %u to sleep", i);
+	return now.sleeps;
+}
+
+/* A foreign thread wakes a sleeping shard through the shard's eventfd, which the shard
+ * reads through its ring. When re-arming that read finds no SQE, the shard arms it again
+ * later: a second request to the sleeping shard is still run. */
+Test(core_wakeup, an_eventfd_read_that_found_no_sqe_is_armed_again)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_runtime *rt;
+	struct keel_xqueue *q;
+	struct keel_xreq a = { .fn = xreq_done }, b = { .fn = xreq_done }, *got;
+	uint64_t slept;
+
+	o.idle_poll_us = 0;
+	cr_assert_eq(keel_xqueue_create(&q), 0);
+	a.queue = b.queue = q;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, NULL, NULL), 0);
+	/* Asleep (its sleeps count rose from 0); a's wake-up ends that sleep, the next one
+	 * comes after a ran and the read was re-armed. */
+	slept = wait_sleeps(rt, 0, 0);
+	atomic_store(&keel__fault_internal_nosqe, 1);
+	cr_assert_eq(keel_runtime_submit(rt, 0, &a), 0);
+	cr_assert_eq(keel_xqueue_wait(q, &got, 1, KEEL_S(30)), 1, "the first request was not run");
+	cr_assert_eq(atomic_load(&keel__fault_internal_nosqe), 0, "the fault was not used");
+	wait_sleeps(rt, 0, slept);
+	cr_assert_eq(keel_runtime_submit(rt, 0, &b), 0);
+	cr_assert_eq(keel_xqueue_wait(q, &got, 1, KEEL_S(30)), 1,
+		     "a request to the sleeping shard was not run in 30 s");
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	keel_xqueue_destroy(q);
+}
