@@ -244,9 +244,10 @@ next_len32(struct keel_framer *f)
 	len = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
 	/* Known from the header alone: refuse before buffering any of it. */
 	if (len > f->o.max)
-		return fail(f, -EMSGSIZE,
-			    "length-prefixed frame of %u bytes exceeds the maximum of %u bytes",
-			    len, f->o.max);
+		return fail(
+			f, -EMSGSIZE,
+			"length-prefixed frame of %u bytes exceeds the maximum of %u bytes (keel_framer_opts.max)",
+			len, f->o.max);
 	if (f->buffered - sizeof(h) < len)
 		return 0;
 	r = deliver(f, sizeof(h), len, 0);
@@ -297,8 +298,10 @@ next_line(struct keel_framer *f)
 		}
 	}
 	if (len > f->o.max)
-		return fail(f, -EMSGSIZE, "line of %zu bytes exceeds the maximum of %u bytes", len,
-			    f->o.max);
+		return fail(
+			f, -EMSGSIZE,
+			"line of %zu bytes exceeds the maximum of %u bytes (keel_framer_opts.max)",
+			len, f->o.max);
 	r = deliver(f, 0, len, trail);
 	return r < 0 ? r : 1;
 }
@@ -317,14 +320,17 @@ next_user(struct keel_framer *f)
 	if (r == 0) {
 		/* The frame is longer than what is buffered: at least max + 1 bytes. */
 		if (f->buffered >= f->o.max)
-			return fail(f, -EMSGSIZE,
-				    "frame of more than %zu bytes exceeds the maximum of %u bytes",
-				    f->buffered, f->o.max);
+			return fail(
+				f, -EMSGSIZE,
+				"frame of more than %zu bytes exceeds the maximum of %u bytes (keel_framer_opts.max)",
+				f->buffered, f->o.max);
 		return 0;
 	}
 	if ((unsigned long)r > f->o.max)
-		return fail(f, -EMSGSIZE, "frame of %ld bytes exceeds the maximum of %u bytes", r,
-			    f->o.max);
+		return fail(
+			f, -EMSGSIZE,
+			"frame of %ld bytes exceeds the maximum of %u bytes (keel_framer_opts.max)",
+			r, f->o.max);
 	if ((size_t)r > f->buffered)
 		return 0;
 	return deliver(f, 0, (size_t)r, 0) < 0 ? f->err : 1;

@@ -353,6 +353,8 @@ Test(net_frame, max_size_len32_refused_from_the_header)
 	cr_assert_eq(g.nframes, 1);
 	hdr32(b, 1025);
 	cr_assert_eq(push(&g, f, b, 4), -EMSGSIZE, "known from the header alone");
+	cr_assert(strstr(keel_framer_reason(f), "keel_framer_opts.max"),
+		  "the reason names the setting: '%s'", keel_framer_reason(f));
 	cr_assert_eq(keel_framer_buffered(f), 0);
 	cr_assert_eq(live(&g), 0, "nothing buffered after the error");
 	for (int i = 0; i < 100; i++)

@@ -158,7 +158,9 @@ KEEL_API int keel_framer_on_data(struct keel_framer *f, struct keel_conn *c, str
  * when queueing fails after the header went in (-ENOMEM), a half-queued frame would
  * desynchronise the peer, so @c is also aborted with that error.
  * Returns: 0; 1 when the queued bytes are above the high watermark (see keel_conn_send());
- * -EMSGSIZE for a payload of 4 GiB or more; -EPIPE after close or shutdown; -ENOMEM.
+ * -EMSGSIZE for a payload of 4 GiB or more; -EPIPE after close or shutdown; -ENOBUFS when
+ * the frame would pass send_max or shard_send_max (@c is then aborted with -ENOBUFS, as by
+ * keel_conn_send()); -ENOMEM.
  * Context: @c's shard.
  */
 KEEL_API int keel_frame_send(struct keel_conn *c, struct keel_slice *s, unsigned n);
