@@ -303,6 +303,8 @@ void keel__internal_arm(struct keel_shard *s, struct internal_op *iop, struct io
 struct internal_op *keel__internal_done(struct keel_op *op);
 
 #ifdef KEEL_FAULTS
+/* Tests: while non-zero, each keel_sqe_get() returns NULL and the count drops by one. */
+extern _Atomic unsigned keel__fault_sqe_none;
 /* Fault injection (core/faults.c): apply the spec to a prepared, bound SQE; whether this
  * allocation fails; read KEEL_FAULTS from the environment (0 or -EINVAL). */
 void keel__faults_sqe(struct io_uring_sqe *sqe);

@@ -270,9 +270,30 @@ keel__internal_retry(struct keel_shard *s)
 			keel__internal_read(s, ops[i], ops[i]->fd, ops[i]->buf, ops[i]->len);
 }
 
+#ifdef KEEL_FAULTS
+_Atomic unsigned keel__fault_sqe_none;
+
+/* While keel__fault_sqe_none is non-zero, each keel_sqe_get finds no SQE (as when the
+ * ring's submit fails) and the count drops by one. */
+static bool
+sqe_none(void)
+{
+	unsigned n = atomic_load_explicit(&keel__fault_sqe_none, memory_order_relaxed);
+
+	while (__builtin_expect(n != 0, 0))
+		if (atomic_compare_exchange_weak(&keel__fault_sqe_none, &n, n - 1))
+			return true;
+	return false;
+}
+#endif
+
 struct io_uring_sqe *
 keel_sqe_get(void)
 {
+#ifdef KEEL_FAULTS
+	if (sqe_none())
+		return NULL;
+#endif
 	return keel__sqe_internal(cur_shard(__func__));
 }
 

@@ -46,6 +46,7 @@ struct keel_conn {
 
 	bool open, connecting, recv_armed, rcancel_sent, read_paused, bp_paused, eof;
 	bool closing, flush_close, shut_pending, shut_sent, send_inflight, flush_queued;
+	bool sqe_retry; /* a receive, send or shutdown found no SQE: tried again next pass */
 	bool want_writable, cancel_sent;
 	bool zc;            /* the armed receive is a RECV_ZC (zcrx_rx.c) */
 	bool bulk;          /* receive from the bulk ring (the next receive armed does) */
@@ -202,14 +203,18 @@ deliver_slices(struct keel_conn *c, struct keel_slice *s, unsigned n)
 	}
 }
 
+static void sqe_retry(struct keel_conn *c);
+
 static void
 recv_arm(struct keel_conn *c)
 {
 	struct net_shard *ns = c->ns;
 	struct io_uring_sqe *sqe = keel_sqe_get();
 
-	if (!sqe)
+	if (!sqe) {
+		sqe_retry(c);
 		return;
+	}
 	c->zc = keel__zcrx_prep_recv(ns, sqe, c->fd);
 	if (!c->zc) {
 		if (ns->f_ms_recv)
@@ -715,8 +720,10 @@ send_kick(struct keel_conn *c)
 			keel_conn_abort(c, 0);
 		} else if (c->shut_pending && !c->shut_sent) {
 			sqe = keel_sqe_get();
-			if (!sqe)
+			if (!sqe) {
+				sqe_retry(c);
 				return;
+			}
 			io_uring_prep_shutdown(sqe, c->fd, SHUT_WR);
 			sqe_fd(c, sqe);
 			keel_sqe_bind(sqe, &c->shut_op);
@@ -761,8 +768,10 @@ send_kick(struct keel_conn *c)
 		c->offered = offered;
 	}
 	sqe = keel_sqe_get();
-	if (!sqe)
+	if (!sqe) {
+		sqe_retry(c);
 		return;
+	}
 	if (n == 1) {
 		io_uring_prep_send(sqe, c->fd, c->iov[0].iov_base, c->iov[0].iov_len, MSG_NOSIGNAL);
 	} else {
@@ -789,6 +798,38 @@ flush_cb(void *arg)
 	send_kick(c); /* may close it: our count keeps it alive until below */
 	c->nops--;
 	conn_check(c);
+}
+
+/* The ring gave no SQE (its submit failed; core logs why): the receive, send or shutdown
+ * is tried again on the next pass, rather than the connection left without one. */
+static void
+sqe_retry_cb(void *arg)
+{
+	struct keel_conn *c = arg;
+
+	c->sqe_retry = false;
+	if (!c->closing) {
+		recv_update(c);
+		send_kick(c);
+	}
+	c->nops--;
+	conn_check(c);
+}
+
+static void
+sqe_retry(struct keel_conn *c)
+{
+	if (c->sqe_retry)
+		return;
+	if (keel_defer(sqe_retry_cb, c) < 0) {
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "shard %u: no SQE and no deferred call to try again: a connection "
+			 "waits for its next event",
+			 c->ns->id);
+		return;
+	}
+	c->sqe_retry = true;
+	c->nops++;
 }
 
 static void

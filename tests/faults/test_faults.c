@@ -272,3 +272,62 @@ Test(faults_timer, starting_a_timer_never_allocates)
 	cr_assert_eq(f.init_r, -ENOMEM);
 	cr_assert_eq(f.fired, NTIMERS);
 }
+
+/* core/internal.h (KEEL_FAULTS builds): while non-zero, keel_sqe_get() finds no SQE. */
+extern _Atomic unsigned keel__fault_sqe_none;
+
+/* What the next keel_sqe_get() after a receive serves: the one-shot receive's re-arm
+ * (on_data returns, then the connection arms its next receive) or the echo's send (at
+ * the end of the pass). */
+static _Atomic int nosqe_on_data;
+
+static void
+nosqe_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	if (atomic_exchange(&nosqe_on_data, 0))
+		atomic_store(&keel__fault_sqe_none, 1);
+	for (unsigned i = 0; i < n; i++)
+		if (keel_conn_send(c, &s[i]) < 0)
+			keel_slice_put(&s[i]);
+}
+
+static void
+nosqe_close(struct keel_conn *c, int status)
+{
+}
+
+static const struct keel_conn_ops nosqe_ops = { .on_data = nosqe_data, .on_close = nosqe_close };
+
+/* Two round trips on one connection, the first receive followed by an SQE that the ring
+ * cannot give: the connection tries again on the next pass, so both echoes come back. */
+static void
+nosqe_case(const char *feature)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct srv s;
+	char buf[2];
+	int fd;
+
+	net_test_feature(&o, feature);
+	int r = srv_start(&s, &o, NULL, &nosqe_ops);
+	cr_assert_eq(r, 0, "%s: %s", feature, strerror(-r));
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	atomic_store(&nosqe_on_data, 1);
+	for (int i = 0; i < 2; i++) {
+		cr_assert_eq(cli_write_all(fd, "ab", 2), 0);
+		cr_assert_eq(cli_read_all(fd, buf, 2), 0, "%s: echo %d did not come back", feature,
+			     i + 1);
+		cr_assert_eq(memcmp(buf, "ab", 2), 0);
+	}
+	cr_assert_eq(atomic_load(&keel__fault_sqe_none), 0, "%s: the fault was not used", feature);
+	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
+}
+
+/* Multishot receives: the send finds no SQE. One-shot: the receive's re-arm does. */
+Test(faults_sqe, a_send_or_receive_that_found_no_sqe_is_tried_again)
+{
+	nosqe_case("multishot_recv=on");
+	nosqe_case("multishot_recv=off");
+}
