@@ -55,6 +55,7 @@ struct keel_udp {
 	struct sockaddr_storage rname;
 	uint64_t rctrl[UDP_CTRL_LEN / sizeof(uint64_t)];
 	uint32_t drops_seen; /* the kernel's drop count in the last datagram (SO_RXQ_OVFL) */
+	bool nomem_logged;   /* a datagram dropped for want of memory was logged */
 	unsigned ops_n;
 	bool armed, closing;
 	bool gso_off;              /* a sendmsg of several datagrams failed: one by one */
@@ -198,6 +199,21 @@ udp_count_drops(struct keel_udp *u, const uint8_t *ctrl, size_t len)
 	}
 }
 
+/* A datagram received but dropped: no memory for its slice (@err). Counted; logged at
+ * most once per endpoint. */
+static void
+udp_nomem(struct keel_udp *u, int err)
+{
+	u->ns->st.udp_nomem++;
+	if (u->nomem_logged)
+		return;
+	u->nomem_logged = true;
+	keel_log(KEEL_LOG_WARN, NET_MOD,
+		 "udp port %u: a datagram dropped: no memory for its slice (%s); raise --memory "
+		 "(udp_nomem in keel_net_stats counts them)",
+		 u->port, strerror(-err));
+}
+
 static void
 udp_deliver(struct keel_udp *u, unsigned bid, int res, uint32_t flags)
 {
@@ -211,8 +227,10 @@ udp_deliver(struct keel_udp *u, unsigned bid, int res, uint32_t flags)
 	memset(&src, 0, sizeof(src));
 	if (ns->f_ms_recv) {
 		n = keel__pbuf_take(&ns->udp, bid, res, flags, false, &whole, 1);
-		if (n != 1)
+		if (n != 1) {
+			udp_nomem(u, n < 0 ? n : -ENOMEM);
 			return;
+		}
 		if (whole.len < KEEL_UDP_BUF_OVERHEAD) {
 			/* Never on a working kernel: the header is always there. */
 			ns->st.udp_truncated++;
@@ -241,8 +259,10 @@ udp_deliver(struct keel_udp *u, unsigned bid, int res, uint32_t flags)
 		 * should a kernel report one with res 0, own it as a one-byte slice narrowed to
 		 * an empty one, so it still goes back to the ring when that is put. */
 		n = keel__pbuf_take(&ns->udp, bid, res ? res : 1, flags, false, &whole, 1);
-		if (n != 1)
+		if (n != 1) {
+			udp_nomem(u, n < 0 ? n : -ENOMEM);
 			return;
+		}
 		memcpy(&src, &u->rname,
 		       u->rmsg.msg_namelen < sizeof(src) ? u->rmsg.msg_namelen : sizeof(src));
 		udp_count_drops(u, (const uint8_t *)u->rctrl,
@@ -284,9 +304,7 @@ udp_deliver_empty(struct keel_udp *u)
 							      : UDP_CTRL_LEN);
 	r = keel_buf_alloc(keel_shard_alloc(), 1, &one);
 	if (r < 0) {
-		keel_log(KEEL_LOG_WARN, NET_MOD,
-			 "udp port %u: a zero-length datagram dropped: %s; raise --memory", u->port,
-			 strerror(-r));
+		udp_nomem(u, r);
 		return;
 	}
 	r = keel_slice_sub(&one, 0, 0, &payload);

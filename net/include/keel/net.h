@@ -556,6 +556,8 @@ struct keel_net_stats {
 				    (receive queue full; SO_RXQ_OVFL, reported with the next
 				    datagram received) */
 	uint64_t udp_truncated;  /* datagrams longer than udp_buf_size, dropped */
+	uint64_t udp_nomem;      /* datagrams received but dropped: no memory for their slice
+				    (the shard allocator's buffer headers; raise --memory) */
 	uint64_t udp_send_slots; /* UDP send slots allocated (pooled: grows with the most
 				    datagrams in flight at once, not with the sends) */
 	uint64_t udp_gso_sends;  /* UDP sendmsgs that carried several datagrams (counted
