@@ -604,14 +604,16 @@ keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus, stru
 		     char *why, size_t whylen)
 {
 	struct keel_map *m;
-	char err[400];
+	char err[400] = "";
 	int r;
 
 	if (!o->map_path || !*o->map_path)
 		return 0;
 	m = malloc(sizeof(*m));
-	if (!m)
+	if (!m) {
+		snprintf(why, whylen, "--map %s: out of memory", o->map_path);
 		return -ENOMEM;
+	}
 	r = keel_map_load(o->map_path, m, err, sizeof(err));
 	if (r == 0)
 		r = keel_map_validate(m, err, sizeof(err));
@@ -633,6 +635,9 @@ keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus, stru
 		r = -EINVAL;
 	}
 	if (r < 0) {
+		/* Every path above writes @err; should one not, still say something true. */
+		if (!err[0])
+			snprintf(err, sizeof(err), "%s", strerror(-r));
 		/* @why is the runtime's short buffer: log the whole reason here. */
 		keel_log(KEEL_LOG_ERROR, "topo", "--map %s: %s", o->map_path, err);
 		snprintf(why, whylen, "--map %s: %s", o->map_path, err);

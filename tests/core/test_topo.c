@@ -584,6 +584,28 @@ Test(core_topo, map_parser_is_strict)
 	expect_reject("", "unexpected end of file");
 }
 
+/* A document with more array members than the parser keeps (valid JSON, well under the
+ * file size cap): refused, and the message is written and names the limit. */
+Test(core_topo, map_parser_too_many_members_fills_the_message)
+{
+	const char *head = "{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 1, \"shards\": [";
+	size_t n = 100001, len = strlen(head) + 2 * n + 2;
+	char *doc = malloc(len + 1), *p;
+	char msg[400];
+
+	cr_assert_not_null(doc);
+	p = doc + sprintf(doc, "%s", head);
+	for (size_t i = 0; i < n; i++)
+		p += sprintf(p, "%s0", i ? "," : "");
+	p += sprintf(p, "]}");
+	cr_assert_lt((size_t)(p - doc), (size_t)1 << 20);
+	memset(msg, 'X', sizeof(msg));
+	cr_assert_lt(keel_map_parse(doc, (size_t)(p - doc), &back, msg, sizeof(msg)), 0);
+	cr_assert_not_null(memchr(msg, 0, sizeof(msg)), "the message was not written");
+	cr_assert(strstr(msg, "100000"), "%s", msg);
+	free(doc);
+}
+
 /* A map on @iface (lo is present in every network namespace) on @cpus. */
 static void
 write_map(const char *path, const char *iface, unsigned rx_queues, const int *cpus, unsigned n)

@@ -87,7 +87,7 @@ parse_num(const char *opt, const char *v, unsigned lo, unsigned hi, unsigned *ou
 static int
 parse_args(int argc, char **argv, struct args *a)
 {
-	char err[256];
+	char err[256] = "";
 
 	memset(a, 0, sizeof(*a));
 	keel_map_req_init(&a->req);
@@ -233,7 +233,7 @@ static int
 caps_main(int argc, char **argv)
 {
 	struct keel_opts o;
-	char err[256];
+	char err[256] = "";
 
 	keel_opts_init(&o);
 	if (keel_opts_parse(&o, &argc, argv, err, sizeof(err)) < 0) {

@@ -248,12 +248,17 @@ KEEL_API int keel_map_save(const struct keel_map *m, const char *path, char *err
 /**
  * Parse a map file document (strict JSON: unknown fields, duplicates, wrong types, trailing
  * data and out-of-range numbers are errors).
- * Returns: 0 and *out, or -EINVAL with the reason (and where) in @err.
+ * Returns: 0 and *out, or -EINVAL with the reason (and where) in @err; -E2BIG when a
+ * container has more than 100000 members, -ENOMEM. @err is written on every error.
  */
 KEEL_API int keel_map_parse(const char *json, size_t len, struct keel_map *out, char *err,
 			    size_t errlen);
 
-/** Read and parse the map file @path. Returns: as keel_map_parse(), or -errno of the read. */
+/**
+ * Read and parse the map file @path.
+ * Returns: as keel_map_parse(), or -errno of the open or read (-EFBIG: over 1 MiB); @err is
+ * written on every error.
+ */
 KEEL_API int keel_map_load(const char *path, struct keel_map *out, char *err, size_t errlen);
 
 /**
