@@ -391,12 +391,11 @@ pci_name(const char *s)
 static unsigned
 validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line), void *arg)
 {
-	struct keel_cpuset online;
-	cpu_set_t mask;
+	struct keel_cpuset online, mask;
 	char line[512], list[256];
 	unsigned n = 0;
 	bool have_online = keel__topo_cpulist_read("/sys/devices/system/cpu/online", &online) == 0;
-	bool have_mask = sched_getaffinity(0, sizeof(mask), &mask) == 0;
+	bool have_mask = keel__affinity_get(&mask, NULL, NULL, 0) == 0;
 
 	if (m->version != KEEL_MAP_VERSION) {
 		snprintf(line, sizeof(line),
@@ -428,18 +427,13 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 				 i, cpu,
 				 have_online ? keel_topo_cpulist_format(&online, list, sizeof(list))
 					     : "unknown");
-		} else if (have_mask && (cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &mask))) {
-			struct keel_cpuset a;
-			memset(&a, 0, sizeof(a));
-			for (unsigned c = 0; c < CPU_SETSIZE && c < KEEL_MAX_CPUS; c++)
-				if (CPU_ISSET(c, &mask))
-					keel_cpuset_add(&a, c);
+		} else if (have_mask && !keel_cpuset_has(&mask, (unsigned)cpu)) {
 			snprintf(
 				line, sizeof(line),
 				"shard %u: CPU %d is outside this process's affinity mask (allowed: "
 				"%s); run it with taskset -c covering the map, or run keel-topo "
 				"--plan again",
-				i, cpu, keel_topo_cpulist_format(&a, list, sizeof(list)));
+				i, cpu, keel_topo_cpulist_format(&mask, list, sizeof(list)));
 		} else {
 			continue;
 		}

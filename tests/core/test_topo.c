@@ -12,6 +12,7 @@
 
 #include <criterion/criterion.h>
 
+#include "../../core/internal.h"
 #include "../../core/topo_internal.h"
 #include "helpers.h"
 
@@ -784,6 +785,119 @@ Test(core_topo, runtime_gives_each_shard_its_rxq_from_the_map)
 	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
 	cr_assert_null(keel_runtime_map_iface(rt));
 	keel_runtime_destroy(rt);
+}
+
+/* ---- the affinity mask on a machine with more CPUs than a cpu_set_t holds ---- */
+
+/* A stand-in for sched_getaffinity on a machine with 2048 possible CPUs: like the kernel, it
+ * refuses a mask shorter than that (EINVAL, as for a plain cpu_set_t); the process may run
+ * on fake_cpus. With fake_errno set it fails with that instead. */
+static int fake_cpus[4], nfake, fake_errno;
+
+static int
+fake_affinity(pid_t pid, size_t size, cpu_set_t *mask)
+{
+	(void)pid;
+	if (fake_errno || size * 8 < 2048) {
+		errno = fake_errno ? fake_errno : EINVAL;
+		return -1;
+	}
+	memset(mask, 0, size);
+	for (int i = 0; i < nfake; i++)
+		CPU_SET_S((unsigned)fake_cpus[i], size, mask);
+	return 0;
+}
+
+Test(core_topo, runtime_reads_an_affinity_mask_wider_than_cpu_set_t)
+{
+	struct keel_runtime *rt;
+	struct keel_opts o = test_opts(0);
+
+	keel__sched_getaffinity = fake_affinity;
+	fake_cpus[0] = 0;
+	fake_cpus[1] = 1500;
+	nfake = 2;
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0, "%s", logged);
+	cr_assert_eq(keel_runtime_shard_count(rt), 1);
+	cr_assert_eq(keel_runtime_shard_cpu(rt, 0), 0);
+	keel_runtime_destroy(rt);
+	/* CPU 1500 is allowed but beyond keel's limit: said, not silently dropped */
+	cr_assert(strstr(logged, "1024") && strstr(logged, "KEEL_MAX_CPUS"), "%s", logged);
+	keel_log_set_sink(NULL, NULL);
+}
+
+Test(core_topo, runtime_refuses_when_every_allowed_cpu_is_beyond_keel_max_cpus)
+{
+	struct keel_runtime *rt;
+	struct keel_opts o = test_opts(0);
+
+	keel__sched_getaffinity = fake_affinity;
+	fake_cpus[0] = 1500;
+	nfake = 1;
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_lt(keel_runtime_create(&o, &rt), 0);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(strstr(logged, "1024") && strstr(logged, "KEEL_MAX_CPUS") &&
+			  strstr(logged, "taskset"),
+		  "%s", logged);
+}
+
+Test(core_topo, runtime_names_why_the_affinity_mask_cannot_be_read)
+{
+	struct keel_runtime *rt;
+	struct keel_opts o = test_opts(0);
+
+	keel__sched_getaffinity = fake_affinity;
+	fake_errno = EPERM;
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EPERM);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(strstr(logged, "sched_getaffinity") && strstr(logged, strerror(EPERM)), "%s",
+		  logged);
+}
+
+Test(core_topo, topology_reads_a_wide_affinity_mask_and_warns_when_it_cannot)
+{
+	struct keel_topo *t;
+	const struct keel_topo_info *in;
+
+	keel__sched_getaffinity = fake_affinity;
+	fake_cpus[0] = 0;
+	fake_cpus[1] = 1500;
+	nfake = 2;
+	cr_assert_eq(keel_topo_load(NULL, &t, err, sizeof(err)), 0, "%s", err);
+	in = keel_topo_info_get(t);
+	cr_assert(keel_cpuset_has(&in->allowed, 0));
+	for (unsigned c = 1; c < KEEL_MAX_CPUS; c++)
+		cr_assert(!keel_cpuset_has(&in->allowed, c), "CPU %u is not in the mask", c);
+	keel_topo_destroy(t);
+	/* a map's CPU outside that mask is stale (this machine has CPU 1 online) */
+	memset(&back, 0, sizeof(back));
+	back.version = KEEL_MAP_VERSION;
+	back.nshards = 1;
+	back.shards[0] = (struct keel_map_shard){
+		.cpu = 0, .core = -1, .numa = -1, .rxq = -1, .irq_cpu = -1
+	};
+	cr_assert_eq(keel_map_validate(&back, err, sizeof(err)), 0, "%s", err);
+	if (sysconf(_SC_NPROCESSORS_ONLN) > 1) {
+		back.shards[0].cpu = 1;
+		cr_assert_eq(keel_map_validate(&back, err, sizeof(err)), -EINVAL);
+		cr_assert(strstr(err, "outside this process's affinity mask (allowed: 0)"), "%s",
+			  err);
+	}
+	/* a mask that cannot be read: every CPU counts, and a warning says so */
+	fake_errno = EPERM;
+	logged[0] = 0;
+	keel_log_set_level(KEEL_LOG_WARN);
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_topo_load(NULL, &t, err, sizeof(err)), 0, "%s", err);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(strstr(logged, "affinity") && strstr(logged, strerror(EPERM)), "%s", logged);
+	keel_topo_destroy(t);
 }
 
 Test(core_topo, validate_refuses_an_irq_cpu_that_does_not_exist)
