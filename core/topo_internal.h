@@ -43,7 +43,8 @@ int keel__topo_sysfs_virtual(struct keel_topo *t);
 enum keel_topo_state keel__topo_irqbalance(void);
 
 /* If @irq_name (a /proc/interrupts action name) serves an rx queue, return 1 and its number
- * in *q; 0 when it names something else (config, tx-only, misc). */
+ * (0..65535) in *q; 0 when it names something else (config, tx-only, misc) or its trailing
+ * number is beyond 65535. */
 int keel__topo_irq_rxq(const char *irq_name, unsigned *q);
 
 /* One pass over a /proc/interrupts stream @f: the action name (the line's last field) of

@@ -275,6 +275,7 @@ keel__topo_irq_rxq(const char *irq_name, unsigned *q)
 {
 	char name[128];
 	char *p, *end;
+	unsigned long v;
 	size_t n;
 
 	keel__topo_strcpy(name, sizeof(name), irq_name);
@@ -295,7 +296,16 @@ keel__topo_irq_rxq(const char *irq_name, unsigned *q)
 	p = name + n;
 	while (p > name && isdigit((unsigned char)p[-1]))
 		p--;
-	*q = (unsigned)strtoul(p, &end, 10);
+	/* A queue number, not any number: beyond 65535 (or overflowing) it is no rx queue,
+	 * and a wrapped value would pass the caller's bound as a negative int. */
+	for (end = p; *end == '0' && isdigit((unsigned char)end[1]);)
+		end++;
+	if (name + n - end > 5)
+		return 0;
+	v = strtoul(p, &end, 10);
+	if (v > 65535)
+		return 0;
+	*q = (unsigned)v;
 	return 1;
 }
 
@@ -411,7 +421,7 @@ read_irqs(struct keel_topo_nic *n)
 
 		if (!names[i][0] || !keel__topo_irq_rxq(names[i], &q))
 			continue;
-		if ((int)q >= n->nrxq || n->rxq[q].irq >= 0)
+		if (n->nrxq <= 0 || q >= (unsigned)n->nrxq || n->rxq[q].irq >= 0)
 			continue;
 		n->rxq[q].irq = irqs[i];
 		keel__topo_strcpy(n->rxq[q].irq_name, sizeof(n->rxq[q].irq_name), names[i]);

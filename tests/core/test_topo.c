@@ -443,6 +443,21 @@ Test(core_topo, irq_names_resolve_to_rx_queues)
 	cr_assert_eq(keel__topo_irq_rxq("mlx5_async0@pci:0000:81:00.0", &q), 0);
 }
 
+Test(core_topo, irq_name_with_a_queue_number_beyond_65535_is_not_an_rx_queue)
+{
+	unsigned q = 99;
+
+	/* (int)4294967295 is -1: it passed the "q >= nrxq" bound and indexed rxq[] far out */
+	cr_assert_eq(keel__topo_irq_rxq("eth0-TxRx-4294967295", &q), 0, "q %u", q);
+	cr_assert_eq(keel__topo_irq_rxq("eth0-TxRx-2147483648", &q), 0, "q %u", q);
+	cr_assert_eq(keel__topo_irq_rxq("eth0-TxRx-99999999999999999999999", &q), 0, "q %u", q);
+	cr_assert_eq(keel__topo_irq_rxq("eth0-TxRx-65536", &q), 0, "q %u", q);
+	cr_assert_eq(keel__topo_irq_rxq("eth0-TxRx-65535", &q), 1);
+	cr_assert_eq(q, 65535);
+	cr_assert_eq(keel__topo_irq_rxq("eth0-TxRx-0000012", &q), 1);
+	cr_assert_eq(q, 12);
+}
+
 Test(core_topo, irq_names_survive_proc_interrupts_lines_longer_than_4k)
 {
 	/* 512 CPUs: each line is ~5.7 KB of counts before the name. */
