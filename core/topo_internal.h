@@ -52,7 +52,9 @@ int keel__topo_irq_rxq(const char *irq_name, unsigned *q);
  * ""). Lines of any length. Returns how many were found. */
 int keel__topo_irq_names_parse(FILE *f, const int *irqs, int n, char (*names)[64]);
 
-/* Read a CPU list file (smp_affinity_list, cpu/online). Returns 0 or -errno. */
+/* Read a CPU list file (smp_affinity_list, cpu/online). Returns 0; -ERANGE when it lists
+ * CPUs at or above KEEL_MAX_CPUS (@out has the others: the list was read, it is just wider
+ * than a keel_cpuset); or -errno (-EINVAL: malformed). */
 int keel__topo_cpulist_read(const char *path, struct keel_cpuset *out);
 
 /* Number of rx-N entries in /sys/class/net/@ifname/queues, or -errno (-ENODEV: no such

@@ -394,7 +394,9 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 	struct keel_cpuset online, mask;
 	char line[512], list[256];
 	unsigned n = 0;
-	bool have_online = keel__topo_cpulist_read("/sys/devices/system/cpu/online", &online) == 0;
+	int ro = keel__topo_cpulist_read("/sys/devices/system/cpu/online", &online);
+	/* -ERANGE: more CPUs online than keel counts; the ones a map can name are there. */
+	bool have_online = ro == 0 || ro == -ERANGE;
 	bool have_mask = keel__affinity_get(&mask, NULL, NULL, 0) == 0;
 
 	if (m->version != KEEL_MAP_VERSION) {
@@ -553,6 +555,18 @@ keel_map_check(const struct keel_topo *live, const struct keel_map *m, FILE *f)
 				"%s rx queue %d (shard %u): IRQ %d affinity unreadable; run as root: "
 				"echo %d > /proc/irq/%d/smp_affinity_list\n",
 				nic->name, s->rxq, i, q->irq, s->irq_cpu, q->irq);
+			n++;
+		} else if (q->affinity_beyond) {
+			/* Read fine, but it includes CPUs the map cannot name: not the one CPU. */
+			const char *below =
+				keel_topo_cpulist_format(&q->affinity, list, sizeof(list));
+			fprintf(f,
+				"%s rx queue %d (shard %u): IRQ %d (%s) points at %s%s%sCPUs at or "
+				"above %d (KEEL_MAX_CPUS, keel's CPU limit), the map wants CPU %d; "
+				"run: echo %d > /proc/irq/%d/smp_affinity_list\n",
+				nic->name, s->rxq, i, q->irq, q->irq_name, below[0] ? "CPU " : "",
+				below, below[0] ? " and at " : "", KEEL_MAX_CPUS, s->irq_cpu,
+				s->irq_cpu, q->irq);
 			n++;
 		} else if (memcmp(&want, &q->affinity, sizeof(want))) {
 			fprintf(f,

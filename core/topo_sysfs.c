@@ -431,10 +431,15 @@ read_irqs(struct keel_topo_nic *n)
 	for (int q = 0; q < n->nrxq; q++) {
 		char path[64];
 		struct keel_topo_rxq *r = &n->rxq[q];
+		int rc;
+
 		if (r->irq < 0)
 			continue;
 		snprintf(path, sizeof(path), "/proc/irq/%d/smp_affinity_list", r->irq);
-		r->affinity_known = keel__topo_cpulist_read(path, &r->affinity) == 0;
+		rc = keel__topo_cpulist_read(path, &r->affinity);
+		/* -ERANGE: read, but it names CPUs a keel_cpuset cannot hold. */
+		r->affinity_known = rc == 0 || rc == -ERANGE;
+		r->affinity_beyond = rc == -ERANGE;
 	}
 }
 

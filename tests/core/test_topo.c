@@ -489,6 +489,33 @@ Test(core_topo, irq_names_survive_proc_interrupts_lines_longer_than_4k)
 	free(doc);
 }
 
+/* An online list or IRQ affinity on a machine with 1280 CPUs: CPUs beyond keel's set are
+ * reported as such (-ERANGE naming the limit, the others kept), not as unreadable. */
+Test(core_topo, cpulist_beyond_keel_max_cpus_is_reported_as_beyond_not_unreadable)
+{
+	char path[128];
+	struct keel_cpuset s;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/tmp/keel-test-cpulist-%d", (int)getpid());
+	f = fopen(path, "w");
+	cr_assert_not_null(f);
+	fputs("0-1279\n", f);
+	fclose(f);
+	cr_assert_eq(keel__topo_cpulist_read(path, &s), -ERANGE);
+	unlink(path);
+	cr_assert(keel_cpuset_has(&s, 0) && keel_cpuset_has(&s, 1023));
+	cr_assert_eq(keel_cpulist_parse("0-1279", &s, err, sizeof(err)), -ERANGE);
+	cr_assert(strstr(err, "1024") && strstr(err, "KEEL_MAX_CPUS"), "%s", err);
+	cr_assert(keel_cpuset_has(&s, 5) && keel_cpuset_has(&s, 1023));
+	cr_assert_eq(keel_cpulist_parse("4,99999999999999999999999", &s, err, sizeof(err)),
+		     -ERANGE);
+	cr_assert(keel_cpuset_has(&s, 4));
+	/* a malformed list is still that */
+	cr_assert_eq(keel_cpulist_parse("0-3,x", &s, err, sizeof(err)), -EINVAL);
+	cr_assert_eq(keel_cpulist_parse("2000-1", &s, err, sizeof(err)), -EINVAL);
+}
+
 Test(core_topo, cpulist_format_round_trips)
 {
 	struct keel_cpuset s, back;
@@ -1050,6 +1077,80 @@ Test(core_topo, check_reports_irqbalance_and_hds_off_on_a_capable_nic)
 	cr_assert(strstr(out, "header/data split is off, the map needs it; run: ethtool -G"), "%s",
 		  out);
 	cr_assert_geq(n, 2, "%s", out);
+	free(out);
+	keel_topo_destroy(t);
+}
+
+/* A live topology built by hand: one physical NIC "fake0" (no such interface here) with one
+ * rx queue whose IRQ 77 is named, and a map giving that queue to shard 0 on CPU 0. */
+static struct keel_topo *
+fake_live_nic(struct keel_topo_nic **out)
+{
+	struct keel_topo *t = calloc(1, sizeof(*t));
+	struct keel_topo_nic *n;
+
+	cr_assert_not_null(t);
+	t->info.live = true;
+	t->info.irqbalance = KEEL_TOPO_OFF;
+	n = keel__topo_nic_add(t);
+	cr_assert_not_null(n);
+	snprintf(n->name, sizeof(n->name), "fake0");
+	snprintf(n->pci, sizeof(n->pci), "0000:81:00.0");
+	n->netdev = true;
+	n->has_irqs = true;
+	n->nrxq = 1;
+	n->rxq = calloc(1, sizeof(*n->rxq));
+	cr_assert_not_null(n->rxq);
+	n->rxq[0].irq = 77;
+	snprintf(n->rxq[0].irq_name, sizeof(n->rxq[0].irq_name), "fake0-TxRx-0");
+	memset(&map, 0, sizeof(map));
+	map.version = KEEL_MAP_VERSION;
+	snprintf(map.iface, sizeof(map.iface), "fake0");
+	map.rx_queues = 1;
+	map.nshards = 1;
+	map.shards[0] =
+		(struct keel_map_shard){ .cpu = 0, .core = -1, .numa = -1, .rxq = 0, .irq_cpu = 0 };
+	*out = n;
+	return t;
+}
+
+static char *
+check_output(struct keel_topo *t, int *n)
+{
+	char *out = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&out, &len);
+
+	cr_assert_not_null(f);
+	*n = keel_map_check(t, &map, f);
+	fclose(f);
+	return out;
+}
+
+Test(core_topo, check_says_an_irq_affinity_beyond_keel_max_cpus_is_that_not_unreadable)
+{
+	struct keel_topo_nic *nic;
+	struct keel_topo *t = fake_live_nic(&nic);
+	char *out;
+	int n;
+
+	/* smp_affinity_list "0-1279" as read on a 1280-CPU machine */
+	nic->rxq[0].affinity_known = true;
+	nic->rxq[0].affinity_beyond = true;
+	for (unsigned c = 0; c < KEEL_MAX_CPUS; c++)
+		keel_cpuset_add(&nic->rxq[0].affinity, c);
+	out = check_output(t, &n);
+	cr_assert_geq(n, 1, "%s", out);
+	cr_assert(strstr(out, "IRQ 77") && strstr(out, "1024") && strstr(out, "KEEL_MAX_CPUS") &&
+			  strstr(out, "echo 0 > /proc/irq/77/smp_affinity_list"),
+		  "%s", out);
+	cr_assert_null(strstr(out, "unreadable"), "%s", out);
+	free(out);
+	/* only CPU 0 below the limit, the rest beyond: still a mismatch */
+	memset(&nic->rxq[0].affinity, 0, sizeof(nic->rxq[0].affinity));
+	keel_cpuset_add(&nic->rxq[0].affinity, 0);
+	out = check_output(t, &n);
+	cr_assert(strstr(out, "IRQ 77") && strstr(out, "KEEL_MAX_CPUS"), "%s", out);
 	free(out);
 	keel_topo_destroy(t);
 }

@@ -171,7 +171,9 @@ KEEL_API const char *keel_policy_name(enum keel_policy p);
 
 /**
  * Parse a CPU list such as "0-3,8,10-11" into @out.
- * Returns: 0, or -EINVAL (message in @err).
+ * Returns: 0; -ERANGE when the list is well formed but names CPUs at or above
+ * KEEL_MAX_CPUS (@out then holds the ones below it; message in @err); -EINVAL for a
+ * malformed list (message in @err).
  */
 KEEL_API int keel_cpulist_parse(const char *s, struct keel_cpuset *out, char *err, size_t errlen);
 

@@ -77,7 +77,9 @@ struct keel_topo_rxq {
 	int irq;                     /* IRQ number, -1 when unknown or none */
 	char irq_name[64];           /* its name in /proc/interrupts, "" when unknown */
 	bool affinity_known;         /* @affinity was read from /proc/irq/N/smp_affinity_list */
-	struct keel_cpuset affinity; /* the CPUs it may fire on now */
+	struct keel_cpuset affinity; /* the CPUs it may fire on now (below KEEL_MAX_CPUS) */
+	bool affinity_beyond;        /* it may also fire on CPUs at or above KEEL_MAX_CPUS, which
+				      * @affinity cannot hold */
 };
 
 /** A network interface, or an Ethernet PCI function without one (e.g. an SR-IOV VF). */
