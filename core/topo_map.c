@@ -289,6 +289,18 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 		r = keel__errf(err, errlen, -ENODEV, "--rxqs: no interface '%s'", req->iface);
 		goto out;
 	}
+	/* A PCI function without a netdev has no rx queues a shard could own: say so rather
+	 * than give every shard none. */
+	if (req->nrxqs && !nic->netdev) {
+		r = keel__errf(
+			err, errlen, -EINVAL,
+			"--rxqs: %s is a PCI function with no network interface (e.g. an "
+			"SR-IOV VF without a network driver), so it has no rx queues to give "
+			"the shards; bind a network driver to it and name its interface, or "
+			"drop --rxqs (--iface %s alone places the shards by its locality)",
+			nic->name, nic->name);
+		goto out;
+	}
 	qmax = nic && nic->netdev ? queue_limit(in, nic, &qsrc) : -1;
 	shards = req->shards;
 	if (!shards) {

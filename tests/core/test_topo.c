@@ -214,6 +214,23 @@ Test(core_topo, manyvfs_resolves_a_vf_to_its_numa_node)
 	keel_topo_destroy(t);
 }
 
+Test(core_topo, rxqs_on_a_pci_function_without_an_interface_is_refused)
+{
+	struct keel_topo *t = load_xml("16intel64-manyVFs.xml", 4);
+	struct keel_map_req r;
+
+	keel_map_req_init(&r);
+	cr_assert_eq(keel_map_req_rxqs_parse(&r, "0000:88:00.1:0-1", err, sizeof(err)), 0, "%s",
+		     err);
+	memset(err, 0, sizeof(err));
+	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), -EINVAL,
+		     "the queues were dropped (shard 0 rxq %d)", map.shards[0].rxq);
+	cr_assert(strstr(err, "--rxqs") && strstr(err, "0000:88:00.1") &&
+			  strstr(err, "no network interface"),
+		  "%s", err);
+	keel_topo_destroy(t);
+}
+
 Test(core_topo, synthetic_one_core_needs_oversubscribe_for_two_shards)
 {
 	struct keel_topo *t = load_syn("core:1 pu:1");
