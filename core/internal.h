@@ -345,7 +345,8 @@ void keel__features_log(const struct keel_feature_decision *d);
 
 /* --map FILE (topo_map.c): validate the map, then shard i runs on its CPU. Returns 0 (no
  * map), 1 with the map's CPUs in @cpus[*ncpus] and the map in *map (the caller frees it),
- * or -EINVAL for a stale map after logging the reason. */
+ * or -EINVAL for a stale map, or one that conflicts with --cpuset, a given --shards or an
+ * --iface of another interface, after logging the reason. */
 struct keel_map;
 int keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus,
 			 struct keel_map **map, char *why, size_t whylen);

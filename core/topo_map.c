@@ -650,6 +650,16 @@ keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus, stru
 			 o->shards, m->nshards, o->shards);
 		r = -EINVAL;
 	}
+	/* The shards take the map's queue numbers (unless --rxqs gives its own, with its
+	 * interface): they are queues of the map's interface, not of another one. */
+	if (r == 0 && o->iface[0] && !o->nrxqs && m->iface[0] && strcmp(o->iface, m->iface)) {
+		snprintf(err, sizeof(err),
+			 "--iface %s but the map's rx queues are of interface %s: drop --iface "
+			 "(the map names the interface), or run keel-topo --plan --iface %s for a "
+			 "map of %s",
+			 o->iface, m->iface, o->iface, o->iface);
+		r = -EINVAL;
+	}
 	if (r == 0 && !m->nshards) {
 		snprintf(err, sizeof(err), "the map has no shards; run keel-topo --plan again");
 		r = -EINVAL;

@@ -959,6 +959,33 @@ Test(core_topo, topology_reads_a_wide_affinity_mask_and_warns_when_it_cannot)
 	keel_topo_destroy(t);
 }
 
+/* --map's queues are of its interface: an --iface naming another would pair them with it. */
+Test(core_topo, runtime_refuses_a_map_and_an_iface_naming_different_interfaces)
+{
+	char path[128];
+	int cpus[1] = { 0 };
+	struct keel_runtime *rt;
+	struct keel_opts o = test_opts(0);
+
+	tmp_path(path, sizeof(path), "iface");
+	write_map(path, "lo", 1, cpus, 1);
+	o.map_path = path;
+	snprintf(o.iface, sizeof(o.iface), "eth1");
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL, "eth1 took lo's queues");
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(strstr(logged, "--iface eth1") && strstr(logged, "interface lo") &&
+			  strstr(logged, "drop --iface"),
+		  "%s", logged);
+	/* the same interface agrees with the map */
+	snprintf(o.iface, sizeof(o.iface), "lo");
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_str_eq(keel_runtime_rx_iface(rt), "lo");
+	keel_runtime_destroy(rt);
+	unlink(path);
+}
+
 Test(core_topo, validate_refuses_an_irq_cpu_that_does_not_exist)
 {
 	char path[128];

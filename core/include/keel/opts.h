@@ -118,7 +118,8 @@ struct keel_opts {
 
 	/* ZCRX (zero-copy receive, docs/net.md "ZCRX"). A shard registers an interface queue
 	 * when it has an rx queue: the i-th of --rxqs, else its --map entry's, else with
-	 * --iface alone queue i. */
+	 * --iface alone queue i. With --map, --iface must be the map's interface (or
+	 * keel_runtime_create() fails). */
 	enum keel_policy zcrx;          /* --zcrx off|on|auto (default auto) */
 	char iface[32];                 /* --iface IF, or the IF of --rxqs ("": the map's) */
 	unsigned rxqs[KEEL_MAX_SHARDS]; /* --rxqs IF:LIST: rx queue of shard i... */
