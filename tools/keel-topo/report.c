@@ -210,8 +210,14 @@ report_text(const struct tool_ctx *c, FILE *f)
 			continue;
 		}
 		nmapped_nic++;
-		fprintf(f, " -> %s rxq %d -> IRQ CPU %d", c->map->iface, s->rxq, s->irq_cpu);
-		if (q && q->irq >= 0 && q->affinity_known) {
+		fprintf(f, " -> %s rxq %d -> IRQ CPU %s", c->map->iface, s->rxq,
+			num_or(s->irq_cpu, b1, sizeof(b1), "not set"));
+		if (q && q->irq >= 0 && q->affinity_known && s->irq_cpu < 0) {
+			/* No irq_cpu: nothing to compare, as in keel_map_check and the SVG. */
+			fprintf(f, " (IRQ %d now CPU %s%s)", q->irq,
+				keel_topo_cpulist_format(&q->affinity, list, sizeof(list)),
+				q->affinity_beyond ? " and CPUs >= 1024" : "");
+		} else if (q && q->irq >= 0 && q->affinity_known) {
 			struct keel_cpuset want;
 			memset(&want, 0, sizeof(want));
 			keel_cpuset_add(&want, (unsigned)s->irq_cpu);
