@@ -547,8 +547,24 @@ keel_map_check(const struct keel_topo *live, const struct keel_map *m, FILE *f)
 		const struct keel_topo_rxq *q;
 		struct keel_cpuset want;
 
-		if (s->rxq < 0 || s->irq_cpu < 0 || s->rxq >= nic->nrxq || !nic->has_irqs)
+		if (s->rxq < 0 || s->irq_cpu < 0 || s->rxq >= nic->nrxq)
 			continue;
+		if (!nic->has_irqs) {
+			/* A virtual interface has no IRQs to point anywhere. A device without MSI
+			 * vectors (legacy INTx) has one, but nothing says which queue it is: that
+			 * cannot be checked, so it is not a match. */
+			if (nic->is_virtual)
+				continue;
+			irq_checked = true;
+			fprintf(f,
+				"%s rx queue %d (shard %u): %s has no MSI IRQs (a legacy INTx line, "
+				"or none listed in its msi_irqs), so the queue's IRQ cannot be "
+				"identified and its CPU cannot be checked; find %s's IRQ in "
+				"/proc/interrupts and pin it by hand to CPU %d\n",
+				nic->name, s->rxq, i, nic->name, nic->name, s->irq_cpu);
+			n++;
+			continue;
+		}
 		q = &nic->rxq[s->rxq];
 		irq_checked = true;
 		if (q->irq < 0) {

@@ -1199,6 +1199,40 @@ Test(core_topo, check_says_an_irq_affinity_beyond_keel_max_cpus_is_that_not_unre
 	keel_topo_destroy(t);
 }
 
+/* A physical NIC without MSI IRQs (legacy INTx): its queue's IRQ cannot be identified, so
+ * --check cannot say it matches (docs: such an IRQ is a mismatch, "cannot be checked"). */
+Test(core_topo, check_counts_a_physical_nic_without_msi_irqs_as_cannot_be_checked)
+{
+	struct keel_topo_nic *nic;
+	struct keel_topo *t = fake_live_nic(&nic);
+	static char buf[8192];
+	FILE *f;
+	int n_virtual, n;
+
+	nic->has_irqs = false;
+	nic->rxq[0].irq = -1;
+	/* a virtual interface has no IRQs to check: nothing is said about them */
+	nic->is_virtual = true;
+	memset(buf, 0, sizeof(buf));
+	f = fmemopen(buf, sizeof(buf) - 1, "w");
+	cr_assert_not_null(f);
+	n_virtual = keel_map_check(t, &map, f);
+	fclose(f);
+	cr_assert_null(strstr(buf, "cannot be checked"), "%s", buf);
+	/* a physical one: one more mismatch, naming why and the fix */
+	nic->is_virtual = false;
+	memset(buf, 0, sizeof(buf));
+	f = fmemopen(buf, sizeof(buf) - 1, "w");
+	cr_assert_not_null(f);
+	n = keel_map_check(t, &map, f);
+	fclose(f);
+	cr_assert_eq(n, n_virtual + 1, "%s", buf);
+	cr_assert(strstr(buf, "fake0 rx queue 0 (shard 0)") && strstr(buf, "no MSI IRQs") &&
+			  strstr(buf, "cannot be checked") && strstr(buf, "CPU 0"),
+		  "%s", buf);
+	keel_topo_destroy(t);
+}
+
 Test(core_topo, bad_sources_fail_with_the_fix)
 {
 	struct keel_topo *t = NULL;

@@ -87,3 +87,34 @@ Test(tools_topo, report_of_a_map_without_irq_cpu_shows_no_mismatch)
 	free(out);
 	keel_topo_destroy(t);
 }
+
+/* --plan for a physical NIC without MSI IRQs (legacy INTx): no IRQ line can be written, and
+ * the plan says so for each shard instead of saying nothing. */
+Test(tools_topo, plan_for_a_physical_nic_without_msi_irqs_says_to_pin_by_hand)
+{
+	static struct plan_step steps[64];
+	struct keel_topo_nic *nic;
+	struct keel_topo *t = fake_live(&nic);
+	struct tool_ctx c;
+	bool said = false;
+	unsigned n;
+
+	nic->has_irqs = false;
+	nic->rxq[0].irq = -1;
+	nic->ch_combined = 1; /* no channel change: the IRQ lines would be final */
+	map.shards[0].irq_cpu = 0;
+	memset(&c, 0, sizeof(c));
+	c.topo = t;
+	c.info = keel_topo_info_get(t);
+	c.map = &map;
+	c.port = -1;
+	n = plan_build(&c, steps, sizeof(steps) / sizeof(steps[0]));
+	for (unsigned i = 0; i < n; i++) {
+		cr_assert_neq(steps[i].kind, PLAN_WRITE, "an IRQ line without an IRQ: %s",
+			      steps[i].why);
+		said |= steps[i].kind == PLAN_NOTE && strstr(steps[i].why, "shard 0") &&
+			strstr(steps[i].why, "no MSI IRQs") && strstr(steps[i].why, "CPU 0");
+	}
+	cr_assert(said, "no step says shard 0's IRQ must be pinned by hand (%u steps)", n);
+	keel_topo_destroy(t);
+}
