@@ -6,6 +6,7 @@
 #include <keel/keel.h>
 #include <keel/ring.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -361,9 +362,21 @@ void keel__features_log(const struct keel_feature_decision *d);
 
 /* --map FILE (topo_map.c): validate the map, then shard i runs on its CPU. Returns 0 (no
  * map), 1 with the map's CPUs in @cpus[*ncpus] and the map in *map (the caller frees it),
- * or -EINVAL for a stale map after logging the reason. */
+ * or -EINVAL for a stale map, or one that conflicts with --cpuset, a given --shards or an
+ * --iface of another interface, after logging the reason. */
 struct keel_map;
 int keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus,
 			 struct keel_map **map, char *why, size_t whylen);
+
+/* sched_getaffinity, through a pointer so tests can stand in for a machine with more CPUs
+ * than a cpu_set_t holds, or for a failing call (topo_sysfs.c). */
+extern int (*keel__sched_getaffinity)(pid_t pid, size_t size, cpu_set_t *mask);
+
+/* The calling thread's affinity mask: its CPUs below KEEL_MAX_CPUS into @out, and in
+ * *beyond how many allowed CPUs are at or above it (NULL: not wanted). The mask is sized
+ * for the possible CPUs (/sys/devices/system/cpu/possible, else sysconf) and grown while the
+ * kernel says EINVAL, so a machine with more than CPU_SETSIZE CPUs works. Returns 0, or
+ * -errno with the reason in @why (always written on error). */
+int keel__affinity_get(struct keel_cpuset *out, unsigned *beyond, char *why, size_t whylen);
 
 #endif

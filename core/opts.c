@@ -82,6 +82,7 @@ int
 keel_cpulist_parse(const char *s, struct keel_cpuset *out, char *err, size_t errlen)
 {
 	const char *p = s;
+	unsigned long beyond = 0; /* the first CPU at or above KEEL_MAX_CPUS, 0: none */
 
 	memset(out, 0, sizeof(*out));
 	if (!*s)
@@ -93,7 +94,7 @@ keel_cpulist_parse(const char *s, struct keel_cpuset *out, char *err, size_t err
 
 		if (*p < '0' || *p > '9')
 			goto bad;
-		a = strtoul(p, &end, 10);
+		a = strtoul(p, &end, 10); /* ULONG_MAX on overflow: beyond the limit too */
 		b = a;
 		if (*end == '-') {
 			p = end + 1;
@@ -101,9 +102,14 @@ keel_cpulist_parse(const char *s, struct keel_cpuset *out, char *err, size_t err
 				goto bad;
 			b = strtoul(p, &end, 10);
 		}
-		if (a > b || b >= KEEL_MAX_CPUS)
+		if (a > b)
 			goto bad;
-		for (unsigned long c = a; c <= b; c++)
+		/* A machine may have more CPUs than the set holds (a kernel list such as
+		 * cpu/online "0-1279"): keep the ones that fit, and say so after the whole
+		 * list has been checked. */
+		if (b >= KEEL_MAX_CPUS && !beyond)
+			beyond = a >= KEEL_MAX_CPUS ? a : KEEL_MAX_CPUS;
+		for (unsigned long c = a; c <= b && c < KEEL_MAX_CPUS; c++)
 			keel_cpuset_add(out, (unsigned)c);
 		p = end;
 		if (*p == ',')
@@ -111,6 +117,12 @@ keel_cpulist_parse(const char *s, struct keel_cpuset *out, char *err, size_t err
 		else if (*p)
 			goto bad;
 	}
+	if (beyond)
+		return keel__errf(
+			err, errlen, -ERANGE,
+			"--cpuset: '%s' has CPU %lu, at or above %d (KEEL_MAX_CPUS, keel's "
+			"CPU limit); use CPUs below %d",
+			s, beyond, KEEL_MAX_CPUS, KEEL_MAX_CPUS);
 	return 0;
 bad:
 	return keel__errf(err, errlen, -EINVAL,

@@ -181,39 +181,51 @@ shard_main(void *p)
 	return NULL;
 }
 
+/* The CPUs shards may run on, in ascending order: the affinity mask, narrowed by --cpuset.
+ * Every error writes @why (the caller logs it). */
 static int
 cpus_of(const struct keel_opts *o, int *cpus, unsigned *n, char *why, size_t whylen)
 {
-	cpu_set_t allowed;
+	struct keel_cpuset allowed;
+	unsigned beyond = 0;
+	char list[128];
+	int r;
 
-	if (sched_getaffinity(0, sizeof(allowed), &allowed) < 0)
-		return -errno;
 	*n = 0;
-	for (int c = 0; c < CPU_SETSIZE && c < KEEL_MAX_CPUS; c++) {
+	r = keel__affinity_get(&allowed, &beyond, why, whylen); /* topo_sysfs.c */
+	if (r < 0)
+		return r;
+	if (beyond && !o->cpuset_given)
+		keel_log(KEEL_LOG_WARN, "core",
+			 "%u allowed CPU%s at or above %d (KEEL_MAX_CPUS, keel's CPU limit) "
+			 "take%s no shard; use --cpuset or taskset -c to choose CPUs below it",
+			 beyond, beyond == 1 ? " is" : "s are", KEEL_MAX_CPUS,
+			 beyond == 1 ? "s" : "");
+	for (unsigned c = 0; c < KEEL_MAX_CPUS; c++) {
 		if (o->cpuset_given) {
-			if (!keel_cpuset_has(&o->cpuset, (unsigned)c))
+			if (!keel_cpuset_has(&o->cpuset, c))
 				continue;
-			if (!CPU_ISSET(c, &allowed)) {
-				struct keel_cpuset a;
-				char list[128];
-
-				memset(&a, 0, sizeof(a));
-				for (int k = 0; k < CPU_SETSIZE && k < KEEL_MAX_CPUS; k++)
-					if (CPU_ISSET(k, &allowed))
-						keel_cpuset_add(&a, (unsigned)k);
+			if (!keel_cpuset_has(&allowed, c)) {
 				snprintf(why, whylen,
-					 "--cpuset: CPU %d is not in this process's affinity mask "
+					 "--cpuset: CPU %u is not in this process's affinity mask "
 					 "(allowed CPUs: %s)",
-					 c, keel_topo_cpulist_format(&a, list, sizeof(list)));
+					 c, keel_topo_cpulist_format(&allowed, list, sizeof(list)));
 				return -EINVAL;
 			}
-		} else if (!CPU_ISSET(c, &allowed)) {
+		} else if (!keel_cpuset_has(&allowed, c)) {
 			continue;
 		}
-		cpus[(*n)++] = c;
+		cpus[(*n)++] = (int)c;
+	}
+	if (*n == 0 && o->cpuset_given) {
+		snprintf(why, whylen, "--cpuset: no CPU given");
+		return -EINVAL;
 	}
 	if (*n == 0) {
-		snprintf(why, whylen, "--cpuset: no CPU given");
+		snprintf(why, whylen,
+			 "every CPU this process may run on is at or above %d (KEEL_MAX_CPUS, "
+			 "keel's CPU limit); start it with taskset -c on CPUs below %d",
+			 KEEL_MAX_CPUS, KEEL_MAX_CPUS);
 		return -EINVAL;
 	}
 	return 0;
@@ -275,7 +287,7 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 	struct keel_runtime *rt;
 	int *cpus = NULL;
 	unsigned ncpus = 0;
-	char why[256];
+	char why[256] = "";
 	int r;
 
 	if (!opts || !out)
@@ -314,7 +326,7 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 	if (!rt)
 		return -ENOMEM;
 	rt->opts = *opts;
-	cpus = calloc(CPU_SETSIZE, sizeof(*cpus));
+	cpus = calloc(KEEL_MAX_CPUS, sizeof(*cpus));
 	if (!cpus) {
 		r = -ENOMEM;
 		goto err_rt;

@@ -263,14 +263,23 @@ load_nics(struct keel_topo *t, hwloc_topology_t h)
 static void
 load_allowed(struct keel_topo *t)
 {
-	cpu_set_t mask;
+	struct keel_cpuset mask;
+	char why[256] = "";
 
 	t->info.allowed = t->info.present;
-	if (!t->info.live || sched_getaffinity(0, sizeof(mask), &mask) < 0)
+	if (!t->info.live)
 		return;
+	if (keel__affinity_get(&mask, NULL, why, sizeof(why)) < 0) {
+		/* Not fatal for a report, but the map may then use CPUs the process cannot. */
+		keel_log(KEEL_LOG_WARN, "topo",
+			 "%s; the map assumes every CPU is allowed, so check it with "
+			 "keel-topo --check before use",
+			 why);
+		return;
+	}
 	memset(&t->info.allowed, 0, sizeof(t->info.allowed));
-	for (unsigned c = 0; c < KEEL_MAX_CPUS && c < CPU_SETSIZE; c++)
-		if (CPU_ISSET(c, &mask) && keel_cpuset_has(&t->info.present, c))
+	for (unsigned c = 0; c < KEEL_MAX_CPUS; c++)
+		if (keel_cpuset_has(&mask, c) && keel_cpuset_has(&t->info.present, c))
 			keel_cpuset_add(&t->info.allowed, c);
 	for (unsigned i = 0; i < t->info.npus; i++)
 		t->pus[i].allowed = keel_cpuset_has(&t->info.allowed, t->pus[i].os);

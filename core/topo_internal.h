@@ -43,7 +43,8 @@ int keel__topo_sysfs_virtual(struct keel_topo *t);
 enum keel_topo_state keel__topo_irqbalance(void);
 
 /* If @irq_name (a /proc/interrupts action name) serves an rx queue, return 1 and its number
- * in *q; 0 when it names something else (config, tx-only, misc). */
+ * (0..65535) in *q; 0 when it names something else (config, tx-only, misc) or its trailing
+ * number is beyond 65535. */
 int keel__topo_irq_rxq(const char *irq_name, unsigned *q);
 
 /* One pass over a /proc/interrupts stream @f: the action name (the line's last field) of
@@ -51,7 +52,9 @@ int keel__topo_irq_rxq(const char *irq_name, unsigned *q);
  * ""). Lines of any length. Returns how many were found. */
 int keel__topo_irq_names_parse(FILE *f, const int *irqs, int n, char (*names)[64]);
 
-/* Read a CPU list file (smp_affinity_list, cpu/online). Returns 0 or -errno. */
+/* Read a CPU list file (smp_affinity_list, cpu/online). Returns 0; -ERANGE when it lists
+ * CPUs at or above KEEL_MAX_CPUS (@out has the others: the list was read, it is just wider
+ * than a keel_cpuset); or -errno (-EINVAL: malformed). */
 int keel__topo_cpulist_read(const char *path, struct keel_cpuset *out);
 
 /* Number of rx-N entries in /sys/class/net/@ifname/queues, or -errno (-ENODEV: no such

@@ -289,6 +289,18 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 		r = keel__errf(err, errlen, -ENODEV, "--rxqs: no interface '%s'", req->iface);
 		goto out;
 	}
+	/* A PCI function without a netdev has no rx queues a shard could own: say so rather
+	 * than give every shard none. */
+	if (req->nrxqs && !nic->netdev) {
+		r = keel__errf(
+			err, errlen, -EINVAL,
+			"--rxqs: %s is a PCI function with no network interface (e.g. an "
+			"SR-IOV VF without a network driver), so it has no rx queues to give "
+			"the shards; bind a network driver to it and name its interface, or "
+			"drop --rxqs (--iface %s alone places the shards by its locality)",
+			nic->name, nic->name);
+		goto out;
+	}
 	qmax = nic && nic->netdev ? queue_limit(in, nic, &qsrc) : -1;
 	shards = req->shards;
 	if (!shards) {
@@ -391,12 +403,13 @@ pci_name(const char *s)
 static unsigned
 validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line), void *arg)
 {
-	struct keel_cpuset online;
-	cpu_set_t mask;
+	struct keel_cpuset online, mask;
 	char line[512], list[256];
 	unsigned n = 0;
-	bool have_online = keel__topo_cpulist_read("/sys/devices/system/cpu/online", &online) == 0;
-	bool have_mask = sched_getaffinity(0, sizeof(mask), &mask) == 0;
+	int ro = keel__topo_cpulist_read("/sys/devices/system/cpu/online", &online);
+	/* -ERANGE: more CPUs online than keel counts; the ones a map can name are there. */
+	bool have_online = ro == 0 || ro == -ERANGE;
+	bool have_mask = keel__affinity_get(&mask, NULL, NULL, 0) == 0;
 
 	if (m->version != KEEL_MAP_VERSION) {
 		snprintf(line, sizeof(line),
@@ -428,18 +441,13 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 				 i, cpu,
 				 have_online ? keel_topo_cpulist_format(&online, list, sizeof(list))
 					     : "unknown");
-		} else if (have_mask && (cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &mask))) {
-			struct keel_cpuset a;
-			memset(&a, 0, sizeof(a));
-			for (unsigned c = 0; c < CPU_SETSIZE && c < KEEL_MAX_CPUS; c++)
-				if (CPU_ISSET(c, &mask))
-					keel_cpuset_add(&a, c);
+		} else if (have_mask && !keel_cpuset_has(&mask, (unsigned)cpu)) {
 			snprintf(
 				line, sizeof(line),
 				"shard %u: CPU %d is outside this process's affinity mask (allowed: "
 				"%s); run it with taskset -c covering the map, or run keel-topo "
 				"--plan again",
-				i, cpu, keel_topo_cpulist_format(&a, list, sizeof(list)));
+				i, cpu, keel_topo_cpulist_format(&mask, list, sizeof(list)));
 		} else {
 			continue;
 		}
@@ -539,8 +547,24 @@ keel_map_check(const struct keel_topo *live, const struct keel_map *m, FILE *f)
 		const struct keel_topo_rxq *q;
 		struct keel_cpuset want;
 
-		if (s->rxq < 0 || s->irq_cpu < 0 || s->rxq >= nic->nrxq || !nic->has_irqs)
+		if (s->rxq < 0 || s->irq_cpu < 0 || s->rxq >= nic->nrxq)
 			continue;
+		if (!nic->has_irqs) {
+			/* A virtual interface has no IRQs to point anywhere. A device without MSI
+			 * vectors (legacy INTx) has one, but nothing says which queue it is: that
+			 * cannot be checked, so it is not a match. */
+			if (nic->is_virtual)
+				continue;
+			irq_checked = true;
+			fprintf(f,
+				"%s rx queue %d (shard %u): %s has no MSI IRQs (a legacy INTx line, "
+				"or none listed in its msi_irqs), so the queue's IRQ cannot be "
+				"identified and its CPU cannot be checked; find %s's IRQ in "
+				"/proc/interrupts and pin it by hand to CPU %d\n",
+				nic->name, s->rxq, i, nic->name, nic->name, s->irq_cpu);
+			n++;
+			continue;
+		}
 		q = &nic->rxq[s->rxq];
 		irq_checked = true;
 		if (q->irq < 0) {
@@ -559,6 +583,18 @@ keel_map_check(const struct keel_topo *live, const struct keel_map *m, FILE *f)
 				"%s rx queue %d (shard %u): IRQ %d affinity unreadable; run as root: "
 				"echo %d > /proc/irq/%d/smp_affinity_list\n",
 				nic->name, s->rxq, i, q->irq, s->irq_cpu, q->irq);
+			n++;
+		} else if (q->affinity_beyond) {
+			/* Read fine, but it includes CPUs the map cannot name: not the one CPU. */
+			const char *below =
+				keel_topo_cpulist_format(&q->affinity, list, sizeof(list));
+			fprintf(f,
+				"%s rx queue %d (shard %u): IRQ %d (%s) points at %s%s%sCPUs at or "
+				"above %d (KEEL_MAX_CPUS, keel's CPU limit), the map wants CPU %d; "
+				"run: echo %d > /proc/irq/%d/smp_affinity_list\n",
+				nic->name, s->rxq, i, q->irq, q->irq_name, below[0] ? "CPU " : "",
+				below, below[0] ? " and at " : "", KEEL_MAX_CPUS, s->irq_cpu,
+				s->irq_cpu, q->irq);
 			n++;
 		} else if (memcmp(&want, &q->affinity, sizeof(want))) {
 			fprintf(f,
@@ -604,14 +640,16 @@ keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus, stru
 		     char *why, size_t whylen)
 {
 	struct keel_map *m;
-	char err[400];
+	char err[400] = "";
 	int r;
 
 	if (!o->map_path || !*o->map_path)
 		return 0;
 	m = malloc(sizeof(*m));
-	if (!m)
+	if (!m) {
+		snprintf(why, whylen, "--map %s: out of memory", o->map_path);
 		return -ENOMEM;
+	}
 	r = keel_map_load(o->map_path, m, err, sizeof(err));
 	if (r == 0)
 		r = keel_map_validate(m, err, sizeof(err));
@@ -628,11 +666,24 @@ keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus, stru
 			 o->shards, m->nshards, o->shards);
 		r = -EINVAL;
 	}
+	/* The shards take the map's queue numbers (unless --rxqs gives its own, with its
+	 * interface): they are queues of the map's interface, not of another one. */
+	if (r == 0 && o->iface[0] && !o->nrxqs && m->iface[0] && strcmp(o->iface, m->iface)) {
+		snprintf(err, sizeof(err),
+			 "--iface %s but the map's rx queues are of interface %s: drop --iface "
+			 "(the map names the interface), or run keel-topo --plan --iface %s for a "
+			 "map of %s",
+			 o->iface, m->iface, o->iface, o->iface);
+		r = -EINVAL;
+	}
 	if (r == 0 && !m->nshards) {
 		snprintf(err, sizeof(err), "the map has no shards; run keel-topo --plan again");
 		r = -EINVAL;
 	}
 	if (r < 0) {
+		/* Every path above writes @err; should one not, still say something true. */
+		if (!err[0])
+			snprintf(err, sizeof(err), "%s", strerror(-r));
 		/* @why is the runtime's short buffer: log the whole reason here. */
 		keel_log(KEEL_LOG_ERROR, "topo", "--map %s: %s", o->map_path, err);
 		snprintf(why, whylen, "--map %s: %s", o->map_path, err);

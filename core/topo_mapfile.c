@@ -133,15 +133,29 @@ struct jp {
 	size_t errlen;
 };
 
+/* Every error return of the parser goes through here, so the caller's message is always
+ * written (a caller logs it as is). */
 static int
-jerr(struct jp *p, const char *what)
+jerr_r(struct jp *p, int r, const char *what)
 {
 	size_t line = 1;
 
 	for (size_t i = 0; i < p->pos && i < p->len; i++)
 		line += p->s[i] == '\n';
-	return keel__errf(p->err, p->errlen, -EINVAL, "map file: %s at line %zu (byte %zu)", what,
-			  line, p->pos);
+	return keel__errf(p->err, p->errlen, r, "map file: %s at line %zu (byte %zu)", what, line,
+			  p->pos);
+}
+
+static int
+jerr(struct jp *p, const char *what)
+{
+	return jerr_r(p, -EINVAL, what);
+}
+
+static int
+jnomem(struct jp *p)
+{
+	return jerr_r(p, -ENOMEM, "out of memory while parsing");
 }
 
 static void
@@ -182,7 +196,7 @@ parse_string(struct jp *p, char **out)
 	char *b = malloc(cap);
 
 	if (!b)
-		return -ENOMEM;
+		return jnomem(p);
 	p->pos++; /* opening quote */
 	for (;;) {
 		unsigned char c;
@@ -201,7 +215,7 @@ parse_string(struct jp *p, char **out)
 			char *nb = realloc(b, cap *= 2);
 			if (!nb) {
 				free(b);
-				return -ENOMEM;
+				return jnomem(p);
 			}
 			b = nb;
 		}
@@ -275,16 +289,24 @@ parse_string(struct jp *p, char **out)
 
 static int parse_value(struct jp *p, struct jval *v, int depth);
 
+#define JSON_MEMBERS_MAX 100000
+
 static int
-push(struct jval *v, struct jval *kid)
+push(struct jp *p, struct jval *v, struct jval *kid)
 {
 	struct jval *nk;
 
-	if (v->n >= 100000)
-		return -E2BIG;
+	if (v->n >= JSON_MEMBERS_MAX) {
+		char msg[160];
+		snprintf(msg, sizeof(msg),
+			 "more than %d members in one %s (the parser's limit; a map is far "
+			 "smaller: is it the right file?)",
+			 JSON_MEMBERS_MAX, v->type == J_OBJ ? "object" : "array");
+		return jerr_r(p, -E2BIG, msg);
+	}
 	nk = realloc(v->kid, (v->n + 1) * sizeof(*nk));
 	if (!nk)
-		return -ENOMEM;
+		return jnomem(p);
 	v->kid = nk;
 	v->kid[v->n++] = *kid;
 	return 0;
@@ -333,7 +355,7 @@ parse_container(struct jp *p, struct jval *v, int depth)
 		r = parse_value(p, &kid, depth + 1);
 		kid.key = key;
 		if (r == 0)
-			r = push(v, &kid);
+			r = push(p, v, &kid);
 		if (r < 0) {
 			jfree(&kid);
 			return r;
@@ -655,16 +677,23 @@ keel_map_load(const char *path, struct keel_map *out, char *err, size_t errlen)
 	buf = malloc(MAP_FILE_MAX + 1);
 	if (!buf) {
 		fclose(f);
-		return -ENOMEM;
+		return keel__errf(err, errlen, -ENOMEM, "reading map %s: out of memory", path);
 	}
+	errno = 0;
 	n = fread(buf, 1, MAP_FILE_MAX + 1, f);
-	r = ferror(f) ? -EIO : 0;
+	/* fread sets errno on a read error (glibc); EIO when it did not say. */
+	r = ferror(f) ? (errno ? -errno : -EIO) : 0;
 	fclose(f);
 	if (r == 0 && n > MAP_FILE_MAX)
-		r = keel__errf(err, errlen, -EFBIG, "map %s is larger than %u bytes", path,
-			       MAP_FILE_MAX);
+		r = keel__errf(err, errlen, -EFBIG,
+			       "map %s is larger than %u bytes (a map is a few KiB: is it the "
+			       "right file? write one with keel-topo --plan --map %s)",
+			       path, MAP_FILE_MAX, path);
 	else if (r < 0)
-		keel__errf(err, errlen, r, "reading map %s failed", path);
+		keel__errf(err, errlen, r,
+			   "reading map %s failed: %s (is it a regular file? check the disk, or "
+			   "write it again with keel-topo --plan --map %s)",
+			   path, strerror(-r), path);
 	else
 		r = keel_map_parse(buf, n, out, err, errlen);
 	free(buf);

@@ -13,6 +13,7 @@
 #include <linux/netlink.h>
 #include <linux/sockios.h>
 #include <net/if.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "internal.h"
 #include "topo_internal.h"
 
 /* Kernel ABI facts newer than Debian 12's headers (linux/ethtool_netlink.h, 6.1): the rings
@@ -30,6 +32,85 @@
 #define RINGS_A_TCP_DATA_SPLIT 11
 #define RINGS_A_HDS_THRESH     17
 _Static_assert(ETHTOOL_A_RINGS_TCP_DATA_SPLIT == RINGS_A_TCP_DATA_SPLIT, "ethtool ABI");
+
+int (*keel__sched_getaffinity)(pid_t pid, size_t size, cpu_set_t *mask) = sched_getaffinity;
+
+/* How many CPUs the kernel may ever have (the highest possible CPU + 1), at least
+ * CPU_SETSIZE: a mask shorter than the kernel's nr_cpu_ids is refused with EINVAL. */
+static unsigned
+possible_cpus(void)
+{
+	char buf[256];
+	FILE *f = fopen("/sys/devices/system/cpu/possible", "re");
+	unsigned long n = 0;
+
+	if (f) {
+		if (fgets(buf, sizeof(buf), f)) {
+			/* "0-1279" or "0-3,8-11": the last number is the highest. */
+			char *p = buf + strcspn(buf, "\n");
+			while (p > buf && isdigit((unsigned char)p[-1]))
+				p--;
+			if (isdigit((unsigned char)*p))
+				n = strtoul(p, NULL, 10) + 1;
+		}
+		fclose(f);
+	}
+	if (!n) {
+		long c = sysconf(_SC_NPROCESSORS_CONF);
+		n = c > 0 ? (unsigned long)c : 0;
+	}
+	if (n < CPU_SETSIZE)
+		n = CPU_SETSIZE;
+	if (n > (1ul << 20))
+		n = 1ul << 20;
+	return (unsigned)n;
+}
+
+int
+keel__affinity_get(struct keel_cpuset *out, unsigned *beyond, char *why, size_t whylen)
+{
+	unsigned ncpu = possible_cpus(), extra = 0;
+
+	memset(out, 0, sizeof(*out));
+	if (beyond)
+		*beyond = 0;
+	for (;;) {
+		size_t size = CPU_ALLOC_SIZE(ncpu);
+		cpu_set_t *set = CPU_ALLOC(ncpu);
+		int e;
+
+		if (!set)
+			return keel__errf(why, whylen, -ENOMEM,
+					  "reading this process's CPU affinity mask (%u CPUs): out "
+					  "of memory",
+					  ncpu);
+		if (keel__sched_getaffinity(0, size, set) == 0) {
+			for (size_t c = 0; c < size * 8; c++) {
+				if (!CPU_ISSET_S(c, size, set))
+					continue;
+				if (c < KEEL_MAX_CPUS)
+					keel_cpuset_add(out, (unsigned)c);
+				else
+					extra++;
+			}
+			CPU_FREE(set);
+			if (beyond)
+				*beyond = extra;
+			return 0;
+		}
+		e = errno;
+		CPU_FREE(set);
+		/* EINVAL: the kernel has more CPUs than the mask holds (sysfs can be missing
+		 * in a container); try a larger one, up to 2^20 CPUs. */
+		if (e != EINVAL || ncpu >= (1u << 20))
+			return keel__errf(
+				why, whylen, -e,
+				"sched_getaffinity (a %zu-byte mask, %u CPUs) failed: %s; keel needs "
+				"this process's CPU affinity to place shards",
+				size, ncpu, strerror(e));
+		ncpu *= 2;
+	}
+}
 
 int
 keel__topo_cpulist_read(const char *path, struct keel_cpuset *out)
@@ -194,6 +275,7 @@ keel__topo_irq_rxq(const char *irq_name, unsigned *q)
 {
 	char name[128];
 	char *p, *end;
+	unsigned long v;
 	size_t n;
 
 	keel__topo_strcpy(name, sizeof(name), irq_name);
@@ -214,7 +296,16 @@ keel__topo_irq_rxq(const char *irq_name, unsigned *q)
 	p = name + n;
 	while (p > name && isdigit((unsigned char)p[-1]))
 		p--;
-	*q = (unsigned)strtoul(p, &end, 10);
+	/* A queue number, not any number: beyond 65535 (or overflowing) it is no rx queue,
+	 * and a wrapped value would pass the caller's bound as a negative int. */
+	for (end = p; *end == '0' && isdigit((unsigned char)end[1]);)
+		end++;
+	if (name + n - end > 5)
+		return 0;
+	v = strtoul(p, &end, 10);
+	if (v > 65535)
+		return 0;
+	*q = (unsigned)v;
 	return 1;
 }
 
@@ -330,7 +421,7 @@ read_irqs(struct keel_topo_nic *n)
 
 		if (!names[i][0] || !keel__topo_irq_rxq(names[i], &q))
 			continue;
-		if ((int)q >= n->nrxq || n->rxq[q].irq >= 0)
+		if (n->nrxq <= 0 || q >= (unsigned)n->nrxq || n->rxq[q].irq >= 0)
 			continue;
 		n->rxq[q].irq = irqs[i];
 		keel__topo_strcpy(n->rxq[q].irq_name, sizeof(n->rxq[q].irq_name), names[i]);
@@ -340,10 +431,15 @@ read_irqs(struct keel_topo_nic *n)
 	for (int q = 0; q < n->nrxq; q++) {
 		char path[64];
 		struct keel_topo_rxq *r = &n->rxq[q];
+		int rc;
+
 		if (r->irq < 0)
 			continue;
 		snprintf(path, sizeof(path), "/proc/irq/%d/smp_affinity_list", r->irq);
-		r->affinity_known = keel__topo_cpulist_read(path, &r->affinity) == 0;
+		rc = keel__topo_cpulist_read(path, &r->affinity);
+		/* -ERANGE: read, but it names CPUs a keel_cpuset cannot hold. */
+		r->affinity_known = rc == 0 || rc == -ERANGE;
+		r->affinity_beyond = rc == -ERANGE;
 	}
 }
 

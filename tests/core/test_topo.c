@@ -12,6 +12,7 @@
 
 #include <criterion/criterion.h>
 
+#include "../../core/internal.h"
 #include "../../core/topo_internal.h"
 #include "helpers.h"
 
@@ -210,6 +211,23 @@ Test(core_topo, manyvfs_resolves_a_vf_to_its_numa_node)
 		cr_assert_eq(map.shards[i].numa, 1);
 		cr_assert_eq(map.shards[i].rxq, -1, "a function without an interface has no queue");
 	}
+	keel_topo_destroy(t);
+}
+
+Test(core_topo, rxqs_on_a_pci_function_without_an_interface_is_refused)
+{
+	struct keel_topo *t = load_xml("16intel64-manyVFs.xml", 4);
+	struct keel_map_req r;
+
+	keel_map_req_init(&r);
+	cr_assert_eq(keel_map_req_rxqs_parse(&r, "0000:88:00.1:0-1", err, sizeof(err)), 0, "%s",
+		     err);
+	memset(err, 0, sizeof(err));
+	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), -EINVAL,
+		     "the queues were dropped (shard 0 rxq %d)", map.shards[0].rxq);
+	cr_assert(strstr(err, "--rxqs") && strstr(err, "0000:88:00.1") &&
+			  strstr(err, "no network interface"),
+		  "%s", err);
 	keel_topo_destroy(t);
 }
 
@@ -442,6 +460,21 @@ Test(core_topo, irq_names_resolve_to_rx_queues)
 	cr_assert_eq(keel__topo_irq_rxq("mlx5_async0@pci:0000:81:00.0", &q), 0);
 }
 
+Test(core_topo, irq_name_with_a_queue_number_beyond_65535_is_not_an_rx_queue)
+{
+	unsigned q = 99;
+
+	/* (int)4294967295 is -1: it passed the "q >= nrxq" bound and indexed rxq[] far out */
+	cr_assert_eq(keel__topo_irq_rxq("eth0-TxRx-4294967295", &q), 0, "q %u", q);
+	cr_assert_eq(keel__topo_irq_rxq("eth0-TxRx-2147483648", &q), 0, "q %u", q);
+	cr_assert_eq(keel__topo_irq_rxq("eth0-TxRx-99999999999999999999999", &q), 0, "q %u", q);
+	cr_assert_eq(keel__topo_irq_rxq("eth0-TxRx-65536", &q), 0, "q %u", q);
+	cr_assert_eq(keel__topo_irq_rxq("eth0-TxRx-65535", &q), 1);
+	cr_assert_eq(q, 65535);
+	cr_assert_eq(keel__topo_irq_rxq("eth0-TxRx-0000012", &q), 1);
+	cr_assert_eq(q, 12);
+}
+
 Test(core_topo, irq_names_survive_proc_interrupts_lines_longer_than_4k)
 {
 	/* 512 CPUs: each line is ~5.7 KB of counts before the name. */
@@ -471,6 +504,33 @@ Test(core_topo, irq_names_survive_proc_interrupts_lines_longer_than_4k)
 	cr_assert_str_eq(names[1], "virtio2-input.3");
 	cr_assert_str_empty(names[2]);
 	free(doc);
+}
+
+/* An online list or IRQ affinity on a machine with 1280 CPUs: CPUs beyond keel's set are
+ * reported as such (-ERANGE naming the limit, the others kept), not as unreadable. */
+Test(core_topo, cpulist_beyond_keel_max_cpus_is_reported_as_beyond_not_unreadable)
+{
+	char path[128];
+	struct keel_cpuset s;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/tmp/keel-test-cpulist-%d", (int)getpid());
+	f = fopen(path, "w");
+	cr_assert_not_null(f);
+	fputs("0-1279\n", f);
+	fclose(f);
+	cr_assert_eq(keel__topo_cpulist_read(path, &s), -ERANGE);
+	unlink(path);
+	cr_assert(keel_cpuset_has(&s, 0) && keel_cpuset_has(&s, 1023));
+	cr_assert_eq(keel_cpulist_parse("0-1279", &s, err, sizeof(err)), -ERANGE);
+	cr_assert(strstr(err, "1024") && strstr(err, "KEEL_MAX_CPUS"), "%s", err);
+	cr_assert(keel_cpuset_has(&s, 5) && keel_cpuset_has(&s, 1023));
+	cr_assert_eq(keel_cpulist_parse("4,99999999999999999999999", &s, err, sizeof(err)),
+		     -ERANGE);
+	cr_assert(keel_cpuset_has(&s, 4));
+	/* a malformed list is still that */
+	cr_assert_eq(keel_cpulist_parse("0-3,x", &s, err, sizeof(err)), -EINVAL);
+	cr_assert_eq(keel_cpulist_parse("2000-1", &s, err, sizeof(err)), -EINVAL);
 }
 
 Test(core_topo, cpulist_format_round_trips)
@@ -582,6 +642,28 @@ Test(core_topo, map_parser_is_strict)
 		      "bad escape");
 	expect_reject("[1, 2]", "must be an object");
 	expect_reject("", "unexpected end of file");
+}
+
+/* A document with more array members than the parser keeps (valid JSON, well under the
+ * file size cap): refused, and the message is written and names the limit. */
+Test(core_topo, map_parser_too_many_members_fills_the_message)
+{
+	const char *head = "{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 1, \"shards\": [";
+	size_t n = 100001, len = strlen(head) + 2 * n + 2;
+	char *doc = malloc(len + 1), *p;
+	char msg[400];
+
+	cr_assert_not_null(doc);
+	p = doc + sprintf(doc, "%s", head);
+	for (size_t i = 0; i < n; i++)
+		p += sprintf(p, "%s0", i ? "," : "");
+	p += sprintf(p, "]}");
+	cr_assert_lt((size_t)(p - doc), (size_t)1 << 20);
+	memset(msg, 'X', sizeof(msg));
+	cr_assert_lt(keel_map_parse(doc, (size_t)(p - doc), &back, msg, sizeof(msg)), 0);
+	cr_assert_not_null(memchr(msg, 0, sizeof(msg)), "the message was not written");
+	cr_assert(strstr(msg, "100000"), "%s", msg);
+	free(doc);
 }
 
 /* A map on @iface (lo is present in every network namespace) on @cpus. */
@@ -764,6 +846,146 @@ Test(core_topo, runtime_gives_each_shard_its_rxq_from_the_map)
 	keel_runtime_destroy(rt);
 }
 
+/* ---- the affinity mask on a machine with more CPUs than a cpu_set_t holds ---- */
+
+/* A stand-in for sched_getaffinity on a machine with 2048 possible CPUs: like the kernel, it
+ * refuses a mask shorter than that (EINVAL, as for a plain cpu_set_t); the process may run
+ * on fake_cpus. With fake_errno set it fails with that instead. */
+static int fake_cpus[4], nfake, fake_errno;
+
+static int
+fake_affinity(pid_t pid, size_t size, cpu_set_t *mask)
+{
+	(void)pid;
+	if (fake_errno || size * 8 < 2048) {
+		errno = fake_errno ? fake_errno : EINVAL;
+		return -1;
+	}
+	memset(mask, 0, size);
+	for (int i = 0; i < nfake; i++)
+		CPU_SET_S((unsigned)fake_cpus[i], size, mask);
+	return 0;
+}
+
+Test(core_topo, runtime_reads_an_affinity_mask_wider_than_cpu_set_t)
+{
+	struct keel_runtime *rt;
+	struct keel_opts o = test_opts(0);
+
+	keel__sched_getaffinity = fake_affinity;
+	fake_cpus[0] = 0;
+	fake_cpus[1] = 1500;
+	nfake = 2;
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0, "%s", logged);
+	cr_assert_eq(keel_runtime_shard_count(rt), 1);
+	cr_assert_eq(keel_runtime_shard_cpu(rt, 0), 0);
+	keel_runtime_destroy(rt);
+	/* CPU 1500 is allowed but beyond keel's limit: said, not silently dropped */
+	cr_assert(strstr(logged, "1024") && strstr(logged, "KEEL_MAX_CPUS"), "%s", logged);
+	keel_log_set_sink(NULL, NULL);
+}
+
+Test(core_topo, runtime_refuses_when_every_allowed_cpu_is_beyond_keel_max_cpus)
+{
+	struct keel_runtime *rt;
+	struct keel_opts o = test_opts(0);
+
+	keel__sched_getaffinity = fake_affinity;
+	fake_cpus[0] = 1500;
+	nfake = 1;
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_lt(keel_runtime_create(&o, &rt), 0);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(strstr(logged, "1024") && strstr(logged, "KEEL_MAX_CPUS") &&
+			  strstr(logged, "taskset"),
+		  "%s", logged);
+}
+
+Test(core_topo, runtime_names_why_the_affinity_mask_cannot_be_read)
+{
+	struct keel_runtime *rt;
+	struct keel_opts o = test_opts(0);
+
+	keel__sched_getaffinity = fake_affinity;
+	fake_errno = EPERM;
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EPERM);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(strstr(logged, "sched_getaffinity") && strstr(logged, strerror(EPERM)), "%s",
+		  logged);
+}
+
+Test(core_topo, topology_reads_a_wide_affinity_mask_and_warns_when_it_cannot)
+{
+	struct keel_topo *t;
+	const struct keel_topo_info *in;
+
+	keel__sched_getaffinity = fake_affinity;
+	fake_cpus[0] = 0;
+	fake_cpus[1] = 1500;
+	nfake = 2;
+	cr_assert_eq(keel_topo_load(NULL, &t, err, sizeof(err)), 0, "%s", err);
+	in = keel_topo_info_get(t);
+	cr_assert(keel_cpuset_has(&in->allowed, 0));
+	for (unsigned c = 1; c < KEEL_MAX_CPUS; c++)
+		cr_assert(!keel_cpuset_has(&in->allowed, c), "CPU %u is not in the mask", c);
+	keel_topo_destroy(t);
+	/* a map's CPU outside that mask is stale (this machine has CPU 1 online) */
+	memset(&back, 0, sizeof(back));
+	back.version = KEEL_MAP_VERSION;
+	back.nshards = 1;
+	back.shards[0] = (struct keel_map_shard){
+		.cpu = 0, .core = -1, .numa = -1, .rxq = -1, .irq_cpu = -1
+	};
+	cr_assert_eq(keel_map_validate(&back, err, sizeof(err)), 0, "%s", err);
+	if (sysconf(_SC_NPROCESSORS_ONLN) > 1) {
+		back.shards[0].cpu = 1;
+		cr_assert_eq(keel_map_validate(&back, err, sizeof(err)), -EINVAL);
+		cr_assert(strstr(err, "outside this process's affinity mask (allowed: 0)"), "%s",
+			  err);
+	}
+	/* a mask that cannot be read: every CPU counts, and a warning says so */
+	fake_errno = EPERM;
+	logged[0] = 0;
+	keel_log_set_level(KEEL_LOG_WARN);
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_topo_load(NULL, &t, err, sizeof(err)), 0, "%s", err);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(strstr(logged, "affinity") && strstr(logged, strerror(EPERM)), "%s", logged);
+	keel_topo_destroy(t);
+}
+
+/* --map's queues are of its interface: an --iface naming another would pair them with it. */
+Test(core_topo, runtime_refuses_a_map_and_an_iface_naming_different_interfaces)
+{
+	char path[128];
+	int cpus[1] = { 0 };
+	struct keel_runtime *rt;
+	struct keel_opts o = test_opts(0);
+
+	tmp_path(path, sizeof(path), "iface");
+	write_map(path, "lo", 1, cpus, 1);
+	o.map_path = path;
+	snprintf(o.iface, sizeof(o.iface), "eth1");
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL, "eth1 took lo's queues");
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(strstr(logged, "--iface eth1") && strstr(logged, "interface lo") &&
+			  strstr(logged, "drop --iface"),
+		  "%s", logged);
+	/* the same interface agrees with the map */
+	snprintf(o.iface, sizeof(o.iface), "lo");
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_str_eq(keel_runtime_rx_iface(rt), "lo");
+	keel_runtime_destroy(rt);
+	unlink(path);
+}
+
 Test(core_topo, validate_refuses_an_irq_cpu_that_does_not_exist)
 {
 	char path[128];
@@ -900,6 +1122,114 @@ Test(core_topo, check_reports_irqbalance_and_hds_off_on_a_capable_nic)
 		  out);
 	cr_assert_geq(n, 2, "%s", out);
 	free(out);
+	keel_topo_destroy(t);
+}
+
+/* A live topology built by hand: one physical NIC "fake0" (no such interface here) with one
+ * rx queue whose IRQ 77 is named, and a map giving that queue to shard 0 on CPU 0. */
+static struct keel_topo *
+fake_live_nic(struct keel_topo_nic **out)
+{
+	struct keel_topo *t = calloc(1, sizeof(*t));
+	struct keel_topo_nic *n;
+
+	cr_assert_not_null(t);
+	t->info.live = true;
+	t->info.irqbalance = KEEL_TOPO_OFF;
+	n = keel__topo_nic_add(t);
+	cr_assert_not_null(n);
+	snprintf(n->name, sizeof(n->name), "fake0");
+	snprintf(n->pci, sizeof(n->pci), "0000:81:00.0");
+	n->netdev = true;
+	n->has_irqs = true;
+	n->nrxq = 1;
+	n->rxq = calloc(1, sizeof(*n->rxq));
+	cr_assert_not_null(n->rxq);
+	n->rxq[0].irq = 77;
+	snprintf(n->rxq[0].irq_name, sizeof(n->rxq[0].irq_name), "fake0-TxRx-0");
+	memset(&map, 0, sizeof(map));
+	map.version = KEEL_MAP_VERSION;
+	snprintf(map.iface, sizeof(map.iface), "fake0");
+	map.rx_queues = 1;
+	map.nshards = 1;
+	map.shards[0] =
+		(struct keel_map_shard){ .cpu = 0, .core = -1, .numa = -1, .rxq = 0, .irq_cpu = 0 };
+	*out = n;
+	return t;
+}
+
+static char *
+check_output(struct keel_topo *t, int *n)
+{
+	char *out = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&out, &len);
+
+	cr_assert_not_null(f);
+	*n = keel_map_check(t, &map, f);
+	fclose(f);
+	return out;
+}
+
+Test(core_topo, check_says_an_irq_affinity_beyond_keel_max_cpus_is_that_not_unreadable)
+{
+	struct keel_topo_nic *nic;
+	struct keel_topo *t = fake_live_nic(&nic);
+	char *out;
+	int n;
+
+	/* smp_affinity_list "0-1279" as read on a 1280-CPU machine */
+	nic->rxq[0].affinity_known = true;
+	nic->rxq[0].affinity_beyond = true;
+	for (unsigned c = 0; c < KEEL_MAX_CPUS; c++)
+		keel_cpuset_add(&nic->rxq[0].affinity, c);
+	out = check_output(t, &n);
+	cr_assert_geq(n, 1, "%s", out);
+	cr_assert(strstr(out, "IRQ 77") && strstr(out, "1024") && strstr(out, "KEEL_MAX_CPUS") &&
+			  strstr(out, "echo 0 > /proc/irq/77/smp_affinity_list"),
+		  "%s", out);
+	cr_assert_null(strstr(out, "unreadable"), "%s", out);
+	free(out);
+	/* only CPU 0 below the limit, the rest beyond: still a mismatch */
+	memset(&nic->rxq[0].affinity, 0, sizeof(nic->rxq[0].affinity));
+	keel_cpuset_add(&nic->rxq[0].affinity, 0);
+	out = check_output(t, &n);
+	cr_assert(strstr(out, "IRQ 77") && strstr(out, "KEEL_MAX_CPUS"), "%s", out);
+	free(out);
+	keel_topo_destroy(t);
+}
+
+/* A physical NIC without MSI IRQs (legacy INTx): its queue's IRQ cannot be identified, so
+ * --check cannot say it matches (docs: such an IRQ is a mismatch, "cannot be checked"). */
+Test(core_topo, check_counts_a_physical_nic_without_msi_irqs_as_cannot_be_checked)
+{
+	struct keel_topo_nic *nic;
+	struct keel_topo *t = fake_live_nic(&nic);
+	static char buf[8192];
+	FILE *f;
+	int n_virtual, n;
+
+	nic->has_irqs = false;
+	nic->rxq[0].irq = -1;
+	/* a virtual interface has no IRQs to check: nothing is said about them */
+	nic->is_virtual = true;
+	memset(buf, 0, sizeof(buf));
+	f = fmemopen(buf, sizeof(buf) - 1, "w");
+	cr_assert_not_null(f);
+	n_virtual = keel_map_check(t, &map, f);
+	fclose(f);
+	cr_assert_null(strstr(buf, "cannot be checked"), "%s", buf);
+	/* a physical one: one more mismatch, naming why and the fix */
+	nic->is_virtual = false;
+	memset(buf, 0, sizeof(buf));
+	f = fmemopen(buf, sizeof(buf) - 1, "w");
+	cr_assert_not_null(f);
+	n = keel_map_check(t, &map, f);
+	fclose(f);
+	cr_assert_eq(n, n_virtual + 1, "%s", buf);
+	cr_assert(strstr(buf, "fake0 rx queue 0 (shard 0)") && strstr(buf, "no MSI IRQs") &&
+			  strstr(buf, "cannot be checked") && strstr(buf, "CPU 0"),
+		  "%s", buf);
 	keel_topo_destroy(t);
 }
 

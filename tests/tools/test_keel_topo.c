@@ -190,7 +190,8 @@ Test(tools_topo, json_parses_and_has_the_documented_fields)
 		"    assert n['model'] is None or n['model'], n\n"
 		"    assert n['driver'] is None or n['driver'], n\n"
 		"    assert isinstance(n['irqs'], bool)\n"
-		"    for q in n['rxq']: assert set(q)=={'queue','irq','irq_name','affinity'}, q\n"
+		"    for q in n['rxq']: assert set(q)=={'queue','irq','irq_name','affinity',\n"
+		"        'affinity_beyond_limit'}, q\n"
 		"    if not d['live']:\n"
 		"        assert n['rx_ring'] is None and n['hds_thresh'] is None, n\n"
 		"        assert all(v is None for v in n['channels'].values()), n\n"
@@ -543,6 +544,40 @@ Test(tools_topo, plan_for_a_vf_says_to_bind_a_driver)
 	free(out);
 	snprintf(args, sizeof(args), "/tmp/keel-topo-test-%d.vf.map", (int)getpid());
 	unlink(args);
+}
+
+/* --map FILE (without --plan) reads the map: options that would compute one are refused
+ * (exit 2, naming the option), not silently dropped. */
+Test(tools_topo, map_file_refuses_the_options_that_would_compute_a_map)
+{
+	static const char *const opts[] = { "--iface eth1",  "--shards 4",   "--cpuset 0",
+					    "--rxqs eth1:0", "--hds",        "--reserve 1",
+					    "--smt allow",   "--numa spread" };
+	char args[512], *out;
+	const char *path = map_file("given", "{\"keel_map\": 1, \"iface\": null, \"rx_queues\": "
+					     "0, \"shards\": [{\"shard\": 0, \"cpu\": 0, \"rxq\": "
+					     "null}]}\n");
+
+	snprintf(args, sizeof(args), "--check --map %s --iface eth1 --shards 4", path);
+	cr_assert_eq(run(args, true, &out), 2, "%s", out);
+	cr_assert(strstr(out, "--map") && strstr(out, "decides the map") &&
+			  strstr(out, "drop --iface, --shards"),
+		  "%s", out);
+	free(out);
+	for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
+		char name[32];
+		snprintf(name, sizeof(name), "drop %.*s", (int)strcspn(opts[i], " "), opts[i]);
+		/* the report reads the map too */
+		snprintf(args, sizeof(args), "--map %s %s", path, opts[i]);
+		cr_assert_eq(run(args, true, &out), 2, "%s: %s", args, out);
+		cr_assert(strstr(out, name), "%s: %s", args, out);
+		free(out);
+	}
+	/* --plan computes the map and writes it to FILE: the options are what it is made of */
+	snprintf(args, sizeof(args), "--synthetic 'core:2 pu:1' --shards 1 --plan --map %s", path);
+	cr_assert_eq(run(args, true, &out), 0, "%s", out);
+	free(out);
+	unlink(path);
 }
 
 Test(tools_topo, map_file_drives_the_report_json_and_svg)

@@ -33,7 +33,8 @@ static const char usage[] =
 	"  --hds                 the map needs header/data split (ZCRX)\n"
 	"  --port P              --plan: ntuple rules steering TCP port P to the shards' queues\n"
 	"  --map FILE            the map file: --plan writes it (default keel-map.json);\n"
-	"                        --check, the report, --json and --svg read it\n"
+	"                        --check, the report, --json and --svg read it (then the\n"
+	"                        map options above are errors: the file decides)\n"
 	"Mode (default: the text report):\n"
 	"  --json                the report as JSON\n"
 	"  --svg FILE            a picture of the machine and the map\n"
@@ -55,7 +56,31 @@ struct args {
 	const char *svg;
 	int port;
 	bool json, plan, apply, check, caps, zcrx;
+	/* The map options given, in order ("--iface, --shards"), for the --map FILE check;
+	 * shape_opts without --iface and --rxqs, which --zcrx also reads. */
+	char map_opts[160], shape_opts[160];
 };
+
+/* The options that shape a computed map. */
+static const char *const map_opt_names[] = {
+	"--iface",   "--shards",        "--cpuset",           "--rxqs", "--smt", "--numa",
+	"--reserve", "--oversubscribe", "--no-rxq-for-extra", "--hds",  NULL
+};
+
+/* Note that map option @name was given. */
+static void
+note_map_opt(struct args *a, const char *name)
+{
+	bool queue_pick = !strcmp(name, "--iface") || !strcmp(name, "--rxqs");
+
+	for (int k = 0; k < 2; k++) {
+		char *b = k ? a->shape_opts : a->map_opts;
+		size_t n = strlen(b);
+		if ((k && queue_pick) || strstr(b, name))
+			continue;
+		snprintf(b + n, sizeof(a->map_opts) - n, "%s%s", n ? ", " : "", name);
+	}
+}
 
 static int
 bad(const char *fmt, const char *a, const char *b)
@@ -87,7 +112,7 @@ parse_num(const char *opt, const char *v, unsigned lo, unsigned hi, unsigned *ou
 static int
 parse_args(int argc, char **argv, struct args *a)
 {
-	char err[256];
+	char err[256] = "";
 
 	memset(a, 0, sizeof(*a));
 	keel_map_req_init(&a->req);
@@ -121,6 +146,9 @@ parse_args(int argc, char **argv, struct args *a)
 			return bad("%s takes no value%s", name, "");
 		}
 
+		for (int k = 0; map_opt_names[k]; k++)
+			if (!strcmp(name, map_opt_names[k]))
+				note_map_opt(a, map_opt_names[k]);
 		if (!strcmp(name, "--help")) {
 			fputs(usage, stdout);
 			exit(0);
@@ -226,6 +254,20 @@ parse_args(int argc, char **argv, struct args *a)
 			   "", "");
 	if ((int)a->json + (int)a->plan + (int)a->check + (int)a->caps > 1)
 		return bad("give one of --json, --plan, --check, --caps%s%s", "", "");
+	/* Without --plan, --map FILE is read and shown as it is: options that would compute
+	 * a map would be silently dropped. --zcrx reads --iface/--rxqs for its own queues. */
+	if (a->map_path && !a->plan && !a->caps) {
+		const char *given = a->zcrx ? a->shape_opts : a->map_opts;
+		if (*given) {
+			fprintf(stderr,
+				"keel-topo: --map %s decides the map (it is read, not computed): "
+				"drop %s (or give --plan to compute a new map with %s and write it "
+				"to %s)\n",
+				a->map_path, given, strchr(given, ',') ? "them" : "it",
+				a->map_path);
+			return -EINVAL;
+		}
+	}
 	return 0;
 }
 
@@ -233,7 +275,7 @@ static int
 caps_main(int argc, char **argv)
 {
 	struct keel_opts o;
-	char err[256];
+	char err[256] = "";
 
 	keel_opts_init(&o);
 	if (keel_opts_parse(&o, &argc, argv, err, sizeof(err)) < 0) {

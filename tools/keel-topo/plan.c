@@ -268,8 +268,18 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 
 		if (s->rxq < 0 || s->irq_cpu < 0)
 			continue;
-		if (live && nic && !nic->has_irqs)
+		if (live && nic && !nic->has_irqs) {
+			/* Not virtual (that returned above): a device without MSI vectors,
+			 * whose legacy IRQ names no queue. Say so rather than nothing. */
+			snprintf(
+				why, sizeof(why),
+				"shard %u: %s has no MSI IRQs (a legacy INTx line, or none listed "
+				"in its msi_irqs), so rx queue %d's IRQ cannot be identified: find "
+				"%s's IRQ in /proc/interrupts and pin it by hand to CPU %d",
+				i, ifn, s->rxq, ifn, s->irq_cpu);
+			note(out, max, &n, why);
 			continue;
+		}
 		if (live && !channels_change && q && q->irq >= 0) {
 			struct plan_step *st;
 			snprintf(why, sizeof(why),

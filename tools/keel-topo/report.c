@@ -122,10 +122,11 @@ text_nic(const struct tool_ctx *c, const struct keel_topo_nic *n, FILE *f)
 			fprintf(f, "      rxq %-3d IRQ unknown (none named for it)\n", q);
 			continue;
 		}
-		fprintf(f, "      rxq %-3d IRQ %-4d %-24s -> CPU %s\n", q, r->irq, r->irq_name,
+		fprintf(f, "      rxq %-3d IRQ %-4d %-24s -> CPU %s%s\n", q, r->irq, r->irq_name,
 			r->affinity_known
 				? keel_topo_cpulist_format(&r->affinity, list, sizeof(list))
-				: "?");
+				: "?",
+			r->affinity_beyond ? " and CPUs >= 1024 (beyond KEEL_MAX_CPUS)" : "");
 	}
 	if (n->nrxq > 64)
 		fprintf(f, "      ... %d more rx queues\n", n->nrxq - 64);
@@ -209,14 +210,23 @@ report_text(const struct tool_ctx *c, FILE *f)
 			continue;
 		}
 		nmapped_nic++;
-		fprintf(f, " -> %s rxq %d -> IRQ CPU %d", c->map->iface, s->rxq, s->irq_cpu);
-		if (q && q->irq >= 0 && q->affinity_known) {
+		fprintf(f, " -> %s rxq %d -> IRQ CPU %s", c->map->iface, s->rxq,
+			num_or(s->irq_cpu, b1, sizeof(b1), "not set"));
+		if (q && q->irq >= 0 && q->affinity_known && s->irq_cpu < 0) {
+			/* No irq_cpu: nothing to compare, as in keel_map_check and the SVG. */
+			fprintf(f, " (IRQ %d now CPU %s%s)", q->irq,
+				keel_topo_cpulist_format(&q->affinity, list, sizeof(list)),
+				q->affinity_beyond ? " and CPUs >= 1024" : "");
+		} else if (q && q->irq >= 0 && q->affinity_known) {
 			struct keel_cpuset want;
 			memset(&want, 0, sizeof(want));
 			keel_cpuset_add(&want, (unsigned)s->irq_cpu);
-			fprintf(f, " (IRQ %d now CPU %s%s)", q->irq,
+			fprintf(f, " (IRQ %d now CPU %s%s%s)", q->irq,
 				keel_topo_cpulist_format(&q->affinity, list, sizeof(list)),
-				memcmp(&want, &q->affinity, sizeof(want)) ? ": MISMATCH" : ": ok");
+				q->affinity_beyond ? " and CPUs >= 1024" : "",
+				q->affinity_beyond || memcmp(&want, &q->affinity, sizeof(want))
+					? ": MISMATCH"
+					: ": ok");
 		} else if (c->info->live && s->rxq >= 0 && !q) {
 			fprintf(f, " (queue does not exist yet: see --plan)");
 		}
@@ -339,6 +349,8 @@ json_nic(const struct tool_ctx *c, const struct keel_topo_nic *n, FILE *f)
 			json_cpus(f, &r->affinity);
 		else
 			fputs("null", f);
+		fputs(", \"affinity_beyond_limit\": ", f);
+		fputs(r->affinity_beyond ? "true" : "false", f);
 		fputs(" }", f);
 	}
 	fputs(n->nrxq > 0 ? "\n      ] }" : "] }", f);

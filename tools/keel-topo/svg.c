@@ -123,7 +123,7 @@ irq_mismatch(const struct keel_topo_rxq *q, int want)
 		return false;
 	memset(&w, 0, sizeof(w));
 	keel_cpuset_add(&w, (unsigned)want);
-	return memcmp(&w, &q->affinity, sizeof(w)) != 0;
+	return q->affinity_beyond || memcmp(&w, &q->affinity, sizeof(w)) != 0;
 }
 
 /* A generous estimate of @s's width at @size px in DejaVu Sans (bold is wider), so boxes
@@ -503,10 +503,11 @@ svg_write(const struct tool_ctx *c, FILE *f)
 		snprintf(buf, sizeof(buf), "rxq %u", qi);
 		text(f, qx + Q_W / 2, qy + 16, 12, "#1a202c", "middle", "bold", buf);
 		if (rq && rq->irq >= 0)
-			snprintf(buf, sizeof(buf), "IRQ %d→%s", rq->irq,
+			snprintf(buf, sizeof(buf), "IRQ %d→%s%s", rq->irq,
 				 rq->affinity_known ? keel_topo_cpulist_format(&rq->affinity, list,
 									       sizeof(list))
-						    : "?");
+						    : "?",
+				 rq->affinity_beyond ? ",1024+" : "");
 		else if (!exists && c->info->live)
 			snprintf(buf, sizeof(buf), "planned");
 		else

@@ -118,7 +118,8 @@ struct keel_opts {
 
 	/* ZCRX (zero-copy receive, docs/net.md "ZCRX"). A shard registers an interface queue
 	 * when it has an rx queue: the i-th of --rxqs, else its --map entry's, else with
-	 * --iface alone queue i. */
+	 * --iface alone queue i. With --map, --iface must be the map's interface (or
+	 * keel_runtime_create() fails). */
 	enum keel_policy zcrx;          /* --zcrx off|on|auto (default auto) */
 	char iface[32];                 /* --iface IF, or the IF of --rxqs ("": the map's) */
 	unsigned rxqs[KEEL_MAX_SHARDS]; /* --rxqs IF:LIST: rx queue of shard i... */
@@ -171,7 +172,9 @@ KEEL_API const char *keel_policy_name(enum keel_policy p);
 
 /**
  * Parse a CPU list such as "0-3,8,10-11" into @out.
- * Returns: 0, or -EINVAL (message in @err).
+ * Returns: 0; -ERANGE when the list is well formed but names CPUs at or above
+ * KEEL_MAX_CPUS (@out then holds the ones below it; message in @err); -EINVAL for a
+ * malformed list (message in @err).
  */
 KEEL_API int keel_cpulist_parse(const char *s, struct keel_cpuset *out, char *err, size_t errlen);
 

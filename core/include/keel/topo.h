@@ -77,7 +77,9 @@ struct keel_topo_rxq {
 	int irq;                     /* IRQ number, -1 when unknown or none */
 	char irq_name[64];           /* its name in /proc/interrupts, "" when unknown */
 	bool affinity_known;         /* @affinity was read from /proc/irq/N/smp_affinity_list */
-	struct keel_cpuset affinity; /* the CPUs it may fire on now */
+	struct keel_cpuset affinity; /* the CPUs it may fire on now (below KEEL_MAX_CPUS) */
+	bool affinity_beyond;        /* it may also fire on CPUs at or above KEEL_MAX_CPUS, which
+				      * @affinity cannot hold */
 };
 
 /** A network interface, or an Ethernet PCI function without one (e.g. an SR-IOV VF). */
@@ -248,12 +250,17 @@ KEEL_API int keel_map_save(const struct keel_map *m, const char *path, char *err
 /**
  * Parse a map file document (strict JSON: unknown fields, duplicates, wrong types, trailing
  * data and out-of-range numbers are errors).
- * Returns: 0 and *out, or -EINVAL with the reason (and where) in @err.
+ * Returns: 0 and *out, or -EINVAL with the reason (and where) in @err; -E2BIG when a
+ * container has more than 100000 members, -ENOMEM. @err is written on every error.
  */
 KEEL_API int keel_map_parse(const char *json, size_t len, struct keel_map *out, char *err,
 			    size_t errlen);
 
-/** Read and parse the map file @path. Returns: as keel_map_parse(), or -errno of the read. */
+/**
+ * Read and parse the map file @path.
+ * Returns: as keel_map_parse(), or -errno of the open or read (-EFBIG: over 1 MiB); @err is
+ * written on every error.
+ */
 KEEL_API int keel_map_load(const char *path, struct keel_map *out, char *err, size_t errlen);
 
 /**

@@ -1,0 +1,120 @@
+// SPDX-License-Identifier: MIT
+/* keel-topo's report and plan as functions, on a live topology built by hand: what the
+ * binary on this machine cannot show (a NIC with named IRQs, one without MSI IRQs). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <criterion/criterion.h>
+
+#include "../../core/topo_internal.h"
+#include "topo_tool.h"
+
+static struct keel_map map; /* large: keep it off the worker's stack */
+
+/* A live topology with one core (CPU 0-3 on node 0) and one physical NIC "fake0" whose rx
+ * queue 0 has IRQ 77, pointing at CPU 3 now; the map gives that queue to shard 0 on CPU 0
+ * with no irq_cpu (the schema allows leaving it out). */
+static struct keel_topo *
+fake_live(struct keel_topo_nic **out)
+{
+	struct keel_topo *t = calloc(1, sizeof(*t));
+	struct keel_topo_nic *n;
+
+	cr_assert_not_null(t);
+	t->info.live = true;
+	t->info.irqbalance = KEEL_TOPO_OFF;
+	snprintf(t->info.source, sizeof(t->info.source), "this machine");
+	n = keel__topo_nic_add(t);
+	cr_assert_not_null(n);
+	snprintf(n->name, sizeof(n->name), "fake0");
+	snprintf(n->pci, sizeof(n->pci), "0000:81:00.0");
+	n->netdev = true;
+	n->has_irqs = true;
+	n->nrxq = n->ntxq = 1;
+	n->rxq = calloc(1, sizeof(*n->rxq));
+	cr_assert_not_null(n->rxq);
+	n->rxq[0].irq = 77;
+	snprintf(n->rxq[0].irq_name, sizeof(n->rxq[0].irq_name), "fake0-TxRx-0");
+	n->rxq[0].affinity_known = true;
+	keel_cpuset_add(&n->rxq[0].affinity, 3);
+	memset(&map, 0, sizeof(map));
+	map.version = KEEL_MAP_VERSION;
+	snprintf(map.iface, sizeof(map.iface), "fake0");
+	map.rx_queues = 1;
+	map.nshards = 1;
+	map.shards[0] = (struct keel_map_shard){
+		.cpu = 0, .core = -1, .numa = -1, .rxq = 0, .irq_cpu = -1
+	};
+	*out = n;
+	return t;
+}
+
+static char *
+report(struct keel_topo *t)
+{
+	struct tool_ctx c;
+	char *out = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&out, &len);
+
+	cr_assert_not_null(f);
+	memset(&c, 0, sizeof(c));
+	c.topo = t;
+	c.info = keel_topo_info_get(t);
+	c.map = &map;
+	c.port = -1;
+	report_text(&c, f);
+	fclose(f);
+	return out;
+}
+
+/* keel_map_check and the SVG skip a shard without irq_cpu: the report agrees. */
+Test(tools_topo, report_of_a_map_without_irq_cpu_shows_no_mismatch)
+{
+	struct keel_topo_nic *nic;
+	struct keel_topo *t = fake_live(&nic);
+	char *out = report(t);
+
+	cr_assert(strstr(out, "shard 0   -> CPU 0 ") && strstr(out, "fake0 rxq 0"), "%s", out);
+	cr_assert_null(strstr(out, "MISMATCH"), "%s", out);
+	cr_assert_null(strstr(out, "IRQ CPU -1"), "%s", out);
+	free(out);
+	/* with irq_cpu the same IRQ is a mismatch */
+	map.shards[0].irq_cpu = 0;
+	out = report(t);
+	cr_assert(strstr(out, "IRQ CPU 0 (IRQ 77 now CPU 3: MISMATCH)"), "%s", out);
+	free(out);
+	keel_topo_destroy(t);
+}
+
+/* --plan for a physical NIC without MSI IRQs (legacy INTx): no IRQ line can be written, and
+ * the plan says so for each shard instead of saying nothing. */
+Test(tools_topo, plan_for_a_physical_nic_without_msi_irqs_says_to_pin_by_hand)
+{
+	static struct plan_step steps[64];
+	struct keel_topo_nic *nic;
+	struct keel_topo *t = fake_live(&nic);
+	struct tool_ctx c;
+	bool said = false;
+	unsigned n;
+
+	nic->has_irqs = false;
+	nic->rxq[0].irq = -1;
+	nic->ch_combined = 1; /* no channel change: the IRQ lines would be final */
+	map.shards[0].irq_cpu = 0;
+	memset(&c, 0, sizeof(c));
+	c.topo = t;
+	c.info = keel_topo_info_get(t);
+	c.map = &map;
+	c.port = -1;
+	n = plan_build(&c, steps, sizeof(steps) / sizeof(steps[0]));
+	for (unsigned i = 0; i < n; i++) {
+		cr_assert_neq(steps[i].kind, PLAN_WRITE, "an IRQ line without an IRQ: %s",
+			      steps[i].why);
+		said |= steps[i].kind == PLAN_NOTE && strstr(steps[i].why, "shard 0") &&
+			strstr(steps[i].why, "no MSI IRQs") && strstr(steps[i].why, "CPU 0");
+	}
+	cr_assert(said, "no step says shard 0's IRQ must be pinned by hand (%u steps)", n);
+	keel_topo_destroy(t);
+}
