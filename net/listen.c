@@ -613,13 +613,11 @@ keel_listener_start(struct keel_listener *l)
 		l->cpus[id] = keel_shard_cpu(sh);
 	/* Without the runtime at create, the last shard to start knows every CPU: it attaches
 	 * the program (until then the kernel's hash places connections). */
-	if (atomic_fetch_add(&l->started, 1) + 1 == l->n && !l->attached) {
-		r = steer_attach(l);
-		if (r < 0)
-			return r;
-	}
+	r = 0;
+	if (atomic_fetch_add(&l->started, 1) + 1 == l->n && !l->attached)
+		r = steer_attach(l); /* logged; accepting all the same serves this socket */
 	accept_arm(ls);
-	return 0;
+	return r;
 }
 
 void
