@@ -76,7 +76,8 @@ struct kv_config {
 	uint64_t hash_seed;
 	bool aof;                                                       /* --appendonly yes */
 	enum { KV_FSYNC_NO, KV_FSYNC_EVERYSEC, KV_FSYNC_ALWAYS } fsync; /* --appendfsync */
-	const char *dir; /* --dir: where the files live */
+	const char *dir;           /* --dir: where the files live */
+	bool aof_truncate_corrupt; /* --aof-truncate-corrupt yes: cut a bad record inside */
 };
 extern struct kv_config kv_cfg;
 extern struct kv_stats kv_stats[];
@@ -158,7 +159,9 @@ int kv_db_apply(struct kv_db *db, const struct resp_arg *argv, unsigned argc);
 
 /* The append-only files (aof.c, docs/kv.md "Persistence"). */
 /* Main thread, before the shards start: read every appendonly-N.aof of --dir, cut a torn
- * or invalid tail (logged). Returns 0 or -errno (printed). */
+ * tail (logged); a bad record inside a file stops the start, or with
+ * --aof-truncate-corrupt yes is cut after what follows is saved. Returns 0 or -errno
+ * (printed). */
 int kv_aof_preload(void);
 /* On each shard before it listens: apply the records whose keys it owns, rewrite its own
  * file as a snapshot, open it for appending. Returns 0 or -errno (logged). */
