@@ -1138,9 +1138,9 @@ kv_aof_after_sync(void (*fn)(void *arg, int err), void *arg)
 
 	if (!a->open || a->stopping || kv_cfg.fsync != KV_FSYNC_ALWAYS)
 		return -ENOENT;
-	w = malloc(sizeof(*w));
-	if (!w)
-		return -ENOENT; /* reply at once rather than lose it */
+	w = kv_test_fault("waiter-oom") ? NULL : malloc(sizeof(*w));
+	if (!w) /* the reply cannot wait: the caller answers with an error, never +OK */
+		return -ENOMEM;
 	w->next = NULL;
 	w->fn = fn;
 	w->arg = arg;

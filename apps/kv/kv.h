@@ -171,8 +171,10 @@ void kv_aof_log(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv,
 /* Why writes are refused now (the last disk error of this shard's file), or NULL. */
 const char *kv_aof_error(void);
 /* --appendfsync always: run @fn(@arg, err) once what this shard logged so far is on disk
- * (err 0) or could not be written (-errno). Returns 0, or -ENOENT when nothing is to wait
- * for (not always, no file, stopping): the caller replies at once. */
+ * (err 0) or could not be written (-errno). Returns 0; -ENOENT when nothing is to wait
+ * for (not always, no file, stopping): the caller replies at once; -ENOMEM when there is
+ * no memory to wait: the caller replies at once with an error (the change is in memory,
+ * its record not yet on disk), never +OK. */
 int kv_aof_after_sync(void (*fn)(void *arg, int err), void *arg);
 /* BGREWRITEAOF on this shard. */
 void kv_aof_cmd_bgrewrite(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out);

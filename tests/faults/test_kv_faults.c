@@ -856,6 +856,31 @@ Test(faults_kv, aof_failed_flushall_truncate_rebuilds_the_file)
 	rm_dir(dir);
 }
 
+/* appendfsync always, no memory for the place a write's reply waits in for its sync
+ * (KEEL_KV_TEST_FAULTS=waiter-oom): the reply cannot wait, so it is an error (-MISCONF: the
+ * change is in memory, its record not yet on disk), never +OK before the record is
+ * durable (it used to be +OK at once). Each SET on a new connection, so that over two
+ * shards some run where they were received and some on the other shard; once the rule is
+ * spent SETs get +OK, and after a SIGKILL and a restart every acknowledged one is there. */
+Test(faults_kv, aof_always_no_memory_to_wait_for_the_sync_is_not_ok)
+{
+	char dir[] = "/tmp/keel-kv-aof-waitoom-XXXXXX", cmd[64], line[256];
+	bool acked[100] = { false };
+	struct proc p;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	kvf_start(&p, "waiter-oom:n=16", "2", "always", dir);
+	for (int i = 0; i < 16; i++) {
+		snprintf(cmd, sizeof(cmd), "SET w%d v", i);
+		kv_command(p.port, cmd, line, sizeof(line));
+		cr_assert(!strncmp(line, "-MISCONF Errors writing to the AOF file: ", 41),
+			  "%s, no memory to wait for its sync: '%s'", cmd, line);
+	}
+	cr_assert_eq(aof_sets(p.port, 100, acked), 0, "writes refused once the rule was spent");
+	kill9(&p);
+	aof1_check_and_clean(dir, 100, acked);
+}
+
 /* Wait until the server log @log (KEEL_TEST_SERVER_LOG) holds @want. The server's stderr
  * reaches the file through a drain process, so the line may come after the event. */
 static void
