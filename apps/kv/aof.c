@@ -993,13 +993,17 @@ kick_(struct aof *a)
 	}
 	if (a->rewriting)
 		return; /* records gather until the new file is in place */
-	if (a->reset) { /* FLUSHALL: the table is empty, so is its file */
-		a->reset = false;
-		if (truncate_file(a->fd) < 0) { /* the flushed records would come back */
+	/* FLUSHALL: the table is empty, so is its file. When the truncation fails the flushed
+	 * records would come back, and reset stays set until a rebuild's snapshot takes it over
+	 * (rw_begin; rw_fail gives it back) or the stop truncates: cleared before, it was lost
+	 * when the rebuild failed too, and the old file kept the flushed records. */
+	if (a->reset) {
+		if (truncate_file(a->fd) < 0) {
 			file_lost(a, -errno, "ftruncate for FLUSHALL failed");
 			kick_(a); /* starts the rebuild, or its error reaches the waiters */
 			return;
 		}
+		a->reset = false;
 		a->off = 0;
 	}
 	if (!a->pend.len) {

@@ -937,6 +937,43 @@ Test(faults_kv, aof_failed_sync_at_stop_is_reported)
 	aof1_check_and_clean(dir, 200, acked);
 }
 
+/* appendfsync everysec, FLUSHALL's truncation of the file fails once and the rebuild that
+ * follows fails too (every rewrite's rename fails): the FLUSHALL was acknowledged, so it
+ * must stay pending for the old file, which the stop then empties (its truncation works).
+ * kick_ used to clear it before the truncation, and the failed rebuild gave back a copy
+ * already cleared: after the stop and a restart without faults the flushed key came back.
+ * The test waits for the SET's record to be in the file and for the failed rebuild's line,
+ * not for a time. */
+Test(faults_kv, aof_flushall_survives_a_failed_truncate_and_a_failed_rebuild)
+{
+	char dir[] = "/tmp/keel-kv-aof-flushkeep-XXXXXX", log[64], line[256];
+	uint64_t dl = test_deadline(TEST_WAIT_MS);
+	struct proc p;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	snprintf(log, sizeof(log), "%s.log", dir);
+	setenv("KEEL_TEST_SERVER_LOG", log, 1);
+	kvf_start(&p, "ftruncate:n=1,rewrite-rename", "1", "everysec", dir);
+	unsetenv("KEEL_TEST_SERVER_LOG");
+	kv_command(p.port, "SET k v", line, sizeof(line));
+	cr_assert_str_eq(line, "+OK\r\n", "SET: '%s'", line);
+	while (persistence_field(p.port, "aof_current_size:") == 0) {
+		cr_assert(!test_expired(dl), "the SET's record never reached the file");
+		test_pause();
+	}
+	kv_command(p.port, "FLUSHALL", line, sizeof(line));
+	cr_assert_str_eq(line, "+OK\r\n", "FLUSHALL: '%s'", line);
+	log_wait(log, "shard 0: rebuilding appendonly-0.aof: Input/output error");
+	proc_stop(&p);
+	aof_restart(&p, "1", dir);
+	kv_command(p.port, "GET k", line, sizeof(line));
+	cr_assert_str_eq(line, "$-1\r\n", "k came back after the acknowledged FLUSHALL: '%s'",
+			 line);
+	proc_stop(&p);
+	unlink(log);
+	rm_dir(dir);
+}
+
 /* keel-kv on @shards shards, --appendonly yes on @dir, with KEEL_KV_TEST_FAULTS=@spec: it
  * must stop at start with status 1, never listening and without a leak, and a line that
  * holds @says and the injected error. */
