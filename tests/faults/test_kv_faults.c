@@ -974,6 +974,47 @@ Test(faults_kv, aof_flushall_survives_a_failed_truncate_and_a_failed_rebuild)
 	rm_dir(dir);
 }
 
+/* An MSET that runs out of memory part way (KEEL_KV_TEST_FAULTS=store-oom: the third key's
+ * entry cannot be allocated, after an existing key was overwritten in place and a new one
+ * made) changes nothing: MSET is atomic on its shard (docs/kv.md), and an error reply is
+ * not logged to the append-only file, so keys it had changed in memory would have reverted
+ * at the next start. It used to leave the first two keys changed. */
+Test(faults_kv, mset_out_of_memory_part_way_changes_nothing)
+{
+	char dir[] = "/tmp/keel-kv-aof-msetoom-XXXXXX", line[256];
+	struct proc p;
+	FILE *f;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	/* Entries: a's (SET), then b's; c's fails. a's new value fits a's entry. */
+	kvf_start(&p, "store-oom:after=2:n=1", "1", "everysec", dir);
+	kv_command(p.port, "SET a old", line, sizeof(line));
+	cr_assert_str_eq(line, "+OK\r\n", "SET: '%s'", line);
+	kv_command(p.port, "MSET a zz b 2 c 3", line, sizeof(line));
+	cr_assert_str_eq(line, "-ERR out of memory\r\n", "MSET: '%s'", line);
+	for (int run = 0; run < 2; run++) {
+		f = fdopen(test_connect(p.port), "r+");
+		cr_assert(f);
+		fprintf(f, "MGET a b c\r\n");
+		fflush(f);
+		cr_assert(fgets(line, sizeof(line), f) && !strcmp(line, "*3\r\n"), "MGET: '%s'",
+			  line);
+		cr_assert(fgets(line, sizeof(line), f) && !strcmp(line, "$3\r\n") &&
+				  fgets(line, sizeof(line), f) && !strcmp(line, "old\r\n"),
+			  "%s: a changed by the failed MSET: '%s'",
+			  run ? "after a restart" : "on the same server", line);
+		for (int k = 0; k < 2; k++)
+			cr_assert(fgets(line, sizeof(line), f) && !strcmp(line, "$-1\r\n"),
+				  "%s: %c set by the failed MSET: '%s'",
+				  run ? "after a restart" : "on the same server", "bc"[k], line);
+		fclose(f);
+		proc_stop(&p);
+		if (!run)
+			aof_restart(&p, "1", dir);
+	}
+	rm_dir(dir);
+}
+
 /* keel-kv on @shards shards, --appendonly yes on @dir, with KEEL_KV_TEST_FAULTS=@spec: it
  * must stop at start with status 1, never listening and without a leak, and a line that
  * holds @says and the injected error. */
