@@ -13,7 +13,8 @@
  * fdatasync each second when something was written; no: never.
  *
  * Start: the main thread reads every appendonly-N.aof (any N: the shard count may have
- * changed) and cuts a torn or invalid tail with ftruncate, logged. Each shard then applies
+ * changed) and cuts a torn tail with ftruncate, logged; a bad record with more after it
+ * stops the start unless --aof-truncate-corrupt yes (kv_aof_check). Each shard then applies
  * the records of keys it owns under this run's hash (each key's records are all in one
  * file, in order) and writes its table to a .new file; the last shard to finish switches
  * to the new files in one commit (commit_begin, commit_finish: a crash in the middle is
@@ -270,6 +271,45 @@ leftover(unsigned idx, const char *name)
 }
 
 static int commit_recover(void);
+static int write_all(int fd, const uint8_t *p, size_t n);
+
+/* --aof-truncate-corrupt yes: the bytes of @path from the bad record at @good on are saved
+ * to PATH.corrupt-GOOD (a new file, synced, and --dir after it) before the file is cut
+ * there, so that nothing is destroyed. Returns 0 or -errno (printed; @path untouched). */
+static int
+save_corrupt(const char *path, const uint8_t *p, size_t len, size_t good)
+{
+	char side[4200];
+	int fd, dfd, r;
+
+	snprintf(side, sizeof(side), "%s.corrupt-%zu", path, good);
+	fd = open(side, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		r = -errno;
+		fprintf(stderr,
+			"keel-kv: %s: %s; the bytes --aof-truncate-corrupt cuts from %s go there "
+			"(move it away); %s is left as it is\n",
+			side, strerror(-r), path, path);
+		return r;
+	}
+	r = write_all(fd, p + good, len - good);
+	if (r == 0 && fsync(fd) < 0)
+		r = -errno;
+	close(fd);
+	if (r == 0) {
+		dfd = open(kv_cfg.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (dfd < 0 || fsync(dfd) < 0)
+			r = -errno;
+		if (dfd >= 0)
+			close(dfd);
+	}
+	if (r < 0) {
+		fprintf(stderr, "keel-kv: writing %s: %s; %s is left as it is\n", side,
+			strerror(-r), path);
+		unlink(side);
+	}
+	return r;
+}
 
 int
 kv_aof_preload(void)
@@ -311,6 +351,7 @@ kv_aof_preload(void)
 		unsigned idx;
 		char tail[16] = "", path[4096];
 		struct loaded *l;
+		enum kv_aof_tail rest;
 		size_t good;
 		int fd, got = sscanf(de->d_name, "appendonly-%u.aof%15s", &idx, tail);
 
@@ -342,12 +383,42 @@ kv_aof_preload(void)
 			closedir(d);
 			return r;
 		}
-		good = kv_aof_valid_prefix(l->p, l->len);
-		if (good < l->len) {
+		rest = kv_aof_check(l->p, l->len, &good);
+		if (rest == KV_AOF_CORRUPT && !kv_cfg.aof_truncate_corrupt) {
 			fprintf(stderr,
-				"keel-kv: %s: torn or invalid record at offset %zu: truncating the "
-				"file there, %zu bytes dropped\n",
+				"keel-kv: %s: invalid record at offset %zu, %zu bytes after it: not a "
+				"record cut short at the end of the file by a crash, but damage inside "
+				"the file or a record of a newer keel-kv; the file is left as it is. "
+				"Keep a copy of it, then start with --aof-truncate-corrupt yes to cut "
+				"it at offset %zu (the %zu bytes are saved to %s.corrupt-%zu first), or "
+				"repair it by hand\n",
+				path, good, l->len - good, good, l->len - good, path, good);
+			free(l->p);
+			close(fd);
+			closedir(d);
+			return -EINVAL;
+		}
+		if (rest == KV_AOF_CORRUPT) {
+			r = save_corrupt(path, l->p, l->len, good);
+			if (r < 0) {
+				free(l->p);
+				close(fd);
+				closedir(d);
+				return r;
+			}
+			fprintf(stderr,
+				"keel-kv: %s: invalid record at offset %zu: saved the %zu bytes from "
+				"there to %s.corrupt-%zu and cut the file there "
+				"(--aof-truncate-corrupt yes)\n",
+				path, good, l->len - good, path, good);
+		} else if (rest == KV_AOF_TORN) {
+			fprintf(stderr,
+				"keel-kv: %s: torn record at offset %zu: truncating the file there, "
+				"%zu bytes dropped (a record cut short at the end of the file, as a "
+				"crash mid-write leaves it)\n",
 				path, good, l->len - good);
+		}
+		if (good < l->len) {
 			if (ftruncate(fd, (off_t)good) < 0 || fsync(fd) < 0) {
 				fprintf(stderr, "keel-kv: truncating %s: %s\n", path,
 					strerror(errno));
@@ -922,13 +993,17 @@ kick_(struct aof *a)
 	}
 	if (a->rewriting)
 		return; /* records gather until the new file is in place */
-	if (a->reset) { /* FLUSHALL: the table is empty, so is its file */
-		a->reset = false;
-		if (truncate_file(a->fd) < 0) { /* the flushed records would come back */
+	/* FLUSHALL: the table is empty, so is its file. When the truncation fails the flushed
+	 * records would come back, and reset stays set until a rebuild's snapshot takes it over
+	 * (rw_begin; rw_fail gives it back) or the stop truncates: cleared before, it was lost
+	 * when the rebuild failed too, and the old file kept the flushed records. */
+	if (a->reset) {
+		if (truncate_file(a->fd) < 0) {
 			file_lost(a, -errno, "ftruncate for FLUSHALL failed");
 			kick_(a); /* starts the rebuild, or its error reaches the waiters */
 			return;
 		}
+		a->reset = false;
 		a->off = 0;
 	}
 	if (!a->pend.len) {
@@ -1067,9 +1142,9 @@ kv_aof_after_sync(void (*fn)(void *arg, int err), void *arg)
 
 	if (!a->open || a->stopping || kv_cfg.fsync != KV_FSYNC_ALWAYS)
 		return -ENOENT;
-	w = malloc(sizeof(*w));
-	if (!w)
-		return -ENOENT; /* reply at once rather than lose it */
+	w = kv_test_fault("waiter-oom") ? NULL : malloc(sizeof(*w));
+	if (!w) /* the reply cannot wait: the caller answers with an error, never +OK */
+		return -ENOMEM;
 	w->next = NULL;
 	w->fn = fn;
 	w->arg = arg;

@@ -3,6 +3,7 @@
 #include "aofrec.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <string.h>
 
 static int
@@ -66,4 +67,56 @@ kv_aof_valid_prefix(const uint8_t *p, size_t n)
 		off += (size_t)r;
 	}
 	return off;
+}
+
+/* The record at the start of @p[0..@n): its length when it is whole and valid, 0 when it
+ * needs bytes past @n, -1 when it is not a record keel-kv writes. */
+static long
+one_record(const uint8_t *p, size_t n)
+{
+	struct resp_arg argv[8];
+	struct resp_req req = { .argv = argv, .cap = 8, .max_bulk = UINT64_MAX >> 1 };
+	int64_t at;
+	long r;
+
+	if (!n || p[0] != '*') /* records are arrays: no inline commands */
+		return n ? -1 : 0;
+	r = resp_parse(p, n, &req);
+	if (r == RESP_MORE)
+		return 0;
+	if (r < 0 || kv_record_check(req.argv, req.argc, &at) < 0)
+		return -1;
+	return r;
+}
+
+/* Whether a record keel-kv writes may start at @p[0..@n): its fixed head. Tested before a
+ * parse in the search below, which would otherwise read to the end of the bytes from
+ * every '*' of a long value made of them (a count line is looked for with memchr). */
+static bool
+record_head(const uint8_t *p, size_t n)
+{
+	return n >= 13 &&
+	       (!memcmp(p, "*2\r\n$3\r\nDEL\r\n", 13) ||
+		((p[1] == '3' || p[1] == '5') && !memcmp(p + 2, "\r\n$3\r\nSET\r\n", 11)));
+}
+
+enum kv_aof_tail
+kv_aof_check(const uint8_t *p, size_t n, size_t *good)
+{
+	size_t off = kv_aof_valid_prefix(p, n), end = n;
+
+	*good = off;
+	if (off == n)
+		return KV_AOF_CLEAN;
+	while (end > off && !p[end - 1])
+		end--;
+	if (end == off)
+		return KV_AOF_TORN;
+	if (one_record(p + off, end - off) != 0)
+		return KV_AOF_CORRUPT;
+	for (const uint8_t *q = p + off + 1; (q = memchr(q, '*', (size_t)(p + end - q))); q++)
+		if (record_head(q, (size_t)(p + end - q)) &&
+		    one_record(q, (size_t)(p + end - q)) > 0)
+			return KV_AOF_CORRUPT;
+	return KV_AOF_TORN;
 }

@@ -19,8 +19,28 @@ int kv_record_check(const struct resp_arg *argv, unsigned argc, int64_t *pxat);
 
 /**
  * The length of the longest prefix of @p[0..@n) made of whole, valid records (RESP arrays
- * of bulk strings that kv_record_check accepts). What follows it is a torn or invalid tail.
+ * of bulk strings that kv_record_check accepts). What follows it, kv_aof_check says.
  */
 size_t kv_aof_valid_prefix(const uint8_t *p, size_t n);
+
+/** What follows the valid prefix of an append-only file. */
+enum kv_aof_tail {
+	KV_AOF_CLEAN,   /* nothing: the file is whole, valid records */
+	KV_AOF_TORN,    /* the last record cut short, as a crash mid-write leaves it */
+	KV_AOF_CORRUPT, /* a record that does not parse with more than a torn tail after it */
+};
+
+/**
+ * Check the bytes of an append-only file, @p[0..@n): *@good gets the valid prefix
+ * (kv_aof_valid_prefix) and the result says what follows it. A crash cuts only the last
+ * record a write was making, so the rest is torn when, leaving aside NUL bytes that run
+ * to the end (a crash may leave a file's new length with zeros where its data had not
+ * reached the disk), it is empty or the beginning of one record whose declared lengths
+ * run past the end, and no whole valid record starts anywhere inside it (a damaged length
+ * in the middle of a file also runs past the end, swallowing the records after it, which
+ * are still there whole). Anything else is CORRUPT: damage inside the file, or a record
+ * of a newer version. docs/kv.md, "Start", states the rule.
+ */
+enum kv_aof_tail kv_aof_check(const uint8_t *p, size_t n, size_t *good);
 
 #endif

@@ -76,7 +76,8 @@ struct kv_config {
 	uint64_t hash_seed;
 	bool aof;                                                       /* --appendonly yes */
 	enum { KV_FSYNC_NO, KV_FSYNC_EVERYSEC, KV_FSYNC_ALWAYS } fsync; /* --appendfsync */
-	const char *dir; /* --dir: where the files live */
+	const char *dir;           /* --dir: where the files live */
+	bool aof_truncate_corrupt; /* --aof-truncate-corrupt yes: cut a bad record inside */
 };
 extern struct kv_config kv_cfg;
 extern struct kv_stats kv_stats[];
@@ -158,7 +159,9 @@ int kv_db_apply(struct kv_db *db, const struct resp_arg *argv, unsigned argc);
 
 /* The append-only files (aof.c, docs/kv.md "Persistence"). */
 /* Main thread, before the shards start: read every appendonly-N.aof of --dir, cut a torn
- * or invalid tail (logged). Returns 0 or -errno (printed). */
+ * tail (logged); a bad record inside a file stops the start, or with
+ * --aof-truncate-corrupt yes is cut after what follows is saved. Returns 0 or -errno
+ * (printed). */
 int kv_aof_preload(void);
 /* On each shard before it listens: apply the records whose keys it owns, rewrite its own
  * file as a snapshot, open it for appending. Returns 0 or -errno (logged). */
@@ -168,8 +171,10 @@ void kv_aof_log(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv,
 /* Why writes are refused now (the last disk error of this shard's file), or NULL. */
 const char *kv_aof_error(void);
 /* --appendfsync always: run @fn(@arg, err) once what this shard logged so far is on disk
- * (err 0) or could not be written (-errno). Returns 0, or -ENOENT when nothing is to wait
- * for (not always, no file, stopping): the caller replies at once. */
+ * (err 0) or could not be written (-errno). Returns 0; -ENOENT when nothing is to wait
+ * for (not always, no file, stopping): the caller replies at once; -ENOMEM when there is
+ * no memory to wait: the caller replies at once with an error (the change is in memory,
+ * its record not yet on disk), never +OK. */
 int kv_aof_after_sync(void (*fn)(void *arg, int err), void *arg);
 /* BGREWRITEAOF on this shard. */
 void kv_aof_cmd_bgrewrite(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out);

@@ -22,6 +22,7 @@ static const char usage[] =
 	"               [--proto-max-bulk-len BYTES] [--client-query-buffer-limit BYTES]\n"
 	"               [--handoff copy|export] [--appendonly yes|no]\n"
 	"               [--appendfsync always|everysec|no] [--dir DIR]\n"
+	"               [--aof-truncate-corrupt yes|no]\n"
 	"               [network options] [runtime options]\n"
 	"A Redis-protocol key-value server, keys spread over the shards (docs/kv.md).\n"
 	"--port P: TCP port (default 6379; 0: an ephemeral one, printed at start)\n"
@@ -39,7 +40,10 @@ static const char usage[] =
 	"           files at start (default no)\n"
 	"--appendfsync always|everysec|no: when the files reach the disk: before the reply,\n"
 	"           each second (the default), or when the kernel decides\n"
-	"--dir DIR: where the append-only files live (default .)\n";
+	"--dir DIR: where the append-only files live (default .)\n"
+	"--aof-truncate-corrupt yes|no: a bad record inside a file (not a torn last record)\n"
+	"           stops the start (no, the default); yes: cut the file there, after saving\n"
+	"           the bytes from there to FILE.corrupt-OFFSET\n";
 
 static void
 die(const char *msg, const char *opt)
@@ -224,6 +228,10 @@ main(int argc, char **argv)
 				kv_cfg.fsync = KV_FSYNC_NO;
 			else
 				die("--appendfsync expects always, everysec or no, got ", v);
+		} else if (!strcmp(argv[i], "--aof-truncate-corrupt")) {
+			if (strcmp(v, "yes") && strcmp(v, "no"))
+				die("--aof-truncate-corrupt expects yes or no, got ", v);
+			kv_cfg.aof_truncate_corrupt = !strcmp(v, "yes");
 		} else if (!strcmp(argv[i], "--dir")) {
 			kv_cfg.dir = v;
 		} else {

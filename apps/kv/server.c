@@ -513,6 +513,20 @@ held_done(void *arg, int err)
 	send_home(m);
 }
 
+/* A write's reply @m waits for its record's sync (always), or goes now when there is
+ * nothing to wait for. With no memory to wait it goes now as an error: +OK would be
+ * sent before the record is on disk. */
+static void
+hold(struct kmsg *m)
+{
+	int r = kv_aof_after_sync(held_done, m);
+
+	if (r == -ENOENT)
+		held_done(m, 0);
+	else if (r < 0)
+		held_done(m, r);
+}
+
 /* Run a write here and answer part @part of @p once it is on disk (always), or now. */
 static void
 exec_held(struct pend *p, unsigned part, const struct kv_cmd *c, struct resp_arg *argv,
@@ -530,8 +544,10 @@ exec_held(struct pend *p, unsigned part, const struct kv_cmd *c, struct resp_arg
 	m->part = part;
 	m->home = self();
 	exec_here(c, argv, argc, &m->rep);
-	if (rep_is_error(&m->rep) || kv_aof_after_sync(held_done, m) < 0)
+	if (rep_is_error(&m->rep))
 		home_recv(m);
+	else
+		hold(m);
 }
 
 /* On the owner: parse the request again and run it. Returns the command (NULL when
@@ -580,9 +596,10 @@ owner_recv(void *arg)
 	struct kmsg *m = arg;
 	const struct kv_cmd *c = owner_exec(m);
 
-	if (must_hold(c) && !rep_is_error(&m->rep) && kv_aof_after_sync(held_done, m) == 0)
-		return;
-	send_home(m);
+	if (must_hold(c) && !rep_is_error(&m->rep))
+		hold(m);
+	else
+		send_home(m);
 }
 
 static void

@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "kv.h"
+#include "testfault.h"
 
 /* Reply buffers. */
 
@@ -496,28 +497,23 @@ set_expire(struct kv_db *db, struct kv_ent *e, int64_t at)
 	counts_publish(db);
 }
 
-/* Set @key to @val (value capacity at least @cap). Returns the entry, or NULL when memory
- * ran out (the old value is then untouched). */
-/* store() for a key the caller has just looked up: @h its hash, @old (and @pp, its link)
- * what lookup_h() returned, the table not changed since. */
+/* A new entry for a key and value of @kv bytes (NULL: no memory, or the test site). */
 static struct kv_ent *
-store_at(struct kv_db *db, const struct resp_arg *key, uint64_t h, struct kv_ent *old,
-	 struct kv_ent **pp, const void *val, size_t vlen, size_t cap, bool keepttl)
+ent_alloc(size_t kv)
 {
-	struct kv_ent *e;
-	int64_t exp = old && keepttl ? old->expire_ms : 0;
-
-	if (cap < vlen)
-		cap = vlen;
-	if (old && old->vcap >= vlen && old->vcap <= 2 * cap + 64) {
-		memmove(old->data + old->klen, val, vlen); /* val may point into old */
-		old->vlen = (uint32_t)vlen;
-		set_expire(db, old, exp);
-		return old;
-	}
-	e = keel_shard_malloc(sizeof(*e) + key->len + cap);
-	if (!e)
+	if (kv_test_fault("store-oom"))
 		return NULL;
+	return keel_shard_malloc(sizeof(struct kv_ent) + kv);
+}
+
+/* Fill the new entry @e (ent_alloc: @key, value @val of @vlen bytes, capacity @cap, expiry
+ * @exp) and put it in the table: in place of @old at its link @pp, or as a new key (@old
+ * NULL). */
+static void
+ent_put(struct kv_db *db, struct kv_ent *e, const struct resp_arg *key, uint64_t h,
+	struct kv_ent *old, struct kv_ent **pp, const void *val, size_t vlen, size_t cap,
+	int64_t exp)
+{
 	e->hash = h;
 	e->klen = (uint32_t)key->len;
 	e->vlen = (uint32_t)vlen;
@@ -542,6 +538,31 @@ store_at(struct kv_db *db, const struct resp_arg *key, uint64_t h, struct kv_ent
 	e->expire_ms = exp;
 	counts_publish(db);
 	maybe_grow(db);
+}
+
+/* Set @key to @val (value capacity at least @cap). Returns the entry, or NULL when memory
+ * ran out (the old value is then untouched). */
+/* store() for a key the caller has just looked up: @h its hash, @old (and @pp, its link)
+ * what lookup_h() returned, the table not changed since. */
+static struct kv_ent *
+store_at(struct kv_db *db, const struct resp_arg *key, uint64_t h, struct kv_ent *old,
+	 struct kv_ent **pp, const void *val, size_t vlen, size_t cap, bool keepttl)
+{
+	struct kv_ent *e;
+	int64_t exp = old && keepttl ? old->expire_ms : 0;
+
+	if (cap < vlen)
+		cap = vlen;
+	if (old && old->vcap >= vlen && old->vcap <= 2 * cap + 64) {
+		memmove(old->data + old->klen, val, vlen); /* val may point into old */
+		old->vlen = (uint32_t)vlen;
+		set_expire(db, old, exp);
+		return old;
+	}
+	e = ent_alloc(key->len + cap);
+	if (!e)
+		return NULL;
+	ent_put(db, e, key, h, old, pp, val, vlen, cap, exp);
 	return e;
 }
 
@@ -924,14 +945,95 @@ cmd_mget(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *ou
 		cmd_get(db, (struct resp_arg[]){ argv[0], argv[i] }, 2, out);
 }
 
+/* @key of hash @h, expired or not (*@pp: its link); NULL when absent. */
+static struct kv_ent *
+lookup_any(struct kv_db *db, const struct resp_arg *key, uint64_t h, struct kv_ent ***pp)
+{
+	struct kv_ent **p = bucket(db, h), *e;
+
+	for (; (e = *p); p = &e->next)
+		if (e->hash == h && e->klen == key->len && !memcmp(e->data, key->p, key->len)) {
+			*pp = p;
+			return e;
+		}
+	return NULL;
+}
+
+/* One pair of an MSET: its key's hash, and the entry made for it in the first pass. */
+struct mset_slot {
+	uint64_t h;
+	struct kv_ent *pre;
+	bool shrink; /* set in place into an entry far larger than the value */
+};
+
+/* MSET is atomic on its shard (docs/kv.md): running out of memory part way must change
+ * nothing, since an error reply is not logged to the append-only file and keys it changed
+ * would revert at the next start. So the first pass allocates every entry a pair needs
+ * (its key is absent or its entry too small for the value) before any key changes, and
+ * the second, which cannot fail, sets them. A pair without an entry of its own fits the
+ * entry the first pass found, and still does in the second: an earlier pair of the same
+ * key only replaces it with one made larger than it (or sets it in place). Both passes
+ * find a key expired or not (an expired one is overwritten like any other), so that no
+ * entry the first pass counted on is deleted by a lazy expiry in between. Entries set in
+ * place that are far larger than their value are made smaller afterwards, when memory
+ * allows (as SET does), which changes no value. */
 static void
 cmd_mset(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
-	for (unsigned i = 1; i + 1 < argc; i += 2)
-		if (!store(db, &argv[i], argv[i + 1].p, argv[i + 1].len, argv[i + 1].len, false)) {
+	unsigned n = (argc - 1) / 2;
+	struct mset_slot stack[16], *sl = n <= 16 ? stack : malloc(n * sizeof(*sl));
+
+	if (!sl) {
+		rb_err(out, "%s", e_oom);
+		return;
+	}
+	for (unsigned k = 0; k < n; k++) {
+		const struct resp_arg *key = &argv[1 + 2 * k];
+		size_t vlen = argv[2 + 2 * k].len;
+		struct kv_ent **pp, *e;
+
+		sl[k].h = kv_hash(key->p, key->len);
+		sl[k].shrink = false;
+		e = lookup_any(db, key, sl[k].h, &pp);
+		sl[k].pre = e && e->vcap >= vlen ? NULL : ent_alloc(key->len + vlen);
+		if (!sl[k].pre && !(e && e->vcap >= vlen)) {
+			while (k--)
+				keel_shard_free(sl[k].pre);
+			if (sl != stack)
+				free(sl);
 			rb_err(out, "%s", e_oom);
 			return;
 		}
+	}
+	for (unsigned k = 0; k < n; k++) {
+		const struct resp_arg *key = &argv[1 + 2 * k], *val = &argv[2 + 2 * k];
+		struct kv_ent **pp = NULL, *e = lookup_any(db, key, sl[k].h, &pp);
+
+		if (sl[k].pre) {
+			ent_put(db, sl[k].pre, key, sl[k].h, e, pp, val->p, val->len, val->len, 0);
+			continue;
+		}
+		if (!e || e->vcap < val->len) { /* cannot be (above): it would write past e */
+			keel_log(KEEL_LOG_ERROR, "kv", "%s:%d: MSET found no room for a value",
+				 __FILE__, __LINE__);
+			abort();
+		}
+		memcpy(e->data + e->klen, val->p, val->len);
+		e->vlen = (uint32_t)val->len;
+		set_expire(db, e, 0);
+		sl[k].shrink = e->vcap > 2 * val->len + 64;
+	}
+	for (unsigned k = 0; k < n; k++) {
+		const struct resp_arg *key = &argv[1 + 2 * k];
+		struct kv_ent **pp = NULL, *e;
+
+		if (!sl[k].shrink || !(e = lookup_any(db, key, sl[k].h, &pp)) ||
+		    e->vcap <= 2 * (size_t)e->vlen + 64)
+			continue;
+		store_at(db, key, sl[k].h, e, pp, e->data + e->klen, e->vlen, e->vlen, false);
+	}
+	if (sl != stack)
+		free(sl);
 	rb_simple(out, "OK");
 }
 

@@ -21,9 +21,10 @@ kv_test_faults_init(void)
 #include <string.h>
 
 /* The sites, and what the spec says of each (indexed alike). */
-static const char *const known[] = { "record-oom",     "ftruncate",     "stop-sync",
-				     "start-unlink",   "commit-marker", "commit-rename",
-				     "commit-dirsync", "rewrite-rename" };
+static const char *const known[] = { "record-oom",     "ftruncate",      "stop-sync",
+				     "start-unlink",   "commit-marker",  "commit-rename",
+				     "commit-dirsync", "rewrite-rename", "waiter-oom",
+				     "store-oom" };
 #define NSITES (sizeof(known) / sizeof(known[0]))
 static struct site {
 	bool set;
@@ -75,7 +76,8 @@ parse_site(const char *env, const char *p, size_t len)
 
 	if (k == NSITES)
 		bad_spec(env, "a site is one of record-oom, ftruncate, stop-sync, start-unlink, "
-			      "commit-marker, commit-rename, commit-dirsync");
+			      "commit-marker, commit-rename, commit-dirsync, rewrite-rename, "
+			      "waiter-oom, store-oom");
 	s = &sites[k];
 	if (s->set)
 		bad_spec(env, "a site named twice");

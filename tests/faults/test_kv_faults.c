@@ -856,6 +856,31 @@ Test(faults_kv, aof_failed_flushall_truncate_rebuilds_the_file)
 	rm_dir(dir);
 }
 
+/* appendfsync always, no memory for the place a write's reply waits in for its sync
+ * (KEEL_KV_TEST_FAULTS=waiter-oom): the reply cannot wait, so it is an error (-MISCONF: the
+ * change is in memory, its record not yet on disk), never +OK before the record is
+ * durable (it used to be +OK at once). Each SET on a new connection, so that over two
+ * shards some run where they were received and some on the other shard; once the rule is
+ * spent SETs get +OK, and after a SIGKILL and a restart every acknowledged one is there. */
+Test(faults_kv, aof_always_no_memory_to_wait_for_the_sync_is_not_ok)
+{
+	char dir[] = "/tmp/keel-kv-aof-waitoom-XXXXXX", cmd[64], line[256];
+	bool acked[100] = { false };
+	struct proc p;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	kvf_start(&p, "waiter-oom:n=16", "2", "always", dir);
+	for (int i = 0; i < 16; i++) {
+		snprintf(cmd, sizeof(cmd), "SET w%d v", i);
+		kv_command(p.port, cmd, line, sizeof(line));
+		cr_assert(!strncmp(line, "-MISCONF Errors writing to the AOF file: ", 41),
+			  "%s, no memory to wait for its sync: '%s'", cmd, line);
+	}
+	cr_assert_eq(aof_sets(p.port, 100, acked), 0, "writes refused once the rule was spent");
+	kill9(&p);
+	aof1_check_and_clean(dir, 100, acked);
+}
+
 /* Wait until the server log @log (KEEL_TEST_SERVER_LOG) holds @want. The server's stderr
  * reaches the file through a drain process, so the line may come after the event. */
 static void
@@ -910,6 +935,84 @@ Test(faults_kv, aof_failed_sync_at_stop_is_reported)
 	log_wait(log, "appendonly-0.aof at stop: Input/output error");
 	unlink(log);
 	aof1_check_and_clean(dir, 200, acked);
+}
+
+/* appendfsync everysec, FLUSHALL's truncation of the file fails once and the rebuild that
+ * follows fails too (every rewrite's rename fails): the FLUSHALL was acknowledged, so it
+ * must stay pending for the old file, which the stop then empties (its truncation works).
+ * kick_ used to clear it before the truncation, and the failed rebuild gave back a copy
+ * already cleared: after the stop and a restart without faults the flushed key came back.
+ * The test waits for the SET's record to be in the file and for the failed rebuild's line,
+ * not for a time. */
+Test(faults_kv, aof_flushall_survives_a_failed_truncate_and_a_failed_rebuild)
+{
+	char dir[] = "/tmp/keel-kv-aof-flushkeep-XXXXXX", log[64], line[256];
+	uint64_t dl = test_deadline(TEST_WAIT_MS);
+	struct proc p;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	snprintf(log, sizeof(log), "%s.log", dir);
+	setenv("KEEL_TEST_SERVER_LOG", log, 1);
+	kvf_start(&p, "ftruncate:n=1,rewrite-rename", "1", "everysec", dir);
+	unsetenv("KEEL_TEST_SERVER_LOG");
+	kv_command(p.port, "SET k v", line, sizeof(line));
+	cr_assert_str_eq(line, "+OK\r\n", "SET: '%s'", line);
+	while (persistence_field(p.port, "aof_current_size:") == 0) {
+		cr_assert(!test_expired(dl), "the SET's record never reached the file");
+		test_pause();
+	}
+	kv_command(p.port, "FLUSHALL", line, sizeof(line));
+	cr_assert_str_eq(line, "+OK\r\n", "FLUSHALL: '%s'", line);
+	log_wait(log, "shard 0: rebuilding appendonly-0.aof: Input/output error");
+	proc_stop(&p);
+	aof_restart(&p, "1", dir);
+	kv_command(p.port, "GET k", line, sizeof(line));
+	cr_assert_str_eq(line, "$-1\r\n", "k came back after the acknowledged FLUSHALL: '%s'",
+			 line);
+	proc_stop(&p);
+	unlink(log);
+	rm_dir(dir);
+}
+
+/* An MSET that runs out of memory part way (KEEL_KV_TEST_FAULTS=store-oom: the third key's
+ * entry cannot be allocated, after an existing key was overwritten in place and a new one
+ * made) changes nothing: MSET is atomic on its shard (docs/kv.md), and an error reply is
+ * not logged to the append-only file, so keys it had changed in memory would have reverted
+ * at the next start. It used to leave the first two keys changed. */
+Test(faults_kv, mset_out_of_memory_part_way_changes_nothing)
+{
+	char dir[] = "/tmp/keel-kv-aof-msetoom-XXXXXX", line[256];
+	struct proc p;
+	FILE *f;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	/* Entries: a's (SET), then b's; c's fails. a's new value fits a's entry. */
+	kvf_start(&p, "store-oom:after=2:n=1", "1", "everysec", dir);
+	kv_command(p.port, "SET a old", line, sizeof(line));
+	cr_assert_str_eq(line, "+OK\r\n", "SET: '%s'", line);
+	kv_command(p.port, "MSET a zz b 2 c 3", line, sizeof(line));
+	cr_assert_str_eq(line, "-ERR out of memory\r\n", "MSET: '%s'", line);
+	for (int run = 0; run < 2; run++) {
+		f = fdopen(test_connect(p.port), "r+");
+		cr_assert(f);
+		fprintf(f, "MGET a b c\r\n");
+		fflush(f);
+		cr_assert(fgets(line, sizeof(line), f) && !strcmp(line, "*3\r\n"), "MGET: '%s'",
+			  line);
+		cr_assert(fgets(line, sizeof(line), f) && !strcmp(line, "$3\r\n") &&
+				  fgets(line, sizeof(line), f) && !strcmp(line, "old\r\n"),
+			  "%s: a changed by the failed MSET: '%s'",
+			  run ? "after a restart" : "on the same server", line);
+		for (int k = 0; k < 2; k++)
+			cr_assert(fgets(line, sizeof(line), f) && !strcmp(line, "$-1\r\n"),
+				  "%s: %c set by the failed MSET: '%s'",
+				  run ? "after a restart" : "on the same server", "bc"[k], line);
+		fclose(f);
+		proc_stop(&p);
+		if (!run)
+			aof_restart(&p, "1", dir);
+	}
+	rm_dir(dir);
 }
 
 /* keel-kv on @shards shards, --appendonly yes on @dir, with KEEL_KV_TEST_FAULTS=@spec: it

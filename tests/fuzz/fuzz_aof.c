@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: MIT
 /*
  * libFuzzer harness for keel-kv's append-only file checker (kv_aof_valid_prefix, the
- * replay's parser: apps/kv/aofrec.c). For any bytes: the valid prefix is within them; it
- * is itself wholly valid (checking it again gives all of it); it splits into records that
- * each parse and pass kv_record_check; and cutting any one byte off a non-empty valid
- * prefix never makes a longer prefix valid.
+ * replay's parser, and kv_aof_check, which tells a torn tail from damage inside:
+ * apps/kv/aofrec.c). For any bytes: the valid prefix is within them; it is itself wholly
+ * valid (checking it again gives all of it); it splits into records that each parse and
+ * pass kv_record_check; cutting any one byte off a non-empty valid prefix never makes a
+ * longer prefix valid; kv_aof_check finds the same prefix, and a tail exactly when there
+ * is one.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,11 +18,15 @@
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	size_t good = kv_aof_valid_prefix(data, size), off = 0;
+	size_t good = kv_aof_valid_prefix(data, size), off = 0, good2;
 	/* A copy of exactly the prefix: reading past it would be a bug ASan sees. */
 	uint8_t *copy = malloc(good ? good : 1);
+	enum kv_aof_tail rest = kv_aof_check(data, size, &good2);
 
 	CHECK(good <= size);
+	/* The tail's check agrees on the prefix, and finds a tail exactly when there is one. */
+	CHECK(good2 == good);
+	CHECK((rest == KV_AOF_CLEAN) == (good == size));
 	memcpy(copy, data, good);
 	CHECK(kv_aof_valid_prefix(copy, good) == good);
 	while (off < good) {

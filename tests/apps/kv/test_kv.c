@@ -1099,7 +1099,7 @@ Test(kv_server, aof_torn_tail_truncated_with_log_line)
 	fclose(f);
 	srv_start(&s, 2, "--appendonly", "yes", "--dir", dir, NULL);
 	snprintf(want, sizeof(want),
-		 "%s: torn or invalid record at offset %ld: truncating the file there, %zu "
+		 "%s: torn record at offset %ld: truncating the file there, %zu "
 		 "bytes dropped",
 		 path, size, sizeof(torn) - 1);
 	cr_assert(strstr(start_log, want), "no log line '%s' in:\n%s", want, start_log);
@@ -1583,6 +1583,155 @@ Test(kv_server, aof_flushall_then_stop_during_a_batch_keeps_the_new_records)
 	check_big(s.port, "new", 9u << 20, 5);
 	srv_stop(&s);
 	rm_dir(dir);
+}
+
+/* keel-kv on one shard with --appendonly yes on @dir and the extra arguments (NULL-terminated)
+ * must refuse to start: it exits (a server still running at the deadline is killed and fails
+ * the test), its status is returned and what it said is in @err. */
+static int
+srv_refuses(char *err, size_t errlen, const char *dir, ...)
+{
+	const char *argv[32] = { KEEL_KV_BIN, "--port",       "0",   "--addr",
+				 "127.0.0.1", "--shards",     "1",   "--idle-poll-us",
+				 "0",         "--appendonly", "yes", "--dir",
+				 dir };
+	uint64_t dl = test_deadline(TEST_WAIT_MS);
+	size_t got = 0;
+	int pfd[2], n = 13, st;
+	va_list ap;
+	pid_t pid;
+
+	va_start(ap, dir);
+	for (const char *a; (a = va_arg(ap, const char *)) && n < 30;)
+		argv[n++] = a;
+	va_end(ap);
+	cr_assert_eq(pipe(pfd), 0);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		dup2(pfd[1], 2);
+		close(pfd[0]);
+		execv(argv[0], (char **)argv);
+		_exit(127);
+	}
+	close(pfd[1]);
+	while (waitpid(pid, &st, WNOHANG) == 0) {
+		if (test_expired(dl)) {
+			kill(pid, SIGKILL);
+			waitpid(pid, &st, 0);
+			st = -1;
+			break;
+		}
+		test_pause();
+	}
+	for (ssize_t k; got < errlen - 1 && (k = read(pfd[0], err + got, errlen - 1 - got)) > 0;)
+		got += (size_t)k;
+	err[got] = 0;
+	close(pfd[0]);
+	cr_assert_neq(st, -1, "keel-kv started: %s", err);
+	return st;
+}
+
+/* The bytes of @dir/@name into @buf (at most @cap); the count, or -1 when it is not there. */
+static long
+get_file(const char *dir, const char *name, char *buf, size_t cap)
+{
+	char p[512];
+	size_t n;
+	FILE *f;
+
+	snprintf(p, sizeof(p), "%s/%s", dir, name);
+	f = fopen(p, "r");
+	if (!f)
+		return -1;
+	n = fread(buf, 1, cap, f);
+	fclose(f);
+	return (long)n;
+}
+
+#define REC_C "*3\r\n$3\r\nSET\r\n$1\r\nc\r\n$1\r\n3\r\n"
+
+/* Files of three records whose second is damaged, not at the end of the file: a record
+ * complete but not one keel-kv writes (a damaged byte, or a record type of a newer
+ * version), a damaged byte in a length line, a damaged length that now runs past the end
+ * of the file (the third record is still inside it), a record that does not start with '*'. */
+static const char *const damaged[] = {
+	REC_A "*3\r\n$3\r\nSEX\r\n$1\r\nb\r\n$1\r\n2\r\n" REC_C,
+	REC_A "*3\r\n$3\r\nSET\r\n$x\r\nb\r\n$1\r\n2\r\n" REC_C,
+	REC_A "*3\r\n$3\r\nSET\r\n$1\r\nb\r\n$99\r\n2\r\n" REC_C,
+	REC_A "x3\r\n$3\r\nSET\r\n$1\r\nb\r\n$1\r\n2\r\n" REC_C,
+};
+
+/* A record that fails to parse with more than a torn tail after it (damage inside the file,
+ * or a record of a newer keel-kv) stops the start: keel-kv exits with status 1, naming the
+ * file, the offset, the bytes after it and the option that cuts it, and leaves the file
+ * exactly as it was (it used to cut the file there and sync at once, dropping every record
+ * after the damage). */
+Test(kv_server, aof_damage_inside_the_file_refuses_to_start_and_keeps_it)
+{
+	for (size_t i = 0; i < sizeof(damaged) / sizeof(damaged[0]); i++) {
+		size_t len = strlen(damaged[i]), at = strlen(REC_A);
+		char dir[64], err[4096], want[512], side[64], back[512];
+		int st;
+
+		mk_dir(dir, sizeof(dir));
+		put_file(dir, "appendonly-0.aof", damaged[i]);
+		st = srv_refuses(err, sizeof(err), dir, NULL);
+		cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "file %zu: status 0x%x: %s", i, st,
+			  err);
+		snprintf(want, sizeof(want),
+			 "%s/appendonly-0.aof: invalid record at offset %zu, %zu bytes after it",
+			 dir, at, len - at);
+		cr_assert(strstr(err, want), "file %zu: no '%s' in: %s", i, want, err);
+		cr_assert(strstr(err, "--aof-truncate-corrupt yes"), "file %zu: no fix named: %s",
+			  i, err);
+		cr_assert_eq(get_file(dir, "appendonly-0.aof", back, sizeof(back)), (long)len,
+			     "file %zu: its length changed", i);
+		cr_assert(!memcmp(back, damaged[i], len), "file %zu: its bytes changed", i);
+		snprintf(side, sizeof(side), "appendonly-0.aof.corrupt-%zu", at);
+		cr_assert(!file_there(dir, side), "file %zu: %s made without the option", i, side);
+		rm_dir(dir);
+	}
+}
+
+/* With --aof-truncate-corrupt yes the same files are cut at the damaged record, after its
+ * bytes and everything after them are saved to FILE.corrupt-OFFSET: the server starts with
+ * the first record, says what it did, and the side file holds the rest byte for byte. A
+ * later start without the option finds a clean file. */
+Test(kv_server, aof_truncate_corrupt_saves_the_rest_and_starts)
+{
+	for (size_t i = 0; i < sizeof(damaged) / sizeof(damaged[0]); i++) {
+		size_t len = strlen(damaged[i]), at = strlen(REC_A);
+		char dir[64], want[512], side[64], back[512];
+		struct srv s;
+		struct rd r;
+
+		mk_dir(dir, sizeof(dir));
+		put_file(dir, "appendonly-0.aof", damaged[i]);
+		srv_start(&s, 1, "--appendonly", "yes", "--dir", dir, "--aof-truncate-corrupt",
+			  "yes", NULL);
+		snprintf(side, sizeof(side), "appendonly-0.aof.corrupt-%zu", at);
+		snprintf(want, sizeof(want),
+			 "%s/appendonly-0.aof: invalid record at offset %zu: saved the %zu bytes "
+			 "from there to %s/%s and cut the file there",
+			 dir, at, len - at, dir, side);
+		cr_assert(strstr(start_log, want), "file %zu: no '%s' in: %s", i, want, start_log);
+		rd_init(&r, test_connect(s.port));
+		expect(&r, "MGET a b c", "*3\r\n$1\r\n1\r\n$-1\r\n$-1\r\n");
+		rd_free(&r);
+		srv_stop(&s);
+		cr_assert_eq(get_file(dir, side, back, sizeof(back)), (long)(len - at),
+			     "file %zu: %s does not hold the %zu bytes", i, side, len - at);
+		cr_assert(!memcmp(back, damaged[i] + at, len - at), "file %zu: %s differs", i,
+			  side);
+		srv_start(&s, 1, "--appendonly", "yes", "--dir", dir, NULL);
+		rd_init(&r, test_connect(s.port));
+		expect(&r, "MGET a b c", "*3\r\n$1\r\n1\r\n$-1\r\n$-1\r\n");
+		rd_free(&r);
+		srv_stop(&s);
+		rm_dir(dir);
+	}
 }
 
 /* Files a crash left half made (a rewrite not renamed yet, a start-up rewrite's .tmp, a
