@@ -47,6 +47,7 @@ struct kv_stats {
 	_Atomic uint64_t expired_lazy, expired_swept, oom_rejected;
 	_Atomic uint64_t conns, conns_total, proto_errors, timeouts;
 	_Atomic uint64_t hits, misses;
+	_Atomic uint64_t input_holds; /* receives whose parsing stopped at the reply limits */
 };
 
 /* A shard's key table: chained buckets, a power of two of them. It doubles when it holds
@@ -78,6 +79,8 @@ struct kv_config {
 	enum { KV_FSYNC_NO, KV_FSYNC_EVERYSEC, KV_FSYNC_ALWAYS } fsync; /* --appendfsync */
 	const char *dir;           /* --dir: where the files live */
 	bool aof_truncate_corrupt; /* --aof-truncate-corrupt yes: cut a bad record inside */
+	uint64_t high_watermark;   /* --high-watermark: replies queued per connection above
+				    * which its requests are not parsed (nor read) */
 };
 extern struct kv_config kv_cfg;
 extern struct kv_stats kv_stats[];

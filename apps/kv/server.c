@@ -65,6 +65,11 @@ struct kconn {
 	struct kmsg *bq_head, *bq_tail;
 	bool bq_waiting; /* a keel_msg_wait_room() callback will come */
 	bool dead;       /* closed while waiting: the callback frees it */
+	/* Requests received but not parsed while the replies already made are over the
+	 * limits (over_limit): they wait in @in, reading is paused, and resume_cb parses them
+	 * once the replies drain. */
+	bool held;
+	bool resume_queued; /* resume_cb is deferred (a closed connection is freed there) */
 	int64_t last_ms;
 	char *name;
 	struct resp_arg *argv;
@@ -165,6 +170,7 @@ parse_grow(long r, struct resp_req *req, struct resp_arg **argv, unsigned *cap, 
 /* Replies. */
 
 static void flush_out(struct kconn *kc);
+static void resume_later(struct kconn *kc);
 
 static struct pend *
 pend_new(struct kconn *kc)
@@ -233,8 +239,10 @@ drain(struct kconn *kc)
 	}
 	if (kc->paused && kc->npend < PEND_MAX / 2 && !kc->bq_head) {
 		kc->paused = false;
-		keel_conn_resume_read(kc->c);
+		if (!kc->held)
+			keel_conn_resume_read(kc->c);
 	}
+	resume_later(kc);
 }
 
 static void
@@ -259,6 +267,7 @@ flush_out(struct kconn *kc)
 	if (kc->out.oom) {
 		rb_free(&kc->out);
 		keel_conn_abort(kc->c, -ENOMEM);
+		kc->closing = true; /* nothing more is parsed for it */
 		return;
 	}
 	if (kc->out.len >= WRAP_MIN && kc->out.len <= UINT32_MAX) {
@@ -267,6 +276,7 @@ flush_out(struct kconn *kc)
 		if (r < 0) {
 			rb_free(&kc->out);
 			keel_conn_abort(kc->c, r);
+			kc->closing = true;
 			return;
 		}
 		memset(&kc->out, 0, sizeof(kc->out)); /* the memory is the slice's now */
@@ -281,6 +291,7 @@ flush_out(struct kconn *kc)
 		if (r < 0) {
 			rb_free(&kc->out);
 			keel_conn_abort(kc->c, r);
+			kc->closing = true;
 			return;
 		}
 		memcpy(s.data, kc->out.p + off, n);
@@ -296,6 +307,45 @@ flush_out(struct kconn *kc)
 		rb_free(&kc->out); /* a large reply's buffer is not kept per connection */
 	if (kc->closing && !kc->head)
 		keel_conn_close(kc->c);
+}
+
+/* The replies this connection has made and not yet had acknowledged are over the limits:
+ * too many outstanding, waiting for room in a cross-shard queue, or more bytes than the
+ * high watermark (made here, queued on the connection). */
+static bool
+over_limit(const struct kconn *kc)
+{
+	return kc->npend >= PEND_MAX || kc->bq_head ||
+	       kc->out.len + keel_conn_queued(kc->c) > kv_cfg.high_watermark;
+}
+
+static void resume_cb(void *arg);
+
+/* Parse no more of what was received: the rest waits in kc->in, reading pauses. */
+static void
+hold_input(struct kconn *kc)
+{
+	if (kc->held)
+		return;
+	kc->held = true;
+	kc->in_need = 0; /* a whole request may start there: parse it at once when resumed */
+	stat_add(&kv_stats[self()].input_holds, 1);
+	keel_conn_pause_read(kc->c);
+}
+
+/* Something that over_limit reads went down: parse the held requests, from the loop
+ * (this may run inside a reply's callback, or inside process itself). */
+static void
+resume_later(struct kconn *kc)
+{
+	if (!kc->held || kc->resume_queued || kc->closing)
+		return;
+	if (keel_defer(resume_cb, kc) < 0) {
+		kc->out.oom = true; /* no memory: the connection is aborted (flush_out) */
+		flush_out(kc);
+		return;
+	}
+	kc->resume_queued = true;
 }
 
 /* Fan-out merging. */
@@ -683,8 +733,10 @@ bq_fail(struct kconn *kc, int err)
 	/* Reads were paused for the queue (bq_add): nothing waits for room any more. */
 	if (kc->paused && kc->npend < PEND_MAX / 2) {
 		kc->paused = false;
-		keel_conn_resume_read(kc->c);
+		if (!kc->held)
+			keel_conn_resume_read(kc->c);
 	}
+	resume_later(kc);
 }
 
 static void on_room(int status, void *arg);
@@ -718,7 +770,8 @@ on_room(int status, void *arg)
 			}
 			free(m);
 		}
-		free(kc);
+		if (!kc->resume_queued)
+			free(kc);
 		return;
 	}
 	if (status < 0) {
@@ -747,8 +800,10 @@ on_room(int status, void *arg)
 	}
 	if (kc->paused && kc->npend < PEND_MAX / 2) {
 		kc->paused = false;
-		keel_conn_resume_read(kc->c);
+		if (!kc->held)
+			keel_conn_resume_read(kc->c);
 	}
+	resume_later(kc);
 }
 
 /* Hand a request's bytes to @owner. @src, when given, holds those bytes at @off. */
@@ -982,15 +1037,15 @@ info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
 			LINE("shard%u:keys=%llu,expires=%llu,used_memory=%llu,commands=%llu,"
 			     "forwarded_out=%llu,forwarded_in=%llu,fanouts=%llu,clients=%llu,"
 			     "expired_lazy=%llu,expired_swept=%llu,proto_errors=%llu,"
-			     "timeouts=%llu\r\n",
+			     "timeouts=%llu,input_holds=%llu\r\n",
 			     i, (unsigned long long)LD(keys), (unsigned long long)LD(expires),
 			     (unsigned long long)LD(used_memory), (unsigned long long)LD(commands),
 			     (unsigned long long)LD(forwarded_out),
 			     (unsigned long long)LD(forwarded_in), (unsigned long long)LD(fanouts),
 			     (unsigned long long)LD(conns), (unsigned long long)LD(expired_lazy),
 			     (unsigned long long)LD(expired_swept),
-			     (unsigned long long)LD(proto_errors),
-			     (unsigned long long)LD(timeouts));
+			     (unsigned long long)LD(proto_errors), (unsigned long long)LD(timeouts),
+			     (unsigned long long)LD(input_holds));
 		LINE("\r\n");
 	}
 #undef LD
@@ -1280,6 +1335,15 @@ process(struct kconn *kc, const uint8_t *p, size_t n, const struct keel_slice *s
 	while (off < n && !kc->closing && !kc->out.oom) {
 		long r;
 
+		/* Large replies go to the connection as they are made, so that its queue, not
+		 * this buffer, says when to stop; then stop while over the limits. */
+		if (kc->out.len >= WRAP_MIN)
+			flush_out(kc);
+		if (over_limit(kc)) {
+			hold_input(kc);
+			break;
+		}
+
 		/* kc's arrays may have grown (or moved) since: a fan-out parses with them. */
 		req.argv = kc->argv;
 		req.cap = kc->argv_cap;
@@ -1336,6 +1400,16 @@ in_append(struct kconn *kc, const uint8_t *p, size_t n)
 }
 
 static void
+in_shrink(struct kconn *kc)
+{
+	if (kc->in_len == 0 && kc->in_cap > 64 * 1024) {
+		free(kc->in); /* a large request's buffer is not kept per connection */
+		kc->in = NULL;
+		kc->in_cap = 0;
+	}
+}
+
+static void
 on_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
 {
 	struct kconn *kc = keel_conn_user(c);
@@ -1357,7 +1431,10 @@ on_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
 			kc->closing = true;
 			continue;
 		}
-		if (kc->in_len == 0) {
+		if (kc->held) { /* parsed once the replies drain (resume_cb) */
+			if (in_append(kc, s[i].data, s[i].len) < 0)
+				kc->out.oom = true;
+		} else if (kc->in_len == 0) {
 			used = process(kc, s[i].data, s[i].len, &s[i]);
 			if (used < s[i].len && !kc->closing &&
 			    in_append(kc, s[i].data + used, s[i].len - used) < 0)
@@ -1373,15 +1450,48 @@ on_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
 		}
 		keel_slice_put(&s[i]);
 	}
-	if (kc->in_len == 0 && kc->in_cap > 64 * 1024) {
-		free(kc->in); /* a large request's buffer is not kept per connection */
-		kc->in = NULL;
-		kc->in_cap = 0;
-	}
+	in_shrink(kc);
 	/* A request that failed on the spot (a hand-off refused, a fan-out out of memory)
 	 * completes its pend at once; when that pend is the head nothing else drains it. */
 	drain(kc);
 	flush_out(kc);
+}
+
+/* Parse what was held (hold_input), now that the replies drained; reading resumes unless
+ * the limits are reached again. */
+static void
+resume_cb(void *arg)
+{
+	struct kconn *kc = arg;
+	size_t used;
+
+	kc->resume_queued = false;
+	if (kc->dead) { /* closed meanwhile (on_close) */
+		if (!kc->bq_waiting)
+			free(kc);
+		return;
+	}
+	if (!kc->held || kc->closing || over_limit(kc))
+		return; /* what lowers the limits calls resume_later again */
+	kc->held = false;
+	used = process(kc, kc->in, kc->in_len, NULL);
+	memmove(kc->in, kc->in + used, kc->in_len - used);
+	kc->in_len -= used;
+	in_shrink(kc);
+	drain(kc);
+	flush_out(kc);
+	if (!kc->held && !kc->paused && !kc->closing)
+		keel_conn_resume_read(kc->c);
+}
+
+/* The connection's queue fell below the low watermark. */
+static void
+on_writable(struct keel_conn *c)
+{
+	struct kconn *kc = keel_conn_user(c);
+
+	if (kc)
+		resume_later(kc);
 }
 
 static void
@@ -1445,8 +1555,8 @@ on_close(struct keel_conn *c, int status)
 	free(kc->name);
 	free(kc->argv);
 	free(kc->scratch);
-	if (kc->bq_waiting) {
-		kc->dead = true; /* on_room frees it and its waiting requests */
+	if (kc->bq_waiting || kc->resume_queued) {
+		kc->dead = true; /* on_room or resume_cb frees it (and its waiting requests) */
 		kc->in = NULL;
 		kc->name = NULL;
 		kc->argv = NULL;
@@ -1459,6 +1569,7 @@ on_close(struct keel_conn *c, int status)
 const struct keel_conn_ops kv_conn_ops = {
 	.on_open = on_open,
 	.on_data = on_data_entry,
+	.on_writable = on_writable,
 	.on_close = on_close,
 };
 

@@ -700,6 +700,157 @@ Test(kv_server, non_reading_flood_stays_bounded)
 	free(req);
 }
 
+/* The peak resident size of process @pid (VmHWM), in KiB. */
+static long
+hwm_kb(pid_t pid)
+{
+	char path[64], line[256];
+	long kb = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	f = fopen(path, "r");
+	cr_assert(f);
+	while (fgets(line, sizeof(line), f))
+		if (!strncmp(line, "VmHWM:", 6))
+			kb = atol(line + 6);
+	fclose(f);
+	return kb;
+}
+
+#define BIG_VAL (16u << 10) /* below 64 KiB: a GET copies it into the reply */
+
+/* Set key @key to BIG_VAL bytes of @fill over @r. */
+static void
+set_large(struct rd *r, const char *key, char fill)
+{
+	char *val = malloc(BIG_VAL + 64);
+	int n = sprintf(val, "*3\r\n$3\r\nSET\r\n$%zu\r\n%s\r\n$%u\r\n", strlen(key), key, BIG_VAL);
+
+	memset(val + n, fill, BIG_VAL);
+	memcpy(val + n + BIG_VAL, "\r\n", 2);
+	test_send_all(r->fd, val, (size_t)n + BIG_VAL + 2);
+	cr_assert_str_eq(rd_next(r, NULL), "+OK\r\n");
+	free(val);
+}
+
+/* Many GETs of a large value in one write, from a client that never reads: the replies
+ * to one receive's requests are not all made first (each receive carries thousands of
+ * them, hundreds of MiB of replies); parsing stops at the high watermark, so the
+ * server's peak memory stays near it, and other clients are still served. */
+Test(kv_server, many_large_replies_in_one_receive_stay_bounded)
+{
+	struct srv s;
+	struct rd r;
+	char *req = malloc(1 << 20);
+	size_t reqlen = 0, sent = 0;
+	long before, after;
+	uint64_t stall_since = 0;
+	int fd;
+
+	/* 16 MiB of GETs (1.8 million replies, 29 GiB): more than the socket buffers hold,
+	 * so the loop below ends when the server stops reading, or drops the client. */
+	srv_start(&s, 1, NULL);
+	rd_init(&r, test_connect(s.port));
+	set_large(&r, "big", 'v');
+	before = hwm_kb(s.pid);
+	fd = test_connect(s.port);
+	fcntl(fd, F_SETFL, O_NONBLOCK);
+	while (reqlen + 16 < (1 << 20))
+		reqlen += (size_t)sprintf(req + reqlen, "GET big\r\n");
+	/* Until the server stops reading for a while, or drops the connection (a server
+	 * that makes every reply first passes --send-max). */
+	while (sent < (16u << 20)) {
+		ssize_t w = send(fd, req, reqlen, MSG_NOSIGNAL);
+		if (w > 0) {
+			sent += (size_t)w;
+			stall_since = 0;
+			continue;
+		}
+		if (w < 0 && (errno == EPIPE || errno == ECONNRESET))
+			break;
+		cr_assert(w < 0 && errno == EAGAIN, "send: %s", strerror(errno));
+		if (!stall_since)
+			stall_since = test_now_ms();
+		else if (test_now_ms() - stall_since > 2000)
+			break;
+		test_pause();
+	}
+	after = hwm_kb(s.pid);
+	cr_assert_lt(after - before, 48 * 1024,
+		     "the server's peak grew by %ld KiB for %zu bytes of GETs of a %u-byte value",
+		     after - before, sent, BIG_VAL);
+	cr_assert_gt(info_field(s.port, "input_holds="), 0);
+	expect(&r, "STRLEN big", ":16384\r\n");
+	close(fd);
+	rd_free(&r);
+	srv_stop(&s);
+	free(req);
+}
+
+/* A client that pipelines many GETs of large values in one write and then reads: every
+ * reply comes back, in order, through many stops and resumptions of the parsing. With
+ * one shard every reply is made on it (the parsing stops at the high watermark); with two,
+ * the keys' owners mix replies made here with replies made on the other shard. */
+static void
+pipelined_large(unsigned shards)
+{
+	enum { N = 1500, KEYS = 16 };
+	struct srv s;
+	struct rd r;
+	char *req = malloc(N * 16), *want = malloc(BIG_VAL + 32), key[8];
+	size_t reqlen = 0, hdr;
+
+	srv_start(&s, shards, NULL);
+	rd_init(&r, test_connect(s.port));
+	for (int k = 0; k < KEYS; k++) {
+		sprintf(key, "big%d", k);
+		set_large(&r, key, (char)('a' + k));
+	}
+	for (int i = 0; i < N; i++)
+		reqlen += (size_t)(i % 3 == 2 ? sprintf(req + reqlen, "PING\r\n")
+					      : sprintf(req + reqlen, "GET big%d\r\n", i % KEYS));
+	hdr = (size_t)sprintf(want, "$%u\r\n", BIG_VAL);
+	memcpy(want + hdr + BIG_VAL, "\r\n", 2);
+	/* The socket buffers take the 15 KiB of requests: no writer thread needed. */
+	test_send_all(r.fd, req, reqlen);
+	for (int i = 0; i < N; i++) {
+		size_t l, wantlen = hdr + BIG_VAL + 2;
+		char *g;
+
+		if (i % 3 == 2) {
+			g = rd_next(&r, &l);
+			cr_assert(g && !strcmp(g, "+PONG\r\n"), "%u shards: reply %d is not PONG",
+				  shards, i);
+			continue;
+		}
+		memset(want + hdr, 'a' + i % KEYS, BIG_VAL);
+		/* A large reply: read it whole (rd_next's copy-out holds less). */
+		while (r.len < wantlen) {
+			ssize_t n = recv(r.fd, r.b + r.len, r.cap - r.len, 0);
+			cr_assert_gt(n, 0, "reply %d: %s", i, n ? strerror(errno) : "EOF");
+			r.len += (size_t)n;
+		}
+		cr_assert_eq(memcmp(r.b, want, wantlen), 0, "%u shards: reply %d differs", shards,
+			     i);
+		memmove(r.b, r.b + wantlen, r.len - wantlen);
+		r.len -= wantlen;
+	}
+	if (shards == 1)
+		cr_assert_gt(info_field(s.port, "input_holds="), 0, "the parsing never stopped");
+	expect(&r, "PING", "+PONG\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+	free(req);
+	free(want);
+}
+
+Test(kv_server, pipelined_large_replies_all_arrive_in_order)
+{
+	pipelined_large(1);
+	pipelined_large(2);
+}
+
 Test(kv_server, maxmemory_refuses_writes_with_oom)
 {
 	struct srv s;
