@@ -99,8 +99,9 @@ keel__zcrx_reason(int err, const char *iface, int rxq, char *buf, size_t len)
 	case EINVAL:
 		snprintf(buf, len,
 			 "ZCRX on %s rx queue %d: EINVAL (invalid argument): header/data split is "
-			 "off: ethtool -G %s tcp-data-split on (on a capable NIC; kernels before "
-			 "6.15 also answer EINVAL: ZCRX needs Linux 6.15)",
+			 "off or its threshold is not 0 (the kernel needs both); run: ethtool -G "
+			 "%s tcp-data-split on hds-thresh 0 (on a capable NIC; kernels before 6.15 "
+			 "also answer EINVAL: ZCRX needs Linux 6.15)",
 			 iface, rxq, iface);
 		break;
 	case EEXIST:

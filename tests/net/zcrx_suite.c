@@ -84,6 +84,11 @@ Test(net_zcrx, errno_maps_to_meaning_and_fix)
 	expect_reason(ENOMEM, "ENOMEM", "--zcrx-area", "ulimit -l");
 	expect_reason(EIO, "errno 5", NULL, NULL);
 
+	/* The kernel (__net_mp_open_rxq) refuses with EINVAL both when header/data split is
+	 * off and when its threshold is not 0: the fix names both settings. */
+	expect_reason(EINVAL, "header/data split", "ethtool -G eth7 tcp-data-split on",
+		      "hds-thresh 0");
+
 	/* A short buffer is cut, never overrun, and stays terminated. */
 	char small[16];
 	memset(small, 'x', sizeof(small));
