@@ -181,6 +181,7 @@ try_setup(struct net_zcrx *z, const struct keel_opts *o, unsigned ring_flags, in
 	struct keel_zcrx_area_reg area;
 	struct keel_region_desc rd;
 	struct keel_zcrx_ifq_reg reg;
+	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
 	unsigned owner = 0;
 	unsigned idx;
 	long r;
@@ -201,6 +202,15 @@ try_setup(struct net_zcrx *z, const struct keel_opts *o, unsigned ring_flags, in
 			 "ZCRX on %s rx queue %d: --zcrx-rq-entries %u is not a power of two up to "
 			 "%d",
 			 z->iface, z->rxq, o->zcrx_rq_entries, KEEL_ZCRX_RQ_ENTRIES_MAX);
+		return -EINVAL;
+	}
+	/* The command line takes 2M..1024G; an embedder's value is checked here, before the
+	 * mmap, so that 0 or a size whose page rounding wraps is not reported as ENOMEM. */
+	if (o->zcrx_area < pg || o->zcrx_area > KEEL_ZCRX_AREA_MAX) {
+		snprintf(why, whylen,
+			 "ZCRX on %s rx queue %d: keel_opts.zcrx_area (--zcrx-area) is %llu bytes: "
+			 "it must be from %zu bytes (one page) to 1 TiB",
+			 z->iface, z->rxq, (unsigned long long)o->zcrx_area, pg);
 		return -EINVAL;
 	}
 	r = keel__zcrx_claim(z->iface, z->rxq, z->shard, &owner);

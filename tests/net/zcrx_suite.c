@@ -290,10 +290,10 @@ zon_start(void *arg)
 	atomic_fetch_add(&z->started, 1);
 }
 
-/* Start a one-shard echo server with @policy on @iface queue 0; returns the runtime's
- * status after the start (0 while running). */
+/* Start a one-shard echo server with @policy on @iface queue 0 and a receive area of
+ * @area bytes; returns the runtime's status after the start (0 while running). */
 static int
-zsrv_start(struct zsrv *z, enum keel_policy policy, const char *iface)
+zsrv_start_area(struct zsrv *z, enum keel_policy policy, const char *iface, uint64_t area)
 {
 	struct keel_opts o = net_test_opts(1);
 	struct keel_listen_opts lo;
@@ -305,7 +305,7 @@ zsrv_start(struct zsrv *z, enum keel_policy policy, const char *iface)
 	snprintf(o.iface, sizeof(o.iface), "%s", iface);
 	o.rxqs[0] = 0;
 	o.nrxqs = 1;
-	o.zcrx_area = 4ull << 20;
+	o.zcrx_area = area;
 	o.zcrx_rq_entries = 256;
 	r = keel_runtime_create(&o, &z->rt);
 	if (r < 0)
@@ -327,6 +327,12 @@ zsrv_start(struct zsrv *z, enum keel_policy policy, const char *iface)
 	}
 	WAIT_FOR(atomic_load(&z->started) == 1, "shard did not start");
 	return z->start_status[0];
+}
+
+static int
+zsrv_start(struct zsrv *z, enum keel_policy policy, const char *iface)
+{
+	return zsrv_start_area(z, policy, iface, 4ull << 20);
 }
 
 static int
@@ -434,6 +440,40 @@ Test(net_zcrx, unknown_interface_is_enodev)
 	zsrv_stop(&z);
 	keel_log_set_sink(NULL, NULL);
 	cr_assert(logged("there is no interface keelnosuch0"), "%s", logbuf);
+}
+
+/* keel_opts.zcrx_area from a C embedder (the command line already refuses these): 0, a
+ * size whose page rounding wraps, and one above the maximum are EINVAL naming the field and
+ * the range, before any memory is mapped or the kernel asked; never a misleading ENOMEM. */
+Test(net_zcrx, bad_zcrx_area_is_einval_naming_the_field)
+{
+	const uint64_t bad[] = { 0, UINT64_MAX, UINT64_MAX - 100, (1ULL << 40) + 1 };
+	unsigned calls = atomic_load(&keel__zcrx_register_calls);
+	struct zsrv z;
+	int r;
+
+	for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		capture();
+		r = zsrv_start_area(&z, KEEL_POLICY_ON, "lo", bad[i]);
+		cr_assert_eq(r, -EINVAL, "zcrx_area %llu, on: %d (%s)\n%s",
+			     (unsigned long long)bad[i], r, strerror(-r), logbuf);
+		zsrv_stop(&z);
+		cr_assert(logged("zcrx_area"), "%s", logbuf);
+		cr_assert(logged("4096 bytes") && logged("1 TiB"), "no range: %s", logbuf);
+
+		capture();
+		r = zsrv_start_area(&z, KEEL_POLICY_AUTO, "lo", bad[i]);
+		cr_assert_eq(r, 0, "zcrx_area %llu, auto: %d\n%s", (unsigned long long)bad[i], r,
+			     logbuf);
+		cr_assert_eq(z.st[0].state, KEEL_ZCRX_FALLBACK);
+		cr_assert_eq(z.st[0].err, EINVAL, "zcrx_area %llu: err %d",
+			     (unsigned long long)bad[i], z.st[0].err);
+		cr_assert_eq(zsrv_stop(&z), 0);
+		cr_assert(logged("ZCRX falls back to the copy path") && logged("zcrx_area"), "%s",
+			  logbuf);
+	}
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq(atomic_load(&keel__zcrx_register_calls), calls, "the kernel was asked");
 }
 
 /* In a child, in a network namespace of its own with a veth pair: --zcrx on fails with
