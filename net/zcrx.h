@@ -22,8 +22,10 @@ struct net_zcrx {
 	int rxq;
 	char iface[32];
 	unsigned shard;
-	bool claimed; /* holds (iface, rxq) in the process's claim table */
-	void *area;   /* page-aligned, area_len bytes, first touched on the shard's CPU */
+	bool claimed;    /* holds (iface, rxq) in the process's claim table */
+	bool registered; /* the kernel took the registration: it holds the queue until the
+			  * ring closes (6.18 has no unregister), and with it the memory */
+	void *area;      /* page-aligned, area_len bytes, first touched on the shard's CPU */
 	size_t area_len;
 	void *region; /* the refill ring's user region */
 	size_t region_len;
@@ -119,8 +121,9 @@ void keel__zcrx_rx_fini(struct net_zcrx *z);
 
 /* Set up ZCRX for the calling shard by its runtime's options: nothing when --zcrx off or the
  * shard has no rx queue; else claim (iface, queue), allocate, register. On failure with
- * --zcrx on, log the reason and the fix and return -errno; with auto, log one INFO line
- * and return 0 with the fallback recorded. ns->zcrx is set in every case but an error. */
+ * --zcrx on, or after the kernel took the registration (keel__zcrx_verdict), log the
+ * reason and the fix and return -errno; otherwise with auto, log one INFO line and return
+ * 0 with the fallback recorded. ns->zcrx is set in every case but an unregistered error. */
 int keel__zcrx_setup(struct net_shard *ns);
 /* Release what keel__zcrx_setup() made (the kernel drops the interface queue with the ring).
  * Called when the shard's network state goes, after every connection closed. Area slices
@@ -128,6 +131,16 @@ int keel__zcrx_setup(struct net_shard *ns);
  * many), and the last put unmaps it; their refill entries are not written (the ring goes
  * with the shard's io_uring). */
 void keel__zcrx_fini(struct net_shard *ns);
+
+/* What keel__zcrx_setup() does with a set-up result under --zcrx @policy: @err is 0 or
+ * the -errno, @registered whether the kernel had taken the registration (then refused by
+ * keel, e.g. -EPROTO for refill ring offsets it cannot use). */
+enum keel__zcrx_verdict {
+	KEEL__ZCRX_USE,      /* registered and usable: receive zero-copy */
+	KEEL__ZCRX_FALLBACK, /* the copy path, with one INFO line */
+	KEEL__ZCRX_FAIL,     /* the shard's network set-up fails with the reason */
+};
+enum keel__zcrx_verdict keel__zcrx_verdict(enum keel_policy policy, int err, bool registered);
 
 /* The message for a set-up failure -@err on @iface queue @rxq: what the errno means there
  * and the fix. Writes at most @len bytes to @buf (always terminated); returns @buf. */

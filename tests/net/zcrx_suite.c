@@ -97,6 +97,21 @@ Test(net_zcrx, errno_maps_to_meaning_and_fix)
 	cr_assert_eq(small[8], 'x');
 }
 
+/* The set-up policy: auto falls back only when the kernel did not take the registration.
+ * Once it did (and keel refused what it returned, e.g. -EPROTO for refill ring offsets it
+ * cannot use), the queue stays bound to the area until the ring closes with nobody
+ * refilling it: that is no copy-path fallback, so it fails under auto too. */
+Test(net_zcrx, verdict_registered_then_refused_fails_even_under_auto)
+{
+	cr_assert_eq(keel__zcrx_verdict(KEEL_POLICY_AUTO, 0, true), KEEL__ZCRX_USE);
+	cr_assert_eq(keel__zcrx_verdict(KEEL_POLICY_ON, 0, true), KEEL__ZCRX_USE);
+	cr_assert_eq(keel__zcrx_verdict(KEEL_POLICY_AUTO, -EOPNOTSUPP, false), KEEL__ZCRX_FALLBACK);
+	cr_assert_eq(keel__zcrx_verdict(KEEL_POLICY_AUTO, -EINVAL, false), KEEL__ZCRX_FALLBACK);
+	cr_assert_eq(keel__zcrx_verdict(KEEL_POLICY_ON, -EOPNOTSUPP, false), KEEL__ZCRX_FAIL);
+	cr_assert_eq(keel__zcrx_verdict(KEEL_POLICY_ON, -EPROTO, true), KEEL__ZCRX_FAIL);
+	cr_assert_eq(keel__zcrx_verdict(KEEL_POLICY_AUTO, -EPROTO, true), KEEL__ZCRX_FAIL);
+}
+
 static int
 parse(struct keel_opts *o, const char *a, const char *b, char *err, size_t errlen)
 {
