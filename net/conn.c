@@ -48,6 +48,8 @@ struct keel_conn {
 	bool closing, flush_close, shut_pending, shut_sent, send_inflight, flush_queued;
 	bool want_writable, cancel_sent;
 	bool zc;            /* the armed receive is a RECV_ZC (zcrx_rx.c) */
+	bool zc_sim;        /* ... simulated: a test plays the kernel (keel__zcrx_sim_attach) */
+	bool zc_sim_end;    /* a deferred simulated cancel of it is queued (holds a nop) */
 	bool bulk;          /* receive from the bulk ring (the next receive armed does) */
 	bool rx_bulk;       /* the armed receive takes the bulk ring's buffers */
 	uint16_t small_run; /* receives in a row under buf_size on the bulk ring */
@@ -206,10 +208,22 @@ static void
 recv_arm(struct keel_conn *c)
 {
 	struct net_shard *ns = c->ns;
-	struct io_uring_sqe *sqe = keel_sqe_get();
+	struct io_uring_sqe *sqe;
 
+	if (__builtin_expect(ns->zcrx != NULL, 0) && keel__zcrx_sim_recv(ns)) {
+		/* Tests: a RECV_ZC the test plays the kernel for. Nothing is submitted; its
+		 * completions come from keel__conn_zcrx_inject() and its cancel completes from
+		 * the loop (sim_end_later), so it is counted and ended like a real one. */
+		c->zc = c->zc_sim = true;
+		c->recv_armed = true;
+		c->rcancel_sent = false;
+		c->nops++;
+		return;
+	}
+	sqe = keel_sqe_get();
 	if (!sqe)
 		return;
+	c->zc_sim = false;
 	c->zc = keel__zcrx_prep_recv(ns, sqe, c->fd);
 	if (!c->zc) {
 		if (ns->f_ms_recv)
@@ -230,6 +244,38 @@ recv_arm(struct keel_conn *c)
 	c->nops++;
 }
 
+static void recv_done(struct keel_conn *c, const struct io_uring_cqe *cqe, int res, uint32_t flags);
+
+/* Tests: the simulated RECV_ZC's cancel completes (-ECANCELED) from the loop, as the
+ * kernel's would, unless it ended meanwhile and was armed again without a cancel. */
+static void
+sim_end_cb(void *arg)
+{
+	struct keel_conn *c = arg;
+
+	c->zc_sim_end = false;
+	if (c->recv_armed && c->zc_sim && (c->rcancel_sent || c->closing))
+		recv_done(c, NULL, -ECANCELED, 0);
+	c->nops--; /* the deferred call's hold */
+	conn_check(c);
+}
+
+static void
+sim_end_later(struct keel_conn *c)
+{
+	c->rcancel_sent = true;
+	if (c->zc_sim_end)
+		return;
+	if (keel_defer(sim_end_cb, c) < 0) {
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "shard %u: cannot defer the simulated RECV_ZC's cancel (out of memory)",
+			 c->ns->id);
+		return;
+	}
+	c->zc_sim_end = true;
+	c->nops++;
+}
+
 static void
 recv_cancel(struct keel_conn *c)
 {
@@ -237,6 +283,10 @@ recv_cancel(struct keel_conn *c)
 
 	if (!c->recv_armed || c->rcancel_sent || c->cancel_sent)
 		return;
+	if (c->zc_sim) {
+		sim_end_later(c);
+		return;
+	}
 	sqe = keel_sqe_get();
 	if (!sqe)
 		return;
@@ -359,10 +409,21 @@ deliver_zc(struct keel_conn *c, const struct io_uring_cqe *cqe)
 		deliver_taken(c, n);
 }
 
-void
+int
 keel__conn_zcrx_inject(struct keel_conn *c, const struct io_uring_cqe *cqe)
 {
-	deliver_zc(c, cqe);
+	if (!c->recv_armed || !c->zc_sim)
+		return -EINVAL;
+	recv_done(c, cqe, cqe->res, cqe->flags);
+	return 0;
+}
+
+int
+keel__conn_recv_kind(const struct keel_conn *c)
+{
+	if (!c->recv_armed)
+		return 0;
+	return c->zc ? 2 : 1;
 }
 
 /* Deliver the @n slices in ns->scratch (-errno: abort). */
@@ -442,10 +503,10 @@ rq_later(struct keel_conn *c)
 	c->nops++;
 }
 
+/* A completion of the armed receive: @cqe is the whole CQE (a RECV_ZC's is 32 bytes). */
 static void
-recv_cb(struct keel_op *op, int res, uint32_t flags)
+recv_done(struct keel_conn *c, const struct io_uring_cqe *cqe, int res, uint32_t flags)
 {
-	struct keel_conn *c = container_of(op, struct keel_conn, recv_op);
 	struct net_shard *ns = c->ns;
 	bool more = flags & IORING_CQE_F_MORE;
 
@@ -453,7 +514,7 @@ recv_cb(struct keel_op *op, int res, uint32_t flags)
 		c->recv_armed = false;
 	if (res > 0) {
 		if (c->zc)
-			deliver_zc(c, keel_cqe_current());
+			deliver_zc(c, cqe);
 		else if (flags & IORING_CQE_F_BUFFER) {
 			if (keel__net_bulk_on(&ns->cfg))
 				bulk_note(c, (uint32_t)res);
@@ -521,6 +582,14 @@ recv_cb(struct keel_op *op, int res, uint32_t flags)
 		recv_update(c);
 		conn_check(c);
 	}
+}
+
+static void
+recv_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	struct keel_conn *c = container_of(op, struct keel_conn, recv_op);
+
+	recv_done(c, keel_cqe_current(), res, flags);
 }
 
 static void
@@ -1043,6 +1112,8 @@ keel_conn_abort(struct keel_conn *c, int status)
 	}
 	rq_drop(c);
 	starve_remove(c);
+	if (c->recv_armed && c->zc_sim)
+		sim_end_later(c);
 	if (c->nops && (c->recv_armed || c->send_inflight || c->connecting || c->shut_sent)) {
 		sqe = keel_sqe_get();
 		if (sqe) {

@@ -191,9 +191,14 @@ void keel__udp_starved_kick(struct net_shard *ns);
  * buffer (0: the tail is not a write buffer). */
 size_t keel__conn_write_room(const struct keel_conn *c);
 void keel__conns_stop(struct net_shard *ns);
-/* Tests (simulated ZCRX kernel side): deliver the RECV_ZC completion @cqe (32 bytes) on @c
- * as recv_cb does. Context: @c's shard. */
-void keel__conn_zcrx_inject(struct keel_conn *c, const struct io_uring_cqe *cqe);
+/* Tests (simulated ZCRX kernel side): complete @c's simulated RECV_ZC (armed when its shard
+ * has a keel__zcrx_sim_attach() queue) with @cqe (32 bytes), through the path every
+ * receive completion takes (recv_cb's): data, EOF, errors, and the re-arm when @cqe lacks
+ * IORING_CQE_F_MORE. Returns: 0, or -EINVAL when @c has no simulated RECV_ZC armed.
+ * Context: @c's shard. */
+int keel__conn_zcrx_inject(struct keel_conn *c, const struct io_uring_cqe *cqe);
+/* Tests: @c's armed receive: 0 none, 1 the copy path's, 2 a RECV_ZC (real or simulated). */
+int keel__conn_recv_kind(const struct keel_conn *c);
 
 /* The descriptor (*direct: a direct one), whether the application closed it, and a hold
  * that keeps it (and on_close) waiting, for an operation of another file. */

@@ -91,6 +91,9 @@ uint32_t keel__zcrx_refill_publish(struct net_zcrx *z);
  * shard's queue is registered. Returns: true when prepared (the caller binds it); false
  * when the shard receives through the copy path (@sqe untouched). */
 bool keel__zcrx_prep_recv(struct net_shard *ns, struct io_uring_sqe *sqe, int fd);
+/* Tests: whether a connection of @ns arms a simulated RECV_ZC (keel__zcrx_sim_attach)
+ * instead of a real one or the copy path's receive. */
+bool keel__zcrx_sim_recv(const struct net_shard *ns);
 /* Turn the RECV_ZC completion @cqe (32 bytes) into a slice of the area: an external buffer
  * (keel_buf_wrap) whose last put, on this shard or sent home from another, writes the
  * refill entry {off | area token, len}; the refill tail is then published once, at the end
@@ -108,10 +111,11 @@ void keel__zcrx_frame_seen(const struct keel_slice *s, unsigned n);
 
 /* Tests: give @ns an interface queue the test plays the kernel for, with no registration:
  * an @area_len-byte area, a refill ring of @rq_entries (power of two) laid out as 6.18 lays
- * it out (head @0, tail @64, entries @128), area token @token. Connections keep receiving
- * through the copy path (no RECV_ZC is armed); the test feeds completions to
- * keel__zcrx_take() or keel__conn_zcrx_inject(). Returns: the queue, or NULL (-ENOMEM, or
- * the shard already has a registered one). Context: @ns's shard. */
+ * it out (head @0, tail @64, entries @128), area token @token. A connection that would arm
+ * a RECV_ZC arms a simulated one instead (nothing submitted: keel__zcrx_sim_recv); the
+ * test feeds completions to keel__zcrx_take() or keel__conn_zcrx_inject(). Returns: the
+ * queue, or NULL (-ENOMEM, or the shard already has a registered one). Context: @ns's
+ * shard. */
 struct net_zcrx *keel__zcrx_sim_attach(struct net_shard *ns, size_t area_len, uint32_t rq_entries,
 				       uint64_t token);
 

@@ -252,6 +252,14 @@ keel__zcrx_prep_recv(struct net_shard *ns, struct io_uring_sqe *sqe, int fd)
 	return true;
 }
 
+bool
+keel__zcrx_sim_recv(const struct net_shard *ns)
+{
+	const struct net_zcrx *z = ns->zcrx;
+
+	return z && z->state == KEEL_ZCRX_ON && z->sim;
+}
+
 int
 keel__zcrx_take(struct net_shard *ns, const struct io_uring_cqe *cqe, struct keel_slice *out)
 {

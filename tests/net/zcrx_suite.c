@@ -954,6 +954,9 @@ struct sim {
 	bool frame_zero_copy, frame_bytes_ok;
 	_Atomic int remote_done; /* shard 1 read and put an exported slice */
 	bool stop_hook_ran, stop_bytes_ok;
+	uint64_t data_bytes, data_calls; /* delivered to on_data without a framer */
+	int close_status;
+	_Atomic int closed;
 };
 static struct sim S;
 
@@ -985,15 +988,25 @@ static void
 sim_conn_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
 {
 	/* The app's ordinary framing glue: the same call as on the copy path. */
-	keel_framer_on_data(S.fr, c, s, n);
+	if (S.fr) {
+		keel_framer_on_data(S.fr, c, s, n);
+		return;
+	}
+	S.data_calls++;
+	for (unsigned i = 0; i < n; i++) {
+		S.data_bytes += s[i].len;
+		keel_slice_put(&s[i]);
+	}
 }
 
 static void
 sim_conn_close(struct keel_conn *c, int status)
 {
-	(void)status;
-	if (S.conn == c)
+	if (S.conn == c) {
 		S.conn = NULL;
+		S.close_status = status;
+		atomic_store(&S.closed, 1);
+	}
 }
 
 static const struct keel_conn_ops sim_ops = { .on_open = sim_conn_open,
@@ -1370,7 +1383,7 @@ step_inject_message(void)
 			a[2] = (uint8_t)(plen >> 8);
 			a[3] = (uint8_t)plen;
 		}
-		keel__conn_zcrx_inject(S.conn, &c.cqe);
+		SHARD_CHECK_EQ(keel__conn_zcrx_inject(S.conn, &c.cqe), 0, " fragment %u", i);
 	}
 }
 
@@ -1411,6 +1424,68 @@ Test(net_zcrx, sim_1mib_message_in_256_fragments_through_conn_and_framer)
 	close(fd);
 	sim_down();
 	keel_framer_destroy(S.fr);
+}
+
+/* The simulated RECV_ZC: an accepted TCP connection of a simulated shard arms one, and an
+ * injected completion takes recv_cb's path: a final one (no F_MORE) with data is delivered
+ * and the receive is armed again; a final EOF closes the connection, whose simulated
+ * receive ends like a real one (no hang at close). */
+static uint64_t rearms_before;
+
+static uint64_t
+net_rearms(void)
+{
+	struct keel_net_stats st;
+
+	memset(&st, 0, sizeof(st));
+	SHARD_CHECK_EQ(keel_net_stats(keel_this_shard(), &st), 0);
+	return st.rearms;
+}
+
+static void
+step_sim_recv_is_armed_then_final_data(void)
+{
+	struct cqe32 c = nic(7 * 4096, 1234);
+
+	if (!SHARD_CHECK(S.conn != NULL))
+		return;
+	SHARD_CHECK_EQ(keel__conn_recv_kind(S.conn), 2);
+	rearms_before = net_rearms();
+	c.cqe.flags = 0; /* the multishot's last completion, with data */
+	SHARD_CHECK_EQ(keel__conn_zcrx_inject(S.conn, &c.cqe), 0);
+	SHARD_CHECK_EQ(S.data_bytes, 1234);
+	SHARD_CHECK_EQ(keel__conn_recv_kind(S.conn), 2, " not armed again");
+	SHARD_CHECK_EQ(net_rearms(), rearms_before + 1);
+	SHARD_CHECK_EQ(zst().zc_frags, 1);
+}
+
+static void
+step_sim_recv_eof(void)
+{
+	struct cqe32 c = mkcqe(0, 0, 0);
+
+	if (!SHARD_CHECK(S.conn != NULL))
+		return;
+	SHARD_CHECK_EQ(keel__conn_zcrx_inject(S.conn, &c.cqe), 0);
+	/* No on_eof: the connection closes; its receive is no longer armed. */
+	if (S.conn)
+		SHARD_CHECK_EQ(keel__conn_recv_kind(S.conn), 0);
+}
+
+Test(net_zcrx, sim_conn_arms_a_simulated_recv_zc_through_recv_cb)
+{
+	int fd;
+
+	sim_up(1, 64, true);
+	fd = cli_connect(S.port);
+	cr_assert_geq(fd, 0);
+	WAIT_FOR(S.conn != NULL, "the connection did not open");
+	run_on(0, step_sim_recv_is_armed_then_final_data);
+	run_on(0, step_sim_recv_eof);
+	WAIT_FOR(atomic_load(&S.closed), "the connection did not close after EOF");
+	cr_assert_eq(S.close_status, 0);
+	close(fd);
+	sim_down();
 }
 
 /* A slice exported to shard 1 and put there: the fragment comes back on shard 0. */
