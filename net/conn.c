@@ -47,6 +47,7 @@ struct keel_conn {
 	bool open, connecting, recv_armed, rcancel_sent, read_paused, bp_paused, eof;
 	bool closing, flush_close, shut_pending, shut_sent, send_inflight, flush_queued;
 	bool want_writable, cancel_sent;
+	bool zc_ok;         /* may receive with RECV_ZC: accepted TCP (keel__zcrx_conn_wants) */
 	bool zc;            /* the armed receive is a RECV_ZC (zcrx_rx.c) */
 	bool zc_sim;        /* ... simulated: a test plays the kernel (keel__zcrx_sim_attach) */
 	bool zc_sim_end;    /* a deferred simulated cancel of it is queued (holds a nop) */
@@ -210,7 +211,7 @@ recv_arm(struct keel_conn *c)
 	struct net_shard *ns = c->ns;
 	struct io_uring_sqe *sqe;
 
-	if (__builtin_expect(ns->zcrx != NULL, 0) && keel__zcrx_sim_recv(ns)) {
+	if (c->zc_ok && __builtin_expect(ns->zcrx != NULL, 0) && keel__zcrx_sim_recv(ns)) {
 		/* Tests: a RECV_ZC the test plays the kernel for. Nothing is submitted; its
 		 * completions come from keel__conn_zcrx_inject() and its cancel completes from
 		 * the loop (sim_end_later), so it is counted and ended like a real one. */
@@ -224,7 +225,7 @@ recv_arm(struct keel_conn *c)
 	if (!sqe)
 		return;
 	c->zc_sim = false;
-	c->zc = keel__zcrx_prep_recv(ns, sqe, c->fd);
+	c->zc = c->zc_ok && keel__zcrx_prep_recv(ns, sqe, c->fd);
 	if (!c->zc) {
 		if (ns->f_ms_recv)
 			io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
@@ -503,6 +504,20 @@ rq_later(struct keel_conn *c)
 	c->nops++;
 }
 
+/* A RECV_ZC the kernel refused for this connection and never will take: EPROTONOSUPPORT (not
+ * a TCP socket) or EFAULT (its packets arrive in another queue than this shard's, e.g. a
+ * steering mistake). Nothing was consumed from the socket, so the copy path's receive,
+ * armed when this one ends, reads from where it stopped. Returns: whether it moved. */
+static bool
+zc_refused(struct keel_conn *c, int res)
+{
+	if (res != -EPROTONOSUPPORT && res != -EFAULT)
+		return false;
+	c->zc_ok = false;
+	keel__zcrx_conn_to_copy(c->ns, res);
+	return true;
+}
+
 /* A completion of the armed receive: @cqe is the whole CQE (a RECV_ZC's is 32 bytes). */
 static void
 recv_done(struct keel_conn *c, const struct io_uring_cqe *cqe, int res, uint32_t flags)
@@ -542,6 +557,9 @@ recv_done(struct keel_conn *c, const struct io_uring_cqe *cqe, int res, uint32_t
 			else
 				eof_deliver(c);
 		}
+	} else if (c->zc && zc_refused(c, res)) {
+		/* This connection receives through the copy path from now on: the re-arm
+		 * below arms that receive. */
 	} else if (res == -ENOBUFS) {
 		ns->st.enobufs++;
 		if (!c->starving && !c->closing) {
@@ -1395,14 +1413,15 @@ addr_cb(struct keel_op *op, int res, uint32_t flags)
 }
 
 struct keel_conn *
-keel__conn_new(struct net_shard *ns, int fd, bool direct, const struct keel_conn_ops *ops,
-	       void *app, const struct keel_net_config *cfg)
+keel__conn_new(struct net_shard *ns, int fd, bool direct, int family, bool accepted,
+	       const struct keel_conn_ops *ops, void *app, const struct keel_net_config *cfg)
 {
 	struct keel_conn *c = calloc(1, sizeof(*c));
 
 	if (!c)
 		return NULL;
 	c->ns = ns;
+	c->zc_ok = keel__zcrx_conn_wants(family, accepted);
 	c->ops = ops;
 	c->app = app;
 	c->fd = fd;
@@ -1569,7 +1588,7 @@ keel_conn_connect_addr(const struct sockaddr *sa, socklen_t salen, uint64_t time
 		if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
 			keel_log(KEEL_LOG_WARN, NET_MOD, "TCP_NODELAY: %s", strerror(errno));
 	}
-	c = keel__conn_new(ns, fd, false, ops, app, NULL);
+	c = keel__conn_new(ns, fd, false, ss.ss_family, false, ops, app, NULL);
 	if (!c) {
 		close(fd);
 		return -ENOMEM;

@@ -173,10 +173,12 @@ bool keel__pbuf_owns(const struct pbuf_ring *r, const void *p, const struct keel
 extern _Atomic unsigned keel__pbuf_fail_wraps;
 
 /* conn.c */
-/* @cfg: the connection settings (watermarks, close timeout, SEND_ZC threshold); NULL: the
- * shard's. Must outlive the connection. */
-struct keel_conn *keel__conn_new(struct net_shard *ns, int fd, bool direct,
-				 const struct keel_conn_ops *ops, void *app,
+/* @family: the socket's (AF_INET, AF_INET6, AF_UNIX); @accepted: from a listener (else
+ * keel_conn_connect): together they decide whether it may receive with RECV_ZC
+ * (keel__zcrx_conn_wants). @cfg: the connection settings (watermarks, close timeout,
+ * SEND_ZC threshold); NULL: the shard's. Must outlive the connection. */
+struct keel_conn *keel__conn_new(struct net_shard *ns, int fd, bool direct, int family,
+				 bool accepted, const struct keel_conn_ops *ops, void *app,
 				 const struct keel_net_config *cfg);
 void keel__conn_opened(struct keel_conn *c);
 /* An accepted connection: read its addresses (unless !@addrs), then open it (on_open).

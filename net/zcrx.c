@@ -417,6 +417,7 @@ keel_zcrx_stats(const struct keel_shard *sh, struct keel_zcrx_stats *out)
 	out->zc_bytes = z->zc_bytes;
 	out->zc_frags = z->zc_frags;
 	out->copy_bytes = z->copy_bytes;
+	out->conn_fallbacks = z->conn_fallbacks;
 	out->refills = z->refills;
 	out->refill_publishes = z->publishes;
 	out->refills_pending = z->npend;

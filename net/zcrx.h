@@ -45,6 +45,7 @@ struct net_zcrx {
 	uint32_t npend, pendcap;
 	/* Counters (keel_zcrx_stats). */
 	uint64_t zc_bytes, zc_frags, copy_bytes, refills, publishes, dropped;
+	uint64_t conn_fallbacks;
 	uint64_t frames, frame_frags, frame_frags_max;
 };
 
@@ -91,6 +92,15 @@ uint32_t keel__zcrx_refill_publish(struct net_zcrx *z);
  * shard's queue is registered. Returns: true when prepared (the caller binds it); false
  * when the shard receives through the copy path (@sqe untouched). */
 bool keel__zcrx_prep_recv(struct net_shard *ns, struct io_uring_sqe *sqe, int fd);
+/* Whether a connection may receive with RECV_ZC: only an accepted TCP one (@family AF_INET
+ * or AF_INET6, @accepted). The kernel answers a RECV_ZC on a Unix socket with
+ * EPROTONOSUPPORT, and an outbound connection's packets land on whatever queue the NIC's
+ * RSS picks for its 4-tuple, usually not this shard's (EFAULT when another interface
+ * queue's): keel steers accepted connections only. */
+bool keel__zcrx_conn_wants(int family, bool accepted);
+/* A connection's RECV_ZC was refused with @res (-EPROTONOSUPPORT, -EFAULT) and it moves to
+ * the copy path: counted (conn_fallbacks), the first on the shard logged. */
+void keel__zcrx_conn_to_copy(struct net_shard *ns, int res);
 /* Tests: whether a connection of @ns arms a simulated RECV_ZC (keel__zcrx_sim_attach)
  * instead of a real one or the copy path's receive. */
 bool keel__zcrx_sim_recv(const struct net_shard *ns);

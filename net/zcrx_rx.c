@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 
 #include "net_internal.h"
 #include "zcrx.h"
@@ -253,6 +254,32 @@ keel__zcrx_prep_recv(struct net_shard *ns, struct io_uring_sqe *sqe, int fd)
 }
 
 bool
+keel__zcrx_conn_wants(int family, bool accepted)
+{
+	return accepted && (family == AF_INET || family == AF_INET6);
+}
+
+void
+keel__zcrx_conn_to_copy(struct net_shard *ns, int res)
+{
+	struct net_zcrx *z = ns->zcrx;
+
+	if (!z)
+		return;
+	if (z->conn_fallbacks++ == 0)
+		keel_log(KEEL_LOG_WARN, NET_MOD,
+			 "shard %u: the kernel refused a connection's RECV_ZC (%s): it receives "
+			 "through the copy path (%s); later ones are counted in "
+			 "keel_zcrx_stats.conn_fallbacks",
+			 z->shard, res == -EFAULT ? "EFAULT" : strerror(-res),
+			 res == -EFAULT
+				 ? "its packets arrive in another rx queue than this "
+				   "shard's: accept connections on the shard that owns their "
+				   "queue, --steer queue with the map"
+				 : "not a TCP socket");
+}
+
+bool
 keel__zcrx_sim_recv(const struct net_shard *ns)
 {
 	const struct net_zcrx *z = ns->zcrx;
@@ -303,7 +330,9 @@ keel__zcrx_take(struct net_shard *ns, const struct io_uring_cqe *cqe, struct kee
 void
 keel__zcrx_copy_bytes(struct net_shard *ns, uint64_t bytes)
 {
-	if (ns->zcrx && ns->zcrx->state == KEEL_ZCRX_FALLBACK)
+	/* A shard that fell back, or one with ZCRX on whose connection receives through the
+	 * copy path (Unix, outbound, or refused: keel__zcrx_conn_wants, conn_fallbacks). */
+	if (ns->zcrx && ns->zcrx->state != KEEL_ZCRX_NONE)
 		ns->zcrx->copy_bytes += bytes;
 }
 

@@ -942,6 +942,8 @@ Test(net_zcrx, on_without_cap_net_admin_names_the_capability)
 struct sim {
 	struct keel_runtime *rt;
 	struct keel_listener *l;
+	struct keel_listener *ul; /* a Unix listener on shard 0, when the test asks */
+	char unix_addr[64];
 	uint16_t port;
 	uint32_t rq_entries;
 	struct net_zcrx *z; /* shard 0's simulated interface queue */
@@ -969,6 +971,8 @@ sim_start(void *arg)
 
 	if (id == 0) {
 		if (s->l && !SHARD_CHECK_EQ(keel_listener_start(s->l), 0))
+			keel_stop(-EIO);
+		if (s->ul && !SHARD_CHECK_EQ(keel_listener_start(s->ul), 0))
 			keel_stop(-EIO);
 		if (SHARD_CHECK_EQ(keel__net_shard_get(&ns), 0)) {
 			s->z = keel__zcrx_sim_attach(ns, SIM_AREA, s->rq_entries, SIM_TOKEN);
@@ -1013,9 +1017,10 @@ static const struct keel_conn_ops sim_ops = { .on_open = sim_conn_open,
 					      .on_data = sim_conn_data,
 					      .on_close = sim_conn_close };
 
-/* Start @shards shards; with @listen, a LEN32-framing listener on shard 0. */
+/* Start @shards shards; with @listen, a TCP listener on shard 0 (its connections' data
+ * goes to S.fr's framer when there is one); with @unix_ops, a Unix listener too. */
 static void
-sim_up(unsigned shards, uint32_t rq_entries, bool listen)
+sim_up_ex(unsigned shards, uint32_t rq_entries, bool listen, const struct keel_conn_ops *unix_ops)
 {
 	struct keel_opts o = net_test_opts(shards);
 
@@ -1032,10 +1037,26 @@ sim_up(unsigned shards, uint32_t rq_entries, bool listen)
 		cr_assert_eq(keel_listener_create(&lo, 1, &sim_ops, &S, &S.l), 0);
 		S.port = keel_listener_port(S.l);
 	}
+	if (unix_ops) {
+		struct keel_listen_opts lo;
+
+		snprintf(S.unix_addr, sizeof(S.unix_addr), "unix:@keel-zcrx-test-%d",
+			 (int)getpid());
+		memset(&lo, 0, sizeof(lo));
+		lo.addr = S.unix_addr;
+		lo.rt = S.rt;
+		cr_assert_eq(keel_listener_create(&lo, 1, unix_ops, &S, &S.ul), 0);
+	}
 	cr_assert_eq(keel_runtime_start(S.rt, sim_start, &S), 0);
 	WAIT_FOR(atomic_load(&S.started) == (int)shards, "shards did not start");
 	SHARD_CHECKS_PASSED();
 	cr_assert_not_null(S.z);
+}
+
+static void
+sim_up(unsigned shards, uint32_t rq_entries, bool listen)
+{
+	sim_up_ex(shards, rq_entries, listen, NULL);
 }
 
 static void
@@ -1046,6 +1067,8 @@ sim_down(void)
 	keel_runtime_destroy(S.rt);
 	if (S.l)
 		keel_listener_destroy(S.l);
+	if (S.ul)
+		keel_listener_destroy(S.ul);
 	free(S.held);
 	SHARD_CHECKS_PASSED();
 }
@@ -1486,6 +1509,153 @@ Test(net_zcrx, sim_conn_arms_a_simulated_recv_zc_through_recv_cb)
 	cr_assert_eq(S.close_status, 0);
 	close(fd);
 	sim_down();
+}
+
+/* RECV_ZC only where the NIC's queue can bring the data: accepted TCP connections (steered
+ * to the shard that owns their queue). A Unix connection (the kernel answers
+ * EPROTONOSUPPORT) and an outbound connection (whose packets the NIC puts on whatever queue
+ * its RSS picks: EFAULT) receive through the copy path, accepted or not. */
+enum { K_UNIX_ACCEPTED, K_TCP_OUT, K_UNIX_OUT, K_N };
+static struct keel_conn *K[K_N];
+static int ktag[K_N] = { K_UNIX_ACCEPTED, K_TCP_OUT, K_UNIX_OUT };
+
+static void
+k_open(struct keel_conn *c)
+{
+	int *tag = keel_conn_app(c);
+
+	K[tag == (void *)&S ? K_UNIX_ACCEPTED : *tag] = c;
+}
+
+static void
+k_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	(void)c;
+	for (unsigned i = 0; i < n; i++)
+		keel_slice_put(&s[i]);
+}
+
+static void
+k_close(struct keel_conn *c, int status)
+{
+	(void)status;
+	for (unsigned i = 0; i < K_N; i++)
+		if (K[i] == c)
+			K[i] = NULL;
+}
+
+static const struct keel_conn_ops k_ops = { .on_open = k_open,
+					    .on_data = k_data,
+					    .on_close = k_close };
+
+static void
+step_connect_out(void)
+{
+	struct keel_conn *c;
+
+	SHARD_CHECK_EQ(keel_conn_connect("127.0.0.1", S.port, 0, &k_ops, &ktag[K_TCP_OUT], &c), 0);
+	SHARD_CHECK_EQ(keel_conn_connect(S.unix_addr, 0, 0, &k_ops, &ktag[K_UNIX_OUT], &c), 0);
+}
+
+static void
+step_check_kinds(void)
+{
+	/* 2: RECV_ZC (here the simulated one), 1: the copy path's receive. */
+	SHARD_CHECK_EQ(keel__conn_recv_kind(S.conn), 2, " accepted TCP");
+	SHARD_CHECK_EQ(keel__conn_recv_kind(K[K_UNIX_ACCEPTED]), 1, " accepted Unix");
+	SHARD_CHECK_EQ(keel__conn_recv_kind(K[K_TCP_OUT]), 1, " outbound TCP");
+	SHARD_CHECK_EQ(keel__conn_recv_kind(K[K_UNIX_OUT]), 1, " outbound Unix");
+}
+
+Test(net_zcrx, sim_recv_zc_only_on_accepted_tcp_connections)
+{
+	memset(K, 0, sizeof(K));
+	sim_up_ex(1, 64, true, &k_ops);
+	run_on(0, step_connect_out);
+	WAIT_FOR(S.conn && K[K_UNIX_ACCEPTED] && K[K_TCP_OUT] && K[K_UNIX_OUT],
+		 "connections did not open");
+	run_on(0, step_check_kinds);
+	sim_down();
+}
+
+/* A RECV_ZC the kernel refuses for the connection (EFAULT: its packets land in another
+ * queue; EPROTONOSUPPORT: not TCP) moves that connection to the copy path: not aborted,
+ * and what the peer sends next arrives. */
+static struct keel_conn *first_conn;
+static int refuse_res;
+
+static void
+step_refuse(void)
+{
+	struct cqe32 c = mkcqe(refuse_res, 0, 0); /* a final completion: no F_MORE */
+
+	if (!SHARD_CHECK(S.conn != NULL))
+		return;
+	first_conn = S.conn;
+	SHARD_CHECK_EQ(keel__conn_recv_kind(S.conn), 2);
+	SHARD_CHECK_EQ(keel__conn_zcrx_inject(S.conn, &c.cqe), 0);
+	if (!SHARD_CHECK(S.conn == first_conn, " the connection was closed"))
+		return;
+	SHARD_CHECK(!keel__conn_closing(S.conn), " the connection is closing");
+	SHARD_CHECK_EQ(keel__conn_recv_kind(S.conn), 1, " not on the copy path");
+}
+
+static uint64_t seen_bytes;
+static struct keel_zcrx_stats seen_zst;
+static void
+step_read_bytes(void)
+{
+	seen_bytes = S.data_bytes;
+	seen_zst = zst();
+}
+
+Test(net_zcrx, sim_recv_zc_refused_moves_the_connection_to_the_copy_path)
+{
+	static const int res[] = { -EFAULT, -EPROTONOSUPPORT };
+	char buf[3000];
+	int fd[2];
+
+	memset(buf, 'z', sizeof(buf));
+	sim_up(1, 64, true);
+	capture();
+	for (unsigned i = 0; i < 2; i++) {
+		fd[i] = cli_connect(S.port);
+		cr_assert_geq(fd[i], 0);
+		WAIT_FOR(S.conn != NULL && S.conn != first_conn, "connection %u did not open", i);
+		refuse_res = res[i];
+		run_on(0, step_refuse);
+		SHARD_CHECKS_PASSED();
+	}
+	/* Both now receive through the copy path. */
+	cr_assert_eq(cli_write_all(fd[0], buf, 1000), 0);
+	cr_assert_eq(cli_write_all(fd[1], buf, 2000), 0);
+	uint64_t dl = test_now_ms() + TEST_WAIT_MS;
+	do
+		run_on(0, step_read_bytes);
+	while (seen_bytes < 3000 && test_now_ms() < dl);
+	cr_assert_eq(seen_bytes, 3000, "the peers' bytes did not arrive");
+	/* Counted: two connections moved, their bytes through the copy path; one log line. */
+	cr_assert_eq(seen_zst.conn_fallbacks, 2);
+	cr_assert_eq(seen_zst.copy_bytes, 3000);
+	cr_assert_eq(seen_zst.zc_bytes, 0);
+	close(fd[0]);
+	close(fd[1]);
+	sim_down();
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq(count_of(logbuf, "refused a connection's RECV_ZC"), 1, "%s", logbuf);
+	cr_assert(logged("refused a connection's RECV_ZC (EFAULT)"), "%s", logbuf);
+	cr_assert(logged("--steer queue"), "%s", logbuf);
+}
+
+/* The decision itself: accepted TCP (IPv4 or IPv6) only. */
+Test(net_zcrx, recv_zc_wanted_by_accepted_tcp_only)
+{
+	cr_assert(keel__zcrx_conn_wants(AF_INET, true));
+	cr_assert(keel__zcrx_conn_wants(AF_INET6, true));
+	cr_assert_not(keel__zcrx_conn_wants(AF_UNIX, true));
+	cr_assert_not(keel__zcrx_conn_wants(AF_INET, false));
+	cr_assert_not(keel__zcrx_conn_wants(AF_INET6, false));
+	cr_assert_not(keel__zcrx_conn_wants(AF_UNIX, false));
 }
 
 /* A slice exported to shard 1 and put there: the fragment comes back on shard 0. */
