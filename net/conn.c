@@ -38,7 +38,8 @@ struct keel_conn {
 	bool direct;
 	struct keel_conn *prev, *next; /* ns->conns */
 	struct keel_conn *starve_next;
-	bool starving;
+	bool starving; /* on ns->starved, or on ns->zc_waiting when zc_waiting */
+	bool zc_waiting;
 
 	struct keel_op recv_op, rcancel_op, send_op, cancel_op, shut_op, connect_op, tmo_op;
 	struct keel_op close_op;
@@ -315,7 +316,7 @@ recv_update(struct keel_conn *c)
 static void
 starve_remove(struct keel_conn *c)
 {
-	struct keel_conn **pp = &c->ns->starved;
+	struct keel_conn **pp = c->zc_waiting ? &c->ns->zc_waiting : &c->ns->starved;
 
 	if (!c->starving)
 		return;
@@ -326,6 +327,32 @@ starve_remove(struct keel_conn *c)
 			break;
 		}
 	c->starving = false;
+	c->zc_waiting = false;
+}
+
+/* Put @c on @list (ns->starved or ns->zc_waiting) until its kick: no receive meanwhile. */
+static void
+starve_add(struct keel_conn *c, struct keel_conn **list, bool zc)
+{
+	c->starving = true;
+	c->zc_waiting = zc;
+	c->starve_next = *list;
+	*list = c;
+	c->nops++; /* held while on the list */
+}
+
+static void
+starve_wake(struct keel_conn *list)
+{
+	while (list) {
+		struct keel_conn *c = list;
+		list = c->starve_next;
+		c->starving = false;
+		c->zc_waiting = false;
+		c->nops--;
+		recv_update(c);
+		conn_check(c);
+	}
 }
 
 static void
@@ -336,14 +363,7 @@ starve_cb(void *arg)
 
 	ns->starve_kick = false;
 	ns->starved = NULL;
-	while (list) {
-		struct keel_conn *c = list;
-		list = c->starve_next;
-		c->starving = false;
-		c->nops--;
-		recv_update(c);
-		conn_check(c);
-	}
+	starve_wake(list);
 	keel__net_unref(ns);
 }
 
@@ -352,6 +372,25 @@ keel__conn_starved_kick(struct net_shard *ns)
 {
 	if (ns->starved)
 		keel__net_kick(ns, &ns->starve_kick, starve_cb);
+}
+
+static void
+zc_wait_cb(void *arg)
+{
+	struct net_shard *ns = arg;
+	struct keel_conn *list = ns->zc_waiting;
+
+	ns->zc_wait_kick = false;
+	ns->zc_waiting = NULL;
+	starve_wake(list);
+	keel__net_unref(ns);
+}
+
+void
+keel__conn_zc_wait_kick(struct net_shard *ns)
+{
+	if (ns->zc_waiting)
+		keel__net_kick(ns, &ns->zc_wait_kick, zc_wait_cb);
 }
 
 static void deliver_taken(struct keel_conn *c, int n);
@@ -504,18 +543,35 @@ rq_later(struct keel_conn *c)
 	c->nops++;
 }
 
-/* A RECV_ZC the kernel refused for this connection and never will take: EPROTONOSUPPORT (not
- * a TCP socket) or EFAULT (its packets arrive in another queue than this shard's, e.g. a
- * steering mistake). Nothing was consumed from the socket, so the copy path's receive,
- * armed when this one ends, reads from where it stopped. Returns: whether it moved. */
+/* A RECV_ZC that ended with @res < 0 (not a cancel) without aborting the connection, by
+ * keel__zcrx_end_action: armed again at once (ENOSPC: the CQ was full, as the copy path
+ * re-arms an ended multishot), once area slices come back (ENOMEM while the application
+ * holds some), or the copy path from now on (EPROTONOSUPPORT, EFAULT, ENOMEM with none
+ * held). Nothing was consumed from the socket in any case, so the next receive reads from
+ * where this one stopped; the re-arm itself is the caller's (the final CQE's). Returns:
+ * false when the connection is to be aborted. */
 static bool
-zc_refused(struct keel_conn *c, int res)
+zc_end(struct keel_conn *c, int res)
 {
-	if (res != -EPROTONOSUPPORT && res != -EFAULT)
-		return false;
-	c->zc_ok = false;
-	keel__zcrx_conn_to_copy(c->ns, res);
-	return true;
+	struct net_shard *ns = c->ns;
+
+	switch (keel__zcrx_end_action(res, keel__zcrx_held(ns))) {
+	case KEEL__ZCRX_END_REARM:
+		keel__zcrx_count_end(ns, res);
+		return true;
+	case KEEL__ZCRX_END_WAIT:
+		keel__zcrx_count_end(ns, res);
+		if (!c->starving && !c->closing)
+			starve_add(c, &ns->zc_waiting, true);
+		return true;
+	case KEEL__ZCRX_END_COPY:
+		c->zc_ok = false;
+		keel__zcrx_conn_to_copy(ns, res);
+		return true;
+	case KEEL__ZCRX_END_ABORT:
+		break;
+	}
+	return false;
 }
 
 /* A completion of the armed receive: @cqe is the whole CQE (a RECV_ZC's is 32 bytes). */
@@ -557,16 +613,12 @@ recv_done(struct keel_conn *c, const struct io_uring_cqe *cqe, int res, uint32_t
 			else
 				eof_deliver(c);
 		}
-	} else if (c->zc && zc_refused(c, res)) {
-		/* This connection receives through the copy path from now on: the re-arm
-		 * below arms that receive. */
+	} else if (c->zc && res != -ECANCELED && zc_end(c, res)) {
+		/* Recoverable: armed again below (or on its kick), RECV_ZC or the copy path. */
 	} else if (res == -ENOBUFS) {
 		ns->st.enobufs++;
 		if (!c->starving && !c->closing) {
-			c->starving = true;
-			c->starve_next = ns->starved;
-			ns->starved = c;
-			c->nops++; /* held while on the list */
+			starve_add(c, &ns->starved, false);
 			/* Buffers may have come back before this completion was seen. The
 			 * application holds every bulk buffer: back to the first ring. */
 			bool ok = keel__pbuf_grow(c->rx_bulk ? &ns->bulk : &ns->tcp);

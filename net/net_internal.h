@@ -94,8 +94,10 @@ struct net_shard {
 	struct udp_gso *udp_gso_free;           /* udp.c: pooled multi-datagram sendmsgs */
 	struct keel_conn *starved;              /* connections waiting for buffers */
 	bool starve_kick;                       /* a deferred re-arm is queued */
-	unsigned udp_starving;                  /* UDP endpoints waiting for a buffer */
-	bool udp_kick;                          /* ... their deferred re-arm is queued */
+	struct keel_conn *zc_waiting; /* RECV_ZC ended with ENOMEM: waiting for area slices */
+	bool zc_wait_kick;            /* a deferred re-arm of them is queued */
+	unsigned udp_starving;        /* UDP endpoints waiting for a buffer */
+	bool udp_kick;                /* ... their deferred re-arm is queued */
 	/* Closed connections with nothing in flight, waiting for on_close from the loop. */
 	struct keel_conn *close_head, *close_tail;
 	bool close_kick;         /* a run of the close list is queued (holds a reference) */
@@ -187,6 +189,9 @@ void keel__conn_opened(struct keel_conn *c);
 void keel__conn_accepted(struct keel_conn *c, bool addrs, const struct sockaddr_storage *local,
 			 socklen_t locallen);
 void keel__conn_starved_kick(struct net_shard *ns);
+/* Area slices went back to the kernel (a refill published): re-arm the connections whose
+ * RECV_ZC ended for want of an area buffer (deferred). */
+void keel__conn_zc_wait_kick(struct net_shard *ns);
 /* A UDP buffer came back: re-arm, from the loop, the endpoints waiting for one (udp.c). */
 void keel__udp_starved_kick(struct net_shard *ns);
 /* Bytes keel_conn_write() can append to the write buffer at the queue's tail without a new

@@ -418,6 +418,8 @@ keel_zcrx_stats(const struct keel_shard *sh, struct keel_zcrx_stats *out)
 	out->zc_frags = z->zc_frags;
 	out->copy_bytes = z->copy_bytes;
 	out->conn_fallbacks = z->conn_fallbacks;
+	out->cq_full_rearms = z->cq_full_rearms;
+	out->nomem_waits = z->nomem_waits;
 	out->refills = z->refills;
 	out->refill_publishes = z->publishes;
 	out->refills_pending = z->npend;

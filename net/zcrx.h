@@ -45,7 +45,7 @@ struct net_zcrx {
 	uint32_t npend, pendcap;
 	/* Counters (keel_zcrx_stats). */
 	uint64_t zc_bytes, zc_frags, copy_bytes, refills, publishes, dropped;
-	uint64_t conn_fallbacks;
+	uint64_t conn_fallbacks, cq_full_rearms, nomem_waits;
 	uint64_t frames, frame_frags, frame_frags_max;
 };
 
@@ -98,7 +98,22 @@ bool keel__zcrx_prep_recv(struct net_shard *ns, struct io_uring_sqe *sqe, int fd
  * RSS picks for its 4-tuple, usually not this shard's (EFAULT when another interface
  * queue's): keel steers accepted connections only. */
 bool keel__zcrx_conn_wants(int family, bool accepted);
-/* A connection's RECV_ZC was refused with @res (-EPROTONOSUPPORT, -EFAULT) and it moves to
+/* What a connection does when its RECV_ZC ends with @res < 0 (not -ECANCELED) while the
+ * application holds @held area slices of the shard. */
+enum keel__zcrx_end {
+	KEEL__ZCRX_END_ABORT, /* anything else: the connection is aborted with @res */
+	KEEL__ZCRX_END_REARM, /* -ENOSPC (the CQ was full): arm the RECV_ZC again now */
+	KEEL__ZCRX_END_WAIT,  /* -ENOMEM (no free area buffer) with slices held: arm it again
+			       * once one is returned (a refill published) */
+	KEEL__ZCRX_END_COPY,  /* -EPROTONOSUPPORT, -EFAULT, or -ENOMEM with none held (nothing of
+			       * ours will come back): the copy path from now on */
+};
+enum keel__zcrx_end keel__zcrx_end_action(int res, uint32_t held);
+/* Area slices of @ns the application holds (0 without ZCRX). */
+uint32_t keel__zcrx_held(const struct net_shard *ns);
+/* Count a RECV_ZC re-armed after -ENOSPC or waiting after -ENOMEM (stats). */
+void keel__zcrx_count_end(struct net_shard *ns, int res);
+/* A connection's RECV_ZC ended with @res (-EPROTONOSUPPORT, -EFAULT, -ENOMEM) and it moves to
  * the copy path: counted (conn_fallbacks), the first on the shard logged. */
 void keel__zcrx_conn_to_copy(struct net_shard *ns, int res);
 /* Tests: whether a connection of @ns arms a simulated RECV_ZC (keel__zcrx_sim_attach)

@@ -1647,6 +1647,123 @@ Test(net_zcrx, sim_recv_zc_refused_moves_the_connection_to_the_copy_path)
 	cr_assert(logged("--steer queue"), "%s", logbuf);
 }
 
+/* Recoverable ends of a RECV_ZC do not abort the connection: -ENOSPC (the CQ was full) is
+ * armed again at once; -ENOMEM (the area had no free buffer) waits while the application
+ * holds area slices and is armed again once one is returned, and with none held (nothing
+ * of ours will come back) moves the connection to the copy path. */
+static bool
+sim_open_ok(void)
+{
+	if (!SHARD_CHECK(S.conn != NULL, " the connection was closed"))
+		return false;
+	return SHARD_CHECK(!keel__conn_closing(S.conn), " the connection is closing");
+}
+
+static void
+step_enospc(void)
+{
+	struct cqe32 c = mkcqe(-ENOSPC, 0, 0);
+
+	if (!SHARD_CHECK(S.conn != NULL))
+		return;
+	SHARD_CHECK_EQ(keel__conn_zcrx_inject(S.conn, &c.cqe), 0);
+	if (!sim_open_ok())
+		return;
+	SHARD_CHECK_EQ(keel__conn_recv_kind(S.conn), 2, " RECV_ZC not armed again");
+	c = nic(3 * 4096, 500);
+	SHARD_CHECK_EQ(keel__conn_zcrx_inject(S.conn, &c.cqe), 0);
+	SHARD_CHECK_EQ(S.data_bytes, 500);
+}
+
+static void
+step_enomem_while_held(void)
+{
+	struct net_shard *ns = keel__net_shard_cur();
+	struct cqe32 c = nic(4 * 4096, 100);
+	struct keel_slice s;
+
+	/* The application holds an area slice. */
+	if (!SHARD_CHECK_EQ(keel__zcrx_take(ns, &c.cqe, &s), 1))
+		return;
+	held_push(&s);
+	c = mkcqe(-ENOMEM, 0, 0);
+	SHARD_CHECK_EQ(keel__conn_zcrx_inject(S.conn, &c.cqe), 0);
+	if (!sim_open_ok())
+		return;
+	SHARD_CHECK_EQ(keel__conn_recv_kind(S.conn), 0, " armed while no buffer was returned");
+}
+
+static void
+step_put_held(void)
+{
+	for (unsigned i = 0; i < S.nheld; i++)
+		keel_slice_put(&S.held[i]);
+	S.nheld = 0;
+}
+
+static int kind_now;
+static void
+step_kind(void)
+{
+	kind_now = S.conn ? keel__conn_recv_kind(S.conn) : -1;
+}
+
+static void
+step_enomem_none_held(void)
+{
+	struct cqe32 c = mkcqe(-ENOMEM, 0, 0);
+	struct keel_zcrx_stats st;
+
+	SHARD_CHECK_EQ(zst().held, 0);
+	SHARD_CHECK_EQ(keel__conn_zcrx_inject(S.conn, &c.cqe), 0);
+	if (!sim_open_ok())
+		return;
+	SHARD_CHECK_EQ(keel__conn_recv_kind(S.conn), 1, " not on the copy path");
+	st = zst();
+	SHARD_CHECK_EQ(st.cq_full_rearms, 1);
+	SHARD_CHECK_EQ(st.nomem_waits, 1);
+	SHARD_CHECK_EQ(st.conn_fallbacks, 1);
+}
+
+Test(net_zcrx, sim_recv_zc_cq_full_and_no_buffer_do_not_abort)
+{
+	int fd;
+
+	sim_up(1, 64, true);
+	fd = cli_connect(S.port);
+	cr_assert_geq(fd, 0);
+	WAIT_FOR(S.conn != NULL, "the connection did not open");
+	run_on(0, step_enospc);
+	SHARD_CHECKS_PASSED();
+	run_on(0, step_enomem_while_held);
+	SHARD_CHECKS_PASSED();
+	run_on(0, step_put_held);
+	/* The refill is published at the end of that pass, and the waiting connection armed
+	 * after it: poll (bounded) rather than guess which pass. */
+	uint64_t dl = test_now_ms() + TEST_WAIT_MS;
+	do
+		run_on(0, step_kind);
+	while (kind_now != 2 && test_now_ms() < dl);
+	cr_assert_eq(kind_now, 2, "RECV_ZC not armed again after a slice was returned");
+	run_on(0, step_enomem_none_held);
+	SHARD_CHECKS_PASSED();
+	close(fd);
+	sim_down();
+}
+
+/* The decision alone: how a RECV_ZC's error ending is handled. */
+Test(net_zcrx, recv_zc_end_action_by_errno_and_held_slices)
+{
+	cr_assert_eq(keel__zcrx_end_action(-ENOSPC, 0), KEEL__ZCRX_END_REARM);
+	cr_assert_eq(keel__zcrx_end_action(-ENOSPC, 5), KEEL__ZCRX_END_REARM);
+	cr_assert_eq(keel__zcrx_end_action(-ENOMEM, 5), KEEL__ZCRX_END_WAIT);
+	cr_assert_eq(keel__zcrx_end_action(-ENOMEM, 0), KEEL__ZCRX_END_COPY);
+	cr_assert_eq(keel__zcrx_end_action(-EFAULT, 5), KEEL__ZCRX_END_COPY);
+	cr_assert_eq(keel__zcrx_end_action(-EPROTONOSUPPORT, 0), KEEL__ZCRX_END_COPY);
+	cr_assert_eq(keel__zcrx_end_action(-ECONNRESET, 0), KEEL__ZCRX_END_ABORT);
+	cr_assert_eq(keel__zcrx_end_action(-EPROTO, 0), KEEL__ZCRX_END_ABORT);
+}
+
 /* The decision itself: accepted TCP (IPv4 or IPv6) only. */
 Test(net_zcrx, recv_zc_wanted_by_accepted_tcp_only)
 {

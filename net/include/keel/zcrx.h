@@ -41,8 +41,13 @@ struct keel_zcrx_stats {
 	uint64_t frame_frags;    /* ... the fragments they held in all ... */
 	uint64_t frame_frags_max; /* ... and the most in one frame (fragments per message) */
 	uint64_t conn_fallbacks;  /* connections whose RECV_ZC the kernel refused (EFAULT: their
-				   * packets arrive in another queue; EPROTONOSUPPORT: not TCP),
-				   * moved to the copy path instead of aborted */
+				   * packets arrive in another queue; EPROTONOSUPPORT: not TCP;
+				   * ENOMEM with no area slice held), moved to the copy path
+				   * instead of aborted */
+	uint64_t cq_full_rearms;  /* RECV_ZCs ended by a full CQ (ENOSPC) and armed again */
+	uint64_t nomem_waits;     /* RECV_ZCs ended for want of a free area buffer (ENOMEM) while
+				   * the application held slices: armed again once one was
+				   * returned */
 };
 
 /**
