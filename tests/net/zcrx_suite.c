@@ -719,6 +719,22 @@ Test(net_zcrx, keel_bench_stream_takes_zcrx_and_reports_fallback_bytes)
 	cr_assert(strstr(out, "ZCRX on lo rx queue 0: EOPNOTSUPP"), "%s", out);
 }
 
+/* keel-bench's in-process client runs on a runtime of its own: it must not take the
+ * server's --zcrx/--iface/--rxqs (its shards would claim the server's queues, and with
+ * --zcrx on a capable NIC fail on EEXIST). Only the 2 server shards try ZCRX. */
+Test(net_zcrx, keel_bench_client_runtime_does_not_take_zcrx)
+{
+	static char out[65536];
+	int st;
+
+	st = run_tool("keel-bench",
+		      "stream --seconds 0.2 --warmup 0.1 --no-pin --idle-poll-us 0 --shards 2 "
+		      "--threads 2 --conns 2 --zcrx auto --iface lo --log-level info",
+		      out, sizeof(out));
+	cr_assert_eq(st, 0, "exit %d:\n%s", st, out);
+	cr_assert_eq(count_of(out, "ZCRX falls back to the copy path"), 2, "%s", out);
+}
+
 Test(net_zcrx, keel_echo_on_lo_exits_naming_lo_and_reason)
 {
 	char out[8192];

@@ -62,12 +62,22 @@
 
 /* The runtime options of the command line (--idle-poll-us, --ring-entries, ...; keel-bench
  * sets its own defaults for the log level and memory before parsing them, see net.c), with
- * the shards and their CPUs of this side. */
+ * the shards and their CPUs of this side. The options that give shards rx queues (--zcrx,
+ * --iface, --rxqs, --map) are the server's: the @client runtime drops them, else its
+ * shards would try ZCRX on (and claim) the server's queues. */
 static int
-opts_for(struct keel_opts *o, const struct bench_cfg *cfg, unsigned shards, unsigned first_slot)
+opts_for(struct keel_opts *o, const struct bench_cfg *cfg, unsigned shards, unsigned first_slot,
+	 bool client)
 {
 	if (cfg->rt) {
 		*o = *cfg->rt;
+		if (client) {
+			o->zcrx = KEEL_POLICY_OFF;
+			o->iface[0] = 0;
+			o->nrxqs = 0;
+			memset(o->rxqs, 0, sizeof(o->rxqs));
+			o->map_path = NULL;
+		}
 	} else {
 		keel_opts_init(o);
 		o->log_level = KEEL_LOG_WARN;
@@ -271,7 +281,7 @@ serve_start(const struct bench_cfg *cfg, uint16_t *port, struct bench_server **o
 		return -ENOMEM;
 	}
 	memset(s->sh, 0, sizeof(*s->sh) * s->n);
-	r = opts_for(&o, cfg, cfg->shards, 0);
+	r = opts_for(&o, cfg, cfg->shards, 0, false);
 	if (r == 0)
 		r = keel_runtime_create(&o, &s->rt);
 	if (r < 0) {
@@ -864,7 +874,7 @@ client_run(const struct bench_cfg *cfg, struct bench_result *out)
 			goto out_sh;
 		}
 	}
-	r = opts_for(&o, cfg, nt, cfg->client_cpu0);
+	r = opts_for(&o, cfg, nt, cfg->client_cpu0, true);
 	if (r == 0)
 		r = keel_runtime_create(&o, &rt);
 	if (r < 0) {
