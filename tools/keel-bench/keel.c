@@ -150,9 +150,10 @@ latch_wait(struct latch *l, unsigned n)
 
 struct sshard {
 	uint64_t bytes_in, bytes_out, dgrams_in, dgrams_out, errors, cpu_ns;
-	struct keel_zcrx_stats zst; /* read on the shard as it stops */
-	struct keel_net_stats nst;  /* ... */
-	bool zst_ok, nst_ok;
+	struct keel_zcrx_stats zst; /* read on the shard as it stops, and again at each
+				     * connection's close after that (srv_close) */
+	struct keel_net_stats nst;  /* read on the shard as it stops */
+	bool zst_ok, nst_ok, stopping;
 	clockid_t clock;
 	struct keel_udp *udp;
 } __attribute__((aligned(64)));
@@ -217,6 +218,12 @@ srv_close(struct keel_conn *c, int status)
 	/* A client's close or reset and the runtime stopping are not errors. */
 	if (status < 0 && status != -ECONNRESET && status != -EPIPE && status != -ESHUTDOWN)
 		srv_shard->errors++;
+	/* The stop hook (srv_on_stop) runs before the network's own, which closes the
+	 * connections: the area slices their send queues and held data still hold are put,
+	 * and their refills counted, only as they close. So read again at every close after
+	 * the stop began; the last close has them all. */
+	if (srv_shard->stopping)
+		srv_shard->zst_ok = keel_zcrx_stats(keel_this_shard(), &srv_shard->zst) == 0;
 }
 
 static const struct keel_conn_ops srv_ops = { .on_data = srv_data, .on_close = srv_close };
@@ -229,6 +236,7 @@ srv_on_stop(void *arg)
 	ss->cpu_ns = bench_thread_cpu_ns();
 	ss->zst_ok = keel_zcrx_stats(keel_this_shard(), &ss->zst) == 0;
 	ss->nst_ok = keel_net_stats(keel_this_shard(), &ss->nst) == 0;
+	ss->stopping = true;
 }
 
 static void
