@@ -38,7 +38,8 @@ struct keel_conn {
 	bool direct;
 	struct keel_conn *prev, *next; /* ns->conns */
 	struct keel_conn *starve_next;
-	bool starving;
+	bool starving; /* on ns->starved, or on ns->zc_waiting when zc_waiting */
+	bool zc_waiting;
 
 	struct keel_op recv_op, rcancel_op, send_op, cancel_op, shut_op, connect_op, tmo_op;
 	struct keel_op close_op;
@@ -48,7 +49,10 @@ struct keel_conn {
 	bool closing, flush_close, shut_pending, shut_sent, send_inflight, flush_queued;
 	bool sqe_retry; /* a receive, send or shutdown found no SQE: tried again next pass */
 	bool want_writable, cancel_sent;
+	bool zc_ok;         /* may receive with RECV_ZC: accepted TCP (keel__zcrx_conn_wants) */
 	bool zc;            /* the armed receive is a RECV_ZC (zcrx_rx.c) */
+	bool zc_sim;        /* ... simulated: a test plays the kernel (keel__zcrx_sim_attach) */
+	bool zc_sim_end;    /* a deferred simulated cancel of it is queued (holds a nop) */
 	bool bulk;          /* receive from the bulk ring (the next receive armed does) */
 	bool rx_bulk;       /* the armed receive takes the bulk ring's buffers */
 	uint16_t small_run; /* receives in a row under buf_size on the bulk ring */
@@ -209,13 +213,25 @@ static void
 recv_arm(struct keel_conn *c)
 {
 	struct net_shard *ns = c->ns;
-	struct io_uring_sqe *sqe = keel_sqe_get();
+	struct io_uring_sqe *sqe;
 
+	if (c->zc_ok && __builtin_expect(ns->zcrx != NULL, 0) && keel__zcrx_sim_recv(ns)) {
+		/* Tests: a RECV_ZC the test plays the kernel for. Nothing is submitted; its
+		 * completions come from keel__conn_zcrx_inject() and its cancel completes from
+		 * the loop (sim_end_later), so it is counted and ended like a real one. */
+		c->zc = c->zc_sim = true;
+		c->recv_armed = true;
+		c->rcancel_sent = false;
+		c->nops++;
+		return;
+	}
+	sqe = keel_sqe_get();
 	if (!sqe) {
 		sqe_retry(c);
 		return;
 	}
-	c->zc = keel__zcrx_prep_recv(ns, sqe, c->fd);
+	c->zc_sim = false;
+	c->zc = c->zc_ok && keel__zcrx_prep_recv(ns, sqe, c->fd);
 	if (!c->zc) {
 		if (ns->f_ms_recv)
 			io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
@@ -235,6 +251,38 @@ recv_arm(struct keel_conn *c)
 	c->nops++;
 }
 
+static void recv_done(struct keel_conn *c, const struct io_uring_cqe *cqe, int res, uint32_t flags);
+
+/* Tests: the simulated RECV_ZC's cancel completes (-ECANCELED) from the loop, as the
+ * kernel's would, unless it ended meanwhile and was armed again without a cancel. */
+static void
+sim_end_cb(void *arg)
+{
+	struct keel_conn *c = arg;
+
+	c->zc_sim_end = false;
+	if (c->recv_armed && c->zc_sim && (c->rcancel_sent || c->closing))
+		recv_done(c, NULL, -ECANCELED, 0);
+	c->nops--; /* the deferred call's hold */
+	conn_check(c);
+}
+
+static void
+sim_end_later(struct keel_conn *c)
+{
+	c->rcancel_sent = true;
+	if (c->zc_sim_end)
+		return;
+	if (keel_defer(sim_end_cb, c) < 0) {
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "shard %u: cannot defer the simulated RECV_ZC's cancel (out of memory)",
+			 c->ns->id);
+		return;
+	}
+	c->zc_sim_end = true;
+	c->nops++;
+}
+
 static void
 recv_cancel(struct keel_conn *c)
 {
@@ -242,6 +290,10 @@ recv_cancel(struct keel_conn *c)
 
 	if (!c->recv_armed || c->rcancel_sent || c->cancel_sent)
 		return;
+	if (c->zc_sim) {
+		sim_end_later(c);
+		return;
+	}
 	sqe = keel_sqe_get();
 	if (!sqe)
 		return;
@@ -269,7 +321,7 @@ recv_update(struct keel_conn *c)
 static void
 starve_remove(struct keel_conn *c)
 {
-	struct keel_conn **pp = &c->ns->starved;
+	struct keel_conn **pp = c->zc_waiting ? &c->ns->zc_waiting : &c->ns->starved;
 
 	if (!c->starving)
 		return;
@@ -280,6 +332,32 @@ starve_remove(struct keel_conn *c)
 			break;
 		}
 	c->starving = false;
+	c->zc_waiting = false;
+}
+
+/* Put @c on @list (ns->starved or ns->zc_waiting) until its kick: no receive meanwhile. */
+static void
+starve_add(struct keel_conn *c, struct keel_conn **list, bool zc)
+{
+	c->starving = true;
+	c->zc_waiting = zc;
+	c->starve_next = *list;
+	*list = c;
+	c->nops++; /* held while on the list */
+}
+
+static void
+starve_wake(struct keel_conn *list)
+{
+	while (list) {
+		struct keel_conn *c = list;
+		list = c->starve_next;
+		c->starving = false;
+		c->zc_waiting = false;
+		c->nops--;
+		recv_update(c);
+		conn_check(c);
+	}
 }
 
 static void
@@ -290,14 +368,7 @@ starve_cb(void *arg)
 
 	ns->starve_kick = false;
 	ns->starved = NULL;
-	while (list) {
-		struct keel_conn *c = list;
-		list = c->starve_next;
-		c->starving = false;
-		c->nops--;
-		recv_update(c);
-		conn_check(c);
-	}
+	starve_wake(list);
 	keel__net_unref(ns);
 }
 
@@ -306,6 +377,25 @@ keel__conn_starved_kick(struct net_shard *ns)
 {
 	if (ns->starved)
 		keel__net_kick(ns, &ns->starve_kick, starve_cb);
+}
+
+static void
+zc_wait_cb(void *arg)
+{
+	struct net_shard *ns = arg;
+	struct keel_conn *list = ns->zc_waiting;
+
+	ns->zc_wait_kick = false;
+	ns->zc_waiting = NULL;
+	starve_wake(list);
+	keel__net_unref(ns);
+}
+
+void
+keel__conn_zc_wait_kick(struct net_shard *ns)
+{
+	if (ns->zc_waiting)
+		keel__net_kick(ns, &ns->zc_wait_kick, zc_wait_cb);
 }
 
 static void deliver_taken(struct keel_conn *c, int n);
@@ -364,10 +454,21 @@ deliver_zc(struct keel_conn *c, const struct io_uring_cqe *cqe)
 		deliver_taken(c, n);
 }
 
-void
+int
 keel__conn_zcrx_inject(struct keel_conn *c, const struct io_uring_cqe *cqe)
 {
-	deliver_zc(c, cqe);
+	if (!c->recv_armed || !c->zc_sim)
+		return -EINVAL;
+	recv_done(c, cqe, cqe->res, cqe->flags);
+	return 0;
+}
+
+int
+keel__conn_recv_kind(const struct keel_conn *c)
+{
+	if (!c->recv_armed)
+		return 0;
+	return c->zc ? 2 : 1;
 }
 
 /* Deliver the @n slices in ns->scratch (-errno: abort). */
@@ -447,10 +548,41 @@ rq_later(struct keel_conn *c)
 	c->nops++;
 }
 
-static void
-recv_cb(struct keel_op *op, int res, uint32_t flags)
+/* A RECV_ZC that ended with @res < 0 (not a cancel) without aborting the connection, by
+ * keel__zcrx_end_action: armed again at once (ENOSPC: the CQ was full, as the copy path
+ * re-arms an ended multishot), once area slices come back (ENOMEM while the application
+ * holds some), or the copy path from now on (EPROTONOSUPPORT, EFAULT, ENOMEM with none
+ * held). Nothing was consumed from the socket in any case, so the next receive reads from
+ * where this one stopped; the re-arm itself is the caller's (the final CQE's). Returns:
+ * false when the connection is to be aborted. */
+static bool
+zc_end(struct keel_conn *c, int res)
 {
-	struct keel_conn *c = container_of(op, struct keel_conn, recv_op);
+	struct net_shard *ns = c->ns;
+
+	switch (keel__zcrx_end_action(res, keel__zcrx_held(ns))) {
+	case KEEL__ZCRX_END_REARM:
+		keel__zcrx_count_end(ns, res);
+		return true;
+	case KEEL__ZCRX_END_WAIT:
+		keel__zcrx_count_end(ns, res);
+		if (!c->starving && !c->closing)
+			starve_add(c, &ns->zc_waiting, true);
+		return true;
+	case KEEL__ZCRX_END_COPY:
+		c->zc_ok = false;
+		keel__zcrx_conn_to_copy(ns, res);
+		return true;
+	case KEEL__ZCRX_END_ABORT:
+		break;
+	}
+	return false;
+}
+
+/* A completion of the armed receive: @cqe is the whole CQE (a RECV_ZC's is 32 bytes). */
+static void
+recv_done(struct keel_conn *c, const struct io_uring_cqe *cqe, int res, uint32_t flags)
+{
 	struct net_shard *ns = c->ns;
 	bool more = flags & IORING_CQE_F_MORE;
 
@@ -458,7 +590,7 @@ recv_cb(struct keel_op *op, int res, uint32_t flags)
 		c->recv_armed = false;
 	if (res > 0) {
 		if (c->zc)
-			deliver_zc(c, keel_cqe_current());
+			deliver_zc(c, cqe);
 		else if (flags & IORING_CQE_F_BUFFER) {
 			if (keel__net_bulk_on(&ns->cfg))
 				bulk_note(c, (uint32_t)res);
@@ -486,13 +618,12 @@ recv_cb(struct keel_op *op, int res, uint32_t flags)
 			else
 				eof_deliver(c);
 		}
+	} else if (c->zc && res != -ECANCELED && zc_end(c, res)) {
+		/* Recoverable: armed again below (or on its kick), RECV_ZC or the copy path. */
 	} else if (res == -ENOBUFS) {
 		ns->st.enobufs++;
 		if (!c->starving && !c->closing) {
-			c->starving = true;
-			c->starve_next = ns->starved;
-			ns->starved = c;
-			c->nops++; /* held while on the list */
+			starve_add(c, &ns->starved, false);
 			/* Buffers may have come back before this completion was seen. The
 			 * application holds every bulk buffer: back to the first ring. */
 			bool ok = keel__pbuf_grow(c->rx_bulk ? &ns->bulk : &ns->tcp);
@@ -526,6 +657,14 @@ recv_cb(struct keel_op *op, int res, uint32_t flags)
 		recv_update(c);
 		conn_check(c);
 	}
+}
+
+static void
+recv_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	struct keel_conn *c = container_of(op, struct keel_conn, recv_op);
+
+	recv_done(c, keel_cqe_current(), res, flags);
 }
 
 static void
@@ -1084,6 +1223,8 @@ keel_conn_abort(struct keel_conn *c, int status)
 	}
 	rq_drop(c);
 	starve_remove(c);
+	if (c->recv_armed && c->zc_sim)
+		sim_end_later(c);
 	if (c->nops && (c->recv_armed || c->send_inflight || c->connecting || c->shut_sent)) {
 		sqe = keel_sqe_get();
 		if (sqe) {
@@ -1365,14 +1506,15 @@ addr_cb(struct keel_op *op, int res, uint32_t flags)
 }
 
 struct keel_conn *
-keel__conn_new(struct net_shard *ns, int fd, bool direct, const struct keel_conn_ops *ops,
-	       void *app, const struct keel_net_config *cfg)
+keel__conn_new(struct net_shard *ns, int fd, bool direct, int family, bool accepted,
+	       const struct keel_conn_ops *ops, void *app, const struct keel_net_config *cfg)
 {
 	struct keel_conn *c = calloc(1, sizeof(*c));
 
 	if (!c)
 		return NULL;
 	c->ns = ns;
+	c->zc_ok = keel__zcrx_conn_wants(family, accepted);
 	c->ops = ops;
 	c->app = app;
 	c->fd = fd;
@@ -1539,7 +1681,7 @@ keel_conn_connect_addr(const struct sockaddr *sa, socklen_t salen, uint64_t time
 		if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
 			keel_log(KEEL_LOG_WARN, NET_MOD, "TCP_NODELAY: %s", strerror(errno));
 	}
-	c = keel__conn_new(ns, fd, false, ops, app, NULL);
+	c = keel__conn_new(ns, fd, false, ss.ss_family, false, ops, app, NULL);
 	if (!c) {
 		close(fd);
 		return -ENOMEM;

@@ -56,6 +56,7 @@ struct keel_listener {
 	bool local_known;
 	struct sockaddr_storage local;
 	socklen_t locallen;
+	int family;      /* of its sockets, and so of the connections it accepts */
 	bool unix_sock;  /* AF_UNIX: one socket, shared by the shards (no reuseport) */
 	char *unix_path; /* the path keel bound (created), unlinked at destroy */
 	dev_t unix_dev;  /* ... and the inode it got, so only that file is unlinked */
@@ -200,6 +201,7 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 	l->app = app;
 	l->n = nshards;
 	l->steer = o->steer;
+	l->family = ss.ss_family;
 	l->max_conns = o->max_conns;
 	l->no_addrs = o->no_addrs;
 	if (o->net) {
@@ -493,8 +495,9 @@ accept_cb(struct keel_op *op, int res, uint32_t flags)
 				close(res);
 			}
 		} else {
-			struct keel_conn *c = keel__conn_new(ns, res, direct, &l->ops, l->app,
-							     l->has_cfg ? &l->cfg : NULL);
+			struct keel_conn *c =
+				keel__conn_new(ns, res, direct, l->family, true, &l->ops, l->app,
+					       l->has_cfg ? &l->cfg : NULL);
 			STAT_INC(l, ls->shard, accepted);
 			/* Only what the steering compares: cpu steering the incoming CPU,
 			 * queue steering the NAPI id; hash steering has nothing to check. */

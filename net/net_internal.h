@@ -94,8 +94,10 @@ struct net_shard {
 	struct udp_gso *udp_gso_free;           /* udp.c: pooled multi-datagram sendmsgs */
 	struct keel_conn *starved;              /* connections waiting for buffers */
 	bool starve_kick;                       /* a deferred re-arm is queued */
-	unsigned udp_starving;                  /* UDP endpoints waiting for a buffer */
-	bool udp_kick;                          /* ... their deferred re-arm is queued */
+	struct keel_conn *zc_waiting; /* RECV_ZC ended with ENOMEM: waiting for area slices */
+	bool zc_wait_kick;            /* a deferred re-arm of them is queued */
+	unsigned udp_starving;        /* UDP endpoints waiting for a buffer */
+	bool udp_kick;                /* ... their deferred re-arm is queued */
 	/* Closed connections with nothing in flight, waiting for on_close from the loop. */
 	struct keel_conn *close_head, *close_tail;
 	bool close_kick;         /* a run of the close list is queued (holds a reference) */
@@ -173,10 +175,12 @@ bool keel__pbuf_owns(const struct pbuf_ring *r, const void *p, const struct keel
 extern _Atomic unsigned keel__pbuf_fail_wraps;
 
 /* conn.c */
-/* @cfg: the connection settings (watermarks, close timeout, SEND_ZC threshold); NULL: the
- * shard's. Must outlive the connection. */
-struct keel_conn *keel__conn_new(struct net_shard *ns, int fd, bool direct,
-				 const struct keel_conn_ops *ops, void *app,
+/* @family: the socket's (AF_INET, AF_INET6, AF_UNIX); @accepted: from a listener (else
+ * keel_conn_connect): together they decide whether it may receive with RECV_ZC
+ * (keel__zcrx_conn_wants). @cfg: the connection settings (watermarks, close timeout,
+ * SEND_ZC threshold); NULL: the shard's. Must outlive the connection. */
+struct keel_conn *keel__conn_new(struct net_shard *ns, int fd, bool direct, int family,
+				 bool accepted, const struct keel_conn_ops *ops, void *app,
 				 const struct keel_net_config *cfg);
 void keel__conn_opened(struct keel_conn *c);
 /* An accepted connection: read its addresses (unless !@addrs), then open it (on_open).
@@ -185,15 +189,23 @@ void keel__conn_opened(struct keel_conn *c);
 void keel__conn_accepted(struct keel_conn *c, bool addrs, const struct sockaddr_storage *local,
 			 socklen_t locallen);
 void keel__conn_starved_kick(struct net_shard *ns);
+/* Area slices went back to the kernel (a refill published): re-arm the connections whose
+ * RECV_ZC ended for want of an area buffer (deferred). */
+void keel__conn_zc_wait_kick(struct net_shard *ns);
 /* A UDP buffer came back: re-arm, from the loop, the endpoints waiting for one (udp.c). */
 void keel__udp_starved_kick(struct net_shard *ns);
 /* Bytes keel_conn_write() can append to the write buffer at the queue's tail without a new
  * buffer (0: the tail is not a write buffer). */
 size_t keel__conn_write_room(const struct keel_conn *c);
 void keel__conns_stop(struct net_shard *ns);
-/* Tests (simulated ZCRX kernel side): deliver the RECV_ZC completion @cqe (32 bytes) on @c
- * as recv_cb does. Context: @c's shard. */
-void keel__conn_zcrx_inject(struct keel_conn *c, const struct io_uring_cqe *cqe);
+/* Tests (simulated ZCRX kernel side): complete @c's simulated RECV_ZC (armed when its shard
+ * has a keel__zcrx_sim_attach() queue) with @cqe (32 bytes), through the path every
+ * receive completion takes (recv_cb's): data, EOF, errors, and the re-arm when @cqe lacks
+ * IORING_CQE_F_MORE. Returns: 0, or -EINVAL when @c has no simulated RECV_ZC armed.
+ * Context: @c's shard. */
+int keel__conn_zcrx_inject(struct keel_conn *c, const struct io_uring_cqe *cqe);
+/* Tests: @c's armed receive: 0 none, 1 the copy path's, 2 a RECV_ZC (real or simulated). */
+int keel__conn_recv_kind(const struct keel_conn *c);
 
 /* The descriptor (*direct: a direct one), whether the application closed it, and a hold
  * that keeps it (and on_close) waiting, for an operation of another file. */

@@ -99,8 +99,9 @@ keel__zcrx_reason(int err, const char *iface, int rxq, char *buf, size_t len)
 	case EINVAL:
 		snprintf(buf, len,
 			 "ZCRX on %s rx queue %d: EINVAL (invalid argument): header/data split is "
-			 "off: ethtool -G %s tcp-data-split on (on a capable NIC; kernels before "
-			 "6.15 also answer EINVAL: ZCRX needs Linux 6.15)",
+			 "off or its threshold is not 0 (the kernel needs both); run: ethtool -G "
+			 "%s tcp-data-split on hds-thresh 0 (on a capable NIC; kernels before 6.15 "
+			 "also answer EINVAL: ZCRX needs Linux 6.15)",
 			 iface, rxq, iface);
 		break;
 	case EEXIST:
@@ -180,6 +181,7 @@ try_setup(struct net_zcrx *z, const struct keel_opts *o, unsigned ring_flags, in
 	struct keel_zcrx_area_reg area;
 	struct keel_region_desc rd;
 	struct keel_zcrx_ifq_reg reg;
+	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
 	unsigned owner = 0;
 	unsigned idx;
 	long r;
@@ -200,6 +202,15 @@ try_setup(struct net_zcrx *z, const struct keel_opts *o, unsigned ring_flags, in
 			 "ZCRX on %s rx queue %d: --zcrx-rq-entries %u is not a power of two up to "
 			 "%d",
 			 z->iface, z->rxq, o->zcrx_rq_entries, KEEL_ZCRX_RQ_ENTRIES_MAX);
+		return -EINVAL;
+	}
+	/* The command line takes 2M..1024G; an embedder's value is checked here, before the
+	 * mmap, so that 0 or a size whose page rounding wraps is not reported as ENOMEM. */
+	if (o->zcrx_area < pg || o->zcrx_area > KEEL_ZCRX_AREA_MAX) {
+		snprintf(why, whylen,
+			 "ZCRX on %s rx queue %d: keel_opts.zcrx_area (--zcrx-area) is %llu bytes: "
+			 "it must be from %zu bytes (one page) to 1 TiB",
+			 z->iface, z->rxq, (unsigned long long)o->zcrx_area, pg);
 		return -EINVAL;
 	}
 	r = keel__zcrx_claim(z->iface, z->rxq, z->shard, &owner);
@@ -250,6 +261,7 @@ try_setup(struct net_zcrx *z, const struct keel_opts *o, unsigned ring_flags, in
 	r = syscall(__NR_io_uring_register, ring_fd, KEEL_IORING_REGISTER_ZCRX_IFQ, &reg, 1);
 	if (r < 0)
 		return -errno;
+	z->registered = true;
 	/* Registered: from here the interface queue lives until the ring is closed (6.18 has
 	 * no unregister call), and with it the kernel's pins on the area and region. */
 	z->area_token = area.rq_area_token;
@@ -291,6 +303,20 @@ release(struct net_zcrx *z)
 	z->claimed = false;
 }
 
+enum keel__zcrx_verdict
+keel__zcrx_verdict(enum keel_policy policy, int err, bool registered)
+{
+	if (err == 0)
+		return KEEL__ZCRX_USE;
+	/* Registered, then refused by keel: the kernel keeps the interface queue bound to the
+	 * area until the ring closes (6.18 has no unregister, and the shard cannot close its
+	 * own ring), with nothing refilling it. That is no copy-path fallback: fatal even under
+	 * auto, with the message naming --zcrx off. */
+	if (policy == KEEL_POLICY_ON || registered)
+		return KEEL__ZCRX_FAIL;
+	return KEEL__ZCRX_FALLBACK;
+}
+
 int
 keel__zcrx_setup(struct net_shard *ns)
 {
@@ -300,6 +326,7 @@ keel__zcrx_setup(struct net_shard *ns)
 	const char *iface = keel_runtime_rx_iface(rt);
 	struct io_uring *ring = keel_shard_ring_get();
 	struct net_zcrx *z;
+	enum keel__zcrx_verdict v;
 	char why[512];
 	int r;
 
@@ -316,7 +343,8 @@ keel__zcrx_setup(struct net_shard *ns)
 	}
 	snprintf(z->iface, sizeof(z->iface), "%s", iface);
 	r = try_setup(z, o, ring->flags, ring->ring_fd, why, sizeof(why));
-	if (r == 0) {
+	v = keel__zcrx_verdict(o->zcrx, r, z->registered);
+	if (v == KEEL__ZCRX_USE) {
 		z->state = KEEL_ZCRX_ON;
 		keel_log(KEEL_LOG_INFO, NET_MOD,
 			 "shard %u: ZCRX on %s rx queue %d (interface queue %u, %zu-byte area, %u "
@@ -327,16 +355,21 @@ keel__zcrx_setup(struct net_shard *ns)
 	}
 	if (!why[0])
 		keel__zcrx_reason(r, z->iface, z->rxq, why, sizeof(why));
-	/* A registration that succeeded and was then refused (-EPROTO) keeps its memory: the
-	 * kernel holds it until the ring closes. */
-	if (r == -EPROTO && o->zcrx == KEEL_POLICY_ON) {
-		keel_log(KEEL_LOG_ERROR, NET_MOD, "shard %u: %s", ns->id, why);
+	/* A registration that succeeded and was then refused keeps its memory: the kernel
+	 * holds it until the ring closes. */
+	if (z->registered && v == KEEL__ZCRX_FAIL) {
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "shard %u: %s (the kernel had taken the registration: its queue stays "
+			 "bound to the area until the shard's ring closes, with nothing to refill "
+			 "it, so even --zcrx auto does not fall back to the copy path here; run "
+			 "with --zcrx off)",
+			 ns->id, why);
 		ns->zcrx = z; /* freed by keel__zcrx_fini() */
 		return r;
 	}
-	if (r != -EPROTO)
+	if (!z->registered)
 		release(z);
-	if (o->zcrx == KEEL_POLICY_ON) {
+	if (v == KEEL__ZCRX_FAIL) {
 		keel_log(KEEL_LOG_ERROR, NET_MOD, "shard %u: %s", ns->id, why);
 		free(z);
 		return r;
@@ -384,6 +417,9 @@ keel_zcrx_stats(const struct keel_shard *sh, struct keel_zcrx_stats *out)
 	out->zc_bytes = z->zc_bytes;
 	out->zc_frags = z->zc_frags;
 	out->copy_bytes = z->copy_bytes;
+	out->conn_fallbacks = z->conn_fallbacks;
+	out->cq_full_rearms = z->cq_full_rearms;
+	out->nomem_waits = z->nomem_waits;
 	out->refills = z->refills;
 	out->refill_publishes = z->publishes;
 	out->refills_pending = z->npend;

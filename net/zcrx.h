@@ -22,8 +22,10 @@ struct net_zcrx {
 	int rxq;
 	char iface[32];
 	unsigned shard;
-	bool claimed; /* holds (iface, rxq) in the process's claim table */
-	void *area;   /* page-aligned, area_len bytes, first touched on the shard's CPU */
+	bool claimed;    /* holds (iface, rxq) in the process's claim table */
+	bool registered; /* the kernel took the registration: it holds the queue until the
+			  * ring closes (6.18 has no unregister), and with it the memory */
+	void *area;      /* page-aligned, area_len bytes, first touched on the shard's CPU */
 	size_t area_len;
 	void *region; /* the refill ring's user region */
 	size_t region_len;
@@ -43,6 +45,7 @@ struct net_zcrx {
 	uint32_t npend, pendcap;
 	/* Counters (keel_zcrx_stats). */
 	uint64_t zc_bytes, zc_frags, copy_bytes, refills, publishes, dropped;
+	uint64_t conn_fallbacks, cq_full_rearms, nomem_waits;
 	uint64_t frames, frame_frags, frame_frags_max;
 };
 
@@ -89,6 +92,33 @@ uint32_t keel__zcrx_refill_publish(struct net_zcrx *z);
  * shard's queue is registered. Returns: true when prepared (the caller binds it); false
  * when the shard receives through the copy path (@sqe untouched). */
 bool keel__zcrx_prep_recv(struct net_shard *ns, struct io_uring_sqe *sqe, int fd);
+/* Whether a connection may receive with RECV_ZC: only an accepted TCP one (@family AF_INET
+ * or AF_INET6, @accepted). The kernel answers a RECV_ZC on a Unix socket with
+ * EPROTONOSUPPORT, and an outbound connection's packets land on whatever queue the NIC's
+ * RSS picks for its 4-tuple, usually not this shard's (EFAULT when another interface
+ * queue's): keel steers accepted connections only. */
+bool keel__zcrx_conn_wants(int family, bool accepted);
+/* What a connection does when its RECV_ZC ends with @res < 0 (not -ECANCELED) while the
+ * application holds @held area slices of the shard. */
+enum keel__zcrx_end {
+	KEEL__ZCRX_END_ABORT, /* anything else: the connection is aborted with @res */
+	KEEL__ZCRX_END_REARM, /* -ENOSPC (the CQ was full): arm the RECV_ZC again now */
+	KEEL__ZCRX_END_WAIT,  /* -ENOMEM (no free area buffer) with slices held: arm it again
+			       * once one is returned (a refill published) */
+	KEEL__ZCRX_END_COPY,  /* -EPROTONOSUPPORT, -EFAULT, or -ENOMEM with none held (nothing of
+			       * ours will come back): the copy path from now on */
+};
+enum keel__zcrx_end keel__zcrx_end_action(int res, uint32_t held);
+/* Area slices of @ns the application holds (0 without ZCRX). */
+uint32_t keel__zcrx_held(const struct net_shard *ns);
+/* Count a RECV_ZC re-armed after -ENOSPC or waiting after -ENOMEM (stats). */
+void keel__zcrx_count_end(struct net_shard *ns, int res);
+/* A connection's RECV_ZC ended with @res (-EPROTONOSUPPORT, -EFAULT, -ENOMEM) and it moves to
+ * the copy path: counted (conn_fallbacks), the first on the shard logged. */
+void keel__zcrx_conn_to_copy(struct net_shard *ns, int res);
+/* Tests: whether a connection of @ns arms a simulated RECV_ZC (keel__zcrx_sim_attach)
+ * instead of a real one or the copy path's receive. */
+bool keel__zcrx_sim_recv(const struct net_shard *ns);
 /* Turn the RECV_ZC completion @cqe (32 bytes) into a slice of the area: an external buffer
  * (keel_buf_wrap) whose last put, on this shard or sent home from another, writes the
  * refill entry {off | area token, len}; the refill tail is then published once, at the end
@@ -106,10 +136,11 @@ void keel__zcrx_frame_seen(const struct keel_slice *s, unsigned n);
 
 /* Tests: give @ns an interface queue the test plays the kernel for, with no registration:
  * an @area_len-byte area, a refill ring of @rq_entries (power of two) laid out as 6.18 lays
- * it out (head @0, tail @64, entries @128), area token @token. Connections keep receiving
- * through the copy path (no RECV_ZC is armed); the test feeds completions to
- * keel__zcrx_take() or keel__conn_zcrx_inject(). Returns: the queue, or NULL (-ENOMEM, or
- * the shard already has a registered one). Context: @ns's shard. */
+ * it out (head @0, tail @64, entries @128), area token @token. A connection that would arm
+ * a RECV_ZC arms a simulated one instead (nothing submitted: keel__zcrx_sim_recv); the
+ * test feeds completions to keel__zcrx_take() or keel__conn_zcrx_inject(). Returns: the
+ * queue, or NULL (-ENOMEM, or the shard already has a registered one). Context: @ns's
+ * shard. */
 struct net_zcrx *keel__zcrx_sim_attach(struct net_shard *ns, size_t area_len, uint32_t rq_entries,
 				       uint64_t token);
 
@@ -119,8 +150,9 @@ void keel__zcrx_rx_fini(struct net_zcrx *z);
 
 /* Set up ZCRX for the calling shard by its runtime's options: nothing when --zcrx off or the
  * shard has no rx queue; else claim (iface, queue), allocate, register. On failure with
- * --zcrx on, log the reason and the fix and return -errno; with auto, log one INFO line
- * and return 0 with the fallback recorded. ns->zcrx is set in every case but an error. */
+ * --zcrx on, or after the kernel took the registration (keel__zcrx_verdict), log the
+ * reason and the fix and return -errno; otherwise with auto, log one INFO line and return
+ * 0 with the fallback recorded. ns->zcrx is set in every case but an unregistered error. */
 int keel__zcrx_setup(struct net_shard *ns);
 /* Release what keel__zcrx_setup() made (the kernel drops the interface queue with the ring).
  * Called when the shard's network state goes, after every connection closed. Area slices
@@ -128,6 +160,16 @@ int keel__zcrx_setup(struct net_shard *ns);
  * many), and the last put unmaps it; their refill entries are not written (the ring goes
  * with the shard's io_uring). */
 void keel__zcrx_fini(struct net_shard *ns);
+
+/* What keel__zcrx_setup() does with a set-up result under --zcrx @policy: @err is 0 or
+ * the -errno, @registered whether the kernel had taken the registration (then refused by
+ * keel, e.g. -EPROTO for refill ring offsets it cannot use). */
+enum keel__zcrx_verdict {
+	KEEL__ZCRX_USE,      /* registered and usable: receive zero-copy */
+	KEEL__ZCRX_FALLBACK, /* the copy path, with one INFO line */
+	KEEL__ZCRX_FAIL,     /* the shard's network set-up fails with the reason */
+};
+enum keel__zcrx_verdict keel__zcrx_verdict(enum keel_policy policy, int err, bool registered);
 
 /* The message for a set-up failure -@err on @iface queue @rxq: what the errno means there
  * and the fix. Writes at most @len bytes to @buf (always terminated); returns @buf. */

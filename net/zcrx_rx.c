@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 
 #include "net_internal.h"
 #include "zcrx.h"
@@ -139,6 +140,18 @@ pend_flush(struct net_zcrx *z)
 	}
 }
 
+/* Publish the refill tail; what went back may let a RECV_ZC that ended for want of a
+ * buffer (ENOMEM) go on. */
+static void
+publish_now(struct net_zcrx *z)
+{
+	if (keel__zcrx_refill_publish(z)) {
+		z->publishes++;
+		if (z->ns->zc_waiting)
+			keel__conn_zc_wait_kick(z->ns);
+	}
+}
+
 static void
 publish_cb(void *arg)
 {
@@ -147,8 +160,7 @@ publish_cb(void *arg)
 
 	z->publish_queued = false;
 	pend_flush(z);
-	if (keel__zcrx_refill_publish(z))
-		z->publishes++;
+	publish_now(z);
 	keel__net_unref(ns);
 }
 
@@ -160,8 +172,7 @@ publish_later(struct net_zcrx *z)
 		return;
 	if (keel_defer(publish_cb, z) < 0) {
 		/* No memory for the deferred call: publish now rather than never. */
-		if (keel__zcrx_refill_publish(z))
-			z->publishes++;
+		publish_now(z);
 		return;
 	}
 	z->publish_queued = true;
@@ -252,6 +263,82 @@ keel__zcrx_prep_recv(struct net_shard *ns, struct io_uring_sqe *sqe, int fd)
 	return true;
 }
 
+bool
+keel__zcrx_conn_wants(int family, bool accepted)
+{
+	return accepted && (family == AF_INET || family == AF_INET6);
+}
+
+enum keel__zcrx_end
+keel__zcrx_end_action(int res, uint32_t held)
+{
+	switch (res) {
+	case -ENOSPC:
+		return KEEL__ZCRX_END_REARM;
+	case -ENOMEM:
+		/* The kernel needed a free area buffer (it copies payload that did not arrive
+		 * in the queue's own buffers) and had none. Arming again at once could only fail
+		 * again: wait for a slice of ours to go back; with none held, none will. */
+		return held ? KEEL__ZCRX_END_WAIT : KEEL__ZCRX_END_COPY;
+	case -EPROTONOSUPPORT:
+	case -EFAULT:
+		return KEEL__ZCRX_END_COPY;
+	default:
+		return KEEL__ZCRX_END_ABORT;
+	}
+}
+
+uint32_t
+keel__zcrx_held(const struct net_shard *ns)
+{
+	return ns->zcrx ? ns->zcrx->held : 0;
+}
+
+void
+keel__zcrx_count_end(struct net_shard *ns, int res)
+{
+	struct net_zcrx *z = ns->zcrx;
+
+	if (!z)
+		return;
+	if (res == -ENOSPC)
+		z->cq_full_rearms++;
+	else if (res == -ENOMEM)
+		z->nomem_waits++;
+}
+
+void
+keel__zcrx_conn_to_copy(struct net_shard *ns, int res)
+{
+	struct net_zcrx *z = ns->zcrx;
+	const char *why;
+
+	if (!z)
+		return;
+	if (res == -EFAULT)
+		why = "its packets arrive in another rx queue than this shard's: accept "
+		      "connections on the shard that owns their queue, --steer queue with the map";
+	else if (res == -ENOMEM)
+		why = "the area had no free buffer and the application holds none to return; "
+		      "raise --zcrx-area if this repeats";
+	else
+		why = "not a TCP socket";
+	if (z->conn_fallbacks++ == 0)
+		keel_log(KEEL_LOG_WARN, NET_MOD,
+			 "shard %u: the kernel refused a connection's RECV_ZC (%s): it receives "
+			 "through the copy path (%s); later ones are counted in "
+			 "keel_zcrx_stats.conn_fallbacks",
+			 z->shard, res == -EFAULT ? "EFAULT" : strerror(-res), why);
+}
+
+bool
+keel__zcrx_sim_recv(const struct net_shard *ns)
+{
+	const struct net_zcrx *z = ns->zcrx;
+
+	return z && z->state == KEEL_ZCRX_ON && z->sim;
+}
+
 int
 keel__zcrx_take(struct net_shard *ns, const struct io_uring_cqe *cqe, struct keel_slice *out)
 {
@@ -295,7 +382,9 @@ keel__zcrx_take(struct net_shard *ns, const struct io_uring_cqe *cqe, struct kee
 void
 keel__zcrx_copy_bytes(struct net_shard *ns, uint64_t bytes)
 {
-	if (ns->zcrx && ns->zcrx->state == KEEL_ZCRX_FALLBACK)
+	/* A shard that fell back, or one with ZCRX on whose connection receives through the
+	 * copy path (Unix, outbound, or refused: keel__zcrx_conn_wants, conn_fallbacks). */
+	if (ns->zcrx && ns->zcrx->state != KEEL_ZCRX_NONE)
 		ns->zcrx->copy_bytes += bytes;
 }
 

@@ -84,12 +84,32 @@ Test(net_zcrx, errno_maps_to_meaning_and_fix)
 	expect_reason(ENOMEM, "ENOMEM", "--zcrx-area", "ulimit -l");
 	expect_reason(EIO, "errno 5", NULL, NULL);
 
+	/* The kernel (__net_mp_open_rxq) refuses with EINVAL both when header/data split is
+	 * off and when its threshold is not 0: the fix names both settings. */
+	expect_reason(EINVAL, "header/data split", "ethtool -G eth7 tcp-data-split on",
+		      "hds-thresh 0");
+
 	/* A short buffer is cut, never overrun, and stays terminated. */
 	char small[16];
 	memset(small, 'x', sizeof(small));
 	keel__zcrx_reason(-EOPNOTSUPP, "eth7", 3, small, 8);
 	cr_assert_eq(strlen(small), 7);
 	cr_assert_eq(small[8], 'x');
+}
+
+/* The set-up policy: auto falls back only when the kernel did not take the registration.
+ * Once it did (and keel refused what it returned, e.g. -EPROTO for refill ring offsets it
+ * cannot use), the queue stays bound to the area until the ring closes with nobody
+ * refilling it: that is no copy-path fallback, so it fails under auto too. */
+Test(net_zcrx, verdict_registered_then_refused_fails_even_under_auto)
+{
+	cr_assert_eq(keel__zcrx_verdict(KEEL_POLICY_AUTO, 0, true), KEEL__ZCRX_USE);
+	cr_assert_eq(keel__zcrx_verdict(KEEL_POLICY_ON, 0, true), KEEL__ZCRX_USE);
+	cr_assert_eq(keel__zcrx_verdict(KEEL_POLICY_AUTO, -EOPNOTSUPP, false), KEEL__ZCRX_FALLBACK);
+	cr_assert_eq(keel__zcrx_verdict(KEEL_POLICY_AUTO, -EINVAL, false), KEEL__ZCRX_FALLBACK);
+	cr_assert_eq(keel__zcrx_verdict(KEEL_POLICY_ON, -EOPNOTSUPP, false), KEEL__ZCRX_FAIL);
+	cr_assert_eq(keel__zcrx_verdict(KEEL_POLICY_ON, -EPROTO, true), KEEL__ZCRX_FAIL);
+	cr_assert_eq(keel__zcrx_verdict(KEEL_POLICY_AUTO, -EPROTO, true), KEEL__ZCRX_FAIL);
 }
 
 static int
@@ -285,10 +305,10 @@ zon_start(void *arg)
 	atomic_fetch_add(&z->started, 1);
 }
 
-/* Start a one-shard echo server with @policy on @iface queue 0; returns the runtime's
- * status after the start (0 while running). */
+/* Start a one-shard echo server with @policy on @iface queue 0 and a receive area of
+ * @area bytes; returns the runtime's status after the start (0 while running). */
 static int
-zsrv_start(struct zsrv *z, enum keel_policy policy, const char *iface)
+zsrv_start_area(struct zsrv *z, enum keel_policy policy, const char *iface, uint64_t area)
 {
 	struct keel_opts o = net_test_opts(1);
 	struct keel_listen_opts lo;
@@ -300,7 +320,7 @@ zsrv_start(struct zsrv *z, enum keel_policy policy, const char *iface)
 	snprintf(o.iface, sizeof(o.iface), "%s", iface);
 	o.rxqs[0] = 0;
 	o.nrxqs = 1;
-	o.zcrx_area = 4ull << 20;
+	o.zcrx_area = area;
 	o.zcrx_rq_entries = 256;
 	r = keel_runtime_create(&o, &z->rt);
 	if (r < 0)
@@ -322,6 +342,12 @@ zsrv_start(struct zsrv *z, enum keel_policy policy, const char *iface)
 	}
 	WAIT_FOR(atomic_load(&z->started) == 1, "shard did not start");
 	return z->start_status[0];
+}
+
+static int
+zsrv_start(struct zsrv *z, enum keel_policy policy, const char *iface)
+{
+	return zsrv_start_area(z, policy, iface, 4ull << 20);
 }
 
 static int
@@ -429,6 +455,40 @@ Test(net_zcrx, unknown_interface_is_enodev)
 	zsrv_stop(&z);
 	keel_log_set_sink(NULL, NULL);
 	cr_assert(logged("there is no interface keelnosuch0"), "%s", logbuf);
+}
+
+/* keel_opts.zcrx_area from a C embedder (the command line already refuses these): 0, a
+ * size whose page rounding wraps, and one above the maximum are EINVAL naming the field and
+ * the range, before any memory is mapped or the kernel asked; never a misleading ENOMEM. */
+Test(net_zcrx, bad_zcrx_area_is_einval_naming_the_field)
+{
+	const uint64_t bad[] = { 0, UINT64_MAX, UINT64_MAX - 100, (1ULL << 40) + 1 };
+	unsigned calls = atomic_load(&keel__zcrx_register_calls);
+	struct zsrv z;
+	int r;
+
+	for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		capture();
+		r = zsrv_start_area(&z, KEEL_POLICY_ON, "lo", bad[i]);
+		cr_assert_eq(r, -EINVAL, "zcrx_area %llu, on: %d (%s)\n%s",
+			     (unsigned long long)bad[i], r, strerror(-r), logbuf);
+		zsrv_stop(&z);
+		cr_assert(logged("zcrx_area"), "%s", logbuf);
+		cr_assert(logged("4096 bytes") && logged("1 TiB"), "no range: %s", logbuf);
+
+		capture();
+		r = zsrv_start_area(&z, KEEL_POLICY_AUTO, "lo", bad[i]);
+		cr_assert_eq(r, 0, "zcrx_area %llu, auto: %d\n%s", (unsigned long long)bad[i], r,
+			     logbuf);
+		cr_assert_eq(z.st[0].state, KEEL_ZCRX_FALLBACK);
+		cr_assert_eq(z.st[0].err, EINVAL, "zcrx_area %llu: err %d",
+			     (unsigned long long)bad[i], z.st[0].err);
+		cr_assert_eq(zsrv_stop(&z), 0);
+		cr_assert(logged("ZCRX falls back to the copy path") && logged("zcrx_area"), "%s",
+			  logbuf);
+	}
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq(atomic_load(&keel__zcrx_register_calls), calls, "the kernel was asked");
 }
 
 /* In a child, in a network namespace of its own with a veth pair: --zcrx on fails with
@@ -659,6 +719,22 @@ Test(net_zcrx, keel_bench_stream_takes_zcrx_and_reports_fallback_bytes)
 	cr_assert(strstr(out, "ZCRX on lo rx queue 0: EOPNOTSUPP"), "%s", out);
 }
 
+/* keel-bench's in-process client runs on a runtime of its own: it must not take the
+ * server's --zcrx/--iface/--rxqs (its shards would claim the server's queues, and with
+ * --zcrx on a capable NIC fail on EEXIST). Only the 2 server shards try ZCRX. */
+Test(net_zcrx, keel_bench_client_runtime_does_not_take_zcrx)
+{
+	static char out[65536];
+	int st;
+
+	st = run_tool("keel-bench",
+		      "stream --seconds 0.2 --warmup 0.1 --no-pin --idle-poll-us 0 --shards 2 "
+		      "--threads 2 --conns 2 --zcrx auto --iface lo --log-level info",
+		      out, sizeof(out));
+	cr_assert_eq(st, 0, "exit %d:\n%s", st, out);
+	cr_assert_eq(count_of(out, "ZCRX falls back to the copy path"), 2, "%s", out);
+}
+
 Test(net_zcrx, keel_echo_on_lo_exits_naming_lo_and_reason)
 {
 	char out[8192];
@@ -882,6 +958,8 @@ Test(net_zcrx, on_without_cap_net_admin_names_the_capability)
 struct sim {
 	struct keel_runtime *rt;
 	struct keel_listener *l;
+	struct keel_listener *ul; /* a Unix listener on shard 0, when the test asks */
+	char unix_addr[64];
 	uint16_t port;
 	uint32_t rq_entries;
 	struct net_zcrx *z; /* shard 0's simulated interface queue */
@@ -894,6 +972,9 @@ struct sim {
 	bool frame_zero_copy, frame_bytes_ok;
 	_Atomic int remote_done; /* shard 1 read and put an exported slice */
 	bool stop_hook_ran, stop_bytes_ok;
+	uint64_t data_bytes, data_calls; /* delivered to on_data without a framer */
+	int close_status;
+	_Atomic int closed;
 };
 static struct sim S;
 
@@ -906,6 +987,8 @@ sim_start(void *arg)
 
 	if (id == 0) {
 		if (s->l && !SHARD_CHECK_EQ(keel_listener_start(s->l), 0))
+			keel_stop(-EIO);
+		if (s->ul && !SHARD_CHECK_EQ(keel_listener_start(s->ul), 0))
 			keel_stop(-EIO);
 		if (SHARD_CHECK_EQ(keel__net_shard_get(&ns), 0)) {
 			s->z = keel__zcrx_sim_attach(ns, SIM_AREA, s->rq_entries, SIM_TOKEN);
@@ -925,24 +1008,35 @@ static void
 sim_conn_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
 {
 	/* The app's ordinary framing glue: the same call as on the copy path. */
-	keel_framer_on_data(S.fr, c, s, n);
+	if (S.fr) {
+		keel_framer_on_data(S.fr, c, s, n);
+		return;
+	}
+	S.data_calls++;
+	for (unsigned i = 0; i < n; i++) {
+		S.data_bytes += s[i].len;
+		keel_slice_put(&s[i]);
+	}
 }
 
 static void
 sim_conn_close(struct keel_conn *c, int status)
 {
-	(void)status;
-	if (S.conn == c)
+	if (S.conn == c) {
 		S.conn = NULL;
+		S.close_status = status;
+		atomic_store(&S.closed, 1);
+	}
 }
 
 static const struct keel_conn_ops sim_ops = { .on_open = sim_conn_open,
 					      .on_data = sim_conn_data,
 					      .on_close = sim_conn_close };
 
-/* Start @shards shards; with @listen, a LEN32-framing listener on shard 0. */
+/* Start @shards shards; with @listen, a TCP listener on shard 0 (its connections' data
+ * goes to S.fr's framer when there is one); with @unix_ops, a Unix listener too. */
 static void
-sim_up(unsigned shards, uint32_t rq_entries, bool listen)
+sim_up_ex(unsigned shards, uint32_t rq_entries, bool listen, const struct keel_conn_ops *unix_ops)
 {
 	struct keel_opts o = net_test_opts(shards);
 
@@ -959,10 +1053,26 @@ sim_up(unsigned shards, uint32_t rq_entries, bool listen)
 		cr_assert_eq(keel_listener_create(&lo, 1, &sim_ops, &S, &S.l), 0);
 		S.port = keel_listener_port(S.l);
 	}
+	if (unix_ops) {
+		struct keel_listen_opts lo;
+
+		snprintf(S.unix_addr, sizeof(S.unix_addr), "unix:@keel-zcrx-test-%d",
+			 (int)getpid());
+		memset(&lo, 0, sizeof(lo));
+		lo.addr = S.unix_addr;
+		lo.rt = S.rt;
+		cr_assert_eq(keel_listener_create(&lo, 1, unix_ops, &S, &S.ul), 0);
+	}
 	cr_assert_eq(keel_runtime_start(S.rt, sim_start, &S), 0);
 	WAIT_FOR(atomic_load(&S.started) == (int)shards, "shards did not start");
 	SHARD_CHECKS_PASSED();
 	cr_assert_not_null(S.z);
+}
+
+static void
+sim_up(unsigned shards, uint32_t rq_entries, bool listen)
+{
+	sim_up_ex(shards, rq_entries, listen, NULL);
 }
 
 static void
@@ -973,6 +1083,8 @@ sim_down(void)
 	keel_runtime_destroy(S.rt);
 	if (S.l)
 		keel_listener_destroy(S.l);
+	if (S.ul)
+		keel_listener_destroy(S.ul);
 	free(S.held);
 	SHARD_CHECKS_PASSED();
 }
@@ -1310,7 +1422,7 @@ step_inject_message(void)
 			a[2] = (uint8_t)(plen >> 8);
 			a[3] = (uint8_t)plen;
 		}
-		keel__conn_zcrx_inject(S.conn, &c.cqe);
+		SHARD_CHECK_EQ(keel__conn_zcrx_inject(S.conn, &c.cqe), 0, " fragment %u", i);
 	}
 }
 
@@ -1351,6 +1463,332 @@ Test(net_zcrx, sim_1mib_message_in_256_fragments_through_conn_and_framer)
 	close(fd);
 	sim_down();
 	keel_framer_destroy(S.fr);
+}
+
+/* The simulated RECV_ZC: an accepted TCP connection of a simulated shard arms one, and an
+ * injected completion takes recv_cb's path: a final one (no F_MORE) with data is delivered
+ * and the receive is armed again; a final EOF closes the connection, whose simulated
+ * receive ends like a real one (no hang at close). */
+static uint64_t rearms_before;
+
+static uint64_t
+net_rearms(void)
+{
+	struct keel_net_stats st;
+
+	memset(&st, 0, sizeof(st));
+	SHARD_CHECK_EQ(keel_net_stats(keel_this_shard(), &st), 0);
+	return st.rearms;
+}
+
+static void
+step_sim_recv_is_armed_then_final_data(void)
+{
+	struct cqe32 c = nic(7 * 4096, 1234);
+
+	if (!SHARD_CHECK(S.conn != NULL))
+		return;
+	SHARD_CHECK_EQ(keel__conn_recv_kind(S.conn), 2);
+	rearms_before = net_rearms();
+	c.cqe.flags = 0; /* the multishot's last completion, with data */
+	SHARD_CHECK_EQ(keel__conn_zcrx_inject(S.conn, &c.cqe), 0);
+	SHARD_CHECK_EQ(S.data_bytes, 1234);
+	SHARD_CHECK_EQ(keel__conn_recv_kind(S.conn), 2, " not armed again");
+	SHARD_CHECK_EQ(net_rearms(), rearms_before + 1);
+	SHARD_CHECK_EQ(zst().zc_frags, 1);
+}
+
+static void
+step_sim_recv_eof(void)
+{
+	struct cqe32 c = mkcqe(0, 0, 0);
+
+	if (!SHARD_CHECK(S.conn != NULL))
+		return;
+	SHARD_CHECK_EQ(keel__conn_zcrx_inject(S.conn, &c.cqe), 0);
+	/* No on_eof: the connection closes; its receive is no longer armed. */
+	if (S.conn)
+		SHARD_CHECK_EQ(keel__conn_recv_kind(S.conn), 0);
+}
+
+Test(net_zcrx, sim_conn_arms_a_simulated_recv_zc_through_recv_cb)
+{
+	int fd;
+
+	sim_up(1, 64, true);
+	fd = cli_connect(S.port);
+	cr_assert_geq(fd, 0);
+	WAIT_FOR(S.conn != NULL, "the connection did not open");
+	run_on(0, step_sim_recv_is_armed_then_final_data);
+	run_on(0, step_sim_recv_eof);
+	WAIT_FOR(atomic_load(&S.closed), "the connection did not close after EOF");
+	cr_assert_eq(S.close_status, 0);
+	close(fd);
+	sim_down();
+}
+
+/* RECV_ZC only where the NIC's queue can bring the data: accepted TCP connections (steered
+ * to the shard that owns their queue). A Unix connection (the kernel answers
+ * EPROTONOSUPPORT) and an outbound connection (whose packets the NIC puts on whatever queue
+ * its RSS picks: EFAULT) receive through the copy path, accepted or not. */
+enum { K_UNIX_ACCEPTED, K_TCP_OUT, K_UNIX_OUT, K_N };
+static struct keel_conn *K[K_N];
+static int ktag[K_N] = { K_UNIX_ACCEPTED, K_TCP_OUT, K_UNIX_OUT };
+
+static void
+k_open(struct keel_conn *c)
+{
+	int *tag = keel_conn_app(c);
+
+	K[tag == (void *)&S ? K_UNIX_ACCEPTED : *tag] = c;
+}
+
+static void
+k_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	(void)c;
+	for (unsigned i = 0; i < n; i++)
+		keel_slice_put(&s[i]);
+}
+
+static void
+k_close(struct keel_conn *c, int status)
+{
+	(void)status;
+	for (unsigned i = 0; i < K_N; i++)
+		if (K[i] == c)
+			K[i] = NULL;
+}
+
+static const struct keel_conn_ops k_ops = { .on_open = k_open,
+					    .on_data = k_data,
+					    .on_close = k_close };
+
+static void
+step_connect_out(void)
+{
+	struct keel_conn *c;
+
+	SHARD_CHECK_EQ(keel_conn_connect("127.0.0.1", S.port, 0, &k_ops, &ktag[K_TCP_OUT], &c), 0);
+	SHARD_CHECK_EQ(keel_conn_connect(S.unix_addr, 0, 0, &k_ops, &ktag[K_UNIX_OUT], &c), 0);
+}
+
+static void
+step_check_kinds(void)
+{
+	/* 2: RECV_ZC (here the simulated one), 1: the copy path's receive. */
+	SHARD_CHECK_EQ(keel__conn_recv_kind(S.conn), 2, " accepted TCP");
+	SHARD_CHECK_EQ(keel__conn_recv_kind(K[K_UNIX_ACCEPTED]), 1, " accepted Unix");
+	SHARD_CHECK_EQ(keel__conn_recv_kind(K[K_TCP_OUT]), 1, " outbound TCP");
+	SHARD_CHECK_EQ(keel__conn_recv_kind(K[K_UNIX_OUT]), 1, " outbound Unix");
+}
+
+Test(net_zcrx, sim_recv_zc_only_on_accepted_tcp_connections)
+{
+	memset(K, 0, sizeof(K));
+	sim_up_ex(1, 64, true, &k_ops);
+	run_on(0, step_connect_out);
+	WAIT_FOR(S.conn && K[K_UNIX_ACCEPTED] && K[K_TCP_OUT] && K[K_UNIX_OUT],
+		 "connections did not open");
+	run_on(0, step_check_kinds);
+	sim_down();
+}
+
+/* A RECV_ZC the kernel refuses for the connection (EFAULT: its packets land in another
+ * queue; EPROTONOSUPPORT: not TCP) moves that connection to the copy path: not aborted,
+ * and what the peer sends next arrives. */
+static struct keel_conn *first_conn;
+static int refuse_res;
+
+static void
+step_refuse(void)
+{
+	struct cqe32 c = mkcqe(refuse_res, 0, 0); /* a final completion: no F_MORE */
+
+	if (!SHARD_CHECK(S.conn != NULL))
+		return;
+	first_conn = S.conn;
+	SHARD_CHECK_EQ(keel__conn_recv_kind(S.conn), 2);
+	SHARD_CHECK_EQ(keel__conn_zcrx_inject(S.conn, &c.cqe), 0);
+	if (!SHARD_CHECK(S.conn == first_conn, " the connection was closed"))
+		return;
+	SHARD_CHECK(!keel__conn_closing(S.conn), " the connection is closing");
+	SHARD_CHECK_EQ(keel__conn_recv_kind(S.conn), 1, " not on the copy path");
+}
+
+static uint64_t seen_bytes;
+static struct keel_zcrx_stats seen_zst;
+static void
+step_read_bytes(void)
+{
+	seen_bytes = S.data_bytes;
+	seen_zst = zst();
+}
+
+Test(net_zcrx, sim_recv_zc_refused_moves_the_connection_to_the_copy_path)
+{
+	static const int res[] = { -EFAULT, -EPROTONOSUPPORT };
+	char buf[3000];
+	int fd[2];
+
+	memset(buf, 'z', sizeof(buf));
+	sim_up(1, 64, true);
+	capture();
+	for (unsigned i = 0; i < 2; i++) {
+		fd[i] = cli_connect(S.port);
+		cr_assert_geq(fd[i], 0);
+		WAIT_FOR(S.conn != NULL && S.conn != first_conn, "connection %u did not open", i);
+		refuse_res = res[i];
+		run_on(0, step_refuse);
+		SHARD_CHECKS_PASSED();
+	}
+	/* Both now receive through the copy path. */
+	cr_assert_eq(cli_write_all(fd[0], buf, 1000), 0);
+	cr_assert_eq(cli_write_all(fd[1], buf, 2000), 0);
+	uint64_t dl = test_now_ms() + TEST_WAIT_MS;
+	do
+		run_on(0, step_read_bytes);
+	while (seen_bytes < 3000 && test_now_ms() < dl);
+	cr_assert_eq(seen_bytes, 3000, "the peers' bytes did not arrive");
+	/* Counted: two connections moved, their bytes through the copy path; one log line. */
+	cr_assert_eq(seen_zst.conn_fallbacks, 2);
+	cr_assert_eq(seen_zst.copy_bytes, 3000);
+	cr_assert_eq(seen_zst.zc_bytes, 0);
+	close(fd[0]);
+	close(fd[1]);
+	sim_down();
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq(count_of(logbuf, "refused a connection's RECV_ZC"), 1, "%s", logbuf);
+	cr_assert(logged("refused a connection's RECV_ZC (EFAULT)"), "%s", logbuf);
+	cr_assert(logged("--steer queue"), "%s", logbuf);
+}
+
+/* Recoverable ends of a RECV_ZC do not abort the connection: -ENOSPC (the CQ was full) is
+ * armed again at once; -ENOMEM (the area had no free buffer) waits while the application
+ * holds area slices and is armed again once one is returned, and with none held (nothing
+ * of ours will come back) moves the connection to the copy path. */
+static bool
+sim_open_ok(void)
+{
+	if (!SHARD_CHECK(S.conn != NULL, " the connection was closed"))
+		return false;
+	return SHARD_CHECK(!keel__conn_closing(S.conn), " the connection is closing");
+}
+
+static void
+step_enospc(void)
+{
+	struct cqe32 c = mkcqe(-ENOSPC, 0, 0);
+
+	if (!SHARD_CHECK(S.conn != NULL))
+		return;
+	SHARD_CHECK_EQ(keel__conn_zcrx_inject(S.conn, &c.cqe), 0);
+	if (!sim_open_ok())
+		return;
+	SHARD_CHECK_EQ(keel__conn_recv_kind(S.conn), 2, " RECV_ZC not armed again");
+	c = nic(3 * 4096, 500);
+	SHARD_CHECK_EQ(keel__conn_zcrx_inject(S.conn, &c.cqe), 0);
+	SHARD_CHECK_EQ(S.data_bytes, 500);
+}
+
+static void
+step_enomem_while_held(void)
+{
+	struct net_shard *ns = keel__net_shard_cur();
+	struct cqe32 c = nic(4 * 4096, 100);
+	struct keel_slice s;
+
+	/* The application holds an area slice. */
+	if (!SHARD_CHECK_EQ(keel__zcrx_take(ns, &c.cqe, &s), 1))
+		return;
+	held_push(&s);
+	c = mkcqe(-ENOMEM, 0, 0);
+	SHARD_CHECK_EQ(keel__conn_zcrx_inject(S.conn, &c.cqe), 0);
+	if (!sim_open_ok())
+		return;
+	SHARD_CHECK_EQ(keel__conn_recv_kind(S.conn), 0, " armed while no buffer was returned");
+}
+
+static void
+step_put_held(void)
+{
+	for (unsigned i = 0; i < S.nheld; i++)
+		keel_slice_put(&S.held[i]);
+	S.nheld = 0;
+}
+
+static int kind_now;
+static void
+step_kind(void)
+{
+	kind_now = S.conn ? keel__conn_recv_kind(S.conn) : -1;
+}
+
+static void
+step_enomem_none_held(void)
+{
+	struct cqe32 c = mkcqe(-ENOMEM, 0, 0);
+	struct keel_zcrx_stats st;
+
+	SHARD_CHECK_EQ(zst().held, 0);
+	SHARD_CHECK_EQ(keel__conn_zcrx_inject(S.conn, &c.cqe), 0);
+	if (!sim_open_ok())
+		return;
+	SHARD_CHECK_EQ(keel__conn_recv_kind(S.conn), 1, " not on the copy path");
+	st = zst();
+	SHARD_CHECK_EQ(st.cq_full_rearms, 1);
+	SHARD_CHECK_EQ(st.nomem_waits, 1);
+	SHARD_CHECK_EQ(st.conn_fallbacks, 1);
+}
+
+Test(net_zcrx, sim_recv_zc_cq_full_and_no_buffer_do_not_abort)
+{
+	int fd;
+
+	sim_up(1, 64, true);
+	fd = cli_connect(S.port);
+	cr_assert_geq(fd, 0);
+	WAIT_FOR(S.conn != NULL, "the connection did not open");
+	run_on(0, step_enospc);
+	SHARD_CHECKS_PASSED();
+	run_on(0, step_enomem_while_held);
+	SHARD_CHECKS_PASSED();
+	run_on(0, step_put_held);
+	/* The refill is published at the end of that pass, and the waiting connection armed
+	 * after it: poll (bounded) rather than guess which pass. */
+	uint64_t dl = test_now_ms() + TEST_WAIT_MS;
+	do
+		run_on(0, step_kind);
+	while (kind_now != 2 && test_now_ms() < dl);
+	cr_assert_eq(kind_now, 2, "RECV_ZC not armed again after a slice was returned");
+	run_on(0, step_enomem_none_held);
+	SHARD_CHECKS_PASSED();
+	close(fd);
+	sim_down();
+}
+
+/* The decision alone: how a RECV_ZC's error ending is handled. */
+Test(net_zcrx, recv_zc_end_action_by_errno_and_held_slices)
+{
+	cr_assert_eq(keel__zcrx_end_action(-ENOSPC, 0), KEEL__ZCRX_END_REARM);
+	cr_assert_eq(keel__zcrx_end_action(-ENOSPC, 5), KEEL__ZCRX_END_REARM);
+	cr_assert_eq(keel__zcrx_end_action(-ENOMEM, 5), KEEL__ZCRX_END_WAIT);
+	cr_assert_eq(keel__zcrx_end_action(-ENOMEM, 0), KEEL__ZCRX_END_COPY);
+	cr_assert_eq(keel__zcrx_end_action(-EFAULT, 5), KEEL__ZCRX_END_COPY);
+	cr_assert_eq(keel__zcrx_end_action(-EPROTONOSUPPORT, 0), KEEL__ZCRX_END_COPY);
+	cr_assert_eq(keel__zcrx_end_action(-ECONNRESET, 0), KEEL__ZCRX_END_ABORT);
+	cr_assert_eq(keel__zcrx_end_action(-EPROTO, 0), KEEL__ZCRX_END_ABORT);
+}
+
+/* The decision itself: accepted TCP (IPv4 or IPv6) only. */
+Test(net_zcrx, recv_zc_wanted_by_accepted_tcp_only)
+{
+	cr_assert(keel__zcrx_conn_wants(AF_INET, true));
+	cr_assert(keel__zcrx_conn_wants(AF_INET6, true));
+	cr_assert_not(keel__zcrx_conn_wants(AF_UNIX, true));
+	cr_assert_not(keel__zcrx_conn_wants(AF_INET, false));
+	cr_assert_not(keel__zcrx_conn_wants(AF_INET6, false));
+	cr_assert_not(keel__zcrx_conn_wants(AF_UNIX, false));
 }
 
 /* A slice exported to shard 1 and put there: the fragment comes back on shard 0. */

@@ -62,12 +62,22 @@
 
 /* The runtime options of the command line (--idle-poll-us, --ring-entries, ...; keel-bench
  * sets its own defaults for the log level and memory before parsing them, see net.c), with
- * the shards and their CPUs of this side. */
+ * the shards and their CPUs of this side. The options that give shards rx queues (--zcrx,
+ * --iface, --rxqs, --map) are the server's: the @client runtime drops them, else its
+ * shards would try ZCRX on (and claim) the server's queues. */
 static int
-opts_for(struct keel_opts *o, const struct bench_cfg *cfg, unsigned shards, unsigned first_slot)
+opts_for(struct keel_opts *o, const struct bench_cfg *cfg, unsigned shards, unsigned first_slot,
+	 bool client)
 {
 	if (cfg->rt) {
 		*o = *cfg->rt;
+		if (client) {
+			o->zcrx = KEEL_POLICY_OFF;
+			o->iface[0] = 0;
+			o->nrxqs = 0;
+			memset(o->rxqs, 0, sizeof(o->rxqs));
+			o->map_path = NULL;
+		}
 	} else {
 		keel_opts_init(o);
 		o->log_level = KEEL_LOG_WARN;
@@ -140,9 +150,10 @@ latch_wait(struct latch *l, unsigned n)
 
 struct sshard {
 	uint64_t bytes_in, bytes_out, dgrams_in, dgrams_out, errors, cpu_ns;
-	struct keel_zcrx_stats zst; /* read on the shard as it stops */
-	struct keel_net_stats nst;  /* ... */
-	bool zst_ok, nst_ok;
+	struct keel_zcrx_stats zst; /* read on the shard as it stops, and again at each
+				     * connection's close after that (srv_close) */
+	struct keel_net_stats nst;  /* read on the shard as it stops */
+	bool zst_ok, nst_ok, stopping;
 	clockid_t clock;
 	struct keel_udp *udp;
 } __attribute__((aligned(64)));
@@ -207,6 +218,12 @@ srv_close(struct keel_conn *c, int status)
 	/* A client's close or reset and the runtime stopping are not errors. */
 	if (status < 0 && status != -ECONNRESET && status != -EPIPE && status != -ESHUTDOWN)
 		srv_shard->errors++;
+	/* The stop hook (srv_on_stop) runs before the network's own, which closes the
+	 * connections: the area slices their send queues and held data still hold are put,
+	 * and their refills counted, only as they close. So read again at every close after
+	 * the stop began; the last close has them all. */
+	if (srv_shard->stopping)
+		srv_shard->zst_ok = keel_zcrx_stats(keel_this_shard(), &srv_shard->zst) == 0;
 }
 
 static const struct keel_conn_ops srv_ops = { .on_data = srv_data, .on_close = srv_close };
@@ -219,6 +236,7 @@ srv_on_stop(void *arg)
 	ss->cpu_ns = bench_thread_cpu_ns();
 	ss->zst_ok = keel_zcrx_stats(keel_this_shard(), &ss->zst) == 0;
 	ss->nst_ok = keel_net_stats(keel_this_shard(), &ss->nst) == 0;
+	ss->stopping = true;
 }
 
 static void
@@ -271,7 +289,7 @@ serve_start(const struct bench_cfg *cfg, uint16_t *port, struct bench_server **o
 		return -ENOMEM;
 	}
 	memset(s->sh, 0, sizeof(*s->sh) * s->n);
-	r = opts_for(&o, cfg, cfg->shards, 0);
+	r = opts_for(&o, cfg, cfg->shards, 0, false);
 	if (r == 0)
 		r = keel_runtime_create(&o, &s->rt);
 	if (r < 0) {
@@ -864,7 +882,7 @@ client_run(const struct bench_cfg *cfg, struct bench_result *out)
 			goto out_sh;
 		}
 	}
-	r = opts_for(&o, cfg, nt, cfg->client_cpu0);
+	r = opts_for(&o, cfg, nt, cfg->client_cpu0, true);
 	if (r == 0)
 		r = keel_runtime_create(&o, &rt);
 	if (r < 0) {

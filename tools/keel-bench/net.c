@@ -1014,8 +1014,8 @@ run_serve(struct opts *o)
 			       "pauses at the high watermark\n",
 			       (unsigned long long)ss.enobufs, (unsigned long long)ss.rearms,
 			       (unsigned long long)ss.bp_pauses);
-			printf("ZCRX %s: %llu bytes zero-copy, %llu through the copy path after a "
-			       "fallback, %llu refill entries\n",
+			printf("ZCRX %s: %llu bytes zero-copy, %llu through the copy path (a "
+			       "fallback, or connections without RECV_ZC), %llu refill entries\n",
 			       ss.zcrx_state, (unsigned long long)ss.zcrx_bytes,
 			       (unsigned long long)ss.zcrx_copy_bytes,
 			       (unsigned long long)ss.zcrx_refills);

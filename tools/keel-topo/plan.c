@@ -170,7 +170,8 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 		    "(ZCRX needs it)",
 		    "ethtool", "-G", ifn, "tcp-data-split", "on", (char *)NULL);
 		cmd(out, max, &n, PLAN_RUN,
-		    "split every packet, however small, so all payload lands in ZCRX buffers "
+		    "threshold 0: ZCRX needs it (the kernel refuses the interface queue with "
+		    "EINVAL otherwise), and every packet's payload lands in ZCRX buffers "
 		    "(ethtool 6.13+)",
 		    "ethtool", "-G", ifn, "hds-thresh", "0", (char *)NULL);
 	}

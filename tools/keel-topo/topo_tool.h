@@ -64,6 +64,10 @@ int plan_apply(const struct plan_step *s, unsigned n);
  * interface given or mapped). */
 int zcrx_report(const struct tool_ctx *c, const struct keel_map_req *req, FILE *f);
 
+/* --zcrx's facts of @iface (@nic: its topology entry, NULL when it has none; @maxq: the
+ * highest queue asked for), printed to @f once. Returns: how many are missing for ZCRX. */
+unsigned zcrx_iface_facts(const char *iface, const struct keel_topo_nic *nic, int maxq, FILE *f);
+
 /* JSON string helper shared by the JSON report. */
 void json_str(FILE *f, const char *s);
 

@@ -58,9 +58,8 @@ find_nic(const struct keel_topo_info *in, const char *name)
 	return NULL;
 }
 
-/* The interface's facts, once; returns how many are missing for ZCRX. */
-static unsigned
-iface_facts(const char *iface, const struct keel_topo_nic *nic, int maxq, FILE *f)
+unsigned
+zcrx_iface_facts(const char *iface, const struct keel_topo_nic *nic, int maxq, FILE *f)
 {
 	unsigned missing = 0;
 	int nt = ntuple_state(iface);
@@ -103,12 +102,19 @@ iface_facts(const char *iface, const struct keel_topo_nic *nic, int maxq, FILE *
 				iface, iface);
 		if (nic->hds != KEEL_TOPO_ON)
 			missing++;
-		if (nic->hds_thresh >= 0)
-			fprintf(f, "  header/data split threshold: %d bytes%s\n", nic->hds_thresh,
-				nic->hds_thresh ? " (payloads shorter than this stay in the header "
-						  "buffer and are copied: ethtool -G IF "
-						  "hds-thresh 0 to split every packet)"
-						: "");
+		/* The kernel (__net_mp_open_rxq) refuses an interface queue with EINVAL unless
+		 * the threshold is 0: required, not a tuning. Unknown (older kernel or ethtool)
+		 * is not counted: the probe below says what the kernel thinks. */
+		if (nic->hds_thresh == 0) {
+			fprintf(f, "  header/data split threshold: 0 bytes\n");
+		} else if (nic->hds_thresh > 0) {
+			fprintf(f,
+				"  header/data split threshold: %d bytes; ZCRX needs 0 (the kernel "
+				"refuses the registration with EINVAL otherwise); run: ethtool -G %s "
+				"hds-thresh 0\n",
+				nic->hds_thresh, iface);
+			missing++;
+		}
 		if (nic->nrxq >= 0) {
 			fprintf(f, "  channels: %d rx queues", nic->nrxq);
 			if (maxq >= nic->nrxq) {
@@ -175,7 +181,7 @@ zcrx_report(const struct tool_ctx *c, const struct keel_map_req *req, FILE *f)
 			maxq = qs[i];
 	fprintf(f, "ZCRX readiness (each queue probed with the registration keel makes at "
 		   "start-up, on a scratch ring; on a capable NIC the queue restarts briefly)\n");
-	total = iface_facts(iface, find_nic(c->info, iface), maxq, f);
+	total = zcrx_iface_facts(iface, find_nic(c->info, iface), maxq, f);
 	for (unsigned i = 0; i < nq; i++) {
 		int r = keel_zcrx_probe(iface, qs[i], why, sizeof(why));
 

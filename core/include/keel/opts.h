@@ -124,12 +124,15 @@ struct keel_opts {
 	char iface[32];                 /* --iface IF, or the IF of --rxqs ("": the map's) */
 	unsigned rxqs[KEEL_MAX_SHARDS]; /* --rxqs IF:LIST: rx queue of shard i... */
 	unsigned nrxqs;                 /* ...for i < nrxqs (0: from --map) */
-	uint64_t zcrx_area;             /* --zcrx-area: receive area per shard, bytes */
+	uint64_t zcrx_area;             /* --zcrx-area: receive area per shard, bytes (one page
+					 * to KEEL_ZCRX_AREA_MAX; else EINVAL at set-up) */
 	unsigned zcrx_rq_entries;       /* --zcrx-rq-entries: refill ring entries (power of 2) */
 };
 
 /** Default --zcrx-area: 64 MiB of receive area per ZCRX shard. */
 #define KEEL_ZCRX_AREA_DEFAULT (64ULL << 20)
+/** Most keel_opts.zcrx_area (--zcrx-area): 1 TiB. The least is one page. */
+#define KEEL_ZCRX_AREA_MAX (1ULL << 40)
 /** Default --zcrx-rq-entries: refill ring entries (the kernel allows up to 32768). */
 #define KEEL_ZCRX_RQ_ENTRIES_DEFAULT 4096
 /** Most --zcrx-rq-entries (the kernel's IORING_MAX_ZCRX_RQ_ENTRIES... as of 6.18). */

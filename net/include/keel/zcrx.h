@@ -28,7 +28,9 @@ struct keel_zcrx_stats {
 	/* The receive path (ON). */
 	uint64_t zc_bytes;         /* payload bytes received zero-copy (RECV_ZC, into the area) */
 	uint64_t zc_frags;         /* RECV_ZC completions with payload: area fragments handed out */
-	uint64_t copy_bytes;       /* FALLBACK: bytes received through the copy path instead */
+	uint64_t copy_bytes;       /* bytes received through the copy path instead: FALLBACK, every
+				    * byte; ON, those of connections that do not use RECV_ZC (Unix,
+				    * outbound, conn_fallbacks) */
 	uint64_t refills;          /* refill entries written (fragments given back to the kernel) */
 	uint64_t refill_publishes; /* tail publishes (store-release): at most one per loop pass */
 	uint32_t
@@ -38,6 +40,14 @@ struct keel_zcrx_stats {
 	uint64_t frames;         /* framer frames made of area slices ... */
 	uint64_t frame_frags;    /* ... the fragments they held in all ... */
 	uint64_t frame_frags_max; /* ... and the most in one frame (fragments per message) */
+	uint64_t conn_fallbacks;  /* connections whose RECV_ZC the kernel refused (EFAULT: their
+				   * packets arrive in another queue; EPROTONOSUPPORT: not TCP;
+				   * ENOMEM with no area slice held), moved to the copy path
+				   * instead of aborted */
+	uint64_t cq_full_rearms;  /* RECV_ZCs ended by a full CQ (ENOSPC) and armed again */
+	uint64_t nomem_waits;     /* RECV_ZCs ended for want of a free area buffer (ENOMEM) while
+				   * the application held slices: armed again once one was
+				   * returned */
 };
 
 /**
