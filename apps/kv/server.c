@@ -70,6 +70,11 @@ struct kconn {
 	 * once the replies drain. */
 	bool held;
 	bool resume_queued; /* resume_cb is deferred (a closed connection is freed there) */
+	/* A reply buffer larger than the high watermark, queued on the connection in pieces
+	 * as its queue drains (send_big): a reading client gets a reply of any size, while
+	 * --send-max still bounds what one that does not read makes keel queue. */
+	struct keel_slice big;
+	uint32_t big_off;
 	int64_t last_ms;
 	char *name;
 	struct resp_arg *argv;
@@ -256,14 +261,54 @@ release_heap(void *data, uint32_t cap, void *arg)
  * need 512 MiB of the shard's registered memory (--memory). */
 #define WRAP_MIN (64u * 1024)
 
+#define BIG_PIECE (256u * 1024)
+
+/* Queue the rest of kc->big, a piece at a time, until the connection's queue passes the
+ * high watermark (keel_conn_send returns 1: on_writable follows). Returns whether all of it
+ * is queued. */
+static bool
+send_big(struct kconn *kc)
+{
+	while (kc->big.buf) {
+		uint32_t left = kc->big.len - kc->big_off, n = left < BIG_PIECE ? left : BIG_PIECE;
+		struct keel_slice piece;
+		int r = keel_slice_sub(&kc->big, kc->big_off, n, &piece);
+
+		if (r == 0) {
+			r = keel_conn_send(kc->c, &piece);
+			if (r < 0)
+				keel_slice_put(&piece);
+		}
+		if (r < 0) { /* closing (the rest goes with it), or no memory */
+			keel_slice_put(&kc->big);
+			memset(&kc->big, 0, sizeof(kc->big));
+			if (r != -EPIPE) {
+				keel_conn_abort(kc->c, r);
+				kc->closing = true;
+			}
+			return true;
+		}
+		kc->big_off += n;
+		if (kc->big_off == kc->big.len) {
+			keel_slice_put(&kc->big);
+			memset(&kc->big, 0, sizeof(kc->big));
+		}
+		if (r == 1)
+			break;
+	}
+	return !kc->big.buf;
+}
+
 /* Queue kc->out on the connection, copied into buffers of the shard's allocator, or
- * handed over whole when large. */
+ * handed over whole when large (in pieces when larger than the high watermark). */
 static void
 flush_out(struct kconn *kc)
 {
 	struct keel_alloc *a = keel_shard_alloc();
 	size_t max = keel_alloc_buf_max(a), off = 0;
 
+	if (kc->big.buf && !send_big(kc))
+		return; /* what follows waits behind it, in kc->out */
 	if (kc->out.oom) {
 		rb_free(&kc->out);
 		keel_conn_abort(kc->c, -ENOMEM);
@@ -280,8 +325,14 @@ flush_out(struct kconn *kc)
 			return;
 		}
 		memset(&kc->out, 0, sizeof(kc->out)); /* the memory is the slice's now */
-		if (keel_conn_send(kc->c, &s) < 0)
+		if (s.len > kv_cfg.high_watermark) {
+			kc->big = s;
+			kc->big_off = 0;
+			if (!send_big(kc))
+				return;
+		} else if (keel_conn_send(kc->c, &s) < 0) {
 			keel_slice_put(&s); /* closing: dropped with it */
+		}
 		off = 0;
 	}
 	while (off < kc->out.len) {
@@ -315,7 +366,7 @@ flush_out(struct kconn *kc)
 static bool
 over_limit(const struct kconn *kc)
 {
-	return kc->npend >= PEND_MAX || kc->bq_head ||
+	return kc->npend >= PEND_MAX || kc->bq_head || kc->big.buf ||
 	       kc->out.len + keel_conn_queued(kc->c) > kv_cfg.high_watermark;
 }
 
@@ -1490,8 +1541,11 @@ on_writable(struct keel_conn *c)
 {
 	struct kconn *kc = keel_conn_user(c);
 
-	if (kc)
-		resume_later(kc);
+	if (!kc)
+		return;
+	if (kc->big.buf)
+		flush_out(kc); /* the rest of a large reply, then what waits behind it */
+	resume_later(kc);
 }
 
 static void
@@ -1550,6 +1604,8 @@ on_close(struct keel_conn *c, int status)
 	if (kc->next)
 		kc->next->prev = kc->prev;
 	stat_add(&kv_stats[self()].conns, -1);
+	if (kc->big.buf) /* a large reply not all queued: dropped with it */
+		keel_slice_put(&kc->big);
 	rb_free(&kc->out);
 	free(kc->in);
 	free(kc->name);

@@ -489,37 +489,58 @@ Test(kv_server, bulk_over_proto_max_bulk_len_is_refused)
 
 /* A value larger than a registered buffer (4 MiB), and than the shard's registered memory
  * (--memory 16m), goes in and comes back whole: large replies are sent from heap memory. */
-Test(kv_server, large_value_round_trip)
+/* SET then GET a value of @len bytes over one connection, the server started with the
+ * options after @shards (NULL-terminated). */
+static void
+large_value(int len, unsigned shards, ...)
 {
-	enum { LEN = 24 << 20 };
 	struct srv s;
-	char *req = malloc(LEN + 64), *got = malloc(LEN + 64);
+	char *req = malloc((size_t)len + 64), *got = malloc((size_t)len + 64);
 	int fd, n;
 	size_t have = 0, want;
+	va_list ap;
+	FILE *f;
 
-	srv_start(&s, 2, "--memory", "16m", NULL);
+	va_start(ap, shards);
+	f = srv_exec(&s, shards, "0", ap);
+	va_end(ap);
+	srv_listening(&s, f);
 	fd = test_connect(s.port);
-	n = sprintf(req, "*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$%d\r\n", LEN);
-	for (int i = 0; i < LEN; i++)
+	n = sprintf(req, "*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$%d\r\n", len);
+	for (int i = 0; i < len; i++)
 		req[n + i] = (char)('a' + i % 26);
-	memcpy(req + n + LEN, "\r\n", 2);
-	test_send_all(fd, req, (size_t)n + LEN + 2);
+	memcpy(req + n + len, "\r\n", 2);
+	test_send_all(fd, req, (size_t)n + (size_t)len + 2);
 	test_send_all(fd, "GET big\r\n", 9);
-	want = 5 + (size_t)snprintf(NULL, 0, "$%d\r\n", LEN) + LEN + 2;
+	want = 5 + (size_t)snprintf(NULL, 0, "$%d\r\n", len) + (size_t)len + 2;
 	while (have < want) {
 		ssize_t r = recv(fd, got + have, want - have, 0);
-		cr_assert_gt(r, 0, "recv after %zu of %zu bytes: %s", have, want, strerror(errno));
+		cr_assert_gt(r, 0, "recv after %zu of %zu bytes: %s", have, want,
+			     r ? strerror(errno) : "EOF");
 		have += (size_t)r;
 	}
 	cr_assert(!memcmp(got, "+OK\r\n", 5));
-	n = snprintf(req, 64, "$%d\r\n", LEN);
+	n = snprintf(req, 64, "$%d\r\n", len);
 	cr_assert(!memcmp(got + 5, req, (size_t)n));
-	for (int i = 0; i < LEN; i++)
+	for (int i = 0; i < len; i++)
 		cr_assert_eq(got[5 + n + i], (char)('a' + i % 26), "byte %d", i);
 	close(fd);
 	srv_stop(&s);
 	free(req);
 	free(got);
+}
+
+Test(kv_server, large_value_round_trip)
+{
+	large_value(24 << 20, 2, "--memory", "16m", NULL);
+}
+
+/* --send-max bounds what a client that does not read makes the server hold; a reply
+ * larger than it still reaches a client that reads: it is queued in pieces as the
+ * connection's queue drains. */
+Test(kv_server, a_reply_larger_than_send_max_reaches_a_reading_client)
+{
+	large_value(12 << 20, 1, "--send-max", "4m", NULL);
 }
 
 /* A half request that stalls is closed by --timeout. */
