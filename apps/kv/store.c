@@ -725,6 +725,7 @@ cmd_set(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out
 	int64_t exp = 0;
 	struct kv_ent *e, **pp = NULL;
 	uint64_t h;
+	size_t rep;
 
 	for (unsigned i = 3; i < argc; i++) {
 		bool has_next = i + 1 < argc;
@@ -761,6 +762,7 @@ cmd_set(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out
 	}
 	h = kv_hash(argv[1].p, argv[1].len);
 	e = lookup_h(db, &argv[1], h, &pp);
+	rep = out->len;
 	if (get) {
 		if (e)
 			rb_bulk(out, e->data + e->klen, e->vlen);
@@ -774,8 +776,8 @@ cmd_set(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out
 	}
 	e = store_at(db, &argv[1], h, e, pp, argv[2].p, argv[2].len, argv[2].len, keepttl);
 	if (!e) {
-		if (!get)
-			rb_err(out, "%s", e_oom);
+		out->len = rep; /* the old value's reply, with GET: the command failed */
+		rb_err(out, "%s", e_oom);
 		return;
 	}
 	if (exp)
@@ -788,13 +790,14 @@ static void
 cmd_getset(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
 	struct kv_ent *e = lookup(db, &argv[1], NULL);
+	size_t at = out->len; /* @out may hold the replies before this one */
 
 	if (e)
 		rb_bulk(out, e->data + e->klen, e->vlen);
 	else
 		rb_nil(out);
 	if (!store(db, &argv[1], argv[2].p, argv[2].len, argv[2].len, false)) {
-		out->len = 0;
+		out->len = at;
 		rb_err(out, "%s", e_oom);
 	}
 }

@@ -1162,3 +1162,33 @@ Test(faults_kv, aof_rewrite_failing_rename_keeps_the_old_file)
 	unlink(log);
 	aof1_check_and_clean(dir, 600, acked);
 }
+
+/* A GETSET, or a SET ... GET, that runs out of memory storing the new value answers
+ * -ERR out of memory, in its place: not an old value (which reads as success), and
+ * without erasing the replies before it in the same receive (GETSET used to empty the
+ * whole reply buffer, so every later reply answered the wrong request). */
+Test(faults_kv, a_getset_out_of_memory_answers_in_its_place)
+{
+	char dir[] = "/tmp/keel-kv-getset-oom-XXXXXX", line[256];
+	const char *want[] = { "+PONG\r\n", "-ERR out of memory\r\n", "+PONG\r\n",
+			       "-ERR out of memory\r\n", "$1\r\n" };
+	struct proc p;
+	FILE *f;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	/* The first entry (SET a 1) is made; the next two fail. */
+	kvf_start(&p, "store-oom:after=1:n=2", "1", "everysec", dir);
+	kv_command(p.port, "SET a 1", line, sizeof(line));
+	cr_assert_str_eq(line, "+OK\r\n", "SET: '%s'", line);
+	f = fdopen(test_connect(p.port), "r+");
+	cr_assert(f);
+	fprintf(f, "PING\r\nGETSET b 2\r\nPING\r\nSET a a-longer-value GET\r\nGET a\r\n");
+	fflush(f);
+	for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+		cr_assert(fgets(line, sizeof(line), f) && !strcmp(line, want[i]),
+			  "reply %zu: '%s', want '%s'", i, line, want[i]);
+	cr_assert(fgets(line, sizeof(line), f) && !strcmp(line, "1\r\n"), "a: '%s'", line);
+	fclose(f);
+	proc_stop(&p);
+	rm_dir(dir);
+}
