@@ -75,6 +75,7 @@ struct kconn {
 	 * --send-max still bounds what one that does not read makes keel queue. */
 	struct keel_slice big;
 	uint32_t big_off;
+	uint64_t idle_queued; /* keel_conn_queued at the last idle check */
 	int64_t last_ms;
 	char *name;
 	struct resp_arg *argv;
@@ -1658,13 +1659,23 @@ on_idle_check(struct keel_timer *t, void *arg)
 	struct kv_shard *ks = arg;
 	int64_t now = kv_now_ms();
 
-	for (struct kconn *kc = ks->conns; kc; kc = kc->next)
-		if (!kc->closing && !kc->head &&
-		    now - kc->last_ms > (int64_t)kv_cfg.timeout_s * 1000) {
+	/* Idle: nothing asked, and no reply moved, for a while. A reply being made on another
+	 * shard, or leaving for a slow reader (the queue changed since the last check), counts
+	 * as activity, as Redis counts its writes; a client that stopped reading does not. */
+	for (struct kconn *kc = ks->conns; kc; kc = kc->next) {
+		uint64_t q = keel_conn_queued(kc->c);
+
+		if (kc->head || q != kc->idle_queued) {
+			kc->last_ms = now;
+			kc->idle_queued = q;
+			continue;
+		}
+		if (!kc->closing && now - kc->last_ms > (int64_t)kv_cfg.timeout_s * 1000) {
 			kc->closing = true;
 			stat_add(&kv_stats[self()].timeouts, 1);
 			keel_conn_close(kc->c);
 		}
+	}
 }
 
 static void

@@ -559,6 +559,43 @@ Test(kv_server, stalled_half_request_closed_by_timeout)
 	srv_stop(&s);
 }
 
+/* --timeout closes a connection that asked nothing and was sent nothing for that long:
+ * one that reads a large reply slowly (the reply still leaving) stays open, as in Redis,
+ * whose writes count as activity. It used to be closed a second after its request. */
+Test(kv_server, timeout_spares_a_slow_reader_of_a_large_reply)
+{
+	enum { LEN = 8 << 20 };
+	struct srv s;
+	struct rd r;
+	char *req = malloc(LEN + 64), *got = malloc(64 << 10);
+	size_t have = 0, want;
+	int n;
+
+	srv_start(&s, 1, "--timeout", "1", NULL);
+	rd_init(&r, test_connect(s.port));
+	n = sprintf(req, "*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$%d\r\n", LEN);
+	memset(req + n, 'x', LEN);
+	memcpy(req + n + LEN, "\r\n", 2);
+	test_send_all(r.fd, req, (size_t)n + LEN + 2);
+	cr_assert_str_eq(rd_next(&r, NULL), "+OK\r\n");
+	test_send_all(r.fd, "GET big\r\n", 9);
+	want = (size_t)snprintf(NULL, 0, "$%d\r\n", LEN) + LEN + 2;
+	/* About 2.5 s for 8 MiB: 64 KiB every 20 ms, the socket buffers full meanwhile. */
+	while (have < want) {
+		ssize_t k = recv(r.fd, got, want - have < (64 << 10) ? want - have : (64 << 10), 0);
+		cr_assert_gt(k, 0, "closed after %zu of %zu bytes: %s", have, want,
+			     k ? strerror(errno) : "EOF");
+		have += (size_t)k;
+		usleep(20000);
+	}
+	expect(&r, "PING", "+PONG\r\n");
+	cr_assert_eq(info_field(s.port, "timeouts="), 0);
+	rd_free(&r);
+	srv_stop(&s);
+	free(req);
+	free(got);
+}
+
 /* Read @fd until the server ends it (EOF or a reset); fails when nothing comes for
  * TEST_WAIT_MS (SO_RCVTIMEO). Returns the bytes read before the end. */
 static size_t
