@@ -830,12 +830,14 @@ on_room(int status, void *arg)
 		bq_fail(kc, status);
 	} else {
 		while ((m = kc->bq_head)) {
+			/* Read before the send: once sent, @m is the owner shard's. */
+			struct kmsg *next = m->next;
 			int r = send_req(m);
 			if (r == -EAGAIN) {
 				bq_wait(kc);
 				return;
 			}
-			kc->bq_head = m->next;
+			kc->bq_head = next;
 			if (!kc->bq_head)
 				kc->bq_tail = NULL;
 			if (r < 0) {
@@ -936,6 +938,8 @@ fanout(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsigned
 		       !(idx = malloc(nkeys * sizeof(*idx)))))) {
 		if (p)
 			p->rep.oom = true, p->done = true;
+		else
+			kc->out.oom = true; /* no place for its reply: the connection is aborted */
 		free(idx);
 		if (p && p->parts) {
 			free(p->parts);
