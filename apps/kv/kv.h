@@ -48,6 +48,7 @@ struct kv_stats {
 	_Atomic uint64_t conns, conns_total, proto_errors, timeouts;
 	_Atomic uint64_t hits, misses;
 	_Atomic uint64_t input_holds; /* receives whose parsing stopped at the reply limits */
+	_Atomic uint64_t args_bytes;  /* argument arrays held by connections and the shard */
 };
 
 /* A shard's key table: chained buckets, a power of two of them. It doubles when it holds

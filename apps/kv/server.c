@@ -157,12 +157,14 @@ parse_grow(long r, struct resp_req *req, struct resp_arg **argv, unsigned *cap, 
 		struct resp_arg *a = realloc(*argv, req->need * sizeof(*a));
 		if (!a)
 			return -ENOMEM;
+		stat_add(&kv_stats[self()].args_bytes, (int64_t)((req->need - *cap) * sizeof(*a)));
 		*argv = a;
 		*cap = (unsigned)req->need;
 	} else {
 		uint8_t *s = realloc(*scr, req->need);
 		if (!s)
 			return -ENOMEM;
+		stat_add(&kv_stats[self()].args_bytes, (int64_t)(req->need - *scap));
 		*scr = s;
 		*scap = req->need;
 	}
@@ -171,6 +173,35 @@ parse_grow(long r, struct resp_req *req, struct resp_arg **argv, unsigned *cap, 
 	req->scratch = *scr;
 	req->scratch_cap = *scap;
 	return 0;
+}
+
+/* After a request: argument arrays grown past this for a large one are freed, so that a
+ * connection (or a shard's hand-over parser) does not keep its largest request's size. */
+#define ARGV_KEEP    1024
+#define SCRATCH_KEEP (64u * 1024)
+
+static void
+args_free(struct resp_arg **argv, unsigned *cap, uint8_t **scr, size_t *scap, unsigned keep,
+	  size_t scratch_keep)
+{
+	if (*cap > keep) {
+		stat_add(&kv_stats[self()].args_bytes, -(int64_t)(*cap * sizeof(**argv)));
+		free(*argv);
+		*argv = NULL;
+		*cap = 0;
+	}
+	if (*scap > scratch_keep) {
+		stat_add(&kv_stats[self()].args_bytes, -(int64_t)*scap);
+		free(*scr);
+		*scr = NULL;
+		*scap = 0;
+	}
+}
+
+static void
+args_shrink(struct resp_arg **argv, unsigned *cap, uint8_t **scr, size_t *scap)
+{
+	args_free(argv, cap, scr, scap, ARGV_KEEP, SCRATCH_KEEP);
 }
 
 /* Replies. */
@@ -680,6 +711,7 @@ owner_exec(struct kmsg *m)
 	}
 	if (m->sl.buf)
 		keel_slice_put(&m->sl); /* the proxy: its last put travels home */
+	args_shrink(&ks->argv, &ks->argv_cap, &ks->scratch, &ks->scratch_cap);
 	return c;
 }
 
@@ -1093,7 +1125,7 @@ info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
 			LINE("shard%u:keys=%llu,expires=%llu,used_memory=%llu,commands=%llu,"
 			     "forwarded_out=%llu,forwarded_in=%llu,fanouts=%llu,clients=%llu,"
 			     "expired_lazy=%llu,expired_swept=%llu,proto_errors=%llu,"
-			     "timeouts=%llu,input_holds=%llu\r\n",
+			     "timeouts=%llu,input_holds=%llu,args_bytes=%llu\r\n",
 			     i, (unsigned long long)LD(keys), (unsigned long long)LD(expires),
 			     (unsigned long long)LD(used_memory), (unsigned long long)LD(commands),
 			     (unsigned long long)LD(forwarded_out),
@@ -1101,7 +1133,8 @@ info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
 			     (unsigned long long)LD(conns), (unsigned long long)LD(expired_lazy),
 			     (unsigned long long)LD(expired_swept),
 			     (unsigned long long)LD(proto_errors), (unsigned long long)LD(timeouts),
-			     (unsigned long long)LD(input_holds));
+			     (unsigned long long)LD(input_holds),
+			     (unsigned long long)LD(args_bytes));
 		LINE("\r\n");
 	}
 #undef LD
@@ -1458,11 +1491,14 @@ in_append(struct kconn *kc, const uint8_t *p, size_t n)
 static void
 in_shrink(struct kconn *kc)
 {
-	if (kc->in_len == 0 && kc->in_cap > 64 * 1024) {
+	if (kc->in_len)
+		return; /* a request not yet whole: its parse resumes with these */
+	if (kc->in_cap > 64 * 1024) {
 		free(kc->in); /* a large request's buffer is not kept per connection */
 		kc->in = NULL;
 		kc->in_cap = 0;
 	}
+	args_shrink(&kc->argv, &kc->argv_cap, &kc->scratch, &kc->scratch_cap);
 }
 
 static void
@@ -1614,8 +1650,7 @@ on_close(struct keel_conn *c, int status)
 	rb_free(&kc->out);
 	free(kc->in);
 	free(kc->name);
-	free(kc->argv);
-	free(kc->scratch);
+	args_free(&kc->argv, &kc->argv_cap, &kc->scratch, &kc->scratch_cap, 0, 0);
 	if (kc->bq_waiting || kc->resume_queued) {
 		kc->dead = true; /* on_room or resume_cb frees it (and its waiting requests) */
 		kc->in = NULL;

@@ -909,6 +909,46 @@ Test(kv_server, pipelined_large_replies_all_arrive_in_order)
 	pipelined_large(2);
 }
 
+/* A request with many arguments does not leave its argument arrays behind: after an
+ * MGET of 400,000 keys (on both shards: the home parses its part, the other shard the
+ * hand-over), the arrays the shards hold (args_bytes in INFO shards) are back under what
+ * small requests keep, the connection still open. They used to stay at their largest size
+ * (16 bytes an argument) for the connection's life. */
+Test(kv_server, a_large_request_leaves_no_argument_arrays_behind)
+{
+	enum { KEYS = 400000 };
+	struct srv s;
+	struct rd r;
+	char *req = malloc((size_t)KEYS * 16 + 64);
+	size_t len, want;
+	long long held;
+
+	srv_start(&s, 2, NULL);
+	rd_init(&r, test_connect(s.port));
+	len = (size_t)sprintf(req, "*%d\r\n$4\r\nMGET\r\n", KEYS + 1);
+	for (int i = 0; i < KEYS; i++)
+		len += (size_t)sprintf(req + len, "$7\r\nk%06d\r\n", i);
+	test_send_all(r.fd, req, len);
+	/* The reply: *400000 and 400,000 nils; read it all. */
+	want = (size_t)snprintf(NULL, 0, "*%d\r\n", KEYS) + (size_t)KEYS * 5;
+	free(r.b);
+	r.cap = want + 64;
+	r.b = malloc(r.cap);
+	while (r.len < want) {
+		ssize_t n = recv(r.fd, r.b + r.len, r.cap - r.len, 0);
+		cr_assert_gt(n, 0, "MGET reply: %s", n ? strerror(errno) : "EOF");
+		r.len += (size_t)n;
+	}
+	r.len = 0;
+	expect(&r, "PING", "+PONG\r\n");
+	held = info_field(s.port, "args_bytes=");
+	/* What small requests keep: 1,024 arguments and 64 KiB of scratch per holder. */
+	cr_assert_lt(held, 4 * (1024 * 16 + 65536), "%lld bytes of argument arrays held", held);
+	rd_free(&r);
+	srv_stop(&s);
+	free(req);
+}
+
 Test(kv_server, maxmemory_refuses_writes_with_oom)
 {
 	struct srv s;
