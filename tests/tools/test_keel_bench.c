@@ -338,6 +338,8 @@ Test(tools_bench, bad_options_exit_2_naming_them)
 		{ "serve --backend keel --gather-us 5", "--wait-coalesce-us" },
 		{ "serve --backend epoll --gather-fixed", "--gather-us N" },
 		{ "serve --backend epoll --gather-us 100001", "--gather-us" },
+		{ "serve --backend epoll --steer cpu", "--steer" },
+		{ "serve --backend keel --steer queue", "--steer" },
 		{ "pingpong --backend epoll --port 1 --gather-us 5", "keel-bench serve" },
 		{ "pingpong --server-pid 1", "--port" },
 		{ "pingpong --port 1 --server-pid 1073741824", "--server-pid" },
@@ -827,4 +829,27 @@ Test(tools_bench, serve_pins_epoll_threads_to_the_cpuset)
 Test(tools_bench, serve_pins_keel_shards_to_the_cpuset)
 {
 	serve_pinned("keel");
+}
+
+/* The serve banner says what the keel server does, not what was asked: hash steering by
+ * default (as the epoll server's SO_REUSEPORT group), cpu when asked; and whether its sleeps
+ * gather (compare.sh turns the epoll server's gathering off where keel's cannot). */
+Test(tools_bench, serve_banner_says_steering_and_gathering_as_decided)
+{
+	char *out;
+
+	cr_assert_eq(bench("serve --backend keel --shards 2 --no-pin --seconds 0.1", &out), 0, "%s",
+		     out);
+	cr_assert(strstr(out, "2 shards (hash steering)"), "%s", out);
+	free(out);
+	cr_assert_eq(
+		bench("serve --backend keel --shards 2 --no-pin --steer cpu --seconds 0.1", &out),
+		0, "%s", out);
+	cr_assert(strstr(out, "2 shards (cpu steering)"), "%s", out);
+	free(out);
+	cr_assert_eq(
+		bench("serve --backend keel --no-pin --feature min_wait=off --seconds 0.1", &out),
+		0, "%s", out);
+	cr_assert(strstr(out, "sleeps do not gather (min_wait: "), "%s", out);
+	free(out);
 }

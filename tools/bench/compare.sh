@@ -198,6 +198,25 @@ if [ -z "$bin" ]; then
 fi
 kb=$bin/keel-bench
 [ -x "$kb" ] || { echo "compare.sh: no keel-bench in $bin (--bin DIR)" >&2; exit 1; }
+# Policies both servers must share. Adaptive idle polling has no epoll counterpart.
+if [ -n "${KEEL_IDLE_POLL_ADAPTIVE:-}" ] && ! [[ ${KEEL_IDLE_POLL_ADAPTIVE,,} =~ ^(0|false|no|off)$ ]]; then
+	echo "compare.sh: KEEL_IDLE_POLL_ADAPTIVE is set: the epoll server has no adaptive polling," \
+		"so the spin rows would not compare like with like; unset it" >&2
+	exit 2
+fi
+# Gathering: what keel's runtime decides here, not the option (it needs Linux 6.12's
+# IORING_FEAT_MIN_TIMEOUT); where keel's sleeps cannot gather, the epoll server's do not.
+if [ "$egather" != 0 ]; then
+	kban=$("$kb" serve --backend keel --seconds 0.1 --no-pin 2>/dev/null) || true
+	kban=${kban%%$'\n'*}
+	if [[ $kban == *"sleeps do not gather"* ]]; then
+		why=${kban##*min_wait: }
+		echo "compare.sh: keel's sleeps do not gather here (${why%)});" \
+			"the epoll server's will not either (--epoll-gather-us 0)" >&2
+		egather=0
+		efixed=()
+	fi
+fi
 have_gnuplot=0
 command -v gnuplot >/dev/null && have_gnuplot=1
 [ $plot -eq 0 ] || [ $have_gnuplot -eq 1 ] ||
@@ -497,7 +516,7 @@ client_desc="keel-bench MODE --client $client --port P --server-pid PID"
 	echo "  irq, softirq; tick-sampled), per message: unlike the process's clock it includes the receive softirqs that"
 	echo "  ran while the server slept (charged to the idle task), so it does not favour the server that sleeps more"
 	echo "- keel/epoll: median of the per-repetition ratios (min-max); > 1: keel's server moved more"
-	echo "- **client-bound**: the client used >= 0.9 of each of its cores in some repetition; there the throughput"
+	echo "- **client-bound**: the client used >= 0.9 of its cores in total (CPU time / threads x window) in some repetition; there the throughput"
 	echo "  compares the client, and the server CPU per message is the figure that counts"
 	echo "- p50/p99: round-trip latency in µs (loaded latency with many in flight)"
 	echo "- shown (p): whether keel's repetitions differ from epoll's by more than their spread explains, for the"

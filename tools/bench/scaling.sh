@@ -15,8 +15,8 @@
 #     --bin DIR         directory of keel-bench (default build-release/bin)
 #     --shards LIST     server shard counts (default 1,2,4,8,12)
 #     --cpus N          CPUs to use, 0..N-1 (default: all online)
-#     --reps N          repetitions (default 3)      --seconds S  window (default 2)
-#     --warmup S        warm-up (default 0.5)        --out DIR    (default scaling-results)
+#     --reps N          repetitions (default 5)      --seconds S  window (default 1)
+#     --warmup S        warm-up (default 0.3)        --out DIR    (default scaling-results)
 #     --policies LIST   block,spin (default both)    --client B   epoll (default) or keel
 #     --rows LIST       row specs for compare.sh with {S} for the shard count (default
 #                       "pp64:pingpong:64:1:32*{S},tp64:throughput:64:64:4*{S}")
@@ -28,7 +28,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cmdline="tools/bench/scaling.sh $*"
 
-bin=$root/build-release/bin shards_list=1,2,4,8,12 ncpu=$(nproc) reps=3 secs=2 warmup=0.5
+bin=$root/build-release/bin shards_list=1,2,4,8,12 ncpu=$(nproc) reps=5 secs=1 warmup=0.3
 out=scaling-results policies=block,spin client=epoll shared=0 egather=()
 rows='pp64:pingpong:64:1:32*{S},tp64:throughput:64:64:4*{S}'
 usage() { sed -n '/^#   tools\/bench\/scaling.sh \[options\]/,/^set -e/{/^#/s/^# \{0,1\}//p}' "$0"; }
@@ -105,7 +105,7 @@ cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 	echo
 	echo "- machine: $(nproc) CPUs (using $ncpu), ${cpu:-unknown CPU}, Linux $(uname -r)"
 	echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'); command: \`$cmdline\`"
-	echo "- S shards on CPUs 0..S-1, the client on the other CPUs with one thread per CPU (at most one per connection)"
+	echo "- S shards on CPUs 0..S-1 (keel: hash steering, as the epoll server's SO_REUSEPORT group), the client on the other CPUs with one thread per CPU (at most one per connection)"
 	echo "- $reps alternating repetitions of ${secs} s (+${warmup} s warm-up); median (min-max); method: docs/bench.md"
 	echo "- policies: block = keel --idle-poll-us 0 / epoll --busy-poll-us 0; spin = both 50 us"
 	sed -n 's/^- keel.s sleeps: /- sleeps: keel: /p' "$out/shards-${S[0]}/compare.md" | head -n 1
@@ -113,7 +113,7 @@ cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 	echo "- shown (p): compare.sh's rank-sum verdicts, rate; server CPU (docs/bench.md); $reps repetitions a side can"
 	echo "  reach p = $(awk -v n="$reps" -f "$root/tools/bench/ranksum.awk" \
 		-f <(echo 'BEGIN { printf "%.4f", ranksum_min_p(n) }'))" \
-		"(3 never reach 0.05: --reps 5 for verdicts)"
+		"(3 never reach 0.05: the default is 5)"
 	echo
 	echo "| shards | client CPUs | row | mode | conns | policy | unit | keel median (min-max) | epoll median (min-max) | keel/epoll (min-max) | server cores keel / epoll | server CPU ns/msg keel / epoll | p99 µs keel / epoll | shown (p): rate; server CPU | flags |"
 	echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"

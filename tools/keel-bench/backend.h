@@ -61,6 +61,8 @@ struct bench_cfg {
 				     * epoll_wait when keel's coalescing policy says so */
 	bool gather_fixed;          /* ... always, no trials (--gather-fixed) */
 	bool udp_gso;               /* epoll server: UDP echoes with UDP_SEGMENT (--udp-gso) */
+	int steer;                  /* keel server: enum keel_steer (--steer; default hash, as
+				     * the epoll server's SO_REUSEPORT group places flows) */
 	uint32_t client_poll_us;    /* epoll and udp clients: epoll_wait(0) this long after
 				     * the last event before blocking (--client-poll-us) */
 	const struct keel_opts *rt; /* runtime options for keel runtimes in this process */

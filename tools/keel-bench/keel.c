@@ -302,6 +302,7 @@ serve_start(const struct bench_cfg *cfg, uint16_t *port, struct bench_server **o
 	lo.addr = s->addr;
 	lo.port = ntohs(cfg->addr.sin_port);
 	lo.no_addrs = true; /* the echo server never asks for a connection's addresses */
+	lo.steer = (enum keel_steer)cfg->steer;
 	r = keel_listener_create(&lo, s->n, &srv_ops, s, &s->l);
 	if (r < 0) {
 		s->l = NULL;

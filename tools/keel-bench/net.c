@@ -18,6 +18,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <keel/caps.h>
 #include <keel/net.h>
 #include <math.h>
 #include <pthread.h>
@@ -65,6 +66,9 @@ static const char client_usage[] =
 	"  --gather-fixed the epoll server: with --gather-us, before every blocking wait\n"
 	"  --udp-gso      the epoll server: echo each run of datagrams of one size from one\n"
 	"                 source with one sendmsg carrying UDP_SEGMENT (default: sendmmsg)\n"
+	"  --steer S      the keel server: cpu or hash, which shard accepts a connection\n"
+	"                 (default hash, as the epoll server's SO_REUSEPORT group; cpu on\n"
+	"                 loopback puts client thread i's connections on one shard)\n"
 	"  --server-cpus LIST  the server's CPUs: also report their busy time over the window\n"
 	"                 from /proc/stat (server_cpus_*; all work on them, softirqs included)\n"
 	"  --client-poll-us N  the epoll client (and udp's): epoll_wait(0) for N us after its\n"
@@ -92,6 +96,9 @@ static const char serve_usage[] =
 	"  --udp-gso      epoll: echo each run of datagrams of one size from one source with\n"
 	"                 one sendmsg carrying UDP_SEGMENT, as keel batches its UDP sends\n"
 	"                 (default: sendmmsg, a datagram per message)\n"
+	"  --steer S      keel: cpu or hash, which shard accepts a connection (default hash,\n"
+	"                 as the epoll server's SO_REUSEPORT group places them; cpu steering\n"
+	"                 on loopback follows the client's CPU, not a NIC queue's)\n"
 	"  --cpuset LIST  server thread i on the i-th CPU of LIST (default CPU i)\n"
 	"  --seconds S    stop after S seconds (default: at SIGINT or SIGTERM)\n"
 	"  --size N       report per-message figures for framed messages of N bytes\n"
@@ -105,7 +112,7 @@ struct opts {
 	struct bench_cfg cfg;
 	struct keel_opts rt;
 	const struct bench_backend *be, *client;
-	bool json, has_port, serve, has_size, has_busy, has_gather, has_client_poll;
+	bool json, has_port, serve, has_size, has_busy, has_gather, has_client_poll, has_steer;
 	long server_pid;
 	double seconds, warmup;
 	struct keel_cpuset server_cpus; /* --server-cpus */
@@ -220,6 +227,14 @@ parse(struct opts *o, int argc, char **argv)
 			o->has_gather = true;
 		} else if (!strcmp(a, "--udp-gso")) {
 			c->udp_gso = true;
+		} else if (OPT("--steer")) {
+			enum keel_steer st;
+			if (m < 0)
+				return bad(o, "--steer", "missing value", NULL);
+			if (keel_steer_parse(v, &st) < 0 || st == KEEL_STEER_QUEUE)
+				return bad(o, "--steer", "expected cpu or hash", v);
+			c->steer = (int)st;
+			o->has_steer = true;
 		} else if (OPT("--addr")) {
 			if (m < 0)
 				return bad(o, "--addr", "missing value", NULL);
@@ -283,6 +298,11 @@ parse(struct opts *o, int argc, char **argv)
 			   "keel's network layer's (keel_net_opts_parse): give them with --backend "
 			   "keel or --client keel",
 			   NULL);
+	if (o->has_steer && o->be != &bench_backend_keel)
+		return bad(o, "--steer",
+			   "the keel server's option (the epoll server's SO_REUSEPORT group places "
+			   "connections by the kernel's hash)",
+			   NULL);
 	if (c->udp_gso && o->be != &bench_backend_epoll)
 		return bad(o, "--udp-gso",
 			   "the epoll server's option (keel batches its UDP sends itself; "
@@ -339,6 +359,7 @@ defaults(struct opts *o, enum bench_mode mode)
 	c->churn = 1;
 	c->threads = 1;
 	c->shards = 1;
+	c->steer = KEEL_STEER_HASH;
 	c->pin = true;
 	o->be = &bench_backend_keel;
 	o->client = NULL;
@@ -930,15 +951,28 @@ run_serve(struct opts *o)
 	/* Either server's sleeps may gather arrivals first (keel: --wait-coalesce-us, epoll:
 	 * --gather-us): say so, it is a policy. */
 	gather[0] = '\0';
-	if (o->be == &bench_backend_keel && o->rt.wait_coalesce_us)
-		snprintf(gather, sizeof(gather), ", sleeps gather up to %u us (%s)",
-			 o->rt.wait_coalesce_us, o->rt.wait_coalesce_fixed ? "fixed" : "adaptive");
-	else if (o->be == &bench_backend_epoll && c->gather_us)
+	if (o->be == &bench_backend_keel && o->rt.wait_coalesce_us) {
+		/* What the runtime decided, not the option: without IORING_FEAT_MIN_TIMEOUT
+		 * (Linux 6.12) keel's sleeps cannot gather (compare.sh reads this line). */
+		struct keel_feature_decision dec[KEEL_FEAT__COUNT];
+
+		if (keel_features_decide(&o->rt, dec) == 0 && !dec[KEEL_FEAT_MIN_WAIT].used)
+			snprintf(gather, sizeof(gather), ", sleeps do not gather (min_wait: %s)",
+				 dec[KEEL_FEAT_MIN_WAIT].reason);
+		else
+			snprintf(gather, sizeof(gather), ", sleeps gather up to %u us (%s)",
+				 o->rt.wait_coalesce_us,
+				 o->rt.wait_coalesce_fixed ? "fixed" : "adaptive");
+	} else if (o->be == &bench_backend_epoll && c->gather_us)
 		snprintf(gather, sizeof(gather), ", sleeps gather for %u us first (%s)",
 			 c->gather_us, c->gather_fixed ? "fixed" : "adaptive");
-	printf("keel-bench serve: %s echo server on %s:%u (TCP and UDP), %u shard%s, pid %ld, "
+	printf("keel-bench serve: %s echo server on %s:%u (TCP and UDP), %u shard%s%s, pid %ld, "
 	       "%s%s\n",
-	       o->be->name, addr, port, c->shards, c->shards == 1 ? "" : "s", (long)getpid(),
+	       o->be->name, addr, port, c->shards, c->shards == 1 ? "" : "s",
+	       o->be == &bench_backend_keel && c->shards > 1
+		       ? (c->steer == KEEL_STEER_CPU ? " (cpu steering)" : " (hash steering)")
+		       : "",
+	       (long)getpid(),
 	       o->be == &bench_backend_keel ? (o->rt.idle_poll_us ? "idle-poll" : "blocking")
 					    : (c->busy_poll_us ? "busy-poll" : "blocking"),
 	       gather);
