@@ -438,7 +438,8 @@ NR == 1 { next }
 END {
 	print "row", "mode", "size", "inflight", "conns", "threads", "policy", "server", "n", "median", "min", "max", \
 		"p50_us", "p99_us", "server_cpu_ns_per_msg", "server_cores", "client_cores_used", "client_bound_reps", \
-		"lost", "ratio_median", "ratio_min", "ratio_max", "server_cpus_ns_per_msg", "p_rate", "p_cpu"
+		"lost", "ratio_median", "ratio_min", "ratio_max", "server_cpus_ns_per_msg", "p_rate", "p_cpu", \
+		"p_cpus"
 	for (o = 1; o <= nk; o++) {
 		k = order[o]; split(k, kk, SUBSEP); c = n[k]
 		delete a; for (i = 1; i <= c; i++) a[i] = m[k, i]; md = med(a, c); lo = a[1]; hi = a[c]
@@ -460,18 +461,23 @@ END {
 		}
 		# keel against epoll, rank-sum test over the repetitions (ranksum.awk): the rate
 		# and the server CPU per message (on the keel line)
-		prate = pcpu = "-"
+		# and the busy time of the server CPUs per message (the figure that does not favour the
+		# server that sleeps more: on veth the one the verdict should rest on)
+		prate = pcpu = pcpus = "-"
 		ke = kk[1] SUBSEP kk[2] SUBSEP "epoll"
 		if (kk[3] == "keel" && (ke in n)) {
 			nx = figures(m, k, c, x, 0); ny = figures(m, ke, n[ke], y, 0)
 			prate = ranksum_p(x, nx, y, ny)
 			nx = figures(cpu, k, c, x, 1); ny = figures(cpu, ke, n[ke], y, 1)
 			pcpu = ranksum_p(x, nx, y, ny)
+			nx = figures(bcpu, k, c, x, 1); ny = figures(bcpu, ke, n[ke], y, 1)
+			pcpus = ranksum_p(x, nx, y, ny)
 			if (prate < 0) prate = "-"
 			if (pcpu < 0) pcpu = "-"
+			if (pcpus < 0) pcpus = "-"
 		}
 		print kk[1], info[k], kk[2], kk[3], c, md, lo, hi, (mp50 < 0 ? "null" : mp50), (mp99 < 0 ? "null" : mp99), \
-			mcpu, msc, mcc, cb[k], lost[k], rm, rl, rh, (mbcpu < 0 ? "null" : mbcpu), prate, pcpu
+			mcpu, msc, mcc, cb[k], lost[k], rm, rl, rh, (mbcpu < 0 ? "null" : mbcpu), prate, pcpu, pcpus
 	}
 }'
 awk -F'\t' -v OFS='\t' -f "$root/tools/bench/ranksum.awk" -f <(printf '%s\n' "$summary_prog") "$tsv" >"$sum"
@@ -542,7 +548,7 @@ END {
 		print ""
 		print "## policy: " pol (pol == "block" ? " (both servers block in the kernel when idle)" : " (both servers poll " spin " us before blocking)")
 		print ""
-		print "| row | mode | size | inflight | conns | client threads | unit | keel median (min-max) | epoll median (min-max) | keel/epoll (min-max) | p50 µs keel / epoll | p99 µs keel / epoll | server CPU ns/msg keel / epoll | server CPUs busy ns/msg keel / epoll | server cores keel / epoll | client cores used keel / epoll | shown (p): rate; server CPU | flags |"
+		print "| row | mode | size | inflight | conns | client threads | unit | keel median (min-max) | epoll median (min-max) | keel/epoll (min-max) | p50 µs keel / epoll | p99 µs keel / epoll | server CPU ns/msg keel / epoll | server CPUs busy ns/msg keel / epoll | server cores keel / epoll | client cores used keel / epoll | shown (p): rate; server CPU; CPUs busy | flags |"
 		print "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 		for (r = 1; r <= nr; r++) {
 			kk = rows[r] SUBSEP pol SUBSEP "keel"; ke = rows[r] SUBSEP pol SUBSEP "epoll"
@@ -556,6 +562,8 @@ END {
 			if (K[19] > 0 || E[19] > 0) flags = flags "lost " (K[19] + 0) " / " (E[19] + 0) "; "
 			sub(/; $/, "", flags)
 			sh = ranksum_shown(K[24], K[10], E[10], K[25], K[15], E[15])
+			shb = ranksum_verdict(K[26], K[23], E[23], "dearer", "cheaper")
+			if (shb != "-") sh = sh "; CPUs busy: " shb
 			printf "| %s | %s | %s | %s | %s | %s | %s | %s (%s-%s) | %s (%s-%s) | %s (%s-%s) | %s / %s | %s / %s | %s / %s | %s / %s | %s / %s | %s / %s | %s | %s |\n", \
 				S[1], mode, S[3], S[4], S[5], S[6], unit(mode), \
 				fmtv(K[10], mode), fmtv(K[11], mode), fmtv(K[12], mode), fmtv(E[10], mode), fmtv(E[11], mode), fmtv(E[12], mode), \
