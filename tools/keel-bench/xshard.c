@@ -8,12 +8,15 @@
  * pings (--idle-poll-us 0 and a gap), so each ping and each reply is a MSG_RING wake-up.
  *
  * baseline: the same three exchanges between two threads pinned to the same CPUs, through
- * a mutex-protected queue with an eventfd wake-up (the consumer takes everything queued
- * under one lock; the producer writes the eventfd only when the consumer said it waits).
+ * a lock-free single-producer single-consumer ring with an eventfd wake-up (the consumer
+ * takes everything queued; the producer writes the eventfd only when the consumer said it
+ * waits). Until the sixteenth session it was a mutex-protected queue, which made the
+ * polling baseline contend on one lock (futex sleeps): weaker than a real polling design.
  */
 #include <errno.h>
 #include <keel/keel.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -227,26 +230,33 @@ sleeping_start(void *app)
 	keel_timer_start(x->timer, KEEL_US(x->gap_us), 0);
 }
 
-/* ---- baseline: mutex queue + eventfd ---- */
+/* ---- baseline: a lock-free single-producer single-consumer ring + eventfd ---- */
 
 struct item {
 	uint64_t v; /* UINT64_MAX: stop */
 };
 
+/* The strongest plain-threads design for one producer and one consumer: no lock, each side
+ * writes only its own index; a consumer about to sleep says so (waiting), and the producer
+ * writes the eventfd only then (the seq_cst fences on both sides order the flag against the
+ * indices, so a wake-up is never lost; a stray one only makes a sleep return early). */
 struct bq {
-	pthread_mutex_t lock;
+	_Alignas(64) _Atomic size_t tail; /* the producer's */
+	_Alignas(64) _Atomic size_t head; /* the consumer's */
+	_Alignas(64) _Atomic int waiting;
 	struct item *buf;
-	size_t head, tail, cap;
-	bool waiting;
+	size_t cap; /* a power of two */
 	int efd;
 };
 
 static int
-bq_init(struct bq *q)
+bq_init(struct bq *q, unsigned window)
 {
 	memset(q, 0, sizeof(*q));
-	pthread_mutex_init(&q->lock, NULL);
-	q->cap = 1024;
+	/* Room for the whole one-way window and the stop item: the producer never waits. */
+	q->cap = 64;
+	while (q->cap < 2 * (size_t)window + 2)
+		q->cap *= 2;
 	q->buf = malloc(q->cap * sizeof(*q->buf));
 	q->efd = eventfd(0, EFD_CLOEXEC);
 	return q->buf && q->efd >= 0 ? 0 : -ENOMEM;
@@ -260,50 +270,61 @@ bq_fini(struct bq *q)
 	free(q->buf);
 	if (q->efd >= 0)
 		close(q->efd);
-	pthread_mutex_destroy(&q->lock);
 }
 
 static void
 bq_push(struct bq *q, uint64_t v)
 {
-	bool wake;
+	size_t t = atomic_load_explicit(&q->tail, memory_order_relaxed);
 
-	pthread_mutex_lock(&q->lock);
-	if (q->tail - q->head == q->cap) {
-		struct item *nb = malloc(2 * q->cap * sizeof(*nb));
-		for (size_t i = q->head; i < q->tail; i++)
-			nb[i & (2 * q->cap - 1)] = q->buf[i & (q->cap - 1)];
-		free(q->buf);
-		q->buf = nb;
-		q->cap *= 2;
-	}
-	q->buf[q->tail++ & (q->cap - 1)].v = v;
-	wake = q->waiting;
-	q->waiting = false;
-	pthread_mutex_unlock(&q->lock);
-	if (wake) {
+	while (t - atomic_load_explicit(&q->head, memory_order_acquire) == q->cap)
+		; /* full: never with the window above */
+	q->buf[t & (q->cap - 1)].v = v;
+	atomic_store_explicit(&q->tail, t + 1, memory_order_release);
+	atomic_thread_fence(memory_order_seq_cst);
+	if (atomic_load_explicit(&q->waiting, memory_order_relaxed) &&
+	    atomic_exchange_explicit(&q->waiting, 0, memory_order_relaxed)) {
 		uint64_t one = 1;
 		if (write(q->efd, &one, sizeof(one)) != sizeof(one))
 			abort();
 	}
 }
 
-/* Take up to max items; with @block, wait on the eventfd while the queue is empty. */
+/* Take up to max items. An empty queue is polled for @spin_ns (UINT64_MAX: for ever, 0:
+ * not at all), then waited for on the eventfd: the policy keel's shards follow with
+ * --idle-poll-us. */
 static size_t
-bq_pop(struct bq *q, struct item *out, size_t max, bool block)
+bq_pop(struct bq *q, struct item *out, size_t max, uint64_t spin_ns)
 {
+	uint64_t spin_end = 0;
+
 	for (;;) {
+		size_t h = atomic_load_explicit(&q->head, memory_order_relaxed);
+		size_t t = atomic_load_explicit(&q->tail, memory_order_acquire);
 		size_t n = 0;
-		pthread_mutex_lock(&q->lock);
-		while (n < max && q->head != q->tail)
-			out[n++] = q->buf[q->head++ & (q->cap - 1)];
-		if (n || !block) {
-			pthread_mutex_unlock(&q->lock);
-			return n;
-		}
-		q->waiting = true;
-		pthread_mutex_unlock(&q->lock);
 		uint64_t v;
+
+		while (n < max && h + n != t) {
+			out[n] = q->buf[(h + n) & (q->cap - 1)];
+			n++;
+		}
+		if (n)
+			atomic_store_explicit(&q->head, h + n, memory_order_release);
+		if (n || spin_ns == UINT64_MAX)
+			return n;
+		if (spin_ns) {
+			uint64_t now = bench_now_ns();
+			if (!spin_end)
+				spin_end = now + spin_ns;
+			if (now < spin_end)
+				continue;
+		}
+		atomic_store_explicit(&q->waiting, 1, memory_order_relaxed);
+		atomic_thread_fence(memory_order_seq_cst);
+		if (atomic_load_explicit(&q->tail, memory_order_acquire) != h) {
+			atomic_store_explicit(&q->waiting, 0, memory_order_relaxed);
+			continue;
+		}
 		if (read(q->efd, &v, sizeof(v)) != sizeof(v) && errno != EINTR)
 			abort();
 	}
@@ -317,7 +338,8 @@ struct base {
 	_Alignas(64) _Atomic uint64_t acked;
 	_Alignas(64) uint64_t recv;
 	uint64_t t_end;
-	int mode; /* 0 one-way, 1 polling rtt, 2 sleeping rtt */
+	int mode;         /* 0 one-way, 1 polling rtt, 2 sleeping rtt */
+	uint64_t spin_ns; /* one-way: the consumer polls this long before sleeping */
 };
 
 static void *
@@ -328,7 +350,12 @@ base_consumer(void *p)
 
 	bench_pin(b->cpu[1]);
 	for (;;) {
-		size_t n = bq_pop(&b->q01, items, 256, b->mode != 1);
+		/* One-way: poll as keel's receiving shard does (--idle-poll-us), then sleep;
+		 * polling round trips: poll; sleeping round trips: sleep at once. */
+		size_t n = bq_pop(&b->q01, items, 256,
+				  b->mode == 1   ? UINT64_MAX
+				  : b->mode == 0 ? b->spin_ns
+						 : 0);
 		for (size_t i = 0; i < n; i++) {
 			if (items[i].v == UINT64_MAX) {
 				b->t_end = bench_now_ns();
@@ -372,7 +399,7 @@ run_baseline(struct base *b, int mode, struct samples *smp, uint64_t *count, uin
 		while (bench_now_ns() < end) {
 			uint64_t t = bench_now_ns();
 			bq_push(&b->q01, t);
-			while (bq_pop(&b->q10, &it, 1, mode == 2) == 0)
+			while (bq_pop(&b->q10, &it, 1, mode == 2 ? 0 : UINT64_MAX) == 0)
 				;
 			/* Modes 1 and 2 pass samples; cppcheck follows mode 0's NULL. */
 			// cppcheck-suppress ctunullpointer
@@ -419,9 +446,12 @@ print_json_result(const char *indent, const struct result *r)
 }
 
 static const char xshard_usage[] =
-	"usage: keel-bench xshard [--seconds S] [--gap-us N] [--json] [runtime options]\n"
+	"usage: keel-bench xshard [--seconds S] [--gap-us N] [--baseline-first] [--json]\n"
+	"                [runtime options]\n"
 	"  --seconds S   length of each of the three measurements (default 2)\n"
 	"  --gap-us N    pause between sleeping round trips (default 1000)\n"
+	"  --baseline-first  measure the baseline before keel (default after; xshard.sh\n"
+	"                alternates)\n"
 	"  --json        print JSON instead of a table\n\n";
 
 int
@@ -436,7 +466,8 @@ bench_xshard(int argc, char **argv)
 	double seconds = 2;
 	uint64_t gap_us = 1000;
 	int status = 1;
-	bool json = false;
+	bool json = false, base_first = false;
+	unsigned idle_poll_us;
 	int r;
 
 	keel_opts_init(&o);
@@ -465,6 +496,8 @@ bench_xshard(int argc, char **argv)
 			}
 		} else if (!strcmp(argv[i], "--json")) {
 			json = true;
+		} else if (!strcmp(argv[i], "--baseline-first")) {
+			base_first = true;
 		} else {
 			fprintf(stderr, "keel-bench xshard: unknown option '%s' (see --help)\n",
 				argv[i]);
@@ -497,33 +530,66 @@ bench_xshard(int argc, char **argv)
 		goto out;
 	}
 
-	/* keel, polling: one-way then round trips. */
-	r = keel_run(&o, polling_start, x);
-	if (r < 0 || x->err) {
-		fprintf(stderr, "keel-bench xshard: runtime failed: %s\n",
-			strerror(-(r ? r : x->err)));
-		goto out;
-	}
-	/* keel, sleeping: every message wakes its receiver. */
-	o.idle_poll_us = 0;
-	r = keel_run(&o, sleeping_start, x);
-	if (r < 0) {
-		fprintf(stderr, "keel-bench xshard: runtime failed: %s\n", strerror(-r));
-		goto out;
-	}
-	summarise(&rk, &x->rtt, &x->wake, x->oneway_count, x->oneway_ns);
+	/* The baseline runs on the shards' CPUs: known before keel runs from the runtime's
+	 * placement, so that either may go first (xshard.sh alternates). */
+	{
+		struct keel_runtime *rt;
 
-	/* baseline on the same CPUs. */
+		r = keel_runtime_create(&o, &rt);
+		if (r < 0) {
+			fprintf(stderr, "keel-bench xshard: runtime: %s\n", strerror(-r));
+			goto out;
+		}
+		x->cpu[0] = keel_runtime_shard_cpu(rt, 0);
+		x->cpu[1] = keel_runtime_shard_cpu(rt, 1);
+		keel_runtime_destroy(rt);
+	}
 	b->cpu[0] = x->cpu[0];
 	b->cpu[1] = x->cpu[1];
 	b->dur_ns = x->dur_ns;
 	b->gap_us = x->gap_us;
 	b->window = x->window;
-	if (bq_init(&b->q01) || bq_init(&b->q10) || run_baseline(b, 0, NULL, &bcount, &bns) ||
-	    run_baseline(b, 1, &brtt, NULL, NULL) || run_baseline(b, 2, &bwake, NULL, NULL)) {
-		fprintf(stderr, "keel-bench xshard: baseline failed\n");
+	b->spin_ns = (uint64_t)o.idle_poll_us * 1000;
+	if (bq_init(&b->q01, b->window) || bq_init(&b->q10, b->window)) {
+		fprintf(stderr, "keel-bench xshard: out of memory\n");
 		goto out;
 	}
+	for (int pass = 0; pass < 2; pass++) {
+		if ((pass == 0) == base_first) {
+			/* baseline on the same CPUs; it pins this thread, whose affinity the
+			 * runtime reads to place its shards: put it back after */
+			cpu_set_t mask;
+			bool have = sched_getaffinity(0, sizeof(mask), &mask) == 0;
+
+			r = run_baseline(b, 0, NULL, &bcount, &bns) ||
+			    run_baseline(b, 1, &brtt, NULL, NULL) ||
+			    run_baseline(b, 2, &bwake, NULL, NULL);
+			if (have)
+				sched_setaffinity(0, sizeof(mask), &mask);
+			if (r) {
+				fprintf(stderr, "keel-bench xshard: baseline failed\n");
+				goto out;
+			}
+			continue;
+		}
+		/* keel, polling: one-way then round trips. */
+		r = keel_run(&o, polling_start, x);
+		if (r < 0 || x->err) {
+			fprintf(stderr, "keel-bench xshard: runtime failed: %s\n",
+				strerror(-(r ? r : x->err)));
+			goto out;
+		}
+		/* keel, sleeping: every message wakes its receiver. */
+		idle_poll_us = o.idle_poll_us;
+		o.idle_poll_us = 0;
+		r = keel_run(&o, sleeping_start, x);
+		o.idle_poll_us = idle_poll_us;
+		if (r < 0) {
+			fprintf(stderr, "keel-bench xshard: runtime failed: %s\n", strerror(-r));
+			goto out;
+		}
+	}
+	summarise(&rk, &x->rtt, &x->wake, x->oneway_count, x->oneway_ns);
 	summarise(&rb, &brtt, &bwake, bcount, bns);
 
 	if (x->oneway_count == 0 || bcount == 0 || rk.rtt_samples == 0 || rb.rtt_samples == 0 ||
@@ -538,7 +604,7 @@ bench_xshard(int argc, char **argv)
 		printf("  \"seconds\": %.3f,\n  \"messages\": %llu,\n", seconds,
 		       (unsigned long long)x->oneway_count);
 		print_json_result("  ", &rk);
-		printf(",\n  \"baseline\": {\n    \"name\": \"mutex queue + eventfd\",\n"
+		printf(",\n  \"baseline\": {\n    \"name\": \"spsc ring + eventfd\",\n"
 		       "    \"messages\": %llu,\n",
 		       (unsigned long long)bcount);
 		print_json_result("    ", &rb);
@@ -547,7 +613,7 @@ bench_xshard(int argc, char **argv)
 	} else {
 		printf("xshard: shard 0 (CPU %d) -> shard 1 (CPU %d), %.1f s per measurement\n",
 		       x->cpu[0], x->cpu[1], seconds);
-		printf("%-26s %14s %14s %8s\n", "", "keel", "mutex+eventfd", "ratio");
+		printf("%-26s %14s %14s %8s\n", "", "keel", "spsc+eventfd", "ratio");
 		printf("%-26s %14.0f %14.0f %7.2fx\n", "one-way msgs/s", rk.msgs_per_sec,
 		       rb.msgs_per_sec, rk.msgs_per_sec / rb.msgs_per_sec);
 		printf("%-26s %14.2f %14.2f %7.2fx\n", "polling rtt p50 (us)", rk.rtt_p50_us,
