@@ -396,10 +396,25 @@ flush_out(struct kconn *kc)
  * too many outstanding, waiting for room in a cross-shard queue, or more bytes than the
  * high watermark (made here, queued on the connection). */
 static bool
-over_limit(const struct kconn *kc)
+over_limit_q(const struct kconn *kc, uint64_t queued)
 {
 	return kc->npend >= PEND_MAX || kc->bq_head || kc->big.buf ||
-	       kc->out.len + keel_conn_queued(kc->c) > kv_cfg.high_watermark;
+	       kc->out.len + queued > kv_cfg.high_watermark;
+}
+
+/* Reply bytes that may be made before the limits are looked at again. */
+static size_t
+out_room(uint64_t queued)
+{
+	uint64_t left = queued < kv_cfg.high_watermark ? kv_cfg.high_watermark - queued : 0;
+
+	return left < WRAP_MIN ? (size_t)left : WRAP_MIN;
+}
+
+static bool
+over_limit(const struct kconn *kc)
+{
+	return over_limit_q(kc, keel_conn_queued(kc->c));
 }
 
 static void resume_cb(void *arg);
@@ -1417,6 +1432,12 @@ process(struct kconn *kc, const uint8_t *p, size_t n, const struct keel_slice *s
 	 * resume is zeroed on every result but RESP_MORE, which ends the loop). */
 	struct resp_req req = { .max_bulk = kv_cfg.max_bulk };
 
+	/* Checked per request: the reply bytes this call may make before a look at the limits
+	 * (the connection's queue changes within it only by flush_out, the kernel's
+	 * acknowledgements being reaped between passes); kc->paused covers the replies
+	 * outstanding and the hand-offs waiting for room. */
+	size_t room = out_room(keel_conn_queued(kc->c));
+
 	if (!src)
 		req.resume = kc->in_resume;
 	kc->in_resume = (struct resp_resume){ 0 };
@@ -1426,11 +1447,17 @@ process(struct kconn *kc, const uint8_t *p, size_t n, const struct keel_slice *s
 
 		/* Large replies go to the connection as they are made, so that its queue, not
 		 * this buffer, says when to stop; then stop while over the limits. */
-		if (kc->out.len >= WRAP_MIN)
-			flush_out(kc);
-		if (over_limit(kc)) {
-			hold_input(kc);
-			break;
+		if (__builtin_expect(kc->out.len >= room || kc->paused, 0)) {
+			uint64_t queued;
+
+			if (kc->out.len >= WRAP_MIN)
+				flush_out(kc);
+			queued = keel_conn_queued(kc->c);
+			if (over_limit_q(kc, queued)) {
+				hold_input(kc);
+				break;
+			}
+			room = out_room(queued);
 		}
 
 		/* kc's arrays may have grown (or moved) since: a fan-out parses with them. */
