@@ -561,7 +561,10 @@ sleep_in_kernel(struct keel_shard *s, uint64_t t0, struct keel__coalesce *co)
 	next = keel__timers_next_ns(s);
 	if (next >= 0)
 		d = (uint64_t)next > now ? (uint64_t)next - now : 0;
-	if ((s->ovf_pending || s->room_waiters || s->phase != PHASE_RUN) && d > BOUNDED_SLEEP_NS)
+	/* Bounded: work waits for room or a retry (an internal read that found no SQE would
+	 * otherwise leave a sleep no foreign wake-up or signal can end), or the stop. */
+	if ((s->ovf_pending || s->room_waiters || s->internal_retry || s->phase != PHASE_RUN) &&
+	    d > BOUNDED_SLEEP_NS)
 		d = BOUNDED_SLEEP_NS;
 	if (d != UINT64_MAX) {
 		ts.tv_sec = (long long)(d / NS_PER_S);
