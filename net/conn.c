@@ -208,6 +208,7 @@ deliver_slices(struct keel_conn *c, struct keel_slice *s, unsigned n)
 }
 
 static void sqe_retry(struct keel_conn *c);
+static void abort_cancel(struct keel_conn *c);
 
 static void
 recv_arm(struct keel_conn *c)
@@ -295,8 +296,10 @@ recv_cancel(struct keel_conn *c)
 		return;
 	}
 	sqe = keel_sqe_get();
-	if (!sqe)
+	if (!sqe) {
+		sqe_retry(c);
 		return;
+	}
 	io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)&c->recv_op, 0);
 	keel_sqe_bind(sqe, &c->rcancel_op);
 	c->rcancel_sent = true;
@@ -950,6 +953,8 @@ sqe_retry_cb(void *arg)
 	if (!c->closing) {
 		recv_update(c);
 		send_kick(c);
+	} else {
+		abort_cancel(c);
 	}
 	c->nops--;
 	conn_check(c);
@@ -1206,11 +1211,32 @@ keel_conn_close(struct keel_conn *c)
 		keel_timer_start(c->close_timer, c->cfg->close_timeout_ns, 0);
 }
 
-void
-keel_conn_abort(struct keel_conn *c, int status)
+/* An aborted connection's operations in flight are cancelled (all of them, by its fd);
+ * without an SQE, again on the next pass (sqe_retry). */
+static void
+abort_cancel(struct keel_conn *c)
 {
 	struct io_uring_sqe *sqe;
 
+	if (c->cancel_sent || !c->nops ||
+	    !(c->recv_armed || c->send_inflight || c->connecting || c->shut_sent))
+		return;
+	sqe = keel_sqe_get();
+	if (!sqe) {
+		sqe_retry(c);
+		return;
+	}
+	io_uring_prep_cancel_fd(sqe, c->fd,
+				IORING_ASYNC_CANCEL_ALL |
+					(c->direct ? IORING_ASYNC_CANCEL_FD_FIXED : 0));
+	keel_sqe_bind(sqe, &c->cancel_op);
+	c->cancel_sent = true;
+	c->nops++;
+}
+
+void
+keel_conn_abort(struct keel_conn *c, int status)
+{
 	if (c->closing)
 		return;
 	c->closing = true;
@@ -1225,18 +1251,7 @@ keel_conn_abort(struct keel_conn *c, int status)
 	starve_remove(c);
 	if (c->recv_armed && c->zc_sim)
 		sim_end_later(c);
-	if (c->nops && (c->recv_armed || c->send_inflight || c->connecting || c->shut_sent)) {
-		sqe = keel_sqe_get();
-		if (sqe) {
-			io_uring_prep_cancel_fd(
-				sqe, c->fd,
-				IORING_ASYNC_CANCEL_ALL |
-					(c->direct ? IORING_ASYNC_CANCEL_FD_FIXED : 0));
-			keel_sqe_bind(sqe, &c->cancel_op);
-			c->cancel_sent = true;
-			c->nops++;
-		}
-	}
+	abort_cancel(c);
 	conn_check(c);
 }
 

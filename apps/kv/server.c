@@ -362,8 +362,13 @@ flush_out(struct kconn *kc)
 			kc->big_off = 0;
 			if (!send_big(kc))
 				return;
-		} else if (keel_conn_send(kc->c, &s) < 0) {
-			keel_slice_put(&s); /* closing: dropped with it */
+		} else if ((r = keel_conn_send(kc->c, &s)) < 0) {
+			keel_slice_put(&s);
+			if (r != -EPIPE) { /* no queue slot: replies would be lost, not late */
+				keel_conn_abort(kc->c, r);
+				kc->closing = true;
+				return;
+			}
 		}
 		off = 0;
 	}
@@ -381,6 +386,10 @@ flush_out(struct kconn *kc)
 		r = keel_conn_send(kc->c, &s);
 		if (r < 0) {
 			keel_slice_put(&s);
+			if (r != -EPIPE) { /* as above */
+				keel_conn_abort(kc->c, r);
+				kc->closing = true;
+			}
 			break; /* closing: the rest is dropped with it */
 		}
 		off += n;

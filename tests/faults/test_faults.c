@@ -331,3 +331,43 @@ Test(faults_sqe, a_send_or_receive_that_found_no_sqe_is_tried_again)
 	nosqe_case("multishot_recv=on");
 	nosqe_case("multishot_recv=off");
 }
+
+/* An abort that finds no SQE for its cancel tries again next pass: on_close follows while
+ * the peer stays silent (the armed receive held the connection until the peer's next
+ * byte or close before). */
+static _Atomic int abort_closes;
+
+static void
+abort_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		keel_slice_put(&s[i]);
+	atomic_store(&keel__fault_sqe_none, 1);
+	keel_conn_abort(c, -ECONNRESET);
+}
+
+static void
+abort_close(struct keel_conn *c, int status)
+{
+	atomic_fetch_add(&abort_closes, 1);
+}
+
+static const struct keel_conn_ops abort_ops = { .on_data = abort_data, .on_close = abort_close };
+
+Test(faults_sqe, an_abort_whose_cancel_found_no_sqe_still_closes)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct srv s;
+	int fd, r;
+
+	atomic_store(&abort_closes, 0);
+	r = srv_start(&s, &o, NULL, &abort_ops);
+	cr_assert_eq(r, 0, "%s", strerror(-r));
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(cli_write_all(fd, "x", 1), 0);
+	WAIT_FOR(atomic_load(&abort_closes) == 1, "on_close of the aborted connection");
+	cr_assert_eq(atomic_load(&keel__fault_sqe_none), 0, "the fault was not used");
+	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
+}
