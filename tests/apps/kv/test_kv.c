@@ -686,8 +686,9 @@ Test(kv_server, send_max_aborts_a_non_reading_client)
 	free(req);
 }
 
+/* Field @field ("VmRSS:", "VmHWM:") of process @pid's status, in KiB. */
 static long
-rss_kb(pid_t pid)
+status_kb(pid_t pid, const char *field)
 {
 	char path[64], line[256];
 	long kb = -1;
@@ -697,10 +698,16 @@ rss_kb(pid_t pid)
 	f = fopen(path, "r");
 	cr_assert(f);
 	while (fgets(line, sizeof(line), f))
-		if (!strncmp(line, "VmRSS:", 6))
-			kb = atol(line + 6);
+		if (!strncmp(line, field, strlen(field)))
+			kb = atol(line + strlen(field));
 	fclose(f);
 	return kb;
+}
+
+static long
+rss_kb(pid_t pid)
+{
+	return status_kb(pid, "VmRSS:");
 }
 
 /* A client that pipelines GETs of a 4 KiB value and never reads: the server stops
@@ -758,22 +765,11 @@ Test(kv_server, non_reading_flood_stays_bounded)
 	free(req);
 }
 
-/* The peak resident size of process @pid (VmHWM), in KiB. */
+/* The peak resident size of process @pid, in KiB. */
 static long
 hwm_kb(pid_t pid)
 {
-	char path[64], line[256];
-	long kb = -1;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	f = fopen(path, "r");
-	cr_assert(f);
-	while (fgets(line, sizeof(line), f))
-		if (!strncmp(line, "VmHWM:", 6))
-			kb = atol(line + 6);
-	fclose(f);
-	return kb;
+	return status_kb(pid, "VmHWM:");
 }
 
 #define BIG_VAL (16u << 10) /* below 64 KiB: a GET copies it into the reply */
