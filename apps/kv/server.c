@@ -1714,7 +1714,8 @@ on_sweep(struct keel_timer *t, void *arg)
 {
 	struct kv_shard *ks = arg;
 	struct kmsg *m = ks->home_retry;
-	size_t n;
+	size_t n, budget;
+	uint64_t iv;
 
 	ks->home_retry = NULL;
 	while (m) { /* send_home may put it back */
@@ -1724,8 +1725,15 @@ on_sweep(struct keel_timer *t, void *arg)
 	}
 	if (!ks->db.b)
 		return;
-	n = kv_db_sweep(&ks->db, 1024);
-	keel_timer_start(t, n > 256 || ks->home_retry ? KEEL_MS(1) : KEEL_MS(100), 0);
+	/* Paced by the table's size (kv_sweep_pace): a pass in 5 s, or 4 us a bucket over
+	 * 1.25 M buckets (a fixed 1,024 buckets every 100 ms took 200 s over 2 M buckets:
+	 * expired keys kept their memory, and --maxmemory refused writes for data long
+	 * expired). */
+	kv_sweep_pace(ks->db.mask + 1, &iv, &budget);
+	n = kv_db_sweep(&ks->db, budget);
+	if (!ks->db.expires)
+		iv = KEEL_MS(100); /* nothing to expire: only the rehash steps run */
+	keel_timer_start(t, n > budget / 4 || ks->home_retry ? KEEL_MS(1) : iv, 0);
 }
 
 static void

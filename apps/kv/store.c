@@ -607,6 +607,28 @@ kv_db_sweep(struct kv_db *db, size_t budget)
 	return n;
 }
 
+void
+kv_sweep_pace(size_t buckets, uint64_t *interval_ns, size_t *budget)
+{
+	const uint64_t min_ns = 1000ull * 1000, max_ns = 100ull * 1000 * 1000, base = 1024;
+	const uint64_t pass = kv_sweep_pass_ns(buckets);
+	/* 1,024 buckets a tick, as often as the pass needs; past one tick a millisecond, more
+	 * buckets a tick instead. */
+	uint64_t ticks = (buckets + base - 1) / base;
+	uint64_t iv = ticks ? pass / ticks : max_ns;
+
+	if (iv > max_ns)
+		iv = max_ns;
+	if (iv < min_ns)
+		iv = min_ns;
+	*interval_ns = iv;
+	/* Buckets a tick so that pass / iv ticks cover the table. */
+	ticks = pass / iv;
+	*budget = (size_t)((buckets + ticks - 1) / ticks);
+	if (*budget < base)
+		*budget = base;
+}
+
 /* Commands. */
 
 static const char e_int[] = "ERR value is not an integer or out of range";

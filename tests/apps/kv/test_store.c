@@ -492,3 +492,27 @@ Test(kv_arg, an_integer_is_its_whole_argument)
 			cr_assert_eq(v, cases[i].v, "case %zu", i);
 	}
 }
+
+/* The expiry sweep's pace: a whole pass over a table of any size within
+ * kv_sweep_pass_ns (5 s, or 4 us a bucket over 1.25 M buckets), ticks 1-100 ms apart, at
+ * least 1,024 buckets each. A fixed 1,024 buckets every 100 ms took 200 s over 2 M buckets
+ * (8 s now) and half an hour over 16 M (67 s now). */
+Test(kv_sweep, a_pass_is_bounded_at_any_size)
+{
+	for (size_t buckets = 1; buckets <= ((size_t)1 << 34); buckets *= 2) {
+		uint64_t iv, pass = kv_sweep_pass_ns(buckets);
+		size_t budget;
+
+		cr_assert_leq(pass,
+			      buckets * 4000 > 5000000000ull ? buckets * 4000 : 5000000000ull);
+		kv_sweep_pace(buckets, &iv, &budget);
+		cr_assert(iv >= 1000000 && iv <= 100000000, "%zu buckets: %llu ns between ticks",
+			  buckets, (unsigned long long)iv);
+		cr_assert_geq(budget, 1024, "%zu buckets: %zu a tick", buckets, budget);
+		/* ceil(buckets / budget) ticks, iv apart */
+		cr_assert_leq((buckets + budget - 1) / budget * iv, pass,
+			      "%zu buckets: %zu a tick, %llu ns apart: a pass of %llu ms", buckets,
+			      budget, (unsigned long long)iv,
+			      (unsigned long long)((buckets + budget - 1) / budget * iv / 1000000));
+	}
+}
