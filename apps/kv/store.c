@@ -612,8 +612,9 @@ kv_sweep_pace(size_t buckets, uint64_t *interval_ns, size_t *budget)
 {
 	const uint64_t min_ns = 1000ull * 1000, max_ns = 100ull * 1000 * 1000, base = 1024;
 	const uint64_t pass = kv_sweep_pass_ns(buckets);
-	/* 1,024 buckets a tick, as often as the pass needs; past one tick a millisecond, more
-	 * buckets a tick instead. */
+	/* 1,024 buckets a tick, as often as the pass needs (with kv_sweep_pass_ns's 4 us a
+	 * bucket, never closer than 4 ms; the 1 ms floor and the larger budget below hold for
+	 * any pass length it may be given). */
 	uint64_t ticks = (buckets + base - 1) / base;
 	uint64_t iv = ticks ? pass / ticks : max_ns;
 

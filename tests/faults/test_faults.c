@@ -361,7 +361,11 @@ Test(faults_sqe, an_abort_whose_cancel_found_no_sqe_still_closes)
 	int fd, r;
 
 	atomic_store(&abort_closes, 0);
+	/* A multishot receive stays armed across on_data, so the abort has one to cancel. */
+	net_test_feature(&o, "multishot_recv=on");
 	r = srv_start(&s, &o, NULL, &abort_ops);
+	if (r == -EOPNOTSUPP)
+		cr_skip_test("needs multishot receives (Linux 6.0)");
 	cr_assert_eq(r, 0, "%s", strerror(-r));
 	fd = cli_connect(s.port);
 	cr_assert_geq(fd, 0);
