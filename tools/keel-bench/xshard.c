@@ -445,6 +445,26 @@ print_json_result(const char *indent, const struct result *r)
 	printf("%s\"wake_samples\": %llu", indent, (unsigned long long)r->wake_samples);
 }
 
+/* This thread's affinity mask, sized for the machine (a cpu_set_t is too small past 1,024
+ * possible CPUs: the kernel refuses it with EINVAL). NULL when it cannot be read. */
+static cpu_set_t *
+affinity_save(size_t *size)
+{
+	for (unsigned n = CPU_SETSIZE; n <= (1u << 20); n *= 2) {
+		cpu_set_t *m = CPU_ALLOC(n);
+
+		if (!m)
+			return NULL;
+		*size = CPU_ALLOC_SIZE(n);
+		if (sched_getaffinity(0, *size, m) == 0)
+			return m;
+		CPU_FREE(m);
+		if (errno != EINVAL)
+			return NULL;
+	}
+	return NULL;
+}
+
 static const char xshard_usage[] =
 	"usage: keel-bench xshard [--seconds S] [--gap-us N] [--baseline-first] [--json]\n"
 	"                [runtime options]\n"
@@ -558,14 +578,21 @@ bench_xshard(int argc, char **argv)
 		if ((pass == 0) == base_first) {
 			/* baseline on the same CPUs; it pins this thread, whose affinity the
 			 * runtime reads to place its shards: put it back after */
-			cpu_set_t mask;
-			bool have = sched_getaffinity(0, sizeof(mask), &mask) == 0;
+			size_t msz = 0;
+			cpu_set_t *mask = affinity_save(&msz);
 
 			r = run_baseline(b, 0, NULL, &bcount, &bns) ||
 			    run_baseline(b, 1, &brtt, NULL, NULL) ||
 			    run_baseline(b, 2, &bwake, NULL, NULL);
-			if (have)
-				sched_setaffinity(0, sizeof(mask), &mask);
+			if (mask) {
+				sched_setaffinity(0, msz, mask);
+				CPU_FREE(mask);
+			} else {
+				fprintf(stderr,
+					"keel-bench xshard: this thread's CPU affinity could "
+					"not be read: keel's runtime will see only CPU %d\n",
+					b->cpu[0]);
+			}
 			if (r) {
 				fprintf(stderr, "keel-bench xshard: baseline failed\n");
 				goto out;
