@@ -853,3 +853,32 @@ Test(tools_bench, serve_banner_says_steering_and_gathering_as_decided)
 	cr_assert(strstr(out, "sleeps do not gather (min_wait: "), "%s", out);
 	free(out);
 }
+
+/* keel-bench xshard runs keel and its baseline (a lock-free SPSC ring with an eventfd) in
+ * either order; with the baseline first (it pins the runner thread), keel's two shards still
+ * get two CPUs: the runner's affinity is put back. */
+static void
+xshard_run(const char *order)
+{
+	char args[128], *out, *p;
+	int c0 = -1, c1 = -1;
+
+	snprintf(args, sizeof(args), "xshard --shards 2 --seconds 0.3 --json %s", order);
+	cr_assert_eq(bench(args, &out), 0, "%s:\n%s", args, out);
+	cr_assert(strstr(out, "\"name\": \"spsc ring + eventfd\""), "%s", out);
+	p = strstr(out, "\"cpus\": [");
+	cr_assert(p && sscanf(p, "\"cpus\": [%d, %d]", &c0, &c1) == 2, "%s", out);
+	if (sysconf(_SC_NPROCESSORS_ONLN) >= 2)
+		cr_assert_neq(c0, c1, "%s: both shards on CPU %d:\n%s", args, c0, out);
+	cr_assert_gt(num(out, "msgs_per_sec"), 0, "%s", out);
+	cr_assert_gt(num(out, "wake_samples"), 0, "%s", out);
+	p = strstr(out, "\"baseline\"");
+	cr_assert(p && num(p, "msgs_per_sec") > 0 && num(p, "wake_samples") > 0, "%s", out);
+	free(out);
+}
+
+Test(tools_bench, xshard_measures_keel_and_its_baseline_in_either_order)
+{
+	xshard_run("");
+	xshard_run("--baseline-first");
+}
