@@ -8,7 +8,7 @@
 # with 64 messages of 64 B in flight, in two polling policies: both servers blocking when idle
 # (keel --idle-poll-us 0, epoll --busy-poll-us 0) and both polling 50 us first. Prints keel,
 # epoll and their ratio, with each server's CPU per message over the measured window; then
-# the cross-shard message benchmark beside its mutex+eventfd baseline. About 30 s after the
+# the cross-shard message benchmark beside its SPSC ring + eventfd baseline. About 30 s after the
 # build.
 #   tools/demo.sh                 2 s per network measurement, 1 s per xshard measurement
 #   KEEL_DEMO_SECONDS=5 tools/demo.sh
@@ -164,7 +164,7 @@ echo "(ratio > 1: keel is better; latency and CPU ratios are epoll/keel; one run
 echo " server CPU is the server process's CPU over the measured window only)"
 
 echo
-echo "== cross-shard messages: keel vs mutex queue + eventfd (1 s per measurement)"
+echo "== cross-shard messages: keel vs a lock-free SPSC ring + eventfd (1 s per measurement)"
 "$bin/keel-bench" xshard --shards 2 --seconds 1
 
 echo

@@ -13,7 +13,7 @@ static const struct {
 } modes[] = {
 	{ "xshard", bench_xshard,
 	  "cross-shard messages: one-way rate and round trips, polling and sleeping, beside "
-	  "two threads with a mutex queue and an eventfd" },
+	  "two threads with a lock-free SPSC ring and an eventfd" },
 	{ "alloc", bench_alloc,
 	  "buffer alloc+free pairs/s on a shard beside glibc and jemalloc; 1 GiB registration "
 	  "time" },
