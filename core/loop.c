@@ -220,18 +220,19 @@ keel__internal_done(struct keel_op *op)
 	return iop;
 }
 
-_Atomic unsigned keel__fault_internal_nosqe;
-
+/* Test hooks: take one from the countdown @c; true when it was not yet 0 (inject). */
 static bool
-internal_nosqe(void)
+fault_take(_Atomic unsigned *c)
 {
-	unsigned n = atomic_load_explicit(&keel__fault_internal_nosqe, memory_order_relaxed);
+	unsigned n = atomic_load_explicit(c, memory_order_relaxed);
 
 	while (__builtin_expect(n != 0, 0))
-		if (atomic_compare_exchange_weak(&keel__fault_internal_nosqe, &n, n - 1))
+		if (atomic_compare_exchange_weak(c, &n, n - 1))
 			return true;
 	return false;
 }
+
+_Atomic unsigned keel__fault_internal_nosqe;
 
 /* A read that finds no SQE (the ring's submit failed: logged there) is armed again at the
  * end of the pass, and of every pass until it is: without it a foreign thread's wake-up
@@ -239,7 +240,8 @@ internal_nosqe(void)
 void
 keel__internal_read(struct keel_shard *s, struct internal_op *iop, int fd, void *buf, unsigned len)
 {
-	struct io_uring_sqe *sqe = internal_nosqe() ? NULL : keel__sqe_internal(s);
+	struct io_uring_sqe *sqe =
+		fault_take(&keel__fault_internal_nosqe) ? NULL : keel__sqe_internal(s);
 
 	iop->fd = fd;
 	iop->buf = buf;
@@ -271,27 +273,15 @@ keel__internal_retry(struct keel_shard *s)
 }
 
 #ifdef KEEL_FAULTS
+/* While non-zero, each keel_sqe_get finds no SQE (as when the ring's submit fails). */
 _Atomic unsigned keel__fault_sqe_none;
-
-/* While keel__fault_sqe_none is non-zero, each keel_sqe_get finds no SQE (as when the
- * ring's submit fails) and the count drops by one. */
-static bool
-sqe_none(void)
-{
-	unsigned n = atomic_load_explicit(&keel__fault_sqe_none, memory_order_relaxed);
-
-	while (__builtin_expect(n != 0, 0))
-		if (atomic_compare_exchange_weak(&keel__fault_sqe_none, &n, n - 1))
-			return true;
-	return false;
-}
 #endif
 
 struct io_uring_sqe *
 keel_sqe_get(void)
 {
 #ifdef KEEL_FAULTS
-	if (sqe_none())
+	if (fault_take(&keel__fault_sqe_none))
 		return NULL;
 #endif
 	return keel__sqe_internal(cur_shard(__func__));
@@ -325,12 +315,7 @@ _Atomic unsigned keel__fault_msgring_fail;
 static int
 msgring_fd(const struct keel_shard *t)
 {
-	unsigned n = atomic_load_explicit(&keel__fault_msgring_fail, memory_order_relaxed);
-
-	while (__builtin_expect(n != 0, 0))
-		if (atomic_compare_exchange_weak(&keel__fault_msgring_fail, &n, n - 1))
-			return -1;
-	return t->ring_fd;
+	return fault_take(&keel__fault_msgring_fail) ? -1 : t->ring_fd;
 }
 
 void
