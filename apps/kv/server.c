@@ -259,6 +259,19 @@ reply_to(struct kconn *kc)
 	return &p->rep;
 }
 
+/* What paused reading went down (replies outstanding, hand-offs waiting for room): read
+ * again unless the input is held too, and parse what is held (resume_later checks). */
+static void
+unpause(struct kconn *kc)
+{
+	if (kc->paused && kc->npend < PEND_MAX / 2 && !kc->bq_head) {
+		kc->paused = false;
+		if (!kc->held)
+			keel_conn_resume_read(kc->c);
+	}
+	resume_later(kc);
+}
+
 /* Move the replies that are ready, in order, to the output. */
 static void
 drain(struct kconn *kc)
@@ -274,12 +287,7 @@ drain(struct kconn *kc)
 		kc->npend--;
 		pend_free(p);
 	}
-	if (kc->paused && kc->npend < PEND_MAX / 2 && !kc->bq_head) {
-		kc->paused = false;
-		if (!kc->held)
-			keel_conn_resume_read(kc->c);
-	}
-	resume_later(kc);
+	unpause(kc);
 }
 
 static void
@@ -294,6 +302,14 @@ release_heap(void *data, uint32_t cap, void *arg)
 #define WRAP_MIN (64u * 1024)
 
 #define BIG_PIECE (256u * 1024)
+
+/* The replies cannot all be queued (@err): the connection is aborted, nothing more parsed. */
+static void
+conn_fail(struct kconn *kc, int err)
+{
+	keel_conn_abort(kc->c, err);
+	kc->closing = true;
+}
 
 /* Queue the rest of kc->big, a piece at a time, until the connection's queue passes the
  * high watermark (keel_conn_send returns 1: on_writable follows). Returns whether all of it
@@ -314,10 +330,8 @@ send_big(struct kconn *kc)
 		if (r < 0) { /* closing (the rest goes with it), or no memory */
 			keel_slice_put(&kc->big);
 			memset(&kc->big, 0, sizeof(kc->big));
-			if (r != -EPIPE) {
-				keel_conn_abort(kc->c, r);
-				kc->closing = true;
-			}
+			if (r != -EPIPE)
+				conn_fail(kc, r);
 			return true;
 		}
 		kc->big_off += n;
@@ -343,8 +357,7 @@ flush_out(struct kconn *kc)
 		return; /* what follows waits behind it, in kc->out */
 	if (kc->out.oom) {
 		rb_free(&kc->out);
-		keel_conn_abort(kc->c, -ENOMEM);
-		kc->closing = true; /* nothing more is parsed for it */
+		conn_fail(kc, -ENOMEM);
 		return;
 	}
 	if (kc->out.len >= WRAP_MIN && kc->out.len <= UINT32_MAX) {
@@ -352,8 +365,7 @@ flush_out(struct kconn *kc)
 		int r = keel_buf_wrap(a, kc->out.p, (uint32_t)kc->out.len, release_heap, NULL, &s);
 		if (r < 0) {
 			rb_free(&kc->out);
-			keel_conn_abort(kc->c, r);
-			kc->closing = true;
+			conn_fail(kc, r);
 			return;
 		}
 		memset(&kc->out, 0, sizeof(kc->out)); /* the memory is the slice's now */
@@ -365,8 +377,7 @@ flush_out(struct kconn *kc)
 		} else if ((r = keel_conn_send(kc->c, &s)) < 0) {
 			keel_slice_put(&s);
 			if (r != -EPIPE) { /* no queue slot: replies would be lost, not late */
-				keel_conn_abort(kc->c, r);
-				kc->closing = true;
+				conn_fail(kc, r);
 				return;
 			}
 		}
@@ -378,18 +389,15 @@ flush_out(struct kconn *kc)
 		int r = keel_buf_alloc(a, n, &s);
 		if (r < 0) {
 			rb_free(&kc->out);
-			keel_conn_abort(kc->c, r);
-			kc->closing = true;
+			conn_fail(kc, r);
 			return;
 		}
 		memcpy(s.data, kc->out.p + off, n);
 		r = keel_conn_send(kc->c, &s);
 		if (r < 0) {
 			keel_slice_put(&s);
-			if (r != -EPIPE) { /* as above */
-				keel_conn_abort(kc->c, r);
-				kc->closing = true;
-			}
+			if (r != -EPIPE) /* as above */
+				conn_fail(kc, r);
 			break; /* closing: the rest is dropped with it */
 		}
 		off += n;
@@ -839,12 +847,7 @@ bq_fail(struct kconn *kc, int err)
 		free(m);
 	}
 	/* Reads were paused for the queue (bq_add): nothing waits for room any more. */
-	if (kc->paused && kc->npend < PEND_MAX / 2) {
-		kc->paused = false;
-		if (!kc->held)
-			keel_conn_resume_read(kc->c);
-	}
-	resume_later(kc);
+	unpause(kc);
 }
 
 static void on_room(int status, void *arg);
@@ -908,12 +911,7 @@ on_room(int status, void *arg)
 			}
 		}
 	}
-	if (kc->paused && kc->npend < PEND_MAX / 2) {
-		kc->paused = false;
-		if (!kc->held)
-			keel_conn_resume_read(kc->c);
-	}
-	resume_later(kc);
+	unpause(kc);
 }
 
 /* Hand a request's bytes to @owner. @src, when given, holds those bytes at @off. */
