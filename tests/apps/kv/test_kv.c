@@ -714,6 +714,35 @@ rss_kb(pid_t pid)
 	return status_kb(pid, "VmRSS:");
 }
 
+/* Send @req[0..@len) over and over on the non-blocking @fd (from where the last send
+ * stopped) until @max bytes went in or the server stopped reading for 2 s; with
+ * @drop_ok, also until the server drops the connection. Returns the bytes sent. */
+static size_t
+flood(int fd, const char *req, size_t len, size_t max, bool drop_ok)
+{
+	size_t sent = 0;
+	uint64_t stall_since = 0;
+
+	while (sent < max) {
+		size_t off = sent % len;
+		ssize_t w = send(fd, req + off, len - off, MSG_NOSIGNAL);
+		if (w > 0) {
+			sent += (size_t)w;
+			stall_since = 0;
+			continue;
+		}
+		if (drop_ok && w < 0 && (errno == EPIPE || errno == ECONNRESET))
+			break;
+		cr_assert(w < 0 && errno == EAGAIN, "send: %s", strerror(errno));
+		if (!stall_since)
+			stall_since = test_now_ms();
+		else if (test_now_ms() - stall_since > 2000)
+			break;
+		test_pause();
+	}
+	return sent;
+}
+
 /* A client that pipelines GETs of a 4 KiB value and never reads: the server stops
  * reading it (send queue above its high watermark, or too many replies outstanding), so
  * its memory stays bounded, and other clients are still served. */
@@ -725,7 +754,6 @@ Test(kv_server, non_reading_flood_stays_bounded)
 	size_t reqlen = 0, sent = 0;
 	long before, after;
 	int fd, n;
-	uint64_t stall_since = 0;
 
 	srv_start(&s, 2, NULL);
 	rd_init(&r, test_connect(s.port));
@@ -743,20 +771,7 @@ Test(kv_server, non_reading_flood_stays_bounded)
 		reqlen += (size_t)sprintf(req + reqlen, "GET kA\r\nGET kB\r\n");
 	/* Send until the server has stopped reading for a while (or 64 MiB went in: 4000x
 	 * that in replies, were nothing bounded). */
-	while (sent < (64u << 20)) {
-		ssize_t w = send(fd, req, reqlen, MSG_NOSIGNAL);
-		if (w > 0) {
-			sent += (size_t)w;
-			stall_since = 0;
-			continue;
-		}
-		cr_assert(w < 0 && errno == EAGAIN, "send: %s", strerror(errno));
-		if (!stall_since)
-			stall_since = test_now_ms();
-		else if (test_now_ms() - stall_since > 2000)
-			break;
-		test_pause();
-	}
+	sent = flood(fd, req, reqlen, 64u << 20, false);
 	after = rss_kb(s.pid);
 	cr_assert_lt(after - before, 256 * 1024,
 		     "server grew by %ld KiB for %zu bytes of unread requests", after - before,
@@ -803,7 +818,6 @@ Test(kv_server, many_large_replies_in_one_receive_stay_bounded)
 	char *req = malloc(1 << 20);
 	size_t reqlen = 0, sent = 0;
 	long before, after;
-	uint64_t stall_since = 0;
 	int fd;
 
 	/* 16 MiB of GETs (1.8 million replies, 29 GiB): more than the socket buffers hold,
@@ -818,22 +832,7 @@ Test(kv_server, many_large_replies_in_one_receive_stay_bounded)
 		reqlen += (size_t)sprintf(req + reqlen, "GET big\r\n");
 	/* Until the server stops reading for a while, or drops the connection (a server
 	 * that makes every reply first passes --send-max). */
-	while (sent < (16u << 20)) {
-		ssize_t w = send(fd, req, reqlen, MSG_NOSIGNAL);
-		if (w > 0) {
-			sent += (size_t)w;
-			stall_since = 0;
-			continue;
-		}
-		if (w < 0 && (errno == EPIPE || errno == ECONNRESET))
-			break;
-		cr_assert(w < 0 && errno == EAGAIN, "send: %s", strerror(errno));
-		if (!stall_since)
-			stall_since = test_now_ms();
-		else if (test_now_ms() - stall_since > 2000)
-			break;
-		test_pause();
-	}
+	sent = flood(fd, req, reqlen, 16u << 20, true);
 	after = hwm_kb(s.pid);
 	cr_assert_lt(after - before, 48 * 1024,
 		     "the server's peak grew by %ld KiB for %zu bytes of GETs of a %u-byte value",
