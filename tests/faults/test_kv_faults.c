@@ -1021,42 +1021,16 @@ Test(faults_kv, mset_out_of_memory_part_way_changes_nothing)
 static void
 start_fails(const char *spec, const char *shards, const char *dir, const char *says)
 {
+	const char *const argv[] = { KEEL_KV_BIN, "--port",
+				     "0",         "--addr",
+				     "127.0.0.1", "--shards",
+				     shards,      "--idle-poll-us",
+				     "0",         "--appendonly",
+				     "yes",       "--dir",
+				     dir,         NULL };
 	char err[8192];
-	uint64_t dl;
-	size_t got = 0;
-	int pfd[2], st;
-	pid_t pid;
+	int st = proc_run_to_exit(argv, "KEEL_KV_TEST_FAULTS", spec, err, sizeof(err));
 
-	cr_assert_eq(pipe(pfd), 0);
-	pid = fork();
-	cr_assert_geq(pid, 0);
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		dup2(pfd[1], 2);
-		close(pfd[0]);
-		setenv("KEEL_KV_TEST_FAULTS", spec, 1);
-		execl(KEEL_KV_BIN, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards",
-		      shards, "--idle-poll-us", "0", "--appendonly", "yes", "--dir", dir,
-		      (char *)NULL);
-		_exit(127);
-	}
-	close(pfd[1]);
-	/* Its stderr is a few lines, well within the pipe: read it once it has exited. */
-	dl = test_deadline(TEST_WAIT_MS);
-	while (waitpid(pid, &st, WNOHANG) == 0) {
-		if (test_expired(dl)) {
-			kill(pid, SIGKILL);
-			waitpid(pid, &st, 0);
-			st = -1;
-			break;
-		}
-		test_pause();
-	}
-	for (ssize_t k;
-	     got < sizeof(err) - 1 && (k = read(pfd[0], err + got, sizeof(err) - 1 - got)) > 0;)
-		got += (size_t)k;
-	err[got] = 0;
-	close(pfd[0]);
 	cr_assert_neq(st, -1, "%s: keel-kv did not stop: %s", spec, err);
 	cr_assert(!strstr(err, "listening"), "%s: keel-kv served: %s", spec, err);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "%s: status 0x%x: %s", spec, st, err);

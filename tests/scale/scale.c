@@ -83,6 +83,45 @@ proc_start(struct proc *p, const char *bin, ...)
 	live = p->pid;
 }
 
+int
+proc_run_to_exit(const char *const argv[], const char *env, const char *val, char *out,
+		 size_t outlen)
+{
+	uint64_t dl = test_deadline(TEST_WAIT_MS);
+	size_t got = 0;
+	int pfd[2], st;
+	pid_t pid;
+
+	cr_assert_eq(pipe(pfd), 0);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		dup2(pfd[1], 2);
+		close(pfd[0]);
+		if (env)
+			setenv(env, val, 1);
+		execv(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	close(pfd[1]);
+	/* Its stderr is a few lines, well within the pipe: read it once it has exited. */
+	while (waitpid(pid, &st, WNOHANG) == 0) {
+		if (test_expired(dl)) {
+			kill(pid, SIGKILL);
+			waitpid(pid, &st, 0);
+			st = -1;
+			break;
+		}
+		test_pause();
+	}
+	for (ssize_t k; got < outlen - 1 && (k = read(pfd[0], out + got, outlen - 1 - got)) > 0;)
+		got += (size_t)k;
+	out[got] = 0;
+	close(pfd[0]);
+	return st;
+}
+
 void
 proc_stop(struct proc *p)
 {
@@ -109,9 +148,10 @@ scale_fini(void)
 }
 
 long
-proc_rss_kb(pid_t pid)
+proc_status_kb(pid_t pid, const char *field)
 {
 	char path[64], line[256];
+	size_t fl = strlen(field);
 	long kb = -1;
 	FILE *f;
 
@@ -119,11 +159,17 @@ proc_rss_kb(pid_t pid)
 	f = fopen(path, "r");
 	cr_assert(f, "%s: %s", path, strerror(errno));
 	while (fgets(line, sizeof(line), f))
-		if (!strncmp(line, "VmRSS:", 6))
-			kb = atol(line + 6);
+		if (!strncmp(line, field, fl) && line[fl] == ':')
+			kb = atol(line + fl + 1);
 	fclose(f);
-	cr_assert_geq(kb, 0, "no VmRSS in %s", path);
+	cr_assert_geq(kb, 0, "no %s in %s", field, path);
 	return kb;
+}
+
+long
+proc_rss_kb(pid_t pid)
+{
+	return proc_status_kb(pid, "VmRSS");
 }
 
 int

@@ -17,11 +17,19 @@ struct proc {
  * start. A server left running by a failed test is killed by scale_fini (the suite's fini)
  * or, failing that, with the test process (PR_SET_PDEATHSIG). */
 void proc_start(struct proc *p, const char *bin, ...);
+/* Run @argv (NULL-terminated; argv[0] the binary) with @env=@val in its environment when
+ * @env is not NULL, to its end: its stderr (at most @outlen - 1 bytes, NUL-terminated) in
+ * @out, and its wait status; -1 when it was still running after TEST_WAIT_MS (killed). For
+ * a program expected to refuse to start: its stderr must fit the pipe (64 KiB). */
+int proc_run_to_exit(const char *const argv[], const char *env, const char *val, char *out,
+		     size_t outlen);
 /* SIGTERM, then wait (TEST_WAIT_MS); fails the test unless it exits with status 0. */
 void proc_stop(struct proc *p);
 void scale_fini(void);
 
-/* VmRSS of @pid in KiB (from /proc/PID/status), and its open descriptors. */
+/* Field @field ("VmRSS", "VmHWM", ...) of /proc/PID/status in KiB (fails the test when it is
+ * missing); VmRSS; and the process's open descriptors. */
+long proc_status_kb(pid_t pid, const char *field);
 long proc_rss_kb(pid_t pid);
 int proc_fds(pid_t pid);
 

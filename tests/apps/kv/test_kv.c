@@ -25,6 +25,7 @@
 
 #include "client.h"
 #include "resp.h"
+#include "scale.h"
 #include "tmpdir.h"
 #include "wait.h"
 
@@ -690,30 +691,6 @@ Test(kv_server, send_max_aborts_a_non_reading_client)
 	free(req);
 }
 
-/* Field @field ("VmRSS:", "VmHWM:") of process @pid's status, in KiB. */
-static long
-status_kb(pid_t pid, const char *field)
-{
-	char path[64], line[256];
-	long kb = -1;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	f = fopen(path, "r");
-	cr_assert(f);
-	while (fgets(line, sizeof(line), f))
-		if (!strncmp(line, field, strlen(field)))
-			kb = atol(line + strlen(field));
-	fclose(f);
-	return kb;
-}
-
-static long
-rss_kb(pid_t pid)
-{
-	return status_kb(pid, "VmRSS:");
-}
-
 /* Send @req[0..@len) over and over on the non-blocking @fd (from where the last send
  * stopped) until @max bytes went in or the server stopped reading for 2 s; with
  * @drop_ok, also until the server drops the connection. Returns the bytes sent. */
@@ -764,7 +741,7 @@ Test(kv_server, non_reading_flood_stays_bounded)
 	cr_assert_str_eq(rd_next(&r, NULL), "+OK\r\n");
 	test_send_all(r.fd, "SET kB x\r\n", 10);
 	cr_assert_str_eq(rd_next(&r, NULL), "+OK\r\n");
-	before = rss_kb(s.pid);
+	before = proc_rss_kb(s.pid);
 	fd = test_connect(s.port);
 	fcntl(fd, F_SETFL, O_NONBLOCK);
 	while (reqlen + 32 < (1 << 16))
@@ -772,7 +749,7 @@ Test(kv_server, non_reading_flood_stays_bounded)
 	/* Send until the server has stopped reading for a while (or 64 MiB went in: 4000x
 	 * that in replies, were nothing bounded). */
 	sent = flood(fd, req, reqlen, 64u << 20, false);
-	after = rss_kb(s.pid);
+	after = proc_rss_kb(s.pid);
 	cr_assert_lt(after - before, 256 * 1024,
 		     "server grew by %ld KiB for %zu bytes of unread requests", after - before,
 		     sent);
@@ -782,13 +759,6 @@ Test(kv_server, non_reading_flood_stays_bounded)
 	srv_stop(&s);
 	free(val);
 	free(req);
-}
-
-/* The peak resident size of process @pid, in KiB. */
-static long
-hwm_kb(pid_t pid)
-{
-	return status_kb(pid, "VmHWM:");
 }
 
 #define BIG_VAL (16u << 10) /* below 64 KiB: a GET copies it into the reply */
@@ -825,7 +795,7 @@ Test(kv_server, many_large_replies_in_one_receive_stay_bounded)
 	srv_start(&s, 1, NULL);
 	rd_init(&r, test_connect(s.port));
 	set_large(&r, "big", 'v');
-	before = hwm_kb(s.pid);
+	before = proc_status_kb(s.pid, "VmHWM");
 	fd = test_connect(s.port);
 	fcntl(fd, F_SETFL, O_NONBLOCK);
 	while (reqlen + 16 < (1 << 20))
@@ -833,7 +803,7 @@ Test(kv_server, many_large_replies_in_one_receive_stay_bounded)
 	/* Until the server stops reading for a while, or drops the connection (a server
 	 * that makes every reply first passes --send-max). */
 	sent = flood(fd, req, reqlen, 16u << 20, true);
-	after = hwm_kb(s.pid);
+	after = proc_status_kb(s.pid, "VmHWM");
 	cr_assert_lt(after - before, 48 * 1024,
 		     "the server's peak grew by %ld KiB for %zu bytes of GETs of a %u-byte value",
 		     after - before, sent, BIG_VAL);
@@ -1843,40 +1813,15 @@ srv_refuses(char *err, size_t errlen, const char *dir, ...)
 				 "127.0.0.1", "--shards",     "1",   "--idle-poll-us",
 				 "0",         "--appendonly", "yes", "--dir",
 				 dir };
-	uint64_t dl = test_deadline(TEST_WAIT_MS);
-	size_t got = 0;
-	int pfd[2], n = 13, st;
+	int n = 13, st;
 	va_list ap;
-	pid_t pid;
 
 	va_start(ap, dir);
 	for (const char *a; (a = va_arg(ap, const char *)) && n < 30;)
 		argv[n++] = a;
 	va_end(ap);
-	cr_assert_eq(pipe(pfd), 0);
-	pid = fork();
-	cr_assert_geq(pid, 0);
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		dup2(pfd[1], 2);
-		close(pfd[0]);
-		execv(argv[0], (char **)argv);
-		_exit(127);
-	}
-	close(pfd[1]);
-	while (waitpid(pid, &st, WNOHANG) == 0) {
-		if (test_expired(dl)) {
-			kill(pid, SIGKILL);
-			waitpid(pid, &st, 0);
-			st = -1;
-			break;
-		}
-		test_pause();
-	}
-	for (ssize_t k; got < errlen - 1 && (k = read(pfd[0], err + got, errlen - 1 - got)) > 0;)
-		got += (size_t)k;
-	err[got] = 0;
-	close(pfd[0]);
+	argv[n] = NULL;
+	st = proc_run_to_exit(argv, NULL, NULL, err, errlen);
 	cr_assert_neq(st, -1, "keel-kv started: %s", err);
 	return st;
 }
