@@ -540,10 +540,9 @@ ent_put(struct kv_db *db, struct kv_ent *e, const struct resp_arg *key, uint64_t
 	maybe_grow(db);
 }
 
-/* Set @key to @val (value capacity at least @cap). Returns the entry, or NULL when memory
- * ran out (the old value is then untouched). */
-/* store() for a key the caller has just looked up: @h its hash, @old (and @pp, its link)
- * what lookup_h() returned, the table not changed since. */
+/* Set @key to @val (value capacity at least @cap), for a key the caller has just looked
+ * up: @h its hash, @old (and @pp, its link) what lookup_h() returned, the table not changed
+ * since. Returns the entry, or NULL when memory ran out (the old value is then untouched). */
 static struct kv_ent *
 store_at(struct kv_db *db, const struct resp_arg *key, uint64_t h, struct kv_ent *old,
 	 struct kv_ent **pp, const void *val, size_t vlen, size_t cap, bool keepttl)
