@@ -14,6 +14,7 @@
 
 #include "../../core/internal.h"
 #include "../../core/topo_internal.h"
+#include "fake_topo.h"
 #include "helpers.h"
 
 #ifndef KEEL_TOPOLOGIES_DIR
@@ -1125,37 +1126,12 @@ Test(core_topo, check_reports_irqbalance_and_hds_off_on_a_capable_nic)
 	keel_topo_destroy(t);
 }
 
-/* A live topology built by hand: one physical NIC "fake0" (no such interface here) with one
- * rx queue whose IRQ 77 is named, and a map giving that queue to shard 0 on CPU 0. */
+/* A live topology built by hand (tests/common/fake_topo.h): NIC "fake0", queue 0 with IRQ
+ * 77, given to shard 0 on CPU 0 whose IRQ should be on CPU 0. */
 static struct keel_topo *
 fake_live_nic(struct keel_topo_nic **out)
 {
-	struct keel_topo *t = calloc(1, sizeof(*t));
-	struct keel_topo_nic *n;
-
-	cr_assert_not_null(t);
-	t->info.live = true;
-	t->info.irqbalance = KEEL_TOPO_OFF;
-	n = keel__topo_nic_add(t);
-	cr_assert_not_null(n);
-	snprintf(n->name, sizeof(n->name), "fake0");
-	snprintf(n->pci, sizeof(n->pci), "0000:81:00.0");
-	n->netdev = true;
-	n->has_irqs = true;
-	n->nrxq = 1;
-	n->rxq = calloc(1, sizeof(*n->rxq));
-	cr_assert_not_null(n->rxq);
-	n->rxq[0].irq = 77;
-	snprintf(n->rxq[0].irq_name, sizeof(n->rxq[0].irq_name), "fake0-TxRx-0");
-	memset(&map, 0, sizeof(map));
-	map.version = KEEL_MAP_VERSION;
-	snprintf(map.iface, sizeof(map.iface), "fake0");
-	map.rx_queues = 1;
-	map.nshards = 1;
-	map.shards[0] =
-		(struct keel_map_shard){ .cpu = 0, .core = -1, .numa = -1, .rxq = 0, .irq_cpu = 0 };
-	*out = n;
-	return t;
+	return fake_topo_live_nic(&map, 0, out);
 }
 
 static char *

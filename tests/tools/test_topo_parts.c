@@ -8,45 +8,23 @@
 #include <criterion/criterion.h>
 
 #include "../../core/topo_internal.h"
+#include "fake_topo.h"
 #include "topo_tool.h"
 
 static struct keel_map map; /* large: keep it off the worker's stack */
 
-/* A live topology with one core (CPU 0-3 on node 0) and one physical NIC "fake0" whose rx
- * queue 0 has IRQ 77, pointing at CPU 3 now; the map gives that queue to shard 0 on CPU 0
- * with no irq_cpu (the schema allows leaving it out). */
+/* A live topology (tests/common/fake_topo.h) whose NIC "fake0" has queue 0's IRQ 77 pointing
+ * at CPU 3 now; the map gives that queue to shard 0 on CPU 0 with no irq_cpu (the schema
+ * allows leaving it out). */
 static struct keel_topo *
 fake_live(struct keel_topo_nic **out)
 {
-	struct keel_topo *t = calloc(1, sizeof(*t));
-	struct keel_topo_nic *n;
+	struct keel_topo *t = fake_topo_live_nic(&map, -1, out);
 
-	cr_assert_not_null(t);
-	t->info.live = true;
-	t->info.irqbalance = KEEL_TOPO_OFF;
 	snprintf(t->info.source, sizeof(t->info.source), "this machine");
-	n = keel__topo_nic_add(t);
-	cr_assert_not_null(n);
-	snprintf(n->name, sizeof(n->name), "fake0");
-	snprintf(n->pci, sizeof(n->pci), "0000:81:00.0");
-	n->netdev = true;
-	n->has_irqs = true;
-	n->nrxq = n->ntxq = 1;
-	n->rxq = calloc(1, sizeof(*n->rxq));
-	cr_assert_not_null(n->rxq);
-	n->rxq[0].irq = 77;
-	snprintf(n->rxq[0].irq_name, sizeof(n->rxq[0].irq_name), "fake0-TxRx-0");
-	n->rxq[0].affinity_known = true;
-	keel_cpuset_add(&n->rxq[0].affinity, 3);
-	memset(&map, 0, sizeof(map));
-	map.version = KEEL_MAP_VERSION;
-	snprintf(map.iface, sizeof(map.iface), "fake0");
-	map.rx_queues = 1;
-	map.nshards = 1;
-	map.shards[0] = (struct keel_map_shard){
-		.cpu = 0, .core = -1, .numa = -1, .rxq = 0, .irq_cpu = -1
-	};
-	*out = n;
+	(*out)->ntxq = 1;
+	(*out)->rxq[0].affinity_known = true;
+	keel_cpuset_add(&(*out)->rxq[0].affinity, 3);
 	return t;
 }
 
