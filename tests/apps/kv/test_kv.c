@@ -1984,39 +1984,15 @@ Test(kv_server, aof_write_chunk_out_of_range_is_refused)
 
 	mk_dir(dir, sizeof(dir));
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		uint64_t dl = test_deadline(TEST_WAIT_MS);
-		char err[512] = "";
-		size_t got = 0;
-		int pfd[2], st;
-		pid_t pid;
+		const char *const argv[] = { KEEL_KV_BIN, "--port",    "0",
+					     "--addr",    "127.0.0.1", "--appendonly",
+					     "yes",       "--dir",     dir,
+					     NULL };
+		char err[512];
+		int st =
+			proc_run_to_exit(argv, "KEEL_KV_AOF_WRITE_CHUNK", bad[i], err, sizeof(err));
 
-		cr_assert_eq(pipe(pfd), 0);
-		pid = fork();
-		cr_assert_geq(pid, 0);
-		if (pid == 0) {
-			prctl(PR_SET_PDEATHSIG, SIGKILL);
-			dup2(pfd[1], 2);
-			close(pfd[0]);
-			setenv("KEEL_KV_AOF_WRITE_CHUNK", bad[i], 1);
-			execl(KEEL_KV_BIN, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1",
-			      "--appendonly", "yes", "--dir", dir, (char *)NULL);
-			_exit(127);
-		}
-		close(pfd[1]);
-		while (waitpid(pid, &st, WNOHANG) == 0) {
-			if (test_expired(dl)) {
-				kill(pid, SIGKILL);
-				waitpid(pid, &st, 0);
-				cr_assert_fail("keel-kv started with KEEL_KV_AOF_WRITE_CHUNK=%s",
-					       bad[i]);
-			}
-			test_pause();
-		}
-		for (ssize_t k; got < sizeof(err) - 1 &&
-				(k = read(pfd[0], err + got, sizeof(err) - 1 - got)) > 0;)
-			got += (size_t)k;
-		err[got] = 0;
-		close(pfd[0]);
+		cr_assert_neq(st, -1, "keel-kv started with KEEL_KV_AOF_WRITE_CHUNK=%s", bad[i]);
 		cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0 && WEXITSTATUS(st) != 127,
 			  "KEEL_KV_AOF_WRITE_CHUNK=%s: status %d", bad[i], st);
 		cr_assert(strstr(err, "KEEL_KV_AOF_WRITE_CHUNK") && strstr(err, "1073741824"),
