@@ -560,6 +560,49 @@ Test(kv_server, stalled_half_request_closed_by_timeout)
 	srv_stop(&s);
 }
 
+/* SET big value with @seed's pattern over @fd; expects +OK. */
+static void
+set_big(struct rd *r, const char *key, size_t len, int seed)
+{
+	char *req = malloc(len + 128);
+	int n = sprintf(req, "*3\r\n$3\r\nSET\r\n$%zu\r\n%s\r\n$%zu\r\n", strlen(key), key, len);
+	char *got;
+
+	cr_assert(req);
+	for (size_t i = 0; i < len; i++)
+		req[(size_t)n + i] = (char)('a' + (i * 7 + (size_t)seed) % 26);
+	memcpy(req + n + len, "\r\n", 2);
+	test_send_all(r->fd, req, (size_t)n + len + 2);
+	got = rd_next(r, NULL);
+	cr_assert(got && !strcmp(got, "+OK\r\n"), "SET %s: %s", key, got ? got : "closed");
+	free(req);
+}
+
+/* GET @key over a fresh connection to @port; the value must be @seed's pattern. */
+static void
+check_big(int port, const char *key, size_t len, int seed)
+{
+	char req[64], hdr[32];
+	int fd = test_connect(port), n = snprintf(req, sizeof(req), "GET %s\r\n", key);
+	int h = snprintf(hdr, sizeof(hdr), "$%zu\r\n", len);
+	size_t want = (size_t)h + len + 2, have = 0;
+	char *got = malloc(want);
+
+	cr_assert(got);
+	test_send_all(fd, req, (size_t)n);
+	while (have < want) {
+		ssize_t k = recv(fd, got + have, want - have, 0);
+		cr_assert_gt(k, 0, "GET %s: recv after %zu of %zu bytes", key, have, want);
+		have += (size_t)k;
+	}
+	cr_assert(!memcmp(got, hdr, (size_t)h), "GET %s: '%.*s'", key, h, got);
+	for (size_t i = 0; i < len; i++)
+		if (got[(size_t)h + i] != (char)('a' + (i * 7 + (size_t)seed) % 26))
+			cr_assert_fail("GET %s: byte %zu differs", key, i);
+	close(fd);
+	free(got);
+}
+
 /* --timeout closes a connection that asked nothing and was sent nothing for that long:
  * one that reads a large reply slowly stays open while the reply is still leaving the
  * server, as in Redis, whose writes count as activity. It used to be closed --timeout after
@@ -572,17 +615,13 @@ Test(kv_server, timeout_spares_a_slow_reader_of_a_large_reply)
 	enum { LEN = 64 << 20, CHUNK = 64 << 10 };
 	struct srv s;
 	struct rd r;
-	char *req = malloc(LEN + 64), *got = malloc(CHUNK);
+	char *got = malloc(CHUNK);
 	size_t have = 0, want;
-	int n, rcv = CHUNK;
+	int rcv = CHUNK;
 
 	srv_start(&s, 1, "--timeout", "2", NULL);
 	rd_init(&r, test_connect(s.port));
-	n = sprintf(req, "*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$%d\r\n", LEN);
-	memset(req + n, 'x', LEN);
-	memcpy(req + n + LEN, "\r\n", 2);
-	test_send_all(r.fd, req, (size_t)n + LEN + 2);
-	cr_assert_str_eq(rd_next(&r, NULL), "+OK\r\n");
+	set_big(&r, "big", LEN, 0);
 	cr_assert_eq(setsockopt(r.fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv)), 0);
 	test_send_all(r.fd, "GET big\r\n", 9);
 	want = (size_t)snprintf(NULL, 0, "$%d\r\n", LEN) + LEN + 2;
@@ -597,7 +636,6 @@ Test(kv_server, timeout_spares_a_slow_reader_of_a_large_reply)
 	cr_assert_eq(info_field(s.port, "timeouts="), 0);
 	rd_free(&r);
 	srv_stop(&s);
-	free(req);
 	free(got);
 }
 
@@ -763,20 +801,6 @@ Test(kv_server, non_reading_flood_stays_bounded)
 
 #define BIG_VAL (16u << 10) /* below 64 KiB: a GET copies it into the reply */
 
-/* Set key @key to BIG_VAL bytes of @fill over @r. */
-static void
-set_large(struct rd *r, const char *key, char fill)
-{
-	char *val = malloc(BIG_VAL + 64);
-	int n = sprintf(val, "*3\r\n$3\r\nSET\r\n$%zu\r\n%s\r\n$%u\r\n", strlen(key), key, BIG_VAL);
-
-	memset(val + n, fill, BIG_VAL);
-	memcpy(val + n + BIG_VAL, "\r\n", 2);
-	test_send_all(r->fd, val, (size_t)n + BIG_VAL + 2);
-	cr_assert_str_eq(rd_next(r, NULL), "+OK\r\n");
-	free(val);
-}
-
 /* Many GETs of a large value in one write, from a client that never reads: the replies
  * to one receive's requests are not all made first (each receive carries thousands of
  * them, hundreds of MiB of replies); parsing stops at the high watermark, so the
@@ -794,7 +818,7 @@ Test(kv_server, many_large_replies_in_one_receive_stay_bounded)
 	 * so the loop below ends when the server stops reading, or drops the client. */
 	srv_start(&s, 1, NULL);
 	rd_init(&r, test_connect(s.port));
-	set_large(&r, "big", 'v');
+	set_big(&r, "big", BIG_VAL, 0);
 	before = proc_status_kb(s.pid, "VmHWM");
 	fd = test_connect(s.port);
 	fcntl(fd, F_SETFL, O_NONBLOCK);
@@ -832,7 +856,7 @@ pipelined_large(unsigned shards)
 	rd_init(&r, test_connect(s.port));
 	for (int k = 0; k < KEYS; k++) {
 		sprintf(key, "big%d", k);
-		set_large(&r, key, (char)('a' + k));
+		set_big(&r, key, BIG_VAL, k);
 	}
 	for (int i = 0; i < N; i++)
 		reqlen += (size_t)(i % 3 == 2 ? sprintf(req + reqlen, "PING\r\n")
@@ -851,7 +875,8 @@ pipelined_large(unsigned shards)
 				  shards, i);
 			continue;
 		}
-		memset(want + hdr, 'a' + i % KEYS, BIG_VAL);
+		for (size_t b = 0; b < BIG_VAL; b++) /* set_big's pattern for key i % KEYS */
+			want[hdr + b] = (char)('a' + (b * 7 + (size_t)(i % KEYS)) % 26);
 		/* A large reply: read it whole (rd_next's copy-out holds less). */
 		while (r.len < wantlen) {
 			ssize_t n = recv(r.fd, r.b + r.len, r.cap - r.len, 0);
@@ -1656,49 +1681,6 @@ srv_start_pieces(struct srv *s, const char *chunk, const char *fsync, const char
 	srv_start(s, 1, "--memory", "16m", "--appendonly", "yes", "--appendfsync", fsync, "--dir",
 		  dir, NULL);
 	unsetenv("KEEL_KV_AOF_WRITE_CHUNK");
-}
-
-/* SET big value with @seed's pattern over @fd; expects +OK. */
-static void
-set_big(struct rd *r, const char *key, size_t len, int seed)
-{
-	char *req = malloc(len + 128);
-	int n = sprintf(req, "*3\r\n$3\r\nSET\r\n$%zu\r\n%s\r\n$%zu\r\n", strlen(key), key, len);
-	char *got;
-
-	cr_assert(req);
-	for (size_t i = 0; i < len; i++)
-		req[(size_t)n + i] = (char)('a' + (i * 7 + (size_t)seed) % 26);
-	memcpy(req + n + len, "\r\n", 2);
-	test_send_all(r->fd, req, (size_t)n + len + 2);
-	got = rd_next(r, NULL);
-	cr_assert(got && !strcmp(got, "+OK\r\n"), "SET %s: %s", key, got ? got : "closed");
-	free(req);
-}
-
-/* GET @key over a fresh connection to @port; the value must be @seed's pattern. */
-static void
-check_big(int port, const char *key, size_t len, int seed)
-{
-	char req[64], hdr[32];
-	int fd = test_connect(port), n = snprintf(req, sizeof(req), "GET %s\r\n", key);
-	int h = snprintf(hdr, sizeof(hdr), "$%zu\r\n", len);
-	size_t want = (size_t)h + len + 2, have = 0;
-	char *got = malloc(want);
-
-	cr_assert(got);
-	test_send_all(fd, req, (size_t)n);
-	while (have < want) {
-		ssize_t k = recv(fd, got + have, want - have, 0);
-		cr_assert_gt(k, 0, "GET %s: recv after %zu of %zu bytes", key, have, want);
-		have += (size_t)k;
-	}
-	cr_assert(!memcmp(got, hdr, (size_t)h), "GET %s: '%.*s'", key, h, got);
-	for (size_t i = 0; i < len; i++)
-		if (got[(size_t)h + i] != (char)('a' + (i * 7 + (size_t)seed) % 26))
-			cr_assert_fail("GET %s: byte %zu differs", key, i);
-	close(fd);
-	free(got);
 }
 
 /* The append-only file is written in pieces of at most 1 GiB (keel's file writes take at
