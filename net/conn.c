@@ -363,16 +363,24 @@ starve_wake(struct keel_conn *list)
 	}
 }
 
+/* A deferred kick of one waiting list (its @list and @kick flag): take it, re-arm them. */
+static void
+waiters_run(struct net_shard *ns, struct keel_conn **list, bool *kick)
+{
+	struct keel_conn *l = *list;
+
+	*kick = false;
+	*list = NULL;
+	starve_wake(l);
+	keel__net_unref(ns);
+}
+
 static void
 starve_cb(void *arg)
 {
 	struct net_shard *ns = arg;
-	struct keel_conn *list = ns->starved;
 
-	ns->starve_kick = false;
-	ns->starved = NULL;
-	starve_wake(list);
-	keel__net_unref(ns);
+	waiters_run(ns, &ns->starved, &ns->starve_kick);
 }
 
 void
@@ -386,12 +394,8 @@ static void
 zc_wait_cb(void *arg)
 {
 	struct net_shard *ns = arg;
-	struct keel_conn *list = ns->zc_waiting;
 
-	ns->zc_wait_kick = false;
-	ns->zc_waiting = NULL;
-	starve_wake(list);
-	keel__net_unref(ns);
+	waiters_run(ns, &ns->zc_waiting, &ns->zc_wait_kick);
 }
 
 void
