@@ -12,6 +12,12 @@
  * the replies of the commands in that batch wait for it (kv_aof_after_sync); everysec: an
  * fdatasync each second when something was written; no: never.
  *
+ * BGREWRITEAOF writes a snapshot of the table to a new file while batches go on to the old
+ * one; then it copies the old file's records written after the snapshot (its tail) to the
+ * new file, and once the copy has caught up it holds the batches (gathered in memory) for
+ * the new file's sync, rename and directory sync, and switches (rw_step). So the records
+ * of a long rewrite are on the disk as --appendfsync says, and in memory only briefly.
+ *
  * Start: the main thread reads every appendonly-N.aof (any N: the shard count may have
  * changed) and cuts a torn tail with ftruncate, logged; a bad record with more after it
  * stops the start unless --aof-truncate-corrupt yes (kv_aof_check). Each shard then applies
@@ -93,10 +99,26 @@ struct aof {
 	uint8_t *rw_p; /* the table's snapshot (heap) */
 	size_t rw_len, rw_done;
 	struct keel_file_req rw_req;
+	/* While the snapshot is written, batches still go to the old file (durable as
+	 * --appendfsync says, and not kept in memory); the records written there after the
+	 * snapshot (its tail, from offset rw_from) are then copied to the new file after the
+	 * snapshot, rw_copied bytes so far, through rw_buf (rw_got bytes read, rw_put of them
+	 * written). Once the copy has caught up, rw_frozen: no batch starts until the switch
+	 * (rw_wait: the copy waits for the batch in flight), so the last sync, rename and
+	 * directory sync see the whole tail. rw_tail is false for a rewrite that must not take
+	 * the old file's tail: a rebuild (the old file was lost) or one begun with a FLUSHALL
+	 * pending; its records gather in memory until the switch, as they always did. */
+	bool rw_tail, rw_frozen, rw_wait, rw_mid_synced;
+	bool rw_parked;  /* held by the test gate (kv_test_rewrite_held); the tick goes on */
+	bool rw_abandon; /* a FLUSHALL emptied the table: the rewrite ends at its next step */
+	uint64_t rw_from, rw_copied;
+	uint8_t *rw_buf;
+	size_t rw_got, rw_put;
+	struct keel_file chk_f; /* chk_fd, for the tail's reads */
 	uint64_t rewrites;
 	unsigned id;
 	/* What INFO on any shard reads (published by this shard: publish()). */
-	_Atomic uint64_t pub_size, pub_rewrites, pub_sync_errors;
+	_Atomic uint64_t pub_size, pub_rewrites, pub_sync_errors, pub_buffered;
 	_Atomic bool pub_rewriting, pub_err;
 };
 static struct aof aofs[KEEL_MAX_SHARDS];
@@ -123,6 +145,9 @@ publish(struct aof *a)
 	atomic_store_explicit(&a->pub_size, a->off, memory_order_relaxed);
 	atomic_store_explicit(&a->pub_rewrites, a->rewrites, memory_order_relaxed);
 	atomic_store_explicit(&a->pub_sync_errors, a->sync_errors, memory_order_relaxed);
+	atomic_store_explicit(&a->pub_buffered,
+			      a->pend.len + (a->st == A_WRITING || a->st == A_FAILED ? a->wlen : 0),
+			      memory_order_relaxed);
 	atomic_store_explicit(&a->pub_rewriting, a->rewriting, memory_order_relaxed);
 	atomic_store_explicit(&a->pub_err, a->err || a->rw_dir_err || a->sync_lost,
 			      memory_order_relaxed);
@@ -848,6 +873,9 @@ file_lost(struct aof *a, int err, const char *what)
 			 "write commands are refused (-MISCONF) until then",
 			 a->id, a->id, what, strerror(-err));
 	a->sync_lost = err;
+	/* The old file's tail, which the running rewrite copies, may not hold what it seems
+	 * to either: another rebuild follows that rewrite */
+	a->rw_stale |= a->rewriting && a->rw_tail;
 	publish(a);
 }
 
@@ -940,6 +968,19 @@ on_written(struct keel_file_req *req, int res, void *arg)
 	kick(a);
 }
 
+/* The rewrite is over (switched to, or failed): its state goes. */
+static void
+rw_clear(struct aof *a)
+{
+	a->rewriting = a->rw_renamed = a->rw_ready = false;
+	a->rw_tail = a->rw_frozen = a->rw_wait = a->rw_mid_synced = false;
+	a->rw_parked = a->rw_abandon = false;
+	free(a->rw_buf);
+	a->rw_buf = NULL;
+	a->rw_got = a->rw_put = 0;
+	a->rw_from = a->rw_copied = 0;
+}
+
 static void
 rw_switch(struct aof *a)
 {
@@ -949,11 +990,11 @@ rw_switch(struct aof *a)
 	a->rw_chk_fd = -1;
 	a->fd = a->rw_fd;
 	a->f = a->rw_f;
-	a->off = a->rw_len;
+	a->off = a->rw_len + a->rw_copied; /* the snapshot, then the old file's tail */
 	a->rw_fd = -1;
-	a->rewriting = a->rw_renamed = a->rw_ready = false;
+	rw_clear(a);
 	a->rewrites++;
-	a->err = 0; /* a failed batch of the old file is in the new one (on_tick dropped it) */
+	a->err = 0; /* a failed batch is written again, to the new file (on_tick) */
 	a->rw_reset = false;
 	if (a->rw_stale) { /* records after its snapshot were lost: rebuild again, now */
 		a->rw_stale = false;
@@ -969,6 +1010,7 @@ rw_switch(struct aof *a)
 
 /* Start the next batch when none is in flight. */
 static void kick_(struct aof *a);
+static int rw_step(struct aof *a);
 
 static void
 kick(struct aof *a)
@@ -986,13 +1028,19 @@ kick_(struct aof *a)
 		return;
 	if (a->rw_ready)
 		rw_switch(a);
+	if (a->rw_wait) { /* the rewrite's copy of the tail waited for the batch just done */
+		a->rw_wait = false;
+		rw_step(a);
+	}
 	rebuild(a);                              /* when the file was lost and no rewrite runs */
 	if (a->sync_lost && !a->rewriting) {     /* the rebuild could not start: say so now */
 		answer_waiters(a, a->sync_lost); /* idle: only pending records wait */
 		return;
 	}
-	if (a->rewriting)
-		return; /* records gather until the new file is in place */
+	/* Records gather until the new file is in place once the rewrite's copy of the tail
+	 * has caught up, for a rewrite that takes no tail, and while the old file is lost. */
+	if (a->rewriting && (a->rw_frozen || !a->rw_tail || a->sync_lost))
+		return;
 	/* FLUSHALL: the table is empty, so is its file. When the truncation fails the flushed
 	 * records would come back, and reset stays set until a rebuild's snapshot takes it over
 	 * (rw_begin; rw_fail gives it back) or the stop truncates: cleared before, it was lost
@@ -1074,14 +1122,24 @@ on_tick(struct keel_timer *t, void *arg)
 		return;
 	if (a->rw_renamed && !a->rw_dir_busy) /* a failed directory sync, again */
 		rw_dir_sync(a);
-	rebuild(a); /* a lost file whose rebuild could not start or failed, again */
-	if (a->st == A_FAILED && a->rw_ready) {
-		/* The rewrite's file is in place and holds this batch (no batch starts while a
-		 * rewrite runs, so it began before the snapshot): drop it and switch, rather
-		 * than retry it on the old file for as long as that fails. */
-		batch_free(a);
-		a->st = A_IDLE;
-		kick(a);
+	rebuild(a);         /* a lost file whose rebuild could not start or failed, again */
+	if (a->rw_parked) { /* held by the test gate: look again */
+		a->rw_parked = false;
+		rw_step(a);
+	}
+	if (a->st == A_FAILED && a->rw_frozen) {
+		/* The rewrite's copy of the tail has caught up without this batch: it goes to
+		 * the new file once that is in place, rather than to the old one (after the
+		 * copy: it would be in neither) for as long as that fails. */
+		if (a->rw_wait) {
+			a->rw_wait = false;
+			rw_step(a);
+		} else if (a->rw_ready) {
+			rw_switch(a);
+			a->wdone = 0;
+			issue_write(a);
+			publish(a);
+		}
 		return;
 	}
 	if (a->st == A_FAILED) { /* try the failed batch again */
@@ -1108,6 +1166,10 @@ kv_aof_log(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv, unsi
 	if (!strcmp(c->name, "flushall")) {
 		a->pend.len = 0;
 		a->reset = true;
+		/* A rewrite whose file has not taken over: the old file is emptied now and takes
+		 * the writes after (kick_); the rewrite, of a table that is gone, ends. */
+		if (a->rewriting && a->rw_tail && !a->rw_frozen)
+			a->rw_abandon = true;
 	} else if (c->route == KV_R_KEY) {
 		kv_db_record(db, &argv[1], &a->pend);
 		a->pend.oom |= kv_test_fault("record-oom");
@@ -1185,7 +1247,8 @@ rw_fail(struct aof *a, int err)
 	a->rw_fd = a->rw_chk_fd = -1;
 	path_of(tmp, sizeof(tmp), a->id, ".rewrite");
 	unlink(tmp);
-	a->rewriting = a->rw_stale = false;
+	rw_clear(a);
+	a->rw_stale = false;
 	a->reset |= a->rw_reset; /* the old file stays: a FLUSHALL it took must still empty it */
 	a->rw_reset = false;
 	publish(a);
@@ -1253,33 +1316,139 @@ rw_synced(struct keel_file_req *req, int res, void *arg)
 	rw_dir_sync(a);
 }
 
+/* The end of one of the rewrite's requests before its last sync: @res failed it (0 for a
+ * read or write: -EIO), unless the shard stops or a FLUSHALL ended the rewrite (rw_step
+ * says so). Returns true when the rewrite goes on. */
+static bool
+rw_went(struct aof *a, int res)
+{
+	if (a->stopping) {
+		rw_fail(a, 0);
+		return false;
+	}
+	if (res <= 0 && !a->rw_abandon) {
+		rw_fail(a, res < 0 ? res : -EIO);
+		return false;
+	}
+	return true;
+}
+
 static void
 rw_written(struct keel_file_req *req, int res, void *arg)
 {
 	struct aof *a = arg;
 
-	if (a->stopping)
-		return rw_fail(a, 0);
-	if (res <= 0)
-		return rw_fail(a, res < 0 ? res : -EIO);
-	a->rw_done += (size_t)res;
+	if (!rw_went(a, res))
+		return;
+	a->rw_done += res > 0 ? (size_t)res : 0;
 	rw_step(a);
 }
 
-/* Returns 0, or the error that ended the rewrite (rw_fail ran). */
+static void
+rw_mid_synced(struct keel_file_req *req, int res, void *arg)
+{
+	struct aof *a = arg;
+
+	if (res < 0 && !a->stopping && !a->rw_abandon)
+		a->sync_errors++;
+	if (!rw_went(a, res < 0 ? res : 1))
+		return;
+	a->rw_mid_synced = true;
+	rw_step(a);
+}
+
+static void
+rw_tail_read(struct keel_file_req *req, int res, void *arg)
+{
+	struct aof *a = arg;
+
+	if (!rw_went(a, res))
+		return;
+	a->rw_got = res > 0 ? (size_t)res : 0;
+	a->rw_put = 0;
+	rw_step(a);
+}
+
+static void
+rw_tail_written(struct keel_file_req *req, int res, void *arg)
+{
+	struct aof *a = arg;
+
+	if (!rw_went(a, res))
+		return;
+	if (res > 0) {
+		a->rw_put += (size_t)res;
+		a->rw_copied += (uint64_t)res;
+	}
+	rw_step(a);
+}
+
+/* The largest read of the old file's tail that the rewrite copies. */
+#define RW_COPY_MAX ((size_t)1 << 20)
+
+/* The rewrite's next request (none is in flight): the snapshot's next piece, then the old
+ * file's tail (read, then written after the snapshot), then, once the copy has caught up
+ * and no batch is in flight, the sync that the rename follows (rw_synced). Returns 0, or the
+ * error that ended the rewrite (rw_fail ran). */
 static int
 rw_step(struct aof *a)
 {
+	uint64_t at = a->rw_from + a->rw_copied; /* the tail's next byte in the old file */
 	int r;
 
+	if (a->rw_abandon) {
+		keel_log(KEEL_LOG_INFO, "kv",
+			 "shard %u: BGREWRITEAOF abandoned: FLUSHALL emptied the table it was "
+			 "writing",
+			 a->id);
+		rw_fail(a, 0);
+		return 0;
+	}
+	if (kv_test_rewrite_held()) {
+		a->rw_parked = true; /* on_tick looks again */
+		return 0;
+	}
 	if (a->rw_done < a->rw_len) {
 		r = keel_file_write(&a->rw_req, &a->rw_f, a->rw_p + a->rw_done,
 				    piece(a->rw_len - a->rw_done), a->rw_done, rw_written, a);
-	} else {
-		free(a->rw_p);
-		a->rw_p = NULL;
-		r = keel_file_fdatasync(&a->rw_req, &a->rw_f, rw_synced, a);
+		goto out;
 	}
+	free(a->rw_p);
+	a->rw_p = NULL;
+	if (a->rw_put < a->rw_got) {
+		r = keel_file_write(&a->rw_req, &a->rw_f, a->rw_buf + a->rw_put,
+				    a->rw_got - a->rw_put, a->rw_len + a->rw_copied,
+				    rw_tail_written, a);
+	} else if (a->rw_tail && at < a->off && !a->rw_mid_synced && !a->rw_frozen) {
+		/* The snapshot to the disk first: the sync while batches wait is then of the
+		 * tail's last pieces only. */
+		r = keel_file_fdatasync(&a->rw_req, &a->rw_f, rw_mid_synced, a);
+	} else if (a->rw_tail && at < a->off) {
+		r = 0;
+		if (!a->rw_buf && !(a->rw_buf = malloc(RW_COPY_MAX)))
+			r = -ENOMEM;
+		if (r == 0)
+			r = keel_file_from_fd(a->chk_fd, &a->chk_f);
+		if (r == 0)
+			r = keel_file_read(
+				&a->rw_req, &a->chk_f, a->rw_buf,
+				piece(a->off - at < RW_COPY_MAX ? a->off - at : RW_COPY_MAX), at,
+				rw_tail_read, a);
+	} else if (a->st != A_WRITING) {
+		/* Caught up, and nothing in flight that the old file would take after the copy:
+		 * no batch starts until the switch (a failed one goes to the new file then:
+		 * on_tick). */
+		a->rw_frozen = true;
+		free(a->rw_buf);
+		a->rw_buf = NULL;
+		r = keel_file_fdatasync(&a->rw_req, &a->rw_f, rw_synced, a);
+	} else {
+		/* Caught up, with a batch in flight: no other starts, and its end (kick_)
+		 * brings the copy back for it. */
+		a->rw_frozen = a->rw_wait = true;
+		return 0;
+	}
+out:
 	if (r < 0)
 		rw_fail(a, r);
 	return r < 0 ? r : 0;
@@ -1318,6 +1487,11 @@ rw_begin(struct aof *a, bool *wrote)
 	a->rw_done = 0;
 	a->rw_p = snap.p;
 	a->rewriting = true;
+	/* The old file's tail starts after the records gathered so far (in the snapshot too),
+	 * pending or in flight: where the file will end once they are written. */
+	a->rw_tail = !a->sync_lost && !a->reset;
+	a->rw_from = a->off + (a->st == A_WRITING || a->st == A_FAILED ? a->wlen : 0) + a->pend.len;
+	a->rw_copied = 0;
 	/* A FLUSHALL not yet applied to the file is in the snapshot: the new file must not be
 	 * emptied after the switch (rw_fail gives it back to the old file). */
 	a->rw_reset = a->reset;
@@ -1354,7 +1528,7 @@ void
 kv_aof_info(struct rbuf *out)
 {
 	char line[512];
-	uint64_t size = 0, rewrites = 0, sync_errors = 0;
+	uint64_t size = 0, rewrites = 0, sync_errors = 0, buffered = 0;
 	bool rw = false, err = false;
 	int n;
 
@@ -1364,14 +1538,16 @@ kv_aof_info(struct rbuf *out)
 		rw |= atomic_load_explicit(&aofs[i].pub_rewriting, memory_order_relaxed);
 		err |= atomic_load_explicit(&aofs[i].pub_err, memory_order_relaxed);
 		sync_errors += atomic_load_explicit(&aofs[i].pub_sync_errors, memory_order_relaxed);
+		buffered += atomic_load_explicit(&aofs[i].pub_buffered, memory_order_relaxed);
 	}
 	n = snprintf(line, sizeof(line),
 		     "# Persistence\r\nloading:0\r\naof_enabled:%d\r\n"
 		     "aof_rewrite_in_progress:%d\r\naof_rewrites:%llu\r\n"
-		     "aof_current_size:%llu\r\naof_last_write_status:%s\r\n"
-		     "aof_sync_errors:%llu\r\n\r\n",
+		     "aof_current_size:%llu\r\naof_buffer_length:%llu\r\n"
+		     "aof_last_write_status:%s\r\naof_sync_errors:%llu\r\n\r\n",
 		     kv_cfg.aof, rw, (unsigned long long)rewrites, (unsigned long long)size,
-		     err ? "err" : "ok", (unsigned long long)sync_errors);
+		     (unsigned long long)buffered, err ? "err" : "ok",
+		     (unsigned long long)sync_errors);
 	rb_put(out, line, (size_t)n);
 }
 
@@ -1428,15 +1604,23 @@ kv_aof_stop(void)
 	 * replies still waiting get the first error of it, if any. */
 	a->stopping = true;
 	inflight = a->st == A_WRITING;
+	/* Once a rewrite's file has the name, it is the file: it holds the old one's tail up
+	 * to where the copy caught up, and no batch has started since (rw_frozen), so a failed
+	 * one goes to it. */
+	if (a->rw_ready || a->rw_renamed) { /* renamed: its directory sync was cut short */
+		dir_sync = a->rw_renamed;
+		rw_switch(a);
+	} else if (a->rewriting) { /* abandoned: a FLUSHALL it took applies to the old file */
+		a->reset |= a->rw_reset;
+		a->rw_reset = false;
+		if (a->rw_parked || a->rw_wait) /* no request of it in flight to end it */
+			rw_fail(a, 0);
+	}
 	if ((a->st == A_WRITING || a->st == A_FAILED) && (a->sl.buf || a->heap)) {
-		/* Once a rewrite's file has the name, the batch is in it already: no batch starts
-		 * while a rewrite runs, so this one began before its snapshot was taken. */
-		if (!a->rw_ready && !a->rw_renamed) {
-			r = pwrite_all(a->fd, a->sl.buf ? a->sl.data : a->heap, a->wlen, a->off);
-			if (r == 0)
-				a->off += a->wlen;
-			err = r;
-		}
+		r = pwrite_all(a->fd, a->sl.buf ? a->sl.data : a->heap, a->wlen, a->off);
+		if (r == 0)
+			a->off += a->wlen;
+		err = r;
 		/* A write still in flight reads the batch until it completes: a slice keeps its
 		 * own reference; heap memory waits for on_written. */
 		if (a->st == A_WRITING && a->heap) {
@@ -1445,13 +1629,6 @@ kv_aof_stop(void)
 		}
 		batch_free(a);
 		a->st = A_IDLE;
-	}
-	if (a->rw_ready || a->rw_renamed) { /* renamed: its directory sync was cut short */
-		dir_sync = a->rw_renamed;
-		rw_switch(a);
-	} else if (a->rewriting) { /* abandoned: a FLUSHALL it took applies to the old file */
-		a->reset |= a->rw_reset;
-		a->rw_reset = false;
 	}
 	if (a->sync_lost && !err) /* not rebuilt: the file may lack what it seems to hold */
 		err = a->sync_lost;
@@ -1516,6 +1693,7 @@ kv_aof_fini(void)
 		free(a->heap);
 		free(a->heap_busy);
 		free(a->rw_p);
+		free(a->rw_buf);
 		memset(a, 0, sizeof(*a));
 	}
 	for (unsigned i = 0; i < nloaded; i++)

@@ -12,6 +12,9 @@ kv_test_faults_init(void)
 	if (getenv("KEEL_KV_TEST_FAULTS"))
 		fprintf(stderr, "keel-kv: KEEL_KV_TEST_FAULTS is ignored: this build is not "
 				"configured with -DKEEL_FAULTS=ON\n");
+	if (getenv("KEEL_KV_TEST_REWRITE_GATE"))
+		fprintf(stderr, "keel-kv: KEEL_KV_TEST_REWRITE_GATE is ignored: this build is not "
+				"configured with -DKEEL_FAULTS=ON\n");
 }
 #else
 #include <pthread.h>
@@ -19,6 +22,7 @@ kv_test_faults_init(void)
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
+#include <unistd.h>
 
 /* The sites, and what the spec says of each (indexed alike). */
 static const char *const known[] = { "record-oom",     "ftruncate",      "stop-sync",
@@ -132,5 +136,13 @@ kv_test_fault(const char *site)
 		return false;
 	seen = atomic_fetch_add_explicit(&sites[k].seen, 1, memory_order_relaxed);
 	return seen >= sites[k].after && seen - sites[k].after < sites[k].n;
+}
+
+bool
+kv_test_rewrite_held(void)
+{
+	const char *gate = getenv("KEEL_KV_TEST_REWRITE_GATE");
+
+	return gate && *gate && access(gate, F_OK) == 0;
 }
 #endif

@@ -19,6 +19,10 @@
  *                  or the rebuild after a failed sync
  *   waiter-oom   no memory for the place a write's reply waits in for its sync (always)
  *   store-oom    no memory for a key's entry in the table (a write gets -ERR out of memory)
+ *
+ * KEEL_KV_TEST_REWRITE_GATE=PATH: while PATH exists, a rewrite (BGREWRITEAOF, or the rebuild
+ * after a failed sync) holds before each of its steps and looks again each second, so a
+ * test can act while one runs (kv_test_rewrite_held).
  */
 #ifndef KEEL_KV_TESTFAULT_H
 #define KEEL_KV_TESTFAULT_H
@@ -31,11 +35,18 @@ void kv_test_faults_init(void);
 
 #ifdef KEEL_FAULTS
 bool kv_test_fault(const char *site);
+bool kv_test_rewrite_held(void);
 #else
 static inline bool
 kv_test_fault(const char *site)
 {
 	(void)site;
+	return false;
+}
+
+static inline bool
+kv_test_rewrite_held(void)
+{
 	return false;
 }
 #endif

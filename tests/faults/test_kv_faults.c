@@ -388,6 +388,22 @@ Test(faults_kv, failed_allocations_lose_no_reply_with_appendfsync_always)
 	cr_assert_eq(system(cmd), 0);
 }
 
+/* The SET of key aof@i (its value: 1-300 letters that depend on @i) into @req, which has
+ * room for 420 bytes. Returns its length. */
+static size_t
+aof_set_req(char *req, int i)
+{
+	char key[32], val[301];
+	int kl = snprintf(key, sizeof(key), "aof%d", i);
+	int vl = 1 + (i * 37) % 300;
+
+	for (int j = 0; j < vl; j++)
+		val[j] = (char)('a' + (i + j) % 26);
+	val[vl] = 0;
+	return (size_t)sprintf(req, "*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n", kl, key, vl,
+			       val);
+}
+
 /* One connection, @n SETs of unique keys in pipelined batches of 64: each reply is +OK
  * (acked[i] = true) or a -MISCONF error (the append-only file could not be written or
  * synced). Returns the number of error replies. */
@@ -401,18 +417,8 @@ aof_sets(int port, int n, bool *acked)
 		size_t ql = 0, got = 0;
 		int m = n - b < 64 ? n - b : 64, seen = 0;
 
-		for (int i = b; i < b + m; i++) {
-			char key[32], val[301];
-			int kl = snprintf(key, sizeof(key), "aof%d", i);
-			int vl = 1 + (i * 37) % 300;
-
-			for (int j = 0; j < vl; j++)
-				val[j] = (char)('a' + (i + j) % 26);
-			val[vl] = 0;
-			ql += (size_t)sprintf(req + ql,
-					      "*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n", kl,
-					      key, vl, val);
-		}
+		for (int i = b; i < b + m; i++)
+			ql += aof_set_req(req + ql, i);
 		cr_assert_eq(send(fd, req, ql, MSG_NOSIGNAL), (ssize_t)ql, "send: %s",
 			     strerror(errno));
 		/* Replies are whole lines: +OK or -MISCONF ...; count them as they come. */
@@ -753,14 +759,15 @@ Test(faults_kv, aof_refused_writes_do_not_wait_for_the_disk)
 	aof1_check_and_clean(dir, 200, acked);
 }
 
-/* appendfsync always: SETs sent right behind BGREWRITEAOF are accepted and gather while
- * the rewrite runs; the directory's sync after its rename then keeps failing, so the
- * switch never comes. Their replies get -MISCONF when the sync fails instead of waiting
- * for the switch (for as long as the failure lasts: here, until the stop). */
+/* appendfsync always: SETs sent right behind BGREWRITEAOF, and the directory's sync after its
+ * rename keeps failing, so the switch never comes. Each SET is answered: +OK when its record
+ * reached the file in use before the rewrite's file took over, -MISCONF when it waited for
+ * the switch (the failure answers it rather than hold it for as long as it lasts: here,
+ * until the stop) or the failing sync was its own. After a restart every +OK is there. */
 Test(faults_kv, aof_writes_gathered_behind_a_failing_switch_are_answered)
 {
-	char dir[] = "/tmp/keel-kv-aof-gathered-XXXXXX", req[64 * 48], line[256];
-	bool acked[1] = { false };
+	char dir[] = "/tmp/keel-kv-aof-gathered-XXXXXX", req[64 * 420], line[256];
+	bool acked[64] = { false };
 	size_t len = (size_t)sprintf(req, "BGREWRITEAOF\r\n");
 	struct proc p;
 	FILE *f;
@@ -768,7 +775,7 @@ Test(faults_kv, aof_writes_gathered_behind_a_failing_switch_are_answered)
 	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
 	aof1_start(&p, "fsync:EIO:after=1", "always", dir);
 	for (int i = 0; i < 64; i++)
-		len += (size_t)sprintf(req + len, "SET g%d v%d\r\n", i, i);
+		len += aof_set_req(req + len, i);
 	f = fdopen(test_connect(p.port), "r+");
 	cr_assert(f);
 	cr_assert_eq(fwrite(req, 1, len, f), len);
@@ -776,13 +783,14 @@ Test(faults_kv, aof_writes_gathered_behind_a_failing_switch_are_answered)
 	cr_assert(fgets(line, sizeof(line), f), "BGREWRITEAOF: no reply");
 	cr_assert_str_eq(line, "+Background append only file rewriting started\r\n");
 	for (int i = 0; i < 64; i++) {
-		cr_assert(fgets(line, sizeof(line), f), "SET g%d: no reply (held for the switch?)",
-			  i);
-		cr_assert(!strncmp(line, "-MISCONF", 8), "SET g%d: '%s'", i, line);
+		cr_assert(fgets(line, sizeof(line), f),
+			  "SET aof%d: no reply (held for the switch?)", i);
+		acked[i] = !strcmp(line, "+OK\r\n");
+		cr_assert(acked[i] || !strncmp(line, "-MISCONF", 8), "SET aof%d: '%s'", i, line);
 	}
 	fclose(f);
 	proc_stop(&p);
-	aof1_check_and_clean(dir, 0, acked);
+	aof1_check_and_clean(dir, 64, acked);
 }
 
 /* keel-kv's own plain system calls and allocations failing (KEEL_KV_TEST_FAULTS,
@@ -1105,6 +1113,160 @@ Test(faults_kv, aof_start_commit_failing_at_each_step_loses_no_write)
 		proc_stop(&p);
 		rm_dir(dir);
 	}
+}
+
+/* keel-kv on one shard (appendfsync @fsync) on the directory @dir, whose rewrites hold
+ * while the file @gate (@dir.gate, created here) exists (KEEL_KV_TEST_REWRITE_GATE). */
+static void
+gated_start(struct proc *p, const char *fsync, const char *dir, char *gate, size_t gatelen)
+{
+	int fd;
+
+	snprintf(gate, gatelen, "%s.gate", dir);
+	fd = open(gate, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	cr_assert_geq(fd, 0, "%s: %s", gate, strerror(errno));
+	close(fd);
+	aof_start(p, "KEEL_KV_TEST_REWRITE_GATE", gate, "1", fsync, dir);
+}
+
+/* Whether shard 0's append-only file in @dir holds @n bytes equal to @want. */
+static bool
+aof_file_holds(const char *dir, const void *want, size_t n)
+{
+	static char buf[4 << 20];
+	char path[128];
+	ssize_t k;
+	size_t len = 0;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/appendonly-0.aof", dir);
+	fd = open(path, O_RDONLY);
+	cr_assert_geq(fd, 0, "%s: %s", path, strerror(errno));
+	while (len < sizeof(buf) && (k = read(fd, buf + len, sizeof(buf) - len)) > 0)
+		len += (size_t)k;
+	close(fd);
+	cr_assert_lt(len, sizeof(buf), "%s is larger than this test reads", path);
+	return memmem(buf, len, want, n) != NULL;
+}
+
+/* BGREWRITEAOF, answered as started, and INFO says that it runs. */
+static void
+bgrewrite_started(int port)
+{
+	char line[256];
+
+	kv_command(port, "BGREWRITEAOF", line, sizeof(line));
+	cr_assert_str_eq(line, "+Background append only file rewriting started\r\n");
+	cr_assert_eq(persistence_field(port, "aof_rewrite_in_progress:"), 1);
+}
+
+/* appendfsync always while a BGREWRITEAOF runs (held before its first write): SETs are
+ * written and synced to the file in use, and answered, rather than held in memory until the
+ * rewrite ends (a rewrite of a large table takes seconds, and every write command waited
+ * for it). Released, the rewrite copies them from the old file's tail into the new one: the
+ * SETs after the switch go to the new file, and after a SIGKILL and a restart every
+ * acknowledged SET, before, during and after the rewrite, is there. */
+Test(faults_kv, aof_writes_during_a_rewrite_reach_the_disk_and_then_the_new_file)
+{
+	char dir[] = "/tmp/keel-kv-aof-rwtail-XXXXXX", gate[64], line[64];
+	char rec[] = "$6\r\nduring\r\n$5\r\nvalue\r\n";
+	bool acked[600] = { false };
+	struct proc p;
+	int fd;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	gated_start(&p, "always", dir, gate, sizeof(gate));
+	cr_assert_eq(aof_sets(p.port, 200, acked), 0);
+	bgrewrite_started(p.port);
+	fd = test_connect(p.port);
+	test_send_all(fd, "SET during value\r\n", 18);
+	wait_fd(fd, POLLIN, TEST_WAIT_MS, 0, "SET's reply while the rewrite runs");
+	close(fd);
+	cr_assert(aof_file_holds(dir, rec, sizeof(rec) - 1),
+		  "SET during the rewrite was answered and is not in the file");
+	cr_assert_eq(aof_sets(p.port, 400, acked), 0, "writes refused during the rewrite");
+	cr_assert_eq(persistence_field(p.port, "aof_rewrite_in_progress:"), 1);
+	unlink(gate);
+	for (uint64_t dl = test_deadline(TEST_WAIT_MS);
+	     persistence_field(p.port, "aof_rewrites:") < 1;) {
+		cr_assert(!test_expired(dl), "the rewrite did not complete once released");
+		test_pause();
+	}
+	cr_assert_eq(aof_sets(p.port, 600, acked), 0, "writes refused after the rewrite");
+	kill9(&p);
+	aof_restart(&p, "1", dir);
+	aof_check(p.port, 600, acked);
+	kv_command(p.port, "GET during", line, sizeof(line));
+	cr_assert_str_eq(line, "$5\r\n",
+			 "the SET made during the rewrite is gone after the restart");
+	proc_stop(&p);
+	rm_dir(dir);
+}
+
+/* appendfsync everysec while a BGREWRITEAOF runs (held): the records of the SETs are written
+ * to the file in use as they come (INFO aof_buffer_length goes back to 0), not kept in
+ * memory for as long as the rewrite runs, without bound and lost by a crash meanwhile. A
+ * stop then ends the rewrite unfinished, and after a restart every SET is there. */
+Test(faults_kv, aof_everysec_records_during_a_rewrite_do_not_wait_in_memory)
+{
+	char dir[] = "/tmp/keel-kv-aof-rwbuf-XXXXXX", gate[64];
+	bool acked[400] = { false };
+	struct proc p;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	gated_start(&p, "everysec", dir, gate, sizeof(gate));
+	cr_assert_eq(aof_sets(p.port, 100, acked), 0);
+	bgrewrite_started(p.port);
+	cr_assert_eq(aof_sets(p.port, 400, acked), 0);
+	for (uint64_t dl = test_deadline(TEST_WAIT_MS);
+	     persistence_field(p.port, "aof_buffer_length:") != 0;) {
+		cr_assert(!test_expired(dl), "records stayed in memory while the rewrite ran");
+		test_pause();
+	}
+	cr_assert_eq(persistence_field(p.port, "aof_rewrite_in_progress:"), 1);
+	proc_stop(&p);
+	unlink(gate);
+	aof1_check_and_clean(dir, 400, acked);
+}
+
+/* FLUSHALL while a BGREWRITEAOF runs (held): the table the rewrite was writing is gone, so
+ * the rewrite ends (a line says why) and the file in use is emptied; a SET after it is in
+ * it, and after a SIGKILL and a restart the flushed keys are gone and the later one there. */
+Test(faults_kv, aof_flushall_during_a_rewrite_ends_it)
+{
+	char dir[] = "/tmp/keel-kv-aof-rwflush-XXXXXX", gate[64], log[64], line[256];
+	bool acked[200] = { false };
+	struct proc p;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	snprintf(log, sizeof(log), "%s.log", dir);
+	setenv("KEEL_TEST_SERVER_LOG", log, 1);
+	gated_start(&p, "always", dir, gate, sizeof(gate));
+	unsetenv("KEEL_TEST_SERVER_LOG");
+	cr_assert_eq(aof_sets(p.port, 200, acked), 0);
+	bgrewrite_started(p.port);
+	kv_command(p.port, "FLUSHALL", line, sizeof(line));
+	cr_assert_str_eq(line, "+OK\r\n");
+	log_wait(log, "shard 0: BGREWRITEAOF abandoned: FLUSHALL emptied the table it was writing");
+	cr_assert_eq(persistence_field(p.port, "aof_rewrite_in_progress:"), 0);
+	cr_assert_eq(persistence_field(p.port, "aof_rewrites:"), 0);
+	kv_command(p.port, "SET later value", line, sizeof(line));
+	cr_assert_str_eq(line, "+OK\r\n");
+	kill9(&p);
+	unlink(gate);
+	unlink(log);
+	aof_restart(&p, "1", dir);
+	kv_command(p.port, "GET later", line, sizeof(line));
+	cr_assert_str_eq(line, "$5\r\n", "the SET after FLUSHALL is gone after the restart");
+	for (int i = 0; i < 200; i += 50) {
+		char get[32];
+
+		snprintf(get, sizeof(get), "GET aof%d", i);
+		kv_command(p.port, get, line, sizeof(line));
+		cr_assert_str_eq(line, "$-1\r\n", "aof%d came back after FLUSHALL", i);
+	}
+	proc_stop(&p);
+	rm_dir(dir);
 }
 
 /* BGREWRITEAOF's rename of its new file over the old one fails: the rewrite fails with a
