@@ -47,6 +47,13 @@ enum keel_topo_state keel__topo_irqbalance(void);
  * number is beyond 65535. */
 int keel__topo_irq_rxq(const char *irq_name, unsigned *q);
 
+/* The MSI IRQ numbers of the device at @devdir (/sys/class/net/IF/device): the entries of
+ * its msi_irqs, or of its parent's when it has none (virtio-net's netdev sits on a virtio
+ * device whose PCI parent owns the vectors), however many (a large NIC has thousands).
+ * *@out: a malloc'd array (NULL when none; the caller frees it). Returns the count, 0 when
+ * there are none, or -ENOMEM. */
+int keel__topo_msi_irqs(const char *devdir, int **out);
+
 /* One pass over a /proc/interrupts stream @f: the action name (the line's last field) of
  * each IRQ in @irqs[n] into @names (left as they are for IRQs it does not list; start them
  * ""). Lines of any length. Returns how many were found. */

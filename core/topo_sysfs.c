@@ -309,37 +309,62 @@ keel__topo_irq_rxq(const char *irq_name, unsigned *q)
 	return 1;
 }
 
-/* IRQ numbers of the device behind @ifname: its msi_irqs, or its parent's (virtio-net's
- * netdev sits on a virtio device whose PCI parent owns the vectors). */
+/* The numbered entries of the directory @dir, appended to *@irqs (*@n of *@cap used,
+ * grown as needed). Returns 0 or -ENOMEM (what was read stays). */
 static int
-device_irqs(const char *ifname, int *irqs, int max)
+msi_dir_read(const char *dir, int **irqs, int *n, int *cap)
 {
-	char path[PATH_MAX], real[PATH_MAX];
-	int n = 0;
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	int r = 0;
 
-	snprintf(path, sizeof(path), "/sys/class/net/%s/device", ifname);
-	if (!realpath(path, real))
+	if (!d)
 		return 0;
-	for (int up = 0; up < 2 && n == 0; up++) {
-		DIR *d;
-		struct dirent *e;
+	while ((e = readdir(d))) {
+		if (!isdigit((unsigned char)e->d_name[0]))
+			continue;
+		if (*n == *cap) {
+			int nc = *cap ? *cap * 2 : 64;
+			int *g = nc > *cap ? realloc(*irqs, (size_t)nc * sizeof(**irqs)) : NULL;
+
+			if (!g) {
+				r = -ENOMEM;
+				break;
+			}
+			*irqs = g;
+			*cap = nc;
+		}
+		(*irqs)[(*n)++] = atoi(e->d_name);
+	}
+	closedir(d);
+	return r;
+}
+
+int
+keel__topo_msi_irqs(const char *devdir, int **out)
+{
+	char real[PATH_MAX];
+	int *irqs = NULL, n = 0, cap = 0, r = 0;
+
+	*out = NULL;
+	if (!realpath(devdir, real))
+		return 0;
+	for (int up = 0; up < 2 && n == 0 && r == 0; up++) {
 		char dir[PATH_MAX + 16];
+		char *slash;
 
 		snprintf(dir, sizeof(dir), "%s/msi_irqs", real);
-		d = opendir(dir);
-		if (d) {
-			while ((e = readdir(d)) && n < max)
-				if (isdigit((unsigned char)e->d_name[0]))
-					irqs[n++] = atoi(e->d_name);
-			closedir(d);
-		}
-		if (n == 0) {
-			char *slash = strrchr(real, '/');
-			if (!slash || slash == real)
-				break;
-			*slash = 0;
-		}
+		r = msi_dir_read(dir, &irqs, &n, &cap);
+		slash = strrchr(real, '/');
+		if (n || !slash || slash == real)
+			break;
+		*slash = 0;
 	}
+	if (r < 0) {
+		free(irqs);
+		return r;
+	}
+	*out = irqs;
 	return n;
 }
 
@@ -410,12 +435,21 @@ irq_names(const int *irqs, int n, char (*names)[64])
 static void
 read_irqs(struct keel_topo_nic *n)
 {
-	int *irqs = calloc(512, sizeof(*irqs));
-	char(*names)[64] = calloc(512, sizeof(*names));
-	int nirq = irqs && names ? device_irqs(n->name, irqs, 512) : 0;
+	char dev[PATH_MAX];
+	int *irqs = NULL;
+	char(*names)[64] = NULL;
+	int nirq;
 
+	snprintf(dev, sizeof(dev), "/sys/class/net/%s/device", n->name);
+	nirq = keel__topo_msi_irqs(dev, &irqs);
+	if (nirq > 0 && !(names = calloc((size_t)nirq, sizeof(*names))))
+		nirq = -ENOMEM;
+	if (nirq < 0)
+		keel_log(KEEL_LOG_WARN, "topo",
+			 "%s: no memory for its IRQ list: its rx queues' IRQs are not known",
+			 n->name);
 	n->has_irqs = nirq > 0;
-	irq_names(irqs, nirq, names);
+	irq_names(irqs, nirq > 0 ? nirq : 0, names);
 	for (int i = 0; i < nirq; i++) {
 		unsigned q;
 

@@ -16,6 +16,7 @@
 #include "../../core/topo_internal.h"
 #include "fake_topo.h"
 #include "helpers.h"
+#include "tmpdir.h"
 
 #ifndef KEEL_TOPOLOGIES_DIR
 #define KEEL_TOPOLOGIES_DIR "../shared/topologies"
@@ -459,6 +460,72 @@ Test(core_topo, irq_names_resolve_to_rx_queues)
 	cr_assert_eq(keel__topo_irq_rxq("virtio2-config", &q), 0);
 	cr_assert_eq(keel__topo_irq_rxq("i40e-eth0-tx-2", &q), 0);
 	cr_assert_eq(keel__topo_irq_rxq("mlx5_async0@pci:0000:81:00.0", &q), 0);
+}
+
+/* mkdir -p for the test's tree. */
+static void
+mkdirs(const char *path)
+{
+	char buf[256];
+
+	snprintf(buf, sizeof(buf), "%s", path);
+	for (char *p = buf + 1; *p; p++)
+		if (*p == '/') {
+			*p = 0;
+			mkdir(buf, 0755);
+			*p = '/';
+		}
+	cr_assert(mkdir(buf, 0755) == 0 || errno == EEXIST, "mkdir %s: %s", buf, strerror(errno));
+}
+
+/* An empty file @dir/@name. */
+static void
+touch_in(const char *dir, int name)
+{
+	char path[300];
+	FILE *f;
+
+	cr_assert_lt(snprintf(path, sizeof(path), "%s/%d", dir, name), (int)sizeof(path));
+	f = fopen(path, "w");
+	cr_assert(f, "%s: %s", path, strerror(errno));
+	fclose(f);
+}
+
+/* A NIC's MSI IRQs are read whole, however many: a large one has thousands (the list was
+ * cut at 512 in directory order, so some rx queues' IRQs were not found), and a device
+ * without its own (virtio-net) takes its parent's. */
+Test(core_topo, msi_irqs_are_read_whole_and_from_the_parent_when_none)
+{
+	char root[] = "/tmp/keel-msi-XXXXXX", dir[300], dev[256];
+	int *irqs = NULL, n;
+	bool seen[1500] = { false };
+
+	cr_assert(mkdtemp(root));
+	snprintf(dev, sizeof(dev), "%s/pci/nic", root);
+	snprintf(dir, sizeof(dir), "%s/msi_irqs", dev);
+	mkdirs(dir);
+	for (int i = 0; i < 1500; i++)
+		touch_in(dir, 100 + i);
+	n = keel__topo_msi_irqs(dev, &irqs);
+	cr_assert_eq(n, 1500);
+	for (int i = 0; i < n; i++) {
+		cr_assert(irqs[i] >= 100 && irqs[i] < 1600 && !seen[irqs[i] - 100], "irq %d",
+			  irqs[i]);
+		seen[irqs[i] - 100] = true;
+	}
+	free(irqs);
+
+	/* A virtio device under the PCI device: no msi_irqs of its own. */
+	snprintf(dev, sizeof(dev), "%s/pci/nic/virtio3", root);
+	mkdirs(dev);
+	n = keel__topo_msi_irqs(dev, &irqs);
+	cr_assert_eq(n, 1500, "the parent's IRQs were not taken");
+	free(irqs);
+
+	snprintf(dev, sizeof(dev), "%s/none", root);
+	cr_assert_eq(keel__topo_msi_irqs(dev, &irqs), 0);
+	cr_assert_null(irqs);
+	rm_dir(root);
 }
 
 Test(core_topo, irq_name_with_a_queue_number_beyond_65535_is_not_an_rx_queue)
