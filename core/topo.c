@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -108,20 +109,67 @@ keel__topo_nic_add(struct keel_topo *t)
 	return n;
 }
 
-static int
-numa_of_cpuset(hwloc_topology_t h, hwloc_const_cpuset_t set)
+/* Whether NUMA node @node holds memory and no CPUs of its own: high-bandwidth memory
+ * (KNL's MCDRAM, HBM), persistent memory, CXL or GPU memory. hwloc gives such a node the
+ * CPUs of the object it is attached to (a package, or the whole machine), so by its cpuset
+ * it looks like the node of those cores. hwloc names its kind in a subtype (DRAM has none,
+ * or "DRAM"); on this machine sysfs also says so directly (an empty cpulist). */
+static bool
+memory_only(hwloc_obj_t node, bool live)
 {
-	hwloc_obj_t node = NULL;
+	char path[96], buf[8] = "";
+	FILE *f;
 
-	while ((node = hwloc_get_next_obj_by_type(h, HWLOC_OBJ_NUMANODE, node)))
-		if (!hwloc_bitmap_iszero(set) && hwloc_bitmap_isincluded(set, node->cpuset))
-			return (int)node->os_index;
-	return -1;
+	if (node->subtype && strcasecmp(node->subtype, "DRAM") != 0)
+		return true;
+	if (!live)
+		return false;
+	snprintf(path, sizeof(path), "/sys/devices/system/node/node%u/cpulist", node->os_index);
+	f = fopen(path, "re");
+	if (!f)
+		return false;
+	if (!fgets(buf, sizeof(buf), f))
+		buf[0] = 0;
+	fclose(f);
+	return buf[0] == 0 || buf[0] == '\n';
+}
+
+/* The NUMA node of the CPUs @set: of the nodes whose CPUs include them, one with CPUs of its
+ * own before a memory-only one, then the narrowest, then the lowest number; -1 when no node
+ * includes them. (The first node in hwloc's order was taken: a memory-only node attached
+ * before the DRAM one, as hwloc orders them, got the cores.) */
+static int
+numa_of_cpuset(hwloc_topology_t h, hwloc_const_cpuset_t set, bool live)
+{
+	hwloc_obj_t node = NULL, best = NULL;
+	bool best_mem = false;
+	int best_w = 0;
+
+	if (hwloc_bitmap_iszero(set))
+		return -1;
+	while ((node = hwloc_get_next_obj_by_type(h, HWLOC_OBJ_NUMANODE, node))) {
+		bool mem;
+		int w;
+
+		if (!hwloc_bitmap_isincluded(set, node->cpuset))
+			continue;
+		mem = memory_only(node, live);
+		w = hwloc_bitmap_weight(node->cpuset);
+		if (!best || (best_mem && !mem) ||
+		    (best_mem == mem &&
+		     (w < best_w || (w == best_w && node->os_index < best->os_index)))) {
+			best = node;
+			best_mem = mem;
+			best_w = w;
+		}
+	}
+	return best ? (int)best->os_index : -1;
 }
 
 static int
 load_cpus(struct keel_topo *t, hwloc_topology_t h)
 {
+	bool live = t->info.live;
 	int nnuma = hwloc_get_nbobjs_by_type(h, HWLOC_OBJ_NUMANODE);
 	int ncores = hwloc_get_nbobjs_by_type(h, HWLOC_OBJ_CORE);
 	int npus = hwloc_get_nbobjs_by_type(h, HWLOC_OBJ_PU);
@@ -149,6 +197,7 @@ load_cpus(struct keel_topo *t, hwloc_topology_t h)
 		n->os = o->os_index;
 		n->memory_bytes = o->attr ? o->attr->numanode.local_memory : 0;
 		cpuset_from_hwloc(o->cpuset, &n->cpus);
+		n->memory_only = memory_only(o, live);
 	}
 	t->info.nnuma = k;
 
@@ -160,7 +209,7 @@ load_cpus(struct keel_topo *t, hwloc_topology_t h)
 		hwloc_obj_t pu = NULL;
 
 		core->package = pkg ? pkg->logical_index : 0;
-		core->numa = numa_of_cpuset(h, co->cpuset);
+		core->numa = numa_of_cpuset(h, co->cpuset, live);
 		for (hwloc_obj_t p = co->parent; p; p = p->parent) {
 			if (p->type == HWLOC_OBJ_L2CACHE && !core->l2_bytes)
 				core->l2_bytes = p->attr->cache.size;
@@ -187,16 +236,31 @@ load_cpus(struct keel_topo *t, hwloc_topology_t h)
 	return 0;
 }
 
+/* A NIC's local CPUs and NUMA node: those of its nearest non-I/O ancestor. The node is the
+ * one node of that ancestor, not counting memory-only nodes attached beside it (HBM, CXL:
+ * the NIC's node read "not one node" on such machines); -1 when it has several. */
 static void
-nic_locality(hwloc_topology_t h, hwloc_obj_t io, struct keel_topo_nic *n)
+nic_locality(hwloc_topology_t h, hwloc_obj_t io, struct keel_topo_nic *n, bool live)
 {
-	hwloc_obj_t anc = hwloc_get_non_io_ancestor_obj(h, io);
+	hwloc_obj_t anc = hwloc_get_non_io_ancestor_obj(h, io), node = NULL;
+	int found = -1, count = 0;
 
 	if (!anc)
 		return;
 	cpuset_from_hwloc(anc->cpuset, &n->local);
-	if (anc->nodeset && hwloc_bitmap_weight(anc->nodeset) == 1)
+	if (!anc->nodeset || hwloc_bitmap_iszero(anc->nodeset))
+		return;
+	if (hwloc_bitmap_weight(anc->nodeset) == 1) {
 		n->numa = hwloc_bitmap_first(anc->nodeset);
+		return;
+	}
+	while ((node = hwloc_get_next_obj_by_type(h, HWLOC_OBJ_NUMANODE, node)))
+		if (hwloc_bitmap_isset(anc->nodeset, node->os_index) && !memory_only(node, live)) {
+			found = (int)node->os_index;
+			count++;
+		}
+	if (count == 1)
+		n->numa = found;
 }
 
 static void
@@ -229,7 +293,7 @@ load_nics(struct keel_topo *t, hwloc_topology_t h)
 			if (model)
 				keel__topo_strcpy(n->model, sizeof(n->model), model);
 		}
-		nic_locality(h, o, n);
+		nic_locality(h, o, n, t->info.live);
 	}
 	/* Ethernet PCI functions without an interface (SR-IOV VFs, functions bound to vfio or
 	 * to no driver): an operator may still place work by their locality. */
@@ -255,7 +319,7 @@ load_nics(struct keel_topo *t, hwloc_topology_t h)
 		model = hwloc_obj_get_info_by_name(o, "PCIDevice");
 		if (model)
 			keel__topo_strcpy(n->model, sizeof(n->model), model);
-		nic_locality(h, o, n);
+		nic_locality(h, o, n, t->info.live);
 	}
 	return 0;
 }

@@ -114,6 +114,93 @@ Test(core_topo, xml_24em64t_six_shards_on_node0_physical_cores)
 	keel_topo_destroy(t);
 }
 
+/* Replace the first @from in @s (of room @cap) with @to; the test fails when it is not there. */
+static void
+xml_edit(char *s, size_t cap, const char *from, const char *to)
+{
+	char *p = strstr(s, from);
+	size_t fl = strlen(from), tl = strlen(to), rest;
+
+	cr_assert_not_null(p, "the topology file has no '%s'", from);
+	rest = strlen(p + fl) + 1;
+	cr_assert_lt((size_t)(p - s) + tl + rest, cap);
+	memmove(p + tl, p + fl, rest);
+	memcpy(p, to, tl);
+}
+
+/* 24em64t with memory-only NUMA nodes as hwloc shows them on HBM and CXL machines: an HBM
+ * node attached to package 0 before its DRAM node (hwloc's order on such machines), and a
+ * CXL node attached to the whole machine. Each takes the CPUs of what it is attached to, so
+ * by cpuset alone package 0's cores were node 2's (the HBM), and the NICs under package 0,
+ * whose ancestor then has two nodes, were on "not one node": the map had no NUMA node and
+ * put its memory on the HBM. Cores and NICs belong to the DRAM nodes; the others are marked
+ * memory-only. */
+Test(core_topo, memory_only_numa_nodes_own_no_cores_and_no_nic)
+{
+	static char xml[1 << 20];
+	char path[512], tmp[] = "/tmp/keel-topo-hbm-XXXXXX";
+	struct keel_topo_load_opts o = { 0 };
+	struct keel_topo *t = NULL;
+	const struct keel_topo_nic *nic;
+	size_t len;
+	FILE *f;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/24em64t-2n6c2t-pci.xml", KEEL_TOPOLOGIES_DIR);
+	f = fopen(path, "r");
+	if (!f)
+		cr_skip_test("topology file %s is missing (shared/ must sit beside the repo)",
+			     path);
+	len = fread(xml, 1, sizeof(xml) - 1, f);
+	fclose(f);
+	xml[len] = 0;
+	xml_edit(
+		xml, sizeof(xml),
+		"nodeset=\"0x00000003\" complete_nodeset=\"0x00000003\" allowed_nodeset=\"0x00000003\"",
+		"nodeset=\"0x0000000f\" complete_nodeset=\"0x0000000f\" allowed_nodeset=\"0x0000000f\"");
+	xml_edit(xml, sizeof(xml), "    <object type=\"Package\" os_index=\"0\"",
+		 "    <object type=\"NUMANode\" os_index=\"3\" subtype=\"CXL-DRAM\" "
+		 "cpuset=\"0x00ffffff\" complete_cpuset=\"0x00ffffff\" nodeset=\"0x00000008\" "
+		 "complete_nodeset=\"0x00000008\" gp_index=\"901\" local_memory=\"68719476736\"/>\n"
+		 "    <object type=\"Package\" os_index=\"0\"");
+	xml_edit(xml, sizeof(xml),
+		 "nodeset=\"0x00000001\" complete_nodeset=\"0x00000001\" gp_index=\"3\">\n"
+		 "      <object type=\"NUMANode\"",
+		 "nodeset=\"0x00000005\" complete_nodeset=\"0x00000005\" gp_index=\"3\">\n"
+		 "      <object type=\"NUMANode\" os_index=\"2\" subtype=\"HBM\" "
+		 "cpuset=\"0x00555555\" complete_cpuset=\"0x00555555\" nodeset=\"0x00000004\" "
+		 "complete_nodeset=\"0x00000004\" gp_index=\"900\" local_memory=\"17179869184\"/>\n"
+		 "      <object type=\"NUMANode\"");
+	fd = mkstemp(tmp);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(write(fd, xml, strlen(xml)), (ssize_t)strlen(xml));
+	close(fd);
+	o.xml = tmp;
+	cr_assert_eq(keel_topo_load(&o, &t, err, sizeof(err)), 0, "%s", err);
+	unlink(tmp);
+
+	cr_assert_eq(t->info.nnuma, 4);
+	for (unsigned i = 0; i < t->info.nnuma; i++) {
+		const struct keel_topo_numa *nd = &t->info.numa[i];
+
+		cr_assert_eq(nd->memory_only, nd->os >= 2, "node %u", nd->os);
+		cr_assert_eq(nd->ncores, nd->os >= 2 ? 0u : 6u, "node %u has %u cores", nd->os,
+			     nd->ncores);
+	}
+	for (unsigned c = 0; c < t->info.ncores; c++)
+		cr_assert(t->info.cores[c].numa == 0 || t->info.cores[c].numa == 1,
+			  "core %u on node %d", c, t->info.cores[c].numa);
+	nic = keel_topo_nic_find(t, "eth0");
+	cr_assert_not_null(nic);
+	cr_assert_eq(nic->numa, 0, "eth0 on node %d", nic->numa);
+	cr_assert_eq(compute(t, "eth0", 6, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map), 0,
+		     "%s", err);
+	cr_assert_eq(map.numa, 0);
+	for (unsigned i = 0; i < 6; i++)
+		cr_assert_eq(map.shards[i].numa, 0, "shard %u on node %d", i, map.shards[i].numa);
+	keel_topo_destroy(t);
+}
+
 Test(core_topo, xml_32em64t_eight_shards_on_node1_where_the_nic_is)
 {
 	struct keel_topo *t = load_xml("32em64t-2n8c2t-pci-normalio.xml", 0);

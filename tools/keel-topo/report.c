@@ -158,6 +158,13 @@ report_text(const struct tool_ctx *c, FILE *f)
 		keel_topo_cpulist_format(&in->allowed, list, sizeof(list)));
 	for (unsigned i = 0; i < in->nnuma; i++) {
 		const struct keel_topo_numa *nd = &in->numa[i];
+		if (nd->memory_only) {
+			fprintf(f,
+				"\nNUMA node %u: %s memory only (no CPUs of its own), near CPUs %s\n",
+				nd->os, size_str(nd->memory_bytes, b1, sizeof(b1)),
+				keel_topo_cpulist_format(&nd->cpus, list, sizeof(list)));
+			continue;
+		}
 		fprintf(f, "\nNUMA node %u: %s memory, %u core%s, CPUs %s\n", nd->os,
 			size_str(nd->memory_bytes, b1, sizeof(b1)), nd->ncores,
 			nd->ncores == 1 ? "" : "s",
@@ -383,7 +390,7 @@ report_json(const struct tool_ctx *c, FILE *f)
 			fputs("null", f);
 		fputs(", \"cpus\": ", f);
 		json_cpus(f, &nd->cpus);
-		fputs(" }", f);
+		fprintf(f, ", \"memory_only\": %s }", nd->memory_only ? "true" : "false");
 	}
 	fputs(in->nnuma ? "\n  ],\n  \"core_list\": [" : "],\n  \"core_list\": [", f);
 	for (unsigned i = 0; i < in->ncores; i++) {

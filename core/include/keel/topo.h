@@ -65,10 +65,12 @@ struct keel_topo_core {
 
 /** One NUMA node. */
 struct keel_topo_numa {
-	unsigned os;             /* OS index (node N in /sys/devices/system/node) */
-	uint64_t memory_bytes;   /* local memory, 0 when unknown */
-	unsigned ncores;         /* cores whose CPUs are in this node */
-	struct keel_cpuset cpus; /* CPUs of the node */
+	unsigned os;           /* OS index (node N in /sys/devices/system/node) */
+	uint64_t memory_bytes; /* local memory, 0 when unknown */
+	unsigned ncores;       /* cores whose CPUs are in this node */
+	struct keel_cpuset
+		cpus;     /* CPUs of the node (a memory-only node: those it is attached to) */
+	bool memory_only; /* memory without CPUs of its own: HBM, persistent, CXL, GPU */
 };
 
 /** One rx queue of a NIC and the IRQ that serves it. */
