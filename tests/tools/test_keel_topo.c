@@ -177,7 +177,7 @@ Test(tools_topo, json_parses_and_has_the_documented_fields)
 		"          'map_error']:\n"
 		"    assert k in d, k\n"
 		"assert d['keel_topo']==1 and d['live'] is (sys.argv[2]=='live')\n"
-		"for n in d['numa_nodes']: assert set(n)=={'node','memory_bytes','cpus'}, n\n"
+		"for n in d['numa_nodes']: assert set(n)=={'node','memory_bytes','cpus','memory_only'}, n\n"
 		"for c in d['core_list']: assert set(c)=={'core','package','numa_node','pus',\n"
 		"    'l2_bytes','l3_bytes'}, c\n"
 		"for n in d['nics']:\n"
