@@ -109,7 +109,12 @@ struct aof {
 	 * the old file's tail: a rebuild (the old file was lost) or one begun with a FLUSHALL
 	 * pending; its records gather in memory until the switch, as they always did. */
 	bool rw_tail, rw_frozen, rw_wait, rw_mid_synced;
-	bool rw_parked;  /* held by the test gate (kv_test_rewrite_held); the tick goes on */
+	bool rw_parked; /* held by the test gate (kv_test_rewrite_held); the tick goes on */
+	/* The batch in flight or failed is the one of rw_begin: its records are in the
+	 * snapshot, and older than what followed (a FLUSHALL may have emptied them since), so
+	 * once the new file takes over it is dropped, not written after the snapshot. */
+	bool rw_old_batch;
+	uint64_t rw_gap; /* the tail still to copy at the copy's last read (0: none yet) */
 	bool rw_abandon; /* a FLUSHALL emptied the table: the rewrite ends at its next step */
 	uint64_t rw_from, rw_copied;
 	uint8_t *rw_buf;
@@ -216,6 +221,30 @@ is_aof_name(const char *name, unsigned *idx)
  * (2 GiB), and a shard's batch or snapshot may be larger. KEEL_KV_AOF_WRITE_CHUNK=N (bytes,
  * read once at start) makes it smaller, for the tests that check the pieces. */
 static size_t aof_chunk = 1u << 30;
+
+/* The largest read of the old file's tail that a rewrite copies (rw_step): 1 MiB, or
+ * KEEL_KV_AOF_COPY_CHUNK=N bytes (read once at start), for the tests of the copy. */
+static size_t rw_copy_max = 1u << 20;
+
+/* The test knob @name, when set, into *@v: bytes from 1 to @max. 0, or -EINVAL (said). */
+static int
+env_bytes(const char *name, size_t max, const char *what, size_t *v)
+{
+	const char *s = getenv(name);
+	unsigned long long n;
+	char *end;
+
+	if (!s)
+		return 0;
+	n = strtoull(s, &end, 10);
+	if (*end || n == 0 || n > max) {
+		fprintf(stderr, "keel-kv: %s=%s: expected bytes from 1 to %zu (%s; for tests)\n",
+			name, s, max, what);
+		return -EINVAL;
+	}
+	*v = (size_t)n;
+	return 0;
+}
 
 static size_t
 piece(size_t left)
@@ -339,26 +368,18 @@ save_corrupt(const char *path, const uint8_t *p, size_t len, size_t good)
 int
 kv_aof_preload(void)
 {
-	const char *chunk = getenv("KEEL_KV_AOF_WRITE_CHUNK");
 	DIR *d;
 	struct dirent *de;
 	int r;
 
 	if (!kv_cfg.aof)
 		return 0;
-	if (chunk) {
-		char *end;
-		unsigned long long v = strtoull(chunk, &end, 10);
-
-		if (*end || v == 0 || v > (1u << 30)) {
-			fprintf(stderr,
-				"keel-kv: KEEL_KV_AOF_WRITE_CHUNK=%s: expected bytes from 1 to "
-				"1073741824 (the append-only file's largest write; for tests)\n",
-				chunk);
-			return -EINVAL;
-		}
-		aof_chunk = (size_t)v;
-	}
+	if (env_bytes("KEEL_KV_AOF_WRITE_CHUNK", (size_t)1 << 30,
+		      "the append-only file's largest write", &aof_chunk) < 0 ||
+	    env_bytes("KEEL_KV_AOF_COPY_CHUNK", (size_t)1 << 30,
+		      "the largest read of a rewrite's copy of the old file's tail",
+		      &rw_copy_max) < 0)
+		return -EINVAL;
 	if (mkdir(kv_cfg.dir, 0755) < 0 && errno != EEXIST) {
 		fprintf(stderr, "keel-kv: --dir %s: %s (create it or name another)\n", kv_cfg.dir,
 			strerror(errno));
@@ -974,7 +995,8 @@ rw_clear(struct aof *a)
 {
 	a->rewriting = a->rw_renamed = a->rw_ready = false;
 	a->rw_tail = a->rw_frozen = a->rw_wait = a->rw_mid_synced = false;
-	a->rw_parked = a->rw_abandon = false;
+	a->rw_parked = a->rw_abandon = a->rw_old_batch = false;
+	a->rw_gap = 0;
 	free(a->rw_buf);
 	a->rw_buf = NULL;
 	a->rw_got = a->rw_put = 0;
@@ -1028,8 +1050,9 @@ kick_(struct aof *a)
 		return;
 	if (a->rw_ready)
 		rw_switch(a);
-	if (a->rw_wait) { /* the rewrite's copy of the tail waited for the batch just done */
-		a->rw_wait = false;
+	if (a->rw_wait || a->rw_parked) { /* the copy waited for the batch just done; or
+					   * the test gate held the rewrite: look again */
+		a->rw_wait = a->rw_parked = false;
 		rw_step(a);
 	}
 	rebuild(a);                              /* when the file was lost and no rewrite runs */
@@ -1080,6 +1103,7 @@ kick_(struct aof *a)
 	}
 	a->iw = a->pw;
 	a->pw = a->pwt = NULL;
+	a->rw_old_batch = false;
 	issue_write(a);
 }
 
@@ -1135,10 +1159,18 @@ on_tick(struct keel_timer *t, void *arg)
 			a->rw_wait = false;
 			rw_step(a);
 		} else if (a->rw_ready) {
+			bool old = a->rw_old_batch;
+
 			rw_switch(a);
-			a->wdone = 0;
-			issue_write(a);
-			publish(a);
+			if (old) { /* in the snapshot */
+				batch_free(a);
+				a->st = A_IDLE;
+				kick(a);
+			} else {
+				a->wdone = 0;
+				issue_write(a);
+				publish(a);
+			}
 		}
 		return;
 	}
@@ -1383,9 +1415,6 @@ rw_tail_written(struct keel_file_req *req, int res, void *arg)
 	rw_step(a);
 }
 
-/* The largest read of the old file's tail that the rewrite copies. */
-#define RW_COPY_MAX ((size_t)1 << 20)
-
 /* The rewrite's next request (none is in flight): the snapshot's next piece, then the old
  * file's tail (read, then written after the snapshot), then, once the copy has caught up
  * and no batch is in flight, the sync that the rename follows (rw_synced). Returns 0, or the
@@ -1424,15 +1453,21 @@ rw_step(struct aof *a)
 		 * tail's last pieces only. */
 		r = keel_file_fdatasync(&a->rw_req, &a->rw_f, rw_mid_synced, a);
 	} else if (a->rw_tail && at < a->off) {
+		/* Batches stop once the tail left fits one read, or when it did not shrink since
+		 * the last (the shard writes faster than the copy goes: it would never catch up);
+		 * the copy then finishes what is there while they wait. */
+		if (a->off - at <= rw_copy_max || (a->rw_gap && a->off - at >= a->rw_gap))
+			a->rw_frozen = true;
+		a->rw_gap = a->off - at;
 		r = 0;
-		if (!a->rw_buf && !(a->rw_buf = malloc(RW_COPY_MAX)))
+		if (!a->rw_buf && !(a->rw_buf = malloc(rw_copy_max)))
 			r = -ENOMEM;
 		if (r == 0)
 			r = keel_file_from_fd(a->chk_fd, &a->chk_f);
 		if (r == 0)
 			r = keel_file_read(
 				&a->rw_req, &a->chk_f, a->rw_buf,
-				piece(a->off - at < RW_COPY_MAX ? a->off - at : RW_COPY_MAX), at,
+				piece(a->off - at < rw_copy_max ? a->off - at : rw_copy_max), at,
 				rw_tail_read, a);
 	} else if (a->st != A_WRITING) {
 		/* Caught up, and nothing in flight that the old file would take after the copy:
@@ -1490,8 +1525,10 @@ rw_begin(struct aof *a, bool *wrote)
 	/* The old file's tail starts after the records gathered so far (in the snapshot too),
 	 * pending or in flight: where the file will end once they are written. */
 	a->rw_tail = !a->sync_lost && !a->reset;
-	a->rw_from = a->off + (a->st == A_WRITING || a->st == A_FAILED ? a->wlen : 0) + a->pend.len;
+	a->rw_old_batch = a->st == A_WRITING || a->st == A_FAILED;
+	a->rw_from = a->off + (a->rw_old_batch ? a->wlen : 0) + a->pend.len;
 	a->rw_copied = 0;
+	a->rw_gap = 0;
 	/* A FLUSHALL not yet applied to the file is in the snapshot: the new file must not be
 	 * emptied after the switch (rw_fail gives it back to the old file). */
 	a->rw_reset = a->reset;
@@ -1608,6 +1645,10 @@ kv_aof_stop(void)
 	 * to where the copy caught up, and no batch has started since (rw_frozen), so a failed
 	 * one goes to it. */
 	if (a->rw_ready || a->rw_renamed) { /* renamed: its directory sync was cut short */
+		if (a->rw_old_batch && a->st == A_FAILED) { /* in the snapshot (rw_old_batch) */
+			batch_free(a);
+			a->st = A_IDLE;
+		}
 		dir_sync = a->rw_renamed;
 		rw_switch(a);
 	} else if (a->rewriting) { /* abandoned: a FLUSHALL it took applies to the old file */

@@ -21,8 +21,8 @@
  *   store-oom    no memory for a key's entry in the table (a write gets -ERR out of memory)
  *
  * KEEL_KV_TEST_REWRITE_GATE=PATH: while PATH exists, a rewrite (BGREWRITEAOF, or the rebuild
- * after a failed sync) holds before each of its steps and looks again each second, so a
- * test can act while one runs (kv_test_rewrite_held).
+ * after a failed sync) holds before each of its steps and looks again each second and
+ * after each batch, so a test can act while one runs (kv_test_rewrite_held).
  */
 #ifndef KEEL_KV_TESTFAULT_H
 #define KEEL_KV_TESTFAULT_H

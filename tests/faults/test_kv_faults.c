@@ -1229,6 +1229,40 @@ Test(faults_kv, aof_everysec_records_during_a_rewrite_do_not_wait_in_memory)
 	aof1_check_and_clean(dir, 400, acked);
 }
 
+/* A rewrite's copy of the old file's tail, slower than the writes that lengthen it (here:
+ * reads of 1 byte, KEEL_KV_AOF_COPY_CHUNK, against rounds of 64 SETs): once the tail
+ * stops shrinking, batches wait and the copy finishes what is there, so the rewrite ends
+ * while the writes go on (it used to wait for a copy that caught up on its own, which it
+ * never did); after a SIGKILL and a restart every acknowledged SET is there. */
+Test(faults_kv, aof_rewrite_ends_under_writes_faster_than_its_copy)
+{
+	char dir[] = "/tmp/keel-kv-aof-rwcopy-XXXXXX", gate[64];
+	bool acked[400] = { false };
+	uint64_t dl;
+	struct proc p;
+	int rounds = 0;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	setenv("KEEL_KV_AOF_COPY_CHUNK", "1", 1);
+	gated_start(&p, "everysec", dir, gate, sizeof(gate));
+	unsetenv("KEEL_KV_AOF_COPY_CHUNK");
+	cr_assert_eq(aof_sets(p.port, 100, acked), 0);
+	bgrewrite_started(p.port);
+	/* A tail before the snapshot is written, so that the copy starts behind. */
+	cr_assert_eq(aof_sets(p.port, 100, acked), 0);
+	unlink(gate); /* the next batch's end (or the tick) lets the rewrite go on */
+	dl = test_deadline(TEST_WAIT_MS);
+	while (persistence_field(p.port, "aof_rewrites:") < 1) {
+		cr_assert(!test_expired(dl), "the rewrite did not end under %d rounds of writes",
+			  rounds);
+		cr_assert_eq(aof_sets(p.port, 400, acked), 0);
+		rounds++;
+	}
+	cr_log_info("the rewrite ended after %d rounds of 400 SETs", rounds);
+	kill9(&p);
+	aof1_check_and_clean(dir, 400, acked);
+}
+
 /* FLUSHALL while a BGREWRITEAOF runs (held): the table the rewrite was writing is gone, so
  * the rewrite ends (a line says why) and the file in use is emptied; a SET after it is in
  * it, and after a SIGKILL and a restart the flushed keys are gone and the later one there. */
