@@ -216,6 +216,9 @@ void keel__alloc_log(int level, const char *fmt, ...) __attribute__((format(prin
 int keel__region_reserve(struct keel_alloc *a);
 int keel__region_prefault_initial(struct keel_alloc *a, unsigned n);
 int keel__region_prefault_next(struct keel_alloc *a);
+/* What pre-faults a region: madvise(MADV_POPULATE_WRITE), or a touch of every page on
+ * kernels without it. Tests replace it to fail as a NUMA node short of huge pages does. */
+extern int (*keel__region_prefault_fn)(void *p, uint64_t len);
 void keel__region_maybe_grow(struct keel_alloc *a);
 void keel__region_release(struct keel_alloc *a);
 

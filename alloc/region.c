@@ -185,8 +185,11 @@ prefault(void *p, uint64_t len)
 	return 0;
 }
 
+int (*keel__region_prefault_fn)(void *p, uint64_t len) = prefault;
+
 /* Pre-fault region `faulted`. A failure is recorded and logged once: later regions are then
- * used as they are (faulted on first touch); no system call is retried. */
+ * used as they are (faulted on first touch), except huge pages (add_region); no system call
+ * is retried. */
 int
 keel__region_prefault_next(struct keel_alloc *a)
 {
@@ -199,10 +202,33 @@ keel__region_prefault_next(struct keel_alloc *a)
 		return -ENOMEM;
 	r->base = a->base + (uint64_t)idx * a->region_size;
 	r->len = a->region_size;
-	e = prefault(r->base, r->len);
+	e = keel__region_prefault_fn(r->base, r->len);
 	if (e < 0) {
 		a->grow_failed = true;
-		keel__alloc_log(KEEL_ALLOC_LOG_WARN,
+		if (a->cfg.hugepages && a->numa_node >= 0)
+			keel__alloc_log(
+				KEEL_ALLOC_LOG_ERROR,
+				"shard %u: buffer region %u: its huge pages could not be had on "
+				"NUMA node %d (%s), so the shard's buffers stop at %llu MiB "
+				"(allocations beyond fail): reserve more there, e.g. echo N > "
+				"/sys/devices/system/node/node%d/hugepages/hugepages-2048kB/"
+				"nr_hugepages",
+				a->cfg.shard, idx, a->numa_node, strerror(-e),
+				(unsigned long long)(((uint64_t)idx * a->region_size) >> 20),
+				a->numa_node);
+		else if (a->cfg.hugepages)
+			keel__alloc_log(
+				KEEL_ALLOC_LOG_ERROR,
+				"shard %u: buffer region %u: its huge pages could not be "
+				"had (%s), so the shard's buffers stop at %llu MiB "
+				"(allocations beyond fail): reserve more "
+				"(/proc/sys/vm/nr_hugepages, or per NUMA node under "
+				"/sys/devices/system/node/)",
+				a->cfg.shard, idx, strerror(-e),
+				(unsigned long long)(((uint64_t)idx * a->region_size) >> 20));
+		else
+			keel__alloc_log(
+				KEEL_ALLOC_LOG_WARN,
 				"shard %u: pre-faulting buffer region %u failed (%s); later "
 				"regions are used without pre-faulting (first touch faults "
 				"them in); not retried",

@@ -155,11 +155,16 @@ add_region(struct keel_alloc *a)
 	if (idx >= a->nregions)
 		return -ENOMEM;
 	if (idx >= a->faulted) {
-		if (!a->cfg.grow && !a->grow_failed) {
+		/* Huge pages are pre-faulted before use, here if the hook has not yet: a hugetlb
+		 * page that cannot be had at first touch is a SIGBUS (a NUMA node short of them
+		 * while the pool has enough), where a pre-fault fails cleanly. */
+		if ((!a->cfg.grow || a->cfg.hugepages) && !a->grow_failed) {
 			int r = keel__region_prefault_next(a);
 			if (r < 0)
 				return r;
 			ASTAT_ADD(a, inline_prefaults, 1);
+		} else if (a->cfg.hugepages) {
+			return -ENOMEM; /* a pre-fault failed: the rest would fault the same way */
 		} else {
 			/* Usable as it is: its pages fault in on first touch. */
 			ASTAT_ADD(a, regions_unprefaulted, 1);
