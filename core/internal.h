@@ -368,6 +368,11 @@ struct keel_map;
 int keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus,
 			 struct keel_map **map, char *why, size_t whylen);
 
+/* --iface without --map (topo_map.c): check, as keel-topo --check does a map, that the rx
+ * queue of each of @n shards (@rxqs[i], -1: none) has its IRQ on the shard's CPU (@cpus[i]),
+ * and log a warning naming each queue whose IRQ is elsewhere and the fix. */
+void keel__topo_iface_check(const char *iface, const int *cpus, const int *rxqs, unsigned n);
+
 /* sched_getaffinity, through a pointer so tests can stand in for a machine with more CPUs
  * than a cpu_set_t holds, or for a failing call (topo_sysfs.c). */
 extern int (*keel__sched_getaffinity)(pid_t pid, size_t size, cpu_set_t *mask);

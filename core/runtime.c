@@ -231,6 +231,20 @@ cpus_of(const struct keel_opts *o, int *cpus, unsigned *n, char *why, size_t why
 	return 0;
 }
 
+/* --iface without --map: where each shard's rx queue has its IRQ (warnings only). */
+static void
+iface_check(const struct keel_runtime *rt)
+{
+	int cpus[KEEL_MAX_SHARDS], rxqs[KEEL_MAX_SHARDS];
+	unsigned n = rt->count > KEEL_MAX_SHARDS ? KEEL_MAX_SHARDS : rt->count;
+
+	for (unsigned i = 0; i < n; i++) {
+		cpus[i] = rt->shards[i].cpu;
+		rxqs[i] = rt->shards[i].rxq;
+	}
+	keel__topo_iface_check(rt->opts.iface, cpus, rxqs, n);
+}
+
 /* The ZCRX options against the shards' queues, before any shard runs (so before the kernel is
  * asked): one queue, one shard; queues need an interface; "on" needs a queue per shard and
  * DEFER_TASKRUN (the kernel refuses the registration on any other ring). */
@@ -381,6 +395,8 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 		free(rt->shards);
 		goto err_topo;
 	}
+	if (opts->iface[0] && !rt->map)
+		iface_check(rt);
 	pthread_mutex_init(&rt->start_lock, NULL);
 	pthread_cond_init(&rt->latch_cond, NULL);
 	keel__features_log(rt->features);

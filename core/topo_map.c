@@ -633,6 +633,69 @@ keel_map_check(const struct keel_topo *live, const struct keel_map *m, FILE *f)
 	return (int)n;
 }
 
+/* ---- the runtime's --iface without --map ---- */
+
+/* The most lines of keel_map_check() logged, one per queue. */
+#define IFACE_WARN_LIMIT 8
+
+void
+keel__topo_iface_check(const char *iface, const int *cpus, const int *rxqs, unsigned n)
+{
+	struct keel_topo_load_opts lo = { 0 };
+	struct keel_topo *live = NULL;
+	struct keel_map *m;
+	char err[256], *text = NULL, *line, *save = NULL;
+	size_t len = 0;
+	unsigned shown = 0, total = 0;
+	FILE *f;
+
+	m = calloc(1, sizeof(*m));
+	if (!m || keel_topo_load(&lo, &live, err, sizeof(err)) < 0) {
+		free(m);
+		return; /* no map to check against: said by nothing, as without --iface */
+	}
+	m->version = KEEL_MAP_VERSION;
+	keel__topo_strcpy(m->iface, sizeof(m->iface), iface);
+	m->numa = -1;
+	m->nshards = n > KEEL_MAX_SHARDS ? KEEL_MAX_SHARDS : n;
+	for (unsigned i = 0; i < m->nshards; i++) {
+		m->shards[i].cpu = cpus[i];
+		m->shards[i].rxq = rxqs[i];
+		m->shards[i].irq_cpu = rxqs[i] >= 0 ? cpus[i] : -1;
+		m->shards[i].core = m->shards[i].numa = -1;
+		if (rxqs[i] >= 0 && (unsigned)rxqs[i] + 1 > m->rx_queues)
+			m->rx_queues = (unsigned)rxqs[i] + 1;
+	}
+	f = open_memstream(&text, &len);
+	if (f) {
+		keel_map_check(live, m, f);
+		fclose(f);
+	}
+	for (line = text ? strtok_r(text, "\n", &save) : NULL; line;
+	     line = strtok_r(NULL, "\n", &save)) {
+		total++;
+		if (shown++ < IFACE_WARN_LIMIT)
+			keel_log(KEEL_LOG_WARN, "topo",
+				 "--iface %s without --map (its map: shard i on the i-th allowed "
+				 "CPU, with rx queue i): %s",
+				 iface, line);
+	}
+	if (total > IFACE_WARN_LIMIT)
+		keel_log(KEEL_LOG_WARN, "topo", "--iface %s without --map: %u more such lines",
+			 iface, total - IFACE_WARN_LIMIT);
+	if (total)
+		keel_log(KEEL_LOG_WARN, "topo",
+			 "--iface %s without --map: the shards and their rx queues do not line "
+			 "up with the interface as the lines above say (a queue whose IRQ fires "
+			 "on another CPU is received there and handled on the shard's); keel-topo "
+			 "--plan --iface %s writes a map that pairs them by locality and prints "
+			 "the commands that point the IRQs: run with --map FILE",
+			 iface, iface);
+	free(text);
+	free(m);
+	keel_topo_destroy(live);
+}
+
 /* ---- the runtime's --map FILE ---- */
 
 int

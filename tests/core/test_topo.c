@@ -910,6 +910,28 @@ write_map_rxqs(const char *path, const char *iface, unsigned rx_queues, const in
 	fclose(f);
 }
 
+/* --iface without --map: shard i takes rx queue i on the i-th allowed CPU, which need not
+ * be where the interface has that queue or its IRQ (keel-topo --plan pins the IRQs for its
+ * own map, which places shards by locality). The runtime checks that pairing as keel-topo
+ * --check checks a map, and warns with the fix; it still starts. Here the interface does
+ * not exist, which every machine can show (a NIC's IRQ lines depend on the machine). */
+Test(core_topo, runtime_with_iface_and_no_map_warns_where_its_queues_do_not_line_up)
+{
+	struct keel_runtime *rt;
+	struct keel_opts o = test_opts(1);
+
+	snprintf(o.iface, sizeof(o.iface), "nosuchif0");
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(strstr(logged, "--iface nosuchif0 without --map") &&
+			  strstr(logged, "interface nosuchif0 does not exist here") &&
+			  strstr(logged, "keel-topo --plan --iface nosuchif0"),
+		  "%s", logged);
+	keel_runtime_destroy(rt);
+}
+
 Test(core_topo, runtime_takes_shards_and_cpus_from_the_map)
 {
 	char path[128];
