@@ -728,6 +728,41 @@ Test(tools_bench, client_poll_option_makes_the_client_poll)
 	}
 }
 
+/* Each client thread reads its own CPU clock at the window's edges (a sampler cannot read
+ * the clock of a thread that has ended, and they end with the window), and the busiest one
+ * is reported and flags the row client-bound at 0.9 of a core: with several client threads
+ * one saturated thread is the bottleneck whatever the others do, where the old rule (all of
+ * them together at 0.9 of their cores) missed it. A client that polls the whole window
+ * uses its core (epoll and udp clients); every client reports its threads. */
+Test(tools_bench, the_busiest_client_thread_is_measured_and_flags_the_row)
+{
+	static const char *const modes[] = { "pingpong --backend epoll --client epoll", "udp" };
+	static const char *const plain[] = { "pingpong --backend keel --client keel",
+					     "pingpong --backend keel --client epoll", "udp" };
+	char args[256], *out;
+
+	for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+		snprintf(args, sizeof(args),
+			 "%s --client-poll-us 10000000 --seconds 0.5 --warmup 0 --json", modes[i]);
+		cr_assert_eq(bench(args, &out), 0, "%s:\n%s", args, out);
+		cr_assert_geq(num(out, "client_thread_max_util"), 0.8,
+			      "a client polling the whole window left its core idle:\n%s", out);
+		cr_assert(strstr(out, "\"client_bound\": true"), "%s", out);
+		free(out);
+	}
+	for (size_t i = 0; i < sizeof(plain) / sizeof(plain[0]); i++) {
+		snprintf(args, sizeof(args),
+			 "%s --threads 2 --conns 2 --seconds 0.3 --warmup 0 --json", plain[i]);
+		cr_assert_eq(bench(args, &out), 0, "%s:\n%s", args, out);
+		cr_assert_gt(num(out, "client_thread_max_util"), 0, "%s:\n%s", args, out);
+		/* The busiest thread cannot have used more than all of them (1 % for the clocks'
+		 * different edges). */
+		cr_assert_leq(num(out, "client_thread_max_util"),
+			      num(out, "client_cpu_util") * 1.01 + 0.01, "%s:\n%s", args, out);
+		free(out);
+	}
+}
+
 /* --server-cpus reads /proc/stat's rows of the server's CPUs at the window's edges: absent
  * (null) without it; with it, a server that polls through the whole window keeps its CPU
  * busy (CPU 0, where the in-process server runs by default), whatever the machine's speed. */

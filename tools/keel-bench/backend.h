@@ -99,8 +99,23 @@ struct bench_result {
 	uint64_t polls;        /* epoll and udp clients: epoll_wait(0) calls (--client-poll-us) */
 	uint64_t sleeps;       /* epoll and udp clients: epoll_waits that could block */
 	struct bench_hist lat; /* per-message latency (pingpong, throughput, held conns) */
-	char why[256];         /* first error, for a person */
+	double client_thread_max; /* the busiest client thread's share of a core over the
+				   * window (bench_tcpu); 0: not measured */
+	char why[256];            /* first error, for a person */
 };
+
+/* A client thread's CPU over the window, read by the thread itself: a sampler cannot read
+ * the clock of a thread that has ended, and the clients' threads end with the window.
+ * bench_tcpu_tick at each pass of the thread's loop (the first pass at or after the
+ * window's start reads the clock), bench_tcpu_stop at its end. */
+struct bench_tcpu {
+	uint64_t start, end;
+	bool started, stopped;
+};
+void bench_tcpu_tick(struct bench_tcpu *c, uint64_t now, uint64_t t_start);
+void bench_tcpu_stop(struct bench_tcpu *c);
+/* The share of a core the thread used over a window of @window_ns (0: not measured). */
+double bench_tcpu_util(const struct bench_tcpu *c, uint64_t window_ns);
 
 /** What a server did over its whole life (start to stop). */
 struct bench_server_stats {

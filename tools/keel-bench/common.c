@@ -30,6 +30,42 @@ bench_window_open(const struct bench_cfg *cfg, pthread_barrier_t *bar, uint64_t 
 	pthread_barrier_wait(bar);
 }
 
+static uint64_t
+thread_cpu_ns(void)
+{
+	struct timespec ts;
+
+	if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) < 0)
+		return 0;
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+void
+bench_tcpu_tick(struct bench_tcpu *c, uint64_t now, uint64_t t_start)
+{
+	if (!c->started && now >= t_start) {
+		c->start = thread_cpu_ns();
+		c->started = true;
+	}
+}
+
+void
+bench_tcpu_stop(struct bench_tcpu *c)
+{
+	if (c->started && !c->stopped) {
+		c->end = thread_cpu_ns();
+		c->stopped = true;
+	}
+}
+
+double
+bench_tcpu_util(const struct bench_tcpu *c, uint64_t window_ns)
+{
+	if (!c->stopped || !window_ns || c->end < c->start)
+		return 0;
+	return (double)(c->end - c->start) / (double)window_ns;
+}
+
 int
 bench_pin(int cpu)
 {

@@ -64,6 +64,7 @@ struct cthread {
 	struct cconn *reopen;
 	uint64_t msgs, bytes, msgs_all, cycles, errors, tx_all, rx_all;
 	struct bench_poll_wait wait;
+	struct bench_tcpu tcpu;
 	int err;
 	char why[256];
 	struct bench_hist lat;
@@ -358,6 +359,7 @@ client_thread(void *arg)
 		uint64_t now = bench_now_ns();
 		int k;
 
+		bench_tcpu_tick(&t->tcpu, now, cl->t_start);
 		if (now >= cl->t_end)
 			break;
 		k = epoll_wait(
@@ -377,6 +379,7 @@ client_thread(void *arg)
 				open_churn(t, c);
 		}
 	}
+	bench_tcpu_stop(&t->tcpu);
 out:
 	for (unsigned i = 0; t->conns && i < n; i++)
 		if (t->conns[i].fd >= 0)
@@ -447,6 +450,8 @@ bench__epoll_client_run(const struct bench_cfg *cfg, struct bench_result *out)
 		out->polls += t[i].wait.polls;
 		out->sleeps += t[i].wait.sleeps;
 		bench_hist_merge(&out->lat, &t[i].lat);
+		if (bench_tcpu_util(&t[i].tcpu, cfg->seconds_ns) > out->client_thread_max)
+			out->client_thread_max = bench_tcpu_util(&t[i].tcpu, cfg->seconds_ns);
 		if (t[i].err && r == 0) {
 			r = t[i].err;
 			snprintf(out->why, sizeof(out->why), "%s", t[i].why);

@@ -405,7 +405,8 @@ struct cshard {
 	uint64_t *sent;
 	struct keel_slice base; /* the whole pattern, wrapped */
 	bool have_base, ready, finished, closed_all;
-	struct keel_timer *timer;
+	struct keel_timer *timer; /* the window's start (tcpu), then its end */
+	struct bench_tcpu tcpu;
 	struct keel_xreq go;
 	uint64_t msgs, bytes, msgs_all, cycles, errors, tx_all, rx_all;
 	int err;
@@ -727,11 +728,13 @@ window_end(struct keel_timer *t, void *arg)
 	struct cshard *sh = arg;
 	uint64_t now = bench_now_ns();
 
+	bench_tcpu_tick(&sh->tcpu, now, sh->cl->t_start);
 	/* The timer's clock is the loop's: never end before the window has. */
 	if (now < sh->cl->t_end) {
 		keel_timer_start(t, sh->cl->t_end - now, 0);
 		return;
 	}
+	bench_tcpu_stop(&sh->tcpu);
 	finish(sh);
 }
 
@@ -745,7 +748,8 @@ go(struct keel_xreq *req)
 	uint64_t now = bench_now_ns();
 
 	if (!sh->finished) {
-		keel_timer_start(sh->timer, now < cl->t_end ? cl->t_end - now : 0, 0);
+		/* First to the window's start (where this shard's CPU is read), then its end. */
+		keel_timer_start(sh->timer, now < cl->t_start ? cl->t_start - now : 0, 0);
 		for (unsigned i = 0; i < n && !sh->finished; i++) {
 			struct kconn *k = &sh->conns[i];
 			if (k->kind == C_ACTIVE)
@@ -924,6 +928,8 @@ client_run(const struct bench_cfg *cfg, struct bench_result *out)
 		out->tx_all += sh->tx_all;
 		out->rx_all += sh->rx_all;
 		bench_hist_merge(&out->lat, &sh->lat);
+		if (bench_tcpu_util(&sh->tcpu, cfg->seconds_ns) > out->client_thread_max)
+			out->client_thread_max = bench_tcpu_util(&sh->tcpu, cfg->seconds_ns);
 		if (sh->err && r == 0) {
 			r = sh->err;
 			snprintf(out->why, sizeof(out->why), "%s", sh->why);

@@ -230,6 +230,7 @@ struct uthread {
 	uint8_t *rx;
 	uint64_t msgs, msgs_all, errors, tx_all, rx_all, lost, late, last_scan;
 	struct bench_poll_wait wait;
+	struct bench_tcpu tcpu;
 	int err;
 	char why[256];
 	struct bench_hist lat;
@@ -485,6 +486,7 @@ client_thread(void *arg)
 		uint64_t now = bench_now_ns(), left;
 		int k;
 
+		bench_tcpu_tick(&t->tcpu, now, cl->t_start);
 		if (now >= cl->t_end)
 			break;
 		left = (cl->t_end - now) / 1000000 + 1;
@@ -502,6 +504,7 @@ client_thread(void *arg)
 		}
 		scan_lost(t, bench_now_ns());
 	}
+	bench_tcpu_stop(&t->tcpu);
 	for (unsigned i = 0; t->flows && i < t->nflows; i++) {
 		if (t->flows[i].fd >= 0)
 			close(t->flows[i].fd);
@@ -572,6 +575,8 @@ bench_udp_client_run(const struct bench_cfg *cfg, struct bench_result *out)
 		out->polls += t[i].wait.polls;
 		out->sleeps += t[i].wait.sleeps;
 		bench_hist_merge(&out->lat, &t[i].lat);
+		if (bench_tcpu_util(&t[i].tcpu, cfg->seconds_ns) > out->client_thread_max)
+			out->client_thread_max = bench_tcpu_util(&t[i].tcpu, cfg->seconds_ns);
 		if (t[i].err && r == 0) {
 			r = t[i].err;
 			snprintf(out->why, sizeof(out->why), "%s", t[i].why);
