@@ -25,6 +25,7 @@
 #include <hwloc.h>
 
 #include "alloc_internal.h"
+#include "numa_local.h"
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
@@ -44,23 +45,25 @@ now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
-/* Bind [p, p+len) to the NUMA node of the configured CPU. On failure the memory stays
- * where first touch puts it: the shard's own thread pre-faults it, so it is local anyway
- * unless the kernel's policy says otherwise. Logged once per process at INFO: a person
- * tuning NUMA placement needs to see it, and it does not change from shard to shard. */
+/* Bind [p, p+len) to the NUMA node of the configured CPU: its one node with CPUs, not the
+ * memory-only nodes (HBM, CXL) its nodeset also holds, where allocations would land or spill
+ * (numa_local.h). On failure the memory stays where first touch puts it: the shard's own
+ * thread pre-faults it, so it is local anyway unless the kernel's policy says otherwise.
+ * Logged once per process at INFO: a person tuning NUMA placement needs to see it, and it
+ * does not change from shard to shard. */
 static void
 bind_local(struct keel_alloc *a, void *p, uint64_t len)
 {
 	static _Atomic int logged;
 	hwloc_topology_t topo = (hwloc_topology_t)a->cfg.topo;
-	hwloc_obj_t pu;
+	hwloc_obj_t node;
 
 	if (!topo || a->cfg.cpu < 0)
 		return;
-	pu = hwloc_get_pu_obj_by_os_index(topo, (unsigned)a->cfg.cpu);
-	if (!pu || !pu->nodeset)
+	node = keel__numa_of_cpu(topo, (unsigned)a->cfg.cpu);
+	if (!node || !node->nodeset)
 		return;
-	if (hwloc_set_area_membind(topo, p, len, pu->nodeset, HWLOC_MEMBIND_BIND,
+	if (hwloc_set_area_membind(topo, p, len, node->nodeset, HWLOC_MEMBIND_BIND,
 				   HWLOC_MEMBIND_BYNODESET) < 0) {
 		int e = errno;
 		if (!atomic_exchange(&logged, 1))
@@ -70,7 +73,7 @@ bind_local(struct keel_alloc *a, void *p, uint64_t len)
 					a->cfg.shard, strerror(e));
 		return;
 	}
-	a->numa_node = hwloc_bitmap_first(pu->nodeset);
+	a->numa_node = (int)node->os_index;
 }
 
 int

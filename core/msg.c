@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../alloc/numa_local.h"
 #include "internal.h"
 
 static size_t
@@ -24,16 +25,17 @@ mbox_size(const struct keel_runtime *rt)
 static void *
 alloc_local(struct keel_shard *s, size_t len)
 {
-	hwloc_bitmap_t set = hwloc_bitmap_alloc();
-	void *p;
+	hwloc_obj_t node = keel__numa_of_cpu(s->rt->topo, (unsigned)s->cpu);
+	void *p = NULL;
 
-	/* Bind to the NUMA node(s) of our CPU; first touch below does the rest where binding
+	/* Bind to the NUMA node of our CPU (its one node with CPUs, not the memory-only nodes
+	 * its nodeset also holds: numa_local.h); first touch below does the rest where binding
 	 * is not supported. */
-	hwloc_bitmap_only(set, (unsigned)s->cpu);
-	p = hwloc_alloc_membind(s->rt->topo, len, set, HWLOC_MEMBIND_BIND, 0);
+	if (node && node->nodeset)
+		p = hwloc_alloc_membind(s->rt->topo, len, node->nodeset, HWLOC_MEMBIND_BIND,
+					HWLOC_MEMBIND_BYNODESET);
 	if (!p)
 		p = hwloc_alloc(s->rt->topo, len);
-	hwloc_bitmap_free(set);
 	if (p)
 		memset(p, 0, len);
 	return p;

@@ -12,6 +12,7 @@
 
 #include <hwloc.h>
 
+#include "../alloc/numa_local.h"
 #include "internal.h"
 #include "topo_internal.h"
 
@@ -109,67 +110,41 @@ keel__topo_nic_add(struct keel_topo *t)
 	return n;
 }
 
-/* Whether NUMA node @node holds memory and no CPUs of its own: high-bandwidth memory
- * (KNL's MCDRAM, HBM), persistent memory, CXL or GPU memory. hwloc gives such a node the
- * CPUs of the object it is attached to (a package, or the whole machine), so by its cpuset
- * it looks like the node of those cores. hwloc names its kind in a subtype (DRAM has none,
- * or "DRAM"); on this machine sysfs also says so directly (an empty cpulist). */
-static bool
-memory_only(hwloc_obj_t node, bool live)
+/* t->numa[] of the node numbered @os, or NULL. */
+static const struct keel_topo_numa *
+numa_by_os(const struct keel_topo *t, unsigned os)
 {
-	char path[96], buf[8] = "";
-	FILE *f;
-
-	if (node->subtype && strcasecmp(node->subtype, "DRAM") != 0)
-		return true;
-	if (!live)
-		return false;
-	snprintf(path, sizeof(path), "/sys/devices/system/node/node%u/cpulist", node->os_index);
-	f = fopen(path, "re");
-	if (!f)
-		return false;
-	if (!fgets(buf, sizeof(buf), f))
-		buf[0] = 0;
-	fclose(f);
-	return buf[0] == 0 || buf[0] == '\n';
+	for (unsigned i = 0; i < t->info.nnuma; i++)
+		if (t->numa[i].os == os)
+			return &t->numa[i];
+	return NULL;
 }
 
-/* The NUMA node of the CPUs @set: of the nodes whose CPUs include them, one with CPUs of its
- * own before a memory-only one, then the narrowest, then the lowest number; -1 when no node
- * includes them. (The first node in hwloc's order was taken: a memory-only node attached
- * before the DRAM one, as hwloc orders them, got the cores.) */
-static int
-numa_of_cpuset(hwloc_topology_t h, hwloc_const_cpuset_t set, bool live)
+/* The kind of @node as load_cpus read it once (memory_only, until the cores are counted). */
+static bool
+kind_cached(hwloc_obj_t node, void *arg)
 {
-	hwloc_obj_t node = NULL, best = NULL;
-	bool best_mem = false;
-	int best_w = 0;
+	const struct keel_topo_numa *n = numa_by_os(arg, node->os_index);
 
-	if (hwloc_bitmap_iszero(set))
-		return -1;
-	while ((node = hwloc_get_next_obj_by_type(h, HWLOC_OBJ_NUMANODE, node))) {
-		bool mem;
-		int w;
+	return n && n->memory_only;
+}
 
-		if (!hwloc_bitmap_isincluded(set, node->cpuset))
-			continue;
-		mem = memory_only(node, live);
-		w = hwloc_bitmap_weight(node->cpuset);
-		if (!best || (best_mem && !mem) ||
-		    (best_mem == mem &&
-		     (w < best_w || (w == best_w && node->os_index < best->os_index)))) {
-			best = node;
-			best_mem = mem;
-			best_w = w;
-		}
-	}
-	return best ? (int)best->os_index : -1;
+/* The NUMA node of the CPUs @set (keel__numa_pick: a node with CPUs before a memory-only one,
+ * then the narrowest, then the lowest number), or -1. The first node in hwloc's order was
+ * taken: a memory-only node attached before the DRAM one, as hwloc orders them, got the
+ * cores. */
+static int
+numa_of_cpuset(struct keel_topo *t, hwloc_topology_t h, hwloc_const_cpuset_t set)
+{
+	hwloc_obj_t node = keel__numa_pick(h, set, kind_cached, t);
+
+	return node ? (int)node->os_index : -1;
 }
 
 static int
 load_cpus(struct keel_topo *t, hwloc_topology_t h)
 {
-	bool live = t->info.live;
+	bool here = t->info.live && hwloc_topology_is_thissystem(h);
 	int nnuma = hwloc_get_nbobjs_by_type(h, HWLOC_OBJ_NUMANODE);
 	int ncores = hwloc_get_nbobjs_by_type(h, HWLOC_OBJ_CORE);
 	int npus = hwloc_get_nbobjs_by_type(h, HWLOC_OBJ_PU);
@@ -197,7 +172,8 @@ load_cpus(struct keel_topo *t, hwloc_topology_t h)
 		n->os = o->os_index;
 		n->memory_bytes = o->attr ? o->attr->numanode.local_memory : 0;
 		cpuset_from_hwloc(o->cpuset, &n->cpus);
-		n->memory_only = memory_only(o, live);
+		/* The kind, until the cores are counted. */
+		n->memory_only = keel__numa_memory_kind(o, here);
 	}
 	t->info.nnuma = k;
 
@@ -209,7 +185,7 @@ load_cpus(struct keel_topo *t, hwloc_topology_t h)
 		hwloc_obj_t pu = NULL;
 
 		core->package = pkg ? pkg->logical_index : 0;
-		core->numa = numa_of_cpuset(h, co->cpuset, live);
+		core->numa = numa_of_cpuset(t, h, co->cpuset);
 		for (hwloc_obj_t p = co->parent; p; p = p->parent) {
 			if (p->type == HWLOC_OBJ_L2CACHE && !core->l2_bytes)
 				core->l2_bytes = p->attr->cache.size;
@@ -231,18 +207,24 @@ load_cpus(struct keel_topo *t, hwloc_topology_t h)
 			if (core->numa >= 0 && t->numa[i].os == (unsigned)core->numa)
 				t->numa[i].ncores++;
 	}
+	/* Memory only, as keel sees it: a node that no core belongs to (a node of the kind whose
+	 * cores, by hwloc's guess, are its own still has them; a CXL node without a subtype that
+	 * no core chose is memory only). */
+	for (unsigned i = 0; i < t->info.nnuma; i++)
+		t->numa[i].memory_only = t->numa[i].ncores == 0;
 	t->info.ncores = (unsigned)ncores;
 	t->info.npus = (unsigned)npus;
 	return 0;
 }
 
 /* A NIC's local CPUs and NUMA node: those of its nearest non-I/O ancestor. The node is the
- * one node of that ancestor, not counting memory-only nodes attached beside it (HBM, CXL:
- * the NIC's node read "not one node" on such machines); -1 when it has several. */
+ * one node of that ancestor, not counting memory-only nodes attached beside it (HBM, CXL: no
+ * core belongs to them; the NIC's node read "not one node" on such machines); -1 when it has
+ * several. */
 static void
-nic_locality(hwloc_topology_t h, hwloc_obj_t io, struct keel_topo_nic *n, bool live)
+nic_locality(const struct keel_topo *t, hwloc_topology_t h, hwloc_obj_t io, struct keel_topo_nic *n)
 {
-	hwloc_obj_t anc = hwloc_get_non_io_ancestor_obj(h, io), node = NULL;
+	hwloc_obj_t anc = hwloc_get_non_io_ancestor_obj(h, io);
 	int found = -1, count = 0;
 
 	if (!anc)
@@ -254,9 +236,9 @@ nic_locality(hwloc_topology_t h, hwloc_obj_t io, struct keel_topo_nic *n, bool l
 		n->numa = hwloc_bitmap_first(anc->nodeset);
 		return;
 	}
-	while ((node = hwloc_get_next_obj_by_type(h, HWLOC_OBJ_NUMANODE, node)))
-		if (hwloc_bitmap_isset(anc->nodeset, node->os_index) && !memory_only(node, live)) {
-			found = (int)node->os_index;
+	for (unsigned i = 0; i < t->info.nnuma; i++)
+		if (hwloc_bitmap_isset(anc->nodeset, t->numa[i].os) && !t->numa[i].memory_only) {
+			found = (int)t->numa[i].os;
 			count++;
 		}
 	if (count == 1)
@@ -293,7 +275,7 @@ load_nics(struct keel_topo *t, hwloc_topology_t h)
 			if (model)
 				keel__topo_strcpy(n->model, sizeof(n->model), model);
 		}
-		nic_locality(h, o, n, t->info.live);
+		nic_locality(t, h, o, n);
 	}
 	/* Ethernet PCI functions without an interface (SR-IOV VFs, functions bound to vfio or
 	 * to no driver): an operator may still place work by their locality. */
@@ -319,7 +301,7 @@ load_nics(struct keel_topo *t, hwloc_topology_t h)
 		model = hwloc_obj_get_info_by_name(o, "PCIDevice");
 		if (model)
 			keel__topo_strcpy(n->model, sizeof(n->model), model);
-		nic_locality(h, o, n, t->info.live);
+		nic_locality(t, h, o, n);
 	}
 	return 0;
 }

@@ -12,6 +12,7 @@
 
 #include <criterion/criterion.h>
 
+#include "../../alloc/numa_local.h"
 #include "../../core/internal.h"
 #include "../../core/topo_internal.h"
 #include "fake_topo.h"
@@ -135,13 +136,13 @@ xml_edit(char *s, size_t cap, const char *from, const char *to)
  * whose ancestor then has two nodes, were on "not one node": the map had no NUMA node and
  * put its memory on the HBM. Cores and NICs belong to the DRAM nodes; the others are marked
  * memory-only. */
-Test(core_topo, memory_only_numa_nodes_own_no_cores_and_no_nic)
+/* 24em64t with each (from, to) pair of @edits[@n] made (xml_edit), written to @tmp (a
+ * mkstemp template; the caller unlinks it). */
+static void
+write_xml_edited(const char *const (*edits)[2], unsigned n, char *tmp)
 {
 	static char xml[1 << 20];
-	char path[512], tmp[] = "/tmp/keel-topo-hbm-XXXXXX";
-	struct keel_topo_load_opts o = { 0 };
-	struct keel_topo *t = NULL;
-	const struct keel_topo_nic *nic;
+	char path[512];
 	size_t len;
 	FILE *f;
 	int fd;
@@ -154,31 +155,78 @@ Test(core_topo, memory_only_numa_nodes_own_no_cores_and_no_nic)
 	len = fread(xml, 1, sizeof(xml) - 1, f);
 	fclose(f);
 	xml[len] = 0;
-	xml_edit(
-		xml, sizeof(xml),
-		"nodeset=\"0x00000003\" complete_nodeset=\"0x00000003\" allowed_nodeset=\"0x00000003\"",
-		"nodeset=\"0x0000000f\" complete_nodeset=\"0x0000000f\" allowed_nodeset=\"0x0000000f\"");
-	xml_edit(xml, sizeof(xml), "    <object type=\"Package\" os_index=\"0\"",
-		 "    <object type=\"NUMANode\" os_index=\"3\" subtype=\"CXL-DRAM\" "
-		 "cpuset=\"0x00ffffff\" complete_cpuset=\"0x00ffffff\" nodeset=\"0x00000008\" "
-		 "complete_nodeset=\"0x00000008\" gp_index=\"901\" local_memory=\"68719476736\"/>\n"
-		 "    <object type=\"Package\" os_index=\"0\"");
-	xml_edit(xml, sizeof(xml),
-		 "nodeset=\"0x00000001\" complete_nodeset=\"0x00000001\" gp_index=\"3\">\n"
-		 "      <object type=\"NUMANode\"",
-		 "nodeset=\"0x00000005\" complete_nodeset=\"0x00000005\" gp_index=\"3\">\n"
-		 "      <object type=\"NUMANode\" os_index=\"2\" subtype=\"HBM\" "
-		 "cpuset=\"0x00555555\" complete_cpuset=\"0x00555555\" nodeset=\"0x00000004\" "
-		 "complete_nodeset=\"0x00000004\" gp_index=\"900\" local_memory=\"17179869184\"/>\n"
-		 "      <object type=\"NUMANode\"");
+	for (unsigned i = 0; i < n; i++)
+		xml_edit(xml, sizeof(xml), edits[i][0], edits[i][1]);
 	fd = mkstemp(tmp);
 	cr_assert_geq(fd, 0);
 	cr_assert_eq(write(fd, xml, strlen(xml)), (ssize_t)strlen(xml));
 	close(fd);
+}
+
+/* 24em64t with @edits made, loaded. */
+static struct keel_topo *
+load_xml_edited(const char *const (*edits)[2], unsigned n)
+{
+	char tmp[] = "/tmp/keel-topo-edit-XXXXXX";
+	struct keel_topo_load_opts o = { 0 };
+	struct keel_topo *t = NULL;
+
+	write_xml_edited(edits, n, tmp);
 	o.xml = tmp;
 	cr_assert_eq(keel_topo_load(&o, &t, err, sizeof(err)), 0, "%s", err);
 	unlink(tmp);
+	return t;
+}
 
+/* The machine's nodeset with nodes 2 and 3 added; package 0's with node 2. */
+#define NODES_0_TO_3                                                                                            \
+	{                                                                                                       \
+		"nodeset=\"0x00000003\" complete_nodeset=\"0x00000003\" allowed_nodeset=\"0x00000003\"",        \
+			"nodeset=\"0x0000000f\" complete_nodeset=\"0x0000000f\" allowed_nodeset=\"0x0000000f\"" \
+	}
+#define PACKAGE0_NODE2(attrs)                                                                               \
+	{                                                                                                   \
+		"nodeset=\"0x00000001\" complete_nodeset=\"0x00000001\" gp_index=\"3\">\n"                  \
+		"      <object type=\"NUMANode\"",                                                          \
+			"nodeset=\"0x00000005\" complete_nodeset=\"0x00000005\" gp_index=\"3\">\n"          \
+			"      <object type=\"NUMANode\" os_index=\"2\" " attrs                             \
+			"cpuset=\"0x00555555\" complete_cpuset=\"0x00555555\" nodeset=\"0x00000004\" "      \
+			"complete_nodeset=\"0x00000004\" gp_index=\"900\" local_memory=\"17179869184\"/>\n" \
+			"      <object type=\"NUMANode\""                                                   \
+	}
+
+/* Cores and NICs belong to nodes with cores, and the nodes no core belongs to read
+ * memory-only, in three layouts:
+ * - an HBM node attached to package 0 before its DRAM node (hwloc's order on such machines)
+ *   and a CXL node attached to the whole machine: each takes the CPUs of what it hangs off,
+ *   so by cpuset alone package 0's cores were node 2's (the HBM), and the NICs under package
+ *   0, whose ancestor then has two nodes, were on "not one node": the map had no node;
+ * - the same CXL-like node in package 0 without a subtype (hwloc 2.9 names no CXL memory):
+ *   no core chooses it (same CPUs, higher number), so the NICs still have node 0;
+ * - both DRAM nodes given an HBM subtype (hwloc guesses tiers from bandwidth, and
+ *   HWLOC_MEMTIERS can say anything): they keep their cores, and the report its nodes. */
+Test(core_topo, memory_only_numa_nodes_own_no_cores_and_no_nic)
+{
+	static const char *const hbm_cxl[][2] = {
+		NODES_0_TO_3,
+		{ "    <object type=\"Package\" os_index=\"0\"",
+		  "    <object type=\"NUMANode\" os_index=\"3\" subtype=\"CXL-DRAM\" "
+		  "cpuset=\"0x00ffffff\" complete_cpuset=\"0x00ffffff\" nodeset=\"0x00000008\" "
+		  "complete_nodeset=\"0x00000008\" gp_index=\"901\" local_memory=\"68719476736\"/>\n"
+		  "    <object type=\"Package\" os_index=\"0\"" },
+		PACKAGE0_NODE2("subtype=\"HBM\" "),
+	};
+	static const char *const plain_beside[][2] = { NODES_0_TO_3, PACKAGE0_NODE2("") };
+	static const char *const all_hbm[][2] = {
+		{ "<object type=\"NUMANode\" os_index=\"0\"",
+		  "<object type=\"NUMANode\" subtype=\"HBM\" os_index=\"0\"" },
+		{ "<object type=\"NUMANode\" os_index=\"1\"",
+		  "<object type=\"NUMANode\" subtype=\"HBM\" os_index=\"1\"" },
+	};
+	struct keel_topo *t;
+	const struct keel_topo_nic *nic;
+
+	t = load_xml_edited(hbm_cxl, 3);
 	cr_assert_eq(t->info.nnuma, 4);
 	for (unsigned i = 0; i < t->info.nnuma; i++) {
 		const struct keel_topo_numa *nd = &t->info.numa[i];
@@ -199,6 +247,50 @@ Test(core_topo, memory_only_numa_nodes_own_no_cores_and_no_nic)
 	for (unsigned i = 0; i < 6; i++)
 		cr_assert_eq(map.shards[i].numa, 0, "shard %u on node %d", i, map.shards[i].numa);
 	keel_topo_destroy(t);
+
+	t = load_xml_edited(plain_beside, 2);
+	nic = keel_topo_nic_find(t, "eth0");
+	cr_assert_not_null(nic);
+	cr_assert_eq(nic->numa, 0, "eth0 beside an unnamed memory node: on node %d", nic->numa);
+	for (unsigned i = 0; i < t->info.nnuma; i++)
+		cr_assert_eq(t->info.numa[i].memory_only, t->info.numa[i].os == 2, "node %u",
+			     t->info.numa[i].os);
+	keel_topo_destroy(t);
+
+	t = load_xml_edited(all_hbm, 2);
+	for (unsigned i = 0; i < t->info.nnuma; i++) {
+		cr_assert(!t->info.numa[i].memory_only, "node %u", t->info.numa[i].os);
+		cr_assert_eq(t->info.numa[i].ncores, 6u, "node %u", t->info.numa[i].os);
+	}
+	keel_topo_destroy(t);
+}
+
+/* The node a CPU's memory is bound to (the allocator's regions, the runtime's mailboxes):
+ * PU 0's nodeset on a machine with an HBM node in its package holds both nodes, and binding
+ * to it let allocations land on (or spill to) the HBM; keel__numa_of_cpu gives the DRAM
+ * node alone. */
+Test(core_topo, a_cpus_memory_node_is_its_dram_node_not_the_hbm_beside_it)
+{
+	static const char *const hbm[][2] = { NODES_0_TO_3, PACKAGE0_NODE2("subtype=\"HBM\" ") };
+	char tmp[] = "/tmp/keel-topo-edit-XXXXXX";
+	hwloc_topology_t h;
+	hwloc_obj_t pu, node;
+
+	write_xml_edited(hbm, 2, tmp);
+	cr_assert_eq(hwloc_topology_init(&h), 0);
+	cr_assert_eq(hwloc_topology_set_xml(h, tmp), 0);
+	cr_assert_eq(hwloc_topology_load(h), 0);
+	unlink(tmp);
+	pu = hwloc_get_pu_obj_by_os_index(h, 0);
+	cr_assert_not_null(pu);
+	cr_assert_eq(hwloc_bitmap_weight(pu->nodeset), 2, "PU 0's nodeset: both nodes");
+	node = keel__numa_of_cpu(h, 0);
+	cr_assert_not_null(node);
+	cr_assert_eq(node->os_index, 0u, "PU 0's memory on node %u", node->os_index);
+	node = keel__numa_of_cpu(h, 1);
+	cr_assert_not_null(node);
+	cr_assert_eq(node->os_index, 1u);
+	hwloc_topology_destroy(h);
 }
 
 Test(core_topo, xml_32em64t_eight_shards_on_node1_where_the_nic_is)

@@ -138,6 +138,16 @@ text_w(const char *s, int size, bool bold)
 	return (int)((double)n * size * (bold ? 0.66 : 0.58)) + 2;
 }
 
+/* Whether node @os holds memory only (HBM, CXL: no core of its own). */
+static bool
+node_memory_only(const struct keel_topo_info *in, int os)
+{
+	for (unsigned i = 0; i < in->nnuma; i++)
+		if ((int)in->numa[i].os == os)
+			return in->numa[i].memory_only;
+	return false;
+}
+
 /* The title of the node column @os. */
 static void
 node_title(const struct tool_ctx *c, int os, char *buf, size_t len)
@@ -223,13 +233,22 @@ svg_write(const struct tool_ctx *c, FILE *f)
 				cl->ncores += in->cores[i].numa == cl->os;
 			cl->cols = core_grid_cols(cl->ncores);
 			cl->w = cl->cols * (CORE_W + GAP) + GAP;
-			if (cl->w < 260)
-				cl->w = 260;
-			/* The box fits its title. */
+			if (cl->w < 260 && !node_memory_only(in, cl->os))
+				cl->w = 260; /* a memory-only node: as wide as its title */
+			/* The box fits its title (and a memory-only node's line under it). */
 			node_title(c, cl->os, buf, sizeof(buf));
 			tw = text_w(buf, 15, true) + 24;
 			if (cl->w < tw)
 				cl->w = tw;
+			for (unsigned i = 0; i < in->nnuma; i++)
+				if ((int)in->numa[i].os == cl->os && in->numa[i].memory_only) {
+					snprintf(buf, sizeof(buf), "memory only, near CPUs %s",
+						 keel_topo_cpulist_format(&in->numa[i].cpus, list,
+									  sizeof(list)));
+					tw = text_w(buf, 11, false) + 24;
+					if (cl->w < tw)
+						cl->w = tw;
+				}
 			rows = (cl->ncores + cl->cols - 1) / cl->cols;
 			if (rows > max_core_rows)
 				max_core_rows = rows;
@@ -359,7 +378,8 @@ svg_write(const struct tool_ctx *c, FILE *f)
 			for (unsigned i = 0; i < in->nnuma; i++)
 				if ((int)in->numa[i].os == cl->os)
 					nd = &in->numa[i];
-			snprintf(buf, sizeof(buf), "CPUs %s",
+			snprintf(buf, sizeof(buf), "%s %s",
+				 nd && nd->memory_only ? "memory only, near CPUs" : "CPUs",
 				 nd ? keel_topo_cpulist_format(&nd->cpus, list, sizeof(list))
 				    : "?");
 			text(f, cl->x + 12, core_top + 38, 11, "#718096", "start", "normal", buf);
