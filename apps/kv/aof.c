@@ -108,14 +108,16 @@ struct aof {
 	 * directory sync see the whole tail. rw_tail is false for a rewrite that must not take
 	 * the old file's tail: a rebuild (the old file was lost) or one begun with a FLUSHALL
 	 * pending; its records gather in memory until the switch, as they always did. */
-	bool rw_tail, rw_frozen, rw_wait, rw_mid_synced;
+	bool rw_tail, rw_frozen, rw_wait, rw_mid_synced, rw_old_synced;
 	bool rw_parked; /* held by the test gate (kv_test_rewrite_held); the tick goes on */
 	/* The batch in flight or failed is the one of rw_begin: its records are in the
 	 * snapshot, and older than what followed (a FLUSHALL may have emptied them since), so
 	 * once the new file takes over it is dropped, not written after the snapshot. */
 	bool rw_old_batch;
 	uint64_t rw_gap; /* the tail still to copy at the copy's last read (0: none yet) */
-	bool rw_abandon; /* a FLUSHALL emptied the table: the rewrite ends at its next step */
+	size_t rw_read;  /* the copy's read size: rw_copy_max, doubled while it falls behind */
+	uint64_t rw_synced_to; /* the new file's bytes its last fdatasync covered */
+	bool rw_abandon;       /* a FLUSHALL emptied the table: the rewrite ends at its next step */
 	uint64_t rw_from, rw_copied;
 	uint8_t *rw_buf;
 	size_t rw_got, rw_put;
@@ -994,9 +996,10 @@ static void
 rw_clear(struct aof *a)
 {
 	a->rewriting = a->rw_renamed = a->rw_ready = false;
-	a->rw_tail = a->rw_frozen = a->rw_wait = a->rw_mid_synced = false;
+	a->rw_tail = a->rw_frozen = a->rw_wait = a->rw_mid_synced = a->rw_old_synced = false;
 	a->rw_parked = a->rw_abandon = a->rw_old_batch = false;
-	a->rw_gap = 0;
+	a->rw_gap = a->rw_synced_to = 0;
+	a->rw_read = 0;
 	free(a->rw_buf);
 	a->rw_buf = NULL;
 	a->rw_got = a->rw_put = 0;
@@ -1386,6 +1389,25 @@ rw_mid_synced(struct keel_file_req *req, int res, void *arg)
 	if (!rw_went(a, res < 0 ? res : 1))
 		return;
 	a->rw_mid_synced = true;
+	a->rw_synced_to = a->rw_len + a->rw_copied; /* nothing is written during a sync */
+	rw_step(a);
+}
+
+/* The old file's fdatasync before the switch (rw_step): a failure means pages the copy read
+ * may not be what was written (the kernel drops what it could not write), so the new file is
+ * rebuilt again after the switch (file_lost sets rw_stale). */
+static void
+rw_old_synced_cb(struct keel_file_req *req, int res, void *arg)
+{
+	struct aof *a = arg;
+
+	if (a->stopping) {
+		rw_fail(a, 0);
+		return;
+	}
+	if (res < 0 && res != -ECANCELED)
+		sync_failed(a, res);
+	a->rw_old_synced = true;
 	rw_step(a);
 }
 
@@ -1413,6 +1435,48 @@ rw_tail_written(struct keel_file_req *req, int res, void *arg)
 		a->rw_copied += (uint64_t)res;
 	}
 	rw_step(a);
+}
+
+/* A long copy syncs the new file each RW_SYNC_EVERY reads' worth; the read size grows to at
+ * most RW_READ_GROWTH times rw_copy_max while the copy falls behind. */
+#define RW_SYNC_EVERY  64
+#define RW_READ_GROWTH 64
+
+/* Read the old file's tail at @at (of a->off) into rw_buf. While the tail left does not
+ * shrink from one read to the next (the shard writes faster than the copy goes), the reads
+ * double, up to RW_READ_GROWTH times rw_copy_max; batches stop once the tail left fits one
+ * read, or when it still does not shrink at that size (it would never catch up): the copy
+ * then finishes what is there while they wait. */
+static int
+rw_read_tail(struct aof *a, uint64_t at)
+{
+	uint64_t left = a->off - at;
+	int r;
+
+	if (!a->rw_read)
+		a->rw_read = rw_copy_max;
+	if (!a->rw_frozen && a->rw_gap && left >= a->rw_gap) {
+		size_t more = a->rw_read * 2;
+		uint8_t *b = more <= rw_copy_max * RW_READ_GROWTH ? malloc(more) : NULL;
+
+		if (b) {
+			free(a->rw_buf);
+			a->rw_buf = b;
+			a->rw_read = more;
+		} else {
+			a->rw_frozen = true;
+		}
+	}
+	if (left <= a->rw_read)
+		a->rw_frozen = true;
+	a->rw_gap = left;
+	if (!a->rw_buf && !(a->rw_buf = malloc(a->rw_read)))
+		return -ENOMEM;
+	r = keel_file_from_fd(a->chk_fd, &a->chk_f);
+	if (r < 0)
+		return r;
+	return keel_file_read(&a->rw_req, &a->chk_f, a->rw_buf,
+			      piece(left < a->rw_read ? left : a->rw_read), at, rw_tail_read, a);
 }
 
 /* The rewrite's next request (none is in flight): the snapshot's next piece, then the old
@@ -1444,44 +1508,46 @@ rw_step(struct aof *a)
 	}
 	free(a->rw_p);
 	a->rw_p = NULL;
-	if (a->rw_put < a->rw_got) {
+	if (!a->rw_mid_synced) {
+		/* The snapshot to the disk first, whatever the tail: the sync while batches wait
+		 * is then of the tail's last pieces only (none when nothing was copied). */
+		r = keel_file_fdatasync(&a->rw_req, &a->rw_f, rw_mid_synced, a);
+	} else if (a->rw_put < a->rw_got) {
 		r = keel_file_write(&a->rw_req, &a->rw_f, a->rw_buf + a->rw_put,
 				    a->rw_got - a->rw_put, a->rw_len + a->rw_copied,
 				    rw_tail_written, a);
-	} else if (a->rw_tail && at < a->off && !a->rw_mid_synced && !a->rw_frozen) {
-		/* The snapshot to the disk first: the sync while batches wait is then of the
-		 * tail's last pieces only. */
+	} else if (a->rw_tail && at < a->off && !a->rw_frozen &&
+		   a->rw_len + a->rw_copied - a->rw_synced_to >= RW_SYNC_EVERY * rw_copy_max) {
+		/* A long copy syncs as it goes, so that the last sync stays short. */
 		r = keel_file_fdatasync(&a->rw_req, &a->rw_f, rw_mid_synced, a);
 	} else if (a->rw_tail && at < a->off) {
-		/* Batches stop once the tail left fits one read, or when it did not shrink since
-		 * the last (the shard writes faster than the copy goes: it would never catch up);
-		 * the copy then finishes what is there while they wait. */
-		if (a->off - at <= rw_copy_max || (a->rw_gap && a->off - at >= a->rw_gap))
-			a->rw_frozen = true;
-		a->rw_gap = a->off - at;
-		r = 0;
-		if (!a->rw_buf && !(a->rw_buf = malloc(rw_copy_max)))
-			r = -ENOMEM;
-		if (r == 0)
-			r = keel_file_from_fd(a->chk_fd, &a->chk_f);
-		if (r == 0)
-			r = keel_file_read(
-				&a->rw_req, &a->chk_f, a->rw_buf,
-				piece(a->off - at < rw_copy_max ? a->off - at : rw_copy_max), at,
-				rw_tail_read, a);
-	} else if (a->st != A_WRITING) {
-		/* Caught up, and nothing in flight that the old file would take after the copy:
-		 * no batch starts until the switch (a failed one goes to the new file then:
-		 * on_tick). */
-		a->rw_frozen = true;
-		free(a->rw_buf);
-		a->rw_buf = NULL;
-		r = keel_file_fdatasync(&a->rw_req, &a->rw_f, rw_synced, a);
-	} else {
+		r = rw_read_tail(a, at);
+	} else if (a->st == A_WRITING) {
 		/* Caught up, with a batch in flight: no other starts, and its end (kick_)
 		 * brings the copy back for it. */
 		a->rw_frozen = a->rw_wait = true;
 		return 0;
+	} else if (a->rw_tail && a->rw_copied && kv_cfg.fsync != KV_FSYNC_ALWAYS &&
+		   !a->rw_old_synced) {
+		/* Caught up, nothing in flight that the old file would take after the copy: no
+		 * batch starts until the switch (a failed one goes to the new file then:
+		 * on_tick). The copy read the old file's pages, which the kernel may have failed
+		 * to write and dropped since the last sync (under always every batch was
+		 * synced): a sync through chk_fd, which sees any writeback error since it was
+		 * opened, says whether they were what was written. */
+		a->rw_frozen = true;
+		r = keel_file_from_fd(a->chk_fd, &a->chk_f);
+		if (r == 0)
+			r = keel_file_fdatasync(&a->rw_req, &a->chk_f, rw_old_synced_cb, a);
+	} else {
+		a->rw_frozen = true;
+		free(a->rw_buf);
+		a->rw_buf = NULL;
+		if (a->rw_len + a->rw_copied == a->rw_synced_to) {
+			rw_synced(&a->rw_req, 0, a); /* all synced already: the rename */
+			return a->rewriting ? 0 : -EIO;
+		}
+		r = keel_file_fdatasync(&a->rw_req, &a->rw_f, rw_synced, a);
 	}
 out:
 	if (r < 0)

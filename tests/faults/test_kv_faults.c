@@ -1263,6 +1263,43 @@ Test(faults_kv, aof_rewrite_ends_under_writes_faster_than_its_copy)
 	aof1_check_and_clean(dir, 400, acked);
 }
 
+/* --appendfsync no (no sync of the old file between the rewrite's start and its end): the
+ * copy read the old file's tail from pages the kernel may have failed to write and dropped,
+ * so before the switch the old file is synced through a descriptor that sees any writeback
+ * error since it was opened. Here that sync fails (the second fdatasync; the first is the
+ * snapshot's): the rewrite still switches, and the new file is rebuilt from memory again
+ * (aof_rewrites: 2, one sync error); writes go on after, and survive a SIGKILL. Without that
+ * sync the failing one was the new file's, and the rewrite failed. */
+Test(faults_kv, aof_rewrite_checks_the_old_file_it_copied_before_the_switch)
+{
+	char dir[] = "/tmp/keel-kv-aof-rwold-XXXXXX", gate[64];
+	bool acked[300] = { false };
+	uint64_t dl;
+	struct proc p;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	setenv("KEEL_FAULTS", "fsync:EIO:after=1:n=1", 1);
+	gated_start(&p, "no", dir, gate, sizeof(gate));
+	unsetenv("KEEL_FAULTS");
+	cr_assert_eq(aof_sets(p.port, 100, acked), 0);
+	bgrewrite_started(p.port);
+	cr_assert_eq(aof_sets(p.port, 200, acked), 0); /* the old file's tail */
+	unlink(gate);
+	dl = test_deadline(TEST_WAIT_MS);
+	while (persistence_field(p.port, "aof_rewrites:") < 2) {
+		cr_assert(!test_expired(dl),
+			  "no rebuild after the old file's failed sync (%lld "
+			  "rewrites, %lld sync errors)",
+			  persistence_field(p.port, "aof_rewrites:"),
+			  persistence_field(p.port, "aof_sync_errors:"));
+		test_pause();
+	}
+	cr_assert_eq(persistence_field(p.port, "aof_sync_errors:"), 1);
+	cr_assert_eq(aof_sets_until_accepted(p.port, 300, acked), 0, "writes refused after");
+	proc_stop(&p);
+	aof1_check_and_clean(dir, 300, acked);
+}
+
 /* FLUSHALL while a BGREWRITEAOF runs (held): the table the rewrite was writing is gone, so
  * the rewrite ends (a line says why) and the file in use is emptied; a SET after it is in
  * it, and after a SIGKILL and a restart the flushed keys are gone and the later one there. */
