@@ -12,6 +12,20 @@
 #include "shard_check.h"
 #include "wait.h"
 
+/* The number at the start of the file @path (a sysfs or procfs value), or -1. */
+static inline long __attribute__((unused)) read_long(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	long v = -1;
+
+	if (!f)
+		return -1;
+	if (fscanf(f, "%ld", &v) != 1)
+		v = -1;
+	fclose(f);
+	return v;
+}
+
 /* A log capture: every line appended, thread-safe (shards log concurrently). */
 struct logcap {
 	pthread_mutex_t lock;

@@ -31,20 +31,6 @@ static int (*real_prefault)(void *p, uint64_t len);
 static int prefaults;
 static bool fail_after_first;
 
-static long
-read_long(const char *path)
-{
-	FILE *f = fopen(path, "r");
-	long v = -1;
-
-	if (!f)
-		return -1;
-	if (fscanf(f, "%ld", &v) != 1)
-		v = -1;
-	fclose(f);
-	return v;
-}
-
 static bool
 write_long(const char *path, long v)
 {

@@ -18,20 +18,6 @@
 
 static struct logcap cap = { PTHREAD_MUTEX_INITIALIZER, "", 0 };
 
-static long
-read_long(const char *path)
-{
-	FILE *f = fopen(path, "r");
-	long v = -1;
-
-	if (!f)
-		return -1;
-	if (fscanf(f, "%ld", &v) != 1)
-		v = -1;
-	fclose(f);
-	return v;
-}
-
 Test(alloc_region, numa_binding_is_asked_for_and_memory_is_on_the_cpus_node)
 {
 	hwloc_topology_t topo;
