@@ -643,6 +643,7 @@ keel__topo_iface_check(const char *iface, const int *cpus, const int *rxqs, unsi
 {
 	struct keel_topo_load_opts lo = { 0 };
 	struct keel_topo *live = NULL;
+	const struct keel_topo_nic *nic;
 	struct keel_map *m;
 	char err[256], *text = NULL, *line, *save = NULL;
 	size_t len = 0;
@@ -653,6 +654,12 @@ keel__topo_iface_check(const char *iface, const int *cpus, const int *rxqs, unsi
 	if (!m || keel_topo_load(&lo, &live, err, sizeof(err)) < 0) {
 		free(m);
 		return; /* no map to check against: said by nothing, as without --iface */
+	}
+	nic = keel_topo_nic_find(live, iface);
+	if (nic && nic->is_virtual) { /* lo, veth: no queues to line up, no IRQs */
+		free(m);
+		keel_topo_destroy(live);
+		return;
 	}
 	m->version = KEEL_MAP_VERSION;
 	keel__topo_strcpy(m->iface, sizeof(m->iface), iface);

@@ -122,6 +122,11 @@ struct aof {
 	uint8_t *rw_buf;
 	size_t rw_got, rw_put;
 	struct keel_file chk_f; /* chk_fd, for the tail's reads */
+	/* The old file opened again when a rewrite with a tail begins: its fdatasync before the
+	 * switch sees every writeback error since, whatever other syncs (the batches', the
+	 * tick's, chk_fd's at stop) took: Linux reports one to each open file once. */
+	int rw_old_fd;
+	struct keel_file rw_old_f;
 	uint64_t rewrites;
 	unsigned id;
 	/* What INFO on any shard reads (published by this shard: publish()). */
@@ -681,6 +686,7 @@ kv_aof_shard_start(struct kv_db *db)
 	a->stale_fd = -1;
 	a->chk_fd = -1;
 	a->rw_chk_fd = -1;
+	a->rw_old_fd = -1;
 	a->dir_fd = -1;
 	a->id = self;
 	a->db = db;
@@ -1000,6 +1006,9 @@ rw_clear(struct aof *a)
 	a->rw_parked = a->rw_abandon = a->rw_old_batch = false;
 	a->rw_gap = a->rw_synced_to = 0;
 	a->rw_read = 0;
+	if (a->rw_old_fd >= 0)
+		close(a->rw_old_fd);
+	a->rw_old_fd = -1;
 	free(a->rw_buf);
 	a->rw_buf = NULL;
 	a->rw_got = a->rw_put = 0;
@@ -1390,6 +1399,7 @@ rw_mid_synced(struct keel_file_req *req, int res, void *arg)
 		return;
 	a->rw_mid_synced = true;
 	a->rw_synced_to = a->rw_len + a->rw_copied; /* nothing is written during a sync */
+	a->rw_gap = 0; /* the tail grew while the sync ran: not the copy falling behind */
 	rw_step(a);
 }
 
@@ -1405,7 +1415,7 @@ rw_old_synced_cb(struct keel_file_req *req, int res, void *arg)
 		rw_fail(a, 0);
 		return;
 	}
-	if (res < 0 && res != -ECANCELED)
+	if (res < 0) /* -ECANCELED too: not known to be on disk */
 		sync_failed(a, res);
 	a->rw_old_synced = true;
 	rw_step(a);
@@ -1437,16 +1447,17 @@ rw_tail_written(struct keel_file_req *req, int res, void *arg)
 	rw_step(a);
 }
 
-/* A long copy syncs the new file each RW_SYNC_EVERY reads' worth; the read size grows to at
- * most RW_READ_GROWTH times rw_copy_max while the copy falls behind. */
+/* A long copy syncs the new file each RW_SYNC_EVERY reads (of the size they have then: a sync
+ * between every two would hide whether the copy falls behind); the read size grows to at most
+ * RW_READ_GROWTH times rw_copy_max while the copy falls behind. */
 #define RW_SYNC_EVERY  64
 #define RW_READ_GROWTH 64
 
 /* Read the old file's tail at @at (of a->off) into rw_buf. While the tail left does not
  * shrink from one read to the next (the shard writes faster than the copy goes), the reads
  * double, up to RW_READ_GROWTH times rw_copy_max; batches stop once the tail left fits one
- * read, or when it still does not shrink at that size (it would never catch up): the copy
- * then finishes what is there while they wait. */
+ * read of rw_copy_max, or when it still does not shrink at the largest read (it would never
+ * catch up): the copy then finishes what is there while they wait. */
 static int
 rw_read_tail(struct aof *a, uint64_t at)
 {
@@ -1467,7 +1478,7 @@ rw_read_tail(struct aof *a, uint64_t at)
 			a->rw_frozen = true;
 		}
 	}
-	if (left <= a->rw_read)
+	if (left <= rw_copy_max) /* not rw_read: what waits is at most one base read */
 		a->rw_frozen = true;
 	a->rw_gap = left;
 	if (!a->rw_buf && !(a->rw_buf = malloc(a->rw_read)))
@@ -1517,7 +1528,8 @@ rw_step(struct aof *a)
 				    a->rw_got - a->rw_put, a->rw_len + a->rw_copied,
 				    rw_tail_written, a);
 	} else if (a->rw_tail && at < a->off && !a->rw_frozen &&
-		   a->rw_len + a->rw_copied - a->rw_synced_to >= RW_SYNC_EVERY * rw_copy_max) {
+		   a->rw_len + a->rw_copied - a->rw_synced_to >=
+			   RW_SYNC_EVERY * (a->rw_read ? a->rw_read : rw_copy_max)) {
 		/* A long copy syncs as it goes, so that the last sync stays short. */
 		r = keel_file_fdatasync(&a->rw_req, &a->rw_f, rw_mid_synced, a);
 	} else if (a->rw_tail && at < a->off) {
@@ -1533,12 +1545,12 @@ rw_step(struct aof *a)
 		 * batch starts until the switch (a failed one goes to the new file then:
 		 * on_tick). The copy read the old file's pages, which the kernel may have failed
 		 * to write and dropped since the last sync (under always every batch was
-		 * synced): a sync through chk_fd, which sees any writeback error since it was
-		 * opened, says whether they were what was written. */
+		 * synced): a sync through rw_old_fd, which sees any writeback error since the
+		 * rewrite began, says whether they were what was written. */
 		a->rw_frozen = true;
-		r = keel_file_from_fd(a->chk_fd, &a->chk_f);
+		r = keel_file_from_fd(a->rw_old_fd, &a->rw_old_f);
 		if (r == 0)
-			r = keel_file_fdatasync(&a->rw_req, &a->chk_f, rw_old_synced_cb, a);
+			r = keel_file_fdatasync(&a->rw_req, &a->rw_old_f, rw_old_synced_cb, a);
 	} else {
 		a->rw_frozen = true;
 		free(a->rw_buf);
@@ -1591,6 +1603,13 @@ rw_begin(struct aof *a, bool *wrote)
 	/* The old file's tail starts after the records gathered so far (in the snapshot too),
 	 * pending or in flight: where the file will end once they are written. */
 	a->rw_tail = !a->sync_lost && !a->reset;
+	if (a->rw_tail) { /* without it the tail cannot be checked: records gather instead */
+		char path[4096];
+
+		path_of(path, sizeof(path), a->id, "");
+		a->rw_old_fd = open(path, O_RDONLY | O_CLOEXEC);
+		a->rw_tail = a->rw_old_fd >= 0;
+	}
 	a->rw_old_batch = a->st == A_WRITING || a->st == A_FAILED;
 	a->rw_from = a->off + (a->rw_old_batch ? a->wlen : 0) + a->pend.len;
 	a->rw_copied = 0;
@@ -1780,6 +1799,8 @@ kv_aof_fini(void)
 			close(a->rw_fd);
 		if (a->rw_chk_fd >= 0 && a->open)
 			close(a->rw_chk_fd);
+		if (a->rw_old_fd >= 0 && a->open)
+			close(a->rw_old_fd);
 		if (a->chk_fd >= 0 && a->open)
 			close(a->chk_fd);
 		if (a->stale_fd >= 0 && a->open)
