@@ -109,13 +109,14 @@ struct bench_result {
  * bench_tcpu_tick at each pass of the thread's loop (the first pass at or after the
  * window's start reads the clock), bench_tcpu_stop at its end. */
 struct bench_tcpu {
-	uint64_t start, end;
+	uint64_t start, end;   /* the thread's CPU clock */
+	uint64_t wall0, wall1; /* CLOCK_MONOTONIC at the same two reads */
 	bool started, stopped;
 };
 void bench_tcpu_tick(struct bench_tcpu *c, uint64_t now, uint64_t t_start);
 void bench_tcpu_stop(struct bench_tcpu *c);
-/* The share of a core the thread used over a window of @window_ns (0: not measured). */
-double bench_tcpu_util(const struct bench_tcpu *c, uint64_t window_ns);
+/* The share of a core the thread used between its two reads (0: not measured). */
+double bench_tcpu_util(const struct bench_tcpu *c);
 
 /** What a server did over its whole life (start to stop). */
 struct bench_server_stats {

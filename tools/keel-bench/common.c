@@ -45,6 +45,7 @@ bench_tcpu_tick(struct bench_tcpu *c, uint64_t now, uint64_t t_start)
 {
 	if (!c->started && now >= t_start) {
 		c->start = thread_cpu_ns();
+		c->wall0 = bench_now_ns();
 		c->started = true;
 	}
 }
@@ -54,16 +55,17 @@ bench_tcpu_stop(struct bench_tcpu *c)
 {
 	if (c->started && !c->stopped) {
 		c->end = thread_cpu_ns();
+		c->wall1 = bench_now_ns();
 		c->stopped = true;
 	}
 }
 
 double
-bench_tcpu_util(const struct bench_tcpu *c, uint64_t window_ns)
+bench_tcpu_util(const struct bench_tcpu *c)
 {
-	if (!c->stopped || !window_ns || c->end < c->start)
+	if (!c->stopped || c->wall1 <= c->wall0 || c->end < c->start)
 		return 0;
-	return (double)(c->end - c->start) / (double)window_ns;
+	return (double)(c->end - c->start) / (double)(c->wall1 - c->wall0);
 }
 
 int
