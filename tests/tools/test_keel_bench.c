@@ -734,7 +734,7 @@ static void
 assert_client_bound_rule(const char *out)
 {
 	bool want = num(out, "client_cpu_util") >= 0.9 * num(out, "client_cores") ||
-		    num(out, "client_thread_max_util") >= 0.9;
+		    num_or_null(out, "client_thread_max_util") >= 0.9;
 
 	cr_assert(strstr(out, want ? "\"client_bound\": true" : "\"client_bound\": false"),
 		  "client_bound is not the rule's (%s):\n%s", want ? "true" : "false", out);
@@ -747,14 +747,16 @@ assert_client_bound_rule(const char *out)
  * them together at 0.9 of their cores) missed it. With one client thread its figure is the
  * client's (the process's CPU less the server's: the sampler and the main thread add
  * little), within the two reads' different edges; with two it is at most their sum; every
- * client reports it, and the flag follows the rule. (How much CPU a thread gets depends on
- * the load beside it, so no figure is asserted; two cores cannot make one thread saturate
- * beside idle ones on demand.) */
+ * client reports it (most runs: a thread that started late on a loaded machine measured
+ * another interval, and says null), and the flag follows the rule. (How much CPU a thread gets
+ * depends on the load beside it, so no figure is asserted; two cores cannot make one thread
+ * saturate beside idle ones on demand.) */
 Test(tools_bench, the_busiest_client_thread_is_measured_and_flags_the_row)
 {
 	static const char *const modes[] = { "pingpong --backend keel --client keel",
 					     "pingpong --backend keel --client epoll", "udp" };
 	char args[256], *out;
+	int measured = 0; /* runs with a figure: at least one, however loaded the machine */
 
 	for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
 		for (int threads = 1; threads <= 2; threads++) {
@@ -764,16 +766,22 @@ Test(tools_bench, the_busiest_client_thread_is_measured_and_flags_the_row)
 				 "%s --threads %d --conns 2 --seconds 0.3 --warmup 0 --json",
 				 modes[i], threads);
 			cr_assert_eq(bench(args, &out), 0, "%s:\n%s", args, out);
-			max = num(out, "client_thread_max_util");
+			/* null: no thread measured half the window (one that started late on a
+			 * loaded machine measured another interval) */
+			max = num_or_null(out, "client_thread_max_util");
 			all = num(out, "client_cpu_util");
-			cr_assert_gt(max, 0, "%s:\n%s", args, out);
-			cr_assert_leq(max, all * 1.2 + 0.02, "%s:\n%s", args, out);
-			if (threads == 1)
-				cr_assert_geq(max, all * 0.5 - 0.02, "%s:\n%s", args, out);
+			cr_assert_leq(max, 1, "%s:\n%s", args, out);
+			if (max > 0) {
+				measured++;
+				cr_assert_leq(max, all * 1.2 + 0.02, "%s:\n%s", args, out);
+				if (threads == 1)
+					cr_assert_geq(max, all * 0.5 - 0.02, "%s:\n%s", args, out);
+			}
 			assert_client_bound_rule(out);
 			free(out);
 		}
 	}
+	cr_assert_geq(measured, 1, "the busiest thread was measured in none of 6 runs");
 }
 
 /* --server-cpus reads /proc/stat's rows of the server's CPUs at the window's edges: absent

@@ -115,8 +115,10 @@ struct bench_tcpu {
 };
 void bench_tcpu_tick(struct bench_tcpu *c, uint64_t now, uint64_t t_start);
 void bench_tcpu_stop(struct bench_tcpu *c);
-/* The share of a core the thread used between its two reads (0: not measured). */
-double bench_tcpu_util(const struct bench_tcpu *c);
+/* The share of a core the thread used between its two reads, at most 1 (their edges are a
+ * loop pass wide); 0 (not measured) when they span less than half the window of @window_ns
+ * (a thread that started late, or stopped early, measured another interval). */
+double bench_tcpu_util(const struct bench_tcpu *c, uint64_t window_ns);
 
 /** What a server did over its whole life (start to stop). */
 struct bench_server_stats {

@@ -61,11 +61,14 @@ bench_tcpu_stop(struct bench_tcpu *c)
 }
 
 double
-bench_tcpu_util(const struct bench_tcpu *c)
+bench_tcpu_util(const struct bench_tcpu *c, uint64_t window_ns)
 {
-	if (!c->stopped || c->wall1 <= c->wall0 || c->end < c->start)
+	double u;
+
+	if (!c->stopped || c->wall1 - c->wall0 < window_ns / 2 || c->end < c->start)
 		return 0;
-	return (double)(c->end - c->start) / (double)(c->wall1 - c->wall0);
+	u = (double)(c->end - c->start) / (double)(c->wall1 - c->wall0);
+	return u < 1 ? u : 1;
 }
 
 int
