@@ -693,10 +693,9 @@ keel__topo_iface_check(const char *iface, const int *cpus, const int *rxqs, unsi
 	if (total)
 		keel_log(KEEL_LOG_WARN, "topo",
 			 "--iface %s without --map: the shards and their rx queues do not line "
-			 "up with the interface as the lines above say (a queue whose IRQ fires "
-			 "on another CPU is received there and handled on the shard's); keel-topo "
-			 "--plan --iface %s writes a map that pairs them by locality and prints "
-			 "the commands that point the IRQs: run with --map FILE",
+			 "up with the interface as the lines above say; keel-topo --plan --iface "
+			 "%s writes a map that pairs shards, CPUs and queues by locality and "
+			 "prints the commands that fix the rest: run with --map FILE",
 			 iface, iface);
 	free(text);
 	free(m);
