@@ -82,6 +82,11 @@ struct aof {
 				* lost: its file will not do, another rebuild follows */
 	bool rw_reset;         /* a FLUSHALL the running rewrite's snapshot already holds */
 	uint64_t bg_sync_file; /* rewrites when the background sync was issued */
+	/* The file a rewrite replaced while the background sync of it was in flight: kept open
+	 * until that sync ends (on_bg_synced), since the ring names it by number and a
+	 * descriptor opened meanwhile (a rebuild's, another shard's) would take the number and
+	 * the sync, with the writeback error it reports once per open file. */
+	int bg_close_fd;
 	struct kv_db *db;
 	struct keel_file_req req, sreq;
 	struct keel_timer *tick;
@@ -684,6 +689,7 @@ kv_aof_shard_start(struct kv_db *db)
 	a->fd = -1;
 	a->rw_fd = -1;
 	a->stale_fd = -1;
+	a->bg_close_fd = -1;
 	a->chk_fd = -1;
 	a->rw_chk_fd = -1;
 	a->rw_old_fd = -1;
@@ -1018,7 +1024,10 @@ rw_clear(struct aof *a)
 static void
 rw_switch(struct aof *a)
 {
-	close(a->fd);
+	if (a->bg_sync && a->bg_sync_file == a->rewrites && a->bg_close_fd < 0)
+		a->bg_close_fd = a->fd; /* the background sync's file: closed when it ends */
+	else
+		close(a->fd);
 	close(a->chk_fd);
 	a->chk_fd = a->rw_chk_fd;
 	a->rw_chk_fd = -1;
@@ -1141,6 +1150,10 @@ on_bg_synced(struct keel_file_req *req, int res, void *arg)
 	struct aof *a = arg;
 
 	a->bg_sync = false;
+	if (a->bg_close_fd >= 0) {
+		close(a->bg_close_fd);
+		a->bg_close_fd = -1;
+	}
 	/* A sync of a file a rewrite has replaced since (closed by rw_switch, maybe before
 	 * the sync was submitted) says nothing about the file in use, which holds it all. */
 	if (res < 0 && res != -ECANCELED && a->bg_sync_file == a->rewrites) {
@@ -1803,6 +1816,8 @@ kv_aof_fini(void)
 			close(a->rw_old_fd);
 		if (a->chk_fd >= 0 && a->open)
 			close(a->chk_fd);
+		if (a->bg_close_fd >= 0 && a->open)
+			close(a->bg_close_fd);
 		if (a->stale_fd >= 0 && a->open)
 			close(a->stale_fd);
 		if (a->dir_open)
