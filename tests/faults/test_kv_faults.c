@@ -1116,9 +1116,11 @@ Test(faults_kv, aof_start_commit_failing_at_each_step_loses_no_write)
 }
 
 /* keel-kv on one shard (appendfsync @fsync) on the directory @dir, whose rewrites hold
- * while the file @gate (@dir.gate, created here) exists (KEEL_KV_TEST_REWRITE_GATE). */
+ * while the file @gate (@dir.gate, created here) exists (KEEL_KV_TEST_REWRITE_GATE), with
+ * @var=@val in its environment too when @var is not NULL. */
 static void
-gated_start(struct proc *p, const char *fsync, const char *dir, char *gate, size_t gatelen)
+gated_start(struct proc *p, const char *fsync, const char *dir, char *gate, size_t gatelen,
+	    const char *var, const char *val)
 {
 	int fd;
 
@@ -1126,7 +1128,11 @@ gated_start(struct proc *p, const char *fsync, const char *dir, char *gate, size
 	fd = open(gate, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 	cr_assert_geq(fd, 0, "%s: %s", gate, strerror(errno));
 	close(fd);
+	if (var)
+		setenv(var, val, 1);
 	aof_start(p, "KEEL_KV_TEST_REWRITE_GATE", gate, "1", fsync, dir);
+	if (var)
+		unsetenv(var);
 }
 
 /* Whether shard 0's append-only file in @dir holds @n bytes equal to @want. */
@@ -1175,7 +1181,7 @@ Test(faults_kv, aof_writes_during_a_rewrite_reach_the_disk_and_then_the_new_file
 	int fd;
 
 	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
-	gated_start(&p, "always", dir, gate, sizeof(gate));
+	gated_start(&p, "always", dir, gate, sizeof(gate), NULL, NULL);
 	cr_assert_eq(aof_sets(p.port, 200, acked), 0);
 	bgrewrite_started(p.port);
 	fd = test_connect(p.port);
@@ -1214,7 +1220,7 @@ Test(faults_kv, aof_everysec_records_during_a_rewrite_do_not_wait_in_memory)
 	struct proc p;
 
 	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
-	gated_start(&p, "everysec", dir, gate, sizeof(gate));
+	gated_start(&p, "everysec", dir, gate, sizeof(gate), NULL, NULL);
 	cr_assert_eq(aof_sets(p.port, 100, acked), 0);
 	bgrewrite_started(p.port);
 	cr_assert_eq(aof_sets(p.port, 400, acked), 0);
@@ -1243,9 +1249,7 @@ Test(faults_kv, aof_rewrite_ends_under_writes_faster_than_its_copy)
 	int rounds = 0;
 
 	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
-	setenv("KEEL_KV_AOF_COPY_CHUNK", "1", 1);
-	gated_start(&p, "everysec", dir, gate, sizeof(gate));
-	unsetenv("KEEL_KV_AOF_COPY_CHUNK");
+	gated_start(&p, "everysec", dir, gate, sizeof(gate), "KEEL_KV_AOF_COPY_CHUNK", "1");
 	cr_assert_eq(aof_sets(p.port, 100, acked), 0);
 	bgrewrite_started(p.port);
 	/* A tail before the snapshot is written, so that the copy starts behind. */
@@ -1278,9 +1282,7 @@ Test(faults_kv, aof_rewrite_checks_the_old_file_it_copied_before_the_switch)
 	struct proc p;
 
 	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
-	setenv("KEEL_FAULTS", "fsync:EIO:after=1:n=1", 1);
-	gated_start(&p, "no", dir, gate, sizeof(gate));
-	unsetenv("KEEL_FAULTS");
+	gated_start(&p, "no", dir, gate, sizeof(gate), "KEEL_FAULTS", "fsync:EIO:after=1:n=1");
 	cr_assert_eq(aof_sets(p.port, 100, acked), 0);
 	bgrewrite_started(p.port);
 	cr_assert_eq(aof_sets(p.port, 200, acked), 0); /* the old file's tail */
@@ -1311,9 +1313,7 @@ Test(faults_kv, aof_flushall_during_a_rewrite_ends_it)
 
 	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
 	snprintf(log, sizeof(log), "%s.log", dir);
-	setenv("KEEL_TEST_SERVER_LOG", log, 1);
-	gated_start(&p, "always", dir, gate, sizeof(gate));
-	unsetenv("KEEL_TEST_SERVER_LOG");
+	gated_start(&p, "always", dir, gate, sizeof(gate), "KEEL_TEST_SERVER_LOG", log);
 	cr_assert_eq(aof_sets(p.port, 200, acked), 0);
 	bgrewrite_started(p.port);
 	kv_command(p.port, "FLUSHALL", line, sizeof(line));
