@@ -115,10 +115,10 @@ struct bench_tcpu {
 };
 void bench_tcpu_tick(struct bench_tcpu *c, uint64_t now, uint64_t t_start);
 void bench_tcpu_stop(struct bench_tcpu *c);
-/* The share of a core the thread used between its two reads, at most 1 (their edges are a
- * loop pass wide); 0 (not measured) when they span less than half the window of @window_ns
- * (a thread that started late, or stopped early, measured another interval). */
-double bench_tcpu_util(const struct bench_tcpu *c, uint64_t window_ns);
+/* *@max = the larger of it and the share of a core @c's thread used between its two reads,
+ * at most 1 (their edges are a loop pass wide); a thread whose reads span less than half the
+ * window of @window_ns (it started late, or stopped early) is not counted. */
+void bench_tcpu_max(double *max, const struct bench_tcpu *c, uint64_t window_ns);
 
 /** What a server did over its whole life (start to stop). */
 struct bench_server_stats {

@@ -60,7 +60,8 @@ bench_tcpu_stop(struct bench_tcpu *c)
 	}
 }
 
-double
+/* The share of a core; 0 when not measured (see bench_tcpu_max). */
+static double
 bench_tcpu_util(const struct bench_tcpu *c, uint64_t window_ns)
 {
 	double u;
@@ -69,6 +70,15 @@ bench_tcpu_util(const struct bench_tcpu *c, uint64_t window_ns)
 		return 0;
 	u = (double)(c->end - c->start) / (double)(c->wall1 - c->wall0);
 	return u < 1 ? u : 1;
+}
+
+void
+bench_tcpu_max(double *max, const struct bench_tcpu *c, uint64_t window_ns)
+{
+	double u = bench_tcpu_util(c, window_ns);
+
+	if (u > *max)
+		*max = u;
 }
 
 int

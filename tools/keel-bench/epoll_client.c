@@ -450,8 +450,7 @@ bench__epoll_client_run(const struct bench_cfg *cfg, struct bench_result *out)
 		out->polls += t[i].wait.polls;
 		out->sleeps += t[i].wait.sleeps;
 		bench_hist_merge(&out->lat, &t[i].lat);
-		if (bench_tcpu_util(&t[i].tcpu, cfg->seconds_ns) > out->client_thread_max)
-			out->client_thread_max = bench_tcpu_util(&t[i].tcpu, cfg->seconds_ns);
+		bench_tcpu_max(&out->client_thread_max, &t[i].tcpu, cfg->seconds_ns);
 		if (t[i].err && r == 0) {
 			r = t[i].err;
 			snprintf(out->why, sizeof(out->why), "%s", t[i].why);

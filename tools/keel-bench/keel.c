@@ -928,8 +928,7 @@ client_run(const struct bench_cfg *cfg, struct bench_result *out)
 		out->tx_all += sh->tx_all;
 		out->rx_all += sh->rx_all;
 		bench_hist_merge(&out->lat, &sh->lat);
-		if (bench_tcpu_util(&sh->tcpu, cfg->seconds_ns) > out->client_thread_max)
-			out->client_thread_max = bench_tcpu_util(&sh->tcpu, cfg->seconds_ns);
+		bench_tcpu_max(&out->client_thread_max, &sh->tcpu, cfg->seconds_ns);
 		if (sh->err && r == 0) {
 			r = sh->err;
 			snprintf(out->why, sizeof(out->why), "%s", sh->why);
