@@ -339,7 +339,7 @@ struct base {
 	_Alignas(64) uint64_t recv;
 	uint64_t t_end;
 	int mode;         /* 0 one-way, 1 polling rtt, 2 sleeping rtt */
-	uint64_t spin_ns; /* one-way: the consumer polls this long before sleeping */
+	uint64_t spin_ns; /* modes 0 and 1: each side polls this long before sleeping */
 };
 
 static void *
@@ -350,12 +350,9 @@ base_consumer(void *p)
 
 	bench_pin(b->cpu[1]);
 	for (;;) {
-		/* One-way: poll as keel's receiving shard does (--idle-poll-us), then sleep;
-		 * polling round trips: poll; sleeping round trips: sleep at once. */
-		size_t n = bq_pop(&b->q01, items, 256,
-				  b->mode == 1   ? UINT64_MAX
-				  : b->mode == 0 ? b->spin_ns
-						 : 0);
+		/* One-way and polling round trips: poll as keel's shards do (--idle-poll-us),
+		 * then sleep; sleeping round trips: sleep at once. */
+		size_t n = bq_pop(&b->q01, items, 256, b->mode == 2 ? 0 : b->spin_ns);
 		for (size_t i = 0; i < n; i++) {
 			if (items[i].v == UINT64_MAX) {
 				b->t_end = bench_now_ns();
@@ -399,7 +396,7 @@ run_baseline(struct base *b, int mode, struct samples *smp, uint64_t *count, uin
 		while (bench_now_ns() < end) {
 			uint64_t t = bench_now_ns();
 			bq_push(&b->q01, t);
-			while (bq_pop(&b->q10, &it, 1, mode == 2 ? 0 : UINT64_MAX) == 0)
+			while (bq_pop(&b->q10, &it, 1, mode == 2 ? 0 : b->spin_ns) == 0)
 				;
 			/* Modes 1 and 2 pass samples; cppcheck follows mode 0's NULL. */
 			// cppcheck-suppress ctunullpointer
@@ -495,6 +492,12 @@ bench_xshard(int argc, char **argv)
 	o.signals = false;
 	o.log_level = KEEL_LOG_WARN;
 	keel_opts_parse_or_exit(&o, &argc, argv, xshard_usage);
+	if (o.idle_poll_adaptive) {
+		fprintf(stderr,
+			"keel-bench xshard: --idle-poll-adaptive has no counterpart in the "
+			"baseline, whose sides poll --idle-poll-us and then sleep; drop it\n");
+		return 2;
+	}
 	for (int i = 1; i < argc; i++) {
 		const char *v;
 		int m;
