@@ -207,8 +207,14 @@ fi
 # Gathering: what keel's runtime decides here, not the option (it needs Linux 6.12's
 # IORING_FEAT_MIN_TIMEOUT); where keel's sleeps cannot gather, the epoll server's do not.
 if [ "$egather" != 0 ]; then
-	kban=$("$kb" serve --backend keel --seconds 0.1 --no-pin 2>/dev/null) || true
+	kban=$("$kb" serve --backend keel --seconds 0.1 --no-pin 2>&1) || true
 	kban=${kban%%$'\n'*}
+	if [[ $kban != *"sleeps gather"* && $kban != *"sleeps do not gather"* ]]; then
+		# Without the answer the two servers' gathering could differ unseen.
+		echo "compare.sh: could not read whether keel's sleeps gather here from" \
+			"'$kb serve': $kban" >&2
+		exit 1
+	fi
 	if [[ $kban == *"sleeps do not gather"* ]]; then
 		why=${kban##*min_wait: }
 		echo "compare.sh: keel's sleeps do not gather here (${why%)});" \
