@@ -1353,11 +1353,30 @@ rw_dir_sync(struct aof *a)
 	a->rw_dir_busy = true;
 }
 
+/* The new file, synced, takes the name; then the directory is synced (rw_dir_sync). Returns
+ * 0, or -errno when the rename failed (rw_fail ran). */
+static int
+rw_rename(struct aof *a)
+{
+	char tmp[4096], path[4096];
+
+	path_of(tmp, sizeof(tmp), a->id, ".rewrite");
+	path_of(path, sizeof(path), a->id, "");
+	if (fault_rename("rewrite-rename", tmp, path) < 0) {
+		int e = -errno;
+
+		rw_fail(a, e);
+		return e;
+	}
+	a->rw_renamed = true; /* from here on the name is the new file's */
+	rw_dir_sync(a);
+	return 0;
+}
+
 static void
 rw_synced(struct keel_file_req *req, int res, void *arg)
 {
 	struct aof *a = arg;
-	char tmp[4096], path[4096];
 
 	if (a->stopping) /* not over the file kv_aof_stop completed */
 		return rw_fail(a, 0);
@@ -1365,12 +1384,7 @@ rw_synced(struct keel_file_req *req, int res, void *arg)
 		a->sync_errors++;
 		return rw_fail(a, res);
 	}
-	path_of(tmp, sizeof(tmp), a->id, ".rewrite");
-	path_of(path, sizeof(path), a->id, "");
-	if (fault_rename("rewrite-rename", tmp, path) < 0)
-		return rw_fail(a, -errno);
-	a->rw_renamed = true; /* from here on the name is the new file's */
-	rw_dir_sync(a);
+	rw_rename(a);
 }
 
 /* The end of one of the rewrite's requests before its last sync: @res failed it (0 for a
@@ -1568,10 +1582,8 @@ rw_step(struct aof *a)
 		a->rw_frozen = true;
 		free(a->rw_buf);
 		a->rw_buf = NULL;
-		if (a->rw_len + a->rw_copied == a->rw_synced_to) {
-			rw_synced(&a->rw_req, 0, a); /* all synced already: the rename */
-			return a->rewriting ? 0 : -EIO;
-		}
+		if (a->rw_len + a->rw_copied == a->rw_synced_to)
+			return rw_rename(a); /* all synced already */
 		r = keel_file_fdatasync(&a->rw_req, &a->rw_f, rw_synced, a);
 	}
 out:
