@@ -48,27 +48,6 @@ kv_record_check(const struct resp_arg *argv, unsigned argc, int64_t *pxat)
 	return 0;
 }
 
-size_t
-kv_aof_valid_prefix(const uint8_t *p, size_t n)
-{
-	struct resp_arg argv[8];
-	size_t off = 0;
-
-	while (off < n) {
-		struct resp_req req = { .argv = argv, .cap = 8, .max_bulk = UINT64_MAX >> 1 };
-		int64_t at;
-		long r;
-
-		if (p[off] != '*') /* records are arrays: no inline commands */
-			break;
-		r = resp_parse(p + off, n - off, &req);
-		if (r <= 0 || kv_record_check(req.argv, req.argc, &at) < 0)
-			break;
-		off += (size_t)r;
-	}
-	return off;
-}
-
 /* The record at the start of @p[0..@n): its length when it is whole and valid, 0 when it
  * needs bytes past @n, -1 when it is not a record keel-kv writes. */
 static long
@@ -87,6 +66,17 @@ one_record(const uint8_t *p, size_t n)
 	if (r < 0 || kv_record_check(req.argv, req.argc, &at) < 0)
 		return -1;
 	return r;
+}
+
+size_t
+kv_aof_valid_prefix(const uint8_t *p, size_t n)
+{
+	size_t off = 0;
+	long r;
+
+	while ((r = one_record(p + off, n - off)) > 0)
+		off += (size_t)r;
+	return off;
 }
 
 /* Whether a record keel-kv writes may start at @p[0..@n): its fixed head. Tested before a
