@@ -446,28 +446,39 @@ maybe_grow(struct kv_db *db)
 	rehash_step(db, KV_GROW_STEP);
 }
 
+/* @key of hash @h, expired or not (*@pp: its link); NULL when absent. */
+static struct kv_ent *
+lookup_any(struct kv_db *db, const struct resp_arg *key, uint64_t h, struct kv_ent ***pp)
+{
+	struct kv_ent **p = bucket(db, h), *e;
+
+	for (; (e = *p); p = &e->next)
+		if (e->hash == h && e->klen == key->len && !memcmp(e->data, key->p, key->len)) {
+			*pp = p;
+			return e;
+		}
+	return NULL;
+}
+
 /* Find @key, of hash @h; an expired key is deleted on the way (lazy expiry). *pp: the
  * link to it. */
 static struct kv_ent *
 lookup_h(struct kv_db *db, const struct resp_arg *key, uint64_t h, struct kv_ent ***pp)
 {
-	struct kv_ent **p = bucket(db, h), *e;
+	struct kv_ent **p, *e = lookup_any(db, key, h, &p);
 
-	for (; (e = *p); p = &e->next) {
-		if (e->hash != h || e->klen != key->len || memcmp(e->data, key->p, key->len))
-			continue;
-		if (e->expire_ms && e->expire_ms <= kv_now_ms()) {
-			*p = e->next;
-			ent_free(db, e);
-			atomic_fetch_add_explicit(&db->st->expired_lazy, 1, memory_order_relaxed);
-			counts_publish(db);
-			return NULL;
-		}
-		if (pp)
-			*pp = p;
-		return e;
+	if (!e)
+		return NULL;
+	if (e->expire_ms && e->expire_ms <= kv_now_ms()) {
+		*p = e->next;
+		ent_free(db, e);
+		atomic_fetch_add_explicit(&db->st->expired_lazy, 1, memory_order_relaxed);
+		counts_publish(db);
+		return NULL;
 	}
-	return NULL;
+	if (pp)
+		*pp = p;
+	return e;
 }
 
 static struct kv_ent *
@@ -968,20 +979,6 @@ cmd_mget(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *ou
 	rb_arr(out, argc - 1);
 	for (unsigned i = 1; i < argc; i++)
 		cmd_get(db, (struct resp_arg[]){ argv[0], argv[i] }, 2, out);
-}
-
-/* @key of hash @h, expired or not (*@pp: its link); NULL when absent. */
-static struct kv_ent *
-lookup_any(struct kv_db *db, const struct resp_arg *key, uint64_t h, struct kv_ent ***pp)
-{
-	struct kv_ent **p = bucket(db, h), *e;
-
-	for (; (e = *p); p = &e->next)
-		if (e->hash == h && e->klen == key->len && !memcmp(e->data, key->p, key->len)) {
-			*pp = p;
-			return e;
-		}
-	return NULL;
 }
 
 /* One pair of an MSET: its key's hash, and the entry made for it in the first pass. */
