@@ -208,34 +208,31 @@ keel__region_prefault_next(struct keel_alloc *a)
 	e = keel__region_prefault_fn(r->base, r->len);
 	if (e < 0) {
 		a->grow_failed = true;
-		if (a->cfg.hugepages && a->numa_node >= 0)
-			keel__alloc_log(
-				KEEL_ALLOC_LOG_ERROR,
-				"shard %u: buffer region %u: its huge pages could not be had on "
-				"NUMA node %d (%s), so the shard's buffers stop at %llu MiB "
-				"(allocations beyond fail): reserve more there, e.g. echo N > "
-				"/sys/devices/system/node/node%d/hugepages/hugepages-2048kB/"
-				"nr_hugepages",
-				a->cfg.shard, idx, a->numa_node, strerror(-e),
-				(unsigned long long)(((uint64_t)idx * a->region_size) >> 20),
-				a->numa_node);
-		else if (a->cfg.hugepages)
+		if (a->cfg.hugepages) {
+			char where[96] = "/proc/sys/vm/nr_hugepages, or per NUMA node under "
+					 "/sys/devices/system/node/";
+
+			if (a->numa_node >= 0)
+				snprintf(where, sizeof(where),
+					 "/sys/devices/system/node/node%d/hugepages/"
+					 "hugepages-2048kB/nr_hugepages",
+					 a->numa_node);
 			keel__alloc_log(
 				KEEL_ALLOC_LOG_ERROR,
 				"shard %u: buffer region %u: its huge pages could not be "
 				"had (%s), so the shard's buffers stop at %llu MiB "
-				"(allocations beyond fail): reserve more "
-				"(/proc/sys/vm/nr_hugepages, or per NUMA node under "
-				"/sys/devices/system/node/)",
+				"(allocations beyond fail): reserve more (%s)",
 				a->cfg.shard, idx, strerror(-e),
-				(unsigned long long)(((uint64_t)idx * a->region_size) >> 20));
-		else
+				(unsigned long long)(((uint64_t)idx * a->region_size) >> 20),
+				where);
+		} else {
 			keel__alloc_log(
 				KEEL_ALLOC_LOG_WARN,
 				"shard %u: pre-faulting buffer region %u failed (%s); later "
 				"regions are used without pre-faulting (first touch faults "
 				"them in); not retried",
 				a->cfg.shard, idx, strerror(-e));
+		}
 		return e;
 	}
 	a->faulted = idx + 1;
