@@ -110,23 +110,11 @@ keel__topo_nic_add(struct keel_topo *t)
 	return n;
 }
 
-/* t->numa[] of the node numbered @os, or NULL. */
-static const struct keel_topo_numa *
-numa_by_os(const struct keel_topo *t, unsigned os)
-{
-	for (unsigned i = 0; i < t->info.nnuma; i++)
-		if (t->numa[i].os == os)
-			return &t->numa[i];
-	return NULL;
-}
-
-/* The kind of @node as load_cpus read it once (memory_only, until the cores are counted). */
+/* The kind of @node as load_cpus read it once: @arg, by hwloc's logical index. */
 static bool
 kind_cached(hwloc_obj_t node, void *arg)
 {
-	const struct keel_topo_numa *n = numa_by_os(arg, node->os_index);
-
-	return n && n->memory_only;
+	return ((const bool *)arg)[node->logical_index];
 }
 
 /* The NUMA node of the CPUs @set (keel__numa_pick: a node with CPUs before a memory-only one,
@@ -134,9 +122,9 @@ kind_cached(hwloc_obj_t node, void *arg)
  * taken: a memory-only node attached before the DRAM one, as hwloc orders them, got the
  * cores. */
 static int
-numa_of_cpuset(struct keel_topo *t, hwloc_topology_t h, hwloc_const_cpuset_t set)
+numa_of_cpuset(const bool *kind, hwloc_topology_t h, hwloc_const_cpuset_t set)
 {
-	hwloc_obj_t node = keel__numa_pick(h, set, kind_cached, t);
+	hwloc_obj_t node = keel__numa_pick(h, set, kind_cached, (void *)kind);
 
 	return node ? (int)node->os_index : -1;
 }
@@ -151,6 +139,7 @@ load_cpus(struct keel_topo *t, hwloc_topology_t h)
 	bool pu_cores = ncores <= 0; /* no core level: every PU is a core of its own */
 	hwloc_obj_t o = NULL;
 	unsigned k = 0;
+	bool *kind; /* each node's kind (keel__numa_memory_kind), by logical index */
 
 	if (npus <= 0)
 		return -EINVAL;
@@ -161,8 +150,11 @@ load_cpus(struct keel_topo *t, hwloc_topology_t h)
 	t->numa = calloc((size_t)nnuma + 1, sizeof(*t->numa));
 	t->cores = calloc((size_t)ncores, sizeof(*t->cores));
 	t->pus = calloc((size_t)npus, sizeof(*t->pus));
-	if (!t->numa || !t->cores || !t->pus)
+	kind = calloc((size_t)nnuma + 1, sizeof(*kind));
+	if (!t->numa || !t->cores || !t->pus || !kind) {
+		free(kind);
 		return -ENOMEM;
+	}
 	t->info.npackages = (unsigned)hwloc_get_nbobjs_by_type(h, HWLOC_OBJ_PACKAGE);
 	if (!t->info.npackages)
 		t->info.npackages = 1;
@@ -172,8 +164,7 @@ load_cpus(struct keel_topo *t, hwloc_topology_t h)
 		n->os = o->os_index;
 		n->memory_bytes = o->attr ? o->attr->numanode.local_memory : 0;
 		cpuset_from_hwloc(o->cpuset, &n->cpus);
-		/* The kind, until the cores are counted. */
-		n->memory_only = keel__numa_memory_kind(o, here);
+		kind[o->logical_index] = keel__numa_memory_kind(o, here);
 	}
 	t->info.nnuma = k;
 
@@ -185,7 +176,7 @@ load_cpus(struct keel_topo *t, hwloc_topology_t h)
 		hwloc_obj_t pu = NULL;
 
 		core->package = pkg ? pkg->logical_index : 0;
-		core->numa = numa_of_cpuset(t, h, co->cpuset);
+		core->numa = numa_of_cpuset(kind, h, co->cpuset);
 		for (hwloc_obj_t p = co->parent; p; p = p->parent) {
 			if (p->type == HWLOC_OBJ_L2CACHE && !core->l2_bytes)
 				core->l2_bytes = p->attr->cache.size;
@@ -212,6 +203,7 @@ load_cpus(struct keel_topo *t, hwloc_topology_t h)
 	 * no core chose is memory only). */
 	for (unsigned i = 0; i < t->info.nnuma; i++)
 		t->numa[i].memory_only = t->numa[i].ncores == 0;
+	free(kind);
 	t->info.ncores = (unsigned)ncores;
 	t->info.npus = (unsigned)npus;
 	return 0;
