@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 /* Disk I/O on the shard ring (keel/file.h): each call, bad input, O_DIRECT alignment, a full
  * file system, the per-shard queue depth and its FIFO, and stop with requests in flight. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -923,4 +924,120 @@ Test(core_file, a_close_waiting_at_stop_still_closes)
 	cr_assert_eq(errno, EBADF);
 	close(qc.pipefd[0]);
 	close(qc.pipefd[1]);
+}
+
+/* ---- a close runs off the shard's thread ---- */
+
+/* The last close of a file runs its release, which can block for long (a deleted file's
+ * blocks are freed then: 140 ms for 500 MB on ext4), so keel_file_close has io-wq run it:
+ * a worker thread of the ring ("iou-wrk-<tid>") exists once the close has completed, where
+ * none did before (made inline, the close makes none). */
+static struct {
+	struct keel_file_req req;
+	struct keel_file f;
+	int fd, res, runs;
+	int workers_before, workers_after;
+} ow;
+
+/* The ring's io-wq workers in this process now. */
+static int
+iowq_workers(void)
+{
+	char path[320], comm[64];
+	int n = 0;
+	DIR *d = opendir("/proc/self/task");
+	struct dirent *e;
+
+	cr_assert(d);
+	while ((e = readdir(d))) {
+		FILE *f;
+
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/task/%s/comm", e->d_name);
+		f = fopen(path, "r");
+		if (!f)
+			continue;
+		if (fgets(comm, sizeof(comm), f) && !strncmp(comm, "iou-wrk-", 8))
+			n++;
+		fclose(f);
+	}
+	closedir(d);
+	return n;
+}
+
+static void
+ow_closed(struct keel_file_req *req, int res, void *arg)
+{
+	ow.res = res;
+	ow.runs++;
+	ow.workers_after = iowq_workers();
+	keel_stop(0);
+}
+
+static void
+ow_start(void *app)
+{
+	ow.workers_before = iowq_workers();
+	SHARD_CHECK_EQ(keel_file_from_fd(ow.fd, &ow.f), 0);
+	SHARD_CHECK_EQ(keel_file_close(&ow.req, &ow.f, ow_closed, NULL), 0);
+}
+
+Test(core_file, close_runs_in_an_io_wq_worker, .fini = rm_tmp)
+{
+	struct keel_opts o = test_opts(1);
+
+	ow.fd = make_tmp();
+	cr_assert_eq(keel_run(&o, ow_start, NULL), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(ow.runs, 1);
+	cr_assert_eq(ow.res, 0, "the close reported %d", ow.res);
+	errno = 0;
+	cr_assert_eq(fcntl(ow.fd, F_GETFD), -1, "descriptor %d is still open", ow.fd);
+	cr_assert_eq(ow.workers_before, 0, "io-wq workers before the close: %d", ow.workers_before);
+	cr_assert_geq(ow.workers_after, 1, "no io-wq worker ran the close");
+}
+
+/* A close in the ring when the shard stops: the stop's cancel may take it from io-wq's queue
+ * before a worker runs it, and its handle is cleared already, so the descriptor is closed
+ * anyway and the callback reports that close (0), never a cancel that leaves it open. */
+static struct {
+	struct keel_file_req req[8];
+	struct keel_file f[8];
+	int fd[8], res[8], runs;
+} cs;
+
+static void
+cs_closed(struct keel_file_req *req, int res, void *arg)
+{
+	cs.res[(intptr_t)arg] = res;
+	cs.runs++;
+}
+
+static void
+cs_start(void *app)
+{
+	for (intptr_t i = 0; i < 8; i++) {
+		SHARD_CHECK_EQ(keel_file_from_fd(cs.fd[i], &cs.f[i]), 0);
+		SHARD_CHECK_EQ(keel_file_close(&cs.req[i], &cs.f[i], cs_closed, (void *)i), 0);
+	}
+	keel_stop(0);
+}
+
+Test(core_file, a_close_in_the_ring_at_stop_still_closes)
+{
+	struct keel_opts o = test_opts(1);
+
+	for (int i = 0; i < 8; i++) {
+		cs.fd[i] = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		cr_assert_geq(cs.fd[i], 0);
+	}
+	cr_assert_eq(keel_run(&o, cs_start, NULL), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(cs.runs, 8);
+	for (int i = 0; i < 8; i++) {
+		cr_assert_eq(cs.res[i], 0, "close %d reported %d", i, cs.res[i]);
+		errno = 0;
+		cr_assert_eq(fcntl(cs.fd[i], F_GETFD), -1, "descriptor %d is still open", cs.fd[i]);
+	}
 }
