@@ -166,12 +166,28 @@ void kv_reply_unknown(struct rbuf *out, struct resp_arg *argv, unsigned argc);
 void kv_reply_arity(struct rbuf *out, const struct kv_cmd *c);
 
 /* Persistence records (store.c): the state of @key as one RESP record (SET k v [PXAT ms]
- * or DEL k); every live key of @db as records; the check of a record read back (0, and
- * *pxat its expiry or 0; -EINVAL when it is not one keel-kv writes); a record applied to
- * @db (0; -EINVAL; -ENOMEM). */
+ * or DEL k); the check of a record read back (0, and *pxat its expiry or 0; -EINVAL when
+ * it is not one keel-kv writes); a record applied to @db (0; -EINVAL; -ENOMEM). */
 void kv_db_record(struct kv_db *db, const struct resp_arg *key, struct rbuf *out);
-void kv_db_snapshot(struct kv_db *db, struct rbuf *out);
 int kv_db_apply(struct kv_db *db, const struct resp_arg *argv, unsigned argc);
+
+/* A snapshot of @db as records, taken a piece at a time while the table goes on changing
+ * between pieces (BGREWRITEAOF, docs/kv.md "Persistence"). The pass walks the hash values
+ * modulo the bucket count at its start (mask), one residue (next) a step, in every array
+ * that holds such keys then: the table may double any number of times between pieces, and
+ * a key is written once, at the step of its residue, in the state it has then. So every key
+ * that lives through the whole pass is written exactly once; one made or changed after the
+ * pass began may be written in its newer state, or not at all, and its own records (written
+ * after the snapshot's start) replay over it to the same table, since a record is a key's
+ * whole state. */
+struct kv_snap {
+	size_t mask, next;
+	bool done;
+};
+void kv_db_snap_begin(struct kv_db *db, struct kv_snap *it);
+/* Append the records of the next residues to @out until it holds at least @want bytes or
+ * the pass is over (it->done); expired keys are left out. Watch out->oom. */
+void kv_db_snap_step(struct kv_db *db, struct kv_snap *it, struct rbuf *out, size_t want);
 
 /* The append-only files (aof.c, docs/kv.md "Persistence"). */
 /* Main thread, before the shards start: read every appendonly-N.aof of --dir, cut a torn

@@ -707,15 +707,40 @@ kv_db_record(struct kv_db *db, const struct resp_arg *key, struct rbuf *out)
 }
 
 void
-kv_db_snapshot(struct kv_db *db, struct rbuf *out)
+kv_db_snap_begin(struct kv_db *db, struct kv_snap *it)
+{
+	/* The smaller array's mask while the table doubles: each of its buckets' keys are in
+	 * it or in the new array's buckets of the same residue. */
+	it->mask = db->ob ? db->omask : db->mask;
+	it->next = 0;
+	it->done = false;
+}
+
+/* The live keys of chain @e into @out. */
+static void
+snap_chain(const struct kv_ent *e, int64_t now, struct rbuf *out)
+{
+	for (; e; e = e->next)
+		if (!e->expire_ms || e->expire_ms > now)
+			rec_set(out, e);
+}
+
+void
+kv_db_snap_step(struct kv_db *db, struct kv_snap *it, struct rbuf *out, size_t want)
 {
 	int64_t now = kv_now_ms();
+	size_t stride = it->mask + 1;
 
-	kv_db_finish_grow(db); /* a pass over every key anyway */
-	for (size_t i = 0; i <= db->mask; i++)
-		for (struct kv_ent *e = db->b[i]; e; e = e->next)
-			if (!e->expire_ms || e->expire_ms > now)
-				rec_set(out, e);
+	/* Masks only grow, so every array's size is a multiple of stride: the keys of residue
+	 * r are in its buckets r, r + stride, ... (the old array's moved buckets are empty). */
+	while (!it->done && out->len < want && !out->oom) {
+		for (size_t j = it->next; j <= db->mask; j += stride)
+			snap_chain(db->b[j], now, out);
+		if (db->ob)
+			for (size_t j = it->next; j <= db->omask; j += stride)
+				snap_chain(db->ob[j], now, out);
+		it->done = it->next++ == it->mask;
+	}
 }
 
 int
