@@ -397,6 +397,12 @@ issue(struct keel_shard *s, struct keel_file_req *req)
 	s->binds++;
 	if (req->stage_ == ST_FIRST) {
 		struct keel_file_stats *st = &s->files.st;
+
+		req->lprev_ = NULL;
+		req->lnext_ = s->files.live;
+		if (s->files.live)
+			s->files.live->lprev_ = req;
+		s->files.live = req;
 		st->issued++;
 		if (fixed)
 			st->fixed++;
@@ -404,6 +410,54 @@ issue(struct keel_shard *s, struct keel_file_req *req)
 			st->inflight_max = st->inflight;
 	}
 	return 0;
+}
+
+/* Whether close @req must wait: a request in the ring names its descriptor. The kernel
+ * looks a plain descriptor up when it runs a request, and io-wq runs the ones it is handed
+ * at once (fsync, fallocate) on its own threads, so a close issued beside them could run
+ * first: they would fail with EBADF, or act on whatever file took the number meanwhile. */
+static bool
+close_blocked(const struct keel_shard *s, const struct keel_file_req *req)
+{
+	if (req->kind_ != K_CLOSE)
+		return false;
+	for (const struct keel_file_req *l = s->files.live; l; l = l->lnext_)
+		if (l->kind_ != K_OPEN && l->kind_ != K_STATX && l->fd_ == req->fd_ &&
+		    (l->sqe_flags_ & IOSQE_FIXED_FILE) == (req->sqe_flags_ & IOSQE_FIXED_FILE))
+			return true;
+	return false;
+}
+
+/* Put close @req aside until close_blocked() says no (held_release). */
+static void
+hold(struct keel_shard *s, struct keel_file_req *req)
+{
+	req->next_ = s->files.held;
+	s->files.held = req;
+	s->files.st.close_waits++;
+	s->files.st.closes_held++;
+}
+
+/* The held closes that no request in the ring blocks any more go to the head of the FIFO:
+ * they were made before anything waiting there. */
+static void
+held_release(struct keel_shard *s)
+{
+	struct keel_file_req **p = &s->files.held, *req;
+
+	while ((req = *p)) {
+		if (close_blocked(s, req)) {
+			p = &req->next_;
+			continue;
+		}
+		*p = req->next_;
+		s->files.st.closes_held--;
+		req->next_ = s->files.head;
+		s->files.head = req;
+		if (!s->files.tail)
+			s->files.tail = req;
+		s->files.st.waiting++;
+	}
 }
 
 /* Issue waiting requests while slots are free; once the runtime stops, cancel them. */
@@ -424,6 +478,10 @@ pump(struct keel_shard *s)
 		s->files.st.waiting--;
 		if (s->phase != PHASE_RUN) {
 			complete(s, req, req->kind_ == K_CLOSE ? close_now(s, req) : -ECANCELED);
+			continue;
+		}
+		if (close_blocked(s, req)) {
+			hold(s, req);
 			continue;
 		}
 		r = issue(s, req);
@@ -486,7 +544,15 @@ file_cb(struct keel_op *op, int res, uint32_t cqe_flags)
 	 * handle is cleared, so it is done here, as one still waiting would be (pump). */
 	if (req->kind_ == K_CLOSE && res == -ECANCELED)
 		res = close_now(s, req);
+	if (req->lprev_)
+		req->lprev_->lnext_ = req->lnext_;
+	else
+		s->files.live = req->lnext_;
+	if (req->lnext_)
+		req->lnext_->lprev_ = req->lprev_;
 	s->files.st.inflight--;
+	if (s->files.held)
+		held_release(s);
 	pump(s);
 	complete(s, req, res);
 }
@@ -513,6 +579,11 @@ submit(struct keel_shard *s, struct keel_file_req *req, void *arg)
 		st->waited++;
 		if (++st->waiting > st->waiting_max)
 			st->waiting_max = st->waiting;
+		return 0;
+	}
+	if (close_blocked(s, req)) {
+		st->submitted++;
+		hold(s, req);
 		return 0;
 	}
 	r = issue(s, req);

@@ -208,9 +208,12 @@ struct keel_shard {
 
 	struct keel__bufreg *bufreg; /* alloc: the shard's allocator and fixed buffers (bufreg.c) */
 
-	/* Disk requests (file.c): the FIFO of those waiting for a slot under --file-qd. */
+	/* Disk requests (file.c): the FIFO of those waiting for a slot under --file-qd, those
+	 * in the ring (live), and closes held until no request in the ring names their
+	 * descriptor (held). */
 	struct {
 		struct keel_file_req *head, *tail;
+		struct keel_file_req *live, *held;
 		struct keel_file_stats st;
 		uint64_t err_logged_ns;
 		char last_err[384];

@@ -1041,3 +1041,130 @@ Test(core_file, a_close_in_the_ring_at_stop_still_closes)
 		cr_assert_eq(fcntl(cs.fd[i], F_GETFD), -1, "descriptor %d is still open", cs.fd[i]);
 	}
 }
+
+/* ---- a close waits for the requests on its descriptor ---- */
+
+/* A close made while requests on its descriptor are in the ring waits for them: the kernel
+ * looks a plain descriptor up when it runs a request, and io-wq runs an fdatasync on its
+ * own threads, so a close issued beside it could run first (the sync then fails with EBADF,
+ * or syncs whatever file took the number). Here a read of an empty pipe and an fdatasync are
+ * in the ring when their files are closed: both closes are held (the stats say so at once,
+ * before any completion), the pipe's close completes only after the read that the test's
+ * write then lets complete, and every request gets its own file's result. */
+static struct {
+	int pipefd[2], tmpfd;
+	struct keel_file_req rd, sy, cl_pipe, cl_tmp;
+	struct keel_file pf, tf;
+	char buf[8];
+	int rd_res, sy_res, clp_res, clt_res;
+	int seq, rd_at, sy_at, clp_at, clt_at;
+	struct keel_file_stats st;
+} cw;
+
+static void
+cw_done(struct keel_file_req *req, int res, void *arg)
+{
+	int at = ++cw.seq;
+
+	if (req == &cw.rd) {
+		cw.rd_res = res;
+		cw.rd_at = at;
+	} else if (req == &cw.sy) {
+		cw.sy_res = res;
+		cw.sy_at = at;
+	} else if (req == &cw.cl_pipe) {
+		cw.clp_res = res;
+		cw.clp_at = at;
+	} else {
+		cw.clt_res = res;
+		cw.clt_at = at;
+	}
+	if (cw.seq == 4)
+		keel_stop(0);
+}
+
+static void
+cw_start(void *app)
+{
+	SHARD_CHECK_EQ(keel_file_from_fd(cw.pipefd[0], &cw.pf), 0);
+	SHARD_CHECK_EQ(keel_file_from_fd(cw.tmpfd, &cw.tf), 0);
+	SHARD_CHECK_EQ(keel_file_read(&cw.rd, &cw.pf, cw.buf, 4, (uint64_t)-1, cw_done, NULL), 0);
+	SHARD_CHECK_EQ(keel_file_fdatasync(&cw.sy, &cw.tf, cw_done, NULL), 0);
+	SHARD_CHECK_EQ(keel_file_close(&cw.cl_tmp, &cw.tf, cw_done, NULL), 0);
+	SHARD_CHECK_EQ(keel_file_close(&cw.cl_pipe, &cw.pf, cw_done, NULL), 0);
+	SHARD_CHECK_EQ(keel_file_stats(keel_this_shard(), &cw.st), 0);
+	/* The read completes once this is in the pipe (a loop pass later at the soonest). */
+	SHARD_CHECK_EQ(write(cw.pipefd[1], "ping", 4), 4);
+}
+
+Test(core_file, a_close_waits_for_the_requests_on_its_descriptor, .fini = rm_tmp)
+{
+	struct keel_opts o = test_opts(1);
+
+	cr_assert_eq(pipe(cw.pipefd), 0);
+	cw.tmpfd = make_tmp();
+	cr_assert_eq(keel_run(&o, cw_start, NULL), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(cw.st.inflight, 2, "in the ring after the closes: %u (the read and the sync)",
+		     cw.st.inflight);
+	cr_assert_eq(cw.st.closes_held, 2, "closes held: %u", cw.st.closes_held);
+	cr_assert_eq(cw.st.close_waits, 2);
+	cr_assert_eq(cw.rd_res, 4, "the read: %d", cw.rd_res);
+	cr_assert_eq(memcmp(cw.buf, "ping", 4), 0);
+	cr_assert_eq(cw.sy_res, 0, "the fdatasync: %d", cw.sy_res);
+	cr_assert_eq(cw.clp_res, 0, "the pipe's close: %d", cw.clp_res);
+	cr_assert_eq(cw.clt_res, 0, "the file's close: %d", cw.clt_res);
+	cr_assert_lt(cw.rd_at, cw.clp_at, "the pipe was closed before its read completed");
+	cr_assert_lt(cw.sy_at, cw.clt_at, "the file was closed before its fdatasync completed");
+	errno = 0;
+	cr_assert_eq(fcntl(cw.pipefd[0], F_GETFD), -1);
+	cr_assert_eq(fcntl(cw.tmpfd, F_GETFD), -1);
+	close(cw.pipefd[1]);
+}
+
+/* A close held behind a read of its descriptor when the shard stops: the stop cancels the
+ * read, and the close is then made on the spot (its handle is cleared), not left undone. */
+static struct {
+	int pipefd[2];
+	struct keel_file_req rd, cl;
+	struct keel_file f;
+	char buf[4];
+	int rd_res, cl_res, cl_runs;
+} hs;
+
+static void
+hs_read(struct keel_file_req *req, int res, void *arg)
+{
+	hs.rd_res = res;
+}
+
+static void
+hs_closed(struct keel_file_req *req, int res, void *arg)
+{
+	hs.cl_res = res;
+	hs.cl_runs++;
+}
+
+static void
+hs_start(void *app)
+{
+	SHARD_CHECK_EQ(keel_file_from_fd(hs.pipefd[0], &hs.f), 0);
+	SHARD_CHECK_EQ(keel_file_read(&hs.rd, &hs.f, hs.buf, 4, (uint64_t)-1, hs_read, NULL), 0);
+	SHARD_CHECK_EQ(keel_file_close(&hs.cl, &hs.f, hs_closed, NULL), 0);
+	keel_stop(0);
+}
+
+Test(core_file, a_held_close_at_stop_still_closes)
+{
+	struct keel_opts o = test_opts(1);
+
+	cr_assert_eq(pipe(hs.pipefd), 0);
+	cr_assert_eq(keel_run(&o, hs_start, NULL), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(hs.rd_res, -ECANCELED);
+	cr_assert_eq(hs.cl_runs, 1);
+	cr_assert_eq(hs.cl_res, 0, "the close reported %d", hs.cl_res);
+	errno = 0;
+	cr_assert_eq(fcntl(hs.pipefd[0], F_GETFD), -1, "the pipe is still open after the stop");
+	close(hs.pipefd[1]);
+}

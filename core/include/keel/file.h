@@ -78,6 +78,7 @@ typedef void (*keel_file_fn)(struct keel_file_req *req, int res, void *arg);
 struct keel_file_req {
 	struct keel_op op_; /* private: the ring operation (first: the loop calls op_.fn) */
 	struct keel_file_req *next_;
+	struct keel_file_req *lprev_, *lnext_; /* the shard's requests in the ring */
 	keel_file_fn cb_;
 	void *arg_;
 	uint8_t kind_, stage_;
@@ -211,9 +212,12 @@ KEEL_API int keel_file_statx(struct keel_file_req *req, int dirfd, const char *p
 			     unsigned mask, struct statx *out, keel_file_fn cb, void *arg);
 
 /**
- * Close @f (a direct descriptor leaves the ring's table). f->fd is -1 when this returns 0;
- * requests on @f still in flight or waiting keep their own copy and complete (-EBADF, or
- * with their result when the kernel had the file already).
+ * Close @f (a direct descriptor leaves the ring's table). f->fd is -1 when this returns 0.
+ * The close waits until no request of this shard made before it on the same descriptor is
+ * in flight or waiting (keel_file_stats().close_waits counts those that waited): they
+ * complete on @f's file, never on another that took the number. A plain descriptor is then
+ * closed by one of the ring's io-wq workers, so that a slow release (the last close of an
+ * unlinked file frees its blocks) does not block the shard.
  * Returns: as keel_file_fsync(). Context: a shard.
  */
 KEEL_API int keel_file_close(struct keel_file_req *req, struct keel_file *f, keel_file_fn cb,
@@ -238,11 +242,13 @@ struct keel_file_stats {
 	uint64_t errors;       /* callbacks run with res < 0 (cancellations included) */
 	uint64_t cancelled;    /* callbacks run with -ECANCELED (waiting ones at stop too) */
 	uint64_t refused;      /* calls that returned -errno */
+	uint64_t close_waits;  /* closes that waited for requests on their descriptor */
 	uint32_t inflight;     /* in the ring now */
 	uint32_t waiting;      /* in the FIFO now */
 	uint32_t inflight_max; /* most in the ring at once: never above qd */
 	uint32_t waiting_max;  /* longest the FIFO has been */
 	uint32_t qd;           /* the limit (--file-qd) */
+	uint32_t closes_held;  /* closes waiting now for requests on their descriptor */
 };
 
 /**
