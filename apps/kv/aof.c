@@ -1208,7 +1208,7 @@ on_tick(struct keel_timer *t, void *arg)
 	if (a->rw_renamed && !a->rw_dir_busy) /* a failed directory sync, again */
 		rw_dir_sync(a);
 	rebuild(a);         /* a lost file whose rebuild could not start or failed, again */
-	if (a->rw_parked) { /* held by the test gate: look again */
+	if (a->rw_parked) { /* held (the test gate, a step of expired keys): look again */
 		a->rw_parked = false;
 		rw_step(a);
 	}
@@ -1580,6 +1580,13 @@ rw_step(struct aof *a)
 			if (a->rw_piece.oom) {
 				r = -ENOMEM;
 				goto out;
+			}
+			if (!a->rw_piece.len && !a->rw_it.done) {
+				/* Buckets of expired keys only: the next step on a later pass
+				 * (kick_), as for the test gate, or the tick's. */
+				a->rw_parked = true;
+				queue_flush(a);
+				return 0;
 			}
 		}
 		if (a->rw_done < a->rw_piece.len) {

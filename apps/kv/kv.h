@@ -185,8 +185,11 @@ struct kv_snap {
 	bool done;
 };
 void kv_db_snap_begin(struct kv_db *db, struct kv_snap *it);
-/* Append the records of the next residues to @out until it holds at least @want bytes or
- * the pass is over (it->done); expired keys are left out. Watch out->oom. */
+/* Append the records of the next residues to @out until it holds at least @want bytes, the
+ * step has looked at KV_SNAP_STEP_BUCKETS buckets (a table of expired keys not yet swept
+ * gives no bytes), or the pass is over (it->done); expired keys are left out. Watch
+ * out->oom. */
+#define KV_SNAP_STEP_BUCKETS 65536
 void kv_db_snap_step(struct kv_db *db, struct kv_snap *it, struct rbuf *out, size_t want);
 
 /* The append-only files (aof.c, docs/kv.md "Persistence"). */

@@ -729,15 +729,15 @@ void
 kv_db_snap_step(struct kv_db *db, struct kv_snap *it, struct rbuf *out, size_t want)
 {
 	int64_t now = kv_now_ms();
-	size_t stride = it->mask + 1;
+	size_t stride = it->mask + 1, looked = 0;
 
 	/* Masks only grow, so every array's size is a multiple of stride: the keys of residue
 	 * r are in its buckets r, r + stride, ... (the old array's moved buckets are empty). */
-	while (!it->done && out->len < want && !out->oom) {
-		for (size_t j = it->next; j <= db->mask; j += stride)
+	while (!it->done && out->len < want && !out->oom && looked < KV_SNAP_STEP_BUCKETS) {
+		for (size_t j = it->next; j <= db->mask; j += stride, looked++)
 			snap_chain(db->b[j], now, out);
 		if (db->ob)
-			for (size_t j = it->next; j <= db->omask; j += stride)
+			for (size_t j = it->next; j <= db->omask; j += stride, looked++)
 				snap_chain(db->ob[j], now, out);
 		it->done = it->next++ == it->mask;
 	}

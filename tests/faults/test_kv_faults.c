@@ -1361,6 +1361,73 @@ Test(faults_kv, aof_rewrite_writes_the_table_as_each_piece_is_made)
 	rm_dir(dir);
 }
 
+/* @n SETs of keys "x<i>" that expire 1 ms later, in pipelined batches of 1,000, then a wait
+ * until they have expired. */
+static void
+expiring_sets(int port, int n)
+{
+	static char req[1000 * 32], rep[8192];
+	int fd = test_connect(port);
+
+	for (int b = 0; b < n; b += 1000) {
+		size_t ql = 0, got = 0;
+		int m = n - b < 1000 ? n - b : 1000;
+
+		for (int i = b; i < b + m; i++)
+			ql += (size_t)sprintf(req + ql, "SET x%d v PX 1\r\n", i);
+		test_send_all(fd, req, ql);
+		while (got < (size_t)m * 5) { /* +OK\r\n each */
+			ssize_t r = recv(fd, rep, sizeof(rep), 0);
+
+			cr_assert_gt(r, 0, "recv: %s", r ? strerror(errno) : "EOF");
+			for (ssize_t j = 0; j < r; j++)
+				cr_assert(rep[j] == "+OK\r\n"[(got + (size_t)j) % 5], "reply: %.*s",
+					  (int)r, rep);
+			got += (size_t)r;
+		}
+	}
+	close(fd);
+	usleep(20000);
+}
+
+/* A rewrite whose pieces find only expired keys (not yet swept): a step looks at 65,536
+ * buckets at most and gives no bytes, and the next step comes on a later pass. 150,000 of
+ * them and two live keys (262,144 buckets: four steps, two at least empty), one of them set
+ * while the rewrite is held before its first step, with 200 expiring SETs: a tail in the old
+ * file to copy after the snapshot. The rewrite ends, and after a SIGKILL the two live keys
+ * are there, alone. */
+Test(faults_kv, aof_rewrite_over_expired_keys_ends)
+{
+	char dir[] = "/tmp/keel-kv-aof-rwexp-XXXXXX", gate[64], line[64];
+	struct proc p;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	gated_start(&p, "everysec", dir, gate, sizeof(gate), NULL, NULL);
+	expiring_sets(p.port, 150000);
+	kv_command(p.port, "SET live v", line, sizeof(line));
+	cr_assert_str_eq(line, "+OK\r\n");
+	bgrewrite_started(p.port);
+	kv_command(p.port, "SET during w", line, sizeof(line));
+	cr_assert_str_eq(line, "+OK\r\n");
+	expiring_sets(p.port, 200);
+	unlink(gate);
+	for (uint64_t dl = test_deadline(TEST_WAIT_MS);
+	     persistence_field(p.port, "aof_rewrites:") < 1;) {
+		cr_assert(!test_expired(dl), "the rewrite did not complete once released");
+		test_pause();
+	}
+	kill9(&p);
+	aof_restart(&p, "1", dir);
+	kv_command(p.port, "GET live", line, sizeof(line));
+	cr_assert_str_eq(line, "$1\r\n", "the live key is gone after the rewrite");
+	kv_command(p.port, "GET during", line, sizeof(line));
+	cr_assert_str_eq(line, "$1\r\n", "the key set during the rewrite is gone");
+	kv_command(p.port, "DBSIZE", line, sizeof(line));
+	cr_assert_str_eq(line, ":2\r\n");
+	proc_stop(&p);
+	rm_dir(dir);
+}
+
 /* FLUSHALL while a BGREWRITEAOF runs (held): the table the rewrite was writing is gone, so
  * the rewrite ends (a line says why) and the file in use is emptied; a SET after it is in
  * it, and after a SIGKILL and a restart the flushed keys are gone and the later one there. */

@@ -7,6 +7,7 @@
 #include <ctype.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <criterion/criterion.h>
 
@@ -327,6 +328,61 @@ Test(kv_store, snapshot_pass_writes_each_key_once_while_the_table_doubles)
 		cr_assert_leq(t.seen_new[j], 1, "new:%u written %u times", j, t.seen_new[j]);
 	cr_log_info("%u old keys, %u steps (%u while doubling), %u doublings, %u new keys", t.nold,
 		    t.steps, t.moving_steps, t.doublings, t.nnew);
+}
+
+/* A step of the pass looks at KV_SNAP_STEP_BUCKETS buckets at most: a table of keys that
+ * have expired and not yet been swept gives no bytes, and a step made to fill a piece would
+ * otherwise walk all of it in one go (the shard answering nothing meanwhile). */
+static struct {
+	struct kv_stats st;
+	unsigned steps;
+	bool first_done;
+	size_t first_len, len, buckets;
+} ex;
+
+static void
+expired_start(void *app)
+{
+	struct rbuf out = { 0 };
+	struct kv_snap it;
+	char k[32];
+
+	if (!SHARD_CHECK_EQ(kv_db_init(&db, &ex.st), 0)) {
+		keel_stop(-EIO);
+		return;
+	}
+	for (unsigned i = 0; i < 100000; i++) {
+		snprintf(k, sizeof(k), "e:%u", i);
+		run(&out, 5, (const char *[]){ "SET", k, "v", "PX", "1" });
+	}
+	kv_db_finish_grow(&db);
+	ex.buckets = db.mask + 1;
+	usleep(5000); /* every key expired (none swept: no timer runs here) */
+	kv_db_snap_begin(&db, &it);
+	out.len = 0;
+	kv_db_snap_step(&db, &it, &out, 1 << 20);
+	ex.first_done = it.done;
+	ex.first_len = out.len;
+	for (ex.steps = 1; !it.done && ex.steps < 1000; ex.steps++)
+		kv_db_snap_step(&db, &it, &out, 1 << 20);
+	ex.len = out.len;
+	rb_free(&out);
+	kv_db_fini(&db);
+	keel_stop(0);
+}
+
+Test(kv_store, snapshot_step_is_bounded_over_expired_keys)
+{
+	struct keel_opts o = test_opts(1);
+
+	memset(&ex, 0, sizeof(ex));
+	cr_assert_eq(keel_run(&o, expired_start, NULL), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_geq(ex.buckets, 2 * KV_SNAP_STEP_BUCKETS, "%zu buckets", ex.buckets);
+	cr_assert(!ex.first_done, "one step walked all %zu buckets", ex.buckets);
+	cr_assert_eq(ex.first_len, 0);
+	cr_assert_eq(ex.steps, ex.buckets / KV_SNAP_STEP_BUCKETS, "%u steps", ex.steps);
+	cr_assert_eq(ex.len, 0, "expired keys written: %zu bytes", ex.len);
 }
 
 /* A bulk reply of @n bytes @c into @b. */
