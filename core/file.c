@@ -412,19 +412,25 @@ issue(struct keel_shard *s, struct keel_file_req *req)
 	return 0;
 }
 
-/* Whether close @req must wait: a request in the ring names its descriptor. The kernel
- * looks a plain descriptor up when it runs a request, and io-wq runs the ones it is handed
- * at once (fsync, fallocate) on its own threads, so a close issued beside them could run
- * first: they would fail with EBADF, or act on whatever file took the number meanwhile. */
+/* Whether close @req must wait: a request in the ring names its descriptor (an open's or
+ * a statx's directory descriptor included). The kernel looks a plain descriptor up when it
+ * runs a request, and io-wq runs the ones it is handed at once (fsync, fallocate, openat,
+ * statx) on its own threads, so a close issued beside them could run first: they would
+ * fail with EBADF, or act on whatever file took the number meanwhile. */
 static bool
 close_blocked(const struct keel_shard *s, const struct keel_file_req *req)
 {
+	bool fixed = req->sqe_flags_ & IOSQE_FIXED_FILE;
+
 	if (req->kind_ != K_CLOSE)
 		return false;
-	for (const struct keel_file_req *l = s->files.live; l; l = l->lnext_)
-		if (l->kind_ != K_OPEN && l->kind_ != K_STATX && l->fd_ == req->fd_ &&
-		    (l->sqe_flags_ & IOSQE_FIXED_FILE) == (req->sqe_flags_ & IOSQE_FIXED_FILE))
+	for (const struct keel_file_req *l = s->files.live; l; l = l->lnext_) {
+		bool by_dir = l->kind_ == K_OPEN || l->kind_ == K_STATX;
+
+		if (by_dir ? !fixed && l->dirfd_ == req->fd_
+			   : l->fd_ == req->fd_ && fixed == !!(l->sqe_flags_ & IOSQE_FIXED_FILE))
 			return true;
+	}
 	return false;
 }
 

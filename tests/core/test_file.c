@@ -1168,3 +1168,55 @@ Test(core_file, a_held_close_at_stop_still_closes)
 	cr_assert_eq(fcntl(hs.pipefd[0], F_GETFD), -1, "the pipe is still open after the stop");
 	close(hs.pipefd[1]);
 }
+
+/* The same for a statx through a descriptor (AT_EMPTY_PATH: io-wq looks @dirfd up when it
+ * runs): the close is held until the statx has completed, which then describes the file. */
+static struct {
+	int fd;
+	struct keel_file_req sx, cl;
+	struct keel_file f;
+	struct statx stx;
+	int sx_res, cl_res, seq, sx_at, cl_at;
+	struct keel_file_stats st;
+} sd;
+
+static void
+sd_done(struct keel_file_req *req, int res, void *arg)
+{
+	int at = ++sd.seq;
+
+	if (req == &sd.sx) {
+		sd.sx_res = res;
+		sd.sx_at = at;
+	} else {
+		sd.cl_res = res;
+		sd.cl_at = at;
+		keel_stop(0);
+	}
+}
+
+static void
+sd_start(void *app)
+{
+	SHARD_CHECK_EQ(keel_file_from_fd(sd.fd, &sd.f), 0);
+	SHARD_CHECK_EQ(keel_file_statx(&sd.sx, sd.fd, "", AT_EMPTY_PATH, STATX_SIZE, &sd.stx,
+				       sd_done, NULL),
+		       0);
+	SHARD_CHECK_EQ(keel_file_close(&sd.cl, &sd.f, sd_done, NULL), 0);
+	SHARD_CHECK_EQ(keel_file_stats(keel_this_shard(), &sd.st), 0);
+}
+
+Test(core_file, a_close_waits_for_a_statx_through_its_descriptor, .fini = rm_tmp)
+{
+	struct keel_opts o = test_opts(1);
+
+	sd.fd = make_tmp();
+	cr_assert_eq(write(sd.fd, "12345", 5), 5);
+	cr_assert_eq(keel_run(&o, sd_start, NULL), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(sd.st.closes_held, 1, "closes held: %u", sd.st.closes_held);
+	cr_assert_eq(sd.sx_res, 0, "the statx: %d", sd.sx_res);
+	cr_assert_eq(sd.stx.stx_size, 5);
+	cr_assert_eq(sd.cl_res, 0);
+	cr_assert_lt(sd.sx_at, sd.cl_at);
+}
