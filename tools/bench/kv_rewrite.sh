@@ -7,18 +7,21 @@
 # (redis-server, which forks for its rewrite). Several compare builds, or keel-kv and Redis.
 #
 # Each run, for each server in turn (the order alternates between runs): the server alone on
-# CPU 0, one shard, --appendonly yes --appendfsync everysec in a fresh directory; N keys
-# (default 2,000,000) of 200 B loaded with redis-benchmark; then redis-benchmark SETs them
-# again (-P 16, on CPU 1) while BGREWRITEAOF runs, and a loop of redis-cli PINGs (a new
+# CPU 0, one shard, --appendonly yes --appendfsync everysec in a fresh directory; N SETs
+# (default 2,000,000) of 200 B over N random key names from redis-benchmark (-r N: about
+# 63 % of the names come up, so 1.26 M keys for 2 M; "keys" gives DBSIZE); then
+# redis-benchmark SETs them again (-P 16, on CPU 1) while BGREWRITEAOF runs, and a loop of redis-cli PINGs (a new
 # process each, one after another) times the longest round trip until INFO says the rewrite
 # is over. A PING through a new redis-cli takes about 20 ms on a 2-vCPU VM with nothing
 # else going on: that is the floor of "ping_max_ms".
 #
-# One line per server and run: reply_ms (BGREWRITEAOF's own reply), rewrite_s, ping_max_ms,
+# One line per server and run: keys, reply_ms (BGREWRITEAOF's own reply), rewrite_s, ping_max_ms,
 # mem_mib (the peak growth of the server's memory, its forked children's included: Pss, so
 # that pages a fork shares count once and pages copied on write twice), stalls_ms
 # (keel-kv: the loop passes over --stall-ms it logged meanwhile; at most one line a second
-# is logged), then the medians. Default 3 runs.
+# is logged), then the medians. Default 3 runs. A rewrite that fails stops the script (1).
+# Exit 77 when redis-benchmark, redis-cli or redis-server (when named) is missing, or CPUs 0
+# and 1 cannot both be used.
 set -euo pipefail
 keys=2000000 runs=3 port=7411 servers=()
 while [ $# -gt 0 ]; do
@@ -37,6 +40,8 @@ for p in redis-benchmark:redis-tools redis-cli:redis-tools; do
 	command -v "${p%%:*}" >/dev/null ||
 		{ echo "kv_rewrite.sh: ${p%%:*} is not installed (apt install ${p#*:})" >&2; exit 77; }
 done
+taskset -c 0 true 2>/dev/null && taskset -c 1 true 2>/dev/null ||
+	{ echo "kv_rewrite.sh: needs CPUs 0 and 1 (server, load)" >&2; exit 77; }
 for s in "${servers[@]}"; do
 	if [ "$s" = redis ]; then
 		command -v redis-server >/dev/null ||
@@ -61,10 +66,15 @@ mem_tree() {
 
 results=$(mktemp /tmp/kv-rewrite.XXXXXX)
 pid="" bp=""
-# Whatever way the script ends, its server and load go with it.
+# Whatever way the script ends, its server and load go with it (one() runs in this shell).
 trap 'kill $bp $pid 2>/dev/null || true; rm -f "$results"' EXIT
-one() { # server -> one result line
-	local s=$1 dir l0 l1 t0 tb t1 a b worst=0 rss0 peak n=0 stalls=""
+trap 'exit 130' INT TERM
+field() { # INFO persistence field
+	redis-cli -p "$port" info persistence | tr -d '\r' | sed -n "s/^$1://p"
+}
+
+one() { # server -> one result line, appended to $results
+	local s=$1 dir l0 l1 t0 tb t1 a b worst=0 rss0 peak n=0 stalls="" keys0 rw0
 	dir=$(mktemp -d /tmp/kv-rewrite-dir.XXXXXX)
 	if [ "$s" = redis ]; then
 		taskset -c 0 redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly yes \
@@ -80,6 +90,8 @@ one() { # server -> one result line
 		{ echo "kv_rewrite.sh: $s did not answer on port $port:" >&2; cat "$dir.log" >&2; exit 1; }
 	taskset -c 1 redis-benchmark -p "$port" -t set -n "$keys" -r "$keys" -d 200 -P 32 -q \
 		>/dev/null 2>&1
+	keys0=$(redis-cli -p "$port" dbsize)
+	rw0=$(field aof_rewrites)
 	rss0=$(mem_tree $pid) peak=$rss0
 	taskset -c 1 redis-benchmark -p "$port" -t set -n 1000000000 -r "$keys" -d 200 -P 16 -q \
 		>/dev/null 2>&1 &
@@ -106,6 +118,16 @@ one() { # server -> one result line
 	done
 	t1=$(date +%s%N)
 	l1=$(wc -l <"$dir.log")
+	# A rewrite that failed is no figure: keel-kv counts the ones done, Redis says so.
+	if [ "$s" = redis ]; then
+		a=$(field aof_last_bgrewrite_status)
+		[ "$a" = ok ] || a="aof_last_bgrewrite_status $a"
+	else
+		a=ok
+		[ "$(field aof_rewrites)" -gt "$rw0" ] || a="aof_rewrites still $rw0"
+	fi
+	[ "$a" = ok ] ||
+		{ echo "kv_rewrite.sh: $s: the rewrite failed ($a):" >&2; cat "$dir.log" >&2; exit 1; }
 	stalls=$(sed -n "$((l0 + 1)),${l1}p" "$dir.log" |
 		sed -n 's/.*loop pass took \([0-9.]*\) ms.*/\1/p' | paste -sd, -)
 	kill $bp 2>/dev/null || true
@@ -114,9 +136,10 @@ one() { # server -> one result line
 	wait $pid 2>/dev/null || true
 	pid="" bp=""
 	rm -rf "$dir" "$dir.log"
-	printf '%s reply_ms=%d rewrite_s=%.2f ping_max_ms=%d mem_mib=%d stalls_ms=%s\n' "$s" \
+	printf '%s keys=%d reply_ms=%d rewrite_s=%.2f ping_max_ms=%d mem_mib=%d stalls_ms=%s\n' "$s" "$keys0" \
 		$(((tb - t0) / 1000000)) "$(echo "($t1 - $t0) / 1000000000" | bc -l)" \
-		$((worst / 1000000)) $(((peak - rss0) / 1024)) "${stalls:-none}"
+		$((worst / 1000000)) $(((peak - rss0) / 1024)) "${stalls:-none}" >>"$results"
+	tail -n 1 "$results"
 }
 
 for run in $(seq "$runs"); do
@@ -125,12 +148,12 @@ for run in $(seq "$runs"); do
 		order=()
 		for ((i = ${#servers[@]} - 1; i >= 0; i--)); do order+=("${servers[$i]}"); done
 	fi
-	for s in "${order[@]}"; do one "$s" | tee -a "$results"; done
+	for s in "${order[@]}"; do one "$s"; done
 done
-echo "medians of $runs runs ($keys keys of 200 B, SET load -P 16 during the rewrite):"
+echo "medians of $runs runs ($keys SETs of 200 B over $keys names, SET load -P 16 during the rewrite):"
 for s in "${servers[@]}"; do
 	printf '  %s' "$s"
-	for f in reply_ms rewrite_s ping_max_ms mem_mib; do
+	for f in keys reply_ms rewrite_s ping_max_ms mem_mib; do
 		printf ' %s=%s' $f "$(grep "^$s " "$results" | sed -n "s/.* $f=\([0-9.]*\).*/\1/p" |
 			sort -g | awk '{v[NR] = $1} END {print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}')"
 	done

@@ -13,8 +13,8 @@ timeout 120 bash "$script" --keys 20000 --runs 1 --port $((20000 + $$ % 20000)) 
 rc=$?
 [ $rc = 77 ] && { cat "$out"; exit 77; }
 [ $rc = 0 ] || { echo "FAIL: kv_rewrite.sh exited with $rc"; cat "$out"; exit 1; }
-grep -Eq "^$kv reply_ms=[0-9]+ rewrite_s=[0-9.]+ ping_max_ms=[0-9]+ mem_mib=-?[0-9]+ stalls_ms=" "$out" ||
+grep -Eq "^$kv keys=[0-9]+ reply_ms=[0-9]+ rewrite_s=[0-9.]+ ping_max_ms=[0-9]+ mem_mib=-?[0-9]+ stalls_ms=" "$out" ||
 	{ echo "FAIL: no result line"; cat "$out"; exit 1; }
-grep -Eq "^  $kv reply_ms=[0-9.]+ rewrite_s=[0-9.]+ ping_max_ms=[0-9.]+ mem_mib=-?[0-9.]+$" "$out" ||
+grep -Eq "^  $kv keys=[0-9.]+ reply_ms=[0-9.]+ rewrite_s=[0-9.]+ ping_max_ms=[0-9.]+ mem_mib=-?[0-9.]+$" "$out" ||
 	{ echo "FAIL: no medians line"; cat "$out"; exit 1; }
 echo PASS
