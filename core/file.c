@@ -14,7 +14,9 @@
  * IORING_ASYNC_CANCEL_ANY (their callbacks run with -ECANCELED, or with their result when the
  * kernel finished first); requests still waiting in the FIFO are never issued: the first
  * completion after the stop began runs their callbacks with -ECANCELED (a FIFO is never
- * non-empty without a request in the ring, so that completion comes). New requests are
+ * non-empty without a request in the ring, so that completion comes). A close is the
+ * exception: its handle is cleared already, so one cancelled, still waiting or held is made
+ * on the spot (close_now) and reports that. New requests are
  * refused with -ESHUTDOWN. The loop's quiescence waits for every request in the ring, so no
  * callback runs after the runtime stopped.
  */
@@ -381,7 +383,7 @@ issue(struct keel_shard *s, struct keel_file_req *req)
 		} else {
 			/* In io-wq, off the shard's thread: the last close of a file runs its
 			 * release, which can take long (a deleted file's blocks are freed then:
-			 * 140 ms for 500 MB on ext4; a network file system flushes). */
+			 * over 100 ms for 500 MB on ext4; a network file system flushes). */
 			io_uring_prep_close(sqe, req->fd_);
 			sqe->flags |= IOSQE_ASYNC;
 		}
@@ -546,8 +548,9 @@ file_cb(struct keel_op *op, int res, uint32_t cqe_flags)
 				req->file_->flags |= KEEL_FILE_F_FIXED;
 		}
 	}
-	/* A close that stop cancelled before an io-wq worker ran it (issue: IOSQE_ASYNC): its
-	 * handle is cleared, so it is done here, as one still waiting would be (pump). */
+	/* A close that io-wq cancelled before a worker ran it (issue: IOSQE_ASYNC; the stop's
+	 * cancel, or no worker could be made): its handle is cleared, so it is done here, as
+	 * one still waiting would be (pump). */
 	if (req->kind_ == K_CLOSE && res == -ECANCELED)
 		res = close_now(s, req);
 	if (req->lprev_)

@@ -12,11 +12,12 @@
  * the replies of the commands in that batch wait for it (kv_aof_after_sync); everysec: an
  * fdatasync each second when something was written; no: never.
  *
- * BGREWRITEAOF writes a snapshot of the table to a new file while batches go on to the old
- * one; then it copies the old file's records written after the snapshot (its tail) to the
- * new file, and once the copy has caught up it holds the batches (gathered in memory) for
- * the new file's sync, rename and directory sync, and switches (rw_step). So the records
- * of a long rewrite are on the disk as --appendfsync says, and in memory only briefly.
+ * BGREWRITEAOF writes a snapshot of the table to a new file, a piece at a time, while
+ * batches go on to the old one; then it copies the old file's records written since the
+ * rewrite began (its tail) to the new file, and once the copy has caught up it holds the
+ * batches (gathered in memory) for the new file's sync, rename and directory sync, and
+ * switches (rw_step). So the records of a long rewrite are on the disk as --appendfsync
+ * says, and in memory only briefly.
  *
  * Start: the main thread reads every appendonly-N.aof (any N: the shard count may have
  * changed) and cuts a torn tail with ftruncate, logged; a bad record with more after it
@@ -1014,8 +1015,9 @@ on_written(struct keel_file_req *req, int res, void *arg)
 
 /* A close through the ring, which io-wq runs off the shard's thread (keel_file_close): the
  * last descriptor of a file that a rename replaced or an unlink removed frees its blocks as
- * it closes, and the shard stalled on it for 140 ms after rewriting a file of 500 MB (ext4,
- * measured). A plain close when the ring refuses (stopping) or there is no memory. */
+ * it closes, and the shard stalled on it for over 100 ms after rewriting a file of 500 MB
+ * (ext4, measured). A plain close once the shard stops (the ring refuses requests then) or
+ * when there is no memory. */
 struct closer {
 	struct keel_file_req req;
 	struct keel_file f;
@@ -1028,13 +1030,13 @@ closer_done(struct keel_file_req *req, int res, void *arg)
 }
 
 static void
-close_off_shard(int fd)
+close_off_shard(struct aof *a, int fd)
 {
 	struct closer *c;
 
 	if (fd < 0)
 		return;
-	c = malloc(sizeof(*c));
+	c = a->stopping ? NULL : malloc(sizeof(*c));
 	if (c && keel_file_from_fd(fd, &c->f) == 0 &&
 	    keel_file_close(&c->req, &c->f, closer_done, c) == 0)
 		return;
@@ -1051,7 +1053,7 @@ rw_clear(struct aof *a)
 	a->rw_parked = a->rw_abandon = a->rw_old_batch = false;
 	a->rw_gap = a->rw_synced_to = 0;
 	a->rw_read = 0;
-	close_off_shard(a->rw_old_fd);
+	close_off_shard(a, a->rw_old_fd);
 	a->rw_old_fd = -1;
 	free(a->rw_buf);
 	a->rw_buf = NULL;
@@ -1065,8 +1067,8 @@ rw_switch(struct aof *a)
 	if (a->bg_sync && a->bg_sync_file == a->rewrites && a->bg_close_fd < 0)
 		a->bg_close_fd = a->fd; /* the background sync's file: closed when it ends */
 	else
-		close_off_shard(a->fd);
-	close_off_shard(a->chk_fd);
+		close_off_shard(a, a->fd);
+	close_off_shard(a, a->chk_fd);
 	a->chk_fd = a->rw_chk_fd;
 	a->rw_chk_fd = -1;
 	a->fd = a->rw_fd;
@@ -1188,7 +1190,7 @@ on_bg_synced(struct keel_file_req *req, int res, void *arg)
 	struct aof *a = arg;
 
 	a->bg_sync = false;
-	close_off_shard(a->bg_close_fd);
+	close_off_shard(a, a->bg_close_fd);
 	a->bg_close_fd = -1;
 	/* A sync of a file a rewrite has replaced since (closed by rw_switch, maybe before
 	 * the sync was submitted) says nothing about the file in use, which holds it all. */
@@ -1332,8 +1334,8 @@ rw_fail(struct aof *a, int err)
 		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: BGREWRITEAOF failed: %s", a->id,
 			 strerror(-err));
 	rb_free(&a->rw_piece);
-	close_off_shard(a->rw_fd);
-	close_off_shard(a->rw_chk_fd);
+	close_off_shard(a, a->rw_fd);
+	close_off_shard(a, a->rw_chk_fd);
 	a->rw_fd = a->rw_chk_fd = -1;
 	path_of(tmp, sizeof(tmp), a->id, ".rewrite");
 	unlink(tmp);

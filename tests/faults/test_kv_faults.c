@@ -1315,7 +1315,8 @@ Test(faults_kv, aof_rewrite_checks_the_old_file_it_copied_before_the_switch)
  * for 4 M keys) and holding a second copy of the data. Held before its first piece, the
  * rewrite then writes the table as it is when each piece is made: a key changed or deleted
  * meanwhile is not in the new file in its first state at all (the copy made at the start
- * had it), and 6,000 more keys double the table under the pass. After a SIGKILL and a
+ * had it), and 6,000 more keys double the table after the pass began and before its first
+ * step (kv_store's test doubles it between steps). After a SIGKILL and a
  * restart every key is there, the 2,000 that no write touched during the rewrite included
  * (their one record is in the snapshot). */
 Test(faults_kv, aof_rewrite_writes_the_table_as_each_piece_is_made)
