@@ -414,57 +414,87 @@ issue(struct keel_shard *s, struct keel_file_req *req)
 	return 0;
 }
 
-/* Whether close @req must wait: a request in the ring names its descriptor (an open's or
- * a statx's directory descriptor included). The kernel looks a plain descriptor up when it
- * runs a request, and io-wq runs the ones it is handed at once (fsync, fallocate, openat,
- * statx) on its own threads, so a close issued beside them could run first: they would
- * fail with EBADF, or act on whatever file took the number meanwhile. */
+/* Whether request @l names descriptor @fd (@fixed: a direct descriptor): its file, or the
+ * directory an open or a statx resolves its path in. */
 static bool
-close_blocked(const struct keel_shard *s, const struct keel_file_req *req)
+names_fd(const struct keel_file_req *l, int fd, bool fixed)
 {
-	bool fixed = req->sqe_flags_ & IOSQE_FIXED_FILE;
-
-	if (req->kind_ != K_CLOSE)
-		return false;
-	for (const struct keel_file_req *l = s->files.live; l; l = l->lnext_) {
-		bool by_dir = l->kind_ == K_OPEN || l->kind_ == K_STATX;
-
-		if (by_dir ? !fixed && l->dirfd_ == req->fd_
-			   : l->fd_ == req->fd_ && fixed == !!(l->sqe_flags_ & IOSQE_FIXED_FILE))
-			return true;
-	}
-	return false;
+	if (l->kind_ == K_OPEN || l->kind_ == K_STATX)
+		return !fixed && l->dirfd_ == fd;
+	return l->fd_ == fd && fixed == !!(l->sqe_flags_ & IOSQE_FIXED_FILE);
 }
 
-/* Put close @req aside until close_blocked() says no (held_release). */
+/* What close @req must do now: CLOSE_GO; CLOSE_HELD, wait, because a request in the ring
+ * names its descriptor; -EBADF, another close of it is in the ring or held: this one would
+ * run after it, when the number may be another file's. The kernel looks a plain descriptor
+ * up when it runs a request, and io-wq runs some on its own threads from the start (fsync,
+ * fallocate, statx, an open that cannot be done inline), so a close issued beside them could
+ * run first: they would fail with EBADF, or act on whatever file took the number meanwhile.
+ * Walks the requests in the ring (at most --file-qd) and the held closes. */
+enum { CLOSE_GO = 0, CLOSE_HELD = 1 };
+
+static int
+close_check(const struct keel_shard *s, const struct keel_file_req *req)
+{
+	bool fixed = req->sqe_flags_ & IOSQE_FIXED_FILE;
+	int r = CLOSE_GO;
+
+	if (req->kind_ != K_CLOSE)
+		return CLOSE_GO;
+	for (const struct keel_file_req *h = s->files.held; h; h = h->next_)
+		if (h != req && names_fd(h, req->fd_, fixed))
+			return -EBADF;
+	for (const struct keel_file_req *l = s->files.live; l; l = l->lnext_) {
+		if (!names_fd(l, req->fd_, fixed))
+			continue;
+		if (l->kind_ == K_CLOSE)
+			return -EBADF;
+		r = CLOSE_HELD;
+	}
+	return r;
+}
+
+/* Put close @req aside until close_check() lets it go (held_release). */
 static void
 hold(struct keel_shard *s, struct keel_file_req *req)
 {
 	req->next_ = s->files.held;
 	s->files.held = req;
-	s->files.st.close_waits++;
+	if (!req->aux_) { /* unused by a close: counted once, however often held */
+		req->aux_ = 1;
+		s->files.st.close_waits++;
+	}
 	s->files.st.closes_held++;
 }
 
-/* The held closes that no request in the ring blocks any more go to the head of the FIFO:
- * they were made before anything waiting there. */
+/* Request @done has left the ring: the held closes of the descriptor it named go to the head
+ * of the FIFO once nothing else in the ring names it (they were made before anything waiting
+ * there); a second close of a descriptor completes with -EBADF. Only the closes @done named
+ * are looked at again. */
 static void
-held_release(struct keel_shard *s)
+held_release(struct keel_shard *s, const struct keel_file_req *done)
 {
 	struct keel_file_req **p = &s->files.held, *req;
+	int r;
 
 	while ((req = *p)) {
-		if (close_blocked(s, req)) {
+		if (!names_fd(done, req->fd_, req->sqe_flags_ & IOSQE_FIXED_FILE) ||
+		    (r = close_check(s, req)) == CLOSE_HELD) {
 			p = &req->next_;
 			continue;
 		}
 		*p = req->next_;
 		s->files.st.closes_held--;
+		if (r < 0) {
+			complete(s, req, r);
+			continue;
+		}
 		req->next_ = s->files.head;
 		s->files.head = req;
 		if (!s->files.tail)
 			s->files.tail = req;
-		s->files.st.waiting++;
+		if (++s->files.st.waiting > s->files.st.waiting_max)
+			s->files.st.waiting_max = s->files.st.waiting;
 	}
 }
 
@@ -484,12 +514,19 @@ pump(struct keel_shard *s)
 		if (!s->files.head)
 			s->files.tail = NULL;
 		s->files.st.waiting--;
-		if (s->phase != PHASE_RUN) {
-			complete(s, req, req->kind_ == K_CLOSE ? close_now(s, req) : -ECANCELED);
+		/* A close waits for the requests on its descriptor at stop too: they end soon
+		 * (cancelled), and held_release then brings it back here. */
+		r = close_check(s, req);
+		if (r == CLOSE_HELD) {
+			hold(s, req);
 			continue;
 		}
-		if (close_blocked(s, req)) {
-			hold(s, req);
+		if (r < 0) {
+			complete(s, req, r);
+			continue;
+		}
+		if (s->phase != PHASE_RUN) {
+			complete(s, req, req->kind_ == K_CLOSE ? close_now(s, req) : -ECANCELED);
 			continue;
 		}
 		r = issue(s, req);
@@ -561,7 +598,7 @@ file_cb(struct keel_op *op, int res, uint32_t cqe_flags)
 		req->lnext_->lprev_ = req->lprev_;
 	s->files.st.inflight--;
 	if (s->files.held)
-		held_release(s);
+		held_release(s, req);
 	pump(s);
 	complete(s, req, res);
 }
@@ -590,7 +627,13 @@ submit(struct keel_shard *s, struct keel_file_req *req, void *arg)
 			st->waiting_max = st->waiting;
 		return 0;
 	}
-	if (close_blocked(s, req)) {
+	r = close_check(s, req);
+	if (r < 0) {
+		release(req);
+		return refuse(s, r, "close of fd %d refused: a close of it is in flight already",
+			      req->fd_);
+	}
+	if (r == CLOSE_HELD) {
 		st->submitted++;
 		hold(s, req);
 		return 0;

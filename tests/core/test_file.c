@@ -929,21 +929,22 @@ Test(core_file, a_close_waiting_at_stop_still_closes)
 /* ---- a close runs off the shard's thread ---- */
 
 /* The last close of a file runs its release, which can block for long (a deleted file's
- * blocks are freed then: 140 ms for 500 MB on ext4), so keel_file_close has io-wq run it:
- * a worker thread of the ring ("iou-wrk-<tid>") exists once the close has completed, where
- * none did before (made inline, the close makes none). */
+ * blocks are freed then: over 100 ms for 500 MB on ext4), so keel_file_close has io-wq run
+ * it: an io-wq worker of the shard's thread ("iou-wrk-<its tid>") exists once the close has
+ * completed, where none did before (made inline, the close makes none). */
 static struct {
 	struct keel_file_req req;
 	struct keel_file f;
 	int fd, res, runs;
 	int workers_before, workers_after;
+	pid_t tid;
 } ow;
 
-/* The ring's io-wq workers in this process now. */
+/* The io-wq workers of the shard's thread (ow.tid) now. */
 static int
 iowq_workers(void)
 {
-	char path[320], comm[64];
+	char path[320], comm[64], want[32];
 	int n = 0;
 	DIR *d = opendir("/proc/self/task");
 	struct dirent *e;
@@ -958,7 +959,8 @@ iowq_workers(void)
 		f = fopen(path, "r");
 		if (!f)
 			continue;
-		if (fgets(comm, sizeof(comm), f) && !strncmp(comm, "iou-wrk-", 8))
+		snprintf(want, sizeof(want), "iou-wrk-%d\n", (int)ow.tid);
+		if (fgets(comm, sizeof(comm), f) && !strcmp(comm, want))
 			n++;
 		fclose(f);
 	}
@@ -978,6 +980,7 @@ ow_closed(struct keel_file_req *req, int res, void *arg)
 static void
 ow_start(void *app)
 {
+	ow.tid = gettid();
 	ow.workers_before = iowq_workers();
 	SHARD_CHECK_EQ(keel_file_from_fd(ow.fd, &ow.f), 0);
 	SHARD_CHECK_EQ(keel_file_close(&ow.req, &ow.f, ow_closed, NULL), 0);
@@ -1219,4 +1222,134 @@ Test(core_file, a_close_waits_for_a_statx_through_its_descriptor, .fini = rm_tmp
 	cr_assert_eq(sd.stx.stx_size, 5);
 	cr_assert_eq(sd.cl_res, 0);
 	cr_assert_lt(sd.sx_at, sd.cl_at);
+}
+
+/* A second close of a descriptor whose close is held or in the ring is refused (-EBADF, its
+ * callback never runs): it would run after the first, when the number may be another file's.
+ * Here: a close held behind a pipe's read, and one in the ring of a file nothing else uses;
+ * a copy of each keel_file closed again is refused, and the first closes complete. */
+static struct {
+	int pipefd[2], fd;
+	struct keel_file_req rd, c1, c2, c3, c4;
+	struct keel_file p1, p2, f1, f2;
+	char buf[4];
+	int c2_ret, c4_ret, c1_res, c3_res, rd_res, done;
+} dc;
+
+static void
+dc_done(struct keel_file_req *req, int res, void *arg)
+{
+	if (req == &dc.rd)
+		dc.rd_res = res;
+	else if (req == &dc.c1)
+		dc.c1_res = res;
+	else if (req == &dc.c3)
+		dc.c3_res = res;
+	else
+		SHARD_CHECK(false, "a refused close's callback ran");
+	if (++dc.done == 3)
+		keel_stop(0);
+}
+
+static void
+dc_start(void *app)
+{
+	SHARD_CHECK_EQ(keel_file_from_fd(dc.pipefd[0], &dc.p1), 0);
+	dc.p2 = dc.p1;
+	SHARD_CHECK_EQ(keel_file_from_fd(dc.fd, &dc.f1), 0);
+	dc.f2 = dc.f1;
+	SHARD_CHECK_EQ(keel_file_read(&dc.rd, &dc.p1, dc.buf, 4, (uint64_t)-1, dc_done, NULL), 0);
+	SHARD_CHECK_EQ(keel_file_close(&dc.c1, &dc.p1, dc_done, NULL), 0); /* held */
+	dc.c2_ret = keel_file_close(&dc.c2, &dc.p2, dc_done, NULL);
+	SHARD_CHECK_EQ(keel_file_close(&dc.c3, &dc.f1, dc_done, NULL), 0); /* in the ring */
+	dc.c4_ret = keel_file_close(&dc.c4, &dc.f2, dc_done, NULL);
+	SHARD_CHECK_EQ(write(dc.pipefd[1], "ping", 4), 4);
+}
+
+Test(core_file, a_second_close_of_a_descriptor_is_refused, .fini = rm_tmp)
+{
+	struct keel_opts o = test_opts(1);
+
+	cr_assert_eq(pipe(dc.pipefd), 0);
+	dc.fd = make_tmp();
+	cr_assert_eq(keel_run(&o, dc_start, NULL), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(dc.c2_ret, -EBADF, "a second close behind a held one: %d", dc.c2_ret);
+	cr_assert_eq(dc.c4_ret, -EBADF, "a second close behind one in the ring: %d", dc.c4_ret);
+	cr_assert_eq(dc.rd_res, 4);
+	cr_assert_eq(dc.c1_res, 0);
+	cr_assert_eq(dc.c3_res, 0);
+	errno = 0;
+	cr_assert_eq(fcntl(dc.pipefd[0], F_GETFD), -1);
+	cr_assert_eq(fcntl(dc.fd, F_GETFD), -1);
+	close(dc.pipefd[1]);
+}
+
+/* A close that waited in the FIFO (--file-qd 2, both slots taken) and reaches its head while a
+ * request on its descriptor is still in the ring is held there too: a read of an empty pipe
+ * and an fdatasync take the slots, the pipe's close waits in the FIFO; the sync's completion
+ * frees a slot and brings the close up, which is then held behind the read (the sync's
+ * callback sees it so), and issued once the read has its bytes. */
+static struct {
+	int pipefd[2], fd;
+	struct keel_file_req rd, sy, cl;
+	struct keel_file pf, tf;
+	char buf[4];
+	int rd_res, sy_res, cl_res, seq, rd_at, cl_at;
+	uint32_t held_at_sync, waiting_before;
+} fh;
+
+static void
+fh_done(struct keel_file_req *req, int res, void *arg)
+{
+	int at = ++fh.seq;
+	struct keel_file_stats st;
+
+	if (req == &fh.sy) {
+		fh.sy_res = res;
+		SHARD_CHECK_EQ(keel_file_stats(keel_this_shard(), &st), 0);
+		fh.held_at_sync = st.closes_held;
+		SHARD_CHECK_EQ(write(fh.pipefd[1], "ping", 4), 4);
+	} else if (req == &fh.rd) {
+		fh.rd_res = res;
+		fh.rd_at = at;
+	} else {
+		fh.cl_res = res;
+		fh.cl_at = at;
+		keel_stop(0);
+	}
+}
+
+static void
+fh_start(void *app)
+{
+	struct keel_file_stats st;
+
+	SHARD_CHECK_EQ(keel_file_from_fd(fh.pipefd[0], &fh.pf), 0);
+	SHARD_CHECK_EQ(keel_file_from_fd(fh.fd, &fh.tf), 0);
+	SHARD_CHECK_EQ(keel_file_read(&fh.rd, &fh.pf, fh.buf, 4, (uint64_t)-1, fh_done, NULL), 0);
+	SHARD_CHECK_EQ(keel_file_fdatasync(&fh.sy, &fh.tf, fh_done, NULL), 0);
+	SHARD_CHECK_EQ(keel_file_close(&fh.cl, &fh.pf, fh_done, NULL), 0);
+	SHARD_CHECK_EQ(keel_file_stats(keel_this_shard(), &st), 0);
+	fh.waiting_before = st.waiting;
+}
+
+Test(core_file, a_close_from_the_fifo_is_held_behind_its_descriptors_request, .fini = rm_tmp)
+{
+	struct keel_opts o = test_opts(1);
+
+	cr_assert_eq(pipe(fh.pipefd), 0);
+	fh.fd = make_tmp();
+	o.file_qd = 2;
+	cr_assert_eq(keel_run(&o, fh_start, NULL), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(fh.waiting_before, 1, "the close did not wait in the FIFO");
+	cr_assert_eq(fh.held_at_sync, 1, "closes held when the sync completed: %u",
+		     fh.held_at_sync);
+	cr_assert_eq(fh.sy_res, 0);
+	cr_assert_eq(fh.rd_res, 4);
+	cr_assert_eq(fh.cl_res, 0);
+	cr_assert_lt(fh.rd_at, fh.cl_at);
+	close(fh.fd);
+	close(fh.pipefd[1]);
 }

@@ -213,12 +213,15 @@ KEEL_API int keel_file_statx(struct keel_file_req *req, int dirfd, const char *p
 
 /**
  * Close @f (a direct descriptor leaves the ring's table). f->fd is -1 when this returns 0.
- * The close waits until no request of this shard made before it on the same descriptor is
- * in flight or waiting (keel_file_stats().close_waits counts those that waited): they
- * complete on @f's file, never on another that took the number. A plain descriptor is then
- * closed by one of the ring's io-wq workers, so that a slow release (the last close of an
- * unlinked file frees its blocks) does not block the shard.
- * Returns: as keel_file_fsync(). Context: a shard.
+ * The close waits until no keel_file request of this shard made before it on the same
+ * descriptor is in flight or waiting (keel_file_stats().close_waits counts those that
+ * waited): they complete on @f's file, never on another that took the number. It waits as
+ * long as they do (a read of an empty pipe: until data comes, or stop). A plain descriptor is
+ * then closed by an io-wq worker of the shard's thread, so that a slow release (the last
+ * close of an unlinked file frees its blocks) does not block the shard; @cb may run before
+ * that release has finished.
+ * Returns: as keel_file_fsync(), and -EBADF when a close of the same descriptor is held or in
+ * the ring already. Context: a shard.
  */
 KEEL_API int keel_file_close(struct keel_file_req *req, struct keel_file *f, keel_file_fn cb,
 			     void *arg);
