@@ -15,8 +15,9 @@
  * kernel finished first); requests still waiting in the FIFO are never issued: the first
  * completion after the stop began runs their callbacks with -ECANCELED (a FIFO is never
  * non-empty without a request in the ring, so that completion comes). A close is the
- * exception: its handle is cleared already, so one cancelled, still waiting or held is made
- * on the spot (close_now) and reports that. New requests are
+ * exception: its handle is cleared already, so one cancelled or still waiting is made on the
+ * spot (close_now) and reports that, once no request in the ring names its descriptor (it
+ * is held until then, at stop as while running: close_check). New requests are
  * refused with -ESHUTDOWN. The loop's quiescence waits for every request in the ring, so no
  * callback runs after the runtime stopped.
  */
@@ -425,12 +426,15 @@ names_fd(const struct keel_file_req *l, int fd, bool fixed)
 }
 
 /* What close @req must do now: CLOSE_GO; CLOSE_HELD, wait, because a request in the ring
- * names its descriptor; -EBADF, another close of it is in the ring or held: this one would
- * run after it, when the number may be another file's. The kernel looks a plain descriptor
- * up when it runs a request, and io-wq runs some on its own threads from the start (fsync,
- * fallocate, statx, an open that cannot be done inline), so a close issued beside them could
- * run first: they would fail with EBADF, or act on whatever file took the number meanwhile.
- * Walks the requests in the ring (at most --file-qd) and the held closes. */
+ * names its descriptor; -EBADF, another close of it is held: the file is still open under
+ * that number, so this is a second close of it, which would run after the first, when the
+ * number may be another file's. The kernel looks a plain descriptor up when it runs a
+ * request, and io-wq runs some on its own threads from the start (fsync, fallocate, statx,
+ * an open that cannot be done inline), so a close issued beside them could run first: they
+ * would fail with EBADF, or act on whatever file took the number meanwhile. A close in the
+ * ring is only waited for: io-wq frees the number before its completion is reaped, so an
+ * open may have the number again already, and this close may be of that new file. Walks the
+ * requests in the ring (at most --file-qd) and the held closes. */
 enum { CLOSE_GO = 0, CLOSE_HELD = 1 };
 
 static int
@@ -444,13 +448,9 @@ close_check(const struct keel_shard *s, const struct keel_file_req *req)
 	for (const struct keel_file_req *h = s->files.held; h; h = h->next_)
 		if (h != req && names_fd(h, req->fd_, fixed))
 			return -EBADF;
-	for (const struct keel_file_req *l = s->files.live; l; l = l->lnext_) {
-		if (!names_fd(l, req->fd_, fixed))
-			continue;
-		if (l->kind_ == K_CLOSE)
-			return -EBADF;
-		r = CLOSE_HELD;
-	}
+	for (const struct keel_file_req *l = s->files.live; l; l = l->lnext_)
+		if (names_fd(l, req->fd_, fixed))
+			r = CLOSE_HELD;
 	return r;
 }
 
@@ -469,8 +469,7 @@ hold(struct keel_shard *s, struct keel_file_req *req)
 
 /* Request @done has left the ring: the held closes of the descriptor it named go to the head
  * of the FIFO once nothing else in the ring names it (they were made before anything waiting
- * there); a second close of a descriptor completes with -EBADF. Only the closes @done named
- * are looked at again. */
+ * there). Only the closes @done named are looked at again. */
 static void
 held_release(struct keel_shard *s, const struct keel_file_req *done)
 {
@@ -485,16 +484,16 @@ held_release(struct keel_shard *s, const struct keel_file_req *done)
 		}
 		*p = req->next_;
 		s->files.st.closes_held--;
-		if (r < 0) {
+		if (r < 0) { /* cannot happen: one close of a descriptor is held at most */
 			complete(s, req, r);
 			continue;
 		}
+		/* Counted as waiting for pump, which takes it at once (not in waiting_max). */
 		req->next_ = s->files.head;
 		s->files.head = req;
 		if (!s->files.tail)
 			s->files.tail = req;
-		if (++s->files.st.waiting > s->files.st.waiting_max)
-			s->files.st.waiting_max = s->files.st.waiting;
+		s->files.st.waiting++;
 	}
 }
 
@@ -630,7 +629,7 @@ submit(struct keel_shard *s, struct keel_file_req *req, void *arg)
 	r = close_check(s, req);
 	if (r < 0) {
 		release(req);
-		return refuse(s, r, "close of fd %d refused: a close of it is in flight already",
+		return refuse(s, r, "close of fd %d refused: a close of it is waiting already",
 			      req->fd_);
 	}
 	if (r == CLOSE_HELD) {
