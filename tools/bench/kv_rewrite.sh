@@ -3,6 +3,7 @@
 # BGREWRITEAOF under a write load (docs/kv.md, "Persistence"): how long the server stops
 # answering, and how much memory the rewrite takes.
 #   tools/bench/kv_rewrite.sh [--keys N] [--runs N] [--port P] [SERVER ...]
+# (--port: redis-server's, default 7411; keel-kv takes a free one and says which.)
 # SERVER: the path of a keel-kv binary (default build-release/bin/keel-kv), or "redis"
 # (redis-server, which forks for its rewrite). Several compare builds, or keel-kv and Redis.
 #
@@ -80,14 +81,25 @@ one() { # server -> one result line, appended to $results
 		taskset -c 0 redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly yes \
 			--appendfsync everysec --auto-aof-rewrite-percentage 0 --dir "$dir" \
 			>"$dir.log" 2>&1 &
-	else
-		"$s" --port "$port" --addr 127.0.0.1 --shards 1 --cpuset 0 --idle-poll-us 0 \
+	else # a port of its own choosing (0), read from its log: no clash with other programs
+		"$s" --port 0 --addr 127.0.0.1 --shards 1 --cpuset 0 --idle-poll-us 0 \
 			--appendonly yes --appendfsync everysec --dir "$dir" >"$dir.log" 2>&1 &
 	fi
 	pid=$!
-	for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-	redis-cli -p "$port" ping >/dev/null 2>&1 ||
-		{ echo "kv_rewrite.sh: $s did not answer on port $port:" >&2; cat "$dir.log" >&2; exit 1; }
+	local want=$port
+	port=""
+	for _ in $(seq 100); do
+		if [ "$s" = redis ]; then
+			redis-cli -p "$want" ping >/dev/null 2>&1 && port=$want
+		else
+			port=$(sed -n 's/^keel-kv: bound [^ ]* port \([0-9]*\);.*/\1/p' "$dir.log")
+		fi
+		[ -n "$port" ] && redis-cli -p "$port" ping >/dev/null 2>&1 && break
+		kill -0 $pid 2>/dev/null || break
+		sleep 0.1
+	done
+	[ -n "$port" ] && redis-cli -p "$port" ping >/dev/null 2>&1 ||
+		{ echo "kv_rewrite.sh: $s did not answer:" >&2; cat "$dir.log" >&2; exit 1; }
 	taskset -c 1 redis-benchmark -p "$port" -t set -n "$keys" -r "$keys" -d 200 -P 32 -q \
 		>/dev/null 2>&1
 	keys0=$(redis-cli -p "$port" dbsize)
@@ -136,6 +148,7 @@ one() { # server -> one result line, appended to $results
 	wait $pid 2>/dev/null || true
 	pid="" bp=""
 	rm -rf "$dir" "$dir.log"
+	port=$want
 	printf '%s keys=%d reply_ms=%d rewrite_s=%.2f ping_max_ms=%d mem_mib=%d stalls_ms=%s\n' "$s" "$keys0" \
 		$(((tb - t0) / 1000000)) "$(echo "($t1 - $t0) / 1000000000" | bc -l)" \
 		$((worst / 1000000)) $(((peak - rss0) / 1024)) "${stalls:-none}" >>"$results"

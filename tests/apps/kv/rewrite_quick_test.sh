@@ -9,7 +9,7 @@ script=${1:?usage: rewrite_quick_test.sh KV_REWRITE_SH KEEL_KV}
 kv=${2:?usage: rewrite_quick_test.sh KV_REWRITE_SH KEEL_KV}
 out=$(mktemp /tmp/kv-rewrite-quick.XXXXXX)
 trap 'rm -f "$out"' EXIT
-timeout 120 bash "$script" --keys 20000 --runs 1 --port $((20000 + $$ % 20000)) "$kv" >"$out" 2>&1
+timeout 120 bash "$script" --keys 20000 --runs 1 "$kv" >"$out" 2>&1
 rc=$?
 [ $rc = 77 ] && { cat "$out"; exit 77; }
 [ $rc = 0 ] || { echo "FAIL: kv_rewrite.sh exited with $rc"; cat "$out"; exit 1; }
