@@ -1033,11 +1033,22 @@ main(int argc, char **argv)
 		rc = -EAGAIN;
 		goto stop_pool;
 	}
-	fprintf(stderr, "keel-embed: listening on %s port %u, %u shards on CPUs", cfg.addr,
-		keel_listener_port(listener), keel_runtime_shard_count(rt));
-	for (unsigned i = 0; i < keel_runtime_shard_count(rt); i++)
-		fprintf(stderr, " %d", keel_runtime_shard_cpu(rt, i));
-	fprintf(stderr, ", %u workers\n", cfg.workers);
+	{
+		/* One write: stderr is unbuffered, and a reader that has seen the port (a
+		 * supervisor, the tests) must find the whole line. */
+		char line[256 + 12 * KEEL_MAX_SHARDS];
+		size_t n = (size_t)snprintf(
+			line, sizeof(line),
+			"keel-embed: listening on %s port %u, %u shards on CPUs", cfg.addr,
+			keel_listener_port(listener), keel_runtime_shard_count(rt));
+
+		for (unsigned i = 0; i < keel_runtime_shard_count(rt) && n < sizeof(line); i++)
+			n += (size_t)snprintf(line + n, sizeof(line) - n, " %d",
+					      keel_runtime_shard_cpu(rt, i));
+		if (n < sizeof(line))
+			snprintf(line + n, sizeof(line) - n, ", %u workers\n", cfg.workers);
+		fputs(line, stderr);
+	}
 
 	rc = keel_runtime_join(rt);
 	/* The shards ended (a signal, or keel_stop on a shard): wake the signal thread. */
