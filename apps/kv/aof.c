@@ -1013,11 +1013,11 @@ on_written(struct keel_file_req *req, int res, void *arg)
 	kick(a);
 }
 
-/* A close through the ring, which io-wq runs off the shard's thread (keel_file_close): the
- * last descriptor of a file that a rename replaced or an unlink removed frees its blocks as
- * it closes, and the shard stalled on it for over 100 ms after rewriting a file of 500 MB
- * (ext4, measured). A plain close once the shard stops (the ring refuses requests then) or
- * when there is no memory. */
+/* A close through the ring, which has io-wq close a file that no name holds, off the shard's
+ * thread (keel_file_close): the last descriptor of a file that a rename replaced or an unlink
+ * removed frees its blocks as it closes, and the shard stalled on it for over 100 ms after
+ * rewriting a file of 500 MB (ext4, measured). A plain close once the shard stops (the ring
+ * refuses requests then) or when there is no memory. */
 struct closer {
 	struct keel_file_req req;
 	struct keel_file f;

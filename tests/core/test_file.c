@@ -928,10 +928,11 @@ Test(core_file, a_close_waiting_at_stop_still_closes)
 
 /* ---- a close runs off the shard's thread ---- */
 
-/* The last close of a file runs its release, which can block for long (a deleted file's
+/* The last close of a file that no name holds runs a release that can block for long (its
  * blocks are freed then: over 100 ms for 500 MB on ext4), so keel_file_close has io-wq run
- * it: an io-wq worker of the shard's thread ("iou-wrk-<its tid>") exists once the close has
- * completed, where none did before (made inline, the close makes none). */
+ * it: an io-wq worker of the shard's thread ("iou-wrk-<its tid>") exists once the close of
+ * an unlinked file has completed, where none did before; the close of a file that still has
+ * its name is made inline, and makes none (a worker's round trip would double its cost). */
 static struct {
 	struct keel_file_req req;
 	struct keel_file f;
@@ -986,11 +987,16 @@ ow_start(void *app)
 	SHARD_CHECK_EQ(keel_file_close(&ow.req, &ow.f, ow_closed, NULL), 0);
 }
 
-Test(core_file, close_runs_in_an_io_wq_worker, .fini = rm_tmp)
+/* Close a new file, unlinked first when @unlinked, on a shard of its own (ow). */
+static void
+ow_run(bool unlinked)
 {
 	struct keel_opts o = test_opts(1);
 
+	memset(&ow, 0, sizeof(ow));
 	ow.fd = make_tmp();
+	if (unlinked)
+		cr_assert_eq(unlink(tmp_path), 0);
 	cr_assert_eq(keel_run(&o, ow_start, NULL), 0);
 	SHARD_CHECKS_PASSED();
 	cr_assert_eq(ow.runs, 1);
@@ -998,12 +1004,24 @@ Test(core_file, close_runs_in_an_io_wq_worker, .fini = rm_tmp)
 	errno = 0;
 	cr_assert_eq(fcntl(ow.fd, F_GETFD), -1, "descriptor %d is still open", ow.fd);
 	cr_assert_eq(ow.workers_before, 0, "io-wq workers before the close: %d", ow.workers_before);
+}
+
+Test(core_file, the_close_of_an_unlinked_file_runs_in_an_io_wq_worker)
+{
+	ow_run(true);
 	cr_assert_geq(ow.workers_after, 1, "no io-wq worker ran the close");
 }
 
-/* A close in the ring when the shard stops: the stop's cancel may take it from io-wq's queue
- * before a worker runs it, and its handle is cleared already, so the descriptor is closed
- * anyway and the callback reports that close (0), never a cancel that leaves it open. */
+Test(core_file, the_close_of_a_file_with_a_name_is_inline, .fini = rm_tmp)
+{
+	ow_run(false);
+	cr_assert_eq(ow.workers_after, 0, "an io-wq worker ran the close");
+}
+
+/* A close in the ring when the shard stops (of unlinked files: io-wq's): the stop's cancel may
+ * take it from io-wq's queue before a worker runs it, and its handle is cleared already, so
+ * the descriptor is closed anyway and the callback reports that close (0), never a cancel
+ * that leaves it open. */
 static struct {
 	struct keel_file_req req[8];
 	struct keel_file f[8];
@@ -1032,8 +1050,8 @@ Test(core_file, a_close_in_the_ring_at_stop_still_closes)
 	struct keel_opts o = test_opts(1);
 
 	for (int i = 0; i < 8; i++) {
-		cs.fd[i] = open("/dev/null", O_RDONLY | O_CLOEXEC);
-		cr_assert_geq(cs.fd[i], 0);
+		cs.fd[i] = make_tmp();
+		cr_assert_eq(unlink(tmp_path), 0);
 	}
 	cr_assert_eq(keel_run(&o, cs_start, NULL), 0);
 	SHARD_CHECKS_PASSED();

@@ -216,10 +216,10 @@ KEEL_API int keel_file_statx(struct keel_file_req *req, int dirfd, const char *p
  * The close waits until no keel_file request of this shard made before it on the same
  * descriptor is in flight or waiting (keel_file_stats().close_waits counts those that
  * waited): they complete on @f's file, never on another that took the number. It waits as
- * long as they do (a read of an empty pipe: until data comes, or stop). A plain descriptor is
- * then closed by an io-wq worker of the shard's thread, so that a slow release (the last
- * close of an unlinked file frees its blocks) does not block the shard; @cb may run before
- * that release has finished.
+ * long as they do (a read of an empty pipe: until data comes, or stop). A plain descriptor of
+ * a file that no name holds any more (fstat: st_nlink 0) is then closed by an io-wq worker
+ * of the shard's thread, so that its slow release (the last close frees its blocks) does not
+ * block the shard; @cb may run before that release has finished. Others close inline.
  * Returns: as keel_file_fsync(), and -EBADF when a close of the same descriptor is held or in
  * the ring already. Context: a shard.
  */
