@@ -168,7 +168,7 @@ for s in "${servers[@]}"; do
 	printf '  %s' "$s"
 	for f in keys reply_ms rewrite_s ping_max_ms mem_mib; do
 		printf ' %s=%s' $f "$(grep "^$s " "$results" | sed -n "s/.* $f=\([0-9.]*\).*/\1/p" |
-			sort -g | awk '{v[NR] = $1} END {print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}')"
+			sort -g | awk '{v[NR] = $1} END {printf "%.10g\n", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}')"
 	done
 	echo
 done
