@@ -479,20 +479,17 @@ static void
 held_release(struct keel_shard *s, const struct keel_file_req *done)
 {
 	struct keel_file_req **p = &s->files.held, *req;
-	int r;
 
+	/* close_check gives a held close CLOSE_GO or CLOSE_HELD: no other close of its
+	 * descriptor is held (submit refuses one, pump completes it with -EBADF). */
 	while ((req = *p)) {
 		if (!names_fd(done, req->fd_, req->sqe_flags_ & IOSQE_FIXED_FILE) ||
-		    (r = close_check(s, req)) == CLOSE_HELD) {
+		    close_check(s, req) != CLOSE_GO) {
 			p = &req->next_;
 			continue;
 		}
 		*p = req->next_;
 		s->files.st.closes_held--;
-		if (r < 0) { /* cannot happen: one close of a descriptor is held at most */
-			complete(s, req, r);
-			continue;
-		}
 		/* Counted as waiting for pump, which takes it at once (not in waiting_max). */
 		req->next_ = s->files.head;
 		s->files.head = req;

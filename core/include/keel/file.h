@@ -220,8 +220,9 @@ KEEL_API int keel_file_statx(struct keel_file_req *req, int dirfd, const char *p
  * a file that no name holds any more (fstat: st_nlink 0) is then closed by an io-wq worker
  * of the shard's thread, so that its slow release (the last close frees its blocks) does not
  * block the shard; @cb may run before that release has finished. Others close inline.
- * Returns: as keel_file_fsync(), and -EBADF when a close of the same descriptor is held or in
- * the ring already. Context: a shard.
+ * Returns: as keel_file_fsync(), and -EBADF when a close of the same descriptor is held
+ * already (a close of a number whose close is in the ring waits for it instead: the number
+ * may be a new file's). Context: a shard.
  */
 KEEL_API int keel_file_close(struct keel_file_req *req, struct keel_file *f, keel_file_fn cb,
 			     void *arg);
