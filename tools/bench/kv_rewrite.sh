@@ -75,7 +75,7 @@ field() { # INFO persistence field
 }
 
 one() { # server -> one result line, appended to $results
-	local s=$1 dir l0 l1 t0 tb t1 a b worst=0 rss0 peak n=0 stalls="" keys0 rw0
+	local s=$1 dir l0 l1 t0 tb t1 a b r worst=0 mem0 peak n=0 stalls="" keys0 rw0
 	dir=$(mktemp -d /tmp/kv-rewrite-dir.XXXXXX)
 	if [ "$s" = redis ]; then
 		taskset -c 0 redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly yes \
@@ -104,7 +104,7 @@ one() { # server -> one result line, appended to $results
 		>/dev/null 2>&1
 	keys0=$(redis-cli -p "$port" dbsize)
 	rw0=$(field aof_rewrites)
-	rss0=$(mem_tree $pid) peak=$rss0
+	mem0=$(mem_tree $pid) peak=$mem0
 	taskset -c 1 redis-benchmark -p "$port" -t set -n 1000000000 -r "$keys" -d 200 -P 16 -q \
 		>/dev/null 2>&1 &
 	bp=$!
@@ -125,8 +125,7 @@ one() { # server -> one result line, appended to $results
 		r=$(mem_tree $pid)
 		[ "$r" -gt "$peak" ] && peak=$r
 		n=$((n + 1))
-		redis-cli -p "$port" info persistence | grep -q 'aof_rewrite_in_progress:0' &&
-			[ $n -gt 1 ] && break
+		[ "$(field aof_rewrite_in_progress)" = 0 ] && [ $n -gt 1 ] && break
 	done
 	t1=$(date +%s%N)
 	l1=$(wc -l <"$dir.log")
@@ -151,7 +150,7 @@ one() { # server -> one result line, appended to $results
 	port=$want
 	printf '%s keys=%d reply_ms=%d rewrite_s=%.2f ping_max_ms=%d mem_mib=%d stalls_ms=%s\n' "$s" "$keys0" \
 		$(((tb - t0) / 1000000)) "$(echo "($t1 - $t0) / 1000000000" | bc -l)" \
-		$((worst / 1000000)) $(((peak - rss0) / 1024)) "${stalls:-none}" >>"$results"
+		$((worst / 1000000)) $(((peak - mem0) / 1024)) "${stalls:-none}" >>"$results"
 	tail -n 1 "$results"
 }
 
