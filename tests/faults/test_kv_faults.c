@@ -1162,6 +1162,17 @@ aof_file_holds(const char *dir, const void *want, size_t n)
 	return memmem(buf, len, want, n) != NULL;
 }
 
+/* A rewrite held by the gate, once the gate is gone, completes (INFO aof_rewrites: 1). */
+static void
+rewrite_released_completes(int port)
+{
+	for (uint64_t dl = test_deadline(TEST_WAIT_MS);
+	     persistence_field(port, "aof_rewrites:") < 1;) {
+		cr_assert(!test_expired(dl), "the rewrite did not complete once released");
+		test_pause();
+	}
+}
+
 /* BGREWRITEAOF, answered as started, and INFO says that it runs. */
 static void
 bgrewrite_started(int port)
@@ -1200,11 +1211,7 @@ Test(faults_kv, aof_writes_during_a_rewrite_reach_the_disk_and_then_the_new_file
 	cr_assert_eq(aof_sets(p.port, 400, acked), 0, "writes refused during the rewrite");
 	cr_assert_eq(persistence_field(p.port, "aof_rewrite_in_progress:"), 1);
 	unlink(gate);
-	for (uint64_t dl = test_deadline(TEST_WAIT_MS);
-	     persistence_field(p.port, "aof_rewrites:") < 1;) {
-		cr_assert(!test_expired(dl), "the rewrite did not complete once released");
-		test_pause();
-	}
+	rewrite_released_completes(p.port);
 	cr_assert_eq(aof_sets(p.port, 600, acked), 0, "writes refused after the rewrite");
 	kill9(&p);
 	aof_restart(&p, "1", dir);
@@ -1340,11 +1347,7 @@ Test(faults_kv, aof_rewrite_writes_the_table_as_each_piece_is_made)
 	cr_assert_str_eq(line, ":1\r\n");
 	cr_assert_eq(aof_sets_range(p.port, 2000, 8000, acked), 0);
 	unlink(gate);
-	for (uint64_t dl = test_deadline(TEST_WAIT_MS);
-	     persistence_field(p.port, "aof_rewrites:") < 1;) {
-		cr_assert(!test_expired(dl), "the rewrite did not complete once released");
-		test_pause();
-	}
+	rewrite_released_completes(p.port);
 	cr_assert(!aof_file_holds(dir, before, sizeof(before) - 1),
 		  "the new file holds snapk's value from before the rewrite's first piece");
 	cr_assert(!aof_file_holds(dir, gone, sizeof(gone) - 1),
@@ -1412,11 +1415,7 @@ Test(faults_kv, aof_rewrite_over_expired_keys_ends)
 	cr_assert_str_eq(line, "+OK\r\n");
 	expiring_sets(p.port, 200);
 	unlink(gate);
-	for (uint64_t dl = test_deadline(TEST_WAIT_MS);
-	     persistence_field(p.port, "aof_rewrites:") < 1;) {
-		cr_assert(!test_expired(dl), "the rewrite did not complete once released");
-		test_pause();
-	}
+	rewrite_released_completes(p.port);
 	kill9(&p);
 	aof_restart(&p, "1", dir);
 	kv_command(p.port, "GET live", line, sizeof(line));
