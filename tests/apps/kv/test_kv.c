@@ -37,6 +37,16 @@ struct srv {
 	int port;
 };
 
+/* The server binary: the in-tree build, or $KEEL_KV_BIN (tools/test.sh runs this suite
+ * against the ThreadSanitizer build's keel-kv: the runner cannot run under TSan). */
+static const char *
+kv_bin(void)
+{
+	const char *e = getenv("KEEL_KV_BIN");
+
+	return e && *e ? e : KEEL_KV_BIN;
+}
+
 /* Start keel-kv with @shards shards on @port ("0": any) and the extra arguments in @ap; its
  * stderr is returned, for srv_listening(). */
 static FILE *
@@ -47,7 +57,7 @@ srv_exec(struct srv *s, unsigned shards, const char *port, va_list ap)
 	int pfd[2], n = 0;
 
 	snprintf(sh, sizeof(sh), "%u", shards);
-	argv[n++] = KEEL_KV_BIN;
+	argv[n++] = kv_bin();
 	argv[n++] = "--port";
 	argv[n++] = port;
 	argv[n++] = "--addr";
@@ -1791,7 +1801,7 @@ Test(kv_server, aof_flushall_then_stop_during_a_batch_keeps_the_new_records)
 static int
 srv_refuses(char *err, size_t errlen, const char *dir, ...)
 {
-	const char *argv[32] = { KEEL_KV_BIN, "--port",       "0",   "--addr",
+	const char *argv[32] = { kv_bin(),    "--port",       "0",   "--addr",
 				 "127.0.0.1", "--shards",     "1",   "--idle-poll-us",
 				 "0",         "--appendonly", "yes", "--dir",
 				 dir };
@@ -1966,9 +1976,9 @@ Test(kv_server, aof_write_chunk_out_of_range_is_refused)
 
 	mk_dir(dir, sizeof(dir));
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		const char *const argv[] = { KEEL_KV_BIN, "--port",    "0",
-					     "--addr",    "127.0.0.1", "--appendonly",
-					     "yes",       "--dir",     dir,
+		const char *const argv[] = { kv_bin(), "--port",    "0",
+					     "--addr", "127.0.0.1", "--appendonly",
+					     "yes",    "--dir",     dir,
 					     NULL };
 		char err[512];
 		int st =
