@@ -324,8 +324,14 @@ issue(struct keel_shard *s, struct keel_file_req *req)
 		return -EBUSY;
 	switch (req->kind_) {
 	case K_OPEN:
-		if (req->stage_ == ST_OPEN_STATX)
+		if (req->stage_ == ST_OPEN_STATX && (req->sqe_flags_ & OPEN_F_DIRECT_DESC))
+			/* IORING_OP_STATX takes no direct descriptor: by path (O_TMPFILE,
+			 * whose path is its directory, is refused at the call). */
 			io_uring_prep_statx(sqe, req->dirfd_, req->path_, 0,
+					    STATX_TYPE | STATX_DIOALIGN, req->addr_);
+		else if (req->stage_ == ST_OPEN_STATX)
+			/* The file just opened, whatever its path names by now. */
+			io_uring_prep_statx(sqe, req->fd_, "", AT_EMPTY_PATH,
 					    STATX_TYPE | STATX_DIOALIGN, req->addr_);
 		else {
 			io_uring_prep_openat(sqe, req->dirfd_, req->path_, req->oflags_,
@@ -685,6 +691,12 @@ keel_file_openat(struct keel_file_req *req, int dirfd, const char *path, int fla
 			"keel_file_openat: O_CLOEXEC with KEEL_FILE_OPEN_DIRECT_DESC, which the "
 			"kernel refuses (a direct descriptor is not in the descriptor table, "
 			"so nothing is inherited by exec): drop O_CLOEXEC");
+	if ((kflags & KEEL_FILE_OPEN_DIRECT_DESC) && (flags & O_DIRECT) &&
+	    (flags & O_TMPFILE) == O_TMPFILE)
+		return refuse(s, -EINVAL,
+			      "keel_file_openat: O_TMPFILE | O_DIRECT with "
+			      "KEEL_FILE_OPEN_DIRECT_DESC: the alignment is read by path, and an "
+			      "O_TMPFILE's path is its directory; open a plain descriptor");
 	r = copy_path(s, req, path);
 	if (r < 0)
 		return r;

@@ -345,6 +345,69 @@ Test(core_file, odirect_misalignment_names_the_value)
 	cr_assert_eq(dio.read_res, 4096, "aligned O_DIRECT read: %d", dio.read_res);
 }
 
+/* ---- O_DIRECT: the alignment is the opened file's, not its path's ---- */
+
+/* An O_TMPFILE open's path names the directory, so a second stage that reads the alignment
+ * by path reads the directory's (ext4 reports STATX_DIOALIGN for regular files only): the
+ * statx must go through the new descriptor. A direct descriptor has none to go through, so
+ * that combination is refused. */
+struct dtmp {
+	struct keel_file_req req;
+	struct keel_file f;
+	int open_res, direct_res;
+	char direct_err[384];
+};
+
+static struct dtmp dtmp;
+
+static void
+dtmp_open_cb(struct keel_file_req *req, int res, void *arg)
+{
+	dtmp.open_res = res;
+	keel_stop(0);
+}
+
+static void
+dtmp_start(void *app)
+{
+	struct keel_file f2;
+
+	dtmp.direct_res =
+		keel_file_openat(&dtmp.req, AT_FDCWD, KEEL_BIN_DIR, O_TMPFILE | O_RDWR | O_DIRECT,
+				 0600, KEEL_FILE_OPEN_DIRECT_DESC, &f2, dtmp_open_cb, NULL);
+	snprintf(dtmp.direct_err, sizeof(dtmp.direct_err), "%s", keel_file_last_error());
+	SHARD_CHECK_EQ(keel_file_openat(&dtmp.req, AT_FDCWD, KEEL_BIN_DIR,
+					O_TMPFILE | O_RDWR | O_DIRECT, 0600, 0, &dtmp.f,
+					dtmp_open_cb, NULL),
+		       0, "%s", keel_file_last_error());
+}
+
+Test(core_file, an_odirect_tmpfile_gets_the_files_alignment_not_its_directorys)
+{
+	struct keel_opts o = test_opts(1);
+	struct statx stx;
+	int r = keel_run(&o, dtmp_start, NULL);
+
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
+	cr_assert_eq(dtmp.direct_res, -EINVAL, "O_TMPFILE | O_DIRECT as a direct descriptor: %d",
+		     dtmp.direct_res);
+	cr_assert(strstr(dtmp.direct_err, "O_TMPFILE"), "%s", dtmp.direct_err);
+	if (dtmp.open_res == -EINVAL || dtmp.open_res == -EOPNOTSUPP || dtmp.open_res == -EISDIR)
+		cr_skip_test("the file system of %s refuses O_TMPFILE | O_DIRECT (%d)",
+			     KEEL_BIN_DIR, dtmp.open_res);
+	cr_assert_geq(dtmp.open_res, 0, "open: %d", dtmp.open_res);
+	cr_assert_eq(statx(dtmp.f.fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx), 0);
+	close(dtmp.f.fd);
+	if (!(stx.stx_mask & STATX_DIOALIGN) || !stx.stx_dio_offset_align)
+		cr_skip_test("the file system of %s reports no O_DIRECT alignment", KEEL_BIN_DIR);
+	cr_assert_eq(dtmp.f.dio_offset_align, stx.stx_dio_offset_align,
+		     "keel read %u, the file's statx says %u", dtmp.f.dio_offset_align,
+		     stx.stx_dio_offset_align);
+	cr_assert_eq(dtmp.f.dio_mem_align, stx.stx_dio_mem_align, "keel read %u, statx says %u",
+		     dtmp.f.dio_mem_align, stx.stx_dio_mem_align);
+}
+
 /* ---- a full file system: a small tmpfs ---- */
 
 static char mnt_dir[256];
