@@ -37,6 +37,9 @@ struct keel_framer {
 	unsigned fcap;
 	int err;
 	char why[160];
+	/* The connection keel_framer_on_data is pushing for: once a callback closed or
+	 * aborted it, no more of its frames are delivered. NULL outside that call. */
+	struct keel_conn *conn;
 };
 
 int
@@ -388,7 +391,7 @@ keel_framer_push(struct keel_framer *f, struct keel_slice *s)
 			r = next_user(f);
 			break;
 		}
-	} while (r > 0);
+	} while (r > 0 && !(f->conn && keel__conn_closing(f->conn)));
 	return r;
 }
 
@@ -423,11 +426,14 @@ keel_framer_on_data(struct keel_framer *f, struct keel_conn *c, struct keel_slic
 	int was = f->err, r = was;
 	unsigned i, suppressed;
 
+	f->conn = c;
 	for (i = 0; i < n; i++) {
 		r = keel_framer_push(f, &s[i]);
-		if (r < 0)
+		/* A callback closed or aborted the connection: the rest is not read. */
+		if (r < 0 || keel__conn_closing(c))
 			break;
 	}
+	f->conn = NULL;
 	for (i = i < n ? i + 1 : n; i < n; i++)
 		keel_slice_put(&s[i]);
 	if (r < 0 && !was) {

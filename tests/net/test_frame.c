@@ -859,6 +859,78 @@ Test(net_frame, loopback_oversized_frame_closes_with_emsgsize)
 	e2e_stop(&e);
 }
 
+/* ---- a callback that closes the connection sees no later frame of it ---- */
+
+static _Atomic int quit_closed, quit_after; /* closed; frames delivered after the close */
+
+/* The first frame is answered (its bytes echoed), then the connection is closed, as a
+ * QUIT is; a frame delivered after that would be answered with -EPIPE, aborting the
+ * connection and dropping the reply queued before the close. */
+static int
+quit_frame(void *arg, struct keel_frame *fr)
+{
+	struct keel_conn *c = arg;
+	int r;
+
+	if (atomic_load(&quit_closed))
+		atomic_fetch_add(&quit_after, 1);
+	r = keel_frame_send(c, fr->s, fr->n);
+	if (r < 0)
+		for (unsigned i = 0; i < fr->n; i++)
+			if (fr->s[i].buf)
+				keel_slice_put(&fr->s[i]);
+	if (r == 0) {
+		atomic_store(&quit_closed, 1);
+		keel_conn_close(c);
+	}
+	return r;
+}
+
+static void
+quit_open(struct keel_conn *c)
+{
+	attach(c, quit_frame);
+}
+
+static const struct keel_conn_ops quit_ops = { .on_open = quit_open,
+					       .on_data = framed_data,
+					       .on_close = srv_close };
+
+Test(net_frame, frames_after_a_close_in_the_callback_are_not_delivered)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_listen_opts lo = { .addr = "127.0.0.1" };
+	struct e2e e;
+	uint8_t b[4 + 4 + 4 + 1], in[8], more;
+	size_t n = 0;
+	int fd;
+
+	memset(&e, 0, sizeof(e));
+	atomic_store(&quit_after, 0);
+	atomic_store(&quit_closed, 0);
+	cr_assert_eq(keel_runtime_create(&o, &e.rt), 0);
+	cr_assert_eq(keel_listener_create(&lo, 1, &quit_ops, &e, &e.l), 0);
+	e.port = keel_listener_port(e.l);
+	cr_assert_eq(keel_runtime_start(e.rt, e2e_start_shard, &e), 0);
+	fd = cli_connect(e.port);
+	cr_assert_geq(fd, 0);
+	/* Two frames in one write: one receive, one on_data. */
+	n += hdr32(b + n, 4);
+	memcpy(b + n, "QUIT", 4);
+	n += 4;
+	n += hdr32(b + n, 1);
+	b[n++] = 'X';
+	cr_assert_eq(cli_write_all(fd, b, n), 0);
+	cr_assert_eq(cli_read_all(fd, in, sizeof(in)), 0, "the reply queued before the close");
+	cr_assert_eq(memcmp(in + 4, "QUIT", 4), 0);
+	cr_assert_eq(cli_read_all(fd, &more, 1), -EPIPE, "end of stream after the reply");
+	e2e_wait(&e, &e.srv_closed, 1, "the server's on_close");
+	cr_assert_eq(atomic_load(&e.srv_status), 0, "a graceful close, not an abort");
+	cr_assert_eq(atomic_load(&quit_after), 0, "frames delivered after the close");
+	close(fd);
+	e2e_stop(&e);
+}
+
 /* ---- a pass's frames leave together, byte-exact (copied small frames, merged iovecs) ---- */
 
 /* Round 0: 64 frames of 16 bytes; round 1: a sweep of sizes 0..64 KiB, some split over
