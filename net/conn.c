@@ -50,6 +50,7 @@ struct keel_conn {
 	bool sqe_retry; /* a receive, send or shutdown found no SQE: tried again next pass */
 	bool want_writable, cancel_sent;
 	bool zc_ok;         /* may receive with RECV_ZC: accepted TCP (keel__zcrx_conn_wants) */
+	bool no_send_zc;    /* AF_UNIX: the kernel refuses SEND_ZC on it (-EOPNOTSUPP) */
 	bool zc;            /* the armed receive is a RECV_ZC (zcrx_rx.c) */
 	bool zc_sim;        /* ... simulated: a test plays the kernel (keel__zcrx_sim_attach) */
 	bool zc_sim_end;    /* a deferred simulated cancel of it is queued (holds a nop) */
@@ -810,7 +811,8 @@ zc_send(struct keel_conn *c, struct keel_slice *s, uint32_t off, uint32_t len)
 	unsigned idx;
 	uint64_t boff;
 
-	if (!ns->f_zc || len < c->cfg->zc_threshold || keel__net_fixed(ns, s, &idx, &boff) < 0)
+	if (!ns->f_zc || c->no_send_zc || len < c->cfg->zc_threshold ||
+	    keel__net_fixed(ns, s, &idx, &boff) < 0)
 		return false;
 	z = calloc(1, sizeof(*z));
 	if (!z)
@@ -1534,6 +1536,7 @@ keel__conn_new(struct net_shard *ns, int fd, bool direct, int family, bool accep
 		return NULL;
 	c->ns = ns;
 	c->zc_ok = keel__zcrx_conn_wants(family, accepted);
+	c->no_send_zc = family == AF_UNIX; /* no SOCK_SUPPORT_ZC: the send would fail */
 	c->ops = ops;
 	c->app = app;
 	c->fd = fd;

@@ -112,6 +112,46 @@ Test(net_unix, path_listener_echoes_and_unlinks_its_path)
 	cr_assert_eq(rmdir(dir), 0);
 }
 
+/* SEND_ZC on a Unix socket: the kernel refuses it (-EOPNOTSUPP: AF_UNIX does not support
+ * zero-copy sends), so such a connection sends with plain sends whatever the threshold;
+ * echoed receive buffers of 64 KiB are over it. */
+Test(net_unix, send_zc_on_leaves_a_unix_connection_on_plain_sends)
+{
+	struct keel_opts o = net_test_opts(1);
+	char dir[] = "/tmp/keel-unix-XXXXXX", path[128], addr[140];
+	struct keel_listen_opts lo = { 0 };
+	struct keel_net_config nc;
+	struct srv sv = { 0 };
+	struct keel_runtime *rt;
+	struct keel_listener *l;
+	int fd;
+
+	net_test_feature(&o, "send_zc=on");
+	keel_net_config_init(&nc);
+	nc.zc_threshold = 4096;
+	cr_assert_eq(keel_net_config_set(&nc), 0);
+	cr_assert_not_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/zc.sock", dir);
+	snprintf(addr, sizeof(addr), "unix:%s", path);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	lo.addr = addr;
+	lo.rt = rt;
+	cr_assert_eq(keel_listener_create(&lo, 1, &echo_ops, &sv, &l), 0);
+	cr_assert_eq(keel_runtime_start(rt, on_start, l), 0);
+	fd = unix_client(path);
+	echo_some(fd, 1u << 20);
+	close(fd);
+	WAIT_FOR(atomic_load(&sv.closes) == 1, "on_close");
+	cr_assert_eq(atomic_load(&sv.close_errors), 0, "the connection closed with an error");
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	keel_listener_destroy(l);
+	cr_assert_eq(rmdir(dir), 0);
+	keel_net_config_init(&nc);
+	cr_assert_eq(keel_net_config_set(&nc), 0);
+}
+
 Test(net_unix, existing_path_is_refused_and_left_alone)
 {
 	char dir[] = "/tmp/keel-unix-XXXXXX", path[128], addr[140];
