@@ -163,6 +163,10 @@ shard_main(void *p)
 		if (rt->on_start)
 			rt->on_start(rt->app);
 		keel__shard_loop(s);
+	} else {
+		/* The start failed: refuse foreign requests from now on, and complete with
+		 * -ECANCELED those a host thread queued meanwhile (the loop would have). */
+		keel__foreign_close(s);
 	}
 	/* Every shard has left its loop before any ring closes: no MSG_RING can then target
 	 * a closed ring. */
@@ -472,6 +476,8 @@ keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start, void *app)
 	if (rt->start_err) {
 		r = rt->start_err;
 		keel_runtime_join(rt);
+		for (unsigned i = created; i < rt->count; i++) /* no thread to close them */
+			keel__foreign_close(&rt->shards[i]);
 		return r;
 	}
 	return 0;

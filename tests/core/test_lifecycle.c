@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: MIT
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -302,6 +305,60 @@ Test(core_lifecycle, foreign_threads_submit_and_get_completions)
 	cr_assert_eq(keel_runtime_join(rt), 0);
 	cr_assert_eq(keel_runtime_submit(rt, 0, &late), -ESHUTDOWN);
 	keel_runtime_destroy(rt);
+}
+
+/* ---- a failed start refuses foreign requests ---- */
+
+/* In a child: a descriptor limit that leaves room for the shards' eventfds (made by
+ * keel_runtime_start on this thread) but not for their rings (made on the shard threads),
+ * so the start fails inside the shards. Then a foreign request must be refused, not
+ * queued on a shard that never runs it. Exit status: 0 as wanted, else which step failed. */
+static int
+failed_start_child(void)
+{
+	struct keel_opts o = test_opts(2);
+	struct keel_xreq late = { .fn = foreign_work };
+	struct keel_runtime *rt;
+	struct rlimit rl;
+	int lim = 0, room = 0, r;
+
+	o.signals = false;
+	if (keel_runtime_create(&o, &rt) < 0)
+		return 10;
+	for (; room < 2; lim++) /* the numbers two eventfds will get */
+		room += fcntl(lim, F_GETFD) < 0;
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return 11;
+	rl.rlim_cur = (rlim_t)lim;
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return 12;
+	r = keel_runtime_start(rt, NULL, NULL);
+	if (r != -EMFILE) {
+		fprintf(stderr, "keel_runtime_start: %d, want -EMFILE\n", r);
+		return 13;
+	}
+	r = keel_runtime_submit(rt, 0, &late);
+	if (r != -ESHUTDOWN) {
+		fprintf(stderr, "keel_runtime_submit after a failed start: %d, want -ESHUTDOWN\n",
+			r);
+		return 14;
+	}
+	keel_runtime_destroy(rt);
+	return 0;
+}
+
+Test(core_lifecycle, a_failed_start_refuses_foreign_requests)
+{
+	int st;
+	pid_t pid = fork();
+
+	cr_assert_geq(pid, 0);
+	if (pid == 0)
+		_exit(failed_start_child());
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st), "the child died: status %#x", st);
+	cr_assert_eq(WEXITSTATUS(st), 0, "the child failed at step %d (see its stderr)",
+		     WEXITSTATUS(st));
 }
 
 /* ---- embedding: stop from the host thread, status returned ---- */
