@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #include <errno.h>
+#include <string.h>
 #include <time.h>
 
 #include <criterion/criterion.h>
@@ -379,4 +380,76 @@ Test(core_timer, a_zeroed_timer_is_not_pending)
 
 	cr_assert_eq(keel_timer_pending(&t), 0);
 	keel_timer_fini(&t);
+}
+
+/* ---- timers started while stopping ---- */
+
+/* A timer started while stopping (by deferred work: a stop hook's timers are among those
+ * the stop cancels) fires while other work still holds the shard, deferred work here that
+ * goes on until it fired, so it can bound a wait; one still pending when the runtime is
+ * quiescent does not hold the stop and never fires (60 s: the join would wait for it). */
+static struct {
+	struct keel_timer *soon, *late;
+	int soon_fired, late_fired, waits;
+	uint64_t since;
+} stp;
+
+static void
+stp_fire(struct keel_timer *t, void *arg)
+{
+	if (t == stp.soon)
+		stp.soon_fired++;
+	else
+		stp.late_fired++;
+}
+
+static void
+stp_wait(void *arg)
+{
+	stp.waits++;
+	if (stp.soon_fired)
+		return;
+	/* Bounded, so a timer that never fires fails the test instead of hanging it. */
+	if (!SHARD_CHECK(keel_now_ns() - stp.since < KEEL_MS(TEST_WAIT_MS),
+			 "the 1 ms timer started while stopping never fired"))
+		return;
+	SHARD_CHECK_EQ(keel_defer(stp_wait, NULL), 0);
+}
+
+static void
+stp_arm(void *arg)
+{
+	stp.since = keel_now_ns();
+	SHARD_CHECK_EQ(keel_timer_create(stp_fire, NULL, &stp.soon), 0);
+	SHARD_CHECK_EQ(keel_timer_create(stp_fire, NULL, &stp.late), 0);
+	SHARD_CHECK_EQ(keel_timer_start(stp.soon, KEEL_MS(1), 0), 0);
+	SHARD_CHECK_EQ(keel_timer_start(stp.late, KEEL_S(60), 0), 0);
+	SHARD_CHECK_EQ(keel_defer(stp_wait, NULL), 0);
+}
+
+static void
+stp_hook(void *arg)
+{
+	SHARD_CHECK_EQ(keel_defer(stp_arm, NULL), 0);
+}
+
+static void
+stp_start(void *app)
+{
+	SHARD_CHECK_EQ(keel_shard_on_stop(stp_hook, NULL), 0);
+	keel_stop(0);
+}
+
+Test(core_timer, a_timer_started_while_stopping_fires_only_while_work_holds_the_shard)
+{
+	struct keel_opts o = test_opts(1);
+	int r;
+
+	memset(&stp, 0, sizeof(stp));
+	r = keel_run(&o, stp_start, NULL);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
+	cr_assert_eq(stp.soon_fired, 1, "the 1 ms timer, with deferred work waiting for it");
+	cr_assert_gt(stp.waits, 0);
+	cr_assert_eq(stp.late_fired, 0, "the 60 s timer held the stop");
 }
