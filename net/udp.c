@@ -59,6 +59,7 @@ struct keel_udp {
 	unsigned ops_n;
 	bool armed, closing;
 	bool gso_off;              /* a sendmsg of several datagrams failed: one by one */
+	bool send_err_logged;      /* a failed send was logged (udp_send_errors counts all) */
 	struct udp_send *gso_tail; /* the last sendmsg, which the next datagram may join */
 	bool starving; /* waiting for a buffer to come back (counted in ns->udp_starving) */
 	int status;
@@ -456,6 +457,23 @@ gso_refused(int res)
 	return res == -EIO || res == -EINVAL || res == -EMSGSIZE;
 }
 
+/* @n datagrams that keel_udp_send accepted are lost: their sendmsg failed with @err (or
+ * could not be made again). Counted; the first per endpoint is logged, as a WARN: the
+ * caller was told nothing at the call. */
+static void
+send_lost(struct keel_udp *u, unsigned n, int err)
+{
+	u->ns->st.udp_send_errors += n;
+	if (u->send_err_logged)
+		return;
+	u->send_err_logged = true;
+	keel_log(KEEL_LOG_WARN, NET_MOD,
+		 "udp port %u: %u datagram%s that keel_udp_send accepted could not be sent (%s) "
+		 "and %s lost; counted in udp_send_errors (keel_net_stats), and only this "
+		 "endpoint's first such failure is logged",
+		 u->port, n, n == 1 ? "" : "s", strerror(-err), n == 1 ? "is" : "are");
+}
+
 /* A sendmsg of several datagrams failed where single ones may not: send each again alone,
  * in order, and send this endpoint's datagrams one by one from now on. */
 static void
@@ -474,8 +492,11 @@ gso_fallback(struct keel_udp *u, struct udp_send *d, int res)
 	/* Also after keel_udp_close: these datagrams were accepted (keel_udp_send returned 0),
 	 * and each send holds the endpoint open until it completes. */
 	for (unsigned i = 0; i < g->n; i++) {
-		if (udp_send_one(u, &g->s[i], &d->dst) < 0)
+		int r = udp_send_one(u, &g->s[i], &d->dst);
+		if (r < 0) {
 			keel_slice_put(&g->s[i]);
+			send_lost(u, 1, r);
+		}
 	}
 	g->n = 0;
 }
@@ -496,7 +517,7 @@ send_cb(struct keel_op *op, int res, uint32_t flags)
 		if (d->gso && gso_refused(res))
 			gso_fallback(u, d, res);
 		else if (res < 0 && res != -ECANCELED)
-			keel_log(KEEL_LOG_DEBUG, NET_MOD, "udp sendmsg: %s", strerror(-res));
+			send_lost(u, d->gso ? d->gso->n : 1, res);
 		udp_check(u);
 		if (d->zc && (flags & IORING_CQE_F_MORE))
 			return; /* the notification releases the buffer */

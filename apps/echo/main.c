@@ -63,6 +63,9 @@ net_print(const struct app *a, unsigned shards)
 			(unsigned long long)n->bulk_moves, (unsigned long long)n->bulk_backs,
 			(unsigned long long)(n->bulk_window >> 10),
 			n->bulk_failed ? " (could not be made)" : "");
+		if (n->udp_send_errors)
+			fprintf(stderr, "shard %u net: UDP: %llu datagrams lost to failed sends\n",
+				i, (unsigned long long)n->udp_send_errors);
 		if (n->udp_gso_sends || n->udp_gso_fallbacks)
 			fprintf(stderr,
 				"shard %u net: UDP: %llu sendmsgs carried %llu datagrams (UDP_SEGMENT), "

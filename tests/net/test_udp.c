@@ -601,6 +601,109 @@ drops_run(const char *feature)
 	free(k);
 }
 
+/* ---- a send that fails after keel_udp_send accepted it is counted ---- */
+
+/* Each datagram is sent on to port 0 of loopback, which the kernel refuses (-EINVAL)
+ * without anything leaving; the marker is echoed to its source, as the end. Those
+ * datagrams were accepted by keel_udp_send (it returned 0), so their loss is counted in
+ * udp_send_errors, batched with UDP_SEGMENT or not. */
+struct bad_sink {
+	_Atomic uint64_t accepted, errors;
+};
+static struct bad_sink bad_sink;
+
+static void
+bad_datagram(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_storage *src)
+{
+	struct sockaddr_storage dst = { 0 };
+	struct sockaddr_in *in = (struct sockaddr_in *)&dst;
+
+	in->sin_family = AF_INET;
+	in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	in->sin_port = 0;
+	if (s->len == 1 && s->data[0] == 'M') {
+		if (keel_udp_send(u, s, src) < 0)
+			keel_slice_put(s);
+		return;
+	}
+	if (keel_udp_send(u, s, &dst) == 0)
+		atomic_fetch_add(&bad_sink.accepted, 1);
+	else
+		keel_slice_put(s);
+}
+
+static void
+bad_stats_fn(struct keel_xreq *req)
+{
+	struct keel_net_stats st;
+
+	keel_net_stats(keel_this_shard(), &st);
+	atomic_store(&bad_sink.errors, st.udp_send_errors);
+	keel_xreq_complete(req, 0);
+}
+
+static uint64_t
+bad_errors(struct keel_runtime *rt)
+{
+	struct keel_xqueue *q;
+	struct keel_xreq req = { .fn = bad_stats_fn }, *done;
+
+	cr_assert_eq(keel_xqueue_create(&q), 0);
+	req.queue = q;
+	cr_assert_eq(keel_runtime_submit(rt, 0, &req), 0);
+	cr_assert_eq(keel_xqueue_wait(q, &done, 1, KEEL_S(30)), 1);
+	keel_xqueue_destroy(q);
+	return atomic_load(&bad_sink.errors);
+}
+
+static void
+bad_start(void *arg)
+{
+	struct udp_sink *k = arg;
+	static const struct keel_udp_ops ops = { .on_datagram = bad_datagram };
+	int r = keel_udp_open("127.0.0.1", 0, &ops, k, &k->u);
+
+	if (r < 0) {
+		atomic_store(&k->open_err, r);
+		atomic_store(&k->port, 1);
+		keel_stop(r);
+		return;
+	}
+	atomic_store(&k->port, keel_udp_port(k->u));
+}
+
+Test(net_udp, sends_that_fail_after_they_were_accepted_are_counted)
+{
+	struct udp_sink *k = calloc(1, sizeof(*k));
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct keel_runtime *rt;
+	char in[8];
+	int fd;
+
+	memset(&bad_sink, 0, sizeof(bad_sink));
+	keel_net_config_init(&nc);
+	cr_assert_eq(keel_net_config_set(&nc), 0);
+	o.idle_poll_us = 0;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, bad_start, k), 0);
+	WAIT_FOR(atomic_load(&k->port), "the UDP endpoint's port");
+	cr_assert_eq(atomic_load(&k->open_err), 0);
+	fd = sink_client(k);
+	for (int i = 0; i < 5; i++)
+		cr_assert_eq(send(fd, "abc", 3, 0), 3);
+	cr_assert_eq(send(fd, "M", 1, 0), 1);
+	cr_assert_eq(recv_intr(fd, in, sizeof(in)), 1, "the marker's echo");
+	cr_assert_eq(atomic_load(&bad_sink.accepted), 5);
+	WAIT_FOR(bad_errors(rt) == 5, "udp_send_errors at 5 (now %llu)",
+		 (unsigned long long)atomic_load(&bad_sink.errors));
+	close(fd);
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	free(k);
+}
+
 Test(net_udp, kernel_drops_are_counted)
 {
 	drops_run(NULL);
