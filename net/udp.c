@@ -110,8 +110,7 @@ noop_cb(struct keel_op *op, int res, uint32_t flags)
 static struct keel_op noop_op = { noop_cb };
 
 /* Arm the endpoint's receive. False when no SQE could be had (a ring error, logged by the
- * core): the caller leaves the endpoint waiting for a buffer, so the next one to come back
- * tries again. */
+ * core): see udp_rearm. */
 static bool
 udp_arm(struct keel_udp *u)
 {
@@ -150,6 +149,18 @@ udp_starve(struct keel_udp *u, bool on)
 		u->ns->udp_starving--;
 }
 
+/* Arm the receive, or wait: for a buffer (the next to come back kicks the starving), and
+ * when the ring gave no SQE also for the next pass, which tries again (every buffer may
+ * already be in the ring, and then none would come back to wake the endpoint). */
+static void
+udp_rearm(struct keel_udp *u)
+{
+	if (udp_arm(u))
+		return;
+	udp_starve(u, true);
+	keel__udp_starved_kick(u->ns);
+}
+
 static void
 udp_starve_cb(void *arg)
 {
@@ -160,8 +171,8 @@ udp_starve_cb(void *arg)
 		if (!u->starving)
 			continue;
 		udp_starve(u, false);
-		if (!u->closing && !ns->stopping && !udp_arm(u))
-			udp_starve(u, true);
+		if (!u->closing && !ns->stopping)
+			udp_rearm(u);
 	}
 	keel__net_unref(ns);
 }
@@ -341,8 +352,10 @@ udp_recv_cb(struct keel_op *op, int res, uint32_t flags)
 		 * when one does. */
 		if (!u->closing && !u->ns->stopping &&
 		    (res >= 0 || res == -ENOBUFS || res == -EAGAIN)) {
-			if ((res == -ENOBUFS && !u->ns->udp.inring) || !udp_arm(u))
+			if (res == -ENOBUFS && !u->ns->udp.inring)
 				udp_starve(u, true);
+			else
+				udp_rearm(u);
 		} else if (!u->closing && res < 0 && res != -ECANCELED)
 			keel_log(KEEL_LOG_WARN, NET_MOD, "udp port %u: recvmsg: %s", u->port,
 				 strerror(-res));
@@ -439,8 +452,7 @@ keel_udp_open(const char *addr, uint16_t port, const struct keel_udp_ops *ops, v
 	u->next = ns->udps;
 	ns->udps = u;
 	keel__net_ref(ns);
-	if (!udp_arm(u))
-		udp_starve(u, true);
+	udp_rearm(u);
 	*out = u;
 	return 0;
 }
@@ -729,6 +741,39 @@ close_nop_cb(struct keel_op *op, int res, uint32_t flags)
 	close_deferred(container_of(op, struct keel_udp, close_nop));
 }
 
+static void udp_cancel_recv(struct keel_udp *u);
+
+/* keel_udp_close's cancel, again from the loop: a deferred call counted in ops_n, as
+ * close_deferred is. */
+static void
+cancel_later(void *arg)
+{
+	struct keel_udp *u = arg;
+
+	u->ops_n--;
+	if (u->armed)
+		udp_cancel_recv(u);
+	udp_check(u);
+}
+
+/* Cancel the armed receive only: sends already accepted go out (a cancel by descriptor
+ * would end those waiting for room in the socket, their datagrams dropped uncounted).
+ * Without an SQE it is tried again on the next pass; without memory for that, the
+ * runtime's stop cancels it. */
+static void
+udp_cancel_recv(struct keel_udp *u)
+{
+	struct io_uring_sqe *sqe = keel_sqe_get();
+
+	if (sqe) {
+		io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)&u->recv_op, 0);
+		keel_sqe_bind(sqe, &noop_op);
+		return;
+	}
+	if (keel_defer(cancel_later, u) == 0)
+		u->ops_n++;
+}
+
 void
 keel_udp_close(struct keel_udp *u)
 {
@@ -739,15 +784,8 @@ keel_udp_close(struct keel_udp *u)
 	u->closing = true;
 	u->status = u->ns->stopping ? -ESHUTDOWN : 0;
 	udp_starve(u, false);
-	/* The receive only: sends already accepted go out (a cancel by descriptor would end
-	 * those waiting for room in the socket, their datagrams dropped uncounted). */
-	if (u->armed) {
-		sqe = keel_sqe_get();
-		if (sqe) {
-			io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)&u->recv_op, 0);
-			keel_sqe_bind(sqe, &noop_op);
-		}
-	}
+	if (u->armed)
+		udp_cancel_recv(u);
 	if (u->ops_n)
 		return; /* the last completion frees it */
 	/* Nothing in flight: on_close still runs from the loop (STYLE.md, Callbacks). A

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <keel/faults.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -374,4 +375,107 @@ Test(faults_sqe, an_abort_whose_cancel_found_no_sqe_still_closes)
 	cr_assert_eq(atomic_load(&keel__fault_sqe_none), 0, "the fault was not used");
 	close(fd);
 	cr_assert_eq(srv_stop(&s), 0);
+}
+
+/* UDP: the receive's re-arm, or keel_udp_close's cancel of it, finds no SQE. */
+static struct {
+	_Atomic uint16_t port;
+	_Atomic int open_err, datagrams, closes;
+	bool close_in_cb;
+} nu;
+
+static void
+nu_datagram(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_storage *src)
+{
+	keel_slice_put(s); /* the buffer is back before the re-arm: nothing waits for one */
+	if (atomic_fetch_add(&nu.datagrams, 1) == 0) {
+		atomic_store(&keel__fault_sqe_none, 1);
+		if (nu.close_in_cb)
+			keel_udp_close(u);
+	}
+}
+
+static void
+nu_closed(struct keel_udp *u, int status)
+{
+	atomic_fetch_add(&nu.closes, 1);
+}
+
+static const struct keel_udp_ops nu_ops = { .on_datagram = nu_datagram, .on_close = nu_closed };
+
+static void
+nu_start(void *arg)
+{
+	struct keel_udp *u;
+	int r = keel_udp_open("127.0.0.1", 0, &nu_ops, NULL, &u);
+
+	if (r < 0) {
+		atomic_store(&nu.open_err, r);
+		atomic_store(&nu.port, 1);
+		keel_stop(r);
+		return;
+	}
+	atomic_store(&nu.port, keel_udp_port(u));
+}
+
+/* Start a shard with one endpoint (@feature set); returns a client socket connected to it. */
+static int
+nu_run(struct keel_runtime **rt, const char *feature, bool close_in_cb)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct sockaddr_in dst = { .sin_family = AF_INET };
+	int fd;
+
+	memset(&nu, 0, sizeof(nu));
+	nu.close_in_cb = close_in_cb;
+	o.idle_poll_us = 0;
+	net_test_feature(&o, feature);
+	cr_assert_eq(keel_runtime_create(&o, rt), 0);
+	cr_assert_eq(keel_runtime_start(*rt, nu_start, NULL), 0);
+	WAIT_FOR(atomic_load(&nu.port), "the UDP endpoint's port");
+	cr_assert_eq(atomic_load(&nu.open_err), 0);
+	fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(fd, 0);
+	dst.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	dst.sin_port = htons(atomic_load(&nu.port));
+	cr_assert_eq(connect(fd, (struct sockaddr *)&dst, sizeof(dst)), 0);
+	return fd;
+}
+
+static void
+nu_stop(struct keel_runtime *rt, int fd)
+{
+	close(fd);
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+}
+
+/* One-shot receives: the re-arm after the first datagram finds no SQE. Every buffer is in
+ * the ring by then, so no returning buffer would wake the endpoint: it tries again on the
+ * next pass, and the second datagram is received. */
+Test(faults_sqe, a_udp_rearm_that_found_no_sqe_is_tried_again)
+{
+	struct keel_runtime *rt;
+	int fd = nu_run(&rt, "multishot_recv=off", false);
+
+	cr_assert_eq(send(fd, "a", 1, 0), 1);
+	WAIT_FOR(atomic_load(&nu.datagrams) == 1, "the first datagram");
+	cr_assert_eq(send(fd, "b", 1, 0), 1);
+	WAIT_FOR(atomic_load(&nu.datagrams) == 2, "the second datagram, after the re-arm failed");
+	cr_assert_eq(atomic_load(&keel__fault_sqe_none), 0, "the fault was not used");
+	nu_stop(rt, fd);
+}
+
+/* A multishot receive stays armed; keel_udp_close's cancel of it finds no SQE, tries
+ * again on the next pass, and on_close follows without the runtime stopping. */
+Test(faults_sqe, a_udp_close_whose_cancel_found_no_sqe_still_closes)
+{
+	struct keel_runtime *rt;
+	int fd = nu_run(&rt, "multishot_recv=on", true);
+
+	cr_assert_eq(send(fd, "a", 1, 0), 1);
+	WAIT_FOR(atomic_load(&nu.closes) == 1, "on_close of the endpoint closed in its callback");
+	cr_assert_eq(atomic_load(&keel__fault_sqe_none), 0, "the fault was not used");
+	nu_stop(rt, fd);
 }
