@@ -519,6 +519,18 @@ enter_gather(struct keel_shard *s, struct __kernel_timespec *ts)
  * just submitted end the wait at once. Returns false without entering when there is work
  * for another pass: then the pass that began at @t0 stays open and the caller enters if it
  * must. On true the pass was closed (pass_end) before the sleep. */
+/* A shard that found itself quiescent while stopping runs no timer until something makes
+ * it active again (a message, a foreign request: both clear the flag). Termination
+ * detection (wave) takes a quiescent shard to become active only by a message; a timer
+ * callback that sent one (a buffer put back to its home shard) after the others had
+ * ended would leave it unrun and this shard waiting for it for ever. Its timers bound
+ * waits for work it no longer has. */
+static bool
+timers_held(struct keel_shard *s)
+{
+	return s->phase != PHASE_RUN && atomic_load_explicit(&s->quiescent, memory_order_relaxed);
+}
+
 static bool
 sleep_in_kernel(struct keel_shard *s, uint64_t t0, struct keel__coalesce *co)
 {
@@ -543,7 +555,7 @@ sleep_in_kernel(struct keel_shard *s, uint64_t t0, struct keel__coalesce *co)
 	}
 	now = keel__clock_ns();
 	pass_end(s, t0, now);
-	next = keel__timers_next_ns(s);
+	next = timers_held(s) ? -1 : keel__timers_next_ns(s);
 	if (next >= 0)
 		d = (uint64_t)next > now ? (uint64_t)next - now : 0;
 	/* Bounded: work waits for room or a retry (an internal read that found no SQE would
@@ -697,7 +709,8 @@ keel__shard_loop(struct keel_shard *s)
 		work += keel__mail_drain(s);
 		work += keel__foreign_drain(s);
 		arrivals = work - s->reaped_wakes;
-		work += keel__timers_run(s);
+		if (!timers_held(s))
+			work += keel__timers_run(s);
 		work += keel__defer_run(s);
 		if (s->phase == PHASE_RUN && atomic_load(&rt->stopping)) {
 			begin_stop(s);

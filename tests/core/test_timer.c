@@ -453,3 +453,66 @@ Test(core_timer, a_timer_started_while_stopping_fires_only_while_work_holds_the_
 	cr_assert_gt(stp.waits, 0);
 	cr_assert_eq(stp.late_fired, 0, "the 60 s timer held the stop");
 }
+
+/* A shard with nothing left to do while another still works is quiescent, and runs no
+ * timer: termination detection takes a quiescent shard to become active only by a
+ * message, and a timer callback that sent one (a buffer put home, say) after the others
+ * had ended would leave it unrun and the join hanging. Shard 1 starts a 1 ms timer from
+ * stop-time deferred work and has nothing more to do; shard 0 works on for 50 ms. */
+static struct {
+	struct keel_timer *t;
+	_Atomic int fired;
+	uint64_t until;
+} tq;
+
+static void
+tq_fire(struct keel_timer *t, void *arg)
+{
+	atomic_fetch_add(&tq.fired, 1);
+}
+
+static void
+tq_busy(void *arg)
+{
+	if (keel_now_ns() < tq.until)
+		SHARD_CHECK_EQ(keel_defer(tq_busy, NULL), 0);
+}
+
+static void
+tq_arm(void *arg)
+{
+	if (keel_shard_id(keel_this_shard()) == 0) {
+		tq.until = keel_now_ns() + KEEL_MS(50);
+		SHARD_CHECK_EQ(keel_defer(tq_busy, NULL), 0);
+		return;
+	}
+	SHARD_CHECK_EQ(keel_timer_create(tq_fire, NULL, &tq.t), 0);
+	SHARD_CHECK_EQ(keel_timer_start(tq.t, KEEL_MS(1), 0), 0);
+}
+
+static void
+tq_hook(void *arg)
+{
+	SHARD_CHECK_EQ(keel_defer(tq_arm, NULL), 0);
+}
+
+static void
+tq_start(void *app)
+{
+	SHARD_CHECK_EQ(keel_shard_on_stop(tq_hook, NULL), 0);
+	if (keel_shard_id(keel_this_shard()) == 0)
+		keel_stop(0);
+}
+
+Test(core_timer, a_quiescent_shard_runs_no_timer_while_another_still_works)
+{
+	struct keel_opts o = test_opts(2);
+	int r;
+
+	memset(&tq, 0, sizeof(tq));
+	o.idle_poll_us = 0;
+	r = keel_run(&o, tq_start, NULL);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
+	cr_assert_eq(atomic_load(&tq.fired), 0, "shard 1's timer fired while it was quiescent");
+}
