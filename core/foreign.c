@@ -36,9 +36,12 @@ keel_runtime_submit(struct keel_runtime *rt, unsigned shard, struct keel_xreq *r
 		s->xhead = req;
 	s->xtail = req;
 	atomic_store(&s->xpending, 1);
-	pthread_mutex_unlock(&s->xlock);
+	/* Woken under the lock: the shard takes it to run the request, so once it is released
+	 * the request may complete and its owner stop and destroy the runtime; nothing of the
+	 * shard may be touched after. */
 	if (atomic_load(&s->sleeping) && atomic_exchange(&s->sleeping, 0))
 		keel__shard_wake(s, keel__cur);
+	pthread_mutex_unlock(&s->xlock);
 	return 0;
 }
 

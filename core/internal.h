@@ -241,10 +241,12 @@ struct keel_runtime {
 	struct keel_map *map; /* --map: the map file's contents, NULL without --map */
 
 	_Atomic int stopping;
-	_Atomic int stop_status;
-	_Atomic int stop_status_set;
+	/* The first status given to a stop: bit 32 says one was, the low 32 bits hold it (one
+	 * word, so no stop can see it set but not yet written). */
+	_Atomic uint64_t stop_word;
 
-	bool started, joined;
+	_Atomic bool started; /* read by keel_runtime_submit and _stop on any thread */
+	bool joined;
 	sigset_t saved_mask;
 	bool mask_saved;
 };

@@ -489,14 +489,23 @@ err:
 	return r;
 }
 
+#define STOP_GIVEN (1ull << 32)
+
+/* The status of the first stop (0 when none was given). */
+static int
+stop_status(struct keel_runtime *rt)
+{
+	return (int)(uint32_t)atomic_load(&rt->stop_word);
+}
+
 void
 keel_runtime_stop(struct keel_runtime *rt, int status)
 {
-	int expect = 0;
+	uint64_t expect = 0;
 	struct keel_shard *self = keel__cur && keel__cur->rt == rt ? keel__cur : NULL;
 
-	if (atomic_compare_exchange_strong(&rt->stop_status_set, &expect, 1))
-		atomic_store(&rt->stop_status, status);
+	atomic_compare_exchange_strong(&rt->stop_word, &expect,
+				       STOP_GIVEN | (uint64_t)(uint32_t)status);
 	if (atomic_exchange(&rt->stopping, 1))
 		return;
 	if (!rt->started)
@@ -518,7 +527,7 @@ int
 keel_runtime_join(struct keel_runtime *rt)
 {
 	if (!rt->started || rt->joined)
-		return atomic_load(&rt->stop_status);
+		return stop_status(rt);
 	for (unsigned i = 0; i < rt->created; i++)
 		pthread_join(rt->shards[i].thread, NULL);
 	rt->joined = true;
@@ -528,7 +537,7 @@ keel_runtime_join(struct keel_runtime *rt)
 	}
 	if (rt->opts.stats)
 		keel_runtime_stats_print(rt, stderr);
-	return rt->start_err ? rt->start_err : atomic_load(&rt->stop_status);
+	return rt->start_err ? rt->start_err : stop_status(rt);
 }
 
 void

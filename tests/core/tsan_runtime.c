@@ -6,6 +6,7 @@
  * sleeping and waking, a host thread reading stats, and a host-initiated stop.
  * Exits 0 when every check held, 1 otherwise.
  */
+#include <errno.h>
 #include <keel/keel.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -169,12 +170,43 @@ foreign(void *p)
 	return NULL;
 }
 
+/* A host thread that submits while the runtime is being started: refused (-ESHUTDOWN)
+ * until the start, then accepted and run. Its reads of the runtime's state race with the
+ * start's writes unless those are atomic. */
+static void
+early_fn(struct keel_xreq *req)
+{
+	keel_xreq_complete(req, 7);
+}
+
+static void *
+early(void *arg)
+{
+	struct keel_runtime *rt = arg;
+	struct keel_xqueue *q;
+	struct keel_xreq req = { .fn = early_fn }, *out;
+	uint64_t deadline = now_ms() + WAIT_MS;
+	int r;
+
+	CHECK(keel_xqueue_create(&q) == 0);
+	req.queue = q;
+	while ((r = keel_runtime_submit(rt, 0, &req)) == -ESHUTDOWN && now_ms() < deadline)
+		;
+	CHECK(r == 0);
+	if (r == 0) {
+		CHECK(keel_xqueue_wait(q, &out, 1, KEEL_MS(WAIT_MS)) == 1);
+		CHECK(req.status == 7);
+	}
+	keel_xqueue_destroy(q);
+	return NULL;
+}
+
 int
 main(void)
 {
 	struct keel_opts o;
 	struct keel_runtime *rt;
-	pthread_t th[THREADS];
+	pthread_t th[THREADS], early_th;
 	struct thr t;
 	_Atomic unsigned cb = 0;
 	struct keel_shard_stats st;
@@ -186,7 +218,9 @@ main(void)
 	o.idle_poll_us = 0; /* every message and request lands on a sleeping shard */
 	o.log_level = KEEL_LOG_WARN;
 	CHECK(keel_runtime_create(&o, &rt) == 0);
+	pthread_create(&early_th, NULL, early, rt);
 	CHECK(keel_runtime_start(rt, on_start, NULL) == 0);
+	pthread_join(early_th, NULL);
 	t = (struct thr){ rt, &cb };
 	for (int i = 0; i < THREADS; i++)
 		pthread_create(&th[i], NULL, foreign, &t);
