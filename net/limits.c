@@ -63,18 +63,20 @@ sweep_cb(struct keel_timer *t, void *arg)
 			l->active = false;
 			l->last_ns = now;
 		}
-		if (header_pending(l)) {
-			if (now - l->open_ns >= cfg->header_timeout_ns) {
-				ns->st.header_timeouts++;
-				keel_conn_abort(l->c, -ETIMEDOUT); /* unlists it */
-				continue;
-			}
-		} else if (!cfg->idle_timeout_ns) {
-			keel__lim_close(ns, l); /* nothing left to time */
+		if (header_pending(l) && now - l->open_ns >= cfg->header_timeout_ns) {
+			ns->st.header_timeouts++;
+			keel_conn_abort(l->c, -ETIMEDOUT); /* unlists it */
 			continue;
-		} else if (now - l->last_ns >= cfg->idle_timeout_ns) {
+		}
+		/* The idle timeout holds while the header is pending too: a silent peer goes
+		 * at the shorter of the two. */
+		if (cfg->idle_timeout_ns && now - l->last_ns >= cfg->idle_timeout_ns) {
 			ns->st.idle_timeouts++;
 			keel_conn_abort(l->c, -ETIMEDOUT); /* unlists it */
+			continue;
+		}
+		if (!header_pending(l) && !cfg->idle_timeout_ns) {
+			keel__lim_close(ns, l); /* nothing left to time */
 			continue;
 		}
 		p = lim_period(l); /* still timed */

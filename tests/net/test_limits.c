@@ -259,6 +259,30 @@ Test(net_limits, idle_timeout_closes_a_quiet_connection)
 	cr_assert_eq(srv_stop(&s), 0);
 }
 
+/* Both timeouts set, the idle one shorter: a silent peer (its header pending) is closed by
+ * the idle timeout, counted there, not left until the header timeout. */
+Test(net_limits, idle_timeout_applies_while_the_header_is_pending)
+{
+	struct keel_net_config nc;
+	struct srv s;
+	int fd;
+
+	lim_reset();
+	keel_net_config_init(&nc);
+	nc.header_timeout_ns = KEEL_S(600);
+	nc.idle_timeout_ns = KEEL_MS(500);
+	cr_assert_eq(srv_start(&s, NULL, &nc, &lecho_ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	expect_closed(fd, "the silent connection");
+	WAIT_FOR(atomic_load(&lim_idle) == 1, "one idle timeout counted (%llu; header %llu)",
+		 (unsigned long long)atomic_load(&lim_idle),
+		 (unsigned long long)atomic_load(&lim_hdr));
+	cr_assert_eq(atomic_load(&lim_hdr), 0);
+	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
+}
+
 /* A server that answers each byte 'x' with 1 MiB (four references to the connection's
  * 256 KiB buffer: no memory per reply) and echoes a slice without one. */
 static _Atomic int big_done[2];
