@@ -392,7 +392,7 @@ keel_framer_push(struct keel_framer *f, struct keel_slice *s)
 			break;
 		}
 	} while (r > 0 && !(f->conn && keel__conn_closing(f->conn)));
-	return r;
+	return r < 0 ? r : 0;
 }
 
 /* At most 10 framing errors a second per shard reach the log; the rest are counted. */

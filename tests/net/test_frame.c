@@ -892,8 +892,16 @@ quit_open(struct keel_conn *c)
 	attach(c, quit_frame);
 }
 
+static _Atomic int quit_ret = -1; /* keel_framer_on_data's return: 0 after a clean close */
+
+static void
+quit_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	atomic_store(&quit_ret, keel_framer_on_data(keel_conn_user(c), c, s, n));
+}
+
 static const struct keel_conn_ops quit_ops = { .on_open = quit_open,
-					       .on_data = framed_data,
+					       .on_data = quit_data,
 					       .on_close = srv_close };
 
 Test(net_frame, frames_after_a_close_in_the_callback_are_not_delivered)
@@ -908,6 +916,7 @@ Test(net_frame, frames_after_a_close_in_the_callback_are_not_delivered)
 	memset(&e, 0, sizeof(e));
 	atomic_store(&quit_after, 0);
 	atomic_store(&quit_closed, 0);
+	atomic_store(&quit_ret, -1);
 	cr_assert_eq(keel_runtime_create(&o, &e.rt), 0);
 	cr_assert_eq(keel_listener_create(&lo, 1, &quit_ops, &e, &e.l), 0);
 	e.port = keel_listener_port(e.l);
@@ -927,6 +936,8 @@ Test(net_frame, frames_after_a_close_in_the_callback_are_not_delivered)
 	e2e_wait(&e, &e.srv_closed, 1, "the server's on_close");
 	cr_assert_eq(atomic_load(&e.srv_status), 0, "a graceful close, not an abort");
 	cr_assert_eq(atomic_load(&quit_after), 0, "frames delivered after the close");
+	cr_assert_eq(atomic_load(&quit_ret), 0, "keel_framer_on_data returned %d",
+		     atomic_load(&quit_ret));
 	close(fd);
 	e2e_stop(&e);
 }

@@ -139,7 +139,10 @@ KEEL_API const char *keel_framer_reason(const struct keel_framer *f);
 /**
  * Connection glue for the app's on_data: push the @n slices into @f. When @f fails, the
  * reason is logged (module "net", rate-limited) and @c is aborted with the error
- * (keel_conn_abort(c, err)), so the app's on_close sees it as its status.
+ * (keel_conn_abort(c, err)), so the app's on_close sees it as its status. Once a frame
+ * callback has closed or aborted @c, no later frame is delivered: the push stops after
+ * that frame and the remaining slices are put (a graceful close still sends what was
+ * queued before it).
  * Consumes: every slice's reference, always (the array is borrowed).
  * Returns: 0, or the framer's error (the connection is then aborted).
  * Context: @c's shard, typically inside on_data.
