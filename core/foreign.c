@@ -25,7 +25,7 @@ keel_runtime_submit(struct keel_runtime *rt, unsigned shard, struct keel_xreq *r
 		return -EINVAL;
 	s = &rt->shards[shard];
 	pthread_mutex_lock(&s->xlock);
-	if (s->xclosed || !rt->started || atomic_load(&rt->stopping)) {
+	if (s->xclosed || !atomic_load(&rt->accepting) || atomic_load(&rt->stopping)) {
 		pthread_mutex_unlock(&s->xlock);
 		return -ESHUTDOWN;
 	}

@@ -245,7 +245,11 @@ struct keel_runtime {
 	 * word, so no stop can see it set but not yet written). */
 	_Atomic uint64_t stop_word;
 
-	_Atomic bool started; /* read by keel_runtime_submit and _stop on any thread */
+	_Atomic bool started; /* read by keel_runtime_stop on any thread */
+	/* keel_runtime_submit takes requests: set once every shard has started (by each shard
+	 * before its on_start, and by keel_runtime_start), never when the start failed, so no
+	 * request can wait on a shard that will not run it. */
+	_Atomic bool accepting;
 	bool joined;
 	sigset_t saved_mask;
 	bool mask_saved;

@@ -158,15 +158,12 @@ shard_main(void *p)
 	}
 	latch_arrive(&rt->start_lock, &rt->latch_cond, &rt->ready_left, true);
 	if (!rt->start_err) {
+		atomic_store(&rt->accepting, true);
 		s->now_ns = keel__clock_ns(); /* keel_now_ns() is valid in on_start too */
 		keel__mail_link(s);
 		if (rt->on_start)
 			rt->on_start(rt->app);
 		keel__shard_loop(s);
-	} else {
-		/* The start failed: refuse foreign requests from now on, and complete with
-		 * -ECANCELED those a host thread queued meanwhile (the loop would have). */
-		keel__foreign_close(s);
 	}
 	/* Every shard has left its loop before any ring closes: no MSG_RING can then target
 	 * a closed ring. */
@@ -476,10 +473,9 @@ keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start, void *app)
 	if (rt->start_err) {
 		r = rt->start_err;
 		keel_runtime_join(rt);
-		for (unsigned i = created; i < rt->count; i++) /* no thread to close them */
-			keel__foreign_close(&rt->shards[i]);
 		return r;
 	}
+	atomic_store(&rt->accepting, true);
 	return 0;
 err:
 	if (rt->mask_saved) {

@@ -193,9 +193,10 @@ struct keel_xreq {
  * Hand @req to shard @shard; its fn runs there on a coming loop pass.
  * Ownership: @req must stay valid until it completes (done ran or it was popped from its
  * queue).
- * Returns: 0; -EINVAL (no such shard, no fn); -ESHUTDOWN before keel_runtime_start, when
- * the runtime is stopping, and after a start that failed. A request accepted but not run
- * before the runtime ends (or while its start fails) completes with -ECANCELED.
+ * Returns: 0; -EINVAL (no such shard, no fn); -ESHUTDOWN until every shard has started
+ * (while keel_runtime_start runs, and for good when it fails) and once the runtime is
+ * stopping. A request accepted but not run before the runtime ends completes with
+ * -ECANCELED.
  * Context: any thread.
  */
 KEEL_API int keel_runtime_submit(struct keel_runtime *rt, unsigned shard, struct keel_xreq *req);
