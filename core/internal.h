@@ -244,6 +244,7 @@ struct keel_runtime {
 	/* The first status given to a stop: bit 32 says one was, the low 32 bits hold it (one
 	 * word, so no stop can see it set but not yet written). */
 	_Atomic uint64_t stop_word;
+	_Atomic int stop_calls; /* keel_runtime_stop calls in progress (join waits for them) */
 
 	_Atomic bool started; /* read by keel_runtime_stop on any thread */
 	/* keel_runtime_submit takes requests: set once every shard has started (by each shard

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 /* Runtime lifecycle: shard threads, pinning, signals, foreign requests, deferred work. */
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -500,17 +501,21 @@ keel_runtime_stop(struct keel_runtime *rt, int status)
 	uint64_t expect = 0;
 	struct keel_shard *self = keel__cur && keel__cur->rt == rt ? keel__cur : NULL;
 
+	/* Counted before the stop can take effect: the shards may end as soon as one is woken,
+	 * and keel_runtime_join waits for this call to leave @rt before it returns (its
+	 * caller may destroy @rt at once). */
+	atomic_fetch_add(&rt->stop_calls, 1);
 	atomic_compare_exchange_strong(&rt->stop_word, &expect,
 				       STOP_GIVEN | (uint64_t)(uint32_t)status);
-	if (atomic_exchange(&rt->stopping, 1))
-		return;
-	if (!rt->started)
-		return;
-	for (unsigned i = 0; i < rt->count; i++) {
-		struct keel_shard *t = &rt->shards[i];
-		if (t != self && atomic_load(&t->sleeping) && atomic_exchange(&t->sleeping, 0))
-			keel__shard_wake(t, self);
+	if (!atomic_exchange(&rt->stopping, 1) && rt->started) {
+		for (unsigned i = 0; i < rt->count; i++) {
+			struct keel_shard *t = &rt->shards[i];
+			if (t != self && atomic_load(&t->sleeping) &&
+			    atomic_exchange(&t->sleeping, 0))
+				keel__shard_wake(t, self);
+		}
 	}
+	atomic_fetch_sub(&rt->stop_calls, 1);
 }
 
 void
@@ -526,6 +531,9 @@ keel_runtime_join(struct keel_runtime *rt)
 		return stop_status(rt);
 	for (unsigned i = 0; i < rt->created; i++)
 		pthread_join(rt->shards[i].thread, NULL);
+	/* A keel_runtime_stop on another thread may still be waking shards that have ended. */
+	while (atomic_load(&rt->stop_calls))
+		sched_yield();
 	rt->joined = true;
 	if (rt->mask_saved) {
 		pthread_sigmask(SIG_SETMASK, &rt->saved_mask, NULL);
