@@ -887,7 +887,7 @@ send_kick(struct keel_conn *c)
 	 * power of two (q_reserve doubles from 16). */
 	{
 		const uint32_t mask = c->qcap - 1,
-			       zct = ns->f_zc ? c->cfg->zc_threshold : UINT32_MAX;
+			       zct = ns->f_zc && !c->no_send_zc ? c->cfg->zc_threshold : UINT32_MAX;
 		uint64_t offered = 0;
 		uint8_t *end = NULL;
 
