@@ -512,13 +512,6 @@ enter_gather(struct keel_shard *s, struct __kernel_timespec *ts)
 			       sizeof(arg));
 }
 
-/* Sleep in the kernel until a completion, a wake-up or the next timer. The same
- * io_uring_enter submits what the pass queued (SUBMIT + GETEVENTS, the timeout through
- * EXT_ARG): a woken shard that answers and goes back to sleep enters the kernel once.
- * GETEVENTS also runs the task work DEFER_TASKRUN holds back, so completions of what was
- * just submitted end the wait at once. Returns false without entering when there is work
- * for another pass: then the pass that began at @t0 stays open and the caller enters if it
- * must. On true the pass was closed (pass_end) before the sleep. */
 /* A shard that found itself quiescent while stopping runs no timer until something makes
  * it active again (a message, a foreign request: both clear the flag). Termination
  * detection (wave) takes a quiescent shard to become active only by a message; a timer
@@ -531,6 +524,13 @@ timers_held(struct keel_shard *s)
 	return s->phase != PHASE_RUN && atomic_load_explicit(&s->quiescent, memory_order_relaxed);
 }
 
+/* Sleep in the kernel until a completion, a wake-up or the next timer. The same
+ * io_uring_enter submits what the pass queued (SUBMIT + GETEVENTS, the timeout through
+ * EXT_ARG): a woken shard that answers and goes back to sleep enters the kernel once.
+ * GETEVENTS also runs the task work DEFER_TASKRUN holds back, so completions of what was
+ * just submitted end the wait at once. Returns false without entering when there is work
+ * for another pass: then the pass that began at @t0 stays open and the caller enters if it
+ * must. On true the pass was closed (pass_end) before the sleep. */
 static bool
 sleep_in_kernel(struct keel_shard *s, uint64_t t0, struct keel__coalesce *co)
 {

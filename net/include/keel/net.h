@@ -570,9 +570,6 @@ struct keel_net_stats {
 	uint64_t udp_gso_batches;   /* batch states allocated for them (pooled, about 2.5 KiB
 				       each from malloc, not --memory: grows with the most such
 				       sendmsgs in flight at once, not with the sends) */
-	uint64_t udp_send_errors;   /* datagrams keel_udp_send accepted whose sendmsg then
-				       failed (no route, refused destination, ENOBUFS...): lost;
-				       the first per endpoint is logged */
 	uint64_t name_reads;        /* getpeername/getsockname calls for accepted and connected
 				       connections' addresses (keel_conn_peer_addr) */
 
@@ -595,6 +592,11 @@ struct keel_net_stats {
 				 window: at most keel_net_config.bulk_window in whole buffers,
 				 at least one; with bulk_window 0, at most the whole ring); 0
 				 before the ring is made */
+	/* Appended: fields are added at the end, so code built against an older header
+	 * still reads the ones it knows. */
+	uint64_t udp_send_errors; /* datagrams keel_udp_send accepted whose sendmsg then failed
+				     (no route, a refused destination, ENOBUFS...): lost; the
+				     first per endpoint is logged */
 };
 
 /**
