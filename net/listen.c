@@ -220,6 +220,9 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 	l->cpus = calloc(nshards, sizeof(*l->cpus));
 	l->parts = calloc(nshards, sizeof(*l->parts));
 	l->stats = calloc(nshards, sizeof(*l->stats));
+	if (l->parts) /* before any error: keel_listener_destroy closes what is >= 0 */
+		for (unsigned i = 0; i < nshards; i++)
+			l->parts[i].fd = -1;
 	if (!l->cpus || !l->parts || !l->stats) {
 		r = -ENOMEM;
 		goto err;
@@ -233,8 +236,6 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 		memcpy(l->queue_shard, o->queue_shard, o->nqueues * sizeof(unsigned));
 		l->nqueues = o->nqueues;
 	}
-	for (unsigned i = 0; i < nshards; i++)
-		l->parts[i].fd = -1;
 	if (ss.ss_family == AF_UNIX) {
 		r = unix_listen(l, o, &ss, len);
 		if (r < 0)
@@ -469,6 +470,25 @@ lcfg(const struct keel_listener *l, const struct net_shard *ns)
 	return l->has_cfg ? &l->cfg : &ns->cfg;
 }
 
+/* Close an accepted descriptor no connection will own: a plain close, or the direct
+ * descriptor's table slot cleared (a failure there leaves the slot taken: logged). */
+static void
+drop_accepted(struct keel__lshard *ls, int res, bool direct)
+{
+	int m1 = -1, r;
+
+	if (!direct) {
+		close(res);
+		return;
+	}
+	r = io_uring_register_files_update(keel_shard_ring_get(), (unsigned)res, &m1, 1);
+	if (r < 0)
+		keel_log(KEEL_LOG_WARN, NET_MOD,
+			 "shard %u: clearing direct descriptor %d of a dropped connection failed "
+			 "(%s): the slot stays taken",
+			 ls->shard, res, strerror(-r));
+}
+
 static void
 accept_cb(struct keel_op *op, int res, uint32_t flags)
 {
@@ -487,33 +507,29 @@ accept_cb(struct keel_op *op, int res, uint32_t flags)
 			 * memory of a connection; the peer sees a reset or EOF. */
 			if (over)
 				STAT_INC(l, ls->shard, over_limit);
-			if (direct) {
-				int m1 = -1;
-				io_uring_register_files_update(keel_shard_ring_get(), (unsigned)res,
-							       &m1, 1);
-			} else {
-				close(res);
-			}
+			drop_accepted(ls, res, direct);
 		} else {
 			struct keel_conn *c =
 				keel__conn_new(ns, res, direct, l->family, true, &l->ops, l->app,
 					       l->has_cfg ? &l->cfg : NULL);
-			STAT_INC(l, ls->shard, accepted);
-			/* Only what the steering compares: cpu steering the incoming CPU,
-			 * queue steering the NAPI id; hash steering has nothing to check. */
-			if (!l->unix_sock && l->steer != KEEL_STEER_HASH)
-				verify_submit(ls, res, direct,
-					      l->steer == KEEL_STEER_CPU ? SO_INCOMING_CPU
-									 : SO_INCOMING_NAPI_ID);
-			if (c)
+			if (c) {
+				STAT_INC(l, ls->shard, accepted);
+				/* Only what the steering compares: cpu steering the incoming
+				 * CPU, queue steering the NAPI id; hash steering has nothing to
+				 * check. After the connection is made: the descriptor the read
+				 * names is then its own, never a slot freed below. */
+				if (!l->unix_sock && l->steer != KEEL_STEER_HASH)
+					verify_submit(ls, res, direct,
+						      l->steer == KEEL_STEER_CPU
+							      ? SO_INCOMING_CPU
+							      : SO_INCOMING_NAPI_ID);
 				keel__conn_accepted(c, !l->no_addrs,
 						    l->local_known ? &l->local : NULL, l->locallen);
-			else if (direct) {
-				int m1 = -1;
-				io_uring_register_files_update(keel_shard_ring_get(), (unsigned)res,
-							       &m1, 1);
 			} else {
-				close(res);
+				keel_log(KEEL_LOG_WARN, NET_MOD,
+					 "shard %u: no memory for an accepted connection: closed",
+					 ls->shard);
+				drop_accepted(ls, res, direct);
 			}
 		}
 	} else if (res != -ECANCELED) {

@@ -188,6 +188,11 @@ keel_net_config_check(const struct keel_net_config *c, char *err, size_t errlen)
 			    c->udp_gso_segs, KEEL_UDP_GSO_MAX);
 	if (!c->max_files)
 		return errf(err, errlen, "max_files (--max-files) 0: a shard needs a slot");
+	if (c->accept_backoff_ns < KEEL_MS(1))
+		return errf(err, errlen,
+			    "accept_backoff_ns %llu: below 1 ms, an accept that keeps failing "
+			    "(EMFILE, ENFILE) would be retried every loop pass",
+			    (unsigned long long)c->accept_backoff_ns);
 	if (c->low_watermark > c->high_watermark)
 		return errf(err, errlen,
 			    "low_watermark (--low-watermark) %u above high_watermark "

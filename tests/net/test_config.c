@@ -325,3 +325,18 @@ Test(net_config, bulk_windows_that_make_the_same_ring_are_equal)
 	y.bulk_window = 1000; /* both under one buffer: one */
 	cr_assert(keel__net_config_shard_equal(&x, &y), "one buffer either way");
 }
+
+/* An accept back-off under 1 ms is refused: with EMFILE lasting, the accept would be
+ * retried every loop pass, a shard spinning on one error. */
+Test(net_config, accept_backoff_below_a_millisecond_is_refused)
+{
+	struct keel_net_config nc;
+
+	keel_net_config_init(&nc);
+	nc.accept_backoff_ns = 0;
+	cr_assert_eq(keel_net_config_set(&nc), -EINVAL);
+	nc.accept_backoff_ns = KEEL_MS(1);
+	cr_assert_eq(keel_net_config_set(&nc), 0);
+	keel_net_config_init(&nc);
+	cr_assert_eq(keel_net_config_set(&nc), 0);
+}

@@ -152,7 +152,7 @@ KEEL_API void keel_net_config_init(struct keel_net_config *c);
  * Returns: 0, or -EINVAL (buf_count, udp_buf_count, or bulk_buf_count when bulk_buf_size is
  * above buf_size, not a power of two in 1..32768, buf_size 0 or above 1 MiB, bulk_buf_size
  * above 1 MiB, udp_buf_size 0 or above 65536,
- * low_watermark > high_watermark, max_files 0).
+ * low_watermark > high_watermark, max_files 0, accept_backoff_ns under 1 ms).
  * Context: any thread, before the runtime's shards use the network.
  */
 KEEL_API int keel_net_config_set(const struct keel_net_config *c);
