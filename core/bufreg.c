@@ -245,10 +245,10 @@ keel__bufreg_init(struct keel_shard *s)
 		}
 	}
 	/* One slot per region: keel_alloc_create refuses more regions than a table holds. */
-	br->nslots = keel_alloc_region_max(br->alloc);
-	br->slots = calloc(br->nslots, 1);
+	br->slots = calloc(keel_alloc_region_max(br->alloc), 1);
 	if (!br->slots)
-		return -ENOMEM;
+		return -ENOMEM; /* nslots stays 0: keel__bufreg_fini walks no slot */
+	br->nslots = keel_alloc_region_max(br->alloc);
 	r = io_uring_register_buffers_sparse(&s->ring, br->nslots);
 	if (r < 0) {
 		keel_log(br->policy_on ? KEEL_LOG_ERROR : KEEL_LOG_INFO, "core",
@@ -259,11 +259,10 @@ keel__bufreg_init(struct keel_shard *s)
 	br->enabled = true;
 	/* Region 0 now: bounded, and the memlock decision is made at start. */
 	r = register_slot(s, 0);
-	if (r == -ENOMEM) {
-		if (br->policy_on)
-			return r;
+	if (r < 0 && br->policy_on) /* reg_buffers=on: whatever the error, not a plain start */
+		return r;
+	if (r == -ENOMEM)
 		br->enabled = false;
-	}
 	return 0;
 }
 
