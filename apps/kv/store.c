@@ -671,6 +671,13 @@ arg_is(const struct resp_arg *a, const char *w)
 	return a->len == strlen(w) && !strncasecmp((const char *)a->p, w, a->len);
 }
 
+/* The same word, either case. */
+static bool
+arg_eq(const struct resp_arg *a, const struct resp_arg *b)
+{
+	return a->len == b->len && !strncasecmp((const char *)a->p, (const char *)b->p, a->len);
+}
+
 /* Persistence (aof.c): a key's state as one record, the table as records, records
  * applied. A record is the key's whole state (SET k v [PXAT ms] or DEL k), so applying
  * a file's records in order gives the table back whatever commands produced them, and
@@ -780,43 +787,47 @@ static void
 cmd_set(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
 	bool nx = false, xx = false, keepttl = false, get = false;
+	const struct resp_arg *expo = NULL, *expv = NULL; /* the expiry option and its value */
 	int64_t exp = 0;
 	struct kv_ent *e, **pp = NULL;
 	uint64_t h;
 	size_t rep;
 
+	/* As Redis 7 reads them: every option first, the expiry's value after. An expiry
+	 * option may repeat (the last one counts) but not mix with another or KEEPTTL. */
 	for (unsigned i = 3; i < argc; i++) {
-		bool has_next = i + 1 < argc;
-		long long v;
 		if (arg_is(&argv[i], "NX") && !xx) {
 			nx = true;
 		} else if (arg_is(&argv[i], "XX") && !nx) {
 			xx = true;
 		} else if (arg_is(&argv[i], "GET")) {
 			get = true;
-		} else if (arg_is(&argv[i], "KEEPTTL") && !exp) {
+		} else if (arg_is(&argv[i], "KEEPTTL") && !expo) {
 			keepttl = true;
 		} else if ((arg_is(&argv[i], "EX") || arg_is(&argv[i], "PX") ||
 			    arg_is(&argv[i], "EXAT") || arg_is(&argv[i], "PXAT")) &&
-			   !exp && !keepttl && has_next) {
-			bool sec = argv[i].p[0] == 'E' || argv[i].p[0] == 'e';
-			bool at = argv[i].len == 4;
-			if (!kv_arg_ll(&argv[i + 1], &v)) {
-				rb_err(out, "%s", e_int);
-				return;
-			}
-			if (v <= 0 || (sec && v > LLONG_MAX / 1000) ||
-			    (!at && (sec ? v * 1000 : v) > LLONG_MAX - kv_now_ms())) {
-				rb_err(out, "ERR invalid expire time in 'set' command");
-				return;
-			}
-			v = sec ? v * 1000 : v;
-			exp = at ? v : kv_now_ms() + v;
-			i++;
+			   (!expo || arg_eq(expo, &argv[i])) && !keepttl && i + 1 < argc) {
+			expo = &argv[i];
+			expv = &argv[++i];
 		} else {
 			rb_err(out, "%s", e_syntax);
 			return;
 		}
+	}
+	if (expv) {
+		bool sec = expo->p[0] == 'E' || expo->p[0] == 'e', at = expo->len == 4;
+		long long v;
+		if (!kv_arg_ll(expv, &v)) {
+			rb_err(out, "%s", e_int);
+			return;
+		}
+		if (v <= 0 || (sec && v > LLONG_MAX / 1000) ||
+		    (!at && (sec ? v * 1000 : v) > LLONG_MAX - kv_now_ms())) {
+			rb_err(out, "ERR invalid expire time in 'set' command");
+			return;
+		}
+		v = sec ? v * 1000 : v;
+		exp = at ? v : kv_now_ms() + v;
 	}
 	h = kv_hash(argv[1].p, argv[1].len);
 	e = lookup_h(db, &argv[1], h, &pp);
@@ -1093,11 +1104,7 @@ expire_generic(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rb
 	long long v;
 	int64_t at, now = kv_now_ms();
 
-	if (!kv_arg_ll(&argv[2], &v)) {
-		rb_err(out, "%s", e_int);
-		return;
-	}
-	for (unsigned i = 3; i < argc; i++) {
+	for (unsigned i = 3; i < argc; i++) { /* the options before the value, as Redis 7 */
 		if (arg_is(&argv[i], "NX"))
 			nx = true;
 		else if (arg_is(&argv[i], "XX"))
@@ -1118,6 +1125,10 @@ expire_generic(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rb
 	}
 	if (gt && lt) {
 		rb_err(out, "ERR GT and LT options at the same time are not compatible");
+		return;
+	}
+	if (!kv_arg_ll(&argv[2], &v)) {
+		rb_err(out, "%s", e_int);
 		return;
 	}
 	if ((sec && (v > LLONG_MAX / 1000 || v < LLONG_MIN / 1000)) ||

@@ -294,6 +294,17 @@ Test(kv_server, commands_reply_like_redis)
 	expect(&r, "EXISTS c", ":0\r\n");
 	expect(&r, "SET x 1 EX 0", "-ERR invalid expire time in 'set' command\r\n");
 	expect(&r, "SET x 1 EX 5 PX 5", "-ERR syntax error\r\n");
+	/* As redis-server 7.0 answered: an expiry option may repeat (the last one counts), and
+	 * the options are read before the value is. */
+	expect(&r, "SET x 1 EX 10 EX 20", "+OK\r\n");
+	expect(&r, "TTL x", ":20\r\n");
+	expect(&r, "SET x 1 EX 0 EX 10", "+OK\r\n");
+	expect(&r, "SET x 1 EX abc BOGUS", "-ERR syntax error\r\n");
+	expect(&r, "SET x 1 KEEPTTL EX 10", "-ERR syntax error\r\n");
+	expect(&r, "EXPIRE x abc FOO", "-ERR Unsupported option FOO\r\n");
+	expect(&r, "EXPIRE x abc NX XX",
+	       "-ERR NX and XX, GT or LT options at the same time are not compatible\r\n");
+	expect(&r, "DEL x", ":1\r\n");
 	expect(&r, "FLUSHALL", "+OK\r\n");
 	expect(&r, "DBSIZE", ":0\r\n");
 	expect(&r, "MSET user:1 a user:2 b other c", "+OK\r\n");
