@@ -161,6 +161,15 @@ const struct kv_cmd *kv_cmd_table(unsigned *n);
 /* Run @c on this shard's table @db (its keys live here), checking maxmemory. */
 void kv_cmd_exec(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv, unsigned argc,
 		 struct rbuf *out);
+/* --maxmemory, as Redis checks it once before a command: true when @c (a DENYOOM command)
+ * may not run now; kv_reply_oom writes the error for it and counts it in @db's stats. */
+bool kv_cmd_denied(const struct kv_cmd *c);
+void kv_reply_oom(struct kv_db *db, struct rbuf *out);
+/* kv_cmd_exec without the maxmemory check: for the parts of a command split over shards,
+ * checked once where it was received (kv_cmd_denied), so no part is refused after another
+ * was written. */
+void kv_cmd_run(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv, unsigned argc,
+		struct rbuf *out);
 /* Write Redis's reply for an unknown command / wrong arity. */
 void kv_reply_unknown(struct rbuf *out, struct resp_arg *argv, unsigned argc);
 void kv_reply_arity(struct rbuf *out, const struct kv_cmd *c);

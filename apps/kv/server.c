@@ -117,6 +117,7 @@ struct kmsg {
 	const uint8_t *req;   /* the request's bytes */
 	size_t req_len;
 	struct rbuf rep;
+	bool admitted;  /* a part of a command --maxmemory admitted where it was received */
 	uint8_t copy[]; /* copied request bytes */
 };
 
@@ -581,8 +582,11 @@ pend_part_done(struct pend *p, unsigned part, struct rbuf *rep)
 }
 
 /* Run a command against this shard's table. */
+/* Run @c here; @admitted: a part of a split command whose maxmemory check was made where it
+ * was received (kv_cmd_run), else checked now (kv_cmd_exec). */
 static void
-exec_here(const struct kv_cmd *c, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+exec_here(const struct kv_cmd *c, struct resp_arg *argv, unsigned argc, struct rbuf *out,
+	  bool admitted)
 {
 	struct kv_shard *ks = &shards[self()];
 
@@ -597,12 +601,12 @@ exec_here(const struct kv_cmd *c, struct resp_arg *argv, unsigned argc, struct r
 			rb_err(out, "MISCONF Errors writing to the AOF file: %s", e);
 			return;
 		}
-		kv_cmd_exec(c, &ks->db, argv, argc, out);
+		(admitted ? kv_cmd_run : kv_cmd_exec)(c, &ks->db, argv, argc, out);
 		if (kv_cfg.aof && out->len > at && out->p[at] != '-')
 			kv_aof_log(c, &ks->db, argv, argc);
 		return;
 	}
-	kv_cmd_exec(c, &ks->db, argv, argc, out);
+	(admitted ? kv_cmd_run : kv_cmd_exec)(c, &ks->db, argv, argc, out);
 }
 
 /* --appendfsync always: does @c's reply wait for the disk? */
@@ -695,7 +699,7 @@ hold(struct kmsg *m)
 /* Run a write here and answer part @part of @p once it is on disk (always), or now. */
 static void
 exec_held(struct pend *p, unsigned part, const struct kv_cmd *c, struct resp_arg *argv,
-	  unsigned argc)
+	  unsigned argc, bool admitted)
 {
 	struct kmsg *m = calloc(1, sizeof(*m));
 	struct rbuf rep = { 0 };
@@ -708,7 +712,7 @@ exec_held(struct pend *p, unsigned part, const struct kv_cmd *c, struct resp_arg
 	m->pend = p;
 	m->part = part;
 	m->home = self();
-	exec_here(c, argv, argc, &m->rep);
+	exec_here(c, argv, argc, &m->rep, admitted);
 	if (rep_is_error(&m->rep))
 		home_recv(m);
 	else
@@ -737,7 +741,7 @@ owner_exec(struct kmsg *m)
 			break;
 	if (r > 0 && req.argc) {
 		c = kv_cmd_find(req.argv[0].p, req.argv[0].len);
-		exec_here(c, req.argv, req.argc, &m->rep);
+		exec_here(c, req.argv, req.argc, &m->rep, m->admitted);
 	} else {
 		m->rep.oom = true; /* only memory can fail a request parsed once already */
 	}
@@ -917,7 +921,7 @@ on_room(int status, void *arg)
 /* Hand a request's bytes to @owner. @src, when given, holds those bytes at @off. */
 static int
 handoff(struct pend *p, unsigned owner, const uint8_t *req, size_t len,
-	const struct keel_slice *src, size_t off)
+	const struct keel_slice *src, size_t off, bool admitted)
 {
 	bool exp = kv_cfg.handoff_export && src;
 	struct kmsg *m = malloc(sizeof(*m) + (exp ? 0 : len));
@@ -929,6 +933,7 @@ handoff(struct pend *p, unsigned owner, const uint8_t *req, size_t len,
 	m->pend = p;
 	m->part = owner;
 	m->req_len = len;
+	m->admitted = admitted;
 	if (exp) {
 		struct keel_slice sub;
 		r = keel_slice_sub(src, off, len, &sub);
@@ -979,7 +984,7 @@ encode(struct rbuf *b, const struct resp_arg *name, const struct resp_arg *argv,
  * part for this shard runs now. */
 static void
 fanout(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsigned argc,
-       const uint8_t *raw, size_t rawlen, const uint16_t *owners)
+       const uint8_t *raw, size_t rawlen, const uint16_t *owners, bool admitted)
 {
 	unsigned ns = kv_cfg.nshards, me = self();
 	unsigned nkeys = c->route == KV_R_KEYS ? (argc - 1) / c->key_step : 0;
@@ -1052,19 +1057,19 @@ fanout(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsigned
 						       &kc->scratch, &kc->scratch_cap) < 0)
 						break;
 				if (pr > 0 && must_hold(c)) {
-					exec_held(p, s, c, req.argv, req.argc);
+					exec_held(p, s, c, req.argv, req.argc, admitted);
 					rb_free(&sub);
 					continue;
 				}
 				if (pr > 0)
-					exec_here(c, req.argv, req.argc, &rep);
+					exec_here(c, req.argv, req.argc, &rep, admitted);
 				else
 					rep.oom = true;
 				rb_free(&sub);
 				pend_part_done(p, s, &rep);
 				continue;
 			}
-			r = handoff(p, s, sub.p, sub.len, NULL, 0);
+			r = handoff(p, s, sub.p, sub.len, NULL, 0, admitted);
 			rb_free(&sub);
 			if (r < 0) {
 				struct rbuf e = { 0 };
@@ -1379,9 +1384,21 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 		}
 		owner = owners[0];
 		if (!one) {
-			fanout(kc, c, argv, argc, raw, rawlen, owners);
+			/* --maxmemory is checked once, here, as Redis checks a command before it
+			 * runs: its parts then run whatever memory the others take, so an MSET
+			 * is not refused on one shard after another shard wrote its keys. */
+			bool denied = kv_cmd_denied(c);
+
+			if (!denied)
+				fanout(kc, c, argv, argc, raw, rawlen, owners, true);
 			if (owners != owners_small)
 				free(owners);
+			if (denied) {
+				out = reply_to(kc);
+				if (!out)
+					goto oom;
+				kv_reply_oom(&shards[me].db, out);
+			}
 			return;
 		}
 		if (owners != owners_small)
@@ -1391,7 +1408,7 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 	case KV_R_ALL:
 	default:
 		if (kv_cfg.nshards > 1) {
-			fanout(kc, c, argv, argc, raw, rawlen, NULL);
+			fanout(kc, c, argv, argc, raw, rawlen, NULL, false);
 			return;
 		}
 		owner = me;
@@ -1401,14 +1418,14 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 		struct pend *p = pend_new(kc);
 		if (!p)
 			goto oom;
-		exec_held(p, me, c, argv, argc);
+		exec_held(p, me, c, argv, argc, false);
 		return;
 	}
 	if (owner == me) {
 		out = reply_to(kc);
 		if (!out)
 			goto oom;
-		exec_here(c, argv, argc, out);
+		exec_here(c, argv, argc, out, false);
 		return;
 	}
 	{
@@ -1416,7 +1433,7 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 		int r;
 		if (!p)
 			goto oom;
-		r = handoff(p, owner, raw, rawlen, src, off);
+		r = handoff(p, owner, raw, rawlen, src, off, false);
 		if (r < 0) {
 			rb_err(&p->rep, "ERR shard %u unreachable: %s", owner, strerror(-r));
 			p->done = true;

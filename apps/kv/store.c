@@ -1353,17 +1353,37 @@ kv_cmd_find(const uint8_t *name, size_t len)
 	return NULL;
 }
 
+bool
+kv_cmd_denied(const struct kv_cmd *c)
+{
+	return (c->flags & KV_F_DENYOOM) && kv_cfg.maxmemory && kv_used_total() > kv_cfg.maxmemory;
+}
+
+void
+kv_reply_oom(struct kv_db *db, struct rbuf *out)
+{
+	atomic_fetch_add_explicit(&db->st->oom_rejected, 1, memory_order_relaxed);
+	rb_err(out, "OOM command not allowed when used memory > 'maxmemory'.");
+}
+
+void
+kv_cmd_run(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv, unsigned argc,
+	   struct rbuf *out)
+{
+	atomic_fetch_add_explicit(&db->st->commands, 1, memory_order_relaxed);
+	c->fn(db, argv, argc, out);
+}
+
 void
 kv_cmd_exec(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv, unsigned argc,
 	    struct rbuf *out)
 {
-	atomic_fetch_add_explicit(&db->st->commands, 1, memory_order_relaxed);
-	if ((c->flags & KV_F_DENYOOM) && kv_cfg.maxmemory && kv_used_total() > kv_cfg.maxmemory) {
-		atomic_fetch_add_explicit(&db->st->oom_rejected, 1, memory_order_relaxed);
-		rb_err(out, "OOM command not allowed when used memory > 'maxmemory'.");
+	if (kv_cmd_denied(c)) {
+		atomic_fetch_add_explicit(&db->st->commands, 1, memory_order_relaxed);
+		kv_reply_oom(db, out);
 		return;
 	}
-	c->fn(db, argv, argc, out);
+	kv_cmd_run(c, db, argv, argc, out);
 }
 
 void

@@ -1007,6 +1007,57 @@ Test(kv_server, maxmemory_refuses_writes_with_oom)
 	free(val);
 }
 
+/* An MSET split over shards is checked against --maxmemory once, where it is received, as
+ * Redis checks a command before it runs: admitted below the limit, every part is written,
+ * even when the first part written takes the shards over it (a part refused after
+ * another was written replied -OOM with some keys set); refused above it, none is. */
+static void
+mset_big(struct rd *r, const char *prefix, unsigned n, size_t len, const char *want)
+{
+	char *val = malloc(len), hdr[64];
+	int k;
+
+	cr_assert_not_null(val);
+	memset(val, 'm', len);
+	k = sprintf(hdr, "*%u\r\n$4\r\nMSET\r\n", 1 + 2 * n);
+	test_send_all(r->fd, hdr, (size_t)k);
+	for (unsigned i = 0; i < n; i++) {
+		k = sprintf(hdr, "$%zu\r\n%s%u\r\n$%zu\r\n", strlen(prefix) + 1, prefix, i, len);
+		test_send_all(r->fd, hdr, (size_t)k);
+		test_send_all(r->fd, val, len);
+		test_send_all(r->fd, "\r\n", 2);
+	}
+	cr_assert_str_eq(rd_next(r, NULL), want);
+	free(val);
+}
+
+Test(kv_server, a_split_mset_is_admitted_or_refused_whole_under_maxmemory)
+{
+	struct srv s;
+	struct rd r;
+	char *fill = malloc(700 * 1024), hdr[64];
+	int k;
+
+	srv_start(&s, 2, "--maxmemory", "1mb", NULL);
+	rd_init(&r, test_connect(s.port));
+	cr_assert_not_null(fill);
+	memset(fill, 'f', 700 * 1024);
+	k = sprintf(hdr, "*3\r\n$3\r\nSET\r\n$4\r\nfill\r\n$%u\r\n", 700 * 1024);
+	test_send_all(r.fd, hdr, (size_t)k);
+	test_send_all(r.fd, fill, 700 * 1024);
+	test_send_all(r.fd, "\r\n", 2);
+	cr_assert_str_eq(rd_next(&r, NULL), "+OK\r\n");
+	/* 8 keys of 100 KiB on both shards: admitted at 700 KiB used. */
+	mset_big(&r, "m", 8, 100 * 1024, "+OK\r\n");
+	expect(&r, "EXISTS m0 m1 m2 m3 m4 m5 m6 m7", ":8\r\n");
+	/* Now over the limit: refused whole. */
+	mset_big(&r, "n", 8, 16, "-OOM command not allowed when used memory > 'maxmemory'.\r\n");
+	expect(&r, "EXISTS n0 n1 n2 n3 n4 n5 n6 n7", ":0\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+	free(fill);
+}
+
 /* Keys expire when read (lazy) and without being read (the sweep). */
 Test(kv_server, keys_expire_lazily_and_by_sweep)
 {
