@@ -504,6 +504,7 @@ reply(struct cn *cn, uint8_t status, uint32_t id, const void *body, size_t blen,
 {
 	struct keel_slice s[2];
 	unsigned n = 1;
+	int r;
 
 	if (!cn->c || keel_buf_alloc(keel_shard_alloc(), 5 + blen, &s[0]) < 0) {
 		if (val)
@@ -519,10 +520,14 @@ reply(struct cn *cn, uint8_t status, uint32_t id, const void *body, size_t blen,
 		memcpy(s[0].data + 5, body, blen);
 	if (val)
 		s[n++] = *val;
-	if (keel_frame_send(cn->c, s, n) < 0) {
+	r = keel_frame_send(cn->c, s, n);
+	if (r < 0) {
 		for (unsigned i = 0; i < n; i++)
 			if (s[i].buf)
 				keel_slice_put(&s[i]);
+		/* A reply that cannot be queued (-ENOMEM before its header went) would leave the
+		 * client waiting for its id on an open connection: end it instead. */
+		keel_conn_abort(cn->c, r);
 	}
 }
 
