@@ -1137,6 +1137,7 @@ kick_(struct aof *a)
 		}
 		a->reset = false;
 		a->off = 0;
+		a->dirty = true; /* the truncation is data too: everysec's next sync covers it */
 	}
 	if (!a->pend.len) {
 		if (a->pw) { /* waiters with nothing written (a refused command) */

@@ -702,6 +702,31 @@ Test(faults_kv, aof_rewrite_syncs_its_directory_and_retries_a_failed_sync)
 	aof1_check_and_clean(dir, 400, acked);
 }
 
+/* appendfsync everysec: a FLUSHALL's truncation is data the next second's fdatasync must
+ * cover, as a write is (after a crash the flushed keys would come back otherwise). With
+ * that sync made to fail, the failure shows in INFO; without the sync it never would. */
+Test(faults_kv, aof_everysec_syncs_a_flushalls_truncation)
+{
+	char dir[] = "/tmp/keel-kv-aof-flushsync-XXXXXX";
+	uint64_t dl = test_deadline(TEST_WAIT_MS);
+	struct proc p;
+	int fd;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	aof1_start(&p, "fsync:EIO:n=1", "everysec", dir);
+	cr_assert_eq(persistence_field(p.port, "aof_sync_errors:"), 0, "a sync failed at start");
+	fd = test_connect(p.port);
+	test_send_all(fd, "FLUSHALL\r\n", 10);
+	while (persistence_field(p.port, "aof_sync_errors:") < 1) {
+		cr_assert(!test_expired(dl), "the truncation was not synced within %d ms",
+			  TEST_WAIT_MS);
+		test_pause();
+	}
+	close(fd);
+	proc_stop(&p);
+	rm_dir(dir);
+}
+
 /* The directory's sync keeps failing after BGREWRITEAOF's rename: the switch never comes
  * (aof_rewrites stays 0), every failure is counted, write commands are refused with
  * -MISCONF meanwhile; a stop then switches to the new file and syncs the directory itself
