@@ -73,7 +73,9 @@ struct aof {
 			     * flight: the kernel may read it until on_written, which frees it */
 	size_t wlen, wdone;
 	bool flush_queued, dirty, reset, bg_sync;
-	int err; /* the last write error (writes are refused while set) */
+	bool backlog_held;      /* over backlog_max: the shard's connections stop reading */
+	uint64_t backlog_holds; /* times it got there (INFO aof_backlog_holds) */
+	int err;                /* the last write error (writes are refused while set) */
 	/* A sync failed (its error): the file may lack records it seems to hold, so it is
 	 * rebuilt from the table (a rewrite) and writes are refused until then */
 	int sync_lost;
@@ -141,7 +143,7 @@ struct aof {
 	uint64_t rewrites;
 	unsigned id;
 	/* What INFO on any shard reads (published by this shard: publish()). */
-	_Atomic uint64_t pub_size, pub_rewrites, pub_sync_errors, pub_buffered;
+	_Atomic uint64_t pub_size, pub_rewrites, pub_sync_errors, pub_buffered, pub_holds;
 	_Atomic bool pub_rewriting, pub_err;
 };
 static struct aof aofs[KEEL_MAX_SHARDS];
@@ -171,6 +173,7 @@ publish(struct aof *a)
 	atomic_store_explicit(&a->pub_buffered,
 			      a->pend.len + (a->st == A_WRITING || a->st == A_FAILED ? a->wlen : 0),
 			      memory_order_relaxed);
+	atomic_store_explicit(&a->pub_holds, a->backlog_holds, memory_order_relaxed);
 	atomic_store_explicit(&a->pub_rewriting, a->rewriting, memory_order_relaxed);
 	atomic_store_explicit(&a->pub_err, a->err || a->rw_dir_err || a->sync_lost,
 			      memory_order_relaxed);
@@ -244,6 +247,44 @@ static size_t aof_chunk = 1u << 30;
  * of the old file's tail that it copies: 1 MiB, or KEEL_KV_AOF_COPY_CHUNK=N bytes (read once
  * at start), for the tests of the pieces and the copy. */
 static size_t rw_copy_max = 1u << 20;
+
+/* The records a shard has gathered and not yet written (the batch in flight included):
+ * past this many bytes its connections stop reading (kv_aof_backlog_full) until the disk
+ * has taken it below half, as Redis's clients wait while its write(2) blocks; else a disk
+ * slower than the clients let it grow without bound, the writes in it acknowledged
+ * (everysec, no) but only in memory. 64 MiB, or KEEL_KV_AOF_BACKLOG=N bytes (read once at
+ * start), for the test of it. */
+static size_t backlog_max = 64u << 20;
+
+/* Bytes of records gathered and not yet written: pend and the batch in flight. */
+static size_t
+backlog(const struct aof *a)
+{
+	return a->pend.len + (a->st == A_WRITING || a->st == A_FAILED ? a->wlen - a->wdone : 0);
+}
+
+bool
+kv_aof_backlog_full(void)
+{
+	struct aof *a = me();
+
+	if (a->backlog_held || !a->open || a->stopping || backlog(a) < backlog_max)
+		return a->backlog_held;
+	a->backlog_held = true;
+	a->backlog_holds++;
+	publish(a);
+	return true;
+}
+
+/* A write went through: below half of backlog_max again, the held connections read on. */
+static void
+backlog_check(struct aof *a)
+{
+	if (!a->backlog_held || (backlog(a) > backlog_max / 2 && !a->stopping))
+		return;
+	a->backlog_held = false;
+	kv_resume_held();
+}
 
 /* The test knob @name, when set, into *@v: bytes from 1 to @max. 0, or -EINVAL (said). */
 static int
@@ -397,7 +438,10 @@ kv_aof_preload(void)
 		      "the append-only file's largest write", &aof_chunk) < 0 ||
 	    env_bytes("KEEL_KV_AOF_COPY_CHUNK", (size_t)1 << 30,
 		      "a rewrite's snapshot piece and largest read of the old file's tail",
-		      &rw_copy_max) < 0)
+		      &rw_copy_max) < 0 ||
+	    env_bytes("KEEL_KV_AOF_BACKLOG", (size_t)1 << 40,
+		      "the records gathered before the shard's connections stop reading",
+		      &backlog_max) < 0)
 		return -EINVAL;
 	if (mkdir(kv_cfg.dir, 0755) < 0 && errno != EEXIST) {
 		fprintf(stderr, "keel-kv: --dir %s: %s (create it or name another)\n", kv_cfg.dir,
@@ -993,6 +1037,7 @@ on_written(struct keel_file_req *req, int res, void *arg)
 		return;
 	}
 	a->wdone += (size_t)res;
+	backlog_check(a);
 	if (a->wdone < a->wlen) {
 		issue_write(a);
 		return;
@@ -1208,6 +1253,7 @@ on_tick(struct keel_timer *t, void *arg)
 
 	if (a->stopping)
 		return;
+	backlog_check(a); /* records dropped with a lost file, say: read on within a second */
 	if (a->rw_renamed && !a->rw_dir_busy) /* a failed directory sync, again */
 		rw_dir_sync(a);
 	rebuild(a);         /* a lost file whose rebuild could not start or failed, again */
@@ -1723,7 +1769,7 @@ void
 kv_aof_info(struct rbuf *out)
 {
 	char line[512];
-	uint64_t size = 0, rewrites = 0, sync_errors = 0, buffered = 0;
+	uint64_t size = 0, rewrites = 0, sync_errors = 0, buffered = 0, holds = 0;
 	bool rw = false, err = false;
 	int n;
 
@@ -1734,15 +1780,17 @@ kv_aof_info(struct rbuf *out)
 		err |= atomic_load_explicit(&aofs[i].pub_err, memory_order_relaxed);
 		sync_errors += atomic_load_explicit(&aofs[i].pub_sync_errors, memory_order_relaxed);
 		buffered += atomic_load_explicit(&aofs[i].pub_buffered, memory_order_relaxed);
+		holds += atomic_load_explicit(&aofs[i].pub_holds, memory_order_relaxed);
 	}
 	n = snprintf(line, sizeof(line),
 		     "# Persistence\r\nloading:0\r\naof_enabled:%d\r\n"
 		     "aof_rewrite_in_progress:%d\r\naof_rewrites:%llu\r\n"
 		     "aof_current_size:%llu\r\naof_buffer_length:%llu\r\n"
-		     "aof_last_write_status:%s\r\naof_sync_errors:%llu\r\n\r\n",
+		     "aof_last_write_status:%s\r\naof_sync_errors:%llu\r\n"
+		     "aof_backlog_holds:%llu\r\n\r\n",
 		     kv_cfg.aof, rw, (unsigned long long)rewrites, (unsigned long long)size,
 		     (unsigned long long)buffered, err ? "err" : "ok",
-		     (unsigned long long)sync_errors);
+		     (unsigned long long)sync_errors, (unsigned long long)holds);
 	rb_put(out, line, (size_t)n);
 }
 

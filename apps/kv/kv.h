@@ -214,6 +214,11 @@ int kv_aof_shard_start(struct kv_db *db);
 void kv_aof_log(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv, unsigned argc);
 /* Why writes are refused now (the last disk error of this shard's file), or NULL. */
 const char *kv_aof_error(void);
+/* True while this shard's records not yet written are over their bound (aof.c,
+ * backlog_max): its connections parse no more requests and stop reading until
+ * kv_resume_held() (server.c), called once the disk has taken the backlog below half. */
+bool kv_aof_backlog_full(void);
+void kv_resume_held(void);
 /* --appendfsync always: run @fn(@arg, err) once what this shard logged so far is on disk
  * (err 0) or could not be written (-errno). Returns 0; -ENOENT when nothing is to wait
  * for (not always, no file, stopping): the caller replies at once; -ENOMEM when there is

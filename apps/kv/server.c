@@ -417,7 +417,8 @@ static bool
 over_limit_q(const struct kconn *kc, uint64_t queued)
 {
 	return kc->npend >= PEND_MAX || kc->bq_head || kc->big.buf ||
-	       kc->out.len + queued > kv_cfg.high_watermark;
+	       kc->out.len + queued > kv_cfg.high_watermark ||
+	       (kv_cfg.aof && kv_aof_backlog_full());
 }
 
 /* Reply bytes that may be made before the limits are looked at again. */
@@ -462,6 +463,13 @@ resume_later(struct kconn *kc)
 		return;
 	}
 	kc->resume_queued = true;
+}
+
+void
+kv_resume_held(void)
+{
+	for (struct kconn *kc = shards[self()].conns; kc; kc = kc->next)
+		resume_later(kc);
 }
 
 /* Fan-out merging. */
@@ -1471,7 +1479,9 @@ process(struct kconn *kc, const uint8_t *p, size_t n, const struct keel_slice *s
 
 		/* Large replies go to the connection as they are made, so that its queue, not
 		 * this buffer, says when to stop; then stop while over the limits. */
-		if (__builtin_expect(kc->out.len >= room || kc->paused, 0)) {
+		if (__builtin_expect(kc->out.len >= room || kc->paused ||
+					     (kv_cfg.aof && kv_aof_backlog_full()),
+				     0)) {
 			uint64_t queued;
 
 			if (kc->out.len >= WRAP_MIN)

@@ -727,6 +727,51 @@ Test(faults_kv, aof_everysec_syncs_a_flushalls_truncation)
 	rm_dir(dir);
 }
 
+/* appendfsync everysec with a disk far slower than the client (writes of 16 bytes): the
+ * records not yet written stay within KEEL_KV_AOF_BACKLOG (64 KiB here; its half, a
+ * record and the batch in flight of slack allowed), the connection waiting meanwhile
+ * (aof_backlog_holds), and every SET is answered. Unbounded, they grew to the whole
+ * pipeline (about 800 KB). */
+Test(faults_kv, aof_records_not_yet_written_are_bounded)
+{
+	char dir[] = "/tmp/keel-kv-aof-backlog-XXXXXX";
+	static char req[420];
+	uint64_t dl = test_deadline(TEST_WAIT_MS), peak = 0;
+	const int n = 5000;
+	struct proc p;
+	int fd, ok = 0;
+	size_t got = 0;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	setenv("KEEL_KV_AOF_WRITE_CHUNK", "16", 1);
+	aof_start(&p, "KEEL_KV_AOF_BACKLOG", "65536", "1", "everysec", dir);
+	unsetenv("KEEL_KV_AOF_WRITE_CHUNK");
+	fd = test_connect(p.port);
+	for (int i = 0; i < n; i++) /* about 800 KB: the socket buffers take it */
+		test_send_all(fd, req, aof_set_req(req, i));
+	while (ok < n) {
+		char rep[4096];
+		ssize_t r = recv(fd, rep, sizeof(rep), MSG_DONTWAIT);
+		uint64_t b = persistence_field(p.port, "aof_buffer_length:");
+
+		peak = b > peak ? b : peak;
+		if (r > 0) {
+			got += (size_t)r;
+			for (ssize_t k = 0; k < r; k++)
+				ok += rep[k] == '\n';
+		}
+		cr_assert(r > 0 || errno == EAGAIN, "recv: %s", r ? strerror(errno) : "EOF");
+		cr_assert(!test_expired(dl), "%d of %d replies", ok, n);
+	}
+	cr_assert_eq(got, (size_t)n * 5, "replies other than +OK");
+	cr_assert_leq(peak, 65536 + 2 * 420, "records waiting for the disk: %llu bytes",
+		      (unsigned long long)peak);
+	cr_assert_geq(persistence_field(p.port, "aof_backlog_holds:"), 1);
+	close(fd);
+	proc_stop(&p);
+	rm_dir(dir);
+}
+
 /* The directory's sync keeps failing after BGREWRITEAOF's rename: the switch never comes
  * (aof_rewrites stays 0), every failure is counted, write commands are refused with
  * -MISCONF meanwhile; a stop then switches to the new file and syncs the directory itself
