@@ -199,7 +199,8 @@ struct udp_sink {
 	_Atomic uint16_t port;
 	_Atomic int open_err;
 	_Atomic uint64_t datagrams, markers;
-	bool echo; /* echo (else count and put, or hold) */
+	const struct keel_udp_ops *ops; /* NULL: sink_ops */
+	bool echo;                      /* echo (else count and put, or hold) */
 	bool hold; /* keep the slices (their receive buffers) until sink_put_held() */
 	struct keel_slice held[256];
 	unsigned nheld;
@@ -252,7 +253,7 @@ static void
 sink_start(void *arg)
 {
 	struct udp_sink *k = arg;
-	int r = keel_udp_open("127.0.0.1", 0, &sink_ops, k, &k->u);
+	int r = keel_udp_open("127.0.0.1", 0, k->ops ? k->ops : &sink_ops, k, &k->u);
 
 	if (r < 0) {
 		atomic_store(&k->open_err, r);
@@ -656,26 +657,10 @@ bad_errors(struct keel_runtime *rt)
 	return atomic_load(&bad_sink.errors);
 }
 
-static void
-bad_start(void *arg)
-{
-	struct udp_sink *k = arg;
-	static const struct keel_udp_ops ops = { .on_datagram = bad_datagram };
-	int r = keel_udp_open("127.0.0.1", 0, &ops, k, &k->u);
-
-	if (r < 0) {
-		atomic_store(&k->open_err, r);
-		atomic_store(&k->port, 1);
-		keel_stop(r);
-		return;
-	}
-	atomic_store(&k->port, keel_udp_port(k->u));
-}
-
 Test(net_udp, sends_that_fail_after_they_were_accepted_are_counted)
 {
+	static const struct keel_udp_ops ops = { .on_datagram = bad_datagram };
 	struct udp_sink *k = calloc(1, sizeof(*k));
-	struct keel_opts o = net_test_opts(1);
 	struct keel_net_config nc;
 	struct keel_runtime *rt;
 	char in[8];
@@ -683,12 +668,8 @@ Test(net_udp, sends_that_fail_after_they_were_accepted_are_counted)
 
 	memset(&bad_sink, 0, sizeof(bad_sink));
 	keel_net_config_init(&nc);
-	cr_assert_eq(keel_net_config_set(&nc), 0);
-	o.idle_poll_us = 0;
-	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
-	cr_assert_eq(keel_runtime_start(rt, bad_start, k), 0);
-	WAIT_FOR(atomic_load(&k->port), "the UDP endpoint's port");
-	cr_assert_eq(atomic_load(&k->open_err), 0);
+	k->ops = &ops;
+	rt = sink_run(k, &nc, NULL);
 	fd = sink_client(k);
 	for (int i = 0; i < 5; i++)
 		cr_assert_eq(send(fd, "abc", 3, 0), 3);
@@ -698,9 +679,7 @@ Test(net_udp, sends_that_fail_after_they_were_accepted_are_counted)
 	WAIT_FOR(bad_errors(rt) == 5, "udp_send_errors at 5 (now %llu)",
 		 (unsigned long long)atomic_load(&bad_sink.errors));
 	close(fd);
-	keel_runtime_stop(rt, 0);
-	cr_assert_eq(keel_runtime_join(rt), 0);
-	keel_runtime_destroy(rt);
+	sink_stop(rt, k);
 	free(k);
 }
 
