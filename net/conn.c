@@ -1828,6 +1828,52 @@ keel__conn_closing(const struct keel_conn *c)
 	return c->closing || c->flush_close || c->fd_released;
 }
 
+bool
+keel__conn_read_blocked(const struct keel_conn *c)
+{
+	return read_blocked(c);
+}
+
+void
+keel__conn_unread(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	uint32_t held = c->rqn - c->rqhead;
+
+	if (!n)
+		return;
+	if (dropping_reads(c)) {
+		for (unsigned i = 0; i < n; i++)
+			keel_slice_put(&s[i]);
+		return;
+	}
+	if (c->rqhead < n) {
+		if (held + n > c->rqcap) {
+			uint32_t ncap = c->rqcap ? c->rqcap : 16;
+			struct keel_slice *nq;
+
+			while (ncap < held + n)
+				ncap *= 2;
+			nq = realloc(c->rq, ncap * sizeof(*nq));
+			if (!nq) {
+				for (unsigned i = 0; i < n; i++)
+					keel_slice_put(&s[i]);
+				keel_conn_abort(c, -ENOMEM);
+				return;
+			}
+			c->rq = nq;
+			c->rqcap = ncap;
+		}
+		memmove(c->rq + n, c->rq + c->rqhead, held * sizeof(*c->rq));
+		c->rqhead = n;
+		c->rqn = n + held;
+	}
+	c->rqhead -= n;
+	memcpy(c->rq + c->rqhead, s, n * sizeof(*s));
+	c->ns->st.reads_held += n;
+	recv_update(c); /* the receive stays cancelled while anything is held */
+	rq_later(c);    /* in case reading was resumed meanwhile */
+}
+
 struct net_shard *
 keel__conn_shard(const struct keel_conn *c)
 {

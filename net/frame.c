@@ -391,8 +391,50 @@ keel_framer_push(struct keel_framer *f, struct keel_slice *s)
 			r = next_user(f);
 			break;
 		}
-	} while (r > 0 && !(f->conn && keel__conn_closing(f->conn)));
+	} while (r > 0 &&
+		 !(f->conn && (keel__conn_closing(f->conn) || keel__conn_read_blocked(f->conn))));
 	return r < 0 ? r : 0;
+}
+
+/* A frame's callback paused reading (keel_conn_pause_read, or the send queue reached its
+ * high watermark): what the framer holds (whole frames not delivered yet, and the start of
+ * one) and @rest, the slices not pushed, go back to the connection, which delivers them
+ * again after resume; the framer starts empty. Consumes @rest. */
+static void
+give_back(struct keel_framer *f, struct keel_conn *c, struct keel_slice *rest, unsigned nrest)
+{
+	unsigned nheld = f->tail - f->head, k = 0;
+	struct keel_slice *v = malloc(((size_t)nheld + nrest) * sizeof(*v));
+
+	for (unsigned i = f->head; i < f->tail; i++) {
+		struct keel_slice *q = &f->q[i];
+		if (v && i == f->head && f->off &&
+		    keel_slice_sub(q, f->off, q->len - f->off, &v[k]) == 0) {
+			keel_slice_put(q);
+			k++;
+		} else if (v && !(i == f->head && f->off)) {
+			v[k++] = *q;
+		} else {
+			keel_slice_put(q);
+		}
+	}
+	f->head = f->tail = 0;
+	f->off = 0;
+	f->buffered = 0;
+	f->scanned = 0;
+	if (!v || k < nheld) { /* no memory to hand them back: the stream is broken */
+		for (unsigned i = 0; i < k; i++)
+			keel_slice_put(&v[i]);
+		for (unsigned i = 0; i < nrest; i++)
+			keel_slice_put(&rest[i]);
+		free(v);
+		keel_conn_abort(c, -ENOMEM);
+		return;
+	}
+	for (unsigned i = 0; i < nrest; i++)
+		v[k++] = rest[i];
+	keel__conn_unread(c, v, k);
+	free(v);
 }
 
 /* At most 10 framing errors a second per shard reach the log; the rest are counted. */
@@ -432,6 +474,12 @@ keel_framer_on_data(struct keel_framer *f, struct keel_conn *c, struct keel_slic
 		/* A callback closed or aborted the connection: the rest is not read. */
 		if (r < 0 || keel__conn_closing(c))
 			break;
+		/* A callback paused reading: the rest waits for the resume. */
+		if (keel__conn_read_blocked(c)) {
+			give_back(f, c, s + i + 1, n - i - 1);
+			i = n;
+			break;
+		}
 	}
 	f->conn = NULL;
 	for (i = i < n ? i + 1 : n; i < n; i++)

@@ -211,6 +211,12 @@ int keel__conn_recv_kind(const struct keel_conn *c);
  * that keeps it (and on_close) waiting, for an operation of another file. */
 int keel__conn_fd(const struct keel_conn *c, bool *direct);
 bool keel__conn_closing(const struct keel_conn *c);
+/* Reading is paused (keel_conn_pause_read, or the send queue's high watermark). */
+bool keel__conn_read_blocked(const struct keel_conn *c);
+/* Put @n received slices back in front of what @c holds for delivery after resume, in
+ * order (the framer's undelivered bytes when a frame's callback paused reading). Consumes
+ * them; a failure aborts @c (-ENOMEM). */
+void keel__conn_unread(struct keel_conn *c, struct keel_slice *s, unsigned n);
 struct net_shard *keel__conn_shard(const struct keel_conn *c);
 void keel__conn_hold(struct keel_conn *c);
 void keel__conn_unhold(struct keel_conn *c);

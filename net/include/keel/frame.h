@@ -142,7 +142,9 @@ KEEL_API const char *keel_framer_reason(const struct keel_framer *f);
  * (keel_conn_abort(c, err)), so the app's on_close sees it as its status. Once a frame
  * callback has closed or aborted @c, no later frame is delivered: the push stops after
  * that frame and the remaining slices are put (a graceful close still sends what was
- * queued before it).
+ * queued before it). Once reading is paused (keel_conn_pause_read in a callback, or the
+ * send queue's high watermark), the push stops too, and what it had not delivered goes
+ * back to @c, to be delivered again, in order, after the resume.
  * Consumes: every slice's reference, always (the array is borrowed).
  * Returns: 0, or the framer's error (the connection is then aborted).
  * Context: @c's shard, typically inside on_data.
