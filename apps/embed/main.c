@@ -49,7 +49,8 @@
 
 enum { EMB_OK = 0, EMB_NOTFOUND = 1, EMB_BADREQ = 2, EMB_ERROR = 3, EMB_BUSY = 4 };
 
-#define REC_MAGIC 0x424d454bu /* "KEMB" */
+#define REC_MAGIC 0x424d454bu       /* "KEMB" */
+#define SEQ_MAX   (UINT64_MAX >> 1) /* far beyond any count of puts */
 
 struct rec_hdr {
 	uint32_t magic;
@@ -190,7 +191,7 @@ index_put(const uint8_t *key, uint16_t klen, uint32_t file, uint64_t off, uint32
 		}
 		e->klen = klen;
 		memcpy(e->key, key, klen);
-		e->seq = 0;
+		e->seq = 0; /* below every record's (from 1): the first one fills the entry */
 		e->next = idx.b[h];
 		idx.b[h] = e;
 	}
@@ -282,8 +283,11 @@ scan_file(unsigned i, uint64_t *records, uint64_t *skipped)
 
 		p = buf + off;
 		memcpy(&h, p, sizeof(h));
+		/* A sequence number from 1 to SEQ_MAX: one beyond could wrap the counter (a
+		 * damaged or forged record), and a put's number then repeat or be 0. */
 		if (h.magic == REC_MAGIC && h.klen && h.klen <= EMB_KEY_MAX &&
-		    h.vlen <= EMB_VALUE_MAX && off + sizeof(h) + h.klen + h.vlen <= size &&
+		    h.vlen <= EMB_VALUE_MAX && h.seq && h.seq <= SEQ_MAX &&
+		    off + sizeof(h) + h.klen + h.vlen <= size &&
 		    fnv32(fnv32(2166136261u, p + sizeof(h), h.klen), p + sizeof(h) + h.klen,
 			  h.vlen) == h.sum) {
 			if (index_put(p + sizeof(h), h.klen, i, off + sizeof(h) + h.klen, h.vlen,
