@@ -633,7 +633,9 @@ do_put(struct cn *cn, struct keel_frame *fr, uint32_t id, const uint8_t *key, ui
 		reply_err(cn, EMB_ERROR, id, "this shard's data file failed a write");
 		return;
 	}
-	/* The value as sub-slices of what was received: no copy. */
+	/* The value as sub-slices of what was received: no copy. A value that came in more
+	 * receives than that (a client writing it in small pieces) is copied into one buffer
+	 * instead, one write as any other. */
 	for (unsigned i = 0; i < fr->n && vlen; i++) {
 		size_t l = fr->s[i].len;
 
@@ -641,10 +643,23 @@ do_put(struct cn *cn, struct keel_frame *fr, uint32_t id, const uint8_t *key, ui
 			voff -= l;
 			continue;
 		}
-		if (nv == 64 || keel_slice_sub(&fr->s[i], voff, l - voff, &v[nv]) < 0) {
+		if (nv == 64) {
 			for (unsigned k = 0; k < nv; k++)
 				keel_slice_put(&v[k]);
-			reply_err(cn, EMB_BUSY, id, "value in too many pieces");
+			nv = 0;
+			if (keel_buf_alloc(keel_shard_alloc(), vlen, &v[0]) < 0) {
+				reply_err(cn, EMB_BUSY, id, "no buffer memory");
+				return;
+			}
+			frame_copy(fr, EMB_REQ_HDR + klen, v[0].data, vlen);
+			v[0].len = vlen;
+			nv = 1;
+			break;
+		}
+		if (keel_slice_sub(&fr->s[i], voff, l - voff, &v[nv]) < 0) {
+			for (unsigned k = 0; k < nv; k++)
+				keel_slice_put(&v[k]);
+			reply_err(cn, EMB_BUSY, id, "out of memory");
 			return;
 		}
 		nv++;

@@ -19,6 +19,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
@@ -496,6 +497,56 @@ Test(embed, a_record_whose_sequence_would_wrap_the_counter_is_skipped, .timeout 
 	host_stop(&h);
 	free(kv.val);
 	cr_assert_not_null(strstr(h.log_text, " 1 skipped"), "%s", h.log_text);
+	host_fini(&h);
+}
+
+/* A put whose value arrives in many receives (a client writing 256 bytes at a time, with
+ * a pause between): more pieces than the host writes as slices, so it copies the value;
+ * before, it answered BUSY ("value in too many pieces") however often it was retried. */
+Test(embed, a_value_sent_in_many_small_writes_is_stored, .timeout = 120)
+{
+	struct kv kv = { .key = "in-pieces" };
+	const size_t vlen = 100 * 1024, step = 256;
+	size_t klen = strlen(kv.key), plen = 7 + klen + vlen;
+	uint8_t *b = malloc(4 + plen);
+	struct timespec gap = { .tv_nsec = 1000000 };
+	struct host h;
+	size_t sent = 0;
+	int fd;
+
+	cr_assert_not_null(b);
+	kv.len = vlen;
+	kv.val = malloc(vlen);
+	cr_assert_not_null(kv.val);
+	for (size_t i = 0; i < vlen; i++)
+		kv.val[i] = (uint8_t)(i * 31 + 7);
+	be32(b, (uint32_t)plen);
+	b[4] = 'P';
+	be32(b + 5, 0);
+	b[9] = (uint8_t)(klen >> 8);
+	b[10] = (uint8_t)klen;
+	memcpy(b + 11, kv.key, klen);
+	memcpy(b + 11 + klen, kv.val, vlen);
+	host_init(&h, "");
+	host_start_n(&h, "1");
+	fd = test_connect(h.port);
+	while (sent < 4 + plen) {
+		size_t n = 4 + plen - sent < step ? 4 + plen - sent : step;
+		test_send_all(fd, b + sent, n);
+		sent += n;
+		nanosleep(&gap, NULL);
+	}
+	{
+		struct reply r;
+		cr_assert(reply_recv(fd, &r), "host closed the connection");
+		cr_assert_eq(r.status, 0, "put: status %u: %s", r.status, r.body);
+		free(r.body);
+	}
+	get_all(fd, &kv, 1);
+	close(fd);
+	host_stop(&h);
+	free(kv.val);
+	free(b);
 	host_fini(&h);
 }
 
