@@ -949,14 +949,18 @@ static void
 shard_start(void *app)
 {
 	int rc = keel_listener_start(listener);
+	/* Without its hook a shard could end while workers still read its memory. */
+	int hr = keel_shard_on_stop(shard_stop, NULL);
 
 	(void)app;
-	keel_shard_on_stop(shard_stop, NULL);
-	if (rc < 0) {
+	if (hr < 0)
+		keel_log(KEEL_LOG_ERROR, "embed", "shard %u: no stop hook: %s",
+			 keel_shard_id(keel_this_shard()), strerror(-hr));
+	if (rc < 0)
 		keel_log(KEEL_LOG_ERROR, "embed", "shard %u cannot listen: %s",
 			 keel_shard_id(keel_this_shard()), strerror(-rc));
-		keel_stop(rc);
-	}
+	if (rc < 0 || hr < 0)
+		keel_stop(rc < 0 ? rc : hr);
 }
 
 /* ---- the host's main thread and its signal thread ---- */
