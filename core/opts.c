@@ -112,9 +112,9 @@ keel_cpulist_parse(const char *s, struct keel_cpuset *out, char *err, size_t err
 		for (unsigned long c = a; c <= b && c < KEEL_MAX_CPUS; c++)
 			keel_cpuset_add(out, (unsigned)c);
 		p = end;
-		if (*p == ',')
+		if (*p == ',' && p[1])
 			p++;
-		else if (*p)
+		else if (*p) /* anything else, or a comma that ends the list */
 			goto bad;
 	}
 	if (beyond)

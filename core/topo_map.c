@@ -345,6 +345,15 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 			req->nrxqs, req->nrxqs == 1 ? "" : "s", shards);
 		goto out;
 	}
+	if (req->nrxqs && shards < req->nrxqs) {
+		r = keel__errf(err, errlen, -EINVAL,
+			       "--rxqs gives %u queues for %u shard%s: queues past the %u%s would "
+			       "have no shard while RSS still sends them traffic; give %u queue%s, "
+			       "or --shards %u",
+			       req->nrxqs, shards, shards == 1 ? "" : "s", shards,
+			       shards == 1 ? "st" : "", shards, shards == 1 ? "" : "s", req->nrxqs);
+		goto out;
+	}
 	if (!req->nrxqs && qmax >= 0 && shards > (unsigned)qmax && !req->extra_without_rxq) {
 		r = keel__errf(err, errlen, -EINVAL,
 			       "%u shards but %s has at most %d rx queue%s (%s): shard i owns rx "

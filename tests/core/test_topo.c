@@ -520,6 +520,12 @@ Test(core_topo, rxqs_keep_the_given_order_and_refuse_duplicates)
 	cr_assert_eq(map.shards[1].rxq, 6);
 	cr_assert_eq(map.shards[2].rxq, -1);
 	cr_assert_eq(map.shards[2].irq_cpu, -1);
+	/* more queues than shards: refused, not the extra queues silently left unserved */
+	cr_assert_eq(keel_map_req_rxqs_parse(&r, "eth1:0-3", err, sizeof(err)), 0, "%s", err);
+	r.shards = 2;
+	r.extra_without_rxq = false;
+	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "--rxqs gives 4 queues for 2 shards"), "%s", err);
 	keel_topo_destroy(t);
 }
 
@@ -778,6 +784,7 @@ Test(core_topo, cpulist_beyond_keel_max_cpus_is_reported_as_beyond_not_unreadabl
 	/* a malformed list is still that */
 	cr_assert_eq(keel_cpulist_parse("0-3,x", &s, err, sizeof(err)), -EINVAL);
 	cr_assert_eq(keel_cpulist_parse("2000-1", &s, err, sizeof(err)), -EINVAL);
+	cr_assert_eq(keel_cpulist_parse("0-3,", &s, err, sizeof(err)), -EINVAL, "a trailing comma");
 }
 
 Test(core_topo, cpulist_format_round_trips)
