@@ -209,7 +209,9 @@ parse_string(struct jp *p, char **out)
 			break;
 		if (c < 0x20) {
 			free(b);
-			return jerr(p, "control character in a string");
+			p->pos--; /* the line it is on (a newline: the line the string began on) */
+			return jerr(p, c == '\n' ? "string not closed before the end of its line"
+						 : "control character in a string");
 		}
 		if (n + 4 >= cap) {
 			char *nb = realloc(b, cap *= 2);
@@ -615,11 +617,11 @@ from_tree(struct jp *p, const struct jval *root, struct keel_map *m)
 	/* Cross-field consistency: queues need an interface and fit rx_queues. */
 	for (unsigned s = 0; s < m->nshards; s++) {
 		if (m->shards[s].rxq >= 0 && !m->iface[0]) {
-			p->pos = root->at;
+			p->pos = shard_at(root, s);
 			return jerr(p, "a shard has an rx queue but \"iface\" is null");
 		}
 		if (m->shards[s].rxq >= 0 && (unsigned)m->shards[s].rxq >= m->rx_queues) {
-			p->pos = root->at;
+			p->pos = shard_at(root, s);
 			return jerr(p, "a shard's rxq is not below \"rx_queues\"");
 		}
 		for (unsigned o = 0; o < s; o++)
@@ -645,8 +647,13 @@ keel_map_parse(const char *json, size_t len, struct keel_map *out, char *err, si
 	memset(out, 0, sizeof(*out));
 	memset(&root, 0, sizeof(root));
 	out->numa = -1;
-	if (memchr(json, 0, len))
-		return jerr(&p, "NUL byte in the file");
+	{
+		const char *z = memchr(json, 0, len);
+		if (z) {
+			p.pos = (size_t)(z - json);
+			return jerr(&p, "NUL byte in the file");
+		}
+	}
 	r = parse_value(&p, &root, 0);
 	if (r == 0) {
 		skip_ws(&p);

@@ -898,6 +898,26 @@ Test(core_topo, map_parser_is_strict)
 	expect_reject("", "unexpected end of file");
 }
 
+/* Errors name the line they are on: a string left open at the end of line 3, a shard's
+ * queue (line 5) past rx_queues or without an interface, a NUL byte on line 2. */
+Test(core_topo, map_parser_errors_name_their_line)
+{
+	expect_reject("{\n \"keel_map\": 1,\n \"iface\": \"eth0,\n \"rx_queues\": 1\n}",
+		      "at line 3");
+	expect_reject("{\"keel_map\": 1,\n \"iface\": \"lo\",\n \"rx_queues\": 1,\n \"shards\": [\n"
+		      "  {\"shard\": 0, \"cpu\": 0, \"rxq\": 3}\n]}",
+		      "at line 5");
+	expect_reject("{\"keel_map\": 1,\n \"iface\": null,\n \"rx_queues\": 1,\n \"shards\": [\n"
+		      "  {\"shard\": 0, \"cpu\": 0, \"rxq\": 0}\n]}",
+		      "at line 5");
+	{
+		const char doc[] = "{\"keel_map\": 1,\n \"iface\"\0: \"lo\"}";
+		cr_assert_eq(keel_map_parse(doc, sizeof(doc) - 1, &back, err, sizeof(err)),
+			     -EINVAL);
+		cr_assert(strstr(err, "NUL byte") && strstr(err, "at line 2"), "%s", err);
+	}
+}
+
 /* A document with more array members than the parser keeps (valid JSON, well under the
  * file size cap): refused, and the message is written and names the limit. */
 Test(core_topo, map_parser_too_many_members_fills_the_message)
