@@ -270,6 +270,27 @@ has_word(const char *s, const char *w)
 	return false;
 }
 
+/* @w is one of @s's words (split at - _ . : @), any digits after it aside, either case. */
+static bool
+has_token(const char *s, const char *w)
+{
+	size_t n = strlen(w);
+
+	for (const char *t = s; *t;) {
+		size_t len = strcspn(t, "-_.:@");
+		size_t alpha = len;
+
+		while (alpha && isdigit((unsigned char)t[alpha - 1]))
+			alpha--;
+		if (alpha == n && !strncasecmp(t, w, n))
+			return true;
+		t += len;
+		if (*t)
+			t++;
+	}
+	return false;
+}
+
 int
 keel__topo_irq_rxq(const char *irq_name, unsigned *q)
 {
@@ -283,10 +304,12 @@ keel__topo_irq_rxq(const char *irq_name, unsigned *q)
 	p = strchr(name, '@');
 	if (p)
 		*p = 0;
-	/* Not rx: virtio's "output.N" and "config", tx-only vectors, admin/async/link ones. */
-	if (has_word(name, "config") || has_word(name, "output") || has_word(name, "async") ||
-	    has_word(name, "ctrl") || has_word(name, "misc") || has_word(name, "link") ||
-	    has_word(name, "event") || has_word(name, "fdir"))
+	/* Not rx: virtio's "output.N" and "config", tx-only vectors, admin/async/link ones,
+	 * idpf's mailbox. Whole words of the name (between - _ . :, digits after them
+	 * allowed), so an interface called uplink0 does not make its queues "link" ones. */
+	if (has_token(name, "config") || has_token(name, "output") || has_token(name, "async") ||
+	    has_token(name, "ctrl") || has_token(name, "misc") || has_token(name, "link") ||
+	    has_token(name, "event") || has_token(name, "fdir") || has_token(name, "mailbox"))
 		return 0;
 	if (has_word(name, "tx") && !has_word(name, "rx"))
 		return 0;
@@ -296,6 +319,12 @@ keel__topo_irq_rxq(const char *irq_name, unsigned *q)
 	p = name + n;
 	while (p > name && isdigit((unsigned char)p[-1]))
 		p--;
+	/* The queue number is set apart ("eth0-TxRx-3", "input.0"), or follows mlx5's "comp";
+	 * a name that only ends in a digit is an interface's own vector (ixgbe names its
+	 * "other" vector enp3s0f1) or another numbering (gve's blk0), not a queue. */
+	if (p == name ||
+	    (!strchr("-_.:", p[-1]) && !(p - name >= 4 && !strncasecmp(p - 4, "comp", 4))))
+		return 0;
 	/* A queue number, not any number: beyond 65535 (or overflowing) it is no rx queue,
 	 * and a wrapped value would pass the caller's bound as a negative int. */
 	for (end = p; *end == '0' && isdigit((unsigned char)end[1]);)

@@ -645,6 +645,15 @@ Test(core_topo, irq_names_resolve_to_rx_queues)
 	cr_assert_eq(keel__topo_irq_rxq("virtio2-config", &q), 0);
 	cr_assert_eq(keel__topo_irq_rxq("i40e-eth0-tx-2", &q), 0);
 	cr_assert_eq(keel__topo_irq_rxq("mlx5_async0@pci:0000:81:00.0", &q), 0);
+	/* An interface's own vector (ixgbe's "other"), idpf's mailbox, gve's block numbers:
+	 * no rx queue. An interface named uplink0 does not make its queues link vectors. */
+	cr_assert_eq(keel__topo_irq_rxq("enp3s0f1", &q), 0);
+	cr_assert_eq(keel__topo_irq_rxq("eno1", &q), 0);
+	cr_assert_eq(keel__topo_irq_rxq("idpf-Mailbox-0", &q), 0);
+	cr_assert_eq(keel__topo_irq_rxq("gve-ntfy-blk0", &q), 0);
+	cr_assert_eq(keel__topo_irq_rxq("ice-uplink0-TxRx-3", &q), 1);
+	cr_assert_eq(q, 3);
+	cr_assert_eq(keel__topo_irq_rxq("ice-eth0-link", &q), 0);
 }
 
 /* mkdir -p for the test's tree. */
