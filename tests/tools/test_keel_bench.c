@@ -10,12 +10,17 @@
  * asserted. Cross-backend runs drive each backend's server with the other backend's
  * client, so every side is checked by an implementation it does not share code with.
  */
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -307,6 +312,79 @@ drive_serve(const char *backend)
 	fclose(f);
 	cr_assert_eq(waitpid(pid, &st, 0), pid);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "serve status %d", st);
+}
+
+/* An echo server that answers every connection but its third: that one it reads and never
+ * answers, nor closes. The client must fail the run, not report the other three's rate. */
+struct mute {
+	int lfd;
+	volatile int stop;
+};
+
+static void *
+mute_server(void *arg)
+{
+	struct mute *m = arg;
+	struct pollfd pf[5] = { { .fd = m->lfd, .events = POLLIN } };
+	int n = 1;
+	char buf[4096];
+
+	while (!m->stop) {
+		if (poll(pf, (nfds_t)n, 50) <= 0)
+			continue;
+		if ((pf[0].revents & POLLIN) && n < 5) {
+			pf[n].fd = accept(m->lfd, NULL, NULL);
+			pf[n].events = POLLIN;
+			n += pf[n].fd >= 0;
+		}
+		for (int i = 1; i < n; i++) {
+			ssize_t r;
+			if (!(pf[i].revents & (POLLIN | POLLHUP)))
+				continue;
+			r = read(pf[i].fd, buf, sizeof(buf));
+			if (r > 0 && i != 3 && write(pf[i].fd, buf, (size_t)r) != r)
+				pf[i].events = 0;
+			if (r <= 0)
+				pf[i].events = 0;
+		}
+	}
+	for (int i = 0; i < n; i++)
+		close(pf[i].fd);
+	return NULL;
+}
+
+static void
+mute_case(const char *client)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	socklen_t al = sizeof(a);
+	struct mute m = { 0 };
+	pthread_t th;
+	char args[256], *out;
+	int r;
+
+	m.lfd = socket(AF_INET, SOCK_STREAM, 0);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(bind(m.lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+	cr_assert_eq(listen(m.lfd, 16), 0);
+	cr_assert_eq(getsockname(m.lfd, (struct sockaddr *)&a, &al), 0);
+	cr_assert_eq(pthread_create(&th, NULL, mute_server, &m), 0);
+	snprintf(args, sizeof(args),
+		 "pingpong --backend %s --port %u --conns 4 --threads 1 --seconds 0.3 "
+		 "--warmup 0 --no-pin --json",
+		 client, (unsigned)ntohs(a.sin_port));
+	r = bench_once(args, &out);
+	m.stop = 1;
+	pthread_join(th, NULL);
+	cr_assert_neq(r, 0, "%s: the run succeeded with a connection unanswered: %s", client, out);
+	cr_assert(strstr(out, "nothing came back"), "%s: %s", client, out);
+	free(out);
+}
+
+Test(tools_bench, a_connection_the_server_stops_answering_fails_the_run)
+{
+	mute_case("epoll");
+	mute_case("keel");
 }
 
 Test(tools_bench, client_drives_an_external_serve_process)

@@ -47,6 +47,7 @@ struct cconn {
 	uint8_t kind, state;
 	unsigned id;
 	uint64_t tx_off, rx_off; /* bytes sent and bytes echoed back, from the start */
+	uint64_t rx_win;         /* bytes echoed back inside the window */
 	uint64_t *sent_ns;       /* send time of message s at [s % inflight] */
 	struct cconn *reopen;
 };
@@ -218,6 +219,7 @@ on_data(struct cthread *t, struct cconn *c, const uint8_t *buf, size_t n, uint64
 	t->msgs_all += end - s;
 	if (!win)
 		return 0;
+	c->rx_win += n;
 	t->msgs += end - s;
 	t->bytes += (end - s) * unit;
 	if (c->kind == C_ACTIVE && timed)
@@ -380,6 +382,14 @@ client_thread(void *arg)
 		}
 	}
 	bench_tcpu_stop(&t->tcpu);
+	/* Every connection that was sending got some echo in the window: one the server
+	 * stopped answering, without closing it, would lower the figure, not fail the run. */
+	for (unsigned i = 0; i < t->nactive && !t->err; i++)
+		if (t->conns[i].kind == C_ACTIVE && !t->conns[i].rx_win)
+			fail(t, -ETIMEDOUT,
+			     "connection %u: nothing came back in the %.3g s window (the server "
+			     "stopped answering it)",
+			     t->conns[i].id, (double)cl->cfg->seconds_ns / 1e9);
 out:
 	for (unsigned i = 0; t->conns && i < n; i++)
 		if (t->conns[i].fd >= 0)

@@ -393,6 +393,7 @@ struct kconn {
 	bool open, closed_by_us;
 	unsigned id;
 	uint64_t tx_off, rx_off; /* bytes sent and bytes echoed back, from the start */
+	uint64_t rx_win;         /* bytes echoed back inside the window */
 	uint64_t *sent_ns;       /* send time of message s at [s % window] */
 };
 
@@ -596,6 +597,7 @@ on_bytes(struct kconn *k, const struct keel_slice *s, uint64_t now)
 	sh->msgs_all += end - m;
 	if (!in_window(cl, now))
 		return 0;
+	k->rx_win += s->len;
 	sh->msgs += end - m;
 	sh->bytes += (end - m) * unit;
 	if (k->kind == C_ACTIVE && cl->cfg->mode != BENCH_STREAM)
@@ -735,6 +737,16 @@ window_end(struct keel_timer *t, void *arg)
 		return;
 	}
 	bench_tcpu_stop(&sh->tcpu);
+	/* Every connection that was sending got some echo in the window: one the server
+	 * stopped answering, without closing it, would lower the figure, not fail the run. */
+	for (unsigned i = 0; i < sh->nactive; i++)
+		if (sh->conns[i].kind == C_ACTIVE && !sh->conns[i].rx_win) {
+			fail(sh, -ETIMEDOUT,
+			     "connection %u: nothing came back in the %.3g s window (the server "
+			     "stopped answering it)",
+			     sh->conns[i].id, (double)sh->cl->cfg->seconds_ns / 1e9);
+			break;
+		}
 	finish(sh);
 }
 
