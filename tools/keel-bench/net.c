@@ -973,9 +973,13 @@ run_serve(struct opts *o)
 	} else if (o->be == &bench_backend_epoll && c->gather_us)
 		snprintf(gather, sizeof(gather), ", sleeps gather for %u us first (%s)",
 			 c->gather_us, c->gather_fixed ? "fixed" : "adaptive");
-	printf("keel-bench serve: %s echo server on %s:%u (TCP and UDP), %u shard%s%s, pid %ld, "
+	printf("keel-bench serve: %s echo server on %s:%u (TCP and UDP%s), %u shard%s%s, pid %ld, "
 	       "%s%s\n",
-	       o->be->name, addr, port, c->shards, c->shards == 1 ? "" : "s",
+	       o->be->name, addr, port,
+	       o->be == &bench_backend_epoll
+		       ? (c->udp_gso ? "; UDP replies: UDP_SEGMENT" : "; UDP replies: sendmmsg")
+		       : "",
+	       c->shards, c->shards == 1 ? "" : "s",
 	       o->be == &bench_backend_keel && c->shards > 1
 		       ? (c->steer == KEEL_STEER_CPU ? " (cpu steering)" : " (hash steering)")
 		       : "",
