@@ -62,8 +62,27 @@ if command -v ethtool >/dev/null; then
 	have=2
 fi
 
-# The plan's map matches inside the namespace (veth has no IRQs to disagree) ...
-in_ns "$bin" --check --map "$map" || fail "--check of the fresh map failed"
+# The plan's map matches inside the namespace once applied (veth has no IRQs to disagree);
+# not applied, kt0 has more queues than the map serves, and --check says so ...
+set +e
+chk=$(in_ns "$bin" --check --map "$map")
+rc=$?
+set -e
+if [ "$have" -eq 2 ]; then
+	[ $rc -eq 0 ] || fail "--check of the fresh map failed: $chk"
+else
+	[ $rc -eq 1 ] && grep -q "kt0 has 4 rx queues, the map serves 2" <<<"$chk" ||
+		fail "--check of a map serving 2 of kt0's 4 queues exited $rc: $chk"
+fi
+# ... as for a map serving fewer queues than kt0 has after the plan ...
+sed -i 's/"rx_queues": 2/"rx_queues": 1/; s/"rxq": 1/"rxq": null/' "$map"
+set +e
+chk=$(in_ns "$bin" --check --map "$map")
+rc=$?
+set -e
+[ $rc -eq 1 ] || fail "--check of a map serving 1 queue exited $rc: $chk"
+grep -q "kt0 has $have rx queues, the map serves 1" <<<"$chk" || fail "wrong mismatch: $chk"
+sed -i 's/"rx_queues": 1/"rx_queues": 2/' "$map"
 # ... and a map needing more queues than kt0 has does not.
 sed -i 's/"rx_queues": 2/"rx_queues": 8/' "$map"
 set +e
