@@ -42,7 +42,11 @@ check_engine(const char *json, const char *wl, const char *eng, double block)
 	const char *e = strstr(w, from);
 	cr_assert_not_null(e, "no %s figures for %s in:\n%s", eng, wl, json);
 	double iops = field(e, NULL, "iops"), mbs = field(e, NULL, "mb_s");
+	double lo = field(e, NULL, "iops_min"), hi = field(e, NULL, "iops_max");
 	cr_assert_gt(iops, 0, "%s %s moved nothing:\n%s", eng, wl, json);
+	/* The median of the rounds, within their range. */
+	cr_assert(lo > 0 && lo <= iops && iops <= hi, "%s %s: median %.0f outside %.0f-%.0f", eng,
+		  wl, iops, lo, hi);
 	double want = iops * block / 1e6;
 	cr_assert(mbs > want * 0.99 - 0.1 && mbs < want * 1.01 + 0.1,
 		  "%s %s: %.1f MB/s is not %.0f IOPS x %.0f bytes", eng, wl, mbs, iops, block);
@@ -69,6 +73,7 @@ Test(tools_disk, json_reports_keel_fio_and_threads, .fini = rm_path)
 	int st = bench_once(args, &out);
 	cr_assert_eq(st, 0, "keel-bench %s: status %d:\n%s", args, st, out);
 	cr_assert_not_null(strstr(out, "\"mode\": \"disk\""), "%s", out);
+	cr_assert_not_null(strstr(out, "\"stat\": \"median\""), "%s", out);
 	cr_assert_eq(field(out, NULL, "qd"), 4);
 	cr_assert_eq(field(out, NULL, "size"), 4 << 20);
 	cr_assert_not_null(strstr(out, "\"direct\": false"), "%s", out);

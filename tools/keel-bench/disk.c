@@ -6,8 +6,9 @@
  *   threads    a pool of --qd threads, each doing pread/pwrite (one request in flight each)
  * Each round runs every engine once per workload; the order alternates between rounds
  * (keel, fio, threads; then threads, fio, keel) so a drift of the device or the machine
- * does not favour one engine. Reported: IOPS and MB/s (10^6 bytes) averaged over the rounds,
- * each round's IOPS, and the ratios keel/fio and keel/threads.
+ * does not favour one engine. Reported: IOPS and MB/s (10^6 bytes), the median over the
+ * rounds with the lowest and highest round, each round's IOPS, and the ratios of the medians
+ * keel/fio and keel/threads. Fewer than 5 rounds is said in the report.
  *
  * The file is written in full before the first round (reads of holes would not reach the
  * device); with --direct on the page cache is bypassed by every engine.
@@ -517,13 +518,41 @@ static const char disk_usage[] =
 	"                     (default 32)\n"
 	"  --direct on|off    O_DIRECT for every engine (default on)\n"
 	"  --seconds S        per engine, workload and round (default 5)\n"
-	"  --rounds N         rounds, engine order alternating (default 2)\n"
+	"  --rounds N         rounds, engine order alternating (default 5; medians reported)\n"
 	"  --fio PATH|off     the fio binary (default fio)\n"
 	"  --pin on|off       run fio and the threads on the shard's CPU, as keel runs on one\n"
 	"                     (default on)\n"
 	"  --json             print JSON instead of a table\n"
 	"keel sleeps in the kernel between completions (--idle-poll-us 0), as fio and the\n"
 	"threads do: the same polling policy on every side unless --idle-poll-us is given.\n\n";
+
+/* The median over @n rounds of @rr (IOPS in s[0], MB/s in s[1]), and the lowest and highest
+ * round's IOPS. */
+struct rstat {
+	double med[2], lo, hi;
+};
+
+static void
+round_stats(const struct result *rr, unsigned n, struct rstat *st)
+{
+	double v[2][MAX_ROUNDS];
+
+	for (unsigned k = 0; k < n; k++) {
+		v[0][k] = rr[k].iops;
+		v[1][k] = rr[k].mbs;
+	}
+	for (int f = 0; f < 2; f++) {
+		for (unsigned i = 1; i < n; i++)
+			for (unsigned j = i; j > 0 && v[f][j - 1] > v[f][j]; j--) {
+				double t = v[f][j];
+				v[f][j] = v[f][j - 1];
+				v[f][j - 1] = t;
+			}
+		st->med[f] = !n ? 0 : n % 2 ? v[f][n / 2] : (v[f][n / 2 - 1] + v[f][n / 2]) / 2;
+	}
+	st->lo = n ? v[0][0] : 0;
+	st->hi = n ? v[0][n - 1] : 0;
+}
 
 static void
 print_json(const struct dcfg *cfg, struct result r[NW][NE][MAX_ROUNDS], bool fio_ok,
@@ -539,7 +568,8 @@ print_json(const struct dcfg *cfg, struct result r[NW][NE][MAX_ROUNDS], bool fio
 	printf("  \"fs_magic\": \"0x%lx\",\n",
 	       statfs(cfg->path, &sf) == 0 ? (unsigned long)sf.f_type : 0UL);
 	printf("  \"size\": %llu,\n  \"qd\": %u,\n  \"direct\": %s,\n  \"seconds\": %.3f,\n"
-	       "  \"rounds\": %u,\n  \"cpu\": %d,\n  \"baselines_pinned\": %s,\n"
+	       "  \"rounds\": %u,\n  \"stat\": \"median\",\n  \"cpu\": %d,\n"
+	       "  \"baselines_pinned\": %s,\n"
 	       "  \"keel_idle_poll_us\": %u,\n",
 	       (unsigned long long)cfg->size, cfg->qd, cfg->direct ? "true" : "false", cfg->seconds,
 	       cfg->rounds, cfg->cpu, cfg->pin ? "true" : "false", cfg->idle_poll_us);
@@ -548,7 +578,8 @@ print_json(const struct dcfg *cfg, struct result r[NW][NE][MAX_ROUNDS], bool fio
 	else
 		printf("  \"fio_skipped\": \"%s\",\n", fio_why);
 	for (int wl = 0; wl < NW; wl++) {
-		double mean[NE][2] = { { 0 } };
+		struct rstat st[NE];
+		memset(st, 0, sizeof(st));
 		printf("  \"%s\": {\n    \"block\": %u,\n", wl_name[wl], wl_bs[wl]);
 		fio_cmd(cfg, wl, cmd, sizeof(cmd));
 		printf("    \"fio_cmd\": \"%s\",\n", cmd);
@@ -557,22 +588,21 @@ print_json(const struct dcfg *cfg, struct result r[NW][NE][MAX_ROUNDS], bool fio
 				printf("    \"%s\": null,\n", eng_name[e]);
 				continue;
 			}
-			for (unsigned k = 0; k < cfg->rounds; k++) {
-				mean[e][0] += r[wl][e][k].iops / cfg->rounds;
-				mean[e][1] += r[wl][e][k].mbs / cfg->rounds;
-			}
-			printf("    \"%s\": {\"iops\": %.0f, \"mb_s\": %.1f, \"iops_rounds\": [",
-			       eng_name[e], mean[e][0], mean[e][1]);
+			round_stats(r[wl][e], cfg->rounds, &st[e]);
+			printf("    \"%s\": {\"iops\": %.0f, \"mb_s\": %.1f, \"iops_min\": %.0f, "
+			       "\"iops_max\": %.0f, \"iops_rounds\": [",
+			       eng_name[e], st[e].med[0], st[e].med[1], st[e].lo, st[e].hi);
 			for (unsigned k = 0; k < cfg->rounds; k++)
 				printf("%s%.0f", k ? ", " : "", r[wl][e][k].iops);
 			printf("]},\n");
 		}
-		if (fio_ok && mean[E_FIO][0] > 0)
-			printf("    \"keel_to_fio\": %.3f,\n", mean[E_KEEL][0] / mean[E_FIO][0]);
+		if (fio_ok && st[E_FIO].med[0] > 0)
+			printf("    \"keel_to_fio\": %.3f,\n",
+			       st[E_KEEL].med[0] / st[E_FIO].med[0]);
 		else
 			printf("    \"keel_to_fio\": null,\n");
 		printf("    \"keel_to_threads\": %.3f\n  }%s\n",
-		       mean[E_THREADS][0] > 0 ? mean[E_KEEL][0] / mean[E_THREADS][0] : 0,
+		       st[E_THREADS].med[0] > 0 ? st[E_KEEL].med[0] / st[E_THREADS].med[0] : 0,
 		       wl + 1 < NW ? "," : "");
 	}
 	printf("}\n");
@@ -591,21 +621,25 @@ print_table(const struct dcfg *cfg, struct result r[NW][NE][MAX_ROUNDS], bool fi
 	       cfg->pin ? "on that CPU too" : "unpinned");
 	if (!fio_ok)
 		printf("fio skipped: %s\n", fio_why);
-	printf("%-14s %-8s %12s %10s %10s\n", "workload", "engine", "IOPS", "MB/s", "keel/x");
+	if (cfg->rounds < 5)
+		printf("(%u round%s: fewer than the 5 a comparison needs; --rounds 5 or more)\n",
+		       cfg->rounds, cfg->rounds == 1 ? "" : "s");
+	printf("%-14s %-8s %12s %25s %10s %10s\n", "workload", "engine", "IOPS median", "(min-max)",
+	       "MB/s", "keel/x");
 	for (int wl = 0; wl < NW; wl++) {
-		double mean[NE][2] = { { 0 } };
+		struct rstat st[NE];
+		memset(st, 0, sizeof(st));
 		for (int e = 0; e < NE; e++)
-			for (unsigned k = 0; k < cfg->rounds; k++) {
-				mean[e][0] += r[wl][e][k].iops / cfg->rounds;
-				mean[e][1] += r[wl][e][k].mbs / cfg->rounds;
-			}
+			round_stats(r[wl][e], cfg->rounds, &st[e]);
 		for (int e = 0; e < NE; e++) {
+			char range[64];
 			if (e == E_FIO && !fio_ok)
 				continue;
-			printf("%-14s %-8s %12.0f %10.1f", wl_name[wl], eng_name[e], mean[e][0],
-			       mean[e][1]);
-			if (e != E_KEEL && mean[e][0] > 0)
-				printf(" %9.2fx", mean[E_KEEL][0] / mean[e][0]);
+			snprintf(range, sizeof(range), "(%.0f-%.0f)", st[e].lo, st[e].hi);
+			printf("%-14s %-8s %12.0f %25s %10.1f", wl_name[wl], eng_name[e],
+			       st[e].med[0], range, st[e].med[1]);
+			if (e != E_KEEL && st[e].med[0] > 0)
+				printf(" %9.2fx", st[E_KEEL].med[0] / st[e].med[0]);
 			printf("\n");
 		}
 	}
@@ -626,7 +660,7 @@ bench_disk(int argc, char **argv)
 			    .qd = 32,
 			    .direct = true,
 			    .seconds = 5,
-			    .rounds = 2,
+			    .rounds = 5,
 			    .fio = "fio",
 			    .pin = true,
 			    .cpu = -1 };
