@@ -773,8 +773,9 @@ e2e_start_shard(void *arg)
 	}
 }
 
+/* One shard listening on loopback with the server callbacks @ops. */
 static void
-e2e_start(struct e2e *e)
+e2e_start_with(struct e2e *e, const struct keel_conn_ops *ops)
 {
 	struct keel_opts o = net_test_opts(1);
 	struct keel_net_config nc;
@@ -783,9 +784,15 @@ e2e_start(struct e2e *e)
 	keel_net_config_init(&nc);
 	cr_assert_eq(keel_net_config_set(&nc), 0);
 	cr_assert_eq(keel_runtime_create(&o, &e->rt), 0);
-	cr_assert_eq(keel_listener_create(&lo, 1, &srv_ops, e, &e->l), 0);
+	cr_assert_eq(keel_listener_create(&lo, 1, ops, e, &e->l), 0);
 	e->port = keel_listener_port(e->l);
 	cr_assert_eq(keel_runtime_start(e->rt, e2e_start_shard, e), 0);
+}
+
+static void
+e2e_start(struct e2e *e)
+{
+	e2e_start_with(e, &srv_ops);
 }
 
 /* Wait for @flag to reach @want (or for the start to fail); fails the test naming @what
@@ -906,8 +913,6 @@ static const struct keel_conn_ops quit_ops = { .on_open = quit_open,
 
 Test(net_frame, frames_after_a_close_in_the_callback_are_not_delivered)
 {
-	struct keel_opts o = net_test_opts(1);
-	struct keel_listen_opts lo = { .addr = "127.0.0.1" };
 	struct e2e e;
 	uint8_t b[4 + 4 + 4 + 1], in[8], more;
 	size_t n = 0;
@@ -917,10 +922,7 @@ Test(net_frame, frames_after_a_close_in_the_callback_are_not_delivered)
 	atomic_store(&quit_after, 0);
 	atomic_store(&quit_closed, 0);
 	atomic_store(&quit_ret, -1);
-	cr_assert_eq(keel_runtime_create(&o, &e.rt), 0);
-	cr_assert_eq(keel_listener_create(&lo, 1, &quit_ops, &e, &e.l), 0);
-	e.port = keel_listener_port(e.l);
-	cr_assert_eq(keel_runtime_start(e.rt, e2e_start_shard, &e), 0);
+	e2e_start_with(&e, &quit_ops);
 	fd = cli_connect(e.port);
 	cr_assert_geq(fd, 0);
 	/* Two frames in one write: one receive, one on_data. */
@@ -998,8 +1000,6 @@ static const struct keel_conn_ops pz_ops = { .on_open = pz_open,
 
 Test(net_frame, frames_after_a_pause_in_the_callback_wait_for_the_resume)
 {
-	struct keel_opts o = net_test_opts(1);
-	struct keel_listen_opts lo = { .addr = "127.0.0.1" };
 	struct e2e e;
 	uint8_t b[10 * 5];
 	size_t n = 0;
@@ -1008,10 +1008,7 @@ Test(net_frame, frames_after_a_pause_in_the_callback_wait_for_the_resume)
 	memset(&e, 0, sizeof(e));
 	memset(&pz, 0, sizeof(pz));
 	atomic_store(&pz.seen_at_check, -1);
-	cr_assert_eq(keel_runtime_create(&o, &e.rt), 0);
-	cr_assert_eq(keel_listener_create(&lo, 1, &pz_ops, &e, &e.l), 0);
-	e.port = keel_listener_port(e.l);
-	cr_assert_eq(keel_runtime_start(e.rt, e2e_start_shard, &e), 0);
+	e2e_start_with(&e, &pz_ops);
 	fd = cli_connect(e.port);
 	cr_assert_geq(fd, 0);
 	for (int i = 0; i < 10; i++) {

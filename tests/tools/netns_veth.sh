@@ -64,10 +64,13 @@ fi
 
 # The plan's map matches inside the namespace once applied (veth has no IRQs to disagree);
 # not applied, kt0 has more queues than the map serves, and --check says so ...
-set +e
-chk=$(in_ns "$bin" --check --map "$map")
-rc=$?
-set -e
+check_map() { # sets chk (what --check said) and rc (its status)
+	set +e
+	chk=$(in_ns "$bin" --check --map "$map")
+	rc=$?
+	set -e
+}
+check_map
 if [ "$have" -eq 2 ]; then
 	[ $rc -eq 0 ] || fail "--check of the fresh map failed: $chk"
 else
@@ -76,19 +79,13 @@ else
 fi
 # ... as for a map serving fewer queues than kt0 has after the plan ...
 sed -i 's/"rx_queues": 2/"rx_queues": 1/; s/"rxq": 1/"rxq": null/' "$map"
-set +e
-chk=$(in_ns "$bin" --check --map "$map")
-rc=$?
-set -e
+check_map
 [ $rc -eq 1 ] || fail "--check of a map serving 1 queue exited $rc: $chk"
 grep -q "kt0 has $have rx queues, the map serves 1" <<<"$chk" || fail "wrong mismatch: $chk"
 sed -i 's/"rx_queues": 1/"rx_queues": 2/' "$map"
 # ... and a map needing more queues than kt0 has does not.
 sed -i 's/"rx_queues": 2/"rx_queues": 8/' "$map"
-set +e
-chk=$(in_ns "$bin" --check --map "$map")
-rc=$?
-set -e
+check_map
 [ $rc -eq 1 ] || fail "--check of a map needing 8 queues exited $rc: $chk"
 grep -q "kt0 has $have rx queues, the map needs 8" <<<"$chk" || fail "wrong mismatch: $chk"
 echo "PASS"
