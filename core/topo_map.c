@@ -505,12 +505,13 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 		} else if (rx >= 0 && m->rx_queues && (unsigned)rx > m->rx_queues) {
 			/* RSS spreads flows over every queue: those past the map's reach a core
 			 * that no shard of this map serves. */
-			snprintf(line, sizeof(line),
-				 "%s has %d rx queues, the map serves %u: RSS still sends flows to "
-				 "the other %u; run: ethtool -L %s combined %u (or keel-topo --plan "
-				 "again)",
-				 m->iface, rx, m->rx_queues, (unsigned)rx - m->rx_queues, m->iface,
-				 m->rx_queues);
+			snprintf(
+				line, sizeof(line),
+				"%s has %d rx queues, the map serves %u: RSS still sends flows to "
+				"the other %u; run: ethtool -L %s combined %u (or keel-topo --plan "
+				"again)",
+				m->iface, rx, m->rx_queues, (unsigned)rx - m->rx_queues, m->iface,
+				m->rx_queues);
 			n++;
 			if (!emit(arg, line))
 				return n;
