@@ -91,10 +91,11 @@ slot_new(struct fwd_shard *fs, uint32_t *out)
 	return 0;
 }
 
-/* Put the slices of a message that will not be delivered. Proxies made for another shard
- * come back here first: their one reference is ours again (a move), then an ordinary put. */
+/* Put the slices of a message that will not be delivered (the message itself stays).
+ * Proxies made for another shard come back here first: their one reference is ours again
+ * (a move), then an ordinary put. */
 static void
-msg_drop(struct fwd_msg *m)
+msg_put_slices(struct fwd_msg *m)
 {
 	unsigned self = keel_shard_id(keel_this_shard());
 
@@ -104,6 +105,13 @@ msg_drop(struct fwd_msg *m)
 		keel_slice_move(&m->s[i], self);
 		keel_slice_put(&m->s[i]);
 	}
+	m->n = 0;
+}
+
+static void
+msg_drop(struct fwd_msg *m)
+{
+	msg_put_slices(m);
 	free(m);
 }
 
@@ -116,9 +124,15 @@ on_back(int status, void *arg)
 	struct slot *sl;
 	int r;
 
-	if (status < 0)
-		return; /* on_relay failed and dropped the message there (counted there) */
 	sl = m->slot < fs->nslots ? &fs->slots[m->slot] : NULL;
+	if (status < 0) {
+		/* on_relay failed (out of memory there) and put the frame's slices: the
+		 * connection would miss a frame and go on, so it ends here, named. */
+		if (sl && sl->conn && sl->gen == m->gen)
+			keel_conn_abort(sl->conn, status);
+		free(m);
+		return;
+	}
 
 	if (!sl || !sl->conn || sl->gen != m->gen) {
 		/* The connection closed while the frame was away. */
@@ -157,11 +171,11 @@ on_relay(void *arg)
 	}
 	if (r < 0) {
 		/* Slices not yet exported are this shard's proxies; exported ones go through
-		 * msg_drop's move. The connection misses this frame (its peer sees the echo
-		 * stop, and the error counter says why): only when a shard runs out of memory.
-		 * on_back gets r and leaves the (freed) message alone. */
+		 * msg_put_slices's move. Only when a shard runs out of memory: on_back gets r
+		 * with the (emptied) message and aborts its connection, which cannot go on
+		 * without this frame. */
 		BUMP(fs, errors);
-		msg_drop(m);
+		msg_put_slices(m);
 		return r;
 	}
 	BUMP(fs, frames_relayed);
