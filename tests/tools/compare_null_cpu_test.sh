@@ -1,30 +1,34 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
 # compare.sh refuses a run whose server CPU (or client load) the client could not sample,
-# instead of taking "null" into the row's medians. keel-bench is replaced by a stub: a
-# server that prints its listening line and stops cleanly on SIGTERM, and a client whose
-# JSON has every figure but server_cpu_ns_per_msg.
+# instead of taking "null" into the row's medians, and a run in which a connection got no
+# echo in the window. keel-bench is replaced by a stub: a server that prints its listening
+# line and stops cleanly on SIGTERM, and a client whose JSON says so.
 #   compare_null_cpu_test.sh
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/bin"
-cat >"$tmp/bin/keel-bench" <<'STUB'
+# stub CPU STALLED: a keel-bench whose client reports server CPU @CPU (null: none) and
+# @STALLED connections that got no echo.
+stub() {
+	cat >"$tmp/bin/keel-bench" <<STUB
 #!/usr/bin/env bash
-if [ "$1" = serve ]; then
+if [ "\$1" = serve ]; then
 	echo "keel-bench serve: stub on 127.0.0.1:1 (a test's)"
 	trap 'echo "keel-bench serve: bytes in 0 out 0; 0 errors"; exit 0' TERM
 	while :; do sleep 0.05; done
 fi
 cat <<JSON
 {
+  "stalled_conns": $2,
   "msgs_per_sec": 1000,
   "gbps": 0,
   "lat_p50_us": 10,
   "lat_p99_us": 20,
-  "server_cpu_ns_per_msg": null,
-  "server_cpu_util": null,
+  "server_cpu_ns_per_msg": $1,
+  "server_cpu_util": 0.5,
   "client_cpu_util": 0.5,
   "client_cores": 0.5,
   "client_bound": false,
@@ -33,19 +37,27 @@ cat <<JSON
 }
 JSON
 STUB
-chmod +x "$tmp/bin/keel-bench"
-st=0
-bash "$root/tools/bench/compare.sh" --bin "$tmp/bin" --rows pp1 --policies block \
-	--reps 1 --seconds 0.1 --warmup 0 --epoll-gather-us 0 --no-iperf --no-plot \
-	--out "$tmp/out" >"$tmp/log" 2>&1 || st=$?
-if [ "$st" -eq 0 ]; then
-	echo "FAIL: compare.sh took a run without the server's CPU as a figure"
-	cat "$tmp/log"
-	exit 1
-fi
-if ! grep -q "could not sample the server's CPU" "$tmp/log"; then
-	echo "FAIL: compare.sh failed (status $st) without saying why it should:"
-	cat "$tmp/log"
-	exit 1
-fi
-echo "compare.sh refused the run without the server's CPU (status $st)"
+	chmod +x "$tmp/bin/keel-bench"
+}
+# expect_refusal WHAT MESSAGE: compare.sh must fail naming MESSAGE.
+expect_refusal() {
+	local st=0
+	bash "$root/tools/bench/compare.sh" --bin "$tmp/bin" --rows pp1 --policies block \
+		--reps 1 --seconds 0.1 --warmup 0 --epoll-gather-us 0 --no-iperf --no-plot \
+		--out "$tmp/out" >"$tmp/log" 2>&1 || st=$?
+	if [ "$st" -eq 0 ]; then
+		echo "FAIL: compare.sh took a run with $1 as a figure"
+		cat "$tmp/log"
+		exit 1
+	fi
+	if ! grep -q "$2" "$tmp/log"; then
+		echo "FAIL: compare.sh failed (status $st) without saying why it should ($2):"
+		cat "$tmp/log"
+		exit 1
+	fi
+	echo "compare.sh refused the run with $1 (status $st)"
+}
+stub null 0
+expect_refusal "no server CPU" "could not sample the server's CPU"
+stub 1000 1
+expect_refusal "a stalled connection" "got no echo in the window"

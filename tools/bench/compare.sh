@@ -366,6 +366,17 @@ run_one() { # name mode size inflight conns policy backend rep
 		x=$(field "$base.json" $f)
 		v+=("${x:-null}")
 	done
+	# A run in which a connection got no echo in the window is no figure either: the
+	# server stopped answering it, or served it grossly unfairly, and the rate hides it.
+	local stalled
+	stalled=$(field "$base.json" stalled_conns)
+	if [ -n "$stalled" ] && [ "$stalled" != null ] && [ "$stalled" -gt 0 ]; then
+		echo "compare.sh: FAILED row $name policy $pol server $be rep $rep: $stalled" \
+			"connection(s) got no echo in the window (the server stopped answering them," \
+			"or starved them)" >&2
+		cat "$base.json" "$base.err" "$base.log" >&2
+		exit 1
+	fi
 	# A run whose server CPU or client load could not be read is no figure: the medians
 	# and the client-bound count would take it as one.
 	if [ "${v[4]}" = null ] || [ "${v[8]}" = null ]; then

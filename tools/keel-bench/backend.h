@@ -98,6 +98,10 @@ struct bench_result {
 	uint64_t late;         /* udp: echoes that came after their datagram was given up on */
 	uint64_t polls;        /* epoll and udp clients: epoll_wait(0) calls (--client-poll-us) */
 	uint64_t sleeps;       /* epoll and udp clients: epoll_waits that could block */
+	uint64_t stalled;      /* tcp clients: sending connections that got no echo in the
+				* window (a server that stopped answering one, or a grossly
+				* unfair one): the rate does not count them; compare.sh fails
+				* such a run */
 	struct bench_hist lat; /* per-message latency (pingpong, throughput, held conns) */
 	double client_thread_max; /* the busiest client thread's share of a core over the
 				   * window (bench_tcpu); 0: not measured */

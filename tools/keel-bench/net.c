@@ -663,6 +663,8 @@ report(const struct opts *o, const struct bench_result *r, const struct bench_se
 		if (c->mode == BENCH_UDP) {
 			json_u64("lost", r->lost);
 			json_u64("late", r->late);
+		} else {
+			json_u64("stalled_conns", r->stalled);
 		}
 		json_num("msgs_per_sec", mps, true, "%.0f", false);
 		json_num("gbps", gbps, true, "%.3f", false);
@@ -767,6 +769,10 @@ report(const struct opts *o, const struct bench_result *r, const struct bench_se
 		       c->shards, c->shards == 1 ? "" : "s", sys, ss->syscalls_what);
 	if (errors)
 		printf("errors: %llu\n", (unsigned long long)errors);
+	if (r->stalled)
+		printf("stalled: %llu connection%s got no echo in the window (the server stopped "
+		       "answering, or served them grossly unfairly): the rate leaves them out\n",
+		       (unsigned long long)r->stalled, r->stalled == 1 ? "" : "s");
 }
 
 /*
