@@ -50,7 +50,8 @@ struct keel_conn {
 	bool sqe_retry; /* a receive, send or shutdown found no SQE: tried again next pass */
 	bool want_writable, cancel_sent;
 	bool zc_ok;         /* may receive with RECV_ZC: accepted TCP (keel__zcrx_conn_wants) */
-	bool no_send_zc;    /* AF_UNIX: the kernel refuses SEND_ZC on it (-EOPNOTSUPP) */
+	uint32_t zc_min;    /* slices of this many bytes go out with SEND_ZC; UINT32_MAX: none
+			     * (send_zc off, or AF_UNIX, where the kernel refuses it) */
 	bool zc;            /* the armed receive is a RECV_ZC (zcrx_rx.c) */
 	bool zc_sim;        /* ... simulated: a test plays the kernel (keel__zcrx_sim_attach) */
 	bool zc_sim_end;    /* a deferred simulated cancel of it is queued (holds a nop) */
@@ -132,6 +133,25 @@ rq_drop(struct keel_conn *c)
 	c->eof_held = false;
 }
 
+/* Room for @want slices in c->rq (grown, doubling from 16). Returns 0 or -ENOMEM. */
+static int
+rq_room(struct keel_conn *c, uint32_t want)
+{
+	uint32_t ncap = c->rqcap ? c->rqcap : 16;
+	struct keel_slice *nq;
+
+	if (want <= c->rqcap)
+		return 0;
+	while (ncap < want)
+		ncap *= 2;
+	nq = realloc(c->rq, ncap * sizeof(*nq));
+	if (!nq)
+		return -ENOMEM;
+	c->rq = nq;
+	c->rqcap = ncap;
+	return 0;
+}
+
 /* Hold @n slices for delivery after resume. Consumes them, also on failure (-ENOMEM). */
 static int
 rq_hold(struct keel_conn *c, struct keel_slice *s, unsigned n)
@@ -143,20 +163,10 @@ rq_hold(struct keel_conn *c, struct keel_slice *s, unsigned n)
 		c->rqn -= c->rqhead;
 		c->rqhead = 0;
 	}
-	if (c->rqn + n > c->rqcap) {
-		uint32_t ncap = c->rqcap ? c->rqcap : 16;
-		struct keel_slice *nq;
-
-		while (ncap < c->rqn + n)
-			ncap *= 2;
-		nq = realloc(c->rq, ncap * sizeof(*nq));
-		if (!nq) {
-			for (unsigned i = 0; i < n; i++)
-				keel_slice_put(&s[i]);
-			return -ENOMEM;
-		}
-		c->rq = nq;
-		c->rqcap = ncap;
+	if (rq_room(c, c->rqn + n) < 0) {
+		for (unsigned i = 0; i < n; i++)
+			keel_slice_put(&s[i]);
+		return -ENOMEM;
 	}
 	memcpy(c->rq + c->rqn, s, n * sizeof(*s));
 	c->rqn += n;
@@ -811,8 +821,7 @@ zc_send(struct keel_conn *c, struct keel_slice *s, uint32_t off, uint32_t len)
 	unsigned idx;
 	uint64_t boff;
 
-	if (!ns->f_zc || c->no_send_zc || len < c->cfg->zc_threshold ||
-	    keel__net_fixed(ns, s, &idx, &boff) < 0)
+	if (len < c->zc_min || keel__net_fixed(ns, s, &idx, &boff) < 0)
 		return false;
 	z = calloc(1, sizeof(*z));
 	if (!z)
@@ -886,8 +895,7 @@ send_kick(struct keel_conn *c)
 	/* Locals, not the connection's fields: nothing aliases them in the loop. qcap is a
 	 * power of two (q_reserve doubles from 16). */
 	{
-		const uint32_t mask = c->qcap - 1,
-			       zct = ns->f_zc && !c->no_send_zc ? c->cfg->zc_threshold : UINT32_MAX;
+		const uint32_t mask = c->qcap - 1, zct = c->zc_min;
 		uint64_t offered = 0;
 		uint8_t *end = NULL;
 
@@ -1536,12 +1544,15 @@ keel__conn_new(struct net_shard *ns, int fd, bool direct, int family, bool accep
 		return NULL;
 	c->ns = ns;
 	c->zc_ok = keel__zcrx_conn_wants(family, accepted);
-	c->no_send_zc = family == AF_UNIX; /* no SOCK_SUPPORT_ZC: the send would fail */
 	c->ops = ops;
 	c->app = app;
 	c->fd = fd;
 	c->direct = direct;
 	c->cfg = cfg ? cfg : &ns->cfg;
+	/* Fixed for the connection's life: the shard's feature and its configuration are. A
+	 * slice is below 4 GiB, so UINT32_MAX never sends with SEND_ZC. AF_UNIX has no
+	 * SOCK_SUPPORT_ZC: the send would fail. */
+	c->zc_min = ns->f_zc && family != AF_UNIX ? c->cfg->zc_threshold : UINT32_MAX;
 	c->low = c->cfg->low_watermark;
 	c->high = c->cfg->high_watermark;
 	c->recv_op.fn = recv_cb;
@@ -1847,21 +1858,11 @@ keel__conn_unread(struct keel_conn *c, struct keel_slice *s, unsigned n)
 		return;
 	}
 	if (c->rqhead < n) {
-		if (held + n > c->rqcap) {
-			uint32_t ncap = c->rqcap ? c->rqcap : 16;
-			struct keel_slice *nq;
-
-			while (ncap < held + n)
-				ncap *= 2;
-			nq = realloc(c->rq, ncap * sizeof(*nq));
-			if (!nq) {
-				for (unsigned i = 0; i < n; i++)
-					keel_slice_put(&s[i]);
-				keel_conn_abort(c, -ENOMEM);
-				return;
-			}
-			c->rq = nq;
-			c->rqcap = ncap;
+		if (rq_room(c, held + n) < 0) {
+			for (unsigned i = 0; i < n; i++)
+				keel_slice_put(&s[i]);
+			keel_conn_abort(c, -ENOMEM);
+			return;
 		}
 		memmove(c->rq + n, c->rq + c->rqhead, held * sizeof(*c->rq));
 		c->rqhead = n;
