@@ -408,15 +408,15 @@ give_back(struct keel_framer *f, struct keel_conn *c, struct keel_slice *rest, u
 
 	for (unsigned i = f->head; i < f->tail; i++) {
 		struct keel_slice *q = &f->q[i];
-		if (v && i == f->head && f->off &&
-		    keel_slice_sub(q, f->off, q->len - f->off, &v[k]) == 0) {
-			keel_slice_put(q);
-			k++;
-		} else if (v && !(i == f->head && f->off)) {
-			v[k++] = *q;
-		} else {
-			keel_slice_put(q);
+
+		if (v && !(i == f->head && f->off)) {
+			v[k++] = *q; /* the reference moves to v */
+			continue;
 		}
+		/* The head's delivered part is left out (a sub-slice of the rest). */
+		if (v && keel_slice_sub(q, f->off, q->len - f->off, &v[k]) == 0)
+			k++;
+		keel_slice_put(q);
 	}
 	f->head = f->tail = 0;
 	f->off = 0;
