@@ -164,15 +164,21 @@ me(void)
 	return &aofs[keel_shard_id(keel_this_shard())];
 }
 
+/* Bytes of records gathered and not yet written: pend and the batch in flight
+ * (INFO aof_buffer_length, and what backlog_max bounds). */
+static size_t
+backlog(const struct aof *a)
+{
+	return a->pend.len + (a->st == A_WRITING || a->st == A_FAILED ? a->wlen - a->wdone : 0);
+}
+
 static void
 publish(struct aof *a)
 {
 	atomic_store_explicit(&a->pub_size, a->off, memory_order_relaxed);
 	atomic_store_explicit(&a->pub_rewrites, a->rewrites, memory_order_relaxed);
 	atomic_store_explicit(&a->pub_sync_errors, a->sync_errors, memory_order_relaxed);
-	atomic_store_explicit(&a->pub_buffered,
-			      a->pend.len + (a->st == A_WRITING || a->st == A_FAILED ? a->wlen : 0),
-			      memory_order_relaxed);
+	atomic_store_explicit(&a->pub_buffered, backlog(a), memory_order_relaxed);
 	atomic_store_explicit(&a->pub_holds, a->backlog_holds, memory_order_relaxed);
 	atomic_store_explicit(&a->pub_rewriting, a->rewriting, memory_order_relaxed);
 	atomic_store_explicit(&a->pub_err, a->err || a->rw_dir_err || a->sync_lost,
@@ -255,13 +261,6 @@ static size_t rw_copy_max = 1u << 20;
  * (everysec, no) but only in memory. 64 MiB, or KEEL_KV_AOF_BACKLOG=N bytes (read once at
  * start), for the test of it. */
 static size_t backlog_max = 64u << 20;
-
-/* Bytes of records gathered and not yet written: pend and the batch in flight. */
-static size_t
-backlog(const struct aof *a)
-{
-	return a->pend.len + (a->st == A_WRITING || a->st == A_FAILED ? a->wlen - a->wdone : 0);
-}
 
 bool
 kv_aof_backlog_full(void)
