@@ -589,14 +589,15 @@ pend_part_done(struct pend *p, unsigned part, struct rbuf *rep)
 	}
 }
 
-/* Run a command against this shard's table. */
-/* Run @c here; @admitted: a part of a split command whose maxmemory check was made where it
- * was received (kv_cmd_run), else checked now (kv_cmd_exec). */
+/* Run @c against this shard's table; @admitted: a part of a split command whose maxmemory
+ * check was made where it was received (kv_cmd_run), else checked now (kv_cmd_exec). */
 static void
 exec_here(const struct kv_cmd *c, struct resp_arg *argv, unsigned argc, struct rbuf *out,
 	  bool admitted)
 {
 	struct kv_shard *ks = &shards[self()];
+	void (*run)(const struct kv_cmd *, struct kv_db *, struct resp_arg *, unsigned,
+		    struct rbuf *) = admitted ? kv_cmd_run : kv_cmd_exec;
 
 	if (!ks->db.b) {
 		rb_err(out, "ERR keel-kv is shutting down");
@@ -609,12 +610,12 @@ exec_here(const struct kv_cmd *c, struct resp_arg *argv, unsigned argc, struct r
 			rb_err(out, "MISCONF Errors writing to the AOF file: %s", e);
 			return;
 		}
-		(admitted ? kv_cmd_run : kv_cmd_exec)(c, &ks->db, argv, argc, out);
+		run(c, &ks->db, argv, argc, out);
 		if (kv_cfg.aof && out->len > at && out->p[at] != '-')
 			kv_aof_log(c, &ks->db, argv, argc);
 		return;
 	}
-	(admitted ? kv_cmd_run : kv_cmd_exec)(c, &ks->db, argv, argc, out);
+	run(c, &ks->db, argv, argc, out);
 }
 
 /* --appendfsync always: does @c's reply wait for the disk? */
