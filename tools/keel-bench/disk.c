@@ -526,32 +526,42 @@ static const char disk_usage[] =
 	"keel sleeps in the kernel between completions (--idle-poll-us 0), as fio and the\n"
 	"threads do: the same polling policy on every side unless --idle-poll-us is given.\n\n";
 
-/* The median over @n rounds of @rr (IOPS in s[0], MB/s in s[1]), and the lowest and highest
- * round's IOPS. */
+static int
+cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return (x > y) - (x < y);
+}
+
+/* The median of @v[0..@n) (sorted in place; 0 when empty). */
+static double
+median(double *v, unsigned n)
+{
+	if (!n)
+		return 0;
+	qsort(v, n, sizeof(*v), cmp_double);
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* Over the rounds: the medians of IOPS and MB/s, and the lowest and highest IOPS. */
 struct rstat {
-	double med[2], lo, hi;
+	double iops, mbs, lo, hi;
 };
 
 static void
 round_stats(const struct result *rr, unsigned n, struct rstat *st)
 {
-	double v[2][MAX_ROUNDS];
+	double iops[MAX_ROUNDS], mbs[MAX_ROUNDS];
 
 	for (unsigned k = 0; k < n; k++) {
-		v[0][k] = rr[k].iops;
-		v[1][k] = rr[k].mbs;
+		iops[k] = rr[k].iops;
+		mbs[k] = rr[k].mbs;
 	}
-	for (int f = 0; f < 2; f++) {
-		for (unsigned i = 1; i < n; i++)
-			for (unsigned j = i; j > 0 && v[f][j - 1] > v[f][j]; j--) {
-				double t = v[f][j];
-				v[f][j] = v[f][j - 1];
-				v[f][j - 1] = t;
-			}
-		st->med[f] = !n ? 0 : n % 2 ? v[f][n / 2] : (v[f][n / 2 - 1] + v[f][n / 2]) / 2;
-	}
-	st->lo = n ? v[0][0] : 0;
-	st->hi = n ? v[0][n - 1] : 0;
+	st->iops = median(iops, n); /* iops[] is sorted now */
+	st->mbs = median(mbs, n);
+	st->lo = n ? iops[0] : 0;
+	st->hi = n ? iops[n - 1] : 0;
 }
 
 static void
@@ -591,18 +601,17 @@ print_json(const struct dcfg *cfg, struct result r[NW][NE][MAX_ROUNDS], bool fio
 			round_stats(r[wl][e], cfg->rounds, &st[e]);
 			printf("    \"%s\": {\"iops\": %.0f, \"mb_s\": %.1f, \"iops_min\": %.0f, "
 			       "\"iops_max\": %.0f, \"iops_rounds\": [",
-			       eng_name[e], st[e].med[0], st[e].med[1], st[e].lo, st[e].hi);
+			       eng_name[e], st[e].iops, st[e].mbs, st[e].lo, st[e].hi);
 			for (unsigned k = 0; k < cfg->rounds; k++)
 				printf("%s%.0f", k ? ", " : "", r[wl][e][k].iops);
 			printf("]},\n");
 		}
-		if (fio_ok && st[E_FIO].med[0] > 0)
-			printf("    \"keel_to_fio\": %.3f,\n",
-			       st[E_KEEL].med[0] / st[E_FIO].med[0]);
+		if (fio_ok && st[E_FIO].iops > 0)
+			printf("    \"keel_to_fio\": %.3f,\n", st[E_KEEL].iops / st[E_FIO].iops);
 		else
 			printf("    \"keel_to_fio\": null,\n");
 		printf("    \"keel_to_threads\": %.3f\n  }%s\n",
-		       st[E_THREADS].med[0] > 0 ? st[E_KEEL].med[0] / st[E_THREADS].med[0] : 0,
+		       st[E_THREADS].iops > 0 ? st[E_KEEL].iops / st[E_THREADS].iops : 0,
 		       wl + 1 < NW ? "," : "");
 	}
 	printf("}\n");
@@ -637,9 +646,9 @@ print_table(const struct dcfg *cfg, struct result r[NW][NE][MAX_ROUNDS], bool fi
 				continue;
 			snprintf(range, sizeof(range), "(%.0f-%.0f)", st[e].lo, st[e].hi);
 			printf("%-14s %-8s %12.0f %25s %10.1f", wl_name[wl], eng_name[e],
-			       st[e].med[0], range, st[e].med[1]);
-			if (e != E_KEEL && st[e].med[0] > 0)
-				printf(" %9.2fx", st[E_KEEL].med[0] / st[e].med[0]);
+			       st[e].iops, range, st[e].mbs);
+			if (e != E_KEEL && st[e].iops > 0)
+				printf(" %9.2fx", st[E_KEEL].iops / st[e].iops);
 			printf("\n");
 		}
 	}
