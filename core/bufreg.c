@@ -193,6 +193,7 @@ keel__bufreg_init(struct keel_shard *s)
 	struct keel_runtime *rt = s->rt;
 	struct keel_alloc_config cfg;
 	struct keel__bufreg *br;
+	unsigned nslots;
 	int r;
 
 	pthread_once(&once, process_init);
@@ -245,10 +246,11 @@ keel__bufreg_init(struct keel_shard *s)
 		}
 	}
 	/* One slot per region: keel_alloc_create refuses more regions than a table holds. */
-	br->slots = calloc(keel_alloc_region_max(br->alloc), 1);
+	nslots = keel_alloc_region_max(br->alloc);
+	br->slots = calloc(nslots, 1);
 	if (!br->slots)
-		return -ENOMEM; /* nslots stays 0: keel__bufreg_fini walks no slot */
-	br->nslots = keel_alloc_region_max(br->alloc);
+		return -ENOMEM; /* br->nslots stays 0: keel__bufreg_fini walks no slot */
+	br->nslots = nslots;
 	r = io_uring_register_buffers_sparse(&s->ring, br->nslots);
 	if (r < 0) {
 		keel_log(br->policy_on ? KEEL_LOG_ERROR : KEEL_LOG_INFO, "core",
