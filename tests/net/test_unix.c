@@ -72,24 +72,36 @@ echo_some(int fd, size_t len)
 	free(in);
 }
 
+/* In a new directory @dir (a mkdtemp template), a listener of @rt's @nshards shards on the
+ * socket path @dir/@name (in @path, 128 bytes), echoing (echo_ops, counted in @sv). */
+static struct keel_listener *
+unix_listener(struct keel_runtime *rt, char *dir, const char *name, char *path, unsigned nshards,
+	      struct srv *sv)
+{
+	struct keel_listen_opts lo = { .rt = rt };
+	struct keel_listener *l;
+	char addr[140];
+
+	cr_assert_not_null(mkdtemp(dir));
+	snprintf(path, 128, "%s/%s", dir, name);
+	snprintf(addr, sizeof(addr), "unix:%s", path);
+	lo.addr = addr;
+	cr_assert_eq(keel_listener_create(&lo, nshards, &echo_ops, sv, &l), 0);
+	return l;
+}
+
 Test(net_unix, path_listener_echoes_and_unlinks_its_path)
 {
 	struct keel_opts o = net_test_opts(2);
-	char dir[] = "/tmp/keel-unix-XXXXXX", path[128], addr[140];
-	struct keel_listen_opts lo = { 0 };
+	char dir[] = "/tmp/keel-unix-XXXXXX", path[128];
 	struct srv sv = { 0 };
 	struct keel_runtime *rt;
 	struct keel_listener *l;
 	struct stat stt;
 	int fds[4];
 
-	cr_assert_not_null(mkdtemp(dir));
-	snprintf(path, sizeof(path), "%s/echo.sock", dir);
-	snprintf(addr, sizeof(addr), "unix:%s", path);
 	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
-	lo.addr = addr;
-	lo.rt = rt;
-	cr_assert_eq(keel_listener_create(&lo, 2, &echo_ops, &sv, &l), 0);
+	l = unix_listener(rt, dir, "echo.sock", path, 2, &sv);
 	cr_assert_eq(keel_listener_port(l), 0);
 	cr_assert_eq(stat(path, &stt), 0);
 	cr_assert(S_ISSOCK(stt.st_mode));
@@ -118,8 +130,7 @@ Test(net_unix, path_listener_echoes_and_unlinks_its_path)
 Test(net_unix, send_zc_on_leaves_a_unix_connection_on_plain_sends)
 {
 	struct keel_opts o = net_test_opts(1);
-	char dir[] = "/tmp/keel-unix-XXXXXX", path[128], addr[140];
-	struct keel_listen_opts lo = { 0 };
+	char dir[] = "/tmp/keel-unix-XXXXXX", path[128];
 	struct keel_net_config nc;
 	struct srv sv = { 0 };
 	struct keel_runtime *rt;
@@ -130,13 +141,8 @@ Test(net_unix, send_zc_on_leaves_a_unix_connection_on_plain_sends)
 	keel_net_config_init(&nc);
 	nc.zc_threshold = 4096;
 	cr_assert_eq(keel_net_config_set(&nc), 0);
-	cr_assert_not_null(mkdtemp(dir));
-	snprintf(path, sizeof(path), "%s/zc.sock", dir);
-	snprintf(addr, sizeof(addr), "unix:%s", path);
 	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
-	lo.addr = addr;
-	lo.rt = rt;
-	cr_assert_eq(keel_listener_create(&lo, 1, &echo_ops, &sv, &l), 0);
+	l = unix_listener(rt, dir, "zc.sock", path, 1, &sv);
 	cr_assert_eq(keel_runtime_start(rt, on_start, l), 0);
 	fd = unix_client(path);
 	echo_some(fd, 1u << 20);
