@@ -9,6 +9,7 @@
 #include <criterion/criterion.h>
 
 #include "backend.h"
+#include "bench.h"
 
 static struct bench_cfg
 cfg(enum bench_mode mode, uint32_t size)
@@ -86,6 +87,29 @@ Test(tools_bench_proto, histogram_percentiles_are_within_a_bucket)
 	cr_assert_leq(bench_hist_pct(h, 100), h->max_ns);
 	cr_assert_eq(bench_hist_pct(h, 0) <= bench_hist_pct(h, 50), true);
 	free(h);
+}
+
+/* Nearest rank: p99.9 of 1,600 samples is the 1,599th (ceil(1598.4)); the 1,598th would
+ * leave only 99.875 % of the samples at or below it. */
+Test(tools_bench_proto, histogram_percentiles_take_the_nearest_rank)
+{
+	struct bench_hist *h = calloc(1, sizeof(*h));
+
+	cr_assert_not_null(h);
+	for (int i = 0; i < 1598; i++)
+		bench_hist_add(h, 1000);
+	bench_hist_add(h, 1000000);
+	bench_hist_add(h, 1000000);
+	cr_assert_gt(bench_hist_pct(h, 99.9), 500000, "p99.9 is %llu ns",
+		     (unsigned long long)bench_hist_pct(h, 99.9));
+	cr_assert_lt(bench_hist_pct(h, 99.8), 500000);
+	free(h);
+
+	/* The exact one (keel-bench xshard) takes the same rank: the median of 1..4 is 2. */
+	uint64_t v[] = { 4, 3, 2, 1 };
+	cr_assert_eq(bench_percentile(v, 4, 50), 2);
+	cr_assert_eq(bench_percentile(v, 4, 100), 4);
+	cr_assert_eq(bench_percentile(v, 4, 0), 1);
 }
 
 /* Thread slots map onto --cpuset in order and wrap; without it, slot k is CPU k (mod the

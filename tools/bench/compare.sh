@@ -398,12 +398,19 @@ echo "== one $client client for every server: $nrow rows x ${#pols[@]} policies 
 	"${secs}s each (+${warmup}s warm-up); server CPUs $server_cpus ($shards shards), client CPUs $client_cpus"
 t0=$(date +%s)
 for rep in $(seq "$reps"); do
+	ri=0
 	for row in "${rows[@]}"; do
 		read -r name mode size infl conns <<<"$row"
+		ri=$((ri + 1)) pi=0
 		for pol in "${pols[@]}"; do
-			# Alternate which server goes first, so that drift does not favour one.
+			pi=$((pi + 1))
+			# Alternate which server goes first, so that drift does not favour one; with
+			# an odd --reps one server goes first once more in a row and policy, keel in
+			# half of them and epoll in the other half.
 			order=("${srvs[@]}")
-			if [ $((rep % 2)) -eq 0 ] && [ ${#srvs[@]} -eq 2 ]; then order=("${srvs[1]}" "${srvs[0]}"); fi
+			if [ $(((rep + ri + pi) % 2)) -eq 1 ] && [ ${#srvs[@]} -eq 2 ]; then
+				order=("${srvs[1]}" "${srvs[0]}")
+			fi
 			for be in "${order[@]}"; do
 				printf '  rep %s  %-8s %-10s size %-7s inflight %-2s conns %-4s %-5s %s\n' \
 					"$rep" "$name" "$mode" "$size" "$infl" "$conns" "$pol" "$be"

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
@@ -105,7 +106,9 @@ bench_percentile(uint64_t *v, size_t n, double p)
 	if (n == 0)
 		return 0;
 	qsort(v, n, sizeof(*v), cmp_u64);
-	i = (size_t)(p / 100.0 * (double)(n - 1) + 0.5);
+	/* Nearest rank, as bench_hist_pct: the smallest value with p % at or below it. */
+	i = (size_t)ceil(p / 100.0 * (double)n);
+	i = i ? i - 1 : 0;
 	return v[i < n ? i : n - 1];
 }
 

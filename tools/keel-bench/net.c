@@ -882,13 +882,27 @@ run_client(struct opts *o)
 		double scpu = (double)(smp->scpu[1] - smp->scpu[0]);
 		double pcpu = (double)(smp->pcpu[1] - smp->pcpu[0]);
 		double ccpu = smp->srv_in_process ? pcpu - scpu : pcpu;
+		bool late;
 
 		w.valid = wall > 0;
 		w.wall_s = wall / 1e9;
 		w.late_ms = sampler_late_ms(smp);
 		w.server_util = wall > 0 ? scpu / wall : 0;
 		w.client_util = wall > 0 ? (ccpu > 0 ? ccpu : 0) / wall : 0;
-		w.server_ns_per_msg = r->msgs ? scpu / (double)r->msgs : 0;
+		/* The clocks were read over the window shifted by the sampler's wake-ups, which
+		 * can make it longer or shorter than the window the messages were counted over:
+		 * per message is the rate over the one times the length of the other. Where the
+		 * sampler woke so late that the two hardly overlap, there is no figure. */
+		w.server_ns_per_msg =
+			r->msgs ? w.server_util * (double)r->window_ns / (double)r->msgs : 0;
+		late = w.late_ms * 1e6 > (double)r->window_ns / 4;
+		if (late) {
+			w.valid = false;
+			fprintf(stderr,
+				"keel-bench: the CPU sampler read its clocks %.1f ms after the window's "
+				"edge: no CPU figure for this run (a loaded machine)\n",
+				w.late_ms);
+		}
 		w.client_cores = client_cores(c);
 		/* Client-bound: its threads together used 0.9 of their cores, or the busiest
 		 * one 0.9 of its own (several threads: one saturated beside idle ones). */
@@ -902,7 +916,9 @@ run_client(struct opts *o)
 			w.cpus_valid = wall > 0;
 			w.cpus_util = (double)(smp->busy[1] - smp->busy[0]) /
 				      (double)(smp->total[1] - smp->total[0]) * smp->ncpus;
-			w.cpus_ns_per_msg = r->msgs ? w.cpus_util * wall / (double)r->msgs : 0;
+			w.cpus_ns_per_msg =
+				r->msgs ? w.cpus_util * (double)r->window_ns / (double)r->msgs : 0;
+			w.cpus_valid = w.cpus_valid && !late;
 		}
 	}
 	w.client_cores = client_cores(c);

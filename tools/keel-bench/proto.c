@@ -14,6 +14,7 @@
  * messages vanish together.
  */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -156,7 +157,8 @@ bench_hist_pct(const struct bench_hist *h, double p)
 
 	if (h->count == 0)
 		return 0;
-	rank = (uint64_t)(p / 100.0 * (double)h->count + 0.5);
+	/* Nearest rank: the smallest value with at least p % of the samples at or below it. */
+	rank = (uint64_t)ceil(p / 100.0 * (double)h->count);
 	if (rank < 1)
 		rank = 1;
 	if (rank > h->count)
