@@ -58,6 +58,9 @@ static const struct net_opt net_opts[] = {
 	NOPT("--udp-gso-segs", NOPT_COUNT, 0, KEEL_UDP_GSO_MAX, udp_gso_segs,
 	     "most datagrams one UDP sendmsg carries (UDP_SEGMENT; 0 or 1: one each; "
 	     "default 64)"),
+	NOPT("--udp-send-max", NOPT_COUNT, 0, UINT32_MAX, udp_send_max,
+	     "UDP datagrams a shard holds in flight; past it keel_udp_send refuses (0: no "
+	     "limit; default 16384)"),
 	NOPT("--zc-threshold", NOPT_BYTES, 0, UINT32_MAX, zc_threshold,
 	     "sends of this many bytes or more use SEND_ZC (default 4294967295: never)"),
 	NOPT("--high-watermark", NOPT_BYTES, 1, UINT32_MAX, high_watermark,

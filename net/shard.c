@@ -28,7 +28,7 @@
 		.udp_buf_size = 65536, .header_bytes = 1, .send_max = KEEL_NET_SEND_MAX_DEFAULT,   \
 		.shard_send_max = KEEL_NET_SHARD_SEND_MAX_DEFAULT, .bulk_buf_size = 65536,         \
 		.bulk_buf_count = 64, .bulk_window = KEEL_NET_BULK_WINDOW_DEFAULT,                 \
-		.udp_gso_segs = KEEL_UDP_GSO_MAX,                                                  \
+		.udp_gso_segs = KEEL_UDP_GSO_MAX, .udp_send_max = KEEL_NET_UDP_SEND_MAX_DEFAULT,   \
 	}
 
 static struct keel_net_config g_cfg = NET_CONFIG_DEFAULTS;

@@ -501,6 +501,8 @@ gso_fallback(struct keel_udp *u, struct udp_send *d, int res)
 			 "(keel-echo --udp-gso-segs 1) turns batching off",
 			 u->port, g->n, strerror(-res));
 	u->gso_off = true;
+	/* They move to sends of their own, which count them again. */
+	d->ns->st.udp_send_inflight -= g->n;
 	/* Also after keel_udp_close: these datagrams were accepted (keel_udp_send returned 0),
 	 * and each send holds the endpoint open until it completes. */
 	for (unsigned i = 0; i < g->n; i++) {
@@ -540,11 +542,13 @@ send_cb(struct keel_op *op, int res, uint32_t flags)
 	if (d->gso) {
 		struct udp_gso *g = d->gso;
 
+		ns->st.udp_send_inflight -= g->n;
 		for (unsigned i = 0; i < g->n; i++)
 			keel_slice_put(&g->s[i]);
 		g->next_free = ns->udp_gso_free;
 		ns->udp_gso_free = g;
 	} else {
+		ns->st.udp_send_inflight--;
 		keel_slice_put(&d->s);
 	}
 	/* Back to the pool before the unref, which may free the pool with the shard. */
@@ -660,6 +664,7 @@ gso_join(struct keel_udp *u, struct udp_send *d, struct keel_slice *s,
 	g->closed = s->len < seg;
 	d->msg.msg_iovlen = g->n;
 	ns->st.udp_gso_datagrams++;
+	ns->st.udp_send_inflight++;
 	memset(s, 0, sizeof(*s));
 	return true;
 }
@@ -705,6 +710,7 @@ udp_send_one(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_sto
 	d->sqe_pos = ns->ring->sq.sqe_tail - 1;
 	memset(s, 0, sizeof(*s));
 	u->ops_n++;
+	ns->st.udp_send_inflight++;
 	keel__net_ref(ns);
 	/* The next datagram may join this sendmsg while it waits in the SQ. */
 	u->gso_tail =
@@ -719,6 +725,11 @@ keel_udp_send(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_st
 		return -EINVAL;
 	if (u->closing)
 		return -EPIPE;
+	if (__builtin_expect(u->ns->st.udp_send_inflight >= u->ns->cfg.udp_send_max, 0) &&
+	    u->ns->cfg.udp_send_max) {
+		u->ns->st.udp_send_capped++;
+		return -ENOBUFS;
+	}
 	if (u->gso_tail && gso_join(u, u->gso_tail, s, dst))
 		return 0;
 	return udp_send_one(u, s, dst);

@@ -66,6 +66,11 @@ net_print(const struct app *a, unsigned shards)
 		if (n->udp_send_errors)
 			fprintf(stderr, "shard %u net: UDP: %llu datagrams lost to failed sends\n",
 				i, (unsigned long long)n->udp_send_errors);
+		if (n->udp_send_capped)
+			fprintf(stderr,
+				"shard %u net: UDP: %llu echoes not sent: the shard held "
+				"--udp-send-max datagrams in flight\n",
+				i, (unsigned long long)n->udp_send_capped);
 		if (n->udp_gso_sends || n->udp_gso_fallbacks)
 			fprintf(stderr,
 				"shard %u net: UDP: %llu sendmsgs carried %llu datagrams (UDP_SEGMENT), "

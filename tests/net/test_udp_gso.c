@@ -126,8 +126,9 @@ struct gso_run {
 	uint16_t alt_port;
 };
 
+/* As gso_run_start, with keel_net_config.udp_send_max at @send_max. */
 static void
-gso_run_start(struct gso_run *t, uint32_t segs, bool no_check)
+gso_run_start_max(struct gso_run *t, uint32_t segs, bool no_check, uint32_t send_max)
 {
 	struct keel_opts o = net_test_opts(1);
 	struct keel_net_config nc;
@@ -139,6 +140,7 @@ gso_run_start(struct gso_run *t, uint32_t segs, bool no_check)
 	t->srv.no_check = no_check;
 	keel_net_config_init(&nc);
 	nc.udp_gso_segs = segs;
+	nc.udp_send_max = send_max;
 	cr_assert_eq(keel_net_config_set(&nc), 0);
 	cr_assert_eq(keel_runtime_create(&o, &t->rt), 0);
 	cr_assert_eq(keel_runtime_start(t->rt, gso_start, &t->srv), 0);
@@ -157,6 +159,12 @@ gso_run_start(struct gso_run *t, uint32_t segs, bool no_check)
 	setsockopt(t->fd, SOL_SOCKET, SO_RCVBUFFORCE, &sz, sizeof(sz));
 	a.sin_port = htons(atomic_load(&t->srv.port));
 	cr_assert_eq(connect(t->fd, (struct sockaddr *)&a, sizeof(a)), 0);
+}
+
+static void
+gso_run_start(struct gso_run *t, uint32_t segs, bool no_check)
+{
+	gso_run_start_max(t, segs, no_check, KEEL_NET_UDP_SEND_MAX_DEFAULT);
 }
 
 static void
@@ -203,6 +211,59 @@ fill(uint16_t *size, unsigned n, uint16_t v)
 {
 	for (unsigned i = 0; i < n; i++)
 		size[i] = v;
+}
+
+/* The shard's datagrams in flight now. */
+static uint64_t
+inflight(struct gso_run *t)
+{
+	struct keel_net_stats st;
+
+	cr_assert_eq(rt_net_stats(t->rt, 0, &st), 0);
+	return st.udp_send_inflight;
+}
+
+/* udp_send_max 10 and 30 datagrams asked for in one callback (none can complete before
+ * the pass ends): the first 10 go, the other 20 are refused with -ENOBUFS and counted;
+ * once those 10 are sent, the endpoint sends again. */
+static void
+send_max_run(uint32_t segs)
+{
+	struct gso_run t;
+	struct keel_net_stats st;
+	struct gso_cmd c = { .n = 30 };
+	static uint8_t in[2048];
+	uint16_t size[5];
+
+	gso_run_start_max(&t, segs, false, 10);
+	for (unsigned i = 0; i < c.n; i++)
+		c.size[i] = 100;
+	cr_assert_eq(send(t.fd, &c, sizeof(c), 0), (ssize_t)sizeof(c));
+	for (unsigned i = 0; i < 10; i++) {
+		wait_fd(t.fd, POLLIN, TEST_WAIT_MS, 0, "a datagram");
+		cr_assert_eq(recv(t.fd, in, sizeof(in), MSG_DONTWAIT), 100);
+		cr_assert_eq(in[7], pattern(i, 7), "datagram %u", i);
+	}
+	WAIT_FOR(inflight(&t) == 0, "the 10 datagrams' sends to complete");
+	cr_assert_eq(rt_net_stats(t.rt, 0, &st), 0);
+	cr_assert_eq(st.udp_send_capped, 20, "%llu refused",
+		     (unsigned long long)st.udp_send_capped);
+	cr_assert_eq(atomic_load(&t.srv.send_errors), 20);
+	atomic_store(&t.srv.send_errors, 0);
+	fill(size, 5, 100);
+	st = exchange(&t, size, 5, false);
+	cr_assert_eq(st.udp_send_capped, 20);
+	gso_run_stop(&t);
+}
+
+Test(net_udp_gso, datagrams_in_flight_past_udp_send_max_are_refused)
+{
+	send_max_run(KEEL_UDP_GSO_MAX);
+}
+
+Test(net_udp_gso, datagrams_in_flight_past_udp_send_max_are_refused_one_by_one)
+{
+	send_max_run(1);
 }
 
 Test(net_udp_gso, datagrams_to_one_destination_share_one_sendmsg)
@@ -299,6 +360,8 @@ Test(net_udp_gso, a_refused_batch_is_sent_again_one_by_one)
 	st = exchange(&t, size, 5, false);
 	cr_assert_eq(st.sends - prev.sends, 5);
 	cr_assert_eq(st.udp_gso_sends, prev.udp_gso_sends);
+	/* The batch's datagrams moved to sends of their own and were counted once. */
+	WAIT_FOR(inflight(&t) == 0, "no datagram in flight");
 	gso_run_stop(&t);
 }
 

@@ -118,6 +118,14 @@ struct keel_net_config {
 	 * cuts the datagrams. The receiver gets the same datagrams (docs/net.md, "UDP").
 	 * 0 or 1: one sendmsg per datagram. At most KEEL_UDP_GSO_MAX (default 64). */
 	uint32_t udp_gso_segs;
+
+	/* Appended (fields are added at the end). */
+	/* UDP datagrams a shard holds in flight: accepted by keel_udp_send and not yet sent
+	 * (a full socket buffer keeps them waiting). Past it keel_udp_send refuses with
+	 * -ENOBUFS, counted in udp_send_capped, as a full socket refuses a non-blocking
+	 * sendto: each holds its slice and a send slot (about 300 bytes, from malloc, not
+	 * --memory). 0: no limit. Default KEEL_NET_UDP_SEND_MAX_DEFAULT. */
+	uint32_t udp_send_max;
 };
 
 /** The most datagrams one UDP sendmsg carries (udp_gso_segs): the kernel's
@@ -137,6 +145,8 @@ struct keel_net_config {
 #define KEEL_NET_SEND_MAX_DEFAULT (UINT64_C(64) << 20)
 /** Default keel_net_config.shard_send_max: 1 GiB. */
 #define KEEL_NET_SHARD_SEND_MAX_DEFAULT (UINT64_C(1) << 30)
+/** Default keel_net_config.udp_send_max: 16,384 datagrams (some 5 MiB of send slots). */
+#define KEEL_NET_UDP_SEND_MAX_DEFAULT 16384u
 
 /** Bytes of each UDP receive buffer beyond udp_buf_size: the io_uring_recvmsg_out header,
  * the source address and the control data (the kernel's drop counter). */
@@ -170,6 +180,7 @@ KEEL_API int keel_net_config_check(const struct keel_net_config *c, char *err, s
  * Parse the network options in argv into @c, which holds the defaults
  * (keel_net_config_init()) or the caller's own values first: --buf-count, --buf-size,
  * --bulk-buf-count, --bulk-buf-size, --udp-buf-count, --udp-buf-size, --udp-gso-segs,
+ * --udp-send-max,
  * --zc-threshold, --max-files, --header-timeout-ms, --header-bytes, --idle-timeout-ms,
  * --send-max and --shard-send-max (keel_net_opts_help() lists them with their meaning).
  * As keel_opts_parse(): "--opt value" and "--opt=value"; the options it takes are removed
@@ -594,9 +605,12 @@ struct keel_net_stats {
 				 before the ring is made */
 	/* Appended: fields are added at the end, so code built against an older header
 	 * still reads the ones it knows. */
-	uint64_t udp_send_errors; /* datagrams keel_udp_send accepted whose sendmsg then failed
-				     (no route, a refused destination, ENOBUFS...): lost; the
-				     first per endpoint is logged */
+	uint64_t udp_send_errors;   /* datagrams keel_udp_send accepted whose sendmsg then failed
+				       (no route, a refused destination, ENOBUFS...): lost; the
+				       first per endpoint is logged */
+	uint64_t udp_send_capped;   /* datagrams keel_udp_send refused with -ENOBUFS: the shard
+				       held udp_send_max in flight */
+	uint64_t udp_send_inflight; /* datagrams accepted by keel_udp_send and not yet sent, now */
 };
 
 /**
@@ -643,8 +657,10 @@ KEEL_API uint16_t keel_udp_port(const struct keel_udp *u);
  * state is a slot of a per-shard pool: nothing is allocated per datagram once the pool
  * covers the most datagrams in flight (udp_send_slots in keel_net_stats).
  * Consumes: @s's reference, on success.
- * Returns: 0; -EINVAL; -EPIPE after close; -ENOMEM; -EIO when no submission entry could be
- * had (the ring failed; logged).
+ * Returns: 0; -EINVAL; -EPIPE after close; -ENOBUFS when the shard holds udp_send_max
+ * datagrams in flight (keel_net_config; the caller drops or keeps @s, as after a full
+ * socket's EAGAIN); -ENOMEM; -EIO when no submission entry could be had (the ring failed;
+ * logged).
  * Context: @u's shard.
  */
 KEEL_API int keel_udp_send(struct keel_udp *u, struct keel_slice *s,
