@@ -54,9 +54,8 @@ keel__foreign_drain(struct keel_shard *s)
 	if (!atomic_load_explicit(&s->xpending, memory_order_relaxed))
 		return 0;
 	/* Active again before the requests run (termination detection: loop.c, wave), so a
-	 * flag from an earlier pass does not stand while they run. Not airtight: a request
-	 * submitted after this shard last found itself quiescent is not seen by another
-	 * shard's wave until this runs (keel_runtime_submit while the runtime stops). */
+	 * flag from an earlier pass does not stand while they run. None can come after this
+	 * shard found itself quiescent: stop_progress closes the list then (xclosed). */
 	if (s->phase != PHASE_RUN) /* before stopping the flag is 0 anyway */
 		atomic_store_explicit(&s->quiescent, 0, memory_order_relaxed);
 	pthread_mutex_lock(&s->xlock);
@@ -74,6 +73,9 @@ keel__foreign_drain(struct keel_shard *s)
 	return n;
 }
 
+/* At the shard's end. stop_progress closed the list when the shard found itself quiescent,
+ * with nothing in it, so nothing should be left; any request that is is completed with
+ * -ECANCELED rather than left to its owner's wait. */
 void
 keel__foreign_close(struct keel_shard *s)
 {

@@ -651,6 +651,19 @@ stop_progress(struct keel_shard *s)
 	bool q = s->inflight == s->internal_inflight && !s->ovf_pending && !s->ndirty &&
 		 !s->defer_next.n && !atomic_load(&s->xpending);
 
+	/* Foreign requests close under their lock as the shard first finds itself quiescent:
+	 * a keel_runtime_submit that passed its stopping check just before the stop, and
+	 * holds the lock still, has then either queued its request (xpending: not quiescent,
+	 * it runs) or will find the shard closed (-ESHUTDOWN). Without this it could queue
+	 * after another shard's wave counted this one quiescent and had ended, and the
+	 * request would run (a message it sends never delivered: the join hangs) or be
+	 * cancelled. */
+	if (q && !s->xclosed) {
+		pthread_mutex_lock(&s->xlock);
+		q = !atomic_load(&s->xpending);
+		s->xclosed = q;
+		pthread_mutex_unlock(&s->xlock);
+	}
 	atomic_store(&s->quiescent, q);
 	if (!q) {
 		/* Operations started after the last cancel (by stop hooks or callbacks). One

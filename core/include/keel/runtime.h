@@ -195,8 +195,9 @@ struct keel_xreq {
  * queue).
  * Returns: 0; -EINVAL (no such shard, no fn); -ESHUTDOWN until every shard has started
  * (while keel_runtime_start runs, and for good when it fails) and once the runtime is
- * stopping. A request accepted but not run before the runtime ends completes with
- * -ECANCELED.
+ * stopping. A request accepted (0) runs on its shard, also when the stop begins as it is
+ * submitted: the shard does not end before it ran (its fn then runs while the shard stops,
+ * when keel_send refuses and keel's own messages, such as a buffer going home, still go).
  * Context: any thread.
  */
 KEEL_API int keel_runtime_submit(struct keel_runtime *rt, unsigned shard, struct keel_xreq *req);

@@ -1,0 +1,82 @@
+// SPDX-License-Identifier: MIT
+/* A foreign request that keel_runtime_submit accepted as the runtime began to stop runs on
+ * its shard. White-box: the test holds the shard's request lock itself, as a submitter
+ * does between its stopping check and its enqueue, across the whole stop. */
+#include <errno.h>
+#include <stdatomic.h>
+#include <time.h>
+
+#include <criterion/criterion.h>
+
+#include "../../core/internal.h"
+#include "helpers.h"
+
+struct late_req {
+	struct keel_xreq req;
+	_Atomic int ran;       /* 1: fn ran on shard 0 */
+	_Atomic int delivered; /* 1: the message it sent was run on shard 1 */
+	_Atomic int status;    /* as completed (-1 until then) */
+};
+
+static void
+late_mail(void *arg)
+{
+	struct late_req *l = arg;
+
+	atomic_store(&l->delivered, 1);
+}
+
+static void
+late_fn(struct keel_xreq *req)
+{
+	struct late_req *l = (struct late_req *)req;
+
+	atomic_store(&l->ran, 1);
+	/* keel's own message to the other shard, allowed while stopping, as a buffer the
+	 * handler puts goes home: it must be run. */
+	keel_xreq_complete(req, keel__send_internal(1, late_mail, l));
+}
+
+static void
+late_done(struct keel_xreq *req)
+{
+	struct late_req *l = (struct late_req *)req;
+
+	atomic_store(&l->status, req->status);
+}
+
+/* Without the close under the lock, shard 0 counted itself quiescent with the lock held
+ * and shard 1 ended; the request queued after was cancelled when shard 0 ended too, or ran
+ * and sent a message no shard would run, and the join never returned. */
+Test(core_foreign_stop, a_request_queued_as_the_stop_begins_runs_on_its_shard, .timeout = 60)
+{
+	struct keel_opts o = test_opts(2);
+	struct keel_runtime *rt;
+	struct late_req l = { .req = { .fn = late_fn, .done = late_done }, .status = -1 };
+	struct keel_shard *s0;
+	struct timespec ts = { 0, 10 * 1000 * 1000 };
+
+	o.idle_poll_us = 0;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, NULL, NULL), 0);
+	s0 = &rt->shards[0];
+	pthread_mutex_lock(&s0->xlock); /* a submitter past its check */
+	keel_runtime_stop(rt, 0);
+	/* Give the shards a second to end, as they did without the fix; with it shard 0
+	 * waits for the lock, and shard 1 for shard 0. */
+	for (int i = 0; i < 100 && rt->shards[1].phase != PHASE_DONE; i++)
+		nanosleep(&ts, NULL);
+	/* The submitter's enqueue, as keel_runtime_submit makes it. */
+	l.req.next_ = NULL;
+	s0->xhead = s0->xtail = &l.req;
+	atomic_store(&s0->xpending, 1);
+	if (atomic_load(&s0->sleeping) && atomic_exchange(&s0->sleeping, 0))
+		keel__shard_wake(s0, NULL);
+	pthread_mutex_unlock(&s0->xlock);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	cr_assert_eq(atomic_load(&l.ran), 1, "the request was not run (status %d)",
+		     atomic_load(&l.status));
+	cr_assert_eq(atomic_load(&l.status), 0, "its send: %d", atomic_load(&l.status));
+	cr_assert_eq(atomic_load(&l.delivered), 1, "its message was not run");
+	keel_runtime_destroy(rt);
+}
