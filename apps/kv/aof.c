@@ -74,6 +74,7 @@ struct aof {
 	size_t wlen, wdone;
 	bool flush_queued, dirty, reset, bg_sync;
 	bool backlog_held;      /* over backlog_max: the shard's connections stop reading */
+	bool held_by_others;    /* ... or another shard's was, and held them (held_shards) */
 	uint64_t backlog_holds; /* times it got there (INFO aof_backlog_holds) */
 	int err;                /* the last write error (writes are refused while set) */
 	/* A sync failed (its error): the file may lack records it seems to hold, so it is
@@ -248,6 +249,9 @@ is_aof_name(const char *name, unsigned *idx)
  * (2 GiB), and a shard's batch or snapshot may be larger. KEEL_KV_AOF_WRITE_CHUNK=N (bytes,
  * read once at start) makes it smaller, for the tests that check the pieces. */
 static size_t aof_chunk = 1u << 30;
+/* KEEL_KV_AOF_CHUNK_SHARD=N: the batch writes of shard N alone are cut to aof_chunk, for
+ * the test of one slow disk among fast ones (-1: every shard's). */
+static int chunk_shard = -1;
 
 /* A rewrite's step (rw_step): the size of a piece of the snapshot, and of the largest read
  * of the old file's tail that it copies: 1 MiB, or KEEL_KV_AOF_COPY_CHUNK=N bytes (read once
@@ -262,17 +266,55 @@ static size_t rw_copy_max = 1u << 20;
  * start), for the test of it. */
 static size_t backlog_max = 64u << 20;
 
+/* Shards whose backlog is held. A held shard's records come from every shard's
+ * connections (the parts of commands they hand it), so while any is held every shard's
+ * connections stop parsing, as all of Redis's clients wait while its write(2) blocks. */
+static _Atomic unsigned held_shards;
+
+static void others_resume(void *arg);
+
 bool
 kv_aof_backlog_full(void)
 {
 	struct aof *a = me();
 
-	if (a->backlog_held || !a->open || a->stopping || backlog(a) < backlog_max)
-		return a->backlog_held;
-	a->backlog_held = true;
-	a->backlog_holds++;
-	publish(a);
+	if (!a->backlog_held && a->open && !a->stopping && backlog(a) >= backlog_max) {
+		a->backlog_held = true;
+		a->backlog_holds++;
+		atomic_fetch_add(&held_shards, 1);
+		publish(a);
+	}
+	if (a->backlog_held)
+		return true;
+	if (!atomic_load_explicit(&held_shards, memory_order_relaxed))
+		return false;
+	a->held_by_others = true; /* resumed by the releasing shard's message, or on_tick */
 	return true;
+}
+
+/* On every other shard, from the one whose backlog went below half: its connections held
+ * by that backlog read on (those still held by a backlog of their own stay held). */
+static void
+others_resume(void *arg)
+{
+	struct aof *a = me();
+
+	(void)arg;
+	if (!a->held_by_others || atomic_load(&held_shards))
+		return;
+	a->held_by_others = false;
+	kv_resume_held();
+}
+
+static void
+backlog_release(struct aof *a)
+{
+	a->backlog_held = false;
+	atomic_fetch_sub(&held_shards, 1);
+	kv_resume_held();
+	for (unsigned i = 0; i < kv_cfg.nshards; i++)
+		if (i != a->id)
+			keel_send(i, others_resume, NULL); /* failing that, their on_tick */
 }
 
 /* A write went through: below half of backlog_max again, the held connections read on. */
@@ -281,8 +323,7 @@ backlog_check(struct aof *a)
 {
 	if (!a->backlog_held || (backlog(a) > backlog_max / 2 && !a->stopping))
 		return;
-	a->backlog_held = false;
-	kv_resume_held();
+	backlog_release(a);
 }
 
 /* The test knob @name, when set, into *@v: bytes from 1 to @max. 0, or -EINVAL (said). */
@@ -442,6 +483,20 @@ kv_aof_preload(void)
 		      "the records gathered before the shard's connections stop reading",
 		      &backlog_max) < 0)
 		return -EINVAL;
+	if (getenv("KEEL_KV_AOF_CHUNK_SHARD")) {
+		const char *v = getenv("KEEL_KV_AOF_CHUNK_SHARD");
+		char *end;
+		unsigned long n = strtoul(v, &end, 10);
+
+		if (!*v || *end || n >= KEEL_MAX_SHARDS) {
+			fprintf(stderr,
+				"keel-kv: KEEL_KV_AOF_CHUNK_SHARD=%s: expected a shard from 0 to %u "
+				"(whose writes KEEL_KV_AOF_WRITE_CHUNK cuts; for tests)\n",
+				v, KEEL_MAX_SHARDS - 1);
+			return -EINVAL;
+		}
+		chunk_shard = (int)n;
+	}
 	if (mkdir(kv_cfg.dir, 0755) < 0 && errno != EEXIST) {
 		fprintf(stderr, "keel-kv: --dir %s: %s (create it or name another)\n", kv_cfg.dir,
 			strerror(errno));
@@ -897,7 +952,10 @@ batch_free(struct aof *a)
 static void
 issue_write(struct aof *a)
 {
-	size_t n = piece(a->wlen - a->wdone);
+	size_t left = a->wlen - a->wdone;
+	size_t n = chunk_shard < 0 || a->id == (unsigned)chunk_shard ? piece(left)
+		   : left < (1u << 30)                               ? left
+								     : 1u << 30;
 	uint64_t off = a->off + a->wdone;
 	struct keel_slice sub;
 	int r;
@@ -1252,7 +1310,8 @@ on_tick(struct keel_timer *t, void *arg)
 
 	if (a->stopping)
 		return;
-	backlog_check(a); /* records dropped with a lost file, say: read on within a second */
+	backlog_check(a);    /* records dropped with a lost file, say: read on within a second */
+	others_resume(NULL); /* a message from the shard that read on again failed */
 	if (a->rw_renamed && !a->rw_dir_busy) /* a failed directory sync, again */
 		rw_dir_sync(a);
 	rebuild(a);         /* a lost file whose rebuild could not start or failed, again */
@@ -1325,6 +1384,9 @@ kv_aof_log(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv, unsi
 		file_lost(a, -ENOMEM, "no memory for the records to append");
 	}
 	queue_flush(a); /* kick_ starts the rebuild, outside this command */
+	/* Held here too, not only where this shard parses: records other shards hand it
+	 * (the parts of their commands) must hold their connections as well. */
+	kv_aof_backlog_full();
 }
 
 const char *
@@ -1845,6 +1907,8 @@ kv_aof_stop(void)
 	 * offset: harmless if the kernel wrote them already), then what is pending. The
 	 * replies still waiting get the first error of it, if any. */
 	a->stopping = true;
+	if (a->backlog_held) /* the other shards' connections are not held by it any more */
+		backlog_release(a);
 	inflight = a->st == A_WRITING;
 	/* Once a rewrite's file has the name, it is the file: it holds the old one's tail up
 	 * to where the copy caught up, and no batch has started since (rw_frozen), so a failed

@@ -215,7 +215,8 @@ void kv_aof_log(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv,
 /* Why writes are refused now (the last disk error of this shard's file), or NULL. */
 const char *kv_aof_error(void);
 /* True while this shard's records not yet written are over their bound (aof.c,
- * backlog_max): its connections parse no more requests and stop reading until
+ * backlog_max), or another shard's are (their records come from every shard's
+ * connections): the connections parse no more requests and stop reading until
  * kv_resume_held() (server.c), called once the disk has taken the backlog below half. */
 bool kv_aof_backlog_full(void);
 void kv_resume_held(void);
