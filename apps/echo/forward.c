@@ -16,6 +16,12 @@
  * keel_msg_wait_room() sends the backlog once there is room, then reading resumes. The
  * backlog is bounded by what the framer still delivers after the pause (the receive
  * buffers already filled).
+ * Frames away (at the next shard, on their way back, or on the backlog) are replies the
+ * connection owes but has not queued, so its send queue's watermark does not see them:
+ * they count on their own, and reading pauses while they pass the shard's high watermark,
+ * until they are back under its low one. Else a client that does not read would have up
+ * to every receive buffer's worth come back at once, past send_max (the connection aborted)
+ * where the plain echo pauses at the high watermark.
  * No count is touched by two shards: each proxy is counted only where it is held, and
  * every last put of a proxy travels to the shard that made it.
  */
@@ -35,14 +41,17 @@ struct slot {
 	struct fwd_msg *bl_head, *bl_tail; /* frames waiting for room towards the next shard */
 	uint32_t gen;
 	uint32_t next_free;
-	bool waiting; /* a keel_msg_wait_room() callback will come */
+	bool waiting;   /* a keel_msg_wait_room() callback will come */
+	bool away_held; /* reading paused: too many bytes away */
+	uint64_t away;  /* payload bytes of frames away (sent on, or on the backlog) */
 };
 
 struct fwd_shard {
 	struct slot *slots;
 	uint32_t nslots, free_head;
+	uint64_t away_high, away_low; /* the shard's watermarks (keel_net_config) */
 	_Atomic uint64_t frames_in, frames_relayed, frames_out, frames_dropped, frames_waited,
-		errors, conns_live;
+		errors, conns_live, away_peak, away_holds;
 };
 
 #define NO_SLOT UINT32_MAX
@@ -54,6 +63,7 @@ struct fwd_msg {
 	unsigned home;
 	uint32_t slot, gen;
 	unsigned n;
+	uint64_t bytes; /* counted in its slot's away until it is back */
 	struct keel_slice s[];
 };
 
@@ -115,6 +125,33 @@ msg_drop(struct fwd_msg *m)
 	free(m);
 }
 
+/* @bytes more away for @sl's connection: reading pauses at the high watermark. */
+static void
+away_add(struct fwd_shard *fs, struct slot *sl, uint64_t bytes)
+{
+	sl->away += bytes;
+	if (sl->away > atomic_load_explicit(&fs->away_peak, memory_order_relaxed))
+		atomic_store_explicit(&fs->away_peak, sl->away, memory_order_relaxed);
+	if (!sl->away_held && sl->away >= fs->away_high) {
+		sl->away_held = true;
+		BUMP(fs, away_holds);
+		keel_conn_pause_read(sl->conn);
+	}
+}
+
+/* @bytes back (or dropped): under the low watermark reading resumes, unless the backlog
+ * still holds it. */
+static void
+away_sub(struct fwd_shard *fs, struct slot *sl, uint64_t bytes)
+{
+	sl->away -= bytes;
+	if (sl->away_held && sl->away <= fs->away_low) {
+		sl->away_held = false;
+		if (!sl->waiting)
+			keel_conn_resume_read(sl->conn);
+	}
+}
+
 /* On the home shard: the frame is back (the reply of on_frame's call). */
 static void
 on_back(int status, void *arg)
@@ -125,6 +162,8 @@ on_back(int status, void *arg)
 	int r;
 
 	sl = m->slot < fs->nslots ? &fs->slots[m->slot] : NULL;
+	if (sl && sl->conn && sl->gen == m->gen)
+		away_sub(fs, sl, m->bytes); /* queued below, or the connection ends */
 	if (status < 0) {
 		/* on_relay failed (out of memory there) and put the frame's slices: the
 		 * connection would miss a frame and go on, so it ends here, named. */
@@ -273,7 +312,7 @@ on_room(int status, void *arg)
 		keel_conn_abort(sl->conn, r);
 		return;
 	}
-	if (!sl->waiting)
+	if (!sl->waiting && !sl->away_held)
 		keel_conn_resume_read(sl->conn);
 }
 
@@ -311,6 +350,9 @@ on_frame(void *arg, struct keel_frame *fr)
 	m->gen = sl->gen;
 	m->n = fr->n;
 	m->next = NULL;
+	m->bytes = 0;
+	for (unsigned i = 0; i < m->n; i++)
+		m->bytes += m->s[i].len;
 	r = sl->bl_head ? -EAGAIN : keel_call(next, on_relay, m, on_back, m);
 	if (r == -EAGAIN) {
 		/* --mailbox-overflow frames already wait for the next shard: this one waits
@@ -321,6 +363,7 @@ on_frame(void *arg, struct keel_frame *fr)
 		else
 			sl->bl_head = m;
 		sl->bl_tail = m;
+		away_add(fs, sl, m->bytes);
 		r = backlog_wait(fs, ref->slot);
 		return r; /* on failure the backlog goes with the connection's close */
 	}
@@ -329,6 +372,7 @@ on_frame(void *arg, struct keel_frame *fr)
 		msg_drop(m);
 		return r; /* the framer fails: the connection is aborted with r */
 	}
+	away_add(fs, sl, m->bytes);
 	return 0;
 }
 
@@ -347,6 +391,13 @@ fwd_open(struct keel_conn *c)
 		BUMP(fs, errors);
 		keel_conn_abort(c, -ENOMEM);
 		return;
+	}
+	if (!fs->away_high) {
+		struct keel_net_config nc;
+
+		keel_net_config_get(&nc);
+		fs->away_high = nc.high_watermark;
+		fs->away_low = nc.low_watermark;
 	}
 	ref->home = keel_shard_id(keel_this_shard());
 	ref->slot = id;
@@ -397,6 +448,8 @@ fwd_close(struct keel_conn *c, int status)
 	sl->framer = NULL;
 	backlog_drop(fs, sl);
 	sl->waiting = false; /* a pending on_room finds the generation changed */
+	sl->away_held = false;
+	sl->away = 0; /* frames still away find the generation changed */
 	sl->conn = NULL;
 	sl->gen++; /* frames still away find the slot changed */
 	sl->next_free = fs->free_head;
@@ -423,6 +476,8 @@ echo_fwd_stats(unsigned shard, struct echo_fwd_stats *out)
 	out->frames_waited = atomic_load_explicit(&fs->frames_waited, memory_order_relaxed);
 	out->errors = atomic_load_explicit(&fs->errors, memory_order_relaxed);
 	out->conns_live = atomic_load_explicit(&fs->conns_live, memory_order_relaxed);
+	out->away_peak = atomic_load_explicit(&fs->away_peak, memory_order_relaxed);
+	out->away_holds = atomic_load_explicit(&fs->away_holds, memory_order_relaxed);
 }
 
 void

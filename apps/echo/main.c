@@ -282,13 +282,15 @@ main(int argc, char **argv)
 			fprintf(stderr,
 				"shard %u forward: %llu frames in, %llu relayed for other shards, "
 				"%llu echoed, %llu dropped (connection gone), %llu waited for room, "
-				"%llu errors\n",
+				"%llu errors; reading paused %llu times for bytes away (at most "
+				"%llu away)\n",
 				i, (unsigned long long)fs.frames_in,
 				(unsigned long long)fs.frames_relayed,
 				(unsigned long long)fs.frames_out,
 				(unsigned long long)fs.frames_dropped,
-				(unsigned long long)fs.frames_waited,
-				(unsigned long long)fs.errors);
+				(unsigned long long)fs.frames_waited, (unsigned long long)fs.errors,
+				(unsigned long long)fs.away_holds,
+				(unsigned long long)fs.away_peak);
 		}
 	keel_runtime_destroy(rt);
 	keel_listener_destroy(a.l);

@@ -3,18 +3,24 @@
  * Received frames handed to another shard and back without copying (keel_slice_export,
  * keel-echo --forward's code): every byte checked, every buffer back home at the end.
  */
+#include <arpa/inet.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
 
+#include "../../apps/echo/forward.h"
 #include "fwd_drive.h"
 #include "helpers.h"
 
@@ -190,4 +196,138 @@ Test(net_forward, keel_echo_forward_echoes_32_clients_of_4_MiB_intact, .timeout 
 		     "every frame came back whole");
 	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
 		  "keel-echo exit status 0x%x after SIGTERM: %s", status, text);
+}
+
+/* ---- frames away count towards the connection's watermark ---- */
+
+struct away_srv {
+	struct keel_listener *l;
+	_Atomic unsigned started;
+	_Atomic int blocked, release;
+};
+
+static void
+away_start(void *arg)
+{
+	struct away_srv *s = arg;
+
+	if (keel_listener_start(s->l) < 0)
+		keel_stop(-EIO);
+	atomic_fetch_add(&s->started, 1);
+}
+
+/* Holds its shard until the test releases it: frames sent to it wait in its queue. */
+static void
+away_block(struct keel_xreq *req)
+{
+	struct away_srv *s = req->arg;
+	struct timespec ts = { 0, 1000000 };
+
+	atomic_store(&s->blocked, 1);
+	while (!atomic_load(&s->release))
+		nanosleep(&ts, NULL);
+	keel_xreq_complete(req, 0);
+}
+
+/* A client that sends 16 KiB frames and does not read, while the shard its frames go to
+ * is held: frames away pile up at the connection's shard. Reading must pause once they
+ * pass the high watermark (1 MiB), as it does for replies queued; without that the shard
+ * read until its 16 MiB of receive buffers were all away, and when they came back their
+ * echoes passed send_max (8 MiB here) and the connection was aborted. Every byte must
+ * come back once the shard is released. */
+Test(net_forward, frames_away_pause_reading_at_the_high_watermark, .timeout = 120)
+{
+	static uint8_t frame[4 + 16384], in[65536];
+	struct away_srv srv = { 0 };
+	struct keel_opts o;
+	struct keel_net_config nc;
+	struct keel_listen_opts lo = { .addr = "127.0.0.1", .steer = KEEL_STEER_HASH };
+	struct keel_runtime *rt;
+	struct keel_xreq block = { .fn = away_block, .arg = &srv };
+	struct echo_fwd_stats st[2];
+	struct pollfd pfd;
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	uint64_t sent = 0, got = 0;
+	unsigned home = 2;
+	int fd;
+
+	keel_opts_init(&o);
+	o.shards = 2;
+	o.signals = false;
+	o.idle_poll_us = 0;
+	o.memory = 192ull << 20;
+	keel_net_config_init(&nc);
+	nc.buf_count = 1024; /* 16 MiB of receive buffers */
+	nc.bulk_buf_size = 0;
+	nc.send_max = 8u << 20;
+	cr_assert_eq(keel_net_config_set(&nc), 0);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	lo.rt = rt;
+	cr_assert_eq(keel_listener_create(&lo, 2, &echo_fwd_ops, &srv, &srv.l), 0);
+	cr_assert_eq(keel_runtime_start(rt, away_start, &srv), 0);
+	WAIT_FOR(atomic_load(&srv.started) == 2, "both shards to listen");
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	a.sin_port = htons(keel_listener_port(srv.l));
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	for (uint64_t dl = test_deadline(TEST_WAIT_MS); home == 2; test_pause()) {
+		cr_assert(!test_expired(dl), "the connection did not open on a shard");
+		for (unsigned i = 0; i < 2; i++) {
+			echo_fwd_stats(i, &st[i]);
+			if (st[i].conns_live)
+				home = i;
+		}
+	}
+	cr_assert_eq(keel_runtime_submit(rt, 1 - home, &block), 0);
+	WAIT_FOR(atomic_load(&srv.blocked), "the other shard to be held");
+	frame[2] = 0x40; /* a length of 16,384, big-endian */
+	for (size_t i = 4; i < sizeof(frame); i++)
+		frame[i] = (uint8_t)(i * 7);
+	/* Send until the server stops reading: 300 ms with no room, or 40 MiB. */
+	fcntl(fd, F_SETFL, O_NONBLOCK);
+	pfd = (struct pollfd){ .fd = fd, .events = POLLOUT };
+	while (sent < (40u << 20)) {
+		ssize_t w = send(fd, frame + sent % sizeof(frame),
+				 sizeof(frame) - sent % sizeof(frame), MSG_NOSIGNAL);
+		if (w > 0) {
+			sent += (uint64_t)w;
+			continue;
+		}
+		cr_assert(errno == EAGAIN, "send: %s", strerror(errno));
+		if (poll(&pfd, 1, 300) == 0)
+			break;
+	}
+	echo_fwd_stats(home, &st[home]);
+	atomic_store(&srv.release, 1);
+	cr_assert_leq(st[home].away_peak, 4u << 20,
+		      "%llu bytes of frames away from one connection (the high watermark is 1 "
+		      "MiB); %llu sent",
+		      (unsigned long long)st[home].away_peak, (unsigned long long)sent);
+	cr_assert_geq(st[home].away_holds, 1);
+	/* Finish the last frame, then read every byte back. */
+	fcntl(fd, F_SETFL, 0);
+	while (sent % sizeof(frame)) {
+		ssize_t w = send(fd, frame + sent % sizeof(frame),
+				 sizeof(frame) - sent % sizeof(frame), MSG_NOSIGNAL);
+		cr_assert_gt(w, 0, "send: %s", strerror(errno));
+		sent += (uint64_t)w;
+	}
+	{
+		struct timeval tv = { .tv_sec = TEST_WAIT_MS / 1000 };
+		setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	}
+	while (got < sent) {
+		ssize_t r = recv(fd, in, sizeof(in), 0);
+		cr_assert_gt(r, 0, "after %llu of %llu bytes: %s", (unsigned long long)got,
+			     (unsigned long long)sent, r ? strerror(errno) : "EOF (aborted)");
+		for (ssize_t k = 0; k < r; k++, got++)
+			cr_assert_eq(in[k], frame[got % sizeof(frame)], "byte %llu",
+				     (unsigned long long)got);
+	}
+	close(fd);
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	keel_listener_destroy(srv.l);
+	echo_fwd_fini();
 }
