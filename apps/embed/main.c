@@ -19,7 +19,8 @@
  *
  * Data file record (8-byte aligned): struct rec_hdr, key, value, padding. At start each
  * file is scanned; a record whose header or checksum does not hold (a write cut short at
- * a crash or a stop) is skipped, and the scan resynchronises on the next aligned header.
+ * a crash or a stop) is skipped: its whole extent when the header names it, else the scan
+ * resynchronises on the next aligned header.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* dladdr; pkg-config keel passes it too */
@@ -280,16 +281,28 @@ scan_file(unsigned i, uint64_t *records, uint64_t *skipped)
 	}
 	while (off + sizeof(struct rec_hdr) <= size) {
 		struct rec_hdr h;
+		uint64_t end;
 
 		p = buf + off;
 		memcpy(&h, p, sizeof(h));
-		/* A sequence number from 1 to SEQ_MAX: one beyond could wrap the counter (a
-		 * damaged or forged record), and a put's number then repeat or be 0. */
+		end = off + sizeof(h) + h.klen + h.vlen;
 		if (h.magic == REC_MAGIC && h.klen && h.klen <= EMB_KEY_MAX &&
-		    h.vlen <= EMB_VALUE_MAX && h.seq && h.seq <= SEQ_MAX &&
-		    off + sizeof(h) + h.klen + h.vlen <= size &&
-		    fnv32(fnv32(2166136261u, p + sizeof(h), h.klen), p + sizeof(h) + h.klen,
-			  h.vlen) == h.sum) {
+		    h.vlen <= EMB_VALUE_MAX &&
+		    (end > size || !h.seq || h.seq > SEQ_MAX ||
+		     fnv32(fnv32(2166136261u, p + sizeof(h), h.klen), p + sizeof(h) + h.klen,
+			   h.vlen) != h.sum)) {
+			/* A header whose record does not hold: a write cut short (past the end:
+			 * the tail of a crash), a value torn while the writes after it landed,
+			 * or a sequence number beyond SEQ_MAX, which could wrap the counter (a
+			 * put's number would then repeat or be 0). Its whole extent is skipped,
+			 * never scanned: its value bytes are a client's, and may hold the image
+			 * of a record for any key. */
+			(*skipped)++;
+			off = end > size ? size : align8(end);
+			continue;
+		}
+		if (h.magic == REC_MAGIC && h.klen && h.klen <= EMB_KEY_MAX &&
+		    h.vlen <= EMB_VALUE_MAX) {
 			if (index_put(p + sizeof(h), h.klen, i, off + sizeof(h) + h.klen, h.vlen,
 				      h.seq) < 0) {
 				free(buf);
@@ -298,12 +311,12 @@ scan_file(unsigned i, uint64_t *records, uint64_t *skipped)
 			if (h.seq >= atomic_load(&next_seq))
 				atomic_store(&next_seq, h.seq + 1);
 			(*records)++;
-			off = align8(off + sizeof(h) + h.klen + h.vlen);
+			off = align8(end);
 			continue;
 		}
 		if (h.magic == REC_MAGIC)
 			(*skipped)++;
-		off += 8; /* resynchronise on the next aligned header */
+		off += 8; /* no header here: resynchronise on the next aligned one */
 	}
 	free(buf);
 	if (i < KEEL_MAX_SHARDS)

@@ -500,6 +500,76 @@ Test(embed, a_record_whose_sequence_would_wrap_the_counter_is_skipped, .timeout 
 	host_fini(&h);
 }
 
+/* ---- a value that holds a record image, behind a header whose checksum fails ---- */
+
+/* A record header for @klen key bytes and @vlen value bytes at @h (key and value after
+ * it), with the sum of those bytes plus @sum_off (0: correct). Returns its aligned size. */
+static size_t
+put_record(uint8_t *h, uint16_t klen, uint32_t vlen, uint64_t seq, uint32_t sum_off)
+{
+	uint32_t magic = 0x424d454bu, sum;
+
+	memcpy(h, &magic, 4);
+	memcpy(h + 4, &klen, 2);
+	memcpy(h + 8, &vlen, 4);
+	sum = rec_sum(h + 24 + klen, vlen, rec_sum(h + 24, klen, 2166136261u)) + sum_off;
+	memcpy(h + 12, &sum, 4);
+	memcpy(h + 16, &seq, 8);
+	return (24 + klen + vlen + 7) & ~(size_t)7;
+}
+
+/* A record of key "a" whose value was torn (its checksum fails: a write cut short, or
+ * several in flight at a crash) and whose value bytes hold a whole record image of key
+ * "forged", as a client may store. The scan must skip the torn record's whole extent:
+ * stepping through it 8 bytes at a time found and indexed the image, so a client could
+ * plant any key and value it liked. A good record after it is still found. */
+Test(embed, a_record_image_inside_a_torn_records_value_is_not_indexed, .timeout = 120)
+{
+	static const char forged_val[] = "evil";
+	struct kv good = { .key = "after" };
+	uint8_t b[512] = { 0 }, *v;
+	size_t off;
+	struct host h;
+	struct reply r;
+	char path[160];
+	FILE *f;
+	int fd;
+
+	host_init(&h, "");
+	/* The torn record: key "a", a 96-byte value whose bytes 7.. hold the image (at
+	 * file offset 24 + 1 + 7 = 32, 8-aligned). */
+	b[24] = 'a';
+	v = b + 25;
+	memcpy(v + 7 + 24, "forged", 6);
+	memcpy(v + 7 + 24 + 6, forged_val, 4);
+	put_record(v + 7, 6, 4, 5, 0);
+	off = put_record(b, 1, 96, 1, 1); /* its checksum one off */
+	/* A good record after it. */
+	memcpy(b + off + 24, "after", 5);
+	memcpy(b + off + 29, "value", 5);
+	off += put_record(b + off, 5, 5, 2, 0);
+	snprintf(path, sizeof(path), "%s/data/shard-0.dat", h.dir);
+	f = fopen(path, "w");
+	cr_assert_not_null(f, "%s: %s", path, strerror(errno));
+	cr_assert_eq(fwrite(b, 1, off, f), off);
+	fclose(f);
+	host_start_n(&h, "1");
+	fd = test_connect(h.port);
+	req_send(fd, 'G', 0, "forged", NULL, 0);
+	cr_assert(reply_recv(fd, &r), "host closed the connection");
+	cr_assert_eq(r.status, 1, "GET forged: status %u, value '%s': the image was indexed",
+		     r.status, r.body);
+	free(r.body);
+	good.len = 5;
+	good.val = (uint8_t *)strdup("value");
+	get_all(fd, &good, 1);
+	close(fd);
+	host_stop(&h);
+	free(good.val);
+	cr_assert_not_null(strstr(h.log_text, " 1 skipped"), "%s", h.log_text);
+	host_fini(&h);
+}
+
 /* A put whose value arrives in many receives (a client writing 256 bytes at a time, with
  * a pause between): more pieces than the host writes as slices, so it copies the value;
  * before, it answered BUSY ("value in too many pieces") however often it was retried. */
