@@ -260,6 +260,9 @@ void
 keel_buf_release(struct keel_buf *b)
 {
 	alloc_verify(b->refs == 0);
+	/* On its home allocator's thread (a misrouted trip home would free it on another
+	 * shard's, racing the owner), unless its allocator is single-threaded by contract. */
+	alloc_verify(b->home == keel__alloc_cur || !b->home->cfg.send_home);
 	release_local(b);
 }
 

@@ -177,14 +177,51 @@ release_home(void *arg)
 	keel_buf_release(arg);
 }
 
+/* A buffer's way home from a shard of another runtime: a foreign request to its shard. */
+struct xrt_home {
+	struct keel_xreq req;
+	struct keel_buf *b;
+};
+
+static void
+xrt_release(struct keel_xreq *req)
+{
+	struct xrt_home *h = (struct xrt_home *)req;
+
+	keel_buf_release(h->b);
+	keel_xreq_complete(req, 0);
+}
+
+static void
+xrt_done(struct keel_xreq *req)
+{
+	free(req);
+}
+
 static int
 send_home_hook(struct keel_alloc *home, struct keel_buf *b, void *ctx)
 {
-	if (!keel_this_shard())
+	struct keel_shard *hs = ctx, *cur = keel__cur;
+	struct xrt_home *h;
+	int r;
+
+	if (!cur)
 		return -EPERM;
 	/* Not keel_send: a last put during the stop sequence (a cancelled operation's
 	 * completion) must still reach home, or the buffer leaks. */
-	return keel__send_internal(keel_alloc_shard(home), release_home, b);
+	if (__builtin_expect(hs->rt == cur->rt, 1))
+		return keel__send_internal(hs->id, release_home, b);
+	/* Handed from another runtime's shard: the shard index means another shard here, so
+	 * it goes through the home runtime's foreign requests (refused once that one stops:
+	 * then it leaks, logged by the allocator). */
+	h = malloc(sizeof(*h));
+	if (!h)
+		return -ENOMEM;
+	*h = (struct xrt_home){ .req = { .fn = xrt_release, .done = xrt_done }, .b = b };
+	r = keel_runtime_submit(hs->rt, hs->id, &h->req);
+	if (r < 0)
+		free(h);
+	return r;
 }
 
 int
