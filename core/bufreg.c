@@ -395,11 +395,12 @@ slot_ready(struct keel_shard *s, struct keel__bufreg *br, unsigned idx, uint64_t
 		break;
 	case SLOT_FAILED:
 		return -ENOMEM;
-	default: {
-		int r = register_slot(s, idx);
-		if (r < 0)
-			return r;
-	}
+	default:
+		/* Whatever the cause (logged there), as every later use of the slot answers:
+		 * under reg_buffers=on the callers refuse on -ENOMEM; another code made the
+		 * first use a plain send and the next ones errors. */
+		if (register_slot(s, idx) < 0)
+			return -ENOMEM;
 	}
 	*index = idx;
 	*offset = off;
