@@ -38,7 +38,6 @@ struct keel__lshard {
 	unsigned shard;
 	int fd;
 	bool armed, started, stopping;
-	uint32_t napi_first;
 	struct keel_timer *backoff;
 	uint64_t errors_logged_ns; /* failures seen, for the rate limit */
 	struct keel__lshard *next;
@@ -66,11 +65,12 @@ struct keel_listener {
 	unsigned *queue_shard;
 	unsigned nqueues;
 	_Atomic unsigned started;
-	bool attached;              /* the steering program is in place */
-	int *cpus;                  /* [n], filled as shards start */
-	struct keel__lshard *parts; /* [n] */
-	struct lstats *stats;       /* [n] */
-	uint32_t max_conns;         /* per shard, 0: no limit (keel_listen_opts) */
+	bool attached;               /* the steering program is in place */
+	int *cpus;                   /* [n], filled as shards start */
+	struct keel__lshard *parts;  /* [n] */
+	struct lstats *stats;        /* [n] */
+	struct keel__napi_tab *napi; /* queue steering: each queue's shard, by NAPI id */
+	uint32_t max_conns;          /* per shard, 0: no limit (keel_listen_opts) */
 };
 
 #define STAT_INC(l, sh, f) atomic_fetch_add_explicit(&(l)->stats[sh].f, 1, memory_order_relaxed)
@@ -223,7 +223,9 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 	if (l->parts) /* before any error: keel_listener_destroy closes what is >= 0 */
 		for (unsigned i = 0; i < nshards; i++)
 			l->parts[i].fd = -1;
-	if (!l->cpus || !l->parts || !l->stats) {
+	if (o->steer == KEEL_STEER_QUEUE)
+		l->napi = calloc(1, sizeof(*l->napi));
+	if (!l->cpus || !l->parts || !l->stats || (o->steer == KEEL_STEER_QUEUE && !l->napi)) {
 		r = -ENOMEM;
 		goto err;
 	}
@@ -383,12 +385,27 @@ verify_check(struct keel_listener *l, struct keel__lshard *ls, int cpu, int optn
 	if (optname == SO_INCOMING_CPU) {
 		if (l->steer == KEEL_STEER_CPU && (int)val != cpu)
 			STAT_INC(l, ls->shard, cpu_mismatch);
-	} else if (val) {
-		if (!ls->napi_first)
-			ls->napi_first = val;
-		else if (val != ls->napi_first && l->steer == KEEL_STEER_QUEUE)
-			STAT_INC(l, ls->shard, napi_mismatch);
+	} else if (val && l->napi && keel__napi_note(l->napi, val, ls->shard)) {
+		STAT_INC(l, ls->shard, napi_mismatch);
 	}
+}
+
+bool
+keel__napi_note(struct keel__napi_tab *t, uint32_t id, unsigned shard)
+{
+	uint64_t mine = (uint64_t)id << 32 | (shard + 1);
+	unsigned h = (id * 2654435761u) % KEEL__NAPI_SLOTS;
+
+	for (unsigned i = 0; i < KEEL__NAPI_SLOTS; i++) {
+		_Atomic uint64_t *e = &t->e[(h + i) % KEEL__NAPI_SLOTS];
+		uint64_t v = atomic_load_explicit(e, memory_order_relaxed);
+
+		if (!v && atomic_compare_exchange_strong(e, &v, mine))
+			return false; /* the first connection from this queue */
+		if (v >> 32 == id)
+			return (uint32_t)v != shard + 1;
+	}
+	return false;
 }
 
 static void
@@ -672,6 +689,7 @@ keel_listener_destroy(struct keel_listener *l)
 	free(l->parts);
 	free(l->cpus);
 	free(l->stats);
+	free(l->napi);
 	free(l->queue_shard);
 	free(l);
 }

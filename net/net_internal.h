@@ -268,6 +268,17 @@ void keel__sqe_sockopt(struct io_uring_sqe *sqe, int fd, bool get, int level, in
 /* listen.c */
 void keel__listeners_stop(struct net_shard *ns);
 
+/* Which shard a receive queue's connections arrive on, by its NAPI id (queue steering's
+ * check): filled by the first connection from each queue, shared by the shards. */
+#define KEEL__NAPI_SLOTS 1024
+struct keel__napi_tab {
+	_Atomic uint64_t e[KEEL__NAPI_SLOTS]; /* id << 32 | (shard + 1); 0: free */
+};
+/* A connection of @shard came from NAPI id @id: true when another shard's connections came
+ * from it first (the queue is not steered to one shard). A shard may own several queues.
+ * Once the table is full, ids not in it are not checked (false). Context: any shard. */
+bool keel__napi_note(struct keel__napi_tab *t, uint32_t id, unsigned shard);
+
 /* udp.c */
 void keel__udps_stop(struct net_shard *ns);
 /* Free the send-slot pool (the shard's network state is going). */

@@ -340,3 +340,26 @@ Test(net_config, accept_backoff_below_a_millisecond_is_refused)
 	keel_net_config_init(&nc);
 	cr_assert_eq(keel_net_config_set(&nc), 0);
 }
+
+/* Queue steering's check, by NAPI id: a shard may own several queues (a NIC with more
+ * queues than shards, the rest mapped by queue % shards), so a second queue of one shard
+ * is no mismatch; a queue whose connections reach two shards is. Before, any id other than
+ * the shard's first was counted. */
+Test(net_config, napi_mismatch_is_a_queue_on_two_shards_not_two_queues_on_one)
+{
+	struct keel__napi_tab *t = calloc(1, sizeof(*t));
+
+	cr_assert_not_null(t);
+	cr_assert(!keel__napi_note(t, 8193, 0));
+	cr_assert(!keel__napi_note(t, 8195, 0), "a second queue of shard 0");
+	cr_assert(!keel__napi_note(t, 8193, 0));
+	cr_assert(!keel__napi_note(t, 8194, 1));
+	cr_assert(keel__napi_note(t, 8193, 1), "shard 0's queue reached shard 1");
+	cr_assert(keel__napi_note(t, 8194, 0));
+	/* Ids that collide in the table keep their own owners. */
+	for (uint32_t id = 1; id <= 2 * KEEL__NAPI_SLOTS; id++)
+		keel__napi_note(t, 100000 + id, id % 3);
+	cr_assert(!keel__napi_note(t, 100000 + 7, 7 % 3));
+	cr_assert(keel__napi_note(t, 100000 + 7, (7 + 1) % 3));
+	free(t);
+}

@@ -337,7 +337,9 @@ KEEL_API void *keel_listener_app(const struct keel_listener *l);
 struct keel_listener_stats {
 	uint64_t accepted;      /* connections accepted on this shard */
 	uint64_t cpu_mismatch;  /* SO_INCOMING_CPU is not this shard's CPU (cpu steering) */
-	uint64_t napi_mismatch; /* SO_INCOMING_NAPI_ID differs from the shard's first one */
+	uint64_t napi_mismatch; /* queue steering: the connection's receive queue
+				   (SO_INCOMING_NAPI_ID) sent its first connection to another
+				   shard (a shard may own several queues) */
 	uint64_t unverified;    /* the value steering is checked by could not be read */
 	uint64_t accept_errors; /* EMFILE/ENFILE/ENOMEM and other accept failures */
 	uint64_t over_limit;    /* accepted beyond max_conns and closed at once */
