@@ -606,6 +606,12 @@ exec_here(const struct kv_cmd *c, struct resp_arg *argv, unsigned argc, struct r
 	if (c->flags & KV_F_WRITE) {
 		const char *e = kv_cfg.aof ? kv_aof_error() : NULL;
 		size_t at = out->len;
+		/* Memory first, as Redis: over --maxmemory a write is -OOM even while the
+		 * file fails (kv_cmd_exec answers it; admitted parts were checked at home). */
+		if (e && !admitted && kv_cmd_denied(c)) {
+			kv_cmd_exec(c, &ks->db, argv, argc, out);
+			return;
+		}
 		if (e) {
 			rb_err(out, "MISCONF Errors writing to the AOF file: %s", e);
 			return;

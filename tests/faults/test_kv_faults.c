@@ -1676,3 +1676,45 @@ Test(faults_kv, a_getset_out_of_memory_answers_in_its_place)
 	proc_stop(&p);
 	rm_dir(dir);
 }
+
+/* Over --maxmemory with the append-only file failing: Redis checks memory before the disk,
+ * so a write gets -OOM, not -MISCONF (a client that frees memory on OOM would otherwise be
+ * told to look at the disk). The big SET is made before the file fails and takes the
+ * memory over the limit; its batch's write then fails. */
+Test(faults_kv, over_maxmemory_with_the_file_failing_answers_oom_first)
+{
+	char dir[] = "/tmp/keel-kv-oom-misconf-XXXXXX", line[256], st[16];
+	static char big[(2 << 20) + 64];
+	uint64_t dl = test_deadline(TEST_WAIT_MS);
+	const size_t vlen = 2 << 20;
+	struct proc p;
+	size_t n;
+	int fd;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	setenv("KEEL_FAULTS", "write:EIO", 1);
+	proc_start(&p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "1",
+		   "--idle-poll-us", "0", "--appendonly", "yes", "--appendfsync", "everysec",
+		   "--maxmemory", "1mb", "--dir", dir, NULL);
+	unsetenv("KEEL_FAULTS");
+	n = (size_t)sprintf(big, "*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$%zu\r\n", vlen);
+	memset(big + n, 'v', vlen);
+	memcpy(big + n + vlen, "\r\n", 2);
+	fd = test_connect(p.port);
+	test_send_all(fd, big, n + vlen + 2);
+	cr_assert_eq(recv(fd, line, 5, MSG_WAITALL), 5);
+	cr_assert(!memcmp(line, "+OK\r\n", 5), "SET big: '%.5s'", line);
+	close(fd);
+	do {
+		cr_assert(!test_expired(dl), "the file's write did not fail");
+		test_pause();
+		persistence_value(p.port, "aof_last_write_status:", st, sizeof(st));
+	} while (strcmp(st, "err"));
+	kv_command(p.port, "SET k v", line, sizeof(line));
+	cr_assert(!strncmp(line, "-OOM ", 5), "SET over maxmemory with the file failing: '%s'",
+		  line);
+	kv_command(p.port, "GET k", line, sizeof(line));
+	cr_assert_str_eq(line, "$-1\r\n");
+	proc_stop(&p);
+	rm_dir(dir);
+}
