@@ -253,7 +253,7 @@ align8(uint64_t v)
 
 /* Read file @i into the index. Returns 0 or -1 (message printed). */
 static int
-scan_file(unsigned i, uint64_t *records, uint64_t *skipped)
+scan_file(unsigned i, bool writable, uint64_t *records, uint64_t *skipped)
 {
 	struct stat st;
 	uint8_t *buf = NULL, *p;
@@ -298,8 +298,28 @@ scan_file(unsigned i, uint64_t *records, uint64_t *skipped)
 			 * never scanned: its value bytes are a client's, and may hold the image
 			 * of a record for any key. */
 			(*skipped)++;
-			off = end > size ? size : align8(end);
-			continue;
+			if (end <= size) {
+				off = align8(end);
+				continue;
+			}
+			/* The tail of a crash: the file is cut there, or the puts appended
+			 * next would lie inside the extent its header claims, and the next
+			 * scan would skip them. */
+			if (writable && ftruncate(fds[i], (off_t)off) < 0) {
+				fprintf(stderr,
+					"keel-embed: data file %u: cutting a record cut short at "
+					"offset %llu: %s\n",
+					i, (unsigned long long)off, strerror(errno));
+				free(buf);
+				return -1;
+			}
+			if (writable)
+				fprintf(stderr,
+					"keel-embed: data file %u: a record cut short at offset "
+					"%llu (a crash's tail) was cut off\n",
+					i, (unsigned long long)off);
+			size = off;
+			break;
 		}
 		if (h.magic == REC_MAGIC && h.klen && h.klen <= EMB_KEY_MAX &&
 		    h.vlen <= EMB_VALUE_MAX) {
@@ -345,7 +365,8 @@ open_files(const char *dir, unsigned nshards)
 			return -1;
 		}
 		nfiles = i + 1;
-		if (keel_file_from_fd(fds[i], &files[i]) < 0 || scan_file(i, &records, &skipped))
+		if (keel_file_from_fd(fds[i], &files[i]) < 0 ||
+		    scan_file(i, writable, &records, &skipped))
 			return -1;
 	}
 	fprintf(stderr, "keel-embed: %u data files, %llu records, %llu skipped\n", nfiles,
