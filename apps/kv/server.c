@@ -607,9 +607,11 @@ exec_here(const struct kv_cmd *c, struct resp_arg *argv, unsigned argc, struct r
 		const char *e = kv_cfg.aof ? kv_aof_error() : NULL;
 		size_t at = out->len;
 		/* Memory first, as Redis: over --maxmemory a write is -OOM even while the
-		 * file fails (kv_cmd_exec answers it; admitted parts were checked at home). */
+		 * file fails (admitted parts were checked at home). Answered here: a second
+		 * check could find the other shards below it by then and run the write. */
 		if (e && !admitted && kv_cmd_denied(c)) {
-			kv_cmd_exec(c, &ks->db, argv, argc, out);
+			atomic_fetch_add_explicit(&ks->db.st->commands, 1, memory_order_relaxed);
+			kv_reply_oom(&ks->db, out);
 			return;
 		}
 		if (e) {
