@@ -47,8 +47,9 @@ struct kv_stats {
 	_Atomic uint64_t expired_lazy, expired_swept, oom_rejected;
 	_Atomic uint64_t conns, conns_total, proto_errors, timeouts;
 	_Atomic uint64_t hits, misses;
-	_Atomic uint64_t input_holds; /* receives whose parsing stopped at the reply limits */
-	_Atomic uint64_t args_bytes;  /* argument arrays held by connections and the shard */
+	_Atomic uint64_t input_holds;      /* receives whose parsing stopped at the reply limits */
+	_Atomic uint64_t args_bytes;       /* argument arrays held by connections and the shard */
+	_Atomic uint64_t lazyfree_pending; /* keys FLUSHALL ASYNC set aside, not yet freed */
 };
 
 /* A shard's key table: chained buckets, a power of two of them. It doubles when it holds
@@ -64,6 +65,10 @@ struct kv_db {
 	size_t migrate;     /* its buckets below this one are moved */
 	size_t count, expires;
 	size_t sweep; /* next bucket the expiry sweep looks at */
+	/* FLUSHALL ASYNC: the array it set aside, whose keys kv_db_free_step frees a budget at
+	 * a time (their memory counts in used_memory until then), from bucket fnext on */
+	struct kv_ent **fb;
+	size_t fmask, fnext, fpending;
 	struct kv_stats *st;
 };
 
@@ -110,6 +115,12 @@ bool kv_glob(const uint8_t *pat, size_t plen, const uint8_t *s, size_t slen, boo
 int kv_db_init(struct kv_db *db, struct kv_stats *st);
 void kv_db_fini(struct kv_db *db);
 void kv_db_flush(struct kv_db *db);
+/* FLUSHALL ASYNC: the table is empty at once; its keys are freed by kv_db_free_step (a
+ * table of fewer than KV_LAZYFREE_MIN keys, or no memory for a new array: at once). */
+#define KV_LAZYFREE_MIN 1024
+void kv_db_flush_async(struct kv_db *db);
+/* Free up to @budget of the keys FLUSHALL ASYNC set aside; returns how many are left. */
+size_t kv_db_free_step(struct kv_db *db, size_t budget);
 /* Finish a doubling in progress: move every bucket still in the old array (a pass over
  * them; KEYS, FLUSHALL and snapshots, passes over the table themselves, call it). */
 void kv_db_finish_grow(struct kv_db *db);

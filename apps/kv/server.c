@@ -589,6 +589,24 @@ pend_part_done(struct pend *p, unsigned part, struct rbuf *rep)
 	}
 }
 
+/* Keys FLUSHALL ASYNC set aside, freed a budget per sweep tick (a millisecond apart while
+ * any are left): about a third of a millisecond of each. */
+#define KV_LAZYFREE_STEP 4096
+
+/* The sweep timer's next tick within a millisecond (FLUSHALL ASYNC left keys to free, or
+ * a reply waits to be sent home again). */
+static void
+sweep_soon(struct kv_shard *ks)
+{
+	uint64_t due;
+
+	if (!ks->sweep)
+		return;
+	due = keel_timer_deadline_ns(ks->sweep); /* 0: not pending */
+	if (!due || due > keel_now_ns() + KEEL_MS(1))
+		keel_timer_start(ks->sweep, KEEL_MS(1), 0);
+}
+
 /* Run @c against this shard's table; @admitted: a part of a split command whose maxmemory
  * check was made where it was received (kv_cmd_run), else checked now (kv_cmd_exec). */
 static void
@@ -621,6 +639,8 @@ exec_here(const struct kv_cmd *c, struct resp_arg *argv, unsigned argc, struct r
 		run(c, &ks->db, argv, argc, out);
 		if (kv_cfg.aof && out->len > at && out->p[at] != '-')
 			kv_aof_log(c, &ks->db, argv, argc);
+		if (__builtin_expect(ks->db.fb != NULL, 0)) /* FLUSHALL ASYNC: free from now on */
+			sweep_soon(ks);
 		return;
 	}
 	run(c, &ks->db, argv, argc, out);
@@ -670,12 +690,9 @@ send_home(struct kmsg *m)
 		r = keel_msg_wait_room(m->home, home_room, m);
 	if (r == -ENOMEM && ks->sweep) {
 		/* Not dropped: the home connection would wait for this reply for ever. */
-		uint64_t due = keel_timer_deadline_ns(ks->sweep); /* 0: not pending */
-
 		m->next = ks->home_retry;
 		ks->home_retry = m;
-		if (!due || due > keel_now_ns() + KEEL_MS(1))
-			keel_timer_start(ks->sweep, KEEL_MS(1), 0);
+		sweep_soon(ks);
 		return;
 	}
 	if (r < 0)
@@ -1110,7 +1127,7 @@ info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
 		   (slen == 7 && !strncasecmp(sec, "default", 7)) ||
 		   (slen == 10 && !strncasecmp(sec, "everything", 10));
 	uint64_t keys = 0, expires = 0, cmds = 0, fwd = 0, conns = 0, total = 0, hits = 0,
-		 misses = 0, exp = 0, oom = 0, used = kv_used_total();
+		 misses = 0, exp = 0, oom = 0, lazy = 0, used = kv_used_total();
 	unsigned ns = kv_cfg.nshards;
 	int n;
 
@@ -1132,6 +1149,7 @@ info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
 		misses += LD(misses);
 		exp += LD(expired_lazy) + LD(expired_swept);
 		oom += LD(oom_rejected);
+		lazy += LD(lazyfree_pending);
 	}
 	if (WANT("server")) {
 		LINE("# Server\r\nredis_version:7.0.0\r\nkeel_kv_version:0.1\r\n"
@@ -1143,9 +1161,9 @@ info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
 		LINE("# Clients\r\nconnected_clients:%llu\r\n\r\n", (unsigned long long)conns);
 	if (WANT("memory"))
 		LINE("# Memory\r\nused_memory:%llu\r\nused_memory_human:%.2fM\r\nmaxmemory:%llu\r\n"
-		     "maxmemory_policy:noeviction\r\n\r\n",
+		     "maxmemory_policy:noeviction\r\nlazyfree_pending_objects:%llu\r\n\r\n",
 		     (unsigned long long)used, used / 1048576.0,
-		     (unsigned long long)kv_cfg.maxmemory);
+		     (unsigned long long)kv_cfg.maxmemory, (unsigned long long)lazy);
 	if (WANT("stats"))
 		LINE("# Stats\r\ntotal_connections_received:%llu\r\n"
 		     "total_commands_processed:%llu\r\nkeyspace_hits:%llu\r\n"
@@ -1759,6 +1777,8 @@ on_sweep(struct keel_timer *t, void *arg)
 	}
 	if (!ks->db.b)
 		return;
+	if (ks->db.fb) /* FLUSHALL ASYNC's keys: a few thousand a millisecond */
+		kv_db_free_step(&ks->db, KV_LAZYFREE_STEP);
 	/* Paced by the table's size (kv_sweep_pace): a pass in 5 s, or 4 us a bucket over
 	 * 1.25 M buckets (a fixed 1,024 buckets every 100 ms took 200 s over 2 M buckets:
 	 * expired keys kept their memory, and --maxmemory refused writes for data long
@@ -1767,7 +1787,7 @@ on_sweep(struct keel_timer *t, void *arg)
 	n = kv_db_sweep(&ks->db, budget);
 	if (!ks->db.expires)
 		iv = KEEL_MS(100); /* nothing to expire: only the rehash steps run */
-	keel_timer_start(t, n > budget / 4 || ks->home_retry ? KEEL_MS(1) : iv, 0);
+	keel_timer_start(t, n > budget / 4 || ks->home_retry || ks->db.fb ? KEEL_MS(1) : iv, 0);
 }
 
 static void

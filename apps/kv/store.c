@@ -401,11 +401,63 @@ kv_db_flush(struct kv_db *db)
 	counts_publish(db);
 }
 
+size_t
+kv_db_free_step(struct kv_db *db, size_t budget)
+{
+	while (db->fb && budget) {
+		struct kv_ent **slot = &db->fb[db->fnext];
+
+		for (; *slot && budget; budget--) {
+			struct kv_ent *e = *slot;
+
+			*slot = e->next;
+			mem_add(db, -(long long)ent_size(e));
+			keel_shard_free(e);
+			db->fpending--;
+		}
+		if (*slot)
+			break;
+		if (db->fnext++ == db->fmask) {
+			mem_add(db, -(long long)((db->fmask + 1) * sizeof(*db->fb)));
+			keel_shard_free(db->fb);
+			db->fb = NULL;
+		}
+	}
+	atomic_store_explicit(&db->st->lazyfree_pending, db->fpending, memory_order_relaxed);
+	return db->fpending;
+}
+
+void
+kv_db_flush_async(struct kv_db *db)
+{
+	struct kv_ent **nb;
+
+	kv_db_finish_grow(db);
+	kv_db_free_step(db, SIZE_MAX); /* one set aside before: finished first */
+	if (db->count < KV_LAZYFREE_MIN || !(nb = keel_shard_malloc(16 * sizeof(*nb)))) {
+		kv_db_flush(db);
+		return;
+	}
+	memset(nb, 0, 16 * sizeof(*nb));
+	mem_add(db, 16 * sizeof(*nb));
+	db->fb = db->b;
+	db->fmask = db->mask;
+	db->fnext = 0;
+	db->fpending = db->count;
+	db->b = nb;
+	db->mask = 15;
+	db->count = db->expires = 0;
+	db->sweep = 0;
+	counts_publish(db);
+	atomic_store_explicit(&db->st->lazyfree_pending, db->fpending, memory_order_relaxed);
+}
+
 void
 kv_db_fini(struct kv_db *db)
 {
 	if (!db->b)
 		return;
+	kv_db_free_step(db, SIZE_MAX);
 	kv_db_flush(db);
 	mem_add(db, -(long long)((db->mask + 1) * sizeof(*db->b)));
 	keel_shard_free(db->b);
@@ -1226,7 +1278,10 @@ cmd_flushall(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf
 		rb_err(out, "%s", e_syntax);
 		return;
 	}
-	kv_db_flush(db);
+	if (argc == 2 && arg_is(&argv[1], "ASYNC"))
+		kv_db_flush_async(db);
+	else
+		kv_db_flush(db);
 	rb_simple(out, "OK");
 }
 

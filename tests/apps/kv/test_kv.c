@@ -1059,6 +1059,61 @@ Test(kv_server, a_split_mset_is_admitted_or_refused_whole_under_maxmemory)
 }
 
 /* Keys expire when read (lazy) and without being read (the sweep). */
+/* FLUSHALL ASYNC (Redis's lazy flush): the table is empty at once and its keys are freed a
+ * few thousand a millisecond after, so a shard with many keys goes on serving instead of
+ * stopping for the whole pass. The INFO sent behind it in the same write still finds keys
+ * to free (lazyfree_pending_objects); then used_memory comes back to what it was before
+ * the keys were made. Before, ASYNC was accepted and the flush ran at once. */
+Test(kv_server, flushall_async_empties_at_once_and_frees_after)
+{
+	static char req[1000 * 32 + 64];
+	uint64_t dl;
+	long long base;
+	struct srv s;
+	struct rd r;
+	char *got, *p;
+
+	srv_start(&s, 1, NULL);
+	rd_init(&r, test_connect(s.port));
+	base = info_field(s.port, "used_memory:");
+	for (int b = 0; b < 200; b++) {
+		size_t n = (size_t)sprintf(req, "*2001\r\n$4\r\nMSET\r\n");
+		for (int i = 0; i < 1000; i++) {
+			char key[16];
+			int kl = sprintf(key, "k%d_%d", b, i);
+			n += (size_t)sprintf(req + n, "$%d\r\n%s\r\n$1\r\nv\r\n", kl, key);
+		}
+		test_send_all(r.fd, req, n);
+		got = rd_next(&r, NULL);
+		cr_assert(got && !strcmp(got, "+OK\r\n"), "MSET %d: '%s'", b, got ? got : "");
+	}
+	expect(&r, "DBSIZE", ":200000\r\n");
+	{
+		static const char three[] = "FLUSHALL ASYNC\r\nDBSIZE\r\nINFO memory\r\n";
+		test_send_all(r.fd, three, sizeof(three) - 1);
+	}
+	cr_assert_str_eq(rd_next(&r, NULL), "+OK\r\n");
+	cr_assert_str_eq(rd_next(&r, NULL), ":0\r\n");
+	got = rd_next(&r, NULL);
+	cr_assert(got);
+	p = strstr(got, "lazyfree_pending_objects:");
+	cr_assert(p && atoll(p + 25) > 0, "INFO memory right after FLUSHALL ASYNC: %s", got);
+	dl = test_deadline(TEST_WAIT_MS);
+	while (info_field(s.port, "lazyfree_pending_objects:") ||
+	       info_field(s.port, "used_memory:") != base) {
+		cr_assert(!test_expired(dl),
+			  "the keys were not freed: %lld pending, %lld bytes used "
+			  "(%lld before)",
+			  info_field(s.port, "lazyfree_pending_objects:"),
+			  info_field(s.port, "used_memory:"), base);
+		test_pause();
+	}
+	expect(&r, "SET a 1", "+OK\r\n");
+	expect(&r, "GET a", "$1\r\n1\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+}
+
 Test(kv_server, keys_expire_lazily_and_by_sweep)
 {
 	struct srv s;
