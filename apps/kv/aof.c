@@ -271,14 +271,14 @@ static size_t backlog_max = 64u << 20;
  * connections stop parsing, as all of Redis's clients wait while its write(2) blocks. */
 static _Atomic unsigned held_shards;
 
-static void others_resume(void *arg);
-
 bool
 kv_aof_backlog_full(void)
 {
 	struct aof *a = me();
 
-	if (!a->backlog_held && a->open && !a->stopping && backlog(a) >= backlog_max) {
+	/* Not while the file fails: writes are refused then (-MISCONF), so the backlog does
+	 * not grow, and reads go on. */
+	if (!a->backlog_held && a->open && !a->stopping && !a->err && backlog(a) >= backlog_max) {
 		a->backlog_held = true;
 		a->backlog_holds++;
 		atomic_fetch_add(&held_shards, 1);
@@ -321,7 +321,7 @@ backlog_release(struct aof *a)
 static void
 backlog_check(struct aof *a)
 {
-	if (!a->backlog_held || (backlog(a) > backlog_max / 2 && !a->stopping))
+	if (!a->backlog_held || (backlog(a) > backlog_max / 2 && !a->stopping && !a->err))
 		return;
 	backlog_release(a);
 }
@@ -468,6 +468,7 @@ save_corrupt(const char *path, const uint8_t *p, size_t len, size_t good)
 int
 kv_aof_preload(void)
 {
+	const char *v;
 	DIR *d;
 	struct dirent *de;
 	int r;
@@ -483,16 +484,15 @@ kv_aof_preload(void)
 		      "the records gathered before the shard's connections stop reading",
 		      &backlog_max) < 0)
 		return -EINVAL;
-	if (getenv("KEEL_KV_AOF_CHUNK_SHARD")) {
-		const char *v = getenv("KEEL_KV_AOF_CHUNK_SHARD");
+	if ((v = getenv("KEEL_KV_AOF_CHUNK_SHARD"))) {
 		char *end;
 		unsigned long n = strtoul(v, &end, 10);
 
 		if (!*v || *end || n >= KEEL_MAX_SHARDS) {
 			fprintf(stderr,
-				"keel-kv: KEEL_KV_AOF_CHUNK_SHARD=%s: expected a shard from 0 to %u "
-				"(whose writes KEEL_KV_AOF_WRITE_CHUNK cuts; for tests)\n",
-				v, KEEL_MAX_SHARDS - 1);
+				"keel-kv: KEEL_KV_AOF_CHUNK_SHARD=%s: expected a shard from 0 "
+				"to %u (whose writes KEEL_KV_AOF_WRITE_CHUNK cuts; for tests)\n",
+				v, (unsigned)KEEL_MAX_SHARDS - 1);
 			return -EINVAL;
 		}
 		chunk_shard = (int)n;
@@ -1089,6 +1089,7 @@ on_written(struct keel_file_req *req, int res, void *arg)
 				 a->id, a->id, strerror(-e));
 		a->err = e;
 		a->st = A_FAILED; /* the batch stays; the tick tries it again */
+		backlog_check(a); /* writes are refused now: the hold ends, reads go on */
 		publish(a);
 		answer_waiters(a, e);
 		return;
