@@ -58,10 +58,11 @@ KEEL_API void keel_shard_free(void *p);
  * Returns: 0; -EXDEV for a buffer of another shard (its region is in that shard's table:
  * send it plain); -ENOENT for external memory (keel_buf_wrap); -EOPNOTSUPP when this shard
  * runs with unregistered buffers; -ENOMEM when this region could not be registered (any
- * cause, logged with it; mostly RLIMIT_MEMLOCK, mid-run: the kernel counts pinned pages per user,
- * so the start-up check with --feature reg_buffers=on is arithmetic only; logged once per runtime
- * with the total pinned, the amount needed and the fix); -ERANGE past the table. Context: a shard,
- * holding @s.
+ * cause, logged with it; mostly RLIMIT_MEMLOCK, mid-run: the kernel counts pinned pages
+ * per user, so the start-up check with --feature reg_buffers=on is arithmetic only; logged
+ * once per runtime with the total pinned, the amount needed and the fix); -ERANGE past the
+ * table.
+ * Context: a shard, holding @s.
  */
 KEEL_API int keel_buf_fixed(const struct keel_slice *s, unsigned *index, uint64_t *offset);
 
