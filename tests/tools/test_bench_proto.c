@@ -105,11 +105,26 @@ Test(tools_bench_proto, histogram_percentiles_take_the_nearest_rank)
 	cr_assert_lt(bench_hist_pct(h, 99.8), 500000);
 	free(h);
 
+	/* p99.9 of 1,000 is the 999th, though 99.9 / 100 x 1000 is 999.0000000000001. */
+	h = calloc(1, sizeof(*h));
+	cr_assert_not_null(h);
+	for (int i = 0; i < 999; i++)
+		bench_hist_add(h, 1000);
+	bench_hist_add(h, 1000000);
+	cr_assert_lt(bench_hist_pct(h, 99.9), 500000, "p99.9 of 1,000 took the 1,000th");
+	free(h);
+
 	/* The exact one (keel-bench xshard) takes the same rank: the median of 1..4 is 2. */
 	uint64_t v[] = { 4, 3, 2, 1 };
 	cr_assert_eq(bench_percentile(v, 4, 50), 2);
 	cr_assert_eq(bench_percentile(v, 4, 100), 4);
 	cr_assert_eq(bench_percentile(v, 4, 0), 1);
+	{
+		uint64_t w[1000];
+		for (int i = 0; i < 1000; i++)
+			w[i] = (uint64_t)i + 1;
+		cr_assert_eq(bench_percentile(w, 1000, 99.9), 999);
+	}
 }
 
 /* Thread slots map onto --cpuset in order and wrap; without it, slot k is CPU k (mod the

@@ -377,6 +377,14 @@ run_one() { # name mode size inflight conns policy backend rep
 		cat "$base.json" "$base.err" "$base.log" >&2
 		exit 1
 	fi
+	# A run whose CPU sampler woke a quarter of the window late measured the CPU over
+	# another interval than the messages: no figure either.
+	if [ "$(field "$base.json" cpu_sample_late)" = true ]; then
+		echo "compare.sh: FAILED row $name policy $pol server $be rep $rep: the CPU sampler" \
+			"woke $(field "$base.json" cpu_sample_late_ms) ms after an edge of the window;" \
+			"run it again on a quieter machine" >&2
+		exit 1
+	fi
 	# A run whose server CPU or client load could not be read is no figure: the medians
 	# and the client-bound count would take it as one.
 	if [ "${v[4]}" = null ] || [ "${v[8]}" = null ]; then

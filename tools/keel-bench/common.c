@@ -107,7 +107,7 @@ bench_percentile(uint64_t *v, size_t n, double p)
 		return 0;
 	qsort(v, n, sizeof(*v), cmp_u64);
 	/* Nearest rank, as bench_hist_pct: the smallest value with p % at or below it. */
-	i = (size_t)ceil(p / 100.0 * (double)n);
+	i = (size_t)ceil(p * (double)n / 100.0 - 1e-9); /* 99.9 x 1000: not 999.0..01 */
 	i = i ? i - 1 : 0;
 	return v[i < n ? i : n - 1];
 }

@@ -158,7 +158,7 @@ bench_hist_pct(const struct bench_hist *h, double p)
 	if (h->count == 0)
 		return 0;
 	/* Nearest rank: the smallest value with at least p % of the samples at or below it. */
-	rank = (uint64_t)ceil(p / 100.0 * (double)h->count);
+	rank = (uint64_t)ceil(p * (double)h->count / 100.0 - 1e-9); /* 99.9 x 1000: not 999.0..01 */
 	if (rank < 1)
 		rank = 1;
 	if (rank > h->count)
