@@ -585,7 +585,8 @@ Test(embed, a_record_cut_short_at_the_tail_does_not_hide_the_puts_after_it, .tim
 
 	host_init(&h, "");
 	memcpy(b + 24, "torn", 4);
-	put_record(b, 4, 1000, 1, 0); /* its sum is of bytes the file does not hold */
+	put_record(b, 4, 100, 1, 0);
+	memcpy(b + 8, &(uint32_t){ 1000 }, 4); /* the value's length it claims */
 	snprintf(path, sizeof(path), "%s/data/shard-0.dat", h.dir);
 	f = fopen(path, "w");
 	cr_assert_not_null(f, "%s: %s", path, strerror(errno));
