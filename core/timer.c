@@ -241,9 +241,15 @@ keel__timers_run(struct keel_shard *s)
 
 		heap_remove(s, t);
 		if (t->period_ns_) {
+			uint64_t at = now;
+
+			/* Fell behind: skip, do not burst. Behind the clock, not only the pass's
+			 * start: a callback earlier in this pass may have run long, and a next
+			 * deadline in the past of this fire would fire again at once (one clock
+			 * read per periodic fire). */
 			t->deadline_ns_ = add_sat(t->deadline_ns_, t->period_ns_);
-			if (t->deadline_ns_ <= now) /* fell behind: skip, do not burst */
-				t->deadline_ns_ = add_sat(now, t->period_ns_);
+			if (t->deadline_ns_ <= now || t->deadline_ns_ <= (at = keel__clock_ns()))
+				t->deadline_ns_ = add_sat(at, t->period_ns_);
 			heap_push(s, t);
 		}
 		n++;

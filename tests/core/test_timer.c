@@ -516,3 +516,65 @@ Test(core_timer, a_quiescent_shard_runs_no_timer_while_another_still_works)
 	cr_assert_eq(r, 0);
 	cr_assert_eq(atomic_load(&tq.fired), 0, "shard 1's timer fired while it was quiescent");
 }
+
+/* A periodic timer whose first fire comes late in a pass (a callback before it in the same
+ * pass stalled 30 ms, three periods): its next deadline must not already lie in the past
+ * of the moment it fired, or it fires again at once, a burst the timer skips otherwise. */
+struct stall_test {
+	struct keel_timer *stall, *periodic;
+	uint64_t fire[2];
+	int fires;
+};
+
+static void
+stall_cb(struct keel_timer *t, void *arg)
+{
+	uint64_t until = mono_ns() + KEEL_MS(30);
+
+	while (mono_ns() < until)
+		;
+}
+
+static void
+stalled_periodic_cb(struct keel_timer *t, void *arg)
+{
+	struct stall_test *st = arg;
+
+	st->fire[st->fires++] = mono_ns();
+	if (st->fires == 2) {
+		keel_timer_stop(t);
+		keel_stop(0);
+	}
+}
+
+static void
+stall_start(void *app)
+{
+	struct stall_test *st = app;
+	uint64_t t0;
+
+	if (!SHARD_CHECK_EQ(keel_timer_create(stall_cb, st, &st->stall), 0) ||
+	    !SHARD_CHECK_EQ(keel_timer_create(stalled_periodic_cb, st, &st->periodic), 0)) {
+		keel_stop(-EIO);
+		return;
+	}
+	keel_timer_start(st->stall, 0, 0);                 /* due first */
+	keel_timer_start(st->periodic, 1000, KEEL_MS(10)); /* 1 us later, every 10 ms */
+	t0 = mono_ns();
+	while (mono_ns() < t0 + 2000) /* both due when the next pass begins */
+		;
+}
+
+Test(core_timer, a_periodic_timer_after_a_stall_in_its_pass_does_not_fire_twice_at_once)
+{
+	struct keel_opts o = test_opts(1);
+	struct stall_test st = { 0 };
+	int rc = keel_run(&o, stall_start, &st);
+
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(rc, 0);
+	cr_assert_eq(st.fires, 2);
+	cr_assert_geq(st.fire[1] - st.fire[0], KEEL_MS(5),
+		      "the second fire came %llu us after the first (the period is 10 ms)",
+		      (unsigned long long)((st.fire[1] - st.fire[0]) / 1000));
+}
