@@ -107,7 +107,10 @@ struct keel_file_req {
  * instead of the process's descriptor table (the table must exist: keel's network layer
  * registers one, or register it with io_uring_register_files_sparse(); -ENFILE in @cb when
  * there is none or it is full). A direct descriptor is invisible to other system calls and threads.
- * Ownership: @path is copied; *out must stay valid until @cb runs.
+ * Ownership: @path is copied; *out must stay valid until @cb runs, and @dirfd (when not
+ * AT_FDCWD) must stay open until then: the request may wait for the ring (--file-qd) and
+ * names the descriptor's number when it is issued, so a number closed and reused meanwhile
+ * names another directory.
  * Returns: 0 (accepted); -EINVAL (NULL argument, unknown @kflags); -ENOMEM; -ESHUTDOWN once
  * the runtime is stopping; -EBUSY when no SQE could be had (ring error, logged).
  * Context: a shard.
@@ -130,7 +133,8 @@ KEEL_API int keel_file_from_fd(int fd, struct keel_file *out);
  * retried: @res says how many bytes came.
  * Ownership: @buf must stay valid and untouched until @cb runs.
  * Returns: 0; -EINVAL (O_DIRECT misalignment: see keel_file_last_error(); @len over 2 GiB;
- * NULL argument); -ESHUTDOWN; -EBUSY.
+ * @off over 2^63 - 1, the kernel taking -1 as "at the file's position"; NULL argument);
+ * -EBADF (@f->fd is -1); -ESHUTDOWN; -EBUSY.
  * Context: a shard.
  */
 KEEL_API int keel_file_read(struct keel_file_req *req, const struct keel_file *f, void *buf,
@@ -205,7 +209,8 @@ KEEL_API int keel_file_fallocate(struct keel_file_req *req, const struct keel_fi
 /**
  * statx(2) @path relative to @dirfd with @flags (AT_EMPTY_PATH with "" and a descriptor in
  * @dirfd: that file) and @mask (STATX_*) into *out.
- * Ownership: @path is copied; *out must stay valid until @cb runs.
+ * Ownership: @path is copied; *out must stay valid until @cb runs, and @dirfd open (as for
+ * keel_file_openat()).
  * Returns: as keel_file_openat(). Context: a shard.
  */
 KEEL_API int keel_file_statx(struct keel_file_req *req, int dirfd, const char *path, int flags,
