@@ -634,7 +634,11 @@ put_written(struct keel_file_req *req, int res, void *arg)
 			reply(p->cn, EMB_OK, p->id, NULL, 0, NULL);
 	} else if (p->err == -ESHUTDOWN) {
 		reply_err(p->cn, EMB_BUSY, p->id, "stopping");
-	} else if (p->err != -ECANCELED) {
+	} else if (p->err == -ECANCELED) {
+		/* At stop, or io-wq could not run it: answered (a client waits for its id);
+		 * the space it took at the tail is skipped by the next scan, written or not. */
+		reply_err(p->cn, EMB_BUSY, p->id, "write cancelled");
+	} else {
 		/* The file's tail is unknown now: refuse further puts on this shard. */
 		failed[p->shard] = true;
 		keel_log(KEEL_LOG_ERROR, "embed", "data file %u: write failed: %s", p->shard,
@@ -794,7 +798,9 @@ read_done(struct keel_file_req *req, int res, void *arg)
 	(void)req;
 	if (res != (int)r->val.len) {
 		keel_slice_put(&r->val);
-		if (res != -ECANCELED)
+		if (res == -ECANCELED) /* at stop, or io-wq could not run it: answered too */
+			reply_err(cn, EMB_BUSY, r->id, "read cancelled");
+		else
 			reply_err(cn, EMB_ERROR, r->id, res < 0 ? strerror(-res) : "short read");
 	} else if (r->op == 'G') {
 		reply(cn, EMB_OK, r->id, NULL, 0, r->val.len ? &r->val : NULL);
