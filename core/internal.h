@@ -74,6 +74,7 @@ struct ovf_node {
 	struct ovf_node *next;
 	struct msg m;
 	bool heap; /* from malloc (the shard's arena was out, keel's own message): free() */
+	bool app;  /* the app's message (counted in ovf_n), not keel's own */
 };
 
 /* A keel_msg_wait_room() registration, waiting on the sender for room to one destination. */
@@ -88,7 +89,10 @@ struct room_wait {
 struct outbox {
 	struct mbox *mb;
 	struct ovf_node *ovf_head, *ovf_tail;
-	uint32_t ovf_n; /* nodes in the overflow list: user sends stop at opts.mailbox_overflow */
+	uint32_t ovf_n; /* the app's nodes in the overflow list: its sends stop at
+			   opts.mailbox_overflow (keel's own, replies and buffers going home, are
+			   not counted: they would refuse the app's sends for traffic it did not
+			   make) */
 	bool dirty;     /* written or overflowed since the last flush, or room awaited */
 	struct room_wait *wait_head, *wait_tail;
 };

@@ -194,12 +194,13 @@ enqueue(struct keel_shard *s, unsigned dst, const struct msg *m, bool internal)
 			return -ENOMEM;
 		n->next = NULL;
 		n->m = *m;
+		n->app = !internal;
 		if (o->ovf_tail)
 			o->ovf_tail->next = n;
 		else
 			o->ovf_head = n;
 		o->ovf_tail = n;
-		o->ovf_n++;
+		o->ovf_n += n->app;
 		s->ovf_pending++;
 		STAT_INC(s, msgs_overflow);
 	}
@@ -565,8 +566,8 @@ keel__mail_flush(struct keel_shard *s)
 			o->ovf_head = n->next;
 			if (!o->ovf_head)
 				o->ovf_tail = NULL;
+			o->ovf_n -= n->app;
 			ovf_node_free(n);
-			o->ovf_n--;
 			s->ovf_pending--;
 		}
 		if (o->wait_head)

@@ -341,3 +341,74 @@ Test(core_msg_limit, waiter_gets_eshutdown_when_its_shard_stops_first)
 	pthread_mutex_destroy(&L.lock);
 	pthread_cond_destroy(&L.cond);
 }
+
+/* ---- keel's own traffic does not use the app's overflow allowance ---- */
+
+#define TRIPS (ENTRIES + OVERFLOW + 4)
+
+struct trips {
+	struct keel_slice s[TRIPS];
+	_Atomic int send_ret, app_ran;
+};
+
+static void
+trips_app_msg(void *arg)
+{
+	struct trips *t = arg;
+
+	atomic_store(&t->app_ran, 1);
+	keel_stop(0);
+}
+
+/* On shard 1: every buffer's last put sends it home to shard 0 (keel's own messages: the
+ * queue, then more than the overflow allowance); then the app's own message to shard 0. */
+static void
+trips_put(void *arg)
+{
+	struct trips *t = arg;
+	int r;
+
+	for (unsigned i = 0; i < TRIPS; i++)
+		keel_slice_put(&t->s[i]);
+	r = keel_send(0, trips_app_msg, t);
+	atomic_store(&t->send_ret, r);
+	if (r < 0)
+		keel_stop(0); /* the test's assertion says so */
+}
+
+static void
+trips_start(void *app)
+{
+	struct trips *t = app;
+
+	if (keel_shard_id(keel_this_shard()) != 0)
+		return;
+	for (unsigned i = 0; i < TRIPS; i++) {
+		if (!SHARD_CHECK_EQ(keel_buf_alloc(keel_shard_alloc(), 64, &t->s[i]), 0)) {
+			keel_stop(-ENOMEM);
+			return;
+		}
+		keel_slice_move(&t->s[i], 1);
+	}
+	SHARD_CHECK_EQ(keel_send(1, trips_put, t), 0);
+}
+
+/* Before, every node of the overflow list counted towards mailbox_overflow, so buffers going
+ * home filled the app's allowance and its next keel_send was refused (-EAGAIN) for traffic it
+ * never sent. */
+Test(core_msg_limit, buffers_going_home_do_not_use_the_apps_overflow_allowance)
+{
+	struct keel_opts o = test_opts(2);
+	struct trips *t = calloc(1, sizeof(*t));
+
+	cr_assert_not_null(t);
+	atomic_store(&t->send_ret, 1);
+	o.mailbox_entries = ENTRIES;
+	o.mailbox_overflow = OVERFLOW;
+	cr_assert_eq(keel_run(&o, trips_start, t), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(atomic_load(&t->send_ret), 0, "the app's send after %u trips home: %d", TRIPS,
+		     atomic_load(&t->send_ret));
+	cr_assert_eq(atomic_load(&t->app_ran), 1);
+	free(t);
+}

@@ -26,8 +26,9 @@ typedef void (*keel_done_fn)(int status, void *arg);
 /**
  * Run @fn(@arg) on shard @dst (which may be this shard: it then runs on a later pass).
  * Ownership: whatever @arg points at moves to @dst with the message, on success only.
- * Returns: 0; -EINVAL for a shard that does not exist; -EAGAIN when @dst's queue is full
- * and keel_opts.mailbox_overflow messages to it already wait on this shard (nothing was
+ * Returns: 0; -EINVAL for a shard that does not exist, or no @fn; -EAGAIN when @dst's queue
+ * is full and keel_opts.mailbox_overflow messages of the app's to it already wait on this
+ * shard (keel's own, call replies and buffers going home, are not counted; nothing was
  * sent: try again from a keel_msg_wait_room() callback, or drop the work); -ENOMEM when the
  * overflow list could not grow; -ESHUTDOWN once this shard is stopping (after its on-stop
  * hooks ran): new messages are refused so that a busy runtime can drain and stop, while
