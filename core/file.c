@@ -134,8 +134,8 @@ kind_name(int k)
 
 /* The offset, and O_DIRECT's rules, checked before the kernel sees the request, so the
  * person reading the error learns which value is wrong instead of a bare EINVAL. An offset
- * above INT64_MAX is refused here: the kernel reads -1 (UINT64_MAX, a common "unset") as
- * "at the file's position, and move it", and fails the others only in the callback. */
+ * above INT64_MAX other than -1 (at the file's position: pipes and other streams) is
+ * refused here; the kernel would fail it only in the callback. */
 static int
 check_dio(struct keel_shard *s, const struct keel_file *f, int kind, const struct iovec *iov,
 	  unsigned n, uint64_t off)
@@ -145,8 +145,10 @@ check_dio(struct keel_shard *s, const struct keel_file *f, int kind, const struc
 	size_t k = 0;
 	uint64_t total = 0;
 
-	if (off > INT64_MAX)
-		return refuse(s, -EINVAL, "disk %s at offset %llu: offsets go up to 2^63 - 1",
+	if (off > INT64_MAX && off != UINT64_MAX)
+		return refuse(s, -EINVAL,
+			      "disk %s at offset %llu: offsets go up to 2^63 - 1 (or are -1: at "
+			      "the file's position)",
 			      kind_name(kind), (unsigned long long)off);
 	if (!(f->flags & KEEL_FILE_F_DIRECT_IO))
 		return 0;

@@ -133,7 +133,8 @@ KEEL_API int keel_file_from_fd(int fd, struct keel_file *out);
  * retried: @res says how many bytes came.
  * Ownership: @buf must stay valid and untouched until @cb runs.
  * Returns: 0; -EINVAL (O_DIRECT misalignment: see keel_file_last_error(); @len over 2 GiB;
- * @off over 2^63 - 1, the kernel taking -1 as "at the file's position"; NULL argument);
+ * @off over 2^63 - 1 but for (uint64_t)-1, which reads at the file's position and moves
+ * it, as read(2): pipes and other streams; NULL argument);
  * -EBADF (@f->fd is -1); -ESHUTDOWN; -EBUSY.
  * Context: a shard.
  */
