@@ -121,6 +121,10 @@ keel_timer_init(struct keel_timer *t, keel_timer_fn fn, void *arg)
 
 	if (!fn || !t)
 		return -EINVAL;
+	/* Initialising a timer that is pending (no keel_timer_fini first) would leave the heap
+	 * holding it twice: it would fire twice, and once after its fini. */
+	keel_verify(!(t->flags_ & TIMER_LIVE) || t->shard_ != s || t->heap_idx_ < 0 ||
+		    (uint64_t)t->heap_idx_ >= s->heap_n || s->heap[t->heap_idx_] != t);
 	if (heap_reserve(s) < 0)
 		return -ENOMEM;
 	timer_setup(s, t, fn, arg, 0);

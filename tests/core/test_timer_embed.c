@@ -2,6 +2,7 @@
 /* Timers embedded in the app's own structs (keel_timer_init/fini): no allocation per timer,
  * the callback finds its struct from the timer's address. */
 #include <errno.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdlib.h>
 
@@ -121,4 +122,32 @@ Test(core_timer_embed, embedded_timers_fire_in_order_and_fini_stops_them)
 				      E->order[k - 1], c->id);
 	}
 	free(E);
+}
+
+/* keel_timer_init on a timer that is pending (no fini first) is refused with an invariant
+ * failure: it used to reset the timer while the heap still held it, so after a start the
+ * heap held it twice (two fires, one of them after its fini). */
+static struct keel_timer live;
+
+static void
+live_cb(struct keel_timer *t, void *arg)
+{
+}
+
+static void
+live_start(void *app)
+{
+	if (!SHARD_CHECK_EQ(keel_timer_init(&live, live_cb, NULL), 0))
+		return;
+	keel_timer_start(&live, KEEL_S(60), 0);
+	keel_timer_init(&live, live_cb, NULL); /* aborts */
+	keel_timer_fini(&live);
+	keel_stop(0);
+}
+
+Test(core_timer_embed, init_of_a_pending_timer_is_refused, .signal = SIGABRT)
+{
+	struct keel_opts o = test_opts(1);
+
+	keel_run(&o, live_start, NULL);
 }
