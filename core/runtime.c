@@ -338,6 +338,13 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 			 KEEL_MAX_SHARDS);
 		return -EINVAL;
 	}
+	/* As the option parser's range: a gathering sleep's window (and the bound it puts on a
+	 * wake-up's fallback) stays within 100 ms when the field is set directly too. */
+	if (opts->wait_coalesce_us > 100000) {
+		keel_log(KEEL_LOG_ERROR, "core", "--wait-coalesce-us %u: at most 100000 (100 ms)",
+			 opts->wait_coalesce_us);
+		return -EINVAL;
+	}
 	rt = calloc(1, sizeof(*rt));
 	if (!rt)
 		return -ENOMEM;

@@ -156,6 +156,20 @@ Test(core_opts, cq_entries_sets_the_ring_cq_and_must_cover_the_sq)
 	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
 }
 
+/* Fields set directly are checked as the parser checks them: a gathering window over
+ * 100 ms is refused at create. */
+Test(core_opts, wait_coalesce_us_set_directly_is_checked_at_create)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_runtime *rt;
+
+	o.wait_coalesce_us = 100001;
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
+	o.wait_coalesce_us = 100000;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	keel_runtime_destroy(rt);
+}
+
 Test(core_opts, help_is_reported)
 {
 	struct keel_opts o;
