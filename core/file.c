@@ -232,6 +232,7 @@ dio_fill(struct keel_file *f, const struct statx *stx)
 int
 keel_file_from_fd(int fd, struct keel_file *out)
 {
+	struct keel_file f = { .fd = fd };
 	struct statx stx;
 	int fl;
 
@@ -240,13 +241,12 @@ keel_file_from_fd(int fd, struct keel_file *out)
 	fl = fcntl(fd, F_GETFL);
 	if (fl < 0)
 		return -errno;
-	memset(out, 0, sizeof(*out));
-	out->fd = fd;
 	if (fl & O_DIRECT) {
 		if (statx(fd, "", AT_EMPTY_PATH, STATX_TYPE | STATX_DIOALIGN, &stx) < 0)
 			return -errno;
-		dio_fill(out, &stx);
+		dio_fill(&f, &stx);
 	}
+	*out = f; /* only on success: a failure leaves *out as it was */
 	return 0;
 }
 

@@ -123,7 +123,8 @@ KEEL_API int keel_file_openat(struct keel_file_req *req, int dirfd, const char *
  * Describe an already open descriptor @fd (the caller keeps owning it) as *out. When @fd was
  * opened with O_DIRECT, its alignment is read now (statx and sysfs: system calls on this
  * thread).
- * Returns: 0; -EBADF when @fd is not open.
+ * Returns: 0; -EBADF when @fd is not open; -EINVAL (@out NULL); or statx's -errno for an
+ * O_DIRECT descriptor. *out is written only on success.
  * Context: any thread.
  */
 KEEL_API int keel_file_from_fd(int fd, struct keel_file *out);
