@@ -1839,10 +1839,12 @@ keel__conn_closing(const struct keel_conn *c)
 	return c->closing || c->flush_close || c->fd_released;
 }
 
-bool
-keel__conn_read_blocked(const struct keel_conn *c)
+int
+keel__conn_deliver_stop(const struct keel_conn *c)
 {
-	return read_blocked(c);
+	if (keel__conn_closing(c))
+		return KEEL__CONN_CLOSING;
+	return read_blocked(c) ? KEEL__CONN_PAUSED : 0;
 }
 
 void

@@ -391,8 +391,7 @@ keel_framer_push(struct keel_framer *f, struct keel_slice *s)
 			r = next_user(f);
 			break;
 		}
-	} while (r > 0 &&
-		 !(f->conn && (keel__conn_closing(f->conn) || keel__conn_read_blocked(f->conn))));
+	} while (r > 0 && !(f->conn && keel__conn_deliver_stop(f->conn)));
 	return r < 0 ? r : 0;
 }
 
@@ -470,12 +469,15 @@ keel_framer_on_data(struct keel_framer *f, struct keel_conn *c, struct keel_slic
 
 	f->conn = c;
 	for (i = 0; i < n; i++) {
+		int stop;
+
 		r = keel_framer_push(f, &s[i]);
+		stop = r < 0 ? KEEL__CONN_CLOSING : keel__conn_deliver_stop(c);
 		/* A callback closed or aborted the connection: the rest is not read. */
-		if (r < 0 || keel__conn_closing(c))
+		if (stop == KEEL__CONN_CLOSING)
 			break;
 		/* A callback paused reading: the rest waits for the resume. */
-		if (keel__conn_read_blocked(c)) {
+		if (stop == KEEL__CONN_PAUSED) {
 			give_back(f, c, s + i + 1, n - i - 1);
 			i = n;
 			break;

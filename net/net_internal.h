@@ -211,8 +211,11 @@ int keel__conn_recv_kind(const struct keel_conn *c);
  * that keeps it (and on_close) waiting, for an operation of another file. */
 int keel__conn_fd(const struct keel_conn *c, bool *direct);
 bool keel__conn_closing(const struct keel_conn *c);
-/* Reading is paused (keel_conn_pause_read, or the send queue's high watermark). */
-bool keel__conn_read_blocked(const struct keel_conn *c);
+/* Whether the framer delivers @c's next frame: 0 yes; KEEL__CONN_CLOSING, closed (the rest
+ * is not read); KEEL__CONN_PAUSED, reading paused (keel_conn_pause_read, or the send
+ * queue's high watermark: the rest waits for the resume). One call per frame. */
+enum { KEEL__CONN_CLOSING = 1, KEEL__CONN_PAUSED };
+int keel__conn_deliver_stop(const struct keel_conn *c);
 /* Put @n received slices back in front of what @c holds for delivery after resume, in
  * order (the framer's undelivered bytes when a frame's callback paused reading). Consumes
  * them; a failure aborts @c (-ENOMEM). */
