@@ -248,7 +248,8 @@ is_aof_name(const char *name, unsigned *idx)
 /* The most one write asks of the kernel: keel's file writes take at most INT_MAX bytes
  * (2 GiB), and a shard's batch or snapshot may be larger. KEEL_KV_AOF_WRITE_CHUNK=N (bytes,
  * read once at start) makes it smaller, for the tests that check the pieces. */
-static size_t aof_chunk = 1u << 30;
+#define AOF_CHUNK_MAX (1u << 30)
+static size_t aof_chunk = AOF_CHUNK_MAX;
 /* KEEL_KV_AOF_CHUNK_SHARD=N: the batch writes of shard N alone are cut to aof_chunk, for
  * the test of one slow disk among fast ones (-1: every shard's). */
 static int chunk_shard = -1;
@@ -271,19 +272,25 @@ static size_t backlog_max = 64u << 20;
  * connections stop parsing, as all of Redis's clients wait while its write(2) blocks. */
 static _Atomic unsigned held_shards;
 
+/* Records were added (the one place the backlog grows): at the bound, hold. Not while the
+ * file fails: writes are refused then (-MISCONF), so the backlog does not grow, and reads
+ * go on. */
+static void
+backlog_grew(struct aof *a)
+{
+	if (a->backlog_held || a->stopping || a->err || backlog(a) < backlog_max)
+		return;
+	a->backlog_held = true;
+	a->backlog_holds++;
+	atomic_fetch_add(&held_shards, 1);
+	publish(a);
+}
+
 bool
 kv_aof_backlog_full(void)
 {
 	struct aof *a = me();
 
-	/* Not while the file fails: writes are refused then (-MISCONF), so the backlog does
-	 * not grow, and reads go on. */
-	if (!a->backlog_held && a->open && !a->stopping && !a->err && backlog(a) >= backlog_max) {
-		a->backlog_held = true;
-		a->backlog_holds++;
-		atomic_fetch_add(&held_shards, 1);
-		publish(a);
-	}
 	if (a->backlog_held)
 		return true;
 	if (!atomic_load_explicit(&held_shards, memory_order_relaxed))
@@ -953,9 +960,8 @@ static void
 issue_write(struct aof *a)
 {
 	size_t left = a->wlen - a->wdone;
-	size_t n = chunk_shard < 0 || a->id == (unsigned)chunk_shard ? piece(left)
-		   : left < (1u << 30)                               ? left
-								     : 1u << 30;
+	size_t lim = chunk_shard < 0 || a->id == (unsigned)chunk_shard ? aof_chunk : AOF_CHUNK_MAX;
+	size_t n = left < lim ? left : lim;
 	uint64_t off = a->off + a->wdone;
 	struct keel_slice sub;
 	int r;
@@ -1385,9 +1391,9 @@ kv_aof_log(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv, unsi
 		file_lost(a, -ENOMEM, "no memory for the records to append");
 	}
 	queue_flush(a); /* kick_ starts the rebuild, outside this command */
-	/* Held here too, not only where this shard parses: records other shards hand it
-	 * (the parts of their commands) must hold their connections as well. */
-	kv_aof_backlog_full();
+	/* Here, where records are added, whichever shard's connection sent them: records
+	 * other shards hand it (the parts of their commands) must hold theirs as well. */
+	backlog_grew(a);
 }
 
 const char *
