@@ -320,18 +320,28 @@ counts_publish(struct kv_db *db)
 	atomic_store_explicit(&db->st->expires, db->expires, memory_order_relaxed);
 }
 
+/* A new, empty array of 16 buckets for @db (its old one, if any, is the caller's).
+ * Returns 0 or -ENOMEM (the table as it was). */
+static int
+table_new(struct kv_db *db)
+{
+	struct kv_ent **b = keel_shard_malloc(16 * sizeof(*b));
+
+	if (!b)
+		return -ENOMEM;
+	memset(b, 0, 16 * sizeof(*b));
+	db->b = b;
+	db->mask = 15;
+	mem_add(db, 16 * sizeof(*b));
+	return 0;
+}
+
 int
 kv_db_init(struct kv_db *db, struct kv_stats *st)
 {
 	memset(db, 0, sizeof(*db));
 	db->st = st;
-	db->b = keel_shard_malloc(16 * sizeof(*db->b));
-	if (!db->b)
-		return -ENOMEM;
-	memset(db->b, 0, 16 * sizeof(*db->b));
-	db->mask = 15;
-	mem_add(db, 16 * sizeof(*db->b));
-	return 0;
+	return table_new(db);
 }
 
 static void
@@ -430,22 +440,21 @@ kv_db_free_step(struct kv_db *db, size_t budget)
 void
 kv_db_flush_async(struct kv_db *db)
 {
-	struct kv_ent **nb;
+	struct kv_ent **old;
+	size_t omask;
 
 	kv_db_finish_grow(db);
 	kv_db_free_step(db, SIZE_MAX); /* one set aside before: finished first */
-	if (db->count < KV_LAZYFREE_MIN || !(nb = keel_shard_malloc(16 * sizeof(*nb)))) {
+	old = db->b;
+	omask = db->mask;
+	if (db->count < KV_LAZYFREE_MIN || table_new(db) < 0) {
 		kv_db_flush(db);
 		return;
 	}
-	memset(nb, 0, 16 * sizeof(*nb));
-	mem_add(db, 16 * sizeof(*nb));
-	db->fb = db->b;
-	db->fmask = db->mask;
+	db->fb = old;
+	db->fmask = omask;
 	db->fnext = 0;
 	db->fpending = db->count;
-	db->b = nb;
-	db->mask = 15;
 	db->count = db->expires = 0;
 	db->sweep = 0;
 	counts_publish(db);
