@@ -439,6 +439,20 @@ Test(embed, put_get_checksum_restart, .timeout = 300)
 
 /* ---- a data file with a record whose sequence number would wrap the host's counter ---- */
 
+/* Shard 0's data file in @dir: @n bytes of @b. */
+static void
+write_data_file(const char *dir, const uint8_t *b, size_t n)
+{
+	char path[160];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/data/shard-0.dat", dir);
+	f = fopen(path, "w");
+	cr_assert_not_null(f, "%s: %s", path, strerror(errno));
+	cr_assert_eq(fwrite(b, 1, n, f), n);
+	fclose(f);
+}
+
 static uint32_t
 rec_sum(const uint8_t *p, size_t n, uint32_t h)
 {
@@ -460,8 +474,6 @@ write_wrapping_record(const char *dir)
 	uint32_t magic = 0x424d454bu, vlen = 1, sum;
 	uint16_t klen = 1;
 	uint64_t seq = UINT64_MAX;
-	char path[160];
-	FILE *f;
 
 	memset(b, 0xee, 8);
 	memcpy(h, &magic, 4);
@@ -472,11 +484,7 @@ write_wrapping_record(const char *dir)
 	sum = rec_sum(h + 25, 1, rec_sum(h + 24, 1, 2166136261u));
 	memcpy(h + 12, &sum, 4);
 	memcpy(h + 16, &seq, 8);
-	snprintf(path, sizeof(path), "%s/data/shard-0.dat", dir);
-	f = fopen(path, "w");
-	cr_assert_not_null(f, "%s: %s", path, strerror(errno));
-	cr_assert_eq(fwrite(b, 1, sizeof(b), f), sizeof(b));
-	fclose(f);
+	write_data_file(dir, b, sizeof(b));
 }
 
 Test(embed, a_record_whose_sequence_would_wrap_the_counter_is_skipped, .timeout = 120)
@@ -531,8 +539,6 @@ Test(embed, a_record_image_inside_a_torn_records_value_is_not_indexed, .timeout 
 	size_t off;
 	struct host h;
 	struct reply r;
-	char path[160];
-	FILE *f;
 	int fd;
 
 	host_init(&h, "");
@@ -548,11 +554,7 @@ Test(embed, a_record_image_inside_a_torn_records_value_is_not_indexed, .timeout 
 	memcpy(b + off + 24, "after", 5);
 	memcpy(b + off + 29, "value", 5);
 	off += put_record(b + off, 5, 5, 2, 0);
-	snprintf(path, sizeof(path), "%s/data/shard-0.dat", h.dir);
-	f = fopen(path, "w");
-	cr_assert_not_null(f, "%s: %s", path, strerror(errno));
-	cr_assert_eq(fwrite(b, 1, off, f), off);
-	fclose(f);
+	write_data_file(h.dir, b, off);
 	host_start_n(&h, "1");
 	fd = test_connect(h.port);
 	req_send(fd, 'G', 0, "forged", NULL, 0);
@@ -579,19 +581,13 @@ Test(embed, a_record_cut_short_at_the_tail_does_not_hide_the_puts_after_it, .tim
 	struct kv kv = { .key = "after-the-crash" };
 	uint8_t b[24 + 4 + 100] = { 0 };
 	struct host h;
-	char path[160];
-	FILE *f;
 	int fd;
 
 	host_init(&h, "");
 	memcpy(b + 24, "torn", 4);
 	put_record(b, 4, 100, 1, 0);
 	memcpy(b + 8, &(uint32_t){ 1000 }, 4); /* the value's length it claims */
-	snprintf(path, sizeof(path), "%s/data/shard-0.dat", h.dir);
-	f = fopen(path, "w");
-	cr_assert_not_null(f, "%s: %s", path, strerror(errno));
-	cr_assert_eq(fwrite(b, 1, sizeof(b), f), sizeof(b));
-	fclose(f);
+	write_data_file(h.dir, b, sizeof(b));
 	kv.len = 5;
 	kv.val = (uint8_t *)strdup("value");
 	host_start_n(&h, "1");
