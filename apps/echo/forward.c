@@ -158,22 +158,23 @@ on_back(int status, void *arg)
 {
 	struct fwd_msg *m = arg;
 	struct fwd_shard *fs = me();
-	struct slot *sl;
+	struct slot *sl = m->slot < fs->nslots ? &fs->slots[m->slot] : NULL;
+	/* The frame's connection is still open (not closed, its slot not reused). */
+	bool live = sl && sl->conn && sl->gen == m->gen;
 	int r;
 
-	sl = m->slot < fs->nslots ? &fs->slots[m->slot] : NULL;
-	if (sl && sl->conn && sl->gen == m->gen)
+	if (live)
 		away_sub(fs, sl, m->bytes); /* queued below, or the connection ends */
 	if (status < 0) {
 		/* on_relay failed (out of memory there) and put the frame's slices: the
 		 * connection would miss a frame and go on, so it ends here, named. */
-		if (sl && sl->conn && sl->gen == m->gen)
+		if (live)
 			keel_conn_abort(sl->conn, status);
 		free(m);
 		return;
 	}
 
-	if (!sl || !sl->conn || sl->gen != m->gen) {
+	if (!live) {
 		/* The connection closed while the frame was away. */
 		BUMP(fs, frames_dropped);
 		msg_drop(m);
