@@ -475,7 +475,12 @@ sample(struct sampler *s, int k)
 		if (r < 0)
 			return r;
 	}
-	s->wall[k] = bench_now_ns();
+	/* The wall clock on the outer side of the CPU clocks: read before them at the start
+	 * and after them at the end, so that the CPU counted lies within the wall interval
+	 * even when the sampler is preempted between the reads (a share of a core never
+	 * comes out above what the threads could use). */
+	if (k == 0)
+		s->wall[k] = bench_now_ns();
 	s->scpu[k] = 0;
 	for (unsigned i = 0; i < s->nsrv; i++) {
 		r = clock_ns(s->srv[i], &v);
@@ -483,7 +488,10 @@ sample(struct sampler *s, int k)
 			return r;
 		s->scpu[k] += v;
 	}
-	return clock_ns(CLOCK_PROCESS_CPUTIME_ID, &s->pcpu[k]);
+	r = clock_ns(CLOCK_PROCESS_CPUTIME_ID, &s->pcpu[k]);
+	if (k == 1)
+		s->wall[k] = bench_now_ns();
+	return r;
 }
 
 /* Wait until @t (monotonic ns) unless cancelled. Returns false when cancelled. Holds mu. */
