@@ -316,7 +316,8 @@ drive_serve(const char *backend)
 
 /* An echo server that answers every connection but its third: that one it reads and never
  * answers, nor closes. The client must say so (stalled_conns; compare.sh then fails the
- * run), not just report the other three's rate. */
+ * run), not just report the other three's rate. A window of a second: each of the three
+ * answered connections must see an echo in it, however loaded the machine. */
 struct mute {
 	int lfd;
 	volatile int stop;
@@ -371,7 +372,7 @@ mute_case(const char *client)
 	cr_assert_eq(getsockname(m.lfd, (struct sockaddr *)&a, &al), 0);
 	cr_assert_eq(pthread_create(&th, NULL, mute_server, &m), 0);
 	snprintf(args, sizeof(args),
-		 "pingpong --backend %s --port %u --conns 4 --threads 1 --seconds 0.3 "
+		 "pingpong --backend %s --port %u --conns 4 --threads 1 --seconds 1 "
 		 "--warmup 0 --no-pin --json",
 		 client, (unsigned)ntohs(a.sin_port));
 	r = bench_once(args, &out);
@@ -756,7 +757,8 @@ Test(tools_bench, epoll_gather_sleeps_before_blocking)
 	cr_assert_geq(num(out, "server_gathered"), num(out, "server_sleeps"), "%s", out);
 	/* (the window a retry on a loaded machine may have stretched to 3 s) */
 	cr_assert_leq(num(out, "msgs"), num(out, "seconds") / 0.002 + 1, "%s", out);
-	cr_assert_geq(num(out, "lat_p50_us"), 2000, "%s", out);
+	/* Not the latency: a client that reads a reply more than 2 ms late finds the server
+	 * past its window, blocking, and its next round trip short. */
 	free(out);
 }
 
@@ -852,7 +854,11 @@ Test(tools_bench, the_busiest_client_thread_is_measured_and_flags_the_row)
 			cr_assert_leq(max, 1, "%s:\n%s", args, out);
 			if (max > 0) {
 				measured++;
-				cr_assert_leq(max, all * 1.2 + 0.02, "%s:\n%s", args, out);
+				/* A thread's share is over its own span, at least half the
+				 * window (a thread descheduled at the window's start measures
+				 * less of it, at its busiest): its CPU is within the client's,
+				 * so its share is at most twice the client's over the window. */
+				cr_assert_leq(max, all * 2 + 0.02, "%s:\n%s", args, out);
 				if (threads == 1)
 					cr_assert_geq(max, all * 0.5 - 0.02, "%s:\n%s", args, out);
 			}

@@ -627,10 +627,10 @@ check_big(int port, const char *key, size_t len, int seed)
 /* --timeout closes a connection that asked nothing and was sent nothing for that long:
  * one that reads a large reply slowly stays open while the reply is still leaving the
  * server, as in Redis, whose writes count as activity. It used to be closed --timeout after
- * its request. The reply (64 MiB, read at most 16 MB/s: 4 s or more) stays in keel's queue
- * past the 2-3 s at which the old check closed; the client's small receive buffer keeps
- * what the kernel holds after keel's last send (its send buffer, at most a few MiB) short
- * to read, well within the 2 s that the timeout then still allows. */
+ * its request. The reply (64 MiB, its first 56 MiB read at most 16 MB/s: 3.5 s or more)
+ * stays in keel's queue past the 2-3 s at which the old check closed; what the kernel holds
+ * after keel's last send (its send buffer, at most a few MiB) is then read at once, well
+ * within the 2 s that the timeout still allows. */
 Test(kv_server, timeout_spares_a_slow_reader_of_a_large_reply)
 {
 	enum { LEN = 64 << 20, CHUNK = 64 << 10 };
@@ -641,8 +641,12 @@ Test(kv_server, timeout_spares_a_slow_reader_of_a_large_reply)
 	int rcv = CHUNK;
 
 	srv_start(&s, 1, "--timeout", "2", NULL);
+	/* The value is set over a connection of its own: making it is slow in a sanitizer
+	 * build, and the reader's connection must not sit idle before its request. */
 	rd_init(&r, test_connect(s.port));
 	set_big(&r, "big", LEN, 0);
+	rd_free(&r);
+	rd_init(&r, test_connect(s.port));
 	cr_assert_eq(setsockopt(r.fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv)), 0);
 	test_send_all(r.fd, "GET big\r\n", 9);
 	want = (size_t)snprintf(NULL, 0, "$%d\r\n", LEN) + LEN + 2;
@@ -651,7 +655,11 @@ Test(kv_server, timeout_spares_a_slow_reader_of_a_large_reply)
 		cr_assert_gt(k, 0, "closed after %zu of %zu bytes: %s", have, want,
 			     k ? strerror(errno) : "EOF");
 		have += (size_t)k;
-		usleep(4000);
+		/* Slowly for the first 56 MiB (3.5 s or more), then at once: what the kernel
+		 * still holds after keel's last send is read well within the timeout, however
+		 * late a loaded machine wakes this thread from its sleeps. */
+		if (want - have > (8u << 20))
+			usleep(4000);
 	}
 	expect(&r, "PING", "+PONG\r\n");
 	cr_assert_eq(info_field(s.port, "timeouts="), 0);
@@ -1139,7 +1147,9 @@ Test(kv_server, keys_expire_lazily_and_by_sweep)
 		cr_assert(!test_expired(dl), "the key did not expire");
 		test_pause();
 	}
-	while (info_field(s.port, "expired_swept=") < 200) {
+	/* The sweep may have taken "lazy" too, before the GET did: then 201 swept. */
+	while (info_field(s.port, "expired_swept=") < 200 ||
+	       info_field(s.port, "expired_swept=") + info_field(s.port, "expired_lazy=") < 201) {
 		cr_assert(!test_expired(dl), "the sweep did not remove the expired keys");
 		usleep(20000);
 	}
@@ -1152,11 +1162,13 @@ Test(kv_server, redis_cli_drives_it)
 {
 	struct srv s;
 	char cmd[512], out[4096];
-	const char *steps[][2] = {
-		{ "SET a 10", "OK" },         { "GET a", "10" },
-		{ "INCR a", "11" },           { "MSET x 1 y 2", "OK" },
-		{ "MGET x y a", "1\n2\n11" }, { "EXPIRE a 100", "1" },
-		{ "TTL a", "100" },
+	/* The second answer, where there is one, is as good: TTL rounds to whole seconds,
+	 * and more than half of one may pass between two redis-cli runs on a loaded machine. */
+	const char *steps[][3] = {
+		{ "SET a 10", "OK", NULL },         { "GET a", "10", NULL },
+		{ "INCR a", "11", NULL },           { "MSET x 1 y 2", "OK", NULL },
+		{ "MGET x y a", "1\n2\n11", NULL }, { "EXPIRE a 100", "1", NULL },
+		{ "TTL a", "100", "99" },
 	};
 
 	if (access("/usr/bin/redis-cli", X_OK))
@@ -1173,7 +1185,8 @@ Test(kv_server, redis_cli_drives_it)
 		pclose(p);
 		while (n && out[n - 1] == '\n')
 			out[--n] = 0;
-		cr_assert_str_eq(out, steps[i][1], "redis-cli %s", steps[i][0]);
+		cr_assert(!strcmp(out, steps[i][1]) || (steps[i][2] && !strcmp(out, steps[i][2])),
+			  "redis-cli %s: %s", steps[i][0], out);
 	}
 	snprintf(cmd, sizeof(cmd), "/usr/bin/redis-cli -p %d INFO keyspace 2>&1", s.port);
 	FILE *p = popen(cmd, "r");
