@@ -339,6 +339,24 @@ scan_file(unsigned i, bool writable, uint64_t *records, uint64_t *skipped)
 		off += 8; /* no header here: resynchronise on the next aligned one */
 	}
 	free(buf);
+	/* Fewer bytes than a header left (off is 8-aligned): a header cut short, or the end
+	 * of bytes resynchronised through. Cut as above: the next put would go where the
+	 * rest of such a header lies, and the next scan would read the two as one header. */
+	if (off < size && writable) {
+		if (ftruncate(fds[i], (off_t)off) < 0) {
+			fprintf(stderr,
+				"keel-embed: data file %u: cutting %llu bytes short of a header at "
+				"offset %llu: %s\n",
+				i, (unsigned long long)(size - off), (unsigned long long)off,
+				strerror(errno));
+			return -1;
+		}
+		fprintf(stderr,
+			"keel-embed: data file %u: %llu bytes short of a header at offset %llu (a "
+			"crash's tail) were cut off\n",
+			i, (unsigned long long)(size - off), (unsigned long long)off);
+		size = off;
+	}
 	if (i < KEEL_MAX_SHARDS)
 		tails[i] = align8(size);
 	return 0;
