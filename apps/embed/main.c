@@ -689,6 +689,16 @@ do_put(struct cn *cn, struct keel_frame *fr, uint32_t id, const uint8_t *key, ui
 		reply_err(cn, EMB_ERROR, id, "this shard's data file failed a write");
 		return;
 	}
+	/* Numbers past SEQ_MAX are skipped by the scan (they could wrap the counter), so a
+	 * put numbered so would be acknowledged and lost at the next start. Only a file
+	 * holding a record numbered SEQ_MAX (made or restored elsewhere) gets here. */
+	h.seq = atomic_fetch_add(&next_seq, 1);
+	if (h.seq > SEQ_MAX) {
+		reply_err(cn, EMB_ERROR, id,
+			  "sequence numbers used up (a data file holds a record numbered 2^63 - "
+			  "1): puts would be lost at the next start");
+		return;
+	}
 	/* The value as sub-slices of what was received: no copy. A value that came in more
 	 * receives than that (a client writing it in small pieces) is copied into one buffer
 	 * instead, one write as any other. */
@@ -728,7 +738,6 @@ do_put(struct cn *cn, struct keel_frame *fr, uint32_t id, const uint8_t *key, ui
 		reply_err(cn, EMB_BUSY, id, "out of memory");
 		return;
 	}
-	h.seq = atomic_fetch_add(&next_seq, 1);
 	h.sum = 2166136261u;
 	h.sum = fnv32(h.sum, key, klen);
 	for (unsigned k = 0; k < nv; k++)

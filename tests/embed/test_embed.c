@@ -526,6 +526,39 @@ put_record(uint8_t *h, uint16_t klen, uint32_t vlen, uint64_t seq, uint32_t sum_
 	return (24 + klen + vlen + 7) & ~(size_t)7;
 }
 
+/* A record whose sequence number is the largest the scan accepts (2^63 - 1, from a file
+ * made or restored elsewhere): the next put's number would be past it, so the put was
+ * acknowledged and then skipped by every later scan. Such a put is refused (ERROR, named)
+ * and the record itself is still served. */
+Test(embed, puts_past_the_last_sequence_number_are_refused_not_lost, .timeout = 120)
+{
+	uint8_t b[24 + 8] = { 0 };
+	struct reply r;
+	struct host h;
+	int fd;
+
+	host_init(&h, "");
+	b[24] = 'k';
+	b[25] = 'v';
+	write_data_file(h.dir, b, put_record(b, 1, 1, UINT64_MAX >> 1, 0));
+	host_start_n(&h, "1");
+	fd = test_connect(h.port);
+	req_send(fd, 'P', 7, "after", (const uint8_t *)"value", 5);
+	cr_assert(reply_recv(fd, &r), "no reply to the put");
+	cr_assert_eq(r.status, 3, "put past the last sequence number: status %u: %s", r.status,
+		     r.body);
+	cr_assert_not_null(strstr((char *)r.body, "sequence"), "%s", r.body);
+	free(r.body);
+	req_send(fd, 'G', 8, "k", NULL, 0);
+	cr_assert(reply_recv(fd, &r), "no reply to the get");
+	cr_assert(r.status == 0 && r.len == 1 && r.body[0] == 'v', "get k: status %u: %s", r.status,
+		  r.body);
+	free(r.body);
+	close(fd);
+	host_stop(&h);
+	host_fini(&h);
+}
+
 /* A record of key "a" whose value was torn (its checksum fails: a write cut short, or
  * several in flight at a crash) and whose value bytes hold a whole record image of key
  * "forged", as a client may store. The scan must skip the torn record's whole extent:
