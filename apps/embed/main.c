@@ -20,7 +20,8 @@
  * Data file record (8-byte aligned): struct rec_hdr, key, value, padding. At start each
  * file is scanned; a record whose header or checksum does not hold (a write cut short at
  * a crash or a stop) is skipped: its whole extent when the header names it, else the scan
- * resynchronises on the next aligned header.
+ * resynchronises on the next aligned header, which carries the directory's random marker
+ * (its file "marker") so that a client's value bytes are never taken for one.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* dladdr; pkg-config keel passes it too */
@@ -245,6 +246,15 @@ static unsigned nfiles;
 static uint64_t tails[KEEL_MAX_SHARDS]; /* shard i appends to file i; only it touches tails[i] */
 static bool failed[KEEL_MAX_SHARDS];    /* a write failed: the shard refuses puts */
 
+/* The directory's record marker: every header carries it (magic and pad_), 48 random bits
+ * drawn when the directory got its first record and kept in its file "marker". A scan that
+ * resynchronises through bytes with no header (a write whose header never landed: a crash,
+ * or a header write that failed while the value's landed) reads a client's value bytes;
+ * without the marker an image of a record there would be indexed, for any key a client
+ * chose. Directories of an older keel-embed (records, no marker) keep the fixed magic. */
+static uint32_t rec_magic = REC_MAGIC;
+static uint16_t rec_mark;
+
 static uint64_t
 align8(uint64_t v)
 {
@@ -286,7 +296,7 @@ scan_file(unsigned i, bool writable, uint64_t *records, uint64_t *skipped)
 		p = buf + off;
 		memcpy(&h, p, sizeof(h));
 		end = off + sizeof(h) + h.klen + h.vlen;
-		if (h.magic == REC_MAGIC && h.klen && h.klen <= EMB_KEY_MAX &&
+		if (h.magic == rec_magic && h.pad_ == rec_mark && h.klen && h.klen <= EMB_KEY_MAX &&
 		    h.vlen <= EMB_VALUE_MAX &&
 		    (end > size || !h.seq || h.seq > SEQ_MAX ||
 		     fnv32(fnv32(2166136261u, p + sizeof(h), h.klen), p + sizeof(h) + h.klen,
@@ -321,7 +331,7 @@ scan_file(unsigned i, bool writable, uint64_t *records, uint64_t *skipped)
 			size = off;
 			break;
 		}
-		if (h.magic == REC_MAGIC && h.klen && h.klen <= EMB_KEY_MAX &&
+		if (h.magic == rec_magic && h.pad_ == rec_mark && h.klen && h.klen <= EMB_KEY_MAX &&
 		    h.vlen <= EMB_VALUE_MAX) {
 			if (index_put(p + sizeof(h), h.klen, i, off + sizeof(h) + h.klen, h.vlen,
 				      h.seq) < 0) {
@@ -334,7 +344,7 @@ scan_file(unsigned i, bool writable, uint64_t *records, uint64_t *skipped)
 			off = align8(end);
 			continue;
 		}
-		if (h.magic == REC_MAGIC)
+		if (h.magic == rec_magic && h.pad_ == rec_mark)
 			(*skipped)++;
 		off += 8; /* no header here: resynchronise on the next aligned one */
 	}
@@ -362,11 +372,144 @@ scan_file(unsigned i, bool writable, uint64_t *records, uint64_t *skipped)
 	return 0;
 }
 
+/* Whether @dir's data files hold records of an older keel-embed (the fixed magic at an
+ * aligned offset in a file's first 4 KiB), and whether they hold any bytes at all. */
+static int
+old_records(const char *dir, bool *any, bool *old)
+{
+	*any = *old = false;
+	for (unsigned i = 0; i < EMB_MAX_FILES && !*old; i++) {
+		char path[PATH_MAX + 32];
+		uint32_t b[1024];
+		ssize_t n;
+		int fd;
+
+		snprintf(path, sizeof(path), "%s/shard-%u.dat", dir, i);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0 && errno == ENOENT)
+			break;
+		if (fd < 0 || (n = pread(fd, b, sizeof(b), 0)) < 0) {
+			fprintf(stderr, "keel-embed: cannot read %s: %s\n", path, strerror(errno));
+			if (fd >= 0)
+				close(fd);
+			return -1;
+		}
+		close(fd);
+		*any |= n > 0;
+		for (ssize_t k = 0; k + 4 <= n; k += 8)
+			*old |= b[k / 4] == REC_MAGIC;
+	}
+	return 0;
+}
+
+/* @n bytes at @p into a new file @path, synced. Returns 0 or -1 (errno set). */
+static int
+write_synced(const char *path, const void *p, size_t n)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644), e;
+
+	if (fd < 0)
+		return -1;
+	errno = 0;
+	if (write(fd, p, n) != (ssize_t)n || fsync(fd) < 0) {
+		e = errno ? errno : EIO; /* a short write sets none */
+		close(fd);
+		errno = e;
+		return -1;
+	}
+	return close(fd);
+}
+
+/* Sync directory @dir (a name made in it). Returns 0 or -1 (errno set). */
+static int
+sync_dir(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), r, e;
+
+	if (fd < 0)
+		return -1;
+	r = fsync(fd);
+	e = errno;
+	close(fd);
+	errno = e;
+	return r;
+}
+
+/* The directory's record marker into rec_magic and rec_mark: read from its file, or drawn
+ * and made durable (file and directory synced) before any record carries it. Returns 0 or
+ * -1 (message printed). */
+static int
+load_marker(const char *dir)
+{
+	char path[PATH_MAX + 32], tmp[PATH_MAX + 32];
+	uint8_t m[6];
+	bool any, old;
+	ssize_t n;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/marker", dir);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		n = read(fd, m, sizeof(m));
+		close(fd);
+		if (n != (ssize_t)sizeof(m)) {
+			fprintf(stderr,
+				"keel-embed: %s holds %zd bytes, not 6: the data files' records "
+				"cannot be read without it (restore it from a backup)\n",
+				path, n);
+			return -1;
+		}
+		memcpy(&rec_magic, m, 4);
+		memcpy(&rec_mark, m + 4, 2);
+		return 0;
+	}
+	if (errno != ENOENT) {
+		fprintf(stderr, "keel-embed: cannot open %s: %s\n", path, strerror(errno));
+		return -1;
+	}
+	if (old_records(dir, &any, &old) < 0)
+		return -1;
+	if (old) {
+		fprintf(stderr,
+			"keel-embed: data files of an older keel-embed (no %s): their records "
+			"keep the fixed magic, and a value holding the image of one can be "
+			"indexed after a write that failed or was cut short (docs/embedding.md)\n",
+			path);
+		return 0;
+	}
+	if (any) {
+		fprintf(stderr,
+			"keel-embed: %s is missing and the data files hold no record readable "
+			"without it: restore it from a backup (or move the data files away to "
+			"start empty)\n",
+			path);
+		return -1;
+	}
+	do {
+		if (getentropy(m, sizeof(m)) < 0) {
+			fprintf(stderr, "keel-embed: no random bytes for %s: %s\n", path,
+				strerror(errno));
+			return -1;
+		}
+		memcpy(&rec_magic, m, 4);
+		memcpy(&rec_mark, m + 4, 2);
+	} while (rec_magic == REC_MAGIC); /* never taken for an older directory's */
+	snprintf(tmp, sizeof(tmp), "%s/marker.tmp", dir);
+	if (write_synced(tmp, m, sizeof(m)) < 0 || rename(tmp, path) < 0 || sync_dir(dir) < 0) {
+		fprintf(stderr, "keel-embed: cannot write %s: %s\n", path, strerror(errno));
+		unlink(tmp);
+		return -1;
+	}
+	return 0;
+}
+
 static int
 open_files(const char *dir, unsigned nshards)
 {
 	uint64_t records = 0, skipped = 0;
 
+	if (load_marker(dir) < 0)
+		return -1;
 	for (unsigned i = 0; i < EMB_MAX_FILES; i++) {
 		char path[PATH_MAX + 32];
 		int writable = i < nshards;
@@ -676,7 +819,7 @@ do_put(struct cn *cn, struct keel_frame *fr, uint32_t id, const uint8_t *key, ui
 	uint32_t vlen = fr->len - (uint32_t)voff;
 	struct keel_slice v[64];
 	unsigned nv = 0;
-	struct rec_hdr h = { .magic = REC_MAGIC, .klen = klen, .vlen = vlen };
+	struct rec_hdr h = { .magic = rec_magic, .klen = klen, .pad_ = rec_mark, .vlen = vlen };
 	struct put *p;
 	uint8_t *hk;
 	uint64_t at;

@@ -670,6 +670,91 @@ Test(embed, less_than_a_header_at_the_tail_does_not_hide_the_puts_after_it, .tim
 	host_fini(&h);
 }
 
+/* Bytes of a client's value with no header before them (a put whose header write failed
+ * or never landed while its value's did): the scan steps through them 8 bytes at a time,
+ * and an image of a record there, which a client can make with the magic keel-embed's
+ * source names, was indexed for any key it chose. A directory's records carry its own
+ * random marker ("marker", made at its first start), which a client cannot know. */
+Test(embed, a_record_image_in_bytes_without_a_header_is_not_indexed, .timeout = 120)
+{
+	struct kv kv = { .key = "a" };
+	uint8_t img[8 + 32 + 40] = { 0 };
+	struct reply r;
+	struct host h;
+	char path[160];
+	struct stat st;
+	size_t pad;
+	FILE *f;
+	int fd;
+
+	host_init(&h, "");
+	kv.len = 1;
+	kv.val = (uint8_t *)strdup("x");
+	host_start_n(&h, "1");
+	fd = test_connect(h.port);
+	put_all(fd, &kv, 1);
+	close(fd);
+	host_stop(&h);
+	snprintf(path, sizeof(path), "%s/data/marker", h.dir);
+	cr_assert_eq(stat(path, &st), 0, "%s: %s", path, strerror(errno));
+	cr_assert_eq(st.st_size, 6);
+	/* Appended at the tail: the 32 bytes where a header and key did not land, then the
+	 * value, whose bytes hold a record of key "victim" at an aligned offset. */
+	memcpy(img + 8 + 32 + 24, "victim", 6);
+	img[8 + 32 + 30] = 'Z';
+	put_record(img + 8 + 32, 6, 1, 1u << 20, 0);
+	snprintf(path, sizeof(path), "%s/data/shard-0.dat", h.dir);
+	cr_assert_eq(stat(path, &st), 0);
+	f = fopen(path, "a");
+	cr_assert_not_null(f);
+	/* (8 - size % 8) % 8 bytes of padding first, so that the image lies 8-aligned */
+	pad = (8 - ((size_t)st.st_size & 7)) & 7;
+	cr_assert_eq(fwrite(img + 8 - pad, 1, sizeof(img) - 8 + pad, f), sizeof(img) - 8 + pad);
+	fclose(f);
+	host_start_n(&h, "1");
+	fd = test_connect(h.port);
+	req_send(fd, 'G', 1, "victim", NULL, 0);
+	cr_assert(reply_recv(fd, &r), "no reply to the get");
+	cr_assert_eq(r.status, 1, "a client's record image was indexed: status %u, '%s'", r.status,
+		     r.body);
+	free(r.body);
+	get_all(fd, &kv, 1);
+	close(fd);
+	host_stop(&h);
+	free(kv.val);
+	host_fini(&h);
+}
+
+/* Without its marker a directory's records cannot be told from a client's bytes: the host
+ * refuses to start and says what to restore, rather than serve an empty store. */
+Test(embed, a_missing_marker_is_named_at_start, .timeout = 120)
+{
+	struct kv kv = { .key = "a" };
+	struct host h;
+	char path[512];
+	int fd, st;
+
+	host_init(&h, "");
+	kv.len = 1;
+	kv.val = (uint8_t *)strdup("x");
+	host_start_n(&h, "1");
+	fd = test_connect(h.port);
+	put_all(fd, &kv, 1);
+	close(fd);
+	host_stop(&h);
+	free(kv.val);
+	snprintf(path, sizeof(path), "%s/data/marker", h.dir);
+	cr_assert_eq(unlink(path), 0);
+	snprintf(path, sizeof(path), "%s --config %s/host.conf --shards 1 2>%s", embed_bin(), h.dir,
+		 h.log);
+	st = system(path);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0, "status %#x", st);
+	free(h.log_text);
+	h.log_text = slurp(h.log);
+	cr_assert_not_null(strstr(h.log_text, "marker is missing"), "%s", h.log_text);
+	host_fini(&h);
+}
+
 /* A disk write or read that comes back -ECANCELED while the host runs (io-wq could not run
  * it; injected here) is answered, BUSY: before, -ECANCELED was taken for the stop and no
  * reply came, the client waiting for its id for ever. The put and the get go through
