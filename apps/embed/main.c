@@ -47,7 +47,10 @@
 #define EMB_REQ_HDR       7u /* op, id, key length */
 #define EMB_FRAME_MAX     (EMB_REQ_HDR + EMB_KEY_MAX + EMB_VALUE_MAX)
 #define EMB_CONN_INFLIGHT 64 /* requests in progress per connection before reading pauses */
-#define EMB_MAX_FILES     1024
+/* ... or bytes of their values: a client that does not read its replies pins no more
+ * buffer memory than that, one value and the send queue's high watermark. */
+#define EMB_CONN_INFLIGHT_BYTES (8u << 20)
+#define EMB_MAX_FILES           1024
 
 enum { EMB_OK = 0, EMB_NOTFOUND = 1, EMB_BADREQ = 2, EMB_ERROR = 3, EMB_BUSY = 4 };
 
@@ -664,8 +667,9 @@ pool_stop(void)
 struct cn {
 	struct keel_conn *c; /* NULL once closed */
 	struct keel_framer *fr;
-	int refs;     /* the connection, and each request in progress */
-	int inflight; /* requests in progress */
+	int refs;         /* the connection, and each request in progress */
+	int inflight;     /* requests in progress */
+	uint64_t inbytes; /* ... and the bytes of their values (buffers they hold) */
 	bool paused;
 };
 
@@ -685,12 +689,14 @@ put_be32(uint8_t *p, uint32_t v)
 	p[3] = (uint8_t)v;
 }
 
-/* A request finished: resume reading when it had paused. */
+/* A request whose value was @bytes long finished: resume reading when it had paused. */
 static void
-cn_request_done(struct cn *cn)
+cn_request_done(struct cn *cn, uint32_t bytes)
 {
 	cn->inflight--;
-	if (cn->c && cn->paused && cn->inflight < EMB_CONN_INFLIGHT / 2) {
+	cn->inbytes -= bytes;
+	if (cn->c && cn->paused && cn->inflight < EMB_CONN_INFLIGHT / 2 &&
+	    cn->inbytes < EMB_CONN_INFLIGHT_BYTES / 2) {
 		cn->paused = false;
 		keel_conn_resume_read(cn->c);
 	}
@@ -806,7 +812,7 @@ put_written(struct keel_file_req *req, int res, void *arg)
 			 strerror(-p->err));
 		reply_err(p->cn, EMB_ERROR, p->id, "write failed");
 	}
-	cn_request_done(p->cn);
+	cn_request_done(p->cn, p->vlen);
 	cn_unref(p->cn);
 	free(p);
 }
@@ -899,6 +905,7 @@ do_put(struct cn *cn, struct keel_frame *fr, uint32_t id, const uint8_t *key, ui
 	memcpy(hk + sizeof(h), key, klen);
 	cn->refs++;
 	cn->inflight++;
+	cn->inbytes += vlen;
 	p->pending = 1; /* held until every write is submitted */
 	at = p->off;
 	for (unsigned k = 0; k < p->nw; k++) {
@@ -953,8 +960,8 @@ job_done(struct keel_xreq *req)
 {
 	struct job *j = req->arg;
 
+	cn_request_done(j->cn, (uint32_t)j->val.len);
 	keel_slice_put(&j->val);
-	cn_request_done(j->cn);
 	cn_unref(j->cn);
 	free(j);
 }
@@ -964,6 +971,7 @@ read_done(struct keel_file_req *req, int res, void *arg)
 {
 	struct rd *r = arg;
 	struct cn *cn = r->cn;
+	uint32_t bytes = (uint32_t)r->val.len; /* the slice may be put below */
 
 	(void)req;
 	if (res != (int)r->val.len) {
@@ -993,7 +1001,7 @@ read_done(struct keel_file_req *req, int res, void *arg)
 		keel_slice_put(&r->val);
 		reply_err(cn, EMB_BUSY, r->id, "worker pool is stopping");
 	}
-	cn_request_done(cn);
+	cn_request_done(cn, bytes);
 	cn_unref(cn);
 	free(r);
 }
@@ -1015,8 +1023,9 @@ do_read(struct cn *cn, uint8_t op, uint32_t id, const uint8_t *key, uint16_t kle
 		reply_err(cn, EMB_BUSY, id, "out of memory");
 		return;
 	}
-	/* A buffer one byte longer than needed, so an empty value still has one. */
-	rc = keel_buf_alloc(keel_shard_alloc(), vlen + 1, &r->val);
+	/* One byte for an empty value, which still needs a buffer (not vlen + 1: a value of
+	 * a power of two would take a buffer of the next one, twice its size). */
+	rc = keel_buf_alloc(keel_shard_alloc(), vlen ? vlen : 1, &r->val);
 	if (rc < 0) {
 		free(r);
 		reply_err(cn, EMB_BUSY, id, "no buffer memory");
@@ -1028,6 +1037,7 @@ do_read(struct cn *cn, uint8_t op, uint32_t id, const uint8_t *key, uint16_t kle
 	r->op = op;
 	cn->refs++;
 	cn->inflight++;
+	cn->inbytes += vlen;
 	if (vlen == 0) {
 		read_done(&r->req, 0, r);
 		return;
@@ -1075,7 +1085,8 @@ on_frame(void *arg, struct keel_frame *fr)
 out:
 	for (unsigned i = 0; i < fr->n; i++)
 		keel_slice_put(&fr->s[i]);
-	if (cn->c && !cn->paused && cn->inflight >= EMB_CONN_INFLIGHT) {
+	if (cn->c && !cn->paused &&
+	    (cn->inflight >= EMB_CONN_INFLIGHT || cn->inbytes >= EMB_CONN_INFLIGHT_BYTES)) {
 		cn->paused = true;
 		keel_conn_pause_read(cn->c);
 	}

@@ -89,9 +89,10 @@ host_init(struct host *h, const char *extra)
 	snprintf(h->log, sizeof(h->log), "%s/stderr", h->dir);
 }
 
-/* Start the host with --shards @shards (NULL: the map in its config decides). */
+/* Start the host with --shards @shards (NULL: the map in its config decides) and, when
+ * @opt is not NULL, the runtime option @opt @val. */
 static void
-host_start_n(struct host *h, const char *shards)
+host_start_opt(struct host *h, const char *shards, const char *opt, const char *val)
 {
 	char cfg[128];
 	uint64_t dl = test_deadline(TEST_WAIT_MS);
@@ -104,12 +105,19 @@ host_start_n(struct host *h, const char *shards)
 		int fd = open(h->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 		prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlives a failed test */
 		dup2(fd, 2);
-		if (shards)
-			execl(embed_bin(), embed_bin(), "--config", cfg, "--shards", shards,
-			      "--idle-poll-us", "0", "--log-level", "warn", (char *)NULL);
-		else
-			execl(embed_bin(), embed_bin(), "--config", cfg, "--idle-poll-us", "0",
-			      "--log-level", "warn", (char *)NULL);
+		const char *argv[12] = { embed_bin(), "--config",    cfg,   "--idle-poll-us",
+					 "0",         "--log-level", "warn" };
+		int n = 7;
+
+		if (shards) {
+			argv[n++] = "--shards";
+			argv[n++] = shards;
+		}
+		if (opt) {
+			argv[n++] = opt;
+			argv[n++] = val;
+		}
+		execv(embed_bin(), (char *const *)argv);
 		_exit(127);
 	}
 	live = h->pid;
@@ -128,6 +136,12 @@ host_start_n(struct host *h, const char *shards)
 		cr_assert(!test_expired(dl), "keel-embed printed no 'listening' line");
 		test_pause();
 	}
+}
+
+static void
+host_start_n(struct host *h, const char *shards)
+{
+	host_start_opt(h, shards, NULL, NULL);
 }
 
 static void
@@ -752,6 +766,73 @@ Test(embed, a_missing_marker_is_named_at_start, .timeout = 120)
 	free(h.log_text);
 	h.log_text = slurp(h.log);
 	cr_assert_not_null(strstr(h.log_text, "marker is missing"), "%s", h.log_text);
+	host_fini(&h);
+}
+
+/* A client that sends GETs of a large value and reads none of the replies: each read
+ * took a buffer of twice the value (its length + 1, rounded up to a power of two) and 64
+ * could be in progress per connection, their replies then held in its send queue, so one
+ * such connection held 128 MiB and the shard's other clients got "no buffer memory". The
+ * bytes of values in progress now pause reading at 8 MiB, and a value takes a buffer of its
+ * own size: with --memory 48M another client's GETs, of the same value too, are all
+ * answered. */
+Test(embed, a_client_that_reads_no_replies_does_not_take_the_shards_memory, .timeout = 120)
+{
+	struct kv big = { .key = "big" }, small = { .key = "small" };
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	struct host h;
+	int fd, hog;
+
+	host_init(&h, "");
+	big.len = 1u << 20;
+	big.val = malloc(big.len);
+	cr_assert_not_null(big.val);
+	memset(big.val, 'b', big.len);
+	small.len = 1;
+	small.val = (uint8_t *)strdup("s");
+	host_start_opt(&h, "1", "--memory", "48M");
+	sa.sin_port = htons((uint16_t)h.port);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	fd = test_connect(h.port);
+	put_all(fd, &big, 1);
+	put_all(fd, &small, 1);
+	/* A small receive buffer, so that the host's socket takes little of the replies off
+	 * its buffers: what the hog's GETs take stays taken. */
+	hog = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(hog, 0);
+	cr_assert_eq(setsockopt(hog, SOL_SOCKET, SO_RCVBUF, &(int){ 4096 }, sizeof(int)), 0);
+	cr_assert_eq(connect(hog, (struct sockaddr *)&sa, sizeof(sa)), 0, "connect: %s",
+		     strerror(errno));
+	cr_assert_eq(setsockopt(hog, SOL_SOCKET, SO_RCVTIMEO,
+				&(struct timeval){ .tv_sec = TEST_WAIT_MS / 1000 },
+				sizeof(struct timeval)),
+		     0);
+	for (uint32_t i = 0; i < 64; i++)
+		req_send(hog, 'G', i, "big", NULL, 0);
+	/* The hog's GETs were sent first; however many of them the host has read at each
+	 * point of this half second or more, none of these may be refused for memory (the
+	 * pauses only give it the time to take what it would take: they cannot fail a host
+	 * that bounds it). */
+	for (int i = 0; i < 50; i++) {
+		get_all(fd, &small, 1);
+		get_all(fd, &big, 1);
+		usleep(10000);
+	}
+	/* And the hog's own GETs are all served once it reads: before, 64 buffers of 2 MiB
+	 * were more than the shard had, so some were refused or the connection reset. */
+	for (uint32_t i = 0; i < 64; i++) {
+		struct reply r;
+
+		cr_assert(reply_recv(hog, &r), "the hog's connection closed after %u replies", i);
+		cr_assert(r.status == 0 && r.len == big.len, "the hog's GET %u: status %u: %s",
+			  r.id, r.status, r.len < 100 ? (char *)r.body : "");
+		free(r.body);
+	}
+	close(hog);
+	close(fd);
+	host_stop(&h);
+	free(big.val);
+	free(small.val);
 	host_fini(&h);
 }
 
