@@ -47,6 +47,7 @@ struct keel_conn {
 
 	bool open, connecting, recv_armed, rcancel_sent, read_paused, bp_paused, eof;
 	bool closing, flush_close, shut_pending, shut_sent, send_inflight, flush_queued;
+	bool lingering; /* a graceful close sent its queue and waits for the peer's EOF */
 	bool sqe_retry; /* a receive, send or shutdown found no SQE: tried again next pass */
 	bool want_writable, cancel_sent;
 	bool zc_ok;         /* may receive with RECV_ZC: accepted TCP (keel__zcrx_conn_wants) */
@@ -108,8 +109,12 @@ sqe_fd(struct keel_conn *c, struct io_uring_sqe *sqe)
 static bool
 want_recv(const struct keel_conn *c)
 {
-	return c->open && !c->closing && !c->flush_close && !c->eof && !c->read_paused &&
-	       !c->bp_paused && !c->starving && !c->ns->stopping && c->rqhead == c->rqn;
+	if (!c->open || c->closing || c->eof || c->starving || c->ns->stopping ||
+	    c->rqhead != c->rqn)
+		return false;
+	/* A graceful close reads on, dropping what comes, until the peer's EOF: a close(2)
+	 * with bytes unread would reset the connection (send_kick, linger). */
+	return c->flush_close || (!c->read_paused && !c->bp_paused);
 }
 
 static bool
@@ -220,6 +225,7 @@ deliver_slices(struct keel_conn *c, struct keel_slice *s, unsigned n)
 
 static void sqe_retry(struct keel_conn *c);
 static void abort_cancel(struct keel_conn *c);
+static void flush_later(struct keel_conn *c);
 
 static void
 recv_arm(struct keel_conn *c)
@@ -629,9 +635,10 @@ recv_done(struct keel_conn *c, const struct io_uring_cqe *cqe, int res, uint32_t
 			/* After keel_conn_close (flush_close) the app hears nothing more but
 			 * on_close, even when the EOF came in the batch that held the data it
 			 * closed on. */
-			if (dropping_reads(c))
-				;
-			else if (c->rqhead < c->rqn)
+			if (dropping_reads(c)) {
+				if (c->flush_close)
+					flush_later(c); /* the queue sent, the close comes */
+			} else if (c->rqhead < c->rqn)
 				c->eof_held = true; /* after the held data */
 			else
 				eof_deliver(c);
@@ -862,6 +869,56 @@ shut_cb(struct keel_op *op, int res, uint32_t flags)
 	conn_check(c);
 }
 
+/* The peer did not end its side in time after a graceful close sent the queue: closed as
+ * it is, status 0 (the queue went out); see linger. */
+static void
+linger_timeout_cb(struct keel_timer *t, void *arg)
+{
+	(void)t;
+	keel_conn_abort(arg, 0);
+}
+
+/* A graceful close sent the queue. A close(2) now, with bytes from the peer unread or
+ * still to come, makes the kernel reset the connection and drop what it still holds of the
+ * queue (the peer sees a cut reply and ECONNRESET). So, unless the peer has ended its side
+ * already: the write side is shut (a FIN after the queue), what the peer sends is read and
+ * dropped (want_recv), and the close comes with its EOF (recv_done), or after
+ * close_timeout_ns from the close, or else KEEL_NET_LINGER_NS from here. */
+static void
+linger(struct keel_conn *c)
+{
+	struct io_uring_sqe *sqe;
+
+	if (c->eof) {
+		keel_conn_abort(c, 0);
+		return;
+	}
+	if (!c->shut_sent) {
+		sqe = keel_sqe_get();
+		if (!sqe) {
+			sqe_retry(c);
+			return;
+		}
+		io_uring_prep_shutdown(sqe, c->fd, SHUT_WR);
+		sqe_fd(c, sqe);
+		keel_sqe_bind(sqe, &c->shut_op);
+		c->shut_sent = true;
+		c->nops++;
+	}
+	if (c->lingering)
+		return;
+	c->lingering = true;
+	c->ns->st.close_lingers++;
+	if (!c->close_timer) {
+		if (keel_timer_create(linger_timeout_cb, c, &c->close_timer) < 0) {
+			keel_conn_abort(c, 0); /* no timer to bound it: closed now, as before */
+			return;
+		}
+		keel_timer_start(c->close_timer, KEEL_NET_LINGER_NS, 0);
+	}
+	recv_update(c);
+}
+
 static void
 send_kick(struct keel_conn *c)
 {
@@ -874,7 +931,7 @@ send_kick(struct keel_conn *c)
 		return;
 	if (!c->qn) {
 		if (c->flush_close) {
-			keel_conn_abort(c, 0);
+			linger(c);
 		} else if (c->shut_pending && !c->shut_sent) {
 			sqe = keel_sqe_get();
 			if (!sqe) {
@@ -1199,7 +1256,11 @@ keel_conn_shutdown(struct keel_conn *c)
 static void
 close_timeout_cb(struct keel_timer *t, void *arg)
 {
-	keel_conn_abort(arg, -ETIMEDOUT);
+	struct keel_conn *c = arg;
+
+	(void)t;
+	/* While it lingers the queue has gone out: only the peer's EOF was still awaited. */
+	keel_conn_abort(c, c->lingering ? 0 : -ETIMEDOUT);
 }
 
 void

@@ -687,6 +687,78 @@ Test(net_conn, graceful_close_gives_up_after_close_timeout)
 	cr_assert_eq(atomic_load(&sink_closes), 1);
 }
 
+/* A graceful close while the peer still sends: the reply (8 MiB, more than the socket
+ * buffers take) is queued and the connection closed on the request, and the client sends
+ * one more byte before it reads the reply. A close(2) with that byte unread (or its
+ * arrival at a socket already closed) makes the kernel reset the connection and drop what
+ * it still held of the reply, while the application heard on_close(0). The close now
+ * shuts the write side once the queue is sent and reads (and drops) what the peer sends
+ * until its EOF: every byte of the reply arrives, then EOF. */
+static void
+reply_close_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	static char chunk[1 << 16];
+
+	for (unsigned i = 0; i < n; i++)
+		keel_slice_put(&s[i]);
+	if (keel_conn_user(c))
+		return; /* the request came in pieces: replied already */
+	keel_conn_set_user(c, c);
+	memset(chunk, 'r', sizeof(chunk));
+	for (int i = 0; i < 128; i++)
+		if (keel_conn_write(c, chunk, sizeof(chunk)) < 0) {
+			keel_conn_abort(c, -ENOMEM);
+			return;
+		}
+	keel_conn_close(c);
+}
+
+static _Atomic uint64_t lingers;
+
+static void
+reply_close_close(struct keel_conn *c, int status)
+{
+	struct keel_net_stats st;
+
+	if (keel_net_stats(keel_this_shard(), &st) == 0)
+		atomic_store(&lingers, st.close_lingers);
+	sink_close(c, status);
+}
+
+Test(net_conn, a_graceful_close_delivers_the_reply_to_a_peer_that_still_sends)
+{
+	static const struct keel_conn_ops ops = { .on_data = reply_close_data,
+						  .on_close = reply_close_close };
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	static char b[1 << 16];
+	size_t got = 0;
+	struct srv s;
+	ssize_t r;
+	int fd;
+
+	sink_reset();
+	keel_net_config_init(&nc);
+	cr_assert_eq(srv_start(&s, &o, &nc, &ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(cli_write_all(fd, "q", 1), 0);
+	cr_assert_eq(cli_read_all(fd, b, 1), 0); /* the reply has begun */
+	got = 1;
+	cr_assert_eq(cli_write_all(fd, "x", 1), 0);
+	while ((r = recv(fd, b, sizeof(b), 0)) > 0) {
+		got += (size_t)r;
+		usleep(200); /* slower than the server: the reply waits in its queue */
+	}
+	cr_assert_eq(r, 0, "after %zu of %u bytes: %s", got, 128u << 16, strerror(errno));
+	cr_assert_eq(got, 128u << 16);
+	close(fd);
+	WAIT_FOR(atomic_load(&sink_closes) == 1);
+	cr_assert_eq(atomic_load(&sink_status), 0);
+	cr_assert_eq(atomic_load(&lingers), 1);
+	cr_assert_eq(srv_stop(&s), 0);
+}
+
 /* TCP_NODELAY: on the listeners, and so (inherited) on accepted sockets; off when asked.
  * Direct descriptors are off here so the accepted socket is a plain fd the test can find. */
 static void
@@ -819,11 +891,11 @@ early_run(bool shut)
 	}
 	cr_assert_eq(n, shut ? 0 : 5, "%zu bytes before EOF, want %d", n, shut ? 0 : 5);
 	cr_assert_eq(memcmp(got, "hello", n), 0);
-	if (shut) {
-		/* Receiving goes on: our EOF reaches on_eof, whose default closes it. */
+	/* Receiving goes on: our EOF reaches on_eof, whose default closes it; or, closed
+	 * while connecting, ends the close's wait for it. */
+	if (shut)
 		cr_assert_eq(atomic_load(&e.closes), 0, "closed after a half-close");
-		shutdown(fd, SHUT_WR);
-	}
+	shutdown(fd, SHUT_WR);
 	WAIT_FOR(atomic_load(&e.closes) == 1);
 	cr_assert_eq(atomic_load(&e.status), 0, "on_close status %d", atomic_load(&e.status));
 	/* Closed while connecting: on_close only; half-closed: it opened and lived on. */

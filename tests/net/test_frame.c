@@ -935,12 +935,12 @@ Test(net_frame, frames_after_a_close_in_the_callback_are_not_delivered)
 	cr_assert_eq(cli_read_all(fd, in, sizeof(in)), 0, "the reply queued before the close");
 	cr_assert_eq(memcmp(in + 4, "QUIT", 4), 0);
 	cr_assert_eq(cli_read_all(fd, &more, 1), -EPIPE, "end of stream after the reply");
+	close(fd); /* the end of ours: a graceful close waits for it */
 	e2e_wait(&e, &e.srv_closed, 1, "the server's on_close");
 	cr_assert_eq(atomic_load(&e.srv_status), 0, "a graceful close, not an abort");
 	cr_assert_eq(atomic_load(&quit_after), 0, "frames delivered after the close");
 	cr_assert_eq(atomic_load(&quit_ret), 0, "keel_framer_on_data returned %d",
 		     atomic_load(&quit_ret));
-	close(fd);
 	e2e_stop(&e);
 }
 
@@ -1016,13 +1016,15 @@ Test(net_frame, frames_after_a_pause_in_the_callback_wait_for_the_resume)
 		b[n++] = (uint8_t)('0' + i);
 	}
 	cr_assert_eq(cli_write_all(fd, b, n), 0);
+	/* The server's end after the tenth frame, then ours (its close waits for it). */
+	cr_assert_eq(cli_read_all(fd, b, 1), -EPIPE, "EOF after the tenth frame");
+	close(fd);
 	e2e_wait(&e, &e.srv_closed, 1, "the server's on_close after the tenth frame");
 	cr_assert_eq(atomic_load(&pz.seen_at_check), 2, "frames delivered before the resume: %d",
 		     atomic_load(&pz.seen_at_check));
 	cr_assert_eq(atomic_load(&pz.frames), 10);
 	cr_assert_eq(atomic_load(&pz.order_bad), 0, "frames out of order");
 	cr_assert_eq(atomic_load(&e.srv_status), 0);
-	close(fd);
 	e2e_stop(&e);
 }
 
@@ -1196,8 +1198,13 @@ Test(net_frame, one_pass_of_frames_leaves_in_one_send_byte_exact)
 		batch_expect(fd, round);
 		cr_assert_eq(cli_write_all(fd, "k", 1), 0);
 	}
-	WAIT_FOR(atomic_load(&b.closed), "the client's on_close");
+	/* keel's end, then ours (its graceful close waits for it). */
+	{
+		char x;
+		cr_assert_eq(cli_read_all(fd, &x, 1), -EPIPE, "EOF from keel's client");
+	}
 	close(fd);
+	WAIT_FOR(atomic_load(&b.closed), "the client's on_close");
 	close(lfd);
 	keel_runtime_stop(rt, 0);
 	cr_assert_eq(keel_runtime_join(rt), 0);

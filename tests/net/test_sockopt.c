@@ -178,8 +178,8 @@ accepted_case(const char *feature)
 	cr_assert_geq(fd, 0);
 	/* The server closes after the last step: EOF. */
 	cr_assert_eq(cli_recv(fd, &b, 1), 0, "EOF from the server");
+	close(fd); /* the end of ours: a graceful close waits for it */
 	WAIT_FOR(atomic_load(&st.closes) == 1, "on_close");
-	close(fd);
 	keel_runtime_stop(rt, 0);
 	cr_assert_eq(keel_runtime_join(rt), 0);
 	keel_runtime_destroy(rt);
@@ -230,8 +230,8 @@ Test(net_sockopt, connected)
 	fd = accept(lfd, NULL, NULL);
 	cr_assert_geq(fd, 0);
 	cr_assert_eq(cli_recv(fd, &b, 1), 0, "EOF from keel");
+	close(fd); /* the end of ours: a graceful close waits for it */
 	WAIT_FOR(atomic_load(&st.closes) == 1, "on_close");
-	close(fd);
 	close(lfd);
 	keel_runtime_stop(rt, 0);
 	cr_assert_eq(keel_runtime_join(rt), 0);

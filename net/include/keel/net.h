@@ -435,15 +435,25 @@ KEEL_API int keel_conn_writev(struct keel_conn *c, const struct iovec *iov, unsi
  */
 KEEL_API int keel_conn_shutdown(struct keel_conn *c);
 
+/** Longest a graceful close waits for the peer's EOF once its queue is sent, without
+ * keel_net_config.close_timeout_ns (keel_conn_close). */
+#define KEEL_NET_LINGER_NS (5ull * 1000000000ull)
+
 /**
- * Close gracefully: stop reading (received data not yet delivered is dropped), send what
- * is queued, then close; on_close(c, 0) follows, from the loop, never before this returns.
+ * Close gracefully: stop delivering (received data not yet delivered is dropped, and so is
+ * what arrives after), send what is queued, then close; on_close(c, 0) follows, from the
+ * loop, never before this returns. Unless the peer has ended its side already, the close
+ * then shuts the write side (a FIN after the queue) and reads on, dropping what comes,
+ * until the peer's EOF (or KEEL_NET_LINGER_NS, or close_timeout_ns from this call): a
+ * close(2) with bytes from the peer unread makes the kernel reset the connection and drop
+ * what it still holds of the queue. Counted in keel_net_stats.close_lingers.
  * On a connection still connecting (keel_conn_connect) that waits for the connect: no
  * on_open then, and a connect that fails ends in on_close with its error; close_timeout_ns
  * counts from this call, so it bounds the connect too. keel_conn_abort() cancels the
  * connect instead.
  * With keel_net_config.close_timeout_ns set, a queue still not sent after that long is
- * dropped and on_close(c, -ETIMEDOUT) follows instead.
+ * dropped and on_close(c, -ETIMEDOUT) follows instead (a queue sent, the peer's EOF still
+ * awaited: on_close(c, 0)).
  * Context: the connection's shard. Closing twice is harmless; @c stays valid until
  * on_close returns (calls on it then fail with -EPIPE or do nothing).
  */
@@ -612,6 +622,9 @@ struct keel_net_stats {
 	uint64_t udp_send_capped;   /* datagrams keel_udp_send refused with -ENOBUFS: the shard
 				       held udp_send_max in flight */
 	uint64_t udp_send_inflight; /* datagrams accepted by keel_udp_send and not yet sent, now */
+	uint64_t close_lingers;     /* graceful closes that sent their queue before the peer
+				       ended its side, and so shut the write side and read on
+				       until its EOF (keel_conn_close) */
 };
 
 /**
