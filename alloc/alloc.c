@@ -103,6 +103,9 @@ keel_alloc_create(const struct keel_alloc_config *cfg, struct keel_alloc **out)
 		return -EINVAL;
 	if (mem < KEEL_ALLOC_HUGEPAGE)
 		return -EINVAL;
+	/* Any other value took the jemalloc path (a NULL call without it). */
+	if ((unsigned)cfg->backend > KEEL_ALLOC_BACKEND_JEMALLOC)
+		return -EINVAL;
 	/* A cap below one region: smaller regions (still a power of two). The cap is rounded
 	 * down to whole regions: it is never exceeded. */
 	while (rs > KEEL_ALLOC_HUGEPAGE && rs > mem)
@@ -118,6 +121,14 @@ keel_alloc_create(const struct keel_alloc_config *cfg, struct keel_alloc **out)
 		return -EINVAL;
 	}
 
+	if (mem % rs)
+		keel__alloc_log(KEEL_ALLOC_LOG_WARN,
+				"shard %u: %llu KiB of buffer memory is rounded down to %llu KiB, "
+				"whole regions of %llu KiB (give a multiple of the region size to "
+				"use all of it)",
+				cfg->shard, (unsigned long long)(mem >> 10),
+				(unsigned long long)((mem / rs * rs) >> 10),
+				(unsigned long long)(rs >> 10));
 	a = calloc(1, sizeof(*a));
 	if (!a)
 		return -ENOMEM;

@@ -235,3 +235,36 @@ Test(alloc_pool, jemalloc_serves_up_to_its_documented_maximum)
 {
 	largest_buffers(KEEL_ALLOC_BACKEND_JEMALLOC, 3584 * 1024);
 }
+
+/* A backend value outside the enum is refused: it took the jemalloc path (a NULL call
+ * without keel_jemalloc_enable(), memory outside the regions with it). */
+Test(alloc_pool, a_backend_outside_the_enum_is_refused)
+{
+	struct keel_alloc_config c = test_alloc_config(KEEL_ALLOC_BACKEND_SLAB, 8 * MiB, 4 * MiB);
+	struct keel_alloc *a = NULL;
+
+	c.backend = (enum keel_alloc_backend)3;
+	cr_assert_eq(keel_alloc_create(&c, &a), -EINVAL);
+	cr_assert_null(a);
+}
+
+/* A cap that is not a whole number of regions is rounded down, and says so: --memory 7M
+ * served 4 MiB without a word. */
+Test(alloc_pool, a_cap_rounded_down_to_whole_regions_is_logged)
+{
+	struct keel_alloc_config c = test_alloc_config(KEEL_ALLOC_BACKEND_SLAB, 7 * MiB, 4 * MiB);
+	struct keel_alloc *a;
+
+	keel_alloc_log_set(logcap_alloc_hook, &cap);
+	a = make_cfg(&c);
+	keel_alloc_log_set(NULL, NULL);
+	cr_assert_eq(logcap_count(&cap, "7168 KiB of buffer memory is rounded down to 4096 KiB"), 1,
+		     "log: %s", cap.text);
+	keel_alloc_destroy(a);
+	c.memory = 8 * MiB;
+	keel_alloc_log_set(logcap_alloc_hook, &cap);
+	a = make_cfg(&c);
+	keel_alloc_log_set(NULL, NULL);
+	cr_assert_eq(logcap_count(&cap, "rounded down"), 1, "a whole cap logged too: %s", cap.text);
+	keel_alloc_destroy(a);
+}

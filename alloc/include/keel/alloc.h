@@ -111,11 +111,12 @@ struct keel_alloc_stats {
  * Create an allocator: map the cap (address space; with hugepages, the huge pages of the
  * whole cap are reserved now), bind it and pre-fault the first region(s). Does not bind
  * the allocator to the calling thread.
- * Returns: 0 and *out; -EINVAL (bad sizes, or more than KEEL_ALLOC_MAX_REGIONS regions:
- * the error logged names the maximum), -ENOMEM (no memory; with hugepages, the error
- * logged names /proc/sys/vm/nr_hugepages), -ENOTSUP (KEEL_ALLOC_BACKEND_JEMALLOC without
- * keel_jemalloc_enable(): the error logged names the fix), or another -errno from mmap.
- * Context: any thread.
+ * The cap is rounded down to whole regions (a warning is logged when that drops some).
+ * Returns: 0 and *out; -EINVAL (bad sizes, a backend not in the enum, or more than
+ * KEEL_ALLOC_MAX_REGIONS regions: the error logged names the maximum), -ENOMEM (no memory; with
+ * hugepages, the error logged names /proc/sys/vm/nr_hugepages), -ENOTSUP
+ * (KEEL_ALLOC_BACKEND_JEMALLOC without keel_jemalloc_enable(): the error logged names the fix), or
+ * another -errno from mmap. Context: any thread.
  */
 KEEL_API int keel_alloc_create(const struct keel_alloc_config *cfg, struct keel_alloc **out);
 
