@@ -51,6 +51,7 @@ struct keel_conn {
 	bool sqe_retry; /* a receive, send or shutdown found no SQE: tried again next pass */
 	bool want_writable, cancel_sent;
 	bool zc_ok;         /* may receive with RECV_ZC: accepted TCP (keel__zcrx_conn_wants) */
+	bool unseen;        /* accepted, on_open not yet run: ended so, no on_close either */
 	uint32_t zc_min;    /* slices of this many bytes go out with SEND_ZC; UINT32_MAX: none
 			     * (send_zc off, or AF_UNIX, where the kernel refuses it) */
 	bool zc;            /* the armed receive is a RECV_ZC (zcrx_rx.c) */
@@ -1376,7 +1377,9 @@ close_run(struct net_shard *ns)
 	ns->close_kick = false;
 	while (c) {
 		struct keel_conn *next = c->close_next;
-		conn_free(c, true);
+		/* An accepted connection the application never saw (the runtime stopped
+		 * while its addresses were read): no on_close for it. */
+		conn_free(c, !c->unseen);
 		c = next;
 	}
 	keel__net_unref(ns); /* the kick's */
@@ -1605,6 +1608,7 @@ keel__conn_new(struct net_shard *ns, int fd, bool direct, int family, bool accep
 		return NULL;
 	c->ns = ns;
 	c->zc_ok = keel__zcrx_conn_wants(family, accepted);
+	c->unseen = accepted;
 	c->ops = ops;
 	c->app = app;
 	c->fd = fd;
@@ -1638,6 +1642,7 @@ void
 keel__conn_opened(struct keel_conn *c)
 {
 	c->open = true;
+	c->unseen = false;
 	/* Closed while connecting: the application hears on_close only. */
 	if (c->ops->on_open && !c->flush_close) {
 		c->nops++; /* on_open may close it */

@@ -610,3 +610,64 @@ Test(net_lifetime, direct_descriptors_close_through_the_ring_and_slots_come_back
 	}
 	cr_assert_eq(srv_stop(&s), 0);
 }
+
+/* ---- an accepted connection that ends before on_open ends unseen ---- */
+
+/* An accepted connection waits for its addresses (a direct descriptor's are read through
+ * the ring) before on_open; the runtime stopping meanwhile aborted it, and on_close ran
+ * for a connection the application never saw (its user pointer NULL, its counts off).
+ * White-box: the connection is made as the listener makes one and aborted before it is
+ * opened. */
+static _Atomic int unseen_closes;
+
+static void
+unseen_close(struct keel_conn *c, int status)
+{
+	(void)c;
+	(void)status;
+	atomic_fetch_add(&unseen_closes, 1);
+}
+
+static void
+unseen_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	(void)c;
+	for (unsigned i = 0; i < n; i++)
+		keel_slice_put(&s[i]);
+}
+
+static void
+unseen_start(void *arg)
+{
+	static const struct keel_conn_ops ops = { .on_data = unseen_data,
+						  .on_close = unseen_close };
+	struct net_shard *ns;
+	struct keel_conn *c;
+	int sv[2];
+
+	(void)arg;
+	if (!SHARD_CHECK_EQ(keel__net_shard_get(&ns), 0) ||
+	    !SHARD_CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0)) {
+		keel_stop(-EIO);
+		return;
+	}
+	close(sv[1]);
+	c = keel__conn_new(ns, sv[0], false, AF_UNIX, true, &ops, NULL, NULL);
+	if (!SHARD_CHECK(c != NULL, "keel__conn_new")) {
+		close(sv[0]);
+		keel_stop(-EIO);
+		return;
+	}
+	keel_conn_abort(c, -ESHUTDOWN); /* as the stop does, before keel__conn_accepted */
+	keel_stop(0);
+}
+
+Test(net_lifetime, an_accepted_connection_ended_before_on_open_gets_no_on_close)
+{
+	struct keel_opts o = net_test_opts(1);
+
+	atomic_store(&unseen_closes, 0);
+	cr_assert_eq(keel_run(&o, unseen_start, NULL), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(atomic_load(&unseen_closes), 0, "on_close for a connection never opened");
+}

@@ -246,7 +246,9 @@ struct keel_conn_ops {
 	 * call, and only once the connection has nothing in flight: every receive ended, the
 	 * send in flight completed, the queue dropped, the descriptor released (a direct
 	 * descriptor's slot is free again). It may close, abort or free anything, other
-	 * connections included. The connection is freed when it returns.
+	 * connections included. The connection is freed when it returns. An accepted
+	 * connection that ends before its on_open (the runtime stopped while its addresses
+	 * were read) gets none: the application never saw it. A connect gets one either way.
 	 */
 	void (*on_close)(struct keel_conn *c, int status);
 };
