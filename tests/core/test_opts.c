@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -228,4 +229,20 @@ Test(core_opts, program_exits_2_naming_a_bad_option)
 	cr_assert(strstr(out, "--idle-poll-us") && strstr(out, "--stall-ms") &&
 			  strstr(out, "--cpuset") && strstr(out, "--feature"),
 		  "%s", out);
+}
+
+/* keel's zero-copy sends ask for the kernel's copy report (IORING_SEND_ZC_REPORT_USAGE,
+ * Linux 6.2): the probe finds it on such a kernel, and a kernel without it (6.1 has both
+ * zero-copy opcodes without it, and failed every such send with -EINVAL) is probed false.
+ * Only the first case can run on a machine of 6.2 or later. */
+Test(core_opts, the_zero_copy_copy_report_is_probed)
+{
+	struct utsname u;
+	unsigned maj = 0, min = 0;
+
+	cr_assert_eq(uname(&u), 0);
+	cr_assert_eq(sscanf(u.release, "%u.%u", &maj, &min), 2, "release %s", u.release);
+	cr_assert_eq(keel_caps_get()->zc_report_usage, maj > 6 || (maj == 6 && min >= 2),
+		     "kernel %s: copy report probed %d", u.release,
+		     keel_caps_get()->zc_report_usage);
 }

@@ -26,6 +26,7 @@ struct keel_caps {
 	bool reg_buffers;       /* sparse registered-buffer tables (5.19) */
 	bool sparse_files;      /* net: sparse registered-file tables (5.19) */
 	bool pbuf_inc;          /* net: IOU_PBUF_RING_INC buffer rings register (6.12) */
+	bool zc_report_usage;   /* net: SEND_ZC takes IORING_SEND_ZC_REPORT_USAGE (6.2) */
 };
 
 /**
