@@ -1308,7 +1308,10 @@ stop_pool:
 	while (pool.orphans) {
 		struct job *j = pool.orphans;
 		pool.orphans = j->next;
-		free(j); /* its slice's memory went with the runtime */
+		/* Its slice's memory went with the runtime; its connection's record is the
+		 * host's, and this job held a reference to it (the shards have ended). */
+		cn_unref(j->cn);
+		free(j);
 	}
 destroy:
 	if (listener)
