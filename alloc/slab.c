@@ -160,9 +160,15 @@ add_region(struct keel_alloc *a)
 		 * while the pool has enough), where a pre-fault fails cleanly. */
 		if ((!a->cfg.grow || a->cfg.hugepages) && !a->grow_failed) {
 			int r = keel__region_prefault_next(a);
-			if (r < 0)
+			/* A failure is logged once there. Huge pages stop here; other memory is
+			 * used as it is (as every later region then is), not this request
+			 * failed and the next one served from the same region. */
+			if (r < 0 && a->cfg.hugepages)
 				return r;
-			ASTAT_ADD(a, inline_prefaults, 1);
+			if (r < 0)
+				ASTAT_ADD(a, regions_unprefaulted, 1);
+			else
+				ASTAT_ADD(a, inline_prefaults, 1);
 		} else if (a->cfg.hugepages) {
 			return -ENOMEM; /* a pre-fault failed: the rest would fault the same way */
 		} else {

@@ -11,6 +11,7 @@
 
 #include <criterion/criterion.h>
 
+#include "../../alloc/alloc_internal.h"
 #include "helpers.h"
 
 #define MiB (1ULL << 20)
@@ -266,5 +267,47 @@ Test(alloc_pool, a_cap_rounded_down_to_whole_regions_is_logged)
 	a = make_cfg(&c);
 	keel_alloc_log_set(NULL, NULL);
 	cr_assert_eq(logcap_count(&cap, "rounded down"), 1, "a whole cap logged too: %s", cap.text);
+	keel_alloc_destroy(a);
+}
+
+/* Without a grow hook, the allocation that adds a region pre-faults it; when that fails the
+ * region is used as it is (its pages fault in on first touch), as every later one then is:
+ * the request that hit the failure got -ENOMEM while the next one, on the same region,
+ * was served. */
+static int (*real_prefault)(void *p, uint64_t len);
+static int prefaults_seen;
+
+static int
+prefault_fails_second(void *p, uint64_t len)
+{
+	if (++prefaults_seen == 2)
+		return -EFAULT;
+	return real_prefault(p, len);
+}
+
+Test(alloc_pool, a_failed_inline_prefault_does_not_fail_the_request)
+{
+	struct keel_alloc_config c = test_alloc_config(KEEL_ALLOC_BACKEND_SLAB, 16 * MiB, 4 * MiB);
+	struct keel_alloc *a;
+	struct keel_alloc_stats st;
+	struct keel_slice s[2];
+	int r;
+
+	real_prefault = keel__region_prefault_fn;
+	prefaults_seen = 0;
+	keel__region_prefault_fn = prefault_fails_second;
+	keel_alloc_log_set(logcap_alloc_hook, &cap);
+	a = make_cfg(&c); /* region 0 pre-faulted at create */
+	cr_assert_eq(keel_buf_alloc(a, 4 * MiB, &s[0]), 0);
+	r = keel_buf_alloc(a, 4 * MiB, &s[1]); /* region 1: its pre-fault fails */
+	keel__region_prefault_fn = real_prefault;
+	keel_alloc_log_set(NULL, NULL);
+	cr_assert_eq(r, 0, "the request that added the region: %s", strerror(-r));
+	memset(s[1].data, 1, s[1].len);
+	keel_alloc_stats(a, &st);
+	cr_assert_eq(st.regions_unprefaulted, 1);
+	cr_assert_eq(logcap_count(&cap, "pre-faulting buffer region"), 1, "log: %s", cap.text);
+	keel_slice_put(&s[0]);
+	keel_slice_put(&s[1]);
 	keel_alloc_destroy(a);
 }
