@@ -1871,6 +1871,8 @@ addr_copy(const struct keel_conn *c, const struct sockaddr_storage *a, socklen_t
 {
 	if (!out)
 		return -EINVAL;
+	if (c->connecting) /* the peer's is the connect's target until it ends */
+		return -ENOTCONN;
 	if (!alen)
 		return c->addr_err ? c->addr_err : -ENOTCONN;
 	memset(out, 0, sizeof(*out));

@@ -252,8 +252,17 @@ start_connect(void *arg)
 		port = ntohs(a->sin6_port);
 	}
 	r = keel_conn_connect(host, port, KEEL_S(10), &addr_ops, NULL, &c);
-	if (!SHARD_CHECK_EQ(r, 0))
+	if (!SHARD_CHECK_EQ(r, 0)) {
 		keel_stop(r);
+		return;
+	}
+	/* Not connected yet: the target is not the peer's address until the connect ends
+	 * (it returned 0 with the target before). */
+	{
+		struct sockaddr_storage ss;
+
+		SHARD_CHECK_EQ(keel_conn_peer_addr(c, &ss, NULL), -ENOTCONN);
+	}
 }
 
 static void
