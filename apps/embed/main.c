@@ -264,46 +264,79 @@ align8(uint64_t v)
 	return (v + 7) & ~7ull;
 }
 
+/* A window of a data file for the scan: the file is read a few MiB at a time, never whole
+ * (files only grow, and a file larger than memory could not be scanned at all). */
+#define SCAN_WINDOW (8u << 20) /* more than the largest record: header, key and value */
+
+struct scan_win {
+	int fd;
+	uint8_t *b;
+	uint64_t start, len, size; /* bytes [start, start + len) of a file of size bytes */
+};
+
+/* @n bytes at @off (off + n <= size, n <= SCAN_WINDOW), read as needed; NULL on a read
+ * error (errno set; 0: the file ended early). */
+static const uint8_t *
+win_at(struct scan_win *w, uint64_t off, uint64_t n)
+{
+	uint64_t want;
+
+	if (off >= w->start && off + n <= w->start + w->len)
+		return w->b + (off - w->start);
+	want = w->size - off < SCAN_WINDOW ? w->size - off : SCAN_WINDOW;
+	w->start = off;
+	w->len = 0;
+	while (w->len < want) {
+		ssize_t got = pread(w->fd, w->b + w->len, want - w->len, (off_t)(off + w->len));
+
+		if (got <= 0) {
+			if (got == 0)
+				errno = 0;
+			w->len = 0;
+			return NULL;
+		}
+		w->len += (uint64_t)got;
+	}
+	return w->b;
+}
+
 /* Read file @i into the index. Returns 0 or -1 (message printed). */
 static int
 scan_file(unsigned i, bool writable, uint64_t *records, uint64_t *skipped)
 {
+	struct scan_win w = { .fd = fds[i] };
 	struct stat st;
-	uint8_t *buf = NULL, *p;
+	const uint8_t *p;
 	uint64_t off = 0, size;
-	ssize_t got;
 
 	if (fstat(fds[i], &st) < 0)
 		return -1;
 	size = (uint64_t)st.st_size;
+	w.size = size;
 	if (size) {
-		buf = malloc(size);
-		if (!buf) {
+		w.b = malloc(size < SCAN_WINDOW ? size : SCAN_WINDOW);
+		if (!w.b) {
 			fprintf(stderr, "keel-embed: no memory to scan data file %u\n", i);
 			return -1;
-		}
-		for (uint64_t done = 0; done < size; done += (uint64_t)got) {
-			got = pread(fds[i], buf + done, size - done, (off_t)done);
-			if (got <= 0) {
-				fprintf(stderr, "keel-embed: reading data file %u: %s\n", i,
-					got < 0 ? strerror(errno) : "short read");
-				free(buf);
-				return -1;
-			}
 		}
 	}
 	while (off + sizeof(struct rec_hdr) <= size) {
 		struct rec_hdr h;
 		uint64_t end;
+		bool hdr;
 
-		p = buf + off;
+		p = win_at(&w, off, sizeof(h));
+		if (!p)
+			goto read_err;
 		memcpy(&h, p, sizeof(h));
 		end = off + sizeof(h) + h.klen + h.vlen;
-		if (h.magic == rec_magic && h.pad_ == rec_mark && h.klen && h.klen <= EMB_KEY_MAX &&
-		    h.vlen <= EMB_VALUE_MAX &&
-		    (end > size || !h.seq || h.seq > SEQ_MAX ||
-		     fnv32(fnv32(2166136261u, p + sizeof(h), h.klen), p + sizeof(h) + h.klen,
-			   h.vlen) != h.sum)) {
+		hdr = h.magic == rec_magic && h.pad_ == rec_mark && h.klen &&
+		      h.klen <= EMB_KEY_MAX && h.vlen <= EMB_VALUE_MAX;
+		if (hdr && end <= size && !(p = win_at(&w, off, end - off)))
+			goto read_err;
+		if (hdr && (end > size || !h.seq || h.seq > SEQ_MAX ||
+			    fnv32(fnv32(2166136261u, p + sizeof(h), h.klen), p + sizeof(h) + h.klen,
+				  h.vlen) != h.sum)) {
 			/* A header whose record does not hold: a write cut short (past the end:
 			 * the tail of a crash), a value torn while the writes after it landed,
 			 * or a sequence number beyond SEQ_MAX, which could wrap the counter (a
@@ -323,7 +356,7 @@ scan_file(unsigned i, bool writable, uint64_t *records, uint64_t *skipped)
 					"keel-embed: data file %u: cutting a record cut short at "
 					"offset %llu: %s\n",
 					i, (unsigned long long)off, strerror(errno));
-				free(buf);
+				free(w.b);
 				return -1;
 			}
 			if (writable)
@@ -334,11 +367,10 @@ scan_file(unsigned i, bool writable, uint64_t *records, uint64_t *skipped)
 			size = off;
 			break;
 		}
-		if (h.magic == rec_magic && h.pad_ == rec_mark && h.klen && h.klen <= EMB_KEY_MAX &&
-		    h.vlen <= EMB_VALUE_MAX) {
+		if (hdr) {
 			if (index_put(p + sizeof(h), h.klen, i, off + sizeof(h) + h.klen, h.vlen,
 				      h.seq) < 0) {
-				free(buf);
+				free(w.b);
 				return -1;
 			}
 			if (h.seq >= atomic_load(&next_seq))
@@ -351,7 +383,7 @@ scan_file(unsigned i, bool writable, uint64_t *records, uint64_t *skipped)
 			(*skipped)++;
 		off += 8; /* no header here: resynchronise on the next aligned one */
 	}
-	free(buf);
+	free(w.b);
 	/* Fewer bytes than a header left (off is 8-aligned): a header cut short, or the end
 	 * of bytes resynchronised through. Cut as above: the next put would go where the
 	 * rest of such a header lies, and the next scan would read the two as one header. */
@@ -373,6 +405,12 @@ scan_file(unsigned i, bool writable, uint64_t *records, uint64_t *skipped)
 	if (i < KEEL_MAX_SHARDS)
 		tails[i] = align8(size);
 	return 0;
+
+read_err:
+	fprintf(stderr, "keel-embed: reading data file %u at offset %llu: %s\n", i,
+		(unsigned long long)off, errno ? strerror(errno) : "short read");
+	free(w.b);
+	return -1;
 }
 
 /* Whether @dir's data files hold records of an older keel-embed (the fixed magic at an
