@@ -870,6 +870,25 @@ shut_cb(struct keel_op *op, int res, uint32_t flags)
 	conn_check(c);
 }
 
+/* Shut the write side (the FIN follows what was sent). Returns false when no SQE could be
+ * had: tried again on the next pass (sqe_retry). */
+static bool
+shut_send(struct keel_conn *c)
+{
+	struct io_uring_sqe *sqe = keel_sqe_get();
+
+	if (!sqe) {
+		sqe_retry(c);
+		return false;
+	}
+	io_uring_prep_shutdown(sqe, c->fd, SHUT_WR);
+	sqe_fd(c, sqe);
+	keel_sqe_bind(sqe, &c->shut_op);
+	c->shut_sent = true;
+	c->nops++;
+	return true;
+}
+
 /* The peer did not end its side in time after a graceful close sent the queue: closed as
  * it is, status 0 (the queue went out); see linger. */
 static void
@@ -888,24 +907,12 @@ linger_timeout_cb(struct keel_timer *t, void *arg)
 static void
 linger(struct keel_conn *c)
 {
-	struct io_uring_sqe *sqe;
-
 	if (c->eof) {
 		keel_conn_abort(c, 0);
 		return;
 	}
-	if (!c->shut_sent) {
-		sqe = keel_sqe_get();
-		if (!sqe) {
-			sqe_retry(c);
-			return;
-		}
-		io_uring_prep_shutdown(sqe, c->fd, SHUT_WR);
-		sqe_fd(c, sqe);
-		keel_sqe_bind(sqe, &c->shut_op);
-		c->shut_sent = true;
-		c->nops++;
-	}
+	if (!c->shut_sent && !shut_send(c))
+		return;
 	if (c->lingering)
 		return;
 	c->lingering = true;
@@ -934,16 +941,7 @@ send_kick(struct keel_conn *c)
 		if (c->flush_close) {
 			linger(c);
 		} else if (c->shut_pending && !c->shut_sent) {
-			sqe = keel_sqe_get();
-			if (!sqe) {
-				sqe_retry(c);
-				return;
-			}
-			io_uring_prep_shutdown(sqe, c->fd, SHUT_WR);
-			sqe_fd(c, sqe);
-			keel_sqe_bind(sqe, &c->shut_op);
-			c->shut_sent = true;
-			c->nops++;
+			shut_send(c);
 		}
 		return;
 	}

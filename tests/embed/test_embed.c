@@ -369,6 +369,19 @@ get_all(int fd, struct kv *kv, unsigned n)
 	}
 }
 
+/* One run of the host (one shard) that does @op (put_all or get_all) with @kv, then stops. */
+static void
+run_once(struct host *h, struct kv *kv, void (*op)(int fd, struct kv *kv, unsigned n))
+{
+	int fd;
+
+	host_start_n(h, "1");
+	fd = test_connect(h->port);
+	op(fd, kv, 1);
+	close(fd);
+	host_stop(h);
+}
+
 /* The checksum of every 7th key, computed on the host's worker threads. */
 static void
 sum_some(int fd, struct kv *kv, unsigned n)
@@ -619,69 +632,47 @@ Test(embed, a_record_image_inside_a_torn_records_value_is_not_indexed, .timeout 
 	host_fini(&h);
 }
 
+/* A data file that ends in a torn record: a record of a 4-byte key and 100 value bytes
+ * whose header claims @claimed value bytes, cut to its first @keep bytes; then one run
+ * puts a key and the next must find it. */
+static void
+torn_tail_case(uint32_t claimed, size_t keep)
+{
+	struct kv kv = { .key = "after-the-crash" };
+	uint8_t b[24 + 4 + 100] = { 0 };
+	struct host h;
+
+	host_init(&h, "");
+	memcpy(b + 24, "torn", 4);
+	put_record(b, 4, 100, 1, 0);
+	memcpy(b + 8, &claimed, 4); /* the value's length it claims */
+	write_data_file(h.dir, b, keep);
+	kv.len = 5;
+	kv.val = (uint8_t *)strdup("value");
+	run_once(&h, &kv, put_all);
+	run_once(&h, &kv, get_all);
+	free(kv.val);
+	host_fini(&h);
+}
+
 /* The tail of a crash: a record whose header claims 1,000 value bytes and whose file ends
  * 100 bytes into them. The scan skips it, and the file must be cut there: the puts of the
  * next run were appended inside the extent the torn header claims, and the scan after
  * that skipped them with it (a put acknowledged, then lost at a restart). */
 Test(embed, a_record_cut_short_at_the_tail_does_not_hide_the_puts_after_it, .timeout = 120)
 {
-	struct kv kv = { .key = "after-the-crash" };
-	uint8_t b[24 + 4 + 100] = { 0 };
-	struct host h;
-	int fd;
-
-	host_init(&h, "");
-	memcpy(b + 24, "torn", 4);
-	put_record(b, 4, 100, 1, 0);
-	memcpy(b + 8, &(uint32_t){ 1000 }, 4); /* the value's length it claims */
-	write_data_file(h.dir, b, sizeof(b));
-	kv.len = 5;
-	kv.val = (uint8_t *)strdup("value");
-	host_start_n(&h, "1");
-	fd = test_connect(h.port);
-	put_all(fd, &kv, 1);
-	close(fd);
-	host_stop(&h);
-	host_start_n(&h, "1");
-	fd = test_connect(h.port);
-	get_all(fd, &kv, 1);
-	close(fd);
-	host_stop(&h);
-	free(kv.val);
-	host_fini(&h);
+	torn_tail_case(1000, 24 + 4 + 100);
 }
 
-/* The same with less than a header at the tail (16 of its 24 bytes: a crash inside a
- * header that straddled a page, or a short write): the next run's first put went where
- * the rest of that header would be, so the scan after read the old bytes and the new
- * record's as one header claiming the old record's lengths, and cut the file there (or
- * skipped the claimed extent): the put, acknowledged, was gone. The bytes short of a
- * header are cut off too. */
+/* The same with less than a header at the tail (16 of its 24 bytes, no sequence number: a
+ * crash inside a header that straddled a page, or a short write): the next run's first put
+ * went where the rest of that header would be, so the scan after read the old bytes and
+ * the new record's as one header claiming the old record's lengths, and cut the file
+ * there (or skipped the claimed extent): the put, acknowledged, was gone. The bytes short
+ * of a header are cut off too. */
 Test(embed, less_than_a_header_at_the_tail_does_not_hide_the_puts_after_it, .timeout = 120)
 {
-	struct kv kv = { .key = "after-the-crash" };
-	uint8_t b[24 + 4 + 100] = { 0 };
-	struct host h;
-	int fd;
-
-	host_init(&h, "");
-	memcpy(b + 24, "torn", 4);
-	put_record(b, 4, 100, 1, 0);
-	write_data_file(h.dir, b, 16); /* magic, lengths and sum: no sequence number */
-	kv.len = 5;
-	kv.val = (uint8_t *)strdup("value");
-	host_start_n(&h, "1");
-	fd = test_connect(h.port);
-	put_all(fd, &kv, 1);
-	close(fd);
-	host_stop(&h);
-	host_start_n(&h, "1");
-	fd = test_connect(h.port);
-	get_all(fd, &kv, 1);
-	close(fd);
-	host_stop(&h);
-	free(kv.val);
-	host_fini(&h);
+	torn_tail_case(100, 16);
 }
 
 /* Bytes of a client's value with no header before them (a put whose header write failed
@@ -704,11 +695,7 @@ Test(embed, a_record_image_in_bytes_without_a_header_is_not_indexed, .timeout = 
 	host_init(&h, "");
 	kv.len = 1;
 	kv.val = (uint8_t *)strdup("x");
-	host_start_n(&h, "1");
-	fd = test_connect(h.port);
-	put_all(fd, &kv, 1);
-	close(fd);
-	host_stop(&h);
+	run_once(&h, &kv, put_all);
 	snprintf(path, sizeof(path), "%s/data/marker", h.dir);
 	cr_assert_eq(stat(path, &st), 0, "%s: %s", path, strerror(errno));
 	cr_assert_eq(st.st_size, 6);
@@ -746,16 +733,12 @@ Test(embed, a_missing_marker_is_named_at_start, .timeout = 120)
 	struct kv kv = { .key = "a" };
 	struct host h;
 	char path[512];
-	int fd, st;
+	int st;
 
 	host_init(&h, "");
 	kv.len = 1;
 	kv.val = (uint8_t *)strdup("x");
-	host_start_n(&h, "1");
-	fd = test_connect(h.port);
-	put_all(fd, &kv, 1);
-	close(fd);
-	host_stop(&h);
+	run_once(&h, &kv, put_all);
 	free(kv.val);
 	snprintf(path, sizeof(path), "%s/data/marker", h.dir);
 	cr_assert_eq(unlink(path), 0);
@@ -870,11 +853,7 @@ Test(embed, a_data_file_is_scanned_a_window_at_a_time, .timeout = 120)
 	host_init(&h, "");
 	kv.len = 1;
 	kv.val = (uint8_t *)strdup("x");
-	host_start_n(&h, "1");
-	fd = test_connect(h.port);
-	put_all(fd, &kv, 1);
-	close(fd);
-	host_stop(&h);
+	run_once(&h, &kv, put_all);
 	snprintf(path, sizeof(path), "%s/data/shard-0.dat", h.dir);
 	cr_assert_eq(truncate(path, 160 << 20), 0, "%s: %s", path, strerror(errno));
 	host_start_n(&h, "1");
