@@ -110,6 +110,12 @@ fail(struct keel_framer *f, int err, const char *fmt, ...)
 }
 
 size_t
+keel__framer_slices(const struct keel_framer *f)
+{
+	return f->tail - f->head;
+}
+
+size_t
 keel_framer_buffered(const struct keel_framer *f)
 {
 	return f->buffered;
@@ -317,9 +323,13 @@ next_user(struct keel_framer *f)
 	if (!f->buffered)
 		return 0;
 	r = f->o.measure(f, f->o.arg);
-	if (r < 0)
-		return fail(f, (int)r, "the measure callback rejected the frame (%s)",
-			    strerror((int)-r));
+	if (r < 0) {
+		/* An int, for the framer's error: one outside its range would be cut to 0 or
+		 * a positive number (a failed framer reporting success). */
+		int e = r < -4095 ? -EPROTO : (int)r;
+
+		return fail(f, e, "the measure callback rejected the frame (%s)", strerror(-e));
+	}
 	if (r == 0) {
 		/* The frame is longer than what is buffered: at least max + 1 bytes. */
 		if (f->buffered >= f->o.max)
@@ -342,6 +352,21 @@ next_user(struct keel_framer *f)
 static int
 hold(struct keel_framer *f, struct keel_slice *s)
 {
+	/* The bytes right after the last held slice's, in the same buffer (the next receive
+	 * into an incrementally consumed buffer): one slice. Else a peer trickling a long
+	 * frame a byte per receive made a slice per byte: 24 bytes of this array each, outside
+	 * --memory, and a line's scan walked them all on every push (quadratic). */
+	if (f->tail > f->head) {
+		struct keel_slice *t = &f->q[f->tail - 1];
+
+		if (t->buf == s->buf && t->gen_ == s->gen_ && t->data + t->len == s->data &&
+		    s->len <= UINT32_MAX - t->len) {
+			t->len += s->len;
+			f->buffered += s->len;
+			keel_slice_put(s);
+			return 0;
+		}
+	}
 	if (f->tail == f->cap) {
 		if (f->head) {
 			memmove(f->q, f->q + f->head, (f->tail - f->head) * sizeof(*f->q));
@@ -372,7 +397,8 @@ keel_framer_push(struct keel_framer *f, struct keel_slice *s)
 		return f->err;
 	}
 	if (!s->len) {
-		keel_slice_put(s);
+		if (s->buf) /* {0}, no buffer: nothing to put */
+			keel_slice_put(s);
 		return 0;
 	}
 	if (hold(f, s) < 0) {

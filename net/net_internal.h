@@ -174,6 +174,9 @@ bool keel__pbuf_owns(const struct pbuf_ring *r, const void *p, const struct keel
  * with -ENOMEM (as keel_buf_wrap does when no buffer header can be allocated). */
 extern _Atomic unsigned keel__pbuf_fail_wraps;
 
+/* frame.c: the slices a framer holds (tests: contiguous pushes are held as one). */
+size_t keel__framer_slices(const struct keel_framer *f);
+
 /* conn.c */
 /* @family: the socket's (AF_INET, AF_INET6, AF_UNIX); @accepted: from a listener (else
  * keel_conn_connect): together they decide whether it may receive with RECV_ZC

@@ -108,7 +108,9 @@ KEEL_API void keel_framer_destroy(struct keel_framer *f);
  * Returns: 0; -EMSGSIZE when a frame's payload exceeds the maximum; -EPROTO for a frame
  * the kind cannot parse; the error of measure or on_frame; -ENOMEM. After an error the
  * framer is failed: every later push returns the same error (keel_framer_error()).
- * An empty slice is accepted (and put).
+ * An empty slice is accepted (and put; one with no buffer, {0}, too). Bytes that continue
+ * the last held slice in the same buffer (the next receive into an incrementally consumed
+ * buffer) are held as one slice with it.
  * Context: the shard holding @s.
  */
 KEEL_API int keel_framer_push(struct keel_framer *f, struct keel_slice *s);
