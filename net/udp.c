@@ -58,7 +58,11 @@ struct keel_udp {
 	bool nomem_logged;   /* a datagram dropped for want of memory was logged */
 	unsigned ops_n;
 	bool armed, closing;
-	bool gso_off;              /* a sendmsg of several datagrams failed: one by one */
+	bool gso_off;    /* a sendmsg of several datagrams failed where one went: one
+			  * by one from then on */
+	bool probe_next; /* udp_send_one marks its send a probe (gso_fallback) */
+	int gso_err;     /* the last refused batch's error and datagrams, for the log */
+	unsigned gso_err_n;
 	bool send_err_logged;      /* a failed send was logged (udp_send_errors counts all) */
 	struct udp_send *gso_tail; /* the last sendmsg, which the next datagram may join */
 	bool starving; /* waiting for a buffer to come back (counted in ns->udp_starving) */
@@ -76,6 +80,7 @@ struct udp_send {
 	struct iovec iov;
 	struct msghdr msg;
 	bool zc;
+	bool probe;          /* the first datagram of a refused batch, sent alone (gso_fallback) */
 	unsigned sqe_pos;    /* its SQE's place in the SQ (liburing's sqe_tail count) */
 	struct udp_gso *gso; /* the datagrams after the first that joined it, or NULL */
 	uint64_t ctrl[CMSG_SPACE(sizeof(uint16_t)) / sizeof(uint64_t)]; /* UDP_SEGMENT */
@@ -487,32 +492,49 @@ send_lost(struct keel_udp *u, unsigned n, int err)
 }
 
 /* A sendmsg of several datagrams failed where single ones may not: send each again alone,
- * in order, and send this endpoint's datagrams one by one from now on. */
+ * in order. The first goes as a probe: if it is sent, the batch was refused for being one
+ * (gso_probe_done), and this endpoint's datagrams go one by one from then on; if it fails
+ * too, the datagrams' own destination refused them (port 0 gets EINVAL either way), and
+ * batching stays on (a peer could otherwise turn it off by sending from port 0). */
 static void
 gso_fallback(struct keel_udp *u, struct udp_send *d, int res)
 {
 	struct udp_gso *g = d->gso;
 
 	d->ns->st.udp_gso_fallbacks++;
-	if (!u->gso_off) /* once per endpoint: batches already in flight may fail too */
-		keel_log(KEEL_LOG_WARN, NET_MOD,
-			 "udp port %u: a sendmsg of %u datagrams with UDP_SEGMENT failed (%s): "
-			 "sent one by one, and so from now on for this endpoint; udp_gso_segs 1 "
-			 "(keel-echo --udp-gso-segs 1) turns batching off",
-			 u->port, g->n, strerror(-res));
-	u->gso_off = true;
+	u->gso_err = res;
+	u->gso_err_n = g->n;
 	/* They move to sends of their own, which count them again. */
 	d->ns->st.udp_send_inflight -= g->n;
 	/* Also after keel_udp_close: these datagrams were accepted (keel_udp_send returned 0),
 	 * and each send holds the endpoint open until it completes. */
 	for (unsigned i = 0; i < g->n; i++) {
-		int r = udp_send_one(u, &g->s[i], &d->dst);
+		int r;
+
+		u->probe_next = i == 0;
+		r = udp_send_one(u, &g->s[i], &d->dst);
 		if (r < 0) {
 			keel_slice_put(&g->s[i]);
 			send_lost(u, 1, r);
 		}
 	}
+	u->probe_next = false;
+	u->gso_tail = NULL; /* no later datagram joins these: they go alone */
 	g->n = 0;
+}
+
+/* A refused batch's first datagram, sent alone, completed with @res. */
+static void
+gso_probe_done(struct keel_udp *u, int res)
+{
+	if (res < 0 || u->gso_off)
+		return;
+	keel_log(KEEL_LOG_WARN, NET_MOD,
+		 "udp port %u: a sendmsg of %u datagrams with UDP_SEGMENT failed (%s) where one "
+		 "datagram went: sent one by one from now on for this endpoint; udp_gso_segs 1 "
+		 "(keel-echo --udp-gso-segs 1) turns batching off",
+		 u->port, u->gso_err_n, strerror(-u->gso_err));
+	u->gso_off = true;
 }
 
 static void
@@ -528,6 +550,8 @@ send_cb(struct keel_op *op, int res, uint32_t flags)
 		u->ops_n--;
 		if (u->gso_tail == d)
 			u->gso_tail = NULL;
+		if (d->probe)
+			gso_probe_done(u, res);
 		if (d->gso && gso_refused(res))
 			gso_fallback(u, d, res);
 		else if (res < 0 && res != -ECANCELED)
@@ -688,6 +712,7 @@ udp_send_one(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_sto
 	d->op.fn = send_cb;
 	d->u = u;
 	d->ns = ns;
+	d->probe = u->probe_next;
 	d->s = *s;
 	d->dst = *dst;
 	d->iov.iov_base = s->data;
@@ -721,7 +746,7 @@ udp_send_one(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_sto
 int
 keel_udp_send(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_storage *dst)
 {
-	if (!s || !dst)
+	if (!s || !dst || !s->buf) /* {0}: no buffer to send from, nor to put after */
 		return -EINVAL;
 	if (u->closing)
 		return -EPIPE;

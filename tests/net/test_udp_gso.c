@@ -21,6 +21,7 @@
  * every odd one to 127.0.0.1:@alt_port when that is not 0. */
 struct gso_cmd {
 	uint16_t n, alt_port;
+	uint16_t to_port_0; /* every datagram to 127.0.0.1:0 (refused: EINVAL) */
 	uint16_t size[MAXDG];
 };
 
@@ -51,6 +52,15 @@ gso_datagram(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_sto
 	memcpy(&c, s->data, s->len < sizeof(c) ? s->len : sizeof(c));
 	keel_slice_put(s);
 	((struct sockaddr_in *)&alt)->sin_port = htons(c.alt_port);
+	if (c.to_port_0) {
+		struct keel_slice none = { 0 };
+
+		((struct sockaddr_in *)&alt)->sin_port = 0;
+		/* And a slice without a buffer is refused at the call (it was accepted, and
+		 * its put aborted at completion). */
+		if (keel_udp_send(u, &none, src) != -EINVAL)
+			atomic_fetch_add(&g->send_errors, 1);
+	}
 	for (unsigned i = 0; i < c.n && i < MAXDG; i++) {
 		struct keel_slice d;
 
@@ -61,7 +71,7 @@ gso_datagram(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_sto
 		d.len = c.size[i];
 		for (size_t k = 0; k < d.len; k++)
 			d.data[k] = pattern(i, k);
-		if (keel_udp_send(u, &d, c.alt_port && (i & 1) ? &alt : src) < 0) {
+		if (keel_udp_send(u, &d, c.to_port_0 || (c.alt_port && (i & 1)) ? &alt : src) < 0) {
 			keel_slice_put(&d);
 			atomic_fetch_add(&g->send_errors, 1);
 		}
@@ -392,5 +402,31 @@ Test(net_udp_gso, a_refused_batch_is_sent_again_after_a_close)
 	fill(size, 20, 1000);
 	st = exchange(&t, size, 20, false);
 	cr_assert_eq(st.udp_gso_fallbacks, 1);
+	gso_run_stop(&t);
+}
+
+/* A batch to a destination that refuses every datagram (port 0: EINVAL, alone or
+ * batched) is no refusal of batching: the datagrams are lost and counted, and batching
+ * stays on. It was turned off for good, so a peer sending from port 0 could do that to
+ * every endpoint it reached. The batch's first datagram, sent alone, decides. */
+Test(net_udp_gso, a_batch_its_destination_refuses_leaves_batching_on)
+{
+	struct gso_run t;
+	struct keel_net_stats st, prev;
+	struct gso_cmd c = { .n = 10, .to_port_0 = 1 };
+	uint16_t size[10];
+
+	gso_run_start(&t, KEEL_UDP_GSO_MAX, false);
+	for (unsigned i = 0; i < c.n; i++)
+		c.size[i] = 100;
+	cr_assert_eq(send(t.fd, &c, sizeof(c), 0), (ssize_t)sizeof(c));
+	WAIT_FOR(rt_net_stats(t.rt, 0, &st) == 0 && st.udp_send_errors == 10,
+		 "the 10 datagrams to port 0 counted lost");
+	WAIT_FOR(inflight(&t) == 0, "no datagram in flight");
+	cr_assert_eq(rt_net_stats(t.rt, 0, &prev), 0);
+	cr_assert_eq(prev.udp_gso_fallbacks, 1);
+	fill(size, 10, 1000);
+	st = exchange(&t, size, 10, false);
+	cr_assert_eq(st.udp_gso_sends - prev.udp_gso_sends, 1, "batching was turned off");
 	gso_run_stop(&t);
 }

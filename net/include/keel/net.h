@@ -669,7 +669,11 @@ KEEL_API uint16_t keel_udp_port(const struct keel_udp *u);
 
 /**
  * Send @s as one datagram to @dst (datagrams queued in one pass are submitted together;
- * large ones with SENDMSG_ZC). An empty slice sends a zero-length datagram. The send's
+ * large ones with SENDMSG_ZC). An empty slice of a buffer sends a zero-length datagram
+ * (one with no buffer, {0}, is -EINVAL). A sendmsg of several datagrams (UDP_SEGMENT) that
+ * fails is sent again one by one; if its first datagram then goes alone, the endpoint
+ * sends one by one from then on, else (the destination refused them all) it batches on.
+ * The send's
  * state is a slot of a per-shard pool: nothing is allocated per datagram once the pool
  * covers the most datagrams in flight (udp_send_slots in keel_net_stats).
  * Consumes: @s's reference, on success.
