@@ -38,6 +38,7 @@ struct pend {
 	struct pend *next;
 	struct kconn *kc; /* NULL: the connection closed while this was away */
 	struct rbuf rep;
+	size_t counted; /* of rep's bytes, those in kc->pend_bytes (a reply made here) */
 	bool done;
 	/* A fan-out (KV_R_KEYS split over shards, KV_R_ALL): one part per shard. */
 	const struct kv_cmd *cmd;
@@ -57,9 +58,11 @@ struct kconn {
 	struct rbuf out;              /* replies ready to queue on the connection */
 	struct pend *head, *tail;
 	unsigned npend;
-	bool closing; /* a protocol error or QUIT: no more requests; close once replied */
-	bool paused;  /* this code paused reading (too many replies outstanding, or a
-		       * request waits for room in a full cross-shard queue) */
+	uint64_t pend_bytes;    /* bytes of replies made here waiting behind the head pend */
+	struct pend *pend_open; /* the pend reply_to gave the request being run */
+	bool closing;           /* a protocol error or QUIT: no more requests; close once replied */
+	bool paused;            /* this code paused reading (too many replies outstanding, or a
+				 * request waits for room in a full cross-shard queue) */
 	/* Requests for other shards refused with -EAGAIN (a full queue), and every one
 	 * for another shard after them, in order: sent once there is room. */
 	struct kmsg *bq_head, *bq_tail;
@@ -257,7 +260,23 @@ reply_to(struct kconn *kc)
 	if (!p)
 		return NULL;
 	p->done = true;
+	kc->pend_open = p; /* its bytes are counted once made (pend_count) */
 	return &p->rep;
+}
+
+/* A reply made here went to a pend (reply_to): its bytes count toward the connection's
+ * limits as the bytes queued on it do, else a slow reply at the head (an fsync, another
+ * shard) let every reply behind it pile up in memory, unbounded but for their count. */
+static void
+pend_count(struct kconn *kc)
+{
+	struct pend *p = kc->pend_open;
+
+	if (!p)
+		return;
+	kc->pend_open = NULL;
+	p->counted = p->rep.len;
+	kc->pend_bytes += p->counted;
 }
 
 /* What paused reading went down (replies outstanding, hand-offs waiting for room): read
@@ -280,6 +299,7 @@ drain(struct kconn *kc)
 	struct pend *p;
 
 	while ((p = kc->head) && p->done) {
+		kc->pend_bytes -= p->counted;
 		rb_put(&kc->out, p->rep.p, p->rep.len);
 		kc->out.oom |= p->rep.oom;
 		kc->head = p->next;
@@ -417,7 +437,7 @@ static bool
 over_limit_q(const struct kconn *kc, uint64_t queued)
 {
 	return kc->npend >= PEND_MAX || kc->bq_head || kc->big.buf ||
-	       kc->out.len + queued > kv_cfg.high_watermark ||
+	       kc->out.len + kc->pend_bytes + queued > kv_cfg.high_watermark ||
 	       (kv_cfg.aof && kv_aof_backlog_full());
 }
 
@@ -1506,7 +1526,7 @@ process(struct kconn *kc, const uint8_t *p, size_t n, const struct keel_slice *s
 
 		/* Large replies go to the connection as they are made, so that its queue, not
 		 * this buffer, says when to stop; then stop while over the limits. */
-		if (__builtin_expect(kc->out.len >= room || kc->paused ||
+		if (__builtin_expect(kc->out.len >= room || kc->paused || kc->pend_bytes >= room ||
 					     (kv_cfg.aof && kv_aof_backlog_full()),
 				     0)) {
 			uint64_t queued;
@@ -1546,12 +1566,15 @@ process(struct kconn *kc, const uint8_t *p, size_t n, const struct keel_slice *s
 				rb_err(out, "ERR %s", req.err);
 			else
 				kc->out.oom = true;
+			pend_count(kc);
 			kc->closing = true; /* Redis replies, then closes */
 			keel_conn_pause_read(kc->c);
 			return n;
 		}
-		if (req.argc)
+		if (req.argc) {
 			dispatch(kc, req.argv, req.argc, p + off, (size_t)r, src, off);
+			pend_count(kc);
+		}
 		off += (size_t)r;
 	}
 	return off;

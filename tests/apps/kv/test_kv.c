@@ -868,6 +868,47 @@ Test(kv_server, many_large_replies_in_one_receive_stay_bounded)
 	free(req);
 }
 
+/* The same behind a reply that waits (appendfsync always: a SET's reply waits for its
+ * fdatasync): the replies made behind it wait in memory until it is done, and only their
+ * count (4,096) held the parsing, so one receive's GETs of a 16 KiB value made tens of MiB
+ * of them at once. Their bytes count toward the high watermark now. */
+Test(kv_server, replies_waiting_behind_a_slow_one_stay_bounded)
+{
+	char dir[] = "/tmp/keel-kv-pendbytes-XXXXXX";
+	struct srv s;
+	struct rd r;
+	char *req = malloc(1 << 20);
+	size_t reqlen = 0, sent = 0;
+	long before, after;
+	int fd;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	srv_start(&s, 1, "--appendonly", "yes", "--appendfsync", "always", "--dir", dir, NULL);
+	rd_init(&r, test_connect(s.port));
+	set_big(&r, "big", BIG_VAL, 0);
+	before = proc_status_kb(s.pid, "VmHWM");
+	fd = test_connect(s.port);
+	fcntl(fd, F_SETFL, O_NONBLOCK);
+	/* A SET (its reply waits for the disk) before every 1,000 GETs (16 MiB of replies) */
+	while (reqlen + 16 < (1 << 20)) {
+		if (reqlen % 9000 < 9)
+			reqlen += (size_t)sprintf(req + reqlen, "SET x 1\r\n");
+		reqlen += (size_t)sprintf(req + reqlen, "GET big\r\n");
+	}
+	sent = flood(fd, req, reqlen, 16u << 20, true);
+	after = proc_status_kb(s.pid, "VmHWM");
+	cr_assert_lt(after - before, 48 * 1024,
+		     "the server's peak grew by %ld KiB for %zu bytes of SETs and GETs of a "
+		     "%u-byte value",
+		     after - before, sent, BIG_VAL);
+	expect(&r, "STRLEN big", ":16384\r\n");
+	close(fd);
+	rd_free(&r);
+	srv_stop(&s);
+	rm_dir(dir);
+	free(req);
+}
+
 /* A client that pipelines many GETs of large values in one write and then reads: every
  * reply comes back, in order, through many stops and resumptions of the parsing. With
  * one shard every reply is made on it (the parsing stops at the high watermark); with two,
