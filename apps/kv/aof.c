@@ -146,6 +146,7 @@ struct aof {
 	/* What INFO on any shard reads (published by this shard: publish()). */
 	_Atomic uint64_t pub_size, pub_rewrites, pub_sync_errors, pub_buffered, pub_holds;
 	_Atomic bool pub_rewriting, pub_err;
+	_Atomic int pub_errno; /* kv_aof_error's errno, for other shards (kv_aof_error_on) */
 };
 static struct aof aofs[KEEL_MAX_SHARDS];
 
@@ -182,6 +183,12 @@ publish(struct aof *a)
 	atomic_store_explicit(&a->pub_buffered, backlog(a), memory_order_relaxed);
 	atomic_store_explicit(&a->pub_holds, a->backlog_holds, memory_order_relaxed);
 	atomic_store_explicit(&a->pub_rewriting, a->rewriting, memory_order_relaxed);
+	atomic_store_explicit(&a->pub_errno,
+			      a->open ? (a->err          ? a->err
+					 : a->rw_dir_err ? a->rw_dir_err
+							 : a->sync_lost)
+				      : 0,
+			      memory_order_relaxed);
 	atomic_store_explicit(&a->pub_err, a->err || a->rw_dir_err || a->sync_lost,
 			      memory_order_relaxed);
 }
@@ -1106,9 +1113,11 @@ on_written(struct keel_file_req *req, int res, void *arg)
 		issue_write(a);
 		return;
 	}
-	if (a->err)
+	if (a->err) {
 		keel_log(KEEL_LOG_INFO, "kv", "shard %u: appendonly writes succeed again", a->id);
-	a->err = 0;
+		a->err = 0;
+		publish(a); /* other shards split writes over this one again */
+	}
 	a->off += a->wlen;
 	batch_free(a);
 	a->dirty = true;
@@ -1191,6 +1200,7 @@ rw_switch(struct aof *a)
 	if (a->rw_stale) { /* records after its snapshot were lost: rebuild again, now */
 		a->rw_stale = false;
 		a->rebuild_at = 0;
+		publish(a);
 		return;
 	}
 	if (a->sync_lost) /* the new file holds the whole table, synced */
@@ -1198,6 +1208,7 @@ rw_switch(struct aof *a)
 	a->sync_lost = 0;
 	a->rebuild_gap = 0;
 	a->rebuild_at = 0;
+	publish(a); /* the errors it cleared, for the other shards' writes */
 }
 
 /* Start the next batch when none is in flight. */
@@ -1397,6 +1408,14 @@ kv_aof_log(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv, unsi
 }
 
 const char *
+kv_aof_error_on(unsigned shard)
+{
+	int e = atomic_load_explicit(&aofs[shard].pub_errno, memory_order_relaxed);
+
+	return e ? strerror(-e) : NULL;
+}
+
+const char *
 kv_aof_error(void)
 {
 	struct aof *a = me();
@@ -1487,7 +1506,10 @@ rw_dir_synced(struct keel_file_req *req, int res, void *arg)
 		answer_waiters(a, res); /* the records gathered wait for the switch */
 		return;
 	}
-	a->rw_dir_err = 0;
+	if (a->rw_dir_err) {
+		a->rw_dir_err = 0;
+		publish(a);
+	}
 	a->rw_renamed = false;
 	a->rw_ready = true;
 	kick(a);

@@ -225,6 +225,9 @@ int kv_aof_shard_start(struct kv_db *db);
 void kv_aof_log(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv, unsigned argc);
 /* Why writes are refused now (the last disk error of this shard's file), or NULL. */
 const char *kv_aof_error(void);
+/* The same for shard @shard, as of its last publish (checked before a write is split over
+ * shards: a part refused there after the others ran would leave the command half done). */
+const char *kv_aof_error_on(unsigned shard);
 /* True while this shard's records not yet written are over their bound (aof.c,
  * backlog_max), or another shard's are (their records come from every shard's
  * connections): the connections parse no more requests and stop reading until

@@ -1391,6 +1391,33 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 
 /* One parsed request. @src holds @raw at @off when it came straight from a receive
  * buffer (the export hand-off can then avoid a copy). */
+/* A write split over shards (the owners of @nkeys keys, or every shard when @owners is
+ * NULL) is refused as a whole when any of them refuses writes (its append-only file
+ * fails): each part checked its own shard, so the others ran and the reply still said
+ * -MISCONF (an MSET half done, a DEL or FLUSHALL done on the healthy shards). Returns that
+ * shard's error, or NULL. As of each shard's last publish: a file that fails after this
+ * check still refuses only its own part. */
+static const char *
+split_write_refused(const struct kv_cmd *c, const uint16_t *owners, unsigned nkeys)
+{
+	if (!(c->flags & KV_F_WRITE) || !kv_cfg.aof)
+		return NULL;
+	if (!owners) {
+		for (unsigned i = 0; i < kv_cfg.nshards; i++) {
+			const char *e = kv_aof_error_on(i);
+			if (e)
+				return e;
+		}
+		return NULL;
+	}
+	for (unsigned i = 0; i < nkeys; i++) {
+		const char *e = kv_aof_error_on(owners[i]);
+		if (e)
+			return e;
+	}
+	return NULL;
+}
+
 static void
 dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *raw, size_t rawlen,
 	 const struct keel_slice *src, size_t off)
@@ -1443,16 +1470,21 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 			 * runs: its parts then run whatever memory the others take, so an MSET
 			 * is not refused on one shard after another shard wrote its keys. */
 			bool denied = kv_cmd_denied(c);
+			const char *misconf = denied ? NULL : split_write_refused(c, owners, nkeys);
 
-			if (!denied)
+			if (!denied && !misconf)
 				fanout(kc, c, argv, argc, raw, rawlen, owners, true);
 			if (owners != owners_small)
 				free(owners);
-			if (denied) {
+			if (denied || misconf) {
 				out = reply_to(kc);
 				if (!out)
 					goto oom;
-				kv_reply_oom(&shards[me].db, out);
+				if (denied)
+					kv_reply_oom(&shards[me].db, out);
+				else
+					rb_err(out, "MISCONF Errors writing to the AOF file: %s",
+					       misconf);
 			}
 			return;
 		}
@@ -1463,6 +1495,15 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 	case KV_R_ALL:
 	default:
 		if (kv_cfg.nshards > 1) {
+			const char *misconf = split_write_refused(c, NULL, 0);
+
+			if (misconf) {
+				out = reply_to(kc);
+				if (!out)
+					goto oom;
+				rb_err(out, "MISCONF Errors writing to the AOF file: %s", misconf);
+				return;
+			}
 			fanout(kc, c, argv, argc, raw, rawlen, NULL, false);
 			return;
 		}

@@ -1468,6 +1468,49 @@ Test(faults_kv, aof_rewrite_checks_the_old_file_it_copied_before_the_switch)
 	aof1_check_and_clean(dir, 300, acked);
 }
 
+/* Two shards, appendfsync always, one fdatasync failing: its shard refuses writes until
+ * its file is rebuilt (held here by the gate). A write split over both shards was checked
+ * by each part on its own shard, so the healthy shard's part ran and the reply said
+ * -MISCONF: an MSET half done, a FLUSHALL that emptied the healthy shard. It is refused
+ * as a whole, at the shard that received it, and changes nothing. */
+Test(faults_kv, aof_a_write_split_over_shards_is_refused_whole_while_one_file_fails)
+{
+	char dir[] = "/tmp/keel-kv-aof-split-XXXXXX", gate[64], mset[1024], line[256], size0[64];
+	bool acked[200] = { false };
+	size_t n = 0;
+	struct proc p;
+	int fd;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	snprintf(gate, sizeof(gate), "%s.gate", dir);
+	fd = open(gate, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	cr_assert_geq(fd, 0, "%s: %s", gate, strerror(errno));
+	close(fd);
+	setenv("KEEL_FAULTS", "fsync:EIO:n=1", 1);
+	aof_start(&p, "KEEL_KV_TEST_REWRITE_GATE", gate, "2", "always", dir);
+	unsetenv("KEEL_FAULTS");
+	/* Until the failed sync answered a SET: its shard now refuses writes, held. */
+	cr_assert_geq(aof_sets(p.port, 200, acked), 1, "no SET met the failed sync");
+	cr_assert_eq(persistence_field(p.port, "aof_sync_errors:"), 1);
+	kv_command(p.port, "DBSIZE", size0, sizeof(size0));
+	n = (size_t)sprintf(mset, "MSET");
+	for (int i = 0; i < 20; i++) /* 20 keys: both shards own some */
+		n += (size_t)sprintf(mset + n, " split%d v", i);
+	kv_command(p.port, mset, line, sizeof(line));
+	cr_assert(!strncmp(line, "-MISCONF", 8), "MSET: '%s'", line);
+	kv_command(p.port, "DBSIZE", line, sizeof(line));
+	cr_assert_str_eq(line, size0, "MSET refused, and keys were written (DBSIZE %s, was %s)",
+			 line, size0);
+	kv_command(p.port, "FLUSHALL", line, sizeof(line));
+	cr_assert(!strncmp(line, "-MISCONF", 8), "FLUSHALL: '%s'", line);
+	kv_command(p.port, "DBSIZE", line, sizeof(line));
+	cr_assert_str_eq(line, size0, "FLUSHALL refused, and keys were deleted (DBSIZE %s, was %s)",
+			 line, size0);
+	unlink(gate);
+	proc_stop(&p);
+	rm_dir(dir);
+}
+
 /* BGREWRITEAOF writes the table in pieces (here of 256 bytes, KEEL_KV_AOF_COPY_CHUNK), each
  * made when the last is written, so the shard serves between them: it used to copy the
  * whole table into memory first, blocking its shard for as long as that took (about 1 s
