@@ -353,7 +353,9 @@ apply(const struct opt_desc *d, const char *v, struct keel_opts *o, char *err, s
 		r = keel_cpulist_parse(v, &o->cpuset, err, errlen);
 		if (r == 0)
 			o->cpuset_given = true;
-		return r;
+		/* A CPU past keel's limit (-ERANGE there) is a bad value here: the parser
+		 * promises -EINVAL for every one (the message says which). */
+		return r == -ERANGE ? -EINVAL : r;
 	case OPT_IDLE_POLL:
 		return parse_uint(d->name, v, 0, 10000000, &o->idle_poll_us, err, errlen);
 	case OPT_IDLE_POLL_ADAPTIVE:

@@ -333,6 +333,18 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 			KEEL_CQ_ENTRIES_DEFAULT);
 		return -EINVAL;
 	}
+	/* As the option parser's ranges, for fields set directly. */
+	if (opts->stall_ms < 1 || opts->stall_ms > 3600000) {
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "--stall-ms %u: from 1 to 3600000 (0 would report every pass a stall)",
+			 opts->stall_ms);
+		return -EINVAL;
+	}
+	if (opts->mailbox_entries > (1u << 20)) {
+		keel_log(KEEL_LOG_ERROR, "core", "--mailbox-entries %u: at most %u",
+			 opts->mailbox_entries, 1u << 20);
+		return -EINVAL;
+	}
 	if (opts->shards > KEEL_MAX_SHARDS) {
 		keel_log(KEEL_LOG_ERROR, "core", "--shards %u: at most %d shards", opts->shards,
 			 KEEL_MAX_SHARDS);

@@ -171,6 +171,36 @@ Test(core_opts, wait_coalesce_us_set_directly_is_checked_at_create)
 	keel_runtime_destroy(rt);
 }
 
+/* The same for --stall-ms (0 made every pass a stall: a warning each second, stalls equal
+ * to passes) and --mailbox-entries (over 2^20: a huge allocation per shard pair). */
+Test(core_opts, stall_ms_and_mailbox_entries_set_directly_are_checked_at_create)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_runtime *rt;
+
+	o.stall_ms = 0;
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
+	o = test_opts(1);
+	o.mailbox_entries = 1u << 21;
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
+	o.mailbox_entries = 1u << 10;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	keel_runtime_destroy(rt);
+}
+
+/* A --cpuset CPU past keel's limit is -EINVAL, as the parser promises for every bad value
+ * (it was -ERANGE, which a caller checking for -EINVAL missed). */
+Test(core_opts, a_cpuset_past_the_cpu_limit_is_einval)
+{
+	char err[256], a0[] = "prog", a1[] = "--cpuset", a2[] = "100000";
+	char *argv[] = { a0, a1, a2, NULL };
+	int argc = 3;
+	struct keel_opts o;
+
+	cr_assert_eq(parse(&o, err, sizeof(err), &argc, argv), -EINVAL, "%s", err);
+	cr_assert_not_null(strstr(err, "KEEL_MAX_CPUS"), "%s", err);
+}
+
 Test(core_opts, help_is_reported)
 {
 	struct keel_opts o;
