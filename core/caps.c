@@ -86,6 +86,26 @@ probe_zc_report(struct io_uring *ring)
 	return res != -EINVAL;
 }
 
+/* Whether a cancel takes IORING_ASYNC_CANCEL_ANY (Linux 5.19): a shard's stop cancels
+ * everything in flight with one. With nothing to cancel it ends -ENOENT; an older kernel
+ * refuses the flag (-EINVAL). */
+static bool
+probe_cancel_any(struct io_uring *ring)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+	struct io_uring_cqe *cqe;
+	int res = -EINVAL;
+
+	if (!sqe)
+		return false;
+	io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+	if (io_uring_submit_and_wait(ring, 1) == 1 && io_uring_peek_cqe(ring, &cqe) == 0) {
+		res = cqe->res;
+		io_uring_cqe_seen(ring, cqe);
+	}
+	return res != -EINVAL;
+}
+
 static void
 probe(void)
 {
@@ -114,6 +134,7 @@ probe(void)
 	caps.sparse_files = io_uring_register_files_sparse(&ring, 1) == 0;
 	caps.pbuf_inc = probe_pbuf_inc(&ring);
 	caps.zc_report_usage = probe_zc_report(&ring);
+	caps.cancel_any = probe_cancel_any(&ring);
 	io_uring_queue_exit(&ring);
 
 	setup_ok(0, &caps.ring_features);
@@ -210,6 +231,19 @@ keel_features_decide(const struct keel_opts *opts, struct keel_feature_decision 
 			 "io_uring enabled (sysctl kernel.io_uring_disabled=0)",
 			 strerror(-c->probe_status));
 		return c->probe_status;
+	}
+	/* What every shard's loop needs, with no fallback: a stop that cancels everything at
+	 * once (else the shard never goes quiet and the join hangs), and sleeps bounded by
+	 * their argument (else liburing adds a timeout request of its own that the loop would
+	 * take for one of keel's). */
+	if (!c->cancel_any || !(c->ring_features & IORING_FEAT_EXT_ARG)) {
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "this kernel (%s) lacks %s, which keel's shard loop needs (no fallback): "
+			 "keel needs Linux 5.19 or later, and 6.1 or later for DEFER_TASKRUN",
+			 c->kernel,
+			 !c->cancel_any ? "IORING_ASYNC_CANCEL_ANY (Linux 5.19)"
+					: "IORING_FEAT_EXT_ARG (Linux 5.11)");
+		return -ENOTSUP;
 	}
 	for (int f = 0; f < KEEL_FEAT__COUNT; f++) {
 		struct feature_req fr = feature_have(c, (enum keel_feature)f);
@@ -325,6 +359,8 @@ keel_caps_print(const struct keel_opts *opts, FILE *f)
 		{ "registered ring fd", c->reg_ring_fd, "5.18", "no fd lookup per io_uring_enter" },
 		{ "CQ overflow held", feat(c, IORING_FEAT_NODROP), "5.5",
 		  "a full CQ (--cq-entries) loses no completion" },
+		{ "ASYNC_CANCEL_ANY", c->cancel_any, "5.19",
+		  "a shard's stop cancels everything at once" },
 		{ "EXT_ARG waits", feat(c, IORING_FEAT_EXT_ARG), "5.11",
 		  "sleep until the next timer" },
 		{ "CQE_SKIP_SUCCESS", feat(c, IORING_FEAT_CQE_SKIP), "5.17",

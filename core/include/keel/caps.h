@@ -27,6 +27,7 @@ struct keel_caps {
 	bool sparse_files;      /* net: sparse registered-file tables (5.19) */
 	bool pbuf_inc;          /* net: IOU_PBUF_RING_INC buffer rings register (6.12) */
 	bool zc_report_usage;   /* net: SEND_ZC takes IORING_SEND_ZC_REPORT_USAGE (6.2) */
+	bool cancel_any;        /* IORING_ASYNC_CANCEL_ANY (5.19): the stop needs it */
 };
 
 /**
