@@ -462,7 +462,10 @@ deliver(struct keel_conn *c, unsigned bid, int res, uint32_t flags)
 	if (n > 0) {
 		if (__builtin_expect(ns->zcrx != NULL, 0)) /* no call per receive without ZCRX */
 			keel__zcrx_copy_bytes(ns, (uint64_t)res);
-		keel__lim_rx(&c->lim, res);
+		/* Bytes a graceful close reads only to drop are no activity: a peer that never
+		 * reads its reply and trickles bytes is still ended by idle_timeout_ns. */
+		if (!dropping_reads(c))
+			keel__lim_rx(&c->lim, res);
 	}
 	deliver_taken(c, n);
 }
@@ -473,7 +476,7 @@ deliver_zc(struct keel_conn *c, const struct io_uring_cqe *cqe)
 {
 	int n = keel__zcrx_take(c->ns, cqe, c->ns->scratch);
 
-	if (n > 0)
+	if (n > 0 && !dropping_reads(c))
 		keel__lim_rx(&c->lim, cqe->res);
 	if (n != 0)
 		deliver_taken(c, n);
@@ -1280,7 +1283,9 @@ keel_conn_close(struct keel_conn *c)
 	}
 	/* Without a timer the close waits as long as the peer does not read. If none can be
 	 * made (ENOMEM), it waits: the runtime's stop still aborts it. */
-	if (!c->closing && c->cfg->close_timeout_ns &&
+	/* Not when one exists: the flush above may have reached the linger at once (a deferral
+	 * that failed sends now), whose timer a second one would overwrite and leak. */
+	if (!c->closing && !c->close_timer && c->cfg->close_timeout_ns &&
 	    keel_timer_create(close_timeout_cb, c, &c->close_timer) == 0)
 		keel_timer_start(c->close_timer, c->cfg->close_timeout_ns, 0);
 }
@@ -1314,7 +1319,9 @@ keel_conn_abort(struct keel_conn *c, int status)
 	if (c->closing)
 		return;
 	c->closing = true;
-	c->status = status > 0 ? 0 : status;
+	/* Lingering, the queue has gone out as the close asked: whatever ends the wait for
+	 * the peer's EOF (its reset, a failed shutdown, a timeout, the stop) is no failure. */
+	c->status = status > 0 || c->lingering ? 0 : status;
 	keel__lim_close(c->ns, &c->lim);
 	if (c->close_timer) {
 		/* Allowed inside its own callback (close_timeout_cb). */

@@ -759,6 +759,93 @@ Test(net_conn, a_graceful_close_delivers_the_reply_to_a_peer_that_still_sends)
 	cr_assert_eq(srv_stop(&s), 0);
 }
 
+/* A graceful close to a peer that reads everything and never closes its side: the wait
+ * for its EOF ends at close_timeout_ns with on_close(0), not -ETIMEDOUT (the queue went
+ * out); and bytes the peer trickles meanwhile, dropped, are no activity for
+ * idle_timeout_ns. */
+static void
+small_reply_close_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	static const char reply[1024];
+
+	for (unsigned i = 0; i < n; i++)
+		keel_slice_put(&s[i]);
+	if (keel_conn_user(c))
+		return;
+	keel_conn_set_user(c, c);
+	if (keel_conn_write(c, reply, sizeof(reply)) < 0) {
+		keel_conn_abort(c, -ENOMEM);
+		return;
+	}
+	keel_conn_close(c);
+}
+
+Test(net_conn, a_lingering_close_ends_at_close_timeout_with_status_0)
+{
+	static const struct keel_conn_ops ops = { .on_data = small_reply_close_data,
+						  .on_close = reply_close_close };
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	char b[2048];
+	struct srv s;
+	int fd;
+
+	sink_reset();
+	atomic_store(&lingers, 0);
+	keel_net_config_init(&nc);
+	nc.close_timeout_ns = KEEL_MS(100);
+	cr_assert_eq(srv_start(&s, &o, &nc, &ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(cli_write_all(fd, "q", 1), 0);
+	cr_assert_eq(cli_read_all(fd, b, 1024), 0, "the reply");
+	cr_assert_eq(cli_read_all(fd, b, 1), -EPIPE, "EOF after the reply");
+	cr_assert_eq(cli_write_all(fd, "more", 4), 0); /* read and dropped while it lingers */
+	WAIT_FOR(atomic_load(&sink_closes) == 1, "the close's end at close_timeout_ns");
+	cr_assert_eq(atomic_load(&sink_status), 0, "status %d", atomic_load(&sink_status));
+	cr_assert_eq(atomic_load(&lingers), 1);
+	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
+}
+
+/* A graceful close whose peer never reads the reply but trickles bytes: the close reads
+ * them to drop them, and that reading kept idle_timeout_ns from ever ending it (the
+ * connection and its queue held for good). Dropped bytes are no activity. */
+Test(net_conn, bytes_dropped_by_a_graceful_close_are_no_activity)
+{
+	static const struct keel_conn_ops ops = { .on_data = reply_close_data,
+						  .on_close = reply_close_close };
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	uint64_t dl = test_deadline(10000);
+	struct srv s;
+	int fd, rcv = 4096;
+
+	sink_reset();
+	keel_net_config_init(&nc);
+	nc.idle_timeout_ns = KEEL_MS(300);
+	cr_assert_eq(srv_start(&s, &o, &nc, &ops), 0);
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(fd, 0);
+	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv));
+	{
+		struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(s.port) };
+
+		a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	}
+	cr_assert_eq(cli_write_all(fd, "q", 1), 0);
+	/* A byte every 50 ms, the reply never read, until the server ends it. */
+	while (!atomic_load(&sink_closes) && !test_expired(dl)) {
+		send(fd, "x", 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+		usleep(50000);
+	}
+	cr_assert_eq(atomic_load(&sink_closes), 1, "the close held for 10 s by dropped bytes");
+	cr_assert_eq(atomic_load(&sink_status), -ETIMEDOUT, "status %d", atomic_load(&sink_status));
+	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
+}
+
 /* TCP_NODELAY: on the listeners, and so (inherited) on accepted sockets; off when asked.
  * Direct descriptors are off here so the accepted socket is a plain fd the test can find. */
 static void
