@@ -272,11 +272,14 @@ Test(core_opts, the_zero_copy_copy_report_is_probed)
 
 	cr_assert_eq(uname(&u), 0);
 	cr_assert_eq(sscanf(u.release, "%u.%u", &maj, &min), 2, "release %s", u.release);
-	cr_assert_eq(keel_caps_get()->zc_report_usage, maj > 6 || (maj == 6 && min >= 2),
-		     "kernel %s: copy report probed %d", u.release,
-		     keel_caps_get()->zc_report_usage);
+	/* One way only: a distribution kernel may have the features backported below the
+	 * release that brought them. */
+	if (maj > 6 || (maj == 6 && min >= 2))
+		cr_assert(keel_caps_get()->zc_report_usage, "kernel %s: no copy report probed",
+			  u.release);
 	/* The same for IORING_ASYNC_CANCEL_ANY (5.19), without which a runtime is refused at
 	 * create (its stop could never cancel what is in flight, and the join hung). */
-	cr_assert_eq(keel_caps_get()->cancel_any, maj > 5 || (maj == 5 && min >= 19),
-		     "kernel %s: CANCEL_ANY probed %d", u.release, keel_caps_get()->cancel_any);
+	if (maj > 5 || (maj == 5 && min >= 19))
+		cr_assert(keel_caps_get()->cancel_any, "kernel %s: no CANCEL_ANY probed",
+			  u.release);
 }
