@@ -392,14 +392,10 @@ keel_framer_push(struct keel_framer *f, struct keel_slice *s)
 {
 	int r;
 
-	if (f->err) {
-		keel_slice_put(s);
-		return f->err;
-	}
-	if (!s->len) {
+	if (f->err || !s->len) {
 		if (s->buf) /* {0}, no buffer: nothing to put */
 			keel_slice_put(s);
-		return 0;
+		return f->err;
 	}
 	if (hold(f, s) < 0) {
 		keel_slice_put(s);

@@ -199,6 +199,12 @@ Test(net_frame, bytes_pushed_one_after_another_are_held_as_one_slice)
 	cr_assert(!g.outside, "a delivered byte outside the pushed buffer: copied");
 	keel_slice_put(&big);
 	keel_framer_destroy(f);
+	/* A failed framer takes {0} too (it put it: an abort). */
+	f = framer(&g, KEEL_FRAME_LINE, 4, NULL);
+	cr_assert_eq(push_str(&g, f, "longer than four\n"), -EMSGSIZE);
+	none = (struct keel_slice){ 0 };
+	cr_assert_eq(keel_framer_push(f, &none), -EMSGSIZE);
+	keel_framer_destroy(f);
 	got_fini(&g);
 }
 
