@@ -147,7 +147,8 @@ parse_bool(const char *name, const char *s, bool *out, char *err, size_t errlen)
 
 /* "SIZE" with an optional K, M or G suffix (powers of 1024), at least 2M. */
 static int
-parse_size(const char *name, const char *s, uint64_t *out, char *err, size_t errlen)
+parse_size_from(const char *name, const char *s, uint64_t min, const char *mins, uint64_t *out,
+		char *err, size_t errlen)
 {
 	char *end;
 	unsigned long long v;
@@ -164,12 +165,19 @@ parse_size(const char *name, const char *s, uint64_t *out, char *err, size_t err
 	if (shift)
 		end++;
 	if (!*s || s[0] == '-' || *end || errno || end == s || v > (1ULL << 40) >> shift ||
-	    (v << shift) < (2ULL << 20))
+	    (v << shift) < min)
 		return keel__errf(err, errlen, -EINVAL,
-				  "%s: '%s' is not a size from 2M to 1024G (e.g. 512M, 2G)", name,
-				  s);
+				  "%s: '%s' is not a size from %s to 1024G (e.g. 512M, 2G)", name,
+				  s, mins);
 	*out = (uint64_t)v << shift;
 	return 0;
+}
+
+/* A size of buffer memory: 2 MiB (a huge page, the least region) to 1 TiB. */
+static int
+parse_size(const char *name, const char *s, uint64_t *out, char *err, size_t errlen)
+{
+	return parse_size_from(name, s, 2ULL << 20, "2M", out, err, errlen);
 }
 
 /* "name=policy[,name=policy...]" */
@@ -424,7 +432,8 @@ apply(const struct opt_desc *d, const char *v, struct keel_opts *o, char *err, s
 	case OPT_RXQS:
 		return parse_rxqs(d->name, v, o, err, errlen);
 	case OPT_ZCRX_AREA:
-		return parse_size(d->name, v, &o->zcrx_area, err, errlen);
+		/* From one page, as opts.h and the set-up allow (not parse_size's 2 MiB). */
+		return parse_size_from(d->name, v, 4096, "4K", &o->zcrx_area, err, errlen);
 	case OPT_ZCRX_RQ:
 		r = parse_uint(d->name, v, 1, KEEL_ZCRX_RQ_ENTRIES_MAX, &o->zcrx_rq_entries, err,
 			       errlen);

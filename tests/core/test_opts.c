@@ -201,6 +201,24 @@ Test(core_opts, a_cpuset_past_the_cpu_limit_is_einval)
 	cr_assert_not_null(strstr(err, "KEEL_MAX_CPUS"), "%s", err);
 }
 
+/* --zcrx-area takes sizes from one page, as opts.h says and the set-up allows; it refused
+ * anything under 2 MiB (buffer memory's floor), while the field set directly took 64K. */
+Test(core_opts, zcrx_area_takes_sizes_from_one_page)
+{
+	char err[256], a0[] = "prog", a1[] = "--zcrx-area", a2[] = "64K", a3[] = "1K";
+	char *argv[] = { a0, a1, a2, NULL };
+	int argc = 3;
+	struct keel_opts o;
+
+	cr_assert_eq(parse(&o, err, sizeof(err), &argc, argv), 0, "%s", err);
+	cr_assert_eq(o.zcrx_area, 64u << 10);
+	argv[2] = a3;
+	argc = 3;
+	argv[1] = a1;
+	cr_assert_eq(parse(&o, err, sizeof(err), &argc, argv), -EINVAL);
+	cr_assert_not_null(strstr(err, "from 4K"), "%s", err);
+}
+
 Test(core_opts, help_is_reported)
 {
 	struct keel_opts o;
