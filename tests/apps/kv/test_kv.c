@@ -834,35 +834,45 @@ Test(kv_server, non_reading_flood_stays_bounded)
  * to one receive's requests are not all made first (each receive carries thousands of
  * them, hundreds of MiB of replies); parsing stops at the high watermark, so the
  * server's peak memory stays near it, and other clients are still served. */
+/* The server @s (started; its "big" set to BIG_VAL bytes over @r) flooded with @req
+ * (@reqlen bytes, sent over and over, 16 MiB at most) by a client that never reads, until
+ * it stops reading or drops the client: its peak must grow by under 48 MiB, and @r is
+ * still served. @what names the requests. */
+static void
+flood_stays_bounded(struct srv *s, struct rd *r, const char *req, size_t reqlen, const char *what)
+{
+	long before = proc_status_kb(s->pid, "VmHWM"), after;
+	int fd = test_connect(s->port);
+	size_t sent;
+
+	fcntl(fd, F_SETFL, O_NONBLOCK);
+	/* Until the server stops reading for a while, or drops the connection (a server
+	 * that makes every reply first passes --send-max). */
+	sent = flood(fd, req, reqlen, 16u << 20, true);
+	after = proc_status_kb(s->pid, "VmHWM");
+	cr_assert_lt(after - before, 48 * 1024,
+		     "the server's peak grew by %ld KiB for %zu bytes of %s of a %u-byte value",
+		     after - before, sent, what, BIG_VAL);
+	expect(r, "STRLEN big", ":16384\r\n");
+	close(fd);
+}
+
 Test(kv_server, many_large_replies_in_one_receive_stay_bounded)
 {
 	struct srv s;
 	struct rd r;
 	char *req = malloc(1 << 20);
-	size_t reqlen = 0, sent = 0;
-	long before, after;
-	int fd;
+	size_t reqlen = 0;
 
 	/* 16 MiB of GETs (1.8 million replies, 29 GiB): more than the socket buffers hold,
-	 * so the loop below ends when the server stops reading, or drops the client. */
+	 * so the flood ends when the server stops reading, or drops the client. */
 	srv_start(&s, 1, NULL);
 	rd_init(&r, test_connect(s.port));
 	set_big(&r, "big", BIG_VAL, 0);
-	before = proc_status_kb(s.pid, "VmHWM");
-	fd = test_connect(s.port);
-	fcntl(fd, F_SETFL, O_NONBLOCK);
 	while (reqlen + 16 < (1 << 20))
 		reqlen += (size_t)sprintf(req + reqlen, "GET big\r\n");
-	/* Until the server stops reading for a while, or drops the connection (a server
-	 * that makes every reply first passes --send-max). */
-	sent = flood(fd, req, reqlen, 16u << 20, true);
-	after = proc_status_kb(s.pid, "VmHWM");
-	cr_assert_lt(after - before, 48 * 1024,
-		     "the server's peak grew by %ld KiB for %zu bytes of GETs of a %u-byte value",
-		     after - before, sent, BIG_VAL);
+	flood_stays_bounded(&s, &r, req, reqlen, "GETs");
 	cr_assert_gt(info_field(s.port, "input_holds="), 0);
-	expect(&r, "STRLEN big", ":16384\r\n");
-	close(fd);
 	rd_free(&r);
 	srv_stop(&s);
 	free(req);
@@ -878,31 +888,19 @@ Test(kv_server, replies_waiting_behind_a_slow_one_stay_bounded)
 	struct srv s;
 	struct rd r;
 	char *req = malloc(1 << 20);
-	size_t reqlen = 0, sent = 0;
-	long before, after;
-	int fd;
+	size_t reqlen = 0;
 
 	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
 	srv_start(&s, 1, "--appendonly", "yes", "--appendfsync", "always", "--dir", dir, NULL);
 	rd_init(&r, test_connect(s.port));
 	set_big(&r, "big", BIG_VAL, 0);
-	before = proc_status_kb(s.pid, "VmHWM");
-	fd = test_connect(s.port);
-	fcntl(fd, F_SETFL, O_NONBLOCK);
 	/* A SET (its reply waits for the disk) before every 1,000 GETs (16 MiB of replies) */
 	while (reqlen + 16 < (1 << 20)) {
 		if (reqlen % 9000 < 9)
 			reqlen += (size_t)sprintf(req + reqlen, "SET x 1\r\n");
 		reqlen += (size_t)sprintf(req + reqlen, "GET big\r\n");
 	}
-	sent = flood(fd, req, reqlen, 16u << 20, true);
-	after = proc_status_kb(s.pid, "VmHWM");
-	cr_assert_lt(after - before, 48 * 1024,
-		     "the server's peak grew by %ld KiB for %zu bytes of SETs and GETs of a "
-		     "%u-byte value",
-		     after - before, sent, BIG_VAL);
-	expect(&r, "STRLEN big", ":16384\r\n");
-	close(fd);
+	flood_stays_bounded(&s, &r, req, reqlen, "SETs and GETs");
 	rd_free(&r);
 	srv_stop(&s);
 	rm_dir(dir);
