@@ -1136,23 +1136,33 @@ fanout(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsigned
 
 /* Commands that run where they are received. */
 
+/* Whether INFO's arguments (@argv[1..@argc)) name section @name, case-insensitively. */
+static bool
+info_names(const struct resp_arg *argv, unsigned argc, const char *name)
+{
+	size_t l = strlen(name);
+
+	for (unsigned i = 1; i < argc; i++)
+		if (argv[i].len == l && !strncasecmp((const char *)argv[i].p, name, l))
+			return true;
+	return false;
+}
+
 static void
 info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
 {
 	struct rbuf b = { 0 };
 	char line[512];
-	const char *sec = argc > 1 ? (const char *)argv[1].p : "default";
-	size_t slen = argc > 1 ? argv[1].len : 7;
-	bool all = (slen == 3 && !strncasecmp(sec, "all", 3)) ||
-		   (slen == 7 && !strncasecmp(sec, "default", 7)) ||
-		   (slen == 10 && !strncasecmp(sec, "everything", 10));
+	/* Every section named (Redis 7 takes several: INFO server clients), or all. */
+	bool all = argc < 2 || info_names(argv, argc, "all") || info_names(argv, argc, "default") ||
+		   info_names(argv, argc, "everything");
 	uint64_t keys = 0, expires = 0, cmds = 0, fwd = 0, conns = 0, total = 0, hits = 0,
 		 misses = 0, exp = 0, oom = 0, lazy = 0, used = kv_used_total();
 	unsigned ns = kv_cfg.nshards;
 	int n;
 
 #define LD(f)      atomic_load_explicit(&kv_stats[i].f, memory_order_relaxed)
-#define WANT(name) (all || (slen == strlen(name) && !strncasecmp(sec, name, slen)))
+#define WANT(name) (all || info_names(argv, argc, name))
 #define LINE(...)                                              \
 	do {                                                   \
 		n = snprintf(line, sizeof(line), __VA_ARGS__); \

@@ -251,6 +251,28 @@ info_field(int port, const char *field)
 	return v;
 }
 
+/* INFO with several sections gives each, as Redis 7 does (keel-kv read only the first). */
+Test(kv_server, info_takes_several_sections)
+{
+	struct srv s;
+	struct rd r;
+	char *got;
+
+	srv_start(&s, 1, NULL);
+	rd_init(&r, test_connect(s.port));
+	test_send_all(r.fd, "INFO server clients\r\n", 21);
+	got = rd_next(&r, NULL);
+	cr_assert(got && strstr(got, "# Server\r\n") && strstr(got, "# Clients\r\n"), "%s",
+		  got ? got : "closed");
+	cr_assert_null(strstr(got, "# Memory"), "%s", got);
+	test_send_all(r.fd, "INFO CLIENTS\r\n", 14);
+	got = rd_next(&r, NULL);
+	cr_assert(got && strstr(got, "# Clients\r\n") && !strstr(got, "# Server"), "%s",
+		  got ? got : "closed");
+	rd_free(&r);
+	srv_stop(&s);
+}
+
 Test(kv_server, commands_reply_like_redis)
 {
 	struct srv s;
