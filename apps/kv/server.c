@@ -1317,8 +1317,12 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 			rb_arr(out, nc);
 			for (unsigned i = 0; i < nc; i++)
 				command_info(out, &t[i]);
-		} else if (is(&argv[1], "COUNT") && argc == 2) {
-			rb_int(out, nc);
+		} else if (is(&argv[1], "COUNT")) {
+			if (argc == 2) /* Redis 7's arity error for a subcommand, else */
+				rb_int(out, nc);
+			else
+				rb_err(out,
+				       "ERR wrong number of arguments for 'command|count' command");
 		} else if (is(&argv[1], "DOCS")) {
 			rb_arr(out, 0); /* no documentation: redis-cli then shows no hints */
 		} else if (is(&argv[1], "INFO")) {

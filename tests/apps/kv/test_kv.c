@@ -251,8 +251,9 @@ info_field(int port, const char *field)
 	return v;
 }
 
-/* INFO with several sections gives each, as Redis 7 does (keel-kv read only the first). */
-Test(kv_server, info_takes_several_sections)
+/* INFO with several sections gives each, as Redis 7 does (keel-kv read only the first);
+ * COMMAND COUNT with an argument is Redis 7's arity error. */
+Test(kv_server, info_sections_and_command_count_reply_as_redis_7)
 {
 	struct srv s;
 	struct rd r;
@@ -265,6 +266,10 @@ Test(kv_server, info_takes_several_sections)
 	cr_assert(got && strstr(got, "# Server\r\n") && strstr(got, "# Clients\r\n"), "%s",
 		  got ? got : "closed");
 	cr_assert_null(strstr(got, "# Memory"), "%s", got);
+	/* And COMMAND COUNT with an argument is Redis 7's arity error, not an unknown
+	 * subcommand. */
+	expect(&r, "COMMAND COUNT x",
+	       "-ERR wrong number of arguments for 'command|count' command\r\n");
 	test_send_all(r.fd, "INFO CLIENTS\r\n", 14);
 	got = rd_next(&r, NULL);
 	cr_assert(got && strstr(got, "# Clients\r\n") && !strstr(got, "# Server"), "%s",
