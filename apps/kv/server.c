@@ -1313,7 +1313,8 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 	} else if (!strcmp(n, "command")) {
 		unsigned nc;
 		const struct kv_cmd *t = kv_cmd_table(&nc);
-		if (argc == 1) {
+		/* COMMAND, and COMMAND INFO with no names (Redis 7: every command). */
+		if (argc == 1 || (argc == 2 && is(&argv[1], "INFO"))) {
 			rb_arr(out, nc);
 			for (unsigned i = 0; i < nc; i++)
 				command_info(out, &t[i]);

@@ -252,7 +252,8 @@ info_field(int port, const char *field)
 }
 
 /* INFO with several sections gives each, as Redis 7 does (keel-kv read only the first);
- * COMMAND COUNT with an argument is Redis 7's arity error. */
+ * COMMAND COUNT with an argument is Redis 7's arity error; COMMAND INFO with no names
+ * lists every command. */
 Test(kv_server, info_sections_and_command_count_reply_as_redis_7)
 {
 	struct srv s;
@@ -270,6 +271,19 @@ Test(kv_server, info_sections_and_command_count_reply_as_redis_7)
 	 * subcommand. */
 	expect(&r, "COMMAND COUNT x",
 	       "-ERR wrong number of arguments for 'command|count' command\r\n");
+	/* COMMAND INFO with no names lists every command, as COMMAND does (it was *0). */
+	{
+		char count[32], *g;
+
+		test_send_all(r.fd, "COMMAND COUNT\r\n", 15);
+		g = rd_next(&r, NULL);
+		cr_assert(g && g[0] == ':', "COMMAND COUNT: %s", g ? g : "closed");
+		snprintf(count, sizeof(count), "*%s", g + 1);
+		test_send_all(r.fd, "COMMAND INFO\r\n", 14);
+		g = rd_next(&r, NULL);
+		cr_assert(g && !strncmp(g, count, strlen(count)), "COMMAND INFO: %.40s, want %s",
+			  g ? g : "closed", count);
+	}
 	test_send_all(r.fd, "INFO CLIENTS\r\n", 14);
 	got = rd_next(&r, NULL);
 	cr_assert(got && strstr(got, "# Clients\r\n") && !strstr(got, "# Server"), "%s",
