@@ -413,15 +413,18 @@ read_err:
 	return -1;
 }
 
-/* Whether @dir's data files hold records of an older keel-embed (the fixed magic at an
- * aligned offset in a file's first 4 KiB), and whether they hold any bytes at all. */
+/* Whether @dir's data files hold records of an older keel-embed, and whether they hold any
+ * bytes at all. Only a file's first header is looked at (the fixed magic, pad_ 0, at
+ * offset 0): a client's value can hold the fixed magic anywhere else, and in a directory
+ * with a marker every file starts with a header carrying the marker, so a client's bytes
+ * cannot make a directory that lost its marker pass for an older one. */
 static int
 old_records(const char *dir, bool *any, bool *old)
 {
 	*any = *old = false;
 	for (unsigned i = 0; i < EMB_MAX_FILES && !*old; i++) {
 		char path[PATH_MAX + 32];
-		uint32_t b[1024];
+		struct rec_hdr b = { 0 };
 		ssize_t n;
 		int fd;
 
@@ -429,7 +432,7 @@ old_records(const char *dir, bool *any, bool *old)
 		fd = open(path, O_RDONLY | O_CLOEXEC);
 		if (fd < 0 && errno == ENOENT)
 			break;
-		if (fd < 0 || (n = pread(fd, b, sizeof(b), 0)) < 0) {
+		if (fd < 0 || (n = pread(fd, &b, sizeof(b), 0)) < 0) {
 			fprintf(stderr, "keel-embed: cannot read %s: %s\n", path, strerror(errno));
 			if (fd >= 0)
 				close(fd);
@@ -437,8 +440,7 @@ old_records(const char *dir, bool *any, bool *old)
 		}
 		close(fd);
 		*any |= n > 0;
-		for (ssize_t k = 0; k + 4 <= n; k += 8)
-			*old |= b[k / 4] == REC_MAGIC;
+		*old |= n >= 8 && b.magic == REC_MAGIC && !b.pad_; /* a header cut short too */
 	}
 	return 0;
 }

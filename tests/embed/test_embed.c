@@ -490,19 +490,28 @@ rec_sum(const uint8_t *p, size_t n, uint32_t h)
 
 /* A record as apps/embed/main.c writes it (struct rec_hdr: magic "KEMB", key length, pad,
  * value length, FNV-1a 32 of key and value, sequence number; key, value, padding to 8),
- * after 8 bytes that are no header (the scan resynchronises past them). The sequence
- * number is the largest a counter can hold: taken, the next put's number would wrap to 0,
- * its index entry would keep whatever malloc gave it, and a GET would read any file at
- * any offset. */
+ * after a good record (an older keel-embed's file starts with one) and 8 bytes that are no
+ * header (the scan resynchronises past them). The sequence number is the largest a
+ * counter can hold: taken, the next put's number would wrap to 0, its index entry would
+ * keep whatever malloc gave it, and a GET would read any file at any offset. */
 static void
 write_wrapping_record(const char *dir)
 {
-	uint8_t b[8 + 24 + 8] = { 0 }, *h = b + 8;
+	uint8_t b[32 + 8 + 24 + 8] = { 0 }, *h = b + 32 + 8;
 	uint32_t magic = 0x424d454bu, vlen = 1, sum;
 	uint16_t klen = 1;
-	uint64_t seq = UINT64_MAX;
+	uint64_t seq = UINT64_MAX, seq1 = 1;
 
-	memset(b, 0xee, 8);
+	/* The good record: key "a", value "b", sequence 1. */
+	memcpy(b, &magic, 4);
+	memcpy(b + 4, &klen, 2);
+	memcpy(b + 8, &vlen, 4);
+	b[24] = 'a';
+	b[25] = 'b';
+	sum = rec_sum(b + 25, 1, rec_sum(b + 24, 1, 2166136261u));
+	memcpy(b + 12, &sum, 4);
+	memcpy(b + 16, &seq1, 8);
+	memset(b + 32, 0xee, 8);
 	memcpy(h, &magic, 4);
 	memcpy(h + 4, &klen, 2);
 	memcpy(h + 8, &vlen, 4);
@@ -753,23 +762,31 @@ Test(embed, a_record_image_in_bytes_without_a_header_is_not_indexed, .timeout = 
 }
 
 /* Without its marker a directory's records cannot be told from a client's bytes: the host
- * refuses to start and says what to restore, rather than serve an empty store. */
+ * refuses to start and says what to restore, rather than serve an empty store. Even when
+ * a client's value holds the fixed magic of an older keel-embed at aligned offsets of the
+ * file's first 4 KiB (it was taken for an older directory then, and served none of its
+ * records): only a file's first header says that. */
 Test(embed, a_missing_marker_is_named_at_start, .timeout = 120)
 {
 	struct kv kv = { .key = "a" };
+	static uint8_t val[7 + 8 * 8];
 	struct host h;
 	char path[512];
 	int st;
 
 	host_init(&h, "");
-	kv.len = 1;
-	kv.val = (uint8_t *)strdup("x");
+	/* The value starts at file offset 25: after 7 bytes, the magic at 32, 40, ... */
+	memset(val, 'x', 7);
+	for (int i = 0; i < 8; i++)
+		memcpy(val + 7 + 8 * i, "KEMB\0\0\0\0", 8);
+	kv.len = sizeof(val);
+	kv.val = val;
 	run_once(&h, &kv, put_all);
-	free(kv.val);
 	snprintf(path, sizeof(path), "%s/data/marker", h.dir);
 	cr_assert_eq(unlink(path), 0);
-	snprintf(path, sizeof(path), "%s --config %s/host.conf --shards 1 2>%s", embed_bin(), h.dir,
-		 h.log);
+	/* (timeout: a host that starts, as it did, serves until stopped) */
+	snprintf(path, sizeof(path), "timeout 20 %s --config %s/host.conf --shards 1 2>%s",
+		 embed_bin(), h.dir, h.log);
 	st = system(path);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0, "status %#x", st);
 	free(h.log_text);
