@@ -271,6 +271,22 @@ reply_recv(int fd, struct reply *r)
 	return true;
 }
 
+/* A reply with @status and id @id, or a closed connection when @status is -1. */
+static void
+expect_status(int fd, int status, uint32_t id)
+{
+	struct reply r;
+
+	if (status < 0) {
+		cr_assert(!reply_recv(fd, &r), "expected the host to close the connection");
+		return;
+	}
+	cr_assert(reply_recv(fd, &r), "host closed the connection; expected status %d", status);
+	cr_assert_eq(r.status, status, "status %u (%s), expected %d", r.status, r.body, status);
+	cr_assert_eq(r.id, id);
+	free(r.body);
+}
+
 static uint64_t
 fnv64(const uint8_t *p, size_t n)
 {
@@ -719,7 +735,6 @@ Test(embed, a_record_image_in_bytes_without_a_header_is_not_indexed, .timeout = 
 {
 	struct kv kv = { .key = "a" };
 	uint8_t img[8 + 32 + 40] = { 0 };
-	struct reply r;
 	struct host h;
 	char path[160];
 	struct stat st;
@@ -750,10 +765,7 @@ Test(embed, a_record_image_in_bytes_without_a_header_is_not_indexed, .timeout = 
 	host_start_n(&h, "1");
 	fd = test_connect(h.port);
 	req_send(fd, 'G', 1, "victim", NULL, 0);
-	cr_assert(reply_recv(fd, &r), "no reply to the get");
-	cr_assert_eq(r.status, 1, "a client's record image was indexed: status %u, '%s'", r.status,
-		     r.body);
-	free(r.body);
+	expect_status(fd, 1, 1); /* not found: a client's record image was not indexed */
 	get_all(fd, &kv, 1);
 	close(fd);
 	host_stop(&h);
@@ -917,7 +929,6 @@ Test(embed, a_data_file_is_scanned_a_window_at_a_time, .timeout = 120)
 Test(embed, a_cancelled_write_or_read_is_answered, .timeout = 120)
 {
 	struct kv kv = { .key = "cancelled" };
-	struct reply r;
 	struct host h;
 	int fd;
 
@@ -940,14 +951,10 @@ Test(embed, a_cancelled_write_or_read_is_answered, .timeout = 120)
 	kv.val = (uint8_t *)strdup("value");
 	fd = test_connect(h.port);
 	req_send(fd, 'P', 0, kv.key, kv.val, kv.len);
-	cr_assert(reply_recv(fd, &r), "no reply to the put whose write was cancelled");
-	cr_assert_eq(r.status, 4, "put: status %u: %s", r.status, r.body);
-	free(r.body);
+	expect_status(fd, 4, 0); /* the put whose write was cancelled: BUSY */
 	put_all(fd, &kv, 1);
 	req_send(fd, 'G', 0, kv.key, NULL, 0);
-	cr_assert(reply_recv(fd, &r), "no reply to the get whose read was cancelled");
-	cr_assert_eq(r.status, 4, "get: status %u: %s", r.status, r.body);
-	free(r.body);
+	expect_status(fd, 4, 0); /* the get whose read was cancelled: BUSY */
 	get_all(fd, &kv, 1);
 	close(fd);
 	host_stop(&h);
@@ -1003,22 +1010,6 @@ Test(embed, a_value_sent_in_many_small_writes_is_stored, .timeout = 120)
 	free(kv.val);
 	free(b);
 	host_fini(&h);
-}
-
-/* A reply with @status and id @id, or a closed connection when @status is -1. */
-static void
-expect_status(int fd, int status, uint32_t id)
-{
-	struct reply r;
-
-	if (status < 0) {
-		cr_assert(!reply_recv(fd, &r), "expected the host to close the connection");
-		return;
-	}
-	cr_assert(reply_recv(fd, &r), "host closed the connection; expected status %d", status);
-	cr_assert_eq(r.status, status, "status %u (%s), expected %d", r.status, r.body, status);
-	cr_assert_eq(r.id, id);
-	free(r.body);
 }
 
 Test(embed, bad_input, .timeout = 120)
