@@ -543,6 +543,31 @@ keel_stop(int status)
 	keel_runtime_stop(cur_shard(__func__)->rt, status);
 }
 
+/* SIGINT/SIGTERM pending once shard 0 has left its loop (nothing reads its signalfd now):
+ * taken here before the caller's mask returns, where their default action would end the
+ * process inside join. As in shard 0's reader, the first is the stop (already under way)
+ * and a second exits at once. */
+static void
+take_late_signals(struct keel_runtime *rt)
+{
+	struct timespec now = { 0, 0 };
+	sigset_t set;
+	int sig;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	while ((sig = sigtimedwait(&set, NULL, &now)) > 0) {
+		if (++rt->shards[0].signals_seen == 1) {
+			keel_log(KEEL_LOG_INFO, "core", "%s received as the runtime stopped",
+				 sigabbrev_np(sig) ? sigabbrev_np(sig) : "signal");
+			continue;
+		}
+		keel_log(KEEL_LOG_WARN, "core", "second signal: exiting now");
+		_exit(128 + sig);
+	}
+}
+
 int
 keel_runtime_join(struct keel_runtime *rt)
 {
@@ -555,6 +580,8 @@ keel_runtime_join(struct keel_runtime *rt)
 		sched_yield();
 	rt->joined = true;
 	if (rt->mask_saved) {
+		if (rt->opts.signals)
+			take_late_signals(rt);
 		pthread_sigmask(SIG_SETMASK, &rt->saved_mask, NULL);
 		rt->mask_saved = false;
 	}

@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: MIT
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -128,6 +130,84 @@ Test(core_lifecycle, second_signal_forces_exit, .timeout = 60)
 	cr_assert_eq(WEXITSTATUS(status), 128 + SIGINT);
 	close(sig_pipe[0]);
 	close(sig_pipe[1]);
+}
+
+/* A signal that arrives once shard 0 has left its loop (the stop under way, or done) is
+ * taken at join: the first is the stop already under way, a second exits at once. Before,
+ * join restored the caller's mask with it pending and its default action ended the
+ * process inside keel_runtime_join. Each case runs in a forked child. */
+static void
+stop_at_start(void *app)
+{
+	if (app && keel_shard_id(keel_this_shard()) == 0)
+		keel_stop(0);
+}
+
+/* Waits until this process has only the calling thread: every shard thread has ended. */
+static void
+wait_shard_threads_gone(void)
+{
+	for (int i = 0; i < 60000; i++) {
+		DIR *d = opendir("/proc/self/task");
+		struct dirent *e;
+		int n = 0;
+
+		if (!d)
+			_exit(97);
+		while ((e = readdir(d)))
+			n += e->d_name[0] != '.';
+		closedir(d);
+		if (n == 1)
+			return;
+		usleep(1000);
+	}
+	_exit(98);
+}
+
+static int
+late_signal_child(bool first_signal_read)
+{
+	pid_t pid = fork();
+
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		struct keel_opts o = test_opts(2);
+		struct keel_runtime *rt;
+		int r;
+
+		o.signals = true;
+		keel_log_set_level(KEEL_LOG_ERROR);
+		if (keel_runtime_create(&o, &rt) < 0 ||
+		    keel_runtime_start(rt, stop_at_start, first_signal_read ? NULL : rt) < 0)
+			_exit(96);
+		if (first_signal_read)
+			kill(getpid(), SIGTERM); /* read by shard 0: the stop */
+		wait_shard_threads_gone();
+		kill(getpid(), first_signal_read ? SIGINT : SIGTERM);
+		r = keel_runtime_join(rt);
+		keel_runtime_destroy(rt);
+		_exit(r == 0 ? 0 : 95);
+	}
+	return wait_child(pid, TEST_WAIT_MS, "the child's runtime to end");
+}
+
+Test(core_lifecycle, a_signal_after_the_loop_ended_is_the_stop_under_way, .timeout = 60)
+{
+	int status = late_signal_child(false);
+
+	cr_assert(WIFEXITED(status), "the late SIGTERM ended the process: status 0x%x", status);
+	cr_assert_eq(WEXITSTATUS(status), 0);
+}
+
+Test(core_lifecycle, a_second_signal_after_the_loop_ended_exits_at_once, .timeout = 60)
+{
+	int status = late_signal_child(true);
+
+	cr_assert(WIFEXITED(status),
+		  "the late SIGINT ended the process by its default action: "
+		  "status 0x%x",
+		  status);
+	cr_assert_eq(WEXITSTATUS(status), 128 + SIGINT);
 }
 
 /* ---- stalls ---- */

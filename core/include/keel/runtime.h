@@ -58,7 +58,9 @@ KEEL_API int keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start,
 KEEL_API void keel_runtime_stop(struct keel_runtime *rt, int status);
 
 /**
- * Wait for all shard threads to end.
+ * Wait for all shard threads to end. With opts->signals, a SIGINT or SIGTERM that came once
+ * shard 0's loop had ended is taken here before the caller's signal mask is restored, as
+ * shard 0 takes them: the first is the stop under way, a second exits the process at once.
  * Returns: the stop status (0 after a clean stop).
  * Context: the thread that started the runtime; once.
  */
