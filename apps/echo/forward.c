@@ -43,7 +43,9 @@ struct slot {
 	uint32_t next_free;
 	bool waiting;   /* a keel_msg_wait_room() callback will come */
 	bool away_held; /* reading paused: too many bytes away */
-	uint64_t away;  /* payload bytes of frames away (sent on, or on the backlog) */
+	bool eof;       /* the client half-closed: close once no frame is away */
+	uint32_t nway;  /* frames away (sent on, or on the backlog) */
+	uint64_t away;  /* payload bytes of frames away */
 };
 
 struct fwd_shard {
@@ -51,7 +53,7 @@ struct fwd_shard {
 	uint32_t nslots, free_head;
 	uint64_t away_high, away_low; /* the shard's watermarks (keel_net_config) */
 	_Atomic uint64_t frames_in, frames_relayed, frames_out, frames_dropped, frames_waited,
-		errors, conns_live, away_peak, away_holds;
+		errors, conns_live, away_peak, away_holds, eofs_held;
 };
 
 #define NO_SLOT UINT32_MAX
@@ -130,6 +132,7 @@ static void
 away_add(struct fwd_shard *fs, struct slot *sl, uint64_t bytes)
 {
 	sl->away += bytes;
+	sl->nway++;
 	if (sl->away > atomic_load_explicit(&fs->away_peak, memory_order_relaxed))
 		atomic_store_explicit(&fs->away_peak, sl->away, memory_order_relaxed);
 	if (!sl->away_held && sl->away >= fs->away_high) {
@@ -145,6 +148,7 @@ static void
 away_sub(struct fwd_shard *fs, struct slot *sl, uint64_t bytes)
 {
 	sl->away -= bytes;
+	sl->nway--;
 	if (sl->away_held && sl->away <= fs->away_low) {
 		sl->away_held = false;
 		if (!sl->waiting)
@@ -168,6 +172,7 @@ on_back(int status, void *arg)
 	if (status < 0) {
 		/* on_relay failed (out of memory there) and put the frame's slices: the
 		 * connection would miss a frame and go on, so it ends here, named. */
+		BUMP(fs, frames_dropped);
 		if (live)
 			keel_conn_abort(sl->conn, status);
 		free(m);
@@ -182,14 +187,19 @@ on_back(int status, void *arg)
 	}
 	r = keel_frame_send(sl->conn, m->s, m->n);
 	if (r < 0) {
-		BUMP(fs, errors);
-		if (r != -EPIPE)
+		/* -EPIPE: the app's side is closing (an abort on its way): no error. */
+		BUMP(fs, frames_dropped);
+		if (r != -EPIPE) {
+			BUMP(fs, errors);
 			keel_conn_abort(sl->conn, r);
+		}
 		msg_drop(m); /* what was not queued is still ours */
 		return;
 	}
 	BUMP(fs, frames_out);
 	free(m);
+	if (sl->eof && !sl->nway)
+		keel_conn_close(sl->conn); /* the last echo owed is queued: sent, then closed */
 }
 
 /* On the next shard: hand the frame back. */
@@ -340,6 +350,7 @@ on_frame(void *arg, struct keel_frame *fr)
 	}
 	if (r < 0) {
 		BUMP(fs, errors);
+		BUMP(fs, frames_dropped);
 		if (m) {
 			m->n = done;
 			msg_drop(m);
@@ -370,6 +381,7 @@ on_frame(void *arg, struct keel_frame *fr)
 	}
 	if (r < 0) {
 		BUMP(fs, errors);
+		BUMP(fs, frames_dropped);
 		msg_drop(m);
 		return r; /* the framer fails: the connection is aborted with r */
 	}
@@ -433,6 +445,30 @@ fwd_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
 	keel_framer_on_data(shards[ref->home].slots[ref->slot].framer, c, s, n);
 }
 
+/* The client half-closed (it sent everything and reads the echoes): the plain echo has
+ * queued every reply by then, so the default graceful close sends them; here frames may
+ * still be away, and the close waits until the last is back and queued (on_back). */
+static void
+fwd_eof(struct keel_conn *c)
+{
+	struct conn_ref *ref = keel_conn_user(c);
+	struct fwd_shard *fs;
+	struct slot *sl;
+
+	if (!ref) {
+		keel_conn_close(c);
+		return;
+	}
+	fs = &shards[ref->home];
+	sl = &fs->slots[ref->slot];
+	if (!sl->nway) {
+		keel_conn_close(c);
+		return;
+	}
+	sl->eof = true;
+	BUMP(fs, eofs_held);
+}
+
 static void
 fwd_close(struct keel_conn *c, int status)
 {
@@ -451,6 +487,8 @@ fwd_close(struct keel_conn *c, int status)
 	sl->waiting = false; /* a pending on_room finds the generation changed */
 	sl->away_held = false;
 	sl->away = 0; /* frames still away find the generation changed */
+	sl->nway = 0;
+	sl->eof = false;
 	sl->conn = NULL;
 	sl->gen++; /* frames still away find the slot changed */
 	sl->next_free = fs->free_head;
@@ -462,6 +500,7 @@ fwd_close(struct keel_conn *c, int status)
 const struct keel_conn_ops echo_fwd_ops = {
 	.on_open = fwd_open,
 	.on_data = fwd_data,
+	.on_eof = fwd_eof,
 	.on_close = fwd_close,
 };
 
@@ -479,6 +518,7 @@ echo_fwd_stats(unsigned shard, struct echo_fwd_stats *out)
 	out->conns_live = atomic_load_explicit(&fs->conns_live, memory_order_relaxed);
 	out->away_peak = atomic_load_explicit(&fs->away_peak, memory_order_relaxed);
 	out->away_holds = atomic_load_explicit(&fs->away_holds, memory_order_relaxed);
+	out->eofs_held = atomic_load_explicit(&fs->eofs_held, memory_order_relaxed);
 }
 
 void

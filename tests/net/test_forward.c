@@ -229,6 +229,91 @@ away_block(struct keel_xreq *req)
 	keel_xreq_complete(req, 0);
 }
 
+/* A two-shard forwarding echo and one client connection on it. */
+struct away_env {
+	struct away_srv srv;
+	struct keel_runtime *rt;
+	struct keel_xreq block;
+	unsigned home; /* the connection's shard */
+	int fd;
+};
+
+/* Starts the echo with @nc and connects; returns once the connection is open. */
+static void
+away_open(struct away_env *e, const struct keel_net_config *nc)
+{
+	struct keel_opts o;
+	struct keel_listen_opts lo = { .addr = "127.0.0.1", .steer = KEEL_STEER_HASH };
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	struct echo_fwd_stats st;
+
+	memset(e, 0, sizeof(*e));
+	e->home = 2;
+	keel_opts_init(&o);
+	o.shards = 2;
+	o.signals = false;
+	o.idle_poll_us = 0;
+	o.memory = 192ull << 20;
+	cr_assert_eq(keel_net_config_set(nc), 0);
+	cr_assert_eq(keel_runtime_create(&o, &e->rt), 0);
+	lo.rt = e->rt;
+	cr_assert_eq(keel_listener_create(&lo, 2, &echo_fwd_ops, &e->srv, &e->srv.l), 0);
+	cr_assert_eq(keel_runtime_start(e->rt, away_start, &e->srv), 0);
+	WAIT_FOR(atomic_load(&e->srv.started) == 2, "both shards to listen");
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	a.sin_port = htons(keel_listener_port(e->srv.l));
+	e->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_eq(connect(e->fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	for (uint64_t dl = test_deadline(TEST_WAIT_MS); e->home == 2; test_pause()) {
+		cr_assert(!test_expired(dl), "the connection did not open on a shard");
+		for (unsigned i = 0; i < 2; i++) {
+			echo_fwd_stats(i, &st);
+			if (st.conns_live)
+				e->home = i;
+		}
+	}
+}
+
+/* Holds the shard the connection's frames go to, until srv.release. */
+static void
+away_hold(struct away_env *e)
+{
+	e->block = (struct keel_xreq){ .fn = away_block, .arg = &e->srv };
+	cr_assert_eq(keel_runtime_submit(e->rt, 1 - e->home, &e->block), 0);
+	WAIT_FOR(atomic_load(&e->srv.blocked), "the other shard to be held");
+}
+
+/* Reads @n echoed bytes of @frame (repeated) from @fd and checks each. */
+static void
+read_echo(int fd, const uint8_t *frame, size_t flen, uint64_t n)
+{
+	static uint8_t in[65536];
+	struct timeval tv = { .tv_sec = TEST_WAIT_MS / 1000 };
+	uint64_t got = 0;
+
+	fcntl(fd, F_SETFL, 0);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	while (got < n) {
+		ssize_t r = recv(fd, in, sizeof(in), 0);
+		cr_assert_gt(r, 0, "after %llu of %llu bytes: %s", (unsigned long long)got,
+			     (unsigned long long)n, r ? strerror(errno) : "EOF");
+		for (ssize_t k = 0; k < r; k++, got++)
+			cr_assert_eq(in[k], frame[got % flen], "byte %llu",
+				     (unsigned long long)got);
+	}
+}
+
+static void
+away_end(struct away_env *e)
+{
+	close(e->fd);
+	keel_runtime_stop(e->rt, 0);
+	cr_assert_eq(keel_runtime_join(e->rt), 0);
+	keel_runtime_destroy(e->rt);
+	keel_listener_destroy(e->srv.l);
+	echo_fwd_fini();
+}
+
 /* A client that sends 16 KiB frames and does not read, while the shard its frames go to
  * is held: frames away pile up at the connection's shard. Reading must pause once they
  * pass the high watermark (1 MiB), as it does for replies queued; without that the shard
@@ -237,58 +322,28 @@ away_block(struct keel_xreq *req)
  * come back once the shard is released. */
 Test(net_forward, frames_away_pause_reading_at_the_high_watermark, .timeout = 120)
 {
-	static uint8_t frame[4 + 16384], in[65536];
-	struct away_srv srv = { 0 };
-	struct keel_opts o;
+	static uint8_t frame[4 + 16384];
+	struct away_env e;
 	struct keel_net_config nc;
-	struct keel_listen_opts lo = { .addr = "127.0.0.1", .steer = KEEL_STEER_HASH };
-	struct keel_runtime *rt;
-	struct keel_xreq block = { .fn = away_block, .arg = &srv };
-	struct echo_fwd_stats st[2];
+	struct echo_fwd_stats st;
 	struct pollfd pfd;
-	struct sockaddr_in a = { .sin_family = AF_INET };
-	uint64_t sent = 0, got = 0;
-	unsigned home = 2;
-	int fd;
+	uint64_t sent = 0;
 
-	keel_opts_init(&o);
-	o.shards = 2;
-	o.signals = false;
-	o.idle_poll_us = 0;
-	o.memory = 192ull << 20;
 	keel_net_config_init(&nc);
 	nc.buf_count = 1024; /* 16 MiB of receive buffers */
 	nc.bulk_buf_size = 0;
 	nc.send_max = 8u << 20;
-	cr_assert_eq(keel_net_config_set(&nc), 0);
-	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
-	lo.rt = rt;
-	cr_assert_eq(keel_listener_create(&lo, 2, &echo_fwd_ops, &srv, &srv.l), 0);
-	cr_assert_eq(keel_runtime_start(rt, away_start, &srv), 0);
-	WAIT_FOR(atomic_load(&srv.started) == 2, "both shards to listen");
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	a.sin_port = htons(keel_listener_port(srv.l));
-	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-	for (uint64_t dl = test_deadline(TEST_WAIT_MS); home == 2; test_pause()) {
-		cr_assert(!test_expired(dl), "the connection did not open on a shard");
-		for (unsigned i = 0; i < 2; i++) {
-			echo_fwd_stats(i, &st[i]);
-			if (st[i].conns_live)
-				home = i;
-		}
-	}
-	cr_assert_eq(keel_runtime_submit(rt, 1 - home, &block), 0);
-	WAIT_FOR(atomic_load(&srv.blocked), "the other shard to be held");
+	away_open(&e, &nc);
+	away_hold(&e);
 	frame[2] = 0x40; /* a length of 16,384, big-endian */
 	for (size_t i = 4; i < sizeof(frame); i++)
 		frame[i] = (uint8_t)(i * 7);
 	/* Send until the server stops reading (300 ms with no room) once it paused for the
 	 * bytes away, or 40 MiB; or, when it never pauses for them, until the deadline. */
-	fcntl(fd, F_SETFL, O_NONBLOCK);
-	pfd = (struct pollfd){ .fd = fd, .events = POLLOUT };
+	fcntl(e.fd, F_SETFL, O_NONBLOCK);
+	pfd = (struct pollfd){ .fd = e.fd, .events = POLLOUT };
 	for (uint64_t dl = test_deadline(TEST_WAIT_MS); sent < (40u << 20);) {
-		ssize_t w = send(fd, frame + sent % sizeof(frame),
+		ssize_t w = send(e.fd, frame + sent % sizeof(frame),
 				 sizeof(frame) - sent % sizeof(frame), MSG_NOSIGNAL);
 		if (w > 0) {
 			sent += (uint64_t)w;
@@ -297,41 +352,61 @@ Test(net_forward, frames_away_pause_reading_at_the_high_watermark, .timeout = 12
 		cr_assert(errno == EAGAIN, "send: %s", strerror(errno));
 		if (poll(&pfd, 1, 300) > 0)
 			continue;
-		echo_fwd_stats(home, &st[home]);
-		if (st[home].away_holds || test_expired(dl))
+		echo_fwd_stats(e.home, &st);
+		if (st.away_holds || test_expired(dl))
 			break;
 	}
-	echo_fwd_stats(home, &st[home]);
-	atomic_store(&srv.release, 1);
-	cr_assert_leq(st[home].away_peak, 4u << 20,
+	echo_fwd_stats(e.home, &st);
+	atomic_store(&e.srv.release, 1);
+	cr_assert_leq(st.away_peak, 4u << 20,
 		      "%llu bytes of frames away from one connection (the high watermark is 1 "
 		      "MiB); %llu sent",
-		      (unsigned long long)st[home].away_peak, (unsigned long long)sent);
-	cr_assert_geq(st[home].away_holds, 1);
+		      (unsigned long long)st.away_peak, (unsigned long long)sent);
+	cr_assert_geq(st.away_holds, 1);
 	/* Finish the last frame, then read every byte back. */
-	fcntl(fd, F_SETFL, 0);
+	fcntl(e.fd, F_SETFL, 0);
 	while (sent % sizeof(frame)) {
-		ssize_t w = send(fd, frame + sent % sizeof(frame),
+		ssize_t w = send(e.fd, frame + sent % sizeof(frame),
 				 sizeof(frame) - sent % sizeof(frame), MSG_NOSIGNAL);
 		cr_assert_gt(w, 0, "send: %s", strerror(errno));
 		sent += (uint64_t)w;
 	}
-	{
-		struct timeval tv = { .tv_sec = TEST_WAIT_MS / 1000 };
-		setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	}
-	while (got < sent) {
-		ssize_t r = recv(fd, in, sizeof(in), 0);
-		cr_assert_gt(r, 0, "after %llu of %llu bytes: %s", (unsigned long long)got,
-			     (unsigned long long)sent, r ? strerror(errno) : "EOF (aborted)");
-		for (ssize_t k = 0; k < r; k++, got++)
-			cr_assert_eq(in[k], frame[got % sizeof(frame)], "byte %llu",
-				     (unsigned long long)got);
-	}
-	close(fd);
-	keel_runtime_stop(rt, 0);
-	cr_assert_eq(keel_runtime_join(rt), 0);
-	keel_runtime_destroy(rt);
-	keel_listener_destroy(srv.l);
-	echo_fwd_fini();
+	read_echo(e.fd, frame, sizeof(frame), sent);
+	away_end(&e);
+}
+
+/* A client that sends its frames, half-closes (SHUT_WR) and reads the echoes, as a batch
+ * client does: the echoes of the frames still away at its EOF must come before the
+ * server's FIN. Before, the default EOF handling closed at once: each frame came back to a
+ * closed connection and was dropped, and the client read EOF and nothing else. */
+Test(net_forward, a_client_that_half_closes_gets_every_frame_echoed, .timeout = 120)
+{
+	static uint8_t frame[4 + 1024];
+	struct away_env e;
+	struct keel_net_config nc;
+	struct echo_fwd_stats st;
+	uint8_t c;
+
+	keel_net_config_init(&nc);
+	away_open(&e, &nc);
+	away_hold(&e);
+	frame[2] = 0x04; /* a length of 1,024, big-endian */
+	for (size_t i = 4; i < sizeof(frame); i++)
+		frame[i] = (uint8_t)(i * 13);
+	for (int i = 0; i < 8; i++)
+		cr_assert_eq(send(e.fd, frame, sizeof(frame), MSG_NOSIGNAL),
+			     (ssize_t)sizeof(frame));
+	WAIT_FOR((echo_fwd_stats(e.home, &st), st.frames_in == 8), "the 8 frames to arrive");
+	cr_assert_eq(shutdown(e.fd, SHUT_WR), 0);
+	/* The EOF is handled: held (the fix) or the connection closed (without it). */
+	WAIT_FOR((echo_fwd_stats(e.home, &st), st.eofs_held == 1 || st.conns_live == 0),
+		 "the server to see the half-close");
+	atomic_store(&e.srv.release, 1);
+	read_echo(e.fd, frame, sizeof(frame), 8 * sizeof(frame));
+	cr_assert_eq(recv(e.fd, &c, 1, 0), 0, "the server's FIN after the last echo");
+	WAIT_FOR((echo_fwd_stats(e.home, &st), st.conns_live == 0), "the connection to close");
+	cr_assert_eq(st.frames_out, 8);
+	cr_assert_eq(st.frames_dropped, 0);
+	cr_assert_eq(st.errors, 0);
+	away_end(&e);
 }
