@@ -82,6 +82,20 @@ keel__net_config_shard_equal(const struct keel_net_config *a, const struct keel_
 		 bulk_wmax(a) == bulk_wmax(b)));
 }
 
+/* The fields keel__net_config_shard_equal compares: the shard's rings and file table. */
+static void
+shard_sizes_from(struct keel_net_config *dst, const struct keel_net_config *src)
+{
+	dst->buf_size = src->buf_size;
+	dst->buf_count = src->buf_count;
+	dst->max_files = src->max_files;
+	dst->udp_buf_count = src->udp_buf_count;
+	dst->udp_buf_size = src->udp_buf_size;
+	dst->bulk_buf_size = src->bulk_buf_size;
+	dst->bulk_buf_count = src->bulk_buf_count;
+	dst->bulk_window = src->bulk_window;
+}
+
 int
 keel_net_config_set(const struct keel_net_config *c)
 {
@@ -237,7 +251,16 @@ keel__net_shard_get_cfg(const struct keel_net_config *cfg, struct net_shard **ou
 		*out = tl_ns;
 		return 0;
 	}
-	return shard_create(cfg ? cfg : &g_cfg, out);
+	if (cfg) {
+		/* A listener's configuration gives the shard its sizes only; everything else
+		 * of the shard's (its connects, UDP endpoints, listeners without their own,
+		 * shard_send_max) is the process default's. */
+		struct keel_net_config c = g_cfg;
+
+		shard_sizes_from(&c, cfg);
+		return shard_create(&c, out);
+	}
+	return shard_create(&g_cfg, out);
 }
 
 static int

@@ -5,6 +5,7 @@
  * each with its own settings, and each applies its own.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -207,7 +208,11 @@ two_start(void *arg)
 	start2 = keel_listener_start(ls2);
 }
 
-Test(net_config, two_listeners_in_one_runtime_each_apply_their_own)
+/* @own2: the second listener has a configuration of its own (the default's values);
+ * else none, and its connections take the shard's, which is the process default's: the
+ * first listener, which makes the shard's network state, gives it its sizes only. */
+static void
+two_listeners_case(bool own2)
 {
 	struct keel_opts o = net_test_opts(1);
 	struct keel_net_config c1, c2;
@@ -226,7 +231,7 @@ Test(net_config, two_listeners_in_one_runtime_each_apply_their_own)
 	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
 	lo1.rt = lo2.rt = rt;
 	lo1.net = &c1;
-	lo2.net = &c2;
+	lo2.net = own2 ? &c2 : NULL;
 	cr_assert_eq(keel_listener_create(&lo1, 1, &l_ops, &l1, &ls1), 0);
 	cr_assert_eq(keel_listener_create(&lo2, 1, &l_ops, &l2, &ls2), 0);
 	/* Copied at create. */
@@ -254,6 +259,18 @@ Test(net_config, two_listeners_in_one_runtime_each_apply_their_own)
 	keel_runtime_destroy(rt);
 	keel_listener_destroy(ls1);
 	keel_listener_destroy(ls2);
+}
+
+Test(net_config, two_listeners_in_one_runtime_each_apply_their_own)
+{
+	two_listeners_case(true);
+}
+
+/* Before, the first listener's watermarks (and every setting but the sizes) became the
+ * shard's, so the second listener's connections got a high watermark of 100 bytes. */
+Test(net_config, a_listeners_own_configuration_is_not_the_shards)
+{
+	two_listeners_case(false);
 }
 
 static int first_ret = 1, second_ret = 1;

@@ -290,8 +290,9 @@ struct keel_listen_opts {
 	/* This listener's configuration (copied at create; NULL: the process default for its
 	 * sockets, the shard's for its connections). nodelay applies to its sockets;
 	 * watermarks, close_timeout_ns, zc_threshold and accept_backoff_ns to it and its
-	 * connections. When its start makes the shard's network state, the state is made with
-	 * it; otherwise its buffer and file-table sizes must equal the shard's (-EINVAL). */
+	 * connections. When its start makes the shard's network state, the state takes its
+	 * buffer and file-table sizes (the rest of the shard's is the process default's);
+	 * otherwise those sizes must equal the shard's (-EINVAL). */
 	const struct keel_net_config *net;
 	/* The most connections a shard keeps open (all of its connections count, inbound and
 	 * outbound); one accepted beyond it is closed at once and counted in over_limit, so a
