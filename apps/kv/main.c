@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -169,7 +170,6 @@ main(int argc, char **argv)
 	struct keel_listen_opts lo;
 	struct keel_runtime *rt;
 	struct app a = { 0 };
-	struct timespec ts;
 	const char *addr = "0.0.0.0";
 	long port = 6379;
 	int r;
@@ -245,8 +245,12 @@ main(int argc, char **argv)
 		die("keel_net_config_set refused the network options", NULL);
 	if (kv_aof_preload() < 0)
 		return 1;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	kv_cfg.hash_seed = (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ull ^ (uint64_t)ts.tv_sec;
+	if (getrandom(kv_cfg.hash_key, sizeof(kv_cfg.hash_key), 0) !=
+	    (ssize_t)sizeof(kv_cfg.hash_key)) {
+		fprintf(stderr, "keel-kv: getrandom for the key table's hash key failed: %s\n",
+			strerror(errno));
+		return 1;
+	}
 	r = keel_runtime_create(&o, &rt);
 	if (r < 0)
 		return 1;
