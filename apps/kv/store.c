@@ -925,18 +925,19 @@ cmd_set(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out
 	}
 	if (expv) {
 		bool sec = expo->p[0] == 'E' || expo->p[0] == 'e', at = expo->len == 4;
+		int64_t now = kv_now_ms(); /* one reading: checked and added */
 		long long v;
 		if (!kv_arg_ll(expv, &v)) {
 			rb_err(out, "%s", e_int);
 			return;
 		}
 		if (v <= 0 || (sec && v > LLONG_MAX / 1000) ||
-		    (!at && (sec ? v * 1000 : v) > LLONG_MAX - kv_now_ms())) {
+		    (!at && (sec ? v * 1000 : v) > LLONG_MAX - now)) {
 			rb_err(out, "ERR invalid expire time in 'set' command");
 			return;
 		}
 		v = sec ? v * 1000 : v;
-		exp = at ? v : kv_now_ms() + v;
+		exp = at ? v : now + v;
 	}
 	h = kv_hash(argv[1].p, argv[1].len);
 	e = lookup_h(db, &argv[1], h, &pp);
@@ -1077,7 +1078,11 @@ cmd_decrby(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *
 static void
 cmd_append(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
-	struct kv_ent *e = lookup(db, &argv[1], NULL);
+	/* One lookup, its link carried to the store as incr_by does: a second lookup after
+	 * the copy below could find the key expired meanwhile, and the store would make a new
+	 * key of the old value and the appended bytes, without the TTL. */
+	uint64_t h = kv_hash(argv[1].p, argv[1].len);
+	struct kv_ent **pp = NULL, *e = lookup_h(db, &argv[1], h, &pp);
 	size_t old = e ? e->vlen : 0, total = old + argv[2].len;
 
 	if (total > kv_cfg.max_bulk) {
@@ -1100,7 +1105,7 @@ cmd_append(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *
 		memcpy(tmp + old, argv[2].p, argv[2].len);
 		if (cap > kv_cfg.max_bulk)
 			cap = total;
-		e = store(db, &argv[1], tmp, total, cap, true);
+		e = store_at(db, &argv[1], h, e, pp, tmp, total, cap, true);
 		free(tmp);
 		if (!e) {
 			rb_err(out, "%s", e_oom);

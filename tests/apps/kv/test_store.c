@@ -6,6 +6,7 @@
  */
 #include <ctype.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -449,6 +450,55 @@ Test(kv_store, mset_keeps_the_last_value_of_a_repeated_key)
 
 	memset(&st, 0, sizeof(st));
 	cr_assert_eq(keel_run(&o, mset_start, &st), 0);
+	SHARD_CHECKS_PASSED();
+}
+
+/* APPEND that must move a value to a larger entry copies it first: a key alive at its
+ * lookup but past its deadline by the store was looked up again there, found expired, and
+ * made anew of the old value and the appended bytes with no TTL (PTTL -1: kept for ever).
+ * The deadline is set (PXAT) to fall inside the copy of 32 MiB. */
+static void
+append_ttl_start(void *app)
+{
+	struct rbuf out = { 0 };
+	size_t big = 32u << 20;
+	char *v = malloc(big + 1);
+
+	kv_cfg.max_bulk = 1u << 30;
+	if (!SHARD_CHECK(v != NULL) || !SHARD_CHECK_EQ(kv_db_init(&db, app), 0)) {
+		keel_stop(-EIO);
+		return;
+	}
+	memset(v, 'v', big);
+	v[big] = 0;
+	for (int round = 0; round < 3; round++) {
+		int64_t at = kv_now_ms() + 20;
+		char ats[24];
+
+		snprintf(ats, sizeof(ats), "%lld", (long long)at);
+		run(&out, 5, (const char *[]){ "SET", "k", v, "PXAT", ats });
+		SHARD_CHECK(reply_is(&out, "+OK\r\n"));
+		while (kv_now_ms() < at - 1)
+			;
+		run(&out, 3, (const char *[]){ "APPEND", "k", "x" });
+		run(&out, 2, (const char *[]){ "PTTL", "k" });
+		SHARD_CHECK(!reply_is(&out, ":-1\r\n"), "round %d: the appended key has no TTL",
+			    round);
+		run(&out, 2, (const char *[]){ "DEL", "k" });
+	}
+	free(v);
+	rb_free(&out);
+	kv_db_fini(&db);
+	keel_stop(0);
+}
+
+Test(kv_store, append_keeps_the_deadline_of_a_key_that_expires_during_it)
+{
+	struct keel_opts o = test_opts(1);
+	static struct kv_stats st;
+
+	memset(&st, 0, sizeof(st));
+	cr_assert_eq(keel_run(&o, append_ttl_start, &st), 0);
 	SHARD_CHECKS_PASSED();
 }
 
