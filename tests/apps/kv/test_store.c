@@ -472,7 +472,7 @@ append_ttl_start(void *app)
 	memset(v, 'v', big);
 	v[big] = 0;
 	for (int round = 0; round < 3; round++) {
-		int64_t at = kv_now_ms() + 20;
+		int64_t at = kv_now_ms() + 200;
 		char ats[24];
 
 		snprintf(ats, sizeof(ats), "%lld", (long long)at);
@@ -481,9 +481,13 @@ append_ttl_start(void *app)
 		while (kv_now_ms() < at - 1)
 			;
 		run(&out, 3, (const char *[]){ "APPEND", "k", "x" });
-		run(&out, 2, (const char *[]){ "PTTL", "k" });
-		SHARD_CHECK(!reply_is(&out, ":-1\r\n"), "round %d: the appended key has no TTL",
-			    round);
+		/* ":1": the key had expired before APPEND looked (a slow machine): "x" is a new
+		 * key without a TTL, rightly; this round shows nothing. */
+		if (!reply_is(&out, ":1\r\n")) {
+			run(&out, 2, (const char *[]){ "PTTL", "k" });
+			SHARD_CHECK(!reply_is(&out, ":-1\r\n"),
+				    "round %d: the appended key has no TTL", round);
+		}
 		run(&out, 2, (const char *[]){ "DEL", "k" });
 	}
 	free(v);
