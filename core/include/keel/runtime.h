@@ -58,7 +58,9 @@ KEEL_API int keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start,
 KEEL_API void keel_runtime_stop(struct keel_runtime *rt, int status);
 
 /**
- * Wait for all shard threads to end. With opts->signals, a SIGINT or SIGTERM that came once
+ * Wait for all shard threads to end. The shards' buffers are freed with them: a slice of
+ * this runtime held in another runtime must be put before this call (architecture.md,
+ * "Between runtimes"). With opts->signals, a SIGINT or SIGTERM that came once
  * shard 0's loop had ended is taken here before the caller's signal mask is restored, as
  * shard 0 takes them: the first is the stop under way, a second exits the process at once.
  * Returns: the stop status (0 after a clean stop).
@@ -193,8 +195,8 @@ struct keel_xreq {
 
 /**
  * Hand @req to shard @shard; its fn runs there on a coming loop pass.
- * Ownership: @req must stay valid until it completes (done ran or it was popped from its
- * queue).
+ * Ownership: @req must stay valid until it completes: until it is popped from its queue
+ * when it has one (done runs before it is queued), else until done ran.
  * Returns: 0; -EINVAL (no such shard, no fn); -ESHUTDOWN until every shard has started
  * (while keel_runtime_start runs, and for good when it fails) and once the runtime is
  * stopping. A request accepted (0) runs on its shard, also when the stop begins as it is
