@@ -141,10 +141,17 @@ epoch_end(struct keel__coalesce *c, uint64_t dur)
 		/* Idle or not sleeping: nothing to gather; sleep plainly, forget the reference. A
 		 * trial of gathering that made its epoch look idle (fewer, larger completions)
 		 * is lost like any other. */
-		if (c->trial && c->on)
+		if (c->trial && c->on) {
 			lost(c);
-		else
+		} else if (!c->trial && !c->on) {
+			/* Already sleeping plainly: the reference is forgotten, the count to the
+			 * next trial kept (restarting it at every lull put a backed-off trial off
+			 * for as long as a lull came every KEEL__CO_BACKOFF_MAX epochs). */
+			c->ref_n = 0;
+			c->ref_i = 0;
+		} else {
 			steady(c, false, c->backoff);
+		}
 		return;
 	}
 	if (c->trial) {
@@ -164,6 +171,8 @@ epoch_end(struct keel__coalesce *c, uint64_t dur)
 		c->steady_left--;
 		return;
 	}
+	if (c->ref_n < KEEL__CO_REF)
+		return; /* a lull forgot the reference: the trial waits for a whole one */
 	c->trial = true;
 	c->trial_left = KEEL__CO_TRIAL;
 	c->trial_ev = 0;

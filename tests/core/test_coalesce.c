@@ -179,6 +179,32 @@ Test(core_coalesce, idle_or_busy_without_sleeping_decides_nothing)
 	cr_assert_eq(c.trials, trials);
 }
 
+/* After lost trials the next one is KEEL__CO_BACKOFF_MAX busy epochs away (about 5 s). An
+ * idle epoch now and then (a lull, one long sleep) must not start that count again: before,
+ * each one did, and a load with a lull every 5 s was never tried again, even once
+ * gathering would win. The lulls forget the reference only. */
+Test(core_coalesce, an_idle_epoch_now_and_then_does_not_put_the_next_trial_off)
+{
+	struct keel__coalesce c;
+	uint64_t now = 0;
+	struct load idle = { .on = 0, .off = 0, .sleeps = 500 };
+	uint64_t trials;
+
+	keel__coalesce_init(&c, WIN, false, now);
+	run(&c, &now, ping_pong, 2000);
+	cr_assert_eq(c.backoff, KEEL__CO_BACKOFF_MAX);
+	cr_assert_not(keel__coalesce_on(&c));
+	trials = c.trials;
+	/* Now gathering would win; a lull every 300 busy epochs. */
+	for (int i = 0; i < 10; i++) {
+		run(&c, &now, many_peers, 300);
+		epoch(&c, &now, idle);
+	}
+	cr_assert_gt(c.trials, trials, "no trial in 3,000 busy epochs with a lull every 300");
+	run(&c, &now, many_peers, KEEL__CO_TRIAL);
+	cr_assert(keel__coalesce_on(&c), "the trial was won: gathering");
+}
+
 /* Gathering cuts the sleeps: its own epochs are not asked for KEEL__CO_MIN_SLEEPS. */
 Test(core_coalesce, gathering_that_removes_the_sleeps_stays_on)
 {
