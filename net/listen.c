@@ -255,7 +255,11 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 			goto err;
 		}
 		l->parts[i].fd = fd;
-		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0) {
+			r = -errno;
+			keel_log(KEEL_LOG_ERROR, NET_MOD, "SO_REUSEADDR: %s", strerror(-r));
+			goto err;
+		}
 		/* Accepted sockets inherit TCP_NODELAY from the listener, so direct descriptors
 		 * (which setsockopt cannot reach) get it too. */
 		if (l->cfg.nodelay &&
@@ -279,7 +283,11 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 		if (i == 0) {
 			struct sockaddr_storage b;
 			socklen_t bl = sizeof(b);
-			getsockname(fd, (struct sockaddr *)&b, &bl);
+			if (getsockname(fd, (struct sockaddr *)&b, &bl) < 0) {
+				r = -errno;
+				keel_log(KEEL_LOG_ERROR, NET_MOD, "getsockname: %s", strerror(-r));
+				goto err;
+			}
 			l->port = ntohs(((struct sockaddr_in *)&b)->sin_port);
 			/* The other sockets join the group on the port actually bound. */
 			((struct sockaddr_in *)&ss)->sin_port = htons(l->port);

@@ -429,7 +429,15 @@ keel_udp_open(const char *addr, uint16_t port, const struct keel_udp_ops *ops, v
 	fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
-	setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+	/* Each shard binds its own socket to the port: without SO_REUSEPORT the second bind
+	 * would fail with EADDRINUSE, naming the wrong cause. */
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) {
+		r = -errno;
+		keel_log(KEEL_LOG_ERROR, NET_MOD, "udp port %u: SO_REUSEPORT: %s", port,
+			 strerror(-r));
+		close(fd);
+		return r;
+	}
 	/* The kernel's drop counter with each datagram (udp_drops in the stats). */
 	if (setsockopt(fd, SOL_SOCKET, SO_RXQ_OVFL, &one, sizeof(one)) < 0)
 		keel_log(KEEL_LOG_WARN, NET_MOD,
@@ -442,7 +450,13 @@ keel_udp_open(const char *addr, uint16_t port, const struct keel_udp_ops *ops, v
 		close(fd);
 		return r;
 	}
-	getsockname(fd, (struct sockaddr *)&b, &bl);
+	if (getsockname(fd, (struct sockaddr *)&b, &bl) < 0) {
+		r = -errno;
+		keel_log(KEEL_LOG_ERROR, NET_MOD, "udp port %u: getsockname: %s", port,
+			 strerror(-r));
+		close(fd);
+		return r;
+	}
 	u = calloc(1, sizeof(*u));
 	if (!u) {
 		close(fd);
