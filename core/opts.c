@@ -164,6 +164,8 @@ parse_size_from(const char *name, const char *s, uint64_t min, const char *mins,
 		shift = 30;
 	if (shift)
 		end++;
+	if (shift && (*end == 'B' || *end == 'b'))
+		end++; /* 512MB, as the network options take it */
 	if (!*s || s[0] == '-' || *end || errno || end == s || v > (1ULL << 40) >> shift ||
 	    (v << shift) < min)
 		return keel__errf(err, errlen, -EINVAL,

@@ -219,6 +219,25 @@ Test(core_opts, zcrx_area_takes_sizes_from_one_page)
 	cr_assert_not_null(strstr(err, "from 4K"), "%s", err);
 }
 
+/* Sizes take the suffixes the network options take (512MB as 512M); they refused "MB". */
+Test(core_opts, sizes_take_a_b_after_the_suffix_as_the_network_options_do)
+{
+	char err[256], a0[] = "prog", a1[] = "--memory", a2[] = "512MB", a3[] = "--zcrx-area",
+		       a4[] = "64kb", a5[] = "2Mx";
+	char *argv[] = { a0, a1, a2, a3, a4, NULL };
+	int argc = 5;
+	struct keel_opts o;
+
+	cr_assert_eq(parse(&o, err, sizeof(err), &argc, argv), 0, "%s", err);
+	cr_assert_eq(o.memory, 512ull << 20);
+	cr_assert_eq(o.zcrx_area, 64u << 10);
+	argv[1] = a1;
+	argv[2] = a5;
+	argv[3] = NULL;
+	argc = 3;
+	cr_assert_eq(parse(&o, err, sizeof(err), &argc, argv), -EINVAL);
+}
+
 Test(core_opts, help_is_reported)
 {
 	struct keel_opts o;
