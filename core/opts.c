@@ -452,20 +452,17 @@ apply(const struct opt_desc *d, const char *v, struct keel_opts *o, char *err, s
 int
 keel_opts_parse(struct keel_opts *o, int *argc, char **argv, char *err, size_t errlen)
 {
+	enum { NOPT = sizeof(opt_table) / sizeof(opt_table[0]) };
+	bool env_bad[NOPT] = { false }, given[NOPT] = { false };
 	int n = *argc, out = 1, r, help = 0;
 	int i;
 
-	for (size_t k = 0; k < sizeof(opt_table) / sizeof(opt_table[0]); k++) {
+	/* The environment first, the command line over it: a bad value in the environment is
+	 * an error only where the command line does not set that option (and not for --help). */
+	for (size_t k = 0; k < NOPT; k++) {
 		const char *v = opt_table[k].env ? getenv(opt_table[k].env) : NULL;
-		if (v && (r = apply(&opt_table[k], v, o, err, errlen)) < 0) {
-			/* name the variable, not the option */
-			char tmp[512];
-			snprintf(tmp, sizeof(tmp), "%s (from %s=%s)", err ? err : "",
-				 opt_table[k].env, v);
-			if (err)
-				snprintf(err, errlen, "%s", tmp);
-			return r;
-		}
+		if (v && apply(&opt_table[k], v, o, NULL, 0) < 0)
+			env_bad[k] = true;
 	}
 
 	for (i = 1; i < n; i++) {
@@ -498,6 +495,7 @@ keel_opts_parse(struct keel_opts *o, int *argc, char **argv, char *err, size_t e
 		} else if (!d->arg && !v) {
 			v = "on";
 		}
+		given[d - opt_table] = true;
 		r = apply(d, v, o, err, errlen);
 		if (r < 0)
 			return r;
@@ -508,6 +506,20 @@ keel_opts_parse(struct keel_opts *o, int *argc, char **argv, char *err, size_t e
 		argv[out++] = argv[i];
 	argv[out] = NULL;
 	*argc = out;
+	for (size_t k = 0; k < NOPT && !help; k++) {
+		const char *v = opt_table[k].env;
+		char tmp[512];
+
+		if (!env_bad[k] || given[k])
+			continue;
+		v = getenv(v);
+		r = apply(&opt_table[k], v, o, err, errlen);
+		/* name the variable, not the option */
+		snprintf(tmp, sizeof(tmp), "%s (from %s=%s)", err ? err : "", opt_table[k].env, v);
+		if (err)
+			snprintf(err, errlen, "%s", tmp);
+		return r < 0 ? r : -EINVAL;
+	}
 	return help;
 }
 

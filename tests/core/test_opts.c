@@ -133,6 +133,27 @@ Test(core_opts, environment_is_read_and_argv_overrides_it)
 	unsetenv("KEEL_STALL_MS");
 }
 
+/* A bad environment value is not an error when the command line sets that option (it
+ * wins), nor for --help; the parse stopped at it before the command line was read. */
+Test(core_opts, a_bad_environment_value_the_command_line_overrides_is_no_error)
+{
+	struct keel_opts o;
+	char err[256];
+	char *argv[] = { "prog", "--shards", "2", NULL }, *help[] = { "prog", "--help", NULL };
+	char *none[] = { "prog", NULL };
+	int argc = 3;
+
+	setenv("KEEL_SHARDS", "abc", 1);
+	cr_assert_eq(parse(&o, err, sizeof(err), &argc, argv), 0, "%s", err);
+	cr_assert_eq(o.shards, 2);
+	argc = 2;
+	cr_assert_eq(parse(&o, err, sizeof(err), &argc, help), 1, "%s", err);
+	argc = 1;
+	cr_assert_eq(parse(&o, err, sizeof(err), &argc, none), -EINVAL);
+	cr_assert(strstr(err, "KEEL_SHARDS=abc"), "%s", err);
+	unsetenv("KEEL_SHARDS");
+}
+
 /* The CQ is sized on its own (for connections), and never below the SQ. */
 Test(core_opts, cq_entries_sets_the_ring_cq_and_must_cover_the_sq)
 {
