@@ -456,6 +456,20 @@ kv_db_flush(struct kv_db *db)
 		}
 		db->b[i] = NULL;
 	}
+	/* The array starts again at 16 buckets, as after FLUSHALL ASYNC (Redis frees its
+	 * tables too): a table emptied of 10 M keys kept 128 MiB of buckets, counted by
+	 * --maxmemory, walked by KEYS and paced for by the sweep. Without memory for the new
+	 * array the emptied one stays. */
+	if (db->mask > 15) {
+		struct kv_ent **old = db->b;
+		size_t omask = db->mask;
+
+		if (table_new(db) == 0) {
+			mem_add(db, -(long long)((omask + 1) * sizeof(*old)));
+			keel_shard_free(old);
+			db->sweep = 0;
+		}
+	}
 	counts_publish(db);
 }
 
@@ -847,8 +861,10 @@ kv_db_snap_step(struct kv_db *db, struct kv_snap *it, struct rbuf *out, size_t w
 	int64_t now = kv_now_ms();
 	size_t stride = it->mask + 1, looked = 0;
 
-	/* Masks only grow, so every array's size is a multiple of stride: the keys of residue
-	 * r are in its buckets r, r + stride, ... (the old array's moved buckets are empty). */
+	/* Masks only grow while a snapshot runs (a FLUSHALL, which starts the table again
+	 * small, ends the rewrite: rw_abandon), so every array's size is a multiple of stride:
+	 * the keys of residue r are in its buckets r, r + stride, ... (the old array's moved
+	 * buckets are empty). */
 	while (!it->done && out->len < want && !out->oom && looked < KV_SNAP_STEP_BUCKETS) {
 		for (size_t j = it->next; j <= db->mask; j += stride, looked++)
 			snap_chain(db->b[j], now, out);
