@@ -457,12 +457,21 @@ keel_opts_parse(struct keel_opts *o, int *argc, char **argv, char *err, size_t e
 	int n = *argc, out = 1, r, help = 0;
 	int i;
 
-	/* The environment first, the command line over it: a bad value in the environment is
-	 * an error only where the command line does not set that option (and not for --help). */
+	/* The environment first, the command line over it: a bad value in the environment
+	 * applies nothing, and is an error unless the command line sets that option (it wins)
+	 * or asks for --help. --feature adds to KEEL_FEATURE rather than replacing it, so a
+	 * bad KEEL_FEATURE is an error with it too. */
 	for (size_t k = 0; k < NOPT; k++) {
 		const char *v = opt_table[k].env ? getenv(opt_table[k].env) : NULL;
-		if (v && apply(&opt_table[k], v, o, NULL, 0) < 0)
+		struct keel_opts t;
+
+		if (!v)
+			continue;
+		t = *o;
+		if (apply(&opt_table[k], v, &t, NULL, 0) < 0)
 			env_bad[k] = true;
+		else
+			*o = t;
 	}
 
 	for (i = 1; i < n; i++) {
@@ -510,7 +519,7 @@ keel_opts_parse(struct keel_opts *o, int *argc, char **argv, char *err, size_t e
 		const char *v = opt_table[k].env;
 		char tmp[512];
 
-		if (!env_bad[k] || given[k])
+		if (!env_bad[k] || (given[k] && opt_table[k].id != OPT_FEATURE))
 			continue;
 		v = getenv(v);
 		r = apply(&opt_table[k], v, o, err, errlen);

@@ -154,6 +154,29 @@ Test(core_opts, a_bad_environment_value_the_command_line_overrides_is_no_error)
 	unsetenv("KEEL_SHARDS");
 }
 
+/* --feature adds to KEEL_FEATURE, so a bad KEEL_FEATURE stays an error with --feature on
+ * the command line, and applies none of its words (its first word was applied before). */
+Test(core_opts, a_bad_keel_feature_is_an_error_beside_feature_and_applies_nothing)
+{
+	struct keel_opts o;
+	char err[256];
+	char *argv[] = { "prog", "--feature", "min_wait=off", NULL };
+	int argc = 3;
+
+	setenv("KEEL_FEATURE", "send_zc=on,direct_fd=of", 1);
+	cr_assert_eq(parse(&o, err, sizeof(err), &argc, argv), -EINVAL, "%s", err);
+	cr_assert(strstr(err, "KEEL_FEATURE="), "%s", err);
+	unsetenv("KEEL_FEATURE");
+	keel_opts_init(&o);
+	setenv("KEEL_FEATURE", "send_zc=on,direct_fd=of", 1);
+	argc = 2;
+	argv[1] = "--help";
+	cr_assert_eq(keel_opts_parse(&o, &argc, argv, err, sizeof(err)), 1, "%s", err);
+	cr_assert_neq(o.features[KEEL_FEAT_SEND_ZC], KEEL_POLICY_ON,
+		      "a bad KEEL_FEATURE's first word was applied");
+	unsetenv("KEEL_FEATURE");
+}
+
 /* The CQ is sized on its own (for connections), and never below the SQ. */
 Test(core_opts, cq_entries_sets_the_ring_cq_and_must_cover_the_sq)
 {
