@@ -861,16 +861,19 @@ kv_db_snap_step(struct kv_db *db, struct kv_snap *it, struct rbuf *out, size_t w
 	int64_t now = kv_now_ms();
 	size_t stride = it->mask + 1, looked = 0;
 
-	/* Masks only grow while a snapshot runs (a FLUSHALL, which starts the table again
-	 * small, ends the rewrite: rw_abandon), so every array's size is a multiple of stride:
+	/* Masks grow while a snapshot runs, so every array's size is a multiple of stride:
 	 * the keys of residue r are in its buckets r, r + stride, ... (the old array's moved
-	 * buckets are empty). */
+	 * buckets are empty). Only FLUSHALL makes the table small again, and its records
+	 * replace the snapshot's (the file is emptied; rw_abandon where the rewrite's own
+	 * file has not taken over): residues past the small table then hold nothing, and
+	 * each still counts as a bucket looked at, so a step stays bounded. */
 	while (!it->done && out->len < want && !out->oom && looked < KV_SNAP_STEP_BUCKETS) {
 		for (size_t j = it->next; j <= db->mask; j += stride, looked++)
 			snap_chain(db->b[j], now, out);
 		if (db->ob)
 			for (size_t j = it->next; j <= db->omask; j += stride, looked++)
 				snap_chain(db->ob[j], now, out);
+		looked += it->next > db->mask;
 		it->done = it->next++ == it->mask;
 	}
 }
