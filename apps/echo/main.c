@@ -82,6 +82,27 @@ net_print(const struct app *a, unsigned shards)
 	}
 }
 
+/* The listener's counters: accepts, and whether steering put each connection where it
+ * said (docs/net.md, "Steering, and how to verify it"). */
+static void
+listener_print(const struct keel_listener *l, unsigned shards)
+{
+	for (unsigned i = 0; i < shards; i++) {
+		struct keel_listener_stats ls;
+
+		if (keel_listener_stats(l, i, &ls) < 0)
+			continue;
+		fprintf(stderr,
+			"shard %u listener: %llu accepted, %llu steering checks, %llu CPU "
+			"mismatches, %llu queue mismatches, %llu unverified, %llu accept errors, "
+			"%llu over max_conns\n",
+			i, (unsigned long long)ls.accepted, (unsigned long long)ls.steer_reads,
+			(unsigned long long)ls.cpu_mismatch, (unsigned long long)ls.napi_mismatch,
+			(unsigned long long)ls.unverified, (unsigned long long)ls.accept_errors,
+			(unsigned long long)ls.over_limit);
+	}
+}
+
 static void
 on_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
 {
@@ -275,6 +296,8 @@ main(int argc, char **argv)
 	 * are the app's. */
 	if (a.net && r == 0)
 		net_print(&a, keel_runtime_shard_count(rt));
+	if (a.net && r == 0 && a.l)
+		listener_print(a.l, keel_runtime_shard_count(rt));
 	if (o.stats && a.forward)
 		for (unsigned i = 0; i < keel_runtime_shard_count(rt); i++) {
 			struct echo_fwd_stats fs;

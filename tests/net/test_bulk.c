@@ -496,6 +496,10 @@ echo_moves(const char *bulk_flag, const char *bulk_value, unsigned long long *wi
 	close(logfd);
 	cr_assert_gt(n, 0, "keel-echo wrote nothing with --stats");
 	text[n] = 0;
+	cr_assert(strstr(text, "shard 0 listener: 1 accepted, 1 steering checks"),
+		  "no listener line (one accept, checked: cpu steering) in keel-echo's --stats "
+		  "output:\n%s",
+		  text);
 	line = strstr(text, "shard 0 net:");
 	cr_assert(line, "no network line in keel-echo's --stats output:\n%s", text);
 	cr_assert(strstr(line, "bulk ring: "), "%s", line);

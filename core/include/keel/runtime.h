@@ -62,7 +62,9 @@ KEEL_API void keel_runtime_stop(struct keel_runtime *rt, int status);
  * this runtime held in another runtime must be put before this call (architecture.md,
  * "Between runtimes"). With opts->signals, a SIGINT or SIGTERM that came once
  * shard 0's loop had ended is taken here before the caller's signal mask is restored, as
- * shard 0 takes them: the first is the stop under way, a second exits the process at once.
+ * shard 0 takes them: the first is the stop under way (consumed and logged: it is not
+ * delivered after join, to a handler of the host's or otherwise), a second exits the
+ * process at once.
  * Returns: the stop status (0 after a clean stop).
  * Context: the thread that started the runtime; once.
  */
