@@ -396,6 +396,18 @@ bulk_n(char *b, char c, size_t n)
 	memcpy(b + h + n, "\r\n", 3);
 }
 
+/* Runs @start on one shard with a fresh kv_stats as its argument; every check passed. */
+static void
+run_with_stats(keel_shard_fn start)
+{
+	struct keel_opts o = test_opts(1);
+	static struct kv_stats st;
+
+	memset(&st, 0, sizeof(st));
+	cr_assert_eq(keel_run(&o, start, &st), 0);
+	SHARD_CHECKS_PASSED();
+}
+
 static void
 mset_start(void *app)
 {
@@ -445,12 +457,7 @@ mset_start(void *app)
  * and an entry set in place that is far larger than its value is made smaller, as SET does. */
 Test(kv_store, mset_keeps_the_last_value_of_a_repeated_key)
 {
-	struct keel_opts o = test_opts(1);
-	static struct kv_stats st;
-
-	memset(&st, 0, sizeof(st));
-	cr_assert_eq(keel_run(&o, mset_start, &st), 0);
-	SHARD_CHECKS_PASSED();
+	run_with_stats(mset_start);
 }
 
 /* APPEND that must move a value to a larger entry copies it first: a key alive at its
@@ -498,12 +505,7 @@ append_ttl_start(void *app)
 
 Test(kv_store, append_keeps_the_deadline_of_a_key_that_expires_during_it)
 {
-	struct keel_opts o = test_opts(1);
-	static struct kv_stats st;
-
-	memset(&st, 0, sizeof(st));
-	cr_assert_eq(keel_run(&o, append_ttl_start, &st), 0);
-	SHARD_CHECKS_PASSED();
+	run_with_stats(append_ttl_start);
 }
 
 /* FLUSHALL starts the bucket array again at 16, as FLUSHALL ASYNC does: the emptied
@@ -545,12 +547,7 @@ flush_shrinks_start(void *app)
 
 Test(kv_store, flushall_starts_the_buckets_again_small)
 {
-	struct keel_opts o = test_opts(1);
-	static struct kv_stats st;
-
-	memset(&st, 0, sizeof(st));
-	cr_assert_eq(keel_run(&o, flush_shrinks_start, &st), 0);
-	SHARD_CHECKS_PASSED();
+	run_with_stats(flush_shrinks_start);
 }
 
 /* kv_cmd_find compares names as words with ASCII case folded per byte: every table name
