@@ -784,6 +784,20 @@ Test(tools_bench, keel_idle_poll_option_reaches_the_server)
 	free(out);
 }
 
+/* keel-bench's network modes block by default, as the epoll server (--busy-poll-us 0) and
+ * client do: the runtime's own default (50 us of polling) made an in-process keel run spin
+ * against an epoll run that blocked, the comparison the method withdrew. */
+Test(tools_bench, keel_blocks_by_default_as_epoll_does)
+{
+	char *out;
+
+	cr_assert_eq(bench("pingpong --backend keel --seconds 0.2 --warmup 0 --json", &out), 0,
+		     "%s", out);
+	cr_assert_eq(num(out, "idle_poll_us"), 0, "%s", out);
+	cr_assert_eq(num(out, "busy_poll_us"), 0, "%s", out);
+	free(out);
+}
+
 /* The epoll client (and udp's) blocks in its waits by default and polls with
  * --client-poll-us: one that may poll for 10 s never blocks in a run this short. */
 Test(tools_bench, client_poll_option_makes_the_client_poll)

@@ -222,8 +222,12 @@ srv_close(struct keel_conn *c, int status)
 	 * connections: the area slices their send queues and held data still hold are put,
 	 * and their refills counted, only as they close. So read again at every close after
 	 * the stop began; the last close has them all. */
-	if (srv_shard->stopping)
+	if (srv_shard->stopping) {
 		srv_shard->zst_ok = keel_zcrx_stats(keel_this_shard(), &srv_shard->zst) == 0;
+		/* The whole-life CPU after the connections' close, as the epoll server reads
+		 * its after closing them. */
+		srv_shard->cpu_ns = bench_thread_cpu_ns();
+	}
 }
 
 static const struct keel_conn_ops srv_ops = { .on_data = srv_data, .on_close = srv_close };
