@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: MIT
 # compare.sh refuses a run whose server CPU (or client load) the client could not sample,
 # instead of taking "null" into the row's medians, and a run in which a connection got no
-# echo in the window. keel-bench is replaced by a stub: a server that prints its listening
+# echo in the window, and server and client CPU lists that share a CPU (unless --allow-shared).
+# keel-bench is replaced by a stub: a server that prints its listening
 # line and stops cleanly on SIGTERM, and a client whose JSON says so.
 #   compare_null_cpu_test.sh
 set -euo pipefail
@@ -61,3 +62,23 @@ stub null 0
 expect_refusal "no server CPU" "could not sample the server's CPU"
 stub 1000 1
 expect_refusal "a stalled connection" "got no echo in the window"
+# Server and client CPU lists that share a CPU are refused before any run, unless
+# --allow-shared (then compare.md says so).
+st=0
+bash "$root/tools/bench/compare.sh" --bin "$tmp/bin" --rows pp1 --server-cpus 0 --client-cpus 0-1 \
+	--out "$tmp/out" >"$tmp/log" 2>&1 || st=$?
+if [ "$st" -ne 2 ] || ! grep -q "share CPU(s) 0" "$tmp/log"; then
+	echo "FAIL: compare.sh ran with server and client sharing CPU 0 (status $st):"
+	cat "$tmp/log"
+	exit 1
+fi
+echo "compare.sh refused server and client lists that share CPU 0"
+stub 1000 0
+bash "$root/tools/bench/compare.sh" --bin "$tmp/bin" --rows pp1 --policies block --reps 1 \
+	--seconds 0.1 --warmup 0 --epoll-gather-us 0 --no-iperf --no-plot --server-cpus 0 \
+	--client-cpus 0-1 --allow-shared --out "$tmp/out" >"$tmp/log" 2>&1 ||
+	{ echo "FAIL: compare.sh --allow-shared failed:"; cat "$tmp/log"; exit 1; }
+grep -q "server and client share CPU(s) 0" "$tmp/out/compare.md" &&
+	grep -q "below the method: 1 repetitions" "$tmp/out/compare.md" ||
+	{ echo "FAIL: compare.md does not say the CPUs are shared and the reps too few:"; cat "$tmp/out/compare.md"; exit 1; }
+echo "compare.sh --allow-shared ran and said so"

@@ -33,7 +33,9 @@
 #     --servers LIST      keel,epoll (default both)
 #     --shards N          server threads (default: the CPUs in --server-cpus)
 #     --server-cpus LIST  server CPUs, e.g. 0 or 0-3 (default 0)
-#     --client-cpus LIST  client CPUs, e.g. 1 or 4-15 (default 1)
+#     --client-cpus LIST  client CPUs, e.g. 1 or 4-15 (default 1); none of them a server CPU,
+#                         unless --allow-shared (the client's work then counts in "server CPUs
+#                         busy" and competes with the server; compare.md says so)
 #     --client-threads N  client threads at most (default: the CPUs in --client-cpus); a row
 #                         uses min(N, its connections)
 #     --port P            server port (default 0: ephemeral, a new one per run)
@@ -59,7 +61,7 @@ cmdline="tools/bench/compare.sh $*"
 
 quick=0 reps=5 secs=3 warmup=1 rows_arg= policies=block,spin spin=50 client=epoll egather= cpoll=0 net=lo
 eudp=()
-servers=keel,epoll shards= server_cpus=0 client_cpus=1 client_threads= port=0
+servers=keel,epoll shards= server_cpus=0 client_cpus=1 client_threads= port=0 shared=0
 out=bench-results bin= plot=1 iperf=1
 usage() { sed -n '/^#   tools\/bench\/compare.sh \[options\]/,/^set -e/{/^#/s/^# \{0,1\}//p}' "$0"; }
 # --quick sets defaults; options given beside it still win.
@@ -85,6 +87,7 @@ while [ $# -gt 0 ]; do
 	--shards) shards=${2:?--shards needs a value}; shift ;;
 	--server-cpus) server_cpus=${2:?--server-cpus needs a value}; shift ;;
 	--client-cpus) client_cpus=${2:?--client-cpus needs a value}; shift ;;
+	--allow-shared) shared=1 ;;
 	--client-threads) client_threads=${2:?--client-threads needs a value}; shift ;;
 	--port) port=${2:?--port needs a value}; shift ;;
 	--net) net=${2:?--net needs lo or veth}; shift ;;
@@ -150,6 +153,10 @@ cpu_mask() {
 }
 nsrv=$(cpu_count "$server_cpus") || die "--server-cpus '$server_cpus' is not a CPU list (e.g. 0-3,8)"
 ncli=$(cpu_count "$client_cpus") || die "--client-cpus '$client_cpus' is not a CPU list (e.g. 4-15)"
+common=$(comm -12 <(cpu_expand "$server_cpus" | tr ' ' '\n' | sort -u) \
+	<(cpu_expand "$client_cpus" | tr ' ' '\n' | sort -u) | sort -n | tr '\n' ' ')
+[ -z "$common" ] || [ "$shared" -eq 1 ] ||
+	die "--server-cpus and --client-cpus share CPU(s) ${common% }: the client's work would count as the server's and compete with it (separate lists, or --allow-shared to run so anyway)"
 [ -n "$shards" ] || shards=$nsrv
 [ -n "$client_threads" ] || client_threads=$ncli
 [[ $shards =~ ^[1-9][0-9]*$ ]] || die "--shards must be a positive integer"
@@ -377,7 +384,7 @@ run_one() { # name mode size inflight conns policy backend rep
 		cat "$base.json" "$base.err" "$base.log" >&2
 		exit 1
 	fi
-	# A run whose CPU sampler woke a quarter of the window late measured the CPU over
+	# A run whose CPU sampler woke more than 2 % of the window late measured the CPU over
 	# another interval than the messages: no figure either.
 	if [ "$(field "$base.json" cpu_sample_late)" = true ]; then
 		echo "compare.sh: FAILED row $name policy $pol server $be rep $rep: the CPU sampler" \
@@ -478,19 +485,21 @@ NR == 1 { next }
 	lost[k] += ($20 == "null") ? 0 : $20
 	info[k] = $2 OFS $3 OFS $4 OFS $5 OFS $6
 	byrep[$1, $7, $8, $9] = v
+	cpurep[$1, $7, $8, $9] = $15
 	reps[$1, $7, $9] = 1
 }
 END {
 	print "row", "mode", "size", "inflight", "conns", "threads", "policy", "server", "n", "median", "min", "max", \
 		"p50_us", "p99_us", "server_cpu_ns_per_msg", "server_cores", "client_cores_used", "client_bound_reps", \
 		"lost", "ratio_median", "ratio_min", "ratio_max", "server_cpus_ns_per_msg", "p_rate", "p_cpu", \
-		"p_cpus"
+		"p_cpus", "server_cpu_min", "server_cpu_max", "cpu_ratio_median", "cpu_ratio_min", \
+		"cpu_ratio_max"
 	for (o = 1; o <= nk; o++) {
 		k = order[o]; split(k, kk, SUBSEP); c = n[k]
 		delete a; for (i = 1; i <= c; i++) a[i] = m[k, i]; md = med(a, c); lo = a[1]; hi = a[c]
 		delete a; for (i = 1; i <= c; i++) a[i] = (p50[k, i] == "null") ? -1 : p50[k, i]; mp50 = med(a, c)
 		delete a; for (i = 1; i <= c; i++) a[i] = (p99[k, i] == "null") ? -1 : p99[k, i]; mp99 = med(a, c)
-		delete a; for (i = 1; i <= c; i++) a[i] = cpu[k, i]; mcpu = med(a, c)
+		delete a; for (i = 1; i <= c; i++) a[i] = cpu[k, i]; mcpu = med(a, c); clo = a[1]; chi = a[c]
 		delete a; for (i = 1; i <= c; i++) a[i] = sc[k, i]; msc = med(a, c)
 		delete a; for (i = 1; i <= c; i++) a[i] = cc[k, i]; mcc = med(a, c)
 		delete a; nb = 0; for (i = 1; i <= c; i++) if (bcpu[k, i] >= 0) a[++nb] = bcpu[k, i]
@@ -503,6 +512,15 @@ END {
 				if (((kk[1], kk[2], "keel", r) in byrep) && ((kk[1], kk[2], "epoll", r) in byrep) && byrep[kk[1], kk[2], "epoll", r] > 0)
 					a[++nr] = byrep[kk[1], kk[2], "keel", r] / byrep[kk[1], kk[2], "epoll", r]
 			if (nr) { rm = med(a, nr); rl = a[1]; rh = a[nr] }
+		}
+		# the same for the server CPU per message (the figure of client-bound rows)
+		cm = cl = ch = "-"
+		if (kk[3] == "keel") {
+			nr = 0; delete a
+			for (r = 1; r <= 1000; r++)
+				if (((kk[1], kk[2], "keel", r) in cpurep) && ((kk[1], kk[2], "epoll", r) in cpurep) && cpurep[kk[1], kk[2], "epoll", r] > 0)
+					a[++nr] = cpurep[kk[1], kk[2], "keel", r] / cpurep[kk[1], kk[2], "epoll", r]
+			if (nr) { cm = med(a, nr); cl = a[1]; ch = a[nr] }
 		}
 		# keel against epoll, rank-sum test over the repetitions (ranksum.awk): the rate
 		# and the server CPU per message (on the keel line)
@@ -522,7 +540,8 @@ END {
 			if (pcpus < 0) pcpus = "-"
 		}
 		print kk[1], info[k], kk[2], kk[3], c, md, lo, hi, (mp50 < 0 ? "null" : mp50), (mp99 < 0 ? "null" : mp99), \
-			mcpu, msc, mcc, cb[k], lost[k], rm, rl, rh, (mbcpu < 0 ? "null" : mbcpu), prate, pcpu, pcpus
+			mcpu, msc, mcc, cb[k], lost[k], rm, rl, rh, (mbcpu < 0 ? "null" : mbcpu), prate, pcpu, pcpus, \
+			clo, chi, cm, cl, ch
 	}
 }'
 awk -F'\t' -v OFS='\t' -f "$root/tools/bench/ranksum.awk" -f <(printf '%s\n' "$summary_prog") "$tsv" >"$sum"
@@ -561,12 +580,17 @@ client_desc="keel-bench MODE --client $client --port P --server-pid PID"
 	egath=$(sed -n 's/^keel-bench serve: epoll .*, sleeps \(gather .*\)$/\1/p' "$runs"/*-epoll-1.log 2>/dev/null | head -1)
 	echo "- keel's sleeps: ${gather:-end at the first completion} (--wait-coalesce-us, architecture.md step 8); the epoll server's: ${egath:-end at the first event} (keel-bench serve --gather-us, the same policy)"
 	echo "- $reps alternating repetitions of ${secs} s (+${warmup} s warm-up) per row, policy and server; median (min-max)"
+	[ "$reps" -ge 5 ] ||
+		echo "- **below the method: $reps repetitions (< 5) a side; a look, not a result** (docs/bench.md)"
+	[ -z "$common" ] ||
+		echo "- **server and client share CPU(s) ${common% }** (--allow-shared): the client's work counts in \"server CPUs busy\" and competes with the server"
 	echo "- server CPU: the server process's CPU time over the measured window only (clock_getcpuclockid of its pid, read"
 	echo "  by the client at the window's edges), per message echoed in the window; cores = CPU time / window"
 	echo "- server CPUs busy: all the work on the server's CPUs over the same window (/proc/stat: user, nice, system,"
 	echo "  irq, softirq; tick-sampled), per message: unlike the process's clock it includes the receive softirqs that"
 	echo "  ran while the server slept (charged to the idle task), so it does not favour the server that sleeps more"
-	echo "- keel/epoll: median of the per-repetition ratios (min-max); > 1: keel's server moved more"
+	echo "- keel/epoll: median of the per-repetition ratios (min-max); > 1: keel's server moved more (for the server"
+	echo "  CPU per message: > 1, keel's server spent more)"
 	echo "- **client-bound**: the client used >= 0.9 of its cores in total, or one client thread >= 0.9 of its core, in some repetition; there the throughput"
 	echo "  compares the client, and the server CPU per message is the figure that counts"
 	echo "- p50/p99: round-trip latency in µs (loaded latency with many in flight)"
@@ -593,7 +617,7 @@ END {
 		print ""
 		print "## policy: " pol (pol == "block" ? " (both servers block in the kernel when idle)" : " (both servers poll " spin " us before blocking)")
 		print ""
-		print "| row | mode | size | inflight | conns | client threads | unit | keel median (min-max) | epoll median (min-max) | keel/epoll (min-max) | p50 µs keel / epoll | p99 µs keel / epoll | server CPU ns/msg keel / epoll | server CPUs busy ns/msg keel / epoll | server cores keel / epoll | client cores used keel / epoll | shown (p): rate; server CPU; CPUs busy | flags |"
+		print "| row | mode | size | inflight | conns | client threads | unit | keel median (min-max) | epoll median (min-max) | keel/epoll (min-max) | p50 µs keel / epoll | p99 µs keel / epoll | server CPU ns/msg keel (min-max) / epoll (min-max); keel/epoll (min-max) | server CPUs busy ns/msg keel / epoll | server cores keel / epoll | client cores used keel / epoll | shown (p): rate; server CPU; CPUs busy | flags |"
 		print "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 		for (r = 1; r <= nr; r++) {
 			kk = rows[r] SUBSEP pol SUBSEP "keel"; ke = rows[r] SUBSEP pol SUBSEP "epoll"
@@ -609,11 +633,12 @@ END {
 			sh = ranksum_shown(K[24], K[10], E[10], K[25], K[15], E[15])
 			shb = ranksum_verdict(K[26], K[23], E[23], "dearer", "cheaper")
 			if (shb != "-") sh = sh "; CPUs busy: " shb
-			printf "| %s | %s | %s | %s | %s | %s | %s | %s (%s-%s) | %s (%s-%s) | %s (%s-%s) | %s / %s | %s / %s | %s / %s | %s / %s | %s / %s | %s / %s | %s | %s |\n", \
+			printf "| %s | %s | %s | %s | %s | %s | %s | %s (%s-%s) | %s (%s-%s) | %s (%s-%s) | %s / %s | %s / %s | %s (%s-%s) / %s (%s-%s); %s (%s-%s) | %s / %s | %s / %s | %s / %s | %s | %s |\n", \
 				S[1], mode, S[3], S[4], S[5], S[6], unit(mode), \
 				fmtv(K[10], mode), fmtv(K[11], mode), fmtv(K[12], mode), fmtv(E[10], mode), fmtv(E[11], mode), fmtv(E[12], mode), \
 				f2(K[20]), f2(K[21]), f2(K[22]), f1(K[13]), f1(E[13]), f1(K[14]), f1(E[14]), \
-				fmtv(K[15], "x"), fmtv(E[15], "x"), fmtv(K[23], "x"), fmtv(E[23], "x"), \
+				fmtv(K[15], "x"), fmtv(K[27], "x"), fmtv(K[28], "x"), fmtv(E[15], "x"), fmtv(E[27], "x"), \
+				fmtv(E[28], "x"), f2(K[29]), f2(K[30]), f2(K[31]), fmtv(K[23], "x"), fmtv(E[23], "x"), \
 				f2(K[16]), f2(E[16]), f2(K[17]), f2(E[17]), sh, (flags == "" ? "" : flags)
 		}
 	}

@@ -9,8 +9,8 @@
 # Out: OUT/scaling.md (one table: shards x row x policy), OUT/scaling.tsv, OUT/scaling.png
 # (when gnuplot is there), OUT/shards-S/ (compare.sh's files). Installs nothing, builds
 # nothing: give it a built bin directory (cmake --build; keel-bench is all it runs).
-# Default: 5 shard counts x 2 rows x 2 policies x 2 servers x 3 reps x (2 s + 0.5 s warm-up)
-# = 120 runs, about 6-7 minutes.
+# Default: 5 shard counts x 2 rows x 2 policies x 2 servers x 5 reps x (1 s + 0.3 s warm-up)
+# = 200 runs, about 5-6 minutes.
 #   tools/bench/scaling.sh [options]
 #     --bin DIR         directory of keel-bench (default build-release/bin)
 #     --shards LIST     server shard counts (default 1,2,4,8,12)
@@ -70,6 +70,8 @@ for s in "${S[@]}"; do
 	else
 		cli="0-$((ncpu - 1))"
 	fi
+	allow=()
+	[ "$s" -lt "$ncpu" ] || allow=(--allow-shared) # the client on all CPUs (--allow-shared)
 	r=${rows//\{S\}/$s}
 	# conns expressions like 32*4 -> 128
 	spec=()
@@ -81,7 +83,7 @@ for s in "${S[@]}"; do
 	echo "== $s shard(s) on CPUs $srv, client on CPUs $cli ($(($(date +%s) - t0)) s so far)"
 	bash "$root/tools/bench/compare.sh" --bin "$bin" --shards "$s" --server-cpus "$srv" --client-cpus "$cli" \
 		--rows "$(IFS=,; echo "${spec[*]}")" --reps "$reps" --seconds "$secs" --warmup "$warmup" \
-		--policies "$policies" --client "$client" "${egather[@]}" \
+		--policies "$policies" --client "$client" "${egather[@]}" "${allow[@]}" \
 		--out "$out/shards-$s" --no-plot --no-iperf >"$out/shards-$s.log" 2>&1 || {
 		echo "scaling.sh: compare.sh failed for $s shard(s):" >&2
 		tail -n 30 "$out/shards-$s.log" >&2
