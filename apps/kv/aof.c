@@ -1381,7 +1381,7 @@ kv_aof_log(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv, unsi
 
 	if (!a->open)
 		return;
-	if (!strcmp(c->name, "flushall")) {
+	if (!strcmp(c->name, "flushall") || !strcmp(c->name, "flushdb")) {
 		a->pend.len = 0;
 		a->reset = true;
 		/* A rewrite whose file has not taken over: the old file is emptied now and takes

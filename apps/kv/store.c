@@ -984,6 +984,86 @@ cmd_set(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out
 		rb_simple(out, "OK");
 }
 
+/* SETEX key seconds value, PSETEX key milliseconds value: SET key value EX|PX n. */
+static void
+setex_generic(struct kv_db *db, struct resp_arg *argv, struct rbuf *out, bool sec, const char *name)
+{
+	int64_t now = kv_now_ms();
+	struct kv_ent *e, **pp = NULL;
+	long long v;
+	uint64_t h;
+
+	if (!kv_arg_ll(&argv[2], &v)) {
+		rb_err(out, "%s", e_int);
+		return;
+	}
+	if (v <= 0 || (sec && v > LLONG_MAX / 1000) || (sec ? v * 1000 : v) > LLONG_MAX - now) {
+		rb_err(out, "ERR invalid expire time in '%s' command", name);
+		return;
+	}
+	h = kv_hash(argv[1].p, argv[1].len);
+	e = lookup_h(db, &argv[1], h, &pp);
+	e = store_at(db, &argv[1], h, e, pp, argv[3].p, argv[3].len, argv[3].len, false);
+	if (!e) {
+		rb_err(out, "%s", e_oom);
+		return;
+	}
+	set_expire(db, e, now + (sec ? v * 1000 : v));
+	rb_simple(out, "OK");
+}
+
+static void
+cmd_setex(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	setex_generic(db, argv, out, true, "setex");
+}
+
+static void
+cmd_psetex(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	setex_generic(db, argv, out, false, "psetex");
+}
+
+/* SETNX key value: 1 when it set the key, 0 when the key was there. */
+static void
+cmd_setnx(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	uint64_t h = kv_hash(argv[1].p, argv[1].len);
+	struct kv_ent **pp = NULL, *e = lookup_h(db, &argv[1], h, &pp);
+
+	if (e) {
+		rb_int(out, 0);
+		return;
+	}
+	if (!store_at(db, &argv[1], h, NULL, pp, argv[2].p, argv[2].len, argv[2].len, false)) {
+		rb_err(out, "%s", e_oom);
+		return;
+	}
+	rb_int(out, 1);
+}
+
+/* GETDEL key: the value (nil when there is none), and the key deleted. */
+static void
+cmd_getdel(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	struct kv_ent **pp, *e = lookup(db, &argv[1], &pp);
+
+	atomic_fetch_add_explicit(e ? &db->st->hits : &db->st->misses, 1, memory_order_relaxed);
+	if (!e) {
+		rb_nil(out);
+		return;
+	}
+	rb_bulk(out, e->data + e->klen, e->vlen);
+	unlink_ent(db, pp);
+}
+
+/* TYPE key: every value here is a string. */
+static void
+cmd_type(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	rb_simple(out, lookup(db, &argv[1], NULL) ? "string" : "none");
+}
+
 static void
 cmd_getset(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
@@ -1228,9 +1308,10 @@ cmd_mset(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *ou
 	rb_simple(out, "OK");
 }
 
+/* EXPIRE, PEXPIRE (@sec: seconds), and with @abs EXPIREAT, PEXPIREAT (a Unix time). */
 static void
 expire_generic(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out, bool sec,
-	       const char *name)
+	       bool abs, const char *name)
 {
 	bool nx = false, xx = false, gt = false, lt = false;
 	struct kv_ent **pp, *e;
@@ -1265,11 +1346,11 @@ expire_generic(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rb
 		return;
 	}
 	if ((sec && (v > LLONG_MAX / 1000 || v < LLONG_MIN / 1000)) ||
-	    (v > 0 && (sec ? v * 1000 : v) > LLONG_MAX - now)) {
+	    (!abs && v > 0 && (sec ? v * 1000 : v) > LLONG_MAX - now)) {
 		rb_err(out, "ERR invalid expire time in '%s' command", name);
 		return;
 	}
-	at = now + (sec ? v * 1000 : v);
+	at = (abs ? 0 : now) + (sec ? v * 1000 : v);
 	e = lookup(db, &argv[1], &pp);
 	if (!e) {
 		rb_int(out, 0);
@@ -1292,13 +1373,25 @@ expire_generic(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rb
 static void
 cmd_expire(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
-	expire_generic(db, argv, argc, out, true, "expire");
+	expire_generic(db, argv, argc, out, true, false, "expire");
+}
+
+static void
+cmd_expireat(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	expire_generic(db, argv, argc, out, true, true, "expireat");
+}
+
+static void
+cmd_pexpireat(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	expire_generic(db, argv, argc, out, false, true, "pexpireat");
 }
 
 static void
 cmd_pexpire(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
-	expire_generic(db, argv, argc, out, false, "pexpire");
+	expire_generic(db, argv, argc, out, false, false, "pexpire");
 }
 
 static void
@@ -1397,7 +1490,16 @@ static const struct kv_cmd cmds[] = {
 	{ "set", -3, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEY, 0, KV_M_NONE, cmd_set, "write denyoom" },
 	{ "getset", 3, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEY, 0, KV_M_NONE, cmd_getset,
 	  "write denyoom fast" },
+	{ "setnx", 3, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEY, 0, KV_M_NONE, cmd_setnx,
+	  "write denyoom fast" },
+	{ "setex", 4, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEY, 0, KV_M_NONE, cmd_setex,
+	  "write denyoom" },
+	{ "psetex", 4, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEY, 0, KV_M_NONE, cmd_psetex,
+	  "write denyoom" },
+	{ "getdel", 2, KV_F_WRITE, KV_R_KEY, 0, KV_M_NONE, cmd_getdel, "write fast" },
 	{ "del", -2, KV_F_WRITE, KV_R_KEYS, 1, KV_M_SUM, cmd_del, "write" },
+	{ "unlink", -2, KV_F_WRITE, KV_R_KEYS, 1, KV_M_SUM, cmd_del, "write fast" },
+	{ "type", 2, 0, KV_R_KEY, 0, KV_M_NONE, cmd_type, "readonly fast" },
 	{ "exists", -2, 0, KV_R_KEYS, 1, KV_M_SUM, cmd_exists, "readonly fast" },
 	{ "incr", 2, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEY, 0, KV_M_NONE, cmd_incr,
 	  "write denyoom fast" },
@@ -1414,11 +1516,14 @@ static const struct kv_cmd cmds[] = {
 	{ "mset", -3, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEYS, 2, KV_M_OK, cmd_mset, "write denyoom" },
 	{ "expire", -3, KV_F_WRITE, KV_R_KEY, 0, KV_M_NONE, cmd_expire, "write fast" },
 	{ "pexpire", -3, KV_F_WRITE, KV_R_KEY, 0, KV_M_NONE, cmd_pexpire, "write fast" },
+	{ "expireat", -3, KV_F_WRITE, KV_R_KEY, 0, KV_M_NONE, cmd_expireat, "write fast" },
+	{ "pexpireat", -3, KV_F_WRITE, KV_R_KEY, 0, KV_M_NONE, cmd_pexpireat, "write fast" },
 	{ "ttl", 2, 0, KV_R_KEY, 0, KV_M_NONE, cmd_ttl, "readonly fast" },
 	{ "pttl", 2, 0, KV_R_KEY, 0, KV_M_NONE, cmd_pttl, "readonly fast" },
 	{ "persist", 2, KV_F_WRITE, KV_R_KEY, 0, KV_M_NONE, cmd_persist, "write fast" },
 	{ "dbsize", 1, 0, KV_R_ALL, 0, KV_M_SUM, cmd_dbsize, "readonly fast" },
 	{ "flushall", -1, KV_F_WRITE, KV_R_ALL, 0, KV_M_OK, cmd_flushall, "write" },
+	{ "flushdb", -1, KV_F_WRITE, KV_R_ALL, 0, KV_M_OK, cmd_flushall, "write" },
 	{ "keys", 2, 0, KV_R_ALL, 0, KV_M_CONCAT, cmd_keys, "readonly" },
 	{ "info", -1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "loading stale" },
 	{ "select", 2, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "loading stale fast" },

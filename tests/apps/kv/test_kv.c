@@ -1618,6 +1618,44 @@ Test(kv_server, aof_expiry_survives_restart)
 	rm_dir(dir);
 }
 
+/* FLUSHDB empties the append-only file as FLUSHALL does (an unrecorded FLUSHDB would bring
+ * its keys back at the next start), and the commands added with it are routed and recorded
+ * across shards: UNLINK split over them, SETEX and GETDEL on each key's owner. */
+Test(kv_server, flushdb_and_the_newer_commands_survive_a_restart)
+{
+	char dir[64];
+	struct srv s;
+	struct rd r;
+
+	mk_dir(dir, sizeof(dir));
+	srv_start(&s, 3, "--appendonly", "yes", "--dir", dir, NULL);
+	rd_init(&r, test_connect(s.port));
+	for (int i = 0; i < 8; i++) {
+		char cmd[64];
+
+		snprintf(cmd, sizeof(cmd), "SET old%d v", i);
+		expect(&r, cmd, "+OK\r\n");
+	}
+	expect(&r, "FLUSHDB", "+OK\r\n");
+	expect(&r, "SETEX a 1000 1", "+OK\r\n");
+	expect(&r, "SETNX b 2", ":1\r\n");
+	expect(&r, "SETNX c 3", ":1\r\n");
+	expect(&r, "SETNX d 4", ":1\r\n");
+	expect(&r, "UNLINK b c nope", ":2\r\n");
+	expect(&r, "GETDEL d", "$1\r\n4\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+	srv_start(&s, 2, "--appendonly", "yes", "--dir", dir, NULL);
+	rd_init(&r, test_connect(s.port));
+	expect(&r, "DBSIZE", ":1\r\n");
+	expect(&r, "GET a", "$1\r\n1\r\n");
+	expect(&r, "TYPE a", "+string\r\n");
+	expect(&r, "EXISTS old0 old7 b c d", ":0\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+	rm_dir(dir);
+}
+
 static long long
 aof_size_total(const char *dir, unsigned n)
 {

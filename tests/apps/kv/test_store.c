@@ -550,6 +550,88 @@ Test(kv_store, flushall_starts_the_buckets_again_small)
 	run_with_stats(flush_shrinks_start);
 }
 
+/* The string and key commands client libraries call besides SET and GET (redis-py's setex,
+ * setnx, unlink, ...), with Redis 7's replies; before they were "unknown command". */
+static void
+more_commands_start(void *app)
+{
+	struct rbuf out = { 0 };
+	char at[32];
+	static const struct {
+		unsigned argc;
+		const char *w[5], *want;
+	} steps[] = {
+		{ 3, { "SETNX", "a", "1" }, ":1\r\n" },
+		{ 3, { "SETNX", "a", "2" }, ":0\r\n" },
+		{ 2, { "GET", "a" }, "$1\r\n1\r\n" },
+		{ 2, { "TYPE", "a" }, "+string\r\n" },
+		{ 2, { "TYPE", "nope" }, "+none\r\n" },
+		{ 4, { "SETEX", "b", "100", "x" }, "+OK\r\n" },
+		{ 2, { "TTL", "b" }, ":100\r\n" },
+		{ 4,
+		  { "SETEX", "b", "0", "x" },
+		  "-ERR invalid expire time in 'setex' command\r\n" },
+		{ 4,
+		  { "SETEX", "b", "ten", "x" },
+		  "-ERR value is not an integer or out of range\r\n" },
+		{ 4, { "PSETEX", "c", "100000", "y" }, "+OK\r\n" },
+		{ 2, { "TTL", "c" }, ":100\r\n" },
+		{ 4,
+		  { "PSETEX", "c", "-1", "y" },
+		  "-ERR invalid expire time in 'psetex' command\r\n" },
+		{ 2, { "GETDEL", "c" }, "$1\r\ny\r\n" },
+		{ 2, { "GETDEL", "c" }, "$-1\r\n" },
+		{ 2, { "EXISTS", "c" }, ":0\r\n" },
+		{ 4, { "UNLINK", "a", "b", "nope" }, ":2\r\n" },
+		{ 3, { "SET", "d", "v" }, "+OK\r\n" },
+		{ 3, { "EXPIREAT", "d", "1" }, ":1\r\n" }, /* in the past: deleted */
+		{ 2, { "EXISTS", "d" }, ":0\r\n" },
+		{ 3, { "EXPIREAT", "d", "1" }, ":0\r\n" },
+		{ 3, { "SET", "e", "v" }, "+OK\r\n" },
+		{ 1, { "DBSIZE" }, ":1\r\n" },
+		{ 1, { "FLUSHDB" }, "+OK\r\n" },
+		{ 1, { "DBSIZE" }, ":0\r\n" },
+		{ 2, { "FLUSHDB", "NOW" }, "-ERR syntax error\r\n" },
+	};
+
+	if (!SHARD_CHECK_EQ(kv_db_init(&db, app), 0)) {
+		keel_stop(-EIO);
+		return;
+	}
+	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+		run(&out, steps[i].argc, (const char **)steps[i].w);
+		SHARD_CHECK(reply_is(&out, steps[i].want), "%s %s: %.*s, want %s", steps[i].w[0],
+			    steps[i].w[1] ? steps[i].w[1] : "", (int)out.len, out.p, steps[i].want);
+	}
+	/* EXPIREAT and PEXPIREAT a minute out, and their options (as EXPIRE's). */
+	run(&out, 3, (const char *[]){ "SET", "f", "v" });
+	snprintf(at, sizeof(at), "%lld", (long long)(kv_now_ms() / 1000 + 60));
+	run(&out, 3, (const char *[]){ "EXPIREAT", "f", at });
+	SHARD_CHECK(reply_is(&out, ":1\r\n"));
+	run(&out, 2, (const char *[]){ "TTL", "f" });
+	SHARD_CHECK(reply_is(&out, ":60\r\n") || reply_is(&out, ":59\r\n"), "TTL f: %.*s",
+		    (int)out.len, out.p);
+	snprintf(at, sizeof(at), "%lld", (long long)(kv_now_ms() + 30000));
+	run(&out, 4, (const char *[]){ "PEXPIREAT", "f", at, "GT" });
+	SHARD_CHECK(reply_is(&out, ":0\r\n"), "PEXPIREAT GT, sooner: %.*s", (int)out.len, out.p);
+	run(&out, 4, (const char *[]){ "PEXPIREAT", "f", at, "LT" });
+	SHARD_CHECK(reply_is(&out, ":1\r\n"), "PEXPIREAT LT, sooner: %.*s", (int)out.len, out.p);
+	run(&out, 2, (const char *[]){ "TTL", "f" });
+	SHARD_CHECK(reply_is(&out, ":30\r\n") || reply_is(&out, ":29\r\n"), "TTL f: %.*s",
+		    (int)out.len, out.p);
+	run(&out, 3, (const char *[]){ "EXPIREAT", "f", "99999999999999999" });
+	SHARD_CHECK(reply_is(&out, "-ERR invalid expire time in 'expireat' command\r\n"), "%.*s",
+		    (int)out.len, out.p);
+	rb_free(&out);
+	kv_db_fini(&db);
+	keel_stop(0);
+}
+
+Test(kv_store, setnx_setex_getdel_unlink_expireat_type_flushdb_reply_as_redis_7)
+{
+	run_with_stats(more_commands_start);
+}
+
 /* kv_cmd_find compares names as words with ASCII case folded per byte: every table name
  * in any case is found, and nothing that only resembles one (a byte with its high bit
  * set, the characters next to 'A' and 'Z', a trailing NUL, a prefix) is. */
