@@ -588,12 +588,14 @@ zc_end(struct keel_conn *c, int res)
 {
 	struct net_shard *ns = c->ns;
 
-	switch (keel__zcrx_end_action(res, keel__zcrx_held(ns))) {
+	switch (keel__zcrx_end_action(res)) {
 	case KEEL__ZCRX_END_REARM:
 		keel__zcrx_count_end(ns, res);
 		return true;
 	case KEEL__ZCRX_END_WAIT:
 		keel__zcrx_count_end(ns, res);
+		if (keel__zcrx_retry_later(ns) < 0)
+			return false; /* no timer to bound the wait: aborted with ENOMEM */
 		if (!c->starving && !c->closing)
 			starve_add(c, &ns->zc_waiting, true);
 		return true;
@@ -602,6 +604,8 @@ zc_end(struct keel_conn *c, int res)
 		keel__zcrx_conn_to_copy(ns, res);
 		return true;
 	case KEEL__ZCRX_END_ABORT:
+		if (res == -EFAULT)
+			keel__zcrx_misrouted(ns);
 		break;
 	}
 	return false;

@@ -146,6 +146,7 @@ on_stop(void *arg)
 	keel__conns_stop(ns);
 	keel__lim_stop(ns);
 	keel__udps_stop(ns);
+	keel__zcrx_stop(ns);
 	keel__net_unref(ns); /* the base reference */
 }
 

@@ -389,6 +389,7 @@ keel__zcrx_fini(struct net_shard *ns)
 
 	if (!z)
 		return;
+	keel__zcrx_stop(ns);
 	ns->zcrx = NULL;
 	if (z->claimed)
 		keel__zcrx_unclaim(z->iface, z->rxq);
@@ -420,6 +421,7 @@ keel_zcrx_stats(const struct keel_shard *sh, struct keel_zcrx_stats *out)
 	out->conn_fallbacks = z->conn_fallbacks;
 	out->cq_full_rearms = z->cq_full_rearms;
 	out->nomem_waits = z->nomem_waits;
+	out->misrouted = z->misrouted;
 	out->refills = z->refills;
 	out->refill_publishes = z->publishes;
 	out->refills_pending = z->npend;

@@ -45,7 +45,8 @@ struct net_zcrx {
 	uint32_t npend, pendcap;
 	/* Counters (keel_zcrx_stats). */
 	uint64_t zc_bytes, zc_frags, copy_bytes, refills, publishes, dropped;
-	uint64_t conn_fallbacks, cq_full_rearms, nomem_waits;
+	uint64_t conn_fallbacks, cq_full_rearms, nomem_waits, misrouted;
+	struct keel_timer *retry; /* re-arms the connections waiting after ENOMEM */
 	uint64_t frames, frame_frags, frame_frags_max;
 };
 
@@ -98,24 +99,36 @@ bool keel__zcrx_prep_recv(struct net_shard *ns, struct io_uring_sqe *sqe, int fd
  * RSS picks for its 4-tuple, usually not this shard's (EFAULT when another interface
  * queue's): keel steers accepted connections only. */
 bool keel__zcrx_conn_wants(int family, bool accepted);
-/* What a connection does when its RECV_ZC ends with @res < 0 (not -ECANCELED) while the
- * application holds @held area slices of the shard. */
+/* What a connection does when its RECV_ZC ends with @res < 0 (not -ECANCELED). The copy
+ * path is no way out for a TCP connection of a ZCRX queue: its payload lies in the area's
+ * buffers, which a plain recv refuses with EFAULT (the kernel hands such skbs only to
+ * RECV_ZC, or to MSG_SOCK_DEVMEM). */
 enum keel__zcrx_end {
-	KEEL__ZCRX_END_ABORT, /* anything else: the connection is aborted with @res */
+	KEEL__ZCRX_END_ABORT, /* -EFAULT (its payload is in another interface queue's buffers:
+			       * no receive of this shard can read it) and anything else: the
+			       * connection is aborted with @res */
 	KEEL__ZCRX_END_REARM, /* -ENOSPC (the CQ was full): arm the RECV_ZC again now */
-	KEEL__ZCRX_END_WAIT,  /* -ENOMEM (no free area buffer) with slices held: arm it again
-			       * once one is returned (a refill published) */
-	KEEL__ZCRX_END_COPY,  /* -EPROTONOSUPPORT, -EFAULT, or -ENOMEM with none held (nothing of
-			       * ours will come back): the copy path from now on */
+	KEEL__ZCRX_END_WAIT,  /* -ENOMEM (no free area buffer): arm it again once a refill is
+			       * published or KEEL__ZCRX_RETRY_NS has passed */
+	KEEL__ZCRX_END_COPY,  /* -EPROTONOSUPPORT (not TCP): the copy path from now on */
 };
-enum keel__zcrx_end keel__zcrx_end_action(int res, uint32_t held);
-/* Area slices of @ns the application holds (0 without ZCRX). */
-uint32_t keel__zcrx_held(const struct net_shard *ns);
+enum keel__zcrx_end keel__zcrx_end_action(int res);
+/* A RECV_ZC that ended with ENOMEM is armed again after this at the latest: the area's
+ * buffers come back from the kernel's page pool, which tells the shard nothing. */
+#define KEEL__ZCRX_RETRY_NS (10ull * 1000 * 1000)
 /* Count a RECV_ZC re-armed after -ENOSPC or waiting after -ENOMEM (stats). */
 void keel__zcrx_count_end(struct net_shard *ns, int res);
-/* A connection's RECV_ZC ended with @res (-EPROTONOSUPPORT, -EFAULT, -ENOMEM) and it moves to
- * the copy path: counted (conn_fallbacks), the first on the shard logged. */
+/* A connection's RECV_ZC ended with -ENOMEM and it waits: the shard's retry timer is armed
+ * (made on first use). Returns 0, or -ENOMEM (no timer: the connection is aborted). */
+int keel__zcrx_retry_later(struct net_shard *ns);
+/* The network state stops: the retry timer goes. */
+void keel__zcrx_stop(struct net_shard *ns);
+/* A connection's RECV_ZC ended with -EPROTONOSUPPORT and it moves to the copy path:
+ * counted (conn_fallbacks), the first on the shard logged. */
 void keel__zcrx_conn_to_copy(struct net_shard *ns, int res);
+/* A connection's RECV_ZC ended with -EFAULT and it is aborted: counted (misrouted), the
+ * first on the shard logged with the fix (steering). */
+void keel__zcrx_misrouted(struct net_shard *ns);
 /* Tests: whether a connection of @ns arms a simulated RECV_ZC (keel__zcrx_sim_attach)
  * instead of a real one or the copy path's receive. */
 bool keel__zcrx_sim_recv(const struct net_shard *ns);

@@ -270,7 +270,7 @@ keel__zcrx_conn_wants(int family, bool accepted)
 }
 
 enum keel__zcrx_end
-keel__zcrx_end_action(int res, uint32_t held)
+keel__zcrx_end_action(int res)
 {
 	switch (res) {
 	case -ENOSPC:
@@ -278,20 +278,69 @@ keel__zcrx_end_action(int res, uint32_t held)
 	case -ENOMEM:
 		/* The kernel needed a free area buffer (it copies payload that did not arrive
 		 * in the queue's own buffers) and had none. Arming again at once could only fail
-		 * again: wait for a slice of ours to go back; with none held, none will. */
-		return held ? KEEL__ZCRX_END_WAIT : KEEL__ZCRX_END_COPY;
+		 * again: wait for a slice of ours to go back, or for the kernel's page pool to
+		 * give some back (the retry timer). The copy path is no way out: the next
+		 * packets' payload is in area buffers, which a plain recv refuses (EFAULT). */
+		return KEEL__ZCRX_END_WAIT;
 	case -EPROTONOSUPPORT:
-	case -EFAULT:
 		return KEEL__ZCRX_END_COPY;
-	default:
+	default: /* -EFAULT among them: see keel__zcrx_misrouted */
 		return KEEL__ZCRX_END_ABORT;
 	}
 }
 
-uint32_t
-keel__zcrx_held(const struct net_shard *ns)
+static void
+retry_cb(struct keel_timer *t, void *arg)
 {
-	return ns->zcrx ? ns->zcrx->held : 0;
+	struct net_zcrx *z = arg;
+
+	(void)t;
+	if (z->ns && z->ns->zc_waiting)
+		keel__conn_zc_wait_kick(z->ns);
+}
+
+int
+keel__zcrx_retry_later(struct net_shard *ns)
+{
+	struct net_zcrx *z = ns->zcrx;
+
+	if (!z)
+		return -ENOMEM;
+	if (!z->retry && keel_timer_create(retry_cb, z, &z->retry) < 0)
+		return -ENOMEM;
+	if (!keel_timer_pending(z->retry))
+		keel_timer_start(z->retry, KEEL__ZCRX_RETRY_NS, 0);
+	return 0;
+}
+
+void
+keel__zcrx_stop(struct net_shard *ns)
+{
+	struct net_zcrx *z = ns->zcrx;
+
+	if (z && z->retry) {
+		keel_timer_destroy(z->retry);
+		z->retry = NULL;
+	}
+}
+
+void
+keel__zcrx_misrouted(struct net_shard *ns)
+{
+	struct net_zcrx *z = ns->zcrx;
+
+	if (!z)
+		return;
+	if (z->misrouted++ == 0)
+		keel_log(
+			KEEL_LOG_WARN, NET_MOD,
+			"shard %u: a connection's RECV_ZC failed with EFAULT: its packets arrive "
+			"in another rx queue than this shard's (%u), whose buffers no receive of "
+			"this shard can read: it is aborted. Accept connections on the shard that "
+			"owns their queue (--steer queue with the map, and the NIC's RSS or ntuple "
+			"rules of keel-topo --plan); later ones are counted in "
+			"keel_zcrx_stats.misrouted",
+			z->shard, z->rxq);
 }
 
 void
@@ -311,24 +360,15 @@ void
 keel__zcrx_conn_to_copy(struct net_shard *ns, int res)
 {
 	struct net_zcrx *z = ns->zcrx;
-	const char *why;
 
 	if (!z)
 		return;
-	if (res == -EFAULT)
-		why = "its packets arrive in another rx queue than this shard's: accept "
-		      "connections on the shard that owns their queue, --steer queue with the map";
-	else if (res == -ENOMEM)
-		why = "the area had no free buffer and the application holds none to return; "
-		      "raise --zcrx-area if this repeats";
-	else
-		why = "not a TCP socket";
 	if (z->conn_fallbacks++ == 0)
 		keel_log(KEEL_LOG_WARN, NET_MOD,
 			 "shard %u: the kernel refused a connection's RECV_ZC (%s): it receives "
-			 "through the copy path (%s); later ones are counted in "
+			 "through the copy path (not a TCP socket); later ones are counted in "
 			 "keel_zcrx_stats.conn_fallbacks",
-			 z->shard, res == -EFAULT ? "EFAULT" : strerror(-res), why);
+			 z->shard, strerror(-res));
 }
 
 bool

@@ -40,14 +40,14 @@ struct keel_zcrx_stats {
 	uint64_t frames;         /* framer frames made of area slices ... */
 	uint64_t frame_frags;    /* ... the fragments they held in all ... */
 	uint64_t frame_frags_max; /* ... and the most in one frame (fragments per message) */
-	uint64_t conn_fallbacks;  /* connections whose RECV_ZC the kernel refused (EFAULT: their
-				   * packets arrive in another queue; EPROTONOSUPPORT: not TCP;
-				   * ENOMEM with no area slice held), moved to the copy path
-				   * instead of aborted */
+	uint64_t conn_fallbacks;  /* connections whose RECV_ZC the kernel refused as not TCP
+				   * (EPROTONOSUPPORT), moved to the copy path */
 	uint64_t cq_full_rearms;  /* RECV_ZCs ended by a full CQ (ENOSPC) and armed again */
-	uint64_t nomem_waits;     /* RECV_ZCs ended for want of a free area buffer (ENOMEM) while
-				   * the application held slices: armed again once one was
-				   * returned */
+	uint64_t nomem_waits;     /* RECV_ZCs ended for want of a free area buffer (ENOMEM):
+				   * armed again once a slice was returned or after 10 ms */
+	uint64_t misrouted;       /* connections aborted because their RECV_ZC failed with
+				   * EFAULT: their packets arrive in another rx queue (a
+				   * steering mistake; no receive of this shard can read them) */
 };
 
 /**
