@@ -55,12 +55,24 @@ if [ -x "$bin/keel-topo" ]; then
 fi
 shards=${#srv_cpus[@]}
 srv_list=$(IFS=,; echo "${srv_cpus[*]}")
-# The client: the first CPU no shard uses (all CPUs if every one has a shard).
-cli=
-for c in $(seq 0 $(($(nproc) - 1))); do
+# The CPUs this process may use (a cpuset or taskset may leave some out), one per line.
+allowed_cpus() {
+	local part
+	IFS=, read -ra parts <<<"$(sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' /proc/self/status)"
+	for part in "${parts[@]}"; do
+		if [[ $part == *-* ]]; then seq "${part%-*}" "${part#*-}"; else echo "$part"; fi
+	done
+}
+# The client: the first allowed CPU no shard uses; when every one has a shard, the last,
+# shared with its shard (said in the banner).
+cli= cli_note=
+for c in $(allowed_cpus); do
 	[[ ",$srv_list," == *",$c,"* ]] || { cli=$c; break; }
 done
-[ -n "$cli" ] || cli="0-$(($(nproc) - 1))"
+if [ -z "$cli" ]; then
+	cli=$(allowed_cpus | tail -n 1)
+	cli_note=" (shared with a server shard: every allowed CPU has one)"
+fi
 
 free_port() {
 	local p
@@ -97,7 +109,8 @@ drive() { # name policy port
 
 echo
 echo "== TCP echo on 127.0.0.1: $shards server shard(s) on CPU $srv_list, ONE client program for both servers"
-echo "   (keel-bench --client epoll) on CPU $cli, ${seconds}s per measurement"
+echo "   (keel-bench --client epoll) on CPU $cli$cli_note, ${seconds}s per measurement; connections"
+echo "   placed on shards by hash, as the epoll server's SO_REUSEPORT group places them"
 # Both servers' sleeps gather alike: keel-echo's default window (or KEEL_WAIT_COALESCE_US),
 # the same for the epoll server, under the same adaptive policy.
 gather=${KEEL_WAIT_COALESCE_US:-10}
@@ -105,13 +118,13 @@ for pol in block spin; do
 	poll=0
 	[ $pol = spin ] && poll=50
 	port=$(free_port)
-	echo "   [$pol] keel server: keel-echo --port $port --idle-poll-us $poll ${map[*]:---cpuset $srv_list}"
+	echo "   [$pol] keel server: keel-echo --port $port --steer hash --idle-poll-us $poll ${map[*]:---cpuset $srv_list}"
 	if [ ${#map[@]} -gt 0 ]; then
-		"$bin/keel-echo" --port "$port" --addr 127.0.0.1 --log-level warn --idle-poll-us "$poll" "${map[@]}" \
-			>"$tmp/server.log" 2>&1 &
+		"$bin/keel-echo" --port "$port" --addr 127.0.0.1 --log-level warn --steer hash \
+			--idle-poll-us "$poll" "${map[@]}" >"$tmp/server.log" 2>&1 &
 	else
-		"$bin/keel-echo" --port "$port" --addr 127.0.0.1 --log-level warn --idle-poll-us "$poll" \
-			--shards "$shards" --cpuset "$srv_list" >"$tmp/server.log" 2>&1 &
+		"$bin/keel-echo" --port "$port" --addr 127.0.0.1 --log-level warn --steer hash \
+			--idle-poll-us "$poll" --shards "$shards" --cpuset "$srv_list" >"$tmp/server.log" 2>&1 &
 	fi
 	server=$!
 	wait_listen "$port"
@@ -157,6 +170,8 @@ for pol in block spin; do
 		for mode in pingpong throughput; do
 			[ "$(field "$tmp/$be-$pol-$mode.json" client_bound)" = true ] &&
 				echo "  note: $mode against $be was CLIENT-BOUND (the client used its core): compare the server CPU per message there"
+			[ "$(field "$tmp/$be-$pol-$mode.json" cpu_sample_late)" = true ] &&
+				echo "  note: $mode against $be: the CPU sampler woke late (a loaded machine): its server CPU figure is over a shifted interval"
 		done
 	done
 done

@@ -14,8 +14,17 @@ keel_install_missing() {
 	[ ${#missing[@]} -eq 0 ] && return 0
 	echo "installing missing packages: ${missing[*]}"
 	local sudo=()
-	[ "$(id -u)" -ne 0 ] && sudo=(sudo)
+	if [ "$(id -u)" -ne 0 ]; then
+		command -v sudo >/dev/null || {
+			echo "missing packages (${missing[*]}), and not root with no sudo: run as root," \
+				"or install them first" >&2
+			return 1
+		}
+		sudo=(sudo)
+	fi
 	"${sudo[@]}" apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
-		"${missing[@]}"
+	# Through env: sudo's env_reset would drop a DEBIAN_FRONTEND set before it, and
+	# iperf3's configuration then asks whether to start a daemon.
+	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends "${missing[@]}"
 }

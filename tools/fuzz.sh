@@ -13,6 +13,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . tools/deps.sh
 keel_install_missing clang
+# libFuzzer and the sanitizers' runtimes: on Debian 12 only in libclang-rt-N-dev, which
+# clang merely recommends (so --no-install-recommends leaves it out and the link fails).
+clang_major=$(clang -dumpversion | cut -d. -f1)
+if apt-cache show "libclang-rt-$clang_major-dev" >/dev/null 2>&1; then
+	keel_install_missing "libclang-rt-$clang_major-dev"
+fi
 
 secs=${1:-60}
 limit=(-max_total_time="$secs")

@@ -41,9 +41,10 @@ secs=$((minutes * 60))
 poll=${SOAK_IDLE_POLL_US:-0}
 [[ $poll =~ ^[0-9]+$ ]] || { echo "soak: SOAK_IDLE_POLL_US must be a number of microseconds"; exit 1; }
 pids=()
-kvpid= echopid= udppid=
+kvpid= echopid= udppid= chaos=
 cleanup() {
-	for p in "${pids[@]}" $kvpid $echopid $udppid; do kill -KILL "$p" 2>/dev/null; done
+	# chaos.py too: a background job ignores SIGINT, and it would go on to the end time.
+	for p in "${pids[@]}" $kvpid $echopid $udppid $chaos; do kill -KILL "$p" 2>/dev/null; done
 }
 trap cleanup EXIT
 
@@ -52,7 +53,7 @@ start() { # NAME BINARY ARGS... -> sets REPLY to the port, $! to the pid
 	shift
 	"$@" --port 0 --addr 127.0.0.1 --shards 2 --idle-poll-us "$poll" >"$log" 2>&1 &
 	for _ in $(seq 100); do
-		port=$(sed -n 's/.*listening on .* port \([0-9]*\).*/\1/p' "$log" | head -1)
+		port=$(sed -n 's/.*listening on .* port \([1-9][0-9]*\).*/\1/p' "$log" | head -1)
 		[ -n "$port" ] && break
 		sleep 0.1
 	done
@@ -163,6 +164,7 @@ chaos=$!
 wait "${pids[@]}" 2>/dev/null
 wait $chaos
 chaos_st=$?
+chaos=
 pids=()
 sleep 3 # the last connections close
 final_kv=$(sample $kvpid) final_echo=$(sample $echopid) final_udp=$(sample $udppid)

@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 # (redis-tools), redis-server (the bench script's comparison, tools/bench/kv.sh --quick) and
 # twemproxy (nutcracker, the scale-out test); and fio, the disk benchmark's baseline
 # (tests/tools: keel-bench disk's fio rows). Without them those tests skip with a reason.
-keel_install_missing redis-server redis-tools nutcracker fio
+keel_install_missing redis-server redis-tools nutcracker fio ethtool
 
 jobs=$(nproc)
 status=0
@@ -46,7 +46,7 @@ tools/valgrind.sh build || status=1
 echo "== static analysis (cppcheck: warning, portability, performance; tools/cppcheck.sh)"
 tools/cppcheck.sh build/include || status=1
 
-if [ -z "${KEEL_TEST_QUICK:-}" ]; then
+if [ "${KEEL_TEST_QUICK:-0}" != 1 ]; then
 	echo "== sanitizer build (ASan+UBSan, fault injection compiled in) and tests"
 	mkdir -p build-asan
 	# KEEL_FAULTS adds tests/faults (CTest entry faults); no fault is injected elsewhere

@@ -32,7 +32,8 @@ run() {
 		--idle-poll-us 0 --stall-ms 1000 >"$log" 2>&1 &
 	pid=$!
 	for _ in $(seq 600); do
-		port=$(sed -n 's/.*listening on .* port \([0-9]*\).*/\1/p' "$log" | head -1)
+		# A port from 1: "port 0: <error>" is a failed start's line.
+		port=$(sed -n 's/.*listening on .* port \([1-9][0-9]*\).*/\1/p' "$log" | head -1)
 		[ -n "$port" ] && break
 		kill -0 "$pid" 2>/dev/null || break
 		sleep 0.1
@@ -44,8 +45,19 @@ run() {
 		return
 	fi
 	python3 tools/valgrind/client.py "$mode" "$port" 4 || rc=1
-	kill -TERM "$pid"
-	wait "$pid" || rc=$?
+	# A server that crashed is gone (kill fails: its log is what tells why); one that does
+	# not stop within 120 s is killed, and said.
+	kill -TERM "$pid" 2>/dev/null || true
+	for _ in $(seq 1200); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	if kill -0 "$pid" 2>/dev/null; then
+		echo "$name: did not stop within 120 s of SIGTERM: killed"
+		kill -KILL "$pid" 2>/dev/null || true
+		rc=1
+	fi
+	wait "$pid" || { r=$?; [ "$rc" -ne 0 ] || rc=$r; }
 	pid=
 	grep -E "ERROR SUMMARY|definitely lost|indirectly lost|All heap blocks" "$log" | sed "s/^/$name: /"
 	if [ "$rc" -ne 0 ]; then
