@@ -576,13 +576,13 @@ rq_later(struct keel_conn *c)
 	c->nops++;
 }
 
-/* A RECV_ZC that ended with @res < 0 (not a cancel) without aborting the connection, by
- * keel__zcrx_end_action: armed again at once (ENOSPC: the CQ was full, as the copy path
- * re-arms an ended multishot), once area slices come back (ENOMEM while the application
- * holds some), or the copy path from now on (EPROTONOSUPPORT, EFAULT, ENOMEM with none
- * held). Nothing was consumed from the socket in any case, so the next receive reads from
- * where this one stopped; the re-arm itself is the caller's (the final CQE's). Returns:
- * false when the connection is to be aborted. */
+/* A RECV_ZC that ended with @res < 0 (not a cancel), by keel__zcrx_end_action: armed again
+ * at once (ENOSPC: the CQ was full, as the copy path re-arms an ended multishot), once a
+ * refill is published or the retry timer fires (ENOMEM), or the copy path from now on
+ * (EPROTONOSUPPORT: not TCP); EFAULT (the payload is in another queue's buffers, which no
+ * receive here can read) and anything else abort. Nothing was consumed from the socket,
+ * so the next receive reads from where this one stopped; the re-arm itself is the
+ * caller's (the final CQE's). Returns: false when the connection is to be aborted. */
 static bool
 zc_end(struct keel_conn *c, int res)
 {

@@ -15,9 +15,15 @@ cd "$(dirname "$0")/.."
 keel_install_missing clang
 # libFuzzer and the sanitizers' runtimes: on Debian 12 only in libclang-rt-N-dev, which
 # clang merely recommends (so --no-install-recommends leaves it out and the link fails).
-clang_major=$(clang -dumpversion | cut -d. -f1)
-if apt-cache show "libclang-rt-$clang_major-dev" >/dev/null 2>&1; then
-	keel_install_missing "libclang-rt-$clang_major-dev"
+fuzzer_rt=libclang_rt.fuzzer-$(uname -m).a
+if [ ! -e "$(clang -print-file-name="$fuzzer_rt")" ]; then
+	clang_major=$(clang -dumpversion) && clang_major=${clang_major%%.*}
+	keel_install_missing "libclang-rt-$clang_major-dev" || true
+	[ -e "$(clang -print-file-name="$fuzzer_rt")" ] || {
+		echo "tools/fuzz.sh: clang has no libFuzzer runtime ($fuzzer_rt): install" \
+			"libclang-rt-$clang_major-dev (Debian) or your distribution's compiler-rt" >&2
+		exit 1
+	}
 fi
 
 secs=${1:-60}

@@ -59,7 +59,8 @@ run() {
 	fi
 	wait "$pid" || { r=$?; [ "$rc" -ne 0 ] || rc=$r; }
 	pid=
-	grep -E "ERROR SUMMARY|definitely lost|indirectly lost|All heap blocks" "$log" | sed "s/^/$name: /"
+	grep -E "ERROR SUMMARY|definitely lost|indirectly lost|All heap blocks" "$log" | sed "s/^/$name: /" ||
+		echo "$name: no memcheck summary in its log (killed before it could write one)"
 	if [ "$rc" -ne 0 ]; then
 		grep -v "Warning: set address range perms" "$log" | tail -60
 		echo "$name: FAILED (status $rc; log above)"

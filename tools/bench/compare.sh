@@ -384,7 +384,7 @@ run_one() { # name mode size inflight conns policy backend rep
 		cat "$base.json" "$base.err" "$base.log" >&2
 		exit 1
 	fi
-	# A run whose CPU sampler woke more than 2 % of the window late measured the CPU over
+	# A run whose CPU sampler woke more than 2 % of the window (10 ms at least) late measured the CPU over
 	# another interval than the messages: no figure either.
 	if [ "$(field "$base.json" cpu_sample_late)" = true ]; then
 		echo "compare.sh: FAILED row $name policy $pol server $be rep $rep: the CPU sampler" \
