@@ -460,6 +460,15 @@ fi
 # client-bound reps; per row and policy the per-rep keel/epoll ratios (median, min, max).
 sum=$out/summary.tsv
 summary_prog='
+# Row @row, policy @pol: the keel/epoll ratio of each repetition of @src (src[row, pol,
+# server, rep]) into out[1..3] as median, min and max; returns how many.
+function rep_ratios(src, row, pol, out,   r, nr, a) {
+	for (r = 1; r <= 1000; r++)
+		if (((row, pol, "keel", r) in src) && ((row, pol, "epoll", r) in src) && src[row, pol, "epoll", r] > 0)
+			a[++nr] = src[row, pol, "keel", r] / src[row, pol, "epoll", r]
+	if (nr) { out[1] = med(a, nr); out[2] = a[1]; out[3] = a[nr] }
+	return nr + 0
+}
 # The @c figures of key @k in @src (src[k, 1..c]) into @dst, leaving out "null" (and, with
 # @positive, figures not above 0); returns how many.
 function figures(src, k, c, dst, positive,   i, nd) {
@@ -504,23 +513,12 @@ END {
 		delete a; for (i = 1; i <= c; i++) a[i] = cc[k, i]; mcc = med(a, c)
 		delete a; nb = 0; for (i = 1; i <= c; i++) if (bcpu[k, i] >= 0) a[++nb] = bcpu[k, i]
 		mbcpu = nb ? med(a, nb) : -1 # over the repetitions that have the figure
-		# per-rep keel/epoll ratio of this row and policy (on the keel line)
-		rm = rl = rh = "-"
+		# per-rep keel/epoll ratios of this row and policy (on the keel line): the rate,
+		# and the server CPU per message (the figure of client-bound rows)
+		rm = rl = rh = cm = cl = ch = "-"
 		if (kk[3] == "keel") {
-			nr = 0; delete a
-			for (r = 1; r <= 1000; r++)
-				if (((kk[1], kk[2], "keel", r) in byrep) && ((kk[1], kk[2], "epoll", r) in byrep) && byrep[kk[1], kk[2], "epoll", r] > 0)
-					a[++nr] = byrep[kk[1], kk[2], "keel", r] / byrep[kk[1], kk[2], "epoll", r]
-			if (nr) { rm = med(a, nr); rl = a[1]; rh = a[nr] }
-		}
-		# the same for the server CPU per message (the figure of client-bound rows)
-		cm = cl = ch = "-"
-		if (kk[3] == "keel") {
-			nr = 0; delete a
-			for (r = 1; r <= 1000; r++)
-				if (((kk[1], kk[2], "keel", r) in cpurep) && ((kk[1], kk[2], "epoll", r) in cpurep) && cpurep[kk[1], kk[2], "epoll", r] > 0)
-					a[++nr] = cpurep[kk[1], kk[2], "keel", r] / cpurep[kk[1], kk[2], "epoll", r]
-			if (nr) { cm = med(a, nr); cl = a[1]; ch = a[nr] }
+			if (rep_ratios(byrep, kk[1], kk[2], q)) { rm = q[1]; rl = q[2]; rh = q[3] }
+			if (rep_ratios(cpurep, kk[1], kk[2], q)) { cm = q[1]; cl = q[2]; ch = q[3] }
 		}
 		# keel against epoll, rank-sum test over the repetitions (ranksum.awk): the rate
 		# and the server CPU per message (on the keel line)
