@@ -1760,6 +1760,7 @@ Test(net_zcrx, sim_recv_zc_cq_full_and_no_buffer_do_not_abort)
 	int fd;
 
 	sim_up(1, 64, true);
+	capture();
 	fd = cli_connect(S.port);
 	cr_assert_geq(fd, 0);
 	WAIT_FOR(S.conn != NULL, "the connection did not open");
@@ -1786,6 +1787,10 @@ Test(net_zcrx, sim_recv_zc_cq_full_and_no_buffer_do_not_abort)
 		     kind_now);
 	close(fd);
 	sim_down();
+	keel_log_set_sink(NULL, NULL);
+	/* Two waits, one line naming the fix. */
+	cr_assert_eq(count_of(logbuf, "found no free area buffer"), 1, "%s", logbuf);
+	cr_assert(logged("raise --zcrx-area"), "%s", logbuf);
 }
 
 /* The decision alone: how a RECV_ZC's error ending is handled. */
