@@ -38,6 +38,7 @@ struct keel__lshard {
 	unsigned shard;
 	int fd;
 	bool armed, started, stopping;
+	bool verify_off; /* the kernel refused the ring's getsockopt: no more steering reads */
 	struct keel_timer *backoff;
 	uint64_t errors_logged_ns; /* failures seen, for the rate limit */
 	struct keel__lshard *next;
@@ -421,6 +422,20 @@ verify_cb(struct keel_op *op, int res, uint32_t flags)
 {
 	struct verify_op *v = container_of(op, struct verify_op, op);
 
+	/* The ring's getsockopt (SOCKET_URING_OP_GETSOCKOPT) is Linux 6.7's: before it every
+	 * read fails the same way, and an SQE per accept would buy only "unverified". */
+	if ((res == -EOPNOTSUPP || res == -EINVAL) && !v->ls->verify_off) {
+		v->ls->verify_off = true;
+		keel_log(
+			KEEL_LOG_WARN, NET_MOD,
+			"shard %u: reading where a connection arrived (%s) through the ring failed: "
+			"%s (SOCKET_URING_OP_GETSOCKOPT needs Linux 6.7); steering is no longer "
+			"checked on this shard (keel_listener_stats.unverified counts the "
+			"connections); --feature direct_fd=off checks it with getsockopt",
+			v->ls->shard,
+			v->optname == SO_INCOMING_CPU ? "SO_INCOMING_CPU" : "SO_INCOMING_NAPI_ID",
+			strerror(-res));
+	}
 	verify_check(v->l, v->ls, v->ns->cpu, v->optname, res, v->val);
 	keel__net_unref(v->ns);
 	free(v);
@@ -433,6 +448,10 @@ verify_submit(struct keel__lshard *ls, int fd, bool direct, int optname)
 	struct io_uring_sqe *sqe;
 	struct verify_op *v;
 
+	if (direct && ls->verify_off) {
+		STAT_INC(l, ls->shard, unverified);
+		return;
+	}
 	STAT_INC(l, ls->shard, steer_reads);
 	if (!direct) {
 		uint32_t val = 0;
