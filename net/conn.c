@@ -651,8 +651,12 @@ recv_done(struct keel_conn *c, const struct io_uring_cqe *cqe, int res, uint32_t
 			else
 				eof_deliver(c);
 		}
-	} else if (c->zc && res != -ECANCELED && zc_end(c, res)) {
-		/* Recoverable: armed again below (or on its kick), RECV_ZC or the copy path. */
+	} else if (c->zc && res != -ECANCELED) {
+		/* Recoverable: armed again below (or on its kick), RECV_ZC or the copy path.
+		 * Else aborted: an ENOBUFS of a RECV_ZC is no want of the copy path's
+		 * buffers, which the branch below would take it for. */
+		if (!zc_end(c, res))
+			keel_conn_abort(c, res);
 	} else if (res == -ENOBUFS) {
 		ns->st.enobufs++;
 		if (!c->starving && !c->closing) {
