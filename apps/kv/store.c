@@ -1057,6 +1057,58 @@ cmd_getdel(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *
 	unlink_ent(db, pp);
 }
 
+/* GETEX key [EX s | PX ms | EXAT t | PXAT ms-t | PERSIST]: the value, its expiry set or
+ * removed after (a time already past deletes the key), as Redis 7: options mixed are a
+ * syntax error, the same one repeated takes the last. */
+static void
+cmd_getex(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	const struct resp_arg *expo = NULL, *expv = NULL;
+	int64_t now = kv_now_ms(), at = 0;
+	bool persist = false;
+	struct kv_ent **pp, *e;
+
+	for (unsigned i = 2; i < argc; i++) {
+		if (arg_is(&argv[i], "PERSIST") && !expo) {
+			persist = true;
+		} else if ((arg_is(&argv[i], "EX") || arg_is(&argv[i], "PX") ||
+			    arg_is(&argv[i], "EXAT") || arg_is(&argv[i], "PXAT")) &&
+			   (!expo || arg_eq(expo, &argv[i])) && !persist && i + 1 < argc) {
+			expo = &argv[i];
+			expv = &argv[++i];
+		} else {
+			rb_err(out, "%s", e_syntax);
+			return;
+		}
+	}
+	if (expv) {
+		bool sec = expo->p[0] == 'E' || expo->p[0] == 'e', abs = expo->len == 4;
+		long long v;
+
+		if (!kv_arg_ll(expv, &v)) {
+			rb_err(out, "%s", e_int);
+			return;
+		}
+		if (v <= 0 || (sec && v > LLONG_MAX / 1000) ||
+		    (!abs && (sec ? v * 1000 : v) > LLONG_MAX - now)) {
+			rb_err(out, "ERR invalid expire time in 'getex' command");
+			return;
+		}
+		at = (abs ? 0 : now) + (sec ? v * 1000 : v);
+	}
+	e = lookup(db, &argv[1], &pp);
+	atomic_fetch_add_explicit(e ? &db->st->hits : &db->st->misses, 1, memory_order_relaxed);
+	if (!e) {
+		rb_nil(out);
+		return;
+	}
+	rb_bulk(out, e->data + e->klen, e->vlen);
+	if (expv && at <= now)
+		unlink_ent(db, pp);
+	else if (expv || persist)
+		set_expire(db, e, at);
+}
+
 /* TYPE key: every value here is a string. */
 static void
 cmd_type(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
@@ -1497,6 +1549,7 @@ static const struct kv_cmd cmds[] = {
 	{ "psetex", 4, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEY, 0, KV_M_NONE, cmd_psetex,
 	  "write denyoom" },
 	{ "getdel", 2, KV_F_WRITE, KV_R_KEY, 0, KV_M_NONE, cmd_getdel, "write fast" },
+	{ "getex", -2, KV_F_WRITE, KV_R_KEY, 0, KV_M_NONE, cmd_getex, "write fast" },
 	{ "del", -2, KV_F_WRITE, KV_R_KEYS, 1, KV_M_SUM, cmd_del, "write" },
 	{ "unlink", -2, KV_F_WRITE, KV_R_KEYS, 1, KV_M_SUM, cmd_del, "write fast" },
 	{ "type", 2, 0, KV_R_KEY, 0, KV_M_NONE, cmd_type, "readonly fast" },

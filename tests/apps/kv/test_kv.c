@@ -1620,7 +1620,7 @@ Test(kv_server, aof_expiry_survives_restart)
 
 /* FLUSHDB empties the append-only file as FLUSHALL does (an unrecorded FLUSHDB would bring
  * its keys back at the next start), and the commands added with it are routed and recorded
- * across shards: UNLINK split over them, SETEX and GETDEL on each key's owner. */
+ * across shards: UNLINK split over them, SETEX, GETDEL and GETEX on each key's owner. */
 Test(kv_server, flushdb_and_the_newer_commands_survive_a_restart)
 {
 	char dir[64];
@@ -1643,6 +1643,7 @@ Test(kv_server, flushdb_and_the_newer_commands_survive_a_restart)
 	expect(&r, "SETNX d 4", ":1\r\n");
 	expect(&r, "UNLINK b c nope", ":2\r\n");
 	expect(&r, "GETDEL d", "$1\r\n4\r\n");
+	expect(&r, "GETEX a PERSIST", "$1\r\n1\r\n");
 	rd_free(&r);
 	srv_stop(&s);
 	srv_start(&s, 2, "--appendonly", "yes", "--dir", dir, NULL);
@@ -1650,6 +1651,7 @@ Test(kv_server, flushdb_and_the_newer_commands_survive_a_restart)
 	expect(&r, "DBSIZE", ":1\r\n");
 	expect(&r, "GET a", "$1\r\n1\r\n");
 	expect(&r, "TYPE a", "+string\r\n");
+	expect(&r, "TTL a", ":-1\r\n"); /* GETEX PERSIST recorded */
 	expect(&r, "EXISTS old0 old7 b c d", ":0\r\n");
 	rd_free(&r);
 	srv_stop(&s);

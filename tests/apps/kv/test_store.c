@@ -627,6 +627,59 @@ more_commands_start(void *app)
 	keel_stop(0);
 }
 
+/* GETEX, as Redis 7: the value, then the expiry set, removed (PERSIST) or, for a time past,
+ * the key deleted; mixed options are a syntax error, a repeated one takes the last. */
+static void
+getex_start(void *app)
+{
+	struct rbuf out = { 0 };
+	static const struct {
+		unsigned argc;
+		const char *w[6], *want;
+	} steps[] = {
+		{ 3, { "SET", "g", "v" }, "+OK\r\n" },
+		{ 2, { "GETEX", "g" }, "$1\r\nv\r\n" },
+		{ 2, { "TTL", "g" }, ":-1\r\n" },
+		{ 4, { "GETEX", "g", "EX", "100" }, "$1\r\nv\r\n" },
+		{ 2, { "TTL", "g" }, ":100\r\n" },
+		{ 6, { "GETEX", "g", "PX", "5000", "PX", "200000" }, "$1\r\nv\r\n" },
+		{ 2, { "TTL", "g" }, ":200\r\n" },
+		{ 3, { "GETEX", "g", "PERSIST" }, "$1\r\nv\r\n" },
+		{ 2, { "TTL", "g" }, ":-1\r\n" },
+		{ 5, { "GETEX", "g", "EX", "10", "PERSIST" }, "-ERR syntax error\r\n" },
+		{ 6, { "GETEX", "g", "EX", "10", "PX", "10" }, "-ERR syntax error\r\n" },
+		{ 3, { "GETEX", "g", "EX" }, "-ERR syntax error\r\n" },
+		{ 4,
+		  { "GETEX", "g", "EX", "0" },
+		  "-ERR invalid expire time in 'getex' command\r\n" },
+		{ 4,
+		  { "GETEX", "g", "EX", "x" },
+		  "-ERR value is not an integer or out of range\r\n" },
+		{ 2, { "TTL", "g" }, ":-1\r\n" },
+		{ 4, { "GETEX", "nope", "EX", "10" }, "$-1\r\n" },
+		{ 4, { "GETEX", "g", "PXAT", "1" }, "$1\r\nv\r\n" }, /* in the past: deleted */
+		{ 2, { "EXISTS", "g" }, ":0\r\n" },
+	};
+
+	if (!SHARD_CHECK_EQ(kv_db_init(&db, app), 0)) {
+		keel_stop(-EIO);
+		return;
+	}
+	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+		run(&out, steps[i].argc, (const char **)steps[i].w);
+		SHARD_CHECK(reply_is(&out, steps[i].want), "step %zu %s: %.*s, want %s", i,
+			    steps[i].w[0], (int)out.len, out.p, steps[i].want);
+	}
+	rb_free(&out);
+	kv_db_fini(&db);
+	keel_stop(0);
+}
+
+Test(kv_store, getex_replies_as_redis_7)
+{
+	run_with_stats(getex_start);
+}
+
 Test(kv_store, setnx_setex_getdel_unlink_expireat_type_flushdb_reply_as_redis_7)
 {
 	run_with_stats(more_commands_start);
