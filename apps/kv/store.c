@@ -911,6 +911,44 @@ cmd_get(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out
 		rb_nil(out);
 }
 
+/* An expiry option's word: EX, PX, EXAT or PXAT (SET, GETEX). */
+static bool
+is_expiry_opt(const struct resp_arg *a)
+{
+	return arg_is(a, "EX") || arg_is(a, "PX") || arg_is(a, "EXAT") || arg_is(a, "PXAT");
+}
+
+/* The deadline in ms of an expiry of @v (seconds with @sec; a Unix time with @abs, else
+ * from @now), as Redis 7 checks it for SET, SETEX, PSETEX and GETEX (@name). Returns
+ * false with the error replied. */
+static bool
+expiry_at(const struct resp_arg *v, bool sec, bool abs, int64_t now, const char *name,
+	  struct rbuf *out, int64_t *at)
+{
+	long long n;
+
+	if (!kv_arg_ll(v, &n)) {
+		rb_err(out, "%s", e_int);
+		return false;
+	}
+	if (n <= 0 || (sec && n > LLONG_MAX / 1000) ||
+	    (!abs && (sec ? n * 1000 : n) > LLONG_MAX - now)) {
+		rb_err(out, "ERR invalid expire time in '%s' command", name);
+		return false;
+	}
+	*at = (abs ? 0 : now) + (sec ? n * 1000 : n);
+	return true;
+}
+
+/* expiry_at for the option word @opt (EX, PX, EXAT, PXAT) and its value @v. */
+static bool
+expiry_opt_at(const struct resp_arg *opt, const struct resp_arg *v, int64_t now, const char *name,
+	      struct rbuf *out, int64_t *at)
+{
+	return expiry_at(v, opt->p[0] == 'E' || opt->p[0] == 'e', opt->len == 4, now, name, out,
+			 at);
+}
+
 static void
 cmd_set(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
@@ -932,9 +970,8 @@ cmd_set(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out
 			get = true;
 		} else if (arg_is(&argv[i], "KEEPTTL") && !expo) {
 			keepttl = true;
-		} else if ((arg_is(&argv[i], "EX") || arg_is(&argv[i], "PX") ||
-			    arg_is(&argv[i], "EXAT") || arg_is(&argv[i], "PXAT")) &&
-			   (!expo || arg_eq(expo, &argv[i])) && !keepttl && i + 1 < argc) {
+		} else if (is_expiry_opt(&argv[i]) && (!expo || arg_eq(expo, &argv[i])) &&
+			   !keepttl && i + 1 < argc) {
 			expo = &argv[i];
 			expv = &argv[++i];
 		} else {
@@ -942,22 +979,8 @@ cmd_set(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out
 			return;
 		}
 	}
-	if (expv) {
-		bool sec = expo->p[0] == 'E' || expo->p[0] == 'e', at = expo->len == 4;
-		int64_t now = kv_now_ms(); /* one reading: checked and added */
-		long long v;
-		if (!kv_arg_ll(expv, &v)) {
-			rb_err(out, "%s", e_int);
-			return;
-		}
-		if (v <= 0 || (sec && v > LLONG_MAX / 1000) ||
-		    (!at && (sec ? v * 1000 : v) > LLONG_MAX - now)) {
-			rb_err(out, "ERR invalid expire time in 'set' command");
-			return;
-		}
-		v = sec ? v * 1000 : v;
-		exp = at ? v : now + v;
-	}
+	if (expv && !expiry_opt_at(expo, expv, kv_now_ms(), "set", out, &exp))
+		return;
 	h = kv_hash(argv[1].p, argv[1].len);
 	e = lookup_h(db, &argv[1], h, &pp);
 	rep = out->len;
@@ -988,19 +1011,12 @@ cmd_set(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out
 static void
 setex_generic(struct kv_db *db, struct resp_arg *argv, struct rbuf *out, bool sec, const char *name)
 {
-	int64_t now = kv_now_ms();
 	struct kv_ent *e, **pp = NULL;
-	long long v;
+	int64_t at;
 	uint64_t h;
 
-	if (!kv_arg_ll(&argv[2], &v)) {
-		rb_err(out, "%s", e_int);
+	if (!expiry_at(&argv[2], sec, false, kv_now_ms(), name, out, &at))
 		return;
-	}
-	if (v <= 0 || (sec && v > LLONG_MAX / 1000) || (sec ? v * 1000 : v) > LLONG_MAX - now) {
-		rb_err(out, "ERR invalid expire time in '%s' command", name);
-		return;
-	}
 	h = kv_hash(argv[1].p, argv[1].len);
 	e = lookup_h(db, &argv[1], h, &pp);
 	e = store_at(db, &argv[1], h, e, pp, argv[3].p, argv[3].len, argv[3].len, false);
@@ -1008,7 +1024,7 @@ setex_generic(struct kv_db *db, struct resp_arg *argv, struct rbuf *out, bool se
 		rb_err(out, "%s", e_oom);
 		return;
 	}
-	set_expire(db, e, now + (sec ? v * 1000 : v));
+	set_expire(db, e, at);
 	rb_simple(out, "OK");
 }
 
@@ -1071,9 +1087,8 @@ cmd_getex(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *o
 	for (unsigned i = 2; i < argc; i++) {
 		if (arg_is(&argv[i], "PERSIST") && !expo) {
 			persist = true;
-		} else if ((arg_is(&argv[i], "EX") || arg_is(&argv[i], "PX") ||
-			    arg_is(&argv[i], "EXAT") || arg_is(&argv[i], "PXAT")) &&
-			   (!expo || arg_eq(expo, &argv[i])) && !persist && i + 1 < argc) {
+		} else if (is_expiry_opt(&argv[i]) && (!expo || arg_eq(expo, &argv[i])) &&
+			   !persist && i + 1 < argc) {
 			expo = &argv[i];
 			expv = &argv[++i];
 		} else {
@@ -1081,21 +1096,8 @@ cmd_getex(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *o
 			return;
 		}
 	}
-	if (expv) {
-		bool sec = expo->p[0] == 'E' || expo->p[0] == 'e', abs = expo->len == 4;
-		long long v;
-
-		if (!kv_arg_ll(expv, &v)) {
-			rb_err(out, "%s", e_int);
-			return;
-		}
-		if (v <= 0 || (sec && v > LLONG_MAX / 1000) ||
-		    (!abs && (sec ? v * 1000 : v) > LLONG_MAX - now)) {
-			rb_err(out, "ERR invalid expire time in 'getex' command");
-			return;
-		}
-		at = (abs ? 0 : now) + (sec ? v * 1000 : v);
-	}
+	if (expv && !expiry_opt_at(expo, expv, now, "getex", out, &at))
+		return;
 	e = lookup(db, &argv[1], &pp);
 	atomic_fetch_add_explicit(e ? &db->st->hits : &db->st->misses, 1, memory_order_relaxed);
 	if (!e) {
