@@ -504,6 +504,27 @@ rec_sum(const uint8_t *p, size_t n, uint32_t h)
 	return h;
 }
 
+/* The magic and pad_ bytes records carry: the fixed magic of an older keel-embed's
+ * directory ("KEMB", 0), or a directory's own marker (use_dir_marker). */
+static uint8_t rec_marker[6] = { 'K', 'E', 'M', 'B', 0, 0 };
+
+/* A record header for @klen key bytes and @vlen value bytes at @h (key and value after
+ * it), with the sum of those bytes plus @sum_off (0: correct). Returns its aligned size. */
+static size_t
+put_record(uint8_t *h, uint16_t klen, uint32_t vlen, uint64_t seq, uint32_t sum_off)
+{
+	uint32_t sum;
+
+	memcpy(h, rec_marker, 4);
+	memcpy(h + 6, rec_marker + 4, 2);
+	memcpy(h + 4, &klen, 2);
+	memcpy(h + 8, &vlen, 4);
+	sum = rec_sum(h + 24 + klen, vlen, rec_sum(h + 24, klen, 2166136261u)) + sum_off;
+	memcpy(h + 12, &sum, 4);
+	memcpy(h + 16, &seq, 8);
+	return (24 + klen + vlen + 7) & ~(size_t)7;
+}
+
 /* A record as apps/embed/main.c writes it (struct rec_hdr: magic "KEMB", key length, pad,
  * value length, FNV-1a 32 of key and value, sequence number; key, value, padding to 8),
  * after a good record (an older keel-embed's file starts with one) and 8 bytes that are no
@@ -514,28 +535,16 @@ static void
 write_wrapping_record(const char *dir)
 {
 	uint8_t b[32 + 8 + 24 + 8] = { 0 }, *h = b + 32 + 8;
-	uint32_t magic = 0x424d454bu, vlen = 1, sum;
-	uint16_t klen = 1;
-	uint64_t seq = UINT64_MAX, seq1 = 1;
 
-	/* The good record: key "a", value "b", sequence 1. */
-	memcpy(b, &magic, 4);
-	memcpy(b + 4, &klen, 2);
-	memcpy(b + 8, &vlen, 4);
+	/* The good record: key "a", value "b", sequence 1 (the fixed magic: rec_marker's
+	 * default). */
 	b[24] = 'a';
 	b[25] = 'b';
-	sum = rec_sum(b + 25, 1, rec_sum(b + 24, 1, 2166136261u));
-	memcpy(b + 12, &sum, 4);
-	memcpy(b + 16, &seq1, 8);
+	put_record(b, 1, 1, 1, 0);
 	memset(b + 32, 0xee, 8);
-	memcpy(h, &magic, 4);
-	memcpy(h + 4, &klen, 2);
-	memcpy(h + 8, &vlen, 4);
 	h[24] = 'x';
 	h[25] = 'y';
-	sum = rec_sum(h + 25, 1, rec_sum(h + 24, 1, 2166136261u));
-	memcpy(h + 12, &sum, 4);
-	memcpy(h + 16, &seq, 8);
+	put_record(h, 1, 1, UINT64_MAX, 0);
 	write_data_file(dir, b, sizeof(b));
 }
 
@@ -561,27 +570,6 @@ Test(embed, a_record_whose_sequence_would_wrap_the_counter_is_skipped, .timeout 
 }
 
 /* ---- a value that holds a record image, behind a header whose checksum fails ---- */
-
-/* A record header for @klen key bytes and @vlen value bytes at @h (key and value after
- * it), with the sum of those bytes plus @sum_off (0: correct). Returns its aligned size. */
-/* The magic and pad_ bytes records carry: the fixed magic of an older keel-embed's
- * directory ("KEMB", 0), or a directory's own marker (use_dir_marker). */
-static uint8_t rec_marker[6] = { 'K', 'E', 'M', 'B', 0, 0 };
-
-static size_t
-put_record(uint8_t *h, uint16_t klen, uint32_t vlen, uint64_t seq, uint32_t sum_off)
-{
-	uint32_t sum;
-
-	memcpy(h, rec_marker, 4);
-	memcpy(h + 6, rec_marker + 4, 2);
-	memcpy(h + 4, &klen, 2);
-	memcpy(h + 8, &vlen, 4);
-	sum = rec_sum(h + 24 + klen, vlen, rec_sum(h + 24, klen, 2166136261u)) + sum_off;
-	memcpy(h + 12, &sum, 4);
-	memcpy(h + 16, &seq, 8);
-	return (24 + klen + vlen + 7) & ~(size_t)7;
-}
 
 /* A record whose sequence number is the largest the scan accepts (2^63 - 1, from a file
  * made or restored elsewhere): the next put's number would be past it, so the put was
