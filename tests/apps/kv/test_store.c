@@ -552,15 +552,30 @@ Test(kv_store, flushall_starts_the_buckets_again_small)
 
 /* The string and key commands client libraries call besides SET and GET (redis-py's setex,
  * setnx, unlink, ...), with Redis 7's replies; before they were "unknown command". */
+/* One command as words and the reply it must get. */
+struct cmd_step {
+	unsigned argc;
+	const char *w[6], *want;
+};
+
+/* Run @n steps in order on the test's table, each checked. */
+static void
+run_steps(struct rbuf *out, const struct cmd_step *steps, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		run(out, steps[i].argc, (const char **)steps[i].w);
+		SHARD_CHECK(reply_is(out, steps[i].want), "step %zu %s %s: %.*s, want %s", i,
+			    steps[i].w[0], steps[i].w[1] ? steps[i].w[1] : "", (int)out->len,
+			    out->p, steps[i].want);
+	}
+}
+
 static void
 more_commands_start(void *app)
 {
 	struct rbuf out = { 0 };
 	char at[32];
-	static const struct {
-		unsigned argc;
-		const char *w[5], *want;
-	} steps[] = {
+	static const struct cmd_step steps[] = {
 		{ 3, { "SETNX", "a", "1" }, ":1\r\n" },
 		{ 3, { "SETNX", "a", "2" }, ":0\r\n" },
 		{ 2, { "GET", "a" }, "$1\r\n1\r\n" },
@@ -598,11 +613,7 @@ more_commands_start(void *app)
 		keel_stop(-EIO);
 		return;
 	}
-	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
-		run(&out, steps[i].argc, (const char **)steps[i].w);
-		SHARD_CHECK(reply_is(&out, steps[i].want), "%s %s: %.*s, want %s", steps[i].w[0],
-			    steps[i].w[1] ? steps[i].w[1] : "", (int)out.len, out.p, steps[i].want);
-	}
+	run_steps(&out, steps, sizeof(steps) / sizeof(steps[0]));
 	/* EXPIREAT and PEXPIREAT a minute out, and their options (as EXPIRE's). */
 	run(&out, 3, (const char *[]){ "SET", "f", "v" });
 	snprintf(at, sizeof(at), "%lld", (long long)(kv_now_ms() / 1000 + 60));
@@ -633,10 +644,7 @@ static void
 getex_start(void *app)
 {
 	struct rbuf out = { 0 };
-	static const struct {
-		unsigned argc;
-		const char *w[6], *want;
-	} steps[] = {
+	static const struct cmd_step steps[] = {
 		{ 3, { "SET", "g", "v" }, "+OK\r\n" },
 		{ 2, { "GETEX", "g" }, "$1\r\nv\r\n" },
 		{ 2, { "TTL", "g" }, ":-1\r\n" },
@@ -665,11 +673,7 @@ getex_start(void *app)
 		keel_stop(-EIO);
 		return;
 	}
-	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
-		run(&out, steps[i].argc, (const char **)steps[i].w);
-		SHARD_CHECK(reply_is(&out, steps[i].want), "step %zu %s: %.*s, want %s", i,
-			    steps[i].w[0], (int)out.len, out.p, steps[i].want);
-	}
+	run_steps(&out, steps, sizeof(steps) / sizeof(steps[0]));
 	rb_free(&out);
 	kv_db_fini(&db);
 	keel_stop(0);
