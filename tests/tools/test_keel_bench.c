@@ -12,6 +12,7 @@
  */
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -1036,4 +1037,124 @@ Test(tools_bench, xshard_measures_keel_and_its_baseline_in_either_order)
 {
 	xshard_run("");
 	xshard_run("--baseline-first");
+}
+
+/* The CPU list a task of @pid may run on ("1", "0-1"), or "" when it has gone. */
+static void
+task_cpus(pid_t pid, const char *tid, char *out, size_t len)
+{
+	char path[320], line[256];
+	FILE *st;
+
+	out[0] = 0;
+	snprintf(path, sizeof(path), "/proc/%d/task/%s/status", (int)pid, tid);
+	st = fopen(path, "r");
+	if (!st)
+		return;
+	while (fgets(line, sizeof(line), st))
+		if (!strncmp(line, "Cpus_allowed_list:", 18)) {
+			char *v = line + 18;
+			v += strspn(v, " \t");
+			v[strcspn(v, "\n")] = 0;
+			snprintf(out, len, "%s", v);
+		}
+	fclose(st);
+}
+
+/* Whether every task of @pid (at least @want of them) may run on @server or @client only,
+ * its main thread on @client; what was seen goes in @seen and the tasks' count in @n. */
+static bool
+tasks_keep_to(pid_t pid, unsigned want, const char *server, const char *client, char *seen,
+	      size_t len, unsigned *n_out)
+{
+	char path[64], cpus[64];
+	unsigned n = 0;
+	bool ok = true;
+	size_t at = 0;
+	struct dirent *e;
+	DIR *d;
+
+	seen[0] = 0;
+	*n_out = 0;
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	d = opendir(path);
+	if (!d)
+		return false;
+	while ((e = readdir(d))) {
+		if (e->d_name[0] == '.')
+			continue;
+		task_cpus(pid, e->d_name, cpus, sizeof(cpus));
+		if (!cpus[0])
+			continue;
+		n++;
+		if (at < len)
+			at += (size_t)snprintf(seen + at, len - at, " task %s: %s", e->d_name,
+					       cpus);
+		if (atoi(e->d_name) == (int)pid)
+			ok = ok && !strcmp(cpus, client);
+		else
+			ok = ok && (!strcmp(cpus, client) || !strcmp(cpus, server));
+	}
+	closedir(d);
+	*n_out = n;
+	return ok && n >= want;
+}
+
+/* Pinned (the default), every thread of a run keeps to its CPUs: the server's to the
+ * server's, and the client threads, the main thread and the CPU sampler to the client's.
+ * Before, the main thread and the sampler could run anywhere, so the sampler, waking at
+ * the window's edges, could take the server's CPU from it inside the measured window. */
+Test(tools_bench, every_thread_of_a_run_keeps_to_its_cpus)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	char srv[24], cli[24], seen[1024] = "", now[1024], args[64];
+	unsigned most = 0, tasks;
+	char *argv[24];
+	int ac = 0, st;
+	bool ok = false;
+	pid_t pid;
+
+	if (n < 2)
+		cr_skip_test("needs 2 CPUs");
+	snprintf(srv, sizeof(srv), "%ld", n - 2);
+	snprintf(cli, sizeof(cli), "%ld", n - 1);
+	snprintf(args, sizeof(args), "%s,%s", srv, cli);
+	argv[ac++] = (char *)KEEL_BENCH_BIN;
+	argv[ac++] = "throughput";
+	argv[ac++] = "--backend";
+	argv[ac++] = "epoll";
+	argv[ac++] = "--shards";
+	argv[ac++] = "1";
+	argv[ac++] = "--cpuset";
+	argv[ac++] = args;
+	argv[ac++] = "--seconds";
+	argv[ac++] = "1";
+	argv[ac++] = "--warmup";
+	argv[ac++] = "0.2";
+	argv[ac++] = "--json";
+	argv[ac] = NULL;
+	{
+		posix_spawn_file_actions_t fa;
+
+		posix_spawn_file_actions_init(&fa);
+		posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+		cr_assert_eq(posix_spawn(&pid, KEEL_BENCH_BIN, &fa, NULL, argv, environ), 0);
+		posix_spawn_file_actions_destroy(&fa);
+	}
+	/* Main, sampler, one server and one client thread: looked at until all four are
+	 * there and pinned, or the run ends. */
+	while (!ok && waitpid(pid, &st, WNOHANG) == 0) {
+		ok = tasks_keep_to(pid, 4, srv, cli, now, sizeof(now), &tasks);
+		if (tasks >= most) { /* the fullest look, for the message */
+			most = tasks;
+			memcpy(seen, now, sizeof(seen));
+		}
+		if (!ok)
+			usleep(1000);
+	}
+	if (ok)
+		cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "keel-bench failed (status %d)", st);
+	cr_assert(ok, "threads not kept to server CPU %s and client CPU %s; last seen:%s", srv, cli,
+		  seen);
 }

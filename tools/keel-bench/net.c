@@ -593,6 +593,20 @@ client_cores(const struct bench_cfg *c)
 	return n;
 }
 
+/* Pin the calling thread to the client threads' CPUs (nothing when not pinning). */
+static int
+pin_to_client_cpus(const struct bench_cfg *c)
+{
+	cpu_set_t set;
+
+	if (!c->pin)
+		return 0;
+	CPU_ZERO(&set);
+	for (unsigned i = 0; i < c->threads; i++)
+		CPU_SET(bench_cpu_for(c, c->client_cpu0 + i), &set);
+	return -pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+}
+
 /* ---- reports ---- */
 
 static void
@@ -885,6 +899,20 @@ run_client(struct opts *o)
 		smp->nsrv = o->be->server_clocks(srv, smp->srv, MAX_CLOCKS);
 		smp->srv_in_process = true;
 		snprintf(w.from, sizeof(w.from), "in-process server threads");
+	}
+	/* This thread and the CPU sampler it starts keep to the client's CPUs too: unpinned,
+	 * the sampler could wake on a server CPU at the window's edges and take its time. */
+	rc = pin_to_client_cpus(c);
+	if (rc < 0) {
+		fprintf(stderr,
+			"keel-bench %s: pinning the main thread to the client's CPUs: %s (a CPU "
+			"of --cpuset this process may not use? or run with --no-pin)\n",
+			o->prog, strerror(-rc));
+		if (srv)
+			o->be->serve_stop(srv, &ss);
+		free(r);
+		free(smp);
+		return 1;
 	}
 	c->on_window = on_window;
 	c->window_arg = smp;
