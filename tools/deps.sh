@@ -22,9 +22,35 @@ keel_install_missing() {
 		}
 		sudo=(sudo)
 	fi
-	"${sudo[@]}" apt-get update -qq
+	keel_apt_update "${sudo[@]}" || return 1
 	# Through env: sudo's env_reset would drop a DEBIAN_FRONTEND set before it, and
-	# iperf3's configuration then asks whether to start a daemon.
+	# iperf3's configuration then asks whether to start a daemon. The lock timeout: dpkg
+	# busy with another install (unattended-upgrades on a VM just booted) is waited for.
 	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-		--no-install-recommends "${missing[@]}"
+		-o DPkg::Lock::Timeout=600 --no-install-recommends "${missing[@]}"
+}
+
+# apt-get update (run with the arguments before it: sudo or nothing). apt-get does not wait
+# for the lists lock (DPkg::Lock::Timeout covers dpkg's only), which unattended-upgrades
+# holds for minutes on a VM just booted: retried every 10 s for up to 10 minutes while apt
+# says the lock is held. Any other failure ends it at once, with apt's message.
+keel_apt_update() {
+	local i out
+	for ((i = 0; i < 60; i++)); do
+		if out=$("$@" apt-get update -qq 2>&1); then
+			[ -z "$out" ] || echo "$out"
+			return 0
+		fi
+		if [[ $out != *"Could not get lock"* ]]; then
+			echo "$out" >&2
+			echo "apt-get update failed: the packages above were not installed" >&2
+			return 1
+		fi
+		[ "$i" -gt 0 ] || echo "apt is busy (another apt-get, or unattended-upgrades, holds its" \
+			"lock): waiting up to 10 minutes" >&2
+		sleep 10
+	done
+	echo "$out" >&2
+	echo "apt-get update: apt's lock was held for 10 minutes; run again once it is free" >&2
+	return 1
 }
