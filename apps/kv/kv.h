@@ -70,6 +70,10 @@ struct kv_db {
 	struct kv_ent **fb;
 	size_t fmask, fnext, fpending;
 	struct kv_stats *st;
+	/* Changes commands made: bumped by every key set, deleted or given another deadline,
+	 * and by FLUSHALL (not by lazy expiry: a file's deadlines are absolute). A write that
+	 * leaves it as it was appends nothing to the append-only file. */
+	uint64_t changes;
 };
 
 /* Process-wide settings (set before the shards start, read-only after). */

@@ -656,8 +656,11 @@ exec_here(const struct kv_cmd *c, struct resp_arg *argv, unsigned argc, struct r
 			rb_err(out, "MISCONF Errors writing to the AOF file: %s", e);
 			return;
 		}
+		uint64_t changes = ks->db.changes;
+
 		run(c, &ks->db, argv, argc, out);
-		if (kv_cfg.aof && out->len > at && out->p[at] != '-')
+		/* Nothing changed (DEL of a missing key, SETNX of one there): no record. */
+		if (kv_cfg.aof && out->len > at && out->p[at] != '-' && ks->db.changes != changes)
 			kv_aof_log(c, &ks->db, argv, argc);
 		if (__builtin_expect(ks->db.fb != NULL, 0)) /* FLUSHALL ASYNC: free from now on */
 			sweep_soon(ks);

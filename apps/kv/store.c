@@ -447,6 +447,7 @@ kv_db_finish_grow(struct kv_db *db)
 void
 kv_db_flush(struct kv_db *db)
 {
+	db->changes++;
 	kv_db_finish_grow(db);
 	for (size_t i = 0; i <= db->mask; i++) {
 		struct kv_ent *e = db->b[i], *n;
@@ -513,6 +514,7 @@ kv_db_flush_async(struct kv_db *db)
 		kv_db_flush(db);
 		return;
 	}
+	db->changes++;
 	db->fb = old;
 	db->fmask = omask;
 	db->fnext = 0;
@@ -617,12 +619,16 @@ unlink_ent(struct kv_db *db, struct kv_ent **p)
 
 	*p = e->next;
 	ent_free(db, e);
+	db->changes++;
 	counts_publish(db);
 }
 
 static void
 set_expire(struct kv_db *db, struct kv_ent *e, int64_t at)
 {
+	if (e->expire_ms == at)
+		return;
+	db->changes++;
 	if (!e->expire_ms && at)
 		db->expires++;
 	else if (e->expire_ms && !at)
@@ -666,6 +672,7 @@ ent_put(struct kv_db *db, struct kv_ent *e, const struct resp_arg *key, uint64_t
 		*bk = e;
 	}
 	db->count++;
+	db->changes++;
 	mem_add(db, (long long)ent_size(e));
 	if (exp)
 		db->expires++;
@@ -689,6 +696,7 @@ store_at(struct kv_db *db, const struct resp_arg *key, uint64_t h, struct kv_ent
 	if (old && old->vcap >= vlen && old->vcap <= 2 * cap + 64) {
 		memmove(old->data + old->klen, val, vlen); /* val may point into old */
 		old->vlen = (uint32_t)vlen;
+		db->changes++;
 		set_expire(db, old, exp);
 		return old;
 	}
@@ -1245,6 +1253,7 @@ cmd_append(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *
 	if (e && e->vcap >= total) {
 		memcpy(e->data + e->klen + old, argv[2].p, argv[2].len);
 		e->vlen = (uint32_t)total;
+		db->changes++;
 	} else {
 		/* Grow geometrically so that repeated appends are amortised. */
 		size_t cap = total < 64 ? 64 : total + total / 2;
@@ -1345,6 +1354,7 @@ cmd_mset(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *ou
 		}
 		memcpy(e->data + e->klen, val->p, val->len);
 		e->vlen = (uint32_t)val->len;
+		db->changes++;
 		set_expire(db, e, 0);
 		sl[k].shrink = e->vcap > 2 * val->len + 64;
 	}

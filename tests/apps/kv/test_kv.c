@@ -1668,6 +1668,54 @@ aof_size_total(const char *dir, unsigned n)
 	return t;
 }
 
+/* A write that changes nothing appends nothing to the file: GETDEL, DEL, UNLINK, EXPIRE,
+ * PEXPIREAT on missing keys, PERSIST and GETEX PERSIST on a key without a deadline, GETEX
+ * with no option, SETNX on a key that is there. Each used to append its key's state (a DEL
+ * record for a missing key), which was written, synced before the reply (always) and
+ * replayed at every start. With --appendfsync always each reply comes after its batch is
+ * on disk, so the sizes are read after the writes. */
+Test(kv_server, a_write_that_changes_nothing_appends_nothing)
+{
+	static const char *const noop[][2] = {
+		{ "GETDEL nope", "$-1\r\n" },
+		{ "DEL nope other", ":0\r\n" },
+		{ "UNLINK nope", ":0\r\n" },
+		{ "EXPIRE nope 100", ":0\r\n" },
+		{ "PEXPIREAT nope 99999999999999", ":0\r\n" },
+		{ "PERSIST k", ":0\r\n" },
+		{ "GETEX k PERSIST", "$1\r\nv\r\n" },
+		{ "GETEX k", "$1\r\nv\r\n" },
+		{ "SETNX k other", ":0\r\n" },
+	};
+	char dir[64];
+	struct srv s;
+	struct rd r;
+	long long before;
+
+	mk_dir(dir, sizeof(dir));
+	srv_start(&s, 2, "--appendonly", "yes", "--appendfsync", "always", "--dir", dir, NULL);
+	rd_init(&r, test_connect(s.port));
+	expect(&r, "SET k v", "+OK\r\n");
+	before = aof_size_total(dir, 2);
+	cr_assert_gt(before, 0);
+	for (size_t i = 0; i < sizeof(noop) / sizeof(noop[0]); i++) {
+		expect(&r, noop[i][0], noop[i][1]);
+		cr_assert_eq(aof_size_total(dir, 2), before, "%s appended %lld bytes", noop[i][0],
+			     aof_size_total(dir, 2) - before);
+	}
+	expect(&r, "PERSIST nope", ":0\r\n");
+	expect(&r, "DEL k nope", ":1\r\n"); /* a change: recorded */
+	cr_assert_gt(aof_size_total(dir, 2), before);
+	rd_free(&r);
+	srv_stop(&s);
+	srv_start(&s, 2, "--appendonly", "yes", "--dir", dir, NULL);
+	rd_init(&r, test_connect(s.port));
+	expect(&r, "DBSIZE", ":0\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+	rm_dir(dir);
+}
+
 /* Write @text into @dir/@name. */
 static void
 put_file(const char *dir, const char *name, const char *text)
