@@ -46,7 +46,8 @@ struct net_zcrx {
 	/* Counters (keel_zcrx_stats). */
 	uint64_t zc_bytes, zc_frags, copy_bytes, refills, publishes, dropped;
 	uint64_t conn_fallbacks, cq_full_rearms, nomem_waits, misrouted;
-	struct keel_timer *retry; /* re-arms the connections waiting after ENOMEM */
+	struct keel_timer *retry; /* re-arms the connections waiting after ENOMEM, and writes
+				   * refills that found the ring full */
 	uint64_t frames, frame_frags, frame_frags_max;
 };
 
@@ -118,8 +119,10 @@ enum keel__zcrx_end keel__zcrx_end_action(int res);
 #define KEEL__ZCRX_RETRY_NS (10ull * 1000 * 1000)
 /* Count a RECV_ZC re-armed after -ENOSPC or waiting after -ENOMEM (stats). */
 void keel__zcrx_count_end(struct net_shard *ns, int res);
-/* A connection's RECV_ZC ended with -ENOMEM and it waits: the shard's retry timer is armed
- * (made on first use). Returns 0, or -ENOMEM (no timer: the connection is aborted). */
+/* A connection's RECV_ZC ended with -ENOMEM and it waits, or refills wait for room in a
+ * full refill ring: the shard's retry timer is armed (made on first use); when it fires it
+ * writes the waiting refills and arms the waiting connections. Returns 0, or -ENOMEM (no
+ * timer: the connection is aborted; refills then wait for a completion or a put). */
 int keel__zcrx_retry_later(struct net_shard *ns);
 /* The network state stops: the retry timer goes. */
 void keel__zcrx_stop(struct net_shard *ns);

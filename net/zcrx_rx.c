@@ -215,6 +215,9 @@ refill(struct net_zcrx *z, const struct keel__zcrx_frag *f)
 			z->pendcap = cap;
 		}
 		z->pendv[z->npend++] = *f;
+		/* The kernel frees room as it takes buffers, which need not end in a
+		 * completion of ours: the retry timer writes these then (retry_cb). */
+		keel__zcrx_retry_later(z->ns);
 	}
 	publish_later(z);
 }
@@ -295,7 +298,15 @@ retry_cb(struct keel_timer *t, void *arg)
 	struct net_zcrx *z = arg;
 
 	(void)t;
-	if (z->ns && z->ns->zc_waiting)
+	if (!z->ns)
+		return;
+	if (z->npend) { /* refills that found the ring full: room now? */
+		pend_flush(z);
+		publish_now(z);
+		if (z->npend)
+			keel__zcrx_retry_later(z->ns);
+	}
+	if (z->ns->zc_waiting)
 		keel__conn_zc_wait_kick(z->ns);
 }
 

@@ -1371,6 +1371,44 @@ Test(net_zcrx, sim_wrapped_refill_ring_and_full_ring_waits)
 	sim_down();
 }
 
+/* Refill entries that waited for room in a full ring go in once the kernel has consumed
+ * entries, even when no completion follows: the shard's retry timer writes them. Before,
+ * only a completion or a put tried them again, so with every receive waiting for a buffer
+ * they stayed out of the kernel's reach. */
+static uint32_t tail_seen, pending_seen;
+
+static void
+step_consume_all_without_a_completion(void)
+{
+	SHARD_CHECK_EQ(tail_now(), 8);
+	SHARD_CHECK_EQ(zst().refills_pending, WF - 8);
+	__atomic_store_n(S.z->rq_head, 8, __ATOMIC_RELEASE);
+}
+
+static void
+step_look_at_the_ring(void)
+{
+	tail_seen = tail_now();
+	pending_seen = (uint32_t)zst().refills_pending;
+}
+
+Test(net_zcrx, sim_refills_waiting_for_a_full_ring_go_in_without_a_completion)
+{
+	uint64_t dl;
+
+	sim_up(1, 8, false);
+	run_on(0, step_wrap_take_put_all);
+	run_on(0, step_consume_all_without_a_completion);
+	SHARD_CHECKS_PASSED();
+	dl = test_now_ms() + TEST_WAIT_MS;
+	do
+		run_on(0, step_look_at_the_ring);
+	while (tail_seen != 16 && test_now_ms() < dl);
+	cr_assert_eq(tail_seen, 16, "the waiting refills were not written (tail %u)", tail_seen);
+	cr_assert_eq(pending_seen, WF - 16);
+	sim_down();
+}
+
 /* 1 MiB in 256 fragments of 4 KiB, scattered in reverse over the area, through a real
  * connection's delivery and the app's framer: one frame of 256 slices of the area. */
 #define MSG_FRAGS 256u
