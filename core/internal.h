@@ -398,4 +398,9 @@ extern int (*keel__sched_getaffinity)(pid_t pid, size_t size, cpu_set_t *mask);
  * -errno with the reason in @why (always written on error). */
 int keel__affinity_get(struct keel_cpuset *out, unsigned *beyond, char *why, size_t whylen);
 
+/* SipHash-c-d of @n bytes at @data under @key (hash.c): keel_hash is SipHash-1-3; the tests
+ * check SipHash-2-4's published vectors through the same code. */
+uint64_t keel__siphash(const uint64_t key[2], const void *data, size_t n, unsigned crounds,
+		       unsigned drounds);
+
 #endif

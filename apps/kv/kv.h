@@ -6,6 +6,7 @@
 #ifndef KEEL_KV_H
 #define KEEL_KV_H
 
+#include <keel/hash.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -83,9 +84,9 @@ struct kv_config {
 	uint64_t query_max; /* the largest request buffered (client-query-buffer-limit) */
 	unsigned timeout_s; /* --timeout: idle connections closed after this; 0: never */
 	unsigned nshards;
-	bool handoff_export;  /* --handoff export: forward requests as exported slices */
-	uint64_t hash_key[2]; /* kv_hash's key: random per process */
-	bool aof;             /* --appendonly yes */
+	bool handoff_export;           /* --handoff export: forward requests as exported slices */
+	struct keel_hash_key hash_key; /* kv_hash's key: random per process */
+	bool aof;                      /* --appendonly yes */
 	enum { KV_FSYNC_NO, KV_FSYNC_EVERYSEC, KV_FSYNC_ALWAYS } fsync; /* --appendfsync */
 	const char *dir;           /* --dir: where the files live */
 	bool aof_truncate_corrupt; /* --aof-truncate-corrupt yes: cut a bad record inside */
@@ -97,9 +98,6 @@ extern struct kv_stats kv_stats[];
 
 /* The hash of a key: owner shard and bucket (SipHash-1-3 keyed with kv_cfg.hash_key). */
 uint64_t kv_hash(const void *p, size_t n);
-/* SipHash-c-d of @n bytes at @data with the 128-bit @key (kv_hash is 1-3). */
-uint64_t kv_siphash(const uint64_t key[2], const void *data, size_t n, unsigned crounds,
-		    unsigned drounds);
 static inline unsigned
 kv_owner(uint64_t h)
 {

@@ -10,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -245,10 +244,10 @@ main(int argc, char **argv)
 		die("keel_net_config_set refused the network options", NULL);
 	if (kv_aof_preload() < 0)
 		return 1;
-	if (getrandom(kv_cfg.hash_key, sizeof(kv_cfg.hash_key), 0) !=
-	    (ssize_t)sizeof(kv_cfg.hash_key)) {
+	r = keel_hash_key_random(&kv_cfg.hash_key);
+	if (r < 0) {
 		fprintf(stderr, "keel-kv: getrandom for the key table's hash key failed: %s\n",
-			strerror(errno));
+			strerror(-r));
 		return 1;
 	}
 	r = keel_runtime_create(&o, &rt);

@@ -144,74 +144,14 @@ rb_free(struct rbuf *b)
 
 /* Hashing, time, patterns. */
 
-/* SipHash-1-3 keyed with kv_cfg.hash_key (random per process), as Redis keys its tables
- * with SipHash: a client that knows the function cannot choose keys that share a hash
- * (with an unkeyed mixing, flipping bit 63 of one 8-byte word and undoing it in the next
- * gave 2^(words-1) keys of one full hash, whatever the seed: one shard, one chain). */
-#define ROTL64(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
-#define SIPROUND(v0, v1, v2, v3)     \
-	do {                         \
-		v0 += v1;            \
-		v1 = ROTL64(v1, 13); \
-		v1 ^= v0;            \
-		v0 = ROTL64(v0, 32); \
-		v2 += v3;            \
-		v3 = ROTL64(v3, 16); \
-		v3 ^= v2;            \
-		v0 += v3;            \
-		v3 = ROTL64(v3, 21); \
-		v3 ^= v0;            \
-		v2 += v1;            \
-		v1 = ROTL64(v1, 17); \
-		v1 ^= v2;            \
-		v2 = ROTL64(v2, 32); \
-	} while (0)
-
-static inline uint64_t
-le64(const uint8_t *p)
-{
-	uint64_t v;
-
-	memcpy(&v, p, 8);
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-	v = __builtin_bswap64(v);
-#endif
-	return v;
-}
-
-uint64_t
-kv_siphash(const uint64_t key[2], const void *data, size_t n, unsigned crounds, unsigned drounds)
-{
-	const uint8_t *p = data;
-	uint64_t v0 = key[0] ^ 0x736f6d6570736575ull, v1 = key[1] ^ 0x646f72616e646f6dull;
-	uint64_t v2 = key[0] ^ 0x6c7967656e657261ull, v3 = key[1] ^ 0x7465646279746573ull;
-	uint64_t m = (uint64_t)n << 56;
-	size_t left = n & 7;
-
-	for (const uint8_t *end = p + (n - left); p < end; p += 8) {
-		uint64_t w = le64(p);
-
-		v3 ^= w;
-		for (unsigned i = 0; i < crounds; i++)
-			SIPROUND(v0, v1, v2, v3);
-		v0 ^= w;
-	}
-	for (size_t i = 0; i < left; i++)
-		m |= (uint64_t)p[i] << (8 * i);
-	v3 ^= m;
-	for (unsigned i = 0; i < crounds; i++)
-		SIPROUND(v0, v1, v2, v3);
-	v0 ^= m;
-	v2 ^= 0xff;
-	for (unsigned i = 0; i < drounds; i++)
-		SIPROUND(v0, v1, v2, v3);
-	return v0 ^ v1 ^ v2 ^ v3;
-}
-
+/* SipHash-1-3 keyed with kv_cfg.hash_key (random per process; keel_hash), as Redis keys its
+ * tables with SipHash: a client that knows the function cannot choose keys that share a
+ * hash (with an unkeyed mixing, flipping bit 63 of one 8-byte word and undoing it in the
+ * next gave 2^(words-1) keys of one full hash, whatever the seed: one shard, one chain). */
 uint64_t
 kv_hash(const void *key, size_t n)
 {
-	return kv_siphash(kv_cfg.hash_key, key, n, 1, 3);
+	return keel_hash(&kv_cfg.hash_key, key, n);
 }
 
 int64_t

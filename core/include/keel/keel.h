@@ -14,6 +14,7 @@
 #include <keel/common.h>
 #include <keel/config.h>
 #include <keel/file.h>
+#include <keel/hash.h>
 #include <keel/log.h>
 #include <keel/msg.h>
 /* net: the network layer (library keel_net) when it is on the include path. */
