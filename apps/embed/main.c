@@ -158,6 +158,7 @@ fnv64(const uint8_t *p, size_t n)
 
 struct ent {
 	struct ent *next;
+	uint64_t hash; /* index_hash of the key */
 	uint32_t file; /* data file (shard) holding the value */
 	uint32_t vlen;
 	uint64_t off; /* of the value */
@@ -166,39 +167,101 @@ struct ent {
 	uint8_t key[];
 };
 
-#define INDEX_BUCKETS (1u << 16)
+#define INDEX_BUCKETS_MIN 1024u
 
+/* Keys are a client's choice: hashed under a key drawn at start (keel_hash), so no client
+ * can pick keys that share a chain, and the bucket array doubles once the keys outnumber
+ * its buckets. The doubling moves every entry at once, under the mutex (a pause of some
+ * milliseconds per million keys). */
 static struct {
 	pthread_mutex_t mu;
-	struct ent *b[INDEX_BUCKETS];
+	struct ent **b;
+	size_t mask, count;
+	struct keel_hash_key key;
 } idx = { .mu = PTHREAD_MUTEX_INITIALIZER };
 
 static _Atomic uint64_t next_seq = 1;
+
+static int
+index_init(void)
+{
+	int rc = keel_hash_key_random(&idx.key);
+
+	if (rc < 0) {
+		fprintf(stderr, "keel-embed: no random key for the index's hash: %s\n",
+			strerror(-rc));
+		return rc;
+	}
+	idx.b = calloc(INDEX_BUCKETS_MIN, sizeof(*idx.b));
+	if (!idx.b) {
+		fprintf(stderr, "keel-embed: no memory for the index\n");
+		return -ENOMEM;
+	}
+	idx.mask = INDEX_BUCKETS_MIN - 1;
+	return 0;
+}
+
+/* Twice the buckets, every entry moved. Without the memory the index keeps its size: its
+ * chains grow longer, nothing is lost. Holds idx.mu. */
+static void
+index_grow(void)
+{
+	size_t n = (idx.mask + 1) * 2;
+	struct ent **b = calloc(n, sizeof(*b));
+
+	if (!b)
+		return;
+	for (size_t i = 0; i <= idx.mask; i++)
+		while (idx.b[i]) {
+			struct ent *e = idx.b[i], **to = &b[e->hash & (n - 1)];
+
+			idx.b[i] = e->next;
+			e->next = *to;
+			*to = e;
+		}
+	free(idx.b);
+	idx.b = b;
+	idx.mask = n - 1;
+}
+
+/* The entry for @key (of hash @h) and its link; NULL when absent. Holds idx.mu. */
+static struct ent *
+index_find(const uint8_t *key, uint16_t klen, uint64_t h)
+{
+	for (struct ent *e = idx.b[h & idx.mask]; e; e = e->next)
+		if (e->hash == h && e->klen == klen && !memcmp(e->key, key, klen))
+			return e;
+	return NULL;
+}
 
 /* Record key -> (file, off, vlen) unless a newer one is there. Returns 0 or -ENOMEM. */
 static int
 index_put(const uint8_t *key, uint16_t klen, uint32_t file, uint64_t off, uint32_t vlen,
 	  uint64_t seq)
 {
-	uint32_t h = fnv32(2166136261u, key, klen) & (INDEX_BUCKETS - 1);
+	uint64_t h = keel_hash(&idx.key, key, klen);
 	struct ent *e;
 	int rc = 0;
 
 	pthread_mutex_lock(&idx.mu);
-	for (e = idx.b[h]; e; e = e->next)
-		if (e->klen == klen && !memcmp(e->key, key, klen))
-			break;
+	e = index_find(key, klen, h);
 	if (!e) {
+		struct ent **bk;
+
 		e = malloc(sizeof(*e) + klen);
 		if (!e) {
 			rc = -ENOMEM;
 			goto out;
 		}
+		e->hash = h;
 		e->klen = klen;
 		memcpy(e->key, key, klen);
 		e->seq = 0; /* below every record's (from 1): the first one fills the entry */
-		e->next = idx.b[h];
-		idx.b[h] = e;
+		bk = &idx.b[h & idx.mask];
+		e->next = *bk;
+		*bk = e;
+		if (++idx.count > idx.mask + 1)
+			index_grow();
 	}
 	if (seq > e->seq) {
 		e->file = file;
@@ -214,31 +277,55 @@ out:
 static bool
 index_get(const uint8_t *key, uint16_t klen, uint32_t *file, uint64_t *off, uint32_t *vlen)
 {
-	uint32_t h = fnv32(2166136261u, key, klen) & (INDEX_BUCKETS - 1);
-	bool found = false;
+	uint64_t h = keel_hash(&idx.key, key, klen);
+	const struct ent *e;
 
 	pthread_mutex_lock(&idx.mu);
-	for (struct ent *e = idx.b[h]; e; e = e->next)
-		if (e->klen == klen && !memcmp(e->key, key, klen)) {
-			*file = e->file;
-			*off = e->off;
-			*vlen = e->vlen;
-			found = true;
-			break;
-		}
+	e = index_find(key, klen, h);
+	if (e) {
+		*file = e->file;
+		*off = e->off;
+		*vlen = e->vlen;
+	}
 	pthread_mutex_unlock(&idx.mu);
-	return found;
+	return e != NULL;
+}
+
+/* The index's shape, at the stop: keys, buckets and the longest chain (which stays short
+ * whatever keys the clients chose). */
+static void
+index_report(void)
+{
+	size_t longest = 0;
+
+	if (!idx.b)
+		return;
+	for (size_t i = 0; i <= idx.mask; i++) {
+		size_t n = 0;
+
+		for (const struct ent *e = idx.b[i]; e; e = e->next)
+			n++;
+		if (n > longest)
+			longest = n;
+	}
+	fprintf(stderr, "keel-embed: index: %zu keys in %zu buckets, longest chain %zu\n",
+		idx.count, idx.mask + 1, longest);
 }
 
 static void
 index_free(void)
 {
-	for (unsigned i = 0; i < INDEX_BUCKETS; i++)
+	if (!idx.b)
+		return;
+	for (size_t i = 0; i <= idx.mask; i++)
 		while (idx.b[i]) {
 			struct ent *e = idx.b[i];
 			idx.b[i] = e->next;
 			free(e);
 		}
+	free(idx.b);
+	idx.b = NULL;
+	idx.count = 0;
 }
 
 /* ---- data files: opened and scanned by main() before the shards start ---- */
@@ -1277,6 +1364,8 @@ main(int argc, char **argv)
 		return 2;
 	if (cfg.map[0] && !opts.map_path)
 		opts.map_path = cfg.map;
+	if (index_init() < 0)
+		return 1;
 
 	/* Which malloc this host got (keel leaves it to the C library unless opted in). */
 	if (dladdr((void *)malloc, &di) && di.dli_fname)
@@ -1359,6 +1448,7 @@ destroy:
 	keel_runtime_destroy(rt);
 	for (unsigned i = 0; i < nfiles; i++)
 		close(fds[i]);
+	index_report();
 	index_free();
 	fprintf(stderr, "keel-embed: stopped (%s)\n", rc ? strerror(rc < 0 ? -rc : rc) : "clean");
 	return rc ? 1 : 0;

@@ -1162,3 +1162,67 @@ Test(embed, stop_with_work_in_flight, .timeout = 120)
 	free(kv[0].val);
 	host_fini(&h);
 }
+
+/* ---- the index: keys a client chooses to collide ---- */
+
+static uint32_t
+fnv1a32(const char *p)
+{
+	uint32_t h = 2166136261u;
+
+	for (; *p; p++)
+		h = (h ^ (uint8_t)*p) * 16777619u;
+	return h;
+}
+
+#define IDX_KEYS    3000u
+#define IDX_COLLIDE 200u
+
+/* The host's index is hashed under a per-process random key and grows with its keys. It
+ * hashed with unkeyed FNV-1a into 65,536 fixed buckets: a client could choose keys of one
+ * bucket (here 200 of 3,000, found by trying keys against FNV-1a, as anyone can), and
+ * every put and get of them walked the one chain, under the index's mutex that every shard
+ * takes. The stop line gives the index's shape. */
+Test(embed, keys_built_to_collide_do_not_share_a_chain, .timeout = 120)
+{
+	static struct kv kv[IDX_KEYS];
+	unsigned found = 0, keys, buckets, longest;
+	uint32_t want = 0;
+	const char *line;
+	struct host h;
+	int fd;
+
+	for (uint64_t t = 0; found < IDX_COLLIDE; t++) {
+		snprintf(kv[found].key, sizeof(kv[found].key), "c-%llx", (unsigned long long)t);
+		if (found == 0)
+			want = fnv1a32(kv[0].key) & 0xffff;
+		if ((fnv1a32(kv[found].key) & 0xffff) == want)
+			found++;
+	}
+	for (unsigned i = IDX_COLLIDE; i < IDX_KEYS; i++)
+		snprintf(kv[i].key, sizeof(kv[i].key), "r-%u", i);
+	for (unsigned i = 0; i < IDX_KEYS; i++) {
+		kv[i].len = 1;
+		kv[i].val = malloc(1);
+		kv[i].val[0] = (uint8_t)i;
+	}
+	host_init(&h, "");
+	host_start(&h);
+	fd = test_connect(h.port);
+	put_all(fd, kv, IDX_KEYS);
+	get_all(fd, kv, IDX_KEYS);
+	close(fd);
+	host_stop(&h);
+	line = strstr(h.log_text, "keel-embed: index: ");
+	cr_assert_not_null(line, "no index line: %s", h.log_text);
+	cr_assert_eq(sscanf(line, "keel-embed: index: %u keys in %u buckets, longest chain %u",
+			    &keys, &buckets, &longest),
+		     3, "%s", line);
+	cr_assert_eq(keys, IDX_KEYS, "%s", line);
+	cr_assert_geq(buckets, keys, "the index did not grow with its keys: %s", line);
+	/* 3,000 keys over at least 3,000 random buckets: a chain of 16 has odds below 1e-9. */
+	cr_assert_leq(longest, 16, "%s", line);
+	for (unsigned i = 0; i < IDX_KEYS; i++)
+		free(kv[i].val);
+	host_fini(&h);
+}
