@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <keel/keel.h>
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1176,6 +1177,75 @@ cmd_decrby(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *
 	incr_by(db, &argv[1], -by, out);
 }
 
+/* Room for any long double written with 17 decimals (Redis's MAX_LONG_DOUBLE_CHARS): the
+ * largest has 4,933 integer digits. */
+#define KV_LD_CHARS (5 * 1024)
+
+/* A float as Redis reads one (string2ld): all @n bytes of it (a NUL inside is not the end),
+ * no leading space, not NaN, not out of range. */
+static bool
+arg_ld(const uint8_t *p, size_t n, long double *out)
+{
+	char buf[KV_LD_CHARS], *end;
+	long double v;
+
+	if (n == 0 || n >= sizeof(buf))
+		return false;
+	memcpy(buf, p, n);
+	buf[n] = 0;
+	errno = 0;
+	v = strtold(buf, &end);
+	if (isspace((unsigned char)buf[0]) || (size_t)(end - buf) != n || errno == EINVAL ||
+	    (errno == ERANGE && (v == HUGE_VALL || v == -HUGE_VALL || v == 0)) || isnan(v))
+		return false;
+	*out = v;
+	return true;
+}
+
+/* INCRBYFLOAT key increment: the value plus the increment as long doubles, written as Redis
+ * 7 writes it (ld2string, LD_STR_HUMAN: 17 decimals, trailing zeros and a bare point cut,
+ * "-0" as "0"); the key's deadline kept. */
+static void
+cmd_incrbyfloat(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	uint64_t h = kv_hash(argv[1].p, argv[1].len);
+	struct kv_ent **pp = NULL, *e = lookup_h(db, &argv[1], h, &pp);
+	long double v = 0, by;
+	char t[KV_LD_CHARS];
+	int n;
+
+	if ((e && !arg_ld(e->data + e->klen, e->vlen, &v)) ||
+	    !arg_ld(argv[2].p, argv[2].len, &by)) {
+		rb_err(out, "ERR value is not a valid float");
+		return;
+	}
+	v += by;
+	if (isnan(v) || isinf(v)) {
+		rb_err(out, "ERR increment would produce NaN or Infinity");
+		return;
+	}
+	n = snprintf(t, sizeof(t), "%.17Lf", v);
+	if (n < 0 || (size_t)n >= sizeof(t)) { /* cannot happen: KV_LD_CHARS holds them all */
+		rb_err(out, "ERR increment would produce NaN or Infinity");
+		return;
+	}
+	if (memchr(t, '.', (size_t)n)) {
+		while (t[n - 1] == '0')
+			n--;
+		if (t[n - 1] == '.')
+			n--;
+	}
+	if (n == 2 && t[0] == '-' && t[1] == '0') {
+		t[0] = '0';
+		n = 1;
+	}
+	if (!store_at(db, &argv[1], h, e, pp, t, (size_t)n, (size_t)n, true)) {
+		rb_err(out, "%s", e_oom);
+		return;
+	}
+	rb_bulk(out, t, (size_t)n);
+}
+
 static void
 cmd_append(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
@@ -1513,6 +1583,8 @@ static const struct kv_cmd cmds[] = {
 	{ "incrby", 3, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEY, 0, KV_M_NONE, cmd_incrby,
 	  "write denyoom fast" },
 	{ "decrby", 3, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEY, 0, KV_M_NONE, cmd_decrby,
+	  "write denyoom fast" },
+	{ "incrbyfloat", 3, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEY, 0, KV_M_NONE, cmd_incrbyfloat,
 	  "write denyoom fast" },
 	{ "append", 3, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEY, 0, KV_M_NONE, cmd_append,
 	  "write denyoom fast" },

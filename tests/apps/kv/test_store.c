@@ -684,6 +684,86 @@ Test(kv_store, getex_replies_as_redis_7)
 	run_with_stats(getex_start);
 }
 
+/* INCRBYFLOAT, as Redis 7 (its documentation's examples and its test suite's cases): the
+ * sum of long doubles, written with 17 decimals and the trailing zeros cut; a value or an
+ * increment that is not all a float (spaces, a NUL inside, NaN) is refused, as is a result
+ * that is NaN or infinite; the key's deadline is kept; no negative zero. */
+static void
+incrbyfloat_start(void *app)
+{
+	struct rbuf out = { 0 };
+	static const struct cmd_step steps[] = {
+		{ 3, { "SET", "mykey", "10.50" }, "+OK\r\n" },
+		{ 3, { "INCRBYFLOAT", "mykey", "0.1" }, "$4\r\n10.6\r\n" },
+		{ 3, { "INCRBYFLOAT", "mykey", "-5" }, "$3\r\n5.6\r\n" },
+		{ 3, { "SET", "mykey", "5.0e3" }, "+OK\r\n" },
+		{ 3, { "INCRBYFLOAT", "mykey", "2.0e2" }, "$4\r\n5200\r\n" },
+		{ 3, { "INCRBYFLOAT", "novar", "1" }, "$1\r\n1\r\n" },
+		{ 3, { "INCRBYFLOAT", "novar", "0.25" }, "$4\r\n1.25\r\n" },
+		{ 2, { "GET", "novar" }, "$4\r\n1.25\r\n" },
+		{ 3, { "SET", "big", "17179869184" }, "+OK\r\n" },
+		{ 3, { "INCRBYFLOAT", "big", "1.5" }, "$13\r\n17179869185.5\r\n" },
+		{ 3, { "INCRBYFLOAT", "big", "17179869184" }, "$13\r\n34359738369.5\r\n" },
+		{ 3, { "SET", "sp", "    11" }, "+OK\r\n" },
+		{ 3, { "INCRBYFLOAT", "sp", "1.0" }, "-ERR value is not a valid float\r\n" },
+		{ 3, { "SET", "sp", "11    " }, "+OK\r\n" },
+		{ 3, { "INCRBYFLOAT", "sp", "1.0" }, "-ERR value is not a valid float\r\n" },
+		{ 3, { "INCRBYFLOAT", "novar", "abc" }, "-ERR value is not a valid float\r\n" },
+		{ 3, { "INCRBYFLOAT", "novar", "" }, "-ERR value is not a valid float\r\n" },
+		{ 3, { "INCRBYFLOAT", "novar", "nan" }, "-ERR value is not a valid float\r\n" },
+		{ 3,
+		  { "INCRBYFLOAT", "novar", "+inf" },
+		  "-ERR increment would produce NaN or Infinity\r\n" },
+		{ 2, { "GET", "novar" }, "$4\r\n1.25\r\n" },
+		{ 5, { "SET", "t", "1", "EX", "100" }, "+OK\r\n" },
+		{ 3, { "INCRBYFLOAT", "t", "1" }, "$1\r\n2\r\n" },
+		{ 2, { "TTL", "t" }, ":100\r\n" },
+		{ 3, { "SET", "z", "-1" }, "+OK\r\n" },
+		{ 3, { "INCRBYFLOAT", "z", "1" }, "$1\r\n0\r\n" },
+		{ 3, { "INCRBYFLOAT", "nz", "-0.0" }, "$1\r\n0\r\n" },
+	};
+
+	if (!SHARD_CHECK_EQ(kv_db_init(&db, app), 0)) {
+		keel_stop(-EIO);
+		return;
+	}
+	run_steps(&out, steps, sizeof(steps) / sizeof(steps[0]));
+	/* A NUL inside the value or the increment: not a float (Redis checks that the whole
+	 * length was read, not only up to the NUL). */
+	{
+		struct resp_arg set[3] = { { (const uint8_t *)"SET", 3 },
+					   { (const uint8_t *)"nul", 3 },
+					   { (const uint8_t *)"1\0"
+							      "2",
+					     3 } };
+		struct resp_arg inc[3] = { { (const uint8_t *)"INCRBYFLOAT", 11 },
+					   { (const uint8_t *)"nul", 3 },
+					   { (const uint8_t *)"1", 1 } };
+		const char *e = "-ERR value is not a valid float\r\n";
+
+		out.len = 0;
+		kv_cmd_exec(kv_cmd_find(set[0].p, set[0].len), &db, set, 3, &out);
+		out.len = 0;
+		kv_cmd_exec(kv_cmd_find(inc[0].p, inc[0].len), &db, inc, 3, &out);
+		SHARD_CHECK(reply_is(&out, e), "%.*s", (int)out.len, out.p);
+		inc[1] = (struct resp_arg){ (const uint8_t *)"novar", 5 };
+		inc[2] = (struct resp_arg){ (const uint8_t *)"1\0"
+							     "2",
+					    3 };
+		out.len = 0;
+		kv_cmd_exec(kv_cmd_find(inc[0].p, inc[0].len), &db, inc, 3, &out);
+		SHARD_CHECK(reply_is(&out, e), "%.*s", (int)out.len, out.p);
+	}
+	rb_free(&out);
+	kv_db_fini(&db);
+	keel_stop(0);
+}
+
+Test(kv_store, incrbyfloat_replies_as_redis_7)
+{
+	run_with_stats(incrbyfloat_start);
+}
+
 Test(kv_store, setnx_setex_getdel_unlink_expireat_type_flushdb_reply_as_redis_7)
 {
 	run_with_stats(more_commands_start);
