@@ -598,6 +598,8 @@ zc_end(struct keel_conn *c, int res)
 			return false; /* no timer to bound the wait: aborted with ENOMEM */
 		if (!c->starving && !c->closing)
 			starve_add(c, &ns->zc_waiting, true);
+		/* Partial frames may hold area slices: copied out, they go back. */
+		keel__framers_reclaim_later(ns);
 		return true;
 	case KEEL__ZCRX_END_COPY:
 		c->zc_ok = false;
@@ -683,6 +685,8 @@ recv_done(struct keel_conn *c, const struct io_uring_cqe *cqe, int res, uint32_t
 				ok = (c->bulk ? ns->bulk.inring : ns->tcp.inring) > 0;
 			if (ok)
 				keel__conn_starved_kick(ns);
+			else /* partial frames may hold them: copied out, they come back */
+				keel__framers_reclaim_later(ns);
 		}
 	} else if (res != -ECANCELED) {
 		keel_conn_abort(c, res);

@@ -40,6 +40,16 @@ struct keel_framer {
 	/* The connection keel_framer_on_data is pushing for: once a callback closed or
 	 * aborted it, no more of its frames are delivered. NULL outside that call. */
 	struct keel_conn *conn;
+	/* On its shard's list of framers holding a partial frame (ns->holding), while
+	 * keel_framer_on_data left bytes held; NULL when not. */
+	struct net_shard *hns;
+	struct keel_framer *hnext, **hprev;
+	/* The buffer of our own that a reclaim copied held bytes into (compact), and its free
+	 * room [own_end, own_lim): the rest of the frame is copied there rather than held in
+	 * the shard's receive buffers. own is NULL when there is none. */
+	struct keel_buf *own;
+	uint32_t own_gen;
+	uint8_t *own_end, *own_lim;
 };
 
 int
@@ -81,6 +91,29 @@ drop_all(struct keel_framer *f)
 	f->off = 0;
 	f->buffered = 0;
 	f->scanned = 0;
+	f->own = NULL;
+}
+
+static void
+holding_remove(struct keel_framer *f)
+{
+	if (!f->hns)
+		return;
+	*f->hprev = f->hnext;
+	if (f->hnext)
+		f->hnext->hprev = f->hprev;
+	f->hns = NULL;
+}
+
+static void
+holding_add(struct keel_framer *f, struct net_shard *ns)
+{
+	f->hns = ns;
+	f->hnext = ns->holding;
+	if (f->hnext)
+		f->hnext->hprev = &f->hnext;
+	f->hprev = &ns->holding;
+	ns->holding = f;
 }
 
 void
@@ -88,6 +121,7 @@ keel_framer_destroy(struct keel_framer *f)
 {
 	if (!f)
 		return;
+	holding_remove(f);
 	drop_all(f);
 	free(f->q);
 	free(f->fs);
@@ -193,6 +227,8 @@ advance(struct keel_framer *f, size_t n)
 		f->head++;
 		f->off = 0;
 	}
+	if (f->head == f->tail)
+		f->own = NULL; /* no longer held here: its room is not ours to write */
 }
 
 /* Deliver a frame: skip @hdr bytes, hand out @len payload bytes, skip @trail bytes. */
@@ -352,6 +388,21 @@ next_user(struct keel_framer *f)
 static int
 hold(struct keel_framer *f, struct keel_slice *s)
 {
+	/* After a reclaim: the frame goes on in our own buffer while it has room, so it holds
+	 * no more of the shard's receive buffers (keel__framer_compact). */
+	if (f->own && f->tail > f->head) {
+		struct keel_slice *t = &f->q[f->tail - 1];
+
+		if (t->buf == f->own && t->gen_ == f->own_gen && t->data + t->len == f->own_end &&
+		    s->len <= (size_t)(f->own_lim - f->own_end) && s->len <= UINT32_MAX - t->len) {
+			memcpy(f->own_end, s->data, s->len);
+			f->own_end += s->len;
+			t->len += s->len;
+			f->buffered += s->len;
+			keel_slice_put(s);
+			return 0;
+		}
+	}
 	/* The bytes right after the last held slice's, in the same buffer (the next receive
 	 * into an incrementally consumed buffer): one slice. Else a peer trickling a long
 	 * frame a byte per receive made a slice per byte: 24 bytes of this array each, outside
@@ -483,6 +534,110 @@ log_allowed(unsigned *suppressed)
 	return true;
 }
 
+/* Copy the bytes @f holds into buffers of its own (keel_buf_alloc from @a, --memory; each
+ * at most keel_alloc_buf_max) and put the received slices, so their receive buffers go back to
+ * their rings. The last buffer has room for the rest of the frame where its length is
+ * known (LEN32: the header), else for as much again: the rest is copied there (hold).
+ * Returns: 0, or -ENOMEM (nothing changed). */
+int
+keel__framer_compact(struct keel_framer *f, struct keel_alloc *a)
+{
+	size_t need = f->buffered, want = need * 2, done = 0, max;
+	struct keel_slice *nq;
+	unsigned n = 0, cap;
+
+	if (!need || !a)
+		return 0;
+	/* Already all in our own buffer: nothing of the rings is held. */
+	if (f->tail - f->head == 1 && f->q[f->head].buf == f->own &&
+	    f->q[f->head].gen_ == f->own_gen)
+		return 0;
+	if (f->o.kind == KEEL_FRAME_LEN32 && need >= KEEL_FRAME_LEN32_HDR) {
+		uint8_t h[KEEL_FRAME_LEN32_HDR];
+		size_t total;
+
+		keel_framer_peek(f, 0, h, sizeof(h));
+		total = KEEL_FRAME_LEN32_HDR +
+			((size_t)h[0] << 24 | (size_t)h[1] << 16 | (size_t)h[2] << 8 | h[3]);
+		want = total > need ? total : need;
+	}
+	max = (size_t)keel_alloc_buf_max(a);
+	if (want > need + KEEL_FRAME_MAX_DEFAULT)
+		want = need + KEEL_FRAME_MAX_DEFAULT;
+	cap = (unsigned)(want / max + 2);
+	nq = malloc(cap * sizeof(*nq));
+	if (!nq)
+		return -ENOMEM;
+	while (done < need) {
+		size_t room = want - done < max ? want - done : max;
+		size_t take = need - done < room ? need - done : room;
+		struct keel_slice *ch = &nq[n];
+
+		if (keel_buf_alloc(a, room, ch) < 0 &&
+		    (room == take || keel_buf_alloc(a, take, ch) < 0)) {
+			while (n)
+				keel_slice_put(&nq[--n]);
+			free(nq);
+			return -ENOMEM;
+		}
+		keel_framer_peek(f, done, ch->data, take);
+		ch->len = (uint32_t)take;
+		done += take;
+		n++;
+	}
+	while (f->head < f->tail)
+		keel_slice_put(&f->q[f->head++]);
+	free(f->q);
+	f->q = nq;
+	f->cap = cap;
+	f->head = 0;
+	f->tail = n;
+	f->off = 0;
+	f->own = nq[n - 1].buf;
+	f->own_gen = nq[n - 1].gen_;
+	f->own_end = nq[n - 1].data + nq[n - 1].len;
+	f->own_lim = (uint8_t *)keel_buf_base(f->own) + keel_buf_cap(f->own);
+	return 0;
+}
+
+static void
+reclaim_cb(void *arg)
+{
+	struct net_shard *ns = arg;
+
+	ns->reclaim_kick = false;
+	for (struct keel_framer *f = ns->holding, *next; f; f = next) {
+		size_t held = f->buffered;
+
+		next = f->hnext;
+		ns->st.frame_reclaims++;
+		if (keel__framer_compact(f, keel_shard_alloc()) < 0) {
+			/* Holding on would starve the shard: this frame fails instead, its
+			 * connection is aborted at its next push, and the buffers go back. */
+			fail(f, -ENOMEM,
+			     "out of memory copying a partial frame of %zu bytes out of the "
+			     "receive buffers, which had run out (--memory)",
+			     held);
+			holding_remove(f);
+		}
+	}
+	keel__net_unref(ns);
+}
+
+void
+keel__framers_reclaim_later(struct net_shard *ns)
+{
+	if (ns->holding)
+		keel__net_kick(ns, &ns->reclaim_kick, reclaim_cb);
+}
+
+void
+keel__framers_detach(struct net_shard *ns)
+{
+	while (ns->holding)
+		holding_remove(ns->holding);
+}
+
 int
 keel_framer_on_data(struct keel_framer *f, struct keel_conn *c, struct keel_slice *s, unsigned n)
 {
@@ -508,6 +663,15 @@ keel_framer_on_data(struct keel_framer *f, struct keel_conn *c, struct keel_slic
 	f->conn = NULL;
 	for (i = i < n ? i + 1 : n; i < n; i++)
 		keel_slice_put(&s[i]);
+	/* A partial frame held: listed for a reclaim should the receive buffers run out. */
+	if (f->buffered && !f->hns) {
+		struct net_shard *ns = keel__net_shard_cur();
+
+		if (ns)
+			holding_add(f, ns);
+	} else if (!f->buffered) {
+		holding_remove(f);
+	}
 	if (r < 0 && !was) {
 		if (log_allowed(&suppressed))
 			keel_log(KEEL_LOG_WARN, "net", "closing a connection: %s (error %d)%s",

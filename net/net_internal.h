@@ -96,8 +96,12 @@ struct net_shard {
 	bool starve_kick;                       /* a deferred re-arm is queued */
 	struct keel_conn *zc_waiting; /* RECV_ZC ended with ENOMEM: waiting for area slices */
 	bool zc_wait_kick;            /* a deferred re-arm of them is queued */
-	unsigned udp_starving;        /* UDP endpoints waiting for a buffer */
-	bool udp_kick;                /* ... their deferred re-arm is queued */
+	/* frame.c: framers (keel_framer_on_data) holding a partial frame's received slices,
+	 * which copy them out when the receive buffers run out (keel__framers_reclaim) */
+	struct keel_framer *holding;
+	bool reclaim_kick;     /* ... a deferred reclaim is queued */
+	unsigned udp_starving; /* UDP endpoints waiting for a buffer */
+	bool udp_kick;         /* ... their deferred re-arm is queued */
 	/* Closed connections with nothing in flight, waiting for on_close from the loop. */
 	struct keel_conn *close_head, *close_tail;
 	bool close_kick;         /* a run of the close list is queued (holds a reference) */
@@ -176,6 +180,10 @@ extern _Atomic unsigned keel__pbuf_fail_wraps;
 
 /* frame.c: the slices a framer holds (tests: contiguous pushes are held as one). */
 size_t keel__framer_slices(const struct keel_framer *f);
+/* Copy what @f holds into buffers of @a and put the held slices, as a reclaim does (the
+ * tests call it between pushes). Returns 0, or -ENOMEM (nothing changed). */
+struct keel_alloc;
+int keel__framer_compact(struct keel_framer *f, struct keel_alloc *a);
 
 /* conn.c */
 /* @family: the socket's (AF_INET, AF_INET6, AF_UNIX); @accepted: from a listener (else
@@ -192,6 +200,13 @@ void keel__conn_opened(struct keel_conn *c);
 void keel__conn_accepted(struct keel_conn *c, bool addrs, const struct sockaddr_storage *local,
 			 socklen_t locallen);
 void keel__conn_starved_kick(struct net_shard *ns);
+/* The receive buffers (or ZCRX's area buffers) ran out: every framer of the shard holding a
+ * partial frame's received slices copies them into buffers of its own and puts them, at the
+ * end of the pass (frame.c). Without it, partial frames that together hold every buffer
+ * could never complete, and every connection of the shard would starve. */
+void keel__framers_reclaim_later(struct net_shard *ns);
+/* The shard's network state goes: its framers forget it (frame.c). */
+void keel__framers_detach(struct net_shard *ns);
 /* Area slices went back to the kernel (a refill published): re-arm the connections whose
  * RECV_ZC ended for want of an area buffer (deferred). */
 void keel__conn_zc_wait_kick(struct net_shard *ns);

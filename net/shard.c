@@ -184,6 +184,7 @@ destroy(struct net_shard *ns)
 		keel__pbuf_fini(r[i]);
 	keel__udp_fini(ns);
 	keel__zcrx_fini(ns);
+	keel__framers_detach(ns);
 	if (ns->files)
 		io_uring_unregister_files(keel_shard_ring_get());
 	free(ns->scratch);

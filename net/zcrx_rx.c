@@ -367,8 +367,9 @@ keel__zcrx_count_end(struct net_shard *ns, int res)
 		keel_log(KEEL_LOG_WARN, NET_MOD,
 			 "shard %u: a RECV_ZC found no free area buffer (ENOMEM): its connection "
 			 "waits for slices to come back (tried again at least every 10 ms); if "
-			 "this repeats, raise --zcrx-area or put received slices sooner (a frame "
-			 "larger than the area can never complete); later ones are counted in "
+			 "this repeats, raise --zcrx-area or put received slices sooner (partial "
+			 "frames a framer holds are copied out of the area now; slices the "
+			 "application holds are not); later ones are counted in "
 			 "keel_zcrx_stats.nomem_waits",
 			 z->shard);
 }

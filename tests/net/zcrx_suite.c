@@ -1506,6 +1506,123 @@ Test(net_zcrx, sim_1mib_message_in_256_fragments_through_conn_and_framer)
 	keel_framer_destroy(S.fr);
 }
 
+/* A partial frame holding area slices when the area runs out (RECV_ZC ends with ENOMEM):
+ * the framer copies what it holds into a buffer of its own and the slices go back to the
+ * kernel (refilled), so a message larger than the area's free buffers can complete. Half a
+ * 1 MiB message is held, the area "runs out", the other half follows. */
+static bool reclaim_frame_ok;
+static unsigned reclaim_frames;
+static int kind_now; /* step_kind: the connection's receive kind (2: RECV_ZC armed) */
+static void step_kind(void);
+
+static int
+reclaim_on_frame(void *arg, struct keel_frame *fr)
+{
+	uint64_t pos = 4; /* stream offset of the payload's first byte */
+	(void)arg;
+
+	reclaim_frames++;
+	reclaim_frame_ok = fr->len == MSG_BYTES - 4;
+	for (unsigned i = 0; i < fr->n; i++) {
+		for (uint32_t k = 0; k < fr->s[i].len; k++, pos++)
+			if (fr->s[i].data[k] != pat(msg_off((unsigned)(pos / 4096)) + pos % 4096))
+				reclaim_frame_ok = false;
+		keel_slice_put(&fr->s[i]);
+	}
+	return 0;
+}
+
+static void
+inject_frags(unsigned from, unsigned to)
+{
+	for (unsigned i = from; i < to; i++) {
+		struct cqe32 c = nic(msg_off(i), 4096);
+
+		if (i == 0) {
+			uint8_t *a = (uint8_t *)S.z->area + msg_off(0);
+			uint32_t plen = MSG_BYTES - 4;
+
+			a[0] = (uint8_t)(plen >> 24);
+			a[1] = (uint8_t)(plen >> 16);
+			a[2] = (uint8_t)(plen >> 8);
+			a[3] = (uint8_t)plen;
+		}
+		SHARD_CHECK_EQ(keel__conn_zcrx_inject(S.conn, &c.cqe), 0, " fragment %u", i);
+	}
+}
+
+static void
+step_half_then_enomem(void)
+{
+	struct cqe32 c = mkcqe(-ENOMEM, 0, 0);
+
+	if (!SHARD_CHECK(S.conn != NULL))
+		return;
+	inject_frags(0, MSG_FRAGS / 2);
+	SHARD_CHECK_EQ(zst().held, MSG_FRAGS / 2);
+	SHARD_CHECK_EQ(keel__conn_zcrx_inject(S.conn, &c.cqe), 0);
+}
+
+static void
+step_reclaimed_then_rest(void)
+{
+	struct keel_net_stats ns;
+
+	SHARD_CHECK_EQ(zst().held, 0, " the partial frame still holds area slices");
+	SHARD_CHECK_EQ(zst().refills, MSG_FRAGS / 2);
+	SHARD_CHECK_EQ(keel_net_stats(keel_this_shard(), &ns), 0);
+	SHARD_CHECK_EQ(ns.frame_reclaims, 1);
+	SHARD_CHECK_EQ(reclaim_frames, 0);
+}
+
+static void
+step_rest(void)
+{
+	if (SHARD_CHECK(S.conn != NULL))
+		inject_frags(MSG_FRAGS / 2, MSG_FRAGS);
+}
+
+static void
+step_reclaim_check(void)
+{
+	SHARD_CHECK_EQ(reclaim_frames, 1);
+	SHARD_CHECK(reclaim_frame_ok, " the frame's bytes differ");
+	SHARD_CHECK_EQ(zst().held, 0);
+	SHARD_CHECK_EQ(zst().refills, MSG_FRAGS);
+}
+
+Test(net_zcrx, sim_a_partial_frame_gives_its_area_slices_back_when_the_area_runs_out)
+{
+	struct keel_framer_opts fo;
+	uint64_t dl;
+	int fd;
+
+	memset(&fo, 0, sizeof(fo));
+	fo.kind = KEEL_FRAME_LEN32;
+	fo.on_frame = reclaim_on_frame;
+	reclaim_frames = 0;
+	sim_up(1, 512, true);
+	cr_assert_eq(keel_framer_create(&fo, &S.fr), 0);
+	fd = cli_connect(S.port);
+	cr_assert_geq(fd, 0);
+	WAIT_FOR(S.conn != NULL, "the connection did not open");
+	run_on(0, step_half_then_enomem);
+	SHARD_CHECKS_PASSED();
+	run_on(0, step_reclaimed_then_rest);
+	SHARD_CHECKS_PASSED();
+	/* The refill published re-arms the waiting connection, in a pass after it. */
+	dl = test_now_ms() + TEST_WAIT_MS;
+	do
+		run_on(0, step_kind);
+	while (kind_now != 2 && test_now_ms() < dl);
+	cr_assert_eq(kind_now, 2, "RECV_ZC not armed again after the reclaim");
+	run_on(0, step_rest);
+	run_on(0, step_reclaim_check);
+	close(fd);
+	sim_down();
+	keel_framer_destroy(S.fr);
+}
+
 /* The simulated RECV_ZC: an accepted TCP connection of a simulated shard arms one, and an
  * injected completion takes recv_cb's path: a final one (no F_MORE) with data is delivered
  * and the receive is armed again; a final EOF closes the connection, whose simulated

@@ -17,7 +17,9 @@
  *
  * Memory is bounded: a frame whose payload exceeds the maximum (default 16 MiB) is an
  * error (-EMSGSIZE) as soon as it is known, and the framer never holds more than the
- * maximum frame, its header or terminator, and one pushed slice.
+ * maximum frame, its header or terminator, and one pushed slice. A framer fed by
+ * keel_framer_on_data() copies a partial frame out of the shard's receive buffers when they
+ * run out, so that partial frames cannot hold every buffer (docs/framing.md, "Ownership").
  *
  * The framer core needs no socket or shard (only the shard holding the slices), so it can
  * be driven by hand; keel_frame_send() and keel_framer_on_data() are the connection glue.

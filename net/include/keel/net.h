@@ -628,6 +628,9 @@ struct keel_net_stats {
 	uint64_t close_lingers;     /* graceful closes that sent their queue before the peer
 				       ended its side, and so shut the write side and read on
 				       until its EOF (keel_conn_close) */
+	uint64_t frame_reclaims;    /* partial frames a framer (keel_framer_on_data) copied
+				       out of the receive buffers when they ran out, so the
+				       buffers could go back (docs/framing.md, "Memory") */
 };
 
 /**
