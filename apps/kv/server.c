@@ -643,7 +643,6 @@ exec_here(const struct kv_cmd *c, struct resp_arg *argv, unsigned argc, struct r
 	}
 	if (c->flags & KV_F_WRITE) {
 		const char *e = kv_cfg.aof ? kv_aof_error() : NULL;
-		size_t at = out->len;
 		/* Memory first, as Redis: over --maxmemory a write is -OOM even while the
 		 * file fails (admitted parts were checked at home). Answered here: a second
 		 * check could find the other shards below it by then and run the write. */
@@ -659,8 +658,10 @@ exec_here(const struct kv_cmd *c, struct resp_arg *argv, unsigned argc, struct r
 		uint64_t changes = ks->db.changes;
 
 		run(c, &ks->db, argv, argc, out);
-		/* Nothing changed (DEL of a missing key, SETNX of one there): no record. */
-		if (kv_cfg.aof && out->len > at && out->p[at] != '-' && ks->db.changes != changes)
+		/* Recorded by what changed, not by the reply: nothing changed (DEL of a missing
+		 * key, SETNX of one there, any error reply): no record; a change whose reply
+		 * found no memory is recorded all the same (the table has it). */
+		if (kv_cfg.aof && ks->db.changes != changes)
 			kv_aof_log(c, &ks->db, argv, argc);
 		if (__builtin_expect(ks->db.fb != NULL, 0)) /* FLUSHALL ASYNC: free from now on */
 			sweep_soon(ks);

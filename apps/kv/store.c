@@ -32,7 +32,7 @@ rb_reserve(struct rbuf *b, size_t n)
 	cap = b->cap ? b->cap : 256;
 	while (cap < b->len + n)
 		cap *= 2;
-	p = realloc(b->p, cap);
+	p = kv_test_fault("reply-oom") ? NULL : realloc(b->p, cap);
 	if (!p) {
 		b->oom = true;
 		return false;

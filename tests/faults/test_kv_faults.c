@@ -997,6 +997,35 @@ Test(faults_kv, aof_records_lost_to_no_memory_rebuild_the_file)
 	aof1_check_and_clean(dir, 400, acked);
 }
 
+/* No memory for a SET's reply (the first reply buffer of the process fails to grow): the
+ * SET changed the table all the same, so its record is written; it used to be decided by
+ * the reply's bytes, and the value other clients could read was in no file. After a
+ * SIGKILL and a restart the key is there. */
+Test(faults_kv, aof_a_change_whose_reply_found_no_memory_is_recorded)
+{
+	char dir[] = "/tmp/keel-kv-aof-replyoom-XXXXXX", line[64];
+	struct proc p;
+	FILE *f;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	kvf_start(&p, "reply-oom:n=1", "1", "always", dir);
+	f = fdopen(test_connect(p.port), "r+");
+	cr_assert(f);
+	fputs("SET k v\r\n", f);
+	fflush(f);
+	(void)!fgets(line, sizeof(line), f); /* an error, or the connection closed */
+	fclose(f);
+	kv_command(p.port, "GET k", line, sizeof(line));
+	cr_assert_str_eq(line, "$1\r\n",
+			 "the SET did not change the table: the test shows nothing");
+	kill9(&p);
+	aof_restart(&p, "1", dir);
+	kv_command(p.port, "GET k", line, sizeof(line));
+	cr_assert_str_eq(line, "$1\r\n", "the SET's change was not recorded: GET k gives %s", line);
+	proc_stop(&p);
+	rm_dir(dir);
+}
+
 /* appendfsync always, FLUSHALL's truncation of the file fails: an acknowledged FLUSHALL
  * would be undone by the next start, which replays the records still in the file. The
  * file is rebuilt from the (empty) table instead; after a SIGKILL and a restart no key
