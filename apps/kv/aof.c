@@ -1337,6 +1337,15 @@ on_tick(struct keel_timer *t, void *arg)
 		a->rw_parked = false;
 		rw_step(a);
 	}
+	/* everysec: what was written is synced, whatever a later batch is doing. Before the
+	 * failed-batch branches, which return: a disk that keeps refusing the next batch
+	 * (ENOSPC) left the batches acknowledged before it unsynced for as long. */
+	if (kv_cfg.fsync == KV_FSYNC_EVERYSEC && a->dirty && !a->bg_sync &&
+	    keel_file_fdatasync(&a->sreq, &a->f, on_bg_synced, a) == 0) {
+		a->dirty = false;
+		a->bg_sync = true;
+		a->bg_sync_file = a->rewrites;
+	}
 	if (a->st == A_FAILED && a->rw_frozen) {
 		/* The rewrite's copy of the tail has caught up without this batch: it goes to
 		 * the new file once that is in place, rather than to the old one (after the
@@ -1366,12 +1375,6 @@ on_tick(struct keel_timer *t, void *arg)
 	}
 	if (a->st == A_IDLE && (a->pend.len || a->pw)) /* a flush keel_defer could not queue */
 		kick(a);
-	if (kv_cfg.fsync == KV_FSYNC_EVERYSEC && a->dirty && !a->bg_sync &&
-	    keel_file_fdatasync(&a->sreq, &a->f, on_bg_synced, a) == 0) {
-		a->dirty = false;
-		a->bg_sync = true;
-		a->bg_sync_file = a->rewrites;
-	}
 }
 
 void

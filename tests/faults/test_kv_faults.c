@@ -997,6 +997,31 @@ Test(faults_kv, aof_records_lost_to_no_memory_rebuild_the_file)
 	aof1_check_and_clean(dir, 400, acked);
 }
 
+/* appendfsync everysec: SET a is written; every write after it fails (ENOSPC), so the
+ * next batch is tried again at every tick. a's record must still be synced within a
+ * second or so: the tick returned after retrying the failed batch, before its sync, and
+ * left a unsynced for as long as the disk refused writes. The sync is seen by failing it
+ * (fsync:EIO, counted in aof_sync_errors). */
+Test(faults_kv, aof_everysec_syncs_what_was_written_while_a_later_batch_fails)
+{
+	char dir[] = "/tmp/keel-kv-aof-failsync-XXXXXX", line[128];
+	uint64_t dl = test_deadline(TEST_WAIT_MS);
+	struct proc p;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	aof1_start(&p, "write:ENOSPC:after=1,fsync:EIO:n=1", "everysec", dir);
+	kv_command(p.port, "SET a 1", line, sizeof(line));
+	cr_assert_str_eq(line, "+OK\r\n");
+	kv_command(p.port, "SET b 2", line, sizeof(line));
+	while (persistence_field(p.port, "aof_sync_errors:") < 1) {
+		cr_assert(!test_expired(dl),
+			  "no sync of the written batch while the next one failed");
+		test_pause();
+	}
+	kill9(&p);
+	rm_dir(dir);
+}
+
 /* No memory for a SET's reply (the first reply buffer of the process fails to grow): the
  * SET changed the table all the same, so its record is written; it used to be decided by
  * the reply's bytes, and the value other clients could read was in no file. After a
