@@ -210,6 +210,13 @@ void keel__framers_detach(struct net_shard *ns);
 /* Area slices went back to the kernel (a refill published): re-arm the connections whose
  * RECV_ZC ended for want of an area buffer (deferred). */
 void keel__conn_zc_wait_kick(struct net_shard *ns);
+/* A UDP sendmsg of several datagrams of @seg bytes was refused with @err where one alone
+ * went: KEEL__UDP_GSO_CEILING, datagrams of @seg bytes or more go alone from then on (the
+ * batch was larger than the path's MTU: EMSGSIZE), or KEEL__UDP_GSO_OFF, every datagram of
+ * the endpoint does (udp.c). */
+enum keel__udp_gso_verdict { KEEL__UDP_GSO_CEILING, KEEL__UDP_GSO_OFF };
+#define KEEL__UDP_GSO_SEG_FLOOR 548u /* the payload of the smallest IPv4 MTU's datagram */
+enum keel__udp_gso_verdict keel__udp_gso_refused(int err, uint32_t seg);
 /* A UDP buffer came back: re-arm, from the loop, the endpoints waiting for one (udp.c). */
 void keel__udp_starved_kick(struct net_shard *ns);
 /* Bytes keel_conn_write() can append to the write buffer at the queue's tail without a new

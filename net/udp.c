@@ -63,6 +63,10 @@ struct keel_udp {
 	bool probe_next; /* udp_send_one marks its send a probe (gso_fallback) */
 	int gso_err;     /* the last refused batch's error and datagrams, for the log */
 	unsigned gso_err_n;
+	uint32_t gso_err_seg; /* ... and its datagrams' size */
+	/* Datagrams of at least this many bytes go alone: a batch of them was refused with
+	 * EMSGSIZE, larger than the path's MTU (UINT32_MAX: no such ceiling). */
+	uint32_t gso_seg_ceiling;
 	bool send_err_logged;      /* a failed send was logged (udp_send_errors counts all) */
 	struct udp_send *gso_tail; /* the last sendmsg, which the next datagram may join */
 	bool starving; /* waiting for a buffer to come back (counted in ns->udp_starving) */
@@ -466,6 +470,7 @@ keel_udp_open(const char *addr, uint16_t port, const struct keel_udp_ops *ops, v
 	u->ops = ops;
 	u->app = app;
 	u->fd = fd;
+	u->gso_seg_ceiling = UINT32_MAX;
 	u->port = ntohs(((struct sockaddr_in *)&b)->sin_port);
 	u->recv_op.fn = udp_recv_cb;
 	u->next = ns->udps;
@@ -518,6 +523,7 @@ gso_fallback(struct keel_udp *u, struct udp_send *d, int res)
 	d->ns->st.udp_gso_fallbacks++;
 	u->gso_err = res;
 	u->gso_err_n = g->n;
+	u->gso_err_seg = (uint32_t)g->iov[0].iov_len;
 	/* They move to sends of their own, which count them again. */
 	d->ns->st.udp_send_inflight -= g->n;
 	/* Also after keel_udp_close: these datagrams were accepted (keel_udp_send returned 0),
@@ -537,12 +543,37 @@ gso_fallback(struct keel_udp *u, struct udp_send *d, int res)
 	g->n = 0;
 }
 
+enum keel__udp_gso_verdict
+keel__udp_gso_refused(int err, uint32_t seg)
+{
+	/* EMSGSIZE: a segment plus its headers is larger than the path's MTU (the kernel's
+	 * udp_send_skb), as datagrams larger than a NIC's 1,500-byte MTU are, which a peer
+	 * may send. Only that size and larger are refused; batching smaller ones goes on, or
+	 * any peer could turn batching off. Below the smallest IPv4 MTU's payload no ceiling
+	 * is believed. Any other refusal (EINVAL: SO_NO_CHECK, EIO: IPsec) is the socket's. */
+	if (err == -EMSGSIZE && seg > KEEL__UDP_GSO_SEG_FLOOR)
+		return KEEL__UDP_GSO_CEILING;
+	return KEEL__UDP_GSO_OFF;
+}
+
 /* A refused batch's first datagram, sent alone, completed with @res. */
 static void
 gso_probe_done(struct keel_udp *u, int res)
 {
 	if (res < 0 || u->gso_off)
 		return;
+	if (keel__udp_gso_refused(u->gso_err, u->gso_err_seg) == KEEL__UDP_GSO_CEILING) {
+		if (u->gso_err_seg <= u->gso_seg_ceiling) {
+			keel_log(KEEL_LOG_INFO, NET_MOD,
+				 "udp port %u: a sendmsg of %u datagrams of %u bytes with "
+				 "UDP_SEGMENT failed (%s) where one went: datagrams of %u bytes "
+				 "or more are sent one by one from now on for this endpoint",
+				 u->port, u->gso_err_n, u->gso_err_seg, strerror(-u->gso_err),
+				 u->gso_err_seg);
+			u->gso_seg_ceiling = u->gso_err_seg;
+		}
+		return;
+	}
 	keel_log(KEEL_LOG_WARN, NET_MOD,
 		 "udp port %u: a sendmsg of %u datagrams with UDP_SEGMENT failed (%s) where one "
 		 "datagram went: sent one by one from now on for this endpoint; udp_gso_segs 1 "
@@ -752,8 +783,10 @@ udp_send_one(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_sto
 	ns->st.udp_send_inflight++;
 	keel__net_ref(ns);
 	/* The next datagram may join this sendmsg while it waits in the SQ. */
-	u->gso_tail =
-		!d->zc && d->iov.iov_len && !u->gso_off && ns->cfg.udp_gso_segs > 1 ? d : NULL;
+	u->gso_tail = !d->zc && d->iov.iov_len && !u->gso_off && ns->cfg.udp_gso_segs > 1 &&
+				      d->iov.iov_len < u->gso_seg_ceiling
+			      ? d
+			      : NULL;
 	return 0;
 }
 

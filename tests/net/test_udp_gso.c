@@ -6,13 +6,17 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
+#include <net/if.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
 
+#include "../../net/net_internal.h"
 #include "helpers.h"
 
 #define MAXDG 100
@@ -428,5 +432,69 @@ Test(net_udp_gso, a_batch_its_destination_refuses_leaves_batching_on)
 	fill(size, 10, 1000);
 	st = exchange(&t, size, 10, false);
 	cr_assert_eq(st.udp_gso_sends - prev.udp_gso_sends, 1, "batching was turned off");
+	gso_run_stop(&t);
+}
+
+/* A refused batch whose first datagram went alone: EMSGSIZE (its datagrams are larger than
+ * the path's MTU, as 2,000-byte ones on a 1,500-byte NIC are, which any peer may send)
+ * keeps batching for smaller datagrams; every other refusal (EINVAL: SO_NO_CHECK, too many
+ * segments; EIO: IPsec), or EMSGSIZE at sizes no MTU refuses, turns it off for the
+ * endpoint. EMSGSIZE turned it off before, for every peer of the endpoint. */
+Test(net_udp_gso, a_batch_larger_than_the_mtu_only_stops_batching_that_size)
+{
+	cr_assert_eq(keel__udp_gso_refused(-EMSGSIZE, 2000), KEEL__UDP_GSO_CEILING);
+	cr_assert_eq(keel__udp_gso_refused(-EMSGSIZE, 1473), KEEL__UDP_GSO_CEILING);
+	cr_assert_eq(keel__udp_gso_refused(-EMSGSIZE, KEEL__UDP_GSO_SEG_FLOOR), KEEL__UDP_GSO_OFF);
+	cr_assert_eq(keel__udp_gso_refused(-EINVAL, 2000), KEEL__UDP_GSO_OFF);
+	cr_assert_eq(keel__udp_gso_refused(-EIO, 1000), KEEL__UDP_GSO_OFF);
+}
+
+/* The loopback of this process's own network namespace: up, with an MTU of @mtu. */
+static void
+lo_up_mtu(int mtu)
+{
+	struct ifreq ifr;
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+	cr_assert_geq(fd, 0);
+	memset(&ifr, 0, sizeof(ifr));
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "lo");
+	ifr.ifr_mtu = mtu;
+	cr_assert_eq(ioctl(fd, SIOCSIFMTU, &ifr), 0, "MTU of lo: %s", strerror(errno));
+	cr_assert_eq(ioctl(fd, SIOCGIFFLAGS, &ifr), 0);
+	ifr.ifr_flags |= IFF_UP;
+	cr_assert_eq(ioctl(fd, SIOCSIFFLAGS, &ifr), 0, "lo up: %s", strerror(errno));
+	close(fd);
+}
+
+/* The same end to end, in a network namespace of the test's own whose loopback has a
+ * 1,500-byte MTU, as a NIC has (root only): a batch of 2,000-byte datagrams is refused
+ * (EMSGSIZE) and sent again one by one, and 1,000-byte ones are still batched after. */
+Test(net_udp_gso, datagrams_over_the_mtu_go_alone_and_smaller_ones_still_batch)
+{
+	struct keel_net_stats st, prev;
+	struct gso_run t;
+	uint16_t size[10];
+
+	if (geteuid() != 0)
+		cr_skip_test("needs root: a network namespace with its own loopback");
+	if (unshare(CLONE_NEWNET) < 0)
+		cr_skip_test("unshare(CLONE_NEWNET): %s", strerror(errno));
+	lo_up_mtu(1500);
+	gso_run_start(&t, KEEL_UDP_GSO_MAX, false);
+	fill(size, 4, 2000);
+	st = exchange(&t, size, 4, false);
+	cr_assert_eq(st.udp_gso_fallbacks, 1, "the batch over the MTU was not refused");
+	WAIT_FOR(inflight(&t) == 0, "no datagram in flight");
+	cr_assert_eq(rt_net_stats(t.rt, 0, &prev), 0);
+	fill(size, 10, 1000);
+	st = exchange(&t, size, 10, false);
+	cr_assert_eq(st.udp_gso_sends - prev.udp_gso_sends, 1,
+		     "1,000-byte datagrams were not batched after the refusal");
+	prev = st;
+	fill(size, 4, 2000);
+	st = exchange(&t, size, 4, false);
+	cr_assert_eq(st.udp_gso_fallbacks, 1, "2,000-byte datagrams were batched again");
+	cr_assert_eq(st.sends - prev.sends, 4);
 	gso_run_stop(&t);
 }
