@@ -68,6 +68,9 @@ struct keel_udp {
 	 * EMSGSIZE, larger than the path's MTU (UINT32_MAX: no such ceiling). */
 	uint32_t gso_seg_ceiling;
 	bool send_err_logged;      /* a failed send was logged (udp_send_errors counts all) */
+	bool recv_err_logged;      /* a failed receive was logged (udp_recv_errors counts all) */
+	struct keel_timer *retry;  /* arms the receive again after a failure (made on first use) */
+	bool retry_pending;        /* ... started, holding ops_n */
 	struct udp_send *gso_tail; /* the last sendmsg, which the next datagram may join */
 	bool starving; /* waiting for a buffer to come back (counted in ns->udp_starving) */
 	int status;
@@ -109,6 +112,7 @@ struct udp_send_chunk {
 };
 
 static void udp_check(struct keel_udp *u);
+static void udp_close_status(struct keel_udp *u, int status);
 
 static void
 noop_cb(struct keel_op *op, int res, uint32_t flags)
@@ -341,6 +345,50 @@ udp_deliver_empty(struct keel_udp *u)
 }
 
 static void
+udp_retry_cb(struct keel_timer *t, void *arg)
+{
+	struct keel_udp *u = arg;
+
+	(void)t;
+	u->retry_pending = false;
+	u->ops_n--;
+	if (!u->closing && !u->ns->stopping)
+		udp_rearm(u);
+	udp_check(u);
+}
+
+/* The receive ended with an error keel does not expect (ENOMEM from the kernel, say):
+ * counted, the endpoint's first logged, and the receive armed again in 10 ms (not at once:
+ * an error that persists would make every loop pass fail it again). Without a timer the
+ * endpoint closes with the error, so its app hears of it (on_close). */
+static void
+udp_recv_failed(struct keel_udp *u, int res)
+{
+	u->ns->st.udp_recv_errors++;
+	if (!u->recv_err_logged) {
+		u->recv_err_logged = true;
+		keel_log(
+			KEEL_LOG_WARN, NET_MOD,
+			"udp port %u: recvmsg failed (%s): receiving again in 10 ms; this "
+			"endpoint's later failures are counted in udp_recv_errors (keel_net_stats)",
+			u->port, strerror(-res));
+	}
+	if (!u->retry && keel_timer_create(udp_retry_cb, u, &u->retry) < 0) {
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "udp port %u: no timer to receive again after a failed recvmsg (%s): the "
+			 "endpoint closes",
+			 u->port, strerror(-res));
+		udp_close_status(u, res);
+		return;
+	}
+	if (!u->retry_pending) {
+		keel_timer_start(u->retry, KEEL_MS(10), 0);
+		u->retry_pending = true;
+		u->ops_n++;
+	}
+}
+
+static void
 udp_recv_cb(struct keel_op *op, int res, uint32_t flags)
 {
 	struct keel_udp *u = container_of(op, struct keel_udp, recv_op);
@@ -365,9 +413,9 @@ udp_recv_cb(struct keel_op *op, int res, uint32_t flags)
 				udp_starve(u, true);
 			else
 				udp_rearm(u);
-		} else if (!u->closing && res < 0 && res != -ECANCELED)
-			keel_log(KEEL_LOG_WARN, NET_MOD, "udp port %u: recvmsg: %s", u->port,
-				 strerror(-res));
+		} else if (!u->closing && !u->ns->stopping && res < 0 && res != -ECANCELED) {
+			udp_recv_failed(u, res);
+		}
 		udp_check(u);
 	}
 }
@@ -379,6 +427,8 @@ udp_free(struct keel_udp *u)
 	struct keel_udp **pp;
 
 	close(u->fd);
+	if (u->retry)
+		keel_timer_destroy(u->retry);
 	if (u->ops->on_close)
 		u->ops->on_close(u, u->status);
 	for (pp = &ns->udps; *pp; pp = &(*pp)->next)
@@ -860,13 +910,25 @@ udp_cancel_recv(struct keel_udp *u)
 void
 keel_udp_close(struct keel_udp *u)
 {
+	udp_close_status(u, u->ns->stopping ? -ESHUTDOWN : 0);
+}
+
+/* keel_udp_close, with @status for on_close. */
+static void
+udp_close_status(struct keel_udp *u, int status)
+{
 	struct io_uring_sqe *sqe;
 
 	if (u->closing)
 		return;
 	u->closing = true;
-	u->status = u->ns->stopping ? -ESHUTDOWN : 0;
+	u->status = status;
 	udp_starve(u, false);
+	if (u->retry_pending) { /* a receive to arm again after a failure: not now */
+		keel_timer_stop(u->retry);
+		u->retry_pending = false;
+		u->ops_n--;
+	}
 	if (u->armed)
 		udp_cancel_recv(u);
 	if (u->ops_n)

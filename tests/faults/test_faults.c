@@ -479,3 +479,25 @@ Test(faults_sqe, a_udp_close_whose_cancel_found_no_sqe_still_closes)
 	cr_assert_eq(atomic_load(&keel__fault_sqe_none), 0, "the fault was not used");
 	nu_stop(rt, fd);
 }
+
+/* A UDP endpoint's receive ends with an error keel does not expect (ENOMEM, injected on the
+ * first receive): the endpoint receives again (after 10 ms), the error is counted in
+ * udp_recv_errors. It was left unarmed, with one log line and nothing else: deaf for good,
+ * its app told nothing, keel_udp_send still working. */
+Test(faults_sqe, a_udp_receive_that_failed_is_armed_again)
+{
+	struct keel_runtime *rt;
+	struct keel_net_stats st;
+	int fd;
+
+	cr_assert_eq(keel_faults_set("recv:ENOMEM:n=1"), 0);
+	fd = nu_run(&rt, "multishot_recv=on", false);
+	WAIT_FOR(keel_faults_injected("recv") == 1, "the receive's failure");
+	cr_assert_eq(send(fd, "a", 1, 0), 1);
+	WAIT_FOR(atomic_load(&nu.datagrams) == 1, "a datagram after the failed receive");
+	cr_assert_eq(rt_net_stats(rt, 0, &st), 0);
+	cr_assert_eq(st.udp_recv_errors, 1);
+	keel_faults_set(NULL);
+	atomic_store(&keel__fault_sqe_none, 0); /* nu_datagram's, for the tests above */
+	nu_stop(rt, fd);
+}

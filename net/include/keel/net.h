@@ -630,7 +630,9 @@ struct keel_net_stats {
 				       until its EOF (keel_conn_close) */
 	uint64_t frame_reclaims;    /* partial frames a framer (keel_framer_on_data) copied
 				       out of the receive buffers when they ran out, so the
-				       buffers could go back (docs/framing.md, "Memory") */
+				       buffers could go back (docs/framing.md, "Ownership") */
+	uint64_t udp_recv_errors;   /* UDP receives that ended with an unexpected error (not
+				       ENOBUFS): each armed again 10 ms later */
 };
 
 /**
