@@ -51,7 +51,8 @@ ring_add(struct pbuf_ring *r, uint16_t bid)
 }
 
 /* Give @bid back: to the ring while it holds fewer than the window, else onto the spares;
- * then wake what waits for a buffer of this ring (TCP's starved connections, UDP endpoints). */
+ * then wake what waits for a buffer of this ring: UDP endpoints for the UDP ring, TCP's
+ * starved connections for the others (a UDP buffer woke them too, each to fail again). */
 static void
 give_back(struct pbuf_ring *r, uint16_t bid)
 {
@@ -61,10 +62,12 @@ give_back(struct pbuf_ring *r, uint16_t bid)
 		ring_add(r, bid);
 	else
 		r->spare[r->nspare++] = bid;
-	if (ns->starved)
+	if (r == &ns->udp) {
+		if (ns->udp_starving)
+			keel__udp_starved_kick(ns);
+	} else if (ns->starved) {
 		keel__conn_starved_kick(ns);
-	if (r == &ns->udp && ns->udp_starving)
-		keel__udp_starved_kick(ns);
+	}
 }
 
 /* Fill the ring up to the window from the spares, the most recently put first. */

@@ -950,3 +950,86 @@ Test(net_udp, close_with_nothing_in_flight_runs_on_close_from_the_loop, .timeout
 	cr_assert_eq(t->close_status, 0);
 	free(t);
 }
+
+/* TCP connections waiting for a TCP receive buffer are not woken by UDP buffers coming
+ * back: a UDP buffer is no TCP buffer, and each such wake-up armed every starved connection
+ * again only to fail with ENOBUFS, once per UDP datagram. Here the app holds every buffer
+ * of a 4 x 4 KiB TCP ring, and 200 datagrams are echoed on the same shard: the starved
+ * connection's ENOBUFS count must not follow them. */
+static struct keel_slice tcp_held[64];
+static unsigned tcp_nheld;
+
+static void
+hold_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	(void)c;
+	for (unsigned i = 0; i < n; i++) {
+		if (tcp_nheld < 64)
+			tcp_held[tcp_nheld++] = s[i];
+		else
+			keel_slice_put(&s[i]);
+	}
+}
+
+static void
+hold_close(struct keel_conn *c, int status)
+{
+	(void)c;
+	(void)status;
+	while (tcp_nheld)
+		keel_slice_put(&tcp_held[--tcp_nheld]);
+}
+
+static struct udp_srv mixed_udp;
+
+static void
+mixed_udp_open(struct keel_xreq *req)
+{
+	udp_start(&mixed_udp);
+	keel_xreq_complete(req, 0);
+}
+
+Test(net_udp, udp_buffers_coming_back_do_not_wake_starved_tcp_connections)
+{
+	static const struct keel_conn_ops ops = { .on_data = hold_data, .on_close = hold_close };
+	static uint8_t burst[64 << 10];
+	struct keel_net_config nc;
+	struct keel_net_stats st;
+	struct keel_xreq req = { .fn = mixed_udp_open };
+	struct sockaddr_in dst = { .sin_family = AF_INET };
+	uint64_t before;
+	struct srv s;
+	int fd, ufd;
+	char b[8];
+
+	memset(&mixed_udp, 0, sizeof(mixed_udp));
+	tcp_nheld = 0;
+	keel_net_config_init(&nc);
+	nc.buf_count = 4;
+	nc.buf_size = 4096;
+	nc.bulk_buf_size = 0;
+	cr_assert_eq(srv_start(&s, NULL, &nc, &ops), 0);
+	cr_assert_eq(keel_runtime_submit(s.rt, 0, &req), 0);
+	WAIT_FOR(atomic_load(&mixed_udp.port), "the UDP endpoint's port");
+	cr_assert_eq(atomic_load(&mixed_udp.open_err), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(send(fd, burst, sizeof(burst), MSG_DONTWAIT) > 0, 1);
+	WAIT_FOR(srv_net_stats(&s, 0, &st) == 0 && st.enobufs > 0, "the TCP ring to run out");
+	before = st.enobufs;
+	ufd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(ufd, 0);
+	dst.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	dst.sin_port = htons(atomic_load(&mixed_udp.port));
+	cr_assert_eq(connect(ufd, (struct sockaddr *)&dst, sizeof(dst)), 0);
+	for (int i = 0; i < 200; i++) {
+		cr_assert_eq(send(ufd, "ping", 4, 0), 4);
+		cr_assert_eq(cli_recv(ufd, b, sizeof(b)), 4, "datagram %d not echoed", i);
+	}
+	cr_assert_eq(srv_net_stats(&s, 0, &st), 0);
+	cr_assert_leq(st.enobufs - before, 2, "%llu more ENOBUFS over 200 UDP datagrams",
+		      (unsigned long long)(st.enobufs - before));
+	close(ufd);
+	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
+}
