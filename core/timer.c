@@ -125,6 +125,13 @@ keel_timer_init(struct keel_timer *t, keel_timer_fn fn, void *arg)
 	 * holding it twice: it would fire twice, and once after its fini. */
 	keel_verify(!(t->flags_ & TIMER_LIVE) || t->shard_ != s || t->heap_idx_ < 0 ||
 		    (uint64_t)t->heap_idx_ >= s->heap_n || s->heap[t->heap_idx_] != t);
+	/* Initialised here already and not pending (a pooled object reused without a fini):
+	 * made anew in the heap place it holds. Reserving another, which no fini would give
+	 * back, grew the heap at every reuse. */
+	if ((t->flags_ & (TIMER_LIVE | TIMER_ALLOCATED)) == TIMER_LIVE && t->shard_ == s) {
+		timer_setup(s, t, fn, arg, 0);
+		return 0;
+	}
 	if (heap_reserve(s) < 0)
 		return -ENOMEM;
 	timer_setup(s, t, fn, arg, 0);
@@ -245,14 +252,14 @@ keel__timers_run(struct keel_shard *s)
 
 		heap_remove(s, t);
 		if (t->period_ns_) {
-			uint64_t at = now;
+			uint64_t at = keel__clock_ns();
 
-			/* Fell behind: skip, do not burst. Behind the clock, not only the pass's
-			 * start: a callback earlier in this pass may have run long, and a next
-			 * deadline in the past of this fire would fire again at once (one clock
-			 * read per periodic fire). */
+			/* Fell behind: skip, do not burst. Behind the clock, not the pass's start:
+			 * a callback earlier in this pass may have run long, and a next deadline
+			 * in the past of this fire would fire again at once (one clock read per
+			 * periodic fire; now <= at, so behind now is behind at too). */
 			t->deadline_ns_ = add_sat(t->deadline_ns_, t->period_ns_);
-			if (t->deadline_ns_ <= now || t->deadline_ns_ <= (at = keel__clock_ns()))
+			if (t->deadline_ns_ <= at)
 				t->deadline_ns_ = add_sat(at, t->period_ns_);
 			heap_push(s, t);
 		}

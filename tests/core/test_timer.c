@@ -586,3 +586,41 @@ Test(core_timer, a_periodic_timer_after_a_stall_in_its_pass_does_not_fire_twice_
 		      (long long)(st.next_deadline - st.stall_end) / 1000,
 		      (unsigned long long)((st.fire[1] - st.fire[0]) / 1000));
 }
+
+/* The same, with the periodic timer already more than a period behind when its pass
+ * begins (the start callback held the shard 3 ms, the period is 1 ms): its next deadline
+ * was then taken from the pass's start, not from a clock read, and already lay 29 ms in
+ * the past of its fire. */
+static void
+stall_behind_start(void *app)
+{
+	struct stall_test *st = app;
+	uint64_t t0;
+
+	if (!SHARD_CHECK_EQ(keel_timer_create(stall_cb, st, &st->stall), 0) ||
+	    !SHARD_CHECK_EQ(keel_timer_create(stalled_periodic_cb, st, &st->periodic), 0)) {
+		keel_stop(-EIO);
+		return;
+	}
+	keel_timer_start(st->stall, 0, 0);
+	keel_timer_start(st->periodic, 1000, KEEL_MS(1));
+	t0 = mono_ns();
+	while (mono_ns() < t0 + KEEL_MS(3)) /* three periods behind when the pass begins */
+		;
+}
+
+Test(core_timer, a_periodic_timer_behind_by_periods_after_a_stall_does_not_fire_twice_at_once)
+{
+	struct keel_opts o = test_opts(1);
+	struct stall_test st = { 0 };
+	int rc = keel_run(&o, stall_behind_start, &st);
+
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(rc, 0);
+	cr_assert_eq(st.fires, 2);
+	cr_assert_geq(st.next_deadline, st.stall_end + KEEL_MS(1),
+		      "the next deadline is %lld us after the stall's end (the period is 1 ms); "
+		      "the second fire came %llu us after the first",
+		      (long long)(st.next_deadline - st.stall_end) / 1000,
+		      (unsigned long long)((st.fire[1] - st.fire[0]) / 1000));
+}

@@ -88,9 +88,9 @@ KEEL_API int keel_call_value(unsigned dst, keel_call_value_fn fn, void *arg,
  * on this shard once every shard reached has run it: status is 0, or -ENOMEM when memory
  * ran out part-way and some shards were not reached. @arg is shared: @fn must only read
  * it, or synchronise itself.
- * Returns: 0, -ENOMEM when nothing was sent (all_done will not run), -EAGAIN when any
- * shard's queue is full as for keel_send() (nothing was sent), or -ESHUTDOWN as for
- * keel_send().
+ * Returns: 0, -EINVAL for a NULL @fn, -ENOMEM when nothing was sent (all_done will not
+ * run), -EAGAIN when any shard's queue is full as for keel_send() (nothing was sent), or
+ * -ESHUTDOWN as for keel_send().
  * Context: a shard.
  */
 KEEL_API int keel_broadcast(keel_fn fn, void *arg, keel_done_fn all_done, void *done_arg);

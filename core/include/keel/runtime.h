@@ -116,7 +116,7 @@ KEEL_API void keel_stop(int status);
 /**
  * Run @fn(@arg) on this shard on the current loop pass, after timers, in FIFO order; work
  * deferred from inside a deferred callback runs on the next pass.
- * Returns: 0, or -ENOMEM.
+ * Returns: 0, -EINVAL for a NULL @fn, or -ENOMEM.
  * Context: a shard.
  */
 KEEL_API int keel_defer(keel_fn fn, void *arg);
