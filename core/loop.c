@@ -287,6 +287,26 @@ keel_sqe_get(void)
 	return keel__sqe_internal(cur_shard(__func__));
 }
 
+int
+keel_sqe_reserve(unsigned n)
+{
+	struct keel_shard *s = cur_shard(__func__);
+	int r;
+
+	if (!n || n > s->ring.sq.ring_entries)
+		return -EINVAL;
+	if (io_uring_sq_space_left(&s->ring) >= n)
+		return 0;
+	r = io_uring_submit(&s->ring);
+	STAT_INC(s, enters);
+	if (r < 0) {
+		keel_log(KEEL_LOG_ERROR, "core", "io_uring_submit failed: %s", strerror(-r));
+		return r;
+	}
+	/* The kernel takes every SQE it is given (SQPOLL is not used), so the SQ is empty. */
+	return io_uring_sq_space_left(&s->ring) >= n ? 0 : -EBUSY;
+}
+
 void
 keel_sqe_bind(struct io_uring_sqe *sqe, struct keel_op *op)
 {

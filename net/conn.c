@@ -1714,30 +1714,6 @@ tmo_cb(struct keel_op *op, int res, uint32_t flags)
 	conn_check(c);
 }
 
-/* Room for @n SQEs in this shard's SQ, submitting what is queued first if needed.
- * Returns: 0, or -errno of the submit (logged). */
-static int
-sq_reserve(unsigned n)
-{
-	struct io_uring *ring = keel_shard_ring_get();
-	int r;
-
-	if (io_uring_sq_space_left(ring) >= n)
-		return 0;
-	r = io_uring_submit(ring);
-	if (r < 0) {
-		keel_log(KEEL_LOG_ERROR, NET_MOD, "io_uring_submit failed: %s", strerror(-r));
-		return r;
-	}
-	if (io_uring_sq_space_left(ring) < n) {
-		keel_log(KEEL_LOG_ERROR, NET_MOD,
-			 "the SQ has no room for %u entries after a submit; raise --ring-entries",
-			 n);
-		return -EBUSY;
-	}
-	return 0;
-}
-
 /* A connection the application never got (keel_conn_connect failed): freed without
  * on_close. Nothing may be in flight. */
 static void
@@ -1808,7 +1784,7 @@ keel_conn_connect_addr(const struct sockaddr *sa, socklen_t salen, uint64_t time
 	 * either is prepared, so a full SQ never submits the connect as an unterminated
 	 * chain (no timeout) and a missing second SQE never links it to whatever comes
 	 * next. */
-	r = sq_reserve(timeout_ns ? 2 : 1);
+	r = keel_sqe_reserve(timeout_ns ? 2 : 1);
 	if (r < 0) {
 		conn_discard(c);
 		return r;

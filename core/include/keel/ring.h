@@ -26,12 +26,24 @@
  * An SQE on this shard's ring whose completion goes to @op. Prepare it with any
  * io_uring_prep_*() and then call keel_sqe_bind() (the prep helpers clear user_data).
  * The SQE is submitted by the loop at the end of the pass. If the SQ is full it is
- * submitted first, so this never fails while the ring works.
+ * submitted first, so this never fails while the ring works (and a chain being built
+ * would be split: keel_sqe_reserve() first).
  * Do not set IOSQE_CQE_SKIP_SUCCESS: the loop counts operations by their last CQE.
  * Returns: the SQE, or NULL on a ring error (logged).
  * Context: a shard.
  */
 KEEL_API struct io_uring_sqe *keel_sqe_get(void);
+
+/**
+ * Room for @n SQEs in a row: when the SQ has fewer free, what is queued is submitted now.
+ * Call it before building a chain (IOSQE_IO_LINK, a read and its LINK_TIMEOUT): otherwise
+ * a keel_sqe_get() in the middle of the chain may find the SQ full and submit the chain's
+ * head alone (the kernel runs it without its link: the timeout then fails with -EINVAL,
+ * and the read may wait for ever).
+ * Returns: 0; -EINVAL for @n 0 or above the SQ's size (--ring-entries); the submit's error.
+ * Context: a shard.
+ */
+KEEL_API int keel_sqe_reserve(unsigned n);
 
 /** Point @sqe's completion at @op and count @op as in flight. Context: a shard. */
 KEEL_API void keel_sqe_bind(struct io_uring_sqe *sqe, struct keel_op *op);
