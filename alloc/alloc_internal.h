@@ -171,6 +171,7 @@ struct keel_alloc {
 	unsigned added;    /* regions 0..added-1 were added to the pool */
 	bool grow_pending;
 	bool grow_failed;       /* pre-faulting failed once: logged, not retried */
+	bool creating;          /* keel__region_prefault_initial: a failure fails the create */
 	struct region *regions; /* [nregions] */
 	int numa_node;          /* node regions are bound to, -1 none */
 

@@ -88,6 +88,13 @@ trace_check(const struct keel_slice *s, const char *what)
 	struct keel_buf *b = s->buf;
 	struct keel_alloc *cur = keel__alloc_cur;
 
+	if (!b) { /* what a stale get gave back, used again: no buffer to count it on */
+		keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
+				"buf trace: %s of an empty slice (no buffer: a stale get's result, "
+				"or a slice never allocated) on shard %d",
+				what, cur ? (int)cur->cfg.shard : -1);
+		return true;
+	}
 	if (s->gen_ != b->gen || b->refs == 0) {
 		ASTAT_ADD_SHARED(b->home, trace_errors, 1);
 		keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
@@ -370,6 +377,11 @@ keel_slice_move(const struct keel_slice *s, unsigned dst)
 #ifdef KEEL_BUF_TRACE
 	struct keel_alloc *cur = keel__alloc_cur;
 
+	if (!s->buf) {
+		trace_check(s, "move");
+		return;
+	}
+
 	/* The exporter taking back a proxy it never sent (the message could not go): it is
 	 * the proxy's home, so the proxy's puts are local again. Not a wrong-shard touch. */
 	if (!(s->buf->kind == BUF_FOREIGN && cur && s->buf->home == cur && dst == cur->cfg.shard) &&
@@ -452,6 +464,10 @@ keel_buf_is_foreign(const struct keel_buf *b)
 unsigned
 keel_slice_refs(const struct keel_slice *s)
 {
+#ifdef KEEL_BUF_TRACE
+	if (!s->buf) /* a stale get's empty result */
+		return 0;
+#endif
 	return s->buf->refs;
 }
 
@@ -503,12 +519,15 @@ keel__buf_teardown(struct keel_alloc *a)
 	}
 #endif
 	if (live)
-		keel__alloc_log(KEEL_ALLOC_LOG_WARN,
-				"shard %u: %llu buffers (%llu bytes) still referenced at teardown; "
-				"build with -DKEEL_BUF_TRACE=ON to see where they were allocated",
-				a->cfg.shard, (unsigned long long)live,
-				(unsigned long long)(ASTAT_GET(a, bytes_in_use) +
-						     ASTAT_GET(a, ext_bytes_in_use)));
+		keel__alloc_log(
+			KEEL_ALLOC_LOG_WARN,
+			"shard %u: %llu buffers (%llu bytes of regions, %llu of external "
+			"memory wrapped, which may lie in those regions) still referenced "
+			"at teardown; build with -DKEEL_BUF_TRACE=ON to see where they were "
+			"allocated",
+			a->cfg.shard, (unsigned long long)live,
+			(unsigned long long)ASTAT_GET(a, bytes_in_use),
+			(unsigned long long)ASTAT_GET(a, ext_bytes_in_use));
 	/* The headers go with the allocator (a jemalloc arena would drop them too). */
 	while (a->hdr_blocks) {
 		struct keel_buf *next = a->hdr_blocks[0].u.next_free;

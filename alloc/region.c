@@ -206,6 +206,18 @@ keel__region_prefault_next(struct keel_alloc *a)
 	r->base = a->base + (uint64_t)idx * a->region_size;
 	r->len = a->region_size;
 	e = keel__region_prefault_fn(r->base, r->len);
+	if (e < 0 && a->creating) {
+		/* At create: keel_alloc_create fails with it, and the shard does not start. */
+		keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
+				"shard %u: pre-faulting buffer region %u at start failed (%s): the "
+				"shard's allocator is not created; %s",
+				a->cfg.shard, idx, strerror(-e),
+				a->cfg.hugepages
+					? "reserve more huge pages (/proc/sys/vm/nr_hugepages)"
+					: "lower --memory, or raise the memory limit (cgroup, "
+					  "RLIMIT_AS) the process runs under");
+		return e;
+	}
 	if (e < 0) {
 		a->grow_failed = true;
 		if (a->cfg.hugepages) {
@@ -251,11 +263,15 @@ keel__region_prefault_initial(struct keel_alloc *a, unsigned n)
 		a->regions[i].base = a->base + (uint64_t)i * a->region_size;
 		a->regions[i].len = a->region_size;
 	}
+	a->creating = true;
 	for (unsigned i = 0; i < n && i < a->nregions; i++) {
 		int r = keel__region_prefault_next(a);
-		if (r < 0)
+		if (r < 0) {
+			a->creating = false;
 			return r;
+		}
 	}
+	a->creating = false;
 	return 0;
 }
 

@@ -311,3 +311,30 @@ Test(alloc_pool, a_failed_inline_prefault_does_not_fail_the_request)
 	keel_slice_put(&s[1]);
 	keel_alloc_destroy(a);
 }
+
+/* Region 0's pre-fault fails at create: keel_alloc_create fails (the shard does not start),
+ * and the log says so. It said the shard went on with regions used without pre-faulting,
+ * which an operator under a memory cgroup limit would read as a degraded start. */
+static int
+prefault_fails_first(void *p, uint64_t len)
+{
+	(void)p, (void)len;
+	return -ENOMEM;
+}
+
+Test(alloc_pool, a_failed_prefault_at_create_says_the_allocator_is_not_made)
+{
+	struct keel_alloc_config c = test_alloc_config(KEEL_ALLOC_BACKEND_SLAB, 16 * MiB, 4 * MiB);
+	struct keel_alloc *a = NULL;
+	int r;
+
+	real_prefault = keel__region_prefault_fn;
+	keel__region_prefault_fn = prefault_fails_first;
+	keel_alloc_log_set(logcap_alloc_hook, &cap);
+	r = keel_alloc_create(&c, &a);
+	keel__region_prefault_fn = real_prefault;
+	keel_alloc_log_set(NULL, NULL);
+	cr_assert_eq(r, -ENOMEM);
+	cr_assert_eq(logcap_count(&cap, "used without pre-faulting"), 0, "log: %s", cap.text);
+	cr_assert_eq(logcap_count(&cap, "not created"), 1, "log: %s", cap.text);
+}

@@ -101,7 +101,9 @@ struct keel_alloc_stats {
 	uint64_t inline_prefaults; /* regions pre-faulted inside an allocation (no grow hook) */
 	uint64_t regions_unprefaulted; /* regions an allocation took before the grow hook
 					* pre-faulted them (their pages fault on first touch) */
-	uint64_t ext_bytes_in_use;     /* bytes of live external buffers (keel_buf_wrap) */
+	uint64_t ext_bytes_in_use;     /* bytes of live external buffers (keel_buf_wrap): the
+					* receive rings wrap memory bytes_in_use counts
+					* already, so the two do not add up */
 	uint64_t ext_buffers_live;     /* external buffers not yet released */
 	uint64_t exports;              /* slices exported to other shards (keel_slice_export) */
 	uint64_t exports_live;         /* ... whose proxy is still held somewhere */

@@ -106,6 +106,31 @@ Test(alloc_trace, sub_and_get_through_a_stale_slice_are_refused)
 	keel_alloc_destroy(a);
 }
 
+/* The empty slice a stale get gives back, used again: get, sub, export, move and refs on
+ * it are reported or refused, as the stale slice was; they dereferenced its NULL buffer
+ * (SIGSEGV), in the mode that exists to report misuse and go on. */
+Test(alloc_trace, the_empty_slice_of_a_stale_get_is_refused_again)
+{
+	struct keel_alloc *a = make(0);
+	struct keel_slice s, e, o;
+
+	keel_alloc_bind_thread(a);
+	cr_assert_eq(keel_buf_alloc(a, 100, &s), 0);
+	keel_slice_put(&s);
+	keel_slice_get(&s, &e); /* stale: reported, e is empty */
+	cr_assert_null(e.buf);
+	keel_slice_get(&e, &o);
+	cr_assert_null(o.buf);
+	cr_assert_eq(keel_slice_sub(&e, 0, 0, &o), -ESTALE);
+	cr_assert_null(o.buf);
+	cr_assert_eq(keel_slice_export(&e, 0, &o), -EINVAL);
+	keel_slice_move(&e, 1);
+	cr_assert_eq(keel_slice_refs(&e), 0);
+	keel_slice_put(&e);
+	cr_assert(logcap_has(&cap, "empty slice"), "log: %s", cap.text);
+	keel_alloc_destroy(a);
+}
+
 Test(alloc_trace, put_on_the_wrong_shard_is_reported)
 {
 	struct keel_alloc *a0 = make(0), *a1 = make(1);
