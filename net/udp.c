@@ -2,8 +2,10 @@
 /*
  * UDP endpoints: multishot recvmsg with provided buffers (a buffer ring of its own, without
  * bundles or incremental consumption, since each buffer holds one datagram after its
- * io_uring_recvmsg_out header, source address and control data), and one sendmsg per
- * datagram, all queued in a pass submitted together; SENDMSG_ZC for large ones.
+ * io_uring_recvmsg_out header, source address and control data), and sendmsgs queued in a
+ * pass submitted together: the datagrams of one pass to one destination and of one size in
+ * one sendmsg with UDP_SEGMENT (gso_join; one by one where the kernel refused a batch),
+ * SENDMSG_ZC for large ones.
  *
  * A receive that finds the ring empty (ENOBUFS: the application holds every buffer) is not
  * re-armed into it, which would end the same way at once, pass after pass: the endpoint
