@@ -67,6 +67,9 @@ int keel__topo_cpulist_read(const char *path, struct keel_cpuset *out);
 /* Number of rx-N entries in /sys/class/net/@ifname/queues, or -errno (-ENODEV: no such
  * interface). */
 int keel__topo_sysfs_rxq_count(const char *ifname);
+/* The rx queues @ifname's RSS table spreads flows over (its highest queue + 1:
+ * ETHTOOL_GRXFHINDIR), or -errno (-EOPNOTSUPP: no table, as veth has none). */
+int keel__topo_rss_queues(const char *ifname);
 
 /* Comma-separated names in /sys/class/net except lo, into @buf ("none" when empty). */
 void keel__topo_sysfs_ifnames(char *buf, size_t len);

@@ -408,9 +408,11 @@ pci_name(const char *s)
 	return strchr(s, ':') != NULL;
 }
 
-/* Calls @emit for each reason @m cannot run here; stops early when @emit returns false. */
+/* Calls @emit for each reason @m cannot run here (@fatal), or may not run as meant (not
+ * @fatal: the runtime warns and starts); stops early when @emit returns false. */
 static unsigned
-validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line), void *arg)
+validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line, bool fatal),
+	      void *arg)
 {
 	struct keel_cpuset online, mask;
 	char line[512], list[256];
@@ -425,7 +427,7 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 			 "map version %u is not %d; write it again with: keel-topo --plan",
 			 m->version, KEEL_MAP_VERSION);
 		n++;
-		if (!emit(arg, line))
+		if (!emit(arg, line, true))
 			return n;
 	}
 	for (unsigned i = 0; i < m->nshards; i++) {
@@ -439,7 +441,7 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 				 have_online ? keel_topo_cpulist_format(&online, list, sizeof(list))
 					     : "unknown");
 			n++;
-			if (!emit(arg, line))
+			if (!emit(arg, line, true))
 				return n;
 		}
 		if (cpu < 0 || cpu >= KEEL_MAX_CPUS ||
@@ -461,7 +463,7 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 			continue;
 		}
 		n++;
-		if (!emit(arg, line))
+		if (!emit(arg, line, true))
 			return n;
 	}
 	if (m->iface[0] && pci_name(m->iface)) {
@@ -478,7 +480,7 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 				"keel-topo --plan again",
 				m->iface, path);
 			n++;
-			if (!emit(arg, line))
+			if (!emit(arg, line, true))
 				return n;
 		}
 	} else if (m->iface[0]) {
@@ -490,7 +492,7 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 				 "stale: run keel-topo --plan again",
 				 m->iface, list);
 			n++;
-			if (!emit(arg, line))
+			if (!emit(arg, line, true))
 				return n;
 		} else if (rx >= 0 && (unsigned)rx < m->rx_queues) {
 			snprintf(
@@ -500,21 +502,40 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 				m->iface, rx, rx == 1 ? "" : "s", m->rx_queues, m->iface,
 				m->rx_queues);
 			n++;
-			if (!emit(arg, line))
+			if (!emit(arg, line, true))
 				return n;
 		} else if (rx >= 0 && m->rx_queues && (unsigned)rx > m->rx_queues) {
-			/* RSS spreads flows over every queue: those past the map's reach a core
-			 * that no shard of this map serves. */
-			snprintf(
-				line, sizeof(line),
-				"%s has %d rx queues, the map serves %u: RSS still sends flows to "
-				"the other %u; run: ethtool -L %s combined %u (or keel-topo --plan "
-				"again)",
-				m->iface, rx, m->rx_queues, (unsigned)rx - m->rx_queues, m->iface,
-				m->rx_queues);
-			n++;
-			if (!emit(arg, line))
-				return n;
+			/* More queues than the map serves is how a ZCRX set-up looks (zcrx.md:
+			 * RSS limited to the served queues, the others for other uses). Flows
+			 * RSS sends past the map's reach a core no shard of it serves: said
+			 * unless the RSS table keeps within the served queues; not fatal. */
+			int rss = keel__topo_rss_queues(m->iface);
+
+			if (rss <= 0 || (unsigned)rss > m->rx_queues) {
+				char spread[96];
+
+				if (rss > 0)
+					snprintf(spread, sizeof(spread),
+						 "its RSS table spreads flows "
+						 "over queues 0-%d",
+						 rss - 1);
+				else
+					snprintf(spread, sizeof(spread),
+						 "its RSS table could not be "
+						 "read (%s)",
+						 strerror(-rss));
+				snprintf(
+					line, sizeof(line),
+					"%s has %d rx queues, the map serves %u and %s: flows on the "
+					"other queues reach no shard's CPU; run: ethtool -X %s equal "
+					"%u (RSS over the served queues), or ethtool -L %s combined "
+					"%u (or keel-topo --plan again)",
+					m->iface, rx, m->rx_queues, spread, m->iface, m->rx_queues,
+					m->iface, m->rx_queues);
+				n++;
+				if (!emit(arg, line, false))
+					return n;
+			}
 		}
 	}
 	return n;
@@ -523,28 +544,38 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 struct first_line {
 	char *buf;
 	size_t len;
+	bool fatal;
 };
 
+/* The first reason the map cannot run; one that only may not run as meant is logged. */
 static bool
-keep_first(void *arg, const char *line)
+keep_first(void *arg, const char *line, bool fatal)
 {
 	struct first_line *f = arg;
+
+	if (!fatal) {
+		keel_log(KEEL_LOG_WARN, "core", "map: %s", line);
+		return true;
+	}
 	if (f->buf && f->len)
 		snprintf(f->buf, f->len, "%s", line);
+	f->fatal = true;
 	return false;
 }
 
 int
 keel_map_validate(const struct keel_map *m, char *err, size_t errlen)
 {
-	struct first_line f = { err, errlen };
+	struct first_line f = { err, errlen, false };
 
-	return validate_each(m, keep_first, &f) ? -EINVAL : 0;
+	validate_each(m, keep_first, &f);
+	return f.fatal ? -EINVAL : 0;
 }
 
 static bool
-print_line(void *arg, const char *line)
+print_line(void *arg, const char *line, bool fatal)
 {
+	(void)fatal; /* --check reports both: each is something to look at */
 	fprintf((FILE *)arg, "%s\n", line);
 	return true;
 }

@@ -519,6 +519,39 @@ ethtool_ioctl(int fd, const char *ifname, void *cmd)
 	return ioctl(fd, SIOCETHTOOL, &ifr) < 0 ? -errno : 0;
 }
 
+int
+keel__topo_rss_queues(const char *ifname)
+{
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	struct ethtool_rxfh_indir head = { .cmd = ETHTOOL_GRXFHINDIR, .size = 0 };
+	struct ethtool_rxfh_indir *t;
+	int r, max = -1;
+
+	if (fd < 0)
+		return -errno;
+	r = ethtool_ioctl(fd, ifname, &head); /* size 0: the table's size */
+	if (r == 0 && (head.size == 0 || head.size > 65536))
+		r = -EOPNOTSUPP;
+	if (r < 0) {
+		close(fd);
+		return r;
+	}
+	t = calloc(1, sizeof(*t) + head.size * sizeof(t->ring_index[0]));
+	if (!t) {
+		close(fd);
+		return -ENOMEM;
+	}
+	t->cmd = ETHTOOL_GRXFHINDIR;
+	t->size = head.size;
+	r = ethtool_ioctl(fd, ifname, t);
+	close(fd);
+	for (uint32_t i = 0; r == 0 && i < t->size; i++)
+		if ((int)t->ring_index[i] > max)
+			max = (int)t->ring_index[i];
+	free(t);
+	return r < 0 ? r : max + 1;
+}
+
 static void
 read_ethtool(struct keel_topo_nic *n)
 {

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -1518,4 +1519,42 @@ Test(core_topo, bad_sources_fail_with_the_fix)
 	cr_assert_eq(keel_topo_load(&o, &t, err, sizeof(err)), -EINVAL);
 	cr_assert(strstr(err, "pack:2"), "%s", err);
 	cr_assert_null(t);
+}
+
+/* An interface with more rx queues than the map serves, as a ZCRX set-up has (zcrx.md: RSS
+ * over the served queues, the others for other uses): the runtime warns with the fix and
+ * starts; fewer queues than the map needs still refuse it. The first case failed the start.
+ * Root only: a veth of 4 rx queues in a network namespace of the test's own (veth has no
+ * RSS table, so the warning says it could not be read). */
+Test(core_topo, an_interface_with_more_queues_than_the_map_serves_only_warns)
+{
+	char path[128];
+	int cpu0 = 0;
+
+	if (geteuid() != 0)
+		cr_skip_test("needs root: a veth in a network namespace of its own");
+	/* A mount namespace too, with /sys mounted again, as ip netns exec does: sysfs shows
+	 * the interfaces of the namespace it was mounted in. */
+	if (unshare(CLONE_NEWNET | CLONE_NEWNS) < 0)
+		cr_skip_test("unshare(CLONE_NEWNET | CLONE_NEWNS): %s", strerror(errno));
+	if (mount("", "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+	    umount2("/sys", MNT_DETACH) < 0 || mount("sysfs", "/sys", "sysfs", 0, NULL) < 0)
+		cr_skip_test("mounting sysfs in a mount namespace of its own: %s", strerror(errno));
+	if (system("ip link add kmv0 numrxqueues 4 type veth peer name kmv1 2>/dev/null") != 0)
+		cr_skip_test("ip link add ... type veth failed (iproute2 missing?)");
+	tmp_path(path, sizeof(path), "morequeues");
+	write_map(path, "kmv0", 1, &cpu0, 1);
+	cr_assert_eq(keel_map_load(path, &back, err, sizeof(err)), 0, "%s", err);
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_map_validate(&back, err, sizeof(err)), 0, "%s", err);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(strstr(logged, "kmv0 has 4 rx queues, the map serves 1") &&
+			  strstr(logged, "ethtool -X kmv0 equal 1"),
+		  "%s", logged);
+	write_map(path, "kmv0", 8, &cpu0, 1);
+	keel_map_load(path, &back, err, sizeof(err));
+	cr_assert_eq(keel_map_validate(&back, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "kmv0 has 4 rx queues, the map needs 8"), "%s", err);
+	unlink(path);
 }
