@@ -44,6 +44,9 @@ struct keel_framer {
 	 * keel_framer_on_data left bytes held; NULL when not. */
 	struct net_shard *hns;
 	struct keel_framer *hnext, **hprev;
+	/* A reclaim failed the framer (no memory for the copy): keel_framer_on_data aborts the
+	 * connection at its next push. */
+	bool abort_due;
 	/* The buffer of our own that a reclaim copied held bytes into (compact), and its free
 	 * room [own_end, own_lim): the rest of the frame is copied there rather than held in
 	 * the shard's receive buffers. own is NULL when there is none. */
@@ -536,13 +539,14 @@ log_allowed(unsigned *suppressed)
 
 /* Copy the bytes @f holds into buffers of its own (keel_buf_alloc from @a, --memory; each
  * at most keel_alloc_buf_max) and put the received slices, so their receive buffers go back to
- * their rings. The last buffer has room for the rest of the frame where its length is
- * known (LEN32: the header), else for as much again: the rest is copied there (hold).
- * Returns: 0, or -ENOMEM (nothing changed). */
+ * their rings. The last buffer has room for as much again (4 KiB at least), no further than
+ * a LEN32 frame's end: what follows is copied there (hold). The room grows with what
+ * arrived, never with what a peer's header announces, so a header alone costs no more than
+ * its bytes. Returns: 1 (copied), 0 (nothing to copy), or -ENOMEM (nothing changed). */
 int
 keel__framer_compact(struct keel_framer *f, struct keel_alloc *a)
 {
-	size_t need = f->buffered, want = need * 2, done = 0, max;
+	size_t need = f->buffered, want = need < 4096 ? need + 4096 : need * 2, done = 0, max;
 	struct keel_slice *nq;
 	unsigned n = 0, cap;
 
@@ -559,11 +563,10 @@ keel__framer_compact(struct keel_framer *f, struct keel_alloc *a)
 		keel_framer_peek(f, 0, h, sizeof(h));
 		total = KEEL_FRAME_LEN32_HDR +
 			((size_t)h[0] << 24 | (size_t)h[1] << 16 | (size_t)h[2] << 8 | h[3]);
-		want = total > need ? total : need;
+		if (total > need && total < want)
+			want = total;
 	}
 	max = (size_t)keel_alloc_buf_max(a);
-	if (want > need + KEEL_FRAME_MAX_DEFAULT)
-		want = need + KEEL_FRAME_MAX_DEFAULT;
 	cap = (unsigned)(want / max + 2);
 	nq = malloc(cap * sizeof(*nq));
 	if (!nq)
@@ -597,7 +600,7 @@ keel__framer_compact(struct keel_framer *f, struct keel_alloc *a)
 	f->own_gen = nq[n - 1].gen_;
 	f->own_end = nq[n - 1].data + nq[n - 1].len;
 	f->own_lim = (uint8_t *)keel_buf_base(f->own) + keel_buf_cap(f->own);
-	return 0;
+	return 1;
 }
 
 static void
@@ -608,16 +611,21 @@ reclaim_cb(void *arg)
 	ns->reclaim_kick = false;
 	for (struct keel_framer *f = ns->holding, *next; f; f = next) {
 		size_t held = f->buffered;
+		int r;
 
 		next = f->hnext;
-		ns->st.frame_reclaims++;
-		if (keel__framer_compact(f, keel_shard_alloc()) < 0) {
-			/* Holding on would starve the shard: this frame fails instead, its
-			 * connection is aborted at its next push, and the buffers go back. */
+		r = keel__framer_compact(f, keel_shard_alloc());
+		if (r > 0)
+			ns->st.frame_reclaims++;
+		if (r < 0) {
+			/* Holding on would starve the shard: this frame fails instead and the
+			 * buffers go back; its connection is aborted (logged) at its next push,
+			 * which comes, since it was waiting for buffers to receive. */
 			fail(f, -ENOMEM,
 			     "out of memory copying a partial frame of %zu bytes out of the "
 			     "receive buffers, which had run out (--memory)",
 			     held);
+			f->abort_due = true;
 			holding_remove(f);
 		}
 	}
@@ -672,7 +680,8 @@ keel_framer_on_data(struct keel_framer *f, struct keel_conn *c, struct keel_slic
 	} else if (!f->buffered) {
 		holding_remove(f);
 	}
-	if (r < 0 && !was) {
+	if (r < 0 && (!was || f->abort_due)) {
+		f->abort_due = false;
 		if (log_allowed(&suppressed))
 			keel_log(KEEL_LOG_WARN, "net", "closing a connection: %s (error %d)%s",
 				 f->why, r,

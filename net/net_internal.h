@@ -181,7 +181,8 @@ extern _Atomic unsigned keel__pbuf_fail_wraps;
 /* frame.c: the slices a framer holds (tests: contiguous pushes are held as one). */
 size_t keel__framer_slices(const struct keel_framer *f);
 /* Copy what @f holds into buffers of @a and put the held slices, as a reclaim does (the
- * tests call it between pushes). Returns 0, or -ENOMEM (nothing changed). */
+ * tests call it between pushes). Returns 1 (copied), 0 (nothing held of the receive
+ * buffers), or -ENOMEM (nothing changed). */
 struct keel_alloc;
 int keel__framer_compact(struct keel_framer *f, struct keel_alloc *a);
 
