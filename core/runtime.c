@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -397,9 +398,11 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 		goto err_topo;
 	}
 	for (unsigned i = 0; i < rt->count; i++) {
+		static _Atomic unsigned shard_gen;
 		struct keel_shard *s = &rt->shards[i];
 		s->rt = rt;
 		s->id = i;
+		s->timer_gen = atomic_fetch_add(&shard_gen, 1) + 1;
 		s->cpu = cpus[i % ncpus];
 		if (opts->nrxqs)
 			s->rxq = i < opts->nrxqs ? (int)opts->rxqs[i] : -1;

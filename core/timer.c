@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 /* Per-shard timers: a binary min-heap ordered by deadline. */
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 
 #include "internal.h"
@@ -102,16 +103,29 @@ heap_push(struct keel_shard *s, struct keel_timer *t)
 }
 
 /* flags_: a timer keel allocated (create/destroy), and one initialised (init/fini), so that
- * the wrong release of either is caught. */
+ * the wrong release of either is caught; above them, its shard's tag (timer_gen), so that a
+ * timer of an ended runtime's shard is not taken for one of a new shard at its address. */
 #define TIMER_ALLOCATED 1u
 #define TIMER_LIVE      2u
+#define TIMER_GEN_SHIFT 2u
 
 static void
 timer_setup(struct keel_shard *s, struct keel_timer *t, keel_timer_fn fn, void *arg, unsigned flags)
 {
-	*t = (struct keel_timer){
-		.shard_ = s, .fn_ = fn, .arg_ = arg, .heap_idx_ = -1, .flags_ = flags | TIMER_LIVE
-	};
+	*t = (struct keel_timer){ .shard_ = s,
+				  .fn_ = fn,
+				  .arg_ = arg,
+				  .heap_idx_ = -1,
+				  .flags_ =
+					  flags | TIMER_LIVE | (s->timer_gen << TIMER_GEN_SHIFT) };
+}
+
+/* @t is a live timer @s initialised, not one of an ended shard at the same address. */
+static bool
+live_here(const struct keel_shard *s, const struct keel_timer *t)
+{
+	return t->shard_ == s && (t->flags_ & TIMER_LIVE) &&
+	       t->flags_ >> TIMER_GEN_SHIFT == (s->timer_gen & (UINT_MAX >> TIMER_GEN_SHIFT));
 }
 
 int
@@ -128,7 +142,7 @@ keel_timer_init(struct keel_timer *t, keel_timer_fn fn, void *arg)
 	/* Initialised here already and not pending (a pooled object reused without a fini):
 	 * made anew in the heap place it holds. Reserving another, which no fini would give
 	 * back, grew the heap at every reuse. */
-	if ((t->flags_ & (TIMER_LIVE | TIMER_ALLOCATED)) == TIMER_LIVE && t->shard_ == s) {
+	if (!(t->flags_ & TIMER_ALLOCATED) && live_here(s, t)) {
 		timer_setup(s, t, fn, arg, 0);
 		return 0;
 	}
@@ -228,7 +242,7 @@ keel_timer_destroy(struct keel_timer *t)
 		return;
 	s = t->shard_;
 	keel_verify(s == keel__cur);
-	keel_verify(t->flags_ == (TIMER_LIVE | TIMER_ALLOCATED));
+	keel_verify((t->flags_ & (TIMER_LIVE | TIMER_ALLOCATED)) == (TIMER_LIVE | TIMER_ALLOCATED));
 	if (t->heap_idx_ >= 0)
 		heap_remove(s, t);
 	if (t->all_prev_)

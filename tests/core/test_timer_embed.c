@@ -184,3 +184,37 @@ Test(core_timer_embed, init_again_of_a_live_timer_reserves_nothing_more)
 	cr_assert_eq(reinit_live_after, reinit_live_before, "%zu timer places still reserved",
 		     reinit_live_after - reinit_live_before);
 }
+
+/* A timer in memory that outlived a runtime (a static one, its shard ended without a fini,
+ * which the header allows) is initialised again by the next runtime, whose shard may sit at
+ * the same address: it is a new timer there, with a heap place of its own. Taken for a live
+ * timer of that shard, it got no place, and starting it aborted (no room in the heap). */
+static struct keel_timer across_runs;
+static int across_fired;
+
+static void
+across_cb(struct keel_timer *t, void *arg)
+{
+	(void)t, (void)arg;
+	across_fired++;
+	keel_stop(0);
+}
+
+static void
+across_start(void *app)
+{
+	(void)app;
+	if (!SHARD_CHECK_EQ(keel_timer_init(&across_runs, across_cb, NULL), 0))
+		return keel_stop(-EIO);
+	keel_timer_start(&across_runs, 0, 0);
+}
+
+Test(core_timer_embed, a_timer_left_live_by_an_ended_runtime_is_new_to_the_next)
+{
+	struct keel_opts o = test_opts(1);
+
+	for (int run = 0; run < 4; run++) /* runtimes' shards often land at one address */
+		cr_assert_eq(keel_run(&o, across_start, NULL), 0, "run %d", run);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(across_fired, 4);
+}
