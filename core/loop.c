@@ -303,7 +303,8 @@ keel_sqe_reserve(unsigned n)
 		keel_log(KEEL_LOG_ERROR, "core", "io_uring_submit failed: %s", strerror(-r));
 		return r;
 	}
-	/* The kernel takes every SQE it is given (SQPOLL is not used), so the SQ is empty. */
+	/* Without IORING_SETUP_SUBMIT_ALL the kernel stops at the first SQE it cannot submit
+	 * and leaves the rest queued: there may still be no room. */
 	return io_uring_sq_space_left(&s->ring) >= n ? 0 : -EBUSY;
 }
 

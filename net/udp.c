@@ -63,9 +63,9 @@ struct keel_udp {
 	bool gso_off;    /* a sendmsg of several datagrams failed where one went: one
 			  * by one from then on */
 	bool probe_next; /* udp_send_one marks its send a probe (gso_fallback) */
-	int gso_err;     /* the last refused batch's error and datagrams, for the log */
+	int gso_err;     /* the refused batch's error, datagrams and their size, for its probe */
 	unsigned gso_err_n;
-	uint32_t gso_err_seg; /* ... and its datagrams' size */
+	uint32_t gso_err_seg;
 	/* Datagrams of at least this many bytes go alone: a batch of them was refused with
 	 * EMSGSIZE, larger than the path's MTU (UINT32_MAX: no such ceiling). */
 	uint32_t gso_seg_ceiling;
@@ -89,7 +89,11 @@ struct udp_send {
 	struct iovec iov;
 	struct msghdr msg;
 	bool zc;
-	bool probe;          /* the first datagram of a refused batch, sent alone (gso_fallback) */
+	bool probe;    /* the first datagram of a refused batch, sent alone (gso_fallback) */
+	int probe_err; /* ... that batch's error, datagrams and their size: its own, as
+			* another batch may be refused before this probe completes */
+	unsigned probe_n;
+	uint32_t probe_seg;
 	unsigned sqe_pos;    /* its SQE's place in the SQ (liburing's sqe_tail count) */
 	struct udp_gso *gso; /* the datagrams after the first that joined it, or NULL */
 	uint64_t ctrl[CMSG_SPACE(sizeof(uint16_t)) / sizeof(uint64_t)]; /* UDP_SEGMENT */
@@ -416,7 +420,9 @@ udp_recv_cb(struct keel_op *op, int res, uint32_t flags)
 			else
 				udp_rearm(u);
 		} else if (!u->closing && !u->ns->stopping && res < 0 && res != -ECANCELED) {
+			u->ops_n++; /* a close inside must not free u under us: udp_check does */
 			udp_recv_failed(u, res);
+			u->ops_n--;
 		}
 		udp_check(u);
 	}
@@ -608,21 +614,21 @@ keel__udp_gso_refused(int err, uint32_t seg)
 	return KEEL__UDP_GSO_OFF;
 }
 
-/* A refused batch's first datagram, sent alone, completed with @res. */
+/* A refused batch's first datagram, sent alone as @d, completed with @res. */
 static void
-gso_probe_done(struct keel_udp *u, int res)
+gso_probe_done(struct keel_udp *u, int res, const struct udp_send *d)
 {
 	if (res < 0 || u->gso_off)
 		return;
-	if (keel__udp_gso_refused(u->gso_err, u->gso_err_seg) == KEEL__UDP_GSO_CEILING) {
-		if (u->gso_err_seg <= u->gso_seg_ceiling) {
+	if (keel__udp_gso_refused(d->probe_err, d->probe_seg) == KEEL__UDP_GSO_CEILING) {
+		if (d->probe_seg <= u->gso_seg_ceiling) {
 			keel_log(KEEL_LOG_INFO, NET_MOD,
 				 "udp port %u: a sendmsg of %u datagrams of %u bytes with "
 				 "UDP_SEGMENT failed (%s) where one went: datagrams of %u bytes "
 				 "or more are sent one by one from now on for this endpoint",
-				 u->port, u->gso_err_n, u->gso_err_seg, strerror(-u->gso_err),
-				 u->gso_err_seg);
-			u->gso_seg_ceiling = u->gso_err_seg;
+				 u->port, d->probe_n, d->probe_seg, strerror(-d->probe_err),
+				 d->probe_seg);
+			u->gso_seg_ceiling = d->probe_seg;
 		}
 		return;
 	}
@@ -630,7 +636,7 @@ gso_probe_done(struct keel_udp *u, int res)
 		 "udp port %u: a sendmsg of %u datagrams with UDP_SEGMENT failed (%s) where one "
 		 "datagram went: sent one by one from now on for this endpoint; udp_gso_segs 1 "
 		 "(keel-echo --udp-gso-segs 1) turns batching off",
-		 u->port, u->gso_err_n, strerror(-u->gso_err));
+		 u->port, d->probe_n, strerror(-d->probe_err));
 	u->gso_off = true;
 }
 
@@ -648,7 +654,7 @@ send_cb(struct keel_op *op, int res, uint32_t flags)
 		if (u->gso_tail == d)
 			u->gso_tail = NULL;
 		if (d->probe)
-			gso_probe_done(u, res);
+			gso_probe_done(u, res, d);
 		if (d->gso && gso_refused(res))
 			gso_fallback(u, d, res);
 		else if (res < 0 && res != -ECANCELED)
@@ -810,6 +816,9 @@ udp_send_one(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_sto
 	d->u = u;
 	d->ns = ns;
 	d->probe = u->probe_next;
+	d->probe_err = u->gso_err;
+	d->probe_n = u->gso_err_n;
+	d->probe_seg = u->gso_err_seg;
 	d->s = *s;
 	d->dst = *dst;
 	d->iov.iov_base = s->data;

@@ -25,7 +25,8 @@
  * every odd one to 127.0.0.1:@alt_port when that is not 0. */
 struct gso_cmd {
 	uint16_t n, alt_port;
-	uint16_t to_port_0; /* every datagram to 127.0.0.1:0 (refused: EINVAL) */
+	uint16_t to_port_0;   /* every datagram to 127.0.0.1:0 (refused: EINVAL) */
+	uint16_t port_0_from; /* when not 0: datagrams from this index on to 127.0.0.1:0 */
 	uint16_t size[MAXDG];
 };
 
@@ -75,6 +76,15 @@ gso_datagram(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_sto
 		d.len = c.size[i];
 		for (size_t k = 0; k < d.len; k++)
 			d.data[k] = pattern(i, k);
+		if (c.port_0_from && i >= c.port_0_from) {
+			struct sockaddr_storage p0 = *src;
+
+			((struct sockaddr_in *)&p0)->sin_port = 0;
+			if (keel_udp_send(u, &d, &p0) < 0)
+				keel_slice_put(
+					&d); /* accepted or not, counted lost: not an error here */
+			continue;
+		}
 		if (keel_udp_send(u, &d, c.to_port_0 || (c.alt_port && (i & 1)) ? &alt : src) < 0) {
 			keel_slice_put(&d);
 			atomic_fetch_add(&g->send_errors, 1);
@@ -496,5 +506,43 @@ Test(net_udp_gso, datagrams_over_the_mtu_go_alone_and_smaller_ones_still_batch)
 	st = exchange(&t, size, 4, false);
 	cr_assert_eq(st.udp_gso_fallbacks, 1, "2,000-byte datagrams were batched again");
 	cr_assert_eq(st.sends - prev.sends, 4);
+	gso_run_stop(&t);
+}
+
+/* Two batches refused in one pass, for different reasons: 1,600-byte datagrams over the
+ * 1,500-byte MTU (EMSGSIZE) and datagrams to port 0 (EINVAL). Each probe judges its own
+ * batch's refusal: batching goes on for smaller datagrams. The refusal was the endpoint's
+ * last one, so the first probe read the second batch's EINVAL and turned batching off,
+ * which a peer sending from port 0 must not be able to do. Root only, as above. */
+Test(net_udp_gso, two_batches_refused_at_once_are_each_judged_by_their_own_error)
+{
+	struct keel_net_stats st, prev;
+	struct gso_cmd c = { .n = 8, .port_0_from = 4 };
+	static uint8_t in[4096];
+	struct gso_run t;
+	uint16_t size[10];
+
+	if (geteuid() != 0)
+		cr_skip_test("needs root: a network namespace with its own loopback");
+	if (unshare(CLONE_NEWNET) < 0)
+		cr_skip_test("unshare(CLONE_NEWNET): %s", strerror(errno));
+	lo_up_mtu(1500);
+	gso_run_start(&t, KEEL_UDP_GSO_MAX, false);
+	for (unsigned i = 0; i < 4; i++)
+		c.size[i] = 1600;
+	for (unsigned i = 4; i < 8; i++)
+		c.size[i] = 100;
+	cr_assert_eq(send(t.fd, &c, sizeof(c), 0), (ssize_t)sizeof(c));
+	for (unsigned i = 0; i < 4; i++) {
+		wait_fd(t.fd, POLLIN, TEST_WAIT_MS, 0, "a datagram");
+		cr_assert_eq(recv(t.fd, in, sizeof(in), MSG_DONTWAIT), 1600);
+	}
+	WAIT_FOR(inflight(&t) == 0, "no datagram in flight");
+	cr_assert_eq(rt_net_stats(t.rt, 0, &prev), 0);
+	cr_assert_eq(prev.udp_gso_fallbacks, 2, "both batches refused");
+	fill(size, 10, 1000);
+	st = exchange(&t, size, 10, false);
+	cr_assert_eq(st.udp_gso_sends - prev.udp_gso_sends, 1,
+		     "batching was turned off by the other batch's refusal");
 	gso_run_stop(&t);
 }

@@ -40,7 +40,8 @@ KEEL_API struct io_uring_sqe *keel_sqe_get(void);
  * a keel_sqe_get() in the middle of the chain may find the SQ full and submit the chain's
  * head alone (the kernel runs it without its link: the timeout then fails with -EINVAL,
  * and the read may wait for ever).
- * Returns: 0; -EINVAL for @n 0 or above the SQ's size (--ring-entries); the submit's error.
+ * Returns: 0; -EINVAL for @n 0 or above the SQ's size (--ring-entries); the submit's error;
+ * -EBUSY when the kernel left SQEs queued (it stops at one it cannot submit).
  * Context: a shard.
  */
 KEEL_API int keel_sqe_reserve(unsigned n);
