@@ -96,3 +96,36 @@ Test(tools_topo, plan_for_a_physical_nic_without_msi_irqs_says_to_pin_by_hand)
 	cr_assert(said, "no step says shard 0's IRQ must be pinned by hand (%u steps)", n);
 	keel_topo_destroy(t);
 }
+
+/* --plan for a NIC whose driver reports no channels (ethtool -l unsupported: e1000e, r8169)
+ * and has the queue the map needs: no channel step, and its IRQ line is written. The plan
+ * printed ethtool -L, which fails on such a driver, and then never the IRQ line, saying a
+ * channel change was still to come, at every --plan. */
+Test(tools_topo, plan_for_a_nic_without_channels_pins_its_irq)
+{
+	static struct plan_step steps[64];
+	struct keel_topo_nic *nic;
+	struct keel_topo *t = fake_live(&nic);
+	struct tool_ctx c;
+	bool pinned = false;
+	unsigned n;
+
+	nic->ch_combined = nic->ch_rx = nic->ch_tx = -1;
+	nic->ch_max_combined = nic->ch_max_rx = nic->ch_max_tx = -1;
+	map.shards[0].irq_cpu = 0;
+	memset(&c, 0, sizeof(c));
+	c.topo = t;
+	c.info = keel_topo_info_get(t);
+	c.map = &map;
+	c.port = -1;
+	n = plan_build(&c, steps, sizeof(steps) / sizeof(steps[0]));
+	for (unsigned i = 0; i < n; i++) {
+		cr_assert(steps[i].kind != PLAN_RUN || !strstr(steps[i].why, "rx queue per shard"),
+			  "a channel step for a driver without channels: %s", steps[i].why);
+		pinned |= steps[i].kind == PLAN_WRITE &&
+			  !strcmp(steps[i].path, "/proc/irq/77/smp_affinity_list") &&
+			  !strcmp(steps[i].data, "0");
+	}
+	cr_assert(pinned, "IRQ 77 not pinned to CPU 0 (%u steps)", n);
+	keel_topo_destroy(t);
+}

@@ -150,6 +150,16 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 			 "%s already has %u combined channel%s: nothing to change", ifn, nq,
 			 nq == 1 ? "" : "s");
 		note(out, max, &n, why);
+	} else if (live && nic && nic->ch_combined < 0 && nic->ch_rx < 0 && nic->nrxq == (int)nq) {
+		/* A driver that reports no channels (ethtool -l: not supported), e1000e or
+		 * r8169 say: its queues are what sysfs lists, and they are the map's. A
+		 * channel step here could only fail, and kept the IRQ lines from being pinned
+		 * by saying a channel change was still to come. */
+		channels_change = false;
+		snprintf(why, sizeof(why),
+			 "%s has %u rx queue%s (its driver reports no channels): nothing to change",
+			 ifn, nq, nq == 1 ? "" : "s");
+		note(out, max, &n, why);
 	} else {
 		cmd(out, max, &n, PLAN_RUN,
 		    "one rx queue per shard, so each shard owns the queue its packets arrive on",
