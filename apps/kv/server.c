@@ -292,13 +292,21 @@ unpause(struct kconn *kc)
 	resume_later(kc);
 }
 
-/* Move the replies that are ready, in order, to the output. */
+/* Move the replies that are ready, in order, to the output, while the connection's queue
+ * and the output stay within the high watermark (one reply at least when both are empty):
+ * the rest wait, counted in pend_bytes, for on_writable. Replies another shard made come
+ * back all at once; moved all at once, a pipeline of large remote GETs passed --send-max
+ * and a client reading as fast as it could was reset. */
 static void
 drain(struct kconn *kc)
 {
 	struct pend *p;
 
 	while ((p = kc->head) && p->done) {
+		uint64_t queued = keel_conn_queued(kc->c);
+
+		if ((kc->out.len || queued) && kc->out.len + queued >= kv_cfg.high_watermark)
+			break;
 		kc->pend_bytes -= p->counted;
 		rb_put(&kc->out, p->rep.p, p->rep.len);
 		kc->out.oom |= p->rep.oom;
@@ -602,6 +610,11 @@ pend_part_done(struct pend *p, unsigned part, struct rbuf *rep)
 		pend_free(p); /* its connection is gone */
 		return;
 	}
+	/* Counted as replies made here are (pend_count): until drained, they hold the
+	 * parsing, so no more requests go out while they wait. */
+	p->kc->pend_bytes -= p->counted;
+	p->counted = p->rep.len;
+	p->kc->pend_bytes += p->counted;
 	if (p == p->kc->head) {
 		struct kconn *kc = p->kc;
 		drain(kc);
@@ -1757,6 +1770,8 @@ on_writable(struct keel_conn *c)
 		return;
 	if (kc->big.buf)
 		flush_out(kc); /* the rest of a large reply, then what waits behind it */
+	drain(kc);             /* replies that waited for room (drain) */
+	flush_out(kc);
 	resume_later(kc);
 }
 

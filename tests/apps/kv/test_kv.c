@@ -956,7 +956,7 @@ Test(kv_server, replies_waiting_behind_a_slow_one_stay_bounded)
  * one shard every reply is made on it (the parsing stops at the high watermark); with two,
  * the keys' owners mix replies made here with replies made on the other shard. */
 static void
-pipelined_large(unsigned shards)
+pipelined_large_max(unsigned shards, const char *send_max)
 {
 	enum { N = 1500, KEYS = 16 };
 	struct srv s;
@@ -964,7 +964,10 @@ pipelined_large(unsigned shards)
 	char *req = malloc(N * 16), *want = malloc(BIG_VAL + 32), key[8];
 	size_t reqlen = 0, hdr;
 
-	srv_start(&s, shards, NULL);
+	if (send_max)
+		srv_start(&s, shards, "--send-max", send_max, NULL);
+	else
+		srv_start(&s, shards, NULL);
 	rd_init(&r, test_connect(s.port));
 	for (int k = 0; k < KEYS; k++) {
 		sprintf(key, "big%d", k);
@@ -1006,6 +1009,68 @@ pipelined_large(unsigned shards)
 	rd_free(&r);
 	srv_stop(&s);
 	free(req);
+	free(want);
+}
+
+static void
+pipelined_large(unsigned shards)
+{
+	pipelined_large_max(shards, NULL);
+}
+
+/* 40 GETs of 256 KiB values the other shard owns, pipelined, with --send-max 4 MiB (10 MiB
+ * of replies), the client reading as fast as it can. Replies made on another shard came
+ * back all at once and went to the connection's queue without a look at its high
+ * watermark, past --send-max: the reading client was reset. They now wait, counted (the
+ * parsing stops), until the queue has room, and every reply arrives. */
+Test(kv_server, pipelined_remote_large_replies_stay_within_send_max)
+{
+	enum { KEYS = 8, N = 40, LEN = 256 << 10 };
+	int remote[KEYS], nr = 0;
+	char key[16], *want = malloc(LEN + 32), req[N * 16];
+	size_t reqlen = 0, hdr;
+	struct srv s;
+	struct rd r;
+
+	cr_assert_not_null(want);
+	srv_start(&s, 2, "--send-max", "4mb", NULL);
+	rd_init(&r, test_connect(s.port));
+	for (int k = 0; k < KEYS; k++) {
+		long long before = info_field(s.port, "forwarded_out=");
+
+		sprintf(key, "rbig%d", k);
+		set_big(&r, key, LEN, k);
+		if (info_field(s.port, "forwarded_out=") > before) /* its owner is the other */
+			remote[nr++] = k;
+	}
+	cr_assert_gt(nr, 0, "no key of %d is the other shard's", KEYS);
+	for (int i = 0; i < N; i++)
+		reqlen += (size_t)sprintf(req + reqlen, "GET rbig%d\r\n", remote[i % nr]);
+	hdr = (size_t)sprintf(want, "$%u\r\n", LEN);
+	memcpy(want + hdr + LEN, "\r\n", 2);
+	test_send_all(r.fd, req, reqlen);
+	for (int i = 0; i < N; i++) {
+		size_t wantlen = hdr + LEN + 2;
+
+		for (size_t b = 0; b < LEN; b++)
+			want[hdr + b] = (char)('a' + (b * 7 + (size_t)remote[i % nr]) % 26);
+		if (r.cap < wantlen + 4096) {
+			r.b = realloc(r.b, wantlen + 4096);
+			cr_assert_not_null(r.b);
+			r.cap = wantlen + 4096;
+		}
+		while (r.len < wantlen) {
+			ssize_t n = recv(r.fd, r.b + r.len, r.cap - r.len, 0);
+			cr_assert_gt(n, 0, "reply %d of %d: %s", i, N, n ? strerror(errno) : "EOF");
+			r.len += (size_t)n;
+		}
+		cr_assert_eq(memcmp(r.b, want, wantlen), 0, "reply %d differs", i);
+		memmove(r.b, r.b + wantlen, r.len - wantlen);
+		r.len -= wantlen;
+	}
+	expect(&r, "PING", "+PONG\r\n");
+	rd_free(&r);
+	srv_stop(&s);
 	free(want);
 }
 
