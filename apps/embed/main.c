@@ -1053,6 +1053,10 @@ do_put(struct cn *cn, struct keel_frame *fr, uint32_t id, const uint8_t *key, ui
 			p->pending--;
 			if (!p->err)
 				p->err = rc;
+			/* No more of it: value bytes without their header in front would be
+			 * scanned at the next start as bytes between records, where a value
+			 * holding a record image is what the marker guards against. */
+			break;
 		}
 	}
 	for (unsigned k = 0; k < nv; k++)
