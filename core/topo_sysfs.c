@@ -115,22 +115,45 @@ keel__affinity_get(struct keel_cpuset *out, unsigned *beyond, char *why, size_t 
 int
 keel__topo_cpulist_read(const char *path, struct keel_cpuset *out)
 {
-	char buf[4096];
+	/* Whole: a list of every other CPU of a 2,048-CPU machine is 4,565 bytes, and a list
+	 * cut short would be refused (after a comma) or name a CPU it does not (in a number).
+	 * 1 MiB is far past any list (8,192 CPUs one by one are 40 KiB). */
+	size_t cap = 4096, n = 0, got;
+	char *buf = malloc(cap), *nb;
 	FILE *f = fopen(path, "re");
-	size_t n;
+	int r;
 
-	if (!f)
-		return -errno;
-	n = fread(buf, 1, sizeof(buf) - 1, f);
+	if (!f || !buf) {
+		r = f ? -ENOMEM : -errno;
+		if (f)
+			fclose(f);
+		free(buf);
+		return r;
+	}
+	while ((got = fread(buf + n, 1, cap - 1 - n, f)) > 0) {
+		n += got;
+		if (n < cap - 1)
+			continue;
+		if (cap >= (1u << 20) || !(nb = realloc(buf, cap * 2))) {
+			fclose(f);
+			free(buf);
+			return -EFBIG;
+		}
+		buf = nb;
+		cap *= 2;
+	}
 	fclose(f);
 	buf[n] = 0;
 	while (n && isspace((unsigned char)buf[n - 1]))
 		buf[--n] = 0;
 	if (!n) {
 		memset(out, 0, sizeof(*out));
+		free(buf);
 		return 0;
 	}
-	return keel_cpulist_parse(buf, out, NULL, 0);
+	r = keel_cpulist_parse(buf, out, NULL, 0);
+	free(buf);
+	return r;
 }
 
 int

@@ -1558,3 +1558,29 @@ Test(core_topo, an_interface_with_more_queues_than_the_map_serves_only_warns)
 	cr_assert(strstr(err, "kmv0 has 4 rx queues, the map needs 8"), "%s", err);
 	unlink(path);
 }
+
+/* A CPU list file longer than 4 KiB (an IRQ's smp_affinity_list on a machine with more
+ * than a thousand CPUs: every even one up to 2046 is 4,565 bytes) is read whole. Its first
+ * 4,095 bytes were parsed: a list cut after a comma was refused (-EINVAL, "unreadable"), one
+ * cut inside a number named a CPU not in it. Here: -ERANGE (CPUs past what keel counts),
+ * with every even CPU keel counts and no odd one. */
+Test(core_topo, a_cpu_list_longer_than_4_kib_is_read_whole)
+{
+	char path[128];
+	struct keel_cpuset set;
+	FILE *f;
+	int r;
+
+	snprintf(path, sizeof(path), "/tmp/keel-test-cpulist-%d", (int)getpid());
+	f = fopen(path, "w");
+	cr_assert_not_null(f);
+	for (int c = 0; c <= 2046; c += 2)
+		fprintf(f, "%s%d", c ? "," : "", c);
+	fputc('\n', f);
+	fclose(f);
+	r = keel__topo_cpulist_read(path, &set);
+	unlink(path);
+	cr_assert(r == 0 || r == -ERANGE, "read: %d (%s)", r, strerror(-r));
+	for (unsigned c = 0; c < KEEL_MAX_CPUS && c <= 2046; c++)
+		cr_assert_eq(keel_cpuset_has(&set, c), c % 2 == 0, "CPU %u", c);
+}

@@ -162,7 +162,9 @@ KEEL_API const char *keel_topo_state_name(enum keel_topo_state s);
 /** Whether shards may share a core with another shard on an SMT sibling. */
 enum keel_map_smt {
 	KEEL_MAP_SMT_AVOID = 0, /* one shard per physical core, never on siblings */
-	KEEL_MAP_SMT_ALLOW = 1, /* siblings once every allowed physical core has a shard */
+	KEEL_MAP_SMT_ALLOW = 1, /* siblings too: in the order keel_map_numa says (under
+				 * LOCAL the NIC node's siblings come before the other
+				 * nodes' physical cores) */
 };
 
 /** What to do when the NIC's NUMA node runs out of physical cores. */
