@@ -517,8 +517,10 @@ old_records(const char *dir, bool *any, bool *old)
 
 		snprintf(path, sizeof(path), "%s/shard-%u.dat", dir, i);
 		fd = open(path, O_RDONLY | O_CLOEXEC);
+		/* Every name, not up to the first gone: shard-0.dat lost with the marker must
+		 * not hide shard-1.dat's records (a new marker would never match them). */
 		if (fd < 0 && errno == ENOENT)
-			break;
+			continue;
 		if (fd < 0 || (n = pread(fd, &b, sizeof(b), 0)) < 0) {
 			fprintf(stderr, "keel-embed: cannot read %s: %s\n", path, strerror(errno));
 			if (fd >= 0)

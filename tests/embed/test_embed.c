@@ -1226,3 +1226,34 @@ Test(embed, keys_built_to_collide_do_not_share_a_chain, .timeout = 120)
 		free(kv[i].val);
 	host_fini(&h);
 }
+
+/* The marker and shard-0.dat both gone, shard-1.dat still there: the start refuses, naming
+ * the marker, as with the first file there. The look for data files stopped at the first
+ * name missing, so the host drew a new marker and none of shard-1.dat's records matched
+ * it again (and its tail was cut). */
+Test(embed, a_missing_marker_is_named_when_an_earlier_data_file_is_gone_too, .timeout = 120)
+{
+	struct host h;
+	char path[512], from[512];
+	int st;
+
+	host_init(&h, "");
+	snprintf(path, sizeof(path), "%s/data/shard-1.dat", h.dir);
+	{
+		FILE *f = fopen(path, "w");
+
+		cr_assert_not_null(f);
+		fputs("0123456789abcdef", f); /* any bytes: records need the marker to be read */
+		fclose(f);
+	}
+	snprintf(from, sizeof(from), "%s/data/marker", h.dir);
+	unlink(from); /* no marker (none was ever written here) */
+	snprintf(path, sizeof(path), "timeout 20 %s --config %s/host.conf --shards 2 2>%s",
+		 embed_bin(), h.dir, h.log);
+	st = system(path);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0, "status %#x", st);
+	free(h.log_text);
+	h.log_text = slurp(h.log);
+	cr_assert_not_null(strstr(h.log_text, "marker is missing"), "%s", h.log_text);
+	host_fini(&h);
+}
