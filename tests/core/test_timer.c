@@ -551,10 +551,11 @@ stalled_periodic_cb(struct keel_timer *t, void *arg)
 	}
 }
 
+/* The stalling one-shot timer due first, the periodic one 1 us later with period @period;
+ * the shard held @hold ns before its next pass (both due by then). */
 static void
-stall_start(void *app)
+stall_setup(struct stall_test *st, uint64_t period, uint64_t hold)
 {
-	struct stall_test *st = app;
 	uint64_t t0;
 
 	if (!SHARD_CHECK_EQ(keel_timer_create(stall_cb, st, &st->stall), 0) ||
@@ -562,11 +563,17 @@ stall_start(void *app)
 		keel_stop(-EIO);
 		return;
 	}
-	keel_timer_start(st->stall, 0, 0);                 /* due first */
-	keel_timer_start(st->periodic, 1000, KEEL_MS(10)); /* 1 us later, every 10 ms */
+	keel_timer_start(st->stall, 0, 0);
+	keel_timer_start(st->periodic, 1000, period);
 	t0 = mono_ns();
-	while (mono_ns() < t0 + 2000) /* both due when the next pass begins */
+	while (mono_ns() < t0 + hold)
 		;
+}
+
+static void
+stall_start(void *app)
+{
+	stall_setup(app, KEEL_MS(10), 2000); /* both due when the next pass begins */
 }
 
 Test(core_timer, a_periodic_timer_after_a_stall_in_its_pass_does_not_fire_twice_at_once)
@@ -594,19 +601,7 @@ Test(core_timer, a_periodic_timer_after_a_stall_in_its_pass_does_not_fire_twice_
 static void
 stall_behind_start(void *app)
 {
-	struct stall_test *st = app;
-	uint64_t t0;
-
-	if (!SHARD_CHECK_EQ(keel_timer_create(stall_cb, st, &st->stall), 0) ||
-	    !SHARD_CHECK_EQ(keel_timer_create(stalled_periodic_cb, st, &st->periodic), 0)) {
-		keel_stop(-EIO);
-		return;
-	}
-	keel_timer_start(st->stall, 0, 0);
-	keel_timer_start(st->periodic, 1000, KEEL_MS(1));
-	t0 = mono_ns();
-	while (mono_ns() < t0 + KEEL_MS(3)) /* three periods behind when the pass begins */
-		;
+	stall_setup(app, KEEL_MS(1), KEEL_MS(3)); /* three periods behind when the pass begins */
 }
 
 Test(core_timer, a_periodic_timer_behind_by_periods_after_a_stall_does_not_fire_twice_at_once)

@@ -761,6 +761,23 @@ Test(embed, a_record_image_in_bytes_without_a_header_is_not_indexed, .timeout = 
 	host_fini(&h);
 }
 
+/* Start the host with --shards @shards: it must refuse (exit non-zero), naming the missing
+ * marker. (timeout: a host that starts, as it did, serves until stopped.) */
+static void
+start_refused_naming_the_marker(struct host *h, const char *shards)
+{
+	char cmd[512];
+	int st;
+
+	snprintf(cmd, sizeof(cmd), "timeout 20 %s --config %s/host.conf --shards %s 2>%s",
+		 embed_bin(), h->dir, shards, h->log);
+	st = system(cmd);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0, "status %#x", st);
+	free(h->log_text);
+	h->log_text = slurp(h->log);
+	cr_assert_not_null(strstr(h->log_text, "marker is missing"), "%s", h->log_text);
+}
+
 /* Without its marker a directory's records cannot be told from a client's bytes: the host
  * refuses to start and says what to restore, rather than serve an empty store. Even when
  * a client's value holds the fixed magic of an older keel-embed at aligned offsets of the
@@ -772,7 +789,6 @@ Test(embed, a_missing_marker_is_named_at_start, .timeout = 120)
 	static uint8_t val[7 + 8 * 8];
 	struct host h;
 	char path[512];
-	int st;
 
 	host_init(&h, "");
 	/* The value starts at file offset 25: after 7 bytes, the magic at 32, 40, ... */
@@ -784,14 +800,7 @@ Test(embed, a_missing_marker_is_named_at_start, .timeout = 120)
 	run_once(&h, &kv, put_all);
 	snprintf(path, sizeof(path), "%s/data/marker", h.dir);
 	cr_assert_eq(unlink(path), 0);
-	/* (timeout: a host that starts, as it did, serves until stopped) */
-	snprintf(path, sizeof(path), "timeout 20 %s --config %s/host.conf --shards 1 2>%s",
-		 embed_bin(), h.dir, h.log);
-	st = system(path);
-	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0, "status %#x", st);
-	free(h.log_text);
-	h.log_text = slurp(h.log);
-	cr_assert_not_null(strstr(h.log_text, "marker is missing"), "%s", h.log_text);
+	start_refused_naming_the_marker(&h, "1");
 	host_fini(&h);
 }
 
@@ -1235,7 +1244,6 @@ Test(embed, a_missing_marker_is_named_when_an_earlier_data_file_is_gone_too, .ti
 {
 	struct host h;
 	char path[512], from[512];
-	int st;
 
 	host_init(&h, "");
 	snprintf(path, sizeof(path), "%s/data/shard-1.dat", h.dir);
@@ -1248,12 +1256,6 @@ Test(embed, a_missing_marker_is_named_when_an_earlier_data_file_is_gone_too, .ti
 	}
 	snprintf(from, sizeof(from), "%s/data/marker", h.dir);
 	unlink(from); /* no marker (none was ever written here) */
-	snprintf(path, sizeof(path), "timeout 20 %s --config %s/host.conf --shards 2 2>%s",
-		 embed_bin(), h.dir, h.log);
-	st = system(path);
-	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0, "status %#x", st);
-	free(h.log_text);
-	h.log_text = slurp(h.log);
-	cr_assert_not_null(strstr(h.log_text, "marker is missing"), "%s", h.log_text);
+	start_refused_naming_the_marker(&h, "2");
 	host_fini(&h);
 }

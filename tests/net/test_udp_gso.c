@@ -477,6 +477,18 @@ lo_up_mtu(int mtu)
 	close(fd);
 }
 
+/* Enter a network namespace of the test's own whose loopback has a 1,500-byte MTU, as a
+ * NIC has; skips the test where that cannot be (not root). */
+static void
+enter_netns_mtu_1500(void)
+{
+	if (geteuid() != 0)
+		cr_skip_test("needs root: a network namespace with its own loopback");
+	if (unshare(CLONE_NEWNET) < 0)
+		cr_skip_test("unshare(CLONE_NEWNET): %s", strerror(errno));
+	lo_up_mtu(1500);
+}
+
 /* The same end to end, in a network namespace of the test's own whose loopback has a
  * 1,500-byte MTU, as a NIC has (root only): a batch of 2,000-byte datagrams is refused
  * (EMSGSIZE) and sent again one by one, and 1,000-byte ones are still batched after. */
@@ -486,11 +498,7 @@ Test(net_udp_gso, datagrams_over_the_mtu_go_alone_and_smaller_ones_still_batch)
 	struct gso_run t;
 	uint16_t size[10];
 
-	if (geteuid() != 0)
-		cr_skip_test("needs root: a network namespace with its own loopback");
-	if (unshare(CLONE_NEWNET) < 0)
-		cr_skip_test("unshare(CLONE_NEWNET): %s", strerror(errno));
-	lo_up_mtu(1500);
+	enter_netns_mtu_1500();
 	gso_run_start(&t, KEEL_UDP_GSO_MAX, false);
 	fill(size, 4, 2000);
 	st = exchange(&t, size, 4, false);
@@ -522,11 +530,7 @@ Test(net_udp_gso, two_batches_refused_at_once_are_each_judged_by_their_own_error
 	struct gso_run t;
 	uint16_t size[10];
 
-	if (geteuid() != 0)
-		cr_skip_test("needs root: a network namespace with its own loopback");
-	if (unshare(CLONE_NEWNET) < 0)
-		cr_skip_test("unshare(CLONE_NEWNET): %s", strerror(errno));
-	lo_up_mtu(1500);
+	enter_netns_mtu_1500();
 	gso_run_start(&t, KEEL_UDP_GSO_MAX, false);
 	for (unsigned i = 0; i < 4; i++)
 		c.size[i] = 1600;

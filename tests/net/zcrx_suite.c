@@ -1446,18 +1446,18 @@ sim_on_frame(void *arg, struct keel_frame *fr)
 	return 0;
 }
 
+/* Fragments @from..@to of the message, as completions on S.conn; the first carries the
+ * LEN32 header (the frame's payload length). */
 static void
-step_inject_message(void)
+inject_frags(unsigned from, unsigned to)
 {
-	uint32_t plen = MSG_BYTES - 4;
-
-	if (!SHARD_CHECK(S.conn != NULL))
-		return;
-	for (unsigned i = 0; i < MSG_FRAGS; i++) {
+	for (unsigned i = from; i < to; i++) {
 		struct cqe32 c = nic(msg_off(i), 4096);
 
-		if (i == 0) { /* the LEN32 header: the frame's payload length */
+		if (i == 0) {
 			uint8_t *a = (uint8_t *)S.z->area + msg_off(0);
+			uint32_t plen = MSG_BYTES - 4;
+
 			a[0] = (uint8_t)(plen >> 24);
 			a[1] = (uint8_t)(plen >> 16);
 			a[2] = (uint8_t)(plen >> 8);
@@ -1465,6 +1465,13 @@ step_inject_message(void)
 		}
 		SHARD_CHECK_EQ(keel__conn_zcrx_inject(S.conn, &c.cqe), 0, " fragment %u", i);
 	}
+}
+
+static void
+step_inject_message(void)
+{
+	if (SHARD_CHECK(S.conn != NULL))
+		inject_frags(0, MSG_FRAGS);
 }
 
 static void
@@ -1530,25 +1537,6 @@ reclaim_on_frame(void *arg, struct keel_frame *fr)
 		keel_slice_put(&fr->s[i]);
 	}
 	return 0;
-}
-
-static void
-inject_frags(unsigned from, unsigned to)
-{
-	for (unsigned i = from; i < to; i++) {
-		struct cqe32 c = nic(msg_off(i), 4096);
-
-		if (i == 0) {
-			uint8_t *a = (uint8_t *)S.z->area + msg_off(0);
-			uint32_t plen = MSG_BYTES - 4;
-
-			a[0] = (uint8_t)(plen >> 24);
-			a[1] = (uint8_t)(plen >> 16);
-			a[2] = (uint8_t)(plen >> 8);
-			a[3] = (uint8_t)plen;
-		}
-		SHARD_CHECK_EQ(keel__conn_zcrx_inject(S.conn, &c.cqe), 0, " fragment %u", i);
-	}
 }
 
 static void

@@ -66,6 +66,18 @@ Test(tools_topo, report_of_a_map_without_irq_cpu_shows_no_mismatch)
 	keel_topo_destroy(t);
 }
 
+/* keel-topo --plan's steps for @t and the test's map, into @steps (@max of them). */
+static unsigned
+plan_of(struct keel_topo *t, struct tool_ctx *c, struct plan_step *steps, unsigned max)
+{
+	memset(c, 0, sizeof(*c));
+	c->topo = t;
+	c->info = keel_topo_info_get(t);
+	c->map = &map;
+	c->port = -1;
+	return plan_build(c, steps, max);
+}
+
 /* --plan for a physical NIC without MSI IRQs (legacy INTx): no IRQ line can be written, and
  * the plan says so for each shard instead of saying nothing. */
 Test(tools_topo, plan_for_a_physical_nic_without_msi_irqs_says_to_pin_by_hand)
@@ -81,12 +93,7 @@ Test(tools_topo, plan_for_a_physical_nic_without_msi_irqs_says_to_pin_by_hand)
 	nic->rxq[0].irq = -1;
 	nic->ch_combined = 1; /* no channel change: the IRQ lines would be final */
 	map.shards[0].irq_cpu = 0;
-	memset(&c, 0, sizeof(c));
-	c.topo = t;
-	c.info = keel_topo_info_get(t);
-	c.map = &map;
-	c.port = -1;
-	n = plan_build(&c, steps, sizeof(steps) / sizeof(steps[0]));
+	n = plan_of(t, &c, steps, sizeof(steps) / sizeof(steps[0]));
 	for (unsigned i = 0; i < n; i++) {
 		cr_assert_neq(steps[i].kind, PLAN_WRITE, "an IRQ line without an IRQ: %s",
 			      steps[i].why);
@@ -113,12 +120,7 @@ Test(tools_topo, plan_for_a_nic_without_channels_pins_its_irq)
 	nic->ch_combined = nic->ch_rx = nic->ch_tx = -1;
 	nic->ch_max_combined = nic->ch_max_rx = nic->ch_max_tx = -1;
 	map.shards[0].irq_cpu = 0;
-	memset(&c, 0, sizeof(c));
-	c.topo = t;
-	c.info = keel_topo_info_get(t);
-	c.map = &map;
-	c.port = -1;
-	n = plan_build(&c, steps, sizeof(steps) / sizeof(steps[0]));
+	n = plan_of(t, &c, steps, sizeof(steps) / sizeof(steps[0]));
 	for (unsigned i = 0; i < n; i++) {
 		cr_assert(steps[i].kind != PLAN_RUN || !strstr(steps[i].why, "rx queue per shard"),
 			  "a channel step for a driver without channels: %s", steps[i].why);
