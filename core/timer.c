@@ -161,6 +161,12 @@ keel_timer_fini(struct keel_timer *t)
 		return;
 	keel_verify(!(t->flags_ & TIMER_ALLOCATED)); /* from keel_timer_create: destroy it */
 	keel_verify(t->shard_ == keel__cur);
+	/* Left live by an ended runtime whose shard sat at this address: its place went with
+	 * that shard, none of this one's is to give back. */
+	if (!live_here(t->shard_, t)) {
+		t->flags_ = 0;
+		return;
+	}
 	if (t->heap_idx_ >= 0)
 		heap_remove(t->shard_, t);
 	t->shard_->timers_live--;

@@ -53,6 +53,9 @@ struct keel_framer {
 	struct keel_buf *own;
 	uint32_t own_gen;
 	uint8_t *own_end, *own_lim;
+	/* A pushed slice was held as it is (not copied into own) since the last reclaim: what
+	 * is held may include receive buffers. */
+	bool pushed_held;
 };
 
 int
@@ -417,10 +420,12 @@ hold(struct keel_framer *f, struct keel_slice *s)
 		    s->len <= UINT32_MAX - t->len) {
 			t->len += s->len;
 			f->buffered += s->len;
+			f->pushed_held = true;
 			keel_slice_put(s);
 			return 0;
 		}
 	}
+	f->pushed_held = true; /* held as it is, merged with the last or not */
 	if (f->tail == f->cap) {
 		if (f->head) {
 			memmove(f->q, f->q + f->head, (f->tail - f->head) * sizeof(*f->q));
@@ -550,11 +555,9 @@ keel__framer_compact(struct keel_framer *f, struct keel_alloc *a)
 	struct keel_slice *nq;
 	unsigned n = 0, cap;
 
-	if (!need || !a)
-		return 0;
-	/* Already all in our own buffer: nothing of the rings is held. */
-	if (f->tail - f->head == 1 && f->q[f->head].buf == f->own &&
-	    f->q[f->head].gen_ == f->own_gen)
+	/* Nothing pushed held as it is since the last copy: all in buffers of our own (one or
+	 * several), nothing of the rings to give back. */
+	if (!need || !a || !f->pushed_held)
 		return 0;
 	if (f->o.kind == KEEL_FRAME_LEN32 && need >= KEEL_FRAME_LEN32_HDR) {
 		uint8_t h[KEEL_FRAME_LEN32_HDR];
@@ -600,6 +603,7 @@ keel__framer_compact(struct keel_framer *f, struct keel_alloc *a)
 	f->own_gen = nq[n - 1].gen_;
 	f->own_end = nq[n - 1].data + nq[n - 1].len;
 	f->own_lim = (uint8_t *)keel_buf_base(f->own) + keel_buf_cap(f->own);
+	f->pushed_held = false;
 	return 1;
 }
 

@@ -639,6 +639,7 @@ static int
 open_files(const char *dir, unsigned nshards)
 {
 	uint64_t records = 0, skipped = 0;
+	unsigned nopen = 0;
 
 	if (load_marker(dir) < 0)
 		return -1;
@@ -649,8 +650,10 @@ open_files(const char *dir, unsigned nshards)
 		snprintf(path, sizeof(path), "%s/shard-%u.dat", dir, i);
 		fds[i] = open(path, (writable ? O_RDWR | O_CREAT : O_RDONLY) | O_CLOEXEC, 0644);
 		if (fds[i] < 0) {
+			/* The files of a run with more shards: every name, not up to the first
+			 * gone (shard-1.dat lost must not hide shard-2.dat's records). */
 			if (!writable && errno == ENOENT)
-				break; /* the files of a run with more shards end here */
+				continue;
 			fprintf(stderr,
 				"keel-embed: cannot open %s: %s (is 'dir' in the config "
 				"an existing, writable directory?)\n",
@@ -658,11 +661,12 @@ open_files(const char *dir, unsigned nshards)
 			return -1;
 		}
 		nfiles = i + 1;
+		nopen++;
 		if (keel_file_from_fd(fds[i], &files[i]) < 0 ||
 		    scan_file(i, writable, &records, &skipped))
 			return -1;
 	}
-	fprintf(stderr, "keel-embed: %u data files, %llu records, %llu skipped\n", nfiles,
+	fprintf(stderr, "keel-embed: %u data files, %llu records, %llu skipped\n", nopen,
 		(unsigned long long)records, (unsigned long long)skipped);
 	return 0;
 }
@@ -1453,7 +1457,8 @@ destroy:
 		keel_listener_destroy(listener);
 	keel_runtime_destroy(rt);
 	for (unsigned i = 0; i < nfiles; i++)
-		close(fds[i]);
+		if (fds[i] >= 0) /* a gap of a run with more shards: -1 */
+			close(fds[i]);
 	index_report();
 	index_free();
 	fprintf(stderr, "keel-embed: stopped (%s)\n", rc ? strerror(rc < 0 ? -rc : rc) : "clean");

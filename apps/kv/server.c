@@ -293,7 +293,8 @@ unpause(struct kconn *kc)
 }
 
 /* Move the replies that are ready, in order, to the output, while the connection's queue
- * and the output stay within the high watermark (one reply at least when both are empty):
+ * and the output are not above the high watermark (so one reply at least when both are
+ * empty; after flush_out the queue is above it, and on_writable follows):
  * the rest wait, counted in pend_bytes, for on_writable. Replies another shard made come
  * back all at once; moved all at once, a pipeline of large remote GETs passed --send-max
  * and a client reading as fast as it could was reset. */
@@ -305,7 +306,9 @@ drain(struct kconn *kc)
 	while ((p = kc->head) && p->done) {
 		uint64_t queued = keel_conn_queued(kc->c);
 
-		if ((kc->out.len || queued) && kc->out.len + queued >= kv_cfg.high_watermark)
+		/* Above the watermark, not at it: keel calls on_writable for a queue that went
+		 * above it (net/conn.c), so stopping at it exactly waited for ever. */
+		if (kc->out.len + queued > kv_cfg.high_watermark)
 			break;
 		kc->pend_bytes -= p->counted;
 		rb_put(&kc->out, p->rep.p, p->rep.len);
@@ -1896,11 +1899,14 @@ on_idle_check(struct keel_timer *t, void *arg)
 
 	/* Idle: nothing asked, and no reply moved, for a while. A reply being made on another
 	 * shard, or leaving for a slow reader (the queue changed since the last check), counts
-	 * as activity, as Redis counts its writes; a client that stopped reading does not. */
+	 * as activity, as Redis counts its writes; a client that stopped reading does not,
+	 * whether its replies are in the queue or made and waiting for room there. */
 	for (struct kconn *kc = ks->conns; kc; kc = kc->next) {
 		uint64_t q = keel_conn_queued(kc->c);
 
-		if (kc->head || q != kc->idle_queued) {
+		/* A head reply still being made elsewhere is activity; one made and waiting
+		 * for room in the queue is not (the client stopped reading). */
+		if ((kc->head && !kc->head->done) || q != kc->idle_queued) {
 			kc->last_ms = now;
 			kc->idle_queued = q;
 			continue;

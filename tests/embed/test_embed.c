@@ -1259,3 +1259,50 @@ Test(embed, a_missing_marker_is_named_when_an_earlier_data_file_is_gone_too, .ti
 	start_refused_naming_the_marker(&h, "2");
 	host_fini(&h);
 }
+
+/* The data files of a run with more shards, one of them gone: those after the gap are
+ * still read. Here a 3-shard run's files, shard-1.dat removed, and a restart with 1 shard:
+ * the keys in shard-2.dat are served. The read stopped at the first name missing, and their
+ * records went unread without a word. */
+Test(embed, data_files_after_a_missing_one_are_still_read, .timeout = 120)
+{
+	static struct kv kv[60];
+	char path[512];
+	struct host h;
+	int fd;
+
+	host_init(&h, "");
+	host_start_n(&h, "3");
+	for (unsigned i = 0; i < 60; i++)
+		kv_fill(&kv[i], 1000 + i);
+	for (unsigned i = 0; i < 60; i++) { /* a connection each: spread over the shards */
+		fd = test_connect(h.port);
+		put_all(fd, &kv[i], 1);
+		close(fd);
+	}
+	host_stop(&h);
+	snprintf(path, sizeof(path), "%s/data/shard-1.dat", h.dir);
+	cr_assert_eq(unlink(path), 0);
+	host_start_n(&h, "1");
+	fd = test_connect(h.port);
+	{
+		unsigned found = 0;
+
+		for (unsigned i = 0; i < 60; i++) {
+			struct reply r;
+
+			req_send(fd, 'G', i, kv[i].key, NULL, 0);
+			cr_assert(reply_recv(fd, &r), "host closed the connection");
+			found += r.status == 0;
+			free(r.body);
+		}
+		close(fd);
+		host_stop(&h);
+		/* shard-2.dat's keys, at least one of them (the kernel spread the connections) */
+		cr_assert_gt(found, 0, "no key of shard-0.dat or shard-2.dat was found");
+		cr_assert(strstr(h.log_text, "keel-embed: 2 data files"), "%s", h.log_text);
+	}
+	for (unsigned i = 0; i < 60; i++)
+		free(kv[i].val);
+	host_fini(&h);
+}

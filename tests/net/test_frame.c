@@ -717,6 +717,34 @@ Test(net_frame, a_reclaim_copies_what_arrived_not_what_a_header_announces)
 	got_fini(&g);
 }
 
+/* A reclaim right after another, nothing pushed between: the framer holds only copies of
+ * its own (here several, the frame being larger than one buffer), nothing of the receive
+ * buffers, and copies nothing again. It copied the whole partial frame again at every
+ * reclaim of the shard (its early return looked for one buffer of its own only). */
+Test(net_frame, a_reclaim_with_nothing_pushed_since_the_last_copies_nothing)
+{
+	const size_t len = 10u << 20, held = 6u << 20, step = 64u << 10;
+	uint8_t *b = calloc(1, 4 + len);
+	struct keel_framer *f;
+	struct got g;
+
+	cr_assert_not_null(b);
+	got_init(&g);
+	f = framer(&g, KEEL_FRAME_LEN32, 0, NULL);
+	hdr32(b, (uint32_t)len);
+	for (size_t pos = 0; pos < held; pos += step)
+		cr_assert_eq(push(&g, f, b + pos, step), 0);
+	cr_assert_eq(keel__framer_compact(f, g.a), 1);
+	cr_assert_gt(keel__framer_slices(f), 1, "the test wants several buffers of its own");
+	cr_assert_eq(keel__framer_compact(f, g.a), 0, "copied again with nothing pushed");
+	cr_assert_eq(push(&g, f, b + held, step), 0); /* into the room of the last copy */
+	cr_assert_eq(keel__framer_compact(f, g.a), 0, "a push into the copy's room is no ring's");
+	keel_framer_destroy(f);
+	cr_assert_eq(live(&g), 0);
+	got_fini(&g);
+	free(b);
+}
+
 /* ---- end to end over loopback ---- */
 
 struct e2e {

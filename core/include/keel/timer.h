@@ -50,7 +50,9 @@ KEEL_API int keel_timer_init(struct keel_timer *t, keel_timer_fn fn, void *arg);
 /**
  * Stop @t (from keel_timer_init()) for good; its memory may then be reused or freed by the
  * caller. Calling keel_timer_init() on it again makes it a new timer. A timer already
- * finalised, or a zeroed struct never initialised, is left alone.
+ * finalised, or a zeroed struct never initialised, is left alone. A timer whose runtime has
+ * ended needs no fini: init it again (a fini from another runtime's shard aborts, as a fini
+ * on the wrong shard does, unless that shard sits where the ended one did).
  * Context: the timer's shard (inside its own callback too).
  */
 KEEL_API void keel_timer_fini(struct keel_timer *t);

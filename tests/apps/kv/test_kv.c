@@ -1012,6 +1012,112 @@ pipelined_large_max(unsigned shards, const char *send_max)
 	free(want);
 }
 
+/* SET rbig0..rbig@n-1 to @len-byte values (set_big's pattern, seed k) through @r; the
+ * indexes of those another shard than @r's owns go to @remote (seen in forwarded_out).
+ * Returns how many, failing the test when none. */
+static int
+set_remote_keys(struct srv *s, struct rd *r, int n, size_t len, int *remote)
+{
+	int nr = 0;
+	char key[16];
+
+	for (int k = 0; k < n; k++) {
+		long long before = info_field(s->port, "forwarded_out=");
+
+		sprintf(key, "rbig%d", k);
+		set_big(r, key, len, k);
+		if (info_field(s->port, "forwarded_out=") > before) /* its owner is the other */
+			remote[nr++] = k;
+	}
+	cr_assert_gt(nr, 0, "no key of %d is the other shard's", n);
+	return nr;
+}
+
+/* Read one whole reply of @wantlen bytes into r->b and compare it with @want. */
+static void
+read_reply_whole(struct rd *r, const char *want, size_t wantlen, int i)
+{
+	if (r->cap < wantlen + 4096) {
+		r->b = realloc(r->b, wantlen + 4096);
+		cr_assert_not_null(r->b);
+		r->cap = wantlen + 4096;
+	}
+	while (r->len < wantlen) {
+		ssize_t n = recv(r->fd, r->b + r->len, r->cap - r->len, 0);
+		cr_assert_gt(n, 0, "reply %d: %s", i, n ? strerror(errno) : "EOF");
+		r->len += (size_t)n;
+	}
+	cr_assert_eq(memcmp(r->b, want, wantlen), 0, "reply %d differs", i);
+	memmove(r->b, r->b + wantlen, r->len - wantlen);
+	r->len -= wantlen;
+}
+
+/* Two GETs of a remote value whose reply is exactly the high watermark (1 MiB): after the
+ * first, the queue stood at the watermark, where drain stopped; keel calls on_writable only
+ * for a queue that went above it, so the second reply waited for ever. */
+Test(kv_server, a_remote_reply_of_exactly_the_high_watermark_does_not_stall_the_next)
+{
+	enum { KEYS = 8, LEN = (1 << 20) - 12 }; /* "$1048564\r\n" + value + "\r\n": 1 MiB */
+	int remote[KEYS], nr;
+	char *want = malloc(LEN + 32), req[64];
+	size_t hdr;
+	struct srv s;
+	struct rd r;
+
+	cr_assert_not_null(want);
+	srv_start(&s, 2, NULL);
+	rd_init(&r, test_connect(s.port));
+	nr = set_remote_keys(&s, &r, KEYS, LEN, remote);
+	hdr = (size_t)sprintf(want, "$%u\r\n", (unsigned)LEN);
+	cr_assert_eq(hdr + LEN + 2, 1u << 20);
+	for (size_t b = 0; b < LEN; b++)
+		want[hdr + b] = (char)('a' + (b * 7 + (size_t)remote[0]) % 26);
+	memcpy(want + hdr + LEN, "\r\n", 2);
+	test_send_all(r.fd, req,
+		      (size_t)sprintf(req, "GET rbig%d\r\nGET rbig%d\r\n", remote[0], remote[0]));
+	for (int i = 0; i < 2; i++)
+		read_reply_whole(&r, want, hdr + LEN + 2, i);
+	(void)nr;
+	expect(&r, "PING", "+PONG\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+	free(want);
+}
+
+/* --timeout closes a client that pipelined GETs of remote values and reads nothing, though
+ * their replies wait made, for room in its queue: a made reply at the head is no activity.
+ * Counted as activity, it kept the client open for ever, holding the replies. */
+Test(kv_server, timeout_closes_a_client_whose_remote_replies_wait_unread)
+{
+	enum { KEYS = 8, N = 80, LEN = 256 << 10 };
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	int remote[KEYS], nr, small = 4096;
+	char req[N * 16];
+	size_t reqlen = 0;
+	struct srv s;
+	struct rd r;
+	int fd;
+
+	srv_start(&s, 2, "--timeout", "1", NULL);
+	/* A small receive buffer: the kernel takes a few MiB of the 20 MiB of replies, the
+	 * rest waits in the server, made. The keys are set on this connection, so that
+	 * "remote" is from its shard. */
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	a.sin_port = htons((uint16_t)s.port);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	rd_init(&r, fd);
+	nr = set_remote_keys(&s, &r, KEYS, LEN, remote);
+	for (int i = 0; i < N; i++)
+		reqlen += (size_t)sprintf(req + reqlen, "GET rbig%d\r\n", remote[i % nr]);
+	test_send_all(fd, req, reqlen);
+	WAIT_FOR(info_field(s.port, "timeouts=") >= 1, "the client that reads nothing timed out");
+	rd_free(&r);
+	srv_stop(&s);
+}
+
 static void
 pipelined_large(unsigned shards)
 {
@@ -1026,8 +1132,8 @@ pipelined_large(unsigned shards)
 Test(kv_server, pipelined_remote_large_replies_stay_within_send_max)
 {
 	enum { KEYS = 8, N = 40, LEN = 256 << 10 };
-	int remote[KEYS], nr = 0;
-	char key[16], *want = malloc(LEN + 32), req[N * 16];
+	int remote[KEYS], nr;
+	char *want = malloc(LEN + 32), req[N * 16];
 	size_t reqlen = 0, hdr;
 	struct srv s;
 	struct rd r;
@@ -1035,15 +1141,7 @@ Test(kv_server, pipelined_remote_large_replies_stay_within_send_max)
 	cr_assert_not_null(want);
 	srv_start(&s, 2, "--send-max", "4mb", NULL);
 	rd_init(&r, test_connect(s.port));
-	for (int k = 0; k < KEYS; k++) {
-		long long before = info_field(s.port, "forwarded_out=");
-
-		sprintf(key, "rbig%d", k);
-		set_big(&r, key, LEN, k);
-		if (info_field(s.port, "forwarded_out=") > before) /* its owner is the other */
-			remote[nr++] = k;
-	}
-	cr_assert_gt(nr, 0, "no key of %d is the other shard's", KEYS);
+	nr = set_remote_keys(&s, &r, KEYS, LEN, remote);
 	for (int i = 0; i < N; i++)
 		reqlen += (size_t)sprintf(req + reqlen, "GET rbig%d\r\n", remote[i % nr]);
 	hdr = (size_t)sprintf(want, "$%u\r\n", LEN);
@@ -1054,19 +1152,7 @@ Test(kv_server, pipelined_remote_large_replies_stay_within_send_max)
 
 		for (size_t b = 0; b < LEN; b++)
 			want[hdr + b] = (char)('a' + (b * 7 + (size_t)remote[i % nr]) % 26);
-		if (r.cap < wantlen + 4096) {
-			r.b = realloc(r.b, wantlen + 4096);
-			cr_assert_not_null(r.b);
-			r.cap = wantlen + 4096;
-		}
-		while (r.len < wantlen) {
-			ssize_t n = recv(r.fd, r.b + r.len, r.cap - r.len, 0);
-			cr_assert_gt(n, 0, "reply %d of %d: %s", i, N, n ? strerror(errno) : "EOF");
-			r.len += (size_t)n;
-		}
-		cr_assert_eq(memcmp(r.b, want, wantlen), 0, "reply %d differs", i);
-		memmove(r.b, r.b + wantlen, r.len - wantlen);
-		r.len -= wantlen;
+		read_reply_whole(&r, want, wantlen, i);
 	}
 	expect(&r, "PING", "+PONG\r\n");
 	rd_free(&r);
