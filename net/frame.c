@@ -282,26 +282,34 @@ deliver(struct keel_framer *f, size_t hdr, size_t len, size_t trail)
 	return 0;
 }
 
+/* The payload length in the LEN32 header at the head (at least its 4 bytes are held). */
+static uint32_t
+len32_at_head(const struct keel_framer *f)
+{
+	uint8_t h[KEEL_FRAME_LEN32_HDR];
+
+	keel_framer_peek(f, 0, h, sizeof(h));
+	return (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+}
+
 static int
 next_len32(struct keel_framer *f)
 {
-	uint8_t h[KEEL_FRAME_LEN32_HDR];
 	uint32_t len;
 	int r;
 
-	if (f->buffered < sizeof(h))
+	if (f->buffered < KEEL_FRAME_LEN32_HDR)
 		return 0;
-	keel_framer_peek(f, 0, h, sizeof(h));
-	len = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+	len = len32_at_head(f);
 	/* Known from the header alone: refuse before buffering any of it. */
 	if (len > f->o.max)
 		return fail(
 			f, -EMSGSIZE,
 			"length-prefixed frame of %u bytes exceeds the maximum of %u bytes (keel_framer_opts.max)",
 			len, f->o.max);
-	if (f->buffered - sizeof(h) < len)
+	if (f->buffered - KEEL_FRAME_LEN32_HDR < len)
 		return 0;
-	r = deliver(f, sizeof(h), len, 0);
+	r = deliver(f, KEEL_FRAME_LEN32_HDR, len, 0);
 	return r < 0 ? r : 1;
 }
 
@@ -560,12 +568,8 @@ keel__framer_compact(struct keel_framer *f, struct keel_alloc *a)
 	if (!need || !a || !f->pushed_held)
 		return 0;
 	if (f->o.kind == KEEL_FRAME_LEN32 && need >= KEEL_FRAME_LEN32_HDR) {
-		uint8_t h[KEEL_FRAME_LEN32_HDR];
-		size_t total;
+		size_t total = KEEL_FRAME_LEN32_HDR + (size_t)len32_at_head(f);
 
-		keel_framer_peek(f, 0, h, sizeof(h));
-		total = KEEL_FRAME_LEN32_HDR +
-			((size_t)h[0] << 24 | (size_t)h[1] << 16 | (size_t)h[2] << 8 | h[3]);
 		if (total > need && total < want)
 			want = total;
 	}

@@ -43,6 +43,13 @@ _Static_assert(sizeof(struct io_uring_recvmsg_out) + UDP_NAMELEN + UDP_CTRL_LEN 
 	       "KEEL_UDP_BUF_OVERHEAD (keel/net.h) is the buffer layout's overhead");
 _Static_assert(UDP_NAMELEN >= sizeof(struct sockaddr_in6), "an IPv6 source fits");
 
+/* A sendmsg of several datagrams the kernel refused: its error, datagrams and their size. */
+struct gso_refusal {
+	int err;
+	unsigned n;
+	uint32_t seg;
+};
+
 struct keel_udp {
 	struct net_shard *ns;
 	const struct keel_udp_ops *ops;
@@ -60,12 +67,10 @@ struct keel_udp {
 	bool nomem_logged;   /* a datagram dropped for want of memory was logged */
 	unsigned ops_n;
 	bool armed, closing;
-	bool gso_off;    /* a sendmsg of several datagrams failed where one went: one
-			  * by one from then on */
-	bool probe_next; /* udp_send_one marks its send a probe (gso_fallback) */
-	int gso_err;     /* the refused batch's error, datagrams and their size, for its probe */
-	unsigned gso_err_n;
-	uint32_t gso_err_seg;
+	bool gso_off; /* a sendmsg of several datagrams failed where one went: one
+		       * by one from then on */
+	/* gso_fallback's refused batch: udp_send_one makes its next send that batch's probe */
+	const struct gso_refusal *probe_next;
 	/* Datagrams of at least this many bytes go alone: a batch of them was refused with
 	 * EMSGSIZE, larger than the path's MTU (UINT32_MAX: no such ceiling). */
 	uint32_t gso_seg_ceiling;
@@ -89,11 +94,10 @@ struct udp_send {
 	struct iovec iov;
 	struct msghdr msg;
 	bool zc;
-	bool probe;    /* the first datagram of a refused batch, sent alone (gso_fallback) */
-	int probe_err; /* ... that batch's error, datagrams and their size: its own, as
-			* another batch may be refused before this probe completes */
-	unsigned probe_n;
-	uint32_t probe_seg;
+	/* The first datagram of a refused batch, sent alone (gso_fallback), and that batch's
+	 * refusal: its own, as another batch may be refused before this probe completes. */
+	bool probe;
+	struct gso_refusal refusal;
 	unsigned sqe_pos;    /* its SQE's place in the SQ (liburing's sqe_tail count) */
 	struct udp_gso *gso; /* the datagrams after the first that joined it, or NULL */
 	uint64_t ctrl[CMSG_SPACE(sizeof(uint16_t)) / sizeof(uint64_t)]; /* UDP_SEGMENT */
@@ -577,11 +581,9 @@ static void
 gso_fallback(struct keel_udp *u, struct udp_send *d, int res)
 {
 	struct udp_gso *g = d->gso;
+	struct gso_refusal why = { res, g->n, (uint32_t)g->iov[0].iov_len };
 
 	d->ns->st.udp_gso_fallbacks++;
-	u->gso_err = res;
-	u->gso_err_n = g->n;
-	u->gso_err_seg = (uint32_t)g->iov[0].iov_len;
 	/* They move to sends of their own, which count them again. */
 	d->ns->st.udp_send_inflight -= g->n;
 	/* Also after keel_udp_close: these datagrams were accepted (keel_udp_send returned 0),
@@ -589,14 +591,14 @@ gso_fallback(struct keel_udp *u, struct udp_send *d, int res)
 	for (unsigned i = 0; i < g->n; i++) {
 		int r;
 
-		u->probe_next = i == 0;
+		u->probe_next = i == 0 ? &why : NULL;
 		r = udp_send_one(u, &g->s[i], &d->dst);
 		if (r < 0) {
 			keel_slice_put(&g->s[i]);
 			send_lost(u, 1, r);
 		}
 	}
-	u->probe_next = false;
+	u->probe_next = NULL;
 	u->gso_tail = NULL; /* no later datagram joins these: they go alone */
 	g->n = 0;
 }
@@ -618,17 +620,18 @@ keel__udp_gso_refused(int err, uint32_t seg)
 static void
 gso_probe_done(struct keel_udp *u, int res, const struct udp_send *d)
 {
+	const struct gso_refusal *w = &d->refusal;
+
 	if (res < 0 || u->gso_off)
 		return;
-	if (keel__udp_gso_refused(d->probe_err, d->probe_seg) == KEEL__UDP_GSO_CEILING) {
-		if (d->probe_seg <= u->gso_seg_ceiling) {
+	if (keel__udp_gso_refused(w->err, w->seg) == KEEL__UDP_GSO_CEILING) {
+		if (w->seg <= u->gso_seg_ceiling) {
 			keel_log(KEEL_LOG_INFO, NET_MOD,
 				 "udp port %u: a sendmsg of %u datagrams of %u bytes with "
 				 "UDP_SEGMENT failed (%s) where one went: datagrams of %u bytes "
 				 "or more are sent one by one from now on for this endpoint",
-				 u->port, d->probe_n, d->probe_seg, strerror(-d->probe_err),
-				 d->probe_seg);
-			u->gso_seg_ceiling = d->probe_seg;
+				 u->port, w->n, w->seg, strerror(-w->err), w->seg);
+			u->gso_seg_ceiling = w->seg;
 		}
 		return;
 	}
@@ -636,7 +639,7 @@ gso_probe_done(struct keel_udp *u, int res, const struct udp_send *d)
 		 "udp port %u: a sendmsg of %u datagrams with UDP_SEGMENT failed (%s) where one "
 		 "datagram went: sent one by one from now on for this endpoint; udp_gso_segs 1 "
 		 "(keel-echo --udp-gso-segs 1) turns batching off",
-		 u->port, d->probe_n, strerror(-d->probe_err));
+		 u->port, w->n, strerror(-w->err));
 	u->gso_off = true;
 }
 
@@ -815,10 +818,9 @@ udp_send_one(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_sto
 	d->op.fn = send_cb;
 	d->u = u;
 	d->ns = ns;
-	d->probe = u->probe_next;
-	d->probe_err = u->gso_err;
-	d->probe_n = u->gso_err_n;
-	d->probe_seg = u->gso_err_seg;
+	d->probe = u->probe_next != NULL;
+	if (d->probe)
+		d->refusal = *u->probe_next;
 	d->s = *s;
 	d->dst = *dst;
 	d->iov.iov_base = s->data;
