@@ -301,11 +301,10 @@ unpause(struct kconn *kc)
 static void
 drain(struct kconn *kc)
 {
+	uint64_t queued = keel_conn_queued(kc->c); /* only flush_out, after, changes it */
 	struct pend *p;
 
 	while ((p = kc->head) && p->done) {
-		uint64_t queued = keel_conn_queued(kc->c);
-
 		/* Above the watermark, not at it: keel calls on_writable for a queue that went
 		 * above it (net/conn.c), so stopping at it exactly waited for ever. */
 		if (kc->out.len + queued > kv_cfg.high_watermark)
