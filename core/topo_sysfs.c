@@ -134,10 +134,11 @@ keel__topo_cpulist_read(const char *path, struct keel_cpuset *out)
 		n += got;
 		if (n < cap - 1)
 			continue;
-		if (cap >= (1u << 20) || !(nb = realloc(buf, cap * 2))) {
+		nb = cap < (1u << 20) ? realloc(buf, cap * 2) : NULL;
+		if (!nb) {
 			fclose(f);
 			free(buf);
-			return -EFBIG;
+			return cap < (1u << 20) ? -ENOMEM : -EFBIG;
 		}
 		buf = nb;
 		cap *= 2;
