@@ -14,7 +14,8 @@
  * IORING_ASYNC_CANCEL_ANY (their callbacks run with -ECANCELED, or with their result when the
  * kernel finished first); requests still waiting in the FIFO are never issued: the first
  * completion after the stop began runs their callbacks with -ECANCELED (a FIFO is never
- * non-empty without a request in the ring, so that completion comes). A close is the
+ * non-empty without a request in the ring, so that completion comes, but when its head
+ * found no SQE: then the loop pumps it every pass, keel__file_retry). A close is the
  * exception: its handle is cleared already, so one cancelled or still waiting is made on the
  * spot (close_now) and reports that, once no request in the ring names its descriptor (it
  * is held until then, at stop as while running: close_check). New requests are
@@ -326,9 +327,13 @@ issue(struct keel_shard *s, struct keel_file_req *req)
 		else if (r == -ENOMEM && s->bufreg->policy_on)
 			return -ENOMEM; /* reg_buffers=on promised fixed I/O: no silent plain */
 	}
+#ifdef KEEL_FAULTS
+	if (keel__fault_sqe_take())
+		return -EBUSY;
+#endif
 	sqe = keel__sqe_internal(s);
 	if (!sqe)
-		return -EBUSY;
+		return -EBUSY; /* the ring's submit failed (logged): nothing was taken */
 	switch (req->kind_) {
 	case K_OPEN:
 		if (req->stage_ == ST_OPEN_STATX && (req->sqe_flags_ & OPEN_F_DIRECT_DESC))
@@ -512,6 +517,27 @@ held_release(struct keel_shard *s, const struct keel_file_req *done)
 	}
 }
 
+/* Request @req found no SQE (the ring's submit failed, logged there; the SQ stays full):
+ * it goes back to the head of the FIFO, ahead of what was made after it, and the loop tries
+ * the FIFO again at the end of each pass (keel__file_retry) until the ring takes it, or the
+ * stop cancels it. Nothing in the ring may end to pump it, so the loop must. */
+static void
+wait_for_sqe(struct keel_shard *s, struct keel_file_req *req)
+{
+	req->next_ = s->files.head;
+	s->files.head = req;
+	if (!s->files.tail)
+		s->files.tail = req;
+	if (++s->files.st.waiting > s->files.st.waiting_max)
+		s->files.st.waiting_max = s->files.st.waiting;
+	if (!s->files.nosqe)
+		keel_log(KEEL_LOG_WARN, "core",
+			 "shard %u: no SQE for a disk %s; it waits, tried again every pass", s->id,
+			 kind_name(req->kind_));
+	s->files.nosqe = true;
+	s->internal_retry = true;
+}
+
 /* Issue waiting requests while slots are free; once the runtime stops, cancel them. */
 static void
 pump(struct keel_shard *s)
@@ -544,10 +570,35 @@ pump(struct keel_shard *s)
 			continue;
 		}
 		r = issue(s, req);
+		if (r == -EBUSY) {
+			wait_for_sqe(s, req);
+			return;
+		}
 		/* A close that cannot be issued is done here: its handle is already cleared. */
 		if (r < 0)
 			complete(s, req, req->kind_ == K_CLOSE ? close_now(s, req) : r);
 	}
+}
+
+void
+keel__file_retry(struct keel_shard *s)
+{
+	s->files.nosqe = false;
+	pump(s);
+}
+
+/* The O_DIRECT open's statx stage (issue(), ST_OPEN_STATX) made here, synchronously.
+ * Returns 0 or -errno. */
+static int
+statx_now(struct keel_file_req *req)
+{
+	int r;
+
+	if (req->sqe_flags_ & OPEN_F_DIRECT_DESC)
+		r = statx(req->dirfd_, req->path_, 0, STATX_TYPE | STATX_DIOALIGN, req->addr_);
+	else
+		r = statx(req->fd_, "", AT_EMPTY_PATH, STATX_TYPE | STATX_DIOALIGN, req->addr_);
+	return r < 0 ? -errno : 0;
 }
 
 /* An open whose statx stage did not happen or failed: the caller never sees the file, so
@@ -577,11 +628,16 @@ file_cb(struct keel_op *op, int res, uint32_t cqe_flags)
 				int r = issue(s, req);
 				if (r == 0)
 					return;
+				/* No SQE (the ring's submit failed, logged): the same statx on this
+				 * thread, a system call on a file just opened, rather than fail the
+				 * open (it is live and counted, so it cannot wait in the FIFO). */
+				if (r == -EBUSY)
+					r = statx_now(req);
 				res = r;
 			} else
 				res = -ECANCELED;
-			open_undo(s, req);
-		} else if (req->stage_ == ST_OPEN_STATX) {
+		}
+		if (req->stage_ == ST_OPEN_STATX) {
 			if (res < 0) {
 				open_undo(s, req);
 			} else {
@@ -653,12 +709,18 @@ submit(struct keel_shard *s, struct keel_file_req *req, void *arg)
 		return 0;
 	}
 	r = issue(s, req);
+	if (r == -EBUSY) { /* the FIFO is empty: this one waits at its head */
+		st->submitted++;
+		st->waited++;
+		wait_for_sqe(s, req);
+		return 0;
+	}
 	if (r < 0) {
 		release(req);
-		return refuse(s, r, "disk %s could not be submitted: %s", kind_name(req->kind_),
-			      r == -EBUSY ? "no SQE (the ring failed, see the log)"
-					  : "its buffer's region could not be registered "
-					    "(--feature reg_buffers=on)");
+		return refuse(s, r,
+			      "disk %s could not be submitted: its buffer's region could not be "
+			      "registered (--feature reg_buffers=on)",
+			      kind_name(req->kind_));
 	}
 	st->submitted++;
 	return 0;

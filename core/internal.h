@@ -220,6 +220,7 @@ struct keel_shard {
 		struct keel_file_req *head, *tail;
 		struct keel_file_req *live, *held;
 		struct keel_file_stats st;
+		bool nosqe; /* the FIFO's head found no SQE: keel__file_retry each pass */
 		uint64_t err_logged_ns;
 		char last_err[384];
 	} files;
@@ -288,8 +289,11 @@ void keel__shard_wake(struct keel_shard *target, struct keel_shard *from);
 extern _Atomic unsigned keel__fault_msgring_fail;
 /* ... while non-zero, each arming of keel's own read finds no SQE; the count drops by one. */
 extern _Atomic unsigned keel__fault_internal_nosqe;
-/* Arm again the internal reads that found no SQE (signalfd, eventfd). */
+/* Arm again the internal reads that found no SQE (signalfd, eventfd), and issue the disk
+ * requests that did (file.c). */
 void keel__internal_retry(struct keel_shard *s);
+/* file.c: the FIFO's head found no SQE: issue what waits again (or cancel it, stopping). */
+void keel__file_retry(struct keel_shard *s);
 
 /* The idle-polling policy (core/idlepoll.c). Fixed: poll window_ns after running out of
  * work. Adaptive (--idle-poll-adaptive): poll only while at least KEEL__IDLEPOLL_MIN of the
@@ -321,6 +325,8 @@ struct internal_op *keel__internal_done(struct keel_op *op);
 #ifdef KEEL_FAULTS
 /* Tests: while non-zero, each keel_sqe_get() returns NULL and the count drops by one. */
 extern _Atomic unsigned keel__fault_sqe_none;
+/* Take one from keel__fault_sqe_none for keel's own SQEs (file.c): true, inject. */
+bool keel__fault_sqe_take(void);
 /* Fault injection (core/faults.c): apply the spec to a prepared, bound SQE; whether this
  * allocation fails; read KEEL_FAULTS from the environment (0 or -EINVAL). */
 void keel__faults_sqe(struct io_uring_sqe *sqe);

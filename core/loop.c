@@ -270,11 +270,19 @@ keel__internal_retry(struct keel_shard *s)
 	for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
 		if (ops[i]->retry && !ops[i]->armed)
 			keel__internal_read(s, ops[i], ops[i]->fd, ops[i]->buf, ops[i]->len);
+	if (s->files.nosqe)
+		keel__file_retry(s);
 }
 
 #ifdef KEEL_FAULTS
 /* While non-zero, each keel_sqe_get finds no SQE (as when the ring's submit fails). */
 _Atomic unsigned keel__fault_sqe_none;
+
+bool
+keel__fault_sqe_take(void)
+{
+	return fault_take(&keel__fault_sqe_none);
+}
 #endif
 
 struct io_uring_sqe *

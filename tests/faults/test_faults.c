@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <keel/faults.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -375,6 +376,110 @@ Test(faults_sqe, an_abort_whose_cancel_found_no_sqe_still_closes)
 	cr_assert_eq(atomic_load(&keel__fault_sqe_none), 0, "the fault was not used");
 	close(fd);
 	cr_assert_eq(srv_stop(&s), 0);
+}
+
+/* Disk requests (keel/file.h) that find no SQE wait at the head of the shard's FIFO and are
+ * issued on a later pass; an O_DIRECT open whose statx stage finds none makes it on the
+ * spot; at stop, a request still waiting is cancelled, its callback run once. */
+struct fnosqe {
+	struct keel_file_req req;
+	struct keel_file f, dio;
+	char path[64], dpath[80], rbuf[8];
+	int write_res, read_res, open_res, stop_res;
+	unsigned stop_calls;
+	bool stopping;
+};
+
+static void fn_next(struct fnosqe *t);
+
+static void
+fn_cb(struct keel_file_req *req, int res, void *arg)
+{
+	struct fnosqe *t = arg;
+
+	if (t->stopping) {
+		t->stop_res = res;
+		t->stop_calls++;
+		return;
+	}
+	if (t->write_res == INT_MIN)
+		t->write_res = res;
+	else if (t->read_res == INT_MIN)
+		t->read_res = res;
+	else
+		t->open_res = res;
+	fn_next(t);
+}
+
+static void
+fn_next(struct fnosqe *t)
+{
+	int r;
+
+	if (t->read_res == INT_MIN) {
+		atomic_store(&keel__fault_sqe_none, 1);
+		r = keel_file_read(&t->req, &t->f, t->rbuf, 5, 0, fn_cb, t);
+		if (!SHARD_CHECK_EQ(r, 0, "a read that found no SQE was refused: %s", strerror(-r)))
+			keel_stop(-EIO);
+	} else if (t->open_res == INT_MIN) {
+		r = keel_file_openat(&t->req, AT_FDCWD, t->dpath, O_RDWR | O_CREAT | O_DIRECT, 0600,
+				     0, &t->dio, fn_cb, t);
+		SHARD_CHECK_EQ(r, 0, "%s", strerror(-r));
+		/* The open took its SQE: the next to find none is its statx stage's. */
+		atomic_store(&keel__fault_sqe_none, 1);
+	} else {
+		if (t->open_res >= 0)
+			close(t->open_res);
+		/* Every SQE refused from here: the write waits until the stop cancels it. */
+		atomic_store(&keel__fault_sqe_none, 1u << 30);
+		t->stopping = true;
+		r = keel_file_write(&t->req, &t->f, "late", 4, 0, fn_cb, t);
+		SHARD_CHECK_EQ(r, 0, "%s", strerror(-r));
+		keel_stop(0);
+	}
+}
+
+static void
+fn_start(void *arg)
+{
+	struct fnosqe *t = arg;
+	int r;
+
+	atomic_store(&keel__fault_sqe_none, 1);
+	r = keel_file_write(&t->req, &t->f, "hello", 5, 0, fn_cb, t);
+	if (!SHARD_CHECK_EQ(r, 0, "a write that found no SQE was refused: %s", strerror(-r)))
+		keel_stop(-EIO);
+}
+
+Test(faults_sqe, a_disk_request_that_found_no_sqe_waits_and_is_issued)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct fnosqe t = { .write_res = INT_MIN, .read_res = INT_MIN, .open_res = INT_MIN };
+	int fd, r;
+
+	/* The working directory is the build tree's (not tmpfs, which may refuse O_DIRECT). */
+	snprintf(t.path, sizeof(t.path), "fnosqe.XXXXXX");
+	fd = mkstemp(t.path);
+	cr_assert_geq(fd, 0, "mkstemp: %s", strerror(errno));
+	snprintf(t.dpath, sizeof(t.dpath), "%s.direct", t.path);
+	cr_assert_eq(keel_file_from_fd(fd, &t.f), 0);
+	r = keel_run(&o, fn_start, &t);
+	atomic_store(&keel__fault_sqe_none, 0);
+	close(fd);
+	unlink(t.path);
+	unlink(t.dpath);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0, "keel_run: %s", strerror(-r));
+	cr_assert_eq(t.write_res, 5, "write: %d", t.write_res);
+	cr_assert_eq(t.read_res, 5, "read: %d", t.read_res);
+	cr_assert_eq(memcmp(t.rbuf, "hello", 5), 0);
+	if (t.open_res == -EINVAL)
+		cr_log_warn("the build tree's file system refuses O_DIRECT: its case not run");
+	else
+		cr_assert_geq(t.open_res, 0, "O_DIRECT open whose statx found no SQE: %s",
+			      strerror(-t.open_res));
+	cr_assert_eq(t.stop_calls, 1, "the waiting write's callback ran %u times", t.stop_calls);
+	cr_assert_eq(t.stop_res, -ECANCELED, "%d", t.stop_res);
 }
 
 /* UDP: the receive's re-arm, or keel_udp_close's cancel of it, finds no SQE. */

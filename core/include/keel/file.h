@@ -112,7 +112,8 @@ struct keel_file_req {
  * names the descriptor's number when it is issued, so a number closed and reused meanwhile
  * names another directory.
  * Returns: 0 (accepted); -EINVAL (NULL argument, unknown @kflags); -ENOMEM; -ESHUTDOWN once
- * the runtime is stopping; -EBUSY when no SQE could be had (ring error, logged).
+ * the runtime is stopping. A request that finds no SQE (the ring's submit failed, logged)
+ * is accepted and waits at the head of the shard's FIFO, tried again every pass.
  * Context: a shard.
  */
 KEEL_API int keel_file_openat(struct keel_file_req *req, int dirfd, const char *path, int flags,
@@ -136,7 +137,7 @@ KEEL_API int keel_file_from_fd(int fd, struct keel_file *out);
  * Returns: 0; -EINVAL (O_DIRECT misalignment: see keel_file_last_error(); @len over 2 GiB;
  * @off over 2^63 - 1 but for (uint64_t)-1, which reads at the file's position and moves
  * it, as read(2): pipes and other streams; NULL argument);
- * -EBADF (@f->fd is -1); -ESHUTDOWN; -EBUSY.
+ * -EBADF (@f->fd is -1); -ESHUTDOWN.
  * Context: a shard.
  */
 KEEL_API int keel_file_read(struct keel_file_req *req, const struct keel_file *f, void *buf,
@@ -170,8 +171,8 @@ KEEL_API int keel_file_writev(struct keel_file_req *req, const struct keel_file 
  * Ownership: @s is borrowed; the request takes its own reference, put before @cb runs, so
  * the caller may put @s at once.
  * Returns: as keel_file_read(); with --feature reg_buffers=on, -ENOMEM when @s's region
- * could not be registered (or that error, or -EBUSY, in @cb when the request waited for
- * room in the ring: it is registered when it is issued).
+ * could not be registered (or that error in @cb when the request waited for room in the
+ * ring: it is registered when it is issued).
  * Context: a shard holding @s.
  */
 KEEL_API int keel_file_read_slice(struct keel_file_req *req, const struct keel_file *f,
@@ -192,7 +193,7 @@ KEEL_API int keel_file_write_slice(struct keel_file_req *req, const struct keel_
  * fsync(2) @f through the ring (a directory too: after a rename in it). A failure is reported
  * once per open file and may mean data lost for good, even if a later sync succeeds
  * (docs/file.md, "Durability").
- * Returns: 0, -EINVAL, -ESHUTDOWN, -EBUSY. Context: a shard.
+ * Returns: 0, -EINVAL, -ESHUTDOWN. Context: a shard.
  */
 KEEL_API int keel_file_fsync(struct keel_file_req *req, const struct keel_file *f, keel_file_fn cb,
 			     void *arg);
