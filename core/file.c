@@ -83,6 +83,14 @@ static int KEEL_PRINTF(3, 4) refuse(struct keel_shard *s, int r, const char *fmt
 	return r;
 }
 
+/* Whether @req goes into the ring: the shard runs, or it is one of the requests the stop
+ * drains (keel__file_stop_hooks); any other is cancelled once the stop has begun. */
+static bool
+issues(const struct keel_shard *s, const struct keel_file_req *req)
+{
+	return s->phase == PHASE_RUN || (s->files.drain && req->drain_);
+}
+
 /* Common checks of every call. */
 static int
 begin(struct keel_shard *s, struct keel_file_req *req, keel_file_fn cb, int kind)
@@ -90,10 +98,14 @@ begin(struct keel_shard *s, struct keel_file_req *req, keel_file_fn cb, int kind
 	if (!req || !cb)
 		return refuse(s, -EINVAL, "disk request without %s",
 			      req ? "a callback" : "a request");
-	if (s->phase != PHASE_RUN)
+	/* A close is taken while stopping too: it ends on the ring, or (cancelled) on the
+	 * spot, so a descriptor whose last request was cancelled can still be closed. */
+	if (s->phase != PHASE_RUN && !s->files.drain &&
+	    !(kind == K_CLOSE && s->phase == PHASE_STOP))
 		return refuse(s, -ESHUTDOWN,
 			      "disk request refused: the runtime is stopping (shard %u)", s->id);
 	memset(req, 0, sizeof(*req));
+	req->drain_ = s->files.hooks || s->files.drain;
 	req->cb_ = cb;
 	req->kind_ = (uint8_t)kind;
 	req->fd_ = -1;
@@ -273,6 +285,8 @@ release(struct keel_file_req *req)
 static void
 complete(struct keel_shard *s, struct keel_file_req *req, int res)
 {
+	bool drain = req->drain_;
+
 	release(req);
 	s->files.st.completed++;
 	if (res < 0)
@@ -280,6 +294,10 @@ complete(struct keel_shard *s, struct keel_file_req *req, int res)
 	if (res == -ECANCELED)
 		s->files.st.cancelled++;
 	req->cb_(req, res, req->arg_);
+	/* After the callback, which may have made the next request of a chain (a write, then
+	 * its sync): the last one lets the stop cancel again (stop_progress). */
+	if (drain && --s->files.ndrain == 0)
+		s->files.drain = false;
 }
 
 /* Close @fd here, synchronously: a plain close, or emptying direct descriptor slot @fd.
@@ -548,7 +566,7 @@ pump(struct keel_shard *s)
 		struct keel_file_req *req = s->files.head;
 		int r;
 
-		if (s->phase == PHASE_RUN && s->files.st.inflight >= qd)
+		if (issues(s, req) && s->files.st.inflight >= qd)
 			return;
 		s->files.head = req->next_;
 		if (!s->files.head)
@@ -565,7 +583,7 @@ pump(struct keel_shard *s)
 			complete(s, req, r);
 			continue;
 		}
-		if (s->phase != PHASE_RUN) {
+		if (!issues(s, req)) {
 			complete(s, req, req->kind_ == K_CLOSE ? close_now(s, req) : -ECANCELED);
 			continue;
 		}
@@ -624,7 +642,7 @@ file_cb(struct keel_op *op, int res, uint32_t cqe_flags)
 			/* Second stage: the alignment, before the caller sees the file. */
 			req->fd_ = res;
 			req->stage_ = ST_OPEN_STATX;
-			if (s->phase == PHASE_RUN) {
+			if (issues(s, req)) {
 				int r = issue(s, req);
 				if (r == 0)
 					return;
@@ -673,6 +691,19 @@ file_cb(struct keel_op *op, int res, uint32_t cqe_flags)
 	complete(s, req, res);
 }
 
+void
+keel__file_stop_hooks(struct keel_shard *s, bool running)
+{
+	s->files.hooks = running;
+	if (running)
+		return;
+	/* The stop's cancel is queued (or nothing was in the ring): what the hooks made goes
+	 * in after it, the requests made before the stop that still wait are cancelled. */
+	s->files.drain = s->files.ndrain != 0;
+	if (s->files.drain)
+		pump(s);
+}
+
 /* Admit a prepared request: issue it now, or queue it behind the ones waiting. On an error
  * the caller's request holds nothing and its callback will not run. */
 static int
@@ -684,7 +715,8 @@ submit(struct keel_shard *s, struct keel_file_req *req, void *arg)
 	req->op_.fn = file_cb;
 	req->arg_ = arg;
 	st->qd = qd_of(s);
-	if (s->files.head || st->inflight >= st->qd) {
+	s->files.ndrain += req->drain_; /* taken back by a refusal below */
+	if (s->files.head || st->inflight >= st->qd || s->files.hooks) {
 		req->next_ = NULL;
 		if (s->files.tail)
 			s->files.tail->next_ = req;
@@ -700,6 +732,7 @@ submit(struct keel_shard *s, struct keel_file_req *req, void *arg)
 	r = close_check(s, req);
 	if (r < 0) {
 		release(req);
+		s->files.ndrain -= req->drain_;
 		return refuse(s, r, "close of fd %d refused: a close of it is waiting already",
 			      req->fd_);
 	}
@@ -717,6 +750,7 @@ submit(struct keel_shard *s, struct keel_file_req *req, void *arg)
 	}
 	if (r < 0) {
 		release(req);
+		s->files.ndrain -= req->drain_;
 		return refuse(s, r,
 			      "disk %s could not be submitted: its buffer's region could not be "
 			      "registered (--feature reg_buffers=on)",

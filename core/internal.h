@@ -220,7 +220,11 @@ struct keel_shard {
 		struct keel_file_req *head, *tail;
 		struct keel_file_req *live, *held;
 		struct keel_file_stats st;
-		bool nosqe; /* the FIFO's head found no SQE: keel__file_retry each pass */
+		bool nosqe;      /* the FIFO's head found no SQE: keel__file_retry each pass */
+		bool hooks;      /* stop hooks run: their requests wait for the stop's cancel */
+		bool drain;      /* stopping: requests of the hooks (and of their callbacks) run
+				  * to completion; the others are cancelled */
+		uint32_t ndrain; /* those requests, not yet completed */
 		uint64_t err_logged_ns;
 		char last_err[384];
 	} files;
@@ -294,6 +298,9 @@ extern _Atomic unsigned keel__fault_internal_nosqe;
 void keel__internal_retry(struct keel_shard *s);
 /* file.c: the FIFO's head found no SQE: issue what waits again (or cancel it, stopping). */
 void keel__file_retry(struct keel_shard *s);
+/* file.c: the stop hooks are about to run (@running), or ran and the stop's cancel is
+ * queued: the disk requests they made go into the ring after it, and run to completion. */
+void keel__file_stop_hooks(struct keel_shard *s, bool running);
 
 /* The idle-polling policy (core/idlepoll.c). Fixed: poll window_ns after running out of
  * work. Adaptive (--idle-poll-adaptive): poll only while at least KEEL__IDLEPOLL_MIN of the

@@ -640,6 +640,7 @@ submit_cancel_all(struct keel_shard *s)
 static void
 begin_stop(struct keel_shard *s)
 {
+	keel__file_stop_hooks(s, true);
 	/* Hooks run while the shard still accepts sends, so they can tell other shards; one
 	 * a hook registers runs after it (from here on keel_shard_on_stop defers them). */
 	while (s->stop_hooks.n) {
@@ -654,6 +655,9 @@ begin_stop(struct keel_shard *s)
 	keel__timers_stop_all(s);
 	if (s->inflight > s->internal_inflight)
 		submit_cancel_all(s);
+	/* A hook's disk requests are its last writes and syncs: they go into the ring after
+	 * the cancel, and stop_progress cancels nothing more while they run (files.drain). */
+	keel__file_stop_hooks(s, false);
 }
 
 /* Termination of the whole runtime: every shard quiescent (no user operation in flight, no
@@ -699,7 +703,7 @@ stop_progress(struct keel_shard *s)
 		 * that no cancel can end (a disk read running in io-wq) is waited for in
 		 * bounded sleeps, not cancelled again every pass. */
 		if (s->inflight > s->internal_inflight && !s->cancel_op.armed &&
-		    s->binds != s->cancel_mark)
+		    s->binds != s->cancel_mark && !s->files.drain)
 			submit_cancel_all(s);
 		return false;
 	}

@@ -701,6 +701,142 @@ Test(core_file, stop_cancels_inflight_and_waiting)
 	close(stp.pipefd[1]);
 }
 
+/* A stop hook's writes and the sync its last write's callback makes run to completion; a
+ * request made before the stop (an empty pipe's read) is still cancelled. */
+#define HOOK_N   8
+#define HOOK_LEN 65536
+
+struct hookw {
+	struct keel_file_req w[HOOK_N], sync, rd;
+	struct keel_file f, pf;
+	int pipefd[2];
+	char *data, rbuf[4];
+	int wres[HOOK_N], sync_res, rd_res, sync_r, nw;
+	bool sync_ran, rd_ran;
+};
+
+static struct hookw hw;
+
+static void
+hw_sync_cb(struct keel_file_req *req, int res, void *arg)
+{
+	hw.sync_res = res;
+	hw.sync_ran = true;
+}
+
+static void
+hw_write_cb(struct keel_file_req *req, int res, void *arg)
+{
+	hw.wres[req - hw.w] = res;
+	if (++hw.nw == HOOK_N) /* the last write: its sync, made while the shard stops */
+		hw.sync_r = keel_file_fdatasync(&hw.sync, &hw.f, hw_sync_cb, NULL);
+}
+
+static void
+hw_rd_cb(struct keel_file_req *req, int res, void *arg)
+{
+	hw.rd_res = res;
+	hw.rd_ran = true;
+}
+
+static void
+hw_hook(void *arg)
+{
+	for (int i = 0; i < HOOK_N; i++)
+		SHARD_CHECK_EQ(keel_file_write(&hw.w[i], &hw.f, hw.data + (size_t)i * HOOK_LEN,
+					       HOOK_LEN, (uint64_t)i * HOOK_LEN, hw_write_cb, NULL),
+			       0, "%s", keel_file_last_error());
+}
+
+static void
+hw_start(void *app)
+{
+	hw.pf = (struct keel_file){ .fd = hw.pipefd[0] };
+	SHARD_CHECK_EQ(keel_file_read(&hw.rd, &hw.pf, hw.rbuf, 4, (uint64_t)-1, hw_rd_cb, NULL), 0);
+	SHARD_CHECK_EQ(keel_shard_on_stop(hw_hook, NULL), 0);
+	keel_stop(0);
+}
+
+Test(core_file, a_stop_hooks_write_and_sync_complete, .fini = rm_tmp)
+{
+	struct keel_opts o = test_opts(1);
+	int fd = make_tmp();
+	char *back;
+
+	hw.data = malloc((size_t)HOOK_N * HOOK_LEN);
+	back = malloc((size_t)HOOK_N * HOOK_LEN);
+	cr_assert(hw.data && back);
+	for (size_t i = 0; i < (size_t)HOOK_N * HOOK_LEN; i++)
+		hw.data[i] = (char)(i * 7 + i / 4093);
+	cr_assert_eq(pipe(hw.pipefd), 0);
+	cr_assert_eq(keel_file_from_fd(fd, &hw.f), 0);
+	o.file_qd = 4; /* half the hook's writes wait in the FIFO */
+	cr_assert_eq(keel_run(&o, hw_start, NULL), 0);
+	SHARD_CHECKS_PASSED();
+	for (int i = 0; i < HOOK_N; i++)
+		cr_assert_eq(hw.wres[i], HOOK_LEN, "the hook's write %d: %d", i, hw.wres[i]);
+	cr_assert_eq(hw.sync_r, 0, "the sync made while stopping: %s", strerror(-hw.sync_r));
+	cr_assert(hw.sync_ran);
+	cr_assert_eq(hw.sync_res, 0, "the sync: %d", hw.sync_res);
+	cr_assert(hw.rd_ran);
+	cr_assert_eq(hw.rd_res, -ECANCELED, "the read made before the stop: %d", hw.rd_res);
+	cr_assert_eq(pread(fd, back, (size_t)HOOK_N * HOOK_LEN, 0), (ssize_t)HOOK_N * HOOK_LEN);
+	cr_assert_eq(memcmp(back, hw.data, (size_t)HOOK_N * HOOK_LEN), 0);
+	free(back);
+	free(hw.data);
+	close(fd);
+	close(hw.pipefd[0]);
+	close(hw.pipefd[1]);
+}
+
+/* A close made while stopping (in the callback of a read the stop cancelled) is taken and
+ * closes the descriptor: no file is left open that nothing can close any more. */
+static struct {
+	struct keel_file_req rd, cl;
+	struct keel_file f;
+	int pipefd[2], cl_r, cl_res;
+	char buf[4];
+	bool cl_ran;
+} mc;
+
+static void
+mc_close_cb(struct keel_file_req *req, int res, void *arg)
+{
+	mc.cl_res = res;
+	mc.cl_ran = true;
+}
+
+static void
+mc_read_cb(struct keel_file_req *req, int res, void *arg)
+{
+	SHARD_CHECK_EQ(res, -ECANCELED);
+	mc.cl_r = keel_file_close(&mc.cl, &mc.f, mc_close_cb, NULL);
+}
+
+static void
+mc_start(void *app)
+{
+	SHARD_CHECK_EQ(keel_file_from_fd(mc.pipefd[0], &mc.f), 0);
+	SHARD_CHECK_EQ(keel_file_read(&mc.rd, &mc.f, mc.buf, 4, (uint64_t)-1, mc_read_cb, NULL), 0);
+	keel_stop(0);
+}
+
+Test(core_file, a_close_made_while_stopping_closes)
+{
+	struct keel_opts o = test_opts(1);
+
+	cr_assert_eq(pipe(mc.pipefd), 0);
+	cr_assert_eq(keel_run(&o, mc_start, NULL), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(mc.cl_r, 0, "keel_file_close while stopping: %s", strerror(-mc.cl_r));
+	cr_assert(mc.cl_ran);
+	cr_assert_eq(mc.cl_res, 0, "the close: %d", mc.cl_res);
+	cr_assert_eq(fcntl(mc.pipefd[0], F_GETFD), -1, "the pipe is still open after the stop");
+	if (mc.cl_r < 0)
+		close(mc.pipefd[0]);
+	close(mc.pipefd[1]);
+}
+
 /* ---- slices: registered buffers, and the request's own reference ---- */
 
 struct slc {

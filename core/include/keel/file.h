@@ -94,6 +94,7 @@ struct keel_file_req {
 	struct keel_file *file_;
 	struct keel_slice slice_; /* a reference held while the kernel may use the bytes */
 	bool has_slice_;
+	bool drain_; /* made by a stop hook, or while its requests drain: not cancelled */
 	int dirfd_;
 };
 
