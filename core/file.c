@@ -120,6 +120,15 @@ file_ok(struct keel_shard *s, const struct keel_file *f, struct keel_file_req *r
 		return refuse(s, -EINVAL, "disk request without a file");
 	if (f->fd < 0)
 		return refuse(s, -EBADF, "disk request on a closed keel_file (fd %d)", f->fd);
+	/* A direct descriptor is a slot of one ring's table: on another ring the same index is
+	 * another file, or one of its connections. */
+	if ((f->flags & KEEL_FILE_F_FIXED) && f->ring_ != s->timer_gen)
+		return refuse(
+			s, -EXDEV,
+			"disk request on direct descriptor %d of another shard's ring "
+			"(shard %u's table does not hold it): make requests on the shard that "
+			"opened it, or open the file without KEEL_FILE_OPEN_DIRECT_DESC",
+			f->fd, s->id);
 	req->fd_ = f->fd;
 	if (f->flags & KEEL_FILE_F_FIXED)
 		req->sqe_flags_ = IOSQE_FIXED_FILE;
@@ -662,15 +671,19 @@ file_cb(struct keel_op *op, int res, uint32_t cqe_flags)
 				memset(req->file_, 0, sizeof(*req->file_));
 				dio_fill(req->file_, req->addr_);
 				req->file_->fd = req->fd_;
-				if (req->sqe_flags_ & OPEN_F_DIRECT_DESC)
+				if (req->sqe_flags_ & OPEN_F_DIRECT_DESC) {
 					req->file_->flags |= KEEL_FILE_F_FIXED;
+					req->file_->ring_ = s->timer_gen;
+				}
 				res = req->fd_;
 			}
 		} else if (res >= 0) {
 			memset(req->file_, 0, sizeof(*req->file_));
 			req->file_->fd = res;
-			if (req->sqe_flags_ & OPEN_F_DIRECT_DESC)
+			if (req->sqe_flags_ & OPEN_F_DIRECT_DESC) {
 				req->file_->flags |= KEEL_FILE_F_FIXED;
+				req->file_->ring_ = s->timer_gen;
+			}
 		}
 	}
 	/* A close that io-wq cancelled before a worker ran it (issue: IOSQE_ASYNC; the stop's

@@ -205,7 +205,8 @@ struct keel_shard {
 	struct keel_timer **heap;
 	size_t heap_n, heap_cap;
 	size_t timers_live; /* created or initialised: each has a heap slot reserved */
-	unsigned timer_gen; /* this shard's tag in its timers (timer.c): unique per process */
+	unsigned timer_gen; /* this shard's tag in its timers (timer.c) and in its direct
+			     * descriptors' keel_file (file.c): unique per process */
 	struct keel_timer *timers_all;
 
 	enum shard_phase phase;

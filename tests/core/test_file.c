@@ -994,6 +994,74 @@ Test(core_file, direct_descriptors)
 	cr_assert_eq(dd.res[3], 0, "close_direct: %d", dd.res[3]);
 }
 
+/* A direct descriptor is a slot of its shard's ring's table: another shard's requests on it
+ * are refused (-EXDEV), not made on whatever that shard's table holds at the index. */
+static struct {
+	struct keel_file_req open, rd, cl;
+	struct keel_file f;
+	char buf[8];
+	int open_res, xres, cl_res;
+	char xerr[384];
+} xd;
+
+static void
+xd_closed(struct keel_file_req *req, int res, void *arg)
+{
+	xd.cl_res = res;
+	keel_stop(0);
+}
+
+static void
+xd_back(void *arg)
+{
+	SHARD_CHECK_EQ(keel_file_close(&xd.cl, &xd.f, xd_closed, NULL), 0);
+}
+
+static void
+xd_on_other(void *arg)
+{
+	/* This shard has a table too: slot f.fd may hold a file of its own. */
+	xd.xres = keel_file_read(&xd.rd, &xd.f, xd.buf, 8, 0, xd_closed, NULL);
+	snprintf(xd.xerr, sizeof(xd.xerr), "%s", keel_file_last_error());
+	SHARD_CHECK_EQ(keel_send(0, xd_back, NULL), 0);
+}
+
+static void
+xd_opened(struct keel_file_req *req, int res, void *arg)
+{
+	xd.open_res = res;
+	if (!SHARD_CHECK(res >= 0, "open: %d", res) ||
+	    !SHARD_CHECK_EQ(keel_send(1, xd_on_other, NULL), 0))
+		keel_stop(-EIO);
+}
+
+static void
+xd_start(void *app)
+{
+	SHARD_CHECK_EQ(io_uring_register_files_sparse(keel_shard_ring_get(), 8), 0);
+	if (keel_shard_id(keel_this_shard()) == 0)
+		SHARD_CHECK_EQ(keel_file_openat(&xd.open, AT_FDCWD, tmp_path, O_RDONLY, 0,
+						KEEL_FILE_OPEN_DIRECT_DESC, &xd.f, xd_opened, NULL),
+			       0);
+}
+
+Test(core_file, a_direct_descriptor_is_refused_on_another_shard)
+{
+	struct keel_opts o = test_opts(2);
+	int fd = make_tmp();
+
+	cr_assert_eq(write(fd, "directfd", 8), 8);
+	close(fd);
+	int r = keel_run(&o, xd_start, NULL);
+	rm_tmp();
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
+	cr_assert_eq(xd.xres, -EXDEV, "a request on another shard's direct descriptor: %d",
+		     xd.xres);
+	cr_assert(strstr(xd.xerr, "another shard's ring"), "%s", xd.xerr);
+	cr_assert_eq(xd.cl_res, 0, "its close on its own shard: %d", xd.cl_res);
+}
+
 /* ---- a burst larger than the SQ: the SQ-full path submits and goes on ---- */
 
 #define BURST_N 200

@@ -50,7 +50,9 @@ struct statx;
 
 /**
  * An open file of one shard. A plain value: copy it freely on its shard. Filled by
- * keel_file_openat() or keel_file_from_fd().
+ * keel_file_openat() or keel_file_from_fd(). A plain descriptor's may be used on any shard
+ * of the process; a direct descriptor's (KEEL_FILE_F_FIXED) only on the shard that opened
+ * it: elsewhere requests are refused with -EXDEV.
  */
 struct keel_file {
 	int fd;         /* a descriptor, or with KEEL_FILE_F_FIXED an index in the ring's table */
@@ -59,6 +61,7 @@ struct keel_file {
 	uint32_t dio_mem_align;    /* buffer address (statx stx_dio_mem_align) */
 	uint32_t dio_offset_align; /* file offset and length (statx stx_dio_offset_align) */
 	uint32_t lbs;              /* the device's logical block size (sysfs), 0: not found */
+	uint32_t ring_;            /* private: with KEEL_FILE_F_FIXED, whose table @fd is in */
 };
 
 struct keel_file_req;
