@@ -444,6 +444,7 @@ keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start, void *app)
 
 	if (rt->started)
 		return -EALREADY;
+	rt->start_err = 0; /* a start that failed before any thread existed may be tried again */
 	rt->on_start = on_start;
 	rt->app = app;
 	rt->ready_left = rt->count + 1;
@@ -501,10 +502,21 @@ keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start, void *app)
 	atomic_store(&rt->accepting, true);
 	return 0;
 err:
+	/* Nothing started: as before the call (a later start makes these again). */
+	for (unsigned i = 0; i < rt->count; i++) {
+		struct keel_shard *s = &rt->shards[i];
+
+		if (s->sigfd >= 0)
+			close(s->sigfd);
+		if (s->xefd >= 0)
+			close(s->xefd);
+		s->sigfd = s->xefd = -1;
+	}
 	if (rt->mask_saved) {
 		pthread_sigmask(SIG_SETMASK, &rt->saved_mask, NULL);
 		rt->mask_saved = false;
 	}
+	rt->start_err = r;
 	return r;
 }
 
@@ -575,7 +587,7 @@ int
 keel_runtime_join(struct keel_runtime *rt)
 {
 	if (!rt->started || rt->joined)
-		return stop_status(rt);
+		return rt->start_err ? rt->start_err : stop_status(rt);
 	for (unsigned i = 0; i < rt->created; i++)
 		pthread_join(rt->shards[i].thread, NULL);
 	/* A keel_runtime_stop on another thread may still be waking shards that have ended. */

@@ -426,8 +426,84 @@ failed_start_child(void)
 			r);
 		return 14;
 	}
+	r = keel_runtime_join(rt); /* the host's usual next call: the error again, not 0 */
+	if (r != -EMFILE) {
+		fprintf(stderr, "keel_runtime_join after a failed start: %d, want -EMFILE\n", r);
+		return 15;
+	}
 	keel_runtime_destroy(rt);
 	return 0;
+}
+
+static int
+open_fds(void)
+{
+	int n = 0;
+
+	for (int fd = 0; fd < 1024; fd++)
+		n += fcntl(fd, F_GETFD) >= 0;
+	return n;
+}
+
+/* In a child: room for one of the two shards' eventfds, so the start fails on this thread
+ * before any shard exists. It leaves nothing open, and a start with room then runs. */
+static int
+early_fail_child(void)
+{
+	struct keel_opts o = test_opts(2);
+	struct keel_runtime *rt;
+	struct rlimit rl, was;
+	int lim = 0, room = 0, before, r;
+
+	o.signals = false;
+	if (keel_runtime_create(&o, &rt) < 0)
+		return 10;
+	for (; room < 1; lim++)
+		room += fcntl(lim, F_GETFD) < 0;
+	if (getrlimit(RLIMIT_NOFILE, &was) < 0)
+		return 11;
+	rl = was;
+	rl.rlim_cur = (rlim_t)lim;
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return 12;
+	before = open_fds();
+	r = keel_runtime_start(rt, NULL, NULL);
+	if (r != -EMFILE) {
+		fprintf(stderr, "keel_runtime_start: %d, want -EMFILE\n", r);
+		return 13;
+	}
+	if (open_fds() != before) {
+		fprintf(stderr, "the failed start left %d descriptors open\n", open_fds() - before);
+		return 14;
+	}
+	if (keel_runtime_join(rt) != -EMFILE)
+		return 15;
+	if (setrlimit(RLIMIT_NOFILE, &was) < 0)
+		return 16;
+	r = keel_runtime_start(rt, NULL, NULL);
+	if (r != 0) {
+		fprintf(stderr, "the start tried again: %d, want 0\n", r);
+		return 17;
+	}
+	keel_runtime_stop(rt, 0);
+	if (keel_runtime_join(rt) != 0)
+		return 18;
+	keel_runtime_destroy(rt);
+	return 0;
+}
+
+Test(core_lifecycle, a_start_that_failed_before_its_threads_leaves_nothing_open)
+{
+	int st;
+	pid_t pid = fork();
+
+	cr_assert_geq(pid, 0);
+	if (pid == 0)
+		_exit(early_fail_child());
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st), "the child died: status %#x", st);
+	cr_assert_eq(WEXITSTATUS(st), 0, "the child failed at step %d (see its stderr)",
+		     WEXITSTATUS(st));
 }
 
 Test(core_lifecycle, a_failed_start_refuses_foreign_requests)

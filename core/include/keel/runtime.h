@@ -45,8 +45,11 @@ KEEL_API int keel_runtime_create(const struct keel_opts *opts, struct keel_runti
  * Embedding, step 2: start the shard threads; @on_start runs on each. Returns once every
  * shard has its ring and is running. With opts->signals, SIGINT and SIGTERM are blocked in
  * the calling thread (the host must block them in its other threads too) until join.
- * Returns: 0, or -errno when a shard failed to start (all shards are then stopped and joined).
- * Context: the thread that created the runtime; once.
+ * Returns: 0, or -errno when a shard failed to start (all shards are then stopped and joined;
+ * keel_runtime_join returns the same error). A failure before any shard thread existed
+ * (signalfd or eventfd: descriptors ran out) leaves nothing open, and start may be called
+ * again.
+ * Context: the thread that created the runtime; once (but for that retry).
  */
 KEEL_API int keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start, void *app);
 
@@ -65,7 +68,8 @@ KEEL_API void keel_runtime_stop(struct keel_runtime *rt, int status);
  * shard 0 takes them: the first is the stop under way (consumed and logged: it is not
  * delivered after join, to a handler of the host's or otherwise), a second exits the
  * process at once.
- * Returns: the stop status (0 after a clean stop).
+ * Returns: the stop status (0 after a clean stop), or keel_runtime_start's error when it
+ * failed.
  * Context: the thread that started the runtime; once.
  */
 KEEL_API int keel_runtime_join(struct keel_runtime *rt);
