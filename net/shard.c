@@ -96,10 +96,23 @@ shard_sizes_from(struct keel_net_config *dst, const struct keel_net_config *src)
 	dst->bulk_window = src->bulk_window;
 }
 
+/* keel_net_config_check, its reason logged under @call's name: a configuration refused
+ * without a word would leave the caller on the defaults unaware. */
+static int
+config_check_logged(const struct keel_net_config *c, const char *call)
+{
+	char why[256];
+
+	if (keel_net_config_check(c, why, sizeof(why)) == 0)
+		return 0;
+	keel_log(KEEL_LOG_ERROR, NET_MOD, "%s refused the configuration: %s", call, why);
+	return -EINVAL;
+}
+
 int
 keel_net_config_set(const struct keel_net_config *c)
 {
-	if (keel_net_config_check(c, NULL, 0) < 0)
+	if (config_check_logged(c, "keel_net_config_set") < 0)
 		return -EINVAL;
 	g_cfg = *c;
 	return 0;
@@ -121,7 +134,7 @@ keel_net_shard_init(const struct keel_net_config *c)
 {
 	struct net_shard *ns;
 
-	if (keel_net_config_check(c, NULL, 0) < 0)
+	if (config_check_logged(c, "keel_net_shard_init") < 0)
 		return -EINVAL;
 	if (!keel_this_shard())
 		return -EPERM;

@@ -66,7 +66,7 @@ main(int argc, char **argv)
 {
 	struct keel_listen_opts lo = { 0 };
 	struct keel_runtime *rt;
-	struct keel_listener *l;
+	struct keel_listener *l = NULL; /* not written when create fails */
 	struct keel_opts opts;
 	int r;
 

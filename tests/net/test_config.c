@@ -380,3 +380,39 @@ Test(net_config, napi_mismatch_is_a_queue_on_two_shards_not_two_queues_on_one)
 	cr_assert(keel__napi_note(t, 100000 + 7, (7 + 1) % 3));
 	free(t);
 }
+
+/* A configuration keel_net_shard_init refuses says why: the shard would otherwise run on the
+ * defaults with nothing said (a high watermark set under the default low one). */
+static char refuse_log[512];
+static int refuse_ret;
+
+static void
+refuse_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	if (level == KEEL_LOG_ERROR && !refuse_log[0])
+		snprintf(refuse_log, sizeof(refuse_log), "%s", msg);
+}
+
+static void
+refuse_start(void *arg)
+{
+	struct keel_net_config nc;
+
+	keel_net_config_init(&nc);
+	nc.high_watermark = 64u << 10; /* under the default low watermark (256 KiB) */
+	refuse_ret = keel_net_shard_init(&nc);
+	keel_stop(0);
+}
+
+Test(net_config, a_configuration_refused_by_shard_init_is_logged_with_its_reason)
+{
+	struct keel_opts o = net_test_opts(1);
+
+	keel_log_set_sink(refuse_sink, NULL);
+	int r = keel_run(&o, refuse_start, NULL);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq(r, 0);
+	cr_assert_eq(refuse_ret, -EINVAL);
+	cr_assert(strstr(refuse_log, "keel_net_shard_init") && strstr(refuse_log, "low_watermark"),
+		  "log: '%s'", refuse_log);
+}

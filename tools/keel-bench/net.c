@@ -59,7 +59,8 @@ static const char client_usage[] =
 	"  --threads T    client threads (default 1)\n"
 	"  --shards N     in-process server threads, one per core (default 1)\n"
 	"  --busy-poll-us N  the epoll server: epoll_wait(0) for N us before blocking (default\n"
-	"                 0); keel's runtime option is --idle-poll-us (default 50)\n"
+	"                 0); keel's runtime option is --idle-poll-us (keel-bench's default\n"
+	"                 0, not the runtime's 50, as below)\n"
 	"  --gather-us N  the epoll server: sleep N us before a blocking epoll_wait while\n"
 	"                 keel's wait coalescing policy says it pays (default 0: never); keel's\n"
 	"                 runtime option is --wait-coalesce-us (default 10)\n"
@@ -82,6 +83,11 @@ static const char client_usage[] =
 	"  --no-pin       do not pin threads\n"
 	"  --json         print JSON instead of a table\n\n";
 
+/* After keel_opts_help(), whose defaults are the runtime's: keel-bench sets its own. */
+static const char rt_defaults[] =
+	"keel-bench's defaults for the runtime options above (not the runtime's): --idle-poll-us\n"
+	"0 (no spin, as the epoll server's --busy-poll-us 0), --memory 64M, --log-level warn\n";
+
 static const char serve_usage[] =
 	"usage: keel-bench serve [options]\n"
 	"  --backend B    keel or epoll (default keel)\n"
@@ -89,7 +95,8 @@ static const char serve_usage[] =
 	"  --addr A       IPv4 address to bind (default 127.0.0.1)\n"
 	"  --shards N     server threads, one per core, SO_REUSEPORT (default 1)\n"
 	"  --busy-poll-us N  epoll: epoll_wait(0) for N us before blocking (default 0);\n"
-	"                 keel: use the runtime option --idle-poll-us (default 50)\n"
+	"                 keel: use the runtime option --idle-poll-us (keel-bench's default\n"
+	"                 0, not the runtime's 50, as below)\n"
 	"  --gather-us N  epoll: sleep N us before a blocking epoll_wait while keel's wait\n"
 	"                 coalescing policy says it pays (default 0); --gather-fixed: always;\n"
 	"                 keel: use the runtime option --wait-coalesce-us (default 10)\n"
@@ -175,6 +182,7 @@ parse(struct opts *o, int argc, char **argv)
 			fputs(o->serve ? serve_usage : client_usage, stdout);
 			keel_net_opts_help(stdout);
 			keel_opts_help(stdout);
+			fputs(rt_defaults, stdout);
 			exit(0);
 		} else if (!strcmp(a, "--json")) {
 			o->json = true;
@@ -1177,6 +1185,7 @@ bench_net(int argc, char **argv)
 		fputs(o.serve ? serve_usage : client_usage, stdout);
 		keel_net_opts_help(stdout);
 		keel_opts_help(stdout);
+		fputs(rt_defaults, stdout);
 		return 0;
 	}
 	{

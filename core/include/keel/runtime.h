@@ -205,8 +205,9 @@ struct keel_xreq {
  * Hand @req to shard @shard; its fn runs there on a coming loop pass.
  * Ownership: @req must stay valid until it completes: until it is popped from its queue
  * when it has one (done runs before it is queued), else until done ran.
- * Returns: 0; -EINVAL (no such shard, no fn); -ESHUTDOWN until every shard has started
- * (while keel_runtime_start runs, and for good when it fails) and once the runtime is
+ * Returns: 0; -EINVAL (no such shard, no fn); -ESHUTDOWN until every shard has its ring
+ * (early in keel_runtime_start, which may not have returned yet when requests are taken;
+ * and for good when it fails) and once the runtime is
  * stopping. A request accepted (0) runs on its shard, also when the stop begins as it is
  * submitted: the shard does not end before it ran (its fn then runs while the shard stops,
  * when keel_send refuses and keel's own messages, such as a buffer going home, still go).

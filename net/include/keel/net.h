@@ -180,8 +180,9 @@ KEEL_API int keel_net_config_check(const struct keel_net_config *c, char *err, s
  * Parse the network options in argv into @c, which holds the defaults
  * (keel_net_config_init()) or the caller's own values first: --buf-count, --buf-size,
  * --bulk-buf-count, --bulk-buf-size, --udp-buf-count, --udp-buf-size, --udp-gso-segs,
- * --udp-send-max, --zc-threshold, --max-files, --header-timeout-ms, --header-bytes,
- * --idle-timeout-ms, --send-max and --shard-send-max (keel_net_opts_help() lists them with their
+ * --bulk-window, --udp-send-max, --zc-threshold, --max-files, --header-timeout-ms,
+ * --header-bytes, --idle-timeout-ms, --send-max, --shard-send-max, --high-watermark and
+ * --low-watermark (keel_net_opts_help() lists them with their
  * meaning). As keel_opts_parse(): "--opt value" and "--opt=value"; the options it takes are removed
  * from argv and *argc updated, the others left in order for the application; "--" ends
  * them. Byte counts take a k, m or g suffix (kb, mb, gb too; powers of 1024); timeouts are
