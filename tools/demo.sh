@@ -6,19 +6,24 @@
 # epoll baseline (keel-bench serve --backend epoll, the same CPUs), and drive BOTH with the
 # same client program (keel-bench --client epoll) on the next CPU: pingpong, and throughput
 # with 64 messages of 64 B in flight, in two polling policies: both servers blocking when idle
-# (keel --idle-poll-us 0, epoll --busy-poll-us 0) and both polling 50 us first. Prints keel,
-# epoll and their ratio, with each server's CPU per message over the measured window; then
-# the cross-shard message benchmark beside its SPSC ring + eventfd baseline. About 30 s after the
+# (keel --idle-poll-us 0, epoll --busy-poll-us 0) and both polling 50 us first, 5 alternating
+# repetitions of each. Prints keel's and epoll's medians with their min-max and the ratio of
+# the medians, with each server's CPU per message over the measured window; then the
+# cross-shard message benchmark beside its SPSC ring + eventfd baseline. About 80 s after the
 # build.
-#   tools/demo.sh                 2 s per network measurement, 1 s per xshard measurement
-#   KEEL_DEMO_SECONDS=5 tools/demo.sh
+#   tools/demo.sh                 1 s per network measurement, 1 s per xshard measurement
+#   KEEL_DEMO_SECONDS=3 KEEL_DEMO_REPS=7 tools/demo.sh
 # The full matrix, with repetitions and a chart: tools/bench/compare.sh (docs/bench.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . tools/deps.sh
 keel_install_missing
 
-seconds=${KEEL_DEMO_SECONDS:-2}
+seconds=${KEEL_DEMO_SECONDS:-1}
+reps=${KEEL_DEMO_REPS:-5}
+[[ $reps =~ ^[1-9][0-9]*$ ]] || { echo "demo.sh: KEEL_DEMO_REPS '$reps' is not a count" >&2; exit 2; }
+# shellcheck source=bench/parity.sh
+. tools/bench/parity.sh
 echo "== building (Release) in build-release/"
 cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release -DKEEL_TESTS=OFF -DKEEL_WERROR=OFF >build-release.log 2>&1 ||
 	{ cat build-release.log; exit 1; }
@@ -94,71 +99,93 @@ wait_listen() { # port
 	return 1
 }
 field() { sed -n "s/^ *\"$2\": *\([^,]*\),\{0,1\}$/\1/p" "$1" | head -n 1; }
-drive() { # name policy port
+drive() { # name policy port rep
 	local mode
 	for mode in pingpong throughput; do
 		if ! "$bin/keel-bench" "$mode" --client epoll --size 64 --inflight $([ $mode = pingpong ] && echo 1 || echo 64) \
 			--port "$3" --addr 127.0.0.1 --server-pid "$server" --cpuset "$cli" --seconds "$seconds" \
-			--json >"$tmp/$1-$2-$mode.json" 2>"$tmp/$1-$2-$mode.err"; then
+			--warmup 0.3 --json >"$tmp/$1-$2-$mode-$4.json" 2>"$tmp/$1-$2-$mode-$4.err"; then
 			echo "demo.sh: keel-bench $mode against the $1 server ($2) failed:" >&2
-			cat "$tmp/$1-$2-$mode.json" "$tmp/$1-$2-$mode.err" >&2
+			cat "$tmp/$1-$2-$mode-$4.json" "$tmp/$1-$2-$mode-$4.err" >&2
 			exit 1
 		fi
 	done
 }
-
-echo
-echo "== TCP echo on 127.0.0.1: $shards server shard(s) on CPU $srv_list, ONE client program for both servers"
-echo "   (keel-bench --client epoll) on CPU $cli$cli_note, ${seconds}s per measurement; connections"
-echo "   placed on shards by hash, as the epoll server's SO_REUSEPORT group places them"
-# Both servers' sleeps gather alike: keel-echo's default window (or KEEL_WAIT_COALESCE_US),
-# the same for the epoll server, under the same adaptive policy.
-gather=${KEEL_WAIT_COALESCE_US:-10}
-for pol in block spin; do
-	poll=0
-	[ $pol = spin ] && poll=50
+# One server of one policy for one repetition: start it, drive it, stop it.
+serve() { # name policy rep
+	local poll=0 port
+	[ "$2" = spin ] && poll=50
 	port=$(free_port)
-	echo "   [$pol] keel server: keel-echo --port $port --steer hash --idle-poll-us $poll ${map[*]:---cpuset $srv_list}"
-	if [ ${#map[@]} -gt 0 ]; then
-		"$bin/keel-echo" --port "$port" --addr 127.0.0.1 --log-level warn --steer hash \
-			--idle-poll-us "$poll" "${map[@]}" >"$tmp/server.log" 2>&1 &
+	if [ "$1" = keel ]; then
+		[ "$3" -eq 1 ] && echo "   [$2] keel server: keel-echo --port P --steer hash --idle-poll-us $poll ${map[*]:---cpuset $srv_list}"
+		if [ ${#map[@]} -gt 0 ]; then
+			"$bin/keel-echo" --port "$port" --addr 127.0.0.1 --log-level warn --steer hash \
+				--idle-poll-us "$poll" "${map[@]}" >"$tmp/server.log" 2>&1 &
+		else
+			"$bin/keel-echo" --port "$port" --addr 127.0.0.1 --log-level warn --steer hash \
+				--idle-poll-us "$poll" --shards "$shards" --cpuset "$srv_list" >"$tmp/server.log" 2>&1 &
+		fi
 	else
-		"$bin/keel-echo" --port "$port" --addr 127.0.0.1 --log-level warn --steer hash \
-			--idle-poll-us "$poll" --shards "$shards" --cpuset "$srv_list" >"$tmp/server.log" 2>&1 &
+		[ "$3" -eq 1 ] && echo "   [$2] epoll server: keel-bench serve --backend epoll --shards $shards --cpuset $srv_list --busy-poll-us $poll --gather-us $egather ${efixed[*]}"
+		"$bin/keel-bench" serve --backend epoll --shards "$shards" --cpuset "$srv_list" --busy-poll-us "$poll" \
+			--gather-us "$egather" "${efixed[@]}" --port "$port" --addr 127.0.0.1 >"$tmp/server.log" 2>&1 &
 	fi
 	server=$!
 	wait_listen "$port"
-	drive keel $pol "$port"
+	drive "$1" "$2" "$port" "$3"
 	stop_server
+}
 
-	port=$(free_port)
-	echo "   [$pol] epoll server: keel-bench serve --backend epoll --shards $shards --cpuset $srv_list --busy-poll-us $poll --gather-us $gather"
-	"$bin/keel-bench" serve --backend epoll --shards "$shards" --cpuset "$srv_list" --busy-poll-us "$poll" \
-		--gather-us "$gather" --port "$port" --addr 127.0.0.1 >"$tmp/server.log" 2>&1 &
-	server=$!
-	wait_listen "$port"
-	drive epoll $pol "$port"
-	stop_server
+echo
+echo "== TCP echo on 127.0.0.1: $shards server shard(s) on CPU $srv_list, ONE client program for both servers"
+echo "   (keel-bench --client epoll) on CPU $cli$cli_note; $reps alternating repetitions of ${seconds}s"
+echo "   (+0.3 s warm-up) per server and policy; connections placed on shards by hash, as the epoll"
+echo "   server's SO_REUSEPORT group places them"
+# Both servers' sleeps gather alike (parity.sh): keel-echo's window (KEEL_WAIT_COALESCE_US,
+# default 10) for the epoll server too, or for neither where keel's cannot gather.
+egather=
+epoll_gather_parity "$bin/keel-bench" demo.sh || exit 1
+for pol in block spin; do
+	for rep in $(seq "$reps"); do
+		if [ $((rep % 2)) -eq 1 ]; then order="keel epoll"; else order="epoll keel"; fi
+		for be in $order; do serve "$be" "$pol" "$rep"; done
+	done
 done
 
+# The median (and min-max) of FIELD over the repetitions of one server, policy and mode.
+stat() { # name policy mode field
+	local r
+	for r in $(seq "$reps"); do field "$tmp/$1-$2-$3-$r.json" "$4"; done |
+		sort -g | awk '{ v[NR] = $1 } END {
+			if (NR == 0) { print "0 0 0"; exit }
+			m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+			print m, v[1], v[NR] }'
+}
 row() { # label policy mode field higher-is-better(1|0)
 	local k e
-	k=$(field "$tmp/keel-$2-$3.json" "$4")
-	e=$(field "$tmp/epoll-$2-$3.json" "$4")
+	k=$(stat keel "$2" "$3" "$4")
+	e=$(stat epoll "$2" "$3" "$4")
 	awk -v l="$1" -v k="$k" -v e="$e" -v h="$5" 'BEGIN {
-		r = h ? (e > 0 ? k / e : 0) : (k > 0 ? e / k : 0)
-		if (k >= 1000) printf "  %-40s %12.0f %12.0f %7.2fx\n", l, k, e, r
-		else printf "  %-40s %12.2f %12.2f %7.2fx\n", l, k, e, r }'
+		split(k, a, " "); split(e, b, " ")
+		r = h ? (b[1] > 0 ? a[1] / b[1] : 0) : (a[1] > 0 ? b[1] / a[1] : 0)
+		f = a[1] >= 1000 ? "%.0f" : "%.2f"
+		ks = sprintf(f " (" f "-" f ")", a[1], a[2], a[3])
+		es = sprintf(f " (" f "-" f ")", b[1], b[2], b[3])
+		printf "  %-38s %26s %26s %6.2fx\n", l, ks, es, r }'
 }
 for pol in block spin; do
 	echo
 	if [ $pol = block ]; then
 		echo "policy BLOCK: both servers sleep in the kernel when idle (keel --idle-poll-us 0, epoll --busy-poll-us 0;"
-		echo "  both servers' sleeps may gather arrivals for $gather us, adaptive: keel --wait-coalesce-us, epoll --gather-us)"
+		if [ "$egather" != 0 ]; then
+			echo "  both servers' sleeps may gather arrivals for $egather us, adaptive: keel --wait-coalesce-us, epoll --gather-us)"
+		else
+			echo "  neither server's sleeps gather arrivals: keel's cannot here, so the epoll server's do not)"
+		fi
 	else
 		echo "policy SPIN: both servers poll 50 us before sleeping (keel --idle-poll-us 50, epoll --busy-poll-us 50)"
 	fi
-	printf '  %-40s %12s %12s %8s\n' "" keel epoll ratio
+	printf '  %-38s %26s %26s %7s\n' "median (min-max)" keel epoll ratio
 	row "pingpong 64 B round trips/s" $pol pingpong msgs_per_sec 1
 	row "pingpong p50 (us)" $pol pingpong lat_p50_us 0
 	row "pingpong p99 (us)" $pol pingpong lat_p99_us 0
@@ -168,15 +195,22 @@ for pol in block spin; do
 	row "throughput server CPU ns/msg (window)" $pol throughput server_cpu_ns_per_msg 0
 	for be in keel epoll; do
 		for mode in pingpong throughput; do
-			[ "$(field "$tmp/$be-$pol-$mode.json" client_bound)" = true ] &&
-				echo "  note: $mode against $be was CLIENT-BOUND (the client used its core): compare the server CPU per message there"
-			[ "$(field "$tmp/$be-$pol-$mode.json" cpu_sample_late)" = true ] &&
-				echo "  note: $mode against $be: the CPU sampler woke late (a loaded machine): its server CPU figure is over a shifted interval"
+			nb=0 nl=0
+			for rep in $(seq "$reps"); do
+				[ "$(field "$tmp/$be-$pol-$mode-$rep.json" client_bound)" = true ] && nb=$((nb + 1))
+				[ "$(field "$tmp/$be-$pol-$mode-$rep.json" cpu_sample_late)" = true ] && nl=$((nl + 1))
+			done
+			[ $nb -gt 0 ] &&
+				echo "  note: $mode against $be was CLIENT-BOUND in $nb of $reps runs (the client used its core): compare the server CPU per message there"
+			[ $nl -gt 0 ] &&
+				echo "  note: $mode against $be: the CPU sampler woke late in $nl of $reps runs (a loaded machine): those server CPU figures are over a shifted interval"
 		done
 	done
 done
-echo "(ratio > 1: keel is better; latency and CPU ratios are epoll/keel; one run each, same client;"
-echo " server CPU is the server process's CPU over the measured window only)"
+echo "(ratio > 1: keel is better; latency and CPU ratios are epoll/keel, of the medians; the same client;"
+echo " server CPU is the server process's CPU over the measured window only; a ratio within the"
+echo " two servers' min-max spread is noise on a shared machine: tools/bench/compare.sh gives a"
+echo " rank-sum test per row)"
 
 echo
 echo "== cross-shard messages: keel vs a lock-free SPSC ring + eventfd (1 s per measurement)"

@@ -57,6 +57,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 # shellcheck source=serve_port.sh
 . "$root/tools/bench/serve_port.sh"
+# shellcheck source=parity.sh
+. "$root/tools/bench/parity.sh"
 cmdline="tools/bench/compare.sh $*"
 
 quick=0 reps=5 secs=3 warmup=1 rows_arg= policies=block,spin spin=50 client=epoll egather= cpoll=0 net=lo
@@ -169,13 +171,8 @@ declare -A known=(
 	[udp-tp]="udp:1400:32:1" [udp-tp-gso]="udp:1400:32:1")
 # The epoll server sleeps as keel's does unless told otherwise: the same window, adaptive
 # or fixed alike (a sleep policy one server has and the other not would favour it).
-[ -n "$egather" ] || egather=${KEEL_WAIT_COALESCE_US:-10}
-[[ $egather =~ ^[0-9]+$ ]] || { echo "compare.sh: --epoll-gather-us: '$egather' is not a number of us" >&2; exit 2; }
-efixed=()
-if [ "$egather" != 0 ] && [ -n "${KEEL_WAIT_COALESCE_FIXED:-}" ] &&
-	! [[ ${KEEL_WAIT_COALESCE_FIXED,,} =~ ^(0|false|no|off)$ ]]; then
-	efixed=(--gather-fixed)
-fi
+[ -z "$egather" ] || [[ $egather =~ ^[0-9]+$ ]] ||
+	{ echo "compare.sh: --epoll-gather-us: '$egather' is not a number of us" >&2; exit 2; }
 [ -n "$rows_arg" ] || rows_arg=pp1,pp16,pp256,pp1000,tp64,tp4k,st64k,st1m,udp-pp,udp-tp,udp-tp-gso
 rows=() # name mode size inflight conns
 IFS=, read -ra names <<<"$rows_arg"
@@ -214,25 +211,8 @@ if [ -n "${KEEL_IDLE_POLL_ADAPTIVE:-}" ] && ! [[ ${KEEL_IDLE_POLL_ADAPTIVE,,} =~
 		"so the spin rows would not compare like with like; unset it" >&2
 	exit 2
 fi
-# Gathering: what keel's runtime decides here, not the option (it needs Linux 6.12's
-# IORING_FEAT_MIN_TIMEOUT); where keel's sleeps cannot gather, the epoll server's do not.
-if [ "$egather" != 0 ]; then
-	kban=$("$kb" serve --backend keel --seconds 0.1 --no-pin 2>&1) || true
-	kban=${kban%%$'\n'*}
-	if [[ $kban != *"sleeps gather"* && $kban != *"sleeps do not gather"* ]]; then
-		# Without the answer the two servers' gathering could differ unseen.
-		echo "compare.sh: could not read whether keel's sleeps gather here from" \
-			"'$kb serve': $kban" >&2
-		exit 1
-	fi
-	if [[ $kban == *"sleeps do not gather"* ]]; then
-		why=${kban##*min_wait: }
-		echo "compare.sh: keel's sleeps do not gather here (${why%)});" \
-			"the epoll server's will not either (--epoll-gather-us 0)" >&2
-		egather=0
-		efixed=()
-	fi
-fi
+# Gathering: what keel's runtime decides here, not the option (parity.sh).
+epoll_gather_parity "$kb" compare.sh || exit 1
 have_gnuplot=0
 command -v gnuplot >/dev/null && have_gnuplot=1
 [ $plot -eq 0 ] || [ $have_gnuplot -eq 1 ] ||
@@ -545,7 +525,7 @@ END {
 awk -F'\t' -v OFS='\t' -f "$root/tools/bench/ranksum.awk" -f <(printf '%s\n' "$summary_prog") "$tsv" >"$sum"
 
 # compare.md
-cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo) # no SIGPIPE under pipefail
 [ -n "$cpu" ] || cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1)
 md=$out/compare.md
 client_desc="keel-bench MODE --client $client --port P --server-pid PID"
@@ -569,13 +549,20 @@ client_desc="keel-bench MODE --client $client --port P --server-pid PID"
 		echo "- network: loopback; the sender's CPU runs the receiver's receive processing (the client's CPU the server's)"
 	fi
 	echo "- policies: **block** = keel \`--idle-poll-us 0\`, epoll \`--busy-poll-us 0\`; **spin** = both $spin us of polling before blocking"
+	# keel's runtime reads KEEL_* variables (its options' defaults): any set changed the keel
+	# server alone, so they are part of the setup.
+	kenv=$(env | grep '^KEEL_' | sort | tr '\n' ' ' || true)
+	echo "- KEEL_* environment (read by keel's server only): ${kenv:-none}"
 	if [ ${#eudp[@]} -gt 0 ]; then
 		echo "- UDP sends: keel batches datagrams to one destination with UDP_SEGMENT (udp_gso_segs, docs/net.md); so does the epoll server (--udp-gso)"
 	else
 		echo "- UDP sends: keel batches datagrams to one destination with UDP_SEGMENT (udp_gso_segs, docs/net.md); the epoll server uses sendmmsg, a datagram per message (--epoll-udp-gso: UDP_SEGMENT too), except in rows named *-gso, where it batches with UDP_SEGMENT as keel does"
 	fi
-	gather=$(sed -n 's/^keel-bench serve: keel .*, sleeps \(gather .*\)$/\1/p' "$runs"/*-keel-1.log 2>/dev/null | head -1)
-	egath=$(sed -n 's/^keel-bench serve: epoll .*, sleeps \(gather .*\)$/\1/p' "$runs"/*-epoll-1.log 2>/dev/null | head -1)
+	# One server only (--servers) leaves the other's glob unmatched: nothing, not an exit.
+	gather=$(awk '/^keel-bench serve: keel .*, sleeps gather / { sub(/^.*, sleeps /, ""); print; exit }' \
+		"$runs"/*-keel-1.log 2>/dev/null || true)
+	egath=$(awk '/^keel-bench serve: epoll .*, sleeps gather / { sub(/^.*, sleeps /, ""); print; exit }' \
+		"$runs"/*-epoll-1.log 2>/dev/null || true)
 	echo "- keel's sleeps: ${gather:-end at the first completion} (--wait-coalesce-us, architecture.md step 8); the epoll server's: ${egath:-end at the first event} (keel-bench serve --gather-us, the same policy)"
 	echo "- $reps alternating repetitions of ${secs} s (+${warmup} s warm-up) per row, policy and server; median (min-max)"
 	[ "$reps" -ge 5 ] ||
@@ -589,8 +576,9 @@ client_desc="keel-bench MODE --client $client --port P --server-pid PID"
 	echo "  ran while the server slept (charged to the idle task), so it does not favour the server that sleeps more"
 	echo "- keel/epoll: median of the per-repetition ratios (min-max); > 1: keel's server moved more (for the server"
 	echo "  CPU per message: > 1, keel's server spent more)"
-	echo "- **client-bound**: the client used >= 0.9 of its cores in total, or one client thread >= 0.9 of its core, in some repetition; there the throughput"
-	echo "  compares the client, and the server CPU per message is the figure that counts"
+	echo "- **client-bound**: the client used >= 0.9 of its cores in total, or one client thread >= 0.9 of its core, or the client's CPUs were"
+	echo "  >= 0.9 busy (/proc/stat: softirqs included), in some repetition; there the throughput"
+	echo "  compares the client, and the server CPU per message is the figure that counts (its rate verdict says \"rate moot\")"
 	echo "- p50/p99: round-trip latency in µs (loaded latency with many in flight)"
 	echo "- shown (p): whether keel's repetitions differ from epoll's by more than their spread explains, for the"
 	echo "  rate and for server CPU per message: the exact two-sided Wilcoxon rank-sum test (tools/bench/ranksum.awk),"
@@ -629,6 +617,8 @@ END {
 			if (K[19] > 0 || E[19] > 0) flags = flags "lost " (K[19] + 0) " / " (E[19] + 0) "; "
 			sub(/; $/, "", flags)
 			sh = ranksum_shown(K[24], K[10], E[10], K[25], K[15], E[15])
+			# A rate lead where the client held either server back belongs to the client.
+			if (K[18] > 0 || E[18] > 0) sh = "rate moot (client-bound): " sh
 			shb = ranksum_verdict(K[26], K[23], E[23], "dearer", "cheaper")
 			if (shb != "-") sh = sh "; CPUs busy: " shb
 			printf "| %s | %s | %s | %s | %s | %s | %s | %s (%s-%s) | %s (%s-%s) | %s (%s-%s) | %s / %s | %s / %s | %s (%s-%s) / %s (%s-%s); %s (%s-%s) | %s / %s | %s / %s | %s / %s | %s | %s |\n", \

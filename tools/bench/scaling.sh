@@ -24,12 +24,17 @@
 #                       keel's, so both servers sleep alike; 0: the epoll server never)
 #     --allow-shared    when no CPU is left for the client (S >= N), run it on all CPUs
 #                       (marked "shared" in the table; for trying the script on a small box)
+#     --client-from C   the client on CPUs C..N-1 at every shard count (every S <= C): the
+#                       client's capacity then stays the same as S grows, where the default
+#                       gives it fewer CPUs at more shards (4 of 16 at 12: client-bound rows)
+#     --max-seconds T   stop before a shard count whose runs would end past T seconds (the
+#                       estimate below), and report the counts done (a device's time limit)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cmdline="tools/bench/scaling.sh $*"
 
 bin=$root/build-release/bin shards_list=1,2,4,8,12 ncpu=$(nproc) reps=5 secs=1 warmup=0.3
-out=scaling-results policies=block,spin client=epoll shared=0 egather=()
+out=scaling-results policies=block,spin client=epoll shared=0 egather=() cfrom= maxs=
 rows='pp64:pingpong:64:1:32*{S},tp64:throughput:64:64:4*{S}'
 usage() { sed -n '/^#   tools\/bench\/scaling.sh \[options\]/,/^set -e/{/^#/s/^# \{0,1\}//p}' "$0"; }
 while [ $# -gt 0 ]; do
@@ -46,30 +51,57 @@ while [ $# -gt 0 ]; do
 	--rows) rows=${2:?}; shift ;;
 	--epoll-gather-us) egather=(--epoll-gather-us "${2:?}"); shift ;;
 	--allow-shared) shared=1 ;;
+	--client-from) cfrom=${2:?}; shift ;;
+	--max-seconds) maxs=${2:?}; shift ;;
 	-h | --help) usage; exit 0 ;;
 	*) echo "scaling.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
 	esac
 	shift
 done
 [[ $ncpu =~ ^[1-9][0-9]*$ ]] || { echo "scaling.sh: --cpus must be a positive integer" >&2; exit 2; }
+[ -z "$cfrom" ] || [[ $cfrom =~ ^[1-9][0-9]*$ && $cfrom -lt $ncpu ]] ||
+	{ echo "scaling.sh: --client-from must be a CPU number from 1 to $((ncpu - 1))" >&2; exit 2; }
+[ -z "$maxs" ] || [[ $maxs =~ ^[1-9][0-9]*$ ]] || { echo "scaling.sh: --max-seconds must be a positive integer" >&2; exit 2; }
 [ -x "$bin/keel-bench" ] || { echo "scaling.sh: no keel-bench in $bin (build first, or --bin DIR)" >&2; exit 1; }
 IFS=, read -ra S <<<"$shards_list"
 for s in "${S[@]}"; do
 	[[ $s =~ ^[1-9][0-9]*$ ]] || { echo "scaling.sh: --shards: '$s' is not a positive integer" >&2; exit 2; }
+	if [ -n "$cfrom" ] && [ "$s" -gt "$cfrom" ]; then
+		echo "scaling.sh: $s shards reach into the client's CPUs $cfrom-$((ncpu - 1)) (--client-from)" >&2
+		exit 2
+	fi
 	if [ "$s" -ge "$ncpu" ] && [ $shared -eq 0 ]; then
 		echo "scaling.sh: $s shards leave no CPU of $ncpu for the client (fewer shards, --cpus, or --allow-shared)" >&2
 		exit 2
 	fi
 done
 mkdir -p "$out"
-t0=$(date +%s)
-for s in "${S[@]}"; do
-	srv="0-$((s - 1))"
-	if [ "$s" -lt "$ncpu" ]; then
-		cli="$s-$((ncpu - 1))"
+# The client's CPUs at S shards.
+client_cpus() {
+	if [ -n "$cfrom" ]; then
+		echo "$cfrom-$((ncpu - 1))"
+	elif [ "$1" -lt "$ncpu" ]; then
+		echo "$1-$((ncpu - 1))"
 	else
-		cli="0-$((ncpu - 1))"
+		echo "0-$((ncpu - 1)) (shared)"
 	fi
+}
+# Seconds one shard count takes: its runs, each the window, the warm-up and about 0.6 s of
+# starting and stopping (measured on the 2-CPU machines: 1 s windows took 1.9 s a run).
+IFS=, read -ra rr <<<"$rows"
+IFS=, read -ra pp <<<"$policies"
+per_s=$(awk -v n=$((${#rr[@]} * ${#pp[@]} * 2 * reps)) -v w="$secs" -v u="$warmup" 'BEGIN { printf "%d", n * (w + u + 0.6) + 0.5 }')
+echo "scaling.sh: ${#S[@]} shard counts, about $per_s s each, $((per_s * ${#S[@]})) s in all${maxs:+ (--max-seconds $maxs)}"
+t0=$(date +%s)
+done_s=()
+for s in "${S[@]}"; do
+	if [ -n "$maxs" ] && [ $(($(date +%s) - t0 + per_s)) -gt "$maxs" ]; then
+		echo "scaling.sh: stopping before $s shard(s): its runs would end past --max-seconds $maxs" >&2
+		break
+	fi
+	srv="0-$((s - 1))"
+	cli=$(client_cpus "$s")
+	cli=${cli% (shared)}
 	allow=()
 	[ "$s" -lt "$ncpu" ] || allow=(--allow-shared) # the client on all CPUs (--allow-shared)
 	r=${rows//\{S\}/$s}
@@ -89,25 +121,33 @@ for s in "${S[@]}"; do
 		tail -n 30 "$out/shards-$s.log" >&2
 		exit 1
 	}
+	done_s+=("$s")
 done
+echo "scaling.sh: $(($(date +%s) - t0)) s"
+[ ${#done_s[@]} -gt 0 ] || { echo "scaling.sh: no shard count fit in --max-seconds $maxs" >&2; exit 1; }
+S=("${done_s[@]}")
 
 tsv=$out/scaling.tsv
 {
 	head -n 1 "$out/shards-${S[0]}/summary.tsv" | sed 's/^/shards\tclient_cpus\t/'
 	for s in "${S[@]}"; do
-		if [ "$s" -lt "$ncpu" ]; then c="$s-$((ncpu - 1))"; else c="0-$((ncpu - 1)) (shared)"; fi
+		c=$(client_cpus "$s")
 		tail -n +2 "$out/shards-$s/summary.tsv" | sed "s/^/$s\t$c\t/"
 	done
 } >"$tsv"
 
 md=$out/scaling.md
-cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo) # no SIGPIPE under pipefail
 {
 	echo "# Shard scaling: keel vs epoll servers, one $client client"
 	echo
 	echo "- machine: $(nproc) CPUs (using $ncpu), ${cpu:-unknown CPU}, Linux $(uname -r)"
 	echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'); command: \`$cmdline\`"
-	echo "- S shards on CPUs 0..S-1 (keel: hash steering, as the epoll server's SO_REUSEPORT group), the client on the other CPUs with one thread per CPU (at most one per connection)"
+	if [ -n "$cfrom" ]; then
+		echo "- S shards on CPUs 0..S-1 (keel: hash steering, as the epoll server's SO_REUSEPORT group), the client on CPUs $cfrom-$((ncpu - 1)) at every S (--client-from), one thread per CPU (at most one per connection)"
+	else
+		echo "- S shards on CPUs 0..S-1 (keel: hash steering, as the epoll server's SO_REUSEPORT group), the client on the other CPUs with one thread per CPU (at most one per connection)"
+	fi
 	echo "- $reps alternating repetitions of ${secs} s (+${warmup} s warm-up); median (min-max); method: docs/bench.md"
 	echo "- policies: block = keel --idle-poll-us 0 / epoll --busy-poll-us 0; spin = both 50 us"
 	sed -n 's/^- keel.s sleeps: /- sleeps: keel: /p' "$out/shards-${S[0]}/compare.md" | head -n 1
