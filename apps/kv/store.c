@@ -1045,14 +1045,16 @@ cmd_getex(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *o
 			return;
 		}
 	}
-	if (expv && !expiry_opt_at(expo, expv, now, "getex", out, &at))
-		return;
+	/* As Redis 7: the expiry's value is judged only for a key that exists (a missing one
+	 * answers nil whatever it is); the options' syntax above, always. */
 	e = lookup(db, &argv[1], &pp);
 	atomic_fetch_add_explicit(e ? &db->st->hits : &db->st->misses, 1, memory_order_relaxed);
 	if (!e) {
 		rb_nil(out);
 		return;
 	}
+	if (expv && !expiry_opt_at(expo, expv, now, "getex", out, &at))
+		return;
 	rb_bulk(out, e->data + e->klen, e->vlen);
 	if (expv && at <= now)
 		unlink_ent(db, pp);

@@ -639,7 +639,8 @@ more_commands_start(void *app)
 }
 
 /* GETEX, as Redis 7: the value, then the expiry set, removed (PERSIST) or, for a time past,
- * the key deleted; mixed options are a syntax error, a repeated one takes the last. */
+ * the key deleted; mixed options are a syntax error, a repeated one takes the last; a bad
+ * expiry value is an error only for a key that exists. */
 static void
 getex_start(void *app)
 {
@@ -665,6 +666,10 @@ getex_start(void *app)
 		  "-ERR value is not an integer or out of range\r\n" },
 		{ 2, { "TTL", "g" }, ":-1\r\n" },
 		{ 4, { "GETEX", "nope", "EX", "10" }, "$-1\r\n" },
+		/* a missing key: nil whatever the expiry's value (redis-server 7.0 answers so) */
+		{ 4, { "GETEX", "nope", "EX", "0" }, "$-1\r\n" },
+		{ 4, { "GETEX", "nope", "PX", "x" }, "$-1\r\n" },
+		{ 5, { "GETEX", "nope", "EX", "10", "PERSIST" }, "-ERR syntax error\r\n" },
 		{ 4, { "GETEX", "g", "PXAT", "1" }, "$1\r\nv\r\n" }, /* in the past: deleted */
 		{ 2, { "EXISTS", "g" }, ":0\r\n" },
 	};
