@@ -624,11 +624,14 @@ client_cpuset(const struct opts *o, const struct bench_cfg *c, struct keel_cpuse
 	for (unsigned i = 0; i < c->threads; i++) {
 		unsigned cpu = (unsigned)bench_cpu_for(c, c->client_cpu0 + i);
 
-		if (o->has_server_cpus && keel_cpuset_has(&o->server_cpus, cpu))
-			return;
+		bool shared = o->has_server_cpus && keel_cpuset_has(&o->server_cpus, cpu);
+
 		for (unsigned j = 0; !o->has_port && j < c->shards; j++)
-			if (cpu == (unsigned)bench_cpu_for(c, j))
-				return;
+			shared |= cpu == (unsigned)bench_cpu_for(c, j);
+		if (shared) {
+			*n = 0;
+			return;
+		}
 		if (!keel_cpuset_has(set, cpu)) {
 			keel_cpuset_add(set, cpu);
 			(*n)++;
