@@ -15,7 +15,10 @@
  * kernel finished first); requests still waiting in the FIFO are never issued: the first
  * completion after the stop began runs their callbacks with -ECANCELED (a FIFO is never
  * non-empty without a request in the ring, so that completion comes, but when its head
- * found no SQE: then the loop pumps it every pass, keel__file_retry). A close is the
+ * found no SQE: then the loop pumps it every pass, keel__file_retry, and the shard is not
+ * quiescent). The requests of stop hooks, and those their callbacks make, are the exception
+ * that drains: issued after the stop's cancel, they run to completion (keel__file_stop_hooks,
+ * files.drain; stop_progress cancels nothing more meanwhile). A close is the
  * exception: its handle is cleared already, so one cancelled or still waiting is made on the
  * spot (close_now) and reports that, once no request in the ring names its descriptor (it
  * is held until then, at stop as while running: close_check). New requests are
@@ -98,14 +101,17 @@ begin(struct keel_shard *s, struct keel_file_req *req, keel_file_fn cb, int kind
 	if (!req || !cb)
 		return refuse(s, -EINVAL, "disk request without %s",
 			      req ? "a callback" : "a request");
-	/* A close is taken while stopping too: it ends on the ring, or (cancelled) on the
-	 * spot, so a descriptor whose last request was cancelled can still be closed. */
-	if (s->phase != PHASE_RUN && !s->files.drain &&
-	    !(kind == K_CLOSE && s->phase == PHASE_STOP))
+	/* Made by a stop hook, or by the callback of a request a hook made (its chain): run
+	 * to completion. Any other is refused once the stop has begun, but a close, which
+	 * ends on the ring or (cancelled) on the spot, so a descriptor whose last request was
+	 * cancelled can still be closed. */
+	bool drain = s->files.hooks || s->files.drain_cb;
+
+	if (s->phase != PHASE_RUN && !drain && !(kind == K_CLOSE && s->phase == PHASE_STOP))
 		return refuse(s, -ESHUTDOWN,
 			      "disk request refused: the runtime is stopping (shard %u)", s->id);
 	memset(req, 0, sizeof(*req));
-	req->drain_ = s->files.hooks || s->files.drain;
+	req->drain_ = drain;
 	req->cb_ = cb;
 	req->kind_ = (uint8_t)kind;
 	req->fd_ = -1;
@@ -302,7 +308,9 @@ complete(struct keel_shard *s, struct keel_file_req *req, int res)
 		s->files.st.errors++;
 	if (res == -ECANCELED)
 		s->files.st.cancelled++;
+	s->files.drain_cb += drain;
 	req->cb_(req, res, req->arg_);
+	s->files.drain_cb -= drain;
 	/* After the callback, which may have made the next request of a chain (a write, then
 	 * its sync): the last one lets the stop cancel again (stop_progress). */
 	if (drain && --s->files.ndrain == 0)
@@ -445,6 +453,7 @@ issue(struct keel_shard *s, struct keel_file_req *req)
 	if (req->kind_ != K_OPEN && req->kind_ != K_STATX && req->kind_ != K_CLOSE)
 		sqe->flags |= req->sqe_flags_ & IOSQE_FIXED_FILE;
 	io_uring_sqe_set_data(sqe, &req->op_);
+	s->files.nosqe_logged = false; /* the next time none is had is said again */
 	KEEL__FAULTS_SQE(sqe);
 	s->inflight++;
 	s->binds++;
@@ -557,11 +566,12 @@ wait_for_sqe(struct keel_shard *s, struct keel_file_req *req)
 		s->files.tail = req;
 	if (++s->files.st.waiting > s->files.st.waiting_max)
 		s->files.st.waiting_max = s->files.st.waiting;
-	if (!s->files.nosqe)
+	if (!s->files.nosqe_logged)
 		keel_log(KEEL_LOG_WARN, "core",
-			 "shard %u: no SQE for a disk %s; it waits, tried again every pass", s->id,
-			 kind_name(req->kind_));
-	s->files.nosqe = true;
+			 "shard %u: no SQE for a disk %s; it waits, tried again every pass (said "
+			 "once until one is had)",
+			 s->id, kind_name(req->kind_));
+	s->files.nosqe = s->files.nosqe_logged = true;
 	s->internal_retry = true;
 }
 
@@ -713,8 +723,13 @@ keel__file_stop_hooks(struct keel_shard *s, bool running)
 	/* The stop's cancel is queued (or nothing was in the ring): what the hooks made goes
 	 * in after it, the requests made before the stop that still wait are cancelled. */
 	s->files.drain = s->files.ndrain != 0;
-	if (s->files.drain)
+	if (s->files.drain && s->cancel_retry) {
+		/* The cancel found no SQE: they wait for it (keel__internal_retry). */
+		s->files.nosqe = true;
+		s->internal_retry = true;
+	} else if (s->files.drain) {
 		pump(s);
+	}
 }
 
 /* Admit a prepared request: issue it now, or queue it behind the ones waiting. On an error

@@ -183,6 +183,7 @@ struct keel_shard {
 	uint64_t wake_fail_logged_ns;
 	struct internal_op cancel_op;
 	bool internal_retry; /* an internal read waits to be armed again */
+	bool cancel_retry;   /* the stop's cancel found no SQE: made again next pass */
 
 	/* Foreign requests: a mutex-protected list, checked without the lock each pass. */
 	pthread_mutex_t xlock;
@@ -221,11 +222,13 @@ struct keel_shard {
 		struct keel_file_req *head, *tail;
 		struct keel_file_req *live, *held;
 		struct keel_file_stats st;
-		bool nosqe;      /* the FIFO's head found no SQE: keel__file_retry each pass */
-		bool hooks;      /* stop hooks run: their requests wait for the stop's cancel */
-		bool drain;      /* stopping: requests of the hooks (and of their callbacks) run
-				  * to completion; the others are cancelled */
-		uint32_t ndrain; /* those requests, not yet completed */
+		bool nosqe;        /* the FIFO's head found no SQE: keel__file_retry each pass */
+		bool nosqe_logged; /* ... said, until a request is issued again */
+		bool hooks;        /* stop hooks run: their requests wait for the stop's cancel */
+		bool drain;        /* stopping: requests of the hooks (and of their callbacks) run
+				    * to completion; the others are cancelled */
+		uint32_t ndrain;   /* those requests, not yet completed */
+		uint32_t drain_cb; /* the callback of such a request runs: what it makes is one */
 		uint64_t err_logged_ns;
 		char last_err[384];
 	} files;

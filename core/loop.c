@@ -261,6 +261,8 @@ keel__internal_read(struct keel_shard *s, struct internal_op *iop, int fd, void 
 	keel__internal_arm(s, iop, sqe);
 }
 
+static void submit_cancel_all(struct keel_shard *s);
+
 void
 keel__internal_retry(struct keel_shard *s)
 {
@@ -270,7 +272,9 @@ keel__internal_retry(struct keel_shard *s)
 	for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
 		if (ops[i]->retry && !ops[i]->armed)
 			keel__internal_read(s, ops[i], ops[i]->fd, ops[i]->buf, ops[i]->len);
-	if (s->files.nosqe)
+	if (s->cancel_retry)
+		submit_cancel_all(s);
+	if (s->files.nosqe && !s->cancel_retry)
 		keel__file_retry(s);
 }
 
@@ -630,8 +634,14 @@ submit_cancel_all(struct keel_shard *s)
 	if (s->cancel_op.armed)
 		return;
 	sqe = keel__sqe_internal(s);
-	if (!sqe)
+	if (!sqe) {
+		/* The ring's submit failed (logged): the next pass tries again, before the disk
+		 * requests a stop hook made are issued (they must go in after the cancel). */
+		s->cancel_retry = true;
+		s->internal_retry = true;
 		return;
+	}
+	s->cancel_retry = false;
 	io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
 	keel__internal_arm(s, &s->cancel_op, sqe);
 	s->cancel_mark = s->binds;
@@ -681,8 +691,11 @@ static bool
 stop_progress(struct keel_shard *s)
 {
 	uint64_t s1, r1, s2, r2;
+	/* A disk request waiting in the FIFO for an SQE (file.c, wait_for_sqe) is work too:
+	 * nothing in the ring may be left to bring it in. */
 	bool q = s->inflight == s->internal_inflight && !s->ovf_pending && !s->ndirty &&
-		 !s->defer_next.n && !atomic_load(&s->xpending);
+		 !s->defer_next.n && !atomic_load(&s->xpending) && !s->files.head &&
+		 !s->cancel_retry;
 
 	/* Foreign requests close under their lock as the shard first finds itself quiescent:
 	 * a keel_runtime_submit that passed its stopping check just before the stop, and

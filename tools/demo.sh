@@ -103,7 +103,7 @@ drive() { # name policy port rep
 	local mode
 	for mode in pingpong throughput; do
 		if ! "$bin/keel-bench" "$mode" --client epoll --size 64 --inflight $([ $mode = pingpong ] && echo 1 || echo 64) \
-			--port "$3" --addr 127.0.0.1 --server-pid "$server" --cpuset "$cli" --seconds "$seconds" \
+			--port "$3" --addr 127.0.0.1 --server-pid "$server" --server-cpus "$srv_list" --cpuset "$cli" --seconds "$seconds" \
 			--warmup 0.3 --json >"$tmp/$1-$2-$mode-$4.json" 2>"$tmp/$1-$2-$mode-$4.err"; then
 			echo "demo.sh: keel-bench $mode against the $1 server ($2) failed:" >&2
 			cat "$tmp/$1-$2-$mode-$4.json" "$tmp/$1-$2-$mode-$4.err" >&2

@@ -789,6 +789,69 @@ Test(core_file, a_stop_hooks_write_and_sync_complete, .fini = rm_tmp)
 	close(hw.pipefd[1]);
 }
 
+/* Only a hook's requests and their chains drain: a chain of reads the shard was running
+ * when the stop began (each callback makes the next read) is refused at its next read even
+ * while a hook's write drains. Before, every request made during the drain was taken as
+ * one of the hook's, and the chain kept the drain, and the stop, going for ever. */
+#define CHAIN_CAP 1000
+
+static struct {
+	struct keel_file_req rd, w;
+	struct keel_file f;
+	char buf[1];
+	bool stopping;
+	int after, refused_r, w_res;
+} ch2;
+
+static void
+ch2_read_cb(struct keel_file_req *req, int res, void *arg)
+{
+	int r;
+
+	if (ch2.stopping && ++ch2.after > CHAIN_CAP)
+		return; /* the chain would go on for ever: the test fails below */
+	r = keel_file_read(&ch2.rd, &ch2.f, ch2.buf, 1, 0, ch2_read_cb, NULL);
+	if (r < 0)
+		ch2.refused_r = r;
+}
+
+static void
+ch2_write_cb(struct keel_file_req *req, int res, void *arg)
+{
+	ch2.w_res = res;
+}
+
+static void
+ch2_hook(void *arg)
+{
+	ch2.stopping = true;
+	SHARD_CHECK_EQ(keel_file_write(&ch2.w, &ch2.f, "h", 1, 0, ch2_write_cb, NULL), 0);
+}
+
+static void
+ch2_start(void *app)
+{
+	SHARD_CHECK_EQ(keel_shard_on_stop(ch2_hook, NULL), 0);
+	SHARD_CHECK_EQ(keel_file_read(&ch2.rd, &ch2.f, ch2.buf, 1, 0, ch2_read_cb, NULL), 0);
+	keel_stop(0);
+}
+
+Test(core_file, a_chain_running_at_the_stop_does_not_join_the_hooks_drain, .fini = rm_tmp)
+{
+	struct keel_opts o = test_opts(1);
+	int fd = make_tmp();
+
+	cr_assert_eq(write(fd, "x", 1), 1);
+	cr_assert_eq(keel_file_from_fd(fd, &ch2.f), 0);
+	ch2.refused_r = 0;
+	cr_assert_eq(keel_run(&o, ch2_start, NULL), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_leq(ch2.after, 1, "%d reads of the chain ran after the stop began", ch2.after);
+	cr_assert_eq(ch2.refused_r, -ESHUTDOWN, "the chain's next read: %d", ch2.refused_r);
+	cr_assert_eq(ch2.w_res, 1, "the hook's write: %d", ch2.w_res);
+	close(fd);
+}
+
 /* A close made while stopping (in the callback of a read the stop cancelled) is taken and
  * closes the descriptor: no file is left open that nothing can close any more. */
 static struct {

@@ -482,6 +482,55 @@ Test(faults_sqe, a_disk_request_that_found_no_sqe_waits_and_is_issued)
 	cr_assert_eq(t.stop_res, -ECANCELED, "%d", t.stop_res);
 }
 
+/* A stop hook's write that finds no SQE waits and is issued on a later pass of the stop:
+ * the shard does not end with it still waiting (its callback never run). */
+static struct {
+	struct keel_file_req w;
+	struct keel_file f;
+	int res, calls;
+} hn;
+
+static void
+hn_cb(struct keel_file_req *req, int res, void *arg)
+{
+	hn.res = res;
+	hn.calls++;
+}
+
+static void
+hn_hook(void *arg)
+{
+	atomic_store(&keel__fault_sqe_none, 3);
+	SHARD_CHECK_EQ(keel_file_write(&hn.w, &hn.f, "hook!", 5, 0, hn_cb, NULL), 0);
+}
+
+static void
+hn_start(void *arg)
+{
+	SHARD_CHECK_EQ(keel_shard_on_stop(hn_hook, NULL), 0);
+	keel_stop(0);
+}
+
+Test(faults_sqe, a_stop_hooks_write_that_found_no_sqe_still_completes)
+{
+	struct keel_opts o = net_test_opts(1);
+	char path[] = "hooknosqe.XXXXXX", back[8] = { 0 };
+	int fd = mkstemp(path), r;
+
+	cr_assert_geq(fd, 0, "mkstemp: %s", strerror(errno));
+	cr_assert_eq(keel_file_from_fd(fd, &hn.f), 0);
+	r = keel_run(&o, hn_start, NULL);
+	atomic_store(&keel__fault_sqe_none, 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
+	cr_assert_eq(hn.calls, 1, "the hook's write's callback ran %d times", hn.calls);
+	cr_assert_eq(hn.res, 5, "the hook's write: %d", hn.res);
+	cr_assert_eq(pread(fd, back, 5, 0), 5);
+	cr_assert_str_eq(back, "hook!");
+	close(fd);
+	unlink(path);
+}
+
 /* UDP: the receive's re-arm, or keel_udp_close's cancel of it, finds no SQE. */
 static struct {
 	_Atomic uint16_t port;

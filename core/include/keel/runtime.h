@@ -128,8 +128,10 @@ KEEL_API int keel_defer(keel_fn fn, void *arg);
 /**
  * Register @fn(@arg) to run on this shard when the runtime begins to stop (before its
  * in-flight operations are cancelled). Disk requests (keel/file.h) a hook makes, and those
- * their callbacks make, run to completion before that cancel (docs/file.md, "Stop and
- * cancellation"): a hook may write and sync. Hooks run in registration order, once. One
+ * their callbacks make, go into the ring after that cancel and run to completion, the stop
+ * waiting for them (docs/file.md, "Stop and cancellation"): a hook may write and sync. A
+ * hook registered once the stop has begun runs as deferred work and cannot make disk
+ * requests (-ESHUTDOWN). Hooks run in registration order, once. One
  * registered by a hook runs after the hooks registered before it; one registered once the
  * stop has begun (from a callback run while stopping) runs as deferred work (keel_defer).
  * Returns: 0, or -ENOMEM.
