@@ -61,6 +61,19 @@ Test(core_hash, keel_hash_is_siphash_1_3_under_its_key)
 	cr_assert_neq(keel_hash(&k, s, 8), keel__siphash(k.k, s, 8, 2, 4));
 }
 
+/* SipHash-1-3 values from an implementation that is not keel's: CPython 3.11 hashes bytes
+ * with it (sys.hash_info.algorithm 'siphash13'), under a zero key with PYTHONHASHSEED=0:
+ * PYTHONHASHSEED=0 python3 -c 'print(hex(hash(b"abc") & 0xffffffffffffffff))' */
+Test(core_hash, keel_hash_matches_an_independent_siphash_1_3)
+{
+	struct keel_hash_key zero = { { 0, 0 } };
+
+	cr_assert_eq(keel_hash(&zero, "abc", 3), 0xc03bc3a0042630f2ull, "%016llx",
+		     (unsigned long long)keel_hash(&zero, "abc", 3));
+	cr_assert_eq(keel_hash(&zero, "hello world, keel", 17), 0x7f2f55303230e2a6ull, "%016llx",
+		     (unsigned long long)keel_hash(&zero, "hello world, keel", 17));
+}
+
 /* Two keys drawn are different (2^-128 odds of a false failure), and change the hash. */
 Test(core_hash, random_keys_differ_and_change_the_hash)
 {

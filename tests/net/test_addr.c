@@ -212,9 +212,10 @@ Test(net_addr, listener_without_addresses_answers_enodata)
 	accepted_case_opts("127.0.0.1", "direct_fd=off", true);
 }
 
+/* direct_fd=on: the connection must be a direct descriptor (auto could fall back). */
 Test(net_addr, accepted_ipv4_direct_descriptor)
 {
-	accepted_case("127.0.0.1", "direct_fd=auto");
+	accepted_case("127.0.0.1", "direct_fd=on");
 }
 
 Test(net_addr, accepted_ipv4_plain_descriptor)
@@ -224,7 +225,7 @@ Test(net_addr, accepted_ipv4_plain_descriptor)
 
 Test(net_addr, accepted_ipv6_direct_descriptor)
 {
-	accepted_case("::1", "direct_fd=auto");
+	accepted_case("::1", "direct_fd=on");
 }
 
 Test(net_addr, accepted_ipv6_plain_descriptor)

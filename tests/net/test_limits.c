@@ -540,6 +540,18 @@ Test(net_limits, sweep_period_follows_the_shortest_timeout_left)
 	cr_assert_eq(cli_read_all(talker, &b, 1), 0);
 	quick = cli_connect(keel_listener_port(t.shortl));
 	cr_assert_geq(quick, 0);
+	/* While its header is pending the sweep runs at a quarter of 2 s: seen through the
+	 * long listener's connection, asked until the shard has accepted the silent one. */
+	for (uint64_t t0 = test_now_ms();
+	     atomic_load(&sweep_seen) != KEEL_MS(500) && test_now_ms() - t0 < 1500;) {
+		cr_assert_eq(cli_write_all(keep, &b, 1), 0);
+		cr_assert_eq(cli_read_all(keep, &b, 1), 0);
+		if (atomic_load(&sweep_seen) != KEEL_MS(500))
+			usleep(5000);
+	}
+	cr_assert_eq(atomic_load(&sweep_seen), KEEL_MS(500),
+		     "the sweep ran at %llu ns while a 2 s header timeout was pending",
+		     (unsigned long long)atomic_load(&sweep_seen));
 	expect_closed(quick, "the silent connection with a 2 s header timeout");
 	WAIT_FOR(atomic_load(&lim_hdr) == 1, "one header timeout counted (%llu)",
 		 (unsigned long long)atomic_load(&lim_hdr));

@@ -188,9 +188,10 @@ accepted_case(const char *feature)
 	check_steps();
 }
 
+/* direct_fd=on: the connection must be a direct descriptor (auto could fall back). */
 Test(net_sockopt, direct_descriptor_through_the_ring)
 {
-	accepted_case("direct_fd=auto");
+	accepted_case("direct_fd=on");
 }
 
 Test(net_sockopt, plain_descriptor)

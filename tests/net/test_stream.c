@@ -65,6 +65,45 @@ sum64(const uint8_t *p, size_t n)
 
 /* Full duplex: write 16 streams while reading the echo back, comparing every byte with
  * what was sent and a sum of the bytes at both ends. */
+/* The shards' network counters summed, once every connection has closed (so that the direct
+ * descriptors' releases are counted). */
+static void
+integrity_stats(struct srv *s, struct keel_net_stats *sum)
+{
+	struct keel_net_stats st[2];
+
+	WAIT_FOR(srv_net_stats(s, 0, &st[0]) == 0 && srv_net_stats(s, 1, &st[1]) == 0 &&
+			 st[0].conns_open + st[1].conns_open == 0,
+		 "the server's connections closed");
+	memset(sum, 0, sizeof(*sum));
+	sum->sends_zc = st[0].sends_zc + st[1].sends_zc;
+	sum->fd_closes_ring = st[0].fd_closes_ring + st[1].fd_closes_ring;
+	sum->recv_cqes = st[0].recv_cqes + st[1].recv_cqes;
+	sum->recv_bufs = st[0].recv_bufs + st[1].recv_bufs;
+}
+
+/* The feature under test was in use, or not, as asked: the stream alone would pass with it
+ * silently off (or on). */
+static void
+integrity_feature_used(struct srv *s, const char *feature, enum keel_policy p)
+{
+	struct keel_net_stats st;
+	bool on = p != KEEL_POLICY_OFF;
+
+	integrity_stats(s, &st);
+	if (!feature || !strcmp(feature, "direct_fd"))
+		cr_assert_eq(st.fd_closes_ring > 0, on,
+			     "direct_fd %s: %llu releases through the ring", on ? "auto" : "off",
+			     (unsigned long long)st.fd_closes_ring);
+	if (feature && !strcmp(feature, "send_zc"))
+		cr_assert_eq(st.sends_zc > 0, on, "send_zc %s: %llu zero-copy sends",
+			     keel_policy_name(p), (unsigned long long)st.sends_zc);
+	if (feature && !strcmp(feature, "recv_bundle"))
+		cr_assert_eq(st.recv_bufs, st.recv_cqes,
+			     "recv_bundle off: %llu buffers in %llu receive completions",
+			     (unsigned long long)st.recv_bufs, (unsigned long long)st.recv_cqes);
+}
+
 static void
 integrity_polling(const char *feature, enum keel_policy p, uint32_t zc_threshold,
 		  unsigned idle_poll_us)
@@ -155,6 +194,7 @@ integrity_polling(const char *feature, enum keel_policy p, uint32_t zc_threshold
 		cr_assert_eq(sent[i], total);
 		close(fds[i]);
 	}
+	integrity_feature_used(&s, feature, p);
 	cr_assert_eq(srv_stop(&s), 0);
 }
 

@@ -149,6 +149,14 @@ Test(net_unix, send_zc_on_leaves_a_unix_connection_on_plain_sends)
 	close(fd);
 	WAIT_FOR(atomic_load(&sv.closes) == 1, "on_close");
 	cr_assert_eq(atomic_load(&sv.close_errors), 0, "the connection closed with an error");
+	{
+		struct keel_net_stats st;
+
+		cr_assert_eq(rt_net_stats(rt, 0, &st), 0);
+		cr_assert_eq(st.sends_zc, 0, "%llu SEND_ZC tried on a Unix socket",
+			     (unsigned long long)st.sends_zc);
+		cr_assert_gt(st.sends, 0);
+	}
 	keel_runtime_stop(rt, 0);
 	cr_assert_eq(keel_runtime_join(rt), 0);
 	keel_runtime_destroy(rt);

@@ -176,6 +176,12 @@ mixed_case(bool zc)
 	read_to_eof_and_check(fd, stream_len());
 	close(fd);
 	WAIT_FOR(atomic_load(&s.closes) == 1, "the server's on_close");
+	if (zc) {
+		struct keel_net_stats st;
+
+		cr_assert_eq(srv_net_stats(&s, 0, &st), 0);
+		cr_assert_gt(st.sends_zc, 0, "no send went out with SEND_ZC");
+	}
 	cr_assert_eq(srv_stop(&s), 0);
 	SHARD_CHECKS_PASSED();
 	cr_assert_eq(atomic_load(&after_close_ok), 1);

@@ -689,6 +689,46 @@ Test(kv_store, getex_replies_as_redis_7)
 	run_with_stats(getex_start);
 }
 
+/* Lazy expiry: a key read after its deadline is gone (nil, not its value) and counted in
+ * expired_lazy, with no sweep run at all (this table has none: only the server's tick
+ * sweeps). */
+static void
+lazy_start(void *app)
+{
+	struct kv_stats *st = app;
+	struct rbuf out = { 0 };
+	static const struct cmd_step set[] = {
+		{ 5, { "SET", "soon", "v", "PX", "1" }, "+OK\r\n" },
+		{ 3, { "SET", "later", "w" }, "+OK\r\n" },
+	};
+	static const struct cmd_step after[] = {
+		{ 2, { "GET", "soon" }, "$-1\r\n" },
+		{ 2, { "GET", "later" }, "$1\r\nw\r\n" },
+		{ 2, { "EXISTS", "soon" }, ":0\r\n" },
+	};
+	int64_t t0;
+
+	if (!SHARD_CHECK_EQ(kv_db_init(&db, app), 0)) {
+		keel_stop(-EIO);
+		return;
+	}
+	run_steps(&out, set, sizeof(set) / sizeof(set[0]));
+	t0 = kv_now_ms();
+	while (kv_now_ms() < t0 + 3) /* past the deadline, on this thread: no sweep between */
+		usleep(1000);
+	run_steps(&out, after, sizeof(after) / sizeof(after[0]));
+	SHARD_CHECK_EQ(atomic_load(&st->expired_lazy), 1, "the GET found it expired");
+	SHARD_CHECK_EQ(atomic_load(&st->expired_swept), 0);
+	rb_free(&out);
+	kv_db_fini(&db);
+	keel_stop(0);
+}
+
+Test(kv_store, a_key_read_after_its_deadline_expires_lazily)
+{
+	run_with_stats(lazy_start);
+}
+
 /* INCRBYFLOAT, as Redis 7 (its documentation's examples and its test suite's cases): the
  * sum of long doubles, written with 17 decimals and the trailing zeros cut; a value or an
  * increment that is not all a float (spaces, a NUL inside, NaN) is refused, as is a result
