@@ -57,6 +57,7 @@ static struct {
 	struct rule rules[MAX_RULES];
 } cfg;
 static _Atomic int cfg_set; /* a test set a spec: the environment is not read */
+static bool env_read;       /* the spec came from KEEL_FAULTS: reported at join */
 
 static _Thread_local uint64_t rng;
 static _Thread_local unsigned rng_gen;
@@ -242,7 +243,27 @@ keel__faults_env(void)
 	if (atomic_load(&cfg_set) || !v)
 		return 0;
 	keel_log(KEEL_LOG_WARN, "faults", "KEEL_FAULTS=%s: injecting faults (a test build)", v);
+	env_read = true;
 	return keel_faults_set(v);
+}
+
+void
+keel__faults_env_report(void)
+{
+	if (!env_read)
+		return;
+	/* One line per rule, so that a test driving a server process (keel-kv) can tell
+	 * whether each rule was met at all: "rule 2 recv:ENOBUFS: 14 injected of 310". */
+	for (unsigned i = 0; i < cfg.nrules; i++) {
+		const struct rule *r = &cfg.rules[i];
+		const char *act = r->act == ACT_SHORT ? "short" : strerrorname_np(r->act);
+
+		keel_log(KEEL_LOG_WARN, "faults",
+			 "KEEL_FAULTS rule %u %s:%s: %llu injected of %llu", i + 1,
+			 class_names[r->cls], act ? act : "?",
+			 (unsigned long long)atomic_load(&r->injected),
+			 (unsigned long long)atomic_load(&r->seen));
+	}
 }
 
 uint64_t

@@ -343,6 +343,8 @@ bool keel__fault_sqe_take(void);
 void keel__faults_sqe(struct io_uring_sqe *sqe);
 bool keel__faults_alloc(void);
 int keel__faults_env(void);
+/* When KEEL_FAULTS set the rules: log each rule's injected and eligible counts (at join). */
+void keel__faults_env_report(void);
 #define KEEL__FAULTS_SQE(sqe) keel__faults_sqe(sqe)
 #define KEEL__FAULTS_ALLOC()  keel__faults_alloc()
 #else

@@ -602,6 +602,9 @@ keel_runtime_join(struct keel_runtime *rt)
 	}
 	if (rt->opts.stats)
 		keel_runtime_stats_print(rt, stderr);
+#ifdef KEEL_FAULTS
+	keel__faults_env_report();
+#endif
 	return rt->start_err ? rt->start_err : stop_status(rt);
 }
 

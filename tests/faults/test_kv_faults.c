@@ -268,6 +268,69 @@ kv_start(struct proc *p, const char *faults)
 	unsetenv("KEEL_FAULTS");
 }
 
+/* As kv_start, with keel-kv's log kept in a new file (its name into @log) and @extra (one
+ * option and its value, or NULL) on its command line. */
+static void
+kv_start_logged(struct proc *p, const char *faults, char *log, size_t loglen, const char *opt,
+		const char *val)
+{
+	int fd;
+
+	snprintf(log, loglen, "/tmp/keel-kvfaults.XXXXXX");
+	fd = mkstemp(log);
+	cr_assert_geq(fd, 0, "mkstemp: %s", strerror(errno));
+	close(fd);
+	setenv("KEEL_FAULTS", faults, 1);
+	setenv("KEEL_TEST_SERVER_LOG", log, 1);
+	proc_start(p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "2",
+		   "--idle-poll-us", "0", opt, val, NULL);
+	unsetenv("KEEL_TEST_SERVER_LOG");
+	unsetenv("KEEL_FAULTS");
+}
+
+/* After proc_stop: each of the @n rules of KEEL_FAULTS was met, from the lines keel logs
+ * at join ("KEEL_FAULTS rule I CLASS:ACT: N injected of M"); a rule that never fired
+ * would leave its case untested while the test passed. Removes @log. */
+static void
+rules_all_fired(const char *log, unsigned n)
+{
+	uint64_t dl = test_deadline(TEST_WAIT_MS);
+	unsigned long long inj[16] = { 0 };
+	unsigned seen;
+	char line[512];
+
+	cr_assert_leq(n, 16);
+	do { /* the drain process writes the last lines after the server exits */
+		FILE *f = fopen(log, "r");
+
+		seen = 0;
+		memset(inj, 0, sizeof(inj));
+		while (f && fgets(line, sizeof(line), f)) {
+			const char *q = strstr(line, "KEEL_FAULTS rule ");
+			unsigned i;
+			unsigned long long k, m;
+
+			if (q &&
+			    sscanf(q, "KEEL_FAULTS rule %u %*s %llu injected of %llu", &i, &k,
+				   &m) == 3 &&
+			    i >= 1 && i <= n) {
+				inj[i - 1] = k;
+				seen |= 1u << (i - 1);
+			}
+		}
+		if (f)
+			fclose(f);
+		if (seen == (1u << n) - 1)
+			break;
+		cr_assert(!test_expired(dl), "keel-kv did not report its %u fault rules", n);
+		test_pause();
+	} while (1);
+	for (unsigned i = 0; i < n; i++)
+		cr_assert_gt(inj[i], 0, "fault rule %u was never injected: its case went untested",
+			     i + 1);
+	unlink(log);
+}
+
 static int
 kv_pairs(void)
 {
@@ -277,14 +340,19 @@ kv_pairs(void)
 TestSuite(faults_kv, .fini = scale_fini, .timeout = 300);
 
 /* Short sends and receives move fewer bytes for real; ENOBUFS leaves data in the socket:
- * no connection may end, every reply is right. */
+ * no connection may end, every reply is right. One-shot receives, without bundles: a
+ * multishot receive is one operation per connection, which the receive rules would meet a
+ * handful of times (0 to 2 in three runs); every rule is checked to have fired. */
 Test(faults_kv, short_io_and_enobufs_keep_every_reply)
 {
 	struct proc p;
+	char log[64];
 
-	kv_start(&p, "send:short:p=0.3,recv:short:p=0.3,recv:ENOBUFS:p=0.05,seed=5");
+	kv_start_logged(&p, "send:short:p=0.3,recv:short:p=0.3,recv:ENOBUFS:p=0.05,seed=5", log,
+			sizeof(log), "--feature", "multishot_recv=off,recv_bundle=off");
 	cr_assert_eq(kv_round(p.port, 0, kv_pairs()), 0, "no connection may end early");
 	proc_stop(&p);
+	rules_all_fired(log, 3);
 }
 
 /* Errors mid-stream (resets, broken pipes, a failed accept) close the connections they
@@ -314,9 +382,12 @@ Test(faults_kv, failed_msg_ring_wakeups_lose_no_reply)
 {
 	struct proc p;
 
-	kv_start(&p, "msgring:ECANCELED:p=0.3,seed=21");
+	char log[64];
+
+	kv_start_logged(&p, "msgring:ECANCELED:p=0.3,seed=21", log, sizeof(log), NULL, NULL);
 	cr_assert_eq(kv_round(p.port, 0, kv_pairs()), 0, "no connection may end early");
 	proc_stop(&p);
+	rules_all_fired(log, 1);
 }
 
 /* The allocation rule of the two tests below, and keel-kv (2 shards) started under it with
