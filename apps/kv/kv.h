@@ -49,6 +49,7 @@ struct kv_stats {
 	_Atomic uint64_t conns, conns_total, proto_errors, timeouts;
 	_Atomic uint64_t hits, misses;
 	_Atomic uint64_t input_holds;      /* receives whose parsing stopped at the reply limits */
+	_Atomic uint64_t replies_orphaned; /* replies from another shard for a closed client */
 	_Atomic uint64_t args_bytes;       /* argument arrays held by connections and the shard */
 	_Atomic uint64_t lazyfree_pending; /* keys FLUSHALL ASYNC set aside, not yet freed */
 };

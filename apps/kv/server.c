@@ -609,6 +609,7 @@ pend_part_done(struct pend *p, unsigned part, struct rbuf *rep)
 	}
 	p->done = true;
 	if (!p->kc) {
+		stat_add(&kv_stats[self()].replies_orphaned, 1);
 		pend_free(p); /* its connection is gone */
 		return;
 	}
@@ -1236,7 +1237,8 @@ info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
 			LINE("shard%u:keys=%llu,expires=%llu,used_memory=%llu,commands=%llu,"
 			     "forwarded_out=%llu,forwarded_in=%llu,fanouts=%llu,clients=%llu,"
 			     "expired_lazy=%llu,expired_swept=%llu,proto_errors=%llu,"
-			     "timeouts=%llu,input_holds=%llu,args_bytes=%llu\r\n",
+			     "timeouts=%llu,input_holds=%llu,args_bytes=%llu,"
+			     "replies_orphaned=%llu\r\n",
 			     i, (unsigned long long)LD(keys), (unsigned long long)LD(expires),
 			     (unsigned long long)LD(used_memory), (unsigned long long)LD(commands),
 			     (unsigned long long)LD(forwarded_out),
@@ -1245,7 +1247,8 @@ info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
 			     (unsigned long long)LD(expired_swept),
 			     (unsigned long long)LD(proto_errors), (unsigned long long)LD(timeouts),
 			     (unsigned long long)LD(input_holds),
-			     (unsigned long long)LD(args_bytes));
+			     (unsigned long long)LD(args_bytes),
+			     (unsigned long long)LD(replies_orphaned));
 		LINE("\r\n");
 	}
 #undef LD
