@@ -158,6 +158,28 @@ rq_room(struct keel_conn *c, uint32_t want)
 	return 0;
 }
 
+/* Slice @s is of a receive ring running low (keel__pbuf_pressed) and is to be held for
+ * as long as a peer takes to read (a send queue, a paused connection's held reads): replace
+ * it with a copy in the shard's allocator memory (--memory) and give the ring its buffer
+ * back. A few peers that never read could otherwise hold every receive buffer of the shard,
+ * and no connection of it could receive again. Left as it is when no memory can be had. */
+static void
+unring(struct keel_conn *c, struct keel_slice *s)
+{
+	struct net_shard *ns = c->ns;
+	struct keel_slice copy;
+
+	if (!keel__pbuf_pressed(&ns->tcp, s->data) && !keel__pbuf_pressed(&ns->bulk, s->data))
+		return;
+	if (keel_buf_alloc(keel_shard_alloc(), s->len, &copy) < 0)
+		return;
+	memcpy(copy.data, s->data, s->len);
+	copy.len = s->len;
+	keel_slice_put(s);
+	*s = copy;
+	ns->st.recv_copies++;
+}
+
 /* Hold @n slices for delivery after resume. Consumes them, also on failure (-ENOMEM). */
 static int
 rq_hold(struct keel_conn *c, struct keel_slice *s, unsigned n)
@@ -174,6 +196,8 @@ rq_hold(struct keel_conn *c, struct keel_slice *s, unsigned n)
 			keel_slice_put(&s[i]);
 		return -ENOMEM;
 	}
+	for (unsigned i = 0; i < n; i++)
+		unring(c, &s[i]);
 	memcpy(c->rq + c->rqn, s, n * sizeof(*s));
 	c->rqn += n;
 	c->ns->st.reads_held += n;
@@ -1129,6 +1153,7 @@ keel_conn_send(struct keel_conn *c, struct keel_slice *s)
 		return -ENOBUFS;
 	if (q_reserve(c, 1) < 0)
 		return -ENOMEM;
+	unring(c, s);
 	*q_at(c, c->qn) = *s;
 	c->qn++;
 	c->wopen = false;

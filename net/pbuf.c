@@ -115,6 +115,17 @@ buf_release(void *data, uint32_t cap, void *arg)
 }
 
 bool
+keel__pbuf_pressed(const struct pbuf_ring *r, const void *p)
+{
+	const struct keel_slice *area;
+
+	/* A quarter of the buffers at least stays for the receives of every connection. */
+	/* Held buffers only: out less those the ring holds for the kernel (incremental). */
+	return r->nareas && r->out - r->nkref > r->nbufs - r->nbufs / 4 &&
+	       keel__pbuf_owns(r, p, &area);
+}
+
+bool
 keel__pbuf_owns(const struct pbuf_ring *r, const void *p, const struct keel_slice **area)
 {
 	const uint8_t *b = p;

@@ -1010,3 +1010,67 @@ Test(net_conn, shutdown_before_the_connect_completes_reaches_the_peer)
 {
 	early_run(true);
 }
+
+/* Peers that never read, on an echo that sends back the received slices: their send queues
+ * (up to the high watermark each) and a paused connection's held reads took the receive
+ * ring's buffers, as many as there were (16 here: one peer's queue is the whole ring), and
+ * then no connection of the shard could receive again. Slices held while the ring runs low
+ * are copied out of it (recv_copies), so another client is still served. */
+Test(net_conn, peers_that_never_read_do_not_take_every_receive_buffer)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct keel_net_stats st;
+	static uint8_t out[4u << 20];
+	char b[5];
+	int hog[2], probe;
+	struct srv s;
+
+	keel_net_config_init(&nc);
+	nc.buf_count = 16;
+	nc.buf_size = 4096;
+	nc.bulk_buf_size = 0; /* the one ring: 64 KiB in all */
+	nc.high_watermark = 64u << 10;
+	nc.low_watermark = 16u << 10;
+	cr_assert_eq(srv_start(&s, &o, &nc, NULL), 0);
+	for (int h = 0; h < 2; h++) {
+		size_t sent = 0;
+		int rcv = 4096;
+		uint64_t deadline = test_deadline(TEST_WAIT_MS);
+
+		hog[h] = cli_connect(s.port);
+		cr_assert_geq(hog[h], 0);
+		/* A fixed, small receive window: the echo must wait in the server's queue. */
+		setsockopt(hog[h], SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv));
+		fcntl(hog[h], F_SETFL, O_NONBLOCK);
+		/* Until the server stopped reading this one (its queue above the watermark)
+		 * and its socket buffers are full: the client's writes then block. */
+		for (int blocked = 0; blocked < 20 && sent < sizeof(out);) {
+			ssize_t w = send(hog[h], out + sent, sizeof(out) - sent, MSG_NOSIGNAL);
+
+			if (w > 0) {
+				sent += (size_t)w;
+				blocked = 0;
+				continue;
+			}
+			cr_assert(w < 0 && errno == EAGAIN, "send: %s", strerror(errno));
+			cr_assert(!test_expired(deadline), "the server kept reading for %u ms",
+				  TEST_WAIT_MS);
+			blocked++;
+			usleep(5000);
+		}
+	}
+	probe = cli_connect(s.port);
+	cr_assert_geq(probe, 0);
+	cr_assert_eq(cli_write_all(probe, "hello", 5), 0);
+	cr_assert_eq(cli_read_all(probe, b, 5), 0,
+		     "a new client got no echo: the peers that never read held every receive "
+		     "buffer");
+	cr_assert_eq(memcmp(b, "hello", 5), 0);
+	cr_assert_eq(srv_net_stats(&s, 0, &st), 0);
+	cr_assert_gt(st.recv_copies, 0, "no slice was copied out of the ring");
+	close(probe);
+	close(hog[0]);
+	close(hog[1]);
+	cr_assert_eq(srv_stop(&s), 0);
+}
