@@ -1501,6 +1501,7 @@ close_cb(struct keel_op *op, int res, uint32_t flags)
 			 c->ns->id, c->fd, strerror(-res), r < 0 ? strerror(-r) : "done");
 	} else
 		c->ns->st.fd_closes_ring++;
+	keel__listeners_slot_freed(c->ns); /* only accepted connections are direct */
 	c->nops--;
 	conn_check(c);
 }
@@ -1528,6 +1529,7 @@ fd_release(struct keel_conn *c)
 	}
 	int minus1 = -1;
 	io_uring_register_files_update(keel_shard_ring_get(), (unsigned)c->fd, &minus1, 1);
+	keel__listeners_slot_freed(c->ns); /* only accepted connections are direct */
 }
 
 static void

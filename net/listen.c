@@ -38,7 +38,12 @@ struct keel__lshard {
 	unsigned shard;
 	int fd;
 	bool armed, started, stopping;
-	bool verify_off; /* the kernel refused the ring's getsockopt: no more steering reads */
+	bool verify_off;  /* the kernel refused the ring's getsockopt: no more steering reads */
+	bool parked;      /* not armed: the shard's direct-descriptor table is full of its
+			   * connections (keel__listeners_slot_freed arms it again) */
+	bool cancel_sent; /* cancel_op is in flight: the armed multishot accept (table low) */
+	bool multi;       /* the armed accept is a multishot one */
+	struct keel_op cancel_op;
 	struct keel_timer *backoff;
 	uint64_t errors_logged_ns; /* failures seen, for the rate limit */
 	struct keel__lshard *next;
@@ -533,6 +538,27 @@ drop_accepted(struct keel__lshard *ls, int res, bool direct)
 			 ls->shard, res, strerror(-r));
 }
 
+/* Slots left in the shard's direct-descriptor table (max_files) for accepted connections.
+ * The kernel takes a connection off the backlog and then installs its direct descriptor:
+ * with no slot left (-ENFILE) it closes the connection. So no accept is armed with the
+ * table full (the backlog keeps the connections), and a multishot accept, which takes every
+ * connection queued at once, only while more than ACCEPT_MULTI_ROOM slots are left; below
+ * that, one connection per accept. */
+#define ACCEPT_MULTI_ROOM 64u
+static uint32_t
+slots_left(const struct net_shard *ns)
+{
+	if (!ns->f_direct)
+		return UINT32_MAX;
+	return ns->direct_conns < ns->cfg.max_files ? ns->cfg.max_files - ns->direct_conns : 0;
+}
+
+static bool
+table_full(const struct net_shard *ns)
+{
+	return slots_left(ns) == 0;
+}
+
 static void
 accept_cb(struct keel_op *op, int res, uint32_t flags)
 {
@@ -557,6 +583,9 @@ accept_cb(struct keel_op *op, int res, uint32_t flags)
 				keel__conn_new(ns, res, direct, l->family, true, &l->ops, l->app,
 					       l->has_cfg ? &l->cfg : NULL);
 			if (c) {
+				/* Counted before anything can close it (and release its slot). */
+				if (direct)
+					ns->direct_conns++;
 				STAT_INC(l, ls->shard, accepted);
 				/* Only what the steering compares: cpu steering the incoming
 				 * CPU, queue steering the NAPI id; hash steering has nothing to
@@ -569,6 +598,8 @@ accept_cb(struct keel_op *op, int res, uint32_t flags)
 							      : SO_INCOMING_NAPI_ID);
 				keel__conn_accepted(c, !l->no_addrs,
 						    l->local_known ? &l->local : NULL, l->locallen);
+				if (slots_left(ns) <= ACCEPT_MULTI_ROOM)
+					keel__listeners_table_low(ns);
 			} else {
 				keel_log(KEEL_LOG_WARN, NET_MOD,
 					 "shard %u: no memory for an accepted connection: closed",
@@ -606,7 +637,21 @@ static void
 accept_arm(struct keel__lshard *ls)
 {
 	struct net_shard *ns = ls->ns;
-	struct io_uring_sqe *sqe = keel_sqe_get();
+	struct io_uring_sqe *sqe;
+
+	if (table_full(ns)) {
+		if (!ls->parked)
+			keel_log(KEEL_LOG_WARN, NET_MOD,
+				 "shard %u: its %u connections fill the direct-descriptor table "
+				 "(max_files): accepting waits, new connections queued in the "
+				 "listen backlog, until one closes (raise --max-files)",
+				 ls->shard, ns->direct_conns);
+		ls->parked = true;
+		return;
+	}
+	ls->parked = false;
+	ls->multi = ns->f_ms_accept && slots_left(ns) > ACCEPT_MULTI_ROOM;
+	sqe = keel_sqe_get();
 
 	if (!sqe) {
 		/* The ring could not submit (its error is logged): try again after the pause
@@ -618,13 +663,16 @@ accept_arm(struct keel__lshard *ls)
 		return;
 	}
 	if (ns->f_direct) {
-		if (ns->f_ms_accept)
+		if (ls->multi)
 			io_uring_prep_multishot_accept_direct(sqe, ls->fd, NULL, NULL, 0);
-		else
-			io_uring_prep_accept_direct(sqe, ls->fd, NULL, NULL, 0,
-						    IORING_FILE_INDEX_ALLOC);
+		else {
+			io_uring_prep_accept(sqe, ls->fd, NULL, NULL, 0);
+			/* Not io_uring_prep_accept_direct(): liburing 2.3 stores index + 1, which
+			 * turns IORING_FILE_INDEX_ALLOC (~0U) into 0, a plain accept. */
+			sqe->file_index = IORING_FILE_INDEX_ALLOC;
+		}
 	} else {
-		if (ns->f_ms_accept)
+		if (ls->multi)
 			io_uring_prep_multishot_accept(sqe, ls->fd, NULL, NULL, SOCK_CLOEXEC);
 		else
 			io_uring_prep_accept(sqe, ls->fd, NULL, NULL, SOCK_CLOEXEC);
@@ -681,6 +729,43 @@ keel_listener_start(struct keel_listener *l)
 		r = steer_attach(l); /* logged; accepting all the same serves this socket */
 	accept_arm(ls);
 	return r;
+}
+
+static void
+cancel_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	struct keel__lshard *ls = container_of(op, struct keel__lshard, cancel_op);
+
+	(void)res, (void)flags;
+	ls->cancel_sent = false;
+}
+
+void
+keel__listeners_table_low(struct net_shard *ns)
+{
+	/* A multishot accept stays armed: cancelled, its last completion (-ECANCELED) arms
+	 * a single one in accept_arm, or parks it with the table full. */
+	for (struct keel__lshard *ls = ns->lshards; ls; ls = ls->next) {
+		struct io_uring_sqe *sqe;
+
+		if (!ls->armed || !ls->multi || ls->cancel_sent || ls->stopping ||
+		    !(sqe = keel_sqe_get()))
+			continue;
+		io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)&ls->op, 0);
+		ls->cancel_op.fn = cancel_cb;
+		keel_sqe_bind(sqe, &ls->cancel_op);
+		ls->cancel_sent = true;
+	}
+}
+
+void
+keel__listeners_slot_freed(struct net_shard *ns)
+{
+	net_verify(ns->direct_conns > 0);
+	ns->direct_conns--;
+	for (struct keel__lshard *ls = ns->lshards; ls; ls = ls->next)
+		if (ls->parked && !ls->armed && !ls->stopping)
+			accept_arm(ls);
 }
 
 void

@@ -108,6 +108,7 @@ struct net_shard {
 	bool close_nop_inflight; /* ... through a NOP, when no deferred call could be had */
 	struct keel_op close_nop;
 	struct keel__lshard *lshards; /* listener parts on this shard */
+	uint32_t direct_conns;        /* accepted connections holding a direct descriptor */
 	struct keel_slice *scratch;   /* [the larger ring's nbufs] slices of one completion */
 	struct keel_net_stats st;
 	struct net_zcrx *zcrx;        /* zcrx.c: the shard's ZCRX set-up (NULL until decided) */
@@ -300,6 +301,11 @@ void keel__sqe_sockopt(struct io_uring_sqe *sqe, int fd, bool get, int level, in
 
 /* listen.c */
 void keel__listeners_stop(struct net_shard *ns);
+/* listen.c: the shard's accepted connections nearly fill its direct-descriptor table:
+ * cancel the armed multishot accepts (single ones follow, or none while it is full); one
+ * of them released its slot: arm the parked ones. */
+void keel__listeners_table_low(struct net_shard *ns);
+void keel__listeners_slot_freed(struct net_shard *ns);
 
 /* Which shard a receive queue's connections arrive on, by its NAPI id (queue steering's
  * check): filled by the first connection from each queue, shared by the shards. */

@@ -611,6 +611,51 @@ Test(net_lifetime, direct_descriptors_close_through_the_ring_and_slots_come_back
 	cr_assert_eq(srv_stop(&s), 0);
 }
 
+/* A full direct-descriptor table (max_files 4, four connections open): the next clients
+ * wait in the listen backlog and are served once slots come back. The accept used to take
+ * each of them off the backlog and the kernel closed it (no slot: -ENFILE), so they got
+ * an EOF instead of their echo. */
+Test(net_lifetime, a_full_descriptor_table_leaves_new_connections_in_the_backlog)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct srv s;
+	int first[4], next[4];
+	char b[5];
+
+	if (!keel_caps_get()->sparse_files)
+		cr_skip_test("no sparse file tables (Linux 5.19): no direct descriptors");
+	atomic_store(&dc_closes, 0);
+	net_test_feature(&o, "direct_fd=on");
+	keel_net_config_init(&nc);
+	nc.max_files = 4;
+	cr_assert_eq(srv_start(&s, &o, &nc, &dc_ops), 0);
+	for (int i = 0; i < 4; i++) {
+		first[i] = cli_connect(s.port);
+		cr_assert_geq(first[i], 0);
+		cr_assert_eq(cli_write_all(first[i], "ping", 4), 0);
+		cr_assert_eq(cli_read_all(first[i], b, 4), 0, "connection %d got no echo", i);
+	}
+	/* The table is full: these are queued by the kernel, not accepted. */
+	for (int i = 0; i < 4; i++) {
+		next[i] = cli_connect(s.port);
+		cr_assert_geq(next[i], 0);
+		cr_assert_eq(cli_write_all(next[i], "pong", 4), 0);
+	}
+	for (int i = 0; i < 4; i++)
+		close(first[i]);
+	for (int i = 0; i < 4; i++) {
+		int r = cli_read_all(next[i], b, 4);
+
+		cr_assert_eq(r, 0, "queued connection %d got no echo (%s): it was closed, not kept",
+			     i, strerror(-r));
+		cr_assert_eq(memcmp(b, "pong", 4), 0);
+		close(next[i]);
+	}
+	WAIT_FOR(atomic_load(&dc_closes) == 8, "the eight connections closed");
+	cr_assert_eq(srv_stop(&s), 0);
+}
+
 /* ---- an accepted connection that ends before on_open ends unseen ---- */
 
 /* An accepted connection waits for its addresses (a direct descriptor's are read through
