@@ -29,6 +29,8 @@
 #include "net_internal.h"
 #include "zcrx.h"
 
+#define SEND_BYTES_MAX (1ull << 30)
+
 struct keel_conn {
 	struct net_shard *ns;
 	const struct keel_net_config *cfg; /* the listener's, or the shard's */
@@ -1001,6 +1003,10 @@ send_kick(struct keel_conn *c)
 
 			/* A large slice goes on its own, with SEND_ZC. */
 			if (i > 0 && s->len >= zct)
+				break;
+			/* A send's length is 32 bits (a merged iovec too): 1 GiB a send at most,
+			 * past the first slice (reachable with send_max and shard_send_max 0). */
+			if (i > 0 && offered + len > SEND_BYTES_MAX)
 				break;
 			/* Adjacent bytes of one buffer (consecutive slices of a receive buffer,
 			 * small frames in one write buffer) go as one iovec. */
