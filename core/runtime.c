@@ -436,6 +436,21 @@ err_rt:
 	return r;
 }
 
+/* The signalfd and the eventfds keel_runtime_start makes, closed (and marked so). */
+static void
+close_shard_fds(struct keel_runtime *rt)
+{
+	for (unsigned i = 0; i < rt->count; i++) {
+		struct keel_shard *s = &rt->shards[i];
+
+		if (s->sigfd >= 0)
+			close(s->sigfd);
+		if (s->xefd >= 0)
+			close(s->xefd);
+		s->sigfd = s->xefd = -1;
+	}
+}
+
 int
 keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start, void *app)
 {
@@ -502,16 +517,7 @@ keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start, void *app)
 	atomic_store(&rt->accepting, true);
 	return 0;
 err:
-	/* Nothing started: as before the call (a later start makes these again). */
-	for (unsigned i = 0; i < rt->count; i++) {
-		struct keel_shard *s = &rt->shards[i];
-
-		if (s->sigfd >= 0)
-			close(s->sigfd);
-		if (s->xefd >= 0)
-			close(s->xefd);
-		s->sigfd = s->xefd = -1;
-	}
+	close_shard_fds(rt); /* nothing started: as before the call (a later start makes them) */
 	if (rt->mask_saved) {
 		pthread_sigmask(SIG_SETMASK, &rt->saved_mask, NULL);
 		rt->mask_saved = false;
@@ -617,14 +623,9 @@ keel_runtime_destroy(struct keel_runtime *rt)
 		keel_runtime_stop(rt, 0);
 		keel_runtime_join(rt);
 	}
-	for (unsigned i = 0; i < rt->count; i++) {
-		struct keel_shard *s = &rt->shards[i];
-		if (s->sigfd >= 0)
-			close(s->sigfd);
-		if (s->xefd >= 0)
-			close(s->xefd);
-		pthread_mutex_destroy(&s->xlock);
-	}
+	close_shard_fds(rt);
+	for (unsigned i = 0; i < rt->count; i++)
+		pthread_mutex_destroy(&rt->shards[i].xlock);
 	pthread_mutex_destroy(&rt->start_lock);
 	pthread_cond_destroy(&rt->latch_cond);
 	free(rt->shards);
