@@ -1964,6 +1964,8 @@ keel__conn_unread(struct keel_conn *c, struct keel_slice *s, unsigned n)
 		c->rqhead = n;
 		c->rqn = n + held;
 	}
+	for (unsigned i = 0; i < n; i++)
+		unring(c, &s[i]); /* a framer's held frames, as rq_hold's */
 	c->rqhead -= n;
 	memcpy(c->rq + c->rqhead, s, n * sizeof(*s));
 	c->ns->st.reads_held += n;

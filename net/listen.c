@@ -538,25 +538,40 @@ drop_accepted(struct keel__lshard *ls, int res, bool direct)
 			 ls->shard, res, strerror(-r));
 }
 
-/* Slots left in the shard's direct-descriptor table (max_files) for accepted connections.
- * The kernel takes a connection off the backlog and then installs its direct descriptor:
- * with no slot left (-ENFILE) it closes the connection. So no accept is armed with the
- * table full (the backlog keeps the connections), and a multishot accept, which takes every
- * connection queued at once, only while more than ACCEPT_MULTI_ROOM slots are left; below
- * that, one connection per accept. */
-#define ACCEPT_MULTI_ROOM 64u
+/* Slots left in the shard's direct-descriptor table (max_files) for accepted connections,
+ * less the single accepts in flight (each may take one). The kernel takes a connection off
+ * the backlog and then installs its direct descriptor: with no slot left (-ENFILE) it
+ * closes the connection. So no accept is armed without a slot for it (the backlog keeps the
+ * connections), and a multishot accept, which takes every connection queued at once, only
+ * while more than ACCEPT_MULTI_ROOM slots are left; below that, one connection per accept.
+ * A burst of more queued connections than that, arriving just then, can still outrun the
+ * slots (the multishot cannot be told to stop in time): each one over is closed, counted in
+ * accept_errors. The application's own direct descriptors (keel_file_openat with
+ * KEEL_FILE_OPEN_DIRECT_DESC) share the table unseen here: a table they fill also makes an
+ * accept fail with ENFILE. */
+#define ACCEPT_MULTI_ROOM 256u
 static uint32_t
 slots_left(const struct net_shard *ns)
 {
+	uint32_t used = ns->direct_conns + ns->accepts_single;
+
 	if (!ns->f_direct)
 		return UINT32_MAX;
-	return ns->direct_conns < ns->cfg.max_files ? ns->cfg.max_files - ns->direct_conns : 0;
+	return used < ns->cfg.max_files ? ns->cfg.max_files - used : 0;
 }
 
 static bool
 table_full(const struct net_shard *ns)
 {
 	return slots_left(ns) == 0;
+}
+
+/* Room for a multishot accept, which may take every queued connection in one go. */
+static bool
+multi_room(const struct keel__lshard *ls, const struct net_shard *ns)
+{
+	(void)ls;
+	return slots_left(ns) > ACCEPT_MULTI_ROOM;
 }
 
 static void
@@ -567,8 +582,13 @@ accept_cb(struct keel_op *op, int res, uint32_t flags)
 	struct net_shard *ns = ls->ns;
 	bool direct = ns->f_direct;
 
-	if (!(flags & IORING_CQE_F_MORE))
+	if (!(flags & IORING_CQE_F_MORE)) {
 		ls->armed = false;
+		if (!ls->multi && direct) {
+			net_verify(ns->accepts_single > 0);
+			ns->accepts_single--;
+		}
+	}
 	if (res >= 0) {
 		bool over = !ls->stopping && l->max_conns && ns->st.conns_open >= l->max_conns;
 
@@ -598,7 +618,7 @@ accept_cb(struct keel_op *op, int res, uint32_t flags)
 							      : SO_INCOMING_NAPI_ID);
 				keel__conn_accepted(c, !l->no_addrs,
 						    l->local_known ? &l->local : NULL, l->locallen);
-				if (slots_left(ns) <= ACCEPT_MULTI_ROOM)
+				if (ls->multi && !multi_room(ls, ns))
 					keel__listeners_table_low(ns);
 			} else {
 				keel_log(KEEL_LOG_WARN, NET_MOD,
@@ -621,6 +641,8 @@ accept_cb(struct keel_op *op, int res, uint32_t flags)
 					 : "");
 		}
 		if (!ls->stopping && !ls->armed) {
+			/* A slot freed meanwhile arms it again before the back-off ends. */
+			ls->parked = res == -ENFILE && direct;
 			keel_timer_start(ls->backoff, lcfg(l, ns)->accept_backoff_ns, 0);
 			return;
 		}
@@ -639,18 +661,24 @@ accept_arm(struct keel__lshard *ls)
 	struct net_shard *ns = ls->ns;
 	struct io_uring_sqe *sqe;
 
+	if (ls->armed)
+		return;
 	if (table_full(ns)) {
-		if (!ls->parked)
+		/* Said once until the table has room for a multishot accept again. */
+		if (!ns->table_full_said)
 			keel_log(KEEL_LOG_WARN, NET_MOD,
 				 "shard %u: its %u connections fill the direct-descriptor table "
 				 "(max_files): accepting waits, new connections queued in the "
 				 "listen backlog, until one closes (raise --max-files)",
 				 ls->shard, ns->direct_conns);
+		ns->table_full_said = true;
 		ls->parked = true;
 		return;
 	}
 	ls->parked = false;
-	ls->multi = ns->f_ms_accept && slots_left(ns) > ACCEPT_MULTI_ROOM;
+	ls->multi = ns->f_ms_accept && multi_room(ls, ns);
+	if (ls->multi)
+		ns->table_full_said = false;
 	sqe = keel_sqe_get();
 
 	if (!sqe) {
@@ -679,6 +707,8 @@ accept_arm(struct keel__lshard *ls)
 	}
 	keel_sqe_bind(sqe, &ls->op);
 	ls->armed = true;
+	if (!ls->multi && ns->f_direct)
+		ns->accepts_single++;
 }
 
 int
@@ -748,8 +778,8 @@ keel__listeners_table_low(struct net_shard *ns)
 	for (struct keel__lshard *ls = ns->lshards; ls; ls = ls->next) {
 		struct io_uring_sqe *sqe;
 
-		if (!ls->armed || !ls->multi || ls->cancel_sent || ls->stopping ||
-		    !(sqe = keel_sqe_get()))
+		if (!ls->armed || !ls->multi || multi_room(ls, ns) || ls->cancel_sent ||
+		    ls->stopping || !(sqe = keel_sqe_get()))
 			continue;
 		io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)&ls->op, 0);
 		ls->cancel_op.fn = cancel_cb;
@@ -763,7 +793,8 @@ keel__listeners_slot_freed(struct net_shard *ns)
 {
 	net_verify(ns->direct_conns > 0);
 	ns->direct_conns--;
-	for (struct keel__lshard *ls = ns->lshards; ls; ls = ls->next)
+	/* One accept a free slot (accept_arm parks the rest again). */
+	for (struct keel__lshard *ls = ns->lshards; ls && !table_full(ns); ls = ls->next)
 		if (ls->parked && !ls->armed && !ls->stopping)
 			accept_arm(ls);
 }

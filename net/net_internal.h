@@ -109,6 +109,8 @@ struct net_shard {
 	struct keel_op close_nop;
 	struct keel__lshard *lshards; /* listener parts on this shard */
 	uint32_t direct_conns;        /* accepted connections holding a direct descriptor */
+	uint32_t accepts_single;      /* single direct accepts in flight (a slot each) */
+	bool table_full_said;         /* the full table was logged (listen.c) */
 	struct keel_slice *scratch;   /* [the larger ring's nbufs] slices of one completion */
 	struct keel_net_stats st;
 	struct net_zcrx *zcrx;        /* zcrx.c: the shard's ZCRX set-up (NULL until decided) */

@@ -1277,6 +1277,84 @@ Test(net_frame, frames_after_a_pause_in_the_callback_wait_for_the_resume)
 	e2e_stop(&e);
 }
 
+/* Framed connections that pause and never resume hold the frames their framer gave back
+ * (keel__conn_unread) while the ring runs low: those come out of the ring too, and another
+ * connection still receives. 'H' frames pause their connection for good; a 'P' frame is
+ * echoed (its payload). */
+static int
+hp_frame(void *arg, struct keel_frame *fr)
+{
+	struct keel_conn *c = arg;
+	uint8_t b[8];
+	size_t n = 0;
+
+	for (unsigned i = 0; i < fr->n; i++) {
+		size_t k = fr->s[i].len < sizeof(b) - n ? fr->s[i].len : sizeof(b) - n;
+
+		memcpy(b + n, fr->s[i].data, k);
+		n += k;
+		keel_slice_put(&fr->s[i]);
+	}
+	if (n && b[0] == 'H')
+		keel_conn_pause_read(c);
+	else if (n)
+		keel_conn_write(c, b, n);
+	return 0;
+}
+
+static void
+hp_open(struct keel_conn *c)
+{
+	attach(c, hp_frame);
+}
+
+static const struct keel_conn_ops hp_ops = { .on_open = hp_open,
+					     .on_data = framed_data,
+					     .on_close = srv_close };
+
+Test(net_frame, paused_framed_connections_do_not_take_every_receive_buffer)
+{
+	static uint8_t w[64u << 10];
+	struct keel_net_config nc;
+	struct keel_net_stats st;
+	struct e2e e;
+	int hog[3], probe;
+	size_t n = 0;
+	uint8_t b[8];
+
+	keel_net_config_init(&nc);
+	nc.buf_count = 16;
+	nc.buf_size = 4096;
+	nc.bulk_buf_size = 0;
+	memset(&e, 0, sizeof(e));
+	e2e_start_cfg(&e, &hp_ops, &nc);
+	while (n + 4 + 1000 <= sizeof(w)) { /* 1,000-byte frames of 'H' */
+		n += hdr32(w + n, 1000);
+		memset(w + n, 'H', 1000);
+		n += 1000;
+	}
+	for (int h = 0; h < 3; h++) {
+		hog[h] = cli_connect(e.port);
+		cr_assert_geq(hog[h], 0);
+		fcntl(hog[h], F_SETFL, O_NONBLOCK);
+		(void)!send(hog[h], w, n, MSG_NOSIGNAL); /* what the socket takes */
+	}
+	probe = cli_connect(e.port);
+	cr_assert_geq(probe, 0);
+	n = hdr32(b, 4);
+	memcpy(b + n, "Ping", 4);
+	cr_assert_eq(cli_write_all(probe, b, n + 4), 0);
+	cr_assert_eq(cli_read_all(probe, b, 4), 0,
+		     "the probe got no echo: paused framed connections held every receive buffer");
+	cr_assert_eq(memcmp(b, "Ping", 4), 0);
+	cr_assert_eq(rt_net_stats(e.rt, 0, &st), 0);
+	cr_assert_gt(st.recv_copies, 0, "nothing was copied out of the ring");
+	close(probe);
+	for (int h = 0; h < 3; h++)
+		close(hog[h]);
+	e2e_stop(&e);
+}
+
 /* ---- a pass's frames leave together, byte-exact (copied small frames, merged iovecs) ---- */
 
 /* Round 0: 64 frames of 16 bytes; round 1: a sweep of sizes 0..64 KiB, some split over

@@ -656,6 +656,75 @@ Test(net_lifetime, a_full_descriptor_table_leaves_new_connections_in_the_backlog
 	cr_assert_eq(srv_stop(&s), 0);
 }
 
+/* Two listeners on one shard whose table is full: one slot freed arms one accept, not one
+ * per listener (the second would take a queued connection the kernel then closes). */
+static struct keel_listener *tl_l[2];
+
+static void
+tl_start(void *arg)
+{
+	int r = 0;
+
+	for (int i = 0; i < 2 && r == 0; i++)
+		r = keel_listener_start(tl_l[i]);
+	if (r < 0)
+		keel_stop(r);
+}
+
+Test(net_lifetime, a_freed_slot_arms_one_accept_among_the_shards_listeners)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc, dflt;
+	struct keel_listen_opts lo;
+	struct keel_runtime *rt;
+	int first[4], next[4];
+	char b[5];
+
+	if (!keel_caps_get()->sparse_files)
+		cr_skip_test("no sparse file tables (Linux 5.19): no direct descriptors");
+	atomic_store(&dc_closes, 0);
+	net_test_feature(&o, "direct_fd=on");
+	keel_net_config_init(&nc);
+	nc.max_files = 4;
+	cr_assert_eq(keel_net_config_set(&nc), 0);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	memset(&lo, 0, sizeof(lo));
+	lo.addr = "127.0.0.1";
+	lo.rt = rt;
+	for (int i = 0; i < 2; i++)
+		cr_assert_eq(keel_listener_create(&lo, 1, &dc_ops, NULL, &tl_l[i]), 0);
+	cr_assert_eq(keel_runtime_start(rt, tl_start, NULL), 0);
+	for (int i = 0; i < 4; i++) { /* the table full, two connections a listener */
+		first[i] = cli_connect(keel_listener_port(tl_l[i % 2]));
+		cr_assert_geq(first[i], 0);
+		cr_assert_eq(cli_write_all(first[i], "ping", 4), 0);
+		cr_assert_eq(cli_read_all(first[i], b, 4), 0, "connection %d got no echo", i);
+	}
+	for (int i = 0; i < 4; i++) { /* queued on both listeners */
+		next[i] = cli_connect(keel_listener_port(tl_l[i % 2]));
+		cr_assert_geq(next[i], 0);
+		cr_assert_eq(cli_write_all(next[i], "pong", 4), 0);
+	}
+	for (int i = 0; i < 4; i++) { /* one slot at a time */
+		close(first[i]);
+		WAIT_FOR(atomic_load(&dc_closes) == i + 1, "connection %d closed", i);
+	}
+	for (int i = 0; i < 4; i++) {
+		int r = cli_read_all(next[i], b, 4);
+
+		cr_assert_eq(r, 0, "queued connection %d got no echo (%s): it was closed, not kept",
+			     i, strerror(-r));
+		close(next[i]);
+	}
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	for (int i = 0; i < 2; i++)
+		keel_listener_destroy(tl_l[i]);
+	keel_net_config_init(&dflt);
+	cr_assert_eq(keel_net_config_set(&dflt), 0);
+}
+
 /* ---- an accepted connection that ends before on_open ends unseen ---- */
 
 /* An accepted connection waits for its addresses (a direct descriptor's are read through
