@@ -574,6 +574,30 @@ multi_room(const struct keel__lshard *ls, const struct net_shard *ns)
 	return slots_left(ns) > ACCEPT_MULTI_ROOM;
 }
 
+/* An accept error that belongs to the one connection it took (accept(2): the pending
+ * network errors passed on, an aborted handshake, a firewall's refusal): the next
+ * connection is accepted at once. Any other (descriptors, memory) waits accept_backoff_ns. */
+static bool
+accept_error_of_one(int res)
+{
+	switch (-res) {
+	case ECONNABORTED:
+	case EPROTO:
+	case EPERM:
+	case ENETDOWN:
+	case ENOPROTOOPT:
+	case EHOSTDOWN:
+	case ENONET:
+	case EHOSTUNREACH:
+	case EOPNOTSUPP:
+	case ENETUNREACH:
+	case ETIMEDOUT:
+		return true;
+	default:
+		return false;
+	}
+}
+
 static void
 accept_cb(struct keel_op *op, int res, uint32_t flags)
 {
@@ -628,19 +652,25 @@ accept_cb(struct keel_op *op, int res, uint32_t flags)
 			}
 		}
 	} else if (res != -ECANCELED) {
+		bool one = accept_error_of_one(res);
+
 		/* Rate-limited: the first failure, then one in 100. */
 		STAT_INC(l, ls->shard, accept_errors);
 		if (ls->errors_logged_ns++ % 100 == 0) {
-			keel_log(KEEL_LOG_WARN, NET_MOD,
-				 "shard %u: accept failed: %s; pausing %llu ms%s", ls->shard,
-				 strerror(-res),
-				 (unsigned long long)KEEL_NS_TO_MS(lcfg(l, ns)->accept_backoff_ns),
+			keel_log(KEEL_LOG_WARN, NET_MOD, "shard %u: accept failed: %s; %s%llu ms%s",
+				 ls->shard, strerror(-res),
+				 one ? "that connection's error: accepting again at once ("
+				     : "pausing ",
+				 one ? 0ull
+				     : (unsigned long long)KEEL_NS_TO_MS(
+					       lcfg(l, ns)->accept_backoff_ns),
 				 res == -EMFILE || res == -ENFILE
 					 ? " (raise ulimit -n, or the direct-descriptor table "
 					   "max_files)"
-					 : "");
+				 : one ? ")"
+				       : "");
 		}
-		if (!ls->stopping && !ls->armed) {
+		if (!ls->stopping && !ls->armed && !one) {
 			/* A slot freed meanwhile arms it again before the back-off ends. */
 			ls->parked = res == -ENFILE && direct;
 			keel_timer_start(ls->backoff, lcfg(l, ns)->accept_backoff_ns, 0);

@@ -531,6 +531,32 @@ Test(faults_sqe, a_stop_hooks_write_that_found_no_sqe_still_completes)
 	unlink(path);
 }
 
+/* An accept error that is the one connection's (ECONNABORTED: the peer reset it while it
+ * was queued) does not pause accepting: the next client is served at once. With the
+ * back-off at 60 s, twice the test's wait, the pause the error used to bring shows as a
+ * client that gets no echo. */
+Test(faults_sqe, an_accept_error_of_one_connection_does_not_pause_accepting)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct srv s;
+	char b[4];
+	int fd;
+
+	keel_net_config_init(&nc);
+	nc.accept_backoff_ns = KEEL_S(60);
+	cr_assert_eq(keel_faults_set("accept:ECONNABORTED:n=1"), 0);
+	cr_assert_eq(srv_start(&s, &o, &nc, NULL), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(cli_write_all(fd, "echo", 4), 0);
+	cr_assert_eq(cli_read_all(fd, b, 4), 0, "no echo: accepting paused after the error");
+	cr_assert_eq(keel_faults_injected("accept"), 1, "the accept error was not injected");
+	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
+	keel_faults_set(NULL);
+}
+
 /* UDP: the receive's re-arm, or keel_udp_close's cancel of it, finds no SQE. */
 static struct {
 	_Atomic uint16_t port;
