@@ -42,7 +42,8 @@ struct keel__lshard {
 	bool parked;      /* not armed: the shard's direct-descriptor table is full of its
 			   * connections (keel__listeners_slot_freed arms it again) */
 	bool cancel_sent; /* cancel_op is in flight: the armed multishot accept (table low) */
-	bool multi;       /* the armed accept is a multishot one */
+	unsigned errors_of_one; /* accept errors of one connection in a row (accept_cb) */
+	bool multi;             /* the armed accept is a multishot one */
 	struct keel_op cancel_op;
 	struct keel_timer *backoff;
 	uint64_t errors_logged_ns; /* failures seen, for the rate limit */
@@ -484,6 +485,7 @@ verify_submit(struct keel__lshard *ls, int fd, bool direct, int optname)
 }
 
 static void accept_arm(struct keel__lshard *ls);
+static void arm_parked(struct net_shard *ns);
 
 static void
 backoff_cb(struct keel_timer *t, void *arg)
@@ -580,16 +582,16 @@ multi_room(const struct keel__lshard *ls, const struct net_shard *ns)
 static bool
 accept_error_of_one(int res)
 {
+	/* Not EPERM: a security module refuses it on the listening socket, before any
+	 * connection is taken, so every accept would fail at once. */
 	switch (-res) {
 	case ECONNABORTED:
 	case EPROTO:
-	case EPERM:
 	case ENETDOWN:
 	case ENOPROTOOPT:
 	case EHOSTDOWN:
 	case ENONET:
 	case EHOSTUNREACH:
-	case EOPNOTSUPP:
 	case ENETUNREACH:
 	case ETIMEDOUT:
 		return true;
@@ -611,8 +613,13 @@ accept_cb(struct keel_op *op, int res, uint32_t flags)
 		if (!ls->multi && direct) {
 			net_verify(ns->accepts_single > 0);
 			ns->accepts_single--;
+			/* A failed or dropped one leaves its slot: another parked listener's. */
+			if (res < 0 || ls->stopping)
+				arm_parked(ns);
 		}
 	}
+	if (res >= 0)
+		ls->errors_of_one = 0;
 	if (res >= 0) {
 		bool over = !ls->stopping && l->max_conns && ns->st.conns_open >= l->max_conns;
 
@@ -652,7 +659,11 @@ accept_cb(struct keel_op *op, int res, uint32_t flags)
 			}
 		}
 	} else if (res != -ECANCELED) {
-		bool one = accept_error_of_one(res);
+		/* Sixteen in a row is no longer one connection's: pause as for any other. */
+		bool one = accept_error_of_one(res) && ++ls->errors_of_one < 16;
+
+		if (!one)
+			ls->errors_of_one = 0;
 
 		/* Rate-limited: the first failure, then one in 100. */
 		STAT_INC(l, ls->shard, accept_errors);
@@ -696,18 +707,21 @@ accept_arm(struct keel__lshard *ls)
 	if (table_full(ns)) {
 		/* Said once until the table has room for a multishot accept again. */
 		if (!ns->table_full_said)
-			keel_log(KEEL_LOG_WARN, NET_MOD,
-				 "shard %u: its %u connections fill the direct-descriptor table "
-				 "(max_files): accepting waits, new connections queued in the "
-				 "listen backlog, until one closes (raise --max-files)",
-				 ls->shard, ns->direct_conns);
+			keel_log(
+				KEEL_LOG_WARN, NET_MOD,
+				"shard %u: its %u connections (and %u accepts in flight) fill the "
+				"direct-descriptor table (max_files): accepting waits, new "
+				"connections queued in the listen backlog, until one closes (raise "
+				"--max-files)",
+				ls->shard, ns->direct_conns, ns->accepts_single);
 		ns->table_full_said = true;
 		ls->parked = true;
 		return;
 	}
 	ls->parked = false;
 	ls->multi = ns->f_ms_accept && multi_room(ls, ns);
-	if (ls->multi)
+	/* Room again (a quarter of the table, or room for a multishot): said anew next time. */
+	if (slots_left(ns) > ns->cfg.max_files / 4 || multi_room(ls, ns))
 		ns->table_full_said = false;
 	sqe = keel_sqe_get();
 
@@ -818,15 +832,40 @@ keel__listeners_table_low(struct net_shard *ns)
 	}
 }
 
+/* Arm parked listeners of the shard while slots are left, one accept a slot. Each armed one
+ * goes to the end of the list, so that a listener whose backlog never empties does not take
+ * every freed slot from the others. */
+static void
+arm_parked(struct net_shard *ns)
+{
+	unsigned n = 0;
+
+	for (struct keel__lshard *ls = ns->lshards; ls; ls = ls->next)
+		n++;
+	for (unsigned k = 0; k < n && !table_full(ns); k++) {
+		struct keel__lshard **pp = &ns->lshards, *ls;
+
+		while (*pp && !((*pp)->parked && !(*pp)->armed && !(*pp)->stopping))
+			pp = &(*pp)->next;
+		if (!(ls = *pp))
+			return;
+		accept_arm(ls);
+		if (ls->parked)
+			return; /* it found no slot after all */
+		*pp = ls->next; /* to the tail */
+		ls->next = NULL;
+		for (pp = &ns->lshards; *pp; pp = &(*pp)->next)
+			;
+		*pp = ls;
+	}
+}
+
 void
 keel__listeners_slot_freed(struct net_shard *ns)
 {
 	net_verify(ns->direct_conns > 0);
 	ns->direct_conns--;
-	/* One accept a free slot (accept_arm parks the rest again). */
-	for (struct keel__lshard *ls = ns->lshards; ls && !table_full(ns); ls = ls->next)
-		if (ls->parked && !ls->armed && !ls->stopping)
-			accept_arm(ls);
+	arm_parked(ns);
 }
 
 void

@@ -557,6 +557,34 @@ Test(faults_sqe, an_accept_error_of_one_connection_does_not_pause_accepting)
 	keel_faults_set(NULL);
 }
 
+/* The same error on every accept is not one connection's: after 16 in a row the listener
+ * pauses accept_backoff_ns, where it would otherwise arm and fail again at once, pass
+ * after pass (a shard at full CPU, a log line every hundred errors). */
+Test(faults_sqe, accept_errors_in_a_row_pause_accepting)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct keel_listener_stats lst;
+	struct srv s;
+	int fd;
+
+	keel_net_config_init(&nc);
+	nc.accept_backoff_ns = KEEL_S(60);
+	cr_assert_eq(keel_faults_set("accept:ECONNABORTED:p=1"), 0);
+	cr_assert_eq(srv_start(&s, &o, &nc, NULL), 0);
+	fd = cli_connect(s.port); /* queued: every accept fails */
+	cr_assert_geq(fd, 0);
+	WAIT_FOR(keel_listener_stats(s.l, 0, &lst) == 0 && lst.accept_errors >= 16,
+		 "16 accept errors");
+	usleep(200000);
+	cr_assert_eq(keel_listener_stats(s.l, 0, &lst), 0);
+	cr_assert_eq(lst.accept_errors, 16, "%llu accept errors: the listener kept arming",
+		     (unsigned long long)lst.accept_errors);
+	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
+	keel_faults_set(NULL);
+}
+
 /* UDP: the receive's re-arm, or keel_udp_close's cancel of it, finds no SQE. */
 static struct {
 	_Atomic uint16_t port;

@@ -725,6 +725,77 @@ Test(net_lifetime, a_freed_slot_arms_one_accept_among_the_shards_listeners)
 	cr_assert_eq(keel_net_config_set(&dflt), 0);
 }
 
+/* A shard held at max_files, a busy listener's backlog never empty: the slots that free up
+ * go round the shard's listeners, so the other one's client is served too. (Each freed
+ * slot went to the listener at the head of the shard's list, the last one started.) Each
+ * listener's armed accept holds a slot near the limit, so the steps below follow the
+ * slots one by one: l0 and l1 are tl_l[0] and tl_l[1], l1 heads the list. */
+static void
+tl_echo(int fd, const char *w)
+{
+	char b[5];
+
+	cr_assert_eq(cli_write_all(fd, w, 4), 0);
+	cr_assert_eq(cli_read_all(fd, b, 4), 0, "no echo of %s", w);
+}
+
+Test(net_lifetime, freed_slots_go_round_the_shards_listeners)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc, dflt;
+	struct keel_listen_opts lo;
+	struct keel_runtime *rt;
+	int c[4], busy[5], other;
+	char b[5];
+
+	if (!keel_caps_get()->sparse_files)
+		cr_skip_test("no sparse file tables (Linux 5.19): no direct descriptors");
+	atomic_store(&dc_closes, 0);
+	net_test_feature(&o, "direct_fd=on");
+	keel_net_config_init(&nc);
+	nc.max_files = 4;
+	cr_assert_eq(keel_net_config_set(&nc), 0);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	memset(&lo, 0, sizeof(lo));
+	lo.addr = "127.0.0.1";
+	lo.rt = rt;
+	for (int i = 0; i < 2; i++)
+		cr_assert_eq(keel_listener_create(&lo, 1, &dc_ops, NULL, &tl_l[i]), 0);
+	cr_assert_eq(keel_runtime_start(rt, tl_start, NULL), 0);
+	/* c0 on l0, c1 and c2 on l1 (l1 then parks), c3 on l0 (l0 parks): full. */
+	for (int i = 0; i < 4; i++) {
+		c[i] = cli_connect(keel_listener_port(tl_l[i == 0 || i == 3 ? 0 : 1]));
+		cr_assert_geq(c[i], 0);
+		tl_echo(c[i], "ping");
+	}
+	for (int i = 0; i < 5; i++) {
+		busy[i] = cli_connect(keel_listener_port(tl_l[1]));
+		cr_assert_geq(busy[i], 0);
+	}
+	other = cli_connect(keel_listener_port(tl_l[0]));
+	cr_assert_geq(other, 0);
+	cr_assert_eq(cli_write_all(other, "othr", 4), 0);
+	/* A slot: l1, at the head, takes busy[0] (and parks again once it is served). */
+	close(c[1]);
+	tl_echo(busy[0], "bsy0");
+	/* The next slot is l0's: l1 went to the end of the list. */
+	close(c[2]);
+	cr_assert_eq(cli_read_all(other, b, 4), 0,
+		     "the other listener's client got no echo: the busy one took every slot");
+	close(other);
+	close(c[0]);
+	close(c[3]);
+	for (int i = 0; i < 5; i++)
+		close(busy[i]);
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	for (int i = 0; i < 2; i++)
+		keel_listener_destroy(tl_l[i]);
+	keel_net_config_init(&dflt);
+	cr_assert_eq(keel_net_config_set(&dflt), 0);
+}
+
 /* ---- an accepted connection that ends before on_open ends unseen ---- */
 
 /* An accepted connection waits for its addresses (a direct descriptor's are read through
