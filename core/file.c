@@ -17,8 +17,8 @@
  * non-empty without a request in the ring, so that completion comes, but when its head
  * found no SQE: then the loop pumps it every pass, keel__file_retry, and the shard is not
  * quiescent). The requests of stop hooks, and those their callbacks make, are the exception
- * that drains: issued after the stop's cancel, they run to completion (keel__file_stop_hooks,
- * files.drain; stop_progress cancels nothing more meanwhile). A close is the
+ * that drains: issued after the stop's cancel, they run to completion (keel__file_stop_hooks;
+ * stop_progress cancels nothing more while files.ndrain counts any). A close is the
  * exception: its handle is cleared already, so one cancelled or still waiting is made on the
  * spot (close_now) and reports that, once no request in the ring names its descriptor (it
  * is held until then, at stop as while running: close_check). New requests are
@@ -91,7 +91,7 @@ static int KEEL_PRINTF(3, 4) refuse(struct keel_shard *s, int r, const char *fmt
 static bool
 issues(const struct keel_shard *s, const struct keel_file_req *req)
 {
-	return s->phase == PHASE_RUN || (s->files.drain && req->drain_);
+	return s->phase == PHASE_RUN || req->drain_;
 }
 
 /* Common checks of every call. */
@@ -313,8 +313,7 @@ complete(struct keel_shard *s, struct keel_file_req *req, int res)
 	s->files.drain_cb -= drain;
 	/* After the callback, which may have made the next request of a chain (a write, then
 	 * its sync): the last one lets the stop cancel again (stop_progress). */
-	if (drain && --s->files.ndrain == 0)
-		s->files.drain = false;
+	s->files.ndrain -= drain;
 }
 
 /* Close @fd here, synchronously: a plain close, or emptying direct descriptor slot @fd.
@@ -722,12 +721,13 @@ keel__file_stop_hooks(struct keel_shard *s, bool running)
 		return;
 	/* The stop's cancel is queued (or nothing was in the ring): what the hooks made goes
 	 * in after it, the requests made before the stop that still wait are cancelled. */
-	s->files.drain = s->files.ndrain != 0;
-	if (s->files.drain && s->cancel_retry) {
+	if (!s->files.ndrain)
+		return;
+	if (s->cancel_retry) {
 		/* The cancel found no SQE: they wait for it (keel__internal_retry). */
 		s->files.nosqe = true;
 		s->internal_retry = true;
-	} else if (s->files.drain) {
+	} else {
 		pump(s);
 	}
 }

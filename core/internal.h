@@ -225,9 +225,9 @@ struct keel_shard {
 		bool nosqe;        /* the FIFO's head found no SQE: keel__file_retry each pass */
 		bool nosqe_logged; /* ... said, until a request is issued again */
 		bool hooks;        /* stop hooks run: their requests wait for the stop's cancel */
-		bool drain;        /* stopping: requests of the hooks (and of their callbacks) run
-				    * to completion; the others are cancelled */
-		uint32_t ndrain;   /* those requests, not yet completed */
+		uint32_t ndrain;   /* requests of the hooks (and of their callbacks) not yet
+				    * completed: stopping, they run to completion; the others
+				    * are cancelled */
 		uint32_t drain_cb; /* the callback of such a request runs: what it makes is one */
 		uint64_t err_logged_ns;
 		char last_err[384];

@@ -666,7 +666,7 @@ begin_stop(struct keel_shard *s)
 	if (s->inflight > s->internal_inflight)
 		submit_cancel_all(s);
 	/* A hook's disk requests are its last writes and syncs: they go into the ring after
-	 * the cancel, and stop_progress cancels nothing more while they run (files.drain). */
+	 * the cancel, and stop_progress cancels nothing more while they run (files.ndrain). */
 	keel__file_stop_hooks(s, false);
 }
 
@@ -716,7 +716,7 @@ stop_progress(struct keel_shard *s)
 		 * that no cancel can end (a disk read running in io-wq) is waited for in
 		 * bounded sleeps, not cancelled again every pass. */
 		if (s->inflight > s->internal_inflight && !s->cancel_op.armed &&
-		    s->binds != s->cancel_mark && !s->files.drain)
+		    s->binds != s->cancel_mark && !s->files.ndrain)
 			submit_cancel_all(s);
 		return false;
 	}

@@ -589,11 +589,18 @@ take_late_signals(struct keel_runtime *rt)
 	}
 }
 
+/* What join returns: start's error when it failed, else the stop status. */
+static int
+join_status(struct keel_runtime *rt)
+{
+	return rt->start_err ? rt->start_err : stop_status(rt);
+}
+
 int
 keel_runtime_join(struct keel_runtime *rt)
 {
 	if (!rt->started || rt->joined)
-		return rt->start_err ? rt->start_err : stop_status(rt);
+		return join_status(rt);
 	for (unsigned i = 0; i < rt->created; i++)
 		pthread_join(rt->shards[i].thread, NULL);
 	/* A keel_runtime_stop on another thread may still be waking shards that have ended. */
@@ -611,7 +618,7 @@ keel_runtime_join(struct keel_runtime *rt)
 #ifdef KEEL_FAULTS
 	keel__faults_env_report();
 #endif
-	return rt->start_err ? rt->start_err : stop_status(rt);
+	return join_status(rt);
 }
 
 void

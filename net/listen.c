@@ -570,9 +570,8 @@ table_full(const struct net_shard *ns)
 
 /* Room for a multishot accept, which may take every queued connection in one go. */
 static bool
-multi_room(const struct keel__lshard *ls, const struct net_shard *ns)
+multi_room(const struct net_shard *ns)
 {
-	(void)ls;
 	return slots_left(ns) > ACCEPT_MULTI_ROOM;
 }
 
@@ -618,11 +617,10 @@ accept_cb(struct keel_op *op, int res, uint32_t flags)
 				arm_parked(ns);
 		}
 	}
-	if (res >= 0)
-		ls->errors_of_one = 0;
 	if (res >= 0) {
 		bool over = !ls->stopping && l->max_conns && ns->st.conns_open >= l->max_conns;
 
+		ls->errors_of_one = 0;
 		if (ls->stopping || over) {
 			/* Stopping, or over the limit: closed at once, before any operation or
 			 * memory of a connection; the peer sees a reset or EOF. */
@@ -649,7 +647,7 @@ accept_cb(struct keel_op *op, int res, uint32_t flags)
 							      : SO_INCOMING_NAPI_ID);
 				keel__conn_accepted(c, !l->no_addrs,
 						    l->local_known ? &l->local : NULL, l->locallen);
-				if (ls->multi && !multi_room(ls, ns))
+				if (ls->multi && !multi_room(ns))
 					keel__listeners_table_low(ns);
 			} else {
 				keel_log(KEEL_LOG_WARN, NET_MOD,
@@ -719,9 +717,9 @@ accept_arm(struct keel__lshard *ls)
 		return;
 	}
 	ls->parked = false;
-	ls->multi = ns->f_ms_accept && multi_room(ls, ns);
+	ls->multi = ns->f_ms_accept && multi_room(ns);
 	/* Room again (a quarter of the table, or room for a multishot): said anew next time. */
-	if (slots_left(ns) > ns->cfg.max_files / 4 || multi_room(ls, ns))
+	if (slots_left(ns) > ns->cfg.max_files / 4 || multi_room(ns))
 		ns->table_full_said = false;
 	sqe = keel_sqe_get();
 
@@ -822,8 +820,8 @@ keel__listeners_table_low(struct net_shard *ns)
 	for (struct keel__lshard *ls = ns->lshards; ls; ls = ls->next) {
 		struct io_uring_sqe *sqe;
 
-		if (!ls->armed || !ls->multi || multi_room(ls, ns) || ls->cancel_sent ||
-		    ls->stopping || !(sqe = keel_sqe_get()))
+		if (!ls->armed || !ls->multi || multi_room(ns) || ls->cancel_sent || ls->stopping ||
+		    !(sqe = keel_sqe_get()))
 			continue;
 		io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)&ls->op, 0);
 		ls->cancel_op.fn = cancel_cb;

@@ -174,11 +174,11 @@ void keel__pbuf_drop_krefs(struct pbuf_ring *r);
  * ring, through the put of its slices or directly when it was never wrapped. */
 int keel__pbuf_take(struct pbuf_ring *r, unsigned bid, int res, uint32_t cqe_flags, bool bundle,
 		    struct keel_slice *out, unsigned max);
-/* True when @p lies in @r's memory; then *area is its area slice. */
 /* Whether @p lies in a buffer of @r while @r runs low: over three quarters of its buffers
  * out (held by connections' send queues, paused reads, the application). A slice held for
- * long there is better copied (keel__conn_unring), so receives keep buffers. */
+ * long there is better copied (conn.c, unring), so receives keep buffers. */
 bool keel__pbuf_pressed(const struct pbuf_ring *r, const void *p);
+/* True when @p lies in @r's memory; then *area is its area slice. */
 bool keel__pbuf_owns(const struct pbuf_ring *r, const void *p, const struct keel_slice **area);
 
 /* Fault injection for tests: the next this-many buffer wraps in keel__pbuf_take fail

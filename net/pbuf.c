@@ -119,8 +119,8 @@ keel__pbuf_pressed(const struct pbuf_ring *r, const void *p)
 {
 	const struct keel_slice *area;
 
-	/* A quarter of the buffers at least stays for the receives of every connection. */
-	/* Held buffers only: out less those the ring holds for the kernel (incremental). */
+	/* A quarter of the buffers at least stays for the receives of every connection;
+	 * held buffers only: out less those the ring holds for the kernel (incremental). */
 	return r->nareas && r->out - r->nkref > r->nbufs - r->nbufs / 4 &&
 	       keel__pbuf_owns(r, p, &area);
 }

@@ -671,17 +671,15 @@ tl_start(void *arg)
 		keel_stop(r);
 }
 
-Test(net_lifetime, a_freed_slot_arms_one_accept_among_the_shards_listeners)
+/* One shard with a table of 4 direct descriptors and two echo listeners (tl_l) started. */
+static struct keel_runtime *
+tl_run(void)
 {
 	struct keel_opts o = net_test_opts(1);
-	struct keel_net_config nc, dflt;
+	struct keel_net_config nc;
 	struct keel_listen_opts lo;
 	struct keel_runtime *rt;
-	int first[4], next[4];
-	char b[5];
 
-	if (!keel_caps_get()->sparse_files)
-		cr_skip_test("no sparse file tables (Linux 5.19): no direct descriptors");
 	atomic_store(&dc_closes, 0);
 	net_test_feature(&o, "direct_fd=on");
 	keel_net_config_init(&nc);
@@ -694,6 +692,33 @@ Test(net_lifetime, a_freed_slot_arms_one_accept_among_the_shards_listeners)
 	for (int i = 0; i < 2; i++)
 		cr_assert_eq(keel_listener_create(&lo, 1, &dc_ops, NULL, &tl_l[i]), 0);
 	cr_assert_eq(keel_runtime_start(rt, tl_start, NULL), 0);
+	return rt;
+}
+
+/* Stop and free what tl_run made; the process default configuration again. */
+static void
+tl_end(struct keel_runtime *rt)
+{
+	struct keel_net_config dflt;
+
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	for (int i = 0; i < 2; i++)
+		keel_listener_destroy(tl_l[i]);
+	keel_net_config_init(&dflt);
+	cr_assert_eq(keel_net_config_set(&dflt), 0);
+}
+
+Test(net_lifetime, a_freed_slot_arms_one_accept_among_the_shards_listeners)
+{
+	struct keel_runtime *rt;
+	int first[4], next[4];
+	char b[5];
+
+	if (!keel_caps_get()->sparse_files)
+		cr_skip_test("no sparse file tables (Linux 5.19): no direct descriptors");
+	rt = tl_run();
 	for (int i = 0; i < 4; i++) { /* the table full, two connections a listener */
 		first[i] = cli_connect(keel_listener_port(tl_l[i % 2]));
 		cr_assert_geq(first[i], 0);
@@ -716,13 +741,7 @@ Test(net_lifetime, a_freed_slot_arms_one_accept_among_the_shards_listeners)
 			     i, strerror(-r));
 		close(next[i]);
 	}
-	keel_runtime_stop(rt, 0);
-	cr_assert_eq(keel_runtime_join(rt), 0);
-	keel_runtime_destroy(rt);
-	for (int i = 0; i < 2; i++)
-		keel_listener_destroy(tl_l[i]);
-	keel_net_config_init(&dflt);
-	cr_assert_eq(keel_net_config_set(&dflt), 0);
+	tl_end(rt);
 }
 
 /* A shard held at max_files, a busy listener's backlog never empty: the slots that free up
@@ -741,27 +760,13 @@ tl_echo(int fd, const char *w)
 
 Test(net_lifetime, freed_slots_go_round_the_shards_listeners)
 {
-	struct keel_opts o = net_test_opts(1);
-	struct keel_net_config nc, dflt;
-	struct keel_listen_opts lo;
 	struct keel_runtime *rt;
 	int c[4], busy[5], other;
 	char b[5];
 
 	if (!keel_caps_get()->sparse_files)
 		cr_skip_test("no sparse file tables (Linux 5.19): no direct descriptors");
-	atomic_store(&dc_closes, 0);
-	net_test_feature(&o, "direct_fd=on");
-	keel_net_config_init(&nc);
-	nc.max_files = 4;
-	cr_assert_eq(keel_net_config_set(&nc), 0);
-	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
-	memset(&lo, 0, sizeof(lo));
-	lo.addr = "127.0.0.1";
-	lo.rt = rt;
-	for (int i = 0; i < 2; i++)
-		cr_assert_eq(keel_listener_create(&lo, 1, &dc_ops, NULL, &tl_l[i]), 0);
-	cr_assert_eq(keel_runtime_start(rt, tl_start, NULL), 0);
+	rt = tl_run();
 	/* c0 on l0, c1 and c2 on l1 (l1 then parks), c3 on l0 (l0 parks): full. */
 	for (int i = 0; i < 4; i++) {
 		c[i] = cli_connect(keel_listener_port(tl_l[i == 0 || i == 3 ? 0 : 1]));
@@ -787,13 +792,7 @@ Test(net_lifetime, freed_slots_go_round_the_shards_listeners)
 	close(c[3]);
 	for (int i = 0; i < 5; i++)
 		close(busy[i]);
-	keel_runtime_stop(rt, 0);
-	cr_assert_eq(keel_runtime_join(rt), 0);
-	keel_runtime_destroy(rt);
-	for (int i = 0; i < 2; i++)
-		keel_listener_destroy(tl_l[i]);
-	keel_net_config_init(&dflt);
-	cr_assert_eq(keel_net_config_set(&dflt), 0);
+	tl_end(rt);
 }
 
 /* ---- an accepted connection that ends before on_open ends unseen ---- */

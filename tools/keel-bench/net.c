@@ -475,6 +475,13 @@ proc_stat_ticks(const struct keel_cpuset *cpus, unsigned want, uint64_t *busy, u
 	return seen == want ? 0 : -ENOENT;
 }
 
+/* Cores busy over the window from two /proc/stat readings of @n CPUs (total grew). */
+static double
+busy_cores(const uint64_t busy[2], const uint64_t total[2], unsigned n)
+{
+	return (double)(busy[1] - busy[0]) / (double)(total[1] - total[0]) * n;
+}
+
 static int
 sample(struct sampler *s, int k)
 {
@@ -1015,9 +1022,7 @@ run_client(struct opts *o)
 		w.client_thread_max = r->client_thread_max;
 		if (smp->nccpus && smp->ctotal[1] > smp->ctotal[0]) {
 			w.client_cpus_valid = true;
-			w.client_cpus_util = (double)(smp->cbusy[1] - smp->cbusy[0]) /
-					     (double)(smp->ctotal[1] - smp->ctotal[0]) *
-					     smp->nccpus;
+			w.client_cpus_util = busy_cores(smp->cbusy, smp->ctotal, smp->nccpus);
 		}
 		/* Or the client's CPUs were 0.9 busy: work the client's clock does not see
 		 * (receive processing run in softirq context off its threads) also holds it
@@ -1030,8 +1035,7 @@ run_client(struct opts *o)
 		}
 		if (smp->cpus && smp->total[1] > smp->total[0]) {
 			w.cpus_valid = wall > 0;
-			w.cpus_util = (double)(smp->busy[1] - smp->busy[0]) /
-				      (double)(smp->total[1] - smp->total[0]) * smp->ncpus;
+			w.cpus_util = busy_cores(smp->busy, smp->total, smp->ncpus);
 			w.cpus_ns_per_msg =
 				r->msgs ? w.cpus_util * (double)r->window_ns / (double)r->msgs : 0;
 		}
