@@ -302,6 +302,13 @@ complete(struct keel_shard *s, struct keel_file_req *req, int res)
 {
 	bool drain = req->drain_;
 
+	/* A direct descriptor's slot: free again once its close is done, whatever the result
+	 * (the handle was cleared at the call), or when its open failed or was cancelled. */
+	if ((req->kind_ == K_CLOSE && (req->sqe_flags_ & IOSQE_FIXED_FILE)) ||
+	    (req->kind_ == K_OPEN && (req->sqe_flags_ & OPEN_F_DIRECT_DESC) && res < 0)) {
+		keel_verify(s->files.direct > 0);
+		s->files.direct--;
+	}
 	release(req);
 	s->files.st.completed++;
 	if (res < 0)
@@ -844,7 +851,12 @@ keel_file_openat(struct keel_file_req *req, int dirfd, const char *path, int fla
 	req->file_ = out;
 	if (kflags & KEEL_FILE_OPEN_DIRECT_DESC)
 		req->sqe_flags_ = OPEN_F_DIRECT_DESC;
-	return submit(s, req, arg);
+	/* Its slot, from now on: complete() gives it back (before submit, which may run it). */
+	s->files.direct += !!(kflags & KEEL_FILE_OPEN_DIRECT_DESC);
+	r = submit(s, req, arg);
+	if (r < 0)
+		s->files.direct -= !!(kflags & KEEL_FILE_OPEN_DIRECT_DESC);
+	return r;
 }
 
 static int
@@ -1063,6 +1075,15 @@ keel_file_stats(const struct keel_shard *sh, struct keel_file_stats *out)
 	if (!sh || !out || sh != s)
 		return -EINVAL;
 	s->files.st.qd = qd_of(s);
+	s->files.st.direct_slots = s->files.direct;
 	*out = s->files.st;
 	return 0;
+}
+
+uint32_t
+keel_file_direct_slots(void)
+{
+	struct keel_shard *s = keel__cur;
+
+	return s ? s->files.direct : 0;
 }

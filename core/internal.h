@@ -229,6 +229,7 @@ struct keel_shard {
 				    * completed: stopping, they run to completion; the others
 				    * are cancelled */
 		uint32_t drain_cb; /* the callback of such a request runs: what it makes is one */
+		uint32_t direct;   /* keel_file_direct_slots() */
 		uint64_t err_logged_ns;
 		char last_err[384];
 	} files;

@@ -549,16 +549,19 @@ drop_accepted(struct keel__lshard *ls, int res, bool direct)
  * A burst of more queued connections than that, arriving just then, can still outrun the
  * slots (the multishot cannot be told to stop in time): each one over is closed, counted in
  * accept_errors. The application's own direct descriptors (keel_file_openat with
- * KEEL_FILE_OPEN_DIRECT_DESC) share the table unseen here: a table they fill also makes an
- * accept fail with ENFILE. */
+ * KEEL_FILE_OPEN_DIRECT_DESC) share the table and are counted too (keel_file_direct_slots),
+ * but core does not say when one closes: a listener parked on a table they help fill looks
+ * again every accept_backoff_ns (accept_arm). An open that takes the slot an armed single
+ * accept counted on still makes that accept fail with ENFILE. */
 #define ACCEPT_MULTI_ROOM 256u
 static uint32_t
 slots_left(const struct net_shard *ns)
 {
-	uint32_t used = ns->direct_conns + ns->accepts_single;
+	uint32_t used;
 
 	if (!ns->f_direct)
 		return UINT32_MAX;
+	used = ns->direct_conns + ns->accepts_single + keel_file_direct_slots();
 	return used < ns->cfg.max_files ? ns->cfg.max_files - used : 0;
 }
 
@@ -707,13 +710,18 @@ accept_arm(struct keel__lshard *ls)
 		if (!ns->table_full_said)
 			keel_log(
 				KEEL_LOG_WARN, NET_MOD,
-				"shard %u: its %u connections (and %u accepts in flight) fill the "
-				"direct-descriptor table (max_files): accepting waits, new "
-				"connections queued in the listen backlog, until one closes (raise "
-				"--max-files)",
-				ls->shard, ns->direct_conns, ns->accepts_single);
+				"shard %u: its %u connections, %u accepts in flight and %u direct "
+				"files fill the direct-descriptor table (max_files): accepting waits, "
+				"new connections queued in the listen backlog, until one closes "
+				"(raise --max-files)",
+				ls->shard, ns->direct_conns, ns->accepts_single,
+				keel_file_direct_slots());
 		ns->table_full_said = true;
 		ls->parked = true;
+		/* A connection's close arms it (keel__listeners_slot_freed); a file's is not
+		 * told: look again after the back-off while files hold slots. */
+		if (keel_file_direct_slots())
+			keel_timer_start(ls->backoff, lcfg(ls->l, ns)->accept_backoff_ns, 0);
 		return;
 	}
 	ls->parked = false;

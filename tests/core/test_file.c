@@ -1011,22 +1011,31 @@ dd_cb(struct keel_file_req *req, int res, void *arg)
 {
 	struct dd *d = arg;
 
+	struct keel_file_stats st;
+
 	d->res[d->step++] = res;
 	switch (d->step) {
-	case 1: /* no table: -ENFILE; now register one */
+	case 1: /* no table: -ENFILE, and no slot held; now register one */
+		SHARD_CHECK_EQ(keel_file_direct_slots(), 0u, "after a failed open");
 		SHARD_CHECK_EQ(io_uring_register_files_sparse(keel_shard_ring_get(), 8), 0);
 		SHARD_CHECK_EQ(keel_file_openat(&d->req, AT_FDCWD, tmp_path, O_RDONLY, 0,
 						KEEL_FILE_OPEN_DIRECT_DESC, &d->f2, dd_cb, d),
 			       0);
+		SHARD_CHECK_EQ(keel_file_direct_slots(), 1u, "an open under way");
 		break;
 	case 2:
 		SHARD_CHECK(d->f2.flags & KEEL_FILE_F_FIXED, "flags 0x%x", d->f2.flags);
+		SHARD_CHECK_EQ(keel_file_direct_slots(), 1u, "a direct file open");
 		SHARD_CHECK_EQ(keel_file_read(&d->req, &d->f2, d->buf, 8, 0, dd_cb, d), 0);
 		break;
 	case 3:
 		SHARD_CHECK_EQ(keel_file_close(&d->req, &d->f2, dd_cb, d), 0);
+		SHARD_CHECK_EQ(keel_file_direct_slots(), 1u, "a close under way");
 		break;
 	default:
+		SHARD_CHECK_EQ(keel_file_direct_slots(), 0u, "after the close");
+		SHARD_CHECK_EQ(keel_file_stats(keel_this_shard(), &st), 0);
+		SHARD_CHECK_EQ(st.direct_slots, 0u);
 		keel_stop(0);
 	}
 }
@@ -1037,6 +1046,7 @@ dd_start(void *app)
 	SHARD_CHECK_EQ(keel_file_openat(&dd.req, AT_FDCWD, tmp_path, O_RDONLY, 0,
 					KEEL_FILE_OPEN_DIRECT_DESC, &dd.f, dd_cb, &dd),
 		       0);
+	SHARD_CHECK_EQ(keel_file_direct_slots(), 1u, "an open under way");
 }
 
 Test(core_file, direct_descriptors)

@@ -855,3 +855,115 @@ Test(net_lifetime, an_accepted_connection_ended_before_on_open_gets_no_on_close)
 	SHARD_CHECKS_PASSED();
 	cr_assert_eq(atomic_load(&unseen_closes), 0, "on_close for a connection never opened");
 }
+
+/* The application's direct files share the table with accepted connections: with three
+ * of the four slots held by files (keel_file_direct_slots), the next clients wait in the
+ * backlog until the files close. The listener did not count the files: it armed an accept
+ * the kernel had no slot for, and each queued client was taken and closed (-ENFILE). */
+static struct {
+	struct keel_listener *l;
+	struct keel_file_req req[3];
+	struct keel_file f[3];
+	_Atomic int opened, closed, failed;
+} df;
+
+static void
+df_done(struct keel_file_req *req, int res, void *arg)
+{
+	(void)req, (void)arg;
+	if (res < 0)
+		atomic_fetch_add(&df.failed, 1);
+	atomic_fetch_add(arg ? &df.closed : &df.opened, 1);
+}
+
+static void
+df_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++) {
+		if (s[i].len == 4 && memcmp(s[i].data, "free", 4) == 0)
+			for (int k = 0; k < 3; k++)
+				SHARD_CHECK_EQ(keel_file_close(&df.req[k], &df.f[k], df_done, &df),
+					       0, "%s", keel_file_last_error());
+		if (keel_conn_send(c, &s[i]) < 0)
+			keel_slice_put(&s[i]);
+	}
+}
+
+static void
+df_close(struct keel_conn *c, int status)
+{
+	(void)c, (void)status;
+}
+
+static const struct keel_conn_ops df_ops = { .on_data = df_data, .on_close = df_close };
+
+static void
+df_start(void *arg)
+{
+	(void)arg;
+	/* The listener first: it registers the table the files go in. */
+	if (!SHARD_CHECK_EQ(keel_listener_start(df.l), 0)) {
+		keel_stop(-EIO);
+		return;
+	}
+	for (int k = 0; k < 3; k++)
+		SHARD_CHECK_EQ(keel_file_openat(&df.req[k], AT_FDCWD, "/dev/null", O_RDONLY, 0,
+						KEEL_FILE_OPEN_DIRECT_DESC, &df.f[k], df_done,
+						NULL),
+			       0, "%s", keel_file_last_error());
+}
+
+Test(net_lifetime, direct_files_in_the_table_leave_new_connections_in_the_backlog)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc, dflt;
+	struct keel_listen_opts lo;
+	struct keel_runtime *rt;
+	int a, next[2];
+	char b[5];
+
+	if (!keel_caps_get()->sparse_files)
+		cr_skip_test("no sparse file tables (Linux 5.19): no direct descriptors");
+	memset(&df, 0, sizeof(df));
+	net_test_feature(&o, "direct_fd=on");
+	keel_net_config_init(&nc);
+	nc.max_files = 4;
+	cr_assert_eq(keel_net_config_set(&nc), 0);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	memset(&lo, 0, sizeof(lo));
+	lo.addr = "127.0.0.1";
+	lo.rt = rt;
+	cr_assert_eq(keel_listener_create(&lo, 1, &df_ops, NULL, &df.l), 0);
+	cr_assert_eq(keel_runtime_start(rt, df_start, NULL), 0);
+	WAIT_FOR(atomic_load(&df.opened) == 3, "the three files opened");
+	cr_assert_eq(atomic_load(&df.failed), 0, "a direct open failed");
+
+	a = cli_connect(keel_listener_port(df.l)); /* the last slot */
+	cr_assert_geq(a, 0);
+	cr_assert_eq(cli_write_all(a, "ping", 4), 0);
+	cr_assert_eq(cli_read_all(a, b, 4), 0, "the first connection got no echo");
+	for (int i = 0; i < 2; i++) { /* queued by the kernel: no slot left */
+		next[i] = cli_connect(keel_listener_port(df.l));
+		cr_assert_geq(next[i], 0);
+		cr_assert_eq(cli_write_all(next[i], "pong", 4), 0);
+	}
+	cr_assert_eq(cli_write_all(a, "free", 4), 0); /* the files close */
+	cr_assert_eq(cli_read_all(a, b, 4), 0);
+	WAIT_FOR(atomic_load(&df.closed) == 3, "the three files closed");
+	cr_assert_eq(atomic_load(&df.failed), 0, "a direct close failed");
+	for (int i = 0; i < 2; i++) {
+		int r = cli_read_all(next[i], b, 4);
+
+		cr_assert_eq(r, 0, "queued connection %d got no echo (%s): it was closed, not kept",
+			     i, strerror(-r));
+		close(next[i]);
+	}
+	close(a);
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	keel_listener_destroy(df.l);
+	SHARD_CHECKS_PASSED();
+	keel_net_config_init(&dflt);
+	cr_assert_eq(keel_net_config_set(&dflt), 0);
+}

@@ -265,6 +265,7 @@ struct keel_file_stats {
 	uint32_t waiting_max;  /* longest the FIFO has been */
 	uint32_t qd;           /* the limit (--file-qd) */
 	uint32_t closes_held;  /* closes waiting now for requests on their descriptor */
+	uint32_t direct_slots; /* keel_file_direct_slots(): direct descriptors held or coming */
 };
 
 /**
@@ -275,5 +276,16 @@ struct keel_file_stats {
  * Context: the shard @sh (keel_this_shard()).
  */
 KEEL_API int keel_file_stats(const struct keel_shard *sh, struct keel_file_stats *out);
+
+/**
+ * Slots of this shard's registered file table that its keel_files hold: direct descriptors
+ * opened with KEEL_FILE_OPEN_DIRECT_DESC and not yet closed (a slot counts until its
+ * close's callback), and such opens under way. The table is shared with the network layer's
+ * accepted connections (max_files): it counts these before it arms an accept, so that a
+ * table they fill leaves new connections in the listen backlog rather than closed.
+ * Returns: the count; 0 outside a shard.
+ * Context: a shard.
+ */
+KEEL_API uint32_t keel_file_direct_slots(void);
 
 #endif
