@@ -91,7 +91,7 @@ static int KEEL_PRINTF(3, 4) refuse(struct keel_shard *s, int r, const char *fmt
 static bool
 issues(const struct keel_shard *s, const struct keel_file_req *req)
 {
-	return s->phase == PHASE_RUN || req->drain_;
+	return s->phase == PHASE_RUN || (req->drain_ && !s->files.drain_over);
 }
 
 /* Common checks of every call. */
@@ -105,7 +105,7 @@ begin(struct keel_shard *s, struct keel_file_req *req, keel_file_fn cb, int kind
 	 * to completion. Any other is refused once the stop has begun, but a close, which
 	 * ends on the ring or (cancelled) on the spot, so a descriptor whose last request was
 	 * cancelled can still be closed. */
-	bool drain = s->files.hooks || s->files.drain_cb;
+	bool drain = (s->files.hooks || s->files.drain_cb) && !s->files.drain_over;
 
 	if (s->phase != PHASE_RUN && !drain && !(kind == K_CLOSE && s->phase == PHASE_STOP))
 		return refuse(s, -ESHUTDOWN,
@@ -621,6 +621,13 @@ pump(struct keel_shard *s)
 		if (r < 0)
 			complete(s, req, req->kind_ == K_CLOSE ? close_now(s, req) : r);
 	}
+}
+
+void
+keel__file_drain_expire(struct keel_shard *s)
+{
+	s->files.drain_over = true;
+	pump(s); /* those waiting in the FIFO are cancelled; the loop cancels the ring's */
 }
 
 void

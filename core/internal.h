@@ -159,6 +159,7 @@ struct keel_shard {
 	 * while stopping, a cancel-all is queued again only for operations bound since (one
 	 * the cancel cannot reach must not make the shard cancel in a loop). */
 	uint64_t binds, cancel_mark;
+	uint64_t stop_ns; /* when the stop began (begin_stop) */
 
 	/* Inbound mail: queues from every shard and the has-mail bitmap, both owned here. */
 	struct mbox **inbox;                                  /* [count], inbox[src] */
@@ -230,6 +231,8 @@ struct keel_shard {
 				    * are cancelled */
 		uint32_t drain_cb; /* the callback of such a request runs: what it makes is one */
 		uint32_t direct;   /* keel_file_direct_slots() */
+		bool drain_over;   /* --stop-drain-ms passed: the drain's requests are cancelled */
+		uint64_t drain_said_ns; /* the wait was last logged this long into the stop */
 		uint64_t err_logged_ns;
 		char last_err[384];
 	} files;
@@ -306,6 +309,8 @@ void keel__file_retry(struct keel_shard *s);
 /* file.c: the stop hooks are about to run (@running), or ran and the stop's cancel is
  * queued: the disk requests they made go into the ring after it, and run to completion. */
 void keel__file_stop_hooks(struct keel_shard *s, bool running);
+/* --stop-drain-ms passed: the stop hooks' requests are cancelled (loop.c, drain_check). */
+void keel__file_drain_expire(struct keel_shard *s);
 
 /* The idle-polling policy (core/idlepoll.c). Fixed: poll window_ns after running out of
  * work. Adaptive (--idle-poll-adaptive): poll only while at least KEEL__IDLEPOLL_MIN of the

@@ -277,6 +277,7 @@ enum opt_id {
 	OPT_MEMORY,
 	OPT_HUGEPAGES,
 	OPT_FILE_QD,
+	OPT_STOP_DRAIN,
 	OPT_ZCRX,
 	OPT_IFACE,
 	OPT_RXQS,
@@ -335,6 +336,9 @@ static const struct opt_desc opt_table[] = {
 	  "core/queue map file written by keel-topo --plan (shard i runs on its CPU)" },
 	{ OPT_FILE_QD, "--file-qd", "KEEL_FILE_QD", "N",
 	  "disk requests per shard in the ring at once; more wait in a FIFO (default 64)" },
+	{ OPT_STOP_DRAIN, "--stop-drain-ms", "KEEL_STOP_DRAIN_MS", "N",
+	  "at the stop, cancel the disk requests of the stop hooks still running after N ms "
+	  "(default 0: wait for them)" },
 	{ OPT_ZCRX, "--zcrx", "KEEL_ZCRX", "off|on|auto",
 	  "zero-copy receive on each shard's rx queue; auto falls back to copying with one line "
 	  "naming the kernel's reason (default auto)" },
@@ -421,6 +425,8 @@ apply(const struct opt_desc *d, const char *v, struct keel_opts *o, char *err, s
 		return parse_bool(d->name, v, &o->hugepages, err, errlen);
 	case OPT_FILE_QD:
 		return parse_uint(d->name, v, 1, 65536, &o->file_qd, err, errlen);
+	case OPT_STOP_DRAIN:
+		return parse_uint(d->name, v, 0, 86400000, &o->stop_drain_ms, err, errlen);
 	case OPT_ZCRX:
 		for (int i = 0; i <= KEEL_POLICY_ON; i++)
 			if (!strcmp(v, policy_names[i])) {

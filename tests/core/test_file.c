@@ -789,6 +789,66 @@ Test(core_file, a_stop_hooks_write_and_sync_complete, .fini = rm_tmp)
 	close(hw.pipefd[1]);
 }
 
+/* A stop hook's request that never ends (an empty pipe's read; on a disk, a hung device or
+ * network file system) holds the stop for as long as it runs, unless --stop-drain-ms bounds
+ * the wait: past it the request is cancelled and the stop ends. A request its callback
+ * makes then is refused (the drain is over). Without the bound the runtime never joined. */
+static struct {
+	struct keel_file_req rd, again;
+	struct keel_file pf;
+	int pipefd[2];
+	char rbuf[4];
+	_Atomic int rd_res, again_r;
+	_Atomic bool rd_ran;
+} hd;
+
+static void
+hd_rd_cb(struct keel_file_req *req, int res, void *arg)
+{
+	atomic_store(&hd.rd_res, res);
+	atomic_store(&hd.again_r,
+		     keel_file_read(&hd.again, &hd.pf, hd.rbuf, 4, (uint64_t)-1, hd_rd_cb, NULL));
+	atomic_store(&hd.rd_ran, true);
+}
+
+static void
+hd_hook(void *arg)
+{
+	SHARD_CHECK_EQ(keel_file_read(&hd.rd, &hd.pf, hd.rbuf, 4, (uint64_t)-1, hd_rd_cb, NULL), 0,
+		       "%s", keel_file_last_error());
+}
+
+static void
+hd_start(void *app)
+{
+	hd.pf = (struct keel_file){ .fd = hd.pipefd[0] };
+	SHARD_CHECK_EQ(keel_shard_on_stop(hd_hook, NULL), 0);
+	keel_stop(0);
+}
+
+Test(core_file, a_stop_hooks_request_that_never_ends_is_cancelled_after_stop_drain_ms)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_runtime *rt;
+
+	memset(&hd, 0, sizeof(hd));
+	cr_assert_eq(pipe(hd.pipefd), 0);
+	o.stop_drain_ms = 50;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, hd_start, NULL), 0);
+	WAIT_FOR(atomic_load(&hd.rd_ran), "the hook's read ended (cancelled at --stop-drain-ms)");
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(atomic_load(&hd.rd_res), -ECANCELED, "the hook's read: %d",
+		     atomic_load(&hd.rd_res));
+	cr_assert_eq(atomic_load(&hd.again_r), -ESHUTDOWN,
+		     "a request made by its callback after the bound: %d",
+		     atomic_load(&hd.again_r));
+	close(hd.pipefd[0]);
+	close(hd.pipefd[1]);
+}
+
 /* Only a hook's requests and their chains drain: a chain of reads the shard was running
  * when the stop began (each callback makes the next read) is refused at its next read even
  * while a hook's write drains. Before, every request made during the drain was taken as

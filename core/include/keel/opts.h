@@ -115,6 +115,9 @@ struct keel_opts {
 	/* --file-qd: disk requests in a shard's ring at once; the rest wait in a FIFO
 	 * (default KEEL_FILE_QD_DEFAULT, keel/file.h; docs/file.md) */
 	unsigned file_qd;
+	/* --stop-drain-ms: how long the stop lets the disk requests its stop hooks made run
+	 * before it cancels them (0: no bound, the default; docs/file.md "At the stop") */
+	unsigned stop_drain_ms;
 
 	/* ZCRX (zero-copy receive, docs/net.md "ZCRX"). A shard registers an interface queue
 	 * when it has an rx queue: the i-th of --rxqs, else its --map entry's, else with
