@@ -302,13 +302,15 @@ complete(struct keel_shard *s, struct keel_file_req *req, int res)
 {
 	bool drain = req->drain_;
 
-	/* A direct descriptor's slot: free again once its close is done, whatever the result
-	 * (the handle was cleared at the call), or when its open failed or was cancelled. */
-	if ((req->kind_ == K_CLOSE && (req->sqe_flags_ & IOSQE_FIXED_FILE)) ||
-	    (req->kind_ == K_OPEN && (req->sqe_flags_ & OPEN_F_DIRECT_DESC) && res < 0)) {
-		keel_verify(s->files.direct > 0);
+	/* A direct descriptor's slot is free again once a close emptied it (a second close of
+	 * a copied keel_file finds it empty: -EBADF), or when its open failed or was
+	 * cancelled. A stale copy's close may empty a slot that is no file's any more (a
+	 * connection's): misuse, as closing a reused descriptor number is; not counted below
+	 * zero. */
+	if (((req->kind_ == K_CLOSE && (req->sqe_flags_ & IOSQE_FIXED_FILE) && res >= 0) ||
+	     (req->kind_ == K_OPEN && (req->sqe_flags_ & OPEN_F_DIRECT_DESC) && res < 0)) &&
+	    s->files.direct)
 		s->files.direct--;
-	}
 	release(req);
 	s->files.st.completed++;
 	if (res < 0)

@@ -662,7 +662,7 @@ begin_stop(struct keel_shard *s)
 		keel__defer_fini(&hooks);
 	}
 	s->phase = PHASE_STOP;
-	s->stop_ns = s->now_ns;
+	s->stop_ns = keel__clock_ns(); /* after the hooks: the drain's time is its own */
 	keel__timers_stop_all(s);
 	if (s->inflight > s->internal_inflight)
 		submit_cancel_all(s);
@@ -688,31 +688,42 @@ wave(struct keel_runtime *rt, uint64_t *sent, uint64_t *recv)
 	return true;
 }
 
-/* The disk requests of the stop hooks (file.c) still running: the wait is logged every
- * 10 s, and past --stop-drain-ms they are cancelled. */
+/* The disk requests of the stop hooks (file.c) still running: past --stop-drain-ms they
+ * are cancelled, and the wait is logged every 10 s, also after that (the kernel cannot
+ * cancel a request that runs on an io-wq worker blocked in a hung device). */
 #define DRAIN_SAY_NS (10 * NS_PER_S)
 static void
 drain_check(struct keel_shard *s)
 {
-	uint64_t bound = (uint64_t)s->rt->opts.stop_drain_ms * NS_PER_MS;
-	uint64_t waited = s->now_ns - s->stop_ns;
+	unsigned ms = s->rt->opts.stop_drain_ms;
+	uint64_t waited = s->now_ns > s->stop_ns ? s->now_ns - s->stop_ns : 0;
 
-	if (bound && waited >= bound) {
+	if (ms && !s->files.drain_over && waited >= (uint64_t)ms * NS_PER_MS) {
 		keel_log(KEEL_LOG_ERROR, "core",
 			 "shard %u: %u disk requests of the stop hooks still running after "
-			 "--stop-drain-ms %u: cancelled (their callbacks get -ECANCELED)",
-			 s->id, s->files.ndrain, s->rt->opts.stop_drain_ms);
+			 "--stop-drain-ms %u: cancelling them (their callbacks get -ECANCELED "
+			 "where the kernel can cancel them)",
+			 s->id, s->files.ndrain, ms);
 		keel__file_drain_expire(s);
 		return;
 	}
 	if (waited < s->files.drain_said_ns + DRAIN_SAY_NS)
 		return;
 	s->files.drain_said_ns = waited;
-	keel_log(KEEL_LOG_WARN, "core",
-		 "shard %u: the stop has waited %llu s for %u disk requests of the stop hooks (a "
-		 "write or sync that does not end: a hung device or network file system?); "
-		 "--stop-drain-ms N cancels them after N ms",
-		 s->id, (unsigned long long)(waited / NS_PER_S), s->files.ndrain);
+	if (s->files.drain_over)
+		keel_log(KEEL_LOG_WARN, "core",
+			 "shard %u: the stop has waited %llu s for %u disk requests of the stop "
+			 "hooks, cancelled at --stop-drain-ms %u but not ended: a request running "
+			 "on a worker blocked in a hung device or network file system cannot be "
+			 "cancelled",
+			 s->id, (unsigned long long)(waited / NS_PER_S), s->files.ndrain, ms);
+	else
+		keel_log(KEEL_LOG_WARN, "core",
+			 "shard %u: the stop has waited %llu s for %u disk requests of the stop "
+			 "hooks (a write or sync that does not end: a hung device or network file "
+			 "system?)%s",
+			 s->id, (unsigned long long)(waited / NS_PER_S), s->files.ndrain,
+			 ms ? "" : "; --stop-drain-ms N cancels them after N ms");
 }
 
 static bool
@@ -743,7 +754,7 @@ stop_progress(struct keel_shard *s)
 		/* Operations started after the last cancel (by stop hooks or callbacks). One
 		 * that no cancel can end (a disk read running in io-wq) is waited for in
 		 * bounded sleeps, not cancelled again every pass. */
-		if (s->files.ndrain && !s->files.drain_over)
+		if (s->files.ndrain)
 			drain_check(s);
 		if (s->inflight > s->internal_inflight && !s->cancel_op.armed &&
 		    s->binds != s->cancel_mark && (!s->files.ndrain || s->files.drain_over))

@@ -337,8 +337,8 @@ static const struct opt_desc opt_table[] = {
 	{ OPT_FILE_QD, "--file-qd", "KEEL_FILE_QD", "N",
 	  "disk requests per shard in the ring at once; more wait in a FIFO (default 64)" },
 	{ OPT_STOP_DRAIN, "--stop-drain-ms", "KEEL_STOP_DRAIN_MS", "N",
-	  "at the stop, cancel the disk requests of the stop hooks still running after N ms "
-	  "(default 0: wait for them)" },
+	  "at the stop, cancel the disk requests of the stop hooks still running after N ms, "
+	  "where the kernel can (default 0: wait for them)" },
 	{ OPT_ZCRX, "--zcrx", "KEEL_ZCRX", "off|on|auto",
 	  "zero-copy receive on each shard's rx queue; auto falls back to copying with one line "
 	  "naming the kernel's reason (default auto)" },

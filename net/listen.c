@@ -697,6 +697,17 @@ accept_cb(struct keel_op *op, int res, uint32_t flags)
 	}
 }
 
+/* A parked listener on a table the application's direct files help fill: a connection's
+ * close arms it (keel__listeners_slot_freed), but core does not say when a file's slot
+ * frees (its close, or an open that failed), so it looks again after the back-off. */
+static void
+parked_recheck(struct keel__lshard *ls)
+{
+	if (ls->parked && !ls->armed && !ls->stopping && keel_file_direct_slots() &&
+	    !keel_timer_pending(ls->backoff))
+		keel_timer_start(ls->backoff, lcfg(ls->l, ls->ns)->accept_backoff_ns, 0);
+}
+
 static void
 accept_arm(struct keel__lshard *ls)
 {
@@ -718,10 +729,7 @@ accept_arm(struct keel__lshard *ls)
 				keel_file_direct_slots());
 		ns->table_full_said = true;
 		ls->parked = true;
-		/* A connection's close arms it (keel__listeners_slot_freed); a file's is not
-		 * told: look again after the back-off while files hold slots. */
-		if (keel_file_direct_slots())
-			keel_timer_start(ls->backoff, lcfg(ls->l, ns)->accept_backoff_ns, 0);
+		parked_recheck(ls);
 		return;
 	}
 	ls->parked = false;
@@ -854,16 +862,19 @@ arm_parked(struct net_shard *ns)
 		while (*pp && !((*pp)->parked && !(*pp)->armed && !(*pp)->stopping))
 			pp = &(*pp)->next;
 		if (!(ls = *pp))
-			return;
+			break;
 		accept_arm(ls);
 		if (ls->parked)
-			return; /* it found no slot after all */
+			break;  /* it found no slot after all */
 		*pp = ls->next; /* to the tail */
 		ls->next = NULL;
 		for (pp = &ns->lshards; *pp; pp = &(*pp)->next)
 			;
 		*pp = ls;
 	}
+	/* The table full (files counted in it): those still parked look again later. */
+	for (struct keel__lshard *ls = ns->lshards; ls; ls = ls->next)
+		parked_recheck(ls);
 }
 
 void

@@ -636,6 +636,23 @@ Test(core_file, file_qd_option)
 	cr_assert(strstr(err, "--file-qd"), "%s", err);
 }
 
+Test(core_file, stop_drain_ms_option)
+{
+	struct keel_opts o;
+	char err[256];
+	char *argv[] = { "prog", "--stop-drain-ms", "2500", NULL };
+	char *bad_argv[] = { "prog", "--stop-drain-ms", "-1", NULL };
+	int argc = 3;
+
+	keel_opts_init(&o);
+	cr_assert_eq(o.stop_drain_ms, 0, "no bound by default");
+	cr_assert_eq(keel_opts_parse(&o, &argc, argv, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(o.stop_drain_ms, 2500);
+	argc = 3;
+	cr_assert_eq(keel_opts_parse(&o, &argc, bad_argv, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "--stop-drain-ms"), "%s", err);
+}
+
 /* ---- stop with requests in the ring and in the FIFO ---- */
 
 #define STOP_N 6
@@ -800,11 +817,22 @@ static struct {
 	char rbuf[4];
 	_Atomic int rd_res, again_r;
 	_Atomic bool rd_ran;
+	uint64_t made_ns, ended_ns;
 } hd;
+
+static uint64_t
+mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 static void
 hd_rd_cb(struct keel_file_req *req, int res, void *arg)
 {
+	hd.ended_ns = mono_ns();
 	atomic_store(&hd.rd_res, res);
 	atomic_store(&hd.again_r,
 		     keel_file_read(&hd.again, &hd.pf, hd.rbuf, 4, (uint64_t)-1, hd_rd_cb, NULL));
@@ -814,6 +842,7 @@ hd_rd_cb(struct keel_file_req *req, int res, void *arg)
 static void
 hd_hook(void *arg)
 {
+	hd.made_ns = mono_ns();
 	SHARD_CHECK_EQ(keel_file_read(&hd.rd, &hd.pf, hd.rbuf, 4, (uint64_t)-1, hd_rd_cb, NULL), 0,
 		       "%s", keel_file_last_error());
 }
@@ -845,6 +874,9 @@ Test(core_file, a_stop_hooks_request_that_never_ends_is_cancelled_after_stop_dra
 	cr_assert_eq(atomic_load(&hd.again_r), -ESHUTDOWN,
 		     "a request made by its callback after the bound: %d",
 		     atomic_load(&hd.again_r));
+	/* Not cancelled before the bound (a lower bound: never late on a slow machine). */
+	cr_assert_geq(hd.ended_ns - hd.made_ns, 50000000ull, "cancelled after %llu ns",
+		      (unsigned long long)(hd.ended_ns - hd.made_ns));
 	close(hd.pipefd[0]);
 	close(hd.pipefd[1]);
 }
@@ -1125,6 +1157,66 @@ Test(core_file, direct_descriptors)
 	cr_assert_eq(dd.res[2], 8, "read through the direct descriptor: %d", dd.res[2]);
 	cr_assert_eq(memcmp(dd.buf, "directfd", 8), 0);
 	cr_assert_eq(dd.res[3], 0, "close_direct: %d", dd.res[3]);
+}
+
+/* Two closes of a copied direct keel_file (a plain value, copied freely): the second finds
+ * the slot empty (-EBADF) and the table's count of the shard's files stays right (another
+ * direct file open throughout). The count
+ * used to drop at each close whatever its result, and the second aborted the process. */
+static struct {
+	struct keel_file_req op, op2, c1, c2;
+	struct keel_file f, g, keep;
+	int r1, r2, n, opened;
+	unsigned slots;
+} dc2;
+
+static void
+dc2_closed(struct keel_file_req *req, int res, void *arg)
+{
+	*(req == &dc2.c1 ? &dc2.r1 : &dc2.r2) = res;
+	if (++dc2.n == 2) {
+		dc2.slots = keel_file_direct_slots();
+		keel_stop(0);
+	}
+}
+
+static void
+dc2_opened(struct keel_file_req *req, int res, void *arg)
+{
+	if (!SHARD_CHECK(res >= 0, "open: %d", res)) {
+		keel_stop(-EIO);
+		return;
+	}
+	if (++dc2.opened < 2) /* another direct file stays open: counted throughout */
+		return;
+	dc2.g = dc2.f;
+	SHARD_CHECK_EQ(keel_file_close(&dc2.c1, &dc2.f, dc2_closed, NULL), 0);
+	SHARD_CHECK_EQ(keel_file_close(&dc2.c2, &dc2.g, dc2_closed, NULL), 0);
+}
+
+static void
+dc2_start(void *app)
+{
+	SHARD_CHECK_EQ(io_uring_register_files_sparse(keel_shard_ring_get(), 8), 0);
+	SHARD_CHECK_EQ(keel_file_openat(&dc2.op, AT_FDCWD, "/dev/null", O_RDONLY, 0,
+					KEEL_FILE_OPEN_DIRECT_DESC, &dc2.f, dc2_opened, NULL),
+		       0);
+	SHARD_CHECK_EQ(keel_file_openat(&dc2.op2, AT_FDCWD, "/dev/null", O_RDONLY, 0,
+					KEEL_FILE_OPEN_DIRECT_DESC, &dc2.keep, dc2_opened, NULL),
+		       0);
+}
+
+Test(core_file, two_closes_of_a_copied_direct_file_count_one_slot)
+{
+	struct keel_opts o = test_opts(1);
+
+	memset(&dc2, 0, sizeof(dc2));
+	cr_assert_eq(keel_run(&o, dc2_start, NULL), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(dc2.r1, 0, "the first close: %d", dc2.r1);
+	cr_assert_eq(dc2.r2, -EBADF, "the second close: %d", dc2.r2);
+	cr_assert_eq(dc2.slots, 1u, "slots counted after both closes, one file open: %u",
+		     dc2.slots);
 }
 
 /* A direct descriptor is a slot of its shard's ring's table: another shard's requests on it

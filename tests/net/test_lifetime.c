@@ -967,3 +967,140 @@ Test(net_lifetime, direct_files_in_the_table_leave_new_connections_in_the_backlo
 	keel_net_config_init(&dflt);
 	cr_assert_eq(keel_net_config_set(&dflt), 0);
 }
+
+/* A listener parked on a table full of connections, then a connection's slot freed while a
+ * direct open is counted in it: the table is still full, and the open's slot frees later
+ * (its file closed) with no one told. The listener looks again after the back-off; before,
+ * nothing re-armed it and a client waited with a slot free. max_files 2, --file-qd 1: the
+ * open waits behind an empty pipe's read until the test writes the pipe. */
+static struct {
+	struct keel_listener *l;
+	struct keel_file_req op, cl, rd;
+	struct keel_file f, pf;
+	int pipefd[2];
+	char rbuf[1];
+	_Atomic int conn_closes, file_done, failed;
+} pk;
+
+static void
+pk_rd(struct keel_file_req *req, int res, void *arg)
+{
+	(void)req, (void)arg;
+	if (res != 1)
+		atomic_fetch_add(&pk.failed, 1);
+}
+
+static void
+pk_fclosed(struct keel_file_req *req, int res, void *arg)
+{
+	(void)req, (void)arg;
+	if (res < 0)
+		atomic_fetch_add(&pk.failed, 1);
+	atomic_store(&pk.file_done, 1);
+}
+
+static void
+pk_opened(struct keel_file_req *req, int res, void *arg)
+{
+	(void)req, (void)arg;
+	if (!SHARD_CHECK(res >= 0, "direct open: %d", res)) {
+		atomic_store(&pk.file_done, 1);
+		return;
+	}
+	SHARD_CHECK_EQ(keel_file_close(&pk.cl, &pk.f, pk_fclosed, NULL), 0);
+}
+
+static void
+pk_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++) {
+		if (s[i].len == 4 && memcmp(s[i].data, "open", 4) == 0) {
+			/* The read takes the one ring slot (--file-qd 1): the open waits. */
+			pk.pf = (struct keel_file){ .fd = pk.pipefd[0] };
+			SHARD_CHECK_EQ(keel_file_read(&pk.rd, &pk.pf, pk.rbuf, 1, (uint64_t)-1,
+						      pk_rd, NULL),
+				       0);
+			SHARD_CHECK_EQ(keel_file_openat(&pk.op, AT_FDCWD, "/dev/null", O_RDONLY, 0,
+							KEEL_FILE_OPEN_DIRECT_DESC, &pk.f,
+							pk_opened, NULL),
+				       0, "%s", keel_file_last_error());
+			keel_slice_put(&s[i]);
+			keel_conn_close(c);
+			continue;
+		}
+		if (keel_conn_send(c, &s[i]) < 0)
+			keel_slice_put(&s[i]);
+	}
+}
+
+static void
+pk_close(struct keel_conn *c, int status)
+{
+	(void)c, (void)status;
+	atomic_fetch_add(&pk.conn_closes, 1);
+}
+
+static const struct keel_conn_ops pk_ops = { .on_data = pk_data, .on_close = pk_close };
+
+static void
+pk_start(void *arg)
+{
+	(void)arg;
+	SHARD_CHECK_EQ(keel_listener_start(pk.l), 0);
+}
+
+Test(net_lifetime, a_listener_parked_before_files_held_slots_looks_again)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc, dflt;
+	struct keel_listen_opts lo;
+	struct keel_runtime *rt;
+	int a, b, c, r;
+	char buf[5];
+
+	if (!keel_caps_get()->sparse_files)
+		cr_skip_test("no sparse file tables (Linux 5.19): no direct descriptors");
+	memset(&pk, 0, sizeof(pk));
+	cr_assert_eq(pipe(pk.pipefd), 0);
+	o.file_qd = 1;
+	net_test_feature(&o, "direct_fd=on");
+	keel_net_config_init(&nc);
+	nc.max_files = 2;
+	cr_assert_eq(keel_net_config_set(&nc), 0);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	memset(&lo, 0, sizeof(lo));
+	lo.addr = "127.0.0.1";
+	lo.rt = rt;
+	cr_assert_eq(keel_listener_create(&lo, 1, &pk_ops, NULL, &pk.l), 0);
+	cr_assert_eq(keel_runtime_start(rt, pk_start, NULL), 0);
+	a = cli_connect(keel_listener_port(pk.l));
+	b = cli_connect(keel_listener_port(pk.l));
+	cr_assert(a >= 0 && b >= 0);
+	cr_assert_eq(cli_write_all(a, "ping", 4), 0);
+	cr_assert_eq(cli_read_all(a, buf, 4), 0);
+	cr_assert_eq(cli_write_all(b, "ping", 4), 0);
+	cr_assert_eq(cli_read_all(b, buf, 4), 0); /* the table full of connections: parked */
+	cr_assert_eq(cli_write_all(b, "open", 4), 0);
+	/* b's slot freed while the open is counted: still full. */
+	WAIT_FOR(atomic_load(&pk.conn_closes) == 1, "b closed on the shard");
+	close(b);
+	cr_assert_eq(write(pk.pipefd[1], "x", 1), 1); /* the open goes, then its close */
+	WAIT_FOR(atomic_load(&pk.file_done), "the direct file opened and closed");
+	cr_assert_eq(atomic_load(&pk.failed), 0);
+	c = cli_connect(keel_listener_port(pk.l));
+	cr_assert_geq(c, 0);
+	cr_assert_eq(cli_write_all(c, "pong", 4), 0);
+	r = cli_read_all(c, buf, 4);
+	cr_assert_eq(r, 0, "a client with a slot free got no echo (%s)", strerror(-r));
+	close(a);
+	close(c);
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	keel_listener_destroy(pk.l);
+	close(pk.pipefd[0]);
+	close(pk.pipefd[1]);
+	SHARD_CHECKS_PASSED();
+	keel_net_config_init(&dflt);
+	cr_assert_eq(keel_net_config_set(&dflt), 0);
+}

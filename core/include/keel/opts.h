@@ -116,7 +116,8 @@ struct keel_opts {
 	 * (default KEEL_FILE_QD_DEFAULT, keel/file.h; docs/file.md) */
 	unsigned file_qd;
 	/* --stop-drain-ms: how long the stop lets the disk requests its stop hooks made run
-	 * before it cancels them (0: no bound, the default; docs/file.md "At the stop") */
+	 * before it cancels them, where the kernel can (0: no bound, the default; docs/file.md
+	 * "Stop and cancellation") */
 	unsigned stop_drain_ms;
 
 	/* ZCRX (zero-copy receive, docs/net.md "ZCRX"). A shard registers an interface queue
