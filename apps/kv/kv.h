@@ -118,6 +118,10 @@ kv_err_len(const struct resp_arg *a)
 	return (int)(a->len < 128 ? a->len : 128);
 }
 bool kv_glob(const uint8_t *pat, size_t plen, const uint8_t *s, size_t slen, bool nocase);
+/* A SCAN cursor as Redis reads it (strtoul in base 10 up to a NUL: a sign is taken, a
+ * leading space or other byte is not): false when it is not one. The shard that runs it
+ * is the cursor modulo the shard count; its table's cursor is the quotient. */
+bool kv_scan_cursor(const struct resp_arg *a, uint64_t *out);
 
 int kv_db_init(struct kv_db *db, struct kv_stats *st);
 void kv_db_fini(struct kv_db *db);
@@ -148,10 +152,11 @@ void kv_sweep_pace(size_t buckets, uint64_t *interval_ns, size_t *budget);
 
 /* How a command is routed. */
 enum kv_route {
-	KV_R_LOCAL, /* no keys: runs where it was received */
-	KV_R_KEY,   /* argv[1] is the key: runs on its owner */
-	KV_R_KEYS,  /* every argument from 1 (step 1 or 2) is a key: split per owner */
-	KV_R_ALL,   /* every shard's table: run on each, replies merged */
+	KV_R_LOCAL,  /* no keys: runs where it was received */
+	KV_R_KEY,    /* argv[1] is the key: runs on its owner */
+	KV_R_KEYS,   /* every argument from 1 (step 1 or 2) is a key: split per owner */
+	KV_R_ALL,    /* every shard's table: run on each, replies merged */
+	KV_R_CURSOR, /* argv[1] is a SCAN cursor: runs on the shard it names (kv_scan_cursor) */
 };
 enum kv_merge { KV_M_NONE, KV_M_SUM, KV_M_OK, KV_M_ARRAY_BY_KEY, KV_M_CONCAT, KV_M_FIRST };
 

@@ -1484,6 +1484,23 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 			goto oom;
 		local_cmd(kc, c, argv, argc, out);
 		return;
+	case KV_R_CURSOR: {
+		uint64_t cur;
+
+		if (kv_cfg.nshards == 1) {
+			owner = me;
+			break;
+		}
+		if (!kv_scan_cursor(&argv[1], &cur)) {
+			out = reply_to(kc);
+			if (!out)
+				goto oom;
+			rb_err(out, "ERR invalid cursor");
+			return;
+		}
+		owner = (unsigned)(cur % kv_cfg.nshards);
+		break;
+	}
 	case KV_R_KEY:
 		/* One shard owns every key: no hash here (the table hashes the key anyway). */
 		owner = kv_cfg.nshards == 1 ? me : kv_owner(kv_hash(argv[1].p, argv[1].len));

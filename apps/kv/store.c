@@ -1515,6 +1515,161 @@ cmd_persist(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf 
 	rb_int(out, 1);
 }
 
+bool
+kv_scan_cursor(const struct resp_arg *a, uint64_t *out)
+{
+	size_t i = 0, n = a->len;
+	uint64_t v = 0;
+	bool neg = false;
+
+	/* strtoul: the bytes up to the first NUL; an empty string is 0. */
+	for (size_t k = 0; k < n; k++)
+		if (!a->p[k]) {
+			n = k;
+			break;
+		}
+	if (n && (a->p[0] == '+' || a->p[0] == '-')) {
+		neg = a->p[0] == '-';
+		i = 1;
+	}
+	if (i && (i == n || !isdigit(a->p[i])))
+		return false; /* a sign alone, or before something else: no number */
+	for (; i < n; i++) {
+		unsigned d = (unsigned)(a->p[i] - '0');
+
+		if (d > 9 || v > (UINT64_MAX - d) / 10)
+			return false;
+		v = v * 10 + d;
+	}
+	*out = neg ? (uint64_t)0 - v : v;
+	return true;
+}
+
+/* The bits of @v in reverse order. */
+static uint64_t
+rev64(uint64_t v)
+{
+	v = ((v >> 1) & 0x5555555555555555ull) | ((v & 0x5555555555555555ull) << 1);
+	v = ((v >> 2) & 0x3333333333333333ull) | ((v & 0x3333333333333333ull) << 2);
+	v = ((v >> 4) & 0x0f0f0f0f0f0f0f0full) | ((v & 0x0f0f0f0f0f0f0f0full) << 4);
+	return __builtin_bswap64(v);
+}
+
+/* The next cursor after @v over the buckets of @mask: the cursor's bits read from the
+ * top of the mask down, counted up by one. */
+static uint64_t
+rev_next(uint64_t v, uint64_t mask)
+{
+	return rev64(rev64(v | ~mask) + 1);
+}
+
+/* A SCAN call: its filters, and what it gathered. */
+struct scan_q {
+	const struct resp_arg *pat; /* MATCH (NULL: every key) */
+	bool none;                  /* TYPE of a type no key has */
+	int64_t now;
+	struct rbuf body;
+	long long seen, n; /* keys looked at; returned */
+};
+
+static void
+scan_chain(const struct kv_ent *e, struct scan_q *q)
+{
+	for (; e; e = e->next) {
+		q->seen++;
+		if (q->none || (e->expire_ms && e->expire_ms <= q->now))
+			continue;
+		if (q->pat && !kv_glob(q->pat->p, q->pat->len, e->data, e->klen, false))
+			continue;
+		rb_bulk(&q->body, e->data, e->klen);
+		q->n++;
+	}
+}
+
+/* One step of a scan of @db's table from cursor @v: the keys of its bucket, and the next
+ * cursor (0: the table is done). The buckets are visited in the order of their index's
+ * bits reversed (as Redis's SCAN), so that a key present for the whole scan is returned
+ * whatever doublings happen between the calls: a bucket's keys move only to buckets that
+ * come right after it in that order. While the table doubles, a cursor's old bucket (if
+ * not yet moved) and every new bucket it splits into are visited together. */
+static uint64_t
+scan_step(const struct kv_db *db, uint64_t v, struct scan_q *q)
+{
+	uint64_t m0, m1;
+
+	if (!db->ob) {
+		scan_chain(db->b[v & db->mask], q);
+		return rev_next(v, db->mask);
+	}
+	m0 = db->omask; /* the old, smaller array */
+	m1 = db->mask;
+	if ((v & m0) >= db->migrate)
+		scan_chain(db->ob[v & m0], q);
+	do {
+		scan_chain(db->b[v & m1], q);
+		v = rev_next(v, m1);
+	} while (v & (m0 ^ m1)); /* until the count carries into the old array's bits */
+	return v;
+}
+
+/* SCAN cursor [MATCH pattern] [COUNT n] [TYPE t], on the shard the cursor names (the
+ * server routes it): this table's part of the scan, whose cursors the shard count
+ * interleaves; the last one of a shard leads to the next shard's first, the last shard's
+ * to 0. As Redis: COUNT (default 10) is the keys looked at before the filters, at most
+ * ten times as many buckets looked at for them; expired keys and those MATCH or TYPE
+ * leaves out are not returned (no type but string exists). */
+static void
+cmd_scan(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	unsigned nsh = kv_cfg.nshards ? kv_cfg.nshards : 1;
+	struct scan_q q = { .now = kv_now_ms() };
+	long long count = 10, budget;
+	uint64_t c, v, shard, next;
+	char num[24];
+
+	if (!kv_scan_cursor(&argv[1], &c)) {
+		rb_err(out, "ERR invalid cursor");
+		return;
+	}
+	for (unsigned i = 2; i < argc; i += 2) {
+		if (arg_is(&argv[i], "count") && i + 1 < argc) {
+			if (!kv_arg_ll(&argv[i + 1], &count)) {
+				rb_err(out, "%s", e_int);
+				return;
+			}
+			if (count < 1) {
+				rb_err(out, "%s", e_syntax);
+				return;
+			}
+		} else if (arg_is(&argv[i], "match") && i + 1 < argc) {
+			q.pat = &argv[i + 1];
+			if (q.pat->len == 1 && q.pat->p[0] == '*')
+				q.pat = NULL;
+		} else if (arg_is(&argv[i], "type") && i + 1 < argc) {
+			q.none = !arg_is(&argv[i + 1], "string");
+		} else {
+			rb_err(out, "%s", e_syntax);
+			return;
+		}
+	}
+	shard = c % nsh;
+	v = c / nsh;
+	budget = count > LLONG_MAX / 10 ? LLONG_MAX : count * 10;
+	do
+		v = scan_step(db, v, &q);
+	while (v && budget-- > 0 && q.seen < count);
+	if (v)
+		next = v * nsh + shard;
+	else
+		next = shard + 1 < nsh ? shard + 1 : 0;
+	rb_arr(out, 2);
+	rb_bulk(out, num, (size_t)snprintf(num, sizeof(num), "%llu", (unsigned long long)next));
+	rb_arr(out, q.n);
+	rb_put(out, q.body.p, q.body.len);
+	out->oom |= q.body.oom;
+	rb_free(&q.body);
+}
+
 static void
 cmd_dbsize(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
@@ -1601,6 +1756,7 @@ static const struct kv_cmd cmds[] = {
 	{ "pttl", 2, 0, KV_R_KEY, 0, KV_M_NONE, cmd_pttl, "readonly fast" },
 	{ "persist", 2, KV_F_WRITE, KV_R_KEY, 0, KV_M_NONE, cmd_persist, "write fast" },
 	{ "dbsize", 1, 0, KV_R_ALL, 0, KV_M_SUM, cmd_dbsize, "readonly fast" },
+	{ "scan", -2, 0, KV_R_CURSOR, 0, KV_M_NONE, cmd_scan, "readonly" },
 	{ "flushall", -1, KV_F_WRITE, KV_R_ALL, 0, KV_M_OK, cmd_flushall, "write" },
 	{ "flushdb", -1, KV_F_WRITE, KV_R_ALL, 0, KV_M_OK, cmd_flushall, "write" },
 	{ "keys", 2, 0, KV_R_ALL, 0, KV_M_CONCAT, cmd_keys, "readonly" },

@@ -1432,6 +1432,56 @@ Test(kv_server, redis_cli_drives_it)
 	srv_stop(&s);
 }
 
+/* SCAN over three shards, driven by redis-cli --scan (SCAN until cursor 0): every key
+ * once, with MATCH too; a cursor that is not a number is refused before it is routed. */
+Test(kv_server, scan_walks_every_shard)
+{
+	enum { N = 600 };
+	struct srv s;
+	struct rd r;
+	char cmd[512], line[64];
+	static unsigned char seen[N];
+	unsigned total = 0, ones = 0;
+
+	if (access("/usr/bin/redis-cli", X_OK))
+		cr_skip_test("redis-cli is not installed (apt install redis-tools)");
+	memset(seen, 0, sizeof(seen));
+	srv_start(&s, 3, NULL);
+	rd_init(&r, test_connect(s.port));
+	for (int i = 0; i < N; i++) {
+		snprintf(cmd, sizeof(cmd), "SET k:%d v", i);
+		expect(&r, cmd, "+OK\r\n");
+	}
+	expect(&r, "SCAN x", "-ERR invalid cursor\r\n");
+	expect(&r, "SCAN 0 COUNT 0", "-ERR syntax error\r\n");
+	for (int pass = 0; pass < 2; pass++) {
+		FILE *p;
+
+		snprintf(cmd, sizeof(cmd), "/usr/bin/redis-cli -p %d --scan%s 2>&1", s.port,
+			 pass ? " --pattern 'k:1*'" : "");
+		p = popen(cmd, "r");
+		cr_assert(p);
+		while (fgets(line, sizeof(line), p)) {
+			int i;
+
+			cr_assert_eq(sscanf(line, "k:%d", &i), 1, "redis-cli --scan: %s", line);
+			cr_assert(i >= 0 && i < N, "%s", line);
+			if (pass == 0) {
+				cr_assert_eq(seen[i]++, 0, "k:%d returned twice", i);
+				total++;
+			} else {
+				cr_assert(line[2] == '1', "MATCH k:1* returned %s", line);
+				ones++;
+			}
+		}
+		pclose(p);
+	}
+	cr_assert_eq(total, N, "redis-cli --scan returned %u of %d keys", total, N);
+	cr_assert_eq(ones, 111u, "--pattern k:1*: %u keys (k:1, k:10-19, k:100-199)", ones);
+	rd_free(&r);
+	srv_stop(&s);
+}
+
 static size_t
 build_mixed(char *req, int n)
 {

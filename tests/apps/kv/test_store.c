@@ -1060,6 +1060,213 @@ Test(kv_arg, an_integer_is_its_whole_argument)
 	}
 }
 
+Test(kv_scan, a_cursor_is_read_as_redis_reads_it)
+{
+	static const struct {
+		const char *s;
+		size_t len;
+		bool ok;
+		uint64_t v;
+	} cases[] = {
+		{ "0", 1, true, 0 },
+		{ "", 0, true, 0 }, /* strtoul: nothing read, nothing left */
+		{ "17", 2, true, 17 },
+		{ "+5", 2, true, 5 },
+		{ "-1", 2, true, UINT64_MAX },
+		{ "-0", 2, true, 0 },
+		{ "12\0x", 4, true, 12 }, /* up to the NUL, as a C string */
+		{ "18446744073709551615", 20, true, UINT64_MAX },
+		{ "18446744073709551616", 20, false, 0 },
+		{ "-", 1, false, 0 },
+		{ "+", 1, false, 0 },
+		{ " 5", 2, false, 0 },
+		{ "5 ", 2, false, 0 },
+		{ "5x", 2, false, 0 },
+		{ "+-5", 3, false, 0 },
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct resp_arg a = { (const uint8_t *)cases[i].s, cases[i].len };
+		uint64_t v = 1234;
+		bool ok = kv_scan_cursor(&a, &v);
+
+		cr_assert_eq(ok, cases[i].ok, "case %zu (%s): %d", i, cases[i].s, ok);
+		if (ok)
+			cr_assert_eq(v, cases[i].v, "case %zu (%s): %llu", i, cases[i].s,
+				     (unsigned long long)v);
+	}
+}
+
+/* SCAN over one shard's table: a whole scan with no change between its calls returns
+ * each key once and ends at cursor 0; a scan while the table doubles (keys written between
+ * its calls, some of them while a doubling is half done) still returns every key present
+ * from its start to its end, and none twice; MATCH, TYPE and COUNT filter as Redis's; errors as
+ * Redis 7's. */
+#define SCAN_OLD 3000
+#define SCAN_NEW 60000
+
+struct scan_test {
+	struct kv_stats st;
+	uint8_t seen[SCAN_OLD];
+	unsigned calls, calls_mid_move, doublings, dups;
+	bool ok;
+};
+
+/* SCAN @cursor with @extra words; the keys of the reply counted in @t->seen (old:N keys)
+ * and the next cursor returned in @next (false: the reply was not a SCAN reply). */
+static bool
+scan_call(struct scan_test *t, const char *cursor, unsigned nextra, const char **extra, char *next,
+	  size_t nlen)
+{
+	const char *w[8] = { "SCAN", cursor };
+	struct rbuf out = { 0 };
+	const uint8_t *p;
+	size_t left;
+	long long n;
+	char *end;
+	bool ok = false;
+
+	for (unsigned i = 0; i < nextra; i++)
+		w[2 + i] = extra[i];
+	run(&out, 2 + nextra, w);
+	t->calls++;
+	/* *2 $len cursor *n ($len key)... */
+	p = out.p;
+	left = out.len;
+	if (left < 4 || memcmp(p, "*2\r\n", 4))
+		goto done;
+	p += 4, left -= 4;
+	{
+		size_t cl = strtoul((const char *)p + 1, &end, 10);
+		const uint8_t *c = (const uint8_t *)end + 2;
+
+		if (*p != '$' || cl >= nlen)
+			goto done;
+		memcpy(next, c, cl);
+		next[cl] = 0;
+		p = c + cl + 2;
+	}
+	if (*p != '*')
+		goto done;
+	n = strtoll((const char *)p + 1, &end, 10);
+	p = (const uint8_t *)end + 2;
+	for (long long i = 0; i < n; i++) {
+		size_t kl = strtoul((const char *)p + 1, &end, 10);
+		const uint8_t *k = (const uint8_t *)end + 2;
+		unsigned idx;
+		char key[32];
+
+		snprintf(key, sizeof(key), "%.*s", (int)(kl < 31 ? kl : 31), (const char *)k);
+		if (sscanf(key, "old:%u", &idx) == 1 && idx < SCAN_OLD) {
+			if (t->seen[idx]++)
+				t->dups++;
+		}
+		p = k + kl + 2;
+	}
+	ok = (size_t)(p - out.p) == out.len;
+done:
+	rb_free(&out);
+	return ok;
+}
+
+static void
+scan_start(void *app)
+{
+	struct scan_test *t = app;
+	struct rbuf out = { 0 };
+	char k[32], cur[32] = "0", next[32];
+	unsigned w = 0;
+	size_t mask;
+
+	if (!SHARD_CHECK_EQ(kv_db_init(&db, &t->st), 0)) {
+		keel_stop(-EIO);
+		return;
+	}
+	for (unsigned i = 0; i < SCAN_OLD; i++) {
+		snprintf(k, sizeof(k), "old:%u", i);
+		run(&out, 3, (const char *[]){ "SET", k, "v" });
+	}
+	/* A whole scan, nothing written between its calls: each key once. */
+	do {
+		if (!SHARD_CHECK(scan_call(t, cur, 2, (const char *[]){ "COUNT", "7" }, next,
+					   sizeof(next)),
+				 "SCAN %s: not a SCAN reply", cur))
+			goto end;
+		snprintf(cur, sizeof(cur), "%s", next);
+	} while (strcmp(cur, "0") && t->calls < 100000);
+	for (unsigned i = 0; i < SCAN_OLD; i++)
+		SHARD_CHECK_EQ(t->seen[i], 1, "old:%u returned %u times", i, t->seen[i]);
+	SHARD_CHECK_EQ(t->dups, 0u);
+
+	/* Again, writing new keys between the calls: the table doubles under the scan. */
+	memset(t->seen, 0, sizeof(t->seen));
+	t->calls = 0;
+	mask = db.mask;
+	snprintf(cur, sizeof(cur), "0");
+	do {
+		if (db.ob)
+			t->calls_mid_move++;
+		if (!SHARD_CHECK(scan_call(t, cur, 2, (const char *[]){ "COUNT", "5" }, next,
+					   sizeof(next)),
+				 "SCAN %s while doubling: not a SCAN reply", cur))
+			goto end;
+		snprintf(cur, sizeof(cur), "%s", next);
+		for (unsigned j = 0; j < 40 && w < SCAN_NEW; j++, w++) {
+			snprintf(k, sizeof(k), "new:%u", w);
+			run(&out, 3, (const char *[]){ "SET", k, "v" });
+			if (db.mask != mask) {
+				t->doublings++;
+				mask = db.mask;
+			}
+		}
+	} while (strcmp(cur, "0") && t->calls < 1000000);
+	for (unsigned i = 0; i < SCAN_OLD; i++)
+		SHARD_CHECK(t->seen[i] >= 1, "old:%u not returned by a scan while the table grew",
+			    i);
+	/* In the order of the bits reversed, the buckets a visited one splits into come right
+	 * after it: a table that only grows gives no key twice (in index order, every key of a
+	 * visited bucket would come again from its upper half after a doubling). */
+	SHARD_CHECK_EQ(t->dups, 0u, "keys returned twice while the table grew");
+
+	/* Filters and errors. */
+	run(&out, 6, (const char *[]){ "SCAN", "0", "MATCH", "old:12?", "COUNT", "100000000" });
+	SHARD_CHECK(out.len > 12 && !memcmp(out.p, "*2\r\n$1\r\n0\r\n*10\r\n", 16),
+		    "MATCH old:12? over the whole table: %.40s", out.p);
+	run(&out, 6, (const char *[]){ "SCAN", "0", "TYPE", "hash", "COUNT", "100000000" });
+	SHARD_CHECK(reply_is(&out, "*2\r\n$1\r\n0\r\n*0\r\n"), "TYPE hash: %.40s", out.p);
+	run(&out, 6, (const char *[]){ "SCAN", "0", "type", "STRING", "count", "100000000" });
+	SHARD_CHECK(out.len > 20 && !memcmp(out.p, "*2\r\n$1\r\n0\r\n*", 12) &&
+			    strtol((const char *)out.p + 12, NULL, 10) == (long)db.count,
+		    "TYPE string: every key (%zu): %.40s", db.count, out.p);
+	run(&out, 2, (const char *[]){ "SCAN", "x" });
+	SHARD_CHECK(reply_is(&out, "-ERR invalid cursor\r\n"), "%.40s", out.p);
+	run(&out, 4, (const char *[]){ "SCAN", "0", "COUNT", "0" });
+	SHARD_CHECK(reply_is(&out, "-ERR syntax error\r\n"), "%.40s", out.p);
+	run(&out, 4, (const char *[]){ "SCAN", "0", "COUNT", "a" });
+	SHARD_CHECK(reply_is(&out, "-ERR value is not an integer or out of range\r\n"), "%.40s",
+		    out.p);
+	run(&out, 3, (const char *[]){ "SCAN", "0", "MATCH" });
+	SHARD_CHECK(reply_is(&out, "-ERR syntax error\r\n"), "%.40s", out.p);
+	t->ok = true;
+end:
+	rb_free(&out);
+	kv_db_fini(&db);
+	keel_stop(0);
+}
+
+Test(kv_scan, returns_every_key_once_and_every_key_while_the_table_doubles)
+{
+	struct keel_opts o = test_opts(1);
+	static struct scan_test t;
+
+	memset(&t, 0, sizeof(t));
+	cr_assert_eq(keel_run(&o, scan_start, &t), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert(t.ok);
+	cr_assert_geq(t.doublings, 3, "the table doubled %u times under the scan", t.doublings);
+	cr_assert_gt(t.calls_mid_move, 0, "no call found a doubling half done");
+}
+
 /* The expiry sweep's pace: a whole pass over a table of any size within
  * kv_sweep_pass_ns (5 s, or 4 us a bucket over 1.25 M buckets), ticks 1-100 ms apart, at
  * least 1,024 buckets each. A fixed 1,024 buckets every 100 ms took 200 s over 2 M buckets
