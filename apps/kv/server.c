@@ -1295,6 +1295,49 @@ command_info(struct rbuf *out, const struct kv_cmd *c)
 	rb_int(out, first ? (int)(c->key_step ? c->key_step : 1) : 0);
 }
 
+/* SHUTDOWN [NOSAVE|SAVE] [NOW] [FORCE] [ABORT], as Redis 7 parses it: the stop a SIGTERM
+ * makes (every shard's append-only file written and synced, as Redis's SHUTDOWN does with
+ * appendonly whatever the flags), and no reply: the client sees its connection close.
+ * keel-kv keeps no snapshot, so SAVE is refused rather than ignored; ABORT finds nothing to
+ * abort (a stop cannot be taken back). */
+static void
+shutdown_cmd(struct kconn *kc, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	bool nosave = false, save = false, other = false, abort_ = false;
+
+	for (unsigned i = 1; i < argc; i++) {
+		if (is(&argv[i], "NOSAVE"))
+			nosave = true;
+		else if (is(&argv[i], "SAVE"))
+			save = true;
+		else if (is(&argv[i], "NOW") || is(&argv[i], "FORCE"))
+			other = true;
+		else if (is(&argv[i], "ABORT"))
+			abort_ = true;
+		else {
+			rb_err(out, "ERR syntax error");
+			return;
+		}
+	}
+	if ((abort_ && (nosave || save || other)) || (nosave && save)) {
+		rb_err(out, "ERR syntax error");
+		return;
+	}
+	if (abort_) {
+		rb_err(out, "ERR No shutdown in progress.");
+		return;
+	}
+	if (save) {
+		rb_err(out, "ERR SHUTDOWN SAVE: keel-kv keeps no snapshot to save (its data is "
+			    "kept by --appendonly yes, written and synced at any SHUTDOWN); use "
+			    "SHUTDOWN or SHUTDOWN NOSAVE");
+		return;
+	}
+	keel_log(KEEL_LOG_WARN, "kv", "shard %u: SHUTDOWN from a client: stopping", self());
+	kc->closing = true;
+	keel_stop(0);
+}
+
 static void
 local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsigned argc,
 	  struct rbuf *out)
@@ -1330,6 +1373,8 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 	} else if (!strcmp(n, "quit")) {
 		rb_simple(out, "OK");
 		kc->closing = true;
+	} else if (!strcmp(n, "shutdown")) {
+		shutdown_cmd(kc, argv, argc, out);
 	} else if (!strcmp(n, "info")) {
 		info(out, argv, argc);
 	} else if (!strcmp(n, "command")) {

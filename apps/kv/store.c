@@ -1763,6 +1763,7 @@ static const struct kv_cmd cmds[] = {
 	{ "info", -1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "loading stale" },
 	{ "select", 2, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "loading stale fast" },
 	{ "quit", -1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "fast" },
+	{ "shutdown", -1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "admin noscript loading stale" },
 	{ "command", -1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "loading stale" },
 	{ "config", -2, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "admin loading stale" },
 	{ "client", -2, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "loading stale" },

@@ -1782,6 +1782,47 @@ Test(kv_server, aof_torn_tail_truncated_with_log_line)
 	rm_dir(dir);
 }
 
+/* SHUTDOWN stops the server as SIGTERM does: no reply (the connection closes), exit status
+ * 0, and the append-only file written and synced (the writes are there after a restart).
+ * The forms Redis refuses are refused the same way, and SAVE, a snapshot keel-kv cannot
+ * make, is refused rather than ignored. */
+Test(kv_server, shutdown_stops_with_the_data_synced)
+{
+	char dir[64];
+	struct srv s;
+	struct rd r;
+	uint64_t dl;
+	int st;
+
+	mk_dir(dir, sizeof(dir));
+	srv_start(&s, 2, "--appendonly", "yes", "--dir", dir, NULL);
+	rd_init(&r, test_connect(s.port));
+	expect(&r, "MSET a 1 b 2 c 3 d 4", "+OK\r\n");
+	expect(&r, "SHUTDOWN FOO", "-ERR syntax error\r\n");
+	expect(&r, "SHUTDOWN NOSAVE SAVE", "-ERR syntax error\r\n");
+	expect(&r, "SHUTDOWN ABORT NOW", "-ERR syntax error\r\n");
+	expect(&r, "SHUTDOWN ABORT", "-ERR No shutdown in progress.\r\n");
+	test_send_all(r.fd, "SHUTDOWN SAVE\r\n", 15);
+	cr_assert(!strncmp(rd_next(&r, NULL), "-ERR SHUTDOWN SAVE: keel-kv keeps no snapshot", 45));
+	test_send_all(r.fd, "SHUTDOWN NOW\r\n", 14);
+	cr_assert_null(rd_next(&r, NULL), "a reply to SHUTDOWN");
+	cr_assert(r.eof);
+	dl = test_deadline(TEST_WAIT_MS);
+	while (waitpid(s.pid, &st, WNOHANG) == 0) {
+		cr_assert(!test_expired(dl), "keel-kv did not stop after SHUTDOWN");
+		test_pause();
+	}
+	live = 0;
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "keel-kv exit status %d", st);
+	rd_free(&r);
+	srv_start(&s, 2, "--appendonly", "yes", "--dir", dir, NULL);
+	rd_init(&r, test_connect(s.port));
+	expect(&r, "MGET a b c d", "*4\r\n$1\r\n1\r\n$1\r\n2\r\n$1\r\n3\r\n$1\r\n4\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+	rm_dir(dir);
+}
+
 /* Expiry times are absolute: a key that expired while the server was down stays gone,
  * one still to expire keeps a TTL no longer than it was given. */
 Test(kv_server, aof_expiry_survives_restart)
