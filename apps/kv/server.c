@@ -46,6 +46,9 @@ struct pend {
 	struct rbuf *parts;  /* [nshards] */
 	uint16_t *key_owner; /* KV_M_ARRAY_BY_KEY: the owner of each key, in order */
 	unsigned nkeys;
+	/* An INFO made once the replies before it are in (info_later): its arguments */
+	struct resp_arg *later;
+	unsigned nlater;
 };
 
 struct kconn {
@@ -244,6 +247,7 @@ pend_free(struct pend *p)
 		free(p->parts);
 	}
 	free(p->key_owner);
+	free(p->later);
 	free(p);
 }
 
@@ -298,13 +302,21 @@ unpause(struct kconn *kc)
  * the rest wait, counted in pend_bytes, for on_writable. Replies another shard made come
  * back all at once; moved all at once, a pipeline of large remote GETs passed --send-max
  * and a client reading as fast as it could was reset. */
+static void info(struct rbuf *out, struct resp_arg *argv, unsigned argc);
+
 static void
 drain(struct kconn *kc)
 {
 	uint64_t queued = keel_conn_queued(kc->c); /* only flush_out, after, changes it */
 	struct pend *p;
 
-	while ((p = kc->head) && p->done) {
+	while ((p = kc->head) && (p->done || p->later)) {
+		if (p->later) { /* every reply before it is in: made now (info_later) */
+			info(&p->rep, p->later, p->nlater);
+			free(p->later);
+			p->later = NULL;
+			p->done = true;
+		}
 		/* Above the watermark, not at it: keel calls on_writable for a queue that went
 		 * above it (net/conn.c), so stopping at it exactly waited for ever. */
 		if (kc->out.len + queued > kv_cfg.high_watermark)
@@ -1168,6 +1180,35 @@ info_names(const struct resp_arg *argv, unsigned argc, const char *name)
 	return false;
 }
 
+/* INFO behind replies still being made (a write another shard runs, a sync): made when
+ * they are in, so that its counters include what the connection's earlier requests did, as
+ * Redis's do (made at once, a pipelined SET on another shard's key and INFO keyspace could
+ * count the key before that shard had stored it). Returns true when put off; false (nothing
+ * before it, or no memory to keep its arguments) when it is made now. */
+static bool
+info_later(struct kconn *kc, const struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	struct pend *p = kc->pend_open;
+	size_t bytes = (size_t)argc * sizeof(*argv);
+	uint8_t *b;
+
+	if (!p || out != &p->rep)
+		return false;
+	for (unsigned i = 0; i < argc; i++)
+		bytes += argv[i].len;
+	if (!(p->later = malloc(bytes)))
+		return false;
+	b = (uint8_t *)(p->later + argc);
+	for (unsigned i = 0; i < argc; i++) {
+		memcpy(b, argv[i].p, argv[i].len);
+		p->later[i] = (struct resp_arg){ b, argv[i].len };
+		b += argv[i].len;
+	}
+	p->nlater = argc;
+	p->done = false;
+	return true;
+}
+
 static void
 info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
 {
@@ -1376,7 +1417,8 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 	} else if (!strcmp(n, "shutdown")) {
 		shutdown_cmd(kc, argv, argc, out);
 	} else if (!strcmp(n, "info")) {
-		info(out, argv, argc);
+		if (!info_later(kc, argv, argc, out))
+			info(out, argv, argc);
 	} else if (!strcmp(n, "command")) {
 		unsigned nc;
 		const struct kv_cmd *t = kv_cmd_table(&nc);
@@ -1886,7 +1928,7 @@ on_close(struct keel_conn *c, int status)
 		return;
 	for (p = kc->head; p; p = next) {
 		next = p->next;
-		if (p->done)
+		if (p->done || p->later)
 			pend_free(p);
 		else
 			p->kc = NULL; /* freed when its reply comes back */

@@ -251,6 +251,40 @@ info_field(int port, const char *field)
 	return v;
 }
 
+/* INFO pipelined after writes to other shards' keys counts them, as Redis's would: it is
+ * made once the replies before it are in. Made at once, it read the other shards' counters
+ * before they had run the writes (1,000 SETs over 3 shards, then INFO keyspace, in one
+ * send). */
+Test(kv_server, info_after_pipelined_writes_counts_them)
+{
+	enum { N = 1000, ROUNDS = 5 };
+	struct srv s;
+	struct rd r;
+	char *req = malloc((size_t)N * 40 + 64), want[64], *got;
+
+	cr_assert(req);
+	srv_start(&s, 3, NULL);
+	rd_init(&r, test_connect(s.port));
+	for (int round = 0; round < ROUNDS; round++) {
+		size_t len = 0;
+
+		for (int i = 0; i < N; i++)
+			len += (size_t)sprintf(req + len, "SET r%d:k%d v\r\n", round, i);
+		len += (size_t)sprintf(req + len, "INFO keyspace\r\n");
+		test_send_all(r.fd, req, len);
+		for (int i = 0; i < N; i++)
+			cr_assert_str_eq(rd_next(&r, NULL), "+OK\r\n");
+		got = rd_next(&r, NULL);
+		cr_assert(got);
+		snprintf(want, sizeof(want), "db0:keys=%d,", (round + 1) * N);
+		cr_assert(strstr(got, want), "round %d: INFO keyspace without %s: %s", round, want,
+			  got);
+	}
+	free(req);
+	rd_free(&r);
+	srv_stop(&s);
+}
+
 /* INFO with several sections gives each, as Redis 7 does (keel-kv read only the first);
  * COMMAND COUNT with an argument is Redis 7's arity error; COMMAND INFO with no names
  * lists every command. */
@@ -1487,16 +1521,19 @@ build_mixed(char *req, int n)
 {
 	size_t len = 0;
 
-	for (int i = 0; i < n; i++)
+	for (int i = 0; i < n; i++) {
 		len += (size_t)sprintf(req + len,
 				       "SET key%d v%d\r\nMGET key%d key%d key%d\r\nDEL key%d\r\n",
 				       i, i, i, i + 1, i + 2, i + 3);
+		if (i % 50 == 49) /* put off behind the others (info_later) */
+			len += (size_t)sprintf(req + len, "INFO keyspace\r\n");
+	}
 	return len;
 }
 
 /* Connections that close while their requests are on other shards: the replies that come
- * back find the connection gone (under ASan: no leak, no use after free), and the server
- * goes on serving. */
+ * back find the connection gone (under ASan: no leak, no use after free, also of the INFO
+ * put off behind them), and the server goes on serving. */
 Test(kv_server, close_with_requests_in_flight)
 {
 	enum { N = 2000 };
