@@ -1336,6 +1336,88 @@ command_info(struct rbuf *out, const struct kv_cmd *c)
 	rb_int(out, first ? (int)(c->key_step ? c->key_step : 1) : 0);
 }
 
+/* CLIENT SETNAME's check and change (an empty name clears it); false: refused, the error
+ * written to @out. */
+static bool
+set_name(struct kconn *kc, const struct resp_arg *name, struct rbuf *out)
+{
+	char *n = NULL;
+
+	for (size_t i = 0; i < name->len; i++)
+		if (name->p[i] <= ' ' || name->p[i] > '~') {
+			rb_err(out, "ERR Client names cannot contain spaces, newlines or special "
+				    "characters.");
+			return false;
+		}
+	if (name->len && !(n = strndup((const char *)name->p, name->len))) {
+		out->oom = true;
+		return false;
+	}
+	free(kc->name);
+	kc->name = n;
+	return true;
+}
+
+/* HELLO [protover [AUTH username password] [SETNAME name]], as Redis 7 parses it, for
+ * RESP2 only: HELLO 3 is NOPROTO (clients then stay on RESP2). No password is set, as on a
+ * Redis whose default user has none: AUTH default with any password is taken, another user
+ * is refused. The reply is Redis's map as a RESP2 array; the server and version are the
+ * ones INFO gives (redis, 7.0.0), which clients read to choose their commands. */
+static void
+hello_cmd(struct kconn *kc, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	const struct resp_arg *name = NULL, *user = NULL;
+	long long ver;
+	unsigned i = 1;
+
+	if (argc >= 2) {
+		if (!kv_arg_ll(&argv[1], &ver)) {
+			rb_err(out, "ERR Protocol version is not an integer or out of range");
+			return;
+		}
+		if (ver != 2) { /* 3 is Redis's too, but not keel-kv's */
+			rb_err(out, "NOPROTO unsupported protocol version");
+			return;
+		}
+		i = 2;
+	}
+	for (; i < argc; i++) {
+		unsigned more = argc - 1 - i;
+
+		if (is(&argv[i], "AUTH") && more >= 2) {
+			user = &argv[i + 1];
+			i += 2;
+		} else if (is(&argv[i], "SETNAME") && more >= 1) {
+			name = &argv[++i];
+		} else {
+			rb_err(out, "ERR Syntax error in HELLO option '%.*s'", kv_err_len(&argv[i]),
+			       (const char *)argv[i].p);
+			return;
+		}
+	}
+	if (user && !(user->len == 7 && !memcmp(user->p, "default", 7))) {
+		rb_err(out, "WRONGPASS invalid username-password pair or user is disabled.");
+		return;
+	}
+	if (name && !set_name(kc, name, out))
+		return;
+	rb_arr(out, 14);
+	rb_bulk(out, "server", 6);
+	rb_bulk(out, "redis", 5);
+	rb_bulk(out, "version", 7);
+	rb_bulk(out, "7.0.0", 5);
+	rb_bulk(out, "proto", 5);
+	rb_int(out, 2);
+	rb_bulk(out, "id", 2);
+	rb_int(out, (long long)kc->id);
+	rb_bulk(out, "mode", 4);
+	rb_bulk(out, "standalone", 10);
+	rb_bulk(out, "role", 4);
+	rb_bulk(out, "master", 6);
+	rb_bulk(out, "modules", 7);
+	rb_arr(out, 0);
+}
+
 /* SHUTDOWN [NOSAVE|SAVE] [NOW] [FORCE] [ABORT], as Redis 7 parses it: the stop a SIGTERM
  * makes (every shard's append-only file written and synced, as Redis's SHUTDOWN does with
  * appendonly whatever the flags), and no reply: the client sees its connection close.
@@ -1416,6 +1498,8 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 		kc->closing = true;
 	} else if (!strcmp(n, "shutdown")) {
 		shutdown_cmd(kc, argv, argc, out);
+	} else if (!strcmp(n, "hello")) {
+		hello_cmd(kc, argv, argc, out);
 	} else if (!strcmp(n, "info")) {
 		if (!info_later(kc, argv, argc, out))
 			info(out, argv, argc);
@@ -1483,16 +1567,8 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 		}
 	} else if (!strcmp(n, "client")) {
 		if (is(&argv[1], "SETNAME") && argc == 3) {
-			for (size_t i = 0; i < argv[2].len; i++)
-				if (argv[2].p[i] <= ' ' || argv[2].p[i] > '~') {
-					rb_err(out, "ERR Client names cannot contain spaces, "
-						    "newlines or special characters.");
-					return;
-				}
-			free(kc->name);
-			kc->name =
-				argv[2].len ? strndup((const char *)argv[2].p, argv[2].len) : NULL;
-			rb_simple(out, "OK");
+			if (set_name(kc, &argv[2], out))
+				rb_simple(out, "OK");
 		} else if (is(&argv[1], "GETNAME") && argc == 2) {
 			if (kc->name)
 				rb_bulk(out, kc->name, strlen(kc->name));

@@ -1764,6 +1764,7 @@ static const struct kv_cmd cmds[] = {
 	{ "select", 2, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "loading stale fast" },
 	{ "quit", -1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "fast" },
 	{ "shutdown", -1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "admin noscript loading stale" },
+	{ "hello", -1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "noscript loading stale fast" },
 	{ "command", -1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "loading stale" },
 	{ "config", -2, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "admin loading stale" },
 	{ "client", -2, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "loading stale" },

@@ -251,6 +251,43 @@ info_field(int port, const char *field)
 	return v;
 }
 
+/* HELLO as Redis 7 answers it on RESP2 (checked side by side with redis-server 7.0.15;
+ * only the version differs, keel-kv's INFO one); HELLO 3 is NOPROTO, so that a client that
+ * asks for RESP3 stays on RESP2; SETNAME sets the name CLIENT GETNAME reads. */
+Test(kv_server, hello_answers_as_redis_7_on_resp2)
+{
+	struct srv s;
+	struct rd r;
+	char want[512], id[32], *got;
+
+	srv_start(&s, 2, NULL);
+	rd_init(&r, test_connect(s.port));
+	test_send_all(r.fd, "CLIENT ID\r\n", 11);
+	got = rd_next(&r, NULL);
+	cr_assert(got && got[0] == ':');
+	snprintf(id, sizeof(id), "%.*s", (int)strcspn(got + 1, "\r"), got + 1);
+	snprintf(want, sizeof(want),
+		 "*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$5\r\n7.0.0\r\n"
+		 "$5\r\nproto\r\n:2\r\n$2\r\nid\r\n:%s\r\n$4\r\nmode\r\n$10\r\nstandalone\r\n"
+		 "$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n",
+		 id);
+	expect(&r, "HELLO", want);
+	expect(&r, "HELLO 2 AUTH default any SETNAME app1", want);
+	expect(&r, "CLIENT GETNAME", "$4\r\napp1\r\n");
+	expect(&r, "HELLO 3", "-NOPROTO unsupported protocol version\r\n");
+	expect(&r, "HELLO 4", "-NOPROTO unsupported protocol version\r\n");
+	expect(&r, "HELLO x", "-ERR Protocol version is not an integer or out of range\r\n");
+	expect(&r, "HELLO 2 FOO", "-ERR Syntax error in HELLO option 'FOO'\r\n");
+	expect(&r, "HELLO 2 AUTH default", "-ERR Syntax error in HELLO option 'AUTH'\r\n");
+	expect(&r, "HELLO 2 AUTH bob pw",
+	       "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+	expect(&r, "HELLO 2 SETNAME \"a b\"",
+	       "-ERR Client names cannot contain spaces, newlines or special characters.\r\n");
+	expect(&r, "CLIENT GETNAME", "$4\r\napp1\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+}
+
 /* INFO pipelined after writes to other shards' keys counts them, as Redis's would: it is
  * made once the replies before it are in. Made at once, it read the other shards' counters
  * before they had run the writes (1,000 SETs over 3 shards, then INFO keyspace, in one
