@@ -411,6 +411,13 @@ keel__topo_msi_irqs(const char *devdir, int **out)
 		slash = strrchr(real, '/');
 		if (n || !slash || slash == real)
 			break;
+		/* A PCI function (it has a config space) without MSI IRQs uses a legacy INTx
+		 * line: its parent is a PCIe port, whose MSI IRQs are the port's own (AER,
+		 * PME), not the NIC's. Only a device that is not one (virtio-net's virtioN)
+		 * takes its parent's. */
+		snprintf(dir, sizeof(dir), "%s/config", real);
+		if (access(dir, F_OK) == 0)
+			break;
 		*slash = 0;
 	}
 	if (r < 0) {

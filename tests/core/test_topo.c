@@ -688,7 +688,7 @@ touch_in(const char *dir, int name)
 
 /* A NIC's MSI IRQs are read whole, however many: a large one has thousands (the list was
  * cut at 512 in directory order, so some rx queues' IRQs were not found), and a device
- * without its own (virtio-net) takes its parent's. */
+ * without its own (virtio-net) takes its parent's, but a PCI function does not. */
 Test(core_topo, msi_irqs_are_read_whole_and_from_the_parent_when_none)
 {
 	char root[] = "/tmp/keel-msi-XXXXXX", dir[300], dev[256];
@@ -719,6 +719,15 @@ Test(core_topo, msi_irqs_are_read_whole_and_from_the_parent_when_none)
 
 	snprintf(dev, sizeof(dev), "%s/none", root);
 	cr_assert_eq(keel__topo_msi_irqs(dev, &irqs), 0);
+	cr_assert_null(irqs);
+
+	/* A PCI function on a legacy INTx line, under a PCIe port with MSI IRQs of its own
+	 * (AER, PME): those are not the NIC's. They were taken as its IRQs. */
+	snprintf(dev, sizeof(dev), "%s/pci/nic/intx", root);
+	mkdirs(dev);
+	snprintf(dir, sizeof(dir), "%s/config", dev);
+	fclose(fopen(dir, "w"));
+	cr_assert_eq(keel__topo_msi_irqs(dev, &irqs), 0, "a PCI function took its port's IRQs");
 	cr_assert_null(irqs);
 	rm_dir(root);
 }
