@@ -1658,6 +1658,7 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 			out = reply_to(kc);
 			if (!out)
 				goto oom;
+			stat_add(&kv_stats[me].commands, 1); /* as where it runs (kv_cmd_run) */
 			rb_err(out, "ERR invalid cursor");
 			return;
 		}

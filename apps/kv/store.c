@@ -1655,9 +1655,12 @@ cmd_scan(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *ou
 	shard = c % nsh;
 	v = c / nsh;
 	budget = count > LLONG_MAX / 10 ? LLONG_MAX : count * 10;
-	do
-		v = scan_step(db, v, &q);
-	while (v && budget-- > 0 && q.seen < count);
+	if (!db->count)
+		v = 0; /* nothing to walk (the buckets stay after keys go): done, as Redis's */
+	else
+		do
+			v = scan_step(db, v, &q);
+		while (v && budget-- > 0 && q.seen < count);
 	if (v)
 		next = v * nsh + shard;
 	else

@@ -1108,7 +1108,7 @@ Test(kv_scan, a_cursor_is_read_as_redis_reads_it)
 struct scan_test {
 	struct kv_stats st;
 	uint8_t seen[SCAN_OLD];
-	unsigned calls, calls_mid_move, doublings, dups;
+	unsigned calls, calls_mid_move, doublings, dups, leaps;
 	bool ok;
 };
 
@@ -1228,6 +1228,52 @@ scan_start(void *app)
 	 * visited bucket would come again from its upper half after a doubling). */
 	SHARD_CHECK_EQ(t->dups, 0u, "keys returned twice while the table grew");
 
+	/* A small table that doubles several times between two calls (and a doubling that
+	 * starts and ends between two): 40 keys, 700 written after each of the first 5 calls
+	 * (a scan under writes that never stop may never end, as Redis's). */
+	kv_db_fini(&db);
+	if (!SHARD_CHECK_EQ(kv_db_init(&db, &t->st), 0))
+		goto end;
+	memset(t->seen, 0, sizeof(t->seen));
+	t->dups = 0;
+	for (unsigned i = 0; i < 40; i++) {
+		snprintf(k, sizeof(k), "old:%u", i);
+		run(&out, 3, (const char *[]){ "SET", k, "v" });
+	}
+	mask = db.mask;
+	t->leaps = 0;
+	snprintf(cur, sizeof(cur), "0");
+	w = 0;
+	do {
+		size_t before = db.mask;
+
+		if (!SHARD_CHECK(scan_call(t, cur, 2, (const char *[]){ "COUNT", "1" }, next,
+					   sizeof(next)),
+				 "SCAN %s, leaping: not a SCAN reply", cur))
+			goto end;
+		snprintf(cur, sizeof(cur), "%s", next);
+		for (unsigned j = 0; j < 700 && w < 3500; j++, w++) {
+			snprintf(k, sizeof(k), "leap:%u", w);
+			run(&out, 3, (const char *[]){ "SET", k, "v" });
+		}
+		if (db.mask >= 4 * (before + 1) - 1)
+			t->leaps++; /* two doublings or more between these calls */
+	} while (strcmp(cur, "0") && t->calls < 1000000);
+	for (unsigned i = 0; i < 40; i++)
+		SHARD_CHECK(t->seen[i] >= 1, "old:%u not returned while the table leapt", i);
+	SHARD_CHECK_EQ(t->dups, 0u, "keys returned twice while the table leapt");
+	(void)mask;
+
+	/* An emptied table: done at once (cursor 0), as Redis's, not a walk of its buckets. */
+	run(&out, 1, (const char *[]){ "FLUSHALL" });
+	run(&out, 4, (const char *[]){ "SCAN", "0", "COUNT", "1" });
+	SHARD_CHECK(reply_is(&out, "*2\r\n$1\r\n0\r\n*0\r\n"), "SCAN of an empty table: %.40s",
+		    out.p);
+	for (unsigned i = 0; i < SCAN_OLD; i++) {
+		snprintf(k, sizeof(k), "old:%u", i);
+		run(&out, 3, (const char *[]){ "SET", k, "v" });
+	}
+
 	/* Filters and errors. */
 	run(&out, 6, (const char *[]){ "SCAN", "0", "MATCH", "old:12?", "COUNT", "100000000" });
 	SHARD_CHECK(out.len > 12 && !memcmp(out.p, "*2\r\n$1\r\n0\r\n*10\r\n", 16),
@@ -1265,6 +1311,7 @@ Test(kv_scan, returns_every_key_once_and_every_key_while_the_table_doubles)
 	cr_assert(t.ok);
 	cr_assert_geq(t.doublings, 3, "the table doubled %u times under the scan", t.doublings);
 	cr_assert_gt(t.calls_mid_move, 0, "no call found a doubling half done");
+	cr_assert_gt(t.leaps, 0, "no two doublings came between two calls");
 }
 
 /* The expiry sweep's pace: a whole pass over a table of any size within
