@@ -46,7 +46,9 @@ struct pend {
 	struct rbuf *parts;  /* [nshards] */
 	uint16_t *key_owner; /* KV_M_ARRAY_BY_KEY: the owner of each key, in order */
 	unsigned nkeys;
-	/* An INFO made once the replies before it are in (info_later): its arguments */
+	/* A command run once the replies before it are in (run_later): INFO with its
+	 * arguments, or SHUTDOWN */
+	enum { LATER_NONE, LATER_INFO, LATER_SHUTDOWN } later_kind;
 	struct resp_arg *later;
 	unsigned nlater;
 };
@@ -75,6 +77,9 @@ struct kconn {
 	 * limits (over_limit): they wait in @in, reading is paused, and resume_cb parses them
 	 * once the replies drain. */
 	bool held;
+	/* A command waits for the replies before it (run_later): nothing after it is parsed
+	 * until it has run, as Redis runs a connection's commands one after another */
+	bool barrier;
 	bool resume_queued; /* resume_cb is deferred (a closed connection is freed there) */
 	/* A reply buffer larger than the high watermark, queued on the connection in pieces
 	 * as its queue drains (send_big): a reading client gets a reply of any size, while
@@ -302,7 +307,7 @@ unpause(struct kconn *kc)
  * the rest wait, counted in pend_bytes, for on_writable. Replies another shard made come
  * back all at once; moved all at once, a pipeline of large remote GETs passed --send-max
  * and a client reading as fast as it could was reset. */
-static void info(struct rbuf *out, struct resp_arg *argv, unsigned argc);
+static void later_run(struct kconn *kc, struct pend *p);
 
 static void
 drain(struct kconn *kc)
@@ -310,13 +315,9 @@ drain(struct kconn *kc)
 	uint64_t queued = keel_conn_queued(kc->c); /* only flush_out, after, changes it */
 	struct pend *p;
 
-	while ((p = kc->head) && (p->done || p->later)) {
-		if (p->later) { /* every reply before it is in: made now (info_later) */
-			info(&p->rep, p->later, p->nlater);
-			free(p->later);
-			p->later = NULL;
-			p->done = true;
-		}
+	while ((p = kc->head) && (p->done || p->later_kind)) {
+		if (p->later_kind) /* every reply before it is in: run now (run_later) */
+			later_run(kc, p);
 		/* Above the watermark, not at it: keel calls on_writable for a queue that went
 		 * above it (net/conn.c), so stopping at it exactly waited for ever. */
 		if (kc->out.len + queued > kv_cfg.high_watermark)
@@ -480,15 +481,17 @@ over_limit(const struct kconn *kc)
 
 static void resume_cb(void *arg);
 
-/* Parse no more of what was received: the rest waits in kc->in, reading pauses. */
+/* Parse no more of what was received: the rest waits in kc->in, reading pauses. @limits:
+ * stopped at the reply limits (counted in input_holds), not at a barrier. */
 static void
-hold_input(struct kconn *kc)
+hold_input(struct kconn *kc, bool limits)
 {
 	if (kc->held)
 		return;
 	kc->held = true;
 	kc->in_need = 0; /* a whole request may start there: parse it at once when resumed */
-	stat_add(&kv_stats[self()].input_holds, 1);
+	if (limits)
+		stat_add(&kv_stats[self()].input_holds, 1);
 	keel_conn_pause_read(kc->c);
 }
 
@@ -1180,13 +1183,16 @@ info_names(const struct resp_arg *argv, unsigned argc, const char *name)
 	return false;
 }
 
-/* INFO behind replies still being made (a write another shard runs, a sync): made when
- * they are in, so that its counters include what the connection's earlier requests did, as
- * Redis's do (made at once, a pipelined SET on another shard's key and INFO keyspace could
- * count the key before that shard had stored it). Returns true when put off; false (nothing
- * before it, or no memory to keep its arguments) when it is made now. */
+/* A command that reads or ends what the connection's earlier requests do (INFO's counters,
+ * SHUTDOWN's last sync) behind replies still being made (a write another shard runs, a
+ * sync): it runs once they are in, and nothing after it is parsed until then (kc->barrier),
+ * so that it sees what came before it and nothing after, as in Redis. Made at once, a
+ * pipelined SET on another shard's key and INFO keyspace could count the key before that
+ * shard had stored it, and a SHUTDOWN stopped the shards before the writes sent ahead of
+ * it had reached them. Returns true when put off; false (nothing before it, or no memory
+ * to keep INFO's arguments) when it is to run now. */
 static bool
-info_later(struct kconn *kc, const struct resp_arg *argv, unsigned argc, struct rbuf *out)
+run_later(struct kconn *kc, int kind, const struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
 	struct pend *p = kc->pend_open;
 	size_t bytes = (size_t)argc * sizeof(*argv);
@@ -1194,19 +1200,42 @@ info_later(struct kconn *kc, const struct resp_arg *argv, unsigned argc, struct 
 
 	if (!p || out != &p->rep)
 		return false;
-	for (unsigned i = 0; i < argc; i++)
-		bytes += argv[i].len;
-	if (!(p->later = malloc(bytes)))
-		return false;
-	b = (uint8_t *)(p->later + argc);
-	for (unsigned i = 0; i < argc; i++) {
-		memcpy(b, argv[i].p, argv[i].len);
-		p->later[i] = (struct resp_arg){ b, argv[i].len };
-		b += argv[i].len;
+	if (kind == LATER_INFO) {
+		for (unsigned i = 0; i < argc; i++)
+			bytes += argv[i].len;
+		if (!(p->later = malloc(bytes)))
+			return false;
+		b = (uint8_t *)(p->later + argc);
+		for (unsigned i = 0; i < argc; i++) {
+			memcpy(b, argv[i].p, argv[i].len);
+			p->later[i] = (struct resp_arg){ b, argv[i].len };
+			b += argv[i].len;
+		}
+		p->nlater = argc;
 	}
-	p->nlater = argc;
+	p->later_kind = kind;
 	p->done = false;
+	kc->barrier = true;
 	return true;
+}
+
+static void shutdown_now(struct kconn *kc);
+static void info(struct rbuf *out, struct resp_arg *argv, unsigned argc);
+
+/* The command run_later put off, now at the head: run it, and parse what waited. */
+static void
+later_run(struct kconn *kc, struct pend *p)
+{
+	if (p->later_kind == LATER_INFO)
+		info(&p->rep, p->later, p->nlater);
+	else
+		shutdown_now(kc);
+	free(p->later);
+	p->later = NULL;
+	p->later_kind = LATER_NONE;
+	p->done = true;
+	kc->barrier = false;
+	resume_later(kc);
 }
 
 static void
@@ -1359,14 +1388,14 @@ set_name(struct kconn *kc, const struct resp_arg *name, struct rbuf *out)
 }
 
 /* HELLO [protover [AUTH username password] [SETNAME name]], as Redis 7 parses it, for
- * RESP2 only: HELLO 3 is NOPROTO (clients then stay on RESP2). No password is set, as on a
+ * RESP2 only: HELLO 3 is NOPROTO before its options are read (clients then stay on RESP2;
+ * Redis, which takes 3, reads them). No password is set, as on a
  * Redis whose default user has none: AUTH default with any password is taken, another user
  * is refused. The reply is Redis's map as a RESP2 array; the server and version are the
  * ones INFO gives (redis, 7.0.0), which clients read to choose their commands. */
 static void
 hello_cmd(struct kconn *kc, struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
-	const struct resp_arg *name = NULL, *user = NULL;
 	long long ver;
 	unsigned i = 1;
 
@@ -1381,26 +1410,29 @@ hello_cmd(struct kconn *kc, struct resp_arg *argv, unsigned argc, struct rbuf *o
 		}
 		i = 2;
 	}
+	/* One option after another, each applied as it is read, the first error ending it (a
+	 * name set before it stays), as Redis 7.0 does. */
 	for (; i < argc; i++) {
 		unsigned more = argc - 1 - i;
 
 		if (is(&argv[i], "AUTH") && more >= 2) {
-			user = &argv[i + 1];
+			const struct resp_arg *user = &argv[i + 1];
+
+			if (!(user->len == 7 && !memcmp(user->p, "default", 7))) {
+				rb_err(out, "WRONGPASS invalid username-password pair or user is "
+					    "disabled.");
+				return;
+			}
 			i += 2;
 		} else if (is(&argv[i], "SETNAME") && more >= 1) {
-			name = &argv[++i];
+			if (!set_name(kc, &argv[++i], out))
+				return;
 		} else {
 			rb_err(out, "ERR Syntax error in HELLO option '%.*s'", kv_err_len(&argv[i]),
 			       (const char *)argv[i].p);
 			return;
 		}
 	}
-	if (user && !(user->len == 7 && !memcmp(user->p, "default", 7))) {
-		rb_err(out, "WRONGPASS invalid username-password pair or user is disabled.");
-		return;
-	}
-	if (name && !set_name(kc, name, out))
-		return;
 	rb_arr(out, 14);
 	rb_bulk(out, "server", 6);
 	rb_bulk(out, "redis", 5);
@@ -1456,6 +1488,15 @@ shutdown_cmd(struct kconn *kc, struct resp_arg *argv, unsigned argc, struct rbuf
 			    "SHUTDOWN or SHUTDOWN NOSAVE");
 		return;
 	}
+	/* After the writes sent before it have run (their records are then in the shards'
+	 * files, which the stop writes and syncs). */
+	if (!run_later(kc, LATER_SHUTDOWN, argv, argc, out))
+		shutdown_now(kc);
+}
+
+static void
+shutdown_now(struct kconn *kc)
+{
 	keel_log(KEEL_LOG_WARN, "kv", "shard %u: SHUTDOWN from a client: stopping", self());
 	kc->closing = true;
 	keel_stop(0);
@@ -1501,7 +1542,7 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 	} else if (!strcmp(n, "hello")) {
 		hello_cmd(kc, argv, argc, out);
 	} else if (!strcmp(n, "info")) {
-		if (!info_later(kc, argv, argc, out))
+		if (!run_later(kc, LATER_INFO, argv, argc, out))
 			info(out, argv, argc);
 	} else if (!strcmp(n, "command")) {
 		unsigned nc;
@@ -1783,6 +1824,10 @@ process(struct kconn *kc, const uint8_t *p, size_t n, const struct keel_slice *s
 	while (off < n && !kc->closing && !kc->out.oom) {
 		long r;
 
+		if (kc->barrier) { /* a command waits for the replies before it (run_later) */
+			hold_input(kc, false);
+			break;
+		}
 		/* Large replies go to the connection as they are made, so that its queue, not
 		 * this buffer, says when to stop; then stop while over the limits. */
 		if (__builtin_expect(kc->out.len >= room || kc->paused || kc->pend_bytes >= room ||
@@ -1794,7 +1839,7 @@ process(struct kconn *kc, const uint8_t *p, size_t n, const struct keel_slice *s
 				flush_out(kc);
 			queued = keel_conn_queued(kc->c);
 			if (over_limit_q(kc, queued)) {
-				hold_input(kc);
+				hold_input(kc, true);
 				break;
 			}
 			room = out_room(queued);
@@ -1933,8 +1978,8 @@ resume_cb(void *arg)
 			free(kc);
 		return;
 	}
-	if (!kc->held || kc->closing || over_limit(kc))
-		return; /* what lowers the limits calls resume_later again */
+	if (!kc->held || kc->closing || kc->barrier || over_limit(kc))
+		return; /* what lowers the limits, or ends the barrier, calls resume_later again */
 	kc->held = false;
 	used = process(kc, kc->in, kc->in_len, NULL);
 	memmove(kc->in, kc->in + used, kc->in_len - used);
@@ -2005,7 +2050,7 @@ on_close(struct keel_conn *c, int status)
 		return;
 	for (p = kc->head; p; p = next) {
 		next = p->next;
-		if (p->done || p->later)
+		if (p->done || p->later_kind)
 			pend_free(p);
 		else
 			p->kc = NULL; /* freed when its reply comes back */

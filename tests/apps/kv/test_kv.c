@@ -284,20 +284,26 @@ Test(kv_server, hello_answers_as_redis_7_on_resp2)
 	expect(&r, "HELLO 2 SETNAME \"a b\"",
 	       "-ERR Client names cannot contain spaces, newlines or special characters.\r\n");
 	expect(&r, "CLIENT GETNAME", "$4\r\napp1\r\n");
+	/* Each option applied as it is read, the first error ending it, as in Redis 7.0. */
+	expect(&r, "HELLO 2 AUTH foo x AUTH default x",
+	       "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+	expect(&r, "HELLO 2 SETNAME app2 FOO", "-ERR Syntax error in HELLO option 'FOO'\r\n");
+	expect(&r, "CLIENT GETNAME", "$4\r\napp2\r\n");
 	rd_free(&r);
 	srv_stop(&s);
 }
 
-/* INFO pipelined after writes to other shards' keys counts them, as Redis's would: it is
- * made once the replies before it are in. Made at once, it read the other shards' counters
- * before they had run the writes (1,000 SETs over 3 shards, then INFO keyspace, in one
- * send). */
+/* INFO pipelined between writes to other shards' keys counts the ones before it and none
+ * after it, as Redis's would: it runs once the replies before it are in, and nothing after
+ * it is parsed until it has. Made at once, it read the other shards' counters before they
+ * had run the writes (1,000 SETs over 3 shards, then INFO keyspace, in one send); made when
+ * its turn came but with the rest parsed, it counted writes sent after it. */
 Test(kv_server, info_after_pipelined_writes_counts_them)
 {
 	enum { N = 1000, ROUNDS = 5 };
 	struct srv s;
 	struct rd r;
-	char *req = malloc((size_t)N * 40 + 64), want[64], *got;
+	char *req = malloc((size_t)N * 80 + 64), want[64], *got;
 
 	cr_assert(req);
 	srv_start(&s, 3, NULL);
@@ -306,16 +312,20 @@ Test(kv_server, info_after_pipelined_writes_counts_them)
 		size_t len = 0;
 
 		for (int i = 0; i < N; i++)
-			len += (size_t)sprintf(req + len, "SET r%d:k%d v\r\n", round, i);
+			len += (size_t)sprintf(req + len, "SET r%d:a%d v\r\n", round, i);
 		len += (size_t)sprintf(req + len, "INFO keyspace\r\n");
+		for (int i = 0; i < N; i++)
+			len += (size_t)sprintf(req + len, "SET r%d:b%d v\r\n", round, i);
 		test_send_all(r.fd, req, len);
 		for (int i = 0; i < N; i++)
 			cr_assert_str_eq(rd_next(&r, NULL), "+OK\r\n");
 		got = rd_next(&r, NULL);
 		cr_assert(got);
-		snprintf(want, sizeof(want), "db0:keys=%d,", (round + 1) * N);
+		snprintf(want, sizeof(want), "db0:keys=%d,", 2 * round * N + N);
 		cr_assert(strstr(got, want), "round %d: INFO keyspace without %s: %s", round, want,
 			  got);
+		for (int i = 0; i < N; i++)
+			cr_assert_str_eq(rd_next(&r, NULL), "+OK\r\n");
 	}
 	free(req);
 	rd_free(&r);
@@ -1856,43 +1866,70 @@ Test(kv_server, aof_torn_tail_truncated_with_log_line)
 	rm_dir(dir);
 }
 
+/* Send @req on a new connection to @s, whose last request is a SHUTDOWN: every reply that
+ * comes before the connection closes is +OK (replies may be lost with the connection, as
+ * with Redis, which exits with them in its output buffers), and keel-kv exits 0. */
+static void
+shutdown_with(struct srv *s, const char *req)
+{
+	struct rd r;
+	uint64_t dl = test_deadline(TEST_WAIT_MS);
+	char *g;
+	int st;
+
+	rd_init(&r, test_connect(s->port));
+	test_send_all(r.fd, req, strlen(req));
+	while ((g = rd_next(&r, NULL)))
+		cr_assert_str_eq(g, "+OK\r\n", "a reply before the stop");
+	rd_free(&r);
+	while (waitpid(s->pid, &st, WNOHANG) == 0) {
+		cr_assert(!test_expired(dl), "keel-kv did not stop after SHUTDOWN");
+		test_pause();
+	}
+	live = 0;
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "keel-kv exit status %d", st);
+}
+
 /* SHUTDOWN stops the server as SIGTERM does: no reply (the connection closes), exit status
- * 0, and the append-only file written and synced (the writes are there after a restart).
+ * 0, the append-only files written and synced, with every write sent before it on its
+ * connection (to any shard) and none after it. SHUTDOWN used to stop the shards while
+ * writes pipelined ahead of it were still on their way to them: 2 to 4 of 6 were lost.
  * The forms Redis refuses are refused the same way, and SAVE, a snapshot keel-kv cannot
  * make, is refused rather than ignored. */
 Test(kv_server, shutdown_stops_with_the_data_synced)
 {
-	char dir[64];
+	char dir[64], req[512], want[32];
 	struct srv s;
 	struct rd r;
-	uint64_t dl;
-	int st;
 
 	mk_dir(dir, sizeof(dir));
-	srv_start(&s, 2, "--appendonly", "yes", "--dir", dir, NULL);
+	srv_start(&s, 3, "--appendonly", "yes", "--dir", dir, NULL);
 	rd_init(&r, test_connect(s.port));
-	expect(&r, "MSET a 1 b 2 c 3 d 4", "+OK\r\n");
 	expect(&r, "SHUTDOWN FOO", "-ERR syntax error\r\n");
 	expect(&r, "SHUTDOWN NOSAVE SAVE", "-ERR syntax error\r\n");
 	expect(&r, "SHUTDOWN ABORT NOW", "-ERR syntax error\r\n");
 	expect(&r, "SHUTDOWN ABORT", "-ERR No shutdown in progress.\r\n");
 	test_send_all(r.fd, "SHUTDOWN SAVE\r\n", 15);
 	cr_assert(!strncmp(rd_next(&r, NULL), "-ERR SHUTDOWN SAVE: keel-kv keeps no snapshot", 45));
-	test_send_all(r.fd, "SHUTDOWN NOW\r\n", 14);
-	cr_assert_null(rd_next(&r, NULL), "a reply to SHUTDOWN");
-	cr_assert(r.eof);
-	dl = test_deadline(TEST_WAIT_MS);
-	while (waitpid(s.pid, &st, WNOHANG) == 0) {
-		cr_assert(!test_expired(dl), "keel-kv did not stop after SHUTDOWN");
-		test_pause();
+	rd_free(&r);
+	/* Six writes over the three shards, the SHUTDOWN and one more write in one send, 20
+	 * times over, the server started again each time. (Without the wait the loss was a
+	 * race between the stop and the writes' messages: 1 run of this test in 6 met it on
+	 * a loaded machine.) */
+	for (int round = 0; round < 20; round++) {
+		size_t len = 0;
+
+		for (int i = 0; i < 6; i++)
+			len += (size_t)sprintf(req + len, "SET r%d:k%d v\r\n", round, i);
+		sprintf(req + len, "SHUTDOWN%s\r\nSET r%d:after v\r\n", round % 2 ? " NOW" : "",
+			round);
+		shutdown_with(&s, req);
+		srv_start(&s, 3, "--appendonly", "yes", "--dir", dir, NULL);
+		rd_init(&r, test_connect(s.port));
+		snprintf(want, sizeof(want), ":%d\r\n", 6 * (round + 1));
+		expect(&r, "DBSIZE", want);
+		rd_free(&r);
 	}
-	live = 0;
-	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "keel-kv exit status %d", st);
-	rd_free(&r);
-	srv_start(&s, 2, "--appendonly", "yes", "--dir", dir, NULL);
-	rd_init(&r, test_connect(s.port));
-	expect(&r, "MGET a b c d", "*4\r\n$1\r\n1\r\n$1\r\n2\r\n$1\r\n3\r\n$1\r\n4\r\n");
-	rd_free(&r);
 	srv_stop(&s);
 	rm_dir(dir);
 }
