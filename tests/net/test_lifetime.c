@@ -856,6 +856,43 @@ Test(net_lifetime, an_accepted_connection_ended_before_on_open_gets_no_on_close)
 	cr_assert_eq(atomic_load(&unseen_closes), 0, "on_close for a connection never opened");
 }
 
+/* One shard with direct descriptors, a table of @max_files and one echo-like listener
+ * (*@l, @ops) started by @start; dl_end stops it and puts the process default back. */
+static struct keel_runtime *
+dl_run(struct keel_opts *o, unsigned max_files, const struct keel_conn_ops *ops,
+       struct keel_listener **l, keel_shard_fn start)
+{
+	struct keel_net_config nc;
+	struct keel_listen_opts lo;
+	struct keel_runtime *rt;
+
+	net_test_feature(o, "direct_fd=on");
+	keel_net_config_init(&nc);
+	nc.max_files = max_files;
+	cr_assert_eq(keel_net_config_set(&nc), 0);
+	cr_assert_eq(keel_runtime_create(o, &rt), 0);
+	memset(&lo, 0, sizeof(lo));
+	lo.addr = "127.0.0.1";
+	lo.rt = rt;
+	cr_assert_eq(keel_listener_create(&lo, 1, ops, NULL, l), 0);
+	cr_assert_eq(keel_runtime_start(rt, start, NULL), 0);
+	return rt;
+}
+
+static void
+dl_end(struct keel_runtime *rt, struct keel_listener *l)
+{
+	struct keel_net_config dflt;
+
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	keel_listener_destroy(l);
+	SHARD_CHECKS_PASSED();
+	keel_net_config_init(&dflt);
+	cr_assert_eq(keel_net_config_set(&dflt), 0);
+}
+
 /* The application's direct files share the table with accepted connections: with three
  * of the four slots held by files (keel_file_direct_slots), the next clients wait in the
  * backlog until the files close. The listener did not count the files: it armed an accept
@@ -916,8 +953,6 @@ df_start(void *arg)
 Test(net_lifetime, direct_files_in_the_table_leave_new_connections_in_the_backlog)
 {
 	struct keel_opts o = net_test_opts(1);
-	struct keel_net_config nc, dflt;
-	struct keel_listen_opts lo;
 	struct keel_runtime *rt;
 	int a, next[2];
 	char b[5];
@@ -925,16 +960,7 @@ Test(net_lifetime, direct_files_in_the_table_leave_new_connections_in_the_backlo
 	if (!keel_caps_get()->sparse_files)
 		cr_skip_test("no sparse file tables (Linux 5.19): no direct descriptors");
 	memset(&df, 0, sizeof(df));
-	net_test_feature(&o, "direct_fd=on");
-	keel_net_config_init(&nc);
-	nc.max_files = 4;
-	cr_assert_eq(keel_net_config_set(&nc), 0);
-	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
-	memset(&lo, 0, sizeof(lo));
-	lo.addr = "127.0.0.1";
-	lo.rt = rt;
-	cr_assert_eq(keel_listener_create(&lo, 1, &df_ops, NULL, &df.l), 0);
-	cr_assert_eq(keel_runtime_start(rt, df_start, NULL), 0);
+	rt = dl_run(&o, 4, &df_ops, &df.l, df_start);
 	WAIT_FOR(atomic_load(&df.opened) == 3, "the three files opened");
 	cr_assert_eq(atomic_load(&df.failed), 0, "a direct open failed");
 
@@ -959,13 +985,7 @@ Test(net_lifetime, direct_files_in_the_table_leave_new_connections_in_the_backlo
 		close(next[i]);
 	}
 	close(a);
-	keel_runtime_stop(rt, 0);
-	cr_assert_eq(keel_runtime_join(rt), 0);
-	keel_runtime_destroy(rt);
-	keel_listener_destroy(df.l);
-	SHARD_CHECKS_PASSED();
-	keel_net_config_init(&dflt);
-	cr_assert_eq(keel_net_config_set(&dflt), 0);
+	dl_end(rt, df.l);
 }
 
 /* A listener parked on a table full of connections, then a connection's slot freed while a
@@ -1052,8 +1072,6 @@ pk_start(void *arg)
 Test(net_lifetime, a_listener_parked_before_files_held_slots_looks_again)
 {
 	struct keel_opts o = net_test_opts(1);
-	struct keel_net_config nc, dflt;
-	struct keel_listen_opts lo;
 	struct keel_runtime *rt;
 	int a, b, c, r;
 	char buf[5];
@@ -1063,16 +1081,7 @@ Test(net_lifetime, a_listener_parked_before_files_held_slots_looks_again)
 	memset(&pk, 0, sizeof(pk));
 	cr_assert_eq(pipe(pk.pipefd), 0);
 	o.file_qd = 1;
-	net_test_feature(&o, "direct_fd=on");
-	keel_net_config_init(&nc);
-	nc.max_files = 2;
-	cr_assert_eq(keel_net_config_set(&nc), 0);
-	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
-	memset(&lo, 0, sizeof(lo));
-	lo.addr = "127.0.0.1";
-	lo.rt = rt;
-	cr_assert_eq(keel_listener_create(&lo, 1, &pk_ops, NULL, &pk.l), 0);
-	cr_assert_eq(keel_runtime_start(rt, pk_start, NULL), 0);
+	rt = dl_run(&o, 2, &pk_ops, &pk.l, pk_start);
 	a = cli_connect(keel_listener_port(pk.l));
 	b = cli_connect(keel_listener_port(pk.l));
 	cr_assert(a >= 0 && b >= 0);
@@ -1094,13 +1103,7 @@ Test(net_lifetime, a_listener_parked_before_files_held_slots_looks_again)
 	cr_assert_eq(r, 0, "a client with a slot free got no echo (%s)", strerror(-r));
 	close(a);
 	close(c);
-	keel_runtime_stop(rt, 0);
-	cr_assert_eq(keel_runtime_join(rt), 0);
-	keel_runtime_destroy(rt);
-	keel_listener_destroy(pk.l);
+	dl_end(rt, pk.l);
 	close(pk.pipefd[0]);
 	close(pk.pipefd[1]);
-	SHARD_CHECKS_PASSED();
-	keel_net_config_init(&dflt);
-	cr_assert_eq(keel_net_config_set(&dflt), 0);
 }
