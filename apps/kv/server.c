@@ -1921,8 +1921,6 @@ on_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
 {
 	struct kconn *kc = keel_conn_user(c);
 
-	if (kv_cfg.timeout_s) /* only the idle check reads it: no clock read per pass else */
-		kc->last_ms = kv_now_ms();
 	for (unsigned i = 0; i < n; i++) {
 		size_t used;
 
@@ -1962,6 +1960,11 @@ on_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
 	 * completes its pend at once; when that pend is the head nothing else drains it. */
 	drain(kc);
 	flush_out(kc);
+	/* Active until its requests were run, not from when they arrived: a 64 MiB SET that
+	 * took over --timeout to make (a sanitizer build) was closed as idle right after its
+	 * reply. Only the idle check reads it: no clock read per receive else. */
+	if (kv_cfg.timeout_s)
+		kc->last_ms = kv_now_ms();
 }
 
 /* Parse what was held (hold_input), now that the replies drained; reading resumes unless
