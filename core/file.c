@@ -860,7 +860,7 @@ keel_file_openat(struct keel_file_req *req, int dirfd, const char *path, int fla
 	req->file_ = out;
 	if (kflags & KEEL_FILE_OPEN_DIRECT_DESC)
 		req->sqe_flags_ = OPEN_F_DIRECT_DESC;
-	/* Its slot, from now on: complete() gives it back (before submit, which may run it). */
+	/* Its slot, from now on: complete() gives it back, a refusal here at once. */
 	s->files.direct += !!(kflags & KEEL_FILE_OPEN_DIRECT_DESC);
 	r = submit(s, req, arg);
 	if (r < 0)

@@ -1238,6 +1238,10 @@ later_run(struct kconn *kc, struct pend *p)
 	resume_later(kc);
 }
 
+/* The Redis version keel-kv answers as (INFO server, HELLO): clients choose their commands
+ * by it. */
+#define KV_REDIS_VERSION "7.0.0"
+
 static void
 info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
 {
@@ -1272,7 +1276,7 @@ info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
 		lazy += LD(lazyfree_pending);
 	}
 	if (WANT("server")) {
-		LINE("# Server\r\nredis_version:7.0.0\r\nkeel_kv_version:0.1\r\n"
+		LINE("# Server\r\nredis_version:" KV_REDIS_VERSION "\r\nkeel_kv_version:0.1\r\n"
 		     "redis_mode:standalone\r\narch_bits:64\r\nmultiplexing_api:io_uring\r\n"
 		     "process_id:%ld\r\ntcp_port:%u\r\nuptime_in_seconds:%lld\r\nshards:%u\r\n\r\n",
 		     (long)getpid(), kv_port, (long long)((kv_now_ms() - kv_start_ms) / 1000), ns);
@@ -1437,7 +1441,7 @@ hello_cmd(struct kconn *kc, struct resp_arg *argv, unsigned argc, struct rbuf *o
 	rb_bulk(out, "server", 6);
 	rb_bulk(out, "redis", 5);
 	rb_bulk(out, "version", 7);
-	rb_bulk(out, "7.0.0", 5);
+	rb_bulk(out, KV_REDIS_VERSION, strlen(KV_REDIS_VERSION));
 	rb_bulk(out, "proto", 5);
 	rb_int(out, 2);
 	rb_bulk(out, "id", 2);
