@@ -98,6 +98,7 @@ struct aof {
 	bool dir_open;
 	struct keel_file dir_f;
 	uint64_t sync_errors; /* failed fdatasyncs and directory fsyncs */
+	int stop_err;         /* the stop's write or sync failed (kv_aof_stop_failures) */
 	/* BGREWRITEAOF: rw_renamed once the new file has the name, rw_ready once the directory
 	 * holding the name is synced too (rw_dir_err: its last sync failed, and writes are
 	 * refused as for err; rw_dir_busy: a sync in flight) */
@@ -2001,7 +2002,18 @@ kv_aof_stop(void)
 			 "shard %u: appendonly-%u.aof at stop: %s; the replies still waiting for "
 			 "it say so",
 			 a->id, a->id, strerror(-err));
+	a->stop_err = err;
 	answer_waiters(a, err);
+}
+
+unsigned
+kv_aof_stop_failures(void)
+{
+	unsigned n = 0;
+
+	for (unsigned i = 0; i < KEEL_MAX_SHARDS; i++)
+		n += aofs[i].open && aofs[i].stop_err;
+	return n;
 }
 
 void

@@ -258,6 +258,9 @@ void kv_aof_cmd_bgrewrite(struct kv_db *db, struct resp_arg *argv, unsigned argc
 void kv_aof_info(struct rbuf *out);
 /* Flush what is pending synchronously and close (the shard's on-stop hook / main at exit). */
 void kv_aof_stop(void);
+/* After the join: how many shards' stops could not write or sync their file (each logged
+ * why); keel-kv's exit status is then 1. */
+unsigned kv_aof_stop_failures(void);
 void kv_aof_fini(void);
 
 #endif

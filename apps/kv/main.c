@@ -171,6 +171,7 @@ main(int argc, char **argv)
 	struct app a = { 0 };
 	const char *addr = "0.0.0.0";
 	long port = 6379;
+	unsigned failed;
 	int r;
 
 	kv_test_faults_init();
@@ -276,6 +277,13 @@ main(int argc, char **argv)
 		r = keel_runtime_join(rt);
 	keel_runtime_destroy(rt);
 	keel_listener_destroy(a.l);
+	failed = kv_aof_stop_failures();
+	if (failed) /* a supervisor sees it: what was written since the last good sync is lost */
+		fprintf(stderr,
+			"keel-kv: %u append-only file(s) could not be written and synced at the "
+			"stop (the lines above say why): what was written to them since their "
+			"last good sync may not be on disk; exit status 1\n",
+			failed);
 	kv_fini();
-	return r < 0 ? 1 : 0;
+	return r < 0 || failed ? 1 : 0;
 }

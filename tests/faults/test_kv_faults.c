@@ -712,6 +712,30 @@ aof_restart(struct proc *p, const char *shards, const char *dir)
 }
 
 /* BGREWRITEAOF, then wait until the INFO persistence counter @field reaches 1. */
+/* SIGTERM to a server whose file cannot be made whole at the stop (a sync failed and the
+ * rebuild has not replaced it, or its write or sync fails again): it exits with status 1,
+ * so that a supervisor sees what the log says. */
+static void
+proc_stop_failed(struct proc *p)
+{
+	int st = proc_stop_status(p);
+
+	cr_assert_eq(WEXITSTATUS(st), 1, "exit status %d: the stop could not sync the file",
+		     WEXITSTATUS(st));
+}
+
+/* Until INFO persistence's @field is at least @n. */
+static void
+field_until(int port, const char *field, long long n)
+{
+	uint64_t dl = test_deadline(TEST_WAIT_MS);
+
+	while (persistence_field(port, field) < n) {
+		cr_assert(!test_expired(dl), "%s stayed below %lld", field, n);
+		test_pause();
+	}
+}
+
 static void
 bgrewrite_until(int port, const char *field)
 {
@@ -795,6 +819,8 @@ Test(faults_kv, aof_everysec_syncs_a_flushalls_truncation)
 		test_pause();
 	}
 	close(fd);
+	/* The failed sync lost the file until its rebuild: once rebuilt, the stop is clean. */
+	field_until(p.port, "aof_rewrites:", 1);
 	proc_stop(&p);
 	rm_dir(dir);
 }
@@ -1019,7 +1045,7 @@ Test(faults_kv, aof_writes_gathered_behind_a_failing_switch_are_answered)
 		cr_assert(acked[i] || !strncmp(line, "-MISCONF", 8), "SET aof%d: '%s'", i, line);
 	}
 	fclose(f);
-	proc_stop(&p);
+	proc_stop_failed(&p); /* every sync fails: the file is not whole */
 	aof1_check_and_clean(dir, 64, acked);
 }
 
@@ -1214,17 +1240,23 @@ kvf_start_logged(struct proc *p, const char *kvfaults, char *dir, char *log, siz
 
 /* The fdatasync at stop fails: the stop says so, in a line naming the file and the error
  * (replies still waiting for it would carry the error; none waits here: a stop with
- * replies in flight is not reproducible from outside). */
+ * replies in flight is not reproducible from outside), and the exit status is 1, so that a
+ * supervisor sees it too. */
 Test(faults_kv, aof_failed_sync_at_stop_is_reported)
 {
 	char dir[] = "/tmp/keel-kv-aof-stopsync-XXXXXX", log[64];
 	bool acked[200] = { false };
 	struct proc p;
+	int st;
 
 	kvf_start_logged(&p, "stop-sync", dir, log, sizeof(log));
 	cr_assert_eq(aof_sets(p.port, 200, acked), 0);
-	proc_stop(&p);
+	st = proc_stop_status(&p);
+	cr_assert_eq(WEXITSTATUS(st), 1, "exit status %d after a failed sync at stop",
+		     WEXITSTATUS(st));
 	log_wait(log, "appendonly-0.aof at stop: Input/output error");
+	log_wait(log, "keel-kv: 1 append-only file(s) could not be written and synced at the "
+		      "stop");
 	unlink(log);
 	aof1_check_and_clean(dir, 200, acked);
 }
@@ -1256,7 +1288,7 @@ Test(faults_kv, aof_flushall_survives_a_failed_truncate_and_a_failed_rebuild)
 	kv_command(p.port, "FLUSHALL", line, sizeof(line));
 	cr_assert_str_eq(line, "+OK\r\n", "FLUSHALL: '%s'", line);
 	log_wait(log, "shard 0: rebuilding appendonly-0.aof: Input/output error");
-	proc_stop(&p);
+	proc_stop_failed(&p); /* the rebuild never renames its file */
 	aof_restart(&p, "1", dir);
 	kv_command(p.port, "GET k", line, sizeof(line));
 	cr_assert_str_eq(line, "$-1\r\n", "k came back after the acknowledged FLUSHALL: '%s'",
@@ -1632,6 +1664,7 @@ Test(faults_kv, aof_a_write_split_over_shards_is_refused_whole_while_one_file_fa
 	cr_assert_str_eq(line, size0, "FLUSHALL refused, and keys were deleted (DBSIZE %s, was %s)",
 			 line, size0);
 	unlink(gate);
+	field_until(p.port, "aof_rewrites:", 1); /* rebuilt: the stop is clean */
 	proc_stop(&p);
 	rm_dir(dir);
 }

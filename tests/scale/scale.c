@@ -122,8 +122,8 @@ proc_run_to_exit(const char *const argv[], const char *env, const char *val, cha
 	return st;
 }
 
-void
-proc_stop(struct proc *p)
+int
+proc_stop_status(struct proc *p)
 {
 	uint64_t dl = test_deadline(TEST_WAIT_MS);
 	int st = 0;
@@ -135,8 +135,16 @@ proc_stop(struct proc *p)
 		test_pause();
 	}
 	live = 0;
-	cr_assert(r == p->pid && WIFEXITED(st) && WEXITSTATUS(st) == 0,
-		  "the server ended with status 0x%x", st);
+	cr_assert(r == p->pid && WIFEXITED(st), "the server ended with status 0x%x", st);
+	return st;
+}
+
+void
+proc_stop(struct proc *p)
+{
+	int st = proc_stop_status(p);
+
+	cr_assert(WEXITSTATUS(st) == 0, "the server ended with status 0x%x", st);
 }
 
 void

@@ -25,6 +25,8 @@ int proc_run_to_exit(const char *const argv[], const char *env, const char *val,
 		     size_t outlen);
 /* SIGTERM, then wait (TEST_WAIT_MS); fails the test unless it exits with status 0. */
 void proc_stop(struct proc *p);
+/* The same, returning its wait status (it must exit, with any status). */
+int proc_stop_status(struct proc *p);
 void scale_fini(void);
 
 /* Field @field ("VmRSS", "VmHWM", ...) of /proc/PID/status in KiB (fails the test when it is
