@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <string.h>
 
 static int
@@ -48,6 +49,35 @@ kv_record_check(const struct resp_arg *argv, unsigned argc, int64_t *pxat)
 	return 0;
 }
 
+/* Whether the @r bytes at @p are exactly what keel-kv writes for @argv: "*N\r\n", then
+ * "$LEN\r\n" DATA "\r\n" per argument, with nothing else. The request parser is lenient,
+ * as Redis's: it takes any two bytes after a bulk, and any byte after a line's '\r', for
+ * the line ends. Here that would let a record whose tail never reached the disk (zeros
+ * where the file's length got ahead of its data, from inside the value on) load as whole,
+ * with zeros in the value; strict, it reads as torn and is cut. */
+static bool
+written_form(const uint8_t *p, size_t r, const struct resp_arg *argv, unsigned argc)
+{
+	char h[32];
+	size_t off = 0;
+	int k = snprintf(h, sizeof(h), "*%u\r\n", argc);
+
+	if (r < (size_t)k || memcmp(p, h, (size_t)k))
+		return false;
+	off = (size_t)k;
+	for (unsigned i = 0; i < argc; i++) {
+		k = snprintf(h, sizeof(h), "$%zu\r\n", argv[i].len);
+		if (r - off < (size_t)k || memcmp(p + off, h, (size_t)k) ||
+		    argv[i].p != p + off + (size_t)k)
+			return false;
+		off += (size_t)k + argv[i].len;
+		if (r - off < 2 || p[off] != '\r' || p[off + 1] != '\n')
+			return false;
+		off += 2;
+	}
+	return off == r;
+}
+
 /* The record at the start of @p[0..@n): its length when it is whole and valid, 0 when it
  * needs bytes past @n, -1 when it is not a record keel-kv writes. */
 static long
@@ -63,7 +93,8 @@ one_record(const uint8_t *p, size_t n)
 	r = resp_parse(p, n, &req);
 	if (r == RESP_MORE)
 		return 0;
-	if (r < 0 || kv_record_check(req.argv, req.argc, &at) < 0)
+	if (r < 0 || kv_record_check(req.argv, req.argc, &at) < 0 ||
+	    !written_form(p, (size_t)r, req.argv, req.argc))
 		return -1;
 	return r;
 }

@@ -331,11 +331,9 @@ Test(kv_aofrec, check_tells_a_torn_tail_from_damage_inside)
 	for (size_t cut = s + 1; cut < s + d; cut++) {
 		cr_assert_eq(kv_aof_check(buf, cut, &good), KV_AOF_TORN, "cut %zu", cut);
 		cr_assert_eq(good, s, "cut %zu", cut);
-		/* Zeros where the rest of the write had not reached the disk (up to the key's
-		 * length line: past its '\r' the parser, lenient as Redis's, takes a zero for
-		 * the '\n' and a whole, valid DEL of a key "\0" follows). */
-		if (cut >= s + 16)
-			continue;
+		/* Zeros where the rest of the write had not reached the disk, from any byte
+		 * on: inside the key and its line ends too, where the request parser, lenient
+		 * as Redis's, would take a whole DEL of a key of zeros. */
 		memset(buf + cut, 0, 40);
 		cr_assert_eq(kv_aof_check(buf, cut + 40, &good), KV_AOF_TORN, "cut %zu", cut);
 		cr_assert_eq(good, s, "cut %zu", cut);
@@ -343,6 +341,19 @@ Test(kv_aofrec, check_tells_a_torn_tail_from_damage_inside)
 	}
 	memset(buf + s, 0, 40);
 	cr_assert_eq(kv_aof_check(buf, s + 40, &good), KV_AOF_TORN);
+	/* A SET whose last 10 bytes (the value's end and its "\r\n") are zeros, the file's
+	 * length on the disk ahead of its data: torn, cut before it (it used to load whole,
+	 * zeros in the value). A value that ends in zeros of its own, whole, is clean. */
+	static const char setk[] = "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$16\r\nnew-value-16byte\r\n";
+	const size_t k = sizeof(setk) - 1;
+	memcpy(buf + s, setk, k);
+	memset(buf + s + k - 10, 0, 10);
+	cr_assert_eq(kv_aof_check(buf, s + k, &good), KV_AOF_TORN);
+	cr_assert_eq(good, s);
+	memcpy(buf + s, setk, k);
+	memset(buf + s + k - 2 - 4, 0, 4);
+	cr_assert_eq(kv_aof_check(buf, s + k, &good), KV_AOF_CLEAN);
+	cr_assert_eq(good, s + k);
 	/* Damage with records after it: a record keel-kv does not write, a bad length line,
 	 * something that is no record, zeros in the middle, a length that runs past the end
 	 * with a whole record inside what it would swallow. */
