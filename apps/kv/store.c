@@ -1289,6 +1289,97 @@ cmd_append(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *
 	rb_int(out, (long long)total);
 }
 
+/* GETRANGE key start end (and SUBSTR): Redis 7's clamping of the indexes, an empty string
+ * where nothing is left (a missing key included). */
+static void
+cmd_getrange(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	long long start, end, len;
+	struct kv_ent *e;
+
+	if (!kv_arg_ll(&argv[2], &start) || !kv_arg_ll(&argv[3], &end)) {
+		rb_err(out, "%s", e_int);
+		return;
+	}
+	e = lookup(db, &argv[1], NULL);
+	len = e ? e->vlen : 0;
+	if (start < 0 && end < 0 && start > end) {
+		rb_bulk(out, "", 0);
+		return;
+	}
+	if (start < 0)
+		start = len + start < 0 ? 0 : len + start;
+	if (end < 0)
+		end = len + end < 0 ? 0 : len + end;
+	if (end >= len)
+		end = len - 1;
+	if (!len || start > end)
+		rb_bulk(out, "", 0);
+	else
+		rb_bulk(out, e->data + e->klen + start, (size_t)(end - start + 1));
+}
+
+/* SETRANGE key offset value: the value written at @offset, the string grown with zero
+ * bytes up to it where shorter; the TTL kept. An empty value changes nothing (and makes no
+ * key), as in Redis. One lookup, as APPEND's. */
+static void
+cmd_setrange(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	uint64_t h = kv_hash(argv[1].p, argv[1].len);
+	struct kv_ent **pp = NULL, *e;
+	long long off;
+	size_t old, total;
+	uint8_t *tmp;
+
+	if (!kv_arg_ll(&argv[2], &off)) {
+		rb_err(out, "%s", e_int);
+		return;
+	}
+	if (off < 0) {
+		rb_err(out, "ERR offset is out of range");
+		return;
+	}
+	e = lookup_h(db, &argv[1], h, &pp);
+	old = e ? e->vlen : 0;
+	if (!argv[3].len) {
+		rb_int(out, (long long)old);
+		return;
+	}
+	if ((uint64_t)off > kv_cfg.max_bulk || (uint64_t)off + argv[3].len > kv_cfg.max_bulk) {
+		rb_err(out, "ERR string exceeds maximum allowed size (proto-max-bulk-len)");
+		return;
+	}
+	total = (size_t)off + argv[3].len;
+	if (total < old)
+		total = old;
+	if (e && e->vcap >= total) {
+		uint8_t *v = e->data + e->klen;
+
+		if ((size_t)off > old)
+			memset(v + old, 0, (size_t)off - old);
+		memcpy(v + off, argv[3].p, argv[3].len);
+		e->vlen = (uint32_t)total;
+		db->changes++;
+		rb_int(out, (long long)total);
+		return;
+	}
+	tmp = calloc(1, total);
+	if (!tmp) {
+		rb_err(out, "%s", e_oom);
+		return;
+	}
+	if (e)
+		memcpy(tmp, e->data + e->klen, old);
+	memcpy(tmp + off, argv[3].p, argv[3].len);
+	e = store_at(db, &argv[1], h, e, pp, tmp, total, total, true);
+	free(tmp);
+	if (!e) {
+		rb_err(out, "%s", e_oom);
+		return;
+	}
+	rb_int(out, (long long)total);
+}
+
 static void
 cmd_strlen(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
@@ -1470,8 +1561,10 @@ cmd_pexpire(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf 
 	expire_generic(db, argv, argc, out, false, false, "pexpire");
 }
 
+/* TTL and PTTL, or (@abs) EXPIRETIME and PEXPIRETIME: the deadline as a Unix time. Seconds
+ * are rounded to the nearest, as Redis 7 does for all four. */
 static void
-ttl_generic(struct kv_db *db, struct resp_arg *argv, struct rbuf *out, bool sec)
+ttl_generic(struct kv_db *db, struct resp_arg *argv, struct rbuf *out, bool sec, bool abs)
 {
 	struct kv_ent *e = lookup(db, &argv[1], NULL);
 	long long ms;
@@ -1484,7 +1577,7 @@ ttl_generic(struct kv_db *db, struct resp_arg *argv, struct rbuf *out, bool sec)
 		rb_int(out, -1);
 		return;
 	}
-	ms = e->expire_ms - kv_now_ms();
+	ms = abs ? e->expire_ms : e->expire_ms - kv_now_ms();
 	if (ms < 0)
 		ms = 0;
 	rb_int(out, sec ? (ms + 500) / 1000 : ms);
@@ -1493,13 +1586,25 @@ ttl_generic(struct kv_db *db, struct resp_arg *argv, struct rbuf *out, bool sec)
 static void
 cmd_ttl(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
-	ttl_generic(db, argv, out, true);
+	ttl_generic(db, argv, out, true, false);
 }
 
 static void
 cmd_pttl(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
-	ttl_generic(db, argv, out, false);
+	ttl_generic(db, argv, out, false, false);
+}
+
+static void
+cmd_expiretime(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	ttl_generic(db, argv, out, true, true);
+}
+
+static void
+cmd_pexpiretime(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	ttl_generic(db, argv, out, false, true);
 }
 
 static void
@@ -1736,6 +1841,8 @@ static const struct kv_cmd cmds[] = {
 	{ "unlink", -2, KV_F_WRITE, KV_R_KEYS, 1, KV_M_SUM, cmd_del, "write fast" },
 	{ "type", 2, 0, KV_R_KEY, 0, KV_M_NONE, cmd_type, "readonly fast" },
 	{ "exists", -2, 0, KV_R_KEYS, 1, KV_M_SUM, cmd_exists, "readonly fast" },
+	/* TOUCH counts the keys there, as EXISTS (keel-kv keeps no access times) */
+	{ "touch", -2, 0, KV_R_KEYS, 1, KV_M_SUM, cmd_exists, "readonly fast" },
 	{ "incr", 2, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEY, 0, KV_M_NONE, cmd_incr,
 	  "write denyoom fast" },
 	{ "decr", 2, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEY, 0, KV_M_NONE, cmd_decr,
@@ -1749,6 +1856,10 @@ static const struct kv_cmd cmds[] = {
 	{ "append", 3, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEY, 0, KV_M_NONE, cmd_append,
 	  "write denyoom fast" },
 	{ "strlen", 2, 0, KV_R_KEY, 0, KV_M_NONE, cmd_strlen, "readonly fast" },
+	{ "getrange", 4, 0, KV_R_KEY, 0, KV_M_NONE, cmd_getrange, "readonly" },
+	{ "substr", 4, 0, KV_R_KEY, 0, KV_M_NONE, cmd_getrange, "readonly" },
+	{ "setrange", 4, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEY, 0, KV_M_NONE, cmd_setrange,
+	  "write denyoom" },
 	{ "mget", -2, 0, KV_R_KEYS, 1, KV_M_ARRAY_BY_KEY, cmd_mget, "readonly fast" },
 	{ "mset", -3, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEYS, 2, KV_M_OK, cmd_mset, "write denyoom" },
 	{ "expire", -3, KV_F_WRITE, KV_R_KEY, 0, KV_M_NONE, cmd_expire, "write fast" },
@@ -1757,6 +1868,8 @@ static const struct kv_cmd cmds[] = {
 	{ "pexpireat", -3, KV_F_WRITE, KV_R_KEY, 0, KV_M_NONE, cmd_pexpireat, "write fast" },
 	{ "ttl", 2, 0, KV_R_KEY, 0, KV_M_NONE, cmd_ttl, "readonly fast" },
 	{ "pttl", 2, 0, KV_R_KEY, 0, KV_M_NONE, cmd_pttl, "readonly fast" },
+	{ "expiretime", 2, 0, KV_R_KEY, 0, KV_M_NONE, cmd_expiretime, "readonly fast" },
+	{ "pexpiretime", 2, 0, KV_R_KEY, 0, KV_M_NONE, cmd_pexpiretime, "readonly fast" },
 	{ "persist", 2, KV_F_WRITE, KV_R_KEY, 0, KV_M_NONE, cmd_persist, "write fast" },
 	{ "dbsize", 1, 0, KV_R_ALL, 0, KV_M_SUM, cmd_dbsize, "readonly fast" },
 	{ "scan", -2, 0, KV_R_CURSOR, 0, KV_M_NONE, cmd_scan, "readonly" },

@@ -1785,6 +1785,8 @@ Test(kv_server, aof_always_every_acknowledged_write_survives_kill9)
 	expect(&r, "INCRBY counter 5", ":15\r\n");
 	expect(&r, "APPEND app abc", ":3\r\n");
 	expect(&r, "APPEND app def", ":6\r\n");
+	expect(&r, "SET rng hello PXAT 4102444800123", "+OK\r\n");
+	expect(&r, "SETRANGE rng 7 yo", ":9\r\n");
 	expect(&r, "MSET m1 a m2 b m3 c", "+OK\r\n");
 	/* The stream: all requests sent at once; the server is killed once half replied. */
 	{
@@ -1830,6 +1832,10 @@ Test(kv_server, aof_always_every_acknowledged_write_survives_kill9)
 	expect(&r, "GET gone", "$-1\r\n");
 	expect(&r, "GET counter", "$2\r\n15\r\n");
 	expect(&r, "GET app", "$6\r\nabcdef\r\n");
+	test_send_all(r.fd, "GET rng\r\n", 9);
+	got = rd_next(&r, NULL);
+	cr_assert(got && !memcmp(got, "$9\r\nhello\0\0yo\r\n", 15), "GET rng: %s", got);
+	expect(&r, "PEXPIRETIME rng", ":4102444800123\r\n");
 	expect(&r, "MGET m1 m2 m3", "*3\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n");
 	rd_free(&r);
 	srv_stop(&s);

@@ -818,6 +818,92 @@ Test(kv_store, setnx_setex_getdel_unlink_expireat_type_flushdb_reply_as_redis_7)
 	run_with_stats(more_commands_start);
 }
 
+/* GETRANGE (SUBSTR), SETRANGE, EXPIRETIME, PEXPIRETIME and TOUCH, with the replies of
+ * redis-server 7.0.15 for the same commands (checked side by side): the index clamping,
+ * the errors, the zero padding, the kept TTL, the rounding of EXPIRETIME. */
+static void
+range_commands_start(void *app)
+{
+	struct rbuf out = { 0 };
+	static const struct cmd_step steps[] = {
+		{ 3, { "SET", "s", "Hello World" }, "+OK\r\n" },
+		{ 4, { "GETRANGE", "s", "0", "4" }, "$5\r\nHello\r\n" },
+		{ 4, { "GETRANGE", "s", "-5", "-1" }, "$5\r\nWorld\r\n" },
+		{ 4, { "GETRANGE", "s", "-1", "-5" }, "$0\r\n\r\n" },
+		{ 4, { "GETRANGE", "s", "5", "3" }, "$0\r\n\r\n" },
+		{ 4, { "GETRANGE", "s", "0", "100" }, "$11\r\nHello World\r\n" },
+		{ 4, { "GETRANGE", "s", "-100", "-50" }, "$1\r\nH\r\n" },
+		{ 4, { "GETRANGE", "s", "-100", "2" }, "$3\r\nHel\r\n" },
+		{ 4, { "GETRANGE", "s", "11", "20" }, "$0\r\n\r\n" },
+		{ 4, { "GETRANGE", "s", "10", "10" }, "$1\r\nd\r\n" },
+		{ 4,
+		  { "GETRANGE", "s", "x", "1" },
+		  "-ERR value is not an integer or out of range\r\n" },
+		{ 4,
+		  { "GETRANGE", "s", "1", "9223372036854775808" },
+		  "-ERR value is not an integer or out of range\r\n" },
+		{ 4, { "GETRANGE", "missing", "0", "-1" }, "$0\r\n\r\n" },
+		{ 4, { "SUBSTR", "s", "0", "2" }, "$3\r\nHel\r\n" },
+		{ 3, { "SET", "e", "" }, "+OK\r\n" },
+		{ 4, { "GETRANGE", "e", "-1", "-1" }, "$0\r\n\r\n" },
+		{ 4, { "SETRANGE", "s", "6", "Redis" }, ":11\r\n" },
+		{ 2, { "GET", "s" }, "$11\r\nHello Redis\r\n" },
+		{ 4, { "SETRANGE", "none", "3", "" }, ":0\r\n" },
+		{ 2, { "EXISTS", "none" }, ":0\r\n" },
+		{ 4, { "SETRANGE", "s", "0", "" }, ":11\r\n" },
+		{ 4, { "SETRANGE", "s", "-1", "x" }, "-ERR offset is out of range\r\n" },
+		{ 4,
+		  { "SETRANGE", "s", "abc", "x" },
+		  "-ERR value is not an integer or out of range\r\n" },
+		{ 4,
+		  { "SETRANGE", "s", "536870912", "x" },
+		  "-ERR string exceeds maximum allowed size (proto-max-bulk-len)\r\n" },
+		{ 4,
+		  { "SETRANGE", "s", "9223372036854775807", "x" },
+		  "-ERR string exceeds maximum allowed size (proto-max-bulk-len)\r\n" },
+		{ 4, { "SETRANGE", "s", "2", "xyz" }, ":11\r\n" },
+		{ 2, { "GET", "s" }, "$11\r\nHexyz Redis\r\n" },
+		{ 5, { "SET", "t", "v", "EX", "100" }, "+OK\r\n" },
+		{ 4, { "SETRANGE", "t", "3", "w" }, ":4\r\n" },
+		{ 2, { "TTL", "t" }, ":100\r\n" },
+		{ 2, { "EXPIRETIME", "missing" }, ":-2\r\n" },
+		{ 2, { "EXPIRETIME", "s" }, ":-1\r\n" },
+		{ 2, { "PEXPIRETIME", "s" }, ":-1\r\n" },
+		{ 5, { "SET", "u", "v", "PXAT", "4102444800123" }, "+OK\r\n" },
+		{ 2, { "EXPIRETIME", "u" }, ":4102444800\r\n" },
+		{ 2, { "PEXPIRETIME", "u" }, ":4102444800123\r\n" },
+		{ 5, { "SET", "w", "v", "PXAT", "4102444800500" }, "+OK\r\n" },
+		{ 2, { "EXPIRETIME", "w" }, ":4102444801\r\n" },
+		{ 5, { "TOUCH", "s", "t", "missing", "s" }, ":3\r\n" },
+		/* A value shortened in place keeps its old bytes past its end: SETRANGE past it
+		 * pads with zeros, not with them; and a new key is padded too. */
+		{ 3, { "SET", "g", "abcdefghijklmnopqrst" }, "+OK\r\n" },
+		{ 3, { "SET", "g", "abc" }, "+OK\r\n" },
+		{ 4, { "SETRANGE", "g", "6", "X" }, ":7\r\n" },
+		{ 4, { "SETRANGE", "n", "5", "abc" }, ":8\r\n" },
+	};
+
+	if (!SHARD_CHECK_EQ(kv_db_init(&db, app), 0)) {
+		keel_stop(-EIO);
+		return;
+	}
+	run_steps(&out, steps, sizeof(steps) / sizeof(steps[0]));
+	run(&out, 2, (const char *[]){ "GET", "g" });
+	SHARD_CHECK(out.len == 13 && !memcmp(out.p, "$7\r\nabc\0\0\0X\r\n", 13), "GET g: %.*s",
+		    (int)out.len, out.p);
+	run(&out, 2, (const char *[]){ "GET", "n" });
+	SHARD_CHECK(out.len == 14 && !memcmp(out.p, "$8\r\n\0\0\0\0\0abc\r\n", 14), "GET n: %.*s",
+		    (int)out.len, out.p);
+	rb_free(&out);
+	kv_db_fini(&db);
+	keel_stop(0);
+}
+
+Test(kv_store, getrange_setrange_expiretime_touch_reply_as_redis_7)
+{
+	run_with_stats(range_commands_start);
+}
+
 /* kv_cmd_find compares names as words with ASCII case folded per byte: every table name
  * in any case is found, and nothing that only resembles one (a byte with its high bit
  * set, the characters next to 'A' and 'Z', a trailing NUL, a prefix) is. */
