@@ -851,7 +851,7 @@ kv_aof_shard_start(struct kv_db *db)
 				r = -ENOMEM;
 				break;
 			}
-			if (kv_owner(kv_hash(req.argv[1].p, req.argv[1].len)) == self &&
+			if (kv_owner_key(req.argv[1].p, req.argv[1].len) == self &&
 			    (r = kv_db_apply(db, req.argv, req.argc)) < 0)
 				break;
 			off += (size_t)n;

@@ -104,6 +104,11 @@ kv_owner(uint64_t h)
 {
 	return (unsigned)((h >> 40) % kv_cfg.nshards);
 }
+/* The shard that owns a key. Redis Cluster's hash tags, so that keys used together (a
+ * transaction's) can be kept on one shard: when the key holds a '{' with a '}' after it and
+ * at least one byte between them, only the bytes between the first '{' and the first '}'
+ * after it choose the shard ("user:{42}:name" and "user:{42}:mail" share one). */
+unsigned kv_owner_key(const uint8_t *k, size_t n);
 int64_t kv_now_ms(void);
 uint64_t kv_used_total(void);
 /* An argument as Redis's string2ll reads it (no sign '+', no leading zero or space, no

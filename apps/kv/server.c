@@ -3,7 +3,7 @@
  * keel-kv connections: parsing, routing, cross-shard hand-off, in-order replies.
  *
  * A connection lives on the shard that accepted it (its home). Each request is parsed
- * there. A key is owned by shard kv_owner(hash(key)); a request for a key owned here runs
+ * there. A key is owned by shard kv_owner_key(key); a request for a key owned here runs
  * at once, one for another shard's key goes there with keel_call (the request's bytes,
  * copied, or exported from the receive buffer with --handoff export) and its reply comes
  * back to the home shard in the call's completion. Replies leave in request order: a
@@ -89,10 +89,23 @@ struct kconn {
 	uint64_t idle_queued; /* keel_conn_queued at the last idle check */
 	int64_t last_ms;
 	char *name;
+	struct ktx *tx; /* MULTI: the commands queued for EXEC */
 	struct resp_arg *argv;
 	unsigned argv_cap;
 	uint8_t *scratch;
 	size_t scratch_cap;
+};
+
+/* A transaction (MULTI ... EXEC): the requests queued, as received, and the one shard they
+ * all run on, in one go (a shard runs a callback to completion, so nothing of another
+ * connection comes between them). */
+struct ktx {
+	struct rbuf q;
+	unsigned n;
+	int owner;                    /* the shard every key so far lives on; -1: no key yet */
+	bool dirty;                   /* a command was refused while queued: EXEC aborts */
+	bool write;                   /* --appendfsync always: EXEC's reply waits for the disk */
+	const struct kv_cmd *denyoom; /* one that --maxmemory may refuse, checked at EXEC */
 };
 
 /* Per shard. */
@@ -129,6 +142,8 @@ struct kmsg {
 	size_t req_len;
 	struct rbuf rep;
 	bool admitted;  /* a part of a command --maxmemory admitted where it was received */
+	bool tx_write;  /* a transaction's writes: its reply waits as a write's would */
+	unsigned tx;    /* a transaction: this many requests, the reply their array */
 	uint8_t copy[]; /* copied request bytes */
 };
 
@@ -808,8 +823,55 @@ exec_held(struct pend *p, unsigned part, const struct kv_cmd *c, struct resp_arg
 		hold(m);
 }
 
+static void local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv,
+		      unsigned argc, struct rbuf *out);
+
+/* On the owner: a transaction's requests, each parsed again and run, in order; their
+ * replies are EXEC's array. Only memory can fail a request parsed once already. */
+static void
+tx_run(struct kmsg *m)
+{
+	struct kv_shard *ks = &shards[self()];
+	size_t off = 0;
+
+	rb_arr(&m->rep, m->tx);
+	for (unsigned i = 0; i < m->tx; i++) {
+		struct resp_req req = { .argv = ks->argv,
+					.cap = ks->argv_cap,
+					.scratch = ks->scratch,
+					.scratch_cap = ks->scratch_cap,
+					.max_bulk = UINT64_MAX };
+		const struct kv_cmd *c;
+		long r;
+
+		while ((r = resp_parse(m->req + off, m->req_len - off, &req)) == RESP_NEED_ARGV ||
+		       r == RESP_NEED_SCRATCH)
+			if (parse_grow(r, &req, &ks->argv, &ks->argv_cap, &ks->scratch,
+				       &ks->scratch_cap) < 0)
+				break;
+		if (r <= 0 || !req.argc) {
+			m->rep.oom = true;
+			break;
+		}
+		c = kv_cmd_find(req.argv[0].p, req.argv[0].len);
+		if (c->route == KV_R_LOCAL) /* PING, ECHO, SELECT, UNWATCH: no connection */
+			local_cmd(NULL, c, req.argv, req.argc, &m->rep);
+		else /* --maxmemory was checked once, at EXEC */
+			exec_here(c, req.argv, req.argc, &m->rep, true);
+		off += (size_t)r;
+	}
+	args_shrink(&ks->argv, &ks->argv_cap, &ks->scratch, &ks->scratch_cap);
+}
+
+/* --appendfsync always: does a transaction's reply wait for the disk? */
+static bool
+tx_holds(const struct kmsg *m)
+{
+	return m->tx_write && kv_cfg.aof && kv_cfg.fsync == KV_FSYNC_ALWAYS;
+}
+
 /* On the owner: parse the request again and run it. Returns the command (NULL when
- * the request could not be parsed). */
+ * the request could not be parsed, and for a transaction). */
 static const struct kv_cmd *
 owner_exec(struct kmsg *m)
 {
@@ -823,6 +885,12 @@ owner_exec(struct kmsg *m)
 	long r;
 
 	stat_add(&kv_stats[self()].forwarded_in, 1);
+	if (m->tx) {
+		tx_run(m);
+		if (m->sl.buf)
+			keel_slice_put(&m->sl);
+		return NULL;
+	}
 	while ((r = resp_parse(m->req, m->req_len, &req)) == RESP_NEED_ARGV ||
 	       r == RESP_NEED_SCRATCH)
 		if (parse_grow(r, &req, &ks->argv, &ks->argv_cap, &ks->scratch, &ks->scratch_cap) <
@@ -855,7 +923,7 @@ owner_recv(void *arg)
 	struct kmsg *m = arg;
 	const struct kv_cmd *c = owner_exec(m);
 
-	if (must_hold(c) && !rep_is_error(&m->rep))
+	if ((m->tx ? tx_holds(m) : must_hold(c)) && !rep_is_error(&m->rep))
 		hold(m);
 	else
 		send_home(m);
@@ -1010,7 +1078,7 @@ on_room(int status, void *arg)
 /* Hand a request's bytes to @owner. @src, when given, holds those bytes at @off. */
 static int
 handoff(struct pend *p, unsigned owner, const uint8_t *req, size_t len,
-	const struct keel_slice *src, size_t off, bool admitted)
+	const struct keel_slice *src, size_t off, bool admitted, const struct ktx *tx)
 {
 	bool exp = kv_cfg.handoff_export && src;
 	struct kmsg *m = malloc(sizeof(*m) + (exp ? 0 : len));
@@ -1023,6 +1091,10 @@ handoff(struct pend *p, unsigned owner, const uint8_t *req, size_t len,
 	m->part = owner;
 	m->req_len = len;
 	m->admitted = admitted;
+	if (tx) {
+		m->tx = tx->n;
+		m->tx_write = tx->write;
+	}
 	if (exp) {
 		struct keel_slice sub;
 		r = keel_slice_sub(src, off, len, &sub);
@@ -1158,7 +1230,7 @@ fanout(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsigned
 				pend_part_done(p, s, &rep);
 				continue;
 			}
-			r = handoff(p, s, sub.p, sub.len, NULL, 0, admitted);
+			r = handoff(p, s, sub.p, sub.len, NULL, 0, admitted, NULL);
 			rb_free(&sub);
 			if (r < 0) {
 				struct rbuf e = { 0 };
@@ -1538,6 +1610,8 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 			rb_err(out, "ERR DB index is out of range");
 		else
 			rb_simple(out, "OK");
+	} else if (!strcmp(n, "unwatch")) { /* WATCH is refused: nothing is watched */
+		rb_simple(out, "OK");
 	} else if (!strcmp(n, "quit")) {
 		rb_simple(out, "OK");
 		kc->closing = true;
@@ -1663,6 +1737,240 @@ split_write_refused(const struct kv_cmd *c, const uint16_t *owners, unsigned nke
 	return NULL;
 }
 
+/* Transactions. */
+
+static void
+tx_free(struct ktx *tx)
+{
+	if (tx) {
+		rb_free(&tx->q);
+		free(tx);
+	}
+}
+
+/* The shard a queued command's keys live on: -1 when it names none (PING, a SCAN cursor
+ * that does not parse), -2 when they live on more than one. */
+static int
+tx_owner(const struct kv_cmd *c, const struct resp_arg *argv, unsigned argc)
+{
+	int o = -1;
+	uint64_t cur;
+
+	if (kv_cfg.nshards == 1)
+		return -1;
+	switch (c->route) {
+	case KV_R_KEY:
+		return (int)kv_owner_key(argv[1].p, argv[1].len);
+	case KV_R_KEYS:
+		for (unsigned i = 1; i < argc; i += c->key_step) {
+			int k = (int)kv_owner_key(argv[i].p, argv[i].len);
+			if (o >= 0 && k != o)
+				return -2;
+			o = k;
+		}
+		return o;
+	case KV_R_CURSOR:
+		return kv_scan_cursor(&argv[1], &cur) ? (int)(cur % kv_cfg.nshards) : -1;
+	default:
+		return -1;
+	}
+}
+
+/* What MULTI, EXEC, DISCARD and QUIT do at once; the rest runs at EXEC. */
+static bool
+tx_now(const struct kv_cmd *c)
+{
+	return !strcmp(c->name, "exec") || !strcmp(c->name, "discard") ||
+	       !strcmp(c->name, "multi") || !strcmp(c->name, "watch") || !strcmp(c->name, "quit");
+}
+
+/* Inside MULTI: queue the request (+QUEUED), or say why not, which makes EXEC abort, as
+ * Redis does. False for the commands that run at once (tx_now). */
+static bool
+tx_queue(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsigned argc,
+	 const uint8_t *raw, size_t rawlen)
+{
+	struct ktx *tx = kc->tx;
+	bool arity = c && ((c->arity > 0 && argc != (unsigned)c->arity) ||
+			   (c->arity < 0 && argc < (unsigned)-c->arity) ||
+			   (c->route == KV_R_KEYS && c->key_step == 2 && (argc - 1) % 2));
+	struct rbuf *out;
+	int owner;
+
+	if (c && tx_now(c) && !arity)
+		return false;
+	out = reply_to(kc);
+	if (!out) {
+		kc->out.oom = true;
+		return true;
+	}
+	if (!c) {
+		kv_reply_unknown(out, argv, argc);
+		goto refused;
+	}
+	if (arity && !strcmp(c->name, "exec")) { /* the transaction ends, saying why */
+		rb_err(out, "EXECABORT Transaction discarded because of: wrong number of "
+			    "arguments for 'exec' command");
+		tx_free(tx);
+		kc->tx = NULL;
+		return true;
+	}
+	if (arity) {
+		kv_reply_arity(out, c);
+		goto refused;
+	}
+	if (c->route == KV_R_LOCAL && strcmp(c->name, "ping") && strcmp(c->name, "echo") &&
+	    strcmp(c->name, "unwatch") && strcmp(c->name, "select")) {
+		rb_err(out, "ERR Command not allowed inside a transaction");
+		goto refused;
+	}
+	if (c->route == KV_R_ALL && kv_cfg.nshards > 1) {
+		rb_err(out,
+		       "ERR '%s' runs on every shard, and a keel-kv transaction on one: it is "
+		       "taken inside MULTI with --shards 1 only",
+		       c->name);
+		goto refused;
+	}
+	owner = tx_owner(c, argv, argc);
+	if (owner == -2 || (owner >= 0 && tx->owner >= 0 && owner != tx->owner)) {
+		rb_err(out,
+		       "CROSSSLOT Keys in request don't hash to the same slot (a keel-kv "
+		       "transaction runs on one shard, so its keys must live on one: give them "
+		       "a hash tag, as {user42}:name and {user42}:mail, or run --shards 1)");
+		goto refused;
+	}
+	if (tx->q.len + rawlen > kv_cfg.query_max) {
+		rb_err(out, "ERR the transaction's queued commands pass "
+			    "--client-query-buffer-limit");
+		goto refused;
+	}
+	rb_put(&tx->q, raw, rawlen);
+	if (tx->q.oom) {
+		rb_err(out, "ERR out of memory");
+		goto refused;
+	}
+	tx->n++;
+	if (owner >= 0)
+		tx->owner = owner;
+	tx->write |= (c->flags & KV_F_WRITE) != 0;
+	if (c->flags & KV_F_DENYOOM)
+		tx->denyoom = c;
+	rb_simple(out, "QUEUED");
+	return true;
+refused:
+	tx->dirty = true;
+	return true;
+}
+
+/* EXEC: every queued request runs on the transaction's shard in one go; the reply is the
+ * array of theirs. --maxmemory and a failing append-only file refuse it as a whole, before
+ * anything runs, as Redis 7 refuses an EXEC. */
+static void
+tx_exec(struct kconn *kc)
+{
+	struct ktx *tx = kc->tx;
+	unsigned me = self(), owner = tx->owner >= 0 ? (unsigned)tx->owner : me;
+	const char *misconf = NULL;
+	struct rbuf *out;
+	struct pend *p;
+	int r;
+
+	kc->tx = NULL;
+	stat_add(&kv_stats[me].commands, 1);
+	if (tx->dirty || !tx->n || (tx->denyoom && kv_cmd_denied(tx->denyoom)) ||
+	    (tx->write && kv_cfg.aof && (misconf = kv_aof_error_on(owner)))) {
+		out = reply_to(kc);
+		if (!out)
+			kc->out.oom = true;
+		else if (tx->dirty)
+			rb_err(out, "EXECABORT Transaction discarded because of previous errors.");
+		else if (!tx->n)
+			rb_arr(out, 0);
+		else if (misconf)
+			rb_err(out,
+			       "EXECABORT Transaction discarded because of: MISCONF Errors writing "
+			       "to the AOF file: %s",
+			       misconf);
+		else
+			rb_err(out, "EXECABORT Transaction discarded because of: OOM command not "
+				    "allowed when used memory > 'maxmemory'.");
+		tx_free(tx);
+		return;
+	}
+	p = pend_new(kc);
+	if (!p) {
+		kc->out.oom = true;
+		tx_free(tx);
+		return;
+	}
+	if (owner == me) {
+		struct kmsg *m = calloc(1, sizeof(*m));
+
+		if (!m) {
+			p->rep.oom = true;
+			p->done = true;
+			tx_free(tx);
+			return;
+		}
+		m->pend = p;
+		m->part = m->home = me;
+		m->req = tx->q.p;
+		m->req_len = tx->q.len;
+		m->tx = tx->n;
+		m->tx_write = tx->write;
+		tx_run(m);
+		m->req = NULL; /* the queue goes below; a held reply outlives it */
+		if (tx_holds(m))
+			hold(m);
+		else
+			home_recv(m);
+	} else if ((r = handoff(p, owner, tx->q.p, tx->q.len, NULL, 0, true, tx)) < 0) {
+		rb_err(&p->rep, "ERR shard %u unreachable: %s", owner, strerror(-r));
+		p->done = true;
+	}
+	tx_free(tx);
+}
+
+/* MULTI, EXEC (without MULTI), DISCARD, WATCH; false for any other command. */
+static bool
+tx_cmd(struct kconn *kc, const struct kv_cmd *c, struct rbuf *out)
+{
+	const char *n = c->name;
+
+	if (!strcmp(n, "multi")) {
+		if (kc->tx) {
+			rb_err(out, "ERR MULTI calls can not be nested");
+		} else if (!(kc->tx = calloc(1, sizeof(*kc->tx)))) {
+			rb_err(out, "ERR out of memory");
+		} else {
+			kc->tx->owner = -1;
+			rb_simple(out, "OK");
+		}
+	} else if (!strcmp(n, "exec")) {
+		rb_err(out, "ERR EXEC without MULTI");
+	} else if (!strcmp(n, "discard")) {
+		if (kc->tx) {
+			tx_free(kc->tx);
+			kc->tx = NULL;
+			rb_simple(out, "OK");
+		} else {
+			rb_err(out, "ERR DISCARD without MULTI");
+		}
+	} else if (!strcmp(n, "watch")) {
+		if (kc->tx)
+			rb_err(out, "ERR WATCH inside MULTI is not allowed");
+		else
+			rb_err(out,
+			       "ERR WATCH is not supported by keel-kv (MULTI ... EXEC is: its "
+			       "commands run on one shard with nothing of another client between "
+			       "them)");
+	} else {
+		return false;
+	}
+	stat_add(&kv_stats[self()].commands, 1);
+	return true;
+}
+
 static void
 dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *raw, size_t rawlen,
 	 const struct keel_slice *src, size_t off)
@@ -1673,6 +1981,14 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 	uint16_t owners_small[64], *owners = owners_small;
 	bool one = true;
 
+	if (__builtin_expect(kc->tx != NULL, 0)) {
+		if (tx_queue(kc, c, argv, argc, raw, rawlen))
+			return;
+		if (!strcmp(c->name, "exec")) {
+			tx_exec(kc);
+			return;
+		}
+	}
 	if (!c || (c->arity > 0 && argc != (unsigned)c->arity) ||
 	    (c->arity < 0 && argc < (unsigned)-c->arity) ||
 	    (c->route == KV_R_KEYS && c->key_step == 2 && (argc - 1) % 2)) {
@@ -1690,7 +2006,8 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 		out = reply_to(kc);
 		if (!out)
 			goto oom;
-		local_cmd(kc, c, argv, argc, out);
+		if (!tx_cmd(kc, c, out))
+			local_cmd(kc, c, argv, argc, out);
 		return;
 	case KV_R_CURSOR: {
 		uint64_t cur;
@@ -1712,7 +2029,7 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 	}
 	case KV_R_KEY:
 		/* One shard owns every key: no hash here (the table hashes the key anyway). */
-		owner = kv_cfg.nshards == 1 ? me : kv_owner(kv_hash(argv[1].p, argv[1].len));
+		owner = kv_cfg.nshards == 1 ? me : kv_owner_key(argv[1].p, argv[1].len);
 		break;
 	case KV_R_KEYS: {
 		if (kv_cfg.nshards == 1) {
@@ -1724,7 +2041,7 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 			goto oom;
 		for (unsigned i = 0; i < nkeys; i++) {
 			const struct resp_arg *k = &argv[1 + i * c->key_step];
-			owners[i] = (uint16_t)kv_owner(kv_hash(k->p, k->len));
+			owners[i] = (uint16_t)kv_owner_key(k->p, k->len);
 			one &= owners[i] == owners[0];
 		}
 		owner = owners[0];
@@ -1792,7 +2109,7 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 		int r;
 		if (!p)
 			goto oom;
-		r = handoff(p, owner, raw, rawlen, src, off, false);
+		r = handoff(p, owner, raw, rawlen, src, off, false, NULL);
 		if (r < 0) {
 			rb_err(&p->rep, "ERR shard %u unreachable: %s", owner, strerror(-r));
 			p->done = true;
@@ -2074,6 +2391,8 @@ on_close(struct keel_conn *c, int status)
 	rb_free(&kc->out);
 	free(kc->in);
 	free(kc->name);
+	tx_free(kc->tx);
+	kc->tx = NULL;
 	args_free(&kc->argv, &kc->argv_cap, &kc->scratch, &kc->scratch_cap, 0, 0);
 	if (kc->bq_waiting || kc->resume_queued) {
 		kc->dead = true; /* on_room or resume_cb frees it (and its waiting requests) */

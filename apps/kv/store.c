@@ -155,6 +155,16 @@ kv_hash(const void *key, size_t n)
 	return keel_hash(&kv_cfg.hash_key, key, n);
 }
 
+unsigned
+kv_owner_key(const uint8_t *k, size_t n)
+{
+	const uint8_t *o = memchr(k, '{', n), *c;
+
+	if (o && (c = memchr(o + 1, '}', n - (size_t)(o + 1 - k))) && c > o + 1)
+		return kv_owner(kv_hash(o + 1, (size_t)(c - o - 1)));
+	return kv_owner(kv_hash(k, n));
+}
+
 int64_t
 kv_now_ms(void)
 {
@@ -1885,6 +1895,12 @@ static const struct kv_cmd cmds[] = {
 	{ "config", -2, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "admin loading stale" },
 	{ "client", -2, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "loading stale" },
 	{ "bgrewriteaof", 1, 0, KV_R_ALL, 0, KV_M_FIRST, kv_aof_cmd_bgrewrite, "admin noscript" },
+	/* Transactions (server.c): the queued commands run on one shard, in one go */
+	{ "multi", 1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "noscript loading stale fast" },
+	{ "exec", 1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "noscript loading stale skip_slowlog" },
+	{ "discard", 1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "noscript loading stale fast" },
+	{ "watch", -2, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "noscript loading stale fast" },
+	{ "unwatch", 1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "noscript loading stale fast" },
 };
 
 #define NCMDS (sizeof(cmds) / sizeof(cmds[0]))

@@ -243,6 +243,16 @@ expect(struct rd *r, const char *cmd, const char *want)
 	cr_assert_str_eq(got, want, "%s", cmd);
 }
 
+/* The next reply is exactly @want. */
+static void
+expect_reply(struct rd *r, const char *want)
+{
+	char *got = rd_next(r, NULL);
+
+	cr_assert(got, "connection closed, waiting for %s", want);
+	cr_assert_str_eq(got, want);
+}
+
 static long long
 info_field(int port, const char *field)
 {
@@ -1387,6 +1397,19 @@ Test(kv_server, a_split_mset_is_admitted_or_refused_whole_under_maxmemory)
 	/* Now over the limit: refused whole. */
 	mset_big(&r, "n", 8, 16, "-OOM command not allowed when used memory > 'maxmemory'.\r\n");
 	expect(&r, "EXISTS n0 n1 n2 n3 n4 n5 n6 n7", ":0\r\n");
+	/* A transaction with a write that may grow memory is refused whole at EXEC, as Redis 7
+	 * refuses it; one of reads and deletes runs. */
+	expect(&r, "MULTI", "+OK\r\n");
+	expect(&r, "DEL {t}gone", "+QUEUED\r\n");
+	expect(&r, "SET {t}x 1", "+QUEUED\r\n");
+	expect(&r, "EXEC",
+	       "-EXECABORT Transaction discarded because of: OOM command not allowed "
+	       "when used memory > 'maxmemory'.\r\n");
+	expect(&r, "EXISTS {t}x", ":0\r\n");
+	expect(&r, "MULTI", "+OK\r\n");
+	expect(&r, "EXISTS m0", "+QUEUED\r\n");
+	expect(&r, "DEL m0", "+QUEUED\r\n");
+	expect(&r, "EXEC", "*2\r\n:1\r\n:1\r\n");
 	rd_free(&r);
 	srv_stop(&s);
 	free(fill);
@@ -2776,4 +2799,162 @@ Test(kv_server, full_mailbox_with_appendfsync_always)
 	mk_dir(dir, sizeof(dir));
 	full_mailbox(dir);
 	rm_dir(dir);
+}
+
+/* MULTI ... EXEC (docs/kv.md "Transactions"): the commands are queued (+QUEUED), then run on
+ * the one shard that owns their keys, in one go, EXEC's reply the array of theirs; the
+ * errors and their replies are Redis 7's (checked side by side with redis-server 7.0.15 on
+ * one shard); keys that share a hash tag share a shard, also after a restart on another
+ * shard count (the start's loader places them by their tag). Three shards and appendfsync
+ * always: EXEC's reply waits for the disk, here and handed to another shard. */
+Test(kv_server, multi_exec_runs_the_queued_commands_on_their_shard)
+{
+	char dir[64], cmd[64], want[64];
+	struct srv s;
+	struct rd r;
+
+	mk_dir(dir, sizeof(dir));
+	srv_start(&s, 3, "--appendonly", "yes", "--appendfsync", "always", "--dir", dir, NULL);
+	rd_init(&r, test_connect(s.port));
+	expect(&r, "EXEC", "-ERR EXEC without MULTI\r\n");
+	expect(&r, "DISCARD", "-ERR DISCARD without MULTI\r\n");
+	expect(&r, "MULTI", "+OK\r\n");
+	expect(&r, "MULTI", "-ERR MULTI calls can not be nested\r\n");
+	expect(&r, "SET {t}a 1", "+QUEUED\r\n");
+	expect(&r, "INCR {t}a", "+QUEUED\r\n");
+	expect(&r, "APPEND {t}b xy", "+QUEUED\r\n");
+	expect(&r, "MGET {t}a {t}b", "+QUEUED\r\n");
+	expect(&r, "PING", "+QUEUED\r\n");
+	expect(&r, "INCR {t}b", "+QUEUED\r\n");
+	expect(&r, "EXEC",
+	       "*6\r\n+OK\r\n:2\r\n:2\r\n*2\r\n$1\r\n2\r\n$2\r\nxy\r\n+PONG\r\n"
+	       "-ERR value is not an integer or out of range\r\n");
+	for (int i = 0; i < 16; i++) { /* 16 keys of one tag, for the restart below */
+		snprintf(cmd, sizeof(cmd), "SET {t}k%d v%d", i, i);
+		expect(&r, cmd, "+OK\r\n");
+	}
+	/* Refused while queued: EXEC then aborts, and nothing ran. */
+	expect(&r, "MULTI", "+OK\r\n");
+	expect(&r, "SET {t}a 9", "+QUEUED\r\n");
+	expect(&r, "NOSUCH x", "-ERR unknown command 'NOSUCH', with args beginning with: 'x' \r\n");
+	expect(&r, "EXEC", "-EXECABORT Transaction discarded because of previous errors.\r\n");
+	expect(&r, "MULTI", "+OK\r\n");
+	expect(&r, "SET {t}a", "-ERR wrong number of arguments for 'set' command\r\n");
+	expect(&r, "EXEC", "-EXECABORT Transaction discarded because of previous errors.\r\n");
+	expect(&r, "MULTI", "+OK\r\n");
+	expect(&r, "INFO", "-ERR Command not allowed inside a transaction\r\n");
+	expect(&r, "DBSIZE",
+	       "-ERR 'dbsize' runs on every shard, and a keel-kv transaction on one: "
+	       "it is taken inside MULTI with --shards 1 only\r\n");
+	expect(&r, "EXEC x",
+	       "-EXECABORT Transaction discarded because of: wrong number of "
+	       "arguments for 'exec' command\r\n");
+	expect(&r, "EXEC", "-ERR EXEC without MULTI\r\n");
+	/* Keys on several shards: 12 without a tag cannot all share one of three. */
+	expect(&r, "MULTI", "+OK\r\n");
+	{
+		bool crossed = false;
+		for (int i = 0; i < 12; i++) {
+			char *got;
+			snprintf(cmd, sizeof(cmd), "SET untagged%d 1", i);
+			test_send_all(r.fd, cmd, strlen(cmd));
+			test_send_all(r.fd, "\r\n", 2);
+			got = rd_next(&r, NULL);
+			cr_assert(got, "closed");
+			if (!strncmp(got, "-CROSSSLOT ", 11))
+				crossed = true;
+			else
+				cr_assert_str_eq(got, "+QUEUED\r\n");
+		}
+		cr_assert(crossed, "12 keys on one shard of three");
+	}
+	expect(&r, "MSET x0 a x1 b x2 c x3 d x4 e x5 f x6 g x7 h x8 i x9 j x10 k x11 l",
+	       "-CROSSSLOT Keys in request don't hash to the same slot "
+	       "(a keel-kv transaction runs on one shard, so its keys must "
+	       "live on one: give them a hash tag, as {user42}:name and "
+	       "{user42}:mail, or run --shards 1)\r\n");
+	expect(&r, "EXEC", "-EXECABORT Transaction discarded because of previous errors.\r\n");
+	expect(&r, "EXISTS untagged0", ":0\r\n");
+	/* DISCARD drops what was queued; WATCH is refused, UNWATCH has nothing to undo. */
+	expect(&r, "MULTI", "+OK\r\n");
+	expect(&r, "SET {t}d 1", "+QUEUED\r\n");
+	expect(&r, "DISCARD", "+OK\r\n");
+	expect(&r, "EXISTS {t}d", ":0\r\n");
+	expect(&r, "WATCH {t}a",
+	       "-ERR WATCH is not supported by keel-kv (MULTI ... EXEC is: its "
+	       "commands run on one shard with nothing of another client between "
+	       "them)\r\n");
+	expect(&r, "UNWATCH", "+OK\r\n");
+	expect(&r, "MULTI", "+OK\r\n");
+	expect(&r, "WATCH {t}a", "-ERR WATCH inside MULTI is not allowed\r\n");
+	expect(&r, "UNWATCH", "+QUEUED\r\n");
+	expect(&r, "EXEC", "*1\r\n+OK\r\n");
+	expect(&r, "MULTI", "+OK\r\n");
+	expect(&r, "EXEC", "*0\r\n");
+	/* A connection closed inside MULTI (ASan: its queue is freed). */
+	{
+		static const char half[] = "MULTI\r\nSET {t}z 1\r\n";
+		int fd = test_connect(s.port);
+		test_send_all(fd, half, sizeof(half) - 1);
+		close(fd);
+	}
+	rd_free(&r);
+	srv_stop(&s);
+	srv_start(&s, 2, "--appendonly", "yes", "--appendfsync", "always", "--dir", dir, NULL);
+	rd_init(&r, test_connect(s.port));
+	expect(&r, "GET {t}a", "$1\r\n2\r\n");
+	for (int i = 0; i < 16; i++) {
+		snprintf(cmd, sizeof(cmd), "GET {t}k%d", i);
+		snprintf(want, sizeof(want), "$%d\r\nv%d\r\n", i < 10 ? 2 : 3, i);
+		expect(&r, cmd, want);
+	}
+	expect(&r, "EXISTS {t}z", ":0\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+	rm_dir(dir);
+}
+
+/* Nothing of another connection runs between a transaction's commands: one connection
+ * pipelines transactions of two INCRs of a key while another, on its own shard or not,
+ * pipelines GETs of it; every value read is even. */
+Test(kv_server, multi_exec_is_not_interleaved_with_other_clients)
+{
+	enum { TX = 400, GETS = 2000 };
+	static char txs[TX * 48], gets[GETS * 16];
+	size_t tl = 0, gl = 0;
+	struct srv s;
+	struct rd a, b;
+
+	srv_start(&s, 3, NULL);
+	rd_init(&a, test_connect(s.port));
+	rd_init(&b, test_connect(s.port));
+	for (int i = 0; i < TX; i++)
+		tl += (size_t)sprintf(txs + tl, "MULTI\r\nINCR {c}n\r\nINCR {c}n\r\nEXEC\r\n");
+	for (int i = 0; i < GETS; i++)
+		gl += (size_t)sprintf(gets + gl, "GET {c}n\r\n");
+	test_send_all(a.fd, txs, tl);
+	test_send_all(b.fd, gets, gl);
+	for (int i = 0; i < GETS; i++) {
+		char *got = rd_next(&b, NULL);
+		long long v;
+
+		cr_assert(got, "GET %d: closed", i);
+		if (!strcmp(got, "$-1\r\n"))
+			continue;
+		cr_assert(got[0] == '$', "GET %d: %s", i, got);
+		v = atoll(strstr(got, "\r\n") + 2);
+		cr_assert(v % 2 == 0, "GET %d read %lld: between a transaction's INCRs", i, v);
+	}
+	for (int i = 0; i < TX; i++) {
+		char want[64];
+
+		expect_reply(&a, "+OK\r\n");
+		expect_reply(&a, "+QUEUED\r\n");
+		expect_reply(&a, "+QUEUED\r\n");
+		snprintf(want, sizeof(want), "*2\r\n:%d\r\n:%d\r\n", 2 * i + 1, 2 * i + 2);
+		expect_reply(&a, want);
+	}
+	rd_free(&a);
+	rd_free(&b);
+	srv_stop(&s);
 }
