@@ -2045,6 +2045,20 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 			one &= owners[i] == owners[0];
 		}
 		owner = owners[0];
+		if (!one && (c->flags & KV_F_ONE_SHARD)) {
+			if (owners != owners_small)
+				free(owners);
+			out = reply_to(kc);
+			if (!out)
+				goto oom;
+			stat_add(&kv_stats[me].commands, 1);
+			rb_err(out,
+			       "CROSSSLOT Keys in request don't hash to the same slot ('%s' is "
+			       "atomic on one shard only: give its keys a hash tag, as "
+			       "{user42}:name and {user42}:mail, or run --shards 1)",
+			       c->name);
+			return;
+		}
 		if (!one) {
 			/* --maxmemory is checked once, here, as Redis checks a command before it
 			 * runs: its parts then run whatever memory the others take, so an MSET

@@ -1424,15 +1424,16 @@ struct mset_slot {
  * entry the first pass counted on is deleted by a lazy expiry in between. Entries set in
  * place that are far larger than their value are made smaller afterwards, when memory
  * allows (as SET does), which changes no value. */
-static void
-cmd_mset(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+/* MSET's pairs set, all or (out of memory: the error in @out) none. */
+static bool
+mset_all(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
 	unsigned n = (argc - 1) / 2;
 	struct mset_slot stack[16], *sl = n <= 16 ? stack : malloc(n * sizeof(*sl));
 
 	if (!sl) {
 		rb_err(out, "%s", e_oom);
-		return;
+		return false;
 	}
 	for (unsigned k = 0; k < n; k++) {
 		const struct resp_arg *key = &argv[1 + 2 * k];
@@ -1449,7 +1450,7 @@ cmd_mset(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *ou
 			if (sl != stack)
 				free(sl);
 			rb_err(out, "%s", e_oom);
-			return;
+			return false;
 		}
 	}
 	for (unsigned k = 0; k < n; k++) {
@@ -1482,7 +1483,28 @@ cmd_mset(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *ou
 	}
 	if (sl != stack)
 		free(sl);
-	rb_simple(out, "OK");
+	return true;
+}
+
+static void
+cmd_mset(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	if (mset_all(db, argv, argc, out))
+		rb_simple(out, "OK");
+}
+
+/* MSETNX: every pair set when none of the keys is there (1), else nothing (0). Atomic as
+ * MSET is on its shard; server.c refuses keys on several shards (KV_F_ONE_SHARD). */
+static void
+cmd_msetnx(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	for (unsigned i = 1; i < argc; i += 2)
+		if (lookup(db, &argv[i], NULL)) {
+			rb_int(out, 0);
+			return;
+		}
+	if (mset_all(db, argv, argc, out))
+		rb_int(out, 1);
 }
 
 /* EXPIRE, PEXPIRE (@sec: seconds), and with @abs EXPIREAT, PEXPIREAT (a Unix time). */
@@ -1872,6 +1894,8 @@ static const struct kv_cmd cmds[] = {
 	  "write denyoom" },
 	{ "mget", -2, 0, KV_R_KEYS, 1, KV_M_ARRAY_BY_KEY, cmd_mget, "readonly fast" },
 	{ "mset", -3, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEYS, 2, KV_M_OK, cmd_mset, "write denyoom" },
+	{ "msetnx", -3, KV_F_WRITE | KV_F_DENYOOM | KV_F_ONE_SHARD, KV_R_KEYS, 2, KV_M_NONE,
+	  cmd_msetnx, "write denyoom" },
 	{ "expire", -3, KV_F_WRITE, KV_R_KEY, 0, KV_M_NONE, cmd_expire, "write fast" },
 	{ "pexpire", -3, KV_F_WRITE, KV_R_KEY, 0, KV_M_NONE, cmd_pexpire, "write fast" },
 	{ "expireat", -3, KV_F_WRITE, KV_R_KEY, 0, KV_M_NONE, cmd_expireat, "write fast" },

@@ -2875,6 +2875,15 @@ Test(kv_server, multi_exec_runs_the_queued_commands_on_their_shard)
 	       "{user42}:mail, or run --shards 1)\r\n");
 	expect(&r, "EXEC", "-EXECABORT Transaction discarded because of previous errors.\r\n");
 	expect(&r, "EXISTS untagged0", ":0\r\n");
+	/* MSETNX is atomic on one shard: keys on several are refused, not split. */
+	expect(&r, "MSETNX x0 a x1 b x2 c x3 d x4 e x5 f x6 g x7 h x8 i x9 j x10 k x11 l",
+	       "-CROSSSLOT Keys in request don't hash to the same slot ('msetnx' is atomic on one "
+	       "shard only: give its keys a hash tag, as {user42}:name and {user42}:mail, or run "
+	       "--shards 1)\r\n");
+	expect(&r, "EXISTS x0 x1 x2 x3 x4 x5 x6 x7 x8 x9 x10 x11", ":0\r\n");
+	expect(&r, "MSETNX {m}a 1 {m}b 2", ":1\r\n");
+	expect(&r, "MSETNX {m}b 3 {m}c 4", ":0\r\n");
+	expect(&r, "MGET {m}a {m}b {m}c", "*3\r\n$1\r\n1\r\n$1\r\n2\r\n$-1\r\n");
 	/* DISCARD drops what was queued; WATCH is refused, UNWATCH has nothing to undo. */
 	expect(&r, "MULTI", "+OK\r\n");
 	expect(&r, "SET {t}d 1", "+QUEUED\r\n");

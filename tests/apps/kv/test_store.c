@@ -818,7 +818,7 @@ Test(kv_store, setnx_setex_getdel_unlink_expireat_type_flushdb_reply_as_redis_7)
 	run_with_stats(more_commands_start);
 }
 
-/* GETRANGE (SUBSTR), SETRANGE, EXPIRETIME, PEXPIRETIME and TOUCH, with the replies of
+/* GETRANGE (SUBSTR), SETRANGE, EXPIRETIME, PEXPIRETIME, TOUCH and MSETNX, with the replies of
  * redis-server 7.0.15 for the same commands (checked side by side): the index clamping,
  * the errors, the zero padding, the kept TTL, the rounding of EXPIRETIME. */
 static void
@@ -881,6 +881,17 @@ range_commands_start(void *app)
 		{ 3, { "SET", "g", "abc" }, "+OK\r\n" },
 		{ 4, { "SETRANGE", "g", "6", "X" }, ":7\r\n" },
 		{ 4, { "SETRANGE", "n", "5", "abc" }, ":8\r\n" },
+		/* MSETNX: all or nothing by whether any key is there (a repeated key takes its
+		 * last value); an expired key is not there */
+		{ 5, { "MSETNX", "ma", "1", "mb", "2" }, ":1\r\n" },
+		{ 5, { "MSETNX", "ma", "3", "mc", "4" }, ":0\r\n" },
+		{ 2, { "EXISTS", "mc" }, ":0\r\n" },
+		{ 2, { "GET", "ma" }, "$1\r\n1\r\n" },
+		{ 5, { "MSETNX", "mx", "1", "mx", "2" }, ":1\r\n" },
+		{ 2, { "GET", "mx" }, "$1\r\n2\r\n" },
+		{ 5, { "SET", "gone", "v", "PXAT", "1000" }, "+OK\r\n" },
+		{ 3, { "MSETNX", "gone", "back" }, ":1\r\n" },
+		{ 2, { "GET", "gone" }, "$4\r\nback\r\n" },
 	};
 
 	if (!SHARD_CHECK_EQ(kv_db_init(&db, app), 0)) {
@@ -899,7 +910,7 @@ range_commands_start(void *app)
 	keel_stop(0);
 }
 
-Test(kv_store, getrange_setrange_expiretime_touch_reply_as_redis_7)
+Test(kv_store, getrange_setrange_expiretime_touch_msetnx_reply_as_redis_7)
 {
 	run_with_stats(range_commands_start);
 }
