@@ -563,12 +563,18 @@ rq_cb(void *arg)
 
 	c->rq_queued = false;
 	while (c->rqhead < c->rqn && !dropping_reads(c) && !read_blocked(c)) {
+		struct net_shard *ns = c->ns;
 		unsigned k = chunk(c, c->rq + c->rqhead, c->rqn - c->rqhead);
-		uint32_t at = c->rqhead;
 
-		/* Advanced first: on_data owns the slices (keel_conn_send clears them). */
+		/* Delivered from a copy, as fresh data is (ns->scratch): a framer that on_data
+		 * hands part of the array gives slices back in front of rqhead when a callback
+		 * pauses reading (keel__conn_unread), where the array's tail would be. Advanced
+		 * first: on_data owns the slices (keel_conn_send clears them). */
+		if (k > ns->scratch_n)
+			k = ns->scratch_n;
+		memcpy(ns->scratch, c->rq + c->rqhead, k * sizeof(*c->rq));
 		c->rqhead += k;
-		c->ops->on_data(c, c->rq + at, k);
+		c->ops->on_data(c, ns->scratch, k);
 	}
 	if (c->rqhead == c->rqn) {
 		c->rqhead = c->rqn = 0;

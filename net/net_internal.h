@@ -111,7 +111,8 @@ struct net_shard {
 	uint32_t direct_conns;        /* accepted connections holding a direct descriptor */
 	uint32_t accepts_single;      /* single direct accepts in flight (a slot each) */
 	bool table_full_said;         /* the full table was logged (listen.c) */
-	struct keel_slice *scratch;   /* [the larger ring's nbufs] slices of one completion */
+	struct keel_slice *scratch;   /* [scratch_n] slices of one completion, or of held data */
+	unsigned scratch_n;           /* the larger ring's nbufs */
 	struct keel_net_stats st;
 	struct net_zcrx *zcrx;        /* zcrx.c: the shard's ZCRX set-up (NULL until decided) */
 	struct net_lim *lim_head;     /* limits.c: connections with a timeout */

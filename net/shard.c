@@ -316,11 +316,10 @@ shard_create(const struct keel_net_config *cfg, struct net_shard **out)
 	if (r < 0)
 		goto err;
 	/* One completion spans at most one ring's buffers. */
-	ns->scratch =
-		calloc(keel__net_bulk_on(&ns->cfg) && ns->cfg.bulk_buf_count > ns->cfg.buf_count
-			       ? ns->cfg.bulk_buf_count
-			       : ns->cfg.buf_count,
-		       sizeof(*ns->scratch));
+	ns->scratch_n = keel__net_bulk_on(&ns->cfg) && ns->cfg.bulk_buf_count > ns->cfg.buf_count
+				? ns->cfg.bulk_buf_count
+				: ns->cfg.buf_count;
+	ns->scratch = calloc(ns->scratch_n, sizeof(*ns->scratch));
 	if (!ns->scratch) {
 		r = -ENOMEM;
 		goto err;

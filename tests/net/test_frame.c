@@ -1277,6 +1277,115 @@ Test(net_frame, frames_after_a_pause_in_the_callback_wait_for_the_resume)
 	e2e_stop(&e);
 }
 
+/* ---- on_data's array stays as given while a framer handed part of it pauses ---- */
+
+/* An application may hand the framer the first slice of on_data's array only and read the
+ * rest itself (a protocol switch). Held data, delivered again after a resume, used to come
+ * in an array inside the connection's held queue: a frame callback that paused reading made
+ * the framer give its slices back into that queue, over the tail of the array the
+ * application still held. Every frame here pauses reading until deferred work resumes it;
+ * the stream is zeros (zero-length LEN32 frames, whatever bytes the application takes out
+ * of it), the send watermark small so that on_data gets two slices at a time; on_data
+ * hands the framer its first slice and checks that the others are unchanged after. */
+static struct {
+	_Atomic int cases, clobbered, frames, closed;
+	bool paused;
+} sw;
+
+static void
+sw_resume(void *arg)
+{
+	sw.paused = false;
+	if (!atomic_load(&sw.closed))
+		keel_conn_resume_read(arg);
+}
+
+static int
+sw_frame(void *arg, struct keel_frame *fr)
+{
+	struct keel_conn *c = arg;
+
+	for (unsigned i = 0; i < fr->n; i++)
+		keel_slice_put(&fr->s[i]);
+	atomic_fetch_add(&sw.frames, 1);
+	if (!sw.paused) {
+		sw.paused = true;
+		keel_conn_pause_read(c);
+		if (keel_defer(sw_resume, c) < 0)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+static void
+sw_open(struct keel_conn *c)
+{
+	attach(c, sw_frame);
+}
+
+static void
+sw_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	struct keel_framer *f = keel_conn_user(c);
+	struct keel_slice keep[64];
+	unsigned m = n - 1 < 64 ? n - 1 : 64;
+	bool was = sw.paused;
+
+	memcpy(keep, s + 1, m * sizeof(*s));
+	keel_framer_on_data(f, c, s, 1);
+	if (m && !was && sw.paused) {
+		atomic_fetch_add(&sw.cases, 1);
+		if (memcmp(keep, s + 1, m * sizeof(*s)))
+			atomic_fetch_add(&sw.clobbered, 1);
+	}
+	for (unsigned i = 0; i < m; i++) /* read raw: put, as the application was given them */
+		keel_slice_put(&keep[i]);
+	for (unsigned i = 1 + m; i < n; i++)
+		keel_slice_put(&s[i]);
+}
+
+static void
+sw_close(struct keel_conn *c, int status)
+{
+	atomic_store(&sw.closed, 1);
+	srv_close(c, status);
+}
+
+static const struct keel_conn_ops sw_ops = { .on_open = sw_open,
+					     .on_data = sw_data,
+					     .on_close = sw_close };
+
+Test(net_frame, the_array_on_data_holds_stays_as_given_when_a_framer_pauses)
+{
+	static uint8_t zeros[16u << 10];
+	struct keel_net_config nc;
+	struct e2e e;
+	int fd;
+
+	keel_net_config_init(&nc);
+	nc.buf_count = 16;
+	nc.buf_size = 4096;
+	nc.bulk_buf_size = 0;
+	nc.high_watermark = 4096;
+	nc.low_watermark = 1024;
+	memset(&e, 0, sizeof(e));
+	memset(&sw, 0, sizeof(sw));
+	e2e_start_cfg(&e, &sw_ops, &nc);
+	fd = cli_connect(e.port);
+	cr_assert_geq(fd, 0);
+	/* Until 50 deliveries of two slices or more met a pause in their first. */
+	for (int w = 0; w < 2000 && atomic_load(&sw.cases) < 50; w++)
+		cr_assert_eq(cli_write_all(fd, zeros, sizeof(zeros)), 0);
+	close(fd);
+	e2e_wait(&e, &e.srv_closed, 1, "the server's on_close");
+	cr_log_info("%d deliveries of two slices or more paused in their first, %d frames",
+		    atomic_load(&sw.cases), atomic_load(&sw.frames));
+	cr_assert_geq(atomic_load(&sw.cases), 50, "the case never came");
+	cr_assert_eq(atomic_load(&sw.clobbered), 0, "%d of %d arrays changed under the application",
+		     atomic_load(&sw.clobbered), atomic_load(&sw.cases));
+	e2e_stop(&e);
+}
+
 /* Framed connections that pause and never resume hold the frames their framer gave back
  * (keel__conn_unread) while the ring runs low: those come out of the ring too, and another
  * connection still receives. 'H' frames pause their connection for good; a 'P' frame is
