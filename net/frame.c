@@ -703,7 +703,7 @@ keel_framer_on_data(struct keel_framer *f, struct keel_conn *c, struct keel_slic
  * with their header into the connection's write buffer (keel_conn_writev): consecutive
  * small frames then fill one buffer and leave as one iovec, where each would otherwise
  * cost a header allocation and two iovecs. Measured with tools/bench/frameloop.sh
- * (docs/performance.md, "Speed work (session 3)"). */
+ * (docs/performance-history.md, "Speed work (session 3)"). */
 #define FRAME_COPY_MAX    512u
 #define FRAME_COPY_SLICES 8u
 

@@ -2,7 +2,7 @@
 /*
  * A fixed workload of framed sends, for instruction counts (valgrind --tool=callgrind) of
  * keel_frame_send and the connection's send path; see tools/bench/frameloop.sh and
- * docs/performance.md ("Speed work (session 3)").
+ * docs/performance-history.md ("Speed work (session 3)").
  *
  *   frameloop SIZE FRAMES ROUNDS   one shard; a connection to its own listener (127.0.0.1);
  *                                  per round the client sends FRAMES frames of SIZE payload
