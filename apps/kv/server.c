@@ -854,7 +854,9 @@ tx_run(struct kmsg *m)
 			break;
 		}
 		c = kv_cmd_find(req.argv[0].p, req.argv[0].len);
-		if (c->route == KV_R_LOCAL) /* PING, ECHO, SELECT, UNWATCH: no connection */
+		if (c->route == KV_R_KEYS && c->key_step == 2 && (req.argc - 1) % 2)
+			kv_reply_arity(&m->rep, c); /* MSET's pairs (tx_queue) */
+		else if (c->route == KV_R_LOCAL)    /* PING, ECHO, SELECT, UNWATCH: no connection */
 			local_cmd(NULL, c, req.argv, req.argc, &m->rep);
 		else /* --maxmemory was checked once, at EXEC */
 			exec_here(c, req.argv, req.argc, &m->rep, true);
@@ -1791,9 +1793,10 @@ tx_queue(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsign
 	 const uint8_t *raw, size_t rawlen)
 {
 	struct ktx *tx = kc->tx;
+	/* MSET's pairs are checked as it runs (tx_run), as in Redis: an odd count is an error
+	 * in EXEC's array, not a refusal here */
 	bool arity = c && ((c->arity > 0 && argc != (unsigned)c->arity) ||
-			   (c->arity < 0 && argc < (unsigned)-c->arity) ||
-			   (c->route == KV_R_KEYS && c->key_step == 2 && (argc - 1) % 2));
+			   (c->arity < 0 && argc < (unsigned)-c->arity));
 	struct rbuf *out;
 	int owner;
 

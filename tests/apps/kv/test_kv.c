@@ -2841,6 +2841,12 @@ Test(kv_server, multi_exec_runs_the_queued_commands_on_their_shard)
 	expect(&r, "MULTI", "+OK\r\n");
 	expect(&r, "SET {t}a", "-ERR wrong number of arguments for 'set' command\r\n");
 	expect(&r, "EXEC", "-EXECABORT Transaction discarded because of previous errors.\r\n");
+	/* MSET's pairs are checked as it runs, as Redis does: the rest runs. */
+	expect(&r, "MULTI", "+OK\r\n");
+	expect(&r, "MSET {t}o 1 {t}p", "+QUEUED\r\n");
+	expect(&r, "SET {t}q 1", "+QUEUED\r\n");
+	expect(&r, "EXEC", "*2\r\n-ERR wrong number of arguments for 'mset' command\r\n+OK\r\n");
+	expect(&r, "EXISTS {t}o {t}p {t}q", ":1\r\n");
 	expect(&r, "MULTI", "+OK\r\n");
 	expect(&r, "INFO", "-ERR Command not allowed inside a transaction\r\n");
 	expect(&r, "DBSIZE",
