@@ -229,6 +229,10 @@ void keel__pool_fini(struct keel_alloc *a);
 /* A block of 64 KiB << @order from the pool (adding a region when needed), or NULL. */
 void *keel__pool_alloc(struct keel_alloc *a, unsigned order);
 void keel__pool_free(struct keel_alloc *a, void *p);
+/* A block for @size bytes aligned to @align, whose chunks past @size go back to the pool:
+ * for jemalloc's extents, which are never freed (keel__pool_free must not see it: its
+ * head keeps the whole block's order). */
+void *keel__pool_alloc_trim(struct keel_alloc *a, uint64_t size, uint64_t align);
 /* The smallest order whose block holds @size bytes aligned to @align. */
 unsigned keel__pool_order(uint64_t size, uint64_t align);
 void keel__slab_init(struct keel_alloc *a);

@@ -43,8 +43,10 @@ ext_alloc(extent_hooks_t *h, void *new_addr, size_t size, size_t alignment, bool
 	 * new extent and copies. */
 	if (new_addr)
 		return NULL;
-	/* A pool block: inside one region, aligned to its own size. */
-	p = keel__pool_alloc(a, keel__pool_order(size, alignment));
+	/* A pool block: inside one region, aligned to its own size; the chunks past @size go
+	 * back to the pool (jemalloc's extents are mostly not powers of two, 2.5 or 3.5 MiB,
+	 * or a page over one, and the rest of the block was lost until the destroy). */
+	p = keel__pool_alloc_trim(a, size, alignment);
 	if (!p)
 		return NULL;
 	/* Carved memory was never handed out before: fresh (zero) pages, committed. */

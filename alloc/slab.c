@@ -231,6 +231,30 @@ keel__pool_alloc(struct keel_alloc *a, unsigned order)
 	return chunk_addr(a, idx);
 }
 
+void *
+keel__pool_alloc_trim(struct keel_alloc *a, uint64_t size, uint64_t align)
+{
+	unsigned k = keel__pool_order(size, align);
+	void *p = keel__pool_alloc(a, k);
+	uint32_t idx, end, pos;
+
+	if (!p)
+		return NULL;
+	idx = (uint32_t)(chunk_of(a, p) - a->chunks);
+	end = idx + (1u << k);
+	/* The chunks past @size, back as the largest aligned blocks that fit: each one's
+	 * buddy is either inside the kept head (never free) or another piece of the tail. */
+	for (pos = idx + (uint32_t)((size + SLAB_CHUNK - 1) / SLAB_CHUNK); pos < end;) {
+		unsigned j = 0;
+
+		while (j < k && !(pos & ((2u << j) - 1)) && pos + (2u << j) <= end)
+			j++;
+		block_free(a, pos, j);
+		pos += 1u << j;
+	}
+	return p;
+}
+
 void
 keel__pool_free(struct keel_alloc *a, void *p)
 {
