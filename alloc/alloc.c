@@ -99,7 +99,8 @@ keel_alloc_create(const struct keel_alloc_config *cfg, struct keel_alloc **out)
 	unsigned pre = cfg->prefault_regions ? cfg->prefault_regions : 1;
 	int r;
 
-	if (rs < KEEL_ALLOC_HUGEPAGE || (rs & (rs - 1)) || rs > (1ULL << 31))
+	/* At most 1 GiB: a region is one fixed buffer, and the kernel registers none larger. */
+	if (rs < KEEL_ALLOC_HUGEPAGE || (rs & (rs - 1)) || rs > (1ULL << 30))
 		return -EINVAL;
 	if (mem < KEEL_ALLOC_HUGEPAGE)
 		return -EINVAL;

@@ -249,6 +249,9 @@ Test(alloc_buf, bad_sizes_are_refused)
 	cr_assert_eq(keel_buf_alloc(a, 0, &s), -EINVAL);
 	cr_assert_eq(keel_buf_alloc(a, 4 * MiB + 1, &s), -E2BIG);
 	cr_assert_eq(keel_alloc_create(&c, &b), -EINVAL, "region size not a power of two");
+	c.region_size = 2048 * MiB; /* io_uring registers no fixed buffer over 1 GiB */
+	c.memory = 4096 * MiB;
+	cr_assert_eq(keel_alloc_create(&c, &b), -EINVAL, "a region of 2 GiB");
 	c.region_size = 4 * MiB;
 	c.memory = 1 * MiB;
 	cr_assert_eq(keel_alloc_create(&c, &b), -EINVAL, "cap below one huge page");

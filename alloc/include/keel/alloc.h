@@ -72,7 +72,8 @@ typedef int (*keel_alloc_send_home_fn)(struct keel_alloc *a, struct keel_buf *b,
 struct keel_alloc_config {
 	unsigned shard;              /* owner shard id (reports) */
 	uint64_t memory;             /* cap on mapped buffer memory; 0: KEEL_ALLOC_DEFAULT_MEMORY */
-	uint64_t region_size;        /* power of two >= 2 MiB; 0: KEEL_ALLOC_DEFAULT_REGION */
+	uint64_t region_size;        /* power of two, 2 MiB to 1 GiB (io_uring's largest fixed
+				      * buffer); 0: KEEL_ALLOC_DEFAULT_REGION */
 	bool hugepages;              /* hugetlbfs 2 MiB pages (reserved in nr_hugepages), not THP */
 	struct hwloc_topology *topo; /* with @cpu >= 0: bind regions to that CPU's NUMA node */
 	int cpu;                     /* -1: no explicit binding */
