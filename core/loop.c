@@ -816,6 +816,11 @@ keel__shard_loop(struct keel_shard *s)
 			begin_stop(s);
 			work++;
 		}
+		/* Before the flush: the retry may complete disk requests (file.c's pump), whose
+		 * callbacks may send mail; after it, that mail waited in the outbox while the
+		 * shard slept. */
+		if (__builtin_expect(s->internal_retry, 0))
+			keel__internal_retry(s);
 		keel__mail_flush(s);
 		if (co.window_ns && keel__coalesce_pass(&co, t0, arrivals)) {
 			atomic_store_explicit(&s->stats.coalesce_trials, co.trials,
@@ -823,8 +828,6 @@ keel__shard_loop(struct keel_shard *s)
 			atomic_store_explicit(&s->stats.coalesce_won, co.trials_won,
 					      memory_order_relaxed);
 		}
-		if (__builtin_expect(s->internal_retry, 0))
-			keel__internal_retry(s);
 		if (s->phase == PHASE_STOP && stop_progress(s))
 			break;
 		must_enter = need_enter(s);

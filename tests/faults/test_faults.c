@@ -482,6 +482,76 @@ Test(faults_sqe, a_disk_request_that_found_no_sqe_waits_and_is_issued)
 	cr_assert_eq(t.stop_res, -ECANCELED, "%d", t.stop_res);
 }
 
+/* A disk request's callback run by the loop's retry of the requests that found no SQE comes
+ * after the pass's mail flush: a message it sends must still go out in that pass. It used
+ * to wait in the outbox while its shard slept with no bound (here until the test's write
+ * completes the pipe's read). The read finds no SQE and waits; two closes of its descriptor
+ * wait behind it; the retry issues the read, holds the first close for it, and completes
+ * the second with -EBADF, whose callback sends to shard 1. */
+static struct {
+	struct keel_file f, f2;
+	struct keel_file_req rd, c1, c2;
+	int pfd[2];
+	char buf[4];
+	_Atomic int got, c2_res, c2_calls;
+} rs;
+
+static void
+rs_got(void *arg)
+{
+	atomic_store(&rs.got, 1);
+}
+
+static void
+rs_cb(struct keel_file_req *req, int res, void *arg)
+{
+	if (req != &rs.c2)
+		return;
+	atomic_store(&rs.c2_res, res);
+	atomic_fetch_add(&rs.c2_calls, 1);
+	SHARD_CHECK_EQ(keel_send(1, rs_got, NULL), 0);
+}
+
+static void
+rs_start(void *arg)
+{
+	if (keel_shard_id(keel_this_shard()) != 0)
+		return;
+	rs.f = (struct keel_file){ .fd = rs.pfd[0] };
+	rs.f2 = rs.f; /* a copy: its close is a second close of the descriptor */
+	atomic_store(&keel__fault_sqe_none, 1);
+	SHARD_CHECK_EQ(keel_file_read(&rs.rd, &rs.f, rs.buf, 1, (uint64_t)-1, rs_cb, NULL), 0);
+	SHARD_CHECK_EQ(keel_file_close(&rs.c1, &rs.f, rs_cb, NULL), 0);
+	SHARD_CHECK_EQ(keel_file_close(&rs.c2, &rs.f2, rs_cb, NULL), 0);
+}
+
+Test(faults_sqe, a_message_from_a_retried_disk_requests_callback_goes_out)
+{
+	struct keel_opts o = net_test_opts(2);
+	struct keel_runtime *rt;
+	uint64_t dl = test_deadline(TEST_WAIT_MS);
+	bool got;
+
+	memset(&rs, 0, sizeof(rs));
+	cr_assert_eq(pipe(rs.pfd), 0);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, rs_start, NULL), 0);
+	while (!(got = atomic_load(&rs.got)) && !test_expired(dl))
+		test_pause();
+	cr_assert_eq(write(rs.pfd[1], "x", 1), 1); /* the read ends; the held close follows */
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	atomic_store(&keel__fault_sqe_none, 0);
+	close(rs.pfd[1]);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(atomic_load(&rs.c2_calls), 1);
+	cr_assert_eq(atomic_load(&rs.c2_res), -EBADF, "the second close: %d",
+		     atomic_load(&rs.c2_res));
+	cr_assert(got, "the message sent from the retried request's callback never arrived "
+		       "while its shard slept");
+}
+
 /* A stop hook's write that finds no SQE waits and is issued on a later pass of the stop:
  * the shard does not end with it still waiting (its callback never run). */
 static struct {
