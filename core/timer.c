@@ -202,7 +202,9 @@ keel_timer_start(struct keel_timer *t, uint64_t delay_ns, uint64_t period_ns)
 	uint64_t now = keel__clock_ns();
 
 	keel_verify(s == keel__cur);
-	keel_verify(t->flags_ & TIMER_LIVE);
+	/* Live here: not one left by an ended runtime whose shard sat at this address (no heap
+	 * place is reserved for it here; keel_timer_init it again). */
+	keel_verify(live_here(s, t));
 	/* Strictly after this pass's start, so a timer re-started from a timer callback with
 	 * no delay fires on the next pass, never in a loop within this one. */
 	if (now <= s->now_ns)
@@ -308,6 +310,11 @@ void
 keel__timers_fini(struct keel_shard *s)
 {
 	struct keel_timer *t = s->timers_all;
+
+	/* Timers still in the heap (started once the stop had begun): not pending once the
+	 * heap is gone. An embedded one outlives the shard, and its index would be used against
+	 * the heap of a new shard at this address. */
+	keel__timers_stop_all(s);
 	while (t) {
 		struct keel_timer *next = t->all_next_;
 		free(t);

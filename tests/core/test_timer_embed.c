@@ -286,3 +286,46 @@ Test(core_timer_embed, fini_of_a_timer_left_by_an_ended_runtime_gives_back_nothi
 		    run - 1);
 	need_same_address(stale_same_address, run);
 }
+
+/* A timer started once the stop has begun, for longer than the stop lasts, is left in the
+ * ended shard's heap: once the runtime has ended it is not pending, and its heap index
+ * is not kept (a stop or start of it, in a new runtime whose shard sat at that address,
+ * used it against the new heap). It used to say pending. */
+static struct keel_timer late_timer;
+
+static void
+late_cb(struct keel_timer *t, void *arg)
+{
+	SHARD_CHECK(false, "a timer started while stopping fired");
+}
+
+static void
+late_start_timer(void *arg)
+{
+	if (SHARD_CHECK_EQ(keel_timer_init(&late_timer, late_cb, NULL), 0))
+		keel_timer_start(&late_timer, KEEL_S(60), 0);
+}
+
+static void
+late_hook(void *arg)
+{
+	SHARD_CHECK_EQ(keel_defer(late_start_timer, NULL), 0); /* runs after the hooks */
+}
+
+static void
+late_start(void *app)
+{
+	SHARD_CHECK_EQ(keel_shard_on_stop(late_hook, NULL), 0);
+	keel_stop(0);
+}
+
+Test(core_timer_embed, a_timer_pending_when_its_runtime_ends_is_not_pending_after)
+{
+	struct keel_opts o = test_opts(1);
+
+	memset(&late_timer, 0, sizeof(late_timer));
+	cr_assert_eq(keel_run(&o, late_start, NULL), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert(late_timer.shard_, "the timer was not started");
+	cr_assert_eq(keel_timer_pending(&late_timer), 0, "pending after its runtime ended");
+}

@@ -40,7 +40,8 @@ struct keel_timer {
  * between; on a pending one it aborts).
  * Ownership: @t stays the caller's; keel never frees it. It must stay valid, and must not
  * move, until keel_timer_fini() (or until the shard ended: its stop takes every timer
- * pending then off the heap; one started while stopping still fires).
+ * pending then off the heap; one started while stopping still fires if the stop lasts
+ * that long, and is not pending once the runtime has ended).
  * Returns: 0, -EINVAL when @fn is NULL, or -ENOMEM (every timer has its place in the shard's
  * timer heap from here on, so that starting it cannot fail).
  * Context: a shard; the timer belongs to it.
