@@ -938,6 +938,11 @@ put_written(struct keel_file_req *req, int res, void *arg)
 		/* At stop, or io-wq could not run it: answered (a client waits for its id);
 		 * the space it took at the tail is skipped by the next scan, written or not. */
 		reply_err(p->cn, EMB_BUSY, p->id, "write cancelled");
+	} else if (p->err == -ENOMEM) {
+		/* Refused for memory (the value's buffer could not be registered, --feature
+		 * reg_buffers=on), not failed on the disk: the tail is known (its space is
+		 * skipped, as a cancelled write's), so puts go on; this one may be sent again. */
+		reply_err(p->cn, EMB_BUSY, p->id, "write refused: out of memory");
 	} else {
 		/* The file's tail is unknown now: refuse further puts on this shard. */
 		failed[p->shard] = true;

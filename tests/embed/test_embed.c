@@ -959,6 +959,44 @@ Test(embed, a_cancelled_write_or_read_is_answered, .timeout = 120)
 	host_fini(&h);
 }
 
+/* A disk write refused for memory (-ENOMEM: the value's buffer could not be registered
+ * with --feature reg_buffers=on; injected here as the write's result) is answered BUSY and
+ * the shard takes puts after it: it used to refuse every later put until a restart, as
+ * after a failed write. Needs a build with fault injection (the ASan build's). */
+Test(embed, a_write_refused_for_memory_leaves_puts_on, .timeout = 120)
+{
+	struct kv kv = { .key = "refused" };
+	struct host h;
+	int fd;
+
+	host_init(&h, "");
+	setenv("KEEL_FAULTS", "write:ENOMEM:n=1", 1);
+	host_start_n(&h, "1");
+	unsetenv("KEEL_FAULTS");
+	{
+		char *t = slurp(h.log);
+		bool none = t && strstr(t, "no fault injection");
+
+		free(t);
+		if (none) {
+			host_stop(&h);
+			host_fini(&h);
+			cr_skip_test("keel-embed was built without fault injection");
+		}
+	}
+	kv.len = 5;
+	kv.val = (uint8_t *)strdup("value");
+	fd = test_connect(h.port);
+	req_send(fd, 'P', 0, kv.key, kv.val, kv.len);
+	expect_status(fd, 4, 0); /* the put whose write was refused: BUSY */
+	put_all(fd, &kv, 1);
+	get_all(fd, &kv, 1);
+	close(fd);
+	host_stop(&h);
+	free(kv.val);
+	host_fini(&h);
+}
+
 /* A put whose value arrives in many receives (a client writing 256 bytes at a time, with
  * a pause between): more pieces than the host writes as slices, so it copies the value;
  * before, it answered BUSY ("value in too many pieces") however often it was retried. */

@@ -231,7 +231,9 @@ KEEL_API int keel_file_statx(struct keel_file_req *req, int dirfd, const char *p
  * long as they do (a read of an empty pipe: until data comes, or stop). A plain descriptor of
  * a file that no name holds any more (fstat: st_nlink 0) is then closed by an io-wq worker
  * of the shard's thread, so that its slow release (the last close frees its blocks) does not
- * block the shard; @cb may run before that release has finished. Others close inline.
+ * block the shard; @cb may run before that release has finished. Others close inline,
+ * but for files of a file system that flushes at close (NFS, FUSE, CIFS), which the kernel
+ * itself hands to io-wq.
  * Returns: as keel_file_fsync(), and -EBADF when a close of the same descriptor is held
  * already (a close of a number whose close is in the ring waits for it instead: the number
  * may be a new file's). Context: a shard.
