@@ -397,6 +397,15 @@ keel__zcrx_sim_recv(const struct net_shard *ns)
 	return z && z->state == KEEL_ZCRX_ON && z->sim;
 }
 
+/* The area slices held above which partial frames give theirs back (keel__zcrx_take). */
+static uint32_t
+zcrx_press_line(const struct net_zcrx *z)
+{
+	uint32_t n = (uint32_t)(z->area_len / 4096);
+
+	return n - n / 4;
+}
+
 int
 keel__zcrx_take(struct net_shard *ns, const struct io_uring_cqe *cqe, struct keel_slice *out)
 {
@@ -434,6 +443,13 @@ keel__zcrx_take(struct net_shard *ns, const struct io_uring_cqe *cqe, struct kee
 	z->held++;
 	z->zc_bytes += f.len;
 	z->zc_frags++;
+	/* A quarter of the area stays for the kernel, as a quarter of a copy-path ring does
+	 * (keel__pbuf_pressed): crossing that line, partial frames copy their area slices out
+	 * and give them back. The kernel says nothing when the area runs out (its ENOMEM is
+	 * only for its own copies): the NIC drops what it cannot place, and frames that
+	 * cannot complete would hold the area for good. */
+	if (z->held == zcrx_press_line(z) + 1)
+		keel__framers_reclaim_later(ns);
 	return 1;
 }
 
