@@ -335,34 +335,53 @@ err:
 	return r;
 }
 
-/* ld CPU|QUEUE; one jeq/ret pair per key; default: key % n. */
+/* The steering program into @f (2 * keys + 6 instructions at most); its length. ld CPU or
+ * QUEUE; one jeq/ret pair per key; default: key % n. SKF_AD_QUEUE reads skb->queue_mapping,
+ * which a driver sets to the rx queue + 1 (skb_record_rx_queue; 0: none recorded, as on lo,
+ * whose one queue is 0): queue q is key q + 1, and 0 is taken as queue 0. */
+unsigned
+keel__steer_prog(enum keel_steer steer, unsigned n, const int *cpus, const unsigned *queue_shard,
+		 unsigned nqueues, struct sock_filter *f)
+{
+	bool cpu = steer == KEEL_STEER_CPU;
+	unsigned nkeys = cpu ? n : (nqueues ? nqueues : n);
+	unsigned k = 0;
+
+	f[k++] = (struct sock_filter)BPF_STMT(
+		BPF_LD | BPF_W | BPF_ABS,
+		(uint32_t)(SKF_AD_OFF + (cpu ? SKF_AD_CPU : SKF_AD_QUEUE)));
+	if (!cpu) {
+		f[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 1);
+		f[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_IMM, 1);
+	}
+	for (unsigned i = 0; i < nkeys; i++) {
+		unsigned key = cpu ? (unsigned)cpus[i] : i + 1;
+		unsigned shard = cpu ? i : queue_shard ? queue_shard[i] % n : i % n;
+		f[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, key, 0, 1);
+		f[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, shard);
+	}
+	if (!cpu)
+		f[k++] = (struct sock_filter)BPF_STMT(BPF_ALU | BPF_SUB | BPF_K, 1);
+	f[k++] = (struct sock_filter)BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, n);
+	f[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_A, 0);
+	return k;
+}
+
 static int
 steer_attach(struct keel_listener *l)
 {
 	struct sock_filter *f;
 	struct sock_fprog prog;
 	unsigned nkeys = l->steer == KEEL_STEER_CPU ? l->n : (l->nqueues ? l->nqueues : l->n);
-	unsigned k = 0;
+	unsigned k;
 	int r = 0;
 
 	if (l->steer == KEEL_STEER_HASH)
 		return 0;
-	f = calloc(2 * nkeys + 3, sizeof(*f));
+	f = calloc(2 * nkeys + 6, sizeof(*f));
 	if (!f)
 		return -ENOMEM;
-	f[k++] = (struct sock_filter)BPF_STMT(
-		BPF_LD | BPF_W | BPF_ABS,
-		(uint32_t)(SKF_AD_OFF + (l->steer == KEEL_STEER_CPU ? SKF_AD_CPU : SKF_AD_QUEUE)));
-	for (unsigned i = 0; i < nkeys; i++) {
-		unsigned key = l->steer == KEEL_STEER_CPU ? (unsigned)l->cpus[i] : i;
-		unsigned shard = l->steer == KEEL_STEER_CPU ? i
-				 : l->queue_shard           ? l->queue_shard[i] % l->n
-							    : i % l->n;
-		f[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, key, 0, 1);
-		f[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, shard);
-	}
-	f[k++] = (struct sock_filter)BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, l->n);
-	f[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_A, 0);
+	k = keel__steer_prog(l->steer, l->n, l->cpus, l->queue_shard, l->nqueues, f);
 	memset(&prog, 0, sizeof(prog)); /* its padding goes to the kernel too */
 	prog.len = (unsigned short)k;
 	prog.filter = f;

@@ -214,6 +214,12 @@ void keel__conn_starved_kick(struct net_shard *ns);
  * end of the pass (frame.c). Without it, partial frames that together hold every buffer
  * could never complete, and every connection of the shard would starve. */
 void keel__framers_reclaim_later(struct net_shard *ns);
+/* listen.c: the reuseport steering program for @steer (CPU or QUEUE) over @n shards into
+ * @f, room for 2 * keys + 6 instructions (keys: @n CPUs @cpus, or @nqueues queues mapped by
+ * @queue_shard, NULL: queue % n); its length. */
+struct sock_filter;
+unsigned keel__steer_prog(enum keel_steer steer, unsigned n, const int *cpus,
+			  const unsigned *queue_shard, unsigned nqueues, struct sock_filter *f);
 /* The shard's network state goes: its framers forget it (frame.c). */
 void keel__framers_detach(struct net_shard *ns);
 /* Area slices went back to the kernel (a refill published): re-arm the connections whose

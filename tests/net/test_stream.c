@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/filter.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -13,6 +14,7 @@
 
 #include <criterion/criterion.h>
 
+#include "../../net/net_internal.h"
 #include "helpers.h"
 
 #define NCONN 16
@@ -366,8 +368,75 @@ qsteer_start(void *arg)
 		keel_stop(r);
 }
 
-/* Queue steering: lo has one rx queue (0); mapping it to shard 1 sends every connection
- * there, from the first SYN (the program is attached before the sockets listen). */
+/* The instructions of keel's steering programs, run as the kernel's classic BPF would,
+ * with @a the value SKF_AD_CPU or SKF_AD_QUEUE loads; the index returned. */
+static uint32_t
+cbpf_run(const struct sock_filter *f, unsigned n, uint32_t a)
+{
+	uint32_t A = 0;
+
+	for (unsigned pc = 0; pc < n; pc++) {
+		const struct sock_filter *i = &f[pc];
+
+		switch (i->code) {
+		case BPF_LD | BPF_W | BPF_ABS:
+			cr_assert(i->k == (uint32_t)(SKF_AD_OFF + SKF_AD_QUEUE) ||
+				  i->k == (uint32_t)(SKF_AD_OFF + SKF_AD_CPU));
+			A = a;
+			break;
+		case BPF_LD | BPF_IMM:
+			A = i->k;
+			break;
+		case BPF_JMP | BPF_JEQ | BPF_K:
+			pc += A == i->k ? i->jt : i->jf;
+			break;
+		case BPF_ALU | BPF_SUB | BPF_K:
+			A -= i->k;
+			break;
+		case BPF_ALU | BPF_MOD | BPF_K:
+			A %= i->k;
+			break;
+		case BPF_RET | BPF_K:
+			return i->k;
+		case BPF_RET | BPF_A:
+			return A;
+		default:
+			cr_assert_fail("instruction 0x%x not expected", i->code);
+		}
+	}
+	cr_assert_fail("the program ran off its end");
+	return 0;
+}
+
+/* SKF_AD_QUEUE loads skb->queue_mapping, which a driver sets to the rx queue + 1
+ * (skb_record_rx_queue; 0 where none is recorded, as on lo). The program took the raw value
+ * for the queue, so on a NIC every queue's connections went to the next queue's shard (lo,
+ * with nothing recorded, hid it: the next test). Queues 0-3 mapped to shards 2, 0, 1, 2 of
+ * three; queue 5 (not in the map) by its number; CPU steering is the CPU's index. */
+Test(net_stream, steering_programs_read_the_rx_queue_as_the_kernel_records_it)
+{
+	static const unsigned qmap[4] = { 2, 0, 1, 2 };
+	static const int cpus[3] = { 4, 9, 6 };
+	struct sock_filter f[2 * 4 + 6];
+	unsigned n = keel__steer_prog(KEEL_STEER_QUEUE, 3, NULL, qmap, 4, f);
+
+	cr_assert_leq(n, sizeof(f) / sizeof(f[0]));
+	cr_assert_eq(cbpf_run(f, n, 0), 2, "nothing recorded (lo): queue 0");
+	for (uint32_t q = 0; q < 4; q++)
+		cr_assert_eq(cbpf_run(f, n, q + 1), qmap[q], "rx queue %u", q);
+	cr_assert_eq(cbpf_run(f, n, 5 + 1), 5 % 3, "rx queue 5, past the map");
+	n = keel__steer_prog(KEEL_STEER_QUEUE, 3, NULL, NULL, 0, f);
+	for (uint32_t q = 0; q < 3; q++)
+		cr_assert_eq(cbpf_run(f, n, q + 1), q, "rx queue %u, no map", q);
+	n = keel__steer_prog(KEEL_STEER_CPU, 3, cpus, NULL, 0, f);
+	for (uint32_t i = 0; i < 3; i++)
+		cr_assert_eq(cbpf_run(f, n, (uint32_t)cpus[i]), i, "cpu %d", cpus[i]);
+	cr_assert_eq(cbpf_run(f, n, 7), 7 % 3, "a cpu of no shard");
+}
+
+/* Queue steering: lo records no rx queue (queue_mapping 0), taken as its one queue, 0;
+ * mapping it to shard 1 sends every connection there, from the first SYN (the program is
+ * attached before the sockets listen). */
 Test(net_stream, queue_steering_follows_the_queue_map)
 {
 	struct keel_opts o = net_test_opts(2);
