@@ -145,9 +145,13 @@ echo "   server's SO_REUSEPORT group places them"
 # default 10) for the epoll server too, or for neither where keel's cannot gather.
 egather=
 epoll_gather_parity "$bin/keel-bench" demo.sh || exit 1
+pi=0
 for pol in block spin; do
+	pi=$((pi + 1))
 	for rep in $(seq "$reps"); do
-		if [ $((rep % 2)) -eq 1 ]; then order="keel epoll"; else order="epoll keel"; fi
+		# Which server goes first alternates by repetition, and the other way round in the
+		# second policy: with an odd count each server leads as often over both.
+		if [ $(((rep + pi) % 2)) -eq 0 ]; then order="keel epoll"; else order="epoll keel"; fi
 		for be in $order; do serve "$be" "$pol" "$rep"; done
 	done
 done
@@ -155,7 +159,10 @@ done
 # The median (and min-max) of FIELD over the repetitions of one server, policy and mode.
 stat() { # name policy mode field
 	local r
+	# A figure a run did not give (null) is left out, and said, not taken for 0.
 	for r in $(seq "$reps"); do field "$tmp/$1-$2-$3-$r.json" "$4"; done |
+		awk -v w="$1 $2 $3 $4" '$1 ~ /^-?[0-9]/ { print; next }
+			{ printf "demo.sh: %s: a repetition gave no figure (%s): left out\n", w, $1 > "/dev/stderr" }' |
 		sort -g | awk '{ v[NR] = $1 } END {
 			if (NR == 0) { print "0 0 0"; exit }
 			m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
