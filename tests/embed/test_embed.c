@@ -919,6 +919,27 @@ Test(embed, a_data_file_is_scanned_a_window_at_a_time, .timeout = 120)
 	host_fini(&h);
 }
 
+/* Start @h on one shard with KEEL_FAULTS=@spec; the test is skipped when keel-embed was
+ * built without fault injection (its log says so). */
+static void
+host_start_faults(struct host *h, const char *spec)
+{
+	char *t;
+	bool none;
+
+	setenv("KEEL_FAULTS", spec, 1);
+	host_start_n(h, "1");
+	unsetenv("KEEL_FAULTS");
+	t = slurp(h->log);
+	none = t && strstr(t, "no fault injection");
+	free(t);
+	if (none) {
+		host_stop(h);
+		host_fini(h);
+		cr_skip_test("keel-embed was built without fault injection");
+	}
+}
+
 /* A disk write or read that comes back -ECANCELED while the host runs (io-wq could not run
  * it; injected here) is answered, BUSY: before, -ECANCELED was taken for the stop and no
  * reply came, the client waiting for its id for ever. The put and the get go through
@@ -930,20 +951,7 @@ Test(embed, a_cancelled_write_or_read_is_answered, .timeout = 120)
 	int fd;
 
 	host_init(&h, "");
-	setenv("KEEL_FAULTS", "write:ECANCELED:n=1,read:ECANCELED:n=1", 1);
-	host_start_n(&h, "1");
-	unsetenv("KEEL_FAULTS");
-	{
-		char *t = slurp(h.log);
-		bool none = t && strstr(t, "no fault injection");
-
-		free(t);
-		if (none) {
-			host_stop(&h);
-			host_fini(&h);
-			cr_skip_test("keel-embed was built without fault injection");
-		}
-	}
+	host_start_faults(&h, "write:ECANCELED:n=1,read:ECANCELED:n=1");
 	kv.len = 5;
 	kv.val = (uint8_t *)strdup("value");
 	fd = test_connect(h.port);
@@ -970,20 +978,7 @@ Test(embed, a_write_refused_for_memory_leaves_puts_on, .timeout = 120)
 	int fd;
 
 	host_init(&h, "");
-	setenv("KEEL_FAULTS", "write:ENOMEM:n=1", 1);
-	host_start_n(&h, "1");
-	unsetenv("KEEL_FAULTS");
-	{
-		char *t = slurp(h.log);
-		bool none = t && strstr(t, "no fault injection");
-
-		free(t);
-		if (none) {
-			host_stop(&h);
-			host_fini(&h);
-			cr_skip_test("keel-embed was built without fault injection");
-		}
-	}
+	host_start_faults(&h, "write:ENOMEM:n=1");
 	kv.len = 5;
 	kv.val = (uint8_t *)strdup("value");
 	fd = test_connect(h.port);

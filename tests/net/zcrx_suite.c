@@ -1448,15 +1448,17 @@ sim_on_frame(void *arg, struct keel_frame *fr)
 
 /* Fragments @from..@to of the message, as completions on S.conn; the first carries the
  * LEN32 header (the frame's payload length). */
+/* Fragments [@from, @to) of a LEN32 frame of @bytes in all (its length over the pattern of
+ * the first 4 bytes), fragment i at area offset @off(i). */
 static void
-inject_frags(unsigned from, unsigned to)
+inject_frame(unsigned from, unsigned to, uint64_t (*off)(unsigned), uint32_t bytes)
 {
 	for (unsigned i = from; i < to; i++) {
-		struct cqe32 c = nic(msg_off(i), 4096);
+		struct cqe32 c = nic(off(i), 4096);
 
 		if (i == 0) {
-			uint8_t *a = (uint8_t *)S.z->area + msg_off(0);
-			uint32_t plen = MSG_BYTES - 4;
+			uint8_t *a = (uint8_t *)S.z->area + off(0);
+			uint32_t plen = bytes - 4;
 
 			a[0] = (uint8_t)(plen >> 24);
 			a[1] = (uint8_t)(plen >> 16);
@@ -1465,6 +1467,12 @@ inject_frags(unsigned from, unsigned to)
 		}
 		SHARD_CHECK_EQ(keel__conn_zcrx_inject(S.conn, &c.cqe), 0, " fragment %u", i);
 	}
+}
+
+static void
+inject_frags(unsigned from, unsigned to)
+{
+	inject_frame(from, to, msg_off, MSG_BYTES);
 }
 
 static void
@@ -1638,23 +1646,16 @@ big_on_frame(void *arg, struct keel_frame *fr)
 	return 0;
 }
 
+static uint64_t
+big_off(unsigned i)
+{
+	return (uint64_t)i * 4096; /* page i: the frame's bytes are the area's, from 0 */
+}
+
 static void
 big_inject(unsigned from, unsigned to)
 {
-	for (unsigned i = from; i < to; i++) {
-		struct cqe32 c = nic((uint64_t)i * 4096, 4096);
-
-		if (i == 0) { /* the frame's length over the pattern: checked from byte 4 */
-			uint8_t *a = S.z->area;
-			uint32_t plen = BIG_FRAGS * 4096u - 4;
-
-			a[0] = (uint8_t)(plen >> 24);
-			a[1] = (uint8_t)(plen >> 16);
-			a[2] = (uint8_t)(plen >> 8);
-			a[3] = (uint8_t)plen;
-		}
-		SHARD_CHECK_EQ(keel__conn_zcrx_inject(S.conn, &c.cqe), 0, " fragment %u", i);
-	}
+	inject_frame(from, to, big_off, BIG_FRAGS * 4096u);
 }
 
 static void
