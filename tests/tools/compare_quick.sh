@@ -42,6 +42,13 @@ run_and_check() {
 				<<<"$line" || fail=1
 		done
 	done
+	# compare.png's data: a row is starred exactly when summary.tsv has it client-bound in
+	# some repetition (its rate ratio then compares the client, as compare.md says).
+	awk -F'\t' 'FNR == NR { if (FNR > 1 && $18 > 0) cb[$1] = 1; next }
+		{ match($0, /^"[^"]*"/); row = substr($0, 2, RLENGTH - 2)
+		  star = row ~ / \*$/; sub(/ \*$/, "", row)
+		  if (star != (row in cb)) { printf "FAIL: plot row %s: starred %d, client-bound %d\n", row, star, row in cb; bad = 1 } }
+		END { exit bad }' "$out/summary.tsv" "$out/plot.dat" || fail=1
 	[ $fail -eq 0 ] && echo "compare_quick: ok"
 	return $fail
 }

@@ -645,13 +645,16 @@ fi
 # compare.png: per-rep keel/epoll ratio, median with min-max error bars, one series per policy.
 if [ $plot -eq 1 ] && [ $have_gnuplot -eq 1 ]; then
 	dat=$out/plot.dat
+	# A row client-bound in some repetition (either server, either policy: column 18) is
+	# labelled "*": its rate ratio compares the client, as compare.md says ("rate moot").
 	awk -F'\t' -v pols="${pols[*]}" '
 	NR == 1 { next }
+	$18 ~ /^[0-9]+$/ && $18 > 0 { cb[$1] = 1 }
 	$8 == "keel" && $20 != "-" { r[$1, $7] = $20 " " $21 " " $22; if (!($1 in seen)) { seen[$1] = 1; rows[++nr] = $1 } }
 	END {
 		np = split(pols, P, " ")
 		for (i = 1; i <= nr; i++) {
-			s = "\"" rows[i] "\""
+			s = "\"" rows[i] (rows[i] in cb ? " *" : "") "\""
 			for (p = 1; p <= np; p++) s = s " " (((rows[i], P[p]) in r) ? r[rows[i], P[p]] : "NaN NaN NaN")
 			print s
 		}
@@ -673,7 +676,7 @@ if [ $plot -eq 1 ] && [ $have_gnuplot -eq 1 ]; then
 	gnuplot <<EOF
 set terminal $term
 set output '$png'
-set title "keel server / epoll server, same $client client: median of $reps per-rep ratios, bars min-max (>1: keel ahead)"
+set title "keel server / epoll server, same $client client: median of $reps per-rep ratios, bars min-max (>1: keel ahead)\n* client-bound in some repetition: the rate compares the client; see the server CPU in compare.md"
 set ylabel "keel / epoll (round trips/s, msgs/s, datagrams/s or Gb/s)"
 set style data histograms
 set style histogram errorbars gap 2 lw 1
