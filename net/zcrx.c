@@ -105,12 +105,14 @@ keel__zcrx_reason(int err, const char *iface, int rxq, char *buf, size_t len)
 			 iface, rxq, iface);
 		break;
 	case EEXIST:
-		snprintf(
-			buf, len,
-			"ZCRX on %s rx queue %d: EEXIST (exists): queue %d already has a "
-			"zero-copy consumer (another program's interface queue, or an XDP program "
-			"on %s); give this shard another queue (--rxqs) or stop the other consumer",
-			iface, rxq, rxq, iface);
+		snprintf(buf, len,
+			 "ZCRX on %s rx queue %d: EEXIST (exists): queue %d already has a "
+			 "zero-copy consumer (another program's interface queue, an XDP program on "
+			 "%s, or the queue of a ring closed just before: the kernel releases it "
+			 "after the close, from a work queue, so a restart can find it still taken "
+			 "for a moment); give this shard another queue (--rxqs), stop the other "
+			 "consumer, or retry",
+			 iface, rxq, rxq, iface);
 		break;
 	case EBUSY:
 		snprintf(

@@ -145,6 +145,11 @@ bool keel__zcrx_sim_recv(const struct net_shard *ns);
  * -ENOMEM when no buffer header could be had (the fragment goes straight back).
  * Context: @ns's shard. */
 int keel__zcrx_take(struct net_shard *ns, const struct io_uring_cqe *cqe, struct keel_slice *out);
+/* Whether @p lies in @ns's area while more area slices are held than the kernel can spare
+ * (over three quarters of its 4 KiB buffers, as keel__pbuf_pressed for a copy-path ring):
+ * a slice there that a send queue or a paused connection is about to hold for as long as a
+ * peer takes to read is better copied out (conn.c, unring). Context: @ns's shard. */
+bool keel__zcrx_pressed(const struct net_shard *ns, const void *p);
 /* Bytes a shard received through the copy path while ZCRX fell back (stats). */
 void keel__zcrx_copy_bytes(struct net_shard *ns, uint64_t bytes);
 /* A frame of @n slices was delivered whole (frame.c): counted when they are area slices. */
@@ -152,11 +157,11 @@ void keel__zcrx_frame_seen(const struct keel_slice *s, unsigned n);
 
 /* Tests: give @ns an interface queue the test plays the kernel for, with no registration:
  * an @area_len-byte area, a refill ring of @rq_entries (power of two) laid out as 6.18 lays
- * it out (head @0, tail @64, entries @128), area token @token. A connection that would arm
- * a RECV_ZC arms a simulated one instead (nothing submitted: keel__zcrx_sim_recv); the
- * test feeds completions to keel__zcrx_take() or keel__conn_zcrx_inject(). Returns: the
- * queue, or NULL (-ENOMEM, or the shard already has a registered one). Context: @ns's
- * shard. */
+ * it out on x86-64 (head @0, tail @4, entries @64), area token @token. A connection that
+ * would arm a RECV_ZC arms a simulated one instead (nothing submitted:
+ * keel__zcrx_sim_recv); the test feeds completions to keel__zcrx_take() or
+ * keel__conn_zcrx_inject(). Returns: the queue, or NULL (-ENOMEM, or the shard already has
+ * a registered one). Context: @ns's shard. */
 struct net_zcrx *keel__zcrx_sim_attach(struct net_shard *ns, size_t area_len, uint32_t rq_entries,
 				       uint64_t token);
 

@@ -453,6 +453,16 @@ keel__zcrx_take(struct net_shard *ns, const struct io_uring_cqe *cqe, struct kee
 	return 1;
 }
 
+bool
+keel__zcrx_pressed(const struct net_shard *ns, const void *p)
+{
+	const struct net_zcrx *z = ns->zcrx;
+	const uint8_t *b = p;
+
+	return z && z->state == KEEL_ZCRX_ON && z->held > zcrx_press_line(z) &&
+	       b >= (const uint8_t *)z->area && b < (const uint8_t *)z->area + z->area_len;
+}
+
 void
 keel__zcrx_copy_bytes(struct net_shard *ns, uint64_t bytes)
 {
@@ -494,7 +504,9 @@ keel__zcrx_sim_attach(struct net_shard *ns, size_t area_len, uint32_t rq_entries
 	z->ns = ns;
 	z->area_len = area_len;
 	z->area = mmap(NULL, area_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	z->region_len = 128 + (size_t)rq_entries * sizeof(struct keel_zcrx_rqe);
+	/* Linux 6.18's layout on x86-64 (io_fill_zcrx_offsets): the header's head and tail
+	 * words, then the entries on the next cache line. */
+	z->region_len = 64 + (size_t)rq_entries * sizeof(struct keel_zcrx_rqe);
 	z->region = mmap(NULL, z->region_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
 			 -1, 0);
 	if (z->area == MAP_FAILED || z->region == MAP_FAILED) {
@@ -506,8 +518,8 @@ keel__zcrx_sim_attach(struct net_shard *ns, size_t area_len, uint32_t rq_entries
 		return NULL;
 	}
 	z->rq_head = (uint32_t *)z->region;
-	z->rq_tail = (uint32_t *)((char *)z->region + 64);
-	z->rqes = (struct keel_zcrx_rqe *)((char *)z->region + 128);
+	z->rq_tail = (uint32_t *)((char *)z->region + 4);
+	z->rqes = (struct keel_zcrx_rqe *)((char *)z->region + 64);
 	z->rq_entries = rq_entries;
 	z->rq_mask = rq_entries - 1;
 	z->rq_local_tail = 0;

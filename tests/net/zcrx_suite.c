@@ -855,8 +855,8 @@ Test(net_zcrx, refill_ring_entries_tokens_wrap_and_one_publish_per_pass)
 	memset(region, 0, sizeof(region));
 	memset(&z, 0, sizeof(z));
 	z.rq_head = &region[0];
-	z.rq_tail = &region[16]; /* offsets.tail = 64 */
-	z.rqes = (struct keel_zcrx_rqe *)(void *)&region[32];
+	z.rq_tail = &region[1];                               /* offsets.tail = 4 */
+	z.rqes = (struct keel_zcrx_rqe *)(void *)&region[16]; /* offsets.rqes = 64 */
 	z.rq_entries = 8;
 	z.rq_mask = 7;
 	z.area_token = AREA_ID2;
@@ -973,6 +973,7 @@ struct sim {
 	_Atomic int remote_done; /* shard 1 read and put an exported slice */
 	bool stop_hook_ran, stop_bytes_ok;
 	uint64_t data_bytes, data_calls; /* delivered to on_data without a framer */
+	enum { DATA_PUT, DATA_HOLD, DATA_ECHO } data_mode; /* on_data without a framer */
 	int close_status;
 	_Atomic int closed;
 };
@@ -998,6 +999,8 @@ sim_start(void *arg)
 	atomic_fetch_add(&s->started, 1);
 }
 
+static void held_push(struct keel_slice *s);
+
 static _Atomic unsigned sim_opens; /* connections opened since the last sim_up */
 
 static void
@@ -1018,7 +1021,12 @@ sim_conn_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
 	S.data_calls++;
 	for (unsigned i = 0; i < n; i++) {
 		S.data_bytes += s[i].len;
-		keel_slice_put(&s[i]);
+		if (S.data_mode == DATA_HOLD)
+			held_push(&s[i]);
+		else if (S.data_mode == DATA_ECHO)
+			SHARD_CHECK_EQ(keel_conn_send(c, &s[i]), 0);
+		else
+			keel_slice_put(&s[i]);
 	}
 }
 
@@ -1710,6 +1718,99 @@ Test(net_zcrx, sim_a_partial_frame_past_three_quarters_of_the_area_gives_its_sli
 	close(fd);
 	sim_down();
 	keel_framer_destroy(S.fr);
+}
+
+/* Area slices that a send queue or a paused connection would hold while the area runs low
+ * (over three quarters of its 4 KiB buffers held) are copied out and go back to the kernel,
+ * as a copy-path ring's buffers do (conn.c, unring): a few peers that never read could
+ * otherwise pin the area, and the NIC would drop what it cannot place. The 2 MiB area has
+ * 512 buffers: the app holds 384, then echoes 4 fragments and holds 2 more while paused. */
+#define PRESS_LINE 384u
+#define PRESS_LEN  1000u
+
+static uint64_t
+recv_copies_now(void)
+{
+	struct keel_net_stats st;
+
+	memset(&st, 0, sizeof(st));
+	SHARD_CHECK_EQ(keel_net_stats(keel_this_shard(), &st), 0);
+	return st.recv_copies;
+}
+
+static void
+inject_at(unsigned from, unsigned to)
+{
+	for (unsigned i = from; i < to; i++) {
+		struct cqe32 c = nic((uint64_t)i * 4096, PRESS_LEN);
+
+		SHARD_CHECK_EQ(keel__conn_zcrx_inject(S.conn, &c.cqe), 0, " fragment %u", i);
+	}
+}
+
+static void
+step_press_hold_echo_pause(void)
+{
+	if (!SHARD_CHECK(S.conn != NULL))
+		return;
+	S.data_mode = DATA_HOLD;
+	inject_at(0, PRESS_LINE);
+	SHARD_CHECK_EQ(zst().held, PRESS_LINE);
+	SHARD_CHECK_EQ(recv_copies_now(), 0, " copied below the line");
+	/* Over the line: each slice the echo queues is copied and its buffer put. */
+	S.data_mode = DATA_ECHO;
+	inject_at(PRESS_LINE, PRESS_LINE + 4);
+	SHARD_CHECK_EQ(zst().held, PRESS_LINE, " the send queue holds area slices");
+	SHARD_CHECK_EQ(recv_copies_now(), 4);
+	/* Paused: what completes before the receive's cancel is held, and copied. */
+	keel_conn_pause_read(S.conn);
+	inject_at(PRESS_LINE + 4, PRESS_LINE + 6);
+	SHARD_CHECK_EQ(zst().held, PRESS_LINE, " the paused reads hold area slices");
+	SHARD_CHECK_EQ(recv_copies_now(), 6);
+}
+
+static void
+step_press_resume(void)
+{
+	if (!SHARD_CHECK(S.conn != NULL))
+		return;
+	keel_conn_resume_read(S.conn); /* the held 2 are echoed too */
+}
+
+static void
+step_press_put_all(void)
+{
+	for (unsigned i = 0; i < S.nheld; i++) {
+		SHARD_CHECK(bytes_ok(&S.held[i], (uint64_t)i * 4096), " held %u", i);
+		keel_slice_put(&S.held[i]);
+	}
+	S.nheld = 0;
+	SHARD_CHECK_EQ(zst().held, 0);
+}
+
+Test(net_zcrx, sim_slices_a_send_queue_or_a_paused_read_would_hold_leave_a_low_area)
+{
+	uint8_t got[6 * PRESS_LEN];
+	int fd;
+
+	sim_up(1, 512, true);
+	fd = cli_connect(S.port);
+	cr_assert_geq(fd, 0);
+	WAIT_FOR(S.conn != NULL, "the connection did not open");
+	run_on(0, step_press_hold_echo_pause);
+	SHARD_CHECKS_PASSED();
+	run_on(0, step_press_resume);
+	SHARD_CHECKS_PASSED();
+	/* The copies carry the area's bytes: the 6 fragments come back in order. */
+	cr_assert_eq(cli_read_all(fd, got, sizeof(got)), 0);
+	for (unsigned f = 0; f < 6; f++)
+		for (unsigned k = 0; k < PRESS_LEN; k++)
+			cr_assert_eq(got[f * PRESS_LEN + k],
+				     pat((uint64_t)(PRESS_LINE + f) * 4096 + k),
+				     "fragment %u byte %u", f, k);
+	run_on(0, step_press_put_all);
+	close(fd);
+	sim_down();
 }
 
 /* The simulated RECV_ZC: an accepted TCP connection of a simulated shard arms one, and an

@@ -634,10 +634,11 @@ struct keel_net_stats {
 				       buffers could go back (docs/framing.md, "Ownership") */
 	uint64_t udp_recv_errors;   /* UDP receives that ended with an unexpected error (not
 				       ENOBUFS): each armed again 10 ms later */
-	uint64_t recv_copies;       /* received slices copied out of a receive ring running
-				       low (over 3/4 of its buffers out) as a send queued them
-				       or a paused connection held them, so the ring got its
-				       buffer back (docs/net.md, "Receive buffers") */
+	uint64_t recv_copies;       /* received slices copied out of a receive ring (or a
+				       ZCRX area) running low (over 3/4 of its buffers out)
+				       as a send queued them or a paused connection held
+				       them, so the ring got its buffer back (docs/net.md,
+				       "Receive buffers") */
 };
 
 /**

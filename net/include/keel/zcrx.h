@@ -26,7 +26,9 @@ struct keel_zcrx_stats {
 	uint64_t area_bytes; /* ON: bytes of receive area registered */
 	uint32_t rq_entries; /* ON: refill ring entries */
 	/* The receive path (ON). */
-	uint64_t zc_bytes;         /* payload bytes received zero-copy (RECV_ZC, into the area) */
+	uint64_t zc_bytes;         /* payload bytes received into the area (RECV_ZC); the kernel's
+				    * own copies into area buffers, of payload that did not arrive
+				    * in the queue's buffers, included: a completion does not say */
 	uint64_t zc_frags;         /* RECV_ZC completions with payload: area fragments handed out */
 	uint64_t copy_bytes;       /* bytes received through the copy path instead: FALLBACK, every
 				    * byte; ON, those of connections that do not use RECV_ZC (Unix,
@@ -64,6 +66,9 @@ KEEL_API int keel_zcrx_stats(const struct keel_shard *sh, struct keel_zcrx_stats
  * shard makes at start-up, on a scratch ring of the calling thread that is closed at once
  * (keel-topo --check --zcrx). On a capable NIC the kernel restarts the queue when an
  * interface queue is bound and again when it goes: a short gap in that queue's traffic.
+ * The kernel lets the queue go after the scratch ring's close, from a work queue of its
+ * own: a registration of the same queue made just after the probe returns (a runtime
+ * started at once) can still get EEXIST for a moment.
  * Returns: 0 (registered and released; @why says so); -errno with the meaning and the fix
  * in @why (at most @len bytes, terminated): the messages of a --zcrx on start-up.
  * Context: any thread but a shard's (the scratch ring is its own).
