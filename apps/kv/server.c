@@ -1786,6 +1786,14 @@ tx_now(const struct kv_cmd *c)
 	       !strcmp(c->name, "multi") || !strcmp(c->name, "watch") || !strcmp(c->name, "quit");
 }
 
+/* Whether @argc words (the name included) fit @c's arity: exactly arity, or at least
+ * -arity where it is negative (Redis's convention). */
+static bool
+arity_ok(const struct kv_cmd *c, unsigned argc)
+{
+	return c->arity > 0 ? argc == (unsigned)c->arity : argc >= (unsigned)-c->arity;
+}
+
 /* Inside MULTI: queue the request (+QUEUED), or say why not, which makes EXEC abort, as
  * Redis does. False for the commands that run at once (tx_now). */
 static bool
@@ -1795,8 +1803,7 @@ tx_queue(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsign
 	struct ktx *tx = kc->tx;
 	/* MSET's pairs are checked as it runs (tx_run), as in Redis: an odd count is an error
 	 * in EXEC's array, not a refusal here */
-	bool arity = c && ((c->arity > 0 && argc != (unsigned)c->arity) ||
-			   (c->arity < 0 && argc < (unsigned)-c->arity));
+	bool arity = c && !arity_ok(c, argc);
 	struct rbuf *out;
 	int owner;
 
@@ -1992,8 +1999,7 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 			return;
 		}
 	}
-	if (!c || (c->arity > 0 && argc != (unsigned)c->arity) ||
-	    (c->arity < 0 && argc < (unsigned)-c->arity) ||
+	if (!c || !arity_ok(c, argc) ||
 	    (c->route == KV_R_KEYS && c->key_step == 2 && (argc - 1) % 2)) {
 		out = reply_to(kc);
 		if (!out)
