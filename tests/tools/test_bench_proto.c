@@ -127,6 +127,53 @@ Test(tools_bench_proto, histogram_percentiles_take_the_nearest_rank)
 	}
 }
 
+/* The rank in integers: the old ceil(p x n / 100 - 1e-9) took rank 20,979,001 for p99.9 of
+ * 21 M samples, whose product rounds above the exact 20,979,000. */
+Test(tools_bench_proto, percentile_ranks_are_exact_for_large_counts)
+{
+	cr_assert_eq(bench_rank(99.9, 21000000), 20979000);
+	cr_assert_eq(bench_rank(99.9, 1000), 999);
+	cr_assert_eq(bench_rank(99.9, 1001), 1000); /* 999.999: the next one up */
+	cr_assert_eq(bench_rank(50, 4), 2);
+	cr_assert_eq(bench_rank(50, 5), 3);
+	cr_assert_eq(bench_rank(0, 5), 1);
+	cr_assert_eq(bench_rank(100, 5), 5);
+	cr_assert_eq(bench_rank(99.99, 10000), 9999);
+	cr_assert_eq(bench_rank(50, 0), 0);
+	for (uint64_t n = 20000000; n < 21000000; n += 997)
+		for (unsigned k = 0; k < 3; k++) {
+			static const uint64_t pm[] = { 50000, 99000, 99900 };
+			uint64_t want = (pm[k] * n + 99999) / 100000;
+
+			cr_assert_eq(bench_rank((double)pm[k] / 1000, n), want, "p%.1f of %llu",
+				     (double)pm[k] / 1000, (unsigned long long)n);
+		}
+}
+
+/* A receive longer than the pattern's contiguous tail (the keel client's receive buffers can
+ * be 1 MiB, its tail 256 KiB) is checked in pieces, not refused with an unwritten reason. */
+Test(tools_bench_proto, check_takes_receives_longer_than_the_pattern_tail)
+{
+	struct bench_cfg c = cfg(BENCH_STREAM, 65536);
+	struct bench_pattern p;
+	size_t n = 3 * 4096 + 100;
+	uint8_t *buf = malloc(n);
+	uint64_t off = 12345;
+	char why[200] = "";
+
+	cr_assert_not_null(buf);
+	cr_assert_eq(bench_pattern_init(&p, &c, 4096), 0);
+	for (size_t i = 0; i < n; i++)
+		buf[i] = p.pat[(off + i) % p.period];
+	cr_assert_eq(bench_pattern_check(&p, buf, n, off, why, sizeof(why)), 0, "%s", why);
+	buf[2 * 4096 + 7] ^= 0x10; /* in the third piece */
+	cr_assert_eq(bench_pattern_check(&p, buf, n, off, why, sizeof(why)), -EPROTO);
+	cr_assert(strstr(why, "payload byte"), "%s", why);
+	cr_assert(strstr(why, "stream offset 20544"), "%s", why); /* 12345 + 8199 */
+	bench_pattern_fini(&p);
+	free(buf);
+}
+
 /* Thread slots map onto --cpuset in order and wrap; without it, slot k is CPU k (mod the
  * CPUs online). Server threads take slots 0.., client threads the ones after. */
 Test(tools_bench_proto, cpu_slots_follow_the_cpuset_in_order_and_wrap)

@@ -318,11 +318,13 @@ drive_serve(const char *backend)
 }
 
 /* An echo server that answers every connection but its third: that one it reads and never
- * answers, nor closes. The client must say so (stalled_conns; compare.sh then fails the
- * run), not just report the other three's rate. A window of a second: each of the three
- * answered connections must see an echo in it, however loaded the machine. */
+ * answers (after its first @answer_first reads), nor closes. The client must say so
+ * (stalled_conns; compare.sh then fails the run), not just report the other three's rate.
+ * A window of a second: each of the three answered connections must see an echo in its
+ * second half, however loaded the machine. */
 struct mute {
 	int lfd;
+	unsigned answer_first;
 	volatile int stop;
 };
 
@@ -332,6 +334,7 @@ mute_server(void *arg)
 	struct mute *m = arg;
 	struct pollfd pf[5] = { { .fd = m->lfd, .events = POLLIN } };
 	int n = 1;
+	unsigned answered = 0;
 	char buf[4096];
 
 	while (!m->stop) {
@@ -347,7 +350,11 @@ mute_server(void *arg)
 			if (!(pf[i].revents & (POLLIN | POLLHUP)))
 				continue;
 			r = read(pf[i].fd, buf, sizeof(buf));
-			if (r > 0 && i != 3 && write(pf[i].fd, buf, (size_t)r) != r)
+			if (r > 0 && i == 3 && answered < m->answer_first)
+				answered++;
+			else if (r > 0 && i == 3)
+				continue;
+			if (r > 0 && write(pf[i].fd, buf, (size_t)r) != r)
 				pf[i].events = 0;
 			if (r <= 0)
 				pf[i].events = 0;
@@ -359,11 +366,11 @@ mute_server(void *arg)
 }
 
 static void
-mute_case(const char *client)
+mute_case(const char *client, unsigned answer_first)
 {
 	struct sockaddr_in a = { .sin_family = AF_INET };
 	socklen_t al = sizeof(a);
-	struct mute m = { 0 };
+	struct mute m = { .answer_first = answer_first };
 	pthread_t th;
 	char args[256], *out;
 	int r;
@@ -388,8 +395,126 @@ mute_case(const char *client)
 
 Test(tools_bench, a_connection_the_server_stops_answering_is_reported)
 {
-	mute_case("epoll");
-	mute_case("keel");
+	mute_case("epoll", 0);
+	mute_case("keel", 0);
+}
+
+/* Its first 50 round trips echoed (a few ms), then nothing: the connection had echoes in
+ * the window, but none in its second half. Before the twenty-seventh session a connection
+ * counted as stalled only with no echo in the whole window, so this one went unseen. */
+Test(tools_bench, a_connection_the_server_stops_answering_midway_is_reported)
+{
+	mute_case("epoll", 50);
+	mute_case("keel", 50);
+}
+
+/* A UDP echo on 127.0.0.1 that answers every source but the @mute-th it hears from (1:
+ * the first; 0: none). */
+struct umute {
+	int fd;
+	unsigned mute;
+	volatile int stop;
+};
+
+static void *
+umute_server(void *arg)
+{
+	struct umute *m = arg;
+	struct pollfd pf = { .fd = m->fd, .events = POLLIN };
+	uint16_t seen[16];
+	unsigned nseen = 0;
+	char buf[2048];
+
+	while (!m->stop) {
+		struct sockaddr_in from;
+		socklen_t fl = sizeof(from);
+		unsigned k;
+		ssize_t r;
+
+		if (poll(&pf, 1, 50) <= 0)
+			continue;
+		r = recvfrom(m->fd, buf, sizeof(buf), MSG_DONTWAIT, (struct sockaddr *)&from, &fl);
+		if (r <= 0)
+			continue;
+		for (k = 0; k < nseen && seen[k] != from.sin_port; k++)
+			;
+		if (k == nseen && nseen < 16)
+			seen[nseen++] = from.sin_port;
+		if (k + 1 == m->mute)
+			continue;
+		(void)sendto(m->fd, buf, (size_t)r, 0, (struct sockaddr *)&from, fl);
+	}
+	return NULL;
+}
+
+/* keel-bench udp against the test's own echo, with @env before the command (LD_PRELOAD). */
+static char *
+umute_run(unsigned mute, const char *env, int *status)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	socklen_t al = sizeof(a);
+	struct umute m = { .mute = mute };
+	pthread_t th;
+	char cmd[1024], *out;
+	size_t cap = 1 << 16, len = 0, n;
+	FILE *p;
+
+	m.fd = socket(AF_INET, SOCK_DGRAM, 0);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(bind(m.fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	cr_assert_eq(getsockname(m.fd, (struct sockaddr *)&a, &al), 0);
+	cr_assert_eq(pthread_create(&th, NULL, umute_server, &m), 0);
+	snprintf(cmd, sizeof(cmd),
+		 "%s %s udp --port %u --conns 2 --threads 1 --seconds 1 --warmup 0 --no-pin "
+		 "--json 2>&1",
+		 env, KEEL_BENCH_BIN, (unsigned)ntohs(a.sin_port));
+	out = malloc(cap);
+	cr_assert_not_null(out);
+	p = popen(cmd, "r");
+	cr_assert_not_null(p);
+	while ((n = fread(out + len, 1, cap - len - 1, p)) > 0)
+		len += n;
+	out[len] = 0;
+	*status = pclose(p);
+	m.stop = 1;
+	pthread_join(th, NULL);
+	close(m.fd);
+	return out;
+}
+
+/* A UDP flow the server stops answering is reported as a TCP connection is; before the
+ * twenty-seventh session the UDP client had no such count. */
+Test(tools_bench, a_udp_flow_the_server_does_not_answer_is_reported)
+{
+	int st;
+	char *out = umute_run(2, "", &st);
+
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d: %s", st, out);
+	cr_assert_gt(num(out, "msgs"), 0, "%s", out);
+	cr_assert_eq(num(out, "stalled_conns"), 1, "%s", out);
+	free(out);
+}
+
+/* A flow whose sendmmsg finds no room (EAGAIN) while nothing of it is in flight sends again:
+ * nothing else would (no echo is coming), and it stopped for the rest of the run, unseen,
+ * until the twenty-seventh session. The first sendmmsg is flow 0's first. */
+Test(tools_bench, a_udp_flow_whose_send_found_no_room_sends_again)
+{
+	char env[512];
+	int st;
+	char *out;
+
+	snprintf(env, sizeof(env),
+		 "LD_PRELOAD=%s KEEL_TEST_SENDMMSG_EAGAIN=1 "
+		 "ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0",
+		 KEEL_TEST_EAGAIN_SO);
+	out = umute_run(0, env, &st);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d: %s", st, out);
+	cr_assert(strstr(out, "sendmmsg_eagain: call 1 failed with EAGAIN"),
+		  "the injection did not happen: %s", out);
+	cr_assert_gt(num(out, "msgs"), 0, "%s", out);
+	cr_assert_eq(num(out, "stalled_conns"), 0, "%s", out);
+	free(out);
 }
 
 Test(tools_bench, client_drives_an_external_serve_process)

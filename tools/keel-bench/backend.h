@@ -69,8 +69,18 @@ struct bench_cfg {
 	/* Called once by client_run, from the calling thread, when the window is known (the
 	 * harness samples CPU clocks at its edges). NULL: nobody asked. */
 	void (*on_window)(void *arg, uint64_t t_start, uint64_t t_end);
+	/* Called by each client thread (or shard) past the window's end, before it closes its
+	 * connections: whether the harness has read the clocks at the window's end (with
+	 * @wait, once it has), so that the servers' work of closing them (1,000 in pp1000) is
+	 * never counted in the window, however late the sampler woke. NULL: nobody asked.
+	 * bench_window_done calls it. */
+	bool (*on_window_end)(void *arg, bool wait);
 	void *window_arg;
 };
+
+/* A client thread is past the window's end: whether the end's clocks were read (true when
+ * nobody reads them); with @wait, returns once they were. */
+bool bench_window_done(const struct bench_cfg *cfg, bool wait);
 
 /* The CPU of thread slot @k: the k-th CPU of --cpuset (wrapping), or k modulo the CPUs
  * online. */
@@ -98,10 +108,10 @@ struct bench_result {
 	uint64_t late;         /* udp: echoes that came after their datagram was given up on */
 	uint64_t polls;        /* epoll and udp clients: epoll_wait(0) calls (--client-poll-us) */
 	uint64_t sleeps;       /* epoll and udp clients: epoll_waits that could block */
-	uint64_t stalled;      /* tcp clients: sending connections that got no echo in the
-				* window (a server that stopped answering one, or a grossly
-				* unfair one): the rate does not count them; compare.sh fails
-				* such a run */
+	uint64_t stalled;      /* sending connections (udp: flows) that got no echo in the
+				* second half of the window (bench_stalled: a server that
+				* stopped answering one, or a grossly unfair one): the rate
+				* does not show them; compare.sh fails such a run */
 	struct bench_hist lat; /* per-message latency (pingpong, throughput, held conns) */
 	double client_thread_max; /* the busiest client thread's share of a core over the
 				   * window (bench_tcpu); 0: not measured */
@@ -190,6 +200,12 @@ struct bench_backend {
 
 extern const struct bench_backend bench_backend_epoll;
 extern const struct bench_backend bench_backend_keel;
+
+/* Whether a sending connection (or UDP flow) whose last echo inside the window [@t_start,
+ * @t_end) came at @last_win_ns (0: none) stalled: none in the window's second half. One
+ * that the server stopped answering, without closing it, midway, would otherwise lower the
+ * rate unseen; a round trip of half the window is no ordinary delay. */
+bool bench_stalled(uint64_t last_win_ns, uint64_t t_start, uint64_t t_end);
 
 /* The UDP client (udp.c), plain sockets with recvmmsg/sendmmsg: the one client of udp mode,
  * whatever the server. Same contract as client_run. */

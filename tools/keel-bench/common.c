@@ -31,6 +31,12 @@ bench_window_open(const struct bench_cfg *cfg, pthread_barrier_t *bar, uint64_t 
 	pthread_barrier_wait(bar);
 }
 
+bool
+bench_window_done(const struct bench_cfg *cfg, bool wait)
+{
+	return !cfg->on_window_end || cfg->on_window_end(cfg->window_arg, wait);
+}
+
 static uint64_t
 thread_cpu_ns(void)
 {
@@ -107,9 +113,28 @@ bench_percentile(uint64_t *v, size_t n, double p)
 		return 0;
 	qsort(v, n, sizeof(*v), cmp_u64);
 	/* Nearest rank, as bench_hist_pct: the smallest value with p % at or below it. */
-	i = (size_t)ceil(p * (double)n / 100.0 - 1e-9); /* 99.9 x 1000: not 999.0..01 */
-	i = i ? i - 1 : 0;
+	i = (size_t)bench_rank(p, n) - 1;
 	return v[i < n ? i : n - 1];
+}
+
+bool
+bench_stalled(uint64_t last_win_ns, uint64_t t_start, uint64_t t_end)
+{
+	return last_win_ns < t_start + (t_end - t_start) / 2;
+}
+
+uint64_t
+bench_rank(double p, uint64_t n)
+{
+	uint64_t pm, rank;
+
+	if (n == 0)
+		return 0;
+	if (!(p > 0))
+		return 1;
+	pm = p >= 100 ? 100000 : (uint64_t)llround(p * 1000); /* thousandths of a percent */
+	rank = (pm * n + 99999) / 100000;
+	return rank < 1 ? 1 : rank > n ? n : rank;
 }
 
 int

@@ -236,7 +236,8 @@ do_accept(struct sthread *t)
 				t->errors++; /* EMFILE: raise the limit (ulimit -n) */
 			return;
 		}
-		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
+			t->errors++; /* served on, with Nagle's delays: the run reports errors */
 		c = calloc(1, sizeof(*c));
 		if (!c) {
 			close(fd);

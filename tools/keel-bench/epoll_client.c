@@ -47,7 +47,7 @@ struct cconn {
 	uint8_t kind, state;
 	unsigned id;
 	uint64_t tx_off, rx_off; /* bytes sent and bytes echoed back, from the start */
-	uint64_t rx_win;         /* bytes echoed back inside the window */
+	uint64_t last_win_ns;    /* the last echo inside the window; 0: none */
 	uint64_t *sent_ns;       /* send time of message s at [s % inflight] */
 	struct cconn *reopen;
 };
@@ -120,8 +120,12 @@ open_held(struct cthread *t, struct cconn *c)
 	if (connect(c->fd, (const struct sockaddr *)&cfg->addr, sizeof(cfg->addr)) < 0)
 		return fail(t, -errno, "connect to %s:%u: %s", inet_ntoa(cfg->addr.sin_addr),
 			    ntohs(cfg->addr.sin_port), strerror(errno));
-	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
+	/* A blocking socket would hang the thread at its first read; no TCP_NODELAY would
+	 * measure Nagle's delays: either fails the run. */
+	if (setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0 ||
+	    fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK) < 0)
+		return fail(t, -errno, "connection %u: TCP_NODELAY or O_NONBLOCK: %s", c->id,
+			    strerror(errno));
 	c->state = S_OPEN;
 	return add_fd(t, c,
 		      c->kind == C_IDLE ? EPOLLIN | EPOLLRDHUP : EPOLLIN | EPOLLOUT | EPOLLRDHUP);
@@ -139,7 +143,8 @@ open_churn(struct cthread *t, struct cconn *c)
 	c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (c->fd < 0)
 		return fail(t, -errno, "socket: %s (raise ulimit -n?)", strerror(errno));
-	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
+		return fail(t, -errno, "TCP_NODELAY: %s", strerror(errno));
 	r = connect(c->fd, (const struct sockaddr *)&cfg->addr, sizeof(cfg->addr));
 	if (r < 0 && errno != EINPROGRESS)
 		return fail(t, -errno, "connect (open/close loop): %s%s", strerror(errno),
@@ -219,7 +224,7 @@ on_data(struct cthread *t, struct cconn *c, const uint8_t *buf, size_t n, uint64
 	t->msgs_all += end - s;
 	if (!win)
 		return 0;
-	c->rx_win += n;
+	c->last_win_ns = now;
 	t->msgs += end - s;
 	t->bytes += (end - s) * unit;
 	if (c->kind == C_ACTIVE && timed)
@@ -312,6 +317,8 @@ thread_setup(struct cthread *t)
 	t->rx = malloc(RXBUF);
 	t->conns = calloc(n ? n : 1, sizeof(*t->conns));
 	t->sent = calloc((size_t)t->nactive * win + t->nchurn + 1, sizeof(*t->sent));
+	for (unsigned i = 0; t->conns && i < n; i++)
+		t->conns[i].fd = -1; /* before any failure: the end closes what is >= 0 */
 	if (!t->rx || !t->conns || !t->sent)
 		return fail(t, -ENOMEM, "out of memory");
 	for (unsigned i = 0; i < n; i++) {
@@ -382,10 +389,12 @@ client_thread(void *arg)
 		}
 	}
 	bench_tcpu_stop(&t->tcpu);
-	/* Connections that were sending and got no echo in the window: one the server
-	 * stopped answering, without closing it, would lower the figure unseen. */
+	if (!t->err)
+		bench_window_done(cl->cfg, true); /* the end's CPU read before any close */
+	/* Connections that were sending and got no echo in the window's second half. */
 	for (unsigned i = 0; i < t->nactive && !t->err; i++)
-		t->stalled += t->conns[i].kind == C_ACTIVE && !t->conns[i].rx_win;
+		t->stalled += t->conns[i].kind == C_ACTIVE &&
+			      bench_stalled(t->conns[i].last_win_ns, cl->t_start, cl->t_end);
 out:
 	for (unsigned i = 0; t->conns && i < n; i++)
 		if (t->conns[i].fd >= 0)

@@ -397,7 +397,7 @@ struct kconn {
 	bool open, closed_by_us;
 	unsigned id;
 	uint64_t tx_off, rx_off; /* bytes sent and bytes echoed back, from the start */
-	uint64_t rx_win;         /* bytes echoed back inside the window */
+	uint64_t last_win_ns;    /* the last echo inside the window; 0: none */
 	uint64_t *sent_ns;       /* send time of message s at [s % window] */
 };
 
@@ -412,6 +412,7 @@ struct cshard {
 	bool have_base, ready, finished, closed_all;
 	struct keel_timer *timer; /* the window's start (tcpu), then its end */
 	struct bench_tcpu tcpu;
+	bool tcpu_stopped; /* past the window: its CPU read (window_end) */
 	struct keel_xreq go;
 	uint64_t msgs, bytes, msgs_all, cycles, errors, tx_all, rx_all, stalled;
 	int err;
@@ -601,7 +602,7 @@ on_bytes(struct kconn *k, const struct keel_slice *s, uint64_t now)
 	sh->msgs_all += end - m;
 	if (!in_window(cl, now))
 		return 0;
-	k->rx_win += s->len;
+	k->last_win_ns = now;
 	sh->msgs += end - m;
 	sh->bytes += (end - m) * unit;
 	if (k->kind == C_ACTIVE && cl->cfg->mode != BENCH_STREAM)
@@ -743,11 +744,21 @@ window_end(struct keel_timer *t, void *arg)
 		keel_timer_start(t, sh->cl->t_end - now, 0);
 		return;
 	}
-	bench_tcpu_stop(&sh->tcpu);
-	/* Connections that were sending and got no echo in the window: one the server
-	 * stopped answering, without closing it, would lower the figure unseen. */
+	if (!sh->tcpu_stopped) {
+		bench_tcpu_stop(&sh->tcpu);
+		sh->tcpu_stopped = true;
+	}
+	/* The end's CPU read before any close; looked at each millisecond, not waited for,
+	 * which would block this shard's loop. */
+	if (!bench_window_done(sh->cl->cfg, false)) {
+		keel_timer_start(t, 1000000, 0);
+		return;
+	}
+	/* Connections that were sending and got no echo in the window's second half. */
 	for (unsigned i = 0; i < sh->nactive; i++)
-		sh->stalled += sh->conns[i].kind == C_ACTIVE && !sh->conns[i].rx_win;
+		sh->stalled +=
+			sh->conns[i].kind == C_ACTIVE &&
+			bench_stalled(sh->conns[i].last_win_ns, sh->cl->t_start, sh->cl->t_end);
 	finish(sh);
 }
 

@@ -396,6 +396,7 @@ struct sampler {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	bool have_window, cancel, ok;
+	bool done; /* the sampler thread is through: the end read, or given up */
 	uint64_t t_start, t_end;
 	clockid_t srv[MAX_CLOCKS];
 	unsigned nsrv;
@@ -544,8 +545,25 @@ sampler_thread(void *arg)
 			s->ok = s->err == 0;
 		}
 	}
+	s->done = true;
+	pthread_cond_broadcast(&s->cv);
 	pthread_mutex_unlock(&s->mu);
 	return NULL;
+}
+
+/* A client thread past the window's end: whether the end read was made (on_window_end). */
+static bool
+on_window_end(void *arg, bool wait)
+{
+	struct sampler *s = arg;
+	bool done;
+
+	pthread_mutex_lock(&s->mu);
+	while (wait && s->have_window && !s->done && !s->cancel)
+		pthread_cond_wait(&s->cv, &s->mu);
+	done = !s->have_window || s->done || s->cancel;
+	pthread_mutex_unlock(&s->mu);
+	return done;
 }
 
 static void
@@ -751,9 +769,8 @@ report(const struct opts *o, const struct bench_result *r, const struct bench_se
 		if (c->mode == BENCH_UDP) {
 			json_u64("lost", r->lost);
 			json_u64("late", r->late);
-		} else {
-			json_u64("stalled_conns", r->stalled);
 		}
+		json_u64("stalled_conns", r->stalled);
 		json_num("msgs_per_sec", mps, true, "%.0f", false);
 		json_num("gbps", gbps, true, "%.3f", false);
 		json_num("lat_p50_us", p[0], lat, "%.2f", false);
@@ -832,8 +849,8 @@ report(const struct opts *o, const struct bench_result *r, const struct bench_se
 	printf("\n  Gb/s counts payload bits echoed back (one direction, length fields "
 	       "excluded)\n");
 	if (c->mode == BENCH_UDP)
-		printf("  udp: %llu datagrams sent, %llu echoed, %llu lost (no echo in 50 ms), "
-		       "%llu late\n",
+		printf("  udp: %llu datagrams sent, %llu echoed (the whole run); in the window %llu "
+		       "lost (no echo in 50 ms), %llu late\n",
 		       (unsigned long long)r->tx_all, (unsigned long long)r->rx_all,
 		       (unsigned long long)r->lost, (unsigned long long)r->late);
 	if (w->valid)
@@ -865,9 +882,11 @@ report(const struct opts *o, const struct bench_result *r, const struct bench_se
 	if (errors)
 		printf("errors: %llu\n", (unsigned long long)errors);
 	if (r->stalled)
-		printf("stalled: %llu connection%s got no echo in the window (the server stopped "
-		       "answering, or served them grossly unfairly): the rate leaves them out\n",
-		       (unsigned long long)r->stalled, r->stalled == 1 ? "" : "s");
+		printf("stalled: %llu %s%s got no echo in the second half of the window (the "
+		       "server stopped answering, or served them grossly unfairly): the rate does "
+		       "not show them\n",
+		       (unsigned long long)r->stalled, c->mode == BENCH_UDP ? "flow" : "connection",
+		       r->stalled == 1 ? "" : "s");
 }
 
 /*
@@ -979,6 +998,7 @@ run_client(struct opts *o)
 		return 1;
 	}
 	c->on_window = on_window;
+	c->on_window_end = on_window_end;
 	c->window_arg = smp;
 	rc = sampler_start(smp);
 	if (rc == 0) {

@@ -21,6 +21,7 @@
 #include <sys/resource.h>
 
 #include "backend.h"
+#include "bench.h"
 
 uint64_t
 bench_unit(const struct bench_cfg *cfg)
@@ -73,12 +74,21 @@ int
 bench_pattern_check(const struct bench_pattern *p, const uint8_t *buf, size_t n, uint64_t off,
 		    char *why, size_t whylen)
 {
-	const uint8_t *want = p->pat + off % p->period;
+	const uint8_t *want;
 	uint64_t at, in;
 	size_t i;
 
-	if (n > p->extra)
-		return -EINVAL;
+	/* The pattern is contiguous for @extra bytes from any offset: a longer receive (a
+	 * receive buffer larger than the client's largest send) is checked in pieces. */
+	while (n > p->extra) {
+		int r = bench_pattern_check(p, buf, p->extra, off, why, whylen);
+		if (r < 0)
+			return r;
+		buf += p->extra;
+		off += p->extra;
+		n -= p->extra;
+	}
+	want = p->pat + off % p->period;
 	if (memcmp(buf, want, n) == 0)
 		return 0;
 	for (i = 0; buf[i] == want[i]; i++)
@@ -158,11 +168,7 @@ bench_hist_pct(const struct bench_hist *h, double p)
 	if (h->count == 0)
 		return 0;
 	/* Nearest rank: the smallest value with at least p % of the samples at or below it. */
-	rank = (uint64_t)ceil(p * (double)h->count / 100.0 - 1e-9); /* 99.9 x 1000: not 999.0..01 */
-	if (rank < 1)
-		rank = 1;
-	if (rank > h->count)
-		rank = h->count;
+	rank = bench_rank(p, h->count);
 	for (unsigned i = 0; i < BENCH_HIST_BUCKETS; i++) {
 		seen += h->b[i];
 		if (seen >= rank) {

@@ -18,7 +18,9 @@
  * freed; an echo that comes after that is counted late, never as a message. A datagram that
  * differs from what was sent, or an echo of a sequence number never sent, fails the run.
  * Counters: msgs are datagrams echoed in the window, tx_all/rx_all datagrams sent and
- * matched over the whole run; latency per datagram, as in pingpong.
+ * matched over the whole run; lost and late only those given up on or late in the window;
+ * latency per datagram, as in pingpong. A flow with no echo in the second half of the window
+ * is stalled (bench_stalled), as a TCP connection is.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -214,7 +216,8 @@ struct uflow {
 	unsigned id;
 	uint64_t next_seq;
 	unsigned busy;
-	struct uslot *slot; /* [inflight] */
+	struct uslot *slot;   /* [inflight] */
+	uint64_t last_win_ns; /* the last echo inside the window; 0: none */
 };
 
 struct uclient;
@@ -228,7 +231,7 @@ struct uthread {
 	struct mmsghdr m[BATCH];
 	struct iovec iov[2 * BATCH];
 	uint8_t *rx;
-	uint64_t msgs, msgs_all, errors, tx_all, rx_all, lost, late, last_scan;
+	uint64_t msgs, msgs_all, errors, tx_all, rx_all, lost, late, last_scan, stalled;
 	struct bench_poll_wait wait;
 	struct bench_tcpu tcpu;
 	int err;
@@ -355,7 +358,8 @@ on_dgram(struct uthread *t, struct uflow *f, const uint8_t *d, size_t len, int f
 	}
 	s = &f->slot[seq % cl->inflight];
 	if (!s->busy || s->seq != seq) {
-		t->late++; /* given up on already, or a duplicate */
+		/* Given up on already, or a duplicate. */
+		t->late += now >= cl->t_start && now < cl->t_end;
 		return 0;
 	}
 	s->busy = false;
@@ -364,6 +368,7 @@ on_dgram(struct uthread *t, struct uflow *f, const uint8_t *d, size_t len, int f
 	t->msgs_all++;
 	if (now >= cl->t_start && now < cl->t_end) {
 		t->msgs++;
+		f->last_win_ns = now;
 		bench_hist_add(&t->lat, now - s->sent_ns);
 	}
 	return 0;
@@ -405,7 +410,9 @@ flow_read(struct uthread *t, struct uflow *f)
 	}
 }
 
-/* Give up on datagrams older than LOSS_MS, and refill. */
+/* Give up on datagrams older than LOSS_MS, and refill. A flow with nothing in flight is
+ * tried again here too: its last sendmmsg found no room (EAGAIN, ENOBUFS), and with no echo
+ * to come nothing else would send for it again. */
 static void
 scan_lost(struct uthread *t, uint64_t now)
 {
@@ -423,11 +430,11 @@ scan_lost(struct uthread *t, uint64_t now)
 			if (s->busy && now - s->sent_ns > (uint64_t)LOSS_MS * 1000000) {
 				s->busy = false;
 				f->busy--;
-				t->lost++;
+				t->lost += now >= cl->t_start && now < cl->t_end;
 				freed = true;
 			}
 		}
-		if (freed)
+		if (freed || f->busy == 0)
 			flow_send(t, f);
 	}
 }
@@ -443,10 +450,10 @@ thread_setup(struct uthread *t)
 		return fail(t, -errno, "epoll_create1: %s", strerror(errno));
 	t->rx = malloc((size_t)BATCH * (cl->size + 1));
 	t->flows = calloc(t->nflows ? t->nflows : 1, sizeof(*t->flows));
+	for (unsigned i = 0; t->flows && i < t->nflows; i++)
+		t->flows[i].fd = -1; /* before any failure: the end closes what is >= 0 */
 	if (!t->rx || !t->flows)
 		return fail(t, -ENOMEM, "out of memory");
-	for (unsigned i = 0; i < t->nflows; i++)
-		t->flows[i].fd = -1;
 	for (unsigned i = 0; i < t->nflows; i++) {
 		struct uflow *f = &t->flows[i];
 		struct epoll_event ev = { .events = EPOLLIN | EPOLLET, .data.ptr = f };
@@ -505,6 +512,10 @@ client_thread(void *arg)
 		scan_lost(t, bench_now_ns());
 	}
 	bench_tcpu_stop(&t->tcpu);
+	if (!t->err)
+		bench_window_done(cl->cfg, true); /* the end's CPU read before any close */
+	for (unsigned i = 0; t->flows && i < t->nflows && !t->err; i++)
+		t->stalled += bench_stalled(t->flows[i].last_win_ns, cl->t_start, cl->t_end);
 	for (unsigned i = 0; t->flows && i < t->nflows; i++) {
 		if (t->flows[i].fd >= 0)
 			close(t->flows[i].fd);
@@ -572,6 +583,7 @@ bench_udp_client_run(const struct bench_cfg *cfg, struct bench_result *out)
 		out->rx_all += t[i].rx_all;
 		out->lost += t[i].lost;
 		out->late += t[i].late;
+		out->stalled += t[i].stalled;
 		out->polls += t[i].wait.polls;
 		out->sleeps += t[i].wait.sleeps;
 		bench_hist_merge(&out->lat, &t[i].lat);
