@@ -656,6 +656,8 @@ recv_done(struct keel_conn *c, const struct io_uring_cqe *cqe, int res, uint32_t
 
 	if (!more)
 		c->recv_armed = false;
+	else
+		ns->st.recv_more++;
 	if (res > 0) {
 		if (c->zc)
 			deliver_zc(c, cqe);

@@ -406,6 +406,8 @@ udp_recv_cb(struct keel_op *op, int res, uint32_t flags)
 
 	if (!more)
 		u->armed = false;
+	else
+		u->ns->st.recv_more++;
 	if (res >= 0 && (flags & IORING_CQE_F_BUFFER))
 		udp_deliver(u, flags >> IORING_CQE_BUFFER_SHIFT, res, flags);
 	else if (res == 0 && !u->ns->f_ms_recv)

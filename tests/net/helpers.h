@@ -21,6 +21,9 @@ struct srv {
 	_Atomic int close_errors; /* on_close with status < 0 */
 	_Atomic uint64_t max_queued;
 	_Atomic int started;
+	/* echo_ops: received slices that did not start at their buffer's start (incremental
+	 * buffer rings hand out the rest of a buffer the kernel partly filled) */
+	_Atomic uint64_t inner_slices;
 };
 
 /* Quiet, no signals, 64 MiB, and no idle polling (two tests' shards share two cores). */

@@ -82,6 +82,7 @@ integrity_stats(struct srv *s, struct keel_net_stats *sum)
 	sum->fd_closes_ring = st[0].fd_closes_ring + st[1].fd_closes_ring;
 	sum->recv_cqes = st[0].recv_cqes + st[1].recv_cqes;
 	sum->recv_bufs = st[0].recv_bufs + st[1].recv_bufs;
+	sum->recv_more = st[0].recv_more + st[1].recv_more;
 }
 
 /* The feature under test was in use, or not, as asked: the stream alone would pass with it
@@ -100,6 +101,18 @@ integrity_feature_used(struct srv *s, const char *feature, enum keel_policy p)
 	if (feature && !strcmp(feature, "send_zc"))
 		cr_assert_eq(st.sends_zc > 0, on, "send_zc %s: %llu zero-copy sends",
 			     keel_policy_name(p), (unsigned long long)st.sends_zc);
+	/* Single-shot receives: no completion leaves its receive armed (without this check a
+	 * forced multishot passed these tests just as well); multishot ones do. */
+	if (!feature || !strcmp(feature, "multishot_recv"))
+		cr_assert(st.recv_cqes > 0 && (st.recv_more > 0) == on,
+			  "multishot_recv %s: %llu of %llu receive completions left it armed",
+			  keel_policy_name(on ? KEEL_POLICY_AUTO : KEEL_POLICY_OFF),
+			  (unsigned long long)st.recv_more, (unsigned long long)st.recv_cqes);
+	/* Whole buffers: every slice starts at its buffer's start. */
+	if (feature && !strcmp(feature, "pbuf_inc") && !on)
+		cr_assert_eq(atomic_load(&s->inner_slices), 0,
+			     "pbuf_inc off: %llu slices inside a buffer",
+			     (unsigned long long)atomic_load(&s->inner_slices));
 	if (feature && !strcmp(feature, "recv_bundle"))
 		cr_assert_eq(st.recv_bufs, st.recv_cqes,
 			     "recv_bundle off: %llu buffers in %llu receive completions",

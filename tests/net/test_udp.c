@@ -167,6 +167,18 @@ udp_echo_run(const char *feature)
 	/* Sends come from a pool: at most NSRC * WINDOW are in flight, so one chunk. Two
 	 * echoes to one source in one pass may share a sendmsg (UDP_SEGMENT). */
 	cr_assert_eq(ns.sends + ns.sends_zc - ns.udp_gso_sends + ns.udp_gso_datagrams, total);
+	/* The 40,000-byte datagrams go out with SENDMSG_ZC, and none with send_zc off: the
+	 * sum above is the same either way. */
+	/* Single-shot recvmsg: no completion leaves the receive armed. */
+	if (!feature || !strcmp(feature, "multishot_recv=off"))
+		cr_assert_eq(ns.recv_more > 0, !feature,
+			     "%s: %llu receive completions left the receive armed",
+			     feature ? feature : "auto", (unsigned long long)ns.recv_more);
+	if (!feature)
+		cr_assert_gt(ns.sends_zc, 0, "no SENDMSG_ZC for the datagrams over zc_threshold");
+	else if (!strcmp(feature, "send_zc=off"))
+		cr_assert_eq(ns.sends_zc, 0, "send_zc off: %llu SENDMSG_ZC",
+			     (unsigned long long)ns.sends_zc);
 	cr_assert_leq(ns.udp_send_slots, 64, "%llu send slots allocated for %u sends",
 		      (unsigned long long)ns.udp_send_slots, total);
 	cr_assert_eq(atomic_load(&us.closes), 1);

@@ -52,9 +52,15 @@ static void
 echo_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
 {
 	struct srv *sv = keel_conn_app(c);
-	for (unsigned i = 0; i < n; i++)
+	uint64_t inner = 0;
+
+	for (unsigned i = 0; i < n; i++) {
+		inner += s[i].buf && s[i].data != (uint8_t *)keel_buf_base(s[i].buf);
 		if (keel_conn_send(c, &s[i]) < 0)
 			keel_slice_put(&s[i]);
+	}
+	if (inner)
+		atomic_fetch_add(&sv->inner_slices, inner);
 	uint64_t q = keel_conn_queued(c), m = atomic_load(&sv->max_queued);
 	while (q > m && !atomic_compare_exchange_weak(&sv->max_queued, &m, q))
 		;

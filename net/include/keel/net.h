@@ -639,6 +639,9 @@ struct keel_net_stats {
 				       as a send queued them or a paused connection held
 				       them, so the ring got its buffer back (docs/net.md,
 				       "Receive buffers") */
+	uint64_t recv_more;         /* receive completions, TCP and UDP, after which their
+				       receive stayed armed (IORING_CQE_F_MORE: multishot
+				       receives, --feature multishot_recv); 0 without them */
 };
 
 /**
