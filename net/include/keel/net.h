@@ -289,9 +289,11 @@ struct keel_listen_opts {
 	 * accept, and with direct descriptors one more ring operation before on_open. */
 	bool no_addrs;
 	/* This listener's configuration (copied at create; NULL: the process default for its
-	 * sockets, the shard's for its connections). nodelay applies to its sockets;
-	 * watermarks, close_timeout_ns, zc_threshold and accept_backoff_ns to it and its
-	 * connections. When its start makes the shard's network state, the state takes its
+	 * sockets, the shard's for its connections). nodelay applies to its sockets; every
+	 * per-connection field to it and its connections: watermarks, close_timeout_ns,
+	 * zc_threshold, accept_backoff_ns, and the limits send_max, header_timeout_ns,
+	 * header_bytes and idle_timeout_ns (one from keel_net_config_init has them off: start
+	 * from keel_net_config_get's to keep the shard's); shard_send_max stays the shard's. When its start makes the shard's network state, the state takes its
 	 * buffer and file-table sizes (the rest of the shard's is the process default's);
 	 * otherwise those sizes must equal the shard's (-EINVAL). */
 	const struct keel_net_config *net;
