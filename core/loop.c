@@ -41,6 +41,7 @@ wake_cb(struct keel_op *op, int res, uint32_t flags)
 {
 	struct keel_shard *s = keel__cur;
 	STAT_INC(s, wakeups);
+	STAT_INC(s, wakeups_ring);
 }
 
 /* Only failures arrive here (IOSQE_CQE_SKIP_SUCCESS). The sender cleared the target's

@@ -762,6 +762,7 @@ keel_runtime_stats(const struct keel_runtime *rt, unsigned shard, struct keel_sh
 	LD(coalesced);
 	LD(coalesce_trials);
 	LD(coalesce_won);
+	LD(wakeups_ring);
 #undef LD
 	return 0;
 }

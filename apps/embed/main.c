@@ -690,6 +690,8 @@ static struct {
 	bool closing;
 	pthread_t thr[64];
 	unsigned n;
+	unsigned busy;       /* workers holding a job */
+	unsigned delay_us;   /* tests: each job waits this long (KEEL_EMBED_TEST_JOB_DELAY_US) */
 	struct job *orphans; /* results the runtime would no longer take */
 } pool = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
 
@@ -739,8 +741,11 @@ worker(void *arg)
 		pool.head = j->next;
 		if (!pool.head)
 			pool.tail = NULL;
+		pool.busy++;
 		pthread_mutex_unlock(&pool.mu);
 
+		if (pool.delay_us) /* tests: so that jobs are certainly queued at a stop */
+			usleep(pool.delay_us);
 		/* The bytes are the shard's: read them, never put or keep the slice. */
 		j->sum = fnv64(j->val.data, j->val.len);
 		memset(&j->xreq, 0, sizeof(j->xreq));
@@ -748,20 +753,24 @@ worker(void *arg)
 		j->xreq.done = job_done;
 		j->xreq.arg = j;
 		rc = keel_runtime_submit(rt, j->shard, &j->xreq);
+		pthread_mutex_lock(&pool.mu);
 		if (rc < 0) {
 			/* The runtime is stopping: its memory goes with it; main() frees the job.
 			 */
-			pthread_mutex_lock(&pool.mu);
 			j->next = pool.orphans;
 			pool.orphans = j;
-			pthread_mutex_unlock(&pool.mu);
 		}
+		pool.busy--;
+		pthread_mutex_unlock(&pool.mu);
 	}
 }
 
 static int
 pool_start(unsigned n)
 {
+	const char *d = getenv("KEEL_EMBED_TEST_JOB_DELAY_US");
+
+	pool.delay_us = d ? (unsigned)strtoul(d, NULL, 10) : 0;
 	pool.n = 0;
 	for (unsigned i = 0; i < n; i++) {
 		int rc = pthread_create(&pool.thr[i], NULL, worker, NULL);
@@ -784,11 +793,22 @@ pool_stop(void)
 {
 	static pthread_mutex_t stop_mu = PTHREAD_MUTEX_INITIALIZER;
 
+	unsigned left = 0;
+
 	pthread_mutex_lock(&stop_mu);
 	pthread_mutex_lock(&pool.mu);
+	if (!pool.closing && pool.n) {
+		for (const struct job *j = pool.head; j; j = j->next)
+			left++;
+		left += pool.busy;
+	}
 	pool.closing = true;
 	pthread_cond_broadcast(&pool.cv);
 	pthread_mutex_unlock(&pool.mu);
+	if (left)
+		fprintf(stderr,
+			"keel-embed: stopping: %u checksum job%s queued or running finish first\n",
+			left, left == 1 ? "" : "s");
 	for (unsigned i = 0; i < pool.n; i++)
 		pthread_join(pool.thr[i], NULL);
 	pool.n = 0;

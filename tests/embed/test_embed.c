@@ -1176,15 +1176,24 @@ Test(embed, map_from_config, .timeout = 120)
 }
 
 /* SIGTERM while checksums wait for the worker threads and replies are unread: the host
- * drains its pool, stops keel and exits cleanly; what was written is still there. */
+ * drains its pool, stops keel and exits cleanly; what was written is still there. Each job
+ * waits 20 ms in the worker (KEEL_EMBED_TEST_JOB_DELAY_US), and the first reply is read
+ * before the signal, so jobs are certainly queued or running when it comes (about 2 s of
+ * them: without the wait, half the runs had none, and the test passed with the drain
+ * removed). */
 Test(embed, stop_with_work_in_flight, .timeout = 120)
 {
 	static struct kv kv[1];
 	struct host h;
+	struct reply r;
+	unsigned left = 0, sums = 0;
+	const char *at;
 	int fd;
 
 	host_init(&h, "");
+	setenv("KEEL_EMBED_TEST_JOB_DELAY_US", "20000", 1);
 	host_start(&h);
+	unsetenv("KEEL_EMBED_TEST_JOB_DELAY_US");
 	kv_fill(&kv[0], 0);
 	kv[0].len = 200000;
 	kv[0].val = realloc(kv[0].val, kv[0].len);
@@ -1194,7 +1203,29 @@ Test(embed, stop_with_work_in_flight, .timeout = 120)
 	put_all(fd, kv, 1);
 	for (unsigned i = 0; i < 200; i++)
 		req_send(fd, 'C', i, kv[0].key, NULL, 0);
+	cr_assert(reply_recv(fd, &r));
+	cr_assert_eq(r.status, 0);
+	free(r.body);
 	host_stop(&h);
+	at = strstr(h.log_text, "keel-embed: stopping: ");
+	cr_assert_not_null(at, "no job was left at the stop: %s", h.log_text);
+	cr_assert_eq(sscanf(at, "keel-embed: stopping: %u checksum job", &left), 1, "%s", at);
+	cr_assert_geq(left, 1, "%s", at);
+	/* Those finished while the runtime still ran, so every request was answered: a
+	 * checksum, or BUSY for one that came after the pool closed. */
+	for (unsigned got = 1; got < 200; got++) {
+		cr_assert(reply_recv(fd, &r),
+			  "%u of 200 checksums answered (%u were left at the "
+			  "stop): %s",
+			  got, left, h.log_text);
+		cr_assert(r.status == 0 || (r.status == 4 &&
+					    strstr((const char *)r.body, "pool is stopping")),
+			  "reply %u: status %u (%s)", got, r.status, r.body);
+		sums += r.status == 0;
+		free(r.body);
+	}
+	cr_assert_geq(sums, left, "%u checksums after the first, %u jobs were left at the stop",
+		      sums, left);
 	close(fd);
 	host_start(&h);
 	fd = test_connect(h.port);

@@ -168,6 +168,8 @@ struct keel_shard_stats {
 	uint64_t coalesced;       /* sleeps that gathered completions (--wait-coalesce-us) */
 	uint64_t coalesce_trials; /* trials started: 4 epochs of 10 ms in the other state */
 	uint64_t coalesce_won;    /* trials that kept (or turned) gathering on */
+	uint64_t wakeups_ring;    /* ... of the wake-ups, those by MSG_RING (the rest came
+				   * through the eventfd: wake_fallbacks, keel_runtime_submit) */
 };
 
 /**

@@ -293,9 +293,10 @@ struct keel_listen_opts {
 	 * per-connection field to it and its connections: watermarks, close_timeout_ns,
 	 * zc_threshold, accept_backoff_ns, and the limits send_max, header_timeout_ns,
 	 * header_bytes and idle_timeout_ns (one from keel_net_config_init has them off: start
-	 * from keel_net_config_get's to keep the shard's); shard_send_max stays the shard's. When its start makes the shard's network state, the state takes its
-	 * buffer and file-table sizes (the rest of the shard's is the process default's);
-	 * otherwise those sizes must equal the shard's (-EINVAL). */
+	 * from keel_net_config_get's to keep the shard's); shard_send_max stays the shard's. When
+	 * its start makes the shard's network state, the state takes its buffer and file-table
+	 * sizes (the rest of the shard's is the process default's); otherwise those sizes must
+	 * equal the shard's (-EINVAL). */
 	const struct keel_net_config *net;
 	/* The most connections a shard keeps open (all of its connections count, inbound and
 	 * outbound); one accepted beyond it is closed at once and counted in over_limit, so a
