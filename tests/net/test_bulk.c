@@ -504,7 +504,8 @@ echo_moves(const char *bulk_flag, const char *bulk_value, unsigned long long *wi
 	line = strstr(text, "shard 0 net:");
 	cr_assert(line, "no network line in keel-echo's --stats output:\n%s", text);
 	cr_assert(strstr(line, "bulk ring: "), "%s", line);
-	sscanf(strstr(line, "bulk ring: "), "bulk ring: %llu moves to", &moves);
+	cr_assert_eq(sscanf(strstr(line, "bulk ring: "), "bulk ring: %llu moves to", &moves), 1,
+		     "%s", line);
 	if (window_kib) {
 		cr_assert(strstr(line, ", window "), "%s", line);
 		cr_assert_eq(sscanf(strstr(line, ", window "), ", window %llu KiB", window_kib), 1,

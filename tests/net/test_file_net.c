@@ -125,4 +125,8 @@ Test(net_file, received_slices_to_disk_and_back)
 	free(out);
 	free(in);
 	free(disk);
+	/* Said, not passed over: the rest ran, the WRITE_FIXED check could not. */
+	if (!g_registered)
+		cr_skip("the shard's buffers were not registered (RLIMIT_MEMLOCK?): the bytes "
+			"were checked, WRITE_FIXED was not");
 }

@@ -210,6 +210,14 @@ integrity_polling(const char *feature, enum keel_policy p, uint32_t zc_threshold
 		close(fds[i]);
 	}
 	integrity_feature_used(&s, feature, p);
+	if (idle_poll_us) { /* the shards did poll: the stream alone passes without */
+		struct keel_shard_stats st0, st1;
+
+		cr_assert_eq(keel_runtime_stats(s.rt, 0, &st0), 0);
+		cr_assert_eq(keel_runtime_stats(s.rt, 1, &st1), 0);
+		cr_assert_gt(st0.idle_poll_ns + st1.idle_poll_ns, 0,
+			     "--idle-poll-us %u: no polling", idle_poll_us);
+	}
 	cr_assert_eq(srv_stop(&s), 0);
 }
 
