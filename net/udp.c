@@ -662,7 +662,7 @@ send_cb(struct keel_op *op, int res, uint32_t flags)
 			gso_probe_done(u, res, d);
 		if (d->gso && gso_refused(res))
 			gso_fallback(u, d, res);
-		else if (res < 0 && res != -ECANCELED)
+		else if (res < 0) /* -ECANCELED too: the stop cancelled it, and it is lost */
 			send_lost(u, d->gso ? d->gso->n : 1, res);
 		udp_check(u);
 		if (d->zc && (flags & IORING_CQE_F_MORE))

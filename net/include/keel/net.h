@@ -624,8 +624,9 @@ struct keel_net_stats {
 	/* Appended: fields are added at the end, so code built against an older header
 	 * still reads the ones it knows. */
 	uint64_t udp_send_errors;   /* datagrams keel_udp_send accepted whose sendmsg then failed
-				       (no route, a refused destination, ENOBUFS...): lost; the
-				       first per endpoint is logged */
+				       (no route, a refused destination, ENOBUFS...), or was
+				       cancelled by the stop: lost; the first per endpoint is
+				       logged */
 	uint64_t udp_send_capped;   /* datagrams keel_udp_send refused with -ENOBUFS: the shard
 				       held udp_send_max in flight */
 	uint64_t udp_send_inflight; /* datagrams accepted by keel_udp_send and not yet sent, now */
