@@ -1172,6 +1172,17 @@ zst(void)
 	return st;
 }
 
+/* The shard's network counters (keel_net_stats), from a step. */
+static struct keel_net_stats
+nst(void)
+{
+	struct keel_net_stats st;
+
+	memset(&st, 0, sizeof(st));
+	SHARD_CHECK_EQ(keel_net_stats(keel_this_shard(), &st), 0);
+	return st;
+}
+
 /* 64 fragments of varied lengths scattered over the area. */
 #define NF 64
 static uint64_t
@@ -1728,16 +1739,6 @@ Test(net_zcrx, sim_a_partial_frame_past_three_quarters_of_the_area_gives_its_sli
 #define PRESS_LINE 384u
 #define PRESS_LEN  1000u
 
-static uint64_t
-recv_copies_now(void)
-{
-	struct keel_net_stats st;
-
-	memset(&st, 0, sizeof(st));
-	SHARD_CHECK_EQ(keel_net_stats(keel_this_shard(), &st), 0);
-	return st.recv_copies;
-}
-
 static void
 inject_at(unsigned from, unsigned to)
 {
@@ -1756,17 +1757,17 @@ step_press_hold_echo_pause(void)
 	S.data_mode = DATA_HOLD;
 	inject_at(0, PRESS_LINE);
 	SHARD_CHECK_EQ(zst().held, PRESS_LINE);
-	SHARD_CHECK_EQ(recv_copies_now(), 0, " copied below the line");
+	SHARD_CHECK_EQ(nst().recv_copies, 0, " copied below the line");
 	/* Over the line: each slice the echo queues is copied and its buffer put. */
 	S.data_mode = DATA_ECHO;
 	inject_at(PRESS_LINE, PRESS_LINE + 4);
 	SHARD_CHECK_EQ(zst().held, PRESS_LINE, " the send queue holds area slices");
-	SHARD_CHECK_EQ(recv_copies_now(), 4);
+	SHARD_CHECK_EQ(nst().recv_copies, 4);
 	/* Paused: what completes before the receive's cancel is held, and copied. */
 	keel_conn_pause_read(S.conn);
 	inject_at(PRESS_LINE + 4, PRESS_LINE + 6);
 	SHARD_CHECK_EQ(zst().held, PRESS_LINE, " the paused reads hold area slices");
-	SHARD_CHECK_EQ(recv_copies_now(), 6);
+	SHARD_CHECK_EQ(nst().recv_copies, 6);
 }
 
 static void
@@ -1819,16 +1820,6 @@ Test(net_zcrx, sim_slices_a_send_queue_or_a_paused_read_would_hold_leave_a_low_a
  * receive ends like a real one (no hang at close). */
 static uint64_t rearms_before;
 
-static uint64_t
-net_rearms(void)
-{
-	struct keel_net_stats st;
-
-	memset(&st, 0, sizeof(st));
-	SHARD_CHECK_EQ(keel_net_stats(keel_this_shard(), &st), 0);
-	return st.rearms;
-}
-
 static void
 step_sim_recv_is_armed_then_final_data(void)
 {
@@ -1837,12 +1828,12 @@ step_sim_recv_is_armed_then_final_data(void)
 	if (!SHARD_CHECK(S.conn != NULL))
 		return;
 	SHARD_CHECK_EQ(keel__conn_recv_kind(S.conn), 2);
-	rearms_before = net_rearms();
+	rearms_before = nst().rearms;
 	c.cqe.flags = 0; /* the multishot's last completion, with data */
 	SHARD_CHECK_EQ(keel__conn_zcrx_inject(S.conn, &c.cqe), 0);
 	SHARD_CHECK_EQ(S.data_bytes, 1234);
 	SHARD_CHECK_EQ(keel__conn_recv_kind(S.conn), 2, " not armed again");
-	SHARD_CHECK_EQ(net_rearms(), rearms_before + 1);
+	SHARD_CHECK_EQ(nst().rearms, rearms_before + 1);
 	SHARD_CHECK_EQ(zst().zc_frags, 1);
 }
 
