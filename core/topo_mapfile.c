@@ -3,6 +3,7 @@
  * schema is in docs/topology.md; anything outside it is an error, so a typo in a hand-edited
  * map is reported instead of silently ignored. */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,14 +91,26 @@ keel_map_save(const struct keel_map *m, const char *path, char *err, size_t errl
 {
 	char tmp[PATH_MAX];
 	FILE *f;
-	int r;
+	int fd, r;
 
 	if (snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof(tmp))
 		return keel__errf(err, errlen, -ENAMETOOLONG, "map path too long: %s", path);
-	f = fopen(tmp, "we");
-	if (!f)
-		return keel__errf(err, errlen, -errno, "cannot write %s: %s (check the directory)",
-				  tmp, strerror(errno));
+	/* A new file, never one that is there already: keel-topo --plan --apply runs as root,
+	 * and a name someone else made first (a symlink in /tmp) must not be written through. */
+	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return keel__errf(err, errlen, -errno,
+				  "cannot create %s: %s (check the directory%s)", tmp,
+				  strerror(errno),
+				  errno == EEXIST ? "; a file of that name is in the way: remove it"
+						  : "");
+	f = fdopen(fd, "w");
+	if (!f) {
+		r = -errno;
+		close(fd);
+		unlink(tmp);
+		return keel__errf(err, errlen, r, "cannot write %s: %s", tmp, strerror(-r));
+	}
 	r = keel_map_write(m, f);
 	if (fflush(f) != 0 || fsync(fileno(f)) != 0)
 		r = -errno ? -errno : -EIO;

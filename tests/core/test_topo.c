@@ -856,6 +856,45 @@ Test(core_topo, map_file_round_trips)
 	keel_topo_destroy(t);
 }
 
+/* The map is written to a new file beside it, then renamed: a name someone made first (a
+ * symlink planted where keel-topo --plan --apply, as root, writes) is refused, and what
+ * it points to is left alone. */
+Test(core_topo, map_save_never_writes_through_a_planted_name)
+{
+	struct keel_topo *t = load_xml("32em64t-2n8c2t-pci-normalio.xml", 16);
+	char dir[] = "/tmp/keel-mapsave-XXXXXX", path[256], tmp[300], victim[256], buf[16];
+	FILE *f;
+
+	cr_assert_not_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/map.json", dir);
+	snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid());
+	snprintf(victim, sizeof(victim), "%s/victim", dir);
+	f = fopen(victim, "w");
+	cr_assert_not_null(f);
+	fputs("precious", f);
+	fclose(f);
+	cr_assert_eq(symlink(victim, tmp), 0);
+	cr_assert_eq(compute(t, "eth0", 4, KEEL_MAP_SMT_ALLOW, KEEL_MAP_NUMA_SPREAD, 1, &map), 0,
+		     "%s", err);
+	cr_assert_eq(keel_map_save(&map, path, err, sizeof(err)), -EEXIST, "%s", err);
+	cr_assert(strstr(err, "in the way"), "%s", err);
+	f = fopen(victim, "r");
+	cr_assert_not_null(f);
+	cr_assert_eq(fread(buf, 1, sizeof(buf), f), 8);
+	fclose(f);
+	cr_assert_eq(memcmp(buf, "precious", 8), 0, "the symlink's target was written");
+	cr_assert_eq(access(path, F_OK), -1, "a map was saved");
+	/* With the name free, the map is saved, and reads back the same. */
+	cr_assert_eq(unlink(tmp), 0);
+	cr_assert_eq(keel_map_save(&map, path, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(keel_map_load(path, &back, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(memcmp(&map, &back, sizeof(map)), 0);
+	unlink(path);
+	unlink(victim);
+	rmdir(dir);
+	keel_topo_destroy(t);
+}
+
 static void
 expect_reject(const char *doc, const char *why)
 {
