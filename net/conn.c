@@ -33,6 +33,7 @@
 
 struct keel_conn {
 	struct net_shard *ns;
+	struct keel_framer *hframer;       /* its framer while it holds a partial frame */
 	const struct keel_net_config *cfg; /* the listener's, or the shard's */
 	const struct keel_conn_ops *ops;
 	void *app, *user;
@@ -517,6 +518,12 @@ keel__conn_zcrx_inject(struct keel_conn *c, const struct io_uring_cqe *cqe)
 		return -EINVAL;
 	recv_done(c, cqe, cqe->res, cqe->flags);
 	return 0;
+}
+
+struct keel_framer **
+keel__conn_framer_slot(struct keel_conn *c)
+{
+	return &c->hframer;
 }
 
 int
@@ -1407,6 +1414,8 @@ conn_free(struct keel_conn *c, bool notify)
 	net_verify(c->nops == 0 && c->fd_released);
 	if (c->close_timer)
 		keel_timer_destroy(c->close_timer);
+	if (c->hframer) /* a framer the app keeps past on_close must not abort @c later */
+		keel__framer_conn_gone(c->hframer);
 	if (notify && c->ops->on_close)
 		c->ops->on_close(c, c->status);
 	if (c->prev)

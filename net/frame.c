@@ -44,8 +44,12 @@ struct keel_framer {
 	 * keel_framer_on_data left bytes held; NULL when not. */
 	struct net_shard *hns;
 	struct keel_framer *hnext, **hprev;
-	/* A reclaim failed the framer (no memory for the copy): keel_framer_on_data aborts the
-	 * connection at its next push. */
+	/* The connection whose partial frame it holds, while listed (NULL once that
+	 * connection is gone, or when another framer of it listed itself since): a reclaim
+	 * that fails aborts it at once. */
+	struct keel_conn *hconn;
+	/* A reclaim failed the framer (no memory for the copy) with no connection known:
+	 * keel_framer_on_data aborts the connection at its next push. */
 	bool abort_due;
 	/* The buffer of our own that a reclaim copied held bytes into (compact), and its free
 	 * room [own_end, own_lim): the rest of the frame is copied there rather than held in
@@ -109,11 +113,26 @@ holding_remove(struct keel_framer *f)
 	if (f->hnext)
 		f->hnext->hprev = f->hprev;
 	f->hns = NULL;
+	if (f->hconn && *keel__conn_framer_slot(f->hconn) == f)
+		*keel__conn_framer_slot(f->hconn) = NULL;
+	f->hconn = NULL;
+}
+
+void
+keel__framer_conn_gone(struct keel_framer *f)
+{
+	f->hconn = NULL;
 }
 
 static void
-holding_add(struct keel_framer *f, struct net_shard *ns)
+holding_add(struct keel_framer *f, struct net_shard *ns, struct keel_conn *c)
 {
+	struct keel_framer **slot = keel__conn_framer_slot(c);
+
+	if (*slot && *slot != f)
+		(*slot)->hconn = NULL; /* one per connection: the other falls back to abort_due */
+	*slot = f;
+	f->hconn = c;
 	f->hns = ns;
 	f->hnext = ns->holding;
 	if (f->hnext)
@@ -611,6 +630,19 @@ keel__framer_compact(struct keel_framer *f, struct keel_alloc *a)
 	return 1;
 }
 
+/* @f failed with @err: abort @c with it, the reason logged (rate-limited). */
+static void
+abort_failed(struct keel_framer *f, struct keel_conn *c, int err)
+{
+	unsigned suppressed;
+
+	f->abort_due = false;
+	if (log_allowed(&suppressed))
+		keel_log(KEEL_LOG_WARN, "net", "closing a connection: %s (error %d)%s", f->why,
+			 err, suppressed ? "; earlier framing errors were not logged" : "");
+	keel_conn_abort(c, err);
+}
+
 static void
 reclaim_cb(void *arg)
 {
@@ -626,15 +658,21 @@ reclaim_cb(void *arg)
 		if (r > 0)
 			ns->st.frame_reclaims++;
 		if (r < 0) {
+			struct keel_conn *c = f->hconn;
+
 			/* Holding on would starve the shard: this frame fails instead and the
-			 * buffers go back; its connection is aborted (logged) at its next push,
-			 * which comes, since it was waiting for buffers to receive. */
+			 * buffers go back, and its connection is aborted (logged) now. It may
+			 * be one whose peer sent all it will and waits, not the one that ran
+			 * out: left for its next push, it could hang for good. */
 			fail(f, -ENOMEM,
 			     "out of memory copying a partial frame of %zu bytes out of the "
 			     "receive buffers, which had run out (--memory)",
 			     held);
-			f->abort_due = true;
 			holding_remove(f);
+			if (c)
+				abort_failed(f, c, -ENOMEM);
+			else
+				f->abort_due = true;
 		}
 	}
 	keel__net_unref(ns);
@@ -658,7 +696,7 @@ int
 keel_framer_on_data(struct keel_framer *f, struct keel_conn *c, struct keel_slice *s, unsigned n)
 {
 	int was = f->err, r = was;
-	unsigned i, suppressed;
+	unsigned i;
 
 	f->conn = c;
 	for (i = 0; i < n; i++) {
@@ -684,18 +722,12 @@ keel_framer_on_data(struct keel_framer *f, struct keel_conn *c, struct keel_slic
 		struct net_shard *ns = keel__net_shard_cur();
 
 		if (ns)
-			holding_add(f, ns);
+			holding_add(f, ns, c);
 	} else if (!f->buffered) {
 		holding_remove(f);
 	}
-	if (r < 0 && (!was || f->abort_due)) {
-		f->abort_due = false;
-		if (log_allowed(&suppressed))
-			keel_log(KEEL_LOG_WARN, "net", "closing a connection: %s (error %d)%s",
-				 f->why, r,
-				 suppressed ? "; earlier framing errors were not logged" : "");
-		keel_conn_abort(c, r);
-	}
+	if (r < 0 && (!was || f->abort_due))
+		abort_failed(f, c, r);
 	return r;
 }
 

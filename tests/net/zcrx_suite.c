@@ -1814,6 +1814,67 @@ Test(net_zcrx, sim_slices_a_send_queue_or_a_paused_read_would_hold_leave_a_low_a
 	sim_down();
 }
 
+/* A reclaim whose copy finds no memory aborts the framer's connection at once, logged. It
+ * used to wait for that connection's next push, which a peer that sent its partial frame
+ * and waits never makes: the connection hung, with no log and no on_close. The shard's
+ * memory is taken first (hog), then 400 pages of a 450-page frame arrive (past the area's
+ * line, so the framers reclaim), and nothing more. */
+static struct keel_slice *hog;
+static unsigned nhog;
+
+static void
+step_hog_memory(void)
+{
+	for (size_t sz = 1u << 20; sz >= 4096; sz /= 2)
+		for (;;) {
+			struct keel_slice b;
+
+			if (keel_buf_alloc(keel_shard_alloc(), sz, &b) < 0)
+				break;
+			hog = realloc(hog, (nhog + 1) * sizeof(*hog));
+			hog[nhog++] = b;
+		}
+	if (SHARD_CHECK(S.conn != NULL))
+		big_inject(0, 400);
+}
+
+static void
+step_hog_free(void)
+{
+	for (unsigned i = 0; i < nhog; i++)
+		keel_slice_put(&hog[i]);
+	free(hog);
+	hog = NULL;
+	nhog = 0;
+	SHARD_CHECK_EQ(zst().held, 0, " the failed frame kept area slices");
+}
+
+Test(net_zcrx, sim_a_reclaim_without_memory_aborts_a_waiting_connection_at_once)
+{
+	struct keel_framer_opts fo;
+	int fd;
+
+	memset(&fo, 0, sizeof(fo));
+	fo.kind = KEEL_FRAME_LEN32;
+	fo.on_frame = big_on_frame;
+	big_frames = 0;
+	sim_up(1, 512, true);
+	cr_assert_eq(keel_framer_create(&fo, &S.fr), 0);
+	fd = cli_connect(S.port);
+	cr_assert_geq(fd, 0);
+	WAIT_FOR(S.conn != NULL, "the connection did not open");
+	run_on(0, step_hog_memory);
+	SHARD_CHECKS_PASSED();
+	WAIT_FOR(atomic_load(&S.closed), "the connection whose frame could not be copied is still "
+					 "open: its peer sends nothing more");
+	cr_assert_eq(S.close_status, -ENOMEM);
+	cr_assert_eq(big_frames, 0);
+	run_on(0, step_hog_free);
+	close(fd);
+	sim_down();
+	keel_framer_destroy(S.fr);
+}
+
 /* The simulated RECV_ZC: an accepted TCP connection of a simulated shard arms one, and an
  * injected completion takes recv_cb's path: a final one (no F_MORE) with data is delivered
  * and the receive is armed again; a final EOF closes the connection, whose simulated
