@@ -99,11 +99,10 @@ keel_map_save(const struct keel_map *m, const char *path, char *err, size_t errl
 	 * and a name someone else made first (a symlink in /tmp) must not be written through. */
 	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
 	if (fd < 0)
-		return keel__errf(err, errlen, -errno,
-				  "cannot create %s: %s (check the directory%s)", tmp,
-				  strerror(errno),
-				  errno == EEXIST ? "; a file of that name is in the way: remove it"
-						  : "");
+		return keel__errf(
+			err, errlen, -errno, "cannot create %s: %s (check the directory%s)", tmp,
+			strerror(errno),
+			errno == EEXIST ? "; a file of that name is in the way: remove it" : "");
 	f = fdopen(fd, "w");
 	if (!f) {
 		r = -errno;
