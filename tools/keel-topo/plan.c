@@ -150,15 +150,24 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 			 "%s already has %u combined channel%s: nothing to change", ifn, nq,
 			 nq == 1 ? "" : "s");
 		note(out, max, &n, why);
-	} else if (live && nic && nic->ch_combined < 0 && nic->ch_rx < 0 && nic->nrxq == (int)nq) {
-		/* A driver that reports no channels (ethtool -l: not supported), e1000e or
-		 * r8169 say: its queues are what sysfs lists, and they are the map's. A
-		 * channel step here could only fail, and kept the IRQ lines from being pinned
-		 * by saying a channel change was still to come. */
+	} else if (live && nic && nic->ch_combined < 0 && nic->ch_rx < 0 && nic->nrxq >= (int)nq) {
+		/* A driver that reports no channels (ethtool -l: not supported), e1000e,
+		 * r8169 or vmxnet3 say: its queues are what sysfs lists, and the map's are
+		 * among them. A channel step here could only fail, and kept the IRQ lines
+		 * from being pinned by saying a channel change was still to come. More queues
+		 * than the map's stay: the indirection table keeps flows off them. */
 		channels_change = false;
-		snprintf(why, sizeof(why),
-			 "%s has %u rx queue%s (its driver reports no channels): nothing to change",
-			 ifn, nq, nq == 1 ? "" : "s");
+		if (nic->nrxq == (int)nq)
+			snprintf(why, sizeof(why),
+				 "%s has %u rx queue%s (its driver reports no channels): nothing "
+				 "to change",
+				 ifn, nq, nq == 1 ? "" : "s");
+		else
+			snprintf(why, sizeof(why),
+				 "%s has %d rx queues and its driver reports no channels, so none "
+				 "can be taken away: the map uses %u; the RSS line keeps flows on "
+				 "those",
+				 ifn, nic->nrxq, nq);
 		note(out, max, &n, why);
 	} else {
 		cmd(out, max, &n, PLAN_RUN,
