@@ -630,7 +630,29 @@ from_tree(struct jp *p, const struct jval *root, struct keel_map *m)
 	}
 	if (r < 0)
 		return r;
-	/* Cross-field consistency: queues need an interface and fit rx_queues. */
+	/* Cross-field consistency: queues need an interface and fit rx_queues, which is the
+	 * highest rxq + 1 (0 without queues), as keel_map_compute writes it: more would have
+	 * the runtime, --check and the plan's ethtool -L ask for queues no shard uses. */
+	{
+		int top = -1;
+		unsigned at = 0;
+
+		for (unsigned s = 0; s < m->nshards; s++)
+			if (m->shards[s].rxq > top) {
+				top = m->shards[s].rxq;
+				at = s;
+			}
+		if (m->rx_queues > (unsigned)(top + 1)) {
+			char msg[160];
+
+			p->pos = m->nshards ? shard_at(root, at) : 0;
+			snprintf(msg, sizeof(msg),
+				 "\"rx_queues\" is %u, but the highest rxq is %d: it must be %d "
+				 "(the highest rxq + 1)",
+				 m->rx_queues, top, top + 1);
+			return jerr(p, msg);
+		}
+	}
 	for (unsigned s = 0; s < m->nshards; s++) {
 		if (m->shards[s].rxq >= 0 && !m->iface[0]) {
 			p->pos = shard_at(root, s);

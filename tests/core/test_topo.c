@@ -954,6 +954,12 @@ Test(core_topo, map_parser_is_strict)
 		      "bad escape");
 	expect_reject("[1, 2]", "must be an object");
 	expect_reject("", "unexpected end of file");
+	/* rx_queues is the highest rxq + 1: more asks the NIC for queues no shard uses. */
+	expect_reject("{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 8, " SHARD0 "}",
+		      "\"rx_queues\" is 8, but the highest rxq is 0: it must be 1");
+	expect_reject("{\"keel_map\": 1, \"iface\": null, \"rx_queues\": 9, \"shards\": "
+		      "[{\"shard\": 0, \"cpu\": 0, \"rxq\": null}]}",
+		      "it must be 0");
 }
 
 /* Errors name the line they are on: a string left open at the end of line 3, a shard's
