@@ -511,7 +511,13 @@ static void
 give_back(struct keel_framer *f, struct keel_conn *c, struct keel_slice *rest, unsigned nrest)
 {
 	unsigned nheld = f->tail - f->head, k = 0;
-	struct keel_slice *v = malloc(((size_t)nheld + nrest) * sizeof(*v));
+	struct keel_slice *v;
+
+	/* The pausing frame ended the data (lock-step traffic): nothing to hand back, and a
+	 * malloc(0) that may return NULL must not abort the connection. */
+	if (!nheld && !nrest)
+		return;
+	v = malloc(((size_t)nheld + nrest) * sizeof(*v));
 
 	for (unsigned i = f->head; i < f->tail; i++) {
 		struct keel_slice *q = &f->q[i];

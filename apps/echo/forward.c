@@ -52,6 +52,7 @@ struct fwd_shard {
 	struct slot *slots;
 	uint32_t nslots, free_head;
 	uint64_t away_high, away_low; /* the shard's watermarks (keel_net_config) */
+	bool truncated_logged;        /* a half-close inside a frame was logged */
 	_Atomic uint64_t frames_in, frames_relayed, frames_out, frames_dropped, frames_waited,
 		errors, conns_live, away_peak, away_holds, eofs_held;
 };
@@ -461,6 +462,22 @@ fwd_eof(struct keel_conn *c)
 	}
 	fs = &shards[ref->home];
 	sl = &fs->slots[ref->slot];
+	/* The client half-closed inside a frame: its start can never complete. Dropped, and
+	 * said (counted, logged once per shard), not passed over as a clean end. */
+	if (sl->framer && keel_framer_buffered(sl->framer)) {
+		size_t held = keel_framer_buffered(sl->framer);
+
+		BUMP(fs, errors);
+		BUMP(fs, frames_dropped);
+		if (!fs->truncated_logged) {
+			fs->truncated_logged = true;
+			keel_log(KEEL_LOG_WARN, "echo",
+				 "--forward: a client half-closed inside a frame: its %zu bytes "
+				 "were dropped (counted in errors and frames_dropped; said once "
+				 "per shard)",
+				 held);
+		}
+	}
 	if (!sl->nway) {
 		keel_conn_close(c);
 		return;

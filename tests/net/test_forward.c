@@ -378,6 +378,36 @@ Test(net_forward, frames_away_pause_reading_at_the_high_watermark, .timeout = 12
 	away_end(&e);
 }
 
+/* A client that half-closes inside a frame (a whole frame, then 7 bytes of one announced as
+ * 1,024): the whole one is echoed, the server closes, and the truncated one is counted in
+ * errors and frames_dropped. It was dropped without a word, the close a clean one. */
+Test(net_forward, a_half_close_inside_a_frame_is_counted_not_passed_over, .timeout = 120)
+{
+	static uint8_t frame[4 + 1024], part[4 + 7];
+	struct away_env e;
+	struct keel_net_config nc;
+	struct echo_fwd_stats st;
+	uint8_t c;
+
+	keel_net_config_init(&nc);
+	away_open(&e, &nc);
+	frame[2] = 0x04; /* a length of 1,024, big-endian */
+	for (size_t i = 4; i < sizeof(frame); i++)
+		frame[i] = (uint8_t)(i * 13);
+	memcpy(part, frame, sizeof(part));
+	cr_assert_eq(send(e.fd, frame, sizeof(frame), MSG_NOSIGNAL), (ssize_t)sizeof(frame));
+	cr_assert_eq(send(e.fd, part, sizeof(part), MSG_NOSIGNAL), (ssize_t)sizeof(part));
+	WAIT_FOR((echo_fwd_stats(e.home, &st), st.frames_in == 1), "the whole frame to arrive");
+	cr_assert_eq(shutdown(e.fd, SHUT_WR), 0);
+	read_echo(e.fd, frame, sizeof(frame), sizeof(frame));
+	cr_assert_eq(recv(e.fd, &c, 1, 0), 0, "the server's FIN after the echo");
+	WAIT_FOR((echo_fwd_stats(e.home, &st), st.conns_live == 0), "the connection to close");
+	cr_assert_eq(st.frames_out, 1);
+	cr_assert_eq(st.frames_dropped, 1, "the truncated frame was not counted");
+	cr_assert_eq(st.errors, 1);
+	away_end(&e);
+}
+
 /* A client that sends its frames, half-closes (SHUT_WR) and reads the echoes, as a batch
  * client does: the echoes of the frames still away at its EOF must come before the
  * server's FIN. Before, the default EOF handling closed at once: each frame came back to a
