@@ -377,6 +377,28 @@ Test(core_topo, reserve_one_keeps_the_first_local_core_free)
 	keel_topo_destroy(t);
 }
 
+/* A reserve that takes every core local to the NIC: the default map is refused with the
+ * reason, not moved to the other node (8 shards on node 0 for eth0 on node 1, its IRQs
+ * pinned across the interconnect). An explicit --shards places them there on purpose. */
+Test(core_topo, a_reserve_of_every_local_core_refuses_the_default_map)
+{
+	struct keel_topo *t = load_xml("32em64t-2n8c2t-pci-normalio.xml", 0);
+
+	cr_assert_eq(compute(t, "eth0", 0, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 8, &map),
+		     -EINVAL, "a map of %u shards, the first on NUMA node %d", map.nshards,
+		     map.nshards ? map.shards[0].numa : -1);
+	cr_assert(strstr(err, "--reserve 8 takes every core local to eth0 (8)"), "%s", err);
+	cr_assert_eq(compute(t, "eth0", 4, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 8, &map), 0,
+		     "%s", err);
+	cr_assert_eq(map.shards[0].numa, 0);
+	/* Fewer reserved: the default stays on the NIC's node. */
+	cr_assert_eq(compute(t, "eth0", 0, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 7, &map), 0,
+		     "%s", err);
+	cr_assert_eq(map.nshards, 1);
+	cr_assert_eq(map.shards[0].numa, 1);
+	keel_topo_destroy(t);
+}
+
 Test(core_topo, manyvfs_resolves_a_vf_to_its_numa_node)
 {
 	struct keel_topo *t = load_xml("16intel64-manyVFs.xml", 0);
