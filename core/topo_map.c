@@ -317,11 +317,12 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 		/* One per physical core local to the NIC (all cores without a NIC, or when the
 		 * allowed CPUs have no local core), no more than the queues the NIC can have. */
 		if (!req->nrxqs && !nlocal_phys && nlocal_allowed) {
-			r = keel__errf(err, errlen, -EINVAL,
-				       "--reserve %u takes every core local to %s (%u): the default "
-				       "map would move to another NUMA node; reserve fewer, or give "
-				       "--shards to place shards off the NIC's node on purpose",
-				       req->reserve, nic->name, nlocal_allowed);
+			r = keel__errf(
+				err, errlen, -EINVAL,
+				"--reserve %u takes every core local to %s (%u): the default "
+				"map would move to another NUMA node; reserve fewer, or give "
+				"--shards to place shards off the NIC's node on purpose",
+				req->reserve, nic->name, nlocal_allowed);
 			goto out;
 		}
 		if (req->nrxqs)
