@@ -42,10 +42,11 @@ int keel__topo_sysfs_virtual(struct keel_topo *t);
 /* Whether irqbalance is running (a /proc/PID/comm called irqbalance). */
 enum keel_topo_state keel__topo_irqbalance(void);
 
-/* If @irq_name (a /proc/interrupts action name) serves an rx queue, return 1 and its number
- * (0..65535) in *q; 0 when it names something else (config, tx-only, misc) or its trailing
- * number is beyond 65535. */
-int keel__topo_irq_rxq(const char *irq_name, unsigned *q);
+/* If @irq_name (a /proc/interrupts action name) of interface @ifname (NULL: not known)
+ * serves an rx queue, return 1 and its number (0..65535) in *q; 0 when it names something
+ * else (config, tx-only, misc, the interface's own vector) or its trailing number is beyond
+ * 65535. The interface's name, where it stands as words of @irq_name, is not read. */
+int keel__topo_irq_rxq(const char *irq_name, const char *ifname, unsigned *q);
 
 /* The MSI IRQ numbers of the device at @devdir (/sys/class/net/IF/device): the entries of
  * its msi_irqs, or of its parent's when it has none (virtio-net's netdev sits on a virtio

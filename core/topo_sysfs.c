@@ -283,17 +283,6 @@ keel__topo_irqbalance(void)
 	return s;
 }
 
-static bool
-has_word(const char *s, const char *w)
-{
-	size_t n = strlen(w);
-
-	for (; *s; s++)
-		if (!strncasecmp(s, w, n))
-			return true;
-	return false;
-}
-
 /* @w is one of @s's words (split at - _ . : @), any digits after it aside, either case. */
 static bool
 has_token(const char *s, const char *w)
@@ -315,8 +304,57 @@ has_token(const char *s, const char *w)
 	return false;
 }
 
+/* A tx-only vector: a word tx ("i40e-eth0-tx-2") with no word rx; a word holding both
+ * ("TxRx", "txrx") is a combined one. Words, not substrings: "ctx" is no tx. */
+static bool
+tx_only(const char *s)
+{
+	bool tx = false, rx = false;
+
+	for (const char *t = s; *t;) {
+		size_t len = strcspn(t, "-_.:@");
+
+		if (len >= 2) {
+			bool word_tx = !strncasecmp(t, "tx", 2), word_rx = !strncasecmp(t, "rx", 2);
+			bool both = len >= 4 && ((word_tx && !strncasecmp(t + 2, "rx", 2)) ||
+						 (word_rx && !strncasecmp(t + 2, "tx", 2)));
+			size_t alpha = len;
+
+			while (alpha && isdigit((unsigned char)t[alpha - 1]))
+				alpha--;
+			if (both)
+				tx = rx = true;
+			else if (alpha == 2 && word_tx)
+				tx = true;
+			else if (alpha == 2 && word_rx)
+				rx = true;
+		}
+		t += len;
+		if (*t)
+			t++;
+	}
+	return tx && !rx;
+}
+
+/* Blank out @ifname where it stands as words of @name (between its ends and - _ . :): the
+ * interface's own name says nothing of the vector, and could read as a queue number
+ * ("eth-1") or as a word that is no rx queue ("link0", "ctx0"). */
+static void
+blank_ifname(char *name, const char *ifname)
+{
+	size_t k = ifname ? strlen(ifname) : 0;
+
+	if (!k)
+		return;
+	for (char *t = name; (t = strstr(t, ifname)); t++)
+		if ((t == name || strchr("-_.:", t[-1])) && (!t[k] || strchr("-_.:", t[k]))) {
+			memset(t, '_', k);
+			t += k - 1;
+		}
+}
+
 int
-keel__topo_irq_rxq(const char *irq_name, unsigned *q)
+keel__topo_irq_rxq(const char *irq_name, const char *ifname, unsigned *q)
 {
 	char name[128];
 	char *p, *end;
@@ -328,6 +366,10 @@ keel__topo_irq_rxq(const char *irq_name, unsigned *q)
 	p = strchr(name, '@');
 	if (p)
 		*p = 0;
+	/* The interface's own vector, named as the interface (ixgbe's "other"): no queue. */
+	if (ifname && ifname[0] && !strcmp(name, ifname))
+		return 0;
+	blank_ifname(name, ifname);
 	/* Not rx: virtio's "output.N" and "config", tx-only vectors, admin/async/link ones,
 	 * idpf's mailbox. Whole words of the name (between - _ . :, digits after them
 	 * allowed), so an interface called uplink0 does not make its queues "link" ones. */
@@ -335,7 +377,7 @@ keel__topo_irq_rxq(const char *irq_name, unsigned *q)
 	    has_token(name, "ctrl") || has_token(name, "misc") || has_token(name, "link") ||
 	    has_token(name, "event") || has_token(name, "fdir") || has_token(name, "mailbox"))
 		return 0;
-	if (has_word(name, "tx") && !has_word(name, "rx"))
+	if (tx_only(name))
 		return 0;
 	n = strlen(name);
 	if (!n || !isdigit((unsigned char)name[n - 1]))
@@ -513,7 +555,7 @@ read_irqs(struct keel_topo_nic *n)
 	for (int i = 0; i < nirq; i++) {
 		unsigned q;
 
-		if (!names[i][0] || !keel__topo_irq_rxq(names[i], &q))
+		if (!names[i][0] || !keel__topo_irq_rxq(names[i], n->name, &q))
 			continue;
 		if (n->nrxq <= 0 || q >= (unsigned)n->nrxq || n->rxq[q].irq >= 0)
 			continue;

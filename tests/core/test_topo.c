@@ -658,25 +658,42 @@ Test(core_topo, irq_names_resolve_to_rx_queues)
 {
 	unsigned q = 99;
 
-	cr_assert_eq(keel__topo_irq_rxq("virtio2-input.0", &q), 1);
+	cr_assert_eq(keel__topo_irq_rxq("virtio2-input.0", NULL, &q), 1);
 	cr_assert_eq(q, 0);
-	cr_assert_eq(keel__topo_irq_rxq("eth0-TxRx-7", &q), 1);
+	cr_assert_eq(keel__topo_irq_rxq("eth0-TxRx-7", NULL, &q), 1);
 	cr_assert_eq(q, 7);
-	cr_assert_eq(keel__topo_irq_rxq("mlx5_comp3@pci:0000:81:00.0", &q), 1);
+	cr_assert_eq(keel__topo_irq_rxq("mlx5_comp3@pci:0000:81:00.0", NULL, &q), 1);
 	cr_assert_eq(q, 3);
-	cr_assert_eq(keel__topo_irq_rxq("virtio2-output.0", &q), 0);
-	cr_assert_eq(keel__topo_irq_rxq("virtio2-config", &q), 0);
-	cr_assert_eq(keel__topo_irq_rxq("i40e-eth0-tx-2", &q), 0);
-	cr_assert_eq(keel__topo_irq_rxq("mlx5_async0@pci:0000:81:00.0", &q), 0);
+	cr_assert_eq(keel__topo_irq_rxq("virtio2-output.0", NULL, &q), 0);
+	cr_assert_eq(keel__topo_irq_rxq("virtio2-config", NULL, &q), 0);
+	cr_assert_eq(keel__topo_irq_rxq("i40e-eth0-tx-2", NULL, &q), 0);
+	cr_assert_eq(keel__topo_irq_rxq("mlx5_async0@pci:0000:81:00.0", NULL, &q), 0);
 	/* An interface's own vector (ixgbe's "other"), idpf's mailbox, gve's block numbers:
 	 * no rx queue. An interface named uplink0 does not make its queues link vectors. */
-	cr_assert_eq(keel__topo_irq_rxq("enp3s0f1", &q), 0);
-	cr_assert_eq(keel__topo_irq_rxq("eno1", &q), 0);
-	cr_assert_eq(keel__topo_irq_rxq("idpf-Mailbox-0", &q), 0);
-	cr_assert_eq(keel__topo_irq_rxq("gve-ntfy-blk0", &q), 0);
-	cr_assert_eq(keel__topo_irq_rxq("ice-uplink0-TxRx-3", &q), 1);
+	cr_assert_eq(keel__topo_irq_rxq("enp3s0f1", NULL, &q), 0);
+	cr_assert_eq(keel__topo_irq_rxq("eno1", NULL, &q), 0);
+	cr_assert_eq(keel__topo_irq_rxq("idpf-Mailbox-0", NULL, &q), 0);
+	cr_assert_eq(keel__topo_irq_rxq("gve-ntfy-blk0", NULL, &q), 0);
+	cr_assert_eq(keel__topo_irq_rxq("ice-uplink0-TxRx-3", NULL, &q), 1);
 	cr_assert_eq(q, 3);
-	cr_assert_eq(keel__topo_irq_rxq("ice-eth0-link", &q), 0);
+	cr_assert_eq(keel__topo_irq_rxq("ice-eth0-link", NULL, &q), 0);
+	/* The interface's own name is not read: eth-1's "other" vector is no queue 1, link0's
+	 * and ctx0's queues are queues, and a name that is the interface's is its own vector.
+	 * Read whole, eth-1 took queue 1, link0 lost every queue, ctx0's were tx ("ctx"). */
+	cr_assert_eq(keel__topo_irq_rxq("eth-1", "eth-1", &q), 0);
+	cr_assert_eq(keel__topo_irq_rxq("eth-1-TxRx-1", "eth-1", &q), 1);
+	cr_assert_eq(q, 1);
+	cr_assert_eq(keel__topo_irq_rxq("lan_2", "lan_2", &q), 0);
+	cr_assert_eq(keel__topo_irq_rxq("link0-TxRx-2", "link0", &q), 1);
+	cr_assert_eq(q, 2);
+	cr_assert_eq(keel__topo_irq_rxq("ctx0-1", "ctx0", &q), 1);
+	cr_assert_eq(q, 1);
+	cr_assert_eq(keel__topo_irq_rxq("i40e-rx0-tx-2", "rx0", &q), 0, "tx-only, named rx0");
+	cr_assert_eq(keel__topo_irq_rxq("ice-link0-link", "link0", &q), 0);
+	/* Words, not substrings: TxRx is combined, a lone tx word is tx-only. */
+	cr_assert_eq(keel__topo_irq_rxq("ena-Tx-Rx-4", NULL, &q), 1);
+	cr_assert_eq(q, 4);
+	cr_assert_eq(keel__topo_irq_rxq("eth0-tx0-3", "eth0", &q), 0);
 }
 
 /* mkdir -p for the test's tree. */
@@ -759,13 +776,14 @@ Test(core_topo, irq_name_with_a_queue_number_beyond_65535_is_not_an_rx_queue)
 	unsigned q = 99;
 
 	/* (int)4294967295 is -1: it passed the "q >= nrxq" bound and indexed rxq[] far out */
-	cr_assert_eq(keel__topo_irq_rxq("eth0-TxRx-4294967295", &q), 0, "q %u", q);
-	cr_assert_eq(keel__topo_irq_rxq("eth0-TxRx-2147483648", &q), 0, "q %u", q);
-	cr_assert_eq(keel__topo_irq_rxq("eth0-TxRx-99999999999999999999999", &q), 0, "q %u", q);
-	cr_assert_eq(keel__topo_irq_rxq("eth0-TxRx-65536", &q), 0, "q %u", q);
-	cr_assert_eq(keel__topo_irq_rxq("eth0-TxRx-65535", &q), 1);
+	cr_assert_eq(keel__topo_irq_rxq("eth0-TxRx-4294967295", NULL, &q), 0, "q %u", q);
+	cr_assert_eq(keel__topo_irq_rxq("eth0-TxRx-2147483648", NULL, &q), 0, "q %u", q);
+	cr_assert_eq(keel__topo_irq_rxq("eth0-TxRx-99999999999999999999999", NULL, &q), 0, "q %u",
+		     q);
+	cr_assert_eq(keel__topo_irq_rxq("eth0-TxRx-65536", NULL, &q), 0, "q %u", q);
+	cr_assert_eq(keel__topo_irq_rxq("eth0-TxRx-65535", NULL, &q), 1);
 	cr_assert_eq(q, 65535);
-	cr_assert_eq(keel__topo_irq_rxq("eth0-TxRx-0000012", &q), 1);
+	cr_assert_eq(keel__topo_irq_rxq("eth0-TxRx-0000012", NULL, &q), 1);
 	cr_assert_eq(q, 12);
 }
 
