@@ -84,9 +84,10 @@ sed -i 's/"rx_queues": 2/"rx_queues": 1/; s/"rxq": 1/"rxq": null/' "$map"
 check_map
 [ $rc -eq 1 ] || fail "--check of a map serving 1 queue exited $rc: $chk"
 grep -q "kt0 has $have rx queues, the map serves 1" <<<"$chk" || fail "wrong mismatch: $chk"
-sed -i 's/"rx_queues": 1/"rx_queues": 2/' "$map"
-# ... and a map needing more queues than kt0 has does not.
-sed -i 's/"rx_queues": 2/"rx_queues": 8/' "$map"
+sed -i 's/"rx_queues": 1/"rx_queues": 2/; s/"rxq": null/"rxq": 1/' "$map"
+# ... and a map needing more queues than kt0 has does not (a shard on queue 7: rx_queues is
+# the highest rxq + 1, the parser refuses any other).
+sed -i 's/"rx_queues": 2/"rx_queues": 8/; s/"rxq": 1/"rxq": 7/' "$map"
 check_map
 [ $rc -eq 1 ] || fail "--check of a map needing 8 queues exited $rc: $chk"
 grep -q "kt0 has $have rx queues, the map needs 8" <<<"$chk" || fail "wrong mismatch: $chk"
