@@ -68,9 +68,15 @@ int keel__topo_cpulist_read(const char *path, struct keel_cpuset *out);
 /* Number of rx-N entries in /sys/class/net/@ifname/queues, or -errno (-ENODEV: no such
  * interface). */
 int keel__topo_sysfs_rxq_count(const char *ifname);
-/* The rx queues @ifname's RSS table spreads flows over (its highest queue + 1:
- * ETHTOOL_GRXFHINDIR), or -errno (-EOPNOTSUPP: no table, as veth has none). */
-int keel__topo_rss_queues(const char *ifname);
+/* @ifname's RSS indirection table (ETHTOOL_GRXFHINDIR): its size, with the entries (rx
+ * queue numbers) in *@table (malloc'd; the caller frees it), or -errno (-EOPNOTSUPP: no
+ * table, as veth has none). */
+int keel__topo_rss_table(const char *ifname, uint32_t **table);
+/* The first queue of the RSS table @t (@n entries) that no shard of @m owns, with how many
+ * distinct such queues there are in *@count; -1 (and 0) when every entry is a served
+ * queue. */
+int keel__topo_rss_unserved(const uint32_t *t, uint32_t n, const struct keel_map *m,
+			    unsigned *count);
 
 /* Comma-separated names in /sys/class/net except lo, into @buf ("none" when empty). */
 void keel__topo_sysfs_ifnames(char *buf, size_t len);

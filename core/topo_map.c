@@ -523,33 +523,42 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 			n++;
 			if (!emit(arg, line, true))
 				return n;
-		} else if (rx >= 0 && m->rx_queues && (unsigned)rx > m->rx_queues) {
-			/* More queues than the map serves is how a ZCRX set-up looks (zcrx.md:
-			 * RSS limited to the served queues, the others for other uses). Flows
-			 * RSS sends past the map's reach a core no shard of it serves: said
-			 * unless the RSS table keeps within the served queues; not fatal. */
-			int rss = keel__topo_rss_queues(m->iface);
+		} else if (rx >= 0 && m->rx_queues) {
+			/* Queues no shard serves: more queues than the map's (how a ZCRX set-up
+			 * looks, zcrx.md: RSS limited to the served queues, the others for other
+			 * uses), or a map whose queues have gaps (--rxqs IF:5,2). Flows the RSS
+			 * table sends there reach no shard's CPU: said unless the table keeps to
+			 * the served queues; not fatal. */
+			unsigned served = 0, unserved = 0;
+			uint32_t *t = NULL;
+			int sz, first = -1;
 
-			if (rss <= 0 || (unsigned)rss > m->rx_queues) {
-				char spread[96];
-
-				if (rss > 0)
-					snprintf(spread, sizeof(spread),
-						 "its RSS table spreads flows "
-						 "over queues 0-%d",
-						 rss - 1);
-				else
-					snprintf(spread, sizeof(spread),
-						 "its RSS table could not be "
-						 "read (%s)",
-						 strerror(-rss));
+			for (unsigned s = 0; s < m->nshards; s++)
+				served += m->shards[s].rxq >= 0;
+			sz = served < (unsigned)rx ? keel__topo_rss_table(m->iface, &t) : 0;
+			if (sz > 0)
+				first = keel__topo_rss_unserved(t, (uint32_t)sz, m, &unserved);
+			free(t);
+			if (first >= 0) {
 				snprintf(
 					line, sizeof(line),
-					"%s has %d rx queues, the map serves %u and %s: flows on the "
-					"other queues reach no shard's CPU; run: ethtool -X %s equal "
-					"%u (RSS over the served queues), or ethtool -L %s combined "
-					"%u (or keel-topo --plan again)",
-					m->iface, rx, m->rx_queues, spread, m->iface, m->rx_queues,
+					"%s's RSS table sends flows to rx queue %d%s, which no shard "
+					"of the map serves: they reach no shard's CPU; run keel-topo "
+					"--plan again for an ethtool -X line that weights only the "
+					"map's %u queue%s",
+					m->iface, first, unserved > 1 ? " (and other queues)" : "",
+					served, served == 1 ? "" : "s");
+				n++;
+				if (!emit(arg, line, false))
+					return n;
+			} else if (sz < 0 && (unsigned)rx > m->rx_queues) {
+				snprintf(
+					line, sizeof(line),
+					"%s has %d rx queues, the map serves %u and its RSS table "
+					"could not be read (%s): flows on the other queues reach no "
+					"shard's CPU; run: ethtool -X %s equal %u, or ethtool -L %s "
+					"combined %u (or keel-topo --plan again)",
+					m->iface, rx, served, strerror(-sz), m->iface, m->rx_queues,
 					m->iface, m->rx_queues);
 				n++;
 				if (!emit(arg, line, false))
@@ -558,6 +567,30 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 		}
 	}
 	return n;
+}
+
+int
+keel__topo_rss_unserved(const uint32_t *t, uint32_t n, const struct keel_map *m, unsigned *count)
+{
+	int first = -1;
+
+	*count = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		bool served = false, seen = false;
+
+		for (unsigned s = 0; s < m->nshards && !served; s++)
+			served = m->shards[s].rxq >= 0 && (uint32_t)m->shards[s].rxq == t[i];
+		if (served)
+			continue;
+		for (uint32_t j = 0; j < i && !seen; j++)
+			seen = t[j] == t[i];
+		if (seen)
+			continue;
+		(*count)++;
+		if (first < 0 || t[i] < (uint32_t)first)
+			first = (int)t[i];
+	}
+	return first;
 }
 
 struct first_line {

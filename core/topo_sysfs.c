@@ -593,12 +593,12 @@ ethtool_ioctl(int fd, const char *ifname, void *cmd)
 }
 
 int
-keel__topo_rss_queues(const char *ifname)
+keel__topo_rss_table(const char *ifname, uint32_t **table)
 {
 	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	struct ethtool_rxfh_indir head = { .cmd = ETHTOOL_GRXFHINDIR, .size = 0 };
 	struct ethtool_rxfh_indir *t;
-	int r, max = -1;
+	int r;
 
 	if (fd < 0)
 		return -errno;
@@ -618,11 +618,15 @@ keel__topo_rss_queues(const char *ifname)
 	t->size = head.size;
 	r = ethtool_ioctl(fd, ifname, t);
 	close(fd);
-	for (uint32_t i = 0; r == 0 && i < t->size; i++)
-		if ((int)t->ring_index[i] > max)
-			max = (int)t->ring_index[i];
+	if (r == 0) {
+		*table = malloc(t->size * sizeof(**table));
+		if (*table)
+			memcpy(*table, t->ring_index, t->size * sizeof(**table));
+		else
+			r = -ENOMEM;
+	}
 	free(t);
-	return r < 0 ? r : max + 1;
+	return r < 0 ? r : (int)head.size;
 }
 
 static void

@@ -399,6 +399,27 @@ Test(core_topo, a_reserve_of_every_local_core_refuses_the_default_map)
 	keel_topo_destroy(t);
 }
 
+/* The RSS check reads which queues the table names, not its highest: a map of queues 5 and
+ * 2 (--rxqs IF:5,2, rx_queues 6) on a 6-queue NIC with the default table leaves flows on
+ * 0, 1, 3 and 4 to no shard. Compared with rx_queues only, that table passed. */
+Test(core_topo, rss_check_finds_the_queues_no_shard_serves)
+{
+	static const uint32_t dflt[] = { 0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5 };
+	static const uint32_t kept[] = { 5, 2, 5, 2, 2, 5 };
+	unsigned count = 99;
+
+	memset(&map, 0, sizeof(map));
+	map.nshards = 3;
+	map.shards[0].rxq = 5;
+	map.shards[1].rxq = 2;
+	map.shards[2].rxq = -1;
+	map.rx_queues = 6;
+	cr_assert_eq(keel__topo_rss_unserved(dflt, 12, &map, &count), 0);
+	cr_assert_eq(count, 4, "queues 0, 1, 3 and 4");
+	cr_assert_eq(keel__topo_rss_unserved(kept, 6, &map, &count), -1);
+	cr_assert_eq(count, 0);
+}
+
 Test(core_topo, manyvfs_resolves_a_vf_to_its_numa_node)
 {
 	struct keel_topo *t = load_xml("16intel64-manyVFs.xml", 0);
