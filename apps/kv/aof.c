@@ -76,6 +76,7 @@ struct aof {
 	bool backlog_held;      /* over backlog_max: the shard's connections stop reading */
 	bool held_by_others;    /* ... or another shard's was, and held them (held_shards) */
 	uint64_t backlog_holds; /* times it got there (INFO aof_backlog_holds) */
+	uint64_t replies_held;  /* replies that waited for their sync (always; INFO) */
 	int err;                /* the last write error (writes are refused while set) */
 	/* A sync failed (its error): the file may lack records it seems to hold, so it is
 	 * rebuilt from the table (a rewrite) and writes are refused until then */
@@ -145,7 +146,8 @@ struct aof {
 	uint64_t rewrites;
 	unsigned id;
 	/* What INFO on any shard reads (published by this shard: publish()). */
-	_Atomic uint64_t pub_size, pub_rewrites, pub_sync_errors, pub_buffered, pub_holds;
+	_Atomic uint64_t pub_size, pub_rewrites, pub_sync_errors, pub_buffered, pub_holds,
+		pub_replies_held;
 	_Atomic bool pub_rewriting, pub_err;
 	_Atomic int pub_errno; /* kv_aof_error's errno, for other shards (kv_aof_error_on) */
 };
@@ -183,6 +185,7 @@ publish(struct aof *a)
 	atomic_store_explicit(&a->pub_sync_errors, a->sync_errors, memory_order_relaxed);
 	atomic_store_explicit(&a->pub_buffered, backlog(a), memory_order_relaxed);
 	atomic_store_explicit(&a->pub_holds, a->backlog_holds, memory_order_relaxed);
+	atomic_store_explicit(&a->pub_replies_held, a->replies_held, memory_order_relaxed);
 	atomic_store_explicit(&a->pub_rewriting, a->rewriting, memory_order_relaxed);
 	atomic_store_explicit(&a->pub_errno,
 			      a->open ? (a->err          ? a->err
@@ -1448,6 +1451,7 @@ kv_aof_after_sync(void (*fn)(void *arg, int err), void *arg)
 	else
 		a->pw = w;
 	a->pwt = w;
+	a->replies_held++;
 	queue_flush(a);
 	return 0;
 }
@@ -1863,7 +1867,7 @@ void
 kv_aof_info(struct rbuf *out)
 {
 	char line[512];
-	uint64_t size = 0, rewrites = 0, sync_errors = 0, buffered = 0, holds = 0;
+	uint64_t size = 0, rewrites = 0, sync_errors = 0, buffered = 0, holds = 0, held = 0;
 	bool rw = false, err = false;
 	int n;
 
@@ -1875,16 +1879,18 @@ kv_aof_info(struct rbuf *out)
 		sync_errors += atomic_load_explicit(&aofs[i].pub_sync_errors, memory_order_relaxed);
 		buffered += atomic_load_explicit(&aofs[i].pub_buffered, memory_order_relaxed);
 		holds += atomic_load_explicit(&aofs[i].pub_holds, memory_order_relaxed);
+		held += atomic_load_explicit(&aofs[i].pub_replies_held, memory_order_relaxed);
 	}
 	n = snprintf(line, sizeof(line),
 		     "# Persistence\r\nloading:0\r\naof_enabled:%d\r\n"
 		     "aof_rewrite_in_progress:%d\r\naof_rewrites:%llu\r\n"
 		     "aof_current_size:%llu\r\naof_buffer_length:%llu\r\n"
 		     "aof_last_write_status:%s\r\naof_sync_errors:%llu\r\n"
-		     "aof_backlog_holds:%llu\r\n\r\n",
+		     "aof_backlog_holds:%llu\r\naof_replies_held:%llu\r\n\r\n",
 		     kv_cfg.aof, rw, (unsigned long long)rewrites, (unsigned long long)size,
 		     (unsigned long long)buffered, err ? "err" : "ok",
-		     (unsigned long long)sync_errors, (unsigned long long)holds);
+		     (unsigned long long)sync_errors, (unsigned long long)holds,
+		     (unsigned long long)held);
 	rb_put(out, line, (size_t)n);
 }
 

@@ -1055,6 +1055,8 @@ Test(kv_server, replies_waiting_behind_a_slow_one_stay_bounded)
 		reqlen += (size_t)sprintf(req + reqlen, "GET big\r\n");
 	}
 	flood_stays_bounded(&s, &r, req, reqlen, "SETs and GETs");
+	/* The SETs' replies waited (else nothing was behind a slow one). */
+	cr_assert_gt(info_field(s.port, "aof_replies_held:"), 0, "no reply waited for the disk");
 	rd_free(&r);
 	srv_stop(&s);
 	rm_dir(dir);
@@ -2834,6 +2836,11 @@ full_mailbox(const char *dir)
 	cr_assert_str_eq(
 		rd_next(&r, NULL),
 		"*6\r\n$1\r\n1\r\n$1\r\n2\r\n$1\r\n3\r\n$1\r\n4\r\n$1\r\n5\r\n$1\r\n6\r\n");
+	/* With always, the SETs' replies were held for their syncs (through the full
+	 * mailbox): without the hold the test is the one above again. */
+	if (dir)
+		cr_assert_geq(info_field(s.port, "aof_replies_held:"), N,
+			      "the replies did not wait for the disk");
 	rd_free(&r);
 	srv_stop(&s);
 	free(b);
@@ -2960,6 +2967,22 @@ Test(kv_server, multi_exec_runs_the_queued_commands_on_their_shard)
 	expect(&r, "EXEC", "*1\r\n+OK\r\n");
 	expect(&r, "MULTI", "+OK\r\n");
 	expect(&r, "EXEC", "*0\r\n");
+	/* EXEC's reply of a transaction that writes waited for the disk: one reply held (a
+	 * transaction that only reads waits for nothing). */
+	{
+		long long held = info_field(s.port, "aof_replies_held:");
+
+		expect(&r, "MULTI", "+OK\r\n");
+		expect(&r, "GET {t}a", "+QUEUED\r\n");
+		expect(&r, "EXEC", "*1\r\n$1\r\n2\r\n");
+		cr_assert_eq(info_field(s.port, "aof_replies_held:"), held,
+			     "a read-only EXEC held");
+		expect(&r, "MULTI", "+OK\r\n");
+		expect(&r, "SET {t}h 1", "+QUEUED\r\n");
+		expect(&r, "EXEC", "*1\r\n+OK\r\n");
+		cr_assert_eq(info_field(s.port, "aof_replies_held:"), held + 1,
+			     "EXEC's reply did not wait for the disk");
+	}
 	/* A connection closed inside MULTI (ASan: its queue is freed). */
 	{
 		static const char half[] = "MULTI\r\nSET {t}z 1\r\n";
