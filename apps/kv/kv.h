@@ -52,6 +52,8 @@ struct kv_stats {
 	_Atomic uint64_t replies_orphaned; /* replies from another shard for a closed client */
 	_Atomic uint64_t args_bytes;       /* argument arrays held by connections and the shard */
 	_Atomic uint64_t lazyfree_pending; /* keys FLUSHALL ASYNC set aside, not yet freed */
+	_Atomic uint64_t forwarded_exported; /* ... of forwarded_out, handed over as exported
+					      * slices of the receive buffer (--handoff export) */
 };
 
 /* A shard's key table: chained buckets, a power of two of them. It doubles when it holds

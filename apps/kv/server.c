@@ -1109,6 +1109,7 @@ handoff(struct pend *p, unsigned owner, const uint8_t *req, size_t len,
 			return r;
 		}
 		m->req = m->sl.data;
+		stat_add(&kv_stats[self()].forwarded_exported, 1);
 	} else {
 		memcpy(m->copy, req, len);
 		m->req = m->copy;
@@ -1386,7 +1387,7 @@ info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
 			     "forwarded_out=%llu,forwarded_in=%llu,fanouts=%llu,clients=%llu,"
 			     "expired_lazy=%llu,expired_swept=%llu,proto_errors=%llu,"
 			     "timeouts=%llu,input_holds=%llu,args_bytes=%llu,"
-			     "replies_orphaned=%llu\r\n",
+			     "replies_orphaned=%llu,forwarded_exported=%llu\r\n",
 			     i, (unsigned long long)LD(keys), (unsigned long long)LD(expires),
 			     (unsigned long long)LD(used_memory), (unsigned long long)LD(commands),
 			     (unsigned long long)LD(forwarded_out),
@@ -1396,7 +1397,8 @@ info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
 			     (unsigned long long)LD(proto_errors), (unsigned long long)LD(timeouts),
 			     (unsigned long long)LD(input_holds),
 			     (unsigned long long)LD(args_bytes),
-			     (unsigned long long)LD(replies_orphaned));
+			     (unsigned long long)LD(replies_orphaned),
+			     (unsigned long long)LD(forwarded_exported));
 		LINE("\r\n");
 	}
 #undef LD
