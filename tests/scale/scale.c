@@ -310,7 +310,10 @@ scale_idle_conns(const char *bin, const char *name, unsigned n, const char *req,
 		"scale: %s, 2 shards, %u idle connections: RSS %ld -> %ld KiB, %ld bytes per idle "
 		"connection; server descriptors %d -> %d\n",
 		name, n, rss0, rss1, (rss1 - rss0) * 1024 / (long)n, fd0, fd1);
-	cr_assert_lt((rss1 - rss0) * 1024 / (long)n, 64 * 1024,
+	/* Measured: 2.2 KiB (keel-echo) and 3.7 KiB (keel-kv) per idle connection, 2.9 and
+	 * 8.1 KiB under ASan. 64 KiB, the bound until the twenty-seventh session, let a
+	 * touched 32 KiB buffer per connection through. */
+	cr_assert_lt((rss1 - rss0) * 1024 / (long)n, 16 * 1024,
 		     "%ld bytes of server memory per idle connection",
 		     (rss1 - rss0) * 1024 / (long)n);
 	for (unsigned i = 0; i < n; i++)

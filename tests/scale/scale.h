@@ -45,7 +45,7 @@ int scale_connect(int port);
 void scale_roundtrip(int fd, const char *req, size_t qlen, const char *resp, size_t rlen);
 
 /* Start @bin (2 shards), open @n connections that each send @req and read @resp once, then
- * check the server still answers old and new connections and grew by under 64 KiB of RSS
+ * check the server still answers old and new connections and grew by under 16 KiB of RSS
  * per idle connection (the figure is printed, with @name). Skips when RLIMIT_NOFILE
  * cannot be raised. */
 void scale_idle_conns(const char *bin, const char *name, unsigned n, const char *req,

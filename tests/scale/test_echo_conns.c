@@ -2,7 +2,7 @@
 /*
  * 10,000 connections over loopback to keel-echo (2,000 under KEEL_TEST_SCALE=small): the
  * server keeps answering them and a new connection, and its memory per idle connection
- * (RSS growth / connections) stays under 64 KiB. The figure is printed.
+ * (RSS growth / connections) stays under 16 KiB. The figure is printed.
  */
 #include <criterion/criterion.h>
 
