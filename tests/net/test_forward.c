@@ -378,6 +378,16 @@ Test(net_forward, frames_away_pause_reading_at_the_high_watermark, .timeout = 12
 	away_end(&e);
 }
 
+/* A LEN32 frame of 1,024 payload bytes (4 + 1,024 in all), its bytes a pattern. */
+static void
+frame_1k(uint8_t *frame)
+{
+	memset(frame, 0, 4);
+	frame[2] = 0x04; /* a length of 1,024, big-endian */
+	for (size_t i = 4; i < 4 + 1024; i++)
+		frame[i] = (uint8_t)(i * 13);
+}
+
 /* A client that half-closes inside a frame (a whole frame, then 7 bytes of one announced as
  * 1,024): the whole one is echoed, the server closes, and the truncated one is counted in
  * errors and frames_dropped. It was dropped without a word, the close a clean one. */
@@ -391,9 +401,7 @@ Test(net_forward, a_half_close_inside_a_frame_is_counted_not_passed_over, .timeo
 
 	keel_net_config_init(&nc);
 	away_open(&e, &nc);
-	frame[2] = 0x04; /* a length of 1,024, big-endian */
-	for (size_t i = 4; i < sizeof(frame); i++)
-		frame[i] = (uint8_t)(i * 13);
+	frame_1k(frame);
 	memcpy(part, frame, sizeof(part));
 	cr_assert_eq(send(e.fd, frame, sizeof(frame), MSG_NOSIGNAL), (ssize_t)sizeof(frame));
 	cr_assert_eq(send(e.fd, part, sizeof(part), MSG_NOSIGNAL), (ssize_t)sizeof(part));
@@ -423,9 +431,7 @@ Test(net_forward, a_client_that_half_closes_gets_every_frame_echoed, .timeout = 
 	keel_net_config_init(&nc);
 	away_open(&e, &nc);
 	away_hold(&e);
-	frame[2] = 0x04; /* a length of 1,024, big-endian */
-	for (size_t i = 4; i < sizeof(frame); i++)
-		frame[i] = (uint8_t)(i * 13);
+	frame_1k(frame);
 	for (int i = 0; i < 8; i++)
 		cr_assert_eq(send(e.fd, frame, sizeof(frame), MSG_NOSIGNAL),
 			     (ssize_t)sizeof(frame));

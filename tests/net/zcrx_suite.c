@@ -1100,6 +1100,25 @@ sim_down(void)
 	SHARD_CHECKS_PASSED();
 }
 
+/* sim_up(1, 512, true) with a LEN32 framer (S.fr) calling @on_frame, and a client connected:
+ * returns its socket once the server side (S.conn) is open. */
+static int
+sim_framed(int (*on_frame)(void *arg, struct keel_frame *fr))
+{
+	struct keel_framer_opts fo;
+	int fd;
+
+	memset(&fo, 0, sizeof(fo));
+	fo.kind = KEEL_FRAME_LEN32;
+	fo.on_frame = on_frame;
+	sim_up(1, 512, true);
+	cr_assert_eq(keel_framer_create(&fo, &S.fr), 0);
+	fd = cli_connect(S.port);
+	cr_assert_geq(fd, 0);
+	WAIT_FOR(S.conn != NULL, "the connection did not open");
+	return fd;
+}
+
 struct step {
 	struct keel_xreq req;
 	void (*fn)(void);
@@ -1522,17 +1541,9 @@ step_check_message(void)
 
 Test(net_zcrx, sim_1mib_message_in_256_fragments_through_conn_and_framer)
 {
-	struct keel_framer_opts fo;
 	int fd;
 
-	memset(&fo, 0, sizeof(fo));
-	fo.kind = KEEL_FRAME_LEN32;
-	fo.on_frame = sim_on_frame;
-	sim_up(1, 512, true);
-	cr_assert_eq(keel_framer_create(&fo, &S.fr), 0);
-	fd = cli_connect(S.port);
-	cr_assert_geq(fd, 0);
-	WAIT_FOR(S.conn != NULL, "the connection did not open");
+	fd = sim_framed(sim_on_frame);
 	run_on(0, step_inject_message);
 	run_on(0, step_check_message);
 	close(fd);
@@ -1608,19 +1619,11 @@ step_reclaim_check(void)
 
 Test(net_zcrx, sim_a_partial_frame_gives_its_area_slices_back_when_the_area_runs_out)
 {
-	struct keel_framer_opts fo;
 	uint64_t dl;
 	int fd;
 
-	memset(&fo, 0, sizeof(fo));
-	fo.kind = KEEL_FRAME_LEN32;
-	fo.on_frame = reclaim_on_frame;
 	reclaim_frames = 0;
-	sim_up(1, 512, true);
-	cr_assert_eq(keel_framer_create(&fo, &S.fr), 0);
-	fd = cli_connect(S.port);
-	cr_assert_geq(fd, 0);
-	WAIT_FOR(S.conn != NULL, "the connection did not open");
+	fd = sim_framed(reclaim_on_frame);
 	run_on(0, step_half_then_enomem);
 	SHARD_CHECKS_PASSED();
 	run_on(0, step_reclaimed_then_rest);
@@ -1708,19 +1711,11 @@ step_big_check(void)
 
 Test(net_zcrx, sim_a_partial_frame_past_three_quarters_of_the_area_gives_its_slices_back)
 {
-	struct keel_framer_opts fo;
 	int fd;
 
-	memset(&fo, 0, sizeof(fo));
-	fo.kind = KEEL_FRAME_LEN32;
-	fo.on_frame = big_on_frame;
 	big_frames = 0;
 	big_ok = false;
-	sim_up(1, 512, true);
-	cr_assert_eq(keel_framer_create(&fo, &S.fr), 0);
-	fd = cli_connect(S.port);
-	cr_assert_geq(fd, 0);
-	WAIT_FOR(S.conn != NULL, "the connection did not open");
+	fd = sim_framed(big_on_frame);
 	run_on(0, step_big_first);
 	SHARD_CHECKS_PASSED();
 	run_on(0, step_big_reclaimed); /* a step later: the reclaim runs after the pass */
@@ -1851,18 +1846,10 @@ step_hog_free(void)
 
 Test(net_zcrx, sim_a_reclaim_without_memory_aborts_a_waiting_connection_at_once)
 {
-	struct keel_framer_opts fo;
 	int fd;
 
-	memset(&fo, 0, sizeof(fo));
-	fo.kind = KEEL_FRAME_LEN32;
-	fo.on_frame = big_on_frame;
 	big_frames = 0;
-	sim_up(1, 512, true);
-	cr_assert_eq(keel_framer_create(&fo, &S.fr), 0);
-	fd = cli_connect(S.port);
-	cr_assert_geq(fd, 0);
-	WAIT_FOR(S.conn != NULL, "the connection did not open");
+	fd = sim_framed(big_on_frame);
 	run_on(0, step_hog_memory);
 	SHARD_CHECKS_PASSED();
 	WAIT_FOR(atomic_load(&S.closed), "the connection whose frame could not be copied is still "
