@@ -147,7 +147,7 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 	const struct keel_topo_info *in = keel_topo_info_get(t);
 	const struct keel_topo_nic *nic = NULL;
 	struct keel_cpuset allowed = in->allowed;
-	unsigned *cand, ncand = 0, nphys = 0, nlocal_phys = 0, nlocal_allowed = 0, shards;
+	unsigned *cand, ncand = 0, nphys = 0, nlocal_phys = 0, nlocal_reserved = 0, shards;
 	const char *qsrc = "";
 	int qmax;
 	unsigned char *reserved;
@@ -214,16 +214,6 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 	 * (C), remote siblings (D). "First thread" is a core's first allowed PU. NUMA local
 	 * takes A B C D, spread A C B D; SMT avoid drops B and D. Reserved cores (the first
 	 * --reserve cores of A then C) take part in none. */
-	/* Allowed cores local to the NIC before the reserve: a reserve that takes them all
-	 * must not move the default map to another node without a word. */
-	for (unsigned c = 0; nic && c < in->ncores; c++) {
-		const struct keel_topo_core *co = &in->cores[c];
-		bool any = false;
-
-		for (unsigned p = 0; p < co->npus; p++)
-			any |= keel_cpuset_has(&allowed, co->pus[p]);
-		nlocal_allowed += any && keel_cpuset_has(&nic->local, co->pus[0]);
-	}
 	{
 		unsigned left = req->reserve;
 		for (int pass = 0; pass < 2 && left; pass++)
@@ -238,6 +228,7 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 				if (any) {
 					reserved[c] = 1;
 					left--;
+					nlocal_reserved += pass == 0;
 				}
 			}
 		if (left) {
@@ -316,13 +307,15 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 	if (!shards) {
 		/* One per physical core local to the NIC (all cores without a NIC, or when the
 		 * allowed CPUs have no local core), no more than the queues the NIC can have. */
-		if (!req->nrxqs && !nlocal_phys && nlocal_allowed) {
+		/* A reserve that took every allowed core local to the NIC must not move the
+		 * default map to another node without a word. */
+		if (nic && !req->nrxqs && !nlocal_phys && nlocal_reserved) {
 			r = keel__errf(
 				err, errlen, -EINVAL,
 				"--reserve %u takes every core local to %s (%u): the default "
 				"map would move to another NUMA node; reserve fewer, or give "
 				"--shards to place shards off the NIC's node on purpose",
-				req->reserve, nic->name, nlocal_allowed);
+				req->reserve, nic->name, nlocal_reserved);
 			goto out;
 		}
 		if (req->nrxqs)
