@@ -565,23 +565,24 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 int
 keel__topo_rss_unserved(const uint32_t *t, uint32_t n, const struct keel_map *m, unsigned *count)
 {
+	/* Queue numbers are below 65536 (a map's rxq, and what a table of at most 65536
+	 * entries can name): one bit per queue, served or already counted. */
+	uint64_t served[65536 / 64] = { 0 }, seen[65536 / 64] = { 0 };
 	int first = -1;
 
 	*count = 0;
+	for (unsigned s = 0; s < m->nshards; s++)
+		if (m->shards[s].rxq >= 0 && m->shards[s].rxq < 65536)
+			served[m->shards[s].rxq / 64] |= 1ull << (m->shards[s].rxq % 64);
 	for (uint32_t i = 0; i < n; i++) {
-		bool served = false, seen = false;
+		uint32_t q = t[i] < 65536 ? t[i] : 65535;
 
-		for (unsigned s = 0; s < m->nshards && !served; s++)
-			served = m->shards[s].rxq >= 0 && (uint32_t)m->shards[s].rxq == t[i];
-		if (served)
+		if ((served[q / 64] | seen[q / 64]) & (1ull << (q % 64)))
 			continue;
-		for (uint32_t j = 0; j < i && !seen; j++)
-			seen = t[j] == t[i];
-		if (seen)
-			continue;
+		seen[q / 64] |= 1ull << (q % 64);
 		(*count)++;
-		if (first < 0 || t[i] < (uint32_t)first)
-			first = (int)t[i];
+		if (first < 0 || q < (uint32_t)first)
+			first = (int)q;
 	}
 	return first;
 }
