@@ -104,7 +104,9 @@ struct bench_result {
 	uint64_t errors;       /* resets, short connects...: any is a failed run */
 	uint64_t tx_all;       /* bytes (udp: datagrams) sent over the whole run */
 	uint64_t rx_all;       /* bytes (udp: datagrams) echoed back and verified, whole run */
-	uint64_t lost;         /* udp: datagrams given up on (no echo within the loss timeout) */
+	uint64_t lost;         /* udp: datagrams given up on (no echo within the loss timeout),
+				* in the window */
+	uint64_t lost_all;     /* udp: ... over the whole run (what tx_all - rx_all holds) */
 	uint64_t late;         /* udp: echoes that came after their datagram was given up on */
 	uint64_t polls;        /* epoll and udp clients: epoll_wait(0) calls (--client-poll-us) */
 	uint64_t sleeps;       /* epoll and udp clients: epoll_waits that could block */

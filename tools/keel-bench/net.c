@@ -768,6 +768,7 @@ report(const struct opts *o, const struct bench_result *r, const struct bench_se
 		json_u64(c->mode == BENCH_UDP ? "rx_dgrams_all" : "rx_bytes_all", r->rx_all);
 		if (c->mode == BENCH_UDP) {
 			json_u64("lost", r->lost);
+			json_u64("lost_all", r->lost_all);
 			json_u64("late", r->late);
 		}
 		json_u64("stalled_conns", r->stalled);

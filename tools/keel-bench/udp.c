@@ -231,7 +231,7 @@ struct uthread {
 	struct mmsghdr m[BATCH];
 	struct iovec iov[2 * BATCH];
 	uint8_t *rx;
-	uint64_t msgs, msgs_all, errors, tx_all, rx_all, lost, late, last_scan, stalled;
+	uint64_t msgs, msgs_all, errors, tx_all, rx_all, lost, lost_all, late, last_scan, stalled;
 	struct bench_poll_wait wait;
 	struct bench_tcpu tcpu;
 	int err;
@@ -331,6 +331,12 @@ flow_send(struct uthread *t, struct uflow *f)
 	return 0;
 }
 
+static bool
+in_window(const struct uclient *cl, uint64_t now)
+{
+	return now >= cl->t_start && now < cl->t_end;
+}
+
 static int
 on_dgram(struct uthread *t, struct uflow *f, const uint8_t *d, size_t len, int flags, uint64_t now)
 {
@@ -359,14 +365,14 @@ on_dgram(struct uthread *t, struct uflow *f, const uint8_t *d, size_t len, int f
 	s = &f->slot[seq % cl->inflight];
 	if (!s->busy || s->seq != seq) {
 		/* Given up on already, or a duplicate. */
-		t->late += now >= cl->t_start && now < cl->t_end;
+		t->late += in_window(cl, now);
 		return 0;
 	}
 	s->busy = false;
 	f->busy--;
 	t->rx_all++;
 	t->msgs_all++;
-	if (now >= cl->t_start && now < cl->t_end) {
+	if (in_window(cl, now)) {
 		t->msgs++;
 		f->last_win_ns = now;
 		bench_hist_add(&t->lat, now - s->sent_ns);
@@ -430,7 +436,8 @@ scan_lost(struct uthread *t, uint64_t now)
 			if (s->busy && now - s->sent_ns > (uint64_t)LOSS_MS * 1000000) {
 				s->busy = false;
 				f->busy--;
-				t->lost += now >= cl->t_start && now < cl->t_end;
+				t->lost += in_window(cl, now);
+				t->lost_all++;
 				freed = true;
 			}
 		}
@@ -582,6 +589,7 @@ bench_udp_client_run(const struct bench_cfg *cfg, struct bench_result *out)
 		out->tx_all += t[i].tx_all;
 		out->rx_all += t[i].rx_all;
 		out->lost += t[i].lost;
+		out->lost_all += t[i].lost_all;
 		out->late += t[i].late;
 		out->stalled += t[i].stalled;
 		out->polls += t[i].wait.polls;
