@@ -417,6 +417,21 @@ ex_close(struct keel_conn *c, int status)
 	sink_close(c, status);
 }
 
+/* The receives were multishot (some completion left its receive armed) or, with
+ * multishot_recv=off, single-shot: without this check a test of either kind passed as well
+ * with the other. */
+static void
+recv_kind_used(struct srv *s, bool multishot)
+{
+	struct keel_net_stats st;
+
+	cr_assert_eq(srv_net_stats(s, 0, &st), 0);
+	cr_assert(st.recv_cqes > 0 && (st.recv_more > 0) == multishot,
+		  "multishot_recv %s: %llu of %llu receive completions left it armed",
+		  multishot ? "auto" : "off", (unsigned long long)st.recv_more,
+		  (unsigned long long)st.recv_cqes);
+}
+
 static void
 exhaust(const char *spec)
 {
@@ -451,6 +466,7 @@ exhaust(const char *spec)
 	cr_assert_eq(memcmp(in, out, len), 0);
 	SHARD_CHECKS_PASSED();
 	cr_assert_gt(atomic_load(&ex_enobufs), 0, "the ring never ran out");
+	recv_kind_used(&s, spec == NULL);
 	close(fd);
 	cr_assert_eq(srv_stop(&s), 0);
 	free(out);
@@ -546,6 +562,7 @@ slow_reader(const char *spec, const char *spec2, uint32_t bulk, uint64_t slack)
 		else
 			cr_assert_eq(st.bulk_moves, 0);
 	}
+	recv_kind_used(&s, spec == NULL);
 	close(fd);
 	cr_assert_eq(srv_stop(&s), 0);
 	free(out);
