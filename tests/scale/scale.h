@@ -10,6 +10,7 @@
 struct proc {
 	pid_t pid;
 	int port;
+	bool direct_fd_off; /* the server said "feature direct_fd: not used" */
 };
 
 /* Start @bin with the arguments (NULL-terminated), stderr drained in the background;
