@@ -185,7 +185,7 @@ check_dio(struct keel_shard *s, const struct keel_file *f, int kind, const struc
 	if (!oa && !ma)
 		return 0; /* alignment unknown (see docs/file.md): the kernel decides */
 	bad[0] = 0;
-	if (oa && off % oa)
+	if (oa && off != UINT64_MAX && off % oa) /* -1: the position, which the kernel checks */
 		k += (size_t)snprintf(bad + k, sizeof(bad) - k,
 				      "offset %" PRIu64 " is not a multiple of %u; ", off, oa);
 	for (unsigned i = 0; i < n; i++)
@@ -297,6 +297,42 @@ release(struct keel_file_req *req)
 	}
 }
 
+/* The direct descriptor slots keel_file_openat filled (s->files.slots). */
+static bool
+slot_held(const struct keel_shard *s, int slot)
+{
+	uint32_t w = (uint32_t)slot / 64;
+
+	return slot >= 0 && w < s->files.slot_words && (s->files.slots[w] >> (slot % 64) & 1);
+}
+
+static void
+slot_drop(struct keel_shard *s, int slot)
+{
+	if (slot_held(s, slot))
+		s->files.slots[(uint32_t)slot / 64] &= ~(UINT64_C(1) << (slot % 64));
+}
+
+/* Returns 0, or -ENOMEM: the bitmap could not grow to @slot. */
+static int
+slot_take(struct keel_shard *s, int slot)
+{
+	uint32_t w = (uint32_t)slot / 64;
+
+	if (w >= s->files.slot_words) {
+		uint32_t n = w + 1 > 2 * s->files.slot_words ? w + 1 : 2 * s->files.slot_words;
+		uint64_t *b = realloc(s->files.slots, n * sizeof(*b));
+
+		if (!b)
+			return -ENOMEM;
+		memset(b + s->files.slot_words, 0, (n - s->files.slot_words) * sizeof(*b));
+		s->files.slots = b;
+		s->files.slot_words = n;
+	}
+	s->files.slots[w] |= UINT64_C(1) << (slot % 64);
+	return 0;
+}
+
 static void
 complete(struct keel_shard *s, struct keel_file_req *req, int res)
 {
@@ -311,6 +347,8 @@ complete(struct keel_shard *s, struct keel_file_req *req, int res)
 	     (req->kind_ == K_OPEN && (req->sqe_flags_ & OPEN_F_DIRECT_DESC) && res < 0)) &&
 	    s->files.direct)
 		s->files.direct--;
+	if (req->kind_ == K_CLOSE && (req->sqe_flags_ & IOSQE_FIXED_FILE) && res >= 0)
+		slot_drop(s, req->fd_);
 	release(req);
 	s->files.st.completed++;
 	if (res < 0)
@@ -345,7 +383,14 @@ fd_close_now(struct keel_shard *s, int fd, bool direct)
 static int
 close_now(struct keel_shard *s, struct keel_file_req *req)
 {
-	return fd_close_now(s, req->fd_, req->sqe_flags_ & IOSQE_FIXED_FILE);
+	bool direct = req->sqe_flags_ & IOSQE_FIXED_FILE;
+
+	/* The kernel empties an empty slot without a word: a second close of a copied
+	 * keel_file would report success, count the slot free twice, and empty whatever
+	 * took the slot meanwhile. (complete() marks the slot empty.) */
+	if (direct && !slot_held(s, req->fd_))
+		return -EBADF;
+	return fd_close_now(s, req->fd_, direct);
 }
 
 /* Put one request on the ring. Returns 0, or -errno with nothing submitted. */
@@ -512,6 +557,8 @@ close_check(const struct keel_shard *s, const struct keel_file_req *req)
 
 	if (req->kind_ != K_CLOSE)
 		return CLOSE_GO;
+	if (fixed && !slot_held(s, req->fd_))
+		return -EBADF; /* emptied by another close (of a copy) since it was made */
 	for (const struct keel_file_req *h = s->files.held; h; h = h->next_)
 		if (h != req && names_fd(h, req->fd_, fixed))
 			return -EBADF;
@@ -688,6 +735,14 @@ file_cb(struct keel_op *op, int res, uint32_t cqe_flags)
 				res = r;
 			} else
 				res = -ECANCELED;
+		}
+		if (res >= 0 && (req->sqe_flags_ & OPEN_F_DIRECT_DESC)) {
+			if (req->stage_ != ST_OPEN_STATX)
+				req->fd_ = res;
+			if (slot_take(s, req->fd_) < 0) {
+				open_undo(s, req);
+				res = -ENOMEM;
+			}
 		}
 		if (req->stage_ == ST_OPEN_STATX) {
 			if (res < 0) {
@@ -1064,6 +1119,13 @@ keel_file_close(struct keel_file_req *req, struct keel_file *f, keel_file_fn cb,
 
 	if (r < 0 || (r = file_ok(s, f, req)) < 0)
 		return r;
+	if ((f->flags & KEEL_FILE_F_FIXED) && !slot_held(s, f->fd)) {
+		release(req);
+		return refuse(s, -EBADF,
+			      "close of direct descriptor %d refused: it holds no file opened here "
+			      "(closed already, through a copy of this keel_file?)",
+			      f->fd);
+	}
 	r = submit(s, req, arg);
 	if (r == 0)
 		f->fd = -1;

@@ -231,7 +231,12 @@ struct keel_shard {
 				    * are cancelled */
 		uint32_t drain_cb; /* the callback of such a request runs: what it makes is one */
 		uint32_t direct;   /* keel_file_direct_slots() */
-		bool drain_over;   /* --stop-drain-ms passed: the drain's requests are cancelled */
+		/* Bit N: slot N of the ring's file table holds a file keel_file_openat put
+		 * there and no close has emptied yet (a close of any other slot is refused:
+		 * a copy's second close, a connection's slot). Grown to the highest slot. */
+		uint64_t *slots;
+		uint32_t slot_words;
+		bool drain_over; /* --stop-drain-ms passed: the drain's requests are cancelled */
 		uint64_t drain_said_ns; /* the wait was last logged this long into the stop */
 		uint64_t err_logged_ns;
 		char last_err[384];

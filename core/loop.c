@@ -184,6 +184,9 @@ keel__shard_ring_fini(struct keel_shard *s)
 	io_uring_queue_exit(&s->ring);
 	free(s->msgring_ops);
 	s->msgring_ops = NULL;
+	free(s->files.slots); /* the table went with the ring */
+	s->files.slots = NULL;
+	s->files.slot_words = 0;
 }
 
 struct io_uring_sqe *

@@ -197,7 +197,8 @@ KEEL_API int keel_file_write_slice(struct keel_file_req *req, const struct keel_
  * fsync(2) @f through the ring (a directory too: after a rename in it). A failure is reported
  * once per open file and may mean data lost for good, even if a later sync succeeds
  * (docs/file.md, "Durability").
- * Returns: 0, -EINVAL, -ESHUTDOWN. Context: a shard.
+ * Returns: 0, -EINVAL, -ESHUTDOWN, -EBADF (@f closed: fd -1), -EXDEV (a direct descriptor of
+ * another shard). Context: a shard.
  */
 KEEL_API int keel_file_fsync(struct keel_file_req *req, const struct keel_file *f, keel_file_fn cb,
 			     void *arg);
@@ -236,7 +237,9 @@ KEEL_API int keel_file_statx(struct keel_file_req *req, int dirfd, const char *p
  * itself hands to io-wq.
  * Returns: as keel_file_fsync(), and -EBADF when a close of the same descriptor is held
  * already (a close of a number whose close is in the ring waits for it instead: the number
- * may be a new file's). Context: a shard.
+ * may be a new file's), or when @f is a direct descriptor whose slot holds no file that
+ * keel_file_openat() put there (closed already through a copy of @f; the close of such a
+ * copy that waited in the queue behind the first completes with -EBADF). Context: a shard.
  */
 KEEL_API int keel_file_close(struct keel_file_req *req, struct keel_file *f, keel_file_fn cb,
 			     void *arg);
