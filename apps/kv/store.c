@@ -1612,7 +1612,7 @@ ttl_generic(struct kv_db *db, struct resp_arg *argv, struct rbuf *out, bool sec,
 	ms = abs ? e->expire_ms : e->expire_ms - kv_now_ms();
 	if (ms < 0)
 		ms = 0;
-	rb_int(out, sec ? (ms + 500) / 1000 : ms);
+	rb_int(out, sec ? ms / 1000 + (ms % 1000 >= 500) : ms); /* rounded: +500 could overflow */
 }
 
 static void
