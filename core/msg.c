@@ -167,15 +167,23 @@ ovf_node_heap(struct keel_shard *s)
 	return n;
 }
 
-/* @internal: keel's own traffic (a buffer's trip home, a call's reply, the parts of an
- * accepted broadcast) is never refused for a full queue: losing it would leak a buffer or
- * break a call's exactly-once reply. It is bounded by what the app sent (a reply per call)
- * or holds (a trip home per buffer), not by the queue. */
+/* What a message is to the limit on a queue's overflow (--mailbox-overflow). */
+enum q_kind {
+	Q_APP,   /* the app's: refused (-EAGAIN) at the limit, and counted toward it */
+	Q_KEEL,  /* keel's own traffic (a buffer's trip home, a call's reply): never refused,
+		  * as losing it would leak a buffer or break a call's exactly-once reply; bounded
+		  * by what the app sent (a reply per call) or holds (a trip home per buffer), so
+		  * not counted */
+	Q_BCAST, /* a part of an accepted broadcast: never refused (all or nothing, checked
+		  * before), but counted, so that broadcasts alone meet the limit too */
+};
+
 static int
-enqueue(struct keel_shard *s, unsigned dst, const struct msg *m, bool internal)
+enqueue(struct keel_shard *s, unsigned dst, const struct msg *m, enum q_kind kind)
 {
 	struct outbox *o = &s->out[dst];
 	uint32_t cap = s->rt->opts.mailbox_entries;
+	bool internal = kind != Q_APP;
 
 	if (__builtin_expect(o->ovf_head == NULL, 1) && mbox_has_room(o->mb, cap)) {
 		o->mb->slots[o->mb->tail_local & (cap - 1)] = *m;
@@ -194,7 +202,7 @@ enqueue(struct keel_shard *s, unsigned dst, const struct msg *m, bool internal)
 			return -ENOMEM;
 		n->next = NULL;
 		n->m = *m;
-		n->app = !internal;
+		n->app = kind != Q_KEEL;
 		if (o->ovf_tail)
 			o->ovf_tail->next = n;
 		else
@@ -219,7 +227,7 @@ keel_send(unsigned dst, keel_fn fn, void *arg)
 		return -EINVAL;
 	if (s->phase != PHASE_RUN)
 		return -ESHUTDOWN;
-	return enqueue(s, dst, &m, false);
+	return enqueue(s, dst, &m, Q_APP);
 }
 
 /* keel's own messages (a buffer's trip home): unlike keel_send, allowed while the shard
@@ -235,12 +243,12 @@ keel__send_internal(unsigned dst, keel_fn fn, void *arg)
 		return -EINVAL;
 	if (s->phase == PHASE_DONE)
 		return -ESHUTDOWN;
-	return enqueue(s, dst, &m, true);
+	return enqueue(s, dst, &m, Q_KEEL);
 }
 
 static int
 call_enqueue(struct keel_shard *s, unsigned dst, keel_call_fn fn, void *arg, keel_done_fn done,
-	     void *done_arg, bool internal)
+	     void *done_arg, enum q_kind kind)
 {
 	struct msg m = { .fn.call = fn, .arg = arg, .done = done, .done_arg = done_arg };
 
@@ -248,13 +256,13 @@ call_enqueue(struct keel_shard *s, unsigned dst, keel_call_fn fn, void *arg, kee
 		return -EINVAL;
 	if (s->phase != PHASE_RUN)
 		return -ESHUTDOWN;
-	return enqueue(s, dst, &m, internal);
+	return enqueue(s, dst, &m, kind);
 }
 
 int
 keel_call(unsigned dst, keel_call_fn fn, void *arg, keel_done_fn done, void *done_arg)
 {
-	return call_enqueue(cur_shard(__func__), dst, fn, arg, done, done_arg, false);
+	return call_enqueue(cur_shard(__func__), dst, fn, arg, done, done_arg, Q_APP);
 }
 
 static void
@@ -424,7 +432,7 @@ keel_broadcast(keel_fn fn, void *arg, keel_done_fn all_done, void *done_arg)
 	 * other messages from this shard. Enqueueing fails only when memory is out; the shards
 	 * already reached still run fn, and all_done then reports -ENOMEM. */
 	for (unsigned i = 0; i < n; i++) {
-		if (call_enqueue(s, i, bcast_run, b, bcast_ack, b, true) < 0) {
+		if (call_enqueue(s, i, bcast_run, b, bcast_ack, b, Q_BCAST) < 0) {
 			if (i == 0) {
 				keel_shard_free(b);
 				return -ENOMEM;
@@ -450,7 +458,7 @@ run_msg(struct keel_shard *s, unsigned src, const struct msg *m)
 				 .done_arg = m->done_arg };
 		/* A lost reply would break exactly-once delivery: only memory exhaustion
 		 * fails here. */
-		keel_verify(enqueue(s, src, &r, true) == 0);
+		keel_verify(enqueue(s, src, &r, Q_KEEL) == 0);
 	} else {
 		m->done((int)(intptr_t)m->arg, m->done_arg);
 	}

@@ -342,6 +342,75 @@ Test(core_msg_limit, waiter_gets_eshutdown_when_its_shard_stops_first)
 	pthread_cond_destroy(&L.cond);
 }
 
+/* ---- broadcasts alone meet the limit ---- */
+
+static _Atomic int bc_done;
+
+static void
+bc_all_done(int status, void *arg)
+{
+	SHARD_CHECK_EQ(status, 0);
+	if (atomic_fetch_add(&bc_done, 1) + 1 == atomic_load(&L.fill_ok))
+		keel_stop(0);
+}
+
+/* On shard 0, once shard 1 is held: broadcast until refused. */
+static void
+bcast_fill(struct keel_xreq *req)
+{
+	int r = 0, n = 0;
+
+	while (n < 1000 && (r = keel_broadcast(noop_fn, NULL, bc_all_done, NULL)) == 0)
+		n++;
+	atomic_store(&L.fill_ok, n);
+	atomic_store(&L.fill_err, r);
+	keel_xreq_complete(req, 0);
+	atomic_store(&L.filled, 1);
+}
+
+/* A broadcast's parts are never refused once it is accepted, but they count toward the
+ * overflow allowance: a shard that only broadcasts to a held shard is refused after as many
+ * as keel_send would be. They did not count, so 1,000 of 1,000 were accepted (and the
+ * queues grew without a bound). */
+Test(core_msg_limit, broadcasts_alone_meet_the_limit)
+{
+	struct keel_opts o = test_opts(2);
+	struct keel_runtime *rt;
+	int r;
+
+	memset(&L, 0, sizeof(L));
+	atomic_store(&bc_done, 0);
+	pthread_mutex_init(&L.lock, NULL);
+	pthread_cond_init(&L.cond, NULL);
+	L.fill_err = 1;
+	o.mailbox_entries = ENTRIES;
+	o.mailbox_overflow = OVERFLOW;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, shut_start, NULL), 0);
+	WAIT_FOR(atomic_load(&L.held), "shard 1 in the hold");
+	L.req.fn = bcast_fill;
+	cr_assert_eq(keel_runtime_submit(rt, 0, &L.req), 0);
+	WAIT_FOR(atomic_load(&L.filled), "shard 0 broadcasting");
+	pthread_mutex_lock(&L.lock);
+	L.released = true;
+	pthread_cond_signal(&L.cond);
+	pthread_mutex_unlock(&L.lock);
+	r = keel_runtime_join(rt);
+	keel_runtime_destroy(rt);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(atomic_load(&L.hold_timed_out), 0, "the hold timed out");
+	cr_assert_eq(r, 0);
+	/* Shard 1's queue, less the hold's slot, then the allowance (shard 0's own queue holds
+	 * one more). */
+	cr_assert_eq(atomic_load(&L.fill_ok), (int)FITS, "broadcasts accepted: %d",
+		     atomic_load(&L.fill_ok));
+	cr_assert_eq(atomic_load(&L.fill_err), -EAGAIN);
+	cr_assert_eq(atomic_load(&bc_done), (int)FITS, "broadcasts done: %d",
+		     atomic_load(&bc_done));
+	pthread_mutex_destroy(&L.lock);
+	pthread_cond_destroy(&L.cond);
+}
+
 /* ---- keel's own traffic does not use the app's overflow allowance ---- */
 
 #define TRIPS (ENTRIES + OVERFLOW + 4)
