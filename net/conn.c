@@ -41,8 +41,10 @@ struct keel_conn {
 	bool direct;
 	struct keel_conn *prev, *next; /* ns->conns */
 	struct keel_conn *starve_next;
-	bool starving; /* on ns->starved, or on ns->zc_waiting when zc_waiting */
+	bool starving; /* on ns->starved, ns->starved_bulk (bulk_waiting) or ns->zc_waiting
+			* (zc_waiting) */
 	bool zc_waiting;
+	bool bulk_waiting;
 
 	struct keel_op recv_op, rcancel_op, send_op, cancel_op, shut_op, connect_op, tmo_op;
 	struct keel_op close_op;
@@ -371,7 +373,9 @@ recv_update(struct keel_conn *c)
 static void
 starve_remove(struct keel_conn *c)
 {
-	struct keel_conn **pp = c->zc_waiting ? &c->ns->zc_waiting : &c->ns->starved;
+	struct keel_conn **pp = c->zc_waiting     ? &c->ns->zc_waiting
+				: c->bulk_waiting ? &c->ns->starved_bulk
+						  : &c->ns->starved;
 
 	if (!c->starving)
 		return;
@@ -383,14 +387,17 @@ starve_remove(struct keel_conn *c)
 		}
 	c->starving = false;
 	c->zc_waiting = false;
+	c->bulk_waiting = false;
 }
 
-/* Put @c on @list (ns->starved or ns->zc_waiting) until its kick: no receive meanwhile. */
+/* Put @c on @list (ns->starved, ns->starved_bulk or ns->zc_waiting) until its kick: no
+ * receive meanwhile. */
 static void
 starve_add(struct keel_conn *c, struct keel_conn **list, bool zc)
 {
 	c->starving = true;
 	c->zc_waiting = zc;
+	c->bulk_waiting = list == &c->ns->starved_bulk;
 	c->starve_next = *list;
 	*list = c;
 	c->nops++; /* held while on the list */
@@ -404,6 +411,7 @@ starve_wake(struct keel_conn *list)
 		list = c->starve_next;
 		c->starving = false;
 		c->zc_waiting = false;
+		c->bulk_waiting = false;
 		c->nops--;
 		recv_update(c);
 		conn_check(c);
@@ -430,11 +438,23 @@ starve_cb(void *arg)
 	waiters_run(ns, &ns->starved, &ns->starve_kick);
 }
 
-void
-keel__conn_starved_kick(struct net_shard *ns)
+static void
+starve_bulk_cb(void *arg)
 {
-	if (ns->starved)
+	struct net_shard *ns = arg;
+
+	waiters_run(ns, &ns->starved_bulk, &ns->starve_bulk_kick);
+}
+
+void
+keel__conn_starved_kick(struct net_shard *ns, const struct pbuf_ring *r)
+{
+	if (r == &ns->bulk) {
+		if (ns->starved_bulk)
+			keel__net_kick(ns, &ns->starve_bulk_kick, starve_bulk_cb);
+	} else if (ns->starved) {
 		keel__net_kick(ns, &ns->starve_kick, starve_cb);
+	}
 }
 
 static void
@@ -705,7 +725,6 @@ recv_done(struct keel_conn *c, const struct io_uring_cqe *cqe, int res, uint32_t
 	} else if (res == -ENOBUFS) {
 		ns->st.enobufs++;
 		if (!c->starving && !c->closing) {
-			starve_add(c, &ns->starved, false);
 			/* Buffers may have come back before this completion was seen. The
 			 * application holds every bulk buffer: back to the first ring. */
 			bool ok = keel__pbuf_grow(c->rx_bulk ? &ns->bulk : &ns->tcp);
@@ -726,8 +745,12 @@ recv_done(struct keel_conn *c, const struct io_uring_cqe *cqe, int res, uint32_t
 			 * just made): it did not run dry, so it need not grow. */
 			if (c->bulk != c->rx_bulk)
 				ok = (c->bulk ? ns->bulk.inring : ns->tcp.inring) > 0;
+			/* It waits for the ring its next receive takes: a buffer of the
+			 * other wakes it no more (each woke every waiting connection, to
+			 * fail again). */
+			starve_add(c, c->bulk ? &ns->starved_bulk : &ns->starved, false);
 			if (ok)
-				keel__conn_starved_kick(ns);
+				keel__conn_starved_kick(ns, c->bulk ? &ns->bulk : &ns->tcp);
 			else /* partial frames may hold them: copied out, they come back */
 				keel__framers_reclaim_later(ns);
 		}

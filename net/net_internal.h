@@ -92,8 +92,10 @@ struct net_shard {
 	struct udp_send *udp_sends_free;        /* udp.c: pooled send slots */
 	struct udp_send_chunk *udp_send_chunks; /* ... and the chunks they live in */
 	struct udp_gso *udp_gso_free;           /* udp.c: pooled multi-datagram sendmsgs */
-	struct keel_conn *starved;              /* connections waiting for buffers */
+	struct keel_conn *starved;              /* connections waiting for a first-ring buffer */
 	bool starve_kick;                       /* a deferred re-arm is queued */
+	struct keel_conn *starved_bulk;         /* ... for a bulk-ring buffer */
+	bool starve_bulk_kick;
 	struct keel_conn *zc_waiting; /* RECV_ZC ended with ENOMEM: waiting for area slices */
 	bool zc_wait_kick;            /* a deferred re-arm of them is queued */
 	/* frame.c: framers (keel_framer_on_data) holding a partial frame's received slices,
@@ -208,7 +210,8 @@ void keel__conn_opened(struct keel_conn *c);
  * IP address), so only the peer's is read; NULL: read both. */
 void keel__conn_accepted(struct keel_conn *c, bool addrs, const struct sockaddr_storage *local,
 			 socklen_t locallen);
-void keel__conn_starved_kick(struct net_shard *ns);
+/* Re-arm the connections waiting for a buffer of ring @r (ns->tcp or ns->bulk). */
+void keel__conn_starved_kick(struct net_shard *ns, const struct pbuf_ring *r);
 /* The receive buffers (or ZCRX's area buffers) ran out: every framer of the shard holding a
  * partial frame's received slices copies them into buffers of its own and puts them, at the
  * end of the pass (frame.c). Without it, partial frames that together hold every buffer

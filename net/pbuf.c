@@ -51,8 +51,9 @@ ring_add(struct pbuf_ring *r, uint16_t bid)
 }
 
 /* Give @bid back: to the ring while it holds fewer than the window, else onto the spares;
- * then wake what waits for a buffer of this ring: UDP endpoints for the UDP ring, TCP's
- * starved connections for the others (a UDP buffer woke them too, each to fail again). */
+ * then wake what waits for a buffer of this ring: UDP endpoints for the UDP ring, the TCP
+ * connections waiting for this ring for the others (a UDP or a bulk buffer woke every
+ * waiting connection too, each to arm a receive that failed again). */
 static void
 give_back(struct pbuf_ring *r, uint16_t bid)
 {
@@ -65,8 +66,8 @@ give_back(struct pbuf_ring *r, uint16_t bid)
 	if (r == &ns->udp) {
 		if (ns->udp_starving)
 			keel__udp_starved_kick(ns);
-	} else if (ns->starved) {
-		keel__conn_starved_kick(ns);
+	} else {
+		keel__conn_starved_kick(ns, r);
 	}
 }
 

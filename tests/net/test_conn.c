@@ -482,6 +482,167 @@ Test(net_conn, buffer_ring_exhaustion_single_shot_recv)
 	exhaust("multishot_recv=off");
 }
 
+/* A buffer of one ring wakes only the connections waiting for that ring. One connection
+ * holds every buffer of the first ring (16 x 4 KiB) and N wait for one, while a stream
+ * echoes through the bulk ring: each bulk buffer it gives back used to wake the N as well,
+ * each to arm a receive that failed with ENOBUFS at once (thousands of them here, and the
+ * helper of the review measured 2 million a second with 101 waiting). */
+#define HERD_WAITERS 8
+struct herd_conn {
+	bool hoard;
+	unsigned n;
+	struct keel_slice held[256];
+};
+
+static _Atomic uint64_t herd_held; /* bytes the hoarder holds */
+static _Atomic bool herd_let_go;   /* the next connection's open makes the hoarder let go */
+static struct herd_conn *herd_hoarder;
+
+static void
+herd_open(struct keel_conn *c)
+{
+	keel_conn_set_user(c, calloc(1, sizeof(struct herd_conn)));
+	/* The hoarder cannot be told through its own socket: its receive waits for the
+	 * buffers it holds. An accept needs none. */
+	if (atomic_load(&herd_let_go) && herd_hoarder) {
+		for (unsigned i = 0; i < herd_hoarder->n; i++)
+			keel_slice_put(&herd_hoarder->held[i]);
+		herd_hoarder->n = 0;
+		herd_hoarder->hoard = false;
+		herd_hoarder = NULL;
+	}
+}
+
+static void
+herd_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	struct herd_conn *h = keel_conn_user(c);
+
+	for (unsigned i = 0; i < n; i++) {
+		if (h && !h->n && s[i].len && ((const char *)s[i].data)[0] == 'H') {
+			h->hoard = true;
+			herd_hoarder = h;
+		}
+		if (h && h->hoard && h->n < 256) {
+			atomic_fetch_add(&herd_held, s[i].len);
+			h->held[h->n++] = s[i];
+			continue;
+		}
+		if (keel_conn_send(c, &s[i]) < 0)
+			keel_slice_put(&s[i]);
+	}
+}
+
+static void
+herd_close(struct keel_conn *c, int status)
+{
+	struct herd_conn *h = keel_conn_user(c);
+
+	if (h) {
+		for (unsigned i = 0; i < h->n; i++)
+			keel_slice_put(&h->held[i]);
+		if (herd_hoarder == h)
+			herd_hoarder = NULL;
+		free(h);
+	}
+	(void)status;
+}
+
+static uint64_t
+herd_enobufs(struct srv *s)
+{
+	struct keel_net_stats st;
+
+	cr_assert_eq(srv_net_stats(s, 0, &st), 0);
+	return st.enobufs;
+}
+
+Test(net_conn, a_bulk_buffer_does_not_wake_connections_waiting_for_the_first_ring)
+{
+	static const struct keel_conn_ops ops = { .on_open = herd_open,
+						  .on_data = herd_data,
+						  .on_close = herd_close };
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct keel_net_stats st;
+	static uint8_t out[64 << 10], in[64 << 10], hoard[1000];
+	int sfd, hfd, rfd, w[HERD_WAITERS];
+	uint64_t e0, e1, e2, dl, sent = 0;
+	struct srv s;
+
+	atomic_store(&herd_held, 0);
+	atomic_store(&herd_let_go, false);
+	herd_hoarder = NULL;
+
+	keel_net_config_init(&nc);
+	nc.buf_count = 16;
+	nc.buf_size = 4096;
+	nc.bulk_buf_size = 65536;
+	nc.bulk_buf_count = 8;
+	cr_assert_eq(srv_start(&s, &o, &nc, &ops), 0);
+	memset(out, 's', sizeof(out));
+	/* The stream moves to the bulk ring. */
+	sfd = cli_connect(s.port);
+	cr_assert_geq(sfd, 0);
+	for (int i = 0; i < 1000; i++) {
+		cr_assert_eq(cli_write_all(sfd, out, sizeof(out)), 0);
+		cr_assert_eq(cli_read_all(sfd, in, sizeof(in)), 0);
+		cr_assert_eq(srv_net_stats(&s, 0, &st), 0);
+		if (st.bulk_moves)
+			break;
+	}
+	cr_assert_geq(st.bulk_moves, 1, "the stream never moved to the bulk ring");
+	/* The hoarder takes the whole first ring, 1,000 bytes at a time (each received before
+	 * the next is sent, so it stays on the first ring), until its receive runs dry. */
+	e0 = herd_enobufs(&s);
+	memset(hoard, 'H', sizeof(hoard));
+	hfd = cli_connect(s.port);
+	cr_assert_geq(hfd, 0);
+	while (herd_enobufs(&s) == e0) {
+		cr_assert_lt(sent, 256u * 1000, "256 KB held and the 64 KiB ring never ran dry");
+		cr_assert_eq(cli_write_all(hfd, hoard, sizeof(hoard)), 0);
+		sent += sizeof(hoard);
+		WAIT_FOR(atomic_load(&herd_held) == sent || herd_enobufs(&s) > e0,
+			 "the hoarder's %llu bytes held, or its receive out of buffers",
+			 (unsigned long long)sent);
+	}
+	/* The waiters: each receive runs dry once. */
+	e1 = herd_enobufs(&s);
+	for (int i = 0; i < HERD_WAITERS; i++) {
+		w[i] = cli_connect(s.port);
+		cr_assert_geq(w[i], 0);
+		cr_assert_eq(cli_write_all(w[i], "0123456789", 10), 0);
+	}
+	WAIT_FOR(herd_enobufs(&s) >= e1 + HERD_WAITERS, "the waiters' receives running dry");
+	/* 16 MiB through the bulk ring: its buffers come back hundreds of times. */
+	e1 = herd_enobufs(&s);
+	for (int i = 0; i < 256; i++) {
+		cr_assert_eq(cli_write_all(sfd, out, sizeof(out)), 0);
+		cr_assert_eq(cli_read_all(sfd, in, sizeof(in)), 0);
+	}
+	e2 = herd_enobufs(&s);
+	cr_log_info("ENOBUFS while streaming: %llu", (unsigned long long)(e2 - e1));
+	cr_assert_leq(e2 - e1, 64, "%llu receives ran dry while 16 MiB went through the bulk ring",
+		      (unsigned long long)(e2 - e1));
+	/* The hoarder lets go (at the next accept): every waiter gets its echo. */
+	atomic_store(&herd_let_go, true);
+	rfd = cli_connect(s.port);
+	cr_assert_geq(rfd, 0);
+	dl = test_deadline(TEST_WAIT_MS);
+	for (int i = 0; i < HERD_WAITERS; i++) {
+		char b[10];
+
+		cr_assert_eq(cli_read_all(w[i], b, 10), 0);
+		cr_assert_eq(memcmp(b, "0123456789", 10), 0);
+		close(w[i]);
+	}
+	cr_assert(!test_expired(dl));
+	close(rfd);
+	close(hfd);
+	close(sfd);
+	cr_assert_eq(srv_stop(&s), 0);
+}
+
 /* A slow reader: the client writes without reading until the echo server's send queue
  * passed the high watermark (256 KiB), then reads everything back. The receive ring (64 x
  * 16 KiB) is larger than the watermark, so the pause, not buffer exhaustion, stops reading.
