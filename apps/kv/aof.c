@@ -1443,17 +1443,35 @@ kv_aof_after_sync(void (*fn)(void *arg, int err), void *arg)
 	w = kv_test_fault("waiter-oom") ? NULL : malloc(sizeof(*w));
 	if (!w) /* the reply cannot wait: the caller answers with an error, never +OK */
 		return -ENOMEM;
-	w->next = NULL;
 	w->fn = fn;
 	w->arg = arg;
+	a->replies_held++;
+	/* Nothing gathered since the batch in flight: what this shard logged is in it, so its
+	 * sync will do (a read's reply, mostly: with a place among the pending waiters it took
+	 * a sync of its own after that one). The order of the replies is kept by their
+	 * connections, not by this list. */
+	if (!a->pend.len && (a->st == A_WRITING || a->st == A_SYNCING)) {
+		w->next = a->iw;
+		a->iw = w;
+		return 0;
+	}
+	w->next = NULL;
 	if (a->pwt)
 		a->pwt->next = w;
 	else
 		a->pw = w;
 	a->pwt = w;
-	a->replies_held++;
 	queue_flush(a);
 	return 0;
+}
+
+bool
+kv_aof_unsynced(void)
+{
+	struct aof *a = me();
+
+	return a->open && !a->stopping && kv_cfg.fsync == KV_FSYNC_ALWAYS &&
+	       (a->pend.len || a->st != A_IDLE || a->pw);
 }
 
 /* BGREWRITEAOF. */

@@ -716,11 +716,15 @@ exec_here(const struct kv_cmd *c, struct resp_arg *argv, unsigned argc, struct r
 	run(c, &ks->db, argv, argc, out);
 }
 
-/* --appendfsync always: does @c's reply wait for the disk? */
+/* --appendfsync always: does @c's reply wait for the disk? A write's always; a read's while
+ * this shard has records not yet on disk, as Redis syncs before it sends any reply: a read
+ * answered at once showed other clients a write that a crash could still lose (a client
+ * read a 300 MiB value 174 ms before the writer's +OK). */
 static bool
 must_hold(const struct kv_cmd *c)
 {
-	return c && (c->flags & KV_F_WRITE) && kv_cfg.aof && kv_cfg.fsync == KV_FSYNC_ALWAYS;
+	return c && kv_cfg.aof && kv_cfg.fsync == KV_FSYNC_ALWAYS &&
+	       ((c->flags & KV_F_WRITE) || kv_aof_unsynced());
 }
 
 /* An error reply: the command changed nothing, so nothing of it waits for the disk (a
@@ -817,10 +821,18 @@ exec_held(struct pend *p, unsigned part, const struct kv_cmd *c, struct resp_arg
 	m->part = part;
 	m->home = self();
 	exec_here(c, argv, argc, &m->rep, admitted);
-	if (rep_is_error(&m->rep))
+	if (rep_is_error(&m->rep)) {
 		home_recv(m);
-	else
-		hold(m);
+		return;
+	}
+	/* While it waits its bytes count toward the connection's limits, as a reply made
+	 * behind it does (pend_count; pend_part_done counts them again): GETs held behind a
+	 * SET's sync grew the server's peak by 88 MB for 4.5 MB of requests. */
+	if (p->kc) {
+		p->counted += m->rep.len;
+		p->kc->pend_bytes += m->rep.len;
+	}
+	hold(m);
 }
 
 static void local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv,
@@ -869,7 +881,7 @@ tx_run(struct kmsg *m)
 static bool
 tx_holds(const struct kmsg *m)
 {
-	return m->tx_write && kv_cfg.aof && kv_cfg.fsync == KV_FSYNC_ALWAYS;
+	return kv_cfg.aof && kv_cfg.fsync == KV_FSYNC_ALWAYS && (m->tx_write || kv_aof_unsynced());
 }
 
 /* On the owner: parse the request again and run it. Returns the command (NULL when

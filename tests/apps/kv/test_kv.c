@@ -2906,6 +2906,45 @@ Test(kv_server, full_mailbox_with_appendfsync_always)
 	rm_dir(dir);
 }
 
+/* --appendfsync always: a read made while its shard has records not yet on disk waits for
+ * them, as Redis sends no reply before its sync, so no client sees a write a crash could
+ * still lose. A GET pipelined behind a SET (one receive, so the SET's record is still
+ * gathered when the GET runs) is held with it; a GET once the disk has it is not; the
+ * same for a read-only transaction, on the owner of the key wherever the client is. */
+Test(kv_server, under_always_a_read_of_a_write_not_yet_on_disk_waits_for_it)
+{
+	static const char both[] = "SET {t}k v1\r\nGET {t}k\r\n";
+	static const char tx[] = "SET {t}k v2\r\nMULTI\r\nGET {t}k\r\nEXEC\r\n";
+	char dir[64];
+	long long held;
+	struct srv s;
+	struct rd r;
+
+	mk_dir(dir, sizeof(dir));
+	srv_start(&s, 2, "--appendonly", "yes", "--appendfsync", "always", "--dir", dir, NULL);
+	rd_init(&r, test_connect(s.port));
+	expect(&r, "SET {t}k v0", "+OK\r\n");
+	held = info_field(s.port, "aof_replies_held:");
+	test_send_all(r.fd, both, sizeof(both) - 1);
+	expect_reply(&r, "+OK\r\n");
+	expect_reply(&r, "$2\r\nv1\r\n");
+	cr_assert_eq(info_field(s.port, "aof_replies_held:"), held + 2,
+		     "the GET behind the SET did not wait for its record's sync");
+	expect(&r, "GET {t}k", "$2\r\nv1\r\n");
+	cr_assert_eq(info_field(s.port, "aof_replies_held:"), held + 2,
+		     "a GET with nothing waiting for the disk was held");
+	test_send_all(r.fd, tx, sizeof(tx) - 1);
+	expect_reply(&r, "+OK\r\n");
+	expect_reply(&r, "+OK\r\n");
+	expect_reply(&r, "+QUEUED\r\n");
+	expect_reply(&r, "*1\r\n$2\r\nv2\r\n");
+	cr_assert_eq(info_field(s.port, "aof_replies_held:"), held + 4,
+		     "a read-only EXEC behind a SET did not wait for its record's sync");
+	rd_free(&r);
+	srv_stop(&s);
+	rm_dir(dir);
+}
+
 /* MULTI ... EXEC (docs/kv.md "Transactions"): the commands are queued (+QUEUED), then run on
  * the one shard that owns their keys, in one go, EXEC's reply the array of theirs; the
  * errors and their replies are Redis 7's (checked side by side with redis-server 7.0.15 on
@@ -3012,7 +3051,7 @@ Test(kv_server, multi_exec_runs_the_queued_commands_on_their_shard)
 	expect(&r, "MULTI", "+OK\r\n");
 	expect(&r, "EXEC", "*0\r\n");
 	/* EXEC's reply of a transaction that writes waited for the disk: one reply held (a
-	 * transaction that only reads waits for nothing). */
+	 * transaction that only reads waits for nothing once the disk has what came before). */
 	{
 		long long held = info_field(s.port, "aof_replies_held:");
 
