@@ -1470,8 +1470,12 @@ kv_aof_unsynced(void)
 {
 	struct aof *a = me();
 
-	return a->open && !a->stopping && kv_cfg.fsync == KV_FSYNC_ALWAYS &&
-	       (a->pend.len || a->st != A_IDLE || a->pw);
+	/* Not after a failed write or sync: writes are refused (-MISCONF) until the file is
+	 * whole again, and the ones the failure caught were answered with the error, so a
+	 * read shows nothing acknowledged; it is answered, as Redis answers reads under
+	 * everysec then (under always Redis exits). */
+	return a->open && !a->stopping && kv_cfg.fsync == KV_FSYNC_ALWAYS && !a->err &&
+	       !a->sync_lost && (a->pend.len || a->st == A_WRITING || a->st == A_SYNCING || a->pw);
 }
 
 /* BGREWRITEAOF. */

@@ -261,8 +261,8 @@ void kv_resume_held(void);
  * its record not yet on disk), never +OK. */
 int kv_aof_after_sync(void (*fn)(void *arg, int err), void *arg);
 /* --appendfsync always: this shard has logged records not yet on disk (gathered, being
- * written or synced, or failed): a read's reply waits for them too (server.c, must_hold),
- * or it could show another client a write that a crash then loses. */
+ * written or synced) and no write or sync has failed: a read's reply waits for them too
+ * (server.c, must_hold), or it could show another client a write that a crash then loses. */
 bool kv_aof_unsynced(void);
 /* BGREWRITEAOF on this shard. */
 void kv_aof_cmd_bgrewrite(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out);
