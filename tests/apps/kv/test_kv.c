@@ -2906,6 +2906,52 @@ Test(kv_server, full_mailbox_with_appendfsync_always)
 	rm_dir(dir);
 }
 
+/* keyspace_hits and keyspace_misses count as Redis 7 counts them (each lookupKeyRead):
+ * these commands on redis-server 7.0.15 gave 12 hits and 7 misses; keel-kv counted only
+ * GET and its kin (4 hits and 1 miss for the same). Two shards: EXISTS, TOUCH and MGET
+ * are split, each key counted where it lives. Writes (INCR, APPEND, SETRANGE, DEL) count
+ * nothing. */
+Test(kv_server, keyspace_hits_and_misses_count_as_redis_does)
+{
+	static const char *const cmds[][2] = {
+		{ "SET k v", "+OK\r\n" },
+		{ "STRLEN k", ":1\r\n" },
+		{ "EXISTS k nokey k", ":2\r\n" },
+		{ "TTL k", ":-1\r\n" },
+		{ "PTTL nokey", ":-2\r\n" },
+		{ "EXPIRETIME k", ":-1\r\n" },
+		{ "GETRANGE k 0 1", "$1\r\nv\r\n" },
+		{ "INCR n", ":1\r\n" },
+		{ "STRLEN nokey", ":0\r\n" },
+		{ "TYPE k", "+string\r\n" },
+		{ "TYPE nokey", "+none\r\n" },
+		{ "TOUCH k nokey", ":1\r\n" },
+		{ "SET k w GET", "$1\r\nv\r\n" },
+		{ "SET z w GET", "$-1\r\n" },
+		{ "MGET k nokey z", "*3\r\n$1\r\nw\r\n$-1\r\n$1\r\nw\r\n" },
+		{ "APPEND k x", ":2\r\n" },
+		{ "GETSET k y", "$2\r\nwx\r\n" },
+		{ "SETRANGE k 0 a", ":1\r\n" },
+		{ "DEL z", ":1\r\n" },
+	};
+	long long h0, m0;
+	struct srv s;
+	struct rd r;
+
+	srv_start(&s, 2, NULL);
+	rd_init(&r, test_connect(s.port));
+	h0 = info_field(s.port, "keyspace_hits:");
+	m0 = info_field(s.port, "keyspace_misses:");
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
+		expect(&r, cmds[i][0], cmds[i][1]);
+	cr_assert_eq(info_field(s.port, "keyspace_hits:") - h0, 12, "keyspace_hits +%lld",
+		     info_field(s.port, "keyspace_hits:") - h0);
+	cr_assert_eq(info_field(s.port, "keyspace_misses:") - m0, 7, "keyspace_misses +%lld",
+		     info_field(s.port, "keyspace_misses:") - m0);
+	rd_free(&r);
+	srv_stop(&s);
+}
+
 /* --appendfsync always: a read made while its shard has records not yet on disk waits for
  * them, as Redis sends no reply before its sync, so no client sees a write a crash could
  * still lose. A GET pipelined behind a SET (one receive, so the SET's record is still
