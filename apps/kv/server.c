@@ -1685,7 +1685,15 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 					if (kv_glob(argv[i].p, argv[i].len,
 						    (const uint8_t *)names[k], strlen(names[k]),
 						    true)) {
-						rb_bulk(&body, names[k], strlen(names[k]));
+						/* A name without a pattern is answered as the
+						 * client wrote it, as Redis 7 does ("SAVE"). */
+						bool exact = !memchr(argv[i].p, '*', argv[i].len) &&
+							     !memchr(argv[i].p, '?', argv[i].len) &&
+							     !memchr(argv[i].p, '[', argv[i].len);
+						if (exact)
+							rb_bulk(&body, argv[i].p, argv[i].len);
+						else
+							rb_bulk(&body, names[k], strlen(names[k]));
 						rb_bulk(&body, vals[k], strlen(vals[k]));
 						cnt += 2;
 						break;

@@ -466,6 +466,11 @@ Test(kv_server, commands_reply_like_redis)
 	expect(&r, "SELECT 1", "-ERR DB index is out of range\r\n");
 	expect(&r, "CONFIG GET save", "*2\r\n$4\r\nsave\r\n$0\r\n\r\n");
 	expect(&r, "CONFIG GET appendonly", "*2\r\n$10\r\nappendonly\r\n$2\r\nno\r\n");
+	/* A name is answered as written, a pattern's matches by their own names (redis-server
+	 * 7.0.15 answers SAVE and Appendonly so). */
+	expect(&r, "CONFIG GET SAVE", "*2\r\n$4\r\nSAVE\r\n$0\r\n\r\n");
+	expect(&r, "CONFIG GET Appendonly", "*2\r\n$10\r\nAppendonly\r\n$2\r\nno\r\n");
+	expect(&r, "CONFIG GET Appendonl?", "*2\r\n$10\r\nappendonly\r\n$2\r\nno\r\n");
 	expect(&r, "CLIENT GETNAME", "$-1\r\n");
 	expect(&r, "CLIENT SETNAME me", "+OK\r\n");
 	expect(&r, "CLIENT GETNAME", "$2\r\nme\r\n");
