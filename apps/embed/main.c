@@ -26,6 +26,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* dladdr; pkg-config keel passes it too */
 #endif
+#include <ctype.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -76,11 +77,32 @@ struct host_cfg {
 	char map[PATH_MAX];
 };
 
-/* "key value" lines; '#' starts a comment. Returns 0 or -1 (message printed). */
+/* A number of the config: digits only, in 0..@max. */
+static bool
+cfg_uint(const char *s, unsigned max, unsigned *out)
+{
+	char *end;
+	unsigned long v;
+
+	if (*s < '0' || *s > '9')
+		return false;
+	errno = 0;
+	v = strtoul(s, &end, 10);
+	if (*end || errno || v > max)
+		return false;
+	*out = (unsigned)v;
+	return true;
+}
+
+/* "KEY VALUE" lines, the value the rest of the line (a path may hold spaces); '#' starts a
+ * comment. A value that does not fit, or a number with anything else in it, is refused
+ * naming its line: read otherwise, "dir /data/my files" used /data/my, "port 7070x" 7070
+ * and "port abc" any free port. Returns 0 or -1 (message printed). */
 static int
 cfg_load(const char *path, struct host_cfg *c)
 {
 	char line[PATH_MAX + 64];
+	const char *why = NULL;
 	unsigned ln = 0;
 	FILE *f = fopen(path, "r");
 
@@ -93,44 +115,70 @@ cfg_load(const char *path, struct host_cfg *c)
 		return -1;
 	}
 	while (fgets(line, sizeof(line), f)) {
-		char key[32], val[PATH_MAX];
+		char *key = line, *val, *end;
 		char *hash = strchr(line, '#');
+		size_t klen;
 
 		ln++;
+		if (!strchr(line, '\n') && !feof(f)) {
+			why = "line too long";
+			goto bad;
+		}
 		if (hash)
 			*hash = '\0';
-		if (sscanf(line, " %31s %4095s", key, val) != 2) {
-			if (sscanf(line, " %31s", key) == 1)
-				goto bad;
+		end = line + strlen(line);
+		while (end > line && isspace((unsigned char)end[-1]))
+			*--end = '\0';
+		while (isspace((unsigned char)*key))
+			key++;
+		if (!*key)
 			continue;
-		}
-		if (!strcmp(key, "addr"))
-			snprintf(c->addr, sizeof(c->addr), "%.63s", val);
-		else if (!strcmp(key, "port"))
-			c->port = (unsigned)strtoul(val, NULL, 10);
-		else if (!strcmp(key, "dir"))
-			snprintf(c->dir, sizeof(c->dir), "%s", val);
-		else if (!strcmp(key, "workers"))
-			c->workers = (unsigned)strtoul(val, NULL, 10);
-		else if (!strcmp(key, "map"))
-			snprintf(c->map, sizeof(c->map), "%s", val);
-		else
+		klen = strcspn(key, " \t");
+		val = key + klen;
+		while (isspace((unsigned char)*val))
+			*val++ = '\0';
+		key[klen] = '\0';
+		if (!*val) {
+			why = "no value";
 			goto bad;
+		}
+		if (!strcmp(key, "addr")) {
+			if (strlen(val) >= sizeof(c->addr)) {
+				why = "the address is longer than 63 bytes";
+				goto bad;
+			}
+			snprintf(c->addr, sizeof(c->addr), "%s", val);
+		} else if (!strcmp(key, "port")) {
+			if (!cfg_uint(val, 65535, &c->port)) {
+				why = "'port' takes a number in 0..65535";
+				goto bad;
+			}
+		} else if (!strcmp(key, "dir")) {
+			snprintf(c->dir, sizeof(c->dir), "%s", val);
+		} else if (!strcmp(key, "workers")) {
+			if (!cfg_uint(val, 64, &c->workers) || !c->workers) {
+				why = "'workers' takes a number in 1..64";
+				goto bad;
+			}
+		} else if (!strcmp(key, "map")) {
+			snprintf(c->map, sizeof(c->map), "%s", val);
+		} else {
+			why = "unknown key";
+			goto bad;
+		}
 	}
 	fclose(f);
-	if (!c->dir[0] || c->port > 65535 || c->workers == 0 || c->workers > 64) {
-		fprintf(stderr,
-			"keel-embed: %s: needs 'dir PATH', and 'port' 0-65535, 'workers' 1-64\n",
-			path);
+	if (!c->dir[0]) {
+		fprintf(stderr, "keel-embed: %s: needs 'dir PATH'\n", path);
 		return -1;
 	}
 	return 0;
 bad:
 	fclose(f);
 	fprintf(stderr,
-		"keel-embed: %s:%u: expected 'KEY VALUE' with KEY one of addr, port, dir, "
+		"keel-embed: %s:%u: %s: expected 'KEY VALUE' with KEY one of addr, port, dir, "
 		"workers, map\n",
-		path, ln);
+		path, ln, why);
 	return -1;
 }
 

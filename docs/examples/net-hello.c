@@ -7,6 +7,7 @@
  *   ./net-hello --shards 2 localhost 7000      (or: ./net-hello unix:/tmp/hello.sock 0)
  */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <keel/keel.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,16 +71,25 @@ main(int argc, char **argv)
 	struct keel_opts opts;
 	int r;
 
+	char *end;
+	unsigned long port;
+
 	keel_opts_init(&opts);
 	keel_opts_parse_or_exit(&opts, &argc, argv, "usage: net-hello [options] HOST PORT\n");
 	if (argc != 3) {
 		fprintf(stderr, "usage: net-hello [options] HOST PORT\n");
 		return 2;
 	}
+	errno = 0;
+	port = strtoul(argv[2], &end, 10);
+	if (argv[2][0] < '0' || argv[2][0] > '9' || *end || errno || port > 65535) {
+		fprintf(stderr, "net-hello: PORT '%s' is not a number in 0..65535\n", argv[2]);
+		return 2;
+	}
 	if (keel_runtime_create(&opts, &rt) < 0)
 		return 1;
 	lo.addr = argv[1]; /* a name is resolved here, before any shard runs */
-	lo.port = (uint16_t)atoi(argv[2]);
+	lo.port = (uint16_t)port;
 	lo.rt = rt;
 	r = keel_listener_create(&lo, keel_runtime_shard_count(rt), &ops, NULL, &l);
 	if (r == 0) {

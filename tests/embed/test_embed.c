@@ -1134,6 +1134,72 @@ Test(embed, bad_config, .timeout = 60)
 	host_fini(&h);
 }
 
+/* Values the config used to read as something else are refused, naming the line and why:
+ * a number with junk after it (7070x was 7070), one that wrapped (4294967297 was port 1),
+ * a word (abc was port 0: any free port), an address cut at 63 bytes. */
+Test(embed, a_malformed_config_value_is_refused_naming_why, .timeout = 60)
+{
+	static const char *const bad[][2] = {
+		{ "port 7070x\n", "'port' takes a number in 0..65535" },
+		{ "port 4294967297\n", "'port' takes a number in 0..65535" },
+		{ "port abc\n", "'port' takes a number in 0..65535" },
+		{ "port -1\n", "'port' takes a number in 0..65535" },
+		{ "workers 2x\n", "'workers' takes a number in 1..64" },
+		{ "workers 0\n", "'workers' takes a number in 1..64" },
+		{ "addr 1234567890123456789012345678901234567890123456789012345678901234\n",
+		  "the address is longer than 63 bytes" },
+		{ "port\n", "no value" },
+	};
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct host h;
+		char cmd[512], want[128];
+		int st;
+
+		host_init(&h, bad[i][0]);
+		/* A config read as something else starts the host: killed, not waited for. */
+		snprintf(cmd, sizeof(cmd),
+			 "timeout -s KILL 20 %s --config %s/host.conf --shards 1 2>%s", embed_bin(),
+			 h.dir, h.log);
+		st = system(cmd);
+		cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "%s: status %#x", bad[i][0], st);
+		free(h.log_text);
+		h.log_text = slurp(h.log);
+		/* host_init's lines: a comment, dir, addr, port, workers, then the case's. */
+		snprintf(want, sizeof(want), "host.conf:6: %s", bad[i][1]);
+		cr_assert_not_null(strstr(h.log_text, want), "%s: %s", bad[i][0], h.log_text);
+		host_fini(&h);
+	}
+}
+
+/* A value is the rest of its line: a directory with a space in its name is used whole (it
+ * was cut at the space, and the data went to another directory). */
+Test(embed, a_config_path_may_hold_spaces, .timeout = 60)
+{
+	struct host h;
+	char extra[256], path[256];
+
+	host_init(&h, "");
+	snprintf(path, sizeof(path), "%s/my data", h.dir);
+	cr_assert_eq(mkdir(path, 0755), 0);
+	snprintf(extra, sizeof(extra), "dir %s/my data   \n", h.dir);
+	snprintf(path, sizeof(path), "%s/host.conf", h.dir);
+	{
+		FILE *f = fopen(path, "a");
+
+		cr_assert_not_null(f);
+		fputs(extra, f);
+		fclose(f);
+	}
+	host_start_n(&h, "1");
+	host_stop(&h);
+	snprintf(path, sizeof(path), "%s/my data/marker", h.dir);
+	cr_assert_eq(access(path, F_OK), 0, "%s: %s", path, strerror(errno));
+	snprintf(path, sizeof(path), "%s/my", h.dir);
+	cr_assert_neq(access(path, F_OK), 0, "the data went to %s", path);
+	host_fini(&h);
+}
+
 /* The shards' CPUs come from a core/queue map (keel-topo --plan) named in the host's config. */
 Test(embed, map_from_config, .timeout = 120)
 {
