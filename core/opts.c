@@ -53,7 +53,10 @@ keel_opts_init(struct keel_opts *o)
 	o->stall_ms = 25;
 	o->mailbox_entries = 1024;
 	o->mailbox_overflow = KEEL_MAILBOX_OVERFLOW_DEFAULT;
-	o->log_level = KEEL_LOG_INFO;
+	/* The process's level now (KEEL_LOG_INFO unless the host set another): create applies
+	 * it, so a host's keel_log_set_level() before is kept, and a second runtime leaves
+	 * the first one's level alone, unless --log-level says otherwise. */
+	o->log_level = keel_log_get_level();
 	o->signals = true;
 	o->memory = 256ULL << 20;
 	o->file_qd = KEEL_FILE_QD_DEFAULT;

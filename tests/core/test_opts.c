@@ -71,6 +71,35 @@ struct bad_case {
 	const char *arg, *val, *must_name;
 };
 
+/* A host's own log level survives keel_runtime_create: keel_opts_init starts from the
+ * process's level (it was KEEL_LOG_INFO, which create applied over the host's choice); an
+ * explicit --log-level still wins. */
+Test(core_opts, a_hosts_log_level_survives_create_unless_the_options_say_otherwise)
+{
+	struct keel_opts o;
+	struct keel_runtime *rt;
+	char err[256] = "";
+	char *argv[] = { "prog", "--log-level", "debug", NULL };
+	int argc = 3;
+
+	keel_log_set_level(KEEL_LOG_ERROR);
+	keel_opts_init(&o);
+	o.shards = 1;
+	o.signals = false;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	keel_runtime_destroy(rt);
+	cr_assert_eq(keel_log_get_level(), KEEL_LOG_ERROR, "the level is now %d",
+		     (int)keel_log_get_level());
+	keel_opts_init(&o);
+	o.shards = 1;
+	o.signals = false;
+	cr_assert_eq(keel_opts_parse(&o, &argc, argv, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	keel_runtime_destroy(rt);
+	cr_assert_eq(keel_log_get_level(), KEEL_LOG_DEBUG);
+	keel_log_set_level(KEEL_LOG_INFO);
+}
+
 Test(core_opts, malformed_values_are_rejected_naming_the_option)
 {
 	static const struct bad_case cases[] = {

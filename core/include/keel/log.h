@@ -30,7 +30,12 @@ typedef void (*keel_log_fn)(enum keel_log_level level, const char *module, int s
  */
 KEEL_API void keel_log_set_sink(keel_log_fn fn, void *arg);
 
-/** Set the most verbose level that is logged (default KEEL_LOG_INFO). Context: any thread. */
+/**
+ * Set the most verbose level that is logged (default KEEL_LOG_INFO), for the whole process.
+ * keel_runtime_create() applies its opts.log_level, which keel_opts_init() takes from here:
+ * a level set before keel_opts_init() stays unless --log-level (or KEEL_LOG_LEVEL) is given.
+ * Context: any thread.
+ */
 KEEL_API void keel_log_set_level(enum keel_log_level level);
 
 /** The current log level. Context: any thread. */

@@ -104,7 +104,8 @@ struct keel_opts {
 	unsigned mailbox_overflow; /* --mailbox-overflow: messages to one destination that may
 				    * wait on the sender beyond its full queue; then keel_send
 				    * returns -EAGAIN (0: none; KEEL_MAILBOX_OVERFLOW_DEFAULT) */
-	enum keel_log_level log_level; /* --log-level */
+	enum keel_log_level log_level; /* --log-level; keel_opts_init: the process's level now
+					* (keel_log_get_level), which create applies */
 	bool stats;                    /* --stats: print per-shard stats at exit */
 	bool signals;                  /* SIGINT/SIGTERM stop the runtime (keel_run default) */
 	enum keel_policy features[KEEL_FEAT__COUNT]; /* --feature NAME=off|on|auto */
