@@ -146,7 +146,10 @@ keel_buf_alloc_at(struct keel_alloc *a, size_t len, struct keel_slice *out, cons
 		p = keel__slab_alloc(a, len, &cls, &cap);
 		b->kind = BUF_SLAB;
 	} else {
-		p = a->je->mallocx_fn(len, a->reg_flags);
+		/* Page-aligned from 4 KiB, as the slab's are (O_DIRECT, docs/file.md):
+		 * jemalloc starts a large allocation at a random cache line of its first
+		 * page, and its 5 and 6 KiB classes are slab classes. */
+		p = a->je->mallocx_fn(len, a->reg_flags | (len >= 4096 ? MALLOCX_ALIGN(4096) : 0));
 		/* The size class jemalloc used: what the buffer really holds and accounts. */
 		cap = p ? (uint32_t)a->je->sallocx_fn(p, a->reg_flags) : 0;
 		b->kind = BUF_JEMALLOC;

@@ -304,6 +304,39 @@ Test(alloc_buf, buffers_never_straddle_regions_jemalloc)
 	buffers_never_straddle_regions(KEEL_ALLOC_BACKEND_JEMALLOC);
 }
 
+/* Buffers of 4 KiB and more start on a page boundary with either backend (docs/file.md:
+ * O_DIRECT needs it). The jemalloc backend's were at offsets such as 1024, 2688 and 3840
+ * of their page (a large allocation starts at a random cache line). */
+static void
+page_aligned_from_4k(enum keel_alloc_backend be)
+{
+	static const uint32_t sizes[] = { 4096, 5000, 6144, 16384, 65536, 1u << 20 };
+	struct keel_alloc *a = make(be, 16 * MiB, 4 * MiB);
+
+	for (unsigned i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		struct keel_slice s[3];
+
+		for (unsigned k = 0; k < 3; k++) {
+			cr_assert_eq(keel_buf_alloc(a, sizes[i], &s[k]), 0);
+			cr_assert_eq((uintptr_t)s[k].data % 4096, 0, "%u bytes at %p", sizes[i],
+				     s[k].data);
+		}
+		for (unsigned k = 0; k < 3; k++)
+			keel_slice_put(&s[k]);
+	}
+	keel_alloc_destroy(a);
+}
+
+Test(alloc_buf, buffers_from_4k_are_page_aligned_slab)
+{
+	page_aligned_from_4k(KEEL_ALLOC_BACKEND_SLAB);
+}
+
+Test(alloc_buf, buffers_from_4k_are_page_aligned_jemalloc)
+{
+	page_aligned_from_4k(KEEL_ALLOC_BACKEND_JEMALLOC);
+}
+
 Test(alloc_buf, general_arena_is_not_registered_memory)
 {
 	struct keel_alloc *a = make(KEEL_ALLOC_BACKEND_JEMALLOC, 8 * MiB, 4 * MiB);
