@@ -6,6 +6,7 @@
 #include <keel/alloc.h>
 #include <keel/buf.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -51,6 +52,23 @@ logcap_has(struct logcap *c, const char *needle)
 	r = strstr(c->text, needle) != NULL;
 	pthread_mutex_unlock(&c->lock);
 	return r;
+}
+
+/* The first captured line that holds @needle, into @out (empty when there is none). */
+static inline void
+logcap_line(struct logcap *c, const char *needle, char *out, size_t n)
+{
+	const char *p, *e;
+
+	pthread_mutex_lock(&c->lock);
+	out[0] = 0;
+	if ((p = strstr(c->text, needle))) {
+		while (p > c->text && p[-1] != '\n')
+			p--;
+		e = strchr(p, '\n');
+		snprintf(out, n, "%.*s", (int)(e ? e - p : (ptrdiff_t)strlen(p)), p);
+	}
+	pthread_mutex_unlock(&c->lock);
 }
 
 static inline int
