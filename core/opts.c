@@ -74,7 +74,8 @@ parse_uint(const char *name, const char *s, unsigned lo, unsigned hi, unsigned *
 
 	errno = 0;
 	v = strtoul(s, &end, 10);
-	if (!*s || *end || errno || s[0] == '-' || v < lo || v > hi)
+	/* strtoul takes leading spaces and a sign: a number here starts with a digit. */
+	if (*s < '0' || *s > '9' || *end || errno || v < lo || v > hi)
 		return keel__errf(err, errlen, -EINVAL, "%s: '%s' is not a number in %u..%u", name,
 				  s, lo, hi);
 	*out = (unsigned)v;
@@ -169,7 +170,7 @@ parse_size_from(const char *name, const char *s, uint64_t min, const char *mins,
 		end++;
 	if (shift && (*end == 'B' || *end == 'b'))
 		end++; /* 512MB, as the network options take it */
-	if (!*s || s[0] == '-' || *end || errno || end == s || v > (1ULL << 40) >> shift ||
+	if (*s < '0' || *s > '9' || *end || errno || end == s || v > (1ULL << 40) >> shift ||
 	    (v << shift) < min)
 		return keel__errf(err, errlen, -EINVAL,
 				  "%s: '%s' is not a size from %s to 1024G (e.g. 512M, 2G)", name,

@@ -209,7 +209,7 @@ main(int argc, char **argv)
 			if (!v)
 				die("missing value for ", "--port");
 			a.port = strtol(v, &end, 10);
-			if (*end || a.port < 0 || a.port > 65535)
+			if (*v < '0' || *v > '9' || *end || a.port < 0 || a.port > 65535)
 				die("--port expects 0..65535, got ", v);
 			i++;
 		} else if (!strcmp(argv[i], "--addr")) {
@@ -223,7 +223,7 @@ main(int argc, char **argv)
 			i++;
 		} else if (!strcmp(argv[i], "--max-conns")) {
 			long m = v ? strtol(v, &end, 10) : -1;
-			if (!v || *end || m < 0 || m > (1L << 24))
+			if (!v || *v < '0' || *v > '9' || *end || m < 0 || m > (1L << 24))
 				die("--max-conns expects a count from 0 (no limit) to 16777216, got ",
 				    v ? v : "nothing");
 			lo.max_conns = (uint32_t)m;

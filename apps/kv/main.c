@@ -62,7 +62,7 @@ parse_bytes(const char *s, uint64_t *out)
 
 	errno = 0;
 	v = strtoull(s, &end, 10);
-	if (errno || end == s || *s == '-')
+	if (errno || *s < '0' || *s > '9') /* strtoull takes spaces and a sign */
 		return -EINVAL;
 	if (!strcasecmp(end, "k") || !strcasecmp(end, "kb"))
 		mul = 1024;
@@ -188,7 +188,7 @@ main(int argc, char **argv)
 			die("missing value for ", argv[i]);
 		if (!strcmp(argv[i], "--port")) {
 			port = strtol(v, &end, 10);
-			if (*end || port < 0 || port > 65535)
+			if (*v < '0' || *v > '9' || *end || port < 0 || port > 65535)
 				die("--port expects 0..65535, got ", v);
 		} else if (!strcmp(argv[i], "--addr")) {
 			addr = v;
@@ -197,7 +197,7 @@ main(int argc, char **argv)
 				die("--maxmemory expects bytes (100mb, 1gb, ...), got ", v);
 		} else if (!strcmp(argv[i], "--timeout")) {
 			long t = strtol(v, &end, 10);
-			if (*end || t < 0 || t > 100000000)
+			if (*v < '0' || *v > '9' || *end || t < 0 || t > 100000000)
 				die("--timeout expects seconds (0: never), got ", v);
 			kv_cfg.timeout_s = (unsigned)t;
 		} else if (!strcmp(argv[i], "--proto-max-bulk-len")) {

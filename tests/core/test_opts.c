@@ -106,6 +106,10 @@ Test(core_opts, malformed_values_are_rejected_naming_the_option)
 		{ "--shards", "0", "--shards" },
 		{ "--shards", "abc", "--shards" },
 		{ "--shards", "-1", "--shards" },
+		{ "--shards", " 3", "--shards" }, /* strtoul's spaces and sign: once taken */
+		{ "--shards", "+3", "--shards" },
+		{ "--memory", " 4M", "--memory" },
+		{ "--memory", "+4M", "--memory" },
 		{ "--cpuset", "3-1", "--cpuset" },
 		{ "--cpuset", "0,,x", "--cpuset" },
 		{ "--idle-poll-us", "1e3", "--idle-poll-us" },

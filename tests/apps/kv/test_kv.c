@@ -2770,6 +2770,30 @@ Test(kv_server, aof_half_made_files_are_removed_at_start)
 	rm_dir(dir);
 }
 
+/* A number option with anything but digits is refused at start, naming the option: an
+ * empty --port was port 0 (any free port), and " 7", "+7" passed too, as did "+4mb" for a
+ * size (a server that started anyway is killed at the deadline, failing the test). */
+Test(kv_server, a_number_option_that_is_not_digits_is_refused)
+{
+	static const char *const bad[][2] = {
+		{ "--port", "" },          { "--port", " 7000" },     { "--port", "+7000" },
+		{ "--port", "7000x" },     { "--timeout", " 5" },     { "--timeout", "+5" },
+		{ "--maxmemory", " 4mb" }, { "--maxmemory", "+4mb" }, { "--maxmemory", "" },
+	};
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		const char *const argv[] = { kv_bin(),  "--addr",  "127.0.0.1",
+					     bad[i][0], bad[i][1], NULL };
+		char err[512];
+		int st = proc_run_to_exit(argv, NULL, NULL, err, sizeof(err));
+
+		cr_assert_neq(st, -1, "keel-kv started with %s '%s'", bad[i][0], bad[i][1]);
+		cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "%s '%s': status %d", bad[i][0],
+			  bad[i][1], st);
+		cr_assert(strstr(err, bad[i][0]), "%s '%s': %s", bad[i][0], bad[i][1], err);
+	}
+}
+
 /* A bad KEEL_KV_AOF_WRITE_CHUNK is refused at start, naming the range (and a server that
  * started anyway is killed at the deadline, failing the test instead of hanging it). */
 Test(kv_server, aof_write_chunk_out_of_range_is_refused)
