@@ -335,16 +335,63 @@ err:
 	return r;
 }
 
-/* The steering program into @f (2 * keys + 6 instructions at most); its length. ld CPU or
- * QUEUE; one jeq/ret pair per key; default: key % n. SKF_AD_QUEUE reads skb->queue_mapping,
- * which a driver sets to the rx queue + 1 (skb_record_rx_queue; 0: none recorded, as on lo,
- * whose one queue is 0): queue q is key q + 1, and 0 is taken as queue 0. */
+/* CPU steering: the jeq/ret of each CPU, in the order of its first shard; the shards that
+ * share a CPU (more shards than CPUs, an oversubscribed map) share its connections by the
+ * flow's hash (SKF_AD_RXHASH, % their count), where the first of them took every one and
+ * the others none. Returns the instructions written, or 0 when a CPU has more shards than
+ * a jump can pass over (KEEL__STEER_CPU_GROUP_MAX). */
+static unsigned
+steer_cpu_keys(unsigned n, const int *cpus, struct sock_filter *f, unsigned k)
+{
+	for (unsigned i = 0; i < n; i++) {
+		unsigned same[KEEL__STEER_CPU_GROUP_MAX], g = 0;
+		bool seen = false;
+
+		for (unsigned j = 0; j < i && !seen; j++)
+			seen = cpus[j] == cpus[i];
+		if (seen)
+			continue;
+		for (unsigned j = i; j < n; j++) {
+			if (cpus[j] != cpus[i])
+				continue;
+			if (g == KEEL__STEER_CPU_GROUP_MAX)
+				return 0;
+			same[g++] = j;
+		}
+		if (g == 1) {
+			f[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K,
+							      (unsigned)cpus[i], 0, 1);
+			f[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, i);
+			continue;
+		}
+		/* Past the group's block when the CPU is another: ld, mod, a jeq/ret pair for
+		 * each of its shards but the last, whose ret ends the block. */
+		f[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)cpus[i],
+						      0, (uint8_t)(2 * g + 1));
+		f[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+						      (uint32_t)(SKF_AD_OFF + SKF_AD_RXHASH));
+		f[k++] = (struct sock_filter)BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, g);
+		for (unsigned t = 0; t + 1 < g; t++) {
+			f[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, t, 0, 1);
+			f[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, same[t]);
+		}
+		f[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, same[g - 1]);
+	}
+	return k;
+}
+
+/* The steering program into @f (KEEL__STEER_PROG_MAX(keys) instructions at most); its
+ * length, 0 when it cannot be made (steer_cpu_keys). ld CPU or QUEUE; one jeq/ret pair
+ * per key (a block per CPU that shards share); default: key % n. SKF_AD_QUEUE reads
+ * skb->queue_mapping, which a driver sets to the rx queue + 1 (skb_record_rx_queue; 0:
+ * none recorded, as on lo, whose one queue is 0): queue q is key q + 1, and 0 is taken as
+ * queue 0. */
 unsigned
 keel__steer_prog(enum keel_steer steer, unsigned n, const int *cpus, const unsigned *queue_shard,
 		 unsigned nqueues, struct sock_filter *f)
 {
 	bool cpu = steer == KEEL_STEER_CPU;
-	unsigned nkeys = cpu ? n : (nqueues ? nqueues : n);
+	unsigned nkeys = cpu ? 0 : (nqueues ? nqueues : n);
 	unsigned k = 0;
 
 	f[k++] = (struct sock_filter)BPF_STMT(
@@ -353,11 +400,12 @@ keel__steer_prog(enum keel_steer steer, unsigned n, const int *cpus, const unsig
 	if (!cpu) {
 		f[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 1);
 		f[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_IMM, 1);
+	} else if (!(k = steer_cpu_keys(n, cpus, f, k))) {
+		return 0;
 	}
 	for (unsigned i = 0; i < nkeys; i++) {
-		unsigned key = cpu ? (unsigned)cpus[i] : i + 1;
-		unsigned shard = cpu ? i : queue_shard ? queue_shard[i] % n : i % n;
-		f[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, key, 0, 1);
+		unsigned shard = queue_shard ? queue_shard[i] % n : i % n;
+		f[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, i + 1, 0, 1);
 		f[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, shard);
 	}
 	if (!cpu)
@@ -378,10 +426,18 @@ steer_attach(struct keel_listener *l)
 
 	if (l->steer == KEEL_STEER_HASH)
 		return 0;
-	f = calloc(2 * nkeys + 6, sizeof(*f));
+	f = calloc(KEEL__STEER_PROG_MAX(nkeys), sizeof(*f));
 	if (!f)
 		return -ENOMEM;
 	k = keel__steer_prog(l->steer, l->n, l->cpus, l->queue_shard, l->nqueues, f);
+	if (!k) {
+		free(f);
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "CPU steering: a CPU has more than %d of the listener's shards; give "
+			 "the shards more CPUs, or use --steer hash",
+			 KEEL__STEER_CPU_GROUP_MAX);
+		return -EINVAL;
+	}
 	memset(&prog, 0, sizeof(prog)); /* its padding goes to the kernel too */
 	prog.len = (unsigned short)k;
 	prog.filter = f;

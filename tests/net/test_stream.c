@@ -390,9 +390,10 @@ qsteer_start(void *arg)
 }
 
 /* The instructions of keel's steering programs, run as the kernel's classic BPF would,
- * with @a the value SKF_AD_CPU or SKF_AD_QUEUE loads; the index returned. */
+ * with @a the value SKF_AD_CPU or SKF_AD_QUEUE loads and @hash the one SKF_AD_RXHASH
+ * loads; the index returned. */
 static uint32_t
-cbpf_run(const struct sock_filter *f, unsigned n, uint32_t a)
+cbpf_run_h(const struct sock_filter *f, unsigned n, uint32_t a, uint32_t hash)
 {
 	uint32_t A = 0;
 
@@ -402,8 +403,9 @@ cbpf_run(const struct sock_filter *f, unsigned n, uint32_t a)
 		switch (i->code) {
 		case BPF_LD | BPF_W | BPF_ABS:
 			cr_assert(i->k == (uint32_t)(SKF_AD_OFF + SKF_AD_QUEUE) ||
-				  i->k == (uint32_t)(SKF_AD_OFF + SKF_AD_CPU));
-			A = a;
+				  i->k == (uint32_t)(SKF_AD_OFF + SKF_AD_CPU) ||
+				  i->k == (uint32_t)(SKF_AD_OFF + SKF_AD_RXHASH));
+			A = i->k == (uint32_t)(SKF_AD_OFF + SKF_AD_RXHASH) ? hash : a;
 			break;
 		case BPF_LD | BPF_IMM:
 			A = i->k;
@@ -429,6 +431,12 @@ cbpf_run(const struct sock_filter *f, unsigned n, uint32_t a)
 	return 0;
 }
 
+static uint32_t
+cbpf_run(const struct sock_filter *f, unsigned n, uint32_t a)
+{
+	return cbpf_run_h(f, n, a, 0);
+}
+
 /* SKF_AD_QUEUE loads skb->queue_mapping, which a driver sets to the rx queue + 1
  * (skb_record_rx_queue; 0 where none is recorded, as on lo). The program took the raw value
  * for the queue, so on a NIC every queue's connections went to the next queue's shard (lo,
@@ -438,7 +446,7 @@ Test(net_stream, steering_programs_read_the_rx_queue_as_the_kernel_records_it)
 {
 	static const unsigned qmap[4] = { 2, 0, 1, 2 };
 	static const int cpus[3] = { 4, 9, 6 };
-	struct sock_filter f[2 * 4 + 6];
+	struct sock_filter f[KEEL__STEER_PROG_MAX(4)];
 	unsigned n = keel__steer_prog(KEEL_STEER_QUEUE, 3, NULL, qmap, 4, f);
 
 	cr_assert_leq(n, sizeof(f) / sizeof(f[0]));
@@ -453,6 +461,86 @@ Test(net_stream, steering_programs_read_the_rx_queue_as_the_kernel_records_it)
 	for (uint32_t i = 0; i < 3; i++)
 		cr_assert_eq(cbpf_run(f, n, (uint32_t)cpus[i]), i, "cpu %d", cpus[i]);
 	cr_assert_eq(cbpf_run(f, n, 7), 7 % 3, "a cpu of no shard");
+}
+
+/* Shards that share a CPU share its connections by the flow's hash: with shards 0, 2 and 3
+ * on CPU 4 and shard 1 on CPU 9, CPU 4's flows go to 0, 2 or 3 by hash % 3 (shard 0 took
+ * them all, and shards 2 and 3 accepted nothing, with no counter saying so). A CPU with
+ * more shards than a jump can pass over is refused (0). */
+Test(net_stream, shards_that_share_a_cpu_share_its_connections)
+{
+	static const int cpus[4] = { 4, 9, 4, 4 };
+	static const uint32_t group[3] = { 0, 2, 3 };
+	static int many[KEEL__STEER_CPU_GROUP_MAX + 1];
+	static struct sock_filter big[KEEL__STEER_PROG_MAX(KEEL__STEER_CPU_GROUP_MAX + 1)];
+	struct sock_filter f[KEEL__STEER_PROG_MAX(4)];
+	unsigned n = keel__steer_prog(KEEL_STEER_CPU, 4, cpus, NULL, 0, f);
+	bool got[4] = { false };
+
+	cr_assert_gt(n, 0);
+	cr_assert_leq(n, sizeof(f) / sizeof(f[0]));
+	for (uint32_t h = 0; h < 30; h++) {
+		uint32_t sh = cbpf_run_h(f, n, 4, h);
+
+		cr_assert(sh == 0 || sh == 2 || sh == 3, "hash %u on cpu 4: shard %u", h, sh);
+		cr_assert_eq(sh, group[h % 3], "hash %u", h);
+		got[sh] = true;
+		cr_assert_eq(cbpf_run_h(f, n, 9, h), 1, "cpu 9, hash %u", h);
+	}
+	cr_assert(got[0] && got[2] && got[3]);
+	cr_assert_eq(cbpf_run_h(f, n, 7, 5), 7 % 4, "a cpu of no shard");
+	/* The most a CPU may have, and one more. */
+	n = keel__steer_prog(KEEL_STEER_CPU, KEEL__STEER_CPU_GROUP_MAX, many, NULL, 0, big);
+	cr_assert_gt(n, 0);
+	cr_assert_leq(n, KEEL__STEER_PROG_MAX(KEEL__STEER_CPU_GROUP_MAX));
+	cr_assert_eq(cbpf_run_h(big, n, 0, 200), 200 % KEEL__STEER_CPU_GROUP_MAX);
+	cr_assert_eq(
+		keel__steer_prog(KEEL_STEER_CPU, KEEL__STEER_CPU_GROUP_MAX + 1, many, NULL, 0, big),
+		0);
+}
+
+/* The same on the kernel's program: three shards on one CPU (--cpuset 0), clients pinned
+ * to it; each shard accepts some of the 30 connections (the flow hash of loopback SYNs is
+ * the socket's random txhash: the chance that one shard gets none is 3 * (2/3)^30, below
+ * 1e-5). */
+Test(net_stream, shards_on_one_cpu_all_accept)
+{
+	struct keel_opts o = net_test_opts(3);
+	char err[128];
+	cpu_set_t set, old;
+	struct srv s;
+
+	if (lo_rps_mask())
+		cr_skip_test("RPS is on for lo: SYNs are processed on other CPUs");
+	cr_assert_eq(keel_cpulist_parse("0", &o.cpuset, err, sizeof(err)), 0, "%s", err);
+	o.cpuset_given = true;
+	cr_assert_eq(srv_start(&s, &o, NULL, NULL), 0);
+	for (unsigned sh = 0; sh < 3; sh++)
+		cr_assert_eq(keel_runtime_shard_cpu(s.rt, sh), 0, "shard %u", sh);
+	sched_getaffinity(0, sizeof(old), &old);
+	CPU_ZERO(&set);
+	CPU_SET(0, &set);
+	cr_assert_eq(sched_setaffinity(0, sizeof(set), &set), 0);
+	for (int j = 0; j < 30; j++) {
+		char b[8] = "ping";
+		int fd = cli_connect(s.port);
+		cr_assert_geq(fd, 0);
+		cr_assert_eq(cli_write_all(fd, b, 4), 0);
+		cr_assert_eq(cli_read_all(fd, b, 4), 0);
+		close(fd);
+	}
+	sched_setaffinity(0, sizeof(old), &old);
+	keel_runtime_stop(s.rt, 0);
+	cr_assert_eq(keel_runtime_join(s.rt), 0);
+	for (unsigned sh = 0; sh < 3; sh++) {
+		struct keel_listener_stats st;
+
+		cr_assert_eq(keel_listener_stats(s.l, sh, &st), 0);
+		cr_assert_gt(st.accepted, 0, "shard %u of 3 on CPU 0 accepted nothing", sh);
+		cr_assert_eq(st.cpu_mismatch, 0);
+	}
+	keel_runtime_destroy(s.rt);
+	keel_listener_destroy(s.l);
 }
 
 /* Queue steering: lo records no rx queue (queue_mapping 0), taken as its one queue, 0;
