@@ -185,6 +185,36 @@ unix_listen(struct keel_listener *l, const struct keel_listen_opts *o,
 	return 0;
 }
 
+/* Whether another socket holds the port: a bind without SO_REUSEPORT (with SO_REUSEADDR, so
+ * that connections of a server that ran here before, in TIME_WAIT, do not count) fails where
+ * one listens. The listener's own sockets take SO_REUSEPORT, which lets another process of
+ * the same user that sets it too share the port without an error: its connections split
+ * between them by the kernel's hash. A program binding between this probe and the
+ * listener's bind is not caught. Returns 0 or -errno (logged). */
+static int
+port_free(const struct sockaddr_storage *ss, socklen_t len, const struct keel_listen_opts *o)
+{
+	int one = 1, r = 0;
+	int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (fd < 0) {
+		r = -errno;
+		keel_log(KEEL_LOG_ERROR, NET_MOD, "socket: %s", strerror(-r));
+		return r;
+	}
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+	    bind(fd, (const struct sockaddr *)ss, len) < 0) {
+		r = -errno;
+		keel_log(KEEL_LOG_ERROR, NET_MOD, "bind %s port %u: %s%s",
+			 o->addr ? o->addr : "0.0.0.0", (unsigned)o->port, strerror(-r),
+			 r == -EADDRINUSE ? " (another program listens there: pick another "
+					    "--port, or stop it)"
+					  : "");
+	}
+	close(fd);
+	return r;
+}
+
 int
 keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 		     const struct keel_conn_ops *ops, void *app, struct keel_listener **out)
@@ -251,6 +281,11 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 			goto err;
 		*out = l;
 		return 0;
+	}
+	if (o->port) {
+		r = port_free(&ss, len, o);
+		if (r < 0)
+			goto err;
 	}
 	/* Bound in shard order, none listening yet: a TCP socket joins the reuseport group
 	 * when it listens, in that order, so socket i is index i of the group. */

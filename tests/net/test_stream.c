@@ -543,6 +543,41 @@ Test(net_stream, shards_on_one_cpu_all_accept)
 	keel_listener_destroy(s.l);
 }
 
+/* A port another program listens on is refused (-EADDRINUSE, naming the way out), whatever
+ * the steering: the listener's sockets set SO_REUSEPORT, so another socket of the same user
+ * that sets it too was joined without an error, and the kernel split the connections
+ * between the two programs (hash steering; CPU and queue steering failed at listen with a
+ * bare "Address already in use"). */
+Test(net_stream, a_port_another_socket_listens_on_is_refused)
+{
+	static const enum keel_steer steers[] = { KEEL_STEER_HASH, KEEL_STEER_CPU };
+	struct keel_opts o = net_test_opts(2);
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t al = sizeof(a);
+	struct keel_runtime *rt;
+	int one = 1, fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)), 0);
+	cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	cr_assert_eq(listen(fd, 8), 0);
+	cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &al), 0);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	for (unsigned i = 0; i < 2; i++) {
+		struct keel_listen_opts lo = {
+			.addr = "127.0.0.1", .port = ntohs(a.sin_port), .steer = steers[i], .rt = rt
+		};
+		struct keel_listener *l = NULL;
+		int r = keel_listener_create(&lo, 2, &echo_ops, NULL, &l);
+
+		if (r == 0)
+			keel_listener_destroy(l);
+		cr_assert_eq(r, -EADDRINUSE, "steer %s: %d", keel_steer_name(steers[i]), r);
+	}
+	keel_runtime_destroy(rt);
+	close(fd);
+}
+
 /* Queue steering: lo records no rx queue (queue_mapping 0), taken as its one queue, 0;
  * mapping it to shard 1 sends every connection there, from the first SYN (the program is
  * attached before the sockets listen). */

@@ -312,8 +312,9 @@ struct keel_listen_opts {
  * keel_listener_start() on a shard (connections wait in the backlog of the socket the
  * program picked).
  * Returns: 0 and *out; -EINVAL (address does not parse, nshards 0), -EADDRINUSE (port in
- * use by another program), or another -errno of socket/bind/listen (logged, with the
- * address).
+ * use by another program: a listening socket there, checked before the listener's own
+ * sockets bind, so one that sets SO_REUSEPORT too is refused as well), or another -errno of
+ * socket/bind/listen (logged, with the address).
  * Context: any thread, before the shards start listening.
  */
 KEEL_API int keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
@@ -677,7 +678,11 @@ struct keel_udp_ops {
  * same port) and start receiving (multishot recvmsg with provided buffers: the shard's
  * udp_buf_count buffers of udp_buf_size bytes, made on its first endpoint). SO_RXQ_OVFL
  * is set, so datagrams the kernel drops are counted (udp_drops in keel_net_stats).
- * Returns: 0 and *out; -EINVAL (address does not parse), -EADDRINUSE, -errno.
+ * Returns: 0 and *out; -EINVAL (address does not parse), -EADDRINUSE (another socket holds
+ * the port without SO_REUSEPORT), -errno. Another process of the same user whose socket
+ * sets SO_REUSEPORT too shares the port instead, its datagrams split by the kernel's hash:
+ * the shards' own sockets bind one at a time, each on its shard, so there is no point
+ * before them to check the port from (the TCP listener's check, above).
  * Context: a shard.
  */
 KEEL_API int keel_udp_open(const char *addr, uint16_t port, const struct keel_udp_ops *ops,
