@@ -1188,16 +1188,23 @@ dc2_opened(struct keel_file_req *req, int res, void *arg)
 	SHARD_CHECK_EQ(keel_file_close(&dc2.c2, &dc2.g, dc2_closed, NULL), 0);
 }
 
+/* A sparse table, and two direct opens of /dev/null (dc2.f, dc2.keep) with @cb. */
 static void
-dc2_start(void *app)
+dc2_open_two(keel_file_fn cb)
 {
 	SHARD_CHECK_EQ(io_uring_register_files_sparse(keel_shard_ring_get(), 8), 0);
 	SHARD_CHECK_EQ(keel_file_openat(&dc2.op, AT_FDCWD, "/dev/null", O_RDONLY, 0,
-					KEEL_FILE_OPEN_DIRECT_DESC, &dc2.f, dc2_opened, NULL),
+					KEEL_FILE_OPEN_DIRECT_DESC, &dc2.f, cb, NULL),
 		       0);
 	SHARD_CHECK_EQ(keel_file_openat(&dc2.op2, AT_FDCWD, "/dev/null", O_RDONLY, 0,
-					KEEL_FILE_OPEN_DIRECT_DESC, &dc2.keep, dc2_opened, NULL),
+					KEEL_FILE_OPEN_DIRECT_DESC, &dc2.keep, cb, NULL),
 		       0);
+}
+
+static void
+dc2_start(void *app)
+{
+	dc2_open_two(dc2_opened);
 }
 
 Test(core_file, two_closes_of_a_copied_direct_file_count_one_slot)
@@ -1256,14 +1263,7 @@ dc2_stop_opened(struct keel_file_req *req, int res, void *arg)
 static void
 dc2_stop_start(void *app)
 {
-	SHARD_CHECK_EQ(io_uring_register_files_sparse(keel_shard_ring_get(), 8), 0);
-	SHARD_CHECK_EQ(keel_file_openat(&dc2.op, AT_FDCWD, "/dev/null", O_RDONLY, 0,
-					KEEL_FILE_OPEN_DIRECT_DESC, &dc2.f, dc2_stop_opened, NULL),
-		       0);
-	SHARD_CHECK_EQ(keel_file_openat(&dc2.op2, AT_FDCWD, "/dev/null", O_RDONLY, 0,
-					KEEL_FILE_OPEN_DIRECT_DESC, &dc2.keep, dc2_stop_opened,
-					NULL),
-		       0);
+	dc2_open_two(dc2_stop_opened);
 }
 
 Test(core_file, two_closes_of_a_copied_direct_file_at_stop_count_one_slot)
@@ -1316,14 +1316,7 @@ dc2_late_opened(struct keel_file_req *req, int res, void *arg)
 static void
 dc2_late_start(void *app)
 {
-	SHARD_CHECK_EQ(io_uring_register_files_sparse(keel_shard_ring_get(), 8), 0);
-	SHARD_CHECK_EQ(keel_file_openat(&dc2.op, AT_FDCWD, "/dev/null", O_RDONLY, 0,
-					KEEL_FILE_OPEN_DIRECT_DESC, &dc2.f, dc2_late_opened, NULL),
-		       0);
-	SHARD_CHECK_EQ(keel_file_openat(&dc2.op2, AT_FDCWD, "/dev/null", O_RDONLY, 0,
-					KEEL_FILE_OPEN_DIRECT_DESC, &dc2.keep, dc2_late_opened,
-					NULL),
-		       0);
+	dc2_open_two(dc2_late_opened);
 }
 
 Test(core_file, a_close_of_a_copy_after_the_first_close_is_refused)
