@@ -86,6 +86,25 @@ printf '#include <keel/ring.h>\nint main(void) { return keel_sqe_get() != 0; }\n
 cc -std=c11 -fsyntax-only "$tmp/hdr.c" $(pkg-config --cflags keel) ||
 	{ echo "keel/ring.h does not compile on its own"; exit 1; }
 
+echo "== a C++ host: every public header compiles as C++, and first-app.c built as C++ runs"
+# Each header is extern "C" (the names link), and its static assertions are C++'s too
+# (KEEL_STATIC_ASSERT): <keel/keel.h> failed in g++ at buf.h's _Static_assert.
+if command -v c++ >/dev/null; then
+	for h in "$tmp/prefix/include/keel/"*.h; do
+		printf '#include <keel/%s>\nint main() { return 0; }\n' "$(basename "$h")" \
+			>"$tmp/hdr.cc"
+		# shellcheck disable=SC2046
+		c++ -std=c++17 -Wall -Werror -fsyntax-only "$tmp/hdr.cc" $(pkg-config --cflags keel) ||
+			{ echo "keel/$(basename "$h") does not compile as C++"; exit 1; }
+	done
+	# shellcheck disable=SC2046
+	c++ -std=c++17 -Wall -Werror -x c++ "$src/docs/examples/first-app.c" -x none \
+		-o "$tmp/first-app-cxx" $(pkg-config --cflags --libs keel)
+	check_run "$tmp/first-app-cxx"
+else
+	echo "skipped: no C++ compiler (c++) on this machine"
+fi
+
 echo "== malloc: pkg-config keel leaves it to the C library"
 # shellcheck disable=SC2046
 cc -std=c11 -Wall -Werror "$src/tests/install/malloc_check.c" -o "$tmp/malloc-default" \

@@ -26,6 +26,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 struct keel_alloc;
 struct keel_buf;
 struct hwloc_topology;
@@ -228,5 +232,9 @@ typedef void (*keel_alloc_log_fn)(int level, const char *msg, void *arg);
  * Context: any thread; set it before creating allocators.
  */
 KEEL_API void keel_alloc_log_set(keel_alloc_log_fn fn, void *arg);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

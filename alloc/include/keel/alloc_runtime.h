@@ -15,6 +15,10 @@
 #include <keel/common.h>
 #include <stdbool.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /**
  * Make @a the calling thread's allocator (NULL: none). Puts compare a buffer's home with
  * it to decide whether the buffer is freed here or sent home.
@@ -43,5 +47,9 @@ KEEL_API void keel_alloc_region_set_registered(struct keel_alloc *a, unsigned id
  * Context: @b's home shard; the runtime's send_home hook calls it there.
  */
 KEEL_API void keel_buf_release(struct keel_buf *b);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -43,6 +43,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /**
  * A slice: @len bytes at @data, holding one reference to @buf. Read-only for users except
  * through the calls below; copy it only with keel_slice_get() (a plain struct copy does
@@ -54,8 +58,8 @@ struct keel_slice {
 	uint32_t gen_; /* private: the buffer's generation when the reference was taken */
 	struct keel_buf *buf;
 };
-_Static_assert(sizeof(struct keel_slice) == 24, "slice layout is pinned");
-_Static_assert(offsetof(struct keel_slice, buf) == 16, "slice layout is pinned");
+KEEL_STATIC_ASSERT(sizeof(struct keel_slice) == 24, "slice layout is pinned");
+KEEL_STATIC_ASSERT(offsetof(struct keel_slice, buf) == 16, "slice layout is pinned");
 
 /** The largest buffer keel_buf_alloc() returns with the default (slab) backend and region
  * size: the region size. keel_alloc_buf_max() gives an allocator's own limit. */
@@ -186,5 +190,9 @@ KEEL_API bool keel_buf_is_external(const struct keel_buf *b);
  * keel_buf_base() and keel_buf_cap() are the exported window.
  */
 KEEL_API bool keel_buf_is_foreign(const struct keel_buf *b);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

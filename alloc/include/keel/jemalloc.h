@@ -18,6 +18,10 @@
 
 #include <keel/common.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /**
  * Use jemalloc for every keel allocator created after this call: a general arena per
  * shard (keel_alloc_malloc, keel_shard_malloc) and, where asked, the jemalloc buffer
@@ -27,5 +31,9 @@
  * again is harmless.
  */
 KEEL_API int keel_jemalloc_enable(void);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

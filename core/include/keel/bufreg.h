@@ -18,6 +18,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /**
  * This shard's allocator (regions, buffers, general arena).
  * Returns: the allocator, owned by the shard until it ends.
@@ -73,5 +77,9 @@ KEEL_API int keel_buf_fixed(const struct keel_slice *s, unsigned *index, uint64_
  * Context: a shard.
  */
 KEEL_API bool keel_shard_bufs_registered(void);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -12,6 +12,10 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /** What the running kernel's io_uring offers, probed once per process. */
 struct keel_caps {
 	char kernel[65];        /* uname release */
@@ -59,5 +63,9 @@ KEEL_API bool keel_feature_used(enum keel_feature f);
 
 /** Print the capability matrix and each feature's decision for @opts to @f. */
 KEEL_API void keel_caps_print(const struct keel_opts *opts, FILE *f);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -5,8 +5,9 @@
  * These are facts of the kernel ABI (include/uapi/linux/io_uring.h of Linux 6.10-6.18),
  * written here so keel builds against the distribution's liburing and still uses the
  * running kernel's newer features. Each struct's size and every field offset is pinned
- * with _Static_assert: a mismatch is a build failure, never a silent ABI break. Where the
- * installed liburing already has a piece (KEEL_HAVE_*), its definition wins.
+ * with static assertions (KEEL_STATIC_ASSERT): a mismatch is a build failure, never a
+ * silent ABI break. Where the installed liburing already has a piece (KEEL_HAVE_*), its
+ * definition wins.
  */
 #ifndef KEEL_COMPAT_H
 #define KEEL_COMPAT_H
@@ -17,6 +18,10 @@
 #include <stdint.h>
 
 #include <liburing.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 /* Multishot/bundle receive and send flags (sqe->ioprio). */
 #ifndef IORING_RECVSEND_BUNDLE
@@ -142,29 +147,29 @@ struct keel_buf_reg {
 };
 
 #define KEEL_ABI_FIELD(type, field, off) \
-	_Static_assert(offsetof(type, field) == (off), #type "." #field)
+	KEEL_STATIC_ASSERT(offsetof(type, field) == (off), #type "." #field)
 
-_Static_assert(sizeof(struct keel_zcrx_rqe) == 16, "zcrx_rqe");
+KEEL_STATIC_ASSERT(sizeof(struct keel_zcrx_rqe) == 16, "zcrx_rqe");
 KEEL_ABI_FIELD(struct keel_zcrx_rqe, off, 0);
 KEEL_ABI_FIELD(struct keel_zcrx_rqe, len, 8);
 KEEL_ABI_FIELD(struct keel_zcrx_rqe, pad, 12);
-_Static_assert(sizeof(struct keel_zcrx_cqe) == 16, "zcrx_cqe");
+KEEL_STATIC_ASSERT(sizeof(struct keel_zcrx_cqe) == 16, "zcrx_cqe");
 KEEL_ABI_FIELD(struct keel_zcrx_cqe, off, 0);
 KEEL_ABI_FIELD(struct keel_zcrx_cqe, pad, 8);
-_Static_assert(sizeof(struct keel_zcrx_offsets) == 32, "zcrx_offsets");
+KEEL_STATIC_ASSERT(sizeof(struct keel_zcrx_offsets) == 32, "zcrx_offsets");
 KEEL_ABI_FIELD(struct keel_zcrx_offsets, head, 0);
 KEEL_ABI_FIELD(struct keel_zcrx_offsets, tail, 4);
 KEEL_ABI_FIELD(struct keel_zcrx_offsets, rqes, 8);
 KEEL_ABI_FIELD(struct keel_zcrx_offsets, resv2, 12);
 KEEL_ABI_FIELD(struct keel_zcrx_offsets, resv, 16);
-_Static_assert(sizeof(struct keel_zcrx_area_reg) == 48, "zcrx_area_reg");
+KEEL_STATIC_ASSERT(sizeof(struct keel_zcrx_area_reg) == 48, "zcrx_area_reg");
 KEEL_ABI_FIELD(struct keel_zcrx_area_reg, addr, 0);
 KEEL_ABI_FIELD(struct keel_zcrx_area_reg, len, 8);
 KEEL_ABI_FIELD(struct keel_zcrx_area_reg, rq_area_token, 16);
 KEEL_ABI_FIELD(struct keel_zcrx_area_reg, flags, 24);
 KEEL_ABI_FIELD(struct keel_zcrx_area_reg, dmabuf_fd, 28);
 KEEL_ABI_FIELD(struct keel_zcrx_area_reg, resv2, 32);
-_Static_assert(sizeof(struct keel_zcrx_ifq_reg) == 96, "zcrx_ifq_reg");
+KEEL_STATIC_ASSERT(sizeof(struct keel_zcrx_ifq_reg) == 96, "zcrx_ifq_reg");
 KEEL_ABI_FIELD(struct keel_zcrx_ifq_reg, if_idx, 0);
 KEEL_ABI_FIELD(struct keel_zcrx_ifq_reg, if_rxq, 4);
 KEEL_ABI_FIELD(struct keel_zcrx_ifq_reg, rq_entries, 8);
@@ -175,14 +180,14 @@ KEEL_ABI_FIELD(struct keel_zcrx_ifq_reg, offsets, 32);
 KEEL_ABI_FIELD(struct keel_zcrx_ifq_reg, zcrx_id, 64);
 KEEL_ABI_FIELD(struct keel_zcrx_ifq_reg, rx_buf_len, 68);
 KEEL_ABI_FIELD(struct keel_zcrx_ifq_reg, resv, 72);
-_Static_assert(sizeof(struct keel_region_desc) == 64, "region_desc");
+KEEL_STATIC_ASSERT(sizeof(struct keel_region_desc) == 64, "region_desc");
 KEEL_ABI_FIELD(struct keel_region_desc, user_addr, 0);
 KEEL_ABI_FIELD(struct keel_region_desc, size, 8);
 KEEL_ABI_FIELD(struct keel_region_desc, flags, 16);
 KEEL_ABI_FIELD(struct keel_region_desc, id, 20);
 KEEL_ABI_FIELD(struct keel_region_desc, mmap_offset, 24);
 KEEL_ABI_FIELD(struct keel_region_desc, resv, 32);
-_Static_assert(sizeof(struct keel_buf_reg) == sizeof(struct io_uring_buf_reg), "buf_reg");
+KEEL_STATIC_ASSERT(sizeof(struct keel_buf_reg) == sizeof(struct io_uring_buf_reg), "buf_reg");
 KEEL_ABI_FIELD(struct keel_buf_reg, ring_addr, 0);
 KEEL_ABI_FIELD(struct keel_buf_reg, ring_entries, 8);
 KEEL_ABI_FIELD(struct keel_buf_reg, bgid, 12);
@@ -190,6 +195,10 @@ KEEL_ABI_FIELD(struct keel_buf_reg, flags, 14);
 KEEL_ABI_FIELD(struct keel_buf_reg, resv, 16);
 
 /* The ZCRX interface-queue index shares the SQE's 16-bit field at byte 44 with file_index. */
-_Static_assert(offsetof(struct io_uring_sqe, file_index) == 44, "sqe.file_index");
+KEEL_STATIC_ASSERT(offsetof(struct io_uring_sqe, file_index) == 44, "sqe.file_index");
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -22,6 +22,10 @@
 #include <keel/config.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #ifdef KEEL_FAULTS
 /**
  * Replace the fault spec (NULL or "": no faults) and reset the counters.
@@ -36,6 +40,10 @@ KEEL_API int keel_faults_set(const char *spec);
  * Context: any thread.
  */
 KEEL_API uint64_t keel_faults_injected(const char *cls);
+#endif
+
+#ifdef __cplusplus
+}
 #endif
 
 #endif

@@ -34,6 +34,10 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 struct iovec;
 struct statx;
 
@@ -292,5 +296,9 @@ KEEL_API int keel_file_stats(const struct keel_shard *sh, struct keel_file_stats
  * Context: a shard.
  */
 KEEL_API uint32_t keel_file_direct_slots(void);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

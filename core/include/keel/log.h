@@ -9,6 +9,10 @@
 #include <keel/common.h>
 #include <stdbool.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 enum keel_log_level {
 	KEEL_LOG_ERROR = 0,
 	KEEL_LOG_WARN = 1,
@@ -56,5 +60,9 @@ KEEL_API void keel_log(enum keel_log_level level, const char *module, const char
  * Returns: 0, or -EINVAL for anything else.
  */
 KEEL_API int keel_log_level_parse(const char *s, enum keel_log_level *out);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

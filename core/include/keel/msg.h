@@ -17,6 +17,10 @@
 #include <keel/common.h>
 #include <keel/runtime.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /** The work of a keel_call(): its return value (0 or -errno) is the status given to done. */
 typedef int (*keel_call_fn)(void *arg);
 
@@ -94,5 +98,9 @@ KEEL_API int keel_call_value(unsigned dst, keel_call_value_fn fn, void *arg,
  * Context: a shard.
  */
 KEEL_API int keel_broadcast(keel_fn fn, void *arg, keel_done_fn all_done, void *done_arg);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -10,6 +10,10 @@
 
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 struct keel_op;
 
 /** Completion of an operation: @res and @flags are the CQE's. */
@@ -19,5 +23,9 @@ typedef void (*keel_op_fn)(struct keel_op *op, int res, uint32_t flags);
 struct keel_op {
 	keel_op_fn fn;
 };
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

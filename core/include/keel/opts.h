@@ -12,6 +12,10 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /** Most shards one runtime runs. */
 #define KEEL_MAX_SHARDS 256
 
@@ -185,5 +189,9 @@ KEEL_API const char *keel_policy_name(enum keel_policy p);
  * malformed list (message in @err).
  */
 KEEL_API int keel_cpulist_parse(const char *s, struct keel_cpuset *out, char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -22,6 +22,10 @@
 
 #include <liburing.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /**
  * An SQE on this shard's ring whose completion goes to @op. Prepare it with any
  * io_uring_prep_*() and then call keel_sqe_bind() (the prep helpers clear user_data).
@@ -72,5 +76,9 @@ KEEL_API const struct io_uring_cqe *keel_cqe_current(void);
  */
 KEEL_API int keel_prep_send_buf(struct io_uring_sqe *sqe, int fd, const struct keel_slice *s,
 				int msg_flags);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

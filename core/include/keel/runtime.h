@@ -16,6 +16,10 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 struct keel_runtime;
 struct keel_shard;
 
@@ -249,5 +253,9 @@ KEEL_API int keel_xqueue_wait(struct keel_xqueue *q, struct keel_xreq **out, uns
 
 /** Free a queue with no request still pointing at it. */
 KEEL_API void keel_xqueue_destroy(struct keel_xqueue *q);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

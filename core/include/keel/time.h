@@ -13,6 +13,10 @@
 
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /** @x nanoseconds, microseconds, milliseconds or seconds, as nanoseconds (uint64_t). */
 #define KEEL_NS(x) ((uint64_t)(x))
 #define KEEL_US(x) ((uint64_t)(x)*UINT64_C(1000))
@@ -21,5 +25,9 @@
 
 /** Nanoseconds @ns as whole milliseconds (rounded down), for people and poll(2). */
 #define KEEL_NS_TO_MS(ns) ((uint64_t)(ns) / UINT64_C(1000000))
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

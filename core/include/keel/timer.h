@@ -11,6 +11,10 @@
 #include <keel/time.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 struct keel_timer;
 struct keel_shard;
 
@@ -95,5 +99,9 @@ KEEL_API int keel_timer_pending(const struct keel_timer *t);
 /** Cancel and free @t (from keel_timer_create()). Context: the timer's shard (inside its own
  * callback too). */
 KEEL_API void keel_timer_destroy(struct keel_timer *t);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

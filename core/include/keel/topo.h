@@ -21,6 +21,10 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 struct keel_topo;
 
 /** Version of the map file schema written by keel_map_write() ("keel_map": 1). */
@@ -311,5 +315,9 @@ KEEL_API const char *keel_runtime_map_iface(const struct keel_runtime *rt);
  * Returns: the name, or NULL when none was given.
  */
 KEEL_API const char *keel_runtime_rx_iface(const struct keel_runtime *rt);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -34,6 +34,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 struct keel_conn;
 struct keel_framer;
 
@@ -173,5 +177,9 @@ KEEL_API int keel_framer_on_data(struct keel_framer *f, struct keel_conn *c, str
  * Context: @c's shard.
  */
 KEEL_API int keel_frame_send(struct keel_conn *c, struct keel_slice *s, unsigned n);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -29,6 +29,10 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 struct keel_conn;
 struct keel_runtime;
 struct keel_shard;
@@ -745,5 +749,9 @@ KEEL_API int keel_net_addr_parse(const char *addr, uint16_t port, struct sockadd
  */
 KEEL_API int keel_net_resolve(const char *host, uint16_t port, int family,
 			      struct sockaddr_storage *out, socklen_t *len);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -10,6 +10,10 @@
 #include <keel/runtime.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /** What a shard's ZCRX set-up decided. */
 enum keel_zcrx_state {
 	KEEL_ZCRX_NONE = 0,     /* --zcrx off, or the shard has no rx queue: nothing tried */
@@ -77,5 +81,9 @@ KEEL_API int keel_zcrx_probe(const char *iface, int rxq, char *why, size_t len);
 
 /** The name of a ZCRX state: "none", "on" or "fallback". */
 KEEL_API const char *keel_zcrx_state_name(enum keel_zcrx_state s);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
