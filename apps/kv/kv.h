@@ -78,6 +78,10 @@ struct kv_db {
 	 * and by FLUSHALL (not by lazy expiry: a file's deadlines are absolute). A write that
 	 * leaves it as it was appends nothing to the append-only file. */
 	uint64_t changes;
+	/* A part of a command split over shards runs: the command was counted once, where it
+	 * was received, so kv_cmd_run and kv_cmd_exec do not count it (each part counted, and
+	 * MSET over three shards was three commands in total_commands_processed). */
+	bool uncounted;
 };
 
 /* Process-wide settings (set before the shards start, read-only after). */

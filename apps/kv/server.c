@@ -143,6 +143,7 @@ struct kmsg {
 	struct rbuf rep;
 	bool admitted;  /* a part of a command --maxmemory admitted where it was received */
 	bool tx_write;  /* a transaction's writes: its reply waits as a write's would */
+	bool fan_part;  /* a fan-out's part: counted where the command was received */
 	unsigned tx;    /* a transaction: this many requests, the reply their array */
 	uint8_t copy[]; /* copied request bytes */
 };
@@ -693,7 +694,9 @@ exec_here(const struct kv_cmd *c, struct resp_arg *argv, unsigned argc, struct r
 		 * file fails (admitted parts were checked at home). Answered here: a second
 		 * check could find the other shards below it by then and run the write. */
 		if (e && !admitted && kv_cmd_denied(c)) {
-			atomic_fetch_add_explicit(&ks->db.st->commands, 1, memory_order_relaxed);
+			if (!ks->db.uncounted)
+				atomic_fetch_add_explicit(&ks->db.st->commands, 1,
+							  memory_order_relaxed);
 			kv_reply_oom(&ks->db, out);
 			return;
 		}
@@ -912,7 +915,9 @@ owner_exec(struct kmsg *m)
 			break;
 	if (r > 0 && req.argc) {
 		c = kv_cmd_find(req.argv[0].p, req.argv[0].len);
+		ks->db.uncounted = m->fan_part;
 		exec_here(c, req.argv, req.argc, &m->rep, m->admitted);
+		ks->db.uncounted = false;
 	} else {
 		m->rep.oom = true; /* only memory can fail a request parsed once already */
 	}
@@ -1092,7 +1097,8 @@ on_room(int status, void *arg)
 /* Hand a request's bytes to @owner. @src, when given, holds those bytes at @off. */
 static int
 handoff(struct pend *p, unsigned owner, const uint8_t *req, size_t len,
-	const struct keel_slice *src, size_t off, bool admitted, const struct ktx *tx)
+	const struct keel_slice *src, size_t off, bool admitted, const struct ktx *tx,
+	bool fan_part)
 {
 	bool exp = kv_cfg.handoff_export && src;
 	struct kmsg *m = malloc(sizeof(*m) + (exp ? 0 : len));
@@ -1105,6 +1111,7 @@ handoff(struct pend *p, unsigned owner, const uint8_t *req, size_t len,
 	m->part = owner;
 	m->req_len = len;
 	m->admitted = admitted;
+	m->fan_part = fan_part;
 	if (tx) {
 		m->tx = tx->n;
 		m->tx_write = tx->write;
@@ -1183,6 +1190,7 @@ fanout(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsigned
 		return;
 	}
 	stat_add(&kv_stats[me].fanouts, 1);
+	stat_add(&kv_stats[me].commands, 1); /* once; its parts are not counted (uncounted) */
 	p->cmd = c;
 	p->nkeys = c->merge == KV_M_ARRAY_BY_KEY ? nkeys : 0;
 	for (unsigned i = 0; i < nkeys; i++) {
@@ -1232,8 +1240,10 @@ fanout(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsigned
 					if (parse_grow(pr, &req, &kc->argv, &kc->argv_cap,
 						       &kc->scratch, &kc->scratch_cap) < 0)
 						break;
+				shards[me].db.uncounted = true;
 				if (pr > 0 && must_hold(c)) {
 					exec_held(p, s, c, req.argv, req.argc, admitted);
+					shards[me].db.uncounted = false;
 					rb_free(&sub);
 					continue;
 				}
@@ -1241,11 +1251,12 @@ fanout(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsigned
 					exec_here(c, req.argv, req.argc, &rep, admitted);
 				else
 					rep.oom = true;
+				shards[me].db.uncounted = false;
 				rb_free(&sub);
 				pend_part_done(p, s, &rep);
 				continue;
 			}
-			r = handoff(p, s, sub.p, sub.len, NULL, 0, admitted, NULL);
+			r = handoff(p, s, sub.p, sub.len, NULL, 0, admitted, NULL, true);
 			rb_free(&sub);
 			if (r < 0) {
 				struct rbuf e = { 0 };
@@ -1956,7 +1967,7 @@ tx_exec(struct kconn *kc)
 			hold(m);
 		else
 			home_recv(m);
-	} else if ((r = handoff(p, owner, tx->q.p, tx->q.len, NULL, 0, true, tx)) < 0) {
+	} else if ((r = handoff(p, owner, tx->q.p, tx->q.len, NULL, 0, true, tx, false)) < 0) {
 		rb_err(&p->rep, "ERR shard %u unreachable: %s", owner, strerror(-r));
 		p->done = true;
 	}
@@ -2154,7 +2165,7 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 		int r;
 		if (!p)
 			goto oom;
-		r = handoff(p, owner, raw, rawlen, src, off, false, NULL);
+		r = handoff(p, owner, raw, rawlen, src, off, false, NULL, false);
 		if (r < 0) {
 			rb_err(&p->rep, "ERR shard %u unreachable: %s", owner, strerror(-r));
 			p->done = true;

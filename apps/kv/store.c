@@ -2023,7 +2023,8 @@ void
 kv_cmd_run(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv, unsigned argc,
 	   struct rbuf *out)
 {
-	atomic_fetch_add_explicit(&db->st->commands, 1, memory_order_relaxed);
+	if (!db->uncounted)
+		atomic_fetch_add_explicit(&db->st->commands, 1, memory_order_relaxed);
 	c->fn(db, argv, argc, out);
 }
 
@@ -2032,7 +2033,8 @@ kv_cmd_exec(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv, uns
 	    struct rbuf *out)
 {
 	if (kv_cmd_denied(c)) {
-		atomic_fetch_add_explicit(&db->st->commands, 1, memory_order_relaxed);
+		if (!db->uncounted)
+			atomic_fetch_add_explicit(&db->st->commands, 1, memory_order_relaxed);
 		kv_reply_oom(db, out);
 		return;
 	}

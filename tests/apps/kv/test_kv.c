@@ -2981,6 +2981,36 @@ Test(kv_server, keyspace_hits_and_misses_count_as_redis_does)
 	srv_stop(&s);
 }
 
+/* total_commands_processed counts a command split over shards once, as Redis does: each
+ * part counted where it ran, and MSET over three shards, DBSIZE and KEYS added 3 each.
+ * (An INFO between two reads counts too: the difference of two empty rounds is its.) */
+Test(kv_server, a_command_split_over_shards_counts_once)
+{
+	static const char *const cmds[][2] = {
+		{ "MSET a 1 b 2 c 3 d 4 e 5 f 6 g 7 h 8", "+OK\r\n" },
+		{ "DBSIZE", ":8\r\n" },
+		{ "DEL a b c d e f g h", ":8\r\n" },
+	};
+	struct srv s;
+	struct rd r;
+
+	srv_start(&s, 3, NULL);
+	rd_init(&r, test_connect(s.port));
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+		long long t0 = info_field(s.port, "total_commands_processed:");
+		long long t1 = info_field(s.port, "total_commands_processed:");
+		long long t2;
+
+		expect(&r, cmds[i][0], cmds[i][1]);
+		t2 = info_field(s.port, "total_commands_processed:");
+		cr_assert_eq(t2 - t1, t1 - t0 + 1, "%s added %lld", cmds[i][0],
+			     t2 - t1 - (t1 - t0));
+	}
+	cr_assert_geq(info_field(s.port, "fanouts="), 3, "the commands were not split");
+	rd_free(&r);
+	srv_stop(&s);
+}
+
 /* --appendfsync always: a read made while its shard has records not yet on disk waits for
  * them, as Redis sends no reply before its sync, so no client sees a write a crash could
  * still lose. A GET pipelined behind a SET (one receive, so the SET's record is still
