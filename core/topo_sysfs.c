@@ -435,6 +435,14 @@ msi_dir_read(const char *dir, int **irqs, int *n, int *cap)
 	return r;
 }
 
+static int
+irq_cmp(const void *a, const void *b)
+{
+	int x = *(const int *)a, y = *(const int *)b;
+
+	return (x > y) - (x < y);
+}
+
 int
 keel__topo_msi_irqs(const char *devdir, int **out)
 {
@@ -466,6 +474,10 @@ keel__topo_msi_irqs(const char *devdir, int **out)
 		free(irqs);
 		return r;
 	}
+	/* In ascending order, not the directory's (a hash order on some file systems): where
+	 * two IRQs name one rx queue, the lower-numbered one is taken, on every run. */
+	if (n > 1)
+		qsort(irqs, (size_t)n, sizeof(*irqs), irq_cmp);
 	*out = irqs;
 	return n;
 }
