@@ -429,6 +429,20 @@ extern int (*keel__sched_getaffinity)(pid_t pid, size_t size, cpu_set_t *mask);
  * -errno with the reason in @why (always written on error). */
 int keel__affinity_get(struct keel_cpuset *out, unsigned *beyond, char *why, size_t whylen);
 
+/* The CPUs of this process's cgroup cpuset (cgroup v2's cpuset.cpus.effective, or v1's
+ * cpuset.effective_cpus, found through /proc/self/mountinfo and /proc/self/cgroup) into
+ * @out, and the file read into @file. 0, or -errno (-ENOENT: no cpuset hierarchy is
+ * mounted, or this process is in none). The two /proc paths are pointers so tests can
+ * stand in for them. */
+extern const char *keel__proc_mountinfo, *keel__proc_cgroup;
+int keel__cgroup_cpus(struct keel_cpuset *out, char *file, size_t filelen);
+
+/* For a message about CPU @cpu, outside this process's affinity mask: where its cgroup's
+ * cpuset excludes the CPU too, a clause that says so and names the file (no taskset can
+ * add it: the caller's advice is then another cgroup); else "". Written into @buf, which
+ * is returned. */
+const char *keel__cgroup_excludes(unsigned cpu, char *buf, size_t len);
+
 /* SipHash-c-d of @n bytes at @data under @key (hash.c): keel_hash is SipHash-1-3; the tests
  * check SipHash-2-4's published vectors through the same code. */
 uint64_t keel__siphash(const uint64_t key[2], const void *data, size_t n, unsigned crounds,

@@ -209,10 +209,18 @@ cpus_of(const struct keel_opts *o, int *cpus, unsigned *n, char *why, size_t why
 			if (!keel_cpuset_has(&o->cpuset, c))
 				continue;
 			if (!keel_cpuset_has(&allowed, c)) {
-				snprintf(why, whylen,
-					 "--cpuset: CPU %u is not in this process's affinity mask "
-					 "(allowed CPUs: %s)",
-					 c, keel_topo_cpulist_format(&allowed, list, sizeof(list)));
+				char cg[400];
+
+				keel__cgroup_excludes(c, cg, sizeof(cg));
+				snprintf(
+					why, whylen,
+					"--cpuset: CPU %u is not in this process's affinity mask%s "
+					"(allowed CPUs: %s)%s",
+					c, cg,
+					keel_topo_cpulist_format(&allowed, list, sizeof(list)),
+					cg[0] ? "; pick from those, or run the program in a cgroup "
+						"that has it"
+					      : "");
 				return -EINVAL;
 			}
 		} else if (!keel_cpuset_has(&allowed, c)) {
@@ -304,7 +312,7 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 	struct keel_runtime *rt;
 	int *cpus = NULL;
 	unsigned ncpus = 0;
-	char why[256] = "";
+	char why[1024] = "";
 	int r;
 
 	if (!opts || !out)

@@ -185,20 +185,37 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 		for (unsigned c = 0; c < KEEL_MAX_CPUS; c++) {
 			if (!keel_cpuset_has(&req->cpuset, c))
 				continue;
+			char cg[400] = "";
+
+			/* A live topology holds only the CPUs of the process's cgroup (hwloc
+			 * leaves out the disallowed ones): one it excludes exists. */
+			if (!keel_cpuset_has(&in->present, c) && in->live &&
+			    keel__cgroup_excludes(c, cg, sizeof(cg))[0])
+				return keel__errf(
+					err, errlen, -EINVAL,
+					"--cpuset: CPU %u is not one this process may use%s; "
+					"the allowed CPUs are %s: pick from those, or run the "
+					"program in a cgroup that has it",
+					c, cg,
+					keel_topo_cpulist_format(&in->allowed, list, sizeof(list)));
 			if (!keel_cpuset_has(&in->present, c))
 				return keel__errf(
 					err, errlen, -EINVAL,
 					"--cpuset: CPU %u does not exist on %s (CPUs: %s)", c,
 					in->source,
 					keel_topo_cpulist_format(&in->present, list, sizeof(list)));
-			if (!keel_cpuset_has(&in->allowed, c))
+			if (!keel_cpuset_has(&in->allowed, c)) {
+				if (in->live)
+					keel__cgroup_excludes(c, cg, sizeof(cg));
 				return keel__errf(
 					err, errlen, -EINVAL,
-					"--cpuset: CPU %u is outside this process's affinity mask; "
-					"the allowed CPUs are %s: pick from those, or start the "
-					"program with a wider mask",
-					c,
-					keel_topo_cpulist_format(&in->allowed, list, sizeof(list)));
+					"--cpuset: CPU %u is outside this process's affinity "
+					"mask%s; the allowed CPUs are %s: pick from those, or %s",
+					c, cg,
+					keel_topo_cpulist_format(&in->allowed, list, sizeof(list)),
+					cg[0] ? "run the program in a cgroup that has it"
+					      : "start the program with a wider mask");
+			}
 		}
 		for (unsigned w = 0; w < KEEL_MAX_CPUS / 64; w++)
 			allowed.bits[w] &= req->cpuset.bits[w];
@@ -427,7 +444,7 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 	      void *arg)
 {
 	struct keel_cpuset online, mask;
-	char line[512], list[256];
+	char line[1024], list[256];
 	unsigned n = 0;
 	int ro = keel__topo_cpulist_read("/sys/devices/system/cpu/online", &online);
 	/* -ERANGE: more CPUs online than keel counts; the ones a map can name are there. */
@@ -465,12 +482,15 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 				 have_online ? keel_topo_cpulist_format(&online, list, sizeof(list))
 					     : "unknown");
 		} else if (have_mask && !keel_cpuset_has(&mask, (unsigned)cpu)) {
-			snprintf(
-				line, sizeof(line),
-				"shard %u: CPU %d is outside this process's affinity mask (allowed: "
-				"%s); run it with taskset -c covering the map, or run keel-topo "
-				"--plan again",
-				i, cpu, keel_topo_cpulist_format(&mask, list, sizeof(list)));
+			char cg[400];
+
+			keel__cgroup_excludes((unsigned)cpu, cg, sizeof(cg));
+			snprintf(line, sizeof(line),
+				 "shard %u: CPU %d is outside this process's affinity mask%s "
+				 "(allowed: %s); run it %s, or run keel-topo --plan again",
+				 i, cpu, cg, keel_topo_cpulist_format(&mask, list, sizeof(list)),
+				 cg[0] ? "in a cgroup that has the map's CPUs"
+				       : "with taskset -c covering the map");
 		} else {
 			continue;
 		}

@@ -66,6 +66,120 @@ possible_cpus(void)
 	return (unsigned)n;
 }
 
+const char *keel__proc_mountinfo = "/proc/self/mountinfo";
+const char *keel__proc_cgroup = "/proc/self/cgroup";
+
+/* The mount of the cgroup hierarchy that has the cpuset controller, from @mountinfo: its
+ * mount point and root (a container's bind mount of a subtree has one other than "/") into
+ * @mnt and @root, and whether it is cgroup v2. 0, or -ENOENT where none is mounted. */
+static int
+cpuset_mount(FILE *mountinfo, char *mnt, size_t mntlen, char *root, size_t rootlen, bool *v2)
+{
+	char *line = NULL;
+	size_t cap = 0;
+	int r = -ENOENT;
+
+	while (r < 0 && getline(&line, &cap, mountinfo) > 0) {
+		/* "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER" */
+		char rt[PATH_MAX], mp[PATH_MAX], type[32], super[512];
+		const char *dash = strstr(line, " - ");
+
+		if (!dash || sscanf(line, "%*s %*s %*s %4095s %4095s", rt, mp) != 2 ||
+		    sscanf(dash + 3, "%31s %*s %511s", type, super) != 2)
+			continue;
+		if (strcmp(type, "cgroup2") == 0 && !*v2) {
+			/* v2 unless a v1 cpuset hierarchy comes later (a hybrid layout) */
+			*v2 = true;
+			keel__topo_strcpy(mnt, mntlen, mp);
+			keel__topo_strcpy(root, rootlen, rt);
+		} else if (strcmp(type, "cgroup") == 0) {
+			char *save = NULL;
+
+			for (char *o = strtok_r(super, ",", &save); o;
+			     o = strtok_r(NULL, ",", &save))
+				if (strcmp(o, "cpuset") == 0) {
+					*v2 = false;
+					keel__topo_strcpy(mnt, mntlen, mp);
+					keel__topo_strcpy(root, rootlen, rt);
+					r = 0;
+				}
+		}
+	}
+	free(line);
+	return r < 0 && *v2 ? 0 : r;
+}
+
+int
+keel__cgroup_cpus(struct keel_cpuset *out, char *file, size_t filelen)
+{
+	char mnt[PATH_MAX] = "", root[PATH_MAX] = "", *line = NULL, path[PATH_MAX] = "";
+	size_t cap = 0, rl;
+	bool v2 = false;
+	FILE *f = fopen(keel__proc_mountinfo, "re");
+	int r;
+
+	if (!f)
+		return -errno;
+	r = cpuset_mount(f, mnt, sizeof(mnt), root, sizeof(root), &v2);
+	fclose(f);
+	if (r < 0)
+		return r;
+	if (!(f = fopen(keel__proc_cgroup, "re")))
+		return -errno;
+	r = -ENOENT;
+	while (r < 0 && getline(&line, &cap, f) > 0) {
+		/* "ID:CONTROLLERS:PATH"; v2's is "0::PATH" */
+		char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+		bool match = false;
+		char *save = NULL;
+
+		if (!c2)
+			continue;
+		*c2 = 0;
+		if (v2) {
+			match = strcmp(line, "0:") == 0;
+		} else {
+			for (char *o = strtok_r(c1 + 1, ",", &save); o;
+			     o = strtok_r(NULL, ",", &save))
+				match |= strcmp(o, "cpuset") == 0;
+		}
+		if (!match)
+			continue;
+		c2[1 + strcspn(c2 + 1, "\n")] = 0;
+		keel__topo_strcpy(path, sizeof(path), c2 + 1);
+		r = 0;
+	}
+	free(line);
+	fclose(f);
+	if (r < 0)
+		return r;
+	/* The mount shows the hierarchy from its root: the path below it is the rest. */
+	rl = strcmp(root, "/") == 0 ? 0 : strlen(root);
+	if (rl && strncmp(path, root, rl) == 0 && (path[rl] == '/' || !path[rl]))
+		memmove(path, path + rl, strlen(path + rl) + 1);
+	if (snprintf(file, filelen, "%s%s%s/%s", mnt, path[0] == '/' ? "" : "/",
+		     strcmp(path, "/") == 0 ? "" : path,
+		     v2 ? "cpuset.cpus.effective" : "cpuset.effective_cpus") >= (int)filelen)
+		return -ENAMETOOLONG;
+	r = keel__topo_cpulist_read(file, out);
+	return r == -ERANGE ? 0 : r;
+}
+
+const char *
+keel__cgroup_excludes(unsigned cpu, char *buf, size_t len)
+{
+	struct keel_cpuset set;
+	char file[PATH_MAX], list[128];
+
+	buf[0] = 0;
+	if (keel__cgroup_cpus(&set, file, sizeof(file)) < 0 || keel_cpuset_has(&set, cpu))
+		return buf;
+	snprintf(buf, len,
+		 ": its cgroup's cpuset (%s is %s) excludes it, and taskset cannot widen that",
+		 file, keel_topo_cpulist_format(&set, list, sizeof(list)));
+	return buf;
+}
+
 int
 keel__affinity_get(struct keel_cpuset *out, unsigned *beyond, char *why, size_t whylen)
 {

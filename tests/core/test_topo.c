@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
@@ -770,8 +771,7 @@ Test(core_topo, msi_irqs_are_read_whole_in_order_and_from_the_parent_when_none)
 		seen[irqs[i] - 100] = true;
 		/* Ascending, whatever the directory's order: which of two IRQs that name one
 		 * queue is taken must not change from run to run. */
-		cr_assert(i == 0 || irqs[i - 1] < irqs[i], "irq %d after %d", irqs[i],
-			  irqs[i - 1]);
+		cr_assert(i == 0 || irqs[i - 1] < irqs[i], "irq %d after %d", irqs[i], irqs[i - 1]);
 	}
 	free(irqs);
 
@@ -1703,4 +1703,216 @@ Test(core_topo, a_cpu_list_longer_than_4_kib_is_read_whole)
 	cr_assert(r == 0 || r == -ERANGE, "read: %d (%s)", r, strerror(-r));
 	for (unsigned c = 0; c < KEEL_MAX_CPUS && c <= 2046; c++)
 		cr_assert_eq(keel_cpuset_has(&set, c), c % 2 == 0, "CPU %u", c);
+}
+
+/* ---- the cgroup's cpuset, named when it is why a CPU is not allowed ---- */
+
+/* A file @dir/@name holding @text (the directories made first). */
+static void
+write_in(const char *dir, const char *name, const char *text)
+{
+	char path[512];
+	FILE *f;
+
+	mkdirs(dir);
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	f = fopen(path, "w");
+	cr_assert(f, "%s: %s", path, strerror(errno));
+	fputs(text, f);
+	fclose(f);
+}
+
+/* /proc/self/mountinfo and /proc/self/cgroup stand-ins under @root, mounting the cpuset
+ * hierarchy at @root/@mnt (@type "cgroup" with a cpuset option, or "cgroup2") from @mroot,
+ * and the process in @cg ("ID:CONTROLLERS:PATH" lines). */
+static void
+fake_cgroup(const char *root, const char *type, const char *mnt, const char *mroot, const char *cg)
+{
+	static char mi[300], cgf[300];
+	char text[1024];
+
+	snprintf(text, sizeof(text),
+		 "22 1 0:21 / /proc rw,nosuid - proc proc rw\n"
+		 "30 22 0:27 / %s/fs rw,relatime - tmpfs tmpfs rw,mode=755\n"
+		 "31 30 0:28 / %s/cpu rw,relatime shared:9 - cgroup cgroup rw,cpu,cpuacct\n"
+		 "40 30 0:37 %s %s/%s rw,relatime shared:12 - %s %s rw%s\n",
+		 root, root, mroot, root, mnt, type, type,
+		 strcmp(type, "cgroup") == 0 ? ",cpuset" : ",nsdelegate");
+	write_in(root, "mountinfo", text);
+	write_in(root, "cgroup", cg);
+	snprintf(mi, sizeof(mi), "%s/mountinfo", root);
+	snprintf(cgf, sizeof(cgf), "%s/cgroup", root);
+	keel__proc_mountinfo = mi;
+	keel__proc_cgroup = cgf;
+}
+
+Test(core_topo, the_cgroup_cpuset_is_read_from_v1_v2_and_a_subtree_mount)
+{
+	char root[] = "/tmp/keel-cg-XXXXXX", dir[300], file[512], want[512];
+	struct keel_cpuset s;
+
+	cr_assert(mkdtemp(root));
+	/* cgroup v1 beside a v2 hierarchy without cpuset (this hybrid layout is Debian 11's) */
+	fake_cgroup(root, "cgroup", "cpuset", "/", "9:cpu,cpuacct:/a\n3:cpuset:/a/b\n0::/x\n");
+	snprintf(dir, sizeof(dir), "%s/cpuset/a/b", root);
+	write_in(dir, "cpuset.effective_cpus", "0-1,3\n");
+	cr_assert_eq(keel__cgroup_cpus(&s, file, sizeof(file)), 0, "%s", file);
+	snprintf(want, sizeof(want), "%s/cpuset.effective_cpus", dir);
+	cr_assert_str_eq(file, want);
+	cr_assert(keel_cpuset_has(&s, 0) && keel_cpuset_has(&s, 1) && !keel_cpuset_has(&s, 2) &&
+		  keel_cpuset_has(&s, 3));
+
+	/* cgroup v2 */
+	fake_cgroup(root, "cgroup2", "v2", "/", "0::/k.slice/p.scope\n");
+	snprintf(dir, sizeof(dir), "%s/v2/k.slice/p.scope", root);
+	write_in(dir, "cpuset.cpus.effective", "2\n");
+	cr_assert_eq(keel__cgroup_cpus(&s, file, sizeof(file)), 0, "%s", file);
+	cr_assert(keel_cpuset_has(&s, 2) && !keel_cpuset_has(&s, 0));
+	/* at the root of the hierarchy */
+	fake_cgroup(root, "cgroup2", "v2", "/", "0::/\n");
+	snprintf(dir, sizeof(dir), "%s/v2", root);
+	write_in(dir, "cpuset.cpus.effective", "1\n");
+	cr_assert_eq(keel__cgroup_cpus(&s, file, sizeof(file)), 0, "%s", file);
+	snprintf(want, sizeof(want), "%s/v2/cpuset.cpus.effective", root);
+	cr_assert_str_eq(file, want);
+	cr_assert(keel_cpuset_has(&s, 1) && !keel_cpuset_has(&s, 2));
+
+	/* a container's mount of its own subtree: the path below the mount's root */
+	fake_cgroup(root, "cgroup", "c", "/docker/abc", "5:cpuset:/docker/abc/in\n");
+	snprintf(dir, sizeof(dir), "%s/c/in", root);
+	write_in(dir, "cpuset.effective_cpus", "4-5\n");
+	cr_assert_eq(keel__cgroup_cpus(&s, file, sizeof(file)), 0, "%s", file);
+	cr_assert(keel_cpuset_has(&s, 4) && keel_cpuset_has(&s, 5) && !keel_cpuset_has(&s, 3));
+
+	/* no cpuset hierarchy, or the process in none of it */
+	fake_cgroup(root, "cgroup", "cpuset", "/", "0::/x\n");
+	cr_assert_eq(keel__cgroup_cpus(&s, file, sizeof(file)), -ENOENT);
+	keel__proc_mountinfo = "/nonexistent/mountinfo";
+	cr_assert_eq(keel__cgroup_cpus(&s, file, sizeof(file)), -ENOENT);
+	rm_dir(root);
+}
+
+/* A CPU outside the affinity mask because the cgroup excludes it: taskset cannot add it,
+ * so the refusal says the cgroup is why (it advised a wider mask). One the cgroup has is
+ * refused as before. */
+Test(core_topo, a_cpu_the_cgroup_excludes_is_refused_naming_the_cgroup)
+{
+	char root[] = "/tmp/keel-cg-XXXXXX", dir[300];
+	struct keel_runtime *rt;
+	struct keel_opts o = test_opts(0);
+	struct keel_topo *t;
+	struct keel_map_req r;
+
+	cr_assert(mkdtemp(root));
+	fake_cgroup(root, "cgroup2", "v2", "/", "0::/pod\n");
+	snprintf(dir, sizeof(dir), "%s/v2/pod", root);
+	write_in(dir, "cpuset.cpus.effective", "0\n");
+	keel__sched_getaffinity = fake_affinity;
+	fake_cpus[0] = 0;
+	nfake = 1;
+
+	/* the runtime's --cpuset */
+	o.cpuset_given = true;
+	memset(&o.cpuset, 0, sizeof(o.cpuset));
+	keel_cpuset_add(&o.cpuset, 1);
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(strstr(logged, "CPU 1 is not in this process's affinity mask: its cgroup's "
+				 "cpuset (") &&
+			  strstr(logged, "v2/pod/cpuset.cpus.effective is 0) excludes it") &&
+			  strstr(logged, "a cgroup that has it"),
+		  "%s", logged);
+
+	/* the mapper's --cpuset, and a map's shard */
+	cr_assert_eq(keel_topo_load(NULL, &t, err, sizeof(err)), 0, "%s", err);
+	memset(&r, 0, sizeof(r));
+	keel_cpulist_parse("1", &r.cpuset, err, sizeof(err));
+	r.cpuset_given = true;
+	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "its cgroup's cpuset") && strstr(err, "a cgroup that has it") &&
+			  !strstr(err, "wider mask"),
+		  "%s", err);
+	keel_topo_destroy(t);
+	memset(&back, 0, sizeof(back));
+	back.version = KEEL_MAP_VERSION;
+	back.nshards = 1;
+	back.shards[0] = (struct keel_map_shard){
+		.cpu = 1, .core = -1, .numa = -1, .rxq = -1, .irq_cpu = -1
+	};
+	if (sysconf(_SC_NPROCESSORS_ONLN) > 1) {
+		cr_assert_eq(keel_map_validate(&back, err, sizeof(err)), -EINVAL);
+		cr_assert(strstr(err, "its cgroup's cpuset") && !strstr(err, "taskset -c"), "%s",
+			  err);
+	}
+
+	/* the cgroup has CPU 1: only the mask excludes it, and taskset is the way */
+	write_in(dir, "cpuset.cpus.effective", "0-1\n");
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(strstr(logged, "CPU 1 is not in this process's affinity mask") &&
+			  !strstr(logged, "cgroup"),
+		  "%s", logged);
+	rm_dir(root);
+}
+
+/* Live, as root on a machine with a cgroup v1 cpuset hierarchy (v2 needs the controller
+ * enabled above the process, which a test should not change): a child in a cgroup of CPU
+ * 0 alone asks for CPU 1. hwloc leaves CPU 1 out of the topology, and the mapper said it
+ * "does not exist on this machine". */
+Test(core_topo, a_cpu_a_live_cgroup_excludes_is_not_called_missing)
+{
+	char file[512], dir[512], *slash, msg[1024] = "";
+	struct keel_cpuset s;
+	ssize_t got;
+	int pfd[2], st;
+	pid_t pid;
+	FILE *f;
+
+	if (geteuid() != 0)
+		cr_skip_test("needs root to make a cgroup");
+	if (sysconf(_SC_NPROCESSORS_ONLN) < 2)
+		cr_skip_test("needs 2 CPUs");
+	if (keel__cgroup_cpus(&s, file, sizeof(file)) < 0 || !strstr(file, "effective_cpus") ||
+	    !keel_cpuset_has(&s, 1))
+		cr_skip_test("needs a cgroup v1 cpuset hierarchy with CPU 1 (%s)", file);
+	slash = strrchr(file, '/');
+	snprintf(dir, sizeof(dir), "%.*s/keel-test-%d", (int)(slash - file), file, (int)getpid());
+	cr_assert(mkdir(dir, 0755) == 0, "%s: %s", dir, strerror(errno));
+	write_in(dir, "cpuset.cpus", "0\n");
+	write_in(dir, "cpuset.mems", "0\n");
+	cr_assert_eq(pipe(pfd), 0);
+	pid = fork();
+	if (pid == 0) {
+		char id[32], path[600];
+		struct keel_topo *t;
+		struct keel_map_req r;
+
+		close(pfd[0]);
+		snprintf(path, sizeof(path), "%s/tasks", dir);
+		f = fopen(path, "w");
+		snprintf(id, sizeof(id), "%d\n", (int)getpid());
+		if (!f || fputs(id, f) < 0 || fclose(f) != 0)
+			_exit(2);
+		if (keel_topo_load(NULL, &t, err, sizeof(err)) != 0)
+			_exit(3);
+		memset(&r, 0, sizeof(r));
+		keel_cpulist_parse("1", &r.cpuset, err, sizeof(err));
+		r.cpuset_given = true;
+		if (keel_map_compute(t, &r, &map, err, sizeof(err)) != -EINVAL)
+			_exit(4);
+		if (write(pfd[1], err, strlen(err)) < 0)
+			_exit(5);
+		_exit(0);
+	}
+	close(pfd[1]);
+	got = read(pfd[0], msg, sizeof(msg) - 1);
+	close(pfd[0]);
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	rmdir(dir);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0 && got > 0, "child status %d", st);
+	cr_assert(strstr(msg, "its cgroup's cpuset") && !strstr(msg, "does not exist"), "%s", msg);
 }
