@@ -38,7 +38,10 @@ embed_bin(void)
 }
 
 static pid_t live;        /* the host a failed test leaves running: killed by the fini */
-static char live_dir[64]; /* the directory of the test in progress: removed by the fini */
+/* The directories the test in progress made (host_init): the fini removes them all (it kept
+ * only the last, so a test that made several, one per case, left the others in /tmp). */
+static char live_dirs[64][64];
+static unsigned nlive_dirs;
 
 struct host {
 	pid_t pid;
@@ -77,7 +80,8 @@ host_init(struct host *h, const char *extra)
 	memset(h, 0, sizeof(*h));
 	snprintf(h->dir, sizeof(h->dir), "/tmp/keel-embed-test.XXXXXX");
 	cr_assert_not_null(mkdtemp(h->dir));
-	snprintf(live_dir, sizeof(live_dir), "%s", h->dir);
+	cr_assert_lt(nlive_dirs, 64, "more host directories than the fini can remove");
+	snprintf(live_dirs[nlive_dirs++], sizeof(live_dirs[0]), "%s", h->dir);
 	snprintf(path, sizeof(path), "%s/data", h->dir);
 	cr_assert_eq(mkdir(path, 0755), 0);
 	snprintf(path, sizeof(path), "%s/host.conf", h->dir);
@@ -185,12 +189,12 @@ kill_live(void)
 	if (live > 0)
 		kill(live, SIGKILL);
 	live = 0;
-	if (live_dir[0]) {
-		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", live_dir);
+	for (unsigned i = 0; i < nlive_dirs; i++) {
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", live_dirs[i]);
 		if (system(cmd) != 0)
-			fprintf(stderr, "could not remove %s\n", live_dir);
-		live_dir[0] = 0;
+			fprintf(stderr, "could not remove %s\n", live_dirs[i]);
 	}
+	nlive_dirs = 0;
 }
 
 TestSuite(embed, .fini = kill_live);
@@ -936,6 +940,7 @@ host_start_faults(struct host *h, const char *spec)
 	if (none) {
 		host_stop(h);
 		host_fini(h);
+		kill_live(); /* a skipped test's fini does not run */
 		cr_skip_test("keel-embed was built without fault injection");
 	}
 }

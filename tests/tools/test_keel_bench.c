@@ -412,10 +412,11 @@ Test(tools_bench, a_connection_the_server_stops_answering_midway_is_reported)
 }
 
 /* A UDP echo on 127.0.0.1 that answers every source but the @mute-th it hears from (1:
- * the first; 0: none). */
+ * the first; 0: none), each datagram twice where @dup. */
 struct umute {
 	int fd;
 	unsigned mute;
+	bool dup;
 	volatile int stop;
 };
 
@@ -446,17 +447,19 @@ umute_server(void *arg)
 		if (k + 1 == m->mute)
 			continue;
 		(void)sendto(m->fd, buf, (size_t)r, 0, (struct sockaddr *)&from, fl);
+		if (m->dup)
+			(void)sendto(m->fd, buf, (size_t)r, 0, (struct sockaddr *)&from, fl);
 	}
 	return NULL;
 }
 
 /* keel-bench udp against the test's own echo, with @env before the command (LD_PRELOAD). */
 static char *
-umute_run(unsigned mute, const char *env, int *status)
+umute_run(unsigned mute, bool dup, const char *env, int *status)
 {
 	struct sockaddr_in a = { .sin_family = AF_INET };
 	socklen_t al = sizeof(a);
-	struct umute m = { .mute = mute };
+	struct umute m = { .mute = mute, .dup = dup };
 	pthread_t th;
 	char cmd[1024], *out;
 	size_t cap = 1 << 16, len = 0, n;
@@ -490,11 +493,24 @@ umute_run(unsigned mute, const char *env, int *status)
 Test(tools_bench, a_udp_flow_the_server_does_not_answer_is_reported)
 {
 	int st;
-	char *out = umute_run(2, "", &st);
+	char *out = umute_run(2, false, "", &st);
 
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d: %s", st, out);
 	cr_assert_gt(num(out, "msgs"), 0, "%s", out);
 	cr_assert_eq(num(out, "stalled_conns"), 1, "%s", out);
+	free(out);
+}
+
+/* A server that sends each datagram back twice fails the run, as one that echoes more
+ * bytes than were sent fails a TCP run; the second echo was counted "late" and the run
+ * passed as clean. */
+Test(tools_bench, a_udp_server_that_echoes_twice_fails_the_run)
+{
+	int st;
+	char *out = umute_run(0, true, "", &st);
+
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0, "status %d: %s", st, out);
+	cr_assert(strstr(out, "came back twice"), "%s", out);
 	free(out);
 }
 
@@ -511,7 +527,7 @@ Test(tools_bench, a_udp_flow_whose_send_found_no_room_sends_again)
 		 "LD_PRELOAD=%s KEEL_TEST_SENDMMSG_EAGAIN=1 "
 		 "ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0",
 		 KEEL_TEST_EAGAIN_SO);
-	out = umute_run(0, env, &st);
+	out = umute_run(0, false, env, &st);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d: %s", st, out);
 	cr_assert(strstr(out, "sendmmsg_eagain: call 1 failed with EAGAIN"),
 		  "the injection did not happen: %s", out);

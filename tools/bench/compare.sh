@@ -552,7 +552,11 @@ client_desc="keel-bench MODE --client $client --port P --server-pid PID"
 	# keel's runtime reads KEEL_* variables (its options' defaults): any set changed the keel
 	# server alone, so they are part of the setup.
 	kenv=$(env | grep '^KEEL_' | sort | tr '\n' ' ' || true)
-	echo "- KEEL_* environment (read by keel's server only): ${kenv:-none}"
+	if [ "$client" = keel ]; then
+		echo "- KEEL_* environment (read by keel's server, and by the keel client program, which drives both servers): ${kenv:-none}"
+	else
+		echo "- KEEL_* environment (read by keel's server only): ${kenv:-none}"
+	fi
 	if [ ${#eudp[@]} -gt 0 ]; then
 		echo "- UDP sends: keel batches datagrams to one destination with UDP_SEGMENT (udp_gso_segs, docs/net.md); so does the epoll server (--udp-gso)"
 	else

@@ -29,12 +29,14 @@
 #                       gives it fewer CPUs at more shards (4 of 16 at 12: client-bound rows)
 #     --max-seconds T   stop before a shard count whose runs would end past T seconds (the
 #                       estimate below), and report the counts done (a device's time limit)
+#     --report-only     run nothing: write scaling.md/.tsv again from OUT/shards-S/summary.tsv
+#                       of the shard counts that have one
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cmdline="tools/bench/scaling.sh $*"
 
 bin=$root/build-release/bin shards_list=1,2,4,8,12 ncpu=$(nproc) reps=5 secs=1 warmup=0.3
-out=scaling-results policies=block,spin client=epoll shared=0 egather=() cfrom= maxs=
+out=scaling-results policies=block,spin client=epoll shared=0 egather=() cfrom= maxs= report_only=0
 rows='pp64:pingpong:64:1:32*{S},tp64:throughput:64:64:4*{S}'
 usage() { sed -n '/^#   tools\/bench\/scaling.sh \[options\]/,/^set -e/{/^#/s/^# \{0,1\}//p}' "$0"; }
 while [ $# -gt 0 ]; do
@@ -53,6 +55,7 @@ while [ $# -gt 0 ]; do
 	--allow-shared) shared=1 ;;
 	--client-from) cfrom=${2:?}; shift ;;
 	--max-seconds) maxs=${2:?}; shift ;;
+	--report-only) report_only=1 ;;
 	-h | --help) usage; exit 0 ;;
 	*) echo "scaling.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
 	esac
@@ -62,7 +65,7 @@ done
 [ -z "$cfrom" ] || [[ $cfrom =~ ^[1-9][0-9]*$ && $cfrom -lt $ncpu ]] ||
 	{ echo "scaling.sh: --client-from must be a CPU number from 1 to $((ncpu - 1))" >&2; exit 2; }
 [ -z "$maxs" ] || [[ $maxs =~ ^[1-9][0-9]*$ ]] || { echo "scaling.sh: --max-seconds must be a positive integer" >&2; exit 2; }
-[ -x "$bin/keel-bench" ] || { echo "scaling.sh: no keel-bench in $bin (build first, or --bin DIR)" >&2; exit 1; }
+[ -x "$bin/keel-bench" ] || [ $report_only -eq 1 ] || { echo "scaling.sh: no keel-bench in $bin (build first, or --bin DIR)" >&2; exit 1; }
 IFS=, read -ra S <<<"$shards_list"
 for s in "${S[@]}"; do
 	[[ $s =~ ^[1-9][0-9]*$ ]] || { echo "scaling.sh: --shards: '$s' is not a positive integer" >&2; exit 2; }
@@ -95,6 +98,10 @@ echo "scaling.sh: ${#S[@]} shard counts, about $per_s s each, $((per_s * ${#S[@]
 t0=$(date +%s)
 done_s=()
 for s in "${S[@]}"; do
+	if [ $report_only -eq 1 ]; then
+		[ ! -s "$out/shards-$s/summary.tsv" ] || done_s+=("$s")
+		continue
+	fi
 	if [ -n "$maxs" ] && [ $(($(date +%s) - t0 + per_s)) -gt "$maxs" ]; then
 		echo "scaling.sh: stopping before $s shard(s): its runs would end past --max-seconds $maxs" >&2
 		break
@@ -124,6 +131,10 @@ for s in "${S[@]}"; do
 	done_s+=("$s")
 done
 echo "scaling.sh: $(($(date +%s) - t0)) s"
+if [ ${#done_s[@]} -eq 0 ] && [ $report_only -eq 1 ]; then
+	echo "scaling.sh: --report-only: no $out/shards-S/summary.tsv for shard counts $shards_list" >&2
+	exit 1
+fi
 [ ${#done_s[@]} -gt 0 ] || { echo "scaling.sh: no shard count fit in --max-seconds $maxs" >&2; exit 1; }
 S=("${done_s[@]}")
 
@@ -176,6 +187,9 @@ cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo) # no SIGPIPE 
 			if (A[2] ~ /shared/) fl = fl "client shares the server CPUs; "
 			sub(/; $/, "", fl)
 			sh = ranksum_shown(K[26], K[12], E[12], K[27], K[17], E[17])
+			# a client-bound run measured the client: its rate verdict says nothing of
+			# the servers (as in compare.md)
+			if (K[20] > 0 || E[20] > 0) sh = "rate moot (client-bound): " sh
 			printf "| %s | %s | %s | %s | %s | %s | %s | %s (%s-%s) | %s (%s-%s) | %s (%s-%s) | %s / %s | %s / %s | %s / %s | %s | %s |\n", \
 				A[1], A[2], A[3], mode, A[7], A[9], unit, v(K[12]), v(K[13]), v(K[14]), v(E[12]), v(E[13]), v(E[14]), \
 				g(K[22]), g(K[23]), g(K[24]), g(K[18]), g(E[18]), v(K[17]), v(E[17]), f1(K[16]), f1(E[16]), sh, fl

@@ -16,7 +16,8 @@
  * copy). Echoes are read with recvmmsg, checked byte for byte and matched to their slot.
  * UDP may drop: a datagram without an echo after LOSS_MS is given up (lost) and its slot
  * freed; an echo that comes after that is counted late, never as a message. A datagram that
- * differs from what was sent, or an echo of a sequence number never sent, fails the run.
+ * differs from what was sent, an echo of a sequence number never sent, or a second echo of
+ * the last one its slot matched (a duplicate), fails the run.
  * Counters: msgs are datagrams echoed in the window, tx_all/rx_all datagrams sent and
  * matched over the whole run; lost and late only those given up on or late in the window;
  * latency per datagram, as in pingpong. A flow with no echo in the second half of the window
@@ -209,6 +210,10 @@ struct uslot {
 	uint64_t seq, sent_ns;
 	uint8_t hdr[BENCH_UDP_HDR];
 	bool busy;
+	/* The slot's last datagram that was echoed (matched), kept after the slot is reused,
+	 * so a second echo of it is known for a duplicate (done: one was matched). */
+	uint64_t done_seq;
+	bool done;
 };
 
 struct uflow {
@@ -364,11 +369,18 @@ on_dgram(struct uthread *t, struct uflow *f, const uint8_t *d, size_t len, int f
 	}
 	s = &f->slot[seq % cl->inflight];
 	if (!s->busy || s->seq != seq) {
-		/* Given up on already, or a duplicate. */
+		/* A second echo of one matched fails the run (a server that sends a datagram
+		 * back twice would pass for a clean run); else it was given up on already, or
+		 * is older than the slot's last match, and counts late. */
+		if (s->done && s->done_seq == seq)
+			return fail(t, -EPROTO, "flow %u: datagram %llu came back twice", f->id,
+				    (unsigned long long)seq);
 		t->late += in_window(cl, now);
 		return 0;
 	}
 	s->busy = false;
+	s->done = true;
+	s->done_seq = seq;
 	f->busy--;
 	t->rx_all++;
 	t->msgs_all++;

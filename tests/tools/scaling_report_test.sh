@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# tools/bench/scaling.sh's table (written again from compare.sh's summary.tsv files with
+# --report-only): a row whose runs were client-bound measured the client, so its rate
+# verdict says "rate moot (client-bound)" as compare.md's does; it printed "keel ahead".
+#   scaling_report_test.sh
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+out=$(mktemp -d /tmp/keel-scaling-test.XXXXXX)
+trap 'rm -rf "$out"' EXIT
+mkdir -p "$out/shards-1"
+: >"$out/shards-1/compare.md"
+# compare.sh's summary.tsv columns; two rows, keel 1.20x the epoll server's rate (p 0.008),
+# one client-bound in 5 of 5 repetitions of both servers, the other in none.
+{
+	printf 'row\tmode\tsize\tinflight\tconns\tthreads\tpolicy\tserver\tn\tmedian\tmin\tmax\tp50_us\tp99_us\tserver_cpu_ns_per_msg\tserver_cores\tclient_cores_used\tclient_bound_reps\tlost\tratio_median\tratio_min\tratio_max\tserver_cpus_ns_per_msg\tp_rate\tp_cpu\tp_cpus\tserver_cpu_min\tserver_cpu_max\tcpu_ratio_median\tcpu_ratio_min\tcpu_ratio_max\n'
+	for r in "pp64 5" "tp64 0"; do
+		set -- $r
+		printf '%s\tpingpong\t64\t1\t32\t1\tblock\tepoll\t5\t1000\t900\t1100\t30\t60\t5000\t0.9\t0.95\t%s\t0\t-\t-\t-\t5000\t-\t-\t-\t4900\t5100\t-\t-\t-\n' "$1" "$2"
+		printf '%s\tpingpong\t64\t1\t32\t1\tblock\tkeel\t5\t1200\t1100\t1300\t25\t50\t5000\t0.9\t0.95\t%s\t0\t1.2\t1.1\t1.3\t5000\t0.0079\t0.5\t0.5\t4900\t5100\t1.0\t0.98\t1.02\n' "$1" "$2"
+	done
+} >"$out/shards-1/summary.tsv"
+bash "$root/tools/bench/scaling.sh" --report-only --shards 1 --cpus 2 --policies block \
+	--out "$out" >/dev/null
+fail=0
+bound=$(grep '| pp64 |' "$out/scaling.md" || true)
+free=$(grep '| tp64 |' "$out/scaling.md" || true)
+if [[ $bound == *"rate moot (client-bound): keel ahead"* ]]; then
+	echo "ok: the client-bound row's rate verdict is moot"
+else
+	echo "FAIL: the client-bound row: $bound"
+	fail=1
+fi
+if [[ $free == *"keel ahead"* && $free != *"moot"* ]]; then
+	echo "ok: the other row's verdict stands"
+else
+	echo "FAIL: the row not client-bound: $free"
+	fail=1
+fi
+exit $fail
