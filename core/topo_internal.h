@@ -68,6 +68,11 @@ int keel__topo_cpulist_read(const char *path, struct keel_cpuset *out);
 /* Number of rx-N entries in /sys/class/net/@ifname/queues, or -errno (-ENODEV: no such
  * interface). */
 int keel__topo_sysfs_rxq_count(const char *ifname);
+/* The PCI function behind interface @ifname (its own, or the nearest above it: virtio-net's
+ * virtioN sits under one) into @pci, and its NUMA node into *@numa (-1: not said). Returns 0,
+ * -ENOENT (the interface has no PCI function: veth, lo, ifb), or -ENODEV (no such
+ * interface). */
+int keel__topo_sysfs_pci_of(const char *ifname, char *pci, size_t len, int *numa);
 /* @ifname's RSS indirection table (ETHTOOL_GRXFHINDIR): its size, with the entries (rx
  * queue numbers) in *@table (malloc'd; the caller frees it), or -errno (-EOPNOTSUPP: no
  * table, as veth has none). */

@@ -437,6 +437,24 @@ pci_name(const char *s)
 	return strchr(s, ':') != NULL;
 }
 
+/* "ethtool -X IF weight W0 W1 ...": weight 1 for each of the @rx queues a shard of @m
+ * serves, 0 for the others, into @buf ("keel-topo --plan" where it does not fit). */
+static void
+rss_weights(const struct keel_map *m, unsigned rx, char *buf, size_t len)
+{
+	size_t o = (size_t)snprintf(buf, len, "ethtool -X %s weight", m->iface);
+
+	for (unsigned q = 0; q < rx && o < len; q++) {
+		bool served = false;
+
+		for (unsigned s = 0; s < m->nshards && !served; s++)
+			served = m->shards[s].rxq == (int)q;
+		o += (size_t)snprintf(buf + o, len - o, " %d", served);
+	}
+	if (o >= len)
+		snprintf(buf, len, "keel-topo --plan for the ethtool -X weight line");
+}
+
 /* Calls @emit for each reason @m cannot run here (@fatal), or may not run as meant (not
  * @fatal: the runtime warns and starts); stops early when @emit returns false. */
 static unsigned
@@ -516,13 +534,39 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 				return n;
 		}
 	} else if (m->iface[0]) {
-		int rx = keel__topo_sysfs_rxq_count(m->iface);
+		int rx = keel__topo_sysfs_rxq_count(m->iface), pr, numa;
+		char pci[64];
+
 		if (rx == -ENODEV) {
 			keel__topo_sysfs_ifnames(list, sizeof(list));
 			snprintf(line, sizeof(line),
 				 "interface %s does not exist here (interfaces: %s); the map is "
 				 "stale: run keel-topo --plan again",
 				 m->iface, list);
+			n++;
+			if (!emit(arg, line, true))
+				return n;
+		} else if (m->pci[0] &&
+			   (pr = keel__topo_sysfs_pci_of(m->iface, pci, sizeof(pci), &numa)) !=
+				   -ENODEV &&
+			   (pr < 0 || strcmp(pci, m->pci) != 0 ||
+			    (m->numa >= 0 && numa >= 0 && numa != m->numa))) {
+			/* The name is there but is another NIC (names moved after a reboot or a
+			 * NIC change, or a map copied from another host): the shards were placed
+			 * for the map's NIC and node. */
+			char here[96] = "no PCI function", was[48] = "";
+
+			if (pr == 0)
+				snprintf(here, sizeof(here), "PCI %s", pci);
+			if (pr == 0 && numa >= 0)
+				snprintf(here, sizeof(here), "PCI %s (NUMA node %d)", pci, numa);
+			if (m->numa >= 0)
+				snprintf(was, sizeof(was), " (NUMA node %d)", m->numa);
+			snprintf(line, sizeof(line),
+				 "interface %s is %s here, the map was made for PCI %s%s: the map "
+				 "is stale (the interface names another NIC): run keel-topo --plan "
+				 "again",
+				 m->iface, here, m->pci, was);
 			n++;
 			if (!emit(arg, line, true))
 				return n;
@@ -564,15 +608,26 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 				n++;
 				if (!emit(arg, line, false))
 					return n;
-			} else if (sz < 0 && (unsigned)rx > m->rx_queues) {
+			} else if (sz < 0 && (unsigned)rx > served) {
+				/* The queues served are 0..served-1, or have gaps: then only a
+				 * weight per queue keeps RSS to them (equal N would spread flows
+				 * over the first N, served or not). */
+				char fix[400];
+
+				if (m->rx_queues == served)
+					snprintf(
+						fix, sizeof(fix),
+						"ethtool -X %s equal %u, or ethtool -L %s combined "
+						"%u",
+						m->iface, served, m->iface, served);
+				else
+					rss_weights(m, (unsigned)rx, fix, sizeof(fix));
 				snprintf(
 					line, sizeof(line),
 					"%s has %d rx queues, the map serves %u and its RSS table "
 					"could not be read (%s): flows on the other queues reach no "
-					"shard's CPU; run: ethtool -X %s equal %u, or ethtool -L %s "
-					"combined %u (or keel-topo --plan again)",
-					m->iface, rx, served, strerror(-sz), m->iface, m->rx_queues,
-					m->iface, m->rx_queues);
+					"shard's CPU; run: %s (or keel-topo --plan again)",
+					m->iface, rx, served, strerror(-sz), fix);
 				n++;
 				if (!emit(arg, line, false))
 					return n;

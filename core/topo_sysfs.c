@@ -292,6 +292,49 @@ keel__topo_sysfs_rxq_count(const char *ifname)
 	return n;
 }
 
+/* Whether @s is a PCI bus id, "dddd:bb:dd.f" in hex. */
+static bool
+pci_bus_id(const char *s)
+{
+	unsigned dom, bus, dev, fn;
+	char end;
+
+	return strlen(s) == 12 && sscanf(s, "%4x:%2x:%2x.%1x%c", &dom, &bus, &dev, &fn, &end) == 4;
+}
+
+int
+keel__topo_sysfs_pci_of(const char *ifname, char *pci, size_t len, int *numa)
+{
+	char path[PATH_MAX + 16], real[PATH_MAX], *p;
+
+	pci[0] = 0;
+	*numa = -1;
+	if (!*ifname || strchr(ifname, '/'))
+		return -ENODEV;
+	snprintf(path, sizeof(path), "/sys/class/net/%s/device", ifname);
+	if (!realpath(path, real)) {
+		snprintf(path, sizeof(path), "/sys/class/net/%s", ifname);
+		return access(path, F_OK) == 0 ? -ENOENT : -ENODEV;
+	}
+	/* The nearest PCI function on the way up: a virtio device sits under its own. */
+	while ((p = strrchr(real, '/')) && p != real) {
+		if (pci_bus_id(p + 1)) {
+			FILE *f;
+
+			keel__topo_strcpy(pci, len, p + 1);
+			snprintf(path, sizeof(path), "%s/numa_node", real);
+			if ((f = fopen(path, "re"))) {
+				if (fscanf(f, "%d", numa) != 1 || *numa < 0)
+					*numa = -1;
+				fclose(f);
+			}
+			return 0;
+		}
+		*p = 0;
+	}
+	return -ENOENT;
+}
+
 static int
 count_prefix(const char *dir, const char *prefix)
 {

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 /* The topology mapper on real machines' hwloc XML (../shared/topologies), synthetic edge
  * cases, and the live machine; the map file parser; the runtime's --map. */
+#include <dirent.h>
 #include <errno.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -1672,11 +1673,76 @@ Test(core_topo, an_interface_with_more_queues_than_the_map_serves_only_warns)
 	cr_assert(strstr(logged, "kmv0 has 4 rx queues, the map serves 1") &&
 			  strstr(logged, "ethtool -X kmv0 equal 1"),
 		  "%s", logged);
+	/* Queues 3 and 1 of 4 (--rxqs kmv0:3,1): rx_queues is 4, as many as the interface
+	 * has, and the two unserved queues went unsaid; "equal 4" would not keep RSS off
+	 * them, a weight per queue does. */
+	back.nshards = 2;
+	back.shards[0].rxq = 3;
+	back.shards[1] = back.shards[0];
+	back.shards[1].rxq = 1;
+	back.rx_queues = 4;
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_map_validate(&back, err, sizeof(err)), 0, "%s", err);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(strstr(logged, "kmv0 has 4 rx queues, the map serves 2") &&
+			  strstr(logged, "ethtool -X kmv0 weight 0 1 0 1 ") &&
+			  !strstr(logged, "equal"),
+		  "%s", logged);
 	write_map(path, "kmv0", 8, &cpu0, 1);
 	keel_map_load(path, &back, err, sizeof(err));
 	cr_assert_eq(keel_map_validate(&back, err, sizeof(err)), -EINVAL);
 	cr_assert(strstr(err, "kmv0 has 4 rx queues, the map needs 8"), "%s", err);
 	unlink(path);
+}
+
+/* A map names its NIC's PCI function and node, but only the interface name was checked: a
+ * name that now belongs to another NIC (names moved after a reboot, a map copied from
+ * another host) passed, the shards placed for a NIC and node that are not there. */
+Test(core_topo, a_map_made_for_another_nic_under_the_same_name_is_stale)
+{
+	char pci[64] = "", name[300] = "";
+	int numa;
+	DIR *d = opendir("/sys/class/net");
+	struct dirent *e;
+
+	memset(&back, 0, sizeof(back));
+	back.version = KEEL_MAP_VERSION;
+	back.numa = -1;
+	back.rx_queues = 1;
+	back.nshards = 1;
+	back.shards[0] = (struct keel_map_shard){
+		.cpu = 0, .core = -1, .numa = -1, .rxq = 0, .irq_cpu = -1
+	};
+	snprintf(back.iface, sizeof(back.iface), "lo");
+	cr_assert_eq(keel_map_validate(&back, err, sizeof(err)), 0, "%s", err);
+	snprintf(back.pci, sizeof(back.pci), "0000:81:00.0");
+	back.numa = 1;
+	cr_assert_eq(keel_map_validate(&back, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "interface lo is no PCI function here, the map was made for PCI "
+			      "0000:81:00.0 (NUMA node 1): the map is stale") &&
+			  strstr(err, "keel-topo --plan"),
+		  "%s", err);
+
+	/* An interface of a PCI NIC here, where there is one: its own bus id passes, another
+	 * does not. */
+	cr_assert_not_null(d);
+	while ((e = readdir(d)) && !name[0])
+		if (e->d_name[0] != '.' &&
+		    keel__topo_sysfs_pci_of(e->d_name, pci, sizeof(pci), &numa) == 0 &&
+		    keel__topo_sysfs_rxq_count(e->d_name) >= 1)
+			snprintf(name, sizeof(name), "%s", e->d_name);
+	closedir(d);
+	if (!name[0])
+		cr_skip_test("no interface of a PCI NIC here for the matching half");
+	snprintf(back.iface, sizeof(back.iface), "%s", name);
+	snprintf(back.pci, sizeof(back.pci), "%s", pci);
+	back.numa = numa;
+	cr_assert_eq(keel_map_validate(&back, err, sizeof(err)), 0, "%s: %s", name, err);
+	snprintf(back.pci, sizeof(back.pci), "%s",
+		 strcmp(pci, "0000:81:00.0") ? "0000:81:00.0" : "0000:82:00.0");
+	cr_assert_eq(keel_map_validate(&back, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "the map is stale (the interface names another NIC)"), "%s", err);
 }
 
 /* A CPU list file longer than 4 KiB (an IRQ's smp_affinity_list on a machine with more
