@@ -130,8 +130,10 @@ queue_limit(const struct keel_topo_info *in, const struct keel_topo_nic *nic, co
 
 	*src = in->live ? "its current count" : "--queues";
 	if (in->live) {
-		int ch = nic->ch_max_combined > nic->ch_max_rx ? nic->ch_max_combined
-							       : nic->ch_max_rx;
+		/* The kind of channel keel-topo --plan sets: combined where the driver has
+		 * them (ethtool -L IF combined N), else rx. A larger rx-only maximum beside
+		 * combined ones made maps that "combined N" cannot make. */
+		int ch = nic->ch_max_combined > 0 ? nic->ch_max_combined : nic->ch_max_rx;
 		if (ch > 0 && ch >= q) {
 			q = ch;
 			*src = "the driver's channel maximum";

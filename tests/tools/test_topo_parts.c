@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 /* keel-topo's report and plan as functions, on a live topology built by hand: what the
  * binary on this machine cannot show (a NIC with named IRQs, one without MSI IRQs). */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -161,5 +162,47 @@ Test(tools_topo, plan_for_a_nic_without_channels_pins_its_irq)
 	struct keel_topo *t = fake_live(&nic);
 
 	plan_without_channels(t, nic, NULL);
+	keel_topo_destroy(t);
+}
+
+/* A driver with combined channels (at most 4) and a larger rx-only maximum (8): the plan
+ * sets combined channels (ethtool -L IF combined N), so the map can have at most 4 queues.
+ * The mapper took the larger maximum: --shards 8 made a map of 8 queues and the plan said
+ * "ethtool -L eth0 combined 8", which the driver refuses. */
+Test(tools_topo, the_mapper_keeps_to_the_channels_the_plan_sets)
+{
+	struct keel_topo_load_opts o = { .synthetic = "pack:1 core:8 pu:1" };
+	struct keel_topo *t;
+	struct keel_topo_nic *n;
+	struct keel_map_req r;
+	char err[512];
+
+	cr_assert_eq(keel_topo_load(&o, &t, err, sizeof(err)), 0, "%s", err);
+	t->info.live = true;
+	t->info.irqbalance = KEEL_TOPO_OFF;
+	n = keel__topo_nic_add(t);
+	cr_assert_not_null(n);
+	t->info.nics = t->nics;
+	snprintf(n->name, sizeof(n->name), "eth0");
+	n->netdev = true;
+	n->numa = 0;
+	n->local = t->info.present;
+	n->nrxq = 4;
+	n->rxq = calloc(4, sizeof(*n->rxq));
+	cr_assert_not_null(n->rxq);
+	for (int i = 0; i < 4; i++) {
+		n->rxq[i].index = i;
+		n->rxq[i].irq = -1;
+	}
+	n->ch_combined = n->ch_max_combined = 4;
+	n->ch_rx = n->ch_tx = 0;
+	n->ch_max_rx = n->ch_max_tx = 8;
+	keel_map_req_init(&r);
+	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(map.nshards, 4);
+	r.shards = 8;
+	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), -EINVAL, "a map of %u queues",
+		     map.rx_queues);
+	cr_assert(strstr(err, "4"), "%s", err);
 	keel_topo_destroy(t);
 }
