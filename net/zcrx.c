@@ -77,7 +77,7 @@ keel__zcrx_unclaim(const char *iface, int rxq)
 }
 
 const char *
-keel__zcrx_reason(int err, const char *iface, int rxq, char *buf, size_t len)
+keel__zcrx_reason(int err, const char *iface, int rxq, size_t area, char *buf, size_t len)
 {
 	int e = err < 0 ? -err : err;
 
@@ -142,6 +142,17 @@ keel__zcrx_reason(int err, const char *iface, int rxq, char *buf, size_t len)
 			 iface, rxq);
 		break;
 	case EFAULT:
+		/* Linux through 6.18 and later ones (io_validate_user_buf_range) refuse
+		 * registered memory over 1 GiB with EFAULT; a later kernel lifted that. */
+		if (area > (1ull << 30)) {
+			snprintf(buf, len,
+				 "ZCRX on %s rx queue %d: EFAULT (bad address): the kernel refused "
+				 "the %zu-byte area: io_uring takes at most 1 GiB of registered "
+				 "memory at once on this kernel (6.18 and those before it); use "
+				 "--zcrx-area 1G or less",
+				 iface, rxq, area);
+			break;
+		}
 		snprintf(buf, len,
 			 "ZCRX on %s rx queue %d: EFAULT (bad address): the kernel could not read "
 			 "the registration; this is a keel bug, please report it",
@@ -356,7 +367,7 @@ keel__zcrx_setup(struct net_shard *ns)
 		return 0;
 	}
 	if (!why[0])
-		keel__zcrx_reason(r, z->iface, z->rxq, why, sizeof(why));
+		keel__zcrx_reason(r, z->iface, z->rxq, z->area_len, why, sizeof(why));
 	/* A registration that succeeded and was then refused keeps its memory: the kernel
 	 * holds it until the ring closes. */
 	if (z->registered && v == KEEL__ZCRX_FAIL) {
@@ -473,7 +484,7 @@ keel_zcrx_probe(const char *iface, int rxq, char *why, size_t len)
 	io_uring_queue_exit(&ring);
 	release(&z);
 	if (r < 0 && !why[0])
-		keel__zcrx_reason(r, iface, rxq, why, len);
+		keel__zcrx_reason(r, iface, rxq, o.zcrx_area, why, len);
 	if (r == 0)
 		snprintf(why, len, "ZCRX on %s rx queue %d: registered and released", iface, rxq);
 	return r;

@@ -192,9 +192,11 @@ enum keel__zcrx_verdict {
 };
 enum keel__zcrx_verdict keel__zcrx_verdict(enum keel_policy policy, int err, bool registered);
 
-/* The message for a set-up failure -@err on @iface queue @rxq: what the errno means there
- * and the fix. Writes at most @len bytes to @buf (always terminated); returns @buf. */
-const char *keel__zcrx_reason(int err, const char *iface, int rxq, char *buf, size_t len);
+/* The message for a set-up failure -@err on @iface queue @rxq with an area of @area bytes:
+ * what the errno means there and the fix. Writes at most @len bytes to @buf (always
+ * terminated); returns @buf. */
+const char *keel__zcrx_reason(int err, const char *iface, int rxq, size_t area, char *buf,
+			      size_t len);
 
 /* Claim (iface, rxq) for @shard in the process-wide table: 0, or -EEXIST with the owner in
  * *owner (one queue, one shard). keel__zcrx_unclaim() gives it back. */
