@@ -444,11 +444,13 @@ keel__zcrx_take(struct net_shard *ns, const struct io_uring_cqe *cqe, struct kee
 	z->zc_bytes += f.len;
 	z->zc_frags++;
 	/* A quarter of the area stays for the kernel, as a quarter of a copy-path ring does
-	 * (keel__pbuf_pressed): crossing that line, partial frames copy their area slices out
-	 * and give them back. The kernel says nothing when the area runs out (its ENOMEM is
+	 * (keel__pbuf_pressed): past that line, partial frames copy their area slices out and
+	 * give them back, after every fragment that arrives there (one reclaim a pass at most:
+	 * keel__net_kick), not only at the crossing, since a frame may begin when the area
+	 * is already past it. The kernel says nothing when the area runs out (its ENOMEM is
 	 * only for its own copies): the NIC drops what it cannot place, and frames that
 	 * cannot complete would hold the area for good. */
-	if (z->held == zcrx_press_line(z) + 1)
+	if (z->held > zcrx_press_line(z))
 		keel__framers_reclaim_later(ns);
 	return 1;
 }

@@ -1739,6 +1739,71 @@ Test(net_zcrx, sim_a_partial_frame_past_three_quarters_of_the_area_gives_its_sli
 	keel_framer_destroy(S.fr);
 }
 
+/* The area already past the line when a frame starts (the app holds 390 of 512 pages): the
+ * partial frame's slices are given back too. The check ran only when the count crossed the
+ * line (held == line + 1), so a frame that began holding after that kept its slices until
+ * the kernel's ENOMEM, which the NIC's drops never bring. */
+#define LATE_HELD 390u
+
+static uint64_t
+late_off(unsigned i)
+{
+	return (uint64_t)(LATE_HELD + i) * 4096; /* the pages after the app's */
+}
+
+static void inject_at(unsigned from, unsigned to);
+
+static void
+step_late_hold_then_frame(void)
+{
+	struct keel_framer_opts fo;
+
+	if (!SHARD_CHECK(S.conn != NULL))
+		return;
+	S.data_mode = DATA_HOLD;
+	inject_at(0, LATE_HELD);
+	SHARD_CHECK_EQ(zst().held, LATE_HELD);
+	memset(&fo, 0, sizeof(fo));
+	fo.kind = KEEL_FRAME_LEN32;
+	fo.on_frame = big_on_frame;
+	SHARD_CHECK_EQ(keel_framer_create(&fo, &S.fr), 0);
+	inject_frame(0, 100, late_off, BIG_FRAGS * 4096u); /* 100 pages of a 450-page frame */
+}
+
+static void
+step_late_reclaimed(void)
+{
+	struct keel_net_stats ns;
+
+	SHARD_CHECK_EQ(zst().held, LATE_HELD, " the partial frame still holds area slices");
+	SHARD_CHECK_EQ(keel_net_stats(keel_this_shard(), &ns), 0);
+	SHARD_CHECK_EQ(ns.frame_reclaims, 1);
+	SHARD_CHECK_EQ(big_frames, 0);
+	for (unsigned i = 0; i < S.nheld; i++)
+		keel_slice_put(&S.held[i]);
+	S.nheld = 0;
+	/* The frame never completes: its copies are the shard's memory, given back here. */
+	keel_framer_destroy(S.fr);
+	S.fr = NULL;
+}
+
+Test(net_zcrx, sim_a_frame_begun_past_three_quarters_of_the_area_gives_its_slices_back)
+{
+	int fd;
+
+	big_frames = 0;
+	sim_up(1, 512, true);
+	fd = cli_connect(S.port);
+	cr_assert_geq(fd, 0);
+	WAIT_FOR(S.conn != NULL, "the connection did not open");
+	run_on(0, step_late_hold_then_frame);
+	SHARD_CHECKS_PASSED();
+	run_on(0, step_late_reclaimed); /* a step later: the reclaim runs after the pass */
+	SHARD_CHECKS_PASSED();
+	close(fd);
+	sim_down();
+}
+
 /* Area slices that a send queue or a paused connection would hold while the area runs low
  * (over three quarters of its 4 KiB buffers held) are copied out and go back to the kernel,
  * as a copy-path ring's buffers do (conn.c, unring): a few peers that never read could
