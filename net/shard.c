@@ -255,6 +255,13 @@ keel__net_shard_get(struct net_shard **out)
 	return keel__net_shard_get_cfg(NULL, out);
 }
 
+/* The failure of a network state made after the kernel had taken its ZCRX registration:
+ * the shard's ring keeps that interface queue until it closes (6.18 has no unregister), so
+ * a second state would find the queue its own ring holds (EEXIST, and under --zcrx auto a
+ * copy path that cannot read what the NIC puts in the area). Every later try on this
+ * shard fails with it instead. A shard is a thread of its own: this ends with it. */
+static __thread int tl_zcrx_stuck;
+
 int
 keel__net_shard_get_cfg(const struct keel_net_config *cfg, struct net_shard **out)
 {
@@ -265,6 +272,14 @@ keel__net_shard_get_cfg(const struct keel_net_config *cfg, struct net_shard **ou
 			return -ESHUTDOWN;
 		*out = tl_ns;
 		return 0;
+	}
+	if (tl_zcrx_stuck) {
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "shard %u: no network state: an earlier one failed (%s) after the kernel "
+			 "had taken its ZCRX registration, which the shard's ring keeps until it "
+			 "closes; stop and start the runtime again, or run with --zcrx off",
+			 keel_shard_id(keel_this_shard()), strerror(-tl_zcrx_stuck));
+		return tl_zcrx_stuck;
 	}
 	if (cfg) {
 		/* A listener's configuration gives the shard its sizes only; everything else
@@ -335,6 +350,8 @@ shard_create(const struct keel_net_config *cfg, struct net_shard **out)
 	*out = ns;
 	return 0;
 err:
+	if (ns->zcrx && ns->zcrx->registered)
+		tl_zcrx_stuck = r;
 	keel__zcrx_fini(ns);
 	keel__pbuf_fini(&ns->tcp);
 	if (ns->files)

@@ -25,6 +25,14 @@
 
 _Atomic unsigned keel__zcrx_register_calls;
 
+static long
+register_ifq(int ring_fd, void *reg)
+{
+	return syscall(__NR_io_uring_register, ring_fd, KEEL_IORING_REGISTER_ZCRX_IFQ, reg, 1);
+}
+
+long (*keel__zcrx_register)(int ring_fd, void *reg) = register_ifq;
+
 /* The refill ring's header (the kernel's struct io_uring: head and tail on their own cache
  * lines) comes first in the region; a page is more than it needs on every architecture. */
 #define RQ_HEADER_BYTES 4096u
@@ -271,7 +279,7 @@ try_setup(struct net_zcrx *z, const struct keel_opts *o, unsigned ring_flags, in
 	atomic_fetch_add(&keel__zcrx_register_calls, 1);
 	/* The real ring fd: a registered ring index is not accepted by io_uring_register
 	 * without IORING_REGISTER_USE_REGISTERED_RING, and liburing 2.3 has no ZCRX helper. */
-	r = syscall(__NR_io_uring_register, ring_fd, KEEL_IORING_REGISTER_ZCRX_IFQ, &reg, 1);
+	r = keel__zcrx_register(ring_fd, &reg);
 	if (r < 0)
 		return -errno;
 	z->registered = true;

@@ -207,4 +207,9 @@ void keel__zcrx_unclaim(const char *iface, int rxq);
  * was asked leave it unchanged). */
 extern _Atomic unsigned keel__zcrx_register_calls;
 
+/* The IORING_REGISTER_ZCRX_IFQ call (io_uring_register on @ring_fd with @reg, a struct
+ * keel_zcrx_ifq_reg): -1 with errno, as the syscall. A pointer so tests can play a kernel
+ * that takes the registration, which no NIC here does. */
+extern long (*keel__zcrx_register)(int ring_fd, void *reg);
+
 #endif

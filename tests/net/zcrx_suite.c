@@ -375,6 +375,78 @@ zsrv_stop(struct zsrv *z)
 	return r;
 }
 
+/* A kernel that takes the registration but answers refill-ring offsets that do not fit
+ * the region: keel refuses the set-up (-EPROTO) with the kernel holding the queue. */
+static long
+reg_taken_bad_offsets(int ring_fd, void *arg)
+{
+	struct keel_zcrx_ifq_reg *reg = arg;
+
+	(void)ring_fd;
+	reg->offsets.head = 1u << 30;
+	reg->offsets.tail = 0;
+	reg->offsets.rqes = 64;
+	reg->zcrx_id = 7;
+	return 0;
+}
+
+static int stuck_first, stuck_second;
+static unsigned stuck_calls;
+
+static void
+stuck_start(void *arg)
+{
+	struct zsrv *z = arg;
+
+	stuck_first = keel_listener_start(z->l);
+	/* A second try makes the shard's network state again: its ring still holds the
+	 * first one's interface queue. */
+	stuck_second = keel_listener_start(z->l);
+	stuck_calls = atomic_load(&keel__zcrx_register_calls);
+	keel_stop(stuck_first);
+	atomic_fetch_add(&z->started, 1);
+}
+
+/* A network state that failed after the kernel took its ZCRX registration is not made
+ * again on that shard: the ring holds the queue until it closes (6.18 has no unregister),
+ * so a second registration met the ring's own queue (EEXIST) and, under --zcrx auto, fell
+ * back to a copy path that cannot read what the NIC puts in the area. Now each later try
+ * fails with the first failure, saying why, and asks the kernel nothing. */
+Test(net_zcrx, a_state_that_failed_holding_a_registration_is_not_made_again)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_listen_opts lo;
+	struct zsrv z;
+	unsigned calls = atomic_load(&keel__zcrx_register_calls);
+
+	keel__zcrx_register = reg_taken_bad_offsets;
+	memset(&z, 0, sizeof(z));
+	o.log_level = KEEL_LOG_INFO;
+	o.zcrx = KEEL_POLICY_AUTO;
+	snprintf(o.iface, sizeof(o.iface), "lo");
+	o.rxqs[0] = 0;
+	o.nrxqs = 1;
+	o.zcrx_area = 2u << 20;
+	o.zcrx_rq_entries = 256;
+	capture();
+	cr_assert_eq(keel_runtime_create(&o, &z.rt), 0);
+	memset(&lo, 0, sizeof(lo));
+	lo.addr = "127.0.0.1";
+	lo.rt = z.rt;
+	cr_assert_eq(keel_listener_create(&lo, 1, &zecho_ops, &z, &z.l), 0);
+	cr_assert_eq(keel_runtime_start(z.rt, stuck_start, &z), 0);
+	cr_assert_eq(keel_runtime_join(z.rt), -EPROTO);
+	keel_runtime_destroy(z.rt);
+	keel_listener_destroy(z.l);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq(stuck_first, -EPROTO, "%s", logbuf);
+	cr_assert_eq(stuck_second, -EPROTO, "the second try: %d\n%s", stuck_second, logbuf);
+	cr_assert_eq(stuck_calls, calls + 1, "the kernel was asked again\n%s", logbuf);
+	cr_assert(logged("do not fit") && logged("an earlier one failed") &&
+			  logged("--zcrx off") && !logged("falls back to the copy path"),
+		  "%s", logbuf);
+}
+
 static void
 need_root(void)
 {
