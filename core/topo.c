@@ -189,10 +189,20 @@ load_cpus(struct keel_topo *t, hwloc_topology_t h)
 			kp->os = pu->os_index;
 			kp->core = (unsigned)c;
 			kp->smt = core->npus;
+			if (core->npus >= KEEL_TOPO_MAX_SMT) {
+				/* Not a CPU keel can place a shard on: said, and left out of
+				 * the machine's CPUs, so no option can name it (it stayed in
+				 * them, in no core, and --cpuset of it found no CPU left). */
+				keel_log(KEEL_LOG_WARN, "topo",
+					 "core %d has more than %d hardware threads "
+					 "(KEEL_TOPO_MAX_SMT, keel's limit): CPU %u takes no shard",
+					 c, KEEL_TOPO_MAX_SMT, pu->os_index);
+				kp->allowed = false;
+				continue;
+			}
 			kp->allowed = true;
 			keel_cpuset_add(&t->info.present, pu->os_index);
-			if (core->npus < KEEL_TOPO_MAX_SMT)
-				core->pus[core->npus++] = pu->os_index;
+			core->pus[core->npus++] = pu->os_index;
 		}
 		for (unsigned i = 0; i < t->info.nnuma; i++)
 			if (core->numa >= 0 && t->numa[i].os == (unsigned)core->numa)
@@ -425,7 +435,9 @@ keel_topo_load(const struct keel_topo_load_opts *o, struct keel_topo **out, char
 	} else {
 		for (unsigned i = 0; i < t->info.nnics; i++) {
 			struct keel_topo_nic *n = &t->nics[i];
-			if (!o->queues)
+			/* A PCI function without an interface has no queues to give (as live,
+			 * and as the report and the mapper take it). */
+			if (!o->queues || !n->netdev)
 				continue;
 			n->nrxq = n->ntxq = (int)o->queues;
 			n->rxq = calloc(o->queues, sizeof(*n->rxq));

@@ -200,6 +200,16 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 					"program in a cgroup that has it",
 					c, cg,
 					keel_topo_cpulist_format(&in->allowed, list, sizeof(list)));
+			for (unsigned i = 0; i < in->npus && !keel_cpuset_has(&in->present, c); i++)
+				if (in->pus[i].os == c)
+					return keel__errf(
+						err, errlen, -EINVAL,
+						"--cpuset: CPU %u is a hardware thread of core %u "
+						"beyond the %d a core keel counts (KEEL_TOPO_MAX_SMT): "
+						"it takes no shard; pick from CPUs %s",
+						c, in->pus[i].core, KEEL_TOPO_MAX_SMT,
+						keel_topo_cpulist_format(&in->allowed, list,
+									 sizeof(list)));
 			if (!keel_cpuset_has(&in->present, c))
 				return keel__errf(
 					err, errlen, -EINVAL,

@@ -330,6 +330,8 @@ push(struct jp *p, struct jval *v, struct jval *kid)
 	return 0;
 }
 
+#define MAP_OBJ_MEMBERS_MAX 64
+
 static int
 parse_container(struct jp *p, struct jval *v, int depth)
 {
@@ -358,6 +360,14 @@ parse_container(struct jp *p, struct jval *v, int depth)
 			r = parse_string(p, &key);
 			if (r < 0)
 				return r;
+			/* A keel map's objects have a dozen members at most: the duplicate check
+			 * below is then cheap (it made a 1 MiB file of 90,000 members take 19 s
+			 * to refuse). */
+			if (v->n >= MAP_OBJ_MEMBERS_MAX) {
+				free(key);
+				return jerr(p, "an object of more than 64 members (a keel map's have "
+					       "a dozen at most)");
+			}
 			for (unsigned i = 0; i < v->n; i++)
 				if (!strcmp(v->kid[i].key, key)) {
 					free(key);
@@ -489,7 +499,14 @@ get_str(struct jp *p, const struct jval *v, const char *name, char *out, size_t 
 		out[0] = 0;
 		return 0;
 	}
-	if (v->type != J_STR || strlen(v->str) >= len || (nullable && !v->str[0]))
+	if (v->type == J_STR && strlen(v->str) >= len) {
+		char want[64];
+
+		snprintf(want, sizeof(want), "at most %zu characters long (it has %zu)", len - 1,
+			 strlen(v->str));
+		return field_err(p, v, name, want);
+	}
+	if (v->type != J_STR || (nullable && !v->str[0]))
 		return field_err(p, v, name, nullable ? "a non-empty string or null" : "a string");
 	snprintf(out, len, "%s", v->str);
 	return 0;

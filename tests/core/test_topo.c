@@ -455,6 +455,14 @@ Test(core_topo, rxqs_on_a_pci_function_without_an_interface_is_refused)
 	cr_assert(strstr(err, "--rxqs") && strstr(err, "0000:88:00.1") &&
 			  strstr(err, "no network interface"),
 		  "%s", err);
+	/* --queues gives no queues to such a function (the JSON showed 4 with their entries,
+	 * where the report, the live path and the mapper see none) */
+	for (unsigned i = 0; i < keel_topo_info_get(t)->nnics; i++) {
+		const struct keel_topo_nic *n = &keel_topo_info_get(t)->nics[i];
+
+		cr_assert(n->netdev || (n->nrxq <= 0 && !n->rxq), "%s: %d rx queues", n->name,
+			  n->nrxq);
+	}
 	keel_topo_destroy(t);
 }
 
@@ -988,6 +996,21 @@ Test(core_topo, map_parser_is_strict)
 		"duplicate member");
 	expect_reject("{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 1, " SHARD0 "} x",
 		      "data after the document");
+	/* Many members: refused at the 65th, not compared with each other (90,000 in a
+	 * 1 MiB file took 19 s to refuse). */
+	{
+		size_t cap = 2u << 20, o = 0;
+		char *big = malloc(cap);
+
+		cr_assert_not_null(big);
+		o += (size_t)snprintf(big + o, cap - o, "{");
+		for (unsigned i = 0; i < 90000; i++)
+			o += (size_t)snprintf(big + o, cap - o, "%s\"m%u\": 0", i ? "," : "", i);
+		o += (size_t)snprintf(big + o, cap - o, "}");
+		cr_assert_eq(keel_map_parse(big, o, &back, err, sizeof(err)), -EINVAL);
+		cr_assert(strstr(err, "more than 64 members"), "%s", err);
+		free(big);
+	}
 	expect_reject("{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 1.5, " SHARD0 "}",
 		      "only integers");
 	expect_reject("{\"keel_map\": 2, \"iface\": \"lo\", \"rx_queues\": 1, " SHARD0 "}",
@@ -996,6 +1019,14 @@ Test(core_topo, map_parser_is_strict)
 		      "missing member \"shards\"");
 	expect_reject("{\"keel_map\": 1, \"iface\": 7, \"rx_queues\": 1, " SHARD0 "}",
 		      "\"iface\" must be");
+	/* too long: said so (it said "must be a non-empty string or null", as for a number) */
+	expect_reject("{\"keel_map\": 1, \"iface\": "
+		      "\"abcdefghijabcdefghijabcdefghijabcdefghijabcdefghijabcdefghijabcd\", "
+		      "\"rx_queues\": 1, " SHARD0 "}",
+		      "\"iface\" must be at most 63 characters long (it has 64)");
+	expect_reject("{\"keel_map\": 1, \"iface\": \"lo\", \"pci\": \"0000:81:00.0000000\", "
+		      "\"rx_queues\": 1, " SHARD0 "}",
+		      "\"pci\" must be at most 15 characters long");
 	expect_reject("{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 0, " SHARD0 "}",
 		      "below \"rx_queues\"");
 	expect_reject("{\"keel_map\": 1, \"iface\": null, \"rx_queues\": 1, " SHARD0 "}",
@@ -1981,4 +2012,35 @@ Test(core_topo, a_cpu_a_live_cgroup_excludes_is_not_called_missing)
 	rmdir(dir);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0 && got > 0, "child status %d", st);
 	cr_assert(strstr(msg, "its cgroup's cpuset") && !strstr(msg, "does not exist"), "%s", msg);
+}
+
+/* A core with more hardware threads than keel counts (KEEL_TOPO_MAX_SMT): the threads past
+ * it are said at load and are not among the machine's CPUs; --cpuset of one names why.
+ * They stayed in the CPUs, in no core: the report listed 20 CPUs and 16 in cores, and
+ * --cpuset 8,9 said "no CPU is left for shards (allowed CPUs: 8-9)". */
+Test(core_topo, threads_past_the_smt_limit_are_said_and_take_no_shard)
+{
+	struct keel_topo_load_opts o = { .synthetic = "core:2 pu:10" };
+	const struct keel_topo_info *in;
+	struct keel_topo *t;
+	struct keel_map_req r;
+
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_topo_load(&o, &t, err, sizeof(err)), 0, "%s", err);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(strstr(logged, "core 0 has more than 8 hardware threads") &&
+			  strstr(logged, "CPU 9 takes no shard") && strstr(logged, "CPU 19"),
+		  "%s", logged);
+	in = keel_topo_info_get(t);
+	for (unsigned c = 0; c < 20; c++)
+		cr_assert_eq(keel_cpuset_has(&in->present, c), c % 10 < 8, "CPU %u", c);
+	memset(&r, 0, sizeof(r));
+	keel_cpulist_parse("8,9", &r.cpuset, err, sizeof(err));
+	r.cpuset_given = true;
+	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "CPU 8 is a hardware thread of core 0 beyond the 8") &&
+			  strstr(err, "pick from CPUs 0-7,10-17"),
+		  "%s", err);
+	keel_topo_destroy(t);
 }

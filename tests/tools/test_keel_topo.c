@@ -280,6 +280,14 @@ Test(tools_topo, plan_writes_the_map_and_prints_the_commands)
 	cr_assert_eq(run("--apply", true, &out), 2, "%s", out);
 	cr_assert(strstr(out, "give --plan too"), "%s", out);
 	free(out);
+	/* --port only with --plan, --svg not with --check: each was ignored without a word */
+	cr_assert_eq(run("--port 9000", true, &out), 2, "%s", out);
+	cr_assert(strstr(out, "--port") && strstr(out, "give --plan too"), "%s", out);
+	free(out);
+	cr_assert_eq(run("--check --svg /tmp/keel-topo-never.svg", true, &out), 2, "%s", out);
+	cr_assert(strstr(out, "--svg") && strstr(out, "without --check"), "%s", out);
+	cr_assert_neq(access("/tmp/keel-topo-never.svg", F_OK), 0);
+	free(out);
 }
 
 Test(tools_topo, check_detects_a_map_asking_for_more_queues_than_exist)

@@ -246,6 +246,14 @@ parse_args(int argc, char **argv, struct args *a)
 			   "", "");
 	if (a->apply && !a->plan)
 		return bad("--apply runs the commands of --plan: give --plan too%s%s", "", "");
+	if (a->port >= 0 && !a->plan)
+		return bad("--port steers a port in the commands of --plan: give --plan too (it "
+			   "did nothing without it)%s%s",
+			   "", "");
+	if (a->svg && (a->check || a->zcrx))
+		return bad("--svg draws the report's machine and map: give it without "
+			   "--check/--zcrx (it wrote nothing with them)%s%s",
+			   "", "");
 	if (a->check && (a->load.xml || a->load.synthetic))
 		return bad(
 			"--check compares the live machine with a map: drop --xml/--synthetic%s%s",
