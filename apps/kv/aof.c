@@ -37,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -125,7 +126,9 @@ struct aof {
 	 * the old file's tail: a rebuild (the old file was lost) or one begun with a FLUSHALL
 	 * pending; its records gather in memory until the switch, as they always did. */
 	bool rw_tail, rw_frozen, rw_wait, rw_mid_synced, rw_old_synced;
-	bool rw_parked; /* held by the test gate (kv_test_rewrite_held); the tick goes on */
+	bool rw_parked;   /* held by the test gate (kv_test_rewrite_held); the tick goes on */
+	bool sync_parked; /* a batch's sync held by the test gate (kv_test_sync_held): A_SYNCING
+			   * with no request in flight; on_tick looks again */
 	/* The batch in flight or failed is the one of rw_begin: its records are in the
 	 * snapshot, and older than what followed (a FLUSHALL may have emptied them since), so
 	 * once the new file takes over it is dropped, not written after the snapshot. */
@@ -483,6 +486,49 @@ save_corrupt(const char *path, const uint8_t *p, size_t len, size_t good)
 	return r;
 }
 
+/* The lock on --dir, held for the life of the process (closed at exit). */
+static int dir_lock_fd = -1;
+
+/* Take --dir for this process: an exclusive flock on DIR/keel-kv.lock, which holds the pid
+ * of its holder. A second keel-kv on the same directory (a mistaken start, or one whose port
+ * is taken) removed the running one's rewrite in progress and cut its file at a record it
+ * was still writing, before it failed to bind. */
+static int
+dir_lock(void)
+{
+	char path[4096], held[32] = "";
+	int fd;
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "%s/keel-kv.lock", kv_cfg.dir);
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		fprintf(stderr,
+			"keel-kv: %s: %s (keel-kv locks --dir with it; fix the directory's "
+			"permissions)\n",
+			path, strerror(errno));
+		return -errno;
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		int e = errno;
+
+		n = pread(fd, held, sizeof(held) - 1, 0);
+		held[n > 0 ? strcspn(held, "\n") : 0] = 0;
+		fprintf(stderr,
+			"keel-kv: --dir %s is in use%s%s (%s is locked: %s): one keel-kv a "
+			"directory; give this one another --dir, or stop the other first\n",
+			kv_cfg.dir, held[0] ? " by keel-kv pid " : "", held, path, strerror(e));
+		close(fd);
+		return e == EWOULDBLOCK ? -EBUSY : -e;
+	}
+	snprintf(held, sizeof(held), "%ld\n", (long)getpid());
+	if (ftruncate(fd, 0) < 0 || pwrite(fd, held, strlen(held), 0) < 0)
+		fprintf(stderr, "keel-kv: %s: writing the pid: %s (the lock holds all the same)\n",
+			path, strerror(errno));
+	dir_lock_fd = fd;
+	return 0;
+}
+
 int
 kv_aof_preload(void)
 {
@@ -520,6 +566,9 @@ kv_aof_preload(void)
 			strerror(errno));
 		return -errno;
 	}
+	r = dir_lock(); /* before anything in it is read or changed */
+	if (r < 0)
+		return r;
 	r = commit_recover();
 	if (r < 0)
 		return r;
@@ -1074,7 +1123,18 @@ on_synced(struct keel_file_req *req, int res, void *arg)
 static void
 sync_batch(struct aof *a)
 {
-	int r = keel_file_fdatasync(&a->req, &a->f, on_synced, a);
+	int r;
+
+	if (kv_test_sync_held()) { /* the test gate: in flight, looked at again by on_tick */
+		if (!a->sync_parked)
+			keel_log(KEEL_LOG_INFO, "kv", "shard %u: sync held by the test gate",
+				 a->id);
+		a->sync_parked = true;
+		a->st = A_SYNCING;
+		return;
+	}
+	a->sync_parked = false;
+	r = keel_file_fdatasync(&a->req, &a->f, on_synced, a);
 
 	if (r < 0) {
 		on_synced(&a->req, r, a);
@@ -1341,6 +1401,8 @@ on_tick(struct keel_timer *t, void *arg)
 		a->rw_parked = false;
 		rw_step(a);
 	}
+	if (a->sync_parked && a->st == A_SYNCING) /* held by the test gate: look again */
+		sync_batch(a);
 	/* everysec: what was written is synced, whatever a later batch is doing. Before the
 	 * failed-batch branches, which return: a disk that keeps refusing the next batch
 	 * (ENOSPC) left the batches acknowledged before it unsynced for as long. */
@@ -1449,8 +1511,12 @@ kv_aof_after_sync(void (*fn)(void *arg, int err), void *arg)
 	/* Nothing gathered since the batch in flight: what this shard logged is in it, so its
 	 * sync will do (a read's reply, mostly: with a place among the pending waiters it took
 	 * a sync of its own after that one). The order of the replies is kept by their
-	 * connections, not by this list. */
-	if (!a->pend.len && (a->st == A_WRITING || a->st == A_SYNCING)) {
+	 * connections, not by this list. Not after a FLUSHALL (reset: its truncation comes
+	 * after that sync) or records lost for want of memory (sync_lost: the rebuild writes
+	 * them): pend is empty then, but the batch does not hold the change, and the reply
+	 * came with the batch's +OK. */
+	if (!a->pend.len && !a->reset && !a->sync_lost &&
+	    (a->st == A_WRITING || a->st == A_SYNCING)) {
 		w->next = a->iw;
 		a->iw = w;
 		return 0;

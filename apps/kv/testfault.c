@@ -15,6 +15,9 @@ kv_test_faults_init(void)
 	if (getenv("KEEL_KV_TEST_REWRITE_GATE"))
 		fprintf(stderr, "keel-kv: KEEL_KV_TEST_REWRITE_GATE is ignored: this build is not "
 				"configured with -DKEEL_FAULTS=ON\n");
+	if (getenv("KEEL_KV_TEST_SYNC_GATE"))
+		fprintf(stderr, "keel-kv: KEEL_KV_TEST_SYNC_GATE is ignored: this build is not "
+				"configured with -DKEEL_FAULTS=ON\n");
 }
 #else
 #include <pthread.h>
@@ -142,6 +145,14 @@ bool
 kv_test_rewrite_held(void)
 {
 	const char *gate = getenv("KEEL_KV_TEST_REWRITE_GATE");
+
+	return gate && *gate && access(gate, F_OK) == 0;
+}
+
+bool
+kv_test_sync_held(void)
+{
+	const char *gate = getenv("KEEL_KV_TEST_SYNC_GATE");
 
 	return gate && *gate && access(gate, F_OK) == 0;
 }

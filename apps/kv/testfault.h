@@ -24,6 +24,11 @@
  * KEEL_KV_TEST_REWRITE_GATE=PATH: while PATH exists, a rewrite (BGREWRITEAOF, or the rebuild
  * after a failed sync) holds before each of its steps and looks again each second and
  * after each batch, so a test can act while one runs (kv_test_rewrite_held).
+ *
+ * KEEL_KV_TEST_SYNC_GATE=PATH: while PATH exists, the sync of a batch written under
+ * appendfsync always holds (logging "sync held by the test gate" once) and looks again each
+ * second, the batch in flight meanwhile, so a test can send commands while one is
+ * (kv_test_sync_held).
  */
 #ifndef KEEL_KV_TESTFAULT_H
 #define KEEL_KV_TESTFAULT_H
@@ -37,6 +42,7 @@ void kv_test_faults_init(void);
 #ifdef KEEL_FAULTS
 bool kv_test_fault(const char *site);
 bool kv_test_rewrite_held(void);
+bool kv_test_sync_held(void);
 #else
 static inline bool
 kv_test_fault(const char *site)
@@ -47,6 +53,12 @@ kv_test_fault(const char *site)
 
 static inline bool
 kv_test_rewrite_held(void)
+{
+	return false;
+}
+
+static inline bool
+kv_test_sync_held(void)
 {
 	return false;
 }

@@ -1922,3 +1922,113 @@ Test(faults_kv, over_maxmemory_with_the_file_failing_answers_oom_first)
 	proc_stop(&p);
 	rm_dir(dir);
 }
+
+/* INFO stats' total_commands_processed on the server at @port. */
+static long long
+commands_processed(int port)
+{
+	int fd = test_connect(port);
+	FILE *f = fdopen(fd, "r+");
+	char line[512];
+	long long v = -1;
+	int len;
+
+	cr_assert(f);
+	fprintf(f, "INFO stats\r\n");
+	fflush(f);
+	cr_assert(fgets(line, sizeof(line), f) && line[0] == '$', "INFO: '%s'", line);
+	len = atoi(line + 1);
+	while (len > 0 && fgets(line, sizeof(line), f)) {
+		len -= (int)strlen(line);
+		if (!strncmp(line, "total_commands_processed:", 25))
+			v = atoll(line + 25);
+	}
+	fclose(f);
+	cr_assert_geq(v, 0, "INFO stats has no total_commands_processed");
+	return v;
+}
+
+/* A reply on @fd, the whole of @want, within the suite's wait. */
+static void
+reply_is(int fd, const char *want, const char *what)
+{
+	char buf[256];
+	size_t got = 0, n = strlen(want);
+
+	while (got < n) {
+		ssize_t r;
+
+		wait_fd(fd, POLLIN, TEST_WAIT_MS, 0, what);
+		r = recv(fd, buf + got, n - got, 0);
+		cr_assert_gt(r, 0, "%s: %s", what, r ? strerror(errno) : "EOF");
+		got += (size_t)r;
+	}
+	cr_assert_eq(memcmp(buf, want, n), 0, "%s: '%.*s'", what, (int)got, buf);
+}
+
+/* appendfsync always: a command whose change the batch in flight does not hold, received
+ * while that batch's sync runs (held by the test gate), must not be answered by that sync.
+ * @cmd2 is sent then on a second connection, with keel-kv's calls failing per @kvfaults so
+ * that only a rebuild of the file (held by the rewrite gate) can make it durable. Its
+ * reply came with the batch's +OK: a FLUSHALL whose truncation comes only after that sync
+ * (and here fails), a SET whose record found no memory. Then a SIGKILL and a restart:
+ * @check's command reads @want. */
+static void
+in_batch_case(const char *cmd2, const char *kvfaults, const char *check, const char *want)
+{
+	char dir[] = "/tmp/keel-kv-aof-inbatch-XXXXXX", log[64], gate[64], sgate[80], line[256];
+	struct proc p;
+	long long before;
+	int a, b, fd;
+	char c;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	snprintf(sgate, sizeof(sgate), "%s.sgate", dir);
+	fd = open(sgate, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	cr_assert_geq(fd, 0, "%s: %s", sgate, strerror(errno));
+	close(fd);
+	snprintf(log, sizeof(log), "%s.log", dir);
+	setenv("KEEL_TEST_SERVER_LOG", log, 1);
+	setenv("KEEL_KV_TEST_SYNC_GATE", sgate, 1);
+	gated_start(&p, "always", dir, gate, sizeof(gate), "KEEL_KV_TEST_FAULTS", kvfaults);
+	unsetenv("KEEL_KV_TEST_SYNC_GATE");
+	unsetenv("KEEL_TEST_SERVER_LOG");
+	a = test_connect(p.port);
+	test_send_all(a, "SET first v\r\n", 13);
+	log_wait(log, "sync held by the test gate"); /* the batch of "first" is in flight */
+	before = commands_processed(p.port);
+	b = test_connect(p.port);
+	test_send_all(b, cmd2, strlen(cmd2));
+	for (uint64_t dl = test_deadline(TEST_WAIT_MS); commands_processed(p.port) < before + 2;) {
+		cr_assert(!test_expired(dl), "%s was not run", cmd2); /* + the INFO itself */
+		test_pause();
+	}
+	unlink(sgate);
+	reply_is(a, "+OK\r\n", "SET first, once its batch is synced");
+	test_send_all(a, "PING\r\n", 6);
+	reply_is(a, "+PONG\r\n", "PING after it");
+	cr_assert_eq(recv(b, &c, 1, MSG_DONTWAIT), -1,
+		     "%s was answered by the sync of a batch that does not hold it", cmd2);
+	cr_assert_eq(errno, EAGAIN);
+	unlink(gate); /* the rebuild runs, and with it what makes cmd2 durable */
+	reply_is(b, "+OK\r\n", "the reply once the file is rebuilt");
+	close(a);
+	close(b);
+	kill9(&p);
+	aof_restart(&p, "1", dir);
+	kv_command(p.port, check, line, sizeof(line));
+	cr_assert_str_eq(line, want, "%s after the restart: '%s'", check, line);
+	proc_stop(&p);
+	unlink(log);
+	rm_dir(dir);
+}
+
+Test(faults_kv, aof_always_a_flushall_during_a_batch_waits_for_its_own_sync)
+{
+	in_batch_case("FLUSHALL\r\n", "ftruncate:n=1", "DBSIZE", ":0\r\n");
+}
+
+Test(faults_kv, aof_always_a_set_without_memory_for_its_record_during_a_batch_waits)
+{
+	in_batch_case("SET x acked\r\n", "record-oom:after=1:n=1", "DBSIZE", ":2\r\n");
+}

@@ -3256,3 +3256,41 @@ Test(kv_server, multi_exec_is_not_interleaved_with_other_clients)
 	rd_free(&b);
 	srv_stop(&s);
 }
+
+/* A second keel-kv on the directory of a running one refuses to start before it reads or
+ * changes anything there: it removed the running one's rewrite in progress (as a crash's
+ * leftover) and cut its file at a record still being written, then failed to bind, or, on
+ * a free port, started on the same files. The lock goes with the first one's exit. */
+Test(kv_server, aof_a_second_server_on_a_directory_in_use_changes_nothing)
+{
+	char dir[64], err[2048], pid[32], buf[64];
+	struct srv s;
+	struct rd r;
+	int st;
+
+	mk_dir(dir, sizeof(dir));
+	srv_start(&s, 1, "--appendonly", "yes", "--dir", dir, NULL);
+	rd_init(&r, test_connect(s.port));
+	expect(&r, "SET a 1", "+OK\r\n");
+	/* as a rewrite in progress leaves it (a crash's leftover to a start) */
+	put_file(dir, "appendonly-0.aof.rewrite", REC_B);
+	st = srv_refuses(err, sizeof(err), dir, NULL);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0, "status %d: %s", st, err);
+	snprintf(pid, sizeof(pid), "pid %d", (int)s.pid);
+	cr_assert(strstr(err, "is in use by keel-kv") && strstr(err, pid) &&
+			  strstr(err, "keel-kv.lock"),
+		  "%s", err);
+	cr_assert(!strstr(err, "removed"), "%s", err);
+	cr_assert_eq(get_file(dir, "appendonly-0.aof.rewrite", buf, sizeof(buf)),
+		     (long)strlen(REC_B), "the running server's file was changed: %s", err);
+	expect(&r, "GET a", "$1\r\n1\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+	/* the lock went with it: the next start takes the directory (and the leftover) */
+	srv_start(&s, 1, "--appendonly", "yes", "--dir", dir, NULL);
+	rd_init(&r, test_connect(s.port));
+	expect(&r, "GET a", "$1\r\n1\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+	rm_dir(dir);
+}
