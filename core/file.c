@@ -52,6 +52,7 @@ enum kind {
 	K_FSYNC,
 	K_FDATASYNC,
 	K_FALLOCATE,
+	K_FTRUNCATE,
 	K_STATX,
 	K_CLOSE,
 };
@@ -479,6 +480,9 @@ issue(struct keel_shard *s, struct keel_file_req *req)
 	case K_FALLOCATE:
 		io_uring_prep_fallocate(sqe, req->fd_, req->oflags_, (off_t)req->off_,
 					(off_t)req->aux_);
+		break;
+	case K_FTRUNCATE: /* liburing 2.3 has no helper; the kernel runs it in io-wq */
+		io_uring_prep_rw(KEEL_IORING_OP_FTRUNCATE, sqe, req->fd_, NULL, 0, req->off_);
 		break;
 	case K_STATX:
 		io_uring_prep_statx(sqe, req->dirfd_, req->path_, req->oflags_, req->mode_,
@@ -1087,6 +1091,27 @@ keel_file_fallocate(struct keel_file_req *req, const struct keel_file *f, int mo
 	req->oflags_ = mode;
 	req->off_ = off;
 	req->aux_ = len;
+	return submit(s, req, arg);
+}
+
+int
+keel_file_ftruncate(struct keel_file_req *req, const struct keel_file *f, uint64_t len,
+		    keel_file_fn cb, void *arg)
+{
+	struct keel_shard *s = cur_shard(__func__);
+	int r = begin(s, req, cb, K_FTRUNCATE);
+
+	if (r < 0 || (r = file_ok(s, f, req)) < 0)
+		return r;
+	if (len > INT64_MAX)
+		return refuse(s, -EINVAL,
+			      "ftruncate to %" PRIu64 " bytes: the length must be inside 2^63",
+			      len);
+	if (!keel_caps_get()->op_supported[KEEL_IORING_OP_FTRUNCATE])
+		return refuse(s, -EOPNOTSUPP,
+			      "ftruncate through the ring needs Linux 6.9 (IORING_OP_FTRUNCATE), "
+			      "which this kernel does not have");
+	req->off_ = len;
 	return submit(s, req, arg);
 }
 

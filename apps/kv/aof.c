@@ -50,7 +50,8 @@ struct waiter {
 	void *arg;
 };
 
-enum { A_IDLE, A_WRITING, A_SYNCING, A_FAILED };
+/* A_TRUNCATING: FLUSHALL's truncation runs (io-wq), kick_ goes on when it ends. */
+enum { A_IDLE, A_WRITING, A_SYNCING, A_FAILED, A_TRUNCATING };
 
 struct aof {
 	bool open, stopping;
@@ -126,9 +127,10 @@ struct aof {
 	 * the old file's tail: a rebuild (the old file was lost) or one begun with a FLUSHALL
 	 * pending; its records gather in memory until the switch, as they always did. */
 	bool rw_tail, rw_frozen, rw_wait, rw_mid_synced, rw_old_synced;
-	bool rw_parked;   /* held by the test gate (kv_test_rewrite_held); the tick goes on */
-	bool sync_parked; /* a batch's sync held by the test gate (kv_test_sync_held): A_SYNCING
-			   * with no request in flight; on_tick looks again */
+	bool rw_parked;      /* held by the test gate (kv_test_rewrite_held); the tick goes on */
+	uint64_t trunc_file; /* FLUSHALL's truncation in flight: a->rewrites when it began */
+	bool sync_parked;    /* a batch's sync held by the test gate (kv_test_sync_held): A_SYNCING
+			      * with no request in flight; on_tick looks again */
 	/* The batch in flight or failed is the one of rw_begin: its records are in the
 	 * snapshot, and older than what followed (a FLUSHALL may have emptied them since), so
 	 * once the new file takes over it is dropped, not written after the snapshot. */
@@ -513,7 +515,7 @@ dir_lock(void)
 		int e = errno;
 
 		n = pread(fd, held, sizeof(held) - 1, 0);
-		held[n > 0 ? strcspn(held, "\n") : 0] = 0;
+		held[n > 0 ? strcspn(held, " \n") : 0] = 0;
 		fprintf(stderr,
 			"keel-kv: --dir %s is in use%s%s (%s is locked: %s): one keel-kv a "
 			"directory; give this one another --dir, or stop the other first\n",
@@ -521,8 +523,9 @@ dir_lock(void)
 		close(fd);
 		return e == EWOULDBLOCK ? -EBUSY : -e;
 	}
-	snprintf(held, sizeof(held), "%ld\n", (long)getpid());
-	if (ftruncate(fd, 0) < 0 || pwrite(fd, held, strlen(held), 0) < 0)
+	/* One width, so a shorter pid leaves nothing of a longer one's behind. */
+	snprintf(held, sizeof(held), "%-20ld\n", (long)getpid());
+	if (pwrite(fd, held, strlen(held), 0) < 0)
 		fprintf(stderr, "keel-kv: %s: writing the pid: %s (the lock holds all the same)\n",
 			path, strerror(errno));
 	dir_lock_fd = fd;
@@ -1286,6 +1289,72 @@ kick(struct aof *a)
 	publish(a);
 }
 
+/* FLUSHALL's truncation ended with @res (0, or -errno): the file is empty, or lost (the
+ * rebuild writes the empty table). kick_ goes on either way. */
+static void
+truncated(struct aof *a, int res)
+{
+	a->st = A_IDLE;
+	if (a->rewrites != a->trunc_file) { /* a rewrite's file, which holds the FLUSHALL, took
+					     * its place: nothing of it to apply */
+		kick_(a);
+		return;
+	}
+	if (res < 0) {
+		file_lost(a, res, "ftruncate for FLUSHALL failed");
+		kick_(a); /* starts the rebuild, or its error reaches the waiters */
+		return;
+	}
+	a->reset = false;
+	a->off = 0;
+	a->dirty = true; /* the truncation is data too: everysec's next sync covers it */
+	kick_(a);
+}
+
+static void
+on_truncated(struct keel_file_req *req, int res, void *arg)
+{
+	struct aof *a = arg;
+
+	(void)req;
+	if (a->stopping) /* kv_aof_stop empties the file itself (a new one: stop_fresh_file) */
+		return;
+	truncated(a, res);
+}
+
+/* FLUSHALL: the table is empty, so is its file. Through the ring, which runs it in io-wq:
+ * freeing the blocks of a large file on the shard's thread stalled it (215 ms for 800 MB
+ * on ext4), FLUSHALL ASYNC too. A kernel without IORING_OP_FTRUNCATE (before 6.9)
+ * truncates here, as before, and says so once. */
+static void
+truncate_start(struct aof *a)
+{
+	static bool said;
+	int r;
+
+	if (kv_test_fault("ftruncate")) {
+		truncated(a, -EIO);
+		return;
+	}
+	a->trunc_file = a->rewrites;
+	r = keel_file_ftruncate(&a->req, &a->f, 0, on_truncated, a);
+	if (r == -EOPNOTSUPP) {
+		if (!said)
+			keel_log(KEEL_LOG_INFO, "kv",
+				 "FLUSHALL truncates the append-only file on the shard's thread: "
+				 "%s",
+				 keel_file_last_error());
+		said = true;
+		truncated(a, ftruncate(a->fd, 0) < 0 ? -errno : 0);
+		return;
+	}
+	if (r < 0) {
+		truncated(a, r);
+		return;
+	}
+	a->st = A_TRUNCATING;
+}
+
 static void
 kick_(struct aof *a)
 {
@@ -1314,14 +1383,8 @@ kick_(struct aof *a)
 	 * (rw_begin; rw_fail gives it back) or the stop truncates: cleared before, it was lost
 	 * when the rebuild failed too, and the old file kept the flushed records. */
 	if (a->reset) {
-		if (truncate_file(a->fd) < 0) {
-			file_lost(a, -errno, "ftruncate for FLUSHALL failed");
-			kick_(a); /* starts the rebuild, or its error reaches the waiters */
-			return;
-		}
-		a->reset = false;
-		a->off = 0;
-		a->dirty = true; /* the truncation is data too: everysec's next sync covers it */
+		truncate_start(a);
+		return;
 	}
 	if (!a->pend.len) {
 		if (a->pw) { /* waiters with nothing written (a refused command) */
@@ -1541,7 +1604,9 @@ kv_aof_unsynced(void)
 	 * read shows nothing acknowledged; it is answered, as Redis answers reads under
 	 * everysec then (under always Redis exits). */
 	return a->open && !a->stopping && kv_cfg.fsync == KV_FSYNC_ALWAYS && !a->err &&
-	       !a->sync_lost && (a->pend.len || a->st == A_WRITING || a->st == A_SYNCING || a->pw);
+	       !a->sync_lost &&
+	       (a->pend.len || a->st == A_WRITING || a->st == A_SYNCING || a->st == A_TRUNCATING ||
+		a->pw);
 }
 
 /* BGREWRITEAOF. */
@@ -1847,9 +1912,10 @@ rw_step(struct aof *a)
 		r = keel_file_fdatasync(&a->rw_req, &a->rw_f, rw_mid_synced, a);
 	} else if (a->rw_tail && at < a->off) {
 		r = rw_read_tail(a, at);
-	} else if (a->st == A_WRITING) {
-		/* Caught up, with a batch in flight: no other starts, and its end (kick_)
-		 * brings the copy back for it. */
+	} else if (a->st == A_WRITING || a->st == A_TRUNCATING) {
+		/* Caught up, with a batch (or FLUSHALL's truncation) in flight: no other starts,
+		 * and its end (kick_) brings the copy back for it; the switch must not close the
+		 * file under it. */
 		a->rw_frozen = a->rw_wait = true;
 		return 0;
 	} else if (a->rw_tail && a->rw_copied && kv_cfg.fsync != KV_FSYNC_ALWAYS &&
@@ -2036,7 +2102,10 @@ kv_aof_stop(void)
 	a->stopping = true;
 	if (a->backlog_held) /* the other shards' connections are not held by it any more */
 		backlog_release(a);
-	inflight = a->st == A_WRITING;
+	/* A truncation in flight runs in io-wq and cannot be called back: the stop's FLUSHALL
+	 * takes a new file, as with a write in flight (one landing after the stop's own
+	 * writes would cut them off). */
+	inflight = a->st == A_WRITING || a->st == A_TRUNCATING;
 	/* Once a rewrite's file has the name, it is the file: it holds the old one's tail up
 	 * to where the copy caught up, and no batch has started since (rw_frozen), so a failed
 	 * one goes to it. */

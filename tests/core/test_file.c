@@ -2041,3 +2041,77 @@ Test(core_file, a_close_from_the_fifo_is_held_behind_its_descriptors_request, .f
 	close(fh.fd);
 	close(fh.pipefd[1]);
 }
+
+/* keel_file_ftruncate: through the ring (io-wq), the size is what it asked for; a length
+ * past 2^63 is refused at the call, naming it. */
+static struct {
+	struct keel_file_req req;
+	struct keel_file f;
+	struct statx stx;
+	int step, trunc_res, statx_res, big;
+} ft;
+
+static void ft_next(void);
+
+static void
+ft_cb(struct keel_file_req *req, int res, void *arg)
+{
+	(void)req, (void)arg;
+	if (ft.step == 0)
+		ft.trunc_res = res;
+	else
+		ft.statx_res = res;
+	ft.step++;
+	ft_next();
+}
+
+static void
+ft_next(void)
+{
+	int r = 0;
+
+	if (ft.step == 0) {
+		ft.big = keel_file_ftruncate(&ft.req, &ft.f, (uint64_t)INT64_MAX + 1, ft_cb, NULL);
+		SHARD_CHECK(strstr(keel_file_last_error(), "inside 2^63") != NULL, "%s",
+			    keel_file_last_error());
+		r = keel_file_ftruncate(&ft.req, &ft.f, 100, ft_cb, NULL);
+	} else if (ft.step == 1) {
+		r = keel_file_statx(&ft.req, AT_FDCWD, tmp_path, 0, STATX_SIZE, &ft.stx, ft_cb,
+				    NULL);
+	} else {
+		keel_stop(0);
+		return;
+	}
+	if (!SHARD_CHECK_EQ(r, 0, "step %d: %s", ft.step, keel_file_last_error()))
+		keel_stop(-EIO);
+}
+
+static void
+ft_start(void *app)
+{
+	(void)app;
+	ft_next();
+}
+
+Test(core_file, ftruncate_through_the_ring_sets_the_size)
+{
+	struct keel_opts o = test_opts(1);
+	static char block[8192];
+	int fd = make_tmp();
+
+	cr_assert_eq(write(fd, block, sizeof(block)), (ssize_t)sizeof(block));
+	if (!keel_caps_get()->op_supported[KEEL_IORING_OP_FTRUNCATE]) {
+		close(fd);
+		rm_tmp();
+		cr_skip_test("this kernel has no IORING_OP_FTRUNCATE (Linux 6.9)");
+	}
+	cr_assert_eq(keel_file_from_fd(fd, &ft.f), 0);
+	cr_assert_eq(keel_run(&o, ft_start, NULL), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(ft.big, -EINVAL);
+	cr_assert_eq(ft.trunc_res, 0, "ftruncate: %d", ft.trunc_res);
+	cr_assert_eq(ft.statx_res, 0);
+	cr_assert_eq(ft.stx.stx_size, 100, "size %llu", (unsigned long long)ft.stx.stx_size);
+	close(fd);
+	rm_tmp();
+}
