@@ -18,7 +18,8 @@ struct srv {
 	struct keel_listener *l;
 	uint16_t port;
 	_Atomic int closes;
-	_Atomic int close_errors; /* on_close with status < 0 */
+	_Atomic int close_errors;   /* on_close with status < 0 */
+	_Atomic int close_shutdown; /* ... of them with -ESHUTDOWN (the runtime's stop) */
 	_Atomic uint64_t max_queued;
 	_Atomic int started;
 	/* echo_ops: received slices that did not start at their buffer's start (incremental

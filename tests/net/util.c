@@ -73,6 +73,8 @@ echo_close(struct keel_conn *c, int status)
 	atomic_fetch_add(&sv->closes, 1);
 	if (status < 0)
 		atomic_fetch_add(&sv->close_errors, 1);
+	if (status == -ESHUTDOWN)
+		atomic_fetch_add(&sv->close_shutdown, 1);
 }
 
 const struct keel_conn_ops echo_ops = { .on_data = echo_data, .on_close = echo_close };
