@@ -201,11 +201,21 @@ static const struct keel_conn_ops px_ops = {
 };
 
 static void
-proxy_run(int mode)
+proxy_run_fd(int mode, bool plain_fds)
 {
 	struct keel_opts o = net_test_opts(1);
 	struct srv s;
 	int fa, fb;
+
+	/* Direct descriptors close through the ring, so on_close never ran inside the
+	 * abort with them: only plain ones can show an on_close that runs at once. */
+	if (plain_fds) {
+		char err[128], spec[] = "direct_fd=off";
+		int argc = 3;
+		char *argv[] = { "t", "--feature", spec, NULL };
+
+		cr_assert_eq(keel_opts_parse(&o, &argc, argv, err, sizeof(err)), 0, "%s", err);
+	}
 
 	memset(&px, 0, sizeof(px));
 	atomic_store(&px.abort_mode, mode);
@@ -245,14 +255,30 @@ proxy_run(int mode)
 	close(fb);
 }
 
+static void
+proxy_run(int mode)
+{
+	proxy_run_fd(mode, false);
+}
+
 Test(net_lifetime, proxy_pair_aborting_the_peer_in_on_close_while_running)
 {
 	proxy_run(1);
 }
 
+Test(net_lifetime, proxy_pair_aborting_the_peer_in_on_close_while_running_plain_fds)
+{
+	proxy_run_fd(1, true);
+}
+
 Test(net_lifetime, proxy_pair_aborting_the_peer_in_on_close_during_stop)
 {
 	proxy_run(0);
+}
+
+Test(net_lifetime, proxy_pair_aborting_the_peer_in_on_close_during_stop_plain_fds)
+{
+	proxy_run_fd(0, true);
 }
 
 Test(net_lifetime, on_close_does_not_run_before_keel_conn_close_returns)
