@@ -148,10 +148,11 @@ Test(net_forward, keel_echo_forward_echoes_32_clients_of_4_MiB_intact, .timeout 
 			 "0",
 			 "--buf-count",
 			 "4096",
+			 "--stats",
 			 NULL };
 	posix_spawn_file_actions_t fa;
 	struct fwd_result res;
-	char text[8192];
+	static char text[1 << 16];
 	unsigned port = 0;
 	int fd, status, r;
 	pid_t pid;
@@ -196,6 +197,24 @@ Test(net_forward, keel_echo_forward_echoes_32_clients_of_4_MiB_intact, .timeout 
 		     "every frame came back whole");
 	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
 		  "keel-echo exit status 0x%x after SIGTERM: %s", status, text);
+	/* Frames did cross shards, both ways: each shard's memory line (at its stop) counts
+	 * slices that came back from the other. With the next shard made the home one, the
+	 * echo above came back just as whole. */
+	for (unsigned sh = 0; sh < 2; sh++) {
+		char want[48];
+		const char *p, *q;
+		unsigned long long back = 0;
+
+		snprintf(want, sizeof(want), "shard %u memory: ", sh);
+		p = strstr(text, want);
+		q = p ? strstr(p, " returned from other shards") : NULL;
+		cr_assert(q, "no memory line for shard %u: %s", sh, text);
+		while (q > p && q[-1] >= '0' && q[-1] <= '9')
+			q--;
+		back = strtoull(q, NULL, 10);
+		cr_assert_gt(back, 0, "shard %u had no slice back from another shard: %s", sh,
+			     text);
+	}
 }
 
 /* ---- frames away count towards the connection's watermark ---- */
