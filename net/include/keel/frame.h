@@ -87,7 +87,8 @@ typedef long (*keel_frame_measure_fn)(struct keel_framer *f, void *arg);
 /** Framer options. Zero-initialise, then set kind and on_frame. */
 struct keel_framer_opts {
 	enum keel_frame_kind kind;
-	uint32_t max;                  /* largest payload (bytes); 0: KEEL_FRAME_MAX_DEFAULT */
+	uint32_t max; /* largest payload (bytes; for KEEL_FRAME_USER the whole measured frame,
+		       * header included); 0: KEEL_FRAME_MAX_DEFAULT */
 	keel_frame_fn on_frame;        /* required */
 	keel_frame_measure_fn measure; /* required for KEEL_FRAME_USER, else NULL */
 	void *arg;                     /* for on_frame and measure */
