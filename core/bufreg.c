@@ -439,9 +439,15 @@ keel_prep_send_buf(struct io_uring_sqe *sqe, int fd, const struct keel_slice *sl
 
 	int r = keel_buf_fixed(sl, &idx, &off);
 
-	if (r == 0) {
+	/* SEND_ZC only where the shard uses it (the send_zc policy, and a kernel that has it:
+	 * registered buffers came in 5.19, SEND_ZC in 6.0): --feature send_zc=off sends plain. */
+	if (r == 0 && keel_feature_used(KEEL_FEAT_SEND_ZC)) {
 		io_uring_prep_send_zc_fixed(sqe, fd, sl->data, sl->len, msg_flags, 0, idx);
 		return 1;
+	}
+	if (r == 0) {
+		io_uring_prep_send(sqe, fd, sl->data, sl->len, msg_flags);
+		return 0;
 	}
 	/* reg_buffers=on promised registered sends: a region that failed to register is an
 	 * error for the caller, not a silent plain send. */

@@ -66,8 +66,9 @@ KEEL_API const struct io_uring_cqe *keel_cqe_current(void);
 
 /**
  * Prepare @sqe to send @s on socket @fd: SEND_ZC with the fixed buffer when keel_buf_fixed()
- * succeeds (two CQEs: the result with IORING_CQE_F_MORE, then the notification with
- * IORING_CQE_F_NOTIF, after which the buffer may be put), else a plain send (one CQE).
+ * succeeds and the shard uses SEND_ZC (the send_zc feature: its policy and the kernel) (two
+ * CQEs: the result with IORING_CQE_F_MORE, then the notification with IORING_CQE_F_NOTIF,
+ * after which the buffer may be put), else a plain send (one CQE).
  * Ownership: @s must stay referenced until the last CQE.
  * Returns: 1 for SEND_ZC fixed, 0 for a plain send; with --feature reg_buffers=on,
  * -ENOMEM when @s's region could not be registered (@sqe is left unprepared: the caller
