@@ -412,8 +412,11 @@ apply(const struct opt_desc *d, const char *v, struct keel_opts *o, char *err, s
 		/* The allocator's limit: one fixed-buffer slot per region (keel/alloc.h). */
 		uint64_t mem = 0;
 		int mr = parse_size(d->name, v, &mem, err, errlen);
-		if (mr < 0)
-			return mr;
+		if (mr < 0) /* the range this option takes, not the sizes' 1024G */
+			return keel__errf(err, errlen, -EINVAL,
+					  "%s: '%s' is not a size from 2M to %lluG (e.g. 512M, 2G)",
+					  d->name, v,
+					  (unsigned long long)(KEEL_ALLOC_MAX_MEMORY >> 30));
 		if (mem > KEEL_ALLOC_MAX_MEMORY)
 			return keel__errf(err, errlen, -EINVAL,
 					  "%s: '%s' is more than the maximum of %lluG per shard "

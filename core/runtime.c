@@ -317,6 +317,41 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 
 	if (!opts || !out)
 		return -EINVAL;
+	/* Values only a host setting the fields directly can give (the parser refuses them):
+	 * a policy past ON was taken for auto, a level past debug turned debug on, without a
+	 * word. */
+	if ((unsigned)opts->log_level > KEEL_LOG_DEBUG) {
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "keel_opts.log_level %u: not a level (KEEL_LOG_ERROR..KEEL_LOG_DEBUG)",
+			 (unsigned)opts->log_level);
+		return -EINVAL;
+	}
+	for (unsigned i = 0; i < KEEL_FEAT__COUNT; i++)
+		if ((unsigned)opts->features[i] > KEEL_POLICY_ON) {
+			keel_log(KEEL_LOG_ERROR, "core",
+				 "keel_opts.features[%u] (--feature %s) is %u: not a policy "
+				 "(KEEL_POLICY_AUTO, _OFF or _ON)",
+				 i, keel_feature_name((enum keel_feature)i),
+				 (unsigned)opts->features[i]);
+			return -EINVAL;
+		}
+	if ((unsigned)opts->zcrx > KEEL_POLICY_ON) {
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "keel_opts.zcrx (--zcrx) is %u: not a policy (KEEL_POLICY_AUTO, _OFF or "
+			 "_ON)",
+			 (unsigned)opts->zcrx);
+		return -EINVAL;
+	}
+	if (opts->ring_entries < 8 || opts->ring_entries > 32768) {
+		keel_log(KEEL_LOG_ERROR, "core", "--ring-entries %u: from 8 to 32768",
+			 opts->ring_entries);
+		return -EINVAL;
+	}
+	if (opts->idle_poll_us > 10000000) {
+		keel_log(KEEL_LOG_ERROR, "core", "--idle-poll-us %u: at most 10000000 (10 s)",
+			 opts->idle_poll_us);
+		return -EINVAL;
+	}
 	keel_log_set_level(opts->log_level);
 #ifdef KEEL_FAULTS
 	r = keel__faults_env();

@@ -100,6 +100,68 @@ Test(core_opts, a_hosts_log_level_survives_create_unless_the_options_say_otherwi
 	keel_log_set_level(KEEL_LOG_INFO);
 }
 
+static char opts_logged[1024];
+
+static void
+opts_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	(void)level, (void)module, (void)shard, (void)arg;
+	snprintf(opts_logged, sizeof(opts_logged), "%s", msg);
+}
+
+/* keel_runtime_create refuses, naming the field, what a host set directly that no option
+ * could give: a policy past KEEL_POLICY_ON (taken for auto), a log level past debug (debug
+ * was turned on), a ring size or idle poll outside the option's range. Each was accepted
+ * and the runtime ran. */
+static void
+refused_directly(void (*set)(struct keel_opts *), const char *want)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_runtime *rt = NULL;
+
+	set(&o);
+	opts_logged[0] = 0;
+	keel_log_set_sink(opts_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL, "%s: accepted", want);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(strstr(opts_logged, want), "'%s' not in '%s'", want, opts_logged);
+}
+
+static void
+bad_feature(struct keel_opts *o)
+{
+	o->features[KEEL_FEAT_SEND_ZC] = (enum keel_policy)7;
+}
+static void
+bad_zcrx(struct keel_opts *o)
+{
+	o->zcrx = (enum keel_policy)9;
+}
+static void
+bad_level(struct keel_opts *o)
+{
+	o->log_level = (enum keel_log_level)99;
+}
+static void
+bad_ring(struct keel_opts *o)
+{
+	o->ring_entries = 3;
+}
+static void
+bad_poll(struct keel_opts *o)
+{
+	o->idle_poll_us = 4000000000u;
+}
+
+Test(core_opts, values_set_directly_that_no_option_gives_are_refused)
+{
+	refused_directly(bad_feature, "(--feature send_zc) is 7: not a policy");
+	refused_directly(bad_zcrx, "keel_opts.zcrx (--zcrx) is 9");
+	refused_directly(bad_level, "keel_opts.log_level 99");
+	refused_directly(bad_ring, "--ring-entries 3");
+	refused_directly(bad_poll, "--idle-poll-us 4000000000");
+}
+
 Test(core_opts, malformed_values_are_rejected_naming_the_option)
 {
 	static const struct bad_case cases[] = {
@@ -110,6 +172,8 @@ Test(core_opts, malformed_values_are_rejected_naming_the_option)
 		{ "--shards", "+3", "--shards" },
 		{ "--memory", " 4M", "--memory" },
 		{ "--memory", "+4M", "--memory" },
+		/* the range this option takes (it said "from 2M to 1024G") */
+		{ "--memory", "2000G", "from 2M to 64G" },
 		{ "--cpuset", "3-1", "--cpuset" },
 		{ "--cpuset", "0,,x", "--cpuset" },
 		{ "--idle-poll-us", "1e3", "--idle-poll-us" },

@@ -57,8 +57,8 @@ KEEL_API int keel_msg_wait_room(unsigned dst, keel_done_fn fn, void *arg);
 
 /**
  * Run @fn(@arg) on shard @dst, then @done(status, @done_arg) back on this shard, where
- * status is what @fn returned.
- * Returns: as keel_send().
+ * status is what @fn returned. @done is required.
+ * Returns: as keel_send(), and -EINVAL without @done.
  * Context: a shard.
  */
 KEEL_API int keel_call(unsigned dst, keel_call_fn fn, void *arg, keel_done_fn done, void *done_arg);

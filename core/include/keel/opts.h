@@ -149,8 +149,9 @@ struct keel_opts {
 
 /** Fill @o with defaults (no shards count = one per CPU, 50 us idle poll, 256 SQ entries,
  * KEEL_CQ_ENTRIES_DEFAULT CQ entries, 25 ms stall threshold, 1024 mailbox slots,
- * KEEL_MAILBOX_OVERFLOW_DEFAULT overflow messages per destination, INFO logs, signals
- * on, 256 MiB of buffer memory per shard on transparent huge pages). */
+ * KEEL_MAILBOX_OVERFLOW_DEFAULT overflow messages per destination, the process's current
+ * log level (keel_log_get_level(): INFO unless the host set another), signals on, 256 MiB
+ * of buffer memory per shard on transparent huge pages). */
 KEEL_API void keel_opts_init(struct keel_opts *o);
 
 /**
