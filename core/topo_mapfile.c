@@ -365,8 +365,9 @@ parse_container(struct jp *p, struct jval *v, int depth)
 			 * to refuse). */
 			if (v->n >= MAP_OBJ_MEMBERS_MAX) {
 				free(key);
-				return jerr(p, "an object of more than 64 members (a keel map's have "
-					       "a dozen at most)");
+				return jerr(p,
+					    "an object of more than 64 members (a keel map's have "
+					    "a dozen at most)");
 			}
 			for (unsigned i = 0; i < v->n; i++)
 				if (!strcmp(v->kid[i].key, key)) {

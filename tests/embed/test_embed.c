@@ -37,7 +37,7 @@ embed_bin(void)
 	return e && *e ? e : KEEL_EMBED_BIN;
 }
 
-static pid_t live;        /* the host a failed test leaves running: killed by the fini */
+static pid_t live; /* the host a failed test leaves running: killed by the fini */
 /* The directories the test in progress made (host_init): the fini removes them all (it kept
  * only the last, so a test that made several, one per case, left the others in /tmp). */
 static char live_dirs[64][64];
