@@ -216,6 +216,14 @@ is_space(uint8_t c)
 	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
 }
 
+/* What ends an unquoted argument: sdssplitargs stops at these only (\v and \f, which
+ * is_space skips between arguments, are part of one). */
+static bool
+ends_token(uint8_t c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
 /* sdssplitargs: arguments separated by spaces, "double quotes" with C escapes and \xHH,
  * 'single quotes' with \' only; a closing quote must be followed by a space or the end. */
 static long
@@ -284,7 +292,7 @@ parse_inline(const uint8_t *p, size_t n, struct resp_req *req)
 					req->scratch[out++] = c;
 				}
 			} else {
-				if (i >= linelen || is_space(c)) {
+				if (i >= linelen || ends_token(c)) {
 					done = true;
 					continue; /* i stays on the space */
 				} else if (c == '"') {

@@ -1874,6 +1874,15 @@ tx_queue(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsign
 		       c->name);
 		goto refused;
 	}
+	/* SCAN's cursor names a shard, so it tied the transaction to that shard and, refused
+	 * beside keys of another, got the CROSSSLOT message about keys it has none of. */
+	if (c->route == KV_R_CURSOR && kv_cfg.nshards > 1) {
+		rb_err(out,
+		       "ERR '%s' walks the shards in turn, and a keel-kv transaction runs on one: "
+		       "it is taken inside MULTI with --shards 1 only",
+		       c->name);
+		goto refused;
+	}
 	owner = tx_owner(c, argv, argc);
 	if (owner == -2 || (owner >= 0 && tx->owner >= 0 && owner != tx->owner)) {
 		rb_err(out,
@@ -2039,6 +2048,9 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 			goto oom;
 		if (!c)
 			kv_reply_unknown(out, argv, argc);
+		else if (!strcmp(c->name, "exec")) /* Redis 7.0 words it so in or out of MULTI */
+			rb_err(out, "EXECABORT Transaction discarded because of: wrong number of "
+				    "arguments for 'exec' command");
 		else
 			kv_reply_arity(out, c);
 		return;

@@ -260,6 +260,11 @@ kv_glob(const uint8_t *pat, size_t plen, const uint8_t *s, size_t slen, bool noc
 	const uint8_t *star = NULL, *star_s = NULL;
 	size_t star_plen = 0, star_slen = 0, used;
 
+	/* Redis 7.0's quirk, kept: the empty key matches "" and "*" (KEYS's and SCAN's
+	 * match-everything case) only, not "**" or "*?*" (stringmatchlen strips trailing
+	 * stars only after a byte matched). */
+	if (!slen)
+		return !plen || (plen == 1 && pat[0] == '*');
 	while (slen) {
 		if (plen && pat[0] == '*') {
 			while (plen && pat[0] == '*') {

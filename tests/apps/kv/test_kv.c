@@ -3067,6 +3067,10 @@ Test(kv_server, multi_exec_runs_the_queued_commands_on_their_shard)
 	srv_start(&s, 3, "--appendonly", "yes", "--appendfsync", "always", "--dir", dir, NULL);
 	rd_init(&r, test_connect(s.port));
 	expect(&r, "EXEC", "-ERR EXEC without MULTI\r\n");
+	/* as redis-server 7.0.15 words it, in or out of a transaction */
+	expect(&r, "EXEC a b",
+	       "-EXECABORT Transaction discarded because of: wrong number of arguments for "
+	       "'exec' command\r\n");
 	expect(&r, "DISCARD", "-ERR DISCARD without MULTI\r\n");
 	expect(&r, "MULTI", "+OK\r\n");
 	expect(&r, "MULTI", "-ERR MULTI calls can not be nested\r\n");
@@ -3101,6 +3105,10 @@ Test(kv_server, multi_exec_runs_the_queued_commands_on_their_shard)
 	expect(&r, "INFO", "-ERR Command not allowed inside a transaction\r\n");
 	expect(&r, "DBSIZE",
 	       "-ERR 'dbsize' runs on every shard, and a keel-kv transaction on one: "
+	       "it is taken inside MULTI with --shards 1 only\r\n");
+	/* its cursor names a shard: it got -CROSSSLOT, about keys it has none of */
+	expect(&r, "SCAN 0",
+	       "-ERR 'scan' walks the shards in turn, and a keel-kv transaction runs on one: "
 	       "it is taken inside MULTI with --shards 1 only\r\n");
 	expect(&r, "EXEC x",
 	       "-EXECABORT Transaction discarded because of: wrong number of "

@@ -101,6 +101,12 @@ Test(kv_resp, inline_commands_with_quotes)
 	cr_assert_eq(s->req.argc, 1);
 	cr_assert_eq(parse(s, "\r\n", 2), 2, "an empty line is consumed");
 	cr_assert_eq(s->req.argc, 0);
+	/* \v and \f are part of an unquoted argument, as in sdssplitargs (they split it), and
+	 * blanks between arguments */
+	cr_assert_eq(parse(s, "MGET a\vb \fc\n", 12), 12);
+	cr_assert_eq(s->req.argc, 3);
+	ARG_IS(s, 1, "a\vb");
+	ARG_IS(s, 2, "c");
 	free(s);
 }
 
