@@ -2032,3 +2032,50 @@ Test(faults_kv, aof_always_a_set_without_memory_for_its_record_during_a_batch_wa
 {
 	in_batch_case("SET x acked\r\n", "record-oom:after=1:n=1", "DBSIZE", ":2\r\n");
 }
+
+/* appendfsync always: a read that comes while a batch is in flight (its sync held by the
+ * test gate), with nothing gathered since, waits for that batch's sync: it would show a
+ * write a crash could still lose. The path where the read joins the batch in flight had no
+ * test (it needs the read to arrive during the sync). */
+Test(faults_kv, aof_always_a_read_during_a_batch_waits_for_that_batch)
+{
+	char dir[] = "/tmp/keel-kv-aof-rdbatch-XXXXXX", log[64], gate[64], sgate[80];
+	struct proc p;
+	long long before;
+	int a, b, fd;
+	char c;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	snprintf(sgate, sizeof(sgate), "%s.sgate", dir);
+	fd = open(sgate, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	cr_assert_geq(fd, 0, "%s: %s", sgate, strerror(errno));
+	close(fd);
+	snprintf(log, sizeof(log), "%s.log", dir);
+	setenv("KEEL_TEST_SERVER_LOG", log, 1);
+	setenv("KEEL_KV_TEST_SYNC_GATE", sgate, 1);
+	gated_start(&p, "always", dir, gate, sizeof(gate), NULL, NULL);
+	unsetenv("KEEL_KV_TEST_SYNC_GATE");
+	unsetenv("KEEL_TEST_SERVER_LOG");
+	a = test_connect(p.port);
+	test_send_all(a, "SET first v\r\n", 13);
+	log_wait(log, "sync held by the test gate"); /* the batch of "first" is in flight */
+	before = commands_processed(p.port);
+	b = test_connect(p.port);
+	test_send_all(b, "GET first\r\n", 11);
+	for (uint64_t dl = test_deadline(TEST_WAIT_MS); commands_processed(p.port) < before + 2;) {
+		cr_assert(!test_expired(dl), "GET was not run"); /* + the INFO itself */
+		test_pause();
+	}
+	cr_assert_eq(recv(b, &c, 1, MSG_DONTWAIT), -1,
+		     "the GET showed a write whose batch is not yet synced");
+	cr_assert_eq(errno, EAGAIN);
+	unlink(sgate);
+	reply_is(a, "+OK\r\n", "SET first, once its batch is synced");
+	reply_is(b, "$1\r\nv\r\n", "GET first, after that sync");
+	close(a);
+	close(b);
+	proc_stop(&p);
+	unlink(log);
+	unlink(gate);
+	rm_dir(dir);
+}
