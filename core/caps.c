@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -110,6 +111,43 @@ probe_cancel_any(struct io_uring *ring)
 	return res != -EINVAL;
 }
 
+#ifdef KEEL_FAULTS
+/* KEEL_TEST_HIDE_OPS="OP[,OP...]" (KEEL_FAULTS builds only): the probe reports these io_uring
+ * opcodes (numbers, as in io_uring.h) unsupported, so a test can run the paths of a kernel
+ * without them. A malformed list is a broken test: say so and stop. */
+static void
+hide_ops(void)
+{
+	const char *v = getenv("KEEL_TEST_HIDE_OPS"), *p = v;
+
+	if (!v)
+		return;
+	for (;;) {
+		char *end = NULL;
+		unsigned long op = 0;
+
+		errno = 0;
+		if (*p >= '0' && *p <= '9')
+			op = strtoul(p, &end, 10);
+		if (!end || errno || op > 255 || (*end && *end != ',')) {
+			fprintf(stderr,
+				"keel: KEEL_TEST_HIDE_OPS='%s': want io_uring opcode numbers "
+				"0-255, separated by commas\n",
+				v);
+			exit(2);
+		}
+		caps.op_supported[op] = false;
+		if (!*end)
+			break;
+		p = end + 1;
+	}
+	keel_log(KEEL_LOG_WARN, "core",
+		 "KEEL_TEST_HIDE_OPS=%s: these io_uring opcodes are reported unsupported (a test "
+		 "build)",
+		 v);
+}
+#endif
+
 static void
 probe(void)
 {
@@ -132,6 +170,14 @@ probe(void)
 			caps.op_supported[pr->ops[i].op] = pr->ops[i].flags & IO_URING_OP_SUPPORTED;
 		io_uring_free_probe(pr);
 	}
+#ifdef KEEL_FAULTS
+	hide_ops();
+#else
+	if (getenv("KEEL_TEST_HIDE_OPS"))
+		keel_log(KEEL_LOG_WARN, "core",
+			 "KEEL_TEST_HIDE_OPS is set but this build has no fault injection: ignored "
+			 "(configure with -DKEEL_FAULTS=ON, a non-Release build)");
+#endif
 	caps.reg_ring_fd = io_uring_register_ring_fd(&ring) == 1;
 	caps.reg_buffers = io_uring_register_buffers_sparse(&ring, 1) == 0;
 	/* net: a sparse file table, and a trial incremental buffer ring. */

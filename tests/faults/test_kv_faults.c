@@ -1240,6 +1240,62 @@ kvf_start_logged(struct proc *p, const char *kvfaults, char *dir, char *log, siz
 	unsetenv("KEEL_TEST_SERVER_LOG");
 }
 
+/* A kernel without IORING_OP_FTRUNCATE (before Linux 6.9; KEEL_TEST_HIDE_OPS plays one):
+ * FLUSHALL empties the file on the shard's thread instead, says so once, and is still
+ * durable: after a SIGKILL and a restart only the key set after it is there. */
+Test(faults_kv, aof_flushall_without_ftruncate_in_the_ring_truncates_inline)
+{
+	char dir[] = "/tmp/keel-kv-aof-notrunc-XXXXXX", log[64], line[256];
+	bool acked[100] = { false };
+	struct proc p;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	snprintf(log, sizeof(log), "%s.log", dir);
+	setenv("KEEL_TEST_SERVER_LOG", log, 1);
+	aof_start(&p, "KEEL_TEST_HIDE_OPS", "55", "1", "always", dir); /* IORING_OP_FTRUNCATE */
+	unsetenv("KEEL_TEST_SERVER_LOG");
+	cr_assert_eq(aof_sets(p.port, 100, acked), 0);
+	kv_command(p.port, "FLUSHALL", line, sizeof(line));
+	cr_assert_str_eq(line, "+OK\r\n", "FLUSHALL: '%s'", line);
+	log_wait(log, "FLUSHALL truncates the append-only file on the shard's thread: ftruncate "
+		      "through the ring needs Linux 6.9");
+	kv_command(p.port, "SET after 1", line, sizeof(line));
+	cr_assert_str_eq(line, "+OK\r\n", "SET after: '%s'", line);
+	kv_command(p.port, "FLUSHALL ASYNC", line, sizeof(line));
+	cr_assert_str_eq(line, "+OK\r\n", "FLUSHALL ASYNC: '%s'", line);
+	kv_command(p.port, "SET last 1", line, sizeof(line));
+	cr_assert_str_eq(line, "+OK\r\n", "SET last: '%s'", line);
+	cr_assert_eq(persistence_field(p.port, "aof_rewrites:"), 0,
+		     "the inline truncation went through the rebuild");
+	kill9(&p);
+	aof_restart(&p, "1", dir);
+	kv_command(p.port, "DBSIZE", line, sizeof(line));
+	cr_assert_str_eq(line, ":1\r\n", "DBSIZE after the FLUSHALLs and a restart: %s", line);
+	kv_command(p.port, "GET last", line, sizeof(line));
+	cr_assert_str_eq(line, "$1\r\n", "GET last: %s", line);
+	proc_stop(&p);
+	unlink(log);
+	rm_dir(dir);
+}
+
+/* A malformed KEEL_TEST_HIDE_OPS is a broken test: the process stops, status 2, naming the
+ * variable, rather than run with the kernel's real operations. */
+Test(faults_kv, a_malformed_hide_ops_list_stops_the_start)
+{
+	static const char *const bad[] = { "55x", "256", "", "1,,2", "-1", " 55", "55," };
+	const char *const argv[] = { KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", NULL };
+	char err[8192];
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		int st = proc_run_to_exit(argv, "KEEL_TEST_HIDE_OPS", bad[i], err, sizeof(err));
+
+		cr_assert_neq(st, -1, "'%s': keel-kv did not stop: %s", bad[i], err);
+		cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "'%s': status 0x%x: %s", bad[i],
+			  st, err);
+		cr_assert(strstr(err, "want io_uring opcode numbers"), "'%s': %s", bad[i], err);
+	}
+}
+
 /* The fdatasync at stop fails: the stop says so, in a line naming the file and the error
  * (replies still waiting for it would carry the error; none waits here: a stop with
  * replies in flight is not reproducible from outside), and the exit status is 1, so that a
