@@ -227,6 +227,10 @@ hello_open(struct keel_conn *c)
 		atomic_store(&hello_bad, 3);
 	if (keel_conn_send(c, &sl) != -EINVAL) /* sl was consumed: empty */
 		atomic_store(&hello_bad, 4);
+	if (keel_conn_shutdown(c) != -EPIPE) /* a second call, as net.h says */
+		atomic_store(&hello_bad, 5);
+	if (keel_conn_write(c, "late", 4) != -EPIPE) /* nothing after the shutdown */
+		atomic_store(&hello_bad, 6);
 }
 
 static void

@@ -442,7 +442,7 @@ KEEL_API int keel_conn_writev(struct keel_conn *c, const struct iovec *iov, unsi
 /**
  * Half-close: after the queued bytes are sent, shut down the write side (the peer reads
  * EOF); receiving goes on. On a connection still connecting, once it is open. Returns: 0,
- * or -EPIPE when already closing.
+ * or -EPIPE when already closing or already shut down (a second call changes nothing).
  * Context: the connection's shard.
  */
 KEEL_API int keel_conn_shutdown(struct keel_conn *c);
