@@ -286,6 +286,11 @@ Test(net_lifetime, on_close_does_not_run_before_keel_conn_close_returns)
 	proxy_run(2);
 }
 
+Test(net_lifetime, on_close_does_not_run_before_keel_conn_close_returns_plain_fds)
+{
+	proxy_run_fd(2, true);
+}
+
 /* ---- connect + link timeout on a tiny SQ ---- */
 
 /* Each round queues a connect without timeout (one SQE) to a listener that completes the
