@@ -453,8 +453,10 @@ need_enter(struct keel_shard *s)
 	return !s->taskrun_flag && s->inflight > 0 && io_uring_cq_ready(&s->ring) == 0;
 }
 
-/* io_uring_enter's errors: -EBADR says the kernel dropped completions; it may say so on
- * every later wait too, so it is logged when the count of dropped ones has grown. */
+/* io_uring_enter's errors: -EBADR says the kernel dropped completions. The kernel clears
+ * its flag when a wait returns it, but an enter that also submitted returns the count
+ * instead and leaves the flag for a later wait: so the error is logged when the count of
+ * dropped ones (the ring's overflow counter) has grown, once per growth. */
 static void
 enter_error(struct keel_shard *s, int r, const char *what)
 {
