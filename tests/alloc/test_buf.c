@@ -382,7 +382,7 @@ quiet(int level, const char *msg, void *arg)
 /* Without KEEL_BUF_TRACE a put after the last one is memory corruption: keel_verify aborts.
  * It is the generation check that stops it (the last put moved the header's generation
  * on); the refs > 0 check behind it is reached only by a put while a remote last put is on
- * its way home, which no test makes. */
+ * its way home (alloc_export::a_put_while_the_last_one_travels_home_aborts). */
 Test(alloc_buf, refcount_underflow_aborts, .signal = SIGABRT)
 {
 	struct keel_alloc *a = make(KEEL_ALLOC_BACKEND_SLAB, 8 * MiB, 4 * MiB);

@@ -4,6 +4,7 @@
  * who holds which count, when a proxy travels home, and when the memory comes back.
  */
 #include <errno.h>
+#include <signal.h>
 #include <string.h>
 
 #include <criterion/criterion.h>
@@ -271,3 +272,34 @@ Test(alloc_export, copy_lands_in_the_calling_shards_memory_and_frees_the_origina
 	keel_slice_put(&ring);
 	sim_fini();
 }
+
+#ifndef KEEL_BUF_TRACE
+static void
+quiet_log(int lvl, const char *msg, void *arg)
+{
+	(void)lvl;
+	(void)msg;
+	(void)arg;
+}
+
+/* A put after the last one, made while that last put is still on its way home: the header
+ * is not released yet, so its generation has not moved and the generation check passes.
+ * The count (0) is what stops it; without that check the count wrapped and the buffer was
+ * released later under a reference the caller still believed in. */
+Test(alloc_export, a_put_while_the_last_one_travels_home_aborts, .signal = SIGABRT)
+{
+	struct keel_slice ring, frame, p, again;
+
+	sim_init(quiet_log, NULL);
+	received(&ring, &frame, 0, 16);
+	cr_assert_eq(keel_slice_export(&frame, 1, &p), 0);
+	keel_slice_put(&frame);
+	sim_on(1);
+	again = p;
+	keel_slice_put(&p);
+	cr_assert_eq(sim.nmail, 1, "the proxy's last put travels home (test premise)");
+	keel_slice_put(&again); /* aborts */
+	keel_alloc_log_set(NULL, NULL);
+	cr_assert_fail("a put after the last one returned while that one was on its way home");
+}
+#endif
