@@ -582,7 +582,6 @@ void
 keel_runtime_stop(struct keel_runtime *rt, int status)
 {
 	uint64_t expect = 0;
-	struct keel_shard *self = keel__cur && keel__cur->rt == rt ? keel__cur : NULL;
 
 	/* Counted before the stop can take effect: the shards may end as soon as one is woken,
 	 * and keel_runtime_join waits for this call to leave @rt before it returns (its
@@ -590,12 +589,16 @@ keel_runtime_stop(struct keel_runtime *rt, int status)
 	atomic_fetch_add(&rt->stop_calls, 1);
 	atomic_compare_exchange_strong(&rt->stop_word, &expect,
 				       STOP_GIVEN | (uint64_t)(uint32_t)status);
+	/* The sleepers are woken through their eventfds, never with an SQE of the calling
+	 * shard: a signal handler may run this on a shard's thread in the middle of that
+	 * shard's own io_uring_get_sqe, and both would take the same slot. The caller's own
+	 * shard too when it has announced a sleep (a handler that ran between its last look
+	 * at the stop and its wait); inside a callback it has not. */
 	if (!atomic_exchange(&rt->stopping, 1) && rt->started) {
 		for (unsigned i = 0; i < rt->count; i++) {
 			struct keel_shard *t = &rt->shards[i];
-			if (t != self && atomic_load(&t->sleeping) &&
-			    atomic_exchange(&t->sleeping, 0))
-				keel__shard_wake(t, self);
+			if (atomic_load(&t->sleeping) && atomic_exchange(&t->sleeping, 0))
+				keel__shard_wake(t, NULL);
 		}
 	}
 	atomic_fetch_sub(&rt->stop_calls, 1);

@@ -4,6 +4,7 @@
  * does between its stopping check and its enqueue, across the whole stop. */
 #include <errno.h>
 #include <stdatomic.h>
+#include <string.h>
 #include <time.h>
 
 #include <criterion/criterion.h>
@@ -79,4 +80,56 @@ Test(core_foreign_stop, a_request_queued_as_the_stop_begins_runs_on_its_shard, .
 	cr_assert_eq(atomic_load(&l.status), 0, "its send: %d", atomic_load(&l.status));
 	cr_assert_eq(atomic_load(&l.delivered), 1, "its message was not run");
 	keel_runtime_destroy(rt);
+}
+
+/* keel_runtime_stop on a shard's thread takes no SQE of that shard: a signal handler may run
+ * it there in the middle of the shard's own io_uring_get_sqe, and both would take the same
+ * slot (one of them lost: a wake-up, so a shard slept for ever, or the shard's own
+ * operation, so it never became quiescent). Shard 0 calls it while shard 1 sleeps; its SQ
+ * holds as many unsubmitted entries after as before, and shard 1 still wakes. */
+static struct {
+	struct keel_runtime *rt;
+	_Atomic int sq_added, shard1_slept;
+} st1;
+
+static void
+stop_from_shard0(void *arg)
+{
+	struct keel_shard *s1 = &st1.rt->shards[1];
+	struct timespec ts = { 0, 1000 * 1000 };
+	unsigned before;
+
+	(void)arg;
+	/* Shard 1 has nothing to do: it announces its sleep soon (a deadline, not a pace). */
+	for (int i = 0; i < 30000 && !atomic_load(&s1->sleeping); i++)
+		nanosleep(&ts, NULL);
+	atomic_store(&st1.shard1_slept, atomic_load(&s1->sleeping));
+	before = io_uring_sq_ready(keel_shard_ring_get());
+	keel_runtime_stop(st1.rt, 0);
+	atomic_store(&st1.sq_added, (int)(io_uring_sq_ready(keel_shard_ring_get()) - before));
+}
+
+static void
+stop_start(void *app)
+{
+	(void)app;
+	if (keel_shard_id(keel_this_shard()) == 0)
+		keel_defer(stop_from_shard0, NULL);
+}
+
+Test(core_foreign_stop, a_stop_on_a_shards_thread_takes_none_of_its_sqes, .timeout = 60)
+{
+	struct keel_opts o = test_opts(2);
+
+	memset(&st1, 0, sizeof(st1));
+	o.idle_poll_us = 0;
+	o.signals = false;
+	cr_assert_eq(keel_runtime_create(&o, &st1.rt), 0);
+	cr_assert_eq(keel_runtime_start(st1.rt, stop_start, NULL), 0);
+	cr_assert_eq(keel_runtime_join(st1.rt), 0);
+	cr_assert_eq(atomic_load(&st1.shard1_slept), 1, "shard 1 never slept (test premise)");
+	cr_assert_eq(atomic_load(&st1.sq_added), 0,
+		     "keel_runtime_stop queued %d SQE(s) on the calling shard's ring",
+		     atomic_load(&st1.sq_added));
+	keel_runtime_destroy(st1.rt);
 }

@@ -60,7 +60,9 @@ KEEL_API int keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start,
 /**
  * Ask every shard to stop: on-stop hooks run, in-flight operations are cancelled, messages
  * already sent are delivered, then the loops end. The first status given wins.
- * Context: any thread, any number of times.
+ * Context: any thread, any number of times, and a signal handler on any thread, a shard's
+ * too: it only changes atomics and writes to the sleeping shards' eventfds (it logs only
+ * if such a write fails).
  */
 KEEL_API void keel_runtime_stop(struct keel_runtime *rt, int status);
 
