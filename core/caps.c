@@ -11,8 +11,23 @@
 
 #include "internal.h"
 
+/* The probe is kept for the process once it completed. One that met a passing shortage (no
+ * descriptor or memory left for a trial ring or eventfd) is not: its trials could not say
+ * yes or no, so it fails (probe_status) and the next call probes again. The failed one is
+ * handed out in a copy of the calling thread's own. */
 static struct keel_caps caps;
-static pthread_once_t caps_once = PTHREAD_ONCE_INIT;
+static _Atomic bool caps_done;
+static pthread_mutex_t caps_lock = PTHREAD_MUTEX_INITIALIZER;
+static _Thread_local struct keel_caps caps_failed;
+static int probe_short; /* under caps_lock: the first shortage a trial met (-EMFILE, ...) */
+
+/* A trial that failed with @err (negative) for want of descriptors or memory: noted. */
+static void
+trial_failed(int err)
+{
+	if ((err == -EMFILE || err == -ENFILE || err == -ENOMEM || err == -EAGAIN) && !probe_short)
+		probe_short = err;
+}
 
 /* Try a ring with @flags; true when the kernel accepts them. */
 static bool
@@ -20,11 +35,15 @@ setup_ok(unsigned flags, uint32_t *features)
 {
 	struct io_uring ring;
 	struct io_uring_params p;
+	int r;
 
 	memset(&p, 0, sizeof(p));
 	p.flags = flags;
-	if (io_uring_queue_init_params(4, &ring, &p) < 0)
+	r = io_uring_queue_init_params(4, &ring, &p);
+	if (r < 0) {
+		trial_failed(r);
 		return false;
+	}
 	if (features)
 		*features = p.features;
 	io_uring_queue_exit(&ring);
@@ -39,16 +58,21 @@ probe_pbuf_inc(struct io_uring *ring)
 	struct keel_buf_reg reg;
 	void *mem;
 	bool ok;
+	int r;
 
 	mem = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (mem == MAP_FAILED)
+	if (mem == MAP_FAILED) {
+		trial_failed(-errno);
 		return false;
+	}
 	memset(&reg, 0, sizeof(reg));
 	reg.ring_addr = (uintptr_t)mem;
 	reg.ring_entries = 1;
 	reg.bgid = 0;
 	reg.flags = IOU_PBUF_RING_INC;
-	ok = io_uring_register_buf_ring(ring, (struct io_uring_buf_reg *)&reg, 0) == 0;
+	r = io_uring_register_buf_ring(ring, (struct io_uring_buf_reg *)&reg, 0);
+	trial_failed(r);
+	ok = r == 0;
 	if (ok)
 		io_uring_unregister_buf_ring(ring, 0);
 	munmap(mem, 4096);
@@ -59,16 +83,18 @@ probe_pbuf_inc(struct io_uring *ring)
  * (Linux 6.2; 6.1 has SEND_ZC without it and fails such a send with -EINVAL). A send on an
  * eventfd: the flags are checked first (-EINVAL without it), then the socket (-ENOTSOCK). */
 static bool
-probe_zc_report(struct io_uring *ring)
+probe_zc_report(const struct keel_caps *c, struct io_uring *ring)
 {
 	struct io_uring_sqe *sqe;
 	struct io_uring_cqe *cqe;
 	static char byte;
 	int fd, res = -EINVAL;
 
-	if (!caps.op_supported[IORING_OP_SEND_ZC])
+	if (!c->op_supported[IORING_OP_SEND_ZC])
 		return false;
 	fd = eventfd(0, EFD_CLOEXEC);
+	if (fd < 0)
+		trial_failed(-errno);
 	sqe = fd >= 0 ? io_uring_get_sqe(ring) : NULL;
 	if (!sqe) {
 		if (fd >= 0)
@@ -116,7 +142,7 @@ probe_cancel_any(struct io_uring *ring)
  * opcodes (numbers, as in io_uring.h) unsupported, so a test can run the paths of a kernel
  * without them. A malformed list is a broken test: say so and stop. */
 static void
-hide_ops(void)
+hide_ops(struct keel_caps *c)
 {
 	const char *v = getenv("KEEL_TEST_HIDE_OPS"), *p = v;
 
@@ -136,7 +162,7 @@ hide_ops(void)
 				v);
 			exit(2);
 		}
-		caps.op_supported[op] = false;
+		c->op_supported[op] = false;
 		if (!*end)
 			break;
 		p = end + 1;
@@ -149,55 +175,82 @@ hide_ops(void)
 #endif
 
 static void
-probe(void)
+probe(struct keel_caps *c)
 {
 	struct utsname u;
 	struct io_uring ring;
 	struct io_uring_probe *pr;
 	int r;
 
+	probe_short = 0;
 	if (uname(&u) == 0)
-		snprintf(caps.kernel, sizeof(caps.kernel), "%s", u.release);
+		snprintf(c->kernel, sizeof(c->kernel), "%s", u.release);
 	r = io_uring_queue_init(4, &ring, 0);
 	if (r < 0) {
-		caps.probe_status = r;
+		c->probe_status = r;
 		return;
 	}
 	pr = io_uring_get_probe_ring(&ring);
 	if (pr) {
-		caps.last_op = pr->last_op;
+		c->last_op = pr->last_op;
 		for (unsigned i = 0; i < pr->ops_len && i < 256; i++)
-			caps.op_supported[pr->ops[i].op] = pr->ops[i].flags & IO_URING_OP_SUPPORTED;
+			c->op_supported[pr->ops[i].op] = pr->ops[i].flags & IO_URING_OP_SUPPORTED;
 		io_uring_free_probe(pr);
+	} else {
+		trial_failed(-ENOMEM); /* liburing's allocation of the probe */
 	}
 #ifdef KEEL_FAULTS
-	hide_ops();
+	hide_ops(c);
 #else
 	if (getenv("KEEL_TEST_HIDE_OPS"))
 		keel_log(KEEL_LOG_WARN, "core",
 			 "KEEL_TEST_HIDE_OPS is set but this build has no fault injection: ignored "
 			 "(configure with -DKEEL_FAULTS=ON, a non-Release build)");
 #endif
-	caps.reg_ring_fd = io_uring_register_ring_fd(&ring) == 1;
-	caps.reg_buffers = io_uring_register_buffers_sparse(&ring, 1) == 0;
+	c->reg_ring_fd = io_uring_register_ring_fd(&ring) == 1;
+	c->reg_buffers = io_uring_register_buffers_sparse(&ring, 1) == 0;
 	/* net: a sparse file table, and a trial incremental buffer ring. */
-	caps.sparse_files = io_uring_register_files_sparse(&ring, 1) == 0;
-	caps.pbuf_inc = probe_pbuf_inc(&ring);
-	caps.zc_report_usage = probe_zc_report(&ring);
-	caps.cancel_any = probe_cancel_any(&ring);
+	c->sparse_files = io_uring_register_files_sparse(&ring, 1) == 0;
+	c->pbuf_inc = probe_pbuf_inc(&ring);
+	c->zc_report_usage = probe_zc_report(c, &ring);
+	c->cancel_any = probe_cancel_any(&ring);
 	io_uring_queue_exit(&ring);
 
-	setup_ok(0, &caps.ring_features);
-	caps.single_issuer = setup_ok(IORING_SETUP_SINGLE_ISSUER, NULL);
-	caps.defer_taskrun =
-		setup_ok(IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN, NULL);
-	caps.coop_taskrun = setup_ok(IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG, NULL);
+	setup_ok(0, &c->ring_features);
+	c->single_issuer = setup_ok(IORING_SETUP_SINGLE_ISSUER, NULL);
+	c->defer_taskrun = setup_ok(IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN, NULL);
+	c->coop_taskrun = setup_ok(IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG, NULL);
+	if (probe_short)
+		c->probe_status = probe_short;
+}
+
+/* A probe that could not be made for want of descriptors or memory. */
+static bool
+probe_short_of(int status)
+{
+	return status == -EMFILE || status == -ENFILE || status == -ENOMEM || status == -EAGAIN;
 }
 
 const struct keel_caps *
 keel_caps_get(void)
 {
-	pthread_once(&caps_once, probe);
+	struct keel_caps c;
+
+	if (atomic_load_explicit(&caps_done, memory_order_acquire))
+		return &caps;
+	pthread_mutex_lock(&caps_lock);
+	if (!atomic_load_explicit(&caps_done, memory_order_relaxed)) {
+		memset(&c, 0, sizeof(c));
+		probe(&c);
+		if (probe_short_of(c.probe_status)) {
+			pthread_mutex_unlock(&caps_lock);
+			caps_failed = c;
+			return &caps_failed;
+		}
+		caps = c;
+		atomic_store_explicit(&caps_done, true, memory_order_release);
+	}
+	pthread_mutex_unlock(&caps_lock);
 	return &caps;
 }
 
@@ -275,6 +328,17 @@ keel_features_decide(const struct keel_opts *opts, struct keel_feature_decision 
 	const struct keel_caps *c = keel_caps_get();
 	int err = 0;
 
+	if (probe_short_of(c->probe_status)) {
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "the io_uring capability probe could not run (%s): %s; it runs again at "
+			 "the next start",
+			 strerror(-c->probe_status),
+			 c->probe_status == -EMFILE || c->probe_status == -ENFILE
+				 ? "the process has no file descriptor left for its trial rings "
+				   "(raise ulimit -n, or close descriptors)"
+				 : "memory ran out");
+		return c->probe_status;
+	}
 	if (c->probe_status < 0) {
 		keel_log(KEEL_LOG_ERROR, "core",
 			 "io_uring is not available (%s); keel needs Linux 6.1 or later with "

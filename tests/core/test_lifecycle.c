@@ -520,6 +520,100 @@ Test(core_lifecycle, a_failed_start_refuses_foreign_requests)
 		     WEXITSTATUS(st));
 }
 
+/* ---- a capability probe short of descriptors is not kept ---- */
+
+static _Atomic int probe_said;
+
+static void
+probe_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	(void)level;
+	(void)module;
+	(void)shard;
+	(void)arg;
+	if (strstr(msg, "capability probe could not run") && strstr(msg, "raise ulimit -n"))
+		atomic_store(&probe_said, 1);
+}
+
+/* Create a runtime with room for @room more descriptors: its result. */
+static int
+create_with_room(int room, struct rlimit was)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_runtime *rt;
+	struct rlimit rl = was;
+	int lim = 0, r;
+
+	o.signals = false;
+	for (int free_ = 0; free_ < room || fcntl(lim, F_GETFD) >= 0; lim++)
+		free_ += fcntl(lim, F_GETFD) < 0;
+	rl.rlim_cur = (rlim_t)lim;
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return -1000;
+	r = keel_runtime_create(&o, &rt);
+	setrlimit(RLIMIT_NOFILE, &was);
+	if (r == 0)
+		keel_runtime_destroy(rt);
+	return r;
+}
+
+/* In a child (the probe runs once per process): the first creates find no descriptor for
+ * the probe's trial ring, then none for its eventfd (the SEND_ZC trial); both fail naming
+ * ulimit -n, and the next create, with room, probes again and runs with every feature the
+ * kernel has. The failed probe used to be kept: every later create failed, or ran with
+ * send_zc silently off. */
+static int
+short_probe_child(void)
+{
+	struct rlimit was;
+	int r;
+
+	if (getrlimit(RLIMIT_NOFILE, &was) < 0)
+		return 10;
+	keel_log_set_sink(probe_sink, NULL);
+	r = create_with_room(0, was);
+	if (r != -EMFILE) {
+		fprintf(stderr, "create without a descriptor: %d, want -EMFILE\n", r);
+		return 11;
+	}
+	if (!atomic_exchange(&probe_said, 0))
+		return 12;
+	r = create_with_room(1, was);
+	if (r != -EMFILE) {
+		fprintf(stderr, "create with one descriptor: %d, want -EMFILE\n", r);
+		return 13;
+	}
+	if (!atomic_exchange(&probe_said, 0))
+		return 14;
+	keel_log_set_sink(NULL, NULL);
+	r = create_with_room(64, was);
+	if (r != 0) {
+		fprintf(stderr, "create with room: %d, want 0\n", r);
+		return 15;
+	}
+	if (keel_caps_get()->probe_status != 0 || keel_caps_get()->cancel_any != true)
+		return 16;
+	if (keel_caps_get()->op_supported[IORING_OP_SEND_ZC] && !keel_caps_get()->zc_report_usage) {
+		fprintf(stderr, "the probe kept SEND_ZC's trial that found no eventfd\n");
+		return 17;
+	}
+	return 0;
+}
+
+Test(core_lifecycle, a_probe_short_of_descriptors_fails_and_is_made_again)
+{
+	int st;
+	pid_t pid = fork();
+
+	cr_assert_geq(pid, 0);
+	if (pid == 0)
+		_exit(short_probe_child());
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st), "the child died: status %#x", st);
+	cr_assert_eq(WEXITSTATUS(st), 0, "the child failed at step %d (see its stderr)",
+		     WEXITSTATUS(st));
+}
+
 /* ---- embedding: stop from the host thread, status returned ---- */
 
 static void

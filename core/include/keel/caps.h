@@ -19,7 +19,9 @@ extern "C" {
 /** What the running kernel's io_uring offers, probed once per process. */
 struct keel_caps {
 	char kernel[65];        /* uname release */
-	int probe_status;       /* 0, or -errno when no ring could be created at all */
+	int probe_status;       /* 0, or -errno: no ring could be created at all, or a trial
+				 * found no descriptor or memory (-EMFILE, -ENFILE, -ENOMEM,
+				 * -EAGAIN; such a probe is not kept) */
 	uint32_t ring_features; /* IORING_FEAT_* of a default ring */
 	unsigned last_op;       /* highest opcode the kernel knows */
 	bool op_supported[256]; /* by IORING_OP_* */
@@ -35,8 +37,11 @@ struct keel_caps {
 };
 
 /**
- * The capability probe, run on first use.
- * Returns: a read-only struct valid for the life of the process.
+ * The capability probe, run on first use and kept for the process once made. A probe that
+ * a shortage of descriptors or memory left undecided is not kept: it comes back with
+ * probe_status set (keel_runtime_create fails, naming the fix), in a struct of the calling
+ * thread's that the thread's next call replaces, and the next call probes again.
+ * Returns: a read-only struct, valid for the life of the process once the probe was made.
  * Context: any thread.
  */
 KEEL_API const struct keel_caps *keel_caps_get(void);
