@@ -199,7 +199,6 @@ struct keel_shard {
 	int sigfd;
 	struct signalfd_siginfo sigbuf;
 	struct internal_op sig_op;
-	unsigned signals_seen;
 
 	struct defer_vec defer_run, defer_next;
 	struct defer_vec stop_hooks;
@@ -277,6 +276,9 @@ struct keel_runtime {
 	bool joined;
 	sigset_t saved_mask;
 	bool mask_saved;
+	/* opts.signals: on the process's list of such runtimes from start to join (signal.c) */
+	struct keel_runtime *sig_next;
+	bool sig_listed;
 };
 
 /* Current shard of this thread (NULL off-shard). */
@@ -396,6 +398,13 @@ void keel__foreign_arm(struct keel_shard *s);
 /* signal.c */
 /* Arm the read of the runtime's signalfd (shard 0). */
 void keel__signal_arm(struct keel_shard *s);
+/* The process's runtimes with opts.signals: a SIGINT/SIGTERM any of them reads stops them
+ * all (one signalfd read takes a process-directed signal from every other). */
+void keel__signal_list(struct keel_runtime *rt);
+void keel__signal_unlist(struct keel_runtime *rt);
+/* A SIGINT/SIGTERM taken: the count of them since the list was last empty (the first stops
+ * every listed runtime). */
+unsigned keel__signal_taken(void);
 
 /* bufreg.c: see bufreg.h */
 struct keel__bufreg;

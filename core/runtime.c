@@ -532,6 +532,8 @@ keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start, void *app)
 			goto err;
 		}
 	}
+	if (rt->opts.signals)
+		keel__signal_list(rt);
 	rt->started = true;
 	for (; created < rt->count; created++) {
 		r = -pthread_create(&rt->shards[created].thread, NULL, shard_main,
@@ -625,7 +627,7 @@ take_late_signals(struct keel_runtime *rt)
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGTERM);
 	while ((sig = sigtimedwait(&set, NULL, &now)) > 0) {
-		if (++rt->shards[0].signals_seen == 1) {
+		if (keel__signal_taken() == 1) {
 			keel_log(KEEL_LOG_INFO, "core", "%s received as the runtime stopped",
 				 sigabbrev_np(sig) ? sigabbrev_np(sig) : "signal");
 			continue;
@@ -649,6 +651,7 @@ keel_runtime_join(struct keel_runtime *rt)
 		return join_status(rt);
 	for (unsigned i = 0; i < rt->created; i++)
 		pthread_join(rt->shards[i].thread, NULL);
+	keel__signal_unlist(rt); /* no other runtime's signal reader stops @rt from now on */
 	/* A keel_runtime_stop on another thread may still be waking shards that have ended. */
 	while (atomic_load(&rt->stop_calls))
 		sched_yield();

@@ -1,12 +1,57 @@
 // SPDX-License-Identifier: MIT
 /* Signals: SIGINT/SIGTERM read through shard 0's ring (a signalfd); the first stops the
- * runtime, the second exits at once. */
+ * runtime (every runtime of the process that reads them), the second exits at once. */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "internal.h"
+
+static pthread_mutex_t sig_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct keel_runtime *sig_rts; /* under sig_lock */
+static unsigned sig_seen;            /* under sig_lock: since the list was last empty */
+
+void
+keel__signal_list(struct keel_runtime *rt)
+{
+	pthread_mutex_lock(&sig_lock);
+	if (!sig_rts)
+		sig_seen = 0;
+	rt->sig_next = sig_rts;
+	sig_rts = rt;
+	rt->sig_listed = true;
+	pthread_mutex_unlock(&sig_lock);
+}
+
+/* Before join waits for the stops in progress: none can begin from the list after this. */
+void
+keel__signal_unlist(struct keel_runtime *rt)
+{
+	pthread_mutex_lock(&sig_lock);
+	for (struct keel_runtime **p = &sig_rts; rt->sig_listed && *p; p = &(*p)->sig_next) {
+		if (*p == rt) {
+			*p = rt->sig_next;
+			rt->sig_listed = false;
+		}
+	}
+	pthread_mutex_unlock(&sig_lock);
+}
+
+unsigned
+keel__signal_taken(void)
+{
+	unsigned n;
+
+	pthread_mutex_lock(&sig_lock);
+	n = ++sig_seen;
+	if (n == 1) /* keel_runtime_stop takes no lock: atomics and eventfd writes */
+		for (struct keel_runtime *rt = sig_rts; rt; rt = rt->sig_next)
+			keel_runtime_stop(rt, 0);
+	pthread_mutex_unlock(&sig_lock);
+	return n;
+}
 
 static void
 sig_cb(struct keel_op *op, int res, uint32_t flags)
@@ -16,11 +61,11 @@ sig_cb(struct keel_op *op, int res, uint32_t flags)
 
 	if (res == (int)sizeof(s->sigbuf)) {
 		int sig = (int)s->sigbuf.ssi_signo;
-		if (++s->signals_seen == 1) {
+		if (keel__signal_taken() == 1) {
 			keel_log(KEEL_LOG_INFO, "core",
 				 "%s received: stopping all shards (send it again to exit at once)",
 				 sigabbrev_np(sig) ? sigabbrev_np(sig) : "signal");
-			keel_runtime_stop(s->rt, 0);
+			keel_runtime_stop(s->rt, 0); /* done already when listed */
 		} else {
 			keel_log(KEEL_LOG_WARN, "core", "second signal: exiting now");
 			_exit(128 + sig);

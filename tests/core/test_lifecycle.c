@@ -132,6 +132,59 @@ Test(core_lifecycle, second_signal_forces_exit, .timeout = 60)
 	close(sig_pipe[1]);
 }
 
+/* Two runtimes with signals on in one process: one SIGTERM stops both. Each reads the
+ * signals through its own signalfd, and a process-directed signal is read by one of them
+ * only: the other ran on, and its join never returned. */
+static void
+two_rt_start(void *app)
+{
+	if (write(sig_pipe[1], app, 1) != 1)
+		_exit(99);
+}
+
+static int
+two_rt_child(void)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_runtime *a, *b;
+
+	o.signals = true;
+	keel_log_set_level(KEEL_LOG_ERROR);
+	if (keel_runtime_create(&o, &a) < 0 || keel_runtime_create(&o, &b) < 0)
+		return 10;
+	if (keel_runtime_start(a, two_rt_start, "a") < 0 ||
+	    keel_runtime_start(b, two_rt_start, "b") < 0)
+		return 11;
+	if (keel_runtime_join(b) != 0 || keel_runtime_join(a) != 0)
+		return 12;
+	keel_runtime_destroy(b);
+	keel_runtime_destroy(a);
+	return 0;
+}
+
+Test(core_lifecycle, one_signal_stops_every_runtime_that_reads_signals, .timeout = 60)
+{
+	pid_t pid;
+	char c[2];
+	int status;
+
+	cr_assert_eq(pipe(sig_pipe), 0);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0)
+		_exit(two_rt_child());
+	for (int i = 0; i < 2; i++) {
+		wait_fd(sig_pipe[0], POLLIN, TEST_WAIT_MS, pid, "both runtimes to start");
+		cr_assert_eq(read(sig_pipe[0], &c[i], 1), 1);
+	}
+	kill(pid, SIGTERM);
+	status = wait_child(pid, TEST_WAIT_MS, "both runtimes to stop on one SIGTERM");
+	cr_assert(WIFEXITED(status), "child did not exit: status 0x%x", status);
+	cr_assert_eq(WEXITSTATUS(status), 0, "the child failed at step %d", WEXITSTATUS(status));
+	close(sig_pipe[0]);
+	close(sig_pipe[1]);
+}
+
 /* A signal that arrives once shard 0 has left its loop (the stop under way, or done) is
  * taken at join: the first is the stop already under way, a second exits at once. Before,
  * join restored the caller's mask with it pending and its default action ended the
