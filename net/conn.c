@@ -163,20 +163,20 @@ rq_room(struct keel_conn *c, uint32_t want)
 	return 0;
 }
 
-/* Slice @s is of a receive ring running low (keel__pbuf_pressed), or of a ZCRX area running
- * low (keel__zcrx_pressed), and is to be held for as long as a peer takes to read (a send
- * queue, a paused connection's held reads): replace it with a copy in the shard's allocator
- * memory (--memory) and give the ring (or the kernel's queue) its buffer back. A few peers that
- * never read could otherwise hold every receive buffer of the shard, and no connection of it could
- * receive again. Left as it is when no memory can be had. */
-static void
-unring(struct keel_conn *c, struct keel_slice *s)
+/* Slice @s is of a receive ring running low (keel__pbuf_pressed: the TCP rings' or the UDP
+ * ring's), or of a ZCRX area running low (keel__zcrx_pressed), and is to be held for as long
+ * as a peer takes to read (a send queue, a paused connection's held reads, a UDP send
+ * waiting for room): replace it with a copy in the shard's allocator memory (--memory) and
+ * give the ring (or the kernel's queue) its buffer back. A few peers that never read could
+ * otherwise hold every receive buffer of the shard, and no connection or endpoint of it
+ * could receive again. Left as it is when no memory can be had. */
+void
+keel__net_unring(struct net_shard *ns, struct keel_slice *s)
 {
-	struct net_shard *ns = c->ns;
 	struct keel_slice copy;
 
 	if (!keel__pbuf_pressed(&ns->tcp, s->data) && !keel__pbuf_pressed(&ns->bulk, s->data) &&
-	    !keel__zcrx_pressed(ns, s->data))
+	    !keel__pbuf_pressed(&ns->udp, s->data) && !keel__zcrx_pressed(ns, s->data))
 		return;
 	if (keel_buf_alloc(keel_shard_alloc(), s->len, &copy) < 0)
 		return;
@@ -185,6 +185,12 @@ unring(struct keel_conn *c, struct keel_slice *s)
 	keel_slice_put(s);
 	*s = copy;
 	ns->st.recv_copies++;
+}
+
+static void
+unring(struct keel_conn *c, struct keel_slice *s)
+{
+	keel__net_unring(c->ns, s);
 }
 
 /* Hold @n slices for delivery after resume. Consumes them, also on failure (-ENOMEM). */

@@ -181,6 +181,9 @@ int keel__pbuf_take(struct pbuf_ring *r, unsigned bid, int res, uint32_t cqe_fla
  * out (held by connections' send queues, paused reads, the application). A slice held for
  * long there is better copied (conn.c, unring), so receives keep buffers. */
 bool keel__pbuf_pressed(const struct pbuf_ring *r, const void *p);
+/* A slice to be held while a peer reads: copied out of a receive ring (or ZCRX area)
+ * running low, so that held slices cannot take every receive buffer (conn.c). */
+void keel__net_unring(struct net_shard *ns, struct keel_slice *s);
 /* True when @p lies in @r's memory; then *area is its area slice. */
 bool keel__pbuf_owns(const struct pbuf_ring *r, const void *p, const struct keel_slice **area);
 

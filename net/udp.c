@@ -867,6 +867,9 @@ keel_udp_send(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_st
 		u->ns->st.udp_send_capped++;
 		return -ENOBUFS;
 	}
+	/* A send may wait for room in the socket for as long as the network takes. */
+	if (s->len)
+		keel__net_unring(u->ns, s);
 	if (u->gso_tail && gso_join(u, u->gso_tail, s, dst))
 		return 0;
 	return udp_send_one(u, s, dst);

@@ -1084,3 +1084,160 @@ Test(net_udp, udp_buffers_coming_back_do_not_wake_starved_tcp_connections)
 	close(fd);
 	cr_assert_eq(srv_stop(&s), 0);
 }
+
+/* Received datagrams forwarded to a TCP connection whose peer does not read wait in its
+ * send queue: their UDP receive buffers were held with them, the shard's UDP ring (shared
+ * by every endpoint) ran dry, and no endpoint of the shard received again, however little
+ * it held. Slices of the UDP ring held while it runs low are copied out of it, as the TCP
+ * rings' are: every datagram arrives, and another endpoint still echoes. */
+static struct {
+	struct keel_udp *a, *b;
+	struct keel_conn *c;
+	uint16_t tcp_port;
+	_Atomic uint16_t pa, pb;
+	_Atomic int err, opened;
+	_Atomic uint64_t forwarded;
+} fw;
+
+static void
+fw_datagram(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_storage *src)
+{
+	(void)u;
+	(void)src;
+	atomic_fetch_add(&fw.forwarded, 1);
+	if (!fw.c || keel_conn_send(fw.c, s) < 0)
+		keel_slice_put(s);
+}
+
+static void
+fw_echo(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_storage *src)
+{
+	if (keel_udp_send(u, s, src) < 0)
+		keel_slice_put(s);
+}
+
+static void
+fw_udp_closed(struct keel_udp *u, int status)
+{
+	(void)u;
+	(void)status;
+}
+
+static void
+fw_open(struct keel_conn *c)
+{
+	static uint8_t fill[4u << 20];
+
+	/* Far more than the kernel's buffers take from a peer that does not read: the
+	 * forwarded datagrams queue behind it. */
+	if (keel_conn_write(c, fill, sizeof(fill)) < 0)
+		atomic_store(&fw.err, -1);
+	atomic_store(&fw.opened, 1);
+}
+
+static void
+fw_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	(void)c;
+	for (unsigned i = 0; i < n; i++)
+		keel_slice_put(&s[i]);
+}
+
+static void
+fw_close(struct keel_conn *c, int status)
+{
+	(void)c;
+	(void)status;
+	fw.c = NULL;
+}
+
+static const struct keel_udp_ops fw_fwd_ops = { .on_datagram = fw_datagram,
+						.on_close = fw_udp_closed };
+static const struct keel_udp_ops fw_echo_ops = { .on_datagram = fw_echo,
+						 .on_close = fw_udp_closed };
+static const struct keel_conn_ops fw_conn_ops = { .on_open = fw_open,
+						  .on_data = fw_data,
+						  .on_close = fw_close };
+
+static void
+fw_start(void *arg)
+{
+	int r;
+
+	(void)arg;
+	r = keel_conn_connect("127.0.0.1", fw.tcp_port, 0, &fw_conn_ops, NULL, &fw.c);
+	if (r == 0)
+		r = keel_udp_open("127.0.0.1", 0, &fw_fwd_ops, NULL, &fw.a);
+	if (r == 0)
+		r = keel_udp_open("127.0.0.1", 0, &fw_echo_ops, NULL, &fw.b);
+	if (r < 0) {
+		atomic_store(&fw.err, r);
+		return;
+	}
+	atomic_store(&fw.pa, keel_udp_port(fw.a));
+	atomic_store(&fw.pb, keel_udp_port(fw.b));
+}
+
+Test(net_udp, datagrams_held_by_a_peer_that_does_not_read_leave_the_ring_buffers)
+{
+	enum { NBUF = 16, N = 64 };
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct keel_net_stats st;
+	struct keel_runtime *rt;
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	socklen_t sl = sizeof(sa);
+	struct timeval tv = { .tv_sec = 30 };
+	int lfd, peer, cli, rcv = 4096;
+	char in[8];
+
+	memset(&fw, 0, sizeof(fw));
+	lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(lfd, 0);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	setsockopt(lfd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv)); /* inherited: a small window */
+	cr_assert_eq(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	cr_assert_eq(listen(lfd, 1), 0);
+	cr_assert_eq(getsockname(lfd, (struct sockaddr *)&sa, &sl), 0);
+	fw.tcp_port = ntohs(sa.sin_port);
+	keel_net_config_init(&nc);
+	nc.udp_buf_size = 1024;
+	nc.udp_buf_count = NBUF;
+	cr_assert_eq(keel_net_config_set(&nc), 0);
+	o.idle_poll_us = 0;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, fw_start, NULL), 0);
+	WAIT_FOR(atomic_load(&fw.pb) || atomic_load(&fw.err), "the endpoints");
+	cr_assert_eq(atomic_load(&fw.err), 0);
+	peer = accept(lfd, NULL, NULL); /* and never read */
+	cr_assert_geq(peer, 0);
+	WAIT_FOR(atomic_load(&fw.opened), "the connection");
+	cr_assert_eq(atomic_load(&fw.err), 0, "the fill was refused");
+	cli = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(cli, 0);
+	setsockopt(cli, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	sa.sin_port = htons(atomic_load(&fw.pa));
+	for (int i = 0; i < N; i++) {
+		char d[100];
+
+		memset(d, 'a' + i % 26, sizeof(d));
+		cr_assert_eq(sendto(cli, d, sizeof(d), 0, (struct sockaddr *)&sa, sizeof(sa)),
+			     (ssize_t)sizeof(d));
+		/* Paced by arrival, so the socket's queue never drops one. */
+		WAIT_FOR(atomic_load(&fw.forwarded) == (uint64_t)i + 1,
+			 "datagram %d of %d (the UDP ring holds %d buffers)", i + 1, N, NBUF);
+	}
+	sa.sin_port = htons(atomic_load(&fw.pb));
+	cr_assert_eq(sendto(cli, "ping", 4, 0, (struct sockaddr *)&sa, sizeof(sa)), 4);
+	cr_assert_eq(recv(cli, in, sizeof(in), 0), 4, "the other endpoint got nothing: %s",
+		     strerror(errno));
+	cr_assert_eq(memcmp(in, "ping", 4), 0);
+	cr_assert_eq(rt_net_stats(rt, 0, &st), 0);
+	cr_assert_gt(st.recv_copies, 0, "no slice was copied out of the UDP ring");
+	close(cli);
+	close(peer);
+	close(lfd);
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+}
