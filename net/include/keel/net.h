@@ -600,7 +600,8 @@ struct keel_net_stats {
 				    once in sends) */
 	uint64_t udp_gso_datagrams; /* ... the datagrams they carried */
 	uint64_t udp_gso_fallbacks; /* ... that failed (EIO, EINVAL, EMSGSIZE) and were sent
-				       again one by one (the endpoint then sends so) */
+				       again one by one (see keel_udp_send for what the
+				       endpoint does next) */
 	uint64_t udp_gso_batches;   /* batch states allocated for them (pooled, about 2.5 KiB
 				       each from malloc, not --memory: grows with the most such
 				       sendmsgs in flight at once, not with the sends) */
@@ -699,8 +700,11 @@ KEEL_API uint16_t keel_udp_port(const struct keel_udp *u);
  * Send @s as one datagram to @dst (datagrams queued in one pass are submitted together;
  * large ones with SENDMSG_ZC). An empty slice of a buffer sends a zero-length datagram
  * (one with no buffer, {0}, is -EINVAL). A sendmsg of several datagrams (UDP_SEGMENT) that
- * fails is sent again one by one; if its first datagram then goes alone, the endpoint
- * sends one by one from then on, else (the destination refused them all) it batches on.
+ * fails is sent again one by one. If its first datagram then goes alone: after EMSGSIZE
+ * with datagrams over 548 bytes (the path's MTU) only datagrams of that size or larger go
+ * one by one from then on; after any other error (EIO, EINVAL, or EMSGSIZE below that
+ * size) the endpoint sends every datagram one by one from then on. If the first one fails
+ * too (the destination refused them), it batches on.
  * The send's
  * state is a slot of a per-shard pool: nothing is allocated per datagram once the pool
  * covers the most datagrams in flight (udp_send_slots in keel_net_stats).
@@ -717,7 +721,9 @@ KEEL_API int keel_udp_send(struct keel_udp *u, struct keel_slice *s,
 /**
  * Close @u: the receive is cancelled, datagrams keel_udp_send accepted still go out, and
  * on_close(u, 0) follows once its operations end, from the loop, never before this returns
- * (also when nothing is in flight).
+ * (also when nothing is in flight); on_close(u, -ESHUTDOWN) when called while the runtime
+ * stops. (keel closes an endpoint itself only when a failed receive finds no timer to try
+ * again: on_close then has that receive's error.)
  * Context: its shard.
  */
 KEEL_API void keel_udp_close(struct keel_udp *u);
