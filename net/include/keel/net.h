@@ -128,7 +128,10 @@ struct keel_net_config {
 	 * (a full socket buffer keeps them waiting). Past it keel_udp_send refuses with
 	 * -ENOBUFS, counted in udp_send_capped, as a full socket refuses a non-blocking
 	 * sendto: each holds its slice and a send slot (about 300 bytes, from malloc, not
-	 * --memory). 0: no limit. Default KEEL_NET_UDP_SEND_MAX_DEFAULT. */
+	 * --memory), and each UDP_SEGMENT sendmsg of two or more of them a batch state (about
+	 * 2.5 KiB, from malloc): at worst, batches of two each, udp_send_max / 2 of those.
+	 * Both are pooled for the shard's life. 0: no limit. Default
+	 * KEEL_NET_UDP_SEND_MAX_DEFAULT. */
 	uint32_t udp_send_max;
 };
 
@@ -149,7 +152,8 @@ struct keel_net_config {
 #define KEEL_NET_SEND_MAX_DEFAULT (UINT64_C(64) << 20)
 /** Default keel_net_config.shard_send_max: 1 GiB. */
 #define KEEL_NET_SHARD_SEND_MAX_DEFAULT (UINT64_C(1) << 30)
-/** Default keel_net_config.udp_send_max: 16,384 datagrams (some 5 MiB of send slots). */
+/** Default keel_net_config.udp_send_max: 16,384 datagrams (some 5 MiB of send slots, and
+ * at worst some 20 MiB of batch states: 8,192 sendmsgs of two datagrams each). */
 #define KEEL_NET_UDP_SEND_MAX_DEFAULT 16384u
 
 /** Bytes of each UDP receive buffer beyond udp_buf_size: the io_uring_recvmsg_out header,
