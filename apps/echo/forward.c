@@ -319,6 +319,12 @@ on_room(int status, void *arg)
 	free(rr);
 	sl->waiting = false;
 	r = status < 0 ? status : backlog_flush(fs, (uint32_t)(sl - fs->slots));
+	if (r == -ESHUTDOWN) {
+		/* The runtime stops: no failure. The connection closes as the stop closes the
+		 * others; its on_close drops the frames waiting (counted). */
+		keel_conn_close(sl->conn);
+		return;
+	}
 	if (r < 0) {
 		BUMP(fs, errors);
 		keel_conn_abort(sl->conn, r);
@@ -379,6 +385,12 @@ on_frame(void *arg, struct keel_frame *fr)
 		away_add(fs, sl, m->bytes);
 		r = backlog_wait(fs, ref->slot);
 		return r; /* on failure the backlog goes with the connection's close */
+	}
+	if (r == -ESHUTDOWN) { /* the runtime stops: dropped, no failure (as in on_room) */
+		BUMP(fs, frames_dropped);
+		msg_drop(m);
+		keel_conn_close(sl->conn);
+		return 0;
 	}
 	if (r < 0) {
 		BUMP(fs, errors);

@@ -21,7 +21,8 @@ struct echo_fwd_stats {
 	uint64_t frames_out;     /* frames queued on their connection after the round trip */
 	uint64_t frames_dropped; /* not echoed: their connection closed or failed (put) */
 	uint64_t frames_waited;  /* met a full queue to the next shard and waited for room */
-	uint64_t errors;         /* a hand-off or send failed (the connection is aborted) */
+	uint64_t errors;         /* a hand-off or send failed (the connection is aborted);
+				  * not a stop's refusal (-ESHUTDOWN): its frames are dropped */
 	uint64_t conns_live;     /* connection slots in use */
 	uint64_t away_peak;      /* the most payload bytes one connection had away at once */
 	uint64_t away_holds;     /* times a connection's reading paused for its bytes away */
