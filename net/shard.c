@@ -9,10 +9,12 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/un.h>
 
 #include "net_internal.h"
@@ -293,6 +295,60 @@ keel__net_shard_get_cfg(const struct keel_net_config *cfg, struct net_shard **ou
 	return shard_create(&g_cfg, out);
 }
 
+/* The kernel refuses a registered file table of more slots than RLIMIT_NOFILE's soft limit
+ * (EMFILE), and that limit is often 1,024 (login shells, systemd services) where the table's
+ * default is 4,096. liburing then raises the soft limit by the table's size, unsaid, and
+ * fails when the hard limit is below that sum (ulimit -n 1024 sets both: the start failed,
+ * advising direct_fd=off). Here, below @want, the soft limit is raised to the hard one, as
+ * Go's runtime does at its start, and said; a hard limit below @want is refused with the
+ * fix. Process-wide, so under a lock (shards start together). Returns 0 or -EMFILE. */
+static int
+nofile_fit(unsigned id, unsigned want)
+{
+	static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+	struct rlimit rl;
+	int r = 0;
+
+	pthread_mutex_lock(&lock);
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+	    rl.rlim_cur < want) {
+		rlim_t was = rl.rlim_cur;
+
+		if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want) {
+			keel_log(KEEL_LOG_ERROR, NET_MOD,
+				 "shard %u: a direct-descriptor table of %u slots (--max-files) "
+				 "needs a descriptor limit of at least %u, and this process's hard "
+				 "limit is %llu: raise it (ulimit -Hn as root, LimitNOFILE= for a "
+				 "systemd service), or lower --max-files, or use --feature "
+				 "direct_fd=off",
+				 id, want, want, (unsigned long long)rl.rlim_max);
+			r = -EMFILE;
+		} else {
+			rl.rlim_cur = rl.rlim_max;
+			if (setrlimit(RLIMIT_NOFILE, &rl) < 0) {
+				r = -errno;
+				keel_log(
+					KEEL_LOG_ERROR, NET_MOD,
+					"shard %u: raising the descriptor limit from %llu to %llu "
+					"for a direct-descriptor table of %u slots failed: %s; raise "
+					"ulimit -n, or lower --max-files",
+					id, (unsigned long long)was,
+					(unsigned long long)rl.rlim_max, want, strerror(-r));
+			} else {
+				keel_log(
+					KEEL_LOG_INFO, NET_MOD,
+					"raised the soft descriptor limit (ulimit -n) from %llu to "
+					"its hard limit %llu: a direct-descriptor table of %u slots "
+					"(--max-files) needs at least %u",
+					(unsigned long long)was, (unsigned long long)rl.rlim_max,
+					want, want);
+			}
+		}
+	}
+	pthread_mutex_unlock(&lock);
+	return r;
+}
+
 static int
 shard_create(const struct keel_net_config *cfg, struct net_shard **out)
 {
@@ -315,6 +371,11 @@ shard_create(const struct keel_net_config *cfg, struct net_shard **out)
 	ns->f_zc = keel_feature_used(KEEL_FEAT_SEND_ZC);
 	ns->refs = 1;
 	if (ns->f_direct) {
+		r = nofile_fit(ns->id, ns->cfg.max_files);
+		if (r < 0) {
+			free(ns);
+			return r;
+		}
 		r = io_uring_register_files_sparse(ns->ring, ns->cfg.max_files);
 		if (r < 0) {
 			keel_log(KEEL_LOG_ERROR, NET_MOD,

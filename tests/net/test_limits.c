@@ -1,9 +1,13 @@
 // SPDX-License-Identifier: MIT
 /* Limits against hostile peers: max_conns (docs/net.md, "Connection limit"). */
 #include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
@@ -569,4 +573,94 @@ Test(net_limits, sweep_period_follows_the_shortest_timeout_left)
 	keel_runtime_destroy(rt);
 	keel_listener_destroy(t.shortl);
 	keel_listener_destroy(t.longl);
+}
+
+/* ---- the descriptor limit and the direct-descriptor table ---- */
+
+/* The kernel refuses a registered file table larger than RLIMIT_NOFILE's soft limit, often
+ * 1,024 where the table's default is 4,096; liburing then raised the soft limit by the
+ * table's size, unsaid, and with a hard limit below that sum the server failed to start,
+ * saying to turn direct descriptors off. The soft limit is now raised to the hard one,
+ * said; a hard limit below the table is refused naming ulimit and --max-files. Each case
+ * in a child: it changes the process's limits. */
+static _Atomic int nofile_said;
+
+static void
+nofile_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	(void)level;
+	(void)module;
+	(void)shard;
+	(void)arg;
+	if (strstr(msg, "hard limit is 1000: raise it (ulimit -Hn") && strstr(msg, "--max-files"))
+		atomic_store(&nofile_said, 1);
+}
+
+static int
+nofile_child(bool hard_too)
+{
+	struct keel_net_config nc;
+	struct rlimit rl;
+	struct srv s;
+	char b[5];
+	int fd, r;
+
+	keel_net_config_init(&nc);
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return 10;
+	rl.rlim_cur = 1000;
+	if (hard_too)
+		rl.rlim_max = 1000;
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return 11;
+	keel_log_set_sink(nofile_sink, NULL);
+	if (srv_start(&s, NULL, &nc, NULL) < 0)
+		return 12;
+	if (hard_too) {
+		r = srv_stop(&s);
+		if (r != -EMFILE) {
+			fprintf(stderr, "a table above the hard limit: %d, want -EMFILE\n", r);
+			return 13;
+		}
+		return atomic_load(&nofile_said) ? 0 : 14;
+	}
+	fd = cli_connect(s.port);
+	if (fd < 0 || cli_write_all(fd, "hello", 5) < 0 || cli_read_all(fd, b, 5) < 0 ||
+	    memcmp(b, "hello", 5))
+		return 15;
+	close(fd);
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur != rl.rlim_max)
+		return 16;
+	return srv_stop(&s) == 0 ? 0 : 17;
+}
+
+static void
+nofile_run(bool hard_too)
+{
+	struct rlimit rl;
+	int st;
+	pid_t pid;
+
+	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+	if (!hard_too && rl.rlim_max != RLIM_INFINITY && rl.rlim_max < 4096)
+		cr_skip_test("the hard descriptor limit %llu is below the table's %u",
+			     (unsigned long long)rl.rlim_max, 4096u);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0)
+		_exit(nofile_child(hard_too));
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st), "the child died: status %#x", st);
+	cr_assert_eq(WEXITSTATUS(st), 0, "the child failed at step %d (see its stderr)",
+		     WEXITSTATUS(st));
+}
+
+Test(net_limits, a_soft_descriptor_limit_below_the_file_table_is_raised)
+{
+	nofile_run(false);
+}
+
+Test(net_limits, a_hard_descriptor_limit_below_the_file_table_is_refused_naming_the_fix)
+{
+	nofile_run(true);
 }

@@ -64,7 +64,10 @@ struct keel_net_config {
 				       KEEL_NET_ZC_THRESHOLD_DEFAULT: never; see below) */
 	uint32_t high_watermark;    /* queued send bytes above which reading pauses (1 MiB) */
 	uint32_t low_watermark;     /* ... and below which it resumes, on_writable (256 KiB) */
-	uint32_t max_files;         /* direct-descriptor table slots per shard (default 4096) */
+	uint32_t max_files;         /* direct-descriptor table slots per shard (default 4096;
+				       the kernel wants a descriptor limit of at least as many:
+				       a soft limit below is raised to the hard one, said, and a
+				       hard limit below fails the shard's start with the fix) */
 	uint64_t accept_backoff_ns; /* pause after EMFILE/ENFILE before accepting again
 				       (KEEL_MS(100)) */
 	uint64_t close_timeout_ns;  /* keel_conn_close() gives up on a peer that does not read
