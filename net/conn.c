@@ -1670,7 +1670,8 @@ keel__conn_accepted(struct keel_conn *c, bool addrs, const struct sockaddr_stora
 static void
 addr_cb(struct keel_op *op, int res, uint32_t flags)
 {
-	static _Thread_local bool logged;
+	static _Thread_local bool kernel_said;
+	static _Thread_local uint64_t failures;
 	struct keel_conn *c = container_of(op, struct keel_conn, addr_op);
 
 	c->nops--;
@@ -1680,13 +1681,25 @@ addr_cb(struct keel_op *op, int res, uint32_t flags)
 	} else {
 		c->addr_err = res == -EINVAL ? -EOPNOTSUPP : res;
 		c->locallen = 0;
-		if (!logged && res != -ECANCELED) {
-			logged = true;
+		if ((res == -EINVAL || res == -EOPNOTSUPP) && !kernel_said) {
+			kernel_said = true;
 			keel_log(KEEL_LOG_WARN, NET_MOD,
 				 "shard %u: the addresses of an accepted direct descriptor cannot "
 				 "be read (%s): it needs Linux 6.8 (IORING_OP_FIXED_FD_INSTALL); "
 				 "upgrade, or use --feature direct_fd=off",
 				 c->ns->id, strerror(-res));
+		} else if (res != -EINVAL && res != -EOPNOTSUPP && res != -ECANCELED &&
+			   ++failures && (failures & (failures - 1)) == 0) { /* 1st, 2nd, 4th... */
+			keel_log(
+				KEEL_LOG_WARN, NET_MOD,
+				"shard %u: the addresses of an accepted direct descriptor cannot "
+				"be read (%s; %llu times on this shard): %s",
+				c->ns->id, strerror(-res), (unsigned long long)failures,
+				res == -EMFILE || res == -ENFILE
+					? "reading them takes a plain descriptor for a moment, and "
+					  "the process has none left: raise ulimit -n, or create the "
+					  "listener with no_addrs"
+					: "keel_conn_peer_addr gives this error");
 		}
 	}
 	if (c->closing) {

@@ -7,8 +7,11 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
@@ -397,4 +400,89 @@ Test(net_addr, a_listener_for_more_shards_than_its_runtime_is_refused_with_a_rea
 	cr_assert(strstr(create_log, "2 shards") && strstr(create_log, "has 1"), "log: '%s'",
 		  create_log);
 	keel_runtime_destroy(rt);
+}
+
+/* The addresses of an accepted direct descriptor are read through a plain copy of it: with
+ * the process's descriptors all taken, that copy fails with EMFILE. keel_conn_peer_addr
+ * gives -EMFILE, and the log says the descriptors ran out (raise ulimit -n), not that the
+ * kernel is too old for IORING_OP_FIXED_FD_INSTALL, which it said of every failure. In a
+ * child: it takes every descriptor of the process. */
+static _Atomic int fd_said, kernel_blamed;
+
+static void
+fd_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	(void)level;
+	(void)module;
+	(void)shard;
+	(void)arg;
+	if (strstr(msg, "raise ulimit -n") && strstr(msg, "cannot be read"))
+		atomic_store(&fd_said, 1);
+	if (strstr(msg, "needs Linux 6.8"))
+		atomic_store(&kernel_blamed, 1);
+}
+
+static int
+no_fd_child(void)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	struct rlimit rl;
+	struct srv s;
+	int fd, last = -1, r;
+
+	keel_net_config_init(&nc);
+	nc.max_files = 64; /* below the soft limit: it stays */
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return 10;
+	rl.rlim_cur = 256;
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return 11;
+	keel_log_set_sink(fd_sink, NULL);
+	memset(&seen, 0, sizeof(seen));
+	if (srv_start(&s, &o, &nc, &addr_ops) < 0)
+		return 12;
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0); /* before the table fills */
+	if (fd < 0)
+		return 13;
+	for (int d; (d = dup(0)) >= 0;) /* every descriptor of the process taken */
+		last = d;
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	sa.sin_port = htons(s.port);
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		return 14;
+	for (uint64_t dl = test_deadline(TEST_WAIT_MS); !atomic_load(&seen.done);) {
+		if (test_expired(dl))
+			return 15;
+		test_pause();
+	}
+	for (int d = 3; d <= last; d++)
+		if (d != fd)
+			close(d);
+	close(fd);
+	r = srv_stop(&s);
+	if (r != 0)
+		return 16;
+	if (seen.rpeer != -EMFILE) {
+		fprintf(stderr, "keel_conn_peer_addr: %d, want -EMFILE\n", seen.rpeer);
+		return 17;
+	}
+	if (atomic_load(&kernel_blamed))
+		return 18;
+	return atomic_load(&fd_said) ? 0 : 19;
+}
+
+Test(net_addr, no_descriptor_left_to_read_the_addresses_is_said_as_such)
+{
+	int st;
+	pid_t pid = fork();
+
+	cr_assert_geq(pid, 0);
+	if (pid == 0)
+		_exit(no_fd_child());
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st), "the child died: status %#x", st);
+	cr_assert_eq(WEXITSTATUS(st), 0, "the child failed at step %d (see its stderr)",
+		     WEXITSTATUS(st));
 }

@@ -515,7 +515,9 @@ KEEL_API int keel_conn_set_watermarks(struct keel_conn *c, uint32_t low, uint32_
  * Returns: 0 with *out (and *len when @len is not NULL; the rest of *out zeroed);
  * -EINVAL (@out NULL); -ENOTCONN (not connected yet); -ENODATA (the listener was created
  * with no_addrs); -EOPNOTSUPP (a direct descriptor on a kernel before 6.8: logged once,
- * naming --feature direct_fd=off); another -errno of getpeername/getsockname.
+ * naming --feature direct_fd=off); -EMFILE or -ENFILE (a direct descriptor while the
+ * process had no descriptor left for the copy: logged, rate-limited); another -errno of
+ * getpeername/getsockname.
  * Context: the connection's shard.
  */
 KEEL_API int keel_conn_peer_addr(const struct keel_conn *c, struct sockaddr_storage *out,
