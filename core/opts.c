@@ -515,6 +515,14 @@ keel_opts_parse(struct keel_opts *o, int *argc, char **argv, char *err, size_t e
 						  d->arg);
 			v = argv[++i];
 		} else if (!d->arg && !v) {
+			bool b;
+
+			/* "--stats off" would turn stats on and leave "off" to the program. */
+			if (i + 1 < n && parse_bool(d->name, argv[i + 1], &b, NULL, 0) == 0)
+				return keel__errf(err, errlen, -EINVAL,
+						  "%s takes no separate value: write %s=%s (or "
+						  "leave %s out)",
+						  d->name, d->name, argv[i + 1], d->name);
 			v = "on";
 		}
 		given[d - opt_table] = true;

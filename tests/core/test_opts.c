@@ -210,6 +210,42 @@ Test(core_opts, missing_value_is_an_error)
 	cr_assert(strstr(err, "--shards") && strstr(err, "missing"), "%s", err);
 }
 
+/* A flag takes its value after '=' only: "--stats off" turned stats on and left "off" to
+ * the program (keel-echo then said "unknown option off"; a program with positional
+ * arguments took it for one). A boolean word after a flag is refused naming the form to
+ * write; any other word stays the program's. */
+Test(core_opts, a_boolean_word_after_a_flag_is_refused_naming_the_form)
+{
+	struct keel_opts o;
+	char err[256];
+
+	{
+		char *argv[] = { "prog", "--stats", "off", NULL };
+		int argc = 3;
+
+		cr_assert_eq(parse(&o, err, sizeof(err), &argc, argv), -EINVAL);
+		cr_assert(strstr(err, "--stats takes no separate value: write --stats=off"), "%s",
+			  err);
+	}
+	{
+		char *argv[] = { "prog", "--hugepages", "yes", NULL };
+		int argc = 3;
+
+		cr_assert_eq(parse(&o, err, sizeof(err), &argc, argv), -EINVAL);
+		cr_assert(strstr(err, "--hugepages=yes"), "%s", err);
+	}
+	{
+		char *argv[] = { "prog", "--stats=off", "--hugepages", "host", NULL };
+		int argc = 4;
+
+		cr_assert_eq(parse(&o, err, sizeof(err), &argc, argv), 0, "%s", err);
+		cr_assert_eq(o.stats, false);
+		cr_assert_eq(o.hugepages, true);
+		cr_assert_eq(argc, 2);
+		cr_assert_str_eq(argv[1], "host");
+	}
+}
+
 Test(core_opts, environment_is_read_and_argv_overrides_it)
 {
 	struct keel_opts o;

@@ -160,7 +160,9 @@ KEEL_API void keel_opts_init(struct keel_opts *o);
  * them). Recognised options are removed from argv and *argc is updated; options keel does
  * not own are left in place, in order, for the application.
  *
- * Both "--opt value" and "--opt=value" are accepted. "--" ends keel's options.
+ * Both "--opt value" and "--opt=value" are accepted; a flag (--stats, --hugepages, ...)
+ * takes a value only as "--flag=off", and "--flag off" (a boolean word after it) is refused
+ * naming that form. "--" ends keel's options.
  *
  * Returns: 0; 1 when --help was given (print keel_opts_help() and exit 0); -EINVAL with a
  * one-line message in @err naming the option and what it expects.
