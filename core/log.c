@@ -59,15 +59,21 @@ keel_log_level_parse(const char *s, enum keel_log_level *out)
 void
 keel_log(enum keel_log_level level, const char *module, const char *fmt, ...)
 {
-	char msg[1024];
+	char msg[4096];
 	va_list ap;
-	int shard = keel__cur ? (int)keel__cur->id : -1;
+	int shard = keel__cur ? (int)keel__cur->id : -1, n;
 
 	if (!keel_log_enabled(level))
 		return;
 	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
+	n = vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
+	if (n >= (int)sizeof(msg)) { /* cut, and said: a long path can push the reason out */
+		char tail[48];
+		int t = snprintf(tail, sizeof(tail), " [... cut: %d bytes in all]", n);
+
+		memcpy(msg + sizeof(msg) - 1 - t, tail, (size_t)t + 1);
+	}
 
 	pthread_rwlock_rdlock(&sink_lock);
 	if (sink_fn) {

@@ -497,3 +497,33 @@ Test(core_opts, the_zero_copy_copy_report_is_probed)
 		cr_assert(keel_caps_get()->cancel_any, "kernel %s: no CANCEL_ANY probed",
 			  u.release);
 }
+
+/* A log line longer than keel_log's buffer (4 KiB) ends with a mark saying it was cut and
+ * how long it was; it was cut at 1 KiB without a word, and a message that names a long
+ * path first (--map PATH: reason) lost its reason. */
+static char long_logged[8192];
+
+static void
+long_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	(void)level;
+	(void)module;
+	(void)shard;
+	(void)arg;
+	snprintf(long_logged, sizeof(long_logged), "%s", msg);
+}
+
+Test(core_opts, a_log_line_too_long_says_it_was_cut)
+{
+	static char big[6001];
+
+	memset(big, 'a', sizeof(big) - 1);
+	keel_log_set_sink(long_sink, NULL);
+	keel_log(KEEL_LOG_ERROR, "test", "%.2000s END", big);
+	cr_assert_eq(strlen(long_logged), 2004, "a line of 2,004 bytes is whole");
+	keel_log(KEEL_LOG_ERROR, "test", "%s END", big);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq(strlen(long_logged), 4095);
+	cr_assert(strstr(long_logged, " [... cut: 6004 bytes in all]"), "%s",
+		  long_logged + 4000);
+}
