@@ -524,6 +524,5 @@ Test(core_opts, a_log_line_too_long_says_it_was_cut)
 	keel_log(KEEL_LOG_ERROR, "test", "%s END", big);
 	keel_log_set_sink(NULL, NULL);
 	cr_assert_eq(strlen(long_logged), 4095);
-	cr_assert(strstr(long_logged, " [... cut: 6004 bytes in all]"), "%s",
-		  long_logged + 4000);
+	cr_assert(strstr(long_logged, " [... cut: 6004 bytes in all]"), "%s", long_logged + 4000);
 }
