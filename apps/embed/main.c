@@ -1188,6 +1188,8 @@ read_done(struct keel_file_req *req, int res, void *arg)
 		keel_slice_put(&r->val);
 		if (res == -ECANCELED) /* at stop, or io-wq could not run it: answered too */
 			reply_err(cn, EMB_BUSY, r->id, "read cancelled");
+		else if (res == -ESHUTDOWN) /* refused: the stop has begun (as a put's) */
+			reply_err(cn, EMB_BUSY, r->id, "stopping");
 		else
 			reply_err(cn, EMB_ERROR, r->id, res < 0 ? strerror(-res) : "short read");
 	} else if (r->op == 'G') {
