@@ -94,8 +94,9 @@ memlock_fail_log(struct keel_shard *s, const char *what)
 			KEEL_LOG_ERROR, "core",
 			"shard %u: %s: RLIMIT_MEMLOCK (%s) is too low and the process lacks "
 			"CAP_IPC_LOCK: %llu KiB pinned by keel so far (other pinned memory of this user "
-			"counts too), %llu KiB needed (--memory %llu MiB "
-			"x %u shards); raise it (ulimit -l unlimited, or LimitMEMLOCK=infinity in "
+			"counts too), at least %llu KiB needed (--memory %llu MiB "
+			"x %u shards, and the rings' own pages, a few hundred KiB per shard, count "
+			"too); raise it (ulimit -l unlimited, or LimitMEMLOCK=infinity in "
 			"the systemd unit), or use --feature reg_buffers=auto to run with "
 			"unregistered buffers",
 			s->id, what, memlock_str(lim, sizeof(lim)),
@@ -109,8 +110,9 @@ memlock_fail_log(struct keel_shard *s, const char *what)
 	keel_log(KEEL_LOG_WARN, "core",
 		 "registered buffers: %s on shard %u: RLIMIT_MEMLOCK (%s) is too low without "
 		 "CAP_IPC_LOCK: %llu KiB pinned by keel so far (other pinned memory of this user "
-		 "counts too), %llu KiB needed (--memory %llu MiB x %u "
-		 "shards); running with unregistered buffers (plain sends) where registration "
+		 "counts too), at least %llu KiB needed (--memory %llu MiB x %u "
+		 "shards, and the rings' own pages, a few hundred KiB per shard, count too); "
+		 "running with unregistered buffers (plain sends) where registration "
 		 "fails. Fix: ulimit -l unlimited, or LimitMEMLOCK=infinity in the systemd unit",
 		 what, s->id, memlock_str(lim, sizeof(lim)),
 		 (unsigned long long)(atomic_load(&pinned_bytes) >> 10),
@@ -296,12 +298,13 @@ keel__bufreg_init(struct keel_shard *s)
 		return br->policy_on ? r : 0;
 	}
 	br->enabled = true;
-	/* Region 0 now: bounded, and the memlock decision is made at start. */
+	/* Region 0 now: bounded, and the memlock decision is made at start. Under auto its
+	 * failure is that region's (SLOT_FAILED, -ENOMEM for its buffers): a later region is
+	 * still tried at its first use, as pins another ring held (one that just exited: the
+	 * kernel releases them after it) may be gone by then. */
 	r = register_slot(s, 0);
 	if (r < 0 && br->policy_on) /* reg_buffers=on: whatever the error, not a plain start */
 		return r;
-	if (r == -ENOMEM)
-		br->enabled = false;
 	return 0;
 }
 
