@@ -12,6 +12,7 @@
  * two regions (a block must lie inside one fixed buffer).
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,12 +108,67 @@ tcache_create(const struct keel__je *je, unsigned *out)
 	return je->mallctl_fn("tcache.create", out, &sz, NULL, 0);
 }
 
+/* General arenas (jemalloc's own extent hooks) and their tcaches, emptied by a destroyed
+ * allocator and kept for the next one: a destroyed arena leaves its metadata mapped (with
+ * jemalloc's default opt.retain), 2 MiB of address space each, so a host that starts and
+ * stops runtimes grew by that per shard and run. A registered arena is never kept: its
+ * hooks and retained extents are its allocator's regions, gone with it. */
+#define SPARE_MAX 256
+static pthread_mutex_t spare_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+	unsigned arena, tcache;
+} spare[SPARE_MAX];
+static unsigned nspare;
+
+static bool
+spare_take(unsigned *arena, unsigned *tcache)
+{
+	bool got = false;
+
+	pthread_mutex_lock(&spare_lock);
+	if (nspare) {
+		nspare--;
+		*arena = spare[nspare].arena;
+		*tcache = spare[nspare].tcache;
+		got = true;
+	}
+	pthread_mutex_unlock(&spare_lock);
+	return got;
+}
+
+/* Empty general arena @arena (its tcache flushed first) and keep the pair; false when it
+ * could not be emptied or no place is left (the caller destroys it). */
+static bool
+spare_keep(const struct keel__je *je, unsigned arena, unsigned tcache)
+{
+	char key[64];
+	bool kept = false;
+
+	if (je->mallctl_fn("tcache.flush", NULL, NULL, &tcache, sizeof(tcache)))
+		return false;
+	snprintf(key, sizeof(key), "arena.%u.reset", arena);
+	pthread_mutex_lock(&spare_lock);
+	if (nspare < SPARE_MAX && !je->mallctl_fn(key, NULL, NULL, NULL, 0)) {
+		spare[nspare].arena = arena;
+		spare[nspare].tcache = tcache;
+		nspare++;
+		kept = true;
+	}
+	pthread_mutex_unlock(&spare_lock);
+	return kept;
+}
+
 int
 keel__je_general_init(struct keel_alloc *a)
 {
 	size_t sz = sizeof(a->gen_arena);
 	int r;
 
+	if (spare_take(&a->gen_arena, &a->gen_tcache)) {
+		a->gen_flags = (int)(MALLOCX_ARENA(a->gen_arena) | MALLOCX_TCACHE(a->gen_tcache));
+		a->gen_ok = true;
+		return 0;
+	}
 	r = a->je->mallctl_fn("arenas.create", &a->gen_arena, &sz, NULL, 0);
 	if (r)
 		return -r;
@@ -189,7 +245,7 @@ keel__je_fini(struct keel_alloc *a)
 {
 	if (a->reg_ok)
 		destroy_pair(a->je, a->reg_arena, a->reg_tcache);
-	if (a->gen_ok)
+	if (a->gen_ok && !spare_keep(a->je, a->gen_arena, a->gen_tcache))
 		destroy_pair(a->je, a->gen_arena, a->gen_tcache);
 	a->reg_ok = a->gen_ok = false;
 }
