@@ -34,6 +34,7 @@ keel__signal_unlist(struct keel_runtime *rt)
 		if (*p == rt) {
 			*p = rt->sig_next;
 			rt->sig_listed = false;
+			break;
 		}
 	}
 	pthread_mutex_unlock(&sig_lock);

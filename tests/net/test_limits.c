@@ -616,6 +616,13 @@ nofile_child(bool hard_too)
 	keel_log_set_sink(nofile_sink, NULL);
 	if (srv_start(&s, NULL, &nc, NULL) < 0)
 		return 12;
+	/* on_start has run (the listener's start, and its keel_stop on failure): else the
+	 * stop below may come first and its status 0 win. */
+	for (uint64_t dl = test_deadline(TEST_WAIT_MS); atomic_load(&s.started) < 1;) {
+		if (test_expired(dl))
+			return 18;
+		test_pause();
+	}
 	if (hard_too) {
 		r = srv_stop(&s);
 		if (r != -EMFILE) {
