@@ -135,6 +135,27 @@ wait_child_(pid_t pid, unsigned ms, const char *what, const char *file, int line
 }
 
 /*
+ * Run @fn() in a forked child, for a case that changes the process (its limits, signal
+ * handlers, descriptors): @fn returns 0, or the number of the step that failed (after
+ * saying why on stderr). Fails the test naming that step, or a child that died or hung.
+ */
+#define run_in_child(fn) run_in_child_(fn, #fn, __FILE__, __LINE__)
+static inline void __attribute__((unused))
+run_in_child_(int (*fn)(void), const char *what, const char *file, int line)
+{
+	pid_t pid = fork();
+	int st;
+
+	cr_assert_geq(pid, 0, "%s:%d: fork: %s", file, line, strerror(errno));
+	if (pid == 0)
+		_exit(fn());
+	st = wait_child_(pid, TEST_WAIT_MS, what, file, line);
+	cr_assert(WIFEXITED(st), "%s:%d: %s died: status %#x", file, line, what, st);
+	cr_assert_eq(WEXITSTATUS(st), 0, "%s:%d: %s failed at step %d (see its stderr)", file, line,
+		     what, WEXITSTATUS(st));
+}
+
+/*
  * Read what child @pid writes to @fd until EOF (at most @len - 1 bytes kept, NUL
  * terminated), then wait for it to exit, all within @ms; on the deadline kill it and fail
  * the test naming @what and showing the output so far. Returns the wait status.

@@ -547,30 +547,12 @@ early_fail_child(void)
 
 Test(core_lifecycle, a_start_that_failed_before_its_threads_leaves_nothing_open)
 {
-	int st;
-	pid_t pid = fork();
-
-	cr_assert_geq(pid, 0);
-	if (pid == 0)
-		_exit(early_fail_child());
-	cr_assert_eq(waitpid(pid, &st, 0), pid);
-	cr_assert(WIFEXITED(st), "the child died: status %#x", st);
-	cr_assert_eq(WEXITSTATUS(st), 0, "the child failed at step %d (see its stderr)",
-		     WEXITSTATUS(st));
+	run_in_child(early_fail_child);
 }
 
 Test(core_lifecycle, a_failed_start_refuses_foreign_requests)
 {
-	int st;
-	pid_t pid = fork();
-
-	cr_assert_geq(pid, 0);
-	if (pid == 0)
-		_exit(failed_start_child());
-	cr_assert_eq(waitpid(pid, &st, 0), pid);
-	cr_assert(WIFEXITED(st), "the child died: status %#x", st);
-	cr_assert_eq(WEXITSTATUS(st), 0, "the child failed at step %d (see its stderr)",
-		     WEXITSTATUS(st));
+	run_in_child(failed_start_child);
 }
 
 /* ---- a capability probe short of descriptors is not kept ---- */
@@ -655,16 +637,7 @@ short_probe_child(void)
 
 Test(core_lifecycle, a_probe_short_of_descriptors_fails_and_is_made_again)
 {
-	int st;
-	pid_t pid = fork();
-
-	cr_assert_geq(pid, 0);
-	if (pid == 0)
-		_exit(short_probe_child());
-	cr_assert_eq(waitpid(pid, &st, 0), pid);
-	cr_assert(WIFEXITED(st), "the child died: status %#x", st);
-	cr_assert_eq(WEXITSTATUS(st), 0, "the child failed at step %d (see its stderr)",
-		     WEXITSTATUS(st));
+	run_in_child(short_probe_child);
 }
 
 /* ---- embedding: stop from the host thread, status returned ---- */

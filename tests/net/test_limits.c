@@ -641,25 +641,28 @@ nofile_child(bool hard_too)
 	return srv_stop(&s) == 0 ? 0 : 17;
 }
 
+static int
+nofile_soft_child(void)
+{
+	return nofile_child(false);
+}
+
+static int
+nofile_hard_child(void)
+{
+	return nofile_child(true);
+}
+
 static void
 nofile_run(bool hard_too)
 {
 	struct rlimit rl;
-	int st;
-	pid_t pid;
 
 	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
 	if (!hard_too && rl.rlim_max != RLIM_INFINITY && rl.rlim_max < 4096)
 		cr_skip_test("the hard descriptor limit %llu is below the table's %u",
 			     (unsigned long long)rl.rlim_max, 4096u);
-	pid = fork();
-	cr_assert_geq(pid, 0);
-	if (pid == 0)
-		_exit(nofile_child(hard_too));
-	cr_assert_eq(waitpid(pid, &st, 0), pid);
-	cr_assert(WIFEXITED(st), "the child died: status %#x", st);
-	cr_assert_eq(WEXITSTATUS(st), 0, "the child failed at step %d (see its stderr)",
-		     WEXITSTATUS(st));
+	run_in_child(hard_too ? nofile_hard_child : nofile_soft_child);
 }
 
 Test(net_limits, a_soft_descriptor_limit_below_the_file_table_is_raised)
