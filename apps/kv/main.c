@@ -238,8 +238,6 @@ main(int argc, char **argv)
 			die("unknown option ", argv[i]);
 		}
 	}
-	if (kv_cfg.query_max < kv_cfg.max_bulk + 1024)
-		kv_cfg.query_max = kv_cfg.max_bulk + 1024;
 	kv_cfg.high_watermark = nc.high_watermark;
 	if (keel_net_config_set(&nc) < 0) /* keel_net_opts_parse checked it */
 		die("keel_net_config_set refused the network options", NULL);

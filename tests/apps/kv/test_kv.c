@@ -668,6 +668,41 @@ Test(kv_server, bulk_over_proto_max_bulk_len_is_refused)
 	srv_stop(&s);
 }
 
+/* --client-query-buffer-limit as given: a request that passes it closes the connection, a
+ * bulk argument within --proto-max-bulk-len too, as in Redis. It was raised, unsaid, to
+ * --proto-max-bulk-len + 1 KiB (512 MiB by default): a limit of 1mb held 100 MiB requests. */
+Test(kv_server, the_query_buffer_limit_is_the_one_given)
+{
+	size_t len = 4u << 20;
+	char *big = malloc(len + 64);
+	struct srv s;
+	struct rd r;
+	int n;
+
+	cr_assert_not_null(big);
+	srv_start(&s, 1, "--client-query-buffer-limit", "1mb", NULL);
+	rd_init(&r, test_connect(s.port));
+	n = sprintf(big, "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%zu\r\n", len);
+	memset(big + n, 'x', len);
+	memcpy(big + n + len, "\r\n", 2);
+	(void)send(r.fd, big, (size_t)n + len + 2, MSG_NOSIGNAL); /* may be cut short */
+	free(big);
+	{
+		char b[64];
+		ssize_t k = recv(r.fd, b, sizeof(b) - 1, 0);
+
+		b[k > 0 ? k : 0] = 0;
+		cr_assert(k == 0 || (k < 0 && errno == ECONNRESET),
+			  "a 4 MiB request under a 1 MiB limit: %zd bytes back (%s), %s", k, b,
+			  k < 0 ? strerror(errno) : "");
+	}
+	rd_free(&r);
+	rd_init(&r, test_connect(s.port));
+	expect(&r, "EXISTS k", ":0\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+}
+
 /* A value larger than a registered buffer (4 MiB), and than the shard's registered memory
  * (--memory 16m), goes in and comes back whole: large replies are sent from heap memory. */
 /* SET then GET a value of @len bytes over one connection, the server started with the
