@@ -116,6 +116,9 @@ kv_owner(uint64_t h)
  * after it choose the shard ("user:{42}:name" and "user:{42}:mail" share one). */
 unsigned kv_owner_key(const uint8_t *k, size_t n);
 int64_t kv_now_ms(void);
+/* Hold kv_now_ms at the present on this shard until kv_clock_thaw (a transaction). */
+void kv_clock_freeze(void);
+void kv_clock_thaw(void);
 uint64_t kv_used_total(void);
 /* An argument as Redis's string2ll reads it (no sign '+', no leading zero or space, no
  * overflow): false when it is not such an integer. */

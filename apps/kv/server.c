@@ -850,6 +850,7 @@ tx_run(struct kmsg *m)
 	size_t off = 0;
 
 	rb_arr(&m->rep, m->tx);
+	kv_clock_freeze(); /* one time for the whole transaction, as Redis */
 	for (unsigned i = 0; i < m->tx; i++) {
 		struct resp_req req = { .argv = ks->argv,
 					.cap = ks->argv_cap,
@@ -877,6 +878,7 @@ tx_run(struct kmsg *m)
 			exec_here(c, req.argv, req.argc, &m->rep, true);
 		off += (size_t)r;
 	}
+	kv_clock_thaw();
 	args_shrink(&ks->argv, &ks->argv_cap, &ks->scratch, &ks->scratch_cap);
 }
 

@@ -165,13 +165,41 @@ kv_owner_key(const uint8_t *k, size_t n)
 	return kv_owner(kv_hash(k, n));
 }
 
+/* While a transaction runs (kv_clock_freeze), every reading gives its start, as Redis 7
+ * keeps one time for a whole EXEC: a key live when it begins cannot expire between two of
+ * its commands. */
+static _Thread_local int64_t frozen_ms;
+
 int64_t
 kv_now_ms(void)
 {
 	struct timespec ts;
+#ifdef KEEL_FAULTS
+	static _Thread_local int64_t stepped;
+#endif
 
+	if (frozen_ms)
+		return frozen_ms;
 	clock_gettime(CLOCK_REALTIME, &ts);
+#ifdef KEEL_FAULTS
+	stepped += kv_test_clock_step_ms();
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + stepped;
+#else
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+#endif
+}
+
+void
+kv_clock_freeze(void)
+{
+	frozen_ms = 0;
+	frozen_ms = kv_now_ms();
+}
+
+void
+kv_clock_thaw(void)
+{
+	frozen_ms = 0;
 }
 
 /* One pattern token other than '*' (?, [class], \x, a byte) against byte @c: whether it

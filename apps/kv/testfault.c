@@ -18,6 +18,9 @@ kv_test_faults_init(void)
 	if (getenv("KEEL_KV_TEST_SYNC_GATE"))
 		fprintf(stderr, "keel-kv: KEEL_KV_TEST_SYNC_GATE is ignored: this build is not "
 				"configured with -DKEEL_FAULTS=ON\n");
+	if (getenv("KEEL_KV_TEST_CLOCK_STEP_MS"))
+		fprintf(stderr, "keel-kv: KEEL_KV_TEST_CLOCK_STEP_MS is ignored: this build is "
+				"not configured with -DKEEL_FAULTS=ON\n");
 }
 #else
 #include <pthread.h>
@@ -155,5 +158,37 @@ kv_test_sync_held(void)
 	const char *gate = getenv("KEEL_KV_TEST_SYNC_GATE");
 
 	return gate && *gate && access(gate, F_OK) == 0;
+}
+
+static int64_t clock_step;
+static pthread_once_t clock_once = PTHREAD_ONCE_INIT;
+
+static void
+clock_parse(void)
+{
+	const char *v = getenv("KEEL_KV_TEST_CLOCK_STEP_MS");
+	uint64_t n;
+
+	if (!v || !*v)
+		return;
+	if (!number(v, strlen(v), &n) || n > 86400000) {
+		fprintf(stderr,
+			"keel-kv: KEEL_KV_TEST_CLOCK_STEP_MS='%s': want milliseconds, 0 to "
+			"86400000\n",
+			v);
+		exit(2);
+	}
+	clock_step = (int64_t)n;
+	fprintf(stderr,
+		"keel-kv: KEEL_KV_TEST_CLOCK_STEP_MS=%s: each clock reading is that much later "
+		"(a test build)\n",
+		v);
+}
+
+int64_t
+kv_test_clock_step_ms(void)
+{
+	pthread_once(&clock_once, clock_parse);
+	return clock_step;
 }
 #endif

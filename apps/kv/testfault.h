@@ -29,12 +29,17 @@
  * appendfsync always holds (logging "sync held by the test gate" once) and looks again each
  * second, the batch in flight meanwhile, so a test can send commands while one is
  * (kv_test_sync_held).
+ *
+ * KEEL_KV_TEST_CLOCK_STEP_MS=N: each reading of keel-kv's clock (kv_now_ms) on a shard is N
+ * ms later than the one before on that shard, so a test can make time pass between two
+ * commands without waiting (kv_test_clock_step_ms; a bad number stops the process, 2).
  */
 #ifndef KEEL_KV_TESTFAULT_H
 #define KEEL_KV_TESTFAULT_H
 
 #include <keel/config.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 /* Read the spec (another build: say that it is ignored, when there is one). */
 void kv_test_faults_init(void);
@@ -43,6 +48,7 @@ void kv_test_faults_init(void);
 bool kv_test_fault(const char *site);
 bool kv_test_rewrite_held(void);
 bool kv_test_sync_held(void);
+int64_t kv_test_clock_step_ms(void);
 #else
 static inline bool
 kv_test_fault(const char *site)
@@ -61,6 +67,12 @@ static inline bool
 kv_test_sync_held(void)
 {
 	return false;
+}
+
+static inline int64_t
+kv_test_clock_step_ms(void)
+{
+	return 0;
 }
 #endif
 

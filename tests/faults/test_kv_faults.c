@@ -1278,6 +1278,48 @@ Test(faults_kv, aof_flushall_without_ftruncate_in_the_ring_truncates_inline)
 	rm_dir(dir);
 }
 
+/* One time for a whole transaction, as Redis 7 keeps: a key live when EXEC begins does not
+ * expire between two of its commands. Each reading of the clock is made 1 s later than the
+ * last (KEEL_KV_TEST_CLOCK_STEP_MS), so without the frozen time the key set with PX 1500 is
+ * gone by the second GET of the same EXEC. */
+Test(faults_kv, a_transaction_reads_one_time)
+{
+	const char *const argv[] = { KEEL_KV_BIN, "--port",   "0", "--addr",
+				     "127.0.0.1", "--shards", "1", "--idle-poll-us",
+				     "0",         NULL };
+	char line[256];
+	struct proc p;
+	FILE *f;
+
+	setenv("KEEL_KV_TEST_CLOCK_STEP_MS", "1000", 1);
+	proc_start(&p, argv[0], argv[1], argv[2], argv[3], argv[4], argv[5], argv[6], argv[7],
+		   argv[8], NULL);
+	unsetenv("KEEL_KV_TEST_CLOCK_STEP_MS");
+	f = fdopen(test_connect(p.port), "r+");
+	cr_assert(f);
+	fprintf(f, "MULTI\r\nSET k v PX 1500\r\nGET k\r\nGET k\r\nGET k\r\nEXISTS k\r\n"
+		   "EXEC\r\n");
+	fflush(f);
+	for (int i = 0; i < 6; i++) { /* +OK, then five +QUEUED */
+		cr_assert(fgets(line, sizeof(line), f), "reply %d: none", i);
+		cr_assert_str_eq(line, i ? "+QUEUED\r\n" : "+OK\r\n", "reply %d", i);
+	}
+	cr_assert(fgets(line, sizeof(line), f));
+	cr_assert_str_eq(line, "*5\r\n");
+	cr_assert(fgets(line, sizeof(line), f));
+	cr_assert_str_eq(line, "+OK\r\n");
+	for (int i = 0; i < 3; i++) {
+		cr_assert(fgets(line, sizeof(line), f));
+		cr_assert_str_eq(line, "$1\r\n", "GET %d of the transaction: the key expired in it",
+				 i + 1);
+		cr_assert(fgets(line, sizeof(line), f));
+	}
+	cr_assert(fgets(line, sizeof(line), f));
+	cr_assert_str_eq(line, ":1\r\n", "EXISTS in the transaction");
+	fclose(f);
+	proc_stop(&p);
+}
+
 /* A malformed KEEL_TEST_HIDE_OPS is a broken test: the process stops, status 2, naming the
  * variable, rather than run with the kernel's real operations. */
 Test(faults_kv, a_malformed_hide_ops_list_stops_the_start)
