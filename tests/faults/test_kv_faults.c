@@ -1320,6 +1320,50 @@ Test(faults_kv, a_transaction_reads_one_time)
 	proc_stop(&p);
 }
 
+/* Lazy expiry through the server: a read of a key past its deadline finds it gone, and
+ * counts it (expired_lazy), before any sweep. Each clock reading is 1 s later than the
+ * last (KEEL_KV_TEST_CLOCK_STEP_MS), and the SET and its GETs arrive together and run in
+ * one pass, where no sweep comes between them: the first GET finds the key (PX 2500), a
+ * later one past its time. (It ran inside one EXEC, whose commands now read one time.) */
+Test(faults_kv, a_read_past_the_deadline_expires_the_key_lazily)
+{
+	char line[256];
+	struct proc p;
+	FILE *f;
+
+	setenv("KEEL_KV_TEST_CLOCK_STEP_MS", "1000", 1);
+	proc_start(&p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "1",
+		   "--idle-poll-us", "0", NULL);
+	unsetenv("KEEL_KV_TEST_CLOCK_STEP_MS");
+	f = fdopen(test_connect(p.port), "r+");
+	cr_assert(f);
+	fprintf(f, "SET k v PX 2500\r\nGET k\r\nGET k\r\nGET k\r\nGET k\r\n");
+	fflush(f);
+	cr_assert(fgets(line, sizeof(line), f));
+	cr_assert_str_eq(line, "+OK\r\n");
+	for (int i = 0, nils = 0; i < 4; i++) {
+		cr_assert(fgets(line, sizeof(line), f), "GET %d: no reply", i + 1);
+		if (!strcmp(line, "$-1\r\n")) {
+			cr_assert_gt(i, 0, "the first GET, before the deadline, found nothing");
+			nils++;
+			continue;
+		}
+		cr_assert_str_eq(line, "$1\r\n", "GET %d", i + 1);
+		cr_assert_eq(nils, 0, "GET %d found the key after a GET found it gone", i + 1);
+		cr_assert(fgets(line, sizeof(line), f));
+		if (i == 3)
+			cr_assert_fail("no GET found the key past its deadline gone");
+	}
+	fprintf(f, "INFO shards\r\n");
+	fflush(f);
+	cr_assert(fgets(line, sizeof(line), f) && line[0] == '$');
+	cr_assert(fgets(line, sizeof(line), f)); /* # Shards */
+	cr_assert(fgets(line, sizeof(line), f));
+	cr_assert(strstr(line, "expired_lazy=1,expired_swept=0,"), "%s", line);
+	fclose(f);
+	proc_stop(&p);
+}
+
 /* A malformed KEEL_TEST_HIDE_OPS is a broken test: the process stops, status 2, naming the
  * variable, rather than run with the kernel's real operations. */
 Test(faults_kv, a_malformed_hide_ops_list_stops_the_start)

@@ -1561,51 +1561,6 @@ Test(kv_server, keys_expire_lazily_and_by_sweep)
 	srv_stop(&s);
 }
 
-/* Lazy expiry through the server: a read of a key past its deadline finds it gone, and counts
- * it (expired_lazy), before any sweep. Inside one transaction the sweep cannot run: SET with
- * PX 1, then 50,000 GETs of the key, which take longer than the millisecond; the replies
- * turn from the value to nil once, for good. The test above accepts either way of expiring,
- * so a server that served expired keys until the sweep came passed it. */
-Test(kv_server, a_read_past_the_deadline_expires_the_key_lazily)
-{
-	enum { N = 50000 };
-	static char req[N * 16 + 64];
-	size_t len = 0;
-	unsigned vals = 0, nils = 0;
-	char *got;
-	struct srv s;
-	struct rd r;
-
-	srv_start(&s, 2, NULL);
-	rd_init(&r, test_connect(s.port));
-	len += (size_t)sprintf(req + len, "MULTI\r\nSET {e}k v PX 1\r\n");
-	for (int i = 0; i < N; i++)
-		len += (size_t)sprintf(req + len, "GET {e}k\r\n");
-	len += (size_t)sprintf(req + len, "EXEC\r\n");
-	test_send_all(r.fd, req, len);
-	expect_reply(&r, "+OK\r\n");
-	for (int i = 0; i < N + 1; i++)
-		expect_reply(&r, "+QUEUED\r\n");
-	got = rd_next(&r, NULL);
-	cr_assert(got && !strncmp(got, "*50001\r\n+OK\r\n", 13), "%.60s", got ? got : "closed");
-	for (const char *p = got + 13; *p;) {
-		if (!strncmp(p, "$1\r\nv\r\n", 7)) {
-			cr_assert_eq(nils, 0, "the value came back after a nil");
-			vals++;
-			p += 7;
-		} else {
-			cr_assert(!strncmp(p, "$-1\r\n", 5), "%.20s", p);
-			nils++;
-			p += 5;
-		}
-	}
-	cr_assert_eq(vals + nils, N);
-	cr_assert_gt(nils, 0, "50,000 GETs took under a millisecond: the key never expired");
-	cr_assert_eq(info_field(s.port, "expired_lazy="), 1);
-	rd_free(&r);
-	srv_stop(&s);
-}
-
 Test(kv_server, redis_cli_drives_it)
 {
 	struct srv s;
