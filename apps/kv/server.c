@@ -81,6 +81,7 @@ struct kconn {
 	 * until it has run, as Redis runs a connection's commands one after another */
 	bool barrier;
 	bool resume_queued; /* resume_cb is deferred (a closed connection is freed there) */
+	bool eof;           /* the client half-closed: close once every request is answered */
 	/* A reply buffer larger than the high watermark, queued on the connection in pieces
 	 * as its queue drains (send_big): a reading client gets a reply of any size, while
 	 * --send-max still bounds what one that does not read makes keel queue. */
@@ -407,6 +408,14 @@ send_big(struct kconn *kc)
 
 /* Queue kc->out on the connection, copied into buffers of the shard's allocator, or
  * handed over whole when large (in pieces when larger than the high watermark). */
+/* A client that half-closed has every request it sent answered: nothing is waiting to run
+ * (held input, a barrier, requests waiting for room in a queue) or to be replied. */
+static bool
+eof_done(const struct kconn *kc)
+{
+	return kc->eof && !kc->head && !kc->held && !kc->barrier && !kc->bq_head;
+}
+
 static void
 flush_out(struct kconn *kc)
 {
@@ -465,7 +474,7 @@ flush_out(struct kconn *kc)
 	kc->out.len = 0;
 	if (kc->out.cap > WRAP_MIN)
 		rb_free(&kc->out); /* a large reply's buffer is not kept per connection */
-	if (kc->closing && !kc->head)
+	if ((kc->closing && !kc->head) || eof_done(kc))
 		keel_conn_close(kc->c);
 }
 
@@ -2475,9 +2484,27 @@ on_close(struct keel_conn *c, int status)
 	free(kc);
 }
 
+/* The client half-closed (shutdown(SHUT_WR), nc -N): what it sent is answered before the
+ * close, replies still being made on other shards included. The default, a close at once,
+ * dropped those (a pipeline of 100,000 SETs over 3 shards got 99,506 replies). */
+static void
+on_eof(struct keel_conn *c)
+{
+	struct kconn *kc = keel_conn_user(c);
+
+	if (!kc || kc->closing) {
+		keel_conn_close(c);
+		return;
+	}
+	kc->eof = true;
+	if (eof_done(kc))
+		keel_conn_close(c);
+}
+
 const struct keel_conn_ops kv_conn_ops = {
 	.on_open = on_open,
 	.on_data = on_data_entry,
+	.on_eof = on_eof,
 	.on_writable = on_writable,
 	.on_close = on_close,
 };
