@@ -409,11 +409,13 @@ send_big(struct kconn *kc)
 /* Queue kc->out on the connection, copied into buffers of the shard's allocator, or
  * handed over whole when large (in pieces when larger than the high watermark). */
 /* A client that half-closed has every request it sent answered: nothing is waiting to run
- * (held input, a barrier, requests waiting for room in a queue) or to be replied. */
+ * (held input, a barrier, requests waiting for room in a queue) or to be replied (a pending
+ * reply, a large one still going out in pieces, replies not yet queued). */
 static bool
 eof_done(const struct kconn *kc)
 {
-	return kc->eof && !kc->head && !kc->held && !kc->barrier && !kc->bq_head;
+	return kc->eof && !kc->head && !kc->held && !kc->barrier && !kc->bq_head && !kc->big.buf &&
+	       !kc->out.len;
 }
 
 static void
@@ -2492,12 +2494,13 @@ on_eof(struct keel_conn *c)
 {
 	struct kconn *kc = keel_conn_user(c);
 
-	if (!kc || kc->closing) {
+	if (!kc) {
 		keel_conn_close(c);
 		return;
 	}
+	/* After QUIT or a protocol error (closing) too: what came before them is answered. */
 	kc->eof = true;
-	if (eof_done(kc))
+	if ((kc->closing && !kc->head && !kc->big.buf && !kc->out.len) || eof_done(kc))
 		keel_conn_close(c);
 }
 

@@ -1602,6 +1602,73 @@ Test(kv_server, a_client_that_half_closes_gets_every_reply)
 	srv_stop(&s);
 }
 
+/* The same with QUIT at the end of the pipeline (QUIT marks the connection closing): the
+ * replies made on other shards before it, and QUIT's +OK, all come before the close. The
+ * EOF closed at once when QUIT had come first. */
+Test(kv_server, a_client_that_quits_and_half_closes_gets_every_reply)
+{
+	enum { N = 2000 };
+	static char req[N * 40 + 16];
+	size_t len = 0, got = 0;
+	static char in[N * 5 + 64];
+	struct timeval tv = { .tv_sec = 30 };
+	struct srv s;
+	int fd;
+
+	srv_start(&s, 3, NULL);
+	for (int i = 0; i < N; i++)
+		len += (size_t)sprintf(req + len, "SET q%d v\r\n", i);
+	len += (size_t)sprintf(req + len, "QUIT\r\n");
+	fd = test_connect(s.port);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	test_send_all(fd, req, len);
+	cr_assert_eq(shutdown(fd, SHUT_WR), 0);
+	for (ssize_t k; (k = recv(fd, in + got, sizeof(in) - 1 - got, 0)) != 0; got += (size_t)k)
+		cr_assert_gt(k, 0, "recv: %s", strerror(errno));
+	close(fd);
+	cr_assert_eq(got, (size_t)(N + 1) * 5, "%zu of %d replies (QUIT's too) before the close",
+		     got / 5, N + 1);
+	srv_stop(&s);
+}
+
+/* A reply larger than the high watermark goes out in pieces as the client reads; a client
+ * that half-closed after asking for it gets all of it before the close (the EOF closed
+ * with the rest of it not yet queued). */
+Test(kv_server, a_client_that_half_closes_gets_a_large_reply_whole)
+{
+	size_t len = 8u << 20, got = 0, want;
+	char *big = malloc(len + 64), *in;
+	struct timeval tv = { .tv_sec = 30 };
+	struct srv s;
+	struct rd r;
+	int fd, n;
+
+	cr_assert_not_null(big);
+	srv_start(&s, 1, NULL);
+	rd_init(&r, test_connect(s.port));
+	n = sprintf(big, "*3\r\n$3\r\nSET\r\n$1\r\nb\r\n$%zu\r\n", len);
+	memset(big + n, 'z', len);
+	memcpy(big + n + len, "\r\n", 2);
+	test_send_all(r.fd, big, (size_t)n + len + 2);
+	cr_assert_str_eq(rd_next(&r, NULL), "+OK\r\n");
+	rd_free(&r);
+	want = (size_t)snprintf(big, 64, "$%zu\r\n", len) + len + 2;
+	in = malloc(want + 64);
+	cr_assert_not_null(in);
+	fd = test_connect(s.port);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	test_send_all(fd, "GET b\r\n", 7);
+	cr_assert_eq(shutdown(fd, SHUT_WR), 0);
+	usleep(100000); /* no reading for a while: the reply waits in pieces */
+	for (ssize_t k; (k = recv(fd, in + got, want + 64 - got, 0)) != 0; got += (size_t)k)
+		cr_assert_gt(k, 0, "recv after %zu bytes: %s", got, strerror(errno));
+	close(fd);
+	cr_assert_eq(got, want, "%zu of %zu bytes of the reply before the close", got, want);
+	free(in);
+	free(big);
+	srv_stop(&s);
+}
+
 Test(kv_server, redis_cli_drives_it)
 {
 	struct srv s;
