@@ -19,6 +19,8 @@ keel__signal_list(struct keel_runtime *rt)
 	pthread_mutex_lock(&sig_lock);
 	if (!sig_rts)
 		sig_seen = 0;
+	else if (sig_seen) /* a signal stopped the others: this one stops too, not later */
+		keel_runtime_stop(rt, 0);
 	rt->sig_next = sig_rts;
 	sig_rts = rt;
 	rt->sig_listed = true;

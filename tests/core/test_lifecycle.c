@@ -185,6 +185,74 @@ Test(core_lifecycle, one_signal_stops_every_runtime_that_reads_signals, .timeout
 	close(sig_pipe[1]);
 }
 
+/* A runtime with signals started after a SIGTERM stopped the others, before they were
+ * joined: that signal stops it too (its first own signal would otherwise be the process's
+ * second, and exit at once; and nothing else would stop it). */
+static int hook_pipe[2]; /* the child's: its stop hook says a stopped */
+
+static void
+hook_says_stopping(void *arg)
+{
+	(void)arg;
+	if (write(hook_pipe[1], "s", 1) != 1)
+		_exit(99);
+}
+
+static void
+late_rt_start(void *app)
+{
+	keel_shard_on_stop(hook_says_stopping, NULL);
+	two_rt_start(app);
+}
+
+static int
+late_rt_child(void)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_runtime *a, *b;
+	char c;
+
+	o.signals = true;
+	keel_log_set_level(KEEL_LOG_ERROR);
+	if (pipe(hook_pipe) < 0)
+		return 9;
+	if (keel_runtime_create(&o, &a) < 0 || keel_runtime_create(&o, &b) < 0)
+		return 10;
+	if (keel_runtime_start(a, late_rt_start, "a") < 0)
+		return 11;
+	if (read(hook_pipe[0], &c, 1) != 1 || c != 's') /* the parent's SIGTERM stopped a */
+		return 12;
+	if (keel_runtime_start(b, two_rt_start, "b") < 0) /* a stopped, not yet joined */
+		return 13;
+	if (keel_runtime_join(b) != 0 || keel_runtime_join(a) != 0)
+		return 14;
+	keel_runtime_destroy(b);
+	keel_runtime_destroy(a);
+	return 0;
+}
+
+Test(core_lifecycle, a_runtime_started_after_the_stopping_signal_stops_too, .timeout = 60)
+{
+	int status;
+	pid_t pid;
+	char c;
+
+	cr_assert_eq(pipe(sig_pipe), 0);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0)
+		_exit(late_rt_child());
+	wait_fd(sig_pipe[0], POLLIN, TEST_WAIT_MS, pid, "runtime a to start");
+	cr_assert_eq(read(sig_pipe[0], &c, 1), 1);
+	cr_assert_eq(c, 'a');
+	kill(pid, SIGTERM);
+	status = wait_child(pid, TEST_WAIT_MS, "runtime b to stop with a");
+	cr_assert(WIFEXITED(status), "child did not exit: status 0x%x", status);
+	cr_assert_eq(WEXITSTATUS(status), 0, "the child failed at step %d", WEXITSTATUS(status));
+	close(sig_pipe[0]);
+	close(sig_pipe[1]);
+}
+
 /* A signal that arrives once shard 0 has left its loop (the stop under way, or done) is
  * taken at join: the first is the stop already under way, a second exits at once. Before,
  * join restored the caller's mask with it pending and its default action ended the
