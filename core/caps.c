@@ -501,8 +501,14 @@ keel_caps_print(const struct keel_opts *opts, FILE *f)
 		fprintf(f, "%-22s %-4s %-6s %s\n", rows[i].name, rows[i].have ? "yes" : "no",
 			rows[i].since, rows[i].use);
 
+	memset(d, 0, sizeof(d));
+	if (keel_features_decide(opts, d) < 0 && !d[0].reason) {
+		/* Refused before any feature was decided (the loop's needs): logged above. */
+		fprintf(f, "\nno feature decided: keel's shard loop cannot run on this kernel "
+			   "(the line above says what it lacks)\n");
+		return;
+	}
 	fprintf(f, "\n%-16s %-6s %-5s %s\n", "feature", "policy", "used", "why");
-	keel_features_decide(opts, d);
 	for (int i = 0; i < KEEL_FEAT__COUNT; i++)
 		fprintf(f, "%-16s %-6s %-5s %s\n", keel_feature_name((enum keel_feature)i),
 			keel_policy_name(d[i].policy), d[i].used ? "yes" : "no", d[i].reason);

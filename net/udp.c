@@ -790,6 +790,9 @@ gso_join(struct keel_udp *u, struct udp_send *d, struct keel_slice *s,
 		ns->st.udp_gso_sends++;
 		ns->st.udp_gso_datagrams++;
 	}
+	/* Taken (nothing fails from here): a send may wait for room in the socket as long as
+	 * the network takes, so a slice of a receive ring running low is copied out of it. */
+	keel__net_unring(ns, s);
 	g->iov[g->n].iov_base = s->data;
 	g->iov[g->n].iov_len = s->len;
 	g->s[g->n++] = *s;
@@ -817,6 +820,8 @@ udp_send_one(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_sto
 		send_slot_put(ns, d);
 		return -EIO;
 	}
+	if (s->len) /* taken, as in gso_join: a slice of a ring running low is copied out */
+		keel__net_unring(ns, s);
 	d->op.fn = send_cb;
 	d->u = u;
 	d->ns = ns;
@@ -867,9 +872,6 @@ keel_udp_send(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_st
 		u->ns->st.udp_send_capped++;
 		return -ENOBUFS;
 	}
-	/* A send may wait for room in the socket for as long as the network takes. */
-	if (s->len)
-		keel__net_unring(u->ns, s);
 	if (u->gso_tail && gso_join(u, u->gso_tail, s, dst))
 		return 0;
 	return udp_send_one(u, s, dst);
