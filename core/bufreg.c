@@ -95,8 +95,7 @@ memlock_fail_log(struct keel_shard *s, const char *what)
 			"shard %u: %s: RLIMIT_MEMLOCK (%s) is too low and the process lacks "
 			"CAP_IPC_LOCK: %llu KiB pinned by keel so far (other pinned memory of this user "
 			"counts too), at least %llu KiB needed (--memory %llu MiB "
-			"x %u shards, and the rings' own pages, a few hundred KiB per shard, count "
-			"too); raise it (ulimit -l unlimited, or LimitMEMLOCK=infinity in "
+			"x %u shards, and the rings' own pages count too); raise it (ulimit -l unlimited, or LimitMEMLOCK=infinity in "
 			"the systemd unit), or use --feature reg_buffers=auto to run with "
 			"unregistered buffers",
 			s->id, what, memlock_str(lim, sizeof(lim)),
@@ -111,7 +110,7 @@ memlock_fail_log(struct keel_shard *s, const char *what)
 		 "registered buffers: %s on shard %u: RLIMIT_MEMLOCK (%s) is too low without "
 		 "CAP_IPC_LOCK: %llu KiB pinned by keel so far (other pinned memory of this user "
 		 "counts too), at least %llu KiB needed (--memory %llu MiB x %u "
-		 "shards, and the rings' own pages, a few hundred KiB per shard, count too); "
+		 "shards, and the rings' own pages count too); "
 		 "running with unregistered buffers (plain sends) where registration "
 		 "fails. Fix: ulimit -l unlimited, or LimitMEMLOCK=infinity in the systemd unit",
 		 what, s->id, memlock_str(lim, sizeof(lim)),

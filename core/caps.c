@@ -21,11 +21,18 @@ static pthread_mutex_t caps_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Thread_local struct keel_caps caps_failed;
 static int probe_short; /* under caps_lock: the first shortage a trial met (-EMFILE, ...) */
 
-/* A trial that failed with @err (negative) for want of descriptors or memory: noted. */
+/* @err (negative) says descriptors or memory ran out: a trial could not be made. */
+static bool
+probe_short_of(int err)
+{
+	return err == -EMFILE || err == -ENFILE || err == -ENOMEM || err == -EAGAIN;
+}
+
+/* A trial that failed with @err for want of descriptors or memory: noted. */
 static void
 trial_failed(int err)
 {
-	if ((err == -EMFILE || err == -ENFILE || err == -ENOMEM || err == -EAGAIN) && !probe_short)
+	if (probe_short_of(err) && !probe_short)
 		probe_short = err;
 }
 
@@ -222,13 +229,6 @@ probe(struct keel_caps *c)
 	c->coop_taskrun = setup_ok(IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG, NULL);
 	if (probe_short)
 		c->probe_status = probe_short;
-}
-
-/* A probe that could not be made for want of descriptors or memory. */
-static bool
-probe_short_of(int status)
-{
-	return status == -EMFILE || status == -ENFILE || status == -ENOMEM || status == -EAGAIN;
 }
 
 const struct keel_caps *

@@ -31,13 +31,14 @@ keel__signal_list(struct keel_runtime *rt)
 void
 keel__signal_unlist(struct keel_runtime *rt)
 {
+	struct keel_runtime **p = &sig_rts;
+
 	pthread_mutex_lock(&sig_lock);
-	for (struct keel_runtime **p = &sig_rts; rt->sig_listed && *p; p = &(*p)->sig_next) {
-		if (*p == rt) {
-			*p = rt->sig_next;
-			rt->sig_listed = false;
-			break;
-		}
+	while (rt->sig_listed && *p != rt) /* listed: found before the end */
+		p = &(*p)->sig_next;
+	if (rt->sig_listed) {
+		*p = rt->sig_next;
+		rt->sig_listed = false;
 	}
 	pthread_mutex_unlock(&sig_lock);
 }
@@ -68,7 +69,6 @@ sig_cb(struct keel_op *op, int res, uint32_t flags)
 			keel_log(KEEL_LOG_INFO, "core",
 				 "%s received: stopping all shards (send it again to exit at once)",
 				 sigabbrev_np(sig) ? sigabbrev_np(sig) : "signal");
-			keel_runtime_stop(s->rt, 0); /* done already when listed */
 		} else {
 			keel_log(KEEL_LOG_WARN, "core", "second signal: exiting now");
 			_exit(128 + sig);

@@ -187,12 +187,6 @@ keel__net_unring(struct net_shard *ns, struct keel_slice *s)
 	ns->st.recv_copies++;
 }
 
-static void
-unring(struct keel_conn *c, struct keel_slice *s)
-{
-	keel__net_unring(c->ns, s);
-}
-
 /* Hold @n slices for delivery after resume. Consumes them, also on failure (-ENOMEM). */
 static int
 rq_hold(struct keel_conn *c, struct keel_slice *s, unsigned n)
@@ -210,7 +204,7 @@ rq_hold(struct keel_conn *c, struct keel_slice *s, unsigned n)
 		return -ENOMEM;
 	}
 	for (unsigned i = 0; i < n; i++)
-		unring(c, &s[i]);
+		keel__net_unring(c->ns, &s[i]);
 	memcpy(c->rq + c->rqn, s, n * sizeof(*s));
 	c->rqn += n;
 	c->ns->st.reads_held += n;
@@ -1205,7 +1199,7 @@ keel_conn_send(struct keel_conn *c, struct keel_slice *s)
 		return -ENOBUFS;
 	if (q_reserve(c, 1) < 0)
 		return -ENOMEM;
-	unring(c, s);
+	keel__net_unring(c->ns, s);
 	*q_at(c, c->qn) = *s;
 	c->qn++;
 	c->wopen = false;
@@ -2026,7 +2020,7 @@ keel__conn_unread(struct keel_conn *c, struct keel_slice *s, unsigned n)
 		c->rqn = n + held;
 	}
 	for (unsigned i = 0; i < n; i++)
-		unring(c, &s[i]); /* a framer's held frames, as rq_hold's */
+		keel__net_unring(c->ns, &s[i]); /* a framer's held frames, as rq_hold's */
 	c->rqhead -= n;
 	memcpy(c->rq + c->rqhead, s, n * sizeof(*s));
 	c->ns->st.reads_held += n;

@@ -174,19 +174,18 @@ int64_t
 kv_now_ms(void)
 {
 	struct timespec ts;
-#ifdef KEEL_FAULTS
-	static _Thread_local int64_t stepped;
-#endif
+	int64_t ms;
 
 	if (frozen_ms)
 		return frozen_ms;
 	clock_gettime(CLOCK_REALTIME, &ts);
+	ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 #ifdef KEEL_FAULTS
-	stepped += kv_test_clock_step_ms();
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + stepped;
-#else
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	static _Thread_local int64_t stepped; /* KEEL_KV_TEST_CLOCK_STEP_MS */
+
+	ms += stepped += kv_test_clock_step_ms();
 #endif
+	return ms;
 }
 
 void

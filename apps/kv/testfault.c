@@ -9,18 +9,16 @@
 void
 kv_test_faults_init(void)
 {
-	if (getenv("KEEL_KV_TEST_FAULTS"))
-		fprintf(stderr, "keel-kv: KEEL_KV_TEST_FAULTS is ignored: this build is not "
-				"configured with -DKEEL_FAULTS=ON\n");
-	if (getenv("KEEL_KV_TEST_REWRITE_GATE"))
-		fprintf(stderr, "keel-kv: KEEL_KV_TEST_REWRITE_GATE is ignored: this build is not "
-				"configured with -DKEEL_FAULTS=ON\n");
-	if (getenv("KEEL_KV_TEST_SYNC_GATE"))
-		fprintf(stderr, "keel-kv: KEEL_KV_TEST_SYNC_GATE is ignored: this build is not "
-				"configured with -DKEEL_FAULTS=ON\n");
-	if (getenv("KEEL_KV_TEST_CLOCK_STEP_MS"))
-		fprintf(stderr, "keel-kv: KEEL_KV_TEST_CLOCK_STEP_MS is ignored: this build is "
-				"not configured with -DKEEL_FAULTS=ON\n");
+	static const char *const vars[] = { "KEEL_KV_TEST_FAULTS", "KEEL_KV_TEST_REWRITE_GATE",
+					    "KEEL_KV_TEST_SYNC_GATE",
+					    "KEEL_KV_TEST_CLOCK_STEP_MS" };
+
+	for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
+		if (getenv(vars[i]))
+			fprintf(stderr,
+				"keel-kv: %s is ignored: this build is not configured with "
+				"-DKEEL_FAULTS=ON\n",
+				vars[i]);
 }
 #else
 #include <pthread.h>

@@ -1278,25 +1278,32 @@ Test(faults_kv, aof_flushall_without_ftruncate_in_the_ring_truncates_inline)
 	rm_dir(dir);
 }
 
+/* keel-kv on one shard whose clock readings are each 1 s later than the last
+ * (KEEL_KV_TEST_CLOCK_STEP_MS): a connection to it, as a stream. */
+static FILE *
+clock_kv_start(struct proc *p)
+{
+	FILE *f;
+
+	setenv("KEEL_KV_TEST_CLOCK_STEP_MS", "1000", 1);
+	proc_start(p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "1",
+		   "--idle-poll-us", "0", NULL);
+	unsetenv("KEEL_KV_TEST_CLOCK_STEP_MS");
+	f = fdopen(test_connect(p->port), "r+");
+	cr_assert(f);
+	return f;
+}
+
 /* One time for a whole transaction, as Redis 7 keeps: a key live when EXEC begins does not
  * expire between two of its commands. Each reading of the clock is made 1 s later than the
  * last (KEEL_KV_TEST_CLOCK_STEP_MS), so without the frozen time the key set with PX 1500 is
  * gone by the second GET of the same EXEC. */
 Test(faults_kv, a_transaction_reads_one_time)
 {
-	const char *const argv[] = { KEEL_KV_BIN, "--port",   "0", "--addr",
-				     "127.0.0.1", "--shards", "1", "--idle-poll-us",
-				     "0",         NULL };
 	char line[256];
 	struct proc p;
-	FILE *f;
+	FILE *f = clock_kv_start(&p);
 
-	setenv("KEEL_KV_TEST_CLOCK_STEP_MS", "1000", 1);
-	proc_start(&p, argv[0], argv[1], argv[2], argv[3], argv[4], argv[5], argv[6], argv[7],
-		   argv[8], NULL);
-	unsetenv("KEEL_KV_TEST_CLOCK_STEP_MS");
-	f = fdopen(test_connect(p.port), "r+");
-	cr_assert(f);
 	fprintf(f, "MULTI\r\nSET k v PX 1500\r\nGET k\r\nGET k\r\nGET k\r\nEXISTS k\r\n"
 		   "EXEC\r\n");
 	fflush(f);
@@ -1329,14 +1336,8 @@ Test(faults_kv, a_read_past_the_deadline_expires_the_key_lazily)
 {
 	char line[256];
 	struct proc p;
-	FILE *f;
+	FILE *f = clock_kv_start(&p);
 
-	setenv("KEEL_KV_TEST_CLOCK_STEP_MS", "1000", 1);
-	proc_start(&p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "1",
-		   "--idle-poll-us", "0", NULL);
-	unsetenv("KEEL_KV_TEST_CLOCK_STEP_MS");
-	f = fdopen(test_connect(p.port), "r+");
-	cr_assert(f);
 	fprintf(f, "SET k v PX 2500\r\nGET k\r\nGET k\r\nGET k\r\nGET k\r\n");
 	fflush(f);
 	cr_assert(fgets(line, sizeof(line), f));

@@ -1563,7 +1563,7 @@ Test(kv_server, keys_expire_lazily_and_by_sweep)
 
 /* A client that pipelines its commands and half-closes (nc -N, a bulk load) gets every reply
  * before the close, as from Redis: those made on other shards arrive after the EOF, and the
- * default close on EOF dropped them (99,506 replies of 100,000 SETs over 3 shards). */
+ * default close on EOF dropped them (17,252 and 18,003 of these 20,000 in two runs). */
 Test(kv_server, a_client_that_half_closes_gets_every_reply)
 {
 	enum { N = 20000 };
