@@ -67,6 +67,7 @@ struct keel_conn {
 	uint16_t small_run; /* receives in a row under buf_size on the bulk ring */
 	bool eof_held;      /* EOF seen behind held data: on_eof after it */
 	bool rq_queued;     /* a deferred delivery of the held data is queued */
+	bool wm_queued;     /* a deferred resume after new watermarks is queued */
 	bool fd_released;   /* the descriptor is closed (or its close is in flight) */
 	bool close_listed;
 	struct keel_conn *close_next; /* ns->close_head */
@@ -833,6 +834,24 @@ consume(struct keel_conn *c, uint32_t res)
 	}
 }
 
+/* Reading paused by the queue (bp_paused) resumes once the queue is at or under the low
+ * watermark, with on_writable for a sender that passed the high one. */
+static void
+bp_resume(struct keel_conn *c)
+{
+	if (!c->bp_paused || c->queued > c->low)
+		return;
+	c->bp_paused = false;
+	rq_later(c);
+	recv_update(c);
+	/* Not after a close (the app's, or rq_later's abort): on_close is next. */
+	if (c->want_writable && !dropping_reads(c)) {
+		c->want_writable = false;
+		if (c->ops->on_writable)
+			c->ops->on_writable(c);
+	}
+}
+
 static void
 send_done(struct keel_conn *c, int res)
 {
@@ -846,17 +865,7 @@ send_done(struct keel_conn *c, int res)
 	}
 	if (c->closing)
 		return;
-	if (c->bp_paused && c->queued <= c->low) {
-		c->bp_paused = false;
-		rq_later(c);
-		recv_update(c);
-		/* Not after a close (the app's, or rq_later's abort): on_close is next. */
-		if (c->want_writable && !dropping_reads(c)) {
-			c->want_writable = false;
-			if (c->ops->on_writable)
-				c->ops->on_writable(c);
-		}
-	}
+	bp_resume(c);
 	send_kick(c);
 }
 
@@ -1168,6 +1177,18 @@ q_reserve(struct keel_conn *c, uint32_t extra)
 	return 0;
 }
 
+/* The queue passed the high watermark: reading pauses until it drains (bp_resume). */
+static void
+bp_pause(struct keel_conn *c)
+{
+	if (!c->bp_paused) {
+		c->bp_paused = true;
+		c->ns->st.bp_pauses++;
+		recv_update(c);
+	}
+	c->want_writable = true;
+}
+
 /* @bytes were added to the queue: flush at the end of the pass, and the high watermark. */
 static int
 queued_more(struct keel_conn *c, uint64_t bytes)
@@ -1177,12 +1198,7 @@ queued_more(struct keel_conn *c, uint64_t bytes)
 	if (c->open)
 		flush_later(c);
 	if (c->queued > c->high) {
-		if (!c->bp_paused) {
-			c->bp_paused = true;
-			c->ns->st.bp_pauses++;
-			recv_update(c);
-		}
-		c->want_writable = true;
+		bp_pause(c);
 		return 1;
 	}
 	return 0;
@@ -1918,6 +1934,19 @@ keel_conn_queued(const struct keel_conn *c)
 	return c->queued;
 }
 
+/* Deferred by keel_conn_set_watermarks: the queue is under the new low watermark. */
+static void
+wm_cb(void *arg)
+{
+	struct keel_conn *c = arg;
+
+	c->wm_queued = false;
+	if (!c->closing)
+		bp_resume(c);
+	c->nops--;
+	conn_check(c);
+}
+
 int
 keel_conn_set_watermarks(struct keel_conn *c, uint32_t low, uint32_t high)
 {
@@ -1925,6 +1954,17 @@ keel_conn_set_watermarks(struct keel_conn *c, uint32_t low, uint32_t high)
 		return -EINVAL;
 	c->low = low;
 	c->high = high;
+	if (c->closing)
+		return 0;
+	if (c->queued > high) {
+		bp_pause(c);
+	} else if (c->bp_paused && c->queued <= low && !c->wm_queued) {
+		/* Resumed from the loop: on_writable never runs inside this call. */
+		if (keel_defer(wm_cb, c) < 0)
+			return -ENOMEM;
+		c->wm_queued = true;
+		c->nops++;
+	}
 	return 0;
 }
 

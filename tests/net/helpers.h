@@ -58,6 +58,9 @@ extern const struct keel_conn_ops echo_ops;
 int srv_net_stats(struct srv *s, unsigned shard, struct keel_net_stats *out);
 /* ... of any runtime. */
 int rt_net_stats(struct keel_runtime *rt, unsigned shard, struct keel_net_stats *out);
+/* Run @fn on shard @shard of @rt as a request (@arg its req->arg; it completes the
+ * request) and wait (within 30 s) for it: its status, or -errno. */
+int rt_run_on(struct keel_runtime *rt, unsigned shard, keel_xreq_fn fn, void *arg);
 
 /* A free loopback port of socket @type (SOCK_STREAM, SOCK_DGRAM): the kernel's pick,
  * released for a program the test starts; *@a is 127.0.0.1 and the port, @port_s its text. */

@@ -756,6 +756,151 @@ Test(net_conn, slow_reader_bulk_ring_pauses_and_drains)
 	slow_reader(NULL, NULL, 65536, 65536);
 }
 
+/* New watermarks apply at once, also to a connection whose peer reads nothing (so no send
+ * completes to look at the queue again): marks lowered under the queued bytes pause reading
+ * in the call, and marks raised above them resume it from the loop, with on_writable. */
+static struct keel_conn *_Atomic wm_conn;
+static _Atomic uint64_t wm_received;
+static _Atomic int wm_writables;
+
+static void
+wm_open(struct keel_conn *c)
+{
+	atomic_store(&wm_conn, c);
+}
+
+static void
+wm_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	struct srv *sv = keel_conn_app(c);
+
+	for (unsigned i = 0; i < n; i++) {
+		atomic_fetch_add(&wm_received, s[i].len);
+		if (keel_conn_send(c, &s[i]) < 0)
+			keel_slice_put(&s[i]);
+	}
+	uint64_t q = keel_conn_queued(c), m = atomic_load(&sv->max_queued);
+	while (q > m && !atomic_compare_exchange_weak(&sv->max_queued, &m, q))
+		;
+}
+
+static void
+wm_close(struct keel_conn *c, int status)
+{
+	(void)status;
+	atomic_store(&wm_conn, NULL);
+	(void)c;
+}
+
+static void
+wm_writable(struct keel_conn *c)
+{
+	(void)c;
+	atomic_fetch_add(&wm_writables, 1);
+}
+
+/* On the shard: the bytes queued (at most INT_MAX). */
+static void
+wm_queue(struct keel_xreq *req)
+{
+	uint64_t q = keel_conn_queued(atomic_load(&wm_conn));
+
+	keel_xreq_complete(req, q > INT32_MAX ? INT32_MAX : (int)q);
+}
+
+/* On the shard: lower the marks under the queue; the pause is counted in the call. */
+static void
+wm_lower(struct keel_xreq *req)
+{
+	struct keel_conn *c = atomic_load(&wm_conn);
+	struct keel_net_stats a, b;
+	int r;
+
+	keel_net_stats(keel_this_shard(), &a);
+	r = keel_conn_set_watermarks(c, 0, 1);
+	keel_net_stats(keel_this_shard(), &b);
+	keel_xreq_complete(req, r < 0 ? r : (int)(b.bp_pauses - a.bp_pauses));
+}
+
+/* On the shard: raise the marks above the queue; on_writable comes after the call. */
+static void
+wm_raise(struct keel_xreq *req)
+{
+	struct keel_conn *c = atomic_load(&wm_conn);
+	int w = atomic_load(&wm_writables);
+	int r = keel_conn_set_watermarks(c, 32u << 20, 64u << 20);
+
+	keel_xreq_complete(req, r < 0 ? r : atomic_load(&wm_writables) - w);
+}
+
+Test(net_conn, new_watermarks_apply_at_once)
+{
+	static const struct keel_conn_ops ops = { .on_open = wm_open,
+						  .on_data = wm_data,
+						  .on_writable = wm_writable,
+						  .on_close = wm_close };
+	struct keel_net_config nc;
+	size_t len = 32u << 20, sent = 0;
+	uint8_t *out = malloc(len), *in = malloc(len);
+	uint64_t dl;
+	struct srv s;
+	int fd, rcv = 64 << 10;
+
+	atomic_store(&wm_conn, NULL);
+	atomic_store(&wm_received, 0);
+	atomic_store(&wm_writables, 0);
+	keel_net_config_init(&nc);
+	nc.high_watermark = 16u << 20;
+	nc.low_watermark = 8u << 20;
+	for (size_t k = 0; k < len; k++)
+		out[k] = (uint8_t)(k * 7 + k / 65521);
+	cr_assert_eq(srv_start(&s, NULL, &nc, &ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv));
+	fcntl(fd, F_SETFL, O_NONBLOCK);
+	/* Write, reading nothing, until the server holds 256 KiB it cannot send (far under
+	 * its high watermark, so it reads on). */
+	dl = test_deadline(TEST_WAIT_MS);
+	for (;;) {
+		ssize_t w = send(fd, out + sent, 64u << 10, MSG_NOSIGNAL);
+
+		if (w < 0 && errno == EAGAIN) {
+			cr_assert(!test_expired(dl), "the server queued at most %llu bytes",
+				  (unsigned long long)atomic_load(&s.max_queued));
+			test_pause();
+			continue;
+		}
+		cr_assert_gt(w, 0);
+		sent += (size_t)w;
+		cr_assert_lt(sent + (64u << 10), len, "32 MiB written, 256 KiB never queued");
+		WAIT_FOR(atomic_load(&wm_received) == sent,
+			 "the server receiving the %zu bytes sent", sent);
+		if (rt_run_on(s.rt, 0, wm_queue, NULL) > (256 << 10))
+			break;
+	}
+	/* Lowered under the queue: reading pauses in the call. */
+	cr_assert_eq(rt_run_on(s.rt, 0, wm_lower, NULL), 1,
+		     "lowering the marks under the queue did not pause reading");
+	/* Sent while paused: held in the kernel, not delivered. */
+	fcntl(fd, F_SETFL, 0);
+	cr_assert_eq(cli_write_all(fd, out + sent, 4096), 0);
+	sent += 4096;
+	/* Raised above the queue: reading resumes from the loop, with on_writable (not in the
+	 * call), though no send completes (the client still reads nothing). */
+	cr_assert_eq(rt_run_on(s.rt, 0, wm_raise, NULL), 0, "on_writable ran inside the call");
+	WAIT_FOR(atomic_load(&wm_writables) == 1 && atomic_load(&wm_received) == sent,
+		 "raised marks: %d on_writable, %llu of %zu bytes received",
+		 atomic_load(&wm_writables), (unsigned long long)atomic_load(&wm_received), sent);
+	/* Everything comes back, in order. */
+	cr_assert_eq(cli_read_all(fd, in, sent), 0);
+	cr_assert_eq(memcmp(in, out, sent), 0);
+	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
+	free(out);
+	free(in);
+}
+
 /* SEND_ZC notifications that arrive after the connection is gone: the server echoes with
  * SEND_ZC (threshold 1) and aborts the connection once the third burst is in, right after
  * its echo was submitted. The notifications then find no connection; their buffers are released

@@ -143,29 +143,39 @@ net_stats_fn(struct keel_xreq *req)
 }
 
 int
-rt_net_stats(struct keel_runtime *rt, unsigned shard, struct keel_net_stats *out)
+rt_run_on(struct keel_runtime *rt, unsigned shard, keel_xreq_fn fn, void *arg)
 {
 	struct keel_xreq *req = calloc(1, sizeof(*req)), *done;
-	struct keel_net_stats *st = calloc(1, sizeof(*st));
 	struct keel_xqueue *q = NULL;
-	int r = req && st ? keel_xqueue_create(&q) : -ENOMEM;
+	int r = req ? keel_xqueue_create(&q) : -ENOMEM;
 
 	if (r == 0) {
-		req->fn = net_stats_fn;
-		req->arg = st;
+		req->fn = fn;
+		req->arg = arg;
 		req->queue = q;
 		r = keel_runtime_submit(rt, shard, req);
-		/* Not answered: the request may still complete into q and st, so all three
-		 * are left, not freed. */
+		/* Not answered: the request may still complete into q, so both are left. */
 		if (r == 0 && keel_xqueue_wait(q, &done, 1, KEEL_S(30)) != 1)
 			return -ETIMEDOUT;
 		if (r == 0)
 			r = done->status;
-		if (r == 0)
-			*out = *st;
 		keel_xqueue_destroy(q);
 	}
 	free(req);
+	return r;
+}
+
+int
+rt_net_stats(struct keel_runtime *rt, unsigned shard, struct keel_net_stats *out)
+{
+	struct keel_net_stats *st = calloc(1, sizeof(*st));
+	int r = st ? rt_run_on(rt, shard, net_stats_fn, st) : -ENOMEM;
+
+	/* Not answered: the request may still complete into st, so it is left. */
+	if (r == -ETIMEDOUT)
+		return r;
+	if (r == 0)
+		*out = *st;
 	free(st);
 	return r;
 }

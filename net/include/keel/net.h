@@ -504,7 +504,16 @@ KEEL_API void keel_conn_resume_read(struct keel_conn *c);
 /** Bytes queued and not yet acknowledged by the kernel. */
 KEEL_API uint64_t keel_conn_queued(const struct keel_conn *c);
 
-/** Set this connection's watermarks (bytes; low <= high). Returns: 0 or -EINVAL. */
+/**
+ * Set this connection's watermarks (bytes; low <= high). They apply at once: bytes queued
+ * above the new high one pause reading now (on_writable follows once the queue is at or
+ * under the low one), and a queue that paused reading and is at or under the new low one
+ * resumes it from the loop (never inside this call), with on_writable for a sender that had
+ * passed the high one.
+ * Returns: 0; -EINVAL (low > high: nothing changed); -ENOMEM (the marks are set, but no
+ * memory to defer the resume: reading resumes at the next send completion instead).
+ * Context: its shard.
+ */
 KEEL_API int keel_conn_set_watermarks(struct keel_conn *c, uint32_t low, uint32_t high);
 
 /**
