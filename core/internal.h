@@ -211,6 +211,7 @@ struct keel_shard {
 	struct keel_timer *timers_all;
 
 	enum shard_phase phase;
+	bool stop_begun; /* begin_stop ran or runs: the stop hooks on (keel_shard_stopping) */
 	struct atomic_stats stats;
 
 	struct keel__bufreg *bufreg; /* alloc: the shard's allocator and fixed buffers (bufreg.c) */

@@ -656,6 +656,7 @@ submit_cancel_all(struct keel_shard *s)
 static void
 begin_stop(struct keel_shard *s)
 {
+	s->stop_begun = true;
 	keel__file_stop_hooks(s, true);
 	/* Hooks run while the shard still accepts sends, so they can tell other shards; one
 	 * a hook registers runs after it (from here on keel_shard_on_stop defers them). */

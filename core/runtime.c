@@ -79,6 +79,12 @@ keel__defer_run(struct keel_shard *s)
 	return (unsigned)n;
 }
 
+bool
+keel_shard_stopping(void)
+{
+	return cur_shard(__func__)->stop_begun;
+}
+
 int
 keel_shard_on_stop(keel_fn fn, void *arg)
 {

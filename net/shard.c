@@ -269,9 +269,12 @@ keel__net_shard_get_cfg(const struct keel_net_config *cfg, struct net_shard **ou
 {
 	if (!keel_this_shard())
 		return -EPERM;
+	/* Nothing new once the stop began: also in a stop hook that runs before the network's
+	 * own (registered before the shard's first network use), and with no network state
+	 * yet, whose rings and table would be made only to be torn down. */
+	if (keel_shard_stopping())
+		return -ESHUTDOWN;
 	if (tl_ns) {
-		if (tl_ns->stopping)
-			return -ESHUTDOWN;
 		*out = tl_ns;
 		return 0;
 	}

@@ -1138,3 +1138,87 @@ Test(net_lifetime, a_listener_parked_before_files_held_slots_looks_again)
 	close(pk.pipefd[0]);
 	close(pk.pipefd[1]);
 }
+
+/* A stop hook registered before the shard's first network use runs before the network's
+ * own: its calls are refused as they are once the network's hook ran (-ESHUTDOWN), rather
+ * than making the shard's whole network state (rings, file table) for the stop to tear
+ * down, and a connect accepted only to end in on_close(-ESHUTDOWN). */
+static int late_connect, late_udp, late_closes;
+
+static void
+late_close(struct keel_conn *c, int status)
+{
+	(void)c;
+	(void)status;
+	late_closes++;
+}
+
+static void
+late_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	(void)c;
+	for (unsigned i = 0; i < n; i++)
+		keel_slice_put(&s[i]);
+}
+
+static void
+late_datagram(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_storage *src)
+{
+	(void)u;
+	(void)src;
+	keel_slice_put(s);
+}
+
+static void
+late_hook(void *arg)
+{
+	static const struct keel_conn_ops cops = { .on_data = late_data,
+						   .on_close = late_close };
+	static const struct keel_udp_ops uops = { .on_datagram = late_datagram };
+	struct keel_conn *c;
+	struct keel_udp *u;
+
+	(void)arg;
+	cr_assert(keel_shard_stopping());
+	late_connect = keel_conn_connect("127.0.0.1", 9, KEEL_S(1), &cops, NULL, &c);
+	late_udp = keel_udp_open("127.0.0.1", 0, &uops, NULL, &u);
+}
+
+/* @arg non-NULL: the network state is made after the hook is registered (its own hook
+ * runs after this one). */
+static void
+late_start(void *arg)
+{
+	cr_assert(!keel_shard_stopping());
+	cr_assert_eq(keel_shard_on_stop(late_hook, NULL), 0);
+	if (arg) {
+		struct keel_net_config nc;
+
+		keel_net_config_init(&nc);
+		cr_assert_eq(keel_net_shard_init(&nc), 0);
+	}
+	keel_stop(0);
+}
+
+static void
+late_run(bool state)
+{
+	struct keel_opts o = net_test_opts(1);
+
+	late_connect = late_udp = 1;
+	late_closes = 0;
+	cr_assert_eq(keel_run(&o, late_start, state ? &o : NULL), 0);
+	cr_assert_eq(late_connect, -ESHUTDOWN, "connect in the hook: %d", late_connect);
+	cr_assert_eq(late_udp, -ESHUTDOWN, "UDP open in the hook: %d", late_udp);
+	cr_assert_eq(late_closes, 0, "an on_close followed a refused connect");
+}
+
+Test(net_lifetime, a_stop_hook_before_any_network_use_is_refused_as_stopping)
+{
+	late_run(false);
+}
+
+Test(net_lifetime, a_stop_hook_before_the_networks_own_is_refused_as_stopping)
+{
+	late_run(true);
+}

@@ -145,6 +145,14 @@ KEEL_API int keel_defer(keel_fn fn, void *arg);
  */
 KEEL_API int keel_shard_on_stop(keel_fn fn, void *arg);
 
+/**
+ * Whether this shard's stop has begun: its stop hooks run or have run. A module that makes
+ * per-shard state on first use refuses to make it from then on (the network's calls
+ * answer -ESHUTDOWN).
+ * Context: a shard.
+ */
+KEEL_API bool keel_shard_stopping(void);
+
 /** Per-shard counters. Each is written only by its shard; readers see a recent value. */
 struct keel_shard_stats {
 	uint64_t passes;          /* loop passes */

@@ -339,9 +339,10 @@ KEEL_API uint16_t keel_listener_port(const struct keel_listener *l);
  * Accept on this shard's socket of @l (socket keel_shard_id()). When the last shard has
  * started, the steering program is attached. Accepting stops when the runtime stops.
  * Returns: 0; -EINVAL (shard id >= nshards, or started twice); -EOPNOTSUPP (a feature
- * forced on is missing); -errno setting up the shard's network state; -errno attaching
- * the steering program (logged; this shard accepts all the same, and the kernel's hash
- * places connections: stop, or carry on unsteered).
+ * forced on is missing); -ESHUTDOWN (the shard's stop began); -errno setting up the
+ * shard's network state; -errno attaching the steering program (logged; this shard
+ * accepts all the same, and the kernel's hash places connections: stop, or carry on
+ * unsteered).
  * Context: a shard (typically its on_start callback).
  */
 KEEL_API int keel_listener_start(struct keel_listener *l);
@@ -383,8 +384,8 @@ KEEL_API int keel_listener_stats(const struct keel_listener *l, unsigned shard,
  * as one linked pair: both SQEs are reserved first (submitting what is queued when the SQ
  * has no room for two), so the timeout always applies.
  * Returns: 0 and *out (valid until on_close returns); -EINVAL with a logged message when the
- * address does not parse; -ESHUTDOWN when the runtime is stopping; -errno (socket, memory,
- * a failed submit). On error no callback follows.
+ * address does not parse; -ESHUTDOWN once the shard's stop began (in a stop hook too);
+ * -errno (socket, memory, a failed submit). On error no callback follows.
  * Context: a shard.
  */
 KEEL_API int keel_conn_connect(const char *addr, uint16_t port, uint64_t timeout_ns,
@@ -702,10 +703,11 @@ struct keel_udp_ops {
  * udp_buf_count buffers of udp_buf_size bytes, made on its first endpoint). SO_RXQ_OVFL
  * is set, so datagrams the kernel drops are counted (udp_drops in keel_net_stats).
  * Returns: 0 and *out; -EINVAL (address does not parse), -EADDRINUSE (another socket holds
- * the port without SO_REUSEPORT), -errno. Another process of the same user whose socket
- * sets SO_REUSEPORT too shares the port instead, its datagrams split by the kernel's hash:
- * the shards' own sockets bind one at a time, each on its shard, so there is no point
- * before them to check the port from (the TCP listener's check, above).
+ * the port without SO_REUSEPORT), -ESHUTDOWN (the shard's stop began), -errno. Another
+ * process of the same user whose socket sets SO_REUSEPORT too shares the port instead,
+ * its datagrams split by the kernel's hash: the shards' own sockets bind one at a time,
+ * each on its shard, so there is no point before them to check the port from (the TCP
+ * listener's check, above).
  * Context: a shard.
  */
 KEEL_API int keel_udp_open(const char *addr, uint16_t port, const struct keel_udp_ops *ops,
