@@ -119,7 +119,8 @@ rb_bulk(struct rbuf *b, const void *p, size_t n)
 	rb_prefix(b, '$', (long long)n);
 	if (!rb_reserve(b, n + 2))
 		return;
-	memcpy(b->p + b->len, p, n);
+	if (n) /* an empty body may have no address (INFO with no section known) */
+		memcpy(b->p + b->len, p, n);
 	memcpy(b->p + b->len + n, "\r\n", 2);
 	b->len += n + 2;
 }
