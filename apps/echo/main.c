@@ -63,6 +63,15 @@ net_print(const struct app *a, unsigned shards)
 			(unsigned long long)n->bulk_moves, (unsigned long long)n->bulk_backs,
 			(unsigned long long)(n->bulk_window >> 10),
 			n->bulk_failed ? " (could not be made)" : "");
+		if (n->udp_drops || n->udp_truncated || n->udp_nomem || n->udp_recv_errors)
+			fprintf(stderr,
+				"shard %u net: UDP: datagrams lost on receipt: %llu dropped by the "
+				"kernel (socket buffer full), %llu longer than --udp-buf-size, %llu "
+				"for want of memory; %llu receive errors\n",
+				i, (unsigned long long)n->udp_drops,
+				(unsigned long long)n->udp_truncated,
+				(unsigned long long)n->udp_nomem,
+				(unsigned long long)n->udp_recv_errors);
 		if (n->udp_send_errors)
 			fprintf(stderr, "shard %u net: UDP: %llu datagrams lost to failed sends\n",
 				i, (unsigned long long)n->udp_send_errors);
@@ -106,9 +115,19 @@ listener_print(const struct keel_listener *l, unsigned shards)
 static void
 on_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
 {
-	for (unsigned i = 0; i < n; i++)
-		if (keel_conn_send(c, &s[i]) < 0)
-			keel_slice_put(&s[i]);
+	for (unsigned i = 0; i < n; i++) {
+		int r = keel_conn_send(c, &s[i]);
+
+		if (r < 0) {
+			/* An echo with a hole in it is no echo: the connection ends (-ENOMEM
+			 * leaves it open; -EPIPE: it is ending already). */
+			for (unsigned j = i; j < n; j++)
+				keel_slice_put(&s[j]);
+			if (r != -EPIPE)
+				keel_conn_abort(c, r);
+			return;
+		}
+	}
 }
 
 static void

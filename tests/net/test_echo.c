@@ -1,6 +1,12 @@
 // SPDX-License-Identifier: MIT
+#include <arpa/inet.h>
 #include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -62,4 +68,75 @@ Test(net_echo, keel_echo_number_options_that_are_not_digits_are_refused)
 		cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "%s '%s': status %d", bad[i][0],
 			  bad[i][1], st);
 	}
+}
+
+/* keel-echo --stats says what was lost on receipt: a datagram longer than --udp-buf-size
+ * is counted (udp_truncated), and the summary at the stop names it (before, keel-echo
+ * printed none of the receive-side losses its own log pointed to). */
+Test(net_echo, keel_echo_stats_name_datagrams_lost_on_receipt)
+{
+	char port_s[16], path[] = "/tmp/keel-udpstats-XXXXXX", text[8192];
+	static char big[1000], small[100], in[2048];
+	struct sockaddr_in a;
+	int fd, logfd, st;
+	bool echoed = false;
+	ssize_t n;
+	pid_t pid;
+
+	free_loopback_port(SOCK_DGRAM, &a, port_s, sizeof(port_s));
+	logfd = mkstemp(path);
+	cr_assert_geq(logfd, 0);
+	unlink(path);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL); /* a failed assertion must not leave it */
+		dup2(logfd, 2);
+		execl(KEEL_BIN_DIR "/keel-echo", "keel-echo", "--udp", "--addr", "127.0.0.1",
+		      "--port", port_s, "--shards", "1", "--idle-poll-us", "0", "--log-level",
+		      "warn", "--udp-buf-size", "512", "--stats", (char *)NULL);
+		_exit(127);
+	}
+	fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	memset(small, 's', sizeof(small));
+	memset(big, 'B', sizeof(big));
+	/* Until keel-echo answers a small datagram (it may not have bound yet): one every
+	 * 100 ms, TEST_WAIT_MS at most. */
+	for (uint64_t dl = test_deadline(TEST_WAIT_MS); !echoed;) {
+		struct pollfd pf = { .fd = fd, .events = POLLIN };
+
+		cr_assert(!test_expired(dl), "keel-echo did not answer a datagram");
+		cr_assert_eq(waitpid(pid, &st, WNOHANG), 0, "keel-echo exited (status %d)", st);
+		send(fd, small, sizeof(small), 0); /* ECONNREFUSED until it binds */
+		if (poll(&pf, 1, 100) == 1) {
+			n = recv(fd, in, sizeof(in), 0);
+			echoed = n == (ssize_t)sizeof(small);
+		}
+	}
+	/* The long one, then a small one whose echo says the long one was taken first. */
+	cr_assert_eq(send(fd, big, sizeof(big), 0), (ssize_t)sizeof(big));
+	memset(small, 'f', sizeof(small)); /* told apart from the echoes of the first ones */
+	cr_assert_eq(send(fd, small, sizeof(small), 0), (ssize_t)sizeof(small));
+	for (;;) {
+		struct pollfd pf = { .fd = fd, .events = POLLIN };
+
+		cr_assert_eq(poll(&pf, 1, TEST_WAIT_MS), 1, "no echo of the small datagram");
+		n = recv(fd, in, sizeof(in), 0);
+		cr_assert_neq(n, (ssize_t)sizeof(big), "the datagram over --udp-buf-size came back");
+		if (n == (ssize_t)sizeof(small) && in[0] == 'f')
+			break;
+	}
+	close(fd);
+	kill(pid, SIGTERM);
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "keel-echo status %d", st);
+	n = pread(logfd, text, sizeof(text) - 1, 0);
+	close(logfd);
+	cr_assert_geq(n, 0);
+	text[n] = 0;
+	cr_assert(strstr(text, "shard 0 net: UDP: datagrams lost on receipt: 0 dropped by the "
+			       "kernel (socket buffer full), 1 longer than --udp-buf-size"),
+		  "keel-echo's --stats does not name the datagram it truncated:\n%s", text);
 }
