@@ -124,7 +124,8 @@ Test(net_echo, keel_echo_stats_name_datagrams_lost_on_receipt)
 
 		cr_assert_eq(poll(&pf, 1, TEST_WAIT_MS), 1, "no echo of the small datagram");
 		n = recv(fd, in, sizeof(in), 0);
-		cr_assert_neq(n, (ssize_t)sizeof(big), "the datagram over --udp-buf-size came back");
+		cr_assert_neq(n, (ssize_t)sizeof(big),
+			      "the datagram over --udp-buf-size came back");
 		if (n == (ssize_t)sizeof(small) && in[0] == 'f')
 			break;
 	}
