@@ -467,7 +467,7 @@ keel_opts_parse(struct keel_opts *o, int *argc, char **argv, char *err, size_t e
 {
 	enum { NOPT = sizeof(opt_table) / sizeof(opt_table[0]) };
 	bool env_bad[NOPT] = { false }, given[NOPT] = { false };
-	int n = *argc, out = 1, r, help = 0;
+	int n = *argc, out = n > 0, r, help = 0; /* argc 0: argv[0] is the NULL */
 	int i;
 
 	/* The environment first, the command line over it: a bad value in the environment

@@ -207,7 +207,7 @@ keel_net_config_check(const struct keel_net_config *c, char *err, size_t errlen)
 int
 keel_net_opts_parse(struct keel_net_config *c, int *argc, char **argv, char *err, size_t errlen)
 {
-	int n = *argc, out = 1, i, r;
+	int n = *argc, out = n > 0, i, r; /* argc 0: argv[0] is the NULL */
 
 	for (i = 1; i < n && strcmp(argv[i], "--"); i++) {
 		const char *a = argv[i], *v = NULL;

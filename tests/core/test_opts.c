@@ -526,3 +526,20 @@ Test(core_opts, a_log_line_too_long_says_it_was_cut)
 	cr_assert_eq(strlen(long_logged), 4095);
 	cr_assert(strstr(long_logged, " [... cut: 6004 bytes in all]"), "%s", long_logged + 4000);
 }
+
+/* An empty vector (argc 0, argv[0] NULL, as an embedder may pass): nothing parsed, nothing
+ * written past argv[0], and argc stays 0 (it was written as 1, argv[1] past the end). */
+Test(core_opts, an_empty_vector_is_left_as_it_is)
+{
+	struct keel_opts o;
+	char err[256] = "";
+	char **argv = calloc(1, sizeof(*argv));
+	int argc = 0;
+
+	cr_assert_not_null(argv);
+	keel_opts_init(&o);
+	cr_assert_eq(keel_opts_parse(&o, &argc, argv, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(argc, 0);
+	cr_assert_null(argv[0]);
+	free(argv);
+}

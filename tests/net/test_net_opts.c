@@ -212,3 +212,20 @@ Test(net_opts, keel_echo_and_keel_kv_answer_alike)
 			  "%s --help:\n%s", apps[a], out);
 	}
 }
+
+/* An empty vector (argc 0, argv[0] NULL): nothing parsed, nothing written past argv[0],
+ * argc stays 0. */
+Test(net_opts, an_empty_vector_is_left_as_it_is)
+{
+	struct keel_net_config c;
+	char err[256] = "";
+	char **argv = calloc(1, sizeof(*argv));
+	int argc = 0;
+
+	cr_assert_not_null(argv);
+	keel_net_config_init(&c);
+	cr_assert_eq(keel_net_opts_parse(&c, &argc, argv, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(argc, 0);
+	cr_assert_null(argv[0]);
+	free(argv);
+}
