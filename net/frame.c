@@ -185,6 +185,12 @@ keel_framer_chunk(const struct keel_framer *f, size_t off, const uint8_t **out)
 {
 	size_t skip = off + f->off;
 
+	/* Past the buffered bytes, also for an @off whose sum with f->off would wrap (a
+	 * length field of the peer's added to an offset) and land on consumed bytes. */
+	if (off >= f->buffered) {
+		*out = NULL;
+		return 0;
+	}
 	for (unsigned i = f->head; i < f->tail; i++) {
 		const struct keel_slice *s = &f->q[i];
 
@@ -203,6 +209,9 @@ keel_framer_peek(const struct keel_framer *f, size_t off, void *buf, size_t len)
 {
 	uint8_t *p = buf;
 	size_t done = 0, skip = off + f->off;
+
+	if (off >= f->buffered) /* as keel_framer_chunk */
+		return 0;
 
 	for (unsigned i = f->head; i < f->tail && done < len; i++) {
 		const struct keel_slice *s = &f->q[i];

@@ -9,6 +9,7 @@
 #include <keel/alloc_runtime.h>
 #include <keel/frame.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -379,6 +380,32 @@ Test(net_frame, peek_and_chunk_cross_slices)
 	cr_assert_eq(memcmp(p, "de", 2), 0);
 	cr_assert(inside(&g, p, 2));
 	cr_assert_eq(keel_framer_chunk(f, 6, &p), 0);
+	keel_framer_destroy(f);
+	got_fini(&g);
+}
+
+/* An offset near SIZE_MAX (a peer's 64-bit length added to a header's size) is past the
+ * buffered bytes, also when the head slice is partly consumed: its sum with the consumed
+ * part wrapped and landed on a frame already delivered. */
+Test(net_frame, offsets_that_would_wrap_are_past_the_buffered_bytes)
+{
+	struct got g;
+	struct keel_framer *f;
+	const uint8_t *p = (const uint8_t *)"";
+	char buf[16];
+
+	got_init(&g);
+	f = framer(&g, KEEL_FRAME_LINE, 0, NULL);
+	cr_assert_eq(push_str(&g, f, "x\nhello"), 0);
+	cr_assert_eq(g.nframes, 1);
+	cr_assert_eq(keel_framer_buffered(f), 5);
+	cr_assert_eq(keel_framer_peek(f, SIZE_MAX - 1, buf, 1), 0, "peeked '%c'", buf[0]);
+	cr_assert_eq(keel_framer_peek(f, SIZE_MAX, buf, 16), 0);
+	cr_assert_eq(keel_framer_chunk(f, SIZE_MAX, &p), 0);
+	cr_assert_null(p);
+	cr_assert_eq(keel_framer_peek(f, 5, buf, 16), 0);
+	cr_assert_eq(keel_framer_peek(f, 4, buf, 16), 1);
+	cr_assert_eq(buf[0], 'o');
 	keel_framer_destroy(f);
 	got_fini(&g);
 }
