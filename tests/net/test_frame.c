@@ -8,8 +8,8 @@
 #include <errno.h>
 #include <keel/alloc_runtime.h>
 #include <keel/frame.h>
-#include <stdlib.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
