@@ -21,9 +21,13 @@
  * pause could fill: at most the buffer ring.
  */
 #include <errno.h>
+#include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "net_internal.h"
@@ -1844,6 +1848,23 @@ keel_conn_connect(const char *addr, uint16_t port, uint64_t timeout_ns,
 	return keel_conn_connect_addr((const struct sockaddr *)&ss, len, timeout_ns, ops, app, out);
 }
 
+/* The shortest address of @family a connect can take (SIZE_MAX: not a family keel
+ * connects to): an unnamed sockaddr_un (the path empty) names nothing. */
+static size_t
+addr_min_len(sa_family_t family)
+{
+	switch (family) {
+	case AF_INET:
+		return sizeof(struct sockaddr_in);
+	case AF_INET6:
+		return sizeof(struct sockaddr_in6);
+	case AF_UNIX:
+		return offsetof(struct sockaddr_un, sun_path) + 1;
+	default:
+		return SIZE_MAX;
+	}
+}
+
 int
 keel_conn_connect_addr(const struct sockaddr *sa, socklen_t salen, uint64_t timeout_ns,
 		       const struct keel_conn_ops *ops, void *app, struct keel_conn **out)
@@ -1856,8 +1877,7 @@ keel_conn_connect_addr(const struct sockaddr *sa, socklen_t salen, uint64_t time
 	int fd, r;
 
 	if (!sa || !ops || !ops->on_data || !ops->on_close || !out || salen > sizeof(ss) ||
-	    salen < sizeof(sa_family_t) ||
-	    (sa->sa_family != AF_INET && sa->sa_family != AF_INET6 && sa->sa_family != AF_UNIX))
+	    salen < sizeof(sa_family_t) || salen < addr_min_len(sa->sa_family))
 		return -EINVAL;
 	memset(&ss, 0, sizeof(ss));
 	memcpy(&ss, sa, salen);

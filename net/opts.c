@@ -196,6 +196,10 @@ keel_net_config_check(const struct keel_net_config *c, char *err, size_t errlen)
 			    "accept_backoff_ns %llu: below 1 ms, an accept that keeps failing "
 			    "(EMFILE, ENFILE) would be retried every loop pass",
 			    (unsigned long long)c->accept_backoff_ns);
+	if (!c->high_watermark)
+		return errf(err, errlen,
+			    "high_watermark (--high-watermark) 0: at least 1 byte (0 would pause "
+			    "reading at every send)");
 	if (c->low_watermark > c->high_watermark)
 		return errf(err, errlen,
 			    "low_watermark (--low-watermark) %u above high_watermark "

@@ -523,6 +523,10 @@ keel_net_addr_parse(const char *addr, uint16_t port, struct sockaddr_storage *ou
 {
 	struct sockaddr_in *a4 = (struct sockaddr_in *)out;
 	struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)out;
+	socklen_t unused;
+
+	if (!len)
+		len = &unused;
 
 	memset(out, 0, sizeof(*out));
 	if (!addr)

@@ -202,7 +202,8 @@ main(int argc, char **argv)
 			kv_cfg.timeout_s = (unsigned)t;
 		} else if (!strcmp(argv[i], "--proto-max-bulk-len")) {
 			if (parse_bytes(v, &b) < 0 || b < 1024 || b > (1ull << 32) - 1)
-				die("--proto-max-bulk-len expects 1kb..4gb, got ", v);
+				die("--proto-max-bulk-len expects 1kb up to 4gb - 1 (4294967295 bytes), got ",
+				    v);
 			kv_cfg.max_bulk = b;
 		} else if (!strcmp(argv[i], "--client-query-buffer-limit")) {
 			if (parse_bytes(v, &b) < 0 || b < 1024 * 1024)

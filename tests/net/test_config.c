@@ -358,6 +358,22 @@ Test(net_config, accept_backoff_below_a_millisecond_is_refused)
 	cr_assert_eq(keel_net_config_set(&nc), 0);
 }
 
+/* A high watermark of 0 is refused as --high-watermark 0 is (it was taken, low = high = 0:
+ * every send paused reading). */
+Test(net_config, a_high_watermark_of_0_is_refused_as_the_option_is)
+{
+	struct keel_net_config nc;
+	char err[256] = "";
+
+	keel_net_config_init(&nc);
+	nc.high_watermark = 0;
+	nc.low_watermark = 0;
+	cr_assert_eq(keel_net_config_check(&nc, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "--high-watermark"), "%s", err);
+	nc.high_watermark = 1;
+	cr_assert_eq(keel_net_config_check(&nc, err, sizeof(err)), 0, "%s", err);
+}
+
 /* Queue steering's check, by NAPI id: a shard may own several queues (a NIC with more
  * queues than shards, the rest mapped by queue % shards), so a second queue of one shard
  * is no mismatch; a queue whose connections reach two shards is. Before, any id other than

@@ -51,6 +51,52 @@ Test(net_resolve, localhost_and_literals)
 	cr_assert_eq(keel_net_resolve("localhost", 7, 12345, &ss, &len), -EINVAL);
 }
 
+/* An address shorter than its family's is refused at once (-EINVAL, no callback), as the
+ * header says; it was accepted and ended in on_close(-EINVAL) from the kernel. The length
+ * checks come before the shard's: off a shard too. keel_net_addr_parse takes a NULL @len,
+ * as keel_net_resolve does. */
+static void
+never_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	(void)c;
+	(void)s;
+	(void)n;
+	cr_assert_fail("on_data");
+}
+
+static void
+never_close(struct keel_conn *c, int status)
+{
+	(void)c;
+	cr_assert_fail("on_close(%d)", status);
+}
+
+Test(net_resolve, addresses_shorter_than_their_family_are_refused)
+{
+	static const struct keel_conn_ops ops = { .on_data = never_data, .on_close = never_close };
+	struct sockaddr_storage ss;
+	struct keel_conn *c;
+	socklen_t len;
+
+	cr_assert_eq(keel_net_addr_parse("127.0.0.1", 9, &ss, &len), 0);
+	cr_assert_eq(keel_conn_connect_addr((struct sockaddr *)&ss, 3, 0, &ops, NULL, &c), -EINVAL);
+	cr_assert_eq(keel_conn_connect_addr((struct sockaddr *)&ss, len - 1, 0, &ops, NULL, &c),
+		     -EINVAL);
+	cr_assert_eq(keel_net_addr_parse("::1", 9, &ss, &len), 0);
+	cr_assert_eq(keel_conn_connect_addr((struct sockaddr *)&ss, sizeof(struct sockaddr_in), 0,
+					    &ops, NULL, &c),
+		     -EINVAL);
+	cr_assert_eq(keel_net_addr_parse("unix:/x", 0, &ss, &len), 0);
+	cr_assert_eq(keel_conn_connect_addr((struct sockaddr *)&ss, sizeof(sa_family_t), 0, &ops,
+					    NULL, &c),
+		     -EINVAL);
+	/* Long enough: refused only for want of a shard. */
+	cr_assert_eq(keel_conn_connect_addr((struct sockaddr *)&ss, len, 0, &ops, NULL, &c),
+		     -EPERM);
+	cr_assert_eq(keel_net_addr_parse("::1", 9, &ss, NULL), 0);
+	cr_assert_eq(ss.ss_family, AF_INET6);
+}
+
 static struct sockaddr_storage target;
 static socklen_t target_len;
 static int on_shard_resolve = 1, on_shard_connect_name = 1;

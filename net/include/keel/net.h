@@ -396,7 +396,9 @@ KEEL_API int keel_conn_connect(const char *addr, uint16_t port, uint64_t timeout
  * name resolved before the runtime started), keel_net_addr_parse(), or the application.
  * Ownership: @sa is copied.
  * Returns: as keel_conn_connect(); -EINVAL also for a family other than AF_INET, AF_INET6,
- * AF_UNIX, or @salen out of range.
+ * AF_UNIX, or @salen out of range: shorter than the family's address (sockaddr_in,
+ * sockaddr_in6; a sockaddr_un with at least one byte of path), or longer than
+ * sockaddr_storage.
  * Context: a shard.
  */
 KEEL_API int keel_conn_connect_addr(const struct sockaddr *sa, socklen_t salen, uint64_t timeout_ns,
@@ -753,7 +755,8 @@ KEEL_API void *keel_udp_app(const struct keel_udp *u);
 
 /**
  * Parse @addr (IPv4 or IPv6 literal; NULL: 0.0.0.0; "unix:/path" or "unix:@name", a
- * sockaddr_un, @port ignored) and @port into @out. Never resolves a host name.
+ * sockaddr_un, @port ignored) and @port into @out, and its length into @len (may be NULL;
+ * an abstract unix name's length says where the name ends). Never resolves a host name.
  * Returns: 0, or -EINVAL (logged: the address and what is expected).
  */
 KEEL_API int keel_net_addr_parse(const char *addr, uint16_t port, struct sockaddr_storage *out,
