@@ -99,6 +99,8 @@ struct kv_config {
 	bool aof_truncate_corrupt; /* --aof-truncate-corrupt yes: cut a bad record inside */
 	uint64_t high_watermark;   /* --high-watermark: replies queued per connection above
 				    * which its requests are not parsed (nor read) */
+	uint64_t reply_max;        /* --send-max: a reply of several values (MGET, EXEC) made
+				    * larger than this is refused (kv_reply_over); 0: no limit */
 };
 extern struct kv_config kv_cfg;
 extern struct kv_stats kv_stats[];
@@ -211,6 +213,11 @@ void kv_cmd_run(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv,
 /* Write Redis's reply for an unknown command / wrong arity. */
 void kv_reply_unknown(struct rbuf *out, struct resp_arg *argv, unsigned argc);
 void kv_reply_arity(struct rbuf *out, const struct kv_cmd *c);
+/* A reply of several values (MGET's, a transaction's) made into @out from @start: past
+ * kv_cfg.reply_max it is cut back to @start and an error names the limit, so that one short
+ * request (MGET of one large key, repeated) cannot make the server build and hold a reply
+ * of any size. Returns: true when it was refused. */
+bool kv_reply_over(struct rbuf *out, size_t start);
 
 /* Persistence records (store.c): the state of @key as one RESP record (SET k v [PXAT ms]
  * or DEL k); the check of a record read back (0, and *pxat its expiry or 0; -EINVAL when

@@ -239,7 +239,19 @@ main(int argc, char **argv)
 			die("unknown option ", argv[i]);
 		}
 	}
+	/* keel-kv queues replies up to the high watermark before it stops reading (a large
+	 * one in pieces until the queue passes it): a --send-max below it would reset a
+	 * client that reads before it was ever paused. */
+	if (nc.send_max && nc.send_max < nc.high_watermark) {
+		char m[160];
+
+		snprintf(m, sizeof(m), "%llu, below --high-watermark %llu: raise --send-max or lower "
+			 "--high-watermark",
+			 (unsigned long long)nc.send_max, (unsigned long long)nc.high_watermark);
+		die("--send-max ", m);
+	}
 	kv_cfg.high_watermark = nc.high_watermark;
+	kv_cfg.reply_max = nc.send_max;
 	if (keel_net_config_set(&nc) < 0) /* keel_net_opts_parse checked it */
 		die("keel_net_config_set refused the network options", NULL);
 	if (kv_aof_preload() < 0)

@@ -626,6 +626,8 @@ merge(struct pend *p)
 			}
 			rb_put(out, b->p + *c, l);
 			*c += l;
+			if (kv_reply_over(out, 0)) /* each part was under it; all together not */
+				return;
 		}
 		break;
 	}
@@ -860,7 +862,7 @@ static void
 tx_run(struct kmsg *m)
 {
 	struct kv_shard *ks = &shards[self()];
-	size_t off = 0;
+	size_t off = 0, start = m->rep.len;
 
 	rb_arr(&m->rep, m->tx);
 	kv_clock_freeze(); /* one time for the whole transaction, as Redis */
@@ -871,6 +873,7 @@ tx_run(struct kmsg *m)
 					.scratch_cap = ks->scratch_cap,
 					.max_bulk = UINT64_MAX };
 		const struct kv_cmd *c;
+		size_t at = m->rep.len;
 		long r;
 
 		while ((r = resp_parse(m->req + off, m->req_len - off, &req)) == RESP_NEED_ARGV ||
@@ -889,6 +892,19 @@ tx_run(struct kmsg *m)
 			local_cmd(NULL, c, req.argv, req.argc, &m->rep);
 		else /* --maxmemory was checked once, at EXEC */
 			exec_here(c, req.argv, req.argc, &m->rep, true);
+		/* Past --send-max, a read's reply is refused (its own, in the array: the
+		 * transaction's writes ran); a write's stays, what it did being done. */
+		if (!(c->flags & KV_F_WRITE) && m->rep.len - start > kv_cfg.reply_max &&
+		    kv_cfg.reply_max) {
+			size_t n = m->rep.len - start;
+
+			m->rep.len = at;
+			rb_err(&m->rep,
+			       "ERR reply too large: the transaction's over %zu bytes, past "
+			       "--send-max (%llu bytes); read fewer or smaller values in it, or "
+			       "raise --send-max",
+			       n, (unsigned long long)kv_cfg.reply_max);
+		}
 		off += (size_t)r;
 	}
 	kv_clock_thaw();

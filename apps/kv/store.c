@@ -910,6 +910,21 @@ lookup_read(struct kv_db *db, struct resp_arg *key)
 	return e;
 }
 
+bool
+kv_reply_over(struct rbuf *out, size_t start)
+{
+	size_t n = out->len - start;
+
+	if (!kv_cfg.reply_max || n <= kv_cfg.reply_max)
+		return false;
+	out->len = start;
+	rb_err(out,
+	       "ERR reply too large: over %zu bytes, past --send-max (%llu bytes); ask for fewer "
+	       "or smaller values in one command, or raise --send-max",
+	       n, (unsigned long long)kv_cfg.reply_max);
+	return true;
+}
+
 static void
 cmd_get(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
@@ -1453,9 +1468,14 @@ cmd_strlen(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *
 static void
 cmd_mget(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
+	size_t start = out->len;
+
 	rb_arr(out, argc - 1);
-	for (unsigned i = 1; i < argc; i++)
+	for (unsigned i = 1; i < argc; i++) {
 		cmd_get(db, (struct resp_arg[]){ argv[0], argv[i] }, 2, out);
+		if (kv_reply_over(out, start))
+			return;
+	}
 }
 
 /* One pair of an MSET: its key's hash, and the entry made for it in the first pass. */

@@ -1080,6 +1080,97 @@ Test(kv_server, many_large_replies_in_one_receive_stay_bounded)
 	free(req);
 }
 
+/* One short request whose reply is made of several values, MGET of a large key repeated,
+ * made the server build and hold a reply of any size (300 repeats of a 1 MiB value: 300
+ * MiB, in one 29 s loop pass); past --send-max it is refused now, so a flood of them from
+ * a client that never reads stays bounded (4,000 repeats of the 16 KiB value: 64 MiB
+ * each, with --send-max 4m). */
+Test(kv_server, many_values_in_one_reply_stay_bounded)
+{
+	struct srv s;
+	struct rd r;
+	char *req = malloc(1 << 16);
+	size_t reqlen = 0;
+
+	srv_start(&s, 1, "--send-max", "4m", NULL);
+	rd_init(&r, test_connect(s.port));
+	set_big(&r, "big", BIG_VAL, 0);
+	reqlen = (size_t)sprintf(req, "MGET");
+	for (unsigned i = 0; i < 4000; i++)
+		reqlen += (size_t)sprintf(req + reqlen, " big");
+	reqlen += (size_t)sprintf(req + reqlen, "\r\n");
+	flood_stays_bounded(&s, &r, req, reqlen, "MGETs of 4,000 keys");
+	rd_free(&r);
+	srv_stop(&s);
+	free(req);
+}
+
+/* The refusal: MGET (its keys on one shard or several: the merged reply is checked too),
+ * and a transaction's reads once its reply passed --send-max (their own errors in its
+ * array; its writes ran); a reply under the limit is whole. */
+static void
+reply_refused_past_send_max(unsigned shards)
+{
+	static const char refused[] = "-ERR reply too large: ";
+	struct srv s;
+	struct rd r;
+	char *got, cmd[256];
+	size_t len;
+	int n;
+
+	srv_start(&s, shards, "--send-max", "512k", "--high-watermark", "256k", "--low-watermark",
+		  "64k", NULL);
+	rd_init(&r, test_connect(s.port));
+	for (unsigned k = 0; k < 4; k++) {
+		snprintf(cmd, sizeof(cmd), "v%u", k);
+		set_big(&r, cmd, 150000, (int)k);
+	}
+	/* 4 x 150,000 bytes: over 512 KiB. On 3 shards each part is under it unless all four
+	 * keys are on one shard (1 in 27): the merged reply is refused. */
+	test_send_all(r.fd, "MGET v0 v1 v2 v3\r\n", 18);
+	got = rd_next(&r, NULL);
+	cr_assert(got && !strncmp(got, refused, sizeof(refused) - 1), "MGET x 4: %.80s",
+		  got ? got : "closed");
+	cr_assert(strstr(got, "--send-max (524288 bytes)"), "%s", got);
+	/* 3 x 150,000: whole. */
+	test_send_all(r.fd, "MGET v0 v1 v2\r\n", 15);
+	got = rd_next(&r, &len);
+	cr_assert(got && !strncmp(got, "*3\r\n$150000\r\n", 13), "MGET x 3: %.80s",
+		  got ? got : "closed");
+	cr_assert_gt(len, 450000);
+	/* A transaction: three values, then each read past the limit refused, the write run. */
+	expect(&r, "MULTI", "+OK\r\n");
+	for (unsigned i = 0; i < 6; i++)
+		expect(&r, "GET v0", "+QUEUED\r\n");
+	expect(&r, "SET v0 small", "+QUEUED\r\n");
+	test_send_all(r.fd, "EXEC\r\n", 6);
+	got = rd_next(&r, &len);
+	cr_assert(got && !strncmp(got, "*7\r\n", 4), "EXEC: %.80s", got ? got : "closed");
+	n = 0;
+	for (char *p = strstr(got, "$150000\r\n"); p; p = strstr(p + 1, "$150000\r\n"))
+		n++;
+	cr_assert_eq(n, 3, "EXEC: %d values of the 6 reads, not 3", n);
+	n = 0;
+	for (char *p = strstr(got, refused); p; p = strstr(p + 1, refused))
+		n++;
+	cr_assert_eq(n, 3, "EXEC: %d reads refused, not 3", n);
+	cr_assert(len > 5 && !strcmp(got + len - 5, "+OK\r\n"), "EXEC's write: %s",
+		  got + (len > 40 ? len - 40 : 0));
+	expect(&r, "GET v0", "$5\r\nsmall\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+}
+
+Test(kv_server, a_reply_of_many_values_past_send_max_is_refused)
+{
+	reply_refused_past_send_max(1);
+}
+
+Test(kv_server, a_reply_of_many_values_past_send_max_is_refused_on_3_shards)
+{
+	reply_refused_past_send_max(3);
+}
+
 /* The same behind a reply that waits (appendfsync always: a SET's reply waits for its
  * fdatasync): the replies made behind it wait in memory until it is done, and only their
  * count (4,096) held the parsing, so one receive's GETs of a 16 KiB value made tens of MiB
@@ -2896,6 +2987,21 @@ Test(kv_server, a_number_option_that_is_not_digits_is_refused)
 			  bad[i][1], st);
 		cr_assert(strstr(err, bad[i][0]), "%s '%s': %s", bad[i][0], bad[i][1], err);
 	}
+}
+
+/* A --send-max below the high watermark is refused at start, naming both: keel-kv queues
+ * replies up to the watermark before it stops reading, so a reply between the two reset a
+ * client that read (a 600,000-byte MGET reply with --send-max 512k and the default 1 MiB). */
+Test(kv_server, a_send_max_below_the_high_watermark_is_refused)
+{
+	const char *const argv[] = { kv_bin(), "--addr", "127.0.0.1", "--port", "0",
+				     "--send-max", "512k", NULL };
+	char err[512];
+	int st = proc_run_to_exit(argv, NULL, NULL, err, sizeof(err));
+
+	cr_assert_neq(st, -1, "keel-kv started with --send-max 512k");
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "status %d", st);
+	cr_assert(strstr(err, "--send-max 524288, below --high-watermark 1048576"), "%s", err);
 }
 
 /* A bad KEEL_KV_AOF_WRITE_CHUNK is refused at start, naming the range (and a server that
