@@ -36,7 +36,8 @@ static int64_t kv_start_ms;
 /* A reply place in a connection's queue. */
 struct pend {
 	struct pend *next;
-	struct kconn *kc; /* NULL: the connection closed while this was away */
+	struct kconn *kc;           /* NULL: the connection closed while this was away */
+	struct pend *oprev, *onext; /* ... then on its shard's orphans, until its reply */
 	struct rbuf rep;
 	size_t counted; /* of rep's bytes, those in kc->pend_bytes (a reply made here) */
 	bool done;
@@ -119,6 +120,10 @@ struct kv_shard {
 	 * keel_msg_wait_room -ENOMEM), retried by the sweep timer every millisecond: the home
 	 * connection waits for each (linked through kmsg.next, unused on this shard). */
 	struct kmsg *home_retry;
+	/* Pends whose connection closed while their replies were away: each is freed when
+	 * its reply comes back, and those whose reply never comes (a stop refused to send it
+	 * home) by kv_fini, once every shard has ended. */
+	struct pend *orphans;
 	bool stopped; /* on_stop ran */
 	/* Parsing of requests handed over by other shards. */
 	struct resp_arg *argv;
@@ -655,7 +660,15 @@ pend_part_done(struct pend *p, unsigned part, struct rbuf *rep)
 	}
 	p->done = true;
 	if (!p->kc) {
+		struct kv_shard *ks = &shards[self()];
+
 		stat_add(&kv_stats[self()].replies_orphaned, 1);
+		if (p->oprev)
+			p->oprev->onext = p->onext;
+		else
+			ks->orphans = p->onext;
+		if (p->onext)
+			p->onext->oprev = p->oprev;
 		pend_free(p); /* its connection is gone */
 		return;
 	}
@@ -2473,10 +2486,16 @@ on_close(struct keel_conn *c, int status)
 		return;
 	for (p = kc->head; p; p = next) {
 		next = p->next;
-		if (p->done || p->later_kind)
+		if (p->done || p->later_kind) {
 			pend_free(p);
-		else
-			p->kc = NULL; /* freed when its reply comes back */
+		} else { /* freed when its reply comes back */
+			p->kc = NULL;
+			p->oprev = NULL;
+			p->onext = ks->orphans;
+			if (ks->orphans)
+				ks->orphans->oprev = p;
+			ks->orphans = p;
+		}
 	}
 	if (kc->prev)
 		kc->prev->next = kc->next;
@@ -2651,6 +2670,11 @@ void
 kv_fini(void)
 {
 	for (unsigned i = 0; i < KEEL_MAX_SHARDS; i++) {
+		/* Every shard has ended: no reply comes back to these any more. */
+		for (struct pend *p = shards[i].orphans, *n; p; p = n) {
+			n = p->onext;
+			pend_free(p);
+		}
 		free(shards[i].argv);
 		free(shards[i].scratch);
 		memset(&shards[i], 0, sizeof(shards[i]));

@@ -1903,7 +1903,10 @@ Test(kv_server, close_with_requests_in_flight)
  * leaks). Every fifth request reads a 256 KiB value: the 100 MiB of such replies to each
  * client are more than its sockets hold (32 + 4 MiB here), so the stop always finds the work
  * unfinished, which the test confirms before it sends the SIGTERM. */
-Test(kv_server, stops_cleanly_under_load)
+/* @dir: with --appendonly yes --appendfsync always there (a reply made on a shard that
+ * waits for its sync, then for room to go home). */
+static void
+stops_under_load(const char *dir)
 {
 	enum { N = 2000, BIG = 256 << 10 };
 	struct srv s;
@@ -1911,7 +1914,7 @@ Test(kv_server, stops_cleanly_under_load)
 	char *req = malloc(N * 96), *set = malloc(BIG + 64);
 	size_t len = 0;
 	long long done, sent = 0;
-	int fds[4], hdr;
+	int fds[8], hdr, nc = dir ? 8 : 4;
 
 	for (int i = 0; i < N; i++) {
 		len += (size_t)sprintf(req + len,
@@ -1920,7 +1923,11 @@ Test(kv_server, stops_cleanly_under_load)
 		if (i % 5 == 4)
 			len += (size_t)sprintf(req + len, "GET big\r\n");
 	}
-	srv_start(&s, 2, NULL);
+	if (dir)
+		srv_start(&s, 3, "--appendonly", "yes", "--appendfsync", "always", "--dir", dir,
+			  NULL);
+	else
+		srv_start(&s, 2, NULL);
 	hdr = sprintf(set, "*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$%d\r\n", BIG);
 	memset(set + hdr, 'b', BIG);
 	memcpy(set + hdr + BIG, "\r\n", 2);
@@ -1928,7 +1935,7 @@ Test(kv_server, stops_cleanly_under_load)
 	test_send_all(r.fd, set, (size_t)hdr + BIG + 2);
 	cr_assert_str_eq(rd_next(&r, NULL), "+OK\r\n");
 	rd_free(&r);
-	for (int k = 0; k < 4; k++) {
+	for (int k = 0; k < nc; k++) {
 		ssize_t w;
 
 		fds[k] = test_connect(s.port);
@@ -1939,7 +1946,7 @@ Test(kv_server, stops_cleanly_under_load)
 			sent += req[i] == '\n';
 	}
 	/* The server is answering (a reply reached each client)... */
-	for (int k = 0; k < 4; k++) {
+	for (int k = 0; k < nc; k++) {
 		struct pollfd pf = { .fd = fds[k], .events = POLLIN };
 		int pr;
 
@@ -1955,10 +1962,28 @@ Test(kv_server, stops_cleanly_under_load)
 		     "%lld commands processed of %lld sent: the stop would find no work", done,
 		     sent);
 	srv_stop(&s);
-	for (int k = 0; k < 4; k++)
+	for (int k = 0; k < nc; k++)
 		close(fds[k]);
 	free(req);
 	free(set);
+}
+
+Test(kv_server, stops_cleanly_under_load)
+{
+	stops_under_load(NULL);
+}
+
+/* The same on 3 shards with every write's reply waiting for its sync: replies the stop
+ * kept from going home left their clients' places for them (on the home shards, their
+ * connections closed by the stop) allocated for good (LeakSanitizer: 3.7-5.2 MB in
+ * 31,000-45,000 allocations in four of four runs of the review's load). */
+Test(kv_server, stops_cleanly_under_load_with_appendfsync_always)
+{
+	char dir[] = "/tmp/keel-kv-stopload-XXXXXX";
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	stops_under_load(dir);
+	rm_dir(dir);
 }
 
 static char *
@@ -2994,8 +3019,8 @@ Test(kv_server, a_number_option_that_is_not_digits_is_refused)
  * client that read (a 600,000-byte MGET reply with --send-max 512k and the default 1 MiB). */
 Test(kv_server, a_send_max_below_the_high_watermark_is_refused)
 {
-	const char *const argv[] = { kv_bin(), "--addr", "127.0.0.1", "--port", "0",
-				     "--send-max", "512k", NULL };
+	const char *const argv[] = { kv_bin(), "--addr",     "127.0.0.1", "--port",
+				     "0",      "--send-max", "512k",      NULL };
 	char err[512];
 	int st = proc_run_to_exit(argv, NULL, NULL, err, sizeof(err));
 
