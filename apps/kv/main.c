@@ -245,7 +245,8 @@ main(int argc, char **argv)
 	if (nc.send_max && nc.send_max < nc.high_watermark) {
 		char m[160];
 
-		snprintf(m, sizeof(m), "%llu, below --high-watermark %llu: raise --send-max or lower "
+		snprintf(m, sizeof(m),
+			 "%llu, below --high-watermark %llu: raise --send-max or lower "
 			 "--high-watermark",
 			 (unsigned long long)nc.send_max, (unsigned long long)nc.high_watermark);
 		die("--send-max ", m);
