@@ -70,6 +70,12 @@ void free_loopback_port(int type, struct sockaddr_in *a, char *port_s, size_t le
  * to its end: its wait status; one still running after TEST_WAIT_MS is killed and fails the
  * test. In binaries built with KEEL_BIN_DIR only. */
 int keel_echo_status(char *const argv[]);
+/* keel-echo started with @argv, its stderr going to an unlinked temporary file whose
+ * descriptor is put in *@logfd (read it with pread); it dies with the test. Its pid. */
+pid_t keel_echo_spawn(char *const argv[], int *logfd);
+/* Stop it (SIGTERM; status 0 asserted) and read its stderr into @text (NUL-terminated,
+ * @size bytes at most, the NUL included): the bytes read. */
+size_t keel_echo_end(pid_t pid, int logfd, char *text, size_t size);
 
 /* A blocking client socket connected to 127.0.0.1:@port, or -errno. */
 int cli_connect(uint16_t port);

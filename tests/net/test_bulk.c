@@ -15,7 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -452,29 +451,30 @@ Test(net_bulk, the_configuration_is_checked)
 static unsigned long long
 echo_moves(const char *bulk_flag, const char *bulk_value, unsigned long long *window_kib)
 {
-	char port_s[16], path[] = "/tmp/keel-bulk-XXXXXX", text[8192], *line;
+	char port_s[16], text[8192], *line;
+	char *argv[] = { "keel-echo",
+			 "--addr",
+			 "127.0.0.1",
+			 "--port",
+			 port_s,
+			 "--shards",
+			 "1",
+			 "--idle-poll-us",
+			 "0",
+			 "--log-level",
+			 "warn",
+			 "--stats",
+			 (char *)(bulk_flag ? bulk_flag : "--bulk-buf-count"),
+			 (char *)(bulk_flag ? bulk_value : "64"),
+			 NULL };
 	struct sockaddr_in a;
 	unsigned long long moves = ~0ull;
 	static uint8_t out[256u << 10], in[256u << 10];
 	int fd, logfd, st;
-	ssize_t n;
 	pid_t pid;
 
 	free_loopback_port(SOCK_STREAM, &a, port_s, sizeof(port_s));
-	logfd = mkstemp(path);
-	cr_assert_geq(logfd, 0);
-	unlink(path);
-	pid = fork();
-	cr_assert_geq(pid, 0);
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL); /* a failed assertion must not leave it */
-		dup2(logfd, 2);
-		execl(KEEL_BIN_DIR "/keel-echo", "keel-echo", "--addr", "127.0.0.1", "--port",
-		      port_s, "--shards", "1", "--idle-poll-us", "0", "--log-level", "warn",
-		      "--stats", bulk_flag ? bulk_flag : "--bulk-buf-count",
-		      bulk_flag ? bulk_value : "64", (char *)NULL);
-		_exit(127);
-	}
+	pid = keel_echo_spawn(argv, &logfd);
 	/* Until keel-echo listens: a try every 10 ms, 30 s at most. */
 	for (unsigned tries = 0;; tries++) {
 		struct timespec ts = { 0, 10000000 };
@@ -495,13 +495,8 @@ echo_moves(const char *bulk_flag, const char *bulk_value, unsigned long long *wi
 		cr_assert_eq(memcmp(in, out, sizeof(in)), 0, "chunk %u echoed wrong", i);
 	}
 	close(fd);
-	kill(pid, SIGTERM);
-	cr_assert_eq(waitpid(pid, &st, 0), pid);
-	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "keel-echo status %d", st);
-	n = pread(logfd, text, sizeof(text) - 1, 0);
-	close(logfd);
-	cr_assert_gt(n, 0, "keel-echo wrote nothing with --stats");
-	text[n] = 0;
+	cr_assert_gt(keel_echo_end(pid, logfd, text, sizeof(text)), 0,
+		     "keel-echo wrote nothing with --stats");
 	cr_assert(strstr(text, "shard 0 listener: 1 accepted, 1 steering checks"),
 		  "no listener line (one accept, checked: cpu steering) in keel-echo's --stats "
 		  "output:\n%s",

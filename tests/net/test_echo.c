@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -75,8 +74,12 @@ Test(net_echo, keel_echo_number_options_that_are_not_digits_are_refused)
  * printed none of the receive-side losses its own log pointed to). */
 Test(net_echo, keel_echo_stats_name_datagrams_lost_on_receipt)
 {
-	char port_s[16], path[] = "/tmp/keel-udpstats-XXXXXX", text[8192];
+	char port_s[16], text[8192];
 	static char big[1000], small[100], in[2048];
+	char *argv[] = { "keel-echo",      "--udp", "--addr",      "127.0.0.1",
+			 "--port",         port_s,  "--shards",    "1",
+			 "--idle-poll-us", "0",     "--log-level", "warn",
+			 "--udp-buf-size", "512",   "--stats",     NULL };
 	struct sockaddr_in a;
 	int fd, logfd, st;
 	bool echoed = false;
@@ -84,19 +87,7 @@ Test(net_echo, keel_echo_stats_name_datagrams_lost_on_receipt)
 	pid_t pid;
 
 	free_loopback_port(SOCK_DGRAM, &a, port_s, sizeof(port_s));
-	logfd = mkstemp(path);
-	cr_assert_geq(logfd, 0);
-	unlink(path);
-	pid = fork();
-	cr_assert_geq(pid, 0);
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL); /* a failed assertion must not leave it */
-		dup2(logfd, 2);
-		execl(KEEL_BIN_DIR "/keel-echo", "keel-echo", "--udp", "--addr", "127.0.0.1",
-		      "--port", port_s, "--shards", "1", "--idle-poll-us", "0", "--log-level",
-		      "warn", "--udp-buf-size", "512", "--stats", (char *)NULL);
-		_exit(127);
-	}
+	pid = keel_echo_spawn(argv, &logfd);
 	fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	cr_assert_geq(fd, 0);
 	cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
@@ -130,13 +121,7 @@ Test(net_echo, keel_echo_stats_name_datagrams_lost_on_receipt)
 			break;
 	}
 	close(fd);
-	kill(pid, SIGTERM);
-	cr_assert_eq(waitpid(pid, &st, 0), pid);
-	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "keel-echo status %d", st);
-	n = pread(logfd, text, sizeof(text) - 1, 0);
-	close(logfd);
-	cr_assert_geq(n, 0);
-	text[n] = 0;
+	keel_echo_end(pid, logfd, text, sizeof(text));
 	cr_assert(strstr(text, "shard 0 net: UDP: datagrams lost on receipt: 0 dropped by the "
 			       "kernel (socket buffer full), 1 longer than --udp-buf-size"),
 		  "keel-echo's --stats does not name the datagram it truncated:\n%s", text);

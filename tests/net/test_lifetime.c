@@ -1172,8 +1172,7 @@ late_datagram(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_st
 static void
 late_hook(void *arg)
 {
-	static const struct keel_conn_ops cops = { .on_data = late_data,
-						   .on_close = late_close };
+	static const struct keel_conn_ops cops = { .on_data = late_data, .on_close = late_close };
 	static const struct keel_udp_ops uops = { .on_datagram = late_datagram };
 	struct keel_conn *c;
 	struct keel_udp *u;

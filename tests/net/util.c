@@ -5,10 +5,12 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -203,6 +205,42 @@ free_loopback_port(int type, struct sockaddr_in *a, char *port_s, size_t len)
 }
 
 #ifdef KEEL_BIN_DIR /* the binaries that run programs of the build */
+pid_t
+keel_echo_spawn(char *const argv[], int *logfd)
+{
+	char path[] = "/tmp/keel-echo-log-XXXXXX";
+	pid_t pid;
+
+	*logfd = mkstemp(path);
+	cr_assert_geq(*logfd, 0);
+	unlink(path);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL); /* a failed assertion must not leave it */
+		dup2(*logfd, 2);
+		execv(KEEL_BIN_DIR "/keel-echo", argv);
+		_exit(127);
+	}
+	return pid;
+}
+
+size_t
+keel_echo_end(pid_t pid, int logfd, char *text, size_t size)
+{
+	ssize_t n;
+	int st;
+
+	kill(pid, SIGTERM);
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "keel-echo status %d", st);
+	n = pread(logfd, text, size - 1, 0);
+	close(logfd);
+	cr_assert_geq(n, 0);
+	text[n] = 0;
+	return (size_t)n;
+}
+
 int
 keel_echo_status(char *const argv[])
 {
