@@ -1877,7 +1877,8 @@ keel_conn_connect_addr(const struct sockaddr *sa, socklen_t salen, uint64_t time
 	int fd, r;
 
 	if (!sa || !ops || !ops->on_data || !ops->on_close || !out || salen > sizeof(ss) ||
-	    salen < sizeof(sa_family_t) || salen < addr_min_len(sa->sa_family))
+	    salen < sizeof(sa_family_t) || salen < addr_min_len(sa->sa_family) ||
+	    (sa->sa_family == AF_UNIX && salen > sizeof(struct sockaddr_un)))
 		return -EINVAL;
 	memset(&ss, 0, sizeof(ss));
 	memcpy(&ss, sa, salen);

@@ -140,6 +140,8 @@ keel_net_shard_init(const struct keel_net_config *c)
 		return -EINVAL;
 	if (!keel_this_shard())
 		return -EPERM;
+	if (keel_shard_stopping()) /* as keel__net_shard_get_cfg: nothing new */
+		return -ESHUTDOWN;
 	if (tl_ns) {
 		keel_log(KEEL_LOG_ERROR, NET_MOD,
 			 "shard %u: keel_net_shard_init after the shard's network state was made "

@@ -869,6 +869,10 @@ exec_held(struct pend *p, unsigned part, const struct kv_cmd *c, struct resp_arg
 static void local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv,
 		      unsigned argc, struct rbuf *out);
 
+/* A transaction's reply no longer than this is never refused past --send-max (the
+ * error would be as long). */
+#define TX_REPLY_SMALL 160
+
 /* On the owner: a transaction's requests, each parsed again and run, in order; their
  * replies are EXEC's array. Only memory can fail a request parsed once already. */
 static void
@@ -905,18 +909,20 @@ tx_run(struct kmsg *m)
 			local_cmd(NULL, c, req.argv, req.argc, &m->rep);
 		else /* --maxmemory was checked once, at EXEC */
 			exec_here(c, req.argv, req.argc, &m->rep, true);
-		/* Past --send-max, a read's reply is refused (its own, in the array: the
-		 * transaction's writes ran); a write's stays, what it did being done. */
-		if (!(c->flags & KV_F_WRITE) && m->rep.len - start > kv_cfg.reply_max &&
-		    kv_cfg.reply_max) {
+		/* Past --send-max, a command's reply that carries a value is refused (its own
+		 * error, in the array), a write's too (GETEX, GETSET: what it did is done, the
+		 * error says so); replies no longer than the error stay. */
+		if (kv_cfg.reply_max && m->rep.len - start > kv_cfg.reply_max &&
+		    m->rep.len - at > TX_REPLY_SMALL) {
 			size_t n = m->rep.len - start;
 
 			m->rep.len = at;
 			rb_err(&m->rep,
 			       "ERR reply too large: the transaction's over %zu bytes, past "
-			       "--send-max (%llu bytes); read fewer or smaller values in it, or "
+			       "--send-max (%llu bytes)%s; read fewer or smaller values in it, or "
 			       "raise --send-max",
-			       n, (unsigned long long)kv_cfg.reply_max);
+			       n, (unsigned long long)kv_cfg.reply_max,
+			       c->flags & KV_F_WRITE ? " (the command ran)" : "");
 		}
 		off += (size_t)r;
 	}

@@ -1143,7 +1143,7 @@ Test(net_lifetime, a_listener_parked_before_files_held_slots_looks_again)
  * own: its calls are refused as they are once the network's hook ran (-ESHUTDOWN), rather
  * than making the shard's whole network state (rings, file table) for the stop to tear
  * down, and a connect accepted only to end in on_close(-ESHUTDOWN). */
-static int late_connect, late_udp, late_closes;
+static int late_connect, late_udp, late_init, late_closes;
 
 static void
 late_close(struct keel_conn *c, int status)
@@ -1177,10 +1177,14 @@ late_hook(void *arg)
 	struct keel_conn *c;
 	struct keel_udp *u;
 
+	struct keel_net_config nc;
+
 	(void)arg;
-	cr_assert(keel_shard_stopping());
+	SHARD_CHECK(keel_shard_stopping());
 	late_connect = keel_conn_connect("127.0.0.1", 9, KEEL_S(1), &cops, NULL, &c);
 	late_udp = keel_udp_open("127.0.0.1", 0, &uops, NULL, &u);
+	keel_net_config_init(&nc);
+	late_init = keel_net_shard_init(&nc);
 }
 
 /* @arg non-NULL: the network state is made after the hook is registered (its own hook
@@ -1188,13 +1192,13 @@ late_hook(void *arg)
 static void
 late_start(void *arg)
 {
-	cr_assert(!keel_shard_stopping());
-	cr_assert_eq(keel_shard_on_stop(late_hook, NULL), 0);
+	SHARD_CHECK(!keel_shard_stopping());
+	SHARD_CHECK_EQ(keel_shard_on_stop(late_hook, NULL), 0);
 	if (arg) {
 		struct keel_net_config nc;
 
 		keel_net_config_init(&nc);
-		cr_assert_eq(keel_net_shard_init(&nc), 0);
+		SHARD_CHECK_EQ(keel_net_shard_init(&nc), 0);
 	}
 	keel_stop(0);
 }
@@ -1204,11 +1208,13 @@ late_run(bool state)
 {
 	struct keel_opts o = net_test_opts(1);
 
-	late_connect = late_udp = 1;
+	late_connect = late_udp = late_init = 1;
 	late_closes = 0;
 	cr_assert_eq(keel_run(&o, late_start, state ? &o : NULL), 0);
+	SHARD_CHECKS_PASSED();
 	cr_assert_eq(late_connect, -ESHUTDOWN, "connect in the hook: %d", late_connect);
 	cr_assert_eq(late_udp, -ESHUTDOWN, "UDP open in the hook: %d", late_udp);
+	cr_assert_eq(late_init, -ESHUTDOWN, "shard init in the hook: %d", late_init);
 	cr_assert_eq(late_closes, 0, "an on_close followed a refused connect");
 }
 

@@ -90,6 +90,9 @@ Test(net_resolve, addresses_shorter_than_their_family_are_refused)
 	cr_assert_eq(keel_conn_connect_addr((struct sockaddr *)&ss, sizeof(sa_family_t), 0, &ops,
 					    NULL, &c),
 		     -EINVAL);
+	/* Longer than a sockaddr_un (the kernel refuses it): refused here. */
+	cr_assert_eq(keel_conn_connect_addr((struct sockaddr *)&ss, sizeof(ss), 0, &ops, NULL, &c),
+		     -EINVAL);
 	/* Long enough: refused only for want of a shard. */
 	cr_assert_eq(keel_conn_connect_addr((struct sockaddr *)&ss, len, 0, &ops, NULL, &c),
 		     -EPERM);

@@ -225,8 +225,9 @@ KEEL_API void keel_net_opts_parse_or_exit(struct keel_opts *o, struct keel_net_c
  * runtime whose on_start calls it on every shard has its own configuration, whatever other
  * runtimes in the process use. Connections and endpoints of the shard use @c (a listener
  * with keel_listen_opts.net uses its own for its connections).
- * Returns: 0; -EINVAL (as keel_net_config_set()); -EPERM off a shard; -EBUSY when the
- * shard's network state exists already (logged); -errno making it (file table, buffers).
+ * Returns: 0; -EINVAL (as keel_net_config_set()); -EPERM off a shard; -ESHUTDOWN once the
+ * shard's stop began; -EBUSY when the shard's network state exists already (logged);
+ * -errno making it (file table, buffers).
  * Context: a shard.
  */
 KEEL_API int keel_net_shard_init(const struct keel_net_config *c);
@@ -398,7 +399,7 @@ KEEL_API int keel_conn_connect(const char *addr, uint16_t port, uint64_t timeout
  * Returns: as keel_conn_connect(); -EINVAL also for a family other than AF_INET, AF_INET6,
  * AF_UNIX, or @salen out of range: shorter than the family's address (sockaddr_in,
  * sockaddr_in6; a sockaddr_un with at least one byte of path), or longer than
- * sockaddr_storage.
+ * sockaddr_storage (sockaddr_un for AF_UNIX, as the kernel's limit).
  * Context: a shard.
  */
 KEEL_API int keel_conn_connect_addr(const struct sockaddr *sa, socklen_t salen, uint64_t timeout_ns,
@@ -514,7 +515,8 @@ KEEL_API uint64_t keel_conn_queued(const struct keel_conn *c);
  * resumes it from the loop (never inside this call), with on_writable for a sender that had
  * passed the high one.
  * Returns: 0; -EINVAL (low > high: nothing changed); -ENOMEM (the marks are set, but no
- * memory to defer the resume: reading resumes at the next send completion instead).
+ * memory to defer the resume: reading resumes only at the next send completion, if one
+ * comes; call again to try once more).
  * Context: its shard.
  */
 KEEL_API int keel_conn_set_watermarks(struct keel_conn *c, uint32_t low, uint32_t high);
