@@ -95,8 +95,9 @@ memlock_fail_log(struct keel_shard *s, const char *what)
 			"shard %u: %s: RLIMIT_MEMLOCK (%s) is too low and the process lacks "
 			"CAP_IPC_LOCK: %llu KiB pinned by keel so far (other pinned memory of this user "
 			"counts too), at least %llu KiB needed (--memory %llu MiB "
-			"x %u shards, and the rings' own pages count too); raise it (ulimit -l unlimited, or LimitMEMLOCK=infinity in "
-			"the systemd unit), or use --feature reg_buffers=auto to run with "
+			"x %u shards, and the rings' own pages count too); raise it (ulimit -l "
+			"unlimited, or LimitMEMLOCK=infinity in the systemd unit), or use --feature "
+			"reg_buffers=auto to run with "
 			"unregistered buffers",
 			s->id, what, memlock_str(lim, sizeof(lim)),
 			(unsigned long long)(atomic_load(&pinned_bytes) >> 10),

@@ -24,7 +24,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stddef.h>
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/un.h>
@@ -1848,20 +1847,24 @@ keel_conn_connect(const char *addr, uint16_t port, uint64_t timeout_ns,
 	return keel_conn_connect_addr((const struct sockaddr *)&ss, len, timeout_ns, ops, app, out);
 }
 
-/* The shortest address of @family a connect can take (SIZE_MAX: not a family keel
- * connects to): an unnamed sockaddr_un (the path empty) names nothing. */
-static size_t
-addr_min_len(sa_family_t family)
+/* Whether @salen fits an address of @sa's family that a connect can take: no shorter
+ * than the family's address (an unnamed sockaddr_un, its path empty, names nothing), and no
+ * longer than sockaddr_storage, or sockaddr_un for AF_UNIX (the kernel's limit there). */
+static bool
+addr_len_ok(const struct sockaddr *sa, socklen_t salen)
 {
-	switch (family) {
+	if (salen < sizeof(sa_family_t) || salen > sizeof(struct sockaddr_storage))
+		return false;
+	switch (sa->sa_family) {
 	case AF_INET:
-		return sizeof(struct sockaddr_in);
+		return salen >= sizeof(struct sockaddr_in);
 	case AF_INET6:
-		return sizeof(struct sockaddr_in6);
+		return salen >= sizeof(struct sockaddr_in6);
 	case AF_UNIX:
-		return offsetof(struct sockaddr_un, sun_path) + 1;
+		return salen > offsetof(struct sockaddr_un, sun_path) &&
+		       salen <= sizeof(struct sockaddr_un);
 	default:
-		return SIZE_MAX;
+		return false;
 	}
 }
 
@@ -1876,9 +1879,7 @@ keel_conn_connect_addr(const struct sockaddr *sa, socklen_t salen, uint64_t time
 	socklen_t len = salen;
 	int fd, r;
 
-	if (!sa || !ops || !ops->on_data || !ops->on_close || !out || salen > sizeof(ss) ||
-	    salen < sizeof(sa_family_t) || salen < addr_min_len(sa->sa_family) ||
-	    (sa->sa_family == AF_UNIX && salen > sizeof(struct sockaddr_un)))
+	if (!sa || !ops || !ops->on_data || !ops->on_close || !out || !addr_len_ok(sa, salen))
 		return -EINVAL;
 	memset(&ss, 0, sizeof(ss));
 	memcpy(&ss, sa, salen);

@@ -214,10 +214,11 @@ void kv_cmd_run(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv,
 void kv_reply_unknown(struct rbuf *out, struct resp_arg *argv, unsigned argc);
 void kv_reply_arity(struct rbuf *out, const struct kv_cmd *c);
 /* A reply of several values (MGET's, a transaction's) made into @out from @start: past
- * kv_cfg.reply_max it is cut back to @start and an error names the limit, so that one short
- * request (MGET of one large key, repeated) cannot make the server build and hold a reply
- * of any size. Returns: true when it was refused. */
-bool kv_reply_over(struct rbuf *out, size_t start);
+ * kv_cfg.reply_max it is cut back to @at (@start, or where a transaction's last command's
+ * reply began) and an error names the limit, saying the command ran when @ran (a write),
+ * so that one short request (MGET of one large key, repeated) cannot make the server build
+ * and hold a reply of any size. Returns: true when it was refused. */
+bool kv_reply_over(struct rbuf *out, size_t start, size_t at, bool ran);
 
 /* Persistence records (store.c): the state of @key as one RESP record (SET k v [PXAT ms]
  * or DEL k); the check of a record read back (0, and *pxat its expiry or 0; -EINVAL when

@@ -631,7 +631,8 @@ merge(struct pend *p)
 			}
 			rb_put(out, b->p + *c, l);
 			*c += l;
-			if (kv_reply_over(out, 0)) /* each part was under it; all together not */
+			if (kv_reply_over(out, 0, 0,
+					  false)) /* each part under it, not all together */
 				return;
 		}
 		break;
@@ -912,18 +913,8 @@ tx_run(struct kmsg *m)
 		/* Past --send-max, a command's reply that carries a value is refused (its own
 		 * error, in the array), a write's too (GETEX, GETSET: what it did is done, the
 		 * error says so); replies no longer than the error stay. */
-		if (kv_cfg.reply_max && m->rep.len - start > kv_cfg.reply_max &&
-		    m->rep.len - at > TX_REPLY_SMALL) {
-			size_t n = m->rep.len - start;
-
-			m->rep.len = at;
-			rb_err(&m->rep,
-			       "ERR reply too large: the transaction's over %zu bytes, past "
-			       "--send-max (%llu bytes)%s; read fewer or smaller values in it, or "
-			       "raise --send-max",
-			       n, (unsigned long long)kv_cfg.reply_max,
-			       c->flags & KV_F_WRITE ? " (the command ran)" : "");
-		}
+		if (m->rep.len - at > TX_REPLY_SMALL)
+			kv_reply_over(&m->rep, start, at, c->flags & KV_F_WRITE);
 		off += (size_t)r;
 	}
 	kv_clock_thaw();

@@ -911,17 +911,17 @@ lookup_read(struct kv_db *db, struct resp_arg *key)
 }
 
 bool
-kv_reply_over(struct rbuf *out, size_t start)
+kv_reply_over(struct rbuf *out, size_t start, size_t at, bool ran)
 {
 	size_t n = out->len - start;
 
 	if (!kv_cfg.reply_max || n <= kv_cfg.reply_max)
 		return false;
-	out->len = start;
+	out->len = at;
 	rb_err(out,
-	       "ERR reply too large: over %zu bytes, past --send-max (%llu bytes); ask for fewer "
-	       "or smaller values in one command, or raise --send-max",
-	       n, (unsigned long long)kv_cfg.reply_max);
+	       "ERR reply too large: over %zu bytes, past --send-max (%llu bytes)%s; ask for "
+	       "fewer or smaller values in one command or transaction, or raise --send-max",
+	       n, (unsigned long long)kv_cfg.reply_max, ran ? " (the command ran)" : "");
 	return true;
 }
 
@@ -1473,7 +1473,7 @@ cmd_mget(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *ou
 	rb_arr(out, argc - 1);
 	for (unsigned i = 1; i < argc; i++) {
 		cmd_get(db, (struct resp_arg[]){ argv[0], argv[i] }, 2, out);
-		if (kv_reply_over(out, start))
+		if (kv_reply_over(out, start, start, false))
 			return;
 	}
 }

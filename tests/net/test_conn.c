@@ -769,27 +769,21 @@ wm_open(struct keel_conn *c)
 	atomic_store(&wm_conn, c);
 }
 
+/* Counted, then echoed as the helpers' echo server does (max_queued kept). */
 static void
 wm_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
 {
-	struct srv *sv = keel_conn_app(c);
-
-	for (unsigned i = 0; i < n; i++) {
+	for (unsigned i = 0; i < n; i++)
 		atomic_fetch_add(&wm_received, s[i].len);
-		if (keel_conn_send(c, &s[i]) < 0)
-			keel_slice_put(&s[i]);
-	}
-	uint64_t q = keel_conn_queued(c), m = atomic_load(&sv->max_queued);
-	while (q > m && !atomic_compare_exchange_weak(&sv->max_queued, &m, q))
-		;
+	echo_ops.on_data(c, s, n);
 }
 
 static void
 wm_close(struct keel_conn *c, int status)
 {
+	(void)c;
 	(void)status;
 	atomic_store(&wm_conn, NULL);
-	(void)c;
 }
 
 static void
