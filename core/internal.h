@@ -19,6 +19,16 @@
 
 #define KEEL_CACHELINE 64
 
+/* The ranges of the options that keel_runtime_create() checks again for fields set
+ * directly (opts.c parses them, runtime.c checks them: one definition for both). */
+#define KEEL__RING_ENTRIES_MIN     8
+#define KEEL__RING_ENTRIES_MAX     32768
+#define KEEL__IDLE_POLL_US_MAX     10000000 /* 10 s */
+#define KEEL__WAIT_COALESCE_US_MAX 100000   /* 100 ms */
+#define KEEL__STALL_MS_MAX         3600000  /* an hour */
+#define KEEL__MAILBOX_ENTRIES_MIN  16
+#define KEEL__MAILBOX_ENTRIES_MAX  (1u << 20)
+
 /* Always-on invariant check for states that would corrupt memory. */
 #define keel_verify(x)                                             \
 	do {                                                       \

@@ -375,21 +375,25 @@ apply(const struct opt_desc *d, const char *v, struct keel_opts *o, char *err, s
 		 * promises -EINVAL for every one (the message says which). */
 		return r == -ERANGE ? -EINVAL : r;
 	case OPT_IDLE_POLL:
-		return parse_uint(d->name, v, 0, 10000000, &o->idle_poll_us, err, errlen);
+		return parse_uint(d->name, v, 0, KEEL__IDLE_POLL_US_MAX, &o->idle_poll_us, err,
+				  errlen);
 	case OPT_IDLE_POLL_ADAPTIVE:
 		return parse_bool(d->name, v, &o->idle_poll_adaptive, err, errlen);
 	case OPT_WAIT_COALESCE:
-		return parse_uint(d->name, v, 0, 100000, &o->wait_coalesce_us, err, errlen);
+		return parse_uint(d->name, v, 0, KEEL__WAIT_COALESCE_US_MAX, &o->wait_coalesce_us,
+				  err, errlen);
 	case OPT_WAIT_COALESCE_FIXED:
 		return parse_bool(d->name, v, &o->wait_coalesce_fixed, err, errlen);
 	case OPT_RING_ENTRIES:
-		return parse_uint(d->name, v, 8, 32768, &o->ring_entries, err, errlen);
+		return parse_uint(d->name, v, KEEL__RING_ENTRIES_MIN, KEEL__RING_ENTRIES_MAX,
+				  &o->ring_entries, err, errlen);
 	case OPT_CQ_ENTRIES:
 		return parse_uint(d->name, v, 16, KEEL_CQ_ENTRIES_MAX, &o->cq_entries, err, errlen);
 	case OPT_STALL_MS:
-		return parse_uint(d->name, v, 1, 3600000, &o->stall_ms, err, errlen);
+		return parse_uint(d->name, v, 1, KEEL__STALL_MS_MAX, &o->stall_ms, err, errlen);
 	case OPT_MAILBOX:
-		r = parse_uint(d->name, v, 16, 1u << 20, &o->mailbox_entries, err, errlen);
+		r = parse_uint(d->name, v, KEEL__MAILBOX_ENTRIES_MIN, KEEL__MAILBOX_ENTRIES_MAX,
+			       &o->mailbox_entries, err, errlen);
 		if (r == 0 && (o->mailbox_entries & (o->mailbox_entries - 1)))
 			return keel__errf(err, errlen, -EINVAL, "%s: %u is not a power of two",
 					  d->name, o->mailbox_entries);

@@ -348,14 +348,15 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 			 (unsigned)opts->zcrx);
 		return -EINVAL;
 	}
-	if (opts->ring_entries < 8 || opts->ring_entries > 32768) {
-		keel_log(KEEL_LOG_ERROR, "core", "--ring-entries %u: from 8 to 32768",
-			 opts->ring_entries);
+	if (opts->ring_entries < KEEL__RING_ENTRIES_MIN ||
+	    opts->ring_entries > KEEL__RING_ENTRIES_MAX) {
+		keel_log(KEEL_LOG_ERROR, "core", "--ring-entries %u: from %u to %u",
+			 opts->ring_entries, KEEL__RING_ENTRIES_MIN, KEEL__RING_ENTRIES_MAX);
 		return -EINVAL;
 	}
-	if (opts->idle_poll_us > 10000000) {
-		keel_log(KEEL_LOG_ERROR, "core", "--idle-poll-us %u: at most 10000000 (10 s)",
-			 opts->idle_poll_us);
+	if (opts->idle_poll_us > KEEL__IDLE_POLL_US_MAX) {
+		keel_log(KEEL_LOG_ERROR, "core", "--idle-poll-us %u: at most %u (10 s)",
+			 opts->idle_poll_us, KEEL__IDLE_POLL_US_MAX);
 		return -EINVAL;
 	}
 	keel_log_set_level(opts->log_level);
@@ -369,9 +370,10 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 			 "KEEL_FAULTS is set but this build has no fault injection: ignored "
 			 "(configure with -DKEEL_FAULTS=ON, a non-Release build)");
 #endif
-	if (opts->mailbox_entries < 16 || (opts->mailbox_entries & (opts->mailbox_entries - 1))) {
-		keel_log(KEEL_LOG_ERROR, "core", "--mailbox-entries %u is not a power of two >= 16",
-			 opts->mailbox_entries);
+	if (opts->mailbox_entries < KEEL__MAILBOX_ENTRIES_MIN ||
+	    (opts->mailbox_entries & (opts->mailbox_entries - 1))) {
+		keel_log(KEEL_LOG_ERROR, "core", "--mailbox-entries %u is not a power of two >= %u",
+			 opts->mailbox_entries, KEEL__MAILBOX_ENTRIES_MIN);
 		return -EINVAL;
 	}
 	if (opts->cq_entries < opts->ring_entries || opts->cq_entries > KEEL_CQ_ENTRIES_MAX) {
@@ -384,15 +386,15 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 		return -EINVAL;
 	}
 	/* As the option parser's ranges, for fields set directly. */
-	if (opts->stall_ms < 1 || opts->stall_ms > 3600000) {
+	if (opts->stall_ms < 1 || opts->stall_ms > KEEL__STALL_MS_MAX) {
 		keel_log(KEEL_LOG_ERROR, "core",
-			 "--stall-ms %u: from 1 to 3600000 (0 would report every pass a stall)",
-			 opts->stall_ms);
+			 "--stall-ms %u: from 1 to %u (0 would report every pass a stall)",
+			 opts->stall_ms, KEEL__STALL_MS_MAX);
 		return -EINVAL;
 	}
-	if (opts->mailbox_entries > (1u << 20)) {
+	if (opts->mailbox_entries > KEEL__MAILBOX_ENTRIES_MAX) {
 		keel_log(KEEL_LOG_ERROR, "core", "--mailbox-entries %u: at most %u",
-			 opts->mailbox_entries, 1u << 20);
+			 opts->mailbox_entries, KEEL__MAILBOX_ENTRIES_MAX);
 		return -EINVAL;
 	}
 	if (opts->shards > KEEL_MAX_SHARDS) {
@@ -402,9 +404,9 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 	}
 	/* As the option parser's range: a gathering sleep's window (and the bound it puts on a
 	 * wake-up's fallback) stays within 100 ms when the field is set directly too. */
-	if (opts->wait_coalesce_us > 100000) {
-		keel_log(KEEL_LOG_ERROR, "core", "--wait-coalesce-us %u: at most 100000 (100 ms)",
-			 opts->wait_coalesce_us);
+	if (opts->wait_coalesce_us > KEEL__WAIT_COALESCE_US_MAX) {
+		keel_log(KEEL_LOG_ERROR, "core", "--wait-coalesce-us %u: at most %u (100 ms)",
+			 opts->wait_coalesce_us, KEEL__WAIT_COALESCE_US_MAX);
 		return -EINVAL;
 	}
 	rt = calloc(1, sizeof(*rt));
