@@ -162,7 +162,7 @@ cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo) # no SIGPIPE 
 	echo "- $reps alternating repetitions of ${secs} s (+${warmup} s warm-up); median (min-max); method: docs/bench.md"
 	echo "- policies: block = keel --idle-poll-us 0 / epoll --busy-poll-us 0; spin = both 50 us"
 	sed -n 's/^- keel.s sleeps: /- sleeps: keel: /p' "$out/shards-${S[0]}/compare.md" | head -n 1
-	echo "- server cores: the server's CPU time over the window / window; client-bound: the client used >= 0.9 of its cores"
+	echo "- server cores: the server's CPU time over the window / window; client-bound: the client used >= 0.9 of its cores in total, or one client thread >= 0.9 of its core, or the client CPUs were >= 0.9 busy (/proc/stat)"
 	echo "- shown (p): compare.sh's rank-sum verdicts, rate; server CPU (docs/bench.md); $reps repetitions a side can"
 	echo "  reach p = $(awk -v n="$reps" -f "$root/tools/bench/ranksum.awk" \
 		-f <(echo 'BEGIN { printf "%.4f", ranksum_min_p(n) }'))" \

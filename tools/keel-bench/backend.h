@@ -213,6 +213,14 @@ bool bench_stalled(uint64_t last_win_ns, uint64_t t_start, uint64_t t_end);
  * whatever the server. Same contract as client_run. */
 int bench_udp_client_run(const struct bench_cfg *cfg, struct bench_result *out);
 
+/* Whether @port of @addr is free for a server socket of @type (SOCK_STREAM, SOCK_DGRAM):
+ * a bind without SO_REUSEPORT (with SO_REUSEADDR for TCP, so that connections in TIME_WAIT
+ * do not count). The servers' own sockets take SO_REUSEPORT, which would let another
+ * process's socket on the port (a leftover server, a second run) take a share of the
+ * traffic unseen; keel's listener makes the same check for TCP. Returns 0, or -errno
+ * (-EADDRINUSE: said on stderr). */
+int bench_port_free(const struct sockaddr_in *addr, uint16_t port, int type);
+
 /* The epoll backend's UDP echo (udp.c): a non-blocking SO_REUSEPORT socket per thread,
  * batches of recvmmsg echoed with one sendmmsg. Returns the fd or -errno. */
 int bench_udp_socket(const struct sockaddr_in *addr, uint16_t port);

@@ -1,10 +1,13 @@
 // SPDX-License-Identifier: MIT
 #include <errno.h>
 #include <math.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -172,4 +175,26 @@ bench_cpu_for(const struct bench_cfg *cfg, unsigned k)
 		if (keel_cpuset_has(&cfg->cpus, c) && want-- == 0)
 			return (int)c;
 	return 0;
+}
+
+int
+bench_port_free(const struct sockaddr_in *addr, uint16_t port, int type)
+{
+	struct sockaddr_in a = *addr;
+	int one = 1, r = 0;
+	int fd = socket(AF_INET, type | SOCK_CLOEXEC, 0);
+
+	if (fd < 0)
+		return -errno;
+	a.sin_port = htons(port);
+	if ((type == SOCK_STREAM && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one))) ||
+	    bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0)
+		r = -errno;
+	close(fd);
+	if (r == -EADDRINUSE)
+		fprintf(stderr,
+			"keel-bench: %s port %u is in use by another program: its share of the "
+			"traffic would go uncounted (pick another --port, or stop it)\n",
+			type == SOCK_STREAM ? "TCP" : "UDP", (unsigned)port);
+	return r;
 }

@@ -373,10 +373,16 @@ serve_start(const struct bench_cfg *cfg, uint16_t *port, struct bench_server **o
 			r = -ENOMEM;
 			goto err;
 		}
+		/* A fixed port another program holds too is refused, as keel's listener does;
+		 * an ephemeral one is checked for UDP, which binds the number TCP picked. */
+		if (i == 0 && p && (r = bench_port_free(&cfg->addr, p, SOCK_STREAM)) < 0)
+			goto err;
 		r = listener(&cfg->addr, &p);
 		if (r < 0)
 			goto err;
 		t->lfd = r;
+		if (i == 0 && (r = bench_port_free(&cfg->addr, p, SOCK_DGRAM)) < 0)
+			goto err;
 		t->epfd = epoll_create1(EPOLL_CLOEXEC);
 		t->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 		if (t->epfd < 0 || t->evfd < 0) {

@@ -4,13 +4,13 @@
  * (keel_runtime_create/start), TCP through keel's network layer (keel/net.h).
  *
  * Server: cfg->shards shards, one SO_REUSEPORT listener socket each (keel_listener_*,
- * steering by CPU), every received slice handed straight back to keel_conn_send(): the
- * echo copies nothing in user space. Each shard also binds a UDP socket on the same port
- * (keel_udp_open) and sends every datagram back to its source, the slice itself.
- * The runtime takes the command line's runtime options (cfg->rt: --idle-poll-us...). Figures:
- * io_uring_enter calls of the shards (keel_runtime_stats .enters), each shard's RUSAGE_THREAD CPU
- * read on the shard when the runtime begins to stop, bytes and errors counted in the callbacks,
- * accepted connections from the listener's counters.
+ * steered by the connection's hash unless --steer cpu), every received slice handed
+ * straight back to keel_conn_send(): the echo copies nothing in user space. Each shard also binds a
+ * UDP socket on the same port (keel_udp_open) and sends every datagram back to its source, the
+ * slice itself. The runtime takes the command line's runtime options (cfg->rt: --idle-poll-us...).
+ * Figures: io_uring_enter calls of the shards (keel_runtime_stats .enters), each shard's
+ * RUSAGE_THREAD CPU read on the shard when the runtime begins to stop, bytes and errors counted in
+ * the callbacks, accepted connections from the listener's counters.
  *
  * Client: cfg->threads shards, pinned after the server's CPUs like the epoll client. Each
  * shard opens its share of the connections with keel_conn_connect() and runs the same
@@ -198,11 +198,16 @@ static void
 srv_datagram(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_storage *src)
 {
 	struct sshard *ss = srv_shard;
+	int r;
 
 	ss->dgrams_in++;
 	/* UDP may drop: a datagram not sent is counted by its absence (dgrams_out), and the
-	 * client counts it lost. */
-	if (keel_udp_send(u, s, src) < 0) {
+	 * client counts it lost. A full shard (-ENOBUFS, as the epoll server's ENOBUFS and
+	 * EAGAIN) is no error; any other failure is, as there. */
+	r = keel_udp_send(u, s, src);
+	if (r < 0) {
+		if (r != -ENOBUFS)
+			ss->errors++;
 		keel_slice_put(s);
 		return;
 	}
@@ -313,6 +318,13 @@ serve_start(const struct bench_cfg *cfg, uint16_t *port, struct bench_server **o
 		srv_free(s);
 		return r;
 	}
+	/* The listener checked its TCP port; the shards' UDP sockets bind the same number
+	 * with SO_REUSEPORT and no check of their own (keel_udp_open), as the epoll server's. */
+	r = bench_port_free(&cfg->addr, keel_listener_port(s->l), SOCK_DGRAM);
+	if (r < 0) {
+		srv_free(s);
+		return r;
+	}
 	r = keel_runtime_start(s->rt, srv_start, s);
 	if (r < 0) {
 		srv_free(s);
@@ -366,6 +378,12 @@ serve_stop(struct bench_server *s, struct bench_server_stats *out)
 			st.enobufs += s->sh[i].nst.enobufs;
 			st.rearms += s->sh[i].nst.rearms;
 			st.bp_pauses += s->sh[i].nst.bp_pauses;
+			/* Receives that failed, and datagrams received with no memory for them:
+			 * errors, as the epoll server's failed recvmmsg. Sends that failed after
+			 * keel_udp_send took them (udp_send_errors) are not: that count mixes
+			 * ENOBUFS and ECONNREFUSED, which the epoll server does not count,
+			 * with the rest; the client counts them lost either way. */
+			st.errors += s->sh[i].nst.udp_recv_errors + s->sh[i].nst.udp_nomem;
 		}
 		if (s->sh[i].zst_ok) {
 			const struct keel_zcrx_stats *z = &s->sh[i].zst;
