@@ -1349,3 +1349,41 @@ Test(tools_bench, every_thread_of_a_run_keeps_to_its_cpus)
 	cr_assert(ok, "threads not kept to server CPU %s and client CPU %s; last seen:%s", srv, cli,
 		  seen);
 }
+
+/* A port another program holds is refused by both servers, TCP or UDP: their SO_REUSEPORT
+ * sockets would share it with that program unseen, its part of the traffic uncounted (the
+ * epoll server did, and reported no error). */
+Test(tools_bench, serve_refuses_a_port_another_program_holds)
+{
+	const char *backends[] = { "epoll", "keel" };
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	socklen_t al = sizeof(a);
+	unsigned ports[2];
+	char args[128], *out;
+	int one = 1, u, st;
+	pid_t pid;
+	FILE *f;
+
+	ports[0] = serve_spawn("epoll", &pid, &f); /* TCP and UDP, SO_REUSEPORT */
+	/* A UDP socket alone, SO_REUSEPORT as another server's would be. */
+	u = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(u, 0);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(setsockopt(u, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)), 0);
+	cr_assert_eq(bind(u, (struct sockaddr *)&a, sizeof(a)), 0);
+	cr_assert_eq(getsockname(u, (struct sockaddr *)&a, &al), 0);
+	ports[1] = ntohs(a.sin_port);
+	for (int b = 0; b < 2; b++)
+		for (int k = 0; k < 2; k++) {
+			snprintf(args, sizeof(args), "serve --backend %s --port %u --seconds 5",
+				 backends[b], ports[k]);
+			cr_assert_neq(bench_once(args, &out), 0, "%s: served\n%s", args, out);
+			cr_assert(strstr(out, "Address already in use"), "%s:\n%s", args, out);
+			cr_assert(k == 0 || strstr(out, "UDP port"), "%s:\n%s", args, out);
+			free(out);
+		}
+	close(u);
+	kill(pid, SIGTERM);
+	fclose(f);
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+}
