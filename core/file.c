@@ -784,8 +784,12 @@ file_cb(struct keel_op *op, int res, uint32_t cqe_flags)
 	s->files.st.inflight--;
 	if (s->files.held)
 		held_release(s, req);
-	pump(s);
+	/* Called back before the FIFO moves: at stop, pump completes what waits there (a
+	 * close held behind this request, requests made after it) on the spot, and a close's
+	 * callback, where a host frees the file's object, must be the file's last event. A
+	 * request the callback makes queues behind those that wait (the FIFO is not empty). */
 	complete(s, req, res);
+	pump(s);
 }
 
 void
