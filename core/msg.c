@@ -149,18 +149,21 @@ ovf_node_free(struct ovf_node *n)
 
 /* The shard's arena is out of memory and keel's own message (a call's reply, a buffer's
  * trip home) must still be queued: losing it would break a call's exactly-once reply or
- * leak a buffer. Its node comes from the heap instead, said once per shard. */
+ * leak a buffer. So must a part of an accepted broadcast, which is all or nothing (its
+ * parts count toward --mailbox-overflow, which bounds them). Its node comes from the heap
+ * instead, said once per shard. */
 static __attribute__((noinline, cold)) struct ovf_node *
-ovf_node_heap(struct keel_shard *s)
+ovf_node_heap(struct keel_shard *s, bool bcast)
 {
 	struct ovf_node *n = malloc(sizeof(*n));
 
 	if (!s->ovf_heap_logged) {
 		s->ovf_heap_logged = true;
 		keel_log(KEEL_LOG_WARN, "core",
-			 "shard %u: out of shard memory for a queued cross-shard reply: its "
-			 "queue node %s; raise --memory",
-			 s->id, n ? "comes from the heap (logged once)" : "cannot be had");
+			 "shard %u: out of shard memory for a queued cross-shard %s: its queue "
+			 "node %s; raise --memory",
+			 s->id, bcast ? "broadcast part" : "reply",
+			 n ? "comes from the heap (logged once)" : "cannot be had");
 	}
 	if (n)
 		n->heap = true;
@@ -198,7 +201,7 @@ enqueue(struct keel_shard *s, unsigned dst, const struct msg *m, enum q_kind kin
 		n = keel_shard_malloc(sizeof(*n));
 		if (n)
 			n->heap = false;
-		else if (!internal || !(n = ovf_node_heap(s)))
+		else if (!internal || !(n = ovf_node_heap(s, kind == Q_BCAST)))
 			return -ENOMEM;
 		n->next = NULL;
 		n->m = *m;

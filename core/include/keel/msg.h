@@ -90,7 +90,10 @@ KEEL_API int keel_call_value(unsigned dst, keel_call_value_fn fn, void *arg,
 /**
  * Run @fn(@arg) once on every shard, this one included, then @all_done(status, @done_arg)
  * on this shard once every shard reached has run it: status is 0, or -ENOMEM when memory
- * ran out part-way and some shards were not reached. @arg is shared: @fn must only read
+ * ran out part-way and some shards were not reached (a part that waits for room in a full
+ * queue takes its node from the heap when the shard's memory is out, said once: so only the
+ * heap's running out does that; those parts count toward the sender's mailbox_overflow).
+ * @arg is shared: @fn must only read
  * it, or synchronise itself.
  * Returns: 0, -EINVAL for a NULL @fn, -ENOMEM when nothing was sent (all_done will not
  * run), -EAGAIN when any shard's queue is full as for keel_send() (nothing was sent), or
