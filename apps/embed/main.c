@@ -966,7 +966,12 @@ frame_copy(const struct keel_frame *fr, size_t off, uint8_t *out, size_t len)
 struct wr {
 	struct keel_file_req req;
 	struct put *put;
-	uint32_t len; /* bytes this write must move: keel_file_* does not retry a short one */
+	struct keel_slice sl; /* a value slice (held until all of it is written); none for the
+			       * header and key */
+	uint64_t at;          /* where in the file */
+	uint32_t len;         /* bytes this write must move ... */
+	uint32_t done;        /* ... and those it moved: keel_file_* does not continue a short
+			       * write, so put_written writes the rest */
 };
 
 struct put {
@@ -980,6 +985,29 @@ struct put {
 	struct wr w[]; /* w[0]: header and key (hk), then one per value slice */
 };
 
+static void put_written(struct keel_file_req *req, int res, void *arg);
+
+/* Write what is left of @w: all of it at first, the rest after a short write. */
+static int
+wr_issue(struct wr *w)
+{
+	struct put *p = w->put;
+	struct keel_slice rest;
+	int r;
+
+	if (!w->sl.buf) /* the header and key */
+		return keel_file_write(&w->req, &files[p->shard],
+				       (uint8_t *)(p->w + p->nw) + w->done, w->len - w->done,
+				       w->at + w->done, put_written, w);
+	r = keel_slice_sub(&w->sl, w->done, w->len - w->done, &rest);
+	if (r < 0)
+		return r;
+	r = keel_file_write_slice(&w->req, &files[p->shard], &rest, w->at + w->done, put_written,
+				  w);
+	keel_slice_put(&rest); /* the write holds its own reference */
+	return r;
+}
+
 static void
 put_written(struct keel_file_req *req, int res, void *arg)
 {
@@ -987,8 +1015,15 @@ put_written(struct keel_file_req *req, int res, void *arg)
 	struct put *p = w->put;
 	uint8_t *hk = (uint8_t *)(p->w + p->nw);
 
-	if (req && res >= 0 && (uint32_t)res != w->len)
-		res = -EIO; /* short: the record is not all on disk */
+	if (req && res >= 0 && (w->done += (uint32_t)res) < w->len) {
+		/* Short (ENOSPC part-way, a file size limit, or as the kernel may): the rest,
+		 * at the offset that follows; what cannot be written then fails the put. */
+		res = res ? wr_issue(w) : -EIO;
+		if (res == 0)
+			return;
+	}
+	if (req && w->sl.buf)
+		keel_slice_put(&w->sl);
 	if (res < 0 && !p->err)
 		p->err = res;
 	if (--p->pending)
@@ -1012,7 +1047,8 @@ put_written(struct keel_file_req *req, int res, void *arg)
 		 * skipped, as a cancelled write's), so puts go on; this one may be sent again. */
 		reply_err(p->cn, EMB_BUSY, p->id, "write refused: out of memory");
 	} else {
-		/* The file's tail is unknown now: refuse further puts on this shard. */
+		/* The disk refused a write (EIO, ENOSPC, ...): refuse further puts on this shard
+		 * rather than acknowledge some among failures; a restart reads what is there. */
 		failed[p->shard] = true;
 		keel_log(KEEL_LOG_ERROR, "embed", "data file %u: write failed: %s", p->shard,
 			 strerror(-p->err));
@@ -1119,16 +1155,18 @@ do_put(struct cn *cn, struct keel_frame *fr, uint32_t id, const uint8_t *key, ui
 		int rc;
 
 		w->put = p;
+		w->at = at;
 		w->len = k == 0 ? (uint32_t)(sizeof(h) + klen) : v[k - 1].len;
+		if (k > 0) { /* the write's own, until all of it is written */
+			w->sl = v[k - 1];
+			v[k - 1].buf = NULL;
+		}
 		p->pending++;
-		if (k == 0)
-			rc = keel_file_write(&w->req, &files[shard], hk, sizeof(h) + klen, at,
-					     put_written, w);
-		else
-			rc = keel_file_write_slice(&w->req, &files[shard], &v[k - 1], at,
-						   put_written, w);
-		at += k == 0 ? sizeof(h) + klen : v[k - 1].len;
+		rc = wr_issue(w);
+		at += w->len;
 		if (rc < 0) {
+			if (w->sl.buf)
+				keel_slice_put(&w->sl);
 			p->pending--;
 			if (!p->err)
 				p->err = rc;
@@ -1139,7 +1177,8 @@ do_put(struct cn *cn, struct keel_frame *fr, uint32_t id, const uint8_t *key, ui
 		}
 	}
 	for (unsigned k = 0; k < nv; k++)
-		keel_slice_put(&v[k]); /* the writes hold their own references */
+		if (v[k].buf) /* those whose write was never made */
+			keel_slice_put(&v[k]);
 	put_written(NULL, 0, &p->w[0]);
 }
 
