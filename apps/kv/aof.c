@@ -167,6 +167,12 @@ struct loaded {
 static struct loaded *loaded;
 static unsigned nloaded;
 static _Atomic unsigned shards_loaded;
+/* The last shard began the switch to this run's files (commit_begin): from then on the
+ * .new files are the next start's to finish or undo, not kv_aof_fini's to remove. */
+static _Atomic bool commit_started;
+/* ... and a shard of this process made its .new file (so this process holds the
+ * directory's lock: nothing else's files are touched). */
+static _Atomic bool new_made;
 
 static struct aof *
 me(void)
@@ -921,6 +927,7 @@ kv_aof_shard_start(struct kv_db *db)
 	/* This run's file, under its .new name until the last shard commits (above): the
 	 * table written a piece at a time, so that its copy in memory stays one piece. */
 	path_of(path, sizeof(path), self, ".new");
+	atomic_store(&new_made, true);
 	a->fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	a->chk_fd = a->fd < 0 ? -1 : open(path, O_RDONLY | O_CLOEXEC);
 	r = a->chk_fd < 0 ? -errno : 0;
@@ -935,8 +942,20 @@ kv_aof_shard_start(struct kv_db *db)
 		r = -errno;
 	rb_free(&snap);
 	if (r < 0) {
-		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: writing %s: %s", self, path,
-			 strerror(-r));
+		size_t old = 0;
+
+		for (unsigned i = 0; i < nloaded; i++)
+			old += loaded[i].len;
+		if (r == -ENOSPC || r == -EDQUOT)
+			keel_log(KEEL_LOG_ERROR, "kv",
+				 "shard %u: writing %s: %s: a start writes every shard's data to "
+				 "new files before it removes the old ones (%zu bytes), so it "
+				 "needs up to about as much free in %s; free some, or move the "
+				 "files to a larger --dir (the new files are removed)",
+				 self, path, strerror(-r), old, kv_cfg.dir);
+		else
+			keel_log(KEEL_LOG_ERROR, "kv", "shard %u: writing %s: %s", self, path,
+				 strerror(-r));
 		if (a->fd >= 0)
 			close(a->fd);
 		if (a->chk_fd >= 0)
@@ -952,6 +971,7 @@ kv_aof_shard_start(struct kv_db *db)
 		 * served before this (main.c starts the listeners after every shard's start). */
 		char what[4200] = "";
 
+		atomic_store(&commit_started, true);
 		r = commit_begin(a->dir_fd, kv_cfg.nshards);
 		if (r < 0)
 			snprintf(what, sizeof(what), "%s/appendonly.commit", kv_cfg.dir);
@@ -2182,6 +2202,19 @@ kv_aof_stop_failures(void)
 void
 kv_aof_fini(void)
 {
+	/* A start that failed before the switch: the new files written so far (as large as
+	 * their shards' data) would hold the disk until the next start removed them. */
+	if (atomic_load(&new_made) && !atomic_load(&commit_started))
+		for (unsigned i = 0; i < kv_cfg.nshards; i++) {
+			char path[4096];
+
+			path_of(path, sizeof(path), i, ".new");
+			if (unlink(path) < 0 && errno != ENOENT)
+				fprintf(stderr,
+					"keel-kv: %s, this start's unfinished file: %s "
+					"(remove it)\n",
+					path, strerror(errno));
+		}
 	for (unsigned i = 0; i < KEEL_MAX_SHARDS; i++) {
 		struct aof *a = &aofs[i];
 		if (a->fd >= 0 && a->open)

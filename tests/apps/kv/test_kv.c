@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
@@ -3534,6 +3535,53 @@ Test(kv_server, multi_exec_is_not_interleaved_with_other_clients)
 	rd_free(&a);
 	rd_free(&b);
 	srv_stop(&s);
+}
+
+/* A start that cannot write its new files (here the file size limit; a full disk fails
+ * the same way, with a line saying how much space a start needs) removes those it began:
+ * each is as large as its shard's data, and they held the disk until the next start. The
+ * next start has all the data. */
+Test(kv_server, a_start_that_cannot_write_its_files_leaves_no_new_file)
+{
+	enum { N = 100 };
+	static char recs[N * 1100];
+	char dir[64], err[4096], val[1001], buf[64];
+	struct rlimit old, lim;
+	size_t len = 0;
+	struct srv s;
+	struct rd r;
+	int st;
+
+	memset(val, 'v', 1000);
+	val[1000] = 0;
+	for (int i = 0; i < N; i++)
+		len += (size_t)sprintf(recs + len,
+				       "*3\r\n$3\r\nSET\r\n$3\r\nk%02d\r\n$1000\r\n%s\r\n", i, val);
+	mk_dir(dir, sizeof(dir));
+	put_file(dir, "appendonly-0.aof", recs);
+	/* Inherited by the server: its writes past 16 KiB fail (EFBIG, the signal ignored). */
+	cr_assert_eq(getrlimit(RLIMIT_FSIZE, &old), 0);
+	lim = (struct rlimit){ 16 << 10, old.rlim_max }; /* the soft limit: raised again below */
+	signal(SIGXFSZ, SIG_IGN);
+	cr_assert_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
+	st = srv_refuses(err, sizeof(err), dir, "--shards", "2", NULL);
+	cr_assert_eq(setrlimit(RLIMIT_FSIZE, &old), 0);
+	signal(SIGXFSZ, SIG_DFL);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0, "status %d: %s", st, err);
+	cr_assert(strstr(err, "File too large"), "%s", err);
+	for (unsigned i = 0; i < 2; i++) {
+		char name[64];
+
+		snprintf(name, sizeof(name), "appendonly-%u.aof.new", i);
+		cr_assert_eq(get_file(dir, name, buf, sizeof(buf)), -1, "%s was left: %s", name,
+			     err);
+	}
+	srv_start(&s, 2, "--appendonly", "yes", "--dir", dir, NULL);
+	rd_init(&r, test_connect(s.port));
+	expect(&r, "DBSIZE", ":100\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+	rm_dir(dir);
 }
 
 /* A second keel-kv on the directory of a running one refuses to start before it reads or
