@@ -267,6 +267,15 @@ is_aof_name(const char *name, unsigned *idx)
 	return !strcmp(exact, name);
 }
 
+/* Redis's own persistence in a directory: its append-only file, or directory of them
+ * (Redis 7), or its snapshot. */
+static bool
+redis_file(const char *name)
+{
+	return !strcmp(name, "appendonly.aof") || !strcmp(name, "appendonlydir") ||
+	       !strcmp(name, "dump.rdb");
+}
+
 /* The most one write asks of the kernel: keel's file writes take at most INT_MAX bytes
  * (2 GiB), and a shard's batch or snapshot may be larger. KEEL_KV_AOF_WRITE_CHUNK=N (bytes,
  * read once at start) makes it smaller, for the tests that check the pieces. */
@@ -596,6 +605,13 @@ kv_aof_preload(void)
 
 		if (got == 2)
 			leftover(idx, de->d_name);
+		if (redis_file(de->d_name))
+			fprintf(stderr,
+				"keel-kv: %s/%s is a Redis file, which keel-kv does not read: its "
+				"data is not loaded (keel-kv keeps appendonly-N.aof files; to bring "
+				"Redis's data in, send it to keel-kv, e.g. with redis-cli --pipe, "
+				"or start keel-kv with another --dir)\n",
+				kv_cfg.dir, de->d_name);
 		if (got != 1 || !is_aof_name(de->d_name, &idx))
 			continue;
 		path_of(path, sizeof(path), idx, "");
