@@ -149,11 +149,12 @@ struct aof {
 	int rw_old_fd;
 	struct keel_file rw_old_f;
 	uint64_t rewrites;
+	bool rw_failed; /* the last rewrite failed (aof_last_bgrewrite_status) */
 	unsigned id;
 	/* What INFO on any shard reads (published by this shard: publish()). */
 	_Atomic uint64_t pub_size, pub_rewrites, pub_sync_errors, pub_buffered, pub_holds,
 		pub_replies_held;
-	_Atomic bool pub_rewriting, pub_err;
+	_Atomic bool pub_rewriting, pub_err, pub_rw_failed;
 	_Atomic int pub_errno; /* kv_aof_error's errno, for other shards (kv_aof_error_on) */
 };
 static struct aof aofs[KEEL_MAX_SHARDS];
@@ -198,6 +199,7 @@ publish(struct aof *a)
 	atomic_store_explicit(&a->pub_holds, a->backlog_holds, memory_order_relaxed);
 	atomic_store_explicit(&a->pub_replies_held, a->replies_held, memory_order_relaxed);
 	atomic_store_explicit(&a->pub_rewriting, a->rewriting, memory_order_relaxed);
+	atomic_store_explicit(&a->pub_rw_failed, a->rw_failed, memory_order_relaxed);
 	atomic_store_explicit(&a->pub_errno,
 			      a->open ? (a->err          ? a->err
 					 : a->rw_dir_err ? a->rw_dir_err
@@ -1298,6 +1300,7 @@ rw_switch(struct aof *a)
 	a->rw_fd = -1;
 	rw_clear(a);
 	a->rewrites++;
+	a->rw_failed = false;
 	a->err = 0; /* a failed batch is written again, to the new file (on_tick) */
 	a->rw_reset = false;
 	if (a->rw_stale) { /* records after its snapshot were lost: rebuild again, now */
@@ -1664,6 +1667,8 @@ rw_fail(struct aof *a, int err)
 	else if (err)
 		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: BGREWRITEAOF failed: %s", a->id,
 			 strerror(-err));
+	if (err)
+		a->rw_failed = true;
 	rb_free(&a->rw_piece);
 	close_off_shard(a, a->rw_fd);
 	close_off_shard(a, a->rw_chk_fd);
@@ -2000,6 +2005,8 @@ rw_begin(struct aof *a, bool *wrote)
 		if (a->rw_fd >= 0)
 			close(a->rw_fd);
 		a->rw_fd = -1;
+		a->rw_failed = true; /* as Redis's a fork that failed */
+		publish(a);
 		return r;
 	}
 	keel_file_from_fd(a->rw_fd, &a->rw_f);
@@ -2058,7 +2065,7 @@ kv_aof_info(struct rbuf *out)
 {
 	char line[512];
 	uint64_t size = 0, rewrites = 0, sync_errors = 0, buffered = 0, holds = 0, held = 0;
-	bool rw = false, err = false;
+	bool rw = false, err = false, rw_failed = false;
 	int n;
 
 	for (unsigned i = 0; i < kv_cfg.nshards; i++) {
@@ -2066,6 +2073,7 @@ kv_aof_info(struct rbuf *out)
 		rewrites += atomic_load_explicit(&aofs[i].pub_rewrites, memory_order_relaxed);
 		rw |= atomic_load_explicit(&aofs[i].pub_rewriting, memory_order_relaxed);
 		err |= atomic_load_explicit(&aofs[i].pub_err, memory_order_relaxed);
+		rw_failed |= atomic_load_explicit(&aofs[i].pub_rw_failed, memory_order_relaxed);
 		sync_errors += atomic_load_explicit(&aofs[i].pub_sync_errors, memory_order_relaxed);
 		buffered += atomic_load_explicit(&aofs[i].pub_buffered, memory_order_relaxed);
 		holds += atomic_load_explicit(&aofs[i].pub_holds, memory_order_relaxed);
@@ -2073,12 +2081,13 @@ kv_aof_info(struct rbuf *out)
 	}
 	n = snprintf(line, sizeof(line),
 		     "# Persistence\r\nloading:0\r\naof_enabled:%d\r\n"
-		     "aof_rewrite_in_progress:%d\r\naof_rewrites:%llu\r\n"
+		     "aof_rewrite_in_progress:%d\r\naof_last_bgrewrite_status:%s\r\n"
+		     "aof_rewrites:%llu\r\n"
 		     "aof_current_size:%llu\r\naof_buffer_length:%llu\r\n"
 		     "aof_last_write_status:%s\r\naof_sync_errors:%llu\r\n"
 		     "aof_backlog_holds:%llu\r\naof_replies_held:%llu\r\n\r\n",
-		     kv_cfg.aof, rw, (unsigned long long)rewrites, (unsigned long long)size,
-		     (unsigned long long)buffered, err ? "err" : "ok",
+		     kv_cfg.aof, rw, rw_failed ? "err" : "ok", (unsigned long long)rewrites,
+		     (unsigned long long)size, (unsigned long long)buffered, err ? "err" : "ok",
 		     (unsigned long long)sync_errors, (unsigned long long)holds,
 		     (unsigned long long)held);
 	rb_put(out, line, (size_t)n);

@@ -273,6 +273,23 @@ info_field(int port, const char *field)
 	return v;
 }
 
+/* Whether INFO's text holds @text. */
+static bool
+info_has(int port, const char *text)
+{
+	struct rd r;
+	char *got;
+	bool has;
+
+	rd_init(&r, test_connect(port));
+	test_send_all(r.fd, "INFO everything\r\n", 17);
+	got = rd_next(&r, NULL);
+	cr_assert(got);
+	has = strstr(got, text) != NULL;
+	rd_free(&r);
+	return has;
+}
+
 /* HELLO as Redis 7 answers it on RESP2 (checked side by side with redis-server 7.0.15;
  * only the version differs, keel-kv's INFO one); HELLO 3 is NOPROTO, so that a client that
  * asks for RESP3 stays on RESP2; SETNAME sets the name CLIENT GETNAME reads. */
@@ -2694,6 +2711,40 @@ Test(kv_server, aof_crash_loop_keeps_every_acknowledged_write)
 		cl_check(s.port, k, cycles);
 		srv_stop(&s);
 	}
+	rm_dir(dir);
+}
+
+/* A failed BGREWRITEAOF shows in INFO as Redis shows it (aof_last_bgrewrite_status:err)
+ * until a rewrite succeeds: before, only the log said so, and INFO read as if no rewrite
+ * had been asked for. Here the rewrite's file cannot be made (a directory holds its name);
+ * one that fails as it writes (a full disk) sets it the same way. */
+Test(kv_server, aof_a_failed_rewrite_shows_in_info)
+{
+	char dir[64], p[512];
+	uint64_t dl = test_deadline(TEST_WAIT_MS);
+	struct srv s;
+	struct rd r;
+
+	mk_dir(dir, sizeof(dir));
+	srv_start(&s, 1, "--appendonly", "yes", "--dir", dir, NULL);
+	rd_init(&r, test_connect(s.port));
+	expect(&r, "SET a 1", "+OK\r\n");
+	cr_assert(info_has(s.port, "aof_last_bgrewrite_status:ok\r\n"));
+	snprintf(p, sizeof(p), "%s/appendonly-0.aof.rewrite", dir);
+	cr_assert_eq(mkdir(p, 0755), 0);
+	test_send_all(r.fd, "BGREWRITEAOF\r\n", 14);
+	cr_assert(!strncmp(rd_next(&r, NULL), "-ERR Can't rewrite append only file", 35));
+	cr_assert(info_has(s.port, "aof_last_bgrewrite_status:err\r\n"));
+	cr_assert_eq(rmdir(p), 0);
+	expect(&r, "BGREWRITEAOF", "+Background append only file rewriting started\r\n");
+	while (info_field(s.port, "aof_rewrites:") < 1 ||
+	       info_field(s.port, "aof_rewrite_in_progress:") != 0) {
+		cr_assert(!test_expired(dl), "the rewrite did not finish");
+		test_pause();
+	}
+	cr_assert(info_has(s.port, "aof_last_bgrewrite_status:ok\r\n"));
+	rd_free(&r);
+	srv_stop(&s);
 	rm_dir(dir);
 }
 
