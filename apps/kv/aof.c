@@ -522,11 +522,16 @@ dir_lock(void)
 	snprintf(path, sizeof(path), "%s/keel-kv.lock", kv_cfg.dir);
 	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
 	if (fd < 0) {
-		fprintf(stderr,
-			"keel-kv: %s: %s (keel-kv locks --dir with it; fix the directory's "
-			"permissions)\n",
-			path, strerror(errno));
-		return -errno;
+		int e = errno;
+
+		fprintf(stderr, "keel-kv: %s: %s (keel-kv locks --dir with it; %s)\n", path,
+			strerror(e),
+			e == EROFS     ? "the file system is read-only: remount it read-write, or "
+					 "give another --dir"
+			: e == ENOTDIR ? "--dir names something that is not a directory"
+			: e == ENOSPC || e == EDQUOT ? "free some space there"
+						     : "fix the directory's permissions");
+		return -e;
 	}
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
 		int e = errno;
@@ -641,6 +646,20 @@ kv_aof_preload(void)
 			return r;
 		}
 		rest = kv_aof_check(l->p, l->len, &good);
+		if (rest == KV_AOF_CORRUPT && !kv_cfg.aof_truncate_corrupt && good == 0) {
+			/* Not one record keel-kv reads: a file of another program's under this
+			 * name, where cutting it (the option below) would keep nothing. */
+			fprintf(stderr,
+				"keel-kv: %s: its first record is not one keel-kv writes: it is not a "
+				"keel-kv append-only file (Redis's own, renamed? keel-kv does not read "
+				"them: send its data to keel-kv as commands, e.g. with redis-cli "
+				"--pipe); the file is left as it is: move it out of --dir\n",
+				path);
+			free(l->p);
+			close(fd);
+			closedir(d);
+			return -EINVAL;
+		}
 		if (rest == KV_AOF_CORRUPT && !kv_cfg.aof_truncate_corrupt) {
 			fprintf(stderr,
 				"keel-kv: %s: invalid record at offset %zu, %zu bytes after it: not a "

@@ -2991,6 +2991,34 @@ Test(kv_server, aof_damage_inside_the_file_refuses_to_start_and_keeps_it)
 	}
 }
 
+/* A file whose first record is not keel-kv's (here Redis 7's own first record, SELECT) is
+ * named as not a keel-kv file, left as it is, and the start stops: before, it was called
+ * damage inside the file, and the fix named, --aof-truncate-corrupt yes, would have cut
+ * it to nothing. The errors of a --dir keel-kv cannot use name their cause: a regular file
+ * is not a directory (before: "fix the directory's permissions"). */
+Test(kv_server, aof_a_file_not_keel_kvs_and_a_dir_that_is_a_file_are_named)
+{
+	const char *redis = "*2\r\n$6\r\nSELECT\r\n$1\r\n0\r\n" REC_A;
+	char dir[64], err[4096], back[512], file[128];
+	int st;
+
+	mk_dir(dir, sizeof(dir));
+	put_file(dir, "appendonly-0.aof", redis);
+	st = srv_refuses(err, sizeof(err), dir, NULL);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "status 0x%x: %s", st, err);
+	cr_assert(strstr(err, "appendonly-0.aof: its first record is not one keel-kv writes: it "
+			      "is not a keel-kv append-only file"),
+		  "%s", err);
+	cr_assert(!strstr(err, "--aof-truncate-corrupt yes"), "%s", err);
+	cr_assert_eq(get_file(dir, "appendonly-0.aof", back, sizeof(back)), (long)strlen(redis));
+	snprintf(file, sizeof(file), "%s/appendonly-0.aof", dir);
+	st = srv_refuses(err, sizeof(err), file, NULL);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0, "status 0x%x: %s", st, err);
+	cr_assert(strstr(err, "not a directory"), "%s", err);
+	cr_assert(!strstr(err, "permissions"), "%s", err);
+	rm_dir(dir);
+}
+
 /* With --aof-truncate-corrupt yes the same files are cut at the damaged record, after its
  * bytes and everything after them are saved to FILE.corrupt-OFFSET: the server starts with
  * the first record, says what it did, and the side file holds the rest byte for byte. A
