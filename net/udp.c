@@ -425,7 +425,9 @@ udp_recv_cb(struct keel_op *op, int res, uint32_t flags)
 				udp_starve(u, true);
 			else
 				udp_rearm(u);
-		} else if (!u->closing && !u->ns->stopping && res < 0 && res != -ECANCELED) {
+		} else if (!u->closing && !u->ns->stopping && res < 0) {
+			/* -ECANCELED too: keel cancels only at close and stop, so another
+			 * (io-wq could not run it) is a failure like any other, not an end. */
 			u->ops_n++; /* a close inside must not free u under us: udp_check does */
 			udp_recv_failed(u, res);
 			u->ops_n--;

@@ -766,17 +766,18 @@ Test(faults_sqe, a_udp_close_whose_cancel_found_no_sqe_still_closes)
 	nu_stop(rt, fd);
 }
 
-/* A UDP endpoint's receive ends with an error keel does not expect (ENOMEM, injected on the
- * first receive): the endpoint receives again (after 10 ms), the error is counted in
+/* A UDP endpoint's receive ends with an error keel does not expect (@spec injects it on
+ * the first receive): the endpoint receives again (after 10 ms), the error is counted in
  * udp_recv_errors. It was left unarmed, with one log line and nothing else: deaf for good,
  * its app told nothing, keel_udp_send still working. */
-Test(faults_sqe, a_udp_receive_that_failed_is_armed_again)
+static void
+udp_receive_failed_is_armed_again(const char *spec)
 {
 	struct keel_runtime *rt;
 	struct keel_net_stats st;
 	int fd;
 
-	cr_assert_eq(keel_faults_set("recv:ENOMEM:n=1"), 0);
+	cr_assert_eq(keel_faults_set(spec), 0);
 	fd = nu_run(&rt, "multishot_recv=on", false);
 	WAIT_FOR(keel_faults_injected("recv") == 1, "the receive's failure");
 	cr_assert_eq(send(fd, "a", 1, 0), 1);
@@ -786,6 +787,19 @@ Test(faults_sqe, a_udp_receive_that_failed_is_armed_again)
 	keel_faults_set(NULL);
 	atomic_store(&keel__fault_sqe_none, 0); /* nu_datagram's, for the tests above */
 	nu_stop(rt, fd);
+}
+
+Test(faults_sqe, a_udp_receive_that_failed_is_armed_again)
+{
+	udp_receive_failed_is_armed_again("recv:ENOMEM:n=1");
+}
+
+/* The same for -ECANCELED while neither the endpoint closes nor the shard stops (io-wq
+ * could not run it): it was taken for keel's own cancel and the endpoint went deaf, no
+ * count, no line, no on_close (a review finding). */
+Test(faults_sqe, a_udp_receive_cancelled_unasked_is_armed_again)
+{
+	udp_receive_failed_is_armed_again("recv:ECANCELED:n=1");
 }
 
 /* A UDP send that ends cancelled (the stop cancels what is in flight; injected here on the
