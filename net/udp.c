@@ -50,11 +50,17 @@ struct gso_refusal {
 	uint32_t seg;
 };
 
+/* The largest UDP payload in an IP packet: 65,535 less the IPv4 (20) and UDP (8) headers;
+ * IPv6's 40-byte header is outside its 65,535-byte payload length. */
+#define UDP_MAX_PAYLOAD4 65507u
+#define UDP_MAX_PAYLOAD6 65527u
+
 struct keel_udp {
 	struct net_shard *ns;
 	const struct keel_udp_ops *ops;
 	void *app;
 	int fd;
+	sa_family_t family; /* the socket's: AF_INET or AF_INET6 */
 	uint16_t port;
 	struct keel_op recv_op;
 	struct keel_op close_nop; /* keel_udp_close without memory for a keel_defer */
@@ -536,6 +542,7 @@ keel_udp_open(const char *addr, uint16_t port, const struct keel_udp_ops *ops, v
 	u->ops = ops;
 	u->app = app;
 	u->fd = fd;
+	u->family = ss.ss_family;
 	u->gso_seg_ceiling = UINT32_MAX;
 	u->port = ntohs(((struct sockaddr_in *)&b)->sin_port);
 	u->recv_op.fn = udp_recv_cb;
@@ -869,6 +876,18 @@ keel_udp_send(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_st
 		return -EINVAL;
 	if (u->closing)
 		return -EPIPE;
+	/* What the socket would refuse at once, refused here, as a non-blocking sendto does:
+	 * accepted, it was lost later with only a count and one line per endpoint. An IPv6
+	 * endpoint (dual stack) sends to IPv4 addresses too; an IPv4 one not to IPv6. */
+	if (dst->ss_family == AF_INET) {
+		if (s->len > UDP_MAX_PAYLOAD4)
+			return -EMSGSIZE;
+	} else if (dst->ss_family == AF_INET6 && u->family == AF_INET6) {
+		if (s->len > UDP_MAX_PAYLOAD6)
+			return -EMSGSIZE;
+	} else {
+		return -EAFNOSUPPORT;
+	}
 	if (__builtin_expect(u->ns->st.udp_send_inflight >= u->ns->cfg.udp_send_max, 0) &&
 	    u->ns->cfg.udp_send_max) {
 		u->ns->st.udp_send_capped++;

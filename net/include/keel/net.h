@@ -733,7 +733,10 @@ KEEL_API uint16_t keel_udp_port(const struct keel_udp *u);
  * state is a slot of a per-shard pool: nothing is allocated per datagram once the pool
  * covers the most datagrams in flight (udp_send_slots in keel_net_stats).
  * Consumes: @s's reference, on success.
- * Returns: 0; -EINVAL; -EPIPE after close; -ENOBUFS when the shard holds udp_send_max
+ * Returns: 0; -EINVAL; -EPIPE after close; -EMSGSIZE for a datagram larger than UDP
+ * carries (65,507 bytes to IPv4, 65,527 to IPv6); -EAFNOSUPPORT for @dst of a family @u
+ * cannot send to (not IPv4 or IPv6; IPv6 from an IPv4 endpoint: an IPv6 one sends to both);
+ * -ENOBUFS when the shard holds udp_send_max
  * datagrams in flight (keel_net_config; the caller drops or keeps @s, as after a full
  * socket's EAGAIN); -ENOMEM; -EIO when no submission entry could be had (the ring failed;
  * logged).
