@@ -101,9 +101,10 @@ struct net_shard {
 	/* frame.c: framers (keel_framer_on_data) holding a partial frame's received slices,
 	 * which copy them out when the receive buffers run out (keel__framers_reclaim) */
 	struct keel_framer *holding;
-	bool reclaim_kick;     /* ... a deferred reclaim is queued */
-	unsigned udp_starving; /* UDP endpoints waiting for a buffer */
-	bool udp_kick;         /* ... their deferred re-arm is queued */
+	bool reclaim_kick;              /* ... a deferred reclaim is queued */
+	unsigned udp_starving;          /* UDP endpoints waiting for a buffer */
+	bool udp_kick;                  /* ... their deferred re-arm is queued */
+	struct keel_udp *udp_wake_next; /* ... the first to look at when it runs (in turn) */
 	/* Closed connections with nothing in flight, waiting for on_close from the loop. */
 	struct keel_conn *close_head, *close_tail;
 	bool close_kick;         /* a run of the close list is queued (holds a reference) */

@@ -190,19 +190,36 @@ udp_rearm(struct keel_udp *u)
 	keel__udp_starved_kick(u->ns);
 }
 
+/* Re-arm waiting endpoints, at most as many as the ring holds buffers: a receive armed on
+ * a socket with datagrams queued and no buffer in the ring fails at once (ENOBUFS), so
+ * waking every one of many endpoints for each buffer that came back cost a failed receive
+ * each (thousands for a few hundred datagrams; a completion queue overflow with 500). They
+ * are taken in turn from where the last pass stopped; those left wait for the next pass,
+ * or, with no buffer in the ring, for the next to come back. */
 static void
 udp_starve_cb(void *arg)
 {
 	struct net_shard *ns = arg;
+	uint32_t budget = ns->udp.inring;
+	struct keel_udp *u = ns->udp_wake_next ? ns->udp_wake_next : ns->udps;
+	struct keel_udp *first = u;
 
 	ns->udp_kick = false;
-	for (struct keel_udp *u = ns->udps; u && ns->udp_starving; u = u->next) {
-		if (!u->starving)
-			continue;
-		udp_starve(u, false);
-		if (!u->closing && !ns->stopping)
-			udp_rearm(u);
+	while (u && ns->udp_starving && budget) {
+		struct keel_udp *next = u->next ? u->next : ns->udps;
+
+		if (u->starving) {
+			udp_starve(u, false);
+			if (!u->closing && !ns->stopping) {
+				budget--;
+				udp_rearm(u); /* may close it: @next is read before */
+			}
+		}
+		u = next == first ? NULL : next;
+		ns->udp_wake_next = next;
 	}
+	if (ns->udp_starving && ns->udp.inring)
+		keel__udp_starved_kick(ns); /* the rest in the next pass */
 	keel__net_unref(ns);
 }
 
@@ -423,14 +440,20 @@ udp_recv_cb(struct keel_op *op, int res, uint32_t flags)
 	if (!more) {
 		u->ops_n--;
 		/* ENOBUFS: the datagrams wait in the socket (the kernel drops only when its
-		 * receive queue is full). Re-arm at once if buffers came back meanwhile, else
-		 * when one does. */
+		 * receive queue is full). The endpoint waits for a buffer: at the end of the
+		 * pass if the ring seems to hold some, else when one comes back, with the
+		 * others waiting, in turn (udp_starve_cb). Re-armed at once, as it was, each
+		 * of many endpoints failed again while later completions of the same pass
+		 * took the buffers the count still showed. */
 		if (!u->closing && !u->ns->stopping &&
 		    (res >= 0 || res == -ENOBUFS || res == -EAGAIN)) {
-			if (res == -ENOBUFS && !u->ns->udp.inring)
+			if (res == -ENOBUFS) {
 				udp_starve(u, true);
-			else
+				if (u->ns->udp.inring)
+					keel__udp_starved_kick(u->ns);
+			} else {
 				udp_rearm(u);
+			}
 		} else if (!u->closing && !u->ns->stopping && res < 0) {
 			/* -ECANCELED too: keel cancels only at close and stop, so another
 			 * (io-wq could not run it) is a failure like any other, not an end. */
@@ -453,6 +476,8 @@ udp_free(struct keel_udp *u)
 		keel_timer_destroy(u->retry);
 	if (u->ops->on_close)
 		u->ops->on_close(u, u->status);
+	if (ns->udp_wake_next == u)
+		ns->udp_wake_next = u->next;
 	for (pp = &ns->udps; *pp; pp = &(*pp)->next)
 		if (*pp == u) {
 			*pp = u->next;
