@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <linux/filter.h>
 #include <netinet/tcp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -827,16 +828,35 @@ accept_arm(struct keel__lshard *ls)
 	if (ls->armed)
 		return;
 	if (table_full(ns)) {
-		/* Said once until the table has room for a multishot accept again. */
-		if (!ns->table_full_said)
+		/* Said once until the table has room for a multishot accept again, and then at
+		 * most once every 10 s with the times since: with a small table room comes and
+		 * goes with every close, and a line each time flooded the log (4,961 lines in
+		 * 5 s of churn with --max-files 8). */
+		uint64_t now = keel_now_ns();
+
+		if (!ns->table_full_said &&
+		    (!ns->table_full_ns || now - ns->table_full_ns >= KEEL_S(10))) {
+			char since[96] = "";
+
+			if (ns->table_full_unsaid)
+				snprintf(since, sizeof(since),
+					 "; it filled %llu times more in the %.0f s since the last "
+					 "such line",
+					 (unsigned long long)ns->table_full_unsaid,
+					 (double)(now - ns->table_full_ns) / 1e9);
 			keel_log(
 				KEEL_LOG_WARN, NET_MOD,
 				"shard %u: its %u connections, %u accepts in flight and %u direct "
 				"files fill the direct-descriptor table (max_files): accepting waits, "
 				"new connections queued in the listen backlog, until one closes "
-				"(raise --max-files)",
+				"(raise --max-files)%s",
 				ls->shard, ns->direct_conns, ns->accepts_single,
-				keel_file_direct_slots());
+				keel_file_direct_slots(), since);
+			ns->table_full_ns = now;
+			ns->table_full_unsaid = 0;
+		} else if (!ns->table_full_said) {
+			ns->table_full_unsaid++;
+		}
 		ns->table_full_said = true;
 		ls->parked = true;
 		parked_recheck(ls);

@@ -113,7 +113,9 @@ struct net_shard {
 	struct keel__lshard *lshards; /* listener parts on this shard */
 	uint32_t direct_conns;        /* accepted connections holding a direct descriptor */
 	uint32_t accepts_single;      /* single direct accepts in flight (a slot each) */
-	bool table_full_said;         /* the full table was logged (listen.c) */
+	bool table_full_said;         /* the full table was logged (listen.c) ... */
+	uint64_t table_full_ns;       /* ... at this time (keel_now_ns) */
+	uint64_t table_full_unsaid;   /* ... and parks since, not logged */
 	struct keel_slice *scratch;   /* [scratch_n] slices of one completion, or of held data */
 	unsigned scratch_n;           /* the larger ring's nbufs */
 	struct keel_net_stats st;
