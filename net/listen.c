@@ -498,6 +498,21 @@ struct verify_op {
 	uint32_t val;
 };
 
+/* Whether a shard of @l runs on @cpu. A connection that arrived on a CPU with none goes
+ * where the program's fallback sends it (key % shards), which is no mismatch: counted as
+ * one, every connection of a server with fewer shards than CPUs looked misrouted. From the
+ * runtime's CPUs, fixed at its create (l->cpus fills as shards start). On the shard. */
+static bool
+cpu_has_shard(const struct keel_listener *l, uint32_t cpu)
+{
+	const struct keel_runtime *rt = keel_shard_runtime(keel_this_shard());
+
+	for (unsigned i = 0; i < l->n; i++)
+		if (keel_runtime_shard_cpu(rt, i) == (int)cpu)
+			return true;
+	return false;
+}
+
 /* @cpu: the shard's; not read through @ls, whose network state a stop may have released
  * while the read was in flight (the read holds its own reference). */
 static void
@@ -509,7 +524,7 @@ verify_check(struct keel_listener *l, struct keel__lshard *ls, int cpu, int optn
 		return;
 	}
 	if (optname == SO_INCOMING_CPU) {
-		if (l->steer == KEEL_STEER_CPU && (int)val != cpu)
+		if (l->steer == KEEL_STEER_CPU && (int)val != cpu && cpu_has_shard(l, val))
 			STAT_INC(l, ls->shard, cpu_mismatch);
 	} else if (val && l->napi && keel__napi_note(l->napi, val, ls->shard)) {
 		STAT_INC(l, ls->shard, napi_mismatch);

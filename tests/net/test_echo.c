@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -192,4 +193,69 @@ Test(net_echo, a_full_descriptor_table_is_said_at_most_every_10_s, .timeout = 18
 	cr_log_info("%d lines in %.1f s of churn", lines, secs);
 	cr_assert_leq(lines, 2 + (int)(secs / 10), "%d lines in %.1f s:\n%.2000s", lines, secs,
 		      text);
+}
+
+/* A connection that arrives on a CPU no shard runs on goes where cpu steering's fallback
+ * sends it, and is no mismatch: with one shard on CPU 0 and the client on CPU 1, every
+ * connection was counted as one (32 of 32 in a reviewer's run), so a healthy server with
+ * fewer shards than CPUs looked misrouted. On loopback the SYN is processed on the
+ * client's CPU. Needs 2 CPUs. */
+static void *
+cpu1_connects(void *arg)
+{
+	cpu_set_t set;
+
+	CPU_ZERO(&set);
+	CPU_SET(1, &set);
+	if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set))
+		return (void *)(intptr_t)-EINVAL;
+	for (int i = 0; i < 20; i++) {
+		char c = 'c';
+		int fd = cli_connect(churn_port);
+
+		if (fd < 0)
+			return (void *)(intptr_t)fd;
+		if (cli_write_all(fd, &c, 1) < 0 || cli_read_all(fd, &c, 1) < 0) {
+			close(fd);
+			return (void *)(intptr_t)-EIO;
+		}
+		close(fd);
+	}
+	return NULL;
+}
+
+Test(net_echo, connections_from_a_cpu_without_a_shard_are_no_cpu_mismatch)
+{
+	char port_s[16], text[8192], *at;
+	char *argv[] = { "keel-echo", "--addr",  "127.0.0.1", "--port",  port_s,
+			 "--shards",  "1",       "--cpuset",  "0",       "--idle-poll-us",
+			 "0",         "--steer", "cpu",       "--stats", NULL };
+	unsigned long long acc = 0, mis = ~0ull;
+	struct sockaddr_in a;
+	pthread_t th;
+	void *r;
+	int logfd, fd;
+	pid_t pid;
+
+	if (sysconf(_SC_NPROCESSORS_ONLN) < 2)
+		cr_skip_test("needs 2 CPUs");
+	free_loopback_port(SOCK_STREAM, &a, port_s, sizeof(port_s));
+	churn_port = ntohs(a.sin_port);
+	pid = keel_echo_spawn(argv, &logfd);
+	for (uint64_t dl = test_deadline(TEST_WAIT_MS); (fd = cli_connect(churn_port)) < 0;) {
+		cr_assert(!test_expired(dl), "keel-echo did not listen");
+		test_pause();
+	}
+	close(fd);
+	cr_assert_eq(pthread_create(&th, NULL, cpu1_connects, NULL), 0);
+	pthread_join(th, &r);
+	cr_assert_null(r, "the client failed: %d", (int)(intptr_t)r);
+	keel_echo_end(pid, logfd, text, sizeof(text));
+	at = strstr(text, "shard 0 listener: ");
+	cr_assert_not_null(at, "%s", text);
+	cr_assert_eq(sscanf(at, "shard 0 listener: %llu accepted, %*u steering checks, %llu CPU",
+			    &acc, &mis),
+		     2, "%s", at);
+	cr_assert_geq(acc, 20, "%s", at);
+	cr_assert_eq(mis, 0, "%s", at);
 }
