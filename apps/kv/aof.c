@@ -159,11 +159,11 @@ struct aof {
 };
 static struct aof aofs[KEEL_MAX_SHARDS];
 
-/* What the main thread read at start. */
+/* The files the main thread checked at start: each shard reads them again to replay its
+ * keys, a window at a time (load_window). */
 struct loaded {
 	unsigned idx;
-	uint8_t *p;
-	size_t len;
+	size_t len; /* its valid records' bytes (what follows was cut or refused) */
 };
 static struct loaded *loaded;
 static unsigned nloaded;
@@ -411,31 +411,43 @@ pwrite_all(int fd, const uint8_t *p, size_t n, uint64_t off)
 
 /* Start-up. */
 
-static int
-read_whole(int fd, uint8_t **out, size_t *len)
-{
-	struct stat stt;
-	uint8_t *p;
-	size_t got = 0;
+/* The bytes a start reads of an append-only file at a time, to check it and to replay it
+ * (each shard): 8 MiB, or KEEL_KV_AOF_LOAD_WINDOW=N (read once at start), for the tests
+ * that check the windows. A record larger than the window is read in a window of its size. It
+ * read each file whole and kept them all until every shard had loaded: a start's memory
+ * was the files' size (313 MB of resident memory for a 309 MB file of one key). */
+static size_t load_window = 8u << 20;
 
-	if (fstat(fd, &stt) < 0)
-		return -errno;
-	p = malloc((size_t)stt.st_size + 1);
-	if (!p)
-		return -ENOMEM;
-	while (got < (size_t)stt.st_size) {
-		ssize_t r = read(fd, p + got, (size_t)stt.st_size - got);
+/* Fill @buf[*@len..@cap) from @fd at @base + *@len, up to @end (the bytes to read): 0 or
+ * -errno. */
+static int
+window_fill(int fd, uint8_t *buf, size_t cap, size_t *len, size_t base, size_t end)
+{
+	while (*len < cap && base + *len < end) {
+		size_t want = cap - *len < end - base - *len ? cap - *len : end - base - *len;
+		ssize_t r = pread(fd, buf + *len, want, (off_t)(base + *len));
+
 		if (r < 0 && errno == EINTR)
 			continue;
-		if (r <= 0) {
-			int e = r < 0 ? -errno : -EIO;
-			free(p);
-			return e;
-		}
-		got += (size_t)r;
+		if (r <= 0)
+			return r < 0 ? -errno
+				     : -EIO; /* shorter than fstat said: changed under us */
+		*len += (size_t)r;
 	}
-	*out = p;
-	*len = got;
+	return 0;
+}
+
+/* Double @*buf's @*cap, up to @most: 0 or -ENOMEM. */
+static int
+window_grow(uint8_t **buf, size_t *cap, size_t most)
+{
+	size_t n = *cap * 2 < most ? *cap * 2 : most;
+	uint8_t *p = realloc(*buf, n ? n : 1);
+
+	if (!p)
+		return -ENOMEM;
+	*buf = p;
+	*cap = n;
 	return 0;
 }
 
@@ -467,11 +479,12 @@ leftover(unsigned idx, const char *name)
 static int commit_recover(void);
 static int write_all(int fd, const uint8_t *p, size_t n);
 
-/* --aof-truncate-corrupt yes: the bytes of @path from the bad record at @good on are saved
- * to PATH.corrupt-GOOD (a new file, synced, and --dir after it) before the file is cut
- * there, so that nothing is destroyed. Returns 0 or -errno (printed; @path untouched). */
+/* --aof-truncate-corrupt yes: the bytes of @path from the bad record at @good on (@rest,
+ * @n of them) are saved to PATH.corrupt-GOOD (a new file, synced, and --dir after it) before the
+ * file is cut there, so that nothing is destroyed. Returns 0 or -errno (printed; @path untouched).
+ */
 static int
-save_corrupt(const char *path, const uint8_t *p, size_t len, size_t good)
+save_corrupt(const char *path, const uint8_t *rest, size_t n, size_t good)
 {
 	char side[4200];
 	int fd, dfd, r;
@@ -486,7 +499,7 @@ save_corrupt(const char *path, const uint8_t *p, size_t len, size_t good)
 			side, strerror(-r), path, path);
 		return r;
 	}
-	r = write_all(fd, p + good, len - good);
+	r = write_all(fd, rest, n);
 	if (r == 0 && fsync(fd) < 0)
 		r = -errno;
 	close(fd);
@@ -554,6 +567,109 @@ dir_lock(void)
 	return 0;
 }
 
+/* Check the records of @fd (@path) before any shard replays them: the valid ones are read
+ * a window at a time (kv_aof_valid_prefix); what follows them, if anything (a torn record,
+ * damage), is read whole for kv_aof_check's verdict, which is the one a check of the whole
+ * file gives (the bytes are the same). A torn record is cut; damage stops the start, or with
+ * --aof-truncate-corrupt yes is saved aside and cut. *@valid gets the valid bytes. Returns
+ * 0 or -errno (printed). */
+static int
+check_file(int fd, const char *path, size_t *valid)
+{
+	struct stat stt;
+	size_t cap = load_window, len = 0, base = 0, size, good, g;
+	enum kv_aof_tail rest;
+	uint8_t *buf;
+	int r;
+
+	if (fstat(fd, &stt) < 0) {
+		r = -errno;
+		fprintf(stderr, "keel-kv: %s: %s\n", path, strerror(-r));
+		return r;
+	}
+	size = (size_t)stt.st_size;
+	if (cap > size)
+		cap = size ? size : 1;
+	buf = malloc(cap);
+	if (!buf)
+		return -ENOMEM;
+	for (;;) {
+		size_t v;
+
+		r = window_fill(fd, buf, cap, &len, base, size);
+		if (r < 0)
+			break;
+		if (base + len == size) /* the rest is in the window */
+			break;
+		v = kv_aof_valid_prefix(buf, len);
+		if (v == 0) { /* a record larger than the window, or what is not one */
+			r = window_grow(&buf, &cap, size - base);
+			if (r < 0)
+				break;
+			continue;
+		}
+		memmove(buf, buf + v, len - v);
+		base += v;
+		len -= v;
+	}
+	if (r < 0) {
+		fprintf(stderr, "keel-kv: reading %s: %s\n", path, strerror(-r));
+		free(buf);
+		return r;
+	}
+	rest = kv_aof_check(buf, len, &g);
+	good = base + g;
+	if (rest == KV_AOF_CORRUPT && !kv_cfg.aof_truncate_corrupt && good == 0) {
+		/* Not one record keel-kv reads: a file of another program's under this name,
+		 * where cutting it (the option below) would keep nothing. */
+		fprintf(stderr,
+			"keel-kv: %s: its first record is not one keel-kv writes: it is not a "
+			"keel-kv append-only file (Redis's own, renamed? keel-kv does not read "
+			"them: send its data to keel-kv as commands, e.g. with redis-cli --pipe); "
+			"the file is left as it is: move it out of --dir\n",
+			path);
+		free(buf);
+		return -EINVAL;
+	}
+	if (rest == KV_AOF_CORRUPT && !kv_cfg.aof_truncate_corrupt) {
+		fprintf(stderr,
+			"keel-kv: %s: invalid record at offset %zu, %zu bytes after it: not a "
+			"record cut short at the end of the file by a crash, but damage inside the "
+			"file or a record of a newer keel-kv; the file is left as it is. Keep a "
+			"copy of it, then start with --aof-truncate-corrupt yes to cut it at offset "
+			"%zu (the %zu bytes are saved to %s.corrupt-%zu first), or repair it by "
+			"hand\n",
+			path, good, size - good, good, size - good, path, good);
+		free(buf);
+		return -EINVAL;
+	}
+	if (rest == KV_AOF_CORRUPT) {
+		r = save_corrupt(path, buf + g, len - g, good);
+		if (r < 0) {
+			free(buf);
+			return r;
+		}
+		fprintf(stderr,
+			"keel-kv: %s: invalid record at offset %zu: saved the %zu bytes from there "
+			"to %s.corrupt-%zu and cut the file there (--aof-truncate-corrupt yes)\n",
+			path, good, size - good, path, good);
+	} else if (rest == KV_AOF_TORN) {
+		fprintf(stderr,
+			"keel-kv: %s: torn record at offset %zu: truncating the file there, %zu "
+			"bytes dropped (a record cut short at the end of the file, as a crash "
+			"mid-write leaves it)\n",
+			path, good, size - good);
+	}
+	free(buf);
+	if (good < size && (ftruncate(fd, (off_t)good) < 0 || fsync(fd) < 0)) {
+		r = -errno;
+		fprintf(stderr, "keel-kv: truncating %s: %s\n", path, strerror(-r));
+		return r;
+	}
+	*valid = good;
+	return 0;
+}
+
 int
 kv_aof_preload(void)
 {
@@ -571,7 +687,9 @@ kv_aof_preload(void)
 		      &rw_copy_max) < 0 ||
 	    env_bytes("KEEL_KV_AOF_BACKLOG", (size_t)1 << 40,
 		      "the records gathered before the shard's connections stop reading",
-		      &backlog_max) < 0)
+		      &backlog_max) < 0 ||
+	    env_bytes("KEEL_KV_AOF_LOAD_WINDOW", (size_t)1 << 30,
+		      "the bytes of a file a start reads at a time", &load_window) < 0)
 		return -EINVAL;
 	if ((v = getenv("KEEL_KV_AOF_CHUNK_SHARD"))) {
 		char *end;
@@ -606,8 +724,6 @@ kv_aof_preload(void)
 		unsigned idx;
 		char tail[16] = "", path[4096];
 		struct loaded *l;
-		enum kv_aof_tail rest;
-		size_t good;
 		int fd, got = sscanf(de->d_name, "appendonly-%u.aof%15s", &idx, tail);
 
 		if (got == 2)
@@ -638,73 +754,12 @@ kv_aof_preload(void)
 		loaded = l;
 		l = &loaded[nloaded];
 		l->idx = idx;
-		r = read_whole(fd, &l->p, &l->len);
+		r = check_file(fd, path, &l->len);
+		close(fd);
 		if (r < 0) {
-			fprintf(stderr, "keel-kv: reading %s: %s\n", path, strerror(-r));
-			close(fd);
 			closedir(d);
 			return r;
 		}
-		rest = kv_aof_check(l->p, l->len, &good);
-		if (rest == KV_AOF_CORRUPT && !kv_cfg.aof_truncate_corrupt && good == 0) {
-			/* Not one record keel-kv reads: a file of another program's under this
-			 * name, where cutting it (the option below) would keep nothing. */
-			fprintf(stderr,
-				"keel-kv: %s: its first record is not one keel-kv writes: it is not a "
-				"keel-kv append-only file (Redis's own, renamed? keel-kv does not read "
-				"them: send its data to keel-kv as commands, e.g. with redis-cli "
-				"--pipe); the file is left as it is: move it out of --dir\n",
-				path);
-			free(l->p);
-			close(fd);
-			closedir(d);
-			return -EINVAL;
-		}
-		if (rest == KV_AOF_CORRUPT && !kv_cfg.aof_truncate_corrupt) {
-			fprintf(stderr,
-				"keel-kv: %s: invalid record at offset %zu, %zu bytes after it: not a "
-				"record cut short at the end of the file by a crash, but damage inside "
-				"the file or a record of a newer keel-kv; the file is left as it is. "
-				"Keep a copy of it, then start with --aof-truncate-corrupt yes to cut "
-				"it at offset %zu (the %zu bytes are saved to %s.corrupt-%zu first), or "
-				"repair it by hand\n",
-				path, good, l->len - good, good, l->len - good, path, good);
-			free(l->p);
-			close(fd);
-			closedir(d);
-			return -EINVAL;
-		}
-		if (rest == KV_AOF_CORRUPT) {
-			r = save_corrupt(path, l->p, l->len, good);
-			if (r < 0) {
-				free(l->p);
-				close(fd);
-				closedir(d);
-				return r;
-			}
-			fprintf(stderr,
-				"keel-kv: %s: invalid record at offset %zu: saved the %zu bytes from "
-				"there to %s.corrupt-%zu and cut the file there "
-				"(--aof-truncate-corrupt yes)\n",
-				path, good, l->len - good, path, good);
-		} else if (rest == KV_AOF_TORN) {
-			fprintf(stderr,
-				"keel-kv: %s: torn record at offset %zu: truncating the file there, "
-				"%zu bytes dropped (a record cut short at the end of the file, as a "
-				"crash mid-write leaves it)\n",
-				path, good, l->len - good);
-		}
-		if (good < l->len) {
-			if (ftruncate(fd, (off_t)good) < 0 || fsync(fd) < 0) {
-				fprintf(stderr, "keel-kv: truncating %s: %s\n", path,
-					strerror(errno));
-				close(fd);
-				closedir(d);
-				return -errno;
-			}
-			l->len = good;
-		}
-		close(fd);
 		nloaded++;
 	}
 	closedir(d);
@@ -892,6 +947,78 @@ static void kick(struct aof *a);
 static void rw_dir_sync(struct aof *a);
 static int rw_begin(struct aof *a, bool *wrote);
 
+/* Apply the records of file @l whose keys this shard (@self) owns to @db, reading it a
+ * window at a time (load_window; a record larger than the window in one of its size):
+ * every shard reads every file, as a key's owner may change between runs. @argv / @cap:
+ * the parser's argument array, kept from file to file. Returns 0 or -errno. */
+static int
+replay_file(struct kv_db *db, unsigned self, const struct loaded *l, struct resp_arg **argv,
+	    unsigned *cap)
+{
+	size_t bcap = load_window < l->len ? load_window : (l->len ? l->len : 1);
+	size_t blen = 0, base = 0;
+	char path[4096];
+	uint8_t *buf;
+	int fd, r = 0;
+
+	path_of(path, sizeof(path), l->idx, "");
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	buf = malloc(bcap);
+	if (!buf) {
+		close(fd);
+		return -ENOMEM;
+	}
+	while (r == 0 && base + blen < l->len) {
+		size_t off = 0;
+
+		r = window_fill(fd, buf, bcap, &blen, base, l->len);
+		while (r == 0 && off < blen) {
+			struct resp_req req = { .argv = *argv,
+						.cap = *cap,
+						.max_bulk = UINT64_MAX >> 1 };
+			long n;
+
+			while ((n = resp_parse(buf + off, blen - off, &req)) == RESP_NEED_ARGV) {
+				struct resp_arg *g = realloc(*argv, req.need * sizeof(*g));
+				if (!g) {
+					n = -ENOMEM;
+					break;
+				}
+				*argv = g;
+				*cap = (unsigned)req.need;
+				req.argv = g;
+				req.cap = *cap;
+			}
+			if (n == RESP_MORE)
+				break; /* the rest of this record is in the next window */
+			if (n < 0) /* the check passed every record: memory, or the file changed */
+				r = n == -ENOMEM ? -ENOMEM : -EIO;
+			else if (kv_owner_key(req.argv[1].p, req.argv[1].len) == self)
+				r = kv_db_apply(db, req.argv, req.argc);
+			if (r == 0)
+				off += (size_t)n;
+		}
+		if (r < 0)
+			break;
+		if (off == 0 && base + blen == l->len) {
+			r = -EIO; /* a record the check found whole is not: the file changed */
+			break;
+		}
+		if (off == 0) {
+			r = window_grow(&buf, &bcap, l->len - base);
+			continue;
+		}
+		memmove(buf, buf + off, blen - off);
+		base += off;
+		blen -= off;
+	}
+	free(buf);
+	close(fd);
+	return r;
+}
+
 int
 kv_aof_shard_start(struct kv_db *db)
 {
@@ -926,35 +1053,8 @@ kv_aof_shard_start(struct kv_db *db)
 	}
 	a->dir_open = true;
 	keel_file_from_fd(a->dir_fd, &a->dir_f);
-	for (unsigned i = 0; i < nloaded && r == 0; i++) {
-		size_t off = 0;
-		while (off < loaded[i].len) {
-			struct resp_req req = { .argv = argv,
-						.cap = cap,
-						.max_bulk = UINT64_MAX >> 1 };
-			long n;
-			while ((n = resp_parse(loaded[i].p + off, loaded[i].len - off, &req)) ==
-			       RESP_NEED_ARGV) {
-				struct resp_arg *g = realloc(argv, req.need * sizeof(*g));
-				if (!g) {
-					n = -ENOMEM;
-					break;
-				}
-				argv = g;
-				cap = (unsigned)req.need;
-				req.argv = argv;
-				req.cap = cap;
-			}
-			if (n <= 0) { /* cannot happen after valid_prefix, but for memory */
-				r = -ENOMEM;
-				break;
-			}
-			if (kv_owner_key(req.argv[1].p, req.argv[1].len) == self &&
-			    (r = kv_db_apply(db, req.argv, req.argc)) < 0)
-				break;
-			off += (size_t)n;
-		}
-	}
+	for (unsigned i = 0; i < nloaded && r == 0; i++)
+		r = replay_file(db, self, &loaded[i], &argv, &cap);
 	free(argv);
 	if (r < 0) {
 		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: replaying the append-only files: %s",
@@ -1020,8 +1120,6 @@ kv_aof_shard_start(struct kv_db *db)
 				"switching to this run's append-only files: %s: %s (the next start "
 				"completes or undoes it)",
 				what, strerror(-r));
-		for (unsigned i = 0; i < nloaded; i++)
-			free(loaded[i].p);
 		free(loaded);
 		loaded = NULL;
 		nloaded = 0;
@@ -2294,8 +2392,6 @@ kv_aof_fini(void)
 		free(a->rw_buf);
 		memset(a, 0, sizeof(*a));
 	}
-	for (unsigned i = 0; i < nloaded; i++)
-		free(loaded[i].p);
 	free(loaded);
 	loaded = NULL;
 	nloaded = 0;
