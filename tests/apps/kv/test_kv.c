@@ -3765,7 +3765,11 @@ Test(kv_server, aof_a_start_does_not_hold_its_files_in_memory, .timeout = 180)
 	srv_stop(&s);
 	cr_log_info("peak %ld KiB with a %d MiB file, %ld KiB without", with,
 		    (int)((size_t)n * NREC >> 20), without);
-	cr_assert_lt(with - without, 40 * 1024,
+	/* The windows (3 of 8 MiB: the check's, and 2 shards') took 22 MiB here, 28 MiB in the
+	 * ASan build and 72 MiB in the TSan one (KEEL_KV_BIN, tools/test.sh), whose shadow
+	 * memory grows with what the process touches; the file whole took 84 MiB more in the
+	 * plain build, and about three times that under TSan. */
+	cr_assert_lt(with - without, (getenv("KEEL_KV_BIN") ? 3 : 1) * 40 * 1024,
 		     "the peak grew %ld KiB for a %zu-byte file (%ld KiB without it)",
 		     with - without, (size_t)n * NREC, without);
 	rm_dir(dir);
