@@ -37,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -567,6 +568,23 @@ dir_lock(void)
 	return 0;
 }
 
+/* Whether @p[0..@n), a file's first bytes that are no keel-kv record, are recognisably
+ * another program's: a Redis snapshot (an RDB file, or a Redis 7 append-only file's RDB
+ * preamble) or one that starts as Redis's append-only files do, with SELECT. Damage to a
+ * keel-kv file's first record (zeros a crash left, a bad block), or a record of a newer
+ * keel-kv, is neither: the damage message names it. */
+static bool
+foreign_file(const uint8_t *p, size_t n)
+{
+	struct resp_arg argv[8];
+	struct resp_req req = { .argv = argv, .cap = 8, .max_bulk = UINT64_MAX >> 1 };
+
+	if (n >= 5 && !memcmp(p, "REDIS", 5))
+		return true;
+	return n && p[0] == '*' && resp_parse(p, n, &req) > 0 && req.argc && argv[0].len == 6 &&
+	       !strncasecmp((const char *)argv[0].p, "SELECT", 6);
+}
+
 /* Check the records of @fd (@path) before any shard replays them: the valid ones are read
  * a window at a time (kv_aof_valid_prefix); what follows them, if anything (a torn record,
  * damage), is read whole for kv_aof_check's verdict, which is the one a check of the whole
@@ -619,9 +637,10 @@ check_file(int fd, const char *path, size_t *valid)
 	}
 	rest = kv_aof_check(buf, len, &g);
 	good = base + g;
-	if (rest == KV_AOF_CORRUPT && !kv_cfg.aof_truncate_corrupt && good == 0) {
-		/* Not one record keel-kv reads: a file of another program's under this name,
-		 * where cutting it (the option below) would keep nothing. */
+	if (rest == KV_AOF_CORRUPT && !kv_cfg.aof_truncate_corrupt && good == 0 &&
+	    foreign_file(buf, len)) {
+		/* Another program's file under this name, where cutting it (the option below)
+		 * would keep nothing. */
 		fprintf(stderr,
 			"keel-kv: %s: its first record is not one keel-kv writes: it is not a "
 			"keel-kv append-only file (Redis's own, renamed? keel-kv does not read "

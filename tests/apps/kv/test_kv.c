@@ -3011,6 +3011,13 @@ Test(kv_server, aof_a_file_not_keel_kvs_and_a_dir_that_is_a_file_are_named)
 		  "%s", err);
 	cr_assert(!strstr(err, "--aof-truncate-corrupt yes"), "%s", err);
 	cr_assert_eq(get_file(dir, "appendonly-0.aof", back, sizeof(back)), (long)strlen(redis));
+	/* A keel-kv file whose first record is damaged is not called another program's: the
+	 * damage message names it (its later records are keel-kv's). */
+	put_file(dir, "appendonly-0.aof", "*3\r\n$3\r\nSEX\r\n$1\r\nb\r\n$1\r\n2\r\n" REC_A REC_C);
+	st = srv_refuses(err, sizeof(err), dir, NULL);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "status 0x%x: %s", st, err);
+	cr_assert(strstr(err, "invalid record at offset 0") && !strstr(err, "not a keel-kv"), "%s",
+		  err);
 	snprintf(file, sizeof(file), "%s/appendonly-0.aof", dir);
 	st = srv_refuses(err, sizeof(err), file, NULL);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0, "status 0x%x: %s", st, err);
