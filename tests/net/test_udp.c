@@ -1255,10 +1255,13 @@ nosend_datagram(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_
 	keel_slice_put(s);
 }
 
+/* A destination of @family; NOSEND_MAPPED: IPv6, the v4-mapped ::ffff:127.0.0.1. */
+#define NOSEND_MAPPED 1000
+
 static int
-nosend_try(struct keel_udp *u, uint32_t len, sa_family_t family)
+nosend_try(struct keel_udp *u, uint32_t len, int family)
 {
-	struct sockaddr_storage dst = { .ss_family = family };
+	struct sockaddr_storage dst = { .ss_family = (sa_family_t)family };
 	struct keel_slice s;
 	int r;
 
@@ -1269,6 +1272,11 @@ nosend_try(struct keel_udp *u, uint32_t len, sa_family_t family)
 	} else if (family == AF_INET6) {
 		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&dst;
 		in6->sin6_addr = in6addr_loopback;
+		in6->sin6_port = htons(9);
+	} else if (family == NOSEND_MAPPED) {
+		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&dst;
+		in6->sin6_family = AF_INET6;
+		inet_pton(AF_INET6, "::ffff:127.0.0.1", &in6->sin6_addr);
 		in6->sin6_port = htons(9);
 	}
 	if (keel_buf_alloc(keel_shard_alloc(), len, &s) < 0)
@@ -1288,7 +1296,7 @@ nosend_fn(struct keel_xreq *req)
 	struct {
 		const char *addr;
 		uint32_t len;
-		sa_family_t family;
+		int family;
 		int want;
 	} cases[] = {
 		{ "127.0.0.1", 65508, AF_INET, -EMSGSIZE },
@@ -1298,9 +1306,20 @@ nosend_fn(struct keel_xreq *req)
 		{ "127.0.0.1", 100, AF_UNSPEC, -EAFNOSUPPORT },
 		{ "::1", 65528, AF_INET6, -EMSGSIZE },
 		{ "::1", 65527, AF_INET6, 0 },
+		/* A v4-mapped destination of a dual-stack endpoint goes over IPv4. */
+		{ "::", 65508, NOSEND_MAPPED, -EMSGSIZE },
+		{ "::", 65507, NOSEND_MAPPED, 0 },
 	};
 	int status = 0;
 
+	FILE *f = fopen("/proc/sys/net/ipv6/bindv6only", "r");
+	int v6only = 0;
+
+	if (f) {
+		if (fscanf(f, "%d", &v6only) != 1)
+			v6only = 0;
+		fclose(f);
+	}
 	for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]) && !status; i++) {
 		struct keel_udp *u;
 		int r;
@@ -1310,7 +1329,9 @@ nosend_fn(struct keel_xreq *req)
 			break;
 		}
 		r = nosend_try(u, cases[i].len, cases[i].family);
-		if (r != cases[i].want)
+		/* "::" is IPv6 only where the host binds so: a mapped address is refused. */
+		if (r !=
+		    (cases[i].family == NOSEND_MAPPED && v6only ? -EAFNOSUPPORT : cases[i].want))
 			status = 1 + (int)i;
 		keel_udp_close(u);
 	}
