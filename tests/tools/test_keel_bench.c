@@ -1365,13 +1365,27 @@ Test(tools_bench, serve_refuses_a_port_another_program_holds)
 	FILE *f;
 
 	ports[0] = serve_spawn("epoll", &pid, &f); /* TCP and UDP, SO_REUSEPORT */
-	/* A UDP socket alone, SO_REUSEPORT as another server's would be. */
-	u = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	cr_assert_geq(u, 0);
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	cr_assert_eq(setsockopt(u, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)), 0);
-	cr_assert_eq(bind(u, (struct sockaddr *)&a, sizeof(a)), 0);
-	cr_assert_eq(getsockname(u, (struct sockaddr *)&a, &al), 0);
+	/* A UDP socket alone, SO_REUSEPORT as another server's would be, on a port whose TCP
+	 * number is free (else the TCP check would answer first). */
+	for (int tries = 0;; tries++) {
+		int t = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), tcp_free;
+
+		cr_assert_lt(tries, 100, "no UDP port whose TCP number is free");
+		u = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+		cr_assert(u >= 0 && t >= 0);
+		a.sin_port = 0;
+		a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		al = sizeof(a);
+		cr_assert_eq(setsockopt(u, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)), 0);
+		cr_assert_eq(bind(u, (struct sockaddr *)&a, sizeof(a)), 0);
+		cr_assert_eq(getsockname(u, (struct sockaddr *)&a, &al), 0);
+		setsockopt(t, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		tcp_free = bind(t, (struct sockaddr *)&a, sizeof(a)) == 0;
+		close(t);
+		if (tcp_free)
+			break;
+		close(u);
+	}
 	ports[1] = ntohs(a.sin_port);
 	for (int b = 0; b < 2; b++)
 		for (int k = 0; k < 2; k++) {
