@@ -816,8 +816,11 @@ marker_path(char *buf, size_t n, const char *suffix)
 	snprintf(buf, n, "%s/appendonly.commit%s", kv_cfg.dir, suffix);
 }
 
+/* Write the marker of a switch to @n files (tmp, fsync, rename, directory fsync). *@placed:
+ * the rename was made (the marker may be in force even when the sync then failed). Returns 0
+ * or -errno. */
 static int
-commit_begin(int dir_fd, unsigned n)
+commit_begin(int dir_fd, unsigned n, bool *placed)
 {
 	char tmp[4096], path[4096], line[32];
 	int len = snprintf(line, sizeof(line), "%u\n", n), fd, r;
@@ -833,6 +836,7 @@ commit_begin(int dir_fd, unsigned n)
 	close(fd);
 	if (r == 0 && fault_rename("commit-marker", tmp, path) < 0)
 		r = -errno;
+	*placed = r == 0;
 	if (r == 0 && fsync(dir_fd) < 0)
 		r = -errno;
 	if (r < 0)
@@ -1126,9 +1130,14 @@ kv_aof_shard_start(struct kv_db *db)
 		/* Every shard's new file is written and synced: switch to them. No client is
 		 * served before this (main.c starts the listeners after every shard's start). */
 		char what[4200] = "";
+		bool placed = false;
 
 		atomic_store(&commit_started, true);
-		r = commit_begin(a->dir_fd, kv_cfg.nshards);
+		r = commit_begin(a->dir_fd, kv_cfg.nshards, &placed);
+		/* No marker: the switch never began, and the new files are kv_aof_fini's to
+		 * remove (a full disk fails the marker too). */
+		if (!placed)
+			atomic_store(&commit_started, false);
 		if (r < 0)
 			snprintf(what, sizeof(what), "%s/appendonly.commit", kv_cfg.dir);
 		else
