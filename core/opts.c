@@ -254,6 +254,13 @@ parse_rxqs(const char *name, const char *s, struct keel_opts *o, char *err, size
 	r = keel_map_req_rxqs_parse(&req, s, err, errlen);
 	if (r < 0)
 		return r;
+	/* One interface: --rxqs's queues are not another's (the later option won, silently,
+	 * and applied one interface's queue numbers to the other). */
+	if (o->iface[0] && strcmp(o->iface, req.iface))
+		return keel__errf(err, errlen, -EINVAL,
+				  "%s %s: conflicts with --iface %s: its queues are of one "
+				  "interface (drop --iface, or name the same one)",
+				  name, s, o->iface);
 	r = parse_iface(name, req.iface, strlen(req.iface), o, err, errlen);
 	if (r < 0)
 		return r;
@@ -447,6 +454,11 @@ apply(const struct opt_desc *d, const char *v, struct keel_opts *o, char *err, s
 		return keel__errf(err, errlen, -EINVAL, "%s: '%s' is not off, on or auto", d->name,
 				  v);
 	case OPT_IFACE:
+		if (o->nrxqs && strcmp(o->iface, v))
+			return keel__errf(err, errlen, -EINVAL,
+					  "%s %s: conflicts with --rxqs, whose queues are of %s "
+					  "(drop --iface, or name the same one)",
+					  d->name, v, o->iface);
 		return parse_iface(d->name, v, strlen(v), o, err, errlen);
 	case OPT_RXQS:
 		return parse_rxqs(d->name, v, o, err, errlen);

@@ -443,6 +443,23 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 		keel_log(KEEL_LOG_ERROR, "core", "hwloc could not load this machine's topology");
 		goto err_topo;
 	}
+	/* --rxqs gives one queue per shard: queues past the shards' count would have no shard
+	 * while RSS still sends them traffic; shards past the queues' count get none (said).
+	 * They were cut or padded without a word (keel-topo --plan refuses both). */
+	if (opts->nrxqs > rt->count) {
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "--rxqs gives %u queues for %u shard%s: the queues after the first %u "
+			 "would have no shard while RSS still sends them traffic; give --shards "
+			 "%u, or fewer queues (and lower the interface's with ethtool -L)",
+			 opts->nrxqs, rt->count, rt->count == 1 ? "" : "s", rt->count, opts->nrxqs);
+		r = -EINVAL;
+		goto err_topo;
+	}
+	if (opts->nrxqs && opts->nrxqs < rt->count)
+		keel_log(KEEL_LOG_WARN, "core",
+			 "--rxqs gives %u queue%s for %u shards: shards %u and up own no rx queue "
+			 "(no ZCRX, no queue steering there)",
+			 opts->nrxqs, opts->nrxqs == 1 ? "" : "s", rt->count, opts->nrxqs);
 	rt->shards = calloc(rt->count, sizeof(*rt->shards));
 	if (!rt->shards) {
 		r = -ENOMEM;

@@ -923,6 +923,14 @@ keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus, stru
 	}
 	/* The shards take the map's queue numbers (unless --rxqs gives its own, with its
 	 * interface): they are queues of the map's interface, not of another one. */
+	if (r == 0 && o->iface[0] && !o->nrxqs && !m->iface[0]) {
+		snprintf(err, sizeof(err),
+			 "--iface %s but the map gives no shard an rx queue (it was planned "
+			 "without an interface): run keel-topo --plan --iface %s, or give the "
+			 "queues with --rxqs %s:LIST",
+			 o->iface, o->iface, o->iface);
+		r = -EINVAL;
+	}
 	if (r == 0 && o->iface[0] && !o->nrxqs && m->iface[0] && strcmp(o->iface, m->iface)) {
 		snprintf(err, sizeof(err),
 			 "--iface %s but the map's rx queues are of interface %s: drop --iface "
@@ -945,8 +953,18 @@ keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus, stru
 		free(m);
 		return r;
 	}
-	for (unsigned i = 0; i < m->nshards; i++)
+	for (unsigned i = 0; i < m->nshards; i++) {
 		cpus[i] = m->shards[i].cpu;
+		for (unsigned j = 0; j < i; j++)
+			if (cpus[j] == cpus[i]) { /* said, not refused: a map may oversubscribe */
+				keel_log(
+					KEEL_LOG_WARN, "topo",
+					"--map %s: shards %u and %u share CPU %d, and so its time; "
+					"keel-topo --plan gives each shard its own CPU",
+					o->map_path, j, i, cpus[i]);
+				break;
+			}
+	}
 	*ncpus = m->nshards;
 	keel_log(KEEL_LOG_INFO, "topo", "--map %s: %u shard%s%s%s", o->map_path, m->nshards,
 		 m->nshards == 1 ? "" : "s", m->iface[0] ? " for " : "", m->iface);

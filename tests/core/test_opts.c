@@ -543,3 +543,33 @@ Test(core_opts, an_empty_vector_is_left_as_it_is)
 	cr_assert_null(argv[0]);
 	free(argv);
 }
+
+/* --iface and --rxqs name one interface: in either order, two different ones are refused
+ * (the later one won, and one interface's queue numbers went to the other). */
+Test(core_opts, iface_and_rxqs_naming_different_interfaces_are_refused)
+{
+	const char *orders[][5] = {
+		{ "prog", "--iface", "eth0", "--rxqs", "eth1:0" },
+		{ "prog", "--rxqs", "eth1:0", "--iface", "eth0" },
+		{ "prog", "--iface", "eth1", "--rxqs", "eth1:0" },
+	};
+
+	for (unsigned i = 0; i < 3; i++) {
+		struct keel_opts o;
+		char *argv[6] = { (char *)orders[i][0], (char *)orders[i][1], (char *)orders[i][2],
+				  (char *)orders[i][3], (char *)orders[i][4], NULL };
+		char err[256] = "";
+		int argc = 5, r;
+
+		keel_opts_init(&o);
+		r = keel_opts_parse(&o, &argc, argv, err, sizeof(err));
+		if (i < 2) {
+			cr_assert_eq(r, -EINVAL, "order %u: %d", i, r);
+			cr_assert(strstr(err, "conflicts with"), "order %u: %s", i, err);
+		} else {
+			cr_assert_eq(r, 0, "the same interface: %s", err);
+			cr_assert_str_eq(o.iface, "eth1");
+			cr_assert_eq(o.nrxqs, 1);
+		}
+	}
+}

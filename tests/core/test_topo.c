@@ -1444,6 +1444,68 @@ Test(core_topo, runtime_refuses_a_map_and_an_iface_naming_different_interfaces)
 	unlink(path);
 }
 
+/* A map planned without an interface gives no shard a queue: an --iface with it (and no
+ * --rxqs) was taken, every shard without a queue while keel_runtime_rx_iface named it. A
+ * map whose shards share a CPU is said (not refused: a map may oversubscribe). */
+Test(core_topo, runtime_refuses_an_iface_with_a_map_of_no_interface_and_names_shared_cpus)
+{
+	char path[128];
+	struct keel_runtime *rt;
+	struct keel_opts o = test_opts(0);
+	FILE *f;
+
+	tmp_path(path, sizeof(path), "noif");
+	f = fopen(path, "w");
+	cr_assert_not_null(f);
+	fprintf(f,
+		"{\"keel_map\": 1, \"iface\": null, \"rx_queues\": 0, \"shards\": [{\"shard\": 0, "
+		"\"cpu\": 0, \"rxq\": null}, {\"shard\": 1, \"cpu\": 0, \"rxq\": null}]}\n");
+	fclose(f);
+	o.map_path = path;
+	snprintf(o.iface, sizeof(o.iface), "lo");
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL, "lo taken with a map of no queues");
+	cr_assert(strstr(logged, "gives no shard an rx queue") && strstr(logged, "--iface lo"),
+		  "%s", logged);
+	o.iface[0] = 0;
+	logged[0] = 0;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(strstr(logged, "shards 0 and 1 share CPU 0"), "%s", logged);
+	keel_runtime_destroy(rt);
+	unlink(path);
+}
+
+/* --rxqs gives one queue per shard: more queues than shards is refused (those past the
+ * shards would have no shard), fewer is said; both were cut or padded without a word. */
+Test(core_topo, runtime_refuses_more_rxqs_than_shards_and_names_fewer)
+{
+	struct keel_runtime *rt;
+	struct keel_opts o = test_opts(1);
+
+	snprintf(o.iface, sizeof(o.iface), "lo");
+	o.zcrx = KEEL_POLICY_OFF;
+	o.rxqs[0] = 0;
+	o.rxqs[1] = 1;
+	o.nrxqs = 2;
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL, "2 queues for 1 shard taken");
+	cr_assert(strstr(logged, "--rxqs gives 2 queues for 1 shard") &&
+			  strstr(logged, "give --shards 2"),
+		  "%s", logged);
+	o = test_opts(2);
+	snprintf(o.iface, sizeof(o.iface), "lo");
+	o.zcrx = KEEL_POLICY_OFF;
+	o.nrxqs = 1;
+	logged[0] = 0;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(strstr(logged, "shards 1 and up own no rx queue"), "%s", logged);
+	keel_runtime_destroy(rt);
+}
+
 Test(core_topo, validate_refuses_an_irq_cpu_that_does_not_exist)
 {
 	char path[128];
