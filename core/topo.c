@@ -394,8 +394,17 @@ keel_topo_load(const struct keel_topo_load_opts *o, struct keel_topo **out, char
 		snprintf(t->info.source, sizeof(t->info.source), "this machine");
 	}
 	if (hwloc_topology_load(h) < 0) {
-		r = keel__errf(err, errlen, -EINVAL, "hwloc could not load %s: %s", t->info.source,
-			       strerror(errno));
+		/* An XML file is parsed here, not when it is named: its faults show now. */
+		if (xml)
+			r = keel__errf(
+				err, errlen, -EINVAL,
+				"hwloc could not load %s: %s (an XML topology file: check it "
+				"with lstopo-no-graphics --input %s, or write a new one with "
+				"lstopo-no-graphics --of xml FILE)",
+				t->info.source, strerror(errno), xml);
+		else
+			r = keel__errf(err, errlen, -EINVAL, "hwloc could not load %s: %s",
+				       t->info.source, strerror(errno));
 		goto err_h;
 	}
 	if (t->info.live) {

@@ -677,8 +677,14 @@ from_tree(struct jp *p, const struct jval *root, struct keel_map *m)
 			return jerr(p, "a shard has an rx queue but \"iface\" is null");
 		}
 		if (m->shards[s].rxq >= 0 && (unsigned)m->shards[s].rxq >= m->rx_queues) {
+			char msg[160];
 			p->pos = shard_at(root, s);
-			return jerr(p, "a shard's rxq is not below \"rx_queues\"");
+			snprintf(msg, sizeof(msg),
+				 "shard %u's rxq %d is not below \"rx_queues\" %u: set rx_queues "
+				 "to the interface's count (at least %d), or the rxq below %u",
+				 s, m->shards[s].rxq, m->rx_queues, m->shards[s].rxq + 1,
+				 m->rx_queues);
+			return jerr(p, msg);
 		}
 		for (unsigned o = 0; o < s; o++)
 			if (m->shards[s].rxq >= 0 && m->shards[o].rxq == m->shards[s].rxq) {
@@ -710,6 +716,10 @@ keel_map_parse(const char *json, size_t len, struct keel_map *out, char *err, si
 			return jerr(&p, "NUL byte in the file");
 		}
 	}
+	/* An editor's UTF-8 byte-order mark: JSON has none (RFC 8259 8.1); say so, rather
+	 * than "unexpected character" at byte 0. */
+	if (len >= 3 && !memcmp(json, "\xef\xbb\xbf", 3))
+		return jerr(&p, "a UTF-8 byte-order mark starts the file: save it without one");
 	r = parse_value(&p, &root, 0);
 	if (r == 0) {
 		skip_ws(&p);

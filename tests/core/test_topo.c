@@ -996,6 +996,14 @@ Test(core_topo, map_parser_is_strict)
 		"duplicate member");
 	expect_reject("{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 1, " SHARD0 "} x",
 		      "data after the document");
+	/* The fixes named: an editor's byte-order mark, and the rx_queues a queue needs. */
+	expect_reject("\xef\xbb\xbf{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 1, " SHARD0
+		      "}",
+		      "byte-order mark starts the file: save it without one");
+	expect_reject("{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 1, \"shards\": "
+		      "[{\"shard\": 0, \"cpu\": 0, \"rxq\": 3}]}",
+		      "shard 0's rxq 3 is not below \"rx_queues\" 1: set rx_queues to the "
+		      "interface's count (at least 4)");
 	/* Many members: refused at the 65th, not compared with each other (90,000 in a
 	 * 1 MiB file took 19 s to refuse). */
 	{
@@ -1733,6 +1741,24 @@ Test(core_topo, bad_sources_fail_with_the_fix)
 	cr_assert_eq(keel_topo_load(&o, &t, err, sizeof(err)), -EINVAL);
 	cr_assert(strstr(err, "pack:2"), "%s", err);
 	cr_assert_null(t);
+	/* A file hwloc cannot parse (truncated): the load fails, and says how to check it
+	 * (the hint was only on a failure to name the file, which never comes). */
+	{
+		char path[128];
+		FILE *f;
+
+		snprintf(path, sizeof(path), "/tmp/keel-test-trunc-%d.xml", (int)getpid());
+		f = fopen(path, "w");
+		cr_assert_not_null(f);
+		fprintf(f, "<?xml version=\"1.0\"?>\n<topology version=\"2.0\">\n  <object ");
+		fclose(f);
+		o.synthetic = NULL;
+		o.xml = path;
+		cr_assert_eq(keel_topo_load(&o, &t, err, sizeof(err)), -EINVAL);
+		cr_assert(strstr(err, "lstopo-no-graphics --input"), "%s", err);
+		cr_assert_null(t);
+		unlink(path);
+	}
 }
 
 /* An interface with more rx queues than the map serves, as a ZCRX set-up has (zcrx.md: RSS
