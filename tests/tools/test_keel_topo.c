@@ -539,6 +539,74 @@ Test(tools_topo, plan_steers_a_port_to_non_contiguous_rxqs)
 	unlink(args);
 }
 
+/* --plan --map FILE of a map that exists, with no option shaping another, plans that map
+ * as it is: it wrote a default map over it, losing a hand edit (or an offline plan's
+ * options), and printed the new map's commands. Map options still plan (and write) a new
+ * one. */
+Test(tools_topo, plan_of_an_existing_map_keeps_it)
+{
+	char args[1024], path[128], *out, *text;
+	const char *xml = topo_file("32em64t-2n8c2t-pci-normalio.xml");
+	FILE *f;
+	long n;
+
+	snprintf(path, sizeof(path), "/tmp/keel-topo-test-%d.kept.map", (int)getpid());
+	snprintf(args, sizeof(args), "--xml %s --queues 2 --iface eth0 --plan --map %s", xml, path);
+	cr_assert_eq(run(args, true, &out), 0, "%s", out);
+	free(out);
+	/* A hand edit: shard 1 to CPU 14 (on the NIC's node, as the planned CPUs are). */
+	f = fopen(path, "r+");
+	cr_assert_not_null(f);
+	fseek(f, 0, SEEK_END);
+	n = ftell(f);
+	rewind(f);
+	text = calloc(1, (size_t)n + 16);
+	cr_assert_eq(fread(text, 1, (size_t)n, f), (size_t)n);
+	fclose(f);
+	{
+		char *at = strstr(text, "\"shard\": 1, \"cpu\": ");
+		cr_assert_not_null(at, "%s", text);
+		at += strlen("\"shard\": 1, \"cpu\": ");
+		cr_assert(at[0] != '1' || at[1] != '4', "%s", text); /* it changes */
+		memmove(at + 2, at + strcspn(at, ","), strlen(at + strcspn(at, ",")) + 1);
+		at[0] = '1';
+		at[1] = '4';
+		/* ... and its queue's IRQ with it, which the plan pins */
+		at = strstr(at, "\"irq_cpu\": ");
+		cr_assert_not_null(at, "%s", text);
+		at += strlen("\"irq_cpu\": ");
+		memmove(at + 2, at + strcspn(at, " ,}"), strlen(at + strcspn(at, " ,}")) + 1);
+		at[0] = '1';
+		at[1] = '4';
+	}
+	f = fopen(path, "w");
+	cr_assert_not_null(f);
+	fputs(text, f);
+	fclose(f);
+	snprintf(args, sizeof(args), "--xml %s --queues 2 --plan --map %s", xml, path);
+	cr_assert_eq(run(args, true, &out), 0, "%s", out);
+	cr_assert(strstr(out, "the map in") && strstr(out, "as it is"), "%s", out);
+	cr_assert(strstr(out, "eth0 rx queue 1 to CPU 14"), "the commands of the edited map: %s",
+		  out);
+	free(out);
+	f = fopen(path, "r");
+	cr_assert_not_null(f);
+	{
+		char back[8192];
+		size_t got = fread(back, 1, sizeof(back) - 1, f);
+		back[got] = 0;
+		cr_assert_str_eq(back, text, "the map file was rewritten");
+	}
+	fclose(f);
+	/* Map options plan a new one, written over it. */
+	snprintf(args, sizeof(args), "--xml %s --queues 2 --iface eth0 --plan --map %s", xml, path);
+	cr_assert_eq(run(args, true, &out), 0, "%s", out);
+	cr_assert(strstr(out, "wrote"), "%s", out);
+	free(out);
+	free(text);
+	unlink(path);
+}
+
 Test(tools_topo, plan_for_a_vf_says_to_bind_a_driver)
 {
 	char args[640], *out;

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "topo_tool.h"
 
@@ -305,6 +306,7 @@ main(int argc, char **argv)
 	struct tool_ctx c;
 	char err[1024] = "";
 	int r, status = 0;
+	bool plan_kept = false; /* --plan of the map in --map FILE, which stays as it is */
 
 	if (!map)
 		return 2;
@@ -331,6 +333,25 @@ main(int argc, char **argv)
 	if (a.map_path && !a.plan) {
 		/* --check, the report, --json and --svg show the map in the file. */
 		r = keel_map_load(a.map_path, map, err, sizeof(err));
+	} else if (a.map_path && !a.map_opts[0] && access(a.map_path, F_OK) == 0) {
+		/* --plan --map FILE of a map that exists, and no option shaping another: the
+		 * commands of that map (edited by hand, or planned offline with options), not
+		 * a default map written over it. */
+		r = keel_map_load(a.map_path, map, err, sizeof(err));
+		if (r == 0 && c.info->live) /* against this machine; an offline plan is not */
+			r = keel_map_validate(map, err, sizeof(err));
+		plan_kept = r == 0;
+		if (r < 0) {
+			char why[400];
+
+			snprintf(why, sizeof(why), "%.399s", err);
+			snprintf(
+				err, sizeof(err),
+				"--plan --map %.300s: the map there cannot be planned (%s); remove "
+				"it, or give the options of a new map (--shards, --iface, ...) to "
+				"replace it",
+				a.map_path, why);
+		}
 	} else {
 		r = keel_map_compute(topo, &a.req, map, err, sizeof(err));
 	}
@@ -407,15 +428,22 @@ main(int argc, char **argv)
 			status = 2;
 			goto out;
 		}
-		r = keel_map_save(c.map, path, err, sizeof(err));
+		r = plan_kept ? 0 : keel_map_save(c.map, path, err, sizeof(err));
 		if (r < 0) {
 			fprintf(stderr, "keel-topo: %s\n", err);
 			status = 2;
 			goto out;
 		}
 		n = plan_build(&c, steps, sizeof(steps) / sizeof(steps[0]));
-		printf("# keel-topo --plan: wrote %s (%u shard%s); run keel programs with --map %s\n",
-		       path, c.map->nshards, c.map->nshards == 1 ? "" : "s", path);
+		if (plan_kept)
+			printf("# keel-topo --plan: the map in %s as it is (%u shard%s; give map "
+			       "options, or remove it, to plan another); run keel programs with "
+			       "--map %s\n",
+			       path, c.map->nshards, c.map->nshards == 1 ? "" : "s", path);
+		else
+			printf("# keel-topo --plan: wrote %s (%u shard%s); run keel programs with "
+			       "--map %s\n",
+			       path, c.map->nshards, c.map->nshards == 1 ? "" : "s", path);
 		plan_print(steps, n, stdout);
 		if (a.apply)
 			status = plan_apply(steps, n);
