@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: MIT
 /* Runtime lifecycle: shard threads, pinning, signals, foreign requests, deferred work. */
+#include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -249,6 +252,54 @@ cpus_of(const struct keel_opts *o, int *cpus, unsigned *n, char *why, size_t why
 }
 
 /* --iface without --map: where each shard's rx queue has its IRQ (warnings only). */
+/* --iface given as a PCI function ("0000:81:00.0" or "81:00.0"), as keel-topo takes it: its
+ * network interface's name into @iface, said, as ZCRX and the rest use names (it opened the
+ * bus id as a name: ENODEV). Returns 0 (not a bus id, or resolved), or -ENODEV (a function
+ * without a network interface, or with several: logged with the fix). */
+static int
+iface_from_pci(char *iface, size_t len)
+{
+	unsigned d, b, sl, fn;
+	char id[32], want[40], path[PATH_MAX], found[32] = "";
+	unsigned n = 0;
+	struct dirent *de;
+	DIR *dir;
+
+	if (sscanf(iface, "%x:%x:%x.%x", &d, &b, &sl, &fn) == 4)
+		snprintf(id, sizeof(id), "%04x:%02x:%02x.%x", d, b, sl, fn);
+	else if (sscanf(iface, "%x:%x.%x", &b, &sl, &fn) == 3 && strchr(iface, '.'))
+		snprintf(id, sizeof(id), "0000:%02x:%02x.%x", b, sl, fn);
+	else
+		return 0;
+	snprintf(want, sizeof(want), "/%s/", id);
+	dir = opendir("/sys/class/net");
+	while (dir && (de = readdir(dir))) {
+		char link[80];
+
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(link, sizeof(link), "/sys/class/net/%.60s", de->d_name);
+		if (!realpath(link, path) || !strstr(path, want))
+			continue;
+		if (!n++)
+			snprintf(found, sizeof(found), "%.31s", de->d_name);
+	}
+	if (dir)
+		closedir(dir);
+	if (n != 1) {
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "--iface %s: PCI function %s has %s network interface; give the "
+			 "interface's name (keel-topo lists them)%s",
+			 iface, id, n ? "more than one" : "no",
+			 n ? "" : ", or bind a network driver to it first");
+		return -ENODEV;
+	}
+	keel_log(KEEL_LOG_INFO, "core", "--iface %s: PCI function %s is interface %s", iface, id,
+		 found);
+	snprintf(iface, len, "%s", found);
+	return 0;
+}
+
 static void
 iface_check(const struct keel_runtime *rt)
 {
@@ -482,7 +533,9 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 		s->xefd = -1;
 		pthread_mutex_init(&s->xlock, NULL);
 	}
-	r = zcrx_check(rt);
+	r = iface_from_pci(rt->opts.iface, sizeof(rt->opts.iface));
+	if (r == 0)
+		r = zcrx_check(rt);
 	if (r < 0) {
 		free(rt->shards);
 		goto err_topo;

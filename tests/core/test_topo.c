@@ -3,6 +3,7 @@
  * cases, and the live machine; the map file parser; the runtime's --map. */
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -1512,6 +1513,54 @@ Test(core_topo, runtime_refuses_more_rxqs_than_shards_and_names_fewer)
 	keel_log_set_sink(NULL, NULL);
 	cr_assert(strstr(logged, "shards 1 and up own no rx queue"), "%s", logged);
 	keel_runtime_destroy(rt);
+}
+
+/* --iface given as a PCI function, as keel-topo takes it, names its network interface for
+ * the runtime too: keel_runtime_rx_iface() is the name (ZCRX opened the bus id as one:
+ * ENODEV). A function with no interface is refused, naming the fix. Uses this machine's first
+ * PCI network interface (skipped without one). */
+Test(core_topo, runtime_takes_an_iface_given_as_its_pci_function)
+{
+	struct keel_runtime *rt;
+	struct keel_opts o = test_opts(1);
+	char name[64] = "", busid[64] = "", link[300], path[4096];
+	struct dirent *de;
+	DIR *d = opendir("/sys/class/net");
+
+	while (d && (de = readdir(d)) && !busid[0]) {
+		char *at;
+
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(link, sizeof(link), "/sys/class/net/%s/device", de->d_name);
+		if (!realpath(link, path))
+			continue;
+		/* .../0000:00:03.0[/virtio2]: the PCI function is the path's bus-id part */
+		for (at = strtok(path, "/"); at; at = strtok(NULL, "/")) {
+			unsigned a, b, c, e;
+			if (sscanf(at, "%4x:%2x:%2x.%1x", &a, &b, &c, &e) == 4 &&
+			    strlen(at) == 12) {
+				snprintf(busid, sizeof(busid), "%.63s", at);
+				snprintf(name, sizeof(name), "%.63s", de->d_name);
+			}
+		}
+	}
+	if (d)
+		closedir(d);
+	if (!busid[0])
+		cr_skip_test("no PCI network interface here");
+	o.zcrx = KEEL_POLICY_OFF;
+	snprintf(o.iface, sizeof(o.iface), "%s", busid);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0, "--iface %s", busid);
+	cr_assert_str_eq(keel_runtime_rx_iface(rt), name);
+	keel_runtime_destroy(rt);
+	snprintf(o.iface, sizeof(o.iface), "0000:ff:1f.7");
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), -ENODEV);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(strstr(logged, "has no network interface") && strstr(logged, "bind"), "%s",
+		  logged);
 }
 
 Test(core_topo, validate_refuses_an_irq_cpu_that_does_not_exist)
