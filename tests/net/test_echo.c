@@ -136,11 +136,12 @@ Test(net_echo, keel_echo_stats_name_datagrams_lost_on_receipt)
  * reviewer's run). 8 threads open, echo and close 150 connections each. */
 static uint16_t churn_port;
 
+/* @n connections to churn_port, each echoing a byte and closed: NULL, or -errno as a
+ * pointer (a thread's result). */
 static void *
-churn_thread(void *arg)
+echo_cycles(int n)
 {
-	(void)arg;
-	for (int i = 0; i < 150; i++) {
+	for (int i = 0; i < n; i++) {
 		char c = 'c';
 		int fd = cli_connect(churn_port);
 
@@ -155,27 +156,46 @@ churn_thread(void *arg)
 	return NULL;
 }
 
+/* keel-echo started with @argv on a free port (its text in @port_s, which @argv names, and
+ * churn_port), once it accepts a connection; its pid, its log in *@logfd. */
+static pid_t
+churn_echo_spawn(char *const argv[], char *port_s, int *logfd)
+{
+	struct sockaddr_in a;
+	pid_t pid;
+	int fd;
+
+	free_loopback_port(SOCK_STREAM, &a, port_s, 16);
+	churn_port = ntohs(a.sin_port);
+	pid = keel_echo_spawn(argv, logfd);
+	for (uint64_t dl = test_deadline(TEST_WAIT_MS); (fd = cli_connect(churn_port)) < 0;) {
+		cr_assert(!test_expired(dl), "keel-echo did not listen");
+		test_pause();
+	}
+	close(fd);
+	return pid;
+}
+
+static void *
+churn_thread(void *arg)
+{
+	(void)arg;
+	return echo_cycles(150);
+}
+
 Test(net_echo, a_full_descriptor_table_is_said_at_most_every_10_s, .timeout = 180)
 {
 	char port_s[16], text[65536];
 	char *argv[] = { "keel-echo", "--addr",      "127.0.0.1",   "--port", port_s,
 			 "--shards",  "1",           "--max-files", "8",      "--idle-poll-us",
 			 "0",         "--log-level", "warn",        NULL };
-	struct sockaddr_in a;
 	struct timespec t0, t1;
 	pthread_t th[8];
-	int logfd, fd, lines = 0;
+	int logfd, lines = 0;
 	double secs;
 	pid_t pid;
 
-	free_loopback_port(SOCK_STREAM, &a, port_s, sizeof(port_s));
-	churn_port = ntohs(a.sin_port);
-	pid = keel_echo_spawn(argv, &logfd);
-	for (uint64_t dl = test_deadline(TEST_WAIT_MS); (fd = cli_connect(churn_port)) < 0;) {
-		cr_assert(!test_expired(dl), "keel-echo did not listen");
-		test_pause();
-	}
-	close(fd);
+	pid = churn_echo_spawn(argv, port_s, &logfd);
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	for (int i = 0; i < 8; i++)
 		cr_assert_eq(pthread_create(&th[i], NULL, churn_thread, NULL), 0);
@@ -205,23 +225,12 @@ cpu1_connects(void *arg)
 {
 	cpu_set_t set;
 
+	(void)arg;
 	CPU_ZERO(&set);
 	CPU_SET(1, &set);
 	if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set))
 		return (void *)(intptr_t)-EINVAL;
-	for (int i = 0; i < 20; i++) {
-		char c = 'c';
-		int fd = cli_connect(churn_port);
-
-		if (fd < 0)
-			return (void *)(intptr_t)fd;
-		if (cli_write_all(fd, &c, 1) < 0 || cli_read_all(fd, &c, 1) < 0) {
-			close(fd);
-			return (void *)(intptr_t)-EIO;
-		}
-		close(fd);
-	}
-	return NULL;
+	return echo_cycles(20);
 }
 
 Test(net_echo, connections_from_a_cpu_without_a_shard_are_no_cpu_mismatch)
@@ -231,10 +240,9 @@ Test(net_echo, connections_from_a_cpu_without_a_shard_are_no_cpu_mismatch)
 			 "--shards",  "1",       "--cpuset",  "0",       "--idle-poll-us",
 			 "0",         "--steer", "cpu",       "--stats", NULL };
 	unsigned long long acc = 0, mis = ~0ull;
-	struct sockaddr_in a;
 	pthread_t th;
 	void *r;
-	int logfd, fd;
+	int logfd;
 	pid_t pid;
 
 	cpu_set_t mine;
@@ -242,14 +250,7 @@ Test(net_echo, connections_from_a_cpu_without_a_shard_are_no_cpu_mismatch)
 	if (sched_getaffinity(0, sizeof(mine), &mine) || !CPU_ISSET(0, &mine) ||
 	    !CPU_ISSET(1, &mine))
 		cr_skip_test("needs CPUs 0 and 1 in this process's affinity");
-	free_loopback_port(SOCK_STREAM, &a, port_s, sizeof(port_s));
-	churn_port = ntohs(a.sin_port);
-	pid = keel_echo_spawn(argv, &logfd);
-	for (uint64_t dl = test_deadline(TEST_WAIT_MS); (fd = cli_connect(churn_port)) < 0;) {
-		cr_assert(!test_expired(dl), "keel-echo did not listen");
-		test_pause();
-	}
-	close(fd);
+	pid = churn_echo_spawn(argv, port_s, &logfd);
 	cr_assert_eq(pthread_create(&th, NULL, cpu1_connects, NULL), 0);
 	pthread_join(th, &r);
 	cr_assert_null(r, "the client failed: %d", (int)(intptr_t)r);

@@ -89,6 +89,25 @@ first_iface(void)
 	return name;
 }
 
+/* The whole of file @path, with @room zero bytes after it (for an edit in place). */
+static char *
+file_text(const char *path, size_t room)
+{
+	FILE *f = fopen(path, "r");
+	char *text;
+	long n;
+
+	cr_assert_not_null(f, "%s", path);
+	fseek(f, 0, SEEK_END);
+	n = ftell(f);
+	rewind(f);
+	text = calloc(1, (size_t)n + room);
+	cr_assert_not_null(text);
+	cr_assert_eq(fread(text, 1, (size_t)n, f), (size_t)n);
+	fclose(f);
+	return text;
+}
+
 Test(tools_topo, report_describes_this_machine)
 {
 	char *out;
@@ -548,21 +567,13 @@ Test(tools_topo, plan_of_an_existing_map_keeps_it)
 	char args[1024], path[128], *out, *text;
 	const char *xml = topo_file("32em64t-2n8c2t-pci-normalio.xml");
 	FILE *f;
-	long n;
 
 	snprintf(path, sizeof(path), "/tmp/keel-topo-test-%d.kept.map", (int)getpid());
 	snprintf(args, sizeof(args), "--xml %s --queues 2 --iface eth0 --plan --map %s", xml, path);
 	cr_assert_eq(run(args, true, &out), 0, "%s", out);
 	free(out);
 	/* A hand edit: shard 1 to CPU 14 (on the NIC's node, as the planned CPUs are). */
-	f = fopen(path, "r+");
-	cr_assert_not_null(f);
-	fseek(f, 0, SEEK_END);
-	n = ftell(f);
-	rewind(f);
-	text = calloc(1, (size_t)n + 16);
-	cr_assert_eq(fread(text, 1, (size_t)n, f), (size_t)n);
-	fclose(f);
+	text = file_text(path, 16);
 	{
 		char *at = strstr(text, "\"shard\": 1, \"cpu\": ");
 		cr_assert_not_null(at, "%s", text);
@@ -735,8 +746,6 @@ Test(tools_topo, svg_marks_an_irq_mismatch_in_the_warning_colour)
 {
 	char args[512], svg[128], *out, *doc;
 	const char *path;
-	FILE *f;
-	long len;
 
 	need_vm_eth0();
 	path = map_file("svgwarn", "{\"keel_map\": 1, \"iface\": \"eth0\", \"rx_queues\": 1, "
@@ -746,14 +755,7 @@ Test(tools_topo, svg_marks_an_irq_mismatch_in_the_warning_colour)
 	snprintf(args, sizeof(args), "--map %s --svg %s", path, svg);
 	cr_assert_eq(run(args, true, &out), 0, "%s", out);
 	free(out);
-	f = fopen(svg, "r");
-	cr_assert_not_null(f);
-	fseek(f, 0, SEEK_END);
-	len = ftell(f);
-	rewind(f);
-	doc = calloc(1, (size_t)len + 1);
-	cr_assert_eq(fread(doc, 1, (size_t)len, f), (size_t)len);
-	fclose(f);
+	doc = file_text(svg, 1);
 	/* IRQ 38 -> 0-1 against the map's CPU 0: the queue is outlined in orange (#dd6b20),
 	 * with the title's warning */
 	cr_assert(strstr(doc, "stroke=\"#dd6b20\" stroke-width=\"2\""), "%s", doc);
