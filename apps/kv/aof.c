@@ -438,17 +438,94 @@ window_fill(int fd, uint8_t *buf, size_t cap, size_t *len, size_t base, size_t e
 	return 0;
 }
 
-/* Double @*buf's @*cap, up to @most: 0 or -ENOMEM. */
+/* Grow @*buf's @*cap to @want (more than it is), up to @most: 0 or -ENOMEM. */
 static int
-window_grow(uint8_t **buf, size_t *cap, size_t most)
+window_grow_to(uint8_t **buf, size_t *cap, size_t want, size_t most)
 {
-	size_t n = *cap * 2 < most ? *cap * 2 : most;
-	uint8_t *p = realloc(*buf, n ? n : 1);
+	size_t n = want > *cap ? want : *cap * 2;
+	uint8_t *p;
 
+	if (n > most)
+		n = most;
+	p = realloc(*buf, n ? n : 1);
 	if (!p)
 		return -ENOMEM;
 	*buf = p;
 	*cap = n;
+	return 0;
+}
+
+/* Double @*buf's @*cap, up to @most: 0 or -ENOMEM. */
+static int
+window_grow(uint8_t **buf, size_t *cap, size_t most)
+{
+	return window_grow_to(buf, cap, *cap * 2, most);
+}
+
+/* The number of a RESP line "<@type>digits\r\n" at @p[*@off..@n): true with *@v, and *@off
+ * past it. */
+static bool
+head_num(const uint8_t *p, size_t n, size_t *off, char type, uint64_t *v)
+{
+	size_t i = *off + 1;
+	uint64_t x = 0;
+
+	if (*off >= n || p[*off] != type)
+		return false;
+	for (; i < n && p[i] >= '0' && p[i] <= '9' && i - *off <= 19; i++)
+		x = x * 10 + (uint64_t)(p[i] - '0');
+	if (i == *off + 1 || i + 1 >= n || p[i] != '\r' || p[i + 1] != '\n')
+		return false;
+	*off = i + 2;
+	*v = x;
+	return true;
+}
+
+/* The head of a SET record (SET k v, or SET k v PXAT ms: @*args 3 or 5) at the start of
+ * @p[0..@n), up to its value's length: its key, and the offset just past the value's CRLF.
+ * 0 when that head is not all in @p[0..@n) or the record is not a SET (a DEL is small). */
+static size_t
+big_record_head(const uint8_t *p, size_t n, const uint8_t **key, size_t *klen, unsigned *args)
+{
+	size_t off = 0;
+	uint64_t argc, len;
+
+	if (!head_num(p, n, &off, '*', &argc) || (argc != 3 && argc != 5))
+		return 0;
+	if (!head_num(p, n, &off, '$', &len) || len != 3 || n - off < 5 ||
+	    memcmp(p + off, "SET\r\n", 5))
+		return 0;
+	off += 5;
+	if (!head_num(p, n, &off, '$', &len) || len > n - off || n - off - len < 2)
+		return 0;
+	*key = p + off;
+	*klen = (size_t)len;
+	off += (size_t)len + 2;
+	if (!head_num(p, n, &off, '$', &len) || len > SIZE_MAX / 2)
+		return 0;
+	*args = (unsigned)argc;
+	return off + (size_t)len + 2;
+}
+
+/* The bytes of a SET record's "PXAT ms" arguments, which start at @at in @fd (of @end bytes):
+ * read and measured there. 0 with *@len, or -EIO when they are not there. */
+static int
+pxat_tail(int fd, size_t at, size_t end, size_t *len)
+{
+	uint8_t t[64];
+	size_t got = 0, off = 0;
+	uint64_t l;
+	int r = window_fill(fd, t, sizeof(t), &got, at, end);
+
+	if (r < 0)
+		return r;
+	if (!head_num(t, got, &off, '$', &l) || l != 4 || got - off < 6 ||
+	    memcmp(t + off, "PXAT\r\n", 6))
+		return -EIO;
+	off += 6;
+	if (!head_num(t, got, &off, '$', &l) || l > got - off || got - off - l < 2)
+		return -EIO;
+	*len = off + (size_t)l + 2;
 	return 0;
 }
 
@@ -609,8 +686,10 @@ check_file(int fd, const char *path, size_t *valid)
 	if (cap > size)
 		cap = size ? size : 1;
 	buf = malloc(cap);
-	if (!buf)
+	if (!buf) {
+		fprintf(stderr, "keel-kv: reading %s: %s\n", path, strerror(ENOMEM));
 		return -ENOMEM;
+	}
 	for (;;) {
 		size_t v;
 
@@ -993,8 +1072,11 @@ replay_file(struct kv_db *db, unsigned self, const struct loaded *l, struct resp
 		close(fd);
 		return -ENOMEM;
 	}
-	while (r == 0 && base + blen < l->len) {
-		size_t off = 0;
+	while (r == 0 && base < l->len) {
+		size_t off = 0, vend;
+		const uint8_t *key;
+		size_t klen;
+		unsigned args;
 
 		r = window_fill(fd, buf, bcap, &blen, base, l->len);
 		while (r == 0 && off < blen) {
@@ -1029,13 +1111,28 @@ replay_file(struct kv_db *db, unsigned self, const struct loaded *l, struct resp
 			r = -EIO; /* a record the check found whole is not: the file changed */
 			break;
 		}
-		if (off == 0) {
-			r = window_grow(&buf, &bcap, l->len - base);
+		if (off > 0) {
+			memmove(buf, buf + off, blen - off);
+			base += off;
+			blen -= off;
 			continue;
 		}
-		memmove(buf, buf + off, blen - off);
-		base += off;
-		blen -= off;
+		/* A record larger than the window. Another shard's is skipped unread: every
+		 * shard reads every file, and each held the whole of a large value (8 shards, 8
+		 * copies). This shard's: a window of its size, at once. */
+		vend = big_record_head(buf, blen, &key, &klen, &args);
+		if (vend && kv_owner_key(key, klen) != self) {
+			size_t tail = 0;
+
+			if (args == 5)
+				r = pxat_tail(fd, base + vend, l->len, &tail);
+			if (r == 0 && base + vend + tail > l->len)
+				r = -EIO; /* the check found it whole: the file changed */
+			base += vend + tail;
+			blen = 0;
+			continue;
+		}
+		r = window_grow_to(&buf, &bcap, vend ? vend + 64 : bcap * 2, l->len - base);
 	}
 	free(buf);
 	close(fd);

@@ -3689,13 +3689,13 @@ Test(kv_server, a_start_that_cannot_write_its_files_leaves_no_new_file)
 }
 
 /* A start reads its files a window at a time (KEEL_KV_AOF_LOAD_WINDOW=1000 here, 8 MiB by
- * default): records across windows, one 300 KB value larger than a window, and a torn
- * record at the end; on 2 shards, each of which reads the file for its keys. Every key comes
- * back with its last value, and the torn record is cut. */
+ * default): records across windows, two 300 KB values larger than a window (one with an
+ * expiry), and a torn record at the end; on 2 shards, each of which reads the file for its keys.
+ * Every key comes back with its last value, and the torn record is cut. */
 Test(kv_server, aof_a_start_reads_its_files_a_window_at_a_time)
 {
 	enum { N = 200, BIG = 300000 };
-	size_t cap = N * 64 + BIG + 256, len = 0;
+	size_t cap = N * 64 + 2 * BIG + 512, len = 0;
 	char *recs = malloc(cap), *want = malloc(BIG + 64), dir[64], cmd[64];
 	struct srv s;
 	struct rd r;
@@ -3708,6 +3708,12 @@ Test(kv_server, aof_a_start_reads_its_files_a_window_at_a_time)
 	len += (size_t)sprintf(recs + len, "*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$%d\r\n", BIG);
 	memset(recs + len, 'b', BIG);
 	len += BIG;
+	/* ... and one with an expiry (its PXAT after the value: a shard that does not own it
+	 * skips it unread, measuring that tail) */
+	len += (size_t)sprintf(recs + len, "\r\n*5\r\n$3\r\nSET\r\n$4\r\nbig2\r\n$%d\r\n", BIG);
+	memset(recs + len, 'b', BIG);
+	len += BIG;
+	len += (size_t)sprintf(recs + len, "\r\n$4\r\nPXAT\r\n$13\r\n9999999999999");
 	len += (size_t)sprintf(recs + len, "\r\n*3\r\n$3\r\nSET\r\n$4\r\ntorn\r\n$9\r\nonly");
 	mk_dir(dir, sizeof(dir));
 	put_file(dir, "appendonly-0.aof", recs);
@@ -3726,8 +3732,14 @@ Test(kv_server, aof_a_start_reads_its_files_a_window_at_a_time)
 	memset(want + strlen(want), 'b', BIG);
 	memcpy(want + strlen("$300000\r\n") + BIG, "\r\n", 3);
 	expect(&r, "GET big", want);
+	expect(&r, "GET big2", want);
+	test_send_all(r.fd, "PTTL big2\r\n", 11);
+	{
+		char *got = rd_next(&r, NULL);
+		cr_assert(got && got[0] == ':' && atoll(got + 1) > 0, "PTTL big2: %s", got);
+	}
 	expect(&r, "EXISTS torn", ":0\r\n");
-	expect(&r, "DBSIZE", ":101\r\n");
+	expect(&r, "DBSIZE", ":102\r\n");
 	rd_free(&r);
 	srv_stop(&s);
 	free(recs);
