@@ -254,13 +254,6 @@ parse_rxqs(const char *name, const char *s, struct keel_opts *o, char *err, size
 	r = keel_map_req_rxqs_parse(&req, s, err, errlen);
 	if (r < 0)
 		return r;
-	/* One interface: --rxqs's queues are not another's (the later option won, silently,
-	 * and applied one interface's queue numbers to the other). */
-	if (o->iface[0] && strcmp(o->iface, req.iface))
-		return keel__errf(err, errlen, -EINVAL,
-				  "%s %s: conflicts with --iface %s: its queues are of one "
-				  "interface (drop --iface, or name the same one)",
-				  name, s, o->iface);
 	r = parse_iface(name, req.iface, strlen(req.iface), o, err, errlen);
 	if (r < 0)
 		return r;
@@ -454,11 +447,6 @@ apply(const struct opt_desc *d, const char *v, struct keel_opts *o, char *err, s
 		return keel__errf(err, errlen, -EINVAL, "%s: '%s' is not off, on or auto", d->name,
 				  v);
 	case OPT_IFACE:
-		if (o->nrxqs && strcmp(o->iface, v))
-			return keel__errf(err, errlen, -EINVAL,
-					  "%s %s: conflicts with --rxqs, whose queues are of %s "
-					  "(drop --iface, or name the same one)",
-					  d->name, v, o->iface);
 		return parse_iface(d->name, v, strlen(v), o, err, errlen);
 	case OPT_RXQS:
 		return parse_rxqs(d->name, v, o, err, errlen);
@@ -478,14 +466,74 @@ apply(const struct opt_desc *d, const char *v, struct keel_opts *o, char *err, s
 	return -EINVAL;
 }
 
+/* After option @d was applied to @o: the interface --iface or --rxqs named, into @ifs or
+ * @rqs (their source's). */
+static void
+iface_note(const struct opt_desc *d, const struct keel_opts *o, char *ifs, char *rqs)
+{
+	if (d->id == OPT_IFACE)
+		snprintf(ifs, 32, "%s", o->iface);
+	else if (d->id == OPT_RXQS)
+		snprintf(rqs, 32, "%s", o->iface);
+}
+
+/* --iface and --rxqs name one interface: --rxqs's queues are not another's (the later
+ * option won, silently, and one interface's queue numbers went to the other). Levels, lowest
+ * first: the queues set before this call (@pre: the program's, or an earlier call's), the
+ * environment ([0]), the command line ([1]). A level's --rxqs replaces the queues below it;
+ * its --iface must name the queues' interface, but that the command line's --iface drops
+ * KEEL_RXQS's queues (the command line over the environment). Returns 0 or -EINVAL. */
+static int
+iface_pair(struct keel_opts *o, const char *pre, char ifs[2][32], char rqs[2][32], char *err,
+	   size_t errlen)
+{
+	static const char *const ifn[2] = { "KEEL_IFACE", "--iface" };
+	static const char *const rqn[2] = { "KEEL_RXQS", "--rxqs" };
+	const char *qif = pre[0] ? pre : NULL;
+	int qlvl = -1;
+
+	for (int lvl = 0; lvl < 2; lvl++) {
+		if (rqs[lvl][0] && ifs[lvl][0] && strcmp(ifs[lvl], rqs[lvl]))
+			return keel__errf(err, errlen, -EINVAL,
+					  "%s %s conflicts with %s %s:...: the queues are of one "
+					  "interface (drop %s, or name the same one)",
+					  ifn[lvl], ifs[lvl], rqn[lvl], rqs[lvl], ifn[lvl]);
+		if (rqs[lvl][0]) {
+			qif = rqs[lvl];
+			qlvl = lvl;
+		} else if (ifs[lvl][0] && qif && strcmp(ifs[lvl], qif)) {
+			if (qlvl != 0 || lvl != 1)
+				return keel__errf(
+					err, errlen, -EINVAL,
+					"%s %s conflicts with the rx queues of %s set %s (drop %s, or "
+					"give the queues of %s with %s)",
+					ifn[lvl], ifs[lvl], qif,
+					qlvl < 0 ? "before (by the program)" : "in KEEL_RXQS",
+					ifn[lvl], ifs[lvl], rqn[lvl]);
+			o->nrxqs = 0;
+			qif = NULL;
+		}
+	}
+	if (qif)
+		snprintf(o->iface, sizeof(o->iface), "%.31s", qif);
+	else if (ifs[1][0] || ifs[0][0])
+		snprintf(o->iface, sizeof(o->iface), "%.31s", ifs[1][0] ? ifs[1] : ifs[0]);
+	return 0;
+}
+
 int
 keel_opts_parse(struct keel_opts *o, int *argc, char **argv, char *err, size_t errlen)
 {
 	enum { NOPT = sizeof(opt_table) / sizeof(opt_table[0]) };
 	bool env_bad[NOPT] = { false }, given[NOPT] = { false };
+	/* The interfaces of --iface and --rxqs, from the environment [0] and the command line
+	 * [1]: checked against each other once both are read (iface_pair). */
+	char ifs[2][32] = { "", "" }, rqs[2][32] = { "", "" }, pre[32] = "";
 	int n = *argc, out = n > 0, r, help = 0; /* argc 0: argv[0] is the NULL */
 	int i;
 
+	if (o->nrxqs) /* queues set before: the interface they are of */
+		snprintf(pre, sizeof(pre), "%s", o->iface);
 	/* The environment first, the command line over it: a bad value in the environment
 	 * applies nothing, and is an error unless the command line sets that option (it wins)
 	 * or asks for --help. --feature adds to KEEL_FEATURE rather than replacing it, so a
@@ -497,10 +545,12 @@ keel_opts_parse(struct keel_opts *o, int *argc, char **argv, char *err, size_t e
 		if (!v)
 			continue;
 		t = *o;
-		if (apply(&opt_table[k], v, &t, NULL, 0) < 0)
+		if (apply(&opt_table[k], v, &t, NULL, 0) < 0) {
 			env_bad[k] = true;
-		else
+		} else {
 			*o = t;
+			iface_note(&opt_table[k], o, ifs[0], rqs[0]);
+		}
 	}
 
 	for (i = 1; i < n; i++) {
@@ -545,6 +595,7 @@ keel_opts_parse(struct keel_opts *o, int *argc, char **argv, char *err, size_t e
 		r = apply(d, v, o, err, errlen);
 		if (r < 0)
 			return r;
+		iface_note(d, o, ifs[1], rqs[1]);
 		if (r == 1)
 			help = 1;
 	}
@@ -552,6 +603,9 @@ keel_opts_parse(struct keel_opts *o, int *argc, char **argv, char *err, size_t e
 		argv[out++] = argv[i];
 	argv[out] = NULL;
 	*argc = out;
+	r = iface_pair(o, pre, ifs, rqs, err, errlen);
+	if (r < 0)
+		return r;
 	for (size_t k = 0; k < NOPT && !help; k++) {
 		const char *v = opt_table[k].env;
 		char tmp[512];

@@ -252,6 +252,23 @@ cpus_of(const struct keel_opts *o, int *cpus, unsigned *n, char *why, size_t why
 }
 
 /* --iface without --map: where each shard's rx queue has its IRQ (warnings only). */
+/* Whether the last PCI bus id ("/dddd:bb:ss.f/") in sysfs path @path is @want ("/ID/"). */
+static bool
+last_pci_id_is(const char *path, const char *want)
+{
+	const char *last = NULL;
+
+	for (const char *p = strchr(path, '/'); p; p = strchr(p + 1, '/')) {
+		unsigned d, b, s, f;
+		int n = 0;
+
+		if (sscanf(p, "/%4x:%2x:%2x.%1x%n", &d, &b, &s, &f, &n) == 4 && n == 13 &&
+		    p[13] == '/')
+			last = p;
+	}
+	return last && !strncmp(last, want, strlen(want));
+}
+
 /* --iface given as a PCI function ("0000:81:00.0" or "81:00.0"), as keel-topo takes it: its
  * network interface's name into @iface, said, as ZCRX and the rest use names (it opened the
  * bus id as a name: ENODEV). Returns 0 (not a bus id, or resolved), or -ENODEV (a function
@@ -265,12 +282,17 @@ iface_from_pci(char *iface, size_t len)
 	struct dirent *de;
 	DIR *dir;
 
-	if (sscanf(iface, "%x:%x:%x.%x", &d, &b, &sl, &fn) == 4)
-		snprintf(id, sizeof(id), "%04x:%02x:%02x.%x", d, b, sl, fn);
-	else if (sscanf(iface, "%x:%x.%x", &b, &sl, &fn) == 3 && strchr(iface, '.'))
-		snprintf(id, sizeof(id), "0000:%02x:%02x.%x", b, sl, fn);
-	else
-		return 0;
+	int end = 0;
+
+	if (sscanf(iface, "%x:%x:%x.%x%n", &d, &b, &sl, &fn, &end) != 4 || iface[end]) {
+		d = 0;
+		end = 0;
+		if (sscanf(iface, "%x:%x.%x%n", &b, &sl, &fn, &end) != 3 || iface[end])
+			return 0;
+	}
+	if (d > 0xffff || b > 0xff || sl > 0x1f || fn > 7)
+		return 0; /* not a bus id: taken as a name, as before */
+	snprintf(id, sizeof(id), "%04x:%02x:%02x.%x", d, b, sl, fn);
 	snprintf(want, sizeof(want), "/%s/", id);
 	dir = opendir("/sys/class/net");
 	while (dir && (de = readdir(dir))) {
@@ -279,7 +301,9 @@ iface_from_pci(char *iface, size_t len)
 		if (de->d_name[0] == '.')
 			continue;
 		snprintf(link, sizeof(link), "/sys/class/net/%.60s", de->d_name);
-		if (!realpath(link, path) || !strstr(path, want))
+		/* The function itself: the last bus id in the device's path (a bridge or root
+		 * port above it is in the path too). */
+		if (!realpath(link, path) || !last_pci_id_is(path, want))
 			continue;
 		if (!n++)
 			snprintf(found, sizeof(found), "%.31s", de->d_name);
@@ -464,6 +488,10 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 	if (!rt)
 		return -ENOMEM;
 	rt->opts = *opts;
+	/* A PCI function's interface name, before anything compares names (the map's). */
+	r = iface_from_pci(rt->opts.iface, sizeof(rt->opts.iface));
+	if (r < 0)
+		goto err_rt;
 	cpus = calloc(KEEL_MAX_CPUS, sizeof(*cpus));
 	if (!cpus) {
 		r = -ENOMEM;
@@ -477,7 +505,8 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 		keel_log(KEEL_LOG_ERROR, "core", "%s", why);
 		goto err_rt;
 	}
-	r = keel__topo_apply_map(opts, cpus, &ncpus, &rt->map, why, sizeof(why)); /* topo_map.c */
+	r = keel__topo_apply_map(&rt->opts, cpus, &ncpus, &rt->map, why,
+				 sizeof(why)); /* topo_map.c */
 	if (r < 0)
 		goto err_rt;
 	if (r > 0)
@@ -533,9 +562,7 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 		s->xefd = -1;
 		pthread_mutex_init(&s->xlock, NULL);
 	}
-	r = iface_from_pci(rt->opts.iface, sizeof(rt->opts.iface));
-	if (r == 0)
-		r = zcrx_check(rt);
+	r = zcrx_check(rt);
 	if (r < 0) {
 		free(rt->shards);
 		goto err_topo;

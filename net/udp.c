@@ -61,7 +61,9 @@ struct keel_udp {
 	void *app;
 	int fd;
 	sa_family_t family; /* the socket's: AF_INET or AF_INET6 */
-	bool v6only;        /* ... IPv6 only (IPV6_V6ONLY, net.ipv6.bindv6only): no IPv4 */
+	bool v4ok;          /* ... sends to IPv4 (and v4-mapped) addresses: an IPv4 socket, or
+			     * an IPv6 one that is not IPv6-only (IPV6_V6ONLY,
+			     * net.ipv6.bindv6only) bound to :: or a v4-mapped address */
 	uint16_t port;
 	struct keel_op recv_op;
 	struct keel_op close_nop; /* keel_udp_close without memory for a keel_defer */
@@ -570,10 +572,14 @@ keel_udp_open(const char *addr, uint16_t port, const struct keel_udp_ops *ops, v
 	u->fd = fd;
 	u->family = ss.ss_family;
 	if (u->family == AF_INET6) {
+		const struct in6_addr *a6 = &((const struct sockaddr_in6 *)&b)->sin6_addr;
+		socklen_t vl = sizeof(int);
 		int v6 = 0;
-		socklen_t vl = sizeof(v6);
 
-		u->v6only = getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6, &vl) == 0 && v6;
+		u->v4ok = getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6, &vl) == 0 && !v6 &&
+			  (IN6_IS_ADDR_UNSPECIFIED(a6) || IN6_IS_ADDR_V4MAPPED(a6));
+	} else {
+		u->v4ok = true;
 	}
 	u->gso_seg_ceiling = UINT32_MAX;
 	u->port = ntohs(((struct sockaddr_in *)&b)->sin_port);
@@ -911,7 +917,7 @@ keel_udp_send(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_st
 	/* What the socket would refuse at once, refused here, as a non-blocking sendto does:
 	 * accepted, it was lost later with only a count and one line per endpoint. An IPv6
 	 * endpoint (dual stack) sends to IPv4 addresses too; an IPv4 one not to IPv6. */
-	if (dst->ss_family == AF_INET && !u->v6only) {
+	if (dst->ss_family == AF_INET && u->v4ok) {
 		if (s->len > UDP_MAX_PAYLOAD4)
 			return -EMSGSIZE;
 	} else if (dst->ss_family == AF_INET6 && u->family == AF_INET6) {
@@ -919,7 +925,7 @@ keel_udp_send(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_st
 		 * socket, which refuses it). */
 		bool v4 = IN6_IS_ADDR_V4MAPPED(&((const struct sockaddr_in6 *)dst)->sin6_addr);
 
-		if (v4 && u->v6only)
+		if (v4 && !u->v4ok)
 			return -EAFNOSUPPORT;
 		if (s->len > (v4 ? UDP_MAX_PAYLOAD4 : UDP_MAX_PAYLOAD6))
 			return -EMSGSIZE;

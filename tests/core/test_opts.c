@@ -573,3 +573,51 @@ Test(core_opts, iface_and_rxqs_naming_different_interfaces_are_refused)
 		}
 	}
 }
+
+/* The command line over the environment, for the pair too: its --rxqs replaces KEEL_RXQS
+ * and wins over KEEL_IFACE, its --iface drops KEEL_RXQS's queues; a later --rxqs replaces
+ * an earlier one. KEEL_IFACE and KEEL_RXQS naming different interfaces are refused, by
+ * name. (The first version of the check refused each of the first four.) */
+Test(core_opts, the_command_line_sets_the_interface_over_the_environment)
+{
+	struct {
+		const char *iface_env, *rxqs_env, *a1, *a2;
+		int want;
+		const char *iface;
+		unsigned nrxqs;
+	} cases[] = {
+		{ NULL, "eth0:0-3", "--rxqs", "eth1:0-1", 0, "eth1", 2 },
+		{ "eth1", NULL, "--rxqs", "eth0:0-3", 0, "eth0", 4 },
+		{ NULL, "eth0:0-3", "--iface", "eth1", 0, "eth1", 0 },
+		{ NULL, NULL, "--rxqs=eth0:0", "--rxqs=eth1:0-2", 0, "eth1", 3 },
+		{ "eth0", "eth1:0", NULL, NULL, -EINVAL, NULL, 0 },
+	};
+
+	for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct keel_opts o;
+		char *argv[4] = { "prog", NULL, NULL, NULL };
+		char err[256] = "";
+		int argc = 1, r;
+
+		if (cases[i].a1) {
+			argv[argc++] = (char *)cases[i].a1;
+			argv[argc++] = (char *)cases[i].a2;
+		}
+		if (cases[i].iface_env)
+			setenv("KEEL_IFACE", cases[i].iface_env, 1);
+		if (cases[i].rxqs_env)
+			setenv("KEEL_RXQS", cases[i].rxqs_env, 1);
+		keel_opts_init(&o);
+		r = keel_opts_parse(&o, &argc, argv, err, sizeof(err));
+		unsetenv("KEEL_IFACE");
+		unsetenv("KEEL_RXQS");
+		cr_assert_eq(r, cases[i].want, "case %u: %d %s", i, r, err);
+		if (r < 0) {
+			cr_assert(strstr(err, "KEEL_IFACE eth0 conflicts with KEEL_RXQS eth1"),
+				  "case %u: %s", i, err);
+			continue;
+		}
+		cr_assert_str_eq(o.iface, cases[i].iface, "case %u", i);
+		cr_assert_eq(o.nrxqs, cases[i].nrxqs, "case %u", i);
+	}
+}

@@ -1554,6 +1554,20 @@ Test(core_topo, runtime_takes_an_iface_given_as_its_pci_function)
 	cr_assert_eq(keel_runtime_create(&o, &rt), 0, "--iface %s", busid);
 	cr_assert_str_eq(keel_runtime_rx_iface(rt), name);
 	keel_runtime_destroy(rt);
+	/* ... before the map's interface is compared with it (it was refused as another) */
+	{
+		char mpath[128];
+		int cpu0 = 0;
+
+		tmp_path(mpath, sizeof(mpath), "pci");
+		write_map(mpath, name, 1, &cpu0, 1);
+		o.map_path = mpath;
+		cr_assert_eq(keel_runtime_create(&o, &rt), 0, "--iface %s --map (of %s)", busid,
+			     name);
+		keel_runtime_destroy(rt);
+		o.map_path = NULL;
+		unlink(mpath);
+	}
 	snprintf(o.iface, sizeof(o.iface), "0000:ff:1f.7");
 	logged[0] = 0;
 	keel_log_set_sink(log_sink, NULL);

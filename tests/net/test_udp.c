@@ -1306,6 +1306,9 @@ nosend_fn(struct keel_xreq *req)
 		{ "127.0.0.1", 100, AF_UNSPEC, -EAFNOSUPPORT },
 		{ "::1", 65528, AF_INET6, -EMSGSIZE },
 		{ "::1", 65527, AF_INET6, 0 },
+		/* An endpoint bound to one IPv6 address reaches no IPv4 one, mapped or not. */
+		{ "::1", 100, AF_INET, -EAFNOSUPPORT },
+		{ "::1", 100, NOSEND_MAPPED, -EAFNOSUPPORT },
 		/* A v4-mapped destination of a dual-stack endpoint goes over IPv4. */
 		{ "::", 65508, NOSEND_MAPPED, -EMSGSIZE },
 		{ "::", 65507, NOSEND_MAPPED, 0 },
