@@ -653,7 +653,7 @@ dir_lock(void)
 static bool
 foreign_file(const uint8_t *p, size_t n)
 {
-	struct resp_arg argv[8];
+	struct resp_arg argv[8] = { { 0 } };
 	struct resp_req req = { .argv = argv, .cap = 8, .max_bulk = UINT64_MAX >> 1 };
 
 	if (n >= 5 && !memcmp(p, "REDIS", 5))
