@@ -3582,7 +3582,10 @@ Test(kv_server, multi_exec_is_not_interleaved_with_other_clients)
 		tl += (size_t)sprintf(txs + tl, "MULTI\r\nINCR {c}n\r\nINCR {c}n\r\nEXEC\r\n");
 	for (int i = 0; i < GETS; i++)
 		gl += (size_t)sprintf(gets + gl, "GET {c}n\r\n");
-	for (int r = 0; r < ROUNDS; r++) {
+	/* ROUNDS at least, and more (up to ten times as many) until a GET has run among a
+	 * round's transactions: a slow server (the TSan build's, in the CI simulation) once ran
+	 * all 40 rounds' transactions before their GETs, and the test showed nothing. */
+	for (int r = 0; r < ROUNDS || (!among && r < 10 * ROUNDS); r++) {
 		long long lo = 2LL * TX * r, hi = 2LL * TX * (r + 1);
 
 		/* One transaction, then a few GETs, each its own write: they arrive among each
