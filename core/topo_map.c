@@ -338,7 +338,7 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 		 * allowed CPUs have no local core), no more than the queues the NIC can have. */
 		/* A reserve that took every allowed core local to the NIC must not move the
 		 * default map to another node without a word. */
-		if (nic && !req->nrxqs && !nlocal_phys && nlocal_reserved) {
+		if (nic && !nlocal_phys && nlocal_reserved) {
 			r = keel__errf(
 				err, errlen, -EINVAL,
 				"--reserve %u takes every core local to %s (%u): the default "

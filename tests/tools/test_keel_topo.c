@@ -374,6 +374,25 @@ Test(tools_topo, impossible_requests_fail_with_the_fix)
 	free(out);
 }
 
+/* A --reserve that takes every core local to the NIC does not move the map to another NUMA
+ * node without a word, with --rxqs too (it did: both shards on node 1, the NIC on node 0);
+ * --shards places them off the node on purpose. */
+Test(tools_topo, a_reserve_of_every_local_core_is_refused_with_rxqs_too)
+{
+	char args[640], *out;
+	const char *xml = topo_file("24em64t-2n6c2t-pci.xml");
+
+	snprintf(args, sizeof(args), "--xml %s --queues 8 --reserve 6 --rxqs eth0:0-1", xml);
+	cr_assert_eq(run(args, true, &out), 2, "%s", out);
+	cr_assert(strstr(out, "--reserve 6 takes every core local to eth0"), "%s", out);
+	free(out);
+	snprintf(args, sizeof(args), "--xml %s --queues 8 --reserve 6 --rxqs eth0:0-1 --shards 2",
+		 xml);
+	cr_assert_eq(run(args, true, &out), 0, "%s", out);
+	cr_assert(strstr(out, "shard 1   -> CPU 3"), "%s", out);
+	free(out);
+}
+
 Test(tools_topo, synthetic_four_nodes_without_nics)
 {
 	char *out;
