@@ -2,18 +2,19 @@
 /* Runtime lifecycle: shard threads, pinning, signals, foreign requests, deferred work. */
 #include <dirent.h>
 #include <errno.h>
-#include <limits.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
 #include "internal.h"
+#include "topo_internal.h"
 
 /* A countdown latch: threads arrive and wait until all parties have arrived. Unlike a
  * pthread barrier, the count can shrink when a thread could not be created. */
@@ -251,24 +252,6 @@ cpus_of(const struct keel_opts *o, int *cpus, unsigned *n, char *why, size_t why
 	return 0;
 }
 
-/* --iface without --map: where each shard's rx queue has its IRQ (warnings only). */
-/* Whether the last PCI bus id ("/dddd:bb:ss.f/") in sysfs path @path is @want ("/ID/"). */
-static bool
-last_pci_id_is(const char *path, const char *want)
-{
-	const char *last = NULL;
-
-	for (const char *p = strchr(path, '/'); p; p = strchr(p + 1, '/')) {
-		unsigned d, b, s, f;
-		int n = 0;
-
-		if (sscanf(p, "/%4x:%2x:%2x.%1x%n", &d, &b, &s, &f, &n) == 4 && n == 13 &&
-		    p[13] == '/')
-			last = p;
-	}
-	return last && !strncmp(last, want, strlen(want));
-}
-
 /* --iface given as a PCI function ("0000:81:00.0" or "81:00.0"), as keel-topo takes it: its
  * network interface's name into @iface, said, as ZCRX and the rest use names (it opened the
  * bus id as a name: ENODEV). Returns 0 (not a bus id, or resolved), or -ENODEV (a function
@@ -276,13 +259,11 @@ last_pci_id_is(const char *path, const char *want)
 static int
 iface_from_pci(char *iface, size_t len)
 {
-	unsigned d, b, sl, fn;
-	char id[32], want[40], path[PATH_MAX], found[32] = "";
-	unsigned n = 0;
+	unsigned d, b, sl, fn, n = 0;
+	char id[32], found[32] = "";
 	struct dirent *de;
-	DIR *dir;
-
 	int end = 0;
+	DIR *dir;
 
 	if (sscanf(iface, "%x:%x:%x.%x%n", &d, &b, &sl, &fn, &end) != 4 || iface[end]) {
 		d = 0;
@@ -293,17 +274,16 @@ iface_from_pci(char *iface, size_t len)
 	if (d > 0xffff || b > 0xff || sl > 0x1f || fn > 7)
 		return 0; /* not a bus id: taken as a name, as before */
 	snprintf(id, sizeof(id), "%04x:%02x:%02x.%x", d, b, sl, fn);
-	snprintf(want, sizeof(want), "/%s/", id);
 	dir = opendir("/sys/class/net");
 	while (dir && (de = readdir(dir))) {
-		char link[80];
+		char pci[16];
+		int numa;
 
-		if (de->d_name[0] == '.')
-			continue;
-		snprintf(link, sizeof(link), "/sys/class/net/%.60s", de->d_name);
-		/* The function itself: the last bus id in the device's path (a bridge or root
-		 * port above it is in the path too). */
-		if (!realpath(link, path) || !last_pci_id_is(path, want))
+		/* The function itself, the nearest one above the interface (topo_sysfs.c; a
+		 * bridge or root port further up is not it). */
+		if (de->d_name[0] == '.' ||
+		    keel__topo_sysfs_pci_of(de->d_name, pci, sizeof(pci), &numa) < 0 ||
+		    strcasecmp(pci, id))
 			continue;
 		if (!n++)
 			snprintf(found, sizeof(found), "%.31s", de->d_name);
@@ -324,6 +304,7 @@ iface_from_pci(char *iface, size_t len)
 	return 0;
 }
 
+/* --iface without --map: where each shard's rx queue has its IRQ (warnings only). */
 static void
 iface_check(const struct keel_runtime *rt)
 {
