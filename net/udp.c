@@ -215,7 +215,7 @@ udp_starve_cb(void *arg)
 			udp_starve(u, false);
 			if (!u->closing && !ns->stopping) {
 				budget--;
-				udp_rearm(u); /* may close it: @next is read before */
+				udp_rearm(u); /* submits at most: no callback runs here */
 			}
 		}
 		u = next == first ? NULL : next;
@@ -916,7 +916,8 @@ keel_udp_send(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_st
 		return -EPIPE;
 	/* What the socket would refuse at once, refused here, as a non-blocking sendto does:
 	 * accepted, it was lost later with only a count and one line per endpoint. An IPv6
-	 * endpoint (dual stack) sends to IPv4 addresses too; an IPv4 one not to IPv6. */
+	 * endpoint bound to :: without IPV6_V6ONLY (v4ok) sends to IPv4 addresses too; an
+	 * IPv4 one not to IPv6. */
 	if (dst->ss_family == AF_INET && u->v4ok) {
 		if (s->len > UDP_MAX_PAYLOAD4)
 			return -EMSGSIZE;
