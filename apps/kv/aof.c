@@ -151,10 +151,18 @@ struct aof {
 	struct keel_file rw_old_f;
 	uint64_t rewrites;
 	bool rw_failed; /* the last rewrite failed (aof_last_bgrewrite_status) */
+	/* The automatic rewrite (auto_rewrite): the file's length after the last rewrite or
+	 * the start (Redis's aof_base_size); rw_auto, the running rewrite is one; a failed
+	 * rewrite puts the next automatic one off until auto_at, auto_gap ms after the
+	 * failure (doubled for each failure in a row, up to an hour); rw_fails, the failures in
+	 * a row (INFO aof_rewrites_consecutive_failures). */
+	uint64_t rw_base, auto_at;
+	unsigned auto_gap, rw_fails;
+	bool rw_auto;
 	unsigned id;
 	/* What INFO on any shard reads (published by this shard: publish()). */
 	_Atomic uint64_t pub_size, pub_rewrites, pub_sync_errors, pub_buffered, pub_holds,
-		pub_replies_held;
+		pub_replies_held, pub_base, pub_rw_fails;
 	_Atomic bool pub_rewriting, pub_err, pub_rw_failed;
 	_Atomic int pub_errno; /* kv_aof_error's errno, for other shards (kv_aof_error_on) */
 };
@@ -195,6 +203,8 @@ publish(struct aof *a)
 {
 	atomic_store_explicit(&a->pub_size, a->off, memory_order_relaxed);
 	atomic_store_explicit(&a->pub_rewrites, a->rewrites, memory_order_relaxed);
+	atomic_store_explicit(&a->pub_base, a->rw_base, memory_order_relaxed);
+	atomic_store_explicit(&a->pub_rw_fails, a->rw_fails, memory_order_relaxed);
 	atomic_store_explicit(&a->pub_sync_errors, a->sync_errors, memory_order_relaxed);
 	atomic_store_explicit(&a->pub_buffered, backlog(a), memory_order_relaxed);
 	atomic_store_explicit(&a->pub_holds, a->backlog_holds, memory_order_relaxed);
@@ -301,6 +311,12 @@ static size_t rw_copy_max = 1u << 20;
  * start), for the test of it. */
 static size_t backlog_max = 64u << 20;
 
+/* A failed rewrite puts the next automatic one off by this much first (doubled for each
+ * failure in a row, up to an hour): 60 s, or KEEL_KV_AOF_AUTO_RETRY_MS=N (read once at
+ * start), for the test of it. */
+static size_t auto_retry_ms = 60000;
+#define AUTO_RETRY_MAX_MS 3600000u
+
 /* Shards whose backlog is held. A held shard's records come from every shard's
  * connections (the parts of commands they hand it), so while any is held every shard's
  * connections stop parsing, as all of Redis's clients wait while its write(2) blocks. */
@@ -367,9 +383,10 @@ backlog_check(struct aof *a)
 	backlog_release(a);
 }
 
-/* The test knob @name, when set, into *@v: bytes from 1 to @max. 0, or -EINVAL (said). */
+/* The test knob @name, when set, into *@v: @unit (bytes, ms) from 1 to @max. 0, or -EINVAL
+ * (said). */
 static int
-env_bytes(const char *name, size_t max, const char *what, size_t *v)
+env_num(const char *name, size_t max, const char *unit, const char *what, size_t *v)
 {
 	const char *s = getenv(name);
 	unsigned long long n;
@@ -379,8 +396,8 @@ env_bytes(const char *name, size_t max, const char *what, size_t *v)
 		return 0;
 	n = strtoull(s, &end, 10);
 	if (*end || n == 0 || n > max) {
-		fprintf(stderr, "keel-kv: %s=%s: expected bytes from 1 to %zu (%s; for tests)\n",
-			name, s, max, what);
+		fprintf(stderr, "keel-kv: %s=%s: expected %s from 1 to %zu (%s; for tests)\n", name,
+			s, unit, max, what);
 		return -EINVAL;
 	}
 	*v = (size_t)n;
@@ -778,16 +795,19 @@ kv_aof_preload(void)
 
 	if (!kv_cfg.aof)
 		return 0;
-	if (env_bytes("KEEL_KV_AOF_WRITE_CHUNK", (size_t)1 << 30,
-		      "the append-only file's largest write", &aof_chunk) < 0 ||
-	    env_bytes("KEEL_KV_AOF_COPY_CHUNK", (size_t)1 << 30,
-		      "a rewrite's snapshot piece and largest read of the old file's tail",
-		      &rw_copy_max) < 0 ||
-	    env_bytes("KEEL_KV_AOF_BACKLOG", (size_t)1 << 40,
-		      "the records gathered before the shard's connections stop reading",
-		      &backlog_max) < 0 ||
-	    env_bytes("KEEL_KV_AOF_LOAD_WINDOW", (size_t)1 << 30,
-		      "the bytes of a file a start reads at a time", &load_window) < 0)
+	if (env_num("KEEL_KV_AOF_WRITE_CHUNK", (size_t)1 << 30, "bytes",
+		    "the append-only file's largest write", &aof_chunk) < 0 ||
+	    env_num("KEEL_KV_AOF_COPY_CHUNK", (size_t)1 << 30, "bytes",
+		    "a rewrite's snapshot piece and largest read of the old file's tail",
+		    &rw_copy_max) < 0 ||
+	    env_num("KEEL_KV_AOF_BACKLOG", (size_t)1 << 40, "bytes",
+		    "the records gathered before the shard's connections stop reading",
+		    &backlog_max) < 0 ||
+	    env_num("KEEL_KV_AOF_LOAD_WINDOW", (size_t)1 << 30, "bytes",
+		    "the bytes of a file a start reads at a time", &load_window) < 0 ||
+	    env_num("KEEL_KV_AOF_AUTO_RETRY_MS", AUTO_RETRY_MAX_MS, "ms",
+		    "the wait after a failed rewrite before the next automatic one",
+		    &auto_retry_ms) < 0)
 		return -EINVAL;
 	if ((v = getenv("KEEL_KV_AOF_CHUNK_SHARD"))) {
 		char *end;
@@ -1045,6 +1065,7 @@ commit_recover(void)
 }
 
 static void on_tick(struct keel_timer *t, void *arg);
+static void auto_failed_log(struct aof *a, int err);
 static void kick(struct aof *a);
 static void rw_dir_sync(struct aof *a);
 static int rw_begin(struct aof *a, bool *wrote);
@@ -1222,6 +1243,7 @@ kv_aof_shard_start(struct kv_db *db)
 	}
 	keel_file_from_fd(a->fd, &a->f);
 	a->open = true;
+	a->rw_base = a->off;
 	publish(a);
 	if (atomic_fetch_add(&shards_loaded, 1) + 1 == kv_cfg.nshards) {
 		/* Every shard's new file is written and synced: switch to them. No client is
@@ -1515,7 +1537,7 @@ rw_clear(struct aof *a)
 {
 	a->rewriting = a->rw_renamed = a->rw_ready = false;
 	a->rw_tail = a->rw_frozen = a->rw_wait = a->rw_mid_synced = a->rw_old_synced = false;
-	a->rw_parked = a->rw_abandon = a->rw_old_batch = false;
+	a->rw_parked = a->rw_abandon = a->rw_old_batch = a->rw_auto = false;
 	a->rw_gap = a->rw_synced_to = 0;
 	a->rw_read = 0;
 	close_off_shard(a, a->rw_old_fd);
@@ -1543,6 +1565,9 @@ rw_switch(struct aof *a)
 	rw_clear(a);
 	a->rewrites++;
 	a->rw_failed = false;
+	a->rw_base = a->off;
+	a->rw_fails = a->auto_gap = 0;
+	a->auto_at = 0;
 	a->err = 0; /* a failed batch is written again, to the new file (on_tick) */
 	a->rw_reset = false;
 	if (a->rw_stale) { /* records after its snapshot were lost: rebuild again, now */
@@ -1588,6 +1613,7 @@ truncated(struct aof *a, int res)
 	}
 	a->reset = false;
 	a->off = 0;
+	a->rw_base = 0;  /* an empty file: the next automatic rewrite at the minimum size */
 	a->dirty = true; /* the truncation is data too: everysec's next sync covers it */
 	kick_(a);
 }
@@ -1729,6 +1755,41 @@ on_bg_synced(struct keel_file_req *req, int res, void *arg)
 	}
 }
 
+/* The file has grown by --auto-aof-rewrite-percentage since the last rewrite (or the
+ * start) and is at least --auto-aof-rewrite-min-size: rewrite it, as BGREWRITEAOF would,
+ * so that a file of keys written over and over does not grow without bound (Redis's
+ * automatic rewrite; here per shard, each shard's file against its own size after its last
+ * rewrite). Not while the file fails (a rebuild is that shard's rewrite), nor before
+ * auto_at after a failed rewrite. */
+static void
+auto_rewrite(struct aof *a)
+{
+	uint64_t grown;
+	bool wrote = false;
+	int r;
+
+	if (!kv_cfg.auto_rw_pct || !a->open || a->rewriting || a->sync_lost || a->err ||
+	    a->rw_dir_err || a->off < kv_cfg.auto_rw_min || a->off <= a->rw_base ||
+	    keel_now_ns() < a->auto_at)
+		return;
+	grown = a->off - a->rw_base;
+	/* Redis takes a base of 0 as 1: any file of the minimum size then qualifies. */
+	if ((double)grown * 100.0 < (double)a->rw_base * (double)kv_cfg.auto_rw_pct)
+		return;
+	keel_log(KEEL_LOG_INFO, "kv",
+		 "shard %u: appendonly-%u.aof is %llu bytes, %llu more than after its last "
+		 "rewrite: rewriting it (--auto-aof-rewrite-percentage %u, "
+		 "--auto-aof-rewrite-min-size %llu)",
+		 a->id, a->id, (unsigned long long)a->off, (unsigned long long)grown,
+		 kv_cfg.auto_rw_pct, (unsigned long long)kv_cfg.auto_rw_min);
+	a->rw_auto = true;
+	r = rw_begin(a, &wrote);
+	if (r < 0 && !wrote) { /* before any write (rw_fail logs the failures after) */
+		auto_failed_log(a, r);
+		a->rw_auto = false;
+	}
+}
+
 static void
 on_tick(struct keel_timer *t, void *arg)
 {
@@ -1740,7 +1801,8 @@ on_tick(struct keel_timer *t, void *arg)
 	others_resume(NULL); /* a message from the shard that read on again failed */
 	if (a->rw_renamed && !a->rw_dir_busy) /* a failed directory sync, again */
 		rw_dir_sync(a);
-	rebuild(a);         /* a lost file whose rebuild could not start or failed, again */
+	rebuild(a); /* a lost file whose rebuild could not start or failed, again */
+	auto_rewrite(a);
 	if (a->rw_parked) { /* held (the test gate, a step of expired keys): look again */
 		a->rw_parked = false;
 		rw_step(a);
@@ -1894,6 +1956,28 @@ kv_aof_unsynced(void)
 
 static int rw_step(struct aof *a);
 
+/* A rewrite failed: aof_last_bgrewrite_status, the failures in a row, and the wait before
+ * the next automatic one (BGREWRITEAOF is not put off). */
+static void
+rw_failed_now(struct aof *a)
+{
+	a->rw_failed = true;
+	a->rw_fails++;
+	a->auto_gap = !a->auto_gap                           ? (unsigned)auto_retry_ms
+		      : a->auto_gap >= AUTO_RETRY_MAX_MS / 2 ? AUTO_RETRY_MAX_MS
+							     : a->auto_gap * 2;
+	a->auto_at = keel_now_ns() + (uint64_t)a->auto_gap * 1000000ull;
+}
+
+static void
+auto_failed_log(struct aof *a, int err)
+{
+	keel_log(KEEL_LOG_ERROR, "kv",
+		 "shard %u: the automatic rewrite of appendonly-%u.aof failed: %s (%u in a row; "
+		 "the next automatic one in %u s at the earliest, BGREWRITEAOF tries at once)",
+		 a->id, a->id, strerror(-err), a->rw_fails, (a->auto_gap + 999) / 1000);
+}
+
 /* The rewrite ends without replacing the file: @err failed it, or (0) the shard is
  * stopping, when kv_aof_stop has written the records gathered meanwhile to the old file,
  * which must stay. */
@@ -1902,15 +1986,17 @@ rw_fail(struct aof *a, int err)
 {
 	char tmp[4096];
 
+	if (err)
+		rw_failed_now(a);
 	if (err && a->sync_lost)
 		keel_log(KEEL_LOG_ERROR, "kv",
 			 "shard %u: rebuilding appendonly-%u.aof: %s (tried again in %u s)", a->id,
 			 a->id, strerror(-err), a->rebuild_gap);
+	else if (err && a->rw_auto)
+		auto_failed_log(a, err);
 	else if (err)
 		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: BGREWRITEAOF failed: %s", a->id,
 			 strerror(-err));
-	if (err)
-		a->rw_failed = true;
 	rb_free(&a->rw_piece);
 	close_off_shard(a, a->rw_fd);
 	close_off_shard(a, a->rw_chk_fd);
@@ -2247,7 +2333,7 @@ rw_begin(struct aof *a, bool *wrote)
 		if (a->rw_fd >= 0)
 			close(a->rw_fd);
 		a->rw_fd = -1;
-		a->rw_failed = true; /* as Redis's a fork that failed */
+		rw_failed_now(a); /* as Redis's a fork that failed */
 		publish(a);
 		return r;
 	}
@@ -2305,14 +2391,19 @@ kv_aof_cmd_bgrewrite(struct kv_db *db, struct resp_arg *argv, unsigned argc, str
 void
 kv_aof_info(struct rbuf *out)
 {
-	char line[512];
+	char line[768];
 	uint64_t size = 0, rewrites = 0, sync_errors = 0, buffered = 0, holds = 0, held = 0;
+	uint64_t base = 0, fails = 0;
 	bool rw = false, err = false, rw_failed = false;
 	int n;
 
 	for (unsigned i = 0; i < kv_cfg.nshards; i++) {
 		size += atomic_load_explicit(&aofs[i].pub_size, memory_order_relaxed);
 		rewrites += atomic_load_explicit(&aofs[i].pub_rewrites, memory_order_relaxed);
+		base += atomic_load_explicit(&aofs[i].pub_base, memory_order_relaxed);
+		/* the shard with the most: a count in a row does not add up over shards */
+		uint64_t f = atomic_load_explicit(&aofs[i].pub_rw_fails, memory_order_relaxed);
+		fails = f > fails ? f : fails;
 		rw |= atomic_load_explicit(&aofs[i].pub_rewriting, memory_order_relaxed);
 		err |= atomic_load_explicit(&aofs[i].pub_err, memory_order_relaxed);
 		rw_failed |= atomic_load_explicit(&aofs[i].pub_rw_failed, memory_order_relaxed);
@@ -2324,12 +2415,13 @@ kv_aof_info(struct rbuf *out)
 	n = snprintf(line, sizeof(line),
 		     "# Persistence\r\nloading:0\r\naof_enabled:%d\r\n"
 		     "aof_rewrite_in_progress:%d\r\naof_last_bgrewrite_status:%s\r\n"
-		     "aof_rewrites:%llu\r\n"
-		     "aof_current_size:%llu\r\naof_buffer_length:%llu\r\n"
+		     "aof_rewrites:%llu\r\naof_rewrites_consecutive_failures:%llu\r\n"
+		     "aof_current_size:%llu\r\naof_base_size:%llu\r\naof_buffer_length:%llu\r\n"
 		     "aof_last_write_status:%s\r\naof_sync_errors:%llu\r\n"
 		     "aof_backlog_holds:%llu\r\naof_replies_held:%llu\r\n\r\n",
 		     kv_cfg.aof, rw, rw_failed ? "err" : "ok", (unsigned long long)rewrites,
-		     (unsigned long long)size, (unsigned long long)buffered, err ? "err" : "ok",
+		     (unsigned long long)fails, (unsigned long long)size, (unsigned long long)base,
+		     (unsigned long long)buffered, err ? "err" : "ok",
 		     (unsigned long long)sync_errors, (unsigned long long)holds,
 		     (unsigned long long)held);
 	rb_put(out, line, (size_t)n);

@@ -97,6 +97,8 @@ struct kv_config {
 	enum { KV_FSYNC_NO, KV_FSYNC_EVERYSEC, KV_FSYNC_ALWAYS } fsync; /* --appendfsync */
 	const char *dir;           /* --dir: where the files live */
 	bool aof_truncate_corrupt; /* --aof-truncate-corrupt yes: cut a bad record inside */
+	unsigned auto_rw_pct;      /* --auto-aof-rewrite-percentage (0: no automatic rewrite) */
+	uint64_t auto_rw_min;      /* --auto-aof-rewrite-min-size */
 	uint64_t high_watermark;   /* --high-watermark: replies queued per connection above
 				    * which its requests are not parsed (nor read) */
 	uint64_t reply_max;        /* --send-max: a reply of several values (MGET, EXEC) made

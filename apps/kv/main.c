@@ -22,7 +22,8 @@ static const char usage[] =
 	"               [--proto-max-bulk-len BYTES] [--client-query-buffer-limit BYTES]\n"
 	"               [--handoff copy|export] [--appendonly yes|no]\n"
 	"               [--appendfsync always|everysec|no] [--dir DIR]\n"
-	"               [--aof-truncate-corrupt yes|no]\n"
+	"               [--aof-truncate-corrupt yes|no] [--auto-aof-rewrite-percentage N]\n"
+	"               [--auto-aof-rewrite-min-size BYTES]\n"
 	"               [network options] [runtime options]\n"
 	"A Redis-protocol key-value server, keys spread over the shards (docs/kv.md).\n"
 	"--port P: TCP port (default 6379; 0: an ephemeral one, printed at start)\n"
@@ -43,7 +44,12 @@ static const char usage[] =
 	"--dir DIR: where the append-only files live (default .)\n"
 	"--aof-truncate-corrupt yes|no: a bad record inside a file (not a torn last record)\n"
 	"           stops the start (no, the default); yes: cut the file there, after saving\n"
-	"           the bytes from there to FILE.corrupt-OFFSET\n";
+	"           the bytes from there to FILE.corrupt-OFFSET\n"
+	"--auto-aof-rewrite-percentage N: rewrite a shard's file by itself, as BGREWRITEAOF\n"
+	"           does, once it has grown by N % since its last rewrite or the start (default\n"
+	"           100; 0: only on BGREWRITEAOF)\n"
+	"--auto-aof-rewrite-min-size BYTES: no file smaller than this is rewritten by itself\n"
+	"           (default 64mb)\n";
 
 static void
 die(const char *msg, const char *opt)
@@ -233,6 +239,16 @@ main(int argc, char **argv)
 			if (strcmp(v, "yes") && strcmp(v, "no"))
 				die("--aof-truncate-corrupt expects yes or no, got ", v);
 			kv_cfg.aof_truncate_corrupt = !strcmp(v, "yes");
+		} else if (!strcmp(argv[i], "--auto-aof-rewrite-percentage")) {
+			long pct = strtol(v, &end, 10);
+			if (*v < '0' || *v > '9' || *end || pct < 0 || pct > 1000000)
+				die("--auto-aof-rewrite-percentage expects 0..1000000 (0: off), got ",
+				    v);
+			kv_cfg.auto_rw_pct = (unsigned)pct;
+		} else if (!strcmp(argv[i], "--auto-aof-rewrite-min-size")) {
+			if (parse_bytes(v, &kv_cfg.auto_rw_min) < 0)
+				die("--auto-aof-rewrite-min-size expects bytes (64mb, 1gb, ...), got ",
+				    v);
 		} else if (!strcmp(argv[i], "--dir")) {
 			kv_cfg.dir = v;
 		} else {

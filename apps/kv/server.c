@@ -28,6 +28,8 @@ struct kv_config kv_cfg = { .max_bulk = RESP_MAX_BULK_DEFAULT,
 			    .query_max = 1ull << 30,
 			    .nshards = 1,
 			    .fsync = KV_FSYNC_EVERYSEC,
+			    .auto_rw_pct = 100,
+			    .auto_rw_min = 64ull << 20,
 			    .dir = "." };
 struct kv_stats kv_stats[KEEL_MAX_SHARDS];
 static uint16_t kv_port;
@@ -1721,18 +1723,27 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 		}
 	} else if (!strcmp(n, "config")) {
 		if (is(&argv[1], "GET") && argc >= 3) {
-			char v[3][32];
-			const char *names[] = { "save",    "appendonly",         "maxmemory",
-						"timeout", "proto-max-bulk-len", "databases" };
-			const char *vals[6] = {
-				"", kv_cfg.aof ? "yes" : "no", v[0], v[1], v[2], "1"
+			char v[5][32];
+			const char *names[] = { "save",
+						"appendonly",
+						"maxmemory",
+						"timeout",
+						"proto-max-bulk-len",
+						"databases",
+						"auto-aof-rewrite-percentage",
+						"auto-aof-rewrite-min-size" };
+			const char *vals[8] = {
+				"", kv_cfg.aof ? "yes" : "no", v[0], v[1], v[2], "1", v[3], v[4]
 			};
 			struct rbuf body = { 0 };
 			unsigned cnt = 0;
 			snprintf(v[0], sizeof(v[0]), "%llu", (unsigned long long)kv_cfg.maxmemory);
 			snprintf(v[1], sizeof(v[1]), "%u", kv_cfg.timeout_s);
 			snprintf(v[2], sizeof(v[2]), "%llu", (unsigned long long)kv_cfg.max_bulk);
-			for (unsigned k = 0; k < 6; k++)
+			snprintf(v[3], sizeof(v[3]), "%u", kv_cfg.auto_rw_pct);
+			snprintf(v[4], sizeof(v[4]), "%llu",
+				 (unsigned long long)kv_cfg.auto_rw_min);
+			for (unsigned k = 0; k < 8; k++)
 				for (unsigned i = 2; i < argc; i++)
 					if (kv_glob(argv[i].p, argv[i].len,
 						    (const uint8_t *)names[k], strlen(names[k]),

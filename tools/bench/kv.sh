@@ -81,9 +81,10 @@ start() { # server persistence -> $pid $port
 	rm -rf "$dir"
 	mkdir -p "$dir"
 	if [ "$2" = aof ]; then
-		kv=(--appendonly yes --appendfsync everysec --dir "$dir")
-		# No automatic rewrite: keel-kv rewrites only on BGREWRITEAOF, and redis's
-		# rewrite runs in a child whose CPU /proc/PID/stat's utime+stime leave out.
+		# No automatic rewrite on either: redis's runs in a child whose CPU
+		# /proc/PID/stat's utime+stime leave out, and the same policy for both.
+		kv=(--appendonly yes --appendfsync everysec --auto-aof-rewrite-percentage 0
+			--dir "$dir")
 		rd=(--appendonly yes --appendfsync everysec --auto-aof-rewrite-percentage 0
 			--dir "$dir")
 	fi

@@ -2748,6 +2748,126 @@ Test(kv_server, aof_a_failed_rewrite_shows_in_info)
 	rm_dir(dir);
 }
 
+/* SET of one key @n times, values of 100 bytes: about 130 bytes of file each. */
+static void
+set_one_key_over_and_over(struct rd *r, int n)
+{
+	char cmd[160];
+
+	for (int i = 0; i < n; i++) {
+		snprintf(cmd, sizeof(cmd), "SET k %0100d", i);
+		expect(r, cmd, "+OK\r\n");
+	}
+}
+
+/* Wait for @n rewrites in all, none running. */
+static void
+wait_rewrites(int port, long long n)
+{
+	uint64_t dl = test_deadline(TEST_WAIT_MS);
+
+	while (info_field(port, "aof_rewrites:") < n ||
+	       info_field(port, "aof_rewrite_in_progress:") != 0) {
+		cr_assert(!test_expired(dl), "no automatic rewrite (aof_rewrites %lld, size %lld)",
+			  info_field(port, "aof_rewrites:"), info_field(port, "aof_current_size:"));
+		test_pause();
+	}
+}
+
+/* A file that grows by --auto-aof-rewrite-percentage (default 100) since the start and is
+ * at least --auto-aof-rewrite-min-size is rewritten with no BGREWRITEAOF, as Redis does:
+ * one key written over and over leaves a file of one record, which a restart reads. */
+Test(kv_server, aof_a_grown_file_is_rewritten_by_itself)
+{
+	char dir[64], want[160];
+	struct srv s;
+	struct rd r;
+
+	mk_dir(dir, sizeof(dir));
+	srv_start(&s, 1, "--appendonly", "yes", "--dir", dir, "--auto-aof-rewrite-min-size", "4kb",
+		  NULL);
+	rd_init(&r, test_connect(s.port));
+	expect(&r, "CONFIG GET auto-aof-rewrite-*",
+	       "*4\r\n$27\r\nauto-aof-rewrite-percentage\r\n$3\r\n100\r\n"
+	       "$25\r\nauto-aof-rewrite-min-size\r\n$4\r\n4096\r\n");
+	set_one_key_over_and_over(&r, 100); /* about 13 KB */
+	wait_rewrites(s.port, 1);
+	cr_assert_lt(info_field(s.port, "aof_current_size:"), 1000);
+	cr_assert_eq(info_field(s.port, "aof_base_size:"), info_field(s.port, "aof_current_size:"));
+	rd_free(&r);
+	srv_stop(&s);
+	srv_start(&s, 1, "--appendonly", "yes", "--dir", dir, NULL);
+	rd_init(&r, test_connect(s.port));
+	snprintf(want, sizeof(want), "$100\r\n%0100d\r\n", 99);
+	expect(&r, "GET k", want);
+	rd_free(&r);
+	srv_stop(&s);
+	rm_dir(dir);
+}
+
+/* --auto-aof-rewrite-percentage 0: only BGREWRITEAOF rewrites. */
+Test(kv_server, aof_no_automatic_rewrite_at_percentage_0)
+{
+	char dir[64];
+	struct srv s;
+	struct rd r;
+	uint64_t until;
+
+	mk_dir(dir, sizeof(dir));
+	srv_start(&s, 1, "--appendonly", "yes", "--dir", dir, "--auto-aof-rewrite-min-size", "4kb",
+		  "--auto-aof-rewrite-percentage", "0", NULL);
+	rd_init(&r, test_connect(s.port));
+	set_one_key_over_and_over(&r, 100);
+	until = test_now_ms() + 2500; /* two ticks of the shard's second timer at least */
+	while (test_now_ms() < until)
+		test_pause();
+	cr_assert_eq(info_field(s.port, "aof_rewrites:"), 0);
+	cr_assert_gt(info_field(s.port, "aof_current_size:"), 10000);
+	rd_free(&r);
+	srv_stop(&s);
+	rm_dir(dir);
+}
+
+/* A failed automatic rewrite is not tried again each second: the next automatic one waits
+ * (KEEL_KV_AOF_AUTO_RETRY_MS here, 60 s by default, doubled for each failure in a row),
+ * and INFO counts the failures in a row; once the cause is gone the retry succeeds. The
+ * rewrite's file is made a directory, so that the rewrite cannot open it. */
+Test(kv_server, aof_a_failed_automatic_rewrite_waits_before_the_next)
+{
+	char dir[64], p[512];
+	struct srv s;
+	struct rd r;
+	uint64_t dl = test_deadline(TEST_WAIT_MS), failed;
+
+	mk_dir(dir, sizeof(dir));
+	snprintf(p, sizeof(p), "%s/appendonly-0.aof.rewrite", dir);
+	cr_assert_eq(mkdir(p, 0755), 0);
+	setenv("KEEL_KV_AOF_AUTO_RETRY_MS", "2000", 1);
+	srv_start(&s, 1, "--appendonly", "yes", "--dir", dir, "--auto-aof-rewrite-min-size", "4kb",
+		  NULL);
+	unsetenv("KEEL_KV_AOF_AUTO_RETRY_MS");
+	rd_init(&r, test_connect(s.port));
+	set_one_key_over_and_over(&r, 100);
+	while (info_field(s.port, "aof_rewrites_consecutive_failures:") < 1) {
+		cr_assert(!test_expired(dl), "no automatic rewrite was tried");
+		test_pause();
+	}
+	/* The failure came before this; without the wait the next try comes within a second
+	 * of it (the shard's timer). */
+	failed = test_now_ms();
+	cr_assert(info_has(s.port, "aof_last_bgrewrite_status:err\r\n"));
+	while (test_now_ms() < failed + 1500)
+		test_pause();
+	cr_assert_eq(info_field(s.port, "aof_rewrites_consecutive_failures:"), 1);
+	cr_assert_eq(rmdir(p), 0);
+	wait_rewrites(s.port, 1);
+	cr_assert_eq(info_field(s.port, "aof_rewrites_consecutive_failures:"), 0);
+	cr_assert(info_has(s.port, "aof_last_bgrewrite_status:ok\r\n"));
+	rd_free(&r);
+	srv_stop(&s);
+	rm_dir(dir);
+}
+
 /* BGREWRITEAOF replies like Redis, leaves files holding only the live state (smaller),
  * keeps writes made meanwhile, and the data reads back after a restart. */
 Test(kv_server, aof_bgrewriteaof_shrinks_and_keeps_data)
