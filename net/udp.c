@@ -561,6 +561,26 @@ keel_udp_open(const char *addr, uint16_t port, const struct keel_udp_ops *ops, v
 		close(fd);
 		return r;
 	}
+	if (port) { /* port 0: the kernel's pick, a port no one holds */
+		char who[128];
+
+		r = keel__port_sharer(fd, ss.ss_family, who, sizeof(who));
+		if (r > 0) {
+			keel_log(
+				KEEL_LOG_ERROR, NET_MOD,
+				"udp %s port %u: %s has a socket bound there too, with "
+				"SO_REUSEPORT: the kernel would split the datagrams between it and "
+				"this server; stop it, or pick another port",
+				addr ? addr : "0.0.0.0", port, who);
+			close(fd);
+			return -EADDRINUSE;
+		}
+		if (r < 0)
+			keel_log(KEEL_LOG_WARN, NET_MOD,
+				 "udp port %u: /proc/net could not be read (%s): another process "
+				 "sharing the port through SO_REUSEPORT would not be seen",
+				 port, strerror(-r));
+	}
 	u = calloc(1, sizeof(*u));
 	if (!u) {
 		close(fd);

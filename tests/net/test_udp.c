@@ -1444,3 +1444,82 @@ Test(net_udp, many_endpoints_waiting_for_few_buffers_are_woken_in_turn, .timeout
 	keel_net_config_init(&nc);
 	cr_assert_eq(keel_net_config_set(&nc), 0);
 }
+
+/* ---- another process sharing the port through SO_REUSEPORT ---- */
+
+/* A UDP socket bound to 127.0.0.1 with SO_REUSEPORT (port 0: the kernel's pick); its port. */
+static int
+reuseport_socket(uint16_t *port)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t l = sizeof(a);
+	int one = 1, fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)), 0);
+	cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &l), 0);
+	*port = ntohs(a.sin_port);
+	return fd;
+}
+
+static void
+share_datagram(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_storage *src)
+{
+	keel_slice_put(s);
+}
+
+/* Opens an endpoint on 127.0.0.1 port *arg on the shard: its result (the endpoint is closed
+ * again). */
+static void
+share_open_fn(struct keel_xreq *req)
+{
+	static const struct keel_udp_ops ops = { .on_datagram = share_datagram };
+	struct keel_udp *u;
+	int r = keel_udp_open("127.0.0.1", *(uint16_t *)req->arg, &ops, NULL, &u);
+
+	if (r == 0)
+		keel_udp_close(u);
+	keel_xreq_complete(req, r);
+}
+
+/* Another process's socket on the port with SO_REUSEPORT (a second instance of a server)
+ * would take part of the datagrams without an error on either side: keel_udp_open refuses
+ * it (-EADDRINUSE, the process named in the log). Sockets of this process on the port (the
+ * other shards' endpoints, the application's own) are not refused. */
+Test(net_udp, a_port_another_process_shares_through_reuseport_is_refused)
+{
+	struct srv s;
+	uint16_t port, own_port;
+	int go[2], got[2], own, st;
+	pid_t child;
+
+	cr_assert_eq(pipe(go), 0);
+	cr_assert_eq(pipe(got), 0);
+	child = fork();
+	cr_assert_geq(child, 0);
+	if (child == 0) {
+		char c;
+
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		reuseport_socket(&port);
+		if (write(got[1], &port, sizeof(port)) != sizeof(port))
+			_exit(1);
+		(void)!read(go[0], &c, 1); /* until the test is done */
+		_exit(0);
+	}
+	cr_assert_eq(read(got[0], &port, sizeof(port)), sizeof(port));
+	own = reuseport_socket(&own_port);
+	cr_assert_eq(srv_start(&s, NULL, NULL, NULL), 0);
+	cr_assert_eq(rt_run_on(s.rt, 0, share_open_fn, &port), -EADDRINUSE);
+	cr_assert_eq(rt_run_on(s.rt, 0, share_open_fn, &own_port), 0);
+	cr_assert_eq(srv_stop(&s), 0);
+	close(own);
+	cr_assert_eq(write(go[1], "x", 1), 1);
+	cr_assert_eq(waitpid(child, &st, 0), child);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	close(go[0]);
+	close(go[1]);
+	close(got[0]);
+	close(got[1]);
+}
