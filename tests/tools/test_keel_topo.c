@@ -331,6 +331,47 @@ Test(tools_topo, check_detects_a_map_asking_for_more_queues_than_exist)
 	unlink(path);
 }
 
+/* The report, --json and --svg show a map file as written; one this machine no longer
+ * matches (here a CPU it does not have) is said to be stale on stderr, with what --check
+ * lists. Before, the report showed CPU 1023 "(core ?, node ?)" without a word. A map that
+ * matches gets no warning. */
+Test(tools_topo, a_stale_map_shown_in_the_report_is_said_to_be_stale)
+{
+	char args[512], path[128], svg[160], *out;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/tmp/keel-topo-test-%d.stale.json", (int)getpid());
+	snprintf(svg, sizeof(svg), "/tmp/keel-topo-test-%d.stale.svg", (int)getpid());
+	f = fopen(path, "w");
+	cr_assert_not_null(f);
+	fprintf(f, "{\"keel_map\": 1, \"iface\": null, \"rx_queues\": 0, \"shards\": "
+		   "[{\"shard\": 0, \"cpu\": 1023, \"rxq\": null}]}\n");
+	fclose(f);
+	for (unsigned i = 0; i < 3; i++) {
+		snprintf(args, sizeof(args), "--map %s%s%s", path,
+			 i == 0   ? ""
+			 : i == 1 ? " --json"
+				  : " --svg ",
+			 i == 2 ? svg : "");
+		cr_assert_eq(run(args, true, &out), 0, "%s", out);
+		cr_assert(strstr(out, "does not match this machine") &&
+				  strstr(out, "CPU 1023 does not exist"),
+			  "keel-topo %s: %s", args, out);
+		free(out);
+	}
+	unlink(svg);
+	f = fopen(path, "w");
+	cr_assert_not_null(f);
+	fprintf(f, "{\"keel_map\": 1, \"iface\": null, \"rx_queues\": 0, \"shards\": "
+		   "[{\"shard\": 0, \"cpu\": 0, \"rxq\": null}]}\n");
+	fclose(f);
+	snprintf(args, sizeof(args), "--map %s", path);
+	cr_assert_eq(run(args, true, &out), 0, "%s", out);
+	cr_assert_null(strstr(out, "does not match"), "%s", out);
+	free(out);
+	unlink(path);
+}
+
 Test(tools_topo, check_passes_when_the_machine_matches)
 {
 	char args[256], path[128], *out;

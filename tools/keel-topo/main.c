@@ -297,6 +297,29 @@ caps_main(int argc, char **argv)
 	return 0;
 }
 
+/* The report, --json and --svg show a map file as written: where this machine no longer
+ * matches it (a CPU gone, a queue or IRQ elsewhere), say so on stderr, with what --check
+ * would list, so that the placement shown is not taken for what runs. */
+static void
+map_stale_warn(const struct keel_topo *topo, const struct keel_map *m, const char *path)
+{
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+	int n;
+
+	if (!f)
+		return;
+	n = keel_map_check(topo, m, f);
+	if (fclose(f) == 0 && n > 0)
+		fprintf(stderr,
+			"keel-topo: warning: the map in %s does not match this machine; it is shown "
+			"as written (keel-topo --check --map %s lists the same, keel-topo --plan "
+			"writes a new map):\n%s",
+			path, path, buf);
+	free(buf);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -364,6 +387,8 @@ main(int argc, char **argv)
 			"keel-topo: note: the default shard count was cut to %d (KEEL_MAX_SHARDS); "
 			"give --shards to choose\n",
 			KEEL_MAX_SHARDS);
+	if (c.map && a.map_path && !a.plan && !a.check && !a.zcrx && c.info->live)
+		map_stale_warn(topo, c.map, a.map_path);
 	if (a.load.queues && c.map && !c.map->iface[0])
 		fprintf(stderr,
 			"keel-topo: note: --queues %u has no effect: %s has no NIC, so no shard "
