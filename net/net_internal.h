@@ -126,11 +126,6 @@ struct net_shard {
 	struct io_uring *ring;        /* the shard's ring (keel_shard_ring_get), for UDP sends */
 };
 
-/* portshare.c: 1 when a socket of another process is bound to the local address and port of
- * UDP socket @fd (@family AF_INET or AF_INET6), that process named in @who; 0 when none is
- * seen; -errno when /proc/net could not be read. */
-int keel__port_sharer(int fd, int family, char *who, size_t len);
-
 /* shard.c */
 int keel__net_shard_get(struct net_shard **out);
 /* The same; when the state is made now, with @cfg (NULL: the process default). */

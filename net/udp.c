@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -65,6 +66,7 @@ struct keel_udp {
 			     * an IPv6 one that is not IPv6-only (IPV6_V6ONLY,
 			     * net.ipv6.bindv6only) bound to :: or a v4-mapped address */
 	uint16_t port;
+	struct udp_port *held; /* its address and port in udp_ports (NULL: port 0) */
 	struct keel_op recv_op;
 	struct keel_op close_nop; /* keel_udp_close without memory for a keel_defer */
 	/* The receive template: name and control lengths (multishot lays the buffer out
@@ -468,6 +470,8 @@ udp_recv_cb(struct keel_op *op, int res, uint32_t flags)
 	}
 }
 
+static void udp_port_release(struct udp_port *p);
+
 static void
 udp_free(struct keel_udp *u)
 {
@@ -475,6 +479,7 @@ udp_free(struct keel_udp *u)
 	struct keel_udp **pp;
 
 	close(u->fd);
+	udp_port_release(u->held); /* after the close: its socket no longer holds the port */
 	if (u->retry)
 		keel_timer_destroy(u->retry);
 	if (u->ops->on_close)
@@ -497,6 +502,154 @@ udp_check(struct keel_udp *u)
 		udp_free(u);
 }
 
+/* The addresses and ports this process's UDP endpoints hold. Every shard binds its own
+ * socket to the port with SO_REUSEPORT, which lets any other socket of the same user that
+ * sets it too join them without an error, on that address or one that overlaps it (a
+ * wildcard, the other family's dual-stack or v4-mapped form), and the kernel then sends the
+ * datagrams to either: a second instance of a server, started while the first still runs,
+ * took part or all of the first one's traffic, and neither said so. So the first endpoint
+ * of the process on an address and port first binds a socket without SO_REUSEPORT, which
+ * the kernel refuses wherever any other socket holds it or an overlapping address (as the
+ * TCP listener does, listen.c port_free); the endpoints after it, its own shards', join
+ * without that probe. The lock spans the probe and the bind, so that two shards opening
+ * the port at once do not see each other's socket as another program's. */
+struct udp_port {
+	struct udp_port *next;
+	struct sockaddr_storage addr; /* as asked (keel_net_addr_parse) */
+	unsigned refs;                /* endpoints bound to it */
+};
+static pthread_mutex_t udp_ports_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct udp_port *udp_ports;
+
+static bool
+same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+	if (a->ss_family != b->ss_family)
+		return false;
+	if (a->ss_family == AF_INET) {
+		const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+
+		return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+	}
+	const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+
+	return x->sin6_port == y->sin6_port && x->sin6_scope_id == y->sin6_scope_id &&
+	       !memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr));
+}
+
+/* One endpoint less on @p (its socket closed); the entry goes with the last. */
+static void
+udp_port_release(struct udp_port *p)
+{
+	struct udp_port **pp;
+
+	if (!p)
+		return;
+	pthread_mutex_lock(&udp_ports_mu);
+	if (--p->refs == 0) {
+		for (pp = &udp_ports; *pp != p; pp = &(*pp)->next)
+			;
+		*pp = p->next;
+		free(p);
+	}
+	pthread_mutex_unlock(&udp_ports_mu);
+}
+
+/* Whether any socket holds @ss (or an address overlapping it): a bind without
+ * SO_REUSEPORT fails where one does. 0 or -errno (logged). */
+static int
+udp_port_probe(const struct sockaddr_storage *ss, socklen_t len, const char *addr, uint16_t port)
+{
+	int r = 0, fd = socket(ss->ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+	if (fd < 0) {
+		r = -errno;
+		keel_log(KEEL_LOG_ERROR, NET_MOD, "udp port %u: socket: %s", port, strerror(-r));
+		return r;
+	}
+	if (bind(fd, (const struct sockaddr *)ss, len) < 0) {
+		r = -errno;
+		keel_log(
+			KEEL_LOG_ERROR, NET_MOD, "udp bind %s port %u: %s%s",
+			addr ? addr : "0.0.0.0", port, strerror(-r),
+			r == -EADDRINUSE
+				? " (another program has a socket on that port, at that address "
+				  "or one that overlaps it; keel's SO_REUSEPORT would let it share "
+				  "the datagrams unseen: stop it, or pick another port)"
+				: "");
+	}
+	close(fd);
+	return r;
+}
+
+/* The endpoint's socket, bound to @ss (@addr, @port for the log) with SO_REUSEPORT, in
+ * *@fd; with a port, the entry of udp_ports it holds in *@held (probed first when it is
+ * the process's first endpoint there). 0 or -errno. */
+static int
+udp_socket(const struct sockaddr_storage *ss, socklen_t len, const char *addr, uint16_t port,
+	   struct udp_port **held, int *out)
+{
+	struct udp_port *p = NULL;
+	int fd, r = 0, one = 1;
+
+	*held = NULL;
+	if (port) { /* port 0: the kernel's pick, which no socket holds */
+		pthread_mutex_lock(&udp_ports_mu);
+		for (p = udp_ports; p && !same_addr(&p->addr, ss); p = p->next)
+			;
+		if (!p) {
+			r = udp_port_probe(ss, len, addr, port);
+			if (r == 0 && !(p = calloc(1, sizeof(*p))))
+				r = -ENOMEM;
+			if (r < 0) {
+				pthread_mutex_unlock(&udp_ports_mu);
+				return r;
+			}
+			p->addr = *ss;
+			p->next = udp_ports;
+			udp_ports = p;
+		}
+		p->refs++; /* taken back below on failure */
+	}
+	fd = socket(ss->ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		r = -errno;
+		goto fail;
+	}
+	/* Each shard binds its own socket to the port: without SO_REUSEPORT the second bind
+	 * would fail with EADDRINUSE, naming the wrong cause. */
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) {
+		r = -errno;
+		keel_log(KEEL_LOG_ERROR, NET_MOD, "udp port %u: SO_REUSEPORT: %s", port,
+			 strerror(-r));
+		close(fd);
+		goto fail;
+	}
+	/* The kernel's drop counter with each datagram (udp_drops in the stats). */
+	if (setsockopt(fd, SOL_SOCKET, SO_RXQ_OVFL, &one, sizeof(one)) < 0)
+		keel_log(KEEL_LOG_WARN, NET_MOD,
+			 "udp port %u: SO_RXQ_OVFL: %s; datagrams the kernel drops are not counted",
+			 port, strerror(errno));
+	if (bind(fd, (const struct sockaddr *)ss, len) < 0) {
+		r = -errno;
+		keel_log(KEEL_LOG_ERROR, NET_MOD, "udp bind %s port %u: %s",
+			 addr ? addr : "0.0.0.0", port, strerror(-r));
+		close(fd);
+		goto fail;
+	}
+	if (p)
+		pthread_mutex_unlock(&udp_ports_mu);
+	*held = p;
+	*out = fd;
+	return 0;
+fail:
+	if (p) {
+		pthread_mutex_unlock(&udp_ports_mu);
+		udp_port_release(p);
+	}
+	return r;
+}
+
 int
 keel_udp_open(const char *addr, uint16_t port, const struct keel_udp_ops *ops, void *app,
 	      struct keel_udp **out)
@@ -505,7 +658,8 @@ keel_udp_open(const char *addr, uint16_t port, const struct keel_udp_ops *ops, v
 	socklen_t len, bl = sizeof(b);
 	struct net_shard *ns;
 	struct keel_udp *u;
-	int fd, r, one = 1;
+	struct udp_port *held;
+	int fd = -1, r;
 
 	if (!ops || !ops->on_datagram)
 		return -EINVAL;
@@ -530,62 +684,24 @@ keel_udp_open(const char *addr, uint16_t port, const struct keel_udp_ops *ops, v
 			return r;
 		ns->udp_ready = true;
 	}
-	fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	/* Each shard binds its own socket to the port: without SO_REUSEPORT the second bind
-	 * would fail with EADDRINUSE, naming the wrong cause. */
-	if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) {
-		r = -errno;
-		keel_log(KEEL_LOG_ERROR, NET_MOD, "udp port %u: SO_REUSEPORT: %s", port,
-			 strerror(-r));
-		close(fd);
+	r = udp_socket(&ss, len, addr, port, &held, &fd);
+	if (r < 0)
 		return r;
-	}
-	/* The kernel's drop counter with each datagram (udp_drops in the stats). */
-	if (setsockopt(fd, SOL_SOCKET, SO_RXQ_OVFL, &one, sizeof(one)) < 0)
-		keel_log(KEEL_LOG_WARN, NET_MOD,
-			 "udp port %u: SO_RXQ_OVFL: %s; datagrams the kernel drops are not counted",
-			 port, strerror(errno));
-	if (bind(fd, (struct sockaddr *)&ss, len) < 0) {
-		r = -errno;
-		keel_log(KEEL_LOG_ERROR, NET_MOD, "udp bind %s port %u: %s",
-			 addr ? addr : "0.0.0.0", port, strerror(-r));
-		close(fd);
-		return r;
-	}
 	if (getsockname(fd, (struct sockaddr *)&b, &bl) < 0) {
 		r = -errno;
 		keel_log(KEEL_LOG_ERROR, NET_MOD, "udp port %u: getsockname: %s", port,
 			 strerror(-r));
 		close(fd);
+		udp_port_release(held);
 		return r;
-	}
-	if (port) { /* port 0: the kernel's pick, a port no one holds */
-		char who[128];
-
-		r = keel__port_sharer(fd, ss.ss_family, who, sizeof(who));
-		if (r > 0) {
-			keel_log(
-				KEEL_LOG_ERROR, NET_MOD,
-				"udp %s port %u: %s has a socket bound there too, with "
-				"SO_REUSEPORT: the kernel would split the datagrams between it and "
-				"this server; stop it, or pick another port",
-				addr ? addr : "0.0.0.0", port, who);
-			close(fd);
-			return -EADDRINUSE;
-		}
-		if (r < 0)
-			keel_log(KEEL_LOG_WARN, NET_MOD,
-				 "udp port %u: /proc/net could not be read (%s): another process "
-				 "sharing the port through SO_REUSEPORT would not be seen",
-				 port, strerror(-r));
 	}
 	u = calloc(1, sizeof(*u));
 	if (!u) {
 		close(fd);
+		udp_port_release(held);
 		return -ENOMEM;
 	}
+	u->held = held;
 	u->ns = ns;
 	u->ops = ops;
 	u->app = app;

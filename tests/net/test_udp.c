@@ -1445,7 +1445,7 @@ Test(net_udp, many_endpoints_waiting_for_few_buffers_are_woken_in_turn, .timeout
 	cr_assert_eq(keel_net_config_set(&nc), 0);
 }
 
-/* ---- another process sharing the port through SO_REUSEPORT ---- */
+/* ---- another socket on the port, sharing it through SO_REUSEPORT ---- */
 
 /* A UDP socket bound to 127.0.0.1 with SO_REUSEPORT (port 0: the kernel's pick); its port. */
 static int
@@ -1469,26 +1469,59 @@ share_datagram(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_s
 	keel_slice_put(s);
 }
 
-/* Opens an endpoint on 127.0.0.1 port *arg on the shard: its result (the endpoint is closed
- * again). */
+static const struct keel_udp_ops share_ops = { .on_datagram = share_datagram };
+
+/* What the shard is asked: open an endpoint on addr/port (kept in ep[shard] when @keep),
+ * or close the kept one. */
+static struct {
+	const char *addr;
+	uint16_t port;
+	bool keep;
+	struct keel_udp *ep[2];
+} share;
+
 static void
 share_open_fn(struct keel_xreq *req)
 {
-	static const struct keel_udp_ops ops = { .on_datagram = share_datagram };
+	unsigned me = keel_shard_id(keel_this_shard());
 	struct keel_udp *u;
-	int r = keel_udp_open("127.0.0.1", *(uint16_t *)req->arg, &ops, NULL, &u);
+	int r = keel_udp_open(share.addr, share.port, &share_ops, NULL, &u);
 
-	if (r == 0)
+	if (r == 0 && share.keep)
+		share.ep[me] = u;
+	else if (r == 0)
 		keel_udp_close(u);
 	keel_xreq_complete(req, r);
 }
 
-/* Another process's socket on the port with SO_REUSEPORT (a second instance of a server)
- * would take part of the datagrams without an error on either side: keel_udp_open refuses
- * it (-EADDRINUSE, the process named in the log). Sockets of this process on the port (the
- * other shards' endpoints, the application's own) are not refused. */
-Test(net_udp, a_port_another_process_shares_through_reuseport_is_refused)
+static void
+share_close_fn(struct keel_xreq *req)
 {
+	unsigned me = keel_shard_id(keel_this_shard());
+
+	keel_udp_close(share.ep[me]);
+	share.ep[me] = NULL;
+	keel_xreq_complete(req, 0);
+}
+
+static int
+share_open(struct srv *s, unsigned shard, const char *addr, uint16_t port, bool keep)
+{
+	share.addr = addr;
+	share.port = port;
+	share.keep = keep;
+	return rt_run_on(s->rt, shard, share_open_fn, NULL);
+}
+
+/* Another socket on the port with SO_REUSEPORT (a second instance of a server) took part of
+ * the datagrams, or all of them from a more specific address, without an error on either
+ * side: keel_udp_open refuses it (-EADDRINUSE), whether the socket is another process's
+ * (here a child's) or this one's, on the same address or an overlapping one (0.0.0.0).
+ * The endpoints of one process on a port (its shards') still share it, and the port is
+ * free again once they are closed. */
+Test(net_udp, a_port_another_socket_shares_through_reuseport_is_refused)
+{
+	struct keel_opts o = net_test_opts(2);
 	struct srv s;
 	uint16_t port, own_port;
 	int go[2], got[2], own, st;
@@ -1510,11 +1543,19 @@ Test(net_udp, a_port_another_process_shares_through_reuseport_is_refused)
 	}
 	cr_assert_eq(read(got[0], &port, sizeof(port)), sizeof(port));
 	own = reuseport_socket(&own_port);
-	cr_assert_eq(srv_start(&s, NULL, NULL, NULL), 0);
-	cr_assert_eq(rt_run_on(s.rt, 0, share_open_fn, &port), -EADDRINUSE);
-	cr_assert_eq(rt_run_on(s.rt, 0, share_open_fn, &own_port), 0);
-	cr_assert_eq(srv_stop(&s), 0);
+	cr_assert_eq(srv_start(&s, &o, NULL, NULL), 0);
+	cr_assert_eq(share_open(&s, 0, "127.0.0.1", port, false), -EADDRINUSE);
+	cr_assert_eq(share_open(&s, 0, "0.0.0.0", port, false), -EADDRINUSE);
+	cr_assert_eq(share_open(&s, 0, "127.0.0.1", own_port, false), -EADDRINUSE);
 	close(own);
+	/* Both shards on the port the test's socket held, then again after both closed. */
+	for (int round = 0; round < 2; round++) {
+		cr_assert_eq(share_open(&s, 0, "127.0.0.1", own_port, true), 0);
+		cr_assert_eq(share_open(&s, 1, "127.0.0.1", own_port, true), 0);
+		cr_assert_eq(rt_run_on(s.rt, 0, share_close_fn, NULL), 0);
+		cr_assert_eq(rt_run_on(s.rt, 1, share_close_fn, NULL), 0);
+	}
+	cr_assert_eq(srv_stop(&s), 0);
 	cr_assert_eq(write(go[1], "x", 1), 1);
 	cr_assert_eq(waitpid(child, &st, 0), child);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
