@@ -147,11 +147,12 @@ ovf_node_free(struct ovf_node *n)
 		keel_shard_free(n);
 }
 
-/* The shard's arena is out of memory and keel's own message (a call's reply, a buffer's
- * trip home) must still be queued: losing it would break a call's exactly-once reply or
- * leak a buffer. So must a part of an accepted broadcast, which is all or nothing (its
- * parts count toward --mailbox-overflow, which bounds them). Its node comes from the heap
- * instead, said once per shard. */
+/* keel_shard_malloc failed (the process's heap, or the shard's jemalloc arena: neither is
+ * --memory, which sizes only the registered regions) and keel's own message (a call's reply,
+ * a buffer's trip home) must still be queued: losing it would break a call's exactly-once
+ * reply or leak a buffer. So must a part of an accepted broadcast, which is all or nothing
+ * (its parts count toward --mailbox-overflow, which bounds them). Its node comes from
+ * malloc instead, said once per shard. */
 static __attribute__((noinline, cold)) struct ovf_node *
 ovf_node_heap(struct keel_shard *s, bool bcast)
 {
@@ -160,10 +161,12 @@ ovf_node_heap(struct keel_shard *s, bool bcast)
 	if (!s->ovf_heap_logged) {
 		s->ovf_heap_logged = true;
 		keel_log(KEEL_LOG_WARN, "core",
-			 "shard %u: out of shard memory for a queued cross-shard %s: its queue "
-			 "node %s; raise --memory",
+			 "shard %u: keel_shard_malloc failed for a queued cross-shard %s: the "
+			 "process is short of memory (its heap, or the shard's jemalloc arena; "
+			 "not --memory, which sizes only the registered buffers); its queue node "
+			 "%s",
 			 s->id, bcast ? "broadcast part" : "reply",
-			 n ? "comes from the heap (logged once)" : "cannot be had");
+			 n ? "comes from malloc (logged once)" : "cannot be had either");
 	}
 	if (n)
 		n->heap = true;

@@ -2,6 +2,7 @@
 /* Runtime lifecycle: shard threads, pinning, signals, foreign requests, deferred work. */
 #include <dirent.h>
 #include <errno.h>
+#include <keel/alloc.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -368,8 +369,23 @@ zcrx_check(const struct keel_runtime *rt)
 	return 0;
 }
 
+static int runtime_create(const struct keel_opts *opts, struct keel_runtime **out);
+
+/* A create that fails leaves the host's log level as it was (the options' level is set
+ * early, for what the checks log). */
 int
 keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
+{
+	enum keel_log_level level = keel_log_get_level();
+	int r = runtime_create(opts, out);
+
+	if (r < 0)
+		keel_log_set_level(level);
+	return r;
+}
+
+static int
+runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 {
 	struct keel_runtime *rt;
 	int *cpus = NULL;
@@ -408,6 +424,14 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 	    opts->ring_entries > KEEL__RING_ENTRIES_MAX) {
 		keel_log(KEEL_LOG_ERROR, "core", "--ring-entries %u: from %u to %u",
 			 opts->ring_entries, KEEL__RING_ENTRIES_MIN, KEEL__RING_ENTRIES_MAX);
+		return -EINVAL;
+	}
+	/* The allocator takes 2 MiB (one huge page, the least region) to its maximum: below,
+	 * every shard failed at start with a bare EINVAL. */
+	if (opts->memory < KEEL_ALLOC_HUGEPAGE || opts->memory > KEEL_ALLOC_MAX_MEMORY) {
+		keel_log(KEEL_LOG_ERROR, "core", "--memory %llu bytes: from 2M to %lluG per shard",
+			 (unsigned long long)opts->memory,
+			 (unsigned long long)(KEEL_ALLOC_MAX_MEMORY >> 30));
 		return -EINVAL;
 	}
 	if (opts->idle_poll_us > KEEL__IDLE_POLL_US_MAX) {

@@ -74,6 +74,25 @@ struct bad_case {
 /* A host's own log level survives keel_runtime_create: keel_opts_init starts from the
  * process's level (it was KEEL_LOG_INFO, which create applied over the host's choice); an
  * explicit --log-level still wins. */
+/* A create that fails leaves the host's level as it was: the options' level was set
+ * before the checks, so a refused create had already changed it. */
+Test(core_opts, a_failed_create_leaves_the_hosts_log_level)
+{
+	struct keel_opts o;
+	struct keel_runtime *rt = NULL;
+
+	keel_log_set_level(KEEL_LOG_WARN);
+	keel_opts_init(&o);
+	o.shards = 1;
+	o.signals = false;
+	o.log_level = KEEL_LOG_DEBUG;
+	o.mailbox_entries = 3;
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
+	cr_assert_eq(keel_log_get_level(), KEEL_LOG_WARN, "the level is now %d",
+		     (int)keel_log_get_level());
+	keel_log_set_level(KEEL_LOG_INFO);
+}
+
 Test(core_opts, a_hosts_log_level_survives_create_unless_the_options_say_otherwise)
 {
 	struct keel_opts o;
@@ -153,8 +172,15 @@ bad_poll(struct keel_opts *o)
 	o->idle_poll_us = 4000000000u;
 }
 
+static void
+bad_memory(struct keel_opts *o)
+{
+	o->memory = 1u << 20; /* every shard failed at start with "Invalid argument" */
+}
+
 Test(core_opts, values_set_directly_that_no_option_gives_are_refused)
 {
+	refused_directly(bad_memory, "--memory 1048576 bytes: from 2M to");
 	refused_directly(bad_feature, "(--feature send_zc) is 7: not a policy");
 	refused_directly(bad_zcrx, "keel_opts.zcrx (--zcrx) is 9");
 	refused_directly(bad_level, "keel_opts.log_level 99");
