@@ -183,12 +183,24 @@ int keel__pbuf_take(struct pbuf_ring *r, unsigned bid, int res, uint32_t cqe_fla
 /* Whether @p lies in a buffer of @r while @r runs low: over three quarters of its buffers
  * out (held by connections' send queues, paused reads, the application). A slice held for
  * long there is better copied (conn.c, unring), so receives keep buffers. */
-bool keel__pbuf_pressed(const struct pbuf_ring *r, const void *p);
+static inline bool keel__pbuf_pressed(const struct pbuf_ring *r, const void *p);
 /* A slice to be held while a peer reads: copied out of a receive ring (or ZCRX area)
  * running low, so that held slices cannot take every receive buffer (conn.c). */
 void keel__net_unring(struct net_shard *ns, struct keel_slice *s);
 /* True when @p lies in @r's memory; then *area is its area slice. */
 bool keel__pbuf_owns(const struct pbuf_ring *r, const void *p, const struct keel_slice **area);
+/* Inline: checked for every slice a send queue or a UDP send holds (keel__net_unring), so
+ * the count comes first and the address only for a ring that runs low. */
+static inline bool
+keel__pbuf_pressed(const struct pbuf_ring *r, const void *p)
+{
+	const struct keel_slice *area;
+
+	/* A quarter of the buffers at least stays for the receives of every connection;
+	 * held buffers only: out less those the ring holds for the kernel (incremental). */
+	return r->nareas && r->out - r->nkref > r->nbufs - r->nbufs / 4 &&
+	       keel__pbuf_owns(r, p, &area);
+}
 
 /* Fault injection for tests: the next this-many buffer wraps in keel__pbuf_take fail
  * with -ENOMEM (as keel_buf_wrap does when no buffer header can be allocated). */

@@ -116,17 +116,6 @@ buf_release(void *data, uint32_t cap, void *arg)
 }
 
 bool
-keel__pbuf_pressed(const struct pbuf_ring *r, const void *p)
-{
-	const struct keel_slice *area;
-
-	/* A quarter of the buffers at least stays for the receives of every connection;
-	 * held buffers only: out less those the ring holds for the kernel (incremental). */
-	return r->nareas && r->out - r->nkref > r->nbufs - r->nbufs / 4 &&
-	       keel__pbuf_owns(r, p, &area);
-}
-
-bool
 keel__pbuf_owns(const struct pbuf_ring *r, const void *p, const struct keel_slice **area)
 {
 	const uint8_t *b = p;
@@ -323,21 +312,36 @@ keel__pbuf_take(struct pbuf_ring *r, unsigned bid, int res, uint32_t cqe_flags, 
 		 * with it, only a full one, or the last one when the CQE lacks BUF_MORE. */
 		bool done =
 			!r->inc || take == avail || (last && !(cqe_flags & IORING_CQE_F_BUF_MORE));
+		bool moved = false;
 		int ret;
 
 		net_verify(n < max && (bundle || n == 0));
 		ret = kref_get(r, b);
-		if (ret == 0)
+		if (ret == 0 && done) {
+			/* The kernel is done with the buffer: the ring's reference becomes the
+			 * slice's, narrowed to these bytes (a sub-slice and the put of the ring's
+			 * reference, as before, cost two count changes for nothing). */
+			out[n] = r->kref[b];
+			out[n].data += r->off[b];
+			out[n].len = take;
+			memset(&r->kref[b], 0, sizeof(r->kref[b]));
+			r->nkref--;
+			moved = true;
+			n++;
+		} else if (ret == 0) {
 			ret = keel_slice_sub(&r->kref[b], r->off[b], take, &out[n]);
+			if (ret == 0)
+				n++;
+		}
 		if (ret < 0)
 			err = ret;
-		else
-			n++;
 		r->off[b] += take;
 		rem -= take;
 		if (done)
 			r->inring--;
-		if (done && r->kref[b].buf) {
+		if (moved) {
+			/* nothing more: the slice holds the buffer */
+		} else if (done && r->kref[b].buf) {
 			struct keel_slice k = r->kref[b];
 			/* Cleared first: the put may recycle the buffer (buf_release). */
 			memset(&r->kref[b], 0, sizeof(k));

@@ -310,12 +310,16 @@ udp_deliver(struct keel_udp *u, unsigned bid, int res, uint32_t flags)
 		off += UDP_CTRL_LEN;
 		/* A zero-length datagram is a valid one: an empty slice. */
 		if ((o.flags & MSG_TRUNC) || o.payloadlen > ns->cfg.udp_buf_size ||
-		    keel_slice_sub(&whole, off, o.payloadlen, &payload) < 0) {
+		    off > whole.len || o.payloadlen > whole.len - off) {
 			ns->st.udp_truncated++;
 			keel_slice_put(&whole);
 			return;
 		}
-		keel_slice_put(&whole);
+		/* Narrowed in place: whole's reference becomes the datagram's (a sub-slice and
+		 * a put cost two count changes for nothing). */
+		payload = whole;
+		payload.data += off;
+		payload.len = o.payloadlen;
 	} else {
 		/* Single-shot recvmsg: the name and control data land in rmsg's own buffers.
 		 * Linux 6.18 reports no buffer for a zero-length datagram (udp_deliver_empty);
