@@ -33,6 +33,13 @@ __attribute__((noreturn)) void keel__net_verify_fail(const char *file, int line,
 struct net_shard;
 struct net_zcrx;
 
+/* A buffer of a provided-buffer ring: its ring and its bytes (the release callback's
+ * argument, so that a buffer coming back needs no search of the areas nor a division). */
+struct pbuf_slot {
+	struct pbuf_ring *r;
+	uint8_t *base;
+};
+
 /* A provided-buffer ring: nbufs buffers of bufsize bytes in areas of allocator memory. */
 struct pbuf_ring {
 	struct net_shard *ns;
@@ -47,6 +54,7 @@ struct pbuf_ring {
 	struct keel_slice *areas; /* [nareas], allocator slices holding the memory */
 	uint32_t *off;            /* [nbufs] bytes the kernel consumed (incremental) */
 	struct keel_slice *kref;  /* [nbufs] the ring's reference while the kernel may write */
+	struct pbuf_slot *slot;   /* [nbufs] each buffer's ring and address */
 	uint16_t *pos_bid;        /* [nbufs] buffer id at each ring position */
 	uint32_t *bid_pos;        /* [nbufs] ring position a buffer id was added at */
 	uint32_t tail;

@@ -42,9 +42,7 @@ ring_add(struct pbuf_ring *r, uint16_t bid)
 	r->off[bid] = 0;
 	r->pos_bid[pos] = bid;
 	r->bid_pos[bid] = pos;
-	io_uring_buf_ring_add(
-		r->br, r->areas[bid / r->per_area].data + (size_t)(bid % r->per_area) * r->bufsize,
-		r->bufsize, bid, r->mask, 0);
+	io_uring_buf_ring_add(r->br, r->slot[bid].base, r->bufsize, bid, r->mask, 0);
 	r->tail++;
 	/* Publishes the entry with a store-release of the tail. */
 	io_uring_buf_ring_advance(r->br, 1);
@@ -99,14 +97,13 @@ keel__pbuf_grow(struct pbuf_ring *r)
 static void
 buf_release(void *data, uint32_t cap, void *arg)
 {
-	struct pbuf_ring *r = arg;
+	struct pbuf_slot *sl = arg;
+	struct pbuf_ring *r = sl->r;
 	struct net_shard *ns = r->ns;
-	const struct keel_slice *area;
-	uint16_t bid;
+	uint16_t bid = (uint16_t)(sl - r->slot);
 
-	net_verify(keel__pbuf_owns(r, data, &area));
-	bid = (uint16_t)((unsigned)(area - r->areas) * r->per_area +
-			 (unsigned)(((uint8_t *)data - area->data) / r->bufsize));
+	(void)cap;
+	net_verify(data == sl->base);
 	net_verify(r->out > 0);
 	r->out--;
 	if (r->registered && !ns->stopping) {
@@ -169,10 +166,12 @@ keel__pbuf_init_window(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid,
 	r->areas = calloc(r->nareas, sizeof(*r->areas));
 	r->off = calloc(nbufs, sizeof(*r->off));
 	r->kref = calloc(nbufs, sizeof(*r->kref));
+	r->slot = calloc(nbufs, sizeof(*r->slot));
 	r->pos_bid = calloc(nbufs, sizeof(*r->pos_bid));
 	r->bid_pos = calloc(nbufs, sizeof(*r->bid_pos));
 	r->spare = calloc(nbufs, sizeof(*r->spare));
-	if (!r->areas || !r->off || !r->kref || !r->pos_bid || !r->bid_pos || !r->spare) {
+	if (!r->areas || !r->off || !r->kref || !r->slot || !r->pos_bid || !r->bid_pos ||
+	    !r->spare) {
 		ret = -ENOMEM;
 		goto err;
 	}
@@ -194,6 +193,11 @@ keel__pbuf_init_window(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid,
 					ns->id, nbufs, bufsize, strerror(-ret), ring_knobs(bgid));
 			goto err;
 		}
+	}
+	for (uint32_t bid = 0; bid < nbufs; bid++) {
+		r->slot[bid].r = r;
+		r->slot[bid].base =
+			r->areas[bid / r->per_area].data + (size_t)(bid % r->per_area) * bufsize;
 	}
 	r->br_bytes = ((size_t)nbufs * sizeof(struct io_uring_buf) + 4095) & ~(size_t)4095;
 	r->br = mmap(NULL, r->br_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -246,6 +250,7 @@ keel__pbuf_fini(struct pbuf_ring *r)
 	free(r->areas);
 	free(r->off);
 	free(r->kref);
+	free(r->slot);
 	free(r->pos_bid);
 	free(r->bid_pos);
 	free(r->spare);
@@ -282,8 +287,9 @@ kref_get(struct pbuf_ring *r, uint16_t bid)
 		if (n)
 			return -ENOMEM;
 	}
-	base = r->areas[bid / r->per_area].data + (size_t)(bid % r->per_area) * r->bufsize;
-	ret = keel_buf_wrap(keel_shard_alloc(), base, r->bufsize, buf_release, r, &r->kref[bid]);
+	base = r->slot[bid].base;
+	ret = keel_buf_wrap(keel_shard_alloc(), base, r->bufsize, buf_release, &r->slot[bid],
+			    &r->kref[bid]);
 	if (ret < 0)
 		return ret;
 	r->out++;
