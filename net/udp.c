@@ -66,7 +66,7 @@ struct keel_udp {
 			     * an IPv6 one that is not IPv6-only (IPV6_V6ONLY,
 			     * net.ipv6.bindv6only) bound to :: or a v4-mapped address */
 	uint16_t port;
-	struct udp_port *held; /* its address and port in udp_ports (NULL: port 0) */
+	struct udp_port *held; /* its address and port in udp_ports */
 	struct keel_op recv_op;
 	struct keel_op close_nop; /* keel_udp_close without memory for a keel_defer */
 	/* The receive template: name and control lengths (multishot lays the buffer out
@@ -474,7 +474,7 @@ udp_recv_cb(struct keel_op *op, int res, uint32_t flags)
 	}
 }
 
-static void udp_port_release(struct udp_port *p);
+static void udp_port_release(struct udp_port *p, unsigned shard);
 
 static void
 udp_free(struct keel_udp *u)
@@ -483,7 +483,8 @@ udp_free(struct keel_udp *u)
 	struct keel_udp **pp;
 
 	close(u->fd);
-	udp_port_release(u->held); /* after the close: its socket no longer holds the port */
+	/* after the close: its socket no longer holds the port */
+	udp_port_release(u->held, u->ns->id);
 	if (u->retry)
 		keel_timer_destroy(u->retry);
 	if (u->ops->on_close)
@@ -512,15 +513,21 @@ udp_check(struct keel_udp *u)
  * wildcard, the other family's dual-stack or v4-mapped form), and the kernel then sends the
  * datagrams to either: a second instance of a server, started while the first still runs,
  * took part or all of the first one's traffic, and neither said so. So the first endpoint
- * of the process on an address and port first binds a socket without SO_REUSEPORT, which
- * the kernel refuses wherever any other socket holds it or an overlapping address (as the
- * TCP listener does, listen.c port_free); the endpoints after it, its own shards', join
- * without that probe. The lock spans the probe and the bind, so that two shards opening
- * the port at once do not see each other's socket as another program's. */
+ * on an address and port first binds a socket without SO_REUSEPORT, which the kernel
+ * refuses wherever any other socket holds it or an overlapping address (as the TCP
+ * listener does, listen.c port_free); the endpoints after it, on the other shards of the
+ * same runtime, join without that probe. A second endpoint of a shard there, or one of
+ * another runtime of the process, is refused as well: it too would take datagrams. Port 0
+ * is first resolved by a bind without SO_REUSEPORT (with it, the kernel may pick a port a
+ * socket of the same user holds with SO_REUSEPORT, and share it). The lock spans the probe
+ * and the bind, so that shards opening the port at once do not take each other's socket
+ * for another program's. */
 struct udp_port {
 	struct udp_port *next;
-	struct sockaddr_storage addr; /* as asked (keel_net_addr_parse) */
-	unsigned refs;                /* endpoints bound to it */
+	struct sockaddr_storage addr;  /* as asked (keel_net_addr_parse), port 0 resolved */
+	const struct keel_runtime *rt; /* the runtime whose shards hold it */
+	uint64_t shards[(KEEL_MAX_SHARDS + 63) / 64]; /* ... which of them */
+	unsigned refs;                                /* endpoints bound to it */
 };
 static pthread_mutex_t udp_ports_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct udp_port *udp_ports;
@@ -541,15 +548,24 @@ same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
 	       !memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr));
 }
 
-/* One endpoint less on @p (its socket closed); the entry goes with the last. */
+static uint16_t
+ss_port(const struct sockaddr_storage *ss)
+{
+	return ntohs(ss->ss_family == AF_INET6 ? ((const struct sockaddr_in6 *)ss)->sin6_port
+					       : ((const struct sockaddr_in *)ss)->sin_port);
+}
+
+/* Shard @shard's endpoint on @p is gone (its socket closed); the entry goes with the
+ * last. */
 static void
-udp_port_release(struct udp_port *p)
+udp_port_release(struct udp_port *p, unsigned shard)
 {
 	struct udp_port **pp;
 
 	if (!p)
 		return;
 	pthread_mutex_lock(&udp_ports_mu);
+	p->shards[shard / 64] &= ~(1ull << (shard % 64));
 	if (--p->refs == 0) {
 		for (pp = &udp_ports; *pp != p; pp = &(*pp)->next)
 			;
@@ -560,10 +576,13 @@ udp_port_release(struct udp_port *p)
 }
 
 /* Whether any socket holds @ss (or an address overlapping it): a bind without
- * SO_REUSEPORT fails where one does. 0 or -errno (logged). */
+ * SO_REUSEPORT fails where one does. With port 0, the port the kernel picks (a free one)
+ * goes into @ss. 0 or -errno (logged). */
 static int
-udp_port_probe(const struct sockaddr_storage *ss, socklen_t len, const char *addr, uint16_t port)
+udp_port_probe(struct sockaddr_storage *ss, socklen_t len, const char *addr, uint16_t port)
 {
+	struct sockaddr_storage b;
+	socklen_t bl = sizeof(b);
 	int r = 0, fd = socket(ss->ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 
 	if (fd < 0) {
@@ -581,41 +600,91 @@ udp_port_probe(const struct sockaddr_storage *ss, socklen_t len, const char *add
 				  "or one that overlaps it; keel's SO_REUSEPORT would let it share "
 				  "the datagrams unseen: stop it, or pick another port)"
 				: "");
+	} else if (!port) {
+		if (getsockname(fd, (struct sockaddr *)&b, &bl) < 0) {
+			r = -errno;
+			keel_log(KEEL_LOG_ERROR, NET_MOD, "udp port 0: getsockname: %s",
+				 strerror(-r));
+		} else if (ss->ss_family == AF_INET6) {
+			((struct sockaddr_in6 *)ss)->sin6_port =
+				((struct sockaddr_in6 *)&b)->sin6_port;
+		} else {
+			((struct sockaddr_in *)ss)->sin_port = ((struct sockaddr_in *)&b)->sin_port;
+		}
 	}
 	close(fd);
 	return r;
 }
 
-/* The endpoint's socket, bound to @ss (@addr, @port for the log) with SO_REUSEPORT, in
- * *@fd; with a port, the entry of udp_ports it holds in *@held (probed first when it is
- * the process's first endpoint there). 0 or -errno. */
+/* The entry of udp_ports for this shard's new endpoint on @ss (port 0 resolved into it
+ * first), made and probed when none is; refused (-EADDRINUSE, logged) when the shard has
+ * an endpoint there already or another runtime holds it. Called and returns with
+ * udp_ports_mu held. */
 static int
-udp_socket(const struct sockaddr_storage *ss, socklen_t len, const char *addr, uint16_t port,
+udp_port_take(struct sockaddr_storage *ss, socklen_t len, const char *addr, unsigned shard,
+	      const struct keel_runtime *rt, struct udp_port **out)
+{
+	uint16_t port = ss_port(ss);
+	struct udp_port *p;
+	int r;
+
+	/* Port 0: the probe picks a port no socket holds, so no entry is there either. */
+	for (p = port ? udp_ports : NULL; p && !same_addr(&p->addr, ss); p = p->next)
+		;
+	if (p && p->rt != rt) {
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "udp bind %s port %u: another keel runtime of this process has UDP "
+			 "endpoints there: the kernel would split the datagrams between them; "
+			 "open it in one runtime",
+			 addr ? addr : "0.0.0.0", port);
+		return -EADDRINUSE;
+	}
+	if (p && (p->shards[shard / 64] >> (shard % 64) & 1)) {
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "udp bind %s port %u: shard %u has an endpoint there already: a second "
+			 "would take part of its datagrams (the kernel's hash); use that one",
+			 addr ? addr : "0.0.0.0", port, shard);
+		return -EADDRINUSE;
+	}
+	if (!p) {
+		/* The first of the process there: no other socket may hold it. */
+		r = udp_port_probe(ss, len, addr, port);
+		if (r < 0)
+			return r;
+		p = calloc(1, sizeof(*p));
+		if (!p)
+			return -ENOMEM;
+		p->addr = *ss;
+		p->rt = rt;
+		p->next = udp_ports;
+		udp_ports = p;
+	}
+	p->shards[shard / 64] |= 1ull << (shard % 64);
+	p->refs++; /* taken back by udp_port_release on a failure after */
+	*out = p;
+	return 0;
+}
+
+/* The endpoint's socket, bound to @ss (@addr for the log) with SO_REUSEPORT, in *@fd; the
+ * entry of udp_ports it holds in *@held. 0 or -errno. */
+static int
+udp_socket(const struct sockaddr_storage *want, socklen_t len, const char *addr, unsigned shard,
 	   struct udp_port **held, int *out)
 {
+	struct sockaddr_storage ss = *want;
 	struct udp_port *p = NULL;
-	int fd, r = 0, one = 1;
+	int fd, r, one = 1;
+	uint16_t port;
 
 	*held = NULL;
-	if (port) { /* port 0: the kernel's pick, which no socket holds */
-		pthread_mutex_lock(&udp_ports_mu);
-		for (p = udp_ports; p && !same_addr(&p->addr, ss); p = p->next)
-			;
-		if (!p) {
-			r = udp_port_probe(ss, len, addr, port);
-			if (r == 0 && !(p = calloc(1, sizeof(*p))))
-				r = -ENOMEM;
-			if (r < 0) {
-				pthread_mutex_unlock(&udp_ports_mu);
-				return r;
-			}
-			p->addr = *ss;
-			p->next = udp_ports;
-			udp_ports = p;
-		}
-		p->refs++; /* taken back below on failure */
+	pthread_mutex_lock(&udp_ports_mu);
+	r = udp_port_take(&ss, len, addr, shard, keel_shard_runtime(keel_this_shard()), &p);
+	if (r < 0) {
+		pthread_mutex_unlock(&udp_ports_mu);
+		return r;
 	}
-	fd = socket(ss->ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	port = ss_port(&ss);
+	fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
 		r = -errno;
 		goto fail;
@@ -634,23 +703,20 @@ udp_socket(const struct sockaddr_storage *ss, socklen_t len, const char *addr, u
 		keel_log(KEEL_LOG_WARN, NET_MOD,
 			 "udp port %u: SO_RXQ_OVFL: %s; datagrams the kernel drops are not counted",
 			 port, strerror(errno));
-	if (bind(fd, (const struct sockaddr *)ss, len) < 0) {
+	if (bind(fd, (const struct sockaddr *)&ss, len) < 0) {
 		r = -errno;
 		keel_log(KEEL_LOG_ERROR, NET_MOD, "udp bind %s port %u: %s",
 			 addr ? addr : "0.0.0.0", port, strerror(-r));
 		close(fd);
 		goto fail;
 	}
-	if (p)
-		pthread_mutex_unlock(&udp_ports_mu);
+	pthread_mutex_unlock(&udp_ports_mu);
 	*held = p;
 	*out = fd;
 	return 0;
 fail:
-	if (p) {
-		pthread_mutex_unlock(&udp_ports_mu);
-		udp_port_release(p);
-	}
+	pthread_mutex_unlock(&udp_ports_mu);
+	udp_port_release(p, shard);
 	return r;
 }
 
@@ -688,7 +754,7 @@ keel_udp_open(const char *addr, uint16_t port, const struct keel_udp_ops *ops, v
 			return r;
 		ns->udp_ready = true;
 	}
-	r = udp_socket(&ss, len, addr, port, &held, &fd);
+	r = udp_socket(&ss, len, addr, keel_shard_id(keel_this_shard()), &held, &fd);
 	if (r < 0)
 		return r;
 	if (getsockname(fd, (struct sockaddr *)&b, &bl) < 0) {
@@ -696,13 +762,13 @@ keel_udp_open(const char *addr, uint16_t port, const struct keel_udp_ops *ops, v
 		keel_log(KEEL_LOG_ERROR, NET_MOD, "udp port %u: getsockname: %s", port,
 			 strerror(-r));
 		close(fd);
-		udp_port_release(held);
+		udp_port_release(held, keel_shard_id(keel_this_shard()));
 		return r;
 	}
 	u = calloc(1, sizeof(*u));
 	if (!u) {
 		close(fd);
-		udp_port_release(held);
+		udp_port_release(held, keel_shard_id(keel_this_shard()));
 		return -ENOMEM;
 	}
 	u->held = held;

@@ -1475,7 +1475,7 @@ static const struct keel_udp_ops share_ops = { .on_datagram = share_datagram };
  * or close the kept one. */
 static struct {
 	const char *addr;
-	uint16_t port;
+	uint16_t port, got; /* asked; bound (keel_udp_port) */
 	bool keep;
 	struct keel_udp *ep[2];
 } share;
@@ -1487,6 +1487,8 @@ share_open_fn(struct keel_xreq *req)
 	struct keel_udp *u;
 	int r = keel_udp_open(share.addr, share.port, &share_ops, NULL, &u);
 
+	if (r == 0)
+		share.got = keel_udp_port(u);
 	if (r == 0 && share.keep)
 		share.ep[me] = u;
 	else if (r == 0)
@@ -1516,9 +1518,10 @@ share_open(struct srv *s, unsigned shard, const char *addr, uint16_t port, bool 
 /* Another socket on the port with SO_REUSEPORT (a second instance of a server) took part of
  * the datagrams, or all of them from a more specific address, without an error on either
  * side: keel_udp_open refuses it (-EADDRINUSE), whether the socket is another process's
- * (here a child's) or this one's, on the same address or an overlapping one (0.0.0.0).
- * The endpoints of one process on a port (its shards') still share it, and the port is
- * free again once they are closed. */
+ * (here a child's) or this one's, on the same address or an overlapping one (0.0.0.0), and
+ * so is a second endpoint of one shard on a port, or one of another runtime. The shards of
+ * one runtime still share a port (one that port 0 picked too), and the port is free again
+ * once they are closed. */
 Test(net_udp, a_port_another_socket_shares_through_reuseport_is_refused)
 {
 	struct keel_opts o = net_test_opts(2);
@@ -1555,6 +1558,26 @@ Test(net_udp, a_port_another_socket_shares_through_reuseport_is_refused)
 		cr_assert_eq(rt_run_on(s.rt, 0, share_close_fn, NULL), 0);
 		cr_assert_eq(rt_run_on(s.rt, 1, share_close_fn, NULL), 0);
 	}
+	/* A second endpoint of one shard; one of another runtime (whose shard 0 has none of
+	 * this runtime's there: shard 1 has). */
+	cr_assert_eq(share_open(&s, 0, "127.0.0.1", own_port, true), 0);
+	cr_assert_eq(share_open(&s, 0, "127.0.0.1", own_port, false), -EADDRINUSE);
+	cr_assert_eq(rt_run_on(s.rt, 0, share_close_fn, NULL), 0);
+	cr_assert_eq(share_open(&s, 1, "127.0.0.1", own_port, true), 0);
+	{
+		struct keel_opts o2 = net_test_opts(1);
+		struct srv s2;
+
+		cr_assert_eq(srv_start(&s2, &o2, NULL, NULL), 0);
+		cr_assert_eq(share_open(&s2, 0, "127.0.0.1", own_port, false), -EADDRINUSE);
+		cr_assert_eq(srv_stop(&s2), 0);
+	}
+	cr_assert_eq(rt_run_on(s.rt, 1, share_close_fn, NULL), 0);
+	/* Port 0 on one shard, then the port it got on the other. */
+	cr_assert_eq(share_open(&s, 0, "127.0.0.1", 0, true), 0);
+	cr_assert_eq(share_open(&s, 1, "127.0.0.1", share.got, true), 0);
+	cr_assert_eq(rt_run_on(s.rt, 0, share_close_fn, NULL), 0);
+	cr_assert_eq(rt_run_on(s.rt, 1, share_close_fn, NULL), 0);
 	cr_assert_eq(srv_stop(&s), 0);
 	cr_assert_eq(write(go[1], "x", 1), 1);
 	cr_assert_eq(waitpid(child, &st, 0), child);

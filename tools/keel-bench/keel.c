@@ -318,8 +318,9 @@ serve_start(const struct bench_cfg *cfg, uint16_t *port, struct bench_server **o
 		srv_free(s);
 		return r;
 	}
-	/* The listener checked its TCP port; the shards' UDP sockets bind the same number
-	 * with SO_REUSEPORT and no check of their own (keel_udp_open), as the epoll server's. */
+	/* The listener checked its TCP port; keel_udp_open checks the UDP one too (its first
+	 * endpoint's bind without SO_REUSEPORT), and this check says so first, in the same
+	 * words for both servers (the epoll server's sockets have no check of their own). */
 	r = bench_port_free(&cfg->addr, keel_listener_port(s->l), SOCK_DGRAM);
 	if (r < 0) {
 		srv_free(s);

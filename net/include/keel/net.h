@@ -706,12 +706,14 @@ struct keel_udp_ops {
  * same port) and start receiving (multishot recvmsg with provided buffers: the shard's
  * udp_buf_count buffers of udp_buf_size bytes, made on its first endpoint). SO_RXQ_OVFL
  * is set, so datagrams the kernel drops are counted (udp_drops in keel_net_stats).
- * Returns: 0 and *out; -EINVAL (address does not parse), -EADDRINUSE (another socket holds
- * the port without SO_REUSEPORT), -ESHUTDOWN (the shard's stop began), -errno. Another
- * process of the same user whose socket sets SO_REUSEPORT too shares the port instead,
- * its datagrams split by the kernel's hash: the shards' own sockets bind one at a time,
- * each on its shard, so there is no point before them to check the port from (the TCP
- * listener's check, above).
+ * Returns: 0 and *out; -EINVAL (address does not parse), -EADDRINUSE (logged: another
+ * socket holds the address and port, or one that overlaps it, with or without SO_REUSEPORT,
+ * in this process or another; or this shard has an endpoint there already; or another
+ * runtime of this process has), -ESHUTDOWN (the shard's stop began), -errno. The first
+ * endpoint of a runtime on an address and port checks it with a bind without
+ * SO_REUSEPORT; its other shards' endpoints then join it. A program that binds after that
+ * check is not seen (as with the TCP listener's). Port 0 takes a port no socket holds,
+ * which other shards of the runtime may then open (docs/net.md, UDP).
  * Context: a shard.
  */
 KEEL_API int keel_udp_open(const char *addr, uint16_t port, const struct keel_udp_ops *ops,
