@@ -595,7 +595,9 @@ udp_port_probe(struct sockaddr_storage *ss, socklen_t len, const char *addr, uin
 		keel_log(
 			KEEL_LOG_ERROR, NET_MOD, "udp bind %s port %u: %s%s",
 			addr ? addr : "0.0.0.0", port, strerror(-r),
-			r == -EADDRINUSE
+			r == -EADDRINUSE && !port
+				? " (no port of net.ipv4.ip_local_port_range is free)"
+			: r == -EADDRINUSE
 				? " (another program has a socket on that port, at that address "
 				  "or one that overlaps it; keel's SO_REUSEPORT would let it share "
 				  "the datagrams unseen: stop it, or pick another port)"
