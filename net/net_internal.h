@@ -188,17 +188,16 @@ void keel__pbuf_drop_krefs(struct pbuf_ring *r);
  * ring, through the put of its slices or directly when it was never wrapped. */
 int keel__pbuf_take(struct pbuf_ring *r, unsigned bid, int res, uint32_t cqe_flags, bool bundle,
 		    struct keel_slice *out, unsigned max);
-/* Whether @p lies in a buffer of @r while @r runs low: over three quarters of its buffers
- * out (held by connections' send queues, paused reads, the application). A slice held for
- * long there is better copied (conn.c, unring), so receives keep buffers. */
-static inline bool keel__pbuf_pressed(const struct pbuf_ring *r, const void *p);
 /* A slice to be held while a peer reads: copied out of a receive ring (or ZCRX area)
  * running low, so that held slices cannot take every receive buffer (conn.c). */
 void keel__net_unring(struct net_shard *ns, struct keel_slice *s);
 /* True when @p lies in @r's memory; then *area is its area slice. */
 bool keel__pbuf_owns(const struct pbuf_ring *r, const void *p, const struct keel_slice **area);
-/* Inline: checked for every slice a send queue or a UDP send holds (keel__net_unring), so
- * the count comes first and the address only for a ring that runs low. */
+/* Whether @p lies in a buffer of @r while @r runs low: over three quarters of its buffers
+ * out (held by connections' send queues, paused reads, the application). A slice held for
+ * long there is better copied (conn.c, unring), so receives keep buffers. Inline: checked
+ * for every slice a send queue or a UDP send holds, so the count comes first and the
+ * address only for a ring that runs low. */
 static inline bool
 keel__pbuf_pressed(const struct pbuf_ring *r, const void *p)
 {

@@ -345,15 +345,13 @@ keel__pbuf_take(struct pbuf_ring *r, unsigned bid, int res, uint32_t cqe_flags, 
 		rem -= take;
 		if (done)
 			r->inring--;
-		if (moved) {
-			/* nothing more: the slice holds the buffer */
-		} else if (done && r->kref[b].buf) {
+		if (done && !moved && r->kref[b].buf) {
 			struct keel_slice k = r->kref[b];
 			/* Cleared first: the put may recycle the buffer (buf_release). */
 			memset(&r->kref[b], 0, sizeof(k));
 			r->nkref--;
 			keel_slice_put(&k); /* the kernel is done with it */
-		} else if (done && r->registered && !r->ns->stopping) {
+		} else if (done && !moved && r->registered && !r->ns->stopping) {
 			/* Never wrapped (ENOMEM): the kernel retired it all the same, so it
 			 * goes straight back, or the ring would shrink for good. */
 			give_back(r, b);
