@@ -579,10 +579,11 @@ udp_port_release(struct udp_port *p, unsigned shard)
  * SO_REUSEPORT fails where one does. With port 0, the port the kernel picks (a free one)
  * goes into @ss. 0 or -errno (logged). */
 static int
-udp_port_probe(struct sockaddr_storage *ss, socklen_t len, const char *addr, uint16_t port)
+udp_port_probe(struct sockaddr_storage *ss, socklen_t len, const char *addr)
 {
 	struct sockaddr_storage b;
 	socklen_t bl = sizeof(b);
+	uint16_t port = ss_port(ss);
 	int r = 0, fd = socket(ss->ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 
 	if (fd < 0) {
@@ -650,7 +651,7 @@ udp_port_take(struct sockaddr_storage *ss, socklen_t len, const char *addr, unsi
 	}
 	if (!p) {
 		/* The first of the process there: no other socket may hold it. */
-		r = udp_port_probe(ss, len, addr, port);
+		r = udp_port_probe(ss, len, addr);
 		if (r < 0)
 			return r;
 		p = calloc(1, sizeof(*p));
@@ -756,7 +757,7 @@ keel_udp_open(const char *addr, uint16_t port, const struct keel_udp_ops *ops, v
 			return r;
 		ns->udp_ready = true;
 	}
-	r = udp_socket(&ss, len, addr, keel_shard_id(keel_this_shard()), &held, &fd);
+	r = udp_socket(&ss, len, addr, ns->id, &held, &fd);
 	if (r < 0)
 		return r;
 	if (getsockname(fd, (struct sockaddr *)&b, &bl) < 0) {
@@ -764,13 +765,13 @@ keel_udp_open(const char *addr, uint16_t port, const struct keel_udp_ops *ops, v
 		keel_log(KEEL_LOG_ERROR, NET_MOD, "udp port %u: getsockname: %s", port,
 			 strerror(-r));
 		close(fd);
-		udp_port_release(held, keel_shard_id(keel_this_shard()));
+		udp_port_release(held, ns->id);
 		return r;
 	}
 	u = calloc(1, sizeof(*u));
 	if (!u) {
 		close(fd);
-		udp_port_release(held, keel_shard_id(keel_this_shard()));
+		udp_port_release(held, ns->id);
 		return -ENOMEM;
 	}
 	u->held = held;
