@@ -331,6 +331,20 @@ Test(tools_topo, check_detects_a_map_asking_for_more_queues_than_exist)
 	unlink(path);
 }
 
+/* A map of one shard on @cpu, without NIC, into @path. */
+static void
+write_map_without_nic(const char *path, int cpu)
+{
+	FILE *f = fopen(path, "w");
+
+	cr_assert_not_null(f);
+	fprintf(f,
+		"{\"keel_map\": 1, \"iface\": null, \"rx_queues\": 0, \"shards\": "
+		"[{\"shard\": 0, \"cpu\": %d, \"rxq\": null}]}\n",
+		cpu);
+	fclose(f);
+}
+
 /* The report, --json and --svg show a map file as written; one this machine no longer
  * matches (here a CPU it does not have) is said to be stale on stderr, with what --check
  * lists. Before, the report showed CPU 1023 "(core ?, node ?)" without a word. A map that
@@ -338,15 +352,10 @@ Test(tools_topo, check_detects_a_map_asking_for_more_queues_than_exist)
 Test(tools_topo, a_stale_map_shown_in_the_report_is_said_to_be_stale)
 {
 	char args[512], path[128], svg[160], *out;
-	FILE *f;
 
 	snprintf(path, sizeof(path), "/tmp/keel-topo-test-%d.stale.json", (int)getpid());
 	snprintf(svg, sizeof(svg), "/tmp/keel-topo-test-%d.stale.svg", (int)getpid());
-	f = fopen(path, "w");
-	cr_assert_not_null(f);
-	fprintf(f, "{\"keel_map\": 1, \"iface\": null, \"rx_queues\": 0, \"shards\": "
-		   "[{\"shard\": 0, \"cpu\": 1023, \"rxq\": null}]}\n");
-	fclose(f);
+	write_map_without_nic(path, 1023);
 	for (unsigned i = 0; i < 3; i++) {
 		snprintf(args, sizeof(args), "--map %s%s%s", path,
 			 i == 0   ? ""
@@ -360,11 +369,7 @@ Test(tools_topo, a_stale_map_shown_in_the_report_is_said_to_be_stale)
 		free(out);
 	}
 	unlink(svg);
-	f = fopen(path, "w");
-	cr_assert_not_null(f);
-	fprintf(f, "{\"keel_map\": 1, \"iface\": null, \"rx_queues\": 0, \"shards\": "
-		   "[{\"shard\": 0, \"cpu\": 0, \"rxq\": null}]}\n");
-	fclose(f);
+	write_map_without_nic(path, 0);
 	snprintf(args, sizeof(args), "--map %s", path);
 	cr_assert_eq(run(args, true, &out), 0, "%s", out);
 	cr_assert_null(strstr(out, "does not match"), "%s", out);
@@ -375,15 +380,10 @@ Test(tools_topo, a_stale_map_shown_in_the_report_is_said_to_be_stale)
 Test(tools_topo, check_passes_when_the_machine_matches)
 {
 	char args[256], path[128], *out;
-	FILE *f;
 
 	/* A map without NIC on CPU 0: nothing on the machine can disagree with it. */
 	snprintf(path, sizeof(path), "/tmp/keel-topo-test-%d.ok.json", (int)getpid());
-	f = fopen(path, "w");
-	cr_assert_not_null(f);
-	fprintf(f, "{\"keel_map\": 1, \"iface\": null, \"rx_queues\": 0, \"shards\": "
-		   "[{\"shard\": 0, \"cpu\": 0, \"rxq\": null}]}\n");
-	fclose(f);
+	write_map_without_nic(path, 0);
 	snprintf(args, sizeof(args), "--check --map %s", path);
 	cr_assert_eq(run(args, true, &out), 0, "%s", out);
 	cr_assert(strstr(out, "matches"), "%s", out);
