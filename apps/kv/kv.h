@@ -54,6 +54,17 @@ struct kv_stats {
 	_Atomic uint64_t lazyfree_pending; /* keys FLUSHALL ASYNC set aside, not yet freed */
 	_Atomic uint64_t forwarded_exported; /* ... of forwarded_out, handed over as exported
 					      * slices of the receive buffer (--handoff export) */
+	_Atomic uint64_t watched_keys;       /* WATCH entries held here (kv_watches.n) */
+};
+
+/* WATCH (watch.c): the keys of this shard that connections watch, by the key's hash, each
+ * entry one connection's watch of one key. Only the
+ * shard that owns the keys reads or writes it: a watch of a key on another shard is made
+ * and ended by messages to that shard (server.c). */
+struct kv_watch;
+struct kv_watches {
+	struct kv_watch **b; /* NULL while nothing is watched */
+	size_t mask, n;
 };
 
 /* A shard's key table: chained buckets, a power of two of them. It doubles when it holds
@@ -82,6 +93,7 @@ struct kv_db {
 	 * was received, so kv_cmd_run and kv_cmd_exec do not count it (each part counted, and
 	 * MSET over three shards was three commands in total_commands_processed). */
 	bool uncounted;
+	struct kv_watches watch;
 };
 
 /* Process-wide settings (set before the shards start, read-only after). */
@@ -167,6 +179,22 @@ kv_sweep_pass_ns(size_t buckets)
 	return per > 5000000000ull ? per : 5000000000ull;
 }
 void kv_sweep_pace(size_t buckets, uint64_t *interval_ns, size_t *budget);
+
+/* WATCH on the shard that owns the keys (watch.c). kv_watch_add: connection @id watches
+ * the @n keys (once each: a key watched again is still one entry); 0, or -ENOMEM with
+ * those added so far kept (kv_watch_end ends them). kv_watch_end: whether any of @id's
+ * watches of the @n keys saw its key changed (set, deleted, given another time to live,
+ * emptied by FLUSHALL) or, live at WATCH, expired since (Redis 7's rule: a key already
+ * past its time at WATCH is not changed by its deletion); the watches end. The store calls
+ * kv_watch_touch for every key it changes (@gone: deleted, expiry included) and
+ * kv_watch_flush before it empties the table, each only while kv_db.watch.n is not 0. */
+int kv_watch_add(struct kv_db *db, uint64_t id, const struct resp_arg *keys, unsigned n);
+bool kv_watch_end(struct kv_db *db, uint64_t id, const struct resp_arg *keys, unsigned n);
+void kv_watch_touch(struct kv_db *db, const uint8_t *key, size_t klen, uint64_t h, bool gone);
+void kv_watch_flush(struct kv_db *db);
+void kv_watch_fini(struct kv_db *db);
+/* The entry of @key (hash @h), expired or not; NULL when absent (store.c). */
+const struct kv_ent *kv_db_find_any(struct kv_db *db, const struct resp_arg *key, uint64_t h);
 
 /* How a command is routed. */
 enum kv_route {

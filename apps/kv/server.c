@@ -94,6 +94,11 @@ struct kconn {
 	int64_t last_ms;
 	char *name;
 	struct ktx *tx; /* MULTI: the commands queued for EXEC */
+	/* WATCH: the keys watched, as a request's arguments (RESP bulk strings, wn of them),
+	 * all on shard watch_owner, whose table holds the watches (watch.c) */
+	struct rbuf wkeys;
+	unsigned wn, watch_owner;
+	bool watching;
 	struct resp_arg *argv;
 	unsigned argv_cap;
 	uint8_t *scratch;
@@ -110,6 +115,7 @@ struct ktx {
 	bool dirty;                   /* a command was refused while queued: EXEC aborts */
 	bool write;                   /* --appendfsync always: EXEC's reply waits for the disk */
 	const struct kv_cmd *denyoom; /* one that --maxmemory may refuse, checked at EXEC */
+	uint64_t wid; /* EXEC of a connection that watches (its id): q begins with the keys */
 };
 
 /* Per shard. */
@@ -122,6 +128,9 @@ struct kv_shard {
 	 * keel_msg_wait_room -ENOMEM), retried by the sweep timer every millisecond: the home
 	 * connection waits for each (linked through kmsg.next, unused on this shard). */
 	struct kmsg *home_retry;
+	/* The watches of closed connections, to end on other shards, that could not be sent
+	 * for want of memory: retried with home_retry (watch_gone). */
+	struct wgone *gone_retry;
 	/* Pends whose connection closed while their replies were away: each is freed when
 	 * its reply comes back, and those whose reply never comes (a stop refused to send it
 	 * home) by kv_fini, once every shard has ended. */
@@ -149,10 +158,15 @@ struct kmsg {
 	const uint8_t *req;   /* the request's bytes */
 	size_t req_len;
 	struct rbuf rep;
-	bool admitted;  /* a part of a command --maxmemory admitted where it was received */
-	bool tx_write;  /* a transaction's writes: its reply waits as a write's would */
-	bool fan_part;  /* a fan-out's part: counted where the command was received */
-	unsigned tx;    /* a transaction: this many requests, the reply their array */
+	bool admitted; /* a part of a command --maxmemory admitted where it was received */
+	bool tx_write; /* a transaction's writes: its reply waits as a write's would */
+	bool fan_part; /* a fan-out's part: counted where the command was received */
+	unsigned tx;   /* a transaction: this many requests, the reply their array */
+	/* WATCH: the request is the keys to watch (W_ADD), or to stop watching (W_END, no
+	 * reply); W_EXEC: a transaction (of tx requests, maybe none) whose first request is
+	 * the keys its connection watches: it runs only if none changed (tx_run). */
+	enum { W_NONE, W_ADD, W_END, W_EXEC } wop;
+	uint64_t wid;   /* the connection (kconn.id) */
 	uint8_t copy[]; /* copied request bytes */
 };
 
@@ -872,6 +886,43 @@ exec_held(struct pend *p, unsigned part, const struct kv_cmd *c, struct resp_arg
 static void local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv,
 		      unsigned argc, struct rbuf *out);
 
+/* Parse again, into this shard's arrays, a request parsed once already (handed over, or
+ * queued for EXEC): returns as resp_parse, which only memory can make fail. */
+static long
+reparse(const uint8_t *p, size_t n, struct resp_req *req)
+{
+	struct kv_shard *ks = &shards[self()];
+	long r;
+
+	*req = (struct resp_req){ .argv = ks->argv,
+				  .cap = ks->argv_cap,
+				  .scratch = ks->scratch,
+				  .scratch_cap = ks->scratch_cap,
+				  .max_bulk = UINT64_MAX };
+	while ((r = resp_parse(p, n, req)) == RESP_NEED_ARGV || r == RESP_NEED_SCRATCH)
+		if (parse_grow(r, req, &ks->argv, &ks->argv_cap, &ks->scratch, &ks->scratch_cap) <
+		    0)
+			break;
+	return r;
+}
+
+/* On the shard that owns the keys: connection @id's watches of @keys begin (W_ADD, the
+ * reply +OK) or end (W_END, no reply). */
+static void
+watch_here(unsigned op, uint64_t id, const struct resp_arg *keys, unsigned n, struct rbuf *out)
+{
+	struct kv_db *db = &shards[self()].db;
+
+	if (op == W_END)
+		kv_watch_end(db, id, keys, n);
+	else if (!db->b)
+		rb_err(out, "ERR keel-kv is shutting down");
+	else if (kv_watch_add(db, id, keys, n) < 0)
+		rb_err(out, "ERR out of memory");
+	else
+		rb_simple(out, "OK");
+}
+
 /* A transaction's reply no longer than this is never refused past --send-max (the
  * error would be as long). */
 #define TX_REPLY_SMALL 160
@@ -883,24 +934,28 @@ tx_run(struct kmsg *m)
 {
 	struct kv_shard *ks = &shards[self()];
 	size_t off = 0, start = m->rep.len;
+	struct resp_req req;
 
+	kv_clock_freeze();      /* one time for the whole transaction, as Redis */
+	if (m->wop == W_EXEC) { /* the watched keys first: EXEC is a null array if one changed */
+		long r = reparse(m->req, m->req_len, &req);
+
+		if (r <= 0 || !req.argc) {
+			m->rep.oom = true;
+			goto out;
+		}
+		off = (size_t)r;
+		if (kv_watch_end(&ks->db, m->wid, req.argv + 1, req.argc - 1)) {
+			rb_put(&m->rep, "*-1\r\n", 5);
+			goto out;
+		}
+	}
 	rb_arr(&m->rep, m->tx);
-	kv_clock_freeze(); /* one time for the whole transaction, as Redis */
 	for (unsigned i = 0; i < m->tx; i++) {
-		struct resp_req req = { .argv = ks->argv,
-					.cap = ks->argv_cap,
-					.scratch = ks->scratch,
-					.scratch_cap = ks->scratch_cap,
-					.max_bulk = UINT64_MAX };
 		const struct kv_cmd *c;
 		size_t at = m->rep.len;
-		long r;
+		long r = reparse(m->req + off, m->req_len - off, &req);
 
-		while ((r = resp_parse(m->req + off, m->req_len - off, &req)) == RESP_NEED_ARGV ||
-		       r == RESP_NEED_SCRATCH)
-			if (parse_grow(r, &req, &ks->argv, &ks->argv_cap, &ks->scratch,
-				       &ks->scratch_cap) < 0)
-				break;
 		if (r <= 0 || !req.argc) {
 			m->rep.oom = true;
 			break;
@@ -919,6 +974,7 @@ tx_run(struct kmsg *m)
 			kv_reply_over(&m->rep, start, at, c->flags & KV_F_WRITE);
 		off += (size_t)r;
 	}
+out:
 	kv_clock_thaw();
 	args_shrink(&ks->argv, &ks->argv_cap, &ks->scratch, &ks->scratch_cap);
 }
@@ -937,26 +993,20 @@ owner_exec(struct kmsg *m)
 {
 	const struct kv_cmd *c = NULL;
 	struct kv_shard *ks = &shards[self()];
-	struct resp_req req = { .argv = ks->argv,
-				.cap = ks->argv_cap,
-				.scratch = ks->scratch,
-				.scratch_cap = ks->scratch_cap,
-				.max_bulk = UINT64_MAX };
+	struct resp_req req;
 	long r;
 
 	stat_add(&kv_stats[self()].forwarded_in, 1);
-	if (m->tx) {
+	if (m->tx || m->wop == W_EXEC) {
 		tx_run(m);
 		if (m->sl.buf)
 			keel_slice_put(&m->sl);
 		return NULL;
 	}
-	while ((r = resp_parse(m->req, m->req_len, &req)) == RESP_NEED_ARGV ||
-	       r == RESP_NEED_SCRATCH)
-		if (parse_grow(r, &req, &ks->argv, &ks->argv_cap, &ks->scratch, &ks->scratch_cap) <
-		    0)
-			break;
-	if (r > 0 && req.argc) {
+	r = reparse(m->req, m->req_len, &req);
+	if (r > 0 && req.argc && m->wop) {
+		watch_here(m->wop, m->wid, req.argv + 1, req.argc - 1, &m->rep);
+	} else if (r > 0 && req.argc) {
 		c = kv_cmd_find(req.argv[0].p, req.argv[0].len);
 		ks->db.uncounted = m->fan_part;
 		exec_here(c, req.argv, req.argc, &m->rep, m->admitted);
@@ -1051,6 +1101,8 @@ bq_add(struct kconn *kc, struct kmsg *m)
 	}
 }
 
+static void watch_lost(const struct kmsg *m);
+
 /* Answer every waiting request with @err (the queue cannot drain: memory, stopping). */
 static void
 bq_fail(struct kconn *kc, int err)
@@ -1065,6 +1117,7 @@ bq_fail(struct kconn *kc, int err)
 			keel_slice_move(&m->sl, self());
 			keel_slice_put(&m->sl);
 		}
+		watch_lost(m);
 		rb_err(&m->rep, "ERR shard %u unreachable: %s", m->part, strerror(-err));
 		pend_part_done(m->pend, m->part, &m->rep);
 		free(m);
@@ -1127,6 +1180,7 @@ on_room(int status, void *arg)
 					keel_slice_move(&m->sl, self());
 					keel_slice_put(&m->sl);
 				}
+				watch_lost(m);
 				rb_err(&m->rep, "ERR shard %u unreachable: %s", m->part,
 				       strerror(-r));
 				pend_part_done(m->pend, m->part, &m->rep);
@@ -1135,6 +1189,31 @@ on_room(int status, void *arg)
 		}
 	}
 	unpause(kc);
+}
+
+/* Send @m (a request for @p) to its owner, m->part, behind the connection's requests that
+ * wait for room. Returns: 0; -errno, @m freed. */
+static int
+hand(struct pend *p, struct kmsg *m)
+{
+	int r;
+
+	m->home = self();
+	if (p->kc && p->kc->bq_head) { /* behind requests waiting for room: in order */
+		bq_add(p->kc, m);
+		return 0;
+	}
+	r = send_req(m);
+	if (r == -EAGAIN && p->kc) {
+		bq_add(p->kc, m);
+		bq_wait(p->kc);
+		return 0;
+	}
+	if (r < 0) {
+		msg_drop(m);
+		return r;
+	}
+	return 0;
 }
 
 /* Hand a request's bytes to @owner. @src, when given, holds those bytes at @off. */
@@ -1158,6 +1237,8 @@ handoff(struct pend *p, unsigned owner, const uint8_t *req, size_t len,
 	if (tx) {
 		m->tx = tx->n;
 		m->tx_write = tx->write;
+		m->wop = tx->wid ? W_EXEC : W_NONE;
+		m->wid = tx->wid;
 	}
 	if (exp) {
 		struct keel_slice sub;
@@ -1176,22 +1257,7 @@ handoff(struct pend *p, unsigned owner, const uint8_t *req, size_t len,
 		memcpy(m->copy, req, len);
 		m->req = m->copy;
 	}
-	m->home = self();
-	if (p->kc && p->kc->bq_head) { /* behind requests waiting for room: in order */
-		bq_add(p->kc, m);
-		return 0;
-	}
-	r = send_req(m);
-	if (r == -EAGAIN && p->kc) {
-		bq_add(p->kc, m);
-		bq_wait(p->kc);
-		return 0;
-	}
-	if (r < 0) {
-		msg_drop(m);
-		return r;
-	}
-	return 0;
+	return hand(p, m);
 }
 
 /* Encode a sub-request: @name and the given arguments, as a RESP array. */
@@ -1392,7 +1458,7 @@ info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
 	bool all = argc < 2 || info_names(argv, argc, "all") || info_names(argv, argc, "default") ||
 		   info_names(argv, argc, "everything");
 	uint64_t keys = 0, expires = 0, cmds = 0, fwd = 0, conns = 0, total = 0, hits = 0,
-		 misses = 0, exp = 0, oom = 0, lazy = 0, used = kv_used_total();
+		 misses = 0, exp = 0, oom = 0, lazy = 0, watched = 0, used = kv_used_total();
 	unsigned ns = kv_cfg.nshards;
 	int n;
 
@@ -1415,6 +1481,7 @@ info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
 		exp += LD(expired_lazy) + LD(expired_swept);
 		oom += LD(oom_rejected);
 		lazy += LD(lazyfree_pending);
+		watched += LD(watched_keys);
 	}
 	if (WANT("server")) {
 		LINE("# Server\r\nredis_version:" KV_REDIS_VERSION "\r\nkeel_kv_version:0.1\r\n"
@@ -1423,7 +1490,8 @@ info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
 		     (long)getpid(), kv_port, (long long)((kv_now_ms() - kv_start_ms) / 1000), ns);
 	}
 	if (WANT("clients"))
-		LINE("# Clients\r\nconnected_clients:%llu\r\n\r\n", (unsigned long long)conns);
+		LINE("# Clients\r\nconnected_clients:%llu\r\ntotal_watched_keys:%llu\r\n\r\n",
+		     (unsigned long long)conns, (unsigned long long)watched);
 	if (WANT("memory"))
 		LINE("# Memory\r\nused_memory:%llu\r\nused_memory_human:%.2fM\r\nmaxmemory:%llu\r\n"
 		     "maxmemory_policy:noeviction\r\nlazyfree_pending_objects:%llu\r\n\r\n",
@@ -1648,6 +1716,8 @@ shutdown_now(struct kconn *kc)
 	keel_stop(0);
 }
 
+static void watch_release(struct kconn *kc);
+
 static void
 local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsigned argc,
 	  struct rbuf *out)
@@ -1680,8 +1750,10 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 			rb_err(out, "ERR DB index is out of range");
 		else
 			rb_simple(out, "OK");
-	} else if (!strcmp(n, "unwatch")) { /* WATCH is refused: nothing is watched */
+	} else if (!strcmp(n, "unwatch")) { /* in a transaction (kc NULL): EXEC ends them */
 		rb_simple(out, "OK");
+		if (kc)
+			watch_release(kc);
 	} else if (!strcmp(n, "quit")) {
 		rb_simple(out, "OK");
 		kc->closing = true;
@@ -1966,6 +2038,257 @@ refused:
 	return true;
 }
 
+/* WATCH, on the connection's shard. The keys of one connection's watches live on one shard
+ * (as a transaction's do), whose table holds the watches (watch.c): a watch of a key there
+ * is made (W_ADD) and ended (W_END) by messages sent behind the connection's other
+ * requests, and EXEC sends the keys watched ahead of the transaction (W_EXEC), which that
+ * shard runs only if none of them changed. */
+
+/* A request naming the keys @kc watches (UNWATCH, then the keys): what W_END and W_EXEC
+ * carry. Returns 0 or -ENOMEM. */
+static int
+watch_req(const struct kconn *kc, struct rbuf *b)
+{
+	rb_arr(b, (long long)kc->wn + 1);
+	rb_bulk(b, "UNWATCH", 7);
+	rb_put(b, kc->wkeys.p, kc->wkeys.len);
+	return b->oom ? -ENOMEM : 0;
+}
+
+/* On the shard of the keys: connection @id's watches of the keys @req names end. */
+static void
+watch_end_req(uint64_t id, const uint8_t *req, size_t len)
+{
+	struct resp_req r;
+	long n = reparse(req, len, &r);
+
+	if (n > 0 && r.argc)
+		kv_watch_end(&shards[self()].db, id, r.argv + 1, r.argc - 1);
+	else /* memory: the watches stay until this shard stops */
+		keel_log(KEEL_LOG_WARN, "kv",
+			 "shard %u: no memory to end a closed client's watches", self());
+}
+
+/* A request about watches (@op) for the shard of @kc's keys, behind the connection's
+ * other requests. Returns 0; -errno when it could not be sent (nothing then replies). */
+static int
+watch_send(struct kconn *kc, unsigned op, const uint8_t *req, size_t len)
+{
+	struct pend *p = pend_new(kc);
+	struct kmsg *m;
+	int r;
+
+	if (!p)
+		return -ENOMEM;
+	m = calloc(1, sizeof(*m) + len);
+	if (!m) {
+		p->done = true; /* no reply */
+		return -ENOMEM;
+	}
+	memcpy(m->copy, req, len);
+	m->req = m->copy;
+	m->req_len = len;
+	m->pend = p;
+	m->part = kc->watch_owner;
+	m->wop = op;
+	m->wid = kc->id;
+	r = hand(p, m);
+	if (r < 0)
+		p->done = true;
+	return r;
+}
+
+/* WATCH key [key ...] (outside MULTI). */
+static void
+watch_cmd(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *raw, size_t rawlen)
+{
+	unsigned me = self(), owner = me;
+	size_t at = kc->wkeys.len;
+	struct rbuf *out;
+	bool cross = false;
+	int r;
+
+	stat_add(&kv_stats[me].commands, 1);
+	if (kv_cfg.nshards > 1) {
+		owner = kv_owner_key(argv[1].p, argv[1].len);
+		for (unsigned i = 2; i < argc; i++)
+			cross |= kv_owner_key(argv[i].p, argv[i].len) != owner;
+		cross |= kc->watching && owner != kc->watch_owner;
+	}
+	if (kc->tx || cross || at + rawlen > kv_cfg.query_max)
+		goto refused;
+	for (unsigned i = 1; i < argc; i++)
+		rb_bulk(&kc->wkeys, argv[i].p, argv[i].len);
+	if (kc->wkeys.oom) {
+		kc->wkeys.len = at;
+		kc->wkeys.oom = false;
+		goto refused;
+	}
+	kc->wn += argc - 1;
+	kc->watching = true;
+	kc->watch_owner = owner;
+	if (owner != me) {
+		r = watch_send(kc, W_ADD, raw, rawlen);
+		if (r == 0)
+			return;
+		if ((out = reply_to(kc)))
+			rb_err(out, "ERR shard %u unreachable: %s", owner, strerror(-r));
+		else
+			kc->out.oom = true;
+		return;
+	}
+	if ((out = reply_to(kc)))
+		watch_here(W_ADD, kc->id, argv + 1, argc - 1, out);
+	else
+		kc->out.oom = true;
+	return;
+refused:
+	if (!(out = reply_to(kc)))
+		kc->out.oom = true;
+	else if (kc->tx)
+		rb_err(out, "ERR WATCH inside MULTI is not allowed");
+	else if (cross)
+		rb_err(out, "CROSSSLOT Keys in request don't hash to the same slot (a keel-kv "
+			    "transaction runs on one shard, so the keys a client watches must live "
+			    "on one, with those it watches already: give them a hash tag, as "
+			    "{user42}:name and {user42}:mail, or run --shards 1)");
+	else if (kc->wkeys.len == at && at + rawlen <= kv_cfg.query_max)
+		rb_err(out, "ERR out of memory");
+	else
+		rb_err(out, "ERR the keys watched pass --client-query-buffer-limit");
+}
+
+/* UNWATCH, DISCARD, an EXEC refused before it ran: @kc's watches end. Without memory to
+ * say so the connection is closed, and its close ends them (watch_gone). */
+static void
+watch_release(struct kconn *kc)
+{
+	struct rbuf b = { 0 };
+	int r;
+
+	if (!kc->watching)
+		return;
+	r = watch_req(kc, &b);
+	if (r == 0 && kc->watch_owner == self())
+		watch_end_req(kc->id, b.p, b.len);
+	else if (r == 0)
+		r = watch_send(kc, W_END, b.p, b.len);
+	rb_free(&b);
+	if (r < 0) {
+		kc->out.oom = true;
+		return;
+	}
+	rb_free(&kc->wkeys);
+	kc->wn = 0;
+	kc->watching = false;
+}
+
+/* The watches of a closed connection, ended on another shard by a message of their own:
+ * not behind the connection's requests waiting for room, which are dropped unsent. */
+struct wgone {
+	struct wgone *next; /* in kv_shard.gone_retry */
+	unsigned owner;
+	uint64_t id;
+	size_t len;
+	uint8_t req[];
+};
+
+static void gone_send(struct wgone *g);
+
+static void
+gone_room(int status, void *arg)
+{
+	if (status < 0) { /* this shard stops: so do the others, and their tables */
+		free(arg);
+		return;
+	}
+	gone_send(arg);
+}
+
+static void
+gone_recv(void *arg)
+{
+	struct wgone *g = arg;
+
+	watch_end_req(g->id, g->req, g->len);
+	free(g);
+}
+
+static void
+gone_send(struct wgone *g)
+{
+	struct kv_shard *ks = &shards[self()];
+	int r = keel_send(g->owner, gone_recv, g);
+
+	if (r == -EAGAIN)
+		r = keel_msg_wait_room(g->owner, gone_room, g);
+	if (r == -ENOMEM && ks->sweep) { /* retried by the sweep timer, as home_retry */
+		g->next = ks->gone_retry;
+		ks->gone_retry = g;
+		sweep_soon(ks);
+		return;
+	}
+	if (r < 0)
+		free(g);
+}
+
+/* A closed connection's watches of the keys @req names (watch_req's form, or a W_EXEC's,
+ * whose first request it is) end on shard @owner. */
+static void
+watch_gone(unsigned owner, uint64_t id, const uint8_t *req, size_t len)
+{
+	struct wgone *g;
+
+	if (owner == self()) {
+		watch_end_req(id, req, len);
+		return;
+	}
+	g = malloc(sizeof(*g) + len);
+	if (!g) {
+		keel_log(KEEL_LOG_WARN, "kv",
+			 "shard %u: no memory to end a closed client's watches on shard %u", self(),
+			 owner);
+		return;
+	}
+	g->owner = owner;
+	g->id = id;
+	g->len = len;
+	memcpy(g->req, req, len);
+	gone_send(g);
+}
+
+/* A request that will not reach its shard (@m): the watches it was to end end all the
+ * same. */
+static void
+watch_lost(const struct kmsg *m)
+{
+	if (m->wop == W_END || m->wop == W_EXEC)
+		watch_gone(m->part, m->wid, m->req, m->req_len);
+}
+
+/* On close: the connection's watches, and those its requests that never left were to end
+ * (W_END, W_EXEC), end on their shard. */
+static void
+watch_close(struct kconn *kc)
+{
+	for (struct kmsg *m = kc->bq_head; m; m = m->next)
+		watch_lost(m);
+	if (kc->watching) {
+		struct rbuf b = { 0 };
+
+		if (watch_req(kc, &b) == 0)
+			watch_gone(kc->watch_owner, kc->id, b.p, b.len);
+		else
+			keel_log(KEEL_LOG_WARN, "kv",
+				 "shard %u: no memory to end a closed "
+				 "client's watches",
+				 self());
+		rb_free(&b);
+		rb_free(&kc->wkeys);
+		kc->watching = false;
+	}
+}
+
 /* EXEC: every queued request runs on the transaction's shard in one go; the reply is the
  * array of theirs. --maxmemory and a failing append-only file refuse it as a whole, before
  * anything runs, as Redis 7 refuses an EXEC. */
@@ -1981,7 +2304,9 @@ tx_exec(struct kconn *kc)
 
 	kc->tx = NULL;
 	stat_add(&kv_stats[me].commands, 1);
-	if (tx->dirty || !tx->n || (tx->denyoom && kv_cmd_denied(tx->denyoom)) ||
+	/* An empty transaction still goes to the keys watched: EXEC is a null array if one
+	 * changed, as in Redis. */
+	if (tx->dirty || (!tx->n && !kc->watching) || (tx->denyoom && kv_cmd_denied(tx->denyoom)) ||
 	    (tx->write && kv_cfg.aof && (misconf = kv_aof_error_on(owner)))) {
 		out = reply_to(kc);
 		if (!out)
@@ -1999,7 +2324,23 @@ tx_exec(struct kconn *kc)
 			rb_err(out, "EXECABORT Transaction discarded because of: OOM command not "
 				    "allowed when used memory > 'maxmemory'.");
 		tx_free(tx);
+		watch_release(kc); /* as Redis: any EXEC unwatches */
 		return;
+	}
+	if (kc->watching) { /* the keys watched go first (tx_run); the watches end there */
+		struct rbuf q = { 0 };
+
+		if (watch_req(kc, &q) == 0)
+			rb_put(&q, tx->q.p, tx->q.len);
+		if (q.oom) {
+			rb_free(&q);
+			kc->out.oom = true; /* the close ends the watches */
+			tx_free(tx);
+			return;
+		}
+		rb_free(&tx->q);
+		tx->q = q;
+		tx->wid = kc->id;
 	}
 	p = pend_new(kc);
 	if (!p) {
@@ -2022,6 +2363,8 @@ tx_exec(struct kconn *kc)
 		m->req_len = tx->q.len;
 		m->tx = tx->n;
 		m->tx_write = tx->write;
+		m->wop = tx->wid ? W_EXEC : W_NONE;
+		m->wid = tx->wid;
 		tx_run(m);
 		m->req = NULL; /* the queue goes below; a held reply outlives it */
 		if (tx_holds(m))
@@ -2031,11 +2374,17 @@ tx_exec(struct kconn *kc)
 	} else if ((r = handoff(p, owner, tx->q.p, tx->q.len, NULL, 0, true, tx, false)) < 0) {
 		rb_err(&p->rep, "ERR shard %u unreachable: %s", owner, strerror(-r));
 		p->done = true;
+		watch_release(kc); /* the watches' shard never saw the EXEC */
+	}
+	if (tx->wid && kc->watching) { /* they ended with the EXEC (tx_run) */
+		rb_free(&kc->wkeys);
+		kc->wn = 0;
+		kc->watching = false;
 	}
 	tx_free(tx);
 }
 
-/* MULTI, EXEC (without MULTI), DISCARD, WATCH; false for any other command. */
+/* MULTI, EXEC (without MULTI), DISCARD; false for any other command. */
 static bool
 tx_cmd(struct kconn *kc, const struct kv_cmd *c, struct rbuf *out)
 {
@@ -2047,7 +2396,9 @@ tx_cmd(struct kconn *kc, const struct kv_cmd *c, struct rbuf *out)
 		} else if (!(kc->tx = calloc(1, sizeof(*kc->tx)))) {
 			rb_err(out, "ERR out of memory");
 		} else {
-			kc->tx->owner = -1;
+			/* the keys watched tie the transaction to their shard */
+			kc->tx->owner =
+				kc->watching && kv_cfg.nshards > 1 ? (int)kc->watch_owner : -1;
 			rb_simple(out, "OK");
 		}
 	} else if (!strcmp(n, "exec")) {
@@ -2057,17 +2408,10 @@ tx_cmd(struct kconn *kc, const struct kv_cmd *c, struct rbuf *out)
 			tx_free(kc->tx);
 			kc->tx = NULL;
 			rb_simple(out, "OK");
+			watch_release(kc); /* as Redis: DISCARD unwatches */
 		} else {
 			rb_err(out, "ERR DISCARD without MULTI");
 		}
-	} else if (!strcmp(n, "watch")) {
-		if (kc->tx)
-			rb_err(out, "ERR WATCH inside MULTI is not allowed");
-		else
-			rb_err(out,
-			       "ERR WATCH is not supported by keel-kv (MULTI ... EXEC is: its "
-			       "commands run on one shard with nothing of another client between "
-			       "them)");
 	} else {
 		return false;
 	}
@@ -2109,6 +2453,10 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 	}
 	switch (c->route) {
 	case KV_R_LOCAL:
+		if (!strcmp(c->name, "watch")) {
+			watch_cmd(kc, argv, argc, raw, rawlen);
+			return;
+		}
 		out = reply_to(kc);
 		if (!out)
 			goto oom;
@@ -2492,6 +2840,7 @@ on_close(struct keel_conn *c, int status)
 
 	if (!kc)
 		return;
+	watch_close(kc);
 	for (p = kc->head; p; p = next) {
 		next = p->next;
 		if (p->done || p->later_kind) {
@@ -2570,11 +2919,19 @@ on_sweep(struct keel_timer *t, void *arg)
 	size_t n, budget;
 	uint64_t iv;
 
+	struct wgone *g = ks->gone_retry;
+
 	ks->home_retry = NULL;
 	while (m) { /* send_home may put it back */
 		struct kmsg *next = m->next;
 		send_home(m);
 		m = next;
+	}
+	ks->gone_retry = NULL;
+	while (g) { /* gone_send may put it back */
+		struct wgone *next = g->next;
+		gone_send(g);
+		g = next;
 	}
 	if (!ks->db.b)
 		return;
@@ -2588,7 +2945,10 @@ on_sweep(struct keel_timer *t, void *arg)
 	n = kv_db_sweep(&ks->db, budget);
 	if (!ks->db.expires)
 		iv = KEEL_MS(100); /* nothing to expire: only the rehash steps run */
-	keel_timer_start(t, n > budget / 4 || ks->home_retry || ks->db.fb ? KEEL_MS(1) : iv, 0);
+	keel_timer_start(
+		t,
+		n > budget / 4 || ks->home_retry || ks->gone_retry || ks->db.fb ? KEEL_MS(1) : iv,
+		0);
 }
 
 static void
@@ -2629,6 +2989,11 @@ on_stop(void *arg)
 		ks->home_retry = m->next;
 		rb_free(&m->rep);
 		free(m);
+	}
+	while (ks->gone_retry) {
+		struct wgone *g = ks->gone_retry;
+		ks->gone_retry = g->next;
+		free(g);
 	}
 	kv_aof_stop();
 	kv_db_fini(&ks->db);

@@ -428,8 +428,9 @@ kv_db_finish_grow(struct kv_db *db)
 	rehash_step(db, SIZE_MAX);
 }
 
-void
-kv_db_flush(struct kv_db *db)
+/* Empty the table (kv_db_flush without the watches: its callers have told them). */
+static void
+flush_keys(struct kv_db *db)
 {
 	db->changes++;
 	kv_db_finish_grow(db);
@@ -456,6 +457,14 @@ kv_db_flush(struct kv_db *db)
 		}
 	}
 	counts_publish(db);
+}
+
+void
+kv_db_flush(struct kv_db *db)
+{
+	if (db->watch.n)
+		kv_watch_flush(db);
+	flush_keys(db);
 }
 
 size_t
@@ -494,8 +503,10 @@ kv_db_flush_async(struct kv_db *db)
 	kv_db_free_step(db, SIZE_MAX); /* one set aside before: finished first */
 	old = db->b;
 	omask = db->mask;
+	if (db->watch.n)
+		kv_watch_flush(db); /* while the keys are there: it looks them up */
 	if (db->count < KV_LAZYFREE_MIN || table_new(db) < 0) {
-		kv_db_flush(db);
+		flush_keys(db);
 		return;
 	}
 	db->changes++;
@@ -512,6 +523,7 @@ kv_db_flush_async(struct kv_db *db)
 void
 kv_db_fini(struct kv_db *db)
 {
+	kv_watch_fini(db);
 	if (!db->b)
 		return;
 	kv_db_free_step(db, SIZE_MAX);
@@ -555,6 +567,24 @@ maybe_grow(struct kv_db *db)
 	rehash_step(db, KV_GROW_STEP);
 }
 
+/* @e was changed (@gone: is being deleted): counted, and told to the watches of its key. */
+static void
+changed(struct kv_db *db, const struct kv_ent *e, bool gone)
+{
+	db->changes++;
+	if (__builtin_expect(db->watch.n != 0, 0))
+		kv_watch_touch(db, e->data, e->klen, e->hash, gone);
+}
+
+/* @e expired, about to be freed: not a change for the file (its deadline is absolute),
+ * one for the watches. */
+static void
+expired(struct kv_db *db, const struct kv_ent *e)
+{
+	if (__builtin_expect(db->watch.n != 0, 0))
+		kv_watch_touch(db, e->data, e->klen, e->hash, true);
+}
+
 /* @key of hash @h, expired or not (*@pp: its link); NULL when absent. */
 static struct kv_ent *
 lookup_any(struct kv_db *db, const struct resp_arg *key, uint64_t h, struct kv_ent ***pp)
@@ -579,6 +609,7 @@ lookup_h(struct kv_db *db, const struct resp_arg *key, uint64_t h, struct kv_ent
 	if (!e)
 		return NULL;
 	if (e->expire_ms && e->expire_ms <= kv_now_ms()) {
+		expired(db, e);
 		*p = e->next;
 		ent_free(db, e);
 		atomic_fetch_add_explicit(&db->st->expired_lazy, 1, memory_order_relaxed);
@@ -596,14 +627,22 @@ lookup(struct kv_db *db, const struct resp_arg *key, struct kv_ent ***pp)
 	return lookup_h(db, key, kv_hash(key->p, key->len), pp);
 }
 
+const struct kv_ent *
+kv_db_find_any(struct kv_db *db, const struct resp_arg *key, uint64_t h)
+{
+	struct kv_ent **p;
+
+	return lookup_any(db, key, h, &p);
+}
+
 static void
 unlink_ent(struct kv_db *db, struct kv_ent **p)
 {
 	struct kv_ent *e = *p;
 
+	changed(db, e, true);
 	*p = e->next;
 	ent_free(db, e);
-	db->changes++;
 	counts_publish(db);
 }
 
@@ -612,7 +651,7 @@ set_expire(struct kv_db *db, struct kv_ent *e, int64_t at)
 {
 	if (e->expire_ms == at)
 		return;
-	db->changes++;
+	changed(db, e, false);
 	if (!e->expire_ms && at)
 		db->expires++;
 	else if (e->expire_ms && !at)
@@ -656,7 +695,7 @@ ent_put(struct kv_db *db, struct kv_ent *e, const struct resp_arg *key, uint64_t
 		*bk = e;
 	}
 	db->count++;
-	db->changes++;
+	changed(db, e, false);
 	mem_add(db, (long long)ent_size(e));
 	if (exp)
 		db->expires++;
@@ -680,7 +719,7 @@ store_at(struct kv_db *db, const struct resp_arg *key, uint64_t h, struct kv_ent
 	if (old && old->vcap >= vlen && old->vcap <= 2 * cap + 64) {
 		memmove(old->data + old->klen, val, vlen); /* val may point into old */
 		old->vlen = (uint32_t)vlen;
-		db->changes++;
+		changed(db, old, false);
 		set_expire(db, old, exp);
 		return old;
 	}
@@ -716,6 +755,7 @@ kv_db_sweep(struct kv_db *db, size_t budget)
 		struct kv_ent **p = &db->b[db->sweep & db->mask], *e;
 		while ((e = *p)) {
 			if (e->expire_ms && e->expire_ms <= now) {
+				expired(db, e);
 				*p = e->next;
 				ent_free(db, e);
 				n++;
@@ -1342,7 +1382,7 @@ cmd_append(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *
 	if (e && e->vcap >= total) {
 		memcpy(e->data + e->klen + old, argv[2].p, argv[2].len);
 		e->vlen = (uint32_t)total;
-		db->changes++;
+		changed(db, e, false);
 	} else {
 		/* Grow geometrically so that repeated appends are amortised. */
 		size_t cap = total < 64 ? 64 : total + total / 2;
@@ -1436,7 +1476,7 @@ cmd_setrange(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf
 			memset(v + old, 0, (size_t)off - old);
 		memcpy(v + off, argv[3].p, argv[3].len);
 		e->vlen = (uint32_t)total;
-		db->changes++;
+		changed(db, e, false);
 		rb_int(out, (long long)total);
 		return;
 	}
@@ -1540,7 +1580,7 @@ mset_all(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *ou
 		}
 		memcpy(e->data + e->klen, val->p, val->len);
 		e->vlen = (uint32_t)val->len;
-		db->changes++;
+		changed(db, e, false);
 		set_expire(db, e, 0);
 		sl[k].shrink = e->vcap > 2 * val->len + 64;
 	}

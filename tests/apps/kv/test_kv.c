@@ -3625,15 +3625,12 @@ Test(kv_server, multi_exec_runs_the_queued_commands_on_their_shard)
 	expect(&r, "MSETNX {m}a 1 {m}b 2", ":1\r\n");
 	expect(&r, "MSETNX {m}b 3 {m}c 4", ":0\r\n");
 	expect(&r, "MGET {m}a {m}b {m}c", "*3\r\n$1\r\n1\r\n$1\r\n2\r\n$-1\r\n");
-	/* DISCARD drops what was queued; WATCH is refused, UNWATCH has nothing to undo. */
+	/* DISCARD drops what was queued; UNWATCH with nothing watched is +OK (WATCH has a
+	 * test of its own: watch_*). */
 	expect(&r, "MULTI", "+OK\r\n");
 	expect(&r, "SET {t}d 1", "+QUEUED\r\n");
 	expect(&r, "DISCARD", "+OK\r\n");
 	expect(&r, "EXISTS {t}d", ":0\r\n");
-	expect(&r, "WATCH {t}a",
-	       "-ERR WATCH is not supported by keel-kv (MULTI ... EXEC is: its "
-	       "commands run on one shard with nothing of another client between "
-	       "them)\r\n");
 	expect(&r, "UNWATCH", "+OK\r\n");
 	expect(&r, "MULTI", "+OK\r\n");
 	expect(&r, "WATCH {t}a", "-ERR WATCH inside MULTI is not allowed\r\n");
@@ -3678,6 +3675,247 @@ Test(kv_server, multi_exec_runs_the_queued_commands_on_their_shard)
 	rd_free(&r);
 	srv_stop(&s);
 	rm_dir(dir);
+}
+
+/* WATCH: EXEC of a connection whose watched key another client changed since is a null
+ * array and runs nothing. Each case's replies are redis-server 7.0.15's for the same
+ * commands; run for keys of eight hash tags, so that, over three shards, keys on the
+ * connection's shard and keys on others are both watched (all eight on its shard: one
+ * chance in 3^8), and again with --appendfsync always (its messages between shards are
+ * sends, not calls). */
+/* @cmd with each '@' replaced by @tag, into @out. */
+static const char *
+tagged(char *out, size_t n, const char *cmd, const char *tag)
+{
+	size_t o = 0, tl = strlen(tag);
+
+	for (; *cmd; cmd++) {
+		if (*cmd == '@') {
+			cr_assert_lt(o + tl, n);
+			memcpy(out + o, tag, tl);
+			o += tl;
+		} else {
+			cr_assert_lt(o + 1, n);
+			out[o++] = *cmd;
+		}
+	}
+	out[o] = 0;
+	return out;
+}
+
+static void
+watch_cases(int port, const char *tag)
+{
+	struct rd a, b;
+	char c[128];
+
+#define A(cmd, want) expect(&a, tagged(c, sizeof(c), cmd, tag), want)
+#define B(cmd, want) expect(&b, tagged(c, sizeof(c), cmd, tag), want)
+	rd_init(&a, test_connect(port));
+	rd_init(&b, test_connect(port));
+	/* untouched: the transaction runs */
+	A("SET {@}k 1", "+OK\r\n");
+	A("WATCH {@}k", "+OK\r\n");
+	A("MULTI", "+OK\r\n");
+	A("INCR {@}k", "+QUEUED\r\n");
+	A("EXEC", "*1\r\n:2\r\n");
+	/* set by another client: nothing runs */
+	A("WATCH {@}k", "+OK\r\n");
+	B("SET {@}k 5", "+OK\r\n");
+	A("MULTI", "+OK\r\n");
+	A("INCR {@}k", "+QUEUED\r\n");
+	A("EXEC", "*-1\r\n");
+	A("GET {@}k", "$1\r\n5\r\n");
+	/* UNWATCH, DISCARD and an aborted EXEC end the watches */
+	A("WATCH {@}k", "+OK\r\n");
+	A("UNWATCH", "+OK\r\n");
+	B("SET {@}k 6", "+OK\r\n");
+	A("MULTI", "+OK\r\n");
+	A("INCR {@}k", "+QUEUED\r\n");
+	A("EXEC", "*1\r\n:7\r\n");
+	A("WATCH {@}k", "+OK\r\n");
+	A("MULTI", "+OK\r\n");
+	A("DISCARD", "+OK\r\n");
+	B("SET {@}k 7", "+OK\r\n");
+	A("MULTI", "+OK\r\n");
+	A("INCR {@}k", "+QUEUED\r\n");
+	A("EXEC", "*1\r\n:8\r\n");
+	A("WATCH {@}k", "+OK\r\n");
+	A("MULTI", "+OK\r\n");
+	expect(&a, "NOSUCH", "-ERR unknown command 'NOSUCH', with args beginning with: \r\n");
+	A("EXEC", "-EXECABORT Transaction discarded because of previous errors.\r\n");
+	B("SET {@}k 1", "+OK\r\n");
+	A("MULTI", "+OK\r\n");
+	A("EXEC", "*0\r\n");
+	/* a key absent at WATCH, then set; an empty transaction checks too */
+	A("WATCH {@}n", "+OK\r\n");
+	B("SET {@}n 1", "+OK\r\n");
+	A("MULTI", "+OK\r\n");
+	A("PING", "+QUEUED\r\n");
+	A("EXEC", "*-1\r\n");
+	A("WATCH {@}k", "+OK\r\n");
+	B("DEL {@}k", ":1\r\n");
+	A("MULTI", "+OK\r\n");
+	A("EXEC", "*-1\r\n");
+	/* what changes nothing is no change: SET NX of a key there, DEL of an absent one,
+	 * FLUSHALL of an absent one */
+	A("SET {@}k 1", "+OK\r\n");
+	A("WATCH {@}k {@}q", "+OK\r\n");
+	B("SET {@}k 9 NX", "$-1\r\n");
+	B("DEL {@}q", ":0\r\n");
+	A("MULTI", "+OK\r\n");
+	A("GET {@}k", "+QUEUED\r\n");
+	A("EXEC", "*1\r\n$1\r\n1\r\n");
+	A("WATCH {@}q", "+OK\r\n");
+	B("FLUSHALL", "+OK\r\n");
+	A("MULTI", "+OK\r\n");
+	A("EXEC", "*0\r\n");
+	/* FLUSHALL of a key there; EXPIRE; APPEND in place; the client's own write */
+	A("SET {@}k 1", "+OK\r\n");
+	A("WATCH {@}k", "+OK\r\n");
+	B("FLUSHALL", "+OK\r\n");
+	A("MULTI", "+OK\r\n");
+	A("EXEC", "*-1\r\n");
+	A("SET {@}k 1", "+OK\r\n");
+	A("WATCH {@}k", "+OK\r\n");
+	B("EXPIRE {@}k 100", ":1\r\n");
+	A("MULTI", "+OK\r\n");
+	A("EXEC", "*-1\r\n");
+	A("SET {@}a x", "+OK\r\n");
+	A("WATCH {@}b {@}a", "+OK\r\n");
+	B("APPEND {@}a y", ":2\r\n");
+	A("MULTI", "+OK\r\n");
+	A("EXEC", "*-1\r\n");
+	A("WATCH {@}k", "+OK\r\n");
+	A("SET {@}k 3", "+OK\r\n");
+	A("MULTI", "+OK\r\n");
+	A("EXEC", "*-1\r\n");
+	/* a key live at WATCH that expires before EXEC is changed; one already past its time
+	 * at WATCH is not changed by its deletion (Redis 7) */
+	A("SET {@}e 1 PX 30", "+OK\r\n");
+	A("WATCH {@}e", "+OK\r\n");
+	usleep(60 * 1000);
+	A("MULTI", "+OK\r\n");
+	A("EXEC", "*-1\r\n");
+	A("SET {@}f 1 PX 30", "+OK\r\n");
+	usleep(60 * 1000);
+	A("WATCH {@}f", "+OK\r\n");
+	B("GET {@}f", "$-1\r\n");
+	A("MULTI", "+OK\r\n");
+	A("EXEC", "*0\r\n");
+	/* WATCH inside MULTI is refused (and, as in Redis 7.0, does not abort the EXEC) */
+	A("MULTI", "+OK\r\n");
+	A("WATCH {@}k", "-ERR WATCH inside MULTI is not allowed\r\n");
+	A("EXEC", "*0\r\n");
+	expect(&a, "WATCH", "-ERR wrong number of arguments for 'watch' command\r\n");
+#undef A
+#undef B
+	rd_free(&a);
+	rd_free(&b);
+}
+
+static const char *const watch_tags[] = { "w0", "w1", "w2", "w3", "w4", "w5", "w6", "w7" };
+
+Test(kv_server, watch_makes_exec_fail_when_a_key_changed)
+{
+	char dir[64];
+	struct srv s;
+
+	for (unsigned shards = 1; shards <= 3; shards += 2) {
+		srv_start(&s, shards, NULL);
+		for (unsigned i = 0; i < 8; i++)
+			watch_cases(s.port, watch_tags[i]);
+		cr_assert_eq(info_field(s.port, "total_watched_keys:"), 0);
+		srv_stop(&s);
+	}
+	mk_dir(dir, sizeof(dir));
+	srv_start(&s, 3, "--appendonly", "yes", "--appendfsync", "always", "--dir", dir, NULL);
+	for (unsigned i = 0; i < 8; i++)
+		watch_cases(s.port, watch_tags[i]);
+	srv_stop(&s);
+	rm_dir(dir);
+}
+
+/* The keys a connection watches live on one shard, with the transaction's: keys of two
+ * shards are refused (-CROSSSLOT, as Redis Cluster), in one WATCH or across several, and
+ * so is a queued command whose keys live on another shard than those watched. */
+Test(kv_server, watch_keys_live_on_one_shard)
+{
+	struct srv s;
+	struct rd r;
+	char c[128];
+	bool crossed = false;
+
+	srv_start(&s, 3, NULL);
+	rd_init(&r, test_connect(s.port));
+	for (unsigned i = 1; i < 8; i++) {
+		char *got;
+
+		snprintf(c, sizeof(c), "WATCH {w0}a {%s}a\r\n", watch_tags[i]);
+		test_send_all(r.fd, c, strlen(c));
+		got = rd_next(&r, NULL);
+		cr_assert(got, "closed");
+		if (!strncmp(got, "-CROSSSLOT ", 11)) {
+			crossed = true;
+			/* the same two, one WATCH each */
+			expect(&r, "WATCH {w0}a", "+OK\r\n");
+			snprintf(c, sizeof(c), "WATCH {%s}a", watch_tags[i]);
+			test_send_all(r.fd, c, strlen(c));
+			test_send_all(r.fd, "\r\n", 2);
+			got = rd_next(&r, NULL);
+			cr_assert(got && !strncmp(got, "-CROSSSLOT ", 11), "%s: %s", c,
+				  got ? got : "closed");
+			/* a queued command's keys on another shard than the watched ones */
+			expect(&r, "MULTI", "+OK\r\n");
+			snprintf(c, sizeof(c), "SET {%s}a 1", watch_tags[i]);
+			test_send_all(r.fd, c, strlen(c));
+			test_send_all(r.fd, "\r\n", 2);
+			got = rd_next(&r, NULL);
+			cr_assert(got && !strncmp(got, "-CROSSSLOT ", 11), "%s: %s", c,
+				  got ? got : "closed");
+			expect(&r, "EXEC",
+			       "-EXECABORT Transaction discarded because of previous errors.\r\n");
+		} else {
+			cr_assert_str_eq(got, "+OK\r\n");
+		}
+		expect(&r, "UNWATCH", "+OK\r\n");
+	}
+	cr_assert(crossed, "eight hash tags on one shard of three");
+	rd_free(&r);
+	srv_stop(&s);
+}
+
+/* A connection that closes while it watches (or with an EXEC or UNWATCH not yet answered)
+ * leaves no watch behind, on its shard or another: INFO's total_watched_keys (Redis 7.4's
+ * field) goes back to 0. */
+Test(kv_server, watches_end_when_their_connection_closes)
+{
+	struct srv s;
+	char c[128];
+
+	srv_start(&s, 3, NULL);
+	for (unsigned i = 0; i < 8; i++) {
+		struct rd r;
+
+		rd_init(&r, test_connect(s.port));
+		snprintf(c, sizeof(c), "WATCH {%s}a {%s}b", watch_tags[i], watch_tags[i]);
+		expect(&r, c, "+OK\r\n");
+		rd_free(&r);
+	}
+	WAIT_FOR(info_field(s.port, "total_watched_keys:") == 0, "watches left after the close");
+	/* pipelined and closed without reading the replies */
+	for (unsigned i = 0; i < 8; i++) {
+		int fd = test_connect(s.port);
+
+		snprintf(c, sizeof(c),
+			 "WATCH {%s}a\r\nMULTI\r\nSET {%s}a 1\r\nEXEC\r\nWATCH {%s}b\r\nUNWATCH\r\n"
+			 "WATCH {%s}c\r\n",
+			 watch_tags[i], watch_tags[i], watch_tags[i], watch_tags[i]);
+		test_send_all(fd, c, strlen(c));
+		close(fd);
+	}
+	WAIT_FOR(info_field(s.port, "total_watched_keys:") == 0, "watches left after the close");
+	srv_stop(&s);
 }
 
 /* Nothing of another connection runs between a transaction's commands: one connection

@@ -1,0 +1,199 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * WATCH on the shard that owns the keys: one entry per connection and key, chained by the
+ * key's hash, marked when the store changes the key (docs/kv.md, "Transactions").
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kv.h"
+
+struct kv_watch {
+	struct kv_watch *next;
+	uint64_t id;   /* the connection (kconn.id: unique over the shards) */
+	uint64_t hash; /* kv_hash of the key */
+	bool dirty;    /* the key changed since WATCH */
+	/* At WATCH the key was there but past its time: its deletion is no change, as in
+	 * Redis 7 (it was already gone for any reader); cleared by that deletion. */
+	bool expired;
+	uint32_t klen;
+	uint8_t key[];
+};
+
+static void
+count_publish(struct kv_db *db)
+{
+	atomic_store_explicit(&db->st->watched_keys, db->watch.n, memory_order_relaxed);
+}
+
+static bool
+same_key(const struct kv_watch *w, const uint8_t *k, size_t klen, uint64_t h)
+{
+	return w->hash == h && w->klen == klen && !memcmp(w->key, k, klen);
+}
+
+/* Double the buckets (or make the first 16) when there are more entries than buckets. A
+ * failed allocation keeps the chains as they are (longer, still right). */
+static void
+maybe_grow(struct kv_watches *t)
+{
+	size_t n = t->b ? (t->mask + 1) * 2 : 16;
+	struct kv_watch **nb;
+
+	if (t->b && t->n <= t->mask + 1)
+		return;
+	nb = calloc(n, sizeof(*nb));
+	if (!nb)
+		return;
+	if (t->b) {
+		for (size_t i = 0; i <= t->mask; i++) {
+			struct kv_watch *w = t->b[i], *next;
+			for (; w; w = next) {
+				next = w->next;
+				w->next = nb[w->hash & (n - 1)];
+				nb[w->hash & (n - 1)] = w;
+			}
+		}
+		free(t->b);
+	}
+	t->b = nb;
+	t->mask = n - 1;
+}
+
+int
+kv_watch_add(struct kv_db *db, uint64_t id, const struct resp_arg *keys, unsigned n)
+{
+	struct kv_watches *t = &db->watch;
+	int64_t now = kv_now_ms();
+	int r = 0;
+
+	for (unsigned i = 0; i < n && r == 0; i++) {
+		const struct resp_arg *k = &keys[i];
+		uint64_t h = kv_hash(k->p, k->len);
+		const struct kv_ent *e;
+		struct kv_watch *w;
+
+		maybe_grow(t);
+		if (!t->b) {
+			r = -ENOMEM;
+			break;
+		}
+		for (w = t->b[h & t->mask]; w; w = w->next)
+			if (w->id == id && same_key(w, k->p, k->len, h))
+				break;
+		if (w) /* watched already: one entry, as Redis keeps one */
+			continue;
+		w = malloc(sizeof(*w) + k->len);
+		if (!w) {
+			r = -ENOMEM;
+			break;
+		}
+		e = kv_db_find_any(db, k, h);
+		w->id = id;
+		w->hash = h;
+		w->dirty = false;
+		w->expired = e && e->expire_ms && e->expire_ms <= now;
+		w->klen = (uint32_t)k->len;
+		memcpy(w->key, k->p, k->len);
+		w->next = t->b[h & t->mask];
+		t->b[h & t->mask] = w;
+		t->n++;
+	}
+	count_publish(db);
+	return r;
+}
+
+bool
+kv_watch_end(struct kv_db *db, uint64_t id, const struct resp_arg *keys, unsigned n)
+{
+	struct kv_watches *t = &db->watch;
+	int64_t now = kv_now_ms();
+	bool changed = false;
+
+	for (unsigned i = 0; i < n && t->b; i++) {
+		const struct resp_arg *k = &keys[i];
+		uint64_t h = kv_hash(k->p, k->len);
+		struct kv_watch **p = &t->b[h & t->mask], *w;
+
+		while ((w = *p)) {
+			if (w->id != id || !same_key(w, k->p, k->len, h)) {
+				p = &w->next;
+				continue;
+			}
+			if (w->dirty) {
+				changed = true;
+			} else if (!w->expired) { /* live at WATCH: expired since is a change */
+				const struct kv_ent *e = kv_db_find_any(db, k, h);
+				changed |= e && e->expire_ms && e->expire_ms <= now;
+			}
+			*p = w->next;
+			free(w);
+			t->n--;
+		}
+	}
+	if (t->b && !t->n) { /* nothing watched: the buckets go too */
+		free(t->b);
+		t->b = NULL;
+		t->mask = 0;
+	}
+	count_publish(db);
+	return changed;
+}
+
+static void
+touch(struct kv_watch *w, bool gone)
+{
+	if (w->expired && gone) /* deleted after its time: no change, as in Redis 7 */
+		w->expired = false;
+	else
+		w->dirty = true;
+}
+
+void
+kv_watch_touch(struct kv_db *db, const uint8_t *key, size_t klen, uint64_t h, bool gone)
+{
+	struct kv_watches *t = &db->watch;
+
+	if (!t->b)
+		return;
+	for (struct kv_watch *w = t->b[h & t->mask]; w; w = w->next)
+		if (same_key(w, key, klen, h))
+			touch(w, gone);
+}
+
+void
+kv_watch_flush(struct kv_db *db)
+{
+	struct kv_watches *t = &db->watch;
+
+	if (!t->b)
+		return;
+	for (size_t i = 0; i <= t->mask; i++)
+		for (struct kv_watch *w = t->b[i]; w; w = w->next) {
+			struct resp_arg k = { .p = w->key, .len = w->klen };
+			if (kv_db_find_any(db, &k,
+					   w->hash)) /* FLUSHALL of an absent key: no change */
+				touch(w, true);
+		}
+}
+
+void
+kv_watch_fini(struct kv_db *db)
+{
+	struct kv_watches *t = &db->watch;
+
+	if (!t->b)
+		return;
+	for (size_t i = 0; i <= t->mask; i++) {
+		struct kv_watch *w = t->b[i], *next;
+		for (; w; w = next) {
+			next = w->next;
+			free(w);
+		}
+	}
+	free(t->b);
+	t->b = NULL;
+	t->mask = t->n = 0;
+	count_publish(db);
+}
