@@ -54,7 +54,7 @@ struct kv_stats {
 	_Atomic uint64_t lazyfree_pending; /* keys FLUSHALL ASYNC set aside, not yet freed */
 	_Atomic uint64_t forwarded_exported; /* ... of forwarded_out, handed over as exported
 					      * slices of the receive buffer (--handoff export) */
-	_Atomic uint64_t watched_keys;       /* WATCH entries held here (kv_watches.n) */
+	_Atomic uint64_t watched_keys;       /* keys of this shard watched (kv_watches.keys) */
 };
 
 /* WATCH (watch.c): the keys of this shard that connections watch, by the key's hash, each
@@ -64,7 +64,8 @@ struct kv_stats {
 struct kv_watch;
 struct kv_watches {
 	struct kv_watch **b; /* NULL while nothing is watched */
-	size_t mask, n;
+	size_t mask, n;      /* n: watches, one per connection and key */
+	size_t keys;         /* keys watched (by one connection or more) */
 };
 
 /* A shard's key table: chained buckets, a power of two of them. It doubles when it holds
@@ -190,6 +191,9 @@ void kv_sweep_pace(size_t buckets, uint64_t *interval_ns, size_t *budget);
  * kv_watch_flush before it empties the table, each only while kv_db.watch.n is not 0. */
 int kv_watch_add(struct kv_db *db, uint64_t id, const struct resp_arg *keys, unsigned n);
 bool kv_watch_end(struct kv_db *db, uint64_t id, const struct resp_arg *keys, unsigned n);
+/* Every watch of connection @id ends (a walk of the whole table: for when its keys cannot
+ * be read for want of memory). */
+void kv_watch_end_id(struct kv_db *db, uint64_t id);
 void kv_watch_touch(struct kv_db *db, const uint8_t *key, size_t klen, uint64_t h, bool gone);
 void kv_watch_flush(struct kv_db *db);
 void kv_watch_fini(struct kv_db *db);

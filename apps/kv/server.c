@@ -940,7 +940,8 @@ tx_run(struct kmsg *m)
 	if (m->wop == W_EXEC) { /* the watched keys first: EXEC is a null array if one changed */
 		long r = reparse(m->req, m->req_len, &req);
 
-		if (r <= 0 || !req.argc) {
+		if (r <= 0 || !req.argc) { /* memory: the watches end all the same */
+			kv_watch_end_id(&ks->db, m->wid);
 			m->rep.oom = true;
 			goto out;
 		}
@@ -1101,7 +1102,7 @@ bq_add(struct kconn *kc, struct kmsg *m)
 	}
 }
 
-static void watch_lost(const struct kmsg *m);
+static bool watch_lost(const struct kmsg *m);
 
 /* Answer every waiting request with @err (the queue cannot drain: memory, stopping). */
 static void
@@ -1117,8 +1118,8 @@ bq_fail(struct kconn *kc, int err)
 			keel_slice_move(&m->sl, self());
 			keel_slice_put(&m->sl);
 		}
-		watch_lost(m);
-		rb_err(&m->rep, "ERR shard %u unreachable: %s", m->part, strerror(-err));
+		if (!watch_lost(m))
+			rb_err(&m->rep, "ERR shard %u unreachable: %s", m->part, strerror(-err));
 		pend_part_done(m->pend, m->part, &m->rep);
 		free(m);
 	}
@@ -1180,9 +1181,9 @@ on_room(int status, void *arg)
 					keel_slice_move(&m->sl, self());
 					keel_slice_put(&m->sl);
 				}
-				watch_lost(m);
-				rb_err(&m->rep, "ERR shard %u unreachable: %s", m->part,
-				       strerror(-r));
+				if (!watch_lost(m))
+					rb_err(&m->rep, "ERR shard %u unreachable: %s", m->part,
+					       strerror(-r));
 				pend_part_done(m->pend, m->part, &m->rep);
 				free(m);
 			}
@@ -2064,9 +2065,8 @@ watch_end_req(uint64_t id, const uint8_t *req, size_t len)
 
 	if (n > 0 && r.argc)
 		kv_watch_end(&shards[self()].db, id, r.argv + 1, r.argc - 1);
-	else /* memory: the watches stay until this shard stops */
-		keel_log(KEEL_LOG_WARN, "kv",
-			 "shard %u: no memory to end a closed client's watches", self());
+	else /* memory: a walk of every watch of the shard instead */
+		kv_watch_end_id(&shards[self()].db, id);
 }
 
 /* A request about watches (@op) for the shard of @kc's keys, behind the connection's
@@ -2258,12 +2258,14 @@ watch_gone(unsigned owner, uint64_t id, const uint8_t *req, size_t len)
 }
 
 /* A request that will not reach its shard (@m): the watches it was to end end all the
- * same. */
-static void
+ * same. True for a W_END, which has no reply to make (UNWATCH, DISCARD or a refused EXEC
+ * answered already: an error here would be one reply too many). */
+static bool
 watch_lost(const struct kmsg *m)
 {
 	if (m->wop == W_END || m->wop == W_EXEC)
 		watch_gone(m->part, m->wid, m->req, m->req_len);
+	return m->wop == W_END;
 }
 
 /* On close: the connection's watches, and those its requests that never left were to end

@@ -660,6 +660,17 @@ set_expire(struct kv_db *db, struct kv_ent *e, int64_t at)
 	counts_publish(db);
 }
 
+/* EXPIRE and the like, GETEX with a time: the key is given @at. The same time it had
+ * changes nothing for the file, but a watch sees the key changed, as Redis signals every
+ * time it sets. */
+static void
+set_time(struct kv_db *db, struct kv_ent *e, int64_t at)
+{
+	if (e->expire_ms == at && db->watch.n)
+		kv_watch_touch(db, e->data, e->klen, e->hash, false);
+	set_expire(db, e, at);
+}
+
 /* A new entry for a key and value of @kv bytes (NULL: no memory, or the test site). */
 static struct kv_ent *
 ent_alloc(size_t kv)
@@ -1175,8 +1186,10 @@ cmd_getex(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *o
 	rb_bulk(out, e->data + e->klen, e->vlen);
 	if (expv && at <= now)
 		unlink_ent(db, pp);
-	else if (expv || persist)
-		set_expire(db, e, at);
+	else if (expv)
+		set_time(db, e, at);
+	else if (persist)
+		set_expire(db, e, 0);
 }
 
 /* TYPE key: every value here is a string. */
@@ -1676,7 +1689,7 @@ expire_generic(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rb
 	if (at <= now) {
 		unlink_ent(db, pp); /* Redis deletes a key given a time in the past */
 	} else {
-		set_expire(db, e, at);
+		set_time(db, e, at);
 	}
 	rb_int(out, 1);
 }

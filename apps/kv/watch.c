@@ -21,16 +21,48 @@ struct kv_watch {
 	uint8_t key[];
 };
 
-static void
-count_publish(struct kv_db *db)
-{
-	atomic_store_explicit(&db->st->watched_keys, db->watch.n, memory_order_relaxed);
-}
-
 static bool
 same_key(const struct kv_watch *w, const uint8_t *k, size_t klen, uint64_t h)
 {
 	return w->hash == h && w->klen == klen && !memcmp(w->key, k, klen);
+}
+
+/* Whether a watch of the key is in @w's chain. */
+static bool
+watched(const struct kv_watch *w, const uint8_t *k, size_t klen, uint64_t h)
+{
+	for (; w; w = w->next)
+		if (same_key(w, k, klen, h))
+			return true;
+	return false;
+}
+
+/* Take the watch at @p out of its chain and free it. */
+static void
+unlink_w(struct kv_watches *t, struct kv_watch **p)
+{
+	struct kv_watch *w = *p;
+
+	*p = w->next;
+	t->n--;
+	if (!watched(t->b[w->hash & t->mask], w->key, w->klen, w->hash))
+		t->keys--;
+	free(w);
+}
+
+/* After watches ended: with none left the buckets go too; the count of keys watched is
+ * published for INFO. */
+static void
+ended(struct kv_db *db)
+{
+	struct kv_watches *t = &db->watch;
+
+	if (t->b && !t->n) {
+		free(t->b);
+		t->b = NULL;
+		t->mask = 0;
+	}
+	atomic_store_explicit(&db->st->watched_keys, t->keys, memory_order_relaxed);
 }
 
 /* Double the buckets (or make the first 16) when there are more entries than buckets. A
@@ -74,14 +106,20 @@ kv_watch_add(struct kv_db *db, uint64_t id, const struct resp_arg *keys, unsigne
 		const struct kv_ent *e;
 		struct kv_watch *w;
 
+		bool other = false; /* another connection watches the key */
+
 		maybe_grow(t);
 		if (!t->b) {
 			r = -ENOMEM;
 			break;
 		}
-		for (w = t->b[h & t->mask]; w; w = w->next)
-			if (w->id == id && same_key(w, k->p, k->len, h))
+		for (w = t->b[h & t->mask]; w; w = w->next) {
+			if (!same_key(w, k->p, k->len, h))
+				continue;
+			if (w->id == id)
 				break;
+			other = true;
+		}
 		if (w) /* watched already: one entry, as Redis keeps one */
 			continue;
 		w = malloc(sizeof(*w) + k->len);
@@ -99,8 +137,9 @@ kv_watch_add(struct kv_db *db, uint64_t id, const struct resp_arg *keys, unsigne
 		w->next = t->b[h & t->mask];
 		t->b[h & t->mask] = w;
 		t->n++;
+		t->keys += !other;
 	}
-	count_publish(db);
+	ended(db);
 	return r;
 }
 
@@ -127,18 +166,28 @@ kv_watch_end(struct kv_db *db, uint64_t id, const struct resp_arg *keys, unsigne
 				const struct kv_ent *e = kv_db_find_any(db, k, h);
 				changed |= e && e->expire_ms && e->expire_ms <= now;
 			}
-			*p = w->next;
-			free(w);
-			t->n--;
+			unlink_w(t, p);
 		}
 	}
-	if (t->b && !t->n) { /* nothing watched: the buckets go too */
-		free(t->b);
-		t->b = NULL;
-		t->mask = 0;
-	}
-	count_publish(db);
+	ended(db);
 	return changed;
+}
+
+void
+kv_watch_end_id(struct kv_db *db, uint64_t id)
+{
+	struct kv_watches *t = &db->watch;
+
+	for (size_t i = 0; t->b && i <= t->mask; i++) {
+		struct kv_watch **p = &t->b[i];
+
+		while (*p)
+			if ((*p)->id == id)
+				unlink_w(t, p);
+			else
+				p = &(*p)->next;
+	}
+	ended(db);
 }
 
 static void
@@ -194,6 +243,6 @@ kv_watch_fini(struct kv_db *db)
 	}
 	free(t->b);
 	t->b = NULL;
-	t->mask = t->n = 0;
-	count_publish(db);
+	t->mask = t->n = t->keys = 0;
+	ended(db);
 }
