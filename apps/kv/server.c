@@ -906,21 +906,32 @@ reparse(const uint8_t *p, size_t n, struct resp_req *req)
 	return r;
 }
 
-/* On the shard that owns the keys: connection @id's watches of @keys begin (W_ADD, the
- * reply +OK) or end (W_END, no reply). */
+/* On the shard that owns the keys: connection @id's watches of @keys begin (WATCH's
+ * reply in @out). */
 static void
-watch_here(unsigned op, uint64_t id, const struct resp_arg *keys, unsigned n, struct rbuf *out)
+watch_add_here(uint64_t id, const struct resp_arg *keys, unsigned n, struct rbuf *out)
 {
 	struct kv_db *db = &shards[self()].db;
 
-	if (op == W_END)
-		kv_watch_end(db, id, keys, n);
-	else if (!db->b)
+	if (!db->b)
 		rb_err(out, "ERR keel-kv is shutting down");
 	else if (kv_watch_add(db, id, keys, n) < 0)
 		rb_err(out, "ERR out of memory");
 	else
 		rb_simple(out, "OK");
+}
+
+/* On the shard of the keys: connection @id's watches of the keys @req names end. */
+static void
+watch_end_req(uint64_t id, const uint8_t *req, size_t len)
+{
+	struct resp_req r;
+	long n = reparse(req, len, &r);
+
+	if (n > 0 && r.argc)
+		kv_watch_end(&shards[self()].db, id, r.argv + 1, r.argc - 1);
+	else /* memory: a walk of every watch of the shard instead */
+		kv_watch_end_id(&shards[self()].db, id);
 }
 
 /* A transaction's reply no longer than this is never refused past --send-max (the
@@ -1004,9 +1015,13 @@ owner_exec(struct kmsg *m)
 			keel_slice_put(&m->sl);
 		return NULL;
 	}
+	if (m->wop == W_END) { /* no reply; ends them even without memory to read the keys */
+		watch_end_req(m->wid, m->req, m->req_len);
+		return NULL;
+	}
 	r = reparse(m->req, m->req_len, &req);
-	if (r > 0 && req.argc && m->wop) {
-		watch_here(m->wop, m->wid, req.argv + 1, req.argc - 1, &m->rep);
+	if (r > 0 && req.argc && m->wop == W_ADD) {
+		watch_add_here(m->wid, req.argv + 1, req.argc - 1, &m->rep);
 	} else if (r > 0 && req.argc) {
 		c = kv_cmd_find(req.argv[0].p, req.argv[0].len);
 		ks->db.uncounted = m->fan_part;
@@ -2056,21 +2071,9 @@ watch_req(const struct kconn *kc, struct rbuf *b)
 	return b->oom ? -ENOMEM : 0;
 }
 
-/* On the shard of the keys: connection @id's watches of the keys @req names end. */
-static void
-watch_end_req(uint64_t id, const uint8_t *req, size_t len)
-{
-	struct resp_req r;
-	long n = reparse(req, len, &r);
-
-	if (n > 0 && r.argc)
-		kv_watch_end(&shards[self()].db, id, r.argv + 1, r.argc - 1);
-	else /* memory: a walk of every watch of the shard instead */
-		kv_watch_end_id(&shards[self()].db, id);
-}
-
 /* A request about watches (@op) for the shard of @kc's keys, behind the connection's
- * other requests. Returns 0; -errno when it could not be sent (nothing then replies). */
+ * other requests. Returns 0 (a W_ADD that could not be sent is answered with the error);
+ * -errno when it could not be sent (nothing then replies) or no reply could be placed. */
 static int
 watch_send(struct kconn *kc, unsigned op, const uint8_t *req, size_t len)
 {
@@ -2082,8 +2085,8 @@ watch_send(struct kconn *kc, unsigned op, const uint8_t *req, size_t len)
 		return -ENOMEM;
 	m = calloc(1, sizeof(*m) + len);
 	if (!m) {
-		p->done = true; /* no reply */
-		return -ENOMEM;
+		r = -ENOMEM;
+		goto failed;
 	}
 	memcpy(m->copy, req, len);
 	m->req = m->copy;
@@ -2093,9 +2096,14 @@ watch_send(struct kconn *kc, unsigned op, const uint8_t *req, size_t len)
 	m->wop = op;
 	m->wid = kc->id;
 	r = hand(p, m);
-	if (r < 0)
-		p->done = true;
-	return r;
+	if (r == 0)
+		return 0;
+failed:
+	p->done = true;
+	if (op != W_ADD)
+		return r; /* no reply */
+	rb_err(&p->rep, "ERR shard %u unreachable: %s", kc->watch_owner, strerror(-r));
+	return 0;
 }
 
 /* WATCH key [key ...] (outside MULTI). */
@@ -2106,7 +2114,6 @@ watch_cmd(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t 
 	size_t at = kc->wkeys.len;
 	struct rbuf *out;
 	bool cross = false;
-	int r;
 
 	stat_add(&kv_stats[me].commands, 1);
 	if (kv_cfg.nshards > 1) {
@@ -2128,17 +2135,12 @@ watch_cmd(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t 
 	kc->watching = true;
 	kc->watch_owner = owner;
 	if (owner != me) {
-		r = watch_send(kc, W_ADD, raw, rawlen);
-		if (r == 0)
-			return;
-		if ((out = reply_to(kc)))
-			rb_err(out, "ERR shard %u unreachable: %s", owner, strerror(-r));
-		else
+		if (watch_send(kc, W_ADD, raw, rawlen) < 0)
 			kc->out.oom = true;
 		return;
 	}
 	if ((out = reply_to(kc)))
-		watch_here(W_ADD, kc->id, argv + 1, argc - 1, out);
+		watch_add_here(kc->id, argv + 1, argc - 1, out);
 	else
 		kc->out.oom = true;
 	return;
@@ -2376,9 +2378,10 @@ tx_exec(struct kconn *kc)
 	} else if ((r = handoff(p, owner, tx->q.p, tx->q.len, NULL, 0, true, tx, false)) < 0) {
 		rb_err(&p->rep, "ERR shard %u unreachable: %s", owner, strerror(-r));
 		p->done = true;
-		watch_release(kc); /* the watches' shard never saw the EXEC */
+		if (tx->wid) /* their shard never saw the EXEC: ended by a message of its own */
+			watch_gone(owner, kc->id, tx->q.p, tx->q.len);
 	}
-	if (tx->wid && kc->watching) { /* they ended with the EXEC (tx_run) */
+	if (tx->wid) { /* they ended with the EXEC (tx_run), or by watch_gone */
 		rb_free(&kc->wkeys);
 		kc->wn = 0;
 		kc->watching = false;
