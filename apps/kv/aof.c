@@ -1755,12 +1755,27 @@ on_bg_synced(struct keel_file_req *req, int res, void *arg)
 	}
 }
 
+/* The files of all shards together: this one's length, and the others' as they last
+ * published them (Redis's --auto-aof-rewrite-min-size is of its one file). */
+static uint64_t
+files_size(const struct aof *a)
+{
+	uint64_t t = a->off;
+
+	for (unsigned i = 0; i < kv_cfg.nshards; i++)
+		if (&aofs[i] != a)
+			t += atomic_load_explicit(&aofs[i].pub_size, memory_order_relaxed);
+	return t;
+}
+
 /* The file has grown by --auto-aof-rewrite-percentage since the last rewrite (or the
- * start) and is at least --auto-aof-rewrite-min-size: rewrite it, as BGREWRITEAOF would,
- * so that a file of keys written over and over does not grow without bound (Redis's
- * automatic rewrite; here per shard, each shard's file against its own size after its last
- * rewrite). Not while the file fails (a rebuild is that shard's rewrite), nor before
- * auto_at after a failed rewrite. */
+ * start), and the files together are at least --auto-aof-rewrite-min-size: rewrite it, as
+ * BGREWRITEAOF would, so that a file of keys written over and over does not grow without
+ * bound (Redis's automatic rewrite; the growth per shard, each file against its own size
+ * after its last rewrite; the minimum of the whole, as Redis's is of its one file: held
+ * per file, S shards' files together reached about S times it before the first rewrite).
+ * Not while the file fails (a rebuild is that shard's rewrite), nor before auto_at after a
+ * failed rewrite. */
 static void
 auto_rewrite(struct aof *a)
 {
@@ -1768,9 +1783,13 @@ auto_rewrite(struct aof *a)
 	bool wrote = false;
 	int r;
 
+	uint64_t all;
+
 	if (!kv_cfg.auto_rw_pct || !a->open || a->rewriting || a->sync_lost || a->err ||
-	    a->rw_dir_err || a->off < kv_cfg.auto_rw_min || a->off <= a->rw_base ||
-	    keel_now_ns() < a->auto_at)
+	    a->rw_dir_err || a->off <= a->rw_base || keel_now_ns() < a->auto_at)
+		return;
+	all = files_size(a);
+	if (all < kv_cfg.auto_rw_min)
 		return;
 	grown = a->off - a->rw_base;
 	/* Redis takes a base of 0 as 1: any file of the minimum size then qualifies. */
@@ -1778,10 +1797,11 @@ auto_rewrite(struct aof *a)
 		return;
 	keel_log(KEEL_LOG_INFO, "kv",
 		 "shard %u: appendonly-%u.aof is %llu bytes, %llu more than after its last "
-		 "rewrite: rewriting it (--auto-aof-rewrite-percentage %u, "
-		 "--auto-aof-rewrite-min-size %llu)",
+		 "rewrite, and the files together %llu: rewriting it "
+		 "(--auto-aof-rewrite-percentage %u, --auto-aof-rewrite-min-size %llu)",
 		 a->id, a->id, (unsigned long long)a->off, (unsigned long long)grown,
-		 kv_cfg.auto_rw_pct, (unsigned long long)kv_cfg.auto_rw_min);
+		 (unsigned long long)all, kv_cfg.auto_rw_pct,
+		 (unsigned long long)kv_cfg.auto_rw_min);
 	a->rw_auto = true;
 	r = rw_begin(a, &wrote);
 	if (r < 0 && !wrote) { /* before any write (rw_fail logs the failures after) */

@@ -48,8 +48,8 @@ static const char usage[] =
 	"--auto-aof-rewrite-percentage N: rewrite a shard's file by itself, as BGREWRITEAOF\n"
 	"           does, once it has grown by N % since its last rewrite or the start (default\n"
 	"           100; 0: only on BGREWRITEAOF)\n"
-	"--auto-aof-rewrite-min-size BYTES: no file smaller than this is rewritten by itself\n"
-	"           (default 64mb)\n";
+	"--auto-aof-rewrite-min-size BYTES: no file is rewritten by itself while the shards'\n"
+	"           files together are smaller than this (default 64mb)\n";
 
 static void
 die(const char *msg, const char *opt)

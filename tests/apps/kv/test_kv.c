@@ -2805,6 +2805,41 @@ Test(kv_server, aof_a_grown_file_is_rewritten_by_itself)
 	rm_dir(dir);
 }
 
+/* --auto-aof-rewrite-min-size is of the shards' files together, as Redis's is of its one
+ * file: two files of about 2.5 KB each, with a 4kb minimum, are rewritten (each file
+ * against its own minimum, 2 shards' files reached about twice it before the first). */
+Test(kv_server, aof_the_minimum_size_is_of_the_files_together)
+{
+	char dir[64], cmd[160];
+	int key[2] = { -1, -1 };
+	struct srv s;
+	struct rd r;
+
+	mk_dir(dir, sizeof(dir));
+	srv_start(&s, 2, "--appendonly", "yes", "--appendfsync", "always", "--dir", dir,
+		  "--auto-aof-rewrite-min-size", "4kb", NULL);
+	rd_init(&r, test_connect(s.port));
+	/* a key of each shard: the file its SET grew (always: on disk before the reply) */
+	for (int i = 0; i < 32 && (key[0] < 0 || key[1] < 0); i++) {
+		long before = file_size(dir, 0);
+
+		snprintf(cmd, sizeof(cmd), "SET {t%d}k 1", i);
+		expect(&r, cmd, "+OK\r\n");
+		key[file_size(dir, 0) > before ? 0 : 1] = i;
+	}
+	cr_assert(key[0] >= 0 && key[1] >= 0, "32 hash tags on one shard of two");
+	for (int i = 0; file_size(dir, 0) + file_size(dir, 1) < 5000; i++) {
+		snprintf(cmd, sizeof(cmd), "SET {t%d}k %0100d", key[i % 2], i);
+		expect(&r, cmd, "+OK\r\n");
+	}
+	cr_assert_lt(file_size(dir, 0), 4096);
+	cr_assert_lt(file_size(dir, 1), 4096);
+	wait_rewrites(s.port, 1);
+	rd_free(&r);
+	srv_stop(&s);
+	rm_dir(dir);
+}
+
 /* --auto-aof-rewrite-percentage 0: only BGREWRITEAOF rewrites. */
 Test(kv_server, aof_no_automatic_rewrite_at_percentage_0)
 {
