@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "kv.h"
+#include "testfault.h"
 
 struct kv_config kv_cfg = { .max_bulk = RESP_MAX_BULK_DEFAULT,
 			    .query_max = 1ull << 30,
@@ -926,11 +927,11 @@ static void
 watch_end_req(uint64_t id, const uint8_t *req, size_t len)
 {
 	struct resp_req r;
-	long n = reparse(req, len, &r);
+	long n = len ? reparse(req, len, &r) : 0;
 
 	if (n > 0 && r.argc)
 		kv_watch_end(&shards[self()].db, id, r.argv + 1, r.argc - 1);
-	else /* memory: a walk of every watch of the shard instead */
+	else /* no keys given, or no memory to read them: a walk of the shard's watches */
 		kv_watch_end_id(&shards[self()].db, id);
 }
 
@@ -2065,6 +2066,8 @@ refused:
 static int
 watch_req(const struct kconn *kc, struct rbuf *b)
 {
+	if (kv_test_fault("watch-keys-oom"))
+		b->oom = true;
 	rb_arr(b, (long long)kc->wn + 1);
 	rb_bulk(b, "UNWATCH", 7);
 	rb_put(b, kc->wkeys.p, kc->wkeys.len);
@@ -2235,7 +2238,7 @@ gone_send(struct wgone *g)
 }
 
 /* A closed connection's watches of the keys @req names (watch_req's form, or a W_EXEC's,
- * whose first request it is) end on shard @owner. */
+ * whose first request it is; none: all of them, watch_end_req) end on shard @owner. */
 static void
 watch_gone(unsigned owner, uint64_t id, const uint8_t *req, size_t len)
 {
@@ -2255,7 +2258,8 @@ watch_gone(unsigned owner, uint64_t id, const uint8_t *req, size_t len)
 	g->owner = owner;
 	g->id = id;
 	g->len = len;
-	memcpy(g->req, req, len);
+	if (len)
+		memcpy(g->req, req, len);
 	gone_send(g);
 }
 
@@ -2280,13 +2284,10 @@ watch_close(struct kconn *kc)
 	if (kc->watching) {
 		struct rbuf b = { 0 };
 
-		if (watch_req(kc, &b) == 0)
-			watch_gone(kc->watch_owner, kc->id, b.p, b.len);
-		else
-			keel_log(KEEL_LOG_WARN, "kv",
-				 "shard %u: no memory to end a closed "
-				 "client's watches",
-				 self());
+		/* Without memory for the keys, none: the shard then walks its table */
+		if (watch_req(kc, &b) < 0)
+			b.len = 0;
+		watch_gone(kc->watch_owner, kc->id, b.p, b.len);
 		rb_free(&b);
 		rb_free(&kc->wkeys);
 		kc->watching = false;

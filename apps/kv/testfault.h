@@ -20,6 +20,8 @@
  *   waiter-oom   no memory for the place a write's reply waits in for its sync (always)
  *   store-oom    no memory for a key's entry in the table (a write gets -ERR out of memory)
  *   reply-oom    no memory to grow a reply or record buffer (rbuf: replies, records)
+ *   watch-keys-oom no memory to name the keys a connection watches (to end them, or to
+ *                send them with EXEC)
  *
  * KEEL_KV_TEST_REWRITE_GATE=PATH: while PATH exists, a rewrite (BGREWRITEAOF, or the rebuild
  * after a failed sync) holds before each of its steps and looks again each second and

@@ -2231,3 +2231,57 @@ Test(faults_kv, aof_always_a_read_during_a_batch_waits_for_that_batch)
 	unlink(gate);
 	rm_dir(dir);
 }
+
+/* INFO clients' total_watched_keys on the server at @port. */
+static long long
+watched_keys(int port)
+{
+	FILE *f = fdopen(test_connect(port), "r+");
+	char line[512];
+	long long v = -1;
+
+	cr_assert(f);
+	fprintf(f, "INFO clients\r\n");
+	fflush(f);
+	cr_assert(fgets(line, sizeof(line), f) && line[0] == '$', "INFO: '%s'", line);
+	while (fgets(line, sizeof(line), f) && strcmp(line, "\r\n"))
+		if (!strncmp(line, "total_watched_keys:", 19))
+			v = atoll(line + 19);
+	fclose(f);
+	cr_assert_geq(v, 0, "INFO clients has no total_watched_keys");
+	return v;
+}
+
+/* No memory to name the keys a connection watches (KEEL_KV_TEST_FAULTS=watch-keys-oom)
+ * when UNWATCH, DISCARD or EXEC would end them: the connection is closed, and its close,
+ * which cannot name them either, ends them by a walk of their shard's table. Keys of eight
+ * hash tags over two shards, so that watches on the connection's shard and on the other
+ * are both ended so; none is left (they used to be, until the stop, had the close given
+ * up). */
+Test(faults_kv, watches_end_without_memory_to_name_their_keys)
+{
+	static const char *const ends[] = { "UNWATCH\r\n", "MULTI\r\nDISCARD\r\n",
+					    "MULTI\r\nEXEC\r\n" };
+	char dir[] = "/tmp/keel-kv-watchoom-XXXXXX", line[256];
+	struct proc p;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	kvf_start(&p, "watch-keys-oom", "2", "everysec", dir);
+	for (unsigned i = 0; i < 24; i++) {
+		FILE *f = fdopen(test_connect(p.port), "r+");
+
+		cr_assert(f);
+		fprintf(f, "WATCH {w%u}a {w%u}b\r\n", i % 8, i % 8);
+		fflush(f);
+		cr_assert(fgets(line, sizeof(line), f) && !strcmp(line, "+OK\r\n"), "WATCH: '%s'",
+			  line);
+		fputs(ends[i / 8], f);
+		fflush(f);
+		while (fgets(line, sizeof(line), f)) /* until the server closes it */
+			;
+		fclose(f);
+	}
+	WAIT_FOR(watched_keys(p.port) == 0, "watches left on the shards");
+	proc_stop(&p);
+	rm_dir(dir);
+}
