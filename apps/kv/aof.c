@@ -1769,11 +1769,13 @@ files_size(const struct aof *a)
 }
 
 /* The file has grown by --auto-aof-rewrite-percentage since the last rewrite (or the
- * start), and the files together are at least --auto-aof-rewrite-min-size: rewrite it, as
- * BGREWRITEAOF would, so that a file of keys written over and over does not grow without
- * bound (Redis's automatic rewrite; the growth per shard, each file against its own size
- * after its last rewrite; the minimum of the whole, as Redis's is of its one file: held
- * per file, S shards' files together reached about S times it before the first rewrite).
+ * start), the files together are at least --auto-aof-rewrite-min-size and this one its
+ * share of it (the minimum over the shard count): rewrite it, as BGREWRITEAOF would, so
+ * that a file of keys written over and over does not grow without bound (Redis's automatic
+ * rewrite; the growth per shard, each file against its own size after its last rewrite;
+ * the minimum of the whole, as Redis's is of its one file: held per file, S shards' files
+ * together reached about S times it before the first rewrite. The share keeps a small
+ * file beside large ones from being rewritten each time it doubles from a few bytes).
  * Not while the file fails (a rebuild is that shard's rewrite), nor before auto_at after a
  * failed rewrite. */
 static void
@@ -1786,7 +1788,8 @@ auto_rewrite(struct aof *a)
 	uint64_t all;
 
 	if (!kv_cfg.auto_rw_pct || !a->open || a->rewriting || a->sync_lost || a->err ||
-	    a->rw_dir_err || a->off <= a->rw_base || keel_now_ns() < a->auto_at)
+	    a->rw_dir_err || a->off <= a->rw_base || a->off < kv_cfg.auto_rw_min / kv_cfg.nshards ||
+	    keel_now_ns() < a->auto_at)
 		return;
 	all = files_size(a);
 	if (all < kv_cfg.auto_rw_min)

@@ -49,7 +49,8 @@ static const char usage[] =
 	"           does, once it has grown by N % since its last rewrite or the start (default\n"
 	"           100; 0: only on BGREWRITEAOF)\n"
 	"--auto-aof-rewrite-min-size BYTES: no file is rewritten by itself while the shards'\n"
-	"           files together are smaller than this (default 64mb)\n";
+	"           files together are smaller than this, or it is smaller than its share\n"
+	"           of it (BYTES / shards; default 64mb)\n";
 
 static void
 die(const char *msg, const char *opt)
