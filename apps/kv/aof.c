@@ -1596,26 +1596,28 @@ kick(struct aof *a)
 }
 
 /* FLUSHALL's truncation ended with @res (0, or -errno): the file is empty, or lost (the
- * rebuild writes the empty table). kick_ goes on either way. */
+ * rebuild writes the empty table). kick goes on either way, and publishes the new length:
+ * kick_ did not, and INFO, and the other shards' sum of the files for the automatic
+ * rewrite, kept the length before the FLUSHALL until this shard's next write. */
 static void
 truncated(struct aof *a, int res)
 {
 	a->st = A_IDLE;
 	if (a->rewrites != a->trunc_file) { /* a rewrite's file, which holds the FLUSHALL, took
 					     * its place: nothing of it to apply */
-		kick_(a);
+		kick(a);
 		return;
 	}
 	if (res < 0) {
 		file_lost(a, res, "ftruncate for FLUSHALL failed");
-		kick_(a); /* starts the rebuild, or its error reaches the waiters */
+		kick(a); /* starts the rebuild, or its error reaches the waiters */
 		return;
 	}
 	a->reset = false;
 	a->off = 0;
 	a->rw_base = 0;  /* an empty file: the next automatic rewrite at the minimum size */
 	a->dirty = true; /* the truncation is data too: everysec's next sync covers it */
-	kick_(a);
+	kick(a);
 }
 
 static void

@@ -2379,10 +2379,14 @@ tx_exec(struct kconn *kc)
 	} else if ((r = handoff(p, owner, tx->q.p, tx->q.len, NULL, 0, true, tx, false)) < 0) {
 		rb_err(&p->rep, "ERR shard %u unreachable: %s", owner, strerror(-r));
 		p->done = true;
-		if (tx->wid) /* their shard never saw the EXEC: ended by a message of its own */
-			watch_gone(owner, kc->id, tx->q.p, tx->q.len);
+		/* Their shard never saw the EXEC: ended as UNWATCH ends them, in the connection's
+		 * order (a message of their own could come after a later WATCH of the same keys
+		 * and end it); if that cannot be sent either, the close ends them. */
+		watch_release(kc);
+		tx_free(tx);
+		return;
 	}
-	if (tx->wid) { /* they ended with the EXEC (tx_run), or by watch_gone */
+	if (tx->wid) { /* they ended with the EXEC (tx_run) */
 		rb_free(&kc->wkeys);
 		kc->wn = 0;
 		kc->watching = false;

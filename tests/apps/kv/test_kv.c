@@ -4389,6 +4389,33 @@ Test(kv_server, aof_a_second_server_on_a_directory_in_use_changes_nothing)
 	rm_dir(dir);
 }
 
+/* After FLUSHALL's truncation, INFO's aof_current_size (and the sum of the files the
+ * automatic rewrite reads) says the files are empty: under everysec (the default) and no
+ * it kept the lengths from before the FLUSHALL until each shard's next write (under always
+ * the sync that follows published them). */
+Test(kv_server, aof_flushall_shows_the_emptied_files_in_info)
+{
+	char dir[64];
+	struct srv s;
+	struct rd r;
+
+	mk_dir(dir, sizeof(dir));
+	srv_start(&s, 2, "--appendonly", "yes", "--dir", dir, NULL);
+	rd_init(&r, test_connect(s.port));
+	for (int i = 0; i < 50; i++) {
+		char cmd[64];
+
+		snprintf(cmd, sizeof(cmd), "SET k%d v%d", i, i);
+		expect(&r, cmd, "+OK\r\n");
+	}
+	WAIT_FOR(info_field(s.port, "aof_current_size:") > 0, "the SETs' records written");
+	expect(&r, "FLUSHALL", "+OK\r\n");
+	WAIT_FOR(info_field(s.port, "aof_current_size:") == 0, "INFO's size after FLUSHALL");
+	rd_free(&r);
+	srv_stop(&s);
+	rm_dir(dir);
+}
+
 /* FLUSHALL empties the append-only file through the ring (IORING_OP_FTRUNCATE, run in
  * io-wq): made on the shard's thread, the truncation stalled the shard for as long as
  * freeing the file's blocks takes (215 ms for 800 MB on ext4), FLUSHALL ASYNC too. An
