@@ -567,22 +567,22 @@ maybe_grow(struct kv_db *db)
 	rehash_step(db, KV_GROW_STEP);
 }
 
+/* Tell the watches of @e's key (if this shard has any) that it changed (@gone: is being
+ * deleted). Alone where the file sees no change: an expiry (its deadline is absolute), a
+ * time set again (set_time). */
+static void
+touched(struct kv_db *db, const struct kv_ent *e, bool gone)
+{
+	if (__builtin_expect(db->watch.n != 0, 0))
+		kv_watch_touch(db, e->data, e->klen, e->hash, gone);
+}
+
 /* @e was changed (@gone: is being deleted): counted, and told to the watches of its key. */
 static void
 changed(struct kv_db *db, const struct kv_ent *e, bool gone)
 {
 	db->changes++;
-	if (__builtin_expect(db->watch.n != 0, 0))
-		kv_watch_touch(db, e->data, e->klen, e->hash, gone);
-}
-
-/* @e expired, about to be freed: not a change for the file (its deadline is absolute),
- * one for the watches. */
-static void
-expired(struct kv_db *db, const struct kv_ent *e)
-{
-	if (__builtin_expect(db->watch.n != 0, 0))
-		kv_watch_touch(db, e->data, e->klen, e->hash, true);
+	touched(db, e, gone);
 }
 
 /* @key of hash @h, expired or not (*@pp: its link); NULL when absent. */
@@ -609,7 +609,7 @@ lookup_h(struct kv_db *db, const struct resp_arg *key, uint64_t h, struct kv_ent
 	if (!e)
 		return NULL;
 	if (e->expire_ms && e->expire_ms <= kv_now_ms()) {
-		expired(db, e);
+		touched(db, e, true); /* expired */
 		*p = e->next;
 		ent_free(db, e);
 		atomic_fetch_add_explicit(&db->st->expired_lazy, 1, memory_order_relaxed);
@@ -666,8 +666,8 @@ set_expire(struct kv_db *db, struct kv_ent *e, int64_t at)
 static void
 set_time(struct kv_db *db, struct kv_ent *e, int64_t at)
 {
-	if (e->expire_ms == at && db->watch.n)
-		kv_watch_touch(db, e->data, e->klen, e->hash, false);
+	if (e->expire_ms == at)
+		touched(db, e, false);
 	set_expire(db, e, at);
 }
 
@@ -766,7 +766,7 @@ kv_db_sweep(struct kv_db *db, size_t budget)
 		struct kv_ent **p = &db->b[db->sweep & db->mask], *e;
 		while ((e = *p)) {
 			if (e->expire_ms && e->expire_ms <= now) {
-				expired(db, e);
+				touched(db, e, true); /* expired */
 				*p = e->next;
 				ent_free(db, e);
 				n++;
