@@ -27,6 +27,13 @@ same_key(const struct kv_watch *w, const uint8_t *k, size_t klen, uint64_t h)
 	return w->hash == h && w->klen == klen && !memcmp(w->key, k, klen);
 }
 
+/* Whether the entry @e (NULL: absent) is there but past its time at @now. */
+static bool
+past_time(const struct kv_ent *e, int64_t now)
+{
+	return e && e->expire_ms && e->expire_ms <= now;
+}
+
 /* Whether a watch of the key is in @w's chain. */
 static bool
 watched(const struct kv_watch *w, const uint8_t *k, size_t klen, uint64_t h)
@@ -50,10 +57,10 @@ unlink_w(struct kv_watches *t, struct kv_watch **p)
 	free(w);
 }
 
-/* After watches ended: with none left the buckets go too; the count of keys watched is
- * published for INFO. */
+/* After watches began or ended: with none left the buckets go too; the count of keys
+ * watched is published for INFO. */
 static void
-ended(struct kv_db *db)
+settle(struct kv_db *db)
 {
 	struct kv_watches *t = &db->watch;
 
@@ -103,9 +110,7 @@ kv_watch_add(struct kv_db *db, uint64_t id, const struct resp_arg *keys, unsigne
 	for (unsigned i = 0; i < n && r == 0; i++) {
 		const struct resp_arg *k = &keys[i];
 		uint64_t h = kv_hash(k->p, k->len);
-		const struct kv_ent *e;
 		struct kv_watch *w;
-
 		bool other = false; /* another connection watches the key */
 
 		maybe_grow(t);
@@ -127,11 +132,10 @@ kv_watch_add(struct kv_db *db, uint64_t id, const struct resp_arg *keys, unsigne
 			r = -ENOMEM;
 			break;
 		}
-		e = kv_db_find_any(db, k, h);
 		w->id = id;
 		w->hash = h;
 		w->dirty = false;
-		w->expired = e && e->expire_ms && e->expire_ms <= now;
+		w->expired = past_time(kv_db_find_any(db, k, h), now);
 		w->klen = (uint32_t)k->len;
 		memcpy(w->key, k->p, k->len);
 		w->next = t->b[h & t->mask];
@@ -139,7 +143,7 @@ kv_watch_add(struct kv_db *db, uint64_t id, const struct resp_arg *keys, unsigne
 		t->n++;
 		t->keys += !other;
 	}
-	ended(db);
+	settle(db);
 	return r;
 }
 
@@ -163,13 +167,12 @@ kv_watch_end(struct kv_db *db, uint64_t id, const struct resp_arg *keys, unsigne
 			if (w->dirty) {
 				changed = true;
 			} else if (!w->expired) { /* live at WATCH: expired since is a change */
-				const struct kv_ent *e = kv_db_find_any(db, k, h);
-				changed |= e && e->expire_ms && e->expire_ms <= now;
+				changed |= past_time(kv_db_find_any(db, k, h), now);
 			}
 			unlink_w(t, p);
 		}
 	}
-	ended(db);
+	settle(db);
 	return changed;
 }
 
@@ -187,7 +190,7 @@ kv_watch_end_id(struct kv_db *db, uint64_t id)
 			else
 				p = &(*p)->next;
 	}
-	ended(db);
+	settle(db);
 }
 
 static void
@@ -221,8 +224,9 @@ kv_watch_flush(struct kv_db *db)
 	for (size_t i = 0; i <= t->mask; i++)
 		for (struct kv_watch *w = t->b[i]; w; w = w->next) {
 			struct resp_arg k = { .p = w->key, .len = w->klen };
-			if (kv_db_find_any(db, &k,
-					   w->hash)) /* FLUSHALL of an absent key: no change */
+
+			/* FLUSHALL of an absent key is no change */
+			if (kv_db_find_any(db, &k, w->hash))
 				touch(w, true);
 		}
 }
@@ -244,5 +248,5 @@ kv_watch_fini(struct kv_db *db)
 	free(t->b);
 	t->b = NULL;
 	t->mask = t->n = t->keys = 0;
-	ended(db);
+	settle(db);
 }
