@@ -926,13 +926,15 @@ watch_add_here(uint64_t id, const struct resp_arg *keys, unsigned n, struct rbuf
 static void
 watch_end_req(uint64_t id, const uint8_t *req, size_t len)
 {
+	struct kv_shard *ks = &shards[self()];
 	struct resp_req r;
 	long n = len ? reparse(req, len, &r) : 0;
 
 	if (n > 0 && r.argc)
-		kv_watch_end(&shards[self()].db, id, r.argv + 1, r.argc - 1);
+		kv_watch_end(&ks->db, id, r.argv + 1, r.argc - 1);
 	else /* no keys given, or no memory to read them: a walk of the shard's watches */
-		kv_watch_end_id(&shards[self()].db, id);
+		kv_watch_end_id(&ks->db, id);
+	args_shrink(&ks->argv, &ks->argv_cap, &ks->scratch, &ks->scratch_cap);
 }
 
 /* A transaction's reply no longer than this is never refused past --send-max (the

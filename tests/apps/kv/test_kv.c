@@ -1475,13 +1475,15 @@ Test(kv_server, pipelined_large_replies_all_arrive_in_order)
  * MGET of 400,000 keys (on both shards: the home parses its part, the other shard the
  * hand-over), the arrays the shards hold (args_bytes in INFO shards) are back under what
  * small requests keep, the connection still open. They used to stay at their largest size
- * (16 bytes an argument) for the connection's life. */
+ * (16 bytes an argument) for the connection's life. The same after a WATCH of 400,000
+ * keys of one hash tag and its UNWATCH, whose end of the watches parses the keys again on
+ * their shard (it kept the arrays that grew for them). */
 Test(kv_server, a_large_request_leaves_no_argument_arrays_behind)
 {
 	enum { KEYS = 400000 };
 	struct srv s;
 	struct rd r;
-	char *req = malloc((size_t)KEYS * 16 + 64);
+	char *req = malloc((size_t)KEYS * 18 + 64);
 	size_t len, want;
 	long long held;
 
@@ -1506,6 +1508,18 @@ Test(kv_server, a_large_request_leaves_no_argument_arrays_behind)
 	held = info_field(s.port, "args_bytes=");
 	/* What small requests keep: 1,024 arguments and 64 KiB of scratch per holder. */
 	cr_assert_lt(held, 4 * (1024 * 16 + 65536), "%lld bytes of argument arrays held", held);
+	len = (size_t)sprintf(req, "*%d\r\n$5\r\nWATCH\r\n", KEYS + 1);
+	for (int i = 0; i < KEYS; i++)
+		len += (size_t)sprintf(req + len, "$10\r\n{t}k%06d\r\n", i);
+	test_send_all(r.fd, req, len);
+	expect_reply(&r, "+OK\r\n");
+	expect(&r, "UNWATCH", "+OK\r\n");
+	expect(&r, "PING", "+PONG\r\n"); /* after the end of the watches, in order */
+	held = info_field(s.port, "args_bytes=");
+	cr_assert_lt(held, 4 * (1024 * 16 + 65536),
+		     "%lld bytes of argument arrays held after "
+		     "WATCH and UNWATCH",
+		     held);
 	rd_free(&r);
 	srv_stop(&s);
 	free(req);
