@@ -2118,6 +2118,7 @@ watch_cmd(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t 
 	unsigned me = self(), owner = me;
 	size_t at = kc->wkeys.len;
 	struct rbuf *out;
+	const char *why;
 	bool cross = false;
 
 	stat_add(&kv_stats[me].commands, 1);
@@ -2127,13 +2128,27 @@ watch_cmd(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t 
 			cross |= kv_owner_key(argv[i].p, argv[i].len) != owner;
 		cross |= kc->watching && owner != kc->watch_owner;
 	}
-	if (kc->tx || cross || at + rawlen > kv_cfg.query_max)
+	if (kc->tx) {
+		why = "ERR WATCH inside MULTI is not allowed";
 		goto refused;
+	}
+	if (cross) {
+		why = "CROSSSLOT Keys in request don't hash to the same slot (a keel-kv transaction "
+		      "runs on one shard, so the keys a client watches must live on one, with those "
+		      "it watches already: give them a hash tag, as {user42}:name and "
+		      "{user42}:mail, or run --shards 1)";
+		goto refused;
+	}
+	if (at + rawlen > kv_cfg.query_max) {
+		why = "ERR the keys watched pass --client-query-buffer-limit";
+		goto refused;
+	}
 	for (unsigned i = 1; i < argc; i++)
 		rb_bulk(&kc->wkeys, argv[i].p, argv[i].len);
 	if (kc->wkeys.oom) {
 		kc->wkeys.len = at;
 		kc->wkeys.oom = false;
+		why = "ERR out of memory";
 		goto refused;
 	}
 	kc->wn += argc - 1;
@@ -2150,19 +2165,10 @@ watch_cmd(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t 
 		kc->out.oom = true;
 	return;
 refused:
-	if (!(out = reply_to(kc)))
-		kc->out.oom = true;
-	else if (kc->tx)
-		rb_err(out, "ERR WATCH inside MULTI is not allowed");
-	else if (cross)
-		rb_err(out, "CROSSSLOT Keys in request don't hash to the same slot (a keel-kv "
-			    "transaction runs on one shard, so the keys a client watches must live "
-			    "on one, with those it watches already: give them a hash tag, as "
-			    "{user42}:name and {user42}:mail, or run --shards 1)");
-	else if (kc->wkeys.len == at && at + rawlen <= kv_cfg.query_max)
-		rb_err(out, "ERR out of memory");
+	if ((out = reply_to(kc)))
+		rb_err(out, "%s", why);
 	else
-		rb_err(out, "ERR the keys watched pass --client-query-buffer-limit");
+		kc->out.oom = true;
 }
 
 /* UNWATCH, DISCARD, an EXEC refused before it ran: @kc's watches end. Without memory to
