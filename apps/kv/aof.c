@@ -1783,11 +1783,9 @@ files_size(const struct aof *a)
 static void
 auto_rewrite(struct aof *a)
 {
-	uint64_t grown;
+	uint64_t grown, all;
 	bool wrote = false;
 	int r;
-
-	uint64_t all;
 
 	if (!kv_cfg.auto_rw_pct || !a->open || a->rewriting || a->sync_lost || a->err ||
 	    a->rw_dir_err || a->off <= a->rw_base || a->off < kv_cfg.auto_rw_min / kv_cfg.nshards ||

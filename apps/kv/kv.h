@@ -58,9 +58,9 @@ struct kv_stats {
 };
 
 /* WATCH (watch.c): the keys of this shard that connections watch, by the key's hash, each
- * entry one connection's watch of one key. Only the
- * shard that owns the keys reads or writes it: a watch of a key on another shard is made
- * and ended by messages to that shard (server.c). */
+ * entry one connection's watch of one key. Only the shard that owns the keys reads or
+ * writes it: a watch of a key on another shard is made and ended by messages to that
+ * shard (server.c). */
 struct kv_watch;
 struct kv_watches {
 	struct kv_watch **b; /* NULL while nothing is watched */
@@ -184,15 +184,15 @@ void kv_sweep_pace(size_t buckets, uint64_t *interval_ns, size_t *budget);
 /* WATCH on the shard that owns the keys (watch.c). kv_watch_add: connection @id watches
  * the @n keys (once each: a key watched again is still one entry); 0, or -ENOMEM with
  * those added so far kept (kv_watch_end ends them). kv_watch_end: whether any of @id's
- * watches of the @n keys saw its key changed (set, deleted, given another time to live,
- * emptied by FLUSHALL) or, live at WATCH, expired since (Redis 7's rule: a key already
- * past its time at WATCH is not changed by its deletion); the watches end. The store calls
- * kv_watch_touch for every key it changes (@gone: deleted, expiry included) and
- * kv_watch_flush before it empties the table, each only while kv_db.watch.n is not 0. */
+ * watches of the @n keys saw its key changed (set, deleted, given a time to live, even
+ * the one it had, emptied by FLUSHALL) or, live at WATCH, expired since (Redis 7's rule: a
+ * key already past its time at WATCH is not changed by its deletion); the watches end. The
+ * store calls kv_watch_touch for every key it changes (@gone: deleted, expiry included)
+ * and kv_watch_flush before it empties the table, each only while kv_db.watch.n is not 0.
+ * kv_watch_end_id: every watch of connection @id ends (a walk of the whole table: for when
+ * its keys cannot be read, or were not sent for want of memory). */
 int kv_watch_add(struct kv_db *db, uint64_t id, const struct resp_arg *keys, unsigned n);
 bool kv_watch_end(struct kv_db *db, uint64_t id, const struct resp_arg *keys, unsigned n);
-/* Every watch of connection @id ends (a walk of the whole table: for when its keys cannot
- * be read for want of memory). */
 void kv_watch_end_id(struct kv_db *db, uint64_t id);
 void kv_watch_touch(struct kv_db *db, const uint8_t *key, size_t klen, uint64_t h, bool gone);
 void kv_watch_flush(struct kv_db *db);
