@@ -4403,6 +4403,18 @@ Test(kv_server, aof_a_second_server_on_a_directory_in_use_changes_nothing)
 	rm_dir(dir);
 }
 
+/* SET k0 v0, k1 v1, ... (@n keys), each +OK. */
+static void
+set_numbered(struct rd *r, int n)
+{
+	for (int i = 0; i < n; i++) {
+		char cmd[64];
+
+		snprintf(cmd, sizeof(cmd), "SET k%d v%d", i, i);
+		expect(r, cmd, "+OK\r\n");
+	}
+}
+
 /* After FLUSHALL's truncation, INFO's aof_current_size (and the sum of the files the
  * automatic rewrite reads) says the files are empty: under everysec (the default) and no
  * it kept the lengths from before the FLUSHALL until each shard's next write (under always
@@ -4416,12 +4428,7 @@ Test(kv_server, aof_flushall_shows_the_emptied_files_in_info)
 	mk_dir(dir, sizeof(dir));
 	srv_start(&s, 2, "--appendonly", "yes", "--dir", dir, NULL);
 	rd_init(&r, test_connect(s.port));
-	for (int i = 0; i < 50; i++) {
-		char cmd[64];
-
-		snprintf(cmd, sizeof(cmd), "SET k%d v%d", i, i);
-		expect(&r, cmd, "+OK\r\n");
-	}
+	set_numbered(&r, 50);
 	WAIT_FOR(info_field(s.port, "aof_current_size:") > 0, "the SETs' records written");
 	expect(&r, "FLUSHALL", "+OK\r\n");
 	WAIT_FOR(info_field(s.port, "aof_current_size:") == 0, "INFO's size after FLUSHALL");
@@ -4460,12 +4467,7 @@ Test(kv_server, aof_flushall_truncates_off_the_shards_thread)
 	unsetenv("KEEL_TEST_FTRUNCATE_LOG");
 	asan_opts_restore(ao);
 	rd_init(&r, test_connect(s.port));
-	for (int i = 0; i < 50; i++) {
-		char cmd[64];
-
-		snprintf(cmd, sizeof(cmd), "SET k%d v%d", i, i);
-		expect(&r, cmd, "+OK\r\n");
-	}
+	set_numbered(&r, 50);
 	unlink(log); /* anything the start made (none expected) is not the FLUSHALL's */
 	expect(&r, "FLUSHALL", "+OK\r\n");
 	expect(&r, "SET after 1", "+OK\r\n");
