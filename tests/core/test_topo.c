@@ -1523,7 +1523,7 @@ Test(core_topo, runtime_takes_an_iface_given_as_its_pci_function)
 {
 	struct keel_runtime *rt;
 	struct keel_opts o = test_opts(1);
-	char name[64] = "", busid[64] = "", link[300], path[4096];
+	char name[64] = "", busid[32] = "", link[300], path[4096];
 	struct dirent *de;
 	DIR *d = opendir("/sys/class/net");
 
@@ -1540,7 +1540,7 @@ Test(core_topo, runtime_takes_an_iface_given_as_its_pci_function)
 			unsigned a, b, c, e;
 			if (sscanf(at, "%4x:%2x:%2x.%1x", &a, &b, &c, &e) == 4 &&
 			    strlen(at) == 12) {
-				snprintf(busid, sizeof(busid), "%.63s", at);
+				snprintf(busid, sizeof(busid), "%.31s", at);
 				snprintf(name, sizeof(name), "%.63s", de->d_name);
 			}
 		}
@@ -1883,7 +1883,7 @@ Test(core_topo, an_interface_with_more_queues_than_the_map_serves_only_warns)
  * another host) passed, the shards placed for a NIC and node that are not there. */
 Test(core_topo, a_map_made_for_another_nic_under_the_same_name_is_stale)
 {
-	char pci[64] = "", name[300] = "";
+	char pci[16] = "", name[KEEL_TOPO_NAME_MAX] = "";
 	int numa;
 	DIR *d = opendir("/sys/class/net");
 	struct dirent *e;
@@ -1913,7 +1913,7 @@ Test(core_topo, a_map_made_for_another_nic_under_the_same_name_is_stale)
 		if (e->d_name[0] != '.' &&
 		    keel__topo_sysfs_pci_of(e->d_name, pci, sizeof(pci), &numa) == 0 &&
 		    keel__topo_sysfs_rxq_count(e->d_name) >= 1)
-			snprintf(name, sizeof(name), "%s", e->d_name);
+			snprintf(name, sizeof(name), "%.63s", e->d_name);
 	closedir(d);
 	if (!name[0])
 		cr_skip_test("no interface of a PCI NIC here for the matching half");
