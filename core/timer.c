@@ -139,6 +139,10 @@ keel_timer_init(struct keel_timer *t, keel_timer_fn fn, void *arg)
 	 * holding it twice: it would fire twice, and once after its fini. */
 	keel_verify(!(t->flags_ & TIMER_LIVE) || t->shard_ != s || t->heap_idx_ < 0 ||
 		    (uint64_t)t->heap_idx_ >= s->heap_n || s->heap[t->heap_idx_] != t);
+	/* A timer from keel_timer_create (destroy it, or start it again): made anew here it
+	 * left the shard's list of created timers, and those created before it were never
+	 * freed. */
+	keel_verify(!(t->flags_ & TIMER_ALLOCATED) || !live_here(s, t));
 	/* Initialised here already and not pending (a pooled object reused without a fini):
 	 * made anew in the heap place it holds. Reserving another, which no fini would give
 	 * back, grew the heap at every reuse. */

@@ -153,6 +153,28 @@ Test(core_timer_embed, init_of_a_pending_timer_is_refused, .signal = SIGABRT)
 	keel_run(&o, live_start, NULL);
 }
 
+/* keel_timer_init on a timer from keel_timer_create is refused the same way: it reset the
+ * timer's links in the shard's list of created timers, so the timers created before it were
+ * never freed at the shard's end (a review's LeakSanitizer run). */
+static void
+created_start(void *app)
+{
+	struct keel_timer *a, *b;
+
+	if (!SHARD_CHECK_EQ(keel_timer_create(live_cb, NULL, &a), 0) ||
+	    !SHARD_CHECK_EQ(keel_timer_create(live_cb, NULL, &b), 0))
+		return;
+	keel_timer_init(b, live_cb, NULL); /* aborts */
+	keel_stop(0);
+}
+
+Test(core_timer_embed, init_of_a_created_timer_is_refused, .signal = SIGABRT)
+{
+	struct keel_opts o = test_opts(1);
+
+	keel_run(&o, created_start, NULL);
+}
+
 /* keel_timer_init on a timer already initialised and not pending (a pooled object reused
  * without keel_timer_fini) makes it anew in the same heap place: each such init reserved
  * another place that no fini gave back, so the heap grew for ever. 1,000 inits, one fini:
