@@ -53,8 +53,8 @@ struct fwd_shard {
 	uint32_t nslots, free_head;
 	uint64_t away_high, away_low; /* the shard's watermarks (keel_net_config) */
 	bool truncated_logged;        /* a half-close inside a frame was logged */
-	_Atomic uint64_t frames_in, frames_relayed, frames_out, frames_dropped, frames_waited,
-		errors, conns_live, away_peak, away_holds, eofs_held;
+	_Atomic uint64_t frames_in, frames_relayed, frames_out, frames_dropped, frames_cut,
+		frames_waited, errors, conns_live, away_peak, away_holds, eofs_held;
 };
 
 #define NO_SLOT UINT32_MAX
@@ -384,6 +384,8 @@ on_frame(void *arg, struct keel_frame *fr)
 		sl->bl_tail = m;
 		away_add(fs, sl, m->bytes);
 		r = backlog_wait(fs, ref->slot);
+		if (r < 0) /* counted as on_room counts its own */
+			BUMP(fs, errors);
 		return r; /* on failure the backlog goes with the connection's close */
 	}
 	if (r == -ESHUTDOWN) { /* the runtime stops: dropped, no failure (as in on_room) */
@@ -480,12 +482,12 @@ fwd_eof(struct keel_conn *c)
 		size_t held = keel_framer_buffered(sl->framer);
 
 		BUMP(fs, errors);
-		BUMP(fs, frames_dropped);
+		BUMP(fs, frames_cut);
 		if (!fs->truncated_logged) {
 			fs->truncated_logged = true;
 			keel_log(KEEL_LOG_WARN, "echo",
 				 "--forward: a client half-closed inside a frame: its %zu bytes "
-				 "were dropped (counted in errors and frames_dropped; said once "
+				 "were dropped (counted in errors and frames_cut; said once "
 				 "per shard)",
 				 held);
 		}
@@ -542,6 +544,7 @@ echo_fwd_stats(unsigned shard, struct echo_fwd_stats *out)
 	out->frames_relayed = atomic_load_explicit(&fs->frames_relayed, memory_order_relaxed);
 	out->frames_out = atomic_load_explicit(&fs->frames_out, memory_order_relaxed);
 	out->frames_dropped = atomic_load_explicit(&fs->frames_dropped, memory_order_relaxed);
+	out->frames_cut = atomic_load_explicit(&fs->frames_cut, memory_order_relaxed);
 	out->frames_waited = atomic_load_explicit(&fs->frames_waited, memory_order_relaxed);
 	out->errors = atomic_load_explicit(&fs->errors, memory_order_relaxed);
 	out->conns_live = atomic_load_explicit(&fs->conns_live, memory_order_relaxed);

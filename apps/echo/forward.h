@@ -20,6 +20,8 @@ struct echo_fwd_stats {
 	uint64_t frames_relayed; /* frames of another shard's connections handed back */
 	uint64_t frames_out;     /* frames queued on their connection after the round trip */
 	uint64_t frames_dropped; /* not echoed: their connection closed or failed (put) */
+	uint64_t frames_cut;     /* a frame's start a half-close cut short (not in frames_in:
+				  * never whole; counted in errors too) */
 	uint64_t frames_waited;  /* met a full queue to the next shard and waited for room */
 	uint64_t errors;         /* a hand-off or send failed (the connection is aborted);
 				  * not a stop's refusal (-ESHUTDOWN): its frames are dropped */

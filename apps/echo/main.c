@@ -323,13 +323,15 @@ main(int argc, char **argv)
 			echo_fwd_stats(i, &fs);
 			fprintf(stderr,
 				"shard %u forward: %llu frames in, %llu relayed for other shards, "
-				"%llu echoed, %llu dropped (connection gone or failed), %llu waited "
+				"%llu echoed, %llu dropped (connection gone or failed), %llu cut "
+				"short by a half-close, %llu waited "
 				"for room, %llu errors; reading paused %llu times for bytes away "
 				"(at most %llu away); %llu half-closes waited for frames away\n",
 				i, (unsigned long long)fs.frames_in,
 				(unsigned long long)fs.frames_relayed,
 				(unsigned long long)fs.frames_out,
 				(unsigned long long)fs.frames_dropped,
+				(unsigned long long)fs.frames_cut,
 				(unsigned long long)fs.frames_waited, (unsigned long long)fs.errors,
 				(unsigned long long)fs.away_holds, (unsigned long long)fs.away_peak,
 				(unsigned long long)fs.eofs_held);
