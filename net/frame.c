@@ -60,6 +60,9 @@ struct keel_framer {
 	/* A pushed slice was held as it is (not copied into own) since the last reclaim: what
 	 * is held may include receive buffers. */
 	bool pushed_held;
+	/* q[head..head + own_n): buffers of our own a reclaim filled (the last one own), which
+	 * the next reclaim keeps as they are. */
+	unsigned own_n;
 };
 
 int
@@ -102,6 +105,7 @@ drop_all(struct keel_framer *f)
 	f->buffered = 0;
 	f->scanned = 0;
 	f->own = NULL;
+	f->own_n = 0;
 }
 
 static void
@@ -260,6 +264,8 @@ advance(struct keel_framer *f, size_t n)
 		keel_slice_put(s);
 		f->head++;
 		f->off = 0;
+		if (f->own_n)
+			f->own_n--;
 	}
 	if (f->head == f->tail)
 		f->own = NULL; /* no longer held here: its room is not ours to write */
@@ -544,6 +550,7 @@ give_back(struct keel_framer *f, struct keel_conn *c, struct keel_slice *rest, u
 	f->off = 0;
 	f->buffered = 0;
 	f->scanned = 0;
+	f->own_n = 0;
 	if (!v || k < nheld) { /* no memory to hand them back: the stream is broken */
 		for (unsigned i = 0; i < k; i++)
 			keel_slice_put(&v[i]);
@@ -586,16 +593,20 @@ log_allowed(unsigned *suppressed)
 
 /* Copy the bytes @f holds into buffers of its own (keel_buf_alloc from @a, --memory; each
  * at most keel_alloc_buf_max) and put the received slices, so their receive buffers go back to
- * their rings. The last buffer has room for as much again (4 KiB at least), no further than
- * a LEN32 frame's end: what follows is copied there (hold). The room grows with what
- * arrived, never with what a peer's header announces, so a header alone costs no more than
- * its bytes. Returns: 1 (copied), 0 (nothing to copy), or -ENOMEM (nothing changed). */
+ * their rings. The buffers an earlier reclaim filled stay as they are: only what was held
+ * since is copied, after them. The last buffer has room for as much again as the framer
+ * holds (4 KiB at least), no further than a LEN32 frame's end and within the largest
+ * buffer's size (a copy that fills its last buffer exactly leaves none): what follows is
+ * copied there (hold), and what finds no room is held as it came, for the next reclaim.
+ * The room grows with what arrived, never with what a peer's header announces, so a header
+ * alone costs no more than its bytes. Returns: 1 (copied), 0 (nothing to copy), or -ENOMEM
+ * (nothing changed). */
 int
 keel__framer_compact(struct keel_framer *f, struct keel_alloc *a)
 {
 	size_t need = f->buffered, want = need < 4096 ? need + 4096 : need * 2, done = 0, max;
+	unsigned keep = f->own_n, n, cap;
 	struct keel_slice *nq;
-	unsigned n = 0, cap;
 
 	/* Nothing pushed held as it is since the last copy: all in buffers of our own (one or
 	 * several), nothing of the rings to give back. */
@@ -607,11 +618,21 @@ keel__framer_compact(struct keel_framer *f, struct keel_alloc *a)
 		if (total > need && total < want)
 			want = total;
 	}
+	/* The buffers earlier reclaims filled stay: copied again, they doubled the memory a
+	 * reclaim needed, and each reclaim of a long frame copied all of it once more. */
+	for (unsigned i = 0; i < keep; i++)
+		done += f->q[f->head + i].len;
+	done -= keep ? f->off : 0;
+	if (done >= need) { /* what was held as it is has been delivered since */
+		f->pushed_held = false;
+		return 0;
+	}
 	max = (size_t)keel_alloc_buf_max(a);
-	cap = (unsigned)(want / max + 2);
+	cap = keep + (unsigned)((want - done) / max + 2);
 	nq = malloc(cap * sizeof(*nq));
 	if (!nq)
 		return -ENOMEM;
+	n = keep;
 	while (done < need) {
 		size_t room = want - done < max ? want - done : max;
 		size_t take = need - done < room ? need - done : room;
@@ -619,7 +640,7 @@ keel__framer_compact(struct keel_framer *f, struct keel_alloc *a)
 
 		if (keel_buf_alloc(a, room, ch) < 0 &&
 		    (room == take || keel_buf_alloc(a, take, ch) < 0)) {
-			while (n)
+			while (n > keep)
 				keel_slice_put(&nq[--n]);
 			free(nq);
 			return -ENOMEM;
@@ -629,18 +650,21 @@ keel__framer_compact(struct keel_framer *f, struct keel_alloc *a)
 		done += take;
 		n++;
 	}
-	while (f->head < f->tail)
-		keel_slice_put(&f->q[f->head++]);
+	memcpy(nq, f->q + f->head, keep * sizeof(*nq)); /* the references move */
+	for (unsigned i = f->head + keep; i < f->tail; i++)
+		keel_slice_put(&f->q[i]);
 	free(f->q);
 	f->q = nq;
 	f->cap = cap;
 	f->head = 0;
 	f->tail = n;
-	f->off = 0;
+	if (!keep)
+		f->off = 0;
 	f->own = nq[n - 1].buf;
 	f->own_gen = nq[n - 1].gen_;
 	f->own_end = nq[n - 1].data + nq[n - 1].len;
 	f->own_lim = (uint8_t *)keel_buf_base(f->own) + keel_buf_cap(f->own);
+	f->own_n = n;
 	f->pushed_held = false;
 	return 1;
 }
@@ -719,9 +743,13 @@ keel_framer_on_data(struct keel_framer *f, struct keel_conn *c, struct keel_slic
 
 		r = keel_framer_push(f, &s[i]);
 		stop = r < 0 ? KEEL__CONN_CLOSING : keel__conn_deliver_stop(c);
-		/* A callback closed or aborted the connection: the rest is not read. */
-		if (stop == KEEL__CONN_CLOSING)
+		/* A callback closed or aborted the connection: the rest is not read, and what
+		 * is held (whole frames not delivered, the start of one) goes now, not at
+		 * on_close: a graceful close may wait long for a peer that does not read. */
+		if (stop == KEEL__CONN_CLOSING) {
+			drop_all(f);
 			break;
+		}
 		/* A callback paused reading: the rest waits for the resume. */
 		if (stop == KEEL__CONN_PAUSED) {
 			give_back(f, c, s + i + 1, n - i - 1);

@@ -88,15 +88,21 @@ collect(void *arg, struct keel_frame *fr)
 }
 
 static void
-got_init(struct got *g)
+got_init_memory(struct got *g, uint64_t memory)
 {
 	struct keel_alloc_config cfg;
 
 	memset(g, 0, sizeof(*g));
 	memset(&cfg, 0, sizeof(cfg));
-	cfg.memory = 64ull << 20;
+	cfg.memory = memory;
 	cr_assert_eq(keel_alloc_create(&cfg, &g->a), 0);
 	keel_alloc_bind_thread(g->a);
+}
+
+static void
+got_init(struct got *g)
+{
+	got_init_memory(g, 64ull << 20);
 }
 
 static uint64_t
@@ -717,6 +723,58 @@ Test(net_frame, reclaims_of_a_frame_larger_than_one_buffer_keep_its_bytes)
 	free(b);
 }
 
+/* A second reclaim of a long frame copies only what was held as it came since the first:
+ * the buffers the first filled stay where they are. It copied everything again, its own
+ * buffers too, so a reclaim needed twice the frame's memory: with 16 MiB (four 4 MiB regions)
+ * 8 MiB copied into buffers of its own plus 2 MiB held since could not be reclaimed
+ * (-ENOMEM, and the connection would be aborted), though 2 MiB more fit. The first copy
+ * fills its two buffers exactly (8 MiB = 2 x keel_alloc_buf_max), so what follows finds no
+ * room and is held as it came (a review's case). */
+Test(net_frame, a_second_reclaim_copies_only_what_came_since_the_first)
+{
+	const size_t len = 12u << 20, step = 64u << 10;
+	uint8_t *b = malloc(4 + len);
+	uint64_t st = 0x73636f70ull;
+	struct keel_framer *f;
+	const uint8_t *p0, *p1;
+	struct got g;
+	size_t pos = 0;
+
+	cr_assert_not_null(b);
+	got_init_memory(&g, 16ull << 20);
+	cr_assert_eq(keel_alloc_buf_max(g.a), 4u << 20, "the test wants 4 MiB buffers at most");
+	f = framer(&g, KEEL_FRAME_LEN32, 0, NULL);
+	hdr32(b, (uint32_t)len);
+	for (size_t i = 0; i < len; i++)
+		b[4 + i] = (uint8_t)rnd(&st);
+	for (; pos < (8u << 20); pos += step)
+		cr_assert_eq(push(&g, f, b + pos, step), 0);
+	cr_assert_eq(keel__framer_compact(f, g.a), 1);
+	cr_assert_eq(keel__framer_slices(f), 2);
+	cr_assert_gt(keel_framer_chunk(f, 0, &p0), 0);
+	for (unsigned i = 0; i < 32; i++, pos += step)
+		cr_assert_eq(push(&g, f, b + pos, step), 0);
+	cr_assert_eq(keel__framer_slices(f), 2 + 32,
+		     "no room after an exact fill: held as it came");
+	cr_assert_eq(keel__framer_compact(f, g.a), 1, "the second reclaim failed");
+	cr_assert_gt(keel_framer_chunk(f, 0, &p1), 0);
+	cr_assert_eq(p0, p1, "the bytes already in buffers of its own were copied again");
+	cr_assert_eq(keel__framer_slices(f), 3);
+	for (; pos < 4 + len; pos += step) {
+		size_t take = 4 + len - pos < step ? 4 + len - pos : step;
+
+		cr_assert_eq(push(&g, f, b + pos, take), 0);
+		if (keel__framer_slices(f) > 8)
+			cr_assert_geq(keel__framer_compact(f, g.a), 0);
+	}
+	cr_assert_eq(g.nframes, 1);
+	cr_assert_eq(g.lens[0], len);
+	cr_assert(!memcmp(g.bytes, b + 4, len), "the frame's bytes differ");
+	keel_framer_destroy(f);
+	got_fini(&g);
+	free(b);
+}
+
 /* A reclaim's copy is sized by the bytes that arrived, not by the length a peer's header
  * announces: a LEN32 header alone, announcing 16 MiB, costs a few KiB of --memory. It cost a
  * whole buffer of keel_alloc_buf_max (4 MiB), so a peer's connections each sending a header
@@ -1175,12 +1233,14 @@ quit_open(struct keel_conn *c)
 	attach(c, quit_frame);
 }
 
-static _Atomic int quit_ret = -1; /* keel_framer_on_data's return: 0 after a clean close */
+static _Atomic int quit_ret = -1;   /* keel_framer_on_data's return: 0 after a clean close */
+static _Atomic long quit_held = -1; /* what the framer held after it */
 
 static void
 quit_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
 {
 	atomic_store(&quit_ret, keel_framer_on_data(keel_conn_user(c), c, s, n));
+	atomic_store(&quit_held, (long)keel_framer_buffered(keel_conn_user(c)));
 }
 
 static const struct keel_conn_ops quit_ops = { .on_open = quit_open,
@@ -1198,6 +1258,7 @@ Test(net_frame, frames_after_a_close_in_the_callback_are_not_delivered)
 	atomic_store(&quit_after, 0);
 	atomic_store(&quit_closed, 0);
 	atomic_store(&quit_ret, -1);
+	atomic_store(&quit_held, -1);
 	e2e_start_with(&e, &quit_ops);
 	fd = cli_connect(e.port);
 	cr_assert_geq(fd, 0);
@@ -1217,6 +1278,10 @@ Test(net_frame, frames_after_a_close_in_the_callback_are_not_delivered)
 	cr_assert_eq(atomic_load(&quit_after), 0, "frames delivered after the close");
 	cr_assert_eq(atomic_load(&quit_ret), 0, "keel_framer_on_data returned %d",
 		     atomic_load(&quit_ret));
+	/* ... and the frame after the close is not held until on_close either (it was, with
+	 * its receive buffer, while the graceful close waited for the peer) */
+	cr_assert_eq(atomic_load(&quit_held), 0, "the framer held %ld bytes after the close",
+		     atomic_load(&quit_held));
 	e2e_stop(&e);
 }
 
