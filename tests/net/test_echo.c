@@ -72,6 +72,30 @@ Test(net_echo, keel_echo_number_options_that_are_not_digits_are_refused)
 	}
 }
 
+/* A receive ring that does not fit in --memory is refused as out of memory, with the fix:
+ * under 4 MiB of --memory (2 MiB regions) the ring's one 4 MiB area was past the
+ * allocator's largest buffer, and the shard failed with "Argument list too long" (E2BIG). */
+Test(net_echo, a_receive_ring_past_memory_is_said_to_be_out_of_memory)
+{
+	char *argv[] = { "keel-echo", "--addr", "127.0.0.1", "--port", "0",
+			 "--shards",  "1",      "--memory",  "2m",     NULL };
+	char text[4096];
+	ssize_t n;
+	int logfd, st;
+	pid_t pid = keel_echo_spawn(argv, &logfd);
+
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0, "keel-echo status %d, want a failure", st);
+	n = pread(logfd, text, sizeof(text) - 1, 0);
+	close(logfd);
+	cr_assert_geq(n, 0);
+	text[n] = 0;
+	cr_assert(strstr(text, "256 receive buffers of 16384 bytes: Cannot allocate memory; lower "
+			       "buf_count/buf_size or raise --memory"),
+		  "%s", text);
+	cr_assert_null(strstr(text, "Argument list too long"), "%s", text);
+}
+
 /* keel-echo --stats says what was lost on receipt: a datagram longer than --udp-buf-size
  * is counted (udp_truncated), and the summary at the stop names it (before, keel-echo
  * printed none of the receive-side losses its own log pointed to). */
