@@ -4,7 +4,7 @@
 # (ASan+UBSan, leaks included, with the fault-injection tests), a ThreadSanitizer build of
 # the cross-thread tests and of keel-kv and keel-embed (run under their suites), the
 # clang-format check, cppcheck (tools/cppcheck.sh), valgrind memcheck of keel-echo and keel-kv
-# (tools/valgrind.sh), and the fuzz harnesses (tools/fuzz.sh:
+# (tools/valgrind.sh), a Debug build (compiled only), and the fuzz harnesses (tools/fuzz.sh:
 # corpus replay plus a fixed-seed run of each; KEEL_FUZZ_RUNS sets the inputs per harness).
 #   tools/test.sh            everything
 #   KEEL_TEST_QUICK=1 ...    the normal build only
@@ -71,6 +71,13 @@ if [ "${KEEL_TEST_QUICK:-0}" != 1 ]; then
 		build/bin/test_kv -j1 --timeout 300 || status=1
 	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 KEEL_EMBED_BIN="$PWD/build-tsan/bin/keel-embed" \
 		build/bin/test_embed -j1 --timeout 300 || status=1
+
+	# Built, not tested: gcc at -O0 warns (as errors) of what -O2's range facts rule out,
+	# and KEEL_FAULTS's own message sends people to Debug (three format-truncation errors in
+	# a test once kept it from building).
+	echo "== Debug build (-O0): compiles"
+	mkdir -p build-debug
+	build build-debug -DCMAKE_BUILD_TYPE=Debug || status=1
 
 	echo "== fuzz harnesses (clang libFuzzer, ASan+UBSan): corpus replay, then fixed-seed runs"
 	tools/fuzz.sh --runs "${KEEL_FUZZ_RUNS:-20000}" || status=1
