@@ -1008,6 +1008,16 @@ wr_issue(struct wr *w)
 	return r;
 }
 
+/* A put's error that is no failure of the disk: the stop, a write cancelled, or one refused
+ * for memory (answered busy, worth sending again). A disk's error among the put's writes
+ * (EIO, ENOSPC) takes precedence over these, whichever came first: the client was told
+ * "write cancelled" and the shard went on taking puts past a failed write. */
+static bool
+put_err_soft(int err)
+{
+	return err == -ESHUTDOWN || err == -ECANCELED || err == -ENOMEM;
+}
+
 static void
 put_written(struct keel_file_req *req, int res, void *arg)
 {
@@ -1024,7 +1034,7 @@ put_written(struct keel_file_req *req, int res, void *arg)
 	}
 	if (req && w->sl.buf)
 		keel_slice_put(&w->sl);
-	if (res < 0 && !p->err)
+	if (res < 0 && (!p->err || put_err_soft(p->err)))
 		p->err = res;
 	if (--p->pending)
 		return;
@@ -1168,7 +1178,7 @@ do_put(struct cn *cn, struct keel_frame *fr, uint32_t id, const uint8_t *key, ui
 			if (w->sl.buf)
 				keel_slice_put(&w->sl);
 			p->pending--;
-			if (!p->err)
+			if (!p->err || put_err_soft(p->err))
 				p->err = rc;
 			/* No more of it: value bytes without their header in front would be
 			 * scanned at the next start as bytes between records, where a value
@@ -1189,6 +1199,9 @@ struct rd {
 	uint32_t id;
 	uint8_t op;
 	struct keel_slice val;
+	uint32_t file; /* where the value lies, and how much of it was read */
+	uint64_t off;
+	uint32_t done;
 };
 
 static void
@@ -1223,6 +1236,23 @@ read_done(struct keel_file_req *req, int res, void *arg)
 	uint32_t bytes = (uint32_t)r->val.len; /* the slice may be put below */
 
 	(void)req;
+	/* Short (a read cut short by an I/O error part-way, or as the kernel may): the rest,
+	 * at the offset that follows, as a short write is continued. A stored value came back
+	 * as a server error. Nothing more (0) before the value's end: the file was cut. */
+	if (res > 0 && (r->done += (uint32_t)res) < r->val.len) {
+		struct keel_slice rest;
+
+		res = keel_slice_sub(&r->val, r->done, r->val.len - r->done, &rest);
+		if (res == 0) {
+			res = keel_file_read_slice(&r->req, &files[r->file], &rest,
+						   r->off + r->done, read_done, r);
+			keel_slice_put(&rest); /* the read holds its own reference */
+		}
+		if (res == 0)
+			return;
+	} else if (res >= 0) {
+		res = (int)r->done; /* all of it, or what came before the file's end */
+	}
 	if (res != (int)r->val.len) {
 		keel_slice_put(&r->val);
 		if (res == -ECANCELED) /* at stop, or io-wq could not run it: answered too */
@@ -1286,6 +1316,8 @@ do_read(struct cn *cn, uint8_t op, uint32_t id, const uint8_t *key, uint16_t kle
 	r->cn = cn;
 	r->id = id;
 	r->op = op;
+	r->file = file;
+	r->off = off;
 	cn->refs++;
 	cn->inflight++;
 	cn->inbytes += vlen;
