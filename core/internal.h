@@ -285,7 +285,6 @@ struct keel_runtime {
 	 * request can wait on a shard that will not run it. */
 	_Atomic bool accepting;
 	bool joined;
-	sigset_t saved_mask;
 	bool mask_saved;
 	/* opts.signals: on the process's list of such runtimes from start to join (signal.c) */
 	struct keel_runtime *sig_next;

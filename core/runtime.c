@@ -604,6 +604,32 @@ close_shard_fds(struct keel_runtime *rt)
 	}
 }
 
+/* The starts of runtimes with opts.signals on this thread that have not ended, and the
+ * mask the first of them found: SIGINT and SIGTERM stay blocked here until the last ends.
+ * Saved and restored per runtime, a runtime joined while another started after it still ran
+ * unblocked them under that one (a SIGTERM then took the process's default action, killing
+ * it), and the last joined restored a mask with them blocked for good (a review's runs). */
+static _Thread_local unsigned sig_starts;
+static _Thread_local sigset_t sig_saved;
+
+/* @rt's start blocked the stop signals on this thread: once no other such start here is
+ * running, the signals that came as the last one stopped are taken (@take_late) and the
+ * thread's mask from before the first goes back. */
+static void take_late_signals(struct keel_runtime *rt);
+
+static void
+mask_release(struct keel_runtime *rt, bool take_late)
+{
+	if (!rt->mask_saved)
+		return;
+	rt->mask_saved = false;
+	if (!sig_starts || --sig_starts) /* joined elsewhere (misuse), or another still runs */
+		return;
+	if (take_late)
+		take_late_signals(rt);
+	pthread_sigmask(SIG_SETMASK, &sig_saved, NULL);
+}
+
 int
 keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start, void *app)
 {
@@ -625,7 +651,7 @@ keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start, void *app)
 		sigaddset(&set, SIGTERM);
 		/* Blocked here and so in every shard thread (they inherit the mask); shard 0
 		 * reads them from a signalfd through its ring. */
-		pthread_sigmask(SIG_BLOCK, &set, &rt->saved_mask);
+		pthread_sigmask(SIG_BLOCK, &set, sig_starts++ ? NULL : &sig_saved);
 		rt->mask_saved = true;
 		rt->shards[0].sigfd = signalfd(-1, &set, SFD_CLOEXEC);
 		if (rt->shards[0].sigfd < 0) {
@@ -673,10 +699,7 @@ keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start, void *app)
 	return 0;
 err:
 	close_shard_fds(rt); /* nothing started: as before the call (a later start makes them) */
-	if (rt->mask_saved) {
-		pthread_sigmask(SIG_SETMASK, &rt->saved_mask, NULL);
-		rt->mask_saved = false;
-	}
+	mask_release(rt, false);
 	rt->start_err = r;
 	return r;
 }
@@ -766,12 +789,7 @@ keel_runtime_join(struct keel_runtime *rt)
 	while (atomic_load(&rt->stop_calls))
 		sched_yield();
 	rt->joined = true;
-	if (rt->mask_saved) {
-		if (rt->opts.signals)
-			take_late_signals(rt);
-		pthread_sigmask(SIG_SETMASK, &rt->saved_mask, NULL);
-		rt->mask_saved = false;
-	}
+	mask_release(rt, true);
 	if (rt->opts.stats)
 		keel_runtime_stats_print(rt, stderr);
 #ifdef KEEL_FAULTS

@@ -185,6 +185,75 @@ Test(core_lifecycle, one_signal_stops_every_runtime_that_reads_signals, .timeout
 	close(sig_pipe[1]);
 }
 
+/* Two runtimes with signals started on one thread, joined in the order they started: the
+ * join of the first leaves SIGINT and SIGTERM blocked while the second runs (its shard 0
+ * reads them: a SIGTERM then stops it), and the join of the second gives the thread back
+ * the mask it had before the first. Each restored the mask its own start found: the first
+ * join unblocked them under the second runtime (the SIGTERM killed the process), and the
+ * second restored them blocked, for good (a review's runs). */
+static bool
+sigterm_blocked(void)
+{
+	sigset_t now;
+
+	pthread_sigmask(SIG_SETMASK, NULL, &now);
+	return sigismember(&now, SIGTERM) == 1 && sigismember(&now, SIGINT) == 1;
+}
+
+static int
+in_order_child(void)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_runtime *a, *b;
+
+	o.signals = true;
+	keel_log_set_level(KEEL_LOG_ERROR);
+	if (sigterm_blocked())
+		return 10;
+	if (keel_runtime_create(&o, &a) < 0 || keel_runtime_create(&o, &b) < 0)
+		return 11;
+	if (keel_runtime_start(a, two_rt_start, "a") < 0 ||
+	    keel_runtime_start(b, two_rt_start, "b") < 0)
+		return 12;
+	keel_runtime_stop(a, 0);
+	if (keel_runtime_join(a) != 0)
+		return 13;
+	if (!sigterm_blocked())
+		return 14;       /* unblocked while b runs */
+	kill(getpid(), SIGTERM); /* b's to take */
+	if (keel_runtime_join(b) != 0)
+		return 15;
+	if (sigterm_blocked())
+		return 16; /* the mask from before the first start was not given back */
+	keel_runtime_destroy(b);
+	keel_runtime_destroy(a);
+	return 0;
+}
+
+Test(core_lifecycle, runtimes_joined_in_the_order_they_started_keep_the_signals_right,
+     .timeout = 60)
+{
+	pid_t pid;
+	char c[2];
+	int status;
+
+	cr_assert_eq(pipe(sig_pipe), 0);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0)
+		_exit(in_order_child());
+	for (int i = 0; i < 2; i++) {
+		wait_fd(sig_pipe[0], POLLIN, TEST_WAIT_MS, pid, "both runtimes to start");
+		cr_assert_eq(read(sig_pipe[0], &c[i], 1), 1);
+	}
+	status = wait_child(pid, TEST_WAIT_MS, "the child to join both runtimes");
+	cr_assert(WIFEXITED(status), "child did not exit: status 0x%x (signal %d)", status,
+		  WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+	cr_assert_eq(WEXITSTATUS(status), 0, "the child failed at step %d", WEXITSTATUS(status));
+	close(sig_pipe[0]);
+	close(sig_pipe[1]);
+}
+
 /* A runtime with signals started after a SIGTERM stopped the others, before they were
  * joined: that signal stops it too (its first own signal would otherwise be the process's
  * second, and exit at once; and nothing else would stop it). */

@@ -48,7 +48,9 @@ KEEL_API int keel_runtime_create(const struct keel_opts *opts, struct keel_runti
 /**
  * Embedding, step 2: start the shard threads; @on_start runs on each. Returns once every
  * shard has its ring and is running. With opts->signals, SIGINT and SIGTERM are blocked in
- * the calling thread (the host must block them in its other threads too) until join.
+ * the calling thread (the host must block them in its other threads too) until join; with
+ * several such runtimes started on one thread, until the last of them is joined, in any
+ * order, which gives back the mask the thread had before the first.
  * Returns: 0, or -errno when a shard failed to start (all shards are then stopped and joined;
  * keel_runtime_join returns the same error). A failure before any shard thread existed
  * (signalfd or eventfd: descriptors ran out) leaves nothing open, and start may be called
