@@ -884,9 +884,16 @@ keel__shard_loop(struct keel_shard *s)
 	s->phase = PHASE_DONE;
 	keel__foreign_close(s);
 	while (s->inflight) {
+		struct __kernel_timespec ts = { .tv_sec = 0, .tv_nsec = BOUNDED_SLEEP_NS };
+		struct io_uring_cqe *cqe;
+
 		if (!s->cancel_op.armed)
 			submit_cancel_all(s);
-		io_uring_submit_and_wait(&s->ring, 1);
+		/* A cancel that found no SQE (the submit failed, logged) ends none of the reads
+		 * left (the eventfd's, shard 0's signalfd's), which may never complete on their
+		 * own: the wait is bounded and the cancel tried again, as in the loop. */
+		io_uring_submit_and_wait_timeout(&s->ring, &cqe, 1, s->cancel_op.armed ? NULL : &ts,
+						 NULL);
 		STAT_INC(s, enters);
 		reap(s);
 	}
