@@ -267,7 +267,11 @@ void keel__conn_zc_wait_kick(struct net_shard *ns);
  * batch was larger than the path's MTU: EMSGSIZE), or KEEL__UDP_GSO_OFF, every datagram of
  * the endpoint does (udp.c). */
 enum keel__udp_gso_verdict { KEEL__UDP_GSO_CEILING, KEEL__UDP_GSO_OFF };
-#define KEEL__UDP_GSO_SEG_FLOOR 548u /* the payload of the smallest IPv4 MTU's datagram */
+/* The payload of a datagram at IPv4's smallest MTU, 68 bytes (RFC 791): no path refuses a
+ * segment this small, so EMSGSIZE at or below it is the socket's. It was 548 (576's), but a
+ * route's learned MTU goes down to net.ipv4.route.min_pmtu (552 by default, 68 at least),
+ * and a peer that announced such an MTU then turned batching off for every peer. */
+#define KEEL__UDP_GSO_SEG_FLOOR 40u
 enum keel__udp_gso_verdict keel__udp_gso_refused(int err, uint32_t seg);
 /* A UDP buffer came back: re-arm, from the loop, the endpoints waiting for one (udp.c). */
 void keel__udp_starved_kick(struct net_shard *ns);

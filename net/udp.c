@@ -867,8 +867,9 @@ keel__udp_gso_refused(int err, uint32_t seg)
 	/* EMSGSIZE: a segment plus its headers is larger than the path's MTU (the kernel's
 	 * udp_send_skb), as datagrams larger than a NIC's 1,500-byte MTU are, which a peer
 	 * may send. Only that size and larger are refused; batching smaller ones goes on, or
-	 * any peer could turn batching off. Below the smallest IPv4 MTU's payload no ceiling
-	 * is believed. Any other refusal (EINVAL: SO_NO_CHECK, EIO: IPsec) is the socket's. */
+	 * any peer could turn batching off. At or below the smallest IPv4 MTU's payload no
+	 * ceiling is believed. Any other refusal (EINVAL: SO_NO_CHECK, EIO: IPsec) is the socket's.
+	 */
 	if (err == -EMSGSIZE && seg > KEEL__UDP_GSO_SEG_FLOOR)
 		return KEEL__UDP_GSO_CEILING;
 	return KEEL__UDP_GSO_OFF;

@@ -517,6 +517,35 @@ Test(net_udp_gso, datagrams_over_the_mtu_go_alone_and_smaller_ones_still_batch)
 	gso_run_stop(&t);
 }
 
+/* A path MTU below 576 (a route's learned MTU goes down to net.ipv4.route.min_pmtu, 552 by
+ * default, as a peer's ICMP may set it; a loopback of 560 bytes stands in here): a batch of
+ * 540-byte datagrams refused with EMSGSIZE stops batching at that size only, and 100-byte
+ * datagrams are still batched. EMSGSIZE at 548 bytes or less turned batching off for every
+ * peer of the endpoint (a review's run). Root only, as above. */
+Test(net_udp_gso, a_path_mtu_below_576_only_stops_batching_its_size)
+{
+	struct keel_net_stats st, prev;
+	struct gso_run t;
+	uint16_t size[10];
+
+	if (geteuid() != 0)
+		cr_skip_test("needs root: a network namespace with its own loopback");
+	if (unshare(CLONE_NEWNET) < 0)
+		cr_skip_test("unshare(CLONE_NEWNET): %s", strerror(errno));
+	lo_up_mtu(560);
+	gso_run_start(&t, KEEL_UDP_GSO_MAX, false);
+	fill(size, 4, 540);
+	st = exchange(&t, size, 4, false);
+	cr_assert_eq(st.udp_gso_fallbacks, 1, "the batch over the MTU was not refused");
+	WAIT_FOR(inflight(&t) == 0, "no datagram in flight");
+	cr_assert_eq(rt_net_stats(t.rt, 0, &prev), 0);
+	fill(size, 10, 100);
+	st = exchange(&t, size, 10, false);
+	cr_assert_eq(st.udp_gso_sends - prev.udp_gso_sends, 1,
+		     "100-byte datagrams were not batched after the refusal");
+	gso_run_stop(&t);
+}
+
 /* Two batches refused in one pass, for different reasons: 1,600-byte datagrams over the
  * 1,500-byte MTU (EMSGSIZE) and datagrams to port 0 (EINVAL). Each probe judges its own
  * batch's refusal: batching goes on for smaller datagrams. The refusal was the endpoint's
