@@ -65,6 +65,8 @@ struct keel_udp {
 	bool v4ok;          /* ... sends to IPv4 (and v4-mapped) addresses: an IPv4 socket, or
 			     * an IPv6 one that is not IPv6-only (IPV6_V6ONLY,
 			     * net.ipv6.bindv6only) bound to :: or a v4-mapped address */
+	bool v6ok;          /* ... to IPv6 ones: an IPv6 socket not bound to a v4-mapped
+			     * address (the kernel refuses those, EAFNOSUPPORT) */
 	uint16_t port;
 	struct udp_port *held; /* its address and port in udp_ports */
 	struct keel_op recv_op;
@@ -787,6 +789,7 @@ keel_udp_open(const char *addr, uint16_t port, const struct keel_udp_ops *ops, v
 
 		u->v4ok = getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6, &vl) == 0 && !v6 &&
 			  (IN6_IS_ADDR_UNSPECIFIED(a6) || IN6_IS_ADDR_V4MAPPED(a6));
+		u->v6ok = !IN6_IS_ADDR_V4MAPPED(a6);
 	} else {
 		u->v4ok = true;
 	}
@@ -1136,7 +1139,7 @@ keel_udp_send(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_st
 		 * socket, which refuses it). */
 		bool v4 = IN6_IS_ADDR_V4MAPPED(&((const struct sockaddr_in6 *)dst)->sin6_addr);
 
-		if (v4 && !u->v4ok)
+		if (v4 ? !u->v4ok : !u->v6ok)
 			return -EAFNOSUPPORT;
 		if (s->len > (v4 ? UDP_MAX_PAYLOAD4 : UDP_MAX_PAYLOAD6))
 			return -EMSGSIZE;

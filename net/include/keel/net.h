@@ -739,7 +739,8 @@ KEEL_API uint16_t keel_udp_port(const struct keel_udp *u);
  * carries (65,507 bytes to IPv4, 65,527 to IPv6); -EAFNOSUPPORT for @dst of a family @u
  * cannot send to (not IPv4 or IPv6; IPv6 from an IPv4 endpoint; IPv4 or v4-mapped IPv6 from
  * an IPv6 one that is IPv6-only or bound to one IPv6 address: one bound to :: without
- * IPV6_V6ONLY sends to both, v4-mapped with IPv4's limit);
+ * IPV6_V6ONLY sends to both, v4-mapped with IPv4's limit; IPv6 from one bound to a
+ * v4-mapped address, IPv4 underneath);
  * -ENOBUFS when the shard holds udp_send_max
  * datagrams in flight (keel_net_config; the caller drops or keeps @s, as after a full
  * socket's EAGAIN); -ENOMEM; -EIO when no submission entry could be had (the ring failed;
