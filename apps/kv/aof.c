@@ -322,13 +322,25 @@ static size_t auto_retry_ms = 60000;
  * connections stop parsing, as all of Redis's clients wait while its write(2) blocks. */
 static _Atomic unsigned held_shards;
 
+/* The file fails: a write failed (err), a sync did (sync_lost: rebuilt from memory), or the
+ * directory's sync after a rewrite's rename (rw_dir_err). Write commands are refused then
+ * (-MISCONF) and reads go on. Only err counted here: the backlog held past a failed sync,
+ * every connection of every shard waiting, reads and INFO too, while the rebuild failed
+ * and backed off (up to 64 s a try), and under always reads waited for records the failed
+ * directory sync kept, answered -MISCONF a second later (a review's runs). */
+static bool
+refusing(const struct aof *a)
+{
+	return a->err || a->sync_lost || a->rw_dir_err;
+}
+
 /* Records were added (the one place the backlog grows): at the bound, hold. Not while the
  * file fails: writes are refused then (-MISCONF), so the backlog does not grow, and reads
  * go on. */
 static void
 backlog_grew(struct aof *a)
 {
-	if (a->backlog_held || a->stopping || a->err || backlog(a) < backlog_max)
+	if (a->backlog_held || a->stopping || refusing(a) || backlog(a) < backlog_max)
 		return;
 	a->backlog_held = true;
 	a->backlog_holds++;
@@ -378,7 +390,7 @@ backlog_release(struct aof *a)
 static void
 backlog_check(struct aof *a)
 {
-	if (!a->backlog_held || (backlog(a) > backlog_max / 2 && !a->stopping && !a->err))
+	if (!a->backlog_held || (backlog(a) > backlog_max / 2 && !a->stopping && !refusing(a)))
 		return;
 	backlog_release(a);
 }
@@ -1394,6 +1406,7 @@ file_lost(struct aof *a, int err, const char *what)
 	 * to either: another rebuild follows that rewrite */
 	a->rw_stale |= a->rewriting && a->rw_tail;
 	publish(a);
+	backlog_check(a); /* refused from now on: a held backlog lets go */
 }
 
 /* A failed fdatasync: the kernel may have dropped the pages it could not write (marking
@@ -1969,8 +1982,7 @@ kv_aof_unsynced(void)
 	 * whole again, and the ones the failure caught were answered with the error, so a
 	 * read shows nothing acknowledged; it is answered, as Redis answers reads under
 	 * everysec then (under always Redis exits). */
-	return a->open && !a->stopping && kv_cfg.fsync == KV_FSYNC_ALWAYS && !a->err &&
-	       !a->sync_lost &&
+	return a->open && !a->stopping && kv_cfg.fsync == KV_FSYNC_ALWAYS && !refusing(a) &&
 	       (a->pend.len || a->st == A_WRITING || a->st == A_SYNCING || a->st == A_TRUNCATING ||
 		a->pw);
 }
@@ -2057,6 +2069,7 @@ rw_dir_synced(struct keel_file_req *req, int res, void *arg)
 		a->rw_dir_err = res;
 		publish(a);
 		answer_waiters(a, res); /* the records gathered wait for the switch */
+		backlog_check(a);
 		return;
 	}
 	if (a->rw_dir_err) {

@@ -884,6 +884,68 @@ Test(faults_kv, aof_records_not_yet_written_are_bounded)
 	rm_dir(dir);
 }
 
+/* "GET @key" on a new connection to @port, its reply's first line in @line: one must come
+ * within TEST_WAIT_MS (a hold that never ends fails the test there, not at its timeout). */
+static void
+get_within_the_wait(int port, const char *key, char *line, size_t len)
+{
+	struct timeval tv = { .tv_sec = TEST_WAIT_MS / 1000, .tv_usec = 0 };
+	char req[128];
+	int fd = test_connect(port);
+	ssize_t n;
+
+	cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+	test_send_all(fd, req, (size_t)snprintf(req, sizeof(req), "GET %s\r\n", key));
+	n = recv(fd, line, len - 1, 0);
+	cr_assert_gt(n, 0, "GET %s: no reply within %d ms (%s)", key, TEST_WAIT_MS,
+		     n < 0 ? strerror(errno) : "closed");
+	line[n] = 0;
+	close(fd);
+}
+
+/* everysec with a disk far slower than the client (writes of 16 bytes, a 64 KiB backlog:
+ * the connection is held at the bound) and every fdatasync failing: the first failure loses
+ * the file until it is rebuilt from memory, and the rebuild keeps failing. Write commands
+ * are refused meanwhile, and the hold ends: a GET on another connection is answered. The
+ * hold lasted as long as the rebuild failed (backing off up to 64 s a try), every
+ * connection of every shard waiting, reads and INFO too (a review's run: no reply in 5 s,
+ * three times over 20 s). */
+Test(faults_kv, aof_a_failed_sync_ends_the_backlogs_hold)
+{
+	char dir[] = "/tmp/keel-kv-aof-holdlost-XXXXXX", line[256];
+	static char reqs[64 * 420], rep[65536];
+	size_t len = 0, off = 0;
+	struct proc p;
+	int fd;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	setenv("KEEL_KV_AOF_WRITE_CHUNK", "16", 1);
+	setenv("KEEL_FAULTS", "fsync:EIO", 1);
+	aof_start(&p, "KEEL_KV_AOF_BACKLOG", "65536", "1", "everysec", dir);
+	unsetenv("KEEL_KV_AOF_WRITE_CHUNK");
+	unsetenv("KEEL_FAULTS");
+	for (int i = 0; i < 64; i++)
+		len += aof_set_req(reqs + len, i);
+	fd = test_connect(p.port);
+	/* SETs as fast as the server takes them for 2.5 s, the replies read and dropped: the
+	 * backlog is held at its bound again and again, and the sync of each second fails. */
+	for (uint64_t at = test_deadline(2500); !test_expired(at);) {
+		ssize_t w = send(fd, reqs + off, len - off, MSG_DONTWAIT | MSG_NOSIGNAL);
+
+		if (w > 0)
+			off = (off + (size_t)w) % len;
+		if (recv(fd, rep, sizeof(rep), MSG_DONTWAIT) <= 0 && w <= 0)
+			test_pause();
+	}
+	get_within_the_wait(p.port, "aof1", line, sizeof(line));
+	cr_assert_geq(persistence_field(p.port, "aof_backlog_holds:"), 1,
+		      "the backlog was never held: the test shows nothing");
+	cr_assert_geq(persistence_field(p.port, "aof_sync_errors:"), 1, "no sync failed");
+	close(fd);
+	proc_stop_failed(&p);
+	rm_dir(dir);
+}
+
 /* A connection to @port on keel-kv's shard @shard: CPU steering puts a loopback
  * connection on the shard of the CPU that sent its SYN, so connect from that CPU, and check
  * with CLIENT ID (the shard is the id modulo KEEL_MAX_SHARDS, 256). -1 when it is not there
