@@ -162,7 +162,10 @@ two_rt_child(void)
 	return 0;
 }
 
-Test(core_lifecycle, one_signal_stops_every_runtime_that_reads_signals, .timeout = 60)
+/* Run @child in a child process until both its runtimes started, send it @sig (0: none),
+ * and check it exits with 0 (else the step it failed at, or the signal that ended it). */
+static void
+two_rt_run(int (*child)(void), int sig, const char *what)
 {
 	pid_t pid;
 	char c[2];
@@ -172,17 +175,24 @@ Test(core_lifecycle, one_signal_stops_every_runtime_that_reads_signals, .timeout
 	pid = fork();
 	cr_assert_geq(pid, 0);
 	if (pid == 0)
-		_exit(two_rt_child());
+		_exit(child());
 	for (int i = 0; i < 2; i++) {
 		wait_fd(sig_pipe[0], POLLIN, TEST_WAIT_MS, pid, "both runtimes to start");
 		cr_assert_eq(read(sig_pipe[0], &c[i], 1), 1);
 	}
-	kill(pid, SIGTERM);
-	status = wait_child(pid, TEST_WAIT_MS, "both runtimes to stop on one SIGTERM");
-	cr_assert(WIFEXITED(status), "child did not exit: status 0x%x", status);
+	if (sig)
+		kill(pid, sig);
+	status = wait_child(pid, TEST_WAIT_MS, what);
+	cr_assert(WIFEXITED(status), "child did not exit: status 0x%x (signal %d)", status,
+		  WIFSIGNALED(status) ? WTERMSIG(status) : 0);
 	cr_assert_eq(WEXITSTATUS(status), 0, "the child failed at step %d", WEXITSTATUS(status));
 	close(sig_pipe[0]);
 	close(sig_pipe[1]);
+}
+
+Test(core_lifecycle, one_signal_stops_every_runtime_that_reads_signals, .timeout = 60)
+{
+	two_rt_run(two_rt_child, SIGTERM, "both runtimes to stop on one SIGTERM");
 }
 
 /* Two runtimes with signals started on one thread, joined in the order they started: the
@@ -233,25 +243,7 @@ in_order_child(void)
 Test(core_lifecycle, runtimes_joined_in_the_order_they_started_keep_the_signals_right,
      .timeout = 60)
 {
-	pid_t pid;
-	char c[2];
-	int status;
-
-	cr_assert_eq(pipe(sig_pipe), 0);
-	pid = fork();
-	cr_assert_geq(pid, 0);
-	if (pid == 0)
-		_exit(in_order_child());
-	for (int i = 0; i < 2; i++) {
-		wait_fd(sig_pipe[0], POLLIN, TEST_WAIT_MS, pid, "both runtimes to start");
-		cr_assert_eq(read(sig_pipe[0], &c[i], 1), 1);
-	}
-	status = wait_child(pid, TEST_WAIT_MS, "the child to join both runtimes");
-	cr_assert(WIFEXITED(status), "child did not exit: status 0x%x (signal %d)", status,
-		  WIFSIGNALED(status) ? WTERMSIG(status) : 0);
-	cr_assert_eq(WEXITSTATUS(status), 0, "the child failed at step %d", WEXITSTATUS(status));
-	close(sig_pipe[0]);
-	close(sig_pipe[1]);
+	two_rt_run(in_order_child, 0, "the child to join both runtimes");
 }
 
 /* A runtime with signals started after a SIGTERM stopped the others, before they were

@@ -477,16 +477,16 @@ lo_up_mtu(int mtu)
 	close(fd);
 }
 
-/* Enter a network namespace of the test's own whose loopback has a 1,500-byte MTU, as a
- * NIC has; skips the test where that cannot be (not root). */
+/* Enter a network namespace of the test's own whose loopback has an MTU of @mtu (1,500, as
+ * a NIC has); skips the test where that cannot be (not root). */
 static void
-enter_netns_mtu_1500(void)
+enter_netns_mtu(int mtu)
 {
 	if (geteuid() != 0)
 		cr_skip_test("needs root: a network namespace with its own loopback");
 	if (unshare(CLONE_NEWNET) < 0)
 		cr_skip_test("unshare(CLONE_NEWNET): %s", strerror(errno));
-	lo_up_mtu(1500);
+	lo_up_mtu(mtu);
 }
 
 /* The same end to end, in a network namespace of the test's own whose loopback has a
@@ -498,7 +498,7 @@ Test(net_udp_gso, datagrams_over_the_mtu_go_alone_and_smaller_ones_still_batch)
 	struct gso_run t;
 	uint16_t size[10];
 
-	enter_netns_mtu_1500();
+	enter_netns_mtu(1500);
 	gso_run_start(&t, KEEL_UDP_GSO_MAX, false);
 	fill(size, 4, 2000);
 	st = exchange(&t, size, 4, false);
@@ -528,11 +528,7 @@ Test(net_udp_gso, a_path_mtu_below_576_only_stops_batching_its_size)
 	struct gso_run t;
 	uint16_t size[10];
 
-	if (geteuid() != 0)
-		cr_skip_test("needs root: a network namespace with its own loopback");
-	if (unshare(CLONE_NEWNET) < 0)
-		cr_skip_test("unshare(CLONE_NEWNET): %s", strerror(errno));
-	lo_up_mtu(560);
+	enter_netns_mtu(560);
 	gso_run_start(&t, KEEL_UDP_GSO_MAX, false);
 	fill(size, 4, 540);
 	st = exchange(&t, size, 4, false);
@@ -559,7 +555,7 @@ Test(net_udp_gso, two_batches_refused_at_once_are_each_judged_by_their_own_error
 	struct gso_run t;
 	uint16_t size[10];
 
-	enter_netns_mtu_1500();
+	enter_netns_mtu(1500);
 	gso_run_start(&t, KEEL_UDP_GSO_MAX, false);
 	for (unsigned i = 0; i < 4; i++)
 		c.size[i] = 1600;
