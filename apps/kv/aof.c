@@ -198,6 +198,18 @@ backlog(const struct aof *a)
 	return a->pend.len + (a->st == A_WRITING || a->st == A_FAILED ? a->wlen - a->wdone : 0);
 }
 
+/* The file fails: a write failed (err), a sync did (sync_lost: rebuilt from memory), or the
+ * directory's sync after a rewrite's rename (rw_dir_err). Write commands are refused then
+ * (-MISCONF), reads go on, and a held backlog lets go. The hold and the always read gate
+ * once looked at err alone: the hold outlasted a failed sync, every connection of every
+ * shard waiting while the rebuild failed and backed off (up to 64 s a try), and reads
+ * waited for records a failing directory sync kept (a review's runs). */
+static bool
+refusing(const struct aof *a)
+{
+	return a->err || a->sync_lost || a->rw_dir_err;
+}
+
 static void
 publish(struct aof *a)
 {
@@ -217,8 +229,7 @@ publish(struct aof *a)
 							 : a->sync_lost)
 				      : 0,
 			      memory_order_relaxed);
-	atomic_store_explicit(&a->pub_err, a->err || a->rw_dir_err || a->sync_lost,
-			      memory_order_relaxed);
+	atomic_store_explicit(&a->pub_err, refusing(a), memory_order_relaxed);
 }
 
 static void
@@ -321,18 +332,6 @@ static size_t auto_retry_ms = 60000;
  * connections (the parts of commands they hand it), so while any is held every shard's
  * connections stop parsing, as all of Redis's clients wait while its write(2) blocks. */
 static _Atomic unsigned held_shards;
-
-/* The file fails: a write failed (err), a sync did (sync_lost: rebuilt from memory), or the
- * directory's sync after a rewrite's rename (rw_dir_err). Write commands are refused then
- * (-MISCONF) and reads go on. Only err counted here: the backlog held past a failed sync,
- * every connection of every shard waiting, reads and INFO too, while the rebuild failed
- * and backed off (up to 64 s a try), and under always reads waited for records the failed
- * directory sync kept, answered -MISCONF a second later (a review's runs). */
-static bool
-refusing(const struct aof *a)
-{
-	return a->err || a->sync_lost || a->rw_dir_err;
-}
 
 /* Records were added (the one place the backlog grows): at the bound, hold. Not while the
  * file fails: writes are refused then (-MISCONF), so the backlog does not grow, and reads
@@ -1800,8 +1799,8 @@ auto_rewrite(struct aof *a)
 	bool wrote = false;
 	int r;
 
-	if (!kv_cfg.auto_rw_pct || !a->open || a->rewriting || a->sync_lost || a->err ||
-	    a->rw_dir_err || a->off <= a->rw_base || a->off < kv_cfg.auto_rw_min / kv_cfg.nshards ||
+	if (!kv_cfg.auto_rw_pct || !a->open || a->rewriting || refusing(a) ||
+	    a->off <= a->rw_base || a->off < kv_cfg.auto_rw_min / kv_cfg.nshards ||
 	    keel_now_ns() < a->auto_at)
 		return;
 	all = files_size(a);
