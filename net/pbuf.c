@@ -148,9 +148,10 @@ keel__pbuf_init_window(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid,
 	struct keel_alloc *a = keel_shard_alloc();
 	struct keel_buf_reg reg;
 	/* An area is one allocation: at most the allocator's largest (2 MiB regions below
-	 * 4 MiB of --memory). With the default's 4 MiB there, the ring failed with -E2BIG,
-	 * "Argument list too long", for want of memory. */
-	uint64_t area_max = a ? keel_alloc_buf_max(a) : KEEL_BUF_MAX_DEFAULT;
+	 * 4 MiB of --memory), which holds a buffer of the largest size (1 MiB). With the
+	 * default's 4 MiB there, the ring failed with -E2BIG, "Argument list too long", for
+	 * want of memory. */
+	uint64_t area_max = keel_alloc_buf_max(a);
 	int ret;
 
 	memset(r, 0, sizeof(*r));
@@ -165,8 +166,6 @@ keel__pbuf_init_window(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid,
 	r->per_area = (uint32_t)(area_max / bufsize);
 	if (r->per_area > nbufs)
 		r->per_area = nbufs;
-	if (!r->per_area) /* a buffer past the largest allocation: its own fails, said */
-		r->per_area = 1;
 	r->nareas = (nbufs + r->per_area - 1) / r->per_area;
 	r->areas = calloc(r->nareas, sizeof(*r->areas));
 	r->off = calloc(nbufs, sizeof(*r->off));
