@@ -863,6 +863,16 @@ sets_backlog_peak(int port, int fd)
 	return peak;
 }
 
+/* keel-kv under everysec on @shards shards with a disk far slower than the client (writes
+ * of 16 bytes) and a backlog bound of 64 KiB (KEEL_KV_AOF_BACKLOG). */
+static void
+slow_disk_start(struct proc *p, const char *shards, const char *dir)
+{
+	setenv("KEEL_KV_AOF_WRITE_CHUNK", "16", 1);
+	aof_start(p, "KEEL_KV_AOF_BACKLOG", "65536", shards, "everysec", dir);
+	unsetenv("KEEL_KV_AOF_WRITE_CHUNK");
+}
+
 Test(faults_kv, aof_records_not_yet_written_are_bounded)
 {
 	char dir[] = "/tmp/keel-kv-aof-backlog-XXXXXX";
@@ -871,9 +881,7 @@ Test(faults_kv, aof_records_not_yet_written_are_bounded)
 	int fd;
 
 	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
-	setenv("KEEL_KV_AOF_WRITE_CHUNK", "16", 1);
-	aof_start(&p, "KEEL_KV_AOF_BACKLOG", "65536", "1", "everysec", dir);
-	unsetenv("KEEL_KV_AOF_WRITE_CHUNK");
+	slow_disk_start(&p, "1", dir);
 	fd = test_connect(p.port);
 	peak = sets_backlog_peak(p.port, fd);
 	cr_assert_leq(peak, 65536 + 2 * 420, "records waiting for the disk: %llu bytes",
@@ -919,10 +927,8 @@ Test(faults_kv, aof_a_failed_sync_ends_the_backlogs_hold)
 	int fd;
 
 	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
-	setenv("KEEL_KV_AOF_WRITE_CHUNK", "16", 1);
 	setenv("KEEL_FAULTS", "fsync:EIO", 1);
-	aof_start(&p, "KEEL_KV_AOF_BACKLOG", "65536", "1", "everysec", dir);
-	unsetenv("KEEL_KV_AOF_WRITE_CHUNK");
+	slow_disk_start(&p, "1", dir);
 	unsetenv("KEEL_FAULTS");
 	for (int i = 0; i < 64; i++)
 		len += aof_set_req(reqs + len, i);
@@ -988,10 +994,8 @@ Test(faults_kv, aof_a_slow_shards_backlog_holds_the_connections_of_the_others)
 	int fd;
 
 	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
-	setenv("KEEL_KV_AOF_WRITE_CHUNK", "16", 1);
 	setenv("KEEL_KV_AOF_CHUNK_SHARD", "1", 1);
-	aof_start(&p, "KEEL_KV_AOF_BACKLOG", "65536", "2", "everysec", dir);
-	unsetenv("KEEL_KV_AOF_WRITE_CHUNK");
+	slow_disk_start(&p, "2", dir);
 	unsetenv("KEEL_KV_AOF_CHUNK_SHARD");
 	fd = connect_to_shard(p.port, 0);
 	if (fd < 0) {

@@ -492,24 +492,36 @@ enter_netns_mtu(int mtu)
 /* The same end to end, in a network namespace of the test's own whose loopback has a
  * 1,500-byte MTU, as a NIC has (root only): a batch of 2,000-byte datagrams is refused
  * (EMSGSIZE) and sent again one by one, and 1,000-byte ones are still batched after. */
+/* In a network namespace whose loopback has an MTU of @mtu, started in @t: 4 datagrams of
+ * @big bytes, over the MTU, refused as a batch (one fallback), then 10 of @small bytes
+ * still sent as one batch. Returns the stats after. */
+static struct keel_net_stats
+over_the_mtu_then_smaller(struct gso_run *t, int mtu, uint16_t big, uint16_t small)
+{
+	struct keel_net_stats st, prev;
+	uint16_t size[10];
+
+	enter_netns_mtu(mtu);
+	gso_run_start(t, KEEL_UDP_GSO_MAX, false);
+	fill(size, 4, big);
+	st = exchange(t, size, 4, false);
+	cr_assert_eq(st.udp_gso_fallbacks, 1, "the batch over the MTU was not refused");
+	WAIT_FOR(inflight(t) == 0, "no datagram in flight");
+	cr_assert_eq(rt_net_stats(t->rt, 0, &prev), 0);
+	fill(size, 10, small);
+	st = exchange(t, size, 10, false);
+	cr_assert_eq(st.udp_gso_sends - prev.udp_gso_sends, 1,
+		     "%u-byte datagrams were not batched after the refusal", small);
+	return st;
+}
+
 Test(net_udp_gso, datagrams_over_the_mtu_go_alone_and_smaller_ones_still_batch)
 {
 	struct keel_net_stats st, prev;
 	struct gso_run t;
 	uint16_t size[10];
 
-	enter_netns_mtu(1500);
-	gso_run_start(&t, KEEL_UDP_GSO_MAX, false);
-	fill(size, 4, 2000);
-	st = exchange(&t, size, 4, false);
-	cr_assert_eq(st.udp_gso_fallbacks, 1, "the batch over the MTU was not refused");
-	WAIT_FOR(inflight(&t) == 0, "no datagram in flight");
-	cr_assert_eq(rt_net_stats(t.rt, 0, &prev), 0);
-	fill(size, 10, 1000);
-	st = exchange(&t, size, 10, false);
-	cr_assert_eq(st.udp_gso_sends - prev.udp_gso_sends, 1,
-		     "1,000-byte datagrams were not batched after the refusal");
-	prev = st;
+	prev = over_the_mtu_then_smaller(&t, 1500, 2000, 1000);
 	fill(size, 4, 2000);
 	st = exchange(&t, size, 4, false);
 	cr_assert_eq(st.udp_gso_fallbacks, 1, "2,000-byte datagrams were batched again");
@@ -524,21 +536,9 @@ Test(net_udp_gso, datagrams_over_the_mtu_go_alone_and_smaller_ones_still_batch)
  * peer of the endpoint (a review's run). Root only, as above. */
 Test(net_udp_gso, a_path_mtu_below_576_only_stops_batching_its_size)
 {
-	struct keel_net_stats st, prev;
 	struct gso_run t;
-	uint16_t size[10];
 
-	enter_netns_mtu(560);
-	gso_run_start(&t, KEEL_UDP_GSO_MAX, false);
-	fill(size, 4, 540);
-	st = exchange(&t, size, 4, false);
-	cr_assert_eq(st.udp_gso_fallbacks, 1, "the batch over the MTU was not refused");
-	WAIT_FOR(inflight(&t) == 0, "no datagram in flight");
-	cr_assert_eq(rt_net_stats(t.rt, 0, &prev), 0);
-	fill(size, 10, 100);
-	st = exchange(&t, size, 10, false);
-	cr_assert_eq(st.udp_gso_sends - prev.udp_gso_sends, 1,
-		     "100-byte datagrams were not batched after the refusal");
+	over_the_mtu_then_smaller(&t, 560, 540, 100);
 	gso_run_stop(&t);
 }
 
