@@ -27,18 +27,27 @@ run_and_check() {
 	[ "$n" -eq 32 ] || { echo "FAIL: $tsv has $n runs, expected 32"; fail=1; }
 	awk -F'\t' 'NR > 1 && !($15 > 0 && $16 > 0) { printf "FAIL: run %s %s %s rep %s: server CPU %s ns/msg, %s cores\n", $1, $7, $8, $9, $15, $16; bad = 1 }
 		END { exit bad }' "$tsv" || fail=1
+	# The client's CPU per message and the two processes' together (server + client: the
+	# wake-up work a server leaves on the client's CPU counts too), each rounded to 1 ns.
+	awk -F'\t' 'NR > 1 && !($22 > 0 && $23 - $15 - $22 <= 1 && $15 + $22 - $23 <= 1) {
+			printf "FAIL: run %s %s %s rep %s: client CPU %s ns/msg, server %s, total %s\n", $1, $7, $8, $9, $22, $15, $23; bad = 1 }
+		END { exit bad }' "$tsv" || fail=1
 	for pol in block spin; do
 		grep -q "^## policy: $pol" "$md" || { echo "FAIL: no $pol table in $md"; fail=1; continue; }
 		for row in pp1 tp64 st64k udp-pp; do
 			line=$(sed -n "/^## policy: $pol/,/^## policy/p" "$md" | grep "^| $row |" || true)
 			[ -n "$line" ] || { echo "FAIL: no row $row ($pol) in $md"; fail=1; continue; }
-			# columns: row mode size inflight conns threads unit keel epoll ratio p50 p99 cpu ...
+			# columns: row mode size inflight conns threads unit keel epoll ratio p50 p99 cpu
+			# cpus-busy cores client-cores client-cpu total shown flags
 			awk -F'|' -v r="$row $pol" '{k = $9 + 0; e = $10 + 0; q = $11 + 0; split($14, c, "/")
+				split($18, cc, "/"); split($19, t, "[/;]")
 				if (k <= 0 || e <= 0 || q <= 0 || c[1] + 0 <= 0 || c[2] + 0 <= 0) {
 					printf "FAIL: row %s: keel %s epoll %s ratio %s cpu %s\n", r, $9, $10, $11, $14; exit 1 }
+				if (cc[1] + 0 <= 0 || cc[2] + 0 <= 0 || t[1] + 0 <= 0 || t[2] + 0 <= 0 || t[3] + 0 <= 0) {
+					printf "FAIL: row %s: client CPU %s, server + client %s\n", r, $18, $19; exit 1 }
 				# the rank-sum column: 2 reps a side cannot reach p < 0.05 (smallest p 1/3)
-				if ($18 !~ /^ (rate moot \(client-bound\): )?not shown \(p [01]\.[0-9][0-9]\); not shown \(p [01]\.[0-9][0-9]\)(; CPUs busy: not shown \(p [01]\.[0-9][0-9]\))? $/) {
-					printf "FAIL: row %s: shown column \"%s\"\n", r, $18; exit 1 }}' \
+				if ($20 !~ /^ (rate moot \(client-bound\): )?not shown \(p [01]\.[0-9][0-9]\); not shown \(p [01]\.[0-9][0-9]\)(; CPUs busy: not shown \(p [01]\.[0-9][0-9]\))?; server \+ client: not shown \(p [01]\.[0-9][0-9]\) $/) {
+					printf "FAIL: row %s: shown column \"%s\"\n", r, $20; exit 1 }}' \
 				<<<"$line" || fail=1
 		done
 	done

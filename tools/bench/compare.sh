@@ -23,7 +23,10 @@
 #     --epoll-gather-us N the epoll server's sleeps gather for N us first under keel's wait
 #                         coalescing policy (keel-bench serve --gather-us; default: keel's
 #                         window, KEEL_WAIT_COALESCE_US or 10, fixed with
-#                         KEEL_WAIT_COALESCE_FIXED: both servers sleep alike; 0: never)
+#                         KEEL_WAIT_COALESCE_FIXED: both servers sleep alike; 0: never).
+#                         A window other than keel's is an experiment: compare.md says
+#                         "UNEQUAL sleep policies" in its header and every row's flags
+#                         (set KEEL_WAIT_COALESCE_US too to move both)
 #     --epoll-udp-gso     the epoll server echoes UDP with UDP_SEGMENT, as keel batches its
 #                         UDP sends (keel-bench serve --udp-gso; default: sendmmsg)
 #     --client B          the one client: epoll (default) or keel (udp always uses sockets)
@@ -212,7 +215,20 @@ if [ -n "${KEEL_IDLE_POLL_ADAPTIVE:-}" ] && ! [[ ${KEEL_IDLE_POLL_ADAPTIVE,,} =~
 	exit 2
 fi
 # Gathering: what keel's runtime decides here, not the option (parity.sh).
+egather_opt=$egather
 epoll_gather_parity "$kb" compare.sh || exit 1
+# --epoll-gather-us set only the epoll server's window: one that differs from keel's (its
+# KEEL_WAIT_COALESCE_US, or 10 us) gives the two servers different sleep policies, an
+# experiment (does gathering help the epoll server?), not a comparison at equal footing:
+# compare.md then says so in its header and in every row's flags.
+unequal=0
+# (Where keel's sleeps cannot gather, parity turned the epoll server's off too.)
+if [ -n "$egather_opt" ] && [ "$egather" = "$egather_opt" ] &&
+	[ "$egather" != "${KEEL_WAIT_COALESCE_US:-10}" ]; then
+	unequal=1
+	echo "compare.sh: --epoll-gather-us $egather_opt: keel's sleeps gather ${KEEL_WAIT_COALESCE_US:-10} us," \
+		"the epoll server's $egather: unequal sleep policies, every row is flagged" >&2
+fi
 have_gnuplot=0
 command -v gnuplot >/dev/null && have_gnuplot=1
 [ $plot -eq 0 ] || [ $have_gnuplot -eq 1 ] ||
@@ -233,7 +249,7 @@ mkdir -p "$out/runs"
 runs=$out/runs
 rm -f "$runs"/*.json "$runs"/*.log "$runs"/*.err
 tsv=$out/results.tsv
-printf 'row\tmode\tsize\tinflight\tconns\tthreads\tpolicy\tserver\trep\tmetric\tmsgs_per_sec\tgbps\tp50_us\tp99_us\tserver_cpu_ns_per_msg\tserver_cores\tclient_cores_used\tclient_cores\tclient_bound\tlost\tserver_cpus_ns_per_msg\n' >"$tsv"
+printf 'row\tmode\tsize\tinflight\tconns\tthreads\tpolicy\tserver\trep\tmetric\tmsgs_per_sec\tgbps\tp50_us\tp99_us\tserver_cpu_ns_per_msg\tserver_cores\tclient_cores_used\tclient_cores\tclient_bound\tlost\tserver_cpus_ns_per_msg\tclient_cpu_ns_per_msg\ttotal_cpu_ns_per_msg\tlate\tlost_all\n' >"$tsv"
 
 server=
 stop_server() {
@@ -349,7 +365,8 @@ run_one() { # name mode size inflight conns policy backend rep
 	[ "$mode" = stream ] && metric=gbps
 	local v=()
 	for f in msgs_per_sec gbps lat_p50_us lat_p99_us server_cpu_ns_per_msg server_cpu_util \
-		client_cpu_util client_cores client_bound lost server_cpus_ns_per_msg; do
+		client_cpu_util client_cores client_bound lost server_cpus_ns_per_msg \
+		client_cpu_ns_per_msg total_cpu_ns_per_msg late lost_all; do
 		x=$(field "$base.json" $f)
 		v+=("${x:-null}")
 	done
@@ -470,6 +487,11 @@ NR == 1 { next }
 	v = ($10 == "gbps") ? $12 : $11
 	m[k, i] = v; p50[k, i] = $13; p99[k, i] = $14; cpu[k, i] = $15; sc[k, i] = $16; cc[k, i] = $17
 	bcpu[k, i] = ($21 == "null" || $21 == "") ? -1 : $21
+	ccpu[k, i] = ($22 == "null" || $22 == "") ? "null" : $22
+	tcpu[k, i] = ($23 == "null" || $23 == "") ? "null" : $23
+	late[k] += ($24 == "null" || $24 == "") ? 0 : $24
+	lostall[k] += ($25 == "null" || $25 == "") ? 0 : $25
+	if (tcpu[k, i] != "null") tcpurep[$1, $7, $8, $9] = $23
 	if ($19 == "true") cb[k]++
 	lost[k] += ($20 == "null") ? 0 : $20
 	info[k] = $2 OFS $3 OFS $4 OFS $5 OFS $6
@@ -482,7 +504,8 @@ END {
 		"p50_us", "p99_us", "server_cpu_ns_per_msg", "server_cores", "client_cores_used", "client_bound_reps", \
 		"lost", "ratio_median", "ratio_min", "ratio_max", "server_cpus_ns_per_msg", "p_rate", "p_cpu", \
 		"p_cpus", "server_cpu_min", "server_cpu_max", "cpu_ratio_median", "cpu_ratio_min", \
-		"cpu_ratio_max"
+		"cpu_ratio_max", "client_cpu_ns_per_msg", "total_cpu_ns_per_msg", "p_total", \
+		"total_ratio_median", "total_ratio_min", "total_ratio_max", "late", "lost_all"
 	for (o = 1; o <= nk; o++) {
 		k = order[o]; split(k, kk, SUBSEP); c = n[k]
 		delete a; for (i = 1; i <= c; i++) a[i] = m[k, i]; md = med(a, c); lo = a[1]; hi = a[c]
@@ -493,18 +516,23 @@ END {
 		delete a; for (i = 1; i <= c; i++) a[i] = cc[k, i]; mcc = med(a, c)
 		delete a; nb = 0; for (i = 1; i <= c; i++) if (bcpu[k, i] >= 0) a[++nb] = bcpu[k, i]
 		mbcpu = nb ? med(a, nb) : -1 # over the repetitions that have the figure
+		# the client CPU per message and that of both processes together (keel-bench
+		# client_cpu_ns_per_msg, total_cpu_ns_per_msg): over the repetitions that have them
+		nb = figures(ccpu, k, c, a, 1); mccpu = nb ? med(a, nb) : "null"
+		nb = figures(tcpu, k, c, a, 1); mtcpu = nb ? med(a, nb) : "null"
 		# per-rep keel/epoll ratios of this row and policy (on the keel line): the rate,
 		# and the server CPU per message (the figure of client-bound rows)
-		rm = rl = rh = cm = cl = ch = "-"
+		rm = rl = rh = cm = cl = ch = tm = tl = th = "-"
 		if (kk[3] == "keel") {
 			if (rep_ratios(byrep, kk[1], kk[2], q)) { rm = q[1]; rl = q[2]; rh = q[3] }
 			if (rep_ratios(cpurep, kk[1], kk[2], q)) { cm = q[1]; cl = q[2]; ch = q[3] }
+			if (rep_ratios(tcpurep, kk[1], kk[2], q)) { tm = q[1]; tl = q[2]; th = q[3] }
 		}
 		# keel against epoll, rank-sum test over the repetitions (ranksum.awk): the rate
 		# and the server CPU per message (on the keel line)
 		# and the busy time of the server CPUs per message (the figure that does not favour the
 		# server that sleeps more: on veth the one the verdict should rest on)
-		prate = pcpu = pcpus = "-"
+		prate = pcpu = pcpus = ptot = "-"
 		ke = kk[1] SUBSEP kk[2] SUBSEP "epoll"
 		if (kk[3] == "keel" && (ke in n)) {
 			nx = figures(m, k, c, x, 0); ny = figures(m, ke, n[ke], y, 0)
@@ -513,13 +541,16 @@ END {
 			pcpu = ranksum_p(x, nx, y, ny)
 			nx = figures(bcpu, k, c, x, 1); ny = figures(bcpu, ke, n[ke], y, 1)
 			pcpus = ranksum_p(x, nx, y, ny)
+			nx = figures(tcpu, k, c, x, 1); ny = figures(tcpu, ke, n[ke], y, 1)
+			ptot = ranksum_p(x, nx, y, ny)
 			if (prate < 0) prate = "-"
+			if (ptot < 0) ptot = "-"
 			if (pcpu < 0) pcpu = "-"
 			if (pcpus < 0) pcpus = "-"
 		}
 		print kk[1], info[k], kk[2], kk[3], c, md, lo, hi, (mp50 < 0 ? "null" : mp50), (mp99 < 0 ? "null" : mp99), \
 			mcpu, msc, mcc, cb[k], lost[k], rm, rl, rh, (mbcpu < 0 ? "null" : mbcpu), prate, pcpu, pcpus, \
-			clo, chi, cm, cl, ch
+			clo, chi, cm, cl, ch, mccpu, mtcpu, ptot, tm, tl, th, late[k], lostall[k]
 	}
 }'
 awk -F'\t' -v OFS='\t' -f "$root/tools/bench/ranksum.awk" -f <(printf '%s\n' "$summary_prog") "$tsv" >"$sum"
@@ -568,6 +599,8 @@ client_desc="keel-bench MODE --client $client --port P --server-pid PID"
 	egath=$(awk '/^keel-bench serve: epoll .*, sleeps gather / { sub(/^.*, sleeps /, ""); print; exit }' \
 		"$runs"/*-epoll-1.log 2>/dev/null || true)
 	echo "- keel's sleeps: ${gather:-end at the first completion} (--wait-coalesce-us, architecture.md step 8); the epoll server's: ${egath:-end at the first event} (keel-bench serve --gather-us, the same policy)"
+	[ "$unequal" = 0 ] ||
+		echo "- **UNEQUAL sleep policies**: --epoll-gather-us $egather_opt set the epoll server's gathering window alone (keel's: ${KEEL_WAIT_COALESCE_US:-10} us); this run is an experiment, not a comparison at equal footing"
 	echo "- $reps alternating repetitions of ${secs} s (+${warmup} s warm-up) per row, policy and server; median (min-max)"
 	[ "$reps" -ge 5 ] ||
 		echo "- **below the method: $reps repetitions (< 5) a side; a look, not a result** (docs/bench.md)"
@@ -578,11 +611,16 @@ client_desc="keel-bench MODE --client $client --port P --server-pid PID"
 	echo "- server CPUs busy: all the work on the server's CPUs over the same window (/proc/stat: user, nice, system,"
 	echo "  irq, softirq; tick-sampled), per message: unlike the process's clock it includes the receive softirqs that"
 	echo "  ran while the server slept (charged to the idle task), so it does not favour the server that sleeps more"
+	echo "- client CPU: the client process's CPU time over the same window, per message; server + client: the two"
+	echo "  processes' together. On loopback the client's send runs the server socket's wake-up (io_uring's poll"
+	echo "  wake-up for keel's server, epoll's callback for the other), which no server clock holds: the client being the"
+	echo "  same program for both, a difference in its CPU per message is the server's doing (docs/bench.md, step 3)"
 	echo "- keel/epoll: median of the per-repetition ratios (min-max); > 1: keel's server moved more (for the server"
 	echo "  CPU per message: > 1, keel's server spent more)"
 	echo "- **client-bound**: the client used >= 0.9 of its cores in total, or one client thread >= 0.9 of its core, or the client's CPUs were"
 	echo "  >= 0.9 busy (/proc/stat: softirqs included), in some repetition; there the throughput"
-	echo "  compares the client, and the server CPU per message is the figure that counts (its rate verdict says \"rate moot\")"
+	echo "  compares the client, and the CPU per message is the figure that counts, server + client the fair one of"
+	echo "  them (its rate verdict says \"rate moot\")"
 	echo "- p50/p99: round-trip latency in µs (loaded latency with many in flight)"
 	echo "- shown (p): whether keel's repetitions differ from epoll's by more than their spread explains, for the"
 	echo "  rate and for server CPU per message: the exact two-sided Wilcoxon rank-sum test (tools/bench/ranksum.awk),"
@@ -607,8 +645,8 @@ END {
 		print ""
 		print "## policy: " pol (pol == "block" ? " (both servers block in the kernel when idle)" : " (both servers poll " spin " us before blocking)")
 		print ""
-		print "| row | mode | size | inflight | conns | client threads | unit | keel median (min-max) | epoll median (min-max) | keel/epoll (min-max) | p50 µs keel / epoll | p99 µs keel / epoll | server CPU ns/msg keel (min-max) / epoll (min-max); keel/epoll (min-max) | server CPUs busy ns/msg keel / epoll | server cores keel / epoll | client cores used keel / epoll | shown (p): rate; server CPU; CPUs busy | flags |"
-		print "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+		print "| row | mode | size | inflight | conns | client threads | unit | keel median (min-max) | epoll median (min-max) | keel/epoll (min-max) | p50 µs keel / epoll | p99 µs keel / epoll | server CPU ns/msg keel (min-max) / epoll (min-max); keel/epoll (min-max) | server CPUs busy ns/msg keel / epoll | server cores keel / epoll | client cores used keel / epoll | client CPU ns/msg keel / epoll | server + client CPU ns/msg keel / epoll; keel/epoll (min-max) | shown (p): rate; server CPU; CPUs busy; server + client | flags |"
+		print "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 		for (r = 1; r <= nr; r++) {
 			kk = rows[r] SUBSEP pol SUBSEP "keel"; ke = rows[r] SUBSEP pol SUBSEP "epoll"
 			if (!(kk in have) && !(ke in have)) continue
@@ -619,23 +657,33 @@ END {
 			if (K[18] > 0) flags = flags "client-bound keel " K[18] "/" K[9] "; "
 			if (E[18] > 0) flags = flags "client-bound epoll " E[18] "/" E[9] "; "
 			if (K[19] > 0 || E[19] > 0) flags = flags "lost " (K[19] + 0) " / " (E[19] + 0) "; "
+			if (mode == "udp" && (K[39] > 0 || E[39] > 0 || K[38] > 0 || E[38] > 0))
+				flags = flags "over the whole runs lost " (K[39] + 0) " / " (E[39] + 0) ", late " (K[38] + 0) " / " (E[38] + 0) "; "
+			# The issue'"'"'s UDP baseline sends a datagram per message; keel batches with
+			# UDP_SEGMENT: a lead there is the technique the baseline lacks, not keel'"'"'s.
+			if (mode == "udp" && !egso && S[1] !~ /-gso$/ && S[4] + 0 > 1)
+				flags = flags "baseline without UDP_SEGMENT (sendmmsg): a technique row, not keel'"'"'s lead; the *-gso row is like for like; "
+			if (unequal) flags = flags "UNEQUAL sleep policies (--epoll-gather-us); "
 			sub(/; $/, "", flags)
 			sh = ranksum_shown(K[24], K[10], E[10], K[25], K[15], E[15])
 			# A rate lead where the client held either server back belongs to the client.
 			if (K[18] > 0 || E[18] > 0) sh = "rate moot (client-bound): " sh
 			shb = ranksum_verdict(K[26], K[23], E[23], "dearer", "cheaper")
 			if (shb != "-") sh = sh "; CPUs busy: " shb
-			printf "| %s | %s | %s | %s | %s | %s | %s | %s (%s-%s) | %s (%s-%s) | %s (%s-%s) | %s / %s | %s / %s | %s (%s-%s) / %s (%s-%s); %s (%s-%s) | %s / %s | %s / %s | %s / %s | %s | %s |\n", \
+			shb = ranksum_verdict(K[34], K[33], E[33], "dearer", "cheaper")
+			if (shb != "-") sh = sh "; server + client: " shb
+			printf "| %s | %s | %s | %s | %s | %s | %s | %s (%s-%s) | %s (%s-%s) | %s (%s-%s) | %s / %s | %s / %s | %s (%s-%s) / %s (%s-%s); %s (%s-%s) | %s / %s | %s / %s | %s / %s | %s / %s | %s / %s; %s (%s-%s) | %s | %s |\n", \
 				S[1], mode, S[3], S[4], S[5], S[6], unit(mode), \
 				fmtv(K[10], mode), fmtv(K[11], mode), fmtv(K[12], mode), fmtv(E[10], mode), fmtv(E[11], mode), fmtv(E[12], mode), \
 				f2(K[20]), f2(K[21]), f2(K[22]), f1(K[13]), f1(E[13]), f1(K[14]), f1(E[14]), \
 				fmtv(K[15], "x"), fmtv(K[27], "x"), fmtv(K[28], "x"), fmtv(E[15], "x"), fmtv(E[27], "x"), \
 				fmtv(E[28], "x"), f2(K[29]), f2(K[30]), f2(K[31]), fmtv(K[23], "x"), fmtv(E[23], "x"), \
-				f2(K[16]), f2(E[16]), f2(K[17]), f2(E[17]), sh, (flags == "" ? "" : flags)
+				f2(K[16]), f2(E[16]), f2(K[17]), f2(E[17]), fmtv(K[32], "x"), fmtv(E[32], "x"), \
+				fmtv(K[33], "x"), fmtv(E[33], "x"), f2(K[35]), f2(K[36]), f2(K[37]), sh, (flags == "" ? "" : flags)
 		}
 	}
 }'
-awk -F'\t' -v pols="${pols[*]}" -v spin="$spin" -f "$root/tools/bench/ranksum.awk" -f <(printf '%s\n' "$md_prog") \
+awk -F'\t' -v pols="${pols[*]}" -v spin="$spin" -v egso="${#eudp[@]}" -v unequal="$unequal" -f "$root/tools/bench/ranksum.awk" -f <(printf '%s\n' "$md_prog") \
 	"$sum" >>"$md"
 if [ -n "$iperf_gbps" ]; then
 	printf '\niperf3 reference (one way, no echo, one stream, CPUs %s / %s): %.3f Gb/s\n' "$server_cpus" "$client_cpus" \
