@@ -36,6 +36,17 @@ trial_failed(int err)
 		probe_short = err;
 }
 
+/* A trial registration's result @r: true when it took. A shortage (descriptors, memory)
+ * is noted, so that the probe runs again at the next start rather than record the feature
+ * missing for the process's life. */
+static bool
+reg_ok(int r)
+{
+	if (r < 0)
+		trial_failed(r);
+	return r >= 0;
+}
+
 /* Try a ring with @flags; true when the kernel accepts them. */
 static bool
 setup_ok(unsigned flags, uint32_t *features)
@@ -214,10 +225,13 @@ probe(struct keel_caps *c)
 			 "KEEL_TEST_HIDE_OPS is set but this build has no fault injection: ignored "
 			 "(configure with -DKEEL_FAULTS=ON, a non-Release build)");
 #endif
-	c->reg_ring_fd = io_uring_register_ring_fd(&ring) == 1;
-	c->reg_buffers = io_uring_register_buffers_sparse(&ring, 1) == 0;
+	/* -EBUSY: this thread has registered the most ring descriptors a thread may (16);
+	 * the kernel has the feature, and each shard's thread has its own 16. */
+	r = io_uring_register_ring_fd(&ring);
+	c->reg_ring_fd = r == -EBUSY || reg_ok(r);
+	c->reg_buffers = reg_ok(io_uring_register_buffers_sparse(&ring, 1));
 	/* net: a sparse file table, and a trial incremental buffer ring. */
-	c->sparse_files = io_uring_register_files_sparse(&ring, 1) == 0;
+	c->sparse_files = reg_ok(io_uring_register_files_sparse(&ring, 1));
 	c->pbuf_inc = probe_pbuf_inc(&ring);
 	c->zc_report_usage = probe_zc_report(c, &ring);
 	c->cancel_any = probe_cancel_any(&ring);
@@ -375,6 +389,13 @@ keel_features_decide(const struct keel_opts *opts, struct keel_feature_decision 
 		if (f == KEEL_FEAT_MIN_WAIT && !out[KEEL_FEAT_DEFER_TASKRUN].used && fr.have) {
 			fr.have = false;
 			fr.missing = "gathering sleeps require defer_taskrun, which is off";
+		}
+		/* keel's zero-copy sends go from fixed buffers only: without them every send
+		 * went out plain while send_zc said "used" (and =on started). */
+		if (f == KEEL_FEAT_SEND_ZC && !out[KEEL_FEAT_REG_BUFFERS].used && fr.have) {
+			fr.have = false;
+			fr.missing = "zero-copy sends go from registered buffers, and reg_buffers "
+				     "is off (--feature reg_buffers=auto|on)";
 		}
 		if (p == KEEL_POLICY_OFF) {
 			out[f].used = false;

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <criterion/criterion.h>
+#include <liburing.h>
 
 #include "helpers.h"
 
@@ -522,6 +523,55 @@ Test(core_opts, the_zero_copy_copy_report_is_probed)
 	if (maj > 5 || (maj == 5 && min >= 19))
 		cr_assert(keel_caps_get()->cancel_any, "kernel %s: no CANCEL_ANY probed",
 			  u.release);
+}
+
+/* The probe of registered ring descriptors runs on the calling thread, which may hold the
+ * most a thread may (16: -EBUSY): the kernel has the feature all the same, and each shard's
+ * thread has its own 16. It was recorded missing for the process's life, blaming the
+ * kernel ("need Linux 5.18 or later"), and --feature reg_ring_fd=on refused to start. */
+Test(core_opts, a_thread_holding_sixteen_ring_descriptors_still_finds_them_supported)
+{
+	struct io_uring rings[16];
+	struct keel_opts o = test_opts(1);
+	struct keel_feature_decision d[KEEL_FEAT__COUNT];
+	int r;
+
+	for (unsigned i = 0; i < 16; i++) {
+		cr_assert_eq(io_uring_queue_init(2, &rings[i], 0), 0);
+		r = io_uring_register_ring_fd(&rings[i]);
+		if (r == -EINVAL)
+			cr_skip_test("this kernel has no registered ring descriptors (5.18)");
+		cr_assert_eq(r, 1, "ring %u: %s", i, strerror(-r));
+	}
+	cr_assert(keel_caps_get()->reg_ring_fd, "the probe took this thread's full table for "
+						"a kernel without the feature");
+	o.features[KEEL_FEAT_REG_RING_FD] = KEEL_POLICY_ON;
+	cr_assert_eq(keel_features_decide(&o, d), 0);
+	cr_assert(d[KEEL_FEAT_REG_RING_FD].used);
+	for (unsigned i = 0; i < 16; i++)
+		io_uring_queue_exit(&rings[i]);
+}
+
+/* keel's zero-copy sends go from fixed buffers only: with reg_buffers off, send_zc is not
+ * used (and =on is refused naming reg_buffers); it said "used" while every send went out
+ * plain. */
+Test(core_opts, send_zc_needs_registered_buffers)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_feature_decision d[KEEL_FEAT__COUNT];
+
+	o.features[KEEL_FEAT_REG_BUFFERS] = KEEL_POLICY_OFF;
+	cr_assert_eq(keel_features_decide(&o, d), 0);
+	cr_assert_not(d[KEEL_FEAT_SEND_ZC].used, "%s", d[KEEL_FEAT_SEND_ZC].reason);
+	cr_assert(strstr(d[KEEL_FEAT_SEND_ZC].reason, "reg_buffers"), "%s",
+		  d[KEEL_FEAT_SEND_ZC].reason);
+	o.features[KEEL_FEAT_SEND_ZC] = KEEL_POLICY_ON;
+	cr_assert_eq(keel_features_decide(&o, d), -EOPNOTSUPP);
+	o.features[KEEL_FEAT_REG_BUFFERS] = KEEL_POLICY_AUTO;
+	if (keel_caps_get()->reg_buffers && keel_caps_get()->zc_report_usage) {
+		cr_assert_eq(keel_features_decide(&o, d), 0);
+		cr_assert(d[KEEL_FEAT_SEND_ZC].used, "%s", d[KEEL_FEAT_SEND_ZC].reason);
+	}
 }
 
 /* A log line longer than keel_log's buffer (4 KiB) ends with a mark saying it was cut and
