@@ -196,6 +196,9 @@ shard_main(void *p)
 }
 
 /* The CPUs shards may run on, in ascending order: the affinity mask, narrowed by --cpuset.
+ * The mask is the calling thread's (sched_getaffinity(0)), as every thread it creates
+ * inherits it: what taskset or a launcher set for the process, unless the host pinned this
+ * thread first (docs/embedding.md: create the runtime, then pin the host's threads).
  * Every error writes @why (the caller logs it). */
 static int
 cpus_of(const struct keel_opts *o, int *cpus, unsigned *n, char *why, size_t whylen)
@@ -231,7 +234,10 @@ cpus_of(const struct keel_opts *o, int *cpus, unsigned *n, char *why, size_t why
 					keel_topo_cpulist_format(&allowed, list, sizeof(list)),
 					cg[0] ? "; pick from those, or run the program in a cgroup "
 						"that has it"
-					      : "");
+					      : "; the mask is the creating thread's (taskset sets "
+						"it for the whole process): a thread pinned before "
+						"the create narrows it, so create the runtime "
+						"first and pin the host's threads after");
 				return -EINVAL;
 			}
 		} else if (!keel_cpuset_has(&allowed, c)) {

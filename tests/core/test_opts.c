@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #include <errno.h>
+#include <sched.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -460,6 +461,53 @@ Test(core_opts, cpuset_outside_the_affinity_mask_fails_start)
 	keel_cpuset_add(&o.cpuset, KEEL_MAX_CPUS - 1);
 	o.cpuset_given = true;
 	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
+}
+
+/* The affinity mask keel reads is the creating thread's: a thread pinned to one CPU before
+ * it creates the runtime has --cpuset naming another CPU refused, and the message says the
+ * mask is that thread's and what to do (it said "this process's" and stopped there). */
+static char pinned_logged[4096];
+
+static void
+pinned_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	(void)level;
+	(void)module;
+	(void)shard;
+	(void)arg;
+	if (strstr(msg, "--cpuset"))
+		snprintf(pinned_logged, sizeof(pinned_logged), "%s", msg);
+}
+
+Test(core_opts, a_cpuset_outside_a_pinned_creators_mask_says_the_mask_is_the_threads)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_runtime *rt;
+	cpu_set_t all, one;
+	int other = -1;
+
+	cr_assert_eq(sched_getaffinity(0, sizeof(all), &all), 0);
+	for (int c = 0; c < CPU_SETSIZE && other < 0; c++)
+		if (CPU_ISSET(c, &all) && c != sched_getcpu())
+			other = c;
+	if (other < 0)
+		cr_skip_test("one CPU allowed: nothing to pin away from");
+	CPU_ZERO(&one);
+	for (int c = 0; c < CPU_SETSIZE; c++)
+		if (CPU_ISSET(c, &all) && c != other) {
+			CPU_SET(c, &one);
+			break;
+		}
+	cr_assert_eq(sched_setaffinity(0, sizeof(one), &one), 0);
+	keel_cpuset_add(&o.cpuset, (unsigned)other);
+	o.cpuset_given = true;
+	keel_log_set_sink(pinned_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq(sched_setaffinity(0, sizeof(all), &all), 0);
+	cr_assert(strstr(pinned_logged, "creating thread's") &&
+			  strstr(pinned_logged, "create the runtime first"),
+		  "%s", pinned_logged);
 }
 
 /* The program contract: a bad option exits with status 2 and one line naming it. */
