@@ -34,5 +34,10 @@ main(int argc, char **argv)
 	struct keel_opts opts;
 	keel_opts_init(&opts);
 	keel_opts_parse_or_exit(&opts, &argc, argv, "usage: first-app [runtime options]\n");
+	if (argc > 1) { /* left to the program: it takes none, so a typo ("--shard") is one */
+		fprintf(stderr, "first-app: unknown argument %s (--help lists the options)\n",
+			argv[1]);
+		return 2;
+	}
 	return keel_run(&opts, on_start, NULL) == 0 ? 0 : 1;
 }

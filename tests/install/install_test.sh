@@ -34,6 +34,11 @@ export PKG_CONFIG_PATH="$(dirname "$pc")${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
 cc -std=c11 -Wall -Werror "$src/docs/examples/first-app.c" -o "$tmp/first-app-pc" \
 	$(pkg-config --cflags --libs keel)
 check_run "$tmp/first-app-pc"
+# A mistyped option is refused (status 2, naming it), not run with the defaults.
+rc=0
+out=$("$tmp/first-app-pc" --shard 4 2>&1) || rc=$?
+[ "$rc" -eq 2 ] && grep -q -- "--shard" <<<"$out" ||
+	{ echo "first-app ran with a mistyped option (status $rc): $out"; exit 1; }
 
 echo "== docs/examples/net-hello.c: built with pkg-config, answers a client on loopback"
 # shellcheck disable=SC2046
