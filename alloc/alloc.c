@@ -90,27 +90,47 @@ keel_alloc_backend_name(enum keel_alloc_backend b)
 	}
 }
 
+/* The region size @cfg gives, 0 when it is refused: at most 1 GiB (a region is one fixed
+ * buffer, and the kernel registers none larger), a power of two; a cap below one region
+ * gets smaller regions (still a power of two). The cap is rounded down to whole regions:
+ * it is never exceeded. */
+static uint64_t
+region_of(const struct keel_alloc_config *cfg)
+{
+	uint64_t mem = cfg->memory ? cfg->memory : KEEL_ALLOC_DEFAULT_MEMORY;
+	uint64_t rs = cfg->region_size ? cfg->region_size : KEEL_ALLOC_DEFAULT_REGION;
+
+	if (rs < KEEL_ALLOC_HUGEPAGE || (rs & (rs - 1)) || rs > (1ULL << 30) ||
+	    mem < KEEL_ALLOC_HUGEPAGE)
+		return 0;
+	while (rs > KEEL_ALLOC_HUGEPAGE && rs > mem)
+		rs /= 2;
+	return rs;
+}
+
+uint64_t
+keel_alloc_memory_of(const struct keel_alloc_config *cfg)
+{
+	uint64_t mem = cfg->memory ? cfg->memory : KEEL_ALLOC_DEFAULT_MEMORY;
+	uint64_t rs = region_of(cfg);
+
+	return rs ? mem / rs * rs : 0;
+}
+
 int
 keel_alloc_create(const struct keel_alloc_config *cfg, struct keel_alloc **out)
 {
 	struct keel_alloc *a;
 	uint64_t mem = cfg->memory ? cfg->memory : KEEL_ALLOC_DEFAULT_MEMORY;
-	uint64_t rs = cfg->region_size ? cfg->region_size : KEEL_ALLOC_DEFAULT_REGION;
+	uint64_t rs = region_of(cfg);
 	unsigned pre = cfg->prefault_regions ? cfg->prefault_regions : 1;
 	int r;
 
-	/* At most 1 GiB: a region is one fixed buffer, and the kernel registers none larger. */
-	if (rs < KEEL_ALLOC_HUGEPAGE || (rs & (rs - 1)) || rs > (1ULL << 30))
-		return -EINVAL;
-	if (mem < KEEL_ALLOC_HUGEPAGE)
+	if (!rs)
 		return -EINVAL;
 	/* Any other value took the jemalloc path (a NULL call without it). */
 	if ((unsigned)cfg->backend > KEEL_ALLOC_BACKEND_JEMALLOC)
 		return -EINVAL;
-	/* A cap below one region: smaller regions (still a power of two). The cap is rounded
-	 * down to whole regions: it is never exceeded. */
-	while (rs > KEEL_ALLOC_HUGEPAGE && rs > mem)
-		rs /= 2;
 	if (mem / rs > KEEL_ALLOC_MAX_REGIONS) {
 		keel__alloc_log(
 			KEEL_ALLOC_LOG_ERROR,

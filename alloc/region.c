@@ -92,8 +92,17 @@ keel__region_reserve(struct keel_alloc *a)
 	a->resv = mmap(NULL, a->resv_len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
 		       -1, 0);
 	if (a->resv == MAP_FAILED) {
+		int e = errno;
+
 		a->resv = NULL;
-		return -errno;
+		keel__alloc_log(
+			KEEL_ALLOC_LOG_ERROR,
+			"shard %u: reserving %llu MiB of address space for the buffer "
+			"memory failed (%s): the whole cap (--memory) is reserved at start; "
+			"lower --memory, or raise the address-space limit (ulimit -v, "
+			"RLIMIT_AS)",
+			a->cfg.shard, (unsigned long long)(a->resv_len >> 20), strerror(e));
+		return -e;
 	}
 	p = ((uintptr_t)a->resv + align - 1) & ~(uintptr_t)(align - 1);
 	a->base = (uint8_t *)p;
@@ -136,6 +145,13 @@ keel__region_reserve(struct keel_alloc *a)
 				"count), or run without --hugepages",
 				a->cfg.shard, (unsigned long long)(span / KEEL_ALLOC_HUGEPAGE),
 				(unsigned long long)(span >> 20), strerror(e));
+		else
+			keel__alloc_log(
+				KEEL_ALLOC_LOG_ERROR,
+				"shard %u: mapping %llu MiB for the buffer memory failed (%s): "
+				"lower --memory, or raise the address-space limit (ulimit -v, "
+				"RLIMIT_AS)",
+				a->cfg.shard, (unsigned long long)(span >> 20), strerror(e));
 		return -e;
 	}
 	if (!a->cfg.hugepages)
@@ -152,36 +168,29 @@ keel__region_release(struct keel_alloc *a)
 	a->resv = NULL;
 }
 
-/* MADV_POPULATE_WRITE (Linux 5.14) is known by the kernel? Probed once on a page of our
- * own: EINVAL also means "not writable" for a mapping, which must not send us touching. */
-static bool
-have_populate_write(void)
-{
-	static _Atomic int have; /* 0 unknown, 1 yes, -1 no */
-	int h = atomic_load_explicit(&have, memory_order_relaxed);
-
-	if (!h) {
-		long pg = sysconf(_SC_PAGESIZE);
-		void *p = mmap(NULL, (size_t)pg, PROT_READ | PROT_WRITE,
-			       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		h = -1;
-		if (p != MAP_FAILED) {
-			if (madvise(p, (size_t)pg, MADV_POPULATE_WRITE) == 0)
-				h = 1;
-			munmap(p, (size_t)pg);
-		}
-		atomic_store_explicit(&have, h, memory_order_relaxed);
-	}
-	return h > 0;
-}
+/* MADV_POPULATE_WRITE (Linux 5.14): 0 not yet known, 1 the kernel has it, -1 it does not.
+ * Learnt from the first pre-fault, on the region itself: a mapping of ours, writable, so
+ * EINVAL says the kernel does not know the advice. Only that answer is kept: a probe of its
+ * own on a spare page once took any failure (a memory cgroup at its limit that moment) for
+ * "no", for the process's life, and sent every later pre-fault to touching pages, which
+ * turns a hugetlb shortage from a clean failure into a SIGBUS. */
+static _Atomic int have_populate;
 
 static int
 prefault(void *p, uint64_t len)
 {
 	long pg = sysconf(_SC_PAGESIZE);
+	int h = atomic_load_explicit(&have_populate, memory_order_relaxed);
 
-	if (have_populate_write())
-		return madvise(p, len, MADV_POPULATE_WRITE) == 0 ? 0 : -errno;
+	if (h >= 0) {
+		if (madvise(p, len, MADV_POPULATE_WRITE) == 0) {
+			atomic_store_explicit(&have_populate, 1, memory_order_relaxed);
+			return 0;
+		}
+		if (errno != EINVAL || h > 0)
+			return -errno;
+		atomic_store_explicit(&have_populate, -1, memory_order_relaxed);
+	}
 	/* Kernels before 5.14: touch every page (pages already in use keep their bytes). */
 	for (uint64_t off = 0; off < len; off += (uint64_t)pg)
 		__atomic_fetch_add((uint8_t *)p + off, 0, __ATOMIC_RELAXED);

@@ -252,15 +252,15 @@ keel__bufreg_init(struct keel_shard *s)
 	cfg.send_home = send_home_hook;
 	cfg.ctx = s;
 	r = keel_alloc_create(&cfg, &br->alloc);
-	if (r == -ENOMEM && rt->opts.hugepages) {
-		keel_log(KEEL_LOG_ERROR, "core",
-			 "--hugepages: %llu huge pages of 2 MiB needed in all (--memory %llu MiB x "
-			 "%u shards), reserved at start; set /proc/sys/vm/nr_hugepages to at least "
-			 "that",
-			 (unsigned long long)(rt->opts.memory / KEEL_ALLOC_HUGEPAGE * rt->count),
-			 (unsigned long long)(rt->opts.memory >> 20), rt->count);
-		return r;
-	}
+	if (r == -ENOMEM && rt->opts.hugepages) /* the allocator's line above says which */
+		keel_log(
+			KEEL_LOG_ERROR, "core",
+			"--hugepages: %llu huge pages of 2 MiB needed in all (%llu MiB of buffers a "
+			"shard, --memory rounded to whole regions, x %u shards), reserved at start: if "
+			"they were not reserved, set /proc/sys/vm/nr_hugepages to at least that",
+			(unsigned long long)(keel_alloc_memory_of(&cfg) / KEEL_ALLOC_HUGEPAGE *
+					     rt->count),
+			(unsigned long long)(keel_alloc_memory_of(&cfg) >> 20), rt->count);
 	if (r < 0) {
 		keel_log(KEEL_LOG_ERROR, "core",
 			 "shard %u: buffer memory (--memory %llu MiB%s): %s", s->id,

@@ -525,6 +525,12 @@ runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 	else
 		rt->count = opts->shards ? opts->shards
 					 : (ncpus > KEEL_MAX_SHARDS ? KEEL_MAX_SHARDS : ncpus);
+	if (r == 0 && !opts->shards && ncpus > KEEL_MAX_SHARDS)
+		keel_log(KEEL_LOG_WARN, "core",
+			 "%u allowed CPUs, one shard each by default, but a runtime has at most "
+			 "%d (KEEL_MAX_SHARDS): the CPUs after the first %d take no shard; use "
+			 "--cpuset to choose them, or run a runtime per group of CPUs",
+			 ncpus, KEEL_MAX_SHARDS, KEEL_MAX_SHARDS);
 	if (hwloc_topology_init(&rt->topo) < 0) {
 		r = -ENOMEM;
 		goto err_rt;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
@@ -182,6 +183,64 @@ Test(alloc_region, runtime_with_hugepages_and_none_reserved_fails_start_up)
 	cr_assert(logcap_has(&cap, "/proc/sys/vm/nr_hugepages"), "log: %s", cap.text);
 	/* How many: the default 256 MiB per shard, times 2 shards, in 2 MiB pages. */
 	cr_assert(logcap_has(&cap, "256 huge pages of 2 MiB needed in all"), "log: %s", cap.text);
+	/* Of the memory the allocator maps: 7 MiB is one region of 4 MiB, so 2 pages a shard
+	 * (it said 6 in all, 7 MiB / 2 MiB x 2). */
+	cap.len = 0;
+	cap.text[0] = 0;
+	o.memory = 7 * MiB;
+	keel_log_set_sink(logcap_keel_sink, &cap);
+	cr_assert_eq(keel_run(&o, NULL, NULL), -ENOMEM);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(logcap_has(&cap, "4 huge pages of 2 MiB needed in all"), "log: %s", cap.text);
+}
+
+/* The whole cap is reserved as address space at create: where the address-space limit
+ * (ulimit -v) refuses it, the log says so and names the fix (it said only "Cannot allocate
+ * memory"). Not under AddressSanitizer, whose shadow memory a limit would starve. */
+Test(alloc_region, an_address_space_limit_below_the_cap_is_named)
+{
+#if defined(__SANITIZE_ADDRESS__)
+	cr_skip_test("AddressSanitizer's shadow memory cannot live under an RLIMIT_AS");
+#else
+	struct keel_alloc_config c = { .memory = 4ULL << 30 };
+	struct keel_alloc *a;
+	struct rlimit rl;
+	long vm_kb = 0;
+	char line[256];
+	FILE *f = fopen("/proc/self/status", "re");
+
+	cr_assert(f);
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmSize: %ld kB", &vm_kb) == 1)
+			break;
+	fclose(f);
+	cr_assert_gt(vm_kb, 0);
+	rl.rlim_cur = rl.rlim_max = ((rlim_t)vm_kb << 10) + (512ULL << 20);
+	cr_assert_eq(setrlimit(RLIMIT_AS, &rl), 0);
+	keel_alloc_log_set(logcap_alloc_hook, &cap);
+	cr_assert_eq(keel_alloc_create(&c, &a), -ENOMEM);
+	keel_alloc_log_set(NULL, NULL);
+	cr_assert(logcap_has(&cap, "ulimit -v") && logcap_has(&cap, "lower --memory"), "log: %s",
+		  cap.text);
+#endif
+}
+
+/* What an allocator of a config maps: the cap rounded down to whole regions, 0 for a config
+ * the create refuses. */
+Test(alloc_region, memory_of_a_config_is_its_cap_in_whole_regions)
+{
+	struct keel_alloc_config c = { 0 };
+
+	cr_assert_eq(keel_alloc_memory_of(&c), KEEL_ALLOC_DEFAULT_MEMORY);
+	c.memory = 7 * MiB;
+	cr_assert_eq(keel_alloc_memory_of(&c), 4 * MiB);
+	c.memory = 3 * MiB; /* below a region: regions of 2 MiB */
+	cr_assert_eq(keel_alloc_memory_of(&c), 2 * MiB);
+	c.memory = 1 * MiB;
+	cr_assert_eq(keel_alloc_memory_of(&c), 0);
+	c.memory = 64 * MiB;
+	c.region_size = 3 * MiB;
+	cr_assert_eq(keel_alloc_memory_of(&c), 0);
 }
 
 Test(alloc_region, memory_and_hugepages_options_parse)

@@ -150,9 +150,18 @@ KEEL_API const char *keel_alloc_backend_name(enum keel_alloc_backend b);
 /**
  * The largest buffer keel_buf_alloc() returns from @a: the region size with the slab
  * backend; 7/8 of it with the jemalloc backend (jemalloc pads a large allocation's extent
- * by a page, and an extent must fit in one region).
+ * by a page, and an extent must fit in one region). A size, not a promise: with the
+ * jemalloc backend, after buffers of other sizes came and went, none this large may be
+ * had even with every buffer freed (its extents stay carved for their size class;
+ * docs/memory.md).
  */
 KEEL_API uint64_t keel_alloc_buf_max(const struct keel_alloc *a);
+
+/**
+ * The buffer memory an allocator made from @cfg maps: its cap rounded down to whole
+ * regions (what --hugepages needs in huge pages). 0: @cfg would be refused (-EINVAL).
+ */
+KEEL_API uint64_t keel_alloc_memory_of(const struct keel_alloc_config *cfg);
 
 /** Regions the cap allows: the size of the runtime's fixed-buffer table for @a. */
 KEEL_API unsigned keel_alloc_region_max(const struct keel_alloc *a);

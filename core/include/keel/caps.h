@@ -55,8 +55,10 @@ struct keel_feature_decision {
 
 /**
  * Decide every feature of @opts against the capabilities: fills @out[KEEL_FEAT__COUNT].
- * Returns: 0, or -EOPNOTSUPP when a feature forced on is missing (the message, with the
- * fix, is logged).
+ * Returns: 0, -EOPNOTSUPP when a feature forced on is missing, or the probe's status when
+ * it could not run (-EMFILE, -ENOMEM, ...: keel_caps_get) or io_uring is missing, or
+ * -ENOTSUP when the kernel lacks what the shard loop needs (the
+ * message, with the fix, is logged in each case).
  */
 KEEL_API int keel_features_decide(const struct keel_opts *opts, struct keel_feature_decision *out);
 
