@@ -3980,6 +3980,84 @@ Test(kv_server, watch_makes_exec_fail_when_a_key_changed)
 	rm_dir(dir);
 }
 
+/* A key watched again is kept once, as Redis keeps one watch per client and key: each
+ * WATCH of it added it to the connection's list again (190 MB for 200,000 WATCHes of one
+ * 1 KB key, each EXEC sending and hashing them all on the owning shard), so under
+ * --client-query-buffer-limit 1mb the 1,037th WATCH of a 1 KB key was refused, which
+ * Redis never does. Three shards: the key's may be another than the connection's. */
+Test(kv_server, watching_a_key_again_keeps_it_once)
+{
+	enum { N = 1100, KLEN = 1000 };
+	struct srv s;
+	struct rd a, b;
+	char key[KLEN + 1], *req = malloc((size_t)N * (KLEN + 32)), cmd[KLEN + 64];
+	size_t len = 0;
+
+	srv_start(&s, 3, "--client-query-buffer-limit", "1mb", NULL);
+	rd_init(&a, test_connect(s.port));
+	rd_init(&b, test_connect(s.port));
+	memset(key, 'k', KLEN);
+	memcpy(key, "{t}", 3);
+	key[KLEN] = 0;
+	for (int i = 0; i < N; i++)
+		len += (size_t)sprintf(req + len, "*2\r\n$5\r\nWATCH\r\n$%d\r\n%s\r\n", KLEN, key);
+	test_send_all(a.fd, req, len);
+	for (int i = 0; i < N; i++) {
+		char *got = rd_next(&a, NULL);
+
+		cr_assert(got, "closed at WATCH %d", i);
+		cr_assert_str_eq(got, "+OK\r\n", "WATCH %d", i);
+	}
+	WAIT_FOR(info_field(s.port, "total_watched_keys:") == 1, "total_watched_keys not 1");
+	/* still watched: another client's SET makes the EXEC fail */
+	snprintf(cmd, sizeof(cmd), "SET %s 1", key);
+	expect(&b, cmd, "+OK\r\n");
+	expect(&a, "MULTI", "+OK\r\n");
+	expect(&a, "PING", "+QUEUED\r\n");
+	expect(&a, "EXEC", "*-1\r\n");
+	WAIT_FOR(info_field(s.port, "total_watched_keys:") == 0, "total_watched_keys not 0");
+	/* a key twice in one WATCH, beside another: both watched, each once */
+	expect(&a, "WATCH {t}x {t}y {t}x", "+OK\r\n");
+	expect(&a, "WATCH {t}y", "+OK\r\n");
+	WAIT_FOR(info_field(s.port, "total_watched_keys:") == 2, "total_watched_keys not 2");
+	expect(&b, "SET {t}y 1", "+OK\r\n");
+	expect(&a, "MULTI", "+OK\r\n");
+	expect(&a, "EXEC", "*-1\r\n");
+	expect(&a, "WATCH {t}x {t}y", "+OK\r\n");
+	expect(&a, "MULTI", "+OK\r\n");
+	expect(&a, "EXEC", "*0\r\n");
+	/* the limit still holds for keys not watched yet: 1,100 distinct keys of 1 KB pass
+	 * 1 MiB, and the WATCHes past it are refused, the earlier ones kept */
+	len = 0;
+	for (int i = 0; i < N; i++) {
+		snprintf(key + 3, 8, "%07d", i);
+		key[10] = 'k';
+		len += (size_t)sprintf(req + len, "*2\r\n$5\r\nWATCH\r\n$%d\r\n%s\r\n", KLEN, key);
+	}
+	test_send_all(a.fd, req, len);
+	for (int i = 0, ok = 0; i < N; i++) {
+		char *got = rd_next(&a, NULL);
+
+		cr_assert(got, "closed at WATCH %d", i);
+		if (!strcmp(got, "+OK\r\n")) {
+			cr_assert_eq(ok, i, "WATCH %d accepted after a refusal", i);
+			ok++;
+		} else {
+			cr_assert_str_eq(got, "-ERR the keys watched pass "
+					      "--client-query-buffer-limit\r\n");
+			cr_assert_gt(ok, 900, "refused at WATCH %d", i);
+		}
+		if (i == N - 1)
+			cr_assert_lt(ok, N, "1.1 MB of keys watched under a 1 MB limit");
+	}
+	expect(&a, "UNWATCH", "+OK\r\n");
+	WAIT_FOR(info_field(s.port, "total_watched_keys:") == 0, "total_watched_keys not 0");
+	rd_free(&a);
+	rd_free(&b);
+	srv_stop(&s);
+	free(req);
+}
+
 /* The keys a connection watches live on one shard, with the transaction's: keys of two
  * shards are refused (-CROSSSLOT, as Redis Cluster), in one WATCH or across several, and
  * so is a queued command whose keys live on another shard than those watched. */
