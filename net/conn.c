@@ -50,12 +50,14 @@ struct keel_conn {
 	bool bulk_waiting;
 
 	struct keel_op recv_op, rcancel_op, send_op, cancel_op, shut_op, connect_op, tmo_op;
-	struct keel_op close_op;
+	struct keel_op close_op, rst_op;
 	unsigned nops;
 
 	bool open, connecting, recv_armed, rcancel_sent, read_paused, bp_paused, eof;
 	bool closing, flush_close, shut_pending, shut_sent, send_inflight, flush_queued;
 	bool lingering; /* a graceful close sent its queue and waits for the peer's EOF */
+	bool zc_used;   /* a SEND_ZC went out: its notification may still be to come */
+	bool rst;       /* an abort that cuts the stream: the close resets it (fd_release) */
 	bool sqe_retry; /* a receive, send or shutdown found no SQE: tried again next pass */
 	bool want_writable, cancel_sent;
 	bool zc_ok;         /* may receive with RECV_ZC: accepted TCP (keel__zcrx_conn_wants) */
@@ -941,6 +943,7 @@ zc_send(struct keel_conn *c, struct keel_slice *s, uint32_t off, uint32_t len)
 	z->c = c;
 	z->ns = ns;
 	keel__net_ref(ns);
+	c->zc_used = true;
 	io_uring_prep_send_zc_fixed(sqe, c->fd, s->data + off, len, MSG_NOSIGNAL,
 				    IORING_SEND_ZC_REPORT_USAGE, idx);
 	sqe_fd(c, sqe);
@@ -1424,6 +1427,13 @@ keel_conn_abort(struct keel_conn *c, int status)
 	/* Lingering, the queue has gone out as the close asked: whatever ends the wait for
 	 * the peer's EOF (its reset, a failed shutdown, a timeout, the stop) is no failure. */
 	c->status = status > 0 || c->lingering ? 0 : status;
+	/* An abort for an error that cuts the stream (bytes still queued or in a send) ends in
+	 * a reset, not a FIN: a FIN after a cut reply reads as a complete one to a peer whose
+	 * protocol ends a reply with the close. So does one whose zero-copy sends may still
+	 * hold its buffers: a plain close left the socket to the kernel with its pages pinned
+	 * for as long as the peer did not read (minutes), and the stop waited for their
+	 * notifications all that time. */
+	c->rst = c->status < 0 && (c->qn || c->send_inflight || c->zc_used);
 	keel__lim_close(c->ns, &c->lim);
 	if (c->close_timer) {
 		/* Allowed inside its own callback (close_timeout_cb). */
@@ -1573,21 +1583,66 @@ close_cb(struct keel_op *op, int res, uint32_t flags)
 	conn_check(c);
 }
 
+/* The SO_LINGER {1, 0} of a reset (c->rst): on a direct descriptor, a socket command
+ * linked ahead of the close (Linux 6.7). */
+static const struct linger rst_linger = { .l_onoff = 1, .l_linger = 0 };
+
+static void
+rst_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	struct keel_conn *c = container_of(op, struct keel_conn, rst_op);
+	static _Thread_local bool logged;
+
+	(void)flags;
+	if (res < 0 && !logged) {
+		logged = true;
+		keel_log(KEEL_LOG_WARN, NET_MOD,
+			 "shard %u: an aborted connection's reset (SO_LINGER 0 on its direct "
+			 "descriptor) failed with %s: it ends with a FIN instead (the socket "
+			 "command needs Linux 6.7; --feature direct_fd=off resets with "
+			 "setsockopt)",
+			 c->ns->id, strerror(-res));
+	} else if (res >= 0) {
+		c->ns->st.conn_resets++;
+	}
+	c->nops--;
+	conn_check(c);
+}
+
 /* Release the descriptor. A direct one goes through the ring (IORING_OP_CLOSE on the
  * fixed slot, Linux 5.15, older than the sparse tables direct_fd needs): no system call
  * of its own, and its completion comes before on_close, so the slot is free again by
- * then. Without an SQE (the ring failed, logged) the slot is released synchronously. */
+ * then. Without an SQE (the ring failed, logged) the slot is released synchronously. A
+ * reset (c->rst) sets SO_LINGER {1, 0} first, so that the close sends a RST and drops
+ * what the socket still holds. */
 static void
 fd_release(struct keel_conn *c)
 {
-	struct io_uring_sqe *sqe;
+	struct io_uring_sqe *sqe, *lsqe = NULL;
 
 	c->fd_released = true;
 	if (!c->direct) {
+		if (c->rst &&
+		    setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &rst_linger, sizeof(rst_linger)) == 0)
+			c->ns->st.conn_resets++;
 		close(c->fd);
 		return;
 	}
 	sqe = keel_sqe_get();
+	if (sqe && c->rst) {
+		/* Both or neither: the setsockopt must not run after the slot's release. */
+		lsqe = sqe;
+		sqe = keel_sqe_get();
+		if (sqe) {
+			keel__sqe_sockopt(lsqe, c->fd, false, SOL_SOCKET, SO_LINGER,
+					  (void *)&rst_linger, sizeof(rst_linger));
+			lsqe->flags |= IOSQE_FIXED_FILE | IOSQE_IO_HARDLINK;
+			keel_sqe_bind(lsqe, &c->rst_op);
+			c->nops++;
+		} else {
+			sqe = lsqe; /* one SQE: the close alone */
+		}
+	}
 	if (sqe) {
 		io_uring_prep_close_direct(sqe, (unsigned)c->fd);
 		keel_sqe_bind(sqe, &c->close_op);
@@ -1752,6 +1807,7 @@ keel__conn_new(struct net_shard *ns, int fd, bool direct, int family, bool accep
 	c->connect_op.fn = connect_cb;
 	c->tmo_op.fn = tmo_cb;
 	c->close_op.fn = close_cb;
+	c->rst_op.fn = rst_cb;
 	c->addr_op.fn = addr_cb;
 	c->next = ns->conns;
 	if (c->next)

@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1228,4 +1229,188 @@ Test(net_lifetime, a_stop_hook_before_any_network_use_is_refused_as_stopping)
 Test(net_lifetime, a_stop_hook_before_the_networks_own_is_refused_as_stopping)
 {
 	late_run(true);
+}
+
+/* ---- an abort that cuts a reply resets the connection ---- */
+
+/* The server queues 32 MiB at on_open (more than any socket buffers take from a peer that
+ * does not read) and the test aborts the connection on its shard: with an error the stream
+ * is cut, and the peer must see a reset, not an EOF that reads as the end of a whole reply
+ * (it did: 4,157,952 of 4,194,304 bytes, then recv 0); with status 0 (a plain close) it
+ * ends with a FIN. */
+static struct {
+	int status;
+	_Atomic int closed, opened;
+	struct keel_conn *_Atomic c;
+} ab;
+
+static void
+ab_abort(struct keel_xreq *req)
+{
+	keel_conn_abort(atomic_load(&ab.c), ab.status);
+	keel_xreq_complete(req, 0);
+}
+
+static void
+ab_open(struct keel_conn *c)
+{
+	static uint8_t chunk[1 << 16];
+
+	for (int i = 0; i < 512; i++)
+		if (!SHARD_CHECK(keel_conn_write(c, chunk, sizeof(chunk)) >= 0))
+			return;
+	atomic_store(&ab.c, c);
+	atomic_store(&ab.opened, 1);
+}
+
+static void
+ab_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	(void)c;
+	for (unsigned i = 0; i < n; i++)
+		keel_slice_put(&s[i]);
+}
+
+static void
+ab_close(struct keel_conn *c, int status)
+{
+	(void)c;
+	(void)status;
+	atomic_store(&ab.closed, 1);
+}
+
+static void
+abort_case(int status, const char *feature)
+{
+	static const struct keel_conn_ops ops = { .on_open = ab_open,
+						  .on_data = ab_data,
+						  .on_close = ab_close };
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_stats st;
+	static char buf[1 << 16];
+	struct srv s;
+	ssize_t r;
+	int fd;
+
+	if (feature)
+		net_test_feature(&o, feature);
+	ab.status = status;
+	atomic_store(&ab.closed, 0);
+	atomic_store(&ab.opened, 0);
+	cr_assert_eq(srv_start(&s, &o, NULL, &ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	WAIT_FOR(atomic_load(&ab.opened), "on_open's writes");
+	cr_assert_eq(rt_run_on(s.rt, 0, ab_abort, NULL), 0);
+	WAIT_FOR(atomic_load(&ab.closed), "the abort's on_close");
+	while ((r = cli_recv(fd, buf, sizeof(buf))) > 0)
+		;
+	if (status < 0)
+		cr_assert(r < 0 && errno == ECONNRESET, "the cut reply ended with %s",
+			  r == 0 ? "an EOF, as a whole one does" : strerror(errno));
+	else
+		cr_assert_eq(r, 0, "a plain abort ended with %s, not a FIN", strerror(errno));
+	close(fd);
+	cr_assert_eq(srv_net_stats(&s, 0, &st), 0);
+	cr_assert_eq(st.conn_resets, status < 0 ? 1u : 0u);
+	cr_assert_eq(srv_stop(&s), 0);
+}
+
+Test(net_lifetime, an_abort_that_cuts_a_reply_resets_the_connection)
+{
+	abort_case(-ECONNABORTED, NULL);
+}
+
+Test(net_lifetime, an_abort_that_cuts_a_reply_resets_the_connection_plain_fds)
+{
+	abort_case(-ECONNABORTED, "direct_fd=off");
+}
+
+Test(net_lifetime, a_plain_abort_ends_with_a_fin)
+{
+	abort_case(0, NULL);
+}
+
+/* The stop with a zero-copy send to a peer that does not read: the stop's abort resets the
+ * connection, which frees the pages the socket held, and the notification comes. A plain
+ * close left the socket to the kernel (FIN-WAIT-1, its data unsent behind a zero window)
+ * and the stop waited for the notification until the kernel gave the socket up: 340 s in
+ * the review's run. The bound below only catches that hang. */
+static _Atomic int zs_opened;
+
+static void
+zs_open(struct keel_conn *c)
+{
+	struct keel_slice s;
+
+	if (!SHARD_CHECK_EQ(keel_buf_alloc(keel_shard_alloc(), 4u << 20, &s), 0))
+		return;
+	memset(s.data, 'z', 4u << 20);
+	s.len = 4u << 20;
+	SHARD_CHECK(keel_conn_send(c, &s) >= 0);
+	atomic_store(&zs_opened, 1);
+}
+
+struct zs_stopper {
+	struct srv *s;
+	_Atomic int done;
+	int r;
+};
+
+static void *
+zs_stop(void *arg)
+{
+	struct zs_stopper *st = arg;
+
+	st->r = srv_stop(st->s);
+	atomic_store(&st->done, 1);
+	return NULL;
+}
+
+static void
+zc_stop_case(const char *feature)
+{
+	static const struct keel_conn_ops ops = { .on_open = zs_open,
+						  .on_data = ab_data,
+						  .on_close = ab_close };
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct srv s;
+	struct zs_stopper st = { .s = &s };
+	pthread_t th;
+	bool stopped;
+	int fd;
+
+	if (!keel_caps_get()->zc_report_usage)
+		cr_skip_test("no SEND_ZC with the copy report on this kernel (6.2)");
+	keel_net_config_init(&nc);
+	nc.zc_threshold = 4096;
+	net_test_feature(&o, "send_zc=on");
+	if (feature)
+		net_test_feature(&o, feature);
+	atomic_store(&zs_opened, 0);
+	cr_assert_eq(srv_start(&s, &o, &nc, &ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	WAIT_FOR(atomic_load(&zs_opened), "on_open's send");
+	cr_assert_eq(pthread_create(&th, NULL, zs_stop, &st), 0);
+	/* The peer neither reads nor closes until the stop has returned (or the bound). */
+	for (int i = 0; i < 600 && !atomic_load(&st.done); i++)
+		usleep(100 * 1000);
+	stopped = atomic_load(&st.done);
+	close(fd);
+	pthread_join(th, NULL);
+	cr_assert(stopped, "the stop waited 60 s on a peer that does not read");
+	cr_assert_eq(st.r, 0);
+}
+
+Test(net_lifetime, the_stop_ends_a_zero_copy_send_to_a_peer_that_does_not_read, .timeout = 120)
+{
+	zc_stop_case(NULL);
+}
+
+Test(net_lifetime, the_stop_ends_a_zero_copy_send_to_a_peer_that_does_not_read_plain_fds,
+     .timeout = 120)
+{
+	zc_stop_case("direct_fd=off");
 }

@@ -485,7 +485,13 @@ KEEL_API void keel_conn_close(struct keel_conn *c);
 /**
  * Close now: queued bytes are dropped, operations are cancelled; on_close(c, @status)
  * follows (status <= 0), from the loop once nothing is in flight, never before this
- * returns. Context: the connection's shard; @c stays valid until on_close returns.
+ * returns. With @status < 0 and bytes still queued or in a send (the stream is cut), or
+ * after a zero-copy send (whose pages the socket may still hold), the connection is reset
+ * (SO_LINGER 0: the peer gets ECONNRESET, not an EOF that would read as the end of a whole
+ * reply, and the kernel drops what it holds); otherwise, and with @status 0, it ends with
+ * a FIN after what the kernel holds. The runtime's stop aborts with -ESHUTDOWN, and
+ * send_max, the timeouts and close_timeout_ns with their errors, alike.
+ * Context: the connection's shard; @c stays valid until on_close returns.
  */
 KEEL_API void keel_conn_abort(struct keel_conn *c, int status);
 
@@ -659,6 +665,9 @@ struct keel_net_stats {
 	uint64_t udp_send_capped;   /* datagrams keel_udp_send refused with -ENOBUFS: the shard
 				       held udp_send_max in flight */
 	uint64_t udp_send_inflight; /* datagrams accepted by keel_udp_send and not yet sent, now */
+	uint64_t conn_resets;       /* aborts that reset the connection (SO_LINGER 0): an
+				       error that cut its stream, or one after zero-copy sends
+				       (keel_conn_abort) */
 	uint64_t close_lingers;     /* graceful closes that sent their queue before the peer
 				       ended its side, and so shut the write side and read on
 				       until its EOF (keel_conn_close) */
