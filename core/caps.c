@@ -390,13 +390,7 @@ keel_features_decide(const struct keel_opts *opts, struct keel_feature_decision 
 			fr.have = false;
 			fr.missing = "gathering sleeps require defer_taskrun, which is off";
 		}
-		/* keel's zero-copy sends go from fixed buffers only: without them every send
-		 * went out plain while send_zc said "used" (and =on started). */
-		if (f == KEEL_FEAT_SEND_ZC && !out[KEEL_FEAT_REG_BUFFERS].used && fr.have) {
-			fr.have = false;
-			fr.missing = "zero-copy sends go from registered buffers, and reg_buffers "
-				     "is off (--feature reg_buffers=auto|on)";
-		}
+
 		if (p == KEEL_POLICY_OFF) {
 			out[f].used = false;
 			out[f].reason = "forced off by policy";
@@ -407,6 +401,14 @@ keel_features_decide(const struct keel_opts *opts, struct keel_feature_decision 
 			out[f].used = false;
 			out[f].reason =
 				"the shards do not poll (--idle-poll-us 0); on: set it anyway";
+		} else if (fr.have && f == KEEL_FEAT_SEND_ZC && !out[KEEL_FEAT_REG_BUFFERS].used) {
+			/* TCP's zero-copy sends go from fixed buffers only; UDP's (sendmsg_zc
+			 * from any memory) do not need them. It said "used" while every TCP send
+			 * went out plain. */
+			out[f].used = true;
+			out[f].reason =
+				"UDP only: TCP's zero-copy sends go from registered buffers, "
+				"and reg_buffers is off (--feature reg_buffers=auto|on)";
 		} else if (fr.have) {
 			out[f].used = true;
 			out[f].reason =

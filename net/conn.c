@@ -56,8 +56,9 @@ struct keel_conn {
 	bool open, connecting, recv_armed, rcancel_sent, read_paused, bp_paused, eof;
 	bool closing, flush_close, shut_pending, shut_sent, send_inflight, flush_queued;
 	bool lingering; /* a graceful close sent its queue and waits for the peer's EOF */
-	bool zc_used;   /* a SEND_ZC went out: its notification may still be to come */
 	bool rst;       /* an abort that cuts the stream: the close resets it (fd_release) */
+	/* SEND_ZCs whose notification has not come: the socket may hold their pages */
+	struct zc_op *zc_out;
 	bool sqe_retry; /* a receive, send or shutdown found no SQE: tried again next pass */
 	bool want_writable, cancel_sent;
 	bool zc_ok;         /* may receive with RECV_ZC: accepted TCP (keel__zcrx_conn_wants) */
@@ -101,7 +102,9 @@ struct keel_conn {
 /* A SEND_ZC: lives until its notification, which may come after the connection is gone. */
 struct zc_op {
 	struct keel_op op;
-	struct keel_conn *c; /* until the first CQE */
+	struct keel_conn *c;     /* until the first CQE */
+	struct keel_conn *owner; /* until the notification, or the connection's free */
+	struct zc_op *onext;     /* owner->zc_out's list */
 	struct net_shard *ns;
 	struct keel_slice s;
 };
@@ -889,6 +892,13 @@ zc_done(struct zc_op *z)
 {
 	struct net_shard *ns = z->ns;
 
+	if (z->owner) { /* off its connection's list: the socket holds no page of it now */
+		struct zc_op **p = &z->owner->zc_out;
+
+		while (*p != z)
+			p = &(*p)->onext;
+		*p = z->onext;
+	}
 	keel_slice_put(&z->s);
 	free(z);
 	keel__net_unref(ns);
@@ -943,7 +953,9 @@ zc_send(struct keel_conn *c, struct keel_slice *s, uint32_t off, uint32_t len)
 	z->c = c;
 	z->ns = ns;
 	keel__net_ref(ns);
-	c->zc_used = true;
+	z->owner = c;
+	z->onext = c->zc_out;
+	c->zc_out = z;
 	io_uring_prep_send_zc_fixed(sqe, c->fd, s->data + off, len, MSG_NOSIGNAL,
 				    IORING_SEND_ZC_REPORT_USAGE, idx);
 	sqe_fd(c, sqe);
@@ -1433,7 +1445,7 @@ keel_conn_abort(struct keel_conn *c, int status)
 	 * hold its buffers: a plain close left the socket to the kernel with its pages pinned
 	 * for as long as the peer did not read (minutes), and the stop waited for their
 	 * notifications all that time. */
-	c->rst = c->status < 0 && (c->qn || c->send_inflight || c->zc_used);
+	c->rst = c->status < 0 && c->open && (c->qn || c->send_inflight || c->zc_out);
 	keel__lim_close(c->ns, &c->lim);
 	if (c->close_timer) {
 		/* Allowed inside its own callback (close_timeout_cb). */
@@ -1464,6 +1476,8 @@ conn_free(struct keel_conn *c, bool notify)
 	struct net_shard *ns = c->ns;
 
 	net_verify(c->nops == 0 && c->fd_released);
+	for (struct zc_op *z = c->zc_out; z; z = z->onext) /* notifications still to come */
+		z->owner = NULL;
 	if (c->close_timer)
 		keel_timer_destroy(c->close_timer);
 	if (c->hframer) /* a framer the app keeps past on_close must not abort @c later */
@@ -1628,21 +1642,17 @@ fd_release(struct keel_conn *c)
 		close(c->fd);
 		return;
 	}
-	sqe = keel_sqe_get();
-	if (sqe && c->rst) {
-		/* Both or neither: the setsockopt must not run after the slot's release. */
-		lsqe = sqe;
-		sqe = keel_sqe_get();
-		if (sqe) {
-			keel__sqe_sockopt(lsqe, c->fd, false, SOL_SOCKET, SO_LINGER,
-					  (void *)&rst_linger, sizeof(rst_linger));
-			lsqe->flags |= IOSQE_FIXED_FILE | IOSQE_IO_HARDLINK;
-			keel_sqe_bind(lsqe, &c->rst_op);
-			c->nops++;
-		} else {
-			sqe = lsqe; /* one SQE: the close alone */
-		}
+	/* Both in a row or the close alone: the SQ's room for two is made first, so the
+	 * close's keel_sqe_get() cannot submit the setsockopt's SQE on its own (a submit
+	 * between them sent it unfilled, whatever that slot held on the ring's last lap). */
+	if (c->rst && keel_sqe_reserve(2) == 0 && (lsqe = keel_sqe_get())) {
+		keel__sqe_sockopt(lsqe, c->fd, false, SOL_SOCKET, SO_LINGER, (void *)&rst_linger,
+				  sizeof(rst_linger));
+		lsqe->flags |= IOSQE_FIXED_FILE | IOSQE_IO_HARDLINK;
+		keel_sqe_bind(lsqe, &c->rst_op);
+		c->nops++;
 	}
+	sqe = keel_sqe_get();
 	if (sqe) {
 		io_uring_prep_close_direct(sqe, (unsigned)c->fd);
 		keel_sqe_bind(sqe, &c->close_op);

@@ -1414,3 +1414,70 @@ Test(net_lifetime, the_stop_ends_a_zero_copy_send_to_a_peer_that_does_not_read_p
 {
 	zc_stop_case("direct_fd=off");
 }
+
+/* A zero-copy send whose notification came back holds no page of the socket: an abort for an
+ * error after it (here the idle timeout, once the peer read the whole reply) ends with a
+ * FIN, as one without zero-copy does. Any SEND_ZC ever sent made it a reset. */
+static _Atomic int zf_opened;
+
+static void
+zf_open(struct keel_conn *c)
+{
+	struct keel_slice s;
+
+	if (!SHARD_CHECK_EQ(keel_buf_alloc(keel_shard_alloc(), 4096, &s), 0))
+		return;
+	memset(s.data, 'f', 4096);
+	s.len = 4096;
+	SHARD_CHECK(keel_conn_send(c, &s) >= 0);
+	atomic_store(&zf_opened, 1);
+}
+
+static void
+zf_case(const char *feature)
+{
+	static const struct keel_conn_ops ops = { .on_open = zf_open,
+						  .on_data = ab_data,
+						  .on_close = ab_close };
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct keel_net_stats st;
+	char buf[4096];
+	struct srv s;
+	ssize_t r;
+	int fd;
+
+	if (!keel_caps_get()->zc_report_usage)
+		cr_skip_test("no SEND_ZC with the copy report on this kernel (6.2)");
+	keel_net_config_init(&nc);
+	nc.zc_threshold = 4096;
+	nc.idle_timeout_ns = KEEL_MS(300);
+	net_test_feature(&o, "send_zc=on");
+	if (feature)
+		net_test_feature(&o, feature);
+	atomic_store(&zf_opened, 0);
+	atomic_store(&ab.closed, 0);
+	cr_assert_eq(srv_start(&s, &o, &nc, &ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(cli_read_all(fd, buf, sizeof(buf)), 0);
+	WAIT_FOR(atomic_load(&ab.closed), "the idle timeout's abort");
+	r = cli_recv(fd, buf, sizeof(buf));
+	cr_assert_eq(r, 0, "a whole reply, then the idle timeout: %s, not a FIN",
+		     r < 0 ? strerror(errno) : "more bytes");
+	close(fd);
+	cr_assert_eq(srv_net_stats(&s, 0, &st), 0);
+	cr_assert_gt(st.sends_zc, 0);
+	cr_assert_eq(st.conn_resets, 0);
+	cr_assert_eq(srv_stop(&s), 0);
+}
+
+Test(net_lifetime, an_abort_after_a_zero_copy_send_that_came_back_ends_with_a_fin)
+{
+	zf_case(NULL);
+}
+
+Test(net_lifetime, an_abort_after_a_zero_copy_send_that_came_back_ends_with_a_fin_plain_fds)
+{
+	zf_case("direct_fd=off");
+}

@@ -222,11 +222,16 @@ epoll_gather_parity "$kb" compare.sh || exit 1
 # experiment (does gathering help the epoll server?), not a comparison at equal footing:
 # compare.md then says so in its header and in every row's flags.
 unequal=0
-# (Where keel's sleeps cannot gather, parity turned the epoll server's off too.)
-if [ -n "$egather_opt" ] && [ "$egather" = "$egather_opt" ] &&
-	[ "$egather" != "${KEEL_WAIT_COALESCE_US:-10}" ]; then
+# (Where keel's sleeps cannot gather, parity turned the epoll server's off too; and a
+# window of 0 is asked of keel-bench, since parity asks only for a window above 0.)
+kwin=${KEEL_WAIT_COALESCE_US:-10}
+if [ -n "$egather_opt" ] && [ "$egather" = "$egather_opt" ] && [ "$egather" != "$kwin" ]; then
+	ban=$("$kb" serve --backend keel --seconds 0.1 --no-pin 2>&1) || true
+	[[ ${ban%%$'\n'*} != *"sleeps do not gather"* ]] || kwin=0
+fi
+if [ -n "$egather_opt" ] && [ "$egather" = "$egather_opt" ] && [ "$egather" != "$kwin" ]; then
 	unequal=1
-	echo "compare.sh: --epoll-gather-us $egather_opt: keel's sleeps gather ${KEEL_WAIT_COALESCE_US:-10} us," \
+	echo "compare.sh: --epoll-gather-us $egather_opt: keel's sleeps gather $kwin us," \
 		"the epoll server's $egather: unequal sleep policies, every row is flagged" >&2
 fi
 have_gnuplot=0
@@ -600,7 +605,7 @@ client_desc="keel-bench MODE --client $client --port P --server-pid PID"
 		"$runs"/*-epoll-1.log 2>/dev/null || true)
 	echo "- keel's sleeps: ${gather:-end at the first completion} (--wait-coalesce-us, architecture.md step 8); the epoll server's: ${egath:-end at the first event} (keel-bench serve --gather-us, the same policy)"
 	[ "$unequal" = 0 ] ||
-		echo "- **UNEQUAL sleep policies**: --epoll-gather-us $egather_opt set the epoll server's gathering window alone (keel's: ${KEEL_WAIT_COALESCE_US:-10} us); this run is an experiment, not a comparison at equal footing"
+		echo "- **UNEQUAL sleep policies**: --epoll-gather-us $egather_opt set the epoll server's gathering window alone (keel's: $kwin us); this run is an experiment, not a comparison at equal footing"
 	echo "- $reps alternating repetitions of ${secs} s (+${warmup} s warm-up) per row, policy and server; median (min-max)"
 	[ "$reps" -ge 5 ] ||
 		echo "- **below the method: $reps repetitions (< 5) a side; a look, not a result** (docs/bench.md)"
