@@ -485,8 +485,9 @@ KEEL_API void keel_conn_close(struct keel_conn *c);
 /**
  * Close now: queued bytes are dropped, operations are cancelled; on_close(c, @status)
  * follows (status <= 0), from the loop once nothing is in flight, never before this
- * returns. With @status < 0 and bytes still queued or in a send (the stream is cut), or
- * after a zero-copy send (whose pages the socket may still hold), the connection is reset
+ * returns. With @status < 0, on an open connection with bytes still queued or in a send
+ * (the stream is cut), or with a zero-copy send whose notification has not come (the
+ * socket still holds its pages), the connection is reset
  * (SO_LINGER 0: the peer gets ECONNRESET, not an EOF that would read as the end of a whole
  * reply, and the kernel drops what it holds); otherwise, and with @status 0, it ends with
  * a FIN after what the kernel holds. The runtime's stop aborts with -ESHUTDOWN, and
@@ -666,8 +667,8 @@ struct keel_net_stats {
 				       held udp_send_max in flight */
 	uint64_t udp_send_inflight; /* datagrams accepted by keel_udp_send and not yet sent, now */
 	uint64_t conn_resets;       /* aborts that reset the connection (SO_LINGER 0): an
-				       error that cut its stream, or one after zero-copy sends
-				       (keel_conn_abort) */
+				       error that cut its stream, or one while zero-copy sends
+				       still held pages (keel_conn_abort) */
 	uint64_t close_lingers;     /* graceful closes that sent their queue before the peer
 				       ended its side, and so shut the write side and read on
 				       until its EOF (keel_conn_close) */
