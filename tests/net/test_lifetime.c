@@ -1367,31 +1367,43 @@ zs_stop(void *arg)
 	return NULL;
 }
 
-static void
-zc_stop_case(const char *feature)
+/* A server of @ops with zero-copy sends from 4 KiB (and @feature, @idle_ns) and a client
+ * connected to it: the client's descriptor. Skips where the kernel has no SEND_ZC. */
+static int
+zc_srv_start(struct srv *s, const struct keel_conn_ops *ops, const char *feature, uint64_t idle_ns)
 {
-	static const struct keel_conn_ops ops = { .on_open = zs_open,
-						  .on_data = ab_data,
-						  .on_close = ab_close };
 	struct keel_opts o = net_test_opts(1);
 	struct keel_net_config nc;
-	struct srv s;
-	struct zs_stopper st = { .s = &s };
-	pthread_t th;
-	bool stopped;
 	int fd;
 
 	if (!keel_caps_get()->zc_report_usage)
 		cr_skip_test("no SEND_ZC with the copy report on this kernel (6.2)");
 	keel_net_config_init(&nc);
 	nc.zc_threshold = 4096;
+	nc.idle_timeout_ns = idle_ns;
 	net_test_feature(&o, "send_zc=on");
 	if (feature)
 		net_test_feature(&o, feature);
-	atomic_store(&zs_opened, 0);
-	cr_assert_eq(srv_start(&s, &o, &nc, &ops), 0);
-	fd = cli_connect(s.port);
+	cr_assert_eq(srv_start(s, &o, &nc, ops), 0);
+	fd = cli_connect(s->port);
 	cr_assert_geq(fd, 0);
+	return fd;
+}
+
+static void
+zc_stop_case(const char *feature)
+{
+	static const struct keel_conn_ops ops = { .on_open = zs_open,
+						  .on_data = ab_data,
+						  .on_close = ab_close };
+	struct srv s;
+	struct zs_stopper st = { .s = &s };
+	pthread_t th;
+	bool stopped;
+	int fd;
+
+	atomic_store(&zs_opened, 0);
+	fd = zc_srv_start(&s, &ops, feature, 0);
 	WAIT_FOR(atomic_load(&zs_opened), "on_open's send");
 	cr_assert_eq(pthread_create(&th, NULL, zs_stop, &st), 0);
 	/* The peer neither reads nor closes until the stop has returned (or the bound). */
@@ -1439,27 +1451,15 @@ zf_case(const char *feature)
 	static const struct keel_conn_ops ops = { .on_open = zf_open,
 						  .on_data = ab_data,
 						  .on_close = ab_close };
-	struct keel_opts o = net_test_opts(1);
-	struct keel_net_config nc;
 	struct keel_net_stats st;
 	char buf[4096];
 	struct srv s;
 	ssize_t r;
 	int fd;
 
-	if (!keel_caps_get()->zc_report_usage)
-		cr_skip_test("no SEND_ZC with the copy report on this kernel (6.2)");
-	keel_net_config_init(&nc);
-	nc.zc_threshold = 4096;
-	nc.idle_timeout_ns = KEEL_MS(300);
-	net_test_feature(&o, "send_zc=on");
-	if (feature)
-		net_test_feature(&o, feature);
 	atomic_store(&zf_opened, 0);
 	atomic_store(&ab.closed, 0);
-	cr_assert_eq(srv_start(&s, &o, &nc, &ops), 0);
-	fd = cli_connect(s.port);
-	cr_assert_geq(fd, 0);
+	fd = zc_srv_start(&s, &ops, feature, KEEL_MS(300));
 	cr_assert_eq(cli_read_all(fd, buf, sizeof(buf)), 0);
 	WAIT_FOR(atomic_load(&ab.closed), "the idle timeout's abort");
 	r = cli_recv(fd, buf, sizeof(buf));
