@@ -226,7 +226,8 @@ unequal=0
 # window of 0 is asked of keel-bench, since parity asks only for a window above 0.)
 kwin=${KEEL_WAIT_COALESCE_US:-10}
 if [ -n "$egather_opt" ] && [ "$egather" = "$egather_opt" ] && [ "$egather" != "$kwin" ]; then
-	ban=$("$kb" serve --backend keel --seconds 0.1 --no-pin 2>&1) || true
+	# Bounded: a serve that does not stop by itself (a stub's) leaves keel's window as set.
+	ban=$(timeout -k 1 3 "$kb" serve --backend keel --seconds 0.1 --no-pin 2>&1) || true
 	[[ ${ban%%$'\n'*} != *"sleeps do not gather"* ]] || kwin=0
 fi
 if [ -n "$egather_opt" ] && [ "$egather" = "$egather_opt" ] && [ "$egather" != "$kwin" ]; then
