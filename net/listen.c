@@ -161,9 +161,12 @@ unix_listen(struct keel_listener *l, const struct keel_listen_opts *o,
 	if (u->sun_path[0]) {
 		l->unix_path = strdup(u->sun_path);
 		if (!l->unix_path || stat(u->sun_path, &st) < 0) {
+			/* The bind just made the file: without its identity the destroy would
+			 * not know it as keel's and would leave it behind, so it goes now. */
 			r = l->unix_path ? -errno : -ENOMEM;
-			if (!l->unix_path)
-				unlink(u->sun_path);
+			unlink(u->sun_path);
+			keel_log(KEEL_LOG_ERROR, NET_MOD, "listen %s: %s%s", o->addr,
+				 l->unix_path ? "stat of the bound path: " : "", strerror(-r));
 			return r;
 		}
 		l->unix_dev = st.st_dev;
