@@ -1392,6 +1392,7 @@ keel_conn_close(struct keel_conn *c)
 		return;
 	}
 	c->flush_close = true;
+	keel__lim_header_end(&c->lim);
 	/* Still connecting: keel__conn_opened sends the queue and closes (no on_open). */
 	if (c->open) {
 		rq_drop(c); /* a closing connection reads nothing more */

@@ -339,6 +339,13 @@ keel__lim_rx(struct net_lim *l, int n)
 			l->rx += (uint64_t)n;
 	}
 }
+/* The application closed: its close is bounded by close_timeout_ns, and the header timeout
+ * no longer applies (it cut the close's flush, and counted a connection already closed). */
+static inline void
+keel__lim_header_end(struct net_lim *l)
+{
+	l->need = 0;
+}
 static inline void
 keel__lim_tx(struct net_lim *l)
 {

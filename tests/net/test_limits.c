@@ -206,6 +206,56 @@ Test(net_limits, header_timeout_closes_silent_and_slow_peers)
 	cr_assert_eq(atomic_load(&lim_idle), 0);
 }
 
+/* A server that answers before the header came (a greeting, a refusal) and closes: 32 MiB
+ * queued, then keel_conn_close(). */
+static void
+greet_open(struct keel_conn *c)
+{
+	static uint8_t chunk[1 << 16];
+
+	memset(chunk, 'g', sizeof(chunk));
+	for (int i = 0; i < 512; i++)
+		if (!SHARD_CHECK(keel_conn_write(c, chunk, sizeof(chunk)) >= 0))
+			return;
+	keel_conn_close(c);
+}
+
+static const struct keel_conn_ops greet_ops = { .on_open = greet_open,
+						.on_data = lecho_data,
+						.on_close = lecho_close };
+
+/* The application's close ends the header timeout: the peer that never sent its header and
+ * reads the reply late gets all of it and the FIN, and no header timeout is counted. The
+ * timeout used to fire during the close's flush and abort it, cutting the reply (a reset)
+ * and counting a header timeout for a connection the application had closed. */
+Test(net_limits, a_close_before_the_header_ends_its_timeout)
+{
+	static char buf[1 << 16];
+	struct keel_net_config nc;
+	struct srv s;
+	size_t got = 0;
+	ssize_t r;
+	int fd;
+
+	lim_reset();
+	keel_net_config_init(&nc);
+	nc.header_timeout_ns = KEEL_MS(100);
+	cr_assert_eq(srv_start(&s, NULL, &nc, &greet_ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	usleep(600 * 1000); /* six header timeouts, none of them the peer's to hear */
+	while ((r = cli_recv(fd, buf, sizeof(buf))) > 0)
+		got += (size_t)r;
+	cr_assert(r == 0, "the reply ended with %s after %zu bytes", strerror(errno), got);
+	cr_assert_eq(got, (size_t)512 << 16);
+	WAIT_FOR(atomic_load(&s.closes) == 1, "the server's on_close");
+	cr_assert_eq(atomic_load(&lim_hdr), 0,
+		     "a header timeout was counted for a closed connection");
+	cr_assert_eq(atomic_load(&lim_etimedout_closes), 0);
+	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
+}
+
 /* header_bytes 0 means 1 (a first-byte timeout): a connection that sent a byte is past its
  * header and stays served when the silent one beside it is closed. */
 Test(net_limits, header_bytes_zero_is_a_first_byte_timeout)
