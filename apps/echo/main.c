@@ -53,14 +53,20 @@ net_print(const struct app *a, unsigned shards)
 {
 	for (unsigned i = 0; i < shards; i++) {
 		const struct keel_net_stats *n = &a->net[i];
+		char iovs[48] = "";
+
+		/* send_iovs counts TCP's buffers only: UDP's sends say their datagrams below. */
+		if (!a->udp)
+			snprintf(iovs, sizeof(iovs), " of %llu buffers",
+				 (unsigned long long)n->send_iovs);
 		fprintf(stderr,
 			"shard %u net: %llu receive completions, %llu buffers, %llu ENOBUFS, %llu "
-			"re-arms, %llu sends of %llu buffers, bulk ring: %llu moves to, %llu back, "
+			"re-arms, %llu sends%s, bulk ring: %llu moves to, %llu back, "
 			"window %llu KiB%s\n",
 			i, (unsigned long long)n->recv_cqes, (unsigned long long)n->recv_bufs,
 			(unsigned long long)n->enobufs, (unsigned long long)n->rearms,
-			(unsigned long long)n->sends, (unsigned long long)n->send_iovs,
-			(unsigned long long)n->bulk_moves, (unsigned long long)n->bulk_backs,
+			(unsigned long long)n->sends, iovs, (unsigned long long)n->bulk_moves,
+			(unsigned long long)n->bulk_backs,
 			(unsigned long long)(n->bulk_window >> 10),
 			n->bulk_failed ? " (could not be made)" : "");
 		if (n->udp_drops || n->udp_truncated || n->udp_nomem || n->udp_recv_errors)
@@ -218,7 +224,11 @@ main(int argc, char **argv)
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 		char *end;
 
-		if (!strcmp(argv[i], "--udp")) {
+		if (!strcmp(argv[i], "--")) { /* the options' end: keel-echo takes no argument */
+			if (i + 1 < argc)
+				die("unexpected argument ", argv[i + 1]);
+			break;
+		} else if (!strcmp(argv[i], "--udp")) {
 			a.udp = true;
 		} else if (!strcmp(argv[i], "--forward")) {
 			a.forward = true;
@@ -296,13 +306,20 @@ main(int argc, char **argv)
 		r = keel_listener_create(&lo, keel_runtime_shard_count(rt),
 					 a.forward ? &echo_fwd_ops : &echo_ops, &a, &a.l);
 		if (r < 0) {
+			/* A name that does not resolve is -ENOENT: not "No such file". */
 			fprintf(stderr, "keel-echo: listening on %s port %ld: %s\n", a.addr, a.port,
-				strerror(-r));
+				r == -ENOENT
+					? "the address does not resolve (give an IP address, or a "
+					  "name the resolver knows)"
+					: strerror(-r));
 			keel_runtime_destroy(rt);
 			return 1;
 		}
 	}
 	a.steer = keel_steer_name(lo.steer);
+	if (a.forward && keel_runtime_shard_count(rt) == 1)
+		fprintf(stderr, "keel-echo: --forward with one shard relays every frame to that "
+				"shard itself: nothing crosses shards (give --shards 2 or more)\n");
 	if (o.stats) {
 		a.net = calloc(keel_runtime_shard_count(rt), sizeof(*a.net));
 		if (!a.net)
