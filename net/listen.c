@@ -212,7 +212,7 @@ port_free(const struct sockaddr_storage *ss, socklen_t len, const struct keel_li
 		keel_log(KEEL_LOG_ERROR, NET_MOD, "bind %s port %u: %s%s",
 			 o->addr ? o->addr : "0.0.0.0", (unsigned)o->port, strerror(-r),
 			 r == -EADDRINUSE ? " (another program listens there: pick another "
-					    "--port, or stop it)"
+					    "port, or stop it)"
 					  : "");
 	}
 	close(fd);
@@ -322,7 +322,7 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 				 o->addr ? o->addr : "0.0.0.0", (unsigned)(i ? l->port : o->port),
 				 strerror(-r),
 				 r == -EADDRINUSE ? " (another program listens there: pick "
-						    "another --port, or stop it)"
+						    "another port, or stop it)"
 						  : "");
 			goto err;
 		}

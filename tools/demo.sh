@@ -9,13 +9,21 @@
 # (keel --idle-poll-us 0, epoll --busy-poll-us 0) and both polling 50 us first, 5 alternating
 # repetitions of each. Prints keel's and epoll's medians with their min-max and the ratio of
 # the medians, with each server's CPU per message over the measured window; then the
-# cross-shard message benchmark beside its SPSC ring + eventfd baseline. About 80 s after the
-# build.
+# cross-shard message benchmark beside its SPSC ring + eventfd baseline. About 70 s after the
+# build on 2 cores.
 #   tools/demo.sh                 1 s per network measurement, 1 s per xshard measurement
 #   KEEL_DEMO_SECONDS=3 KEEL_DEMO_REPS=7 tools/demo.sh
 # The full matrix, with repetitions and a chart: tools/bench/compare.sh (docs/bench.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The build goes in build-release/ here: a checkout that cannot be written fails now, by
+# name, not after the build with an old log.
+if ! { [ ! -e build-release ] || [ -w build-release ]; } || ! : >>.demo-write-probe 2>/dev/null; then
+	echo "demo.sh: cannot write in $PWD (the Release build goes in build-release/ here):" \
+		"run it from a writable copy (git clone $PWD /tmp/keel)" >&2
+	exit 1
+fi
+rm -f .demo-write-probe
 . tools/deps.sh
 keel_install_missing
 
@@ -25,9 +33,14 @@ reps=${KEEL_DEMO_REPS:-5}
 # shellcheck source=bench/parity.sh
 . tools/bench/parity.sh
 echo "== building (Release) in build-release/"
+build_failed() {
+	cat build-release.log >&2
+	echo "demo.sh: the Release build failed (above; the whole log is build-release.log)" >&2
+	exit 1
+}
 cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release -DKEEL_TESTS=OFF -DKEEL_WERROR=OFF >build-release.log 2>&1 ||
-	{ cat build-release.log; exit 1; }
-cmake --build build-release -j "$(nproc)" >>build-release.log 2>&1 || { cat build-release.log; exit 1; }
+	build_failed
+cmake --build build-release -j "$(nproc)" >>build-release.log 2>&1 || build_failed
 bin=build-release/bin
 
 tmp=$(mktemp -d)
@@ -44,16 +57,22 @@ trap 'exit 130' INT TERM
 
 # The automatic map: keel-topo --plan writes it (and prints the commands that would make the
 # machine match; nothing is applied). keel-echo runs on it; the epoll server on its CPUs.
+# It is kept in build-release/, so the command the banner shows can be run again.
 map=()
 srv_cpus=(0)
 if [ -x "$bin/keel-topo" ]; then
 	echo
 	echo "== this machine's map (keel-topo)"
-	"$bin/keel-topo" | sed -n '/^Map/,$p' | grep -E '^Map|^  shard' | head -n 17 || true
-	if "$bin/keel-topo" --plan --map "$tmp/keel-map.json" >"$tmp/plan.log" 2>&1; then
-		mapfile -t c < <(sed -n 's/.*"shard": *[0-9]*, *"cpu": *\([0-9]*\).*/\1/p' "$tmp/keel-map.json")
+	"$bin/keel-topo" | sed -n '/^Map/,$p' | grep -E '^Map|^  shard' | head -n 17 >"$tmp/map.txt" || true
+	cat "$tmp/map.txt"
+	if grep -q MISMATCH "$tmp/map.txt"; then
+		echo "  (MISMATCH: a NIC queue's IRQ is not on its shard's CPU yet; keel-topo --plan prints the"
+		echo "  commands that would pin it, docs/topology.md; nothing is applied, and loopback uses no NIC)"
+	fi
+	if "$bin/keel-topo" --plan --map build-release/keel-map.json >"$tmp/plan.log" 2>&1; then
+		mapfile -t c < <(sed -n 's/.*"shard": *[0-9]*, *"cpu": *\([0-9]*\).*/\1/p' build-release/keel-map.json)
 		if [ ${#c[@]} -gt 0 ]; then
-			map=(--map "$tmp/keel-map.json")
+			map=(--map build-release/keel-map.json)
 			srv_cpus=("${c[@]}")
 		fi
 	fi
@@ -79,22 +98,23 @@ if [ -z "$cli" ]; then
 	cli_note=" (shared with a server shard: every allowed CPU has one)"
 fi
 
-free_port() {
+# Each server takes a free port itself (--port 0) and names it in its first line, written
+# once every shard listens (keel-echo: "listening on ADDR port P"; keel-bench serve: "on
+# ADDR:P"). Prints the port; fails, showing the server's log, if the server ended first or
+# said nothing in 10 s.
+listen_port() {
 	local p
-	for p in $(seq 27000 27100); do
-		ss -Htlnu 2>/dev/null | awk '{print $4}' | grep -q ":$p\$" || { echo "$p"; return 0; }
-	done
-	echo "demo.sh: no free port in 27000..27100" >&2
-	return 1
-}
-wait_listen() { # port
-	local i
-	for i in $(seq 100); do
-		ss -Htln 2>/dev/null | awk '{print $4}' | grep -q "^127.0.0.1:$1\$" && return 0
+	for _ in $(seq 200); do
+		p=$(sed -n -e 's/^keel-echo: listening on [0-9.]* port \([0-9]*\),.*/\1/p' \
+			-e 's/^keel-bench serve: .* on [0-9.]*:\([0-9]*\) .*/\1/p' "$tmp/server.log")
+		if [ -n "$p" ]; then
+			echo "$p"
+			return 0
+		fi
 		kill -0 "$server" 2>/dev/null || break
 		sleep 0.05
 	done
-	echo "demo.sh: the server on 127.0.0.1:$1 did not start:" >&2
+	echo "demo.sh: the server did not start listening (its log follows):" >&2
 	cat "$tmp/server.log" >&2
 	return 1
 }
@@ -113,25 +133,21 @@ drive() { # name policy port rep
 }
 # One server of one policy for one repetition: start it, drive it, stop it.
 serve() { # name policy rep
-	local poll=0 port
+	local poll=0 port kopt
 	[ "$2" = spin ] && poll=50
-	port=$(free_port)
 	if [ "$1" = keel ]; then
-		[ "$3" -eq 1 ] && echo "   [$2] keel server: keel-echo --port P --steer hash --idle-poll-us $poll ${map[*]:---cpuset $srv_list}"
-		if [ ${#map[@]} -gt 0 ]; then
-			"$bin/keel-echo" --port "$port" --addr 127.0.0.1 --log-level warn --steer hash \
-				--idle-poll-us "$poll" "${map[@]}" >"$tmp/server.log" 2>&1 &
-		else
-			"$bin/keel-echo" --port "$port" --addr 127.0.0.1 --log-level warn --steer hash \
-				--idle-poll-us "$poll" --shards "$shards" --cpuset "$srv_list" >"$tmp/server.log" 2>&1 &
-		fi
+		kopt=("${map[@]}")
+		[ ${#map[@]} -gt 0 ] || kopt=(--shards "$shards" --cpuset "$srv_list")
+		[ "$3" -eq 1 ] && echo "   [$2] keel server: $bin/keel-echo --port 0 --addr 127.0.0.1 --log-level warn --steer hash --idle-poll-us $poll ${kopt[*]}"
+		"$bin/keel-echo" --port 0 --addr 127.0.0.1 --log-level warn --steer hash \
+			--idle-poll-us "$poll" "${kopt[@]}" >"$tmp/server.log" 2>&1 &
 	else
-		[ "$3" -eq 1 ] && echo "   [$2] epoll server: keel-bench serve --backend epoll --shards $shards --cpuset $srv_list --busy-poll-us $poll --gather-us $egather ${efixed[*]}"
+		[ "$3" -eq 1 ] && echo "   [$2] epoll server: $bin/keel-bench serve --backend epoll --shards $shards --cpuset $srv_list --busy-poll-us $poll --gather-us $egather ${efixed[*]} --port 0 --addr 127.0.0.1"
 		"$bin/keel-bench" serve --backend epoll --shards "$shards" --cpuset "$srv_list" --busy-poll-us "$poll" \
-			--gather-us "$egather" "${efixed[@]}" --port "$port" --addr 127.0.0.1 >"$tmp/server.log" 2>&1 &
+			--gather-us "$egather" "${efixed[@]}" --port 0 --addr 127.0.0.1 >"$tmp/server.log" 2>&1 &
 	fi
 	server=$!
-	wait_listen "$port"
+	port=$(listen_port) || exit 1
 	drive "$1" "$2" "$port" "$3"
 	stop_server
 }
@@ -164,7 +180,7 @@ stat() { # name policy mode field
 		awk -v w="$1 $2 $3 $4" '$1 ~ /^-?[0-9]/ { print; next }
 			{ printf "demo.sh: %s: a repetition gave no figure (%s): left out\n", w, $1 > "/dev/stderr" }' |
 		sort -g | awk '{ v[NR] = $1 } END {
-			if (NR == 0) { print "0 0 0"; exit }
+			if (NR == 0) { print "n/a n/a n/a"; exit }
 			m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
 			print m, v[1], v[NR] }'
 }
@@ -174,6 +190,13 @@ row() { # label policy mode field higher-is-better(1|0)
 	e=$(stat epoll "$2" "$3" "$4")
 	awk -v l="$1" -v k="$k" -v e="$e" -v h="$5" 'BEGIN {
 		split(k, a, " "); split(e, b, " ")
+		# A figure no repetition gave is shown as n/a, never as a measured 0.
+		if (a[1] == "n/a" || b[1] == "n/a") {
+			ks = a[1] == "n/a" ? "n/a" : sprintf("%.2f", a[1])
+			es = b[1] == "n/a" ? "n/a" : sprintf("%.2f", b[1])
+			printf "  %-38s %26s %26s %7s\n", l, ks, es, "n/a"
+			exit
+		}
 		r = h ? (b[1] > 0 ? a[1] / b[1] : 0) : (a[1] > 0 ? b[1] / a[1] : 0)
 		f = a[1] >= 1000 ? "%.0f" : "%.2f"
 		ks = sprintf(f " (" f "-" f ")", a[1], a[2], a[3])
@@ -197,9 +220,11 @@ for pol in block spin; do
 	row "pingpong p50 (us)" $pol pingpong lat_p50_us 0
 	row "pingpong p99 (us)" $pol pingpong lat_p99_us 0
 	row "pingpong server CPU ns/msg (window)" $pol pingpong server_cpu_ns_per_msg 0
+	row "pingpong server + client CPU ns/msg" $pol pingpong total_cpu_ns_per_msg 0
 	row "throughput 64 B x 64 msgs/s" $pol throughput msgs_per_sec 1
 	row "throughput p50 (us)" $pol throughput lat_p50_us 0
 	row "throughput server CPU ns/msg (window)" $pol throughput server_cpu_ns_per_msg 0
+	row "throughput server + client CPU ns/msg" $pol throughput total_cpu_ns_per_msg 0
 	for be in keel epoll; do
 		for mode in pingpong throughput; do
 			nb=0 nl=0
@@ -208,16 +233,16 @@ for pol in block spin; do
 				[ "$(field "$tmp/$be-$pol-$mode-$rep.json" cpu_sample_late)" = true ] && nl=$((nl + 1))
 			done
 			[ $nb -gt 0 ] &&
-				echo "  note: $mode against $be was CLIENT-BOUND in $nb of $reps runs (the client used its core): compare the server CPU per message there"
+				echo "  note: $mode against $be was CLIENT-BOUND in $nb of $reps runs (the client used its core): compare the CPU per message there (server + client counts the wake-up work a server leaves on the client's CPU)"
 			[ $nl -gt 0 ] &&
 				echo "  note: $mode against $be: the CPU sampler woke late in $nl of $reps runs (a loaded machine): those server CPU figures are over a shifted interval"
 		done
 	done
 done
 echo "(ratio > 1: keel is better; latency and CPU ratios are epoll/keel, of the medians; the same client;"
-echo " server CPU is the server process's CPU over the measured window only; a ratio within the"
-echo " two servers' min-max spread is noise on a shared machine: tools/bench/compare.sh gives a"
-echo " rank-sum test per row)"
+echo " server CPU is the server process's CPU over the measured window only; server + client adds the"
+echo " client's over the same window; a ratio within the two servers' min-max spread is noise on a"
+echo " shared machine: tools/bench/compare.sh gives a rank-sum test per row)"
 
 echo
 echo "== cross-shard messages: keel vs a lock-free SPSC ring + eventfd (1 s per measurement)"

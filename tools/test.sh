@@ -10,6 +10,10 @@
 #   KEEL_TEST_QUICK=1 ...    the normal build only
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A step that stops the script (a build that fails, a directory that cannot be made) says so
+# in the summary line too, not only above it.
+summary=
+trap 'rc=$?; [ $rc -eq 0 ] || [ -n "$summary" ] || echo "tools/test.sh: FAILED (stopped by the step above, status $rc)"' EXIT
 . tools/deps.sh
 # The programs the keel-kv tests drive (tests/apps/kv): redis-cli and redis-benchmark
 # (redis-tools), redis-server (the bench script's comparison, tools/bench/kv.sh --quick) and
@@ -30,7 +34,10 @@ build() { # dir, cmake args...
 
 echo "== format check (clang-format, .clang-format)"
 mapfile -t srcs < <(git ls-files '*.c' '*.h' 2>/dev/null || find core alloc net apps tools tests -name '*.[ch]')
-if ! clang-format --dry-run --Werror "${srcs[@]}"; then
+if ! command -v clang-format >/dev/null; then
+	echo "format check failed: clang-format is not on the PATH (Debian: apt-get install clang-format)"
+	status=1
+elif ! clang-format --dry-run --Werror "${srcs[@]}"; then
 	echo "format check failed: run clang-format -i on the files above"
 	status=1
 fi
@@ -83,6 +90,7 @@ if [ "${KEEL_TEST_QUICK:-0}" != 1 ]; then
 	tools/fuzz.sh --runs "${KEEL_FUZZ_RUNS:-20000}" || status=1
 fi
 
+summary=1
 if [ $status -ne 0 ]; then
 	echo "tools/test.sh: FAILED"
 else
