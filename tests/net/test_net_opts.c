@@ -213,6 +213,34 @@ Test(net_opts, keel_echo_and_keel_kv_answer_alike)
 	}
 }
 
+/* keel-echo's own arguments: '--' ends the options and an argument after it is refused by
+ * name ("unknown option --" before); --forward on one shard says that nothing crosses
+ * shards (its stats said "relayed for other shards"). */
+Test(net_opts, keel_echo_says_what_its_arguments_do)
+{
+	char out[16384], cmd[1024];
+	FILE *f;
+	size_t n;
+	int st;
+
+	cr_expect_eq(run_app("keel-echo", "--", "--x", out, sizeof(out)), 2, "%s", out);
+	cr_expect(strstr(out, "keel-echo: unexpected argument --x"), "%s", out);
+	/* Stopped by SIGTERM once it listens: the line comes before the runtime starts. */
+	snprintf(
+		cmd, sizeof(cmd),
+		"timeout --preserve-status -s TERM 2 %s/keel-echo --port 0 --addr 127.0.0.1 --forward --shards 1 "
+		"2>&1 </dev/null",
+		KEEL_BIN_DIR);
+	f = popen(cmd, "r");
+	cr_assert_not_null(f);
+	n = fread(out, 1, sizeof(out) - 1, f);
+	out[n] = 0;
+	st = pclose(f);
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d: %s", st, out);
+	cr_expect(strstr(out, "--forward with one shard relays every frame to that shard itself"),
+		  "%s", out);
+}
+
 /* An empty vector (argc 0, argv[0] NULL): nothing parsed, nothing written past argv[0],
  * argc stays 0. */
 Test(net_opts, an_empty_vector_is_left_as_it_is)
