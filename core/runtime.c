@@ -540,6 +540,12 @@ runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 		keel_log(KEEL_LOG_ERROR, "core", "hwloc could not load this machine's topology");
 		goto err_topo;
 	}
+	/* Shards' NUMA nodes and memory binding read from another machine's description. */
+	r = keel__topo_not_here(rt->topo, why, sizeof(why));
+	if (r < 0) {
+		keel_log(KEEL_LOG_ERROR, "core", "%s", why);
+		goto err_topo;
+	}
 	/* --rxqs gives one queue per shard: queues past the shards' count would have no shard
 	 * while RSS still sends them traffic; shards past the queues' count get none (said).
 	 * They were cut or padded without a word (keel-topo --plan refuses both). */

@@ -334,6 +334,24 @@ load_allowed(struct keel_topo *t)
 }
 
 int
+keel__topo_not_here(hwloc_topology_t h, char *err, size_t errlen)
+{
+	const char *xml = getenv("HWLOC_XMLFILE"), *syn = getenv("HWLOC_SYNTHETIC");
+
+	if (hwloc_topology_is_thissystem(h))
+		return 0;
+	return keel__errf(
+		err, errlen, -EINVAL,
+		"hwloc read another description than this machine's%s%s%s%s%s%s: its CPUs, NUMA "
+		"nodes and NICs are not this machine's; unset it, or set HWLOC_THISSYSTEM=1 if it "
+		"describes this machine (to look at another machine: keel-topo --xml or "
+		"--synthetic)",
+		xml || syn ? " (the environment sets" : "", xml ? " HWLOC_XMLFILE=" : "",
+		xml ? xml : "", syn ? " HWLOC_SYNTHETIC=" : "", syn ? syn : "",
+		xml || syn ? ")" : "");
+}
+
+int
 keel_topo_load(const struct keel_topo_load_opts *o, struct keel_topo **out, char *err,
 	       size_t errlen)
 {
@@ -407,6 +425,10 @@ keel_topo_load(const struct keel_topo_load_opts *o, struct keel_topo **out, char
 				       t->info.source, strerror(errno));
 		goto err_h;
 	}
+	/* A live load that is not of this machine (HWLOC_XMLFILE or HWLOC_SYNTHETIC in the
+	 * environment) mixed another machine's CPUs, nodes and NICs with this one's sysfs. */
+	if (t->info.live && (r = keel__topo_not_here(h, err, errlen)) < 0)
+		goto err_h;
 	if (t->info.live) {
 		if (gethostname(t->info.host, sizeof(t->info.host)) < 0)
 			t->info.host[0] = 0;

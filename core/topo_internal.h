@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <hwloc.h>
+
 /* Copy @src into @dst[len], truncating; always terminated. */
 static inline void
 keel__topo_strcpy(char *dst, size_t len, const char *src)
@@ -38,6 +40,10 @@ void keel__topo_sysfs_nic(struct keel_topo_nic *nic);
 
 /* Add every /sys/class/net interface that hwloc did not report (virtual ones), except lo. */
 int keel__topo_sysfs_virtual(struct keel_topo *t);
+
+/* -EINVAL, said in @err, when @h (loaded as this machine's) describes another machine:
+ * HWLOC_XMLFILE or HWLOC_SYNTHETIC in the environment (without HWLOC_THISSYSTEM=1). */
+int keel__topo_not_here(hwloc_topology_t h, char *err, size_t errlen);
 
 /* Whether irqbalance is running (a /proc/PID/comm called irqbalance). */
 enum keel_topo_state keel__topo_irqbalance(void);

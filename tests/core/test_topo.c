@@ -2195,3 +2195,30 @@ Test(core_topo, threads_past_the_smt_limit_are_said_and_take_no_shard)
 		  "%s", err);
 	keel_topo_destroy(t);
 }
+
+/* HWLOC_SYNTHETIC (or HWLOC_XMLFILE) in the environment made hwloc describe another
+ * machine under "Topology of this machine": its CPUs, nodes and NICs mixed with this
+ * machine's sysfs, and the runtime bound shards' memory by it. Both refuse now, naming the
+ * variable and the fix; HWLOC_THISSYSTEM=1 says the description is this machine's. */
+Test(core_topo, a_live_load_that_hwloc_reads_from_the_environment_is_refused_by_name)
+{
+	struct keel_topo *t = NULL;
+	struct keel_runtime *rt = NULL;
+	struct keel_opts o;
+
+	setenv("HWLOC_SYNTHETIC", "pack:4 core:4 pu:2", 1);
+	cr_assert_eq(keel_topo_load(NULL, &t, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "HWLOC_SYNTHETIC=pack:4 core:4 pu:2") &&
+			  strstr(err, "HWLOC_THISSYSTEM=1"),
+		  "%s", err);
+	keel_opts_init(&o);
+	o.shards = 1;
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
+	/* Said to be this machine's: taken as it is. */
+	setenv("HWLOC_SYNTHETIC", "pack:1 core:1 pu:1", 1);
+	setenv("HWLOC_THISSYSTEM", "1", 1);
+	cr_assert_eq(keel_topo_load(NULL, &t, err, sizeof(err)), 0, "%s", err);
+	keel_topo_destroy(t);
+	unsetenv("HWLOC_SYNTHETIC");
+	unsetenv("HWLOC_THISSYSTEM");
+}
