@@ -11,6 +11,10 @@
  *   keel slab       keel_buf_alloc/keel_slice_put, slab backend (registered memory)
  *   keel jemalloc   keel_buf_alloc/keel_slice_put, jemalloc arena with extent hooks over
  *                   the regions (registered memory)
+ * --reps N repetitions (default 5), the allocators' order rotated by one each repetition
+ * (a fixed order let the first one's warm-up or the machine's drift favour one); reported:
+ * each allocator's median pairs/s with min-max, and the median of the per-repetition
+ * ratios with min-max.
  * Registration: 1 GiB mapped (THP) and pre-faulted, then registered with a scratch ring as
  * one fixed buffer, and again as 256 regions of 4 MiB one at a time (keel's lazy path).
  */
@@ -32,9 +36,10 @@
 extern void *__libc_malloc(size_t size);
 extern void __libc_free(void *p);
 
-#define DEPTH  16
-#define NSIZES 5
-#define NALLOC 4
+#define DEPTH    16
+#define NSIZES   5
+#define NALLOC   4
+#define MAX_REPS 21
 
 static const size_t sizes[NSIZES] = { 64, 2048, 16384, 65536, 1 << 20 };
 static const char *const alloc_names[NALLOC] = { "glibc", "jemalloc", "keel_slab",
@@ -42,7 +47,8 @@ static const char *const alloc_names[NALLOC] = { "glibc", "jemalloc", "keel_slab
 
 struct ab {
 	uint64_t dur_ns;
-	double ops[NALLOC][NSIZES];
+	unsigned reps;
+	double ops[NALLOC][NSIZES][MAX_REPS];
 	int err;
 	const char *why;
 	/* registration */
@@ -207,19 +213,29 @@ bench_start(void *app)
 			goto out;
 		}
 	}
-	for (int s = 0; s < NSIZES; s++) {
-		/* Warm each once (first chunks, tcache fills), then measure. */
-		run_libc(sizes[s], b->dur_ns / 10);
-		b->ops[0][s] = run_libc(sizes[s], b->dur_ns);
-		run_jemalloc(sizes[s], b->dur_ns / 10);
-		b->ops[1][s] = run_jemalloc(sizes[s], b->dur_ns);
-		for (int i = 0; i < 2; i++) {
-			run_keel(ka[i], sizes[s], b->dur_ns / 10);
-			b->ops[2 + i][s] = run_keel(ka[i], sizes[s], b->dur_ns);
-			if (b->ops[2 + i][s] < 0) {
-				b->err = -ENOMEM;
-				b->why = "keel_buf_alloc";
-				goto out;
+	for (unsigned k = 0; k < b->reps; k++) {
+		for (int s = 0; s < NSIZES; s++) {
+			/* The order rotates by one each repetition; each is warmed (first chunks,
+			 * tcache fills), then measured. */
+			for (int j = 0; j < NALLOC; j++) {
+				int a = (int)((j + k) % NALLOC);
+				double *o = &b->ops[a][s][k];
+
+				if (a == 0) {
+					run_libc(sizes[s], b->dur_ns / 10);
+					*o = run_libc(sizes[s], b->dur_ns);
+				} else if (a == 1) {
+					run_jemalloc(sizes[s], b->dur_ns / 10);
+					*o = run_jemalloc(sizes[s], b->dur_ns);
+				} else {
+					run_keel(ka[a - 2], sizes[s], b->dur_ns / 10);
+					*o = run_keel(ka[a - 2], sizes[s], b->dur_ns);
+					if (*o < 0) {
+						b->err = -ENOMEM;
+						b->why = "keel_buf_alloc";
+						goto out;
+					}
+				}
 			}
 		}
 	}
@@ -230,9 +246,58 @@ out:
 	keel_stop(0);
 }
 
-static const char alloc_usage[] = "usage: keel-bench alloc [--ms N] [--json] [runtime options]\n"
-				  "  --ms N     milliseconds per allocator and size (default 300)\n"
-				  "  --json     print JSON instead of a table\n\n";
+static const char alloc_usage[] =
+	"usage: keel-bench alloc [--ms N] [--reps N] [--json] [runtime options]\n"
+	"  --ms N     milliseconds per allocator, size and repetition (default 300)\n"
+	"  --reps N   repetitions, the allocators' order rotated each time (default 5, 1..21)\n"
+	"  --json     print JSON instead of a table\n\n";
+
+/* Median, min and max of @n values (sorted in place). */
+struct mm {
+	double med, lo, hi;
+};
+
+static int
+dcmp(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+static struct mm
+mm_of(double *v, unsigned n)
+{
+	qsort(v, n, sizeof(*v), dcmp);
+	return (struct mm){ n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2, v[0], v[n - 1] };
+}
+
+/* Allocator @a's pairs/s at size @s over the repetitions. */
+static struct mm
+ops_mm(const struct ab *b, int a, int s)
+{
+	double v[MAX_REPS];
+
+	memcpy(v, b->ops[a][s], b->reps * sizeof(*v));
+	return mm_of(v, b->reps);
+}
+
+/* The per-repetition ratios of allocator @x to @y at size @s. */
+static struct mm
+ratio_mm(const struct ab *b, int x, int y, int s)
+{
+	double v[MAX_REPS];
+
+	for (unsigned k = 0; k < b->reps; k++)
+		v[k] = b->ops[y][s][k] > 0 ? b->ops[x][s][k] / b->ops[y][s][k] : 0;
+	return mm_of(v, b->reps);
+}
+
+static const struct {
+	const char *name, *col;
+	int x, y;
+} ratios[] = { { "ratio_keel_slab_to_glibc", "slab/gl", 2, 0 },
+	       { "ratio_keel_slab_to_jemalloc", "slab/je", 2, 1 },
+	       { "ratio_keel_jemalloc_to_jemalloc", "kje/je", 3, 1 } };
 
 int
 bench_alloc(int argc, char **argv)
@@ -240,7 +305,7 @@ bench_alloc(int argc, char **argv)
 	struct keel_opts o;
 	struct ab *b = calloc(1, sizeof(*b));
 	bool json = false;
-	unsigned ms = 300;
+	unsigned ms = 300, reps = 5;
 	struct utsname u;
 	int r;
 
@@ -260,6 +325,15 @@ bench_alloc(int argc, char **argv)
 				return 2;
 			}
 			ms = (unsigned)x;
+		} else if ((m = bench_opt(argc, argv, &i, "--reps", &v)) != 0) {
+			char *end;
+			unsigned long x = m > 0 ? strtoul(v, &end, 10) : 0;
+			if (m < 0 || *end || x < 1 || x > MAX_REPS) {
+				fprintf(stderr, "keel-bench alloc: --reps: expected 1..%d\n",
+					MAX_REPS);
+				return 2;
+			}
+			reps = (unsigned)x;
 		} else if (!strcmp(argv[i], "--json")) {
 			json = true;
 		} else {
@@ -272,6 +346,7 @@ bench_alloc(int argc, char **argv)
 		return 1;
 	o.shards = 1;
 	b->dur_ns = (uint64_t)ms * 1000000ULL;
+	b->reps = reps;
 	r = keel_run(&o, bench_start, b);
 	if (r < 0 || b->err < 0) {
 		fprintf(stderr, "keel-bench alloc: %s failed: %s\n", b->why ? b->why : "runtime",
@@ -282,30 +357,34 @@ bench_alloc(int argc, char **argv)
 	uname(&u);
 	if (json) {
 		printf("{\n  \"mode\": \"alloc\",\n  \"kernel\": \"%s\",\n  \"ms_per_point\": %u,\n"
-		       "  \"depth\": %d,\n  \"sizes\": [",
-		       u.release, ms, DEPTH);
+		       "  \"reps\": %u,\n  \"stat\": \"median\",\n  \"depth\": %d,\n  \"sizes\": [",
+		       u.release, ms, reps, DEPTH);
 		for (int s = 0; s < NSIZES; s++)
 			printf("%s%zu", s ? ", " : "", sizes[s]);
 		printf("],\n  \"ops_per_sec\": {\n");
 		for (int a = 0; a < NALLOC; a++) {
 			printf("    \"%s\": {", alloc_names[a]);
 			for (int s = 0; s < NSIZES; s++)
-				printf("%s\"%zu\": %.0f", s ? ", " : "", sizes[s], b->ops[a][s]);
+				printf("%s\"%zu\": %.0f", s ? ", " : "", sizes[s],
+				       ops_mm(b, a, s).med);
 			printf("}%s\n", a + 1 < NALLOC ? "," : "");
 		}
-		printf("  },\n  \"ratio_keel_slab_to_glibc\": {");
-		for (int s = 0; s < NSIZES; s++)
-			printf("%s\"%zu\": %.2f", s ? ", " : "", sizes[s],
-			       b->ops[2][s] / b->ops[0][s]);
-		printf("},\n  \"ratio_keel_slab_to_jemalloc\": {");
-		for (int s = 0; s < NSIZES; s++)
-			printf("%s\"%zu\": %.2f", s ? ", " : "", sizes[s],
-			       b->ops[2][s] / b->ops[1][s]);
-		printf("},\n  \"ratio_keel_jemalloc_to_jemalloc\": {");
-		for (int s = 0; s < NSIZES; s++)
-			printf("%s\"%zu\": %.2f", s ? ", " : "", sizes[s],
-			       b->ops[3][s] / b->ops[1][s]);
-		printf("},\n  \"register_1gib\": ");
+		printf("  }");
+		for (size_t q = 0; q < sizeof(ratios) / sizeof(ratios[0]); q++) {
+			printf(",\n  \"%s\": {", ratios[q].name);
+			for (int s = 0; s < NSIZES; s++) {
+				struct mm rq = ratio_mm(b, ratios[q].x, ratios[q].y, s);
+				printf("%s\"%zu\": %.2f", s ? ", " : "", sizes[s], rq.med);
+			}
+			printf("},\n  \"%s_min_max\": {", ratios[q].name);
+			for (int s = 0; s < NSIZES; s++) {
+				struct mm rq = ratio_mm(b, ratios[q].x, ratios[q].y, s);
+				printf("%s\"%zu\": [%.2f, %.2f]", s ? ", " : "", sizes[s], rq.lo,
+				       rq.hi);
+			}
+			printf("}");
+		}
+		printf(",\n  \"register_1gib\": ");
 		if (b->reg_done)
 			printf("{\"prefault_ms\": %.1f, \"one_buffer_ms\": %.1f, "
 			       "\"regions_4mib_total_ms\": %.1f, \"regions_4mib_max_ms\": %.2f}\n",
@@ -314,16 +393,32 @@ bench_alloc(int argc, char **argv)
 			printf("{\"error\": \"%s\"}\n", strerror(-b->reg_err));
 		printf("}\n");
 	} else {
-		printf("alloc: alloc+free pairs/s on one shard, batches of %d, %u ms per point "
-		       "(kernel %s)\n",
-		       DEPTH, ms, u.release);
-		printf("%8s %12s %12s %12s %14s %9s %9s %9s\n", "size", "glibc", "jemalloc",
-		       "keel_slab", "keel_jemalloc", "slab/gl", "slab/je", "kje/je");
+		printf("alloc: alloc+free pairs/s on one shard, batches of %d, %u ms per point, "
+		       "medians of %u repetitions, the order rotated each (kernel %s)\n",
+		       DEPTH, ms, reps, u.release);
+		printf("%8s %12s %12s %12s %14s\n", "size", "glibc", "jemalloc", "keel_slab",
+		       "keel_jemalloc");
 		for (int s = 0; s < NSIZES; s++)
-			printf("%8zu %12.0f %12.0f %12.0f %14.0f %8.2fx %8.2fx %8.2fx\n", sizes[s],
-			       b->ops[0][s], b->ops[1][s], b->ops[2][s], b->ops[3][s],
-			       b->ops[2][s] / b->ops[0][s], b->ops[2][s] / b->ops[1][s],
-			       b->ops[3][s] / b->ops[1][s]);
+			printf("%8zu %12.0f %12.0f %12.0f %14.0f\n", sizes[s], ops_mm(b, 0, s).med,
+			       ops_mm(b, 1, s).med, ops_mm(b, 2, s).med, ops_mm(b, 3, s).med);
+		printf("%8s", "size");
+		for (size_t q = 0; q < sizeof(ratios) / sizeof(ratios[0]); q++)
+			printf(" %22s", ratios[q].col);
+		printf("   (median of the per-repetition ratios, min-max)\n");
+		for (int s = 0; s < NSIZES; s++) {
+			printf("%8zu", sizes[s]);
+			for (size_t q = 0; q < sizeof(ratios) / sizeof(ratios[0]); q++) {
+				struct mm rq = ratio_mm(b, ratios[q].x, ratios[q].y, s);
+				char cell[40];
+				snprintf(cell, sizeof(cell), "%.2fx (%.2f-%.2f)", rq.med, rq.lo,
+					 rq.hi);
+				printf(" %22s", cell);
+			}
+			printf("\n");
+		}
+		if (reps < 5)
+			printf("(%u repetition%s: fewer than the 5 a comparison needs)\n", reps,
+			       reps == 1 ? "" : "s");
 		if (b->reg_done)
 			printf("register 1 GiB: pre-fault %.1f ms; as one fixed buffer %.1f ms; as "
 			       "256 x 4 MiB regions %.1f ms in all, %.2f ms at most per region\n",

@@ -4,6 +4,12 @@
  * keel_file_* on one shard, beside two baselines in the same run with the same parameters:
  *   fio        fio's io_uring engine (--ioengine=io_uring --fixedbufs), its JSON parsed
  *   threads    a pool of --qd threads, each doing pread/pwrite (one request in flight each)
+ *              from a buffer on transparent huge pages, as keel's regions are (MADV_HUGEPAGE,
+ *              best effort both: on 4 KiB pages a 128 KiB write pins 32 pages, and the
+ *              thirty-seventh session's review measured the pool at 1.4-2x its 4 KiB-page
+ *              rate on huge pages, which was keel's whole sequential-write lead)
+ * fio's buffers are its own malloc's, on 4 KiB pages where THP is "madvise" (fio has no
+ * option for transparent huge pages): its write rows are flagged so.
  * Each round runs every engine once per workload; the order alternates between rounds
  * (keel, fio, threads; then threads, fio, keel) so a drift of the device or the machine
  * does not favour one engine. Reported: IOPS and MB/s (10^6 bytes), the median over the
@@ -20,6 +26,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
 #include <sys/vfs.h>
@@ -28,6 +35,7 @@
 #include "bench.h"
 
 #define MAX_ROUNDS 20
+#define HUGE_BYTES (2u << 20)
 #define MAX_QD     1024
 
 enum { W_RANDREAD = 0, W_SEQWRITE = 1, NW = 2 };
@@ -254,11 +262,13 @@ tworker_main(void *arg)
 	uint64_t blocks = p->cfg->size / bs, n = 0;
 	void *buf;
 
-	if (posix_memalign(&buf, 4096, bs)) {
+	/* One huge page's worth, aligned to it: the buffer can sit in one, as keel's do. */
+	if (posix_memalign(&buf, HUGE_BYTES, HUGE_BYTES)) {
 		atomic_store(&p->err, -ENOMEM);
 		pthread_barrier_wait(&p->bar);
 		return NULL;
 	}
+	madvise(buf, HUGE_BYTES, MADV_HUGEPAGE); /* best effort, as alloc/region.c's */
 	memset(buf, 0x5a, bs);
 	if (p->cfg->pin && p->cfg->cpu >= 0)
 		bench_pin(p->cfg->cpu);
@@ -564,6 +574,27 @@ round_stats(const struct result *rr, unsigned n, struct rstat *st)
 	st->hi = n ? iops[n - 1] : 0;
 }
 
+/* The transparent huge page mode ("always", "madvise", "never"; "unknown"): keel's and the
+ * threads' buffers get huge pages unless "never", fio's only with "always". */
+static const char *
+thp_mode(void)
+{
+	static char mode[16];
+	char line[128], *a, *b;
+	FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+
+	snprintf(mode, sizeof(mode), "unknown");
+	if (f) {
+		if (fgets(line, sizeof(line), f) && (a = strchr(line, '[')) &&
+		    (b = strchr(a, ']')) && b - a - 1 < (long)sizeof(mode)) {
+			*b = 0;
+			snprintf(mode, sizeof(mode), "%s", a + 1);
+		}
+		fclose(f);
+	}
+	return mode;
+}
+
 static void
 print_json(const struct dcfg *cfg, struct result r[NW][NE][MAX_ROUNDS], bool fio_ok,
 	   const char *fio_why)
@@ -580,9 +611,10 @@ print_json(const struct dcfg *cfg, struct result r[NW][NE][MAX_ROUNDS], bool fio
 	printf("  \"size\": %llu,\n  \"qd\": %u,\n  \"direct\": %s,\n  \"seconds\": %.3f,\n"
 	       "  \"rounds\": %u,\n  \"stat\": \"median\",\n  \"cpu\": %d,\n"
 	       "  \"baselines_pinned\": %s,\n"
-	       "  \"keel_idle_poll_us\": %u,\n",
+	       "  \"keel_idle_poll_us\": %u,\n"
+	       "  \"thp\": \"%s\",\n",
 	       (unsigned long long)cfg->size, cfg->qd, cfg->direct ? "true" : "false", cfg->seconds,
-	       cfg->rounds, cfg->cpu, cfg->pin ? "true" : "false", cfg->idle_poll_us);
+	       cfg->rounds, cfg->cpu, cfg->pin ? "true" : "false", cfg->idle_poll_us, thp_mode());
 	if (fio_ok)
 		printf("  \"fio_skipped\": null,\n");
 	else
@@ -630,6 +662,12 @@ print_table(const struct dcfg *cfg, struct result r[NW][NE][MAX_ROUNDS], bool fi
 	       cfg->pin ? "on that CPU too" : "unpinned");
 	if (!fio_ok)
 		printf("fio skipped: %s\n", fio_why);
+	printf("buffers: keel's and the threads' on transparent huge pages where the kernel gives "
+	       "them (THP \"%s\"); fio's %s\n",
+	       thp_mode(),
+	       strcmp(thp_mode(), "always") ? "on 4 KiB pages (fio cannot ask for THP): its "
+					      "write rows favour keel and the threads"
+					    : "on huge pages too (THP \"always\")");
 	if (cfg->rounds < 5)
 		printf("(%u round%s: fewer than the 5 a comparison needs; --rounds 5 or more)\n",
 		       cfg->rounds, cfg->rounds == 1 ? "" : "s");
