@@ -18,14 +18,23 @@ cc -O2 -g -std=gnu11 -I"$build/include" -Icore/include -Ialloc/include -Inet/inc
 	tools/bench/frameloop.c -o "$tmp/frameloop" "$build/net/libkeel_net.a" \
 	"$build/core/libkeel_core.a" "$build/alloc/libkeel_alloc.a" -luring -lhwloc -ljemalloc \
 	-lpthread -lm
-ir() { # size rounds -> instructions
-	valgrind --tool=callgrind --callgrind-out-file="$tmp/cg" "$tmp/frameloop" "$1" "$frames" \
-		"$2" >"$tmp/out" 2>"$tmp/vg"
-	sed -n 's/.*Collected : *//p' "$tmp/vg"
+# Writes the count to $tmp/ir (a failed run, which valgrind still reports "Collected" for,
+# ends the script with the program's own message: $(...) would have hidden its status).
+ir() { # size rounds
+	if ! valgrind --tool=callgrind --error-exitcode=99 --callgrind-out-file="$tmp/cg" \
+		"$tmp/frameloop" "$1" "$frames" "$2" >"$tmp/out" 2>"$tmp/vg"; then
+		grep -v '^==' "$tmp/vg" >&2 || true
+		echo "frameloop.sh: frameloop $1 $frames $2 failed (its output above)" >&2
+		exit 1
+	fi
+	sed -n 's/.*Collected : *//p' "$tmp/vg" >"$tmp/ir"
+	[ -s "$tmp/ir" ] || { echo "frameloop.sh: no instruction count from callgrind" >&2; exit 1; }
 }
 for s in $sizes; do
-	a=$(ir "$s" "$rounds")
+	ir "$s" "$rounds"
+	a=$(cat "$tmp/ir")
 	sends=$(cat "$tmp/out")
-	b=$(ir "$s" $((2 * rounds)))
+	ir "$s" $((2 * rounds))
+	b=$(cat "$tmp/ir")
 	echo "size $s: $(((b - a) / (rounds * frames))) instructions per frame; $sends"
 done

@@ -17,10 +17,18 @@ cc -O2 -g -std=gnu11 -I"$build/include" -Icore/include -Ialloc/include -Inet/inc
 # callgrind: the timer workload at ROUNDS and at 2 x ROUNDS; the difference is what ROUNDS
 # more wake-ups cost, without start-up and teardown. (Under valgrind 3.19 the two-shard
 # workload hangs: a shard blocked in io_uring_enter keeps valgrind's thread lock.)
-callgrind() { # rounds -> "instructions clock_gettime_calls"
-	valgrind --tool=callgrind --callgrind-out-file="$tmp/cg" "$tmp/wakeloop" timer "$1" \
-		>/dev/null 2>"$tmp/vg"
+# Writes "instructions clock_gettime_calls" to $tmp/counts; a failed run ends the script
+# (inside $(...) or <(...) its status was lost, and a number printed all the same).
+callgrind() { # rounds
+	local ir
+	if ! valgrind --tool=callgrind --error-exitcode=99 --callgrind-out-file="$tmp/cg" \
+		"$tmp/wakeloop" timer "$1" >/dev/null 2>"$tmp/vg"; then
+		grep -v '^==' "$tmp/vg" >&2 || true
+		echo "wakeloop.sh: wakeloop timer $1 failed (its output above)" >&2
+		exit 1
+	fi
 	ir=$(sed -n 's/.*Collected : *//p' "$tmp/vg")
+	[ -n "$ir" ] || { echo "wakeloop.sh: no instruction count from callgrind" >&2; exit 1; }
 	# Calls into clock_gettime: callgrind names a function once, then only by its number.
 	awk -v ir="$ir" '
 		/^c?fn=\(/ {
@@ -30,7 +38,7 @@ callgrind() { # rounds -> "instructions clock_gettime_calls"
 			tgt = ($0 ~ /^cfn=/) && (name[id] ~ /clock_gettime/)
 		}
 		/^calls=/ && tgt { split($0, a, /[= ]/); c += a[2] }
-		END { print ir, c + 0 }' "$tmp/cg"
+		END { print ir, c + 0 }' "$tmp/cg" >"$tmp/counts"
 }
 for w in timer pingpong; do
 	echo "== $w, $rounds rounds"
@@ -38,8 +46,10 @@ for w in timer pingpong; do
 	strace -f -c -e trace=io_uring_enter -o "$tmp/strace" "$tmp/wakeloop" "$w" "$rounds" >/dev/null
 	awk -v n="$rounds" '$NF == "io_uring_enter" {printf "io_uring_enter (strace): %.2f per round\n", $4 / n}' "$tmp/strace"
 done
-read -r ir1 ck1 < <(callgrind "$rounds")
-read -r ir2 ck2 < <(callgrind $((2 * rounds)))
+callgrind "$rounds"
+read -r ir1 ck1 <"$tmp/counts"
+callgrind $((2 * rounds))
+read -r ir2 ck2 <"$tmp/counts"
 awk -v a="$ir1" -v b="$ir2" -v ca="$ck1" -v cb="$ck2" -v n="$rounds" 'BEGIN {
 	printf "== timer, callgrind (%d more rounds)\n", n
 	printf "instructions: %.0f per round\n", (b - a) / n
