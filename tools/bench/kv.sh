@@ -7,14 +7,20 @@
 # BUILD_BIN_DIR build/bin.
 #
 # Servers: keel1 = keel-kv 1 shard, keel2 = 2 shards (copy hand-off), keel2x = 2 shards
-# (export hand-off), all with --idle-poll-us 0 (they sleep in the kernel when idle, as
-# redis-server does); keel1poll = 1 shard with keel's default idle polling (it spins a
-# while before sleeping: not the same policy as redis-server, a column of its own);
-# redis = redis-server, its default single event loop, --save ''.
+# (export hand-off), all with --idle-poll-us 0 and --wait-coalesce-us 0 (they sleep in the
+# kernel when idle, at once, as redis-server's epoll_wait does); keel1gather = 1 shard
+# whose sleeps gather arrivals for keel's default 10 us (redis-server has no such policy:
+# a column of its own; keel1 had it until the thirty-seventh session); keel1poll = 1 shard
+# with keel's default idle polling and gathering (it spins a while before sleeping: not the
+# same policy as redis-server, a column of its own); redis = redis-server, its default
+# single event loop, --save ''. With 2 CPUs or more, a one-shard server and redis-server
+# run on CPU 0 and redis-benchmark on CPU 1 (keel pins its shards itself; redis-server
+# and the client floated); with keel2 and keel2x the client shares the shards' CPUs.
 # Persistence: none = --appendonly no on both; aof = --appendonly yes --appendfsync everysec
 # on both, each server in a fresh empty directory. --aof is --persist aof.
 #
-# Matrix, alternating server by server within every run: for each persistence and -P 1 /
+# Matrix, alternating server by server within every run, the servers' order reversed in
+# every other run: for each persistence and -P 1 /
 # -P 16 a fresh server, then redis-benchmark -c 50 -d 100 -r 100000 --csv for -t set, get,
 # incr, mset in turn (-n 50000 at -P 1, 400000 at -P 16; MSET a quarter of that: each
 # MSET writes 10 keys; requests/s counts commands). For each: requests/s and p99 (ms) from
@@ -89,15 +95,22 @@ start() { # server persistence -> $pid $port
 			--dir "$dir")
 	fi
 	port=$(free_port)
-	local keel=("$bin/keel-kv" --port "$port" --addr 127.0.0.1 "${kv[@]}")
+	local keel=("$bin/keel-kv" --port "$port" --addr 127.0.0.1 "${kv[@]}") one=() pin=()
+	if [ "$(nproc)" -ge 2 ]; then
+		one=(--cpuset 0)
+		pin=(taskset -c 0)
+		cli=(taskset -c 1)
+	fi
 	case $1 in
-	keel1) "${keel[@]}" --shards 1 --idle-poll-us 0 2>"$tmp/server.log" & ;;
-	keel1poll) "${keel[@]}" --shards 1 2>"$tmp/server.log" & ;;
-	keel2) "${keel[@]}" --shards 2 --idle-poll-us 0 2>"$tmp/server.log" & ;;
-	keel2x) "${keel[@]}" --shards 2 --idle-poll-us 0 --handoff export 2>"$tmp/server.log" & ;;
-	redis) redis-server --port "$port" --bind 127.0.0.1 --save '' "${rd[@]}" \
+	keel1) "${keel[@]}" --shards 1 "${one[@]}" --idle-poll-us 0 --wait-coalesce-us 0 2>"$tmp/server.log" & ;;
+	keel1gather) "${keel[@]}" --shards 1 "${one[@]}" --idle-poll-us 0 2>"$tmp/server.log" & ;;
+	keel1poll) "${keel[@]}" --shards 1 "${one[@]}" 2>"$tmp/server.log" & ;;
+	keel2) cli=(); "${keel[@]}" --shards 2 --idle-poll-us 0 --wait-coalesce-us 0 2>"$tmp/server.log" & ;;
+	keel2x) cli=(); "${keel[@]}" --shards 2 --idle-poll-us 0 --wait-coalesce-us 0 --handoff export \
+		2>"$tmp/server.log" & ;;
+	redis) "${pin[@]}" redis-server --port "$port" --bind 127.0.0.1 --save '' "${rd[@]}" \
 		--logfile "$tmp/server.log" & ;;
-	*) echo "kv.sh: unknown server $1 (keel1, keel1poll, keel2, keel2x, redis)" >&2; exit 2 ;;
+	*) echo "kv.sh: unknown server $1 (keel1, keel1gather, keel1poll, keel2, keel2x, redis)" >&2; exit 2 ;;
 	esac
 	pid=$!
 	for i in $(seq 200); do
@@ -119,9 +132,13 @@ stop() {
 csv=$out/kv.csv
 echo "run,persist,server,pipeline,test,rps,p99_ms,requests,server_cpu_s,client_cpu_s,wall_s" >"$csv"
 TIMEFORMAT='%U %S %R' # the client's user and system CPU seconds, and its wall time
+cli=()
+rservers=$(echo "$servers" | tr ' ' '\n' | tac | tr '\n' ' ')
 for run in $(seq "$runs"); do
+	order=$servers
+	[ $((run % 2)) -eq 1 ] || order=$rservers
 	for pe in $persists; do
-		for srv in $servers; do
+		for srv in $order; do
 			for P in 1 16; do
 				n=$((P == 1 ? 50000 : 400000))
 				[ $quick = 0 ] || n=$((P == 1 ? 2000 : 20000))
@@ -130,7 +147,7 @@ for run in $(seq "$runs"); do
 					nt=$n
 					[ $t != mset ] || nt=$((n / 4))
 					c0=$(cpu_ticks "$pid")
-					{ time timeout 600 redis-benchmark -p "$port" -c 50 -P $P -n $nt -t $t -r 100000 \
+					{ time "${cli[@]}" timeout 600 redis-benchmark -p "$port" -c 50 -P $P -n $nt -t $t -r 100000 \
 						-d 100 --csv >"$tmp/bench.csv" 2>"$tmp/bench.err"; } 2>"$tmp/time" || {
 						echo "kv.sh: redis-benchmark -t $t -P $P against $srv failed:" >&2
 						cat "$tmp/bench.err" "$tmp/bench.csv" >&2

@@ -2,8 +2,9 @@
 # SPDX-License-Identifier: MIT
 # What the malloc choice costs on the echo path (docs/embedding.md): keel-echo (jemalloc
 # arenas; jemalloc is the process's malloc) and keel-echo-libc (glibc malloc), one shard
-# on CPU 0, alternating, ROUNDS rounds; pingpong and throughput from keel-bench on CPU 1.
-# Prints one JSON line per run, then the medians.
+# on CPU 0, alternating (which goes first reverses every round), ROUNDS rounds; pingpong
+# and throughput from keel-bench on CPU 1. Prints one JSON line per run, then the medians
+# with their min-max.
 #   malloc.sh BIN_DIR [ROUNDS (5)] [PORT (17931)]
 set -euo pipefail
 bin=$1
@@ -12,7 +13,9 @@ port=${3:-17931}
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 for r in $(seq 1 "$rounds"); do
-	for v in keel-echo keel-echo-libc; do
+	order="keel-echo keel-echo-libc"
+	[ $((r % 2)) -eq 1 ] || order="keel-echo-libc keel-echo"
+	for v in $order; do
 		"$bin/$v" --port "$port" --addr 127.0.0.1 --shards 1 --cpuset 0 --idle-poll-us 0 \
 			--log-level warn >/dev/null &
 		pid=$!
@@ -36,7 +39,12 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 for m in ("pingpong", "throughput"):
     for v in ("keel-echo", "keel-echo-libc"):
         rs = [r["res"] for r in rows if r["mode"] == m and r["server"] == v]
-        med = lambda k: st.median(x[k] for x in rs if x[k] is not None)
-        print(f"{m:10} {v:15} runs {len(rs)} msgs/s {med('msgs_per_sec'):.0f} "
-              f"p50_us {med('lat_p50_us'):.1f} server_ns_per_msg {med('server_cpu_ns_per_msg'):.0f}")
+        def med(k, f):
+            xs = [x[k] for x in rs if x[k] is not None]
+            if not xs:
+                return "n/a"
+            return (f + " (" + f + "-" + f + ")") % (st.median(xs), min(xs), max(xs))
+        print(f"{m:10} {v:15} runs {len(rs)} msgs/s {med('msgs_per_sec', '%.0f')} "
+              f"p50_us {med('lat_p50_us', '%.1f')} "
+              f"server_ns_per_msg {med('server_cpu_ns_per_msg', '%.0f')}")
 PY
