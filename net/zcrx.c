@@ -33,8 +33,9 @@ register_ifq(int ring_fd, void *reg)
 
 long (*keel__zcrx_register)(int ring_fd, void *reg) = register_ifq;
 
-/* The refill ring's header (the kernel's struct io_uring: head and tail on their own cache
- * lines) comes first in the region; a page is more than it needs on every architecture. */
+/* The refill ring's header (the kernel's struct io_uring: head and tail, 32 bits each; the
+ * entries start where the kernel's offsets say, 64 bytes in on 6.18) comes first in the
+ * region; a page is more than it needs on every architecture. */
 #define RQ_HEADER_BYTES 4096u
 
 struct claim {
@@ -93,15 +94,16 @@ keel__zcrx_reason(int err, const char *iface, int rxq, size_t area, char *buf, s
 	case EPERM:
 		snprintf(buf, len,
 			 "ZCRX on %s rx queue %d: EPERM (operation not permitted): registering an "
-			 "interface queue needs CAP_NET_ADMIN; run as root or grant it (setcap "
-			 "cap_net_admin+ep PROGRAM)",
+			 "interface queue needs CAP_NET_ADMIN; run as root or grant it with the "
+			 "right to pin the area's memory (setcap cap_net_admin,cap_ipc_lock+ep "
+			 "PROGRAM)",
 			 iface, rxq);
 		break;
 	case EOPNOTSUPP:
 		snprintf(buf, len,
 			 "ZCRX on %s rx queue %d: EOPNOTSUPP (operation not supported): %s has no "
-			 "queue API / no parent device: ZCRX needs bnxt, mlx5, gve or fbnic; use "
-			 "--zcrx auto (copy path) or an interface of one of those drivers",
+			 "queue API / no parent device: ZCRX needs bnxt, mlx5, gve or fbnic; give "
+			 "an interface of one of those drivers",
 			 iface, rxq, iface);
 		break;
 	case EINVAL:
@@ -163,12 +165,14 @@ keel__zcrx_reason(int err, const char *iface, int rxq, size_t area, char *buf, s
 		}
 		snprintf(buf, len,
 			 "ZCRX on %s rx queue %d: EFAULT (bad address): the kernel could not read "
-			 "the registration; this is a keel bug, please report it",
+			 "the registration or map the area for the device (an IOMMU or DMA "
+			 "mapping failure reads EFAULT too: see the kernel log, dmesg); if the "
+			 "log says nothing, it is a keel bug: please report it",
 			 iface, rxq);
 		break;
 	default:
-		snprintf(buf, len, "ZCRX on %s rx queue %d: %s (errno %d); use --zcrx auto or off",
-			 iface, rxq, strerror(e), e);
+		snprintf(buf, len, "ZCRX on %s rx queue %d: %s (errno %d)", iface, rxq, strerror(e),
+			 e);
 		break;
 	}
 	return buf;
@@ -225,7 +229,7 @@ try_setup(struct net_zcrx *z, const struct keel_opts *o, unsigned ring_flags, in
 			 z->iface, z->rxq, o->zcrx_rq_entries, KEEL_ZCRX_RQ_ENTRIES_MAX);
 		return -EINVAL;
 	}
-	/* The command line takes 2M..1024G; an embedder's value is checked here, before the
+	/* The command line takes 4K..1024G; an embedder's value is checked here, before the
 	 * mmap, so that 0 or a size whose page rounding wraps is not reported as ENOMEM. */
 	if (o->zcrx_area < pg || o->zcrx_area > KEEL_ZCRX_AREA_MAX) {
 		snprintf(why, whylen,
@@ -391,7 +395,12 @@ keel__zcrx_setup(struct net_shard *ns)
 	if (!z->registered)
 		release(z);
 	if (v == KEEL__ZCRX_FAIL) {
-		keel_log(KEEL_LOG_ERROR, NET_MOD, "shard %u: %s", ns->id, why);
+		/* The policy's way out is said here, not in the reason: --zcrx auto's fallback
+		 * line told the user to use --zcrx auto. */
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "shard %u: %s (--zcrx auto runs on the copy path where ZCRX cannot; "
+			 "--zcrx off does not try)",
+			 ns->id, why);
 		free(z);
 		return r;
 	}
@@ -480,9 +489,9 @@ keel_zcrx_probe(const char *iface, int rxq, char *why, size_t len)
 			 iface, rxq, strerror(-r));
 		return r;
 	}
+	/* The runtime's default area and refill ring, as a shard registers them: a small area
+	 * passed where the default one then failed at start-up (the memory lock limit). */
 	keel_opts_init(&o);
-	o.zcrx_area = 256u << 10; /* a small area: the probe only registers */
-	o.zcrx_rq_entries = 64;
 	memset(&z, 0, sizeof(z));
 	snprintf(z.iface, sizeof(z.iface), "%s", iface);
 	z.rxq = rxq;

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "net_internal.h"
 #include "zcrx.h"
@@ -401,7 +402,8 @@ keel__zcrx_sim_recv(const struct net_shard *ns)
 static uint32_t
 zcrx_press_line(const struct net_zcrx *z)
 {
-	uint32_t n = (uint32_t)(z->area_len / 4096);
+	/* The kernel's buffers are a page each (64 KiB on some arm64 kernels): not 4096. */
+	uint32_t n = (uint32_t)(z->area_len / (size_t)sysconf(_SC_PAGESIZE));
 
 	return n - n / 4;
 }

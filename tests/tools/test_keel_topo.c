@@ -281,7 +281,10 @@ Test(tools_topo, plan_writes_the_map_and_prints_the_commands)
 	cr_assert(strstr(out, "ethtool -L eth0 combined 8\n"), "%s", out);
 	cr_assert(strstr(out, "ethtool -G eth0 tcp-data-split on\n"), "%s", out);
 	cr_assert(strstr(out, "ethtool -G eth0 hds-thresh 0\n"), "%s", out);
-	cr_assert(strstr(out, "ethtool -X eth0 equal 8\n"), "%s", out);
+	/* Every queue a ZCRX queue: no RSS table can keep other flows off them ("equal 8"
+	 * before, which sent every flow into the areas). */
+	cr_assert(!strstr(out, "ethtool -X eth0 equal"), "%s", out);
+	cr_assert(strstr(out, "needs queues the shards do not own"), "%s", out);
 	cr_assert(strstr(out, "ethtool -K eth0 ntuple on\n"), "%s", out);
 	cr_assert(strstr(out, "dst-port 9000"), "%s", out);
 	cr_assert(strstr(out, "systemctl stop irqbalance\n"), "%s", out);
@@ -293,6 +296,18 @@ Test(tools_topo, plan_writes_the_map_and_prints_the_commands)
 	cr_assert(m->hds);
 	cr_assert_str_eq(m->iface, "eth0");
 	free(m);
+	free(out);
+	unlink(path);
+	/* The shards on the last queues: RSS takes every flow to the others, and the service
+	 * port alone reaches the shards' through a context over them. */
+	snprintf(args, sizeof(args),
+		 "--xml %s --iface eth0 --queues 8 --rxqs eth0:4-7 --hds --port 9000 --plan "
+		 "--map %s",
+		 topo_file("32em64t-2n8c2t-pci-normalio.xml"), path);
+	cr_assert_eq(run(args, true, &out), 0, "%s", out);
+	cr_assert(strstr(out, "ethtool -X eth0 weight 1 1 1 1 0 0 0 0\n"), "%s", out);
+	cr_assert(strstr(out, "context new start 4 equal 4"), "%s", out);
+	cr_assert(strstr(out, "dst-port 9000 context"), "%s", out);
 	free(out);
 	unlink(path);
 	/* --apply only with --plan */

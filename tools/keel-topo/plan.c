@@ -89,9 +89,10 @@ owned_queues(const struct keel_map *m, int *q)
 	return n;
 }
 
-/* "weight w0 w1 ...": 1 for the queues the map owns, 0 for the others (as arguments). */
+/* "weight w0 w1 ...": 1 for the queues the map owns, 0 for the others (as arguments); with
+ * @others, the other way round. */
 static void
-add_weights(struct plan_step *s, const struct keel_map *m)
+add_weights(struct plan_step *s, const struct keel_map *m, bool others)
 {
 	if (!s)
 		return;
@@ -100,7 +101,7 @@ add_weights(struct plan_step *s, const struct keel_map *m)
 		bool used = false;
 		for (unsigned i = 0; i < m->nshards; i++)
 			used |= m->shards[i].rxq == (int)v;
-		add_arg(s, "%d", used ? 1 : 0);
+		add_arg(s, "%d", used != others ? 1 : 0);
 	}
 }
 
@@ -200,7 +201,32 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 		     "virtual interface: no RSS table, ntuple rules or IRQs to configure");
 		goto out;
 	}
-	if (nown == nq) {
+	if (m->hds && nown == nq) {
+		/* Every queue would be a ZCRX queue: RSS would put every flow there (the shards'
+		 * own outbound TCP, other programs'), and a plain receive of payload in an area
+		 * fails (docs/zcrx.md). No table can be right until other queues exist. */
+		snprintf(why, sizeof(why),
+			 "with --hds the shards' queues are ZCRX queues, and RSS must keep every "
+			 "flow but the service port's off them: %s needs queues the shards do not "
+			 "own. Map more rx queues than shards, the shards' last (--rxqs %s:K-L, "
+			 "queues 0..K-1 for the rest), with --port, and plan again",
+			 ifn, ifn);
+		note(out, max, &n, why);
+	} else if (m->hds) {
+		struct plan_step *s = step(out, max, &n, PLAN_RUN,
+					   "RSS weights: every flow to the queues without ZCRX; "
+					   "only the service port's rules below reach the shards'");
+		if (s) {
+			add_arg(s, "ethtool");
+			add_arg(s, "-X");
+			add_arg(s, "%s", ifn);
+		}
+		add_weights(s, m, true);
+		if (c->port <= 0)
+			note(out, max, &n,
+			     "no --port: without the ntuple rules it prints, no flow reaches the "
+			     "ZCRX queues");
+	} else if (nown == nq) {
 		cmd(out, max, &n, PLAN_RUN,
 		    "RSS spreads flows over exactly the shards' queues, none elsewhere", "ethtool",
 		    "-X", ifn, "equal", a, (char *)NULL);
@@ -213,7 +239,7 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 			add_arg(s, "-X");
 			add_arg(s, "%s", ifn);
 		}
-		add_weights(s, m);
+		add_weights(s, m, false);
 	}
 	if (c->port > 0 && nown) {
 		char port[16], q[16];
@@ -254,7 +280,7 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 					add_arg(s, "equal");
 					add_arg(s, "%s", b);
 				} else {
-					add_weights(s, m);
+					add_weights(s, m, false);
 				}
 			}
 			cmd(out, max, &n, PLAN_RUN,

@@ -123,9 +123,10 @@ zcrx_iface_facts(const char *iface, const struct keel_topo_nic *nic, int maxq, F
 				missing++;
 			}
 			fprintf(f,
-				" (keep queues for ZCRX out of the RSS table: ethtool -X %s "
-				"equal N, with N below the first ZCRX queue)\n",
-				iface);
+				" (keep the ZCRX queues out of the RSS table and steer the service "
+				"port to them: give the shards the last queues, then keel-topo "
+				"--iface %s --rxqs %s:K-L --hds --port P --plan prints both)\n",
+				iface, iface);
 		} else {
 			fprintf(f, "  channels: unknown\n");
 		}

@@ -194,7 +194,8 @@ KEEL_ABI_FIELD(struct keel_buf_reg, bgid, 12);
 KEEL_ABI_FIELD(struct keel_buf_reg, flags, 14);
 KEEL_ABI_FIELD(struct keel_buf_reg, resv, 16);
 
-/* The ZCRX interface-queue index shares the SQE's 16-bit field at byte 44 with file_index. */
+/* The ZCRX interface-queue index is the SQE's 32-bit field at byte 44 (zcrx_ifq_idx in the
+ * uapi), which it shares with file_index. */
 KEEL_STATIC_ASSERT(offsetof(struct io_uring_sqe, file_index) == 44, "sqe.file_index");
 
 #ifdef __cplusplus

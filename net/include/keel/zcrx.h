@@ -67,8 +67,9 @@ KEEL_API int keel_zcrx_stats(const struct keel_shard *sh, struct keel_zcrx_stats
 
 /**
  * Can ZCRX work on @iface rx queue @rxq? The same checks and IORING_REGISTER_ZCRX_IFQ a
- * shard makes at start-up, on a scratch ring of the calling thread that is closed at once
- * (keel-topo --check --zcrx). On a capable NIC the kernel restarts the queue when an
+ * shard makes at start-up with the default --zcrx-area and --zcrx-rq-entries (a larger area
+ * is checked at start-up only), on a scratch ring of the calling thread that is closed at
+ * once (keel-topo --check --zcrx). On a capable NIC the kernel restarts the queue when an
  * interface queue is bound and again when it goes: a short gap in that queue's traffic.
  * The kernel lets the queue go after the scratch ring's close, from a work queue of its
  * own: a registration of the same queue made just after the probe returns (a runtime
