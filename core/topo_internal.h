@@ -74,6 +74,10 @@ int keel__topo_cpulist_read(const char *path, struct keel_cpuset *out);
 /* Number of rx-N entries in /sys/class/net/@ifname/queues, or -errno (-ENODEV: no such
  * interface). */
 int keel__topo_sysfs_rxq_count(const char *ifname);
+
+/* The ethtool -L channel kind that sets @ifname's rx queues: "rx" for a driver with separate
+ * rx channels and no combined ones (veth, say), else "combined". */
+const char *keel__topo_sysfs_channel_kind(const char *ifname);
 /* The PCI function behind interface @ifname (its own, or the nearest above it: virtio-net's
  * virtioN sits under one) into @pci, and its NUMA node into *@numa (-1: not said). Returns 0,
  * -ENOENT (the interface has no PCI function: veth, lo, ifb), or -ENODEV (no such

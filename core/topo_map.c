@@ -585,10 +585,10 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 		} else if (rx >= 0 && (unsigned)rx < m->rx_queues) {
 			snprintf(
 				line, sizeof(line),
-				"%s has %d rx queue%s, the map needs %u; run: ethtool -L %s combined "
-				"%u (or keel-topo --plan again)",
+				"%s has %d rx queue%s, the map needs %u; run: ethtool -L %s %s %u (or "
+				"keel-topo --plan again)",
 				m->iface, rx, rx == 1 ? "" : "s", m->rx_queues, m->iface,
-				m->rx_queues);
+				keel__topo_sysfs_channel_kind(m->iface), m->rx_queues);
 			n++;
 			if (!emit(arg, line, true))
 				return n;

@@ -823,6 +823,18 @@ read_ethtool(struct keel_topo_nic *n)
 	close(fd);
 }
 
+const char *
+keel__topo_sysfs_channel_kind(const char *ifname)
+{
+	struct keel_topo_nic n;
+
+	memset(&n, 0, sizeof(n));
+	n.ch_max_rx = n.ch_max_combined = -1;
+	keel__topo_strcpy(n.name, sizeof(n.name), ifname);
+	read_ethtool(&n);
+	return n.ch_max_combined == 0 && n.ch_max_rx > 0 ? "rx" : "combined";
+}
+
 /* ---- ethtool netlink: tcp-data-split and hds-thresh (no ioctl carries them) ---- */
 
 #define NLA_ALIGN4(x) (((x) + 3u) & ~3u)

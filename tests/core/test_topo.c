@@ -1875,6 +1875,8 @@ Test(core_topo, an_interface_with_more_queues_than_the_map_serves_only_warns)
 	keel_map_load(path, &back, err, sizeof(err));
 	cr_assert_eq(keel_map_validate(&back, err, sizeof(err)), -EINVAL);
 	cr_assert(strstr(err, "kmv0 has 4 rx queues, the map needs 8"), "%s", err);
+	/* veth has rx channels, no combined ones: "combined 8" could only fail. */
+	cr_assert(strstr(err, "ethtool -L kmv0 rx 8"), "%s", err);
 	unlink(path);
 }
 
