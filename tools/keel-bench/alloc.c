@@ -275,7 +275,7 @@ mm_of(double *v, unsigned n)
 static struct mm
 ops_mm(const struct ab *b, int a, int s)
 {
-	double v[MAX_REPS];
+	double v[MAX_REPS] = { 0 };
 
 	memcpy(v, b->ops[a][s], b->reps * sizeof(*v));
 	return mm_of(v, b->reps);
@@ -285,7 +285,7 @@ ops_mm(const struct ab *b, int a, int s)
 static struct mm
 ratio_mm(const struct ab *b, int x, int y, int s)
 {
-	double v[MAX_REPS];
+	double v[MAX_REPS] = { 0 };
 
 	for (unsigned k = 0; k < b->reps; k++)
 		v[k] = b->ops[y][s][k] > 0 ? b->ops[x][s][k] / b->ops[y][s][k] : 0;
