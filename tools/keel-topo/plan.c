@@ -105,6 +105,21 @@ add_weights(struct plan_step *s, const struct keel_map *m, bool others)
 	}
 }
 
+/* "ethtool -X IF weight ...": the queues the map owns (or, with @others, the rest). */
+static void
+rss_weights(struct plan_step *out, unsigned max, unsigned *n, const struct keel_map *m,
+	    const char *why, bool others)
+{
+	struct plan_step *s = step(out, max, n, PLAN_RUN, why);
+
+	if (s) {
+		add_arg(s, "ethtool");
+		add_arg(s, "-X");
+		add_arg(s, "%s", m->iface);
+	}
+	add_weights(s, m, others);
+}
+
 unsigned
 plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 {
@@ -213,15 +228,10 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 			 ifn, ifn);
 		note(out, max, &n, why);
 	} else if (m->hds) {
-		struct plan_step *s = step(out, max, &n, PLAN_RUN,
-					   "RSS weights: every flow to the queues without ZCRX; "
-					   "only the service port's rules below reach the shards'");
-		if (s) {
-			add_arg(s, "ethtool");
-			add_arg(s, "-X");
-			add_arg(s, "%s", ifn);
-		}
-		add_weights(s, m, true);
+		rss_weights(out, max, &n, m,
+			    "RSS weights: every flow to the queues without ZCRX; only the service "
+			    "port's rules below reach the shards'",
+			    true);
 		if (c->port <= 0)
 			note(out, max, &n,
 			     "no --port: without the ntuple rules it prints, no flow reaches the "
@@ -231,15 +241,8 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 		    "RSS spreads flows over exactly the shards' queues, none elsewhere", "ethtool",
 		    "-X", ifn, "equal", a, (char *)NULL);
 	} else {
-		struct plan_step *s = step(out, max, &n, PLAN_RUN,
-					   "RSS weights: flows only to the queues the map gives "
-					   "to shards");
-		if (s) {
-			add_arg(s, "ethtool");
-			add_arg(s, "-X");
-			add_arg(s, "%s", ifn);
-		}
-		add_weights(s, m, false);
+		rss_weights(out, max, &n, m,
+			    "RSS weights: flows only to the queues the map gives to shards", false);
 	}
 	if (c->port > 0 && nown) {
 		char port[16], q[16];
