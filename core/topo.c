@@ -138,7 +138,7 @@ load_cpus(struct keel_topo *t, hwloc_topology_t h)
 	int npus = hwloc_get_nbobjs_by_type(h, HWLOC_OBJ_PU);
 	bool pu_cores = ncores <= 0; /* no core level: every PU is a core of its own */
 	hwloc_obj_t o = NULL;
-	unsigned k = 0;
+	unsigned k = 0, beyond = 0;
 	bool *kind; /* each node's kind (keel__numa_memory_kind), by logical index */
 
 	if (npus <= 0)
@@ -200,7 +200,12 @@ load_cpus(struct keel_topo *t, hwloc_topology_t h)
 				kp->allowed = false;
 				continue;
 			}
-			kp->allowed = true;
+			/* A CPU numbered past what a CPU set holds is in no set keel keeps (the
+			 * machine's, a node's, the allowed ones): it was shown allowed, and the
+			 * node's list ended at 1023 without a word. */
+			kp->allowed = pu->os_index < KEEL_MAX_CPUS;
+			if (!kp->allowed)
+				beyond++;
 			keel_cpuset_add(&t->info.present, pu->os_index);
 			core->pus[core->npus++] = pu->os_index;
 		}
@@ -208,6 +213,12 @@ load_cpus(struct keel_topo *t, hwloc_topology_t h)
 			if (core->numa >= 0 && t->numa[i].os == (unsigned)core->numa)
 				t->numa[i].ncores++;
 	}
+	if (beyond)
+		keel_log(
+			KEEL_LOG_WARN, "topo",
+			"%u CPUs are numbered %d or above (KEEL_MAX_CPUS, keel's limit): they take "
+			"no shard, and the CPU lists shown stop at %d",
+			beyond, KEEL_MAX_CPUS, KEEL_MAX_CPUS - 1);
 	/* Memory only, as keel sees it: a node that no core belongs to (a node of the kind whose
 	 * cores, by hwloc's guess, are its own still has them; a CXL node without a subtype that
 	 * no core chose is memory only). */

@@ -2224,3 +2224,29 @@ Test(core_topo, a_live_load_that_hwloc_reads_from_the_environment_is_refused_by_
 	unsetenv("HWLOC_SYNTHETIC");
 	unsetenv("HWLOC_THISSYSTEM");
 }
+
+/* A machine with CPUs numbered past KEEL_MAX_CPUS (1,200 here): those take no shard, are
+ * shown not allowed and are said once; they were shown allowed, and node 1's CPU list
+ * ended at 1023 without a word. */
+Test(core_topo, cpus_past_keel_max_cpus_are_not_allowed_and_said)
+{
+	struct keel_topo_load_opts o = { .synthetic = "pack:2 numa:1 core:300 pu:2" };
+	struct keel_topo *t = NULL;
+	const struct keel_topo_info *in;
+	unsigned seen = 0;
+
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_topo_load(&o, &t, err, sizeof(err)), 0, "%s", err);
+	keel_log_set_sink(NULL, NULL);
+	in = keel_topo_info_get(t);
+	cr_assert_eq(in->npus, 1200);
+	for (unsigned i = 0; i < in->npus; i++) {
+		cr_assert_eq(in->pus[i].allowed, in->pus[i].os < KEEL_MAX_CPUS, "CPU %u",
+			     in->pus[i].os);
+		seen += in->pus[i].os >= KEEL_MAX_CPUS;
+	}
+	cr_assert_eq(seen, 176);
+	cr_assert(strstr(logged, "176 CPUs are numbered 1024 or above"), "%s", logged);
+	keel_topo_destroy(t);
+}
