@@ -347,6 +347,23 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 				req->reserve, nic->name, nlocal_reserved);
 			goto out;
 		}
+		if (nic && !nlocal_phys && !req->nrxqs) {
+			/* The allowed CPUs (--cpuset, the affinity mask) leave out every core
+			 * local to the NIC: said, as the reserve's case is refused above. */
+			bool any = false;
+
+			for (unsigned c = 0; c < in->ncores && !any; c++)
+				any = keel_cpuset_has(&nic->local, in->cores[c].pus[0]);
+			if (any)
+				keel_log(
+					KEEL_LOG_WARN, "topo",
+					"no allowed CPU is local to %s (NUMA node %d): the default "
+					"map puts the shards on other nodes' cores, where its "
+					"packets cross the interconnect; allow some of the node's "
+					"CPUs (--cpuset, the affinity mask), or give --shards to "
+					"place them off the NIC's node on purpose",
+					nic->name, nic->numa);
+		}
 		if (req->nrxqs)
 			shards = req->nrxqs;
 		else

@@ -2250,3 +2250,29 @@ Test(core_topo, cpus_past_keel_max_cpus_are_not_allowed_and_said)
 	cr_assert(strstr(logged, "176 CPUs are numbered 1024 or above"), "%s", logged);
 	keel_topo_destroy(t);
 }
+
+/* Allowed CPUs that leave out every core local to the NIC moved the default map to the
+ * other node without a word (a reserve that does so is refused): now it is said. */
+Test(core_topo, allowed_cpus_without_a_core_local_to_the_nic_are_said)
+{
+	struct keel_topo *t = load_xml("32em64t-2n8c2t-pci-normalio.xml", 0);
+	struct keel_map_req r;
+
+	keel_map_req_init(&r);
+	snprintf(r.iface, sizeof(r.iface), "eth0");
+	cr_assert_eq(keel_cpulist_parse("0-7", &r.cpuset, err, sizeof(err)), 0);
+	r.cpuset_given = true;
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), 0, "%s", err);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(strstr(logged, "no allowed CPU is local to eth0 (NUMA node 1)"), "%s", logged);
+	/* With node 1's cores allowed: nothing said. */
+	keel_cpulist_parse("8-15", &r.cpuset, err, sizeof(err));
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), 0, "%s", err);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(!strstr(logged, "no allowed CPU is local"), "%s", logged);
+	keel_topo_destroy(t);
+}
