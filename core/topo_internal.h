@@ -45,6 +45,9 @@ int keel__topo_sysfs_virtual(struct keel_topo *t);
  * HWLOC_XMLFILE or HWLOC_SYNTHETIC in the environment (without HWLOC_THISSYSTEM=1). */
 int keel__topo_not_here(hwloc_topology_t h, char *err, size_t errlen);
 
+/* Whether @cpu is isolated (isolcpus=: /sys/devices/system/cpu/isolated lists it). */
+bool keel__cpu_isolated(unsigned cpu);
+
 /* Whether irqbalance is running (a /proc/PID/comm called irqbalance). */
 enum keel_topo_state keel__topo_irqbalance(void);
 

@@ -219,6 +219,18 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 			if (!keel_cpuset_has(&in->allowed, c)) {
 				if (in->live)
 					keel__cgroup_excludes(c, cg, sizeof(cg));
+				/* isolcpus= keeps a CPU out of every process's mask unless it
+				 * was started on it: the fix is taskset, not a wider cgroup. */
+				if (in->live && !cg[0] && keel__cpu_isolated(c))
+					return keel__errf(
+						err, errlen, -EINVAL,
+						"--cpuset: CPU %u is isolated (isolcpus=, listed in "
+						"/sys/devices/system/cpu/isolated), so no process has it "
+						"unless started on it: start the program with taskset -c "
+						"and a list that holds it; the allowed CPUs are %s",
+						c,
+						keel_topo_cpulist_format(&in->allowed, list,
+									 sizeof(list)));
 				return keel__errf(
 					err, errlen, -EINVAL,
 					"--cpuset: CPU %u is outside this process's affinity "
