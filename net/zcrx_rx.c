@@ -436,6 +436,10 @@ keel__zcrx_take(struct net_shard *ns, const struct io_uring_cqe *cqe, struct kee
 		}
 		return r;
 	}
+	/* Counted as it came, also when no header wraps it (then refilled at once), so that
+	 * refills and zc_frags end equal (docs/zcrx.md). */
+	z->zc_bytes += f.len;
+	z->zc_frags++;
 	r = keel_buf_wrap(keel_shard_alloc(), (uint8_t *)z->area + f.off, f.len, zc_release, z,
 			  out);
 	if (r < 0) {
@@ -443,8 +447,6 @@ keel__zcrx_take(struct net_shard *ns, const struct io_uring_cqe *cqe, struct kee
 		return r;
 	}
 	z->held++;
-	z->zc_bytes += f.len;
-	z->zc_frags++;
 	/* A quarter of the area stays for the kernel, as a quarter of a copy-path ring does
 	 * (keel__pbuf_pressed): past that line, partial frames copy their area slices out and
 	 * give them back, after every fragment that arrives there (one reclaim a pass at most:
