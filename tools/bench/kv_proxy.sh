@@ -82,13 +82,31 @@ declare -A target=([direct]=$a [proxy1]=$px1 [proxy2]=$px2)
 csv=$tmp/out.csv
 echo "run,config,pipeline,test,rps,p99_ms" >"$csv"
 for run in $(seq "$runs"); do
-	for cfg in direct proxy1 proxy2; do
+	# The configurations' order reverses every other run: a drift of the machine favours
+	# none of them.
+	order="direct proxy1 proxy2"
+	[ $((run % 2)) -eq 1 ] || order="proxy2 proxy1 direct"
+	for cfg in $order; do
 		for P in 1 16; do
 			n=$((P == 1 ? 50000 : 400000))
 			for t in set get; do
-				line=$(timeout 300 redis-benchmark -p "${target[$cfg]}" -c 50 -P $P -n $n -t $t \
-					-r 100000 -d 100 --csv 2>/dev/null | tail -1 | tr -d '"')
-				IFS=, read -r _ rps _ _ _ _ p99 _ <<<"$line"
+				# A failed run stops the script with redis-benchmark's own words, and
+				# the columns are found by their names in the CSV's header (a CSV
+				# without p99 was read as p99 0).
+				if ! timeout 300 redis-benchmark -p "${target[$cfg]}" -c 50 -P $P -n $n -t $t \
+					-r 100000 -d 100 --csv >"$tmp/bench.csv" 2>"$tmp/bench.err"; then
+					echo "kv_proxy.sh: redis-benchmark -t $t -P $P against $cfg failed:" >&2
+					cat "$tmp/bench.err" "$tmp/bench.csv" >&2
+					exit 1
+				fi
+				read -r rps p99 < <(tr -d '"' <"$tmp/bench.csv" | awk -F, '
+					NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+					END { print $col["rps"], $col["p99_latency_ms"] }')
+				[ -n "${p99:-}" ] || {
+					echo "kv_proxy.sh: no rps/p99 in redis-benchmark's CSV:" >&2
+					cat "$tmp/bench.csv" >&2
+					exit 1
+				}
 				echo "$run,$cfg,$P,$t,$rps,$p99" >>"$csv"
 			done
 		done
