@@ -595,6 +595,23 @@ thp_mode(void)
 	return mode;
 }
 
+/* @v as a JSON string: a path or a message with a quote or a backslash in it made the
+ * output unreadable. */
+static void
+json_str(const char *v)
+{
+	putchar('"');
+	for (const unsigned char *c = (const unsigned char *)v; *c; c++) {
+		if (*c == '"' || *c == '\\')
+			printf("\\%c", *c);
+		else if (*c < 0x20)
+			printf("\\u%04x", *c);
+		else
+			putchar(*c);
+	}
+	putchar('"');
+}
+
 static void
 print_json(const struct dcfg *cfg, struct result r[NW][NE][MAX_ROUNDS], bool fio_ok,
 	   const char *fio_why)
@@ -604,8 +621,9 @@ print_json(const struct dcfg *cfg, struct result r[NW][NE][MAX_ROUNDS], bool fio
 	char cmd[1024];
 
 	uname(&u);
-	printf("{\n  \"mode\": \"disk\",\n  \"kernel\": \"%s\",\n  \"path\": \"%s\",\n", u.release,
-	       cfg->path);
+	printf("{\n  \"mode\": \"disk\",\n  \"kernel\": \"%s\",\n  \"path\": ", u.release);
+	json_str(cfg->path);
+	printf(",\n");
 	printf("  \"fs_magic\": \"0x%lx\",\n",
 	       statfs(cfg->path, &sf) == 0 ? (unsigned long)sf.f_type : 0UL);
 	printf("  \"size\": %llu,\n  \"qd\": %u,\n  \"direct\": %s,\n  \"seconds\": %.3f,\n"
@@ -617,14 +635,19 @@ print_json(const struct dcfg *cfg, struct result r[NW][NE][MAX_ROUNDS], bool fio
 	       cfg->rounds, cfg->cpu, cfg->pin ? "true" : "false", cfg->idle_poll_us, thp_mode());
 	if (fio_ok)
 		printf("  \"fio_skipped\": null,\n");
-	else
-		printf("  \"fio_skipped\": \"%s\",\n", fio_why);
+	else {
+		printf("  \"fio_skipped\": ");
+		json_str(fio_why);
+		printf(",\n");
+	}
 	for (int wl = 0; wl < NW; wl++) {
 		struct rstat st[NE];
 		memset(st, 0, sizeof(st));
 		printf("  \"%s\": {\n    \"block\": %u,\n", wl_name[wl], wl_bs[wl]);
 		fio_cmd(cfg, wl, cmd, sizeof(cmd));
-		printf("    \"fio_cmd\": \"%s\",\n", cmd);
+		printf("    \"fio_cmd\": ");
+		json_str(cmd);
+		printf(",\n");
 		for (int e = 0; e < NE; e++) {
 			if (e == E_FIO && !fio_ok) {
 				printf("    \"%s\": null,\n", eng_name[e]);
