@@ -73,6 +73,9 @@ trap 'exit 130' INT TERM
 field() { # INFO persistence field
 	redis-cli -p "$port" info persistence | tr -d '\r' | sed -n "s/^$1://p"
 }
+commands() { # INFO stats total_commands_processed
+	redis-cli -p "$port" info stats | tr -d '\r' | sed -n 's/^total_commands_processed://p'
+}
 
 one() { # server -> one result line, appended to $results
 	local s=$1 dir l0 l1 t0 tb t1 a b r worst=0 mem0 peak n=0 stalls="" keys0 rw0
@@ -114,6 +117,7 @@ one() { # server -> one result line, appended to $results
 		>/dev/null 2>&1 &
 	bp=$!
 	sleep 1
+	c0=$(commands)
 	l0=$(wc -l <"$dir.log")
 	t0=$(date +%s%N)
 	a=$(redis-cli -p "$port" bgrewriteaof)
@@ -134,6 +138,15 @@ one() { # server -> one result line, appended to $results
 	done
 	t1=$(date +%s%N)
 	l1=$(wc -l <"$dir.log")
+	# The figures are of a rewrite under load: the load must have run all along (a
+	# redis-benchmark that failed at once left an idle server's rewrite measured).
+	c1=$(commands)
+	kill -0 $bp 2>/dev/null && [ $((c1 - c0)) -gt 0 ] || {
+		echo "kv_rewrite.sh: $s: the SET load did not run through the rewrite" \
+			"($((c1 - c0)) commands processed; redis-benchmark $(kill -0 $bp 2>/dev/null &&
+				echo running || echo ended))" >&2
+		exit 1
+	}
 	# A rewrite that failed is no figure: keel-kv counts the ones done, Redis says so.
 	if [ "$s" = redis ]; then
 		a=$(field aof_last_bgrewrite_status)
