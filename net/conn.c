@@ -1385,6 +1385,8 @@ close_timeout_cb(struct keel_timer *t, void *arg)
 void
 keel_conn_close(struct keel_conn *c)
 {
+	uint64_t bound;
+
 	if (c->closing || c->flush_close)
 		return;
 	if (!c->open && !c->connecting) {
@@ -1392,7 +1394,7 @@ keel_conn_close(struct keel_conn *c)
 		return;
 	}
 	c->flush_close = true;
-	keel__lim_header_end(&c->lim);
+	bound = keel__lim_header_end(&c->lim, keel_now_ns());
 	/* Still connecting: keel__conn_opened sends the queue and closes (no on_open). */
 	if (c->open) {
 		rq_drop(c); /* a closing connection reads nothing more */
@@ -1403,9 +1405,13 @@ keel_conn_close(struct keel_conn *c)
 	 * made (ENOMEM), it waits: the runtime's stop still aborts it. */
 	/* Not when one exists: the flush above may have reached the linger at once (a deferral
 	 * that failed sends now), whose timer a second one would overwrite and leak. */
-	if (!c->closing && !c->close_timer && c->cfg->close_timeout_ns &&
+	/* close_timeout_ns, or else what the header timeout had left (a peer that never sent
+	 * its header and never reads must still be ended). */
+	if (c->cfg->close_timeout_ns)
+		bound = c->cfg->close_timeout_ns;
+	if (!c->closing && !c->close_timer && bound &&
 	    keel_timer_create(close_timeout_cb, c, &c->close_timer) == 0)
-		keel_timer_start(c->close_timer, c->cfg->close_timeout_ns, 0);
+		keel_timer_start(c->close_timer, bound, 0);
 }
 
 /* An aborted connection's operations in flight are cancelled (all of them, by its fd);

@@ -339,12 +339,22 @@ keel__lim_rx(struct net_lim *l, int n)
 			l->rx += (uint64_t)n;
 	}
 }
-/* The application closed: its close is bounded by close_timeout_ns, and the header timeout
- * no longer applies (it cut the close's flush, and counted a connection already closed). */
-static inline void
-keel__lim_header_end(struct net_lim *l)
+/* The application closed: the header timeout no longer applies (it cut the close's flush,
+ * and counted a connection already closed). Returns the nanoseconds it had left at @now
+ * (at least 1 ms) while the header was still pending, else 0: keel_conn_close bounds the
+ * close by that when close_timeout_ns is 0, so a peer that neither sends nor reads is
+ * still ended. */
+static inline uint64_t
+keel__lim_header_end(struct net_lim *l, uint64_t now)
 {
+	uint64_t left = 0;
+
+	if (l->listed && l->cfg->header_timeout_ns && l->rx < l->need) {
+		uint64_t end = l->open_ns + l->cfg->header_timeout_ns;
+		left = end > now + 1000000 ? end - now : 1000000;
+	}
 	l->need = 0;
+	return left;
 }
 static inline void
 keel__lim_tx(struct net_lim *l)

@@ -227,7 +227,8 @@ static const struct keel_conn_ops greet_ops = { .on_open = greet_open,
 /* The application's close ends the header timeout: the peer that never sent its header and
  * reads the reply late gets all of it and the FIN, and no header timeout is counted. The
  * timeout used to fire during the close's flush and abort it, cutting the reply (a reset)
- * and counting a header timeout for a connection the application had closed. */
+ * and counting a header timeout for a connection the application had closed. The close's
+ * own bound (close_timeout_ns, 30 s here) applies. */
 Test(net_limits, a_close_before_the_header_ends_its_timeout)
 {
 	static char buf[1 << 16];
@@ -240,6 +241,7 @@ Test(net_limits, a_close_before_the_header_ends_its_timeout)
 	lim_reset();
 	keel_net_config_init(&nc);
 	nc.header_timeout_ns = KEEL_MS(100);
+	nc.close_timeout_ns = KEEL_S(30);
 	cr_assert_eq(srv_start(&s, NULL, &nc, &greet_ops), 0);
 	fd = cli_connect(s.port);
 	cr_assert_geq(fd, 0);
@@ -252,6 +254,32 @@ Test(net_limits, a_close_before_the_header_ends_its_timeout)
 	cr_assert_eq(atomic_load(&lim_hdr), 0,
 		     "a header timeout was counted for a closed connection");
 	cr_assert_eq(atomic_load(&lim_etimedout_closes), 0);
+	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
+}
+
+/* Without close_timeout_ns, what the header timeout had left bounds the close: a peer that
+ * never sends its header and never reads is still ended (-ETIMEDOUT), not held until the
+ * stop, and no header timeout is counted for the closed connection. */
+Test(net_limits, a_close_before_the_header_is_bounded_by_what_the_header_timeout_had_left)
+{
+	struct keel_net_config nc;
+	struct srv s;
+	uint64_t t0;
+	int fd;
+
+	lim_reset();
+	keel_net_config_init(&nc);
+	nc.header_timeout_ns = KEEL_MS(200);
+	t0 = test_now_ms();
+	cr_assert_eq(srv_start(&s, NULL, &nc, &greet_ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	/* The peer reads nothing: 32 MiB never fit the sockets, so the close's flush waits. */
+	WAIT_FOR(atomic_load(&s.closes) == 1, "the close ended by the header timeout's rest");
+	cr_assert_geq(test_now_ms() - t0, 200, "ended before the header timeout");
+	cr_assert_eq(atomic_load(&lim_etimedout_closes), 1);
+	cr_assert_eq(atomic_load(&lim_hdr), 0, "counted as a header timeout");
 	close(fd);
 	cr_assert_eq(srv_stop(&s), 0);
 }

@@ -86,7 +86,8 @@ struct keel_net_config {
 	 * connection then ends with keel_conn_abort(-ETIMEDOUT). */
 	/* An accepted connection that has not received header_bytes bytes this long after
 	 * the accept is aborted (slowloris; counted in header_timeouts). The application's
-	 * keel_conn_close() ends it (close_timeout_ns bounds the close). 0: off (default). */
+	 * keel_conn_close() ends it: the close is bounded by close_timeout_ns, or without one by
+	 * what the header timeout had left (then -ETIMEDOUT). 0: off (default). */
 	uint64_t header_timeout_ns;
 	/* ... the bytes it must have received by then (default 1: a first-byte timeout). */
 	uint32_t header_bytes;
