@@ -308,7 +308,7 @@ main(int argc, char **argv)
 		if (r < 0) {
 			/* A name that does not resolve is -ENOENT: not "No such file". */
 			fprintf(stderr, "keel-echo: listening on %s port %ld: %s\n", a.addr, a.port,
-				r == -ENOENT
+				r == -ENOENT && strncmp(a.addr, "unix:", 5)
 					? "the address does not resolve (give an IP address, or a "
 					  "name the resolver knows)"
 					: strerror(-r));
