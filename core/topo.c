@@ -347,19 +347,33 @@ load_allowed(struct keel_topo *t)
 int
 keel__topo_not_here(hwloc_topology_t h, char *err, size_t errlen)
 {
-	const char *xml = getenv("HWLOC_XMLFILE"), *syn = getenv("HWLOC_SYNTHETIC");
+	/* The variables that make hwloc describe something other than this machine. */
+	static const char *const vars[] = {
+		"HWLOC_XMLFILE", "HWLOC_SYNTHETIC",  "HWLOC_THISSYSTEM",
+		"HWLOC_FSROOT",  "HWLOC_CPUID_PATH", "HWLOC_COMPONENTS"
+	};
+	char set[512] = "";
+	size_t n = 0;
 
 	if (hwloc_topology_is_thissystem(h))
 		return 0;
-	return keel__errf(
-		err, errlen, -EINVAL,
-		"hwloc read another description than this machine's%s%s%s%s%s%s: its CPUs, NUMA "
-		"nodes and NICs are not this machine's; unset it, or set HWLOC_THISSYSTEM=1 if it "
-		"describes this machine (to look at another machine: keel-topo --xml or "
-		"--synthetic)",
-		xml || syn ? " (the environment sets" : "", xml ? " HWLOC_XMLFILE=" : "",
-		xml ? xml : "", syn ? " HWLOC_SYNTHETIC=" : "", syn ? syn : "",
-		xml || syn ? ")" : "");
+	for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
+		const char *v = getenv(vars[i]);
+		int w;
+
+		if (!v || n >= sizeof(set))
+			continue;
+		w = snprintf(set + n, sizeof(set) - n, "%s %s=%s", n ? "," : "", vars[i], v);
+		if (w > 0)
+			n += (size_t)w;
+	}
+	return keel__errf(err, errlen, -EINVAL,
+			  "hwloc read another description than this machine's%s%s%s: its CPUs, "
+			  "NUMA nodes and NICs are not this machine's; unset %s, or set "
+			  "HWLOC_THISSYSTEM=1 if it describes this machine (to look at another "
+			  "machine: keel-topo --xml or --synthetic)",
+			  n ? " (the environment sets" : "", set, n ? ")" : "",
+			  n ? "those variables" : "what makes hwloc do so");
 }
 
 int
