@@ -285,6 +285,14 @@ Test(tools_topo, plan_writes_the_map_and_prints_the_commands)
 	 * before, which sent every flow into the areas). */
 	cr_assert(!strstr(out, "ethtool -X eth0 equal"), "%s", out);
 	cr_assert(strstr(out, "needs queues the shards do not own"), "%s", out);
+	/* --apply would run another machine's plan here: refused before anything runs. */
+	{
+		char a2[1100], *o2;
+		snprintf(a2, sizeof(a2), "%s --apply", args);
+		cr_assert_eq(run(a2, true, &o2), 2, "%s", o2);
+		cr_assert(strstr(o2, "--apply changes this machine"), "%s", o2);
+		free(o2);
+	}
 	cr_assert(strstr(out, "ethtool -K eth0 ntuple on\n"), "%s", out);
 	cr_assert(strstr(out, "dst-port 9000"), "%s", out);
 	cr_assert(strstr(out, "systemctl stop irqbalance\n"), "%s", out);

@@ -247,6 +247,11 @@ parse_args(int argc, char **argv, struct args *a)
 			   "", "");
 	if (a->apply && !a->plan)
 		return bad("--apply runs the commands of --plan: give --plan too%s%s", "", "");
+	/* The commands of another machine's plan would change this one's NICs and IRQs. */
+	if (a->apply && (a->load.xml || a->load.synthetic))
+		return bad("--apply changes this machine, and the plan is of %s: drop --apply (or "
+			   "plan on the machine itself)%s",
+			   a->load.xml ? "a topology file (--xml)" : "a synthetic machine", "");
 	if (a->port >= 0 && !a->plan)
 		return bad("--port steers a port in the commands of --plan: give --plan too (it "
 			   "did nothing without it)%s%s",

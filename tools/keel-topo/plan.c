@@ -31,10 +31,10 @@ step(struct plan_step *out, unsigned max, unsigned *n, enum plan_kind kind, cons
 	return s;
 }
 
-static void
+static struct plan_step *
 note(struct plan_step *out, unsigned max, unsigned *n, const char *why)
 {
-	step(out, max, n, PLAN_NOTE, why);
+	return step(out, max, n, PLAN_NOTE, why);
 }
 
 /* Append one argument to @s; one that does not fit marks the step too long. */
@@ -226,7 +226,9 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 			 "own. Map more rx queues than shards, the shards' last (--rxqs %s:K-L, "
 			 "queues 0..K-1 for the rest), with --port, and plan again",
 			 ifn, ifn);
-		note(out, max, &n, why);
+		struct plan_step *ns = note(out, max, &n, why);
+		if (ns)
+			ns->stops_apply = true; /* the rest would leave RSS on the areas */
 	} else if (m->hds) {
 		rss_weights(out, max, &n, m,
 			    "RSS weights: every flow to the queues without ZCRX; only the service "
@@ -495,6 +497,14 @@ plan_apply(const struct plan_step *s, unsigned n)
 {
 	char ctx[32] = "", out[512] = "";
 
+	for (unsigned i = 0; i < n; i++)
+		if (s[i].stops_apply) {
+			fprintf(stderr,
+				"keel-topo: --apply refused: step %u says the plan cannot be "
+				"right as it is; nothing was run\n",
+				i + 1);
+			return 1;
+		}
 	if (geteuid() != 0) {
 		fprintf(stderr, "keel-topo: --apply changes NICs and IRQs and needs root: run it "
 				"with sudo, or run the commands above by hand\n");

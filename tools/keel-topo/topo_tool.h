@@ -45,6 +45,7 @@ struct plan_step {
 	char buf[2048];
 	size_t used;
 	bool too_long;           /* an argument did not fit: printed as a note, not run */
+	bool stops_apply;        /* a note saying the plan cannot be right: --apply refuses */
 	char path[64], data[16]; /* PLAN_WRITE */
 	char why[400];
 };
