@@ -1401,3 +1401,22 @@ Test(tools_bench, serve_refuses_a_port_another_program_holds)
 	fclose(f);
 	cr_assert_eq(waitpid(pid, &st, 0), pid);
 }
+
+/* keel-bench alloc repeats its measurements in a rotated order: the JSON says how many, and
+ * every ratio comes with its min-max, lowest first. */
+Test(tools_bench, alloc_repeats_and_reports_each_ratios_spread)
+{
+	char *out, *p;
+	double lo = -1, hi = -1;
+
+	cr_assert_eq(bench("alloc --ms 10 --reps 3 --json", &out), 0, "%s", out);
+	cr_assert_eq(num(out, "reps"), 3, "%s", out);
+	p = strstr(out, "\"keel_slab\": {\"64\": ");
+	cr_assert(p && strtod(p + strlen("\"keel_slab\": {\"64\": "), NULL) > 0, "%s", out);
+	p = strstr(out, "\"ratio_keel_slab_to_jemalloc_min_max\": {\"64\": [");
+	cr_assert(p && sscanf(strchr(p, '[') + 1, "%lf, %lf", &lo, &hi) == 2, "%s", out);
+	cr_assert(lo > 0 && lo <= hi, "%f-%f:\n%s", lo, hi, out);
+	free(out);
+	cr_assert_eq(bench("alloc --reps 0", &out), 2, "%s", out);
+	free(out);
+}

@@ -403,7 +403,7 @@ bench_alloc(int argc, char **argv)
 			       ops_mm(b, 1, s).med, ops_mm(b, 2, s).med, ops_mm(b, 3, s).med);
 		printf("%8s", "size");
 		for (size_t q = 0; q < sizeof(ratios) / sizeof(ratios[0]); q++)
-			printf(" %22s", ratios[q].col);
+			printf(" %27s", ratios[q].col);
 		printf("   (median of the per-repetition ratios, min-max)\n");
 		for (int s = 0; s < NSIZES; s++) {
 			printf("%8zu", sizes[s]);
@@ -412,7 +412,7 @@ bench_alloc(int argc, char **argv)
 				char cell[40];
 				snprintf(cell, sizeof(cell), "%.2fx (%.2f-%.2f)", rq.med, rq.lo,
 					 rq.hi);
-				printf(" %22s", cell);
+				printf(" %27s", cell);
 			}
 			printf("\n");
 		}

@@ -688,9 +688,12 @@ print_table(const struct dcfg *cfg, struct result r[NW][NE][MAX_ROUNDS], bool fi
 	printf("buffers: keel's and the threads' on transparent huge pages where the kernel gives "
 	       "them (THP \"%s\"); fio's %s\n",
 	       thp_mode(),
-	       strcmp(thp_mode(), "always") ? "on 4 KiB pages (fio cannot ask for THP): its "
-					      "write rows favour keel and the threads"
-					    : "on huge pages too (THP \"always\")");
+	       strcmp(thp_mode(), "always")
+		       ? "on 4 KiB pages (fio cannot ask for THP): its "
+			 "write rows favour keel and the threads"
+		       : "on huge pages only where its malloc'd buffer is large and "
+			 "aligned enough (THP \"always\"): its write rows may favour "
+			 "keel and the threads");
 	if (cfg->rounds < 5)
 		printf("(%u round%s: fewer than the 5 a comparison needs; --rounds 5 or more)\n",
 		       cfg->rounds, cfg->rounds == 1 ? "" : "s");
