@@ -303,7 +303,7 @@ int
 bench_alloc(int argc, char **argv)
 {
 	struct keel_opts o;
-	struct ab *b = calloc(1, sizeof(*b));
+	struct ab *b;
 	bool json = false;
 	unsigned ms = 300, reps = 5;
 	struct utsname u;
@@ -342,6 +342,8 @@ bench_alloc(int argc, char **argv)
 			return 2;
 		}
 	}
+	/* Made once the options are read: a bad one returned without freeing it. */
+	b = calloc(1, sizeof(*b));
 	if (!b)
 		return 1;
 	o.shards = 1;
