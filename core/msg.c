@@ -188,40 +188,60 @@ enum q_kind {
 		  * before), but counted, so that broadcasts alone meet the limit too */
 };
 
+/* The slot the next message to @dst goes into when the ring has room and nothing waits
+ * before it in the overflow list, else NULL; ring_filled() counts it once written. */
+static inline struct msg *
+ring_slot(struct keel_shard *s, unsigned dst)
+{
+	struct outbox *o = &s->out[dst];
+	uint32_t cap = s->rt->opts.mailbox_entries;
+
+	if (__builtin_expect(o->ovf_head != NULL, 0) || !mbox_has_room(o->mb, cap))
+		return NULL;
+	return &o->mb->slots[o->mb->tail_local & (cap - 1)];
+}
+
+static inline void
+ring_filled(struct keel_shard *s, unsigned dst)
+{
+	s->out[dst].mb->tail_local++;
+	s->sent_unpublished++;
+	mark_dirty(s, dst);
+}
+
 static int
 enqueue(struct keel_shard *s, unsigned dst, const struct msg *m, enum q_kind kind)
 {
 	struct outbox *o = &s->out[dst];
-	uint32_t cap = s->rt->opts.mailbox_entries;
+	struct msg *slot = ring_slot(s, dst);
 	bool internal = kind != Q_APP;
+	struct ovf_node *n;
 
-	if (__builtin_expect(o->ovf_head == NULL, 1) && mbox_has_room(o->mb, cap)) {
-		o->mb->slots[o->mb->tail_local & (cap - 1)] = *m;
-		o->mb->tail_local++;
-	} else {
-		struct ovf_node *n;
-
-		if (!internal && o->ovf_n >= s->rt->opts.mailbox_overflow) {
-			STAT_INC(s, msgs_refused);
-			return -EAGAIN;
-		}
-		n = keel_shard_malloc(sizeof(*n));
-		if (n)
-			n->heap = false;
-		else if (!internal || !(n = ovf_node_heap(s, kind == Q_BCAST)))
-			return -ENOMEM;
-		n->next = NULL;
-		n->m = *m;
-		n->app = kind != Q_KEEL;
-		if (o->ovf_tail)
-			o->ovf_tail->next = n;
-		else
-			o->ovf_head = n;
-		o->ovf_tail = n;
-		o->ovf_n += n->app;
-		s->ovf_pending++;
-		STAT_INC(s, msgs_overflow);
+	if (slot) {
+		*slot = *m;
+		ring_filled(s, dst);
+		return 0;
 	}
+	if (!internal && o->ovf_n >= s->rt->opts.mailbox_overflow) {
+		STAT_INC(s, msgs_refused);
+		return -EAGAIN;
+	}
+	n = keel_shard_malloc(sizeof(*n));
+	if (n)
+		n->heap = false;
+	else if (!internal || !(n = ovf_node_heap(s, kind == Q_BCAST)))
+		return -ENOMEM;
+	n->next = NULL;
+	n->m = *m;
+	n->app = kind != Q_KEEL;
+	if (o->ovf_tail)
+		o->ovf_tail->next = n;
+	else
+		o->ovf_head = n;
+	o->ovf_tail = n;
+	o->ovf_n += n->app;
+	s->ovf_pending++;
+	STAT_INC(s, msgs_overflow);
 	s->sent_unpublished++;
 	mark_dirty(s, dst);
 	return 0;
@@ -234,8 +254,7 @@ int
 keel_send(unsigned dst, keel_fn fn, void *arg)
 {
 	struct keel_shard *s = cur_shard(__func__);
-	struct outbox *o;
-	uint32_t cap;
+	struct msg *slot;
 
 	if (dst >= s->rt->count || !fn)
 		return -EINVAL;
@@ -247,12 +266,8 @@ keel_send(unsigned dst, keel_fn fn, void *arg)
 	 * previous slots' too (each the fetch of a line the receiver last read). A review's
 	 * profile of keel-bench xshard found half the sender's time there (docs/performance.md,
 	 * "Cross-shard messages"). */
-	o = &s->out[dst];
-	cap = s->rt->opts.mailbox_entries;
-	if (__builtin_expect(o->ovf_head == NULL, 1) && mbox_has_room(o->mb, cap)) {
-		struct mbox *mb = o->mb;
-		struct msg *slot = &mb->slots[mb->tail_local & (cap - 1)];
-
+	slot = ring_slot(s, dst);
+	if (slot) {
 #if defined(__SSE2__)
 		/* Two 16-byte stores, not four of 8: fewer store-buffer entries behind the
 		 * slot line's fetch. */
@@ -265,9 +280,7 @@ keel_send(unsigned dst, keel_fn fn, void *arg)
 		slot->done = NULL;
 		slot->done_arg = NULL;
 #endif
-		mb->tail_local++;
-		s->sent_unpublished++;
-		mark_dirty(s, dst);
+		ring_filled(s, dst);
 		return 0;
 	}
 	struct msg m = { .fn.send = fn, .arg = arg };
