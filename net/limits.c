@@ -20,12 +20,6 @@
 
 #include "net_internal.h"
 
-static bool
-header_pending(const struct net_lim *l)
-{
-	return l->cfg->header_timeout_ns && l->rx < l->need;
-}
-
 /* The sweep period @l's pending timeouts need: a quarter of the shorter (the header
  * timeout only while the header is pending), at least 1 ms. */
 static uint64_t
@@ -34,7 +28,7 @@ lim_period(const struct net_lim *l)
 	uint64_t t = l->cfg->idle_timeout_ns;
 	uint64_t p;
 
-	if (header_pending(l) && (!t || l->cfg->header_timeout_ns < t))
+	if (keel__lim_header_pending(l) && (!t || l->cfg->header_timeout_ns < t))
 		t = l->cfg->header_timeout_ns;
 	p = t / 4;
 	return p < KEEL_MS(1) ? KEEL_MS(1) : p;
@@ -63,7 +57,7 @@ sweep_cb(struct keel_timer *t, void *arg)
 			l->active = false;
 			l->last_ns = now;
 		}
-		if (header_pending(l) && now - l->open_ns >= cfg->header_timeout_ns) {
+		if (keel__lim_header_pending(l) && now - l->open_ns >= cfg->header_timeout_ns) {
 			ns->st.header_timeouts++;
 			keel_conn_abort(l->c, -ETIMEDOUT); /* unlists it */
 			continue;
@@ -75,7 +69,7 @@ sweep_cb(struct keel_timer *t, void *arg)
 			keel_conn_abort(l->c, -ETIMEDOUT); /* unlists it */
 			continue;
 		}
-		if (!header_pending(l) && !cfg->idle_timeout_ns) {
+		if (!keel__lim_header_pending(l) && !cfg->idle_timeout_ns) {
 			keel__lim_close(ns, l); /* nothing left to time */
 			continue;
 		}

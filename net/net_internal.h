@@ -339,6 +339,12 @@ keel__lim_rx(struct net_lim *l, int n)
 			l->rx += (uint64_t)n;
 	}
 }
+/* Whether @l's header timeout still runs: on, and its header not all received. */
+static inline bool
+keel__lim_header_pending(const struct net_lim *l)
+{
+	return l->cfg->header_timeout_ns && l->rx < l->need;
+}
 /* The application closed: the header timeout no longer applies (it cut the close's flush,
  * and counted a connection already closed). Returns the nanoseconds it had left at @now
  * (at least 1 ms) while the header was still pending, else 0: keel_conn_close bounds the
@@ -349,9 +355,9 @@ keel__lim_header_end(struct net_lim *l, uint64_t now)
 {
 	uint64_t left = 0;
 
-	if (l->listed && l->cfg->header_timeout_ns && l->rx < l->need) {
+	if (l->listed && keel__lim_header_pending(l)) {
 		uint64_t end = l->open_ns + l->cfg->header_timeout_ns;
-		left = end > now + 1000000 ? end - now : 1000000;
+		left = end > now + KEEL_MS(1) ? end - now : KEEL_MS(1);
 	}
 	l->need = 0;
 	return left;
