@@ -183,20 +183,10 @@ keel__cgroup_excludes(unsigned cpu, char *buf, size_t len)
 bool
 keel__cpu_isolated(unsigned cpu)
 {
-	char line[4096], e[64];
 	struct keel_cpuset set;
-	FILE *f = fopen("/sys/devices/system/cpu/isolated", "r");
-	bool r = false;
 
-	if (!f)
-		return false;
-	if (fgets(line, sizeof(line), f)) {
-		line[strcspn(line, "\n")] = 0;
-		r = line[0] && keel_cpulist_parse(line, &set, e, sizeof(e)) == 0 &&
-		    keel_cpuset_has(&set, cpu);
-	}
-	fclose(f);
-	return r;
+	return keel__topo_cpulist_read("/sys/devices/system/cpu/isolated", &set) == 0 &&
+	       keel_cpuset_has(&set, cpu);
 }
 
 int
