@@ -256,7 +256,7 @@ try_setup(struct net_zcrx *z, const struct keel_opts *o, unsigned ring_flags, in
 	idx = if_nametoindex(z->iface);
 	if (!idx)
 		return -ENODEV;
-	z->area_len = page_round(o->zcrx_area);
+	keel__zcrx_set_area(z, page_round(o->zcrx_area));
 	z->area = map_local(z->area_len);
 	if (!z->area)
 		return -ENOMEM;

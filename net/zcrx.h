@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <unistd.h>
 
 struct net_shard;
 struct keel_slice;
@@ -41,6 +42,8 @@ struct net_zcrx {
 	bool sim;             /* keel__zcrx_sim_attach(): a test plays the kernel; no RECV_ZC */
 	bool publish_queued;  /* a deferred publish (end of this pass) holds a net reference */
 	uint32_t held;        /* area slices not yet put (each will write one refill entry) */
+	uint32_t press_line;  /* held above which partial frames give theirs back: 3/4 of the
+				 area's buffers, a page each (keel__zcrx_set_area) */
 	struct keel__zcrx_frag *pendv; /* [npend] fragments the full refill ring could not take */
 	uint32_t npend, pendcap;
 	/* Counters (keel_zcrx_stats). */
@@ -211,5 +214,16 @@ extern _Atomic unsigned keel__zcrx_register_calls;
  * keel_zcrx_ifq_reg): -1 with errno, as the syscall. A pointer so tests can play a kernel
  * that takes the registration, which no NIC here does. */
 extern long (*keel__zcrx_register)(int ring_fd, void *reg);
+
+/* Set @z's area length and the pressure line that follows from it, once: the kernel's
+ * buffers are a page each (64 KiB on some arm64 kernels, not 4096). */
+static inline void
+keel__zcrx_set_area(struct net_zcrx *z, size_t area_len)
+{
+	uint32_t n = (uint32_t)(area_len / (size_t)sysconf(_SC_PAGESIZE));
+
+	z->area_len = area_len;
+	z->press_line = n - n / 4;
+}
 
 #endif

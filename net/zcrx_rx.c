@@ -23,7 +23,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
-#include <unistd.h>
 
 #include "net_internal.h"
 #include "zcrx.h"
@@ -398,16 +397,6 @@ keel__zcrx_sim_recv(const struct net_shard *ns)
 	return z && z->state == KEEL_ZCRX_ON && z->sim;
 }
 
-/* The area slices held above which partial frames give theirs back (keel__zcrx_take). */
-static uint32_t
-zcrx_press_line(const struct net_zcrx *z)
-{
-	/* The kernel's buffers are a page each (64 KiB on some arm64 kernels): not 4096. */
-	uint32_t n = (uint32_t)(z->area_len / (size_t)sysconf(_SC_PAGESIZE));
-
-	return n - n / 4;
-}
-
 int
 keel__zcrx_take(struct net_shard *ns, const struct io_uring_cqe *cqe, struct keel_slice *out)
 {
@@ -454,7 +443,7 @@ keel__zcrx_take(struct net_shard *ns, const struct io_uring_cqe *cqe, struct kee
 	 * is already past it. The kernel says nothing when the area runs out (its ENOMEM is
 	 * only for its own copies): the NIC drops what it cannot place, and frames that
 	 * cannot complete would hold the area for good. */
-	if (z->held > zcrx_press_line(z))
+	if (z->held > z->press_line)
 		keel__framers_reclaim_later(ns);
 	return 1;
 }
@@ -465,7 +454,7 @@ keel__zcrx_pressed(const struct net_shard *ns, const void *p)
 	const struct net_zcrx *z = ns->zcrx;
 	const uint8_t *b = p;
 
-	return z && z->state == KEEL_ZCRX_ON && z->held > zcrx_press_line(z) &&
+	return z && z->state == KEEL_ZCRX_ON && z->held > z->press_line &&
 	       b >= (const uint8_t *)z->area && b < (const uint8_t *)z->area + z->area_len;
 }
 
@@ -508,7 +497,7 @@ keel__zcrx_sim_attach(struct net_shard *ns, size_t area_len, uint32_t rq_entries
 	}
 	z->shard = ns->id;
 	z->ns = ns;
-	z->area_len = area_len;
+	keel__zcrx_set_area(z, area_len);
 	z->area = mmap(NULL, area_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	/* Linux 6.18's layout on x86-64 (io_fill_zcrx_offsets): the header's head and tail
 	 * words, then the entries on the next cache line. */
