@@ -19,6 +19,21 @@
 
 #define KEEL_CACHELINE 64
 
+/* Fetch the line at @p for writing: to have it owned, not shared, by the time it is written.
+ * On x86-64, PREFETCHW where CPUID has it (keel__prefetchw_ok, set as a runtime is created:
+ * the build does not assume it). */
+extern _Atomic bool keel__prefetchw_ok;
+static inline void
+keel__prefetch_write(const void *p)
+{
+#if defined(__x86_64__)
+	if (atomic_load_explicit(&keel__prefetchw_ok, memory_order_relaxed))
+		__asm__ volatile("prefetchw %0" : : "m"(*(const char *)p));
+#else
+	__builtin_prefetch(p, 1, 3);
+#endif
+}
+
 /* The ranges of the options that keel_runtime_create() checks again for fields set
  * directly (opts.c parses them, runtime.c checks them: one definition for both). */
 #define KEEL__RING_ENTRIES_MIN     8
@@ -74,8 +89,6 @@ _Static_assert(sizeof(struct msg) == 32, "two messages per cache line");
 struct mbox {
 	_Alignas(KEEL_CACHELINE) _Atomic uint32_t head; /* consumer: next slot to read */
 	_Alignas(KEEL_CACHELINE) _Atomic uint32_t tail; /* producer: published end */
-	uint32_t head_cache;                            /* producer's copy of head */
-	uint32_t tail_local;                            /* producer: written, not yet published */
 	_Alignas(KEEL_CACHELINE) struct msg slots[];
 };
 
@@ -98,6 +111,12 @@ struct room_wait {
 /* The sender's view of one destination. */
 struct outbox {
 	struct mbox *mb;
+	/* The producer's indices, in its own memory: on the mbox's tail line, which a
+	 * receiver of few shards reads every pass (mail_scan), every message written would
+	 * move that line away from it. */
+	uint32_t head_cache; /* the receiver's head, as last read */
+	uint32_t tail_local; /* written, not yet published */
+	uint64_t last_flush; /* the sender's flush_seq when it last published here */
 	struct ovf_node *ovf_head, *ovf_tail;
 	uint32_t ovf_n; /* the app's nodes in the overflow list: its sends stop at
 			   opts.mailbox_overflow (keel's own, replies and buffers going home, are
@@ -171,7 +190,8 @@ struct keel_shard {
 	uint64_t binds, cancel_mark;
 	uint64_t stop_ns; /* when the stop began (begin_stop) */
 
-	/* Inbound mail: queues from every shard and the has-mail bitmap, both owned here. */
+	/* Inbound mail: queues from every shard and the has-mail bitmap (with more than
+	 * keel__mail_scan_max shards: runtime.mail_scan), both owned here. */
 	struct mbox **inbox;                                  /* [count], inbox[src] */
 	_Alignas(KEEL_CACHELINE) _Atomic uint64_t *mail_bits; /* [(count + 63) / 64] */
 	unsigned mail_words;
@@ -184,6 +204,7 @@ struct keel_shard {
 	unsigned ndirty;
 	uint64_t ovf_pending;
 	uint64_t room_waiters;     /* keel_msg_wait_room() registrations not yet handed to defer */
+	uint64_t flush_seq;        /* keel__mail_flush calls (outbox.last_flush) */
 	uint64_t sent_unpublished; /* counted into stats.msgs_sent at the next flush, or
 				      before a drain counts its messages received */
 
@@ -256,6 +277,11 @@ struct keel_shard {
 struct keel_runtime {
 	struct keel_opts opts;
 	unsigned count;
+	/* count <= keel__mail_scan_max: a shard finds its mail by reading each inbox's tail
+	 * every pass (lines that stay in its cache until a sender publishes), not by a
+	 * has-mail bit that every publication sets and every drain clears: two more moves of
+	 * a shared line per message (msg.c). */
+	bool mail_scan;
 	hwloc_topology_t topo;
 	struct keel_shard *shards; /* [count] */
 	struct keel_feature_decision features[KEEL_FEAT__COUNT];
@@ -313,6 +339,11 @@ int keel__shard_ring_init(struct keel_shard *s);
 void keel__shard_loop(struct keel_shard *s);
 void keel__shard_ring_fini(struct keel_shard *s);
 void keel__shard_wake(struct keel_shard *target, struct keel_shard *from);
+/* The most shards for which a runtime finds mail by reading every inbox (runtime.mail_scan);
+ * KEEL_MAIL_SCAN_MAX, set lower by tests to run the has-mail bitmap with few shards. Read
+ * when a runtime is created. */
+#define KEEL_MAIL_SCAN_MAX 16
+extern unsigned keel__mail_scan_max;
 /* Fault injection for tests: while non-zero, each MSG_RING wake-up is aimed at an invalid
  * fd (so it fails with -EBADF on the sender) and the count drops by one. */
 extern _Atomic unsigned keel__fault_msgring_fail;

@@ -13,6 +13,9 @@
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 
 #include "internal.h"
 #include "topo_internal.h"
@@ -377,13 +380,31 @@ zcrx_check(const struct keel_runtime *rt)
 
 static int runtime_create(const struct keel_opts *opts, struct keel_runtime **out);
 
+unsigned keel__mail_scan_max = KEEL_MAIL_SCAN_MAX;
+_Atomic bool keel__prefetchw_ok;
+
+/* PREFETCHW: CPUID 0x80000001, ECX bit 8 (PRFCHW, AMD's 3DNowPrefetch). */
+static void
+prefetchw_probe(void)
+{
+#if defined(__x86_64__)
+	unsigned a, b, c, d;
+
+	if (__get_cpuid(0x80000001, &a, &b, &c, &d) && (c & (1u << 8)))
+		atomic_store_explicit(&keel__prefetchw_ok, true, memory_order_relaxed);
+#endif
+}
+
 /* A create that fails leaves the host's log level as it was (the options' level is set
  * early, for what the checks log). */
 int
 keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 {
 	enum keel_log_level level = keel_log_get_level();
-	int r = runtime_create(opts, out);
+	int r;
+
+	prefetchw_probe();
+	r = runtime_create(opts, out);
 
 	if (r < 0)
 		keel_log_set_level(level);
@@ -525,6 +546,7 @@ runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 	else
 		rt->count = opts->shards ? opts->shards
 					 : (ncpus > KEEL_MAX_SHARDS ? KEEL_MAX_SHARDS : ncpus);
+	rt->mail_scan = rt->count <= keel__mail_scan_max;
 	if (r == 0 && !opts->shards && ncpus > KEEL_MAX_SHARDS)
 		keel_log(KEEL_LOG_WARN, "core",
 			 "%u allowed CPUs, one shard each by default, but a runtime has at most "

@@ -5,6 +5,7 @@
 
 #include <criterion/criterion.h>
 
+#include "../../core/internal.h"
 #include "helpers.h"
 
 /* 1,000,000 messages among 4 shards: every shard sends to every shard (itself included)
@@ -91,7 +92,18 @@ mail_start(void *app)
 	keel_defer(pump, me);
 }
 
-Test(core_msg, million_messages_among_four_shards_arrive_once_in_order, .timeout = 120)
+/* A runtime of few shards finds its mail by reading every inbox; with the scan's limit set
+ * below its count it uses the has-mail bitmap (core/internal.h, runtime.mail_scan), as one
+ * of more shards does: each test that is about finding mail runs both. */
+static void
+mail_mode(unsigned shards, bool bitmap, struct keel_runtime *rt)
+{
+	cr_assert_eq(rt->mail_scan, !bitmap, "the runtime of %u shards %s the bitmap", shards,
+		     bitmap ? "does not use" : "uses");
+}
+
+static void
+million(bool bitmap)
 {
 	struct keel_opts o = test_opts(NSHARDS);
 	struct keel_runtime *rt;
@@ -102,7 +114,10 @@ Test(core_msg, million_messages_among_four_shards_arrive_once_in_order, .timeout
 	mt = calloc(1, sizeof(*mt));
 	for (unsigned i = 0; i < NSHARDS; i++)
 		mt->st[i].pool = calloc(PER_PAIR * NSHARDS, sizeof(struct pair_msg));
+	if (bitmap)
+		keel__mail_scan_max = 0;
 	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	mail_mode(NSHARDS, bitmap, rt);
 	cr_assert_eq(keel_runtime_start(rt, mail_start, NULL), 0);
 	r = keel_runtime_join(rt);
 	SHARD_CHECKS_PASSED();
@@ -128,6 +143,16 @@ Test(core_msg, million_messages_among_four_shards_arrive_once_in_order, .timeout
 	for (unsigned i = 0; i < NSHARDS; i++)
 		free(mt->st[i].pool);
 	free(mt);
+}
+
+Test(core_msg, million_messages_among_four_shards_arrive_once_in_order, .timeout = 120)
+{
+	million(false);
+}
+
+Test(core_msg, million_messages_with_the_has_mail_bitmap_arrive_once_in_order, .timeout = 120)
+{
+	million(true);
 }
 
 /* call: fn runs on the destination, done back on the caller. */
@@ -177,8 +202,10 @@ Test(core_msg, call_runs_fn_remotely_and_done_on_caller)
 
 /* broadcast: every shard once, all_done once on the caller after all ran. */
 #define BSHARDS 6
+#define BMAX    (KEEL_MAIL_SCAN_MAX + 1)
 struct bcast_test {
-	_Atomic unsigned hits[BSHARDS];
+	unsigned n; /* shards */
+	_Atomic unsigned hits[BMAX];
 	_Atomic unsigned all_done_calls;
 	_Atomic unsigned hits_at_done;
 	_Atomic int done_shard;
@@ -197,7 +224,7 @@ bcast_done(int status, void *arg)
 	struct bcast_test *b = arg;
 	unsigned sum = 0;
 	SHARD_CHECK_EQ(status, 0);
-	for (unsigned i = 0; i < BSHARDS; i++)
+	for (unsigned i = 0; i < b->n; i++)
 		sum += atomic_load(&b->hits[i]);
 	atomic_store(&b->hits_at_done, sum);
 	atomic_store(&b->done_shard, (int)keel_shard_id(keel_this_shard()));
@@ -213,20 +240,38 @@ bcast_start(void *app)
 		keel_stop(-EIO);
 }
 
-Test(core_msg, broadcast_reaches_every_shard_once)
+static void
+broadcast(unsigned n)
 {
-	struct keel_opts o = test_opts(BSHARDS);
-	struct bcast_test b = { 0 };
-	int r = keel_run(&o, bcast_start, &b);
+	struct keel_opts o = test_opts(n);
+	struct bcast_test b = { .n = n };
+	struct keel_runtime *rt;
+	int r;
 
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	/* Past KEEL_MAIL_SCAN_MAX shards the runtime uses the bitmap of itself. */
+	mail_mode(n, n > KEEL_MAIL_SCAN_MAX, rt);
+	cr_assert_eq(keel_runtime_start(rt, bcast_start, &b), 0);
+	r = keel_runtime_join(rt);
+	keel_runtime_destroy(rt);
 	SHARD_CHECKS_PASSED();
 	cr_assert_eq(r, 0);
-	for (unsigned i = 0; i < BSHARDS; i++)
+	for (unsigned i = 0; i < n; i++)
 		cr_assert_eq(atomic_load(&b.hits[i]), 1, "shard %u ran the broadcast %u times", i,
 			     atomic_load(&b.hits[i]));
 	cr_assert_eq(atomic_load(&b.all_done_calls), 1);
-	cr_assert_eq(atomic_load(&b.hits_at_done), BSHARDS);
+	cr_assert_eq(atomic_load(&b.hits_at_done), n);
 	cr_assert_eq(atomic_load(&b.done_shard), 3);
+}
+
+Test(core_msg, broadcast_reaches_every_shard_once)
+{
+	broadcast(BSHARDS);
+}
+
+Test(core_msg, broadcast_among_more_shards_than_the_scan_takes_reaches_each_once, .timeout = 60)
+{
+	broadcast(BMAX);
 }
 
 /* Messages to a sleeping shard wake it (MSG_RING): with no idle polling, every message in
@@ -287,7 +332,8 @@ wake_start(void *app)
 	keel_timer_start(w->t, KEEL_MS(2), 0);
 }
 
-Test(core_msg, sleeping_receiver_is_woken_by_msg_ring)
+static void
+sleeping_receiver(bool bitmap)
 {
 	struct keel_opts o = test_opts(2);
 	struct keel_runtime *rt;
@@ -296,7 +342,10 @@ Test(core_msg, sleeping_receiver_is_woken_by_msg_ring)
 	int r;
 
 	o.idle_poll_us = 0; /* about sleeping: said here too, not only in test_opts() */
+	if (bitmap)
+		keel__mail_scan_max = 0;
 	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	mail_mode(2, bitmap, rt);
 	cr_assert_eq(keel_runtime_start(rt, wake_start, &w), 0);
 	r = keel_runtime_join(rt);
 	SHARD_CHECKS_PASSED();
@@ -312,6 +361,98 @@ Test(core_msg, sleeping_receiver_is_woken_by_msg_ring)
 		      (unsigned long long)st.wakeups);
 	cr_assert_geq(st.sleeps, 1);
 	keel_runtime_destroy(rt);
+}
+
+Test(core_msg, sleeping_receiver_is_woken_by_msg_ring)
+{
+	sleeping_receiver(false);
+}
+
+Test(core_msg, sleeping_receiver_with_the_has_mail_bitmap_is_woken_by_msg_ring)
+{
+	sleeping_receiver(true);
+}
+
+/* A shard that mails itself and then sleeps: its own flush wakes nobody (a shard does not
+ * wake itself), so only the look at its inboxes before sleeping finds the message. Without
+ * it the shard sleeps with its mail unread until its next timer, here the deadline. */
+struct self_test {
+	struct keel_timer *t, *deadline;
+	_Atomic int ran;
+};
+
+static void
+self_msg(void *arg)
+{
+	struct self_test *st = arg;
+
+	atomic_store(&st->ran, 1);
+	keel_stop(0);
+}
+
+static void
+self_tick(struct keel_timer *t, void *arg)
+{
+	if (!SHARD_CHECK_EQ(keel_send(0, self_msg, arg), 0))
+		keel_stop(-EIO);
+}
+
+static void
+self_deadline(struct keel_timer *t, void *arg)
+{
+	SHARD_CHECK(false,
+		    "shard 0's message to itself did not run in %u ms: it slept with "
+		    "its mail unread",
+		    TEST_WAIT_MS);
+	keel_stop(-ETIMEDOUT);
+}
+
+static void
+self_start(void *app)
+{
+	struct self_test *st = app;
+
+	if (keel_shard_id(keel_this_shard()) != 0)
+		return;
+	if (!SHARD_CHECK_EQ(keel_timer_create(self_tick, st, &st->t), 0) ||
+	    !SHARD_CHECK_EQ(keel_timer_create(self_deadline, st, &st->deadline), 0)) {
+		keel_stop(-EIO);
+		return;
+	}
+	keel_timer_start(st->deadline, KEEL_MS(TEST_WAIT_MS), 0);
+	keel_timer_start(st->t, KEEL_MS(2), 0);
+}
+
+static void
+self_mail(bool bitmap)
+{
+	struct keel_opts o = test_opts(2);
+	struct keel_runtime *rt;
+	struct self_test st = { 0 };
+	int r;
+
+	o.idle_poll_us = 0;
+	o.wait_coalesce_us = 0;
+	if (bitmap)
+		keel__mail_scan_max = 0;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	mail_mode(2, bitmap, rt);
+	cr_assert_eq(keel_runtime_start(rt, self_start, &st), 0);
+	r = keel_runtime_join(rt);
+	keel_runtime_destroy(rt);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
+	cr_assert(atomic_load(&st.ran));
+}
+
+Test(core_msg, mail_a_shard_sent_itself_before_sleeping_runs_at_once, .timeout = 60)
+{
+	self_mail(false);
+}
+
+Test(core_msg, mail_a_shard_sent_itself_before_sleeping_runs_at_once_with_the_bitmap, .timeout = 60)
+{
+	self_mail(true);
 }
 
 static void

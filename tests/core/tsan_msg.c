@@ -6,7 +6,8 @@
  * to the receiver, and exported back home inside a call; the stop while all of that is in
  * flight. Then the signal paths: two runtimes with opts.signals stopped by one SIGTERM, and
  * a stop from a signal handler on a shard's thread. tsan_runtime's traffic stays inside the
- * default queues and ends before its stop, so none of this ran under TSan before.
+ * default queues and ends before its stop, so none of this ran under TSan before. The
+ * pressure runs with either way a shard finds its mail (an inbox scan, a has-mail bitmap).
  * Exits 0 when every check held, 1 otherwise.
  */
 #include <errno.h>
@@ -23,6 +24,10 @@
 #include <unistd.h>
 
 #define MAXS 3
+
+/* core/internal.h: the most shards for which a runtime finds its mail by reading every
+ * inbox; a runtime of more uses the has-mail bitmap. */
+extern unsigned keel__mail_scan_max;
 
 static int failures;
 #define CHECK(c)                                                                                  \
@@ -409,9 +414,16 @@ stop_in_a_handler(void)
 int
 main(void)
 {
+	unsigned saved_scan_max = keel__mail_scan_max;
+
 	keel_log_set_sink(sink, NULL);
 	pressure(4, 1000);
 	pressure(0, 500);
+	/* Again with the has-mail bitmap, which a runtime of more shards than the scan takes
+	 * uses (core/internal.h). */
+	keel__mail_scan_max = 0;
+	pressure(4, 500);
+	keel__mail_scan_max = saved_scan_max;
 	two_runtimes();
 	stop_in_a_handler();
 	CHECK(atomic_load(&bad_logs) == 0);
