@@ -142,7 +142,7 @@ serve() { # name policy rep
 		"$bin/keel-echo" --port 0 --addr 127.0.0.1 --log-level warn --steer hash \
 			--idle-poll-us "$poll" "${kopt[@]}" >"$tmp/server.log" 2>&1 &
 	else
-		[ "$3" -eq 1 ] && echo "   [$2] epoll server: $bin/keel-bench serve --backend epoll --shards $shards --cpuset $srv_list --busy-poll-us $poll --gather-us $egather ${efixed[*]} --port 0 --addr 127.0.0.1"
+		[ "$3" -eq 1 ] && echo "   [$2] epoll server: $bin/keel-bench serve --backend epoll --shards $shards --cpuset $srv_list --busy-poll-us $poll --gather-us $egather${efixed[*]:+ ${efixed[*]}} --port 0 --addr 127.0.0.1"
 		"$bin/keel-bench" serve --backend epoll --shards "$shards" --cpuset "$srv_list" --busy-poll-us "$poll" \
 			--gather-us "$egather" "${efixed[@]}" --port 0 --addr 127.0.0.1 >"$tmp/server.log" 2>&1 &
 	fi
