@@ -52,6 +52,64 @@ check_engine(const char *json, const char *wl, const char *eng, double block)
 		  "%s %s: %.1f MB/s is not %.0f IOPS x %.0f bytes", eng, wl, mbs, iops, block);
 }
 
+/* @eng's IOPS per round in workload @wl, into @v (at most @max); returns the count. */
+static unsigned
+rounds_of(const char *json, const char *wl, const char *eng, double *v, unsigned max)
+{
+	char pat[64];
+	const char *at, *end;
+	unsigned n = 0;
+
+	snprintf(pat, sizeof(pat), "\"%s\": {", wl);
+	at = strstr(json, pat);
+	cr_assert_not_null(at, "no %s in:\n%s", wl, json);
+	snprintf(pat, sizeof(pat), "\"%s\": {\"iops\"", eng);
+	at = strstr(at, pat);
+	cr_assert_not_null(at, "no %s in %s:\n%s", eng, wl, json);
+	at = strstr(at, "\"iops_rounds\": [");
+	cr_assert_not_null(at);
+	at += strlen("\"iops_rounds\": [");
+	end = strchr(at, ']');
+	while (at < end && n < max) {
+		char *e;
+		v[n++] = strtod(at, &e);
+		at = e + strspn(e, ", ");
+	}
+	return n;
+}
+
+static int
+cmp_d(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+/* keel_to_@eng is the median of the rounds' ratios (not the ratio of the medians, which can
+ * pair one engine's fast round with another's slow one), within its reported min-max. */
+static void
+check_ratio(const char *json, const char *wl, const char *eng)
+{
+	double k[8], e[8], q[8], want;
+	unsigned n = rounds_of(json, wl, "keel", k, 8), m = rounds_of(json, wl, eng, e, 8);
+	char key[64], from[64];
+
+	cr_assert(n == m && n > 0, "%s: %u keel rounds, %u %s rounds", wl, n, eng, m);
+	for (unsigned i = 0; i < n; i++)
+		q[i] = k[i] / e[i];
+	qsort(q, n, sizeof(q[0]), cmp_d);
+	want = n % 2 ? q[n / 2] : (q[n / 2 - 1] + q[n / 2]) / 2;
+	snprintf(from, sizeof(from), "\"%s\": {", wl);
+	snprintf(key, sizeof(key), "keel_to_%s", eng);
+	double got = field(json, from, key);
+	cr_assert(got > want - 0.002 && got < want + 0.002, "%s %s: %.3f, the rounds give %.3f", wl,
+		  key, got, want);
+	snprintf(key, sizeof(key), "keel_to_%s_min", eng);
+	cr_assert(field(json, from, key) > q[0] - 0.002, "%s", json);
+	snprintf(key, sizeof(key), "keel_to_%s_max", eng);
+	cr_assert(field(json, from, key) < q[n - 1] + 0.002, "%s", json);
+}
+
 static char path[512];
 
 static void
@@ -68,7 +126,7 @@ Test(tools_disk, json_reports_keel_fio_and_threads, .fini = rm_path)
 
 	snprintf(path, sizeof(path), "%s/bench-disk-%d.dat", KEEL_TOOLS_TMP, (int)getpid());
 	snprintf(args, sizeof(args),
-		 "disk --path %s --size 4M --qd 4 --seconds 0.2 --rounds 2 --direct off --json",
+		 "disk --path %s --size 4M --qd 4 --seconds 0.2 --rounds 3 --direct off --json",
 		 path);
 	int st = bench_once(args, &out);
 	cr_assert_eq(st, 0, "keel-bench %s: status %d:\n%s", args, st, out);
@@ -87,9 +145,11 @@ Test(tools_disk, json_reports_keel_fio_and_threads, .fini = rm_path)
 		check_engine(out, wl, "keel", block);
 		check_engine(out, wl, "threads", block);
 		cr_assert_gt(field(out, wl, "keel_to_threads"), 0);
+		check_ratio(out, wl, "threads");
 		if (fio) {
 			check_engine(out, wl, "fio", block);
 			cr_assert_gt(field(out, wl, "keel_to_fio"), 0);
+			check_ratio(out, wl, "fio");
 		}
 	}
 	if (!fio) {

@@ -13,8 +13,10 @@
  * Each round runs every engine once per workload; the order alternates between rounds
  * (keel, fio, threads; then threads, fio, keel) so a drift of the device or the machine
  * does not favour one engine. Reported: IOPS and MB/s (10^6 bytes), the median over the
- * rounds with the lowest and highest round, each round's IOPS, and the ratios of the medians
- * keel/fio and keel/threads. Fewer than 5 rounds is said in the report.
+ * rounds with the lowest and highest round, each round's IOPS, and keel/fio and keel/threads
+ * as the median of the rounds' ratios (each round runs every engine, minutes apart at
+ * most) with their lowest and highest, as tools/bench/xshard.sh reports: the ratio of two
+ * medians can pair a fast round with a slow one. Fewer than 5 rounds is said in the report.
  *
  * The file is written in full before the first round (reads of holes would not reach the
  * device); with --direct on the page cache is bypassed by every engine.
@@ -574,6 +576,26 @@ round_stats(const struct result *rr, unsigned n, struct rstat *st)
 	st->hi = n ? iops[n - 1] : 0;
 }
 
+/* keel/@e over the rounds: the median of each round's ratio of IOPS, its lowest and highest
+ * (rounds where @e moved nothing are left out; all 0 when none is left). */
+struct rratio {
+	double med, lo, hi;
+};
+
+static void
+round_ratios(const struct result *keel, const struct result *e, unsigned n, struct rratio *q)
+{
+	double v[MAX_ROUNDS];
+	unsigned m = 0;
+
+	for (unsigned k = 0; k < n; k++)
+		if (e[k].iops > 0)
+			v[m++] = keel[k].iops / e[k].iops;
+	q->med = median(v, m); /* v[] is sorted now */
+	q->lo = m ? v[0] : 0;
+	q->hi = m ? v[m - 1] : 0;
+}
+
 /* The transparent huge page mode ("always", "madvise", "never"; "unknown"): keel's and the
  * threads' buffers get huge pages unless "never", fio's only with "always". */
 static const char *
@@ -627,7 +649,8 @@ print_json(const struct dcfg *cfg, struct result r[NW][NE][MAX_ROUNDS], bool fio
 	printf("  \"fs_magic\": \"0x%lx\",\n",
 	       statfs(cfg->path, &sf) == 0 ? (unsigned long)sf.f_type : 0UL);
 	printf("  \"size\": %llu,\n  \"qd\": %u,\n  \"direct\": %s,\n  \"seconds\": %.3f,\n"
-	       "  \"rounds\": %u,\n  \"stat\": \"median\",\n  \"cpu\": %d,\n"
+	       "  \"rounds\": %u,\n  \"stat\": \"median\",\n"
+	       "  \"ratio_stat\": \"median of the rounds' ratios\",\n  \"cpu\": %d,\n"
 	       "  \"baselines_pinned\": %s,\n"
 	       "  \"keel_idle_poll_us\": %u,\n"
 	       "  \"thp\": \"%s\",\n",
@@ -661,13 +684,20 @@ print_json(const struct dcfg *cfg, struct result r[NW][NE][MAX_ROUNDS], bool fio
 				printf("%s%.0f", k ? ", " : "", r[wl][e][k].iops);
 			printf("]},\n");
 		}
-		if (fio_ok && st[E_FIO].iops > 0)
-			printf("    \"keel_to_fio\": %.3f,\n", st[E_KEEL].iops / st[E_FIO].iops);
-		else
-			printf("    \"keel_to_fio\": null,\n");
-		printf("    \"keel_to_threads\": %.3f\n  }%s\n",
-		       st[E_THREADS].iops > 0 ? st[E_KEEL].iops / st[E_THREADS].iops : 0,
-		       wl + 1 < NW ? "," : "");
+		for (int e = E_KEEL + 1; e < NE; e++) {
+			struct rratio q;
+
+			if (e == E_FIO && !fio_ok) {
+				printf("    \"keel_to_fio\": null,\n");
+				continue;
+			}
+			round_ratios(r[wl][E_KEEL], r[wl][e], cfg->rounds, &q);
+			printf("    \"keel_to_%s\": %.3f,\n    \"keel_to_%s_min\": %.3f,\n"
+			       "    \"keel_to_%s_max\": %.3f%s\n",
+			       eng_name[e], q.med, eng_name[e], q.lo, eng_name[e], q.hi,
+			       e + 1 < NE ? "," : "");
+		}
+		printf("  }%s\n", wl + 1 < NW ? "," : "");
 	}
 	printf("}\n");
 }
@@ -697,8 +727,8 @@ print_table(const struct dcfg *cfg, struct result r[NW][NE][MAX_ROUNDS], bool fi
 	if (cfg->rounds < 5)
 		printf("(%u round%s: fewer than the 5 a comparison needs; --rounds 5 or more)\n",
 		       cfg->rounds, cfg->rounds == 1 ? "" : "s");
-	printf("%-14s %-8s %12s %25s %10s %10s\n", "workload", "engine", "IOPS median", "(min-max)",
-	       "MB/s", "keel/x");
+	printf("%-14s %-8s %12s %25s %10s  %s\n", "workload", "engine", "IOPS median", "(min-max)",
+	       "MB/s", "keel/x: median of the rounds' ratios (min-max)");
 	for (int wl = 0; wl < NW; wl++) {
 		struct rstat st[NE];
 		memset(st, 0, sizeof(st));
@@ -711,8 +741,13 @@ print_table(const struct dcfg *cfg, struct result r[NW][NE][MAX_ROUNDS], bool fi
 			snprintf(range, sizeof(range), "(%.0f-%.0f)", st[e].lo, st[e].hi);
 			printf("%-14s %-8s %12.0f %25s %10.1f", wl_name[wl], eng_name[e],
 			       st[e].iops, range, st[e].mbs);
-			if (e != E_KEEL && st[e].iops > 0)
-				printf(" %9.2fx", st[E_KEEL].iops / st[e].iops);
+			if (e != E_KEEL) {
+				struct rratio q;
+
+				round_ratios(r[wl][E_KEEL], r[wl][e], cfg->rounds, &q);
+				if (q.med > 0)
+					printf("  %.2fx (%.2f-%.2f)", q.med, q.lo, q.hi);
+			}
 			printf("\n");
 		}
 	}
