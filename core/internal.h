@@ -82,10 +82,10 @@ _Static_assert(sizeof(struct msg) == 32, "two messages per cache line");
 
 /* Single-producer single-consumer queue from one shard to another, allocated by (and
  * NUMA-local to) the receiver. Producer and consumer fields live on separate cache lines.
- * Only the producer caches the other side's index: it rereads the consumer's head only
- * when its copy says the queue is full (mbox_has_room). The consumer keeps no copy of
- * tail: it drains only when the sender's mail bit says there is something, and then reads
- * tail once per drain (drain_one). */
+ * Only the producer caches the other side's index, in its outbox: it rereads the
+ * consumer's head only when its copy says the queue is full (mbox_has_room). The consumer
+ * keeps no copy of tail: it reads it every pass (runtime.mail_scan) or when the sender's
+ * mail bit says there is something, and drains up to what it read (drain_one). */
 struct mbox {
 	_Alignas(KEEL_CACHELINE) _Atomic uint32_t head; /* consumer: next slot to read */
 	_Alignas(KEEL_CACHELINE) _Atomic uint32_t tail; /* producer: published end */
@@ -116,6 +116,9 @@ struct outbox {
 	 * move that line away from it. */
 	uint32_t head_cache; /* the receiver's head, as last read */
 	uint32_t tail_local; /* written, not yet published */
+	uint32_t tail_pub;   /* published: mb->tail, which only this sender writes, kept here
+				so that a flush with nothing new does not read the receiver's
+				line and one with something new writes it without reading it */
 	uint64_t last_flush; /* the sender's flush_seq when it last published here */
 	struct ovf_node *ovf_head, *ovf_tail;
 	uint32_t ovf_n; /* the app's nodes in the overflow list: its sends stop at
@@ -192,7 +195,9 @@ struct keel_shard {
 
 	/* Inbound mail: queues from every shard and the has-mail bitmap (with more than
 	 * keel__mail_scan_max shards: runtime.mail_scan), both owned here. */
-	struct mbox **inbox;                                  /* [count], inbox[src] */
+	struct mbox **inbox; /* [count], inbox[src] */
+	uint32_t *in_head;   /* [count]: each inbox's head, the receiver's copy (one line for 16
+				inboxes, where the scan would read each head's line) */
 	_Alignas(KEEL_CACHELINE) _Atomic uint64_t *mail_bits; /* [(count + 63) / 64] */
 	unsigned mail_words;
 	_Alignas(KEEL_CACHELINE) _Atomic int sleeping;
@@ -204,7 +209,7 @@ struct keel_shard {
 	unsigned ndirty;
 	uint64_t ovf_pending;
 	uint64_t room_waiters;     /* keel_msg_wait_room() registrations not yet handed to defer */
-	uint64_t flush_seq;        /* keel__mail_flush calls (outbox.last_flush) */
+	uint64_t flush_seq;        /* keel__mail_flush calls and sleeps (outbox.last_flush) */
 	uint64_t sent_unpublished; /* counted into stats.msgs_sent at the next flush, or
 				      before a drain counts its messages received */
 
@@ -279,8 +284,8 @@ struct keel_runtime {
 	unsigned count;
 	/* count <= keel__mail_scan_max: a shard finds its mail by reading each inbox's tail
 	 * every pass (lines that stay in its cache until a sender publishes), not by a
-	 * has-mail bit that every publication sets and every drain clears: two more moves of
-	 * a shared line per message (msg.c). */
+	 * has-mail bit that every publication sets and every drain clears: four more moves of
+	 * a shared line per publication (msg.c). */
 	bool mail_scan;
 	hwloc_topology_t topo;
 	struct keel_shard *shards; /* [count] */

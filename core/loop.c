@@ -580,8 +580,9 @@ sleep_in_kernel(struct keel_shard *s, uint64_t t0, struct keel__coalesce *co)
 	uint64_t now, d = UINT64_MAX;
 	int r;
 
-	/* Announce the sleep, then look again: a sender that set our mail bit before seeing
-	 * `sleeping` is seen here; one that sets it after will wake us. */
+	/* Announce the sleep, then look again: a sender that published to us (and, past
+	 * keel__mail_scan_max shards, set our mail bit) before seeing `sleeping` is seen here;
+	 * one that publishes after will wake us. */
 	atomic_store(&s->sleeping, 1);
 	/* Completions already in the CQ or held in the kernel's overflow list are work: the
 	 * wait would return at once (the kernel flushes the overflow list before it sleeps),
@@ -592,6 +593,9 @@ sleep_in_kernel(struct keel_shard *s, uint64_t t0, struct keel__coalesce *co)
 		atomic_store(&s->sleeping, 0);
 		return false;
 	}
+	/* What this shard sends after the sleep is sporadic: its receivers have read their
+	 * tails' lines since (msg.c, mark_dirty). */
+	s->flush_seq++;
 	now = keel__clock_ns();
 	pass_end(s, t0, now);
 	next = timers_held(s) ? -1 : keel__timers_next_ns(s);

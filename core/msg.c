@@ -58,11 +58,12 @@ keel__mail_init(struct keel_shard *s)
 
 	s->mail_words = (rt->count + 63) / 64;
 	s->inbox = calloc(rt->count, sizeof(*s->inbox));
+	s->in_head = calloc(rt->count, sizeof(*s->in_head));
 	s->out = calloc(rt->count, sizeof(*s->out));
 	s->dirty = calloc(rt->count, sizeof(*s->dirty));
 	s->mail_bits = alloc_local(s, s->mail_words * sizeof(uint64_t));
 	mem = alloc_local(s, one * rt->count);
-	if (!s->inbox || !s->out || !s->dirty || !s->mail_bits || !mem) {
+	if (!s->inbox || !s->in_head || !s->out || !s->dirty || !s->mail_bits || !mem) {
 		if (mem)
 			hwloc_free(rt->topo, mem, one * rt->count);
 		keel_log(KEEL_LOG_ERROR, "core",
@@ -111,9 +112,11 @@ keel__mail_fini(struct keel_shard *s)
 	if (s->mail_bits)
 		hwloc_free(rt->topo, (void *)s->mail_bits, s->mail_words * sizeof(uint64_t));
 	free(s->inbox);
+	free(s->in_head);
 	free(s->out);
 	free(s->dirty);
 	s->inbox = NULL;
+	s->in_head = NULL;
 	s->out = NULL;
 	s->dirty = NULL;
 	s->mail_bits = NULL;
@@ -125,13 +128,12 @@ mark_dirty(struct keel_shard *s, unsigned dst)
 	if (!s->out[dst].dirty) {
 		struct outbox *o = &s->out[dst];
 
-		/* Sporadic traffic to @dst (nothing published to it by the last flush): fetch
-		 * the tail's line for writing now, so that the flush's store to it, and the
-		 * fence after it, do not wait for that line to come from the receiver, which
-		 * read it last. Measured on a polling round trip between two shards: 1.43 to
-		 * 0.9 us (docs/performance.md, "Cross-shard messages"). Not while streaming:
-		 * then the receiver reads the line between our passes, and an early fetch would
-		 * move it twice a pass. */
+		/* Sporadic traffic to @dst (nothing published to it by the last flush, or a
+		 * sleep since): fetch the tail's line for writing now, so that the flush's store
+		 * to it, and the fence after it, do not wait for that line to come from the
+		 * receiver, which read it last (docs/performance.md, "Cross-shard messages", the
+		 * thirty-eighth session). Not while streaming: then the receiver reads the line
+		 * between our passes, and an early fetch would move it twice a pass. */
 		if (o->last_flush != s->flush_seq)
 			keel__prefetch_write((const void *)&o->mb->tail);
 		o->dirty = true;
@@ -554,7 +556,7 @@ drain_one(struct keel_shard *s, unsigned src)
 {
 	struct mbox *mb = s->inbox[src];
 	uint32_t cap = s->rt->opts.mailbox_entries;
-	uint32_t head = atomic_load_explicit(&mb->head, memory_order_relaxed);
+	uint32_t head = s->in_head[src];
 	uint32_t tail = atomic_load_explicit(&mb->tail, memory_order_acquire);
 	unsigned n = 0;
 
@@ -571,6 +573,7 @@ drain_one(struct keel_shard *s, unsigned src)
 		run_msg(s, src, &m);
 	}
 	atomic_store_explicit(&mb->head, head, memory_order_release);
+	s->in_head[src] = head;
 	/* Termination detection (loop.c, wave) compares the totals and each shard's quiescent
 	 * flag. Before these messages count as received: this shard is active again (the flag
 	 * another shard reads may be from an earlier pass: what these handlers deferred has
@@ -603,7 +606,7 @@ keel__mail_drain(struct keel_shard *s)
 			struct mbox *mb = s->inbox[src];
 
 			if (atomic_load_explicit(&mb->tail, memory_order_relaxed) !=
-			    atomic_load_explicit(&mb->head, memory_order_relaxed))
+			    s->in_head[src])
 				n += drain_one(s, src);
 		}
 		return n;
@@ -630,8 +633,7 @@ keel__mail_pending(struct keel_shard *s)
 {
 	if (s->rt->mail_scan) {
 		for (unsigned src = 0; src < s->rt->count; src++)
-			if (atomic_load(&s->inbox[src]->tail) !=
-			    atomic_load_explicit(&s->inbox[src]->head, memory_order_relaxed))
+			if (atomic_load(&s->inbox[src]->tail) != s->in_head[src])
 				return true;
 		return false;
 	}
@@ -671,11 +673,12 @@ keel__mail_flush(struct keel_shard *s)
 		}
 		if (o->wait_head)
 			room_wake(s, o);
-		if (o->tail_local != atomic_load_explicit(&mb->tail, memory_order_relaxed)) {
+		if (o->tail_local != o->tail_pub) {
 			struct keel_shard *t = &rt->shards[dst];
 			_Atomic uint64_t *word = &t->mail_bits[s->id / 64];
 			uint64_t bit = 1ULL << (s->id % 64);
 
+			o->tail_pub = o->tail_local;
 			atomic_store_explicit(&mb->tail, o->tail_local, memory_order_release);
 			atomic_thread_fence(memory_order_seq_cst);
 			o->last_flush = s->flush_seq;

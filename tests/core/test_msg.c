@@ -102,6 +102,20 @@ mail_mode(unsigned shards, bool bitmap, struct keel_runtime *rt)
 		     bitmap ? "does not use" : "uses");
 }
 
+/* keel_runtime_create, with the bitmap when @bitmap (the limit is read at creation only, and
+ * put back after it). */
+static void
+create_in_mode(const struct keel_opts *o, bool bitmap, struct keel_runtime **rt)
+{
+	unsigned saved = keel__mail_scan_max;
+
+	if (bitmap)
+		keel__mail_scan_max = 0;
+	cr_assert_eq(keel_runtime_create(o, rt), 0);
+	keel__mail_scan_max = saved;
+	mail_mode(o->shards, bitmap, *rt);
+}
+
 static void
 million(bool bitmap)
 {
@@ -114,10 +128,7 @@ million(bool bitmap)
 	mt = calloc(1, sizeof(*mt));
 	for (unsigned i = 0; i < NSHARDS; i++)
 		mt->st[i].pool = calloc(PER_PAIR * NSHARDS, sizeof(struct pair_msg));
-	if (bitmap)
-		keel__mail_scan_max = 0;
-	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
-	mail_mode(NSHARDS, bitmap, rt);
+	create_in_mode(&o, bitmap, &rt);
 	cr_assert_eq(keel_runtime_start(rt, mail_start, NULL), 0);
 	r = keel_runtime_join(rt);
 	SHARD_CHECKS_PASSED();
@@ -248,6 +259,8 @@ broadcast(unsigned n)
 	struct keel_runtime *rt;
 	int r;
 
+	if (n > 64)
+		o.mailbox_entries = 16; /* n * n queues: a few MiB, not 160 */
 	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
 	/* Past KEEL_MAIL_SCAN_MAX shards the runtime uses the bitmap of itself. */
 	mail_mode(n, n > KEEL_MAIL_SCAN_MAX, rt);
@@ -344,10 +357,7 @@ sleeping_receiver(bool bitmap)
 	int r;
 
 	o.idle_poll_us = 0; /* about sleeping: said here too, not only in test_opts() */
-	if (bitmap)
-		keel__mail_scan_max = 0;
-	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
-	mail_mode(2, bitmap, rt);
+	create_in_mode(&o, bitmap, &rt);
 	cr_assert_eq(keel_runtime_start(rt, wake_start, &w), 0);
 	r = keel_runtime_join(rt);
 	SHARD_CHECKS_PASSED();
@@ -435,10 +445,7 @@ self_mail(bool bitmap)
 
 	o.idle_poll_us = 0;
 	o.wait_coalesce_us = 0;
-	if (bitmap)
-		keel__mail_scan_max = 0;
-	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
-	mail_mode(2, bitmap, rt);
+	create_in_mode(&o, bitmap, &rt);
 	cr_assert_eq(keel_runtime_start(rt, self_start, &st), 0);
 	r = keel_runtime_join(rt);
 	keel_runtime_destroy(rt);
