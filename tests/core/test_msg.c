@@ -332,19 +332,28 @@ wake_deadline(struct keel_timer *t, void *arg)
 	keel_stop(-ETIMEDOUT);
 }
 
+/* On shard 0: @tick in 2 ms, and @deadline at TEST_WAIT_MS, both with @arg. */
+static void
+tick_and_deadline(keel_timer_fn tick, keel_timer_fn deadline, void *arg, struct keel_timer **t,
+		  struct keel_timer **dl)
+{
+	if (keel_shard_id(keel_this_shard()) != 0)
+		return;
+	if (!SHARD_CHECK_EQ(keel_timer_create(tick, arg, t), 0) ||
+	    !SHARD_CHECK_EQ(keel_timer_create(deadline, arg, dl), 0)) {
+		keel_stop(-EIO);
+		return;
+	}
+	keel_timer_start(*dl, KEEL_MS(TEST_WAIT_MS), 0);
+	keel_timer_start(*t, KEEL_MS(2), 0);
+}
+
 static void
 wake_start(void *app)
 {
 	struct wake_test *w = app;
-	if (keel_shard_id(keel_this_shard()) != 0)
-		return;
-	if (!SHARD_CHECK_EQ(keel_timer_create(wake_tick, w, &w->t), 0) ||
-	    !SHARD_CHECK_EQ(keel_timer_create(wake_deadline, w, &w->watchdog), 0)) {
-		keel_stop(-EIO);
-		return;
-	}
-	keel_timer_start(w->watchdog, KEEL_MS(TEST_WAIT_MS), 0);
-	keel_timer_start(w->t, KEEL_MS(2), 0);
+
+	tick_and_deadline(wake_tick, wake_deadline, w, &w->t, &w->watchdog);
 }
 
 static void
@@ -424,15 +433,7 @@ self_start(void *app)
 {
 	struct self_test *st = app;
 
-	if (keel_shard_id(keel_this_shard()) != 0)
-		return;
-	if (!SHARD_CHECK_EQ(keel_timer_create(self_tick, st, &st->t), 0) ||
-	    !SHARD_CHECK_EQ(keel_timer_create(self_deadline, st, &st->deadline), 0)) {
-		keel_stop(-EIO);
-		return;
-	}
-	keel_timer_start(st->deadline, KEEL_MS(TEST_WAIT_MS), 0);
-	keel_timer_start(st->t, KEEL_MS(2), 0);
+	tick_and_deadline(self_tick, self_deadline, st, &st->t, &st->deadline);
 }
 
 static void
