@@ -14,8 +14,8 @@
  * (keel, fio, threads; then threads, fio, keel) so a drift of the device or the machine
  * does not favour one engine. Reported: IOPS and MB/s (10^6 bytes), the median over the
  * rounds with the lowest and highest round, each round's IOPS, and keel/fio and keel/threads
- * as the median of the rounds' ratios (each round runs every engine, minutes apart at
- * most) with their lowest and highest, as tools/bench/xshard.sh reports: the ratio of two
+ * as the median of the rounds' ratios (each round runs every engine, one after another)
+ * with their lowest and highest, as tools/bench/xshard.sh reports: the ratio of two
  * medians can pair a fast round with a slow one. Fewer than 5 rounds is said in the report.
  *
  * The file is written in full before the first round (reads of holes would not reach the
@@ -692,10 +692,14 @@ print_json(const struct dcfg *cfg, struct result r[NW][NE][MAX_ROUNDS], bool fio
 				continue;
 			}
 			round_ratios(r[wl][E_KEEL], r[wl][e], cfg->rounds, &q);
-			printf("    \"keel_to_%s\": %.3f,\n    \"keel_to_%s_min\": %.3f,\n"
-			       "    \"keel_to_%s_max\": %.3f%s\n",
-			       eng_name[e], q.med, eng_name[e], q.lo, eng_name[e], q.hi,
-			       e + 1 < NE ? "," : "");
+			if (q.med > 0)
+				printf("    \"keel_to_%s\": %.3f,\n    \"keel_to_%s_min\": %.3f,\n"
+				       "    \"keel_to_%s_max\": %.3f%s\n",
+				       eng_name[e], q.med, eng_name[e], q.lo, eng_name[e], q.hi,
+				       e + 1 < NE ? "," : "");
+			else /* the baseline moved nothing in any round */
+				printf("    \"keel_to_%s\": null%s\n", eng_name[e],
+				       e + 1 < NE ? "," : "");
 		}
 		printf("  }%s\n", wl + 1 < NW ? "," : "");
 	}
