@@ -354,6 +354,10 @@ extern unsigned keel__mail_scan_max;
 extern _Atomic unsigned keel__fault_msgring_fail;
 /* ... while non-zero, each arming of keel's own read finds no SQE; the count drops by one. */
 extern _Atomic unsigned keel__fault_internal_nosqe;
+/* For tests: when set (before the runtime starts), called on the shard's thread as a pass
+ * decides to sleep, before it announces it (`sleeping`) and looks for work once more: a
+ * test holds a receiver there while a sender publishes, which only that look can find. */
+extern void (*keel__hook_before_sleep)(void);
 /* Arm again the internal reads that found no SQE (signalfd, eventfd), and issue the disk
  * requests that did (file.c). */
 void keel__internal_retry(struct keel_shard *s);

@@ -237,6 +237,7 @@ fault_take(_Atomic unsigned *c)
 }
 
 _Atomic unsigned keel__fault_internal_nosqe;
+void (*keel__hook_before_sleep)(void);
 
 /* A read that finds no SQE (the ring's submit failed: logged there) is armed again at the
  * end of the pass, and of every pass until it is: without it a foreign thread's wake-up
@@ -580,6 +581,8 @@ sleep_in_kernel(struct keel_shard *s, uint64_t t0, struct keel__coalesce *co)
 	uint64_t now, d = UINT64_MAX;
 	int r;
 
+	if (__builtin_expect(keel__hook_before_sleep != NULL, 0))
+		keel__hook_before_sleep();
 	/* Announce the sleep, then look again: a sender that published to us (and, past
 	 * keel__mail_scan_max shards, set our mail bit) before seeing `sleeping` is seen here;
 	 * one that publishes after will wake us. */

@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include <criterion/criterion.h>
 
@@ -463,6 +464,101 @@ Test(core_msg, mail_a_shard_sent_itself_before_sleeping_runs_at_once, .timeout =
 Test(core_msg, mail_a_shard_sent_itself_before_sleeping_runs_at_once_with_the_bitmap, .timeout = 60)
 {
 	self_mail(true);
+}
+
+/* Mail published to a shard after its last drain and before it announces its sleep: the
+ * sender sees it awake and wakes nobody, so only the receiver's look after announcing finds
+ * the mail. keel__hook_before_sleep holds shard 1 in that gap until shard 0 has published
+ * (a pass of shard 0 after the one that sent: its flush is done). Without the look, shard 1
+ * sleeps with its mail unread (it has no timer) until shard 0's deadline. */
+static struct gap_test {
+	struct keel_timer *t, *deadline;
+	_Atomic int in_gap, sent, published, ran, held;
+} * gt;
+
+static void
+gap_hook(void)
+{
+	struct timespec ms = { 0, 1000000 };
+
+	if (keel_shard_id(keel_this_shard()) != 1 || atomic_exchange(&gt->held, 1))
+		return;
+	atomic_store(&gt->in_gap, 1);
+	for (unsigned i = 0; i < TEST_WAIT_MS && !atomic_load(&gt->published); i++)
+		nanosleep(&ms, NULL);
+}
+
+static void
+gap_msg(void *arg)
+{
+	atomic_store(&gt->ran, 1);
+	keel_stop(0);
+}
+
+static void
+gap_tick(struct keel_timer *t, void *arg)
+{
+	if (atomic_load(&gt->sent)) {
+		atomic_store(&gt->published, 1); /* this pass is after the sending one's flush */
+		return;
+	}
+	if (atomic_load(&gt->in_gap)) {
+		if (!SHARD_CHECK_EQ(keel_send(1, gap_msg, NULL), 0)) {
+			keel_stop(-EIO);
+			return;
+		}
+		atomic_store(&gt->sent, 1);
+	}
+	keel_timer_start(t, KEEL_MS(1), 0);
+}
+
+static void
+gap_deadline(struct keel_timer *t, void *arg)
+{
+	SHARD_CHECK(false,
+		    "shard 1 did not run mail published before it announced its sleep, in %u "
+		    "ms (in the gap: %d, sent: %d): it slept with the mail unread",
+		    TEST_WAIT_MS, atomic_load(&gt->in_gap), atomic_load(&gt->sent));
+	keel_stop(-ETIMEDOUT);
+}
+
+static void
+gap_start(void *app)
+{
+	tick_and_deadline(gap_tick, gap_deadline, app, &gt->t, &gt->deadline);
+}
+
+static void
+gap_mail(bool bitmap)
+{
+	struct keel_opts o = test_opts(2);
+	struct keel_runtime *rt;
+	int r;
+
+	o.idle_poll_us = 0;
+	o.wait_coalesce_us = 0;
+	gt = calloc(1, sizeof(*gt));
+	keel__hook_before_sleep = gap_hook;
+	create_in_mode(&o, bitmap, &rt);
+	cr_assert_eq(keel_runtime_start(rt, gap_start, gt), 0);
+	r = keel_runtime_join(rt);
+	keel_runtime_destroy(rt);
+	keel__hook_before_sleep = NULL;
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
+	cr_assert(atomic_load(&gt->ran));
+	free(gt);
+}
+
+Test(core_msg, mail_published_before_the_receiver_announces_its_sleep_runs, .timeout = 60)
+{
+	gap_mail(false);
+}
+
+Test(core_msg, mail_published_before_the_receiver_announces_its_sleep_runs_with_the_bitmap,
+     .timeout = 60)
+{
+	gap_mail(true);
 }
 
 static void
