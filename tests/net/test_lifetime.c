@@ -2,7 +2,8 @@
 /* Connection lifetime: no on_data between pause and resume, on_close deferred to the loop
  * (never inside the application's call, never on freed memory when an on_close aborts
  * another connection), the connect + link-timeout chain on a tiny SQ, a failed buffer
- * wrap that must not shrink the receive ring, direct descriptors closed through the ring. */
+ * wrap that must not shrink the receive ring, direct descriptors closed through the ring,
+ * aborts that reset (a reset's linked pair on an SQ with one free slot among them). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -1425,6 +1426,141 @@ Test(net_lifetime, the_stop_ends_a_zero_copy_send_to_a_peer_that_does_not_read_p
      .timeout = 120)
 {
 	zc_stop_case("direct_fd=off");
+}
+
+/* ---- a reset's two SQEs on an SQ with one free slot ---- */
+
+/* An abort that cuts the stream of a direct descriptor ends with two linked SQEs, the
+ * SO_LINGER {1, 0} socket command and the close (fd_release). Here they are made when the
+ * 8-entry SQ has exactly one free slot: on_open queues a deferred call that fills the SQ
+ * with NOPs of the test's own, then queues a reply and aborts; the reply's flush, deferred
+ * behind the filler in the same run of deferred calls (no submit between them), releases
+ * the descriptor. The pair must reach the ring together: the reservation submits the NOPs
+ * and both SQEs are then queued side by side, the socket command linked to the close
+ * (checked by a deferred call behind the flush). Without the reservation the socket command
+ * takes the last slot and the close's keel_sqe_get() submits it alone: a dangling link the
+ * kernel hands to its workers, racing the close (it lost with EBADF in some runs: a FIN,
+ * uncounted); before the reservation the submit sent the first SQE unfilled (the
+ * connection leaked and the stop hung). The peer sees the reset, it is counted, every NOP
+ * completes and the stop ends. */
+static struct {
+	struct keel_op nop[8];
+	_Atomic unsigned nops_queued, nops_done, nop_errors;
+	_Atomic int opened, closed;
+} rs;
+
+static void
+rs_nop_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	(void)op;
+	(void)flags;
+	if (res < 0)
+		atomic_fetch_add(&rs.nop_errors, 1);
+	atomic_fetch_add(&rs.nops_done, 1);
+}
+
+/* Deferred ahead of the reply's flush: leave one free slot in the SQ. */
+static void
+rs_fill(void *arg)
+{
+	struct io_uring *ring = keel_shard_ring_get();
+	unsigned n = 0;
+
+	(void)arg;
+	if (!SHARD_CHECK_EQ(ring->sq.ring_entries, 8) ||
+	    !SHARD_CHECK_EQ(keel_sqe_reserve(8), 0, "an empty SQ to fill"))
+		return;
+	while (io_uring_sq_space_left(ring) > 1) {
+		struct io_uring_sqe *sqe = keel_sqe_get();
+
+		if (!SHARD_CHECK(sqe != NULL && n < 7))
+			return;
+		io_uring_prep_nop(sqe);
+		rs.nop[n].fn = rs_nop_cb;
+		keel_sqe_bind(sqe, &rs.nop[n]);
+		atomic_store(&rs.nops_queued, ++n);
+	}
+}
+
+/* Deferred behind the flush, which released the descriptor: nothing was submitted since. */
+static void
+rs_check(void *arg)
+{
+	struct io_uring *ring = keel_shard_ring_get();
+	unsigned tail = ring->sq.sqe_tail, mask = ring->sq.ring_mask;
+	const struct io_uring_sqe *lsqe = &ring->sq.sqes[(tail - 2) & mask];
+	const struct io_uring_sqe *csqe = &ring->sq.sqes[(tail - 1) & mask];
+
+	(void)arg;
+	if (!SHARD_CHECK_EQ(io_uring_sq_ready(ring), 2,
+			    "the NOPs submitted by the reservation, the reset's pair queued"))
+		return;
+	SHARD_CHECK_EQ(lsqe->opcode, IORING_OP_URING_CMD, "the socket command first");
+	SHARD_CHECK(lsqe->flags & IOSQE_IO_HARDLINK, "linked to the close");
+	SHARD_CHECK_EQ(csqe->opcode, IORING_OP_CLOSE, "the close right behind it");
+}
+
+static void
+rs_open(struct keel_conn *c)
+{
+	static const uint8_t reply[4096];
+
+	keel_conn_pause_read(c); /* no receive: the abort has nothing to cancel */
+	if (!SHARD_CHECK_EQ(keel_defer(rs_fill, NULL), 0) ||
+	    !SHARD_CHECK_EQ(keel_conn_write(c, reply, sizeof(reply)), 0))
+		return;
+	keel_conn_abort(c, -ECONNABORTED);
+	SHARD_CHECK_EQ(keel_defer(rs_check, NULL), 0);
+	atomic_store(&rs.opened, 1);
+}
+
+static void
+rs_close(struct keel_conn *c, int status)
+{
+	(void)c;
+	SHARD_CHECK_EQ(status, -ECONNABORTED);
+	atomic_store(&rs.closed, 1);
+}
+
+Test(net_lifetime, a_reset_with_one_free_sqe_sends_its_two_sqes_together)
+{
+	static const struct keel_conn_ops ops = { .on_open = rs_open,
+						  .on_data = ab_data,
+						  .on_close = rs_close };
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_stats st;
+	struct zs_stopper stp;
+	char buf[64];
+	struct srv s;
+	pthread_t th;
+	ssize_t r;
+	int fd;
+
+	memset(&rs, 0, sizeof(rs));
+	o.ring_entries = 8; /* the smallest: the filler's NOPs fit in one pass */
+	cr_assert_eq(srv_start(&s, &o, NULL, &ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	WAIT_FOR(atomic_load(&rs.closed), "the abort's on_close");
+	r = cli_recv(fd, buf, sizeof(buf));
+	cr_assert(r < 0 && errno == ECONNRESET, "the cut reply ended with %s",
+		  r == 0  ? "an EOF"
+		  : r > 0 ? "bytes"
+			  : strerror(errno));
+	close(fd);
+	cr_assert_eq(srv_net_stats(&s, 0, &st), 0);
+	cr_assert_eq(st.conn_resets, 1);
+	cr_assert_eq(st.conns_open, 0);
+	cr_assert_geq(st.fd_closes_ring, 1, "a direct descriptor, closed through the ring");
+	cr_assert_eq(atomic_load(&rs.nops_queued), 7);
+	cr_assert_eq(atomic_load(&rs.nops_done), 7);
+	cr_assert_eq(atomic_load(&rs.nop_errors), 0);
+	stp = (struct zs_stopper){ .s = &s };
+	cr_assert_eq(pthread_create(&th, NULL, zs_stop, &stp), 0);
+	WAIT_FOR(atomic_load(&stp.done), "the runtime's stop");
+	pthread_join(th, NULL);
+	cr_assert_eq(stp.r, 0);
+	SHARD_CHECKS_PASSED();
 }
 
 /* A zero-copy send whose notification came back holds no page of the socket: an abort for an
