@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 /* Connection edge cases: many concurrent connections, resets, half-close, buffer-ring
  * exhaustion, backpressure against a slow reader, SEND_ZC notifications after close,
- * connecting to a closed port. */
+ * connecting to a closed port (bytes queued while connecting make its end no reset). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -325,6 +325,65 @@ Test(net_conn, connect_to_closed_port_is_refused)
 	cr_assert_eq(atomic_load(&rf.closes), 1);
 	cr_assert_eq(atomic_load(&rf.opens), 0);
 	cr_assert_eq(atomic_load(&rf.status), -ECONNREFUSED);
+	close(fd);
+}
+
+/* The same with bytes queued before the connect completed: a connect that never opened cut
+ * no stream, so the abort its refusal makes is no reset (SO_LINGER 0 on a socket that never
+ * connected, counted in conn_resets as if a peer had seen it). */
+static _Atomic long long rq_resets = -1;
+
+static void
+refused_queued_close(struct keel_conn *c, int status)
+{
+	struct keel_net_stats st;
+
+	/* A plain descriptor, released before on_close: a reset would be counted by now. */
+	if (SHARD_CHECK_EQ(keel_net_stats(keel_this_shard(), &st), 0))
+		atomic_store(&rq_resets, (long long)st.conn_resets);
+	refused_close(c, status);
+}
+
+static const struct keel_conn_ops refused_queued_ops = { .on_open = refused_open,
+							 .on_data = sink_data,
+							 .on_close = refused_queued_close };
+
+static void
+refused_queued_start(void *arg)
+{
+	struct refused *rf = arg;
+	struct keel_conn *c;
+	int r = keel_conn_connect("127.0.0.1", rf->port, 0, &refused_queued_ops, rf, &c);
+
+	atomic_store(&rf->rc, r);
+	if (r < 0) {
+		keel_stop(r);
+		return;
+	}
+	/* Queued while connecting: sent once it opens, which it never does. */
+	SHARD_CHECK_EQ(keel_conn_write(c, "request", 7), 0);
+	SHARD_CHECK_EQ(keel_conn_queued(c), 7);
+}
+
+Test(net_conn, a_refused_connect_with_bytes_queued_is_no_reset)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	socklen_t al = sizeof(a);
+	struct refused rf = { 0 };
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	getsockname(fd, (struct sockaddr *)&a, &al);
+	rf.port = ntohs(a.sin_port);
+	cr_assert_eq(keel_run(&o, refused_queued_start, &rf), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(atomic_load(&rf.rc), 0);
+	cr_assert_eq(atomic_load(&rf.closes), 1);
+	cr_assert_eq(atomic_load(&rf.opens), 0);
+	cr_assert_eq(atomic_load(&rf.status), -ECONNREFUSED);
+	cr_assert_eq(atomic_load(&rq_resets), 0, "a connect that never opened counted as a reset");
 	close(fd);
 }
 
