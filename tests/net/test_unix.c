@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 /*
  * Unix domain stream sockets: listeners on a path ("unix:/dir/name", unlinked when the
- * listener is destroyed) and on an abstract name ("unix:@name"), connects to either, echo
- * with every byte checked.
+ * listener is destroyed, unless another file took its place meanwhile) and on an abstract
+ * name ("unix:@name"), connects to either, echo with every byte checked.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -18,6 +18,7 @@
 #include <criterion/criterion.h>
 
 #include "helpers.h"
+#include "tmpdir.h"
 
 static uint8_t
 pat(uint64_t i)
@@ -195,6 +196,77 @@ Test(net_unix, existing_path_is_refused_and_left_alone)
 	lng[sizeof(lng) - 1] = 0;
 	lo.addr = lng;
 	cr_assert_eq(keel_listener_create(&lo, 1, &echo_ops, &sv, &l), -EINVAL);
+}
+
+/* The listener's path replaced while it runs: the socket unlinked and another file made at
+ * the same name (a second server's socket, or a regular file). That file is not keel's, and
+ * the destroy leaves it: keel knows its socket by the device and inode it read after the
+ * bind. The bound socket keeps its inode alive, so the new file cannot reuse the number. */
+static void
+replaced_path_case(bool as_socket)
+{
+	struct keel_opts o = net_test_opts(1);
+	char dir[] = "/tmp/keel-unix-XXXXXX", path[128];
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	struct stat orig, repl, stt;
+	struct srv sv = { 0 };
+	struct keel_runtime *rt;
+	struct keel_listener *l;
+	int fd, other = -1;
+
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	l = unix_listener(rt, dir, "taken-over.sock", path, 1, &sv);
+	cr_assert_eq(stat(path, &orig), 0);
+	cr_assert_eq(keel_runtime_start(rt, on_start, l), 0);
+	fd = unix_client(path);
+	echo_some(fd, 4096);
+	close(fd);
+	WAIT_FOR(atomic_load(&sv.closes) == 1, "on_close");
+	cr_assert_eq(unlink(path), 0);
+	if (as_socket) {
+		other = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		cr_assert_geq(other, 0);
+		memcpy(a.sun_path, path, strlen(path) + 1);
+		cr_assert_eq(bind(other, (struct sockaddr *)&a, sizeof(a)), 0, "bind %s: %s", path,
+			     strerror(errno));
+		cr_assert_eq(listen(other, 1), 0);
+	} else {
+		fd = open(path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+		cr_assert_geq(fd, 0);
+		cr_assert_eq(write(fd, "mine", 4), 4);
+		close(fd);
+	}
+	cr_assert_eq(stat(path, &repl), 0);
+	cr_assert(repl.st_dev != orig.st_dev || repl.st_ino != orig.st_ino,
+		  "the replacement has the socket's own identity");
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	keel_listener_destroy(l);
+	cr_assert_eq(stat(path, &stt), 0, "the file put in the socket's place was removed");
+	cr_assert_eq(stt.st_ino, repl.st_ino);
+	cr_assert_eq(stt.st_dev, repl.st_dev);
+	if (as_socket) {
+		cr_assert(S_ISSOCK(stt.st_mode));
+		fd = unix_client(path); /* still the other server's */
+		close(fd);
+		close(other);
+	} else {
+		cr_assert(S_ISREG(stt.st_mode));
+		cr_assert_eq(stt.st_size, 4);
+	}
+	SHARD_CHECKS_PASSED();
+	rm_dir(dir);
+}
+
+Test(net_unix, a_socket_that_took_over_the_path_is_left_at_destroy)
+{
+	replaced_path_case(true);
+}
+
+Test(net_unix, a_file_that_replaced_the_socket_is_left_at_destroy)
+{
+	replaced_path_case(false);
 }
 
 /* keel_conn_connect to an abstract name, on the listener's own runtime: the client
