@@ -738,8 +738,9 @@ static struct {
 	bool closing;
 	pthread_t thr[64];
 	unsigned n;
-	unsigned busy;       /* workers holding a job */
-	unsigned delay_us;   /* tests: each job waits this long (KEEL_EMBED_TEST_JOB_DELAY_US) */
+	unsigned busy;     /* workers holding a job */
+	unsigned delay_us; /* tests: each job waits this long (KEEL_EMBED_TEST_JOB_DELAY_US) */
+	const char *gate;  /* tests: jobs wait while this file exists (KEEL_EMBED_TEST_JOB_GATE) */
 	struct job *orphans; /* results the runtime would no longer take */
 } pool = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
 
@@ -794,6 +795,13 @@ worker(void *arg)
 
 		if (pool.delay_us) /* tests: so that jobs are certainly queued at a stop */
 			usleep(pool.delay_us);
+		/* Tests: held while the gate file exists, so that a stop certainly waits for
+		 * this job, and a request can come while the pool is closing. */
+		if (pool.gate && access(pool.gate, F_OK) == 0) {
+			fprintf(stderr, "keel-embed: checksum job held by the test gate\n");
+			while (access(pool.gate, F_OK) == 0)
+				usleep(10000);
+		}
 		/* The bytes are the shard's: read them, never put or keep the slice. */
 		j->sum = fnv64(j->val.data, j->val.len);
 		memset(&j->xreq, 0, sizeof(j->xreq));
@@ -819,6 +827,9 @@ pool_start(unsigned n)
 	const char *d = getenv("KEEL_EMBED_TEST_JOB_DELAY_US");
 
 	pool.delay_us = d ? (unsigned)strtoul(d, NULL, 10) : 0;
+	pool.gate = getenv("KEEL_EMBED_TEST_JOB_GATE");
+	if (pool.gate && !*pool.gate)
+		pool.gate = NULL;
 	pool.n = 0;
 	for (unsigned i = 0; i < n; i++) {
 		int rc = pthread_create(&pool.thr[i], NULL, worker, NULL);

@@ -1402,6 +1402,77 @@ Test(embed, stop_with_work_in_flight, .timeout = 120)
 	host_fini(&h);
 }
 
+/* Whether the host's stderr holds @want yet. */
+static bool
+log_has(const struct host *h, const char *want)
+{
+	char *t = slurp(h->log);
+	bool has = t && strstr(t, want);
+
+	free(t);
+	return has;
+}
+
+/* A checksum that comes while the host is stopping, after the signal thread closed the
+ * worker pool and before it stops keel, is answered BUSY ("worker pool is stopping": status
+ * 4, worth sending again), neither run nor left unanswered. A job gate
+ * (KEEL_EMBED_TEST_JOB_GATE) holds the first checksum in a worker, so the stop certainly
+ * waits in the pool's drain, with the shards serving, while the second one comes. */
+Test(embed, a_checksum_that_comes_while_stopping_is_answered_busy, .timeout = 120)
+{
+	struct kv kv = { .key = "sum-at-stop" };
+	struct host h;
+	struct reply r;
+	char gate[96];
+	int fd;
+
+	host_init(&h, "");
+	snprintf(gate, sizeof(gate), "%s/job-gate", h.dir); /* the suite's fini removes it */
+	fd = open(gate, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	cr_assert_geq(fd, 0, "%s: %s", gate, strerror(errno));
+	close(fd);
+	setenv("KEEL_EMBED_TEST_JOB_GATE", gate, 1);
+	host_start(&h);
+	unsetenv("KEEL_EMBED_TEST_JOB_GATE");
+	kv.len = 5;
+	kv.val = (uint8_t *)strdup("value");
+	fd = test_connect(h.port);
+	put_all(fd, &kv, 1);
+	req_send(fd, 'C', 1, kv.key, NULL, 0);
+	WAIT_FOR(log_has(&h, "keel-embed: checksum job held by the test gate"),
+		 "the first checksum held in a worker");
+	kill(h.pid, SIGTERM);
+	WAIT_FOR(log_has(&h, "keel-embed: stopping: 1 checksum job"),
+		 "the stop waiting for the held checksum");
+	req_send(fd, 'C', 2, kv.key, NULL, 0);
+	cr_assert(reply_recv(fd, &r), "no reply to the checksum sent during the stop");
+	cr_assert_eq(r.id, 2, "reply for id %u (status %u, %s) before the one sent at the stop",
+		     r.id, r.status, r.body);
+	cr_assert_eq(r.status, 4, "the checksum sent during the stop: status %u (%s), not BUSY",
+		     r.status, r.body);
+	cr_assert_not_null(strstr((const char *)r.body, "worker pool is stopping"), "%s", r.body);
+	free(r.body);
+	unlink(gate);
+	/* The held job ends and the stop goes on: its reply is sent just before the shards'
+	 * stop closes the connection, which may cut it off (the close of a connection with a
+	 * send in flight is a reset), so it is checked only when it came. */
+	if (reply_recv(fd, &r)) {
+		uint64_t sum = 0;
+
+		cr_assert_eq(r.id, 1);
+		cr_assert_eq(r.status, 0, "the held checksum: status %u (%s)", r.status, r.body);
+		cr_assert_eq(r.len, 8);
+		for (int b = 0; b < 8; b++)
+			sum = sum << 8 | r.body[b];
+		cr_assert_eq(sum, fnv64(kv.val, kv.len));
+		free(r.body);
+	}
+	close(fd);
+	host_stop(&h);
+	free(kv.val);
+	host_fini(&h);
+}
+
 /* ---- the index: keys a client chooses to collide ---- */
 
 static uint32_t
