@@ -2351,3 +2351,64 @@ Test(faults_kv, watches_end_without_memory_to_name_their_keys)
 	proc_stop(&p);
 	rm_dir(dir);
 }
+
+/* One command on @f, whose first reply line must be @want. */
+static void
+line_is(FILE *f, const char *cmd, const char *want)
+{
+	char line[256];
+
+	fprintf(f, "%s\r\n", cmd);
+	fflush(f);
+	cr_assert(fgets(line, sizeof(line), f), "%.40s: no reply", cmd);
+	cr_assert_str_eq(line, want, "%.40s: '%s'", cmd, line);
+}
+
+/* A WATCH that runs out of memory part way (KEEL_KV_TEST_FAULTS=reply-oom: the third
+ * growth of a reply or list buffer, here the connection's list of watched keys growing for
+ * the second key of the second WATCH, after its first key went in) keeps none of its keys:
+ * the list and its set go back to what the first WATCH left, as at the limit's refusal
+ * (kv_server/watching_a_key_again_keeps_it_once). The key added before the failure is then
+ * a new key to a later WATCH, named with the others when EXEC checks them, and ended
+ * with them: a set still holding it made that WATCH skip it (watched on its shard, never
+ * checked or ended), and a list still holding its bytes put them ahead of the
+ * transaction's commands. */
+Test(faults_kv, watch_out_of_memory_part_way_keeps_none_of_its_keys)
+{
+	char dir[] = "/tmp/keel-kv-watchroll-XXXXXX", line[256], b1[128], b2[320];
+	char watch2[512], watch1[160], set2[360];
+	struct proc p;
+	FILE *a;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	/* Keys of 100 and 300 bytes: the first fits the list's first 256 bytes beside {t}a,
+	 * the second makes it grow. */
+	snprintf(b1, sizeof(b1), "{t}b1%095d", 0);
+	snprintf(b2, sizeof(b2), "{t}b2%0295d", 0);
+	snprintf(watch2, sizeof(watch2), "WATCH %s %s", b1, b2);
+	snprintf(watch1, sizeof(watch1), "WATCH %s", b1);
+	snprintf(set2, sizeof(set2), "SET %s v", b2);
+	/* Growths: the list's first (WATCH {t}a), the first reply's, then the list's second. */
+	kvf_start(&p, "reply-oom:after=2:n=1", "1", "everysec", dir);
+	a = fdopen(test_connect(p.port), "r+");
+	cr_assert(a);
+	line_is(a, "WATCH {t}a", "+OK\r\n");
+	line_is(a, watch2, "-ERR out of memory\r\n");
+	cr_assert_eq(watched_keys(p.port), 1, "the refused WATCH watches a key on the shard");
+	line_is(a, watch1, "+OK\r\n");
+	cr_assert_eq(watched_keys(p.port), 2);
+	/* A key only the refused WATCH named is not watched: its change fails no EXEC. */
+	kv_command(p.port, set2, line, sizeof(line));
+	cr_assert_str_eq(line, "+OK\r\n", "SET: '%s'", line);
+	line_is(a, "MULTI", "+OK\r\n");
+	line_is(a, "PING", "+QUEUED\r\n");
+	line_is(a, "EXEC", "*1\r\n");
+	cr_assert(fgets(line, sizeof(line), a), "EXEC: no PONG");
+	cr_assert_str_eq(line, "+PONG\r\n", "EXEC's PING: '%s'", line);
+	/* EXEC ended every watch, the key watched after the refusal included. */
+	cr_assert_eq(watched_keys(p.port), 0, "watches left after EXEC");
+	line_is(a, "PING", "+PONG\r\n");
+	fclose(a);
+	proc_stop(&p);
+	rm_dir(dir);
+}
