@@ -2083,8 +2083,11 @@ rw_dir_synced(struct keel_file_req *req, int res, void *arg)
 static void
 rw_dir_sync(struct aof *a)
 {
-	int r = keel_file_fsync(&a->rw_req, &a->dir_f, rw_dir_synced, a);
+	int r;
 
+	if (kv_test_fault("rewrite-dirsync")) /* tests: this sync alone, not the batches' */
+		return rw_dir_synced(&a->rw_req, -EIO, a);
+	r = keel_file_fsync(&a->rw_req, &a->dir_f, rw_dir_synced, a);
 	if (r < 0)
 		return rw_dir_synced(&a->rw_req, r, a);
 	a->rw_dir_busy = true;

@@ -31,8 +31,9 @@ kv_test_faults_init(void)
 /* The sites, and what the spec says of each (indexed alike). */
 static const char *const known[] = { "record-oom",     "ftruncate",      "stop-sync",
 				     "start-unlink",   "commit-marker",  "commit-rename",
-				     "commit-dirsync", "rewrite-rename", "waiter-oom",
-				     "store-oom",      "reply-oom",      "watch-keys-oom" };
+				     "commit-dirsync", "rewrite-rename", "rewrite-dirsync",
+				     "waiter-oom",     "store-oom",      "reply-oom",
+				     "watch-keys-oom" };
 #define NSITES (sizeof(known) / sizeof(known[0]))
 static struct site {
 	bool set;
@@ -85,7 +86,7 @@ parse_site(const char *env, const char *p, size_t len)
 	if (k == NSITES)
 		bad_spec(env, "a site is one of record-oom, ftruncate, stop-sync, start-unlink, "
 			      "commit-marker, commit-rename, commit-dirsync, rewrite-rename, "
-			      "waiter-oom, store-oom, reply-oom, watch-keys-oom");
+			      "rewrite-dirsync, waiter-oom, store-oom, reply-oom, watch-keys-oom");
 	s = &sites[k];
 	if (s->set)
 		bad_spec(env, "a site named twice");

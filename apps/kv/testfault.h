@@ -17,6 +17,8 @@
  *   commit-dirsync an fsync of --dir in the start commit's finish (EIO)
  *   rewrite-rename the rename of a rewrite's new file over its name (EIO): BGREWRITEAOF's,
  *                  or the rebuild after a failed sync
+ *   rewrite-dirsync the fsync of --dir after that rename (EIO), and each retry of it; the
+ *                  batches' syncs are not touched
  *   waiter-oom   no memory for the place a write's reply waits in for its sync (always)
  *   store-oom    no memory for a key's entry in the table (a write gets -ERR out of memory)
  *   reply-oom    no memory to grow a reply or record buffer (rbuf: replies, records)

@@ -2412,3 +2412,50 @@ Test(faults_kv, watch_out_of_memory_part_way_keeps_none_of_its_keys)
 	proc_stop(&p);
 	rm_dir(dir);
 }
+
+/* appendfsync always: once the directory's sync after a rewrite's rename fails
+ * (KEEL_KV_TEST_FAULTS=rewrite-dirsync: that sync alone, and each retry of it), writes are
+ * refused (-MISCONF) and a read no longer waits for the records in flight: it is answered
+ * at once, with the value, as after a failed write or batch sync (kv_aof_unsynced's
+ * refusing()). A batch is certainly in flight here, its sync held by the test gate, so a
+ * read made to wait for it is answered only by the next failure of the directory's sync,
+ * retried each second, with that failure's -MISCONF: a read gate that looked at err and
+ * sync_lost alone did so. KEEL_FAULTS's fsync class could not single this sync out: it
+ * fails the batches' syncs too, and a failed batch sync refuses by itself. */
+Test(faults_kv, aof_always_a_failed_rewrite_directory_sync_lets_reads_through)
+{
+	char dir[] = "/tmp/keel-kv-aof-dirread-XXXXXX", log[64], sgate[80], line[256];
+	struct proc p;
+	int a, fd;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	snprintf(sgate, sizeof(sgate), "%s.sgate", dir);
+	snprintf(log, sizeof(log), "%s.log", dir);
+	setenv("KEEL_TEST_SERVER_LOG", log, 1);
+	setenv("KEEL_KV_TEST_SYNC_GATE", sgate, 1);
+	kvf_start(&p, "rewrite-dirsync", "1", "always", dir);
+	unsetenv("KEEL_KV_TEST_SYNC_GATE");
+	unsetenv("KEEL_TEST_SERVER_LOG");
+	kv_command(p.port, "SET k v", line, sizeof(line));
+	cr_assert_str_eq(line, "+OK\r\n", "SET k: '%s'", line);
+	fd = open(sgate, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	cr_assert_geq(fd, 0, "%s: %s", sgate, strerror(errno));
+	close(fd);
+	a = test_connect(p.port);
+	test_send_all(a, "SET k2 w\r\n", 10);
+	log_wait(log, "sync held by the test gate"); /* the batch of k2 is in flight */
+	bgrewrite_until(p.port, "aof_sync_errors:"); /* renamed; the directory's sync failed */
+	reply_is(a, "-MISCONF ", "SET k2, whose batch the failed directory sync caught");
+	kv_command(p.port, "SET k3 x", line, sizeof(line));
+	cr_assert(!strncmp(line, "-MISCONF ", 9), "a write after the failed sync: '%s'", line);
+	/* The batch of k2 is still in flight (the gate holds its sync). */
+	kv_command(p.port, "GET k", line, sizeof(line));
+	cr_assert_str_eq(line, "$1\r\n", "GET k: '%s'", line);
+	cr_assert_eq(persistence_field(p.port, "aof_rewrites:"), 0, "switched without the sync");
+	unlink(sgate);
+	close(a);
+	proc_stop(&p);
+	unlink(log);
+	unlink(sgate);
+	rm_dir(dir);
+}
