@@ -1616,13 +1616,18 @@ rst_cb(struct keel_op *op, int res, uint32_t flags)
 
 	(void)flags;
 	if (res < 0 && !logged) {
+		/* Only a kernel without socket commands answers EOPNOTSUPP or EINVAL; any
+		 * other error is this socket's, and the hint would mislead. */
+		bool old_kernel = res == -EOPNOTSUPP || res == -EINVAL;
+
 		logged = true;
 		keel_log(KEEL_LOG_WARN, NET_MOD,
 			 "shard %u: an aborted connection's reset (SO_LINGER 0 on its direct "
-			 "descriptor) failed with %s: it ends with a FIN instead (the socket "
-			 "command needs Linux 6.7; --feature direct_fd=off resets with "
-			 "setsockopt)",
-			 c->ns->id, strerror(-res));
+			 "descriptor) failed with %s: it ends with a FIN instead%s",
+			 c->ns->id, strerror(-res),
+			 old_kernel ? " (the socket command needs Linux 6.7; --feature "
+				      "direct_fd=off resets with setsockopt)"
+				    : "");
 	} else if (res >= 0) {
 		c->ns->st.conn_resets++;
 	}
