@@ -33,7 +33,7 @@ static const char *const known[] = { "record-oom",     "ftruncate",      "stop-s
 				     "start-unlink",   "commit-marker",  "commit-rename",
 				     "commit-dirsync", "rewrite-rename", "rewrite-dirsync",
 				     "waiter-oom",     "store-oom",      "reply-oom",
-				     "watch-keys-oom" };
+				     "watch-keys-oom", "watch-entry-oom" };
 #define NSITES (sizeof(known) / sizeof(known[0]))
 static struct site {
 	bool set;
@@ -86,7 +86,8 @@ parse_site(const char *env, const char *p, size_t len)
 	if (k == NSITES)
 		bad_spec(env, "a site is one of record-oom, ftruncate, stop-sync, start-unlink, "
 			      "commit-marker, commit-rename, commit-dirsync, rewrite-rename, "
-			      "rewrite-dirsync, waiter-oom, store-oom, reply-oom, watch-keys-oom");
+			      "rewrite-dirsync, waiter-oom, store-oom, reply-oom, watch-keys-oom, "
+			      "watch-entry-oom");
 	s = &sites[k];
 	if (s->set)
 		bad_spec(env, "a site named twice");

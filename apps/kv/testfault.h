@@ -24,6 +24,8 @@
  *   reply-oom    no memory to grow a reply or record buffer (rbuf: replies, records)
  *   watch-keys-oom no memory to name the keys a connection watches (to end them, or to
  *                send them with EXEC)
+ *   watch-entry-oom no memory for a watch's entry on the shard that owns its key (WATCH
+ *                gets -ERR out of memory)
  *
  * KEEL_KV_TEST_REWRITE_GATE=PATH: while PATH exists, a rewrite (BGREWRITEAOF, or the rebuild
  * after a failed sync) holds before each of its steps and looks again each second and

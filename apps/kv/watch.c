@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "kv.h"
+#include "testfault.h"
 
 struct kv_watch {
 	struct kv_watch *next;
@@ -100,37 +101,47 @@ maybe_grow(struct kv_watches *t)
 	t->mask = n - 1;
 }
 
+/* The entry of connection @id's watch of the key, in @t's chain for @h; NULL when none. */
+static struct kv_watch *
+find(const struct kv_watches *t, uint64_t id, const uint8_t *k, size_t klen, uint64_t h)
+{
+	struct kv_watch *w = t->b ? t->b[h & t->mask] : NULL;
+
+	while (w && !(w->id == id && same_key(w, k, klen, h)))
+		w = w->next;
+	return w;
+}
+
+/* Free the chain of entries from @w on (linked by next, in no table). */
+static void
+free_chain(struct kv_watch *w)
+{
+	for (struct kv_watch *next; w; w = next) {
+		next = w->next;
+		free(w);
+	}
+}
+
 int
 kv_watch_add(struct kv_db *db, uint64_t id, const struct resp_arg *keys, unsigned n)
 {
 	struct kv_watches *t = &db->watch;
+	struct kv_watch *fresh = NULL, **tail = &fresh, *w, *next;
 	int64_t now = kv_now_ms();
-	int r = 0;
 
-	for (unsigned i = 0; i < n && r == 0; i++) {
+	/* Every new entry is made before any goes in: a WATCH without the memory for all of
+	 * them watches none of its keys here, as the connection keeps none (watch_cmd). A key
+	 * named twice gets two entries here and one in the table (below). */
+	for (unsigned i = 0; i < n; i++) {
 		const struct resp_arg *k = &keys[i];
 		uint64_t h = kv_hash(k->p, k->len);
-		struct kv_watch *w;
-		bool other = false; /* another connection watches the key */
 
-		maybe_grow(t);
-		if (!t->b) {
-			r = -ENOMEM;
-			break;
-		}
-		for (w = t->b[h & t->mask]; w; w = w->next) {
-			if (!same_key(w, k->p, k->len, h))
-				continue;
-			if (w->id == id)
-				break;
-			other = true;
-		}
-		if (w) /* watched already: one entry, as Redis keeps one */
+		if (find(t, id, k->p, k->len, h)) /* watched already: one entry, as Redis keeps */
 			continue;
-		w = malloc(sizeof(*w) + k->len);
+		w = kv_test_fault("watch-entry-oom") ? NULL : malloc(sizeof(*w) + k->len);
 		if (!w) {
-			r = -ENOMEM;
-			break;
+			free_chain(fresh);
+			return -ENOMEM;
 		}
 		w->id = id;
 		w->hash = h;
@@ -138,13 +149,38 @@ kv_watch_add(struct kv_db *db, uint64_t id, const struct resp_arg *keys, unsigne
 		w->expired = past_time(kv_db_find_any(db, k, h), now);
 		w->klen = (uint32_t)k->len;
 		memcpy(w->key, k->p, k->len);
-		w->next = t->b[h & t->mask];
-		t->b[h & t->mask] = w;
+		w->next = NULL;
+		*tail = w;
+		tail = &w->next;
+	}
+	for (w = fresh; w; w = next) {
+		bool other = false; /* another connection watches the key */
+		struct kv_watch *o;
+
+		next = w->next;
+		maybe_grow(t);
+		if (!t->b) { /* no table and no memory for one: nothing went in yet */
+			free_chain(w);
+			return -ENOMEM;
+		}
+		for (o = t->b[w->hash & t->mask]; o; o = o->next) {
+			if (!same_key(o, w->key, w->klen, w->hash))
+				continue;
+			if (o->id == id)
+				break;
+			other = true;
+		}
+		if (o) { /* the same key earlier in this WATCH */
+			free(w);
+			continue;
+		}
+		w->next = t->b[w->hash & t->mask];
+		t->b[w->hash & t->mask] = w;
 		t->n++;
 		t->keys += !other;
 	}
 	settle(db);
-	return r;
+	return 0;
 }
 
 bool

@@ -2413,6 +2413,47 @@ Test(faults_kv, watch_out_of_memory_part_way_keeps_none_of_its_keys)
 	rm_dir(dir);
 }
 
+/* The same on the shard that owns the keys: no memory for the second new entry of a WATCH
+ * of two keys (KEEL_KV_TEST_FAULTS=watch-entry-oom: {t}a's entry, b1's, then b2's fails)
+ * leaves neither watched there, so a change of b1 fails no EXEC; the shard kept b1's entry
+ * before, and EXEC, which names every key the connection listed, found it changed. The
+ * refused WATCH sent again watches both. */
+Test(faults_kv, watch_without_memory_for_an_entry_on_the_shard_watches_none_of_its_keys)
+{
+	char dir[] = "/tmp/keel-kv-watchent-XXXXXX", line[256];
+	struct proc p;
+	FILE *a;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	kvf_start(&p, "watch-entry-oom:after=2:n=1", "1", "everysec", dir);
+	a = fdopen(test_connect(p.port), "r+");
+	cr_assert(a);
+	line_is(a, "WATCH {t}a", "+OK\r\n");
+	line_is(a, "WATCH b1 b2", "-ERR out of memory\r\n");
+	cr_assert_eq(watched_keys(p.port), 1, "the refused WATCH left a key watched on the shard");
+	kv_command(p.port, "SET b1 v", line, sizeof(line));
+	cr_assert_str_eq(line, "+OK\r\n", "SET: '%s'", line);
+	line_is(a, "MULTI", "+OK\r\n");
+	line_is(a, "PING", "+QUEUED\r\n");
+	line_is(a, "EXEC", "*1\r\n");
+	cr_assert(fgets(line, sizeof(line), a), "EXEC: no PONG");
+	cr_assert_str_eq(line, "+PONG\r\n", "EXEC's PING: '%s'", line);
+	cr_assert_eq(watched_keys(p.port), 0, "watches left after EXEC");
+	/* Sent again (the fault is spent), the WATCH takes both keys, and a change of b2
+	 * now fails the EXEC. */
+	line_is(a, "WATCH b1 b2", "+OK\r\n");
+	cr_assert_eq(watched_keys(p.port), 2);
+	kv_command(p.port, "SET b2 v", line, sizeof(line));
+	cr_assert_str_eq(line, "+OK\r\n", "SET: '%s'", line);
+	line_is(a, "MULTI", "+OK\r\n");
+	line_is(a, "PING", "+QUEUED\r\n");
+	line_is(a, "EXEC", "*-1\r\n");
+	cr_assert_eq(watched_keys(p.port), 0, "watches left after EXEC");
+	fclose(a);
+	proc_stop(&p);
+	rm_dir(dir);
+}
+
 /* appendfsync always: once the directory's sync after a rewrite's rename fails
  * (KEEL_KV_TEST_FAULTS=rewrite-dirsync: that sync alone, and each retry of it), writes are
  * refused (-MISCONF) and a read no longer waits for the records in flight: it is answered
