@@ -45,7 +45,10 @@ int keel__topo_sysfs_virtual(struct keel_topo *t);
  * HWLOC_XMLFILE or HWLOC_SYNTHETIC in the environment (without HWLOC_THISSYSTEM=1). */
 int keel__topo_not_here(hwloc_topology_t h, char *err, size_t errlen);
 
-/* Whether @cpu is isolated (isolcpus=: /sys/devices/system/cpu/isolated lists it). */
+/* Whether @cpu is isolated (isolcpus=: the file keel__sys_cpu_isolated names,
+ * /sys/devices/system/cpu/isolated, lists it). The path is a pointer so tests can stand in
+ * for it. */
+extern const char *keel__sys_cpu_isolated;
 bool keel__cpu_isolated(unsigned cpu);
 
 /* Whether irqbalance is running (a /proc/PID/comm called irqbalance). */

@@ -180,12 +180,14 @@ keel__cgroup_excludes(unsigned cpu, char *buf, size_t len)
 	return buf;
 }
 
+const char *keel__sys_cpu_isolated = "/sys/devices/system/cpu/isolated";
+
 bool
 keel__cpu_isolated(unsigned cpu)
 {
 	struct keel_cpuset set;
 
-	return keel__topo_cpulist_read("/sys/devices/system/cpu/isolated", &set) == 0 &&
+	return keel__topo_cpulist_read(keel__sys_cpu_isolated, &set) == 0 &&
 	       keel_cpuset_has(&set, cpu);
 }
 

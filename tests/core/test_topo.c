@@ -2109,6 +2109,63 @@ Test(core_topo, a_cpu_the_cgroup_excludes_is_refused_naming_the_cgroup)
 	rm_dir(root);
 }
 
+/* Live: a --cpuset CPU outside the affinity mask that /sys/devices/system/cpu/isolated
+ * lists (isolcpus=) is refused naming isolcpus and taskset -c, since no process has such a
+ * CPU unless started on it; the same CPU, not isolated, gets the plain refusal; inside the
+ * mask (a process started on it) an isolated CPU is used. The isolated list is a file of
+ * the test's (keel__sys_cpu_isolated), and no cgroup is found (keel__proc_mountinfo), so
+ * the cgroup clause cannot take the isolcpus one's place. */
+Test(core_topo, an_isolated_cpu_outside_the_mask_is_refused_naming_isolcpus)
+{
+	char root[] = "/tmp/keel-iso-XXXXXX", path[300];
+	struct keel_topo *live;
+	struct keel_map_req r;
+	cpu_set_t orig, one;
+
+	if (sysconf(_SC_NPROCESSORS_ONLN) < 2)
+		cr_skip_test("needs 2 CPUs to confine the affinity mask");
+	cr_assert_eq(sched_getaffinity(0, sizeof(orig), &orig), 0);
+	if (!CPU_ISSET(0, &orig) || !CPU_ISSET(1, &orig))
+		cr_skip_test("needs CPUs 0 and 1 in this process's affinity mask");
+	cr_assert(mkdtemp(root));
+	write_in(root, "isolated", "1\n");
+	snprintf(path, sizeof(path), "%s/isolated", root);
+	keel__sys_cpu_isolated = path;
+	keel__proc_mountinfo = "/nonexistent/mountinfo";
+	keel_map_req_init(&r);
+	keel_cpulist_parse("1", &r.cpuset, err, sizeof(err));
+	r.cpuset_given = true;
+
+	/* started on it: CPU 1 is in the mask, isolated or not */
+	cr_assert_eq(keel_topo_load(NULL, &live, err, sizeof(err)), 0, "%s", err);
+	if (!keel_cpuset_has(&keel_topo_info_get(live)->present, 1))
+		cr_skip_test("the live topology has no CPU 1");
+	cr_assert_eq(keel_map_compute(live, &r, &map, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(map.nshards, 1);
+	cr_assert_eq(map.shards[0].cpu, 1);
+	keel_topo_destroy(live);
+
+	/* confined to CPU 0: the isolated CPU 1 is refused, naming isolcpus */
+	CPU_ZERO(&one);
+	CPU_SET(0, &one);
+	cr_assert_eq(sched_setaffinity(0, sizeof(one), &one), 0);
+	cr_assert_eq(keel_topo_load(NULL, &live, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(keel_map_compute(live, &r, &map, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "CPU 1 is isolated (isolcpus=") && strstr(err, "taskset -c") &&
+			  strstr(err, "the allowed CPUs are 0"),
+		  "%s", err);
+
+	/* not isolated: the plain refusal, which advises a wider mask */
+	write_in(root, "isolated", "\n");
+	cr_assert_eq(keel_map_compute(live, &r, &map, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "CPU 1 is outside this process's affinity mask") &&
+			  strstr(err, "a wider mask") && !strstr(err, "isolcpus"),
+		  "%s", err);
+	keel_topo_destroy(live);
+	cr_assert_eq(sched_setaffinity(0, sizeof(orig), &orig), 0);
+	rm_dir(root);
+}
+
 /* Live, as root on a machine with a cgroup v1 cpuset hierarchy (v2 needs the controller
  * enabled above the process, which a test should not change): a child in a cgroup of CPU
  * 0 alone asks for CPU 1. hwloc leaves CPU 1 out of the topology, and the mapper said it
