@@ -446,6 +446,45 @@ Test(net_forward, a_half_close_inside_a_frame_is_counted_not_passed_over, .timeo
 	away_end(&e);
 }
 
+/* A frame back from the other shard that its connection cannot take: 4 KiB of echo where
+ * send_max is 1 KiB, so keel_frame_send() refuses it (-ENOBUFS) and the connection is
+ * aborted. That is a failed send: counted in errors, and the frame in frames_dropped. */
+Test(net_forward, a_frame_its_connection_cannot_queue_is_counted_in_errors, .timeout = 120)
+{
+	static uint8_t frame[4 + 4096];
+	struct away_env e;
+	struct keel_net_config nc;
+	struct echo_fwd_stats st, other;
+	struct timeval tv = { .tv_sec = TEST_WAIT_MS / 1000 };
+	ssize_t r;
+	uint8_t c;
+
+	keel_net_config_init(&nc);
+	nc.send_max = 1024;
+	away_open(&e, &nc);
+	frame[2] = 0x10; /* a length of 4,096, big-endian */
+	for (size_t i = 4; i < sizeof(frame); i++)
+		frame[i] = (uint8_t)(i * 5);
+	cr_assert_eq(send(e.fd, frame, sizeof(frame), MSG_NOSIGNAL), (ssize_t)sizeof(frame));
+	/* The abort reaches the client: a reset (or an end), never an echo. */
+	setsockopt(e.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	do
+		r = recv(e.fd, &c, 1, 0);
+	while (r < 0 && errno == EINTR);
+	cr_assert(r == 0 || (r < 0 && errno == ECONNRESET), "recv: %zd (%s)", r,
+		  r < 0 ? strerror(errno) : "a byte");
+	WAIT_FOR((echo_fwd_stats(e.home, &st), st.conns_live == 0), "the connection to close");
+	echo_fwd_stats(1 - e.home, &other);
+	cr_assert_eq(st.frames_in, 1);
+	cr_assert_eq(other.frames_relayed, 1, "the frame went to the other shard and back");
+	cr_assert_eq(st.frames_out, 0);
+	cr_assert_eq(st.frames_dropped, 1);
+	cr_assert_eq(st.errors, 1, "the refused send was not counted (%llu errors)",
+		     (unsigned long long)st.errors);
+	cr_assert_eq(other.errors, 0);
+	away_end(&e);
+}
+
 /* A client that sends its frames, half-closes (SHUT_WR) and reads the echoes, as a batch
  * client does: the echoes of the frames still away at its EOF must come before the
  * server's FIN. Before, the default EOF handling closed at once: each frame came back to a
