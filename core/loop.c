@@ -237,6 +237,7 @@ fault_take(_Atomic unsigned *c)
 }
 
 _Atomic unsigned keel__fault_internal_nosqe;
+_Atomic unsigned keel__fault_cancel_nosqe;
 void (*keel__hook_before_sleep)(void);
 
 /* A read that finds no SQE (the ring's submit failed: logged there) is armed again at the
@@ -646,7 +647,7 @@ submit_cancel_all(struct keel_shard *s)
 
 	if (s->cancel_op.armed)
 		return;
-	sqe = keel__sqe_internal(s);
+	sqe = fault_take(&keel__fault_cancel_nosqe) ? NULL : keel__sqe_internal(s);
 	if (!sqe) {
 		/* The ring's submit failed (logged): the next pass tries again, before the disk
 		 * requests a stop hook made are issued (they must go in after the cancel). */

@@ -912,6 +912,66 @@ Test(core_lifecycle, stopping_with_an_operation_the_cancel_cannot_reach_sleeps)
 	SHARD_CHECKS_PASSED();
 }
 
+/* ---- the last cancel, of keel's own reads, that found no SQE ---- */
+
+/* core/internal.h: while non-zero, each cancel of the shard's operations finds no SQE. */
+extern _Atomic unsigned keel__fault_cancel_nosqe;
+
+#define LAST_CANCEL_FAILS 3
+
+static void
+last_cancel_start(void *arg)
+{
+	(void)arg;
+	/* No operation of the app's is in flight, so the stop cancels nothing until the shard
+	 * is quiescent: the first cancel is the last one, of keel's own reads (the eventfd's),
+	 * which never complete on their own. */
+	atomic_store(&keel__fault_cancel_nosqe, LAST_CANCEL_FAILS);
+	keel_stop(0);
+}
+
+struct joiner {
+	struct keel_runtime *rt;
+	_Atomic int done;
+	int res;
+};
+
+static void *
+join_thread(void *arg)
+{
+	struct joiner *j = arg;
+
+	j->res = keel_runtime_join(j->rt);
+	atomic_store(&j->done, 1);
+	return NULL;
+}
+
+/* Once quiescent, a shard cancels keel's own operations and reaps until none is left. When
+ * that cancel finds no SQE (the ring's submit failed), nothing ends the reads it was for:
+ * the wait for a completion must be bounded and the cancel made again, or the shard sleeps
+ * forever and the join never returns. Here the cancel finds none three times running. */
+Test(core_lifecycle, the_last_cancel_that_found_no_sqe_is_made_again)
+{
+	struct keel_opts o = test_opts(1);
+	struct joiner j = { 0 };
+	pthread_t th;
+
+	atomic_store(&keel__fault_cancel_nosqe, 0);
+	cr_assert_eq(keel_runtime_create(&o, &j.rt), 0);
+	cr_assert_eq(keel_runtime_start(j.rt, last_cancel_start, NULL), 0);
+	cr_assert_eq(pthread_create(&th, NULL, join_thread, &j), 0);
+	WAIT_FOR(atomic_load(&j.done),
+		 "the shard to end (its last cancel found no SQE; %u of %u faults left)",
+		 atomic_load(&keel__fault_cancel_nosqe), LAST_CANCEL_FAILS);
+	pthread_join(th, NULL);
+	cr_assert_eq(j.res, 0);
+	cr_assert_eq(atomic_load(&keel__fault_cancel_nosqe), 0,
+		     "the shard ended without its last cancel (%u of %u faults left)",
+		     atomic_load(&keel__fault_cancel_nosqe), LAST_CANCEL_FAILS);
+	keel_runtime_destroy(j.rt);
+	SHARD_CHECKS_PASSED();
+}
+
 /* ---- stop hooks registered late ---- */
 
 struct late_hooks {
