@@ -229,6 +229,20 @@ cpus_of(const struct keel_opts *o, int *cpus, unsigned *n, char *why, size_t why
 				char cg[400];
 
 				keel__cgroup_excludes(c, cg, sizeof(cg));
+				/* isolcpus= keeps a CPU out of every mask but a process started
+				 * on it: taskset is the fix (as the mapper says, topo_map.c). */
+				if (!cg[0] && keel__cpu_isolated(c)) {
+					snprintf(
+						why, whylen,
+						"--cpuset: CPU %u is isolated (isolcpus=, listed in "
+						"/sys/devices/system/cpu/isolated), so no process has "
+						"it unless started on it: start the program with "
+						"taskset -c and a list that holds it (allowed CPUs: %s)",
+						c,
+						keel_topo_cpulist_format(&allowed, list,
+									 sizeof(list)));
+					return -EINVAL;
+				}
 				snprintf(
 					why, whylen,
 					"--cpuset: CPU %u is not in this process's affinity mask%s "

@@ -2166,6 +2166,47 @@ Test(core_topo, an_isolated_cpu_outside_the_mask_is_refused_naming_isolcpus)
 	rm_dir(root);
 }
 
+/* The runtime's own --cpuset check (keel_runtime_create, no map) names isolcpus as the
+ * mapper does: for an isolated CPU outside the mask the fix is taskset -c, not creating the
+ * runtime before pinning the host's threads. Not isolated, the plain refusal. */
+Test(core_topo, the_runtimes_cpuset_names_isolcpus_for_an_isolated_cpu_outside_the_mask)
+{
+	char root[] = "/tmp/keel-iso-XXXXXX", path[300];
+	struct keel_opts o = test_opts(0);
+	struct keel_runtime *rt;
+
+	cr_assert(mkdtemp(root));
+	write_in(root, "isolated", "1\n");
+	snprintf(path, sizeof(path), "%s/isolated", root);
+	keel__sys_cpu_isolated = path;
+	keel__proc_mountinfo = "/nonexistent/mountinfo";
+	keel__sched_getaffinity = fake_affinity;
+	fake_cpus[0] = 0;
+	nfake = 1;
+	o.cpuset_given = true;
+	memset(&o.cpuset, 0, sizeof(o.cpuset));
+	keel_cpuset_add(&o.cpuset, 1);
+
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(strstr(logged, "CPU 1 is isolated (isolcpus=") && strstr(logged, "taskset -c") &&
+			  !strstr(logged, "pin the host's threads after"),
+		  "%s", logged);
+
+	write_in(root, "isolated", "\n");
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(strstr(logged, "CPU 1 is not in this process's affinity mask") &&
+			  strstr(logged, "pin the host's threads after") &&
+			  !strstr(logged, "isolcpus"),
+		  "%s", logged);
+	rm_dir(root);
+}
+
 /* Live, as root on a machine with a cgroup v1 cpuset hierarchy (v2 needs the controller
  * enabled above the process, which a test should not change): a child in a cgroup of CPU
  * 0 alone asks for CPU 1. hwloc leaves CPU 1 out of the topology, and the mapper said it
