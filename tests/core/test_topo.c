@@ -2374,3 +2374,62 @@ Test(core_topo, allowed_cpus_without_a_core_local_to_the_nic_are_said)
 	cr_assert(!strstr(logged, "no allowed CPU is local"), "%s", logged);
 	keel_topo_destroy(t);
 }
+
+/* ---- a default shard count capped at KEEL_MAX_SHARDS ---- */
+
+/* A stand-in for sched_getaffinity allowing CPUs 0..many_cpus-1, more than KEEL_MAX_SHARDS
+ * and fewer than KEEL_MAX_CPUS, whatever this machine has; like the kernel, it refuses a
+ * mask too short for them (EINVAL), and keel__affinity_get tries a larger one. */
+static unsigned many_cpus;
+
+static int
+many_affinity(pid_t pid, size_t size, cpu_set_t *mask)
+{
+	(void)pid;
+	if (size * 8 < many_cpus) {
+		errno = EINVAL;
+		return -1;
+	}
+	memset(mask, 0, size);
+	for (unsigned c = 0; c < many_cpus; c++)
+		CPU_SET_S(c, size, mask);
+	return 0;
+}
+
+/* No --shards on a process allowed more CPUs than a runtime has shards: the count is capped
+ * at KEEL_MAX_SHARDS and a warning says which CPUs take none and what to do. The shards are
+ * made at start, so a create and a destroy cost no rings or memory per shard. With --shards
+ * given the same mask says nothing. */
+Test(core_topo, a_default_shard_count_capped_at_keel_max_shards_says_so)
+{
+	struct keel_runtime *rt;
+	struct keel_opts o = test_opts(0);
+	char want[64];
+	int r;
+
+	keel__sched_getaffinity = many_affinity;
+	many_cpus = KEEL_MAX_SHARDS + 44;
+	o.memory = 2u << 20;
+	o.ring_entries = 8;
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	r = keel_runtime_create(&o, &rt);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq(r, 0, "%s", logged);
+	cr_assert_eq(keel_runtime_shard_count(rt), KEEL_MAX_SHARDS);
+	keel_runtime_destroy(rt);
+	snprintf(want, sizeof(want), "%u allowed CPUs, one shard each by default", many_cpus);
+	cr_assert(strstr(logged, want) && strstr(logged, "at most 256 (KEEL_MAX_SHARDS)") &&
+			  strstr(logged, "--cpuset"),
+		  "%s", logged);
+
+	o.shards = 4;
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	r = keel_runtime_create(&o, &rt);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq(r, 0, "%s", logged);
+	cr_assert_eq(keel_runtime_shard_count(rt), 4);
+	keel_runtime_destroy(rt);
+	cr_assert(!strstr(logged, "KEEL_MAX_SHARDS"), "%s", logged);
+}
