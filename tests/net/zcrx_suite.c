@@ -681,6 +681,50 @@ Test(net_zcrx, probe_on_lo_gives_the_start_up_reason)
 	cr_assert(strstr(why, "no interface nosuch0"), "%s", why);
 }
 
+/* What the probe's registration asked for: a stand-in for the kernel that records the area
+ * and the refill ring, then refuses as lo does (no root needed: nothing reaches the kernel). */
+static uint64_t probe_area_addr, probe_area_len;
+static uint32_t probe_rq_entries;
+
+static long
+reg_record_refuse(int ring_fd, void *arg)
+{
+	const struct keel_zcrx_ifq_reg *reg = arg;
+	const struct keel_zcrx_area_reg *area = (const void *)(uintptr_t)reg->area_ptr;
+
+	(void)ring_fd;
+	probe_area_addr = area->addr;
+	probe_area_len = area->len;
+	probe_rq_entries = reg->rq_entries;
+	errno = EOPNOTSUPP;
+	return -1;
+}
+
+/* The probe registers the runtime's default area and refill ring, as a shard started with
+ * default options does: a small area (256 KiB until the thirty-seventh session) passed
+ * where the default one then failed at start-up (the memory lock limit). */
+Test(net_zcrx, probe_registers_the_default_area_and_refill_ring)
+{
+	long (*kernel)(int, void *) = keel__zcrx_register;
+	long pg = sysconf(_SC_PAGESIZE);
+	struct keel_opts o;
+	char why[512];
+	int r;
+
+	keel_opts_init(&o);
+	keel__zcrx_register = reg_record_refuse;
+	r = keel_zcrx_probe("lo", 0, why, sizeof(why));
+	keel__zcrx_register = kernel;
+	cr_assert_eq(r, -EOPNOTSUPP, "%s", why);
+	cr_assert(strstr(why, "ZCRX on lo rx queue 0: EOPNOTSUPP"), "%s", why);
+	cr_assert_eq(probe_area_len, o.zcrx_area, "the probe's area: %llu bytes, the default %llu",
+		     (unsigned long long)probe_area_len, (unsigned long long)o.zcrx_area);
+	cr_assert_eq(probe_area_len, KEEL_ZCRX_AREA_DEFAULT);
+	cr_assert_eq(probe_area_addr % (uint64_t)pg, 0, "the area is not page-aligned");
+	cr_assert_eq(probe_rq_entries, o.zcrx_rq_entries);
+	cr_assert_eq(probe_rq_entries, KEEL_ZCRX_RQ_ENTRIES_DEFAULT);
+}
+
 Test(net_zcrx, keel_topo_check_zcrx_says_per_queue_what_is_missing)
 {
 	char out[8192];
