@@ -354,8 +354,8 @@ extern unsigned keel__mail_scan_max;
 extern _Atomic unsigned keel__fault_msgring_fail;
 /* ... while non-zero, each arming of keel's own read finds no SQE; the count drops by one. */
 extern _Atomic unsigned keel__fault_internal_nosqe;
-/* ... while non-zero, each cancel of the shard's operations (the stop's, and the last one
- * that ends keel's own reads) finds no SQE; the count drops by one. */
+/* ... while non-zero, each cancel of the shard's final reaping (once it is quiescent, the
+ * one that ends keel's own reads) finds no SQE; the count drops by one. */
 extern _Atomic unsigned keel__fault_cancel_nosqe;
 /* For tests: when set (before the runtime starts), called on the shard's thread as a pass
  * decides to sleep, before it announces it (`sleeping`) and looks for work once more: a

@@ -647,7 +647,9 @@ submit_cancel_all(struct keel_shard *s)
 
 	if (s->cancel_op.armed)
 		return;
-	sqe = fault_take(&keel__fault_cancel_nosqe) ? NULL : keel__sqe_internal(s);
+	sqe = s->phase == PHASE_DONE && fault_take(&keel__fault_cancel_nosqe)
+		      ? NULL
+		      : keel__sqe_internal(s);
 	if (!sqe) {
 		/* The ring's submit failed (logged): the next pass tries again, before the disk
 		 * requests a stop hook made are issued (they must go in after the cancel). */

@@ -229,15 +229,19 @@ cpus_of(const struct keel_opts *o, int *cpus, unsigned *n, char *why, size_t why
 				char cg[400];
 
 				keel__cgroup_excludes(c, cg, sizeof(cg));
-				/* isolcpus= keeps a CPU out of every mask but a process started
-				 * on it: taskset is the fix (as the mapper says, topo_map.c). */
+				/* isolcpus= keeps a CPU out of a process's mask unless it is
+				 * given at the start (taskset, as the mapper says, topo_map.c);
+				 * a host started so may still have narrowed the creating
+				 * thread, so both fixes are named. */
 				if (!cg[0] && keel__cpu_isolated(c)) {
 					snprintf(
 						why, whylen,
 						"--cpuset: CPU %u is isolated (isolcpus=, listed in "
-						"/sys/devices/system/cpu/isolated), so no process has "
-						"it unless started on it: start the program with "
-						"taskset -c and a list that holds it (allowed CPUs: %s)",
+						"/sys/devices/system/cpu/isolated), so a process has "
+						"it only when given it: start the program with "
+						"taskset -c and a list that holds it (allowed CPUs: "
+						"%s); if it was, the mask is the creating thread's: "
+						"create the runtime before pinning the host's threads",
 						c,
 						keel_topo_cpulist_format(&allowed, list,
 									 sizeof(list)));

@@ -1612,15 +1612,15 @@ static void
 rst_cb(struct keel_op *op, int res, uint32_t flags)
 {
 	struct keel_conn *c = container_of(op, struct keel_conn, rst_op);
-	static _Thread_local bool logged;
+	/* Once per shard for each kind: a kernel without socket commands, or another error. */
+	static _Thread_local bool logged[2];
+	/* Only a kernel without socket commands answers EOPNOTSUPP or EINVAL; any other error
+	 * is this socket's, and the hint would mislead. */
+	bool old_kernel = res == -EOPNOTSUPP || res == -EINVAL;
 
 	(void)flags;
-	if (res < 0 && !logged) {
-		/* Only a kernel without socket commands answers EOPNOTSUPP or EINVAL; any
-		 * other error is this socket's, and the hint would mislead. */
-		bool old_kernel = res == -EOPNOTSUPP || res == -EINVAL;
-
-		logged = true;
+	if (res < 0 && !logged[old_kernel]) {
+		logged[old_kernel] = true;
 		keel_log(KEEL_LOG_WARN, NET_MOD,
 			 "shard %u: an aborted connection's reset (SO_LINGER 0 on its direct "
 			 "descriptor) failed with %s: it ends with a FIN instead%s",

@@ -2085,11 +2085,15 @@ rw_dir_sync(struct aof *a)
 {
 	int r;
 
-	if (kv_test_fault("rewrite-dirsync")) /* tests: this sync alone, not the batches' */
-		return rw_dir_synced(&a->rw_req, -EIO, a);
+	if (kv_test_fault("rewrite-dirsync")) { /* tests: this sync alone, not the batches' */
+		rw_dir_synced(&a->rw_req, -EIO, a);
+		return;
+	}
 	r = keel_file_fsync(&a->rw_req, &a->dir_f, rw_dir_synced, a);
-	if (r < 0)
-		return rw_dir_synced(&a->rw_req, r, a);
+	if (r < 0) {
+		rw_dir_synced(&a->rw_req, r, a);
+		return;
+	}
 	a->rw_dir_busy = true;
 }
 

@@ -130,8 +130,10 @@ kv_watch_add(struct kv_db *db, uint64_t id, const struct resp_arg *keys, unsigne
 	int64_t now = kv_now_ms();
 
 	/* Every new entry is made before any goes in: a WATCH without the memory for all of
-	 * them watches none of its keys here, as the connection keeps none (watch_cmd). A key
-	 * named twice gets two entries here and one in the table (below). */
+	 * them watches none of its keys here. The connection's list keeps them (watch_cmd
+	 * adds them before this answers), but EXEC and UNWATCH end nothing for a key with no
+	 * entry here, so the refused WATCH watches nothing. A key named twice gets two entries
+	 * here and one in the table (below). */
 	for (unsigned i = 0; i < n; i++) {
 		const struct resp_arg *k = &keys[i];
 		uint64_t h = kv_hash(k->p, k->len);

@@ -914,7 +914,9 @@ Test(core_lifecycle, stopping_with_an_operation_the_cancel_cannot_reach_sleeps)
 
 /* ---- the last cancel, of keel's own reads, that found no SQE ---- */
 
-/* core/internal.h: while non-zero, each cancel of the shard's operations finds no SQE. */
+/* core/internal.h: while non-zero, each cancel of the shard's final reaping finds no SQE
+ * (the stop's earlier cancels are not touched, so the faults land there whatever else the
+ * stop cancels first). */
 extern _Atomic unsigned keel__fault_cancel_nosqe;
 
 #define LAST_CANCEL_FAILS 3
@@ -923,9 +925,8 @@ static void
 last_cancel_start(void *arg)
 {
 	(void)arg;
-	/* No operation of the app's is in flight, so the stop cancels nothing until the shard
-	 * is quiescent: the first cancel is the last one, of keel's own reads (the eventfd's),
-	 * which never complete on their own. */
+	/* The last cancel is of keel's own reads (the eventfd's), which never complete on
+	 * their own. */
 	atomic_store(&keel__fault_cancel_nosqe, LAST_CANCEL_FAILS);
 	keel_stop(0);
 }
