@@ -307,25 +307,34 @@ refused_start(void *arg)
 		keel_stop(r);
 }
 
-Test(net_conn, connect_to_closed_port_is_refused)
+/* Runs @start against a loopback port nobody accepts on (a bound socket that does not
+ * listen holds it): the connect is refused, once, and never opens. */
+static void
+refused_case(void (*start)(void *), struct refused *rf)
 {
 	struct keel_opts o = net_test_opts(1);
 	struct sockaddr_in a = { .sin_family = AF_INET };
 	socklen_t al = sizeof(a);
-	struct refused rf = { 0 };
 	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
-	/* A bound socket that does not listen holds a port nobody accepts on. */
 	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
 	getsockname(fd, (struct sockaddr *)&a, &al);
-	rf.port = ntohs(a.sin_port);
-	cr_assert_eq(keel_run(&o, refused_start, &rf), 0);
-	cr_assert_eq(atomic_load(&rf.rc), 0);
-	cr_assert_eq(atomic_load(&rf.closes), 1);
-	cr_assert_eq(atomic_load(&rf.opens), 0);
-	cr_assert_eq(atomic_load(&rf.status), -ECONNREFUSED);
+	rf->port = ntohs(a.sin_port);
+	cr_assert_eq(keel_run(&o, start, rf), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(atomic_load(&rf->rc), 0);
+	cr_assert_eq(atomic_load(&rf->closes), 1);
+	cr_assert_eq(atomic_load(&rf->opens), 0);
+	cr_assert_eq(atomic_load(&rf->status), -ECONNREFUSED);
 	close(fd);
+}
+
+Test(net_conn, connect_to_closed_port_is_refused)
+{
+	struct refused rf = { 0 };
+
+	refused_case(refused_start, &rf);
 }
 
 /* The same with bytes queued before the connect completed: a connect that never opened cut
@@ -367,24 +376,10 @@ refused_queued_start(void *arg)
 
 Test(net_conn, a_refused_connect_with_bytes_queued_is_no_reset)
 {
-	struct keel_opts o = net_test_opts(1);
-	struct sockaddr_in a = { .sin_family = AF_INET };
-	socklen_t al = sizeof(a);
 	struct refused rf = { 0 };
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-	getsockname(fd, (struct sockaddr *)&a, &al);
-	rf.port = ntohs(a.sin_port);
-	cr_assert_eq(keel_run(&o, refused_queued_start, &rf), 0);
-	SHARD_CHECKS_PASSED();
-	cr_assert_eq(atomic_load(&rf.rc), 0);
-	cr_assert_eq(atomic_load(&rf.closes), 1);
-	cr_assert_eq(atomic_load(&rf.opens), 0);
-	cr_assert_eq(atomic_load(&rf.status), -ECONNREFUSED);
+	refused_case(refused_queued_start, &rf);
 	cr_assert_eq(atomic_load(&rq_resets), 0, "a connect that never opened counted as a reset");
-	close(fd);
 }
 
 /* Buffer-ring exhaustion: the server holds every receive buffer of a 4 x 4 KiB ring until
