@@ -186,9 +186,9 @@ void kv_sweep_pace(size_t buckets, uint64_t *interval_ns, size_t *budget);
  * none of them added. kv_watch_end: whether any of @id's watches of the @n keys saw its
  * key changed (set, deleted, given a time to live, even the one it had, emptied by
  * FLUSHALL) or, live at WATCH, expired since (Redis 7's rule: a key already past its time
- * at WATCH is not changed by its deletion); the watches end. The
- * store calls kv_watch_touch for every key it changes (@gone: deleted, expiry included)
- * and kv_watch_flush before it empties the table, each only while kv_db.watch.n is not 0.
+ * at WATCH is not changed by its deletion); the watches end. The store calls
+ * kv_watch_touch for every key it changes (@gone: deleted, expiry included) and
+ * kv_watch_flush before it empties the table, each only while kv_db.watch.n is not 0.
  * kv_watch_end_id: every watch of connection @id ends (a walk of the whole table: for when
  * its keys cannot be read, or were not sent for want of memory). */
 int kv_watch_add(struct kv_db *db, uint64_t id, const struct resp_arg *keys, unsigned n);
