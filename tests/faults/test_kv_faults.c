@@ -1008,10 +1008,12 @@ Test(faults_kv, aof_a_slow_shards_backlog_holds_the_connections_of_the_others)
 	/* Each shard's backlog within the bound, and its half and a record and the batch in
 	 * flight of slack, as above; and shard 1's over it by the records shard 0 had handed
 	 * it before the hold reached shard 0's connection (those waiting in shard 1's queue
-	 * when it got to the bound: up to 5 KB over that slack seen on a loaded 2-CPU CI
-	 * machine, so 96 KiB allowed). Without the hold reaching shard 0 the records for
-	 * shard 1 reached 289 to 460 KB (ASan build, idle and loaded). */
-	cr_assert_leq(peak, 2 * (65536 + 2 * 420) + 96 * 1024,
+	 * when it got to the bound: peaks of 69-166 KB in twelve idle ASan runs; 240 KB in a
+	 * clean-clone CI run on the 2-CPU VM, 8.8 KB past an allowance of 96 KiB, so 128 KiB
+	 * allowed, a bound of 264 KB). Without the hold reaching shard 0 the records for
+	 * shard 1 reached 289 to 460 KB (ASan build, idle and loaded; 373-447 KB in eight idle
+	 * runs of the thirty-ninth session). */
+	cr_assert_leq(peak, 2 * (65536 + 2 * 420) + 128 * 1024,
 		      "records waiting for the disks: %llu bytes", (unsigned long long)peak);
 	cr_assert_geq(persistence_field(p.port, "aof_backlog_holds:"), 1);
 	close(fd);
