@@ -425,6 +425,7 @@ Test(net_forward, a_half_close_inside_a_frame_is_counted_not_passed_over, .timeo
 	struct away_env e;
 	struct keel_net_config nc;
 	struct echo_fwd_stats st;
+	ssize_t r;
 	uint8_t c;
 
 	keel_net_config_init(&nc);
@@ -436,7 +437,9 @@ Test(net_forward, a_half_close_inside_a_frame_is_counted_not_passed_over, .timeo
 	WAIT_FOR((echo_fwd_stats(e.home, &st), st.frames_in == 1), "the whole frame to arrive");
 	cr_assert_eq(shutdown(e.fd, SHUT_WR), 0);
 	read_echo(e.fd, frame, sizeof(frame), sizeof(frame));
-	cr_assert_eq(recv(e.fd, &c, 1, 0), 0, "the server's FIN after the echo");
+	r = recv(e.fd, &c, 1, 0);
+	cr_assert_eq(r, 0, "the server's FIN after the echo: recv gave %zd (%s)", r,
+		     r < 0 ? strerror(errno) : "a byte past the echo");
 	WAIT_FOR((echo_fwd_stats(e.home, &st), st.conns_live == 0), "the connection to close");
 	cr_assert_eq(st.frames_in, 1);
 	cr_assert_eq(st.frames_out, 1);
