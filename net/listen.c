@@ -105,6 +105,10 @@ keel_steer_name(enum keel_steer s)
 
 static int steer_attach(struct keel_listener *l);
 
+/* The stat of a Unix listener's path after its bind (net_internal.h): a pointer so tests can
+ * play a path removed or unreadable in between. */
+int (*keel__unix_path_stat)(const char *path, struct stat *st) = stat;
+
 /* Remember @b, the first socket's bound address, when it names one IP address: then it is
  * every accepted connection's local address. A wildcard (0.0.0.0, ::) or a link-local
  * IPv6 address (whose scope an accepted socket may report differently) is read per
@@ -160,7 +164,7 @@ unix_listen(struct keel_listener *l, const struct keel_listen_opts *o,
 	}
 	if (u->sun_path[0]) {
 		l->unix_path = strdup(u->sun_path);
-		if (!l->unix_path || stat(u->sun_path, &st) < 0) {
+		if (!l->unix_path || keel__unix_path_stat(u->sun_path, &st) < 0) {
 			/* The bind just made the file: without its identity the destroy would
 			 * not know it as keel's and would leave it behind, so it goes now. */
 			r = l->unix_path ? -errno : -ENOMEM;

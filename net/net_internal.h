@@ -213,6 +213,12 @@ keel__pbuf_pressed(const struct pbuf_ring *r, const void *p)
  * with -ENOMEM (as keel_buf_wrap does when no buffer header can be allocated). */
 extern _Atomic unsigned keel__pbuf_fail_wraps;
 
+struct stat;
+/* listen.c: the stat of a Unix listener's path right after its bind, which records the
+ * socket file's identity (stat; tests: a path removed between the bind and the stat, or a
+ * stat that fails with the file there). Called once per path listener, at its creation. */
+extern int (*keel__unix_path_stat)(const char *path, struct stat *st);
+
 /* frame.c: the slices a framer holds (tests: contiguous pushes are held as one). */
 size_t keel__framer_slices(const struct keel_framer *f);
 /* Copy what @f holds into buffers of @a and put the held slices, as a reclaim does (the

@@ -17,6 +17,7 @@
 
 #include <criterion/criterion.h>
 
+#include "../../net/net_internal.h"
 #include "helpers.h"
 #include "tmpdir.h"
 
@@ -267,6 +268,88 @@ Test(net_unix, a_socket_that_took_over_the_path_is_left_at_destroy)
 Test(net_unix, a_file_that_replaced_the_socket_is_left_at_destroy)
 {
 	replaced_path_case(false);
+}
+
+/* The stat right after the bind, which records the socket file's identity for the destroy,
+ * failing (keel__unix_path_stat): the create fails with the stat's error and says so in
+ * the log, and no file is left at the path, since a socket file keel could not know as its
+ * own would never be unlinked. Either the path was removed between the bind and the stat
+ * (ENOENT), or the stat failed with the socket file there (EIO): keel unlinks it. The path
+ * can then be bound again. */
+static bool stat_removes; /* remove the path, then the real stat; else fail with EIO */
+static bool stat_saw_socket;
+static char stat_log[512];
+
+static int
+failing_stat(const char *path, struct stat *st)
+{
+	stat_saw_socket = stat(path, st) == 0 && S_ISSOCK(st->st_mode);
+	if (stat_removes) {
+		cr_assert_eq(unlink(path), 0, "unlink %s: %s", path, strerror(errno));
+		return stat(path, st);
+	}
+	errno = EIO;
+	return -1;
+}
+
+static void
+stat_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	(void)module;
+	(void)shard;
+	(void)arg;
+	if (level == KEEL_LOG_ERROR && !stat_log[0])
+		snprintf(stat_log, sizeof(stat_log), "%s", msg);
+}
+
+static void
+failed_stat_case(bool removes)
+{
+	char dir[] = "/tmp/keel-unix-XXXXXX", path[128], addr[140];
+	struct keel_listen_opts lo = { 0 };
+	struct keel_listener *l = NULL;
+	struct srv sv = { 0 };
+	struct stat stt = { 0 };
+	int r, want = removes ? -ENOENT : -EIO;
+
+	cr_assert_not_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/stat.sock", dir);
+	snprintf(addr, sizeof(addr), "unix:%s", path);
+	lo.addr = addr;
+	stat_removes = removes;
+	stat_saw_socket = false;
+	stat_log[0] = 0;
+	keel__unix_path_stat = failing_stat;
+	keel_log_set_sink(stat_sink, NULL);
+	r = keel_listener_create(&lo, 1, &echo_ops, &sv, &l);
+	keel_log_set_sink(NULL, NULL);
+	keel__unix_path_stat = stat;
+	cr_assert(stat_saw_socket, "the stat was not made on the socket the bind created");
+	cr_assert_eq(r, want, "keel_listener_create gave %d (%s), not %s", r, strerror(-r),
+		     strerror(-want));
+	cr_assert_null(l);
+	cr_assert(strstr(stat_log, addr) && strstr(stat_log, "stat of the bound path: ") &&
+			  strstr(stat_log, strerror(-want)),
+		  "log: '%s'", stat_log);
+	cr_assert_eq(stat(path, &stt), -1, "the socket file keel bound was left at %s (mode %o)",
+		     path, (unsigned)stt.st_mode);
+	cr_assert_eq(errno, ENOENT);
+	/* Nothing left behind: the same path binds, and goes at destroy. */
+	cr_assert_eq(keel_listener_create(&lo, 1, &echo_ops, &sv, &l), 0);
+	cr_assert_eq(stat(path, &stt), 0);
+	keel_listener_destroy(l);
+	cr_assert_eq(stat(path, &stt), -1, "keel unlinks the path it created");
+	cr_assert_eq(rmdir(dir), 0, "%s: %s", dir, strerror(errno));
+}
+
+Test(net_unix, a_path_removed_before_its_stat_fails_the_create_and_says_so)
+{
+	failed_stat_case(true);
+}
+
+Test(net_unix, a_failed_stat_of_the_bound_path_fails_the_create_and_removes_the_socket)
+{
+	failed_stat_case(false);
 }
 
 /* keel_conn_connect to an abstract name, on the listener's own runtime: the client
