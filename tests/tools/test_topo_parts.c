@@ -2,14 +2,18 @@
 /* keel-topo's report and plan as functions, on a live topology built by hand: what the
  * binary on this machine cannot show (a NIC with named IRQs, one without MSI IRQs). */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <criterion/criterion.h>
 
 #include "../../core/topo_internal.h"
 #include "fake_topo.h"
+#include "tmpdir.h"
 #include "topo_tool.h"
 
 static struct keel_map map; /* large: keep it off the worker's stack */
@@ -204,5 +208,101 @@ Test(tools_topo, the_mapper_keeps_to_the_channels_the_plan_sets)
 	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), -EINVAL, "a map of %u queues",
 		     map.rx_queues);
 	cr_assert(strstr(err, "4"), "%s", err);
+	keel_topo_destroy(t);
+}
+
+/* In @dir, a stand-in for the command @name that appends its arguments to @dir/ran and
+ * exits 0 (as the real one would on success). */
+static void
+stub_command(const char *dir, const char *name)
+{
+	char path[256];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	f = fopen(path, "w");
+	cr_assert_not_null(f, "%s: %s", path, strerror(errno));
+	fprintf(f, "#!/bin/sh\necho \"%s $*\" >> '%s/ran'\nexit 0\n", name, dir);
+	cr_assert_eq(fclose(f), 0);
+	cr_assert_eq(chmod(path, 0755), 0);
+}
+
+/* keel-topo --plan --hds --apply where the shards own every rx queue: each would be a ZCRX
+ * queue, and no RSS table can keep other flows off them, so the plan's note marks it not to
+ * be applied. --apply refuses (status 1) before it runs anything, the commands ahead of the
+ * note included, and names the note's step. The plan is run with PATH holding only stubs
+ * of ethtool and systemctl that record a call, so that no real command runs whatever
+ * plan_apply does; the plan has no IRQ line, so nothing is written to /proc either. */
+Test(tools_topo, apply_refuses_an_hds_plan_whose_shards_own_every_queue)
+{
+	static struct plan_step steps[64];
+	char dir[] = "/tmp/keel-topo-apply-XXXXXX", errpath[256], ran[256], want[96];
+	char out[2048], *oldpath = getenv("PATH") ? strdup(getenv("PATH")) : NULL;
+	struct keel_topo_nic *nic;
+	struct keel_topo *t = fake_live(&nic);
+	struct tool_ctx c;
+	unsigned n, stop = 0;
+	bool ahead = false;
+	int saved, fd, r;
+	ssize_t got;
+
+	nic->hds_capable = KEEL_TOPO_ON;
+	map.hds = true; /* 1 shard on fake0's 1 rx queue: it owns them all */
+	n = plan_of(t, &c, steps, sizeof(steps) / sizeof(steps[0]));
+	for (unsigned i = 0; i < n; i++) {
+		cr_assert_neq(steps[i].kind, PLAN_WRITE, "an IRQ line in the plan: %s",
+			      steps[i].why);
+		if (steps[i].stops_apply && !stop)
+			stop = i + 1;
+		ahead |= !stop && steps[i].kind == PLAN_RUN;
+	}
+	cr_assert(stop, "no step of the %u says the plan cannot be applied", n);
+	cr_assert(strstr(steps[stop - 1].why, "needs queues the shards do not own"), "%s",
+		  steps[stop - 1].why);
+	cr_assert(ahead, "no command ahead of the note (premise: the refusal comes before them)");
+
+	cr_assert_not_null(mkdtemp(dir));
+	stub_command(dir, "ethtool");
+	stub_command(dir, "systemctl");
+	snprintf(errpath, sizeof(errpath), "%s/stderr", dir);
+	snprintf(ran, sizeof(ran), "%s/ran", dir);
+	cr_assert_eq(setenv("PATH", dir, 1), 0);
+	fflush(stderr);
+	saved = dup(STDERR_FILENO);
+	fd = open(errpath, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0600);
+	cr_assert(saved >= 0 && fd >= 0);
+	cr_assert_geq(dup2(fd, STDERR_FILENO), 0);
+	r = plan_apply(steps, n);
+	fflush(stderr);
+	dup2(saved, STDERR_FILENO);
+	close(saved);
+	close(fd);
+	if (oldpath)
+		setenv("PATH", oldpath, 1);
+	else
+		unsetenv("PATH");
+	free(oldpath);
+
+	fd = open(errpath, O_RDONLY | O_CLOEXEC);
+	cr_assert_geq(fd, 0);
+	got = read(fd, out, sizeof(out) - 1);
+	close(fd);
+	out[got > 0 ? got : 0] = 0;
+	fd = open(ran, O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		char cmds[1024];
+		ssize_t k = read(fd, cmds, sizeof(cmds) - 1);
+
+		close(fd);
+		cmds[k > 0 ? k : 0] = 0;
+		cr_assert_fail("--apply ran commands of a plan it must refuse:\n%s(it said: %s)",
+			       cmds, out);
+	}
+	cr_assert_eq(r, 1, "--apply gave %d, not 1 (it said: %s)", r, out);
+	snprintf(want, sizeof(want), "--apply refused: step %u says the plan cannot be right",
+		 stop);
+	cr_assert(strstr(out, want) && strstr(out, "nothing was run"),
+		  "the refusal does not name step %u: '%s'", stop, out);
+	rm_dir(dir);
 	keel_topo_destroy(t);
 }
