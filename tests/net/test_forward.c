@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <keel/faults.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -259,6 +260,8 @@ struct away_env {
 
 /* Non-zero: the shards' mailbox_entries, with mailbox_overflow 0. */
 static uint32_t away_mailbox;
+/* Non-NULL: the listener's callbacks (wrapping echo_fwd_ops), else echo_fwd_ops. */
+static const struct keel_conn_ops *away_ops;
 
 /* Starts the echo with @nc and connects; returns once the connection is open. */
 static void
@@ -283,7 +286,9 @@ away_open(struct away_env *e, const struct keel_net_config *nc)
 	cr_assert_eq(keel_net_config_set(nc), 0);
 	cr_assert_eq(keel_runtime_create(&o, &e->rt), 0);
 	lo.rt = e->rt;
-	cr_assert_eq(keel_listener_create(&lo, 2, &echo_fwd_ops, &e->srv, &e->srv.l), 0);
+	cr_assert_eq(keel_listener_create(&lo, 2, away_ops ? away_ops : &echo_fwd_ops, &e->srv,
+					  &e->srv.l),
+		     0);
 	cr_assert_eq(keel_runtime_start(e->rt, away_start, &e->srv), 0);
 	WAIT_FOR(atomic_load(&e->srv.started) == 2, "both shards to listen");
 	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -560,3 +565,110 @@ Test(net_forward, a_stop_while_frames_wait_for_room_is_no_error, .timeout = 120)
 	keel_listener_destroy(e.srv.l);
 	echo_fwd_fini();
 }
+
+/* ---- a wait for room that fails for want of memory ---- */
+
+#ifdef KEEL_FAULTS
+/* Wrapping the forwarding echo's callbacks: each receive runs with every keel_shard_malloc
+ * failing (alloc:ENOMEM) until one failed; the close's status is kept. */
+static _Atomic int oom_armed, oom_done, oom_close_status = 1;
+static _Atomic uint64_t oom_injected;
+
+static void
+oom_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	bool armed = atomic_load(&oom_armed);
+	uint64_t k;
+
+	if (armed)
+		SHARD_CHECK_EQ(keel_faults_set("alloc:ENOMEM"), 0);
+	echo_fwd_ops.on_data(c, s, n);
+	if (!armed)
+		return;
+	k = keel_faults_injected("alloc");
+	SHARD_CHECK_EQ(keel_faults_set(NULL), 0);
+	if (k) {
+		atomic_store(&oom_injected, k);
+		atomic_store(&oom_armed, 0);
+		atomic_store(&oom_done, 1); /* after the reset: the held shard reads it later */
+	}
+}
+
+static void
+oom_close(struct keel_conn *c, int status)
+{
+	atomic_store(&oom_close_status, status);
+	echo_fwd_ops.on_close(c, status);
+}
+
+/* A frame that meets the full queue to the other shard (16 entries, no overflow, that
+ * shard held) waits for room with keel_msg_wait_room(), whose record cannot be allocated
+ * (-ENOMEM): the frame cannot be sent on nor wait, so the connection is aborted with
+ * -ENOMEM (the framer's callback fails), counted once in errors, and the frame waiting is
+ * dropped at the close, as are the 16 frames in the queue when they come back. The spec is
+ * set on the connection's shard, inside its receive, while the only other shard is held in
+ * a request (keel_faults_set wants no shard reading it meanwhile), and reset before it is
+ * released; in that receive the failed wait's record is the only keel_shard_malloc. */
+Test(net_forward, a_wait_for_room_without_memory_aborts_the_connection_counted, .timeout = 120)
+{
+	static uint8_t frame[4 + 1024];
+	struct keel_conn_ops ops = echo_fwd_ops;
+	struct away_env e;
+	struct keel_net_config nc;
+	struct echo_fwd_stats st, other;
+	struct timeval tv = { .tv_sec = TEST_WAIT_MS / 1000 };
+	ssize_t r;
+	uint8_t c;
+
+	ops.on_data = oom_data;
+	ops.on_close = oom_close;
+	keel_net_config_init(&nc);
+	away_mailbox = 16;
+	away_ops = &ops;
+	away_open(&e, &nc);
+	away_mailbox = 0;
+	away_ops = NULL;
+	away_hold(&e);
+	atomic_store(&oom_armed, 1);
+	frame_1k(frame);
+	for (int i = 0; i < 32; i++)
+		cr_assert_eq(send(e.fd, frame, sizeof(frame), MSG_NOSIGNAL),
+			     (ssize_t)sizeof(frame));
+	/* The abort reaches the client: a reset (or an end), never an echo (the shard that
+	 * would send the frames back is held). */
+	setsockopt(e.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	do
+		r = recv(e.fd, &c, 1, 0);
+	while (r < 0 && errno == EINTR);
+	cr_assert(r == 0 || (r < 0 && errno == ECONNRESET),
+		  "recv: %zd (%s): the connection was not aborted", r,
+		  r < 0 ? strerror(errno) : "a byte");
+	WAIT_FOR((echo_fwd_stats(e.home, &st), st.conns_live == 0), "the connection to close");
+	WAIT_FOR(atomic_load(&oom_done), "the injected failure to be reset");
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(atomic_load(&oom_injected), 1,
+		     "%llu allocations failed in the receive, not only the wait's record",
+		     (unsigned long long)atomic_load(&oom_injected));
+	cr_assert_eq(atomic_load(&oom_close_status), -ENOMEM, "the connection closed with %d",
+		     atomic_load(&oom_close_status));
+	cr_assert_eq(st.frames_in, 17, "%llu frames in (16 fill the queue, the 17th waits)",
+		     (unsigned long long)st.frames_in);
+	cr_assert_eq(st.frames_waited, 1);
+	cr_assert_eq(st.errors, 1, "the failed wait for room counted %llu errors, not 1",
+		     (unsigned long long)st.errors);
+	atomic_store(&e.srv.release, 1);
+	/* The 16 frames in the queue come back to a closed connection: dropped too. */
+	WAIT_FOR((echo_fwd_stats(e.home, &st), st.frames_dropped == 17),
+		 "the 17 frames to be dropped (%llu)", (unsigned long long)st.frames_dropped);
+	echo_fwd_stats(1 - e.home, &other);
+	cr_assert_eq(other.frames_relayed, 16);
+	cr_assert_eq(other.errors, 0);
+	cr_assert_eq(st.frames_out, 0);
+	away_end(&e);
+}
+#else
+Test(net_forward, a_wait_for_room_without_memory_aborts_the_connection_counted)
+{
+	cr_skip_test("needs a KEEL_FAULTS build (-DKEEL_FAULTS=ON: build-asan/ in tools/test.sh)");
+}
+#endif
