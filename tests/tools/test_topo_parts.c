@@ -227,39 +227,16 @@ stub_command(const char *dir, const char *name)
 	cr_assert_eq(chmod(path, 0755), 0);
 }
 
-/* keel-topo --plan --hds --apply where the shards own every rx queue: each would be a ZCRX
- * queue, and no RSS table can keep other flows off them, so the plan's note marks it not to
- * be applied. --apply refuses (status 1) before it runs anything, the commands ahead of the
- * note included, and names the note's step. The plan is run with PATH holding only stubs
- * of ethtool and systemctl that record a call, so that no real command runs whatever
- * plan_apply does; the plan has no IRQ line, so nothing is written to /proc either. */
-Test(tools_topo, apply_refuses_an_hds_plan_whose_shards_own_every_queue)
+/* plan_apply(@steps, @n) with PATH holding only stand-ins for ethtool and systemctl that
+ * record a call, and stderr kept in @out: fails the test if any command ran (whatever
+ * plan_apply does, no real one can). Returns plan_apply's status. */
+static int
+apply_with_stubs(const struct plan_step *steps, unsigned n, char *out, size_t len)
 {
-	static struct plan_step steps[64];
-	char dir[] = "/tmp/keel-topo-apply-XXXXXX", errpath[256], ran[256], want[96];
-	char out[2048], *oldpath = getenv("PATH") ? strdup(getenv("PATH")) : NULL;
-	struct keel_topo_nic *nic;
-	struct keel_topo *t = fake_live(&nic);
-	struct tool_ctx c;
-	unsigned n, stop = 0;
-	bool ahead = false;
+	char dir[] = "/tmp/keel-topo-apply-XXXXXX", errpath[256], ran[256];
+	char *oldpath = getenv("PATH") ? strdup(getenv("PATH")) : NULL;
 	int saved, fd, r;
 	ssize_t got;
-
-	nic->hds_capable = KEEL_TOPO_ON;
-	map.hds = true; /* 1 shard on fake0's 1 rx queue: it owns them all */
-	n = plan_of(t, &c, steps, sizeof(steps) / sizeof(steps[0]));
-	for (unsigned i = 0; i < n; i++) {
-		cr_assert_neq(steps[i].kind, PLAN_WRITE, "an IRQ line in the plan: %s",
-			      steps[i].why);
-		if (steps[i].stops_apply && !stop)
-			stop = i + 1;
-		ahead |= !stop && steps[i].kind == PLAN_RUN;
-	}
-	cr_assert(stop, "no step of the %u says the plan cannot be applied", n);
-	cr_assert(strstr(steps[stop - 1].why, "needs queues the shards do not own"), "%s",
-		  steps[stop - 1].why);
-	cr_assert(ahead, "no command ahead of the note (premise: the refusal comes before them)");
 
 	cr_assert_not_null(mkdtemp(dir));
 	stub_command(dir, "ethtool");
@@ -285,7 +262,7 @@ Test(tools_topo, apply_refuses_an_hds_plan_whose_shards_own_every_queue)
 
 	fd = open(errpath, O_RDONLY | O_CLOEXEC);
 	cr_assert_geq(fd, 0);
-	got = read(fd, out, sizeof(out) - 1);
+	got = read(fd, out, len - 1);
 	close(fd);
 	out[got > 0 ? got : 0] = 0;
 	fd = open(ran, O_RDONLY | O_CLOEXEC);
@@ -298,11 +275,93 @@ Test(tools_topo, apply_refuses_an_hds_plan_whose_shards_own_every_queue)
 		cr_assert_fail("--apply ran commands of a plan it must refuse:\n%s(it said: %s)",
 			       cmds, out);
 	}
+	rm_dir(dir);
+	return r;
+}
+
+/* The first step of @steps[@n] that stops --apply (1-based), which must say @says; the
+ * plan must have a command that --apply would run (ahead of the note or after it), and no
+ * IRQ line (nothing would be written to /proc). */
+static unsigned
+first_stop(const struct plan_step *steps, unsigned n, const char *says)
+{
+	unsigned stop = 0;
+	bool any = false;
+
+	for (unsigned i = 0; i < n; i++) {
+		cr_assert_neq(steps[i].kind, PLAN_WRITE, "an IRQ line in the plan: %s",
+			      steps[i].why);
+		if (steps[i].stops_apply && !stop)
+			stop = i + 1;
+		any |= steps[i].kind == PLAN_RUN;
+	}
+	cr_assert(stop, "no step of the %u says the plan cannot be applied", n);
+	cr_assert(strstr(steps[stop - 1].why, says), "%s", steps[stop - 1].why);
+	cr_assert(any, "no command in the plan (premise: --apply would run one)");
+	return stop;
+}
+
+/* --apply refused a plan whose step @stop says it cannot be right: status 1, the step named,
+ * "nothing was run" (and apply_with_stubs saw no command run). */
+static void
+assert_refused(const struct plan_step *steps, unsigned n, unsigned stop)
+{
+	char out[2048], want[96];
+	int r = apply_with_stubs(steps, n, out, sizeof(out));
+
 	cr_assert_eq(r, 1, "--apply gave %d, not 1 (it said: %s)", r, out);
 	snprintf(want, sizeof(want), "--apply refused: step %u says the plan cannot be right",
 		 stop);
 	cr_assert(strstr(out, want) && strstr(out, "nothing was run"),
 		  "the refusal does not name step %u: '%s'", stop, out);
-	rm_dir(dir);
+}
+
+/* keel-topo --plan --hds --apply where the shards own every rx queue: each would be a ZCRX
+ * queue, and no RSS table can keep other flows off them, so the plan's note marks it not to
+ * be applied. --apply refuses (status 1) before it runs anything, the commands ahead of the
+ * note included, and names the note's step. */
+Test(tools_topo, apply_refuses_an_hds_plan_whose_shards_own_every_queue)
+{
+	static struct plan_step steps[64];
+	struct keel_topo_nic *nic;
+	struct keel_topo *t = fake_live(&nic);
+	struct tool_ctx c;
+	unsigned n;
+
+	nic->hds_capable = KEEL_TOPO_ON;
+	map.hds = true; /* 1 shard on fake0's 1 rx queue: it owns them all */
+	n = plan_of(t, &c, steps, sizeof(steps) / sizeof(steps[0]));
+	assert_refused(steps, n, first_stop(steps, n, "needs queues the shards do not own"));
+	keel_topo_destroy(t);
+}
+
+/* The same for a NIC whose driver cannot split headers from data, with queues the shards do
+ * not own (so that note alone stops it): no command can turn the split on, and running the
+ * rest (channels, RSS weights, ntuple rules) would set up ZCRX queues that can never work.
+ * It ran them, and said 0, before the fortieth session. */
+Test(tools_topo, apply_refuses_an_hds_plan_for_a_driver_that_cannot_split)
+{
+	static struct plan_step steps[64];
+	struct keel_topo_nic *nic;
+	struct keel_topo *t = fake_live(&nic);
+	struct tool_ctx c;
+	unsigned n;
+
+	nic->hds_capable = KEEL_TOPO_OFF;
+	snprintf(nic->driver, sizeof(nic->driver), "virtio_net");
+	nic->nrxq = 2;
+	nic->rxq = realloc(nic->rxq, 2 * sizeof(*nic->rxq));
+	cr_assert_not_null(nic->rxq);
+	nic->rxq[1] = nic->rxq[0];
+	nic->rxq[1].irq = 78;
+	snprintf(nic->rxq[1].irq_name, sizeof(nic->rxq[1].irq_name), "fake0-TxRx-1");
+	map.hds = true;
+	map.rx_queues = 2; /* queue 0 for the other flows, queue 1 the shard's */
+	map.shards[0].rxq = 1;
+	n = plan_of(t, &c, steps, sizeof(steps) / sizeof(steps[0]));
+	for (unsigned i = 0; i < n; i++)
+		cr_assert(!strstr(steps[i].why, "needs queues the shards do not own"),
+			  "premise: the shards own every queue (%s)", steps[i].why);
+	assert_refused(steps, n, first_stop(steps, n, "virtio_net of fake0 cannot do it"));
 	keel_topo_destroy(t);
 }

@@ -198,7 +198,9 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 			"do it (the kernel reports no tcp-data-split for it): no command can turn it "
 			"on; use a NIC whose driver supports it",
 			nic->driver[0] ? " " : "", nic->driver, ifn);
-		note(out, max, &n, why);
+		struct plan_step *ns = note(out, max, &n, why);
+		if (ns)
+			ns->stops_apply = true; /* the rest would set up ZCRX queues for nothing */
 	} else if (m->hds) {
 		cmd(out, max, &n, PLAN_RUN,
 		    "header/data split: headers to kernel memory, payload to the shard's buffers "
