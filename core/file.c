@@ -587,17 +587,18 @@ hold(struct keel_shard *s, struct keel_file_req *req)
 
 /* Request @done has left the ring: the held closes of the descriptor it named go to the head
  * of the FIFO once nothing else in the ring names it (they were made before anything waiting
- * there). Only the closes @done named are looked at again. */
+ * there). Only the closes @done named are looked at again. One that close_check now refuses
+ * goes there too, and pump completes it with that error: a close of a direct descriptor's
+ * copy, held behind a request made after the first close, finds the slot emptied by that
+ * close (-EBADF) when the request ends. Kept held, it was never called back. */
 static void
 held_release(struct keel_shard *s, const struct keel_file_req *done)
 {
 	struct keel_file_req **p = &s->files.held, *req;
 
-	/* close_check gives a held close CLOSE_GO or CLOSE_HELD: no other close of its
-	 * descriptor is held (submit refuses one, pump completes it with -EBADF). */
 	while ((req = *p)) {
 		if (!names_fd(done, req->fd_, req->sqe_flags_ & IOSQE_FIXED_FILE) ||
-		    close_check(s, req) != CLOSE_GO) {
+		    close_check(s, req) == CLOSE_HELD) {
 			p = &req->next_;
 			continue;
 		}

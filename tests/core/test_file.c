@@ -1963,6 +1963,83 @@ Test(core_file, a_second_close_of_a_held_descriptor_is_refused)
 	close(dc.pipefd[1]);
 }
 
+/* A direct descriptor closed, then a request on a copy of the keel_file made after that
+ * close (the slot is still the file's when it is made), then the copy closed: the copy's
+ * close is held behind the request. The first close empties the slot before the request
+ * ends, so when it ends the held close finds the slot empty: a second close, which must end
+ * with -EBADF, its callback run once, before keel_run returns. It stayed held for ever: its
+ * callback never ran, closes_held stayed 1, and the stop, which does not look at held
+ * closes, let keel_run return (found by the fortieth session's review). */
+static struct {
+	struct keel_file_req op, c1, rd, c2;
+	struct keel_file f, g;
+	char buf[1];
+	int open_res, c1_res, rd_res, c2_res, c2_calls, done;
+	struct keel_file_stats st;
+} ce = { .c2_res = 1 };
+
+static void
+ce_done(struct keel_file_req *req, int res, void *arg)
+{
+	(void)arg;
+	if (req == &ce.c2) {
+		ce.c2_res = res;
+		ce.c2_calls++;
+		keel_file_stats(keel_this_shard(), &ce.st);
+		return;
+	}
+	if (req == &ce.c1)
+		ce.c1_res = res;
+	else
+		ce.rd_res = res;
+	if (++ce.done == 2)
+		keel_stop(0); /* the copy's close: before keel_run returns, or never */
+}
+
+static void
+ce_open(struct keel_file_req *req, int res, void *arg)
+{
+	(void)req;
+	(void)arg;
+	ce.open_res = res;
+	if (res < 0) {
+		keel_stop(1);
+		return;
+	}
+	ce.g = ce.f;
+	SHARD_CHECK_EQ(keel_file_close(&ce.c1, &ce.f, ce_done, NULL), 0);
+	SHARD_CHECK_EQ(keel_file_read(&ce.rd, &ce.g, ce.buf, 1, 0, ce_done, NULL), 0);
+	SHARD_CHECK_EQ(keel_file_close(&ce.c2, &ce.g, ce_done, NULL), 0); /* held */
+}
+
+static void
+ce_start(void *app)
+{
+	(void)app;
+	SHARD_CHECK_EQ(io_uring_register_files_sparse(keel_shard_ring_get(), 8), 0);
+	SHARD_CHECK_EQ(keel_file_openat(&ce.op, AT_FDCWD, "/dev/zero", O_RDONLY, 0,
+					KEEL_FILE_OPEN_DIRECT_DESC, &ce.f, ce_open, NULL),
+		       0);
+}
+
+Test(core_file, a_copys_close_held_behind_a_request_after_the_first_close_ends_ebadf)
+{
+	struct keel_opts o = test_opts(1);
+
+	cr_assert_eq(keel_run(&o, ce_start, NULL), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(ce.open_res, 0, "the direct open: %d", ce.open_res);
+	cr_assert_eq(ce.c1_res, 0, "the first close: %d", ce.c1_res);
+	/* The read ran after the close (-EBADF), or before it (a byte). */
+	cr_assert(ce.rd_res == -EBADF || ce.rd_res == 1, "the copy's read: %d", ce.rd_res);
+	cr_assert_eq(ce.c2_calls, 1,
+		     "the copy's close called back %d times before keel_run "
+		     "returned (it was held for ever)",
+		     ce.c2_calls);
+	cr_assert_eq(ce.c2_res, -EBADF, "the copy's close: %d", ce.c2_res);
+	cr_assert_eq(ce.st.closes_held, 0, "closes held at its callback: %u", ce.st.closes_held);
+}
+
 /* A close in the ring frees its number before its completion is reaped (io-wq closes, and the
  * completion waits for the shard's next wait), so an open can have the number again while
  * that close is still in the ring, and a close of the new file is then a close of a new file,
