@@ -891,9 +891,10 @@ static void
 zc_done(struct zc_op *z)
 {
 	struct net_shard *ns = z->ns;
+	struct keel_conn *c = z->owner;
 
-	if (z->owner) { /* off its connection's list: the socket holds no page of it now */
-		struct zc_op **p = &z->owner->zc_out;
+	if (c) { /* off its connection's list: the socket holds no page of it now */
+		struct zc_op **p = &c->zc_out;
 
 		while (*p != z)
 			p = &(*p)->onext;
@@ -901,6 +902,10 @@ zc_done(struct zc_op *z)
 	}
 	keel_slice_put(&z->s);
 	free(z);
+	/* A graceful close that had only these pages left to wait for (linger): closed now,
+	 * with a FIN. @c holds its own reference of @ns. */
+	if (c && !c->zc_out && c->lingering && c->eof && !c->closing)
+		keel_conn_abort(c, 0);
 	keel__net_unref(ns);
 }
 
@@ -1011,11 +1016,15 @@ linger_timeout_cb(struct keel_timer *t, void *arg)
  * queue (the peer sees a cut reply and ECONNRESET). So, unless the peer has ended its side
  * already: the write side is shut (a FIN after the queue), what the peer sends is read and
  * dropped (want_recv), and the close comes with its EOF (recv_done), or after
- * close_timeout_ns from the close, or else KEEL_NET_LINGER_NS from here. */
+ * close_timeout_ns from the close, or else KEEL_NET_LINGER_NS from here. Zero-copy sends
+ * whose pages the socket still holds (zc_out: their notifications not come) are waited for
+ * too, EOF or not (zc_done closes): a close(2) would leave keel's pages pinned in a socket
+ * the kernel keeps for as long as the peer does not read (minutes), the stop waiting on
+ * them all that time; the bound ends that wait with a reset (keel_conn_abort). */
 static void
 linger(struct keel_conn *c)
 {
-	if (c->eof) {
+	if (c->eof && !c->zc_out) {
 		keel_conn_abort(c, 0);
 		return;
 	}
@@ -1027,7 +1036,9 @@ linger(struct keel_conn *c)
 	c->ns->st.close_lingers++;
 	if (!c->close_timer) {
 		if (keel_timer_create(linger_timeout_cb, c, &c->close_timer) < 0) {
-			keel_conn_abort(c, 0); /* no timer to bound it: closed now, as before */
+			/* No timer to bound it: closed now, as before (a reset that cuts the reply
+			 * while zero-copy pages are held). */
+			keel_conn_abort(c, c->zc_out ? -ENOMEM : 0);
 			return;
 		}
 		keel_timer_start(c->close_timer, KEEL_NET_LINGER_NS, 0);
@@ -1444,15 +1455,21 @@ keel_conn_abort(struct keel_conn *c, int status)
 		return;
 	c->closing = true;
 	/* Lingering, the queue has gone out as the close asked: whatever ends the wait for
-	 * the peer's EOF (its reset, a failed shutdown, a timeout, the stop) is no failure. */
-	c->status = status > 0 || c->lingering ? 0 : status;
+	 * the peer's EOF (its reset, a failed shutdown, a timeout, the stop) is no failure.
+	 * Unless zero-copy pages are still held (linger): the peer has not taken those bytes,
+	 * and the reset below drops them, so the reply is cut (a timeout's -ETIMEDOUT). */
+	if (status > 0)
+		status = 0;
+	if (c->lingering)
+		status = !c->zc_out ? 0 : status < 0 ? status : -ETIMEDOUT;
+	c->status = status;
 	/* An abort for an error that cuts the stream (bytes still queued or in a send) ends in
 	 * a reset, not a FIN: a FIN after a cut reply reads as a complete one to a peer whose
-	 * protocol ends a reply with the close. So does one whose zero-copy sends may still
-	 * hold its buffers: a plain close left the socket to the kernel with its pages pinned
-	 * for as long as the peer did not read (minutes), and the stop waited for their
-	 * notifications all that time. */
-	c->rst = c->status < 0 && c->open && (c->qn || c->send_inflight || c->zc_out);
+	 * protocol ends a reply with the close. So does any abort while zero-copy sends may
+	 * still hold its buffers, status 0 too: a plain close left the socket to the kernel
+	 * with its pages pinned for as long as the peer did not read (minutes), and the stop
+	 * waited for their notifications all that time. */
+	c->rst = c->open && (c->zc_out || (c->status < 0 && (c->qn || c->send_inflight)));
 	keel__lim_close(c->ns, &c->lim);
 	if (c->close_timer) {
 		/* Allowed inside its own callback (close_timeout_cb). */

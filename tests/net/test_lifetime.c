@@ -1617,3 +1617,278 @@ Test(net_lifetime, an_abort_after_a_zero_copy_send_that_came_back_ends_with_a_fi
 {
 	zf_case("direct_fd=off");
 }
+
+/* A graceful close whose zero-copy pages the socket still holds. The server sends 32 KiB in
+ * one zero-copy send and closes on it; the client's receive buffer is 4 KiB and it does not
+ * read, so the bytes wait behind a zero window and the notification does not come. The
+ * close lingers for the peer's EOF and for the pages: a close(2) would leave them pinned in
+ * a socket the kernel keeps for as long as the peer does not read, and the runtime's stop
+ * waited on their notification all that time (the review's run: no return in 191 s). Found
+ * by the fortieth session's review; both cases hung their stop before the fix. */
+#define ZL_LEN (32u << 10) /* the socket takes it whole: the send completes */
+static _Atomic int zl_opened, zl_closed, zl_status;
+
+static void
+zl_open(struct keel_conn *c)
+{
+	struct keel_slice s;
+
+	if (!SHARD_CHECK_EQ(keel_buf_alloc(keel_shard_alloc(), ZL_LEN, &s), 0))
+		return;
+	memset(s.data, 'l', ZL_LEN);
+	s.len = ZL_LEN;
+	SHARD_CHECK(keel_conn_send(c, &s) >= 0);
+	keel_conn_close(c);
+	atomic_store(&zl_opened, 1);
+}
+
+static void
+zl_close(struct keel_conn *c, int status)
+{
+	(void)c;
+	atomic_store(&zl_status, status);
+	atomic_store(&zl_closed, 1);
+}
+
+/* The server of zl_open with zero-copy sends from 4 KiB (and @close_ns, close_timeout_ns),
+ * and a client with a 4 KiB receive buffer connected to it (@shut: its write side shut at
+ * once): the client's descriptor. Returns once the close lingers (the queue sent, the pages
+ * held). */
+static int
+zl_start(struct srv *s, const char *feature, bool shut, uint64_t close_ns)
+{
+	static const struct keel_conn_ops ops = { .on_open = zl_open,
+						  .on_data = ab_data,
+						  .on_close = zl_close };
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct keel_net_stats st;
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	int fd, rcv = 4096;
+
+	if (!keel_caps_get()->zc_report_usage)
+		cr_skip_test("no SEND_ZC with the copy report on this kernel (6.2)");
+	atomic_store(&zl_opened, 0);
+	atomic_store(&zl_closed, 0);
+	atomic_store(&zl_status, 1);
+	keel_net_config_init(&nc);
+	nc.zc_threshold = 4096;
+	nc.close_timeout_ns = close_ns;
+	net_test_feature(&o, "send_zc=on");
+	if (feature)
+		net_test_feature(&o, feature);
+	cr_assert_eq(srv_start(s, &o, &nc, &ops), 0);
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv)), 0);
+	a.sin_port = htons(s->port);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	if (shut)
+		cr_assert_eq(shutdown(fd, SHUT_WR), 0);
+	WAIT_FOR(atomic_load(&zl_opened), "on_open's send and close");
+	WAIT_FOR((srv_net_stats(s, 0, &st), st.close_lingers == 1 || atomic_load(&zl_closed)),
+		 "the close to linger");
+	cr_assert(!atomic_load(&zl_closed),
+		  "the close did not wait for the pages the socket holds (status %d)",
+		  atomic_load(&zl_status));
+	cr_assert_eq(st.sends_zc, 1);
+	return fd;
+}
+
+/* The stop ends it with a reset, which frees the pages, so the stop returns; on_close says
+ * the reply was cut (-ESHUTDOWN, not 0). The bound catches the hang only. */
+static void
+zl_stop_case(const char *feature, bool shut)
+{
+	struct srv s;
+	struct zs_stopper st = { .s = &s };
+	pthread_t th;
+	bool stopped;
+	int fd = zl_start(&s, feature, shut, 0);
+
+	cr_assert_eq(pthread_create(&th, NULL, zs_stop, &st), 0);
+	for (int i = 0; i < 600 && !atomic_load(&st.done); i++)
+		usleep(100 * 1000);
+	stopped = atomic_load(&st.done);
+	close(fd);
+	pthread_join(th, NULL);
+	cr_assert(stopped, "the stop waited 60 s on a lingering close's zero-copy pages");
+	cr_assert_eq(st.r, 0);
+	cr_assert_eq(atomic_load(&zl_status), -ESHUTDOWN, "on_close: %d", atomic_load(&zl_status));
+}
+
+Test(net_lifetime, the_stop_resets_a_lingering_close_whose_zero_copy_pages_are_held, .timeout = 120)
+{
+	zl_stop_case(NULL, false);
+}
+
+Test(net_lifetime, the_stop_resets_a_lingering_close_whose_zero_copy_pages_are_held_plain_fds,
+     .timeout = 120)
+{
+	zl_stop_case("direct_fd=off", false);
+}
+
+/* The same after the peer's EOF, which used to close at once. */
+Test(net_lifetime, the_stop_resets_a_close_after_the_eof_whose_zero_copy_pages_are_held,
+     .timeout = 120)
+{
+	zl_stop_case(NULL, true);
+}
+
+/* The peer that ended its side reads the whole reply: the last notification closes the
+ * connection (a FIN, status 0, no reset), every byte delivered. The close's bound is 10
+ * minutes, so only the notification can close it within the wait. */
+Test(net_lifetime, a_close_after_the_eof_ends_with_a_fin_once_its_zero_copy_pages_are_back)
+{
+	static char buf[ZL_LEN];
+	struct keel_net_stats st;
+	struct srv s;
+	ssize_t r;
+	int fd = zl_start(&s, NULL, true, 600 * KEEL_MS(1000));
+
+	cr_assert_eq(cli_read_all(fd, buf, sizeof(buf)), 0);
+	for (size_t i = 0; i < sizeof(buf); i++)
+		cr_assert_eq(buf[i], 'l', "byte %zu", i);
+	r = cli_recv(fd, buf, 1);
+	cr_assert_eq(r, 0, "the reply's end: %s, not a FIN", r < 0 ? strerror(errno) : "bytes");
+	WAIT_FOR(atomic_load(&zl_closed), "on_close");
+	cr_assert_eq(atomic_load(&zl_status), 0);
+	close(fd);
+	cr_assert_eq(srv_net_stats(&s, 0, &st), 0);
+	cr_assert_eq(st.conn_resets, 0);
+	cr_assert_eq(srv_stop(&s), 0);
+}
+
+/* The close's bound (close_timeout_ns) ends the wait with a reset too, which frees the
+ * pages: on_close gets -ETIMEDOUT (the peer never took the reply), and the stop after it
+ * has nothing to wait for. */
+Test(net_lifetime, a_lingering_close_whose_zero_copy_pages_stay_held_times_out_with_a_reset)
+{
+	static const struct keel_conn_ops ops = { .on_open = zl_open,
+						  .on_data = ab_data,
+						  .on_close = zl_close };
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct keel_net_stats st;
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	char buf[4096];
+	struct srv s;
+	ssize_t r;
+	int fd, rcv = 4096;
+
+	if (!keel_caps_get()->zc_report_usage)
+		cr_skip_test("no SEND_ZC with the copy report on this kernel (6.2)");
+	atomic_store(&zl_opened, 0);
+	atomic_store(&zl_closed, 0);
+	keel_net_config_init(&nc);
+	nc.zc_threshold = 4096;
+	nc.close_timeout_ns = KEEL_MS(200);
+	net_test_feature(&o, "send_zc=on");
+	cr_assert_eq(srv_start(&s, &o, &nc, &ops), 0);
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv)), 0);
+	a.sin_port = htons(s.port);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	WAIT_FOR(atomic_load(&zl_closed), "the close's bound");
+	cr_assert_eq(atomic_load(&zl_status), -ETIMEDOUT, "on_close: %d", atomic_load(&zl_status));
+	do /* what the socket took before the reset, then the reset */
+		r = cli_recv(fd, buf, sizeof(buf));
+	while (r > 0);
+	cr_assert(r < 0 && errno == ECONNRESET, "the cut reply ended with %s",
+		  r == 0 ? "an EOF" : strerror(errno));
+	close(fd);
+	cr_assert_eq(srv_net_stats(&s, 0, &st), 0);
+	cr_assert_eq(st.close_lingers, 1);
+	cr_assert_eq(st.conn_resets, 1);
+	cr_assert_eq(srv_stop(&s), 0);
+}
+
+/* keel_conn_abort(c, 0), the application's own, once a zero-copy send went into the socket
+ * and while its pages are held: a reset too, whose status stays the application's 0. A
+ * plain close left the pages pinned, the stop hanging as above. */
+static _Atomic(struct keel_conn *) za_conn;
+
+static void
+za_open(struct keel_conn *c)
+{
+	struct keel_slice s;
+
+	if (!SHARD_CHECK_EQ(keel_buf_alloc(keel_shard_alloc(), ZL_LEN, &s), 0))
+		return;
+	memset(s.data, 'a', ZL_LEN);
+	s.len = ZL_LEN;
+	SHARD_CHECK(keel_conn_send(c, &s) >= 0);
+	atomic_store(&za_conn, c);
+	atomic_store(&zl_opened, 1);
+}
+
+/* On the shard: the abort once the send is in the socket (1), or not yet (0). */
+static void
+za_abort(struct keel_xreq *req)
+{
+	struct keel_conn *c = atomic_load(&za_conn);
+
+	if (keel_conn_queued(c)) {
+		keel_xreq_complete(req, 0);
+		return;
+	}
+	keel_conn_abort(c, 0);
+	keel_xreq_complete(req, 1);
+}
+
+Test(net_lifetime, an_abort_with_status_0_while_zero_copy_pages_are_held_resets, .timeout = 120)
+{
+	static const struct keel_conn_ops ops = { .on_open = za_open,
+						  .on_data = ab_data,
+						  .on_close = zl_close };
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct keel_net_stats ns;
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	struct srv s;
+	struct zs_stopper st = { .s = &s };
+	pthread_t th;
+	char buf[4096];
+	bool stopped;
+	ssize_t r;
+	int fd, rcv = 4096;
+
+	if (!keel_caps_get()->zc_report_usage)
+		cr_skip_test("no SEND_ZC with the copy report on this kernel (6.2)");
+	atomic_store(&zl_opened, 0);
+	atomic_store(&zl_closed, 0);
+	atomic_store(&zl_status, 1);
+	keel_net_config_init(&nc);
+	nc.zc_threshold = 4096;
+	net_test_feature(&o, "send_zc=on");
+	cr_assert_eq(srv_start(&s, &o, &nc, &ops), 0);
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv)), 0);
+	a.sin_port = htons(s.port);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	WAIT_FOR(atomic_load(&zl_opened), "on_open's send");
+	WAIT_FOR(rt_run_on(s.rt, 0, za_abort, NULL) == 1, "the send to go into the socket");
+	WAIT_FOR(atomic_load(&zl_closed), "the abort's on_close");
+	cr_assert_eq(atomic_load(&zl_status), 0);
+	cr_assert_eq(srv_net_stats(&s, 0, &ns), 0);
+	cr_assert_eq(ns.sends_zc, 1);
+	cr_assert_eq(ns.conn_resets, 1, "a plain close with the pages held");
+	cr_assert_eq(pthread_create(&th, NULL, zs_stop, &st), 0);
+	for (int i = 0; i < 600 && !atomic_load(&st.done); i++)
+		usleep(100 * 1000);
+	stopped = atomic_load(&st.done);
+	do
+		r = cli_recv(fd, buf, sizeof(buf));
+	while (r > 0);
+	close(fd);
+	pthread_join(th, NULL);
+	cr_assert(stopped, "the stop waited 60 s on an aborted connection's zero-copy pages");
+	cr_assert_eq(st.r, 0);
+	cr_assert(r < 0 && errno == ECONNRESET, "the cut reply ended with %s",
+		  r == 0 ? "an EOF" : strerror(errno));
+}
