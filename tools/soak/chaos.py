@@ -6,6 +6,7 @@
 #   - random disconnects: connections dropped mid-request or mid-reply, with FIN or RST
 #     (SO_LINGER 0), after a random part of a pipeline was sent;
 #   - slow and silent peers: connections that never read, or send half a command and wait.
+# A port of 0 leaves that server out (tools/faultsoak.sh drives one server at a time).
 # Prints one line of counts at the end; exit 1 when a checked reply was wrong.
 import random
 import socket
@@ -78,8 +79,14 @@ def echo_checked(it):
     s.close()
 
 
+def a_port():
+    if not kv_port or not echo_port:
+        return kv_port or echo_port
+    return kv_port if rnd.random() < 0.5 else echo_port
+
+
 def dropper(it):
-    port = kv_port if rnd.random() < 0.5 else echo_port
+    port = a_port()
     s = conn(port)
     if port == kv_port:
         req, _ = kv_pipeline(b"d%d" % (it % 64), rnd.randrange(1, 300))
@@ -100,7 +107,7 @@ silent = []
 
 
 def silent_peer(it):
-    port = kv_port if rnd.random() < 0.5 else echo_port
+    port = a_port()
     s = conn(port)
     if port == kv_port:
         s.sendall(b"*3\r\n$3\r\nSET\r\n$5\r\nhal")  # half a command
@@ -112,10 +119,11 @@ def silent_peer(it):
         drop(silent.pop(0))
 
 
+checked = ([kv_checked] * 2 if kv_port else []) + ([echo_checked] * 2 if echo_port else [])
 it = 0
 while time.time() < deadline:
     it += 1
-    f = rnd.choice([kv_checked, kv_checked, echo_checked, echo_checked, dropper, dropper, silent_peer])
+    f = rnd.choice(checked + [dropper, dropper, silent_peer])
     try:
         s = f(it)
     except (ConnectionError, socket.timeout, OSError) as e:
