@@ -1368,6 +1368,17 @@ zs_stop(void *arg)
 	return NULL;
 }
 
+/* The stop of @st->s on thread *@th, waited for 60 s at most (a bound that catches a hang
+ * only): whether it returned. The caller closes what the stop may wait on, then joins. */
+static bool
+zs_stop_bounded(struct zs_stopper *st, pthread_t *th)
+{
+	cr_assert_eq(pthread_create(th, NULL, zs_stop, st), 0);
+	for (int i = 0; i < 600 && !atomic_load(&st->done); i++)
+		usleep(100 * 1000);
+	return atomic_load(&st->done);
+}
+
 /* A server of @ops with zero-copy sends from 4 KiB (and @feature, @idle_ns) and a client
  * connected to it: the client's descriptor. Skips where the kernel has no SEND_ZC. */
 static int
@@ -1406,11 +1417,8 @@ zc_stop_case(const char *feature)
 	atomic_store(&zs_opened, 0);
 	fd = zc_srv_start(&s, &ops, feature, 0);
 	WAIT_FOR(atomic_load(&zs_opened), "on_open's send");
-	cr_assert_eq(pthread_create(&th, NULL, zs_stop, &st), 0);
 	/* The peer neither reads nor closes until the stop has returned (or the bound). */
-	for (int i = 0; i < 600 && !atomic_load(&st.done); i++)
-		usleep(100 * 1000);
-	stopped = atomic_load(&st.done);
+	stopped = zs_stop_bounded(&st, &th);
 	close(fd);
 	pthread_join(th, NULL);
 	cr_assert(stopped, "the stop waited 60 s on a peer that does not read");
@@ -1628,16 +1636,24 @@ Test(net_lifetime, an_abort_after_a_zero_copy_send_that_came_back_ends_with_a_fi
 #define ZL_LEN (32u << 10) /* the socket takes it whole: the send completes */
 static _Atomic int zl_opened, zl_closed, zl_status;
 
-static void
-zl_open(struct keel_conn *c)
+/* ZL_LEN bytes of 'l' from registered memory: one zero-copy send. */
+static bool
+zl_send(struct keel_conn *c)
 {
 	struct keel_slice s;
 
 	if (!SHARD_CHECK_EQ(keel_buf_alloc(keel_shard_alloc(), ZL_LEN, &s), 0))
-		return;
+		return false;
 	memset(s.data, 'l', ZL_LEN);
 	s.len = ZL_LEN;
-	SHARD_CHECK(keel_conn_send(c, &s) >= 0);
+	return SHARD_CHECK(keel_conn_send(c, &s) >= 0);
+}
+
+static void
+zl_open(struct keel_conn *c)
+{
+	if (!zl_send(c))
+		return;
 	keel_conn_close(c);
 	atomic_store(&zl_opened, 1);
 }
@@ -1650,21 +1666,13 @@ zl_close(struct keel_conn *c, int status)
 	atomic_store(&zl_closed, 1);
 }
 
-/* The server of zl_open with zero-copy sends from 4 KiB (and @close_ns, close_timeout_ns),
- * and a client with a 4 KiB receive buffer connected to it (@shut: its write side shut at
- * once): the client's descriptor. Returns once the close lingers (the queue sent, the pages
- * held). */
-static int
-zl_start(struct srv *s, const char *feature, bool shut, uint64_t close_ns)
+/* A server of @ops with zero-copy sends from 4 KiB (@feature, and @close_ns as
+ * close_timeout_ns). Skips where the kernel has no SEND_ZC. */
+static void
+zl_server(struct srv *s, const struct keel_conn_ops *ops, const char *feature, uint64_t close_ns)
 {
-	static const struct keel_conn_ops ops = { .on_open = zl_open,
-						  .on_data = ab_data,
-						  .on_close = zl_close };
 	struct keel_opts o = net_test_opts(1);
 	struct keel_net_config nc;
-	struct keel_net_stats st;
-	struct sockaddr_in a = { .sin_family = AF_INET };
-	int fd, rcv = 4096;
 
 	if (!keel_caps_get()->zc_report_usage)
 		cr_skip_test("no SEND_ZC with the copy report on this kernel (6.2)");
@@ -1677,15 +1685,41 @@ zl_start(struct srv *s, const char *feature, bool shut, uint64_t close_ns)
 	net_test_feature(&o, "send_zc=on");
 	if (feature)
 		net_test_feature(&o, feature);
-	cr_assert_eq(srv_start(s, &o, &nc, &ops), 0);
-	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_eq(srv_start(s, &o, &nc, ops), 0);
+}
+
+/* A client of @port with a 4 KiB receive buffer, which does not read (@shut: its write side
+ * shut at once): its descriptor. */
+static int
+zl_client(uint16_t port, bool shut)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), rcv = 4096;
+
 	cr_assert_geq(fd, 0);
 	cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv)), 0);
-	a.sin_port = htons(s->port);
+	a.sin_port = htons(port);
 	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
 	if (shut)
 		cr_assert_eq(shutdown(fd, SHUT_WR), 0);
+	return fd;
+}
+
+static const struct keel_conn_ops zl_ops = { .on_open = zl_open,
+					     .on_data = ab_data,
+					     .on_close = zl_close };
+
+/* zl_server of zl_open and its zl_client: the client's descriptor. Returns once the close
+ * lingers (the queue sent, the pages held). */
+static int
+zl_start(struct srv *s, const char *feature, bool shut, uint64_t close_ns)
+{
+	struct keel_net_stats st;
+	int fd;
+
+	zl_server(s, &zl_ops, feature, close_ns);
+	fd = zl_client(s->port, shut);
 	WAIT_FOR(atomic_load(&zl_opened), "on_open's send and close");
 	WAIT_FOR((srv_net_stats(s, 0, &st), st.close_lingers == 1 || atomic_load(&zl_closed)),
 		 "the close to linger");
@@ -1707,10 +1741,7 @@ zl_stop_case(const char *feature, bool shut)
 	bool stopped;
 	int fd = zl_start(&s, feature, shut, 0);
 
-	cr_assert_eq(pthread_create(&th, NULL, zs_stop, &st), 0);
-	for (int i = 0; i < 600 && !atomic_load(&st.done); i++)
-		usleep(100 * 1000);
-	stopped = atomic_load(&st.done);
+	stopped = zs_stop_bounded(&st, &th);
 	close(fd);
 	pthread_join(th, NULL);
 	cr_assert(stopped, "the stop waited 60 s on a lingering close's zero-copy pages");
@@ -1765,33 +1796,14 @@ Test(net_lifetime, a_close_after_the_eof_ends_with_a_fin_once_its_zero_copy_page
  * has nothing to wait for. */
 Test(net_lifetime, a_lingering_close_whose_zero_copy_pages_stay_held_times_out_with_a_reset)
 {
-	static const struct keel_conn_ops ops = { .on_open = zl_open,
-						  .on_data = ab_data,
-						  .on_close = zl_close };
-	struct keel_opts o = net_test_opts(1);
-	struct keel_net_config nc;
 	struct keel_net_stats st;
-	struct sockaddr_in a = { .sin_family = AF_INET };
 	char buf[4096];
 	struct srv s;
 	ssize_t r;
-	int fd, rcv = 4096;
+	int fd;
 
-	if (!keel_caps_get()->zc_report_usage)
-		cr_skip_test("no SEND_ZC with the copy report on this kernel (6.2)");
-	atomic_store(&zl_opened, 0);
-	atomic_store(&zl_closed, 0);
-	keel_net_config_init(&nc);
-	nc.zc_threshold = 4096;
-	nc.close_timeout_ns = KEEL_MS(200);
-	net_test_feature(&o, "send_zc=on");
-	cr_assert_eq(srv_start(&s, &o, &nc, &ops), 0);
-	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	cr_assert_geq(fd, 0);
-	cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv)), 0);
-	a.sin_port = htons(s.port);
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	zl_server(&s, &zl_ops, NULL, KEEL_MS(200));
+	fd = zl_client(s.port, false);
 	WAIT_FOR(atomic_load(&zl_closed), "the close's bound");
 	cr_assert_eq(atomic_load(&zl_status), -ETIMEDOUT, "on_close: %d", atomic_load(&zl_status));
 	do /* what the socket took before the reset, then the reset */
@@ -1814,13 +1826,8 @@ static _Atomic(struct keel_conn *) za_conn;
 static void
 za_open(struct keel_conn *c)
 {
-	struct keel_slice s;
-
-	if (!SHARD_CHECK_EQ(keel_buf_alloc(keel_shard_alloc(), ZL_LEN, &s), 0))
+	if (!zl_send(c))
 		return;
-	memset(s.data, 'a', ZL_LEN);
-	s.len = ZL_LEN;
-	SHARD_CHECK(keel_conn_send(c, &s) >= 0);
 	atomic_store(&za_conn, c);
 	atomic_store(&zl_opened, 1);
 }
@@ -1844,33 +1851,17 @@ Test(net_lifetime, an_abort_with_status_0_while_zero_copy_pages_are_held_resets,
 	static const struct keel_conn_ops ops = { .on_open = za_open,
 						  .on_data = ab_data,
 						  .on_close = zl_close };
-	struct keel_opts o = net_test_opts(1);
-	struct keel_net_config nc;
 	struct keel_net_stats ns;
-	struct sockaddr_in a = { .sin_family = AF_INET };
 	struct srv s;
 	struct zs_stopper st = { .s = &s };
 	pthread_t th;
 	char buf[4096];
 	bool stopped;
 	ssize_t r;
-	int fd, rcv = 4096;
+	int fd;
 
-	if (!keel_caps_get()->zc_report_usage)
-		cr_skip_test("no SEND_ZC with the copy report on this kernel (6.2)");
-	atomic_store(&zl_opened, 0);
-	atomic_store(&zl_closed, 0);
-	atomic_store(&zl_status, 1);
-	keel_net_config_init(&nc);
-	nc.zc_threshold = 4096;
-	net_test_feature(&o, "send_zc=on");
-	cr_assert_eq(srv_start(&s, &o, &nc, &ops), 0);
-	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	cr_assert_geq(fd, 0);
-	cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv)), 0);
-	a.sin_port = htons(s.port);
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	zl_server(&s, &ops, NULL, 0);
+	fd = zl_client(s.port, false);
 	WAIT_FOR(atomic_load(&zl_opened), "on_open's send");
 	WAIT_FOR(rt_run_on(s.rt, 0, za_abort, NULL) == 1, "the send to go into the socket");
 	WAIT_FOR(atomic_load(&zl_closed), "the abort's on_close");
@@ -1878,10 +1869,7 @@ Test(net_lifetime, an_abort_with_status_0_while_zero_copy_pages_are_held_resets,
 	cr_assert_eq(srv_net_stats(&s, 0, &ns), 0);
 	cr_assert_eq(ns.sends_zc, 1);
 	cr_assert_eq(ns.conn_resets, 1, "a plain close with the pages held");
-	cr_assert_eq(pthread_create(&th, NULL, zs_stop, &st), 0);
-	for (int i = 0; i < 600 && !atomic_load(&st.done); i++)
-		usleep(100 * 1000);
-	stopped = atomic_load(&st.done);
+	stopped = zs_stop_bounded(&st, &th);
 	do
 		r = cli_recv(fd, buf, sizeof(buf));
 	while (r > 0);
