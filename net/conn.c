@@ -1007,8 +1007,10 @@ shut_send(struct keel_conn *c)
 static void
 linger_timeout_cb(struct keel_timer *t, void *arg)
 {
+	struct keel_conn *c = arg;
+
 	(void)t;
-	keel_conn_abort(arg, 0);
+	keel_conn_abort(c, c->zc_out ? -ETIMEDOUT : 0); /* pages held: the reply is cut */
 }
 
 /* A graceful close sent the queue. A close(2) now, with bytes from the peer unread or
@@ -1389,8 +1391,9 @@ close_timeout_cb(struct keel_timer *t, void *arg)
 	struct keel_conn *c = arg;
 
 	(void)t;
-	/* While it lingers the queue has gone out: only the peer's EOF was still awaited. */
-	keel_conn_abort(c, c->lingering ? 0 : -ETIMEDOUT);
+	/* While it lingers the queue has gone out: only the peer's EOF was still awaited,
+	 * unless zero-copy pages are held (the reset drops them: the reply is cut). */
+	keel_conn_abort(c, c->lingering && !c->zc_out ? 0 : -ETIMEDOUT);
 }
 
 void
@@ -1457,12 +1460,9 @@ keel_conn_abort(struct keel_conn *c, int status)
 	/* Lingering, the queue has gone out as the close asked: whatever ends the wait for
 	 * the peer's EOF (its reset, a failed shutdown, a timeout, the stop) is no failure.
 	 * Unless zero-copy pages are still held (linger): the peer has not taken those bytes,
-	 * and the reset below drops them, so the reply is cut (a timeout's -ETIMEDOUT). */
-	if (status > 0)
-		status = 0;
-	if (c->lingering)
-		status = !c->zc_out ? 0 : status < 0 ? status : -ETIMEDOUT;
-	c->status = status;
+	 * and the reset below drops them, so the status stays the abort's (the timers give
+	 * -ETIMEDOUT then; an application's own 0 stays 0). */
+	c->status = status > 0 || (c->lingering && !c->zc_out) ? 0 : status;
 	/* An abort for an error that cuts the stream (bytes still queued or in a send) ends in
 	 * a reset, not a FIN: a FIN after a cut reply reads as a complete one to a peer whose
 	 * protocol ends a reply with the close. So does any abort while zero-copy sends may

@@ -1635,6 +1635,7 @@ Test(net_lifetime, an_abort_after_a_zero_copy_send_that_came_back_ends_with_a_fi
  * by the fortieth session's review; both cases hung their stop before the fix. */
 #define ZL_LEN (32u << 10) /* the socket takes it whole: the send completes */
 static _Atomic int zl_opened, zl_closed, zl_status;
+static _Atomic(struct keel_conn *) zl_conn;
 
 /* ZL_LEN bytes of 'l' from registered memory: one zero-copy send. */
 static bool
@@ -1655,6 +1656,7 @@ zl_open(struct keel_conn *c)
 	if (!zl_send(c))
 		return;
 	keel_conn_close(c);
+	atomic_store(&zl_conn, c);
 	atomic_store(&zl_opened, 1);
 }
 
@@ -1802,7 +1804,7 @@ Test(net_lifetime, a_lingering_close_whose_zero_copy_pages_stay_held_times_out_w
 	ssize_t r;
 	int fd;
 
-	zl_server(&s, &zl_ops, NULL, KEEL_MS(200));
+	zl_server(&s, &zl_ops, NULL, KEEL_MS(2000)); /* after the send, even under ASan */
 	fd = zl_client(s.port, false);
 	WAIT_FOR(atomic_load(&zl_closed), "the close's bound");
 	cr_assert_eq(atomic_load(&zl_status), -ETIMEDOUT, "on_close: %d", atomic_load(&zl_status));
@@ -1879,4 +1881,28 @@ Test(net_lifetime, an_abort_with_status_0_while_zero_copy_pages_are_held_resets,
 	cr_assert_eq(st.r, 0);
 	cr_assert(r < 0 && errno == ECONNRESET, "the cut reply ended with %s",
 		  r == 0 ? "an EOF" : strerror(errno));
+}
+
+/* The application's own keel_conn_abort(c, 0) on a close that lingers with pages held: a
+ * reset (which frees them), and the status stays its 0 (the timers' -ETIMEDOUT is theirs). */
+static void
+zl_abort0(struct keel_xreq *req)
+{
+	keel_conn_abort(atomic_load(&zl_conn), 0);
+	keel_xreq_complete(req, 0);
+}
+
+Test(net_lifetime, an_abort_with_status_0_of_a_lingering_close_with_zero_copy_pages_resets)
+{
+	struct keel_net_stats st;
+	struct srv s;
+	int fd = zl_start(&s, NULL, false, 0);
+
+	cr_assert_eq(rt_run_on(s.rt, 0, zl_abort0, NULL), 0);
+	WAIT_FOR(atomic_load(&zl_closed), "the abort's on_close");
+	cr_assert_eq(atomic_load(&zl_status), 0, "on_close: %d", atomic_load(&zl_status));
+	cr_assert_eq(srv_net_stats(&s, 0, &st), 0);
+	cr_assert_eq(st.conn_resets, 1, "a plain close with the pages held");
+	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
 }

@@ -71,7 +71,9 @@ struct keel_net_config {
 	uint64_t accept_backoff_ns; /* pause after EMFILE/ENFILE before accepting again
 				       (KEEL_MS(100)) */
 	uint64_t close_timeout_ns;  /* keel_conn_close() gives up on a peer that does not read
-				       after this long: on_close(-ETIMEDOUT) (0: wait, default) */
+				       after this long: on_close(-ETIMEDOUT); 0 once the queue
+				       went out and no zero-copy page is held (0: wait,
+				       default) */
 	bool nodelay;               /* TCP_NODELAY on listeners (accepted sockets inherit it)
 				       and on connecting sockets (default true) */
 	uint32_t udp_buf_count;     /* UDP receive buffers per shard, a power of two: the most
@@ -460,8 +462,8 @@ KEEL_API int keel_conn_writev(struct keel_conn *c, const struct iovec *iov, unsi
  */
 KEEL_API int keel_conn_shutdown(struct keel_conn *c);
 
-/** Longest a graceful close waits for the peer's EOF once its queue is sent, without
- * keel_net_config.close_timeout_ns (keel_conn_close). */
+/** Longest a graceful close waits for the peer's EOF (and for its zero-copy pages) once its
+ * queue is sent, without keel_net_config.close_timeout_ns (keel_conn_close). */
 #define KEEL_NET_LINGER_NS (5ull * 1000000000ull)
 
 /**
@@ -471,14 +473,18 @@ KEEL_API int keel_conn_shutdown(struct keel_conn *c);
  * then shuts the write side (a FIN after the queue) and reads on, dropping what comes,
  * until the peer's EOF (or KEEL_NET_LINGER_NS, or close_timeout_ns from this call): a
  * close(2) with bytes from the peer unread makes the kernel reset the connection and drop
- * what it still holds of the queue. Counted in keel_net_stats.close_lingers.
+ * what it still holds of the queue. Counted in keel_net_stats.close_lingers. It also waits,
+ * EOF or not, for zero-copy sends whose pages the socket still holds (their notifications):
+ * a close(2) would leave them pinned while the peer does not read. If the bound or the stop
+ * ends that wait first, the connection is reset and on_close gets -ETIMEDOUT or
+ * -ESHUTDOWN: the peer did not take the whole reply.
  * On a connection still connecting (keel_conn_connect) that waits for the connect: no
  * on_open then, and a connect that fails ends in on_close with its error; close_timeout_ns
  * counts from this call, so it bounds the connect too. keel_conn_abort() cancels the
  * connect instead.
  * With keel_net_config.close_timeout_ns set, a queue still not sent after that long is
  * dropped and on_close(c, -ETIMEDOUT) follows instead (a queue sent, the peer's EOF still
- * awaited: on_close(c, 0)).
+ * awaited: on_close(c, 0); zero-copy pages still held: -ETIMEDOUT, a reset).
  * Context: the connection's shard. Closing twice is harmless; @c stays valid until
  * on_close returns (calls on it then fail with -EPIPE or do nothing).
  */
@@ -488,12 +494,12 @@ KEEL_API void keel_conn_close(struct keel_conn *c);
  * Close now: queued bytes are dropped, operations are cancelled; on_close(c, @status)
  * follows (status <= 0), from the loop once nothing is in flight, never before this
  * returns. With @status < 0, on an open connection with bytes still queued or in a send
- * (the stream is cut), or with a zero-copy send whose notification has not come (the
- * socket still holds its pages), the connection is reset
- * (SO_LINGER 0: the peer gets ECONNRESET, not an EOF that would read as the end of a whole
- * reply, and the kernel drops what it holds); otherwise, and with @status 0, it ends with
- * a FIN after what the kernel holds. The runtime's stop aborts with -ESHUTDOWN, and
- * send_max, the timeouts and close_timeout_ns with their errors, alike.
+ * (the stream is cut), and with any @status while a zero-copy send's notification has not
+ * come (the socket still holds its pages, which a plain close would leave pinned for as
+ * long as the peer does not read), the connection is reset (SO_LINGER 0: the peer gets
+ * ECONNRESET, not an EOF that would read as the end of a whole reply, and the kernel drops
+ * what it holds); otherwise it ends with a FIN after what the kernel holds. The runtime's stop
+ * aborts with -ESHUTDOWN, and send_max, the timeouts and close_timeout_ns with their errors, alike.
  * Context: the connection's shard; @c stays valid until on_close returns.
  */
 KEEL_API void keel_conn_abort(struct keel_conn *c, int status);
