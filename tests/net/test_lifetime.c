@@ -1379,24 +1379,34 @@ zs_stop_bounded(struct zs_stopper *st, pthread_t *th)
 	return atomic_load(&st->done);
 }
 
-/* A server of @ops with zero-copy sends from 4 KiB (and @feature, @idle_ns) and a client
- * connected to it: the client's descriptor. Skips where the kernel has no SEND_ZC. */
-static int
-zc_srv_start(struct srv *s, const struct keel_conn_ops *ops, const char *feature, uint64_t idle_ns)
+/* A server of @ops with zero-copy sends from 4 KiB (@feature, and @idle_ns and @close_ns as
+ * idle_timeout_ns and close_timeout_ns). Skips where the kernel has no SEND_ZC. */
+static void
+zc_server(struct srv *s, const struct keel_conn_ops *ops, const char *feature, uint64_t idle_ns,
+	  uint64_t close_ns)
 {
 	struct keel_opts o = net_test_opts(1);
 	struct keel_net_config nc;
-	int fd;
 
 	if (!keel_caps_get()->zc_report_usage)
 		cr_skip_test("no SEND_ZC with the copy report on this kernel (6.2)");
 	keel_net_config_init(&nc);
 	nc.zc_threshold = 4096;
 	nc.idle_timeout_ns = idle_ns;
+	nc.close_timeout_ns = close_ns;
 	net_test_feature(&o, "send_zc=on");
 	if (feature)
 		net_test_feature(&o, feature);
 	cr_assert_eq(srv_start(s, &o, &nc, ops), 0);
+}
+
+/* zc_server with @idle_ns and a client connected to it: the client's descriptor. */
+static int
+zc_srv_start(struct srv *s, const struct keel_conn_ops *ops, const char *feature, uint64_t idle_ns)
+{
+	int fd;
+
+	zc_server(s, ops, feature, idle_ns, 0);
 	fd = cli_connect(s->port);
 	cr_assert_geq(fd, 0);
 	return fd;
@@ -1673,21 +1683,10 @@ zl_close(struct keel_conn *c, int status)
 static void
 zl_server(struct srv *s, const struct keel_conn_ops *ops, const char *feature, uint64_t close_ns)
 {
-	struct keel_opts o = net_test_opts(1);
-	struct keel_net_config nc;
-
-	if (!keel_caps_get()->zc_report_usage)
-		cr_skip_test("no SEND_ZC with the copy report on this kernel (6.2)");
 	atomic_store(&zl_opened, 0);
 	atomic_store(&zl_closed, 0);
 	atomic_store(&zl_status, 1);
-	keel_net_config_init(&nc);
-	nc.zc_threshold = 4096;
-	nc.close_timeout_ns = close_ns;
-	net_test_feature(&o, "send_zc=on");
-	if (feature)
-		net_test_feature(&o, feature);
-	cr_assert_eq(srv_start(s, &o, &nc, ops), 0);
+	zc_server(s, ops, feature, 0, close_ns);
 }
 
 /* A client of @port with a 4 KiB receive buffer, which does not read (@shut: its write side
