@@ -36,7 +36,7 @@
 
 struct keel_conn {
 	struct net_shard *ns;
-	struct keel_framer *hframer;       /* its framer while it holds a partial frame */
+	struct keel_framer *hframer;       /* its framers holding a partial frame (a list) */
 	const struct keel_net_config *cfg; /* the listener's, or the shard's */
 	const struct keel_conn_ops *ops;
 	void *app, *user;
@@ -1504,8 +1504,8 @@ conn_free(struct keel_conn *c, bool notify)
 		z->owner = NULL;
 	if (c->close_timer)
 		keel_timer_destroy(c->close_timer);
-	if (c->hframer) /* a framer the app keeps past on_close must not abort @c later */
-		keel__framer_conn_gone(c->hframer);
+	if (c->hframer) /* framers the app keeps past on_close must not abort @c later */
+		keel__framers_conn_gone(c->hframer);
 	if (notify && c->ops->on_close)
 		c->ops->on_close(c, c->status);
 	if (c->prev)

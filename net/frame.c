@@ -45,9 +45,11 @@ struct keel_framer {
 	struct net_shard *hns;
 	struct keel_framer *hnext, **hprev;
 	/* The connection whose partial frame it holds, while listed (NULL once that
-	 * connection is gone, or when another framer of it listed itself since): a reclaim
-	 * that fails aborts it at once. */
+	 * connection is gone): a reclaim that fails aborts it at once. On that connection's
+	 * list of framers holding a partial frame of it (cnext, cprev), which is a list since
+	 * an application may push one connection's data through several framers. */
 	struct keel_conn *hconn;
+	struct keel_framer *cnext, **cprev;
 	/* A reclaim failed the framer (no memory for the copy) with no connection known:
 	 * keel_framer_on_data aborts the connection at its next push. */
 	bool abort_due;
@@ -117,26 +119,36 @@ holding_remove(struct keel_framer *f)
 	if (f->hnext)
 		f->hnext->hprev = f->hprev;
 	f->hns = NULL;
-	if (f->hconn && *keel__conn_framer_slot(f->hconn) == f)
-		*keel__conn_framer_slot(f->hconn) = NULL;
+	if (f->hconn) {
+		*f->cprev = f->cnext;
+		if (f->cnext)
+			f->cnext->cprev = f->cprev;
+	}
 	f->hconn = NULL;
 }
 
 void
-keel__framer_conn_gone(struct keel_framer *f)
+keel__framers_conn_gone(struct keel_framer *f)
 {
-	f->hconn = NULL;
+	for (struct keel_framer *next; f; f = next) {
+		next = f->cnext;
+		f->hconn = NULL;
+		f->cnext = NULL;
+		f->cprev = NULL;
+	}
 }
 
 static void
 holding_add(struct keel_framer *f, struct net_shard *ns, struct keel_conn *c)
 {
-	struct keel_framer **slot = keel__conn_framer_slot(c);
+	struct keel_framer **list = keel__conn_framer_slot(c);
 
-	if (*slot && *slot != f)
-		(*slot)->hconn = NULL; /* one per connection: the other falls back to abort_due */
-	*slot = f;
 	f->hconn = c;
+	f->cnext = *list;
+	if (f->cnext)
+		f->cnext->cprev = &f->cnext;
+	f->cprev = list;
+	*list = f;
 	f->hns = ns;
 	f->hnext = ns->holding;
 	if (f->hnext)

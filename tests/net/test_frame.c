@@ -1200,6 +1200,170 @@ Test(net_frame, a_frame_the_copy_has_no_memory_for_aborts_its_connection)
 	free(out);
 }
 
+/* ---- two framers on one connection: a failed reclaim of either aborts it ---- */
+
+/* An application may push one connection's data through several framers (a protocol that
+ * switches framing). Framer A holds the start of a long frame, then framer B the start of
+ * a short one; the shard's memory is then all taken but one 64 KiB block, and a second
+ * connection (Y), whose slices the application keeps, runs the receive buffers out. The
+ * reclaim copies B's few bytes and has no room for A's 100 KiB: A's frame fails, and the
+ * connection must be aborted then, since its peer, which sent all it will, waits. Before,
+ * the connection knew only the framer that listed itself last (B), so A's failure only
+ * marked A for an abort at its next push, which never came. */
+#define TF_A_BYTES (100u << 10)
+#define TF_EXHAUST 256u
+#define TF_HOLD    512u
+
+static struct {
+	struct keel_framer *a, *b;
+	struct keel_conn *x;
+	_Atomic int route, opened, x_closed, x_status, y_closed;
+	_Atomic long held_a, held_b, y_bytes;
+	struct keel_slice spent[TF_EXHAUST], y_held[TF_HOLD];
+	unsigned nspent, ny;
+	_Atomic int exhausted; /* 1: done, leaving one 64 KiB block; -1: nothing could be had */
+} tf;
+
+static int
+tf_frame(void *arg, struct keel_frame *fr)
+{
+	(void)arg;
+	for (unsigned i = 0; i < fr->n; i++)
+		if (fr->s[i].buf)
+			keel_slice_put(&fr->s[i]);
+	return 0;
+}
+
+/* Take the shard's memory, large blocks first, and give one 64 KiB block back. */
+static void
+tf_exhaust(void)
+{
+	static const size_t sizes[] = { 1u << 20, 64u << 10 };
+	struct keel_alloc *a = keel_shard_alloc();
+
+	for (unsigned k = 0; k < 2; k++)
+		while (tf.nspent < TF_EXHAUST &&
+		       keel_buf_alloc(a, sizes[k], &tf.spent[tf.nspent]) == 0)
+			tf.nspent++;
+	if (tf.nspent < 2 || tf.spent[tf.nspent - 1].len != 64u << 10) {
+		atomic_store(&tf.exhausted, -1);
+		return;
+	}
+	keel_slice_put(&tf.spent[--tf.nspent]);
+	atomic_store(&tf.exhausted, 1);
+}
+
+static void
+tf_open(struct keel_conn *c)
+{
+	struct keel_framer_opts o = { .kind = KEEL_FRAME_LEN32, .on_frame = tf_frame };
+
+	if (atomic_fetch_add(&tf.opened, 1) == 0) {
+		tf.x = c;
+		if (keel_framer_create(&o, &tf.a) < 0 || keel_framer_create(&o, &tf.b) < 0)
+			keel_conn_abort(c, -ENOMEM);
+	}
+}
+
+static void
+tf_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	if (c == tf.x) {
+		int route = atomic_load(&tf.route);
+
+		if (route == 1 && !atomic_load(&tf.exhausted))
+			tf_exhaust();
+		keel_framer_on_data(route ? tf.b : tf.a, c, s, n);
+		atomic_store(&tf.held_a, (long)keel_framer_buffered(tf.a));
+		atomic_store(&tf.held_b, (long)keel_framer_buffered(tf.b));
+		return;
+	}
+	for (unsigned i = 0; i < n; i++) { /* Y: kept until X closes: the buffers run out */
+		atomic_fetch_add(&tf.y_bytes, (long)s[i].len);
+		if (tf.ny < TF_HOLD && !atomic_load(&tf.x_closed))
+			tf.y_held[tf.ny++] = s[i];
+		else
+			keel_slice_put(&s[i]);
+	}
+}
+
+static void
+tf_close(struct keel_conn *c, int status)
+{
+	if (c == tf.x) {
+		while (tf.nspent)
+			keel_slice_put(&tf.spent[--tf.nspent]);
+		keel_framer_destroy(tf.a);
+		keel_framer_destroy(tf.b);
+		atomic_store(&tf.x_status, status);
+		atomic_store(&tf.x_closed, 1);
+	}
+	while (tf.ny) /* Y's go back once X is gone (or Y), so that Y can read on */
+		keel_slice_put(&tf.y_held[--tf.ny]);
+	if (c != tf.x)
+		atomic_store(&tf.y_closed, 1);
+}
+
+static const struct keel_conn_ops tf_ops = { .on_open = tf_open,
+					     .on_data = tf_data,
+					     .on_close = tf_close };
+
+Test(net_frame, a_failed_reclaim_of_either_framer_of_a_connection_aborts_it)
+{
+	struct keel_net_config nc;
+	struct keel_opts o = net_test_opts(1);
+	struct keel_listen_opts lo = { .addr = "127.0.0.1" };
+	struct e2e e;
+	uint8_t *a_bytes = calloc(1, 4 + TF_A_BYTES), b_bytes[4 + 10] = { 0 };
+	uint8_t *y_bytes = calloc(1, 512u << 10);
+	int x, y;
+
+	cr_assert(a_bytes && y_bytes);
+	memset(&tf, 0, sizeof(tf));
+	keel_net_config_init(&nc);
+	nc.buf_count = 16;
+	nc.bulk_buf_size = 0;
+	cr_assert_eq(keel_net_config_set(&nc), 0);
+	o.memory = 8ull << 20;
+	memset(&e, 0, sizeof(e));
+	cr_assert_eq(keel_runtime_create(&o, &e.rt), 0);
+	cr_assert_eq(keel_listener_create(&lo, 1, &tf_ops, &e, &e.l), 0);
+	e.port = keel_listener_port(e.l);
+	cr_assert_eq(keel_runtime_start(e.rt, e2e_start_shard, &e), 0);
+	x = cli_connect(e.port);
+	cr_assert_geq(x, 0);
+	WAIT_FOR(atomic_load(&tf.opened) == 1, "X's on_open");
+	y = cli_connect(e.port);
+	cr_assert_geq(y, 0);
+	WAIT_FOR(atomic_load(&tf.opened) == 2, "Y's on_open");
+	/* A: the start of a 1 MiB frame, 100 KiB of it. */
+	hdr32(a_bytes, 1u << 20);
+	cr_assert_eq(cli_write_all(x, a_bytes, 4 + TF_A_BYTES), 0);
+	WAIT_FOR(atomic_load(&tf.held_a) == 4 + TF_A_BYTES, "framer A holding %u bytes (%ld)",
+		 4 + TF_A_BYTES, atomic_load(&tf.held_a));
+	/* B: the start of a 1,000-byte frame, after which the memory is taken. */
+	atomic_store(&tf.route, 1);
+	hdr32(b_bytes, 1000);
+	cr_assert_eq(cli_write_all(x, b_bytes, sizeof(b_bytes)), 0);
+	WAIT_FOR(atomic_load(&tf.held_b) == (long)sizeof(b_bytes), "framer B holding %zu bytes",
+		 sizeof(b_bytes));
+	cr_assert_eq(atomic_load(&tf.exhausted), 1, "the shard's memory could not be taken");
+	cr_assert_eq(atomic_load(&tf.x_closed), 0);
+	/* Y runs the receive buffers out; X's peer sends nothing more. */
+	cr_assert_eq(cli_write_all(y, y_bytes, 512u << 10), 0);
+	WAIT_FOR(
+		atomic_load(&tf.x_closed),
+		"X was not aborted when its framer A's reclaim failed (A held %ld at its last push, B %ld)",
+		atomic_load(&tf.held_a), atomic_load(&tf.held_b));
+	cr_assert_eq(atomic_load(&tf.x_status), -ENOMEM);
+	close(x);
+	close(y);
+	WAIT_FOR(atomic_load(&tf.y_closed), "Y's on_close");
+	e2e_stop(&e);
+	free(a_bytes);
+	free(y_bytes);
+}
+
 /* ---- a callback that closes the connection sees no later frame of it ---- */
 
 static _Atomic int quit_closed, quit_after; /* closed; frames delivered after the close */
