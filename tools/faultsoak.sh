@@ -583,8 +583,9 @@ while [ "$(date +%s)" -lt "$end" ]; do
 		stop $srvpid "$dir"
 		srvpid=
 		echo "exit status: $st" >>"$dir/checks.txt"
-		# keel-kv stops with 1 when a shard's file was lost (a failed write or sync) and not
-		# yet rebuilt, or its stop's writes failed: "appendonly-N.aof at stop" says so.
+		# keel-kv stops with 1 when a shard's file failed (a write) or its stop's writes,
+		# syncs or rebuild (of a file a failed sync lost) failed: "appendonly-N.aof at
+		# stop" says so.
 		aofstop=
 		if [ $st -eq 1 ] && [ -n "$disk" ] && grep -q "aof at stop: " "$dir/server.log" &&
 			grep -q "could not be written and synced at the stop" "$dir/server.log"; then

@@ -1171,6 +1171,26 @@ replay_file(struct kv_db *db, unsigned self, const struct loaded *l, struct resp
 	return r;
 }
 
+/* Write @db's table to @fd, synchronously, a piece at a time (its copy in memory stays one
+ * piece), adding the bytes written to *@off. The start's new file and the stop's rebuild. */
+static int
+table_write(struct kv_db *db, int fd, uint64_t *off)
+{
+	struct rbuf snap = { 0 };
+	struct kv_snap it;
+	int r = 0;
+
+	kv_db_snap_begin(db, &it);
+	while (r == 0 && !it.done) {
+		snap.len = 0;
+		kv_db_snap_step(db, &it, &snap, rw_copy_max);
+		r = snap.oom ? -ENOMEM : write_all(fd, snap.p, snap.len);
+		*off += r == 0 ? snap.len : 0;
+	}
+	rb_free(&snap);
+	return r;
+}
+
 int
 kv_aof_shard_start(struct kv_db *db)
 {
@@ -1178,8 +1198,6 @@ kv_aof_shard_start(struct kv_db *db)
 	struct aof *a = &aofs[self];
 	struct resp_arg *argv = NULL;
 	unsigned cap = 0;
-	struct rbuf snap = { 0 };
-	struct kv_snap it;
 	char path[4096];
 	int r = 0;
 
@@ -1219,17 +1237,9 @@ kv_aof_shard_start(struct kv_db *db)
 	atomic_store(&new_made, true);
 	a->fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	a->chk_fd = a->fd < 0 ? -1 : open(path, O_RDONLY | O_CLOEXEC);
-	r = a->chk_fd < 0 ? -errno : 0;
-	kv_db_snap_begin(db, &it);
-	while (r == 0 && !it.done) {
-		snap.len = 0;
-		kv_db_snap_step(db, &it, &snap, rw_copy_max);
-		r = snap.oom ? -ENOMEM : write_all(a->fd, snap.p, snap.len);
-		a->off += snap.len;
-	}
+	r = a->chk_fd < 0 ? -errno : table_write(db, a->fd, &a->off);
 	if (r == 0 && fdatasync(a->fd) < 0)
 		r = -errno;
-	rb_free(&snap);
 	if (r < 0) {
 		size_t old = 0;
 
@@ -2507,6 +2517,58 @@ stop_fresh_file(struct aof *a, bool *renamed)
 	return 0;
 }
 
+/* The stop with a file a failed sync lost (sync_lost) and no rebuild in place: the table,
+ * which holds every write the file was to hold, is written whole to a new file now,
+ * synchronously, as the start writes it, synced, renamed over the file's name and the
+ * directory synced. Returns 0 or -errno; *@renamed once the new file has the name (and is
+ * a->fd): only the directory's sync may have failed then. */
+static int
+stop_rebuild(struct aof *a, bool *renamed)
+{
+	char tmp[4096], path[4096];
+	uint64_t len = 0;
+	int fd, r;
+
+	path_of(tmp, sizeof(tmp), a->id, ".stop");
+	path_of(path, sizeof(path), a->id, "");
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	r = kv_test_fault("stop-rebuild") ? -EIO : table_write(a->db, fd, &len);
+	if (r == 0 && stop_datasync(fd) < 0)
+		r = -errno;
+	if (r == 0 && rename(tmp, path) < 0)
+		r = -errno;
+	if (r < 0) {
+		close(fd);
+		unlink(tmp);
+		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: rebuilding appendonly-%u.aof at stop: %s",
+			 a->id, a->id, strerror(-r));
+		return r;
+	}
+	/* An old write still in flight lands in the old file, which has no name now; the
+	 * stale descriptor is closed at the end (kv_aof_fini), after the ring's. */
+	if (a->stale_fd < 0)
+		a->stale_fd = a->fd;
+	else
+		close(a->fd);
+	close(a->chk_fd);
+	a->chk_fd = -1;
+	a->fd = fd;
+	a->off = len;
+	*renamed = true;
+	if (fsync(a->dir_fd) < 0) {
+		r = -errno;
+		keel_log(KEEL_LOG_ERROR, "kv",
+			 "shard %u: appendonly-%u.aof rebuilt at stop, but syncing --dir %s: %s",
+			 a->id, a->id, kv_cfg.dir, strerror(-r));
+		return r;
+	}
+	keel_log(KEEL_LOG_INFO, "kv", "shard %u: appendonly-%u.aof rebuilt at stop (%llu bytes)",
+		 a->id, a->id, (unsigned long long)len);
+	return 0;
+}
+
 void
 kv_aof_stop(void)
 {
@@ -2542,6 +2604,27 @@ kv_aof_stop(void)
 		a->rw_reset = false;
 		if (a->rw_parked || a->rw_wait) /* no request of it in flight to end it */
 			rw_fail(a, 0);
+	}
+	/* The file a failed sync lost, not rebuilt: the table goes to a new one. Whatever was
+	 * pending, in a batch or a FLUSHALL not yet applied to the file is in the table. */
+	if (a->sync_lost) {
+		bool renamed = false;
+
+		r = stop_rebuild(a, &renamed);
+		if (renamed) {
+			if (a->st == A_WRITING && a->heap) {
+				a->heap_busy = a->heap;
+				a->heap = NULL;
+			}
+			if (a->st == A_WRITING || a->st == A_FAILED) {
+				batch_free(a);
+				a->st = A_IDLE;
+			}
+			a->pend.len = 0;
+			a->reset = false;
+			a->sync_lost = 0;
+			err = r;
+		}
 	}
 	if ((a->st == A_WRITING || a->st == A_FAILED) && (a->sl.buf || a->heap)) {
 		r = pwrite_all(a->fd, a->sl.buf ? a->sl.data : a->heap, a->wlen, a->off);
