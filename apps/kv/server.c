@@ -86,6 +86,7 @@ struct kconn {
 	bool barrier;
 	bool resume_queued; /* resume_cb is deferred (a closed connection is freed there) */
 	bool eof;           /* the client half-closed: close once every request is answered */
+	bool parsing;       /* inside process(): requests it has not reached may remain */
 	/* A reply buffer larger than the high watermark, queued on the connection in pieces
 	 * as its queue drains (send_big): a reading client gets a reply of any size, while
 	 * --send-max still bounds what one that does not read makes keel queue. */
@@ -439,7 +440,9 @@ send_big(struct kconn *kc)
 static bool
 close_due(const struct kconn *kc)
 {
-	if (kc->head || kc->big.buf || kc->out.len)
+	/* Not from a flush inside process(): the requests it has still to run are in no
+	 * count, and their replies would be dropped (process's caller flushes after it). */
+	if (kc->head || kc->big.buf || kc->out.len || kc->parsing)
 		return false;
 	return kc->closing || (kc->eof && !kc->held && !kc->barrier && !kc->bq_head);
 }
@@ -2712,7 +2715,7 @@ oom:
  * when @src is NULL: then its first request may be one an earlier call found incomplete,
  * checked up to kc->in_resume. */
 static size_t
-process(struct kconn *kc, const uint8_t *p, size_t n, const struct keel_slice *src)
+process_(struct kconn *kc, const uint8_t *p, size_t n, const struct keel_slice *src)
 {
 	size_t off = 0;
 	/* Set up once per call, not per request: an initializer per request zeroed err[]
@@ -2791,6 +2794,21 @@ process(struct kconn *kc, const uint8_t *p, size_t n, const struct keel_slice *s
 		off += (size_t)r;
 	}
 	return off;
+}
+
+/* process_, with the connection kept open through it: a reply flushed inside it, after the
+ * client half-closed and before the rest of the pipeline was reached, closed the connection,
+ * and the requests after it ran with their replies dropped
+ * (kv_server/a_client_that_half_closes_past_the_watermark_gets_every_reply). */
+static size_t
+process(struct kconn *kc, const uint8_t *p, size_t n, const struct keel_slice *src)
+{
+	size_t used;
+
+	kc->parsing = true;
+	used = process_(kc, p, n, src);
+	kc->parsing = false;
+	return used;
 }
 
 static int

@@ -1766,6 +1766,74 @@ Test(kv_server, a_client_that_half_closes_gets_every_reply)
 	srv_stop(&s);
 }
 
+/* The same past the reply watermark: 200 GETs of a 100,000-byte value, each followed by an
+ * INCR, in one pipeline, then the half-close. The replies pass --high-watermark, so the
+ * requests left wait in the connection's input (held) and the EOF comes meanwhile; when they
+ * were parsed, the first reply flushed inside that parse saw the EOF and nothing held, and
+ * closed the connection with requests still to run: they ran (the counter reached 200) and
+ * their replies were dropped (12 GETs answered of 200, then a FIN; a review's run). */
+Test(kv_server, a_client_that_half_closes_past_the_watermark_gets_every_reply)
+{
+	enum { N = 200, V = 100000 };
+	static char req[N * 64], want_int[32];
+	size_t len = 0, got = 0, cap = (size_t)N * (V + 64), at = 0;
+	struct timeval tv = { .tv_sec = 30 };
+	char *in = malloc(cap), *val = malloc(V), *cmd = malloc(V + 64), hdr[32];
+	struct srv s;
+	struct rd r;
+	int fd;
+
+	cr_assert(in && val && cmd);
+	memset(val, 'v', V);
+	srv_start(&s, 1, NULL);
+	rd_init(&r, test_connect(s.port));
+	len = (size_t)sprintf(cmd, "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n", V);
+	memcpy(cmd + len, val, V);
+	memcpy(cmd + len + V, "\r\n", 2);
+	test_send_all(r.fd, cmd, len + V + 2);
+	expect_reply(&r, "+OK\r\n");
+	len = 0;
+	for (int i = 0; i < N; i++)
+		len += (size_t)sprintf(req + len, "GET k\r\nINCR ctr\r\n");
+	fd = test_connect(s.port);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	test_send_all(fd, req, len);
+	cr_assert_eq(shutdown(fd, SHUT_WR), 0);
+	for (;;) {
+		ssize_t k = recv(fd, in + got, cap - got, 0);
+
+		if (k <= 0) {
+			cr_assert_eq(k, 0, "recv: %s", strerror(errno));
+			break;
+		}
+		got += (size_t)k;
+		cr_assert_lt(got, cap, "more than the replies");
+	}
+	close(fd);
+	snprintf(hdr, sizeof(hdr), "$%d\r\n", V);
+	for (int i = 0; i < N; i++) {
+		int wl = snprintf(want_int, sizeof(want_int), ":%d\r\n", i + 1);
+
+		cr_assert_leq(at + strlen(hdr) + V + 2 + (size_t)wl, got,
+			      "%d of %d GET and INCR pairs answered before the close", i, N);
+		cr_assert_eq(memcmp(in + at, hdr, strlen(hdr)), 0, "GET %d's header", i);
+		at += strlen(hdr);
+		cr_assert_eq(memcmp(in + at, val, V), 0, "GET %d's value", i);
+		at += V;
+		cr_assert_eq(memcmp(in + at, "\r\n", 2), 0);
+		at += 2;
+		cr_assert_eq(memcmp(in + at, want_int, (size_t)wl), 0, "INCR %d's reply", i);
+		at += (size_t)wl;
+	}
+	cr_assert_eq(at, got, "bytes after the last reply");
+	expect(&r, "GET ctr", "$3\r\n200\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+	free(in);
+	free(val);
+	free(cmd);
+}
+
 /* The same with QUIT at the end of the pipeline (QUIT marks the connection closing): the
  * replies made on other shards before it, and QUIT's +OK, all come before the close. The
  * EOF closed at once when QUIT had come first. */
