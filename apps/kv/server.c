@@ -1477,7 +1477,9 @@ static void
 info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
 {
 	struct rbuf b = { 0 };
-	char line[512];
+	/* The longest line (# Shards': 211 bytes and 16 counters of up to 20 digits) fits;
+	 * LINE cuts one that would not rather than read past the buffer. */
+	char line[1024];
 	/* Every section named (Redis 7 takes several: INFO server clients), or all. */
 	bool all = argc < 2 || info_names(argv, argc, "all") || info_names(argv, argc, "default") ||
 		   info_names(argv, argc, "everything");
@@ -1491,6 +1493,8 @@ info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
 #define LINE(...)                                              \
 	do {                                                   \
 		n = snprintf(line, sizeof(line), __VA_ARGS__); \
+		if (n >= (int)sizeof(line))                    \
+			n = (int)sizeof(line) - 1;             \
 		rb_put(&b, line, (size_t)n);                   \
 	} while (0)
 	for (unsigned i = 0; i < ns; i++) {
