@@ -1162,6 +1162,26 @@ Test(net_frame, a_frame_larger_than_the_receive_buffers_arrives_and_starves_no_o
 	free(in);
 }
 
+/* One shard with 16 receive buffers, no bulk ring and 8 MiB of --memory, serving @ops. */
+static void
+e2e_start_tight(struct e2e *e, const struct keel_conn_ops *ops)
+{
+	struct keel_net_config nc;
+	struct keel_opts o = net_test_opts(1);
+	struct keel_listen_opts lo = { .addr = "127.0.0.1" };
+
+	keel_net_config_init(&nc);
+	nc.buf_count = 16;
+	nc.bulk_buf_size = 0;
+	cr_assert_eq(keel_net_config_set(&nc), 0);
+	o.memory = 8ull << 20;
+	memset(e, 0, sizeof(*e));
+	cr_assert_eq(keel_runtime_create(&o, &e->rt), 0);
+	cr_assert_eq(keel_listener_create(&lo, 1, ops, e, &e->l), 0);
+	e->port = keel_listener_port(e->l);
+	cr_assert_eq(keel_runtime_start(e->rt, e2e_start_shard, e), 0);
+}
+
 /* The same with too little --memory for the copy (8 MiB, a 12 MiB frame): the frame fails
  * with -ENOMEM, its buffers go back, and its connection is aborted at its next push, the
  * reason logged. Before, the failed framer dropped what came next without a word and the
@@ -1169,24 +1189,12 @@ Test(net_frame, a_frame_larger_than_the_receive_buffers_arrives_and_starves_no_o
 Test(net_frame, a_frame_the_copy_has_no_memory_for_aborts_its_connection)
 {
 	const uint32_t len = 12u << 20;
-	struct keel_net_config nc;
-	struct keel_opts o = net_test_opts(1);
-	struct keel_listen_opts lo = { .addr = "127.0.0.1" };
 	uint8_t *out = calloc(1, 4 + len);
 	struct e2e e;
 	int a, r;
 
 	cr_assert_not_null(out);
-	keel_net_config_init(&nc);
-	nc.buf_count = 16;
-	nc.bulk_buf_size = 0;
-	cr_assert_eq(keel_net_config_set(&nc), 0);
-	o.memory = 8ull << 20;
-	memset(&e, 0, sizeof(e));
-	cr_assert_eq(keel_runtime_create(&o, &e.rt), 0);
-	cr_assert_eq(keel_listener_create(&lo, 1, &srv_ops, &e, &e.l), 0);
-	e.port = keel_listener_port(e.l);
-	cr_assert_eq(keel_runtime_start(e.rt, e2e_start_shard, &e), 0);
+	e2e_start_tight(&e, &srv_ops);
 	hdr32(out, len);
 	a = cli_connect(e.port);
 	cr_assert_geq(a, 0);
@@ -1310,9 +1318,6 @@ static const struct keel_conn_ops tf_ops = { .on_open = tf_open,
 
 Test(net_frame, a_failed_reclaim_of_either_framer_of_a_connection_aborts_it)
 {
-	struct keel_net_config nc;
-	struct keel_opts o = net_test_opts(1);
-	struct keel_listen_opts lo = { .addr = "127.0.0.1" };
 	struct e2e e;
 	uint8_t *a_bytes = calloc(1, 4 + TF_A_BYTES), b_bytes[4 + 10] = { 0 };
 	uint8_t *y_bytes = calloc(1, 512u << 10);
@@ -1320,16 +1325,7 @@ Test(net_frame, a_failed_reclaim_of_either_framer_of_a_connection_aborts_it)
 
 	cr_assert(a_bytes && y_bytes);
 	memset(&tf, 0, sizeof(tf));
-	keel_net_config_init(&nc);
-	nc.buf_count = 16;
-	nc.bulk_buf_size = 0;
-	cr_assert_eq(keel_net_config_set(&nc), 0);
-	o.memory = 8ull << 20;
-	memset(&e, 0, sizeof(e));
-	cr_assert_eq(keel_runtime_create(&o, &e.rt), 0);
-	cr_assert_eq(keel_listener_create(&lo, 1, &tf_ops, &e, &e.l), 0);
-	e.port = keel_listener_port(e.l);
-	cr_assert_eq(keel_runtime_start(e.rt, e2e_start_shard, &e), 0);
+	e2e_start_tight(&e, &tf_ops);
 	x = cli_connect(e.port);
 	cr_assert_geq(x, 0);
 	WAIT_FOR(atomic_load(&tf.opened) == 1, "X's on_open");
