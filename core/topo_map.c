@@ -840,6 +840,17 @@ keel_map_check(const struct keel_topo *live, const struct keel_map *m, FILE *f)
 				nic->name, nic->name, nic->name);
 		n++;
 	}
+	/* The split alone is not enough: the kernel (__net_mp_open_rxq) refuses a ZCRX
+	 * interface queue with EINVAL unless the threshold is 0, which is why --plan sets it.
+	 * Unknown (-1: an older kernel or ethtool) is not counted, as --zcrx does not. */
+	if (m->hds && nic->hds_capable != KEEL_TOPO_OFF && nic->hds_thresh > 0) {
+		fprintf(f,
+			"%s: header/data split threshold is %d bytes, the map needs 0 (the kernel "
+			"refuses a ZCRX queue with EINVAL otherwise); run: ethtool -G %s hds-thresh "
+			"0\n",
+			nic->name, nic->hds_thresh, nic->name);
+		n++;
+	}
 	if (irq_checked && in->irqbalance == KEEL_TOPO_ON) {
 		fprintf(f, "irqbalance is running and moves rx IRQs away from the map; run: "
 			   "systemctl stop irqbalance\n");
