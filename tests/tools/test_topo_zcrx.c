@@ -11,6 +11,8 @@
 
 #include <criterion/criterion.h>
 
+#include "../../core/topo_internal.h"
+#include "fake_topo.h"
 #include "topo_tool.h"
 
 /* A NIC of a ZCRX driver with header/data split on and 8 queues; no such interface exists
@@ -66,4 +68,68 @@ Test(tools_topo_zcrx, nonzero_hds_thresh_is_missing)
 	/* Unknown (an older kernel or ethtool): not counted, the registration will say. */
 	n.hds_thresh = -1;
 	cr_assert_eq(facts(&n, out, sizeof(out)), 0, "%s", out);
+}
+
+/* zcrx_report(@c's topology, --iface @iface) into @out; returns its status. */
+static int
+report_for(struct keel_topo *t, const char *iface, char *out, size_t len)
+{
+	struct keel_map_req req;
+	struct tool_ctx c;
+	FILE *f = fmemopen(out, len, "w");
+	int r;
+
+	cr_assert_not_null(f);
+	memset(&c, 0, sizeof(c));
+	c.topo = t;
+	c.info = keel_topo_info_get(t);
+	c.port = -1;
+	keel_map_req_init(&req);
+	snprintf(req.iface, sizeof(req.iface), "%s", iface);
+	r = zcrx_report(&c, &req, f);
+	fclose(f);
+	return r;
+}
+
+/* --iface takes a PCI bus id ("0000:81:00.0" or "81:00.0") as the rest of keel-topo does:
+ * --zcrx resolves it to the NIC and reports and probes its interface. It compared names
+ * alone, so it said the bus id was "not a NIC with a device in the topology" and probed
+ * an interface called "81:00.0". */
+Test(tools_topo_zcrx, a_pci_bus_id_names_the_nic_and_its_interface_is_probed)
+{
+	static struct keel_map map; /* large: off the worker's stack */
+	struct keel_topo_nic *nic;
+	struct keel_topo *t = fake_topo_live_nic(&map, 0, &nic);
+	static char by_name[8192], out[8192];
+
+	snprintf(nic->driver, sizeof(nic->driver), "mlx5_core");
+	nic->hds = nic->hds_capable = KEEL_TOPO_ON;
+	nic->hds_thresh = 0;
+	report_for(t, "fake0", by_name, sizeof(by_name));
+	cr_assert(strstr(by_name, "fake0:\n  driver: mlx5_core") &&
+			  strstr(by_name, "ZCRX on fake0 rx queue 0"),
+		  "premise: %s", by_name);
+	for (int i = 0; i < 2; i++) {
+		const char *id = i ? "81:00.0" : "0000:81:00.0";
+
+		report_for(t, id, out, sizeof(out));
+		cr_assert(!strstr(out, "not a NIC with a device"), "--iface %s: %s", id, out);
+		cr_assert(strstr(out, "fake0:\n  driver: mlx5_core (has the queue API"),
+			  "--iface %s: %s", id, out);
+		cr_assert(strstr(out, "ZCRX on fake0 rx queue 0") && !strstr(out, "ZCRX on 0000") &&
+				  !strstr(out, "ZCRX on 81"),
+			  "--iface %s: the probe took another name: %s", id, out);
+		cr_assert(strstr(out, "fake0: 0 of 1 queue can do ZCRX"), "--iface %s: %s", id,
+			  out);
+	}
+	/* A function without an interface (a VF without a network driver): said, and none of
+	 * an interface's facts (split, channels) are asked of it. */
+	nic->netdev = false;
+	snprintf(nic->name, sizeof(nic->name), "0000:81:00.0");
+	report_for(t, "81:00.0", out, sizeof(out));
+	cr_assert(strstr(out, "0000:81:00.0:\n  driver: none (a PCI function without a network "
+			      "interface") &&
+			  !strstr(out, "header/data split"),
+		  "%s", out);
+	keel_topo_destroy(t);
 }

@@ -49,15 +49,6 @@ ntuple_state(const char *iface)
 	return r;
 }
 
-static const struct keel_topo_nic *
-find_nic(const struct keel_topo_info *in, const char *name)
-{
-	for (unsigned i = 0; i < in->nnics; i++)
-		if (!strcmp(in->nics[i].name, name))
-			return &in->nics[i];
-	return NULL;
-}
-
 unsigned
 zcrx_iface_facts(const char *iface, const struct keel_topo_nic *nic, int maxq, FILE *f)
 {
@@ -71,6 +62,13 @@ zcrx_iface_facts(const char *iface, const struct keel_topo_nic *nic, int maxq, F
 			"virtual interface has no parent device, which ZCRX needs)\n",
 			iface);
 		missing++;
+	} else if (!nic->netdev) {
+		/* Nothing else to read: no interface has the split, channels or ntuple. */
+		fprintf(f,
+			"  driver: none (a PCI function without a network interface, e.g. an SR-IOV "
+			"VF without a network driver: bind bnxt_en, mlx5_core, gve or fbnic to it and "
+			"name its interface)\n");
+		return missing + 1;
 	} else if (!nic->driver[0] || nic->is_virtual) {
 		fprintf(f,
 			"  driver: %s (virtual: no parent device; ZCRX needs bnxt_en, mlx5_core, "
@@ -150,6 +148,7 @@ int
 zcrx_report(const struct tool_ctx *c, const struct keel_map_req *req, FILE *f)
 {
 	const char *iface = NULL;
+	const struct keel_topo_nic *nic;
 	int qs[KEEL_MAX_SHARDS];
 	unsigned nq = 0, bad = 0, total = 0;
 	char why[512];
@@ -169,8 +168,12 @@ zcrx_report(const struct tool_ctx *c, const struct keel_map_req *req, FILE *f)
 				"IF:LIST)\n");
 		return 2;
 	}
+	/* --iface may be the PCI bus id (as everywhere in keel-topo): the facts and the probe
+	 * are of the NIC's interface, whose name the kernel knows. */
+	nic = keel_topo_nic_find(c->topo, iface);
+	if (nic)
+		iface = nic->name;
 	if (!nq) {
-		const struct keel_topo_nic *nic = find_nic(c->info, iface);
 		int n = nic && nic->nrxq > 0 ? nic->nrxq : 1;
 
 		for (int q = 0; q < n && nq < KEEL_MAX_SHARDS; q++)
@@ -182,7 +185,7 @@ zcrx_report(const struct tool_ctx *c, const struct keel_map_req *req, FILE *f)
 			maxq = qs[i];
 	fprintf(f, "ZCRX readiness (each queue probed with the registration keel makes at "
 		   "start-up, on a scratch ring; on a capable NIC the queue restarts briefly)\n");
-	total = zcrx_iface_facts(iface, find_nic(c->info, iface), maxq, f);
+	total = zcrx_iface_facts(iface, nic, maxq, f);
 	for (unsigned i = 0; i < nq; i++) {
 		int r = keel_zcrx_probe(iface, qs[i], why, sizeof(why));
 
