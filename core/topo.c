@@ -230,6 +230,56 @@ load_cpus(struct keel_topo *t, hwloc_topology_t h)
 	return 0;
 }
 
+/* hwloc's NUMA latency matrix, by the position of each node in t->numa: the mapper orders
+ * the nodes off the NIC's by it. None (a file or machine without one, or no memory) leaves
+ * t->numa_dist NULL: not an error, the mapper then orders by package. */
+static void
+load_distances(struct keel_topo *t, hwloc_topology_t h)
+{
+	struct hwloc_distances_s *d = NULL;
+	unsigned nr = 1, n = t->info.nnuma;
+
+	if (n < 2 ||
+	    hwloc_distances_get_by_type(h, HWLOC_OBJ_NUMANODE, &nr, &d,
+					HWLOC_DISTANCES_KIND_MEANS_LATENCY, 0) < 0 ||
+	    !nr)
+		return;
+	t->numa_dist = calloc((size_t)n * n, sizeof(*t->numa_dist));
+	for (unsigned i = 0; t->numa_dist && i < d->nbobjs; i++)
+		for (unsigned j = 0; j < d->nbobjs; j++) {
+			int a = -1, b = -1;
+
+			for (unsigned k = 0; k < n; k++) {
+				if (t->numa[k].os == d->objs[i]->os_index)
+					a = (int)k;
+				if (t->numa[k].os == d->objs[j]->os_index)
+					b = (int)k;
+			}
+			if (a >= 0 && b >= 0)
+				t->numa_dist[(unsigned)a * n + (unsigned)b] =
+					d->values[i * d->nbobjs + j];
+		}
+	hwloc_distances_release(h, d);
+}
+
+uint64_t
+keel__topo_numa_distance(const struct keel_topo *t, int from, int to)
+{
+	int a = -1, b = -1;
+
+	if (!t->numa_dist || from < 0 || to < 0)
+		return 0;
+	for (unsigned k = 0; k < t->info.nnuma; k++) {
+		if (t->numa[k].os == (unsigned)from)
+			a = (int)k;
+		if (t->numa[k].os == (unsigned)to)
+			b = (int)k;
+	}
+	if (a < 0 || b < 0)
+		return 0;
+	return t->numa_dist[(unsigned)a * t->info.nnuma + (unsigned)b];
+}
+
 /* A NIC's local CPUs and NUMA node: those of its nearest non-I/O ancestor. The node is the
  * one node of that ancestor, not counting memory-only nodes attached beside it (HBM, CXL: no
  * core belongs to them; the NIC's node read "not one node" on such machines); -1 when it has
@@ -464,8 +514,10 @@ keel_topo_load(const struct keel_topo_load_opts *o, struct keel_topo **out, char
 			keel__topo_strcpy(t->info.host, sizeof(t->info.host), hn);
 	}
 	r = load_cpus(t, h);
-	if (r == 0)
+	if (r == 0) {
+		load_distances(t, h);
 		r = load_nics(t, h);
+	}
 	if (r < 0) {
 		keel__errf(err, errlen, r, "reading the topology of %s failed: %s", t->info.source,
 			   strerror(-r));
@@ -530,6 +582,7 @@ keel_topo_destroy(struct keel_topo *t)
 	free(t->numa);
 	free(t->cores);
 	free(t->pus);
+	free(t->numa_dist);
 	free(t);
 }
 

@@ -30,7 +30,14 @@ struct keel_topo {
 	struct keel_topo_pu *pus;
 	struct keel_topo_nic *nics;
 	unsigned nics_cap;
+	/* hwloc's NUMA latency matrix (Linux's node distances, an XML file's NUMALatency):
+	 * [i * nnuma + j] from numa[i] to numa[j], 0 where it says nothing; NULL when the
+	 * topology has none. */
+	uint64_t *numa_dist;
 };
+
+/* The NUMA latency from node @from to node @to (OS indexes), 0 when not known. */
+uint64_t keel__topo_numa_distance(const struct keel_topo *t, int from, int to);
 
 /* Append a zeroed NIC (unknown counts set to -1) to @t. Returns it, or NULL (ENOMEM). */
 struct keel_topo_nic *keel__topo_nic_add(struct keel_topo *t);

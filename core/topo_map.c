@@ -142,6 +142,94 @@ queue_limit(const struct keel_topo_info *in, const struct keel_topo_nic *nic, co
 	return q;
 }
 
+/* One core's place in the order the mapper takes cores in, within each tier. */
+struct core_rank {
+	unsigned core;  /* index in the topology's cores */
+	bool remote;    /* not local to the NIC */
+	uint64_t dist;  /* remote: NUMA latency from the NIC's nearest node (UINT64_MAX unknown) */
+	bool other_pkg; /* remote: in a package none of the NIC's cores is in */
+};
+
+static int
+rank_cmp(const void *pa, const void *pb)
+{
+	const struct core_rank *a = pa, *b = pb;
+
+	if (a->remote != b->remote)
+		return a->remote ? 1 : -1;
+	if (a->dist != b->dist)
+		return a->dist < b->dist ? -1 : 1;
+	if (a->other_pkg != b->other_pkg)
+		return a->other_pkg ? 1 : -1;
+	return a->core < b->core ? -1 : a->core > b->core;
+}
+
+/* The cores in the order each tier takes them, into @order[in->ncores]: those local to @nic
+ * in hwloc's order, then the others nearest first: by hwloc's NUMA latency from the NIC's
+ * node(s) where the topology has one, then those in the NIC's package (a node of its own
+ * package before the other socket's, which hwloc's order put first when the NIC was on a
+ * package's second node), then hwloc's order. Returns 0 or -ENOMEM. */
+static int
+core_order(const struct keel_topo *t, const struct keel_topo_nic *nic, unsigned *order)
+{
+	const struct keel_topo_info *in = keel_topo_info_get(t);
+	struct core_rank *rk = calloc(in->ncores + 1, sizeof(*rk));
+	bool *nic_pkg = calloc(in->npackages + 1, sizeof(*nic_pkg));
+	int *nic_node = calloc(in->nnuma + 2, sizeof(*nic_node));
+	unsigned nnode = 0;
+	bool any_remote = false;
+
+	if (!rk || !nic_pkg || !nic_node) {
+		free(rk);
+		free(nic_pkg);
+		free(nic_node);
+		return -ENOMEM;
+	}
+	/* The NIC's nodes and packages: those of its local cores, and its own node's (whose
+	 * cores may all be numbered past KEEL_MAX_CPUS, which nic->local cannot hold). */
+	if (nic && nic->numa >= 0)
+		nic_node[nnode++] = nic->numa;
+	for (unsigned c = 0; c < in->ncores; c++) {
+		const struct keel_topo_core *co = &in->cores[c];
+		bool local = !nic || keel_cpuset_has(&nic->local, co->pus[0]);
+		bool known = false;
+
+		rk[c].core = c;
+		rk[c].remote = !local;
+		any_remote |= !local;
+		if (!local && !(nic && nic->numa >= 0 && co->numa == nic->numa))
+			continue;
+		if (co->package < in->npackages)
+			nic_pkg[co->package] = true;
+		for (unsigned k = 0; k < nnode && !known; k++)
+			known = nic_node[k] == co->numa;
+		if (local && co->numa >= 0 && !known && nnode < in->nnuma + 1)
+			nic_node[nnode++] = co->numa;
+	}
+	for (unsigned c = 0; c < in->ncores && any_remote; c++) {
+		const struct keel_topo_core *co = &in->cores[c];
+
+		if (!rk[c].remote)
+			continue;
+		rk[c].other_pkg = co->package >= in->npackages || !nic_pkg[co->package];
+		/* Without a matrix every distance is 0: the package decides. */
+		rk[c].dist = t->numa_dist ? UINT64_MAX : 0;
+		for (unsigned k = 0; k < nnode && t->numa_dist; k++) {
+			uint64_t d = keel__topo_numa_distance(t, nic_node[k], co->numa);
+
+			if (d && d < rk[c].dist)
+				rk[c].dist = d;
+		}
+	}
+	qsort(rk, in->ncores, sizeof(*rk), rank_cmp);
+	for (unsigned c = 0; c < in->ncores; c++)
+		order[c] = rk[c].core;
+	free(rk);
+	free(nic_pkg);
+	free(nic_node);
+	return 0;
+}
+
 int
 keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, struct keel_map *out,
 		 char *err, size_t errlen)
@@ -149,7 +237,7 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 	const struct keel_topo_info *in = keel_topo_info_get(t);
 	const struct keel_topo_nic *nic = NULL;
 	struct keel_cpuset allowed = in->allowed;
-	unsigned *cand, ncand = 0, nphys = 0, nlocal_phys = 0, nlocal_reserved = 0, shards;
+	unsigned *cand, *corder, ncand = 0, nphys = 0, nlocal_phys = 0, nlocal_reserved = 0, shards;
 	const char *qsrc = "";
 	int qmax;
 	unsigned char *reserved;
@@ -246,19 +334,22 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 	}
 
 	cand = calloc(in->npus + 1, sizeof(*cand));
+	corder = calloc(in->ncores + 1, sizeof(*corder));
 	reserved = calloc(in->ncores + 1, 1);
-	if (!cand || !reserved) {
+	if (!cand || !corder || !reserved || core_order(t, nic, corder) < 0) {
 		r = -ENOMEM;
 		goto out;
 	}
 	/* Tiers, in order: local first threads (A), local siblings (B), remote first threads
 	 * (C), remote siblings (D). "First thread" is a core's first allowed PU. NUMA local
-	 * takes A B C D, spread A C B D; SMT avoid drops B and D. Reserved cores (the first
+	 * takes A B C D, spread A C B D; SMT avoid drops B and D. Each tier takes its cores in
+	 * core_order's order (remote ones nearest the NIC first). Reserved cores (the first
 	 * --reserve cores of A then C) take part in none. */
 	{
 		unsigned left = req->reserve;
 		for (int pass = 0; pass < 2 && left; pass++)
-			for (unsigned c = 0; c < in->ncores && left; c++) {
+			for (unsigned oi = 0; oi < in->ncores && left; oi++) {
+				unsigned c = corder[oi];
 				const struct keel_topo_core *co = &in->cores[c];
 				bool local = !nic || keel_cpuset_has(&nic->local, co->pus[0]);
 				bool any = false;
@@ -294,7 +385,8 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 				continue;
 			for (unsigned rank = sibling ? 1 : 0;
 			     rank < (sibling ? KEEL_TOPO_MAX_SMT : 1); rank++)
-				for (unsigned c = 0; c < in->ncores; c++) {
+				for (unsigned oi = 0; oi < in->ncores; oi++) {
+					unsigned c = corder[oi];
 					const struct keel_topo_core *co = &in->cores[c];
 					bool local =
 						!nic || keel_cpuset_has(&nic->local, co->pus[0]);
@@ -464,6 +556,7 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 	}
 out:
 	free(cand);
+	free(corder);
 	free(reserved);
 	if (r < 0)
 		out->nshards = 0;

@@ -20,6 +20,7 @@
 #include "../../core/internal.h"
 #include "../../core/topo_internal.h"
 #include "fake_topo.h"
+#include "gen_topo.h"
 #include "helpers.h"
 #include "tmpdir.h"
 
@@ -355,6 +356,90 @@ Test(core_topo, sixteen_shards_smt_avoid_never_share_a_core)
 	cr_assert_eq(compute(t, "eth0", 17, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map),
 		     -EINVAL);
 	cr_assert(strstr(err, "--smt allow") && strstr(err, "--oversubscribe"), "%s", err);
+	keel_topo_destroy(t);
+}
+
+/* A topology from tests/common/gen_topo.py @args, loaded with @queues rx queues per NIC. */
+static struct keel_topo *
+load_gen(const char *args, unsigned queues)
+{
+	struct keel_topo_load_opts o = { .queues = queues };
+	struct keel_topo *t = NULL;
+	char path[128];
+
+	gen_topo_xml(args, path, sizeof(path));
+	o.xml = path;
+	cr_assert_eq(keel_topo_load(&o, &t, err, sizeof(err)), 0, "%s", err);
+	unlink(path);
+	return t;
+}
+
+/* Shards @from..@to-1 of the map are all on NUMA node @node. */
+static void
+assert_shards_on(const struct keel_map *m, unsigned from, unsigned to, int node)
+{
+	for (unsigned i = from; i < to; i++)
+		cr_assert_eq(m->shards[i].numa, node, "shard %u on node %d (CPU %d), not node %d",
+			     i, m->shards[i].numa, m->shards[i].cpu, node);
+}
+
+/* Two packages of two nodes each (4 cores, 2 threads), eth0 on node 2, the first of the
+ * second package; no NUMA distances in the file. Shards past the NIC's node go to node 3,
+ * in the NIC's package, before the other package's nodes: they went to node 0 (hwloc's
+ * logical order) while node 3 stood idle. */
+Test(core_topo, shards_past_the_nics_node_go_to_its_own_package_first)
+{
+	struct keel_topo *t = load_gen("2 2 4 2 --interleave --nics eth0@2", 16);
+
+	cr_assert_eq(keel_topo_nic_find(t, "eth0")->numa, 2);
+	cr_assert_eq(compute(t, "eth0", 6, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map), 0,
+		     "%s", err);
+	assert_shards_on(&map, 0, 4, 2);
+	assert_shards_on(&map, 4, 6, 3);
+	assert_distinct_cores(t, &map);
+	/* spread: every physical core first, node 3's before the other package's */
+	cr_assert_eq(compute(t, "eth0", 16, KEEL_MAP_SMT_ALLOW, KEEL_MAP_NUMA_SPREAD, 0, &map), 0,
+		     "%s", err);
+	assert_shards_on(&map, 0, 4, 2);
+	assert_shards_on(&map, 4, 8, 3);
+	for (unsigned i = 8; i < 16; i++)
+		cr_assert(map.shards[i].numa == 0 || map.shards[i].numa == 1, "shard %u on node %d",
+			  i, map.shards[i].numa);
+	/* local: the NIC node's siblings, then node 3's cores */
+	cr_assert_eq(compute(t, "eth0", 12, KEEL_MAP_SMT_ALLOW, KEEL_MAP_NUMA_LOCAL, 0, &map), 0,
+		     "%s", err);
+	assert_shards_on(&map, 0, 8, 2);
+	assert_shards_on(&map, 8, 12, 3);
+	/* A reserve past the local cores takes the nearest remote core, as the shards would. */
+	cr_assert_eq(compute(t, "eth0", 4, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 5, &map), 0,
+		     "%s", err);
+	assert_shards_on(&map, 0, 3, 3);
+	assert_shards_on(&map, 3, 4, 0);
+	keel_topo_destroy(t);
+}
+
+/* Four packages of one node (2 cores each) and eth0 on node 0, with a NUMA latency matrix
+ * of a ring: node 0 is 21 from nodes 1 and 3, 31 from node 2. Shards past node 0 go to the
+ * nearest nodes first (1, 3, then 2); without the matrix, all other packages are alike and
+ * hwloc's order stands (1, 2, 3). */
+Test(core_topo, shards_past_the_nics_node_follow_the_numa_distances)
+{
+	struct keel_topo *t = load_gen("4 1 2 1 --nics eth0@0 --distances '10 21 31 21 21 10 21 "
+				       "31 31 21 10 21 21 31 21 10'",
+				       8);
+
+	cr_assert_eq(compute(t, "eth0", 8, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map), 0,
+		     "%s", err);
+	assert_shards_on(&map, 0, 2, 0);
+	assert_shards_on(&map, 2, 4, 1);
+	assert_shards_on(&map, 4, 6, 3);
+	assert_shards_on(&map, 6, 8, 2);
+	keel_topo_destroy(t);
+	t = load_gen("4 1 2 1 --nics eth0@0", 8);
+	cr_assert_eq(compute(t, "eth0", 8, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map), 0,
+		     "%s", err);
+	for (unsigned i = 0; i < 8; i++)
+		assert_shards_on(&map, i, i + 1, (int)i / 2);
 	keel_topo_destroy(t);
 }
 
