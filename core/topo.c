@@ -72,17 +72,24 @@ keel_topo_cpulist_format(const struct keel_cpuset *s, char *buf, size_t len)
 	return buf;
 }
 
-static void
+/* @b into @out; returns how many of its CPUs are numbered past what @out holds
+ * (KEEL_MAX_CPUS), which are left out. */
+static unsigned
 cpuset_from_hwloc(hwloc_const_bitmap_t b, struct keel_cpuset *out)
 {
+	unsigned beyond = 0;
 	int i;
 
 	memset(out, 0, sizeof(*out));
 	hwloc_bitmap_foreach_begin(i, b)
 	{
-		keel_cpuset_add(out, (unsigned)i);
+		if ((unsigned)i < KEEL_MAX_CPUS)
+			keel_cpuset_add(out, (unsigned)i);
+		else
+			beyond++;
 	}
 	hwloc_bitmap_foreach_end();
+	return beyond;
 }
 
 struct keel_topo_nic *
@@ -292,7 +299,8 @@ nic_locality(const struct keel_topo *t, hwloc_topology_t h, hwloc_obj_t io, stru
 
 	if (!anc)
 		return;
-	cpuset_from_hwloc(anc->cpuset, &n->local);
+	/* CPUs past the limit are local too: said (report, mapper), not dropped silently. */
+	n->local_beyond = cpuset_from_hwloc(anc->cpuset, &n->local) > 0;
 	if (!anc->nodeset || hwloc_bitmap_iszero(anc->nodeset))
 		return;
 	if (hwloc_bitmap_weight(anc->nodeset) == 1) {

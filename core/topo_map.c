@@ -435,6 +435,24 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 			nic->name, nic->name);
 		goto out;
 	}
+	if (nic && nic->local_beyond) {
+		/* Every CPU local to the NIC numbered past what a CPU set holds: nic->local is
+		 * empty, so no core counted as local and the warning below (allowed CPUs that
+		 * leave the NIC's node out) could not fire. No option places a shard there, so
+		 * it is said whether or not --shards is given. */
+		bool below = false;
+
+		for (unsigned w = 0; w < KEEL_MAX_CPUS / 64 && !below; w++)
+			below = nic->local.bits[w] != 0;
+		if (!below)
+			keel_log(
+				KEEL_LOG_WARN, "topo",
+				"the CPUs local to %s (NUMA node %d) are all numbered %d or above "
+				"(KEEL_MAX_CPUS, keel's limit), where no shard can run: the map puts "
+				"the shards on other nodes' cores, where its packets cross the "
+				"interconnect; use a NIC on a node whose CPUs are below %d",
+				nic->name, nic->numa, KEEL_MAX_CPUS, KEEL_MAX_CPUS);
+	}
 	qmax = nic && nic->netdev ? queue_limit(in, nic, &qsrc) : -1;
 	shards = req->shards;
 	if (!shards) {

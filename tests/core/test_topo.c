@@ -2505,6 +2505,40 @@ Test(core_topo, allowed_cpus_without_a_core_local_to_the_nic_are_said)
 	keel_topo_destroy(t);
 }
 
+/* A NIC whose local CPUs are all numbered past KEEL_MAX_CPUS (node 1 here: CPUs 1024-1027;
+ * node 0 has 1020-1023): no shard can run beside it, and a CPU set cannot hold those CPUs,
+ * so its local set looked empty and the map went to node 0 without a word, the warning for
+ * allowed CPUs that leave out the NIC's node never firing. Now it is said, naming the
+ * limit, whether or not --shards is given (no option can place a shard there). */
+Test(core_topo, a_nic_whose_local_cpus_are_all_past_keel_max_cpus_is_said)
+{
+	struct keel_topo *t = load_gen("1 2 4 1 --pu-offset 1020 --nics eth0@1,eth1@0", 4);
+	struct keel_map_req r;
+
+	keel_map_req_init(&r);
+	snprintf(r.iface, sizeof(r.iface), "eth0");
+	for (int pass = 0; pass < 2; pass++) {
+		r.shards = pass ? 2 : 0;
+		logged[0] = 0;
+		keel_log_set_sink(log_sink, NULL);
+		cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), 0, "%s", err);
+		keel_log_set_sink(NULL, NULL);
+		cr_assert(strstr(logged, "the CPUs local to eth0 (NUMA node 1) are all numbered "
+					 "1024 or above (KEEL_MAX_CPUS, keel's limit)"),
+			  "--shards %u: '%s'", r.shards, logged);
+		assert_shards_on(&map, 0, map.nshards, 0);
+	}
+	/* eth1 on node 0, whose CPUs are below the limit: nothing said */
+	snprintf(r.iface, sizeof(r.iface), "eth1");
+	r.shards = 0;
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), 0, "%s", err);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(!strstr(logged, "KEEL_MAX_CPUS"), "%s", logged);
+	keel_topo_destroy(t);
+}
+
 /* ---- a default shard count capped at KEEL_MAX_SHARDS ---- */
 
 /* A stand-in for sched_getaffinity allowing CPUs 0..many_cpus-1, more than KEEL_MAX_SHARDS

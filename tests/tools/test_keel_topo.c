@@ -10,6 +10,7 @@
 
 #include <criterion/criterion.h>
 
+#include "gen_topo.h"
 #include "wait.h"
 
 #ifndef KEEL_TOPO_BIN
@@ -202,7 +203,8 @@ Test(tools_topo, json_parses_and_has_the_documented_fields)
 		"for n in d['nics']:\n"
 		"    assert set(n)=={'name','netdev','pci','virtual','vf','model','driver',\n"
 		"        'numa_node','local_cpus','rx_queues','tx_queues','channels','rx_ring',\n"
-		"        'hds','hds_thresh','irqs','rxq'}, set(n)\n"
+		"        'hds','hds_thresh','irqs','rxq','local_cpus_beyond_limit'}, set(n)\n"
+		"    assert isinstance(n['local_cpus_beyond_limit'], bool)\n"
 		"    assert set(n['channels'])=={'rx','tx','combined','max_rx','max_tx',\n"
 		"        'max_combined'}, n['channels']\n"
 		"    assert n['hds'] in ('on','off','unknown')\n"
@@ -846,4 +848,35 @@ Test(tools_topo, svg_marks_an_irq_mismatch_in_the_warning_colour)
 	free(doc);
 	unlink(svg);
 	unlink(path);
+}
+
+/* The reviewer's machine: 4 packages of 2 nodes of 80 cores x 2 threads, 1280 CPUs, eth0 on
+ * node 7 (CPUs 1120-1279, all past KEEL_MAX_CPUS) and eth1 on node 0. The report showed
+ * "NUMA node 7, local CPUs " (an empty list: a CPU set cannot hold them) and the map went
+ * to other nodes without a word; --json had "local_cpus": "". Now the report, the
+ * warning and --json say where eth0's CPUs are. */
+Test(tools_topo, a_nic_whose_cpus_are_all_past_keel_max_cpus_is_said_so)
+{
+	char xml[128], args[512], *out;
+
+	gen_topo_xml("4 2 80 2 --nics eth0@7,eth1@0", xml, sizeof(xml));
+	snprintf(args, sizeof(args), "--xml %s --queues 64 --iface eth0", xml);
+	cr_assert_eq(run(args, true, &out), 0, "%s", out);
+	cr_assert(strstr(out, "NUMA node 7, local CPUs: all numbered 1024 or above "
+			      "(KEEL_MAX_CPUS, keel's limit), so no shard can run on them\n"),
+		  "%s", out);
+	cr_assert(strstr(out, "the CPUs local to eth0 (NUMA node 7) are all numbered 1024 or "
+			      "above (KEEL_MAX_CPUS, keel's limit)"),
+		  "no warning: %s", out);
+	cr_assert(strstr(out, "NUMA node 0, local CPUs 0-159\n"), "eth1: %s", out);
+	free(out);
+	snprintf(args, sizeof(args), "--xml %s --queues 64 --iface eth0 --json", xml);
+	cr_assert_eq(run(args, false, &out), 0, "%s", out);
+	cr_assert(strstr(out, "\"name\": \"eth0\"") &&
+			  strstr(out, "\"local_cpus\": \"\", \"local_cpus_beyond_limit\": true"),
+		  "%s", out);
+	cr_assert(strstr(out, "\"local_cpus\": \"0-159\", \"local_cpus_beyond_limit\": false"),
+		  "%s", out);
+	free(out);
+	unlink(xml);
 }

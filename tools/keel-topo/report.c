@@ -64,6 +64,32 @@ text_core(const struct tool_ctx *c, unsigned ci, FILE *f)
 	fputc('\n', f);
 }
 
+/* "NUMA node N, local CPUs LIST", saying where CPUs past KEEL_MAX_CPUS are local too: the
+ * list cannot hold them, and was shown empty when they were all of them. */
+static void
+text_nic_local(const struct keel_topo_nic *n, FILE *f)
+{
+	char node[48], list[256];
+
+	if (n->numa >= 0)
+		snprintf(node, sizeof(node), "NUMA node %d", n->numa);
+	else
+		snprintf(node, sizeof(node), "NUMA node: not one node");
+	keel_topo_cpulist_format(&n->local, list, sizeof(list));
+	if (!n->local_beyond)
+		fprintf(f, "      %s, local CPUs %s\n", node, list);
+	else if (!list[0])
+		fprintf(f,
+			"      %s, local CPUs: all numbered %d or above (KEEL_MAX_CPUS, keel's "
+			"limit), so no shard can run on them\n",
+			node, KEEL_MAX_CPUS);
+	else
+		fprintf(f,
+			"      %s, local CPUs %s and more numbered %d or above (KEEL_MAX_CPUS, "
+			"keel's limit: they take no shard)\n",
+			node, list, KEEL_MAX_CPUS);
+}
+
 static void
 text_nic(const struct tool_ctx *c, const struct keel_topo_nic *n, FILE *f)
 {
@@ -83,12 +109,8 @@ text_nic(const struct tool_ctx *c, const struct keel_topo_nic *n, FILE *f)
 	fputc('\n', f);
 	if (n->is_virtual)
 		fprintf(f, "      virtual interface: no PCI device, no NUMA locality\n");
-	else if (n->numa >= 0)
-		fprintf(f, "      NUMA node %d, local CPUs %s\n", n->numa,
-			keel_topo_cpulist_format(&n->local, list, sizeof(list)));
 	else
-		fprintf(f, "      NUMA node: not one node, local CPUs %s\n",
-			keel_topo_cpulist_format(&n->local, list, sizeof(list)));
+		text_nic_local(n, f);
 	if (!n->netdev)
 		return;
 	if (!c->info->live && n->nrxq < 0) {
@@ -317,6 +339,8 @@ json_nic(const struct tool_ctx *c, const struct keel_topo_nic *n, FILE *f)
 	json_int(f, n->numa);
 	fputs(", \"local_cpus\": ", f);
 	json_cpus(f, &n->local);
+	fputs(", \"local_cpus_beyond_limit\": ", f);
+	fputs(n->local_beyond ? "true" : "false", f);
 	fputs(", \"rx_queues\": ", f);
 	json_int(f, n->nrxq);
 	fputs(", \"tx_queues\": ", f);

@@ -99,6 +99,8 @@ struct keel_topo_nic {
 	bool is_vf;                    /* live: an SR-IOV virtual function (has a physfn) */
 	int numa;                      /* OS index of its NUMA node, -1 when not one node */
 	struct keel_cpuset local;      /* CPUs local to it (all CPUs for a virtual one) */
+	bool local_beyond;             /* CPUs numbered at or above KEEL_MAX_CPUS are local to it
+					* too, which @local cannot hold (no shard runs there) */
 	int nrxq, ntxq;                /* queue counts, -1 when unknown */
 	int ch_rx, ch_tx, ch_combined; /* ethtool channels, -1 when unknown */
 	int ch_max_rx, ch_max_tx, ch_max_combined;
