@@ -365,3 +365,137 @@ Test(tools_topo, apply_refuses_an_hds_plan_for_a_driver_that_cannot_split)
 	assert_refused(steps, n, first_stop(steps, n, "virtio_net of fake0 cannot do it"));
 	keel_topo_destroy(t);
 }
+
+/* In @dir, a stand-in ethtool that records its arguments in @dir/ran and plays the kernel's
+ * rule for a user-set RSS table: "-X IF equal/weight" sets one (@dir/table says "set"),
+ * "-X IF default" clears it, and "-L" fails while one is set (the kernel refuses channel
+ * counts at or below the highest queue a user-set table names; the stand-in refuses any).
+ * Shell built-ins only: PATH holds nothing else. */
+static void
+stub_ethtool_with_table(const char *dir)
+{
+	char path[256];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/ethtool", dir);
+	f = fopen(path, "w");
+	cr_assert_not_null(f, "%s: %s", path, strerror(errno));
+	fprintf(f,
+		"#!/bin/sh\n"
+		"echo \"ethtool $*\" >> '%s/ran'\n"
+		"case \"$1 $3\" in\n"
+		"'-X default') echo none > '%s/table' ;;\n"
+		"'-X equal'|'-X weight') echo set > '%s/table' ;;\n"
+		"esac\n"
+		"v=none\n"
+		"[ -e '%s/table' ] && read v < '%s/table'\n"
+		"if [ \"$1\" = -L ] && [ \"$v\" = set ]; then\n"
+		"  echo 'netlink error: Invalid argument' >&2; exit 1\n"
+		"fi\n"
+		"exit 0\n",
+		dir, dir, dir, dir, dir);
+	cr_assert_eq(fclose(f), 0);
+	cr_assert_eq(chmod(path, 0755), 0);
+}
+
+/* plan_apply(@steps, @n) with PATH holding only that stand-in (and systemctl's), in a
+ * state where an earlier plan left a user-set table when @table; the commands run go to
+ * @ran. Returns plan_apply's status. Needs root (plan_apply refuses otherwise). */
+static int
+apply_over_a_table(const struct plan_step *steps, unsigned n, bool table, char *ran, size_t len)
+{
+	char dir[] = "/tmp/keel-topo-apply-XXXXXX", path[256];
+	char *oldpath = getenv("PATH") ? strdup(getenv("PATH")) : NULL;
+	int saved, fd, r;
+	ssize_t got;
+
+	cr_assert_not_null(mkdtemp(dir));
+	stub_ethtool_with_table(dir);
+	stub_command(dir, "systemctl");
+	if (table) {
+		snprintf(path, sizeof(path), "%s/table", dir);
+		fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+		cr_assert_geq(fd, 0);
+		cr_assert_eq(write(fd, "set\n", 4), 4);
+		close(fd);
+	}
+	cr_assert_eq(setenv("PATH", dir, 1), 0);
+	fflush(stderr);
+	saved = dup(STDERR_FILENO);
+	snprintf(path, sizeof(path), "%s/stderr", dir);
+	fd = open(path, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0600);
+	cr_assert(saved >= 0 && fd >= 0);
+	cr_assert_geq(dup2(fd, STDERR_FILENO), 0);
+	r = plan_apply(steps, n);
+	fflush(stderr);
+	dup2(saved, STDERR_FILENO);
+	close(saved);
+	close(fd);
+	if (oldpath)
+		setenv("PATH", oldpath, 1);
+	else
+		unsetenv("PATH");
+	free(oldpath);
+	snprintf(path, sizeof(path), "%s/ran", dir);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	got = fd >= 0 ? read(fd, ran, len - 1) : 0;
+	if (fd >= 0)
+		close(fd);
+	ran[got > 0 ? got : 0] = 0;
+	rm_dir(dir);
+	return r;
+}
+
+/* An earlier plan's RSS table (ethtool -X IF weight ..., which the kernel keeps as
+ * user-set) makes the next plan's first step, ethtool -L, fail with EINVAL when the new
+ * count is at or below a queue the table names. A plan that changes the channels and sets a
+ * table resets it first (ethtool -X IF default), so --apply runs through; it stopped at
+ * ethtool -L. */
+Test(tools_topo, plan_resets_the_rss_table_before_changing_the_channels)
+{
+	static struct plan_step steps[64];
+	struct keel_topo_nic *nic;
+	struct keel_topo *t = fake_live(&nic);
+	struct tool_ctx c;
+	char ran[2048];
+	int reset = -1, channels = -1, equal = -1, said = -1;
+	unsigned n;
+
+	nic->ch_combined = 4; /* 4 channels now, the map's 1 queue: ethtool -L runs */
+	nic->ch_max_combined = 4;
+	map.shards[0].irq_cpu = 0;
+	n = plan_of(t, &c, steps, sizeof(steps) / sizeof(steps[0]));
+	for (unsigned i = 0; i < n; i++) {
+		if (steps[i].kind == PLAN_NOTE && said < 0 &&
+		    strstr(steps[i].why, "ethtool -N fake0 delete LOC"))
+			said = (int)i;
+		if (steps[i].kind != PLAN_RUN || steps[i].argc < 4)
+			continue;
+		if (!strcmp(steps[i].argv[1], "-X") && !strcmp(steps[i].argv[3], "default"))
+			reset = (int)i;
+		if (!strcmp(steps[i].argv[1], "-L"))
+			channels = (int)i;
+		if (!strcmp(steps[i].argv[1], "-X") && !strcmp(steps[i].argv[3], "equal"))
+			equal = (int)i;
+	}
+	cr_assert(channels >= 0 && equal > channels, "premise: -L, then -X equal (%u steps)", n);
+	cr_assert(reset >= 0 && reset < channels,
+		  "no ethtool -X fake0 default before ethtool -L (step %d, -L at %d)", reset,
+		  channels);
+	/* Rules and contexts an earlier plan added block it too: said, with the commands. */
+	cr_assert(said >= 0 && said < channels, "no note on earlier rules before ethtool -L");
+	if (geteuid() != 0)
+		cr_skip_test("--apply needs root (the plan's order was checked)");
+	cr_assert_eq(apply_over_a_table(steps, n, true, ran, sizeof(ran)), 0,
+		     "--apply over an earlier plan's table failed; it ran:\n%s", ran);
+	cr_assert(strstr(ran, "ethtool -X fake0 default\nethtool -L fake0 combined 1\n"), "%s",
+		  ran);
+	/* With the channels already right, nothing to reset for: no extra step. */
+	nic->ch_combined = 1;
+	n = plan_of(t, &c, steps, sizeof(steps) / sizeof(steps[0]));
+	for (unsigned i = 0; i < n; i++)
+		cr_assert(steps[i].kind != PLAN_RUN || steps[i].argc < 4 ||
+				  strcmp(steps[i].argv[3], "default"),
+			  "a reset without a channel change (step %u)", i);
+	keel_topo_destroy(t);
+}

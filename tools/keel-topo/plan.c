@@ -120,6 +120,32 @@ rss_weights(struct plan_step *out, unsigned max, unsigned *n, const struct keel_
 	add_weights(s, m, others);
 }
 
+/* Before ethtool -L: the kernel refuses a channel count at or below the highest queue that a
+ * user-set RSS table (an earlier plan's equal/weight line), an ntuple rule or an RSS
+ * context names (EINVAL). The default table is no obstacle, and the plan sets its own
+ * after the channels (@sets_table): reset it. A virtual interface (@virt) has none of them. Rules
+ * and contexts are only said: which of them an earlier plan added is not known here. */
+static void
+reset_table(struct plan_step *out, unsigned max, unsigned *n, const char *ifn, unsigned nq,
+	    bool virt, bool sets_table)
+{
+	char why[400];
+
+	if (virt) /* no table, rules or contexts */
+		return;
+	snprintf(why, sizeof(why),
+		 "ntuple rules and RSS contexts an earlier plan added stay; one naming a queue at "
+		 "or above %u makes ethtool -L fail (EINVAL): ethtool -n %s lists them, ethtool "
+		 "-N %s delete LOC and ethtool -X %s context N delete remove them",
+		 nq, ifn, ifn, ifn);
+	note(out, max, n, why);
+	if (sets_table)
+		cmd(out, max, n, PLAN_RUN,
+		    "the default RSS table, so that a table an earlier plan set (which names the "
+		    "old queues) does not make ethtool -L fail; the RSS line below sets the map's",
+		    "ethtool", "-X", ifn, "default", (char *)NULL);
+}
+
 unsigned
 plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 {
@@ -127,7 +153,7 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 	const struct keel_topo_nic *nic =
 		m->iface[0] ? keel_topo_nic_find(c->topo, m->iface) : NULL;
 	const char *ifn = m->iface;
-	bool live = c->info->live, channels_change = true;
+	bool live = c->info->live, channels_change = true, sets_table;
 	unsigned n = 0, nq = m->rx_queues, nown;
 	int *owned = calloc(nq + 1, sizeof(*owned));
 	char a[32], b[32], why[400];
@@ -135,6 +161,9 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 	if (!owned)
 		return 0;
 	nown = owned_queues(m, owned);
+	/* Whether the RSS lines below set the indirection table: not on a virtual interface,
+	 * nor when --hds leaves the shards every queue (a note stops the plan there). */
+	sets_table = !(nic && nic->is_virtual) && !(m->hds && nown == nq);
 	/* A PCI function without an interface first: the map names it but has no queues. */
 	if (nic && !nic->netdev) {
 		note(out, max, &n,
@@ -156,6 +185,7 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 				 nq == 1 ? "" : "s");
 			note(out, max, &n, why);
 		} else {
+			reset_table(out, max, &n, ifn, nq, nic && nic->is_virtual, sets_table);
 			cmd(out, max, &n, PLAN_RUN,
 			    "one rx queue per shard: the driver has separate rx channels",
 			    "ethtool", "-L", ifn, "rx", a, (char *)NULL);
@@ -186,6 +216,7 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 				 ifn, nic->nrxq, nq);
 		note(out, max, &n, why);
 	} else {
+		reset_table(out, max, &n, ifn, nq, nic && nic->is_virtual, sets_table);
 		cmd(out, max, &n, PLAN_RUN,
 		    "one rx queue per shard, so each shard owns the queue its packets arrive on",
 		    "ethtool", "-L", ifn, "combined", a, (char *)NULL);
@@ -252,6 +283,14 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 		char port[16], q[16];
 
 		snprintf(port, sizeof(port), "%d", c->port);
+		/* keel-topo does not know which rules an earlier plan added (ethtool numbers
+		 * them; nothing records the numbers): said, so that they are not doubled. */
+		snprintf(why, sizeof(why),
+			 "the rules below are added again at each run: first remove an earlier "
+			 "plan's for port %d and their RSS context (ethtool -n %s lists them; "
+			 "ethtool -N %s delete LOC, ethtool -X %s context N delete)",
+			 c->port, ifn, ifn, ifn);
+		note(out, max, &n, why);
 		cmd(out, max, &n, PLAN_RUN, "ntuple filters must be on before rules can be added",
 		    "ethtool", "-K", ifn, "ntuple", "on", (char *)NULL);
 		if (nown == 1) {
