@@ -227,22 +227,14 @@ stub_command(const char *dir, const char *name)
 	cr_assert_eq(chmod(path, 0755), 0);
 }
 
-/* plan_apply(@steps, @n) with PATH holding only stand-ins for ethtool and systemctl that
- * record a call, and stderr kept in @out: fails the test if any command ran (whatever
- * plan_apply does, no real one can). Returns plan_apply's status. */
+/* plan_apply(@steps, @n) with PATH set to @dir alone and stderr kept in @errpath; PATH and
+ * stderr come back after it. Returns plan_apply's status. */
 static int
-apply_with_stubs(const struct plan_step *steps, unsigned n, char *out, size_t len)
+apply_in(const char *dir, const struct plan_step *steps, unsigned n, const char *errpath)
 {
-	char dir[] = "/tmp/keel-topo-apply-XXXXXX", errpath[256], ran[256];
 	char *oldpath = getenv("PATH") ? strdup(getenv("PATH")) : NULL;
 	int saved, fd, r;
-	ssize_t got;
 
-	cr_assert_not_null(mkdtemp(dir));
-	stub_command(dir, "ethtool");
-	stub_command(dir, "systemctl");
-	snprintf(errpath, sizeof(errpath), "%s/stderr", dir);
-	snprintf(ran, sizeof(ran), "%s/ran", dir);
 	cr_assert_eq(setenv("PATH", dir, 1), 0);
 	fflush(stderr);
 	saved = dup(STDERR_FILENO);
@@ -259,7 +251,25 @@ apply_with_stubs(const struct plan_step *steps, unsigned n, char *out, size_t le
 	else
 		unsetenv("PATH");
 	free(oldpath);
+	return r;
+}
 
+/* plan_apply(@steps, @n) with PATH holding only stand-ins for ethtool and systemctl that
+ * record a call, and stderr kept in @out: fails the test if any command ran (whatever
+ * plan_apply does, no real one can). Returns plan_apply's status. */
+static int
+apply_with_stubs(const struct plan_step *steps, unsigned n, char *out, size_t len)
+{
+	char dir[] = "/tmp/keel-topo-apply-XXXXXX", errpath[256], ran[256];
+	int fd, r;
+	ssize_t got;
+
+	cr_assert_not_null(mkdtemp(dir));
+	stub_command(dir, "ethtool");
+	stub_command(dir, "systemctl");
+	snprintf(errpath, sizeof(errpath), "%s/stderr", dir);
+	snprintf(ran, sizeof(ran), "%s/ran", dir);
+	r = apply_in(dir, steps, n, errpath);
 	fd = open(errpath, O_RDONLY | O_CLOEXEC);
 	cr_assert_geq(fd, 0);
 	got = read(fd, out, len - 1);
@@ -405,8 +415,7 @@ static int
 apply_over_a_table(const struct plan_step *steps, unsigned n, bool table, char *ran, size_t len)
 {
 	char dir[] = "/tmp/keel-topo-apply-XXXXXX", path[256];
-	char *oldpath = getenv("PATH") ? strdup(getenv("PATH")) : NULL;
-	int saved, fd, r;
+	int fd, r;
 	ssize_t got;
 
 	cr_assert_not_null(mkdtemp(dir));
@@ -419,23 +428,8 @@ apply_over_a_table(const struct plan_step *steps, unsigned n, bool table, char *
 		cr_assert_eq(write(fd, "set\n", 4), 4);
 		close(fd);
 	}
-	cr_assert_eq(setenv("PATH", dir, 1), 0);
-	fflush(stderr);
-	saved = dup(STDERR_FILENO);
 	snprintf(path, sizeof(path), "%s/stderr", dir);
-	fd = open(path, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0600);
-	cr_assert(saved >= 0 && fd >= 0);
-	cr_assert_geq(dup2(fd, STDERR_FILENO), 0);
-	r = plan_apply(steps, n);
-	fflush(stderr);
-	dup2(saved, STDERR_FILENO);
-	close(saved);
-	close(fd);
-	if (oldpath)
-		setenv("PATH", oldpath, 1);
-	else
-		unsetenv("PATH");
-	free(oldpath);
+	r = apply_in(dir, steps, n, path);
 	snprintf(path, sizeof(path), "%s/ran", dir);
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	got = fd >= 0 ? read(fd, ran, len - 1) : 0;
