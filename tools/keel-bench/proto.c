@@ -6,12 +6,14 @@
  *     uint32 length, big-endian, equal to --size | --size payload bytes
  * Stream: unframed chunks of --size payload bytes.
  * Payload byte j of message (or chunk) number s on a connection is
- *     (uint8_t)(29 * (s % K) + 131 * j + (j >> 8) + 1)
+ *     (uint8_t)(29 * (s % K) + 131 * j + (j >> 8) + 97 * (j >> 16) + 1)
  * with K = clamp(1 MiB / message bytes, 2, 61), so the byte stream a connection sends is
  * periodic with a period of K messages. The server echoes bytes back unchanged and parses
  * nothing; the client compares every echoed byte with the stream it sent (length field and
  * payload alike). A dropped, duplicated or altered byte shows unless whole multiples of K
- * messages vanish together.
+ * messages vanish together. Within a message, a piece moved, dropped or doubled shows when it
+ * moves by other than a multiple of 256 bytes (the 131 * j term), or by a multiple of 4 KiB
+ * within 1 MiB (the j >> 8 and j >> 16 terms: before the latter, 64 KiB blocks were equal).
  */
 #include <errno.h>
 #include <math.h>
@@ -55,8 +57,10 @@ bench_pattern_init(struct bench_pattern *p, const struct bench_cfg *cfg, size_t 
 			msg[2] = (uint8_t)(cfg->size >> 8);
 			msg[3] = (uint8_t)cfg->size;
 		}
+		/* (j >> 16): each 64 KiB block of a longer message differs, so one moved,
+		 * dropped or doubled within it does not verify (97 is odd: 256 blocks differ). */
 		for (uint32_t j = 0; j < cfg->size; j++)
-			msg[hdr + j] = (uint8_t)(29 * m + 131 * j + (j >> 8) + 1);
+			msg[hdr + j] = (uint8_t)(29 * m + 131 * j + (j >> 8) + 97 * (j >> 16) + 1);
 	}
 	for (size_t i = 0; i < extra; i++)
 		p->pat[p->period + i] = p->pat[i % p->period];
