@@ -340,7 +340,8 @@ main(int argc, char **argv)
 			echo_fwd_stats(i, &fs);
 			fprintf(stderr,
 				"shard %u forward: %llu frames in, %llu relayed for other shards, "
-				"%llu echoed, %llu dropped (connection gone or failed), %llu cut "
+				"%llu queued for echo, %llu dropped (connection gone or failed), "
+				"%llu cut "
 				"short by a half-close, %llu waited "
 				"for room, %llu errors; reading paused %llu times for bytes away "
 				"(at most %llu away); %llu half-closes waited for frames away\n",
