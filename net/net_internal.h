@@ -203,10 +203,14 @@ keel__pbuf_pressed(const struct pbuf_ring *r, const void *p)
 {
 	const struct keel_slice *area;
 
-	/* A quarter of the buffers at least stays for the receives of every connection;
-	 * held buffers only: out less those the ring holds for the kernel (incremental). */
-	return r->nareas && r->out - r->nkref > r->nbufs - r->nbufs / 4 &&
-	       keel__pbuf_owns(r, p, &area);
+	/* A quarter of the buffers, and two at least, stays for the receives of every
+	 * connection; held buffers only: out less those the ring holds for the kernel
+	 * (incremental). With one (4 buffers or fewer), the buffer the kernel was filling,
+	 * which counts as the kernel's though queued slices of it hold it too, was the last:
+	 * all were held before a slice was copied, and the shard starved. */
+	uint32_t keep = r->nbufs / 4 > 2 ? r->nbufs / 4 : 2;
+
+	return r->nareas && r->out - r->nkref + keep > r->nbufs && keel__pbuf_owns(r, p, &area);
 }
 
 /* Fault injection for tests: the next this-many buffer wraps in keel__pbuf_take fail
