@@ -515,7 +515,7 @@ deliver(struct keel_conn *c, unsigned bid, int res, uint32_t flags)
 {
 	struct net_shard *ns = c->ns;
 	struct pbuf_ring *r = c->rx_bulk ? &ns->bulk : &ns->tcp;
-	int n = keel__pbuf_take(r, bid, res, ns->f_bundle, ns->scratch, r->nbufs);
+	int n = keel__pbuf_take(r, bid, res, flags, ns->f_bundle, ns->scratch, r->nbufs);
 
 	if (n > 0) {
 		if (__builtin_expect(ns->zcrx != NULL, 0)) /* no call per receive without ZCRX */

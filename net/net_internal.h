@@ -186,8 +186,8 @@ void keel__pbuf_drop_krefs(struct pbuf_ring *r);
  * On error no slice is returned and the data is lost (the caller aborts the connection),
  * but no buffer is: every buffer of the completion the kernel retired goes back to the
  * ring, through the put of its slices or directly when it was never wrapped. */
-int keel__pbuf_take(struct pbuf_ring *r, unsigned bid, int res, bool bundle, struct keel_slice *out,
-		    unsigned max);
+int keel__pbuf_take(struct pbuf_ring *r, unsigned bid, int res, uint32_t cqe_flags, bool bundle,
+		    struct keel_slice *out, unsigned max);
 /* A slice to be held while a peer reads: copied out of a receive ring (or ZCRX area)
  * running low, so that held slices cannot take every receive buffer (conn.c). */
 void keel__net_unring(struct net_shard *ns, struct keel_slice *s);

@@ -303,8 +303,8 @@ kref_get(struct pbuf_ring *r, uint16_t bid)
 }
 
 int
-keel__pbuf_take(struct pbuf_ring *r, unsigned bid, int res, bool bundle, struct keel_slice *out,
-		unsigned max)
+keel__pbuf_take(struct pbuf_ring *r, unsigned bid, int res, uint32_t cqe_flags, bool bundle,
+		struct keel_slice *out, unsigned max)
 {
 	uint32_t rem = (uint32_t)res;
 	uint32_t pos;
@@ -317,13 +317,14 @@ keel__pbuf_take(struct pbuf_ring *r, unsigned bid, int res, bool bundle, struct 
 		uint16_t b = r->pos_bid[pos & r->mask];
 		uint32_t avail = r->bufsize - r->off[b];
 		uint32_t take = rem < avail ? rem : avail;
+		bool last = rem == take;
 		/* Without incremental consumption the kernel retires every buffer it used;
-		 * with it, only a full one. IORING_CQE_F_BUF_MORE says the same (clear exactly
-		 * when the last buffer was filled: the kernel moves its head only past a full
-		 * one) but some kernels drop it (a bundle's retry merges its flags without it):
-		 * trusted, a partly filled buffer went back to the ring while the kernel was
-		 * still filling it (net_rxwarm/a_partly_filled_buffer_stays_the_kernels_...). */
-		bool done = !r->inc || take == avail;
+		 * with it, only a full one, or the last one when the CQE lacks BUF_MORE: a
+		 * receive run from io-wq commits its whole buffer when it picks it, so a partly
+		 * filled one without the flag is the kernel's no more. Kernels whose bundle
+		 * receive drops the flag when it retries break this (docs/net.md). */
+		bool done =
+			!r->inc || take == avail || (last && !(cqe_flags & IORING_CQE_F_BUF_MORE));
 		bool moved = false;
 		int ret;
 

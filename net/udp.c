@@ -291,7 +291,7 @@ udp_deliver(struct keel_udp *u, unsigned bid, int res, uint32_t flags)
 
 	memset(&src, 0, sizeof(src));
 	if (ns->f_ms_recv) {
-		n = keel__pbuf_take(&ns->udp, bid, res, false, &whole, 1);
+		n = keel__pbuf_take(&ns->udp, bid, res, flags, false, &whole, 1);
 		if (n != 1) {
 			udp_nomem(u, n < 0 ? n : -ENOMEM);
 			return;
@@ -327,7 +327,7 @@ udp_deliver(struct keel_udp *u, unsigned bid, int res, uint32_t flags)
 		 * Linux 6.18 reports no buffer for a zero-length datagram (udp_deliver_empty);
 		 * should a kernel report one with res 0, own it as a one-byte slice narrowed to
 		 * an empty one, so it still goes back to the ring when that is put. */
-		n = keel__pbuf_take(&ns->udp, bid, res ? res : 1, false, &whole, 1);
+		n = keel__pbuf_take(&ns->udp, bid, res ? res : 1, flags, false, &whole, 1);
 		if (n != 1) {
 			udp_nomem(u, n < 0 ? n : -ENOMEM);
 			return;
