@@ -2532,16 +2532,16 @@ stop_rebuild(struct aof *a, bool *renamed)
 	path_of(tmp, sizeof(tmp), a->id, ".stop");
 	path_of(path, sizeof(path), a->id, "");
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0)
-		return -errno;
-	r = kv_test_fault("stop-rebuild") ? -EIO : table_write(a->db, fd, &len);
+	r = fd < 0 ? -errno : kv_test_fault("stop-rebuild") ? -EIO : table_write(a->db, fd, &len);
 	if (r == 0 && stop_datasync(fd) < 0)
 		r = -errno;
 	if (r == 0 && rename(tmp, path) < 0)
 		r = -errno;
 	if (r < 0) {
-		close(fd);
-		unlink(tmp);
+		if (fd >= 0) {
+			close(fd);
+			unlink(tmp);
+		}
 		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: rebuilding appendonly-%u.aof at stop: %s",
 			 a->id, a->id, strerror(-r));
 		return r;

@@ -1505,6 +1505,7 @@ Test(faults_kv, aof_flushall_survives_a_failed_truncate_and_a_failed_rebuild)
 	cr_assert_str_eq(line, "+OK\r\n", "FLUSHALL: '%s'", line);
 	log_wait(log, "shard 0: rebuilding appendonly-0.aof: Input/output error");
 	proc_stop_failed(&p); /* no rebuild renames its file, the stop's neither */
+	log_wait(log, "shard 0: rebuilding appendonly-0.aof at stop: Input/output error");
 	aof_restart(&p, "1", dir);
 	kv_command(p.port, "GET k", line, sizeof(line));
 	cr_assert_str_eq(line, "$-1\r\n", "k came back after the acknowledged FLUSHALL: '%s'",
