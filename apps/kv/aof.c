@@ -2547,11 +2547,9 @@ stop_rebuild(struct aof *a, bool *renamed)
 		return r;
 	}
 	/* An old write still in flight lands in the old file, which has no name now; the
-	 * stale descriptor is closed at the end (kv_aof_fini), after the ring's. */
-	if (a->stale_fd < 0)
-		a->stale_fd = a->fd;
-	else
-		close(a->fd);
+	 * stale descriptor is closed at the end (kv_aof_fini), after the ring's (a FLUSHALL
+	 * at stop, the one other user of stale_fd, does not follow a rebuild). */
+	a->stale_fd = a->fd;
 	close(a->chk_fd);
 	a->chk_fd = -1;
 	a->fd = fd;
@@ -2573,7 +2571,7 @@ void
 kv_aof_stop(void)
 {
 	struct aof *a = me();
-	bool inflight, dir_sync = false;
+	bool inflight, dir_sync = false, rebuilt = false;
 	int err = 0, r;
 
 	if (!a->open)
@@ -2608,18 +2606,8 @@ kv_aof_stop(void)
 	/* The file a failed sync lost, not rebuilt: the table goes to a new one. Whatever was
 	 * pending, in a batch or a FLUSHALL not yet applied to the file is in the table. */
 	if (a->sync_lost) {
-		bool renamed = false;
-
-		r = stop_rebuild(a, &renamed);
-		if (renamed) {
-			if (a->st == A_WRITING && a->heap) {
-				a->heap_busy = a->heap;
-				a->heap = NULL;
-			}
-			if (a->st == A_WRITING || a->st == A_FAILED) {
-				batch_free(a);
-				a->st = A_IDLE;
-			}
+		r = stop_rebuild(a, &rebuilt);
+		if (rebuilt) {
 			a->pend.len = 0;
 			a->reset = false;
 			a->sync_lost = 0;
@@ -2627,10 +2615,12 @@ kv_aof_stop(void)
 		}
 	}
 	if ((a->st == A_WRITING || a->st == A_FAILED) && (a->sl.buf || a->heap)) {
-		r = pwrite_all(a->fd, a->sl.buf ? a->sl.data : a->heap, a->wlen, a->off);
-		if (r == 0)
-			a->off += a->wlen;
-		err = r;
+		if (!rebuilt) { /* the rebuilt file holds the batch's records already */
+			r = pwrite_all(a->fd, a->sl.buf ? a->sl.data : a->heap, a->wlen, a->off);
+			if (r == 0)
+				a->off += a->wlen;
+			err = r;
+		}
 		/* A write still in flight reads the batch until it completes: a slice keeps its
 		 * own reference; heap memory waits for on_written. */
 		if (a->st == A_WRITING && a->heap) {
