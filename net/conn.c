@@ -42,7 +42,6 @@ struct keel_conn {
 	void *app, *user;
 	int fd;
 	bool direct;
-	bool freeing; /* conn_free runs (on_close): no framer lists itself on it any more */
 	struct keel_conn *prev, *next; /* ns->conns */
 	struct keel_conn *starve_next;
 	bool starving; /* on ns->starved, ns->starved_bulk (bulk_waiting) or ns->zc_waiting
@@ -553,7 +552,7 @@ keel__conn_zcrx_inject(struct keel_conn *c, const struct io_uring_cqe *cqe)
 struct keel_framer **
 keel__conn_framer_slot(struct keel_conn *c)
 {
-	return c->freeing ? NULL : &c->hframer;
+	return &c->hframer;
 }
 
 int
@@ -1505,13 +1504,11 @@ conn_free(struct keel_conn *c, bool notify)
 		z->owner = NULL;
 	if (c->close_timer)
 		keel_timer_destroy(c->close_timer);
-	/* Framers the app keeps past on_close must not abort @c later, nor one it pushes to
-	 * inside on_close list itself on @c. */
-	c->freeing = true;
-	keel__framers_conn_gone(c->hframer);
-	c->hframer = NULL;
 	if (notify && c->ops->on_close)
 		c->ops->on_close(c, c->status);
+	/* After on_close: framers the app keeps past it, one it pushed to inside it included,
+	 * must not abort @c later. */
+	keel__framers_conn_gone(c->hframer);
 	if (c->prev)
 		c->prev->next = c->next;
 	else

@@ -143,16 +143,12 @@ holding_add(struct keel_framer *f, struct net_shard *ns, struct keel_conn *c)
 {
 	struct keel_framer **list = keel__conn_framer_slot(c);
 
-	/* A connection being freed (a push from its on_close) takes no framer: a failed
-	 * reclaim falls back to abort_due. */
-	f->hconn = list ? c : NULL;
-	if (list) {
-		f->cnext = *list;
-		if (f->cnext)
-			f->cnext->cprev = &f->cnext;
-		f->cprev = list;
-		*list = f;
-	}
+	f->hconn = c;
+	f->cnext = *list;
+	if (f->cnext)
+		f->cnext->cprev = &f->cnext;
+	f->cprev = list;
+	*list = f;
 	f->hns = ns;
 	f->hnext = ns->holding;
 	if (f->hnext)

@@ -266,8 +266,8 @@ unsigned keel__steer_prog(enum keel_steer steer, unsigned n, const int *cpus,
 /* The shard's network state goes: its framers forget it (frame.c). */
 void keel__framers_detach(struct net_shard *ns);
 /* The head of @c's list of framers holding a partial frame of it (frame.c keeps it, so
- * that a failed reclaim of any of them aborts @c at once), NULL once @c is being freed;
- * conn.c tells them when @c goes (keel__framers_conn_gone, given the head). */
+ * that a failed reclaim of any of them aborts @c at once); conn.c tells them when @c goes,
+ * after its on_close (keel__framers_conn_gone, given the head). */
 struct keel_framer **keel__conn_framer_slot(struct keel_conn *c);
 void keel__framers_conn_gone(struct keel_framer *f);
 /* Area slices went back to the kernel (a refill published): re-arm the connections whose
