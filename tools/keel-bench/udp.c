@@ -181,7 +181,8 @@ bench_udp_echo(int fd, struct bench_udp_batch *b, uint64_t *syscalls, uint64_t *
 		int n, done = 0;
 
 		/* Only the headers the last batch used (once per datagram in pingpong: all 64
-		 * cost about 100 ns a call, a cost keel's server does not have). */
+		 * cost about 100 ns a call by the measurement review's timing, a cost keel's server
+		 * does not have). */
 		for (unsigned i = 0; i < b->dirty; i++)
 			batch_slot_reset(b, i);
 		b->dirty = 0;
