@@ -264,6 +264,7 @@ struct dio {
 };
 
 static struct dio dio;
+static bool dio_desc; /* opened into the direct-descriptor table: statx by path, then the slot */
 
 static void
 dio_read_cb(struct keel_file_req *req, int res, void *arg)
@@ -291,6 +292,7 @@ dio_open_cb(struct keel_file_req *req, int res, void *arg)
 		return;
 	}
 	SHARD_CHECK(d->f.flags & KEEL_FILE_F_DIRECT_IO, "flags 0x%x", d->f.flags);
+	SHARD_CHECK(!dio_desc || (d->f.flags & KEEL_FILE_F_FIXED), "flags 0x%x", d->f.flags);
 	SHARD_CHECK(d->f.lbs || d->f.dio_offset_align, "alignment known: lbs %u, dio %u", d->f.lbs,
 		    d->f.dio_offset_align);
 	a = d->f.dio_offset_align ? d->f.dio_offset_align : d->f.lbs;
@@ -326,16 +328,22 @@ dio_open_cb(struct keel_file_req *req, int res, void *arg)
 static void
 dio_start(void *app)
 {
-	SHARD_CHECK_EQ(keel_file_openat(&dio.req, AT_FDCWD, tmp_path, O_RDWR | O_DIRECT, 0, 0,
-					&dio.f, dio_open_cb, NULL),
+	if (dio_desc)
+		SHARD_CHECK_EQ(io_uring_register_files_sparse(keel_shard_ring_get(), 8), 0);
+	SHARD_CHECK_EQ(keel_file_openat(&dio.req, AT_FDCWD, tmp_path, O_RDWR | O_DIRECT, 0,
+					dio_desc ? KEEL_FILE_OPEN_DIRECT_DESC : 0, &dio.f,
+					dio_open_cb, NULL),
 		       0);
 }
 
-Test(core_file, odirect_misalignment_names_the_value)
+static void
+dio_misalignment(bool desc)
 {
 	struct keel_opts o = test_opts(1);
 	char block[4096] = "DIRECT";
 	int fd = make_tmp();
+
+	dio_desc = desc;
 
 	cr_assert_eq(pwrite(fd, block, sizeof(block), 0), (ssize_t)sizeof(block));
 	close(fd);
@@ -360,6 +368,18 @@ Test(core_file, odirect_misalignment_names_the_value)
 	cr_assert(!strstr(dio.e_addr, "length 4096 is") && !strstr(dio.e_addr, "offset 0 is"), "%s",
 		  dio.e_addr);
 	cr_assert_eq(dio.read_res, 4096, "aligned O_DIRECT read at the position: %d", dio.read_res);
+}
+
+Test(core_file, odirect_misalignment_names_the_value)
+{
+	dio_misalignment(false);
+}
+
+/* The same through a direct descriptor: the alignment comes from a statx of the path, and
+ * the slot is taken at the open's second completion. */
+Test(core_file, odirect_misalignment_names_the_value_for_a_direct_descriptor)
+{
+	dio_misalignment(true);
 }
 
 /* ---- O_DIRECT: the alignment is the opened file's, not its path's ---- */

@@ -140,9 +140,11 @@ KEEL_API int keel_file_from_fd(int fd, struct keel_file *out);
 
 /**
  * Read up to @len bytes at @off of @f into @buf (plain IORING_OP_READ). A short read is not
- * retried: @res says how many bytes came.
+ * retried: @res says how many bytes came. A read of a pipe or a socket holds one of the
+ * shard's --file-qd slots until data comes: as many such reads leave every later request
+ * of the shard waiting in the queue (docs/file.md, "Queue depth and the FIFO").
  * Ownership: @buf must stay valid and untouched until @cb runs.
- * Returns: 0; -EINVAL (O_DIRECT misalignment: see keel_file_last_error(); @len over 2 GiB;
+ * Returns: 0; -EINVAL (O_DIRECT misalignment: see keel_file_last_error(); @len over INT_MAX;
  * @off over 2^63 - 1 but for (uint64_t)-1, which reads at the file's position and moves
  * it, as read(2): pipes and other streams; NULL argument);
  * -EBADF (@f->fd is -1); -ESHUTDOWN.
@@ -252,7 +254,10 @@ KEEL_API int keel_file_statx(struct keel_file_req *req, int dirfd, const char *p
  * already (a close of a number whose close is in the ring waits for it instead: the number
  * may be a new file's), or when @f is a direct descriptor whose slot holds no file that
  * keel_file_openat() put there (closed already through a copy of @f; the close of such a
- * copy that waited in the queue behind the first completes with -EBADF). Context: a shard.
+ * copy that waited in the queue behind the first completes with -EBADF). A close made while
+ * requests wait in the queue (or the queue depth is reached, or stop hooks run) is queued
+ * unchecked: it returns 0, and a second close is then refused in @cb, with -EBADF, when it
+ * reaches the queue's head. Context: a shard.
  */
 KEEL_API int keel_file_close(struct keel_file_req *req, struct keel_file *f, keel_file_fn cb,
 			     void *arg);
