@@ -30,6 +30,7 @@ keel_runtime_submit(struct keel_runtime *rt, unsigned shard, struct keel_xreq *r
 		return -ESHUTDOWN;
 	}
 	req->next_ = NULL;
+	req->rsh_ = NULL;
 	if (s->xtail)
 		s->xtail->next_ = req;
 	else
@@ -65,6 +66,14 @@ keel__foreign_drain(struct keel_shard *s)
 	pthread_mutex_unlock(&s->xlock);
 	while (r) {
 		struct keel_xreq *next = r->next_;
+		/* On the list of requests that ran until keel_xreq_complete (at once, or later
+		 * from a callback). */
+		r->rsh_ = s;
+		r->rprev_ = NULL;
+		r->next_ = s->xrun;
+		if (s->xrun)
+			s->xrun->rprev_ = r;
+		s->xrun = r;
 		r->fn(r);
 		r = next;
 		n++;
@@ -92,6 +101,22 @@ keel__foreign_close(struct keel_shard *s)
 		keel_xreq_complete(r, -ECANCELED);
 		r = next;
 	}
+	/* Requests that ran and wait for something that will not come now (a timer: none
+	 * runs once the stop began): their owners would wait for ever. */
+	if (s->xrun) {
+		unsigned n = 0;
+
+		for (r = s->xrun; r; r = r->next_)
+			n++;
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "shard %u: %u foreign request%s (keel_runtime_submit) ran but %s not "
+			 "completed when the shard ended: completed now with -ECANCELED; complete "
+			 "them before the stop ends (timers do not run once it began: use a "
+			 "keel_shard_on_stop hook)",
+			 s->id, n, n == 1 ? "" : "s", n == 1 ? "was" : "were");
+		while (s->xrun)
+			keel_xreq_complete(s->xrun, -ECANCELED);
+	}
 }
 
 void
@@ -99,7 +124,17 @@ keel_xreq_complete(struct keel_xreq *req, int status)
 {
 	struct keel_xqueue *q = req->queue;
 	uint64_t one = 1;
+	struct keel_shard *s = req->rsh_;
 
+	if (s) { /* off its shard's list of requests that ran */
+		if (req->rprev_)
+			req->rprev_->next_ = req->next_;
+		else
+			s->xrun = req->next_;
+		if (req->next_)
+			req->next_->rprev_ = req->rprev_;
+		req->rsh_ = NULL;
+	}
 	req->status = status;
 	if (req->done)
 		req->done(req);
@@ -150,6 +185,8 @@ keel_xqueue_pop(struct keel_xqueue *q, struct keel_xreq **out, unsigned max)
 	unsigned n = 0;
 	bool more;
 
+	if (!max || !out)
+		return 0; /* the eventfd's count is left for a pop that can take something */
 	if (read(q->efd, &v, sizeof(v)) < 0 && errno != EAGAIN)
 		keel_log(KEEL_LOG_ERROR, "core", "xqueue eventfd read failed: %s", strerror(errno));
 	pthread_mutex_lock(&q->lock);
@@ -177,6 +214,8 @@ keel_xqueue_wait(struct keel_xqueue *q, struct keel_xreq **out, unsigned max, in
 	struct pollfd pfd = { .fd = q->efd, .events = POLLIN };
 	uint64_t deadline = timeout_ns >= 0 ? keel__clock_ns() + (uint64_t)timeout_ns : 0;
 
+	if (!max || !out)
+		return -EINVAL;
 	for (;;) {
 		unsigned n = keel_xqueue_pop(q, out, max);
 		int wait_ms = -1, r;

@@ -225,6 +225,9 @@ struct keel_shard {
 	/* Foreign requests: a mutex-protected list, checked without the lock each pass. */
 	pthread_mutex_t xlock;
 	struct keel_xreq *xhead, *xtail;
+	/* Requests whose fn ran and that are not completed yet (shard-local: linked through
+	 * next_ and rprev_), completed with -ECANCELED at the shard's end. */
+	struct keel_xreq *xrun;
 	_Atomic int xpending;
 	bool xclosed;
 	int xefd;

@@ -133,3 +133,80 @@ Test(core_foreign_stop, a_stop_on_a_shards_thread_takes_none_of_its_sqes, .timeo
 		     atomic_load(&st1.sq_added));
 	keel_runtime_destroy(st1.rt);
 }
+
+/* A request whose fn waits for a timer, which does not run once the stop began: its shard
+ * ends without completing it. Its owner waited for ever on its queue; it is completed with
+ * -ECANCELED at the shard's end, and the requests completed at once around it are not
+ * touched again. */
+static struct {
+	_Atomic int ran, done_calls;
+	struct keel_timer *t;
+} xt;
+
+static void
+xt_fire(struct keel_timer *t, void *arg)
+{
+	(void)t;
+	keel_xreq_complete(arg, 0);
+}
+
+static void
+xt_fn(struct keel_xreq *req)
+{
+	if (req->arg) { /* waits for an hour: the stop comes first */
+		SHARD_CHECK_EQ(keel_timer_create(xt_fire, req, &xt.t), 0);
+		SHARD_CHECK_EQ(keel_timer_start(xt.t, KEEL_MS(3600 * 1000), 0), 0);
+	} else {
+		keel_xreq_complete(req, 7);
+	}
+	atomic_fetch_add(&xt.ran, 1);
+}
+
+static void
+xt_done(struct keel_xreq *req)
+{
+	(void)req;
+	atomic_fetch_add(&xt.done_calls, 1);
+}
+
+Test(core_foreign_stop, a_request_that_waits_for_a_timer_is_cancelled_when_its_shard_ends,
+     .timeout = 60)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_runtime *rt;
+	struct keel_xqueue *q;
+	struct keel_xreq r[3], *out[4];
+	struct timespec ts = { 0, 1000 * 1000 };
+	int n, got = 0;
+
+	o.idle_poll_us = 0;
+	cr_assert_eq(keel_xqueue_create(&q), 0);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, NULL, NULL), 0);
+	for (int i = 0; i < 3; i++) {
+		r[i] = (struct keel_xreq){ .fn = xt_fn, .done = xt_done, .queue = q };
+		r[i].arg = i == 1 ? &xt : NULL;
+		cr_assert_eq(keel_runtime_submit(rt, 0, &r[i]), 0);
+	}
+	for (int i = 0; i < 30000 && atomic_load(&xt.ran) < 3; i++)
+		nanosleep(&ts, NULL);
+	cr_assert_eq(atomic_load(&xt.ran), 3);
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	/* Everything completed is queued by the time the join returns. */
+	while ((n = keel_xqueue_wait(q, out + got, 4 - (unsigned)got, 0)) > 0)
+		got += n;
+	cr_assert_eq(got, 3,
+		     "%d of the 3 requests completed (the one waiting for its timer "
+		     "was never completed)",
+		     got);
+	cr_assert_eq(atomic_load(&xt.done_calls), 3);
+	cr_assert_eq(r[0].status, 7);
+	cr_assert_eq(r[1].status, -ECANCELED);
+	cr_assert_eq(r[2].status, 7);
+	cr_assert_eq(keel_xqueue_wait(q, out, 0, KEEL_MS(1)), -EINVAL,
+		     "a wait that can take nothing never ended");
+	cr_assert_eq(keel_xqueue_pop(q, out, 0), 0u);
+	keel_runtime_destroy(rt);
+	keel_xqueue_destroy(q);
+}

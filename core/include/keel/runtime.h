@@ -207,7 +207,10 @@ KEEL_API void keel_runtime_stats_print(const struct keel_runtime *rt, FILE *f);
 struct keel_xreq;
 struct keel_xqueue;
 
-/** Runs on the target shard; must eventually call keel_xreq_complete(). */
+/** Runs on the target shard; must eventually call keel_xreq_complete(), before the shard's
+ * stop ends (timers do not run once the stop began: complete a request that waits for one
+ * from a keel_shard_on_stop hook). A request that ran and is not completed when its shard
+ * ends is completed then with -ECANCELED, and an error says how many were. */
 typedef void (*keel_xreq_fn)(struct keel_xreq *req);
 
 /** A request from a foreign thread. Caller-owned memory; set the public fields, then submit. */
@@ -219,6 +222,8 @@ struct keel_xreq {
 	int status;                /* out: the status given to keel_xreq_complete() */
 	/* private to keel */
 	struct keel_xreq *next_;
+	struct keel_xreq *rprev_; /* on its shard's list of requests that ran */
+	struct keel_shard *rsh_;  /* that shard, while the request is on it */
 };
 
 /**
@@ -250,7 +255,7 @@ KEEL_API int keel_xqueue_fd(const struct keel_xqueue *q);
 
 /**
  * Take up to @max completed requests, oldest first, without blocking.
- * Returns: how many were stored in @out.
+ * Returns: how many were stored in @out (0 for @max 0 or @out NULL).
  * Context: any thread.
  */
 KEEL_API unsigned keel_xqueue_pop(struct keel_xqueue *q, struct keel_xreq **out, unsigned max);
@@ -258,7 +263,8 @@ KEEL_API unsigned keel_xqueue_pop(struct keel_xqueue *q, struct keel_xreq **out,
 /**
  * Block until at least one completion is waiting (or @timeout_ns passes: KEEL_MS(100); -1
  * waits forever), then pop like keel_xqueue_pop().
- * Returns: how many were stored, 0 on timeout, or -errno.
+ * Returns: how many were stored, 0 on timeout, or -errno: -EINVAL for @max 0 or @out NULL
+ * (nothing could be taken, so the wait would never end).
  */
 KEEL_API int keel_xqueue_wait(struct keel_xqueue *q, struct keel_xreq **out, unsigned max,
 			      int64_t timeout_ns);
