@@ -58,6 +58,11 @@ extern const struct keel_conn_ops echo_ops;
 int srv_net_stats(struct srv *s, unsigned shard, struct keel_net_stats *out);
 /* ... of any runtime. */
 int rt_net_stats(struct keel_runtime *rt, unsigned shard, struct keel_net_stats *out);
+/* keel_feature_used(@f) on shard @shard of @rt: 1, 0, or -errno. The receive kind a test
+ * names is checked through it: whether a completion keeps a multishot receive armed
+ * (IORING_CQE_F_MORE) is the kernel's call (a bundle that maps the last buffer of the
+ * ring's window ends it), so a count of such completions can be 0 by chance. */
+int rt_feature_used(struct keel_runtime *rt, unsigned shard, enum keel_feature f);
 /* Run @fn on shard @shard of @rt as a request (@arg its req->arg; it completes the
  * request) and wait (within 30 s) for it: its status, or -errno. */
 int rt_run_on(struct keel_runtime *rt, unsigned shard, keel_xreq_fn fn, void *arg);

@@ -182,6 +182,18 @@ rt_net_stats(struct keel_runtime *rt, unsigned shard, struct keel_net_stats *out
 	return r;
 }
 
+static void
+feature_used_fn(struct keel_xreq *req)
+{
+	keel_xreq_complete(req, keel_feature_used(*(const enum keel_feature *)req->arg));
+}
+
+int
+rt_feature_used(struct keel_runtime *rt, unsigned shard, enum keel_feature f)
+{
+	return rt_run_on(rt, shard, feature_used_fn, &f);
+}
+
 int
 srv_net_stats(struct srv *s, unsigned shard, struct keel_net_stats *out)
 {
