@@ -289,7 +289,13 @@ Test(core_coalesce, a_gathering_sleep_ends_after_the_window_with_one_completion,
 	for (unsigned i = 0; i < ROUNDS; i++) {
 		uint64_t deadline = test_now_ms() + 30000;
 
-		/* Submit while the shard sleeps (it has nothing else to do). */
+		/* Submit while the shard sleeps: once it announced the sleep that follows the
+		 * last round (a gathering one, as that round's wake-up brought a completion),
+		 * so a shard preempted before it slept cannot take the request without one. */
+		while (!atomic_load(&rt->shards[0].sleeping) && test_now_ms() < deadline)
+			test_pause();
+		cr_assert(atomic_load(&rt->shards[0].sleeping), "round %u: the shard never slept",
+			  i);
 		req[i] = (struct keel_xreq){ .fn = count_cb };
 		cr_assert_eq(keel_runtime_submit(rt, 0, &req[i]), 0);
 		while (atomic_load(&ran) <= i && test_now_ms() < deadline)
@@ -306,8 +312,8 @@ Test(core_coalesce, a_gathering_sleep_ends_after_the_window_with_one_completion,
 	cr_assert_lt(elapsed, ROUNDS * 1000 / 2,
 		     "%u rounds took %llu ms: gathering sleeps waited for their 1 s timeout",
 		     ROUNDS, (unsigned long long)elapsed);
-	/* And the window was applied: each round's sleep began at most a few ms (the test's
-	 * 1 ms look) before its request came, so it lasted most of the 20 ms. */
+	/* And the window was applied: each round's request came during (or after) the
+	 * gathering sleep that followed the round before, which lasts 20 ms. */
 	cr_assert_geq(elapsed, ROUNDS * 20 / 2, "%u rounds took only %llu ms", ROUNDS,
 		      (unsigned long long)elapsed);
 }
