@@ -256,7 +256,8 @@ try_setup(struct net_zcrx *z, const struct keel_opts *o, unsigned ring_flags, in
 	idx = if_nametoindex(z->iface);
 	if (!idx)
 		return -ENODEV;
-	keel__zcrx_set_area(z, page_round(o->zcrx_area));
+	if (keel__zcrx_set_area(z, page_round(o->zcrx_area)) < 0)
+		return -ENOMEM;
 	z->area = map_local(z->area_len);
 	if (!z->area)
 		return -ENOMEM;
@@ -321,6 +322,8 @@ release(struct net_zcrx *z)
 	if (z->region)
 		munmap(z->region, z->region_len);
 	z->area = z->region = NULL;
+	free(z->page_slices);
+	z->page_slices = NULL;
 	z->rq_head = z->rq_tail = NULL;
 	z->rqes = NULL;
 	if (z->claimed)
@@ -457,6 +460,7 @@ keel_zcrx_stats(const struct keel_shard *sh, struct keel_zcrx_stats *out)
 	out->refills_pending = z->npend;
 	out->refills_lost = z->dropped;
 	out->held = z->held;
+	out->held_pages = z->pages_held;
 	out->frames = z->frames;
 	out->frame_frags = z->frame_frags;
 	out->frame_frags_max = z->frame_frags_max;

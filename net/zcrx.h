@@ -42,8 +42,14 @@ struct net_zcrx {
 	bool sim;             /* keel__zcrx_sim_attach(): a test plays the kernel; no RECV_ZC */
 	bool publish_queued;  /* a deferred publish (end of this pass) holds a net reference */
 	uint32_t held;        /* area slices not yet put (each will write one refill entry) */
-	uint32_t press_line;  /* held above which partial frames give theirs back: 3/4 of the
-				 area's buffers, a page each (keel__zcrx_set_area) */
+	/* The kernel's buffers are pages, and several fragments (small messages) can lie in
+	 * one: a page goes back only once every slice in it was put. So the pressure line is
+	 * of pages, and counts those with a slice out, not slices (keel__zcrx_set_area). */
+	uint32_t *page_slices; /* [area pages] slices out in each page */
+	uint32_t pages_held;   /* pages with page_slices > 0 */
+	uint32_t press_line;   /* pages_held above which partial frames give theirs back: 3/4
+				* of the area's pages */
+	unsigned page_shift;   /* log2 of the page size */
 	struct keel__zcrx_frag *pendv; /* [npend] fragments the full refill ring could not take */
 	uint32_t npend, pendcap;
 	/* Counters (keel_zcrx_stats). */
@@ -148,8 +154,9 @@ bool keel__zcrx_sim_recv(const struct net_shard *ns);
  * -ENOMEM when no buffer header could be had (the fragment goes straight back).
  * Context: @ns's shard. */
 int keel__zcrx_take(struct net_shard *ns, const struct io_uring_cqe *cqe, struct keel_slice *out);
-/* Whether @p lies in @ns's area while more area slices are held than the kernel can spare
- * (over three quarters of its 4 KiB buffers, as keel__pbuf_pressed for a copy-path ring):
+/* Whether @p lies in @ns's area while more of its pages hold a slice than the kernel can
+ * spare (over three quarters of its buffers, a page each, as keel__pbuf_pressed for a
+ * copy-path ring; several small fragments in one page are one page held):
  * a slice there that a send queue or a paused connection is about to hold for as long as a
  * peer takes to read is better copied out (conn.c, unring). Context: @ns's shard. */
 bool keel__zcrx_pressed(const struct net_shard *ns, const void *p);
@@ -215,15 +222,9 @@ extern _Atomic unsigned keel__zcrx_register_calls;
  * that takes the registration, which no NIC here does. */
 extern long (*keel__zcrx_register)(int ring_fd, void *reg);
 
-/* Set @z's area length and the pressure line that follows from it, once: the kernel's
- * buffers are a page each (64 KiB on some arm64 kernels, not 4096). */
-static inline void
-keel__zcrx_set_area(struct net_zcrx *z, size_t area_len)
-{
-	uint32_t n = (uint32_t)(area_len / (size_t)sysconf(_SC_PAGESIZE));
-
-	z->area_len = area_len;
-	z->press_line = n - n / 4;
-}
+/* Set @z's area length, the pressure line that follows from it and the per-page slice
+ * counts, once: the kernel's buffers are a page each (64 KiB on some arm64 kernels, not
+ * 4096). Returns 0 or -ENOMEM (no memory for the counts). */
+int keel__zcrx_set_area(struct net_zcrx *z, size_t area_len);
 
 #endif

@@ -186,8 +186,48 @@ area_unmap(struct net_zcrx *z)
 		munmap(z->area, z->area_len);
 	if (z->region)
 		munmap(z->region, z->region_len);
+	free(z->page_slices);
 	free(z->pendv);
 	free(z);
+}
+
+int
+keel__zcrx_set_area(struct net_zcrx *z, size_t area_len)
+{
+	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+	uint32_t n = (uint32_t)(area_len / pg);
+
+	/* A count a page (uint32_t: a 64 KiB page could hold 65,536 one-byte fragments, one
+	 * more than 16 bits count), 1/1024 of a 4 KiB-page area at most. */
+	free(z->page_slices);
+	z->page_slices = calloc(n ? n : 1, sizeof(*z->page_slices));
+	if (!z->page_slices)
+		return -ENOMEM;
+	z->pages_held = 0;
+	z->page_shift = (unsigned)__builtin_ctzl(pg);
+	z->area_len = area_len;
+	z->press_line = n - n / 4;
+	return 0;
+}
+
+/* Slice [off, off + len) of the area goes out (@out) or comes back: the count of each page
+ * it lies in, and pages_held. A kernel fragment lies in one page (its buffers are pages);
+ * a test's may cross one. */
+static void
+pages_count(struct net_zcrx *z, uint64_t off, uint32_t len, bool out)
+{
+	uint64_t p = off >> z->page_shift, last = (off + len - 1) >> z->page_shift;
+
+	for (; p <= last; p++) {
+		if (out) {
+			if (z->page_slices[p]++ == 0)
+				z->pages_held++;
+		} else {
+			net_verify(z->page_slices[p] > 0);
+			if (--z->page_slices[p] == 0)
+				z->pages_held--;
+		}
+	}
 }
 
 /* Give fragment @f back to the kernel: a refill entry now, or later when the ring is full. */
@@ -231,6 +271,9 @@ zc_release(void *data, uint32_t cap, void *arg)
 
 	net_verify(z->held > 0);
 	z->held--;
+	f.off = (uint64_t)((uint8_t *)data - (uint8_t *)z->area);
+	f.len = cap;
+	pages_count(z, f.off, f.len, false);
 	if (!z->ns) {
 		/* The shard's network state went while the app held this slice: the ring (and
 		 * its refill ring) is gone with it; the last one unmaps the area. */
@@ -244,8 +287,6 @@ zc_release(void *data, uint32_t cap, void *arg)
 		}
 		return;
 	}
-	f.off = (uint64_t)((uint8_t *)data - (uint8_t *)z->area);
-	f.len = cap;
 	refill(z, &f);
 }
 
@@ -436,14 +477,15 @@ keel__zcrx_take(struct net_shard *ns, const struct io_uring_cqe *cqe, struct kee
 		return r;
 	}
 	z->held++;
-	/* A quarter of the area stays for the kernel, as a quarter of a copy-path ring does
-	 * (keel__pbuf_pressed): past that line, partial frames copy their area slices out and
+	pages_count(z, f.off, f.len, true);
+	/* A quarter of the area's pages stays for the kernel, as a quarter of a copy-path ring
+	 * does (keel__pbuf_pressed): past that line, partial frames copy their area slices out and
 	 * give them back, after every fragment that arrives there (one reclaim a pass at most:
 	 * keel__net_kick), not only at the crossing, since a frame may begin when the area
 	 * is already past it. The kernel says nothing when the area runs out (its ENOMEM is
 	 * only for its own copies): the NIC drops what it cannot place, and frames that
 	 * cannot complete would hold the area for good. */
-	if (z->held > z->press_line)
+	if (z->pages_held > z->press_line)
 		keel__framers_reclaim_later(ns);
 	return 1;
 }
@@ -454,7 +496,7 @@ keel__zcrx_pressed(const struct net_shard *ns, const void *p)
 	const struct net_zcrx *z = ns->zcrx;
 	const uint8_t *b = p;
 
-	return z && z->state == KEEL_ZCRX_ON && z->held > z->press_line &&
+	return z && z->state == KEEL_ZCRX_ON && z->pages_held > z->press_line &&
 	       b >= (const uint8_t *)z->area && b < (const uint8_t *)z->area + z->area_len;
 }
 
@@ -497,7 +539,8 @@ keel__zcrx_sim_attach(struct net_shard *ns, size_t area_len, uint32_t rq_entries
 	}
 	z->shard = ns->id;
 	z->ns = ns;
-	keel__zcrx_set_area(z, area_len);
+	if (keel__zcrx_set_area(z, area_len) < 0)
+		return NULL;
 	z->area = mmap(NULL, area_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	/* Linux 6.18's layout on x86-64 (io_fill_zcrx_offsets): the header's head and tail
 	 * words, then the entries on the next cache line. */

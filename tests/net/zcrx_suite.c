@@ -2648,3 +2648,46 @@ Test(net_zcrx, recv_zc_sqe_layout)
 	ns.zcrx = NULL;
 	cr_assert_not(keel__zcrx_prep_recv(&ns, &sqe, 42));
 }
+
+/* The pressure line is three quarters of the area's pages, and it counts pages with a slice
+ * out: line + 1 fragments of 8 bytes in one page (small messages) hold one page, not line + 1
+ * buffers, and are not copied out of an area that is nearly all free; one fragment in each
+ * of line more pages then crosses it. */
+static void
+step_small_frags_one_page(void)
+{
+	struct net_shard *ns = keel__net_shard_cur();
+	uint32_t pg = (uint32_t)sysconf(_SC_PAGESIZE);
+	uint32_t pages = SIM_AREA / pg, line = pages - pages / 4, n = 2 * line + 1;
+	struct keel_slice *v = calloc(n, sizeof(*v));
+
+	if (!SHARD_CHECK(v != NULL))
+		return;
+	for (uint32_t i = 0; i <= line; i++) {
+		struct cqe32 c = nic(i % (pg / 8) * 8, 8); /* all within page 0 */
+		SHARD_CHECK_EQ(keel__zcrx_take(ns, &c.cqe, &v[i]), 1);
+	}
+	SHARD_CHECK(!keel__zcrx_pressed(ns, S.z->area), " area pressed with 1 of %u pages held",
+		    pages);
+	SHARD_CHECK_EQ(zst().held, line + 1);
+	SHARD_CHECK_EQ(zst().held_pages, 1);
+	/* Pages 1..line, one fragment each: line + 1 pages out, past the line. */
+	for (uint32_t i = 1; i <= line; i++) {
+		struct cqe32 c = nic((uint64_t)i * pg + 100, 8);
+		SHARD_CHECK_EQ(keel__zcrx_take(ns, &c.cqe, &v[line + i]), 1);
+	}
+	SHARD_CHECK(keel__zcrx_pressed(ns, S.z->area), " area not pressed with %u of %u pages held",
+		    line + 1, pages);
+	SHARD_CHECK_EQ(zst().held_pages, line + 1);
+	for (uint32_t i = 0; i < n; i++)
+		keel_slice_put(&v[i]);
+	SHARD_CHECK(!keel__zcrx_pressed(ns, S.z->area), " area pressed with every slice put");
+	free(v);
+}
+
+Test(net_zcrx, sim_pressure_counts_pages_not_fragments)
+{
+	sim_up(1, 2048, false);
+	run_on(0, step_small_frags_one_page);
+	sim_down();
+}

@@ -54,6 +54,9 @@ struct keel_zcrx_stats {
 	uint64_t misrouted;       /* connections aborted because their RECV_ZC failed with
 				   * EFAULT: their packets arrive in another rx queue (a
 				   * steering mistake; no receive of this shard can read them) */
+	uint32_t held_pages;      /* area pages with a slice handed out and not yet put (several
+				   * small fragments can share one): over three quarters of the
+				   * area's pages, held slices are copied out (docs/zcrx.md) */
 };
 
 /**
