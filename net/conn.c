@@ -59,6 +59,8 @@ struct keel_conn {
 	bool rst;       /* an abort that cuts the stream: the close resets it (fd_release) */
 	/* SEND_ZCs whose notification has not come: the socket may hold their pages */
 	struct zc_op *zc_out;
+	/* Its RECV_ZCs ended by ENOMEM with nothing held, in a row (keel__zcrx_nomem_give_up) */
+	struct keel__zcrx_nomem zc_nomem;
 	bool sqe_retry; /* a receive, send or shutdown found no SQE: tried again next pass */
 	bool want_writable, cancel_sent;
 	bool zc_ok;         /* may receive with RECV_ZC: accepted TCP (keel__zcrx_conn_wants) */
@@ -534,6 +536,8 @@ deliver_zc(struct keel_conn *c, const struct io_uring_cqe *cqe)
 {
 	int n = keel__zcrx_take(c->ns, cqe, c->ns->scratch);
 
+	if (n > 0)
+		c->zc_nomem.rounds = 0; /* the kernel had a buffer: an ENOMEM run ends */
 	if (n > 0 && !dropping_reads(c))
 		keel__lim_rx(&c->lim, cqe->res);
 	if (n != 0)
@@ -648,7 +652,8 @@ rq_later(struct keel_conn *c)
 
 /* A RECV_ZC that ended with @res < 0 (not a cancel), by keel__zcrx_end_action: armed again
  * at once (ENOSPC: the CQ was full, as the copy path re-arms an ended multishot), once a
- * refill is published or the retry timer fires (ENOMEM), or the copy path from now on
+ * refill is published or the retry timer fires (ENOMEM; aborted when it keeps failing with
+ * nothing held: keel__zcrx_nomem_give_up), or the copy path from now on
  * (EPROTONOSUPPORT: not TCP); EFAULT (the payload is in another queue's buffers, which no
  * receive here can read) and anything else abort. Nothing was consumed from the socket,
  * so the next receive reads from where this one stopped; the re-arm itself is the
@@ -664,6 +669,10 @@ zc_end(struct keel_conn *c, int res)
 		return true;
 	case KEEL__ZCRX_END_WAIT:
 		keel__zcrx_count_end(ns, res);
+		/* Failing for about a second with nothing held: its packets are copies from
+		 * another queue, and the ZCRX queue may never receive to give buffers back. */
+		if (keel__zcrx_nomem_give_up(ns, &c->zc_nomem))
+			return false; /* aborted with ENOMEM */
 		if (keel__zcrx_retry_later(ns) < 0)
 			return false; /* no timer to bound the wait: aborted with ENOMEM */
 		if (!c->starving && !c->closing)

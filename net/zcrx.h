@@ -54,7 +54,8 @@ struct net_zcrx {
 	uint32_t npend, pendcap;
 	/* Counters (keel_zcrx_stats). */
 	uint64_t zc_bytes, zc_frags, copy_bytes, refills, publishes, dropped;
-	uint64_t conn_fallbacks, cq_full_rearms, nomem_waits, misrouted;
+	uint64_t conn_fallbacks, cq_full_rearms, nomem_waits, misrouted, nomem_aborts;
+	uint32_t retry_rounds;    /* the retry timer's firings (keel__zcrx_nomem_give_up) */
 	struct keel_timer *retry; /* re-arms the connections waiting after ENOMEM, and writes
 				   * refills that found the ring full */
 	uint64_t frames, frame_frags, frame_frags_max;
@@ -119,13 +120,37 @@ enum keel__zcrx_end {
 			       * connection is aborted with @res */
 	KEEL__ZCRX_END_REARM, /* -ENOSPC (the CQ was full): arm the RECV_ZC again now */
 	KEEL__ZCRX_END_WAIT,  /* -ENOMEM (no free area buffer): arm it again once a refill is
-			       * published or KEEL__ZCRX_RETRY_NS has passed */
+			       * published or KEEL__ZCRX_RETRY_NS has passed, unless it keeps
+			       * failing with nothing held (keel__zcrx_nomem_give_up) */
 	KEEL__ZCRX_END_COPY,  /* -EPROTONOSUPPORT (not TCP): the copy path from now on */
 };
 enum keel__zcrx_end keel__zcrx_end_action(int res);
-/* A RECV_ZC that ended with ENOMEM is armed again after this at the latest: the area's
- * buffers come back from the kernel's page pool, which tells the shard nothing. */
+/* A RECV_ZC that ended with ENOMEM is armed again after this at the latest. The ENOMEM is
+ * the kernel's copy fallback finding the area's free list empty, and its buffers go back
+ * to that list only when the interface queue's page pool allocates, i.e. as that queue
+ * receives (io_zcrx_ring_refill, Linux 6.18), which tells the shard nothing. */
 #define KEEL__ZCRX_RETRY_NS (10ull * 1000 * 1000)
+/* A connection's RECV_ZCs ended by ENOMEM while the shard held no area slice, in a row
+ * (since its last payload), each in a retry round of its own (keel__zcrx_nomem_give_up).
+ * Zero when the connection is made. */
+struct keel__zcrx_nomem {
+	uint32_t rounds; /* such ends counted */
+	uint32_t round;  /* the shard's retry round of the last one counted */
+};
+/* That many such ends (about a second of retry rounds, KEEL__ZCRX_RETRY_NS apart at least)
+ * and the connection is aborted: its packets are copied, so they arrive on a queue without
+ * ZCRX, and the ZCRX queue may never receive and so never give the buffers back. */
+#define KEEL__ZCRX_NOMEM_ROUNDS 100
+/* A connection's RECV_ZC ended with -ENOMEM: count it in @w when the shard holds no area
+ * slice and a retry round has passed since the last one counted (a refill publish wakes
+ * waiters sooner; it is not a round). Returns: true when that made
+ * KEEL__ZCRX_NOMEM_ROUNDS: the caller aborts the connection with -ENOMEM (counted in
+ * nomem_aborts, the first on the shard logged with the cause and the fix). A connection
+ * resets @w->rounds to 0 when a RECV_ZC delivers payload. Context: @ns's shard. */
+bool keel__zcrx_nomem_give_up(struct net_shard *ns, struct keel__zcrx_nomem *w);
+/* Tests: one round of the retry timer now, as its firing does (waiting refills written,
+ * waiting connections armed again at the end of the pass, the round counted). */
+void keel__zcrx_retry_now(struct net_shard *ns);
 /* Count a RECV_ZC re-armed after -ENOSPC or waiting after -ENOMEM (stats). */
 void keel__zcrx_count_end(struct net_shard *ns, int res);
 /* A connection's RECV_ZC ended with -ENOMEM and it waits, or refills wait for room in a

@@ -140,8 +140,12 @@ pend_flush(struct net_zcrx *z)
 	}
 }
 
-/* Publish the refill tail; what went back may let a RECV_ZC that ended for want of a
- * buffer (ENOMEM) go on. */
+/* Publish the refill tail, and arm again the RECV_ZCs that ended for want of a buffer
+ * (ENOMEM). What went back lets them go on only once the interface queue's page pool
+ * allocates (as the queue receives): the kernel's copy fallback takes buffers from the
+ * area's free list, which a refill entry reaches only through the page pool's refill
+ * (io_zcrx_ring_refill, Linux 6.18). A queue that receives does that soon; keel cannot see
+ * whether it does, so it tries. */
 static void
 publish_now(struct net_zcrx *z)
 {
@@ -321,10 +325,12 @@ keel__zcrx_end_action(int res)
 		return KEEL__ZCRX_END_REARM;
 	case -ENOMEM:
 		/* The kernel needed a free area buffer (it copies payload that did not arrive
-		 * in the queue's own buffers) and had none. Arming again at once could only fail
-		 * again: wait for a slice of ours to go back, or for the kernel's page pool to
-		 * give some back (the retry timer). The copy path is no way out: the next
-		 * packets' payload is in area buffers, which a plain recv refuses (EFAULT). */
+		 * in the queue's own buffers) and its free list was empty. Arming again at once
+		 * could only fail again: wait for a slice of ours to go back, or for the retry
+		 * timer. Either helps only once the queue's page pool refills, as the queue
+		 * receives; a connection that keeps failing with nothing held is aborted
+		 * (keel__zcrx_nomem_give_up). The copy path is no way out: the next packets'
+		 * payload may be in area buffers, which a plain recv refuses (EFAULT). */
 		return KEEL__ZCRX_END_WAIT;
 	case -EPROTONOSUPPORT:
 		return KEEL__ZCRX_END_COPY;
@@ -341,6 +347,7 @@ retry_cb(struct keel_timer *t, void *arg)
 	(void)t;
 	if (!z->ns)
 		return;
+	z->retry_rounds++;
 	if (z->npend) { /* refills that found the ring full: room now? */
 		pend_flush(z);
 		publish_now(z);
@@ -363,6 +370,41 @@ keel__zcrx_retry_later(struct net_shard *ns)
 	if (!keel_timer_pending(z->retry))
 		keel_timer_start(z->retry, KEEL__ZCRX_RETRY_NS, 0);
 	return 0;
+}
+
+void
+keel__zcrx_retry_now(struct net_shard *ns)
+{
+	if (ns->zcrx)
+		retry_cb(ns->zcrx->retry, ns->zcrx);
+}
+
+bool
+keel__zcrx_nomem_give_up(struct net_shard *ns, struct keel__zcrx_nomem *w)
+{
+	struct net_zcrx *z = ns->zcrx;
+
+	/* Slices held: their puts may bring buffers back, and wake it (publish_now). */
+	if (!z || z->held)
+		return false;
+	if (w->rounds && w->round == z->retry_rounds)
+		return false;
+	w->round = z->retry_rounds;
+	if (++w->rounds < KEEL__ZCRX_NOMEM_ROUNDS)
+		return false;
+	if (z->nomem_aborts++ == 0)
+		keel_log(KEEL_LOG_WARN, NET_MOD,
+			 "shard %u: a connection's RECV_ZC found no free area buffer (ENOMEM) %u "
+			 "times in a row, at least %llu ms apart, with no area slice held: its "
+			 "packets are copied, not received zero-copy, most likely because they "
+			 "arrive on another rx queue than this shard's ZCRX queue %d (the kernel "
+			 "gives the area's buffers back to its copies only as that queue "
+			 "receives). The flow is not steered to the ZCRX queue: check the NIC's "
+			 "ntuple/RSS rules (keel-topo --check; --steer queue with the map). It is "
+			 "aborted (ENOMEM); later ones are counted in keel_zcrx_stats.nomem_aborts",
+			 z->shard, (unsigned)KEEL__ZCRX_NOMEM_ROUNDS,
+			 (unsigned long long)(KEEL__ZCRX_RETRY_NS / 1000000), z->rxq);
+	return true;
 }
 
 void

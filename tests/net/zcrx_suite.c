@@ -2492,6 +2492,132 @@ Test(net_zcrx, sim_recv_zc_cq_full_and_no_buffer_do_not_abort)
 	cr_assert(logged("raise --zcrx-area"), "%s", logbuf);
 }
 
+/* An ENOMEM that persists with no area slice held: the kernel's copy fallback took every
+ * free buffer of the area, and those go back to its free list only as the ZCRX queue's
+ * page pool refills, i.e. as that queue receives. A flow whose packets arrive on another
+ * queue (copied, not received zero-copy) while the ZCRX queue is idle would be armed again
+ * every 10 ms for ever: after KEEL__ZCRX_NOMEM_ROUNDS such ends in a row, each in a retry
+ * round of its own, the connection is aborted with ENOMEM and one WARN names the steering.
+ * The rounds are driven here (keel__zcrx_retry_now), not waited for; the simulated kernel
+ * never moves the refill head. */
+static unsigned nomem_round, nomem_aborted_at;
+
+static void
+step_nomem_round(void)
+{
+	struct net_shard *ns = keel__net_shard_cur();
+	struct cqe32 c = mkcqe(-ENOMEM, 0, 0);
+	struct keel_conn *conn = S.conn;
+
+	if (!sim_open_ok())
+		return;
+	SHARD_CHECK_EQ(zst().held, 0);
+	SHARD_CHECK_EQ(keel__conn_recv_kind(conn), 2, " round %u: RECV_ZC not armed again",
+		       nomem_round);
+	SHARD_CHECK_EQ(keel__conn_zcrx_inject(conn, &c.cqe), 0);
+	if (S.conn != conn || keel__conn_closing(conn)) {
+		nomem_aborted_at = nomem_round + 1;
+		return;
+	}
+	SHARD_CHECK_EQ(zst().nomem_aborts, 0);
+	/* The retry timer's round: the waiting connection is armed again after this pass. */
+	keel__zcrx_retry_now(ns);
+	SHARD_CHECK_EQ(__atomic_load_n(S.z->rq_head, __ATOMIC_ACQUIRE), 0);
+}
+
+static void
+step_payload(void)
+{
+	struct cqe32 c = nic(5 * 4096, 300);
+
+	if (!sim_open_ok())
+		return;
+	SHARD_CHECK_EQ(keel__conn_zcrx_inject(S.conn, &c.cqe), 0);
+	SHARD_CHECK_EQ(S.data_bytes, 300); /* delivered and put (DATA_PUT) */
+}
+
+static struct keel_zcrx_stats end_zst;
+static void
+step_end_zst(void)
+{
+	end_zst = zst();
+}
+
+/* @n rounds, or fewer when one aborts the connection: returns the round that did (from 1),
+ * or 0. */
+static unsigned
+nomem_rounds(unsigned n)
+{
+	nomem_aborted_at = 0;
+	for (unsigned i = 0; i < n && !nomem_aborted_at; i++) {
+		nomem_round = i;
+		run_on(0, step_nomem_round);
+	}
+	return nomem_aborted_at;
+}
+
+Test(net_zcrx, sim_recv_zc_enomem_with_nothing_held_aborts_after_the_bound)
+{
+	unsigned r;
+	int fd;
+
+	sim_up(1, 64, true);
+	capture();
+	fd = cli_connect(S.port);
+	cr_assert_geq(fd, 0);
+	WAIT_FOR(S.conn != NULL, "the connection did not open");
+	/* One more than the bound: the connection must be gone by its last round. */
+	r = nomem_rounds(KEEL__ZCRX_NOMEM_ROUNDS + 1);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, KEEL__ZCRX_NOMEM_ROUNDS, "aborted at round %u (0: never), not %d", r,
+		     KEEL__ZCRX_NOMEM_ROUNDS);
+	WAIT_FOR(atomic_load(&S.closed), "on_close did not run");
+	cr_assert_eq(S.close_status, -ENOMEM, "on_close status %d", S.close_status);
+	run_on(0, step_end_zst);
+	cr_assert_eq(end_zst.nomem_aborts, 1);
+	cr_assert_eq(end_zst.nomem_waits, KEEL__ZCRX_NOMEM_ROUNDS);
+	close(fd);
+	sim_down();
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq(count_of(logbuf, "not steered to the ZCRX queue"), 1, "%s", logbuf);
+	cr_assert(logged("keel-topo --check"), "%s", logbuf);
+	cr_assert(logged("keel_zcrx_stats.nomem_aborts"), "%s", logbuf);
+}
+
+/* An ENOMEM run that a payload ends before the bound starts again from nothing: twice
+ * KEEL__ZCRX_NOMEM_ROUNDS - 1 rounds with a payload between them abort nothing. */
+Test(net_zcrx, sim_recv_zc_enomem_that_clears_before_the_bound_does_not_abort)
+{
+	int fd;
+
+	sim_up(1, 64, true);
+	capture();
+	fd = cli_connect(S.port);
+	cr_assert_geq(fd, 0);
+	WAIT_FOR(S.conn != NULL, "the connection did not open");
+	cr_assert_eq(nomem_rounds(KEEL__ZCRX_NOMEM_ROUNDS - 1), 0, "aborted before the bound");
+	SHARD_CHECKS_PASSED();
+	/* The retry's re-arm: poll (bounded) for it, then a payload. */
+	uint64_t dl = test_now_ms() + TEST_WAIT_MS;
+	do
+		run_on(0, step_kind);
+	while (kind_now != 2 && test_now_ms() < dl);
+	cr_assert_eq(kind_now, 2, "RECV_ZC not armed again (receive kind %d)", kind_now);
+	run_on(0, step_payload);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(nomem_rounds(KEEL__ZCRX_NOMEM_ROUNDS - 1), 0,
+		     "aborted: the payload did not end the ENOMEM run");
+	SHARD_CHECKS_PASSED();
+	run_on(0, step_end_zst);
+	cr_assert_eq(end_zst.nomem_aborts, 0);
+	cr_assert_eq(end_zst.nomem_waits, 2 * (KEEL__ZCRX_NOMEM_ROUNDS - 1));
+	cr_assert_not(atomic_load(&S.closed));
+	close(fd);
+	sim_down();
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq(count_of(logbuf, "not steered to the ZCRX queue"), 0, "%s", logbuf);
+}
+
 /* The decision alone: how a RECV_ZC's error ending is handled. */
 Test(net_zcrx, recv_zc_end_action_by_errno_and_held_slices)
 {

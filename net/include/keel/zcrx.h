@@ -50,13 +50,18 @@ struct keel_zcrx_stats {
 				   * (EPROTONOSUPPORT), moved to the copy path */
 	uint64_t cq_full_rearms;  /* RECV_ZCs ended by a full CQ (ENOSPC) and armed again */
 	uint64_t nomem_waits;     /* RECV_ZCs ended for want of a free area buffer (ENOMEM):
-				   * armed again once a slice was returned or after 10 ms */
+				   * armed again once a slice was returned or after 10 ms (or
+				   * aborted: nomem_aborts) */
 	uint64_t misrouted;       /* connections aborted because their RECV_ZC failed with
 				   * EFAULT: their packets arrive in another rx queue (a
 				   * steering mistake; no receive of this shard can read them) */
 	uint32_t held_pages;      /* area pages with a slice handed out and not yet put (several
 				   * small fragments can share one): over three quarters of the
 				   * area's pages, held slices are copied out (docs/zcrx.md) */
+	uint64_t nomem_aborts;    /* connections aborted (ENOMEM) because their RECV_ZC kept
+				   * finding no free area buffer with no slice held, about 1 s:
+				   * their packets arrive on a queue without ZCRX and are copied,
+				   * and the idle ZCRX queue gives no buffer back (steering) */
 };
 
 /**
