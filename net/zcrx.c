@@ -33,6 +33,9 @@ register_ifq(int ring_fd, void *reg)
 
 long (*keel__zcrx_register)(int ring_fd, void *reg) = register_ifq;
 
+int (*keel__zcrx_ring_init)(unsigned entries, struct io_uring *ring,
+			    struct io_uring_params *p) = io_uring_queue_init_params;
+
 /* The refill ring's header (the kernel's struct io_uring: head and tail, 32 bits each; the
  * entries start where the kernel's offsets say, 64 bytes in on 6.18) comes first in the
  * region; a page is more than it needs on every architecture. */
@@ -473,6 +476,32 @@ keel_zcrx_stats(const struct keel_shard *sh, struct keel_zcrx_stats *out)
 	return 0;
 }
 
+/* What io_uring_setup's errno @e means for the probe's ring, and the fix. */
+static const char *
+ring_reason(int e)
+{
+	switch (e) {
+	case EINVAL: /* flags this kernel does not know: DEFER_TASKRUN (6.1), CQE32 (5.19) */
+		return "this kernel does not know those ring flags: ZCRX needs Linux 6.15 with "
+		       "CONFIG_IO_URING_ZCRX";
+	case EPERM:
+		return "io_uring is disabled for this process by the sysctl "
+		       "kernel.io_uring_disabled (2: for all; 1: for all but CAP_SYS_ADMIN and "
+		       "the group of kernel.io_uring_group); set it to 0, or run in that group";
+	case ENOMEM:
+		return "out of memory for the ring: the system's memory, or the locked-memory "
+		       "limit that older kernels charge rings to (raise it: ulimit -l)";
+	case ENOSYS:
+		return "this kernel has no io_uring (CONFIG_IO_URING off), or a seccomp filter "
+		       "refuses io_uring_setup";
+	case EMFILE:
+	case ENFILE:
+		return "no file descriptor left for the ring (ulimit -n)";
+	default:
+		return "the kernel refused io_uring_setup";
+	}
+}
+
 int
 keel_zcrx_probe(const char *iface, int rxq, char *why, size_t len)
 {
@@ -486,12 +515,12 @@ keel_zcrx_probe(const char *iface, int rxq, char *why, size_t len)
 		return -EINVAL;
 	memset(&p, 0, sizeof(p));
 	p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQE32;
-	r = io_uring_queue_init_params(8, &ring, &p);
+	r = keel__zcrx_ring_init(8, &ring, &p);
 	if (r < 0) {
 		snprintf(why, len,
 			 "ZCRX on %s rx queue %d: a DEFER_TASKRUN + CQE32 ring could not be made "
-			 "(%s): ZCRX needs Linux 6.15 with CONFIG_IO_URING_ZCRX",
-			 iface, rxq, strerror(-r));
+			 "(%s): %s",
+			 iface, rxq, strerror(-r), ring_reason(-r));
 		return r;
 	}
 	/* The runtime's default area and refill ring, as a shard registers them: a small area

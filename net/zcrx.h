@@ -14,6 +14,8 @@
 struct net_shard;
 struct keel_slice;
 struct io_uring_sqe;
+struct io_uring;
+struct io_uring_params;
 
 /* A shard's interface queue: the area the NIC writes payloads into and the refill ring
  * through which the shard hands consumed buffers back. */
@@ -246,6 +248,11 @@ extern _Atomic unsigned keel__zcrx_register_calls;
  * keel_zcrx_ifq_reg): -1 with errno, as the syscall. A pointer so tests can play a kernel
  * that takes the registration, which no NIC here does. */
 extern long (*keel__zcrx_register)(int ring_fd, void *reg);
+
+/* The creation of keel_zcrx_probe()'s scratch ring (io_uring_queue_init_params): a pointer
+ * so tests can make it fail as a kernel does (EPERM from kernel.io_uring_disabled, ...). */
+extern int (*keel__zcrx_ring_init)(unsigned entries, struct io_uring *ring,
+				   struct io_uring_params *p);
 
 /* Set @z's area length, the pressure line that follows from it and the per-page slice
  * counts, once: the kernel's buffers are a page each (64 KiB on some arm64 kernels, not

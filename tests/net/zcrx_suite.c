@@ -725,6 +725,57 @@ Test(net_zcrx, probe_registers_the_default_area_and_refill_ring)
 	cr_assert_eq(probe_rq_entries, KEEL_ZCRX_RQ_ENTRIES_DEFAULT);
 }
 
+/* The probe's scratch ring (DEFER_TASKRUN + CQE32) cannot be made: the message names what
+ * the errno means there. Only EINVAL says the kernel is too old for ZCRX; EPERM is the
+ * sysctl that disables io_uring, ENOMEM memory (it said "needs Linux 6.15" for all). */
+static int ring_err;
+
+static int
+ring_init_fail(unsigned entries, struct io_uring *ring, struct io_uring_params *p)
+{
+	(void)entries;
+	(void)ring;
+	(void)p;
+	return ring_err;
+}
+
+static void
+probe_ring_fails(int err, char *why, size_t len)
+{
+	int (*real)(unsigned, struct io_uring *, struct io_uring_params *) = keel__zcrx_ring_init;
+	unsigned before = atomic_load(&keel__zcrx_register_calls);
+	int r;
+
+	ring_err = err;
+	keel__zcrx_ring_init = ring_init_fail;
+	r = keel_zcrx_probe("lo", 0, why, len);
+	keel__zcrx_ring_init = real;
+	cr_assert_eq(r, err, "%s", why);
+	cr_assert_eq(atomic_load(&keel__zcrx_register_calls), before, "registered without a ring");
+	cr_assert(strstr(why, "ZCRX on lo rx queue 0: a DEFER_TASKRUN + CQE32 ring could not be "
+			      "made"),
+		  "%s", why);
+}
+
+Test(net_zcrx, probe_names_why_its_ring_could_not_be_made)
+{
+	char why[512];
+
+	probe_ring_fails(-EINVAL, why, sizeof(why));
+	cr_assert(strstr(why, "ZCRX needs Linux 6.15 with CONFIG_IO_URING_ZCRX"), "%s", why);
+	probe_ring_fails(-EPERM, why, sizeof(why));
+	cr_assert(strstr(why, "kernel.io_uring_disabled"), "%s", why);
+	cr_assert_null(strstr(why, "6.15"), "%s", why);
+	probe_ring_fails(-ENOMEM, why, sizeof(why));
+	cr_assert(strstr(why, "ulimit -l"), "%s", why);
+	cr_assert_null(strstr(why, "6.15"), "%s", why);
+	probe_ring_fails(-ENOSYS, why, sizeof(why));
+	cr_assert(strstr(why, "CONFIG_IO_URING"), "%s", why);
+	cr_assert_null(strstr(why, "6.15"), "%s", why);
+	probe_ring_fails(-EMFILE, why, sizeof(why));
+	cr_assert_null(strstr(why, "6.15"), "%s", why);
+}
+
 Test(net_zcrx, keel_topo_check_zcrx_says_per_queue_what_is_missing)
 {
 	char out[8192];
