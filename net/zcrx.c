@@ -465,6 +465,7 @@ keel_zcrx_stats(const struct keel_shard *sh, struct keel_zcrx_stats *out)
 	out->held = z->held;
 	out->held_pages = z->pages_held;
 	out->nomem_aborts = z->nomem_aborts;
+	out->frags_refused = z->frags_refused;
 	out->frames = z->frames;
 	out->frame_frags = z->frame_frags;
 	out->frame_frags_max = z->frame_frags_max;

@@ -57,6 +57,7 @@ struct net_zcrx {
 	/* Counters (keel_zcrx_stats). */
 	uint64_t zc_bytes, zc_frags, copy_bytes, refills, publishes, dropped;
 	uint64_t conn_fallbacks, cq_full_rearms, nomem_waits, misrouted, nomem_aborts;
+	uint64_t frags_refused;   /* CQEs refused with -EPROTO (keel__zcrx_take) */
 	uint32_t retry_rounds;    /* the retry timer's firings (keel__zcrx_nomem_give_up) */
 	struct keel_timer *retry; /* re-arms the connections waiting after ENOMEM, and writes
 				   * refills that found the ring full */

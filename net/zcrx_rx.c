@@ -499,12 +499,20 @@ keel__zcrx_take(struct net_shard *ns, const struct io_uring_cqe *cqe, struct kee
 		if (r == -EPROTO) {
 			const struct keel_zcrx_cqe *zc = (const void *)(cqe + 1);
 
-			keel_log(KEEL_LOG_ERROR, NET_MOD,
-				 "shard %u: RECV_ZC completion of %d bytes names offset 0x%llx "
-				 "outside the %zu-byte area (token 0x%llx): the connection is "
-				 "aborted",
-				 z->shard, cqe->res, (unsigned long long)zc->off, z->area_len,
-				 (unsigned long long)z->area_token);
+			/* Never returned (the kernel's entry is not ours to guess), so counted:
+			 * the kernel handed out more than zc_frags. Rate-limited, the first then
+			 * one in 1000: every later CQE of the aborted connection's multishot,
+			 * until its cancel lands, comes here too. */
+			if (z->frags_refused++ % 1000 == 0)
+				keel_log(KEEL_LOG_ERROR, NET_MOD,
+					 "shard %u: RECV_ZC completion of %d bytes names offset "
+					 "0x%llx outside the %zu-byte area (token 0x%llx): the "
+					 "connection is aborted (%llu such completions refused, "
+					 "keel_zcrx_stats.frags_refused; an ABI this keel does not "
+					 "know: run with --zcrx off)",
+					 z->shard, cqe->res, (unsigned long long)zc->off,
+					 z->area_len, (unsigned long long)z->area_token,
+					 (unsigned long long)z->frags_refused);
 		}
 		return r;
 	}

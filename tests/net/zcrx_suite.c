@@ -1490,6 +1490,39 @@ Test(net_zcrx, sim_offsets_bytes_refills_once_one_publish_per_pass)
 	sim_down();
 }
 
+/* Completions refused with -EPROTO (an offset outside the area: an ABI keel does not know)
+ * are counted, since their buffers never go back (refills stays below what the kernel
+ * handed out), and logged rate-limited: each later CQE of the aborted connection's
+ * multishot logged again. */
+#define BAD_CQES 1500
+static void
+step_many_bad_offsets(void)
+{
+	struct net_shard *ns = keel__net_shard_cur();
+	struct keel_slice s;
+
+	for (unsigned i = 0; i < BAD_CQES; i++) {
+		struct cqe32 c = mkcqe(64, IORING_CQE_F_MORE, AREA_ID2 | (i * 64));
+
+		SHARD_CHECK_EQ(keel__zcrx_take(ns, &c.cqe, &s), -EPROTO);
+	}
+	SHARD_CHECK_EQ(zst().frags_refused, BAD_CQES);
+	SHARD_CHECK_EQ(zst().zc_frags, 0);
+	SHARD_CHECK_EQ(zst().held, 0);
+}
+
+Test(net_zcrx, sim_refused_fragments_are_counted_and_logged_rate_limited)
+{
+	sim_up(1, 16, false);
+	capture();
+	run_on(0, step_many_bad_offsets);
+	sim_down();
+	keel_log_set_sink(NULL, NULL);
+	/* The first, then one in 1000. */
+	cr_assert_eq(count_of(logbuf, "outside the 2097152-byte area"), 2, "%s", logbuf);
+	cr_assert(logged("keel_zcrx_stats.frags_refused"), "%s", logbuf);
+}
+
 /* A completion naming bytes outside the area, or another area, is refused. */
 static void
 step_bad_offsets(void)

@@ -62,6 +62,9 @@ struct keel_zcrx_stats {
 				   * finding no free area buffer with no slice held, about 1 s:
 				   * their packets arrive on a queue without ZCRX and are copied,
 				   * and the idle ZCRX queue gives no buffer back (steering) */
+	uint64_t frags_refused;   /* RECV_ZC completions refused for an offset outside the area
+				   * (an ABI keel does not know; the connection is aborted): in
+				   * neither zc_frags nor refills, their buffers are not returned */
 };
 
 /**
