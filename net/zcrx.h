@@ -89,6 +89,9 @@ struct keel__zcrx_msg {
 void keel__zcrx_msg_init(struct keel__zcrx_msg *m, uint32_t max);
 /* Append @f. Returns: 0; -E2BIG at @max fragments; -ENOMEM (the message is unchanged). */
 int keel__zcrx_msg_add(struct keel__zcrx_msg *m, const struct keel__zcrx_frag *f);
+/* The capacity keel__zcrx_msg_add() grows a full array of @cap to: 16 at first, then twice
+ * @cap, never above @max (computed so that it cannot wrap). */
+uint32_t keel__zcrx_msg_next_cap(uint32_t cap, uint32_t max);
 /* Forget the fragments, keep the memory (the next message reuses it). */
 void keel__zcrx_msg_reset(struct keel__zcrx_msg *m);
 void keel__zcrx_msg_fini(struct keel__zcrx_msg *m);

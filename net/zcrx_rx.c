@@ -57,17 +57,25 @@ keel__zcrx_msg_init(struct keel__zcrx_msg *m, uint32_t max)
 	m->max = max;
 }
 
+uint32_t
+keel__zcrx_msg_next_cap(uint32_t cap, uint32_t max)
+{
+	/* In 64 bits: twice a capacity of 2^31 or more does not fit 32 (it read 0, and the
+	 * array was shrunk under the next write). */
+	uint64_t next = cap ? (uint64_t)cap * 2 : 16;
+
+	return next > max ? max : (uint32_t)next;
+}
+
 int
 keel__zcrx_msg_add(struct keel__zcrx_msg *m, const struct keel__zcrx_frag *f)
 {
 	if (m->n == m->max)
 		return -E2BIG;
 	if (m->n == m->cap) {
-		uint32_t cap = m->cap ? m->cap * 2 : 16;
+		uint32_t cap = keel__zcrx_msg_next_cap(m->cap, m->max);
 		struct keel__zcrx_frag *v;
 
-		if (cap > m->max)
-			cap = m->max;
 		v = realloc(m->v, (size_t)cap * sizeof(*v));
 		if (!v)
 			return -ENOMEM;

@@ -1030,6 +1030,20 @@ Test(net_zcrx, message_of_256_fragments_is_gathered_whole)
 }
 
 /* The test plays the kernel on a refill region laid out as 6.18 returns it. */
+/* The fragment array's growth: doubling, clamped to the maximum, and no wrap past 2^31
+ * fragments (where twice the capacity read 0 in 32 bits, and the array shrank under the
+ * next write). */
+Test(net_zcrx, message_array_growth_is_clamped_and_does_not_wrap)
+{
+	cr_assert_eq(keel__zcrx_msg_next_cap(0, 1000), 16);
+	cr_assert_eq(keel__zcrx_msg_next_cap(0, 5), 5);
+	cr_assert_eq(keel__zcrx_msg_next_cap(16, 1000), 32);
+	cr_assert_eq(keel__zcrx_msg_next_cap(512, 1000), 1000);
+	cr_assert_eq(keel__zcrx_msg_next_cap(0x80000000u, UINT32_MAX), UINT32_MAX);
+	cr_assert_eq(keel__zcrx_msg_next_cap(0xc0000000u, UINT32_MAX), UINT32_MAX);
+	cr_assert_eq(keel__zcrx_msg_next_cap(0x7fffffffu, UINT32_MAX), 0xfffffffeu);
+}
+
 Test(net_zcrx, refill_ring_entries_tokens_wrap_and_one_publish_per_pass)
 {
 	uint32_t region[4096 / 4 + 8 * 4];
