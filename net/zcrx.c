@@ -243,11 +243,25 @@ try_setup(struct net_zcrx *z, const struct keel_opts *o, unsigned ring_flags, in
 	}
 	r = keel__zcrx_claim(z->iface, z->rxq, z->shard, &owner);
 	if (r == -EEXIST) {
-		snprintf(
-			why, whylen,
-			"ZCRX on %s rx queue %d: shard %u of this process already registered queue "
-			"%d: one queue, one shard; give each shard its own queue (--rxqs, --map)",
-			z->iface, z->rxq, owner, z->rxq);
+		/* The probe claims as no shard: name it, never its owner number. */
+		if (owner == KEEL__ZCRX_PROBE_SHARD)
+			snprintf(why, whylen,
+				 "ZCRX on %s rx queue %d: a readiness probe of this process "
+				 "(keel_zcrx_probe, keel-topo --check --zcrx) holds queue %d for "
+				 "the moment it registers it; retry once it returned",
+				 z->iface, z->rxq, z->rxq);
+		else if (z->shard == KEEL__ZCRX_PROBE_SHARD)
+			snprintf(why, whylen,
+				 "ZCRX on %s rx queue %d: shard %u of this process has registered "
+				 "queue %d: it is in use for zero-copy receive, and the probe does "
+				 "not register it a second time (stop that runtime to probe it)",
+				 z->iface, z->rxq, owner, z->rxq);
+		else
+			snprintf(why, whylen,
+				 "ZCRX on %s rx queue %d: shard %u of this process already "
+				 "registered queue %d: one queue, one shard; give each shard its "
+				 "own queue (--rxqs, --map)",
+				 z->iface, z->rxq, owner, z->rxq);
 		return -EEXIST;
 	}
 	if (r < 0) {
@@ -530,7 +544,7 @@ keel_zcrx_probe(const char *iface, int rxq, char *why, size_t len)
 	memset(&z, 0, sizeof(z));
 	snprintf(z.iface, sizeof(z.iface), "%s", iface);
 	z.rxq = rxq;
-	z.shard = ~0u;
+	z.shard = KEEL__ZCRX_PROBE_SHARD;
 	r = try_setup(&z, &o, ring.flags, ring.ring_fd, why, len);
 	/* Closing the ring drops the interface queue (and the kernel's pins): then unmap. */
 	io_uring_queue_exit(&ring);

@@ -240,7 +240,9 @@ const char *keel__zcrx_reason(int err, const char *iface, int rxq, size_t area, 
 			      size_t len);
 
 /* Claim (iface, rxq) for @shard in the process-wide table: 0, or -EEXIST with the owner in
- * *owner (one queue, one shard). keel__zcrx_unclaim() gives it back. */
+ * *owner (one queue, one shard). keel__zcrx_unclaim() gives it back. keel_zcrx_probe()
+ * claims as KEEL__ZCRX_PROBE_SHARD. */
+#define KEEL__ZCRX_PROBE_SHARD (~0u)
 int keel__zcrx_claim(const char *iface, int rxq, unsigned shard, unsigned *owner);
 void keel__zcrx_unclaim(const char *iface, int rxq);
 

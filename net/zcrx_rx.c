@@ -437,7 +437,7 @@ keel__zcrx_misrouted(struct net_shard *ns)
 		keel_log(
 			KEEL_LOG_WARN, NET_MOD,
 			"shard %u: a connection's RECV_ZC failed with EFAULT: its packets arrive "
-			"in another rx queue than this shard's (%u), whose buffers no receive of "
+			"in another rx queue than this shard's (%d), whose buffers no receive of "
 			"this shard can read: it is aborted. Accept connections on the shard that "
 			"owns their queue (--steer queue with the map, and the NIC's RSS or ntuple "
 			"rules of keel-topo --plan); later ones are counted in "

@@ -681,6 +681,30 @@ Test(net_zcrx, probe_on_lo_gives_the_start_up_reason)
 	cr_assert(strstr(why, "no interface nosuch0"), "%s", why);
 }
 
+/* The probe claims its queue as a shard does, under an owner that is no shard
+ * (KEEL__ZCRX_PROBE_SHARD): losing the claim to a probe, or a probe losing it to a shard,
+ * names what holds the queue (it said "shard 4294967295"). No root: refused before the
+ * kernel is asked. */
+Test(net_zcrx, a_probe_that_loses_the_claim_names_who_holds_the_queue)
+{
+	unsigned before = atomic_load(&keel__zcrx_register_calls), owner;
+	char why[512];
+
+	/* Another thread's probe holds lo queue 7. */
+	cr_assert_eq(keel__zcrx_claim("lo", 7, KEEL__ZCRX_PROBE_SHARD, &owner), 0);
+	cr_assert_eq(keel_zcrx_probe("lo", 7, why, sizeof(why)), -EEXIST, "%s", why);
+	keel__zcrx_unclaim("lo", 7);
+	cr_assert_null(strstr(why, "4294967295"), "%s", why);
+	cr_assert(strstr(why, "keel_zcrx_probe"), "%s", why);
+	/* A shard of this process registered lo queue 7. */
+	cr_assert_eq(keel__zcrx_claim("lo", 7, 3, &owner), 0);
+	cr_assert_eq(keel_zcrx_probe("lo", 7, why, sizeof(why)), -EEXIST, "%s", why);
+	keel__zcrx_unclaim("lo", 7);
+	cr_assert(strstr(why, "shard 3 of this process"), "%s", why);
+	cr_assert(strstr(why, "in use"), "%s", why);
+	cr_assert_eq(atomic_load(&keel__zcrx_register_calls), before, "the kernel was asked");
+}
+
 /* What the probe's registration asked for: a stand-in for the kernel that records the area
  * and the refill ring, then refuses as lo does (no root needed: nothing reaches the kernel). */
 static uint64_t probe_area_addr, probe_area_len;
