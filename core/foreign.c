@@ -16,17 +16,61 @@ struct keel_xqueue {
 	int efd;
 };
 
+/* The list of requests that ran on @s (keel__foreign_drain), not yet completed. */
+static void
+run_link(struct keel_shard *s, struct keel_xreq *r)
+{
+	r->rsh_ = s;
+	r->rprev_ = NULL;
+	r->rnext_ = s->xrun;
+	if (s->xrun)
+		s->xrun->rprev_ = r;
+	s->xrun = r;
+}
+
+static void
+run_unlink(struct keel_shard *s, struct keel_xreq *r)
+{
+	if (r->rprev_)
+		r->rprev_->rnext_ = r->rnext_;
+	else
+		s->xrun = r->rnext_;
+	if (r->rnext_)
+		r->rnext_->rprev_ = r->rprev_;
+	r->rsh_ = NULL;
+}
+
+/* Whether @r is on @s's list. A request's private fields are not set before its first
+ * submit, so its rsh_ is not trusted: the list is walked (requests handed on from a
+ * shard's fn are the only ones found, and a shard rarely submits). */
+static bool
+run_listed(const struct keel_shard *s, const struct keel_xreq *r)
+{
+	for (const struct keel_xreq *l = s->xrun; l; l = l->rnext_)
+		if (l == r)
+			return true;
+	return false;
+}
+
 int
 keel_runtime_submit(struct keel_runtime *rt, unsigned shard, struct keel_xreq *req)
 {
-	struct keel_shard *s;
+	struct keel_shard *s, *own = NULL;
 
 	if (!rt || shard >= rt->count || !req || !req->fn)
 		return -EINVAL;
 	s = &rt->shards[shard];
+	/* Handed on by the fn it ran in (not completed): off this shard's list first, as the
+	 * shard it goes to lists it when it runs there. */
+	if (keel__cur && keel__cur->xrun && run_listed(keel__cur, req)) {
+		own = keel__cur;
+		run_unlink(own, req);
+	}
 	pthread_mutex_lock(&s->xlock);
 	if (s->xclosed || !atomic_load(&rt->accepting) || atomic_load(&rt->stopping)) {
 		pthread_mutex_unlock(&s->xlock);
+		if (own) /* still this shard's to complete */
+			run_link(own, req);
 		return -ESHUTDOWN;
 	}
 	req->next_ = NULL;
@@ -68,12 +112,7 @@ keel__foreign_drain(struct keel_shard *s)
 		struct keel_xreq *next = r->next_;
 		/* On the list of requests that ran until keel_xreq_complete (at once, or later
 		 * from a callback). */
-		r->rsh_ = s;
-		r->rprev_ = NULL;
-		r->next_ = s->xrun;
-		if (s->xrun)
-			s->xrun->rprev_ = r;
-		s->xrun = r;
+		run_link(s, r);
 		r->fn(r);
 		r = next;
 		n++;
@@ -106,14 +145,15 @@ keel__foreign_close(struct keel_shard *s)
 	if (s->xrun) {
 		unsigned n = 0;
 
-		for (r = s->xrun; r; r = r->next_)
+		for (r = s->xrun; r; r = r->rnext_)
 			n++;
-		keel_log(KEEL_LOG_ERROR, "core",
-			 "shard %u: %u foreign request%s (keel_runtime_submit) ran but %s not "
-			 "completed when the shard ended: completed now with -ECANCELED; complete "
-			 "them before the stop ends (timers do not run once it began: use a "
-			 "keel_shard_on_stop hook)",
-			 s->id, n, n == 1 ? "" : "s", n == 1 ? "was" : "were");
+		keel_log(
+			KEEL_LOG_ERROR, "core",
+			"shard %u: %u foreign request%s (keel_runtime_submit) ran but %s not "
+			"completed when the shard ended: completed now with -ECANCELED; complete "
+			"them before the stop ends (the timers pending when it begins are dropped: "
+			"use a keel_shard_on_stop hook)",
+			s->id, n, n == 1 ? "" : "s", n == 1 ? "was" : "were");
 		while (s->xrun)
 			keel_xreq_complete(s->xrun, -ECANCELED);
 	}
@@ -127,13 +167,9 @@ keel_xreq_complete(struct keel_xreq *req, int status)
 	struct keel_shard *s = req->rsh_;
 
 	if (s) { /* off its shard's list of requests that ran */
-		if (req->rprev_)
-			req->rprev_->next_ = req->next_;
-		else
-			s->xrun = req->next_;
-		if (req->next_)
-			req->next_->rprev_ = req->rprev_;
-		req->rsh_ = NULL;
+		/* That list is the shard's own: completed elsewhere, two threads would write it. */
+		keel_verify(s == keel__cur);
+		run_unlink(s, req);
 	}
 	req->status = status;
 	if (req->done)

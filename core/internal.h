@@ -226,7 +226,7 @@ struct keel_shard {
 	pthread_mutex_t xlock;
 	struct keel_xreq *xhead, *xtail;
 	/* Requests whose fn ran and that are not completed yet (shard-local: linked through
-	 * next_ and rprev_), completed with -ECANCELED at the shard's end. */
+	 * rnext_ and rprev_), completed with -ECANCELED at the shard's end. */
 	struct keel_xreq *xrun;
 	_Atomic int xpending;
 	bool xclosed;

@@ -69,6 +69,7 @@ Test(core_foreign_stop, a_request_queued_as_the_stop_begins_runs_on_its_shard, .
 		nanosleep(&ts, NULL);
 	/* The submitter's enqueue, as keel_runtime_submit makes it. */
 	l.req.next_ = NULL;
+	l.req.rsh_ = NULL;
 	s0->xhead = s0->xtail = &l.req;
 	atomic_store(&s0->xpending, 1);
 	if (atomic_load(&s0->sleeping) && atomic_exchange(&s0->sleeping, 0))
@@ -207,6 +208,66 @@ Test(core_foreign_stop, a_request_that_waits_for_a_timer_is_cancelled_when_its_s
 	cr_assert_eq(keel_xqueue_wait(q, out, 0, KEEL_MS(1)), -EINVAL,
 		     "a wait that can take nothing never ended");
 	cr_assert_eq(keel_xqueue_pop(q, out, 0), 0u);
+	keel_runtime_destroy(rt);
+	keel_xqueue_destroy(q);
+}
+
+/* A request handed on by its own fn (keel_runtime_submit again, before it completed): it
+ * leaves the list of requests that ran on the shard it ran on, and is listed again where it
+ * runs next. Listed twice, it looped on itself, stayed listed after it completed and the
+ * shard's end spun for ever over it, running its done again and again. */
+static _Atomic int hop_runs, hop_dones;
+
+static void
+hop_fn(struct keel_xreq *req)
+{
+	struct keel_runtime *rt = req->arg;
+	int n = atomic_fetch_add(&hop_runs, 1);
+
+	/* Shard 0, then shard 1, then shard 1 again, then completed there. */
+	if (n < 2)
+		SHARD_CHECK_EQ(keel_runtime_submit(rt, 1, req), 0);
+	else
+		keel_xreq_complete(req, n);
+}
+
+static void
+hop_done(struct keel_xreq *req)
+{
+	(void)req;
+	atomic_fetch_add(&hop_dones, 1);
+}
+
+Test(core_foreign_stop, a_request_its_fn_hands_on_completes_once, .timeout = 60)
+{
+	struct keel_opts o = test_opts(2);
+	struct keel_runtime *rt;
+	struct keel_xqueue *q;
+	struct keel_xreq req, waiter, *out[2];
+	struct timespec ts = { 0, 1000 * 1000 };
+
+	o.idle_poll_us = 0;
+	cr_assert_eq(keel_xqueue_create(&q), 0);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, NULL, NULL), 0);
+	/* Another request left running on shard 0 (waits for a timer the stop drops): the
+	 * hand-on must not cut it off the list. */
+	waiter = (struct keel_xreq){ .fn = xt_fn, .done = xt_done, .queue = q, .arg = &xt };
+	cr_assert_eq(keel_runtime_submit(rt, 0, &waiter), 0);
+	req = (struct keel_xreq){ .fn = hop_fn, .done = hop_done, .queue = q, .arg = rt };
+	cr_assert_eq(keel_runtime_submit(rt, 0, &req), 0);
+	cr_assert_eq(keel_xqueue_wait(q, out, 1, KEEL_S(30)), 1);
+	cr_assert_eq(out[0], &req);
+	cr_assert_eq(req.status, 2);
+	for (int i = 0; i < 30000 && atomic_load(&xt.ran) < 1; i++)
+		nanosleep(&ts, NULL);
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	cr_assert_eq(keel_xqueue_wait(q, out, 2, 0), 1, "the waiting request was not cancelled");
+	cr_assert_eq(out[0], &waiter);
+	cr_assert_eq(waiter.status, -ECANCELED);
+	cr_assert_eq(atomic_load(&hop_runs), 3);
+	cr_assert_eq(atomic_load(&hop_dones), 1);
 	keel_runtime_destroy(rt);
 	keel_xqueue_destroy(q);
 }

@@ -208,9 +208,11 @@ struct keel_xreq;
 struct keel_xqueue;
 
 /** Runs on the target shard; must eventually call keel_xreq_complete(), before the shard's
- * stop ends (timers do not run once the stop began: complete a request that waits for one
- * from a keel_shard_on_stop hook). A request that ran and is not completed when its shard
- * ends is completed then with -ECANCELED, and an error says how many were. */
+ * stop ends: the timers pending when the stop begins are dropped unrun, and none holds the
+ * stop (complete a request that waits for one from a keel_shard_on_stop hook). A request
+ * that ran and is not completed when its shard ends is completed then with -ECANCELED, and
+ * an error says how many were. fn may hand @req on with keel_runtime_submit (to this shard
+ * or another) instead of completing it. */
 typedef void (*keel_xreq_fn)(struct keel_xreq *req);
 
 /** A request from a foreign thread. Caller-owned memory; set the public fields, then submit. */
@@ -222,8 +224,8 @@ struct keel_xreq {
 	int status;                /* out: the status given to keel_xreq_complete() */
 	/* private to keel */
 	struct keel_xreq *next_;
-	struct keel_xreq *rprev_; /* on its shard's list of requests that ran */
-	struct keel_shard *rsh_;  /* that shard, while the request is on it */
+	struct keel_xreq *rnext_, *rprev_; /* on its shard's list of requests that ran */
+	struct keel_shard *rsh_;           /* that shard, while the request is on it */
 };
 
 /**
