@@ -207,7 +207,10 @@ int
 keel__zcrx_set_area(struct net_zcrx *z, size_t area_len)
 {
 	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
-	uint32_t n = (uint32_t)(area_len / pg);
+	/* Whole pages, a partial last one too: a fragment anywhere in the area has its count
+	 * (keel__zcrx_cqe_parse accepts any offset below area_len; the real area is whole
+	 * pages, a test's need not be). */
+	uint32_t n = (uint32_t)((area_len + pg - 1) / pg);
 
 	/* A count a page (uint32_t: a 64 KiB page could hold 65,536 one-byte fragments, one
 	 * more than 16 bits count), 1/1024 of a 4 KiB-page area at most. */

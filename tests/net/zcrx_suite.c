@@ -2740,6 +2740,56 @@ Test(net_zcrx, sim_recv_zc_enomem_that_clears_before_the_bound_does_not_abort)
 	cr_assert_eq(count_of(logbuf, "not steered to the ZCRX queue"), 0, "%s", logbuf);
 }
 
+/* The give-up's two rules, on the shard in one pass (so no retry timer fires between the
+ * calls): ENOMEM ends in one retry round count once (a refill's publish wakes a waiting
+ * connection without a round: 2 x KEEL__ZCRX_NOMEM_ROUNDS of them abort nothing), and none
+ * counts while the shard holds an area slice (its put may bring a buffer back:
+ * KEEL__ZCRX_NOMEM_ROUNDS + 1 rounds with a slice held abort nothing). Then the same rounds
+ * with nothing held do give up, at the bound. */
+static void
+step_give_up_rules(void)
+{
+	struct net_shard *ns = keel__net_shard_cur();
+	struct keel__zcrx_nomem w = { 0 };
+	struct cqe32 f = nic(9 * 4096, 100);
+	struct keel_slice held;
+	unsigned i;
+
+	for (i = 0; i < 2 * KEEL__ZCRX_NOMEM_ROUNDS; i++)
+		if (!SHARD_CHECK(!keel__zcrx_nomem_give_up(ns, &w),
+				 " gave up at ENOMEM %u, all in one retry round", i + 1))
+			return;
+	if (!SHARD_CHECK_EQ(keel__zcrx_take(ns, &f.cqe, &held), 1))
+		return;
+	w = (struct keel__zcrx_nomem){ 0 };
+	for (i = 0; i < KEEL__ZCRX_NOMEM_ROUNDS + 1; i++) {
+		keel__zcrx_retry_now(ns);
+		if (!SHARD_CHECK(!keel__zcrx_nomem_give_up(ns, &w),
+				 " gave up at round %u with an area slice held", i + 1))
+			break;
+	}
+	keel_slice_put(&held);
+	w = (struct keel__zcrx_nomem){ 0 };
+	for (i = 0; i < KEEL__ZCRX_NOMEM_ROUNDS; i++) {
+		keel__zcrx_retry_now(ns);
+		if (keel__zcrx_nomem_give_up(ns, &w))
+			break;
+	}
+	SHARD_CHECK_EQ(i + 1, KEEL__ZCRX_NOMEM_ROUNDS, " gave up at round %u", i + 1);
+}
+
+Test(net_zcrx, sim_recv_zc_enomem_counts_one_a_round_and_none_with_a_slice_held)
+{
+	sim_up(1, 64, false);
+	capture();
+	run_on(0, step_give_up_rules);
+	SHARD_CHECKS_PASSED();
+	run_on(0, step_end_zst);
+	cr_assert_eq(end_zst.nomem_aborts, 1);
+	sim_down();
+	keel_log_set_sink(NULL, NULL);
+}
+
 /* The decision alone: how a RECV_ZC's error ending is handled. */
 Test(net_zcrx, recv_zc_end_action_by_errno_and_held_slices)
 {
