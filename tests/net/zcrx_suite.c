@@ -1902,6 +1902,7 @@ static bool reclaim_frame_ok;
 static unsigned reclaim_frames;
 static int kind_now; /* step_kind: the connection's receive kind (2: RECV_ZC armed) */
 static void step_kind(void);
+static void wait_recv_zc_armed(const char *after);
 
 static int
 reclaim_on_frame(void *arg, struct keel_frame *fr)
@@ -1962,7 +1963,6 @@ step_reclaim_check(void)
 
 Test(net_zcrx, sim_a_partial_frame_gives_its_area_slices_back_when_the_area_runs_out)
 {
-	uint64_t dl;
 	int fd;
 
 	reclaim_frames = 0;
@@ -1972,11 +1972,7 @@ Test(net_zcrx, sim_a_partial_frame_gives_its_area_slices_back_when_the_area_runs
 	run_on(0, step_reclaimed_then_rest);
 	SHARD_CHECKS_PASSED();
 	/* The refill published re-arms the waiting connection, in a pass after it. */
-	dl = test_now_ms() + TEST_WAIT_MS;
-	do
-		run_on(0, step_kind);
-	while (kind_now != 2 && test_now_ms() < dl);
-	cr_assert_eq(kind_now, 2, "RECV_ZC not armed again after the reclaim");
+	wait_recv_zc_armed("after the reclaim");
 	run_on(0, step_rest);
 	run_on(0, step_reclaim_check);
 	close(fd);
@@ -2559,6 +2555,33 @@ step_kind(void)
 	kind_now = S.conn ? keel__conn_recv_kind(S.conn) : -1;
 }
 
+/* The connection's RECV_ZC armed again @after: polled (bounded), as the re-arm comes a pass
+ * or two after what woke it (a deferred publish, the retry timer). */
+static void
+wait_recv_zc_armed(const char *after)
+{
+	uint64_t dl = test_now_ms() + TEST_WAIT_MS;
+
+	do
+		run_on(0, step_kind);
+	while (kind_now != 2 && test_now_ms() < dl);
+	cr_assert_eq(kind_now, 2, "RECV_ZC not armed again %s (receive kind %d)", after, kind_now);
+}
+
+/* One shard with the simulated queue, listening, and a client connected: its fd. */
+static int
+sim_conn_up(void)
+{
+	int fd;
+
+	sim_up(1, 64, true);
+	capture();
+	fd = cli_connect(S.port);
+	cr_assert_geq(fd, 0);
+	WAIT_FOR(S.conn != NULL, "the connection did not open");
+	return fd;
+}
+
 static void
 step_enomem_none_held(void)
 {
@@ -2580,11 +2603,7 @@ Test(net_zcrx, sim_recv_zc_cq_full_and_no_buffer_do_not_abort)
 {
 	int fd;
 
-	sim_up(1, 64, true);
-	capture();
-	fd = cli_connect(S.port);
-	cr_assert_geq(fd, 0);
-	WAIT_FOR(S.conn != NULL, "the connection did not open");
+	fd = sim_conn_up();
 	run_on(0, step_enospc);
 	SHARD_CHECKS_PASSED();
 	run_on(0, step_enomem_while_held);
@@ -2592,20 +2611,11 @@ Test(net_zcrx, sim_recv_zc_cq_full_and_no_buffer_do_not_abort)
 	run_on(0, step_put_held);
 	/* The refill is published at the end of that pass, and the waiting connection armed
 	 * after it: poll (bounded) rather than guess which pass. */
-	uint64_t dl = test_now_ms() + TEST_WAIT_MS;
-	do
-		run_on(0, step_kind);
-	while (kind_now != 2 && test_now_ms() < dl);
-	cr_assert_eq(kind_now, 2, "RECV_ZC not armed again after a slice was returned");
+	wait_recv_zc_armed("after a slice was returned");
 	run_on(0, step_enomem_none_held);
 	SHARD_CHECKS_PASSED();
 	/* No slice to return: the retry timer arms RECV_ZC again (not the copy path). */
-	dl = test_now_ms() + TEST_WAIT_MS;
-	do
-		run_on(0, step_kind);
-	while (kind_now != 2 && test_now_ms() < dl);
-	cr_assert_eq(kind_now, 2, "RECV_ZC not armed again by the retry (receive kind %d)",
-		     kind_now);
+	wait_recv_zc_armed("by the retry");
 	close(fd);
 	sim_down();
 	keel_log_set_sink(NULL, NULL);
@@ -2683,11 +2693,7 @@ Test(net_zcrx, sim_recv_zc_enomem_with_nothing_held_aborts_after_the_bound)
 	unsigned r;
 	int fd;
 
-	sim_up(1, 64, true);
-	capture();
-	fd = cli_connect(S.port);
-	cr_assert_geq(fd, 0);
-	WAIT_FOR(S.conn != NULL, "the connection did not open");
+	fd = sim_conn_up();
 	/* One more than the bound: the connection must be gone by its last round. */
 	r = nomem_rounds(KEEL__ZCRX_NOMEM_ROUNDS + 1);
 	SHARD_CHECKS_PASSED();
@@ -2712,19 +2718,11 @@ Test(net_zcrx, sim_recv_zc_enomem_that_clears_before_the_bound_does_not_abort)
 {
 	int fd;
 
-	sim_up(1, 64, true);
-	capture();
-	fd = cli_connect(S.port);
-	cr_assert_geq(fd, 0);
-	WAIT_FOR(S.conn != NULL, "the connection did not open");
+	fd = sim_conn_up();
 	cr_assert_eq(nomem_rounds(KEEL__ZCRX_NOMEM_ROUNDS - 1), 0, "aborted before the bound");
 	SHARD_CHECKS_PASSED();
 	/* The retry's re-arm: poll (bounded) for it, then a payload. */
-	uint64_t dl = test_now_ms() + TEST_WAIT_MS;
-	do
-		run_on(0, step_kind);
-	while (kind_now != 2 && test_now_ms() < dl);
-	cr_assert_eq(kind_now, 2, "RECV_ZC not armed again (receive kind %d)", kind_now);
+	wait_recv_zc_armed("(receive kind %d)");
 	run_on(0, step_payload);
 	SHARD_CHECKS_PASSED();
 	cr_assert_eq(nomem_rounds(KEEL__ZCRX_NOMEM_ROUNDS - 1), 0,
