@@ -305,6 +305,9 @@ recv_arm(struct keel_conn *c)
 		c->rx_bulk = c->bulk;
 		sqe->buf_group = c->bulk ? ns->bulk.bgid : ns->tcp.bgid;
 	}
+	/* Counted from the SQE itself, so that the count says what was submitted. */
+	ns->st.recv_arms++;
+	ns->st.recv_arms_multishot += (sqe->ioprio & IORING_RECV_MULTISHOT) != 0;
 	sqe_fd(c, sqe);
 	keel_sqe_bind(sqe, &c->recv_op);
 	c->recv_armed = true;

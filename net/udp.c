@@ -165,6 +165,8 @@ udp_arm(struct keel_udp *u)
 		io_uring_prep_recvmsg_multishot(sqe, u->fd, &u->rmsg, 0);
 	else
 		io_uring_prep_recvmsg(sqe, u->fd, &u->rmsg, 0);
+	ns->st.recv_arms++; /* counted from the SQE: what was submitted */
+	ns->st.recv_arms_multishot += (sqe->ioprio & IORING_RECV_MULTISHOT) != 0;
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = ns->udp.bgid;
 	keel_sqe_bind(sqe, &u->recv_op);

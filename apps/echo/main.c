@@ -61,12 +61,13 @@ net_print(const struct app *a, unsigned shards)
 				 (unsigned long long)n->send_iovs);
 		fprintf(stderr,
 			"shard %u net: %llu receive completions, %llu buffers, %llu ENOBUFS, %llu "
-			"re-arms, %llu sends%s, bulk ring: %llu moves to, %llu back, "
-			"window %llu KiB%s\n",
+			"re-arms, %llu receive SQEs (%llu multishot), %llu sends%s, bulk ring: "
+			"%llu moves to, %llu back, window %llu KiB%s\n",
 			i, (unsigned long long)n->recv_cqes, (unsigned long long)n->recv_bufs,
 			(unsigned long long)n->enobufs, (unsigned long long)n->rearms,
-			(unsigned long long)n->sends, iovs, (unsigned long long)n->bulk_moves,
-			(unsigned long long)n->bulk_backs,
+			(unsigned long long)n->recv_arms,
+			(unsigned long long)n->recv_arms_multishot, (unsigned long long)n->sends,
+			iovs, (unsigned long long)n->bulk_moves, (unsigned long long)n->bulk_backs,
 			(unsigned long long)(n->bulk_window >> 10),
 			n->bulk_failed ? " (could not be made)" : "");
 		if (n->udp_drops || n->udp_truncated || n->udp_nomem || n->udp_recv_errors)

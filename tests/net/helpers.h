@@ -63,6 +63,10 @@ int rt_net_stats(struct keel_runtime *rt, unsigned shard, struct keel_net_stats 
  * (IORING_CQE_F_MORE) is the kernel's call (a bundle that maps the last buffer of the
  * ring's window ends it), so a count of such completions can be 0 by chance. */
 int rt_feature_used(struct keel_runtime *rt, unsigned shard, enum keel_feature f);
+/* Whether the receives counted in @st were all of one kind: each receive SQE multishot
+ * (@multishot) or none, at least one submitted, and for single-shot no completion that
+ * left its receive armed. Exact, unlike a count of IORING_CQE_F_MORE completions. */
+bool recv_kind_was(const struct keel_net_stats *st, bool multishot);
 /* Run @fn on shard @shard of @rt as a request (@arg its req->arg; it completes the
  * request) and wait (within 30 s) for it: its status, or -errno. */
 int rt_run_on(struct keel_runtime *rt, unsigned shard, keel_xreq_fn fn, void *arg);

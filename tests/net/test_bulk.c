@@ -29,7 +29,8 @@
 static struct {
 	_Atomic uint32_t max_len;
 	_Atomic int closed;
-	_Atomic uint64_t moves, backs, failed, enobufs, bytes, rearms, cqes, window, more;
+	_Atomic uint64_t moves, backs, failed, enobufs, bytes, rearms, cqes, window, more, arms,
+		arms_ms;
 	/* hold: keep every slice until hold_until bytes, then put them all */
 	_Atomic uint64_t hold_until;
 	struct keel_slice held[4096]; /* shard only */
@@ -91,6 +92,8 @@ bk_close(struct keel_conn *c, int status)
 		atomic_store(&bk.cqes, st.recv_cqes);
 		atomic_store(&bk.window, st.bulk_window);
 		atomic_store(&bk.more, st.recv_more);
+		atomic_store(&bk.arms, st.recv_arms);
+		atomic_store(&bk.arms_ms, st.recv_arms_multishot);
 	}
 	atomic_store(&bk.closed, 1);
 }
@@ -184,10 +187,18 @@ stream_run(const char *feature)
 		     "the largest slice is %u bytes: no receive used the bulk ring",
 		     atomic_load(&bk.max_len));
 	cr_assert_leq(atomic_load(&bk.max_len), nc.bulk_buf_size);
-	/* The receives were single-shot when the test asked for it (recv_more 0). */
-	if (feature && strstr(feature, "multishot_recv=off"))
-		cr_assert_eq(atomic_load(&bk.more), 0, "%llu multishot completions",
-			     (unsigned long long)atomic_load(&bk.more));
+	/* Every receive SQE was of the kind the test asked for, and single-shot ones left
+	 * none armed (recv_more 0). */
+	bool single = feature && strstr(feature, "multishot_recv=off");
+	struct keel_net_stats k = { .recv_arms = atomic_load(&bk.arms),
+				    .recv_arms_multishot = atomic_load(&bk.arms_ms),
+				    .recv_more = atomic_load(&bk.more) };
+
+	cr_assert(recv_kind_was(&k, !single),
+		  "multishot_recv %s: %llu of %llu receive SQEs multishot, %llu completions "
+		  "left one armed",
+		  single ? "off" : "auto", (unsigned long long)k.recv_arms_multishot,
+		  (unsigned long long)k.recv_arms, (unsigned long long)k.recv_more);
 }
 
 Test(net_bulk, a_stream_moves_to_the_bulk_ring_intact)

@@ -83,6 +83,8 @@ integrity_stats(struct srv *s, struct keel_net_stats *sum)
 	sum->recv_cqes = st[0].recv_cqes + st[1].recv_cqes;
 	sum->recv_bufs = st[0].recv_bufs + st[1].recv_bufs;
 	sum->recv_more = st[0].recv_more + st[1].recv_more;
+	sum->recv_arms = st[0].recv_arms + st[1].recv_arms;
+	sum->recv_arms_multishot = st[0].recv_arms_multishot + st[1].recv_arms_multishot;
 }
 
 /* The feature under test was in use, or not, as asked: the stream alone would pass with it
@@ -101,20 +103,22 @@ integrity_feature_used(struct srv *s, const char *feature, enum keel_policy p)
 	if (feature && !strcmp(feature, "send_zc"))
 		cr_assert_eq(st.sends_zc > 0, on, "send_zc %s: %llu zero-copy sends",
 			     keel_policy_name(p), (unsigned long long)st.sends_zc);
-	/* Single-shot receives: no completion leaves its receive armed (without this check a
-	 * forced multishot passed these tests just as well); multishot ones are the shard's
-	 * choice (whether a completion keeps one armed is the kernel's: rt_feature_used). */
+	/* Every receive SQE was of the kind the test names (without this check a forced
+	 * multishot passed these tests just as well); whether a completion keeps a multishot
+	 * one armed is the kernel's call, so recv_more is asked of single-shot only. */
 	if (!feature || !strcmp(feature, "multishot_recv")) {
 		int used = rt_feature_used(s->rt, 0, KEEL_FEAT_MULTISHOT_RECV);
 
-		cr_assert(st.recv_cqes > 0 && used == on && (on || st.recv_more == 0),
-			  "multishot_recv %s: the shard %s it, and %llu of %llu receive "
-			  "completions left it armed",
+		cr_assert(recv_kind_was(&st, on) && used == on,
+			  "multishot_recv %s: the shard %s it; %llu of %llu receive SQEs were "
+			  "multishot, and %llu of %llu receive completions left one armed",
 			  keel_policy_name(on ? KEEL_POLICY_AUTO : KEEL_POLICY_OFF),
 			  used == 1 ? "used"
 			  : used    ? "could not say"
 				    : "did not use",
-			  (unsigned long long)st.recv_more, (unsigned long long)st.recv_cqes);
+			  (unsigned long long)st.recv_arms_multishot,
+			  (unsigned long long)st.recv_arms, (unsigned long long)st.recv_more,
+			  (unsigned long long)st.recv_cqes);
 	}
 	/* Whole buffers: every slice starts at its buffer's start. */
 	if (feature && !strcmp(feature, "pbuf_inc") && !on)

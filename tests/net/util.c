@@ -194,6 +194,14 @@ rt_feature_used(struct keel_runtime *rt, unsigned shard, enum keel_feature f)
 	return rt_run_on(rt, shard, feature_used_fn, &f);
 }
 
+bool
+recv_kind_was(const struct keel_net_stats *st, bool multishot)
+{
+	if (!st->recv_arms || st->recv_arms_multishot != (multishot ? st->recv_arms : 0))
+		return false;
+	return multishot || st->recv_more == 0;
+}
+
 int
 srv_net_stats(struct srv *s, unsigned shard, struct keel_net_stats *out)
 {

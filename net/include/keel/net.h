@@ -693,6 +693,14 @@ struct keel_net_stats {
 	uint64_t recv_more;         /* receive completions, TCP and UDP, after which their
 				       receive stayed armed (IORING_CQE_F_MORE: multishot
 				       receives, --feature multishot_recv); 0 without them */
+	uint64_t recv_arms;         /* receive operations submitted, TCP and UDP (a recv, a
+				       recvmsg or a ZCRX RECV_ZC): the first of each
+				       connection or endpoint, each re-arm, and for
+				       single-shot receives one per completion */
+	uint64_t recv_arms_multishot; /* ... of which multishot ones, which stay armed across
+					 completions (--feature multishot_recv, and every
+					 RECV_ZC): equal to recv_arms when the shard uses
+					 multishot receives, 0 when it does not */
 };
 
 /**
