@@ -156,6 +156,15 @@ keel__region_reserve(struct keel_alloc *a)
 	}
 	if (!a->cfg.hugepages)
 		madvise(a->base, span, MADV_HUGEPAGE); /* best effort: THP may be disabled */
+	/* Not inherited by fork(): once registered with io_uring its pages are pinned, so a
+	 * fork must copy every one into the child (hundreds of ms for 256 MiB, the parent's
+	 * huge pages split) and, under --hugepages, find a free huge page for each or fail
+	 * with ENOMEM. A child has no use for a shard's buffers (docs/memory.md). */
+	if (madvise(a->base, span, MADV_DONTFORK))
+		keel__alloc_log(KEEL_ALLOC_LOG_WARN,
+				"shard %u: MADV_DONTFORK on the buffer memory failed (%s): a "
+				"fork() of this process copies its registered pages",
+				a->cfg.shard, strerror(errno));
 	bind_local(a, a->base, span);
 	return 0;
 }

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
@@ -129,6 +130,34 @@ Test(alloc_region, regions_are_advised_for_transparent_huge_pages)
 	cr_assert_eq(((uintptr_t)base) & (KEEL_ALLOC_HUGEPAGE - 1), 0, "region not 2 MiB aligned");
 	cr_assert_eq(vmflags_of(base, flags, sizeof(flags)), 0);
 	cr_assert(strstr(flags, " hg") != NULL, "no MADV_HUGEPAGE on the region: %s", flags);
+	keel_alloc_destroy(a);
+}
+
+/* A forked child does not get the buffer memory (MADV_DONTFORK): registered with io_uring,
+ * its pages are pinned, and a fork would copy them all (or, under --hugepages, fail for
+ * want of huge pages). The child finds the range unmapped. */
+Test(alloc_region, regions_are_not_inherited_by_a_forked_child)
+{
+	struct keel_alloc_config c =
+		test_alloc_config(KEEL_ALLOC_BACKEND_DEFAULT, 8 * MiB, 4 * MiB);
+	struct keel_alloc *a;
+	char flags[512];
+	void *base;
+	uint64_t len;
+	int status;
+	pid_t pid;
+
+	cr_assert_eq(keel_alloc_create(&c, &a), 0);
+	cr_assert_eq(keel_alloc_region(a, 0, &base, &len), 0);
+	cr_assert_eq(vmflags_of(base, flags, sizeof(flags)), 0);
+	cr_assert(strstr(flags, " dc") != NULL, "no MADV_DONTFORK on the region: %s", flags);
+	pid = fork();
+	cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
+	if (pid == 0)
+		_exit(msync(base, 4096, MS_ASYNC) == -1 && errno == ENOMEM ? 0 : 1);
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+		  "the forked child has the region mapped (status %d)", status);
 	keel_alloc_destroy(a);
 }
 
