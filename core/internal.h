@@ -501,6 +501,11 @@ int keel__affinity_get(struct keel_cpuset *out, unsigned *beyond, char *why, siz
  * stand in for them. */
 extern const char *keel__proc_mountinfo, *keel__proc_cgroup;
 int keel__cgroup_cpus(struct keel_cpuset *out, char *file, size_t filelen);
+/* The memory limit of this process's memory cgroup and its ancestors (the least of v2's
+ * memory.max or v1's memory.limit_in_bytes up to the hierarchy's mount) into @limit, and
+ * the file that set it into @file. 0, or -ENOENT where no limit is set or no memory cgroup
+ * is found. */
+int keel__cgroup_memory_limit(uint64_t *limit, char *file, size_t filelen);
 
 /* For a message about CPU @cpu, outside this process's affinity mask: where its cgroup's
  * cpuset excludes the CPU too, a clause that says so and names the file (no taskset can

@@ -198,6 +198,30 @@ shard_main(void *p)
 	return NULL;
 }
 
+/* The shards' buffer memory (--memory each) beyond what the process's memory cgroup allows:
+ * the allocator's cap is keel's own, so past the cgroup's limit no allocation fails with
+ * ENOMEM; the kernel's OOM killer ends the process instead (docs/memory.md). Said at
+ * create, once. Huge pages are charged elsewhere (hugetlb), so not with --hugepages. */
+static void
+memory_limit_check(unsigned nshards, const struct keel_opts *o)
+{
+	uint64_t limit, total = (uint64_t)nshards * o->memory;
+	char file[PATH_MAX];
+
+	if (o->hugepages || keel__cgroup_memory_limit(&limit, file, sizeof(file)) < 0 ||
+	    total <= limit)
+		return;
+	keel_log(KEEL_LOG_WARN, "core",
+		 "%u shard%s x --memory %llu MiB = %llu MiB of buffers is more than this "
+		 "process's memory cgroup allows (%llu MiB, %s): past that the kernel's OOM "
+		 "killer ends the process, where keel's own cap would fail an allocation with "
+		 "ENOMEM; lower --memory to %llu MiB or less per shard (leaving room for the "
+		 "rest of the process), or raise the cgroup's limit",
+		 nshards, nshards == 1 ? "" : "s", (unsigned long long)(o->memory >> 20),
+		 (unsigned long long)(total >> 20), (unsigned long long)(limit >> 20), file,
+		 (unsigned long long)(limit / nshards >> 20));
+}
+
 /* The CPUs shards may run on, in ascending order: the affinity mask, narrowed by --cpuset.
  * The mask is the calling thread's (sched_getaffinity(0)), as every thread it creates
  * inherits it: what taskset or a launcher set for the process, unless the host pinned this
@@ -571,6 +595,7 @@ runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 			 "%d (KEEL_MAX_SHARDS): the CPUs after the first %d take no shard; use "
 			 "--cpuset to choose them, or run a runtime per group of CPUs",
 			 ncpus, KEEL_MAX_SHARDS, KEEL_MAX_SHARDS);
+	memory_limit_check(rt->count, opts);
 	if (hwloc_topology_init(&rt->topo) < 0) {
 		r = -ENOMEM;
 		goto err_rt;

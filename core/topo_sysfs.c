@@ -69,11 +69,13 @@ possible_cpus(void)
 const char *keel__proc_mountinfo = "/proc/self/mountinfo";
 const char *keel__proc_cgroup = "/proc/self/cgroup";
 
-/* The mount of the cgroup hierarchy that has the cpuset controller, from @mountinfo: its
- * mount point and root (a container's bind mount of a subtree has one other than "/") into
- * @mnt and @root, and whether it is cgroup v2. 0, or -ENOENT where none is mounted. */
+/* The mount of the cgroup hierarchy that has controller @ctl ("cpuset", "memory"), from
+ * @mountinfo: its mount point and root (a container's bind mount of a subtree has one other
+ * than "/") into @mnt and @root, and whether it is cgroup v2. 0, or -ENOENT where none is
+ * mounted. */
 static int
-cpuset_mount(FILE *mountinfo, char *mnt, size_t mntlen, char *root, size_t rootlen, bool *v2)
+controller_mount(FILE *mountinfo, const char *ctl, char *mnt, size_t mntlen, char *root,
+		 size_t rootlen, bool *v2)
 {
 	char *line = NULL;
 	size_t cap = 0;
@@ -88,7 +90,7 @@ cpuset_mount(FILE *mountinfo, char *mnt, size_t mntlen, char *root, size_t rootl
 		    sscanf(dash + 3, "%31s %*s %511s", type, super) != 2)
 			continue;
 		if (strcmp(type, "cgroup2") == 0 && !*v2) {
-			/* v2 unless a v1 cpuset hierarchy comes later (a hybrid layout) */
+			/* v2 unless a v1 hierarchy of @ctl comes later (a hybrid layout) */
 			*v2 = true;
 			keel__topo_strcpy(mnt, mntlen, mp);
 			keel__topo_strcpy(root, rootlen, rt);
@@ -97,7 +99,7 @@ cpuset_mount(FILE *mountinfo, char *mnt, size_t mntlen, char *root, size_t rootl
 
 			for (char *o = strtok_r(super, ",", &save); o;
 			     o = strtok_r(NULL, ",", &save))
-				if (strcmp(o, "cpuset") == 0) {
+				if (strcmp(o, ctl) == 0) {
 					*v2 = false;
 					keel__topo_strcpy(mnt, mntlen, mp);
 					keel__topo_strcpy(root, rootlen, rt);
@@ -109,18 +111,21 @@ cpuset_mount(FILE *mountinfo, char *mnt, size_t mntlen, char *root, size_t rootl
 	return r < 0 && *v2 ? 0 : r;
 }
 
-int
-keel__cgroup_cpus(struct keel_cpuset *out, char *file, size_t filelen)
+/* The directory of this process's cgroup in the hierarchy of controller @ctl into @dir, the
+ * length of its mount point's path into *@mntlen (the directories above @dir up to it are
+ * its ancestors), and whether it is v2. 0, -ENOENT where there is none, or -errno. */
+static int
+cgroup_dir(const char *ctl, char *dir, size_t dirlen, size_t *mntlen, bool *v2)
 {
 	char mnt[PATH_MAX] = "", root[PATH_MAX] = "", *line = NULL, path[PATH_MAX] = "";
 	size_t cap = 0, rl;
-	bool v2 = false;
 	FILE *f = fopen(keel__proc_mountinfo, "re");
 	int r;
 
+	*v2 = false;
 	if (!f)
 		return -errno;
-	r = cpuset_mount(f, mnt, sizeof(mnt), root, sizeof(root), &v2);
+	r = controller_mount(f, ctl, mnt, sizeof(mnt), root, sizeof(root), v2);
 	fclose(f);
 	if (r < 0)
 		return r;
@@ -136,12 +141,12 @@ keel__cgroup_cpus(struct keel_cpuset *out, char *file, size_t filelen)
 		if (!c2)
 			continue;
 		*c2 = 0;
-		if (v2) {
+		if (*v2) {
 			match = strcmp(line, "0:") == 0;
 		} else {
 			for (char *o = strtok_r(c1 + 1, ",", &save); o;
 			     o = strtok_r(NULL, ",", &save))
-				match |= strcmp(o, "cpuset") == 0;
+				match |= strcmp(o, ctl) == 0;
 		}
 		if (!match)
 			continue;
@@ -157,12 +162,70 @@ keel__cgroup_cpus(struct keel_cpuset *out, char *file, size_t filelen)
 	rl = strcmp(root, "/") == 0 ? 0 : strlen(root);
 	if (rl && strncmp(path, root, rl) == 0 && (path[rl] == '/' || !path[rl]))
 		memmove(path, path + rl, strlen(path + rl) + 1);
-	if (snprintf(file, filelen, "%s%s%s/%s", mnt, path[0] == '/' ? "" : "/",
-		     strcmp(path, "/") == 0 ? "" : path,
+	*mntlen = strlen(mnt);
+	if (snprintf(dir, dirlen, "%s%s%s", mnt, path[0] == '/' ? "" : "/",
+		     strcmp(path, "/") == 0 ? "" : path) >= (int)dirlen)
+		return -ENAMETOOLONG;
+	return 0;
+}
+
+int
+keel__cgroup_cpus(struct keel_cpuset *out, char *file, size_t filelen)
+{
+	char dir[PATH_MAX];
+	size_t mntlen;
+	bool v2;
+	int r = cgroup_dir("cpuset", dir, sizeof(dir), &mntlen, &v2);
+
+	if (r < 0)
+		return r;
+	if (snprintf(file, filelen, "%s/%s", dir,
 		     v2 ? "cpuset.cpus.effective" : "cpuset.effective_cpus") >= (int)filelen)
 		return -ENAMETOOLONG;
 	r = keel__topo_cpulist_read(file, out);
 	return r == -ERANGE ? 0 : r;
+}
+
+int
+keel__cgroup_memory_limit(uint64_t *limit, char *file, size_t filelen)
+{
+	char dir[PATH_MAX], f[PATH_MAX + 32];
+	size_t mntlen;
+	bool v2, found = false;
+	int r = cgroup_dir("memory", dir, sizeof(dir), &mntlen, &v2);
+
+	if (r < 0)
+		return r;
+	/* This cgroup's limit and its ancestors': the least binds (a v1 child's own file
+	 * says nothing of its parent's). The walk ends at the mount point: a container sees
+	 * its own subtree only. */
+	for (;;) {
+		char text[64] = "", *end;
+		unsigned long long v;
+		FILE *fp;
+		char *slash;
+
+		snprintf(f, sizeof(f), "%s/%s", dir, v2 ? "memory.max" : "memory.limit_in_bytes");
+		if ((fp = fopen(f, "re"))) {
+			if (fgets(text, sizeof(text), fp)) {
+				errno = 0;
+				v = strtoull(text, &end, 10);
+				/* v2 says "max" for none; v1 a page-counter maximum near 2^63 */
+				if (end != text && !errno && v < (1ULL << 62) &&
+				    (!found || v < *limit)) {
+					*limit = v;
+					keel__topo_strcpy(file, filelen, f);
+					found = true;
+				}
+			}
+			fclose(fp);
+		}
+		slash = strrchr(dir, '/');
+		if (!slash || (size_t)(slash - dir) < mntlen)
+			break;
+		*slash = 0;
+	}
+	return found ? 0 : -ENOENT;
 }
 
 const char *

@@ -2169,6 +2169,123 @@ Test(core_topo, the_cgroup_cpuset_is_read_from_v1_v2_and_a_subtree_mount)
 	rm_dir(root);
 }
 
+/* mountinfo and cgroup stand-ins under @root with a memory hierarchy: v1 ("cgroup" with the
+ * memory option) or v2 ("cgroup2") mounted at @root/@mnt from @mroot. */
+static void
+fake_memcg(const char *root, const char *type, const char *mnt, const char *mroot, const char *cg)
+{
+	static char mi[300], cgf[300];
+	char text[1024];
+
+	snprintf(text, sizeof(text),
+		 "22 1 0:21 / /proc rw,nosuid - proc proc rw\n"
+		 "40 30 0:37 %s %s/%s rw,relatime shared:12 - %s %s rw%s\n",
+		 mroot, root, mnt, type, type, strcmp(type, "cgroup") == 0 ? ",memory" : "");
+	write_in(root, "mountinfo", text);
+	write_in(root, "cgroup", cg);
+	snprintf(mi, sizeof(mi), "%s/mountinfo", root);
+	snprintf(cgf, sizeof(cgf), "%s/cgroup", root);
+	keel__proc_mountinfo = mi;
+	keel__proc_cgroup = cgf;
+}
+
+/* The limit that binds is the least of the process's cgroup and its ancestors' up to the
+ * hierarchy's mount (a v1 child's own file says nothing of its parent's); v1's "none" is a
+ * page-counter maximum, v2's is "max". */
+Test(core_topo, the_memory_cgroup_limit_is_the_least_up_to_the_mount)
+{
+	char root[] = "/tmp/keel-mcg-XXXXXX", dir[300], file[512], want[512];
+	const char *none1 = "9223372036854771712\n";
+	uint64_t lim = 0;
+
+	cr_assert(mkdtemp(root));
+	/* v1: the parent's limit binds a child without one */
+	fake_memcg(root, "cgroup", "memory", "/", "9:cpu:/x\n4:memory:/a/b\n");
+	snprintf(dir, sizeof(dir), "%s/memory", root);
+	write_in(dir, "memory.limit_in_bytes", none1);
+	snprintf(dir, sizeof(dir), "%s/memory/a", root);
+	write_in(dir, "memory.limit_in_bytes", "536870912\n");
+	snprintf(dir, sizeof(dir), "%s/memory/a/b", root);
+	write_in(dir, "memory.limit_in_bytes", none1);
+	cr_assert_eq(keel__cgroup_memory_limit(&lim, file, sizeof(file)), 0);
+	cr_assert_eq(lim, 512ULL << 20, "limit %llu", (unsigned long long)lim);
+	snprintf(want, sizeof(want), "%s/memory/a/memory.limit_in_bytes", root);
+	cr_assert_str_eq(file, want);
+	/* ... and the child's own when it is less */
+	write_in(dir, "memory.limit_in_bytes", "104857600\n");
+	cr_assert_eq(keel__cgroup_memory_limit(&lim, file, sizeof(file)), 0);
+	cr_assert_eq(lim, 100ULL << 20);
+	snprintf(want, sizeof(want), "%s/memory/a/b/memory.limit_in_bytes", root);
+	cr_assert_str_eq(file, want);
+
+	/* v2: "max" at the leaf, a limit on its parent */
+	fake_memcg(root, "cgroup2", "v2", "/", "0::/k.slice/p.scope\n");
+	snprintf(dir, sizeof(dir), "%s/v2/k.slice", root);
+	write_in(dir, "memory.max", "1073741824\n");
+	snprintf(dir, sizeof(dir), "%s/v2/k.slice/p.scope", root);
+	write_in(dir, "memory.max", "max\n");
+	cr_assert_eq(keel__cgroup_memory_limit(&lim, file, sizeof(file)), 0);
+	cr_assert_eq(lim, 1ULL << 30);
+	/* none anywhere */
+	snprintf(dir, sizeof(dir), "%s/v2/k.slice", root);
+	write_in(dir, "memory.max", "max\n");
+	cr_assert_eq(keel__cgroup_memory_limit(&lim, file, sizeof(file)), -ENOENT);
+
+	/* a container's mount of its own subtree: nothing above the mount is read */
+	fake_memcg(root, "cgroup", "c", "/docker/abc", "4:memory:/docker/abc/in\n");
+	write_in(root, "memory.limit_in_bytes", "4096\n");
+	snprintf(dir, sizeof(dir), "%s/c", root);
+	write_in(dir, "memory.limit_in_bytes", "268435456\n");
+	snprintf(dir, sizeof(dir), "%s/c/in", root);
+	write_in(dir, "memory.limit_in_bytes", none1);
+	cr_assert_eq(keel__cgroup_memory_limit(&lim, file, sizeof(file)), 0);
+	cr_assert_eq(lim, 256ULL << 20, "limit %llu", (unsigned long long)lim);
+
+	/* no memory hierarchy */
+	keel__proc_mountinfo = "/nonexistent/mountinfo";
+	cr_assert_eq(keel__cgroup_memory_limit(&lim, file, sizeof(file)), -ENOENT);
+	rm_dir(root);
+}
+
+/* Shards x --memory above the memory cgroup's limit is said at create, with the cgroup's
+ * file and a --memory that fits: past the limit the OOM killer, not ENOMEM, ends it. */
+Test(core_topo, buffer_memory_over_the_memory_cgroup_limit_is_warned_at_create)
+{
+	char root[] = "/tmp/keel-mcg-XXXXXX", dir[300];
+	struct keel_runtime *rt;
+	struct keel_opts o = test_opts(2);
+
+	cr_assert(mkdtemp(root));
+	fake_memcg(root, "cgroup2", "v2", "/", "0::/pod\n");
+	snprintf(dir, sizeof(dir), "%s/v2/pod", root);
+	write_in(dir, "memory.max", "268435456\n");
+	o.memory = 256ULL << 20;
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	keel_log_set_sink(NULL, NULL);
+	keel_runtime_destroy(rt);
+	cr_assert(strstr(logged, "2 shards x --memory 256 MiB = 512 MiB of buffers is more than "
+				 "this process's memory cgroup allows (256 MiB, ") &&
+			  strstr(logged, "v2/pod/memory.max): past that the kernel's OOM killer") &&
+			  strstr(logged, "lower --memory to 128 MiB or less per shard"),
+		  "%s", logged);
+
+	/* within the limit, or huge pages (charged to hugetlb): nothing said */
+	o.memory = 128ULL << 20;
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	keel_runtime_destroy(rt);
+	o.memory = 256ULL << 20;
+	o.hugepages = true;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	keel_log_set_sink(NULL, NULL);
+	keel_runtime_destroy(rt);
+	cr_assert(!strstr(logged, "memory cgroup"), "%s", logged);
+	rm_dir(root);
+}
+
 /* A CPU outside the affinity mask because the cgroup excludes it: taskset cannot add it,
  * so the refusal says the cgroup is why (it advised a wider mask). One the cgroup has is
  * refused as before. */
