@@ -161,6 +161,14 @@ kind_name(int k)
 	}
 }
 
+/* statx's read alignment for direct I/O (Linux 6.14): the mask bit and its field's place in
+ * struct statx, which the C library's headers may not name yet. */
+#define KEEL_STATX_DIO_READ_ALIGN 0x00020000U
+#define KEEL_STATX_DIO_READ_OFF   0xb4
+#define KEEL_STATX_DIO            (STATX_TYPE | STATX_DIOALIGN | KEEL_STATX_DIO_READ_ALIGN)
+_Static_assert(sizeof(struct statx) >= KEEL_STATX_DIO_READ_OFF + sizeof(uint32_t),
+	       "struct statx holds stx_dio_read_offset_align");
+
 /* The offset, and O_DIRECT's rules, checked before the kernel sees the request, so the
  * person reading the error learns which value is wrong instead of a bare EINVAL. An offset
  * above INT64_MAX other than -1 (at the file's position: pipes and other streams) is
@@ -182,6 +190,8 @@ check_dio(struct keel_shard *s, const struct keel_file *f, int kind, const struc
 	if (!(f->flags & KEEL_FILE_F_DIRECT_IO))
 		return 0;
 	oa = f->dio_offset_align ? f->dio_offset_align : f->lbs;
+	if ((kind == K_READ || kind == K_READ_SLICE || kind == K_READV) && f->dio_read_offset_align)
+		oa = f->dio_read_offset_align;
 	ma = f->dio_mem_align ? f->dio_mem_align : f->lbs;
 	if (!oa && !ma)
 		return 0; /* alignment unknown (see docs/file.md): the kernel decides */
@@ -213,10 +223,11 @@ check_dio(struct keel_shard *s, const struct keel_file *f, int kind, const struc
 		bad[k - 2] = 0; /* the last "; " */
 	return refuse(s, -EINVAL,
 		      "O_DIRECT %s of %" PRIu64 " bytes at %" PRIu64 " on fd %d refused: %s "
-		      "(device logical block size %u, statx dio_offset_align %u, dio_mem_align "
-		      "%u): align offset and length to %u and the buffer address to %u",
+		      "(device logical block size %u, statx dio_offset_align %u, "
+		      "dio_read_offset_align %u, dio_mem_align %u): align offset and length to "
+		      "%u and the buffer address to %u",
 		      kind_name(kind), total, off, f->fd, bad, f->lbs, f->dio_offset_align,
-		      f->dio_mem_align, oa, ma);
+		      f->dio_read_offset_align, f->dio_mem_align, oa, ma);
 }
 
 /* The device's logical block size from sysfs (a partition's is its disk's), 0 if none: a
@@ -252,6 +263,9 @@ dio_fill(struct keel_file *f, const struct statx *stx)
 		f->dio_mem_align = stx->stx_dio_mem_align;
 		f->dio_offset_align = stx->stx_dio_offset_align;
 	}
+	if (stx->stx_mask & KEEL_STATX_DIO_READ_ALIGN)
+		memcpy(&f->dio_read_offset_align, (const char *)stx + KEEL_STATX_DIO_READ_OFF,
+		       sizeof(f->dio_read_offset_align));
 	if ((stx->stx_mask & STATX_TYPE) && S_ISBLK(stx->stx_mode))
 		f->lbs = sysfs_lbs(stx->stx_rdev_major, stx->stx_rdev_minor);
 	else
@@ -271,7 +285,7 @@ keel_file_from_fd(int fd, struct keel_file *out)
 	if (fl < 0)
 		return -errno;
 	if (fl & O_DIRECT) {
-		if (statx(fd, "", AT_EMPTY_PATH, STATX_TYPE | STATX_DIOALIGN, &stx) < 0)
+		if (statx(fd, "", AT_EMPTY_PATH, KEEL_STATX_DIO, &stx) < 0)
 			return -errno;
 		dio_fill(&f, &stx);
 	}
@@ -428,12 +442,12 @@ issue(struct keel_shard *s, struct keel_file_req *req)
 		if (req->stage_ == ST_OPEN_STATX && (req->sqe_flags_ & OPEN_F_DIRECT_DESC))
 			/* IORING_OP_STATX takes no direct descriptor: by path (O_TMPFILE,
 			 * whose path is its directory, is refused at the call). */
-			io_uring_prep_statx(sqe, req->dirfd_, req->path_, 0,
-					    STATX_TYPE | STATX_DIOALIGN, req->addr_);
+			io_uring_prep_statx(sqe, req->dirfd_, req->path_, 0, KEEL_STATX_DIO,
+					    req->addr_);
 		else if (req->stage_ == ST_OPEN_STATX)
 			/* The file just opened, whatever its path names by now. */
-			io_uring_prep_statx(sqe, req->fd_, "", AT_EMPTY_PATH,
-					    STATX_TYPE | STATX_DIOALIGN, req->addr_);
+			io_uring_prep_statx(sqe, req->fd_, "", AT_EMPTY_PATH, KEEL_STATX_DIO,
+					    req->addr_);
 		else {
 			io_uring_prep_openat(sqe, req->dirfd_, req->path_, req->oflags_,
 					     req->mode_);
@@ -699,9 +713,9 @@ statx_now(struct keel_file_req *req)
 	int r;
 
 	if (req->sqe_flags_ & OPEN_F_DIRECT_DESC)
-		r = statx(req->dirfd_, req->path_, 0, STATX_TYPE | STATX_DIOALIGN, req->addr_);
+		r = statx(req->dirfd_, req->path_, 0, KEEL_STATX_DIO, req->addr_);
 	else
-		r = statx(req->fd_, "", AT_EMPTY_PATH, STATX_TYPE | STATX_DIOALIGN, req->addr_);
+		r = statx(req->fd_, "", AT_EMPTY_PATH, KEEL_STATX_DIO, req->addr_);
 	return r < 0 ? -errno : 0;
 }
 

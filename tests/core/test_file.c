@@ -1503,6 +1503,88 @@ Test(core_file, from_fd_reads_the_odirect_alignment)
 	rm_tmp();
 }
 
+/* ---- O_DIRECT: reads keep the read alignment where the file system allows less ---- */
+
+/* statx's stx_dio_read_offset_align (Linux 6.14; XFS sets it): reads are checked against
+ * it, writes against dio_offset_align. No file system here reports it, so the test sets
+ * the two on an O_DIRECT file whose real alignment is 512: a read at 512 goes to the
+ * kernel (and succeeds), a write at 512 is refused naming both figures. */
+struct dra {
+	struct keel_file_req req;
+	struct keel_file f;
+	struct keel_slice sl;
+	int read_call, read_res, write_call;
+	char write_err[512], read_err[512];
+};
+
+static struct dra dra;
+
+static void
+dra_read_cb(struct keel_file_req *req, int res, void *arg)
+{
+	(void)req, (void)arg;
+	dra.read_res = res;
+	keel_slice_put(&dra.sl);
+	keel_stop(0);
+}
+
+static void
+dra_start(void *app)
+{
+	(void)app;
+	if (!SHARD_CHECK_EQ(keel_buf_alloc(keel_shard_alloc(), 4096, &dra.sl), 0)) {
+		keel_stop(-EIO);
+		return;
+	}
+	dra.write_call =
+		keel_file_write(&dra.req, &dra.f, dra.sl.data, 512, 512, dra_read_cb, NULL);
+	snprintf(dra.write_err, sizeof(dra.write_err), "%s", keel_file_last_error());
+	dra.read_call = keel_file_read(&dra.req, &dra.f, dra.sl.data, 512, 512, dra_read_cb, NULL);
+	if (dra.read_call < 0) {
+		snprintf(dra.read_err, sizeof(dra.read_err), "%s", keel_file_last_error());
+		keel_slice_put(&dra.sl);
+		keel_stop(0);
+	}
+}
+
+Test(core_file, odirect_reads_keep_the_read_alignment_and_writes_the_write_alignment)
+{
+	struct keel_opts o = test_opts(1);
+	char block[4096] = "READ ALIGN";
+	int fd = make_tmp();
+
+	cr_assert_eq(pwrite(fd, block, sizeof(block), 0), (ssize_t)sizeof(block));
+	close(fd);
+	fd = open(tmp_path, O_RDWR | O_DIRECT);
+	if (fd < 0) {
+		rm_tmp();
+		cr_skip_test("the file system of %s refuses O_DIRECT: %s", KEEL_BIN_DIR,
+			     strerror(errno));
+	}
+	cr_assert_eq(keel_file_from_fd(fd, &dra.f), 0);
+	if ((dra.f.dio_offset_align ? dra.f.dio_offset_align : dra.f.lbs) > 512) {
+		close(fd);
+		rm_tmp();
+		cr_skip_test("O_DIRECT on %s needs %u-byte alignment, not 512", KEEL_BIN_DIR,
+			     dra.f.dio_offset_align ? dra.f.dio_offset_align : dra.f.lbs);
+	}
+	dra.f.dio_offset_align = 4096;
+	dra.f.dio_read_offset_align = 512;
+	int r = keel_run(&o, dra_start, NULL);
+	close(fd);
+	rm_tmp();
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
+	cr_assert_eq(dra.write_call, -EINVAL, "a write at 512 under a 4096 write alignment: %d",
+		     dra.write_call);
+	cr_assert(strstr(dra.write_err, "offset 512 is not a multiple of 4096") &&
+			  strstr(dra.write_err, "dio_read_offset_align 512"),
+		  "%s", dra.write_err);
+	cr_assert_eq(dra.read_call, 0, "a read at 512 under a 512 read alignment: %d (%s)",
+		     dra.read_call, dra.read_err);
+	cr_assert_eq(dra.read_res, 512, "the read's result: %d", dra.read_res);
+}
+
 /* ---- a close waiting in the queue when the shard stops ---- */
 
 /* keel_file_close clears the application's handle at once; a close still waiting for room

@@ -62,10 +62,14 @@ struct keel_file {
 	int fd;         /* a descriptor, or with KEEL_FILE_F_FIXED an index in the ring's table */
 	uint32_t flags; /* KEEL_FILE_F_* */
 	/* O_DIRECT only (0 otherwise or when unknown): the alignment requests must keep. */
-	uint32_t dio_mem_align;    /* buffer address (statx stx_dio_mem_align) */
-	uint32_t dio_offset_align; /* file offset and length (statx stx_dio_offset_align) */
-	uint32_t lbs;              /* the device's logical block size (sysfs), 0: not found */
-	uint32_t ring_;            /* private: with KEEL_FILE_F_FIXED, whose table @fd is in */
+	uint32_t dio_mem_align;         /* buffer address (statx stx_dio_mem_align) */
+	uint32_t dio_offset_align;      /* file offset and length (statx stx_dio_offset_align) */
+	uint32_t lbs;                   /* the device's logical block size (sysfs), 0: not found */
+	uint32_t ring_;                 /* private: with KEEL_FILE_F_FIXED, whose table @fd is in */
+	uint32_t dio_read_offset_align; /* reads' file offset and length where the file system
+					   allows less than for writes (statx
+					   stx_dio_read_offset_align, Linux 6.14); 0: reads
+					   keep dio_offset_align too */
 };
 
 struct keel_file_req;
