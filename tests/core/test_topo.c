@@ -2099,11 +2099,13 @@ write_in(const char *dir, const char *name, const char *text)
 	fclose(f);
 }
 
-/* /proc/self/mountinfo and /proc/self/cgroup stand-ins under @root, mounting the cpuset
- * hierarchy at @root/@mnt (@type "cgroup" with a cpuset option, or "cgroup2") from @mroot,
- * and the process in @cg ("ID:CONTROLLERS:PATH" lines). */
+/* /proc/self/mountinfo and /proc/self/cgroup stand-ins under @root, mounting the hierarchy
+ * of controller @ctl at @root/@mnt (@type "cgroup" with @ctl as an option, or "cgroup2")
+ * from @mroot, beside a v1 cpu hierarchy, and the process in @cg ("ID:CONTROLLERS:PATH"
+ * lines). */
 static void
-fake_cgroup(const char *root, const char *type, const char *mnt, const char *mroot, const char *cg)
+fake_cgroup_of(const char *ctl, const char *root, const char *type, const char *mnt,
+	       const char *mroot, const char *cg)
 {
 	static char mi[300], cgf[300];
 	char text[1024];
@@ -2112,15 +2114,21 @@ fake_cgroup(const char *root, const char *type, const char *mnt, const char *mro
 		 "22 1 0:21 / /proc rw,nosuid - proc proc rw\n"
 		 "30 22 0:27 / %s/fs rw,relatime - tmpfs tmpfs rw,mode=755\n"
 		 "31 30 0:28 / %s/cpu rw,relatime shared:9 - cgroup cgroup rw,cpu,cpuacct\n"
-		 "40 30 0:37 %s %s/%s rw,relatime shared:12 - %s %s rw%s\n",
+		 "40 30 0:37 %s %s/%s rw,relatime shared:12 - %s %s rw,%s\n",
 		 root, root, mroot, root, mnt, type, type,
-		 strcmp(type, "cgroup") == 0 ? ",cpuset" : ",nsdelegate");
+		 strcmp(type, "cgroup") == 0 ? ctl : "nsdelegate");
 	write_in(root, "mountinfo", text);
 	write_in(root, "cgroup", cg);
 	snprintf(mi, sizeof(mi), "%s/mountinfo", root);
 	snprintf(cgf, sizeof(cgf), "%s/cgroup", root);
 	keel__proc_mountinfo = mi;
 	keel__proc_cgroup = cgf;
+}
+
+static void
+fake_cgroup(const char *root, const char *type, const char *mnt, const char *mroot, const char *cg)
+{
+	fake_cgroup_of("cpuset", root, type, mnt, mroot, cg);
 }
 
 Test(core_topo, the_cgroup_cpuset_is_read_from_v1_v2_and_a_subtree_mount)
@@ -2169,26 +2177,6 @@ Test(core_topo, the_cgroup_cpuset_is_read_from_v1_v2_and_a_subtree_mount)
 	rm_dir(root);
 }
 
-/* mountinfo and cgroup stand-ins under @root with a memory hierarchy: v1 ("cgroup" with the
- * memory option) or v2 ("cgroup2") mounted at @root/@mnt from @mroot. */
-static void
-fake_memcg(const char *root, const char *type, const char *mnt, const char *mroot, const char *cg)
-{
-	static char mi[300], cgf[300];
-	char text[1024];
-
-	snprintf(text, sizeof(text),
-		 "22 1 0:21 / /proc rw,nosuid - proc proc rw\n"
-		 "40 30 0:37 %s %s/%s rw,relatime shared:12 - %s %s rw%s\n",
-		 mroot, root, mnt, type, type, strcmp(type, "cgroup") == 0 ? ",memory" : "");
-	write_in(root, "mountinfo", text);
-	write_in(root, "cgroup", cg);
-	snprintf(mi, sizeof(mi), "%s/mountinfo", root);
-	snprintf(cgf, sizeof(cgf), "%s/cgroup", root);
-	keel__proc_mountinfo = mi;
-	keel__proc_cgroup = cgf;
-}
-
 /* The limit that binds is the least of the process's cgroup and its ancestors' up to the
  * hierarchy's mount (a v1 child's own file says nothing of its parent's); v1's "none" is a
  * page-counter maximum, v2's is "max". */
@@ -2200,7 +2188,7 @@ Test(core_topo, the_memory_cgroup_limit_is_the_least_up_to_the_mount)
 
 	cr_assert(mkdtemp(root));
 	/* v1: the parent's limit binds a child without one */
-	fake_memcg(root, "cgroup", "memory", "/", "9:cpu:/x\n4:memory:/a/b\n");
+	fake_cgroup_of("memory", root, "cgroup", "memory", "/", "9:cpu:/x\n4:memory:/a/b\n");
 	snprintf(dir, sizeof(dir), "%s/memory", root);
 	write_in(dir, "memory.limit_in_bytes", none1);
 	snprintf(dir, sizeof(dir), "%s/memory/a", root);
@@ -2219,7 +2207,7 @@ Test(core_topo, the_memory_cgroup_limit_is_the_least_up_to_the_mount)
 	cr_assert_str_eq(file, want);
 
 	/* v2: "max" at the leaf, a limit on its parent */
-	fake_memcg(root, "cgroup2", "v2", "/", "0::/k.slice/p.scope\n");
+	fake_cgroup_of("memory", root, "cgroup2", "v2", "/", "0::/k.slice/p.scope\n");
 	snprintf(dir, sizeof(dir), "%s/v2/k.slice", root);
 	write_in(dir, "memory.max", "1073741824\n");
 	snprintf(dir, sizeof(dir), "%s/v2/k.slice/p.scope", root);
@@ -2232,7 +2220,7 @@ Test(core_topo, the_memory_cgroup_limit_is_the_least_up_to_the_mount)
 	cr_assert_eq(keel__cgroup_memory_limit(&lim, file, sizeof(file)), -ENOENT);
 
 	/* a container's mount of its own subtree: nothing above the mount is read */
-	fake_memcg(root, "cgroup", "c", "/docker/abc", "4:memory:/docker/abc/in\n");
+	fake_cgroup_of("memory", root, "cgroup", "c", "/docker/abc", "4:memory:/docker/abc/in\n");
 	write_in(root, "memory.limit_in_bytes", "4096\n");
 	snprintf(dir, sizeof(dir), "%s/c", root);
 	write_in(dir, "memory.limit_in_bytes", "268435456\n");
@@ -2256,7 +2244,7 @@ Test(core_topo, buffer_memory_over_the_memory_cgroup_limit_is_warned_at_create)
 	struct keel_opts o = test_opts(2);
 
 	cr_assert(mkdtemp(root));
-	fake_memcg(root, "cgroup2", "v2", "/", "0::/pod\n");
+	fake_cgroup_of("memory", root, "cgroup2", "v2", "/", "0::/pod\n");
 	snprintf(dir, sizeof(dir), "%s/v2/pod", root);
 	write_in(dir, "memory.max", "268435456\n");
 	o.memory = 256ULL << 20;
