@@ -98,6 +98,9 @@ struct keel_conn {
 	int addr_err;           /* why they could not be read: what keel_conn_*_addr return */
 	struct keel_op addr_op; /* the descriptor's regular copy, to read them (direct) */
 	struct __kernel_timespec ts;
+	/* The connect's link timeout: its CQE not yet come; it fired (connect_cb) */
+	bool tmo_inflight, tmo_fired;
+	int connect_err;    /* a failed connect held for the timeout's CQE (connect_cb) */
 	struct net_lim lim; /* limits.c: timeouts of an accepted connection */
 };
 
@@ -1901,22 +1904,42 @@ keel__conns_stop(struct net_shard *ns)
 	}
 }
 
+/* A failed connect: -ETIMEDOUT whenever its timeout fired, whatever the connect's own error
+ * says. Which error a timed-out connect gets is the kernel's: -ECANCELED when the cancel
+ * found it waiting on poll, but -EINTR when it was blocked in an io-wq worker (an AF_UNIX
+ * connect to a full backlog), which the cancel can only interrupt. */
+static void
+connect_failed(struct keel_conn *c, int res)
+{
+	c->connecting = false;
+	keel_conn_abort(c, c->tmo_fired ? -ETIMEDOUT : res);
+}
+
 static void
 connect_cb(struct keel_op *op, int res, uint32_t flags)
 {
 	struct keel_conn *c = container_of(op, struct keel_conn, connect_op);
 
-	c->connecting = false;
 	c->nops--;
 	if (!c->closing) {
 		if (res == 0) {
+			c->connecting = false;
 			read_names(c, c->fd);
 			keel__conn_opened(c);
 			return;
 		}
-		keel_conn_abort(c, res == -ECANCELED ? -ETIMEDOUT : res);
+		/* Whether the timeout fired is in its own CQE, which may come after this one
+		 * (an interrupted worker's connect completes before the timeout does): the
+		 * failure waits for it, still connecting (a close meanwhile behaves as one
+		 * during the connect). */
+		if (c->tmo_inflight) {
+			c->connect_err = res;
+			return;
+		}
+		connect_failed(c, res);
 		return;
 	}
+	c->connecting = false;
 	conn_check(c);
 }
 
@@ -1926,6 +1949,17 @@ tmo_cb(struct keel_op *op, int res, uint32_t flags)
 	struct keel_conn *c = container_of(op, struct keel_conn, tmo_op);
 
 	c->nops--;
+	c->tmo_inflight = false;
+	/* -ECANCELED: the connect ended first and took the timeout with it. Any other result
+	 * means the timer fired: -ETIME when its cancel of the connect worked, -EALREADY or
+	 * -ENOENT when the connect was running in a worker or had just ended. */
+	c->tmo_fired = res != -ECANCELED;
+	if (c->connect_err && !c->closing) {
+		connect_failed(c, c->connect_err);
+		return;
+	}
+	if (c->connect_err)
+		c->connecting = false;
 	conn_check(c);
 }
 
@@ -2037,6 +2071,7 @@ keel_conn_connect_addr(const struct sockaddr *sa, socklen_t salen, uint64_t time
 		net_verify(sqe); /* reserved above */
 		io_uring_prep_link_timeout(sqe, &c->ts, 0);
 		keel_sqe_bind(sqe, &c->tmo_op);
+		c->tmo_inflight = true;
 		c->nops++;
 	}
 	*out = c;

@@ -459,3 +459,110 @@ Test(net_unix, abstract_listener_and_keel_connect_echo_plain_descriptors)
 {
 	abstract_case("direct_fd=off");
 }
+
+/* keel_conn_connect to a Unix listener whose backlog is full, with a timeout. An AF_UNIX
+ * connect to a full backlog cannot be polled: it blocks in an io-wq worker, and the link
+ * timeout interrupts that worker, so the connect itself ends with -EINTR, not -ECANCELED.
+ * on_close must still give -ETIMEDOUT (keel_conn_connect's contract). The client is the
+ * only thing the shard runs; the test waits for its end, whenever that comes. */
+static char full_addr[64];
+static _Atomic int full_status = 1;
+
+static void
+full_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	(void)c;
+	for (unsigned i = 0; i < n; i++)
+		keel_slice_put(&s[i]);
+}
+
+static void
+full_close(struct keel_conn *c, int status)
+{
+	(void)c;
+	atomic_store(&full_status, status);
+}
+
+static const struct keel_conn_ops full_ops = { .on_data = full_data, .on_close = full_close };
+
+static void
+full_start(void *arg)
+{
+	struct keel_conn *c;
+	int r = keel_conn_connect(full_addr, 0, *(uint64_t *)arg, &full_ops, NULL, &c);
+
+	if (!SHARD_CHECK_EQ(r, 0))
+		keel_stop(r);
+}
+
+/* An abstract listener (never accepting) with listen(fd, 0), its backlog filled by
+ * non-blocking clients until one is refused; they are closed at the end. */
+static int
+full_listener(const char *name, int *cl, int max, int *ncl)
+{
+	struct sockaddr_un u = { .sun_family = AF_UNIX };
+	socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name));
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	cr_assert_geq(fd, 0);
+	memcpy(u.sun_path + 1, name, strlen(name));
+	cr_assert_eq(bind(fd, (struct sockaddr *)&u, len), 0, "bind @%s: %s", name,
+		     strerror(errno));
+	cr_assert_eq(listen(fd, 0), 0);
+	for (*ncl = 0; *ncl < max; (*ncl)++) {
+		cl[*ncl] = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		cr_assert_geq(cl[*ncl], 0);
+		if (connect(cl[*ncl], (struct sockaddr *)&u, len) < 0) {
+			cr_assert_eq(errno, EAGAIN, "connect @%s: %s", name, strerror(errno));
+			close(cl[*ncl]);
+			return fd;
+		}
+	}
+	cr_assert_fail("the backlog of @%s took %d clients and was not full", name, max);
+	return -1;
+}
+
+static void
+full_backlog_case(uint64_t timeout_ns, int want)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_runtime *rt;
+	char name[48];
+	int cl[64], ncl, lfd, st;
+
+	snprintf(name, sizeof(name), "keel-full-%d", (int)getpid());
+	snprintf(full_addr, sizeof(full_addr), "unix:@%s", name);
+	lfd = full_listener(name, cl, 64, &ncl);
+	atomic_store(&full_status, 1);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, full_start, &timeout_ns), 0);
+	if (timeout_ns) {
+		WAIT_FOR(atomic_load(&full_status) != 1, "the connect's end");
+	} else {
+		/* No timeout: it waits until the stop ends it. A pause so that the connect
+		 * is in flight (in its worker) before the stop comes. */
+		usleep(200 * 1000);
+		cr_assert_eq(atomic_load(&full_status), 1, "the connect ended: %d",
+			     atomic_load(&full_status));
+	}
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	SHARD_CHECKS_PASSED();
+	st = atomic_load(&full_status);
+	cr_assert_eq(st, want, "on_close gave %d (%s), not %d (%s)", st, strerror(-st), want,
+		     strerror(-want));
+	for (int i = 0; i < ncl; i++)
+		close(cl[i]);
+	close(lfd);
+}
+
+Test(net_unix, a_connect_to_a_full_backlog_times_out_with_etimedout)
+{
+	full_backlog_case(KEEL_MS(300), -ETIMEDOUT);
+}
+
+Test(net_unix, a_connect_to_a_full_backlog_ended_by_the_stop_gives_eshutdown)
+{
+	full_backlog_case(0, -ESHUTDOWN);
+}

@@ -385,9 +385,11 @@ KEEL_API int keel_listener_stats(const struct keel_listener *l, unsigned shard,
  * timeout). @addr is an IPv4 or IPv6 literal, or "unix:/path" / "unix:@name" (a Unix domain
  * stream socket; @port is ignored).
  * on_open runs when connected; on failure on_close runs with the error (-ETIMEDOUT when
- * the timeout ended it) and on_open never does. The connect and its timeout go to the ring
- * as one linked pair: both SQEs are reserved first (submitting what is queued when the SQ
- * has no room for two), so the timeout always applies.
+ * the timeout ended it, whatever the connect's own error: an AF_UNIX connect to a full
+ * backlog blocks in a kernel worker, which the timeout interrupts, -EINTR; -ESHUTDOWN when
+ * the runtime's stop ended it) and on_open never does. The connect and its timeout go to
+ * the ring as one linked pair: both SQEs are reserved first (submitting what is queued when
+ * the SQ has no room for two), so the timeout always applies.
  * Returns: 0 and *out (valid until on_close returns); -EINVAL with a logged message when the
  * address does not parse; -ESHUTDOWN once the shard's stop began (in a stop hook too);
  * -errno (socket, memory, a failed submit). On error no callback follows.
