@@ -735,6 +735,31 @@ accept_error_of_one(int res)
 	}
 }
 
+/* The limit an accept that found no descriptor hit, which depends on the mode: a plain
+ * descriptor is the process's (EMFILE: RLIMIT_NOFILE, itself capped by fs.nr_open) or the
+ * system's (ENFILE: fs.file-max, every process's open files). A direct one takes no
+ * descriptor of the process: its ENFILE is the table with no free slot, which keel's count
+ * (slots_left) said had one, so something keel does not count took it: the application's
+ * own direct descriptors, registered on the ring outside keel_file. The struct file a
+ * direct accept still makes can hit fs.file-max too. */
+const char *
+keel__accept_error_hint(int res, bool direct)
+{
+	switch (-res) {
+	case EMFILE:
+		return " (the process has no descriptor left: raise ulimit -n, at most fs.nr_open)";
+	case ENFILE:
+		return direct ? " (the direct-descriptor table had no free slot where keel counted "
+				"one: the application's own direct descriptors take slots; raise "
+				"--max-files (keel_net_config.max_files), or, should the whole "
+				"system be out of files, fs.file-max)"
+			      : " (the system's open files reached fs.file-max: raise it with sysctl "
+				"fs.file-max, or close files elsewhere)";
+	default:
+		return "";
+	}
+}
+
 static void
 accept_cb(struct keel_op *op, int res, uint32_t flags)
 {
@@ -809,11 +834,7 @@ accept_cb(struct keel_op *op, int res, uint32_t flags)
 				 one ? 0ull
 				     : (unsigned long long)KEEL_NS_TO_MS(
 					       lcfg(l, ns)->accept_backoff_ns),
-				 res == -EMFILE || res == -ENFILE
-					 ? " (raise ulimit -n, or the direct-descriptor table "
-					   "max_files)"
-				 : one ? ")"
-				       : "");
+				 one ? ")" : keel__accept_error_hint(res, direct));
 		}
 		if (!ls->stopping && !ls->armed && !one) {
 			/* A slot freed meanwhile arms it again before the back-off ends. */

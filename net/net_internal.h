@@ -390,6 +390,9 @@ void keel__listeners_stop(struct net_shard *ns);
  * of them released its slot: arm the parked ones. */
 void keel__listeners_table_low(struct net_shard *ns);
 void keel__listeners_slot_freed(struct net_shard *ns);
+/* listen.c: the fix an accept failure's log line names for @res (-errno), with direct
+ * descriptors (@direct) or plain ones: "" when it has none, else " (...)". */
+const char *keel__accept_error_hint(int res, bool direct);
 
 /* Which shard a receive queue's connections arrive on, by its NAPI id (queue steering's
  * check): filled by the first connection from each queue, shared by the shards. */

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 /* Limits against hostile peers: max_conns (docs/net.md, "Connection limit"). */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +14,7 @@
 
 #include <criterion/criterion.h>
 
+#include "../../net/net_internal.h"
 #include "helpers.h"
 
 static void
@@ -751,4 +754,189 @@ Test(net_limits, a_soft_descriptor_limit_below_the_file_table_is_raised)
 Test(net_limits, a_hard_descriptor_limit_below_the_file_table_is_refused_naming_the_fix)
 {
 	nofile_run(true);
+}
+
+/* ---- accept failures for want of descriptors: the log names the limit that was hit ---- */
+
+/* keel__accept_error_hint: EMFILE is the process's descriptor limit (ulimit -n); ENFILE
+ * with plain descriptors the system's (fs.file-max); ENFILE in direct mode the
+ * direct-descriptor table (--max-files, or the application's own direct descriptors). No
+ * hint names a limit of the other mode, and other errors have none. */
+Test(net_limits, the_accept_failure_hint_follows_the_error_and_the_descriptor_mode)
+{
+	const char *emfile = keel__accept_error_hint(-EMFILE, false);
+	const char *enfile = keel__accept_error_hint(-ENFILE, false);
+	const char *table = keel__accept_error_hint(-ENFILE, true);
+
+	cr_assert(strstr(emfile, "ulimit -n") && !strstr(emfile, "max-files") &&
+			  !strstr(emfile, "file-max"),
+		  "EMFILE: '%s'", emfile);
+	cr_assert_str_eq(keel__accept_error_hint(-EMFILE, true), emfile);
+	cr_assert(strstr(enfile, "fs.file-max") && !strstr(enfile, "ulimit") &&
+			  !strstr(enfile, "max-files"),
+		  "ENFILE, plain: '%s'", enfile);
+	cr_assert(strstr(table, "--max-files") && strstr(table, "direct") &&
+			  !strstr(table, "ulimit"),
+		  "ENFILE, direct: '%s'", table);
+	cr_assert_str_eq(keel__accept_error_hint(-ENOMEM, false), "");
+	cr_assert_str_eq(keel__accept_error_hint(-ECONNABORTED, true), "");
+}
+
+/* The first "accept failed" line of the run (any shard), kept for the test to read. */
+static char accept_log[512];
+static _Atomic int accept_logged;
+
+static void
+accept_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	(void)level;
+	(void)module;
+	(void)shard;
+	(void)arg;
+	if (strstr(msg, "accept failed") && !atomic_load(&accept_logged)) {
+		snprintf(accept_log, sizeof(accept_log), "%s", msg);
+		atomic_store(&accept_logged, 1);
+	}
+}
+
+/* Plain descriptors, the process out of them while four clients connect: each accept fails
+ * with EMFILE, and the line says to raise ulimit -n, naming no direct-descriptor table
+ * (there is none). Once the descriptors are freed, the accepts that follow the back-off
+ * take the four waiting clients and serve them. In a child: it takes every descriptor of
+ * the process (its soft limit lowered to 256). */
+static int
+plain_emfile_child(void)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	struct rlimit rl;
+	struct srv s;
+	enum { K = 4 };
+	int cl[K], dups[256], ndup = 0;
+
+	net_test_feature(&o, "direct_fd=off");
+	keel_net_config_init(&nc);
+	nc.max_files = 64; /* below the soft limit: it stays */
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return 10;
+	rl.rlim_cur = 256;
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return 11;
+	keel_log_set_sink(accept_sink, NULL);
+	if (srv_start(&s, &o, &nc, NULL) < 0)
+		return 12;
+	for (uint64_t dl = test_deadline(TEST_WAIT_MS); atomic_load(&s.started) < 1;) {
+		if (test_expired(dl))
+			return 13;
+		test_pause();
+	}
+	for (int i = 0; i < K; i++)
+		if ((cl[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+			return 14;
+	for (int d; ndup < 256 && (d = dup(0)) >= 0;)
+		dups[ndup++] = d;
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	sa.sin_port = htons(s.port);
+	for (int i = 0; i < K; i++)
+		if (connect(cl[i], (struct sockaddr *)&sa, sizeof(sa)) < 0)
+			return 15;
+	for (uint64_t dl = test_deadline(TEST_WAIT_MS); !atomic_load(&accept_logged);) {
+		if (test_expired(dl))
+			return 16;
+		test_pause();
+	}
+	/* Only the copies (the runtime's own descriptors are among the lower numbers). */
+	for (int i = 0; i < ndup; i++)
+		close(dups[i]);
+	for (int i = 0; i < K; i++) {
+		char b = (char)('a' + i);
+
+		if (cli_write_all(cl[i], &b, 1) < 0 || cli_read_all(cl[i], &b, 1) < 0 ||
+		    b != 'a' + i)
+			return 17;
+		close(cl[i]);
+	}
+	if (srv_stop(&s) != 0)
+		return 18;
+	if (!strstr(accept_log, strerror(EMFILE)) || !strstr(accept_log, "ulimit -n") ||
+	    strstr(accept_log, "max_files") || strstr(accept_log, "max-files") ||
+	    strstr(accept_log, "direct")) {
+		fprintf(stderr, "the accept failure's line: '%s'\n", accept_log);
+		return 19;
+	}
+	return 0;
+}
+
+Test(net_limits, plain_descriptors_out_of_descriptors_say_ulimit_and_accept_again_after)
+{
+	run_in_child(plain_emfile_child);
+}
+
+/* Direct descriptors: the table's slots all taken behind keel's back (registered on the
+ * shard's ring by the application, which keel_file_direct_slots does not count), so keel
+ * counts room and arms an accept, whose install finds no slot: ENFILE. The line names the
+ * table (--max-files, the application's own direct descriptors), not ulimit. Once the slots
+ * are freed, the accept after the back-off serves the next client. */
+#define TAKEN_SLOTS 16u
+
+static void
+take_slots(struct keel_xreq *req)
+{
+	int fds[TAKEN_SLOTS], r, n = 0;
+
+	for (unsigned i = 0; i < TAKEN_SLOTS; i++) {
+		fds[i] = -1;
+		if (*(bool *)req->arg && (fds[i] = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0)
+			n++;
+	}
+	r = n == (*(bool *)req->arg ? (int)TAKEN_SLOTS : 0)
+		    ? io_uring_register_files_update(keel_shard_ring_get(), 0, fds, TAKEN_SLOTS)
+		    : -EMFILE;
+	for (unsigned i = 0; i < TAKEN_SLOTS; i++)
+		if (fds[i] >= 0)
+			close(fds[i]); /* the table holds its own reference */
+	keel_xreq_complete(req, r);
+}
+
+Test(net_limits, a_full_direct_table_keel_did_not_count_says_max_files)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct srv s;
+	bool take = true;
+	char b = 'x';
+	int fd, r;
+
+	keel_net_config_init(&nc);
+	nc.max_files = TAKEN_SLOTS;
+	atomic_store(&accept_logged, 0);
+	accept_log[0] = 0;
+	keel_log_set_sink(accept_sink, NULL);
+	cr_assert_eq(srv_start(&s, &o, &nc, NULL), 0);
+	WAIT_FOR(atomic_load(&s.started) == 1, "the listener's start");
+	if (rt_feature_used(s.rt, 0, KEEL_FEAT_DIRECT_FD) != 1) {
+		srv_stop(&s);
+		keel_log_set_sink(NULL, NULL);
+		cr_skip_test("no direct descriptors on this kernel");
+	}
+	r = rt_run_on(s.rt, 0, take_slots, &take);
+	cr_assert_eq(r, (int)TAKEN_SLOTS, "taking the table's slots: %d", r);
+	fd = cli_connect(s.port); /* the kernel's handshake; keel's accept fails */
+	cr_assert_geq(fd, 0);
+	WAIT_FOR(atomic_load(&accept_logged), "the accept failure's line");
+	close(fd);
+	take = false;
+	r = rt_run_on(s.rt, 0, take_slots, &take);
+	cr_assert_eq(r, (int)TAKEN_SLOTS, "freeing the table's slots: %d", r);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(cli_write_all(fd, &b, 1), 0);
+	cr_assert_eq(cli_read_all(fd, &b, 1), 0);
+	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(strstr(accept_log, strerror(ENFILE)) && strstr(accept_log, "--max-files") &&
+			  !strstr(accept_log, "ulimit"),
+		  "the accept failure's line: '%s'", accept_log);
 }
