@@ -520,12 +520,65 @@ unix_parse(const char *addr, struct sockaddr_storage *out, socklen_t *len)
 	return 0;
 }
 
+/* An IPv6 literal with a scope ("fe80::1%eth0", "fe80::1%2"): the interface a link-local
+ * address belongs to, into sin6_scope_id. inet_pton takes no scope; getaddrinfo with
+ * AI_NUMERICHOST does, and never asks a resolver (the interface's name goes to
+ * if_nametoindex, a local ioctl), so this is fit for a shard. The literal before the '%' is
+ * checked first, so that a bad one is not reported as a bad interface.
+ * Returns 0; -ENODEV (logged) when no interface has that name or index; -EINVAL (not
+ * logged: the caller says what is expected) when what precedes the '%' is no IPv6 literal. */
+static int
+scoped6_parse(const char *addr, const char *pct, uint16_t port, struct sockaddr_storage *out,
+	      socklen_t *len)
+{
+	struct addrinfo hints = { .ai_family = AF_INET6,
+				  .ai_socktype = SOCK_STREAM,
+				  .ai_flags = AI_NUMERICHOST };
+	struct addrinfo *res = NULL;
+	struct in6_addr a;
+	char host[INET6_ADDRSTRLEN];
+	size_t hl = (size_t)(pct - addr);
+	int r;
+
+	if (hl >= sizeof(host))
+		return -EINVAL;
+	memcpy(host, addr, hl);
+	host[hl] = 0;
+	if (inet_pton(AF_INET6, host, &a) != 1)
+		return -EINVAL;
+	r = pct[1] ? getaddrinfo(addr, NULL, &hints, &res) : EAI_NONAME;
+	if (r != 0 || !res || res->ai_addrlen != sizeof(struct sockaddr_in6)) {
+		if (res)
+			freeaddrinfo(res);
+		/* glibc takes a scope on link-local addresses only (unicast or multicast). */
+		if (pct[1] && !IN6_IS_ADDR_LINKLOCAL(&a) && !IN6_IS_ADDR_MC_LINKLOCAL(&a))
+			keel_log(KEEL_LOG_ERROR, NET_MOD,
+				 "address '%s': only a link-local address (fe80::/10) takes a "
+				 "scope: drop '%s'",
+				 addr, pct);
+		else
+			keel_log(KEEL_LOG_ERROR, NET_MOD,
+				 "address '%s': no network interface '%s' (the scope after '%%' "
+				 "names the interface of a link-local address, fe80::1%%eth0, or "
+				 "its index; ip link lists them)",
+				 addr, pct + 1);
+		return -ENODEV;
+	}
+	memcpy(out, res->ai_addr, sizeof(struct sockaddr_in6));
+	freeaddrinfo(res);
+	((struct sockaddr_in6 *)out)->sin6_port = htons(port);
+	*len = sizeof(struct sockaddr_in6);
+	return 0;
+}
+
 int
 keel_net_addr_parse(const char *addr, uint16_t port, struct sockaddr_storage *out, socklen_t *len)
 {
 	struct sockaddr_in *a4 = (struct sockaddr_in *)out;
 	struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)out;
 	socklen_t unused;
+	const char *pct;
+	int r;
 
 	if (!len)
 		len = &unused;
@@ -547,10 +600,17 @@ keel_net_addr_parse(const char *addr, uint16_t port, struct sockaddr_storage *ou
 		*len = sizeof(*a6);
 		return 0;
 	}
+	pct = strchr(addr, '%');
+	if (pct && strchr(addr, ':')) {
+		r = scoped6_parse(addr, pct, port, out, len);
+		if (r != -EINVAL) /* 0, or no such interface (logged) */
+			return r == 0 ? 0 : -EINVAL;
+		memset(out, 0, sizeof(*out));
+	}
 	keel_log(KEEL_LOG_ERROR, NET_MOD,
-		 "address '%s' does not parse: give an IPv4 (127.0.0.1) or IPv6 (::1) literal, "
-		 "or unix:/path or unix:@name (a host name: resolve it before the run with "
-		 "keel_net_resolve)",
+		 "address '%s' does not parse: give an IPv4 (127.0.0.1) or IPv6 (::1, "
+		 "fe80::1%%eth0 with the interface of a link-local one) literal, or unix:/path "
+		 "or unix:@name (a host name: resolve it before the run with keel_net_resolve)",
 		 addr);
 	return -EINVAL;
 }

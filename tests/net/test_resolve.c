@@ -6,7 +6,9 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <net/if.h>
 #include <netinet/in.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -158,6 +160,15 @@ start(void *arg)
 		keel_stop(r);
 }
 
+static void
+start_only(void *arg)
+{
+	int r = keel_listener_start(arg);
+
+	if (!SHARD_CHECK_EQ(r, 0))
+		keel_stop(r);
+}
+
 Test(net_resolve, listener_and_connect_by_name_resolved_before_the_run)
 {
 	struct keel_opts o = net_test_opts(1);
@@ -182,4 +193,122 @@ Test(net_resolve, listener_and_connect_by_name_resolved_before_the_run)
 	cr_assert_eq(memcmp(got, "hello", 5), 0);
 	cr_assert_eq(on_shard_resolve, -EPERM, "keel_net_resolve on a shard");
 	cr_assert_eq(on_shard_connect_name, -EINVAL, "keel_conn_connect takes literals only");
+}
+
+/* Scoped IPv6 literals ("fe80::1%lo", "fe80::1%1"): the scope is the interface a link-local
+ * address belongs to, in sin6_scope_id. Parsed without the resolver (getaddrinfo with
+ * AI_NUMERICHOST: no DNS, on a shard too), by keel_net_addr_parse and keel_net_resolve
+ * alike; an interface that does not exist is refused naming it. They were refused as no
+ * IPv6 literal at all, so no link-local listener could be made. */
+static char scope_log[512];
+
+static void
+scope_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	(void)module;
+	(void)shard;
+	(void)arg;
+	if (level == KEEL_LOG_ERROR && !scope_log[0])
+		snprintf(scope_log, sizeof(scope_log), "%s", msg);
+}
+
+static void
+assert_scoped(const struct sockaddr_storage *ss, socklen_t len, uint32_t scope, uint16_t port)
+{
+	const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)ss;
+	struct in6_addr want;
+
+	cr_assert_eq(inet_pton(AF_INET6, "fe80::1", &want), 1);
+	cr_assert_eq(ss->ss_family, AF_INET6);
+	cr_assert_eq(len, sizeof(*a6));
+	cr_assert_eq(memcmp(&a6->sin6_addr, &want, sizeof(want)), 0);
+	cr_assert_eq(a6->sin6_scope_id, scope, "scope id %u, want %u", a6->sin6_scope_id, scope);
+	cr_assert_eq(ntohs(a6->sin6_port), port);
+}
+
+Test(net_resolve, scoped_ipv6_literals_carry_their_interface)
+{
+	unsigned lo = if_nametoindex("lo");
+	struct sockaddr_storage ss;
+	socklen_t len = 0;
+	int r;
+
+	cr_assert_neq(lo, 0u, "no interface lo");
+	r = keel_net_addr_parse("fe80::1%lo", 80, &ss, &len);
+	cr_assert_eq(r, 0, "keel_net_addr_parse(\"fe80::1%%lo\"): %d", r);
+	assert_scoped(&ss, len, lo, 80);
+	r = keel_net_resolve("fe80::1%lo", 81, AF_UNSPEC, &ss, &len);
+	cr_assert_eq(r, 0, "keel_net_resolve(\"fe80::1%%lo\"): %d", r);
+	assert_scoped(&ss, len, lo, 81);
+	cr_assert_eq(keel_net_resolve("fe80::1%lo", 81, AF_INET, &ss, &len), -EAFNOSUPPORT);
+	cr_assert_eq(keel_net_addr_parse("fe80::1%1", 82, &ss, &len), 0);
+	assert_scoped(&ss, len, 1, 82);
+	/* Unscoped literals as before: no scope. */
+	cr_assert_eq(keel_net_addr_parse("::1", 83, &ss, &len), 0);
+	cr_assert_eq(((struct sockaddr_in6 *)&ss)->sin6_scope_id, 0u);
+
+	/* An interface that does not exist: refused, naming it; a resolve too (no DNS). */
+	scope_log[0] = 0;
+	keel_log_set_sink(scope_sink, NULL);
+	r = keel_net_addr_parse("fe80::1%nosuchif0", 80, &ss, &len);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq(r, -EINVAL);
+	cr_assert(strstr(scope_log, "'nosuchif0'") && strstr(scope_log, "interface"), "log: '%s'",
+		  scope_log);
+	cr_assert_eq(keel_net_resolve("fe80::1%nosuchif0", 80, AF_UNSPEC, &ss, &len), -EINVAL);
+	/* A scope on an address that needs none: refused as such, not blaming lo. */
+	scope_log[0] = 0;
+	keel_log_set_sink(scope_sink, NULL);
+	r = keel_net_addr_parse("::1%lo", 80, &ss, &len);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq(r, -EINVAL);
+	cr_assert(strstr(scope_log, "link-local") && !strstr(scope_log, "no network interface"),
+		  "log: '%s'", scope_log);
+	/* The scope only follows an IPv6 literal, and names something. */
+	cr_assert_eq(keel_net_addr_parse("fe80::1%", 80, &ss, &len), -EINVAL);
+	cr_assert_eq(keel_net_addr_parse("127.0.0.1%lo", 80, &ss, &len), -EINVAL);
+	cr_assert_eq(keel_net_addr_parse("fe80::zz%lo", 80, &ss, &len), -EINVAL);
+}
+
+/* A listener on a link-local address with its scope. lo has no link-local address unless
+ * one was added, and the tests bind to loopback only: "fe80::1%lo" is used only where the
+ * kernel binds it (a plain bind tried first). The listener serves a client that connects to
+ * the same scoped address. */
+Test(net_resolve, a_listener_on_a_scoped_link_local_address_serves)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_listen_opts lo = { .addr = "fe80::1%lo" };
+	struct sockaddr_storage ss;
+	struct srv sv = { 0 };
+	struct keel_runtime *rt;
+	struct keel_listener *l;
+	socklen_t len;
+	char b[5];
+	int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0), r;
+
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(keel_net_addr_parse(lo.addr, 0, &ss, &len), 0);
+	r = bind(fd, (struct sockaddr *)&ss, len) < 0 ? -errno : 0;
+	close(fd);
+	if (r < 0)
+		cr_skip_test("fe80::1%%lo does not bind (%s): lo has no such address",
+			     strerror(-r));
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	lo.rt = rt;
+	cr_assert_eq(keel_listener_create(&lo, 1, &echo_ops, &sv, &l), 0);
+	cr_assert_eq(keel_runtime_start(rt, start_only, l), 0);
+	((struct sockaddr_in6 *)&ss)->sin6_port = htons(keel_listener_port(l));
+	fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&ss, len), 0, "connect: %s", strerror(errno));
+	cr_assert_eq(cli_write_all(fd, "hello", 5), 0);
+	cr_assert_eq(cli_read_all(fd, b, 5), 0);
+	cr_assert_eq(memcmp(b, "hello", 5), 0);
+	close(fd);
+	WAIT_FOR(atomic_load(&sv.closes) == 1, "the server's on_close");
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	keel_listener_destroy(l);
+	SHARD_CHECKS_PASSED();
 }

@@ -285,7 +285,8 @@ KEEL_API const char *keel_steer_name(enum keel_steer s);
 
 /** Listener options. Zero-initialise, then set addr/port. */
 struct keel_listen_opts {
-	const char *addr;            /* IPv4 or IPv6 literal, or a host name resolved at
+	const char *addr;            /* IPv4 or IPv6 literal (a link-local one with its
+					interface: "fe80::1%eth0"), or a host name resolved at
 					create (keel_net_resolve); NULL: 0.0.0.0; or a Unix
 					domain name: "unix:/path" (created, and unlinked by
 					keel_listener_destroy) or "unix:@name" (abstract) */
@@ -382,8 +383,9 @@ KEEL_API int keel_listener_stats(const struct keel_listener *l, unsigned shard,
 
 /**
  * Connect to @addr:@port through the ring, giving up after @timeout_ns (KEEL_S(5); 0: no
- * timeout). @addr is an IPv4 or IPv6 literal, or "unix:/path" / "unix:@name" (a Unix domain
- * stream socket; @port is ignored).
+ * timeout). @addr is an IPv4 or IPv6 literal (keel_net_addr_parse: "fe80::1%eth0" for a
+ * link-local one), or "unix:/path" / "unix:@name" (a Unix domain stream socket; @port is
+ * ignored).
  * on_open runs when connected; on failure on_close runs with the error (-ETIMEDOUT when
  * the timeout ended it, whatever the connect's own error: an AF_UNIX connect to a full
  * backlog blocks in a kernel worker, which the timeout interrupts, -EINTR; -ESHUTDOWN when
@@ -794,8 +796,12 @@ KEEL_API void *keel_udp_app(const struct keel_udp *u);
 /**
  * Parse @addr (IPv4 or IPv6 literal; NULL: 0.0.0.0; "unix:/path" or "unix:@name", a
  * sockaddr_un, @port ignored) and @port into @out, and its length into @len (may be NULL;
- * an abstract unix name's length says where the name ends). Never resolves a host name.
- * Returns: 0, or -EINVAL (logged: the address and what is expected).
+ * an abstract unix name's length says where the name ends). A link-local IPv6 literal may
+ * carry its interface, by name or index ("fe80::1%eth0", "fe80::1%2"): sin6_scope_id.
+ * Never resolves a host name (a scope is read with getaddrinfo's AI_NUMERICHOST, which
+ * asks no resolver: fit for a shard).
+ * Returns: 0, or -EINVAL (logged: the address and what is expected; an interface that does
+ * not exist, named; a scope on an address that is not link-local).
  */
 KEEL_API int keel_net_addr_parse(const char *addr, uint16_t port, struct sockaddr_storage *out,
 				 socklen_t *len);
@@ -807,7 +813,8 @@ KEEL_API int keel_net_addr_parse(const char *addr, uint16_t port, struct sockadd
  * so it runs only off the shards: before keel_runtime_start, or on a thread of the
  * application's; keel_listener_create() calls it for its addr. Literals are parsed on any
  * thread without it; so is a string of digits and dots or one with a colon (meant as a
- * literal: -EINVAL when it does not parse, never a DNS query).
+ * literal, a scoped "fe80::1%eth0" too: -EINVAL when it does not parse, never a DNS
+ * query).
  * Returns: 0 with *out and *len (@len may be NULL); -EINVAL (@host NULL or empty, bad
  * @family); -EPERM on a shard for a name (logged: what to do instead); -ENOENT (no such
  * host), -EAGAIN (try again), -EAFNOSUPPORT, -ENOMEM, -errno (logged with the resolver's
