@@ -234,6 +234,17 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 
 	if (!nshards || nshards > KEEL_MAX_SHARDS || !ops || !ops->on_data || !ops->on_close)
 		return -EINVAL;
+	/* Not taken modulo the count: a map naming shard 5 of 4 meant something else (the
+	 * count, or the map, is wrong), and steering queue 1 to shard 1 hid it. */
+	for (unsigned q = 0; o->queue_shard && q < o->nqueues; q++)
+		if (o->queue_shard[q] >= nshards) {
+			keel_log(KEEL_LOG_ERROR, NET_MOD,
+				 "keel_listen_opts.queue_shard: rx queue %u is mapped to shard %u, "
+				 "but the listener has %u shards (0 to %u): fix the map or the "
+				 "listener's shard count",
+				 q, o->queue_shard[q], nshards, nshards - 1);
+			return -EINVAL;
+		}
 	/* A host name is resolved here, on the thread setting up (never on a shard's loop:
 	 * keel_net_resolve refuses there). */
 	r = keel_net_resolve(o->addr ? o->addr : "0.0.0.0", o->port, AF_UNSPEC, &ss, &len);

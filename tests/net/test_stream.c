@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -698,5 +699,45 @@ Test(net_stream, queue_steering_follows_the_queue_map)
 	cr_assert_eq(st1.napi_mismatch, 0);
 	cr_assert_eq(atomic_load(&counters.closes), 6);
 	keel_runtime_destroy(rt);
+	keel_listener_destroy(l);
+}
+
+/* A queue map naming a shard the listener does not have is refused at create (-EINVAL),
+ * the log naming the queue, the shard and the count: it was taken modulo the count, so a
+ * map naming shard 5 for a 4-shard listener steered that queue to shard 1, unsaid. */
+static char qmap_log[512];
+
+static void
+qmap_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	(void)module;
+	(void)shard;
+	(void)arg;
+	if (level == KEEL_LOG_ERROR && !qmap_log[0])
+		snprintf(qmap_log, sizeof(qmap_log), "%s", msg);
+}
+
+Test(net_stream, a_queue_map_naming_a_shard_out_of_range_is_refused)
+{
+	static const unsigned qmap[3] = { 0, 5, 1 }, good[3] = { 3, 2, 0 };
+	struct keel_listen_opts lo = {
+		.addr = "127.0.0.1", .steer = KEEL_STEER_QUEUE, .queue_shard = qmap, .nqueues = 3
+	};
+	struct keel_listener *l = NULL;
+	int r;
+
+	qmap_log[0] = 0;
+	keel_log_set_sink(qmap_sink, NULL);
+	r = keel_listener_create(&lo, 4, &echo_ops, NULL, &l);
+	keel_log_set_sink(NULL, NULL);
+	if (r == 0)
+		keel_listener_destroy(l);
+	cr_assert_eq(r, -EINVAL, "a map naming shard 5 of 4: %d", r);
+	cr_assert(strstr(qmap_log, "queue 1") && strstr(qmap_log, "shard 5") &&
+			  strstr(qmap_log, "4 shards"),
+		  "log: '%s'", qmap_log);
+	/* Every entry below the count: made. */
+	lo.queue_shard = good;
+	cr_assert_eq(keel_listener_create(&lo, 4, &echo_ops, NULL, &l), 0);
 	keel_listener_destroy(l);
 }

@@ -293,7 +293,8 @@ struct keel_listen_opts {
 	uint16_t port;               /* 0: an ephemeral port (keel_listener_port()) */
 	int backlog;                 /* 0: 4096 */
 	enum keel_steer steer;       /* default KEEL_STEER_CPU */
-	const unsigned *queue_shard; /* queue steering: rx queue q is owned by queue_shard[q]; */
+	const unsigned *queue_shard; /* queue steering: rx queue q is owned by queue_shard[q]
+					(each below nshards, else -EINVAL); */
 	unsigned nqueues;            /* NULL/0: shard q % nshards owns queue q */
 	/* CPU steering: the runtime whose shards will accept. With it the shards' CPUs are
 	 * known at create, and the program is attached before any socket listens, so no
@@ -328,7 +329,8 @@ struct keel_listen_opts {
  * is complete and steered from the first SYN. Nothing is accepted until
  * keel_listener_start() on a shard (connections wait in the backlog of the socket the
  * program picked).
- * Returns: 0 and *out; -EINVAL (address does not parse, nshards 0), -EADDRINUSE (port in
+ * Returns: 0 and *out; -EINVAL (address does not parse, nshards 0, a queue_shard entry not
+ * below nshards: logged, naming the queue), -EADDRINUSE (port in
  * use by another program: a listening socket there, checked before the listener's own
  * sockets bind, so one that sets SO_REUSEPORT too is refused as well), or another -errno of
  * socket/bind/listen (logged, with the address).
