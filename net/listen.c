@@ -953,6 +953,32 @@ accept_arm(struct keel__lshard *ls)
 		ns->accepts_single++;
 }
 
+/* Each listener's armed accept holds a slot of the direct-descriptor table (slots_left),
+ * so a shard with as many listeners as slots has none left for a connection once they are
+ * all armed, and those past max_files are parked from the start: they wait, with no
+ * connection open, until one of the others' connections closes, maybe for ever. Said
+ * when a start brings the shard's count to max_files (the "N - 1 fewer" rule of
+ * docs/net.md no longer holds there). */
+static void
+listeners_vs_table(const struct net_shard *ns, unsigned id)
+{
+	unsigned n = 0;
+
+	if (!ns->f_direct)
+		return;
+	for (const struct keel__lshard *ls = ns->lshards; ls; ls = ls->next)
+		n += !ls->stopping;
+	if (n >= ns->cfg.max_files)
+		keel_log(KEEL_LOG_WARN, NET_MOD,
+			 "shard %u: %u listeners on a direct-descriptor table of %u slots "
+			 "(max_files): each listener's armed accept holds a slot, so the table "
+			 "is full with no connection open: a listener that accepts one waits for "
+			 "a close before it accepts again, and those past the %u-th may wait for "
+			 "ever; raise --max-files (keel_net_config.max_files) well above the "
+			 "listener count",
+			 id, n, ns->cfg.max_files, ns->cfg.max_files);
+}
+
 int
 keel_listener_start(struct keel_listener *l)
 {
@@ -992,6 +1018,7 @@ keel_listener_start(struct keel_listener *l)
 	keel__net_ref(ns);
 	ls->next = ns->lshards;
 	ns->lshards = ls;
+	listeners_vs_table(ns, id);
 	if (!l->attached)
 		l->cpus[id] = keel_shard_cpu(sh);
 	/* Without the runtime at create, the last shard to start knows every CPU: it attaches

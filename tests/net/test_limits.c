@@ -940,3 +940,79 @@ Test(net_limits, a_full_direct_table_keel_did_not_count_says_max_files)
 			  !strstr(accept_log, "ulimit"),
 		  "the accept failure's line: '%s'", accept_log);
 }
+
+/* A shard with at least as many listeners as direct-descriptor slots: each armed accept
+ * holds a slot, so the listeners past max_files wait with no connection open at all. Said
+ * at keel_listener_start, naming --max-files, once the shard's count reaches max_files (two
+ * listeners on a table of two); not for the first. */
+static _Atomic int many_said, many_said_early;
+static _Atomic int many_started;
+
+static void
+many_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	(void)module;
+	(void)shard;
+	(void)arg;
+	if (level == KEEL_LOG_WARN && strstr(msg, "listeners") && strstr(msg, "--max-files")) {
+		if (atomic_load(&many_started) < 1)
+			atomic_store(&many_said_early, 1);
+		else if (strstr(msg, "2 listeners"))
+			atomic_store(&many_said, 1);
+	}
+}
+
+static void
+two_listeners_start(void *arg)
+{
+	struct keel_listener **ls = arg;
+
+	for (int i = 0; i < 2; i++) {
+		int r = keel_listener_start(ls[i]);
+
+		if (!SHARD_CHECK_EQ(r, 0)) {
+			keel_stop(r);
+			return;
+		}
+		atomic_fetch_add(&many_started, 1);
+	}
+}
+
+Test(net_limits, as_many_listeners_as_direct_slots_on_a_shard_is_said)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct keel_listen_opts lo = { .addr = "127.0.0.1" };
+	struct keel_listener *ls[2];
+	struct keel_runtime *rt;
+	struct srv sv = { 0 };
+
+	keel_net_config_init(&nc);
+	nc.max_files = 2;
+	cr_assert_eq(keel_net_config_set(&nc), 0);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	lo.rt = rt;
+	for (int i = 0; i < 2; i++)
+		cr_assert_eq(keel_listener_create(&lo, 1, &echo_ops, &sv, &ls[i]), 0);
+	keel_log_set_sink(many_sink, NULL);
+	cr_assert_eq(keel_runtime_start(rt, two_listeners_start, ls), 0);
+	WAIT_FOR(atomic_load(&many_started) == 2, "both listeners' start");
+	if (rt_feature_used(rt, 0, KEEL_FEAT_DIRECT_FD) != 1) {
+		keel_runtime_stop(rt, 0);
+		keel_runtime_join(rt);
+		keel_log_set_sink(NULL, NULL);
+		keel_runtime_destroy(rt);
+		cr_skip_test("no direct descriptors on this kernel");
+	}
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_log_set_sink(NULL, NULL);
+	keel_runtime_destroy(rt);
+	for (int i = 0; i < 2; i++)
+		keel_listener_destroy(ls[i]);
+	keel_net_config_init(&nc);
+	cr_assert_eq(keel_net_config_set(&nc), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_not(atomic_load(&many_said_early), "said at the first listener's start");
+	cr_assert(atomic_load(&many_said), "two listeners on a table of two: not said");
+}
