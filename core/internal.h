@@ -191,7 +191,8 @@ struct keel_shard {
 	 * while stopping, a cancel-all is queued again only for operations bound since (one
 	 * the cancel cannot reach must not make the shard cancel in a loop). */
 	uint64_t binds, cancel_mark;
-	uint64_t stop_ns; /* when the stop began (begin_stop) */
+	uint64_t stop_ns;      /* when the stop began (begin_stop) */
+	uint64_t stop_said_ns; /* a stop that does not end was last logged this long into it */
 
 	/* Inbound mail: queues from every shard and the has-mail bitmap (with more than
 	 * keel__mail_scan_max shards: runtime.mail_scan), both owned here. */
@@ -364,6 +365,9 @@ extern _Atomic unsigned keel__fault_cancel_nosqe;
  * decides to sleep, before it announces it (`sleeping`) and looks for work once more: a
  * test holds a receiver there while a sender publishes, which only that look can find. */
 extern void (*keel__hook_before_sleep)(void);
+/* How often a stop that does not end says what holds it (10 s; tests set it shorter before
+ * the runtime starts): each shard not quiescent, and each quiescent one waiting for them. */
+extern uint64_t keel__stop_say_ns;
 /* Arm again the internal reads that found no SQE (the eventfd's), and issue the disk
  * requests that did (file.c). */
 void keel__internal_retry(struct keel_shard *s);

@@ -743,6 +743,92 @@ drain_check(struct keel_shard *s)
 			 ms ? "" : "; --stop-drain-ms N cancels them after N ms");
 }
 
+/* A stop that never ends slept in bounded steps for ever without a word, and the join with
+ * it (a callback that defers itself again, an operation no cancel ends, mail that never
+ * leaves an overflow list). Every keel__stop_say_ns into the stop each shard says what holds
+ * it (the disk requests of the stop hooks alone: drain_check says so), and a quiescent shard
+ * which shards it waits for. */
+uint64_t keel__stop_say_ns = 10 * NS_PER_S;
+
+static bool
+stop_say_due(struct keel_shard *s, uint64_t *waited)
+{
+	*waited = s->now_ns > s->stop_ns ? s->now_ns - s->stop_ns : 0;
+	if (!keel__stop_say_ns || *waited < s->stop_said_ns + keel__stop_say_ns)
+		return false;
+	s->stop_said_ns = *waited;
+	return true;
+}
+
+#define SAY(...)                                                                                \
+	do {                                                                                    \
+		if (n < sizeof(held))                                                           \
+			n += (size_t)snprintf(held + n, sizeof(held) - n, "%s", n ? ", " : ""); \
+		if (n < sizeof(held))                                                           \
+			n += (size_t)snprintf(held + n, sizeof(held) - n, __VA_ARGS__);         \
+	} while (0)
+
+static void
+stop_say_held(struct keel_shard *s)
+{
+	uint64_t user = s->inflight - s->internal_inflight, waited;
+	char held[512];
+	size_t n = 0;
+
+	if (!stop_say_due(s, &waited))
+		return;
+	if (user > s->files.ndrain)
+		SAY("%llu user operations in flight (no cancel ended them)",
+		    (unsigned long long)(user - s->files.ndrain));
+	if (s->defer_next.n)
+		SAY("%zu deferred callbacks pending (one that defers itself again never ends)",
+		    s->defer_next.n);
+	if (s->ovf_pending)
+		SAY("%llu messages in overflow lists (their receivers' queues stay full)",
+		    (unsigned long long)s->ovf_pending);
+	if (s->ndirty)
+		SAY("mail to %u shards not yet sent", s->ndirty);
+	if (atomic_load(&s->xpending))
+		SAY("foreign requests pending");
+	if (s->files.head)
+		SAY("disk requests waiting for a slot or an SQE");
+	if (s->cancel_retry)
+		SAY("the stop's cancel waiting for an SQE (retried every pass)");
+	if (!n) /* the stop hooks' disk requests alone: drain_check's line */
+		return;
+	keel_log(KEEL_LOG_WARN, "core", "shard %u: the stop has waited %.1f s, held by %s", s->id,
+		 (double)waited / NS_PER_S, held);
+}
+
+static void
+stop_say_waiting(struct keel_shard *s)
+{
+	struct keel_runtime *rt = s->rt;
+	uint64_t waited, sent, recv;
+	char held[512];
+	size_t n = 0;
+
+	if (!stop_say_due(s, &waited))
+		return;
+	for (unsigned i = 0; i < rt->count; i++)
+		if (!atomic_load(&rt->shards[i].quiescent))
+			SAY("%u", i);
+	if (n)
+		keel_log(
+			KEEL_LOG_WARN, "core",
+			"shard %u: quiescent, the stop has waited %.1f s for shard%s %s (each says "
+			"what holds it)",
+			s->id, (double)waited / NS_PER_S, strchr(held, ',') ? "s" : "", held);
+	else if (wave(rt, &sent, &recv))
+		keel_log(
+			KEEL_LOG_WARN, "core",
+			"shard %u: quiescent, the stop has waited %.1f s for messages sent and not "
+			"yet run (%llu sent, %llu run)",
+			s->id, (double)waited / NS_PER_S, (unsigned long long)sent,
+			(unsigned long long)recv);
+}
+#undef SAY
+
 static bool
 stop_progress(struct keel_shard *s)
 {
@@ -773,14 +859,16 @@ stop_progress(struct keel_shard *s)
 		 * bounded sleeps, not cancelled again every pass. */
 		if (s->files.ndrain)
 			drain_check(s);
+		stop_say_held(s);
 		if (s->inflight > s->internal_inflight && !s->cancel_op.armed &&
 		    s->binds != s->cancel_mark && (!s->files.ndrain || s->files.drain_over))
 			submit_cancel_all(s);
 		return false;
 	}
-	if (!wave(s->rt, &s1, &r1) || !wave(s->rt, &s2, &r2))
-		return false;
-	return s1 == r1 && s2 == r2 && s1 == s2;
+	if (wave(s->rt, &s1, &r1) && wave(s->rt, &s2, &r2) && s1 == r1 && s2 == r2 && s1 == s2)
+		return true;
+	stop_say_waiting(s);
+	return false;
 }
 
 void

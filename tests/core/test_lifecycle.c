@@ -1045,6 +1045,78 @@ Test(core_lifecycle, stopping_with_an_operation_the_cancel_cannot_reach_sleeps)
 	SHARD_CHECKS_PASSED();
 }
 
+/* ---- a stop that does not end says what holds it ---- */
+
+/* core/internal.h: how often a stop that does not end is logged (10 s). */
+extern uint64_t keel__stop_say_ns;
+
+static _Atomic int held_keep;            /* shard 1's callback defers itself again */
+static _Atomic int held_said, wait_said; /* the lines below came */
+static char held_line[512], wait_line[512];
+
+static void
+held_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	(void)module;
+	(void)shard;
+	(void)arg;
+	if (level != KEEL_LOG_WARN || !strstr(msg, "the stop has waited"))
+		return;
+	if (!strncmp(msg, "shard 1:", 8) && !atomic_load(&held_said)) {
+		snprintf(held_line, sizeof(held_line), "%s", msg);
+		atomic_store(&held_said, 1);
+	} else if (!strncmp(msg, "shard 0:", 8) && !atomic_load(&wait_said)) {
+		snprintf(wait_line, sizeof(wait_line), "%s", msg);
+		atomic_store(&wait_said, 1);
+	}
+}
+
+static void
+defer_again(void *arg)
+{
+	if (atomic_load(&held_keep))
+		keel_defer(defer_again, arg);
+}
+
+static void
+held_start(void *arg)
+{
+	(void)arg;
+	if (keel_shard_id(keel_this_shard()) == 1)
+		keel_defer(defer_again, NULL);
+}
+
+/* A shard whose deferred work defers itself again never becomes quiescent: the stop waited
+ * in 1 ms sleeps for ever and the join with it, without a word. Now every keel__stop_say_ns
+ * (here 100 ms) shard 1 says the deferred work holds it and shard 0 that it waits for shard
+ * 1; once the callback stops deferring, the stop ends. */
+Test(core_lifecycle, a_stop_held_by_deferred_work_says_what_holds_it, .timeout = 120)
+{
+	struct keel_opts o = test_opts(2);
+	struct keel_runtime *rt;
+	uint64_t was = keel__stop_say_ns, dl = test_deadline(TEST_WAIT_MS);
+
+	atomic_store(&held_keep, 1);
+	keel__stop_say_ns = 100 * 1000000ull;
+	keel_log_set_sink(held_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, held_start, NULL), 0);
+	keel_runtime_stop(rt, 0);
+	while ((!atomic_load(&held_said) || !atomic_load(&wait_said)) && !test_expired(dl))
+		test_pause();
+	atomic_store(&held_keep, 0); /* the test ends cleanly whatever was said */
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	keel_log_set_sink(NULL, NULL);
+	keel__stop_say_ns = was;
+	cr_assert(atomic_load(&held_said), "shard 1 never said what held its stop");
+	cr_assert_not_null(strstr(held_line, "deferred callbacks pending"), "shard 1 said: %s",
+			   held_line);
+	cr_assert(atomic_load(&wait_said), "shard 0 never said which shard it waited for");
+	cr_assert_not_null(strstr(wait_line, "quiescent"), "shard 0 said: %s", wait_line);
+	cr_assert_not_null(strstr(wait_line, "for shard 1 "), "shard 0 said: %s", wait_line);
+}
+
 /* ---- the last cancel, of keel's own reads, that found no SQE ---- */
 
 /* core/internal.h: while non-zero, each cancel of the shard's final reaping finds no SQE

@@ -78,7 +78,9 @@ KEEL_API void keel_runtime_stop(struct keel_runtime *rt, int status);
  * shards have ended; a SIGINT or SIGTERM that came after is taken here before the caller's
  * signal mask is restored, as that thread takes them: the first is the stop under way
  * (consumed and logged: it is not delivered after join, to a handler of the host's or
- * otherwise), a second exits the process at once.
+ * otherwise), a second exits the process at once. While a stop cannot end (work that never
+ * finishes keeps a shard from quiescence), every 10 s each shard logs a WARN naming what
+ * holds it, or the shards it waits for (architecture.md, "Stopping").
  * Returns: the stop status (0 after a clean stop), or keel_runtime_start's error when it
  * failed.
  * Context: the thread that started the runtime; once.
