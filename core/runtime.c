@@ -555,6 +555,25 @@ runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 			 opts->wait_coalesce_us, KEEL__WAIT_COALESCE_US_MAX);
 		return -EINVAL;
 	}
+	/* Options that ask for what another turns off: each was accepted, and did nothing. */
+	if (opts->wait_coalesce_fixed && !opts->wait_coalesce_us) {
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "--wait-coalesce-fixed needs --wait-coalesce-us > 0 (give a window, or "
+			 "drop --wait-coalesce-fixed)");
+		return -EINVAL;
+	}
+	if (opts->features[KEEL_FEAT_MIN_WAIT] == KEEL_POLICY_ON && !opts->wait_coalesce_us) {
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "--feature min_wait=on needs --wait-coalesce-us > 0: with no window no "
+			 "sleep gathers (give a window, or --feature min_wait=auto|off)");
+		return -EINVAL;
+	}
+	if (opts->idle_poll_adaptive && !opts->idle_poll_us) {
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "--idle-poll-adaptive needs --idle-poll-us > 0 (give a window, or drop "
+			 "--idle-poll-adaptive)");
+		return -EINVAL;
+	}
 	rt = calloc(1, sizeof(*rt));
 	if (!rt)
 		return -ENOMEM;
@@ -571,6 +590,13 @@ runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 	r = keel_features_decide(opts, rt->features);
 	if (r < 0)
 		goto err_rt;
+	/* min_wait=on where the ring cannot gather failed above; fixed gathering was left to
+	 * an INFO line about min_wait alone. */
+	if (opts->wait_coalesce_fixed && !rt->features[KEEL_FEAT_MIN_WAIT].used)
+		keel_log(KEEL_LOG_WARN, "core",
+			 "--wait-coalesce-fixed: the sleeps cannot gather here, min_wait is not "
+			 "used (%s): every sleep ends at the first completion",
+			 rt->features[KEEL_FEAT_MIN_WAIT].reason);
 	r = cpus_of(opts, cpus, &ncpus, why, sizeof(why));
 	if (r < 0) {
 		keel_log(KEEL_LOG_ERROR, "core", "%s", why);

@@ -180,6 +180,102 @@ bad_memory(struct keel_opts *o)
 	o->memory = 1u << 20; /* every shard failed at start with "Invalid argument" */
 }
 
+/* Options that ask for what another turns off were accepted and did nothing: a fixed
+ * gathering, or min_wait required, with no window; adaptive polling with no poll. */
+static void
+fixed_without_window(struct keel_opts *o)
+{
+	o->wait_coalesce_fixed = true;
+	o->wait_coalesce_us = 0;
+}
+static void
+min_wait_on_without_window(struct keel_opts *o)
+{
+	o->features[KEEL_FEAT_MIN_WAIT] = KEEL_POLICY_ON;
+	o->wait_coalesce_us = 0;
+}
+static void
+adaptive_without_poll(struct keel_opts *o)
+{
+	o->idle_poll_adaptive = true;
+	o->idle_poll_us = 0;
+}
+
+Test(core_opts, contradictory_options_are_refused_naming_the_way_out)
+{
+	refused_directly(fixed_without_window,
+			 "--wait-coalesce-fixed needs --wait-coalesce-us > 0 (give a window, or "
+			 "drop --wait-coalesce-fixed)");
+	refused_directly(min_wait_on_without_window,
+			 "--feature min_wait=on needs --wait-coalesce-us > 0");
+	refused_directly(adaptive_without_poll,
+			 "--idle-poll-adaptive needs --idle-poll-us > 0 (give a window, or drop "
+			 "--idle-poll-adaptive)");
+}
+
+/* The same from the command line: what a person types gets the same refusal. */
+Test(core_opts, contradictory_options_from_the_command_line_are_refused)
+{
+	char err[256], a0[] = "prog", a1[] = "--wait-coalesce-fixed", a2[] = "--wait-coalesce-us",
+		       a3[] = "0";
+	char *argv[] = { a0, a1, a2, a3, NULL };
+	int argc = 4;
+	struct keel_opts o;
+	struct keel_runtime *rt;
+
+	cr_assert_eq(parse(&o, err, sizeof(err), &argc, argv), 0, "%s", err);
+	o.shards = 1;
+	o.signals = false;
+	o.log_level = KEEL_LOG_WARN;
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
+}
+
+/* Lines at WARN and above, each on its own line. */
+static char warned[4096];
+
+static void
+warn_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	size_t n = strlen(warned);
+
+	(void)module, (void)shard, (void)arg;
+	if (level <= KEEL_LOG_WARN && n < sizeof(warned))
+		snprintf(warned + n, sizeof(warned) - n, "%s\n", msg);
+}
+
+static int
+create_warned(struct keel_opts *o)
+{
+	struct keel_runtime *rt = NULL;
+	int r;
+
+	warned[0] = 0;
+	keel_log_set_sink(warn_sink, NULL);
+	r = keel_runtime_create(o, &rt);
+	keel_log_set_sink(NULL, NULL);
+	keel_runtime_destroy(rt);
+	return r;
+}
+
+/* --wait-coalesce-fixed where the ring cannot gather (defer_taskrun off: min_wait is not
+ * used) is accepted with a WARN naming it; it was an INFO line about min_wait alone. */
+Test(core_opts, fixed_gathering_without_min_wait_warns_naming_the_option)
+{
+	struct keel_opts o = test_opts(1);
+
+	o.wait_coalesce_fixed = true;
+	o.features[KEEL_FEAT_DEFER_TASKRUN] = KEEL_POLICY_OFF;
+	cr_assert_eq(create_warned(&o), 0);
+	cr_assert(strstr(warned, "--wait-coalesce-fixed: the sleeps cannot gather here") &&
+			  strstr(warned, "defer_taskrun"),
+		  "warned: '%s'", warned);
+	o = test_opts(1); /* gathering allowed: no such line (where the kernel has min_wait) */
+	o.wait_coalesce_fixed = true;
+	cr_assert_eq(create_warned(&o), 0);
+	if (keel_caps_get()->ring_features & IORING_FEAT_MIN_TIMEOUT)
+		cr_assert(!strstr(warned, "--wait-coalesce-fixed"), "warned: '%s'", warned);
+}
+
 Test(core_opts, values_set_directly_that_no_option_gives_are_refused)
 {
 	refused_directly(bad_memory, "--memory 1048576 bytes: from 2M to");

@@ -95,11 +95,14 @@ struct keel_opts {
 	bool cpuset_given;         /* false: the process's affinity mask at start */
 	unsigned idle_poll_us;     /* --idle-poll-us: busy-poll this long before sleeping */
 	bool idle_poll_adaptive;   /* --idle-poll-adaptive: poll only while work comes back
-				    * within that window (docs/architecture.md, "Idle polling") */
+				    * within that window (docs/architecture.md, "Idle polling");
+				    * needs idle_poll_us > 0 (create: -EINVAL) */
 	unsigned wait_coalesce_us; /* --wait-coalesce-us: a sleep may gather completions this
 				    * long (adaptive; 0: never; docs/architecture.md, "Wait
 				    * coalescing"; default KEEL_WAIT_COALESCE_US_DEFAULT) */
-	bool wait_coalesce_fixed;  /* --wait-coalesce-fixed: every sleep gathers, no trials */
+	bool wait_coalesce_fixed;  /* --wait-coalesce-fixed: every sleep gathers, no trials;
+				    * needs wait_coalesce_us > 0 (create: -EINVAL), as does
+				    * --feature min_wait=on */
 	unsigned ring_entries;     /* --ring-entries: SQ size */
 	unsigned cq_entries;       /* --cq-entries: CQ size, >= ring_entries (the kernel rounds
 				    * up to a power of two; default KEEL_CQ_ENTRIES_DEFAULT) */
