@@ -432,6 +432,15 @@ keel_features_decide(const struct keel_opts *opts, struct keel_feature_decision 
 void
 keel__features_log(const struct keel_feature_decision *d)
 {
+	/* 'on' means "require it": TCP's sends going plain is a change of what was asked for
+	 * (accepted, UDP's still go zero-copy), not a detail for DEBUG. */
+	if (d[KEEL_FEAT_SEND_ZC].used && d[KEEL_FEAT_SEND_ZC].policy == KEEL_POLICY_ON &&
+	    !d[KEEL_FEAT_REG_BUFFERS].used)
+		keel_log(KEEL_LOG_WARN, "core",
+			 "--feature send_zc=on: only UDP sends go zero-copy; TCP's go from "
+			 "registered buffers and reg_buffers is not used (%s): TCP sends go plain; "
+			 "give --feature reg_buffers=auto|on",
+			 d[KEEL_FEAT_REG_BUFFERS].reason);
 	for (int f = 0; f < KEEL_FEAT__COUNT; f++) {
 		if (d[f].used)
 			keel_log(KEEL_LOG_DEBUG, "core", "feature %s: used (%s)",

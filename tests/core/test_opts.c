@@ -723,6 +723,26 @@ Test(core_opts, send_zc_without_registered_buffers_says_it_serves_udp_alone)
 	}
 }
 
+/* Accepted, but 'on' means "require it": a runtime with send_zc=on and reg_buffers off
+ * warns that TCP's sends go plain, naming --feature reg_buffers=auto|on (it said so at
+ * DEBUG only); under auto it stays the decision's reason, with no WARN. */
+Test(core_opts, send_zc_on_without_registered_buffers_warns_that_tcp_goes_plain)
+{
+	struct keel_opts o = test_opts(1);
+
+	if (!keel_caps_get()->zc_report_usage)
+		cr_skip_test("no SEND_ZC with the copy report on this kernel (6.2)");
+	o.features[KEEL_FEAT_SEND_ZC] = KEEL_POLICY_ON;
+	o.features[KEEL_FEAT_REG_BUFFERS] = KEEL_POLICY_OFF;
+	cr_assert_eq(create_warned(&o), 0);
+	cr_assert(strstr(warned, "--feature send_zc=on") &&
+			  strstr(warned, "--feature reg_buffers=auto|on"),
+		  "warned: '%s'", warned);
+	o.features[KEEL_FEAT_SEND_ZC] = KEEL_POLICY_AUTO;
+	cr_assert_eq(create_warned(&o), 0);
+	cr_assert(!strstr(warned, "send_zc"), "warned under auto: '%s'", warned);
+}
+
 /* A log line longer than keel_log's buffer (4 KiB) ends with a mark saying it was cut and
  * how long it was; it was cut at 1 KiB without a word, and a message that names a long
  * path first (--map PATH: reason) lost its reason. */
