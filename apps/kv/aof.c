@@ -757,6 +757,20 @@ check_file(int fd, const char *path, size_t *valid)
 		free(buf);
 		return -EINVAL;
 	}
+	if (rest == KV_AOF_UNSURE && !kv_cfg.aof_truncate_corrupt) {
+		fprintf(stderr,
+			"keel-kv: %s: the record at offset %zu, %zu bytes after it, runs past the "
+			"end of the file, and a whole record starts inside it: either damage "
+			"inside the file (a damaged length, swallowing the records after it) or "
+			"the last record cut short by a crash, whose value holds a record's bytes; "
+			"the bytes cannot tell which, so the file is left as it is. Keep a copy of "
+			"it, then start with --aof-truncate-corrupt yes to cut it at offset %zu "
+			"(the %zu bytes are saved to %s.corrupt-%zu first: if it was damage, the "
+			"records after it can be replayed from there), or repair it by hand\n",
+			path, good, size - good, good, size - good, path, good);
+		free(buf);
+		return -EINVAL;
+	}
 	if (rest == KV_AOF_CORRUPT && !kv_cfg.aof_truncate_corrupt) {
 		fprintf(stderr,
 			"keel-kv: %s: invalid record at offset %zu, %zu bytes after it: not a "
@@ -769,16 +783,21 @@ check_file(int fd, const char *path, size_t *valid)
 		free(buf);
 		return -EINVAL;
 	}
-	if (rest == KV_AOF_CORRUPT) {
+	if (rest == KV_AOF_CORRUPT || rest == KV_AOF_UNSURE) {
 		r = save_corrupt(path, buf + g, len - g, good);
 		if (r < 0) {
 			free(buf);
 			return r;
 		}
 		fprintf(stderr,
-			"keel-kv: %s: invalid record at offset %zu: saved the %zu bytes from there "
-			"to %s.corrupt-%zu and cut the file there (--aof-truncate-corrupt yes)\n",
-			path, good, size - good, path, good);
+			"keel-kv: %s: %s at offset %zu%s: saved the %zu bytes from there to "
+			"%s.corrupt-%zu and cut the file there (--aof-truncate-corrupt yes%s)\n",
+			path, rest == KV_AOF_UNSURE ? "the record" : "invalid record", good,
+			rest == KV_AOF_UNSURE ? ", damage or a last record cut short" : "",
+			size - good, path, good,
+			rest == KV_AOF_UNSURE ? "; it runs past the end of the file, a whole "
+						"record inside it"
+					      : "");
 	} else if (rest == KV_AOF_TORN) {
 		fprintf(stderr,
 			"keel-kv: %s: torn record at offset %zu: truncating the file there, %zu "

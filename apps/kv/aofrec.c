@@ -135,9 +135,13 @@ kv_aof_check(const uint8_t *p, size_t n, size_t *good)
 		return KV_AOF_TORN;
 	if (one_record(p + off, end - off) != 0)
 		return KV_AOF_CORRUPT;
+	/* A whole record inside what runs past the end: a damaged length that swallows the
+	 * records after it, or a torn last record whose value holds a record's bytes (a value
+	 * is any bytes a client sent). The bytes cannot tell them apart, whatever follows the
+	 * record found: so it is neither cut as torn nor called damage. */
 	for (const uint8_t *q = p + off + 1; (q = memchr(q, '*', (size_t)(p + end - q))); q++)
 		if (record_head(q, (size_t)(p + end - q)) &&
 		    one_record(q, (size_t)(p + end - q)) > 0)
-			return KV_AOF_CORRUPT;
+			return KV_AOF_UNSURE;
 	return KV_AOF_TORN;
 }

@@ -28,6 +28,8 @@ enum kv_aof_tail {
 	KV_AOF_CLEAN,   /* nothing: the file is whole, valid records */
 	KV_AOF_TORN,    /* the last record cut short, as a crash mid-write leaves it */
 	KV_AOF_CORRUPT, /* a record that does not parse with more than a torn tail after it */
+	KV_AOF_UNSURE,  /* a record that runs past the end with a whole record inside it: a
+			 * damaged length, or a torn last record whose value holds a record */
 };
 
 /**
@@ -38,8 +40,10 @@ enum kv_aof_tail {
  * reached the disk), it is empty or the beginning of one record whose declared lengths
  * run past the end, and no whole valid record starts anywhere inside it (a damaged length
  * in the middle of a file also runs past the end, swallowing the records after it, which
- * are still there whole). Anything else is CORRUPT: damage inside the file, or a record
- * of a newer version. docs/kv.md, "Start", states the rule.
+ * are still there whole). Such a record with a whole record starting inside it is UNSURE:
+ * damage, or a torn last record whose value holds a record's bytes (values are a client's
+ * bytes: no rule over the bytes tells the two apart). Anything else is CORRUPT: damage
+ * inside the file, or a record of a newer version. docs/kv.md, "Start", states the rule.
  */
 enum kv_aof_tail kv_aof_check(const uint8_t *p, size_t n, size_t *good);
 

@@ -3252,16 +3252,31 @@ get_file(const char *dir, const char *name, char *buf, size_t cap)
 
 #define REC_C "*3\r\n$3\r\nSET\r\n$1\r\nc\r\n$1\r\n3\r\n"
 
+#define X10  "AAAAAAAAAA"
+#define Y10  "BBBBBBBBBB"
+#define X100 X10 X10 X10 X10 X10 X10 X10 X10 X10 X10
+
 /* Files of three records whose second is damaged, not at the end of the file: a record
  * complete but not one keel-kv writes (a damaged byte, or a record type of a newer
  * version), a damaged byte in a length line, a damaged length that now runs past the end
- * of the file (the third record is still inside it), a record that does not start with '*'. */
+ * of the file (the third record is still inside it), a record that does not start with '*'.
+ * Last, a file the bytes cannot tell from the third: no damage, but a crash cut its last
+ * record, a SET whose value (100 'A', a DEL record, 100 'B') holds a whole record, 50
+ * bytes short. */
 static const char *const damaged[] = {
 	REC_A "*3\r\n$3\r\nSEX\r\n$1\r\nb\r\n$1\r\n2\r\n" REC_C,
 	REC_A "*3\r\n$3\r\nSET\r\n$x\r\nb\r\n$1\r\n2\r\n" REC_C,
 	REC_A "*3\r\n$3\r\nSET\r\n$1\r\nb\r\n$99\r\n2\r\n" REC_C,
 	REC_A "x3\r\n$3\r\nSET\r\n$1\r\nb\r\n$1\r\n2\r\n" REC_C,
+	REC_A "*3\r\n$3\r\nSET\r\n$1\r\nb\r\n$221\r\n" X100
+	      "*2\r\n$3\r\nDEL\r\n$1\r\nx\r\n" Y10 Y10 Y10 Y10 Y10 "BB",
 };
+/* Which of them run past the end of the file with a whole record inside: damage or a torn
+ * last record, which the start's message says. */
+static const bool damaged_unsure[] = { false, false, true, false, true };
+_Static_assert(sizeof(damaged_unsure) / sizeof(damaged_unsure[0]) ==
+		       sizeof(damaged) / sizeof(damaged[0]),
+	       "one entry a file");
 
 /* A record that fails to parse with more than a torn tail after it (damage inside the file,
  * or a record of a newer keel-kv) stops the start: keel-kv exits with status 1, naming the
@@ -3281,11 +3296,23 @@ Test(kv_server, aof_damage_inside_the_file_refuses_to_start_and_keeps_it)
 		cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "file %zu: status 0x%x: %s", i, st,
 			  err);
 		snprintf(want, sizeof(want),
-			 "%s/appendonly-0.aof: invalid record at offset %zu, %zu bytes after it",
+			 damaged_unsure[i] ? "%s/appendonly-0.aof: the record at offset %zu, %zu "
+					     "bytes after it, runs past the end of the file"
+					   : "%s/appendonly-0.aof: invalid record at offset %zu, "
+					     "%zu bytes after it",
 			 dir, at, len - at);
 		cr_assert(strstr(err, want), "file %zu: no '%s' in: %s", i, want, err);
 		cr_assert(strstr(err, "--aof-truncate-corrupt yes"), "file %zu: no fix named: %s",
 			  i, err);
+		cr_assert(strstr(err, "Keep a copy of it"), "file %zu: no copy asked for: %s", i,
+			  err);
+		/* Both of what it may be, and never that it is not a torn record. */
+		if (damaged_unsure[i])
+			cr_assert(strstr(err, "damage inside the file") &&
+					  strstr(err, "the last record cut short by a crash, whose "
+						      "value holds a record's bytes") &&
+					  !strstr(err, "not a record cut short"),
+				  "file %zu: %s", i, err);
 		cr_assert_eq(get_file(dir, "appendonly-0.aof", back, sizeof(back)), (long)len,
 			     "file %zu: its length changed", i);
 		cr_assert(!memcmp(back, damaged[i], len), "file %zu: its bytes changed", i);
@@ -3348,9 +3375,11 @@ Test(kv_server, aof_truncate_corrupt_saves_the_rest_and_starts)
 			  "yes", NULL);
 		snprintf(side, sizeof(side), "appendonly-0.aof.corrupt-%zu", at);
 		snprintf(want, sizeof(want),
-			 "%s/appendonly-0.aof: invalid record at offset %zu: saved the %zu bytes "
-			 "from there to %s/%s and cut the file there",
-			 dir, at, len - at, dir, side);
+			 "%s/appendonly-0.aof: %s at offset %zu%s: saved the %zu bytes from there "
+			 "to %s/%s and cut the file there",
+			 dir, damaged_unsure[i] ? "the record" : "invalid record", at,
+			 damaged_unsure[i] ? ", damage or a last record cut short" : "", len - at,
+			 dir, side);
 		cr_assert(strstr(start_log, want), "file %zu: no '%s' in: %s", i, want, start_log);
 		rd_init(&r, test_connect(s.port));
 		expect(&r, "MGET a b c", "*3\r\n$1\r\n1\r\n$-1\r\n$-1\r\n");
