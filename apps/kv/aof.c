@@ -558,14 +558,16 @@ pxat_tail(int fd, size_t at, size_t end, size_t *len)
 }
 
 /* A file a crash left half made: a rewrite not yet renamed over its file (".rewrite", at
- * runtime), a start's new file before its commit (".new"; ".tmp" from older versions), or
- * an empty file a FLUSHALL at stop had not yet put in place (".flush"). The file with the plain
- * name is the one that counts, so these are removed, with a line each (a rewrite's can be as large
- * as the shard's data). */
+ * runtime), a start's new file before its commit (".new"; ".tmp" from older versions), an
+ * empty file a FLUSHALL at stop had not yet put in place (".flush"), or the stop's rebuild
+ * of a file a failed sync lost, not yet renamed (".stop", stop_rebuild). The file with the
+ * plain name is the one that counts (each of these is renamed over it once whole, or
+ * removed), so these are removed, with a line each (a rewrite's or a stop's rebuild can be
+ * as large as the shard's data). */
 static void
 leftover(unsigned idx, const char *name)
 {
-	static const char *const tails[] = { ".rewrite", ".new", ".tmp", ".flush" };
+	static const char *const tails[] = { ".rewrite", ".new", ".tmp", ".flush", ".stop" };
 	char exact[64], path[4096];
 
 	for (size_t i = 0; i < sizeof(tails) / sizeof(tails[0]); i++) {

@@ -3399,16 +3399,17 @@ Test(kv_server, aof_truncate_corrupt_saves_the_rest_and_starts)
 }
 
 /* Files a crash left half made (a rewrite not renamed yet, a start-up rewrite's .tmp, a
- * FLUSHALL-at-stop's .flush) are removed at start; the shard's file is read as before and
- * names that only look alike are left alone. */
+ * FLUSHALL-at-stop's .flush, a stop's rebuild of a file a failed sync lost, .stop) are
+ * removed at start; the shard's file is read as before and names that only look alike are
+ * left alone. */
 Test(kv_server, aof_half_made_files_are_removed_at_start)
 {
 	static const char *const gone[] = { "appendonly-0.aof.rewrite", "appendonly-1.aof.tmp",
-					    "appendonly-0.aof.flush", "appendonly-1.aof.new",
-					    "appendonly.commit.tmp" };
+					    "appendonly-0.aof.flush",   "appendonly-1.aof.new",
+					    "appendonly.commit.tmp",    "appendonly-0.aof.stop" };
 	static const char *const kept[] = { "appendonly-0.aof.keep", "appendonly-0.aof.rewrite1",
-					    "notes.flush", "appendonly-0.aof.new2",
-					    "appendonly.commit.old" };
+					    "notes.flush",           "appendonly-0.aof.new2",
+					    "appendonly.commit.old", "appendonly-0.aof.stop1" };
 	char dir[64], p[512];
 	struct srv s;
 	struct rd r;
