@@ -2450,7 +2450,7 @@ kv_aof_cmd_bgrewrite(struct kv_db *db, struct resp_arg *argv, unsigned argc, str
 		return;
 	}
 	if (a->rewriting) {
-		rb_err(out, "ERR Background append only file rewriting already in progress");
+		rb_err(out, KV_AOF_REWRITE_BUSY);
 		return;
 	}
 	r = rw_begin(a, &wrote);

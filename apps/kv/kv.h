@@ -208,7 +208,9 @@ enum kv_route {
 	KV_R_ALL,    /* every shard's table: run on each, replies merged */
 	KV_R_CURSOR, /* argv[1] is a SCAN cursor: runs on the shard it names (kv_scan_cursor) */
 };
-enum kv_merge { KV_M_NONE, KV_M_SUM, KV_M_OK, KV_M_ARRAY_BY_KEY, KV_M_CONCAT, KV_M_FIRST };
+/* KV_M_REWRITE (BGREWRITEAOF): started when a shard started a rewrite and the others were
+ * rewriting already (KV_AOF_REWRITE_BUSY); a shard's other error wins; all busy: busy. */
+enum kv_merge { KV_M_NONE, KV_M_SUM, KV_M_OK, KV_M_ARRAY_BY_KEY, KV_M_CONCAT, KV_M_REWRITE };
 
 #define KV_F_WRITE     1u
 #define KV_F_DENYOOM   2u
@@ -313,6 +315,8 @@ int kv_aof_after_sync(void (*fn)(void *arg, int err), void *arg);
  * written or synced) and no write or sync has failed: a read's reply waits for them too
  * (server.c, must_hold), or it could show another client a write that a crash then loses. */
 bool kv_aof_unsynced(void);
+/* A shard's reply to BGREWRITEAOF while it rewrites already (Redis's), without the '-'. */
+#define KV_AOF_REWRITE_BUSY "ERR Background append only file rewriting already in progress"
 /* BGREWRITEAOF on this shard. */
 void kv_aof_cmd_bgrewrite(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out);
 /* INFO persistence lines of this process. */

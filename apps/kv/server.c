@@ -586,6 +586,33 @@ part_error(struct pend *p, struct rbuf *out)
 	return false;
 }
 
+/* BGREWRITEAOF's parts: "started" when at least one shard started a rewrite and each other
+ * one either did too or was rewriting already (the first error of any shard said "already
+ * in progress" while the others' rewrites ran); a shard's other error (no file, no memory)
+ * is the reply; every shard rewriting already: Redis's error for that. */
+static void
+merge_rewrite(struct pend *p, struct rbuf *out)
+{
+	static const char busy[] = "-" KV_AOF_REWRITE_BUSY "\r\n";
+	bool started = false;
+
+	for (unsigned s = 0; s < kv_cfg.nshards; s++) {
+		const struct rbuf *b = &p->parts[s];
+
+		if (b->len == sizeof(busy) - 1 && !memcmp(b->p, busy, b->len))
+			continue;
+		if (b->len && b->p[0] == '-') {
+			rb_put(out, b->p, b->len);
+			return;
+		}
+		started = true;
+	}
+	if (started)
+		rb_simple(out, "Background append only file rewriting started");
+	else
+		rb_err(out, KV_AOF_REWRITE_BUSY);
+}
+
 static long long
 arr_count(const struct rbuf *b, size_t *hdr)
 {
@@ -610,6 +637,10 @@ merge(struct pend *p)
 			out->oom = true;
 			return;
 		}
+	if (p->cmd->merge == KV_M_REWRITE) { /* its errors are merged by their kind */
+		merge_rewrite(p, out);
+		return;
+	}
 	if (part_error(p, out))
 		return;
 	switch (p->cmd->merge) {
@@ -659,9 +690,7 @@ merge(struct pend *p)
 		}
 		break;
 	}
-	case KV_M_FIRST:
-		rb_put(out, p->parts[0].p, p->parts[0].len);
-		break;
+	case KV_M_REWRITE: /* merged above */
 	case KV_M_NONE:
 		break;
 	}

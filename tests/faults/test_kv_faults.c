@@ -1929,6 +1929,55 @@ Test(faults_kv, aof_a_write_split_over_shards_is_refused_whole_while_one_file_fa
 	rm_dir(dir);
 }
 
+/* BGREWRITEAOF on two shards while one shard's automatic rewrite runs (200 SETs of keys of
+ * one hash slot grew its file past --auto-aof-rewrite-min-size; the gate holds it): the
+ * other shard starts one, and the reply says so. It was the first error of any shard,
+ * "-ERR ... already in progress", while the other shard's rewrite ran all the same. With
+ * every shard rewriting, the reply is Redis's for a rewrite in progress. The rewrites that
+ * complete (INFO aof_rewrites) are the automatic one and the one the reply said started. */
+Test(faults_kv, aof_bgrewriteaof_while_one_shard_rewrites_starts_the_others)
+{
+	char dir[] = "/tmp/keel-kv-aof-bgauto-XXXXXX", gate[64], cmd[192], line[256];
+	uint64_t dl;
+	struct proc p;
+	int fd;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	snprintf(gate, sizeof(gate), "%s.gate", dir);
+	fd = open(gate, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	cr_assert_geq(fd, 0, "%s: %s", gate, strerror(errno));
+	close(fd);
+	setenv("KEEL_KV_TEST_REWRITE_GATE", gate, 1);
+	proc_start(&p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "2",
+		   "--idle-poll-us", "0", "--appendonly", "yes", "--dir", dir,
+		   "--auto-aof-rewrite-min-size", "8kb", NULL);
+	unsetenv("KEEL_KV_TEST_REWRITE_GATE");
+	for (int i = 1; i <= 200; i++) {
+		snprintf(cmd, sizeof(cmd), "SET {a}k%d %0100d", i, i);
+		kv_command(p.port, cmd, line, sizeof(line));
+		cr_assert_str_eq(line, "+OK\r\n", "%s", cmd);
+	}
+	field_until(p.port, "aof_rewrite_in_progress:", 1); /* the automatic one, held */
+	kv_command(p.port, "BGREWRITEAOF", line, sizeof(line));
+	cr_assert_str_eq(line, "+Background append only file rewriting started\r\n",
+			 "one shard's automatic rewrite runs, the other's is to start: %s", line);
+	kv_command(p.port, "BGREWRITEAOF", line, sizeof(line));
+	cr_assert_str_eq(line, "-ERR Background append only file rewriting already in progress\r\n",
+			 "every shard rewrites: %s", line);
+	unlink(gate);
+	dl = test_deadline(TEST_WAIT_MS);
+	while (persistence_field(p.port, "aof_rewrites:") < 2 ||
+	       persistence_field(p.port, "aof_rewrite_in_progress:")) {
+		cr_assert(!test_expired(dl), "the rewrites did not complete (aof_rewrites %lld)",
+			  persistence_field(p.port, "aof_rewrites:"));
+		test_pause();
+	}
+	cr_assert_eq(persistence_field(p.port, "aof_rewrites:"), 2,
+		     "2 rewrites started: the automatic one and BGREWRITEAOF's");
+	proc_stop(&p);
+	rm_dir(dir);
+}
+
 /* BGREWRITEAOF writes the table in pieces (here of 256 bytes, KEEL_KV_AOF_COPY_CHUNK), each
  * made when the last is written, so the shard serves between them: it used to copy the
  * whole table into memory first, blocking its shard for as long as that took (about 1 s
