@@ -2303,11 +2303,17 @@ rw_step(struct aof *a)
 	uint64_t at = a->rw_from + a->rw_copied; /* the tail's next byte in the old file */
 	int r;
 
-	if (a->rw_abandon) {
-		keel_log(KEEL_LOG_INFO, "kv",
-			 "shard %u: BGREWRITEAOF abandoned: FLUSHALL emptied the table it was "
-			 "writing",
-			 a->id);
+	if (a->rw_abandon) { /* never a rebuild: it copies no tail (rw_tail), kv_aof_log */
+		if (a->rw_auto)
+			keel_log(KEEL_LOG_INFO, "kv",
+				 "shard %u: the automatic rewrite of appendonly-%u.aof abandoned: "
+				 "FLUSHALL emptied the table it was writing",
+				 a->id, a->id);
+		else
+			keel_log(KEEL_LOG_INFO, "kv",
+				 "shard %u: BGREWRITEAOF abandoned: FLUSHALL emptied the table it "
+				 "was writing",
+				 a->id);
 		rw_fail(a, 0);
 		return 0;
 	}

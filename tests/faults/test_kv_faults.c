@@ -2090,6 +2090,46 @@ Test(faults_kv, aof_rewrite_over_expired_keys_ends)
 	rm_dir(dir);
 }
 
+/* FLUSHALL while an automatic rewrite runs (held by the gate; 200 SETs grew the file past
+ * --auto-aof-rewrite-min-size): it ends as BGREWRITEAOF's does, and its line says what
+ * ended (it said "BGREWRITEAOF abandoned", which no one had sent). */
+Test(faults_kv, aof_flushall_during_an_automatic_rewrite_names_it)
+{
+	char dir[] = "/tmp/keel-kv-aof-autoflush-XXXXXX", gate[64], log[64], cmd[192], line[256];
+	struct proc p;
+	int fd;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	snprintf(gate, sizeof(gate), "%s.gate", dir);
+	snprintf(log, sizeof(log), "%s.log", dir);
+	fd = open(gate, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	cr_assert_geq(fd, 0, "%s: %s", gate, strerror(errno));
+	close(fd);
+	setenv("KEEL_KV_TEST_REWRITE_GATE", gate, 1);
+	setenv("KEEL_TEST_SERVER_LOG", log, 1);
+	proc_start(&p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "1",
+		   "--idle-poll-us", "0", "--appendonly", "yes", "--dir", dir,
+		   "--auto-aof-rewrite-min-size", "8kb", NULL);
+	unsetenv("KEEL_KV_TEST_REWRITE_GATE");
+	unsetenv("KEEL_TEST_SERVER_LOG");
+	for (int i = 1; i <= 200; i++) {
+		snprintf(cmd, sizeof(cmd), "SET k%d %0100d", i, i);
+		kv_command(p.port, cmd, line, sizeof(line));
+		cr_assert_str_eq(line, "+OK\r\n", "%s", cmd);
+	}
+	field_until(p.port, "aof_rewrite_in_progress:", 1);
+	kv_command(p.port, "FLUSHALL", line, sizeof(line));
+	cr_assert_str_eq(line, "+OK\r\n");
+	log_wait(log, "shard 0: the automatic rewrite of appendonly-0.aof abandoned: FLUSHALL "
+		      "emptied the table it was writing");
+	cr_assert_eq(persistence_field(p.port, "aof_rewrite_in_progress:"), 0);
+	cr_assert_eq(persistence_field(p.port, "aof_rewrites:"), 0);
+	proc_stop(&p);
+	unlink(gate);
+	unlink(log);
+	rm_dir(dir);
+}
+
 /* FLUSHALL while a BGREWRITEAOF runs (held): the table the rewrite was writing is gone, so
  * the rewrite ends (a line says why) and the file in use is emptied; a SET after it is in
  * it, and after a SIGKILL and a restart the flushed keys are gone and the later one there. */
