@@ -890,10 +890,19 @@ kv_aof_preload(void)
 		path_of(path, sizeof(path), idx, "");
 		fd = open(path, O_RDWR | O_CLOEXEC);
 		if (fd < 0) {
-			fprintf(stderr, "keel-kv: %s: %s (fix its permissions)\n", path,
-				strerror(errno));
+			int e = errno;
+
+			if (e == EISDIR)
+				fprintf(stderr,
+					"keel-kv: %s: it is a directory, not a file: keel-kv keeps "
+					"shard %u's data in a file of that name; move it out of "
+					"--dir, or start with another --dir\n",
+					path, idx);
+			else
+				fprintf(stderr, "keel-kv: %s: %s (fix its permissions)\n", path,
+					strerror(e));
 			closedir(d);
-			return -errno;
+			return -e;
 		}
 		l = realloc(loaded, (nloaded + 1) * sizeof(*l));
 		if (!l) {

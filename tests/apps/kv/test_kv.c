@@ -3326,7 +3326,8 @@ Test(kv_server, aof_damage_inside_the_file_refuses_to_start_and_keeps_it)
  * named as not a keel-kv file, left as it is, and the start stops: before, it was called
  * damage inside the file, and the fix named, --aof-truncate-corrupt yes, would have cut
  * it to nothing. The errors of a --dir keel-kv cannot use name their cause: a regular file
- * is not a directory (before: "fix the directory's permissions"). */
+ * is not a directory (before: "fix the directory's permissions"), nor is a directory a
+ * shard's file. */
 Test(kv_server, aof_a_file_not_keel_kvs_and_a_dir_that_is_a_file_are_named)
 {
 	const char *redis = "*2\r\n$6\r\nSELECT\r\n$1\r\n0\r\n" REC_A;
@@ -3354,6 +3355,16 @@ Test(kv_server, aof_a_file_not_keel_kvs_and_a_dir_that_is_a_file_are_named)
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0, "status 0x%x: %s", st, err);
 	cr_assert(strstr(err, "not a directory"), "%s", err);
 	cr_assert(!strstr(err, "permissions"), "%s", err);
+	/* A shard's file that is a directory is named so (before: "Is a directory (fix its
+	 * permissions)"), and left as it is. */
+	cr_assert_eq(unlink(file), 0);
+	cr_assert_eq(mkdir(file, 0755), 0);
+	st = srv_refuses(err, sizeof(err), dir, NULL);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0, "status 0x%x: %s", st, err);
+	cr_assert(strstr(err, "appendonly-0.aof: it is a directory, not a file"), "%s", err);
+	cr_assert(strstr(err, "move it out of --dir"), "%s", err);
+	cr_assert(!strstr(err, "permissions"), "%s", err);
+	cr_assert(file_there(dir, "appendonly-0.aof"), "the directory was removed");
 	rm_dir(dir);
 }
 
