@@ -1802,11 +1802,26 @@ on_bg_synced(struct keel_file_req *req, int res, void *arg)
 	close_off_shard(a, a->bg_close_fd);
 	a->bg_close_fd = -1;
 	/* A sync of a file a rewrite has replaced since (closed by rw_switch, maybe before
-	 * the sync was submitted) says nothing about the file in use, which holds it all. */
-	if (res < 0 && res != -ECANCELED && a->bg_sync_file == a->rewrites) {
-		sync_failed(a, res);
-		kick(a);
+	 * the sync was submitted) says nothing about the file in use, which holds it all; nor
+	 * does one of a file the stop replaced (stale_fd: its FLUSHALL's or rebuild's). */
+	if (res >= 0 || res == -ECANCELED || a->bg_sync_file != a->rewrites || a->stale_fd >= 0)
+		return;
+	if (a->stopping) {
+		/* After kv_aof_stop, which wrote the file and synced it itself: no rebuild
+		 * follows (the file_lost line said one would), and the exit status says it. */
+		a->sync_errors++;
+		keel_log(KEEL_LOG_ERROR, "kv",
+			 "shard %u: appendonly-%u.aof: the background fdatasync in flight when the "
+			 "stop began failed: %s; what was written since the last good sync may not "
+			 "be on disk (the stop's own sync %s), and the stop cannot rebuild it now",
+			 a->id, a->id, strerror(-res),
+			 a->stop_err ? "failed too" : "reported no error");
+		if (!a->stop_err)
+			a->stop_err = res;
+		return;
 	}
+	sync_failed(a, res);
+	kick(a);
 }
 
 /* The files of all shards together: this one's length, and the others' as they last
