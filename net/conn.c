@@ -1928,10 +1928,11 @@ connect_cb(struct keel_op *op, int res, uint32_t flags)
 			keel__conn_opened(c);
 			return;
 		}
-		/* Whether the timeout fired is in its own CQE, which may come after this one
-		 * (an interrupted worker's connect completes before the timeout does): the
-		 * failure waits for it, still connecting (a close meanwhile behaves as one
-		 * during the connect). */
+		/* Whether the timeout fired is in its own CQE, and the two CQEs come in either
+		 * order (a refused connect's first, its cancelled timeout's after; on 6.18 an
+		 * interrupted worker's connect after the timeout's): when the timeout's is
+		 * still to come the failure waits for it, still connecting (a close meanwhile
+		 * behaves as one during the connect). */
 		if (c->tmo_inflight) {
 			c->connect_err = res;
 			return;

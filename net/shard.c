@@ -8,6 +8,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <net/if.h>
 #include <netdb.h>
 #include <pthread.h>
 #include <stddef.h>
@@ -536,7 +537,7 @@ scoped6_parse(const char *addr, const char *pct, uint16_t port, struct sockaddr_
 				  .ai_flags = AI_NUMERICHOST };
 	struct addrinfo *res = NULL;
 	struct in6_addr a;
-	char host[INET6_ADDRSTRLEN];
+	char host[INET6_ADDRSTRLEN], ifname[IF_NAMESIZE];
 	size_t hl = (size_t)(pct - addr);
 	int r;
 
@@ -546,22 +547,25 @@ scoped6_parse(const char *addr, const char *pct, uint16_t port, struct sockaddr_
 	host[hl] = 0;
 	if (inet_pton(AF_INET6, host, &a) != 1)
 		return -EINVAL;
+	/* glibc takes a numeric scope on any address and does not check it names an
+	 * interface: both are checked here, so the rule holds for names and numbers alike. */
+	if (pct[1] && !IN6_IS_ADDR_LINKLOCAL(&a) && !IN6_IS_ADDR_MC_LINKLOCAL(&a)) {
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "address '%s': only a link-local address (fe80::/10) takes a scope: "
+			 "drop '%s'",
+			 addr, pct);
+		return -ENODEV;
+	}
 	r = pct[1] ? getaddrinfo(addr, NULL, &hints, &res) : EAI_NONAME;
-	if (r != 0 || !res || res->ai_addrlen != sizeof(struct sockaddr_in6)) {
+	if (r != 0 || !res || res->ai_addrlen != sizeof(struct sockaddr_in6) ||
+	    !if_indextoname(((const struct sockaddr_in6 *)res->ai_addr)->sin6_scope_id, ifname)) {
 		if (res)
 			freeaddrinfo(res);
-		/* glibc takes a scope on link-local addresses only (unicast or multicast). */
-		if (pct[1] && !IN6_IS_ADDR_LINKLOCAL(&a) && !IN6_IS_ADDR_MC_LINKLOCAL(&a))
-			keel_log(KEEL_LOG_ERROR, NET_MOD,
-				 "address '%s': only a link-local address (fe80::/10) takes a "
-				 "scope: drop '%s'",
-				 addr, pct);
-		else
-			keel_log(KEEL_LOG_ERROR, NET_MOD,
-				 "address '%s': no network interface '%s' (the scope after '%%' "
-				 "names the interface of a link-local address, fe80::1%%eth0, or "
-				 "its index; ip link lists them)",
-				 addr, pct + 1);
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "address '%s': no network interface '%s' (the scope after '%%' names the "
+			 "interface of a link-local address, fe80::1%%eth0, or its index; ip link "
+			 "lists them)",
+			 addr, pct + 1);
 		return -ENODEV;
 	}
 	memcpy(out, res->ai_addr, sizeof(struct sockaddr_in6));

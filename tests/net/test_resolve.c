@@ -264,6 +264,22 @@ Test(net_resolve, scoped_ipv6_literals_carry_their_interface)
 	cr_assert_eq(r, -EINVAL);
 	cr_assert(strstr(scope_log, "link-local") && !strstr(scope_log, "no network interface"),
 		  "log: '%s'", scope_log);
+	/* A numeric scope is held to the same rules (glibc takes any number on any address):
+	 * an index no interface has, and one on an address that needs none. */
+	cr_assert(!if_indextoname(99999, (char[IF_NAMESIZE]){ 0 }), "an interface 99999 exists");
+	scope_log[0] = 0;
+	keel_log_set_sink(scope_sink, NULL);
+	r = keel_net_addr_parse("fe80::1%99999", 80, &ss, &len);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq(r, -EINVAL);
+	cr_assert(strstr(scope_log, "'99999'") && strstr(scope_log, "interface"), "log: '%s'",
+		  scope_log);
+	scope_log[0] = 0;
+	keel_log_set_sink(scope_sink, NULL);
+	r = keel_net_addr_parse("2001:db8::1%1", 80, &ss, &len);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq(r, -EINVAL);
+	cr_assert(strstr(scope_log, "link-local"), "log: '%s'", scope_log);
 	/* The scope only follows an IPv6 literal, and names something. */
 	cr_assert_eq(keel_net_addr_parse("fe80::1%", 80, &ss, &len), -EINVAL);
 	cr_assert_eq(keel_net_addr_parse("127.0.0.1%lo", 80, &ss, &len), -EINVAL);
