@@ -768,14 +768,10 @@ keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start, void *app)
 		}
 	}
 	if (rt->opts.signals) {
-		/* Listed before its reader starts: a signal the reader took first would stop
-		 * no runtime, and the listing of a first runtime then forgot it (sig_seen). */
-		keel__signal_list(rt);
 		r = keel__signal_start(rt, &set); /* the last step that can fail before threads */
-		if (r < 0) {
-			keel__signal_unlist(rt);
+		if (r < 0)
 			goto err;
-		}
+		keel__signal_list(rt);
 	}
 	rt->started = true;
 	for (; created < rt->count; created++) {
