@@ -235,6 +235,11 @@ struct keel_shard {
 	uint64_t xefd_buf;
 	struct internal_op xefd_op;
 
+	/* Signals (shard 0 only). */
+	int sigfd;
+	struct signalfd_siginfo sigbuf;
+	struct internal_op sig_op;
+
 	struct defer_vec defer_run, defer_next;
 	struct defer_vec stop_hooks;
 
@@ -316,14 +321,9 @@ struct keel_runtime {
 	_Atomic bool accepting;
 	bool joined;
 	bool mask_saved;
-	/* opts.signals: on the process's list of such runtimes from start to join, and the
-	 * thread that reads SIGINT/SIGTERM from @sigfd until join writes @sig_endfd (signal.c);
-	 * -1: none open. */
+	/* opts.signals: on the process's list of such runtimes from start to join (signal.c) */
 	struct keel_runtime *sig_next;
 	bool sig_listed;
-	bool sig_thread_on;
-	pthread_t sig_thread;
-	int sigfd, sig_endfd;
 };
 
 /* Current shard of this thread (NULL off-shard). */
@@ -368,7 +368,7 @@ extern void (*keel__hook_before_sleep)(void);
 /* How often a stop that does not end says what holds it (10 s; tests set it shorter before
  * the runtime starts): each shard not quiescent, and each quiescent one waiting for them. */
 extern uint64_t keel__stop_say_ns;
-/* Arm again the internal reads that found no SQE (the eventfd's), and issue the disk
+/* Arm again the internal reads that found no SQE (signalfd, eventfd), and issue the disk
  * requests that did (file.c). */
 void keel__internal_retry(struct keel_shard *s);
 /* file.c: the FIFO's head found no SQE: issue what waits again (or cancel it, stopping). */
@@ -456,14 +456,8 @@ void keel__foreign_close(struct keel_shard *s);
 void keel__foreign_arm(struct keel_shard *s);
 
 /* signal.c */
-/* Open the signalfd of @set (SIGINT, SIGTERM: blocked by the caller) and start the thread
- * that reads it for the runtime's life. 0, or -errno (logged) with nothing left open. */
-int keel__signal_start(struct keel_runtime *rt, const sigset_t *set);
-/* End and join that thread and close its descriptors (join; nothing when none runs). */
-void keel__signal_end(struct keel_runtime *rt);
-/* SIGINT/SIGTERM @sig was taken (by the thread, or by join once it ended: @late): the
- * process's first stops every listed runtime (logged at INFO), a second exits at once. */
-void keel__signal_got(int sig, bool late);
+/* Arm the read of the runtime's signalfd (shard 0). */
+void keel__signal_arm(struct keel_shard *s);
 /* The process's runtimes with opts.signals: a SIGINT/SIGTERM any of them reads stops them
  * all (one signalfd read takes a process-directed signal from every other). */
 void keel__signal_list(struct keel_runtime *rt);

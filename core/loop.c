@@ -242,7 +242,7 @@ void (*keel__hook_before_sleep)(void);
 
 /* A read that finds no SQE (the ring's submit failed: logged there) is armed again at the
  * end of the pass, and of every pass until it is: without it a foreign thread's wake-up
- * (eventfd) would never reach this shard again. */
+ * (eventfd) or a signal (signalfd) would never reach this shard again. */
 void
 keel__internal_read(struct keel_shard *s, struct internal_op *iop, int fd, void *buf, unsigned len)
 {
@@ -272,7 +272,7 @@ static void submit_cancel_all(struct keel_shard *s);
 void
 keel__internal_retry(struct keel_shard *s)
 {
-	struct internal_op *ops[] = { &s->xefd_op };
+	struct internal_op *ops[] = { &s->xefd_op, &s->sig_op };
 
 	s->internal_retry = false;
 	for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
@@ -606,7 +606,7 @@ sleep_in_kernel(struct keel_shard *s, uint64_t t0, struct keel__coalesce *co)
 	if (next >= 0)
 		d = (uint64_t)next > now ? (uint64_t)next - now : 0;
 	/* Bounded: work waits for room or a retry (an internal read that found no SQE would
-	 * otherwise leave a sleep no foreign wake-up can end), or the stop. */
+	 * otherwise leave a sleep no foreign wake-up or signal can end), or the stop. */
 	if ((s->ovf_pending || s->room_waiters || s->internal_retry || s->phase != PHASE_RUN) &&
 	    d > BOUNDED_SLEEP_NS)
 		d = BOUNDED_SLEEP_NS;
@@ -988,7 +988,7 @@ keel__shard_loop(struct keel_shard *s)
 		if (!s->cancel_op.armed)
 			submit_cancel_all(s);
 		/* A cancel that found no SQE (the submit failed, logged) ends none of the reads
-		 * left (the eventfd's), which may never complete on their
+		 * left (the eventfd's, shard 0's signalfd's), which may never complete on their
 		 * own: the wait is bounded and the cancel tried again, as in the loop. */
 		io_uring_submit_and_wait_timeout(&s->ring, &cqe, 1, s->cancel_op.armed ? NULL : &ts,
 						 NULL);

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/eventfd.h>
+#include <sys/signalfd.h>
 #include <unistd.h>
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -149,6 +150,8 @@ shard_init(struct keel_shard *s)
 	if (r < 0)
 		return r;
 	keel__foreign_arm(s);
+	if (s->sigfd >= 0)
+		keel__signal_arm(s);
 	/* Submit the internal reads now so a wake-up written before our first pass counts. */
 	io_uring_submit(&s->ring);
 	return 0;
@@ -669,6 +672,7 @@ runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 			s->rxq = rt->map->shards[i].rxq;
 		else /* --iface alone: shard i takes queue i, as keel-topo --plan does */
 			s->rxq = opts->iface[0] ? (int)i : -1;
+		s->sigfd = -1;
 		s->xefd = -1;
 		pthread_mutex_init(&s->xlock, NULL);
 	}
@@ -679,7 +683,6 @@ runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 	}
 	if (opts->iface[0] && !rt->map)
 		iface_check(rt);
-	rt->sigfd = rt->sig_endfd = -1;
 	pthread_mutex_init(&rt->start_lock, NULL);
 	pthread_cond_init(&rt->latch_cond, NULL);
 	keel__features_log(rt->features);
@@ -695,16 +698,18 @@ err_rt:
 	return r;
 }
 
-/* The eventfds keel_runtime_start makes, closed (and marked so). */
+/* The signalfd and the eventfds keel_runtime_start makes, closed (and marked so). */
 static void
 close_shard_fds(struct keel_runtime *rt)
 {
 	for (unsigned i = 0; i < rt->count; i++) {
 		struct keel_shard *s = &rt->shards[i];
 
+		if (s->sigfd >= 0)
+			close(s->sigfd);
 		if (s->xefd >= 0)
 			close(s->xefd);
-		s->xefd = -1;
+		s->sigfd = s->xefd = -1;
 	}
 }
 
@@ -737,7 +742,6 @@ mask_release(struct keel_runtime *rt, bool take_late)
 int
 keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start, void *app)
 {
-	sigset_t set;
 	unsigned created = 0;
 	int r = 0;
 
@@ -749,15 +753,21 @@ keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start, void *app)
 	rt->ready_left = rt->count + 1;
 	rt->exit_left = rt->count;
 
-	sigemptyset(&set);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGTERM);
 	if (rt->opts.signals) {
-		/* Blocked here and so in every thread the runtime makes (they inherit the
-		 * mask): its signal thread reads them from a signalfd, and no shard, however
-		 * busy or stuck, holds them. */
+		sigset_t set;
+		sigemptyset(&set);
+		sigaddset(&set, SIGINT);
+		sigaddset(&set, SIGTERM);
+		/* Blocked here and so in every shard thread (they inherit the mask); shard 0
+		 * reads them from a signalfd through its ring. */
 		pthread_sigmask(SIG_BLOCK, &set, sig_starts++ ? NULL : &sig_saved);
 		rt->mask_saved = true;
+		rt->shards[0].sigfd = signalfd(-1, &set, SFD_CLOEXEC);
+		if (rt->shards[0].sigfd < 0) {
+			r = -errno;
+			keel_log(KEEL_LOG_ERROR, "core", "signalfd failed: %s", strerror(-r));
+			goto err;
+		}
 	}
 	for (unsigned i = 0; i < rt->count; i++) {
 		rt->shards[i].xefd = eventfd(0, EFD_CLOEXEC);
@@ -767,12 +777,8 @@ keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start, void *app)
 			goto err;
 		}
 	}
-	if (rt->opts.signals) {
-		r = keel__signal_start(rt, &set); /* the last step that can fail before threads */
-		if (r < 0)
-			goto err;
+	if (rt->opts.signals)
 		keel__signal_list(rt);
-	}
 	rt->started = true;
 	for (; created < rt->count; created++) {
 		r = -pthread_create(&rt->shards[created].thread, NULL, shard_main,
@@ -848,9 +854,9 @@ keel_stop(int status)
 	keel_runtime_stop(cur_shard(__func__)->rt, status);
 }
 
-/* SIGINT/SIGTERM pending once the signal thread has ended (nothing reads the signalfd
- * now): taken here before the caller's mask returns, where their default action would end
- * the process inside join. As in that thread, the first is the stop (already under way)
+/* SIGINT/SIGTERM pending once shard 0 has left its loop (nothing reads its signalfd now):
+ * taken here before the caller's mask returns, where their default action would end the
+ * process inside join. As in shard 0's reader, the first is the stop (already under way)
  * and a second exits at once. */
 static void
 take_late_signals(struct keel_runtime *rt)
@@ -862,8 +868,15 @@ take_late_signals(struct keel_runtime *rt)
 	sigemptyset(&set);
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGTERM);
-	while ((sig = sigtimedwait(&set, NULL, &now)) > 0)
-		keel__signal_got(sig, true);
+	while ((sig = sigtimedwait(&set, NULL, &now)) > 0) {
+		if (keel__signal_taken() == 1) {
+			keel_log(KEEL_LOG_INFO, "core", "%s received as the runtime stopped",
+				 sigabbrev_np(sig) ? sigabbrev_np(sig) : "signal");
+			continue;
+		}
+		keel_log(KEEL_LOG_WARN, "core", "second signal: exiting now");
+		_exit(128 + sig);
+	}
 }
 
 /* What join returns: start's error when it failed, else the stop status. */
@@ -880,9 +893,6 @@ keel_runtime_join(struct keel_runtime *rt)
 		return join_status(rt);
 	for (unsigned i = 0; i < rt->created; i++)
 		pthread_join(rt->shards[i].thread, NULL);
-	/* The signal thread reads until the shards have ended, so a second signal exits while
-	 * a stop is stuck; what comes after is taken below (mask_release). */
-	keel__signal_end(rt);
 	keel__signal_unlist(rt); /* no other runtime's signal reader stops @rt from now on */
 	/* A keel_runtime_stop on another thread may still be waking shards that have ended. */
 	while (atomic_load(&rt->stop_calls))

@@ -3,19 +3,16 @@
  * Cross-thread paths of the runtime, as a plain program so ThreadSanitizer can watch it
  * (Criterion's runner is not instrumented and forks): foreign threads submitting requests
  * with eventfd queues and callbacks, shards calling and broadcasting to each other while
- * sleeping and waking, a host thread reading stats, a host-initiated stop, and the
- * threads that read SIGINT/SIGTERM.
+ * sleeping and waking, a host thread reading stats, and a host-initiated stop.
  * Exits 0 when every check held, 1 otherwise.
  */
 #include <errno.h>
 #include <keel/keel.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
-#include <unistd.h>
 
 #define SHARDS  3
 #define THREADS 3
@@ -204,36 +201,6 @@ early(void *arg)
 	return NULL;
 }
 
-/* The signal threads (signal.c): two runtimes reading SIGINT/SIGTERM, one SIGTERM to the
- * process stops both from whichever thread read it, racing the shards' own stop; a third
- * runtime stopped by the host ends its signal thread at join with no signal read. */
-static void
-signal_phase(void)
-{
-	struct keel_opts o;
-	struct keel_runtime *a, *b, *c;
-
-	keel_opts_init(&o);
-	o.shards = 2;
-	o.signals = true;
-	o.idle_poll_us = 0;
-	o.log_level = KEEL_LOG_WARN;
-	CHECK(keel_runtime_create(&o, &a) == 0);
-	CHECK(keel_runtime_create(&o, &b) == 0);
-	CHECK(keel_runtime_create(&o, &c) == 0);
-	CHECK(keel_runtime_start(a, NULL, NULL) == 0);
-	CHECK(keel_runtime_start(b, NULL, NULL) == 0);
-	kill(getpid(), SIGTERM); /* blocked on this thread since the starts: read by a or b */
-	CHECK(keel_runtime_join(a) == 0);
-	CHECK(keel_runtime_join(b) == 0);
-	keel_runtime_destroy(a);
-	keel_runtime_destroy(b);
-	CHECK(keel_runtime_start(c, NULL, NULL) == 0);
-	keel_runtime_stop(c, 3);
-	CHECK(keel_runtime_join(c) == 3);
-	keel_runtime_destroy(c);
-}
-
 int
 main(void)
 {
@@ -279,7 +246,6 @@ main(void)
 	}
 	CHECK(atomic_load(&cb) == THREADS * REQS / 2);
 	keel_runtime_destroy(rt);
-	signal_phase();
 	printf("tsan_runtime: %d passed, %d failed\n", failures ? 0 : 1, failures ? 1 : 0);
 	return failures ? 1 : 0;
 }

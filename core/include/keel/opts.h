@@ -115,8 +115,7 @@ struct keel_opts {
 					* (keel_log_get_level), which create applies */
 	bool stats;                    /* --stats: print per-shard stats at exit */
 	bool signals;                  /* SIGINT/SIGTERM stop the runtime, and every other one
-					* with this set; a second exits (keel_run default; read
-					* by a thread of the runtime's own, start to join) */
+					* with this set (keel_run default) */
 	enum keel_policy features[KEEL_FEAT__COUNT]; /* --feature NAME=off|on|auto */
 	const char *map_path; /* --map: core/queue map file (keel-topo --plan), NULL: none */
 	uint64_t memory; /* --memory: registered buffer memory per shard, bytes (default 256M) */

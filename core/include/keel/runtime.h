@@ -33,8 +33,7 @@ typedef void (*keel_fn)(void *arg);
  * Run the runtime in the calling thread until it stops: create @opts->shards shard threads,
  * pin each to its CPU, call @on_start on every shard, run the loops, and join them.
  * With @opts->signals, SIGINT/SIGTERM stop all shards gracefully; a second one exits the
- * process at once (_exit(128 + signal number)). A thread of the runtime's own reads them,
- * so a callback that blocks on a shard keeps neither from working.
+ * process at once.
  * Returns: the status passed to keel_stop() (0 after a clean stop), or -errno when the
  * runtime could not start (the reason is logged).
  */
@@ -49,15 +48,13 @@ KEEL_API int keel_runtime_create(const struct keel_opts *opts, struct keel_runti
 /**
  * Embedding, step 2: start the shard threads; @on_start runs on each. Returns once every
  * shard has its ring and is running. With opts->signals, SIGINT and SIGTERM are blocked in
- * the calling thread (the host must block them in its other threads too: a thread that
- * leaves them unblocked takes them by its own disposition) until join; with several such
- * runtimes started on one thread, until the last of them is joined, in any order, which
- * gives back the mask the thread had before the first. A thread of the runtime's own
- * (keel-signals, blocking them too) reads them from a signalfd until join.
+ * the calling thread (the host must block them in its other threads too) until join; with
+ * several such runtimes started on one thread, until the last of them is joined, in any
+ * order, which gives back the mask the thread had before the first.
  * Returns: 0, or -errno when a shard failed to start (all shards are then stopped and joined;
  * keel_runtime_join returns the same error). A failure before any shard thread existed
- * (signalfd, eventfd or the signal thread: descriptors or threads ran out) leaves nothing
- * open, and start may be called again.
+ * (signalfd or eventfd: descriptors ran out) leaves nothing open, and start may be called
+ * again.
  * Context: the thread that created the runtime; once (but for that retry).
  */
 KEEL_API int keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start, void *app);
@@ -74,13 +71,13 @@ KEEL_API void keel_runtime_stop(struct keel_runtime *rt, int status);
 /**
  * Wait for all shard threads to end. The shards' buffers are freed with them: a slice of
  * this runtime held in another runtime must be put before this call (architecture.md,
- * "Between runtimes"). With opts->signals, join ends the runtime's signal thread once the
- * shards have ended; a SIGINT or SIGTERM that came after is taken here before the caller's
- * signal mask is restored, as that thread takes them: the first is the stop under way
- * (consumed and logged: it is not delivered after join, to a handler of the host's or
- * otherwise), a second exits the process at once. While a stop cannot end (work that never
- * finishes keeps a shard from quiescence), every 10 s each shard logs a WARN naming what
- * holds it, or the shards it waits for (architecture.md, "Stopping").
+ * "Between runtimes"). With opts->signals, a SIGINT or SIGTERM that came once
+ * shard 0's loop had ended is taken here before the caller's signal mask is restored, as
+ * shard 0 takes them: the first is the stop under way (consumed and logged: it is not
+ * delivered after join, to a handler of the host's or otherwise), a second exits the
+ * process at once. While a stop cannot end (work that never finishes keeps a shard from
+ * quiescence), every 10 s each shard logs a WARN naming what holds it, or the shards it
+ * waits for (architecture.md, "Stopping").
  * Returns: the stop status (0 after a clean stop), or keel_runtime_start's error when it
  * failed.
  * Context: the thread that started the runtime; once.
