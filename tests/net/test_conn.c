@@ -1511,3 +1511,164 @@ Test(net_conn, peers_that_never_read_do_not_take_every_one_of_four_buffers)
 {
 	never_readers(4);
 }
+
+/* The peer's EOF behind data held while reading is paused comes after that data. The shard
+ * is held while the client writes EH_LEN bytes and shuts down, so that one receive burst
+ * brings the data and the EOF together; the first on_data (at most the high watermark, 4
+ * KiB, plus one 4 KiB buffer: the rest of the burst is held) pauses reading, and a timer
+ * resumes it 50 ms later. on_eof must see every byte. @echo: on_data echoes what it gets,
+ * and on_eof is NULL (the default close), so the client must read every byte, then EOF. */
+#define EH_LEN (32u << 10)
+static _Atomic uint64_t eh_bytes, eh_bytes_at_eof;
+static _Atomic int eh_opens, eh_eofs, eh_closes;
+static struct keel_timer *eh_timer;
+static bool eh_paused;
+
+static void
+eh_resume(struct keel_timer *t, void *arg)
+{
+	(void)t;
+	keel_conn_resume_read(arg);
+}
+
+static void
+eh_open(struct keel_conn *c)
+{
+	eh_paused = false;
+	SHARD_CHECK_EQ(keel_timer_create(eh_resume, c, &eh_timer), 0);
+	atomic_fetch_add(&eh_opens, 1);
+}
+
+static void
+eh_data(struct keel_conn *c, struct keel_slice *s, unsigned n, bool echo)
+{
+	for (unsigned i = 0; i < n; i++) {
+		atomic_fetch_add(&eh_bytes, s[i].len);
+		if (!echo || keel_conn_send(c, &s[i]) < 0)
+			keel_slice_put(&s[i]);
+	}
+	if (!eh_paused && eh_timer) {
+		eh_paused = true;
+		keel_conn_pause_read(c);
+		keel_timer_start(eh_timer, KEEL_MS(50), 0);
+	}
+}
+
+static void
+eh_count_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	eh_data(c, s, n, false);
+}
+
+static void
+eh_echo_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	eh_data(c, s, n, true);
+}
+
+static void
+eh_eof(struct keel_conn *c)
+{
+	atomic_store(&eh_bytes_at_eof, atomic_load(&eh_bytes));
+	atomic_fetch_add(&eh_eofs, 1);
+	keel_conn_close(c);
+}
+
+static void
+eh_close(struct keel_conn *c, int status)
+{
+	(void)c;
+	(void)status;
+	if (eh_timer)
+		keel_timer_destroy(eh_timer);
+	eh_timer = NULL;
+	atomic_fetch_add(&eh_closes, 1);
+}
+
+static void
+eof_behind_held(bool echo)
+{
+	static const struct keel_conn_ops count_ops = {
+		.on_open = eh_open, .on_data = eh_count_data, .on_eof = eh_eof, .on_close = eh_close
+	};
+	static const struct keel_conn_ops echo_ops_ = { .on_open = eh_open,
+							.on_data = eh_echo_data,
+							.on_close = eh_close };
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	static uint8_t out[EH_LEN], in[EH_LEN + 1];
+	struct shard_hold h;
+	struct tcp_info ti;
+	socklen_t tl;
+	struct srv s;
+	int fd;
+
+	atomic_store(&eh_bytes, 0);
+	atomic_store(&eh_bytes_at_eof, 0);
+	atomic_store(&eh_opens, 0);
+	atomic_store(&eh_eofs, 0);
+	atomic_store(&eh_closes, 0);
+	eh_timer = NULL;
+	keel_net_config_init(&nc);
+	nc.buf_count = 16; /* 64 KiB: the whole burst fits */
+	nc.buf_size = 4096;
+	nc.bulk_buf_size = 0;
+	nc.high_watermark = 4096;
+	nc.low_watermark = 1024;
+	for (size_t k = 0; k < sizeof(out); k++)
+		out[k] = (uint8_t)(k * 11 + k / 4093);
+	cr_assert_eq(srv_start(&s, &o, &nc, echo ? &echo_ops_ : &count_ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	WAIT_FOR(atomic_load(&eh_opens) == 1, "the server's on_open");
+	shard_hold_init(&h);
+	shard_hold(&h, s.rt, 0);
+	cr_assert_eq(cli_write_all(fd, out, sizeof(out)), 0);
+	cr_assert_eq(shutdown(fd, SHUT_WR), 0);
+	/* FIN_WAIT2: the server's kernel acknowledged every byte and the FIN, so they wait
+	 * in its socket for the held shard's receive. */
+	WAIT_FOR((tl = sizeof(ti), getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) == 0 &&
+					   ti.tcpi_state == TCP_FIN_WAIT2),
+		 "the server's kernel acknowledging the data and the FIN");
+	shard_hold_release(&h);
+	shard_hold_fini(&h);
+	if (echo) {
+		size_t got = 0;
+
+		for (;;) {
+			ssize_t r = cli_recv(fd, in + got, sizeof(in) - got);
+
+			cr_assert_geq(r, 0, "recv: %s after %zu bytes", strerror(errno), got);
+			if (r == 0)
+				break;
+			got += (size_t)r;
+			cr_assert_leq(got, sizeof(out), "more bytes than were sent");
+		}
+		cr_assert_eq(got, sizeof(out),
+			     "EOF after %zu of %zu bytes: the held data was not delivered before "
+			     "the EOF closed the connection",
+			     got, sizeof(out));
+		cr_assert_eq(memcmp(in, out, sizeof(out)), 0);
+	}
+	WAIT_FOR(atomic_load(&eh_closes) == 1, "the server's on_close");
+	if (!echo) {
+		cr_assert_eq(atomic_load(&eh_eofs), 1);
+		cr_assert_eq(atomic_load(&eh_bytes_at_eof), EH_LEN,
+			     "on_eof after %llu of %u bytes: the EOF overtook the data held while "
+			     "paused",
+			     (unsigned long long)atomic_load(&eh_bytes_at_eof), EH_LEN);
+	}
+	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
+	SHARD_CHECKS_PASSED();
+}
+
+Test(net_conn, eof_comes_after_data_held_while_paused)
+{
+	eof_behind_held(false);
+}
+
+Test(net_conn, eof_after_data_held_while_paused_closes_after_the_echo)
+{
+	eof_behind_held(true);
+}
