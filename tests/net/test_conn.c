@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/sockios.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sched.h>
@@ -12,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -1671,4 +1673,119 @@ Test(net_conn, eof_comes_after_data_held_while_paused)
 Test(net_conn, eof_after_data_held_while_paused_closes_after_the_echo)
 {
 	eof_behind_held(true);
+}
+
+/* Connections that pause in their first on_data and never resume hold what came behind it
+ * (c->rq) for good: slices held while the ring runs low are copied out of it (recv_copies),
+ * so another connection still receives. The unframed twin of
+ * net_frame::paused_framed_connections_do_not_take_every_receive_buffer. A connection whose
+ * first byte is 'H' is a hog: it pauses for good in its first on_data and keeps the slices
+ * that on_data carries (with a high watermark of 1 KiB, one 4 KiB buffer); everything else
+ * of its receives is held by keel. Any other connection is echoed. The shard is held while
+ * two hogs send 32 KiB each, so that their receives take the whole ring (16 x 4 KiB) at
+ * once: without the copy-out nothing would come back to it. */
+struct hp_conn {
+	bool hog, echo;
+	unsigned n;
+	struct keel_slice kept[8];
+};
+static _Atomic int hp_opens;
+
+static void
+hp_open(struct keel_conn *c)
+{
+	struct hp_conn *h = calloc(1, sizeof(*h));
+
+	if (!SHARD_CHECK(h != NULL))
+		keel_conn_abort(c, -ENOMEM);
+	keel_conn_set_user(c, h);
+	atomic_fetch_add(&hp_opens, 1);
+}
+
+static void
+hp_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	struct hp_conn *h = keel_conn_user(c);
+
+	if (!h->hog && !h->echo) {
+		h->hog = s[0].len && ((const uint8_t *)s[0].data)[0] == 'H';
+		h->echo = !h->hog;
+	}
+	if (h->hog)
+		keel_conn_pause_read(c);
+	for (unsigned i = 0; i < n; i++) {
+		if (h->hog && h->n < 8)
+			h->kept[h->n++] = s[i];
+		else if (h->hog || keel_conn_send(c, &s[i]) < 0)
+			keel_slice_put(&s[i]);
+	}
+}
+
+static void
+hp_close(struct keel_conn *c, int status)
+{
+	struct hp_conn *h = keel_conn_user(c);
+
+	if (h) {
+		for (unsigned i = 0; i < h->n; i++)
+			keel_slice_put(&h->kept[i]);
+		free(h);
+	}
+	sink_close(c, status);
+}
+
+Test(net_conn, paused_connections_do_not_take_every_receive_buffer)
+{
+	static const struct keel_conn_ops ops = { .on_open = hp_open,
+						  .on_data = hp_data,
+						  .on_close = hp_close };
+	static uint8_t w[32u << 10];
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct keel_net_stats st;
+	struct shard_hold hold;
+	int hog[2], probe;
+	char b[5];
+	struct srv s;
+
+	sink_reset();
+	atomic_store(&hp_opens, 0);
+	keel_net_config_init(&nc);
+	nc.buf_count = 16;
+	nc.buf_size = 4096;
+	nc.bulk_buf_size = 0; /* the one ring: 64 KiB in all */
+	nc.high_watermark = 1024;
+	nc.low_watermark = 512;
+	memset(w, 'H', sizeof(w));
+	cr_assert_eq(srv_start(&s, &o, &nc, &ops), 0);
+	for (int h = 0; h < 2; h++) {
+		hog[h] = cli_connect(s.port);
+		cr_assert_geq(hog[h], 0);
+	}
+	WAIT_FOR(atomic_load(&hp_opens) == 2, "the hogs' on_open");
+	shard_hold_init(&hold);
+	shard_hold(&hold, s.rt, 0);
+	for (int h = 0; h < 2; h++) {
+		int unacked;
+
+		cr_assert_eq(cli_write_all(hog[h], w, sizeof(w)), 0);
+		/* Acknowledged: in the server's socket, for the held shard's receive. */
+		WAIT_FOR(ioctl(hog[h], SIOCOUTQ, &unacked) == 0 && unacked == 0,
+			 "hog %d's bytes acknowledged by the server's kernel", h);
+	}
+	shard_hold_release(&hold);
+	shard_hold_fini(&hold);
+	probe = cli_connect(s.port);
+	cr_assert_geq(probe, 0);
+	cr_assert_eq(cli_write_all(probe, "hello", 5), 0);
+	cr_assert_eq(cli_read_all(probe, b, 5), 0,
+		     "the probe got no echo: paused connections held every receive buffer");
+	cr_assert_eq(memcmp(b, "hello", 5), 0);
+	cr_assert_eq(srv_net_stats(&s, 0, &st), 0);
+	cr_assert_gt(st.recv_copies, 0, "nothing was copied out of the ring");
+	close(probe);
+	for (int h = 0; h < 2; h++)
+		close(hog[h]);
+	cr_assert_eq(srv_stop(&s), 0);
+	SHARD_CHECKS_PASSED();
 }
