@@ -263,6 +263,7 @@ bad_open(struct keel_conn *c)
 {
 	struct iovec none[1] = { { NULL, 0 } };
 	struct iovec big[2] = { { (void *)"a", 1 }, { (void *)"b", 1 } };
+	struct keel_slice s;
 
 	SHARD_CHECK_EQ(keel_conn_write(c, "x", 0), -EINVAL);
 	SHARD_CHECK_EQ(keel_conn_write(c, NULL, 1), -EINVAL);
@@ -275,6 +276,17 @@ bad_open(struct keel_conn *c)
 	SHARD_CHECK_EQ(keel_conn_shutdown(c), 0);
 	SHARD_CHECK_EQ(keel_conn_write(c, "x", 1), -EPIPE);
 	SHARD_CHECK_EQ(keel_conn_writev(c, big, 2), -EPIPE);
+	/* The slice path says the same, and leaves the caller its reference. */
+	if (SHARD_CHECK_EQ(keel_buf_alloc(keel_shard_alloc(), 1, &s), 0)) {
+		int r;
+
+		s.data[0] = 'y';
+		s.len = 1;
+		r = keel_conn_send(c, &s);
+		SHARD_CHECK_EQ(r, -EPIPE, "keel_conn_send after keel_conn_shutdown");
+		if (r < 0)
+			keel_slice_put(&s);
+	}
 	atomic_store(&bad_done, 1);
 }
 
