@@ -1789,3 +1789,137 @@ Test(net_conn, paused_connections_do_not_take_every_receive_buffer)
 	cr_assert_eq(srv_stop(&s), 0);
 	SHARD_CHECKS_PASSED();
 }
+
+/* The stream both watermark tests write: byte @i. */
+static uint8_t
+wm_pat(uint64_t i)
+{
+	return (uint8_t)(i * 29 + i / 1021 + 3);
+}
+
+static uint8_t wm_buf[1u << 20];
+static _Atomic int wmx_opened, wmx_writables, wmx_closes;
+static _Atomic uint64_t wmx_received;
+
+static void
+wmx_fill(void)
+{
+	for (size_t i = 0; i < sizeof(wm_buf); i++)
+		wm_buf[i] = wm_pat(i);
+}
+
+static void
+wmx_close(struct keel_conn *c, int status)
+{
+	(void)c;
+	(void)status;
+	atomic_fetch_add(&wmx_closes, 1);
+}
+
+/* "1 when the queued bytes are above the high watermark": a queue of exactly the high
+ * watermark is not above it. on_open writes 64 KiB with high at 64 KiB (0: nothing is sent
+ * within the callback, the flush waits for the end of the pass), then one byte more (1). */
+static void
+wmx_exact_open(struct keel_conn *c)
+{
+	SHARD_CHECK_EQ(keel_conn_write(c, wm_buf, 65536), 0, "a queue of exactly high");
+	SHARD_CHECK_EQ(keel_conn_queued(c), 65536);
+	SHARD_CHECK_EQ(keel_conn_write(c, wm_buf + 65536, 1), 1, "one byte above high");
+	SHARD_CHECK_EQ(keel_conn_queued(c), 65537);
+	atomic_store(&wmx_opened, 1);
+}
+
+Test(net_conn, queue_at_exactly_high_is_not_above_it)
+{
+	static const struct keel_conn_ops ops = { .on_open = wmx_exact_open,
+						  .on_data = sink_data,
+						  .on_close = wmx_close };
+	static uint8_t in[65537];
+	struct keel_net_config nc;
+	struct srv s;
+	int fd;
+
+	atomic_store(&wmx_opened, 0);
+	atomic_store(&wmx_closes, 0);
+	wmx_fill();
+	keel_net_config_init(&nc);
+	nc.high_watermark = 65536;
+	nc.low_watermark = 16384;
+	cr_assert_eq(srv_start(&s, NULL, &nc, &ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(cli_read_all(fd, in, sizeof(in)), 0);
+	cr_assert_eq(memcmp(in, wm_buf, sizeof(in)), 0);
+	close(fd);
+	WAIT_FOR(atomic_load(&wmx_closes) == 1, "the server's on_close");
+	cr_assert_eq(srv_stop(&s), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(atomic_load(&wmx_opened), 1);
+}
+
+/* Reading and on_writable resume once the queue is at or under the low watermark: with a
+ * low watermark of 0, when the queue has drained. on_open writes 1 MiB (above high, 64
+ * KiB: 1, reading pauses); the client reads it all, then on_writable runs once and the
+ * byte the client sends next is echoed. */
+static void
+wmx_drain_open(struct keel_conn *c)
+{
+	SHARD_CHECK_EQ(keel_conn_write(c, wm_buf, sizeof(wm_buf)), 1, "1 MiB above high");
+	atomic_store(&wmx_opened, 1);
+}
+
+static void
+wmx_drain_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++) {
+		atomic_fetch_add(&wmx_received, s[i].len);
+		if (keel_conn_send(c, &s[i]) < 0)
+			keel_slice_put(&s[i]);
+	}
+}
+
+static void
+wmx_writable(struct keel_conn *c)
+{
+	SHARD_CHECK_EQ(keel_conn_queued(c), 0, "on_writable with the queue drained");
+	atomic_fetch_add(&wmx_writables, 1);
+}
+
+Test(net_conn, a_low_watermark_of_0_resumes_when_drained)
+{
+	static const struct keel_conn_ops ops = { .on_open = wmx_drain_open,
+						  .on_data = wmx_drain_data,
+						  .on_writable = wmx_writable,
+						  .on_close = wmx_close };
+	static uint8_t in[sizeof(wm_buf)];
+	struct keel_net_config nc;
+	char b;
+	struct srv s;
+	int fd;
+
+	atomic_store(&wmx_opened, 0);
+	atomic_store(&wmx_writables, 0);
+	atomic_store(&wmx_closes, 0);
+	atomic_store(&wmx_received, 0);
+	wmx_fill();
+	keel_net_config_init(&nc);
+	nc.high_watermark = 64u << 10;
+	nc.low_watermark = 0;
+	cr_assert_eq(srv_start(&s, NULL, &nc, &ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(cli_read_all(fd, in, sizeof(in)), 0);
+	cr_assert_eq(memcmp(in, wm_buf, sizeof(in)), 0);
+	WAIT_FOR(atomic_load(&wmx_writables) == 1,
+		 "on_writable once the queue drained to the low watermark, 0");
+	cr_assert_eq(cli_write_all(fd, "z", 1), 0);
+	cr_assert_eq(cli_read_all(fd, &b, 1), 0, "the echo of a byte sent after the drain");
+	cr_assert_eq(b, 'z');
+	cr_assert_eq(atomic_load(&wmx_received), 1);
+	close(fd);
+	WAIT_FOR(atomic_load(&wmx_closes) == 1, "the server's on_close");
+	cr_assert_eq(srv_stop(&s), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(atomic_load(&wmx_opened), 1);
+	cr_assert_eq(atomic_load(&wmx_writables), 1, "on_writable ran more than once");
+}
