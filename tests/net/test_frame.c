@@ -441,6 +441,33 @@ Test(net_frame, max_size_len32_refused_from_the_header)
 	got_fini(&g);
 }
 
+/* A line may hold max bytes and a CR while it waits for its LF (docs/framing.md, "Maximum
+ * frame size"): the CR is not refused as a byte past the maximum. */
+Test(net_frame, a_line_of_max_bytes_and_its_cr_waits_for_the_lf)
+{
+	struct got g;
+	struct keel_framer *f;
+	int r;
+
+	got_init(&g);
+	f = framer(&g, KEEL_FRAME_LINE, 8, NULL);
+	r = push_str(&g, f, "12345678\r");
+	cr_assert_eq(r, 0, "max bytes and a CR wait for the LF: got %d (%s)", r,
+		     keel_framer_reason(f));
+	cr_assert_eq(g.nframes, 0);
+	cr_assert_eq(keel_framer_buffered(f), 9);
+	cr_assert_eq(push_str(&g, f, "\n"), 0);
+	cr_assert_eq(g.nframes, 1);
+	cr_assert_eq(g.lens[0], 8);
+	assert_frames(&g, "12345678");
+	cr_assert_eq(keel_framer_buffered(f), 0);
+	cr_assert_eq(push_str(&g, f, "abcdefghij"), -EMSGSIZE, "10 bytes without a LF");
+	cr_assert_eq(g.nframes, 1);
+	cr_assert_eq(live(&g), 0);
+	keel_framer_destroy(f);
+	got_fini(&g);
+}
+
 Test(net_frame, max_size_line_and_user_never_buffer_unbounded)
 {
 	struct got g;
