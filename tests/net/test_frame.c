@@ -525,6 +525,25 @@ Test(net_frame, max_size_user_need_more_forever)
 	got_fini(&g);
 }
 
+/* "Need more" fails as soon as max bytes are buffered (docs/framing.md): the frame is then
+ * at least max + 1 bytes, so the byte that makes max is refused, not the one after it. */
+Test(net_frame, user_need_more_fails_at_exactly_max_buffered)
+{
+	struct got g;
+	struct keel_framer *f;
+
+	got_init(&g);
+	f = framer(&g, KEEL_FRAME_USER, 8, measure_never);
+	cr_assert_eq(push_str(&g, f, "1234567"), 0, "max - 1 bytes still wait");
+	cr_assert_eq(keel_framer_buffered(f), 7);
+	cr_assert_eq(push_str(&g, f, "8"), -EMSGSIZE, "need more with max bytes buffered");
+	cr_assert_eq(keel_framer_error(f), -EMSGSIZE);
+	cr_assert_eq(g.nframes, 0);
+	cr_assert_eq(live(&g), 0);
+	keel_framer_destroy(f);
+	got_fini(&g);
+}
+
 Test(net_frame, on_frame_error_stops_the_framer)
 {
 	struct got g;
