@@ -243,3 +243,40 @@ Test(net_rxwarm, buf_more_says_whether_a_partly_filled_buffer_is_the_kernels)
 	cr_assert_eq(keel_run(&o, bm_start, NULL), 0);
 	SHARD_CHECKS_PASSED();
 }
+
+/* ---- the window's bounds, on private rings fed by hand (the kernel writes nothing) ---- */
+
+/* Growing doubles the window but never past wmax (the bulk ring's bulk_window): 4 doubled
+ * is 8, clamped to 6, and a second grow leaves it at 6. */
+static void
+gc_start(void *arg)
+{
+	struct net_shard *ns;
+	struct pbuf_ring r;
+
+	(void)arg;
+	if (!SHARD_CHECK_EQ(keel__net_shard_get(&ns), 0) ||
+	    !SHARD_CHECK_EQ(keel__pbuf_init_window(ns, &r, 7, 8, 4096, false, 4, 6), 0)) {
+		keel_stop(-EIO);
+		return;
+	}
+	SHARD_CHECK(r.window == 4 && r.wmax == 6 && r.inring == 4,
+		    "the ring starts with window %u, wmax %u, %u in the ring (want 4, 6, 4)",
+		    r.window, r.wmax, r.inring);
+	SHARD_CHECK(keel__pbuf_grow(&r), "the grown ring holds no buffer");
+	SHARD_CHECK(r.window == 6, "the first grow made the window %u, past wmax 6", r.window);
+	SHARD_CHECK(r.inring == 6, "%u buffers in the ring after the grow (want 6)", r.inring);
+	SHARD_CHECK(keel__pbuf_grow(&r), "the grown ring holds no buffer");
+	SHARD_CHECK(r.window == 6, "the second grow made the window %u, past wmax 6", r.window);
+	SHARD_CHECK(r.inring == 6, "%u buffers in the ring after the grow (want 6)", r.inring);
+	keel__pbuf_fini(&r);
+	keel_stop(0);
+}
+
+Test(net_rxwarm, growing_the_window_stops_at_wmax)
+{
+	struct keel_opts o = net_test_opts(1);
+
+	cr_assert_eq(keel_run(&o, gc_start, NULL), 0);
+	SHARD_CHECKS_PASSED();
+}
