@@ -280,3 +280,49 @@ Test(net_rxwarm, growing_the_window_stops_at_wmax)
 	cr_assert_eq(keel_run(&o, gc_start, NULL), 0);
 	SHARD_CHECKS_PASSED();
 }
+
+/* A buffer put back goes to the ring only while it holds fewer than the window, else to the
+ * spares: 8 buffers, a window of 4; a completion retires the 4 in the ring, the top-up puts
+ * the 4 spares there, and the 4 slices put back must all become spares. */
+static void
+gb_start(void *arg)
+{
+	struct net_shard *ns;
+	struct pbuf_ring r;
+	struct keel_slice s[8];
+	int n;
+
+	(void)arg;
+	if (!SHARD_CHECK_EQ(keel__net_shard_get(&ns), 0) ||
+	    !SHARD_CHECK_EQ(keel__pbuf_init_window(ns, &r, 7, 8, 4096, false, 4, 0), 0)) {
+		keel_stop(-EIO);
+		return;
+	}
+	SHARD_CHECK(r.window == 4 && r.inring == 4 && r.nspare == 4,
+		    "the ring starts with window %u, %u in the ring, %u spares (want 4, 4, 4)",
+		    r.window, r.inring, r.nspare);
+	/* A bundle filling the 4 buffers in the ring (0..3), whole buffers: all retired. */
+	n = keel__pbuf_take(&r, 0, 4 * 4096, IORING_CQE_F_BUFFER, true, s, 8);
+	SHARD_CHECK(r.inring == 4 && r.nspare == 0,
+		    "after the completion: %u in the ring, %u spares (want 4, 0)", r.inring,
+		    r.nspare);
+	if (SHARD_CHECK_EQ(n, 4))
+		while (n)
+			keel_slice_put(&s[--n]);
+	SHARD_CHECK(r.inring <= r.window,
+		    "the buffers put back filled the ring past its window: %u in the ring, "
+		    "window %u",
+		    r.inring, r.window);
+	SHARD_CHECK(r.inring == 4 && r.nspare == 4,
+		    "after the puts: %u in the ring, %u spares (want 4, 4)", r.inring, r.nspare);
+	keel__pbuf_fini(&r);
+	keel_stop(0);
+}
+
+Test(net_rxwarm, a_buffer_put_back_to_a_full_window_becomes_a_spare)
+{
+	struct keel_opts o = net_test_opts(1);
+
+	cr_assert_eq(keel_run(&o, gb_start, NULL), 0);
+	SHARD_CHECKS_PASSED();
+}
