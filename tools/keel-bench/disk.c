@@ -275,7 +275,10 @@ tworker_main(void *arg)
 	if (p->cfg->pin && p->cfg->cpu >= 0)
 		bench_pin(p->cfg->cpu);
 	pthread_barrier_wait(&p->bar);
-	while (bench_now_ns() < p->t_end) {
+	/* At least one request each, however late the thread first runs: a loaded machine can
+	 * hold a pinned thread off the CPU for the whole round, and a round of zero requests
+	 * is no measurement (the elapsed time counted below includes the wait). */
+	do {
 		ssize_t r;
 		if (p->wl == W_RANDREAD) {
 			r = pread(p->fd, buf, bs, (off_t)((rnd(&w->seed) % blocks) * bs));
@@ -288,7 +291,7 @@ tworker_main(void *arg)
 			break;
 		}
 		n++;
-	}
+	} while (bench_now_ns() < p->t_end);
 	atomic_fetch_add(&p->ops, n);
 	free(buf);
 	return NULL;
