@@ -22,9 +22,28 @@ fail() { echo "FAIL: $*"; exit 1; }
 
 rm -rf "$out"
 before=$(ip netns list | grep -c '^keel-cmp-' || true)
-bash "$root/tools/bench/compare.sh" --net veth --server-cpus 0 --client-cpus 1 --rows pp1,udp-pp --reps 1 --seconds 0.3 \
-	--warmup 0.1 --no-iperf --no-plot --bin "$bin" --out "$out" ||
-	fail "compare.sh --net veth exited with status $?"
+run_compare() { # SECONDS: compare.sh's errors also in $out.err
+	local st=0
+	rm -rf "$out"
+	bash "$root/tools/bench/compare.sh" --net veth --server-cpus 0 --client-cpus 1 --rows pp1,udp-pp \
+		--reps 1 --seconds "$1" --warmup 0.1 --no-iperf --no-plot --bin "$bin" --out "$out" \
+		2>"$out.err" || st=$?
+	cat "$out.err" >&2
+	return "$st"
+}
+# compare.sh refuses a run in which a connection got no echo in the second half of the window,
+# or whose CPU sampler woke late: on a machine loaded by other jobs (CI, ctest -j) a 0.3 s window
+# can see either without a fault in the servers. Such a refusal is run again once with 1 s
+# windows; any other failure, or the same refusal twice, fails the test.
+st=0
+run_compare 0.3 || st=$?
+if [ "$st" -ne 0 ] && grep -q 'got no echo in the window\|the CPU sampler woke' "$out.err"; then
+	echo "compare_veth: compare.sh refused a 0.3 s window as too disturbed (above); again with 1 s"
+	st=0
+	run_compare 1 || st=$?
+fi
+rm -f "$out.err"
+[ "$st" -eq 0 ] || fail "compare.sh --net veth exited with status $st"
 after=$(ip netns list | grep -c '^keel-cmp-' || true)
 [ "$after" -eq "$before" ] || fail "compare.sh left $((after - before)) network namespaces behind"
 md=$out/compare.md
