@@ -235,7 +235,7 @@ struct keel_shard {
 	uint64_t xefd_buf;
 	struct internal_op xefd_op;
 
-	/* Signals (shard 0 only). */
+	/* Signals (opts.signals: every shard). */
 	int sigfd;
 	struct signalfd_siginfo sigbuf;
 	struct internal_op sig_op;

@@ -988,7 +988,7 @@ keel__shard_loop(struct keel_shard *s)
 		if (!s->cancel_op.armed)
 			submit_cancel_all(s);
 		/* A cancel that found no SQE (the submit failed, logged) ends none of the reads
-		 * left (the eventfd's, shard 0's signalfd's), which may never complete on their
+		 * left (the eventfd's, the signalfd's), which may never complete on their
 		 * own: the wait is bounded and the cancel tried again, as in the loop. */
 		io_uring_submit_and_wait_timeout(&s->ring, &cqe, 1, s->cancel_op.armed ? NULL : &ts,
 						 NULL);

@@ -758,15 +758,27 @@ keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start, void *app)
 		sigemptyset(&set);
 		sigaddset(&set, SIGINT);
 		sigaddset(&set, SIGTERM);
-		/* Blocked here and so in every shard thread (they inherit the mask); shard 0
-		 * reads them from a signalfd through its ring. */
+		/* Blocked here and so in every shard thread (they inherit the mask); every
+		 * shard reads them from a signalfd of its own through its ring, so a callback
+		 * that blocks one shard does not keep them unread (a process-directed signal
+		 * is read by one of the readers). Not a thread of keel's own: under valgrind a
+		 * shard asleep in io_uring_enter keeps every other thread from running, and
+		 * such a thread never took SIGTERM (the forty-third session's trial). */
 		pthread_sigmask(SIG_BLOCK, &set, sig_starts++ ? NULL : &sig_saved);
 		rt->mask_saved = true;
-		rt->shards[0].sigfd = signalfd(-1, &set, SFD_CLOEXEC);
-		if (rt->shards[0].sigfd < 0) {
-			r = -errno;
-			keel_log(KEEL_LOG_ERROR, "core", "signalfd failed: %s", strerror(-r));
-			goto err;
+		for (unsigned i = 0; i < rt->count; i++) {
+			rt->shards[i].sigfd = signalfd(-1, &set, SFD_CLOEXEC);
+			if (rt->shards[i].sigfd < 0) {
+				r = -errno;
+				keel_log(
+					KEEL_LOG_ERROR, "core",
+					"signalfd for shard %u failed: %s%s", i, strerror(-r),
+					r == -EMFILE || r == -ENFILE
+						? " (each shard takes one descriptor for it: raise "
+						  "ulimit -n)"
+						: "");
+				goto err;
+			}
 		}
 	}
 	for (unsigned i = 0; i < rt->count; i++) {
@@ -854,10 +866,10 @@ keel_stop(int status)
 	keel_runtime_stop(cur_shard(__func__)->rt, status);
 }
 
-/* SIGINT/SIGTERM pending once shard 0 has left its loop (nothing reads its signalfd now):
- * taken here before the caller's mask returns, where their default action would end the
- * process inside join. As in shard 0's reader, the first is the stop (already under way)
- * and a second exits at once. */
+/* SIGINT/SIGTERM pending once the shards have left their loops (nothing reads their
+ * signalfds now): taken here before the caller's mask returns, where their default action
+ * would end the process inside join. As in the shards' readers, the first is the stop
+ * (already under way) and a second exits at once. */
 static void
 take_late_signals(struct keel_runtime *rt)
 {

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
-/* Signals: SIGINT/SIGTERM read through shard 0's ring (a signalfd); the first stops the
- * runtime (every runtime of the process that reads them), the second exits at once. */
+/* Signals: SIGINT/SIGTERM read through every shard's ring (a signalfd each; a signal sent to
+ * the process is read by one of them, one aimed at a shard's thread by that shard); the
+ * first stops the runtime (every runtime of the process that reads them), the second exits
+ * at once, whichever shards read them. */
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>

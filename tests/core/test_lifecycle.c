@@ -392,6 +392,127 @@ Test(core_lifecycle, a_second_signal_after_the_loop_ended_exits_at_once, .timeou
 	cr_assert_eq(WEXITSTATUS(status), 128 + SIGINT);
 }
 
+/* A callback on shard 0 that blocks (a deadlock, a slow host call) does not keep the
+ * signals from being read: they were read through shard 0's ring alone, so while it blocked
+ * the first did not stop the other shards and a second did not exit (a review's runs). Now
+ * shard 1 reads them too. The block lasts BLOCK_S; every wait for what the signals do is
+ * far shorter. */
+#define BLOCK_S     30
+#define SIG_WAIT_MS 10000
+static int block_pipe[2]; /* the child's shards to the test: r, b, s, e */
+
+static void
+say(char c)
+{
+	if (write(block_pipe[1], &c, 1) != 1)
+		_exit(99);
+}
+
+static void
+block_on_shard_0(void *arg)
+{
+	struct timespec until, now;
+
+	(void)arg;
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += BLOCK_S;
+	say('b');
+	do { /* the stop signals are blocked here: nothing ends the sleep early */
+		struct timespec ts = { 0, 50 * 1000000L };
+		nanosleep(&ts, NULL);
+		clock_gettime(CLOCK_MONOTONIC, &now);
+	} while (now.tv_sec < until.tv_sec);
+	say('e');
+}
+
+static void
+shard_1_stopping(void *arg)
+{
+	(void)arg;
+	say('s');
+}
+
+static void
+block_start(void *app)
+{
+	(void)app;
+	if (keel_shard_id(keel_this_shard()) == 0) {
+		keel_defer(block_on_shard_0, NULL);
+	} else {
+		keel_shard_on_stop(shard_1_stopping, NULL);
+		say('r');
+	}
+}
+
+/* Fork a child whose shard 0 blocks; return once shard 1 has started and the block began. */
+static pid_t
+blocked_child(void)
+{
+	pid_t pid;
+	bool r = false, b = false;
+
+	cr_assert_eq(pipe(block_pipe), 0);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		struct keel_opts o = test_opts(2);
+		o.signals = true;
+		keel_log_set_level(KEEL_LOG_ERROR);
+		_exit(keel_run(&o, block_start, NULL) == 0 ? 0 : 1);
+	}
+	while (!r || !b) {
+		char c;
+
+		wait_fd(block_pipe[0], POLLIN, TEST_WAIT_MS, pid, "shard 1 and shard 0's block");
+		cr_assert_eq(read(block_pipe[0], &c, 1), 1);
+		cr_assert(c == 'r' || c == 'b', "unexpected '%c' before the signal", c);
+		r |= c == 'r';
+		b |= c == 'b';
+	}
+	return pid;
+}
+
+/* The first signal stops shard 1 (its stop hook runs) while shard 0 still blocks. */
+static void
+first_signal_stops_shard_1(pid_t pid, int sig)
+{
+	char c;
+
+	kill(pid, sig);
+	wait_fd(block_pipe[0], POLLIN, SIG_WAIT_MS, pid,
+		"shard 1's stop hook after the signal, shard 0 blocked");
+	cr_assert_eq(read(block_pipe[0], &c, 1), 1);
+	cr_assert_eq(c, 's', "'%c', not shard 1's stop hook, came after the signal", c);
+}
+
+Test(core_lifecycle, a_signal_stops_the_other_shards_while_shard_0_blocks, .timeout = 120)
+{
+	pid_t pid = blocked_child();
+	int status;
+
+	first_signal_stops_shard_1(pid, SIGTERM);
+	kill(pid, SIGKILL); /* shard 0 would block on for BLOCK_S */
+	status = wait_child(pid, TEST_WAIT_MS, "the child to end on SIGKILL");
+	cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
+		  "the child ended otherwise: status 0x%x", status);
+	close(block_pipe[0]);
+	close(block_pipe[1]);
+}
+
+Test(core_lifecycle, a_second_signal_exits_at_once_while_shard_0_blocks, .timeout = 120)
+{
+	pid_t pid = blocked_child();
+	int status;
+
+	first_signal_stops_shard_1(pid, SIGINT); /* read: the second is the process's second */
+	kill(pid, SIGINT);
+	status = wait_child(pid, SIG_WAIT_MS, "the exit on the second signal, shard 0 blocked");
+	cr_assert(WIFEXITED(status), "child did not exit: status 0x%x", status);
+	cr_assert_eq(WEXITSTATUS(status), 128 + SIGINT);
+	close(block_pipe[0]);
+	close(block_pipe[1]);
+}
+
 /* ---- stalls ---- */
 
 static char stall_line[512];

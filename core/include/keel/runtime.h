@@ -72,8 +72,8 @@ KEEL_API void keel_runtime_stop(struct keel_runtime *rt, int status);
  * Wait for all shard threads to end. The shards' buffers are freed with them: a slice of
  * this runtime held in another runtime must be put before this call (architecture.md,
  * "Between runtimes"). With opts->signals, a SIGINT or SIGTERM that came once
- * shard 0's loop had ended is taken here before the caller's signal mask is restored, as
- * shard 0 takes them: the first is the stop under way (consumed and logged: it is not
+ * the shards' loops had ended is taken here before the caller's signal mask is restored, as
+ * the shards take them: the first is the stop under way (consumed and logged: it is not
  * delivered after join, to a handler of the host's or otherwise), a second exits the
  * process at once. While a stop cannot end (work that never finishes keeps a shard from
  * quiescence), every 10 s each shard logs a WARN naming what holds it, or the shards it
