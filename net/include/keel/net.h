@@ -613,8 +613,12 @@ struct keel_net_stats {
 	uint64_t recv_cqes;      /* receive completions with data */
 	uint64_t recv_bufs;      /* receive buffers filled (several per CQE with bundles) */
 	uint64_t enobufs;        /* receives that ran out of buffers (re-armed later) */
-	uint64_t rearms;         /* multishot receives re-armed after ending (moves between the
-				    receive rings included) */
+	uint64_t rearms;         /* receives that ended and were to be armed again at once
+				    (moves between the receive rings included; not after
+				    -ENOBUFS: enobufs): counted when the receive ends, so one
+				    whose re-arm found no SQE counts even if its connection
+				    closed before the retry, and one re-armed later (after a
+				    pause) does not */
 	uint64_t sends;          /* send/sendmsg operations */
 	uint64_t send_iovs;      /* TCP: buffers those sends offered (1 for a send, the iovec count
 				    for a sendmsg; adjacent slices merged count once) */
@@ -629,7 +633,8 @@ struct keel_net_stats {
 	uint64_t bufs_kernel;    /* ... of which the ring holds for the kernel (incremental
 				    buffers partly filled): bufs_out - bufs_kernel is the app's */
 	uint64_t reads_held;     /* received slices held for a paused connection (pause_read,
-				    high watermark) and delivered after resume */
+				    high watermark), delivered after resume or dropped by a
+				    close; a slice a framer hands back is held, and counted, again */
 	uint64_t fd_closes_ring; /* direct descriptors released through the ring
 				    (IORING_OP_CLOSE) */
 	uint64_t udp_drops;      /* datagrams the kernel dropped on this shard's UDP sockets
