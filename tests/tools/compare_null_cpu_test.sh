@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: MIT
 # compare.sh refuses a run whose server CPU (or client load) the client could not sample,
 # instead of taking "null" into the row's medians, and a run in which a connection got no
-# echo in the window, and server and client CPU lists that share a CPU (unless --allow-shared).
+# echo in the window, a run whose server logged a keel error its count of errors does not
+# hold, and server and client CPU lists that share a CPU (unless --allow-shared).
 # keel-bench is replaced by a stub: a server that prints its listening
 # line and stops cleanly on SIGTERM, and a client whose JSON says so.
 #   compare_null_cpu_test.sh
@@ -11,13 +12,14 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/bin"
-# stub CPU STALLED: a keel-bench whose client reports server CPU @CPU (null: none) and
-# @STALLED connections that got no echo.
+# stub CPU STALLED [LINE]: a keel-bench whose client reports server CPU @CPU (null: none) and
+# @STALLED connections that got no echo, and whose server logs @LINE as it starts.
 stub() {
 	cat >"$tmp/bin/keel-bench" <<STUB
 #!/usr/bin/env bash
 if [ "\$1" = serve ]; then
 	echo "keel-bench serve: stub on 127.0.0.1:1 (a test's)"
+	echo "${3:-}"
 	trap 'echo "keel-bench serve: bytes in 0 out 0; 0 errors"; exit 0' TERM
 	while :; do sleep 0.05; done
 fi
@@ -62,6 +64,8 @@ stub null 0
 expect_refusal "no server CPU" "could not sample the server's CPU"
 stub 1000 1
 expect_refusal "a stalled connection" "got no echo in the window"
+stub 1000 0 "keel error core[shard 0]: io_uring_enter failed: Bad address; will retry"
+expect_refusal "a keel error logged" "keel logged an error"
 # Server and client CPU lists that share a CPU are refused before any run, unless
 # --allow-shared (then compare.md says so).
 st=0

@@ -367,6 +367,14 @@ run_one() { # name mode size inflight conns policy backend rep
 		cat "$base.log" >&2
 		exit 1
 	fi
+	# keel's runtime logs what it does not count as an error of the server's (a failed
+	# io_uring_enter, completions a full CQ dropped): such a run is no figure either, as
+	# the epoll server's counted errors are not.
+	if grep -q '^keel error' "$base.log" "$base.err" 2>/dev/null; then
+		echo "compare.sh: FAILED row $name policy $pol server $be rep $rep: keel logged an error:" >&2
+		grep '^keel error' "$base.log" "$base.err" >&2
+		exit 1
+	fi
 	local metric=msgs_per_sec
 	[ "$mode" = stream ] && metric=gbps
 	local v=()

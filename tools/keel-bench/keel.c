@@ -959,7 +959,7 @@ client_run(const struct bench_cfg *cfg, struct bench_result *out)
 			(void)keel_runtime_submit(rt, i, &cl->sh[i].go);
 		}
 	}
-	keel_runtime_join(rt);
+	int joined = keel_runtime_join(rt);
 	r = 0;
 	for (unsigned i = 0; i < nt; i++) {
 		struct cshard *sh = &cl->sh[i];
@@ -977,6 +977,12 @@ client_run(const struct bench_cfg *cfg, struct bench_result *out)
 			r = sh->err;
 			snprintf(out->why, sizeof(out->why), "%s", sh->why);
 		}
+	}
+	/* A runtime that stopped with an error no shard recorded: no figure either. */
+	if (r == 0 && joined < 0) {
+		r = joined;
+		snprintf(out->why, sizeof(out->why), "the client runtime stopped with %s",
+			 strerror(-joined));
 	}
 	out->window_ns = cfg->seconds_ns;
 out_rt:
