@@ -575,3 +575,111 @@ Test(net_udp_gso, two_batches_refused_at_once_are_each_judged_by_their_own_error
 		     "batching was turned off by the other batch's refusal");
 	gso_run_stop(&t);
 }
+
+/* A dual-stack endpoint ("::") batches to a v4-mapped source (IPv4 underneath, through
+ * udpv6_sendmsg's v4-mapped path) and to an IPv6 one alike: 20 datagrams of one callback
+ * share sendmsgs, none falls back, all arrive whole and in order. */
+struct ds_srv {
+	struct keel_udp *u;
+	_Atomic uint16_t port;
+	_Atomic int err, fails;
+};
+
+static void
+ds_datagram(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_storage *src)
+{
+	struct ds_srv *g = keel_udp_app(u);
+
+	keel_slice_put(s);
+	for (unsigned i = 0; i < 20; i++) {
+		struct keel_slice d;
+
+		if (keel_buf_alloc(keel_shard_alloc(), 1000, &d) < 0) {
+			g->fails++;
+			continue;
+		}
+		d.len = 1000;
+		memset(d.data, (int)i, d.len);
+		if (keel_udp_send(u, &d, src) < 0) {
+			keel_slice_put(&d);
+			g->fails++;
+		}
+	}
+}
+
+static const struct keel_udp_ops ds_ops = { .on_datagram = ds_datagram };
+
+static void
+ds_start(void *arg)
+{
+	struct ds_srv *g = arg;
+	int r = keel_udp_open("::", 0, &ds_ops, g, &g->u);
+
+	if (r < 0) {
+		g->err = r;
+		g->port = 1;
+		keel_stop(r);
+		return;
+	}
+	g->port = keel_udp_port(g->u);
+}
+
+static void
+dual_stack_run(int family)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct sockaddr_storage a = { 0 };
+	struct keel_runtime *rt;
+	struct keel_net_stats st;
+	struct ds_srv g = { 0 };
+	uint8_t in[2048];
+	socklen_t al;
+	int fd;
+
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, ds_start, &g), 0);
+	WAIT_FOR(atomic_load(&g.port), "the endpoint on ::");
+	cr_assert_eq(g.err, 0, "%s", strerror(-g.err));
+	if (family == AF_INET) {
+		struct sockaddr_in *a4 = (struct sockaddr_in *)&a;
+
+		a4->sin_family = AF_INET;
+		a4->sin_port = htons(g.port);
+		a4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		al = sizeof(*a4);
+	} else {
+		struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&a;
+
+		a6->sin6_family = AF_INET6;
+		a6->sin6_port = htons(g.port);
+		a6->sin6_addr = in6addr_loopback;
+		al = sizeof(*a6);
+	}
+	fd = socket(family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&a, al), 0);
+	cr_assert_eq(send(fd, "go", 2, 0), 2);
+	for (unsigned i = 0; i < 20; i++) {
+		ssize_t n;
+
+		wait_fd(fd, POLLIN, TEST_WAIT_MS, 0, "an echo");
+		n = recv(fd, in, sizeof(in), MSG_DONTWAIT);
+		cr_assert_eq(n, 1000, "family %d, datagram %u: %zd bytes", family, i, n);
+		cr_assert_eq(in[0], (uint8_t)i, "family %d: datagram %u out of order", family, i);
+	}
+	cr_assert_eq(rt_net_stats(rt, 0, &st), 0);
+	cr_assert_gt(st.udp_gso_sends, 0, "family %d: no batch", family);
+	cr_assert_lt(st.udp_gso_sends, 20, "family %d: one sendmsg per datagram", family);
+	cr_assert_eq(st.udp_gso_fallbacks, 0, "family %d", family);
+	cr_assert_eq(atomic_load(&g.fails), 0);
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	close(fd);
+}
+
+Test(net_udp_gso, a_dual_stack_endpoint_batches_to_v4_mapped_and_ipv6_sources)
+{
+	dual_stack_run(AF_INET);
+	dual_stack_run(AF_INET6);
+}
