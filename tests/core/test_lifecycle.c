@@ -102,21 +102,45 @@ sig_child_start(void *app)
 	}
 }
 
-Test(core_lifecycle, second_signal_forces_exit, .timeout = 60)
+/* A pipe into @fds and a forked child that runs 2 shards with signals on, @start on each;
+ * the child exits 0 when keel_run returns 0, else 1. */
+static pid_t
+fork_signal_child(int fds[2], keel_shard_fn start)
 {
 	pid_t pid;
-	char c;
-	int status;
 
-	cr_assert_eq(pipe(sig_pipe), 0);
+	cr_assert_eq(pipe(fds), 0);
 	pid = fork();
 	cr_assert_geq(pid, 0);
 	if (pid == 0) {
 		struct keel_opts o = test_opts(2);
 		o.signals = true;
 		keel_log_set_level(KEEL_LOG_ERROR);
-		_exit(keel_run(&o, sig_child_start, NULL) == 0 ? 0 : 1);
+		_exit(keel_run(&o, start, NULL) == 0 ? 0 : 1);
 	}
+	return pid;
+}
+
+/* Sends @pid a SIGINT, its second signal: it must exit with 128 + SIGINT within @ms. Closes
+ * @fds, fork_signal_child's pipe. */
+static void
+second_sigint_exits(pid_t pid, int fds[2], int ms, const char *what)
+{
+	int status;
+
+	kill(pid, SIGINT);
+	status = wait_child(pid, ms, what);
+	cr_assert(WIFEXITED(status), "child did not exit: status 0x%x", status);
+	cr_assert_eq(WEXITSTATUS(status), 128 + SIGINT);
+	close(fds[0]);
+	close(fds[1]);
+}
+
+Test(core_lifecycle, second_signal_forces_exit, .timeout = 60)
+{
+	pid_t pid = fork_signal_child(sig_pipe, sig_child_start);
+	char c;
+
 	wait_fd(sig_pipe[0], POLLIN, TEST_WAIT_MS, pid, "the child's runtime to start");
 	cr_assert_eq(read(sig_pipe[0], &c, 1), 1);
 	cr_assert_eq(c, 'r');
@@ -124,12 +148,7 @@ Test(core_lifecycle, second_signal_forces_exit, .timeout = 60)
 	wait_fd(sig_pipe[0], POLLIN, TEST_WAIT_MS, pid, "the stop hook after SIGTERM");
 	cr_assert_eq(read(sig_pipe[0], &c, 1), 1);
 	cr_assert_eq(c, 's', "the first signal did not begin the stop");
-	kill(pid, SIGINT);
-	status = wait_child(pid, TEST_WAIT_MS, "exit on the second signal");
-	cr_assert(WIFEXITED(status), "child did not exit: status 0x%x", status);
-	cr_assert_eq(WEXITSTATUS(status), 128 + SIGINT);
-	close(sig_pipe[0]);
-	close(sig_pipe[1]);
+	second_sigint_exits(pid, sig_pipe, TEST_WAIT_MS, "exit on the second signal");
 }
 
 /* Two runtimes with signals on in one process: one SIGTERM stops both. Each reads the
@@ -448,18 +467,9 @@ block_start(void *app)
 static pid_t
 blocked_child(void)
 {
-	pid_t pid;
+	pid_t pid = fork_signal_child(block_pipe, block_start);
 	bool r = false, b = false;
 
-	cr_assert_eq(pipe(block_pipe), 0);
-	pid = fork();
-	cr_assert_geq(pid, 0);
-	if (pid == 0) {
-		struct keel_opts o = test_opts(2);
-		o.signals = true;
-		keel_log_set_level(KEEL_LOG_ERROR);
-		_exit(keel_run(&o, block_start, NULL) == 0 ? 0 : 1);
-	}
 	while (!r || !b) {
 		char c;
 
@@ -502,15 +512,10 @@ Test(core_lifecycle, a_signal_stops_the_other_shards_while_shard_0_blocks, .time
 Test(core_lifecycle, a_second_signal_exits_at_once_while_shard_0_blocks, .timeout = 120)
 {
 	pid_t pid = blocked_child();
-	int status;
 
 	first_signal_stops_shard_1(pid, SIGINT); /* read: the second is the process's second */
-	kill(pid, SIGINT);
-	status = wait_child(pid, SIG_WAIT_MS, "the exit on the second signal, shard 0 blocked");
-	cr_assert(WIFEXITED(status), "child did not exit: status 0x%x", status);
-	cr_assert_eq(WEXITSTATUS(status), 128 + SIGINT);
-	close(block_pipe[0]);
-	close(block_pipe[1]);
+	second_sigint_exits(pid, block_pipe, SIG_WAIT_MS,
+			    "the exit on the second signal, shard 0 blocked");
 }
 
 /* ---- stalls ---- */
