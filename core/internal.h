@@ -151,6 +151,7 @@ struct internal_op {
 	struct keel_shard *shard;
 	bool armed;
 	bool retry; /* a read that found no SQE: armed again at the end of a pass */
+	bool poll;  /* a POLLIN poll of fd (the caller reads it), not a read */
 	int fd;     /* the read's, for that retry */
 	void *buf;
 	unsigned len;
@@ -424,7 +425,8 @@ void keel__faults_env_report(void);
 #define KEEL__FAULTS_SQE(sqe) ((void)0)
 #define KEEL__FAULTS_ALLOC()  false
 #endif
-/* Arm @iop as a read of @len bytes of @fd into @buf (logged when no SQE is left). */
+/* Arm @iop as a read of @len bytes of @fd into @buf, or with iop->poll a one-shot POLLIN poll
+ * of @fd (logged when no SQE is left). */
 void keel__internal_read(struct keel_shard *s, struct internal_op *iop, int fd, void *buf,
 			 unsigned len);
 

@@ -4,6 +4,7 @@
  * sleep in the kernel when there is nothing to do. See docs/architecture.md.
  */
 #include <errno.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -263,7 +264,10 @@ keel__internal_read(struct keel_shard *s, struct internal_op *iop, int fd, void 
 		return;
 	}
 	iop->retry = false;
-	io_uring_prep_read(sqe, fd, buf, len, 0);
+	if (iop->poll)
+		io_uring_prep_poll_add(sqe, fd, POLLIN);
+	else
+		io_uring_prep_read(sqe, fd, buf, len, 0);
 	keel__internal_arm(s, iop, sqe);
 }
 

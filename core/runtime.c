@@ -759,15 +759,16 @@ keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start, void *app)
 		sigaddset(&set, SIGINT);
 		sigaddset(&set, SIGTERM);
 		/* Blocked here and so in every shard thread (they inherit the mask); every
-		 * shard reads them from a signalfd of its own through its ring, so a callback
-		 * that blocks one shard does not keep them unread (a process-directed signal
-		 * is read by one of the readers). Not a thread of keel's own: under valgrind a
-		 * shard asleep in io_uring_enter keeps every other thread from running, and
-		 * such a thread never took SIGTERM (the forty-third session's trial). */
+		 * shard polls a signalfd of its own through its ring and reads it (signal.c),
+		 * so a callback that blocks one shard does not keep them unread: a
+		 * process-directed signal is taken by a shard that runs. Not a thread of
+		 * keel's own: under valgrind a shard asleep in io_uring_enter keeps every other
+		 * thread from running, and such a thread never took SIGTERM (the forty-third
+		 * session's trial). */
 		pthread_sigmask(SIG_BLOCK, &set, sig_starts++ ? NULL : &sig_saved);
 		rt->mask_saved = true;
 		for (unsigned i = 0; i < rt->count; i++) {
-			rt->shards[i].sigfd = signalfd(-1, &set, SFD_CLOEXEC);
+			rt->shards[i].sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
 			if (rt->shards[i].sigfd < 0) {
 				r = -errno;
 				keel_log(

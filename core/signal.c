@@ -1,8 +1,12 @@
 // SPDX-License-Identifier: MIT
-/* Signals: SIGINT/SIGTERM read through every shard's ring (a signalfd each; a signal sent to
- * the process is read by one of them, one aimed at a shard's thread by that shard); the
- * first stops the runtime (every runtime of the process that reads them), the second exits
- * at once, whichever shards read them. */
+/* Signals: SIGINT/SIGTERM. Every shard polls a signalfd of its own through its ring and,
+ * when it is readable, reads it itself, without blocking: a signal sent to the process is
+ * taken by a shard that runs (one whose callback blocks reads nothing), one aimed at a
+ * shard's thread by that shard. Not a read through the ring: before Linux 6.10 such a read
+ * of a blocking signalfd runs in an io-wq worker, which would take a signal for a shard
+ * whose callback blocks and leave it unreaped there. The first signal stops the runtime
+ * (every runtime of the process that reads them), the second exits at once, whichever
+ * shards take them. */
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -60,33 +64,45 @@ keel__signal_taken(void)
 }
 
 static void
+sig_take(int sig)
+{
+	if (keel__signal_taken() == 1) {
+		keel_log(KEEL_LOG_INFO, "core",
+			 "%s received: stopping all shards (send it again to exit at once)",
+			 sigabbrev_np(sig) ? sigabbrev_np(sig) : "signal");
+	} else {
+		keel_log(KEEL_LOG_WARN, "core", "second signal: exiting now");
+		_exit(128 + sig);
+	}
+}
+
+static void
 sig_cb(struct keel_op *op, int res, uint32_t flags)
 {
 	struct internal_op *iop = keel__internal_done(op);
 	struct keel_shard *s = iop->shard;
+	const char *what = "poll";
 
-	if (res == (int)sizeof(s->sigbuf)) {
-		int sig = (int)s->sigbuf.ssi_signo;
-		if (keel__signal_taken() == 1) {
-			keel_log(KEEL_LOG_INFO, "core",
-				 "%s received: stopping all shards (send it again to exit at once)",
-				 sigabbrev_np(sig) ? sigabbrev_np(sig) : "signal");
-		} else {
-			keel_log(KEEL_LOG_WARN, "core", "second signal: exiting now");
-			_exit(128 + sig);
-		}
-	} else if (res != -ECANCELED && res != -EINTR && res != -EAGAIN) {
-		/* -EINTR: before Linux 6.10 this read of a blocking signalfd runs in io-wq,
-		 * and the cancel at stop interrupts it; reading on keeps the second signal's
-		 * "exit at once" working while the stop is stuck. */
-		keel_log(KEEL_LOG_ERROR, "core",
-			 "signalfd read failed: %s; SIGINT/SIGTERM are no longer read (stop the "
-			 "process with SIGKILL)",
-			 strerror(-res));
+	if (res > 0) {
+		ssize_t n;
+
+		/* -EAGAIN: another shard took it first. */
+		while ((n = read(s->sigfd, &s->sigbuf, sizeof(s->sigbuf))) ==
+		       (ssize_t)sizeof(s->sigbuf))
+			sig_take((int)s->sigbuf.ssi_signo);
+		res = n < 0 && errno != EAGAIN && errno != EINTR ? -errno : 0;
+		what = "read";
+	}
+	if (res < 0 && res != -ECANCELED && res != -EINTR) {
+		keel_log(
+			KEEL_LOG_ERROR, "core",
+			"shard %u: signalfd %s failed: %s; this shard no longer reads SIGINT/SIGTERM "
+			"(the others do; with none left, stop the process with SIGKILL)",
+			s->id, what, strerror(-res));
 		return;
 	}
 	if (s->phase != PHASE_DONE)
-		keel__internal_read(s, iop, s->sigfd, &s->sigbuf, sizeof(s->sigbuf));
+		keel__internal_read(s, iop, s->sigfd, NULL, 0);
 }
 
 void
@@ -94,5 +110,6 @@ keel__signal_arm(struct keel_shard *s)
 {
 	s->sig_op.op.fn = sig_cb;
 	s->sig_op.shard = s;
-	keel__internal_read(s, &s->sig_op, s->sigfd, &s->sigbuf, sizeof(s->sigbuf));
+	s->sig_op.poll = true;
+	keel__internal_read(s, &s->sig_op, s->sigfd, NULL, 0);
 }

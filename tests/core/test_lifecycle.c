@@ -151,9 +151,9 @@ Test(core_lifecycle, second_signal_forces_exit, .timeout = 60)
 	second_sigint_exits(pid, sig_pipe, TEST_WAIT_MS, "exit on the second signal");
 }
 
-/* Two runtimes with signals on in one process: one SIGTERM stops both. Each reads the
- * signals through its own signalfd, and a process-directed signal is read by one of them
- * only: the other ran on, and its join never returned. */
+/* Two runtimes with signals on in one process: one SIGTERM stops both. Each runtime's shards
+ * read the signals through signalfds of their own, and a process-directed signal is read by
+ * one shard only: the other runtime ran on, and its join never returned. */
 static void
 two_rt_start(void *app)
 {
@@ -333,7 +333,7 @@ Test(core_lifecycle, a_runtime_started_after_the_stopping_signal_stops_too, .tim
 	close(sig_pipe[1]);
 }
 
-/* A signal that arrives once shard 0 has left its loop (the stop under way, or done) is
+/* A signal that arrives once the shards have left their loops (the stop under way, or done) is
  * taken at join: the first is the stop already under way, a second exits at once. Before,
  * join restored the caller's mask with it pending and its default action ended the
  * process inside keel_runtime_join. Each case runs in a forked child. */
@@ -382,7 +382,7 @@ late_signal_child(bool first_signal_read)
 		    keel_runtime_start(rt, stop_at_start, first_signal_read ? NULL : rt) < 0)
 			_exit(96);
 		if (first_signal_read)
-			kill(getpid(), SIGTERM); /* read by shard 0: the stop */
+			kill(getpid(), SIGTERM); /* read by a shard: the stop */
 		wait_shard_threads_gone();
 		kill(getpid(), first_signal_read ? SIGINT : SIGTERM);
 		r = keel_runtime_join(rt);
@@ -414,8 +414,8 @@ Test(core_lifecycle, a_second_signal_after_the_loop_ended_exits_at_once, .timeou
 /* A callback on shard 0 that blocks (a deadlock, a slow host call) does not keep the
  * signals from being read: they were read through shard 0's ring alone, so while it blocked
  * the first did not stop the other shards and a second did not exit (a review's runs). Now
- * shard 1 reads them too. The block lasts BLOCK_S; every wait for what the signals do is
- * far shorter. */
+ * shard 1 takes them: every shard polls a signalfd and reads it itself. The block lasts
+ * BLOCK_S; every wait for what the signals do is far shorter. */
 #define BLOCK_S     30
 #define SIG_WAIT_MS 10000
 static int block_pipe[2]; /* the child's shards to the test: r, b, s, e */
