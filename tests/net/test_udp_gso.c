@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <net/if.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -665,7 +666,9 @@ dual_stack_run(int family)
 		wait_fd(fd, POLLIN, TEST_WAIT_MS, 0, "an echo");
 		n = recv(fd, in, sizeof(in), MSG_DONTWAIT);
 		cr_assert_eq(n, 1000, "family %d, datagram %u: %zd bytes", family, i, n);
-		cr_assert_eq(in[0], (uint8_t)i, "family %d: datagram %u out of order", family, i);
+		for (unsigned k = 0; k < 1000; k++)
+			cr_assert_eq(in[k], (uint8_t)i, "family %d: datagram %u, byte %u is %u",
+				     family, i, k, in[k]);
 	}
 	cr_assert_eq(rt_net_stats(rt, 0, &st), 0);
 	cr_assert_gt(st.udp_gso_sends, 0, "family %d: no batch", family);
@@ -680,6 +683,16 @@ dual_stack_run(int family)
 
 Test(net_udp_gso, a_dual_stack_endpoint_batches_to_v4_mapped_and_ipv6_sources)
 {
-	dual_stack_run(AF_INET);
+	FILE *f = fopen("/proc/sys/net/ipv6/bindv6only", "r");
+	int v6only = 0;
+
+	if (f) {
+		if (fscanf(f, "%d", &v6only) != 1)
+			v6only = 0;
+		fclose(f);
+	}
 	dual_stack_run(AF_INET6);
+	if (v6only) /* "::" is then IPv6 only: no v4-mapped source can reach it */
+		cr_skip_test("net.ipv6.bindv6only is 1: the v4-mapped half was not run");
+	dual_stack_run(AF_INET);
 }

@@ -31,7 +31,8 @@
  *     keel's, and no early end when many are ready. The policy and the skip below count in
  *     keel's unit, completions: keel's pass reaps a receive's and a send's per message
  *     where epoll_wait returns one ready descriptor, so each event counts two (EV_UNITS).
- *     So the policy's floor (64 per 10 ms epoch) is met at the same message rate as keel's,
+ *     So the policy's floor (64 per 10 ms epoch) is met at the same message rate as keel's
+ *     where a ready descriptor is one message (pingpong; not a stream's or a UDP batch's),
  *     and a sleep is skipped when the last epoll_wait's events count as many as end keel's
  *     gathering early (KEEL__CO_GATHER, 64: 32 events; keel's own early end also counts
  *     the sends its sleep submits). Until the forty-fourth session each event counted one,
@@ -287,7 +288,8 @@ server_thread(void *arg)
 		uint64_t now = pw.poll_ns ? bench_now_ns() : 0;
 		int ms = bench_poll_wait_ms(&pw, now, -1);
 
-		if (ms && (uint64_t)n * EV_UNITS < KEEL__CO_GATHER && keel__coalesce_on(&co)) {
+		if (ms && (n > 0 ? (uint64_t)n * EV_UNITS : 0) < KEEL__CO_GATHER &&
+		    keel__coalesce_on(&co)) {
 			clock_nanosleep(CLOCK_MONOTONIC, 0, &gts, NULL);
 			t->syscalls++;
 			t->gathered++;
