@@ -15,7 +15,15 @@
  */
 #include <criterion/criterion.h>
 
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer) /* clang before 13 defines no __SANITIZE_ADDRESS__ */
+#define KEEL_TEST_ASAN 1
+#endif
+#endif
 #if defined(__SANITIZE_ADDRESS__)
+#define KEEL_TEST_ASAN 1
+#endif
+#ifdef KEEL_TEST_ASAN
 #include <sanitizer/lsan_interface.h>
 #endif
 
@@ -28,7 +36,7 @@ main(int argc, char *argv[])
 	struct criterion_test_set *tests = criterion_initialize();
 	int result = 0;
 
-#if defined(__SANITIZE_ADDRESS__)
+#ifdef KEEL_TEST_ASAN
 	__lsan_disable();
 #endif
 	if (criterion_handle_args(argc, argv, true))
