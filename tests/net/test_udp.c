@@ -1325,15 +1325,8 @@ nosend_fn(struct keel_xreq *req)
 		{ "::ffff:127.0.0.1", 100, NOSEND_MAPPED, 0 },
 	};
 	int status = 0;
+	bool v6only = net_bindv6only();
 
-	FILE *f = fopen("/proc/sys/net/ipv6/bindv6only", "r");
-	int v6only = 0;
-
-	if (f) {
-		if (fscanf(f, "%d", &v6only) != 1)
-			v6only = 0;
-		fclose(f);
-	}
 	for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]) && !status; i++) {
 		struct keel_udp *u;
 		int r;

@@ -683,16 +683,8 @@ dual_stack_run(int family)
 
 Test(net_udp_gso, a_dual_stack_endpoint_batches_to_v4_mapped_and_ipv6_sources)
 {
-	FILE *f = fopen("/proc/sys/net/ipv6/bindv6only", "r");
-	int v6only = 0;
-
-	if (f) {
-		if (fscanf(f, "%d", &v6only) != 1)
-			v6only = 0;
-		fclose(f);
-	}
 	dual_stack_run(AF_INET6);
-	if (v6only) /* "::" is then IPv6 only: no v4-mapped source can reach it */
+	if (net_bindv6only()) /* "::" is then IPv6 only: no v4-mapped source can reach it */
 		cr_skip_test("net.ipv6.bindv6only is 1: the v4-mapped half was not run");
 	dual_stack_run(AF_INET);
 }

@@ -167,6 +167,20 @@ rt_run_on(struct keel_runtime *rt, unsigned shard, keel_xreq_fn fn, void *arg)
 	return r;
 }
 
+bool
+net_bindv6only(void)
+{
+	FILE *f = fopen("/proc/sys/net/ipv6/bindv6only", "r");
+	int v = 0;
+
+	if (f) {
+		if (fscanf(f, "%d", &v) != 1)
+			v = 0;
+		fclose(f);
+	}
+	return v == 1;
+}
+
 int
 rt_net_stats(struct keel_runtime *rt, unsigned shard, struct keel_net_stats *out)
 {
