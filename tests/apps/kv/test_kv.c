@@ -2344,18 +2344,20 @@ Test(kv_server, aof_always_every_acknowledged_write_survives_kill9)
 	rm_dir(dir);
 }
 
-/* A record cut short at the end of a file (a crash mid-write) is dropped with a log line
- * naming the file, the offset and the bytes; everything before it is there. */
-Test(kv_server, aof_torn_tail_truncated_with_log_line)
+/* The start of a record cut short: SET torn with 3 of its 10 value bytes. */
+static const char torn[] = "*3\r\n$3\r\nSET\r\n$4\r\ntorn\r\n$10\r\nabc";
+
+/* A new directory into @dir whose appendonly-0.aof (its path into @path) holds SET a 1 and
+ * SET b 2 from one shard's run, then @torn; returns the size of the valid records. */
+static long
+torn_tail_file(char *dir, size_t dlen, char *path, size_t plen)
 {
-	static const char torn[] = "*3\r\n$3\r\nSET\r\n$4\r\ntorn\r\n$10\r\nabc";
-	char dir[64], path[512], want[1024];
 	struct srv s;
 	struct rd r;
 	long size;
 	FILE *f;
 
-	mk_dir(dir, sizeof(dir));
+	mk_dir(dir, dlen);
 	srv_start(&s, 1, "--appendonly", "yes", "--dir", dir, NULL);
 	rd_init(&r, test_connect(s.port));
 	expect(&r, "SET a 1", "+OK\r\n");
@@ -2364,11 +2366,24 @@ Test(kv_server, aof_torn_tail_truncated_with_log_line)
 	srv_stop(&s);
 	size = file_size(dir, 0);
 	cr_assert_gt(size, 0);
-	snprintf(path, sizeof(path), "%s/appendonly-0.aof", dir);
+	snprintf(path, plen, "%s/appendonly-0.aof", dir);
 	f = fopen(path, "a");
 	cr_assert(f);
-	fwrite(torn, 1, sizeof(torn) - 1, f);
-	fclose(f);
+	cr_assert_eq(fwrite(torn, 1, sizeof(torn) - 1, f), sizeof(torn) - 1);
+	cr_assert_eq(fclose(f), 0);
+	cr_assert_eq(file_size(dir, 0), size + (long)sizeof(torn) - 1);
+	return size;
+}
+
+/* A record cut short at the end of a file (a crash mid-write) is dropped with a log line
+ * naming the file, the offset and the bytes; everything before it is there. */
+Test(kv_server, aof_torn_tail_truncated_with_log_line)
+{
+	char dir[64], path[512], want[1024];
+	long size = torn_tail_file(dir, sizeof(dir), path, sizeof(path));
+	struct srv s;
+	struct rd r;
+
 	srv_start(&s, 2, "--appendonly", "yes", "--dir", dir, NULL);
 	snprintf(want, sizeof(want),
 		 "%s: torn record at offset %ld: truncating the file there, %zu "
@@ -3260,29 +3275,12 @@ get_file(const char *dir, const char *name, char *buf, size_t cap)
  * met it again. */
 Test(kv_server, aof_torn_tail_cut_even_when_the_start_then_fails)
 {
-	static const char torn[] = "*3\r\n$3\r\nSET\r\n$4\r\ntorn\r\n$10\r\nabc";
 	char dir[64], path[512], newf[512], want[1024], err[8192];
+	long size = torn_tail_file(dir, sizeof(dir), path, sizeof(path));
 	struct srv s;
 	struct rd r;
-	long size;
-	FILE *f;
 	int st;
 
-	mk_dir(dir, sizeof(dir));
-	srv_start(&s, 1, "--appendonly", "yes", "--dir", dir, NULL);
-	rd_init(&r, test_connect(s.port));
-	expect(&r, "SET a 1", "+OK\r\n");
-	expect(&r, "SET b 2", "+OK\r\n");
-	rd_free(&r);
-	srv_stop(&s);
-	size = file_size(dir, 0);
-	cr_assert_gt(size, 0);
-	snprintf(path, sizeof(path), "%s/appendonly-0.aof", dir);
-	f = fopen(path, "a");
-	cr_assert(f);
-	fwrite(torn, 1, sizeof(torn) - 1, f);
-	fclose(f);
-	cr_assert_eq(file_size(dir, 0), size + (long)sizeof(torn) - 1);
 	snprintf(newf, sizeof(newf), "%s/appendonly-0.aof.new", dir);
 	cr_assert_eq(mkdir(newf, 0755), 0);
 	st = srv_refuses(err, sizeof(err), dir, NULL);
