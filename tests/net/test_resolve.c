@@ -212,6 +212,22 @@ scope_sink(enum keel_log_level level, const char *module, int shard, const char 
 		snprintf(scope_log, sizeof(scope_log), "%s", msg);
 }
 
+/* keel_net_addr_parse(@addr, 80) is refused with -EINVAL; its first error line is left in
+ * scope_log. */
+static void
+parse_refused(const char *addr)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	int r;
+
+	scope_log[0] = 0;
+	keel_log_set_sink(scope_sink, NULL);
+	r = keel_net_addr_parse(addr, 80, &ss, &len);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq(r, -EINVAL, "keel_net_addr_parse(\"%s\"): %d", addr, r);
+}
+
 static void
 assert_scoped(const struct sockaddr_storage *ss, socklen_t len, uint32_t scope, uint16_t port)
 {
@@ -248,37 +264,21 @@ Test(net_resolve, scoped_ipv6_literals_carry_their_interface)
 	cr_assert_eq(((struct sockaddr_in6 *)&ss)->sin6_scope_id, 0u);
 
 	/* An interface that does not exist: refused, naming it; a resolve too (no DNS). */
-	scope_log[0] = 0;
-	keel_log_set_sink(scope_sink, NULL);
-	r = keel_net_addr_parse("fe80::1%nosuchif0", 80, &ss, &len);
-	keel_log_set_sink(NULL, NULL);
-	cr_assert_eq(r, -EINVAL);
+	parse_refused("fe80::1%nosuchif0");
 	cr_assert(strstr(scope_log, "'nosuchif0'") && strstr(scope_log, "interface"), "log: '%s'",
 		  scope_log);
 	cr_assert_eq(keel_net_resolve("fe80::1%nosuchif0", 80, AF_UNSPEC, &ss, &len), -EINVAL);
 	/* A scope on an address that needs none: refused as such, not blaming lo. */
-	scope_log[0] = 0;
-	keel_log_set_sink(scope_sink, NULL);
-	r = keel_net_addr_parse("::1%lo", 80, &ss, &len);
-	keel_log_set_sink(NULL, NULL);
-	cr_assert_eq(r, -EINVAL);
+	parse_refused("::1%lo");
 	cr_assert(strstr(scope_log, "link-local") && !strstr(scope_log, "no network interface"),
 		  "log: '%s'", scope_log);
 	/* A numeric scope is held to the same rules (glibc takes any number on any address):
 	 * an index no interface has, and one on an address that needs none. */
 	cr_assert(!if_indextoname(99999, (char[IF_NAMESIZE]){ 0 }), "an interface 99999 exists");
-	scope_log[0] = 0;
-	keel_log_set_sink(scope_sink, NULL);
-	r = keel_net_addr_parse("fe80::1%99999", 80, &ss, &len);
-	keel_log_set_sink(NULL, NULL);
-	cr_assert_eq(r, -EINVAL);
+	parse_refused("fe80::1%99999");
 	cr_assert(strstr(scope_log, "'99999'") && strstr(scope_log, "interface"), "log: '%s'",
 		  scope_log);
-	scope_log[0] = 0;
-	keel_log_set_sink(scope_sink, NULL);
-	r = keel_net_addr_parse("2001:db8::1%1", 80, &ss, &len);
-	keel_log_set_sink(NULL, NULL);
-	cr_assert_eq(r, -EINVAL);
+	parse_refused("2001:db8::1%1");
 	cr_assert(strstr(scope_log, "link-local"), "log: '%s'", scope_log);
 	/* The scope only follows an IPv6 literal, and names something. */
 	cr_assert_eq(keel_net_addr_parse("fe80::1%", 80, &ss, &len), -EINVAL);
