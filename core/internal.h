@@ -458,15 +458,15 @@ void keel__foreign_close(struct keel_shard *s);
 void keel__foreign_arm(struct keel_shard *s);
 
 /* signal.c */
-/* Arm the read of the runtime's signalfd (shard 0). */
+/* Arm the poll of @s's signalfd (opts.signals: every shard). */
 void keel__signal_arm(struct keel_shard *s);
+/* SIGINT/SIGTERM @sig was taken (by a shard, or by join once the loops ended: @late): the
+ * process's first stops every listed runtime (logged at INFO), a second exits at once. */
+void keel__signal_got(int sig, bool late);
 /* The process's runtimes with opts.signals: a SIGINT/SIGTERM any of them reads stops them
  * all (one signalfd read takes a process-directed signal from every other). */
 void keel__signal_list(struct keel_runtime *rt);
 void keel__signal_unlist(struct keel_runtime *rt);
-/* A SIGINT/SIGTERM taken: the count of them since the list was last empty (the first stops
- * every listed runtime). */
-unsigned keel__signal_taken(void);
 
 /* bufreg.c: see bufreg.h */
 struct keel__bufreg;

@@ -881,15 +881,8 @@ take_late_signals(struct keel_runtime *rt)
 	sigemptyset(&set);
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGTERM);
-	while ((sig = sigtimedwait(&set, NULL, &now)) > 0) {
-		if (keel__signal_taken() == 1) {
-			keel_log(KEEL_LOG_INFO, "core", "%s received as the runtime stopped",
-				 sigabbrev_np(sig) ? sigabbrev_np(sig) : "signal");
-			continue;
-		}
-		keel_log(KEEL_LOG_WARN, "core", "second signal: exiting now");
-		_exit(128 + sig);
-	}
+	while ((sig = sigtimedwait(&set, NULL, &now)) > 0)
+		keel__signal_got(sig, true);
 }
 
 /* What join returns: start's error when it failed, else the stop status. */

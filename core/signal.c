@@ -49,8 +49,10 @@ keel__signal_unlist(struct keel_runtime *rt)
 	pthread_mutex_unlock(&sig_lock);
 }
 
-unsigned
-keel__signal_taken(void)
+/* A SIGINT/SIGTERM taken: the count of them since the list was last empty (the first stops
+ * every listed runtime). */
+static unsigned
+signal_taken(void)
 {
 	unsigned n;
 
@@ -63,17 +65,22 @@ keel__signal_taken(void)
 	return n;
 }
 
-static void
-sig_take(int sig)
+void
+keel__signal_got(int sig, bool late)
 {
-	if (keel__signal_taken() == 1) {
-		keel_log(KEEL_LOG_INFO, "core",
-			 "%s received: stopping all shards (send it again to exit at once)",
-			 sigabbrev_np(sig) ? sigabbrev_np(sig) : "signal");
-	} else {
-		keel_log(KEEL_LOG_WARN, "core", "second signal: exiting now");
-		_exit(128 + sig);
+	const char *name = sigabbrev_np(sig) ? sigabbrev_np(sig) : "signal";
+
+	if (signal_taken() == 1) {
+		if (late)
+			keel_log(KEEL_LOG_INFO, "core", "%s received as the runtime stopped", name);
+		else
+			keel_log(KEEL_LOG_INFO, "core",
+				 "%s received: stopping all shards (send it again to exit at once)",
+				 name);
+		return;
 	}
+	keel_log(KEEL_LOG_WARN, "core", "second signal: exiting now");
+	_exit(128 + sig);
 }
 
 static void
@@ -89,7 +96,7 @@ sig_cb(struct keel_op *op, int res, uint32_t flags)
 		/* -EAGAIN: another shard took it first. */
 		while ((n = read(s->sigfd, &s->sigbuf, sizeof(s->sigbuf))) ==
 		       (ssize_t)sizeof(s->sigbuf))
-			sig_take((int)s->sigbuf.ssi_signo);
+			keel__signal_got((int)s->sigbuf.ssi_signo, false);
 		res = n < 0 && errno != EAGAIN && errno != EINTR ? -errno : 0;
 		what = "read";
 	}
