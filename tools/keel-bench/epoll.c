@@ -276,7 +276,8 @@ server_thread(void *arg)
 	struct timespec gts = { .tv_sec = (time_t)(gather / 1000000000u),
 				.tv_nsec = (long)(gather % 1000000000u) };
 	struct keel__coalesce co;
-	int n = 0;
+	uint64_t units = 0; /* the last epoll_wait's events in keel's unit (EV_UNITS) */
+	int n;
 
 	keel__coalesce_init(&co, gather, t->srv->gather_fixed, bench_now_ns());
 	/* A gathering sleep as exact as io_uring's minimum wait: no timer slack (50 us by
@@ -288,20 +289,19 @@ server_thread(void *arg)
 		uint64_t now = pw.poll_ns ? bench_now_ns() : 0;
 		int ms = bench_poll_wait_ms(&pw, now, -1);
 
-		if (ms && (n > 0 ? (uint64_t)n * EV_UNITS : 0) < KEEL__CO_GATHER &&
-		    keel__coalesce_on(&co)) {
+		if (ms && units < KEEL__CO_GATHER && keel__coalesce_on(&co)) {
 			clock_nanosleep(CLOCK_MONOTONIC, 0, &gts, NULL);
 			t->syscalls++;
 			t->gathered++;
 		}
 		n = epoll_wait(t->epfd, ev, MAXEV, ms);
 		t->syscalls++;
+		units = n > 0 ? (uint64_t)n * EV_UNITS : 0;
 		if (ms)
 			keel__coalesce_slept(&co);
 		/* The same counts keel's loop gives the policy: a pass's arrivals. */
 		if (gather)
-			keel__coalesce_pass(&co, bench_now_ns(),
-					    n > 0 ? (uint64_t)n * EV_UNITS : 0);
+			keel__coalesce_pass(&co, bench_now_ns(), units);
 		bench_poll_waited(&pw, now, n);
 		if (n <= 0)
 			continue;
