@@ -1790,13 +1790,7 @@ Test(net_conn, paused_connections_do_not_take_every_receive_buffer)
 	SHARD_CHECKS_PASSED();
 }
 
-/* The stream both watermark tests write: byte @i. */
-static uint8_t
-wm_pat(uint64_t i)
-{
-	return (uint8_t)(i * 29 + i / 1021 + 3);
-}
-
+/* The stream both watermark tests write (wmx_fill). */
 static uint8_t wm_buf[1u << 20];
 static _Atomic int wmx_opened, wmx_writables, wmx_closes;
 static _Atomic uint64_t wmx_received;
@@ -1805,7 +1799,7 @@ static void
 wmx_fill(void)
 {
 	for (size_t i = 0; i < sizeof(wm_buf); i++)
-		wm_buf[i] = wm_pat(i);
+		wm_buf[i] = (uint8_t)(i * 29 + i / 1021 + 3);
 }
 
 static void

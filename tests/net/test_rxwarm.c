@@ -246,20 +246,41 @@ Test(net_rxwarm, buf_more_says_whether_a_partly_filled_buffer_is_the_kernels)
 
 /* ---- the window's bounds, on private rings fed by hand (the kernel writes nothing) ---- */
 
+/* A private ring of 8 buffers of 4 KiB into @r, window @window, wmax @wmax; false (the
+ * runtime stopping) when it could not be made. */
+static bool
+window_ring(struct pbuf_ring *r, unsigned window, unsigned wmax)
+{
+	struct net_shard *ns;
+
+	if (!SHARD_CHECK_EQ(keel__net_shard_get(&ns), 0) ||
+	    !SHARD_CHECK_EQ(keel__pbuf_init_window(ns, r, 7, 8, 4096, false, window, wmax), 0)) {
+		keel_stop(-EIO);
+		return false;
+	}
+	return true;
+}
+
+/* Runs @fn on one shard, which stops the runtime; every shard check must pass. */
+static void
+run_window_case(keel_shard_fn fn)
+{
+	struct keel_opts o = net_test_opts(1);
+
+	cr_assert_eq(keel_run(&o, fn, NULL), 0);
+	SHARD_CHECKS_PASSED();
+}
+
 /* Growing doubles the window but never past wmax (the bulk ring's bulk_window): 4 doubled
  * is 8, clamped to 6, and a second grow leaves it at 6. */
 static void
 gc_start(void *arg)
 {
-	struct net_shard *ns;
 	struct pbuf_ring r;
 
 	(void)arg;
-	if (!SHARD_CHECK_EQ(keel__net_shard_get(&ns), 0) ||
-	    !SHARD_CHECK_EQ(keel__pbuf_init_window(ns, &r, 7, 8, 4096, false, 4, 6), 0)) {
-		keel_stop(-EIO);
+	if (!window_ring(&r, 4, 6))
 		return;
-	}
 	SHARD_CHECK(r.window == 4 && r.wmax == 6 && r.inring == 4,
 		    "the ring starts with window %u, wmax %u, %u in the ring (want 4, 6, 4)",
 		    r.window, r.wmax, r.inring);
@@ -275,10 +296,7 @@ gc_start(void *arg)
 
 Test(net_rxwarm, growing_the_window_stops_at_wmax)
 {
-	struct keel_opts o = net_test_opts(1);
-
-	cr_assert_eq(keel_run(&o, gc_start, NULL), 0);
-	SHARD_CHECKS_PASSED();
+	run_window_case(gc_start);
 }
 
 /* A buffer put back goes to the ring only while it holds fewer than the window, else to the
@@ -287,17 +305,13 @@ Test(net_rxwarm, growing_the_window_stops_at_wmax)
 static void
 gb_start(void *arg)
 {
-	struct net_shard *ns;
 	struct pbuf_ring r;
 	struct keel_slice s[8];
 	int n;
 
 	(void)arg;
-	if (!SHARD_CHECK_EQ(keel__net_shard_get(&ns), 0) ||
-	    !SHARD_CHECK_EQ(keel__pbuf_init_window(ns, &r, 7, 8, 4096, false, 4, 0), 0)) {
-		keel_stop(-EIO);
+	if (!window_ring(&r, 4, 0))
 		return;
-	}
 	SHARD_CHECK(r.window == 4 && r.inring == 4 && r.nspare == 4,
 		    "the ring starts with window %u, %u in the ring, %u spares (want 4, 4, 4)",
 		    r.window, r.inring, r.nspare);
@@ -321,8 +335,5 @@ gb_start(void *arg)
 
 Test(net_rxwarm, a_buffer_put_back_to_a_full_window_becomes_a_spare)
 {
-	struct keel_opts o = net_test_opts(1);
-
-	cr_assert_eq(keel_run(&o, gb_start, NULL), 0);
-	SHARD_CHECKS_PASSED();
+	run_window_case(gb_start);
 }
