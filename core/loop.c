@@ -256,9 +256,9 @@ keel__internal_read(struct keel_shard *s, struct internal_op *iop, int fd, void 
 	if (!sqe) {
 		if (!iop->retry)
 			keel_log(KEEL_LOG_WARN, "core",
-				 "shard %u: no SQE to arm keel's own read of fd %d; retrying every "
+				 "shard %u: no SQE to arm keel's own %s of fd %d; retrying every "
 				 "pass",
-				 s->id, fd);
+				 s->id, iop->poll ? "poll" : "read", fd);
 		iop->retry = true;
 		s->internal_retry = true;
 		return;

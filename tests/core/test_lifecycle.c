@@ -102,10 +102,10 @@ sig_child_start(void *app)
 	}
 }
 
-/* A pipe into @fds and a forked child that runs 2 shards with signals on, @start on each;
- * the child exits 0 when keel_run returns 0, else 1. */
+/* A pipe into @fds and a forked child that runs @shards shards with signals on, @start on
+ * each; the child exits 0 when keel_run returns 0, else 1. */
 static pid_t
-fork_signal_child(int fds[2], keel_shard_fn start)
+fork_signal_child(int fds[2], keel_shard_fn start, unsigned shards)
 {
 	pid_t pid;
 
@@ -113,7 +113,7 @@ fork_signal_child(int fds[2], keel_shard_fn start)
 	pid = fork();
 	cr_assert_geq(pid, 0);
 	if (pid == 0) {
-		struct keel_opts o = test_opts(2);
+		struct keel_opts o = test_opts(shards);
 		o.signals = true;
 		keel_log_set_level(KEEL_LOG_ERROR);
 		_exit(keel_run(&o, start, NULL) == 0 ? 0 : 1);
@@ -138,7 +138,7 @@ second_sigint_exits(pid_t pid, int fds[2], int ms, const char *what)
 
 Test(core_lifecycle, second_signal_forces_exit, .timeout = 60)
 {
-	pid_t pid = fork_signal_child(sig_pipe, sig_child_start);
+	pid_t pid = fork_signal_child(sig_pipe, sig_child_start, 2);
 	char c;
 
 	wait_fd(sig_pipe[0], POLLIN, TEST_WAIT_MS, pid, "the child's runtime to start");
@@ -149,6 +149,54 @@ Test(core_lifecycle, second_signal_forces_exit, .timeout = 60)
 	cr_assert_eq(read(sig_pipe[0], &c, 1), 1);
 	cr_assert_eq(c, 's', "the first signal did not begin the stop");
 	second_sigint_exits(pid, sig_pipe, TEST_WAIT_MS, "exit on the second signal");
+}
+
+/* core/internal.h: while non-zero, each arming of keel's own read or poll finds no SQE. */
+extern _Atomic unsigned keel__fault_internal_nosqe;
+
+/* A shard whose signal poll finds no SQE when the first signal re-arms it arms it again
+ * later: the second signal still exits at once. One shard, so no other shard's poll can
+ * read it instead. The child says r (started), s (stopping; the failed re-arm happened). */
+static void
+rearm_stopping(void *arg)
+{
+	char c = 's';
+
+	(void)arg;
+	keel_defer(never_quiescent, NULL);
+	/* The signal's completion re-armed the poll (and used the fault) before the stop hooks
+	 * ran; another internal read using it would leave it unproven. */
+	if (atomic_load(&keel__fault_internal_nosqe) != 0 || write(sig_pipe[1], &c, 1) != 1)
+		_exit(99);
+}
+
+static void
+rearm_start(void *app)
+{
+	char c = 'r';
+
+	(void)app;
+	keel_shard_on_stop(rearm_stopping, NULL);
+	atomic_store(&keel__fault_internal_nosqe, 1); /* the next arming of a read of keel's */
+	if (write(sig_pipe[1], &c, 1) != 1)
+		_exit(99);
+}
+
+Test(core_lifecycle, a_signal_poll_rearmed_without_an_sqe_still_takes_the_second_signal,
+     .timeout = 60)
+{
+	pid_t pid = fork_signal_child(sig_pipe, rearm_start, 1);
+	char c;
+
+	wait_fd(sig_pipe[0], POLLIN, TEST_WAIT_MS, pid, "the child's runtime to start");
+	cr_assert_eq(read(sig_pipe[0], &c, 1), 1);
+	cr_assert_eq(c, 'r');
+	kill(pid, SIGINT);
+	wait_fd(sig_pipe[0], POLLIN, TEST_WAIT_MS, pid, "the stop hook after SIGINT");
+	cr_assert_eq(read(sig_pipe[0], &c, 1), 1);
+	cr_assert_eq(c, 's', "the first signal did not begin the stop");
+	second_sigint_exits(pid, sig_pipe, TEST_WAIT_MS,
+			    "the exit on the second signal, its poll re-armed late");
 }
 
 /* Two runtimes with signals on in one process: one SIGTERM stops both. Each runtime's shards
@@ -467,7 +515,7 @@ block_start(void *app)
 static pid_t
 blocked_child(void)
 {
-	pid_t pid = fork_signal_child(block_pipe, block_start);
+	pid_t pid = fork_signal_child(block_pipe, block_start, 2);
 	bool r = false, b = false;
 
 	while (!r || !b) {
