@@ -1392,11 +1392,16 @@ issue_write(struct aof *a)
 		r = keel_file_write(&a->req, &a->f, a->heap + a->wdone, n, off, on_written, a);
 	}
 	if (r < 0) {
+		/* Said once while the retries (the tick's, every second) fail alike. */
+		if (a->st != A_FAILED || a->err != r)
+			keel_log(
+				KEEL_LOG_ERROR, "kv",
+				"shard %u: appendonly write refused: %s; tried again every second, "
+				"write commands are refused (-MISCONF) until it succeeds",
+				a->id, strerror(-r));
 		a->err = r;
 		a->st = A_FAILED; /* retried by the tick */
 		publish(a);
-		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: appendonly write: %s", a->id,
-			 strerror(-r));
 		answer_waiters(a, r);
 		return;
 	}
