@@ -156,6 +156,7 @@ struct bench_server_stats {
 	 * sendmsg() calls), and the buffers the sends offered (keel: iovecs after merging;
 	 * epoll: 1 or 2 per sendmsg). */
 	uint64_t recvs, sends, send_iovs;
+	bool io_udp_too; /* keel: recvs and sends count UDP's too */
 	/* Sends that took less than was offered: keel's short completions; epoll's sendmsg()
 	 * calls that took part or, with EAGAIN, none (keel's wait in the kernel instead). */
 	uint64_t short_sends;

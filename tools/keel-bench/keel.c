@@ -347,7 +347,9 @@ serve_start(const struct bench_cfg *cfg, uint16_t *port, struct bench_server **o
 static int
 serve_stop(struct bench_server *s, struct bench_server_stats *out)
 {
-	struct bench_server_stats st = { .syscalls_what = "io_uring_enter", .zcrx_state = "none" };
+	struct bench_server_stats st = { .syscalls_what = "io_uring_enter",
+					 .zcrx_state = "none",
+					 .io_udp_too = true };
 	int r;
 
 	keel_runtime_stop(s->rt, 0);

@@ -1221,14 +1221,19 @@ run_serve(struct opts *o)
 		       (unsigned long long)ss.dgrams_in, (unsigned long long)ss.dgrams_out,
 		       (unsigned long long)ss.sleeps, (unsigned long long)ss.polls,
 		       (unsigned long long)ss.gathered);
-		printf("TCP: %llu receives (%.0f B each), %llu sends (%.0f B and %.2f buffers "
-		       "each, %llu short)\n",
-		       (unsigned long long)ss.recvs,
-		       ss.recvs ? (double)ss.bytes_in / ss.recvs : 0.0,
-		       (unsigned long long)ss.sends,
-		       ss.sends ? (double)ss.bytes_out / ss.sends : 0.0,
-		       ss.sends ? (double)ss.send_iovs / ss.sends : 0.0,
-		       (unsigned long long)ss.short_sends);
+		if (ss.io_udp_too && (ss.dgrams_in || ss.dgrams_out)) /* no TCP-only figures */
+			printf("TCP and UDP: %llu receive completions, %llu sends (%llu short)\n",
+			       (unsigned long long)ss.recvs, (unsigned long long)ss.sends,
+			       (unsigned long long)ss.short_sends);
+		else
+			printf("TCP: %llu receives (%.0f B each), %llu sends (%.0f B and %.2f "
+			       "buffers each, %llu short)\n",
+			       (unsigned long long)ss.recvs,
+			       ss.recvs ? (double)ss.bytes_in / ss.recvs : 0.0,
+			       (unsigned long long)ss.sends,
+			       ss.sends ? (double)ss.bytes_out / ss.sends : 0.0,
+			       ss.sends ? (double)ss.send_iovs / ss.sends : 0.0,
+			       (unsigned long long)ss.short_sends);
 		if (ss.zcrx_state) { /* keel */
 			printf("keel receives: %llu without a buffer, %llu multishot re-arms, %llu "
 			       "pauses at the high watermark\n",
