@@ -136,19 +136,28 @@ second_sigint_exits(pid_t pid, int fds[2], int ms, const char *what)
 	close(fds[1]);
 }
 
-Test(core_lifecycle, second_signal_forces_exit, .timeout = 60)
+/* A child of @shards shards running @start, which writes r to sig_pipe once started and s
+ * from its stop hook: @first must begin the stop, and a SIGINT after it end the child at
+ * once (@what: that exit, for the message). */
+static void
+stop_then_exit(keel_shard_fn start, unsigned shards, int first, const char *what)
 {
-	pid_t pid = fork_signal_child(sig_pipe, sig_child_start, 2);
+	pid_t pid = fork_signal_child(sig_pipe, start, shards);
 	char c;
 
 	wait_fd(sig_pipe[0], POLLIN, TEST_WAIT_MS, pid, "the child's runtime to start");
 	cr_assert_eq(read(sig_pipe[0], &c, 1), 1);
 	cr_assert_eq(c, 'r');
-	kill(pid, SIGTERM);
-	wait_fd(sig_pipe[0], POLLIN, TEST_WAIT_MS, pid, "the stop hook after SIGTERM");
+	kill(pid, first);
+	wait_fd(sig_pipe[0], POLLIN, TEST_WAIT_MS, pid, "the stop hook after the first signal");
 	cr_assert_eq(read(sig_pipe[0], &c, 1), 1);
 	cr_assert_eq(c, 's', "the first signal did not begin the stop");
-	second_sigint_exits(pid, sig_pipe, TEST_WAIT_MS, "exit on the second signal");
+	second_sigint_exits(pid, sig_pipe, TEST_WAIT_MS, what);
+}
+
+Test(core_lifecycle, second_signal_forces_exit, .timeout = 60)
+{
+	stop_then_exit(sig_child_start, 2, SIGTERM, "exit on the second signal");
 }
 
 /* core/internal.h: while non-zero, each arming of keel's own read or poll finds no SQE. */
@@ -185,18 +194,8 @@ rearm_start(void *app)
 Test(core_lifecycle, a_signal_poll_rearmed_without_an_sqe_still_takes_the_second_signal,
      .timeout = 60)
 {
-	pid_t pid = fork_signal_child(sig_pipe, rearm_start, 1);
-	char c;
-
-	wait_fd(sig_pipe[0], POLLIN, TEST_WAIT_MS, pid, "the child's runtime to start");
-	cr_assert_eq(read(sig_pipe[0], &c, 1), 1);
-	cr_assert_eq(c, 'r');
-	kill(pid, SIGINT);
-	wait_fd(sig_pipe[0], POLLIN, TEST_WAIT_MS, pid, "the stop hook after SIGINT");
-	cr_assert_eq(read(sig_pipe[0], &c, 1), 1);
-	cr_assert_eq(c, 's', "the first signal did not begin the stop");
-	second_sigint_exits(pid, sig_pipe, TEST_WAIT_MS,
-			    "the exit on the second signal, its poll re-armed late");
+	stop_then_exit(rearm_start, 1, SIGINT,
+		       "the exit on the second signal, its poll re-armed late");
 }
 
 /* Two runtimes with signals on in one process: one SIGTERM stops both. Each runtime's shards
