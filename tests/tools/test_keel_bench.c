@@ -693,6 +693,7 @@ serve_spawn(const char *backend, pid_t *pid, FILE **f)
 /* What a serve process counted, from its end report. */
 struct served {
 	double bytes_in, bytes_out, dgrams_in, dgrams_out, sleeps, polls;
+	double udp_recv_calls, udp_send_calls; /* the UDP line's, after datagrams */
 };
 
 /* Stop a serve process: it must report bytes served, no error, and exit 0. */
@@ -715,6 +716,19 @@ serve_end(pid_t pid, FILE *f)
 			    &sv.polls),
 		     6, "%s", line2);
 	cr_assert_gt(sv.bytes_in + sv.dgrams_in, 0, "the server saw nothing:\n%s%s", line, line2);
+	sv.udp_recv_calls = sv.udp_send_calls = 0;
+	if (sv.dgrams_in > 0) { /* the UDP line comes next, with the same datagram counts */
+		double in, out;
+
+		cr_assert_not_null(fgets(line, sizeof(line), f), "serve printed no UDP line");
+		cr_assert_eq(
+			sscanf(line,
+			       "UDP: %lf datagrams in %lf receive calls (%*s each), %lf out in "
+			       "%lf sends",
+			       &in, &sv.udp_recv_calls, &out, &sv.udp_send_calls),
+			4, "%s", line);
+		cr_assert(in == sv.dgrams_in && out == sv.dgrams_out, "%s%s", line2, line);
+	}
 	fclose(f);
 	cr_assert_eq(waitpid(pid, &st, 0), pid);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "serve status %d", st);
@@ -841,12 +855,15 @@ Test(tools_bench, udp_echoes_datagrams_on_the_keel_server)
 	udp_in_process("keel");
 }
 
-Test(tools_bench, udp_client_against_a_keel_serve_process)
+/* ... and its report's UDP line: datagrams per receive call and per send, each at least
+ * one (keel: a completion per datagram). */
+static void
+udp_against_serve(const char *backend)
 {
 	char args[256], *out;
 	pid_t pid;
 	FILE *f;
-	unsigned port = serve_spawn("keel", &pid, &f);
+	unsigned port = serve_spawn(backend, &pid, &f);
 	struct served sv;
 
 	memset(&retried, 0, sizeof(retried));
@@ -858,7 +875,24 @@ Test(tools_bench, udp_client_against_a_keel_serve_process)
 	cpu_check(out, 1);
 	sv = serve_end(pid, f);
 	udp_check(out, sv.dgrams_in, sv.dgrams_out, 8, retried.tx);
+	cr_assert(sv.udp_recv_calls >= 1 && sv.udp_recv_calls <= sv.dgrams_in,
+		  "%s: %.0f receive calls for %.0f datagrams", backend, sv.udp_recv_calls,
+		  sv.dgrams_in);
+	cr_assert(sv.udp_send_calls >= 1 && sv.udp_send_calls <= sv.dgrams_out,
+		  "%s: %.0f sends for %.0f datagrams", backend, sv.udp_send_calls, sv.dgrams_out);
+	if (!strcmp(backend, "keel"))
+		cr_assert_eq(sv.udp_recv_calls, sv.dgrams_in, "a completion per datagram");
 	free(out);
+}
+
+Test(tools_bench, udp_client_against_a_keel_serve_process)
+{
+	udp_against_serve("keel");
+}
+
+Test(tools_bench, udp_client_against_an_epoll_serve_process)
+{
+	udp_against_serve("epoll");
 }
 
 /* ---- polling policies ---- */

@@ -157,6 +157,12 @@ struct bench_server_stats {
 	 * epoll: 1 or 2 per sendmsg). */
 	uint64_t recvs, sends, send_iovs;
 	bool io_udp_too; /* keel: recvs and sends count UDP's too */
+	/* UDP: the receive calls that took datagrams and the send calls that sent some, for the
+	 * datagrams per call (epoll: recvmmsg, and sendmsg with --udp-gso or sendmmsg; keel: a
+	 * receive completion per datagram, and its UDP sendmsgs: each UDP_SEGMENT batch once,
+	 * each datagram sent alone once, from keel_net_stats; a batch the kernel refused, sent
+	 * again one by one, counts once). */
+	uint64_t udp_recv_calls, udp_send_calls;
 	/* Sends that took less than was offered: keel's short completions; epoll's sendmsg()
 	 * calls that took part or, with EAGAIN, none (keel's wait in the kernel instead). */
 	uint64_t short_sends;
@@ -229,6 +235,9 @@ int bench_udp_socket(const struct sockaddr_in *addr, uint16_t port);
  * out of memory. */
 struct bench_udp_batch *bench_udp_batch_new(bool gso);
 void bench_udp_batch_free(struct bench_udp_batch *b);
+/* Add @b's receive calls that took datagrams to @rx and its send calls that sent some to
+ * @tx (@b may be NULL). */
+void bench_udp_batch_calls(const struct bench_udp_batch *b, uint64_t *rx, uint64_t *tx);
 /* Echo what @fd holds, recvmmsg/sendmmsg in batches, until it is drained. A datagram the
  * socket does not take (EAGAIN, ENOBUFS) is dropped, as UDP may. Adds to the counters. */
 void bench_udp_echo(int fd, struct bench_udp_batch *b, uint64_t *syscalls, uint64_t *in,

@@ -477,6 +477,7 @@ serve_stop(struct bench_server *s, struct bench_server_stats *out)
 		st.short_sends += t->short_sends;
 		st.accepted += t->accepted;
 		st.errors += t->errors;
+		bench_udp_batch_calls(t->ub, &st.udp_recv_calls, &st.udp_send_calls);
 		if (t->lfd >= 0)
 			close(t->lfd);
 		if (t->epfd >= 0)

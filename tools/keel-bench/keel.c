@@ -381,6 +381,12 @@ serve_stop(struct bench_server *s, struct bench_server_stats *out)
 			st.enobufs += s->sh[i].nst.enobufs;
 			st.rearms += s->sh[i].nst.rearms;
 			st.bp_pauses += s->sh[i].nst.bp_pauses;
+			/* A completion per datagram received; a sendmsg per UDP_SEGMENT batch and
+			 * per datagram sent alone (batches the kernel refused and that went again
+			 * one by one count as one). */
+			st.udp_recv_calls += s->sh[i].dgrams_in;
+			st.udp_send_calls += s->sh[i].nst.udp_gso_sends + s->sh[i].dgrams_out -
+					     s->sh[i].nst.udp_gso_datagrams;
 			/* Receives that failed, and datagrams received with no memory for them:
 			 * errors, as the epoll server's failed recvmmsg. Sends that failed after
 			 * keel_udp_send took them (udp_send_errors) are not: that count mixes

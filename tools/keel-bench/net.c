@@ -1187,7 +1187,8 @@ run_serve(struct opts *o)
 		       "  \"syscalls\": %llu,\n  \"syscalls_what\": \"%s\",\n  \"sleeps\": %llu,\n"
 		       "  \"polls\": %llu,\n  \"gathered\": %llu,\n  \"recvs\": %llu,\n"
 		       "  \"sends\": %llu,\n"
-		       "  \"send_iovs\": %llu,\n  \"short_sends\": %llu,\n",
+		       "  \"send_iovs\": %llu,\n  \"short_sends\": %llu,\n"
+		       "  \"udp_recv_calls\": %llu,\n  \"udp_send_calls\": %llu,\n",
 		       (unsigned long long)ss.bytes_in, (unsigned long long)ss.bytes_out,
 		       (unsigned long long)ss.dgrams_in, (unsigned long long)ss.dgrams_out,
 		       (unsigned long long)ss.accepted, (unsigned long long)ss.cpu_ns,
@@ -1195,7 +1196,8 @@ run_serve(struct opts *o)
 		       (unsigned long long)ss.sleeps, (unsigned long long)ss.polls,
 		       (unsigned long long)ss.gathered, (unsigned long long)ss.recvs,
 		       (unsigned long long)ss.sends, (unsigned long long)ss.send_iovs,
-		       (unsigned long long)ss.short_sends);
+		       (unsigned long long)ss.short_sends, (unsigned long long)ss.udp_recv_calls,
+		       (unsigned long long)ss.udp_send_calls);
 		json_num("size", c->size, o->has_size, "%.0f", false);
 		json_num("msgs", msgs, o->has_size, "%.0f", false);
 		json_num("server_cpu_ns_per_msg", ss.cpu_ns / msgs, o->has_size && msgs > 0, "%.0f",
@@ -1221,6 +1223,15 @@ run_serve(struct opts *o)
 		       (unsigned long long)ss.dgrams_in, (unsigned long long)ss.dgrams_out,
 		       (unsigned long long)ss.sleeps, (unsigned long long)ss.polls,
 		       (unsigned long long)ss.gathered);
+		if (ss.dgrams_in || ss.dgrams_out)
+			printf("UDP: %llu datagrams in %llu receive calls (%.1f each), %llu out in "
+			       "%llu sends (%.1f each)\n",
+			       (unsigned long long)ss.dgrams_in,
+			       (unsigned long long)ss.udp_recv_calls,
+			       ss.udp_recv_calls ? (double)ss.dgrams_in / ss.udp_recv_calls : 0.0,
+			       (unsigned long long)ss.dgrams_out,
+			       (unsigned long long)ss.udp_send_calls,
+			       ss.udp_send_calls ? (double)ss.dgrams_out / ss.udp_send_calls : 0.0);
 		if (ss.io_udp_too && (ss.dgrams_in || ss.dgrams_out)) /* no TCP-only figures */
 			printf("TCP and UDP: %llu receive completions, %llu sends (%llu short)\n",
 			       (unsigned long long)ss.recvs, (unsigned long long)ss.sends,

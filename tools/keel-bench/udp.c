@@ -67,6 +67,8 @@ struct bench_udp_batch {
 	bool gso;       /* --udp-gso: runs of one size to one source as one UDP_SEGMENT sendmsg */
 	unsigned dirty; /* headers the last batch changed (lengths, names), set back before the
 			 * next recvmmsg: the others are as bench_udp_batch_new made them */
+	uint64_t rx_calls, tx_calls; /* recvmmsg calls that took datagrams, and send calls
+				      * (sendmsg with --udp-gso, else sendmmsg) that sent some */
 };
 
 /* Header @i as recvmmsg takes it: its slot of the buffer, room for any source. */
@@ -98,6 +100,13 @@ bench_udp_batch_new(bool gso)
 	for (unsigned i = 0; i < SBATCH; i++)
 		batch_slot_reset(b, i);
 	return b;
+}
+
+void
+bench_udp_batch_calls(const struct bench_udp_batch *b, uint64_t *rx, uint64_t *tx)
+{
+	*rx += b ? b->rx_calls : 0;
+	*tx += b ? b->tx_calls : 0;
 }
 
 void
@@ -166,9 +175,10 @@ echo_gso(int fd, struct bench_udp_batch *b, int n, uint64_t *syscalls, uint64_t 
 			r = sendmsg(fd, &mh, 0);
 			(*syscalls)++;
 		} while (r < 0 && errno == EINTR);
-		if (r >= 0)
+		if (r >= 0) {
 			*out += (uint64_t)(j - i);
-		else if (errno != EAGAIN && errno != ENOBUFS && errno != ECONNREFUSED)
+			b->tx_calls++;
+		} else if (errno != EAGAIN && errno != ENOBUFS && errno != ECONNREFUSED)
 			(*errors)++;
 	}
 }
@@ -196,6 +206,7 @@ bench_udp_echo(int fd, struct bench_udp_batch *b, uint64_t *syscalls, uint64_t *
 			return;
 		}
 		*in += (uint64_t)n;
+		b->rx_calls++;
 		b->dirty = (unsigned)n;
 		/* The same headers send: name = the source, iov = what came. */
 		for (int i = 0; i < n; i++)
@@ -217,6 +228,7 @@ bench_udp_echo(int fd, struct bench_udp_batch *b, uint64_t *syscalls, uint64_t *
 			}
 			done += k;
 			*out += (uint64_t)k;
+			b->tx_calls++;
 		}
 		if ((unsigned)n < SBATCH)
 			return;
