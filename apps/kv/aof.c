@@ -1392,13 +1392,12 @@ issue_write(struct aof *a)
 		r = keel_file_write(&a->req, &a->f, a->heap + a->wdone, n, off, on_written, a);
 	}
 	if (r < 0) {
-		/* Said once while the retries (the tick's, every second) fail alike. */
+		/* Said once while the retries (the tick's) fail alike. */
 		if (a->st != A_FAILED || a->err != r)
-			keel_log(
-				KEEL_LOG_ERROR, "kv",
-				"shard %u: appendonly write refused: %s; tried again every second, "
-				"write commands are refused (-MISCONF) until it succeeds",
-				a->id, strerror(-r));
+			keel_log(KEEL_LOG_ERROR, "kv",
+				 "shard %u: appendonly write refused: %s; tried again by the tick, "
+				 "write commands are refused (-MISCONF) until it succeeds",
+				 a->id, strerror(-r));
 		a->err = r;
 		a->st = A_FAILED; /* retried by the tick */
 		publish(a);
@@ -1521,7 +1520,7 @@ on_written(struct keel_file_req *req, int res, void *arg)
 	}
 	if (res <= 0) {
 		int e = res < 0 ? res : -EIO;
-		if (!a->err)
+		if (a->err != e) /* a new failure: the first, or another error than the last */
 			keel_log(KEEL_LOG_ERROR, "kv",
 				 "shard %u: appendonly-%u.aof: write failed: %s; write commands "
 				 "are refused (-MISCONF) until it succeeds again",

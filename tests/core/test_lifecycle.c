@@ -173,8 +173,9 @@ rearm_stopping(void *arg)
 
 	(void)arg;
 	keel_defer(never_quiescent, NULL);
-	/* The signal's completion re-armed the poll (and used the fault) before the stop hooks
-	 * ran; another internal read using it would leave it unproven. */
+	/* The fault must be used by now. With one shard nothing wakes the eventfd read, so
+	 * the only arm since the start is the poll's, which the signal's completion re-armed
+	 * before the stop hooks ran. */
 	if (atomic_load(&keel__fault_internal_nosqe) != 0 || write(sig_pipe[1], &c, 1) != 1)
 		_exit(99);
 }
