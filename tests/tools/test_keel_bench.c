@@ -858,12 +858,12 @@ Test(tools_bench, udp_echoes_datagrams_on_the_keel_server)
 /* ... and its report's UDP line: datagrams per receive call and per send, each at least
  * one. */
 static void
-udp_against_serve(const char *backend)
+udp_against_serve(const char *backend, const char *extra)
 {
 	char args[256], *out;
 	pid_t pid;
 	FILE *f;
-	unsigned port = serve_spawn(backend, &pid, &f);
+	unsigned port = serve_spawn_with(backend, extra, &pid, &f);
 	struct served sv;
 
 	memset(&retried, 0, sizeof(retried));
@@ -885,12 +885,18 @@ udp_against_serve(const char *backend)
 
 Test(tools_bench, udp_client_against_a_keel_serve_process)
 {
-	udp_against_serve("keel");
+	udp_against_serve("keel", NULL);
 }
 
 Test(tools_bench, udp_client_against_an_epoll_serve_process)
 {
-	udp_against_serve("epoll");
+	udp_against_serve("epoll", NULL);
+}
+
+/* The epoll server's UDP_SEGMENT echo counts its sendmsg calls too. */
+Test(tools_bench, udp_client_against_an_epoll_serve_process_that_batches_with_gso)
+{
+	udp_against_serve("epoll", "--udp-gso");
 }
 
 /* ---- polling policies ---- */
