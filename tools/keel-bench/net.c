@@ -1212,6 +1212,8 @@ run_serve(struct opts *o)
 			       (unsigned long long)ss.zcrx_refills);
 		printf("  \"errors\": %llu\n}\n", (unsigned long long)ss.errors);
 	} else {
+		bool udp = ss.dgrams_in || ss.dgrams_out;
+
 		printf("served %llu bytes on %llu connections; CPU %.1f ms; %llu syscalls (%s); "
 		       "%llu errors\n",
 		       (unsigned long long)ss.bytes_in, (unsigned long long)ss.accepted,
@@ -1223,7 +1225,7 @@ run_serve(struct opts *o)
 		       (unsigned long long)ss.dgrams_in, (unsigned long long)ss.dgrams_out,
 		       (unsigned long long)ss.sleeps, (unsigned long long)ss.polls,
 		       (unsigned long long)ss.gathered);
-		if (ss.dgrams_in || ss.dgrams_out)
+		if (udp)
 			printf("UDP: %llu datagrams in %llu receive calls (%.1f each), %llu out in "
 			       "%llu sends (%.1f each)\n",
 			       (unsigned long long)ss.dgrams_in,
@@ -1232,7 +1234,7 @@ run_serve(struct opts *o)
 			       (unsigned long long)ss.dgrams_out,
 			       (unsigned long long)ss.udp_send_calls,
 			       ss.udp_send_calls ? (double)ss.dgrams_out / ss.udp_send_calls : 0.0);
-		if (ss.io_udp_too && (ss.dgrams_in || ss.dgrams_out)) /* no TCP-only figures */
+		if (ss.io_udp_too && udp) /* keel's counts hold UDP's: no TCP-only figures */
 			printf("TCP and UDP: %llu receive completions, %llu sends (%llu short)\n",
 			       (unsigned long long)ss.recvs, (unsigned long long)ss.sends,
 			       (unsigned long long)ss.short_sends);
