@@ -492,6 +492,26 @@ enter(struct keel_shard *s)
 		enter_error(s, r, "io_uring_enter");
 }
 
+/* Before a pass's SQEs go to the kernel: when arrivals already wait as task work
+ * (IORING_SQ_TASKRUN, on a ring with the flag), run them now (GETEVENTS, nothing submitted)
+ * and let the caller pass again, so their replies join this pass's in one submission. The
+ * replies this holds back wait one pass: the caller merges at most once between
+ * submissions. Returns true when it ran them (the caller passes again). */
+static bool
+merge_arrivals(struct keel_shard *s)
+{
+	int r;
+
+	if (!s->taskrun_flag || !io_uring_sq_ready(&s->ring) ||
+	    !(IO_URING_READ_ONCE(*s->ring.sq.kflags) & IORING_SQ_TASKRUN))
+		return false;
+	r = io_uring_get_events(&s->ring);
+	STAT_INC(s, enters);
+	if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY)
+		enter_error(s, r, "io_uring_enter (GETEVENTS)");
+	return true;
+}
+
 /* The end of a loop pass at @t1, for the stall check: the start of the next pass, or the
  * clock read before a sleep. One clock read thus serves two purposes, and a pass that does
  * not sleep costs one read. */
@@ -884,6 +904,7 @@ keel__shard_loop(struct keel_shard *s)
 	struct keel__coalesce co;
 	bool open = false;   /* the pass that began at t0 is not yet stall-checked */
 	bool polled = false; /* the pass that began at t0 found nothing and polled on */
+	bool merged = false; /* the last pass held its SQEs back (merge_arrivals) */
 
 	keel__idlepoll_init(&ip, (uint64_t)rt->opts.idle_poll_us * 1000,
 			    rt->opts.idle_poll_adaptive);
@@ -894,7 +915,7 @@ keel__shard_loop(struct keel_shard *s)
 		uint64_t now = keel__clock_ns();
 		uint64_t idle_poll_ns;
 		unsigned work, arrivals;
-		bool must_enter;
+		bool must_enter, may_merge = !merged;
 
 		/* The previous pass did not sleep: it ended where this one begins. */
 		if (open)
@@ -902,6 +923,7 @@ keel__shard_loop(struct keel_shard *s)
 		if (polled)
 			STAT_ADD(s, idle_poll_ns, now - t0);
 		polled = false;
+		merged = false;
 		if (slept_at) { /* adaptive: a sleep taken at once ended */
 			keel__idlepoll_woke(&ip, now - slept_at);
 			slept_at = 0;
@@ -951,6 +973,11 @@ keel__shard_loop(struct keel_shard *s)
 				keel__idlepoll_polled(&ip, true);
 			}
 			idle_since = 0;
+			/* Arrivals came while this pass ran: their replies go with this pass's. */
+			if (must_enter && may_merge && merge_arrivals(s)) {
+				merged = true;
+				continue;
+			}
 			/* After work, sleep at once if nothing is left for another pass (checked in
 			 * sleep_in_kernel): the sleep submits what this pass queued, so a wake-up
 			 * costs one io_uring_enter. With idle polling on, while draining, or while

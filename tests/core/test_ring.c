@@ -101,3 +101,127 @@ Test(core_ring, a_chain_built_after_a_reserve_stays_whole, .timeout = 30)
 	close(t.fd[0]);
 	close(t.fd[1]);
 }
+
+/* The loop's merge (core/loop.c, merge_arrivals): a pass that queued SQEs while arrivals
+ * waited as task work runs those first and submits with the next pass, once. Two pipes
+ * with reads armed; a NOP's completion (the kick) writes to pipe A, which queues A's read
+ * completion as task work at once, and queues a NOP (n). With the merge, A's completion is
+ * reaped before n is submitted; A's callback writes to pipe B, and the pass that follows
+ * may not hold n back again: n is submitted, and completes at once, before B's task work
+ * runs. The order of callbacks is thus "AnB"; "nAB" without the merge, "ABn" with a merge
+ * that holds SQEs back for as long as arrivals come. */
+struct merge_test {
+	struct keel_op kick, a, b, n;
+	int pa[2], pb[2];
+	char buf[2][4];
+	char order[8];
+	unsigned len;
+	bool flag; /* the ring raises IORING_SQ_TASKRUN */
+};
+
+static struct merge_test *M;
+
+static void
+merge_note(char c)
+{
+	if (M->len < sizeof(M->order) - 1)
+		M->order[M->len++] = c;
+}
+
+static void
+merge_a_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	(void)op, (void)flags;
+	SHARD_CHECK_EQ(res, 1);
+	merge_note('A');
+	SHARD_CHECK_EQ(write(M->pb[1], "b", 1), 1);
+}
+
+static void
+merge_b_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	(void)op, (void)flags;
+	SHARD_CHECK_EQ(res, 1);
+	merge_note('B');
+	keel_stop(0);
+}
+
+static void
+merge_n_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	(void)op, (void)res, (void)flags;
+	merge_note('n');
+}
+
+static void
+merge_kick_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	struct io_uring_sqe *sqe;
+
+	(void)op, (void)res, (void)flags;
+	M->flag = keel_shard_ring_get()->flags & IORING_SETUP_TASKRUN_FLAG;
+	SHARD_CHECK_EQ(write(M->pa[1], "a", 1), 1);
+	sqe = keel_sqe_get();
+	if (!SHARD_CHECK(sqe != NULL))
+		return keel_stop(-EIO);
+	io_uring_prep_nop(sqe);
+	keel_sqe_bind(sqe, &M->n);
+}
+
+static void
+merge_start(void *app)
+{
+	struct io_uring_sqe *sqe;
+
+	M = app;
+	/* The reads find the pipes empty and wait (armed polls); the kick, queued after them,
+	 * completes in the same submission, so its callback runs once both are armed. */
+	sqe = keel_sqe_get();
+	io_uring_prep_read(sqe, M->pa[0], M->buf[0], sizeof(M->buf[0]), 0);
+	keel_sqe_bind(sqe, &M->a);
+	sqe = keel_sqe_get();
+	io_uring_prep_read(sqe, M->pb[0], M->buf[1], sizeof(M->buf[1]), 0);
+	keel_sqe_bind(sqe, &M->b);
+	sqe = keel_sqe_get();
+	io_uring_prep_nop(sqe);
+	keel_sqe_bind(sqe, &M->kick);
+}
+
+static void
+merge_run(unsigned idle_poll_us, enum keel_policy flag, const char *what)
+{
+	struct keel_opts o = test_opts(1);
+	struct merge_test t = {
+		.kick.fn = merge_kick_cb, .a.fn = merge_a_cb, .b.fn = merge_b_cb, .n.fn = merge_n_cb
+	};
+
+	o.idle_poll_us = idle_poll_us;
+	o.features[KEEL_FEAT_TASKRUN_FLAG] = flag;
+	cr_assert_eq(pipe(t.pa), 0);
+	cr_assert_eq(pipe(t.pb), 0);
+	cr_assert_eq(keel_run(&o, merge_start, &t), 0);
+	SHARD_CHECKS_PASSED();
+	for (int i = 0; i < 2; i++) {
+		close(t.pa[i]);
+		close(t.pb[i]);
+	}
+	if (!t.flag)
+		cr_skip_test("%s: the ring has no IORING_SETUP_TASKRUN_FLAG (Linux 5.19 and "
+			     "DEFER_TASKRUN or COOP_TASKRUN): nothing to merge on",
+			     what);
+	cr_assert_str_eq(t.order, "AnB",
+			 "%s: callbacks ran in the order %s (nAB: no merge; ABn: the merge held "
+			 "the NOP back twice)",
+			 what, t.order);
+}
+
+Test(core_ring, a_blocking_pass_with_the_flag_merges_the_arrivals_before_it_submits, .timeout = 30)
+{
+	merge_run(0, KEEL_POLICY_ON, "blocking, taskrun_flag=on");
+}
+
+/* The default: a polling shard's ring has the flag (taskrun_flag auto). */
+Test(core_ring, a_polling_pass_merges_the_arrivals_before_it_submits, .timeout = 30)
+{
+	merge_run(1000, KEEL_POLICY_AUTO, "polling 1 ms, taskrun_flag=auto");
+}
