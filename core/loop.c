@@ -496,7 +496,9 @@ enter(struct keel_shard *s)
  * (IORING_SQ_TASKRUN, on a ring with the flag), run them now (GETEVENTS, nothing submitted)
  * and let the caller pass again, so their replies join this pass's in one submission. The
  * replies this holds back wait one pass: the caller merges at most once between
- * submissions. Returns true when it ran them (the caller passes again). */
+ * submissions. (Since Linux 6.13 one GETEVENTS runs a bounded number of task-work items:
+ * the rest wait for the next enter.) Returns true when it ran them (the caller passes
+ * again). */
 static bool
 merge_arrivals(struct keel_shard *s)
 {
