@@ -63,7 +63,7 @@ struct atomic_stats {
 	_Atomic uint64_t passes, enters, cqes, msgs_sent, msgs_recv, msgs_overflow, msgs_refused,
 		sleeps, wakeups, wake_fallbacks, cq_overflows, cq_dropped, stalls, timers_fired,
 		deferred, foreign, max_pass_ns, idle_poll_ns, polls_found, polls_slept, coalesced,
-		coalesce_trials, coalesce_won, wakeups_ring;
+		coalesce_trials, coalesce_won, wakeups_ring, merges;
 };
 
 /* A message in a shard-pair queue: 32 bytes, two per cache line. The kind is implied:

@@ -509,6 +509,7 @@ merge_arrivals(struct keel_shard *s)
 		return false;
 	r = io_uring_get_events(&s->ring);
 	STAT_INC(s, enters);
+	STAT_INC(s, merges);
 	if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY)
 		enter_error(s, r, "io_uring_enter (GETEVENTS)");
 	return true;

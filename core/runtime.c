@@ -1055,6 +1055,7 @@ keel_runtime_stats(const struct keel_runtime *rt, unsigned shard, struct keel_sh
 	LD(coalesce_trials);
 	LD(coalesce_won);
 	LD(wakeups_ring);
+	LD(merges);
 #undef LD
 	return 0;
 }
@@ -1064,16 +1065,17 @@ keel_runtime_stats_print(const struct keel_runtime *rt, FILE *f)
 {
 	fprintf(f,
 		"%5s %4s %12s %10s %12s %12s %12s %9s %8s %9s %9s %7s %8s %7s %6s %9s %10s %10s %10s "
-		"%10s %9s %7s\n",
+		"%10s %9s %7s %10s\n",
 		"shard", "cpu", "passes", "enters", "cqes", "msgs_sent", "msgs_recv", "overflow",
 		"refused", "sleeps", "wakeups", "wake_fb", "cq_ovf", "cq_drop", "stalls", "max_ms",
-		"idle_ms", "poll_found", "poll_slept", "coalesced", "co_trials", "co_won");
+		"idle_ms", "poll_found", "poll_slept", "coalesced", "co_trials", "co_won",
+		"merged");
 	for (unsigned i = 0; i < rt->count; i++) {
 		struct keel_shard_stats st;
 		keel_runtime_stats(rt, i, &st);
 		fprintf(f,
 			"%5u %4d %12llu %10llu %12llu %12llu %12llu %9llu %8llu %9llu %9llu %7llu "
-			"%8llu %7llu %6llu %9.2f %10.1f %10llu %10llu %10llu %9llu %7llu\n",
+			"%8llu %7llu %6llu %9.2f %10.1f %10llu %10llu %10llu %9llu %7llu %10llu\n",
 			i, rt->shards[i].cpu, (unsigned long long)st.passes,
 			(unsigned long long)st.enters, (unsigned long long)st.cqes,
 			(unsigned long long)st.msgs_sent, (unsigned long long)st.msgs_recv,
@@ -1084,6 +1086,6 @@ keel_runtime_stats_print(const struct keel_runtime *rt, FILE *f)
 			(double)st.max_pass_ns / 1e6, (double)st.idle_poll_ns / 1e6,
 			(unsigned long long)st.polls_found, (unsigned long long)st.polls_slept,
 			(unsigned long long)st.coalesced, (unsigned long long)st.coalesce_trials,
-			(unsigned long long)st.coalesce_won);
+			(unsigned long long)st.coalesce_won, (unsigned long long)st.merges);
 	}
 }

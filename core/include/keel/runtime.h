@@ -188,6 +188,9 @@ struct keel_shard_stats {
 	uint64_t coalesce_won;    /* trials that kept (or turned) gathering on */
 	uint64_t wakeups_ring;    /* ... of the wake-ups, those by MSG_RING (the rest came
 				   * through the eventfd: wake_fallbacks, keel_runtime_submit) */
+	uint64_t merges;          /* passes that ran the arrivals waiting before they submitted,
+				   * so that their replies went out together (docs/architecture.md,
+				   * step 6: polling shards; counted in enters too) */
 };
 
 /**
