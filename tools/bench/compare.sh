@@ -422,10 +422,8 @@ run_one() { # name mode size inflight conns policy backend rep
 nrow=${#rows[@]}
 echo "== one $client client for every server: $nrow rows x ${#pols[@]} policies x ${#srvs[@]} servers x $reps reps," \
 	"${secs}s each (+${warmup}s warm-up); server CPUs $server_cpus ($shards shards), client CPUs $client_cpus"
-t0=$(date +%s)
-# For compare.md: the machine's state before the first run, and when the runs began.
-load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-started=$(date -u '+%Y-%m-%d %H:%M:%S')
+t0=$(date +%s)                              # when the runs began (compare.md, the duration)
+load_before=$(cut -d' ' -f1-3 /proc/loadavg) # the machine's state before the first run
 for rep in $(seq "$reps"); do
 	ri=0
 	for row in "${rows[@]}"; do
@@ -583,7 +581,7 @@ client_desc="keel-bench MODE --client $client --port P --server-pid PID"
 	echo "# keel vs epoll servers, one client (keel-bench)"
 	echo
 	echo "- machine: $(nproc) CPUs, ${cpu:-unknown CPU}, Linux $(uname -r); load average before: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg)"
-	echo "- date: $started to $(date -u '+%H:%M:%S UTC')"
+	echo "- date: $(date -u -d "@$t0" '+%Y-%m-%d %H:%M:%S') to $(date -u '+%H:%M:%S UTC')"
 	echo "- command: \`$cmdline\`"
 	echo "- servers: \`keel-bench serve --backend keel|epoll --shards $shards --cpuset $server_cpus\`, alone on CPUs $server_cpus"
 	echo "- client (the same program for both servers): \`$client_desc --cpuset $client_cpus\`" \
