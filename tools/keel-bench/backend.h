@@ -169,6 +169,10 @@ struct bench_server_stats {
 	/* keel: its receive rings (keel_net_stats): receives that found no buffer, multishot
 	 * receives re-armed after ending, reads paused by the high watermark. */
 	uint64_t enobufs, rearms, bp_pauses;
+	/* keel: loop passes that ran the arrivals waiting before they submitted
+	 * (keel_shard_stats.merges), and the largest bulk-ring window a shard reached, in bytes
+	 * (keel_net_stats.bulk_window; 0: no bulk ring). */
+	uint64_t merges, bulk_window;
 	/* keel: ZCRX (keel_zcrx_stats summed over the shards; docs/zcrx.md). */
 	const char *zcrx_state;   /* "on" when every shard with a queue registered, "fallback"
 				   * when one fell back, "none" (epoll: NULL) */

@@ -362,6 +362,7 @@ serve_stop(struct bench_server *s, struct bench_server_stats *out)
 			st.syscalls += ks.enters;
 			st.sleeps += ks.sleeps;
 			st.gathered += ks.coalesced;
+			st.merges += ks.merges;
 		}
 		if (keel_listener_stats(s->l, i, &ls) == 0) {
 			st.accepted += ls.accepted;
@@ -381,6 +382,8 @@ serve_stop(struct bench_server *s, struct bench_server_stats *out)
 			st.enobufs += s->sh[i].nst.enobufs;
 			st.rearms += s->sh[i].nst.rearms;
 			st.bp_pauses += s->sh[i].nst.bp_pauses;
+			if (s->sh[i].nst.bulk_window > st.bulk_window)
+				st.bulk_window = s->sh[i].nst.bulk_window;
 			/* A completion per datagram received; a sendmsg per UDP_SEGMENT batch and
 			 * per datagram sent alone (batches the kernel refused and that went again
 			 * one by one count as one). */

@@ -1249,9 +1249,12 @@ run_serve(struct opts *o)
 			       (unsigned long long)ss.short_sends);
 		if (ss.zcrx_state) { /* keel */
 			printf("keel receives: %llu without a buffer, %llu multishot re-arms, %llu "
-			       "pauses at the high watermark\n",
+			       "pauses at the high watermark, bulk window %llu KiB; %llu passes "
+			       "merged arrivals\n",
 			       (unsigned long long)ss.enobufs, (unsigned long long)ss.rearms,
-			       (unsigned long long)ss.bp_pauses);
+			       (unsigned long long)ss.bp_pauses,
+			       (unsigned long long)ss.bulk_window / 1024,
+			       (unsigned long long)ss.merges);
 			printf("ZCRX %s: %llu bytes zero-copy, %llu through the copy path (a "
 			       "fallback, or connections without RECV_ZC), %llu refill entries\n",
 			       ss.zcrx_state, (unsigned long long)ss.zcrx_bytes,
