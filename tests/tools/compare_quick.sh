@@ -38,7 +38,7 @@ run_and_check() {
 			line=$(sed -n "/^## policy: $pol/,/^## policy/p" "$md" | grep "^| $row |" || true)
 			[ -n "$line" ] || { echo "FAIL: no row $row ($pol) in $md"; fail=1; continue; }
 			# columns: row mode size inflight conns threads unit keel epoll ratio p50 p99 cpu
-			# cpus-busy cores client-cores client-cpu total shown flags
+			# cpus-busy cores client-cores client-cpu total shown pairs flags
 			awk -F'|' -v r="$row $pol" '{k = $9 + 0; e = $10 + 0; q = $11 + 0; split($14, c, "/")
 				split($18, cc, "/"); split($19, t, "[/;]")
 				if (k <= 0 || e <= 0 || q <= 0 || c[1] + 0 <= 0 || c[2] + 0 <= 0) {
@@ -47,7 +47,10 @@ run_and_check() {
 					printf "FAIL: row %s: client CPU %s, server + client %s\n", r, $18, $19; exit 1 }
 				# the rank-sum column: 2 reps a side cannot reach p < 0.05 (smallest p 1/3)
 				if ($20 !~ /^ (rate moot \(client-bound\): )?not shown \(p [01]\.[0-9][0-9]\); not shown \(p [01]\.[0-9][0-9]\)(; CPUs busy: not shown \(p [01]\.[0-9][0-9]\))?; server \+ client: not shown \(p [01]\.[0-9][0-9]\) $/) {
-					printf "FAIL: row %s: shown column \"%s\"\n", r, $20; exit 1 }}' \
+					printf "FAIL: row %s: shown column \"%s\"\n", r, $20; exit 1 }
+				# the paired column: 2 pairs cannot either (smallest p 2 / 2^2 = 0.5)
+				if ($21 !~ /^ (rate moot \(client-bound\): )?not shown \(p (0\.50|1\.00)\); not shown \(p (0\.50|1\.00)\) $/) {
+					printf "FAIL: row %s: pairs column \"%s\"\n", r, $21; exit 1 }}' \
 				<<<"$line" || fail=1
 		done
 	done

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
 # tools/bench/ranksum.awk, the exact Wilcoxon rank-sum test compare.sh uses to say whether a
-# row's keel and epoll repetitions differ: p-values against counts made by enumerating every
-# split of the pooled values (written out below as fractions), ties included.
+# row's keel and epoll repetitions differ, and the exact signed-rank test over its pairs:
+# p-values against counts made by enumerating every split of the pooled values, or every
+# sign pattern of the differences (written out below as fractions), ties included.
 #   ranksum_test.sh
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -34,13 +35,43 @@ check "ties 7/8" "10 12 12 15 20 20 21" "11 12 18 20 25 26 30 31" 1196 6435
 # a server-CPU-like row: keel's five figures mostly above epoll's, one tie across
 check "cpu-like 5/5" "464 470 455 480 500" "433 440 470 420 431" 10 252
 check "separated 7/7" "1 2 3 4 5 6 7" "8 9 10 11 12 13 14" 2 3432
+# signrank_p: the paired test over per-pair differences, against counts of the 2^m sign
+# patterns (written out as fractions)
+scheck() {
+	local got
+	got=$(awk -v ds="$2" -f "$root/tools/bench/ranksum.awk" -f /dev/stdin <<'AWK'
+BEGIN { n = split(ds, d, " "); printf "%.12f\n", signrank_p(d, n) }
+AWK
+)
+	if awk -v g="$got" -v h="$3" -v t="$4" 'BEGIN { d = g - h / t; exit !(d < 1e-9 && d > -1e-9) }'; then
+		echo "ok: $1 (p $got)"
+	else
+		echo "FAIL: $1: p $got, expected $3/$4"
+		fail=1
+	fi
+}
+# 7 pairs all one way: the two most extreme of 128 patterns, either sign
+scheck "7 pairs up" "0.01 0.02 0.03 0.04 0.05 0.06 0.07" 2 128
+scheck "7 pairs down" "-0.07 -0.01 -0.03 -0.02 -0.05 -0.04 -0.06" 2 128
+# 5 pairs all one way cannot reach 0.05
+scheck "5 pairs up" "1 2 3 4 5" 2 32
+# one of 7 against: positive ranks 1+2+3+5+6+7 = 24 against a mean of 14; 14 of 128
+# patterns are as far (sums <= 4 or >= 24)
+scheck "6 of 7 up" "1 2 3 -4 5 6 7" 14 128
+# ties: magnitudes 1, 1, 2, 3 take ranks 1.5, 1.5, 3, 4; 12 of 16 patterns as far
+scheck "tied magnitudes" "1 1 2 -3" 12 16
+# zeros are left out: three nonzero differences all one way, 2 of 8 patterns (counted as
+# tied smallest magnitudes, they would give 10 of 32)
+scheck "zeros left out" "0 0 1 2 3" 2 8
+scheck "mixed 6" "0.5 -0.25 0.125 1 2 -3" 44 64
 # an empty side has no test; the smallest p of n a side is 2 / C(2n, n)
 out=$(awk -f "$root/tools/bench/ranksum.awk" -f /dev/stdin <<'AWK'
 BEGIN { split("1 2 3", x, " "); split("", y, " "); printf "%d ", ranksum_p(x, 3, y, 0)
+	split("0 0", z, " "); printf "%d ", signrank_p(z, 2)
 	printf "%.6f %.6f %.6f\n", ranksum_min_p(2), ranksum_min_p(3), ranksum_min_p(5) }
 AWK
 )
-want="-1 0.333333 0.100000 0.007937"
+want="-1 -1 0.333333 0.100000 0.007937"
 if [ "$out" = "$want" ]; then echo "ok: empty side, smallest p"; else echo "FAIL: empty side / smallest p: '$out', expected '$want'"; fail=1; fi
 # the words the tables print
 out=$(awk -f "$root/tools/bench/ranksum.awk" -f /dev/stdin <<'AWK'

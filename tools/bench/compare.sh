@@ -13,7 +13,8 @@
 # namespaces the script creates and deletes (--net veth). Installs nothing.
 #   tools/bench/compare.sh [options]
 #     --quick             4 rows, both policies, 2 reps, 0.5 s windows, no iperf3 (compare_quick)
-#     --reps N            alternating repetitions per row, policy and server (default 5)
+#     --reps N            alternating repetitions per row, policy and server (default 7: the
+#                         paired test needs 6)
 #     --seconds S         measured window per run (default 3)
 #     --warmup S          uncounted warm-up before it (default 1)
 #     --rows LIST         comma-separated row names (default: all, see below) or specs
@@ -64,7 +65,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 . "$root/tools/bench/parity.sh"
 cmdline="tools/bench/compare.sh $*"
 
-quick=0 reps=5 secs=3 warmup=1 rows_arg= policies=block,spin spin=50 client=epoll egather= cpoll=0 net=lo
+quick=0 reps=7 secs=3 warmup=1 rows_arg= policies=block,spin spin=50 client=epoll egather= cpoll=0 net=lo
 eudp=()
 servers=keel,epoll shards= server_cpus=0 client_cpus=1 client_threads= port=0 shared=0
 out=bench-results bin= plot=1 iperf=1
@@ -474,6 +475,16 @@ sum=$out/summary.tsv
 summary_prog='
 # Row @row, policy @pol: the keel/epoll ratio of each repetition of @src (src[row, pol,
 # server, rep]) into out[1..3] as median, min and max; returns how many.
+# The logarithms of the per-pair keel/epoll ratios of one row and policy (pairs whose two
+# figures are both above 0) into @out, for the signed-rank test; returns how many.
+function rep_logs(src, row, pol, out,   r, nr) {
+	delete out
+	for (r = 1; r <= 1000; r++)
+		if (((row, pol, "keel", r) in src) && ((row, pol, "epoll", r) in src) && \
+		    src[row, pol, "keel", r] > 0 && src[row, pol, "epoll", r] > 0)
+			out[++nr] = log(src[row, pol, "keel", r] / src[row, pol, "epoll", r])
+	return nr + 0
+}
 function rep_ratios(src, row, pol, out,   r, nr, a) {
 	for (r = 1; r <= 1000; r++)
 		if (((row, pol, "keel", r) in src) && ((row, pol, "epoll", r) in src) && src[row, pol, "epoll", r] > 0)
@@ -520,7 +531,8 @@ END {
 		"lost", "ratio_median", "ratio_min", "ratio_max", "server_cpus_ns_per_msg", "p_rate", "p_cpu", \
 		"p_cpus", "server_cpu_min", "server_cpu_max", "cpu_ratio_median", "cpu_ratio_min", \
 		"cpu_ratio_max", "client_cpu_ns_per_msg", "total_cpu_ns_per_msg", "p_total", \
-		"total_ratio_median", "total_ratio_min", "total_ratio_max", "late", "lost_all"
+		"total_ratio_median", "total_ratio_min", "total_ratio_max", "late", "lost_all", \
+		"p_rate_paired", "p_cpu_paired"
 	for (o = 1; o <= nk; o++) {
 		k = order[o]; split(k, kk, SUBSEP); c = n[k]
 		delete a; for (i = 1; i <= c; i++) a[i] = m[k, i]; md = med(a, c); lo = a[1]; hi = a[c]
@@ -563,9 +575,19 @@ END {
 			if (pcpu < 0) pcpu = "-"
 			if (pcpus < 0) pcpus = "-"
 		}
+		# the same two figures paired: the signed-rank test over the per-pair ratios
+		# (ranksum.awk), which the pace of the machine, shared by the two runs of a pair, does
+		# not move
+		pprate = ppcpu = "-"
+		if (kk[3] == "keel") {
+			nx = rep_logs(byrep, kk[1], kk[2], x); pprate = signrank_p(x, nx)
+			nx = rep_logs(cpurep, kk[1], kk[2], x); ppcpu = signrank_p(x, nx)
+			if (pprate < 0) pprate = "-"
+			if (ppcpu < 0) ppcpu = "-"
+		}
 		print kk[1], info[k], kk[2], kk[3], c, md, lo, hi, (mp50 < 0 ? "null" : mp50), (mp99 < 0 ? "null" : mp99), \
 			mcpu, msc, mcc, cb[k], lost[k], rm, rl, rh, (mbcpu < 0 ? "null" : mbcpu), prate, pcpu, pcpus, \
-			clo, chi, cm, cl, ch, mccpu, mtcpu, ptot, tm, tl, th, late[k], lostall[k]
+			clo, chi, cm, cl, ch, mccpu, mtcpu, ptot, tm, tl, th, late[k], lostall[k], pprate, ppcpu
 	}
 }'
 awk -F'\t' -v OFS='\t' -f "$root/tools/bench/ranksum.awk" -f <(printf '%s\n' "$summary_prog") "$tsv" >"$sum"
@@ -642,6 +664,11 @@ client_desc="keel-bench MODE --client $client --port P --server-pid PID"
 	echo "  shown at p < 0.05. \"not shown\" is a row within its noise, neither lead nor loss; the median ratio is"
 	echo "  still the figure. With $reps repetitions a side the smallest possible p is $(awk -v n="$reps" \
 		-f "$root/tools/bench/ranksum.awk" -f <(echo 'BEGIN { printf "%.4f", ranksum_min_p(n) }'))"
+	echo "- pairs (p): the same two figures tested over the pairs, the exact two-sided Wilcoxon signed-rank test of"
+	echo "  the per-pair keel/epoll ratios (ranksum.awk): a pair's two runs ran back to back, so a change of the"
+	echo "  machine's pace that moves both, and spreads each server's repetitions enough to hide a difference"
+	echo "  from the rank-sum, drops out of their ratio; the direction is the median ratio's. With $reps pairs the"
+	echo "  smallest possible p is $(awk -v n="$reps" 'BEGIN { printf "%.4f", 2 / 2 ^ n }'): it takes 6 pairs to reach 0.05"
 } >"$md"
 md_prog='
 function fmtv(v, mode) { if (v == "null" || v == "-" || v == "") return "-"; return (mode == "stream") ? sprintf("%.3f", v) : sprintf("%.0f", v) }
@@ -660,8 +687,8 @@ END {
 		print ""
 		print "## policy: " pol (pol == "block" ? " (both servers block in the kernel when idle)" : " (both servers poll " spin " us before blocking)")
 		print ""
-		print "| row | mode | size | inflight | conns | client threads | unit | keel median (min-max) | epoll median (min-max) | keel/epoll (min-max) | p50 µs keel / epoll | p99 µs keel / epoll | server CPU ns/msg keel (min-max) / epoll (min-max); keel/epoll (min-max) | server CPUs busy ns/msg keel / epoll | server cores keel / epoll | client cores used keel / epoll | client CPU ns/msg keel / epoll | server + client CPU ns/msg keel / epoll; keel/epoll (min-max) | shown (p): rate; server CPU; CPUs busy; server + client | flags |"
-		print "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+		print "| row | mode | size | inflight | conns | client threads | unit | keel median (min-max) | epoll median (min-max) | keel/epoll (min-max) | p50 µs keel / epoll | p99 µs keel / epoll | server CPU ns/msg keel (min-max) / epoll (min-max); keel/epoll (min-max) | server CPUs busy ns/msg keel / epoll | server cores keel / epoll | client cores used keel / epoll | client CPU ns/msg keel / epoll | server + client CPU ns/msg keel / epoll; keel/epoll (min-max) | shown (p): rate; server CPU; CPUs busy; server + client | pairs (p): rate; server CPU | flags |"
+		print "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 		for (r = 1; r <= nr; r++) {
 			kk = rows[r] SUBSEP pol SUBSEP "keel"; ke = rows[r] SUBSEP pol SUBSEP "epoll"
 			if (!(kk in have) && !(ke in have)) continue
@@ -687,14 +714,17 @@ END {
 			if (shb != "-") sh = sh "; CPUs busy: " shb
 			shb = ranksum_verdict(K[34], K[33], E[33], "dearer", "cheaper")
 			if (shb != "-") sh = sh "; server + client: " shb
-			printf "| %s | %s | %s | %s | %s | %s | %s | %s (%s-%s) | %s (%s-%s) | %s (%s-%s) | %s / %s | %s / %s | %s (%s-%s) / %s (%s-%s); %s (%s-%s) | %s / %s | %s / %s | %s / %s | %s / %s | %s / %s; %s (%s-%s) | %s | %s |\n", \
+			# the paired verdicts: the direction is the median per-pair ratio'"'"'s
+			pr = ranksum_shown(K[40], K[20], 1, K[41], K[29], 1)
+			if (pr != "-" && (K[18] > 0 || E[18] > 0)) pr = "rate moot (client-bound): " pr
+			printf "| %s | %s | %s | %s | %s | %s | %s | %s (%s-%s) | %s (%s-%s) | %s (%s-%s) | %s / %s | %s / %s | %s (%s-%s) / %s (%s-%s); %s (%s-%s) | %s / %s | %s / %s | %s / %s | %s / %s | %s / %s; %s (%s-%s) | %s | %s | %s |\n", \
 				S[1], mode, S[3], S[4], S[5], S[6], unit(mode), \
 				fmtv(K[10], mode), fmtv(K[11], mode), fmtv(K[12], mode), fmtv(E[10], mode), fmtv(E[11], mode), fmtv(E[12], mode), \
 				f2(K[20]), f2(K[21]), f2(K[22]), f1(K[13]), f1(E[13]), f1(K[14]), f1(E[14]), \
 				fmtv(K[15], "x"), fmtv(K[27], "x"), fmtv(K[28], "x"), fmtv(E[15], "x"), fmtv(E[27], "x"), \
 				fmtv(E[28], "x"), f2(K[29]), f2(K[30]), f2(K[31]), fmtv(K[23], "x"), fmtv(E[23], "x"), \
 				f2(K[16]), f2(E[16]), f2(K[17]), f2(E[17]), fmtv(K[32], "x"), fmtv(E[32], "x"), \
-				fmtv(K[33], "x"), fmtv(E[33], "x"), f2(K[35]), f2(K[36]), f2(K[37]), sh, (flags == "" ? "" : flags)
+				fmtv(K[33], "x"), fmtv(E[33], "x"), f2(K[35]), f2(K[36]), f2(K[37]), sh, pr, (flags == "" ? "" : flags)
 		}
 	}
 }'

@@ -21,6 +21,16 @@
 #
 # ranksum_shown(prate, krate, erate, pcpu, kcpu, ecpu) is a row's two verdicts in one cell.
 #
+# signrank_p(d, n) is the two-sided p-value of the exact Wilcoxon signed-rank test that the
+# paired differences d[1..n] are spread evenly around 0 (compare.sh gives it the logarithms
+# of the per-pair keel/epoll ratios: a pair is two runs back to back, so the machine's
+# state, which moves both servers' figures together, drops out of their ratio). Zero
+# differences are left out; tied magnitudes take their mean rank (doubled, as above). Every
+# one of the 2^m sign patterns of the m nonzero differences is counted, and the p-value is
+# the share whose positive rank sum lies at least as far from its mean as the observed one.
+# The smallest p of n pairs is 2 / 2^n: 0.0625 with 5, 0.031 with 6, 0.016 with 7, so it
+# takes 6 pairs to reach p < 0.05. Returns -1 with no nonzero difference.
+#
 # Used with -f beside a program: awk -f tools/bench/ranksum.awk -f prog.awk.
 
 function ranksum__sort(v, n, g,   i, j, t, u) {
@@ -68,6 +78,52 @@ function ranksum_p(x, nx, y, ny,   v, g, r2, n, i, j, k, s, t, obs, mean2, far, 
 			# doubled ranks are integers: no rounding in the comparison
 			if (t >= far)
 				hit += cnt[nx, s]
+		}
+	return tot > 0 ? hit / tot : -1
+}
+
+function signrank_p(d, n,   v, r2, m, i, j, k, s, obs, tot2, far, t, cnt, maxs, tot, hit) {
+	m = 0
+	for (i = 1; i <= n; i++)
+		if (d[i] + 0 != 0)
+			v[++m] = d[i] + 0
+	if (m < 1)
+		return -1
+	# sort by magnitude
+	for (i = 2; i <= m; i++)
+		for (j = i; j > 1 && (v[j - 1] < 0 ? -v[j - 1] : v[j - 1]) > (v[j] < 0 ? -v[j] : v[j]); j--) {
+			t = v[j]; v[j] = v[j - 1]; v[j - 1] = t
+		}
+	# doubled mean ranks of the magnitudes: a run of ties from i to j takes i + j
+	for (i = 1; i <= m; i = j + 1) {
+		for (j = i; j < m && (v[j + 1] < 0 ? -v[j + 1] : v[j + 1]) == (v[i] < 0 ? -v[i] : v[i]); j++)
+			;
+		for (k = i; k <= j; k++)
+			r2[k] = i + j
+	}
+	obs = tot2 = 0
+	for (i = 1; i <= m; i++) {
+		tot2 += r2[i]
+		if (v[i] > 0)
+			obs += r2[i]
+	}
+	# twice the distance from the mean (tot2 / 2): integers throughout
+	far = 2 * obs - tot2; if (far < 0) far = -far
+	# cnt[s]: sign patterns of the ranks seen so far whose positive doubled ranks sum to s
+	cnt[0] = 1; maxs = 0
+	for (i = 1; i <= m; i++) {
+		maxs += r2[i]
+		for (s = maxs; s >= r2[i]; s--)
+			if (((s - r2[i]) in cnt))
+				cnt[s] += cnt[s - r2[i]]
+	}
+	tot = hit = 0
+	for (s = 0; s <= maxs; s++)
+		if ((s in cnt)) {
+			tot += cnt[s]
+			t = 2 * s - tot2; if (t < 0) t = -t
+			if (t >= far)
+				hit += cnt[s]
 		}
 	return tot > 0 ? hit / tot : -1
 }
