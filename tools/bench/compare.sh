@@ -473,24 +473,29 @@ fi
 # client-bound reps; per row and policy the per-rep keel/epoll ratios (median, min, max).
 sum=$out/summary.tsv
 summary_prog='
-# Row @row, policy @pol: the keel/epoll ratio of each repetition of @src (src[row, pol,
-# server, rep]) into out[1..3] as median, min and max; returns how many.
-# The logarithms of the per-pair keel/epoll ratios of one row and policy (pairs whose two
-# figures are both above 0) into @out, for the signed-rank test; returns how many.
-function rep_logs(src, row, pol, out,   r, nr) {
-	delete out
-	for (r = 1; r <= 1000; r++)
-		if (((row, pol, "keel", r) in src) && ((row, pol, "epoll", r) in src) && \
-		    src[row, pol, "keel", r] > 0 && src[row, pol, "epoll", r] > 0)
-			out[++nr] = log(src[row, pol, "keel", r] / src[row, pol, "epoll", r])
-	return nr + 0
-}
-function rep_ratios(src, row, pol, out,   r, nr, a) {
+# Row @row, policy @pol: the keel/epoll ratio of each pair of repetitions of @src (src[row,
+# pol, server, rep]) whose epoll figure is above 0 into a[1..]; returns how many.
+function pair_ratios(src, row, pol, a,   r, nr) {
+	delete a
 	for (r = 1; r <= 1000; r++)
 		if (((row, pol, "keel", r) in src) && ((row, pol, "epoll", r) in src) && src[row, pol, "epoll", r] > 0)
 			a[++nr] = src[row, pol, "keel", r] / src[row, pol, "epoll", r]
-	if (nr) { out[1] = med(a, nr); out[2] = a[1]; out[3] = a[nr] }
 	return nr + 0
+}
+# Those ratios into out[1..3] as median, min and max; returns how many.
+function rep_ratios(src, row, pol, out,   nr, a) {
+	nr = pair_ratios(src, row, pol, a)
+	if (nr) { out[1] = med(a, nr); out[2] = a[1]; out[3] = a[nr] }
+	return nr
+}
+# Their logarithms (the ratios above 0) into @out, for the signed-rank test; returns how many.
+function rep_logs(src, row, pol, out,   nr, a, i, m) {
+	nr = pair_ratios(src, row, pol, a)
+	delete out
+	for (i = 1; i <= nr; i++)
+		if (a[i] > 0)
+			out[++m] = log(a[i])
+	return m + 0
 }
 # The @c figures of key @k in @src (src[k, 1..c]) into @dst, leaving out "null" (and, with
 # @positive, figures not above 0); returns how many.
