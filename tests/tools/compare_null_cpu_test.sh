@@ -23,22 +23,8 @@ if [ "\$1" = serve ]; then
 	trap 'echo "keel-bench serve: bytes in 0 out 0; 0 errors"; exit 0' TERM
 	while :; do sleep 0.05; done
 fi
-cat <<JSON
-{
-  "stalled_conns": $2,
-  "msgs_per_sec": 1000,
-  "gbps": 0,
-  "lat_p50_us": 10,
-  "lat_p99_us": 20,
-  "server_cpu_ns_per_msg": $1,
-  "server_cpu_util": 0.5,
-  "client_cpu_util": 0.5,
-  "client_cores": 0.5,
-  "client_bound": false,
-  "lost": 0,
-  "server_cpus_ns_per_msg": null
-}
-JSON
+. "$root/tests/tools/bench_stub.sh"
+bench_stub_json 1000 $1 $2
 STUB
 	chmod +x "$tmp/bin/keel-bench"
 }

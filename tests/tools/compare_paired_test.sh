@@ -27,22 +27,8 @@ n=\$((\$(cat "$tmp/state/runs") + 1)); echo \$n >"$tmp/state/runs"
 pair=\$(((n + 1) / 2)); pace=\$((pair % 2 ? 2 : 1))
 if [ "\$(cat "$tmp/state/backend")" = keel ]; then rate=\$((950 * pace)); cpu=\$((2100 / pace))
 else rate=\$((1000 * pace)); cpu=\$((2000 / pace)); fi
-cat <<JSON
-{
-  "stalled_conns": 0,
-  "msgs_per_sec": \$rate,
-  "gbps": 0,
-  "lat_p50_us": 10,
-  "lat_p99_us": 20,
-  "server_cpu_ns_per_msg": \$cpu,
-  "server_cpu_util": 0.5,
-  "client_cpu_util": 0.5,
-  "client_cores": 0.5,
-  "client_bound": false,
-  "lost": 0,
-  "server_cpus_ns_per_msg": null
-}
-JSON
+. "$root/tests/tools/bench_stub.sh"
+bench_stub_json \$rate \$cpu 0
 STUB
 chmod +x "$tmp/bin/keel-bench"
 bash "$root/tools/bench/compare.sh" --bin "$tmp/bin" --rows pp1 --policies block --reps 7 \

@@ -8,19 +8,29 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 fail=0
-# check NAME "X values" "Y values" HITS SPLITS: p must be HITS / SPLITS
-check() {
-	local got
-	got=$(awk -v xs="$2" -v ys="$3" -f "$root/tools/bench/ranksum.awk" -f /dev/stdin <<'AWK'
-BEGIN { nx = split(xs, x, " "); ny = split(ys, y, " "); printf "%.12f\n", ranksum_p(x, nx, y, ny) }
-AWK
-)
-	if awk -v g="$got" -v h="$4" -v t="$5" 'BEGIN { d = g - h / t; exit !(d < 1e-9 && d > -1e-9) }'; then
-		echo "ok: $1 (p $got)"
+# expect NAME GOT HITS COUNT: the p-value GOT must be HITS / COUNT
+expect() {
+	if awk -v g="$2" -v h="$3" -v t="$4" 'BEGIN { d = g - h / t; exit !(d < 1e-9 && d > -1e-9) }'; then
+		echo "ok: $1 (p $2)"
 	else
-		echo "FAIL: $1: p $got, expected $4/$5"
+		echo "FAIL: $1: p $2, expected $3/$4"
 		fail=1
 	fi
+}
+# check NAME "X values" "Y values" HITS SPLITS: ranksum_p must be HITS / SPLITS
+check() {
+	expect "$1" "$(awk -v xs="$2" -v ys="$3" -f "$root/tools/bench/ranksum.awk" -f /dev/stdin <<'AWK'
+BEGIN { nx = split(xs, x, " "); ny = split(ys, y, " "); printf "%.12f\n", ranksum_p(x, nx, y, ny) }
+AWK
+)" "$4" "$5"
+}
+# scheck NAME "differences" HITS PATTERNS: signrank_p, the paired test, must be HITS /
+# PATTERNS, counted over the 2^m sign patterns of the m nonzero differences
+scheck() {
+	expect "$1" "$(awk -v ds="$2" -f "$root/tools/bench/ranksum.awk" -f /dev/stdin <<'AWK'
+BEGIN { n = split(ds, d, " "); printf "%.12f\n", signrank_p(d, n) }
+AWK
+)" "$3" "$4"
 }
 # 5 against 5, fully separated: the two most extreme of C(10,5) = 252 splits
 check "separated 5/5" "1 2 3 4 5" "6 7 8 9 10" 2 252
@@ -35,21 +45,6 @@ check "ties 7/8" "10 12 12 15 20 20 21" "11 12 18 20 25 26 30 31" 1196 6435
 # a server-CPU-like row: keel's five figures mostly above epoll's, one tie across
 check "cpu-like 5/5" "464 470 455 480 500" "433 440 470 420 431" 10 252
 check "separated 7/7" "1 2 3 4 5 6 7" "8 9 10 11 12 13 14" 2 3432
-# signrank_p: the paired test over per-pair differences, against counts of the 2^m sign
-# patterns (written out as fractions)
-scheck() {
-	local got
-	got=$(awk -v ds="$2" -f "$root/tools/bench/ranksum.awk" -f /dev/stdin <<'AWK'
-BEGIN { n = split(ds, d, " "); printf "%.12f\n", signrank_p(d, n) }
-AWK
-)
-	if awk -v g="$got" -v h="$3" -v t="$4" 'BEGIN { d = g - h / t; exit !(d < 1e-9 && d > -1e-9) }'; then
-		echo "ok: $1 (p $got)"
-	else
-		echo "FAIL: $1: p $got, expected $3/$4"
-		fail=1
-	fi
-}
 # 7 pairs all one way: the two most extreme of 128 patterns, either sign
 scheck "7 pairs up" "0.01 0.02 0.03 0.04 0.05 0.06 0.07" 2 128
 scheck "7 pairs down" "-0.07 -0.01 -0.03 -0.02 -0.05 -0.04 -0.06" 2 128
