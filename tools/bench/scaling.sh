@@ -167,9 +167,12 @@ cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo) # no SIGPIPE 
 	echo "  reach p = $(awk -v n="$reps" -f "$root/tools/bench/ranksum.awk" \
 		-f <(echo 'BEGIN { printf "%.4f", ranksum_min_p(n) }'))" \
 		"(3 never reach 0.05: the default is 5)"
+	echo "- pairs (p): compare.sh's paired verdicts, rate; server CPU (the signed-rank test of the per-pair ratios,"
+	echo "  docs/bench.md); $reps pairs can reach p = $(awk -v n="$reps" 'BEGIN { printf "%.4f", 2 / 2 ^ n }')" \
+		"(it takes --reps 6 to reach 0.05)"
 	echo
-	echo "| shards | client CPUs | row | mode | conns | policy | unit | keel median (min-max) | epoll median (min-max) | keel/epoll (min-max) | server cores keel / epoll | server CPU ns/msg keel / epoll | p99 µs keel / epoll | shown (p): rate; server CPU | flags |"
-	echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+	echo "| shards | client CPUs | row | mode | conns | policy | unit | keel median (min-max) | epoll median (min-max) | keel/epoll (min-max) | server cores keel / epoll | server CPU ns/msg keel / epoll | p99 µs keel / epoll | shown (p): rate; server CPU | pairs (p): rate; server CPU | flags |"
+	echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 	scaling_prog='
 	function v(x) { return (x == "" || x == "null" || x == "-") ? "-" : sprintf("%.0f", x) }
 	function g(x) { return (x == "" || x == "null" || x == "-") ? "-" : sprintf("%.2f", x) }
@@ -190,9 +193,13 @@ cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo) # no SIGPIPE 
 			# a client-bound run measured the client: its rate verdict says nothing of
 			# the servers (as in compare.md)
 			if (K[20] > 0 || E[20] > 0) sh = "rate moot (client-bound): " sh
-			printf "| %s | %s | %s | %s | %s | %s | %s | %s (%s-%s) | %s (%s-%s) | %s (%s-%s) | %s / %s | %s / %s | %s / %s | %s | %s |\n", \
+			# the paired verdicts (compare.sh: p_rate_paired, p_cpu_paired), the direction
+			# the median per-pair ratio'"'"'s
+			pr = ranksum_shown(K[42], K[22], 1, K[43], K[31], 1)
+			if (pr != "-" && (K[20] > 0 || E[20] > 0)) pr = "rate moot (client-bound): " pr
+			printf "| %s | %s | %s | %s | %s | %s | %s | %s (%s-%s) | %s (%s-%s) | %s (%s-%s) | %s / %s | %s / %s | %s / %s | %s | %s | %s |\n", \
 				A[1], A[2], A[3], mode, A[7], A[9], unit, v(K[12]), v(K[13]), v(K[14]), v(E[12]), v(E[13]), v(E[14]), \
-				g(K[22]), g(K[23]), g(K[24]), g(K[18]), g(E[18]), v(K[17]), v(E[17]), f1(K[16]), f1(E[16]), sh, fl
+				g(K[22]), g(K[23]), g(K[24]), g(K[18]), g(E[18]), v(K[17]), v(E[17]), f1(K[16]), f1(E[16]), sh, pr, fl
 		}
 	}'
 	awk -F'\t' -f "$root/tools/bench/ranksum.awk" -f <(printf '%s\n' "$scaling_prog") "$tsv"
