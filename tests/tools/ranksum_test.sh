@@ -59,14 +59,15 @@ scheck "tied magnitudes" "1 1 2 -3" 12 16
 # tied smallest magnitudes, they would give 10 of 32)
 scheck "zeros left out" "0 0 1 2 3" 2 8
 scheck "mixed 6" "0.5 -0.25 0.125 1 2 -3" 44 64
-# an empty side has no test; the smallest p of n a side is 2 / C(2n, n)
+# an empty side has no test; the smallest p of n a side is 2 / C(2n, n), of n pairs 2 / 2^n
 out=$(awk -f "$root/tools/bench/ranksum.awk" -f /dev/stdin <<'AWK'
 BEGIN { split("1 2 3", x, " "); split("", y, " "); printf "%d ", ranksum_p(x, 3, y, 0)
 	split("0 0", z, " "); printf "%d ", signrank_p(z, 2)
-	printf "%.6f %.6f %.6f\n", ranksum_min_p(2), ranksum_min_p(3), ranksum_min_p(5) }
+	printf "%.6f %.6f %.6f ", ranksum_min_p(2), ranksum_min_p(3), ranksum_min_p(5)
+	printf "%.6f %.6f\n", signrank_min_p(5), signrank_min_p(7) }
 AWK
 )
-want="-1 -1 0.333333 0.100000 0.007937"
+want="-1 -1 0.333333 0.100000 0.007937 0.062500 0.015625"
 if [ "$out" = "$want" ]; then echo "ok: empty side, smallest p"; else echo "FAIL: empty side / smallest p: '$out', expected '$want'"; fail=1; fi
 # the words the tables print
 out=$(awk -f "$root/tools/bench/ranksum.awk" -f /dev/stdin <<'AWK'

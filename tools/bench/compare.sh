@@ -673,7 +673,7 @@ client_desc="keel-bench MODE --client $client --port P --server-pid PID"
 	echo "  the per-pair keel/epoll ratios (ranksum.awk): a pair's two runs ran back to back, so a change of the"
 	echo "  machine's pace that moves both, and spreads each server's repetitions enough to hide a difference"
 	echo "  from the rank-sum, drops out of their ratio; the direction is the median ratio's. With $reps pairs the"
-	echo "  smallest possible p is $(awk -v n="$reps" 'BEGIN { printf "%.4f", 2 / 2 ^ n }'): it takes 6 pairs to reach 0.05"
+	echo "  smallest possible p is $(awk -v n="$reps" -f "$root/tools/bench/ranksum.awk" -f <(echo 'BEGIN { printf "%.4f", signrank_min_p(n) }')): it takes 6 pairs to reach 0.05"
 } >"$md"
 md_prog='
 function fmtv(v, mode) { if (v == "null" || v == "-" || v == "") return "-"; return (mode == "stream") ? sprintf("%.3f", v) : sprintf("%.0f", v) }

@@ -28,8 +28,8 @@
 # differences are left out; tied magnitudes take their mean rank (doubled, as above). Every
 # one of the 2^m sign patterns of the m nonzero differences is counted, and the p-value is
 # the share whose positive rank sum lies at least as far from its mean as the observed one.
-# The smallest p of n pairs is 2 / 2^n: 0.0625 with 5, 0.031 with 6, 0.016 with 7, so it
-# takes 6 pairs to reach p < 0.05. Returns -1 with no nonzero difference.
+# The smallest p of n pairs, signrank_min_p(n), is 2 / 2^n: 0.0625 with 5, 0.031 with 6,
+# 0.016 with 7, so it takes 6 pairs to reach p < 0.05. Returns -1 with no nonzero difference.
 #
 # Used with -f beside a program: awk -f tools/bench/ranksum.awk -f prog.awk.
 
@@ -41,20 +41,25 @@ function ranksum__sort(v, n, g,   i, j, t, u) {
 		}
 }
 
-function ranksum_p(x, nx, y, ny,   v, g, r2, n, i, j, k, s, t, obs, mean2, far, tot, hit, cnt, maxs) {
-	if (nx < 1 || ny < 1)
-		return -1
-	n = 0
-	for (i = 1; i <= nx; i++) { v[++n] = x[i] + 0; g[n] = 1 }
-	for (i = 1; i <= ny; i++) { v[++n] = y[i] + 0; g[n] = 0 }
-	ranksum__sort(v, n, g)
-	# doubled mean ranks: a run of ties from i to j (1-based) takes i + j
+# Doubled mean ranks of the sorted v[1..n] into r2: a run of ties from i to j (1-based)
+# takes i + j, so mean ranks stay integers.
+function ranksum__ranks(v, n, r2,   i, j, k) {
 	for (i = 1; i <= n; i = j + 1) {
 		for (j = i; j < n && v[j + 1] == v[i]; j++)
 			;
 		for (k = i; k <= j; k++)
 			r2[k] = i + j
 	}
+}
+
+function ranksum_p(x, nx, y, ny,   v, g, r2, n, i, k, s, t, obs, mean2, far, tot, hit, cnt, maxs) {
+	if (nx < 1 || ny < 1)
+		return -1
+	n = 0
+	for (i = 1; i <= nx; i++) { v[++n] = x[i] + 0; g[n] = 1 }
+	for (i = 1; i <= ny; i++) { v[++n] = y[i] + 0; g[n] = 0 }
+	ranksum__sort(v, n, g)
+	ranksum__ranks(v, n, r2)
 	obs = 0
 	for (i = 1; i <= n; i++)
 		if (g[i])
@@ -82,29 +87,22 @@ function ranksum_p(x, nx, y, ny,   v, g, r2, n, i, j, k, s, t, obs, mean2, far, 
 	return tot > 0 ? hit / tot : -1
 }
 
-function signrank_p(d, n,   v, r2, m, i, j, k, s, obs, tot2, far, t, cnt, maxs, tot, hit) {
+function signrank_p(d, n,   v, g, r2, m, i, s, obs, tot2, far, t, cnt, maxs, tot, hit) {
+	# the nonzero magnitudes, each with its sign (g: positive), sorted by magnitude
 	m = 0
 	for (i = 1; i <= n; i++)
-		if (d[i] + 0 != 0)
-			v[++m] = d[i] + 0
+		if (d[i] + 0 != 0) {
+			v[++m] = d[i] < 0 ? -d[i] : d[i] + 0
+			g[m] = d[i] > 0
+		}
 	if (m < 1)
 		return -1
-	# sort by magnitude
-	for (i = 2; i <= m; i++)
-		for (j = i; j > 1 && (v[j - 1] < 0 ? -v[j - 1] : v[j - 1]) > (v[j] < 0 ? -v[j] : v[j]); j--) {
-			t = v[j]; v[j] = v[j - 1]; v[j - 1] = t
-		}
-	# doubled mean ranks of the magnitudes: a run of ties from i to j takes i + j
-	for (i = 1; i <= m; i = j + 1) {
-		for (j = i; j < m && (v[j + 1] < 0 ? -v[j + 1] : v[j + 1]) == (v[i] < 0 ? -v[i] : v[i]); j++)
-			;
-		for (k = i; k <= j; k++)
-			r2[k] = i + j
-	}
+	ranksum__sort(v, m, g)
+	ranksum__ranks(v, m, r2)
 	obs = tot2 = 0
 	for (i = 1; i <= m; i++) {
 		tot2 += r2[i]
-		if (v[i] > 0)
+		if (g[i])
 			obs += r2[i]
 	}
 	# twice the distance from the mean (tot2 / 2): integers throughout
@@ -126,6 +124,10 @@ function signrank_p(d, n,   v, r2, m, i, j, k, s, obs, tot2, far, t, cnt, maxs, 
 				hit += cnt[s]
 		}
 	return tot > 0 ? hit / tot : -1
+}
+
+function signrank_min_p(n) {
+	return 2 / 2 ^ n
 }
 
 function ranksum_min_p(n,   c, i) {

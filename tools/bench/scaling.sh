@@ -168,7 +168,7 @@ cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo) # no SIGPIPE 
 		-f <(echo 'BEGIN { printf "%.4f", ranksum_min_p(n) }'))" \
 		"(3 never reach 0.05: the default is 5)"
 	echo "- pairs (p): compare.sh's paired verdicts, rate; server CPU (the signed-rank test of the per-pair ratios,"
-	echo "  docs/bench.md); $reps pairs can reach p = $(awk -v n="$reps" 'BEGIN { printf "%.4f", 2 / 2 ^ n }')" \
+	echo "  docs/bench.md); $reps pairs can reach p = $(awk -v n="$reps" -f "$root/tools/bench/ranksum.awk" -f <(echo 'BEGIN { printf "%.4f", signrank_min_p(n) }'))" \
 		"(it takes --reps 6 to reach 0.05)"
 	echo
 	echo "| shards | client CPUs | row | mode | conns | policy | unit | keel median (min-max) | epoll median (min-max) | keel/epoll (min-max) | server cores keel / epoll | server CPU ns/msg keel / epoll | p99 µs keel / epoll | shown (p): rate; server CPU | pairs (p): rate; server CPU | flags |"
