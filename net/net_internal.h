@@ -141,8 +141,25 @@ int keel__net_shard_get_cfg(const struct keel_net_config *cfg, struct net_shard 
 /* The fields the shard's state is made with (buffer rings, file table) are equal. */
 bool keel__net_config_shard_equal(const struct keel_net_config *a, const struct keel_net_config *b);
 struct net_shard *keel__net_shard_cur(void);
-void keel__net_ref(struct net_shard *ns);
-void keel__net_unref(struct net_shard *ns);
+/* The shard's state lives while references are held (connections, endpoints, buffers
+ * out, deferred calls). Inline: taken and dropped for every receive buffer. */
+static inline void
+keel__net_ref(struct net_shard *ns)
+{
+	ns->refs++;
+}
+/* The last reference, or any while the shard stops: shard.c. */
+void keel__net_unref_slow(struct net_shard *ns);
+static inline void
+keel__net_unref(struct net_shard *ns)
+{
+	net_verify(ns->refs > 0);
+	if (__builtin_expect(ns->refs > 1 && !ns->stopping, 1)) {
+		ns->refs--;
+		return;
+	}
+	keel__net_unref_slow(ns);
+}
 /* Run @fn(ns) from the loop once: nothing when *@queued says it is queued already; else a
  * deferred call holding a reference to @ns, which @fn drops (keel__net_unref) after
  * clearing *@queued. Without memory for the call, nothing: the caller's next event tries

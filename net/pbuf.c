@@ -274,15 +274,13 @@ keel__pbuf_drop_krefs(struct pbuf_ring *r)
 	}
 }
 
-/* The ring's reference on @bid, wrapping the buffer when the kernel starts filling it. */
+/* Wrap buffer @bid into @out, a reference the ring hands out (the ring's own, or the
+ * caller's). keel__pbuf_fail_wraps makes it fail as a header allocation would. */
 static int
-kref_get(struct pbuf_ring *r, uint16_t bid)
+wrap(struct pbuf_ring *r, uint16_t bid, struct keel_slice *out)
 {
-	uint8_t *base;
 	int ret;
 
-	if (r->kref[bid].buf)
-		return 0;
 	if (__builtin_expect(atomic_load_explicit(&keel__pbuf_fail_wraps, memory_order_relaxed),
 			     0)) {
 		unsigned n = atomic_load(&keel__pbuf_fail_wraps);
@@ -291,15 +289,27 @@ kref_get(struct pbuf_ring *r, uint16_t bid)
 		if (n)
 			return -ENOMEM;
 	}
-	base = r->slot[bid].base;
-	ret = keel_buf_wrap(keel_shard_alloc(), base, r->bufsize, buf_release, &r->slot[bid],
-			    &r->kref[bid]);
+	ret = keel_buf_wrap(keel_shard_alloc(), r->slot[bid].base, r->bufsize, buf_release,
+			    &r->slot[bid], out);
 	if (ret < 0)
 		return ret;
 	r->out++;
-	r->nkref++;
 	keel__net_ref(r->ns);
 	return 0;
+}
+
+/* The ring's reference on @bid, wrapping the buffer when the kernel starts filling it. */
+static int
+kref_get(struct pbuf_ring *r, uint16_t bid)
+{
+	int ret;
+
+	if (r->kref[bid].buf)
+		return 0;
+	ret = wrap(r, bid, &r->kref[bid]);
+	if (ret == 0)
+		r->nkref++;
+	return ret;
 }
 
 int
@@ -312,6 +322,22 @@ keel__pbuf_take(struct pbuf_ring *r, unsigned bid, int res, uint32_t cqe_flags, 
 	int err = 0;
 
 	net_verify(bid < r->nbufs);
+	/* One whole buffer the kernel is done with (no incremental consumption, no bundle:
+	 * the UDP ring): wrapped straight into the caller's slice, without the ring's
+	 * reference the loop below would take and hand over (about 60 instructions a
+	 * datagram, measured with callgrind). */
+	if (!r->inc && !bundle && rem && rem <= r->bufsize && !r->kref[bid].buf) {
+		net_verify(max > 0);
+		r->inring--;
+		err = wrap(r, (uint16_t)bid, out);
+		if (err == 0)
+			out->len = rem;
+		else if (r->registered && !r->ns->stopping)
+			give_back(r, (uint16_t)bid); /* never wrapped: straight back, as below */
+		if (r->registered && !r->ns->stopping)
+			top_up(r);
+		return err ? err : 1;
+	}
 	pos = r->bid_pos[bid];
 	while (rem) {
 		uint16_t b = r->pos_bid[pos & r->mask];

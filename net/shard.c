@@ -212,12 +212,6 @@ destroy(struct net_shard *ns)
 }
 
 void
-keel__net_ref(struct net_shard *ns)
-{
-	ns->refs++;
-}
-
-void
 keel__net_kick(struct net_shard *ns, bool *queued, void (*fn)(void *))
 {
 	if (*queued || keel_defer(fn, ns) < 0)
@@ -227,7 +221,7 @@ keel__net_kick(struct net_shard *ns, bool *queued, void (*fn)(void *))
 }
 
 void
-keel__net_unref(struct net_shard *ns)
+keel__net_unref_slow(struct net_shard *ns)
 {
 	net_verify(ns->refs > 0);
 	if (--ns->refs == 0) {

@@ -307,7 +307,12 @@ udp_deliver(struct keel_udp *u, unsigned bid, int res, uint32_t flags)
 		/* Copied out: a buffer holds any datagram size, so it need not be aligned. */
 		memcpy(&o, whole.data, sizeof(o));
 		off = sizeof(o);
-		memcpy(&src, whole.data + off, o.namelen < UDP_NAMELEN ? o.namelen : UDP_NAMELEN);
+		/* IPv4's size a constant: copied inline, not by a call. */
+		if (o.namelen == sizeof(struct sockaddr_in))
+			memcpy(&src, whole.data + off, sizeof(struct sockaddr_in));
+		else
+			memcpy(&src, whole.data + off,
+			       o.namelen < UDP_NAMELEN ? o.namelen : UDP_NAMELEN);
 		off += UDP_NAMELEN;
 		udp_count_drops(u, whole.data + off,
 				o.controllen < UDP_CTRL_LEN ? o.controllen : UDP_CTRL_LEN);
@@ -1014,6 +1019,15 @@ sqe_unsent(const struct udp_send *d)
 /* Add @s to @d, the endpoint's last sendmsg, when it is still in the SQ and the datagram
  * can be one more segment of it: the same destination, the size of the first (or shorter,
  * which ends the batch), within the segment count and an IP packet's payload. */
+/* The first @len bytes of the two addresses are equal; IPv4's size compared inline. */
+static inline bool
+same_dst(const struct sockaddr_storage *a, const struct sockaddr_storage *b, socklen_t len)
+{
+	if (len == sizeof(struct sockaddr_in))
+		return memcmp(a, b, sizeof(struct sockaddr_in)) == 0;
+	return memcmp(a, b, len) == 0;
+}
+
 static bool
 gso_join(struct keel_udp *u, struct udp_send *d, struct keel_slice *s,
 	 const struct sockaddr_storage *dst)
@@ -1026,7 +1040,7 @@ gso_join(struct keel_udp *u, struct udp_send *d, struct keel_slice *s,
 
 	if (s->len == 0 || s->len > seg || (g && g->closed) || n >= ns->cfg.udp_gso_segs ||
 	    (uint64_t)seg * n + s->len > KEEL_UDP_GSO_BYTES || dst->ss_family != d->dst.ss_family ||
-	    memcmp(dst, &d->dst, d->msg.msg_namelen) != 0 || !sqe_unsent(d))
+	    !same_dst(dst, &d->dst, d->msg.msg_namelen) || !sqe_unsent(d))
 		return false;
 	if (!g) {
 		g = ns->udp_gso_free;

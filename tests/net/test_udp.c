@@ -469,6 +469,66 @@ Test(net_udp, buffer_size_and_count_are_configurable)
 	buf_config_run(NULL);
 }
 
+/* A datagram whose receive buffer cannot be wrapped (no buffer header: ENOMEM) is dropped
+ * and counted in udp_nomem, and its buffer goes back to the ring: of 4 buffers, 4 are
+ * then received into and held at once. Lost, the ring would hold 3, and the fourth
+ * datagram would wait in the socket. */
+static void
+wrap_fail_run(const char *feature)
+{
+	struct udp_sink *k = calloc(1, sizeof(*k));
+	struct keel_net_config nc;
+	struct keel_net_stats st;
+	struct keel_runtime *rt;
+	char buf[16];
+	ssize_t n;
+	int fd;
+
+	keel_net_config_init(&nc);
+	nc.udp_buf_size = 1024;
+	nc.udp_buf_count = 4;
+	k->echo = true;
+	rt = sink_run(k, &nc, feature);
+	fd = sink_client(k);
+	atomic_store(&keel__pbuf_fail_wraps, 1);
+	cr_assert_eq(send(fd, "d", 1, 0), 1);
+	cr_assert_eq(send(fd, "M", 1, 0), 1);
+	n = recv_intr(fd, buf, sizeof(buf));
+	cr_assert(n == 1 && buf[0] == 'M', "got %zd bytes (%s), want the marker's echo alone", n,
+		  n < 0 ? strerror(errno) : "the dropped datagram came back?");
+	cr_assert_eq(atomic_load(&keel__pbuf_fail_wraps), 0);
+	shard_net_stats(rt, &st);
+	cr_assert_eq(st.udp_nomem, 1, "udp_nomem %llu, want the dropped datagram's 1",
+		     (unsigned long long)st.udp_nomem);
+	cr_assert_eq(atomic_load(&k->datagrams), 1);
+	k->echo = false;
+	shard_hold(&k->shard, rt, 0);
+	k->hold = true; /* the shard is blocked: no datagram is being delivered */
+	for (unsigned i = 0; i < 4; i++)
+		cr_assert_eq(send(fd, "h", 1, 0), 1);
+	shard_hold_release(&k->shard);
+	WAIT_FOR(atomic_load(&k->datagrams) == 1 + 4,
+		 "4 datagrams received into the ring's 4 buffers and held (%llu)",
+		 (unsigned long long)atomic_load(&k->datagrams) - 1);
+	shard_net_stats(rt, &st);
+	cr_assert_eq(st.bufs_out, 4, "%llu receive buffers held, want 4",
+		     (unsigned long long)st.bufs_out);
+	sink_put_held(rt, k);
+	close(fd);
+	sink_stop(rt, k);
+	free(k);
+}
+
+Test(net_udp, a_buffer_that_cannot_be_wrapped_goes_back_to_the_ring)
+{
+	wrap_fail_run(NULL);
+}
+
+Test(net_udp, a_buffer_that_cannot_be_wrapped_goes_back_multishot_recv_off)
+{
+	wrap_fail_run("multishot_recv=off");
+}
+
 /* A ring's buffers take udp_buf_count x (udp_buf_size + KEEL_UDP_BUF_OVERHEAD) bytes of
  * --memory, as documented, also when its 4 MiB areas do not divide them evenly: the
  * default's 65,608-byte buffers fit 63 to an area, so 256 of them are four full areas and
