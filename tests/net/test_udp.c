@@ -398,11 +398,26 @@ udp_enobufs(struct keel_runtime *rt)
 	return st.enobufs;
 }
 
+/* An echoing sink whose ring has @nbufs buffers of 1,024 bytes, and a client of it. */
+static struct keel_runtime *
+echo_sink_1k(struct udp_sink *k, uint32_t nbufs, const char *feature, int *fd)
+{
+	struct keel_net_config nc;
+	struct keel_runtime *rt;
+
+	keel_net_config_init(&nc);
+	nc.udp_buf_size = 1024;
+	nc.udp_buf_count = nbufs;
+	k->echo = true;
+	rt = sink_run(k, &nc, feature);
+	*fd = sink_client(k);
+	return rt;
+}
+
 static void
 buf_config_run(const char *feature)
 {
 	struct udp_sink *k = calloc(1, sizeof(*k));
-	struct keel_net_config nc;
 	struct keel_net_stats st;
 	struct keel_runtime *rt;
 	static char buf[2048];
@@ -410,12 +425,7 @@ buf_config_run(const char *feature)
 	ssize_t n;
 	int fd;
 
-	keel_net_config_init(&nc);
-	nc.udp_buf_size = 1024;
-	nc.udp_buf_count = 128;
-	k->echo = true;
-	rt = sink_run(k, &nc, feature);
-	fd = sink_client(k);
+	rt = echo_sink_1k(k, 128, feature, &fd);
 	memset(buf, 'x', sizeof(buf));
 	cr_assert_eq(send(fd, buf, 1024, 0), 1024);
 	cr_assert_eq(recv_intr(fd, buf, sizeof(buf)), 1024);
@@ -477,19 +487,13 @@ static void
 wrap_fail_run(const char *feature)
 {
 	struct udp_sink *k = calloc(1, sizeof(*k));
-	struct keel_net_config nc;
 	struct keel_net_stats st;
 	struct keel_runtime *rt;
 	char buf[16];
 	ssize_t n;
 	int fd;
 
-	keel_net_config_init(&nc);
-	nc.udp_buf_size = 1024;
-	nc.udp_buf_count = 4;
-	k->echo = true;
-	rt = sink_run(k, &nc, feature);
-	fd = sink_client(k);
+	rt = echo_sink_1k(k, 4, feature, &fd);
 	atomic_store(&keel__pbuf_fail_wraps, 1);
 	cr_assert_eq(send(fd, "d", 1, 0), 1);
 	cr_assert_eq(send(fd, "M", 1, 0), 1);
