@@ -1016,9 +1016,6 @@ sqe_unsent(const struct udp_send *d)
 	return sq->sqe_tail - 1 - d->sqe_pos < sq->sqe_tail - sq->sqe_head;
 }
 
-/* Add @s to @d, the endpoint's last sendmsg, when it is still in the SQ and the datagram
- * can be one more segment of it: the same destination, the size of the first (or shorter,
- * which ends the batch), within the segment count and an IP packet's payload. */
 /* The first @len bytes of the two addresses are equal; IPv4's size compared inline. */
 static inline bool
 same_dst(const struct sockaddr_storage *a, const struct sockaddr_storage *b, socklen_t len)
@@ -1028,6 +1025,9 @@ same_dst(const struct sockaddr_storage *a, const struct sockaddr_storage *b, soc
 	return memcmp(a, b, len) == 0;
 }
 
+/* Add @s to @d, the endpoint's last sendmsg, when it is still in the SQ and the datagram
+ * can be one more segment of it: the same destination, the size of the first (or shorter,
+ * which ends the batch), within the segment count and an IP packet's payload. */
 static bool
 gso_join(struct keel_udp *u, struct udp_send *d, struct keel_slice *s,
 	 const struct sockaddr_storage *dst)
