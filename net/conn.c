@@ -184,14 +184,11 @@ rq_room(struct keel_conn *c, uint32_t want)
  * give the ring (or the kernel's queue) its buffer back. A few peers that never read could
  * otherwise hold every receive buffer of the shard, and no connection or endpoint of it
  * could receive again. Left as it is when no memory can be had. */
-void
-keel__net_unring(struct net_shard *ns, struct keel_slice *s)
+static __attribute__((noinline, cold)) void
+unring_copy(struct net_shard *ns, struct keel_slice *s)
 {
 	struct keel_slice copy;
 
-	if (!keel__pbuf_pressed(&ns->tcp, s->data) && !keel__pbuf_pressed(&ns->bulk, s->data) &&
-	    !keel__pbuf_pressed(&ns->udp, s->data) && !keel__zcrx_pressed(ns, s->data))
-		return;
 	if (keel_buf_alloc(keel_shard_alloc(), s->len, &copy) < 0)
 		return;
 	memcpy(copy.data, s->data, s->len);
@@ -199,6 +196,19 @@ keel__net_unring(struct net_shard *ns, struct keel_slice *s)
 	keel_slice_put(s);
 	*s = copy;
 	ns->st.recv_copies++;
+}
+
+/* The checks run for every slice a send queue or a UDP send takes: a few loads each while
+ * no ring runs low, with the copy out of their way (unring_copy). */
+void
+keel__net_unring(struct net_shard *ns, struct keel_slice *s)
+{
+	if (__builtin_expect(keel__pbuf_pressed(&ns->tcp, s->data) ||
+				     keel__pbuf_pressed(&ns->bulk, s->data) ||
+				     keel__pbuf_pressed(&ns->udp, s->data) ||
+				     keel__zcrx_pressed(ns, s->data),
+			     0))
+		unring_copy(ns, s);
 }
 
 /* Hold @n slices for delivery after resume. Consumes them, also on failure (-ENOMEM). */
@@ -1063,24 +1073,15 @@ linger(struct keel_conn *c)
 	recv_update(c);
 }
 
+/* Send what the queue holds (send_kick). */
 static void
-send_kick(struct keel_conn *c)
+send_queued(struct keel_conn *c)
 {
 	struct net_shard *ns = c->ns;
 	struct io_uring_sqe *sqe;
 	unsigned n = 0;
 	uint32_t i, first_len;
 
-	if (c->send_inflight || c->closing || !c->open)
-		return;
-	if (!c->qn) {
-		if (c->flush_close) {
-			linger(c);
-		} else if (c->shut_pending && !c->shut_sent) {
-			shut_send(c);
-		}
-		return;
-	}
 	first_len = c->q[c->qhead].len - c->qoff;
 	if (zc_send(c, &c->q[c->qhead], c->qoff, first_len))
 		return;
@@ -1139,6 +1140,21 @@ send_kick(struct keel_conn *c)
 	ns->st.sends++;
 	ns->st.send_iovs += n;
 	ns->st.send_bytes += c->offered;
+}
+
+/* Start the connection's next send, or, with its queue empty, the close or shutdown it
+ * waits for. Inline: called again when each send completes, mostly to find nothing to do. */
+static inline void
+send_kick(struct keel_conn *c)
+{
+	if (c->send_inflight || c->closing || !c->open)
+		return;
+	if (c->qn)
+		send_queued(c);
+	else if (c->flush_close)
+		linger(c);
+	else if (c->shut_pending && !c->shut_sent)
+		shut_send(c);
 }
 
 static void

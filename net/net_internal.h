@@ -66,6 +66,7 @@ struct pbuf_ring {
 	uint32_t grows; /* times the window doubled */
 	uint32_t out;   /* buffers not in the ring */
 	uint32_t nkref; /* kref[] entries held */
+	uint32_t keep;  /* buffers kept for receives (keel__pbuf_pressed); 0 until made */
 };
 
 /* limits.c: a connection's part in the hostile-peer limits (timeouts). */
@@ -220,14 +221,9 @@ keel__pbuf_pressed(const struct pbuf_ring *r, const void *p)
 {
 	const struct keel_slice *area;
 
-	/* A quarter of the buffers, and two at least, stays for the receives of every
-	 * connection; held buffers only: out less those the ring holds for the kernel
-	 * (incremental). With one (4 buffers or fewer), the buffer the kernel was filling,
-	 * which counts as the kernel's though queued slices of it hold it too, was the last:
-	 * all were held before a slice was copied, and the shard starved. */
-	uint32_t keep = r->nbufs / 4 > 2 ? r->nbufs / 4 : 2;
-
-	return r->nareas && r->out - r->nkref + keep > r->nbufs && keel__pbuf_owns(r, p, &area);
+	/* Held buffers only: out less those the ring holds for the kernel (incremental). A
+	 * ring not made (keep, out and nbufs 0) never runs low. */
+	return r->out - r->nkref + r->keep > r->nbufs && keel__pbuf_owns(r, p, &area);
 }
 
 /* Fault injection for tests: the next this-many buffer wraps in keel__pbuf_take fail

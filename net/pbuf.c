@@ -226,6 +226,11 @@ keel__pbuf_init_window(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid,
 		goto err;
 	}
 	r->registered = true;
+	/* A quarter of the buffers, and two at least, stays for the receives of every
+	 * connection (keel__pbuf_pressed). With one (4 buffers or fewer), the buffer the
+	 * kernel was filling, which counts as the kernel's though queued slices of it hold it
+	 * too, was the last: all were held before a slice was copied, and the shard starved. */
+	r->keep = nbufs / 4 > 2 ? nbufs / 4 : 2;
 	/* Spares pushed highest id first, so the ring fills in id order. */
 	for (uint32_t i = nbufs; i-- > 0;)
 		r->spare[r->nspare++] = (uint16_t)i;

@@ -11,7 +11,8 @@
 #include <stdint.h>
 #include <unistd.h>
 
-struct net_shard;
+#include "net_internal.h" /* struct net_shard: the inline checks below */
+
 struct keel_slice;
 struct io_uring_sqe;
 struct io_uring;
@@ -190,9 +191,25 @@ int keel__zcrx_take(struct net_shard *ns, const struct io_uring_cqe *cqe, struct
  * copy-path ring; several small fragments in one page are one page held):
  * a slice there that a send queue or a paused connection is about to hold for as long as a
  * peer takes to read is better copied out (conn.c, unring). Context: @ns's shard. */
-bool keel__zcrx_pressed(const struct net_shard *ns, const void *p);
-/* Bytes a shard received through the copy path while ZCRX fell back (stats). */
-void keel__zcrx_copy_bytes(struct net_shard *ns, uint64_t bytes);
+static inline bool
+keel__zcrx_pressed(const struct net_shard *ns, const void *p)
+{
+	const struct net_zcrx *z = ns->zcrx;
+	const uint8_t *b = p;
+
+	return z && z->state == KEEL_ZCRX_ON && z->pages_held > z->press_line &&
+	       b >= (const uint8_t *)z->area && b < (const uint8_t *)z->area + z->area_len;
+}
+/* Bytes a shard received through the copy path while ZCRX fell back, or with ZCRX on for a
+ * connection that receives through it (Unix, outbound, or refused: keel__zcrx_conn_wants,
+ * conn_fallbacks); stats. Inline, as keel__zcrx_pressed: both run for every receive or
+ * send of a shard that has no ZCRX at all. */
+static inline void
+keel__zcrx_copy_bytes(struct net_shard *ns, uint64_t bytes)
+{
+	if (ns->zcrx && ns->zcrx->state != KEEL_ZCRX_NONE)
+		ns->zcrx->copy_bytes += bytes;
+}
 /* A frame of @n slices was delivered whole (frame.c): counted when they are area slices. */
 void keel__zcrx_frame_seen(const struct keel_slice *s, unsigned n);
 

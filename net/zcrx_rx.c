@@ -551,25 +551,6 @@ keel__zcrx_take(struct net_shard *ns, const struct io_uring_cqe *cqe, struct kee
 	return 1;
 }
 
-bool
-keel__zcrx_pressed(const struct net_shard *ns, const void *p)
-{
-	const struct net_zcrx *z = ns->zcrx;
-	const uint8_t *b = p;
-
-	return z && z->state == KEEL_ZCRX_ON && z->pages_held > z->press_line &&
-	       b >= (const uint8_t *)z->area && b < (const uint8_t *)z->area + z->area_len;
-}
-
-void
-keel__zcrx_copy_bytes(struct net_shard *ns, uint64_t bytes)
-{
-	/* A shard that fell back, or one with ZCRX on whose connection receives through the
-	 * copy path (Unix, outbound, or refused: keel__zcrx_conn_wants, conn_fallbacks). */
-	if (ns->zcrx && ns->zcrx->state != KEEL_ZCRX_NONE)
-		ns->zcrx->copy_bytes += bytes;
-}
-
 void
 keel__zcrx_frame_seen(const struct keel_slice *s, unsigned n)
 {
