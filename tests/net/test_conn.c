@@ -1917,3 +1917,109 @@ Test(net_conn, a_low_watermark_of_0_resumes_when_drained)
 	cr_assert_eq(atomic_load(&wmx_opened), 1);
 	cr_assert_eq(atomic_load(&wmx_writables), 1, "on_writable ran more than once");
 }
+
+/* ---- the sends a pass queues on many connections go out from one deferred call ---- */
+
+/* A request run on the shard writes a byte on each of FL_CONNS connections in one pass.
+ * Their sends are started at the end of the pass by one deferred call for the shard's
+ * flush list, not one per connection: the run of deferred calls that follows holds that
+ * call and the test's own (fl_check), and no more than a few others, where a call per
+ * connection made it FL_CONNS + 1 at least. Every client gets its byte. */
+#define FL_CONNS 8
+static struct {
+	struct keel_runtime *rt;
+	struct keel_conn *c[FL_CONNS];
+	_Atomic unsigned opened, closes;
+	uint64_t deferred0;
+	_Atomic uint64_t run; /* the calls that run held; UINT64_MAX: not measured */
+} fl;
+
+static void
+fl_open(struct keel_conn *c)
+{
+	unsigned i = atomic_load(&fl.opened);
+
+	if (SHARD_CHECK(i < FL_CONNS))
+		fl.c[i] = c;
+	atomic_store(&fl.opened, i + 1);
+}
+
+static void
+fl_close(struct keel_conn *c, int status)
+{
+	(void)c;
+	(void)status;
+	atomic_fetch_add(&fl.closes, 1);
+}
+
+static uint64_t
+fl_deferred(void)
+{
+	struct keel_shard_stats st;
+
+	SHARD_CHECK_EQ(keel_runtime_stats(fl.rt, 0, &st), 0);
+	return st.deferred;
+}
+
+/* The next pass: the run that held the flush has been counted. */
+static void
+fl_count(void *arg)
+{
+	struct keel_xreq *req = arg;
+
+	atomic_store(&fl.run, fl_deferred() - fl.deferred0);
+	keel_xreq_complete(req, 0);
+}
+
+/* In the run behind the flush call. */
+static void
+fl_check(void *arg)
+{
+	if (!SHARD_CHECK_EQ(keel_defer(fl_count, arg), 0))
+		keel_xreq_complete(arg, -ENOMEM);
+}
+
+static void
+fl_write_all(struct keel_xreq *req)
+{
+	fl.deferred0 = fl_deferred();
+	for (unsigned i = 0; i < FL_CONNS; i++)
+		SHARD_CHECK_EQ(keel_conn_write(fl.c[i], "f", 1), 0);
+	if (!SHARD_CHECK_EQ(keel_defer(fl_check, req), 0))
+		keel_xreq_complete(req, -ENOMEM);
+}
+
+Test(net_conn, sends_queued_on_many_connections_in_a_pass_go_from_one_deferred_call)
+{
+	static const struct keel_conn_ops ops = { .on_open = fl_open,
+						  .on_data = sink_data,
+						  .on_close = fl_close };
+	struct keel_opts o = net_test_opts(1);
+	int fds[FL_CONNS];
+	struct srv s;
+
+	memset(&fl, 0, sizeof(fl));
+	atomic_store(&fl.run, UINT64_MAX);
+	cr_assert_eq(srv_start(&s, &o, NULL, &ops), 0);
+	fl.rt = s.rt;
+	for (unsigned i = 0; i < FL_CONNS; i++) {
+		fds[i] = cli_connect(s.port);
+		cr_assert_geq(fds[i], 0);
+	}
+	WAIT_FOR(atomic_load(&fl.opened) == FL_CONNS, "every connection open");
+	cr_assert_eq(rt_run_on(s.rt, 0, fl_write_all, NULL), 0);
+	for (unsigned i = 0; i < FL_CONNS; i++) {
+		char b = 0;
+
+		cr_assert_eq(cli_read_all(fds[i], &b, 1), 0, "connection %u's byte", i);
+		cr_assert_eq(b, 'f');
+		close(fds[i]);
+	}
+	WAIT_FOR(atomic_load(&fl.closes) == FL_CONNS, "every connection closed");
+	cr_assert_eq(srv_stop(&s), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_geq(atomic_load(&fl.run), 2, "the flush and the test's call ran");
+	cr_assert_lt(atomic_load(&fl.run), FL_CONNS,
+		     "%llu deferred calls in the run that sent %u connections' queues",
+		     (unsigned long long)atomic_load(&fl.run), FL_CONNS);
+}
