@@ -95,6 +95,9 @@ struct keel_udp {
 	bool starving; /* waiting for a buffer to come back (counted in ns->udp_starving) */
 	int status;
 	struct keel_udp *next;
+	/* The source on_datagram borrows, zero past its address (src_set) */
+	struct sockaddr_storage src;
+	socklen_t src_len; /* ... the bytes of it the last datagram's address set */
 };
 
 /* One datagram on its way out: a slot of the shard's pool. */
@@ -281,17 +284,35 @@ udp_nomem(struct keel_udp *u, int err)
 		 u->port, strerror(-err));
 }
 
+/* Set u->src to @len bytes of @name, the rest of it zero as a zeroed sockaddr_storage is:
+ * only what the last address set past @len is cleared, rather than all 128 bytes for every
+ * datagram (about 20 instructions, callgrind). IPv4's size is a constant, copied inline. */
+static const struct sockaddr_storage *
+src_set(struct keel_udp *u, const void *name, size_t len)
+{
+	if (len == sizeof(struct sockaddr_in)) {
+		memcpy(&u->src, name, sizeof(struct sockaddr_in));
+	} else {
+		if (len > sizeof(u->src))
+			len = sizeof(u->src);
+		memcpy(&u->src, name, len);
+	}
+	if (len < u->src_len)
+		memset((uint8_t *)&u->src + len, 0, u->src_len - len);
+	u->src_len = (socklen_t)len;
+	return &u->src;
+}
+
 static void
 udp_deliver(struct keel_udp *u, unsigned bid, int res, uint32_t flags)
 {
 	struct net_shard *ns = u->ns;
 	struct keel_slice whole, payload;
 	struct io_uring_recvmsg_out o;
-	struct sockaddr_storage src;
+	const struct sockaddr_storage *src;
 	size_t off;
 	int n;
 
-	memset(&src, 0, sizeof(src));
 	if (ns->f_ms_recv) {
 		n = keel__pbuf_take(&ns->udp, bid, res, flags, false, &whole, 1);
 		if (n != 1) {
@@ -307,12 +328,8 @@ udp_deliver(struct keel_udp *u, unsigned bid, int res, uint32_t flags)
 		/* Copied out: a buffer holds any datagram size, so it need not be aligned. */
 		memcpy(&o, whole.data, sizeof(o));
 		off = sizeof(o);
-		/* IPv4's size a constant: copied inline, not by a call. */
-		if (o.namelen == sizeof(struct sockaddr_in))
-			memcpy(&src, whole.data + off, sizeof(struct sockaddr_in));
-		else
-			memcpy(&src, whole.data + off,
-			       o.namelen < UDP_NAMELEN ? o.namelen : UDP_NAMELEN);
+		src = src_set(u, whole.data + off,
+			      o.namelen < UDP_NAMELEN ? o.namelen : UDP_NAMELEN);
 		off += UDP_NAMELEN;
 		udp_count_drops(u, whole.data + off,
 				o.controllen < UDP_CTRL_LEN ? o.controllen : UDP_CTRL_LEN);
@@ -339,8 +356,7 @@ udp_deliver(struct keel_udp *u, unsigned bid, int res, uint32_t flags)
 			udp_nomem(u, n < 0 ? n : -ENOMEM);
 			return;
 		}
-		memcpy(&src, &u->rname,
-		       u->rmsg.msg_namelen < sizeof(src) ? u->rmsg.msg_namelen : sizeof(src));
+		src = src_set(u, &u->rname, u->rmsg.msg_namelen);
 		udp_count_drops(u, (const uint8_t *)u->rctrl,
 				u->rmsg.msg_controllen < UDP_CTRL_LEN ? u->rmsg.msg_controllen
 								      : UDP_CTRL_LEN);
@@ -358,7 +374,7 @@ udp_deliver(struct keel_udp *u, unsigned bid, int res, uint32_t flags)
 		keel_slice_put(&payload);
 		return;
 	}
-	u->ops->on_datagram(u, &payload, &src);
+	u->ops->on_datagram(u, &payload, src);
 }
 
 /* Single-shot recvmsg of a zero-length datagram: the kernel completes it with res 0 and
@@ -369,12 +385,9 @@ udp_deliver_empty(struct keel_udp *u)
 {
 	struct net_shard *ns = u->ns;
 	struct keel_slice one, payload;
-	struct sockaddr_storage src;
+	const struct sockaddr_storage *src = src_set(u, &u->rname, u->rmsg.msg_namelen);
 	int r;
 
-	memset(&src, 0, sizeof(src));
-	memcpy(&src, &u->rname,
-	       u->rmsg.msg_namelen < sizeof(src) ? u->rmsg.msg_namelen : sizeof(src));
 	udp_count_drops(u, (const uint8_t *)u->rctrl,
 			u->rmsg.msg_controllen < UDP_CTRL_LEN ? u->rmsg.msg_controllen
 							      : UDP_CTRL_LEN);
@@ -392,7 +405,7 @@ udp_deliver_empty(struct keel_udp *u)
 		keel_slice_put(&payload);
 		return;
 	}
-	u->ops->on_datagram(u, &payload, &src);
+	u->ops->on_datagram(u, &payload, src);
 }
 
 static void

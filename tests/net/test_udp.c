@@ -28,14 +28,20 @@ struct udp_srv {
 	_Atomic int open_err;
 	_Atomic int closes, close_status;
 	_Atomic uint64_t datagrams;
+	_Atomic uint64_t src_unclean; /* sources not IPv4, or not zero past the address */
 };
 
 static void
 udp_echo(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_storage *src)
 {
+	static const uint8_t zero[sizeof(*src) - sizeof(struct sockaddr_in)];
 	struct udp_srv *us = keel_udp_app(u);
 
 	atomic_fetch_add(&us->datagrams, 1);
+	/* An IPv4 source, zero past its address as a zeroed sockaddr_storage is. */
+	if (src->ss_family != AF_INET ||
+	    memcmp((const uint8_t *)src + sizeof(struct sockaddr_in), zero, sizeof(zero)) != 0)
+		atomic_fetch_add(&us->src_unclean, 1);
 	if (keel_udp_send(u, s, src) < 0)
 		keel_slice_put(s);
 }
@@ -164,6 +170,8 @@ udp_echo_run(const char *feature)
 	cr_assert_eq(keel_runtime_join(rt), 0);
 	keel_runtime_destroy(rt);
 	cr_assert_eq(atomic_load(&us.datagrams), total);
+	cr_assert_eq(atomic_load(&us.src_unclean), 0,
+		     "sources not IPv4 or not zero past the address");
 	/* Sends come from a pool: at most NSRC * WINDOW are in flight, so one chunk. Two
 	 * echoes to one source in one pass may share a sendmsg (UDP_SEGMENT). */
 	cr_assert_eq(ns.sends + ns.sends_zc - ns.udp_gso_sends + ns.udp_gso_datagrams, total);
