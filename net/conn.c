@@ -1168,7 +1168,6 @@ flush_run(void *arg)
 
 	ns->flush_head = NULL;
 	ns->flush_tail = NULL;
-	ns->flush_kick = false;
 	while (c) {
 		struct keel_conn *next = c->flush_next;
 
@@ -1226,12 +1225,12 @@ flush_later(struct keel_conn *c)
 
 	if (c->flush_queued || c->send_inflight)
 		return;
-	if (!ns->flush_kick) {
+	/* The first on the list queues the run, which holds a reference to the shard. */
+	if (!ns->flush_head) {
 		if (keel_defer(flush_run, ns) < 0) {
 			send_kick(c);
 			return;
 		}
-		ns->flush_kick = true;
 		keel__net_ref(ns);
 	}
 	c->flush_queued = true;

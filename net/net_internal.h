@@ -115,9 +115,9 @@ struct net_shard {
 	bool udp_kick;                  /* ... their deferred re-arm is queued */
 	struct keel_udp *udp_wake_next; /* ... the first to look at when it runs (in turn) */
 	/* Connections whose queue goes out at the end of the pass (conn.c, flush_later), all
-	 * of them from one deferred call. */
+	 * of them from one deferred call, queued (with a reference) while the list is not
+	 * empty. */
 	struct keel_conn *flush_head, *flush_tail;
-	bool flush_kick; /* ... that call is queued (holds a reference) */
 	/* Closed connections with nothing in flight, waiting for on_close from the loop. */
 	struct keel_conn *close_head, *close_tail;
 	bool close_kick;         /* a run of the close list is queued (holds a reference) */
