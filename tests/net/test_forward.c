@@ -337,6 +337,19 @@ read_echo(int fd, const uint8_t *frame, size_t flen, uint64_t n)
 	}
 }
 
+/* One byte (or the end) from @fd, read on through signals: the socket has SO_RCVTIMEO, so a
+ * signal to the test process ends a blocking recv() with EINTR rather than restarting it. */
+static ssize_t
+recv_byte(int fd, uint8_t *c)
+{
+	ssize_t r;
+
+	do
+		r = recv(fd, c, 1, 0);
+	while (r < 0 && errno == EINTR);
+	return r;
+}
+
 static void
 away_end(struct away_env *e)
 {
@@ -442,7 +455,7 @@ Test(net_forward, a_half_close_inside_a_frame_is_counted_not_passed_over, .timeo
 	WAIT_FOR((echo_fwd_stats(e.home, &st), st.frames_in == 1), "the whole frame to arrive");
 	cr_assert_eq(shutdown(e.fd, SHUT_WR), 0);
 	read_echo(e.fd, frame, sizeof(frame), sizeof(frame));
-	r = recv(e.fd, &c, 1, 0);
+	r = recv_byte(e.fd, &c);
 	cr_assert_eq(r, 0, "the server's FIN after the echo: recv gave %zd (%s)", r,
 		     r < 0 ? strerror(errno) : "a byte past the echo");
 	WAIT_FOR((echo_fwd_stats(e.home, &st), st.conns_live == 0), "the connection to close");
@@ -476,9 +489,7 @@ Test(net_forward, a_frame_its_connection_cannot_queue_is_counted_in_errors, .tim
 	cr_assert_eq(send(e.fd, frame, sizeof(frame), MSG_NOSIGNAL), (ssize_t)sizeof(frame));
 	/* The abort reaches the client: a reset (or an end), never an echo. */
 	setsockopt(e.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	do
-		r = recv(e.fd, &c, 1, 0);
-	while (r < 0 && errno == EINTR);
+	r = recv_byte(e.fd, &c);
 	cr_assert(r == 0 || (r < 0 && errno == ECONNRESET), "recv: %zd (%s)", r,
 		  r < 0 ? strerror(errno) : "a byte");
 	WAIT_FOR((echo_fwd_stats(e.home, &st), st.conns_live == 0), "the connection to close");
@@ -519,7 +530,7 @@ Test(net_forward, a_client_that_half_closes_gets_every_frame_echoed, .timeout = 
 		 "the server to see the half-close");
 	atomic_store(&e.srv.release, 1);
 	read_echo(e.fd, frame, sizeof(frame), 8 * sizeof(frame));
-	cr_assert_eq(recv(e.fd, &c, 1, 0), 0, "the server's FIN after the last echo");
+	cr_assert_eq(recv_byte(e.fd, &c), 0, "the server's FIN after the last echo");
 	WAIT_FOR((echo_fwd_stats(e.home, &st), st.conns_live == 0), "the connection to close");
 	cr_assert_eq(st.frames_out, 8);
 	cr_assert_eq(st.frames_dropped, 0);
@@ -637,9 +648,7 @@ Test(net_forward, a_wait_for_room_without_memory_aborts_the_connection_counted, 
 	/* The abort reaches the client: a reset (or an end), never an echo (the shard that
 	 * would send the frames back is held). */
 	setsockopt(e.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	do
-		r = recv(e.fd, &c, 1, 0);
-	while (r < 0 && errno == EINTR);
+	r = recv_byte(e.fd, &c);
 	cr_assert(r == 0 || (r < 0 && errno == ECONNRESET),
 		  "recv: %zd (%s): the connection was not aborted", r,
 		  r < 0 ? strerror(errno) : "a byte");
