@@ -962,8 +962,12 @@ keel__shard_loop(struct keel_shard *s)
 			atomic_store_explicit(&s->stats.coalesce_won, co.trials_won,
 					      memory_order_relaxed);
 		}
-		if (s->phase == PHASE_STOP && stop_progress(s))
+		if (s->phase == PHASE_STOP && stop_progress(s)) {
+			/* The loop's last pass is checked like any other: a callback that
+			 * blocked after the stop had begun is a stall too. */
+			pass_end(s, t0, keel__clock_ns());
 			break;
+		}
 		must_enter = need_enter(s);
 		/* Only SQEs this pass queued are the loop's own: need_enter is also true for
 		 * arrivals (IORING_SQ_TASKRUN) and for operations in flight. */
