@@ -91,10 +91,10 @@ if [ "${KEEL_TEST_QUICK:-0}" != 1 ]; then
 	# Criterion's workers must exit normally for LeakSanitizer to run. compare_quick is left
 	# to the normal build: it checks compare.sh's tables and plot, and the servers and client
 	# it drives (keel-bench serve and its client) run under ASan in tools_bench (38 s saved).
-	# One entry at a time: under ASan the suites use the CPUs, and two at once took 347 s
-	# against about 400 one at a time (the net, kv and core suites nearly twice as long each).
+	# Side by side as in step 2: under ASan the suites use the CPUs more, so two at a time
+	# gain less (307-347 s in six runs against 400-458 s one at a time).
 	(cd build-asan && KEEL_TEST_SCALE=small CRITERION_NO_EARLY_EXIT=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-		UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j 1 -E '^compare_quick$') || status=1
+		UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j "$jobs" -E '^compare_quick$') || status=1
 
 	step "ThreadSanitizer build: cross-thread tests"
 	mkdir -p build-tsan
