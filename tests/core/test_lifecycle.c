@@ -635,7 +635,7 @@ Test(core_lifecycle, slow_callback_is_reported_as_a_stall)
 /* The pass that ends the loop is checked too. Here the stop comes first and the callback
  * blocks after it, so the other shard has stopped by the time this one's pass ends, and
  * the pass's stop check finds the runtime done at once: the loop left without checking the
- * pass, and the stall went unseen (stalls 0; once in three runs of the suite beside
+ * pass, and the stall went unseen (stalls 0; once in eight runs of the suite beside
  * another under ctest -j2, where slow_callback_is_reported_as_a_stall's shard was
  * preempted between its keel_stop and the end of its pass). */
 Test(core_lifecycle, a_stall_in_the_pass_that_ends_the_loop_is_reported)
