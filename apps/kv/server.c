@@ -2037,6 +2037,7 @@ tx_queue(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsign
 			    "arguments for 'exec' command");
 		tx_free(tx);
 		kc->tx = NULL;
+		watch_release(kc); /* as Redis (execCommandAbort): any EXEC unwatches */
 		return true;
 	}
 	if (arity) {
@@ -2600,10 +2601,11 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 			goto oom;
 		if (!c)
 			kv_reply_unknown(out, argv, argc);
-		else if (!strcmp(c->name, "exec")) /* Redis 7.0 words it so in or out of MULTI */
+		else if (!strcmp(c->name, "exec")) { /* Redis 7.0 words it so in or out of MULTI */
 			rb_err(out, "EXECABORT Transaction discarded because of: wrong number of "
 				    "arguments for 'exec' command");
-		else
+			watch_release(kc); /* and it unwatches, as any EXEC */
+		} else
 			kv_reply_arity(out, c);
 		return;
 	}

@@ -4034,6 +4034,22 @@ watch_cases(int port, const char *tag, bool timed)
 	B("SET {@}k 1", "+OK\r\n");
 	A("MULTI", "+OK\r\n");
 	A("EXEC", "*0\r\n");
+	/* an EXEC refused for its arguments ends them too, in MULTI or out of it (Redis 7's
+	 * execCommandAbort discards the transaction and unwatches) */
+	A("WATCH {@}k", "+OK\r\n");
+	A("MULTI", "+OK\r\n");
+	A("EXEC x", "-EXECABORT Transaction discarded because of: wrong number of arguments for "
+		    "'exec' command\r\n");
+	B("SET {@}k 2", "+OK\r\n");
+	A("MULTI", "+OK\r\n");
+	A("INCR {@}k", "+QUEUED\r\n");
+	A("EXEC", "*1\r\n:3\r\n");
+	A("WATCH {@}k", "+OK\r\n");
+	A("EXEC x", "-EXECABORT Transaction discarded because of: wrong number of arguments for "
+		    "'exec' command\r\n");
+	B("SET {@}k 1", "+OK\r\n");
+	A("MULTI", "+OK\r\n");
+	A("EXEC", "*0\r\n");
 	/* a key absent at WATCH, then set; an empty transaction checks too */
 	A("WATCH {@}n", "+OK\r\n");
 	B("SET {@}n 1", "+OK\r\n");
