@@ -291,16 +291,17 @@ void keel__framers_conn_gone(struct keel_framer *f);
  * RECV_ZC ended for want of an area buffer (deferred). */
 void keel__conn_zc_wait_kick(struct net_shard *ns);
 /* A UDP sendmsg of several datagrams of @seg bytes was refused with @err where one alone
- * went: KEEL__UDP_GSO_CEILING, datagrams of @seg bytes or more go alone from then on (the
- * batch was larger than the path's MTU: EMSGSIZE), or KEEL__UDP_GSO_OFF, every datagram of
- * the endpoint does (udp.c). */
+ * went, on a socket with UDP checksums off (@csum_off: SO_NO_CHECK or UDP_NO_CHECK6_TX) or
+ * not: KEEL__UDP_GSO_CEILING, datagrams of @seg bytes or more go alone from then on (the
+ * batch was larger than the path's MTU: EMSGSIZE, or EINVAL before Linux 6.14), or
+ * KEEL__UDP_GSO_OFF, every datagram of the endpoint does (udp.c). */
 enum keel__udp_gso_verdict { KEEL__UDP_GSO_CEILING, KEEL__UDP_GSO_OFF };
 /* The payload of a datagram at IPv4's smallest MTU, 68 bytes (RFC 791): no path refuses a
  * segment this small, so EMSGSIZE at or below it is the socket's. It was 548 (576's), but a
  * route's learned MTU goes down to net.ipv4.route.min_pmtu (552 by default, 68 at least),
  * and a peer that announced such an MTU then turned batching off for every peer. */
 #define KEEL__UDP_GSO_SEG_FLOOR 40u
-enum keel__udp_gso_verdict keel__udp_gso_refused(int err, uint32_t seg);
+enum keel__udp_gso_verdict keel__udp_gso_refused(int err, uint32_t seg, bool csum_off);
 /* A UDP buffer came back: re-arm, from the loop, the endpoints waiting for one (udp.c). */
 void keel__udp_starved_kick(struct net_shard *ns);
 /* Bytes keel_conn_write() can append to the write buffer at the queue's tail without a new

@@ -885,17 +885,37 @@ gso_fallback(struct keel_udp *u, struct udp_send *d, int res)
 }
 
 enum keel__udp_gso_verdict
-keel__udp_gso_refused(int err, uint32_t seg)
+keel__udp_gso_refused(int err, uint32_t seg, bool csum_off)
 {
 	/* EMSGSIZE: a segment plus its headers is larger than the path's MTU (the kernel's
 	 * udp_send_skb), as datagrams larger than a NIC's 1,500-byte MTU are, which a peer
 	 * may send. Only that size and larger are refused; batching smaller ones goes on, or
 	 * any peer could turn batching off. At or below the smallest IPv4 MTU's payload no
-	 * ceiling is believed. Any other refusal (EINVAL: SO_NO_CHECK, EIO: IPsec) is the socket's.
-	 */
-	if (err == -EMSGSIZE && seg > KEEL__UDP_GSO_SEG_FLOOR)
+	 * ceiling is believed. Kernels before 6.14 ("udp: gso: do not drop small packets when
+	 * PMTU reduces", in the stable series from early 2025) said EINVAL for the MTU, as for
+	 * checksums turned off: EINVAL with checksums on is the MTU (keel never asks for more
+	 * than UDP_MAX_SEGMENTS segments). If it was not, the ceiling comes down with each
+	 * refusal to the floor, and batching is off there. EIO (IPsec on the route; on older
+	 * kernels also a device without checksum offload) is taken for the socket's. */
+	if ((err == -EMSGSIZE || (err == -EINVAL && !csum_off)) && seg > KEEL__UDP_GSO_SEG_FLOOR)
 		return KEEL__UDP_GSO_CEILING;
 	return KEEL__UDP_GSO_OFF;
+}
+
+/* Whether @u's socket sends without UDP checksums (SO_NO_CHECK for IPv4, UDP_NO_CHECK6_TX
+ * for IPv6), where the kernel refuses UDP_SEGMENT with EINVAL. A socket that cannot say is
+ * taken to: its refusal then turns batching off, as every refusal did before. */
+static bool
+udp_csum_off(const struct keel_udp *u)
+{
+	int v4 = 0, v6 = 0;
+	socklen_t l4 = sizeof(v4), l6 = sizeof(v6);
+
+	if (getsockopt(u->fd, SOL_SOCKET, SO_NO_CHECK, &v4, &l4) < 0)
+		return true;
+	if (u->family == AF_INET6 && getsockopt(u->fd, SOL_UDP, UDP_NO_CHECK6_TX, &v6, &l6) < 0)
+		return true;
+	return v4 || v6;
 }
 
 /* A refused batch's first datagram, sent alone as @d, completed with @res. */
@@ -906,7 +926,8 @@ gso_probe_done(struct keel_udp *u, int res, const struct udp_send *d)
 
 	if (res < 0 || u->gso_off)
 		return;
-	if (keel__udp_gso_refused(w->err, w->seg) == KEEL__UDP_GSO_CEILING) {
+	if (keel__udp_gso_refused(w->err, w->seg, w->err == -EINVAL && udp_csum_off(u)) ==
+	    KEEL__UDP_GSO_CEILING) {
 		if (w->seg <= u->gso_seg_ceiling) {
 			keel_log(KEEL_LOG_INFO, NET_MOD,
 				 "udp port %u: a sendmsg of %u datagrams of %u bytes with "

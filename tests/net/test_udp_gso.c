@@ -385,6 +385,12 @@ Test(net_udp_gso, a_refused_batch_is_sent_again_one_by_one)
 	st = exchange(&t, size, 5, false);
 	cr_assert_eq(st.sends - prev.sends, 5);
 	cr_assert_eq(st.udp_gso_sends, prev.udp_gso_sends);
+	/* Smaller ones too: the socket's EINVAL (SO_NO_CHECK, read back) is no MTU's. */
+	prev = st;
+	fill(size, 5, 100);
+	st = exchange(&t, size, 5, false);
+	cr_assert_eq(st.sends - prev.sends, 5);
+	cr_assert_eq(st.udp_gso_sends, prev.udp_gso_sends, "batching went on below 1000 bytes");
 	/* The batch's datagrams moved to sends of their own and were counted once. */
 	WAIT_FOR(inflight(&t) == 0, "no datagram in flight");
 	gso_run_stop(&t);
@@ -453,11 +459,24 @@ Test(net_udp_gso, a_batch_its_destination_refuses_leaves_batching_on)
  * endpoint. EMSGSIZE turned it off before, for every peer of the endpoint. */
 Test(net_udp_gso, a_batch_larger_than_the_mtu_only_stops_batching_that_size)
 {
-	cr_assert_eq(keel__udp_gso_refused(-EMSGSIZE, 2000), KEEL__UDP_GSO_CEILING);
-	cr_assert_eq(keel__udp_gso_refused(-EMSGSIZE, 1473), KEEL__UDP_GSO_CEILING);
-	cr_assert_eq(keel__udp_gso_refused(-EMSGSIZE, KEEL__UDP_GSO_SEG_FLOOR), KEEL__UDP_GSO_OFF);
-	cr_assert_eq(keel__udp_gso_refused(-EINVAL, 2000), KEEL__UDP_GSO_OFF);
-	cr_assert_eq(keel__udp_gso_refused(-EIO, 1000), KEEL__UDP_GSO_OFF);
+	cr_assert_eq(keel__udp_gso_refused(-EMSGSIZE, 2000, false), KEEL__UDP_GSO_CEILING);
+	cr_assert_eq(keel__udp_gso_refused(-EMSGSIZE, 1473, false), KEEL__UDP_GSO_CEILING);
+	cr_assert_eq(keel__udp_gso_refused(-EMSGSIZE, KEEL__UDP_GSO_SEG_FLOOR, false),
+		     KEEL__UDP_GSO_OFF);
+	cr_assert_eq(keel__udp_gso_refused(-EINVAL, 2000, true), KEEL__UDP_GSO_OFF);
+	cr_assert_eq(keel__udp_gso_refused(-EIO, 1000, false), KEEL__UDP_GSO_OFF);
+}
+
+/* Kernels before 6.14 refused a segment above the path's MTU with EINVAL, the answer for a
+ * socket without UDP checksums too: with checksums on, EINVAL is the MTU's, and only that
+ * size goes alone. It turned batching off for every peer of the endpoint there, so one
+ * peer sending datagrams larger than a NIC's MTU did that. */
+Test(net_udp_gso, einval_with_checksums_on_is_the_mtu_of_older_kernels)
+{
+	cr_assert_eq(keel__udp_gso_refused(-EINVAL, 2000, false), KEEL__UDP_GSO_CEILING);
+	cr_assert_eq(keel__udp_gso_refused(-EINVAL, KEEL__UDP_GSO_SEG_FLOOR, false),
+		     KEEL__UDP_GSO_OFF);
+	cr_assert_eq(keel__udp_gso_refused(-EMSGSIZE, 2000, true), KEEL__UDP_GSO_CEILING);
 }
 
 /* The loopback of this process's own network namespace: up, with an MTU of @mtu. */
