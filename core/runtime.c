@@ -64,6 +64,10 @@ keel_defer(keel_fn fn, void *arg)
 	struct keel_shard *s = cur_shard(__func__);
 	if (!fn)
 		return -EINVAL;
+	/* The loop has ended (a foreign request's done, completed with -ECANCELED at the
+	 * shard's end): no pass is left to run it. */
+	if (s->phase == PHASE_DONE)
+		return -ESHUTDOWN;
 	return keel__defer_push(&s->defer_next, fn, arg);
 }
 

@@ -140,9 +140,17 @@ Test(core_foreign_stop, a_stop_on_a_shards_thread_takes_none_of_its_sqes, .timeo
  * -ECANCELED at the shard's end, and the requests completed at once around it are not
  * touched again. */
 static struct {
-	_Atomic int ran, done_calls;
+	_Atomic int ran, done_calls, deferred_ran;
+	int defer_r[3]; /* keel_defer's return in each request's done, by its status */
 	struct keel_timer *t;
 } xt;
+
+static void
+xt_deferred(void *arg)
+{
+	(void)arg;
+	atomic_fetch_add(&xt.deferred_ran, 1);
+}
 
 static void
 xt_fire(struct keel_timer *t, void *arg)
@@ -163,11 +171,15 @@ xt_fn(struct keel_xreq *req)
 	atomic_fetch_add(&xt.ran, 1);
 }
 
+/* Runs on the shard: in xt_fn for those completed at once, at the shard's end for the
+ * one cancelled. Its keel_defer is accepted only where a pass is left to run it. */
 static void
 xt_done(struct keel_xreq *req)
 {
-	(void)req;
-	atomic_fetch_add(&xt.done_calls, 1);
+	int n = atomic_fetch_add(&xt.done_calls, 1);
+
+	if (n < 3)
+		xt.defer_r[n] = keel_defer(xt_deferred, req);
 }
 
 Test(core_foreign_stop, a_request_that_waits_for_a_timer_is_cancelled_when_its_shard_ends,
@@ -205,6 +217,13 @@ Test(core_foreign_stop, a_request_that_waits_for_a_timer_is_cancelled_when_its_s
 	cr_assert_eq(r[0].status, 7);
 	cr_assert_eq(r[1].status, -ECANCELED);
 	cr_assert_eq(r[2].status, 7);
+	/* The cancelled one's done ran last, after the loop: its deferred work was accepted
+	 * and never run (keel_defer said 0) before. */
+	cr_assert_eq(xt.defer_r[0], 0);
+	cr_assert_eq(xt.defer_r[1], 0);
+	cr_assert_eq(xt.defer_r[2], -ESHUTDOWN, "keel_defer after the loop's end gave %d",
+		     xt.defer_r[2]);
+	cr_assert_eq(atomic_load(&xt.deferred_ran), 2);
 	cr_assert_eq(keel_xqueue_wait(q, out, 0, KEEL_MS(1)), -EINVAL,
 		     "a wait that can take nothing never ended");
 	cr_assert_eq(keel_xqueue_pop(q, out, 0), 0u);

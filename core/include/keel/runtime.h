@@ -130,7 +130,9 @@ KEEL_API void keel_stop(int status);
 /**
  * Run @fn(@arg) on this shard on the current loop pass, after timers, in FIFO order; work
  * deferred from inside a deferred callback runs on the next pass.
- * Returns: 0, -EINVAL for a NULL @fn, or -ENOMEM.
+ * Returns: 0, -EINVAL for a NULL @fn, -ENOMEM, or -ESHUTDOWN once the shard's loop has
+ * ended (from the done callback of a foreign request completed with -ECANCELED at the
+ * shard's end), where nothing would run it.
  * Context: a shard.
  */
 KEEL_API int keel_defer(keel_fn fn, void *arg);
@@ -144,7 +146,7 @@ KEEL_API int keel_defer(keel_fn fn, void *arg);
  * requests (-ESHUTDOWN). Hooks run in registration order, once. One
  * registered by a hook runs after the hooks registered before it; one registered once the
  * stop has begun (from a callback run while stopping) runs as deferred work (keel_defer).
- * Returns: 0, or -ENOMEM.
+ * Returns: 0, -ENOMEM, or -ESHUTDOWN once the shard's loop has ended (as keel_defer).
  * Context: a shard.
  */
 KEEL_API int keel_shard_on_stop(keel_fn fn, void *arg);
