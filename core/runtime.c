@@ -118,6 +118,11 @@ pin(struct keel_shard *s)
 	hwloc_bitmap_t set = hwloc_bitmap_alloc();
 	int r;
 
+	if (!set) {
+		keel_log(KEEL_LOG_ERROR, "core", "pinning shard %u to CPU %d: out of memory", s->id,
+			 s->cpu);
+		return -ENOMEM;
+	}
 	hwloc_bitmap_only(set, (unsigned)s->cpu);
 	r = hwloc_set_cpubind(s->rt->topo, set, HWLOC_CPUBIND_THREAD | HWLOC_CPUBIND_STRICT);
 	if (r < 0)
