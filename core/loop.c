@@ -50,8 +50,10 @@ wake_cb(struct keel_op *op, int res, uint32_t flags)
  * with mail waiting. Wake it through its eventfd instead, whose read is always armed on the
  * target's ring (runtime.c): the write completes that read and ends the target's wait, and
  * if the target is awake already, or its read is being re-armed, the eventfd's count stays
- * non-zero and the re-armed read completes at once. The failure CQE is on our own ring, so
- * it ends our own wait and we reach this before sleeping ourselves. No wake-up is lost. */
+ * non-zero and the re-armed read completes at once. The failure CQE is on our own ring:
+ * it ends our next sleep at once if that sleep is plain, and at its window
+ * (--wait-coalesce-us) if it gathers, where one CQE does not reach the count. No wake-up
+ * is lost; one is late by that window at most. */
 static void
 msgring_cb(struct keel_op *op, int res, uint32_t flags)
 {
