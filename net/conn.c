@@ -1302,15 +1302,37 @@ keel_conn_send(struct keel_conn *c, struct keel_slice *s)
 		return -EPIPE;
 	if (keel__lim_send_check(c->ns, c, c->cfg, c->queued, s->len) < 0)
 		return -ENOBUFS;
+	keel__net_unring(c->ns, s);
+	uint64_t len = s->len;
+	/* The bytes right after the tail's, in the same buffer (the next receive into an
+	 * incrementally consumed buffer, echoed): the tail grows, as wtail_room's does, and
+	 * this reference goes. Else a peer trickling bytes to an echo that cannot send made a
+	 * queue entry per receive, 24 bytes each outside --memory, and each send walked them
+	 * all (quadratic). */
+	if (c->qn) {
+		struct keel_slice *t = q_at(c, c->qn - 1);
+
+		if (t->buf == s->buf && t->gen_ == s->gen_ && t->data + t->len == s->data &&
+		    s->len <= UINT32_MAX - t->len) {
+			t->len += s->len;
+			c->wopen = false;
+			keel_slice_put(s);
+			return queued_more(c, len);
+		}
+	}
 	if (q_reserve(c, 1) < 0)
 		return -ENOMEM;
-	keel__net_unring(c->ns, s);
 	*q_at(c, c->qn) = *s;
 	c->qn++;
 	c->wopen = false;
-	uint64_t len = s->len;
 	memset(s, 0, sizeof(*s));
 	return queued_more(c, len);
+}
+
+uint32_t
+keel__conn_queue_slices(const struct keel_conn *c)
+{
+	return c->qn;
 }
 
 /* Room left in the write buffer at the tail of the queue. Bytes appended there past the

@@ -242,6 +242,8 @@ extern int (*keel__unix_path_stat)(const char *path, struct stat *st);
 
 /* frame.c: the slices a framer holds (tests: contiguous pushes are held as one). */
 size_t keel__framer_slices(const struct keel_framer *f);
+/* conn.c: the slices in a connection's send queue (tests: contiguous sends are one). */
+uint32_t keel__conn_queue_slices(const struct keel_conn *c);
 /* Copy what @f holds into buffers of @a and put the held slices, as a reclaim does (the
  * tests call it between pushes). Returns 1 (copied), 0 (nothing held of the receive
  * buffers), or -ENOMEM (nothing changed). */

@@ -12,6 +12,7 @@
 
 #include <criterion/criterion.h>
 
+#include "../../net/net_internal.h"
 #include "helpers.h"
 
 /* Byte @i of the stream the server writes. */
@@ -313,4 +314,67 @@ Test(net_write, bad_input_and_write_after_shutdown)
 	cr_assert_eq(srv_stop(&s), 0);
 	SHARD_CHECKS_PASSED();
 	cr_assert_eq(atomic_load(&bad_done), 1);
+}
+
+/* Slices sent one after another whose bytes follow on in one buffer (the receives of a
+ * peer trickling bytes into an incrementally consumed buffer, echoed) take one entry of
+ * the send queue, not one each: two buffers of 3,000 one-byte slices make two entries.
+ * Each slice made its own entry before (24 bytes outside --memory, and every send walked
+ * them all). The bytes arrive in order. */
+#define TRICKLE_BUF 3000u
+
+static _Atomic uint32_t trickle_entries = UINT32_MAX;
+
+static void
+trickle_open(struct keel_conn *c)
+{
+	struct keel_slice whole[2];
+	int r = 0;
+
+	for (unsigned b = 0; b < 2; b++) {
+		if (!SHARD_CHECK_EQ(keel_buf_alloc(keel_shard_alloc(), TRICKLE_BUF, &whole[b]), 0))
+			goto fail;
+		fill(whole[b].data, (uint64_t)b * TRICKLE_BUF, TRICKLE_BUF);
+		whole[b].len = TRICKLE_BUF;
+	}
+	for (unsigned b = 0; b < 2; b++) {
+		for (uint32_t off = 0; off < TRICKLE_BUF && r >= 0; off++) {
+			struct keel_slice one;
+
+			r = keel_slice_sub(&whole[b], off, 1, &one);
+			if (r == 0 && (r = keel_conn_send(c, &one)) < 0)
+				keel_slice_put(&one);
+		}
+		keel_slice_put(&whole[b]);
+	}
+	if (!SHARD_CHECK(r >= 0, " send: %d", r))
+		goto fail;
+	atomic_store(&trickle_entries, keel__conn_queue_slices(c));
+	keel_conn_close(c);
+	return;
+fail:
+	keel_conn_abort(c, -EIO);
+}
+
+static const struct keel_conn_ops trickle_ops = { .on_open = trickle_open,
+						  .on_data = drop_data,
+						  .on_close = count_close };
+
+Test(net_write, adjacent_slices_of_one_buffer_take_one_queue_entry)
+{
+	struct srv s;
+	int fd;
+
+	cr_assert_eq(srv_start(&s, NULL, NULL, &trickle_ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	read_to_eof_and_check(fd, 2 * TRICKLE_BUF);
+	close(fd);
+	WAIT_FOR(atomic_load(&s.closes) == 1, "the server's on_close");
+	cr_assert_eq(srv_stop(&s), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(atomic_load(&trickle_entries), 2,
+		     "%u queue entries for 6,000 slices of two buffers",
+		     atomic_load(&trickle_entries));
+	cr_assert_eq(atomic_load(&s.close_errors), 0);
 }
