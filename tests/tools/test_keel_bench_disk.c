@@ -94,20 +94,29 @@ check_ratio(const char *json, const char *wl, const char *eng)
 	unsigned n = rounds_of(json, wl, "keel", k, 8), m = rounds_of(json, wl, eng, e, 8);
 	char key[64], from[64];
 
+	double tol = 0;
+
 	cr_assert(n == m && n > 0, "%s: %u keel rounds, %u %s rounds", wl, n, eng, m);
-	for (unsigned i = 0; i < n; i++)
+	for (unsigned i = 0; i < n; i++) {
+		/* The report rounds each round's IOPS to a whole number and the ratio to three
+		 * places: a ratio from the rounded IOPS is off by up to q (0.5/k + 0.5/e), which
+		 * a slow round (1,156 IOPS, under load) takes past any fixed margin. */
 		q[i] = k[i] / e[i];
+		if (q[i] * (0.5 / k[i] + 0.5 / e[i]) > tol)
+			tol = q[i] * (0.5 / k[i] + 0.5 / e[i]);
+	}
+	tol += 0.0006;
 	qsort(q, n, sizeof(q[0]), cmp_d);
 	want = n % 2 ? q[n / 2] : (q[n / 2 - 1] + q[n / 2]) / 2;
 	snprintf(from, sizeof(from), "\"%s\": {", wl);
 	snprintf(key, sizeof(key), "keel_to_%s", eng);
 	double got = field(json, from, key);
-	cr_assert(got > want - 0.002 && got < want + 0.002, "%s %s: %.3f, the rounds give %.3f", wl,
-		  key, got, want);
+	cr_assert(got > want - tol && got < want + tol,
+		  "%s %s: %.3f, the rounds give %.3f (+-%.4f)", wl, key, got, want, tol);
 	snprintf(key, sizeof(key), "keel_to_%s_min", eng);
-	cr_assert(field(json, from, key) > q[0] - 0.002, "%s", json);
+	cr_assert(field(json, from, key) > q[0] - tol, "%s", json);
 	snprintf(key, sizeof(key), "keel_to_%s_max", eng);
-	cr_assert(field(json, from, key) < q[n - 1] + 0.002, "%s", json);
+	cr_assert(field(json, from, key) < q[n - 1] + tol, "%s", json);
 }
 
 static char path[512];
