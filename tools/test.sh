@@ -71,10 +71,12 @@ fi
 step "build and test (RelWithDebInfo)"
 mkdir -p build
 build build
-# CTest runs its entries side by side, one per CPU (most of them wait on sockets and
-# timers, not the CPU); the benchmark runs and the fault tests whose bounds were measured
-# on an idle machine are RUN_SERIAL (docs/testing.md).
-(cd build && ctest --output-on-failure -j "$jobs") || status=1
+# CTest runs its entries side by side, one more than the CPUs (most of them wait on
+# sockets and timers, not the CPU: on 2 CPUs, without compare_quick, 123-128 s in five
+# runs at 3, 122-127 s in three at 4, 155-162 s in two at 2); the benchmark runs and the
+# fault tests whose bounds were measured on an idle machine are RUN_SERIAL
+# (docs/testing.md).
+(cd build && ctest --output-on-failure -j "$((jobs + 1))") || status=1
 
 step "valgrind memcheck: a short keel-echo and keel-kv run (tools/valgrind.sh, one shard)"
 tools/valgrind.sh build || status=1
@@ -91,9 +93,10 @@ if [ "${KEEL_TEST_QUICK:-0}" != 1 ]; then
 	# Criterion's workers must exit normally for LeakSanitizer to run. compare_quick is left
 	# to the normal build: it checks compare.sh's tables and plot, and the servers and client
 	# it drives (keel-bench serve and its client) run under ASan in tools_bench (38 s saved).
-	# Side by side as in step 2: under ASan the suites use the CPUs more, so two at a time
+	# Side by side, one per CPU: under ASan the suites use the CPUs more, so two at a time
 	# gain less (307-347 s in six runs against 428-458 s one at a time in clean-clone runs,
-	# which still held a 30 s net test since cut to under one).
+	# which still held a 30 s net test since cut to under one), and three no more (326 and
+	# 330 s in two runs on 2 CPUs).
 	(cd build-asan && KEEL_TEST_SCALE=small CRITERION_NO_EARLY_EXIT=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 		UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j "$jobs" -E '^compare_quick$') || status=1
 
@@ -109,8 +112,10 @@ if [ "${KEEL_TEST_QUICK:-0}" != 1 ]; then
 	# cannot start under TSan), the server it starts from build-tsan/. A race stops the
 	# server with TSan's status 66, which the suite's exit-status checks fail on.
 	step "ThreadSanitizer: keel-kv and keel-embed (build-tsan) under their suites (build)"
+	# keel-kv's suite two tests at a time (each starts its own servers on ports of their
+	# own): 112-125 s in three runs against 173 s one at a time, on 2 CPUs.
 	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 KEEL_KV_BIN="$PWD/build-tsan/bin/keel-kv" \
-		build/bin/test_kv -j1 --timeout 300 || status=1
+		build/bin/test_kv -j2 --timeout 300 || status=1
 	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 KEEL_EMBED_BIN="$PWD/build-tsan/bin/keel-embed" \
 		build/bin/test_embed -j1 --timeout 300 || status=1
 
