@@ -114,7 +114,12 @@ keel_alloc_memory_of(const struct keel_alloc_config *cfg)
 	uint64_t mem = cfg->memory ? cfg->memory : KEEL_ALLOC_DEFAULT_MEMORY;
 	uint64_t rs = region_of(cfg);
 
-	return rs ? mem / rs * rs : 0;
+	/* 0 where keel_alloc_create refuses @cfg: a host sizing its huge pages from this
+	 * would be told a size for a configuration that cannot start. */
+	if (!rs || (unsigned)cfg->backend > KEEL_ALLOC_BACKEND_JEMALLOC ||
+	    mem / rs > KEEL_ALLOC_MAX_REGIONS)
+		return 0;
+	return mem / rs * rs;
 }
 
 int

@@ -270,6 +270,16 @@ Test(alloc_region, memory_of_a_config_is_its_cap_in_whole_regions)
 	c.memory = 64 * MiB;
 	c.region_size = 3 * MiB;
 	cr_assert_eq(keel_alloc_memory_of(&c), 0);
+	/* More regions than a ring's fixed-buffer table holds, or an unknown backend:
+	 * keel_alloc_create refuses both, and this said a size for them. */
+	c.region_size = 2 * MiB;
+	c.memory = (uint64_t)(KEEL_ALLOC_MAX_REGIONS + 1) * 2 * MiB;
+	cr_assert_eq(keel_alloc_memory_of(&c), 0);
+	c.memory = (uint64_t)KEEL_ALLOC_MAX_REGIONS * 2 * MiB;
+	cr_assert_eq(keel_alloc_memory_of(&c), c.memory);
+	c.memory = 64 * MiB;
+	c.backend = (enum keel_alloc_backend)(KEEL_ALLOC_BACKEND_JEMALLOC + 1);
+	cr_assert_eq(keel_alloc_memory_of(&c), 0);
 }
 
 Test(alloc_region, memory_and_hugepages_options_parse)
