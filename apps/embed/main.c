@@ -444,8 +444,10 @@ scan_file(unsigned i, bool writable, uint64_t *records, uint64_t *skipped)
 	const uint8_t *p;
 	uint64_t off = 0, size;
 
-	if (fstat(fds[i], &st) < 0)
+	if (fstat(fds[i], &st) < 0) {
+		fprintf(stderr, "keel-embed: data file %u: fstat: %s\n", i, strerror(errno));
 		return -1;
+	}
 	size = (uint64_t)st.st_size;
 	w.size = size;
 	if (size) {
@@ -505,6 +507,10 @@ scan_file(unsigned i, bool writable, uint64_t *records, uint64_t *skipped)
 		if (hdr) {
 			if (index_put(p + sizeof(h), h.klen, i, off + sizeof(h) + h.klen, h.vlen,
 				      h.seq) < 0) {
+				fprintf(stderr,
+					"keel-embed: data file %u: no memory to index the record at "
+					"offset %llu (%llu records indexed)\n",
+					i, (unsigned long long)off, (unsigned long long)*records);
 				free(w.b);
 				return -1;
 			}
@@ -710,8 +716,14 @@ open_files(const char *dir, unsigned nshards)
 		}
 		nfiles = i + 1;
 		nopen++;
-		if (keel_file_from_fd(fds[i], &files[i]) < 0 ||
-		    scan_file(i, writable, &records, &skipped))
+		int r = keel_file_from_fd(fds[i], &files[i]);
+
+		if (r < 0) {
+			fprintf(stderr, "keel-embed: %s: keel_file_from_fd: %s\n", path,
+				strerror(-r));
+			return -1;
+		}
+		if (scan_file(i, writable, &records, &skipped))
 			return -1;
 	}
 	fprintf(stderr, "keel-embed: %u data files, %llu records, %llu skipped\n", nopen,
