@@ -51,8 +51,13 @@
 /* The epoll server's recvmmsg: as many datagrams as keel's one UDP_SEGMENT sendmsg carries
  * (KEEL_UDP_GSO_MAX, 64), so that with --udp-gso neither server batches more than the
  * other (at 32 a batch of the epoll server was capped at half keel's). */
-#define SBATCH  64u
-#define DGRAM   65536u
+#define SBATCH 64u
+#define DGRAM  65536u
+/* A receive slot's stride: a line more than DGRAM. At 64 KiB apart (a multiple of L1's
+ * and L2's set period) the same line of every slot falls in the same cache set, and the
+ * slots of one batch evicted each other between recvmmsg and the send that reads them
+ * back; keel's own UDP buffers are 65,608 bytes apart. */
+#define SLOT    (DGRAM + 64u)
 #define PERIOD  61u
 #define LOSS_MS 50u
 #define MAXEV   64
@@ -75,7 +80,7 @@ struct bench_udp_batch {
 static void
 batch_slot_reset(struct bench_udp_batch *b, unsigned i)
 {
-	b->iov[i].iov_base = b->buf + (size_t)i * DGRAM;
+	b->iov[i].iov_base = b->buf + (size_t)i * SLOT;
 	b->iov[i].iov_len = DGRAM;
 	memset(&b->m[i].msg_hdr, 0, sizeof(b->m[i].msg_hdr));
 	b->m[i].msg_hdr.msg_iov = &b->iov[i];
@@ -91,7 +96,7 @@ bench_udp_batch_new(bool gso)
 
 	if (!b)
 		return NULL;
-	b->buf = malloc((size_t)SBATCH * DGRAM);
+	b->buf = malloc((size_t)SBATCH * SLOT);
 	if (!b->buf) {
 		free(b);
 		return NULL;
