@@ -219,7 +219,10 @@ struct keel_xqueue;
  * stop (complete a request that waits for one from a keel_shard_on_stop hook). A request
  * that ran and is not completed when its shard ends is completed then with -ECANCELED, and
  * an error says how many were. fn may hand @req on with keel_runtime_submit (to this shard
- * or another) instead of completing it. */
+ * or another) instead of completing it: on the shard it ran on (from fn, or a callback
+ * there later), as it is completed there. Submitted from another thread or shard while
+ * it is still that shard's, it would stay on that shard's list of requests that ran (its
+ * private fields are not trusted before the first submit, so this is not detected). */
 typedef void (*keel_xreq_fn)(struct keel_xreq *req);
 
 /** A request from a foreign thread. Caller-owned memory; set the public fields, then submit. */
