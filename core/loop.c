@@ -227,18 +227,6 @@ keel__internal_done(struct keel_op *op)
 	return iop;
 }
 
-/* Test hooks: take one from the countdown @c; true when it was not yet 0 (inject). */
-static bool
-fault_take(_Atomic unsigned *c)
-{
-	unsigned n = atomic_load_explicit(c, memory_order_relaxed);
-
-	while (__builtin_expect(n != 0, 0))
-		if (atomic_compare_exchange_weak(c, &n, n - 1))
-			return true;
-	return false;
-}
-
 _Atomic unsigned keel__fault_internal_nosqe;
 _Atomic unsigned keel__fault_cancel_nosqe;
 void (*keel__hook_before_sleep)(void);
@@ -250,7 +238,7 @@ void
 keel__internal_read(struct keel_shard *s, struct internal_op *iop, int fd, void *buf, unsigned len)
 {
 	struct io_uring_sqe *sqe =
-		fault_take(&keel__fault_internal_nosqe) ? NULL : keel__sqe_internal(s);
+		keel__fault_take(&keel__fault_internal_nosqe) ? NULL : keel__sqe_internal(s);
 
 	iop->fd = fd;
 	iop->buf = buf;
@@ -297,7 +285,7 @@ _Atomic unsigned keel__fault_sqe_none;
 bool
 keel__fault_sqe_take(void)
 {
-	return fault_take(&keel__fault_sqe_none);
+	return keel__fault_take(&keel__fault_sqe_none);
 }
 #endif
 
@@ -305,7 +293,7 @@ struct io_uring_sqe *
 keel_sqe_get(void)
 {
 #ifdef KEEL_FAULTS
-	if (fault_take(&keel__fault_sqe_none))
+	if (keel__fault_take(&keel__fault_sqe_none))
 		return NULL;
 #endif
 	return keel__sqe_internal(cur_shard(__func__));
@@ -360,7 +348,7 @@ _Atomic unsigned keel__fault_msgring_fail;
 static int
 msgring_fd(const struct keel_shard *t)
 {
-	return fault_take(&keel__fault_msgring_fail) ? -1 : t->ring_fd;
+	return keel__fault_take(&keel__fault_msgring_fail) ? -1 : t->ring_fd;
 }
 
 void
@@ -676,7 +664,7 @@ submit_cancel_all(struct keel_shard *s)
 
 	if (s->cancel_op.armed)
 		return;
-	sqe = s->phase == PHASE_DONE && fault_take(&keel__fault_cancel_nosqe)
+	sqe = s->phase == PHASE_DONE && keel__fault_take(&keel__fault_cancel_nosqe)
 		      ? NULL
 		      : keel__sqe_internal(s);
 	if (!sqe) {

@@ -177,6 +177,9 @@ keel_timer_fini(struct keel_timer *t)
 	t->flags_ = 0;
 }
 
+/* Test hook: the next N keel_timer_create calls fail with -ENOMEM. */
+_Atomic unsigned keel__fault_timer_nomem;
+
 int
 keel_timer_create(keel_timer_fn fn, void *arg, struct keel_timer **out)
 {
@@ -185,6 +188,8 @@ keel_timer_create(keel_timer_fn fn, void *arg, struct keel_timer **out)
 
 	if (!fn)
 		return -EINVAL;
+	if (keel__fault_take(&keel__fault_timer_nomem))
+		return -ENOMEM;
 	t = calloc(1, sizeof(*t));
 	if (!t || heap_reserve(s) < 0) {
 		free(t);

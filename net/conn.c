@@ -1495,17 +1495,28 @@ keel_conn_close(struct keel_conn *c)
 		recv_update(c);
 		flush_later(c);
 	}
-	/* Without a timer the close waits as long as the peer does not read. If none can be
-	 * made (ENOMEM), it waits: the runtime's stop still aborts it. */
 	/* Not when one exists: the flush above may have reached the linger at once (a deferral
 	 * that failed sends now), whose timer a second one would overwrite and leak. */
 	/* close_timeout_ns, or else what the header timeout had left (a peer that never sent
 	 * its header and never reads must still be ended). */
 	if (c->cfg->close_timeout_ns)
 		bound = c->cfg->close_timeout_ns;
-	if (!c->closing && !c->close_timer && bound &&
-	    keel_timer_create(close_timeout_cb, c, &c->close_timer) == 0)
-		keel_timer_start(c->close_timer, bound, 0);
+	if (!c->closing && !c->close_timer && bound) {
+		int r = keel_timer_create(close_timeout_cb, c, &c->close_timer);
+
+		if (r == 0) {
+			keel_timer_start(c->close_timer, bound, 0);
+		} else if (!c->ns->close_untimed_said) {
+			/* Without a timer the close waits as long as the peer does not read: the
+			 * runtime's stop still aborts it. Said, once per shard. */
+			c->ns->close_untimed_said = true;
+			keel_log(KEEL_LOG_WARN, NET_MOD,
+				 "shard %u: no timer for a connection's close (%s): its bound "
+				 "(close_timeout_ns) is not applied, and it waits for the peer to "
+				 "read or for the runtime's stop; logged once per shard",
+				 c->ns->id, strerror(-r));
+		}
+	}
 }
 
 /* An aborted connection's operations in flight are cancelled (all of them, by its fd);

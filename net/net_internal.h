@@ -129,6 +129,7 @@ struct net_shard {
 	bool table_full_said;         /* the full table was logged (listen.c) ... */
 	uint64_t table_full_ns;       /* ... at this time (keel_now_ns) */
 	uint64_t table_full_unsaid;   /* ... and parks since, not logged */
+	bool close_untimed_said;      /* a close without its timer was logged (conn.c) */
 	struct keel_slice *scratch;   /* [scratch_n] slices of one completion, or of held data */
 	unsigned scratch_n;           /* the larger ring's nbufs */
 	struct keel_net_stats st;

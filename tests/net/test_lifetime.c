@@ -1905,3 +1905,69 @@ Test(net_lifetime, an_abort_with_status_0_of_a_lingering_close_with_zero_copy_pa
 	close(fd);
 	cr_assert_eq(srv_stop(&s), 0);
 }
+
+/* A close whose timer cannot be made (no memory) is not bounded by close_timeout_ns: it
+ * waits for the peer or the stop, as before, but is said, once per shard (it was silent).
+ * The peer here reads the FIN and closes, so the close ends. */
+extern _Atomic unsigned keel__fault_timer_nomem;
+static _Atomic int untimed_said;
+
+static void
+untimed_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	(void)module;
+	(void)shard;
+	(void)arg;
+	if (level == KEEL_LOG_WARN && strstr(msg, "close_timeout_ns"))
+		atomic_fetch_add(&untimed_said, 1);
+}
+
+static void
+untimed_open(struct keel_conn *c)
+{
+	atomic_store(&keel__fault_timer_nomem, 1);
+	keel_conn_close(c);
+}
+
+static void
+untimed_close(struct keel_conn *c, int status)
+{
+	struct srv *sv = keel_conn_app(c);
+
+	(void)status;
+	atomic_fetch_add(&sv->closes, 1);
+}
+
+static void
+untimed_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	(void)c;
+	for (unsigned i = 0; i < n; i++)
+		keel_slice_put(&s[i]);
+}
+
+static const struct keel_conn_ops untimed_ops = { .on_open = untimed_open,
+						  .on_data = untimed_data,
+						  .on_close = untimed_close };
+
+Test(net_lifetime, a_close_without_its_timer_is_said)
+{
+	struct keel_net_config nc;
+	struct srv s;
+	char b;
+	int fd;
+
+	keel_net_config_init(&nc);
+	nc.close_timeout_ns = KEEL_S(30);
+	keel_log_set_sink(untimed_sink, NULL);
+	cr_assert_eq(srv_start(&s, NULL, &nc, &untimed_ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(cli_recv(fd, &b, 1), 0, "the server's FIN");
+	close(fd);
+	WAIT_FOR(atomic_load(&s.closes) == 1, "the server's on_close");
+	cr_assert_eq(srv_stop(&s), 0);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq(atomic_load(&keel__fault_timer_nomem), 0, "no timer was asked for");
+	cr_assert_eq(atomic_load(&untimed_said), 1, "said %d times", atomic_load(&untimed_said));
+}
