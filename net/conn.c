@@ -1312,10 +1312,8 @@ keel_conn_send(struct keel_conn *c, struct keel_slice *s)
 	if (c->qn) {
 		struct keel_slice *t = q_at(c, c->qn - 1);
 
-		if (t->buf == s->buf && t->gen_ == s->gen_ && t->data + t->len == s->data &&
-		    s->len <= UINT32_MAX - t->len) {
+		if (keel__slice_follows(t, s)) { /* never a write buffer's: wopen stays false */
 			t->len += s->len;
-			c->wopen = false;
 			keel_slice_put(s);
 			return queued_more(c, len);
 		}

@@ -470,8 +470,7 @@ hold(struct keel_framer *f, struct keel_slice *s)
 	if (f->tail > f->head) {
 		struct keel_slice *t = &f->q[f->tail - 1];
 
-		if (t->buf == s->buf && t->gen_ == s->gen_ && t->data + t->len == s->data &&
-		    s->len <= UINT32_MAX - t->len) {
+		if (keel__slice_follows(t, s)) {
 			t->len += s->len;
 			f->buffered += s->len;
 			f->pushed_held = true;

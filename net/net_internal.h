@@ -231,6 +231,17 @@ keel__pbuf_pressed(const struct pbuf_ring *r, const void *p)
 	return r->out - r->nkref + r->keep > r->nbufs && keel__pbuf_owns(r, p, &area);
 }
 
+/* Whether @s's bytes follow on from @t's in the same buffer (the same generation), with
+ * room in a slice's 32-bit length for both: @t can grow over them and @s be put. A send
+ * queue's tail and a framer's last held slice do so (a peer trickling bytes into an
+ * incrementally consumed buffer makes a slice per receive). */
+static inline bool
+keel__slice_follows(const struct keel_slice *t, const struct keel_slice *s)
+{
+	return t->buf == s->buf && t->gen_ == s->gen_ && t->data + t->len == s->data &&
+	       s->len <= UINT32_MAX - t->len;
+}
+
 /* Fault injection for tests: the next this-many buffer wraps in keel__pbuf_take fail
  * with -ENOMEM (as keel_buf_wrap does when no buffer header can be allocated). */
 extern _Atomic unsigned keel__pbuf_fail_wraps;
