@@ -1938,16 +1938,8 @@ untimed_close(struct keel_conn *c, int status)
 	atomic_fetch_add(&sv->closes, 1);
 }
 
-static void
-untimed_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
-{
-	(void)c;
-	for (unsigned i = 0; i < n; i++)
-		keel_slice_put(&s[i]);
-}
-
 static const struct keel_conn_ops untimed_ops = { .on_open = untimed_open,
-						  .on_data = untimed_data,
+						  .on_data = unseen_data,
 						  .on_close = untimed_close };
 
 Test(net_lifetime, a_close_without_its_timer_is_said)
