@@ -93,12 +93,24 @@ ext_merge(extent_hooks_t *h, void *addr_a, size_t size_a, void *addr_b, size_t s
 	return ra != rb; /* true refuses */
 }
 
+/* Set arena @arena's @name to the @n bytes at @v; a refusal is logged with @why (what the
+ * arena would do without the setting) and returned as a negative errno. */
 static int
-arena_set_ssize(const struct keel__je *je, unsigned arena, const char *name, ssize_t v)
+arena_set(const struct keel__je *je, unsigned arena, const char *name, void *v, size_t n,
+	  const char *why)
 {
 	char key[64];
+	int r;
+
 	snprintf(key, sizeof(key), "arena.%u.%s", arena, name);
-	return je->mallctl_fn(key, NULL, NULL, &v, sizeof(v));
+	r = je->mallctl_fn(key, NULL, NULL, v, n);
+	if (r)
+		keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
+				"jemalloc refused %s (%s): without it the registered arena %s; "
+				"use jemalloc 5.1 or later, or the slab backend "
+				"(KEEL_ALLOC_BACKEND_SLAB)",
+				key, strerror(r), why);
+	return -r;
 }
 
 static int
@@ -191,6 +203,7 @@ keel__je_registered_init(struct keel_alloc *a)
 	extent_hooks_t *hp = &a->hooks.h;
 	size_t sz = sizeof(a->reg_arena);
 	size_t grow = a->region_size;
+	ssize_t never = -1;
 	char key[64];
 	int r;
 
@@ -211,16 +224,24 @@ keel__je_registered_init(struct keel_alloc *a)
 		r = a->je->mallctl_fn("arenas.create", &a->reg_arena, &sz, &hp, sizeof(hp));
 	if (r)
 		return -r;
-	/* No decay work: nothing is ever purged. Grow no further than a region at a time. */
-	arena_set_ssize(a->je, a->reg_arena, "dirty_decay_ms", -1);
-	arena_set_ssize(a->je, a->reg_arena, "muzzy_decay_ms", -1);
-	snprintf(key, sizeof(key), "arena.%u.retain_grow_limit", a->reg_arena);
-	a->je->mallctl_fn(key, NULL, NULL, &grow, sizeof(grow));
-	r = tcache_create(a->je, &a->reg_tcache);
+	/* No decay work: nothing is ever purged. Grow no further than a region at a time (an
+	 * extent larger than a region cannot be carved: without the limit a 64 MiB cap of 4 MiB
+	 * regions held 34 buffers of 1 MiB, against 45 with it). */
+	r = arena_set(a->je, a->reg_arena, "dirty_decay_ms", &never, sizeof(never),
+		      "would try to purge registered memory");
+	if (!r)
+		r = arena_set(a->je, a->reg_arena, "muzzy_decay_ms", &never, sizeof(never),
+			      "would try to purge registered memory");
+	if (!r)
+		r = arena_set(a->je, a->reg_arena, "retain_grow_limit", &grow, sizeof(grow),
+			      "would ask for extents larger than a region and fail with "
+			      "memory free");
+	if (!r)
+		r = -tcache_create(a->je, &a->reg_tcache);
 	if (r) {
 		snprintf(key, sizeof(key), "arena.%u.destroy", a->reg_arena);
 		a->je->mallctl_fn(key, NULL, NULL, NULL, 0);
-		return -r;
+		return r;
 	}
 	a->reg_flags = (int)(MALLOCX_ARENA(a->reg_arena) | MALLOCX_TCACHE(a->reg_tcache));
 	a->reg_ok = true;

@@ -338,3 +338,53 @@ Test(alloc_pool, a_failed_prefault_at_create_says_the_allocator_is_not_made)
 	cr_assert_eq(logcap_count(&cap, "used without pre-faulting"), 0, "log: %s", cap.text);
 	cr_assert_eq(logcap_count(&cap, "not created"), 1, "log: %s", cap.text);
 }
+
+/* jemalloc's entry points with one mallctl key refused, as a jemalloc without it would. */
+static const char *refused_key;
+
+static int
+refusing_mallctl(const char *name, void *oldp, size_t *oldlenp, void *newp, size_t newlen)
+{
+	if (refused_key && strstr(name, refused_key))
+		return ENOENT;
+	return mallctl(name, oldp, oldlenp, newp, newlen);
+}
+
+static const struct keel__je refusing_je = {
+	.mallocx_fn = mallocx,
+	.rallocx_fn = rallocx,
+	.dallocx_fn = dallocx,
+	.sdallocx_fn = sdallocx,
+	.sallocx_fn = sallocx,
+	.mallctl_fn = refusing_mallctl,
+};
+
+/* The registered arena's settings are checked: a jemalloc that refuses one (older than 5.1
+ * has no retain_grow_limit) fails the create with a line that names it, where the arena
+ * went on without it (no grow limit: 34 buffers of 1 MiB in a 64 MiB cap, against 45). */
+Test(alloc_pool, a_registered_arena_setting_jemalloc_refuses_fails_the_create)
+{
+	const char *keys[] = { "dirty_decay_ms", "muzzy_decay_ms", "retain_grow_limit" };
+	struct keel_alloc_config c =
+		test_alloc_config(KEEL_ALLOC_BACKEND_JEMALLOC, 64 * MiB, 4 * MiB);
+	struct keel_alloc *a = NULL;
+	char line[512];
+	int r;
+
+	keel__alloc_set_jemalloc(&refusing_je);
+	keel_alloc_log_set(logcap_alloc_hook, &cap);
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+		refused_key = keys[i];
+		r = keel_alloc_create(&c, &a);
+		cr_assert_eq(r, -ENOENT, "%s refused: create gave %d", keys[i], r);
+		logcap_line(&cap, keys[i], line, sizeof(line));
+		cr_assert(strstr(line, "jemalloc refused arena.") && strstr(line, "5.1") &&
+				  strstr(line, "KEEL_ALLOC_BACKEND_SLAB"),
+			  "%s: log: %s", keys[i], cap.text);
+	}
+	refused_key = NULL; /* the same entry points refusing nothing: created */
+	r = keel_alloc_create(&c, &a);
+	cr_assert_eq(r, 0, "%s", strerror(-r));
+	keel_alloc_destroy(a);
+	keel_alloc_log_set(NULL, NULL);
+}
