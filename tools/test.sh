@@ -42,6 +42,18 @@ step_end() {
 	t_name=
 }
 
+# Tests that skipped themselves inside a CTest entry (a Criterion test's cr_skip_test, said
+# by tests/common/criterion_main.c; a script's "[SKIPPED]" line) are in the entry's output,
+# which CTest shows only when the entry fails: collected from its log after each ctest run
+# and listed in the summary with their reasons.
+skipped=
+collect_skips() { # build dir
+	local log=$1/Testing/Temporary/LastTest.log
+	[ -f "$log" ] || return 0
+	skipped+=$(grep -h '^\[SKIPPED\]' "$log" | sed "s|^|$1: |" || true)
+	[ -z "$skipped" ] || [ "${skipped: -1}" = $'\n' ] || skipped+=$'\n'
+}
+
 build() { # dir, cmake args... [-- targets...] (every target without a --)
 	local dir=$1 args=() targets=()
 	shift
@@ -77,6 +89,7 @@ build build
 # fault tests whose bounds were measured on an idle machine are RUN_SERIAL
 # (docs/testing.md).
 (cd build && ctest --output-on-failure -j "$((jobs + 1))") || status=1
+collect_skips build
 
 step "valgrind memcheck: a short keel-echo and keel-kv run (tools/valgrind.sh, one shard)"
 tools/valgrind.sh build || status=1
@@ -99,6 +112,7 @@ if [ "${KEEL_TEST_QUICK:-0}" != 1 ]; then
 	# 330 s in two runs on 2 CPUs).
 	(cd build-asan && KEEL_TEST_SCALE=small CRITERION_NO_EARLY_EXIT=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 		UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j "$jobs" -E '^compare_quick$') || status=1
+	collect_skips build-asan
 
 	step "ThreadSanitizer build: cross-thread tests"
 	mkdir -p build-tsan
@@ -133,6 +147,10 @@ fi
 step_end
 echo "== time per step ($((SECONDS - t_start)) s in all)"
 printf '%s' "$t_lines"
+if [ -n "$skipped" ]; then
+	echo "== tests that skipped themselves: $(printf '%s' "$skipped" | grep -c .) (each with its reason)"
+	printf '%s' "$skipped" | sort | sed 's/^/  /'
+fi
 summary=1
 if [ $status -ne 0 ]; then
 	echo "tools/test.sh: FAILED"

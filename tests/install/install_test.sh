@@ -107,7 +107,7 @@ if command -v c++ >/dev/null; then
 		-o "$tmp/first-app-cxx" $(pkg-config --cflags --libs keel)
 	check_run "$tmp/first-app-cxx"
 else
-	echo "skipped: no C++ compiler (c++) on this machine"
+	echo "[SKIPPED] install::a_cpp_host: no C++ compiler (c++) on this machine (apt-get install g++)"
 fi
 
 echo "== malloc: pkg-config keel leaves it to the C library"
