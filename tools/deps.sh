@@ -2,8 +2,12 @@
 # SPDX-License-Identifier: MIT
 # Sourced by tools/test.sh and tools/demo.sh: install the Debian packages keel needs, only
 # those that are missing, and only with apt-get (no downloads at build time).
-keel_deps=(gcc make cmake pkg-config liburing-dev libhwloc-dev libjemalloc-dev libcriterion-dev
+keel_deps=(gcc g++ make cmake pkg-config liburing-dev libhwloc-dev libjemalloc-dev libcriterion-dev
 	clang-format cppcheck valgrind python3 iproute2 hwloc-nox gnuplot-nox iperf3)
+# Programs the tests run that Debian puts in sbin (nutcracker, ethtool), which a user's PATH
+# (login.defs' ENV_PATH, and sudo's from such a shell) leaves out: found, not skipped.
+case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH=$PATH:/usr/sbin:/sbin ;; esac
+export PATH
 
 keel_install_missing() {
 	local missing=() p
@@ -37,7 +41,8 @@ keel_install_missing() {
 keel_apt_update() {
 	local i out
 	for ((i = 0; i < 60; i++)); do
-		if out=$("$@" apt-get update -qq 2>&1); then
+		# LC_ALL=C: the lock message below is matched in English.
+		if out=$("$@" env LC_ALL=C apt-get update -qq 2>&1); then
 			[ -z "$out" ] || echo "$out"
 			return 0
 		fi

@@ -24,6 +24,10 @@ if [ "\$1" = update ]; then
 		echo "E: The repository 'http://example.invalid bookworm Release' does not have a Release file." >&2
 		exit 100
 	fi
+	if [ "\$n" -lt "\$LOCKED" ] && [ "\${LC_ALL:-}" != C ]; then # apt in the user's language
+		echo "E: Sperre /var/lib/apt/lists/lock konnte nicht erlangt werden." >&2
+		exit 100
+	fi
 	if [ "\$n" -lt "\$LOCKED" ]; then
 		echo "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 4242 (unattended-upgr)" >&2
 		echo "E: Unable to lock directory /var/lib/apt/lists/" >&2
@@ -41,6 +45,7 @@ run() {
 	rm -f "$tmp/calls" "$tmp/updates"
 	(
 		export PATH="$tmp/bin:$PATH" LOCKED=$1 OTHER=${2:-}
+		unset LC_ALL # apt in the user's language: the stub answers in German
 		sleep() { :; }
 		id() { echo 0; }
 		. "$root/tools/deps.sh"
@@ -48,7 +53,12 @@ run() {
 	) 2>&1
 }
 
-# Locked 3 times: waits, then updates and installs with dpkg's lock timeout.
+# A user's PATH without sbin (Debian's ENV_PATH): deps.sh adds it, where nutcracker and
+# ethtool are.
+p=$(PATH=/usr/local/bin:/usr/bin:/bin && . "$root/tools/deps.sh" && echo "$PATH")
+[[ :$p: == *:/usr/sbin:* ]] || fail "PATH without /usr/sbin after deps.sh: $p"
+
+# Locked 3 times (apt asked in German: the lock is recognised in English only): waits, then updates and installs with dpkg's lock timeout.
 out=$(run 3) || fail "a busy apt was not waited for:"$'\n'"$out"
 [ "$(cat "$tmp/updates")" = 4 ] || fail "expected 4 updates (3 locked), got $(cat "$tmp/updates")"
 grep -q "waiting" <<<"$out" || fail "the wait was not said:"$'\n'"$out"
