@@ -135,6 +135,9 @@ drive() { # name policy port rep
 serve() { # name policy rep
 	local poll=0 port kopt
 	[ "$2" = spin ] && poll=50
+	# Emptied here, not by the server's redirection (done in the child, after the fork):
+	# listen_port must not read the port of the server before.
+	: >"$tmp/server.log"
 	if [ "$1" = keel ]; then
 		kopt=("${map[@]}")
 		[ ${#map[@]} -gt 0 ] || kopt=(--shards "$shards" --cpuset "$srv_list")

@@ -208,7 +208,8 @@ s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 			judged=
 		fi
 	done
-	spec=$(IFS=,; echo "${rules[*]},seed=$((RANDOM * 32768 + RANDOM))")
+	fseed=$((RANDOM * 32768 + RANDOM)) # drawn here, not in the $(...) below (reseeded)
+	spec=$(IFS=,; echo "${rules[*]},seed=$fseed")
 	# Rules that can cost keel-kv its append-only file (a rebuild, writes refused until it
 	# is done, 1..64 s apart): a failed write, sync or read, no memory, or its own sites.
 	disk=

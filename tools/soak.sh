@@ -52,6 +52,7 @@ start() { # NAME BINARY ARGS... -> sets REPLY to the port, $! to the pid
 	local name=$1 log=$out/$1.log port=
 	shift
 	"$@" --port 0 --addr 127.0.0.1 --shards 2 --idle-poll-us "$poll" >"$log" 2>&1 &
+	pids+=($!) # killed on exit even when it never says its port
 	for _ in $(seq 100); do
 		port=$(sed -n 's/.*listening on .* port \([1-9][0-9]*\).*/\1/p' "$log" | head -1)
 		[ -n "$port" ] && break

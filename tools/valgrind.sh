@@ -41,6 +41,9 @@ run() {
 	if [ -z "$port" ]; then
 		cat "$log"
 		echo "$name: did not start under valgrind within 60 s"
+		kill -KILL "$pid" 2>/dev/null || true # one still starting is not left behind
+		wait "$pid" 2>/dev/null || true
+		pid=
 		status=1
 		return
 	fi

@@ -68,7 +68,8 @@ mem_tree() {
 results=$(mktemp /tmp/kv-rewrite.XXXXXX)
 pid="" bp=""
 # Whatever way the script ends, its server and load go with it (one() runs in this shell).
-trap 'kill $bp $pid 2>/dev/null || true; rm -f "$results"' EXIT
+rundir="" # the data directory of the run in progress (one()), removed with it however it ends
+trap 'kill $bp $pid 2>/dev/null || true; rm -f "$results"; [ -z "$rundir" ] || rm -rf "$rundir" "$rundir.log"' EXIT
 trap 'exit 130' INT TERM
 field() { # INFO persistence field
 	redis-cli -p "$port" info persistence | tr -d '\r' | sed -n "s/^$1://p"
@@ -80,6 +81,7 @@ commands() { # INFO stats total_commands_processed
 one() { # server -> one result line, appended to $results
 	local s=$1 dir l0 l1 t0 tb t1 a b r worst=0 mem0 peak n=0 stalls="" keys0 rw0
 	dir=$(mktemp -d /tmp/kv-rewrite-dir.XXXXXX)
+	rundir=$dir
 	if [ "$s" = redis ]; then
 		taskset -c 0 redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly yes \
 			--appendfsync everysec --auto-aof-rewrite-percentage 0 --dir "$dir" \
@@ -165,9 +167,10 @@ one() { # server -> one result line, appended to $results
 	wait $pid 2>/dev/null || true
 	pid="" bp=""
 	rm -rf "$dir" "$dir.log"
+	rundir=""
 	port=$want
 	printf '%s keys=%d reply_ms=%d rewrite_s=%.2f ping_max_ms=%d mem_mib=%d stalls_ms=%s\n' "$s" "$keys0" \
-		$(((tb - t0) / 1000000)) "$(echo "($t1 - $t0) / 1000000000" | bc -l)" \
+		$(((tb - t0) / 1000000)) "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print (b - a) / 1e9 }')" \
 		$((worst / 1000000)) $(((peak - mem0) / 1024)) "${stalls:-none}" >>"$results"
 	tail -n 1 "$results"
 }

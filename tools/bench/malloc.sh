@@ -11,11 +11,17 @@ bin=$1
 rounds=${2:-5}
 port=${3:-17931}
 out=$(mktemp)
-trap 'rm -f "$out"' EXIT
+pid=
+# The server goes with the script however it ends (a failed keel-bench under set -e, ^C).
+trap '[ -z "$pid" ] || kill -KILL "$pid" 2>/dev/null; rm -f "$out"' EXIT
+trap 'exit 130' INT TERM
 for r in $(seq 1 "$rounds"); do
 	order="keel-echo keel-echo-libc"
 	[ $((r % 2)) -eq 1 ] || order="keel-echo-libc keel-echo"
 	for v in $order; do
+		# keel's listeners take SO_REUSEPORT: a server left on the port would share the load
+		# and pass the listening check below.
+		! ss -ltn | grep -q ":$port " || { echo "port $port is in use (another server?)"; exit 1; }
 		"$bin/$v" --port "$port" --addr 127.0.0.1 --shards 1 --cpuset 0 --idle-poll-us 0 \
 			--log-level warn >/dev/null &
 		pid=$!
@@ -31,6 +37,7 @@ for r in $(seq 1 "$rounds"); do
 		done
 		kill -TERM "$pid"
 		wait "$pid" || true
+		pid=
 	done
 done
 python3 - "$out" <<'PY'
