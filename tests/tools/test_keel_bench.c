@@ -1470,3 +1470,24 @@ Test(tools_bench, alloc_repeats_and_reports_each_ratios_spread)
 	cr_assert_eq(bench("alloc --reps 0", &out), 2, "%s", out);
 	free(out);
 }
+
+/* A window smaller than the acknowledgement period stalled the one-way measurement: with
+ * --mailbox-entries 16 or 32 the receiver acknowledged every 64 messages, the sender waited
+ * for the window's room for good, and both sides reported 16 or 32 messages (a 1.0x ratio,
+ * exit 0). Now each moves far more than its window. */
+Test(tools_bench, xshard_with_the_smallest_mailbox_moves_more_than_its_window)
+{
+	const char *sizes[] = { "16", "32" };
+
+	for (int i = 0; i < 2; i++) {
+		char args[128], *out, *p;
+
+		snprintf(args, sizeof(args),
+			 "xshard --shards 2 --seconds 0.5 --mailbox-entries %s --json", sizes[i]);
+		cr_assert_eq(bench(args, &out), 0, "%s:\n%s", args, out);
+		cr_assert_gt(num(out, "messages"), 100 * atoi(sizes[i]), "%s:\n%s", args, out);
+		p = strstr(out, "\"baseline\"");
+		cr_assert(p && num(p, "messages") > 100 * atoi(sizes[i]), "%s:\n%s", args, out);
+		free(out);
+	}
+}

@@ -29,6 +29,9 @@
 
 #include "bench.h"
 
+/* The receiver acknowledges every ACK_EVERY messages, or every half window where the
+ * window (--mailbox-entries, 16 at least) is smaller: acknowledging less often than the
+ * window fills would stall the sender for good (16 messages a run at 16 and 32 entries). */
 #define ACK_EVERY   64
 #define MAX_SAMPLES (4u << 20)
 #define WARMUP      100
@@ -57,7 +60,7 @@ sample_add(struct samples *s, uint64_t ns)
 struct xs {
 	uint64_t dur_ns;
 	uint64_t gap_us;
-	unsigned window;
+	unsigned window, ack_every;
 	int err;
 	int cpu[2];
 
@@ -84,7 +87,7 @@ static void
 oneway_recv(void *arg)
 {
 	struct xs *x = arg;
-	if (++x->recv % ACK_EVERY == 0)
+	if (++x->recv % x->ack_every == 0)
 		atomic_store_explicit(&x->acked, x->recv, memory_order_release);
 }
 
@@ -369,7 +372,7 @@ struct base {
 	struct bq q01, q10;
 	int cpu[2];
 	uint64_t dur_ns, gap_us;
-	unsigned window;
+	unsigned window, ack_every;
 	_Alignas(64) _Atomic uint64_t acked;
 	_Alignas(64) uint64_t recv;
 	uint64_t t_end;
@@ -384,7 +387,7 @@ base_oneway_recv(void *arg, uint64_t v)
 	struct base *b = arg;
 
 	(void)v;
-	if (++b->recv % ACK_EVERY == 0)
+	if (++b->recv % b->ack_every == 0)
 		atomic_store_explicit(&b->acked, b->recv, memory_order_release);
 }
 
@@ -594,6 +597,9 @@ bench_xshard(int argc, char **argv)
 	x->gap_us = gap_us;
 	x->dur_ns = (uint64_t)(seconds * 1e9);
 	x->window = o.mailbox_entries;
+	x->ack_every = x->window / 2 < ACK_EVERY ? x->window / 2 : ACK_EVERY;
+	if (!x->ack_every)
+		x->ack_every = 1;
 	x->rtt.v = malloc(MAX_SAMPLES * sizeof(uint64_t));
 	x->wake.v = malloc(MAX_SAMPLES * sizeof(uint64_t));
 	brtt.v = malloc(MAX_SAMPLES * sizeof(uint64_t));
@@ -622,6 +628,7 @@ bench_xshard(int argc, char **argv)
 	b->dur_ns = x->dur_ns;
 	b->gap_us = x->gap_us;
 	b->window = x->window;
+	b->ack_every = x->ack_every;
 	b->spin_ns = (uint64_t)o.idle_poll_us * 1000;
 	if (bq_init(&b->q01, b->window) || bq_init(&b->q10, b->window)) {
 		fprintf(stderr, "keel-bench xshard: out of memory\n");
