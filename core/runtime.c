@@ -320,37 +320,11 @@ cpus_of(const struct keel_opts *o, int *cpus, unsigned *n, char *why, size_t why
 static int
 iface_from_pci(char *iface, size_t len)
 {
-	unsigned d, b, sl, fn, n = 0;
-	char id[32], found[32] = "";
-	struct dirent *de;
-	int end = 0;
-	DIR *dir;
+	char id[32], found[32];
+	int n = keel__topo_sysfs_pci_ifname(iface, id, sizeof(id), found, sizeof(found));
 
-	if (sscanf(iface, "%x:%x:%x.%x%n", &d, &b, &sl, &fn, &end) != 4 || iface[end]) {
-		d = 0;
-		end = 0;
-		if (sscanf(iface, "%x:%x.%x%n", &b, &sl, &fn, &end) != 3 || iface[end])
-			return 0;
-	}
-	if (d > 0xffff || b > 0xff || sl > 0x1f || fn > 7)
+	if (n < 0)
 		return 0; /* not a bus id: taken as a name, as before */
-	snprintf(id, sizeof(id), "%04x:%02x:%02x.%x", d, b, sl, fn);
-	dir = opendir("/sys/class/net");
-	while (dir && (de = readdir(dir))) {
-		char pci[16];
-		int numa;
-
-		/* The function itself, the nearest one above the interface (topo_sysfs.c; a
-		 * bridge or root port further up is not it). */
-		if (de->d_name[0] == '.' ||
-		    keel__topo_sysfs_pci_of(de->d_name, pci, sizeof(pci), &numa) < 0 ||
-		    strcasecmp(pci, id))
-			continue;
-		if (!n++)
-			snprintf(found, sizeof(found), "%.31s", de->d_name);
-	}
-	if (dir)
-		closedir(dir);
 	if (n != 1) {
 		keel_log(KEEL_LOG_ERROR, "core",
 			 "--iface %s: PCI function %s has %s network interface; give the "

@@ -96,6 +96,10 @@ const char *keel__topo_sysfs_channel_kind(const char *ifname);
  * -ENOENT (the interface has no PCI function: veth, lo, ifb), or -ENODEV (no such
  * interface). */
 int keel__topo_sysfs_pci_of(const char *ifname, char *pci, size_t len, int *numa);
+/* @s as a PCI function ("0000:81:00.0" or "81:00.0"): its bus id in full into @id, and the
+ * name of its first network interface into @name. Returns how many interfaces the function
+ * has (0: none, a VF without a driver's interface), or -EINVAL when @s is no bus id. */
+int keel__topo_sysfs_pci_ifname(const char *s, char *id, size_t idlen, char *name, size_t len);
 /* @ifname's RSS indirection table (ETHTOOL_GRXFHINDIR): its size, with the entries (rx
  * queue numbers) in *@table (malloc'd; the caller frees it), or -errno (-EOPNOTSUPP: no
  * table, as veth has none). */

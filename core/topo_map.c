@@ -589,12 +589,12 @@ pci_name(const char *s)
 	return strchr(s, ':') != NULL;
 }
 
-/* "ethtool -X IF weight W0 W1 ...": weight 1 for each of the @rx queues a shard of @m
- * serves, 0 for the others, into @buf ("keel-topo --plan" where it does not fit). */
+/* "ethtool -X IF weight W0 W1 ...": weight 1 for each of the @rx queues of interface @ifn a
+ * shard of @m serves, 0 for the others, into @buf ("keel-topo --plan" where it does not fit). */
 static void
-rss_weights(const struct keel_map *m, unsigned rx, char *buf, size_t len)
+rss_weights(const struct keel_map *m, const char *ifn, unsigned rx, char *buf, size_t len)
 {
-	size_t o = (size_t)snprintf(buf, len, "ethtool -X %s weight", m->iface);
+	size_t o = (size_t)snprintf(buf, len, "ethtool -X %s weight", ifn);
 
 	for (unsigned q = 0; q < rx && o < len; q++) {
 		bool served = false;
@@ -620,6 +620,9 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 	/* -ERANGE: more CPUs online than keel counts; the ones a map can name are there. */
 	bool have_online = ro == 0 || ro == -ERANGE;
 	bool have_mask = keel__affinity_get(&mask, NULL, NULL, 0) == 0;
+	/* The interface whose queues and RSS are checked: the map's, or its PCI function's. */
+	const char *ifn = m->iface[0] ? m->iface : NULL;
+	char pifn[32];
 
 	if (m->version != KEEL_MAP_VERSION) {
 		snprintf(line, sizeof(line),
@@ -669,13 +672,14 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 			return n;
 	}
 	if (m->iface[0] && pci_name(m->iface)) {
-		/* A PCI function without an interface (a VF): it must still be there. */
+		/* A PCI function (a VF without an interface, say): it must still be there. */
 		char path[128];
 		struct stat st;
 
 		snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s%s",
 			 strlen(m->iface) == 7 ? "0000:" : "", m->iface);
 		if (strchr(m->iface, '/') || stat(path, &st) < 0) {
+			ifn = NULL;
 			snprintf(
 				line, sizeof(line),
 				"PCI function %s does not exist here (no %s); the map is stale: run "
@@ -685,8 +689,19 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 			if (!emit(arg, line, true))
 				return n;
 		}
-	} else if (m->iface[0]) {
-		int rx = keel__topo_sysfs_rxq_count(m->iface), pr, numa;
+	}
+	/* A map on a PCI function is checked as its interface, where it has one (a VF without
+	 * a driver's interface has no queues to count; a map naming eth0's function by its
+	 * bus id had none of these checks, its queues included). */
+	if (m->iface[0] && pci_name(m->iface) && ifn) {
+		char id[32];
+
+		ifn = keel__topo_sysfs_pci_ifname(m->iface, id, sizeof(id), pifn, sizeof(pifn)) == 1
+			      ? pifn
+			      : NULL;
+	}
+	if (ifn) {
+		int rx = keel__topo_sysfs_rxq_count(ifn), pr, numa;
 		char pci[64];
 
 		if (rx == -ENODEV) {
@@ -694,12 +709,12 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 			snprintf(line, sizeof(line),
 				 "interface %s does not exist here (interfaces: %s); the map is "
 				 "stale: run keel-topo --plan again",
-				 m->iface, list);
+				 ifn, list);
 			n++;
 			if (!emit(arg, line, true))
 				return n;
 		} else if (m->pci[0] &&
-			   (pr = keel__topo_sysfs_pci_of(m->iface, pci, sizeof(pci), &numa)) !=
+			   (pr = keel__topo_sysfs_pci_of(ifn, pci, sizeof(pci), &numa)) !=
 				   -ENODEV &&
 			   (pr < 0 || strcmp(pci, m->pci) != 0 ||
 			    (m->numa >= 0 && numa >= 0 && numa != m->numa))) {
@@ -718,7 +733,7 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 				 "interface %s is %s here, the map was made for PCI %s%s: the map "
 				 "is stale (the interface names another NIC): run keel-topo --plan "
 				 "again",
-				 m->iface, here, m->pci, was);
+				 ifn, here, m->pci, was);
 			n++;
 			if (!emit(arg, line, true))
 				return n;
@@ -727,8 +742,8 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 				line, sizeof(line),
 				"%s has %d rx queue%s, the map needs %u; run: ethtool -L %s %s %u (or "
 				"keel-topo --plan again)",
-				m->iface, rx, rx == 1 ? "" : "s", m->rx_queues, m->iface,
-				keel__topo_sysfs_channel_kind(m->iface), m->rx_queues);
+				ifn, rx, rx == 1 ? "" : "s", m->rx_queues, ifn,
+				keel__topo_sysfs_channel_kind(ifn), m->rx_queues);
 			n++;
 			if (!emit(arg, line, true))
 				return n;
@@ -744,7 +759,7 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 
 			for (unsigned s = 0; s < m->nshards; s++)
 				served += m->shards[s].rxq >= 0;
-			sz = served < (unsigned)rx ? keel__topo_rss_table(m->iface, &t) : 0;
+			sz = served < (unsigned)rx ? keel__topo_rss_table(ifn, &t) : 0;
 			if (sz > 0)
 				first = keel__topo_rss_unserved(t, (uint32_t)sz, m, &unserved);
 			free(t);
@@ -755,7 +770,7 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 					"of the map serves: they reach no shard's CPU; run keel-topo "
 					"--plan again for an ethtool -X line that weights only the "
 					"map's %u queue%s",
-					m->iface, first, unserved > 1 ? " (and other queues)" : "",
+					ifn, first, unserved > 1 ? " (and other queues)" : "",
 					served, served == 1 ? "" : "s");
 				n++;
 				if (!emit(arg, line, false))
@@ -771,15 +786,15 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 						fix, sizeof(fix),
 						"ethtool -X %s equal %u, or ethtool -L %s combined "
 						"%u",
-						m->iface, served, m->iface, served);
+						ifn, served, ifn, served);
 				else
-					rss_weights(m, (unsigned)rx, fix, sizeof(fix));
+					rss_weights(m, ifn, (unsigned)rx, fix, sizeof(fix));
 				snprintf(
 					line, sizeof(line),
 					"%s has %d rx queues, the map serves %u and its RSS table "
 					"could not be read (%s): flows on the other queues reach no "
 					"shard's CPU; run: %s (or keel-topo --plan again)",
-					m->iface, rx, served, strerror(-sz), fix);
+					ifn, rx, served, strerror(-sz), fix);
 				n++;
 				if (!emit(arg, line, false))
 					return n;
@@ -1059,6 +1074,18 @@ keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus, stru
 	r = keel_map_load(o->map_path, m, err, sizeof(err));
 	if (r == 0)
 		r = keel_map_validate(m, err, sizeof(err));
+	/* A map on a PCI function with an interface: the runtime goes on with the interface's
+	 * name, as for --iface given so (ZCRX opens it by name, and --iface compares it). */
+	if (r == 0 && m->iface[0] && pci_name(m->iface)) {
+		char id[32], name[32];
+
+		if (keel__topo_sysfs_pci_ifname(m->iface, id, sizeof(id), name, sizeof(name)) ==
+		    1) {
+			keel_log(KEEL_LOG_INFO, "core", "--map %s: PCI function %s is interface %s",
+				 o->map_path, id, name);
+			keel__topo_strcpy(m->iface, sizeof(m->iface), name);
+		}
+	}
 	if (r == 0 && o->cpuset_given) {
 		snprintf(err, sizeof(err), "--cpuset and --map both choose the CPUs: drop one");
 		r = -EINVAL;

@@ -409,6 +409,43 @@ keel__topo_sysfs_pci_of(const char *ifname, char *pci, size_t len, int *numa)
 	return -ENOENT;
 }
 
+int
+keel__topo_sysfs_pci_ifname(const char *s, char *id, size_t idlen, char *name, size_t len)
+{
+	unsigned d, b, sl, fn, n = 0;
+	struct dirent *de;
+	int end = 0;
+	DIR *dir;
+
+	name[0] = 0;
+	if (sscanf(s, "%x:%x:%x.%x%n", &d, &b, &sl, &fn, &end) != 4 || s[end]) {
+		d = 0;
+		end = 0;
+		if (sscanf(s, "%x:%x.%x%n", &b, &sl, &fn, &end) != 3 || s[end])
+			return -EINVAL;
+	}
+	if (d > 0xffff || b > 0xff || sl > 0x1f || fn > 7)
+		return -EINVAL;
+	snprintf(id, idlen, "%04x:%02x:%02x.%x", d, b, sl, fn);
+	dir = opendir("/sys/class/net");
+	while (dir && (de = readdir(dir))) {
+		char pci[16];
+		int numa;
+
+		/* The function itself, the nearest one above the interface (a bridge or root
+		 * port further up is not it). */
+		if (de->d_name[0] == '.' ||
+		    keel__topo_sysfs_pci_of(de->d_name, pci, sizeof(pci), &numa) < 0 ||
+		    strcasecmp(pci, id))
+			continue;
+		if (!n++)
+			keel__topo_strcpy(name, len, de->d_name);
+	}
+	if (dir)
+		closedir(dir);
+	return (int)n;
+}
+
 static int
 count_prefix(const char *dir, const char *prefix)
 {

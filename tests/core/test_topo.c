@@ -1604,14 +1604,16 @@ Test(core_topo, runtime_refuses_more_rxqs_than_shards_and_names_fewer)
  * the runtime too: keel_runtime_rx_iface() is the name (ZCRX opened the bus id as one:
  * ENODEV). A function with no interface is refused, naming the fix. Uses this machine's first
  * PCI network interface (skipped without one). */
-Test(core_topo, runtime_takes_an_iface_given_as_its_pci_function)
+/* The first network interface here with a PCI function of its own: its name and the
+ * function's bus id; false when there is none. */
+static bool
+pci_interface(char name[64], char busid[32])
 {
-	struct keel_runtime *rt;
-	struct keel_opts o = test_opts(1);
-	char name[64] = "", busid[32] = "", link[300], path[4096];
+	char link[300], path[4096];
 	struct dirent *de;
 	DIR *d = opendir("/sys/class/net");
 
+	name[0] = busid[0] = 0;
 	while (d && (de = readdir(d)) && !busid[0]) {
 		char *at;
 
@@ -1625,14 +1627,23 @@ Test(core_topo, runtime_takes_an_iface_given_as_its_pci_function)
 			unsigned a, b, c, e;
 			if (sscanf(at, "%4x:%2x:%2x.%1x", &a, &b, &c, &e) == 4 &&
 			    strlen(at) == 12) {
-				snprintf(busid, sizeof(busid), "%.31s", at);
-				snprintf(name, sizeof(name), "%.63s", de->d_name);
+				snprintf(busid, 32, "%.31s", at);
+				snprintf(name, 64, "%.63s", de->d_name);
 			}
 		}
 	}
 	if (d)
 		closedir(d);
-	if (!busid[0])
+	return busid[0] != 0;
+}
+
+Test(core_topo, runtime_takes_an_iface_given_as_its_pci_function)
+{
+	struct keel_runtime *rt;
+	struct keel_opts o = test_opts(1);
+	char name[64], busid[32];
+
+	if (!pci_interface(name, busid))
 		cr_skip_test("no PCI network interface here");
 	o.zcrx = KEEL_POLICY_OFF;
 	snprintf(o.iface, sizeof(o.iface), "%s", busid);
@@ -1660,6 +1671,41 @@ Test(core_topo, runtime_takes_an_iface_given_as_its_pci_function)
 	keel_log_set_sink(NULL, NULL);
 	cr_assert(strstr(logged, "has no network interface") && strstr(logged, "bind"), "%s",
 		  logged);
+}
+
+/* A map may name its NIC by the PCI function's bus id (docs/topology.md). Where the function
+ * has an interface, the map is checked as that interface's: a map that needs more queues than
+ * it has was let through ("this machine matches the map"), with nothing compared but the
+ * function's presence; and the runtime goes on with the interface's name (it kept the bus
+ * id, which ZCRX opens as an interface name, and which --iface IF was refused against). */
+Test(core_topo, a_map_on_a_pci_function_is_checked_as_its_interface)
+{
+	struct keel_runtime *rt;
+	struct keel_opts o = test_opts(1);
+	char name[64], busid[32], mpath[128], want[128];
+	int cpu0 = 0, rx;
+
+	if (!pci_interface(name, busid))
+		cr_skip_test("no PCI network interface here");
+	rx = keel__topo_sysfs_rxq_count(name);
+	cr_assert_gt(rx, 0, "%s: %d", name, rx);
+	tmp_path(mpath, sizeof(mpath), "pciq");
+	write_map_rxqs(mpath, busid, (unsigned)rx + 1, &cpu0, &rx, 1); /* queue rx: one too many */
+	cr_assert_eq(keel_map_load(mpath, &back, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(keel_map_validate(&back, err, sizeof(err)), -EINVAL, "%s: %s", busid, err);
+	snprintf(want, sizeof(want), "ethtool -L %s", name);
+	cr_assert(strstr(err, want), "%s", err);
+
+	write_map(mpath, busid, 1, &cpu0, 1);
+	o.zcrx = KEEL_POLICY_OFF;
+	o.map_path = mpath;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0, "--map on %s", busid);
+	cr_assert_str_eq(keel_runtime_map_iface(rt), name);
+	keel_runtime_destroy(rt);
+	snprintf(o.iface, sizeof(o.iface), "%.31s", name);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0, "--iface %s --map on %s", name, busid);
+	keel_runtime_destroy(rt);
+	unlink(mpath);
 }
 
 Test(core_topo, validate_refuses_an_irq_cpu_that_does_not_exist)
