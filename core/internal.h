@@ -530,6 +530,10 @@ int keel__cgroup_memory_limit(uint64_t *limit, char *file, size_t filelen);
  * add it: the caller's advice is then another cgroup); else "". Written into @buf, which
  * is returned. */
 const char *keel__cgroup_excludes(unsigned cpu, char *buf, size_t len);
+/* Where CPU @cpu is not online here, why, with the fix ("does not exist here (online: LIST)",
+ * or "is offline: ..."), into @buf; else "" (also when sysfs cannot say). Checked before a
+ * missing CPU is blamed on the mask or the cgroup, which never hold an offline CPU. */
+const char *keel__cpu_not_online(unsigned cpu, char *buf, size_t len);
 
 /* SipHash-c-d of @n bytes at @data under @key (hash.c): keel_hash is SipHash-1-3; the tests
  * check SipHash-2-4's published vectors through the same code. */

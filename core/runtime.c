@@ -261,6 +261,10 @@ cpus_of(const struct keel_opts *o, int *cpus, unsigned *n, char *why, size_t why
 			if (!keel_cpuset_has(&allowed, c)) {
 				char cg[400];
 
+				if (keel__cpu_not_online(c, cg, sizeof(cg))[0]) {
+					snprintf(why, whylen, "--cpuset: %s", cg);
+					return -EINVAL;
+				}
 				keel__cgroup_excludes(c, cg, sizeof(cg));
 				/* isolcpus= keeps a CPU out of a process's mask unless it is
 				 * given at the start (taskset, as the mapper says, topo_map.c);

@@ -278,7 +278,11 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 			char cg[400] = "";
 
 			/* A live topology holds only the CPUs of the process's cgroup (hwloc
-			 * leaves out the disallowed ones): one it excludes exists. */
+			 * leaves out the disallowed ones): one it excludes exists. A CPU that
+			 * is not online is in no cgroup's effective set: said as such first. */
+			if (!keel_cpuset_has(&in->present, c) && in->live &&
+			    keel__cpu_not_online(c, cg, sizeof(cg))[0])
+				return keel__errf(err, errlen, -EINVAL, "--cpuset: %s", cg);
 			if (!keel_cpuset_has(&in->present, c) && in->live &&
 			    keel__cgroup_excludes(c, cg, sizeof(cg))[0])
 				return keel__errf(

@@ -243,6 +243,26 @@ keel__cgroup_excludes(unsigned cpu, char *buf, size_t len)
 	return buf;
 }
 
+const char *
+keel__cpu_not_online(unsigned cpu, char *buf, size_t len)
+{
+	struct keel_cpuset on;
+	char path[64], list[128];
+	int r = keel__topo_cpulist_read("/sys/devices/system/cpu/online", &on);
+
+	buf[0] = 0;
+	if ((r != 0 && r != -ERANGE) || keel_cpuset_has(&on, cpu))
+		return buf;
+	snprintf(path, sizeof(path), "/sys/devices/system/cpu/cpu%u", cpu);
+	if (access(path, F_OK) == 0)
+		snprintf(buf, len, "CPU %u is offline (bring it online: echo 1 > %s/online)", cpu,
+			 path);
+	else
+		snprintf(buf, len, "CPU %u does not exist here (CPUs online: %s)", cpu,
+			 keel_topo_cpulist_format(&on, list, sizeof(list)));
+	return buf;
+}
+
 const char *keel__sys_cpu_isolated = "/sys/devices/system/cpu/isolated";
 
 bool

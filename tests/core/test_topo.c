@@ -2375,6 +2375,27 @@ Test(core_topo, a_cpu_the_cgroup_excludes_is_refused_naming_the_cgroup)
 			  err);
 	}
 
+	/* A CPU that is not online is in no cgroup's set: said as missing, not blamed on the
+	 * cgroup ("run the program in a cgroup that has it", which none can). */
+	memset(&o.cpuset, 0, sizeof(o.cpuset));
+	keel_cpuset_add(&o.cpuset, 1000);
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(strstr(logged, "CPU 1000 does not exist here (CPUs online: ") &&
+			  !strstr(logged, "cgroup"),
+		  "%s", logged);
+	cr_assert_eq(keel_topo_load(NULL, &t, err, sizeof(err)), 0, "%s", err);
+	memset(&r, 0, sizeof(r));
+	keel_cpulist_parse("1000", &r.cpuset, err, sizeof(err));
+	r.cpuset_given = true;
+	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "CPU 1000 does not exist here") && !strstr(err, "cgroup"), "%s", err);
+	keel_topo_destroy(t);
+	memset(&o.cpuset, 0, sizeof(o.cpuset));
+	keel_cpuset_add(&o.cpuset, 1);
+
 	/* the cgroup has CPU 1: only the mask excludes it, and taskset is the way */
 	write_in(dir, "cpuset.cpus.effective", "0-1\n");
 	logged[0] = 0;
