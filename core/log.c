@@ -29,7 +29,13 @@ keel_log_set_sink(keel_log_fn fn, void *arg)
 void
 keel_log_set_level(enum keel_log_level level)
 {
-	atomic_store(&log_level, level);
+	/* Kept inside the enum: keel_opts_init copies it into opts.log_level, which the
+	 * runtime's create refuses otherwise, blaming the options for this call. */
+	int l = (int)level < KEEL_LOG_ERROR   ? KEEL_LOG_ERROR
+		: (int)level > KEEL_LOG_DEBUG ? KEEL_LOG_DEBUG
+					      : (int)level;
+
+	atomic_store(&log_level, l);
 }
 
 enum keel_log_level
@@ -41,7 +47,9 @@ keel_log_get_level(void)
 bool
 keel_log_enabled(enum keel_log_level level)
 {
-	return (int)level <= atomic_load_explicit(&log_level, memory_order_relaxed);
+	/* Unsigned: a level outside the enum (negative, or past debug) is never logged (its
+	 * name would be read past level_names). */
+	return (unsigned)level <= (unsigned)atomic_load_explicit(&log_level, memory_order_relaxed);
 }
 
 int

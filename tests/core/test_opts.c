@@ -772,6 +772,30 @@ Test(core_opts, a_log_line_too_long_says_it_was_cut)
 	cr_assert(strstr(long_logged, " [... cut: 6004 bytes in all]"), "%s", long_logged + 4000);
 }
 
+/* A level outside the enum: keel_log_set_level took it as it was, and keel_opts_init copied
+ * it, so the runtime's create failed on "opts.log_level 4"; keel_log wrote a line at such a
+ * level with its name read past the level names (ASan: global-buffer-overflow). */
+Test(core_opts, a_log_level_outside_the_enum_is_kept_in_range)
+{
+	struct keel_opts o;
+
+	keel_log_set_level((enum keel_log_level)(KEEL_LOG_DEBUG + 1));
+	cr_assert_eq(keel_log_get_level(), KEEL_LOG_DEBUG);
+	keel_opts_init(&o);
+	cr_assert_eq(o.log_level, KEEL_LOG_DEBUG);
+	long_logged[0] = 0;
+	keel_log_set_sink(long_sink, NULL);
+	keel_log((enum keel_log_level)(KEEL_LOG_DEBUG + 1), "test", "past debug");
+	keel_log((enum keel_log_level) - 1, "test", "below error");
+	cr_assert_str_eq(long_logged, "", "%s", long_logged);
+	keel_log(KEEL_LOG_DEBUG, "test", "debug");
+	cr_assert_str_eq(long_logged, "debug");
+	keel_log_set_sink(NULL, NULL);
+	keel_log_set_level((enum keel_log_level) - 1);
+	cr_assert_eq(keel_log_get_level(), KEEL_LOG_ERROR);
+	keel_log_set_level(KEEL_LOG_INFO);
+}
+
 /* An empty vector (argc 0, argv[0] NULL, as an embedder may pass): nothing parsed, nothing
  * written past argv[0], and argc stays 0 (it was written as 1, argv[1] past the end). */
 Test(core_opts, an_empty_vector_is_left_as_it_is)

@@ -38,6 +38,8 @@ KEEL_API void keel_log_set_sink(keel_log_fn fn, void *arg);
  * Set the most verbose level that is logged (default KEEL_LOG_INFO), for the whole process.
  * keel_runtime_create() applies its opts.log_level, which keel_opts_init() takes from here:
  * a level set before keel_opts_init() stays unless --log-level (or KEEL_LOG_LEVEL) is given.
+ * A value outside the enum is taken as the nearest level; a line logged at such a value is
+ * never written.
  * Context: any thread.
  */
 KEEL_API void keel_log_set_level(enum keel_log_level level);
