@@ -378,10 +378,15 @@ keel_features_decide(const struct keel_opts *opts, struct keel_feature_decision 
 		enum keel_policy p = opts->features[f];
 
 		out[f].policy = p;
+		/* The feature this one needs, where that one is off and this one is had: the fix
+		 * of a forced-on one is then a policy, not a kernel. */
+		enum keel_feature need = KEEL_FEAT__COUNT;
+
 		/* DEFER_TASKRUN requires SINGLE_ISSUER. */
 		if (f == KEEL_FEAT_DEFER_TASKRUN && !out[KEEL_FEAT_SINGLE_ISSUER].used && fr.have) {
 			fr.have = false;
 			fr.missing = "DEFER_TASKRUN requires single_issuer, which is off";
+			need = KEEL_FEAT_SINGLE_ISSUER;
 		}
 		/* Without DEFER_TASKRUN a waiter past the minimum wait is not woken by
 		 * completions posted straight to the CQ on kernels before 6.19 (fixed in
@@ -389,6 +394,7 @@ keel_features_decide(const struct keel_opts *opts, struct keel_feature_decision 
 		if (f == KEEL_FEAT_MIN_WAIT && !out[KEEL_FEAT_DEFER_TASKRUN].used && fr.have) {
 			fr.have = false;
 			fr.missing = "gathering sleeps require defer_taskrun, which is off";
+			need = KEEL_FEAT_DEFER_TASKRUN;
 		}
 
 		if (p == KEEL_POLICY_OFF) {
@@ -416,7 +422,20 @@ keel_features_decide(const struct keel_opts *opts, struct keel_feature_decision 
 		} else {
 			out[f].used = false;
 			out[f].reason = fr.missing;
-			if (p == KEEL_POLICY_ON) {
+			if (p == KEEL_POLICY_ON && need != KEEL_FEAT__COUNT) {
+				/* Had by the kernel, and off only through the other's state:
+				 * "use auto to fall back" was no fix for a contradiction. */
+				const char *fn = keel_feature_name((enum keel_feature)f);
+				const char *nn = keel_feature_name(need);
+				bool off = out[need].policy == KEEL_POLICY_OFF;
+
+				keel_log(KEEL_LOG_ERROR, "core",
+					 "feature %s is forced on but needs %s, which is not used "
+					 "(%s): %s%s%s--feature %s=auto to fall back",
+					 fn, nn, out[need].reason, off ? "drop --feature " : "",
+					 off ? nn : "", off ? "=off, or use " : "use ", fn);
+				err = -EOPNOTSUPP;
+			} else if (p == KEEL_POLICY_ON) {
 				keel_log(KEEL_LOG_ERROR, "core",
 					 "feature %s is forced on but unavailable: %s (kernel %s); "
 					 "use --feature %s=auto to fall back",

@@ -399,9 +399,19 @@ zcrx_check(const struct keel_runtime *rt)
 		return -EINVAL;
 	}
 	if (!rt->features[KEEL_FEAT_DEFER_TASKRUN].used) {
-		keel_log(KEEL_LOG_ERROR, "core",
-			 "--zcrx on needs IORING_SETUP_DEFER_TASKRUN (Linux 6.1), which is off or "
-			 "missing: drop --feature defer_taskrun=off, or use --zcrx auto");
+		const struct keel_feature_decision *d = &rt->features[KEEL_FEAT_DEFER_TASKRUN];
+
+		/* The fix follows the cause: its own policy, single_issuer's (which it needs),
+		 * or the kernel. */
+		keel_log(
+			KEEL_LOG_ERROR, "core",
+			"--zcrx on needs IORING_SETUP_DEFER_TASKRUN (Linux 6.1), which is not used "
+			"(%s): %s, or use --zcrx auto",
+			d->reason,
+			d->policy == KEEL_POLICY_OFF ? "drop --feature defer_taskrun=off"
+			: !rt->features[KEEL_FEAT_SINGLE_ISSUER].used
+				? "drop --feature single_issuer=off (DEFER_TASKRUN needs it)"
+				: "run Linux 6.1 or later");
 		return -EINVAL;
 	}
 	return 0;

@@ -219,7 +219,7 @@ try_setup(struct net_zcrx *z, const struct keel_opts *o, unsigned ring_flags, in
 		snprintf(why, whylen,
 			 "ZCRX on %s rx queue %d: the shard's ring lacks %s (the kernel registers "
 			 "interface queues only on DEFER_TASKRUN + CQE32 rings); drop --feature "
-			 "defer_taskrun=off",
+			 "defer_taskrun=off, and single_issuer=off, which DEFER_TASKRUN needs",
 			 z->iface, z->rxq,
 			 (ring_flags & IORING_SETUP_DEFER_TASKRUN) ? "CQE32" : "DEFER_TASKRUN");
 		return -EINVAL;

@@ -772,6 +772,32 @@ Test(core_opts, a_log_line_too_long_says_it_was_cut)
 	cr_assert(strstr(long_logged, " [... cut: 6004 bytes in all]"), "%s", long_logged + 4000);
 }
 
+/* A feature forced on against the policy of one it needs: the kernel has both, so the fix is
+ * a policy. It said "forced on but unavailable: ... (kernel 6.x); use --feature
+ * defer_taskrun=auto to fall back", where single_issuer=off was the cause. */
+Test(core_opts, a_feature_forced_on_against_one_it_needs_names_that_policy)
+{
+	struct keel_feature_decision d[KEEL_FEAT__COUNT];
+	struct keel_opts o;
+
+	keel_opts_init(&o);
+	o.features[KEEL_FEAT_SINGLE_ISSUER] = KEEL_POLICY_OFF;
+	o.features[KEEL_FEAT_DEFER_TASKRUN] = KEEL_POLICY_ON;
+	long_logged[0] = 0;
+	keel_log_set_sink(long_sink, NULL);
+	int r = keel_features_decide(&o, d);
+	keel_log_set_sink(NULL, NULL);
+	if (r == -EPERM || r == -ENOSYS)
+		cr_skip_test("io_uring cannot be probed here (%s)", strerror(-r));
+	if (!strstr(d[KEEL_FEAT_SINGLE_ISSUER].reason, "policy"))
+		cr_skip_test("single_issuer: %s", d[KEEL_FEAT_SINGLE_ISSUER].reason);
+	cr_assert_eq(r, -EOPNOTSUPP);
+	cr_assert(strstr(long_logged, "defer_taskrun is forced on but needs single_issuer") &&
+			  strstr(long_logged, "drop --feature single_issuer=off") &&
+			  !strstr(long_logged, "unavailable"),
+		  "%s", long_logged);
+}
+
 /* A level outside the enum: keel_log_set_level took it as it was, and keel_opts_init copied
  * it, so the runtime's create failed on "opts.log_level 4"; keel_log wrote a line at such a
  * level with its name read past the level names (ASan: global-buffer-overflow). */
