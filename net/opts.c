@@ -191,6 +191,13 @@ keel_net_config_check(const struct keel_net_config *c, char *err, size_t errlen)
 			    c->udp_gso_segs, KEEL_UDP_GSO_MAX);
 	if (!c->max_files)
 		return errf(err, errlen, "max_files (--max-files) 0: a shard needs a slot");
+	/* The option's own bound (the kernel's file-table limit), for a config set in code: past
+	 * it the table's registration failed with a line that named direct_fd, not this. */
+	if (c->max_files > 1u << 20)
+		return errf(err, errlen,
+			    "max_files (--max-files) %u: above %u, the most a ring's file table "
+			    "holds",
+			    c->max_files, 1u << 20);
 	if (c->accept_backoff_ns < KEEL_MS(1))
 		return errf(err, errlen,
 			    "accept_backoff_ns %llu: below 1 ms, an accept that keeps failing "

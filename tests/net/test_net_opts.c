@@ -157,6 +157,12 @@ Test(net_opts, config_check_names_each_field)
 	c.max_files = 0;
 	cr_assert_eq(keel_net_config_check(&c, err, sizeof(err)), -EINVAL);
 	cr_assert(strstr(err, "max_files (--max-files)"), "%s", err);
+	/* the option's bound, the kernel's file-table limit, holds for a config set in code */
+	c.max_files = (1u << 20) + 1;
+	cr_assert_eq(keel_net_config_check(&c, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "max_files (--max-files) 1048577: above 1048576"), "%s", err);
+	c.max_files = 1u << 20;
+	cr_assert_eq(keel_net_config_check(&c, err, sizeof(err)), 0, "%s", err);
 	keel_net_config_init(&c);
 	c.udp_buf_size = 0;
 	cr_assert_eq(keel_net_config_check(&c, err, sizeof(err)), -EINVAL);
