@@ -128,6 +128,17 @@ live_here(const struct keel_shard *s, const struct keel_timer *t)
 	       t->flags_ >> TIMER_GEN_SHIFT == (s->timer_gen & (UINT_MAX >> TIMER_GEN_SHIFT));
 }
 
+/* Whether @p is one of @rt's shards (an address compare: a timer's shard_ may be an ended
+ * runtime's, freed). */
+static bool
+shard_of(const struct keel_runtime *rt, const struct keel_shard *p)
+{
+	uintptr_t a = (uintptr_t)rt->shards, x = (uintptr_t)p;
+
+	return x >= a && x < a + rt->count * sizeof(*rt->shards) &&
+	       (x - a) % sizeof(*rt->shards) == 0;
+}
+
 int
 keel_timer_init(struct keel_timer *t, keel_timer_fn fn, void *arg)
 {
@@ -139,6 +150,12 @@ keel_timer_init(struct keel_timer *t, keel_timer_fn fn, void *arg)
 	 * holding it twice: it would fire twice, and once after its fini. */
 	keel_verify(!(t->flags_ & TIMER_LIVE) || t->shard_ != s || t->heap_idx_ < 0 ||
 		    (uint64_t)t->heap_idx_ >= s->heap_n || s->heap[t->heap_idx_] != t);
+	/* Live on another shard of this runtime: that shard's heap holds its place (and the
+	 * timer itself while pending); made anew here it was reset under that shard, whose
+	 * next heap operation wrote outside its heap. keel_timer_fini it there first. Its
+	 * fields are read without that shard's order: what misuse leaves is all this sees. */
+	keel_verify(!(t->flags_ & TIMER_LIVE) || t->shard_ == s || !shard_of(s->rt, t->shard_) ||
+		    !live_here(t->shard_, t));
 	/* A timer from keel_timer_create (destroy it, or start it again): made anew here it
 	 * left the shard's list of created timers, and those created before it were never
 	 * freed. */

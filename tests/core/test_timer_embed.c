@@ -153,6 +153,37 @@ Test(core_timer_embed, init_of_a_pending_timer_is_refused, .signal = SIGABRT)
 	keel_run(&o, live_start, NULL);
 }
 
+/* keel_timer_init on a timer that another shard of the runtime holds (initialised there, and
+ * pending): the check above looked only at this shard's heap, so the init went on, reserved
+ * a place here and reset the timer that shard 0's heap still held (its index to -1): shard
+ * 0's next heap operation wrote before its heap (heap_remove at SIZE_MAX). Refused now. */
+static struct keel_timer theirs;
+
+static void
+theirs_init(void *arg)
+{
+	keel_timer_init(&theirs, live_cb, NULL); /* aborts: shard 0's */
+	keel_stop(0);
+}
+
+static void
+theirs_start(void *app)
+{
+	if (keel_shard_id(keel_this_shard()) != 0)
+		return;
+	if (!SHARD_CHECK_EQ(keel_timer_init(&theirs, live_cb, NULL), 0))
+		return;
+	keel_timer_start(&theirs, KEEL_S(60), 0);
+	SHARD_CHECK_EQ(keel_send(1, theirs_init, NULL), 0);
+}
+
+Test(core_timer_embed, init_of_another_shards_timer_is_refused, .signal = SIGABRT)
+{
+	struct keel_opts o = test_opts(2);
+
+	keel_run(&o, theirs_start, NULL);
+}
+
 /* keel_timer_init on a timer from keel_timer_create is refused the same way: it reset the
  * timer's links in the shard's list of created timers, so the timers created before it were
  * never freed at the shard's end (a review's LeakSanitizer run). */

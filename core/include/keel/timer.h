@@ -41,7 +41,8 @@ struct keel_timer {
 /**
  * Initialise @t, in the caller's memory, as a timer of this shard, not started. On a timer
  * already initialised on this shard and not pending, it makes it anew (no fini needed in
- * between; on a pending one it aborts, as on one from keel_timer_create()).
+ * between; on a pending one it aborts, as on one from keel_timer_create() and on one another
+ * shard of the runtime initialised and did not fini: keel_timer_fini() it there first).
  * Ownership: @t stays the caller's; keel never frees it. It must stay valid, and must not
  * move, until keel_timer_fini() (or until the shard ended: its stop takes every timer
  * pending then off the heap; one started while stopping still fires if the stop lasts
