@@ -457,7 +457,7 @@ keel_topo_load(const struct keel_topo_load_opts *o, struct keel_topo **out, char
 	}
 	t = calloc(1, sizeof(*t));
 	if (!t)
-		return -ENOMEM;
+		return keel__errf(err, errlen, -ENOMEM, "reading the topology: out of memory");
 	if (hwloc_topology_init(&h) < 0) {
 		free(t);
 		return keel__errf(err, errlen, -ENOMEM, "hwloc_topology_init failed");
@@ -559,7 +559,9 @@ keel_topo_load(const struct keel_topo_load_opts *o, struct keel_topo **out, char
 			n->rxq = calloc(o->queues, sizeof(*n->rxq));
 			if (!n->rxq) {
 				keel_topo_destroy(t);
-				return -ENOMEM;
+				return keel__errf(err, errlen, -ENOMEM,
+						  "%u rx queues per interface: out of memory",
+						  o->queues);
 			}
 			for (unsigned q = 0; q < o->queues; q++) {
 				n->rxq[q].index = q;

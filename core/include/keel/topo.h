@@ -119,7 +119,10 @@ struct keel_topo_info {
 	char host[64];    /* host name, "" when unknown */
 	unsigned npackages;
 	unsigned nnuma;
-	const struct keel_topo_numa *numa; /* [nnuma], by OS index */
+	const struct keel_topo_numa *numa; /* [nnuma], in hwloc's order, which need not be the
+					    * OS indexes' (a CXL or HBM node may come first,
+					    * and node numbers may have gaps): find a node by
+					    * its .os, not by indexing with it */
 	unsigned ncores;
 	const struct keel_topo_core *cores; /* [ncores], in hwloc's logical order */
 	unsigned npus;
