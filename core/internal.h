@@ -530,6 +530,10 @@ int keel__cgroup_memory_limit(uint64_t *limit, char *file, size_t filelen);
  * add it: the caller's advice is then another cgroup); else "". Written into @buf, which
  * is returned. */
 const char *keel__cgroup_excludes(unsigned cpu, char *buf, size_t len);
+/* The fix of a descriptor that could not be made for a shard (EMFILE, ENFILE). */
+#define KEEL__NOFILE_HINT                                                                     \
+	"; out of file descriptors: each shard takes a ring, an eventfd and a signalfd, and " \
+	"its connections' descriptors: raise ulimit -n (or fs.file-max for ENFILE)"
 /* Where CPU @cpu is not online here, why, with the fix ("does not exist here (online: LIST)",
  * or "is offline: ..."), into @buf; else "" (also when sysfs cannot say). Checked before a
  * missing CPU is blamed on the mask or the cgroup, which never hold an offline CPU. */

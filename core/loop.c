@@ -131,9 +131,12 @@ keel__shard_ring_init(struct keel_shard *s)
 		keel_log(KEEL_LOG_ERROR, "core",
 			 "io_uring_setup(%u SQ entries, %u CQ entries, flags 0x%x) failed: %s%s",
 			 rt->opts.ring_entries, rt->opts.cq_entries, flags, strerror(-r),
-			 r == -ENOMEM ? "; lower --ring-entries and --cq-entries, or raise "
-					"RLIMIT_MEMLOCK (ulimit -l)"
-				      : "");
+			 /* Ring memory is the memory cgroup's since Linux 5.12, not
+			  * RLIMIT_MEMLOCK's (keel needs 5.19): ulimit -l was no fix. */
+			 r == -ENOMEM ? "; lower --ring-entries and --cq-entries, or "
+					"give the memory cgroup more room"
+			 : r == -EMFILE || r == -ENFILE ? KEEL__NOFILE_HINT
+							: "");
 		return r;
 	}
 	if (!(p.features & IORING_FEAT_NODROP))

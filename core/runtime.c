@@ -783,7 +783,9 @@ keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start, void *app)
 		rt->shards[i].xefd = eventfd(0, EFD_CLOEXEC);
 		if (rt->shards[i].xefd < 0) {
 			r = -errno;
-			keel_log(KEEL_LOG_ERROR, "core", "eventfd failed: %s", strerror(-r));
+			keel_log(KEEL_LOG_ERROR, "core", "shard %u: eventfd failed: %s%s", i,
+				 strerror(-r),
+				 r == -EMFILE || r == -ENFILE ? KEEL__NOFILE_HINT : "");
 			goto err;
 		}
 	}

@@ -774,6 +774,17 @@ Test(core_lifecycle, foreign_threads_submit_and_get_completions)
 
 /* ---- a failed start refuses foreign requests ---- */
 
+/* The start's error lines, in a child (a descriptor it could not make names the fix). */
+static char nofile_lines[4096];
+
+static void
+nofile_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	size_t n = strlen(nofile_lines);
+
+	snprintf(nofile_lines + n, sizeof(nofile_lines) - n, "%s\n", msg);
+}
+
 /* In a child: a descriptor limit that leaves room for the shards' eventfds (made by
  * keel_runtime_start on this thread) but not for their rings (made on the shard threads),
  * so the start fails inside the shards. Then a foreign request must be refused, not
@@ -797,10 +808,16 @@ failed_start_child(void)
 	rl.rlim_cur = (rlim_t)lim;
 	if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
 		return 12;
+	keel_log_set_sink(nofile_sink, NULL);
 	r = keel_runtime_start(rt, NULL, NULL);
 	if (r != -EMFILE) {
 		fprintf(stderr, "keel_runtime_start: %d, want -EMFILE\n", r);
 		return 13;
+	}
+	/* A ring's: "ulimit -l" was named for memory only, nothing for descriptors. */
+	if (!strstr(nofile_lines, "io_uring_setup(") || !strstr(nofile_lines, "ulimit -n")) {
+		fprintf(stderr, "no line names ulimit -n for the ring:\n%s", nofile_lines);
+		return 16;
 	}
 	r = keel_runtime_submit(rt, 0, &late);
 	if (r != -ESHUTDOWN) {
@@ -849,10 +866,18 @@ early_fail_child(void)
 	if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
 		return 12;
 	before = open_fds();
+	keel_log_set_sink(nofile_sink, NULL);
 	r = keel_runtime_start(rt, NULL, NULL);
+	keel_log_set_sink(NULL, NULL);
 	if (r != -EMFILE) {
 		fprintf(stderr, "keel_runtime_start: %d, want -EMFILE\n", r);
 		return 13;
+	}
+	/* It said "eventfd failed: Too many open files", no shard, no fix. */
+	if (!strstr(nofile_lines, "shard 1: eventfd failed") ||
+	    !strstr(nofile_lines, "ulimit -n")) {
+		fprintf(stderr, "no line names the shard and ulimit -n:\n%s", nofile_lines);
+		return 19;
 	}
 	if (open_fds() != before) {
 		fprintf(stderr, "the failed start left %d descriptors open\n", open_fds() - before);
