@@ -50,7 +50,9 @@ skipped=
 collect_skips() { # build dir
 	local log=$1/Testing/Temporary/LastTest.log
 	[ -f "$log" ] || return 0
-	skipped+=$(grep -h '^\[SKIPPED\]' "$log" | sed "s|^|$1: |" || true)
+	# Each with the build and the CTest entry that ran it ("Test: NAME" heads an entry's
+	# output): the install entry runs keel-embed's suite again, against the installed tree.
+	skipped+=$(awk -v d="$1" '/^[0-9]+\/[0-9]+ Test: / { t = $3 } /^\[SKIPPED\]/ { print d "/" t ": " $0 }' "$log")
 	[ -z "$skipped" ] || [ "${skipped: -1}" = $'\n' ] || skipped+=$'\n'
 }
 

@@ -13,9 +13,10 @@
  * keel code runs here, so leak detection is off for the runner's thread; the workers' is not
  * touched.
  */
+#include <stdio.h>
+
 #include <criterion/criterion.h>
 #include <criterion/hooks.h>
-#include <stdio.h>
 
 #if defined(__has_feature)
 #if __has_feature(address_sanitizer) /* clang before 13 defines no __SANITIZE_ADDRESS__ */
