@@ -596,6 +596,11 @@ Test(tools_bench, bad_options_exit_2_naming_them)
 		{ "serve --backend epoll --buf-count 64", "--backend keel" },
 		{ "pingpong --backend epoll --bulk-buf-size 1m", "--client keel" },
 		{ "serve --buf-count 100", "buf_count (--buf-count) 100" },
+		/* the in-process server's settings with --port: they were taken and ignored */
+		{ "pingpong --backend epoll --port 1 --busy-poll-us 50", "--busy-poll-us" },
+		{ "udp --backend epoll --port 1 --udp-gso", "--udp-gso" },
+		{ "pingpong --port 1 --steer cpu", "--steer" },
+		{ "pingpong --client epoll --port 1 --buf-count 64", "network options" },
 	};
 	char *out;
 

@@ -321,6 +321,20 @@ parse(struct opts *o, int argc, char **argv)
 			   "sets the in-process epoll server; give it to the keel-bench serve that "
 			   "--port drives",
 			   NULL);
+	/* The in-process server's other settings, with a client of an external server: taken
+	 * and ignored, with nothing in the JSON to say so. */
+	if (!o->serve && o->has_port && (o->has_busy || c->udp_gso || o->has_steer))
+		return bad(o,
+			   o->has_busy  ? "--busy-poll-us"
+			   : c->udp_gso ? "--udp-gso"
+					: "--steer",
+			   "sets the in-process server; give it to the server that --port drives",
+			   NULL);
+	if (o->has_net && !o->serve && o->has_port && o->client && o->client != &bench_backend_keel)
+		return bad(o, "network options (--buf-count, --bulk-buf-size, ...)",
+			   "keel's network layer's, and neither the epoll client nor the server "
+			   "--port drives takes them here: give them to that server",
+			   NULL);
 	if (o->serve)
 		return 0;
 	if (o->server_pid && !o->has_port)
