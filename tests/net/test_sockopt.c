@@ -7,8 +7,10 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stddef.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
@@ -239,4 +241,93 @@ Test(net_sockopt, connected)
 	keel_runtime_destroy(rt);
 	SHARD_CHECKS_PASSED();
 	check_steps();
+}
+
+/* A Unix connection held as a direct descriptor: SOL_SOCKET options go through the ring's
+ * socket command as for TCP (docs/net.md: Unix connections take socket options). */
+static int unix_set_status = 1, unix_get_status = 1, unix_sndbuf;
+static _Atomic int unix_closes;
+
+static void
+unix_got(struct keel_conn *c, int status, const void *v, socklen_t len, void *arg)
+{
+	unix_get_status = status;
+	unix_sndbuf = status >= 0 ? int_of(v, len) : -2;
+	keel_conn_close(c);
+}
+
+static void
+unix_set(struct keel_conn *c, int status, const void *v, socklen_t len, void *arg)
+{
+	unix_set_status = status;
+	SHARD_CHECK_EQ(keel_conn_getsockopt(c, SOL_SOCKET, SO_SNDBUF, sizeof(int), unix_got, NULL),
+		       0);
+}
+
+static void
+unix_open(struct keel_conn *c)
+{
+	int v = 65536;
+
+	SHARD_CHECK_EQ(
+		keel_conn_setsockopt(c, SOL_SOCKET, SO_SNDBUF, &v, sizeof(v), unix_set, NULL), 0);
+}
+
+static void
+unix_close(struct keel_conn *c, int status)
+{
+	atomic_fetch_add(&unix_closes, 1);
+}
+
+static const struct keel_conn_ops unix_ops = { .on_open = unix_open,
+					       .on_data = so_data,
+					       .on_close = unix_close };
+
+static void
+unix_case(const char *feature)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_listen_opts lo = { 0 };
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	struct keel_runtime *rt;
+	struct keel_listener *l;
+	char addr[64], b;
+	int fd, n;
+
+	unix_set_status = unix_get_status = 1;
+	atomic_store(&unix_closes, 0);
+	net_test_feature(&o, feature);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	snprintf(addr, sizeof(addr), "unix:@keel-sockopt-%d", (int)getpid());
+	lo.rt = rt;
+	lo.addr = addr;
+	cr_assert_eq(keel_listener_create(&lo, 1, &unix_ops, NULL, &l), 0);
+	cr_assert_eq(keel_runtime_start(rt, start_listener, l), 0);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(fd, 0);
+	n = snprintf(a.sun_path + 1, sizeof(a.sun_path) - 1, "%s", addr + 6);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&a,
+			     (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n)),
+		     0, "%s", strerror(errno));
+	cr_assert_eq(cli_recv(fd, &b, 1), 0, "EOF from the server");
+	close(fd);
+	WAIT_FOR(atomic_load(&unix_closes) == 1, "on_close");
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	keel_listener_destroy(l);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(unix_set_status, 0, "set SO_SNDBUF: %s", strerror(-unix_set_status));
+	cr_assert_eq(unix_get_status, sizeof(int), "get SO_SNDBUF: %s", strerror(-unix_get_status));
+	cr_assert_geq(unix_sndbuf, 65536, "SO_SNDBUF read back: %d", unix_sndbuf);
+}
+
+Test(net_sockopt, unix_direct_descriptor)
+{
+	unix_case("direct_fd=on");
+}
+
+Test(net_sockopt, unix_plain_descriptor)
+{
+	unix_case("direct_fd=off");
 }
