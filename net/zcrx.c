@@ -106,7 +106,8 @@ keel__zcrx_reason(int err, const char *iface, int rxq, size_t area, char *buf, s
 		snprintf(buf, len,
 			 "ZCRX on %s rx queue %d: EOPNOTSUPP (operation not supported): %s has no "
 			 "queue API / no parent device: ZCRX needs bnxt, mlx5, gve or fbnic; give "
-			 "an interface of one of those drivers",
+			 "an interface of one of those drivers (a kernel built without "
+			 "CONFIG_IO_URING_ZCRX answers the same: check /boot/config-$(uname -r))",
 			 iface, rxq, iface);
 		break;
 	case EINVAL:

@@ -221,7 +221,9 @@ keel__zcrx_set_area(struct net_zcrx *z, size_t area_len)
 	z->pages_held = 0;
 	z->page_shift = (unsigned)__builtin_ctzl(pg);
 	z->area_len = area_len;
-	z->press_line = n - n / 4;
+	/* Three quarters, a quarter rounded up: n - n / 4 was n itself below 4 pages, a line
+	 * pages_held can never pass, so a tiny area never copied anything out. */
+	z->press_line = n - (n + 3) / 4;
 	return 0;
 }
 
