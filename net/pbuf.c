@@ -208,6 +208,8 @@ keel__pbuf_init_window(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid,
 	if (r->br == MAP_FAILED) {
 		r->br = NULL;
 		ret = -errno;
+		keel_log(KEEL_LOG_ERROR, NET_MOD, "shard %u: mapping buffer ring %u failed: %s",
+			 ns->id, bgid, strerror(-ret));
 		goto err;
 	}
 	io_uring_buf_ring_init(r->br);
@@ -221,8 +223,12 @@ keel__pbuf_init_window(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid,
 	if (ret < 0) {
 		if (bgid != NET_BULK_BGID)
 			keel_log(KEEL_LOG_ERROR, NET_MOD,
-				 "shard %u: registering buffer ring %u failed: %s", ns->id, bgid,
-				 strerror(-ret));
+				 "shard %u: registering buffer ring %u failed: %s%s", ns->id, bgid,
+				 strerror(-ret),
+				 ret == -EEXIST ? " (keel's network layer takes buffer groups 0-2 "
+						  "of the shard's ring: an application's own "
+						  "buffer ring must use another group id)"
+						: "");
 		goto err;
 	}
 	r->registered = true;

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -1664,4 +1665,56 @@ Test(net_udp, a_port_another_socket_shares_through_reuseport_is_refused)
 	close(go[1]);
 	close(got[0]);
 	close(got[1]);
+}
+
+/* keel's network layer takes buffer groups 0-2 of the shard's ring; an application that
+ * registered its own ring as group 1 (the UDP ring's) made keel_udp_open fail with
+ * "registering buffer ring 1 failed: File exists", which named neither the cause nor the
+ * fix. The line now says which groups keel takes. */
+static char bg_logged[2048];
+static int bg_open_status = 1;
+
+static void
+bg_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	size_t n = strlen(bg_logged);
+
+	snprintf(bg_logged + n, sizeof(bg_logged) - n, "%s\n", msg);
+}
+
+static void
+bg_start(void *app)
+{
+	struct io_uring_buf_reg reg = { 0 };
+	struct keel_udp *u = NULL;
+	void *ring = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (!SHARD_CHECK(ring != MAP_FAILED))
+		goto out;
+	reg.ring_addr = (uintptr_t)ring;
+	reg.ring_entries = 8;
+	reg.bgid = 1;
+	if (!SHARD_CHECK_EQ(io_uring_register_buf_ring(keel_shard_ring_get(), &reg, 0), 0))
+		goto out;
+	bg_open_status = keel_udp_open("127.0.0.1", 0, &sink_ops, NULL, &u);
+	if (u)
+		keel_udp_close(u);
+	io_uring_unregister_buf_ring(keel_shard_ring_get(), 1);
+	munmap(ring, 4096);
+out:
+	keel_stop(0);
+}
+
+Test(net_udp, a_buffer_group_the_application_took_is_named_as_keels)
+{
+	struct keel_opts o = net_test_opts(1);
+
+	keel_log_set_sink(bg_sink, NULL);
+	cr_assert_eq(keel_run(&o, bg_start, NULL), 0);
+	keel_log_set_sink(NULL, NULL);
+	SHARD_CHECKS_PASSED();
+	cr_assert_lt(bg_open_status, 0, "keel_udp_open on a taken group 1: %d", bg_open_status);
+	cr_assert(strstr(bg_logged, "registering buffer ring 1 failed") &&
+			  strstr(bg_logged, "buffer groups 0-2"),
+		  "%s", bg_logged);
 }

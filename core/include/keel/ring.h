@@ -53,7 +53,9 @@ KEEL_API int keel_sqe_reserve(unsigned n);
 /** Point @sqe's completion at @op and count @op as in flight. Context: a shard. */
 KEEL_API void keel_sqe_bind(struct io_uring_sqe *sqe, struct keel_op *op);
 
-/** This shard's ring, for operations keel has no helper for. Context: a shard. */
+/** This shard's ring, for operations keel has no helper for. keel's network layer takes
+ * provided-buffer groups 0, 1 and 2 of it (TCP, UDP, bulk receives): an application's own
+ * buffer ring takes another group id. Context: a shard. */
 KEEL_API struct io_uring *keel_shard_ring_get(void);
 
 /**
