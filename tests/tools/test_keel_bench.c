@@ -1496,3 +1496,16 @@ Test(tools_bench, xshard_with_the_smallest_mailbox_moves_more_than_its_window)
 		free(out);
 	}
 }
+
+/* An epoll server thread pinned to a CPU the process cannot have: pthread_create's EINVAL
+ * came out as "epoll server on port 0: Invalid argument", naming neither the CPU nor the
+ * option (the client side names --cpuset and --no-pin). */
+Test(tools_bench, an_epoll_server_cpu_that_cannot_be_had_is_named)
+{
+	char *out;
+
+	cr_assert_eq(bench_once("serve --backend epoll --cpuset 1023 --port 0", &out), 1, "%s",
+		     out);
+	cr_assert(strstr(out, "pinned to CPU 1023") && strstr(out, "--no-pin"), "%s", out);
+	free(out);
+}

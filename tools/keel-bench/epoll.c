@@ -433,6 +433,14 @@ serve_start(const struct bench_cfg *cfg, uint16_t *port, struct bench_server **o
 		}
 		r = -pthread_create(&s->t[i].tid, &attr, server_thread, &s->t[i]);
 		pthread_attr_destroy(&attr);
+		if (r == -EINVAL && s->t[i].cpu >= 0)
+			/* The affinity given at creation: a CPU offline, missing or outside the
+			 * process's mask (the bare EINVAL named none of it). */
+			fprintf(stderr,
+				"keel-bench: the epoll server's thread %u cannot be pinned to CPU "
+				"%d (offline, missing, or outside this process's CPUs): give "
+				"--cpuset a list of CPUs it may use, or --no-pin\n",
+				i, s->t[i].cpu);
 		if (r < 0)
 			goto err;
 		s->t[i].started = true;
