@@ -473,9 +473,10 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 				req->reserve, nic->name, nlocal_reserved);
 			goto out;
 		}
-		if (nic && !nlocal_phys && !req->nrxqs) {
+		if (nic && !nlocal_phys) {
 			/* The allowed CPUs (--cpuset, the affinity mask) leave out every core
-			 * local to the NIC: said, as the reserve's case is refused above. */
+			 * local to the NIC: said, as the reserve's case is refused above, with
+			 * --rxqs too (its queues choose no CPU: it moved without a word). */
 			bool any = false;
 
 			for (unsigned c = 0; c < in->ncores && !any; c++)

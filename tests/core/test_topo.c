@@ -2667,6 +2667,14 @@ Test(core_topo, allowed_cpus_without_a_core_local_to_the_nic_are_said)
 	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), 0, "%s", err);
 	keel_log_set_sink(NULL, NULL);
 	cr_assert(strstr(logged, "no allowed CPU is local to eth0 (NUMA node 1)"), "%s", logged);
+	/* The same with the queues given (--rxqs): they choose no CPU, and it was not said. */
+	cr_assert_eq(keel_map_req_rxqs_parse(&r, "eth0:0-3", err, sizeof(err)), 0, "%s", err);
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), 0, "%s", err);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(strstr(logged, "no allowed CPU is local to eth0 (NUMA node 1)"), "--rxqs: %s",
+		  logged);
 	/* With node 1's cores allowed: nothing said. */
 	keel_cpulist_parse("8-15", &r.cpuset, err, sizeof(err));
 	logged[0] = 0;
