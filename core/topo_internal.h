@@ -58,8 +58,13 @@ int keel__topo_not_here(hwloc_topology_t h, char *err, size_t errlen);
 extern const char *keel__sys_cpu_isolated;
 bool keel__cpu_isolated(unsigned cpu);
 
-/* Whether irqbalance is running (a /proc/PID/comm called irqbalance). */
+/* Whether irqbalance is running (a /proc/PID/comm called irqbalance); unknown when none is
+ * seen from a PID namespace other than the first (a container: the host's is not listed). */
 enum keel_topo_state keel__topo_irqbalance(void);
+/* Whether this process is in the first PID namespace (the link @keel__proc_self_pidns, a
+ * test's to move, names it); true when that cannot be read. */
+bool keel__topo_initial_pidns(void);
+extern const char *keel__proc_self_pidns;
 
 /* If @irq_name (a /proc/interrupts action name) of interface @ifname (NULL: not known)
  * serves an rx queue, return 1 and its number (0..65535) in *q; 0 when it names something

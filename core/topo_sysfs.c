@@ -568,7 +568,26 @@ keel__topo_irqbalance(void)
 		fclose(f);
 	}
 	closedir(d);
+	/* Not seen from a PID namespace other than the first (a container): /proc lists the
+	 * namespace's processes only, and the host's irqbalance, which moves the IRQs all
+	 * the same, is not among them. (The first one's inode number is fixed: 0xEFFFFFFC.) */
+	if (s == KEEL_TOPO_OFF && !keel__topo_initial_pidns())
+		s = KEEL_TOPO_UNKNOWN;
 	return s;
+}
+
+const char *keel__proc_self_pidns = "/proc/self/ns/pid";
+
+bool
+keel__topo_initial_pidns(void)
+{
+	char link[64] = "";
+	ssize_t n = readlink(keel__proc_self_pidns, link, sizeof(link) - 1);
+
+	if (n <= 0)
+		return true; /* cannot say: taken as the first, as before */
+	link[n] = 0;
+	return strcmp(link, "pid:[4026531836]") == 0;
 }
 
 /* @w is one of @s's words (split at - _ . : @), any digits after it aside, either case. */

@@ -2777,3 +2777,29 @@ Test(core_topo, a_default_shard_count_capped_at_keel_max_shards_says_so)
 	keel_runtime_destroy(rt);
 	cr_assert(!strstr(logged, "KEEL_MAX_SHARDS"), "%s", logged);
 }
+
+/* irqbalance seen from a container: /proc lists the PID namespace's processes only, so the
+ * host's irqbalance, which moves the IRQs all the same, was reported "not running" (and
+ * the plan said "nothing to stop"). Outside the first PID namespace, none seen is unknown.
+ * The namespace link is the test's (keel__proc_self_pidns). */
+Test(core_topo, irqbalance_not_seen_from_a_container_is_unknown)
+{
+	char dir[] = "/tmp/keel-pidns-XXXXXX", link[300];
+	const char *was = keel__proc_self_pidns;
+
+	if (keel__topo_irqbalance() == KEEL_TOPO_ON)
+		cr_skip_test("irqbalance runs here: seen from any namespace");
+	cr_assert_not_null(mkdtemp(dir));
+	snprintf(link, sizeof(link), "%s/pid", dir);
+	cr_assert_eq(symlink("pid:[4026532999]", link), 0);
+	keel__proc_self_pidns = link;
+	cr_assert(!keel__topo_initial_pidns());
+	cr_assert_eq(keel__topo_irqbalance(), KEEL_TOPO_UNKNOWN);
+	unlink(link);
+	cr_assert_eq(symlink("pid:[4026531836]", link), 0);
+	cr_assert(keel__topo_initial_pidns());
+	cr_assert_eq(keel__topo_irqbalance(), KEEL_TOPO_OFF);
+	keel__proc_self_pidns = was;
+	unlink(link);
+	rmdir(dir);
+}

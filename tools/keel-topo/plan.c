@@ -347,6 +347,11 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 		    "systemctl", "stop", "irqbalance", (char *)NULL);
 	else if (c->info->irqbalance == KEEL_TOPO_OFF)
 		note(out, max, &n, "irqbalance is not running: nothing to stop");
+	else
+		note(out, max, &n,
+		     "irqbalance: not visible from this PID namespace (a container); if it runs "
+		     "on the host, stop it there (systemctl stop irqbalance), or it would move the "
+		     "IRQs below again");
 
 	if (live && channels_change && nic && nic->has_irqs)
 		note(out, max, &n,

@@ -211,7 +211,9 @@ report_text(const struct tool_ctx *c, FILE *f)
 	fprintf(f, "\nirqbalance: %s\n",
 		in->irqbalance == KEEL_TOPO_ON    ? "running (it moves IRQs; the plan stops it)"
 		: in->irqbalance == KEEL_TOPO_OFF ? "not running"
-						  : "unknown (offline)");
+		: in->live ? "unknown: none seen from this PID namespace (a container), and the "
+			     "host's, which would move the IRQs, is not listed here"
+			   : "unknown (offline)");
 
 	fprintf(f, "\nMap");
 	if (!c->map) {
