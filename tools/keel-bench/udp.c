@@ -70,6 +70,9 @@ struct bench_udp_batch {
 	struct sockaddr_storage from[SBATCH];
 	uint8_t *buf;
 	bool gso;       /* --udp-gso: runs of one size to one source as one UDP_SEGMENT sendmsg */
+	size_t gso_max; /* segments above this go alone (0: no limit): a batch the kernel
+			 * refused for its segment size (over the path MTU) lowers it, as keel's
+			 * sender does */
 	unsigned dirty; /* headers the last batch changed (lengths, names), set back before the
 			 * next recvmmsg: the others are as bench_udp_batch_new made them */
 	uint64_t rx_calls, tx_calls; /* recvmmsg calls that took datagrams, and send calls
@@ -143,9 +146,26 @@ bench_udp_socket(const struct sockaddr_in *addr, uint16_t port)
 	return fd;
 }
 
+/* One sendmsg, again on EINTR; counted. */
+static ssize_t
+send_one(int fd, const struct msghdr *mh, uint64_t *syscalls)
+{
+	ssize_t r;
+
+	do {
+		r = sendmsg(fd, mh, 0);
+		(*syscalls)++;
+	} while (r < 0 && errno == EINTR);
+	return r;
+}
+
 /* --udp-gso: each run of datagrams from one source, of the first one's length (the last may
  * be shorter), within 64 KiB less the headers, goes back in one sendmsg with UDP_SEGMENT;
- * a run of one is a plain sendmsg. What the socket does not take is dropped, as UDP may. */
+ * a run of one is a plain sendmsg. What the socket does not take is dropped, as UDP may. A
+ * batch the kernel refuses for its segments (EMSGSIZE, or EINVAL on kernels before 6.14:
+ * over the path MTU; EIO: no checksum offload) goes again one datagram at a time, and
+ * segments of its size or more go alone from then on: it dropped the whole run and
+ * counted errors, where keel's server sends such a batch again (net/udp.c). */
 static void
 echo_gso(int fd, struct bench_udp_batch *b, int n, uint64_t *syscalls, uint64_t *out,
 	 uint64_t *errors)
@@ -159,7 +179,8 @@ echo_gso(int fd, struct bench_udp_batch *b, int n, uint64_t *syscalls, uint64_t 
 		for (j = i + 1; j < n; j++) {
 			size_t len = b->iov[j].iov_len;
 			if (b->iov[j - 1].iov_len != seg || len == 0 || len > seg ||
-			    total + len > 65507 || b->m[j].msg_hdr.msg_namelen != mh.msg_namelen ||
+			    (b->gso_max && seg > b->gso_max) || total + len > 65507 ||
+			    b->m[j].msg_hdr.msg_namelen != mh.msg_namelen ||
 			    memcmp(&b->from[j], &b->from[i], mh.msg_namelen) != 0)
 				break;
 			total += len;
@@ -176,10 +197,20 @@ echo_gso(int fd, struct bench_udp_batch *b, int n, uint64_t *syscalls, uint64_t 
 			cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
 			*(uint16_t *)CMSG_DATA(cm) = (uint16_t)seg;
 		}
-		do {
-			r = sendmsg(fd, &mh, 0);
-			(*syscalls)++;
-		} while (r < 0 && errno == EINTR);
+		r = send_one(fd, &mh, syscalls);
+		if (r < 0 && j - i > 1 && (errno == EMSGSIZE || errno == EINVAL || errno == EIO)) {
+			b->gso_max = seg - 1;
+			for (int k = i; k < j; k++) {
+				mh = b->m[k].msg_hdr;
+				if (send_one(fd, &mh, syscalls) >= 0) {
+					(*out)++;
+					b->tx_calls++;
+				} else if (errno != EAGAIN && errno != ENOBUFS &&
+					   errno != ECONNREFUSED)
+					(*errors)++;
+			}
+			continue;
+		}
 		if (r >= 0) {
 			*out += (uint64_t)(j - i);
 			b->tx_calls++;
