@@ -4,9 +4,11 @@
  * the fields each engine reports. Speeds are never asserted: only that every engine moved
  * data and that the figures agree with one another (MB/s is IOPS times the block size).
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -196,4 +198,36 @@ Test(tools_disk, bad_options_exit_2)
 		cr_assert_not_null(strstr(out, "keel-bench disk"), "%s", out);
 		free(out);
 	}
+}
+
+/* A path with a space (and a quote): fio's command went through the shell unquoted, so its
+ * --filename was split and the run failed (a ';' would have run what followed). */
+static char spaced_dir[400];
+
+static void
+rm_spaced(void)
+{
+	rm_path();
+	if (spaced_dir[0])
+		rmdir(spaced_dir);
+}
+
+Test(tools_disk, a_path_with_a_space_and_a_quote_reaches_fio_whole, .fini = rm_spaced)
+{
+	char args[1400], *out;
+
+	if (system("fio --version >/dev/null 2>&1") != 0)
+		cr_skip_test("fio is not installed (apt-get install fio)");
+	snprintf(spaced_dir, sizeof(spaced_dir), "%s/bench disk's %d", KEEL_TOOLS_TMP,
+		 (int)getpid());
+	cr_assert_eq(mkdir(spaced_dir, 0700), 0, "%s: %s", spaced_dir, strerror(errno));
+	snprintf(path, sizeof(path), "%s/f.dat", spaced_dir);
+	/* the shell that bench_once runs gets the path in double quotes */
+	snprintf(args, sizeof(args),
+		 "disk --path \"%s\" --size 1M --qd 1 --seconds 0.1 --rounds 1 --direct off --json",
+		 path);
+	cr_assert_eq(bench_once(args, &out), 0, "%s", out);
+	cr_assert_not_null(strstr(out, "\"fio_skipped\": null"), "%s", out);
+	cr_assert_gt(field(out, "randread_4k", "keel_to_fio"), 0, "%s", out);
+	free(out);
 }

@@ -311,6 +311,10 @@ run_threads(const struct dcfg *cfg, int wl, uint64_t seed)
 		    (wl == W_RANDREAD ? O_RDONLY : O_WRONLY) | (cfg->direct ? O_DIRECT : 0));
 	if (!th || !w || p.fd < 0) {
 		res.err = p.fd < 0 ? -errno : -ENOMEM;
+		/* The caller ends the run on it: said here, where the cause is known. */
+		fprintf(stderr, "keel-bench disk: threads %s: %s %s: %s\n", wl_name[wl],
+			p.fd < 0 ? "opening" : "memory for", p.fd < 0 ? cfg->path : "the threads",
+			strerror(-res.err));
 		goto out;
 	}
 	pthread_barrier_init(&p.bar, NULL, cfg->qd + 1);
@@ -352,10 +356,39 @@ out:
 
 /* ---- fio ---- */
 
+/* @s as one word of sh, in single quotes (each ' as '\''), into @out; "" when it does not
+ * fit (the command then fails, and says so, rather than run cut). */
+static const char *
+sh_quote(const char *s, char *out, size_t len)
+{
+	size_t o = 0;
+
+	if (len < 3)
+		return "";
+	out[o++] = '\'';
+	for (; *s; s++) {
+		if (*s == '\'') {
+			if (o + 5 >= len)
+				return out[0] = 0, out;
+			memcpy(out + o, "'\\''", 4);
+			o += 4;
+		} else {
+			if (o + 2 >= len)
+				return out[0] = 0, out;
+			out[o++] = *s;
+		}
+	}
+	out[o++] = '\'';
+	out[o] = 0;
+	return out;
+}
+
+/* fio's command line; the program and the path quoted for the shell popen runs (a path with
+ * a space split fio's --filename, and a ';' ran what followed it). */
 static void
 fio_cmd(const struct dcfg *cfg, int wl, char *out, size_t len)
 {
-	char rt[32], cpus[32] = "";
+	char rt[32], cpus[32] = "", qfio[600], qpath[1100];
 
 	snprintf(rt, sizeof(rt), "%.0fms", cfg->seconds * 1000);
 	if (cfg->pin && cfg->cpu >= 0)
@@ -364,9 +397,9 @@ fio_cmd(const struct dcfg *cfg, int wl, char *out, size_t len)
 		 "%s --name=keel-bench --filename=%s --size=%llu --rw=%s --bs=%u "
 		 "--ioengine=io_uring --fixedbufs --iodepth=%u --direct=%d --time_based "
 		 "--runtime=%s --numjobs=1%s --output-format=json",
-		 cfg->fio, cfg->path, (unsigned long long)cfg->size,
-		 wl == W_RANDREAD ? "randread" : "write", wl_bs[wl], cfg->qd, cfg->direct ? 1 : 0,
-		 rt, cpus);
+		 sh_quote(cfg->fio, qfio, sizeof(qfio)), sh_quote(cfg->path, qpath, sizeof(qpath)),
+		 (unsigned long long)cfg->size, wl == W_RANDREAD ? "randread" : "write", wl_bs[wl],
+		 cfg->qd, cfg->direct ? 1 : 0, rt, cpus);
 }
 
 /* The number after "key" : inside fio's section "sect" : { of the first job. */
@@ -391,7 +424,7 @@ static struct result
 run_fio(const struct dcfg *cfg, int wl)
 {
 	struct result res = { .err = -EIO };
-	char cmd[1024];
+	char cmd[2048];
 	size_t cap = 1 << 16, n = 0;
 	char *buf = malloc(cap);
 	FILE *p;
@@ -403,6 +436,7 @@ run_fio(const struct dcfg *cfg, int wl)
 	strncat(cmd, " 2>&1", sizeof(cmd) - strlen(cmd) - 1);
 	p = popen(cmd, "r");
 	if (!p) {
+		fprintf(stderr, "keel-bench disk: fio: popen: %s\n", strerror(errno));
 		free(buf);
 		return res;
 	}
@@ -643,7 +677,7 @@ print_json(const struct dcfg *cfg, struct result r[NW][NE][MAX_ROUNDS], bool fio
 {
 	struct utsname u;
 	struct statfs sf;
-	char cmd[1024];
+	char cmd[2048];
 
 	uname(&u);
 	printf("{\n  \"mode\": \"disk\",\n  \"kernel\": \"%s\",\n  \"path\": ", u.release);
@@ -713,7 +747,7 @@ static void
 print_table(const struct dcfg *cfg, struct result r[NW][NE][MAX_ROUNDS], bool fio_ok,
 	    const char *fio_why)
 {
-	char cmd[1024];
+	char cmd[2048];
 
 	printf("disk: %s, %llu bytes, qd %u, O_DIRECT %s, %.1f s x %u rounds per engine; keel's "
 	       "shard on CPU %d (idle poll %u us), baselines %s\n",
