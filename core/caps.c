@@ -336,6 +336,47 @@ feature_have(const struct keel_caps *c, enum keel_feature f)
 	}
 }
 
+const char *keel__sys_io_uring_disabled = "/proc/sys/kernel/io_uring_disabled";
+
+/* Why io_uring_setup was refused (@err, its -errno), with the fix, into @buf: the sysctl
+ * when it says so, else what else refuses it (it named the sysctl whatever it read, where
+ * a container's seccomp profile is the usual cause). */
+static const char *
+unavailable_why(int err, char *buf, size_t len)
+{
+	FILE *f = fopen(keel__sys_io_uring_disabled, "re");
+	int v = -1;
+
+	if (f) {
+		if (fscanf(f, "%d", &v) != 1)
+			v = -1;
+		fclose(f);
+	}
+	if (err == -EPERM && v == 2)
+		snprintf(buf, len,
+			 "sysctl kernel.io_uring_disabled is 2 (off for every process): set it "
+			 "to 0");
+	else if (err == -EPERM && v == 1)
+		snprintf(buf, len,
+			 "sysctl kernel.io_uring_disabled is 1 (only CAP_SYS_ADMIN and the group "
+			 "in kernel.io_uring_group): run the program in that group, or set it to "
+			 "0");
+	else if (err == -EPERM)
+		snprintf(buf, len,
+			 "the kernel allows it (kernel.io_uring_disabled is %s), so a seccomp "
+			 "filter refuses it (a container runtime's default profile): allow "
+			 "io_uring_setup, io_uring_enter and io_uring_register in the profile",
+			 v == 0 ? "0" : "not readable here");
+	else if (err == -ENOSYS)
+		snprintf(buf, len,
+			 "this kernel has no io_uring (built without CONFIG_IO_URING), or a "
+			 "seccomp filter answers ENOSYS for it: keel needs Linux 6.1 or later "
+			 "with io_uring");
+	else
+		snprintf(buf, len, "keel needs Linux 6.1 or later with io_uring enabled");
+	return buf;
+}
+
 int
 keel_features_decide(const struct keel_opts *opts, struct keel_feature_decision *out)
 {
@@ -354,10 +395,11 @@ keel_features_decide(const struct keel_opts *opts, struct keel_feature_decision 
 		return c->probe_status;
 	}
 	if (c->probe_status < 0) {
-		keel_log(KEEL_LOG_ERROR, "core",
-			 "io_uring is not available (%s); keel needs Linux 6.1 or later with "
-			 "io_uring enabled (sysctl kernel.io_uring_disabled=0)",
-			 strerror(-c->probe_status));
+		char why[300];
+
+		keel_log(KEEL_LOG_ERROR, "core", "io_uring is not available (%s): %s",
+			 strerror(-c->probe_status),
+			 unavailable_why(c->probe_status, why, sizeof(why)));
 		return c->probe_status;
 	}
 	/* What every shard's loop needs, with no fallback: a stop that cancels everything at

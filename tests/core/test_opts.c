@@ -1,10 +1,15 @@
 // SPDX-License-Identifier: MIT
 #include <errno.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sched.h>
 #include <spawn.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -12,6 +17,7 @@
 #include <criterion/criterion.h>
 #include <liburing.h>
 
+#include "../../core/internal.h"
 #include "helpers.h"
 
 extern char **environ;
@@ -915,4 +921,58 @@ Test(core_opts, the_command_line_sets_the_interface_over_the_environment)
 		cr_assert_str_eq(o.iface, cases[i].iface, "case %u", i);
 		cr_assert_eq(o.nrxqs, cases[i].nrxqs, "case %u", i);
 	}
+}
+
+/* io_uring refused: the message named the sysctl (kernel.io_uring_disabled=0) whatever it
+ * read, where a container's seccomp profile is the usual cause. A seccomp filter here
+ * refuses io_uring_setup with EPERM; the sysctl is a file of the test's. */
+static void
+refuse_io_uring_setup(void)
+{
+	struct sock_filter f[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = { .len = sizeof(f) / sizeof(f[0]), .filter = f };
+
+	cr_assert_eq(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0, "%s", strerror(errno));
+	cr_assert_eq(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog), 0, "%s", strerror(errno));
+}
+
+Test(core_opts, io_uring_refused_names_what_refuses_it)
+{
+	static const struct {
+		const char *sysctl, *said;
+	} cases[] = {
+		{ "0\n", "a seccomp filter refuses it" },
+		{ "1\n", "kernel.io_uring_group" },
+		{ "2\n", "is 2 (off for every process): set it to 0" },
+	};
+	struct keel_feature_decision d[KEEL_FEAT__COUNT];
+	char path[] = "/tmp/keel-iou-disabled-XXXXXX";
+	struct keel_opts o;
+	int fd = mkstemp(path);
+
+	cr_assert_geq(fd, 0);
+	close(fd);
+	keel__sys_io_uring_disabled = path;
+	refuse_io_uring_setup();
+	keel_opts_init(&o);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		FILE *f = fopen(path, "w");
+
+		cr_assert_not_null(f);
+		fputs(cases[i].sysctl, f);
+		fclose(f);
+		long_logged[0] = 0;
+		keel_log_set_sink(long_sink, NULL);
+		int r = keel_features_decide(&o, d);
+		keel_log_set_sink(NULL, NULL);
+		cr_assert_eq(r, -EPERM, "%d", r);
+		cr_assert(strstr(long_logged, cases[i].said), "sysctl %s: %s", cases[i].sysctl,
+			  long_logged);
+	}
+	unlink(path);
 }
