@@ -548,8 +548,23 @@ keel_caps_print(const struct keel_opts *opts, FILE *f)
 	unsigned nops = 0;
 
 	fprintf(f, "kernel %s\n", c->kernel);
+	if (probe_short_of(c->probe_status)) {
+		/* Not the kernel's answer: the probe's own want, tried again at the next call. */
+		fprintf(f, "io_uring capabilities not probed: %s (%s); run again%s\n",
+			strerror(-c->probe_status),
+			c->probe_status == -EMFILE || c->probe_status == -ENFILE
+				? "no file descriptor left for the trial rings"
+				: "memory ran out",
+			c->probe_status == -EMFILE || c->probe_status == -ENFILE
+				? " after raising ulimit -n or closing descriptors"
+				: "");
+		return;
+	}
 	if (c->probe_status < 0) {
-		fprintf(f, "io_uring unavailable: %s\n", strerror(-c->probe_status));
+		char why[300];
+
+		fprintf(f, "io_uring unavailable: %s: %s\n", strerror(-c->probe_status),
+			unavailable_why(c->probe_status, why, sizeof(why)));
 		return;
 	}
 	for (unsigned i = 0; i < 256; i++)

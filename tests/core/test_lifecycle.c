@@ -974,6 +974,33 @@ short_probe_child(void)
 	}
 	if (!atomic_exchange(&probe_said, 0))
 		return 14;
+	/* keel-topo --caps's report, short of descriptors too: it said "io_uring unavailable:
+	 * Too many open files", as if the kernel had refused it, and named no fix. */
+	{
+		struct rlimit rl = was;
+		char *text = NULL;
+		size_t len = 0;
+		FILE *m = open_memstream(&text, &len);
+		int lim = 0;
+
+		if (!m)
+			return 18;
+		while (fcntl(lim, F_GETFD) >= 0)
+			lim++;
+		rl.rlim_cur = (rlim_t)lim;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			return 19;
+		keel_caps_print(NULL, m);
+		setrlimit(RLIMIT_NOFILE, &was);
+		fclose(m);
+		if (!strstr(text, "not probed") || !strstr(text, "ulimit -n") ||
+		    strstr(text, "unavailable")) {
+			fprintf(stderr, "keel_caps_print short of descriptors:\n%s", text);
+			free(text);
+			return 20;
+		}
+		free(text);
+	}
 	keel_log_set_sink(NULL, NULL);
 	r = create_with_room(64, was);
 	if (r != 0) {
