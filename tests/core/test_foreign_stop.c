@@ -206,6 +206,7 @@ Test(core_foreign_stop, a_request_that_waits_for_a_timer_is_cancelled_when_its_s
 	cr_assert_eq(atomic_load(&xt.ran), 3);
 	keel_runtime_stop(rt, 0);
 	cr_assert_eq(keel_runtime_join(rt), 0);
+	SHARD_CHECKS_PASSED(); /* the timer the request waits on was made and started */
 	/* Everything completed is queued by the time the join returns. */
 	while ((n = keel_xqueue_wait(q, out + got, 4 - (unsigned)got, 0)) > 0)
 		got += n;
@@ -282,6 +283,7 @@ Test(core_foreign_stop, a_request_its_fn_hands_on_completes_once, .timeout = 60)
 		nanosleep(&ts, NULL);
 	keel_runtime_stop(rt, 0);
 	cr_assert_eq(keel_runtime_join(rt), 0);
+	SHARD_CHECKS_PASSED(); /* the waiter's timer was made and started, the hand-ons taken */
 	cr_assert_eq(keel_xqueue_wait(q, out, 2, 0), 1, "the waiting request was not cancelled");
 	cr_assert_eq(out[0], &waiter);
 	cr_assert_eq(waiter.status, -ECANCELED);

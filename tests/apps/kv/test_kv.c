@@ -3041,7 +3041,9 @@ Test(kv_server, aof_a_failed_automatic_rewrite_waits_before_the_next)
 	mk_dir(dir, sizeof(dir));
 	snprintf(p, sizeof(p), "%s/appendonly-0.aof.rewrite", dir);
 	cr_assert_eq(mkdir(p, 0755), 0);
-	setenv("KEEL_KV_AOF_AUTO_RETRY_MS", "2000", 1);
+	/* 5 s: the check below looks 1.5 s after the failure was seen, which may be late (a
+	 * margin of 0.5 s with 2 s let a slow INFO poll see the retry's second failure). */
+	setenv("KEEL_KV_AOF_AUTO_RETRY_MS", "5000", 1);
 	srv_start(&s, 1, "--appendonly", "yes", "--dir", dir, "--auto-aof-rewrite-min-size", "4kb",
 		  NULL);
 	unsetenv("KEEL_KV_AOF_AUTO_RETRY_MS");
