@@ -1315,6 +1315,9 @@ keel_conn_send(struct keel_conn *c, struct keel_slice *s)
 		if (keel__slice_follows(t, s)) { /* never a write buffer's: wopen stays false */
 			t->len += s->len;
 			keel_slice_put(s);
+			/* Emptied as the other path's: a caller that puts what is left after a
+			 * failure (keel_frame_send's contract) would put this reference again. */
+			memset(s, 0, sizeof(*s));
 			return queued_more(c, len);
 		}
 	}

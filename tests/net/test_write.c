@@ -344,6 +344,14 @@ trickle_open(struct keel_conn *c)
 			r = keel_slice_sub(&whole[b], off, 1, &one);
 			if (r == 0 && (r = keel_conn_send(c, &one)) < 0)
 				keel_slice_put(&one);
+			/* Sent, it is emptied, joined to the tail or not: keel_frame_send's
+			 * caller puts whatever is left after a failure, and a joined slice
+			 * kept its (put) reference. */
+			else if (r >= 0 && !SHARD_CHECK(one.buf == NULL,
+							" byte %u of buffer %u kept "
+							"its buffer after the send",
+							off, b))
+				r = -EIO;
 		}
 		keel_slice_put(&whole[b]);
 	}

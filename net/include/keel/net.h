@@ -419,7 +419,7 @@ KEEL_API int keel_conn_connect_addr(const struct sockaddr *sa, socklen_t salen, 
 /**
  * Queue @s for sending. Slices leave in the order queued; slices queued while a send is in
  * flight leave together.
- * Consumes: @s's reference, on success (0 or 1).
+ * Consumes: @s's reference, on success (0 or 1): *@s is then emptied (buf NULL).
  * Returns: 0; 1 when the queued bytes are above the high watermark (no on_data for this
  * connection until on_writable, as with keel_conn_pause_read(); one on_data carries at most
  * the room under the high watermark plus one receive buffer, so an application that sends
