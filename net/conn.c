@@ -1296,6 +1296,7 @@ queued_more(struct keel_conn *c, uint64_t bytes)
 int
 keel_conn_send(struct keel_conn *c, struct keel_slice *s)
 {
+	net_on_own_shard(c->ns);
 	if (!s || !s->len)
 		return -EINVAL;
 	if (c->closing || c->flush_close || c->shut_pending)
@@ -1368,6 +1369,7 @@ keel_conn_writev(struct keel_conn *c, const struct iovec *iov, unsigned n)
 	unsigned part = 0;
 	size_t poff = 0;
 
+	net_on_own_shard(c->ns);
 	if (!iov || !n)
 		return -EINVAL;
 	for (unsigned i = 0; i < n; i++) {
@@ -1457,6 +1459,7 @@ keel_conn_write(struct keel_conn *c, const void *data, size_t len)
 int
 keel_conn_shutdown(struct keel_conn *c)
 {
+	net_on_own_shard(c->ns);
 	if (c->closing || c->flush_close || c->shut_pending)
 		return -EPIPE;
 	c->shut_pending = true;
@@ -1482,6 +1485,7 @@ keel_conn_close(struct keel_conn *c)
 {
 	uint64_t bound;
 
+	net_on_own_shard(c->ns);
 	if (c->closing || c->flush_close)
 		return;
 	if (!c->open && !c->connecting) {
@@ -1546,6 +1550,7 @@ abort_cancel(struct keel_conn *c)
 void
 keel_conn_abort(struct keel_conn *c, int status)
 {
+	net_on_own_shard(c->ns);
 	if (c->closing)
 		return;
 	c->closing = true;
@@ -2159,6 +2164,7 @@ keel_conn_connect_addr(const struct sockaddr *sa, socklen_t salen, uint64_t time
 void
 keel_conn_pause_read(struct keel_conn *c)
 {
+	net_on_own_shard(c->ns);
 	c->read_paused = true;
 	recv_update(c);
 }
@@ -2166,6 +2172,7 @@ keel_conn_pause_read(struct keel_conn *c)
 void
 keel_conn_resume_read(struct keel_conn *c)
 {
+	net_on_own_shard(c->ns);
 	c->read_paused = false;
 	rq_later(c);
 	recv_update(c);
@@ -2193,6 +2200,7 @@ wm_cb(void *arg)
 int
 keel_conn_set_watermarks(struct keel_conn *c, uint32_t low, uint32_t high)
 {
+	net_on_own_shard(c->ns);
 	if (low > high)
 		return -EINVAL;
 	c->low = low;

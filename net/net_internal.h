@@ -147,6 +147,10 @@ int keel__net_shard_get_cfg(const struct keel_net_config *cfg, struct net_shard 
 /* The fields the shard's state is made with (buffer rings, file table) are equal. */
 bool keel__net_config_shard_equal(const struct keel_net_config *a, const struct keel_net_config *b);
 struct net_shard *keel__net_shard_cur(void);
+/* A connection's or endpoint's call on its own shard (net.h's Context): from another shard
+ * it took that shard's ring (a direct descriptor's slot number then names another socket
+ * there) and raced the owner over the queue. A compare per call. */
+#define net_on_own_shard(ns) net_verify((ns) == keel__net_shard_cur())
 /* The shard's state lives while references are held (connections, endpoints, buffers
  * out, deferred calls). Inline: taken and dropped for every receive buffer. */
 static inline void

@@ -193,6 +193,7 @@ int
 keel_conn_setsockopt(struct keel_conn *c, int level, int name, const void *val, socklen_t len,
 		     keel_sockopt_fn cb, void *arg)
 {
+	net_on_own_shard(keel__conn_shard(c));
 	return start(c, false, level, name, val, len, cb, arg);
 }
 
@@ -200,5 +201,6 @@ int
 keel_conn_getsockopt(struct keel_conn *c, int level, int name, socklen_t len, keel_sockopt_fn cb,
 		     void *arg)
 {
+	net_on_own_shard(keel__conn_shard(c));
 	return start(c, true, level, name, NULL, len, cb, arg);
 }

@@ -1173,6 +1173,7 @@ udp_send_one(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_sto
 int
 keel_udp_send(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_storage *dst)
 {
+	net_on_own_shard(u->ns);
 	if (!s || !dst || !s->buf) /* {0}: no buffer to send from, nor to put after */
 		return -EINVAL;
 	if (u->closing)
@@ -1259,6 +1260,7 @@ udp_cancel_recv(struct keel_udp *u)
 void
 keel_udp_close(struct keel_udp *u)
 {
+	net_on_own_shard(u->ns);
 	udp_close_status(u, u->ns->stopping ? -ESHUTDOWN : 0);
 }
 

@@ -9,6 +9,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 #include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
@@ -2022,4 +2024,82 @@ Test(net_conn, sends_queued_on_many_connections_in_a_pass_go_from_one_deferred_c
 	cr_assert_lt(atomic_load(&fl.run), FL_CONNS,
 		     "%llu deferred calls in the run that sent %u connections' queues",
 		     (unsigned long long)atomic_load(&fl.run), FL_CONNS);
+}
+
+/* A connection's calls from another shard's thread (net.h: "Context: the connection's
+ * shard"): keel_conn_write from shard 1 on shard 0's connection took shard 1's ring, where a
+ * direct descriptor's slot names another socket, and raced shard 0 over the send queue,
+ * returning 0. Refused now with net's invariant line, in a child whose stderr is read. */
+static uint16_t xs_port;
+
+static void
+xs_write(void *arg)
+{
+	keel_conn_write(arg, "x", 1); /* shard 1: aborts */
+	keel_stop(0);
+}
+
+static void
+xs_open(struct keel_conn *c)
+{
+	keel_send(1, xs_write, c);
+}
+
+static void
+xs_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		keel_slice_put(&s[i]);
+}
+
+static void
+xs_close(struct keel_conn *c, int status)
+{
+}
+
+static const struct keel_conn_ops xs_ops = { .on_open = xs_open,
+					     .on_data = xs_data,
+					     .on_close = xs_close };
+
+static void
+xs_start(void *app)
+{
+	struct keel_conn *c;
+
+	if (keel_shard_id(keel_this_shard()) == 0 &&
+	    keel_conn_connect("127.0.0.1", xs_port, KEEL_S(10), &xs_ops, NULL, &c) < 0)
+		keel_stop(-EIO);
+}
+
+Test(net_conn, a_connection_used_from_another_shard_is_refused)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t al = sizeof(a);
+	char out[4096];
+	int lfd, pfd[2], st;
+	pid_t pid;
+
+	lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(lfd, 0);
+	cr_assert_eq(bind(lfd, (struct sockaddr *)&a, al), 0);
+	cr_assert_eq(listen(lfd, 4), 0);
+	cr_assert_eq(getsockname(lfd, (struct sockaddr *)&a, &al), 0);
+	xs_port = ntohs(a.sin_port);
+	cr_assert_eq(pipe(pfd), 0);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		struct keel_opts o = net_test_opts(2);
+
+		dup2(pfd[1], 2);
+		close(pfd[0]);
+		keel_run(&o, xs_start, NULL);
+		_exit(0);
+	}
+	close(pfd[1]);
+	st = wait_child_output(pid, pfd[0], out, sizeof(out), TEST_WAIT_MS, "the two shards");
+	close(pfd[0]);
+	close(lfd);
+	cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT, "status %#x: %s", st, out);
+	cr_assert(strstr(out, "invariant failed") && strstr(out, "keel__net_shard_cur"), "%s", out);
 }

@@ -15,7 +15,10 @@
  * send_zc = off|on|auto).
  *
  * Threading: a connection, a UDP endpoint and a listener's per-shard part are used only on
- * their shard. Callbacks run on that shard.
+ * their shard. Callbacks run on that shard. A call that changes a connection or an
+ * endpoint (send, write, close, abort, shutdown, pause/resume, watermarks, socket options,
+ * keel_udp_send/close) from another shard's thread aborts (net's invariant line): hand the
+ * work to the owning shard with a message (keel_send) instead.
  */
 #ifndef KEEL_NET_H
 #define KEEL_NET_H
