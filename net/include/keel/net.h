@@ -179,8 +179,9 @@ KEEL_API void keel_net_config_init(struct keel_net_config *c);
  * one a listener created without keel_listen_opts.net gives its sockets (TCP_NODELAY).
  * Returns: 0, or -EINVAL (buf_count, udp_buf_count, or bulk_buf_count when bulk_buf_size is
  * above buf_size, not a power of two in 1..32768, buf_size 0 or above 1 MiB, bulk_buf_size
- * above 1 MiB, udp_buf_size 0 or above 65536,
- * low_watermark > high_watermark, max_files 0, accept_backoff_ns under 1 ms).
+ * above 1 MiB, udp_buf_size 0 or above 65536, udp_gso_segs above KEEL_UDP_GSO_MAX,
+ * low_watermark > high_watermark, high_watermark 0, max_files 0 or above 1,048,576,
+ * accept_backoff_ns under 1 ms: keel_net_config_check() names the field).
  * Context: any thread, before the runtime's shards use the network.
  */
 KEEL_API int keel_net_config_set(const struct keel_net_config *c);
@@ -333,7 +334,9 @@ struct keel_listen_opts {
  * keel_listener_start() on a shard (connections wait in the backlog of the socket the
  * program picked).
  * Returns: 0 and *out; -EINVAL (address does not parse, nshards 0, a queue_shard entry not
- * below nshards: logged, naming the queue), -EADDRINUSE (port in
+ * below nshards: logged, naming the queue); a host name's resolution errors
+ * (keel_net_resolve(): -EPERM for a name on a shard's thread, where a lookup would block
+ * the loop; -ENOENT, -EAGAIN, -EAFNOSUPPORT); -EADDRINUSE (port in
  * use by another program: a listening socket there, checked before the listener's own
  * sockets bind, so one that sets SO_REUSEPORT too is refused as well), or another -errno of
  * socket/bind/listen (logged, with the address).
@@ -509,6 +512,9 @@ KEEL_API void keel_conn_close(struct keel_conn *c);
  * ECONNRESET, not an EOF that would read as the end of a whole reply, and the kernel drops
  * what it holds); otherwise it ends with a FIN after what the kernel holds. The runtime's stop
  * aborts with -ESHUTDOWN, and send_max, the timeouts and close_timeout_ns with their errors, alike.
+ * On a connection whose keel_conn_close() has sent its queue and waits for the peer's EOF,
+ * on_close gets 0 whatever @status (nothing was lost; unless zero-copy pages are still
+ * held: then @status, with the reset).
  * Context: the connection's shard; @c stays valid until on_close returns.
  */
 KEEL_API void keel_conn_abort(struct keel_conn *c, int status);
@@ -554,8 +560,9 @@ KEEL_API int keel_conn_set_watermarks(struct keel_conn *c, uint32_t low, uint32_
  * -EINVAL (@out NULL); -ENOTCONN (not connected yet); -ENODATA (the listener was created
  * with no_addrs); -EOPNOTSUPP (a direct descriptor on a kernel before 6.8: logged once,
  * naming --feature direct_fd=off); -EMFILE or -ENFILE (a direct descriptor while the
- * process had no descriptor left for the copy: logged, rate-limited); another -errno of
- * getpeername/getsockname.
+ * process had no descriptor left for the copy: logged, rate-limited); -EBUSY (an accepted
+ * direct descriptor whose read found no submission entry free: the connection opened
+ * without its addresses); another -errno of getpeername/getsockname.
  * Context: the connection's shard.
  */
 KEEL_API int keel_conn_peer_addr(const struct keel_conn *c, struct sockaddr_storage *out,
@@ -766,11 +773,13 @@ KEEL_API uint16_t keel_udp_port(const struct keel_udp *u);
  * Send @s as one datagram to @dst (datagrams queued in one pass are submitted together;
  * large ones with SENDMSG_ZC). An empty slice of a buffer sends a zero-length datagram
  * (one with no buffer, {0}, is -EINVAL). A sendmsg of several datagrams (UDP_SEGMENT) that
- * fails is sent again one by one. If its first datagram then goes alone: after EMSGSIZE
- * with datagrams over 548 bytes (the path's MTU) only datagrams of that size or larger go
- * one by one from then on; after any other error (EIO, EINVAL, or EMSGSIZE below that
- * size) the endpoint sends every datagram one by one from then on. If the first one fails
- * too (the destination refused them), it batches on.
+ * fails is sent again one by one. If its first datagram then goes alone: after EMSGSIZE,
+ * or EINVAL on a socket with checksums on (kernels before 6.14 said so for the path's
+ * MTU), with datagrams over 40 bytes, only datagrams of that size or larger go one by one
+ * from then on; after any other error (EIO, EINVAL with SO_NO_CHECK or UDP_NO_CHECK6_TX,
+ * or either at 40 bytes or less) the endpoint sends every datagram one by one from then
+ * on (docs/net.md, "UDP"). If the first one fails too (the destination refused them), it
+ * batches on.
  * The send's
  * state is a slot of a per-shard pool: nothing is allocated per datagram once the pool
  * covers the most datagrams in flight (udp_send_slots in keel_net_stats).
