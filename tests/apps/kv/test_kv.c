@@ -4758,6 +4758,22 @@ Test(kv_server, aof_flushall_truncates_off_the_shards_thread)
 	unsetenv("LD_PRELOAD");
 	unsetenv("KEEL_TEST_FTRUNCATE_LOG");
 	asan_opts_restore(ao);
+	/* The spy is in the server (ld.so only warns where it cannot preload one, and an empty
+	 * log then passed the test). */
+	{
+		char maps[64], line[512];
+		bool spied = false;
+		FILE *f;
+
+		snprintf(maps, sizeof(maps), "/proc/%d/maps", (int)s.pid);
+		f = fopen(maps, "r");
+		cr_assert_not_null(f, "%s: %s", maps, strerror(errno));
+		while (!spied && fgets(line, sizeof(line), f))
+			spied = strstr(line, "ftruncate_spy") != NULL;
+		fclose(f);
+		cr_assert(spied, "the ftruncate spy is not loaded in keel-kv (%s)",
+			  KEEL_TEST_FTRUNCATE_SPY);
+	}
 	rd_init(&r, test_connect(s.port));
 	set_numbered(&r, 50);
 	unlink(log); /* anything the start made (none expected) is not the FLUSHALL's */
