@@ -208,4 +208,33 @@ wait_child_output_(pid_t pid, int fd, char *out, size_t len, unsigned ms, const 
 	}
 }
 
+/*
+ * Run @fn(@arg) in a child whose stderr goes to @out (as wait_child_output keeps it), for a
+ * run that is to abort with keel's own line; the child exits 0 if @fn returns. Returns the
+ * wait status (within TEST_WAIT_MS, else the test fails naming @what).
+ */
+#define run_child_stderr(fn, arg, out, len, what) \
+	run_child_stderr_(fn, arg, out, len, what, __FILE__, __LINE__)
+static inline int __attribute__((unused))
+run_child_stderr_(void (*fn)(void *), void *arg, char *out, size_t len, const char *what,
+		  const char *file, int line)
+{
+	int pfd[2], st;
+	pid_t pid;
+
+	cr_assert_eq(pipe(pfd), 0);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		dup2(pfd[1], 2);
+		close(pfd[0]);
+		fn(arg);
+		_exit(0);
+	}
+	close(pfd[1]);
+	st = wait_child_output_(pid, pfd[0], out, len, TEST_WAIT_MS, what, file, line);
+	close(pfd[0]);
+	return st;
+}
+
 #endif

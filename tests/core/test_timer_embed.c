@@ -11,7 +11,6 @@
 #include <criterion/criterion.h>
 
 #include "../../core/internal.h"
-#include "../common/wait.h"
 #include "helpers.h"
 
 #define NCONN 64
@@ -182,26 +181,19 @@ theirs_start(void *app)
 
 /* In a child, its stderr read: keel's own refusal, not any abort (a heap the init had
  * corrupted could abort in glibc too). */
+static void
+theirs_run(void *arg)
+{
+	struct keel_opts o = test_opts(2);
+
+	keel_run(&o, theirs_start, NULL);
+}
+
 Test(core_timer_embed, init_of_another_shards_timer_is_refused)
 {
 	char out[4096];
-	int pfd[2], st;
-	pid_t pid;
+	int st = run_child_stderr(theirs_run, NULL, out, sizeof(out), "the two shards");
 
-	cr_assert_eq(pipe(pfd), 0);
-	pid = fork();
-	cr_assert_geq(pid, 0);
-	if (pid == 0) {
-		struct keel_opts o = test_opts(2);
-
-		dup2(pfd[1], 2);
-		close(pfd[0]);
-		keel_run(&o, theirs_start, NULL);
-		_exit(0);
-	}
-	close(pfd[1]);
-	st = wait_child_output(pid, pfd[0], out, sizeof(out), TEST_WAIT_MS, "the two shards");
-	close(pfd[0]);
 	cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT, "status %#x: %s", st, out);
 	cr_assert(strstr(out, "keel: invariant violated at") && strstr(out, "timer.c"), "%s", out);
 }

@@ -2071,13 +2071,20 @@ xs_start(void *app)
 		keel_stop(-EIO);
 }
 
+static void
+xs_run(void *arg)
+{
+	struct keel_opts o = net_test_opts(2);
+
+	keel_run(&o, xs_start, NULL);
+}
+
 Test(net_conn, a_connection_used_from_another_shard_is_refused)
 {
 	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	socklen_t al = sizeof(a);
 	char out[4096];
-	int lfd, pfd[2], st;
-	pid_t pid;
+	int lfd, st;
 
 	lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	cr_assert_geq(lfd, 0);
@@ -2085,20 +2092,7 @@ Test(net_conn, a_connection_used_from_another_shard_is_refused)
 	cr_assert_eq(listen(lfd, 4), 0);
 	cr_assert_eq(getsockname(lfd, (struct sockaddr *)&a, &al), 0);
 	xs_port = ntohs(a.sin_port);
-	cr_assert_eq(pipe(pfd), 0);
-	pid = fork();
-	cr_assert_geq(pid, 0);
-	if (pid == 0) {
-		struct keel_opts o = net_test_opts(2);
-
-		dup2(pfd[1], 2);
-		close(pfd[0]);
-		keel_run(&o, xs_start, NULL);
-		_exit(0);
-	}
-	close(pfd[1]);
-	st = wait_child_output(pid, pfd[0], out, sizeof(out), TEST_WAIT_MS, "the two shards");
-	close(pfd[0]);
+	st = run_child_stderr(xs_run, NULL, out, sizeof(out), "the two shards");
 	close(lfd);
 	cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT, "status %#x: %s", st, out);
 	cr_assert(strstr(out, "invariant failed") && strstr(out, "keel__net_shard_cur"), "%s", out);
