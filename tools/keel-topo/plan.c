@@ -135,9 +135,9 @@ reset_table(struct plan_step *out, unsigned max, unsigned *n, const char *ifn, u
 		return;
 	snprintf(why, sizeof(why),
 		 "ntuple rules and RSS contexts an earlier plan added stay; one naming a queue at "
-		 "or above %u makes ethtool -L fail (EINVAL): ethtool -n %s lists them, ethtool "
-		 "-N %s delete LOC and ethtool -X %s context N delete remove them",
-		 nq, ifn, ifn, ifn);
+		 "or above %u makes ethtool -L fail (EINVAL): ethtool -n %.31s lists them, "
+		 "ethtool -N %.31s delete LOC and ethtool -X %.31s context N delete remove them",
+		 nq, ifn, ifn, ifn); /* a name of 15 bytes at most (IFNAMSIZ), a bus id's 12 */
 	note(out, max, n, why);
 	if (sets_table)
 		cmd(out, max, n, PLAN_RUN,
