@@ -28,6 +28,16 @@ probe_short_of(int err)
 	return err == -EMFILE || err == -ENFILE || err == -ENOMEM || err == -EAGAIN;
 }
 
+/* What the probe short of @err (probe_short_of) lacked, with the fix. */
+static const char *
+probe_short_why(int err)
+{
+	return err == -EMFILE || err == -ENFILE
+		       ? "the process has no file descriptor left for its trial rings (raise "
+			 "ulimit -n, or close descriptors)"
+		       : "memory ran out";
+}
+
 /* A trial that failed with @err for want of descriptors or memory: noted. */
 static void
 trial_failed(int err)
@@ -387,11 +397,7 @@ keel_features_decide(const struct keel_opts *opts, struct keel_feature_decision 
 		keel_log(KEEL_LOG_ERROR, "core",
 			 "the io_uring capability probe could not run (%s): %s; it runs again at "
 			 "the next start",
-			 strerror(-c->probe_status),
-			 c->probe_status == -EMFILE || c->probe_status == -ENFILE
-				 ? "the process has no file descriptor left for its trial rings "
-				   "(raise ulimit -n, or close descriptors)"
-				 : "memory ran out");
+			 strerror(-c->probe_status), probe_short_why(c->probe_status));
 		return c->probe_status;
 	}
 	if (c->probe_status < 0) {
@@ -550,14 +556,10 @@ keel_caps_print(const struct keel_opts *opts, FILE *f)
 	fprintf(f, "kernel %s\n", c->kernel);
 	if (probe_short_of(c->probe_status)) {
 		/* Not the kernel's answer: the probe's own want, tried again at the next call. */
-		fprintf(f, "io_uring capabilities not probed: %s (%s); run again%s\n",
-			strerror(-c->probe_status),
-			c->probe_status == -EMFILE || c->probe_status == -ENFILE
-				? "no file descriptor left for the trial rings"
-				: "memory ran out",
-			c->probe_status == -EMFILE || c->probe_status == -ENFILE
-				? " after raising ulimit -n or closing descriptors"
-				: "");
+		fprintf(f,
+			"io_uring capabilities not probed: %s: %s; it runs again at the next "
+			"call\n",
+			strerror(-c->probe_status), probe_short_why(c->probe_status));
 		return;
 	}
 	if (c->probe_status < 0) {
