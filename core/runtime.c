@@ -409,7 +409,7 @@ zcrx_check(const struct keel_runtime *rt)
 			"(%s): %s, or use --zcrx auto",
 			d->reason,
 			d->policy == KEEL_POLICY_OFF ? "drop --feature defer_taskrun=off"
-			: !rt->features[KEEL_FEAT_SINGLE_ISSUER].used
+			: rt->features[KEEL_FEAT_SINGLE_ISSUER].policy == KEEL_POLICY_OFF
 				? "drop --feature single_issuer=off (DEFER_TASKRUN needs it)"
 				: "run Linux 6.1 or later");
 		return -EINVAL;
