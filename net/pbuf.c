@@ -208,8 +208,11 @@ keel__pbuf_init_window(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid,
 	if (r->br == MAP_FAILED) {
 		r->br = NULL;
 		ret = -errno;
-		keel_log(KEEL_LOG_ERROR, NET_MOD, "shard %u: mapping buffer ring %u failed: %s",
-			 ns->id, bgid, strerror(-ret));
+		if (bgid !=
+		    NET_BULK_BGID) /* the bulk ring's failure is said once, with its fixes */
+			keel_log(KEEL_LOG_ERROR, NET_MOD,
+				 "shard %u: mapping buffer ring %u failed: %s", ns->id, bgid,
+				 strerror(-ret));
 		goto err;
 	}
 	io_uring_buf_ring_init(r->br);
