@@ -677,8 +677,11 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 			return n;
 	}
 	if (m->iface[0] && pci_name(m->iface)) {
-		/* A PCI function (a VF without an interface, say): it must still be there. */
-		char path[128];
+		/* A PCI function: it must still be there, and where it has an interface the map
+		 * is checked as that interface's below (a VF without a driver's interface has no
+		 * queues to count; a map naming eth0's function by its bus id had none of these
+		 * checks, its queues included). */
+		char path[128], id[32];
 		struct stat st;
 
 		snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s%s",
@@ -693,17 +696,12 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 			n++;
 			if (!emit(arg, line, true))
 				return n;
+		} else {
+			ifn = keel__topo_sysfs_pci_ifname(m->iface, id, sizeof(id), pifn,
+							  sizeof(pifn)) == 1
+				      ? pifn
+				      : NULL;
 		}
-	}
-	/* A map on a PCI function is checked as its interface, where it has one (a VF without
-	 * a driver's interface has no queues to count; a map naming eth0's function by its
-	 * bus id had none of these checks, its queues included). */
-	if (m->iface[0] && pci_name(m->iface) && ifn) {
-		char id[32];
-
-		ifn = keel__topo_sysfs_pci_ifname(m->iface, id, sizeof(id), pifn, sizeof(pifn)) == 1
-			      ? pifn
-			      : NULL;
 	}
 	if (ifn) {
 		int rx = keel__topo_sysfs_rxq_count(ifn), pr, numa;
@@ -1077,10 +1075,9 @@ keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus, stru
 		return -ENOMEM;
 	}
 	r = keel_map_load(o->map_path, m, err, sizeof(err));
-	if (r == 0)
-		r = keel_map_validate(m, err, sizeof(err));
 	/* A map on a PCI function with an interface: the runtime goes on with the interface's
-	 * name, as for --iface given so (ZCRX opens it by name, and --iface compares it). */
+	 * name, as for --iface given so (ZCRX opens it by name, and --iface compares it), and
+	 * validates it as that interface's (the function resolved once). */
 	if (r == 0 && m->iface[0] && pci_name(m->iface)) {
 		char id[32], name[32];
 
@@ -1091,6 +1088,8 @@ keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus, stru
 			keel__topo_strcpy(m->iface, sizeof(m->iface), name);
 		}
 	}
+	if (r == 0)
+		r = keel_map_validate(m, err, sizeof(err));
 	if (r == 0 && o->cpuset_given) {
 		snprintf(err, sizeof(err), "--cpuset and --map both choose the CPUs: drop one");
 		r = -EINVAL;
