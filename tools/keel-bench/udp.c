@@ -57,10 +57,13 @@
  * and L2's set period) the same line of every slot falls in the same cache set, and the
  * slots of one batch evicted each other between recvmmsg and the send that reads them
  * back; keel's own UDP buffers are 65,608 bytes apart. */
-#define SLOT    (DGRAM + 64u)
-#define PERIOD  61u
-#define LOSS_MS 50u
-#define MAXEV   64
+#define SLOT (DGRAM + 64u)
+/* Below this segment size a refusal is not taken for the path's MTU: keel's
+ * KEEL__UDP_GSO_SEG_FLOOR (net/net_internal.h, private to keel), the same rule. */
+#define GSO_SEG_FLOOR 40u
+#define PERIOD        61u
+#define LOSS_MS       50u
+#define MAXEV         64
 
 /* ---- the epoll server's echo ---- */
 
@@ -69,12 +72,11 @@ struct bench_udp_batch {
 	struct iovec iov[SBATCH];
 	struct sockaddr_storage from[SBATCH];
 	uint8_t *buf;
-	bool gso;       /* --udp-gso: runs of one size to one source as one UDP_SEGMENT sendmsg */
-	size_t gso_max; /* segments above this go alone (0: no limit): a batch the kernel
-			 * refused for its segment size (over the path MTU) lowers it, as keel's
-			 * sender does */
-	unsigned dirty; /* headers the last batch changed (lengths, names), set back before the
-			 * next recvmmsg: the others are as bench_udp_batch_new made them */
+	bool gso; /* --udp-gso: runs of one size to one source as one UDP_SEGMENT sendmsg */
+	size_t gso_refused; /* segments of this size or more go alone (0: none refused): a
+			     * batch the kernel refused sets it, by keel's rule (net/udp.c) */
+	unsigned dirty;     /* headers the last batch changed (lengths, names), set back before the
+			     * next recvmmsg: the others are as bench_udp_batch_new made them */
 	uint64_t rx_calls, tx_calls; /* recvmmsg calls that took datagrams, and send calls
 				      * (sendmsg with --udp-gso, else sendmmsg) that sent some */
 };
@@ -163,9 +165,9 @@ send_one(int fd, const struct msghdr *mh, uint64_t *syscalls)
  * be shorter), within 64 KiB less the headers, goes back in one sendmsg with UDP_SEGMENT;
  * a run of one is a plain sendmsg. What the socket does not take is dropped, as UDP may. A
  * batch the kernel refuses for its segments (EMSGSIZE, or EINVAL on kernels before 6.14:
- * over the path MTU; EIO: no checksum offload) goes again one datagram at a time, and
- * segments of its size or more go alone from then on: it dropped the whole run and
- * counted errors, where keel's server sends such a batch again (net/udp.c). */
+ * over the path MTU; EIO) goes again one datagram at a time, and later batches follow
+ * keel's rule: it dropped the whole run and counted errors, where keel's server sends such
+ * a batch again (net/udp.c). */
 static void
 echo_gso(int fd, struct bench_udp_batch *b, int n, uint64_t *syscalls, uint64_t *out,
 	 uint64_t *errors)
@@ -179,7 +181,7 @@ echo_gso(int fd, struct bench_udp_batch *b, int n, uint64_t *syscalls, uint64_t 
 		for (j = i + 1; j < n; j++) {
 			size_t len = b->iov[j].iov_len;
 			if (b->iov[j - 1].iov_len != seg || len == 0 || len > seg ||
-			    (b->gso_max && seg > b->gso_max) || total + len > 65507 ||
+			    (b->gso_refused && seg >= b->gso_refused) || total + len > 65507 ||
 			    b->m[j].msg_hdr.msg_namelen != mh.msg_namelen ||
 			    memcmp(&b->from[j], &b->from[i], mh.msg_namelen) != 0)
 				break;
@@ -199,7 +201,10 @@ echo_gso(int fd, struct bench_udp_batch *b, int n, uint64_t *syscalls, uint64_t 
 		}
 		r = send_one(fd, &mh, syscalls);
 		if (r < 0 && j - i > 1 && (errno == EMSGSIZE || errno == EINVAL || errno == EIO)) {
-			b->gso_max = seg - 1;
+			/* keel's rule (keel__udp_gso_refused): the MTU's word (EMSGSIZE, or
+			 * EINVAL: this socket keeps its checksums) above 40 bytes stops that
+			 * size and larger; anything else stops batching. */
+			b->gso_refused = errno != EIO && seg > GSO_SEG_FLOOR ? seg : 1;
 			for (int k = i; k < j; k++) {
 				mh = b->m[k].msg_hdr;
 				if (send_one(fd, &mh, syscalls) >= 0) {
