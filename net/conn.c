@@ -34,6 +34,8 @@
 
 #define SEND_BYTES_MAX (1ull << 30)
 
+_Atomic unsigned keel__conn_fail_recv_async;
+
 struct keel_conn {
 	struct net_shard *ns;
 	struct keel_framer *hframer;       /* its framers holding a partial frame (a list) */
@@ -315,6 +317,8 @@ recv_arm(struct keel_conn *c)
 		if (ns->f_bundle)
 			sqe->ioprio |= IORING_RECVSEND_BUNDLE;
 		sqe->flags |= IOSQE_BUFFER_SELECT;
+		if (__builtin_expect(keel__net_fault_take(&keel__conn_fail_recv_async), 0))
+			sqe->flags |= IOSQE_ASYNC;
 		/* c->bulk is set only once the bulk ring exists (bulk_note). */
 		c->rx_bulk = c->bulk;
 		sqe->buf_group = c->bulk ? ns->bulk.bgid : ns->tcp.bgid;
@@ -719,6 +723,10 @@ recv_done(struct keel_conn *c, const struct io_uring_cqe *cqe, int res, uint32_t
 		c->recv_armed = false;
 	else
 		ns->st.recv_more++;
+	/* An EOF or error that names a buffer (run from io-wq): retired empty. */
+	if (__builtin_expect(res <= 0, 0) && (flags & IORING_CQE_F_BUFFER) && !c->zc)
+		keel__pbuf_retire_empty(c->rx_bulk ? &ns->bulk : &ns->tcp,
+					flags >> IORING_CQE_BUFFER_SHIFT);
 	if (res > 0) {
 		if (c->zc)
 			deliver_zc(c, cqe);

@@ -215,6 +215,11 @@ void keel__pbuf_drop_krefs(struct pbuf_ring *r);
  * ring, through the put of its slices or directly when it was never wrapped. */
 int keel__pbuf_take(struct pbuf_ring *r, unsigned bid, int res, uint32_t cqe_flags, bool bundle,
 		    struct keel_slice *out, unsigned max);
+/* A completion with no bytes (res <= 0) that names buffer @bid (IORING_CQE_F_BUFFER): a
+ * single-shot receive run from io-wq commits the buffer it picks, and when it then meets an
+ * EOF or an error (a reset) the kernel retires the buffer empty and names it (seen on Linux
+ * 6.18). Back to the ring, or it would shrink for good. */
+void keel__pbuf_retire_empty(struct pbuf_ring *r, unsigned bid);
 /* A slice to be held while a peer reads: copied out of a receive ring (or ZCRX area)
  * running low, so that held slices cannot take every receive buffer (conn.c). */
 void keel__net_unring(struct net_shard *ns, struct keel_slice *s);
@@ -246,9 +251,24 @@ keel__slice_follows(const struct keel_slice *t, const struct keel_slice *s)
 	       s->len <= UINT32_MAX - t->len;
 }
 
+/* Test hooks: take one from the countdown @c; true when it was not yet 0 (inject). */
+static inline bool
+keel__net_fault_take(_Atomic unsigned *c)
+{
+	unsigned n = atomic_load_explicit(c, memory_order_relaxed);
+
+	while (__builtin_expect(n != 0, 0))
+		if (atomic_compare_exchange_weak(c, &n, n - 1))
+			return true;
+	return false;
+}
+
 /* Fault injection for tests: the next this-many buffer wraps in keel__pbuf_take fail
  * with -ENOMEM (as keel_buf_wrap does when no buffer header can be allocated). */
 extern _Atomic unsigned keel__pbuf_fail_wraps;
+/* ... while non-zero, each TCP receive armed goes to io-wq (IOSQE_ASYNC), as one does when
+ * the kernel cannot allocate its poll entry; the count drops by one. */
+extern _Atomic unsigned keel__conn_fail_recv_async;
 
 struct stat;
 /* listen.c: the stat of a Unix listener's path right after its bind, which records the

@@ -295,14 +295,8 @@ wrap(struct pbuf_ring *r, uint16_t bid, struct keel_slice *out)
 {
 	int ret;
 
-	if (__builtin_expect(atomic_load_explicit(&keel__pbuf_fail_wraps, memory_order_relaxed),
-			     0)) {
-		unsigned n = atomic_load(&keel__pbuf_fail_wraps);
-		while (n && !atomic_compare_exchange_weak(&keel__pbuf_fail_wraps, &n, n - 1))
-			;
-		if (n)
-			return -ENOMEM;
-	}
+	if (keel__net_fault_take(&keel__pbuf_fail_wraps))
+		return -ENOMEM;
 	ret = keel_buf_wrap(keel_shard_alloc(), r->slot[bid].base, r->bufsize, buf_release,
 			    &r->slot[bid], out);
 	if (ret < 0)
@@ -324,6 +318,33 @@ kref_get(struct pbuf_ring *r, uint16_t bid)
 	if (ret == 0)
 		r->nkref++;
 	return ret;
+}
+
+/* The kernel is done with buffer @bid, and no slice took the ring's reference on it: the
+ * reference is put (the buffer comes back when the application's slices of it are), or the
+ * buffer, never wrapped, goes straight back, or the ring would shrink for good. */
+static void
+retire(struct pbuf_ring *r, uint16_t bid)
+{
+	r->inring--;
+	if (r->kref[bid].buf) {
+		struct keel_slice k = r->kref[bid];
+		/* Cleared first: the put may recycle the buffer (buf_release). */
+		memset(&r->kref[bid], 0, sizeof(k));
+		r->nkref--;
+		keel_slice_put(&k);
+	} else if (r->registered && !r->ns->stopping) {
+		give_back(r, bid);
+	}
+}
+
+void
+keel__pbuf_retire_empty(struct pbuf_ring *r, unsigned bid)
+{
+	net_verify(bid < r->nbufs);
+	retire(r, (uint16_t)bid);
+	if (r->registered && !r->ns->stopping)
+		top_up(r);
 }
 
 int
@@ -390,19 +411,10 @@ keel__pbuf_take(struct pbuf_ring *r, unsigned bid, int res, uint32_t cqe_flags, 
 			err = ret;
 		r->off[b] += take;
 		rem -= take;
-		if (done)
+		if (done && moved)
 			r->inring--;
-		if (done && !moved && r->kref[b].buf) {
-			struct keel_slice k = r->kref[b];
-			/* Cleared first: the put may recycle the buffer (buf_release). */
-			memset(&r->kref[b], 0, sizeof(k));
-			r->nkref--;
-			keel_slice_put(&k); /* the kernel is done with it */
-		} else if (done && !moved && r->registered && !r->ns->stopping) {
-			/* Never wrapped (ENOMEM): the kernel retired it all the same, so it
-			 * goes straight back, or the ring would shrink for good. */
-			give_back(r, b);
-		}
+		else if (done)
+			retire(r, b);
 		pos++;
 	}
 	if (r->registered && !r->ns->stopping)

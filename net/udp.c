@@ -468,6 +468,9 @@ udp_recv_cb(struct keel_op *op, int res, uint32_t flags)
 		udp_deliver_empty(u);
 	else if (res == -ENOBUFS)
 		u->ns->st.enobufs++;
+	/* An error that names a buffer (a receive run from io-wq): retired empty. */
+	if (__builtin_expect(res < 0, 0) && (flags & IORING_CQE_F_BUFFER))
+		keel__pbuf_retire_empty(&u->ns->udp, flags >> IORING_CQE_BUFFER_SHIFT);
 	if (!more) {
 		u->ops_n--;
 		/* ENOBUFS: the datagrams wait in the socket (the kernel drops only when its

@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
@@ -479,6 +480,8 @@ static struct {
 	_Atomic uint64_t held_bytes;
 	_Atomic unsigned nbufs; /* distinct buffers held */
 	_Atomic int all_held;
+	_Atomic int pause_first;         /* the first connection's reads paused at open */
+	struct keel_conn *_Atomic first; /* the first connection, while open */
 	struct keel_slice held[WR_BUFS * WR_SIZE / 16]; /* shard only */
 	const struct keel_buf *bufs[WR_BUFS];           /* shard only */
 	unsigned nheld;
@@ -487,7 +490,13 @@ static struct {
 static void
 wr_open(struct keel_conn *c)
 {
-	keel_conn_set_user(c, (void *)(uintptr_t)atomic_fetch_add(&wr.conns, 1));
+	uintptr_t i = (uintptr_t)atomic_fetch_add(&wr.conns, 1);
+
+	keel_conn_set_user(c, (void *)i);
+	if (i == 0 && atomic_load(&wr.pause_first)) {
+		keel_conn_pause_read(c);
+		atomic_store(&wr.first, c);
+	}
 }
 
 static void
@@ -524,8 +533,10 @@ wr_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
 static void
 wr_close(struct keel_conn *c, int status)
 {
-	if (keel_conn_user(c) == NULL)
+	if (keel_conn_user(c) == NULL) {
 		atomic_store(&wr.first_status, status);
+		atomic_store(&wr.first, NULL);
+	}
 	while (wr.nheld)
 		keel_slice_put(&wr.held[--wr.nheld]);
 	atomic_fetch_add(&wr.closes, 1);
@@ -582,6 +593,111 @@ Test(net_lifetime, failed_buffer_wrap_returns_the_buffer_to_the_ring)
 Test(net_lifetime, failed_buffer_wrap_returns_the_buffer_whole_buffers)
 {
 	wrap_run("pbuf_inc=off");
+}
+
+/* On the shard: the first connection's descriptor (direct_fd=off: a real one), once its
+ * paused reads have no receive armed; -EAGAIN before. */
+static void
+wr_idle_fd(struct keel_xreq *req)
+{
+	struct keel_conn *c = atomic_load(&wr.first);
+	bool direct = true;
+	int fd = c ? keel__conn_fd(c, &direct) : -ENOENT;
+
+	if (c && direct)
+		fd = -EINVAL; /* direct_fd=off was not kept */
+	keel_xreq_complete(req, c && keel__conn_recv_kind(c) ? -EAGAIN : fd);
+}
+
+static void
+wr_resume(struct keel_xreq *req)
+{
+	struct keel_conn *c = atomic_load(&wr.first);
+
+	if (c)
+		keel_conn_resume_read(c);
+	keel_xreq_complete(req, c ? 0 : -ENOENT);
+}
+
+/* A single-shot receive the kernel runs from io-wq (as it does when it cannot allocate the
+ * receive's poll entry) commits the buffer it picks; when it then meets the peer's reset or
+ * EOF, its completion names that buffer with res <= 0 (Linux 6.18), and the buffer must go
+ * back to the ring. The first connection's reads are paused, its peer resets it (or shuts
+ * its side), and once the server's socket has seen it the read resumes from io-wq
+ * (keel__conn_fail_recv_async). A second connection then must fill all WR_BUFS buffers, as
+ * in wrap_run: with one lost, only 7 could ever be held. */
+static void
+retire_run(const char *spec, bool reset)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	static uint8_t out[2 * WR_BUFS * WR_SIZE];
+	struct tcp_info ti;
+	socklen_t tl;
+	struct srv s;
+	int fa, fb, sfd = -EAGAIN;
+
+	memset(&wr, 0, sizeof(wr));
+	atomic_store(&wr.pause_first, 1);
+	net_test_feature(&o, "multishot_recv=off");
+	net_test_feature(&o, "direct_fd=off");
+	if (spec)
+		net_test_feature(&o, spec);
+	keel_net_config_init(&nc);
+	nc.buf_size = WR_SIZE;
+	nc.buf_count = WR_BUFS;
+	nc.bulk_buf_size = 0;
+	memset(out, 'x', sizeof(out));
+	cr_assert_eq(srv_start(&s, &o, &nc, &wr_ops), 0);
+	fa = cli_connect(s.port);
+	cr_assert_geq(fa, 0);
+	WAIT_UNTIL((sfd = rt_run_on(s.rt, 0, wr_idle_fd, NULL)) != -EAGAIN && sfd != -ENOENT, 30000,
+		   "the paused connection kept a receive armed (%d)", sfd);
+	cr_assert_neq(sfd, -EINVAL, "the connection's descriptor is a direct one");
+	if (reset) {
+		struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+
+		cr_assert_eq(setsockopt(fa, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);
+		close(fa);
+	} else {
+		cr_assert_eq(shutdown(fa, SHUT_WR), 0);
+	}
+	/* The server's socket has the reset (closed) or the FIN (close-wait). */
+	WAIT_UNTIL((tl = sizeof(ti), getsockopt(sfd, IPPROTO_TCP, TCP_INFO, &ti, &tl) == 0 &&
+					     ti.tcpi_state == (reset ? TCP_CLOSE : TCP_CLOSE_WAIT)),
+		   30000, "the server's socket never saw the peer's %s", reset ? "reset" : "FIN");
+	atomic_store(&keel__conn_fail_recv_async, 1);
+	cr_assert_eq(rt_run_on(s.rt, 0, wr_resume, NULL), 0);
+	WAIT_UNTIL(atomic_load(&wr.closes) == 1, 30000, "the first connection never closed");
+	cr_assert_eq(atomic_load(&keel__conn_fail_recv_async), 0, "no receive went to io-wq");
+	cr_assert_eq(atomic_load(&wr.first_status), reset ? -ECONNRESET : 0);
+	fb = cli_connect(s.port);
+	cr_assert_geq(fb, 0);
+	cr_assert_eq(cli_write_all(fb, out, sizeof(out)), 0);
+	WAIT_UNTIL(atomic_load(&wr.all_held), 30000,
+		   "slices of %u of %u buffers held (%llu bytes): the ring lost a buffer",
+		   atomic_load(&wr.nbufs), WR_BUFS,
+		   (unsigned long long)atomic_load(&wr.held_bytes));
+	if (!reset)
+		close(fa);
+	close(fb);
+	cr_assert_eq(srv_stop(&s), 0);
+	atomic_store(&keel__conn_fail_recv_async, 0);
+}
+
+Test(net_lifetime, a_reset_that_names_a_buffer_returns_it_to_the_ring)
+{
+	retire_run(NULL, true);
+}
+
+Test(net_lifetime, an_eof_that_names_a_buffer_returns_it_to_the_ring)
+{
+	retire_run(NULL, false);
+}
+
+Test(net_lifetime, a_reset_that_names_a_buffer_returns_it_whole_buffers)
+{
+	retire_run("pbuf_inc=off", true);
 }
 
 /* ---- direct descriptors closed through the ring ---- */
