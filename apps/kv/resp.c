@@ -77,6 +77,14 @@ plain_num(const uint8_t *p, size_t n, long long *out)
 	return i;
 }
 
+size_t
+resp_argv_next(unsigned cap)
+{
+	if (cap >= INT_MAX)
+		return 0;
+	return !cap ? 8 : cap > INT_MAX / 2 ? INT_MAX : (size_t)cap * 2;
+}
+
 static long
 fail(struct resp_req *req, const char *msg)
 {
@@ -142,9 +150,9 @@ sized:
 			return more_at(req, start + (size_t)len + 2, i, pos);
 		if (fill) {
 			if (req->argc == req->cap) {
-				unsigned want = req->cap ? req->cap * 2 : 8;
+				size_t want = resp_argv_next(req->cap);
 				if ((long long)want > count)
-					want = (unsigned)count;
+					want = (size_t)count;
 				req->need = want;
 				return RESP_NEED_ARGV;
 			}
@@ -306,8 +314,11 @@ parse_inline(const uint8_t *p, size_t n, struct resp_req *req)
 			i++;
 		}
 		if (req->argc == req->cap) {
-			req->need = req->cap ? req->cap * 2 : 8;
+			req->need = resp_argv_next(req->cap);
 			req->argc = 0;
+			if (!req->need)
+				return fail(req,
+					    "Protocol error: too many arguments in inline request");
 			return RESP_NEED_ARGV;
 		}
 		req->argv[req->argc].p = req->scratch + start;

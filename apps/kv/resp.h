@@ -65,6 +65,9 @@ enum {
  * start once, for req->argv.
  */
 long resp_parse(const uint8_t *p, size_t n, struct resp_req *req);
+/* The argument array's next size after @cap entries (RESP_NEED_ARGV): doubled, from 8, at
+ * most INT_MAX (a request's most arguments, as Redis's); 0 when @cap is already there. */
+size_t resp_argv_next(unsigned cap);
 
 /**
  * Length of the RESP2 reply at the start of @p[0..@n) (for splitting gathered replies).

@@ -208,7 +208,12 @@ parse_grow(long r, struct resp_req *req, struct resp_arg **argv, unsigned *cap, 
 	   size_t *scap)
 {
 	if (r == RESP_NEED_ARGV) {
-		struct resp_arg *a = realloc(*argv, req->need * sizeof(*a));
+		struct resp_arg *a;
+
+		/* Only ever grows: a realloc to 0 would free the array it still names. */
+		if (req->need <= *cap || req->need > INT_MAX)
+			return -ENOMEM;
+		a = realloc(*argv, req->need * sizeof(*a));
 		if (!a)
 			return -ENOMEM;
 		stat_add(&kv_stats[self()].args_bytes, (int64_t)((req->need - *cap) * sizeof(*a)));

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 /* The RESP2 request parser (apps/kv/resp.c) on its own: a pure function over bytes. */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -249,6 +250,20 @@ Test(kv_resp, absurd_count_asks_for_argv_only_as_arguments_arrive)
 	cr_assert_eq(resp_parse((const uint8_t *)r, sizeof(r) - 1, &s->req), RESP_NEED_ARGV);
 	cr_assert_eq(s->req.need, 8, "argv grows by doubling, not to the announced count");
 	free(s);
+}
+
+/* The argument array doubles up to INT_MAX entries and no further: at 2^31 the doubling of
+ * an unsigned count wrapped to 0, a realloc to 0 freed the array the connection still named,
+ * and its close freed it again. */
+Test(kv_resp, argument_array_growth_stops_at_int_max)
+{
+	cr_assert_eq(resp_argv_next(0), 8);
+	cr_assert_eq(resp_argv_next(8), 16);
+	cr_assert_eq(resp_argv_next(1u << 29), 1u << 30);
+	cr_assert_eq(resp_argv_next(1u << 30), INT_MAX);
+	cr_assert_eq(resp_argv_next(INT_MAX), 0);
+	cr_assert_eq(resp_argv_next(1u << 31), 0);
+	cr_assert_eq(resp_argv_next(UINT_MAX), 0);
 }
 
 Test(kv_resp, reply_lengths)
