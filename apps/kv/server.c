@@ -162,10 +162,11 @@ struct kmsg {
 	const uint8_t *req;   /* the request's bytes */
 	size_t req_len;
 	struct rbuf rep;
-	bool admitted; /* a part of a command --maxmemory admitted where it was received */
-	bool tx_write; /* a transaction's writes: its reply waits as a write's would */
-	bool fan_part; /* a fan-out's part: counted where the command was received */
-	unsigned tx;   /* a transaction: this many requests, the reply their array */
+	size_t counted; /* of rep's bytes, those exec_held put in its pend's counted */
+	bool admitted;  /* a part of a command --maxmemory admitted where it was received */
+	bool tx_write;  /* a transaction's writes: its reply waits as a write's would */
+	bool fan_part;  /* a fan-out's part: counted where the command was received */
+	unsigned tx;    /* a transaction: this many requests, the reply their array */
 	/* WATCH: the request is the keys to watch (W_ADD), or to stop watching (W_END, no
 	 * reply); W_EXEC: a transaction (of tx requests, maybe none) whose first request is
 	 * the keys its connection watches: it runs only if none changed (tx_run). */
@@ -708,8 +709,18 @@ pend_part_done(struct pend *p, unsigned part, struct rbuf *rep)
 	if (p->parts) {
 		p->parts[part] = *rep;
 		memset(rep, 0, sizeof(*rep));
-		if (--p->parts_left)
+		if (--p->parts_left) {
+			/* Waiting for the other parts, a part counts toward the connection's limits
+			 * as a whole reply does: the home shard makes its own part at once, before
+			 * any other can come back, and a pipeline of split MGETs from a client that
+			 * did not read built thousands of them, uncounted (as counted, again,
+			 * below). */
+			if (p->kc) {
+				p->counted += p->parts[part].len;
+				p->kc->pend_bytes += p->parts[part].len;
+			}
 			return;
+		}
 		merge(p);
 	} else {
 		p->rep = *rep;
@@ -917,8 +928,9 @@ exec_held(struct pend *p, unsigned part, const struct kv_cmd *c, struct resp_arg
 	 * behind it does (pend_count; pend_part_done counts them again): GETs held behind a
 	 * SET's sync grew the server's peak by 88 MB for 4.5 MB of requests. */
 	if (p->kc) {
-		p->counted += m->rep.len;
-		p->kc->pend_bytes += m->rep.len;
+		m->counted = m->rep.len;
+		p->counted += m->counted;
+		p->kc->pend_bytes += m->counted;
 	}
 	hold(m);
 }
@@ -1104,6 +1116,11 @@ home_recv(void *arg)
 {
 	struct kmsg *m = arg;
 
+	/* What exec_held counted while the reply waited: pend_part_done counts it anew. */
+	if (m->counted && m->pend->kc) {
+		m->pend->counted -= m->counted;
+		m->pend->kc->pend_bytes -= m->counted;
+	}
 	pend_part_done(m->pend, m->part, &m->rep);
 	free(m);
 }

@@ -1075,10 +1075,10 @@ Test(kv_server, non_reading_flood_stays_bounded)
  * it stops reading or drops the client: its peak must grow by under 48 MiB, and @r is
  * still served. @what names the requests. */
 static void
-flood_stays_bounded(struct srv *s, struct rd *r, const char *req, size_t reqlen, const char *what)
+flood_stays_bounded_on(struct srv *s, struct rd *r, int fd, const char *req, size_t reqlen,
+		       const char *what)
 {
 	long before = proc_status_kb(s->pid, "VmHWM"), after;
-	int fd = test_connect(s->port);
 	size_t sent;
 
 	fcntl(fd, F_SETFL, O_NONBLOCK);
@@ -1091,6 +1091,13 @@ flood_stays_bounded(struct srv *s, struct rd *r, const char *req, size_t reqlen,
 		     after - before, sent, what, BIG_VAL);
 	expect(r, "STRLEN big", ":16384\r\n");
 	close(fd);
+}
+
+/* ... on a connection of its own. */
+static void
+flood_stays_bounded(struct srv *s, struct rd *r, const char *req, size_t reqlen, const char *what)
+{
+	flood_stays_bounded_on(s, r, test_connect(s->port), req, reqlen, what);
 }
 
 Test(kv_server, many_large_replies_in_one_receive_stay_bounded)
@@ -1161,6 +1168,49 @@ Test(kv_server, many_values_in_one_reply_stay_bounded)
 		reqlen += (size_t)sprintf(req + reqlen, " big");
 	reqlen += (size_t)sprintf(req + reqlen, "\r\n");
 	flood_stays_bounded(&s, &r, req, reqlen, "MGETs of 4,000 keys");
+	rd_free(&r);
+	srv_stop(&s);
+	free(req);
+}
+
+/* MGETs split over both shards from a client that never reads: the connection's own shard
+ * makes its part at once, before the other's can come back, and that part waited uncounted
+ * until the whole reply was in, so parsing went on through a receive's worth of requests
+ * (about 130 a receive, each part 60 copies of the 16 KiB value: the peak grew by hundreds
+ * of MiB). Counted as it waits, the parsing stops at the high watermark. The keys: "big"
+ * where the flood's connection lives, and one the other shard owns (forwarded_out). */
+Test(kv_server, split_mgets_from_a_client_that_never_reads_stay_bounded)
+{
+	struct srv s;
+	struct rd r, f;
+	char *req = malloc(1 << 16), here[16] = "", there[16] = "";
+	size_t reqlen = 0;
+
+	srv_start(&s, 2, NULL);
+	rd_init(&r, test_connect(s.port));
+	set_big(&r, "big", BIG_VAL, 0); /* for flood_stays_bounded_on's check */
+	rd_init(&f, test_connect(s.port));
+	/* A large key the flood's connection's shard owns, and a key the other owns. */
+	for (int k = 0; k < 128 && (!here[0] || !there[0]); k++) {
+		char name[16];
+		long long before = info_field(s.port, "forwarded_out=");
+		bool mine;
+
+		sprintf(name, "sk%d", k);
+		set_big(&f, name, BIG_VAL, k);
+		mine = info_field(s.port, "forwarded_out=") == before;
+		if (mine && !here[0])
+			strcpy(here, name);
+		else if (!mine && !there[0])
+			strcpy(there, name);
+	}
+	cr_assert(here[0] && there[0], "128 keys, all on one shard of two");
+	reqlen = (size_t)sprintf(req, "MGET");
+	for (unsigned i = 0; i < 60; i++)
+		reqlen += (size_t)sprintf(req + reqlen, " %s", here);
+	reqlen += (size_t)sprintf(req + reqlen, " %s\r\n", there);
+	flood_stays_bounded_on(&s, &r, f.fd, req, reqlen, "split MGETs of 61 keys");
+	free(f.b);
 	rd_free(&r);
 	srv_stop(&s);
 	free(req);
