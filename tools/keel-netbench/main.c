@@ -12,9 +12,11 @@
  *       (threshold above SIZE); prints MB/s and how many notifications said "copied".
  */
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <keel/keel.h>
 #include <keel/net.h>
+#include <limits.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -33,52 +35,103 @@ now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+static const char usage[] = "usage: keel-netbench rr PORT CONNS ROUNDS\n"
+			    "       keel-netbench send SIZE TOTAL_MIB [zc|plain] [keel options]\n";
+
+/* @what's value @v: a decimal number in [@lo, @hi], or the usage error (exit 2). */
+static unsigned long long
+num(const char *what, const char *v, unsigned long long lo, unsigned long long hi)
+{
+	unsigned long long x;
+	char *end;
+
+	errno = 0;
+	x = isdigit((unsigned char)v[0]) ? strtoull(v, &end, 10) : 0;
+	if (!isdigit((unsigned char)v[0]) || errno || *end || x < lo || x > hi) {
+		fprintf(stderr, "keel-netbench: %s '%s' is not a number from %llu to %llu\n%s",
+			what, v, lo, hi, usage);
+		exit(2);
+	}
+	return x;
+}
+
+/* Connection @i of the rr client failed: say how (@r: recv's or send's result). */
+static int
+rr_failed(int i, const char *op, ssize_t r)
+{
+	fprintf(stderr, "keel-netbench rr: connection %d: %s %s\n", i, op,
+		r == 0 ? "met EOF: the server closed it" : strerror(errno));
+	return 1;
+}
+
 static int
 rr(int argc, char **argv)
 {
-	uint16_t port = (uint16_t)atoi(argv[2]);
-	int nc = atoi(argv[3]), ep = epoll_create1(0), one = 1;
-	long rounds = atol(argv[4]), done = 0, *left = calloc((size_t)nc, sizeof(long));
-	int *fds = calloc((size_t)nc, sizeof(int));
+	uint16_t port;
+	int nc, ep, one = 1;
+	long rounds, done = 0, *left;
+	int *fds;
 	char b[64] = { 0 };
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port) };
+	struct sockaddr_in a = { .sin_family = AF_INET };
 	double t0;
 
-	(void)argc;
+	if (argc != 5) {
+		fprintf(stderr, "keel-netbench rr: takes PORT CONNS ROUNDS\n%s", usage);
+		return 2;
+	}
+	port = (uint16_t)num("PORT", argv[2], 1, 65535);
+	nc = (int)num("CONNS", argv[3], 1, 1u << 20);
+	rounds = (long)num("ROUNDS", argv[4], 1, LONG_MAX);
+	ep = epoll_create1(0);
+	left = calloc((size_t)nc, sizeof(long));
+	fds = calloc((size_t)nc, sizeof(int));
+	if (ep < 0 || !left || !fds) {
+		fprintf(stderr, "keel-netbench rr: %s\n", strerror(ep < 0 ? errno : ENOMEM));
+		return 1;
+	}
+	a.sin_port = htons(port);
 	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	for (int i = 0; i < nc; i++) {
 		struct epoll_event ev = { .events = EPOLLIN, .data.u32 = (uint32_t)i };
 		fds[i] = socket(AF_INET, SOCK_STREAM, 0);
-		if (connect(fds[i], (struct sockaddr *)&a, sizeof(a)) < 0) {
-			perror("connect");
+		if (fds[i] < 0 || connect(fds[i], (struct sockaddr *)&a, sizeof(a)) < 0) {
+			fprintf(stderr, "keel-netbench rr: connection %d to 127.0.0.1:%u: %s\n", i,
+				port, strerror(errno));
 			return 1;
 		}
 		setsockopt(fds[i], IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-		epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &ev);
+		if (epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &ev) < 0)
+			return rr_failed(i, "epoll_ctl", -1);
 		left[i] = rounds;
 	}
 	t0 = now_s();
-	for (int i = 0; i < nc; i++)
-		if (send(fds[i], b, 64, 0) != 64)
-			return 1;
+	for (int i = 0; i < nc; i++) {
+		ssize_t w = send(fds[i], b, 64, 0);
+		if (w != 64)
+			return rr_failed(i, "send", w);
+	}
 	while (done < nc) {
 		struct epoll_event evs[256];
 		int n = epoll_wait(ep, evs, 256, -1);
+		if (n < 0 && errno != EINTR)
+			return rr_failed(-1, "epoll_wait", -1);
 		for (int k = 0; k < n; k++) {
 			int i = (int)evs[k].data.u32;
 			size_t got = 0;
+			ssize_t w;
 			while (got < 64) {
 				ssize_t r = recv(fds[i], b + got, 64 - got, 0);
 				if (r <= 0)
-					return 1;
+					return rr_failed(i, "recv", r);
 				got += (size_t)r;
 			}
 			if (--left[i] == 0) {
 				done++;
 				continue;
 			}
-			if (send(fds[i], b, 64, 0) != 64)
-				return 1;
+			w = send(fds[i], b, 64, 0);
+			if (w != 64)
+				return rr_failed(i, "send", w);
 		}
 	}
 	double dt = now_s() - t0;
@@ -91,7 +144,7 @@ rr(int argc, char **argv)
 
 /* send mode */
 static uint32_t g_size;
-static uint64_t g_total, g_queued_total;
+static uint64_t g_total, g_queued_total, g_got;
 static int g_lfd;
 static uint16_t g_port;
 static struct keel_slice g_src;
@@ -105,6 +158,8 @@ sink_run(void)
 	int fd = accept(g_lfd, NULL, NULL);
 	uint64_t got = 0;
 
+	if (fd < 0) /* the sender failed: sendbench shut the listener down */
+		return;
 	while (got < g_total) {
 		ssize_t r = recv(fd, b, sizeof(b), 0);
 		if (r <= 0)
@@ -112,6 +167,7 @@ sink_run(void)
 		got += (uint64_t)r;
 	}
 	g_t1 = now_s();
+	g_got = got;
 	close(fd);
 }
 
@@ -188,20 +244,32 @@ sendbench(int argc, char **argv)
 	struct sockaddr_in a = { .sin_family = AF_INET };
 	socklen_t al = sizeof(a);
 	pthread_t th;
-	bool zc = argc > 4 && !strcmp(argv[4], "zc");
+	bool mode = argc > 4 && (!strcmp(argv[4], "zc") || !strcmp(argv[4], "plain"));
+	bool zc = mode && !strcmp(argv[4], "zc");
 	char err[256];
 	int r;
 
-	g_size = (uint32_t)atoi(argv[2]);
-	g_total = (uint64_t)atol(argv[3]) << 20;
+	g_size = (uint32_t)num("SIZE", argv[2], 1, 64u << 20);
+	g_total = num("TOTAL_MIB", argv[3], 1, 1u << 20) << 20;
 	keel_opts_init(&o);
 	o.shards = 1;
 	o.signals = false;
 	o.log_level = KEEL_LOG_WARN;
-	argc -= 4;
-	argv += 4;
-	if (keel_opts_parse(&o, &argc, argv, err, sizeof(err)) < 0) {
-		fprintf(stderr, "%s\n", err);
+	/* keel's options follow; keel_opts_parse skips argv[0], here the word before them. */
+	argc -= mode ? 4 : 3;
+	argv += mode ? 4 : 3;
+	r = keel_opts_parse(&o, &argc, argv, err, sizeof(err));
+	if (r < 0) {
+		fprintf(stderr, "keel-netbench send: %s\n", err);
+		return 2;
+	}
+	if (r == 1) {
+		fputs(usage, stdout);
+		keel_opts_help(stdout);
+		return 0;
+	}
+	if (argc > 1) {
+		fprintf(stderr, "keel-netbench send: unexpected argument '%s'\n%s", argv[1], usage);
 		return 2;
 	}
 	keel_net_config_init(&nc);
@@ -211,15 +279,29 @@ sendbench(int argc, char **argv)
 	keel_net_config_set(&nc);
 	g_lfd = socket(AF_INET, SOCK_STREAM, 0);
 	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	bind(g_lfd, (struct sockaddr *)&a, sizeof(a));
-	listen(g_lfd, 1);
-	getsockname(g_lfd, (struct sockaddr *)&a, &al);
+	if (g_lfd < 0 || bind(g_lfd, (struct sockaddr *)&a, sizeof(a)) < 0 ||
+	    listen(g_lfd, 1) < 0 || getsockname(g_lfd, (struct sockaddr *)&a, &al) < 0) {
+		fprintf(stderr, "keel-netbench send: the sink's socket: %s\n", strerror(errno));
+		return 1;
+	}
 	g_port = ntohs(a.sin_port);
-	pthread_create(&th, NULL, sink_thread, NULL);
+	r = pthread_create(&th, NULL, sink_thread, NULL);
+	if (r) {
+		fprintf(stderr, "keel-netbench send: the sink's thread: %s\n", strerror(r));
+		return 1;
+	}
 	r = keel_run(&o, b_start, NULL);
+	/* A sender that failed before it connected leaves the sink in accept(): woken. */
+	shutdown(g_lfd, SHUT_RDWR);
 	pthread_join(th, NULL);
+	close(g_lfd);
 	if (r < 0) {
-		fprintf(stderr, "keel_run: %s\n", strerror(-r));
+		fprintf(stderr, "keel-netbench send: keel_run: %s\n", strerror(-r));
+		return 1;
+	}
+	if (g_got != g_total) {
+		fprintf(stderr, "keel-netbench send: the sink got %llu of %llu bytes\n",
+			(unsigned long long)g_got, (unsigned long long)g_total);
 		return 1;
 	}
 	printf("send %s size %u: %.0f MB/s (%llu MiB), sends %llu, sends_zc %llu, zc_copied "
@@ -233,11 +315,14 @@ sendbench(int argc, char **argv)
 int
 main(int argc, char **argv)
 {
-	if (argc >= 5 && !strcmp(argv[1], "rr"))
+	if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+		fputs(usage, stdout);
+		return 0;
+	}
+	if (argc >= 2 && !strcmp(argv[1], "rr"))
 		return rr(argc, argv);
 	if (argc >= 4 && !strcmp(argv[1], "send"))
 		return sendbench(argc, argv);
-	fprintf(stderr, "usage: keel-netbench rr PORT CONNS ROUNDS\n"
-			"       keel-netbench send SIZE TOTAL_MIB [zc|plain] [keel options]\n");
+	fputs(usage, stderr);
 	return 2;
 }
