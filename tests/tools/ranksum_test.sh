@@ -59,6 +59,12 @@ scheck "tied magnitudes" "1 1 2 -3" 12 16
 # tied smallest magnitudes, they would give 10 of 32)
 scheck "zeros left out" "0 0 1 2 3" 2 8
 scheck "mixed 6" "0.5 -0.25 0.125 1 2 -3" 44 64
+# mirrored ratios: log(110/100) and log(100/110) as doubles (their magnitudes differ in the
+# last bit) are a tie of magnitudes; with it, 6 of 64 patterns are as far (2 of 32 counted
+# as two ranks, 0.0625 against the exact 0.09375)
+mirror=$(awk 'BEGIN { printf "%.17g %.17g %.17g %.17g %.17g %.17g", log(110 / 100), log(100 / 110),
+	log(1.3), log(1.4), log(1.5), log(1.6) }')
+scheck "mirrored log ratios tie" "$mirror" 6 64
 # an empty side has no test; the smallest p of n a side is 2 / C(2n, n), of n pairs 2 / 2^n
 out=$(awk -f "$root/tools/bench/ranksum.awk" -f /dev/stdin <<'AWK'
 BEGIN { split("1 2 3", x, " "); split("", y, " "); printf "%d ", ranksum_p(x, 3, y, 0)
@@ -71,12 +77,15 @@ want="-1 -1 0.333333 0.100000 0.007937 0.062500 0.015625"
 if [ "$out" = "$want" ]; then echo "ok: empty side, smallest p"; else echo "FAIL: empty side / smallest p: '$out', expected '$want'"; fail=1; fi
 # the words the tables print
 out=$(awk -f "$root/tools/bench/ranksum.awk" -f /dev/stdin <<'AWK'
-BEGIN { printf "%s|%s|%s|%s|%s\n", ranksum_verdict(0.0079, 120, 100, "ahead", "behind"),
+BEGIN { printf "%s|%s|%s|%s|%s", ranksum_verdict(0.0079, 120, 100, "ahead", "behind"),
 	ranksum_verdict(0.0079, 80, 100, "ahead", "behind"), ranksum_verdict(0.05, 80, 100, "ahead", "behind"),
-	ranksum_verdict("-", 80, 100, "ahead", "behind"), ranksum_verdict(0.01, "null", 100, "ahead", "behind") }
+	ranksum_verdict("-", 80, 100, "ahead", "behind"), ranksum_verdict(0.01, "null", 100, "ahead", "behind")
+	# a difference shown with equal medians (keel 10 10 10 10 11 12 13 against 7 8 9 10 10 10
+	# 10, p 0.041): no direction from the medians, where "behind" was printed
+	printf "|%s\n", ranksum_verdict(0.0408, 10, 10, "ahead", "behind") }
 AWK
 )
-want="keel ahead (p 0.008)|keel behind (p 0.008)|not shown (p 0.05)|-|-"
+want="keel ahead (p 0.008)|keel behind (p 0.008)|not shown (p 0.05)|-|-|shown, medians equal (p 0.041)"
 if [ "$out" = "$want" ]; then echo "ok: verdicts"; else echo "FAIL: verdicts '$out', expected '$want'"; fail=1; fi
 # the two verdicts of a row in one cell
 out=$(awk -f "$root/tools/bench/ranksum.awk" -f /dev/stdin <<'AWK'

@@ -595,7 +595,10 @@ END {
 			clo, chi, cm, cl, ch, mccpu, mtcpu, ptot, tm, tl, th, late[k], lostall[k], pprate, ppcpu
 	}
 }'
-awk -F'\t' -v OFS='\t' -f "$root/tools/bench/ranksum.awk" -f <(printf '%s\n' "$summary_prog") "$tsv" >"$sum"
+# Numbers print with 10 significant digits, not awk's 6: the median of an even count of
+# rates above a million (1234562.5) printed as 1.23456e+06, below its own minimum.
+awk -F'\t' -v OFS='\t' -v OFMT=%.10g -v CONVFMT=%.10g -f "$root/tools/bench/ranksum.awk" \
+	-f <(printf '%s\n' "$summary_prog") "$tsv" >"$sum"
 
 # compare.md
 cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo) # no SIGPIPE under pipefail

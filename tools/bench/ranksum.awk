@@ -18,6 +18,8 @@
 # ranksum_verdict(p, a, b, more, less) is the words compare.md and scaling.md print for a
 # p-value p and the two medians a (keel) and b (epoll): "keel MORE (p ...)" or "keel LESS
 # (p ...)" at p < 0.05 (MORE when a > b), "not shown (p ...)" above, "-" without a test.
+# Two equal medians with p < 0.05 say "shown, medians equal (p ...)": the test saw a
+# difference the medians cannot give a direction to (it took the tie for "less").
 #
 # ranksum_shown(prate, krate, erate, pcpu, kcpu, ecpu) is a row's two verdicts in one cell.
 #
@@ -25,7 +27,9 @@
 # paired differences d[1..n] are spread evenly around 0 (compare.sh gives it the logarithms
 # of the per-pair keel/epoll ratios: a pair is two runs back to back, so the machine's
 # state, which moves both servers' figures together, drops out of their ratio). Zero
-# differences are left out; tied magnitudes take their mean rank (doubled, as above). Every
+# differences are left out; tied magnitudes take their mean rank (doubled, as above), and
+# magnitudes are compared to 12 significant digits, so that log(a/b) and -log(b/a), which
+# doubles rarely make equal, are a tie. Every
 # one of the 2^m sign patterns of the m nonzero differences is counted, and the p-value is
 # the share whose positive rank sum lies at least as far from its mean as the observed one.
 # The smallest p of n pairs, signrank_min_p(n), is 2 / 2^n: 0.0625 with 5, 0.031 with 6,
@@ -92,7 +96,7 @@ function signrank_p(d, n,   v, g, r2, m, i, s, obs, tot2, far, t, cnt, maxs, tot
 	m = 0
 	for (i = 1; i <= n; i++)
 		if (d[i] + 0 != 0) {
-			v[++m] = d[i] < 0 ? -d[i] : d[i] + 0
+			v[++m] = sprintf("%.12g", d[i] < 0 ? -d[i] : d[i] + 0) + 0
 			g[m] = d[i] > 0
 		}
 	if (m < 1)
@@ -142,6 +146,8 @@ function ranksum_verdict(p, a, b, more, less) {
 		return "-"
 	if (p + 0 >= 0.05)
 		return sprintf("not shown (p %.2f)", p)
+	if (a + 0 == b + 0)
+		return sprintf("shown, medians equal (p %.3f)", p)
 	return sprintf("keel %s (p %.3f)", (a + 0 > b + 0) ? more : less, p)
 }
 
