@@ -423,7 +423,10 @@ keel__lim_header_end(struct net_lim *l, uint64_t now)
 	uint64_t left = 0;
 
 	if (l->listed && keel__lim_header_pending(l)) {
-		uint64_t end = l->open_ns + l->cfg->header_timeout_ns;
+		/* Saturated: a program may set UINT64_MAX for a timeout that never comes, which
+		 * wrapped to a 1 ms bound on the close. */
+		uint64_t t = l->cfg->header_timeout_ns;
+		uint64_t end = t > UINT64_MAX - l->open_ns ? UINT64_MAX : l->open_ns + t;
 		left = end > now + KEEL_MS(1) ? end - now : KEEL_MS(1);
 	}
 	l->need = 0;

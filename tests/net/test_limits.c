@@ -292,6 +292,28 @@ Test(net_limits, a_close_before_the_header_is_bounded_by_what_the_header_timeout
 
 /* header_bytes 0 means 1 (a first-byte timeout): a connection that sent a byte is past its
  * header and stays served when the silent one beside it is closed. */
+/* The time a close is given by a header timeout a program set to UINT64_MAX (the option
+ * stops at a day; keel_net_config_check lets it through): what is left, not the 1 ms floor
+ * a wrapped end gave, which aborted the close with -ETIMEDOUT. */
+Test(net_limits, a_header_timeout_of_uint64_max_leaves_a_close_its_time)
+{
+	struct keel_net_config cfg;
+	struct net_lim l;
+
+	keel_net_config_init(&cfg);
+	cfg.header_timeout_ns = UINT64_MAX;
+	memset(&l, 0, sizeof(l));
+	l.cfg = &cfg;
+	l.open_ns = KEEL_MS(5000);
+	l.need = 1;
+	l.listed = true;
+	cr_assert_eq(keel__lim_header_end(&l, KEEL_MS(5001)), UINT64_MAX - KEEL_MS(5001));
+	/* an ordinary one: what it had left */
+	cfg.header_timeout_ns = KEEL_MS(100);
+	l.need = 1;
+	cr_assert_eq(keel__lim_header_end(&l, KEEL_MS(5040)), KEEL_MS(60));
+}
+
 Test(net_limits, header_bytes_zero_is_a_first_byte_timeout)
 {
 	struct keel_net_config nc;
