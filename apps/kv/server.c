@@ -671,6 +671,8 @@ merge(struct pend *p)
 			arr_count(&p->parts[s], &hdr);
 			if (hdr)
 				rb_put(out, p->parts[s].p + hdr, p->parts[s].len - hdr);
+			if (kv_reply_over(out, 0, 0, false)) /* each part under it, not all */
+				return;
 		}
 		break;
 	}

@@ -1922,7 +1922,11 @@ cmd_scan(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *ou
 	else
 		do
 			v = scan_step(db, v, &q);
-		while (v && budget-- > 0 && q.seen < count);
+		/* A reply past --send-max ends the step early (SCAN may return fewer keys than
+		 * COUNT; its cursor goes on): a COUNT of the whole key space made one of any
+		 * size. */
+		while (v && budget-- > 0 && q.seen < count &&
+		       (!kv_cfg.reply_max || q.body.len < kv_cfg.reply_max));
 	if (v)
 		next = v * nsh + shard;
 	else
@@ -1971,6 +1975,13 @@ cmd_keys(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *ou
 				continue;
 			rb_bulk(&body, e->data, e->klen);
 			n++;
+			/* The key space's names are a reply of any size: refused past --send-max,
+			 * as MGET's values are. */
+			if (kv_reply_over(&body, 0, 0, false)) {
+				rb_put(out, body.p, body.len);
+				rb_free(&body);
+				return;
+			}
 		}
 	rb_arr(out, n);
 	rb_put(out, body.p, body.len);

@@ -1280,6 +1280,73 @@ reply_refused_past_send_max(unsigned shards)
 	srv_stop(&s);
 }
 
+/* KEYS and SCAN against --send-max (512 KiB): 40 keys of 20,000-byte names (800,000 bytes
+ * of names). KEYS * is refused (on several shards the merged reply too: a part may be
+ * under it), KEYS of a pattern under it answers; SCAN with a COUNT of every key returns
+ * fewer than that a step, each reply under --send-max with the rest of its last bucket, and
+ * its cursor still walks every key once. */
+static void
+keys_and_scan_past_send_max(unsigned shards)
+{
+	static const char refused[] = "-ERR reply too large: ";
+	static char name[20001], cmd[20100];
+	struct srv s;
+	struct rd r;
+	char *got, cur[32] = "0";
+	size_t len;
+	int seen[40] = { 0 }, steps = 0;
+
+	srv_start(&s, shards, "--send-max", "512k", "--high-watermark", "256k", "--low-watermark",
+		  "64k", NULL);
+	rd_init(&r, test_connect(s.port));
+	memset(name, 'k', sizeof(name) - 1);
+	for (int k = 0; k < 40; k++) {
+		snprintf(name, sizeof(name), "%02d", k);
+		name[2] = 'k';
+		snprintf(cmd, sizeof(cmd), "SET %s 1\r\n", name);
+		test_send_all(r.fd, cmd, strlen(cmd));
+		got = rd_next(&r, NULL);
+		cr_assert(got && !strcmp(got, "+OK\r\n"), "SET %d: %s", k, got ? got : "closed");
+	}
+	test_send_all(r.fd, "KEYS *\r\n", 8);
+	got = rd_next(&r, NULL);
+	cr_assert(got && !strncmp(got, refused, sizeof(refused) - 1), "KEYS *: %.80s",
+		  got ? got : "closed");
+	test_send_all(r.fd, "KEYS 0*\r\n", 9); /* 10 keys, 200,000 bytes */
+	got = rd_next(&r, NULL);
+	cr_assert(got && !strncmp(got, "*10\r\n", 5), "KEYS 0*: %.80s", got ? got : "closed");
+	do {
+		snprintf(cmd, sizeof(cmd), "SCAN %s COUNT 1000\r\n", cur);
+		test_send_all(r.fd, cmd, strlen(cmd));
+		got = rd_next(&r, &len);
+		cr_assert(got && !strncmp(got, "*2\r\n$", 5), "SCAN %s: %.80s", cur,
+			  got ? got : "closed");
+		/* --send-max, and the rest of the step's last bucket (a few keys at most) */
+		cr_assert_lt(len, (512u << 10) + 5 * 20100, "SCAN %s: a reply of %zu bytes", cur,
+			     len);
+		sscanf(strchr(got + 4, '\n') + 1, "%31s", cur);
+		for (char *p = strstr(got, "\r\n$20000\r\n"); p;
+		     p = strstr(p + 1, "\r\n$20000\r\n")) {
+			int k = (p[10] - '0') * 10 + (p[11] - '0');
+			cr_assert(k >= 0 && k < 40, "SCAN: a key named %.2s", p + 10);
+			seen[k]++;
+		}
+		cr_assert_lt(++steps, 1000, "SCAN never ended");
+	} while (strcmp(cur, "0"));
+	for (int k = 0; k < 40; k++)
+		cr_assert_eq(seen[k], 1, "SCAN returned key %d %d times", k, seen[k]);
+	if (shards == 1) /* 800,000 bytes of names on the one shard */
+		cr_assert_gt(steps, 1, "one SCAN step took every key");
+	rd_free(&r);
+	srv_stop(&s);
+}
+
+Test(kv_server, keys_and_scan_past_send_max_are_bounded)
+{
+	keys_and_scan_past_send_max(1);
+	keys_and_scan_past_send_max(3);
+}
+
 Test(kv_server, a_reply_of_many_values_past_send_max_is_refused)
 {
 	reply_refused_past_send_max(1);
