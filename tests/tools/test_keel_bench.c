@@ -601,6 +601,12 @@ Test(tools_bench, bad_options_exit_2_naming_them)
 		{ "udp --backend epoll --port 1 --udp-gso", "--udp-gso" },
 		{ "pingpong --port 1 --steer cpu", "--steer" },
 		{ "pingpong --client epoll --port 1 --buf-count 64", "network options" },
+		/* NaN passed every range check, a sign or an empty value strtoull's */
+		{ "xshard --seconds nan", "--seconds" },
+		{ "xshard --gap-us=", "--gap-us" },
+		{ "alloc --ms -18446744073709551606", "--ms" },
+		{ "alloc --reps +3", "--reps" },
+		{ "pingpong --seconds nan", "--seconds" },
 	};
 	char *out;
 

@@ -191,7 +191,10 @@ Test(tools_disk, bad_options_exit_2)
 {
 	char *out;
 	const char *bad[] = { "disk --qd 0", "disk --direct maybe", "disk --size 10",
-			      "disk --seconds x", "disk --nope" };
+			      "disk --seconds x", "disk --nope",
+			      /* NaN and infinity passed the range checks; a sign, strtoul */
+			      "disk --seconds nan", "disk --size inf", "disk --size 1e30",
+			      "disk --qd -18446744073709551615" };
 
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		cr_assert_eq(bench_once(bad[i], &out), 2, "%s: %s", bad[i], out);

@@ -318,17 +318,15 @@ bench_alloc(int argc, char **argv)
 		const char *v;
 		int m;
 		if ((m = bench_opt(argc, argv, &i, "--ms", &v)) != 0) {
-			char *end;
-			unsigned long x = m > 0 ? strtoul(v, &end, 10) : 0;
-			if (m < 0 || *end || x < 10 || x > 60000) {
+			uint64_t x;
+			if (m < 0 || !bench_parse_u64(v, 10, 60000, &x)) {
 				fprintf(stderr, "keel-bench alloc: --ms: expected 10..60000\n");
 				return 2;
 			}
 			ms = (unsigned)x;
 		} else if ((m = bench_opt(argc, argv, &i, "--reps", &v)) != 0) {
-			char *end;
-			unsigned long x = m > 0 ? strtoul(v, &end, 10) : 0;
-			if (m < 0 || *end || x < 1 || x > MAX_REPS) {
+			uint64_t x;
+			if (m < 0 || !bench_parse_u64(v, 1, MAX_REPS, &x)) {
 				fprintf(stderr, "keel-bench alloc: --reps: expected 1..%d\n",
 					MAX_REPS);
 				return 2;

@@ -36,5 +36,10 @@ uint64_t bench_rank(double p, uint64_t n);
  * Returns 1 when argv[*i] is @name (advancing *i past its value and storing it in *val),
  * 0 when it is not, -1 when its value is missing. */
 int bench_opt(int argc, char **argv, int *i, const char *name, const char **val);
+/* An option's value @v as a decimal count in [@lo, @hi]: digits only (no sign, space or
+ * suffix: strtoull reads "-1" as 2^64 - 1). True when it is. */
+bool bench_parse_u64(const char *v, uint64_t lo, uint64_t hi, uint64_t *out);
+/* ... as a finite number in [@lo, @hi] (NaN passes no comparison, so it is refused). */
+bool bench_parse_double(const char *v, double lo, double hi, double *out);
 
 #endif

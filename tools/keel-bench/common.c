@@ -140,6 +140,37 @@ bench_rank(double p, uint64_t n)
 	return rank < 1 ? 1 : rank > n ? n : rank;
 }
 
+bool
+bench_parse_u64(const char *v, uint64_t lo, uint64_t hi, uint64_t *out)
+{
+	unsigned long long x;
+	char *end;
+
+	if (!v || *v < '0' || *v > '9')
+		return false;
+	errno = 0;
+	x = strtoull(v, &end, 10);
+	if (*end || errno || x < lo || x > hi)
+		return false;
+	*out = x;
+	return true;
+}
+
+bool
+bench_parse_double(const char *v, double lo, double hi, double *out)
+{
+	char *end;
+	double x;
+
+	if (!v || !*v)
+		return false;
+	x = strtod(v, &end);
+	if (*end || !isfinite(x) || !(x >= lo && x <= hi))
+		return false;
+	*out = x;
+	return true;
+}
+
 int
 bench_opt(int argc, char **argv, int *i, const char *name, const char **val)
 {

@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <keel/keel.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -529,10 +530,10 @@ static int
 parse_size(const char *v, uint64_t *out)
 {
 	char *end;
-	double x = strtod(v, &end);
+	double x = *v >= '0' && *v <= '9' ? strtod(v, &end) : 0;
 	uint64_t m = 1;
 
-	if (end == v || x <= 0)
+	if (!(x > 0) || !isfinite(x))
 		return -1;
 	switch (*end) {
 	case 'k':
@@ -551,7 +552,8 @@ parse_size(const char *v, uint64_t *out)
 		end++;
 		break;
 	}
-	if (*end)
+	/* 2^62 bytes at most: the conversion of a larger double is undefined */
+	if (*end || x * (double)m > 0x1p62)
 		return -1;
 	*out = (uint64_t)(x * (double)m);
 	return 0;
@@ -835,7 +837,6 @@ bench_disk(int argc, char **argv)
 	for (int i = 1; i < argc; i++) {
 		const char *v = NULL;
 		int m;
-		char *end;
 		if ((m = bench_opt(argc, argv, &i, "--path", &v)) != 0) {
 			if (m < 0)
 				goto missing;
@@ -846,8 +847,8 @@ bench_disk(int argc, char **argv)
 				return 2;
 			}
 		} else if ((m = bench_opt(argc, argv, &i, "--qd", &v)) != 0) {
-			unsigned long x = m > 0 ? strtoul(v, &end, 10) : 0;
-			if (m < 0 || *end || x < 1 || x > MAX_QD) {
+			uint64_t x;
+			if (m < 0 || !bench_parse_u64(v, 1, MAX_QD, &x)) {
 				fprintf(stderr, "keel-bench disk: --qd: expected 1..%d\n", MAX_QD);
 				return 2;
 			}
@@ -859,16 +860,16 @@ bench_disk(int argc, char **argv)
 			}
 			cfg.direct = !strcmp(v, "on");
 		} else if ((m = bench_opt(argc, argv, &i, "--seconds", &v)) != 0) {
-			double x = m > 0 ? strtod(v, &end) : 0;
-			if (m < 0 || *end || x < 0.05 || x > 3600) {
+			double x;
+			if (m < 0 || !bench_parse_double(v, 0.05, 3600, &x)) {
 				fprintf(stderr,
 					"keel-bench disk: --seconds: expected 0.05..3600\n");
 				return 2;
 			}
 			cfg.seconds = x;
 		} else if ((m = bench_opt(argc, argv, &i, "--rounds", &v)) != 0) {
-			unsigned long x = m > 0 ? strtoul(v, &end, 10) : 0;
-			if (m < 0 || *end || x < 1 || x > MAX_ROUNDS) {
+			uint64_t x;
+			if (m < 0 || !bench_parse_u64(v, 1, MAX_ROUNDS, &x)) {
 				fprintf(stderr, "keel-bench disk: --rounds: expected 1..%d\n",
 					MAX_ROUNDS);
 				return 2;

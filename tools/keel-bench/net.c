@@ -139,13 +139,11 @@ static int
 parse_u32(const struct opts *o, const char *opt, const char *v, uint32_t lo, uint32_t hi,
 	  uint32_t *out)
 {
-	char what[64], *end;
-	unsigned long long x;
+	char what[64];
+	uint64_t x;
 
 	snprintf(what, sizeof(what), "expected %u..%u", lo, hi);
-	errno = 0;
-	x = strtoull(v, &end, 10);
-	if (!*v || *end || errno || x < lo || x > hi || *v == '-')
+	if (!bench_parse_u64(v, lo, hi, &x))
 		return bad(o, opt, what, v);
 	*out = (uint32_t)x;
 	return 0;
@@ -154,14 +152,11 @@ parse_u32(const struct opts *o, const char *opt, const char *v, uint32_t lo, uin
 static int
 parse_secs(const struct opts *o, const char *opt, const char *v, double lo, double hi, double *out)
 {
-	char what[64], *end;
-	double x;
+	char what[64];
 
 	snprintf(what, sizeof(what), "expected seconds, %g..%g", lo, hi);
-	x = strtod(v, &end);
-	if (!*v || *end || !isfinite(x) || x < lo || x > hi)
+	if (!bench_parse_double(v, lo, hi, out))
 		return bad(o, opt, what, v);
-	*out = x;
 	return 0;
 }
 

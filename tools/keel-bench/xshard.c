@@ -555,21 +555,19 @@ bench_xshard(int argc, char **argv)
 		const char *v;
 		int m;
 		if ((m = bench_opt(argc, argv, &i, "--seconds", &v)) != 0) {
-			char *end;
-			seconds = m > 0 ? strtod(v, &end) : 0;
-			if (m < 0 || *end || seconds <= 0 || seconds > 3600) {
+			if (m < 0 || !bench_parse_double(v, 0, 3600, &seconds) || seconds <= 0) {
 				fprintf(stderr,
 					"keel-bench xshard: --seconds: expected 0 < S <= 3600\n");
 				return 2;
 			}
 		} else if ((m = bench_opt(argc, argv, &i, "--gap-us", &v)) != 0) {
-			char *end;
-			gap_us = m > 0 ? strtoull(v, &end, 10) : 0;
-			if (m < 0 || *end || gap_us > 1000000) {
+			uint64_t g;
+			if (m < 0 || !bench_parse_u64(v, 0, 1000000, &g)) {
 				fprintf(stderr,
 					"keel-bench xshard: --gap-us: expected 0..1000000\n");
 				return 2;
 			}
+			gap_us = g;
 		} else if (!strcmp(argv[i], "--json")) {
 			json = true;
 		} else if (!strcmp(argv[i], "--baseline-first")) {
