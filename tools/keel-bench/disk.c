@@ -474,7 +474,7 @@ prepare_file(const struct dcfg *cfg)
 {
 	struct stat st;
 	const size_t chunk = 1 << 20;
-	int fd = open(cfg->path, O_RDWR | O_CREAT, 0600);
+	int fd = open(cfg->path, O_RDWR | O_CREAT, 0600), r;
 	char *buf;
 
 	if (fd < 0)
@@ -501,9 +501,12 @@ prepare_file(const struct dcfg *cfg)
 		}
 	}
 	free(buf);
-	fsync(fd);
-	close(fd);
-	return 0;
+	/* A write-back error found here would leave the runs measuring a file whose pages
+	 * never reached the disk. */
+	r = fsync(fd) < 0 ? -errno : 0;
+	if (close(fd) < 0 && !r)
+		r = -errno;
+	return r;
 }
 
 static bool
