@@ -107,6 +107,43 @@ probe_pbuf_inc(struct io_uring *ring)
 	return ok;
 }
 
+#ifdef KEEL_FAULTS
+_Atomic unsigned keel__fault_probe_submit;
+#endif
+
+/* Submit the one SQE a probe prepared on @ring and wait for its result (*res, and its
+ * completion's flags in *flags when not NULL). A submit
+ * that fails is no verdict on the feature: a shortage (-EAGAIN, -ENOMEM: memory pressure
+ * at the first start) is noted, so that the probe is made again rather than cache the
+ * feature as missing; a signal's interruption is waited through. False: no result. */
+static bool
+probe_submit(struct io_uring *ring, int *res, unsigned *flags)
+{
+	struct io_uring_cqe *cqe;
+	int r;
+
+	do {
+#ifdef KEEL_FAULTS
+		if (keel__fault_take(&keel__fault_probe_submit)) {
+			r = -ENOMEM;
+			break;
+		}
+#endif
+		r = io_uring_submit_and_wait(ring, 1);
+	} while (r == -EINTR);
+	if (r < 0) {
+		trial_failed(r);
+		return false;
+	}
+	if (io_uring_peek_cqe(ring, &cqe) != 0)
+		return false;
+	*res = cqe->res;
+	if (flags)
+		*flags = cqe->flags;
+	io_uring_cqe_seen(ring, cqe);
+	return true;
+}
+
 /* Whether SEND_ZC takes IORING_SEND_ZC_REPORT_USAGE, which keel's zero-copy sends ask for
  * (Linux 6.2; 6.1 has SEND_ZC without it and fails such a send with -EINVAL). A send on an
  * eventfd: the flags are checked first (-EINVAL without it), then the socket (-ENOTSOCK). */
@@ -116,6 +153,7 @@ probe_zc_report(const struct keel_caps *c, struct io_uring *ring)
 	struct io_uring_sqe *sqe;
 	struct io_uring_cqe *cqe;
 	static char byte;
+	unsigned flags = 0;
 	int fd, res = -EINVAL;
 
 	if (!c->op_supported[IORING_OP_SEND_ZC])
@@ -131,16 +169,11 @@ probe_zc_report(const struct keel_caps *c, struct io_uring *ring)
 	}
 	io_uring_prep_send_zc(sqe, fd, &byte, 1, 0, 0);
 	sqe->ioprio |= IORING_SEND_ZC_REPORT_USAGE;
-	if (io_uring_submit_and_wait(ring, 1) == 1 && io_uring_peek_cqe(ring, &cqe) == 0) {
-		bool more = cqe->flags & IORING_CQE_F_MORE;
-
-		res = cqe->res;
+	/* A send that failed at issue may still post its notification: taken here, so the
+	 * next probe on this ring reads its own completion. */
+	if (probe_submit(ring, &res, &flags) && (flags & IORING_CQE_F_MORE) &&
+	    io_uring_wait_cqe(ring, &cqe) == 0)
 		io_uring_cqe_seen(ring, cqe);
-		/* A send that failed at issue may still post its notification: taken here, so
-		 * the next probe on this ring reads its own completion. */
-		if (more && io_uring_wait_cqe(ring, &cqe) == 0)
-			io_uring_cqe_seen(ring, cqe);
-	}
 	close(fd);
 	return res != -EINVAL;
 }
@@ -152,16 +185,12 @@ static bool
 probe_cancel_any(struct io_uring *ring)
 {
 	struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
-	struct io_uring_cqe *cqe;
 	int res = -EINVAL;
 
 	if (!sqe)
 		return false;
 	io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
-	if (io_uring_submit_and_wait(ring, 1) == 1 && io_uring_peek_cqe(ring, &cqe) == 0) {
-		res = cqe->res;
-		io_uring_cqe_seen(ring, cqe);
-	}
+	probe_submit(ring, &res, NULL);
 	return res != -EINVAL;
 }
 

@@ -422,6 +422,9 @@ struct internal_op *keel__internal_done(struct keel_op *op);
 #ifdef KEEL_FAULTS
 /* Tests: while non-zero, each keel_sqe_get() returns NULL and the count drops by one. */
 extern _Atomic unsigned keel__fault_sqe_none;
+/* ... while non-zero, each submit of a feature probe's trial (caps.c) fails with -ENOMEM, as
+ * under memory pressure; the count drops by one. */
+extern _Atomic unsigned keel__fault_probe_submit;
 /* Take one from keel__fault_sqe_none for keel's own SQEs (file.c): true, inject. */
 bool keel__fault_sqe_take(void);
 /* Fault injection (core/faults.c): apply the spec to a prepared, bound SQE; whether this

@@ -7,16 +7,19 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <keel/caps.h>
 #include <keel/faults.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
+#include <liburing.h>
 
 #include "helpers.h"
 
@@ -273,6 +276,30 @@ Test(faults_timer, starting_a_timer_never_allocates)
 	cr_assert_eq(f.create_r, -ENOMEM);
 	cr_assert_eq(f.init_r, -ENOMEM);
 	cr_assert_eq(f.fired, NTIMERS);
+}
+
+/* core/internal.h (KEEL_FAULTS builds): while non-zero, a feature probe's submit fails
+ * with -ENOMEM. */
+extern _Atomic unsigned keel__fault_probe_submit;
+
+/* A probe whose trial could not be submitted (memory pressure at the first start) has no
+ * verdict: it is not cached as the kernel lacking the feature, which made every later
+ * runtime of the process refuse to start naming the wrong cause ("this kernel lacks ...")
+ * or turn zero-copy sends off. The next keel_caps_get probes again and finds them. */
+Test(faults_probe, a_probe_whose_submit_fails_is_made_again)
+{
+	const struct keel_caps *c;
+
+	atomic_store(&keel__fault_probe_submit, 1);
+	c = keel_caps_get();
+	cr_assert_eq(atomic_load(&keel__fault_probe_submit), 0, "no probe was submitted");
+	cr_assert_eq(c->probe_status, -ENOMEM, "probe_status %d: the failed submit was a verdict",
+		     c->probe_status);
+	c = keel_caps_get();
+	cr_assert_eq(c->probe_status, 0, "%d", c->probe_status);
+	cr_assert(c->cancel_any, "IORING_ASYNC_CANCEL_ANY (Linux 5.19) not found");
+	if (c->op_supported[IORING_OP_SEND_ZC])
+		cr_assert(c->zc_report_usage, "SEND_ZC's usage report (Linux 6.2) not found");
 }
 
 /* core/internal.h (KEEL_FAULTS builds): while non-zero, keel_sqe_get() finds no SQE. */
