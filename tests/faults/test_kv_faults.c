@@ -2583,6 +2583,28 @@ Test(faults_kv, watch_without_memory_for_an_entry_on_the_shard_watches_none_of_i
 	rm_dir(dir);
 }
 
+/* A rewrite whose open of the old file for its tail fails (KEEL_KV_TEST_FAULTS=
+ * rewrite-tail-open: EMFILE) goes on holding the records written meanwhile, and says so and
+ * why (it went on silently, and under appendfsync always every write's reply waited for the
+ * whole rewrite with nothing in the log to say why). Its file is whole all the same. */
+Test(faults_kv, a_rewrite_that_cannot_read_the_old_file_says_so)
+{
+	char dir[] = "/tmp/keel-kv-aof-tailopen-XXXXXX", log[64], line[256];
+	bool acked[50] = { false };
+	struct proc p;
+
+	kvf_start_logged(&p, "rewrite-tail-open", dir, log, sizeof(log));
+	cr_assert_eq(aof_sets(p.port, 50, acked), 0);
+	bgrewrite_until(p.port, "aof_rewrites:");
+	log_wait(log, "the rewrite cannot read");
+	log_wait(log, "Too many open files");
+	kv_command(p.port, "GET aof0", line, sizeof(line));
+	cr_assert(!strncmp(line, "$", 1), "GET aof0: '%s'", line);
+	kill9(&p);
+	unlink(log);
+	aof1_check_and_clean(dir, 50, acked);
+}
+
 /* appendfsync always: once the directory's sync after a rewrite's rename fails
  * (KEEL_KV_TEST_FAULTS=rewrite-dirsync: that sync alone, and each retry of it), writes are
  * refused (-MISCONF) and a read no longer waits for the records in flight: it is answered
