@@ -1472,6 +1472,13 @@ shard_stop(void *arg)
 			(unsigned long long)fs.fixed, (unsigned long long)fs.errors);
 }
 
+/* The "listening" line, made before the shards start (the port is known once the listener
+ * is created) and written by the last shard to listen: written after keel_runtime_start
+ * returned, it came before any shard listened, and a shard that then failed to listen
+ * made the host exit 1 after a supervisor had read it. */
+static char ready_line[256 + 12 * KEEL_MAX_SHARDS];
+static _Atomic unsigned shards_listening;
+
 static void
 shard_start(void *app)
 {
@@ -1488,22 +1495,56 @@ shard_start(void *app)
 			 keel_shard_id(keel_this_shard()), strerror(-rc));
 	if (rc < 0 || hr < 0)
 		keel_stop(rc < 0 ? rc : hr);
+	else if (atomic_fetch_add(&shards_listening, 1) + 1 == keel_runtime_shard_count(rt))
+		fputs(ready_line, stderr); /* one write: stderr is unbuffered */
 }
 
 /* ---- the host's main thread and its signal thread ---- */
 
 static sigset_t stop_set;
 
-/* Waits for SIGINT/SIGTERM; then drains the workers and stops keel. */
+static _Atomic bool host_done; /* main: the runtime ended; the signal thread returns */
+
+/* The first signal's stop: drain the workers, then stop keel. */
+static void *
+stopper(void *arg)
+{
+	(void)arg;
+	pool_stop(); /* results still go back: the runtime is running */
+	keel_runtime_stop(rt, 0);
+	return NULL;
+}
+
+/* Waits for SIGINT/SIGTERM: the first stops the host (in a thread of its own, which waits
+ * for the running checksums), a second exits at once, as keel's own signal handling does
+ * (a stop waiting on a stuck job could otherwise be ended only by SIGKILL). */
 static void *
 signal_thread(void *arg)
 {
+	pthread_t st;
+	bool stopping = false, joinable = false;
 	int sig;
 
 	(void)arg;
-	sigwait(&stop_set, &sig);
-	pool_stop(); /* results still go back: the runtime is running */
-	keel_runtime_stop(rt, 0);
+	for (;;) {
+		sigwait(&stop_set, &sig);
+		if (atomic_load(&host_done))
+			break;
+		if (stopping) {
+			static const char m[] = "keel-embed: second signal: exiting now (running "
+						"checksum jobs and unsent replies are dropped)\n";
+			ssize_t w = write(2, m, sizeof(m) - 1);
+
+			(void)w;
+			_exit(128 + sig);
+		}
+		stopping = true;
+		joinable = pthread_create(&st, NULL, stopper, NULL) == 0;
+		if (!joinable)
+			stopper(NULL); /* no thread: the stop, here (a second signal waits) */
+	}
+	if (joinable)
+		pthread_join(st, NULL);
 	return NULL;
 }
 
@@ -1579,6 +1620,20 @@ main(int argc, char **argv)
 		rc = -EAGAIN;
 		goto stop_pool;
 	}
+	{
+		size_t n = (size_t)snprintf(
+			ready_line, sizeof(ready_line),
+			"keel-embed: listening on %s port %u, %u shards on CPUs", cfg.addr,
+			keel_listener_port(listener), keel_runtime_shard_count(rt));
+
+		for (unsigned i = 0; i < keel_runtime_shard_count(rt) && n < sizeof(ready_line);
+		     i++)
+			n += (size_t)snprintf(ready_line + n, sizeof(ready_line) - n, " %d",
+					      keel_runtime_shard_cpu(rt, i));
+		if (n < sizeof(ready_line))
+			snprintf(ready_line + n, sizeof(ready_line) - n, ", %u workers\n",
+				 cfg.workers);
+	}
 	rc = keel_runtime_start(rt, shard_start, NULL);
 	if (rc < 0) {
 		fprintf(stderr, "keel-embed: cannot start the shards: %s\n", strerror(-rc));
@@ -1590,25 +1645,9 @@ main(int argc, char **argv)
 		rc = -EAGAIN;
 		goto stop_pool;
 	}
-	{
-		/* One write: stderr is unbuffered, and a reader that has seen the port (a
-		 * supervisor, the tests) must find the whole line. */
-		char line[256 + 12 * KEEL_MAX_SHARDS];
-		size_t n = (size_t)snprintf(
-			line, sizeof(line),
-			"keel-embed: listening on %s port %u, %u shards on CPUs", cfg.addr,
-			keel_listener_port(listener), keel_runtime_shard_count(rt));
-
-		for (unsigned i = 0; i < keel_runtime_shard_count(rt) && n < sizeof(line); i++)
-			n += (size_t)snprintf(line + n, sizeof(line) - n, " %d",
-					      keel_runtime_shard_cpu(rt, i));
-		if (n < sizeof(line))
-			snprintf(line + n, sizeof(line) - n, ", %u workers\n", cfg.workers);
-		fputs(line, stderr);
-	}
-
 	rc = keel_runtime_join(rt);
 	/* The shards ended (a signal, or keel_stop on a shard): wake the signal thread. */
+	atomic_store(&host_done, true);
 	pthread_kill(sigthr, SIGTERM);
 	pthread_join(sigthr, NULL);
 stop_pool:

@@ -154,14 +154,14 @@ host_start(struct host *h)
 	host_start_n(h, "2");
 }
 
-/* SIGTERM; expect a clean exit (status 0) and keep its stderr in log_text. */
+/* Wait for the host's exit: @want_status (a signal's 128 + N, or 0: a clean stop, said in
+ * its log); its stderr kept in log_text. */
 static void
-host_stop(struct host *h)
+host_wait_exit(struct host *h, int want_status)
 {
 	uint64_t dl = test_deadline(TEST_WAIT_MS);
 	int st;
 
-	kill(h->pid, SIGTERM);
 	while (waitpid(h->pid, &st, WNOHANG) == 0) {
 		cr_assert(!test_expired(dl), "keel-embed did not stop after SIGTERM");
 		test_pause();
@@ -169,9 +169,20 @@ host_stop(struct host *h)
 	live = 0;
 	free(h->log_text);
 	h->log_text = slurp(h->log);
-	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "keel-embed exit status %#x: %s", st,
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == want_status,
+		  "keel-embed exit status %#x, not %d: %s", st, want_status,
 		  h->log_text ? h->log_text : "");
-	cr_assert_not_null(strstr(h->log_text, "keel-embed: stopped (clean)"), "%s", h->log_text);
+	if (!want_status)
+		cr_assert_not_null(strstr(h->log_text, "keel-embed: stopped (clean)"), "%s",
+				   h->log_text);
+}
+
+/* SIGTERM; expect a clean exit (status 0) and keep its stderr in log_text. */
+static void
+host_stop(struct host *h)
+{
+	kill(h->pid, SIGTERM);
+	host_wait_exit(h, 0);
 }
 
 static void
@@ -1468,7 +1479,44 @@ Test(embed, a_checksum_that_comes_while_stopping_is_answered_busy, .timeout = 12
 		free(r.body);
 	}
 	close(fd);
-	host_stop(&h);
+	host_wait_exit(&h, 0); /* stopping since the SIGTERM above: a second would end it now */
+	free(kv.val);
+	host_fini(&h);
+}
+
+/* A second SIGTERM while the stop waits for a checksum a worker holds (the job gate)
+ * exits at once (128 + 15), saying what it drops: it was ignored, the signal thread
+ * waiting in the pool's drain, and only SIGKILL ended such a host. */
+Test(embed, a_second_signal_ends_a_stop_that_waits, .timeout = 120)
+{
+	struct kv kv = { .key = "sum-held" };
+	struct host h;
+	char gate[96];
+	int fd;
+
+	host_init(&h, "");
+	snprintf(gate, sizeof(gate), "%s/job-gate", h.dir); /* the suite's fini removes it */
+	fd = open(gate, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	cr_assert_geq(fd, 0, "%s: %s", gate, strerror(errno));
+	close(fd);
+	setenv("KEEL_EMBED_TEST_JOB_GATE", gate, 1);
+	host_start(&h);
+	unsetenv("KEEL_EMBED_TEST_JOB_GATE");
+	kv.len = 5;
+	kv.val = (uint8_t *)strdup("value");
+	fd = test_connect(h.port);
+	put_all(fd, &kv, 1);
+	req_send(fd, 'C', 1, kv.key, NULL, 0);
+	WAIT_FOR(log_has(&h, "keel-embed: checksum job held by the test gate"),
+		 "the checksum held in a worker");
+	kill(h.pid, SIGTERM);
+	WAIT_FOR(log_has(&h, "keel-embed: stopping: 1 checksum job"),
+		 "the stop waiting for the held checksum");
+	kill(h.pid, SIGTERM);
+	host_wait_exit(&h, 128 + SIGTERM);
+	cr_assert_not_null(strstr(h.log_text, "second signal: exiting now"), "%s", h.log_text);
+	unlink(gate);
+	close(fd);
 	free(kv.val);
 	host_fini(&h);
 }
