@@ -1764,16 +1764,35 @@ rst_cb(struct keel_op *op, int res, uint32_t flags)
  * then. Without an SQE (the ring failed, logged) the slot is released synchronously. A
  * reset (c->rst) sets SO_LINGER {1, 0} first, so that the close sends a RST and drops
  * what the socket still holds. */
+/* A reset that could not be made (@why): the connection ends with a FIN, which a peer
+ * may read as a whole reply after a cut one. Said once per process, as rst_cb does. */
+static void
+rst_lost(struct keel_conn *c, const char *why)
+{
+	static _Atomic bool logged;
+
+	if (!atomic_exchange(&logged, true))
+		keel_log(KEEL_LOG_WARN, NET_MOD,
+			 "shard %u: an aborted connection's reset could not be made (%s): it ends "
+			 "with a FIN instead; later ones are not logged",
+			 c->ns->id, why);
+}
+
 static void
 fd_release(struct keel_conn *c)
 {
 	struct io_uring_sqe *sqe, *lsqe = NULL;
+	int r;
 
 	c->fd_released = true;
 	if (!c->direct) {
-		if (c->rst &&
-		    setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &rst_linger, sizeof(rst_linger)) == 0)
-			c->ns->st.conn_resets++;
+		if (c->rst) {
+			if (setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &rst_linger,
+				       sizeof(rst_linger)) == 0)
+				c->ns->st.conn_resets++;
+			else
+				rst_lost(c, strerror(errno));
+		}
 		close(c->fd);
 		return;
 	}
@@ -1786,6 +1805,8 @@ fd_release(struct keel_conn *c)
 		lsqe->flags |= IOSQE_FIXED_FILE | IOSQE_IO_HARDLINK;
 		keel_sqe_bind(lsqe, &c->rst_op);
 		c->nops++;
+	} else if (c->rst) {
+		rst_lost(c, "no SQE for its SO_LINGER: the ring's submit failed, logged");
 	}
 	sqe = keel_sqe_get();
 	if (sqe) {
@@ -1795,7 +1816,17 @@ fd_release(struct keel_conn *c)
 		return;
 	}
 	int minus1 = -1;
-	io_uring_register_files_update(keel_shard_ring_get(), (unsigned)c->fd, &minus1, 1);
+	r = io_uring_register_files_update(keel_shard_ring_get(), (unsigned)c->fd, &minus1, 1);
+	if (r < 0) {
+		/* The slot keeps its socket (never closed: no FIN, no RST) and stays counted as
+		 * taken, so that accepts are not told it is free. */
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "shard %u: a connection's direct descriptor %d could not be released (no "
+			 "SQE, and the file update failed: %s): its socket stays open and its slot "
+			 "taken until the shard ends",
+			 c->ns->id, c->fd, strerror(-r));
+		return;
+	}
 	keel__listeners_slot_freed(c->ns); /* only accepted connections are direct */
 }
 

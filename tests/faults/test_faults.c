@@ -405,6 +405,87 @@ Test(faults_sqe, an_abort_whose_cancel_found_no_sqe_still_closes)
 	cr_assert_eq(srv_stop(&s), 0);
 }
 
+/* An abort whose reset finds no SQE (its SO_LINGER, then its close: the direct descriptor
+ * goes by a synchronous file update) ends the connection with a FIN, and now says so: a
+ * peer may take that FIN after a cut reply for a whole one, and nothing told of it. The
+ * connection's reads are paused at open, so no receive is armed, and a byte is queued
+ * before the abort (an error with bytes unsent resets), which releases the descriptor at
+ * once. */
+static struct keel_conn *_Atomic rl_conn;
+static _Atomic int rl_said, rl_closes;
+
+static void
+rl_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	(void)module;
+	(void)shard;
+	(void)arg;
+	if (level == KEEL_LOG_WARN && strstr(msg, "reset could not be made") &&
+	    strstr(msg, "ends with a FIN"))
+		atomic_fetch_add(&rl_said, 1);
+}
+
+static void
+rl_open(struct keel_conn *c)
+{
+	keel_conn_pause_read(c);
+	atomic_store(&rl_conn, c);
+}
+
+static void
+rl_close(struct keel_conn *c, int status)
+{
+	atomic_fetch_add(&rl_closes, 1);
+}
+
+static const struct keel_conn_ops rl_ops = { .on_open = rl_open,
+					     .on_data = nosqe_data,
+					     .on_close = rl_close };
+
+static void
+rl_abort(struct keel_xreq *req)
+{
+	struct keel_conn *c = atomic_load(&rl_conn);
+
+	/* A byte queued and not yet sent: an abort with an error then resets. */
+	if (c && keel_conn_write(c, "x", 1) == 0) {
+		atomic_store(&keel__fault_sqe_none, 2);
+		keel_conn_abort(c, -ECONNRESET);
+	}
+	keel_xreq_complete(req, c ? 0 : -ENOENT);
+}
+
+Test(faults_sqe, a_reset_that_found_no_sqe_is_said)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct srv s;
+	char b;
+	int fd, r;
+
+	atomic_store(&rl_conn, NULL);
+	atomic_store(&rl_said, 0);
+	atomic_store(&rl_closes, 0);
+	keel_log_set_sink(rl_sink, NULL);
+	net_test_feature(&o, "direct_fd=on");
+	r = srv_start(&s, &o, NULL, &rl_ops);
+	if (r == -EOPNOTSUPP)
+		cr_skip_test("needs direct descriptors");
+	cr_assert_eq(r, 0, "%s", strerror(-r));
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	WAIT_FOR(atomic_load(&rl_conn) != NULL, "the connection's on_open");
+	cr_assert_eq(rt_run_on(s.rt, 0, rl_abort, NULL), 0);
+	WAIT_FOR(atomic_load(&rl_closes) == 1, "on_close of the aborted connection");
+	cr_assert_eq(atomic_load(&keel__fault_sqe_none), 0,
+		     "the faults were not all used: %u left, said %d",
+		     atomic_load(&keel__fault_sqe_none), atomic_load(&rl_said));
+	cr_assert_eq(atomic_load(&rl_said), 1, "the reset's loss was not said");
+	cr_assert_eq(cli_recv(fd, &b, 1), 0, "the peer got no FIN");
+	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
+	keel_log_set_sink(NULL, NULL);
+}
+
 /* Disk requests (keel/file.h) that find no SQE wait at the head of the shard's FIFO and are
  * issued on a later pass; an O_DIRECT open whose statx stage finds none makes it on the
  * spot; at stop, a request still waiting is cancelled, its callback run once. */
