@@ -493,3 +493,107 @@ Test(tools_topo, plan_resets_the_rss_table_before_changing_the_channels)
 			  "a reset without a channel change (step %u)", i);
 	keel_topo_destroy(t);
 }
+
+/* The text of @path (the test fails when it cannot be read); free() it. */
+static char *
+read_all(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	char *text = calloc(1, 1 << 16);
+	size_t n;
+
+	cr_assert(f && text, "%s: %s", path, strerror(errno));
+	n = fread(text, 1, (1 << 16) - 1, f);
+	text[n] = 0;
+	fclose(f);
+	return text;
+}
+
+/* A stand-in @name in @dir running the shell text @body. */
+static void
+script_command(const char *dir, const char *name, const char *body)
+{
+	char path[256];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	f = fopen(path, "w");
+	cr_assert_not_null(f, "%s: %s", path, strerror(errno));
+	fprintf(f, "#!/bin/sh\n%s\n", body);
+	cr_assert_eq(fclose(f), 0);
+	cr_assert_eq(chmod(path, 0755), 0);
+}
+
+/* One step running `ethtool ARGS...` (@kind), @args NULL-terminated. */
+static void
+step_of(struct plan_step *s, enum plan_kind kind, const char *const *args)
+{
+	memset(s, 0, sizeof(*s));
+	s->kind = kind;
+	s->argv[s->argc++] = "ethtool";
+	while (*args)
+		s->argv[s->argc++] = *args++;
+}
+
+/* --apply's report of a step that fails says how: its exit status, or the signal that
+ * killed it (all were "failed (Input/output error)"); and a command that writes more than
+ * the 512 bytes kept of its output is read to its end, so it is not killed by SIGPIPE and
+ * the context number at its end is found. Stand-ins for ethtool (PATH), never the real one. */
+Test(topo_plan, apply_says_how_a_step_failed_and_reads_a_long_output)
+{
+	static const char *const x[] = { "-X", "fake0", "context", "new", "equal", "2", NULL };
+	static const char *const n[] = { "-N",      "fake0",      "flow-type", "tcp4",
+					 "context", PLAN_CTX_ARG, NULL };
+	static const char *const l[] = { "-L", "fake0", "combined", "2", NULL };
+	struct plan_step steps[2];
+	char dir[] = "/tmp/keel-topo-fail-XXXXXX", errpath[256], ran[512], *text;
+	int r;
+
+	if (geteuid() != 0)
+		cr_skip_test("--apply needs root");
+	cr_assert_not_null(mkdtemp(dir));
+	snprintf(errpath, sizeof(errpath), "%s/stderr", dir);
+	step_of(&steps[0], PLAN_RUN, l);
+	script_command(dir, "ethtool", "exit 3");
+	r = apply_in(dir, steps, 1, errpath);
+	text = read_all(errpath);
+	cr_assert_eq(r, 1);
+	cr_assert(strstr(text, "ethtool exited with status 3") && strstr(text, "step 1 failed;"),
+		  "%s", text);
+	free(text);
+	script_command(dir, "ethtool", "kill -TERM $$");
+	r = apply_in(dir, steps, 1, errpath);
+	text = read_all(errpath);
+	cr_assert_eq(r, 1);
+	cr_assert(strstr(text, "ethtool was killed by signal 15"), "%s", text);
+	free(text);
+	/* 64 KiB before the context's line (more than a pipe holds); then the rule step runs
+	 * with that context's number. */
+	snprintf(ran, sizeof(ran),
+		 "if [ \"$1\" = -X ]; then /usr/bin/head -c 65536 /dev/zero | /usr/bin/tr '\\0' x; "
+		 "echo; "
+		 "echo 'New RSS context is 7'; else echo \"$*\" > '%s/ran'; fi",
+		 dir);
+	script_command(dir, "ethtool", ran);
+	step_of(&steps[0], PLAN_NEW_CTX, x);
+	step_of(&steps[1], PLAN_RUN, n);
+	fflush(stdout);
+	{
+		int saved = dup(STDOUT_FILENO), devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+
+		dup2(devnull, STDOUT_FILENO); /* the 64 KiB the command prints */
+		r = apply_in(dir, steps, 2, errpath);
+		fflush(stdout);
+		dup2(saved, STDOUT_FILENO);
+		close(saved);
+		close(devnull);
+	}
+	text = read_all(errpath);
+	cr_assert_eq(r, 0, "%s", text);
+	free(text);
+	snprintf(errpath, sizeof(errpath), "%s/ran", dir);
+	text = read_all(errpath);
+	cr_assert_str_eq(text, "-N fake0 flow-type tcp4 context 7\n");
+	free(text);
+	rm_dir(dir);
+}

@@ -479,8 +479,10 @@ plan_print(const struct plan_step *s, unsigned n, FILE *f)
 	}
 }
 
-/* Run @s (context placeholders replaced by @ctx); its stdout into @outbuf when given.
- * Returns 0 when it exited 0. */
+/* Run @s (context placeholders replaced by @ctx); its stdout printed, and its last
+ * @outlen - 1 bytes kept in @outbuf when given (read to the end: a command left writing into
+ * a full pipe died of SIGPIPE). Returns 0 when it exited 0; 1 when it failed and why was
+ * said (its status, or the signal that killed it); -errno when it could not be run. */
 static int
 run_argv(const struct plan_step *s, const char *ctx, char *outbuf, size_t outlen)
 {
@@ -509,17 +511,43 @@ run_argv(const struct plan_step *s, const char *ctx, char *outbuf, size_t outlen
 		return -r;
 	}
 	if (outbuf) {
-		size_t len = 0;
+		size_t len = 0, keep = outlen - 1;
+		char chunk[4096];
 		ssize_t k;
-		while (len + 1 < outlen &&
-		       (k = read(pipefd[0], outbuf + len, outlen - len - 1)) > 0)
-			len += (size_t)k;
+
+		while ((k = read(pipefd[0], chunk, sizeof(chunk))) > 0 ||
+		       (k < 0 && errno == EINTR)) {
+			size_t n = k > 0 ? (size_t)k : 0, from = n > keep ? n - keep : 0;
+
+			fwrite(chunk, 1, n, stdout);
+			n -= from;
+			if (len + n > keep) { /* the oldest bytes go */
+				memmove(outbuf, outbuf + (len + n - keep), keep - n);
+				len = keep - n;
+			}
+			memcpy(outbuf + len, chunk + from, n);
+			len += n;
+		}
 		outbuf[len] = 0;
 		close(pipefd[0]);
-		fputs(outbuf, stdout);
 	}
-	if (waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
-		return -EIO;
+	while (waitpid(pid, &st, 0) < 0) {
+		if (errno != EINTR) {
+			fprintf(stderr, "keel-topo: waiting for %s: %s\n", argv[0],
+				strerror(errno));
+			return -errno;
+		}
+	}
+	if (WIFSIGNALED(st)) {
+		fprintf(stderr, "keel-topo: %s was killed by signal %d (%s)\n", argv[0],
+			WTERMSIG(st), strsignal(WTERMSIG(st)));
+		return 1;
+	}
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+		fprintf(stderr, "keel-topo: %s exited with status %d\n", argv[0],
+			WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+		return 1;
+	}
 	return 0;
 }
 
@@ -590,11 +618,12 @@ plan_apply(const struct plan_step *s, unsigned n)
 					snprintf(ctx, sizeof(ctx), "%.*s", (int)(d - b), b);
 			}
 		}
-		if (r < 0) {
+		if (r != 0) {
 			fprintf(stderr,
-				"keel-topo: step %u failed (%s); the steps before it were applied, "
+				"keel-topo: step %u failed%s%s%s; the steps before it were applied, "
 				"the rest were not (fix the cause and run --plan --apply again)\n",
-				i + 1, strerror(-r));
+				i + 1, r < 0 ? " (" : "", r < 0 ? strerror(-r) : "",
+				r < 0 ? ")" : "");
 			return 1;
 		}
 	}
