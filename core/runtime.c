@@ -97,6 +97,12 @@ keel_shard_stopping(void)
 	return cur_shard(__func__)->stop_begun;
 }
 
+bool
+keel_stop_requested(void)
+{
+	return atomic_load_explicit(&cur_shard(__func__)->rt->stopping, memory_order_relaxed);
+}
+
 int
 keel_shard_on_stop(keel_fn fn, void *arg)
 {

@@ -34,12 +34,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <keel/keel.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "kv.h"
@@ -1115,6 +1118,33 @@ static int rw_begin(struct aof *a, bool *wrote);
  * window at a time (load_window; a record larger than the window in one of its size):
  * every shard reads every file, as a key's owner may change between runs. @argv / @cap:
  * the parser's argument array, kept from file to file. Returns 0 or -errno. */
+/* A stop came while the shards load: a SIGINT or SIGTERM, which the runtime blocks on every
+ * thread, is read by a shard's loop, and none has begun while every shard loads (it waits
+ * pending, seen here), or one that finished its load read it (keel_stop_requested), as
+ * for another shard's failure. A large load ignored them (a second signal too) until it
+ * ended. Checked at each window of a file replayed and each piece of the start's new file
+ * written: the start stops, the files as they were (the new ones are removed). Tests:
+ * KEEL_KV_TEST_HOLD_REPLAY=PATH holds the first check until PATH exists (60 s at most). */
+static int
+load_interrupted(void)
+{
+	static _Atomic bool held;
+	const char *gate = getenv("KEEL_KV_TEST_HOLD_REPLAY");
+	sigset_t p;
+
+	if (gate && !atomic_exchange(&held, true)) {
+		struct timespec ms = { 0, 1000000 };
+
+		fprintf(stderr, "keel-kv: the load held by the test gate\n");
+		for (int i = 0; i < 60000 && access(gate, F_OK) < 0; i++)
+			nanosleep(&ms, NULL);
+	}
+	if (keel_stop_requested() ||
+	    (sigpending(&p) == 0 && (sigismember(&p, SIGINT) || sigismember(&p, SIGTERM))))
+		return -EINTR;
+	return 0;
+}
+
 static int
 replay_file(struct kv_db *db, unsigned self, const struct loaded *l, struct resp_arg **argv,
 	    unsigned *cap)
@@ -1140,7 +1170,9 @@ replay_file(struct kv_db *db, unsigned self, const struct loaded *l, struct resp
 		size_t klen;
 		unsigned args;
 
-		r = window_fill(fd, buf, bcap, &blen, base, l->len);
+		r = load_interrupted();
+		if (r == 0)
+			r = window_fill(fd, buf, bcap, &blen, base, l->len);
 		while (r == 0 && off < blen) {
 			struct resp_req req = { .argv = *argv,
 						.cap = *cap,
@@ -1204,7 +1236,7 @@ replay_file(struct kv_db *db, unsigned self, const struct loaded *l, struct resp
 /* Write @db's table to @fd, synchronously, a piece at a time (its copy in memory stays one
  * piece), adding the bytes written to *@off. The start's new file and the stop's rebuild. */
 static int
-table_write(struct kv_db *db, int fd, uint64_t *off)
+table_write(struct kv_db *db, int fd, uint64_t *off, bool at_start)
 {
 	struct rbuf snap = { 0 };
 	struct kv_snap it;
@@ -1212,6 +1244,8 @@ table_write(struct kv_db *db, int fd, uint64_t *off)
 
 	kv_db_snap_begin(db, &it);
 	while (r == 0 && !it.done) {
+		if (at_start && (r = load_interrupted()) < 0)
+			break;
 		snap.len = 0;
 		kv_db_snap_step(db, &it, &snap, rw_copy_max);
 		r = snap.oom ? -ENOMEM : write_all(fd, snap.p, snap.len);
@@ -1256,6 +1290,8 @@ kv_aof_shard_start(struct kv_db *db)
 	for (unsigned i = 0; i < nloaded && r == 0; i++)
 		r = replay_file(db, self, &loaded[i], &argv, &cap);
 	free(argv);
+	if (r == -EINTR)
+		return r; /* a stop signal: on_start says so */
 	if (r < 0) {
 		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: replaying the append-only files: %s",
 			 self, strerror(-r));
@@ -1267,7 +1303,7 @@ kv_aof_shard_start(struct kv_db *db)
 	atomic_store(&new_made, true);
 	a->fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	a->chk_fd = a->fd < 0 ? -1 : open(path, O_RDONLY | O_CLOEXEC);
-	r = a->chk_fd < 0 ? -errno : table_write(db, a->fd, &a->off);
+	r = a->chk_fd < 0 ? -errno : table_write(db, a->fd, &a->off, true);
 	if (r == 0 && fdatasync(a->fd) < 0)
 		r = -errno;
 	if (r < 0) {
@@ -1275,7 +1311,9 @@ kv_aof_shard_start(struct kv_db *db)
 
 		for (unsigned i = 0; i < nloaded; i++)
 			old += loaded[i].len;
-		if (r == -ENOSPC || r == -EDQUOT)
+		if (r == -EINTR)
+			; /* a stop signal: on_start says so */
+		else if (r == -ENOSPC || r == -EDQUOT)
 			keel_log(KEEL_LOG_ERROR, "kv",
 				 "shard %u: writing %s: %s: a start writes every shard's data to "
 				 "new files before it removes the old ones (%zu bytes), so it "
@@ -2599,7 +2637,9 @@ stop_rebuild(struct aof *a, bool *renamed)
 	path_of(tmp, sizeof(tmp), a->id, ".stop");
 	path_of(path, sizeof(path), a->id, "");
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	r = fd < 0 ? -errno : kv_test_fault("stop-rebuild") ? -EIO : table_write(a->db, fd, &len);
+	r = fd < 0                          ? -errno
+	    : kv_test_fault("stop-rebuild") ? -EIO
+					    : table_write(a->db, fd, &len, false);
 	if (r == 0 && stop_datasync(fd) < 0)
 		r = -errno;
 	if (r == 0 && rename(tmp, path) < 0)

@@ -139,6 +139,14 @@ on_start(void *arg)
 	unsigned n = keel_shard_count(keel_this_shard());
 	int r = kv_shard_start();
 
+	if (r == -EINTR) { /* a stop (SIGINT/SIGTERM) during the load: as at any other time */
+		keel_log(KEEL_LOG_WARN, "kv",
+			 "shard %u: a stop came while loading the append-only files (a signal, "
+			 "or another shard's failure): stopping; the files are as they were",
+			 self);
+		keel_stop(0);
+		return;
+	}
 	if (r < 0) {
 		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: %s", self, strerror(-r));
 		keel_stop(r);

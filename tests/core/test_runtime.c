@@ -233,3 +233,33 @@ Test(core_runtime, taskrun_flag_decision_names_the_reason)
 	cr_assert_eq(keel_features_decide(&o, d), 0);
 	cr_assert(d[KEEL_FEAT_TASKRUN_FLAG].used);
 }
+
+/* keel_stop_requested: a shard still in a long on_start (loading files) sees the stop
+ * another shard asked for, though its own stop cannot begin before on_start returns
+ * (keel_shard_stopping stays false there). */
+static _Atomic int sr_seen;
+
+static void
+sr_start(void *app)
+{
+	uint64_t dl = test_deadline(TEST_WAIT_MS);
+
+	(void)app;
+	if (keel_shard_id(keel_this_shard()) == 0) {
+		keel_stop(0);
+		return;
+	}
+	while (!keel_stop_requested() && !test_expired(dl))
+		test_pause();
+	atomic_store(&sr_seen, keel_stop_requested() && !keel_shard_stopping() ? 1 : -1);
+}
+
+Test(core_runtime, a_long_start_sees_the_stop_another_shard_asked_for)
+{
+	struct keel_opts o = test_opts(2);
+
+	atomic_store(&sr_seen, 0);
+	cr_assert_eq(keel_run(&o, sr_start, NULL), 0);
+	cr_assert_eq(atomic_load(&sr_seen), 1, "shard 1's start did not see the stop (%d)",
+		     atomic_load(&sr_seen));
+}

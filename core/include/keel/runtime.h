@@ -159,6 +159,16 @@ KEEL_API int keel_shard_on_stop(keel_fn fn, void *arg);
  */
 KEEL_API bool keel_shard_stopping(void);
 
+/**
+ * Whether this shard's runtime has been asked to stop (keel_stop, keel_runtime_stop, or a
+ * SIGINT/SIGTERM a shard read), whether or not this shard's stop has begun. Long work in
+ * an on_start callback (loading files) checks it and returns early: the shard's loop,
+ * which would begin its stop, runs only after on_start returns. (With every shard still
+ * in on_start, a signal is read by none: see keel_opts.signals.)
+ * Context: a shard.
+ */
+KEEL_API bool keel_stop_requested(void);
+
 /** Per-shard counters. Each is written only by its shard; readers see a recent value. */
 struct keel_shard_stats {
 	uint64_t passes;          /* loop passes */

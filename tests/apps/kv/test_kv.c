@@ -2382,6 +2382,57 @@ Test(kv_server, no_shard_serves_before_every_shard_has_loaded)
 	rm_dir(dir);
 }
 
+/* A SIGTERM while the shards load their append-only files stops the start at the next
+ * window (exit 0, saying so), the files as they were: the runtime blocks the signal on
+ * every thread and nothing read it until the shards' loops began, so a large load ignored
+ * it, and a second, until it ended. KEEL_KV_TEST_HOLD_REPLAY holds the load at its first
+ * check until the signal is pending. */
+Test(kv_server, a_stop_signal_during_the_load_stops_it)
+{
+	char dir[64], gate[128], line[512] = "";
+	uint64_t dl = test_deadline(TEST_WAIT_MS);
+	bool said = false;
+	struct srv s;
+	struct rd r;
+	FILE *f;
+	int st;
+
+	mk_dir(dir, sizeof(dir));
+	srv_start(&s, 2, "--appendonly", "yes", "--dir", dir, NULL);
+	rd_init(&r, test_connect(s.port));
+	expect(&r, "SET kept v", "+OK\r\n");
+	rd_free(&r);
+	cr_assert_eq(srv_stop_status(&s), 0);
+	snprintf(gate, sizeof(gate), "%s/gate", dir);
+	setenv("KEEL_KV_TEST_HOLD_REPLAY", gate, 1);
+	f = srv_spawn(&s, 2, "0", "--appendonly", "yes", "--dir", dir, NULL);
+	unsetenv("KEEL_KV_TEST_HOLD_REPLAY");
+	while (fgets(line, sizeof(line), f) && !strstr(line, "the load held by the test gate"))
+		;
+	cr_assert(strstr(line, "the load held"), "the load was not held");
+	kill(s.pid, SIGTERM);
+	cr_assert_eq(close(open(gate, O_WRONLY | O_CREAT, 0644)), 0);
+	while (fgets(line, sizeof(line), f)) {
+		said |= strstr(line, "a stop came while loading") != NULL;
+		cr_assert(!strstr(line, "keel-kv: listening"), "it listened: %s", line);
+	}
+	fclose(f);
+	while (waitpid(s.pid, &st, WNOHANG) == 0) {
+		cr_assert(!test_expired(dl), "keel-kv did not stop after SIGTERM");
+		test_pause();
+	}
+	live = 0;
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit status %#x", st);
+	cr_assert(said, "the stop during the load was not said");
+	unlink(gate);
+	srv_start(&s, 2, "--appendonly", "yes", "--dir", dir, NULL);
+	rd_init(&r, test_connect(s.port));
+	expect(&r, "GET kept", "$1\r\nv\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+	rm_dir(dir);
+}
+
 /* appendfsync always: kill -9 in the middle of a pipelined stream of writes; every write
  * whose reply arrived is there after a restart (with another shard count). */
 Test(kv_server, aof_always_every_acknowledged_write_survives_kill9)
