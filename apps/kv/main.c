@@ -59,6 +59,38 @@ die(const char *msg, const char *opt)
 	exit(2);
 }
 
+/* keel-kv's own options (each takes a value). */
+static const char *const kv_options[] = { "--port",
+					  "--addr",
+					  "--maxmemory",
+					  "--timeout",
+					  "--proto-max-bulk-len",
+					  "--client-query-buffer-limit",
+					  "--handoff",
+					  "--appendonly",
+					  "--appendfsync",
+					  "--aof-truncate-corrupt",
+					  "--auto-aof-rewrite-percentage",
+					  "--auto-aof-rewrite-min-size",
+					  "--dir" };
+
+static bool
+kv_option(const char *name)
+{
+	for (size_t i = 0; i < sizeof(kv_options) / sizeof(kv_options[0]); i++)
+		if (!strcmp(name, kv_options[i]))
+			return true;
+	return false;
+}
+
+/* Options of the append-only file, which do nothing without --appendonly yes. */
+static bool
+aof_option(const char *name)
+{
+	return !strcmp(name, "--dir") || !strcmp(name, "--appendfsync") ||
+	       !strcmp(name, "--aof-truncate-corrupt") || !strncmp(name, "--auto-aof-", 11);
+}
+
 /* "100", "64k", "100mb", "1gb" (Redis's memtoll, case-insensitive). */
 static int
 parse_bytes(const char *s, uint64_t *out)
@@ -184,7 +216,7 @@ main(int argc, char **argv)
 	struct keel_listen_opts lo;
 	struct keel_runtime *rt;
 	struct app a = { 0 };
-	const char *addr = "0.0.0.0";
+	const char *addr = "0.0.0.0", *aof_opt = NULL;
 	long port = 6379;
 	unsigned failed;
 	int r;
@@ -199,8 +231,17 @@ main(int argc, char **argv)
 		char *end;
 		uint64_t b;
 
-		if (!v)
+		/* What is not an option of keel-kv's is said as such: a stray word or an unknown
+		 * option read as an option missing its value, and an option's missing value took
+		 * the next option as it ("--dir --appendonly yes"). */
+		if (strncmp(argv[i], "--", 2))
+			die("unexpected argument ", argv[i]);
+		if (!kv_option(argv[i]))
+			die("unknown option ", argv[i]);
+		if (!v || !strncmp(v, "--", 2))
 			die("missing value for ", argv[i]);
+		if (aof_option(argv[i]))
+			aof_opt = argv[i];
 		if (!strcmp(argv[i], "--port")) {
 			port = strtol(v, &end, 10);
 			if (*v < '0' || *v > '9' || *end || port < 0 || port > 65535)
@@ -264,6 +305,11 @@ main(int argc, char **argv)
 			die("unknown option ", argv[i]);
 		}
 	}
+	if (aof_opt && !kv_cfg.aof)
+		fprintf(stderr,
+			"keel-kv: %s has no effect without --appendonly yes (no append-only file is "
+			"written)\n",
+			aof_opt);
 	/* keel-kv queues replies up to the high watermark before it stops reading (a large
 	 * one in pieces until the queue passes it): a --send-max below it would reset a
 	 * client that reads before it was ever paused. */

@@ -3714,6 +3714,36 @@ Test(kv_server, a_number_option_that_is_not_digits_is_refused)
 	}
 }
 
+/* What is not one of keel-kv's options is said as such: a stray word was "missing value for
+ * 6380", an unknown option without a value "missing value for --verbose", and an option
+ * without its value took the next option as it ("--dir --appendonly yes": the directory
+ * "--appendonly", then "missing value for yes"). An option of the append-only file without
+ * --appendonly yes starts the server with a line saying it does nothing. */
+Test(kv_server, words_that_are_not_its_options_are_said_as_such)
+{
+	static const char *const bad[][4] = {
+		{ "6380", NULL, NULL, "unexpected argument 6380" },
+		{ "--verbose", NULL, NULL, "unknown option --verbose" },
+		{ "--dir", "--appendonly", "yes", "missing value for --dir" },
+	};
+	struct srv s;
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		const char *const argv[] = { kv_bin(),  "--addr",  "127.0.0.1", "--port", "0",
+					     bad[i][0], bad[i][1], bad[i][2],   NULL };
+		char err[512];
+		int st = proc_run_to_exit(argv, NULL, NULL, err, sizeof(err));
+
+		cr_assert_neq(st, -1, "keel-kv started with %s", bad[i][0]);
+		cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "%s: status %d", bad[i][0], st);
+		cr_assert(strstr(err, bad[i][3]), "%s: %s", bad[i][0], err);
+	}
+	srv_start(&s, 1, "--appendfsync", "always", NULL);
+	cr_assert(strstr(start_log, "--appendfsync has no effect without --appendonly yes"), "%s",
+		  start_log);
+	srv_stop(&s);
+}
+
 /* A --send-max below the high watermark is refused at start, naming both: keel-kv queues
  * replies up to the watermark before it stops reading, so a reply between the two reset a
  * client that read (a 600,000-byte MGET reply with --send-max 512k and the default 1 MiB). */
