@@ -209,7 +209,7 @@ main(int argc, char **argv)
 	struct keel_listen_opts lo;
 	struct keel_runtime *rt;
 	struct app a = { .addr = "0.0.0.0", .port = -1 };
-	bool caps = false;
+	bool caps = false, steer_given = false;
 	int r;
 
 #ifndef KEEL_ECHO_MALLOC_LIBC
@@ -250,6 +250,7 @@ main(int argc, char **argv)
 		} else if (!strcmp(argv[i], "--steer")) {
 			if (!v || keel_steer_parse(v, &lo.steer) < 0)
 				die("--steer expects cpu, queue or hash, got ", v ? v : "nothing");
+			steer_given = true;
 			i++;
 		} else if (!strcmp(argv[i], "--max-conns")) {
 			long m = v ? strtol(v, &end, 10) : -1;
@@ -270,6 +271,10 @@ main(int argc, char **argv)
 		die("missing ", "--port");
 	if (a.forward && a.udp)
 		die("--forward frames TCP streams: drop --udp or --forward", NULL);
+	/* They shape a TCP listener's accepts: with --udp they were taken and ignored. */
+	if (a.udp && (steer_given || lo.max_conns))
+		die(steer_given ? "--steer" : "--max-conns",
+		    " applies to TCP connections: drop it with --udp");
 	if (keel_net_config_set(&nc) < 0) /* keel_net_opts_parse checked it */
 		die("keel_net_config_set refused the network options", NULL);
 	r = keel_runtime_create(&o, &rt);

@@ -231,6 +231,13 @@ Test(net_opts, keel_echo_says_what_its_arguments_do)
 
 	cr_expect_eq(run_app("keel-echo", "--", "--x", out, sizeof(out)), 2, "%s", out);
 	cr_expect(strstr(out, "keel-echo: unexpected argument --x"), "%s", out);
+	/* --steer and --max-conns shape a TCP listener: with --udp they were taken and
+	 * ignored (the UDP echo started). */
+	cr_expect_eq(run_app("keel-echo", "--udp --steer", "cpu", out, sizeof(out)), 2, "%s", out);
+	cr_expect(strstr(out, "--steer applies to TCP connections: drop it with --udp"), "%s", out);
+	cr_expect_eq(run_app("keel-echo", "--udp --max-conns", "5", out, sizeof(out)), 2, "%s",
+		     out);
+	cr_expect(strstr(out, "--max-conns applies to TCP connections"), "%s", out);
 	/* Stopped by SIGTERM once it says it listens (a fixed delay could end a slow start
 	 * early); the program's status is the shell's. */
 	snprintf(cmd, sizeof(cmd),

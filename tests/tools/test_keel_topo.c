@@ -332,6 +332,14 @@ Test(tools_topo, plan_writes_the_map_and_prints_the_commands)
 	cr_assert(strstr(out, "--svg") && strstr(out, "without --check"), "%s", out);
 	cr_assert_neq(access("/tmp/keel-topo-never.svg", F_OK), 0);
 	free(out);
+	/* --svg with --caps wrote nothing and exited 0; --feature without --caps did nothing */
+	cr_assert_eq(run("--caps --svg /tmp/keel-topo-never.svg", true, &out), 2, "%s", out);
+	cr_assert(strstr(out, "--svg") && strstr(out, "--caps"), "%s", out);
+	cr_assert_neq(access("/tmp/keel-topo-never.svg", F_OK), 0);
+	free(out);
+	cr_assert_eq(run("--feature send_zc=off", true, &out), 2, "%s", out);
+	cr_assert(strstr(out, "--feature") && strstr(out, "give --caps too"), "%s", out);
+	free(out);
 }
 
 Test(tools_topo, check_detects_a_map_asking_for_more_queues_than_exist)

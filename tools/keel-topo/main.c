@@ -46,6 +46,8 @@ static const char usage[] =
 	"  --apply               with --plan: run those commands (root)\n"
 	"  --check               compare this machine with the map; exit 1 on mismatch\n"
 	"  --caps                io_uring capabilities and feature decisions\n"
+	"  --feature NAME=auto|on|off\n"
+	"                        with --caps: decide as a runtime given it would\n"
 	"  --zcrx                per interface and rx queue (--iface/--rxqs, else the map's):\n"
 	"                        can ZCRX work, from the start-up registration probe, and\n"
 	"                        what is missing (driver, header split, channels, ntuple);\n"
@@ -116,6 +118,7 @@ static int
 parse_args(int argc, char **argv, struct args *a)
 {
 	char err[256] = "";
+	bool feature = false;
 
 	memset(a, 0, sizeof(*a));
 	keel_map_req_init(&a->req);
@@ -229,6 +232,7 @@ parse_args(int argc, char **argv, struct args *a)
 			a->zcrx = true;
 		} else if (!strcmp(name, "--feature")) {
 			/* read by keel_opts_parse() for --caps */
+			feature = true;
 		} else {
 			return bad("unknown option '%s'%s (see --help)", arg, "");
 		}
@@ -256,9 +260,13 @@ parse_args(int argc, char **argv, struct args *a)
 		return bad("--port steers a port in the commands of --plan: give --plan too (it "
 			   "did nothing without it)%s%s",
 			   "", "");
-	if (a->svg && (a->check || a->zcrx))
+	if (a->svg && (a->check || a->zcrx || a->caps))
 		return bad("--svg draws the report's machine and map: give it without "
-			   "--check/--zcrx (it wrote nothing with them)%s%s",
+			   "--check/--zcrx/--caps (it wrote nothing with them)%s%s",
+			   "", "");
+	if (feature && !a->caps)
+		return bad("--feature shapes the decisions of --caps: give --caps too (it did "
+			   "nothing without it)%s%s",
 			   "", "");
 	if (a->check && (a->load.xml || a->load.synthetic))
 		return bad(
