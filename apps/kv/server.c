@@ -2391,6 +2391,29 @@ gone_recv(void *arg)
 	free(g);
 }
 
+/* On the owner: a closed connection's watches there end, found by a walk of its table (no
+ * memory to name their keys: watch_gone). */
+static void
+gone_id_recv(void *arg)
+{
+	watch_end_req((uint64_t)(uintptr_t)arg, NULL, 0);
+}
+
+/* The closed connection @id's watches on @owner end without memory of ours: a message whose
+ * argument is the id (keel_send takes none), else they would stay until the stop, walked
+ * on every change of their keys. */
+static void
+gone_by_id(unsigned owner, uint64_t id)
+{
+	int r = keel_send(owner, gone_id_recv, (void *)(uintptr_t)id);
+
+	if (r < 0)
+		keel_log(KEEL_LOG_WARN, "kv",
+			 "shard %u: a closed client's watches on shard %u cannot be ended (%s): "
+			 "they stay until the stop",
+			 self(), owner, strerror(-r));
+}
+
 static void
 gone_send(struct wgone *g)
 {
@@ -2405,8 +2428,10 @@ gone_send(struct wgone *g)
 		sweep_soon(ks);
 		return;
 	}
-	if (r < 0)
+	if (r < 0) {
+		gone_by_id(g->owner, g->id);
 		free(g);
+	}
 }
 
 /* A closed connection's watches of the keys @req names (watch_req's form, or a W_EXEC's,
@@ -2420,11 +2445,9 @@ watch_gone(unsigned owner, uint64_t id, const uint8_t *req, size_t len)
 		watch_end_req(id, req, len);
 		return;
 	}
-	g = malloc(sizeof(*g) + len);
+	g = kv_test_fault("wgone-oom") ? NULL : malloc(sizeof(*g) + len);
 	if (!g) {
-		keel_log(KEEL_LOG_WARN, "kv",
-			 "shard %u: no memory to end a closed client's watches on shard %u", self(),
-			 owner);
+		gone_by_id(owner, id);
 		return;
 	}
 	g->owner = owner;

@@ -29,12 +29,12 @@ kv_test_faults_init(void)
 #include <unistd.h>
 
 /* The sites, and what the spec says of each (indexed alike). */
-static const char *const known[] = { "record-oom",       "ftruncate",       "stop-sync",
-				     "start-unlink",     "commit-marker",   "commit-rename",
-				     "commit-dirsync",   "rewrite-rename",  "rewrite-dirsync",
-				     "waiter-oom",       "store-oom",       "reply-oom",
-				     "watch-keys-oom",   "watch-entry-oom", "stop-rebuild",
-				     "rewrite-tail-open" };
+static const char *const known[] = { "record-oom",        "ftruncate",       "stop-sync",
+				     "start-unlink",      "commit-marker",   "commit-rename",
+				     "commit-dirsync",    "rewrite-rename",  "rewrite-dirsync",
+				     "waiter-oom",        "store-oom",       "reply-oom",
+				     "watch-keys-oom",    "watch-entry-oom", "stop-rebuild",
+				     "rewrite-tail-open", "wgone-oom" };
 #define NSITES (sizeof(known) / sizeof(known[0]))
 static struct site {
 	bool set;

@@ -2481,6 +2481,33 @@ Test(faults_kv, watches_end_without_memory_to_name_their_keys)
 	rm_dir(dir);
 }
 
+/* No memory for the message that ends a closed connection's watches on another shard
+ * (KEEL_KV_TEST_FAULTS=wgone-oom): they end all the same, by a message that carries only
+ * the connection's id and a walk of that shard's table (they stayed until the stop, walked
+ * on every change of their keys). Keys of eight hash tags over two shards, so that some
+ * are on the other shard of each connection. */
+Test(faults_kv, watches_on_another_shard_end_without_memory_at_the_close)
+{
+	char dir[] = "/tmp/keel-kv-wgoneoom-XXXXXX", line[256];
+	struct proc p;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	kvf_start(&p, "wgone-oom", "2", "everysec", dir);
+	for (unsigned i = 0; i < 8; i++) {
+		FILE *f = fdopen(test_connect(p.port), "r+");
+
+		cr_assert(f);
+		fprintf(f, "WATCH {w%u}a {w%u}b\r\n", i, i);
+		fflush(f);
+		cr_assert(fgets(line, sizeof(line), f) && !strcmp(line, "+OK\r\n"), "WATCH: '%s'",
+			  line);
+		fclose(f);
+	}
+	WAIT_FOR(watched_keys(p.port) == 0, "watches left on the shards");
+	proc_stop(&p);
+	rm_dir(dir);
+}
+
 /* One command on @f, whose first reply line must be @want. */
 static void
 line_is(FILE *f, const char *cmd, const char *want)
