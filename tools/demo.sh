@@ -15,6 +15,18 @@
 #   KEEL_DEMO_SECONDS=3 KEEL_DEMO_REPS=7 tools/demo.sh
 # The full matrix, with repetitions and a chart: tools/bench/compare.sh (docs/bench.md)
 set -euo pipefail
+# It takes no argument (KEEL_DEMO_SECONDS and KEEL_DEMO_REPS above): one was ignored.
+case "${1:-}" in
+'') ;;
+-h | --help)
+	sed -n '3,16p' "$0" | sed 's/^# \{0,1\}//'
+	exit 0
+	;;
+*)
+	echo "tools/demo.sh: takes no argument (got '$1'); see tools/demo.sh --help" >&2
+	exit 2
+	;;
+esac
 cd "$(dirname "$0")/.."
 # The build goes in build-release/ here: a checkout that cannot be written fails now, by
 # name, not after the build with an old log.

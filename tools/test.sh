@@ -7,8 +7,21 @@
 # (tools/valgrind.sh), a Debug build (compiled only), and the fuzz harnesses (tools/fuzz.sh:
 # corpus replay plus a fixed-seed run of each; KEEL_FUZZ_RUNS sets the inputs per harness).
 #   tools/test.sh            everything
-#   KEEL_TEST_QUICK=1 ...    the normal build only
+#   KEEL_TEST_QUICK=1 ...    the normal build and its tests, valgrind and cppcheck only
 set -euo pipefail
+# It takes no argument: one was ignored, and 'tools/test.sh --help' installed packages and
+# ran the whole suite.
+case "${1:-}" in
+'') ;;
+-h | --help)
+	sed -n '3,10p' "$0" | sed 's/^# \{0,1\}//'
+	exit 0
+	;;
+*)
+	echo "tools/test.sh: takes no argument (got '$1'); see tools/test.sh --help" >&2
+	exit 2
+	;;
+esac
 cd "$(dirname "$0")/.."
 # A step that stops the script (a build that fails, a directory that cannot be made) says so
 # in the summary line too, not only above it.

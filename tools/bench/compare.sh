@@ -112,7 +112,8 @@ num='^[0-9]*\.?[0-9]+$'
 [[ $secs =~ $num ]] || die "--seconds must be a number"
 [[ $warmup =~ $num ]] || die "--warmup must be a number"
 [[ $spin =~ ^[0-9]+$ ]] || die "--spin-us must be an integer"
-[[ $port =~ ^[0-9]+$ ]] || die "--port must be a port number"
+[[ $port =~ ^[0-9]+$ ]] && [ "${#port}" -le 5 ] && [ "$port" -le 65535 ] ||
+	die "--port must be a port number, 0 to 65535"
 case $client in epoll | keel) ;; *) die "--client must be epoll or keel" ;; esac
 [[ $cpoll =~ ^[0-9]+$ ]] || die "--client-poll-us must be a number of microseconds"
 case $net in lo | veth) ;; *) die "--net must be lo or veth" ;; esac

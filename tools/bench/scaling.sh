@@ -39,22 +39,24 @@ bin=$root/build-release/bin shards_list=1,2,4,8,12 ncpu=$(nproc) reps=5 secs=1 w
 out=scaling-results policies=block,spin client=epoll shared=0 egather=() cfrom= maxs= report_only=0
 rows='pp64:pingpong:64:1:32*{S},tp64:throughput:64:64:4*{S}'
 usage() { sed -n '/^#   tools\/bench\/scaling.sh \[options\]/,/^set -e/{/^#/s/^# \{0,1\}//p}' "$0"; }
+# An option's value: refused (status 2) when missing, as every other bad value is.
+need() { [ $# -ge 2 ] && [ -n "$2" ] || { echo "scaling.sh: $1 needs a value" >&2; exit 2; }; }
 while [ $# -gt 0 ]; do
 	case $1 in
-	--bin) bin=${2:?}; shift ;;
-	--shards) shards_list=${2:?}; shift ;;
-	--cpus) ncpu=${2:?}; shift ;;
-	--reps) reps=${2:?}; shift ;;
-	--seconds) secs=${2:?}; shift ;;
-	--warmup) warmup=${2:?}; shift ;;
-	--out) out=${2:?}; shift ;;
-	--policies) policies=${2:?}; shift ;;
-	--client) client=${2:?}; shift ;;
-	--rows) rows=${2:?}; shift ;;
-	--epoll-gather-us) egather=(--epoll-gather-us "${2:?}"); shift ;;
+	--bin) need "$@"; bin=$2; shift ;;
+	--shards) need "$@"; shards_list=$2; shift ;;
+	--cpus) need "$@"; ncpu=$2; shift ;;
+	--reps) need "$@"; reps=$2; shift ;;
+	--seconds) need "$@"; secs=$2; shift ;;
+	--warmup) need "$@"; warmup=$2; shift ;;
+	--out) need "$@"; out=$2; shift ;;
+	--policies) need "$@"; policies=$2; shift ;;
+	--client) need "$@"; client=$2; shift ;;
+	--rows) need "$@"; rows=$2; shift ;;
+	--epoll-gather-us) need "$@"; egather=(--epoll-gather-us "$2"); shift ;;
 	--allow-shared) shared=1 ;;
-	--client-from) cfrom=${2:?}; shift ;;
-	--max-seconds) maxs=${2:?}; shift ;;
+	--client-from) need "$@"; cfrom=$2; shift ;;
+	--max-seconds) need "$@"; maxs=$2; shift ;;
 	--report-only) report_only=1 ;;
 	-h | --help) usage; exit 0 ;;
 	*) echo "scaling.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
@@ -62,6 +64,16 @@ while [ $# -gt 0 ]; do
 	shift
 done
 [[ $ncpu =~ ^[1-9][0-9]*$ ]] || { echo "scaling.sh: --cpus must be a positive integer" >&2; exit 2; }
+# Checked here, not by the first compare.sh run after minutes of others ("abc: unbound
+# variable" for --reps abc).
+[[ $reps =~ ^[1-9][0-9]*$ ]] || { echo "scaling.sh: --reps must be a positive integer" >&2; exit 2; }
+[[ $secs =~ ^[0-9]*\.?[0-9]+$ ]] || { echo "scaling.sh: --seconds must be a number" >&2; exit 2; }
+[[ $warmup =~ ^[0-9]*\.?[0-9]+$ ]] || { echo "scaling.sh: --warmup must be a number" >&2; exit 2; }
+case $client in epoll | keel) ;; *) echo "scaling.sh: --client must be epoll or keel" >&2; exit 2 ;; esac
+IFS=, read -ra pol_check <<<"$policies"
+for p in "${pol_check[@]}"; do
+	case $p in block | spin) ;; *) echo "scaling.sh: --policies: '$p' is not block or spin" >&2; exit 2 ;; esac
+done
 [ -z "$cfrom" ] || [[ $cfrom =~ ^[1-9][0-9]*$ && $cfrom -lt $ncpu ]] ||
 	{ echo "scaling.sh: --client-from must be a CPU number from 1 to $((ncpu - 1))" >&2; exit 2; }
 [ -z "$maxs" ] || [[ $maxs =~ ^[1-9][0-9]*$ ]] || { echo "scaling.sh: --max-seconds must be a positive integer" >&2; exit 2; }
