@@ -636,8 +636,15 @@ load_marker(const char *dir)
 	snprintf(path, sizeof(path), "%s/marker", dir);
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd >= 0) {
+		int e;
+
 		n = read(fd, m, sizeof(m));
+		e = errno;
 		close(fd);
+		if (n < 0) { /* a directory, EIO: not a short file, which the advice is for */
+			fprintf(stderr, "keel-embed: reading %s: %s\n", path, strerror(e));
+			return -1;
+		}
 		if (n != (ssize_t)sizeof(m)) {
 			fprintf(stderr,
 				"keel-embed: %s holds %zd bytes, not 6: the data files' records "

@@ -819,6 +819,29 @@ Test(embed, a_missing_marker_is_named_at_start, .timeout = 120)
 	host_fini(&h);
 }
 
+/* A marker that cannot be read (a directory in its place) is said with the read's error:
+ * it read as "holds -1 bytes, not 6 ... restore it from a backup", the wrong cause and fix. */
+Test(embed, a_marker_that_cannot_be_read_is_said_with_its_error, .timeout = 60)
+{
+	struct host h;
+	char path[512], cmd[1024];
+	int st;
+
+	host_init(&h, "");
+	snprintf(path, sizeof(path), "%s/data/marker", h.dir);
+	cr_assert_eq(mkdir(path, 0755), 0);
+	snprintf(cmd, sizeof(cmd), "timeout 20 %s --config %s/host.conf --shards 1 2>%s",
+		 embed_bin(), h.dir, h.log);
+	st = system(cmd);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0, "status %#x", st);
+	h.log_text = slurp(h.log);
+	cr_assert(strstr(h.log_text, "marker: Is a directory") &&
+			  !strstr(h.log_text, "bytes, not 6"),
+		  "%s", h.log_text);
+	rmdir(path);
+	host_fini(&h);
+}
+
 /* A client that sends GETs of a large value and reads none of the replies: each read
  * took a buffer of twice the value (its length + 1, rounded up to a power of two) and 64
  * could be in progress per connection, their replies then held in its send queue, so one
