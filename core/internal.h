@@ -327,6 +327,10 @@ struct keel_runtime {
 	bool sig_listed;
 };
 
+/* signal.c: called before a second signal's _exit, which skips every destroy: the network
+ * removes the paths of its Unix listeners there (set by net/listen.c). */
+extern void (*_Atomic keel__before_fast_exit)(void);
+
 /* Current shard of this thread (NULL off-shard). */
 extern _Thread_local struct keel_shard *keel__cur __attribute__((tls_model("initial-exec")));
 

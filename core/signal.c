@@ -49,6 +49,8 @@ keel__signal_unlist(struct keel_runtime *rt)
 	pthread_mutex_unlock(&sig_lock);
 }
 
+void (*_Atomic keel__before_fast_exit)(void);
+
 /* A SIGINT/SIGTERM taken: the count of them since the list was last empty (the first stops
  * every listed runtime). */
 static unsigned
@@ -80,6 +82,8 @@ keel__signal_got(int sig, bool late)
 		return;
 	}
 	keel_log(KEEL_LOG_WARN, "core", "second signal: exiting now");
+	if (keel__before_fast_exit)
+		keel__before_fast_exit();
 	_exit(128 + sig);
 }
 

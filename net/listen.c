@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <linux/filter.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,6 +69,8 @@ struct keel_listener {
 	char *unix_path; /* the path keel bound (created), unlinked at destroy */
 	dev_t unix_dev;  /* ... and the inode it got, so only that file is unlinked */
 	ino_t unix_ino;
+	struct keel_listener *upath_next; /* upaths: listed while unix_path is keel's file */
+	bool upath_listed;
 	bool has_cfg;               /* opts.net was given: cfg is this listener's */
 	struct keel_net_config cfg; /* settings of the listener and its connections */
 	unsigned *queue_shard;
@@ -108,6 +111,56 @@ static int steer_attach(struct keel_listener *l);
 /* The stat of a Unix listener's path after its bind (net_internal.h): a pointer so tests can
  * play a path removed or unreadable in between. */
 int (*keel__unix_path_stat)(const char *path, struct stat *st) = stat;
+
+/* The listeners whose Unix path keel made: a second SIGINT/SIGTERM exits at once, skipping
+ * keel_listener_destroy, and left their socket files, so the next start failed with
+ * EADDRINUSE until someone removed them. */
+static pthread_mutex_t upaths_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct keel_listener *upaths;
+
+/* Remove @l's path if it is still the socket keel made (not a file put there since). */
+static void
+upath_unlink(const struct keel_listener *l)
+{
+	struct stat st;
+
+	if (stat(l->unix_path, &st) == 0 && st.st_dev == l->unix_dev && st.st_ino == l->unix_ino)
+		unlink(l->unix_path);
+}
+
+/* keel__before_fast_exit: every listed path goes. */
+static void
+upaths_unlink_all(void)
+{
+	pthread_mutex_lock(&upaths_lock);
+	for (struct keel_listener *l = upaths; l; l = l->upath_next)
+		upath_unlink(l);
+	pthread_mutex_unlock(&upaths_lock);
+}
+
+static void
+upath_list(struct keel_listener *l)
+{
+	pthread_mutex_lock(&upaths_lock);
+	l->upath_next = upaths;
+	upaths = l;
+	l->upath_listed = true;
+	keel__before_fast_exit = upaths_unlink_all;
+	pthread_mutex_unlock(&upaths_lock);
+}
+
+static void
+upath_unlist(struct keel_listener *l)
+{
+	pthread_mutex_lock(&upaths_lock);
+	for (struct keel_listener **pp = &upaths; *pp; pp = &(*pp)->upath_next)
+		if (*pp == l) {
+			*pp = l->upath_next;
+			break;
+		}
+	l->upath_listed = false;
+	pthread_mutex_unlock(&upaths_lock);
+}
 
 /* Remember @b, the first socket's bound address, when it names one IP address: then it is
  * every accepted connection's local address. A wildcard (0.0.0.0, ::) or a link-local
@@ -175,6 +228,7 @@ unix_listen(struct keel_listener *l, const struct keel_listen_opts *o,
 		}
 		l->unix_dev = st.st_dev;
 		l->unix_ino = st.st_ino;
+		upath_list(l);
 	}
 	if (listen(fd, o->backlog ? o->backlog : 4096) < 0) {
 		r = -errno;
@@ -1119,11 +1173,10 @@ keel_listener_destroy(struct keel_listener *l)
 			if (l->parts[i].fd >= 0)
 				close(l->parts[i].fd);
 	if (l->unix_path) {
-		struct stat st;
+		if (l->upath_listed)
+			upath_unlist(l);
 		/* Only the socket keel made: not a file someone put there since. */
-		if (stat(l->unix_path, &st) == 0 && st.st_dev == l->unix_dev &&
-		    st.st_ino == l->unix_ino)
-			unlink(l->unix_path);
+		upath_unlink(l);
 		free(l->unix_path);
 	}
 	free(l->parts);

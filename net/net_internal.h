@@ -270,6 +270,10 @@ extern _Atomic unsigned keel__pbuf_fail_wraps;
  * the kernel cannot allocate its poll entry; the count drops by one. */
 extern _Atomic unsigned keel__conn_fail_recv_async;
 
+/* core/signal.c (declared in core/internal.h too): called before a second signal's _exit;
+ * listen.c sets it to remove the paths of its Unix listeners. */
+extern void (*_Atomic keel__before_fast_exit)(void);
+
 struct stat;
 /* listen.c: the stat of a Unix listener's path right after its bind, which records the
  * socket file's identity (stat; tests: a path removed between the bind and the stat, or a

@@ -256,6 +256,38 @@ Test(net_opts, keel_echo_says_what_its_arguments_do)
 		  "%s", out);
 }
 
+/* A second SIGINT/SIGTERM exits at once, skipping every destroy: a Unix listener's socket
+ * file was left, and the next start failed with EADDRINUSE until it was removed. The
+ * program is stopped while both signals are sent, so that its shard reads them together
+ * (the second is then certainly "second", not one that came after a finished stop). */
+Test(net_opts, a_second_signal_leaves_no_unix_socket_behind)
+{
+	char out[16384], cmd[1536], path[108];
+	FILE *f;
+	size_t n;
+	int st;
+
+	snprintf(path, sizeof(path), "/tmp/keel-echo-2sig-%d.sock", (int)getpid());
+	unlink(path);
+	snprintf(cmd, sizeof(cmd),
+		 "o=$(mktemp); %s/keel-echo --addr unix:%s --port 0 --shards 1 --idle-poll-us 0 "
+		 ">\"$o\" 2>&1 </dev/null & p=$!; i=0; while [ $i -lt 600 ] && "
+		 "! grep -q 'listening on' \"$o\"; do sleep 0.1; i=$((i + 1)); done; "
+		 "kill -STOP $p; kill -INT $p; kill -TERM $p; kill -CONT $p; wait $p; s=$?; "
+		 "cat \"$o\"; rm -f \"$o\"; exit $s",
+		 KEEL_BIN_DIR, path);
+	f = popen(cmd, "r");
+	cr_assert_not_null(f);
+	n = fread(out, 1, sizeof(out) - 1, f);
+	out[n] = 0;
+	st = pclose(f);
+	cr_assert(WIFEXITED(st) &&
+			  (WEXITSTATUS(st) == 128 + SIGINT || WEXITSTATUS(st) == 128 + SIGTERM),
+		  "status %d: %s", st, out);
+	cr_assert(strstr(out, "second signal: exiting now"), "%s", out);
+	cr_assert(access(path, F_OK) < 0 && errno == ENOENT, "%s was left behind", path);
+}
+
 /* An empty vector (argc 0, argv[0] NULL): nothing parsed, nothing written past argv[0],
  * argc stays 0. */
 Test(net_opts, an_empty_vector_is_left_as_it_is)
