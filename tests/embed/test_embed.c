@@ -1447,37 +1447,49 @@ log_has(const struct host *h, const char *want)
 	return has;
 }
 
+/* A host started with a job gate (KEEL_EMBED_TEST_JOB_GATE, @gate in its directory) whose
+ * first checksum, of @kv (put first), a worker holds, and stopped with SIGTERM: returns the
+ * client's connection once the stop waits in the pool's drain for that job, the shards
+ * still serving. */
+static int
+stop_waiting_on_a_held_checksum(struct host *h, struct kv *kv, char *gate, size_t gatelen)
+{
+	int fd;
+
+	host_init(h, "");
+	snprintf(gate, gatelen, "%s/job-gate", h->dir); /* the suite's fini removes it */
+	fd = open(gate, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	cr_assert_geq(fd, 0, "%s: %s", gate, strerror(errno));
+	close(fd);
+	setenv("KEEL_EMBED_TEST_JOB_GATE", gate, 1);
+	host_start(h);
+	unsetenv("KEEL_EMBED_TEST_JOB_GATE");
+	kv->len = 5;
+	kv->val = (uint8_t *)strdup("value");
+	fd = test_connect(h->port);
+	put_all(fd, kv, 1);
+	req_send(fd, 'C', 1, kv->key, NULL, 0);
+	WAIT_FOR(log_has(h, "keel-embed: checksum job held by the test gate"),
+		 "the first checksum held in a worker");
+	kill(h->pid, SIGTERM);
+	WAIT_FOR(log_has(h, "keel-embed: stopping: 1 checksum job"),
+		 "the stop waiting for the held checksum");
+	return fd;
+}
+
 /* A checksum that comes while the host is stopping, after the signal thread closed the
  * worker pool and before it stops keel, is answered BUSY ("worker pool is stopping": status
- * 4, worth sending again), neither run nor left unanswered. A job gate
- * (KEEL_EMBED_TEST_JOB_GATE) holds the first checksum in a worker, so the stop certainly
- * waits in the pool's drain, with the shards serving, while the second one comes. */
+ * 4, worth sending again), neither run nor left unanswered. A job gate holds the first
+ * checksum in a worker, so the stop certainly waits in the pool's drain, with the shards
+ * serving, while the second one comes. */
 Test(embed, a_checksum_that_comes_while_stopping_is_answered_busy, .timeout = 120)
 {
 	struct kv kv = { .key = "sum-at-stop" };
 	struct host h;
 	struct reply r;
 	char gate[96];
-	int fd;
+	int fd = stop_waiting_on_a_held_checksum(&h, &kv, gate, sizeof(gate));
 
-	host_init(&h, "");
-	snprintf(gate, sizeof(gate), "%s/job-gate", h.dir); /* the suite's fini removes it */
-	fd = open(gate, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-	cr_assert_geq(fd, 0, "%s: %s", gate, strerror(errno));
-	close(fd);
-	setenv("KEEL_EMBED_TEST_JOB_GATE", gate, 1);
-	host_start(&h);
-	unsetenv("KEEL_EMBED_TEST_JOB_GATE");
-	kv.len = 5;
-	kv.val = (uint8_t *)strdup("value");
-	fd = test_connect(h.port);
-	put_all(fd, &kv, 1);
-	req_send(fd, 'C', 1, kv.key, NULL, 0);
-	WAIT_FOR(log_has(&h, "keel-embed: checksum job held by the test gate"),
-		 "the first checksum held in a worker");
-	kill(h.pid, SIGTERM);
-	WAIT_FOR(log_has(&h, "keel-embed: stopping: 1 checksum job"),
-		 "the stop waiting for the held checksum");
 	req_send(fd, 'C', 2, kv.key, NULL, 0);
 	cr_assert(reply_recv(fd, &r), "no reply to the checksum sent during the stop");
 	cr_assert_eq(r.id, 2, "reply for id %u (status %u, %s) before the one sent at the stop",
@@ -1515,26 +1527,8 @@ Test(embed, a_second_signal_ends_a_stop_that_waits, .timeout = 120)
 	struct kv kv = { .key = "sum-held" };
 	struct host h;
 	char gate[96];
-	int fd;
+	int fd = stop_waiting_on_a_held_checksum(&h, &kv, gate, sizeof(gate));
 
-	host_init(&h, "");
-	snprintf(gate, sizeof(gate), "%s/job-gate", h.dir); /* the suite's fini removes it */
-	fd = open(gate, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-	cr_assert_geq(fd, 0, "%s: %s", gate, strerror(errno));
-	close(fd);
-	setenv("KEEL_EMBED_TEST_JOB_GATE", gate, 1);
-	host_start(&h);
-	unsetenv("KEEL_EMBED_TEST_JOB_GATE");
-	kv.len = 5;
-	kv.val = (uint8_t *)strdup("value");
-	fd = test_connect(h.port);
-	put_all(fd, &kv, 1);
-	req_send(fd, 'C', 1, kv.key, NULL, 0);
-	WAIT_FOR(log_has(&h, "keel-embed: checksum job held by the test gate"),
-		 "the checksum held in a worker");
-	kill(h.pid, SIGTERM);
-	WAIT_FOR(log_has(&h, "keel-embed: stopping: 1 checksum job"),
-		 "the stop waiting for the held checksum");
 	kill(h.pid, SIGTERM);
 	host_wait_exit(&h, 128 + SIGTERM);
 	cr_assert_not_null(strstr(h.log_text, "second signal: exiting now"), "%s", h.log_text);
