@@ -112,10 +112,10 @@ _Atomic unsigned keel__fault_probe_submit;
 #endif
 
 /* Submit the one SQE a probe prepared on @ring and wait for its result (*res, and its
- * completion's flags in *flags when not NULL). A submit
- * that fails is no verdict on the feature: a shortage (-EAGAIN, -ENOMEM: memory pressure
- * at the first start) is noted, so that the probe is made again rather than cache the
- * feature as missing; a signal's interruption is waited through. False: no result. */
+ * completion's flags in *flags when not NULL). A submit that fails is no verdict on the
+ * feature: a shortage (-EAGAIN, -ENOMEM: memory pressure at the first start) is noted, so
+ * that the probe is made again rather than cache the feature as missing; a signal's
+ * interruption is waited through. False: no result. */
 static bool
 probe_submit(struct io_uring *ring, int *res, unsigned *flags)
 {

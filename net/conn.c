@@ -1758,12 +1758,6 @@ rst_cb(struct keel_op *op, int res, uint32_t flags)
 	conn_check(c);
 }
 
-/* Release the descriptor. A direct one goes through the ring (IORING_OP_CLOSE on the
- * fixed slot, Linux 5.15, older than the sparse tables direct_fd needs): no system call
- * of its own, and its completion comes before on_close, so the slot is free again by
- * then. Without an SQE (the ring failed, logged) the slot is released synchronously. A
- * reset (c->rst) sets SO_LINGER {1, 0} first, so that the close sends a RST and drops
- * what the socket still holds. */
 /* A reset that could not be made (@why): the connection ends with a FIN, which a peer
  * may read as a whole reply after a cut one. Said once per process, as rst_cb does. */
 static void
@@ -1778,6 +1772,12 @@ rst_lost(struct keel_conn *c, const char *why)
 			 c->ns->id, why);
 }
 
+/* Release the descriptor. A direct one goes through the ring (IORING_OP_CLOSE on the
+ * fixed slot, Linux 5.15, older than the sparse tables direct_fd needs): no system call
+ * of its own, and its completion comes before on_close, so the slot is free again by
+ * then. Without an SQE (the ring failed, logged) the slot is released synchronously. A
+ * reset (c->rst) sets SO_LINGER {1, 0} first, so that the close sends a RST and drops
+ * what the socket still holds. */
 static void
 fd_release(struct keel_conn *c)
 {
