@@ -1114,10 +1114,6 @@ static void kick(struct aof *a);
 static void rw_dir_sync(struct aof *a);
 static int rw_begin(struct aof *a, bool *wrote);
 
-/* Apply the records of file @l whose keys this shard (@self) owns to @db, reading it a
- * window at a time (load_window; a record larger than the window in one of its size):
- * every shard reads every file, as a key's owner may change between runs. @argv / @cap:
- * the parser's argument array, kept from file to file. Returns 0 or -errno. */
 /* A stop came while the shards load: a SIGINT or SIGTERM, which the runtime blocks on every
  * thread, is read by a shard's loop, and none has begun while every shard loads (it waits
  * pending, seen here), or one that finished its load read it (keel_stop_requested), as
@@ -1145,6 +1141,10 @@ load_interrupted(void)
 	return 0;
 }
 
+/* Apply the records of file @l whose keys this shard (@self) owns to @db, reading it a
+ * window at a time (load_window; a record larger than the window in one of its size):
+ * every shard reads every file, as a key's owner may change between runs. @argv / @cap:
+ * the parser's argument array, kept from file to file. Returns 0 or -errno. */
 static int
 replay_file(struct kv_db *db, unsigned self, const struct loaded *l, struct resp_arg **argv,
 	    unsigned *cap)
