@@ -220,10 +220,18 @@ keel__je_registered_init(struct keel_alloc *a)
 	cfg.metadata_use_hooks = false;
 	r = a->je->mallctl_fn("experimental.arenas_create_ext", &a->reg_arena, &sz, &cfg,
 			      sizeof(cfg));
-	if (r) /* an older jemalloc: metadata then lives in the regions too */
+	/* Only a jemalloc without the call (older than 5.3: ENOENT) falls back, and its
+	 * metadata then lives in the regions too; any other refusal (EAGAIN: no arena left)
+	 * fell back silently, metadata counted against the registered memory. */
+	if (r == ENOENT)
 		r = a->je->mallctl_fn("arenas.create", &a->reg_arena, &sz, &hp, sizeof(hp));
-	if (r)
+	if (r) {
+		keel__alloc_log(
+			KEEL_ALLOC_LOG_ERROR,
+			"jemalloc could not create the registered arena (%s): %s", strerror(r),
+			r == EAGAIN ? "it has no arena left (4,095 at most)" : "its own error");
 		return -r;
+	}
 	/* No decay work: nothing is ever purged. Grow no further than a region at a time (an
 	 * extent larger than a region cannot be carved: without the limit a 64 MiB cap of 4 MiB
 	 * regions held 34 buffers of 1 MiB, against 45 with it). */

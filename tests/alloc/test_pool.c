@@ -339,14 +339,16 @@ Test(alloc_pool, a_failed_prefault_at_create_says_the_allocator_is_not_made)
 	cr_assert_eq(logcap_count(&cap, "not created"), 1, "log: %s", cap.text);
 }
 
-/* jemalloc's entry points with one mallctl key refused, as a jemalloc without it would. */
+/* jemalloc's entry points with one mallctl key refused, as a jemalloc without it would
+ * (refused_err: ENOENT, or another error). */
 static const char *refused_key;
+static int refused_err = ENOENT;
 
 static int
 refusing_mallctl(const char *name, void *oldp, size_t *oldlenp, void *newp, size_t newlen)
 {
 	if (refused_key && strstr(name, refused_key))
-		return ENOENT;
+		return refused_err;
 	return mallctl(name, oldp, oldlenp, newp, newlen);
 }
 
@@ -386,5 +388,33 @@ Test(alloc_pool, a_registered_arena_setting_jemalloc_refuses_fails_the_create)
 	r = keel_alloc_create(&c, &a);
 	cr_assert_eq(r, 0, "%s", strerror(-r));
 	keel_alloc_destroy(a);
+	keel_alloc_log_set(NULL, NULL);
+}
+
+/* The registered arena comes from experimental.arenas_create_ext (metadata out of the
+ * registered regions); only a jemalloc without that call (ENOENT) falls back to
+ * arenas.create. Any other refusal (EAGAIN: no arena left) fell back too, silently. */
+Test(alloc_pool, only_a_jemalloc_without_arenas_create_ext_falls_back)
+{
+	struct keel_alloc_config c =
+		test_alloc_config(KEEL_ALLOC_BACKEND_JEMALLOC, 64 * MiB, 4 * MiB);
+	struct keel_alloc *a = NULL;
+	char line[512];
+	int r;
+
+	keel__alloc_set_jemalloc(&refusing_je);
+	keel_alloc_log_set(logcap_alloc_hook, &cap);
+	refused_key = "arenas_create_ext";
+	refused_err = ENOENT; /* an older jemalloc: the fallback */
+	r = keel_alloc_create(&c, &a);
+	cr_assert_eq(r, 0, "%s", strerror(-r));
+	keel_alloc_destroy(a);
+	refused_err = EAGAIN;
+	r = keel_alloc_create(&c, &a);
+	cr_assert_eq(r, -EAGAIN, "create gave %d", r);
+	logcap_line(&cap, "registered arena", line, sizeof(line));
+	cr_assert(strstr(line, "no arena left"), "log: %s", cap.text);
+	refused_key = NULL;
+	refused_err = ENOENT;
 	keel_alloc_log_set(NULL, NULL);
 }
