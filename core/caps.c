@@ -273,7 +273,10 @@ probe(struct keel_caps *c)
 	c->sparse_files = reg_ok(io_uring_register_files_sparse(&ring, 1));
 	c->pbuf_inc = probe_pbuf_inc(&ring);
 	c->zc_report_usage = probe_zc_report(c, &ring);
-	c->cancel_any = probe_cancel_any(&ring);
+	/* After a probe whose submit failed, its SQE may still wait in the ring: the next
+	 * submit would send it too (a SEND_ZC on a closed descriptor's number) and read its
+	 * completion for the cancel's. The probe is short then, made again, so none is made. */
+	c->cancel_any = !probe_short && probe_cancel_any(&ring);
 	io_uring_queue_exit(&ring);
 
 	setup_ok(0, &c->ring_features);

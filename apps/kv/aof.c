@@ -34,6 +34,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <keel/keel.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -1180,7 +1181,11 @@ replay_file(struct kv_db *db, unsigned self, const struct loaded *l, struct resp
 			long n;
 
 			while ((n = resp_parse(buf + off, blen - off, &req)) == RESP_NEED_ARGV) {
-				struct resp_arg *g = realloc(*argv, req.need * sizeof(*g));
+				/* Only ever grows (parse_grow's rule): a realloc to 0 would
+				 * free the array *argv still names. */
+				struct resp_arg *g = req.need > *cap && req.need <= INT_MAX
+							     ? realloc(*argv, req.need * sizeof(*g))
+							     : NULL;
 				if (!g) {
 					n = -ENOMEM;
 					break;

@@ -291,8 +291,11 @@ sendbench(int argc, char **argv)
 		return 1;
 	}
 	r = keel_run(&o, b_start, NULL);
-	/* A sender that failed before it connected leaves the sink in accept(): woken. */
-	shutdown(g_lfd, SHUT_RDWR);
+	/* A sender that failed before it connected leaves the sink in accept(): woken. Only
+	 * then: a shutdown drops a connection still in the accept queue, which a sender that
+	 * finished before the sink's accept() leaves there. */
+	if (r < 0)
+		shutdown(g_lfd, SHUT_RDWR);
 	pthread_join(th, NULL);
 	close(g_lfd);
 	if (r < 0) {

@@ -533,9 +533,10 @@ run_argv(const struct plan_step *s, const char *ctx, char *outbuf, size_t outlen
 	}
 	while (waitpid(pid, &st, 0) < 0) {
 		if (errno != EINTR) {
-			fprintf(stderr, "keel-topo: waiting for %s: %s\n", argv[0],
-				strerror(errno));
-			return -errno;
+			int e = errno;
+
+			fprintf(stderr, "keel-topo: waiting for %s: %s\n", argv[0], strerror(e));
+			return -e;
 		}
 	}
 	if (WIFSIGNALED(st)) {
