@@ -863,9 +863,9 @@ pool_start(unsigned n)
 	return 0;
 }
 
-/* Refuse new jobs, let the workers finish the queued ones, join them. Called by the signal
- * thread, by every shard's stop hook and by main(); the first joins, the others wait for
- * it (stop_mu), so no worker still reads shard memory when a call returns. */
+/* Refuse new jobs, let the workers finish the queued ones, join them. Called by the stop's
+ * thread (the first signal's), by every shard's stop hook and by main(); the first joins, the
+ * others wait for it (stop_mu), so no worker still reads shard memory when a call returns. */
 static void
 pool_stop(void)
 {
@@ -1511,6 +1511,10 @@ shard_start(void *app)
 static sigset_t stop_set;
 
 static _Atomic bool host_done; /* main: the runtime ended; the signal thread returns */
+/* The listener's Unix path ("addr unix:/path"): a second signal's _exit skips the
+ * listener's destroy, which removes it, so the exit does (the next start would fail with
+ * EADDRINUSE). */
+static char unix_path[108];
 
 /* The first signal's stop: drain the workers, then stop keel. */
 static void *
@@ -1543,6 +1547,8 @@ signal_thread(void *arg)
 			ssize_t w = write(2, m, sizeof(m) - 1);
 
 			(void)w;
+			if (unix_path[0])
+				unlink(unix_path);
 			_exit(128 + sig);
 		}
 		stopping = true;
@@ -1615,6 +1621,8 @@ main(int argc, char **argv)
 		goto destroy;
 	}
 	lo.addr = cfg.addr;
+	if (!strncmp(cfg.addr, "unix:/", 6) && strlen(cfg.addr + 5) < sizeof(unix_path))
+		memcpy(unix_path, cfg.addr + 5, strlen(cfg.addr + 5) + 1);
 	lo.port = (uint16_t)cfg.port;
 	lo.rt = rt;
 	rc = keel_listener_create(&lo, keel_runtime_shard_count(rt), &conn_ops, NULL, &listener);

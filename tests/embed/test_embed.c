@@ -1477,7 +1477,7 @@ stop_waiting_on_a_held_checksum(struct host *h, struct kv *kv, char *gate, size_
 	return fd;
 }
 
-/* A checksum that comes while the host is stopping, after the signal thread closed the
+/* A checksum that comes while the host is stopping, after the stop's thread closed the
  * worker pool and before it stops keel, is answered BUSY ("worker pool is stopping": status
  * 4, worth sending again), neither run nor left unanswered. A job gate holds the first
  * checksum in a worker, so the stop certainly waits in the pool's drain, with the shards
@@ -1520,7 +1520,7 @@ Test(embed, a_checksum_that_comes_while_stopping_is_answered_busy, .timeout = 12
 }
 
 /* A second SIGTERM while the stop waits for a checksum a worker holds (the job gate)
- * exits at once (128 + 15), saying what it drops: it was ignored, the signal thread
+ * exits at once (128 + 15), saying what it drops: it was ignored, the signal thread then
  * waiting in the pool's drain, and only SIGKILL ended such a host. */
 Test(embed, a_second_signal_ends_a_stop_that_waits, .timeout = 120)
 {
@@ -1535,6 +1535,41 @@ Test(embed, a_second_signal_ends_a_stop_that_waits, .timeout = 120)
 	unlink(gate);
 	close(fd);
 	free(kv.val);
+	host_fini(&h);
+}
+
+/* A second signal's exit removes the listener's Unix path ("addr unix:PATH"): it skipped
+ * the listener's destroy, which does, and the next start failed with EADDRINUSE. The host
+ * is stopped while both signals are sent, so that its signal thread takes them together. */
+Test(embed, a_second_signal_leaves_no_unix_socket_behind, .timeout = 60)
+{
+	char conf[160], sock[160], cmd[1024];
+	struct host h;
+	FILE *f;
+	int st;
+
+	host_init(&h, "");
+	snprintf(conf, sizeof(conf), "%s/unix.conf", h.dir);
+	snprintf(sock, sizeof(sock), "%s/sock", h.dir);
+	f = fopen(conf, "w");
+	cr_assert_not_null(f);
+	fprintf(f, "dir %s/data\naddr unix:%s\nport 0\nworkers 1\n", h.dir, sock);
+	fclose(f);
+	snprintf(cmd, sizeof(cmd),
+		 "%s --config %s --shards 1 --idle-poll-us 0 >%s 2>&1 </dev/null & p=$!; i=0; "
+		 "while [ $i -lt 600 ] && ! grep -q 'listening on' %s; do sleep 0.1; "
+		 "i=$((i + 1)); done; kill -STOP $p; kill -INT $p; kill -TERM $p; kill -CONT $p; "
+		 "wait $p",
+		 embed_bin(), conf, h.log, h.log);
+	st = system(cmd);
+	h.log_text = slurp(h.log);
+	if (access(sock, F_OK) == 0) {
+		unlink(sock);
+		cr_assert_fail("%s was left behind: %s", sock, h.log_text);
+	}
+	cr_assert(WIFEXITED(st) && (WEXITSTATUS(st) == 128 + SIGINT ||
+				    WEXITSTATUS(st) == 128 + SIGTERM || WEXITSTATUS(st) == 0),
+		  "status %#x: %s", st, h.log_text);
 	host_fini(&h);
 }
 
