@@ -290,8 +290,6 @@ Test(net_limits, a_close_before_the_header_is_bounded_by_what_the_header_timeout
 	cr_assert_eq(srv_stop(&s), 0);
 }
 
-/* header_bytes 0 means 1 (a first-byte timeout): a connection that sent a byte is past its
- * header and stays served when the silent one beside it is closed. */
 /* The time a close is given by a header timeout a program set to UINT64_MAX (the option
  * stops at a day; keel_net_config_check lets it through): what is left, not the 1 ms floor
  * a wrapped end gave, which aborted the close with -ETIMEDOUT. */
@@ -314,6 +312,8 @@ Test(net_limits, a_header_timeout_of_uint64_max_leaves_a_close_its_time)
 	cr_assert_eq(keel__lim_header_end(&l, KEEL_MS(5040)), KEEL_MS(60));
 }
 
+/* header_bytes 0 means 1 (a first-byte timeout): a connection that sent a byte is past its
+ * header and stays served when the silent one beside it is closed. */
 Test(net_limits, header_bytes_zero_is_a_first_byte_timeout)
 {
 	struct keel_net_config nc;
