@@ -124,6 +124,25 @@ Test(tools_bench_proto, histogram_percentiles_are_within_a_bucket)
 	free(h);
 }
 
+/* xshard's samples past its cap: a run longer than the cap kept only its first 4 Mi, so the
+ * percentiles said nothing of the rest. A reservoir of 1,000 of 100,000 rising values now
+ * has its median near the run's (50,000), where the first 1,000 had it at 500. */
+Test(tools_bench_proto, a_reservoir_keeps_samples_from_the_whole_run)
+{
+	static uint64_t kept[1000];
+	struct bench_reservoir r = { .v = kept, .cap = 1000 };
+	uint64_t med;
+
+	for (uint64_t x = 0; x < 100000; x++)
+		bench_reservoir_add(&r, x);
+	cr_assert_eq(r.n, 1000);
+	cr_assert_eq(r.seen, 100000);
+	med = bench_percentile(kept, r.n, 50);
+	cr_assert(med > 45000 && med < 55000, "median of the kept samples %llu",
+		  (unsigned long long)med);
+	cr_assert_gt(bench_percentile(kept, r.n, 99), 95000);
+}
+
 /* Nearest rank: p99.9 of 1,600 samples is the 1,599th (ceil(1598.4)); the 1,598th would
  * leave only 99.875 % of the samples at or below it. */
 Test(tools_bench_proto, histogram_percentiles_take_the_nearest_rank)

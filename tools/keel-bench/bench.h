@@ -27,6 +27,16 @@ int bench_pin(int cpu);
 /* Percentile @p (0..100) of @n samples (sorted in place). */
 uint64_t bench_percentile(uint64_t *v, size_t n, double p);
 
+/* Up to @cap samples of a run that may give more (v: @cap entries the caller allocates):
+ * past the cap each new sample replaces a kept one with probability cap/seen (reservoir
+ * sampling, a fixed seed), so the percentiles describe the whole run, not its first part. */
+struct bench_reservoir {
+	uint64_t *v;
+	size_t n, cap;
+	uint64_t seen, rng;
+};
+void bench_reservoir_add(struct bench_reservoir *r, uint64_t x);
+
 /* The nearest rank of percentile @p (0..100, to 0.001) among @n samples: the smallest k with
  * k >= p % of n, at least 1 (0 for no samples). In integers, so 99.9 % of 21 M samples is
  * not one off for a rounding of the product. */

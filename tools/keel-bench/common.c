@@ -140,6 +140,26 @@ bench_rank(double p, uint64_t n)
 	return rank < 1 ? 1 : rank > n ? n : rank;
 }
 
+void
+bench_reservoir_add(struct bench_reservoir *r, uint64_t x)
+{
+	uint64_t j;
+
+	r->seen++;
+	if (r->n < r->cap) {
+		r->v[r->n++] = x;
+		return;
+	}
+	if (!r->rng)
+		r->rng = 0x9e3779b97f4a7c15ull;
+	r->rng ^= r->rng << 13; /* xorshift64 */
+	r->rng ^= r->rng >> 7;
+	r->rng ^= r->rng << 17;
+	j = r->rng % r->seen;
+	if (j < r->cap)
+		r->v[j] = x;
+}
+
 bool
 bench_parse_u64(const char *v, uint64_t lo, uint64_t hi, uint64_t *out)
 {

@@ -43,9 +43,12 @@ struct result {
 	uint64_t rtt_samples, wake_samples;
 };
 
+/* A measurement's samples after its warm-up: at most MAX_SAMPLES kept, spread over the
+ * whole window (a long run kept only its first 4 Mi, and the percentiles said nothing of
+ * the rest). */
 struct samples {
-	uint64_t *v;
-	size_t n, seen;
+	struct bench_reservoir r;
+	size_t seen;
 };
 
 static void
@@ -53,8 +56,7 @@ sample_add(struct samples *s, uint64_t ns)
 {
 	if (s->seen++ < WARMUP)
 		return;
-	if (s->n < MAX_SAMPLES)
-		s->v[s->n++] = ns;
+	bench_reservoir_add(&s->r, ns);
 }
 
 struct xs {
@@ -475,12 +477,12 @@ static void
 summarise(struct result *r, struct samples *rtt, struct samples *wake, uint64_t count, uint64_t ns)
 {
 	r->msgs_per_sec = ns ? (double)count * 1e9 / (double)ns : 0;
-	r->rtt_samples = rtt->n;
-	r->wake_samples = wake->n;
-	r->rtt_p50_us = (double)bench_percentile(rtt->v, rtt->n, 50) / 1000.0;
-	r->rtt_p99_us = (double)bench_percentile(rtt->v, rtt->n, 99) / 1000.0;
-	r->wake_rtt_p50_us = (double)bench_percentile(wake->v, wake->n, 50) / 1000.0;
-	r->wake_rtt_p99_us = (double)bench_percentile(wake->v, wake->n, 99) / 1000.0;
+	r->rtt_samples = rtt->r.n;
+	r->wake_samples = wake->r.n;
+	r->rtt_p50_us = (double)bench_percentile(rtt->r.v, rtt->r.n, 50) / 1000.0;
+	r->rtt_p99_us = (double)bench_percentile(rtt->r.v, rtt->r.n, 99) / 1000.0;
+	r->wake_rtt_p50_us = (double)bench_percentile(wake->r.v, wake->r.n, 50) / 1000.0;
+	r->wake_rtt_p99_us = (double)bench_percentile(wake->r.v, wake->r.n, 99) / 1000.0;
 }
 
 static void
@@ -598,11 +600,12 @@ bench_xshard(int argc, char **argv)
 	x->ack_every = x->window / 2 < ACK_EVERY ? x->window / 2 : ACK_EVERY;
 	if (!x->ack_every)
 		x->ack_every = 1;
-	x->rtt.v = malloc(MAX_SAMPLES * sizeof(uint64_t));
-	x->wake.v = malloc(MAX_SAMPLES * sizeof(uint64_t));
-	brtt.v = malloc(MAX_SAMPLES * sizeof(uint64_t));
-	bwake.v = malloc(MAX_SAMPLES * sizeof(uint64_t));
-	if (!x->rtt.v || !x->wake.v || !brtt.v || !bwake.v) {
+	x->rtt.r.v = malloc(MAX_SAMPLES * sizeof(uint64_t));
+	x->wake.r.v = malloc(MAX_SAMPLES * sizeof(uint64_t));
+	brtt.r.v = malloc(MAX_SAMPLES * sizeof(uint64_t));
+	bwake.r.v = malloc(MAX_SAMPLES * sizeof(uint64_t));
+	x->rtt.r.cap = x->wake.r.cap = brtt.r.cap = bwake.r.cap = MAX_SAMPLES;
+	if (!x->rtt.r.v || !x->wake.r.v || !brtt.r.v || !bwake.r.v) {
 		fprintf(stderr, "keel-bench xshard: out of memory\n");
 		goto out;
 	}
@@ -715,10 +718,10 @@ bench_xshard(int argc, char **argv)
 out:
 	bq_fini(&b->q01);
 	bq_fini(&b->q10);
-	free(x->rtt.v);
-	free(x->wake.v);
-	free(brtt.v);
-	free(bwake.v);
+	free(x->rtt.r.v);
+	free(x->wake.r.v);
+	free(brtt.r.v);
+	free(bwake.r.v);
 	free(x);
 	free(b);
 	return status;
