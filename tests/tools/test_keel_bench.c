@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
@@ -615,6 +616,37 @@ Test(tools_bench, bad_options_exit_2_naming_them)
 		cr_expect(strstr(out, cases[i].names), "%s:\n%s", cases[i].args, out);
 		free(out);
 	}
+}
+
+/* The epoll client's connect is bounded as the keel client's is (BENCH_CONNECT_MS, 10 s):
+ * against a server whose listen backlog is full (backlog 0, one connection queued and never
+ * accepted) the SYNs are dropped, and the kernel's retries held the run about two minutes
+ * before connect failed. */
+Test(tools_bench, an_epoll_client_connect_that_gets_no_answer_fails_in_time)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	socklen_t al = sizeof(a);
+	struct timespec ts0, ts1;
+	int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), filler, r;
+	char args[256], *out;
+
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert(l >= 0 && bind(l, (struct sockaddr *)&a, sizeof(a)) == 0 && listen(l, 0) == 0 &&
+		  getsockname(l, (struct sockaddr *)&a, &al) == 0);
+	filler = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert(filler >= 0 && connect(filler, (struct sockaddr *)&a, sizeof(a)) == 0);
+	snprintf(args, sizeof(args),
+		 "pingpong --client epoll --port %u --conns 2 --seconds 0.2 --warmup 0",
+		 ntohs(a.sin_port));
+	clock_gettime(CLOCK_MONOTONIC, &ts0);
+	r = bench_once(args, &out);
+	clock_gettime(CLOCK_MONOTONIC, &ts1);
+	cr_assert_neq(r, 0, "%s", out);
+	cr_assert(strstr(out, "no answer within 10000 ms"), "%s", out);
+	cr_assert_lt(ts1.tv_sec - ts0.tv_sec, 60, "the connect was not bounded");
+	free(out);
+	close(filler);
+	close(l);
 }
 
 /* ---- the keel backend: the same runs ---- */

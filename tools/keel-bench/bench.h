@@ -27,6 +27,9 @@ int bench_pin(int cpu);
 /* Percentile @p (0..100) of @n samples (sorted in place). */
 uint64_t bench_percentile(uint64_t *v, size_t n, double p);
 
+/* How long a client's connect may take (both clients): past it the run fails, naming it. */
+#define BENCH_CONNECT_MS 10000u
+
 /* Up to @cap samples of a run that may give more (v: @cap entries the caller allocates):
  * past the cap each new sample replaces a kept one with probability cap/seen (reservoir
  * sampling, a fixed seed), so the percentiles describe the whole run, not its first part. */

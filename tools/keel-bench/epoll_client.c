@@ -31,6 +31,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "backend.h"
@@ -107,19 +108,32 @@ add_fd(struct cthread *t, struct cconn *c, uint32_t events)
 	return 0;
 }
 
-/* A blocking connect for held connections, then non-blocking from there on. */
+/* A blocking connect for held connections, bounded by BENCH_CONNECT_MS as the keel client's
+ * is (a server whose listen backlog is full drops the SYNs, and the kernel's retries took
+ * about two minutes), then non-blocking from there on. */
 static int
 open_held(struct cthread *t, struct cconn *c)
 {
 	const struct bench_cfg *cfg = t->cl->cfg;
+	struct timeval to = { BENCH_CONNECT_MS / 1000, (BENCH_CONNECT_MS % 1000) * 1000 };
 	int one = 1;
 
 	c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (c->fd < 0)
 		return fail(t, -errno, "socket: %s (raise ulimit -n?)", strerror(errno));
-	if (connect(c->fd, (const struct sockaddr *)&cfg->addr, sizeof(cfg->addr)) < 0)
+	if (setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &to, sizeof(to)) < 0)
+		return fail(t, -errno, "SO_SNDTIMEO: %s", strerror(errno));
+	if (connect(c->fd, (const struct sockaddr *)&cfg->addr, sizeof(cfg->addr)) < 0) {
+		if (errno == EINPROGRESS || errno == EAGAIN)
+			return fail(
+				t, -ETIMEDOUT,
+				"connect to %s:%u: no answer within %u ms (a server that accepts "
+				"no more: its listen backlog full?)",
+				inet_ntoa(cfg->addr.sin_addr), ntohs(cfg->addr.sin_port),
+				BENCH_CONNECT_MS);
 		return fail(t, -errno, "connect to %s:%u: %s", inet_ntoa(cfg->addr.sin_addr),
 			    ntohs(cfg->addr.sin_port), strerror(errno));
+	}
 	/* A blocking socket would hang the thread at its first read; no TCP_NODELAY would
 	 * measure Nagle's delays: either fails the run. */
 	if (setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0 ||

@@ -56,7 +56,7 @@
  */
 #define SENDQ (4u * 1024u * 1024u)
 /* Connect timeout: a server that never answers fails the run instead of hanging it. */
-#define CONNECT_MS 10000u
+#define CONNECT_MS BENCH_CONNECT_MS
 /* Buffer memory per shard: the receive rings need a few MiB. */
 #define SHARD_MEMORY (64ull << 20)
 
