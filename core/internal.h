@@ -16,6 +16,7 @@
 #include <liburing.h>
 
 #include "coalesce.h"
+#include "hooks.h"
 
 #define KEEL_CACHELINE 64
 
@@ -327,24 +328,8 @@ struct keel_runtime {
 	bool sig_listed;
 };
 
-/* signal.c: called before a second signal's _exit, which skips every destroy: the network
- * removes the paths of its Unix listeners there (set by net/listen.c). */
-extern void (*_Atomic keel__before_fast_exit)(void);
-
 /* Current shard of this thread (NULL off-shard). */
 extern _Thread_local struct keel_shard *keel__cur __attribute__((tls_model("initial-exec")));
-
-/* Test hooks: take one from the countdown @c; true when it was not yet 0 (inject). */
-static inline bool
-keel__fault_take(_Atomic unsigned *c)
-{
-	unsigned n = atomic_load_explicit(c, memory_order_relaxed);
-
-	while (__builtin_expect(n != 0, 0))
-		if (atomic_compare_exchange_weak(c, &n, n - 1))
-			return true;
-	return false;
-}
 
 static inline struct keel_shard *
 cur_shard(const char *fn)

@@ -317,7 +317,7 @@ recv_arm(struct keel_conn *c)
 		if (ns->f_bundle)
 			sqe->ioprio |= IORING_RECVSEND_BUNDLE;
 		sqe->flags |= IOSQE_BUFFER_SELECT;
-		if (__builtin_expect(keel__net_fault_take(&keel__conn_fail_recv_async), 0))
+		if (__builtin_expect(keel__fault_take(&keel__conn_fail_recv_async), 0))
 			sqe->flags |= IOSQE_ASYNC;
 		/* c->bulk is set only once the bulk ring exists (bulk_note). */
 		c->rx_bulk = c->bulk;

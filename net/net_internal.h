@@ -12,6 +12,8 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+#include "../core/hooks.h"
+
 #define NET_MOD "net"
 /* Receive buffers the TCP ring starts with in the kernel's hands (pbuf.c, warm reuse). */
 #define NET_RX_WINDOW 16
@@ -251,28 +253,12 @@ keel__slice_follows(const struct keel_slice *t, const struct keel_slice *s)
 	       s->len <= UINT32_MAX - t->len;
 }
 
-/* Test hooks: take one from the countdown @c; true when it was not yet 0 (inject). */
-static inline bool
-keel__net_fault_take(_Atomic unsigned *c)
-{
-	unsigned n = atomic_load_explicit(c, memory_order_relaxed);
-
-	while (__builtin_expect(n != 0, 0))
-		if (atomic_compare_exchange_weak(c, &n, n - 1))
-			return true;
-	return false;
-}
-
 /* Fault injection for tests: the next this-many buffer wraps in keel__pbuf_take fail
  * with -ENOMEM (as keel_buf_wrap does when no buffer header can be allocated). */
 extern _Atomic unsigned keel__pbuf_fail_wraps;
 /* ... while non-zero, each TCP receive armed goes to io-wq (IOSQE_ASYNC), as one does when
  * the kernel cannot allocate its poll entry; the count drops by one. */
 extern _Atomic unsigned keel__conn_fail_recv_async;
-
-/* core/signal.c (declared in core/internal.h too): called before a second signal's _exit;
- * listen.c sets it to remove the paths of its Unix listeners. */
-extern void (*_Atomic keel__before_fast_exit)(void);
 
 struct stat;
 /* listen.c: the stat of a Unix listener's path right after its bind, which records the

@@ -295,7 +295,7 @@ wrap(struct pbuf_ring *r, uint16_t bid, struct keel_slice *out)
 {
 	int ret;
 
-	if (keel__net_fault_take(&keel__pbuf_fail_wraps))
+	if (keel__fault_take(&keel__pbuf_fail_wraps))
 		return -ENOMEM;
 	ret = keel_buf_wrap(keel_shard_alloc(), r->slot[bid].base, r->bufsize, buf_release,
 			    &r->slot[bid], out);

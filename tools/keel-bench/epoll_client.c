@@ -109,8 +109,8 @@ add_fd(struct cthread *t, struct cconn *c, uint32_t events)
 }
 
 /* A blocking connect for held connections, bounded by BENCH_CONNECT_MS as the keel client's
- * is (a server whose listen backlog is full drops the SYNs, and the kernel's retries took
- * about two minutes), then non-blocking from there on. */
+ * is (a server whose listen backlog is full drops the SYNs, and the kernel retries them
+ * for about 127 s with tcp_syn_retries 6, the default), then non-blocking from there on. */
 static int
 open_held(struct cthread *t, struct cconn *c)
 {

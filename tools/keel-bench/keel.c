@@ -56,7 +56,6 @@
  */
 #define SENDQ (4u * 1024u * 1024u)
 /* Connect timeout: a server that never answers fails the run instead of hanging it. */
-#define CONNECT_MS BENCH_CONNECT_MS
 /* Buffer memory per shard: the receive rings need a few MiB. */
 #define SHARD_MEMORY (64ull << 20)
 
@@ -751,7 +750,7 @@ open_conn(struct kconn *k)
 
 	k->tx_off = k->rx_off = 0;
 	k->open = k->closed_by_us = false;
-	r = keel_conn_connect(cl->addr, cl->port, KEEL_MS(CONNECT_MS), &cli_ops, cl, &k->c);
+	r = keel_conn_connect(cl->addr, cl->port, KEEL_MS(BENCH_CONNECT_MS), &cli_ops, cl, &k->c);
 	if (r < 0) {
 		k->c = NULL;
 		return fail(sh, r, "connect to %s:%u: %s%s", cl->addr, cl->port, strerror(-r),
