@@ -236,8 +236,9 @@ Test(core_runtime, taskrun_flag_decision_names_the_reason)
 
 /* keel_stop_requested: a shard still in a long on_start (loading files) sees the stop
  * another shard asked for, though its own stop cannot begin before on_start returns
- * (keel_shard_stopping stays false there). */
-static _Atomic int sr_seen;
+ * (keel_shard_stopping stays false there); and it is false before that stop. Shard 0 asks
+ * for the stop only once shard 1 has read it false. */
+static _Atomic int sr_seen, sr_before = -1;
 
 static void
 sr_start(void *app)
@@ -246,9 +247,12 @@ sr_start(void *app)
 
 	(void)app;
 	if (keel_shard_id(keel_this_shard()) == 0) {
+		while (atomic_load(&sr_before) < 0 && !test_expired(dl))
+			test_pause();
 		keel_stop(0);
 		return;
 	}
+	atomic_store(&sr_before, keel_stop_requested() ? 1 : 0);
 	while (!keel_stop_requested() && !test_expired(dl))
 		test_pause();
 	atomic_store(&sr_seen, keel_stop_requested() && !keel_shard_stopping() ? 1 : -1);
@@ -259,7 +263,9 @@ Test(core_runtime, a_long_start_sees_the_stop_another_shard_asked_for)
 	struct keel_opts o = test_opts(2);
 
 	atomic_store(&sr_seen, 0);
+	atomic_store(&sr_before, -1);
 	cr_assert_eq(keel_run(&o, sr_start, NULL), 0);
+	cr_assert_eq(atomic_load(&sr_before), 0, "a stop was said requested before any was");
 	cr_assert_eq(atomic_load(&sr_seen), 1, "shard 1's start did not see the stop (%d)",
 		     atomic_load(&sr_seen));
 }
