@@ -9,28 +9,13 @@
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 fail=0
-err=$(mktemp)
-trap 'rm -f "$err"' EXIT
-# expect STATUS PATTERN SCRIPT ARGS...: SCRIPT ARGS exits STATUS within 20 s, its stdout and
-# stderr matching PATTERN (grep -E)
-expect() {
-	local want=$1 pat=$2 rc
-	shift 2
-	timeout 20 bash "$root/$1" "${@:2}" > "$err" 2>&1 < /dev/null
-	rc=$?
-	if [ "$rc" -ne "$want" ] || ! grep -Eq -- "$pat" "$err"; then
-		echo "FAIL: $*: status $rc (want $want): $(head -c 300 "$err")"
-		fail=1
-	else
-		echo "ok: $* (status $rc)"
-	fi
-}
-expect 2 "takes no argument \\(got 'foo'\\)" tools/test.sh foo
-expect 0 "KEEL_TEST_QUICK=1" tools/test.sh --help
-expect 2 "takes no argument \\(got 'x'\\)" tools/demo.sh x
-expect 0 "KEEL_DEMO_SECONDS" tools/demo.sh --help
-expect 2 "--reps must be a positive integer" tools/bench/scaling.sh --reps abc
-expect 2 "--policies: 'foo' is not block or spin" tools/bench/scaling.sh --policies foo
-expect 2 "--reps needs a value" tools/bench/scaling.sh --reps
-expect 2 "--port must be a port number, 0 to 65535" tools/bench/compare.sh --port 70000
+. "$root/tests/tools/expect_status.sh"
+expect_status 2 "takes no argument \\(got 'foo'\\)" bash "$root/tools/test.sh" foo
+expect_status 0 "KEEL_TEST_QUICK=1" bash "$root/tools/test.sh" --help
+expect_status 2 "takes no argument \\(got 'x'\\)" bash "$root/tools/demo.sh" x
+expect_status 0 "KEEL_DEMO_SECONDS" bash "$root/tools/demo.sh" --help
+expect_status 2 "--reps must be a positive integer" bash "$root/tools/bench/scaling.sh" --reps abc
+expect_status 2 "--policies: 'foo' is not block or spin" bash "$root/tools/bench/scaling.sh" --policies foo
+expect_status 2 "--reps needs a value" bash "$root/tools/bench/scaling.sh" --reps
+expect_status 2 "--port must be a port number, 0 to 65535" bash "$root/tools/bench/compare.sh" --port 70000
 exit $fail
