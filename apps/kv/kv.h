@@ -47,6 +47,7 @@ struct kv_stats {
 	_Atomic uint64_t commands, forwarded_out, forwarded_in, fanouts;
 	_Atomic uint64_t expired_lazy, expired_swept, oom_rejected;
 	_Atomic uint64_t conns, conns_total, proto_errors, timeouts;
+	_Atomic uint64_t rejected; /* connections refused past --maxclients */
 	_Atomic uint64_t hits, misses;
 	_Atomic uint64_t input_holds;      /* receives whose parsing stopped at the reply limits */
 	_Atomic uint64_t replies_orphaned; /* replies from another shard for a closed client */
@@ -99,10 +100,11 @@ struct kv_db {
 
 /* Process-wide settings (set before the shards start, read-only after). */
 struct kv_config {
-	uint64_t maxmemory; /* 0: no limit */
-	uint64_t max_bulk;  /* --proto-max-bulk-len */
-	uint64_t query_max; /* the largest request buffered (client-query-buffer-limit) */
-	unsigned timeout_s; /* --timeout: idle connections closed after this; 0: never */
+	uint64_t maxmemory;  /* 0: no limit */
+	uint64_t max_bulk;   /* --proto-max-bulk-len */
+	uint64_t query_max;  /* the largest request buffered (client-query-buffer-limit) */
+	unsigned timeout_s;  /* --timeout: idle connections closed after this; 0: never */
+	uint32_t maxclients; /* --maxclients: clients open at once, over every shard */
 	unsigned nshards;
 	bool handoff_export;           /* --handoff export: forward requests as exported slices */
 	struct keel_hash_key hash_key; /* kv_hash's key: random per process */

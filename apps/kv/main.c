@@ -23,7 +23,7 @@ static const char usage[] =
 	"               [--handoff copy|export] [--appendonly yes|no]\n"
 	"               [--appendfsync always|everysec|no] [--dir DIR]\n"
 	"               [--aof-truncate-corrupt yes|no] [--auto-aof-rewrite-percentage N]\n"
-	"               [--auto-aof-rewrite-min-size BYTES]\n"
+	"               [--auto-aof-rewrite-min-size BYTES] [--maxclients N]\n"
 	"               [network options] [runtime options]\n"
 	"A Redis-protocol key-value server, keys spread over the shards (docs/kv.md).\n"
 	"--port P: TCP port (default 6379; 0: an ephemeral one, printed at start)\n"
@@ -50,7 +50,9 @@ static const char usage[] =
 	"           100; 0: only on BGREWRITEAOF)\n"
 	"--auto-aof-rewrite-min-size BYTES: no file is rewritten by itself while the shards'\n"
 	"           files together are smaller than this, or it is smaller than its share\n"
-	"           of it (BYTES / shards; default 64mb)\n";
+	"           of it (BYTES / shards; default 64mb)\n"
+	"--maxclients N: clients open at once, over every shard (default 10000); one past it\n"
+	"           gets \"-ERR max number of clients reached\" and is closed\n";
 
 static void
 die(const char *msg, const char *opt)
@@ -72,6 +74,7 @@ static const char *const kv_options[] = { "--port",
 					  "--aof-truncate-corrupt",
 					  "--auto-aof-rewrite-percentage",
 					  "--auto-aof-rewrite-min-size",
+					  "--maxclients",
 					  "--dir" };
 
 static bool
@@ -299,6 +302,11 @@ main(int argc, char **argv)
 			if (parse_bytes(v, &kv_cfg.auto_rw_min) < 0)
 				die("--auto-aof-rewrite-min-size expects bytes (64mb, 1gb, ...), got ",
 				    v);
+		} else if (!strcmp(argv[i], "--maxclients")) {
+			unsigned long long m = strtoull(v, &end, 10);
+			if (*v < '0' || *v > '9' || *end || m < 1 || m > UINT32_MAX)
+				die("--maxclients expects 1..4294967295, got ", v);
+			kv_cfg.maxclients = (uint32_t)m;
 		} else if (!strcmp(argv[i], "--dir")) {
 			kv_cfg.dir = v;
 		} else {

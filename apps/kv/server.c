@@ -27,6 +27,7 @@
 
 struct kv_config kv_cfg = { .max_bulk = RESP_MAX_BULK_DEFAULT,
 			    .query_max = 1ull << 30,
+			    .maxclients = 10000,
 			    .nshards = 1,
 			    .fsync = KV_FSYNC_EVERYSEC,
 			    .auto_rw_pct = 100,
@@ -34,6 +35,8 @@ struct kv_config kv_cfg = { .max_bulk = RESP_MAX_BULK_DEFAULT,
 			    .dir = "." };
 struct kv_stats kv_stats[KEEL_MAX_SHARDS];
 static uint16_t kv_port;
+/* Clients open over every shard, each from its on_open to its on_close (--maxclients). */
+static _Atomic uint32_t clients_open;
 static int64_t kv_start_ms;
 
 /* A reply place in a connection's queue. */
@@ -70,6 +73,7 @@ struct kconn {
 	uint64_t pend_bytes;    /* bytes of replies made here waiting behind the head pend */
 	struct pend *pend_open; /* the pend reply_to gave the request being run */
 	bool closing;           /* a protocol error or QUIT: no more requests; close once replied */
+	bool refused;           /* past --maxclients: told so, closed, in no count */
 	bool paused;            /* this code paused reading (too many replies outstanding, or a
 				 * request waits for room in a full cross-shard queue) */
 	/* Requests for other shards refused with -EAGAIN (a full queue), and every one
@@ -1537,7 +1541,8 @@ info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
 	bool all = argc < 2 || info_names(argv, argc, "all") || info_names(argv, argc, "default") ||
 		   info_names(argv, argc, "everything");
 	uint64_t keys = 0, expires = 0, cmds = 0, fwd = 0, conns = 0, total = 0, hits = 0,
-		 misses = 0, exp = 0, oom = 0, lazy = 0, watched = 0, used = kv_used_total();
+		 misses = 0, exp = 0, oom = 0, lazy = 0, watched = 0, rejected = 0,
+		 used = kv_used_total();
 	unsigned ns = kv_cfg.nshards;
 	int n;
 
@@ -1557,6 +1562,7 @@ info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
 		fwd += LD(forwarded_out);
 		conns += LD(conns);
 		total += LD(conns_total);
+		rejected += LD(rejected);
 		hits += LD(hits);
 		misses += LD(misses);
 		exp += LD(expired_lazy) + LD(expired_swept);
@@ -1582,10 +1588,10 @@ info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
 		LINE("# Stats\r\ntotal_connections_received:%llu\r\n"
 		     "total_commands_processed:%llu\r\nkeyspace_hits:%llu\r\n"
 		     "keyspace_misses:%llu\r\nexpired_keys:%llu\r\nrejected_oom:%llu\r\n"
-		     "forwarded_requests:%llu\r\n\r\n",
+		     "rejected_connections:%llu\r\nforwarded_requests:%llu\r\n\r\n",
 		     (unsigned long long)total, (unsigned long long)cmds, (unsigned long long)hits,
 		     (unsigned long long)misses, (unsigned long long)exp, (unsigned long long)oom,
-		     (unsigned long long)fwd);
+		     (unsigned long long)rejected, (unsigned long long)fwd);
 	if (WANT("persistence"))
 		kv_aof_info(&b);
 	if (WANT("keyspace")) {
@@ -1876,7 +1882,7 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 		}
 	} else if (!strcmp(n, "config")) {
 		if (is(&argv[1], "GET") && argc >= 3) {
-			char v[5][32];
+			char v[6][32];
 			const char *names[] = { "save",
 						"appendonly",
 						"maxmemory",
@@ -1884,9 +1890,11 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 						"proto-max-bulk-len",
 						"databases",
 						"auto-aof-rewrite-percentage",
-						"auto-aof-rewrite-min-size" };
-			const char *vals[8] = {
-				"", kv_cfg.aof ? "yes" : "no", v[0], v[1], v[2], "1", v[3], v[4]
+						"auto-aof-rewrite-min-size",
+						"maxclients" };
+			const char *vals[9] = {
+				"",  kv_cfg.aof ? "yes" : "no", v[0], v[1], v[2], "1", v[3], v[4],
+				v[5]
 			};
 			struct rbuf body = { 0 };
 			unsigned cnt = 0;
@@ -1896,7 +1904,8 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 			snprintf(v[3], sizeof(v[3]), "%u", kv_cfg.auto_rw_pct);
 			snprintf(v[4], sizeof(v[4]), "%llu",
 				 (unsigned long long)kv_cfg.auto_rw_min);
-			for (unsigned k = 0; k < 8; k++)
+			snprintf(v[5], sizeof(v[5]), "%u", kv_cfg.maxclients);
+			for (unsigned k = 0; k < 9; k++)
 				for (unsigned i = 2; i < argc; i++)
 					if (kv_glob(argv[i].p, argv[i].len,
 						    (const uint8_t *)names[k], strlen(names[k]),
@@ -3036,8 +3045,20 @@ on_open(struct keel_conn *c)
 		ks->conns->prev = kc;
 	ks->conns = kc;
 	keel_conn_set_user(c, kc);
-	stat_add(&kv_stats[self()].conns, 1);
 	stat_add(&kv_stats[self()].conns_total, 1);
+	/* Past --maxclients, as Redis does: the error, then the close; what the client sent
+	 * meanwhile is dropped (closing). */
+	if (atomic_fetch_add_explicit(&clients_open, 1, memory_order_relaxed) >=
+	    kv_cfg.maxclients) {
+		atomic_fetch_sub_explicit(&clients_open, 1, memory_order_relaxed);
+		stat_add(&kv_stats[self()].rejected, 1);
+		kc->refused = true;
+		kc->closing = true;
+		rb_err(&kc->out, "ERR max number of clients reached");
+		flush_out(kc);
+		return;
+	}
+	stat_add(&kv_stats[self()].conns, 1);
 }
 
 static void
@@ -3080,7 +3101,10 @@ on_close(struct keel_conn *c, int status)
 		ks->conns = kc->next;
 	if (kc->next)
 		kc->next->prev = kc->prev;
-	stat_add(&kv_stats[self()].conns, -1);
+	if (!kc->refused) {
+		stat_add(&kv_stats[self()].conns, -1);
+		atomic_fetch_sub_explicit(&clients_open, 1, memory_order_relaxed);
+	}
 	if (kc->big.buf) /* a large reply not all queued: dropped with it */
 		keel_slice_put(&kc->big);
 	rb_free(&kc->out);

@@ -3745,6 +3745,63 @@ Test(kv_server, words_that_are_not_its_options_are_said_as_such)
 	srv_stop(&s);
 }
 
+/* --maxclients: the clients past it, counted over every shard, get Redis's error and are
+ * closed, and what they sent is not run; a place freed by a close is taken again. */
+static bool
+pinged(int port)
+{
+	struct rd r;
+	char *got;
+	bool ok;
+
+	rd_init(&r, test_connect(port));
+	test_send_all(r.fd, "PING\r\n", 6);
+	got = rd_next(&r, NULL);
+	ok = got && !strcmp(got, "+PONG\r\n");
+	rd_free(&r);
+	return ok;
+}
+
+Test(kv_server, clients_past_maxclients_are_refused_with_the_error)
+{
+	struct srv s;
+	struct rd a, b, c;
+	char *got;
+
+	srv_start(&s, 2, "--maxclients", "2", NULL);
+	rd_init(&a, test_connect(s.port));
+	expect(&a, "PING", "+PONG\r\n");
+	rd_init(&b, test_connect(s.port));
+	expect(&b, "PING", "+PONG\r\n");
+	rd_init(&c, test_connect(s.port));
+	test_send_all(c.fd, "SET past 1\r\n", 12);
+	got = rd_next(&c, NULL);
+	cr_assert(got, "the third client was closed without a reply");
+	cr_assert_str_eq(got, "-ERR max number of clients reached\r\n");
+	cr_assert_null(rd_next(&c, NULL), "the refused client was not closed");
+	rd_free(&c);
+	expect(&b, "EXISTS past", ":0\r\n");
+	expect(&b, "CONFIG GET maxclients", "*2\r\n$10\r\nmaxclients\r\n$1\r\n2\r\n");
+	test_send_all(b.fd, "INFO\r\n", 6);
+	got = rd_next(&b, NULL);
+	cr_assert(got && strstr(got, "rejected_connections:1\r\n"), "%s", got);
+	cr_assert(strstr(got, "connected_clients:2\r\n"), "%s", got);
+	rd_free(&a);
+	WAIT_FOR(pinged(s.port), "a client in the place the closed one left");
+	rd_free(&b);
+	srv_stop(&s);
+}
+
+Test(kv_server, maxclients_below_one_is_refused)
+{
+	const char *const argv[] = { kv_bin(), "--addr",       "127.0.0.1", "--port",
+				     "0",      "--maxclients", "0",         NULL };
+	char err[512];
+	int st = proc_run_to_exit(argv, NULL, NULL, err, sizeof(err));
+
+	cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 2, "status %d", st);
+	cr_assert(strstr(err, "--maxclients expects 1..4294967295, got 0"), "%s", err);
+}
 /* A --send-max below the high watermark is refused at start, naming both: keel-kv queues
  * replies up to the watermark before it stops reading, so a reply between the two reset a
  * client that read (a 600,000-byte MGET reply with --send-max 512k and the default 1 MiB). */
