@@ -523,12 +523,14 @@ NR == 1 { next }
 	tcpu[k, i] = ($23 == "null" || $23 == "") ? "null" : $23
 	late[k] += ($24 == "null" || $24 == "") ? 0 : $24
 	lostall[k] += ($25 == "null" || $25 == "") ? 0 : $25
-	if (tcpu[k, i] != "null") tcpurep[$1, $7, $8, $9] = $23
+	# A CPU figure of 0 (no tick of the server CPU in a short window) or null is not a
+	# measurement: it is in no median, ratio or test (as figures(..., 1) leaves it out).
+	if (tcpu[k, i] != "null" && $23 > 0) tcpurep[$1, $7, $8, $9] = $23
 	if ($19 == "true") cb[k]++
 	lost[k] += ($20 == "null") ? 0 : $20
 	info[k] = $2 OFS $3 OFS $4 OFS $5 OFS $6
 	byrep[$1, $7, $8, $9] = v
-	cpurep[$1, $7, $8, $9] = $15
+	if ($15 != "null" && $15 > 0) cpurep[$1, $7, $8, $9] = $15
 	reps[$1, $7, $9] = 1
 }
 END {
@@ -544,7 +546,7 @@ END {
 		delete a; for (i = 1; i <= c; i++) a[i] = m[k, i]; md = med(a, c); lo = a[1]; hi = a[c]
 		delete a; for (i = 1; i <= c; i++) a[i] = (p50[k, i] == "null") ? -1 : p50[k, i]; mp50 = med(a, c)
 		delete a; for (i = 1; i <= c; i++) a[i] = (p99[k, i] == "null") ? -1 : p99[k, i]; mp99 = med(a, c)
-		delete a; for (i = 1; i <= c; i++) a[i] = cpu[k, i]; mcpu = med(a, c); clo = a[1]; chi = a[c]
+		nb = figures(cpu, k, c, a, 1); mcpu = nb ? med(a, nb) : 0; clo = nb ? a[1] : 0; chi = nb ? a[nb] : 0
 		delete a; for (i = 1; i <= c; i++) a[i] = sc[k, i]; msc = med(a, c)
 		delete a; for (i = 1; i <= c; i++) a[i] = cc[k, i]; mcc = med(a, c)
 		delete a; nb = 0; for (i = 1; i <= c; i++) if (bcpu[k, i] >= 0) a[++nb] = bcpu[k, i]
