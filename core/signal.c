@@ -77,11 +77,14 @@ keel__signal_got(int sig, bool late)
 			keel_log(KEEL_LOG_INFO, "core", "%s received as the runtime stopped", name);
 		else
 			keel_log(KEEL_LOG_INFO, "core",
-				 "%s received: stopping all shards (send it again to exit at once)",
+				 "%s received: stopping all shards (send it again to exit at once, "
+				 "without the rest of the stop)",
 				 name);
 		return;
 	}
-	keel_log(KEEL_LOG_WARN, "core", "second signal: exiting now");
+	keel_log(KEEL_LOG_WARN, "core",
+		 "second signal: exiting now, without the rest of the stop (what the shards "
+		 "had still to write or send is lost)");
 	if (keel__before_fast_exit)
 		keel__before_fast_exit();
 	_exit(128 + sig);
