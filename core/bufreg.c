@@ -87,15 +87,38 @@ memlock_fail_log(struct keel_shard *s, const char *what)
 	struct keel__bufreg *br = s->bufreg;
 	struct keel_runtime *rt = s->rt;
 	uint64_t need = rt->opts.memory * rt->count;
+	struct rlimit rl;
 	char lim[32];
 
+	/* Without the limit (unlimited, or CAP_IPC_LOCK: root's benchmarks) an ENOMEM is a
+	 * real shortage of memory to pin: blaming the limit sent people to raise a limit they
+	 * did not have. */
+	if ((getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur == RLIM_INFINITY) ||
+	    have_cap_ipc_lock()) {
+		if (!br->policy_on && atomic_exchange(&memlock_logged, rt) == rt)
+			return;
+		keel_log(br->policy_on ? KEEL_LOG_ERROR : KEEL_LOG_WARN, "core",
+			 "shard %u: %s: out of memory, and not for RLIMIT_MEMLOCK (%s, "
+			 "CAP_IPC_LOCK %s): the machine or the memory cgroup had no memory to pin "
+			 "(%llu KiB pinned by keel so far, --memory %llu MiB x %u shards); lower "
+			 "--memory, or give the cgroup more room (memory.max)%s",
+			 s->id, what, memlock_str(lim, sizeof(lim)),
+			 have_cap_ipc_lock() ? "held" : "not held",
+			 (unsigned long long)(atomic_load(&pinned_bytes) >> 10),
+			 (unsigned long long)(rt->opts.memory >> 20), rt->count,
+			 br->policy_on ? ", or use --feature reg_buffers=auto to run with "
+					 "unregistered buffers"
+				       : "; running with unregistered buffers (plain sends) where "
+					 "registration fails");
+		return;
+	}
 	if (br->policy_on) {
 		keel_log(
 			KEEL_LOG_ERROR, "core",
 			"shard %u: %s: RLIMIT_MEMLOCK (%s) is too low and the process lacks "
 			"CAP_IPC_LOCK: %llu KiB pinned by keel so far (other pinned memory of this user "
 			"counts too), at least %llu KiB needed (--memory %llu MiB "
-			"x %u shards, and the rings' own pages count too); raise it (ulimit -l "
+			"x %u shards); raise it (ulimit -l "
 			"unlimited, or LimitMEMLOCK=infinity in the systemd unit), or use --feature "
 			"reg_buffers=auto to run with "
 			"unregistered buffers",
@@ -111,7 +134,7 @@ memlock_fail_log(struct keel_shard *s, const char *what)
 		 "registered buffers: %s on shard %u: RLIMIT_MEMLOCK (%s) is too low without "
 		 "CAP_IPC_LOCK: %llu KiB pinned by keel so far (other pinned memory of this user "
 		 "counts too), at least %llu KiB needed (--memory %llu MiB x %u "
-		 "shards, and the rings' own pages count too); "
+		 "shards); "
 		 "running with unregistered buffers (plain sends) where registration "
 		 "fails. Fix: ulimit -l unlimited, or LimitMEMLOCK=infinity in the systemd unit",
 		 what, s->id, memlock_str(lim, sizeof(lim)),
@@ -119,6 +142,10 @@ memlock_fail_log(struct keel_shard *s, const char *what)
 		 (unsigned long long)(need >> 10), (unsigned long long)(rt->opts.memory >> 20),
 		 rt->count);
 }
+
+#ifdef KEEL_FAULTS
+_Atomic unsigned keel__fault_bufreg_nomem;
+#endif
 
 /* Register region @idx in slot @idx. Returns 0 or -errno. */
 static int
@@ -137,7 +164,12 @@ register_slot(struct keel_shard *s, unsigned idx)
 		return r;
 	iov.iov_base = base;
 	iov.iov_len = len;
-	r = io_uring_register_buffers_update_tag(&s->ring, idx, &iov, &tag, 1);
+#ifdef KEEL_FAULTS
+	if (keel__fault_take(&keel__fault_bufreg_nomem))
+		r = -ENOMEM; /* as the kernel says when it cannot pin the pages */
+	else
+#endif
+		r = io_uring_register_buffers_update_tag(&s->ring, idx, &iov, &tag, 1);
 	if (r == 1) {
 		br->slots[idx] = SLOT_REGISTERED;
 		atomic_fetch_add(&pinned_bytes, len);

@@ -414,6 +414,9 @@ extern _Atomic unsigned keel__fault_sqe_none;
 /* ... while non-zero, each submit of a feature probe's trial (caps.c) fails with -ENOMEM, as
  * under memory pressure; the count drops by one. */
 extern _Atomic unsigned keel__fault_probe_submit;
+/* ... while non-zero, each registration of a buffer region (bufreg.c) fails with -ENOMEM, as
+ * when the kernel cannot pin its pages; the count drops by one. */
+extern _Atomic unsigned keel__fault_bufreg_nomem;
 /* Take one from keel__fault_sqe_none for keel's own SQEs (file.c): true, inject. */
 bool keel__fault_sqe_take(void);
 /* Fault injection (core/faults.c): apply the spec to a prepared, bound SQE; whether this

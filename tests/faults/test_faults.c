@@ -10,12 +10,15 @@
 #include <keel/caps.h>
 #include <keel/faults.h>
 #include <limits.h>
+#include <linux/capability.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
@@ -278,6 +281,108 @@ Test(faults_timer, starting_a_timer_never_allocates)
 	cr_assert_eq(f.fired, NTIMERS);
 }
 
+/* core/internal.h (KEEL_FAULTS builds): while non-zero, registering a buffer region fails
+ * with -ENOMEM. */
+extern _Atomic unsigned keel__fault_bufreg_nomem;
+
+static char br_msg[1024];
+static _Atomic int br_said;
+
+static void
+br_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	(void)level;
+	(void)module;
+	(void)shard;
+	(void)arg;
+	if (strstr(msg, "registering buffer region 0") && !atomic_exchange(&br_said, 1))
+		snprintf(br_msg, sizeof(br_msg), "%s", msg);
+}
+
+static void
+br_start(void *arg)
+{
+	(void)arg;
+	keel_stop(0);
+}
+
+static bool
+br_cap_ipc_lock(void)
+{
+	struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct d[2];
+
+	cr_assert_eq(syscall(SYS_capget, &h, d), 0, "capget: %s", strerror(errno));
+	return d[CAP_IPC_LOCK / 32].effective & (1u << (CAP_IPC_LOCK % 32));
+}
+
+/* Region 0's registration fails with ENOMEM at the start (reg_buffers=auto: the shard runs
+ * with unregistered buffers); the line that says so, or NULL when no region was registered
+ * (registered buffers unused on this kernel). */
+static const char *
+br_run(void)
+{
+	struct keel_opts o = net_test_opts(1);
+
+	atomic_store(&br_said, 0);
+	keel_log_set_sink(br_sink, NULL);
+	atomic_store(&keel__fault_bufreg_nomem, 1);
+	cr_assert_eq(keel_run(&o, br_start, NULL), 0);
+	keel_log_set_sink(NULL, NULL);
+	if (atomic_load(&keel__fault_bufreg_nomem))
+		return NULL;
+	cr_assert(atomic_load(&br_said), "the failed registration was not said");
+	return br_msg;
+}
+
+/* With CAP_IPC_LOCK (root) or no RLIMIT_MEMLOCK, pinned pages are not limited: an ENOMEM
+ * is memory the machine or the cgroup lacks, and the line says so, not "RLIMIT_MEMLOCK
+ * (unlimited) is too low and the process lacks CAP_IPC_LOCK", which was false twice. */
+Test(faults_bufreg, an_enomem_without_the_memlock_limit_names_the_memory)
+{
+	struct rlimit rl;
+	const char *m;
+
+	cr_assert_eq(getrlimit(RLIMIT_MEMLOCK, &rl), 0);
+	if (!br_cap_ipc_lock() && rl.rlim_cur != RLIM_INFINITY) {
+		rl.rlim_cur = rl.rlim_max = RLIM_INFINITY;
+		if (setrlimit(RLIMIT_MEMLOCK, &rl) < 0)
+			cr_skip_test(
+				"needs CAP_IPC_LOCK or an unlimited RLIMIT_MEMLOCK (run as root)");
+	}
+	m = br_run();
+	if (!m)
+		cr_skip_test("no buffer region was registered (registered buffers unused here)");
+	cr_assert(strstr(m, "out of memory, and not for RLIMIT_MEMLOCK") &&
+			  strstr(m, "lower --memory"),
+		  "%s", m);
+	cr_assert_null(strstr(m, "too low"), "%s", m);
+}
+
+/* Without CAP_IPC_LOCK and under a finite limit, the line names the limit and its fix. */
+Test(faults_bufreg, an_enomem_under_the_memlock_limit_names_the_limit)
+{
+	struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct d[2];
+	struct rlimit rl;
+	const char *m;
+
+	/* This test's own process (Criterion forks one per test): drop the capability from
+	 * the effective set, and a finite limit far above what the start-up check needs. */
+	cr_assert_eq(syscall(SYS_capget, &h, d), 0);
+	d[CAP_IPC_LOCK / 32].effective &= ~(1u << (CAP_IPC_LOCK % 32));
+	cr_assert_eq(syscall(SYS_capset, &h, d), 0, "capset: %s", strerror(errno));
+	cr_assert_eq(getrlimit(RLIMIT_MEMLOCK, &rl), 0);
+	rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > (1ull << 40) ? (1ull << 40)
+										 : rl.rlim_max;
+	cr_assert_eq(setrlimit(RLIMIT_MEMLOCK, &rl), 0);
+	m = br_run();
+	if (!m)
+		cr_skip_test("no buffer region was registered (registered buffers unused here)");
+	cr_assert(strstr(m, "RLIMIT_MEMLOCK (") && strstr(m, "is too low") &&
+			  strstr(m, "ulimit -l"),
+		  "%s", m);
+}
 /* core/internal.h (KEEL_FAULTS builds): while non-zero, a feature probe's submit fails
  * with -ENOMEM. */
 extern _Atomic unsigned keel__fault_probe_submit;
