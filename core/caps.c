@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #include <errno.h>
+#include <grp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -379,6 +380,50 @@ feature_have(const struct keel_caps *c, enum keel_feature f)
 }
 
 const char *keel__sys_io_uring_disabled = "/proc/sys/kernel/io_uring_disabled";
+const char *keel__sys_io_uring_group = "/proc/sys/kernel/io_uring_group";
+
+/* An integer sysctl (@path), or @dflt where it cannot be read. */
+static long
+sysctl_long(const char *path, long dflt)
+{
+	FILE *f = fopen(path, "re");
+	long v;
+
+	if (!f)
+		return dflt;
+	if (fscanf(f, "%ld", &v) != 1)
+		v = dflt;
+	fclose(f);
+	return v;
+}
+
+/* kernel.io_uring_disabled is 1: who may still use io_uring, and the fix, into @buf. */
+static void
+group_why(char *buf, size_t len)
+{
+	long gid = sysctl_long(keel__sys_io_uring_group, -2);
+	struct group *g = gid >= 0 ? getgrgid((gid_t)gid) : NULL;
+
+	if (gid == -2)
+		snprintf(buf, len,
+			 "sysctl kernel.io_uring_disabled is 1 (only CAP_SYS_ADMIN and the group "
+			 "in kernel.io_uring_group): run the program in that group, or set it to "
+			 "0");
+	else if (gid < 0)
+		snprintf(
+			buf, len,
+			"sysctl kernel.io_uring_disabled is 1 and kernel.io_uring_group is %ld (no "
+			"group): only CAP_SYS_ADMIN may use io_uring; set kernel.io_uring_group to "
+			"a group of the user's, or kernel.io_uring_disabled to 0",
+			gid);
+	else
+		snprintf(buf, len,
+			 "sysctl kernel.io_uring_disabled is 1: only CAP_SYS_ADMIN and group %s "
+			 "(gid %ld, kernel.io_uring_group) may use io_uring: add the user to it "
+			 "(usermod -aG %s USER, then log in again), or set "
+			 "kernel.io_uring_disabled to 0",
+			 g ? g->gr_name : "without a name here", gid, g ? g->gr_name : "GROUP");
+}
 
 /* Why io_uring_setup was refused (@err, its -errno), with the fix, into @buf: the sysctl
  * when it says so, else what else refuses it (it named the sysctl whatever it read, where
@@ -386,23 +431,15 @@ const char *keel__sys_io_uring_disabled = "/proc/sys/kernel/io_uring_disabled";
 static const char *
 unavailable_why(int err, char *buf, size_t len)
 {
-	FILE *f = fopen(keel__sys_io_uring_disabled, "re");
-	int v = -1;
+	long v = sysctl_long(keel__sys_io_uring_disabled, -1);
+	struct utsname u;
 
-	if (f) {
-		if (fscanf(f, "%d", &v) != 1)
-			v = -1;
-		fclose(f);
-	}
 	if (err == -EPERM && v == 2)
 		snprintf(buf, len,
 			 "sysctl kernel.io_uring_disabled is 2 (off for every process): set it "
 			 "to 0");
 	else if (err == -EPERM && v == 1)
-		snprintf(buf, len,
-			 "sysctl kernel.io_uring_disabled is 1 (only CAP_SYS_ADMIN and the group "
-			 "in kernel.io_uring_group): run the program in that group, or set it to "
-			 "0");
+		group_why(buf, len);
 	else if (err == -EPERM)
 		snprintf(buf, len,
 			 "the kernel allows it (kernel.io_uring_disabled is %s), so a seccomp "
@@ -411,11 +448,15 @@ unavailable_why(int err, char *buf, size_t len)
 			 v == 0 ? "0" : "not readable here");
 	else if (err == -ENOSYS)
 		snprintf(buf, len,
-			 "this kernel has no io_uring (built without CONFIG_IO_URING), or a "
-			 "seccomp filter answers ENOSYS for it: keel needs Linux 6.1 or later "
-			 "with io_uring");
+			 "this kernel (%s) has no io_uring (built without CONFIG_IO_URING), or a "
+			 "seccomp filter answers ENOSYS for it: keel needs Linux 5.19 or later "
+			 "with io_uring (6.1 or later for DEFER_TASKRUN)",
+			 uname(&u) == 0 ? u.release : "its release unknown");
 	else
-		snprintf(buf, len, "keel needs Linux 6.1 or later with io_uring enabled");
+		snprintf(buf, len,
+			 "keel needs Linux 5.19 or later with io_uring enabled (6.1 or later for "
+			 "DEFER_TASKRUN); this kernel is %s",
+			 uname(&u) == 0 ? u.release : "of a release unknown");
 	return buf;
 }
 
@@ -433,7 +474,7 @@ keel_features_decide(const struct keel_opts *opts, struct keel_feature_decision 
 		return c->probe_status;
 	}
 	if (c->probe_status < 0) {
-		char why[300];
+		char why[512];
 
 		keel_log(KEEL_LOG_ERROR, "core", "io_uring is not available (%s): %s",
 			 strerror(-c->probe_status),
@@ -595,7 +636,7 @@ keel_caps_print(const struct keel_opts *opts, FILE *f)
 		return;
 	}
 	if (c->probe_status < 0) {
-		char why[300];
+		char why[512];
 
 		fprintf(f, "io_uring unavailable: %s: %s\n", strerror(-c->probe_status),
 			unavailable_why(c->probe_status, why, sizeof(why)));

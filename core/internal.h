@@ -527,6 +527,7 @@ int keel__cgroup_memory_limit(uint64_t *limit, char *file, size_t filelen);
 const char *keel__cgroup_excludes(unsigned cpu, char *buf, size_t len);
 /* The sysctl that io_uring's refusal is read against (caps.c; a test's file in tests). */
 extern const char *keel__sys_io_uring_disabled;
+extern const char *keel__sys_io_uring_group; /* the same, for kernel.io_uring_group */
 /* The fix of a descriptor that could not be made for a shard (EMFILE, ENFILE). */
 #define KEEL__NOFILE_HINT                                                                     \
 	"; out of file descriptors: each shard takes a ring, an eventfd and a signalfd, and " \

@@ -944,17 +944,25 @@ refuse_io_uring_setup(void)
 Test(core_opts, io_uring_refused_names_what_refuses_it)
 {
 	static const struct {
-		const char *sysctl, *said;
+		const char *sysctl, *group, *said;
 	} cases[] = {
-		{ "0\n", "a seccomp filter refuses it" },
-		{ "1\n", "kernel.io_uring_group" },
-		{ "2\n", "is 2 (off for every process): set it to 0" },
+		{ "0\n", "-1\n", "a seccomp filter refuses it" },
+		{ "1\n", NULL, "kernel.io_uring_group" },
+		/* The group it names (root's, gid 0, has a name everywhere), or that none may. */
+		{ "1\n", "0\n",
+		  "only CAP_SYS_ADMIN and group root (gid 0, kernel.io_uring_group)" },
+		{ "1\n", "-1\n", "kernel.io_uring_group is -1 (no group): only CAP_SYS_ADMIN" },
+		{ "2\n", "-1\n", "is 2 (off for every process): set it to 0" },
 	};
 	struct keel_feature_decision d[KEEL_FEAT__COUNT];
 	char path[] = "/tmp/keel-iou-disabled-XXXXXX";
+	char gpath[] = "/tmp/keel-iou-group-XXXXXX";
 	struct keel_opts o;
 	int fd = mkstemp(path);
 
+	cr_assert_geq(fd, 0);
+	close(fd);
+	fd = mkstemp(gpath);
 	cr_assert_geq(fd, 0);
 	close(fd);
 	keel__sys_io_uring_disabled = path;
@@ -966,6 +974,14 @@ Test(core_opts, io_uring_refused_names_what_refuses_it)
 		cr_assert_not_null(f);
 		fputs(cases[i].sysctl, f);
 		fclose(f);
+		/* No group file: the sysctl read as not there. */
+		unlink(gpath);
+		if (cases[i].group) {
+			cr_assert_not_null(f = fopen(gpath, "w"));
+			fputs(cases[i].group, f);
+			fclose(f);
+		}
+		keel__sys_io_uring_group = gpath;
 		long_logged[0] = 0;
 		keel_log_set_sink(long_sink, NULL);
 		int r = keel_features_decide(&o, d);
@@ -975,4 +991,5 @@ Test(core_opts, io_uring_refused_names_what_refuses_it)
 			  long_logged);
 	}
 	unlink(path);
+	unlink(gpath);
 }
