@@ -271,7 +271,7 @@ port_free(const struct sockaddr_storage *ss, socklen_t len, const struct keel_li
 			 o->addr ? o->addr : "0.0.0.0", (unsigned)o->port, strerror(-r),
 			 r == -EADDRINUSE ? " (another program listens there: pick another "
 					    "port, or stop it)"
-					  : "");
+					  : keel__bind_hint(r));
 	}
 	close(fd);
 	return r;
@@ -392,7 +392,7 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 				 strerror(-r),
 				 r == -EADDRINUSE ? " (another program listens there: pick "
 						    "another port, or stop it)"
-						  : "");
+						  : keel__bind_hint(r));
 			goto err;
 		}
 		if (i == 0) {

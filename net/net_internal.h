@@ -3,6 +3,7 @@
 #ifndef KEEL_NET_INTERNAL_H
 #define KEEL_NET_INTERNAL_H
 
+#include <errno.h>
 #include <keel/keel.h>
 #include <keel/net.h>
 #include <keel/ring.h>
@@ -153,6 +154,22 @@ struct net_shard *keel__net_shard_cur(void);
  * it took that shard's ring (a direct descriptor's slot number then names another socket
  * there) and raced the owner over the queue. A compare per call. */
 #define net_on_own_shard(ns) net_verify((ns) == keel__net_shard_cur())
+
+/* What a person needs after a failed bind's strerror (@err, its -errno), or "": the fix of
+ * a privileged port and of an address no interface has. */
+static inline const char *
+keel__bind_hint(int err)
+{
+	return err == -EACCES
+		       ? " (ports below net.ipv4.ip_unprivileged_port_start, 1024 by default, "
+			 "need CAP_NET_BIND_SERVICE: setcap cap_net_bind_service=+ep on "
+			 "the program, AmbientCapabilities= in its systemd unit, or a "
+			 "higher port)"
+	       : err == -EADDRNOTAVAIL ? " (no interface of this host has that address: ip -br "
+					 "addr lists them)"
+				       : "";
+}
+
 /* The shard's state lives while references are held (connections, endpoints, buffers
  * out, deferred calls). Inline: taken and dropped for every receive buffer. */
 static inline void

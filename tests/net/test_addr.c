@@ -6,11 +6,13 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <linux/capability.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -381,6 +383,59 @@ create_sink(enum keel_log_level level, const char *module, int shard, const char
 		snprintf(create_log, sizeof(create_log), "%s", msg);
 }
 
+/* A bind that fails for want of a privilege or of the address says the fix, in the
+ * listener's port check and its shards' binds, and in a UDP endpoint's. */
+static void
+bind_refused(const char *addr, uint16_t port, int want, const char *said)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_runtime *rt;
+	struct keel_listener *l = NULL;
+	struct keel_listen_opts lo = { .addr = addr, .port = port };
+	int r;
+
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	create_log[0] = 0;
+	keel_log_set_sink(create_sink, NULL);
+	r = keel_listener_create(&lo, 1, &addr_ops, NULL, &l);
+	keel_log_set_sink(NULL, NULL);
+	keel_runtime_destroy(rt);
+	if (r == 0)
+		keel_listener_destroy(l);
+	cr_assert_eq(r, want, "%s port %u: %d (%s)", addr, port, r, create_log);
+	cr_assert(strstr(create_log, said), "%s port %u: '%s'", addr, port, create_log);
+}
+
+Test(net_addr, an_address_no_interface_has_is_said_as_such)
+{
+	/* TEST-NET-1 (RFC 5737): on no interface here; a bind sends nothing. Port 0 reaches
+	 * the shards' binds, another the port check before them. */
+	bind_refused("192.0.2.1", 0, -EADDRNOTAVAIL, "no interface of this host has that address");
+	bind_refused("192.0.2.1", 4242, -EADDRNOTAVAIL,
+		     "no interface of this host has that address");
+}
+
+Test(net_addr, a_privileged_port_without_the_capability_names_it)
+{
+	struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct d[2];
+	FILE *f = fopen("/proc/sys/net/ipv4/ip_unprivileged_port_start", "re");
+	int start = 1024;
+
+	if (f) {
+		if (fscanf(f, "%d", &start) != 1)
+			start = 1024;
+		fclose(f);
+	}
+	if (start <= 1)
+		cr_skip_test("net.ipv4.ip_unprivileged_port_start is %d: no port is privileged",
+			     start);
+	/* This test's own process (Criterion forks one per test) drops the capability. */
+	cr_assert_eq(syscall(SYS_capget, &h, d), 0);
+	d[CAP_NET_BIND_SERVICE / 32].effective &= ~(1u << (CAP_NET_BIND_SERVICE % 32));
+	cr_assert_eq(syscall(SYS_capset, &h, d), 0, "capset: %s", strerror(errno));
+	bind_refused("127.0.0.1", 1, -EACCES, "need CAP_NET_BIND_SERVICE");
+}
 /* A CPU-steered listener for more shards than its runtime has is refused, and says so. */
 Test(net_addr, a_listener_for_more_shards_than_its_runtime_is_refused_with_a_reason)
 {
