@@ -195,6 +195,17 @@ keel__shard_ring_fini(struct keel_shard *s)
 	s->files.slot_words = 0;
 }
 
+/* What a person can do about a failed submit (@r, its -errno), or "". */
+static const char *
+submit_hint(int r)
+{
+	return r == -EBUSY ? " (completions not yet reaped fill the completion queue: raise "
+			     "--cq-entries)"
+	       : r == -EAGAIN || r == -ENOMEM
+		       ? " (the kernel could not allocate the requests: memory is short)"
+		       : "";
+}
+
 struct io_uring_sqe *
 keel__sqe_internal(struct keel_shard *s)
 {
@@ -207,7 +218,8 @@ keel__sqe_internal(struct keel_shard *s)
 	r = io_uring_submit(&s->ring);
 	STAT_INC(s, enters);
 	if (r < 0)
-		keel_log(KEEL_LOG_ERROR, "core", "io_uring_submit failed: %s", strerror(-r));
+		keel_log(KEEL_LOG_ERROR, "core", "submitting to the ring failed: %s%s",
+			 strerror(-r), submit_hint(r));
 	return io_uring_get_sqe(&s->ring);
 }
 
@@ -315,7 +327,8 @@ keel_sqe_reserve(unsigned n)
 	r = io_uring_submit(&s->ring);
 	STAT_INC(s, enters);
 	if (r < 0) {
-		keel_log(KEEL_LOG_ERROR, "core", "io_uring_submit failed: %s", strerror(-r));
+		keel_log(KEEL_LOG_ERROR, "core", "submitting to the ring failed: %s%s",
+			 strerror(-r), submit_hint(r));
 		return r;
 	}
 	/* Without IORING_SETUP_SUBMIT_ALL the kernel stops at the first SQE it cannot submit

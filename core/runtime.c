@@ -630,8 +630,18 @@ runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 		goto err_rt;
 	}
 	if (hwloc_topology_load(rt->topo) < 0) {
+		const char *xml = getenv("HWLOC_XMLFILE"), *root = getenv("HWLOC_FSROOT");
+		int e = errno;
+
 		r = -EIO;
-		keel_log(KEEL_LOG_ERROR, "core", "hwloc could not load this machine's topology");
+		/* What hwloc reads is the environment's when it says so: the usual cause. */
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "hwloc could not load this machine's topology: %s%s%s%s%s%s", strerror(e),
+			 xml ? "; HWLOC_XMLFILE is set, to " : "", xml ? xml : "",
+			 root ? "; HWLOC_FSROOT is set, to " : "", root ? root : "",
+			 xml || root ? " (unset it to read this machine)"
+				     : " (is /sys mounted? lstopo-no-graphics, of hwloc-nox, shows "
+				       "hwloc's own error)");
 		goto err_topo;
 	}
 	/* Shards' NUMA nodes and memory binding read from another machine's description. */
@@ -802,8 +812,12 @@ keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start, void *app)
 		r = -pthread_create(&rt->shards[created].thread, NULL, shard_main,
 				    &rt->shards[created]);
 		if (r < 0) {
-			keel_log(KEEL_LOG_ERROR, "core", "creating shard thread %u failed: %s",
-				 created, strerror(-r));
+			keel_log(KEEL_LOG_ERROR, "core", "creating shard thread %u failed: %s%s",
+				 created, strerror(-r),
+				 r == -EAGAIN ? " (a limit on threads: ulimit -u, the cgroup's "
+						"pids.max or TasksMax= in the systemd unit, or "
+						"kernel.threads-max)"
+					      : "");
 			break;
 		}
 	}

@@ -379,8 +379,8 @@ shard_create(const struct keel_net_config *cfg, struct net_shard **out)
 		r = io_uring_register_files_sparse(ns->ring, ns->cfg.max_files);
 		if (r < 0) {
 			keel_log(KEEL_LOG_ERROR, NET_MOD,
-				 "shard %u: registering a file table of %u slots failed: %s; use "
-				 "--feature direct_fd=off",
+				 "shard %u: registering a file table of %u slots failed: %s; lower "
+				 "--max-files, or use --feature direct_fd=off",
 				 ns->id, ns->cfg.max_files, strerror(-r));
 			free(ns);
 			return r;

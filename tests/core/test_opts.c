@@ -993,3 +993,29 @@ Test(core_opts, io_uring_refused_names_what_refuses_it)
 	unlink(path);
 	unlink(gpath);
 }
+
+/* hwloc failing to read the machine says why, and names the environment that told it what
+ * to read (HWLOC_XMLFILE here: a file that is no topology), where it said only "could not
+ * load". */
+Test(core_opts, a_topology_hwloc_cannot_load_names_its_environment)
+{
+	struct keel_runtime *rt = NULL;
+	struct keel_opts o;
+	int r;
+
+	cr_assert_eq(setenv("HWLOC_XMLFILE", "/proc/self/status", 1), 0);
+	keel_opts_init(&o);
+	o.shards = 1;
+	long_logged[0] = 0;
+	keel_log_set_sink(long_sink, NULL);
+	r = keel_runtime_create(&o, &rt);
+	keel_log_set_sink(NULL, NULL);
+	if (r == 0) {
+		keel_runtime_destroy(rt);
+		cr_skip_test("this hwloc read /proc/self/status as a topology");
+	}
+	cr_assert(
+		strstr(long_logged, "hwloc could not load this machine's topology: ") &&
+			strstr(long_logged, "HWLOC_XMLFILE is set, to /proc/self/status (unset it"),
+		"%d: %s", r, long_logged);
+}
