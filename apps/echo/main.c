@@ -174,8 +174,10 @@ on_start(void *arg)
 		r = keel_listener_start(a->l);
 	}
 	if (r < 0) {
-		keel_log(KEEL_LOG_ERROR, "echo", "shard %u: %s", keel_shard_id(keel_this_shard()),
-			 strerror(-r));
+		keel_log(KEEL_LOG_ERROR, "echo", "shard %u: %s on %s port %ld: %s",
+			 keel_shard_id(keel_this_shard()),
+			 a->udp ? "opening the UDP endpoint" : "starting the listener",
+			 a->addr ? a->addr : "0.0.0.0", a->port, strerror(-r));
 		keel_stop(r);
 		return;
 	}

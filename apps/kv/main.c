@@ -182,8 +182,9 @@ on_start(void *arg)
 		keel_stop(0);
 		return;
 	}
-	if (r < 0) {
-		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: %s", self, strerror(-r));
+	if (r < 0) { /* the lines above say which part (the table, the append-only file) */
+		keel_log(KEEL_LOG_ERROR, "kv", "shard %u: starting its key table and files: %s",
+			 self, strerror(-r));
 		keel_stop(r);
 		return;
 	}
