@@ -242,6 +242,17 @@ path_of(char *buf, size_t n, unsigned idx, const char *suffix)
 	snprintf(buf, n, "%s/appendonly-%u.aof%s", kv_cfg.dir, idx, suffix);
 }
 
+/* What a person can do about a failed write of the file (@err, its -errno), or "". */
+static const char *
+write_hint(int err)
+{
+	return err == -ENOSPC || err == -EDQUOT
+		       ? " (the file system of --dir is full, or its quota: free space there)"
+	       : err == -EIO   ? " (the disk failed: the kernel's log, dmesg, says more)"
+	       : err == -EFBIG ? " (past the file size limit: ulimit -f)"
+			       : "";
+}
+
 /* The plain system calls that tests make fail (testfault.h; constant in other builds). */
 static int
 truncate_file(int fd) /* FLUSHALL */
@@ -1436,11 +1447,16 @@ issue_write(struct aof *a)
 	}
 	if (r < 0) {
 		/* Said once while the retries (the tick's) fail alike. */
-		if (a->st != A_FAILED || a->err != r)
+		if (a->st != A_FAILED || a->err != r) {
+			char path[PATH_MAX + 32];
+
+			path_of(path, sizeof(path), a->id, "");
 			keel_log(KEEL_LOG_ERROR, "kv",
-				 "shard %u: appendonly write refused: %s; tried again by the tick, "
-				 "write commands are refused (-MISCONF) until it succeeds",
-				 a->id, strerror(-r));
+				 "shard %u: %s: the write could not be issued: %s; tried again "
+				 "each second, write commands are refused (-MISCONF) until it "
+				 "succeeds",
+				 a->id, path, strerror(-r));
+		}
 		a->err = r;
 		a->st = A_FAILED; /* retried by the tick */
 		publish(a);
@@ -1563,11 +1579,15 @@ on_written(struct keel_file_req *req, int res, void *arg)
 	}
 	if (res <= 0) {
 		int e = res < 0 ? res : -EIO;
-		if (a->err != e) /* a new failure: the first, or another error than the last */
+		if (a->err != e) { /* a new failure: the first, or another error than the last */
+			char path[PATH_MAX + 32];
+
+			path_of(path, sizeof(path), a->id, "");
 			keel_log(KEEL_LOG_ERROR, "kv",
-				 "shard %u: appendonly-%u.aof: write failed: %s; write commands "
-				 "are refused (-MISCONF) until it succeeds again",
-				 a->id, a->id, strerror(-e));
+				 "shard %u: %s: write failed: %s%s; tried again each second, write "
+				 "commands are refused (-MISCONF) until it succeeds",
+				 a->id, path, strerror(-e), write_hint(e));
+		}
 		a->err = e;
 		a->st = A_FAILED; /* the batch stays; the tick tries it again */
 		backlog_check(a); /* writes are refused now: the hold ends, reads go on */

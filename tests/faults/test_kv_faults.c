@@ -656,26 +656,48 @@ Test(faults_kv, aof_short_and_failed_writes_lose_no_acknowledged_set)
 /* A full disk (ENOSPC on the append-only file's writes): the batches it hits get -MISCONF,
  * reads go on meanwhile (every acknowledged SET reads back on the same server), writing
  * resumes once the disk takes writes again, and a restart finds every acknowledged SET. */
+static void log_wait(const char *log, const char *want);
+
 Test(faults_kv, aof_enospc_refuses_writes_reads_go_on_and_writing_resumes)
 {
-	char dir[] = "/tmp/keel-kv-aof-enospc-XXXXXX", cmd[128];
+	char dir[] = "/tmp/keel-kv-aof-enospc-XXXXXX", cmd[128], log[64], said[160];
 	int n = scale_small() ? 2000 : 8000, errs;
 	bool *acked = calloc((size_t)n, sizeof(*acked));
 	struct proc p;
 
 	cr_assert(acked && mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	snprintf(log, sizeof(log), "%s.log", dir);
+	setenv("KEEL_TEST_SERVER_LOG", log, 1);
 	setenv("KEEL_FAULTS", "write:ENOSPC:after=10:n=3,seed=31", 1);
 	proc_start(&p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "2",
 		   "--idle-poll-us", "0", "--appendonly", "yes", "--appendfsync", "always", "--dir",
 		   dir, NULL);
 	unsetenv("KEEL_FAULTS");
+	unsetenv("KEEL_TEST_SERVER_LOG");
 	errs = aof_sets_until_accepted(p.port, n, acked);
 	cr_log_info("%d SETs under ENOSPC: %d refused with -MISCONF before every one was "
 		    "acknowledged",
 		    n, errs);
 	cr_assert_geq(errs, 1, "the injected ENOSPC reached no reply");
+	/* The line names the file, with its directory, and the fix. */
+	log_wait(log, ".aof: write failed: No space left on device (the file system of --dir is "
+		      "full");
+	{
+		char buf[1 << 16];
+		int fd = open(log, O_RDONLY);
+		ssize_t k = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+
+		if (fd >= 0)
+			close(fd);
+		buf[k > 0 ? k : 0] = 0;
+		snprintf(said, sizeof(said), "%s/appendonly-0.aof: write failed", dir);
+		if (!strstr(buf, said))
+			snprintf(said, sizeof(said), "%s/appendonly-1.aof: write failed", dir);
+		cr_assert(strstr(buf, said), "no line naming the file in %s: %s", dir, buf);
+	}
 	aof_check(p.port, n, acked); /* reads, on the server that saw the errors */
 	proc_stop(&p);
+	unlink(log);
 	proc_start(&p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "2",
 		   "--idle-poll-us", "0", "--appendonly", "yes", "--dir", dir, NULL);
 	aof_check(p.port, n, acked);
