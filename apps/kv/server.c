@@ -1644,10 +1644,14 @@ command_info(struct rbuf *out, const struct kv_cmd *c)
 	char words[64];
 	unsigned nw = 0;
 	const char *w = c->flag_words;
-	int first = c->route == KV_R_KEY || c->route == KV_R_KEYS ? 1 : 0;
-	int last = c->route == KV_R_KEY ? 1 : c->route == KV_R_KEYS ? -1 : 0;
+	/* WATCH runs here, not on its keys' shards, but its arguments are keys all the same. */
+	bool keys = c->route == KV_R_KEYS || !strcmp(c->name, "watch");
+	int first = c->route == KV_R_KEY || keys ? 1 : 0;
+	int last = c->route == KV_R_KEY ? 1 : keys ? -1 : 0;
 
-	rb_arr(out, 6);
+	/* Redis 7's ten fields: the last four (ACL categories, tips, key specifications,
+	 * subcommands) are empty, which clients read as "none given". */
+	rb_arr(out, 10);
 	rb_bulk(out, c->name, strlen(c->name));
 	rb_int(out, c->arity);
 	for (const char *q = w; *q; q++)
@@ -1664,6 +1668,8 @@ command_info(struct rbuf *out, const struct kv_cmd *c)
 	rb_int(out, first);
 	rb_int(out, last);
 	rb_int(out, first ? (int)(c->key_step ? c->key_step : 1) : 0);
+	for (int i = 0; i < 4; i++)
+		rb_arr(out, 0);
 }
 
 /* CLIENT SETNAME's check and change (an empty name clears it); false: refused, the error
@@ -1848,6 +1854,18 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 		shutdown_cmd(kc, argv, argc, out);
 	} else if (!strcmp(n, "hello")) {
 		hello_cmd(kc, argv, argc, out);
+	} else if (!strcmp(n, "auth")) { /* a Redis whose default user has no password */
+		if (argc == 2)
+			rb_err(out,
+			       "ERR AUTH <password> called without any password configured for "
+			       "the default user. Are you sure your configuration is correct?");
+		else if (argc > 3)
+			rb_err(out, "ERR syntax error");
+		else if (argv[1].len == 7 && !memcmp(argv[1].p, "default", 7))
+			rb_simple(out, "OK");
+		else
+			rb_err(out, "WRONGPASS invalid username-password pair or user is "
+				    "disabled.");
 	} else if (!strcmp(n, "info")) {
 		if (!run_later(kc, LATER_INFO, argv, argc, out))
 			info(out, argv, argc);

@@ -2051,6 +2051,8 @@ static const struct kv_cmd cmds[] = {
 	{ "quit", -1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "fast" },
 	{ "shutdown", -1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "admin noscript loading stale" },
 	{ "hello", -1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "noscript loading stale fast" },
+	{ "auth", -2, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL,
+	  "noscript loading stale fast no_auth allow_busy" },
 	{ "command", -1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "loading stale" },
 	{ "config", -2, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "admin loading stale" },
 	{ "client", -2, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "loading stale" },
@@ -2059,7 +2061,8 @@ static const struct kv_cmd cmds[] = {
 	{ "multi", 1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "noscript loading stale fast" },
 	{ "exec", 1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "noscript loading stale skip_slowlog" },
 	{ "discard", 1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "noscript loading stale fast" },
-	{ "watch", -2, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "noscript loading stale fast" },
+	{ "watch", -2, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL,
+	  "noscript loading stale fast allow_busy" },
 	{ "unwatch", 1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "noscript loading stale fast" },
 };
 

@@ -348,6 +348,48 @@ Test(kv_server, hello_answers_as_redis_7_on_resp2)
 	srv_stop(&s);
 }
 
+/* AUTH as on a Redis 7.0 whose default user has no password (as HELLO's AUTH): the default
+ * user with any password, Redis's errors for the rest. Clients given a password (redis-py,
+ * redis-cli -a, twemproxy's redis_auth) send it first; it was an unknown command. */
+Test(kv_server, auth_answers_as_a_redis_without_a_password)
+{
+	struct srv s;
+	struct rd r;
+
+	srv_start(&s, 2, NULL);
+	rd_init(&r, test_connect(s.port));
+	expect(&r, "AUTH default anything", "+OK\r\n");
+	expect(&r, "AUTH x",
+	       "-ERR AUTH <password> called without any password configured for the default "
+	       "user. Are you sure your configuration is correct?\r\n");
+	expect(&r, "AUTH bob pw",
+	       "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+	expect(&r, "AUTH a b c", "-ERR syntax error\r\n");
+	expect(&r, "AUTH", "-ERR wrong number of arguments for 'auth' command\r\n");
+	expect(&r, "PING", "+PONG\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+}
+
+/* COMMAND INFO's entries have Redis 7's ten fields (HELLO and INFO say 7.0.0: a client
+ * reading the ACL categories, tips, key specs and subcommands met six), and WATCH's keys
+ * are at 1, -1, 1 as Redis says (0 0 0: a cluster client saw no keys). */
+Test(kv_server, command_info_has_redis_7s_shape)
+{
+	struct srv s;
+	struct rd r;
+
+	srv_start(&s, 1, NULL);
+	rd_init(&r, test_connect(s.port));
+	expect(&r, "COMMAND INFO get",
+	       "*1\r\n*10\r\n$3\r\nget\r\n:2\r\n*2\r\n+readonly\r\n+fast\r\n:1\r\n:1\r\n:1\r\n"
+	       "*0\r\n*0\r\n*0\r\n*0\r\n");
+	expect(&r, "COMMAND INFO watch",
+	       "*1\r\n*10\r\n$5\r\nwatch\r\n:-2\r\n*5\r\n+noscript\r\n+loading\r\n+stale\r\n"
+	       "+fast\r\n+allow_busy\r\n:1\r\n:-1\r\n:1\r\n*0\r\n*0\r\n*0\r\n*0\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+}
 /* INFO pipelined between writes to other shards' keys counts the ones before it and none
  * after it, as Redis's would: it runs once the replies before it are in, and nothing after
  * it is parsed until it has. Made at once, it read the other shards' counters before they
