@@ -2155,7 +2155,8 @@ keel_conn_connect_addr(const struct sockaddr *sa, socklen_t salen, uint64_t time
 	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
 		r = -errno;
-		keel_log(KEEL_LOG_ERROR, NET_MOD, "socket: %s", strerror(-r));
+		keel_log(KEEL_LOG_ERROR, NET_MOD, "connect: socket: %s%s", strerror(-r),
+			 keel__sock_hint(r));
 		return r;
 	}
 	if (ns->cfg.nodelay && ss.ss_family != AF_UNIX) {

@@ -688,7 +688,8 @@ abort_failed(struct keel_framer *f, struct keel_conn *c, int err)
 
 	f->abort_due = false;
 	if (log_allowed(&suppressed))
-		keel_log(KEEL_LOG_WARN, "net", "closing a connection: %s (error %d)%s", f->why, err,
+		keel_log(KEEL_LOG_WARN, "net", "closing a connection: %s (%s)%s", f->why,
+			 strerror(err < 0 ? -err : err),
 			 suppressed ? "; earlier framing errors were not logged" : "");
 	keel_conn_abort(c, err);
 }

@@ -261,7 +261,9 @@ port_free(const struct sockaddr_storage *ss, socklen_t len, const struct keel_li
 
 	if (fd < 0) {
 		r = -errno;
-		keel_log(KEEL_LOG_ERROR, NET_MOD, "socket: %s", strerror(-r));
+		keel_log(KEEL_LOG_ERROR, NET_MOD, "listener on %s port %u: socket: %s%s",
+			 o->addr ? o->addr : "0.0.0.0", (unsigned)o->port, strerror(-r),
+			 keel__sock_hint(r));
 		return r;
 	}
 	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
@@ -271,7 +273,7 @@ port_free(const struct sockaddr_storage *ss, socklen_t len, const struct keel_li
 			 o->addr ? o->addr : "0.0.0.0", (unsigned)o->port, strerror(-r),
 			 r == -EADDRINUSE ? " (another program listens there: pick another "
 					    "port, or stop it)"
-					  : keel__bind_hint(r));
+					  : keel__sock_hint(r));
 	}
 	close(fd);
 	return r;
@@ -366,13 +368,18 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 		int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		if (fd < 0) {
 			r = -errno;
-			keel_log(KEEL_LOG_ERROR, NET_MOD, "socket: %s", strerror(-r));
+			keel_log(KEEL_LOG_ERROR, NET_MOD, "listener on %s port %u: socket: %s%s",
+				 o->addr ? o->addr : "0.0.0.0", (unsigned)o->port, strerror(-r),
+				 keel__sock_hint(r));
 			goto err;
 		}
 		l->parts[i].fd = fd;
 		if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0) {
 			r = -errno;
-			keel_log(KEEL_LOG_ERROR, NET_MOD, "SO_REUSEADDR: %s", strerror(-r));
+			keel_log(KEEL_LOG_ERROR, NET_MOD,
+				 "listener on %s port %u: SO_REUSEADDR: %s%s",
+				 o->addr ? o->addr : "0.0.0.0", (unsigned)o->port, strerror(-r),
+				 keel__sock_hint(r));
 			goto err;
 		}
 		/* Accepted sockets inherit TCP_NODELAY from the listener, so direct descriptors
@@ -382,7 +389,10 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 			keel_log(KEEL_LOG_WARN, NET_MOD, "TCP_NODELAY: %s", strerror(errno));
 		if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) {
 			r = -errno;
-			keel_log(KEEL_LOG_ERROR, NET_MOD, "SO_REUSEPORT: %s", strerror(-r));
+			keel_log(KEEL_LOG_ERROR, NET_MOD,
+				 "listener on %s port %u: SO_REUSEPORT: %s%s",
+				 o->addr ? o->addr : "0.0.0.0", (unsigned)o->port, strerror(-r),
+				 keel__sock_hint(r));
 			goto err;
 		}
 		if (bind(fd, (struct sockaddr *)&ss, len) < 0) {
@@ -392,7 +402,7 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 				 strerror(-r),
 				 r == -EADDRINUSE ? " (another program listens there: pick "
 						    "another port, or stop it)"
-						  : keel__bind_hint(r));
+						  : keel__sock_hint(r));
 			goto err;
 		}
 		if (i == 0) {
@@ -432,7 +442,9 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 	for (unsigned i = 0; i < nshards; i++) {
 		if (listen(l->parts[i].fd, o->backlog ? o->backlog : 4096) < 0) {
 			r = -errno;
-			keel_log(KEEL_LOG_ERROR, NET_MOD, "listen: %s", strerror(-r));
+			keel_log(KEEL_LOG_ERROR, NET_MOD, "listener on %s port %u: listen: %s%s",
+				 o->addr ? o->addr : "0.0.0.0", (unsigned)l->port, strerror(-r),
+				 keel__sock_hint(r));
 			goto err;
 		}
 	}

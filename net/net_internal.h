@@ -155,10 +155,11 @@ struct net_shard *keel__net_shard_cur(void);
  * there) and raced the owner over the queue. A compare per call. */
 #define net_on_own_shard(ns) net_verify((ns) == keel__net_shard_cur())
 
-/* What a person needs after a failed bind's strerror (@err, its -errno), or "": the fix of
- * a privileged port and of an address no interface has. */
+/* What a person needs after a failed socket, bind or listen call's strerror (@err, its
+ * -errno), or "": the fix of a privileged port, of an address no interface has, of a
+ * family the host has turned off and of a full descriptor table. */
 static inline const char *
-keel__bind_hint(int err)
+keel__sock_hint(int err)
 {
 	return err == -EACCES
 		       ? " (ports below net.ipv4.ip_unprivileged_port_start, 1024 by default, "
@@ -167,7 +168,11 @@ keel__bind_hint(int err)
 			 "higher port)"
 	       : err == -EADDRNOTAVAIL ? " (no interface of this host has that address: ip -br "
 					 "addr lists them)"
-				       : "";
+	       : err == -EAFNOSUPPORT  ? " (this host has the address family turned off, IPv6 "
+					 "with ipv6.disable=1: use an address of the other family)"
+	       : err == -EMFILE || err == -ENFILE
+		       ? " (out of file descriptors: raise ulimit -n, or fs.file-max for ENFILE)"
+		       : "";
 }
 
 /* The shard's state lives while references are held (connections, endpoints, buffers

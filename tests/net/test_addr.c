@@ -436,6 +436,35 @@ Test(net_addr, a_privileged_port_without_the_capability_names_it)
 	cr_assert_eq(syscall(SYS_capset, &h, d), 0, "capset: %s", strerror(errno));
 	bind_refused("127.0.0.1", 1, -EACCES, "need CAP_NET_BIND_SERVICE");
 }
+
+/* A listener whose socket finds the descriptor table full names its address and the fix. */
+Test(net_addr, a_listener_out_of_descriptors_says_so)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_runtime *rt;
+	struct keel_listener *l = NULL;
+	struct keel_listen_opts lo = { .addr = "127.0.0.1", .port = 0 };
+	struct rlimit rl;
+	int fd, r;
+
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	/* The next descriptor is the last one allowed: no socket can be made. */
+	fd = dup(0);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+	rl.rlim_cur = (rlim_t)fd;
+	close(fd);
+	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+	create_log[0] = 0;
+	keel_log_set_sink(create_sink, NULL);
+	r = keel_listener_create(&lo, 1, &addr_ops, NULL, &l);
+	keel_log_set_sink(NULL, NULL);
+	keel_runtime_destroy(rt);
+	cr_assert_eq(r, -EMFILE, "%d (%s)", r, create_log);
+	cr_assert(strstr(create_log, "listener on 127.0.0.1 port 0: socket: ") &&
+			  strstr(create_log, "raise ulimit -n"),
+		  "'%s'", create_log);
+}
 /* A CPU-steered listener for more shards than its runtime has is refused, and says so. */
 Test(net_addr, a_listener_for_more_shards_than_its_runtime_is_refused_with_a_reason)
 {

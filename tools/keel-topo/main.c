@@ -450,8 +450,10 @@ main(int argc, char **argv)
 			goto out;
 		}
 		r = svg_write(&c, f);
-		if (fclose(f) != 0 || r < 0) {
-			fprintf(stderr, "keel-topo: writing %s failed\n", a.svg);
+		errno = 0;
+		if ((ferror(f) || r < 0) | (fclose(f) != 0)) {
+			fprintf(stderr, "keel-topo: writing %s failed: %s\n", a.svg,
+				errno ? strerror(errno) : "an I/O error");
 			status = 2;
 			goto out;
 		}
