@@ -229,7 +229,10 @@ keel__je_registered_init(struct keel_alloc *a)
 		keel__alloc_log(
 			KEEL_ALLOC_LOG_ERROR,
 			"jemalloc could not create the registered arena (%s): %s", strerror(r),
-			r == EAGAIN ? "it has no arena left (4,095 at most)" : "its own error");
+			r == EAGAIN   ? "it has no arena left (4,095 at most)"
+			: r == ENOMEM ? "memory ran out for the arena's metadata"
+				      : "an error of jemalloc's own (keel is tested with Debian's "
+					"jemalloc 5.3)");
 		return -r;
 	}
 	/* No decay work: nothing is ever purged. Grow no further than a region at a time (an

@@ -36,7 +36,8 @@ probe_short_why(int err)
 	return err == -EMFILE || err == -ENFILE
 		       ? "the process has no file descriptor left for its trial rings (raise "
 			 "ulimit -n, or close descriptors)"
-		       : "memory ran out";
+		       : "memory ran out for a trial ring of a few entries (the memory cgroup's "
+			 "limit, memory.max, or the machine's memory)";
 }
 
 /* A trial that failed with @err for want of descriptors or memory: noted. */

@@ -642,7 +642,8 @@ wait_for_sqe(struct keel_shard *s, struct keel_file_req *req)
 		s->files.st.waiting_max = s->files.st.waiting;
 	if (!s->files.nosqe_logged)
 		keel_log(KEEL_LOG_WARN, "core",
-			 "shard %u: no SQE for a disk %s; it waits, tried again every pass (said "
+			 "shard %u: the ring's submission queue is full: a disk %s waits, tried "
+			 "again every pass (raise --ring-entries if this line comes back; said "
 			 "once until one is had)",
 			 s->id, kind_name(req->kind_));
 	s->files.nosqe = s->files.nosqe_logged = true;

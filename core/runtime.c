@@ -136,8 +136,13 @@ pin(struct keel_shard *s)
 	hwloc_bitmap_free(set);
 	if (r < 0) {
 		int e = errno;
-		keel_log(KEEL_LOG_ERROR, "core", "pinning shard %u to CPU %d failed: %s", s->id,
-			 s->cpu, strerror(e));
+		/* create checked the CPU against the affinity mask: it changed since. */
+		keel_log(
+			KEEL_LOG_ERROR, "core",
+			"pinning shard %u to CPU %d failed: %s (the CPU was allowed when the "
+			"runtime was created: the cgroup's cpuset or the process's affinity changed "
+			"since; taskset -cp PID shows what is allowed now)",
+			s->id, s->cpu, strerror(e));
 		return -e;
 	}
 	return 0;

@@ -17,7 +17,7 @@ expect_status 2 "unexpected argument '--bogus'" "$nb" send 64 1 --bogus
 expect_status 2 "unexpected argument 'stray'" "$nb" send 64 1 zc stray
 expect_status 0 "" "$nb" --help
 # The sender's buffer does not fit its memory: keel_run fails, and the program says so.
-expect_status 1 "keel_run: Cannot allocate memory" "$nb" send 33554432 1 --memory 16m
+expect_status 1 "the runtime failed: Cannot allocate memory" "$nb" send 33554432 1 --memory 16m
 # A real run, with a keel option after the mode.
 expect_status 0 "" "$nb" send 65536 4 plain --shards 1
 exit $fail

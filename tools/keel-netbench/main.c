@@ -95,8 +95,14 @@ rr(int argc, char **argv)
 		struct epoll_event ev = { .events = EPOLLIN, .data.u32 = (uint32_t)i };
 		fds[i] = socket(AF_INET, SOCK_STREAM, 0);
 		if (fds[i] < 0 || connect(fds[i], (struct sockaddr *)&a, sizeof(a)) < 0) {
-			fprintf(stderr, "keel-netbench rr: connection %d to 127.0.0.1:%u: %s\n", i,
-				port, strerror(errno));
+			int e = errno;
+
+			fprintf(stderr, "keel-netbench rr: connection %d to 127.0.0.1:%u: %s%s\n",
+				i, port, strerror(e),
+				e == EMFILE || e == ENFILE
+					? " (one descriptor per connection: raise ulimit -n)"
+				: e == ECONNREFUSED ? " (is a server listening on that port?)"
+						    : "");
 			return 1;
 		}
 		setsockopt(fds[i], IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -299,7 +305,10 @@ sendbench(int argc, char **argv)
 	pthread_join(th, NULL);
 	close(g_lfd);
 	if (r < 0) {
-		fprintf(stderr, "keel-netbench send: keel_run: %s\n", strerror(-r));
+		fprintf(stderr,
+			"keel-netbench send: the runtime failed: %s (the lines above say "
+			"why)\n",
+			strerror(-r));
 		return 1;
 	}
 	if (g_got != g_total) {

@@ -507,7 +507,10 @@ run_argv(const struct plan_step *s, const char *ctx, char *outbuf, size_t outlen
 	if (r != 0) {
 		if (outbuf)
 			close(pipefd[0]);
-		fprintf(stderr, "keel-topo: cannot run %s: %s\n", argv[0], strerror(r));
+		fprintf(stderr, "keel-topo: cannot run %s: %s%s\n", argv[0], strerror(r),
+			r == ENOENT ? " (not in PATH: install it, Debian's ethtool or iproute2 "
+				      "for ip, and have /usr/sbin in PATH)"
+				    : "");
 		return -r;
 	}
 	if (outbuf) {
