@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "kv.h"
@@ -1184,6 +1185,18 @@ bq_add(struct kconn *kc, struct kmsg *m)
 
 static bool watch_lost(const struct kmsg *m);
 
+/* The reply to a request for shard @shard that could not be sent to it (@err): the stop's
+ * refusal said as the stop (as exec_here says it), not as "Cannot send after transport
+ * endpoint shutdown". */
+static void
+rb_unreachable(struct rbuf *out, unsigned shard, int err)
+{
+	if (err == -ESHUTDOWN)
+		rb_err(out, "ERR keel-kv is shutting down");
+	else
+		rb_err(out, "ERR shard %u unreachable: %s", shard, strerror(-err));
+}
+
 /* Answer every waiting request with @err (the queue cannot drain: memory, stopping). */
 static void
 bq_fail(struct kconn *kc, int err)
@@ -1199,7 +1212,7 @@ bq_fail(struct kconn *kc, int err)
 			keel_slice_put(&m->sl);
 		}
 		if (!watch_lost(m))
-			rb_err(&m->rep, "ERR shard %u unreachable: %s", m->part, strerror(-err));
+			rb_unreachable(&m->rep, m->part, err);
 		pend_part_done(m->pend, m->part, &m->rep);
 		free(m);
 	}
@@ -1262,8 +1275,7 @@ on_room(int status, void *arg)
 					keel_slice_put(&m->sl);
 				}
 				if (!watch_lost(m))
-					rb_err(&m->rep, "ERR shard %u unreachable: %s", m->part,
-					       strerror(-r));
+					rb_unreachable(&m->rep, m->part, r);
 				pend_part_done(m->pend, m->part, &m->rep);
 				free(m);
 			}
@@ -1450,7 +1462,7 @@ fanout(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsigned
 			rb_free(&sub);
 			if (r < 0) {
 				struct rbuf e = { 0 };
-				rb_err(&e, "ERR shard %u unreachable: %s", s, strerror(-r));
+				rb_unreachable(&e, s, r);
 				pend_part_done(p, s, &e);
 			}
 		}
@@ -1854,6 +1866,17 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 		shutdown_cmd(kc, argv, argc, out);
 	} else if (!strcmp(n, "hello")) {
 		hello_cmd(kc, argv, argc, out);
+	} else if (!strcmp(n, "time")) { /* the wall clock: seconds and microseconds */
+		struct timespec ts;
+		char sec[24], us[8];
+		int ls, lu;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ls = snprintf(sec, sizeof(sec), "%lld", (long long)ts.tv_sec);
+		lu = snprintf(us, sizeof(us), "%ld", ts.tv_nsec / 1000);
+		rb_arr(out, 2);
+		rb_bulk(out, sec, (size_t)ls);
+		rb_bulk(out, us, (size_t)lu);
 	} else if (!strcmp(n, "auth")) { /* a Redis whose default user has no password */
 		if (argc == 2)
 			rb_err(out,
@@ -1900,7 +1923,7 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 		}
 	} else if (!strcmp(n, "config")) {
 		if (is(&argv[1], "GET") && argc >= 3) {
-			char v[6][32];
+			char v[7][32], dir[PATH_MAX];
 			const char *names[] = { "save",
 						"appendonly",
 						"maxmemory",
@@ -1909,10 +1932,19 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 						"databases",
 						"auto-aof-rewrite-percentage",
 						"auto-aof-rewrite-min-size",
-						"maxclients" };
-			const char *vals[9] = {
-				"",  kv_cfg.aof ? "yes" : "no", v[0], v[1], v[2], "1", v[3], v[4],
-				v[5]
+						"maxclients",
+						"maxmemory-policy",
+						"appendfsync",
+						"dir",
+						"port" };
+			const char *vals[13] = {
+				"", kv_cfg.aof ? "yes" : "no", v[0], v[1], v[2], "1", v[3], v[4],
+				v[5], "noeviction",
+				kv_cfg.fsync == KV_FSYNC_ALWAYS     ? "always"
+				: kv_cfg.fsync == KV_FSYNC_EVERYSEC ? "everysec"
+								    : "no",
+				/* Redis answers its working directory, a whole path. */
+				realpath(kv_cfg.dir, dir) ? dir : kv_cfg.dir, v[6]
 			};
 			struct rbuf body = { 0 };
 			unsigned cnt = 0;
@@ -1923,7 +1955,8 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 			snprintf(v[4], sizeof(v[4]), "%llu",
 				 (unsigned long long)kv_cfg.auto_rw_min);
 			snprintf(v[5], sizeof(v[5]), "%u", kv_cfg.maxclients);
-			for (unsigned k = 0; k < 9; k++)
+			snprintf(v[6], sizeof(v[6]), "%u", kv_port);
+			for (unsigned k = 0; k < sizeof(names) / sizeof(names[0]); k++)
 				for (unsigned i = 2; i < argc; i++)
 					if (kv_glob(argv[i].p, argv[i].len,
 						    (const uint8_t *)names[k], strlen(names[k]),
@@ -2274,7 +2307,7 @@ failed:
 	p->done = true;
 	if (op != W_ADD)
 		return r; /* no reply */
-	rb_err(&p->rep, "ERR shard %u unreachable: %s", kc->watch_owner, strerror(-r));
+	rb_unreachable(&p->rep, kc->watch_owner, r);
 	return 0;
 }
 
@@ -2599,7 +2632,7 @@ tx_exec(struct kconn *kc)
 		else
 			home_recv(m);
 	} else if ((r = handoff(p, owner, tx->q.p, tx->q.len, NULL, 0, true, tx, false)) < 0) {
-		rb_err(&p->rep, "ERR shard %u unreachable: %s", owner, strerror(-r));
+		rb_unreachable(&p->rep, owner, r);
 		p->done = true;
 		/* Their shard never saw the EXEC: ended as UNWATCH ends them, in the connection's
 		 * order (a message of their own could come after a later WATCH of the same keys
@@ -2811,7 +2844,7 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 			goto oom;
 		r = handoff(p, owner, raw, rawlen, src, off, false, NULL, false);
 		if (r < 0) {
-			rb_err(&p->rep, "ERR shard %u unreachable: %s", owner, strerror(-r));
+			rb_unreachable(&p->rep, owner, r);
 			p->done = true;
 		}
 	}

@@ -2051,6 +2051,7 @@ static const struct kv_cmd cmds[] = {
 	{ "quit", -1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "fast" },
 	{ "shutdown", -1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "admin noscript loading stale" },
 	{ "hello", -1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "noscript loading stale fast" },
+	{ "time", 1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "loading stale fast" },
 	{ "auth", -2, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL,
 	  "noscript loading stale fast no_auth allow_busy" },
 	{ "command", -1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "loading stale" },

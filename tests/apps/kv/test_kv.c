@@ -6,6 +6,7 @@
 #define _GNU_SOURCE /* sched_setaffinity */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -21,6 +22,7 @@
 #include <sys/stat.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
@@ -349,8 +351,8 @@ Test(kv_server, hello_answers_as_redis_7_on_resp2)
 }
 
 /* AUTH as on a Redis 7.0 whose default user has no password (as HELLO's AUTH): the default
- * user with any password, Redis's errors for the rest. Clients given a password (redis-py,
- * redis-cli -a, twemproxy's redis_auth) send it first; it was an unknown command. */
+ * user with any password, Redis's errors for the rest; and TIME. Clients given a password
+ * (redis-py, redis-cli -a, twemproxy's redis_auth) send it first; it was an unknown command. */
 Test(kv_server, auth_answers_as_a_redis_without_a_password)
 {
 	struct srv s;
@@ -367,6 +369,20 @@ Test(kv_server, auth_answers_as_a_redis_without_a_password)
 	expect(&r, "AUTH a b c", "-ERR syntax error\r\n");
 	expect(&r, "AUTH", "-ERR wrong number of arguments for 'auth' command\r\n");
 	expect(&r, "PING", "+PONG\r\n");
+	/* TIME: the wall clock, as two bulk strings (seconds, microseconds below a million). */
+	{
+		char *got;
+		long long sec, us;
+		time_t before = time(NULL);
+
+		test_send_all(r.fd, "TIME\r\n", 6);
+		got = rd_next(&r, NULL);
+		cr_assert(got && sscanf(got, "*2\r\n$%*d\r\n%lld\r\n$%*d\r\n%lld\r\n", &sec, &us) ==
+					  2,
+			  "TIME: %s", got ? got : "closed");
+		cr_assert(sec >= before && sec <= time(NULL) && us >= 0 && us < 1000000, "%s", got);
+	}
+	expect(&r, "TIME x", "-ERR wrong number of arguments for 'time' command\r\n");
 	rd_free(&r);
 	srv_stop(&s);
 }
@@ -553,6 +569,22 @@ Test(kv_server, commands_reply_like_redis)
 	expect(&r, "CONFIG GET SAVE", "*2\r\n$4\r\nSAVE\r\n$0\r\n\r\n");
 	expect(&r, "CONFIG GET Appendonly", "*2\r\n$10\r\nAppendonly\r\n$2\r\nno\r\n");
 	expect(&r, "CONFIG GET Appendonl?", "*2\r\n$10\r\nappendonly\r\n$2\r\nno\r\n");
+	/* Names clients and tools ask for (they got *0). */
+	expect(&r, "CONFIG GET maxmemory-policy",
+	       "*2\r\n$16\r\nmaxmemory-policy\r\n$10\r\nnoeviction\r\n");
+	expect(&r, "CONFIG GET appendfsync", "*2\r\n$11\r\nappendfsync\r\n$8\r\neverysec\r\n");
+	{
+		char want[64], cwd[PATH_MAX], *got;
+
+		snprintf(want, sizeof(want), "*2\r\n$4\r\nport\r\n$%zu\r\n%d\r\n",
+			 (size_t)snprintf(NULL, 0, "%d", s.port), s.port);
+		expect(&r, "CONFIG GET port", want);
+		/* dir: the whole path, as Redis's (keel-kv's default is ".", the test's cwd). */
+		cr_assert_not_null(getcwd(cwd, sizeof(cwd)));
+		test_send_all(r.fd, "CONFIG GET dir\r\n", 16);
+		got = rd_next(&r, NULL);
+		cr_assert(got && strstr(got, "\r\ndir\r\n") && strstr(got, cwd), "%s", got);
+	}
 	expect(&r, "CLIENT GETNAME", "$-1\r\n");
 	expect(&r, "CLIENT SETNAME me", "+OK\r\n");
 	expect(&r, "CLIENT GETNAME", "$2\r\nme\r\n");
