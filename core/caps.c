@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include <errno.h>
 #include <grp.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -402,15 +403,15 @@ sysctl_long(const char *path, long dflt)
 static void
 group_why(char *buf, size_t len)
 {
-	long gid = sysctl_long(keel__sys_io_uring_group, -2);
+	long gid = sysctl_long(keel__sys_io_uring_group, LONG_MIN);
 	struct group *g = gid >= 0 ? getgrgid((gid_t)gid) : NULL;
 
-	if (gid == -2)
+	if (gid < -1) /* not readable (LONG_MIN), or no gid the kernel takes */
 		snprintf(buf, len,
 			 "sysctl kernel.io_uring_disabled is 1 (only CAP_SYS_ADMIN and the group "
 			 "in kernel.io_uring_group): run the program in that group, or set it to "
 			 "0");
-	else if (gid < 0)
+	else if (gid == -1)
 		snprintf(
 			buf, len,
 			"sysctl kernel.io_uring_disabled is 1 and kernel.io_uring_group is %ld (no "

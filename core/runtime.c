@@ -137,12 +137,12 @@ pin(struct keel_shard *s)
 	if (r < 0) {
 		int e = errno;
 		/* create checked the CPU against the affinity mask: it changed since. */
-		keel_log(
-			KEEL_LOG_ERROR, "core",
-			"pinning shard %u to CPU %d failed: %s (the CPU was allowed when the "
-			"runtime was created: the cgroup's cpuset or the process's affinity changed "
-			"since; taskset -cp PID shows what is allowed now)",
-			s->id, s->cpu, strerror(e));
+		keel_log(KEEL_LOG_ERROR, "core", "pinning shard %u to CPU %d failed: %s%s", s->id,
+			 s->cpu, strerror(e),
+			 e == EINVAL ? " (the CPU was allowed when the runtime was created: the "
+				       "cgroup's cpuset or the process's affinity changed since; "
+				       "taskset -cp PID shows what is allowed now)"
+				     : "");
 		return -e;
 	}
 	return 0;
@@ -641,7 +641,8 @@ runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 		r = -EIO;
 		/* What hwloc reads is the environment's when it says so: the usual cause. */
 		keel_log(KEEL_LOG_ERROR, "core",
-			 "hwloc could not load this machine's topology: %s%s%s%s%s%s", strerror(e),
+			 "hwloc could not load this machine's topology: %s%s%s%s%s%s",
+			 e ? strerror(e) : "no error code given",
 			 xml ? "; HWLOC_XMLFILE is set, to " : "", xml ? xml : "",
 			 root ? "; HWLOC_FSROOT is set, to " : "", root ? root : "",
 			 xml || root ? " (unset it to read this machine)"

@@ -2156,7 +2156,7 @@ keel_conn_connect_addr(const struct sockaddr *sa, socklen_t salen, uint64_t time
 	if (fd < 0) {
 		r = -errno;
 		keel_log(KEEL_LOG_ERROR, NET_MOD, "connect: socket: %s%s", strerror(-r),
-			 keel__sock_hint(r));
+			 keel__sock_hint(r, false));
 		return r;
 	}
 	if (ns->cfg.nodelay && ss.ss_family != AF_UNIX) {

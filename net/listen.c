@@ -263,7 +263,7 @@ port_free(const struct sockaddr_storage *ss, socklen_t len, const struct keel_li
 		r = -errno;
 		keel_log(KEEL_LOG_ERROR, NET_MOD, "listener on %s port %u: socket: %s%s",
 			 o->addr ? o->addr : "0.0.0.0", (unsigned)o->port, strerror(-r),
-			 keel__sock_hint(r));
+			 keel__sock_hint(r, false));
 		return r;
 	}
 	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
@@ -273,7 +273,7 @@ port_free(const struct sockaddr_storage *ss, socklen_t len, const struct keel_li
 			 o->addr ? o->addr : "0.0.0.0", (unsigned)o->port, strerror(-r),
 			 r == -EADDRINUSE ? " (another program listens there: pick another "
 					    "port, or stop it)"
-					  : keel__sock_hint(r));
+					  : keel__sock_hint(r, true));
 	}
 	close(fd);
 	return r;
@@ -370,7 +370,7 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 			r = -errno;
 			keel_log(KEEL_LOG_ERROR, NET_MOD, "listener on %s port %u: socket: %s%s",
 				 o->addr ? o->addr : "0.0.0.0", (unsigned)o->port, strerror(-r),
-				 keel__sock_hint(r));
+				 keel__sock_hint(r, false));
 			goto err;
 		}
 		l->parts[i].fd = fd;
@@ -379,7 +379,7 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 			keel_log(KEEL_LOG_ERROR, NET_MOD,
 				 "listener on %s port %u: SO_REUSEADDR: %s%s",
 				 o->addr ? o->addr : "0.0.0.0", (unsigned)o->port, strerror(-r),
-				 keel__sock_hint(r));
+				 keel__sock_hint(r, false));
 			goto err;
 		}
 		/* Accepted sockets inherit TCP_NODELAY from the listener, so direct descriptors
@@ -392,7 +392,7 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 			keel_log(KEEL_LOG_ERROR, NET_MOD,
 				 "listener on %s port %u: SO_REUSEPORT: %s%s",
 				 o->addr ? o->addr : "0.0.0.0", (unsigned)o->port, strerror(-r),
-				 keel__sock_hint(r));
+				 keel__sock_hint(r, false));
 			goto err;
 		}
 		if (bind(fd, (struct sockaddr *)&ss, len) < 0) {
@@ -402,7 +402,7 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 				 strerror(-r),
 				 r == -EADDRINUSE ? " (another program listens there: pick "
 						    "another port, or stop it)"
-						  : keel__sock_hint(r));
+						  : keel__sock_hint(r, true));
 			goto err;
 		}
 		if (i == 0) {
@@ -444,7 +444,7 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 			r = -errno;
 			keel_log(KEEL_LOG_ERROR, NET_MOD, "listener on %s port %u: listen: %s%s",
 				 o->addr ? o->addr : "0.0.0.0", (unsigned)l->port, strerror(-r),
-				 keel__sock_hint(r));
+				 keel__sock_hint(r, false));
 			goto err;
 		}
 	}

@@ -156,23 +156,24 @@ struct net_shard *keel__net_shard_cur(void);
 #define net_on_own_shard(ns) net_verify((ns) == keel__net_shard_cur())
 
 /* What a person needs after a failed socket, bind or listen call's strerror (@err, its
- * -errno), or "": the fix of a privileged port, of an address no interface has, of a
- * family the host has turned off and of a full descriptor table. */
+ * -errno), or "": for a bind (@bind), the fix of a privileged port and of an address no
+ * interface has; for any, of a family turned off and of a full descriptor table. */
 static inline const char *
-keel__sock_hint(int err)
+keel__sock_hint(int err, bool bind)
 {
-	return err == -EACCES
-		       ? " (ports below net.ipv4.ip_unprivileged_port_start, 1024 by default, "
-			 "need CAP_NET_BIND_SERVICE: setcap cap_net_bind_service=+ep on "
-			 "the program, AmbientCapabilities= in its systemd unit, or a "
-			 "higher port)"
-	       : err == -EADDRNOTAVAIL ? " (no interface of this host has that address: ip -br "
-					 "addr lists them)"
-	       : err == -EAFNOSUPPORT  ? " (this host has the address family turned off, IPv6 "
-					 "with ipv6.disable=1: use an address of the other family)"
-	       : err == -EMFILE || err == -ENFILE
-		       ? " (out of file descriptors: raise ulimit -n, or fs.file-max for ENFILE)"
-		       : "";
+	if (bind && err == -EACCES)
+		return " (ports below net.ipv4.ip_unprivileged_port_start, 1024 by default, need "
+		       "CAP_NET_BIND_SERVICE: setcap cap_net_bind_service=+ep on the program, "
+		       "AmbientCapabilities= in its systemd unit, or a higher port)";
+	if (bind && err == -EADDRNOTAVAIL)
+		return " (no interface of this host has that address: ip -br addr lists them)";
+	if (err == -EAFNOSUPPORT)
+		return " (the address family is turned off on this host, IPv6 by ipv6.disable=1, "
+		       "or for this service, by systemd's RestrictAddressFamilies=: use an address "
+		       "of a family it allows)";
+	if (err == -EMFILE || err == -ENFILE)
+		return " (out of file descriptors: raise ulimit -n, or fs.file-max for ENFILE)";
+	return "";
 }
 
 /* The shard's state lives while references are held (connections, endpoints, buffers

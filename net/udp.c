@@ -627,7 +627,7 @@ udp_port_probe(struct sockaddr_storage *ss, socklen_t len, const char *addr)
 				? " (another program has a socket on that port, at that address "
 				  "or one that overlaps it; keel's SO_REUSEPORT would let it share "
 				  "the datagrams unseen: stop it, or pick another port)"
-				: keel__sock_hint(r));
+				: keel__sock_hint(r, true));
 	} else if (!port) {
 		if (getsockname(fd, (struct sockaddr *)&b, &bl) < 0) {
 			r = -errno;
@@ -734,7 +734,7 @@ udp_socket(const struct sockaddr_storage *want, socklen_t len, const char *addr,
 	if (bind(fd, (const struct sockaddr *)&ss, len) < 0) {
 		r = -errno;
 		keel_log(KEEL_LOG_ERROR, NET_MOD, "udp bind %s port %u: %s%s",
-			 addr ? addr : "0.0.0.0", port, strerror(-r), keel__sock_hint(r));
+			 addr ? addr : "0.0.0.0", port, strerror(-r), keel__sock_hint(r, true));
 		close(fd);
 		goto fail;
 	}

@@ -368,13 +368,16 @@ Test(faults_bufreg, an_enomem_under_the_memlock_limit_names_the_limit)
 	const char *m;
 
 	/* This test's own process (Criterion forks one per test): drop the capability from
-	 * the effective set, and a finite limit far above what the start-up check needs. */
+	 * the effective set, and a finite limit far above what the start-up check needs, hard
+	 * as well as soft (keel raises the soft limit to the hard one: an unlimited hard limit
+	 * made it unlimited again). */
 	cr_assert_eq(syscall(SYS_capget, &h, d), 0);
 	d[CAP_IPC_LOCK / 32].effective &= ~(1u << (CAP_IPC_LOCK % 32));
 	cr_assert_eq(syscall(SYS_capset, &h, d), 0, "capset: %s", strerror(errno));
 	cr_assert_eq(getrlimit(RLIMIT_MEMLOCK, &rl), 0);
 	rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > (1ull << 40) ? (1ull << 40)
 										 : rl.rlim_max;
+	rl.rlim_max = rl.rlim_cur;
 	cr_assert_eq(setrlimit(RLIMIT_MEMLOCK, &rl), 0);
 	m = br_run();
 	if (!m)

@@ -450,12 +450,20 @@ main(int argc, char **argv)
 			goto out;
 		}
 		r = svg_write(&c, f);
-		errno = 0;
-		if ((ferror(f) || r < 0) | (fclose(f) != 0)) {
-			fprintf(stderr, "keel-topo: writing %s failed: %s\n", a.svg,
-				errno ? strerror(errno) : "an I/O error");
-			status = 2;
-			goto out;
+		{
+			bool werr = ferror(f);
+			int ce = fclose(f) != 0 ? errno : 0;
+
+			if (r < 0 || werr || ce) {
+				/* svg_write's own error (-errno), else the close's (which reports
+				 * a write that failed before it), else the stream's flag alone. */
+				fprintf(stderr, "keel-topo: writing %s failed: %s\n", a.svg,
+					r < 0 ? strerror(-r)
+					: ce  ? strerror(ce)
+					      : "an I/O error");
+				status = 2;
+				goto out;
+			}
 		}
 	}
 	if (a.plan) {
