@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -51,8 +52,9 @@ static const char usage[] =
 	"--auto-aof-rewrite-min-size BYTES: no file is rewritten by itself while the shards'\n"
 	"           files together are smaller than this, or it is smaller than its share\n"
 	"           of it (BYTES / shards; default 64mb)\n"
-	"--maxclients N: clients open at once, over every shard (default 10000); one past it\n"
-	"           gets \"-ERR max number of clients reached\" and is closed\n";
+	"--maxclients N: clients open at once, over every shard (default 10000, or fewer\n"
+	"           where the shards' descriptor tables hold fewer); one past it gets\n"
+	"           \"-ERR max number of clients reached\" and is closed\n";
 
 static void
 die(const char *msg, const char *opt)
@@ -212,6 +214,45 @@ on_start(void *arg)
 	}
 }
 
+/* The most clients that can be open at once here: with direct descriptors each shard's
+ * table (--max-files, less the slot its armed accept holds); else the descriptor limit,
+ * less what the shards and files hold. A --maxclients above it is lowered to it and said, as
+ * Redis lowers maxclients to its descriptor limit: a client past the table waited in the
+ * listen backlog, unanswered, instead of getting the error. */
+static void
+maxclients_fit(const struct keel_opts *o, const struct keel_net_config *nc, unsigned nshards,
+	       bool given)
+{
+	struct keel_feature_decision d[KEEL_FEAT__COUNT];
+	struct rlimit rl;
+	uint64_t cap, reserve = 32 + 8 * (uint64_t)nshards;
+	char why[200];
+
+	if (keel_features_decide(o, d) < 0) /* keel_runtime_create decided: not reached */
+		return;
+	if (d[KEEL_FEAT_DIRECT_FD].used) {
+		cap = (uint64_t)nshards * (nc->max_files > 1 ? nc->max_files - 1 : 1);
+		snprintf(why, sizeof(why),
+			 "each shard's direct-descriptor table holds %u clients (--max-files %u, "
+			 "less its accept's slot) x %u shards; raise --max-files for more",
+			 nc->max_files > 1 ? nc->max_files - 1 : 1, nc->max_files, nshards);
+	} else if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+		cap = rl.rlim_cur > reserve + 1 ? rl.rlim_cur - reserve : 1;
+		snprintf(why, sizeof(why),
+			 "the descriptor limit is %llu (ulimit -n), %llu of them kept for the "
+			 "shards and files; raise ulimit -n for more",
+			 (unsigned long long)rl.rlim_cur, (unsigned long long)reserve);
+	} else {
+		return;
+	}
+	if (kv_cfg.maxclients <= cap)
+		return;
+	if (given) /* the default is lowered quietly: CONFIG GET maxclients and INFO say it */
+		fprintf(stderr, "keel-kv: --maxclients %u lowered to %llu: %s\n", kv_cfg.maxclients,
+			(unsigned long long)cap, why);
+	kv_cfg.maxclients = (uint32_t)cap;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -221,6 +262,7 @@ main(int argc, char **argv)
 	struct keel_runtime *rt;
 	struct app a = { 0 };
 	const char *addr = "0.0.0.0", *aof_opt = NULL;
+	bool maxclients_given = false;
 	long port = 6379;
 	unsigned failed;
 	int r;
@@ -308,6 +350,7 @@ main(int argc, char **argv)
 			if (*v < '0' || *v > '9' || *end || m < 1 || m > UINT32_MAX)
 				die("--maxclients expects 1..4294967295, got ", v);
 			kv_cfg.maxclients = (uint32_t)m;
+			maxclients_given = true;
 		} else if (!strcmp(argv[i], "--dir")) {
 			kv_cfg.dir = v;
 		} else {
@@ -347,6 +390,7 @@ main(int argc, char **argv)
 	if (r < 0)
 		return 1;
 	kv_cfg.nshards = keel_runtime_shard_count(rt);
+	maxclients_fit(&o, &nc, kv_cfg.nshards, maxclients_given);
 	lo.addr = addr;
 	lo.port = (uint16_t)port;
 	lo.rt = rt;

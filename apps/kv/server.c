@@ -1036,7 +1036,8 @@ tx_run(struct kmsg *m)
 		c = kv_cmd_find(req.argv[0].p, req.argv[0].len);
 		if (c->route == KV_R_KEYS && c->key_step == 2 && (req.argc - 1) % 2)
 			kv_reply_arity(&m->rep, c); /* MSET's pairs (tx_queue) */
-		else if (c->route == KV_R_LOCAL)    /* PING, ECHO, SELECT, UNWATCH: no connection */
+		else if (c->route ==
+			 KV_R_LOCAL) /* PING, ECHO, SELECT, UNWATCH, TIME: no connection */
 			local_cmd(NULL, c, req.argv, req.argc, &m->rep);
 		else /* --maxmemory was checked once, at EXEC */
 			exec_here(c, req.argv, req.argc, &m->rep, true);
@@ -1589,8 +1590,9 @@ info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
 		     (long)getpid(), kv_port, (long long)((kv_now_ms() - kv_start_ms) / 1000), ns);
 	}
 	if (WANT("clients"))
-		LINE("# Clients\r\nconnected_clients:%llu\r\ntotal_watched_keys:%llu\r\n\r\n",
-		     (unsigned long long)conns, (unsigned long long)watched);
+		LINE("# Clients\r\nconnected_clients:%llu\r\nmaxclients:%u\r\n"
+		     "total_watched_keys:%llu\r\n\r\n",
+		     (unsigned long long)conns, kv_cfg.maxclients, (unsigned long long)watched);
 	if (WANT("memory"))
 		LINE("# Memory\r\nused_memory:%llu\r\nused_memory_human:%.2fM\r\nmaxmemory:%llu\r\n"
 		     "maxmemory_policy:noeviction\r\nlazyfree_pending_objects:%llu\r\n\r\n",
@@ -2129,7 +2131,7 @@ tx_queue(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsign
 		goto refused;
 	}
 	if (c->route == KV_R_LOCAL && strcmp(c->name, "ping") && strcmp(c->name, "echo") &&
-	    strcmp(c->name, "unwatch") && strcmp(c->name, "select")) {
+	    strcmp(c->name, "unwatch") && strcmp(c->name, "select") && strcmp(c->name, "time")) {
 		rb_err(out, "ERR Command not allowed inside a transaction");
 		goto refused;
 	}
@@ -3096,7 +3098,6 @@ on_open(struct keel_conn *c)
 		ks->conns->prev = kc;
 	ks->conns = kc;
 	keel_conn_set_user(c, kc);
-	stat_add(&kv_stats[self()].conns_total, 1);
 	/* Past --maxclients, as Redis does: the error, then the close; what the client sent
 	 * meanwhile is dropped (closing). */
 	if (atomic_fetch_add_explicit(&clients_open, 1, memory_order_relaxed) >=
@@ -3110,6 +3111,7 @@ on_open(struct keel_conn *c)
 		return;
 	}
 	stat_add(&kv_stats[self()].conns, 1);
+	stat_add(&kv_stats[self()].conns_total, 1); /* as Redis: a refused client is in neither */
 }
 
 static void

@@ -3866,6 +3866,34 @@ Test(kv_server, clients_past_maxclients_are_refused_with_the_error)
 	srv_stop(&s);
 }
 
+/* A --maxclients the shards' direct-descriptor tables cannot hold is lowered to what they
+ * hold, and said: a client past a full table waited in the listen backlog unanswered. The
+ * default is lowered quietly, and CONFIG GET says the figure in both cases. */
+Test(kv_server, maxclients_above_the_descriptor_tables_is_lowered_and_said)
+{
+	struct srv s;
+	struct rd r;
+
+	srv_start(&s, 2, "--max-files", "8", "--maxclients", "100", NULL);
+	if (!strstr(start_log, "direct-descriptor table")) {
+		srv_stop(&s);
+		cr_skip_test("direct descriptors unused here: the descriptor limit bounds it");
+	}
+	cr_assert(strstr(start_log, "keel-kv: --maxclients 100 lowered to 14: each shard's "
+				    "direct-descriptor table holds 7 clients (--max-files 8"),
+		  "%s", start_log);
+	rd_init(&r, test_connect(s.port));
+	expect(&r, "CONFIG GET maxclients", "*2\r\n$10\r\nmaxclients\r\n$2\r\n14\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+	srv_start(&s, 2, "--max-files", "8", NULL);
+	cr_assert_null(strstr(start_log, "lowered"), "%s", start_log);
+	rd_init(&r, test_connect(s.port));
+	expect(&r, "CONFIG GET maxclients", "*2\r\n$10\r\nmaxclients\r\n$2\r\n14\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+}
+
 Test(kv_server, maxclients_below_one_is_refused)
 {
 	const char *const argv[] = { kv_bin(), "--addr",       "127.0.0.1", "--port",
