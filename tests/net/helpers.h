@@ -58,6 +58,8 @@ extern const struct keel_conn_ops echo_ops;
 int srv_net_stats(struct srv *s, unsigned shard, struct keel_net_stats *out);
 /* ... of any runtime. */
 int rt_net_stats(struct keel_runtime *rt, unsigned shard, struct keel_net_stats *out);
+/* An integer sysctl (@path under /proc/sys), or @dflt where it cannot be read. */
+int net_sysctl_int(const char *path, int dflt);
 /* net.ipv6.bindv6only is 1: a socket bound to "::" is then IPv6 only (no v4-mapped peers). */
 bool net_bindv6only(void);
 /* keel_feature_used(@f) on shard @shard of @rt: 1, 0, or -errno. The receive kind a test

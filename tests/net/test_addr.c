@@ -408,15 +408,7 @@ bind_refused(const char *addr, uint16_t port, int want, const char *said)
 
 Test(net_addr, an_address_no_interface_has_is_said_as_such)
 {
-	FILE *f = fopen("/proc/sys/net/ipv4/ip_nonlocal_bind", "re");
-	int nonlocal = 0;
-
-	if (f) {
-		if (fscanf(f, "%d", &nonlocal) != 1)
-			nonlocal = 0;
-		fclose(f);
-	}
-	if (nonlocal)
+	if (net_sysctl_int("/proc/sys/net/ipv4/ip_nonlocal_bind", 0))
 		cr_skip_test("net.ipv4.ip_nonlocal_bind is 1: any address binds");
 	/* TEST-NET-1 (RFC 5737): on no interface here; a bind sends nothing. Port 0 reaches
 	 * the shards' binds, another the port check before them. */
@@ -429,14 +421,8 @@ Test(net_addr, a_privileged_port_without_the_capability_names_it)
 {
 	struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
 	struct __user_cap_data_struct d[2];
-	FILE *f = fopen("/proc/sys/net/ipv4/ip_unprivileged_port_start", "re");
-	int start = 1024;
+	int start = net_sysctl_int("/proc/sys/net/ipv4/ip_unprivileged_port_start", 1024);
 
-	if (f) {
-		if (fscanf(f, "%d", &start) != 1)
-			start = 1024;
-		fclose(f);
-	}
 	if (start <= 1)
 		cr_skip_test("net.ipv4.ip_unprivileged_port_start is %d: no port is privileged",
 			     start);

@@ -167,18 +167,24 @@ rt_run_on(struct keel_runtime *rt, unsigned shard, keel_xreq_fn fn, void *arg)
 	return r;
 }
 
-bool
-net_bindv6only(void)
+int
+net_sysctl_int(const char *path, int dflt)
 {
-	FILE *f = fopen("/proc/sys/net/ipv6/bindv6only", "r");
-	int v = 0;
+	FILE *f = fopen(path, "re");
+	int v = dflt;
 
 	if (f) {
 		if (fscanf(f, "%d", &v) != 1)
-			v = 0;
+			v = dflt;
 		fclose(f);
 	}
-	return v == 1;
+	return v;
+}
+
+bool
+net_bindv6only(void)
+{
+	return net_sysctl_int("/proc/sys/net/ipv6/bindv6only", 0) == 1;
 }
 
 int
