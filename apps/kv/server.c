@@ -1036,9 +1036,8 @@ tx_run(struct kmsg *m)
 		c = kv_cmd_find(req.argv[0].p, req.argv[0].len);
 		if (c->route == KV_R_KEYS && c->key_step == 2 && (req.argc - 1) % 2)
 			kv_reply_arity(&m->rep, c); /* MSET's pairs (tx_queue) */
-		else if (c->route ==
-			 KV_R_LOCAL) /* PING, ECHO, SELECT, UNWATCH, TIME: no connection */
-			local_cmd(NULL, c, req.argv, req.argc, &m->rep);
+		else if (c->route == KV_R_LOCAL)    /* PING, ECHO, SELECT, UNWATCH, TIME */
+			local_cmd(NULL, c, req.argv, req.argc, &m->rep); /* no connection */
 		else /* --maxmemory was checked once, at EXEC */
 			exec_here(c, req.argv, req.argc, &m->rep, true);
 		/* Past --send-max, a command's reply that carries a value is refused (its own
