@@ -100,11 +100,12 @@ struct kv_db {
 
 /* Process-wide settings (set before the shards start, read-only after). */
 struct kv_config {
-	uint64_t maxmemory;  /* 0: no limit */
-	uint64_t max_bulk;   /* --proto-max-bulk-len */
-	uint64_t query_max;  /* the largest request buffered (client-query-buffer-limit) */
-	unsigned timeout_s;  /* --timeout: idle connections closed after this; 0: never */
-	uint32_t maxclients; /* --maxclients: clients open at once, over every shard */
+	uint64_t maxmemory;     /* 0: no limit */
+	uint64_t max_bulk;      /* --proto-max-bulk-len */
+	uint64_t query_max;     /* the largest request buffered (client-query-buffer-limit) */
+	unsigned timeout_s;     /* --timeout: idle connections closed after this; 0: never */
+	uint32_t maxclients;    /* --maxclients: clients open at once, over every shard */
+	uint32_t shard_clients; /* ... on one shard (its direct-descriptor table's room); 0: any */
 	unsigned nshards;
 	bool handoff_export;           /* --handoff export: forward requests as exported slices */
 	struct keel_hash_key hash_key; /* kv_hash's key: random per process */

@@ -215,8 +215,8 @@ on_start(void *arg)
 }
 
 /* The most clients that can be open at once here: with direct descriptors each shard's
- * table (--max-files, less the slot its armed accept holds); else the descriptor limit,
- * less what the shards and files hold. A --maxclients above it is lowered to it and said, as
+ * table (--max-files, less two slots), and each shard's share is its limit too; else the descriptor
+ * limit, less what the shards and files hold. A --maxclients above it is lowered to it and said, as
  * Redis lowers maxclients to its descriptor limit: a client past the table waited in the
  * listen backlog, unanswered, instead of getting the error. */
 static void
@@ -231,11 +231,15 @@ maxclients_fit(const struct keel_opts *o, const struct keel_net_config *nc, unsi
 	if (keel_features_decide(o, d) < 0) /* keel_runtime_create decided: not reached */
 		return;
 	if (d[KEEL_FEAT_DIRECT_FD].used) {
-		cap = (uint64_t)nshards * (nc->max_files > 1 ? nc->max_files - 1 : 1);
+		/* Less two slots: the armed accept's, and one for a client to be refused in
+		 * (server.c's on_open), so that a shard whose table its clients fill (the
+		 * kernel's hash spreads them unevenly) still answers the next one. */
+		kv_cfg.shard_clients = nc->max_files > 3 ? nc->max_files - 2 : 1;
+		cap = (uint64_t)nshards * kv_cfg.shard_clients;
 		snprintf(why, sizeof(why),
 			 "each shard's direct-descriptor table holds %u clients (--max-files %u, "
-			 "less its accept's slot) x %u shards; raise --max-files for more",
-			 nc->max_files > 1 ? nc->max_files - 1 : 1, nc->max_files, nshards);
+			 "less two slots) x %u shards; raise --max-files for more",
+			 kv_cfg.shard_clients, nc->max_files, nshards);
 	} else if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
 		cap = rl.rlim_cur > reserve + 1 ? rl.rlim_cur - reserve : 1;
 		snprintf(why, sizeof(why),

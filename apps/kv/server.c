@@ -3098,9 +3098,14 @@ on_open(struct keel_conn *c)
 	ks->conns = kc;
 	keel_conn_set_user(c, kc);
 	/* Past --maxclients, as Redis does: the error, then the close; what the client sent
-	 * meanwhile is dropped (closing). */
+	 * meanwhile is dropped (closing). And past what this shard's descriptor table holds
+	 * (kv_cfg.shard_clients): its next clients would wait in the listen backlog unanswered
+	 * once the table is full. */
 	if (atomic_fetch_add_explicit(&clients_open, 1, memory_order_relaxed) >=
-	    kv_cfg.maxclients) {
+		    kv_cfg.maxclients ||
+	    (kv_cfg.shard_clients &&
+	     atomic_load_explicit(&kv_stats[self()].conns, memory_order_relaxed) >=
+		     kv_cfg.shard_clients)) {
 		atomic_fetch_sub_explicit(&clients_open, 1, memory_order_relaxed);
 		stat_add(&kv_stats[self()].rejected, 1);
 		kc->refused = true;

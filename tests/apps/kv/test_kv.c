@@ -3894,18 +3894,49 @@ Test(kv_server, maxclients_above_the_descriptor_tables_is_lowered_and_said)
 		srv_stop(&s);
 		cr_skip_test("direct descriptors unused here: the descriptor limit bounds it");
 	}
-	cr_assert(strstr(start_log, "keel-kv: --maxclients 100 lowered to 14: each shard's "
-				    "direct-descriptor table holds 7 clients (--max-files 8"),
+	cr_assert(strstr(start_log, "keel-kv: --maxclients 100 lowered to 12: each shard's "
+				    "direct-descriptor table holds 6 clients (--max-files 8"),
 		  "%s", start_log);
 	rd_init(&r, test_connect(s.port));
-	expect(&r, "CONFIG GET maxclients", "*2\r\n$10\r\nmaxclients\r\n$2\r\n14\r\n");
+	expect(&r, "CONFIG GET maxclients", "*2\r\n$10\r\nmaxclients\r\n$2\r\n12\r\n");
 	rd_free(&r);
 	srv_stop(&s);
 	srv_start(&s, 2, "--max-files", "8", NULL);
 	cr_assert_null(strstr(start_log, "lowered"), "%s", start_log);
 	rd_init(&r, test_connect(s.port));
-	expect(&r, "CONFIG GET maxclients", "*2\r\n$10\r\nmaxclients\r\n$2\r\n14\r\n");
+	expect(&r, "CONFIG GET maxclients", "*2\r\n$10\r\nmaxclients\r\n$2\r\n12\r\n");
 	rd_free(&r);
+	srv_stop(&s);
+}
+
+/* Clients the kernel sends to one shard past what its descriptor table holds get the
+ * error too, though the shards together hold more: they waited in the listen backlog,
+ * unanswered, once the table was full. 2 shards of 5 slots (3 clients each, 6 in all); 8
+ * clients, each answered, at most 6 with +PONG. */
+Test(kv_server, clients_past_a_full_shard_table_are_answered)
+{
+	enum { N = 8 };
+	struct srv s;
+	struct rd r[N];
+	int pongs = 0;
+
+	srv_start(&s, 2, "--max-files", "5", NULL);
+	for (int i = 0; i < N; i++) {
+		char *got;
+
+		rd_init(&r[i], test_connect(s.port));
+		test_send_all(r[i].fd, "PING\r\n", 6);
+		got = rd_next(&r[i], NULL); /* no reply within the deadline fails here */
+		cr_assert(got, "client %d: closed without a reply", i);
+		if (!strcmp(got, "+PONG\r\n"))
+			pongs++;
+		else
+			cr_assert_str_eq(got, "-ERR max number of clients reached\r\n", "client %d",
+					 i);
+	}
+	cr_assert(pongs >= 3 && pongs <= 6, "%d clients served", pongs);
+	for (int i = 0; i < N; i++)
+		rd_free(&r[i]);
 	srv_stop(&s);
 }
 
