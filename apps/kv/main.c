@@ -215,10 +215,10 @@ on_start(void *arg)
 }
 
 /* The most clients that can be open at once here: with direct descriptors each shard's
- * table (--max-files, less two slots), and each shard's share is its limit too; else the descriptor
- * limit, less what the shards and files hold. A --maxclients above it is lowered to it and said, as
- * Redis lowers maxclients to its descriptor limit: a client past the table waited in the
- * listen backlog, unanswered, instead of getting the error. */
+ * table (--max-files, less two slots), each shard's share its own limit too; else the
+ * descriptor limit, less what the shards and files hold. A --maxclients above it is lowered
+ * to it (and said when given), as Redis lowers maxclients to its descriptor limit: a client
+ * past a full table waited in the listen backlog, unanswered, instead of getting the error. */
 static void
 maxclients_fit(const struct keel_opts *o, const struct keel_net_config *nc, unsigned nshards,
 	       bool given)
@@ -233,7 +233,7 @@ maxclients_fit(const struct keel_opts *o, const struct keel_net_config *nc, unsi
 	if (d[KEEL_FEAT_DIRECT_FD].used) {
 		/* Less two slots: the armed accept's, and one for a client to be refused in
 		 * (server.c's on_open), so that a shard whose table its clients fill (the
-		 * kernel's hash spreads them unevenly) still answers the next one. */
+		 * kernel spreads them unevenly) still answers the next one. */
 		kv_cfg.shard_clients = nc->max_files > 3 ? nc->max_files - 2 : 1;
 		cap = (uint64_t)nshards * kv_cfg.shard_clients;
 		snprintf(why, sizeof(why),
