@@ -247,6 +247,18 @@ unix_listen(struct keel_listener *l, const struct keel_listen_opts *o,
 	return 0;
 }
 
+/* A listener's socket call @what that failed with @r (-errno) at @port, logged with the fix
+ * a person needs (keel__sock_hint; for a bind (@bind), a port another program holds too). */
+static void
+sock_fail(const struct keel_listen_opts *o, unsigned port, const char *what, int r, bool bind)
+{
+	keel_log(KEEL_LOG_ERROR, NET_MOD, "listener on %s port %u: %s: %s%s",
+		 o->addr ? o->addr : "0.0.0.0", port, what, strerror(-r),
+		 bind && r == -EADDRINUSE
+			 ? " (another program listens there: pick another port, or stop it)"
+			 : keel__sock_hint(r, bind));
+}
+
 /* Whether another socket holds the port: a bind without SO_REUSEPORT (with SO_REUSEADDR, so
  * that connections of a server that ran here before, in TIME_WAIT, do not count) fails where
  * one listens. The listener's own sockets take SO_REUSEPORT, which lets another process of
@@ -261,19 +273,13 @@ port_free(const struct sockaddr_storage *ss, socklen_t len, const struct keel_li
 
 	if (fd < 0) {
 		r = -errno;
-		keel_log(KEEL_LOG_ERROR, NET_MOD, "listener on %s port %u: socket: %s%s",
-			 o->addr ? o->addr : "0.0.0.0", (unsigned)o->port, strerror(-r),
-			 keel__sock_hint(r, false));
+		sock_fail(o, o->port, "socket", r, false);
 		return r;
 	}
 	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
 	    bind(fd, (const struct sockaddr *)ss, len) < 0) {
 		r = -errno;
-		keel_log(KEEL_LOG_ERROR, NET_MOD, "bind %s port %u: %s%s",
-			 o->addr ? o->addr : "0.0.0.0", (unsigned)o->port, strerror(-r),
-			 r == -EADDRINUSE ? " (another program listens there: pick another "
-					    "port, or stop it)"
-					  : keel__sock_hint(r, true));
+		sock_fail(o, o->port, "bind", r, true);
 	}
 	close(fd);
 	return r;
@@ -368,18 +374,13 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 		int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		if (fd < 0) {
 			r = -errno;
-			keel_log(KEEL_LOG_ERROR, NET_MOD, "listener on %s port %u: socket: %s%s",
-				 o->addr ? o->addr : "0.0.0.0", (unsigned)o->port, strerror(-r),
-				 keel__sock_hint(r, false));
+			sock_fail(o, o->port, "socket", r, false);
 			goto err;
 		}
 		l->parts[i].fd = fd;
 		if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0) {
 			r = -errno;
-			keel_log(KEEL_LOG_ERROR, NET_MOD,
-				 "listener on %s port %u: SO_REUSEADDR: %s%s",
-				 o->addr ? o->addr : "0.0.0.0", (unsigned)o->port, strerror(-r),
-				 keel__sock_hint(r, false));
+			sock_fail(o, o->port, "SO_REUSEADDR", r, false);
 			goto err;
 		}
 		/* Accepted sockets inherit TCP_NODELAY from the listener, so direct descriptors
@@ -389,20 +390,12 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 			keel_log(KEEL_LOG_WARN, NET_MOD, "TCP_NODELAY: %s", strerror(errno));
 		if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) {
 			r = -errno;
-			keel_log(KEEL_LOG_ERROR, NET_MOD,
-				 "listener on %s port %u: SO_REUSEPORT: %s%s",
-				 o->addr ? o->addr : "0.0.0.0", (unsigned)o->port, strerror(-r),
-				 keel__sock_hint(r, false));
+			sock_fail(o, o->port, "SO_REUSEPORT", r, false);
 			goto err;
 		}
 		if (bind(fd, (struct sockaddr *)&ss, len) < 0) {
 			r = -errno;
-			keel_log(KEEL_LOG_ERROR, NET_MOD, "bind %s port %u: %s%s",
-				 o->addr ? o->addr : "0.0.0.0", (unsigned)(i ? l->port : o->port),
-				 strerror(-r),
-				 r == -EADDRINUSE ? " (another program listens there: pick "
-						    "another port, or stop it)"
-						  : keel__sock_hint(r, true));
+			sock_fail(o, i ? l->port : o->port, "bind", r, true);
 			goto err;
 		}
 		if (i == 0) {
@@ -442,9 +435,7 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 	for (unsigned i = 0; i < nshards; i++) {
 		if (listen(l->parts[i].fd, o->backlog ? o->backlog : 4096) < 0) {
 			r = -errno;
-			keel_log(KEEL_LOG_ERROR, NET_MOD, "listener on %s port %u: listen: %s%s",
-				 o->addr ? o->addr : "0.0.0.0", (unsigned)l->port, strerror(-r),
-				 keel__sock_hint(r, false));
+			sock_fail(o, l->port, "listen", r, false);
 			goto err;
 		}
 	}
