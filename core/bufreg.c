@@ -88,13 +88,13 @@ memlock_fail_log(struct keel_shard *s, const char *what)
 	struct keel_runtime *rt = s->rt;
 	uint64_t need = rt->opts.memory * rt->count;
 	struct rlimit rl;
+	bool cap = have_cap_ipc_lock();
 	char lim[32];
 
 	/* Without the limit (unlimited, or CAP_IPC_LOCK: root's benchmarks) an ENOMEM is a
 	 * real shortage of memory to pin: blaming the limit sent people to raise a limit they
 	 * did not have. */
-	if ((getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur == RLIM_INFINITY) ||
-	    have_cap_ipc_lock()) {
+	if ((getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur == RLIM_INFINITY) || cap) {
 		if (!br->policy_on && atomic_exchange(&memlock_logged, rt) == rt)
 			return;
 		keel_log(br->policy_on ? KEEL_LOG_ERROR : KEEL_LOG_WARN, "core",
@@ -102,8 +102,7 @@ memlock_fail_log(struct keel_shard *s, const char *what)
 			 "CAP_IPC_LOCK %s): the machine or the memory cgroup had no memory to pin "
 			 "(%llu KiB pinned by keel so far, --memory %llu MiB x %u shards); lower "
 			 "--memory, or give the cgroup more room (memory.max)%s",
-			 s->id, what, memlock_str(lim, sizeof(lim)),
-			 have_cap_ipc_lock() ? "held" : "not held",
+			 s->id, what, memlock_str(lim, sizeof(lim)), cap ? "held" : "not held",
 			 (unsigned long long)(atomic_load(&pinned_bytes) >> 10),
 			 (unsigned long long)(rt->opts.memory >> 20), rt->count,
 			 br->policy_on ? ", or use --feature reg_buffers=auto to run with "
