@@ -218,6 +218,7 @@ enum kv_merge { KV_M_NONE, KV_M_SUM, KV_M_OK, KV_M_ARRAY_BY_KEY, KV_M_CONCAT, KV
 #define KV_F_WRITE     1u
 #define KV_F_DENYOOM   2u
 #define KV_F_ONE_SHARD 4u /* KV_R_KEYS that cannot be split: keys on several shards refused */
+#define KV_F_TX_LOCAL  8u /* KV_R_LOCAL taken inside MULTI (it needs no connection) */
 
 struct kv_cmd;
 typedef void (*kv_cmd_fn)(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out);

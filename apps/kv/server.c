@@ -1036,8 +1036,8 @@ tx_run(struct kmsg *m)
 		c = kv_cmd_find(req.argv[0].p, req.argv[0].len);
 		if (c->route == KV_R_KEYS && c->key_step == 2 && (req.argc - 1) % 2)
 			kv_reply_arity(&m->rep, c); /* MSET's pairs (tx_queue) */
-		else if (c->route == KV_R_LOCAL)    /* PING, ECHO, SELECT, UNWATCH, TIME */
-			local_cmd(NULL, c, req.argv, req.argc, &m->rep); /* no connection */
+		else if (c->route == KV_R_LOCAL)    /* KV_F_TX_LOCAL's: no connection */
+			local_cmd(NULL, c, req.argv, req.argc, &m->rep);
 		else /* --maxmemory was checked once, at EXEC */
 			exec_here(c, req.argv, req.argc, &m->rep, true);
 		/* Past --send-max, a command's reply that carries a value is refused (its own
@@ -1707,6 +1707,17 @@ set_name(struct kconn *kc, const struct resp_arg *name, struct rbuf *out)
 	return true;
 }
 
+/* AUTH's and HELLO's user, on a Redis whose default user has no password: the default
+ * user takes any password; another gets WRONGPASS, written to @out (false). */
+static bool
+auth_user(const struct resp_arg *user, struct rbuf *out)
+{
+	if (user->len == 7 && !memcmp(user->p, "default", 7))
+		return true;
+	rb_err(out, "WRONGPASS invalid username-password pair or user is disabled.");
+	return false;
+}
+
 /* HELLO [protover [AUTH username password] [SETNAME name]], as Redis 7 parses it, for
  * RESP2 only: HELLO 3 is NOPROTO before its options are read (clients then stay on RESP2;
  * Redis, which takes 3, reads them). No password is set, as on a
@@ -1738,11 +1749,8 @@ hello_cmd(struct kconn *kc, struct resp_arg *argv, unsigned argc, struct rbuf *o
 		if (is(&argv[i], "AUTH") && more >= 2) {
 			const struct resp_arg *user = &argv[i + 1];
 
-			if (!(user->len == 7 && !memcmp(user->p, "default", 7))) {
-				rb_err(out, "WRONGPASS invalid username-password pair or user is "
-					    "disabled.");
+			if (!auth_user(user, out))
 				return;
-			}
 			i += 2;
 		} else if (is(&argv[i], "SETNAME") && more >= 1) {
 			if (!set_name(kc, &argv[++i], out))
@@ -1885,11 +1893,8 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 			       "the default user. Are you sure your configuration is correct?");
 		else if (argc > 3)
 			rb_err(out, "ERR syntax error");
-		else if (argv[1].len == 7 && !memcmp(argv[1].p, "default", 7))
+		else if (auth_user(&argv[1], out))
 			rb_simple(out, "OK");
-		else
-			rb_err(out, "WRONGPASS invalid username-password pair or user is "
-				    "disabled.");
 	} else if (!strcmp(n, "info")) {
 		if (!run_later(kc, LATER_INFO, argv, argc, out))
 			info(out, argv, argc);
@@ -2129,8 +2134,7 @@ tx_queue(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsign
 		kv_reply_arity(out, c);
 		goto refused;
 	}
-	if (c->route == KV_R_LOCAL && strcmp(c->name, "ping") && strcmp(c->name, "echo") &&
-	    strcmp(c->name, "unwatch") && strcmp(c->name, "select") && strcmp(c->name, "time")) {
+	if (c->route == KV_R_LOCAL && !(c->flags & KV_F_TX_LOCAL)) {
 		rb_err(out, "ERR Command not allowed inside a transaction");
 		goto refused;
 	}

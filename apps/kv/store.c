@@ -1991,8 +1991,8 @@ cmd_keys(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *ou
 
 /* Replies to KV_R_LOCAL commands come from server.c (fn NULL). */
 static const struct kv_cmd cmds[] = {
-	{ "ping", -1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "fast" },
-	{ "echo", 2, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "fast" },
+	{ "ping", -1, KV_F_TX_LOCAL, KV_R_LOCAL, 0, KV_M_NONE, NULL, "fast" },
+	{ "echo", 2, KV_F_TX_LOCAL, KV_R_LOCAL, 0, KV_M_NONE, NULL, "fast" },
 	{ "get", 2, 0, KV_R_KEY, 0, KV_M_NONE, cmd_get, "readonly fast" },
 	{ "set", -3, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEY, 0, KV_M_NONE, cmd_set, "write denyoom" },
 	{ "getset", 3, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEY, 0, KV_M_NONE, cmd_getset,
@@ -2047,11 +2047,11 @@ static const struct kv_cmd cmds[] = {
 	{ "flushdb", -1, KV_F_WRITE, KV_R_ALL, 0, KV_M_OK, cmd_flushall, "write" },
 	{ "keys", 2, 0, KV_R_ALL, 0, KV_M_CONCAT, cmd_keys, "readonly" },
 	{ "info", -1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "loading stale" },
-	{ "select", 2, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "loading stale fast" },
+	{ "select", 2, KV_F_TX_LOCAL, KV_R_LOCAL, 0, KV_M_NONE, NULL, "loading stale fast" },
 	{ "quit", -1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "fast" },
 	{ "shutdown", -1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "admin noscript loading stale" },
 	{ "hello", -1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "noscript loading stale fast" },
-	{ "time", 1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "loading stale fast" },
+	{ "time", 1, KV_F_TX_LOCAL, KV_R_LOCAL, 0, KV_M_NONE, NULL, "loading stale fast" },
 	{ "auth", -2, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL,
 	  "noscript loading stale fast no_auth allow_busy" },
 	{ "command", -1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "loading stale" },
@@ -2064,7 +2064,8 @@ static const struct kv_cmd cmds[] = {
 	{ "discard", 1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "noscript loading stale fast" },
 	{ "watch", -2, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL,
 	  "noscript loading stale fast allow_busy" },
-	{ "unwatch", 1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "noscript loading stale fast" },
+	{ "unwatch", 1, KV_F_TX_LOCAL, KV_R_LOCAL, 0, KV_M_NONE, NULL,
+	  "noscript loading stale fast" },
 };
 
 #define NCMDS (sizeof(cmds) / sizeof(cmds[0]))
