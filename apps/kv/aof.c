@@ -2526,13 +2526,14 @@ rw_begin(struct aof *a, bool *wrote)
 			a->rw_old_fd = open(path, O_RDONLY | O_CLOEXEC);
 		}
 		a->rw_tail = a->rw_old_fd >= 0;
-		if (!a->rw_tail) /* the rewrite goes on, differently: said */
-			fprintf(stderr,
-				"keel-kv: the rewrite cannot read %s to copy its tail (%s): the records "
-				"written meanwhile are held in memory until it switches files (up to "
-				"the backlog's 64 MiB, past which the shards stop reading), and with "
-				"appendfsync always their replies wait for it\n",
-				path, strerror(errno));
+		if (!a->rw_tail) /* the rewrite goes on, differently: said as the shard's */
+			keel_log(
+				KEEL_LOG_WARN, "kv",
+				"shard %u: the rewrite cannot read %s to copy its tail (%s): the "
+				"records written meanwhile are held in memory until it switches files "
+				"(up to the backlog's 64 MiB, past which the shards stop reading), and "
+				"with appendfsync always their replies wait for it",
+				a->id, path, strerror(errno));
 	}
 	a->rw_old_batch = a->st == A_WRITING || a->st == A_FAILED;
 	a->rw_from = a->off + (a->rw_old_batch ? a->wlen : 0) + a->pend.len;
