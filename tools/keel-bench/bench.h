@@ -27,7 +27,8 @@ int bench_pin(int cpu);
 /* Percentile @p (0..100) of @n samples (sorted in place). */
 uint64_t bench_percentile(uint64_t *v, size_t n, double p);
 
-/* How long a client's connect may take (both clients): past it the run fails, naming it. */
+/* How long a client's connect may take (both clients): a server that never answers fails
+ * the run, naming it, instead of hanging it. */
 #define BENCH_CONNECT_MS 10000u
 
 /* Up to @cap samples of a run that may give more (v: @cap entries the caller allocates):

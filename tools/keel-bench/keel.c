@@ -55,7 +55,6 @@
  * unsent bytes instead; the echo of what is queued brings it back.
  */
 #define SENDQ (4u * 1024u * 1024u)
-/* Connect timeout: a server that never answers fails the run instead of hanging it. */
 /* Buffer memory per shard: the receive rings need a few MiB. */
 #define SHARD_MEMORY (64ull << 20)
 
