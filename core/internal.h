@@ -244,6 +244,7 @@ struct keel_shard {
 
 	struct defer_vec defer_run, defer_next;
 	struct defer_vec stop_hooks;
+	struct keel__later *later_head, *later_tail; /* keel__later's queue */
 
 	struct keel_timer **heap;
 	size_t heap_n, heap_cap;
@@ -411,6 +412,9 @@ struct internal_op *keel__internal_done(struct keel_op *op);
 #ifdef KEEL_FAULTS
 /* Tests: while non-zero, each keel_sqe_get() returns NULL and the count drops by one. */
 extern _Atomic unsigned keel__fault_sqe_none;
+/* ... each keel_defer() fails with -ENOMEM (its vector could not grow), as under memory
+ * pressure. */
+extern _Atomic unsigned keel__fault_defer_nomem;
 /* ... while non-zero, each submit of a feature probe's trial (caps.c) fails with -ENOMEM, as
  * under memory pressure; the count drops by one. */
 extern _Atomic unsigned keel__fault_probe_submit;

@@ -625,7 +625,8 @@ sleep_in_kernel(struct keel_shard *s, uint64_t t0, struct keel__coalesce *co)
 	 * wait would return at once (the kernel flushes the overflow list before it sleeps),
 	 * but say so here rather than rely on it. Deferred callbacks run on the next pass. */
 	if (keel__mail_pending(s) || atomic_load(&s->xpending) || io_uring_cq_ready(&s->ring) ||
-	    s->defer_next.n || (IO_URING_READ_ONCE(*s->ring.sq.kflags) & IORING_SQ_CQ_OVERFLOW) ||
+	    s->defer_next.n || s->later_head ||
+	    (IO_URING_READ_ONCE(*s->ring.sq.kflags) & IORING_SQ_CQ_OVERFLOW) ||
 	    (atomic_load(&rt->stopping) && s->phase == PHASE_RUN)) {
 		atomic_store(&s->sleeping, 0);
 		return false;
@@ -813,9 +814,9 @@ stop_say_held(struct keel_shard *s)
 	if (user > s->files.ndrain)
 		SAY("%llu user operations in flight (no cancel ended them)",
 		    (unsigned long long)(user - s->files.ndrain));
-	if (s->defer_next.n)
+	if (s->defer_next.n || s->later_head)
 		SAY("%zu deferred callbacks pending (one that defers itself again never ends)",
-		    s->defer_next.n);
+		    s->defer_next.n + (s->later_head != NULL));
 	if (s->ovf_pending)
 		SAY("%llu messages in overflow lists (their receivers' queues stay full)",
 		    (unsigned long long)s->ovf_pending);
@@ -869,8 +870,8 @@ stop_progress(struct keel_shard *s)
 	/* A disk request waiting in the FIFO for an SQE (file.c, wait_for_sqe) is work too:
 	 * nothing in the ring may be left to bring it in. */
 	bool q = s->inflight == s->internal_inflight && !s->ovf_pending && !s->ndirty &&
-		 !s->defer_next.n && !atomic_load(&s->xpending) && !s->files.head &&
-		 !s->cancel_retry;
+		 !s->defer_next.n && !s->later_head && !atomic_load(&s->xpending) &&
+		 !s->files.head && !s->cancel_retry;
 
 	/* Foreign requests close under their lock as the shard first finds itself quiescent:
 	 * a keel_runtime_submit that passed its stopping check just before the stop, and

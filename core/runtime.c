@@ -58,12 +58,20 @@ keel__defer_fini(struct defer_vec *v)
 	memset(v, 0, sizeof(*v));
 }
 
+#ifdef KEEL_FAULTS
+_Atomic unsigned keel__fault_defer_nomem;
+#endif
+
 int
 keel_defer(keel_fn fn, void *arg)
 {
 	struct keel_shard *s = cur_shard(__func__);
 	if (!fn)
 		return -EINVAL;
+#ifdef KEEL_FAULTS
+	if (keel__fault_take(&keel__fault_defer_nomem))
+		return -ENOMEM;
+#endif
 	/* The loop has ended (a foreign request's done, completed with -ECANCELED at the
 	 * shard's end): no pass is left to run it. */
 	if (s->phase == PHASE_DONE)
@@ -71,14 +79,55 @@ keel_defer(keel_fn fn, void *arg)
 	return keel__defer_push(&s->defer_next, fn, arg);
 }
 
+int
+keel__later(struct keel__later *l)
+{
+	struct keel_shard *s = cur_shard(__func__);
+
+	if (l->queued)
+		return 0;
+	if (s->phase == PHASE_DONE)
+		return -ESHUTDOWN;
+	l->queued = true;
+	l->next = NULL;
+	if (s->later_tail)
+		s->later_tail->next = l;
+	else
+		s->later_head = l;
+	s->later_tail = l;
+	return 0;
+}
+
+/* keel__later's queue, detached first: what its calls queue runs on the next pass. */
+static unsigned
+later_run(struct keel_shard *s)
+{
+	struct keel__later *l = s->later_head;
+	unsigned n = 0;
+
+	s->later_head = s->later_tail = NULL;
+	while (l) {
+		struct keel__later *next = l->next;
+
+		l->queued = false;
+		l->fn(l);
+		l = next;
+		n++;
+	}
+	return n;
+}
+
 unsigned
 keel__defer_run(struct keel_shard *s)
 {
 	struct defer_vec tmp;
 	size_t n = s->defer_next.n;
+	unsigned later = s->later_head ? later_run(s) : 0;
 
-	if (!n)
-		return 0;
+	if (!n) {
+		STAT_ADD(s, deferred, later);
+		return later;
+	}
 	/* Swap: what these callbacks defer lands in the (now empty) next vector. */
 	tmp = s->defer_run;
 	s->defer_run = s->defer_next;
@@ -87,8 +136,8 @@ keel__defer_run(struct keel_shard *s)
 	for (size_t i = 0; i < n; i++)
 		s->defer_run.v[i].fn(s->defer_run.v[i].arg);
 	s->defer_run.n = 0;
-	STAT_ADD(s, deferred, n);
-	return (unsigned)n;
+	STAT_ADD(s, deferred, n + later);
+	return (unsigned)n + later;
 }
 
 bool

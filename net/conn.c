@@ -64,6 +64,7 @@ struct keel_conn {
 	/* Its RECV_ZCs ended by ENOMEM with nothing held, in a row (keel__zcrx_nomem_give_up) */
 	struct keel__zcrx_nomem zc_nomem;
 	bool sqe_retry; /* a receive, send or shutdown found no SQE: tried again next pass */
+	struct keel__later retry_later; /* ... that step, queued without allocating */
 	bool want_writable, cancel_sent;
 	bool zc_ok;         /* may receive with RECV_ZC: accepted TCP (keel__zcrx_conn_wants) */
 	bool unseen;        /* accepted, on_open not yet run: ended so, no on_close either */
@@ -1191,9 +1192,9 @@ flush_run(void *arg)
 /* The ring gave no SQE (its submit failed; core logs why): the receive, send or shutdown
  * is tried again on the next pass, rather than the connection left without one. */
 static void
-sqe_retry_cb(void *arg)
+sqe_retry_cb(struct keel__later *l)
 {
-	struct keel_conn *c = arg;
+	struct keel_conn *c = container_of(l, struct keel_conn, retry_later);
 
 	c->sqe_retry = false;
 	if (!c->closing) {
@@ -1211,10 +1212,13 @@ sqe_retry(struct keel_conn *c)
 {
 	if (c->sqe_retry)
 		return;
-	if (keel_defer(sqe_retry_cb, c) < 0) {
+	/* A step that allocates nothing: a keel_defer could fail for memory too, and the
+	 * connection then waited for its next event (a close for its close timer, 5 s). */
+	c->retry_later.fn = sqe_retry_cb;
+	if (keel__later(&c->retry_later) < 0) {
 		keel_log(KEEL_LOG_ERROR, NET_MOD,
-			 "shard %u: no SQE and no deferred call to try again: a connection "
-			 "waits for its next event",
+			 "shard %u: no SQE after the shard's loop ended: a connection waits for "
+			 "its next event",
 			 c->ns->id);
 		return;
 	}
@@ -1649,25 +1653,15 @@ close_run(struct net_shard *ns)
 }
 
 static void
-close_defer_cb(void *arg)
+close_later_cb(struct keel__later *l)
 {
-	close_run(arg);
-}
-
-static void
-close_nop_cb(struct keel_op *op, int res, uint32_t flags)
-{
-	struct net_shard *ns = container_of(op, struct net_shard, close_nop);
-
-	ns->close_nop_inflight = false;
-	close_run(ns);
+	close_run(container_of(l, struct net_shard, close_later));
 }
 
 static void
 close_list_add(struct keel_conn *c)
 {
 	struct net_shard *ns = c->ns;
-	struct io_uring_sqe *sqe;
 
 	if (c->close_listed)
 		return;
@@ -1680,27 +1674,18 @@ close_list_add(struct keel_conn *c)
 	ns->close_tail = c;
 	if (ns->close_kick)
 		return;
-	/* A deferred call keeps the shard awake until it runs; without memory for one, a
-	 * NOP's completion does the same. */
-	if (keel_defer(close_defer_cb, ns) == 0) {
-		ns->close_kick = true;
-		keel__net_ref(ns);
-		return;
-	}
-	if (ns->close_nop_inflight)
-		return;
-	sqe = keel_sqe_get();
-	if (!sqe) {
+	/* A deferred step that allocates nothing, which keeps the shard awake until it runs
+	 * (a keel_defer could fail for memory, and then a NOP for want of an SQE: the closes
+	 * waited for the next close). It fails only once the shard's loop has ended, where
+	 * the stop has closed every connection already. */
+	ns->close_later.fn = close_later_cb;
+	if (keel__later(&ns->close_later) < 0) {
 		keel_log(KEEL_LOG_ERROR, NET_MOD,
-			 "shard %u: neither a deferred call nor an SQE for on_close; closes wait "
-			 "for the next close",
+			 "shard %u: a connection closed after the shard's loop ended: its on_close "
+			 "does not run",
 			 ns->id);
 		return;
 	}
-	io_uring_prep_nop(sqe);
-	ns->close_nop.fn = close_nop_cb;
-	keel_sqe_bind(sqe, &ns->close_nop);
-	ns->close_nop_inflight = true;
 	ns->close_kick = true;
 	keel__net_ref(ns);
 }

@@ -123,18 +123,17 @@ struct net_shard {
 	struct keel_conn *flush_head, *flush_tail;
 	/* Closed connections with nothing in flight, waiting for on_close from the loop. */
 	struct keel_conn *close_head, *close_tail;
-	bool close_kick;         /* a run of the close list is queued (holds a reference) */
-	bool close_nop_inflight; /* ... through a NOP, when no deferred call could be had */
-	struct keel_op close_nop;
-	struct keel__lshard *lshards; /* listener parts on this shard */
-	uint32_t direct_conns;        /* accepted connections holding a direct descriptor */
-	uint32_t accepts_single;      /* single direct accepts in flight (a slot each) */
-	bool table_full_said;         /* the full table was logged (listen.c) ... */
-	uint64_t table_full_ns;       /* ... at this time (keel_now_ns) */
-	uint64_t table_full_unsaid;   /* ... and parks since, not logged */
-	bool close_untimed_said;      /* a close without its timer was logged (conn.c) */
-	struct keel_slice *scratch;   /* [scratch_n] slices of one completion, or of held data */
-	unsigned scratch_n;           /* the larger ring's nbufs */
+	bool close_kick;                /* a run of the close list is queued (holds a reference) */
+	struct keel__later close_later; /* ... this one, which allocates nothing */
+	struct keel__lshard *lshards;   /* listener parts on this shard */
+	uint32_t direct_conns;          /* accepted connections holding a direct descriptor */
+	uint32_t accepts_single;        /* single direct accepts in flight (a slot each) */
+	bool table_full_said;           /* the full table was logged (listen.c) ... */
+	uint64_t table_full_ns;         /* ... at this time (keel_now_ns) */
+	uint64_t table_full_unsaid;     /* ... and parks since, not logged */
+	bool close_untimed_said;        /* a close without its timer was logged (conn.c) */
+	struct keel_slice *scratch;     /* [scratch_n] slices of one completion, or of held data */
+	unsigned scratch_n;             /* the larger ring's nbufs */
 	struct keel_net_stats st;
 	struct net_zcrx *zcrx;        /* zcrx.c: the shard's ZCRX set-up (NULL until decided) */
 	struct net_lim *lim_head;     /* limits.c: connections with a timeout */

@@ -70,7 +70,7 @@ struct keel_udp {
 	uint16_t port;
 	struct udp_port *held; /* its address and port in udp_ports */
 	struct keel_op recv_op;
-	struct keel_op close_nop; /* keel_udp_close without memory for a keel_defer */
+	struct keel__later close_later; /* keel_udp_close's step from the loop */
 	/* The receive template: name and control lengths (multishot lays the buffer out
 	 * with them); single-shot receives the name and control data here. */
 	struct msghdr rmsg;
@@ -1210,21 +1210,15 @@ keel_udp_send(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_st
 	return udp_send_one(u, s, dst);
 }
 
-/* keel_udp_close's deferred step: counted in ops_n like an operation, so the endpoint is
- * freed (and on_close runs) from the loop, never inside keel_udp_close. */
+/* keel_udp_close's step from the loop: counted in ops_n like an operation, so the endpoint
+ * is freed (and on_close runs) from the loop, never inside keel_udp_close. */
 static void
-close_deferred(void *arg)
+close_later_run(struct keel__later *l)
 {
-	struct keel_udp *u = arg;
+	struct keel_udp *u = container_of(l, struct keel_udp, close_later);
 
 	u->ops_n--;
 	udp_check(u);
-}
-
-static void
-close_nop_cb(struct keel_op *op, int res, uint32_t flags)
-{
-	close_deferred(container_of(op, struct keel_udp, close_nop));
 }
 
 static void udp_cancel_recv(struct keel_udp *u);
@@ -1271,8 +1265,6 @@ keel_udp_close(struct keel_udp *u)
 static void
 udp_close_status(struct keel_udp *u, int status)
 {
-	struct io_uring_sqe *sqe;
-
 	if (u->closing)
 		return;
 	u->closing = true;
@@ -1287,25 +1279,15 @@ udp_close_status(struct keel_udp *u, int status)
 		udp_cancel_recv(u);
 	if (u->ops_n)
 		return; /* the last completion frees it */
-	/* Nothing in flight: on_close still runs from the loop (STYLE.md, Callbacks). A
-	 * deferred call keeps the shard awake until it runs; without memory for one, a NOP's
-	 * completion does the same. */
-	if (keel_defer(close_deferred, u) == 0) {
+	/* Nothing in flight: on_close still runs from the loop (STYLE.md, Callbacks), from a
+	 * deferred step that allocates nothing (it once fell back to a NOP, and with no SQE
+	 * either ran on_close inside this call). Only once the shard's loop has ended, when
+	 * no pass is left, does it run here. */
+	u->close_later.fn = close_later_run;
+	if (keel__later(&u->close_later) == 0) {
 		u->ops_n++;
 		return;
 	}
-	sqe = keel_sqe_get();
-	if (sqe) {
-		io_uring_prep_nop(sqe);
-		u->close_nop.fn = close_nop_cb;
-		keel_sqe_bind(sqe, &u->close_nop);
-		u->ops_n++;
-		return;
-	}
-	keel_log(KEEL_LOG_ERROR, NET_MOD,
-		 "udp port %u: neither a deferred call nor an SQE for on_close; it runs inside "
-		 "keel_udp_close",
-		 u->port);
 	udp_check(u);
 }
 

@@ -412,6 +412,8 @@ Test(faults_probe, a_probe_whose_submit_fails_is_made_again)
 
 /* core/internal.h (KEEL_FAULTS builds): while non-zero, keel_sqe_get() finds no SQE. */
 extern _Atomic unsigned keel__fault_sqe_none;
+/* ... and keel_defer() fails with -ENOMEM. */
+extern _Atomic unsigned keel__fault_defer_nomem;
 
 /* What the next keel_sqe_get() after a receive serves: the one-shot receive's re-arm
  * (on_data returns, then the connection arms its next receive) or the echo's send (at
@@ -510,6 +512,64 @@ Test(faults_sqe, an_abort_whose_cancel_found_no_sqe_still_closes)
 	WAIT_FOR(atomic_load(&abort_closes) == 1, "on_close of the aborted connection");
 	cr_assert_eq(atomic_load(&keel__fault_sqe_none), 0, "the fault was not used");
 	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
+}
+
+/* keel_conn_abort from on_data with nothing in flight (one-shot receives: none is armed
+ * during on_data), while keel_defer fails for memory and no SQE can be had for the
+ * descriptor's close: on_close still comes, from the loop. The close list's run was a
+ * deferred call, else a NOP; without both it waited for the next close, and a shard with
+ * no other connection to close never ran on_close or freed the connection (until the
+ * runtime's stop). */
+static struct {
+	_Atomic int inside, closes;
+} cl;
+
+static void
+cl_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		keel_slice_put(&s[i]);
+	atomic_store(&keel__fault_defer_nomem, 1);
+	atomic_store(&keel__fault_sqe_none, 4);
+	atomic_store(&cl.inside, 1);
+	keel_conn_abort(c, -ECONNRESET);
+	if (atomic_load(&cl.inside) == 1)
+		atomic_store(&cl.inside, 0);
+	/* The faults stay: the close completes after on_data returns (the receive's
+	 * completion ends first), and on_close lifts them. */
+}
+
+static void
+cl_close(struct keel_conn *c, int status)
+{
+	if (atomic_load(&cl.inside))
+		atomic_store(&cl.inside, 2);
+	atomic_store(&keel__fault_defer_nomem, 0);
+	atomic_store(&keel__fault_sqe_none, 0);
+	atomic_fetch_add(&cl.closes, 1);
+}
+
+static const struct keel_conn_ops cl_ops = { .on_data = cl_data, .on_close = cl_close };
+
+Test(faults_sqe, an_abort_without_a_deferred_call_or_an_sqe_still_runs_on_close)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct srv s;
+	int fd, r;
+
+	memset(&cl, 0, sizeof(cl));
+	net_test_feature(&o, "multishot_recv=off");
+	r = srv_start(&s, &o, NULL, &cl_ops);
+	cr_assert_eq(r, 0, "%s", strerror(-r));
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(cli_write_all(fd, "x", 1), 0);
+	WAIT_FOR(atomic_load(&cl.closes) == 1, "on_close of the aborted connection");
+	cr_assert_eq(atomic_load(&cl.inside), 0, "on_close ran inside keel_conn_abort");
+	close(fd);
+	atomic_store(&keel__fault_defer_nomem, 0);
+	atomic_store(&keel__fault_sqe_none, 0);
 	cr_assert_eq(srv_stop(&s), 0);
 }
 
@@ -980,6 +1040,73 @@ Test(faults_sqe, a_udp_close_whose_cancel_found_no_sqe_still_closes)
 	WAIT_FOR(atomic_load(&nu.closes) == 1, "on_close of the endpoint closed in its callback");
 	cr_assert_eq(atomic_load(&keel__fault_sqe_none), 0, "the fault was not used");
 	nu_stop(rt, fd);
+}
+
+/* keel_udp_close of an endpoint with nothing in flight (its first receive found no SQE and
+ * waits for the next pass), while keel_defer fails for memory and no SQE can be had:
+ * on_close still runs from the loop, not inside keel_udp_close, where the app that closes
+ * from a callback of its own would have its endpoint freed under it. It once ran inside,
+ * with an ERROR line. */
+static struct {
+	_Atomic int inside, closes, open_err;
+	_Atomic bool done, open_nosqe_used;
+	_Atomic unsigned defer_left, sqe_left;
+} lc;
+
+static void
+lc_closed(struct keel_udp *u, int status)
+{
+	if (atomic_load(&lc.inside))
+		atomic_store(&lc.inside, 2);
+	atomic_fetch_add(&lc.closes, 1);
+}
+
+static const struct keel_udp_ops lc_ops = { .on_datagram = nu_datagram, .on_close = lc_closed };
+
+static void
+lc_start(void *arg)
+{
+	struct keel_udp *u;
+	int r;
+
+	atomic_store(&keel__fault_sqe_none, 1);
+	r = keel_udp_open("127.0.0.1", 0, &lc_ops, NULL, &u);
+	atomic_store(&lc.open_nosqe_used, atomic_load(&keel__fault_sqe_none) == 0);
+	atomic_store(&keel__fault_sqe_none, 0);
+	if (r < 0) {
+		atomic_store(&lc.open_err, r);
+		atomic_store(&lc.done, true);
+		return;
+	}
+	atomic_store(&keel__fault_defer_nomem, 1);
+	atomic_store(&keel__fault_sqe_none, 1);
+	atomic_store(&lc.inside, 1);
+	keel_udp_close(u);
+	if (atomic_load(&lc.inside) == 1)
+		atomic_store(&lc.inside, 0);
+	atomic_store(&lc.defer_left, atomic_exchange(&keel__fault_defer_nomem, 0));
+	atomic_store(&lc.sqe_left, atomic_exchange(&keel__fault_sqe_none, 0));
+	atomic_store(&lc.done, true);
+}
+
+Test(faults_sqe, a_udp_close_without_a_deferred_call_or_an_sqe_runs_on_close_from_the_loop)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_runtime *rt;
+
+	memset(&lc, 0, sizeof(lc));
+	o.idle_poll_us = 0;
+	net_test_feature(&o, "multishot_recv=on");
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, lc_start, NULL), 0);
+	WAIT_FOR(atomic_load(&lc.done), "the endpoint opened and closed");
+	cr_assert_eq(atomic_load(&lc.open_err), 0, "%s", strerror(-atomic_load(&lc.open_err)));
+	cr_assert(atomic_load(&lc.open_nosqe_used), "the open's receive found an SQE");
+	WAIT_FOR(atomic_load(&lc.closes) == 1, "on_close of the closed endpoint");
+	cr_assert_eq(atomic_load(&lc.inside), 0, "on_close ran inside keel_udp_close");
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
 }
 
 /* A UDP endpoint's receive ends with an error keel does not expect (@spec injects it on

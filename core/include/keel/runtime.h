@@ -187,7 +187,8 @@ struct keel_shard_stats {
 	uint64_t cq_dropped;      /* completions the kernel dropped (could not hold them) */
 	uint64_t stalls;          /* passes longer than --stall-ms */
 	uint64_t timers_fired;    /* timer callbacks run */
-	uint64_t deferred;        /* keel_defer callbacks run */
+	uint64_t deferred;        /* keel_defer callbacks run (and the runtime's own deferred
+				   * steps: the network's closes) */
 	uint64_t foreign;         /* keel_runtime_submit requests run */
 	uint64_t max_pass_ns;     /* longest pass seen */
 	uint64_t idle_poll_ns;    /* time spent polling with nothing to do (--idle-poll-us):
