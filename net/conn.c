@@ -92,7 +92,10 @@ struct keel_conn {
 	struct keel_timer *close_timer; /* bounds a graceful close (close_timeout_ns) */
 	struct keel_slice *q;
 	uint32_t qhead, qn, qcap, qoff;
-	bool wopen; /* the last queued slice is a write buffer (keel_conn_write) with room */
+	/* The open write buffer (keel_conn_write's): a reference whose data is its first free
+	 * byte; buf NULL when none. Writes fill it whatever slices were queued between them,
+	 * each joining the queue as a piece of it; it goes when the queue empties. */
+	struct keel_slice wb;
 	uint64_t queued, offered;
 	uint32_t low, high;
 	struct iovec iov[NET_IOV_MAX];
@@ -834,6 +837,17 @@ q_at(const struct keel_conn *c, uint32_t i)
 	return &c->q[(c->qhead + i) & (c->qcap - 1)];
 }
 
+/* The open write buffer goes (the queue emptied, or was dropped): an idle connection holds
+ * no memory for its next write. */
+static inline void
+wb_release(struct keel_conn *c)
+{
+	if (c->wb.buf) {
+		keel_slice_put(&c->wb);
+		memset(&c->wb, 0, sizeof(c->wb));
+	}
+}
+
 static void
 drop_queue(struct keel_conn *c)
 {
@@ -845,7 +859,7 @@ drop_queue(struct keel_conn *c)
 	c->qoff = 0;
 	c->ns->st.send_queued -= c->queued;
 	c->queued = 0;
-	c->wopen = false;
+	wb_release(c);
 }
 
 static void
@@ -867,7 +881,7 @@ consume(struct keel_conn *c, uint32_t res)
 			c->qn--;
 			c->qoff = 0;
 			if (!c->qn)
-				c->wopen = false; /* the write buffer was the tail */
+				wb_release(c);
 		} else {
 			c->qoff += res;
 			c->queued -= res;
@@ -1318,14 +1332,14 @@ keel_conn_send(struct keel_conn *c, struct keel_slice *s)
 	keel__net_unring(c->ns, s);
 	uint64_t len = s->len;
 	/* The bytes right after the tail's, in the same buffer (the next receive into an
-	 * incrementally consumed buffer, echoed): the tail grows, as wtail_room's does, and
+	 * incrementally consumed buffer, echoed): the tail grows, as a write's does, and
 	 * this reference goes. Else a peer trickling bytes to an echo that cannot send made a
 	 * queue entry per receive, 24 bytes each outside --memory, and each send walked them
 	 * all (quadratic). */
 	if (c->qn) {
 		struct keel_slice *t = q_at(c, c->qn - 1);
 
-		if (keel__slice_follows(t, s)) { /* never a write buffer's: wopen stays false */
+		if (keel__slice_follows(t, s)) { /* never a write buffer's: nobody else has one */
 			t->len += s->len;
 			keel_slice_put(s);
 			/* Emptied as the other path's: a caller that puts what is left after a
@@ -1338,7 +1352,6 @@ keel_conn_send(struct keel_conn *c, struct keel_slice *s)
 		return -ENOMEM;
 	*q_at(c, c->qn) = *s;
 	c->qn++;
-	c->wopen = false;
 	memset(s, 0, sizeof(*s));
 	return queued_more(c, len);
 }
@@ -1349,25 +1362,34 @@ keel__conn_queue_slices(const struct keel_conn *c)
 	return c->qn;
 }
 
-/* Room left in the write buffer at the tail of the queue. Bytes appended there past the
- * slice's length are not part of any send in flight (a send offers only up to the length
- * it saw), and nobody else holds the buffer, so growing the slice is safe. */
+/* Room left in the open write buffer. Its bytes past c->wb.data are in no queued slice
+ * and no send in flight (a send offers only the lengths it saw), and only this connection
+ * holds the buffer, so appending there is safe. */
 static size_t
-wtail_room(const struct keel_conn *c)
+wb_room(const struct keel_conn *c)
+{
+	if (!c->wb.buf)
+		return 0;
+	return (size_t)((uint8_t *)keel_buf_base(c->wb.buf) + keel_buf_cap(c->wb.buf) - c->wb.data);
+}
+
+/* The queue's last slice ends where the open write buffer's free bytes begin: a write
+ * grows it rather than queuing another piece. */
+static bool
+wb_at_tail(const struct keel_conn *c)
 {
 	const struct keel_slice *t;
 
-	if (!c->wopen || !c->qn)
-		return 0;
+	if (!c->qn)
+		return false;
 	t = q_at(c, c->qn - 1);
-	return (size_t)((uint8_t *)keel_buf_base(t->buf) + keel_buf_cap(t->buf) -
-			(t->data + t->len));
+	return t->buf == c->wb.buf && t->data + t->len == c->wb.data;
 }
 
 size_t
 keel__conn_write_room(const struct keel_conn *c)
 {
-	return c->closing || c->flush_close || c->shut_pending ? 0 : wtail_room(c);
+	return c->closing || c->flush_close || c->shut_pending ? 0 : wb_room(c);
 }
 
 int
@@ -1375,7 +1397,7 @@ keel_conn_writev(struct keel_conn *c, const struct iovec *iov, unsigned n)
 {
 	struct keel_alloc *a = keel_shard_alloc();
 	size_t total = 0, room, need, chunk;
-	uint32_t nbufs = 0, first;
+	uint32_t nbufs = 0, first, piece;
 	size_t copied = 0;
 	struct keel_slice *tail = NULL;
 	unsigned part = 0;
@@ -1400,14 +1422,17 @@ keel_conn_writev(struct keel_conn *c, const struct iovec *iov, unsigned n)
 	chunk = KEEL_NET_WRITE_CHUNK;
 	if (keel_alloc_buf_max(a) < chunk)
 		chunk = (size_t)keel_alloc_buf_max(a);
-	room = wtail_room(c);
+	room = wb_room(c);
 	need = total > room ? total - room : 0;
 	nbufs = (uint32_t)((need + chunk - 1) / chunk);
-	if (q_reserve(c, nbufs) < 0)
+	/* The open buffer's bytes join the queue as a piece of their own, unless the queue's
+	 * tail is its last piece (then that grows). */
+	piece = room && !wb_at_tail(c);
+	if (q_reserve(c, nbufs + piece) < 0)
 		return -ENOMEM;
 	/* Every buffer first, into the slots past the queue's end: on failure nothing was
 	 * queued. */
-	first = c->qn;
+	first = c->qn + piece;
 	for (uint32_t i = 0; i < nbufs; i++) {
 		size_t want = need - (size_t)i * chunk < chunk ? need - (size_t)i * chunk : chunk;
 		struct keel_slice *s = q_at(c, first + i);
@@ -1422,7 +1447,11 @@ keel_conn_writev(struct keel_conn *c, const struct iovec *iov, unsigned n)
 		}
 		s->len = 0;
 	}
-	if (room) {
+	if (room && piece) {
+		tail = q_at(c, c->qn);
+		keel_slice_get(&c->wb, tail);
+		tail->len = 0;
+	} else if (room) {
 		tail = q_at(c, c->qn - 1);
 	}
 	/* Copy: the tail's room first, then each new buffer its planned share (the
@@ -1452,9 +1481,17 @@ keel_conn_writev(struct keel_conn *c, const struct iovec *iov, unsigned n)
 		}
 	}
 	net_verify(copied == total);
-	c->qn += nbufs;
-	if (nbufs)
-		c->wopen = true;
+	c->qn += piece + nbufs;
+	if (nbufs) {
+		const struct keel_slice *last = q_at(c, first + nbufs - 1);
+
+		wb_release(c);
+		keel_slice_get(last, &c->wb);
+		c->wb.data = last->data + last->len;
+		c->wb.len = 0;
+	} else {
+		c->wb.data += total;
+	}
 	return queued_more(c, total);
 }
 
@@ -1626,6 +1663,7 @@ conn_free(struct keel_conn *c, bool notify)
 		c->next->prev = c->prev;
 	ns->st.conns_open--;
 	keel__lim_close(ns, &c->lim);
+	net_verify(!c->qn && !c->wb.buf);
 	free(c->q);
 	free(c->rq);
 	free(c);

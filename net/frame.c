@@ -837,8 +837,9 @@ keel_frame_send(struct keel_conn *c, struct keel_slice *s, unsigned n)
 	hb[3] = (uint8_t)total;
 	if (total <= FRAME_COPY_MAX && n <= FRAME_COPY_SLICES)
 		return send_copied(c, hb, s, n);
-	/* A large frame goes without copying: its header joins the write buffer at the
-	 * queue's tail when that has room, else it gets a buffer of its own. */
+	/* A large frame goes without copying: its header joins the connection's open write
+	 * buffer when that has room (after the frames before it too), else it gets a buffer
+	 * of its own. */
 	if (keel__conn_write_room(c) >= KEEL_FRAME_LEN32_HDR) {
 		ret = keel_conn_write(c, hb, sizeof(hb));
 		if (ret < 0)

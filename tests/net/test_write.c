@@ -199,6 +199,79 @@ Test(net_write, writes_and_slice_sends_keep_their_order_with_send_zc)
 	mixed_case(true);
 }
 
+/* Small writes between slice sends (a reply's header written, its body sent as a slice,
+ * request after request): the writes share one write buffer, each joining the queue as a
+ * piece of it. Each once took a 4 KiB buffer of its own, so a connection held some 40
+ * times the bytes send_max counts (a write of 10 bytes, a slice of 100). */
+#define INTERLEAVE_N     1000u
+#define INTERLEAVE_WRITE 10u
+#define INTERLEAVE_SLICE 100u
+
+static _Atomic uint64_t interleave_held, interleave_queued;
+
+static void
+interleave_open(struct keel_conn *c)
+{
+	struct keel_alloc_stats before, after;
+	uint8_t w[INTERLEAVE_WRITE];
+	uint64_t at = 0;
+
+	if (!SHARD_CHECK_EQ(keel_alloc_stats(keel_shard_alloc(), &before), 0))
+		goto fail;
+	for (unsigned i = 0; i < INTERLEAVE_N; i++) {
+		struct keel_slice s;
+
+		fill(w, at, INTERLEAVE_WRITE);
+		if (!SHARD_CHECK_EQ(keel_conn_write(c, w, INTERLEAVE_WRITE), 0))
+			goto fail;
+		at += INTERLEAVE_WRITE;
+		if (!SHARD_CHECK_EQ(keel_buf_alloc(keel_shard_alloc(), INTERLEAVE_SLICE, &s), 0))
+			goto fail;
+		fill(s.data, at, INTERLEAVE_SLICE);
+		s.len = INTERLEAVE_SLICE;
+		if (!SHARD_CHECK_EQ(keel_conn_send(c, &s), 0))
+			goto fail;
+		at += INTERLEAVE_SLICE;
+	}
+	if (!SHARD_CHECK_EQ(keel_alloc_stats(keel_shard_alloc(), &after), 0))
+		goto fail;
+	atomic_store(&interleave_held, after.bytes_in_use - before.bytes_in_use);
+	atomic_store(&interleave_queued, at);
+	keel_conn_close(c);
+	return;
+fail:
+	keel_conn_abort(c, -EIO);
+}
+
+static const struct keel_conn_ops interleave_ops = { .on_open = interleave_open,
+						     .on_data = drop_data,
+						     .on_close = count_close };
+
+Test(net_write, small_writes_between_slice_sends_share_one_write_buffer)
+{
+	const uint64_t want = (uint64_t)INTERLEAVE_N * (INTERLEAVE_WRITE + INTERLEAVE_SLICE);
+	uint64_t held;
+	struct srv s;
+	int fd;
+
+	cr_assert_eq(srv_start(&s, NULL, NULL, &interleave_ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	read_to_eof_and_check(fd, want);
+	close(fd);
+	WAIT_FOR(atomic_load(&s.closes) == 1, "the server's on_close");
+	cr_assert_eq(srv_stop(&s), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(atomic_load(&interleave_queued), want);
+	/* The slices' buffers (128 bytes each, the allocator's class for 100) and the writes'
+	 * bytes in 4 KiB buffers: 138,000 bytes and a buffer's room. One buffer per write
+	 * was 4.2 MB. */
+	held = atomic_load(&interleave_held);
+	cr_assert_leq(held, (uint64_t)INTERLEAVE_N * 128u + INTERLEAVE_N * INTERLEAVE_WRITE + 8192u,
+		      "queuing %lu bytes held %lu bytes of the shard's memory", (unsigned long)want,
+		      (unsigned long)held);
+}
+
 /* An echo that copies what it receives with keel_conn_write (and every other on_data with
  * keel_conn_writev of the slices), so writes land while a send is in flight. */
 static void
