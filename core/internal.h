@@ -405,6 +405,9 @@ void keel__idlepoll_woke(struct keel__idlepoll *p, uint64_t gap_ns);
 void keel__idlepoll_submitted(struct keel__idlepoll *p);
 
 struct io_uring_sqe *keel__sqe_internal(struct keel_shard *s);
+/* io_uring_submit, counted in enters; a failure is logged with its hint (memory short,
+ * --cq-entries). Returns its result. */
+int keel__submit_said(struct keel_shard *s);
 void keel__internal_arm(struct keel_shard *s, struct internal_op *iop, struct io_uring_sqe *sqe);
 /* The last CQE of an internal op: disarm it and stop counting it. Returns it. */
 struct internal_op *keel__internal_done(struct keel_op *op);
@@ -415,6 +418,8 @@ extern _Atomic unsigned keel__fault_sqe_none;
 /* ... each keel_defer() fails with -ENOMEM (its vector could not grow), as under memory
  * pressure. */
 extern _Atomic unsigned keel__fault_defer_nomem;
+/* ... each keel__submit_said() fails with -ENOMEM without entering the kernel. */
+extern _Atomic unsigned keel__fault_submit_fail;
 /* ... while non-zero, each submit of a feature probe's trial (caps.c) fails with -ENOMEM, as
  * under memory pressure; the count drops by one. */
 extern _Atomic unsigned keel__fault_probe_submit;

@@ -206,20 +206,38 @@ submit_hint(int r)
 		       : "";
 }
 
-struct io_uring_sqe *
-keel__sqe_internal(struct keel_shard *s)
+#ifdef KEEL_FAULTS
+_Atomic unsigned keel__fault_submit_fail;
+#endif
+
+int
+keel__submit_said(struct keel_shard *s)
 {
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
 	int r;
 
-	if (__builtin_expect(sqe != NULL, 1))
-		return sqe;
-	/* SQ full: submit what is queued (no GETEVENTS needed for submission). */
-	r = io_uring_submit(&s->ring);
+#ifdef KEEL_FAULTS
+	if (keel__fault_take(&keel__fault_submit_fail))
+		r = -ENOMEM;
+	else
+#endif
+		r = io_uring_submit(&s->ring);
+
 	STAT_INC(s, enters);
 	if (r < 0)
 		keel_log(KEEL_LOG_ERROR, "core", "submitting to the ring failed: %s%s",
 			 strerror(-r), submit_hint(r));
+	return r;
+}
+
+struct io_uring_sqe *
+keel__sqe_internal(struct keel_shard *s)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
+
+	if (__builtin_expect(sqe != NULL, 1))
+		return sqe;
+	/* SQ full: submit what is queued (no GETEVENTS needed for submission). */
+	keel__submit_said(s);
 	return io_uring_get_sqe(&s->ring);
 }
 
@@ -324,13 +342,9 @@ keel_sqe_reserve(unsigned n)
 		return -EINVAL;
 	if (io_uring_sq_space_left(&s->ring) >= n)
 		return 0;
-	r = io_uring_submit(&s->ring);
-	STAT_INC(s, enters);
-	if (r < 0) {
-		keel_log(KEEL_LOG_ERROR, "core", "submitting to the ring failed: %s%s",
-			 strerror(-r), submit_hint(r));
+	r = keel__submit_said(s);
+	if (r < 0)
 		return r;
-	}
 	/* Without IORING_SETUP_SUBMIT_ALL the kernel stops at the first SQE it cannot submit
 	 * and leaves the rest queued: there may still be no room. */
 	return io_uring_sq_space_left(&s->ring) >= n ? 0 : -EBUSY;

@@ -221,8 +221,10 @@ shard_init(struct keel_shard *s)
 	keel__foreign_arm(s);
 	if (s->sigfd >= 0)
 		keel__signal_arm(s);
-	/* Submit the internal reads now so a wake-up written before our first pass counts. */
-	io_uring_submit(&s->ring);
+	/* Submit the internal reads now so a wake-up written before our first pass counts. A
+	 * failure is said and not fatal: the reads stay queued, the first pass submits them
+	 * again, and a wake-up written before still counts (the eventfd keeps it). */
+	keel__submit_said(s);
 	return 0;
 }
 

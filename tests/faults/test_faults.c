@@ -390,6 +390,46 @@ Test(faults_bufreg, an_enomem_under_the_memlock_limit_names_the_limit)
  * with -ENOMEM. */
 extern _Atomic unsigned keel__fault_probe_submit;
 
+/* The submit at a shard's start (its wake-up and signal reads) fails: said, with its
+ * hint, where its result was discarded; the shard runs, its first pass submitting the
+ * reads. */
+extern _Atomic unsigned keel__fault_submit_fail;
+static _Atomic int submit_lines, submit_started;
+
+static void
+submit_sink(enum keel_log_level lvl, const char *mod, int shard, const char *msg, void *arg)
+{
+	if (strstr(msg, "submitting to the ring failed: Cannot allocate memory"))
+		atomic_fetch_add(&submit_lines, 1);
+}
+
+static void
+submit_start(void *arg)
+{
+	atomic_store(&submit_started, 1);
+}
+
+Test(faults_probe, a_failed_submit_at_a_shards_start_is_said)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_runtime *rt;
+
+	atomic_store(&submit_lines, 0);
+	atomic_store(&submit_started, 0);
+	keel_log_set_sink(submit_sink, NULL);
+	o.idle_poll_us = 0;
+	atomic_store(&keel__fault_submit_fail, 1);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, submit_start, NULL), 0);
+	WAIT_FOR(atomic_load(&submit_started), "the shard's on_start");
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq(atomic_load(&keel__fault_submit_fail), 0, "the fault was not used");
+	cr_assert_eq(atomic_load(&submit_lines), 1);
+}
+
 /* A probe whose trial could not be submitted (memory pressure at the first start) has no
  * verdict: it is not cached as the kernel lacking the feature, which made every later
  * runtime of the process refuse to start naming the wrong cause ("this kernel lacks ...")
