@@ -121,8 +121,10 @@ unsigned
 keel__defer_run(struct keel_shard *s)
 {
 	struct defer_vec tmp;
-	size_t n = s->defer_next.n;
+	/* keel__later's steps first, and the calls they defer run in this pass with the
+	 * rest: counted after them (counted before, those past the count were lost). */
 	unsigned later = s->later_head ? later_run(s) : 0;
+	size_t n = s->defer_next.n;
 
 	if (!n) {
 		STAT_ADD(s, deferred, later);
