@@ -77,9 +77,9 @@ struct keel_conn {
 	bool rx_bulk;       /* the armed receive takes the bulk ring's buffers */
 	uint16_t small_run; /* receives in a row under buf_size on the bulk ring */
 	bool eof_held;      /* EOF seen behind held data: on_eof after it */
-	bool rq_queued;     /* a deferred delivery of the held data is queued */
-	bool wm_queued;     /* a deferred resume after new watermarks is queued */
-	bool fd_released;   /* the descriptor is closed (or its close is in flight) */
+	struct keel__later rq_later; /* the deferred delivery of the held data */
+	bool wm_queued;              /* a deferred resume after new watermarks is queued */
+	bool fd_released;            /* the descriptor is closed (or its close is in flight) */
 	bool close_listed;
 	struct keel_conn *close_next; /* ns->close_head */
 	struct keel_conn *flush_next; /* ns->flush_head, while flush_queued */
@@ -454,32 +454,31 @@ starve_wake(struct keel_conn *list)
 	}
 }
 
-/* A deferred kick of one waiting list (its @list and @kick flag): take it, re-arm them. */
+/* A deferred kick of one waiting list: take it, re-arm them. */
 static void
-waiters_run(struct net_shard *ns, struct keel_conn **list, bool *kick)
+waiters_run(struct net_shard *ns, struct keel_conn **list)
 {
 	struct keel_conn *l = *list;
 
-	*kick = false;
 	*list = NULL;
 	starve_wake(l);
 	keel__net_unref(ns);
 }
 
 static void
-starve_cb(void *arg)
+starve_cb(struct keel__later *l)
 {
-	struct net_shard *ns = arg;
+	struct net_shard *ns = container_of(l, struct net_shard, starve_kick);
 
-	waiters_run(ns, &ns->starved, &ns->starve_kick);
+	waiters_run(ns, &ns->starved);
 }
 
 static void
-starve_bulk_cb(void *arg)
+starve_bulk_cb(struct keel__later *l)
 {
-	struct net_shard *ns = arg;
+	struct net_shard *ns = container_of(l, struct net_shard, starve_bulk_kick);
 
-	waiters_run(ns, &ns->starved_bulk, &ns->starve_bulk_kick);
+	waiters_run(ns, &ns->starved_bulk);
 }
 
 void
@@ -494,11 +493,11 @@ keel__conn_starved_kick(struct net_shard *ns, const struct pbuf_ring *r)
 }
 
 static void
-zc_wait_cb(void *arg)
+zc_wait_cb(struct keel__later *l)
 {
-	struct net_shard *ns = arg;
+	struct net_shard *ns = container_of(l, struct net_shard, zc_wait_kick);
 
-	waiters_run(ns, &ns->zc_waiting, &ns->zc_wait_kick);
+	waiters_run(ns, &ns->zc_waiting);
 }
 
 void
@@ -623,11 +622,10 @@ eof_deliver(struct keel_conn *c)
 
 /* Deferred: hand over what was held while reading was paused, then a held EOF. */
 static void
-rq_cb(void *arg)
+rq_cb(struct keel__later *l)
 {
-	struct keel_conn *c = arg;
+	struct keel_conn *c = container_of(l, struct keel_conn, rq_later);
 
-	c->rq_queued = false;
 	while (c->rqhead < c->rqn && !dropping_reads(c) && !read_blocked(c)) {
 		struct net_shard *ns = c->ns;
 		unsigned k = chunk(c, c->rq + c->rqhead, c->rqn - c->rqhead);
@@ -657,20 +655,14 @@ rq_cb(void *arg)
 static void
 rq_later(struct keel_conn *c)
 {
-	if (c->rq_queued || (c->rqhead == c->rqn && !c->eof_held) || read_blocked(c) ||
+	if (c->rq_later.queued || (c->rqhead == c->rqn && !c->eof_held) || read_blocked(c) ||
 	    dropping_reads(c))
 		return;
-	if (keel_defer(rq_cb, c) < 0) {
-		/* Out of memory for the deferred call: drop rather than deliver inside the
-		 * application's call. */
-		keel_log(KEEL_LOG_ERROR, NET_MOD,
-			 "shard %u: cannot defer the delivery of held data (out of memory); "
-			 "aborting the connection",
-			 c->ns->id);
-		keel_conn_abort(c, -ENOMEM);
-		return;
-	}
-	c->rq_queued = true;
+	/* A step that allocates nothing: with keel_defer, a shard short of memory aborted the
+	 * connection rather than deliver inside the application's call. */
+	c->rq_later.fn = rq_cb;
+	if (keel__later(&c->rq_later) < 0)
+		return; /* the shard's loop has ended: nothing is delivered any more */
 	c->nops++;
 }
 

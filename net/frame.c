@@ -695,11 +695,10 @@ abort_failed(struct keel_framer *f, struct keel_conn *c, int err)
 }
 
 static void
-reclaim_cb(void *arg)
+reclaim_cb(struct keel__later *l)
 {
-	struct net_shard *ns = arg;
+	struct net_shard *ns = container_of(l, struct net_shard, reclaim_kick);
 
-	ns->reclaim_kick = false;
 	for (struct keel_framer *f = ns->holding, *next; f; f = next) {
 		size_t held = f->buffered;
 		int r;

@@ -105,18 +105,18 @@ struct net_shard {
 	struct udp_send_chunk *udp_send_chunks; /* ... and the chunks they live in */
 	struct udp_gso *udp_gso_free;           /* udp.c: pooled multi-datagram sendmsgs */
 	struct keel_conn *starved;              /* connections waiting for a first-ring buffer */
-	bool starve_kick;                       /* a deferred re-arm is queued */
+	struct keel__later starve_kick;         /* their deferred re-arm */
 	struct keel_conn *starved_bulk;         /* ... for a bulk-ring buffer */
-	bool starve_bulk_kick;
-	struct keel_conn *zc_waiting; /* RECV_ZC ended with ENOMEM: waiting for area slices */
-	bool zc_wait_kick;            /* a deferred re-arm of them is queued */
+	struct keel__later starve_bulk_kick;
+	struct keel_conn *zc_waiting;    /* RECV_ZC ended with ENOMEM: waiting for area slices */
+	struct keel__later zc_wait_kick; /* their deferred re-arm */
 	/* frame.c: framers (keel_framer_on_data) holding a partial frame's received slices,
 	 * which copy them out when the receive buffers run out (keel__framers_reclaim) */
 	struct keel_framer *holding;
-	bool reclaim_kick;              /* ... a deferred reclaim is queued */
-	unsigned udp_starving;          /* UDP endpoints waiting for a buffer */
-	bool udp_kick;                  /* ... their deferred re-arm is queued */
-	struct keel_udp *udp_wake_next; /* ... the first to look at when it runs (in turn) */
+	struct keel__later reclaim_kick; /* ... their deferred reclaim */
+	unsigned udp_starving;           /* UDP endpoints waiting for a buffer */
+	struct keel__later udp_kick;     /* ... their deferred re-arm */
+	struct keel_udp *udp_wake_next;  /* ... the first to look at when it runs (in turn) */
 	/* Connections whose queue goes out at the end of the pass (conn.c, flush_later), all
 	 * of them from one deferred call, queued (with a reference) while the list is not
 	 * empty. */
@@ -198,7 +198,7 @@ keel__net_unref(struct net_shard *ns)
  * deferred call holding a reference to @ns, which @fn drops (keel__net_unref) after
  * clearing *@queued. Without memory for the call, nothing: the caller's next event tries
  * again. */
-void keel__net_kick(struct net_shard *ns, bool *queued, void (*fn)(void *));
+void keel__net_kick(struct net_shard *ns, struct keel__later *l, void (*fn)(struct keel__later *));
 /* @c asks for a bulk ring: bulk_buf_size above buf_size. */
 static inline bool
 keel__net_bulk_on(const struct keel_net_config *c)

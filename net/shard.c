@@ -212,11 +212,13 @@ destroy(struct net_shard *ns)
 }
 
 void
-keel__net_kick(struct net_shard *ns, bool *queued, void (*fn)(void *))
+keel__net_kick(struct net_shard *ns, struct keel__later *l, void (*fn)(struct keel__later *))
 {
-	if (*queued || keel_defer(fn, ns) < 0)
+	if (l->queued)
 		return;
-	*queued = true;
+	l->fn = fn;
+	if (keel__later(l) < 0)
+		return; /* the shard's loop has ended: nothing is left to wake */
 	keel__net_ref(ns);
 }
 

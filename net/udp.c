@@ -71,6 +71,7 @@ struct keel_udp {
 	struct udp_port *held; /* its address and port in udp_ports */
 	struct keel_op recv_op;
 	struct keel__later close_later; /* keel_udp_close's step from the loop */
+	struct keel__later cancel_step; /* ... its cancel, retried without an SQE */
 	/* The receive template: name and control lengths (multishot lays the buffer out
 	 * with them); single-shot receives the name and control data here. */
 	struct msghdr rmsg;
@@ -209,14 +210,13 @@ udp_rearm(struct keel_udp *u)
  * are taken in turn from where the last pass stopped; those left wait for the next pass,
  * or, with no buffer in the ring, for the next to come back. */
 static void
-udp_starve_cb(void *arg)
+udp_starve_cb(struct keel__later *l)
 {
-	struct net_shard *ns = arg;
+	struct net_shard *ns = container_of(l, struct net_shard, udp_kick);
 	uint32_t budget = ns->udp.inring;
 	struct keel_udp *u = ns->udp_wake_next ? ns->udp_wake_next : ns->udps;
 	struct keel_udp *first = u;
 
-	ns->udp_kick = false;
 	while (u && ns->udp_starving && budget) {
 		struct keel_udp *next = u->next ? u->next : ns->udps;
 
@@ -238,7 +238,6 @@ udp_starve_cb(void *arg)
 void
 keel__udp_starved_kick(struct net_shard *ns)
 {
-	/* Without memory for the deferred call, the next buffer to come back tries again. */
 	if (ns->udp_starving)
 		keel__net_kick(ns, &ns->udp_kick, udp_starve_cb);
 }
@@ -1224,11 +1223,11 @@ close_later_run(struct keel__later *l)
 static void udp_cancel_recv(struct keel_udp *u);
 
 /* keel_udp_close's cancel, again from the loop: a deferred call counted in ops_n, as
- * close_deferred is. */
+ * close_later_run is. */
 static void
-cancel_later(void *arg)
+cancel_later(struct keel__later *l)
 {
-	struct keel_udp *u = arg;
+	struct keel_udp *u = container_of(l, struct keel_udp, cancel_step);
 
 	u->ops_n--;
 	if (u->armed)
@@ -1238,8 +1237,8 @@ cancel_later(void *arg)
 
 /* Cancel the armed receive only: sends already accepted go out (a cancel by descriptor
  * would end those waiting for room in the socket, their datagrams dropped uncounted).
- * Without an SQE it is tried again on the next pass; without memory for that, the
- * runtime's stop cancels it. */
+ * Without an SQE it is tried again on the next pass (a step that allocates nothing: with
+ * keel_defer, a shard short of memory left the endpoint open until the runtime's stop). */
 static void
 udp_cancel_recv(struct keel_udp *u)
 {
@@ -1250,7 +1249,8 @@ udp_cancel_recv(struct keel_udp *u)
 		keel_sqe_bind(sqe, &noop_op);
 		return;
 	}
-	if (keel_defer(cancel_later, u) == 0)
+	u->cancel_step.fn = cancel_later;
+	if (!u->cancel_step.queued && keel__later(&u->cancel_step) == 0)
 		u->ops_n++;
 }
 

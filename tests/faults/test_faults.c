@@ -976,6 +976,7 @@ static struct {
 	_Atomic uint16_t port;
 	_Atomic int open_err, datagrams, closes;
 	bool close_in_cb;
+	bool nodefer;      /* ... with keel_defer failing too */
 	_Atomic bool echo; /* send each datagram back (set once the shard runs) */
 } nu;
 
@@ -992,8 +993,11 @@ nu_datagram(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_stor
 	}
 	if (atomic_fetch_add(&nu.datagrams, 1) == 0) {
 		atomic_store(&keel__fault_sqe_none, 1);
+		if (nu.nodefer)
+			atomic_store(&keel__fault_defer_nomem, 1000);
 		if (nu.close_in_cb)
 			keel_udp_close(u);
+		atomic_store(&keel__fault_defer_nomem, 0);
 	}
 }
 
@@ -1076,6 +1080,21 @@ Test(faults_sqe, a_udp_close_whose_cancel_found_no_sqe_still_closes)
 	struct keel_runtime *rt;
 	int fd = nu_run(&rt, "multishot_recv=on", true);
 
+	cr_assert_eq(send(fd, "a", 1, 0), 1);
+	WAIT_FOR(atomic_load(&nu.closes) == 1, "on_close of the endpoint closed in its callback");
+	cr_assert_eq(atomic_load(&keel__fault_sqe_none), 0, "the fault was not used");
+	nu_stop(rt, fd);
+}
+
+/* ... and keel_defer fails too: the cancel's retry is a deferred step that allocates
+ * nothing (keel__later). With keel_defer it was not retried, and the endpoint stayed open
+ * (its on_close not run) until the runtime's stop. */
+Test(faults_sqe, a_udp_close_whose_cancel_found_no_sqe_nor_memory_still_closes)
+{
+	struct keel_runtime *rt;
+	int fd = nu_run(&rt, "multishot_recv=on", true);
+
+	nu.nodefer = true;
 	cr_assert_eq(send(fd, "a", 1, 0), 1);
 	WAIT_FOR(atomic_load(&nu.closes) == 1, "on_close of the endpoint closed in its callback");
 	cr_assert_eq(atomic_load(&keel__fault_sqe_none), 0, "the fault was not used");

@@ -1526,13 +1526,25 @@ Test(net_conn, peers_that_never_read_do_not_take_every_one_of_four_buffers)
 static _Atomic uint64_t eh_bytes, eh_bytes_at_eof;
 static _Atomic int eh_opens, eh_eofs, eh_closes;
 static struct keel_timer *eh_timer;
-static bool eh_paused;
+static bool eh_paused, eh_nodefer;
+
+#ifdef KEEL_FAULTS
+/* core/internal.h: while non-zero, each keel_defer() fails with -ENOMEM. */
+extern _Atomic unsigned keel__fault_defer_nomem;
+#endif
 
 static void
 eh_resume(struct keel_timer *t, void *arg)
 {
 	(void)t;
+#ifdef KEEL_FAULTS
+	if (eh_nodefer)
+		atomic_store(&keel__fault_defer_nomem, 1000);
+#endif
 	keel_conn_resume_read(arg);
+#ifdef KEEL_FAULTS
+	atomic_store(&keel__fault_defer_nomem, 0);
+#endif
 }
 
 static void
@@ -1590,7 +1602,7 @@ eh_close(struct keel_conn *c, int status)
 }
 
 static void
-eof_behind_held(bool echo)
+eof_behind_held(bool echo, bool nodefer)
 {
 	static const struct keel_conn_ops count_ops = {
 		.on_open = eh_open, .on_data = eh_count_data, .on_eof = eh_eof, .on_close = eh_close
@@ -1613,6 +1625,7 @@ eof_behind_held(bool echo)
 	atomic_store(&eh_eofs, 0);
 	atomic_store(&eh_closes, 0);
 	eh_timer = NULL;
+	eh_nodefer = nodefer;
 	keel_net_config_init(&nc);
 	nc.buf_count = 16; /* 64 KiB: the whole burst fits */
 	nc.buf_size = 4096;
@@ -1669,12 +1682,24 @@ eof_behind_held(bool echo)
 
 Test(net_conn, eof_comes_after_data_held_while_paused)
 {
-	eof_behind_held(false);
+	eof_behind_held(false, false);
 }
 
 Test(net_conn, eof_after_data_held_while_paused_closes_after_the_echo)
 {
-	eof_behind_held(true);
+	eof_behind_held(true, false);
+}
+
+/* The resume comes while keel_defer fails for memory: the held data's delivery is a
+ * deferred step that allocates nothing (keel__later), so every byte and the EOF still
+ * arrive. It was a keel_defer, and its failure aborted the connection (-ENOMEM). */
+Test(net_conn, data_held_while_paused_is_delivered_without_memory_for_a_deferred_call)
+{
+#ifdef KEEL_FAULTS
+	eof_behind_held(false, true);
+#else
+	cr_skip_test("needs a KEEL_FAULTS build (-DKEEL_FAULTS=ON: build-asan/ in tools/test.sh)");
+#endif
 }
 
 /* Connections that pause in their first on_data and never resume hold what came behind it

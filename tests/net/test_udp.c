@@ -231,7 +231,13 @@ struct udp_sink {
 	unsigned nheld;
 	struct shard_hold shard; /* the shard waits while the test sends a burst */
 	bool single_shot;        /* --feature multishot_recv=off: checked at sink_stop */
+	bool put_nodefer;        /* sink_put_held puts them while keel_defer fails */
 };
+
+#ifdef KEEL_FAULTS
+/* core/internal.h: while non-zero, each keel_defer() fails with -ENOMEM. */
+extern _Atomic unsigned keel__fault_defer_nomem;
+#endif
 
 static void
 sink_datagram(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_storage *src)
@@ -253,8 +259,15 @@ put_held_fn(struct keel_xreq *req)
 	struct udp_sink *k = req->arg;
 
 	k->hold = false;
+#ifdef KEEL_FAULTS
+	if (k->put_nodefer)
+		atomic_store(&keel__fault_defer_nomem, 1000);
+#endif
 	while (k->nheld)
 		keel_slice_put(&k->held[--k->nheld]);
+#ifdef KEEL_FAULTS
+	atomic_store(&keel__fault_defer_nomem, 0);
+#endif
 	keel_xreq_complete(req, 0);
 }
 
@@ -597,7 +610,7 @@ Test(net_udp, the_ring_takes_the_memory_its_buffers_need)
  * lasts (spinning, the shard made thousands in the 200 ms this waits). When the held
  * buffers come back, the datagrams that waited in the socket arrive. */
 static void
-starved_run(const char *feature)
+starved_run(const char *feature, bool put_nodefer)
 {
 	enum { NBUF = 16, EXTRA = 8 };
 	struct udp_sink *k = calloc(1, sizeof(*k));
@@ -612,6 +625,7 @@ starved_run(const char *feature)
 	nc.udp_buf_size = 1024;
 	nc.udp_buf_count = NBUF;
 	k->hold = true;
+	k->put_nodefer = put_nodefer;
 	rt = sink_run(k, &nc, feature);
 	fd = sink_client(k);
 	for (unsigned i = 0; i < NBUF + EXTRA; i++)
@@ -636,12 +650,25 @@ starved_run(const char *feature)
 
 Test(net_udp, held_buffers_make_the_endpoint_wait_not_spin)
 {
-	starved_run(NULL);
+	starved_run(NULL, false);
+}
+
+/* The buffers come back while keel_defer fails for memory: the endpoint's wake-up is a
+ * deferred step that allocates nothing (keel__later), so the datagrams that waited still
+ * arrive. Its keel_defer failed at each buffer's return, and the endpoint waited for good
+ * (no buffer was left to come back). */
+Test(net_udp, held_buffers_that_come_back_without_memory_for_a_deferred_call_wake_it)
+{
+#ifdef KEEL_FAULTS
+	starved_run(NULL, true);
+#else
+	cr_skip_test("needs a KEEL_FAULTS build (-DKEEL_FAULTS=ON: build-asan/ in tools/test.sh)");
+#endif
 }
 
 Test(net_udp, held_buffers_make_the_endpoint_wait_not_spin_multishot_recv_off)
 {
-	starved_run("multishot_recv=off");
+	starved_run("multishot_recv=off", false);
 }
 
 Test(net_udp, buffer_size_and_count_with_multishot_recv_off)
