@@ -1660,7 +1660,8 @@ command_info(struct rbuf *out, const struct kv_cmd *c)
 	/* WATCH runs here, not on its keys' shards, but its arguments are keys all the same. */
 	bool keys = c->route == KV_R_KEYS || !strcmp(c->name, "watch");
 	int first = c->route == KV_R_KEY || keys ? 1 : 0;
-	int last = c->route == KV_R_KEY ? 1 : keys ? -1 : 0;
+	/* Keys to the end (-1), or up to a fixed arity's last argument (RENAME's 2). */
+	int last = c->route == KV_R_KEY ? 1 : !keys ? 0 : c->arity > 0 ? c->arity - 1 : -1;
 
 	/* Redis 7's ten fields: the last four (ACL categories, tips, key specifications,
 	 * subcommands) are empty, which clients read as "none given". */

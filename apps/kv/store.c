@@ -1230,6 +1230,62 @@ cmd_del(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out
 	rb_int(out, n);
 }
 
+/* RENAME key newkey, and RENAMENX (@nx: only when newkey is not there): key's value and
+ * expiry under newkey, key gone, as Redis 7 (a missing or expired key is "no such key",
+ * newkey's old value and expiry are dropped, a key renamed to itself is left as it is:
+ * +OK, or 0 for RENAMENX). Atomic on the shard that holds both; server.c refuses keys on
+ * two shards (KV_F_ONE_SHARD), as Redis Cluster refuses keys in two slots. */
+static void
+rename_generic(struct kv_db *db, struct resp_arg *argv, struct rbuf *out, bool nx)
+{
+	struct kv_ent **pp, **pp2 = NULL, *e = lookup(db, &argv[1], &pp), *old, *n;
+	uint64_t h2;
+
+	if (!e) {
+		rb_err(out, "ERR no such key");
+		return;
+	}
+	if (argv[1].len == argv[2].len && !memcmp(argv[1].p, argv[2].p, argv[1].len)) {
+		if (nx)
+			rb_int(out, 0);
+		else
+			rb_simple(out, "OK");
+		return;
+	}
+	h2 = kv_hash(argv[2].p, argv[2].len);
+	old = lookup_h(db, &argv[2], h2, &pp2); /* may delete an expired newkey, not key */
+	if (old && nx) {
+		rb_int(out, 0);
+		return;
+	}
+	n = ent_alloc(argv[2].len + e->vlen);
+	if (!n) {
+		rb_err(out, "%s", e_oom);
+		return;
+	}
+	ent_put(db, n, &argv[2], h2, old, pp2, e->data + e->klen, e->vlen, e->vlen, e->expire_ms);
+	/* Found again: the lookup and the put above may have moved key's link (an expired
+	 * entry before it freed, the table grown). */
+	e = lookup_any(db, &argv[1], e->hash, &pp);
+	unlink_ent(db, pp);
+	if (nx)
+		rb_int(out, 1);
+	else
+		rb_simple(out, "OK");
+}
+
+static void
+cmd_rename(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	rename_generic(db, argv, out, false);
+}
+
+static void
+cmd_renamenx(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	rename_generic(db, argv, out, true);
+}
+
 static void
 cmd_exists(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
@@ -2032,6 +2088,9 @@ static const struct kv_cmd cmds[] = {
 	{ "mset", -3, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEYS, 2, KV_M_OK, cmd_mset, "write denyoom" },
 	{ "msetnx", -3, KV_F_WRITE | KV_F_DENYOOM | KV_F_ONE_SHARD, KV_R_KEYS, 2, KV_M_NONE,
 	  cmd_msetnx, "write denyoom" },
+	{ "rename", 3, KV_F_WRITE | KV_F_ONE_SHARD, KV_R_KEYS, 1, KV_M_NONE, cmd_rename, "write" },
+	{ "renamenx", 3, KV_F_WRITE | KV_F_ONE_SHARD, KV_R_KEYS, 1, KV_M_NONE, cmd_renamenx,
+	  "write fast" },
 	{ "expire", -3, KV_F_WRITE, KV_R_KEY, 0, KV_M_NONE, cmd_expire, "write fast" },
 	{ "pexpire", -3, KV_F_WRITE, KV_R_KEY, 0, KV_M_NONE, cmd_pexpire, "write fast" },
 	{ "expireat", -3, KV_F_WRITE, KV_R_KEY, 0, KV_M_NONE, cmd_expireat, "write fast" },

@@ -4257,6 +4257,9 @@ Test(kv_server, multi_exec_runs_the_queued_commands_on_their_shard)
 		snprintf(cmd, sizeof(cmd), "SET {t}k%d v%d", i, i);
 		expect(&r, cmd, "+OK\r\n");
 	}
+	/* Renamed with its expiry, both keys' records in the file (the restart below). */
+	expect(&r, "SET {t}old v EX 100000", "+OK\r\n");
+	expect(&r, "RENAME {t}old {t}new", "+OK\r\n");
 	/* Refused while queued: EXEC then aborts, and nothing ran. */
 	expect(&r, "MULTI", "+OK\r\n");
 	expect(&r, "SET {t}a 9", "+QUEUED\r\n");
@@ -4318,6 +4321,32 @@ Test(kv_server, multi_exec_runs_the_queued_commands_on_their_shard)
 	expect(&r, "MSETNX {m}a 1 {m}b 2", ":1\r\n");
 	expect(&r, "MSETNX {m}b 3 {m}c 4", ":0\r\n");
 	expect(&r, "MGET {m}a {m}b {m}c", "*3\r\n$1\r\n1\r\n$1\r\n2\r\n$-1\r\n");
+	/* RENAME and RENAMENX too (as Redis Cluster refuses keys in two slots): x0 is not
+	 * there, so a pair on one shard says so, and a pair on two is refused first. */
+	{
+		bool crossed = false;
+
+		for (int i = 1; i < 12; i++) {
+			char *got;
+
+			snprintf(cmd, sizeof(cmd), "RENAME%s x0 x%d", i % 2 ? "" : "NX", i);
+			test_send_all(r.fd, cmd, strlen(cmd));
+			test_send_all(r.fd, "\r\n", 2);
+			got = rd_next(&r, NULL);
+			cr_assert(got, "closed");
+			if (!strncmp(
+				    got,
+				    "-CROSSSLOT Keys in request don't hash to the same slot ('rename",
+				    62))
+				crossed = true;
+			else
+				cr_assert_str_eq(got, "-ERR no such key\r\n", "%s", cmd);
+		}
+		cr_assert(crossed, "11 keys on one shard of three");
+	}
+	expect(&r, "RENAME {m}a {m}z", "+OK\r\n");
+	expect(&r, "RENAMENX {m}b {m}z", ":0\r\n");
+	expect(&r, "MGET {m}a {m}b {m}z", "*3\r\n$-1\r\n$1\r\n2\r\n$1\r\n1\r\n");
 	/* DISCARD drops what was queued; UNWATCH with nothing watched is +OK (WATCH has a
 	 * test of its own: watch_*). */
 	expect(&r, "MULTI", "+OK\r\n");
@@ -4365,6 +4394,17 @@ Test(kv_server, multi_exec_runs_the_queued_commands_on_their_shard)
 		expect(&r, cmd, want);
 	}
 	expect(&r, "EXISTS {t}z", ":0\r\n");
+	expect(&r, "EXISTS {t}old", ":0\r\n");
+	expect(&r, "GET {t}new", "$1\r\nv\r\n");
+	{
+		char *got;
+
+		test_send_all(r.fd, "TTL {t}new\r\n", 12);
+		got = rd_next(&r, NULL);
+		cr_assert(got && got[0] == ':' && atoll(got + 1) > 99000 &&
+				  atoll(got + 1) <= 100000,
+			  "TTL {t}new after the restart: %s", got ? got : "closed");
+	}
 	rd_free(&r);
 	srv_stop(&s);
 	rm_dir(dir);
