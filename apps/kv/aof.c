@@ -2024,8 +2024,8 @@ kv_aof_log(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv, unsi
 		kv_db_record(db, &argv[1], &a->pend);
 		a->pend.oom |= kv_test_fault("record-oom");
 	} else if (c->route == KV_R_KEYS) {
-		for (unsigned i = 1; i < argc; i += c->key_step)
-			kv_db_record(db, &argv[i], &a->pend);
+		for (unsigned k = 0, n = kv_cmd_nkeys(c, argc); k < n; k++)
+			kv_db_record(db, &argv[1 + k * c->key_step], &a->pend);
 		a->pend.oom |= kv_test_fault("record-oom");
 	}
 	if (a->pend.oom) { /* the records gathered are gone: the file lacks them */

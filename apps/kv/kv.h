@@ -143,6 +143,9 @@ uint64_t kv_used_total(void);
 /* An argument as Redis's string2ll reads it (no sign '+', no leading zero or space, no
  * overflow): false when it is not such an integer. */
 bool kv_arg_ll(const struct resp_arg *a, long long *out);
+/* A database index as SELECT and COPY's DB take it (an integer that fits an int; keel-kv
+ * has database 0 only): true for 0, else false with Redis's error written to @out. */
+bool kv_db_index_ok(const struct resp_arg *a, struct rbuf *out);
 /* An argument's length for a %.*s in an error reply: at most 128 bytes (an int precision
  * of a longer argument, 2 GiB and up with --proto-max-bulk-len, would be negative and
  * read the argument as a C string, past its end). */
@@ -217,8 +220,9 @@ enum kv_merge { KV_M_NONE, KV_M_SUM, KV_M_OK, KV_M_ARRAY_BY_KEY, KV_M_CONCAT, KV
 
 #define KV_F_WRITE     1u
 #define KV_F_DENYOOM   2u
-#define KV_F_ONE_SHARD 4u /* KV_R_KEYS that cannot be split: keys on several shards refused */
-#define KV_F_TX_LOCAL  8u /* KV_R_LOCAL taken inside MULTI (it needs no connection) */
+#define KV_F_ONE_SHARD 4u  /* KV_R_KEYS that cannot be split: keys on several shards refused */
+#define KV_F_TX_LOCAL  8u  /* KV_R_LOCAL taken inside MULTI (it needs no connection) */
+#define KV_F_KEYS2     16u /* KV_R_KEYS whose keys are argv[1] and argv[2], options after (COPY) */
 
 struct kv_cmd;
 typedef void (*kv_cmd_fn)(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out);
@@ -233,6 +237,16 @@ struct kv_cmd {
 	kv_cmd_fn fn;           /* runs on the owner (NULL for KV_R_LOCAL: the server runs it) */
 	const char *flag_words; /* for COMMAND: "write denyoom" */
 };
+
+/* How many keys @c's @argc arguments name (KV_R_KEYS; 0 for the other routes): argv[1],
+ * argv[1 + key_step], ... */
+static inline unsigned
+kv_cmd_nkeys(const struct kv_cmd *c, unsigned argc)
+{
+	unsigned n = c->route == KV_R_KEYS ? (argc - 1) / c->key_step : 0;
+
+	return c->flags & KV_F_KEYS2 && n > 2 ? 2 : n;
+}
 
 /* Find a command by name (case-insensitive); NULL when unknown. */
 const struct kv_cmd *kv_cmd_find(const uint8_t *name, size_t len);

@@ -1372,7 +1372,7 @@ fanout(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsigned
        const uint8_t *raw, size_t rawlen, const uint16_t *owners, bool admitted)
 {
 	unsigned ns = kv_cfg.nshards, me = self();
-	unsigned nkeys = c->route == KV_R_KEYS ? (argc - 1) / c->key_step : 0;
+	unsigned nkeys = kv_cmd_nkeys(c, argc);
 	struct pend *p = pend_new(kc);
 	unsigned *idx = NULL;
 	bool want[KEEL_MAX_SHARDS] = { false };
@@ -1660,8 +1660,16 @@ command_info(struct rbuf *out, const struct kv_cmd *c)
 	/* WATCH runs here, not on its keys' shards, but its arguments are keys all the same. */
 	bool keys = c->route == KV_R_KEYS || !strcmp(c->name, "watch");
 	int first = c->route == KV_R_KEY || keys ? 1 : 0;
-	/* Keys to the end (-1), or up to a fixed arity's last argument (RENAME's 2). */
-	int last = c->route == KV_R_KEY ? 1 : !keys ? 0 : c->arity > 0 ? c->arity - 1 : -1;
+	/* Keys to the end (-1), or up to a fixed arity's last argument (RENAME's 2), or the
+	 * last of the keys before the options (COPY's 2). */
+	int last = -1;
+
+	if (c->route == KV_R_KEY || c->flags & KV_F_KEYS2)
+		last = c->route == KV_R_KEY ? 1 : 2;
+	else if (!keys)
+		last = 0;
+	else if (c->arity > 0)
+		last = c->arity - 1;
 
 	/* Redis 7's ten fields: the last four (ACL categories, tips, key specifications,
 	 * subcommands) are empty, which clients read as "none given". */
@@ -1854,16 +1862,7 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 		 * database (checked against redis-server 7.0.15). The argument is not
 		 * NUL-terminated (an inline one is followed by what an earlier line left in the
 		 * scratch area): kv_arg_ll reads only its bytes. */
-		long long db;
-
-		if (!kv_arg_ll(&argv[1], &db))
-			rb_err(out, "ERR value is not an integer or out of range");
-		else if (db < INT_MIN || db > INT_MAX)
-			rb_err(out, "ERR value is out of range, value must between -2147483648 and "
-				    "2147483647");
-		else if (db != 0)
-			rb_err(out, "ERR DB index is out of range");
-		else
+		if (kv_db_index_ok(&argv[1], out))
 			rb_simple(out, "OK");
 	} else if (!strcmp(n, "unwatch")) { /* in a transaction (kc NULL): EXEC ends them */
 		rb_simple(out, "OK");
@@ -2069,7 +2068,7 @@ tx_owner(const struct kv_cmd *c, const struct resp_arg *argv, unsigned argc)
 	case KV_R_KEY:
 		return (int)kv_owner_key(argv[1].p, argv[1].len);
 	case KV_R_KEYS:
-		for (unsigned i = 1; i < argc; i += c->key_step) {
+		for (unsigned i = 1, n = 0; n < kv_cmd_nkeys(c, argc); i += c->key_step, n++) {
 			int k = (int)kv_owner_key(argv[i].p, argv[i].len);
 			if (o >= 0 && k != o)
 				return -2;
@@ -2761,7 +2760,7 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 			owner = me;
 			break;
 		}
-		unsigned nkeys = (argc - 1) / c->key_step;
+		unsigned nkeys = kv_cmd_nkeys(c, argc);
 		if (nkeys > 64 && !(owners = malloc(nkeys * sizeof(*owners))))
 			goto oom;
 		for (unsigned i = 0; i < nkeys; i++) {
@@ -2769,7 +2768,7 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 			owners[i] = (uint16_t)kv_owner_key(k->p, k->len);
 			one &= owners[i] == owners[0];
 		}
-		owner = owners[0];
+		owner = nkeys ? owners[0] : me; /* the arity leaves at least one */
 		if (!one && (c->flags & KV_F_ONE_SHARD)) {
 			if (owners != owners_small)
 				free(owners);

@@ -1286,6 +1286,70 @@ cmd_renamenx(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf
 	rename_generic(db, argv, out, true);
 }
 
+bool
+kv_db_index_ok(const struct resp_arg *a, struct rbuf *out)
+{
+	long long db;
+
+	if (!kv_arg_ll(a, &db))
+		rb_err(out, "ERR value is not an integer or out of range");
+	else if (db < INT_MIN || db > INT_MAX)
+		rb_err(out, "ERR value is out of range, value must between -2147483648 and "
+			    "2147483647");
+	else if (db != 0)
+		rb_err(out, "ERR DB index is out of range");
+	else
+		return true;
+	return false;
+}
+
+/* COPY source destination [DB 0] [REPLACE]: source's value and expiry under destination,
+ * 1; 0 when source is not there, or destination is and REPLACE was not given. As Redis 7
+ * (the options first, then the same key refused; source read as GET reads it, in the
+ * keyspace hits and misses); keel-kv's one database is 0. Atomic on the shard that holds
+ * both (KV_F_ONE_SHARD, as RENAME). */
+static void
+cmd_copy(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	struct kv_ent **pp2 = NULL, *e, *old, *n;
+	bool replace = false;
+	uint64_t h2;
+
+	for (unsigned i = 3; i < argc; i++) {
+		if (arg_is(&argv[i], "REPLACE")) {
+			replace = true;
+		} else if (arg_is(&argv[i], "DB") && i + 1 < argc) {
+			if (!kv_db_index_ok(&argv[++i], out))
+				return;
+		} else {
+			rb_err(out, "ERR syntax error");
+			return;
+		}
+	}
+	if (argv[1].len == argv[2].len && !memcmp(argv[1].p, argv[2].p, argv[1].len)) {
+		rb_err(out, "ERR source and destination objects are the same");
+		return;
+	}
+	e = lookup_read(db, &argv[1]);
+	if (!e) {
+		rb_int(out, 0);
+		return;
+	}
+	h2 = kv_hash(argv[2].p, argv[2].len);
+	old = lookup_h(db, &argv[2], h2, &pp2);
+	if (old && !replace) {
+		rb_int(out, 0);
+		return;
+	}
+	n = ent_alloc(argv[2].len + e->vlen);
+	if (!n) {
+		rb_err(out, "%s", e_oom);
+		return;
+	}
+	ent_put(db, n, &argv[2], h2, old, pp2, e->data + e->klen, e->vlen, e->vlen, e->expire_ms);
+	rb_int(out, 1);
+}
+
 static void
 cmd_exists(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
@@ -2091,6 +2155,8 @@ static const struct kv_cmd cmds[] = {
 	{ "rename", 3, KV_F_WRITE | KV_F_ONE_SHARD, KV_R_KEYS, 1, KV_M_NONE, cmd_rename, "write" },
 	{ "renamenx", 3, KV_F_WRITE | KV_F_ONE_SHARD, KV_R_KEYS, 1, KV_M_NONE, cmd_renamenx,
 	  "write fast" },
+	{ "copy", -3, KV_F_WRITE | KV_F_DENYOOM | KV_F_ONE_SHARD | KV_F_KEYS2, KV_R_KEYS, 1,
+	  KV_M_NONE, cmd_copy, "write denyoom" },
 	{ "expire", -3, KV_F_WRITE, KV_R_KEY, 0, KV_M_NONE, cmd_expire, "write fast" },
 	{ "pexpire", -3, KV_F_WRITE, KV_R_KEY, 0, KV_M_NONE, cmd_pexpire, "write fast" },
 	{ "expireat", -3, KV_F_WRITE, KV_R_KEY, 0, KV_M_NONE, cmd_expireat, "write fast" },

@@ -4347,6 +4347,32 @@ Test(kv_server, multi_exec_runs_the_queued_commands_on_their_shard)
 	expect(&r, "RENAME {m}a {m}z", "+OK\r\n");
 	expect(&r, "RENAMENX {m}b {m}z", ":0\r\n");
 	expect(&r, "MGET {m}a {m}b {m}z", "*3\r\n$-1\r\n$1\r\n2\r\n$1\r\n1\r\n");
+	/* COPY's keys are its first two arguments, its options no keys: REPLACE and DB on a
+	 * tagged pair run on their shard; a pair on two shards is refused. */
+	expect(&r, "COPY {m}z {m}b REPLACE", ":1\r\n");
+	expect(&r, "COPY {m}z {m}c DB 0 REPLACE", ":1\r\n");
+	expect(&r, "MGET {m}b {m}c", "*2\r\n$1\r\n1\r\n$1\r\n1\r\n");
+	{
+		bool crossed = false;
+
+		for (int i = 1; i < 12; i++) {
+			char *got;
+
+			snprintf(cmd, sizeof(cmd), "COPY x0 x%d REPLACE", i);
+			test_send_all(r.fd, cmd, strlen(cmd));
+			test_send_all(r.fd, "\r\n", 2);
+			got = rd_next(&r, NULL);
+			cr_assert(got, "closed");
+			if (!strncmp(
+				    got,
+				    "-CROSSSLOT Keys in request don't hash to the same slot ('copy'",
+				    61))
+				crossed = true;
+			else
+				cr_assert_str_eq(got, ":0\r\n", "%s", cmd);
+		}
+		cr_assert(crossed, "11 keys on one shard of three");
+	}
 	/* DISCARD drops what was queued; UNWATCH with nothing watched is +OK (WATCH has a
 	 * test of its own: watch_*). */
 	expect(&r, "MULTI", "+OK\r\n");

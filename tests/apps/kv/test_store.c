@@ -951,6 +951,35 @@ range_commands_start(void *app)
 		{ 5, { "SET", "rn", "w", "PXAT", "1000" }, "+OK\r\n" },
 		{ 3, { "RENAMENX", "rm", "rn" }, ":1\r\n" },
 		{ 2, { "GET", "rn" }, "$1\r\nv\r\n" },
+		/* COPY: value and expiry copied; 0 when the source is missing or the destination
+		 * there without REPLACE; the options checked first; the one database is 0
+		 * (redis-server 7.0.15 with --databases 1 answers each the same). */
+		{ 3, { "SET", "ca", "1" }, "+OK\r\n" },
+		{ 3, { "COPY", "ca", "cb" }, ":1\r\n" },
+		{ 2, { "GET", "cb" }, "$1\r\n1\r\n" },
+		{ 3, { "COPY", "ca", "cb" }, ":0\r\n" },
+		{ 4, { "COPY", "ca", "cb", "replace" }, ":1\r\n" },
+		{ 3,
+		  { "COPY", "ca", "ca" },
+		  "-ERR source and destination objects are the same\r\n" },
+		{ 3, { "COPY", "missing", "x" }, ":0\r\n" },
+		{ 5, { "SET", "ce", "v", "EX", "100" }, "+OK\r\n" },
+		{ 3, { "COPY", "ce", "cf" }, ":1\r\n" },
+		{ 2, { "TTL", "cf" }, ":100\r\n" },
+		{ 2, { "TTL", "ce" }, ":100\r\n" },
+		{ 6, { "COPY", "ca", "cb", "DB", "0", "REPLACE" }, ":1\r\n" },
+		{ 5, { "COPY", "ca", "cc", "DB", "1" }, "-ERR DB index is out of range\r\n" },
+		{ 5,
+		  { "COPY", "ca", "cc", "DB", "x" },
+		  "-ERR value is not an integer or out of range\r\n" },
+		{ 4, { "COPY", "ca", "cc", "DB" }, "-ERR syntax error\r\n" },
+		{ 5, { "COPY", "ca", "cc", "REPLACE", "FOO" }, "-ERR syntax error\r\n" },
+		{ 4, { "COPY", "ca", "ca", "FOO" }, "-ERR syntax error\r\n" },
+		{ 5, { "SET", "ck", "v", "PXAT", "1000" }, "+OK\r\n" },
+		{ 3, { "COPY", "ck", "cz" }, ":0\r\n" },
+		{ 5, { "SET", "cn", "w", "PXAT", "1000" }, "+OK\r\n" },
+		{ 3, { "COPY", "ca", "cn" }, ":1\r\n" },
+		{ 2, { "GET", "cn" }, "$1\r\n1\r\n" },
 	};
 
 	if (!SHARD_CHECK_EQ(kv_db_init(&db, app), 0)) {
