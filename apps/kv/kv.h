@@ -56,6 +56,8 @@ struct kv_stats {
 	_Atomic uint64_t forwarded_exported; /* ... of forwarded_out, handed over as exported
 					      * slices of the receive buffer (--handoff export) */
 	_Atomic uint64_t watched_keys;       /* keys of this shard watched (kv_watches.keys) */
+	_Atomic uint64_t client_mem;         /* what this shard's clients hold (client_mem) */
+	_Atomic uint64_t evicted_clients;    /* clients closed past --maxmemory-clients */
 };
 
 /* WATCH (watch.c): the keys of this shard that connections watch, by the key's hash, each
@@ -100,11 +102,12 @@ struct kv_db {
 
 /* Process-wide settings (set before the shards start, read-only after). */
 struct kv_config {
-	uint64_t maxmemory;     /* 0: no limit */
-	uint64_t max_bulk;      /* --proto-max-bulk-len */
-	uint64_t query_max;     /* the largest request buffered (client-query-buffer-limit) */
-	unsigned timeout_s;     /* --timeout: idle connections closed after this; 0: never */
-	uint32_t maxclients;    /* --maxclients: clients open at once, over every shard */
+	uint64_t maxmemory;         /* 0: no limit */
+	uint64_t max_bulk;          /* --proto-max-bulk-len */
+	uint64_t query_max;         /* the largest request buffered (client-query-buffer-limit) */
+	unsigned timeout_s;         /* --timeout: idle connections closed after this; 0: never */
+	uint32_t maxclients;        /* --maxclients: clients open at once, over every shard */
+	uint64_t maxmemory_clients; /* --maxmemory-clients: what clients hold together; 0: any */
 	uint32_t shard_clients; /* ... on one shard (its direct-descriptor table's room); 0: any */
 	unsigned nshards;
 	bool handoff_export;           /* --handoff export: forward requests as exported slices */

@@ -25,6 +25,7 @@ static const char usage[] =
 	"               [--appendfsync always|everysec|no] [--dir DIR]\n"
 	"               [--aof-truncate-corrupt yes|no] [--auto-aof-rewrite-percentage N]\n"
 	"               [--auto-aof-rewrite-min-size BYTES] [--maxclients N]\n"
+	"               [--maxmemory-clients BYTES]\n"
 	"               [network options] [runtime options]\n"
 	"A Redis-protocol key-value server, keys spread over the shards (docs/kv.md).\n"
 	"--port P: TCP port (default 6379; 0: an ephemeral one, printed at start)\n"
@@ -54,7 +55,11 @@ static const char usage[] =
 	"           of it (BYTES / shards; default 64mb)\n"
 	"--maxclients N: clients open at once, over every shard (default 10000, or fewer\n"
 	"           where the shards' descriptor tables hold fewer); one past it gets\n"
-	"           \"-ERR max number of clients reached\" and is closed\n";
+	"           \"-ERR max number of clients reached\" and is closed\n"
+	"--maxmemory-clients BYTES: what the clients hold together (their request and reply\n"
+	"           buffers, transactions, watches; INFO memory mem_clients_normal); past it\n"
+	"           the client holding the most is closed (INFO stats evicted_clients).\n"
+	"           At least 1mb; default 0: no limit\n";
 
 static void
 die(const char *msg, const char *opt)
@@ -77,6 +82,7 @@ static const char *const kv_options[] = { "--port",
 					  "--auto-aof-rewrite-percentage",
 					  "--auto-aof-rewrite-min-size",
 					  "--maxclients",
+					  "--maxmemory-clients",
 					  "--dir" };
 
 static bool
@@ -355,6 +361,11 @@ main(int argc, char **argv)
 				die("--maxclients expects 1..4294967295, got ", v);
 			kv_cfg.maxclients = (uint32_t)m;
 			maxclients_given = true;
+		} else if (!strcmp(argv[i], "--maxmemory-clients")) {
+			if (parse_bytes(v, &b) < 0 || (b && b < 1024 * 1024))
+				die("--maxmemory-clients expects 0 (no limit) or at least 1mb, got ",
+				    v);
+			kv_cfg.maxmemory_clients = b;
 		} else if (!strcmp(argv[i], "--dir")) {
 			kv_cfg.dir = v;
 		} else {

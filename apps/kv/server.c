@@ -112,6 +112,8 @@ struct kconn {
 	unsigned argv_cap;
 	uint8_t *scratch;
 	size_t scratch_cap;
+	uint64_t mem; /* what it held at its last count (client_mem), in the shard's sum */
+	bool evicted; /* closed past --maxmemory-clients: out of the sum */
 };
 
 /* A transaction (MULTI ... EXEC): the requests queued, as received, and the one shard they
@@ -131,6 +133,7 @@ struct ktx {
 struct kv_shard {
 	struct kv_db db;
 	struct kconn *conns;
+	uint64_t client_mem; /* the sum of its clients' mem (published in kv_stats) */
 	uint64_t next_id;
 	struct keel_timer *sweep, *idle;
 	/* Replies that could not be sent home for want of memory (keel_send or
@@ -458,8 +461,82 @@ close_due(const struct kconn *kc)
 	return kc->closing || (kc->eof && !kc->held && !kc->barrier && !kc->bq_head);
 }
 
+/* What a client holds: its request and reply buffers, replies made and not yet sent (on
+ * this shard, queued on its connection, a large one's rest), its transaction's queue, its
+ * watched keys and its argument arrays. Redis 7 counts a client's buffers alike for
+ * maxmemory-clients. */
+static uint64_t
+client_mem(const struct kconn *kc)
+{
+	return sizeof(*kc) + kc->in_cap + kc->out.cap + kc->pend_bytes +
+	       (uint64_t)kc->npend * sizeof(struct pend) + keel_conn_queued(kc->c) +
+	       (kc->big.buf ? kc->big.len - kc->big_off : 0) + (kc->tx ? kc->tx->q.cap : 0) +
+	       kc->wkeys.cap + (uint64_t)kc->wset_cap * sizeof(*kc->wset) +
+	       (uint64_t)kc->argv_cap * sizeof(*kc->argv) + kc->scratch_cap;
+}
+
+static uint64_t
+clients_mem_total(void)
+{
+	uint64_t t = 0;
+
+	for (unsigned i = 0; i < kv_cfg.nshards; i++)
+		t += atomic_load_explicit(&kv_stats[i].client_mem, memory_order_relaxed);
+	return t;
+}
+
 static void
-flush_out(struct kconn *kc)
+client_mem_set(struct kv_shard *ks, struct kconn *kc, uint64_t m)
+{
+	ks->client_mem = ks->client_mem - kc->mem + m;
+	kc->mem = m;
+	atomic_store_explicit(&kv_stats[self()].client_mem, ks->client_mem, memory_order_relaxed);
+}
+
+/* Past --maxmemory-clients: a shard over its share of it (maxmemory-clients / shards)
+ * while the clients of every shard together are over it closes its largest client, as
+ * Redis 7 closes the largest, and again until it is not. A shard under its share closes
+ * none: the sum can only pass the limit where some shard is over its share, and that one
+ * acts (a shard's own clients may use more than its share while the others use less). */
+static void
+clients_evict(struct kv_shard *ks)
+{
+	uint64_t share = kv_cfg.maxmemory_clients / kv_cfg.nshards;
+
+	while (ks->client_mem > share && clients_mem_total() > kv_cfg.maxmemory_clients) {
+		struct kconn *big = NULL;
+
+		for (struct kconn *kc = ks->conns; kc; kc = kc->next)
+			if (!kc->evicted && !kc->refused && (!big || kc->mem > big->mem))
+				big = kc;
+		if (!big)
+			return;
+		client_mem_set(ks, big, 0);
+		big->evicted = true;
+		stat_add(&kv_stats[self()].evicted_clients, 1);
+		keel_log(KEEL_LOG_INFO, "kv",
+			 "client id %llu closed: the clients hold more than --maxmemory-clients "
+			 "%llu bytes together, and it held the most on this shard",
+			 (unsigned long long)big->id, (unsigned long long)kv_cfg.maxmemory_clients);
+		conn_fail(big, -ENOBUFS);
+	}
+}
+
+/* Count what @kc holds now, and close clients past --maxmemory-clients. */
+static void
+client_mem_count(struct kconn *kc)
+{
+	struct kv_shard *ks = &shards[self()];
+
+	if (kc->evicted || kc->refused)
+		return;
+	client_mem_set(ks, kc, client_mem(kc));
+	if (kv_cfg.maxmemory_clients && ks->client_mem > kv_cfg.maxmemory_clients / kv_cfg.nshards)
+		clients_evict(ks);
+}
+
+static void
+flush_out_(struct kconn *kc)
 {
 	struct keel_alloc *a = keel_shard_alloc();
 	size_t max = keel_alloc_buf_max(a), off = 0;
@@ -518,6 +595,15 @@ flush_out(struct kconn *kc)
 		rb_free(&kc->out); /* a large reply's buffer is not kept per connection */
 	if (close_due(kc))
 		keel_conn_close(kc->c);
+}
+
+/* Every path that grows or drains what a client holds ends here (on_data, a reply from
+ * another shard, on_writable, a resume): it is counted here too. */
+static void
+flush_out(struct kconn *kc)
+{
+	flush_out_(kc);
+	client_mem_count(kc);
 }
 
 /* The replies this connection has made and not yet had acknowledged are over the limits:
@@ -1553,8 +1639,8 @@ info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
 	bool all = argc < 2 || info_names(argv, argc, "all") || info_names(argv, argc, "default") ||
 		   info_names(argv, argc, "everything");
 	uint64_t keys = 0, expires = 0, cmds = 0, fwd = 0, conns = 0, total = 0, hits = 0,
-		 misses = 0, exp = 0, oom = 0, lazy = 0, watched = 0, rejected = 0,
-		 used = kv_used_total();
+		 misses = 0, exp = 0, oom = 0, lazy = 0, watched = 0, rejected = 0, cmem = 0,
+		 evicted = 0, used = kv_used_total();
 	unsigned ns = kv_cfg.nshards;
 	int n;
 
@@ -1581,6 +1667,8 @@ info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
 		oom += LD(oom_rejected);
 		lazy += LD(lazyfree_pending);
 		watched += LD(watched_keys);
+		cmem += LD(client_mem);
+		evicted += LD(evicted_clients);
 	}
 	if (WANT("server")) {
 		LINE("# Server\r\nredis_version:" KV_REDIS_VERSION "\r\nkeel_kv_version:0.1\r\n"
@@ -1594,17 +1682,21 @@ info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
 		     (unsigned long long)conns, kv_cfg.maxclients, (unsigned long long)watched);
 	if (WANT("memory"))
 		LINE("# Memory\r\nused_memory:%llu\r\nused_memory_human:%.2fM\r\nmaxmemory:%llu\r\n"
-		     "maxmemory_policy:noeviction\r\nlazyfree_pending_objects:%llu\r\n\r\n",
+		     "maxmemory_policy:noeviction\r\nmem_clients_normal:%llu\r\n"
+		     "lazyfree_pending_objects:%llu\r\n\r\n",
 		     (unsigned long long)used, used / 1048576.0,
-		     (unsigned long long)kv_cfg.maxmemory, (unsigned long long)lazy);
+		     (unsigned long long)kv_cfg.maxmemory, (unsigned long long)cmem,
+		     (unsigned long long)lazy);
 	if (WANT("stats"))
 		LINE("# Stats\r\ntotal_connections_received:%llu\r\n"
 		     "total_commands_processed:%llu\r\nkeyspace_hits:%llu\r\n"
 		     "keyspace_misses:%llu\r\nexpired_keys:%llu\r\nrejected_oom:%llu\r\n"
-		     "rejected_connections:%llu\r\nforwarded_requests:%llu\r\n\r\n",
+		     "evicted_clients:%llu\r\nrejected_connections:%llu\r\n"
+		     "forwarded_requests:%llu\r\n\r\n",
 		     (unsigned long long)total, (unsigned long long)cmds, (unsigned long long)hits,
 		     (unsigned long long)misses, (unsigned long long)exp, (unsigned long long)oom,
-		     (unsigned long long)rejected, (unsigned long long)fwd);
+		     (unsigned long long)evicted, (unsigned long long)rejected,
+		     (unsigned long long)fwd);
 	if (WANT("persistence"))
 		kv_aof_info(&b);
 	if (WANT("keyspace")) {
@@ -1929,7 +2021,7 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 		}
 	} else if (!strcmp(n, "config")) {
 		if (is(&argv[1], "GET") && argc >= 3) {
-			char v[7][32], dir[PATH_MAX];
+			char v[8][32], dir[PATH_MAX];
 			const char *names[] = { "save",
 						"appendonly",
 						"maxmemory",
@@ -1942,15 +2034,16 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 						"maxmemory-policy",
 						"appendfsync",
 						"dir",
-						"port" };
-			const char *vals[13] = {
+						"port",
+						"maxmemory-clients" };
+			const char *vals[14] = {
 				"", kv_cfg.aof ? "yes" : "no", v[0], v[1], v[2], "1", v[3], v[4],
 				v[5], "noeviction",
 				kv_cfg.fsync == KV_FSYNC_ALWAYS     ? "always"
 				: kv_cfg.fsync == KV_FSYNC_EVERYSEC ? "everysec"
 								    : "no",
 				/* Redis answers its working directory, a whole path. */
-				realpath(kv_cfg.dir, dir) ? dir : kv_cfg.dir, v[6]
+				realpath(kv_cfg.dir, dir) ? dir : kv_cfg.dir, v[6], v[7]
 			};
 			struct rbuf body = { 0 };
 			unsigned cnt = 0;
@@ -1962,6 +2055,8 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 				 (unsigned long long)kv_cfg.auto_rw_min);
 			snprintf(v[5], sizeof(v[5]), "%u", kv_cfg.maxclients);
 			snprintf(v[6], sizeof(v[6]), "%u", kv_port);
+			snprintf(v[7], sizeof(v[7]), "%llu",
+				 (unsigned long long)kv_cfg.maxmemory_clients);
 			for (unsigned k = 0; k < sizeof(names) / sizeof(names[0]); k++)
 				for (unsigned i = 2; i < argc; i++)
 					if (kv_glob(argv[i].p, argv[i].len,
@@ -3162,6 +3257,7 @@ on_close(struct keel_conn *c, int status)
 		ks->conns = kc->next;
 	if (kc->next)
 		kc->next->prev = kc->prev;
+	client_mem_set(ks, kc, 0);
 	if (!kc->refused) {
 		stat_add(&kv_stats[self()].conns, -1);
 		atomic_fetch_sub_explicit(&clients_open, 1, memory_order_relaxed);

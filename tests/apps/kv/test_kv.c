@@ -3881,6 +3881,77 @@ Test(kv_server, clients_past_maxclients_are_refused_with_the_error)
 	srv_stop(&s);
 }
 
+/* --maxmemory-clients: what the clients hold together is bounded, as Redis 7 bounds it:
+ * past it the client holding the most is closed, counted in INFO stats evicted_clients,
+ * and the others go on. One client sends 3 MB of a 4 MB request (its query buffer grows),
+ * another asks for 8 values of 512 KB and reads none (its replies wait in its queue); a
+ * third, idle, is left alone. Two shards: each acts on its own clients, past its share. */
+Test(kv_server, clients_past_maxmemory_clients_are_closed_the_largest_first)
+{
+	static char chunk[65536], big[600000];
+	struct srv s;
+	struct rd idle, q, nr;
+	size_t sent = 0;
+	char *got;
+
+	memset(chunk, 'x', sizeof(chunk));
+	srv_start(&s, 2, "--maxmemory-clients", "1mb", NULL);
+	rd_init(&idle, test_connect(s.port));
+	expect(&idle, "PING", "+PONG\r\n");
+	expect(&idle, "CONFIG GET maxmemory-clients",
+	       "*2\r\n$17\r\nmaxmemory-clients\r\n$7\r\n1048576\r\n");
+	/* The request: sent until the server closes it (or 3 MB went). */
+	rd_init(&q, test_connect(s.port));
+	q.reset_ends = true;
+	test_send_all(q.fd, "*3\r\n$3\r\nSET\r\n$1\r\nq\r\n$4000000\r\n", 29);
+	while (sent < 3000000) {
+		ssize_t w = send(q.fd, chunk, sizeof(chunk), MSG_NOSIGNAL);
+
+		if (w <= 0)
+			break;
+		sent += (size_t)w;
+	}
+	cr_assert_null(rd_next(&q, NULL), "the client with a 3 MB query buffer was not closed");
+	rd_free(&q);
+	/* The replies: a value of 512 KB, eight GETs of it, nothing read. */
+	memset(big, 'v', 524288);
+	{
+		static char req[600064];
+		int n = snprintf(req, sizeof(req), "*3\r\n$3\r\nSET\r\n$1\r\nv\r\n$524288\r\n");
+
+		memcpy(req + n, big, 524288);
+		memcpy(req + n + 524288, "\r\n", 2);
+		test_send_all(idle.fd, req, (size_t)n + 524290);
+		got = rd_next(&idle, NULL);
+		cr_assert(got && !strcmp(got, "+OK\r\n"), "%s", got ? got : "closed");
+	}
+	rd_init(&nr, test_connect(s.port));
+	nr.reset_ends = true;
+	for (int i = 0; i < 8; i++)
+		test_send_all(nr.fd, "GET v\r\n", 7);
+	WAIT_FOR(info_field(s.port, "evicted_clients:") == 2,
+		 "the client that does not read closed");
+	rd_free(&nr);
+	expect(&idle, "PING", "+PONG\r\n");
+	expect(&idle, "EXISTS q", ":0\r\n");
+	rd_free(&idle);
+	srv_stop(&s);
+}
+
+Test(kv_server, maxmemory_clients_below_1mb_is_refused)
+{
+	const char *const argv[] = { kv_bin(), "--addr", "127.0.0.1",
+				     "--port", "0",      "--maxmemory-clients",
+				     "100kb",  NULL };
+	char err[512];
+	int st = proc_run_to_exit(argv, NULL, NULL, err, sizeof(err));
+
+	cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 2, "status %d", st);
+	cr_assert(
+		strstr(err, "--maxmemory-clients expects 0 (no limit) or at least 1mb, got 100kb"),
+		"%s", err);
+}
+
 /* A --maxclients the shards' direct-descriptor tables cannot hold is lowered to what they
  * hold, and said: a client past a full table waited in the listen backlog unanswered. The
  * default is lowered quietly, and CONFIG GET says the figure in both cases. */
