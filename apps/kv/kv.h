@@ -126,6 +126,10 @@ struct kv_config {
 extern struct kv_config kv_cfg;
 extern struct kv_stats kv_stats[];
 
+/* A random 64-bit value (this thread's counter through kv_hash: unpredictable without the
+ * process's hash key). */
+uint64_t kv_random(void);
+
 /* The hash of a key: owner shard and bucket (SipHash-1-3 keyed with kv_cfg.hash_key). */
 uint64_t kv_hash(const void *p, size_t n);
 static inline unsigned
@@ -216,6 +220,7 @@ enum kv_route {
 	KV_R_KEYS,   /* every argument from 1 (step 1 or 2) is a key: split per owner */
 	KV_R_ALL,    /* every shard's table: run on each, replies merged */
 	KV_R_CURSOR, /* argv[1] is a SCAN cursor: runs on the shard it names (kv_scan_cursor) */
+	KV_R_RANDOM, /* no key: runs on a shard drawn by its share of the keys (RANDOMKEY) */
 };
 /* KV_M_REWRITE (BGREWRITEAOF): started when a shard started a rewrite and the others were
  * rewriting already (KV_AOF_REWRITE_BUSY); a shard's other error wins; all busy: busy. */

@@ -2249,6 +2249,14 @@ tx_queue(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsign
 		       c->name);
 		goto refused;
 	}
+	/* Inside a transaction it would draw from the transaction's shard alone. */
+	if (c->route == KV_R_RANDOM && kv_cfg.nshards > 1) {
+		rb_err(out,
+		       "ERR '%s' draws from every shard's keys, and a keel-kv transaction runs on "
+		       "one: it is taken inside MULTI with --shards 1 only",
+		       c->name);
+		goto refused;
+	}
 	owner = tx_owner(c, argv, argc);
 	if (owner == -2 || (owner >= 0 && tx->owner >= 0 && owner != tx->owner)) {
 		rb_err(out,
@@ -2783,6 +2791,29 @@ tx_cmd(struct kconn *kc, const struct kv_cmd *c, struct rbuf *out)
 	return true;
 }
 
+/* RANDOMKEY's shard: drawn by each shard's share of the keys (their counts as last
+ * published), so every key is as likely; @me when there are none. A shard emptied between
+ * the draw and the command's run answers nil, though keys may be left on others. */
+static unsigned
+random_owner(unsigned me)
+{
+	uint64_t total = 0, r;
+
+	for (unsigned i = 0; i < kv_cfg.nshards; i++)
+		total += atomic_load_explicit(&kv_stats[i].keys, memory_order_relaxed);
+	if (!total)
+		return me;
+	r = kv_random() % total;
+	for (unsigned i = 0; i < kv_cfg.nshards; i++) {
+		uint64_t k = atomic_load_explicit(&kv_stats[i].keys, memory_order_relaxed);
+
+		if (r < k)
+			return i;
+		r -= k;
+	}
+	return me; /* the counts moved under us */
+}
+
 static void
 dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *raw, size_t rawlen,
 	 const struct keel_slice *src, size_t off)
@@ -2846,6 +2877,9 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 		owner = (unsigned)(cur % kv_cfg.nshards);
 		break;
 	}
+	case KV_R_RANDOM:
+		owner = kv_cfg.nshards == 1 ? me : random_owner(me);
+		break;
 	case KV_R_KEY:
 		/* One shard owns every key: no hash here (the table hashes the key anyway). */
 		owner = kv_cfg.nshards == 1 ? me : kv_owner_key(argv[1].p, argv[1].len);

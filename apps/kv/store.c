@@ -1350,6 +1350,59 @@ cmd_copy(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *ou
 	rb_int(out, 1);
 }
 
+uint64_t
+kv_random(void)
+{
+	static _Thread_local uint64_t ctr;
+
+	ctr++;
+	return kv_hash(&ctr, sizeof(ctr));
+}
+
+/* RANDOMKEY: a key of this shard's table drawn at random (server.c draws the shard by its
+ * share of the keys), nil when it has none. A bucket drawn at random, the old array's
+ * unmoved ones included while the table grows, then a key of its chain; an expired key
+ * drawn is deleted (lazy expiry) and another drawn, as Redis does. After 1,024 empty
+ * buckets in a row (a table emptied by deletes: it does not shrink), the buckets are
+ * walked from a random one instead, so a sparse table costs one walk, not endless draws. */
+static void
+cmd_randomkey(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	int64_t now = kv_now_ms();
+
+	while (db->count) {
+		size_t nb = db->mask + 1, no = db->ob ? db->omask + 1 - db->migrate : 0;
+		size_t at = (size_t)(kv_random() % (nb + no));
+		struct kv_ent **chain = NULL, *e;
+		size_t len = 0, pick;
+
+		for (unsigned tries = 0; !chain; tries++) {
+			struct kv_ent **c = at < nb ? &db->b[at] : &db->ob[db->migrate + at - nb];
+
+			if (*c)
+				chain = c;
+			else if (tries < 1024)
+				at = (size_t)(kv_random() % (nb + no));
+			else
+				at = (at + 1) % (nb + no);
+		}
+		for (e = *chain; e; e = e->next)
+			len++;
+		pick = (size_t)(kv_random() % len);
+		for (e = *chain; pick--; e = e->next)
+			;
+		if (e->expire_ms && e->expire_ms <= now) {
+			struct resp_arg key = { .p = e->data, .len = e->klen };
+
+			lookup(db, &key, NULL); /* deletes it, counted as lazy expiry */
+			continue;
+		}
+		rb_bulk(out, e->data, e->klen);
+		return;
+	}
+	rb_nil(out);
+}
+
 static void
 cmd_exists(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
@@ -2168,6 +2221,7 @@ static const struct kv_cmd cmds[] = {
 	{ "persist", 2, KV_F_WRITE, KV_R_KEY, 0, KV_M_NONE, cmd_persist, "write fast" },
 	{ "dbsize", 1, 0, KV_R_ALL, 0, KV_M_SUM, cmd_dbsize, "readonly fast" },
 	{ "scan", -2, 0, KV_R_CURSOR, 0, KV_M_NONE, cmd_scan, "readonly" },
+	{ "randomkey", 1, 0, KV_R_RANDOM, 0, KV_M_NONE, cmd_randomkey, "readonly" },
 	{ "flushall", -1, KV_F_WRITE, KV_R_ALL, 0, KV_M_OK, cmd_flushall, "write" },
 	{ "flushdb", -1, KV_F_WRITE, KV_R_ALL, 0, KV_M_OK, cmd_flushall, "write" },
 	{ "keys", 2, 0, KV_R_ALL, 0, KV_M_CONCAT, cmd_keys, "readonly" },

@@ -3881,6 +3881,51 @@ Test(kv_server, clients_past_maxclients_are_refused_with_the_error)
 	srv_stop(&s);
 }
 
+/* RANDOMKEY over two shards: nil when there are no keys (an expired one deleted on the
+ * way), else a key that is there, every one of 64 drawn within 4,096 draws (each shard is
+ * drawn by its share of the keys: missing one key of 64 has odds of about 1e-26); refused
+ * inside MULTI, where it would draw from one shard. */
+Test(kv_server, randomkey_draws_every_shards_keys)
+{
+	struct srv s;
+	struct rd r;
+	bool seen[64] = { false };
+	unsigned nseen = 0;
+	char cmd[64];
+
+	srv_start(&s, 2, NULL);
+	rd_init(&r, test_connect(s.port));
+	expect(&r, "RANDOMKEY", "$-1\r\n");
+	expect(&r, "SET gone v PXAT 1000", "+OK\r\n");
+	expect(&r, "RANDOMKEY", "$-1\r\n");
+	expect(&r, "DBSIZE", ":0\r\n");
+	for (int i = 0; i < 64; i++) {
+		snprintf(cmd, sizeof(cmd), "SET rk%d %d", i, i);
+		expect(&r, cmd, "+OK\r\n");
+	}
+	for (int i = 0; i < 4096 && nseen < 64; i++) {
+		char *got;
+		int k = -1;
+
+		test_send_all(r.fd, "RANDOMKEY\r\n", 11);
+		got = rd_next(&r, NULL);
+		cr_assert(got && sscanf(got, "$%*d\r\nrk%d\r\n", &k) == 1 && k >= 0 && k < 64,
+			  "RANDOMKEY: %s", got ? got : "closed");
+		if (!seen[k]) {
+			seen[k] = true;
+			nseen++;
+		}
+	}
+	cr_assert_eq(nseen, 64, "%u of the 64 keys drawn in 4,096 draws", nseen);
+	expect(&r, "MULTI", "+OK\r\n");
+	expect(&r, "RANDOMKEY",
+	       "-ERR 'randomkey' draws from every shard's keys, and a keel-kv transaction runs on "
+	       "one: it is taken inside MULTI with --shards 1 only\r\n");
+	expect(&r, "DISCARD", "+OK\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+}
+
 /* --maxmemory-clients: what the clients hold together is bounded, as Redis 7 bounds it:
  * past it the client holding the most is closed, counted in INFO stats evicted_clients,
  * and the others go on. One client sends 3 MB of a 4 MB request (its query buffer grows),
