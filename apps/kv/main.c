@@ -68,38 +68,57 @@ die(const char *msg, const char *opt)
 	exit(2);
 }
 
-/* keel-kv's own options (each takes a value). */
-static const char *const kv_options[] = { "--port",
-					  "--addr",
-					  "--maxmemory",
-					  "--timeout",
-					  "--proto-max-bulk-len",
-					  "--client-query-buffer-limit",
-					  "--handoff",
-					  "--appendonly",
-					  "--appendfsync",
-					  "--aof-truncate-corrupt",
-					  "--auto-aof-rewrite-percentage",
-					  "--auto-aof-rewrite-min-size",
-					  "--maxclients",
-					  "--maxmemory-clients",
-					  "--dir" };
+/* keel-kv's own options, each taking a value. The table names each once: main's switch
+ * has no default, so an option added here and not parsed there does not compile (-Wswitch),
+ * where a list of names beside a chain of strcmps let one be added to either alone. */
+enum kv_opt {
+	O_PORT,
+	O_ADDR,
+	O_MAXMEMORY,
+	O_TIMEOUT,
+	O_MAX_BULK,
+	O_QUERY_MAX,
+	O_HANDOFF,
+	O_APPENDONLY,
+	O_APPENDFSYNC,
+	O_AOF_TRUNCATE,
+	O_RW_PCT,
+	O_RW_MIN,
+	O_MAXCLIENTS,
+	O_MAXMEMORY_CLIENTS,
+	O_DIR,
+};
 
-static bool
-kv_option(const char *name)
-{
-	for (size_t i = 0; i < sizeof(kv_options) / sizeof(kv_options[0]); i++)
-		if (!strcmp(name, kv_options[i]))
-			return true;
-	return false;
-}
+static const struct {
+	const char *name;
+	enum kv_opt id;
+	bool aof; /* of the append-only file: nothing without --appendonly yes */
+} kv_opts[] = {
+	{ "--port", O_PORT, false },
+	{ "--addr", O_ADDR, false },
+	{ "--maxmemory", O_MAXMEMORY, false },
+	{ "--timeout", O_TIMEOUT, false },
+	{ "--proto-max-bulk-len", O_MAX_BULK, false },
+	{ "--client-query-buffer-limit", O_QUERY_MAX, false },
+	{ "--handoff", O_HANDOFF, false },
+	{ "--appendonly", O_APPENDONLY, false },
+	{ "--appendfsync", O_APPENDFSYNC, true },
+	{ "--aof-truncate-corrupt", O_AOF_TRUNCATE, true },
+	{ "--auto-aof-rewrite-percentage", O_RW_PCT, true },
+	{ "--auto-aof-rewrite-min-size", O_RW_MIN, true },
+	{ "--maxclients", O_MAXCLIENTS, false },
+	{ "--maxmemory-clients", O_MAXMEMORY_CLIENTS, false },
+	{ "--dir", O_DIR, true },
+};
 
-/* Options of the append-only file, which do nothing without --appendonly yes. */
-static bool
-aof_option(const char *name)
+/* @name's entry in kv_opts, or -1. */
+static int
+kv_opt_find(const char *name)
 {
-	return !strcmp(name, "--dir") || !strcmp(name, "--appendfsync") ||
-	       !strcmp(name, "--aof-truncate-corrupt") || !strncmp(name, "--auto-aof-", 11);
+	for (size_t i = 0; i < sizeof(kv_opts) / sizeof(kv_opts[0]); i++)
+		if (!strcmp(name, kv_opts[i].name))
+			return (int)i;
+	return -1;
 }
 
 /* "100", "64k", "100mb", "1gb" (Redis's memtoll, case-insensitive). */
@@ -286,53 +305,71 @@ main(int argc, char **argv)
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 		char *end;
 		uint64_t b;
+		int k;
 
 		/* What is not an option of keel-kv's is said as such: a stray word or an unknown
 		 * option read as an option missing its value, and an option's missing value took
 		 * the next option as it ("--dir --appendonly yes"). */
 		if (strncmp(argv[i], "--", 2))
 			die("unexpected argument ", argv[i]);
-		if (!kv_option(argv[i]))
+		if ((k = kv_opt_find(argv[i])) < 0)
 			die("unknown option ", argv[i]);
 		if (!v || !strncmp(v, "--", 2))
 			die("missing value for ", argv[i]);
-		if (aof_option(argv[i]))
+		if (kv_opts[k].aof)
 			aof_opt = argv[i];
-		if (!strcmp(argv[i], "--port")) {
+		switch (kv_opts[k].id) {
+		case O_PORT: {
 			port = strtol(v, &end, 10);
 			if (*v < '0' || *v > '9' || *end || port < 0 || port > 65535)
 				die("--port expects 0..65535, got ", v);
-		} else if (!strcmp(argv[i], "--addr")) {
+			break;
+		}
+		case O_ADDR: {
 			addr = v;
-		} else if (!strcmp(argv[i], "--maxmemory")) {
+			break;
+		}
+		case O_MAXMEMORY: {
 			if (parse_bytes(v, &kv_cfg.maxmemory) < 0)
 				die("--maxmemory expects bytes (100mb, 1gb, ...), got ", v);
-		} else if (!strcmp(argv[i], "--timeout")) {
+			break;
+		}
+		case O_TIMEOUT: {
 			long t = strtol(v, &end, 10);
 			if (*v < '0' || *v > '9' || *end || t < 0 || t > 100000000)
 				die("--timeout expects seconds (0: never), got ", v);
 			kv_cfg.timeout_s = (unsigned)t;
-		} else if (!strcmp(argv[i], "--proto-max-bulk-len")) {
+			break;
+		}
+		case O_MAX_BULK: {
 			if (parse_bytes(v, &b) < 0 || b < 1024 || b > (1ull << 32) - 1)
 				die("--proto-max-bulk-len expects 1kb up to 4gb - 1 (4294967295 bytes), got ",
 				    v);
 			kv_cfg.max_bulk = b;
-		} else if (!strcmp(argv[i], "--client-query-buffer-limit")) {
+			break;
+		}
+		case O_QUERY_MAX: {
 			if (parse_bytes(v, &b) < 0 || b < 1024 * 1024)
 				die("--client-query-buffer-limit expects at least 1mb, got ", v);
 			kv_cfg.query_max = b;
-		} else if (!strcmp(argv[i], "--handoff")) {
+			break;
+		}
+		case O_HANDOFF: {
 			if (!strcmp(v, "copy"))
 				kv_cfg.handoff_export = false;
 			else if (!strcmp(v, "export"))
 				kv_cfg.handoff_export = true;
 			else
 				die("--handoff expects copy or export, got ", v);
-		} else if (!strcmp(argv[i], "--appendonly")) {
+			break;
+		}
+		case O_APPENDONLY: {
 			if (strcmp(v, "yes") && strcmp(v, "no"))
 				die("--appendonly expects yes or no, got ", v);
 			kv_cfg.aof = !strcmp(v, "yes");
-		} else if (!strcmp(argv[i], "--appendfsync")) {
+			break;
+		}
+		case O_APPENDFSYNC: {
 			if (!strcmp(v, "always"))
 				kv_cfg.fsync = KV_FSYNC_ALWAYS;
 			else if (!strcmp(v, "everysec"))
@@ -341,35 +378,47 @@ main(int argc, char **argv)
 				kv_cfg.fsync = KV_FSYNC_NO;
 			else
 				die("--appendfsync expects always, everysec or no, got ", v);
-		} else if (!strcmp(argv[i], "--aof-truncate-corrupt")) {
+			break;
+		}
+		case O_AOF_TRUNCATE: {
 			if (strcmp(v, "yes") && strcmp(v, "no"))
 				die("--aof-truncate-corrupt expects yes or no, got ", v);
 			kv_cfg.aof_truncate_corrupt = !strcmp(v, "yes");
-		} else if (!strcmp(argv[i], "--auto-aof-rewrite-percentage")) {
+			break;
+		}
+		case O_RW_PCT: {
 			long pct = strtol(v, &end, 10);
 			if (*v < '0' || *v > '9' || *end || pct < 0 || pct > 1000000)
 				die("--auto-aof-rewrite-percentage expects 0..1000000 (0: off), got ",
 				    v);
 			kv_cfg.auto_rw_pct = (unsigned)pct;
-		} else if (!strcmp(argv[i], "--auto-aof-rewrite-min-size")) {
+			break;
+		}
+		case O_RW_MIN: {
 			if (parse_bytes(v, &kv_cfg.auto_rw_min) < 0)
 				die("--auto-aof-rewrite-min-size expects bytes (64mb, 1gb, ...), got ",
 				    v);
-		} else if (!strcmp(argv[i], "--maxclients")) {
+			break;
+		}
+		case O_MAXCLIENTS: {
 			unsigned long long m = strtoull(v, &end, 10);
 			if (*v < '0' || *v > '9' || *end || m < 1 || m > UINT32_MAX)
 				die("--maxclients expects 1..4294967295, got ", v);
 			kv_cfg.maxclients = (uint32_t)m;
 			maxclients_given = true;
-		} else if (!strcmp(argv[i], "--maxmemory-clients")) {
+			break;
+		}
+		case O_MAXMEMORY_CLIENTS: {
 			if (parse_bytes(v, &b) < 0 || (b && b < 1024 * 1024))
 				die("--maxmemory-clients expects 0 (no limit) or at least 1mb, got ",
 				    v);
 			kv_cfg.maxmemory_clients = b;
-		} else if (!strcmp(argv[i], "--dir")) {
+			break;
+		}
+		case O_DIR: {
 			kv_cfg.dir = v;
-		} else {
-			die("unknown option ", argv[i]);
+			break;
+		}
 		}
 	}
 	if (aof_opt && !kv_cfg.aof)
