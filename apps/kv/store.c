@@ -1230,6 +1230,22 @@ cmd_del(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out
 	rb_int(out, n);
 }
 
+/* @e's value and expiry under @key (of hash @h): in place of @old at its link @pp (what
+ * lookup_h returned for it), or as a new key. False when memory ran out (said in @out). */
+static bool
+put_copy(struct kv_db *db, const struct kv_ent *e, const struct resp_arg *key, uint64_t h,
+	 struct kv_ent *old, struct kv_ent **pp, struct rbuf *out)
+{
+	struct kv_ent *n = ent_alloc(key->len + e->vlen);
+
+	if (!n) {
+		rb_err(out, "%s", e_oom);
+		return false;
+	}
+	ent_put(db, n, key, h, old, pp, e->data + e->klen, e->vlen, e->vlen, e->expire_ms);
+	return true;
+}
+
 /* RENAME key newkey, and RENAMENX (@nx: only when newkey is not there): key's value and
  * expiry under newkey, key gone, as Redis 7 (a missing or expired key is "no such key",
  * newkey's old value and expiry are dropped, a key renamed to itself is left as it is:
@@ -1238,7 +1254,7 @@ cmd_del(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out
 static void
 rename_generic(struct kv_db *db, struct resp_arg *argv, struct rbuf *out, bool nx)
 {
-	struct kv_ent **pp, **pp2 = NULL, *e = lookup(db, &argv[1], &pp), *old, *n;
+	struct kv_ent **pp, **pp2 = NULL, *e = lookup(db, &argv[1], &pp), *old;
 	uint64_t h2;
 
 	if (!e) {
@@ -1258,12 +1274,8 @@ rename_generic(struct kv_db *db, struct resp_arg *argv, struct rbuf *out, bool n
 		rb_int(out, 0);
 		return;
 	}
-	n = ent_alloc(argv[2].len + e->vlen);
-	if (!n) {
-		rb_err(out, "%s", e_oom);
+	if (!put_copy(db, e, &argv[2], h2, old, pp2, out))
 		return;
-	}
-	ent_put(db, n, &argv[2], h2, old, pp2, e->data + e->klen, e->vlen, e->vlen, e->expire_ms);
 	/* Found again: the lookup and the put above may have moved key's link (an expired
 	 * entry before it freed, the table grown). */
 	e = lookup_any(db, &argv[1], e->hash, &pp);
@@ -1311,7 +1323,7 @@ kv_db_index_ok(const struct resp_arg *a, struct rbuf *out)
 static void
 cmd_copy(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
-	struct kv_ent **pp2 = NULL, *e, *old, *n;
+	struct kv_ent **pp2 = NULL, *e, *old;
 	bool replace = false;
 	uint64_t h2;
 
@@ -1341,13 +1353,8 @@ cmd_copy(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *ou
 		rb_int(out, 0);
 		return;
 	}
-	n = ent_alloc(argv[2].len + e->vlen);
-	if (!n) {
-		rb_err(out, "%s", e_oom);
-		return;
-	}
-	ent_put(db, n, &argv[2], h2, old, pp2, e->data + e->klen, e->vlen, e->vlen, e->expire_ms);
-	rb_int(out, 1);
+	if (put_copy(db, e, &argv[2], h2, old, pp2, out))
+		rb_int(out, 1);
 }
 
 uint64_t
