@@ -868,6 +868,12 @@ consume(struct keel_conn *c, uint32_t res)
 		if (res >= avail) {
 			res -= avail;
 			c->queued -= avail;
+			/* The open write buffer's last piece is sent: the buffer goes with it (a
+			 * 4 KiB buffer held by a header write would else stay for as long as the
+			 * large slice behind it took to send, where it went once sent before
+			 * writes shared one). Its later pieces end at wb.data. */
+			if (s->buf == c->wb.buf && s->data + s->len == c->wb.data)
+				wb_release(c);
 			keel_slice_put(s);
 			c->qhead = (c->qhead + 1) & (c->qcap - 1);
 			c->qn--;
@@ -1352,6 +1358,12 @@ uint32_t
 keel__conn_queue_slices(const struct keel_conn *c)
 {
 	return c->qn;
+}
+
+bool
+keel__conn_write_open(const struct keel_conn *c)
+{
+	return c->wb.buf != NULL;
 }
 
 /* Room left in the open write buffer. Its bytes past c->wb.data are in no queued slice

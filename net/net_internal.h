@@ -292,6 +292,8 @@ extern int (*keel__unix_path_stat)(const char *path, struct stat *st);
 size_t keel__framer_slices(const struct keel_framer *f);
 /* conn.c: the slices in a connection's send queue (tests: contiguous sends are one). */
 uint32_t keel__conn_queue_slices(const struct keel_conn *c);
+/* ... whether it holds an open write buffer (tests: it goes once its last piece is sent). */
+bool keel__conn_write_open(const struct keel_conn *c);
 /* Copy what @f holds into buffers of @a and put the held slices, as a reclaim does (the
  * tests call it between pushes). Returns 1 (copied), 0 (nothing held of the receive
  * buffers), or -ENOMEM (nothing changed). */

@@ -272,6 +272,98 @@ Test(net_write, small_writes_between_slice_sends_share_one_write_buffer)
 		      (unsigned long)held);
 }
 
+/* The open write buffer goes once its last piece is sent, not when the whole queue has:
+ * a 200-byte header written before 16 MiB of slices held its 4 KiB buffer for as long as
+ * the slices took to send (a review's find), where a write buffer went once sent before
+ * writes shared one. The client reads the header and a little, then stops: the slices
+ * wait in the queue, and the buffer must be gone. */
+#define WBQ_SLICES 16u
+#define WBQ_SLICE  (1u << 20)
+
+static struct keel_conn *_Atomic wbq_conn;
+
+static void
+wbq_open(struct keel_conn *c)
+{
+	uint8_t hdr[200];
+
+	fill(hdr, 0, sizeof(hdr));
+	if (!SHARD_CHECK_EQ(keel_conn_write(c, hdr, sizeof(hdr)), 0))
+		goto fail;
+	for (unsigned i = 0; i < WBQ_SLICES; i++) {
+		struct keel_slice s;
+		int r;
+
+		if (!SHARD_CHECK_EQ(keel_buf_alloc(keel_shard_alloc(), WBQ_SLICE, &s), 0))
+			goto fail;
+		fill(s.data, sizeof(hdr) + (uint64_t)i * WBQ_SLICE, WBQ_SLICE);
+		s.len = WBQ_SLICE;
+		r = keel_conn_send(c, &s);
+		if (!SHARD_CHECK(r == 0 || r == 1, " send %u: %d", i, r)) {
+			keel_slice_put(&s);
+			goto fail;
+		}
+	}
+	atomic_store(&wbq_conn, c);
+	return;
+fail:
+	keel_conn_abort(c, -EIO);
+}
+
+/* On the shard: 1 when slices still wait in the queue and no write buffer is held; 2 when
+ * one is; 0 when the queue has emptied (the test shows nothing then). */
+static void
+wbq_probe(struct keel_xreq *req)
+{
+	struct keel_conn *c = atomic_load(&wbq_conn);
+
+	keel_xreq_complete(req, !keel__conn_queue_slices(c) ? 0 : keel__conn_write_open(c) ? 2 : 1);
+}
+
+static int
+wbq_ask(struct keel_runtime *rt)
+{
+	struct keel_xqueue *q;
+	struct keel_xreq req = { .fn = wbq_probe }, *done;
+	int r;
+
+	cr_assert_eq(keel_xqueue_create(&q), 0);
+	req.queue = q;
+	cr_assert_eq(keel_runtime_submit(rt, 0, &req), 0);
+	cr_assert_eq(keel_xqueue_wait(q, &done, 1, KEEL_S(30)), 1, "the shard did not answer");
+	r = done->status;
+	keel_xqueue_destroy(q);
+	return r;
+}
+
+static const struct keel_conn_ops wbq_ops = { .on_open = wbq_open,
+					      .on_data = drop_data,
+					      .on_close = count_close };
+
+Test(net_write, the_write_buffer_goes_once_its_last_piece_is_sent)
+{
+	static uint8_t got[4096];
+	struct srv s;
+	int fd, r;
+
+	atomic_store(&wbq_conn, NULL);
+	cr_assert_eq(srv_start(&s, NULL, NULL, &wbq_ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	WAIT_FOR(atomic_load(&wbq_conn) != NULL, "the server's queue");
+	cr_assert_eq(cli_read_all(fd, got, sizeof(got)), 0);
+	for (size_t i = 0; i < sizeof(got); i++)
+		cr_assert_eq(got[i], pat(i), "byte %zu", i);
+	/* The header's send is done once its bytes reached us; its completion is reaped by
+	 * the shard's next passes. */
+	WAIT_FOR((r = wbq_ask(s.rt)) != 2, "the write buffer's release");
+	cr_assert_eq(r, 1, "the queue emptied: the client's socket took 16 MiB");
+	close(fd);
+	WAIT_FOR(atomic_load(&s.closes) == 1, "the server's on_close");
+	cr_assert_eq(srv_stop(&s), 0);
+	SHARD_CHECKS_PASSED();
+}
+
 /* An echo that copies what it receives with keel_conn_write (and every other on_data with
  * keel_conn_writev of the slices), so writes land while a send is in flight. */
 static void
