@@ -493,16 +493,31 @@ client_mem_set(struct kv_shard *ks, struct kconn *kc, uint64_t m)
 	atomic_store_explicit(&kv_stats[self()].client_mem, ks->client_mem, memory_order_relaxed);
 }
 
+/* Count every client of this shard again: a count taken at a flush holds the replies then
+ * queued, which the kernel takes later without a flush to say so (on_writable comes only
+ * past the high watermark). */
+static void
+clients_recount(struct kv_shard *ks)
+{
+	for (struct kconn *kc = ks->conns; kc; kc = kc->next)
+		if (!kc->evicted && !kc->refused)
+			client_mem_set(ks, kc, client_mem(kc));
+}
+
 /* Past --maxmemory-clients: a shard over its share of it (maxmemory-clients / shards)
  * while the clients of every shard together are over it closes its largest client, as
  * Redis 7 closes the largest, and again until it is not. A shard under its share closes
  * none: the sum can only pass the limit where some shard is over its share, and that one
- * acts (a shard's own clients may use more than its share while the others use less). */
+ * acts (a shard's own clients may use more than its share while the others use less).
+ * Its clients are counted again first, so a client whose replies the kernel has taken
+ * since its last flush is not closed for them; the other shards' sums are at most a sweep
+ * (100 ms) old (on_sweep counts theirs again). */
 static void
 clients_evict(struct kv_shard *ks)
 {
 	uint64_t share = kv_cfg.maxmemory_clients / kv_cfg.nshards;
 
+	clients_recount(ks);
 	while (ks->client_mem > share && clients_mem_total() > kv_cfg.maxmemory_clients) {
 		struct kconn *big = NULL;
 
@@ -3023,8 +3038,11 @@ process_(struct kconn *kc, const uint8_t *p, size_t n, const struct keel_slice *
 				     0)) {
 			uint64_t queued;
 
-			if (kc->out.len >= WRAP_MIN)
+			if (kc->out.len >= WRAP_MIN) {
 				flush_out(kc);
+				if (kc->closing) /* closed by the flush (--maxmemory-clients) */
+					break;
+			}
 			queued = keel_conn_queued(kc->c);
 			if (over_limit_q(kc, queued)) {
 				hold_input(kc, true);
@@ -3370,6 +3388,12 @@ on_sweep(struct keel_timer *t, void *arg)
 	}
 	if (!ks->db.b)
 		return;
+	/* What the clients hold now, for every shard's --maxmemory-clients check and INFO. */
+	if (kv_cfg.maxmemory_clients) {
+		clients_recount(ks);
+		if (ks->client_mem > kv_cfg.maxmemory_clients / kv_cfg.nshards)
+			clients_evict(ks);
+	}
 	if (ks->db.fb) /* FLUSHALL ASYNC's keys: a few thousand a millisecond */
 		kv_db_free_step(&ks->db, KV_LAZYFREE_STEP);
 	/* Paced by the table's size (kv_sweep_pace): a pass in 5 s, or 4 us a bucket over

@@ -976,8 +976,8 @@ static struct {
 	_Atomic uint16_t port;
 	_Atomic int open_err, datagrams, closes;
 	bool close_in_cb;
-	bool nodefer;      /* ... with keel_defer failing too */
-	_Atomic bool echo; /* send each datagram back (set once the shard runs) */
+	_Atomic bool nodefer; /* ... with keel_defer failing too */
+	_Atomic bool echo;    /* send each datagram back (set once the shard runs) */
 } nu;
 
 static void
@@ -993,7 +993,7 @@ nu_datagram(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_stor
 	}
 	if (atomic_fetch_add(&nu.datagrams, 1) == 0) {
 		atomic_store(&keel__fault_sqe_none, 1);
-		if (nu.nodefer)
+		if (atomic_load(&nu.nodefer))
 			atomic_store(&keel__fault_defer_nomem, 1000);
 		if (nu.close_in_cb)
 			keel_udp_close(u);
@@ -1094,7 +1094,7 @@ Test(faults_sqe, a_udp_close_whose_cancel_found_no_sqe_nor_memory_still_closes)
 	struct keel_runtime *rt;
 	int fd = nu_run(&rt, "multishot_recv=on", true);
 
-	nu.nodefer = true;
+	atomic_store(&nu.nodefer, true);
 	cr_assert_eq(send(fd, "a", 1, 0), 1);
 	WAIT_FOR(atomic_load(&nu.closes) == 1, "on_close of the endpoint closed in its callback");
 	cr_assert_eq(atomic_load(&keel__fault_sqe_none), 0, "the fault was not used");
@@ -1163,6 +1163,9 @@ Test(faults_sqe, a_udp_close_without_a_deferred_call_or_an_sqe_runs_on_close_fro
 	cr_assert(atomic_load(&lc.open_nosqe_used), "the open's receive found an SQE");
 	WAIT_FOR(atomic_load(&lc.closes) == 1, "on_close of the closed endpoint");
 	cr_assert_eq(atomic_load(&lc.inside), 0, "on_close ran inside keel_udp_close");
+	/* The close's step asked for neither: both faults were left for the test to lift. */
+	cr_assert_eq(atomic_load(&lc.defer_left), 1, "the close called keel_defer");
+	cr_assert_eq(atomic_load(&lc.sqe_left), 1, "the close asked for an SQE");
 	keel_runtime_stop(rt, 0);
 	cr_assert_eq(keel_runtime_join(rt), 0);
 	keel_runtime_destroy(rt);

@@ -1526,7 +1526,8 @@ Test(net_conn, peers_that_never_read_do_not_take_every_one_of_four_buffers)
 static _Atomic uint64_t eh_bytes, eh_bytes_at_eof;
 static _Atomic int eh_opens, eh_eofs, eh_closes;
 static struct keel_timer *eh_timer;
-static bool eh_paused, eh_nodefer;
+static bool eh_paused;
+static _Atomic bool eh_nodefer; /* set by the test thread, read by the shard's */
 
 #ifdef KEEL_FAULTS
 /* core/internal.h: while non-zero, each keel_defer() fails with -ENOMEM. */
@@ -1538,7 +1539,7 @@ eh_resume(struct keel_timer *t, void *arg)
 {
 	(void)t;
 #ifdef KEEL_FAULTS
-	if (eh_nodefer)
+	if (atomic_load(&eh_nodefer))
 		atomic_store(&keel__fault_defer_nomem, 1000);
 #endif
 	keel_conn_resume_read(arg);
@@ -1625,7 +1626,7 @@ eof_behind_held(bool echo, bool nodefer)
 	atomic_store(&eh_eofs, 0);
 	atomic_store(&eh_closes, 0);
 	eh_timer = NULL;
-	eh_nodefer = nodefer;
+	atomic_store(&eh_nodefer, nodefer);
 	keel_net_config_init(&nc);
 	nc.buf_count = 16; /* 64 KiB: the whole burst fits */
 	nc.buf_size = 4096;

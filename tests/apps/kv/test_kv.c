@@ -3948,11 +3948,11 @@ Test(kv_server, randomkey_draws_every_shards_keys)
 /* --maxmemory-clients: what the clients hold together is bounded, as Redis 7 bounds it:
  * past it the client holding the most is closed, counted in INFO stats evicted_clients,
  * and the others go on. One client sends 3 MB of a 4 MB request (its query buffer grows),
- * another asks for 8 values of 512 KB and reads none (its replies wait in its queue); a
+ * another asks for 8 values of 256 KB and reads none (its replies wait in its queue); a
  * third, idle, is left alone. Two shards: each acts on its own clients, past its share. */
 Test(kv_server, clients_past_maxmemory_clients_are_closed_the_largest_first)
 {
-	static char chunk[65536], big[600000];
+	static char chunk[65536], big[300000];
 	struct srv s;
 	struct rd idle, q, nr;
 	size_t sent = 0;
@@ -3977,15 +3977,16 @@ Test(kv_server, clients_past_maxmemory_clients_are_closed_the_largest_first)
 	}
 	cr_assert_null(rd_next(&q, NULL), "the client with a 3 MB query buffer was not closed");
 	rd_free(&q);
-	/* The replies: a value of 512 KB, eight GETs of it, nothing read. */
-	memset(big, 'v', 524288);
+	/* The replies: a value of 256 KB (the idle client's request buffer stays under the
+	 * shard's share, 512 KB), eight GETs of it, nothing read. */
+	memset(big, 'v', 262144);
 	{
-		static char req[600064];
-		int n = snprintf(req, sizeof(req), "*3\r\n$3\r\nSET\r\n$1\r\nv\r\n$524288\r\n");
+		static char req[300064];
+		int n = snprintf(req, sizeof(req), "*3\r\n$3\r\nSET\r\n$1\r\nv\r\n$262144\r\n");
 
-		memcpy(req + n, big, 524288);
-		memcpy(req + n + 524288, "\r\n", 2);
-		test_send_all(idle.fd, req, (size_t)n + 524290);
+		memcpy(req + n, big, 262144);
+		memcpy(req + n + 262144, "\r\n", 2);
+		test_send_all(idle.fd, req, (size_t)n + 262146);
 		got = rd_next(&idle, NULL);
 		cr_assert(got && !strcmp(got, "+OK\r\n"), "%s", got ? got : "closed");
 	}
@@ -3999,6 +4000,106 @@ Test(kv_server, clients_past_maxmemory_clients_are_closed_the_largest_first)
 	expect(&idle, "PING", "+PONG\r\n");
 	expect(&idle, "EXISTS q", ":0\r\n");
 	rd_free(&idle);
+	srv_stop(&s);
+}
+
+/* A client's count is taken again before a client is closed: one that read a 700 KB reply
+ * and went idle holds nothing, though its count at its last flush held the reply (queued
+ * then). It was closed in place of the client whose request buffer passed the limit (a
+ * review's run). One shard, so the share is the whole limit. */
+Test(kv_server, maxmemory_clients_closes_the_client_that_holds_the_most_now)
+{
+	static char req[100100], chunk[65536];
+	struct srv s;
+	struct rd a, b;
+	size_t n, sent = 0;
+	char *got;
+
+	srv_start(&s, 1, "--maxmemory-clients", "1mb", NULL);
+	rd_init(&a, test_connect(s.port));
+	/* In pieces of 100 KB: a 700 KB request's buffer (1 MiB, grown by doubling) alone
+	 * would pass the limit. */
+	expect(&a, "SET v \"\"", "+OK\r\n");
+	n = (size_t)snprintf(req, sizeof(req), "*3\r\n$6\r\nAPPEND\r\n$1\r\nv\r\n$100000\r\n");
+	memset(req + n, 'v', 100000);
+	memcpy(req + n + 100000, "\r\n", 2);
+	for (int i = 0; i < 7; i++) {
+		char want[32];
+
+		test_send_all(a.fd, req, n + 100002);
+		got = rd_next(&a, NULL);
+		snprintf(want, sizeof(want), ":%d\r\n", (i + 1) * 100000);
+		cr_assert(got && !strcmp(got, want), "APPEND %d: %s", i, got ? got : "closed");
+	}
+	test_send_all(a.fd, "GET v\r\n", 7);
+	got = rd_next(&a, &n);
+	cr_assert(got && n == 700011, "GET v: %zu bytes", got ? n : 0);
+	/* 450 KB of a 4 MB request from another client, held for it. */
+	rd_init(&b, test_connect(s.port));
+	b.reset_ends = true;
+	memset(chunk, 'x', sizeof(chunk));
+	test_send_all(b.fd, "*3\r\n$3\r\nSET\r\n$1\r\nb\r\n$4000000\r\n", 30);
+	for (; sent < 450000; sent += 45000)
+		test_send_all(b.fd, chunk, 45000);
+	WAIT_FOR(info_field(s.port, "mem_clients_normal:") > 450000, "the 450 KB held");
+	cr_assert_eq(info_field(s.port, "evicted_clients:"), 0);
+	expect(&a, "PING", "+PONG\r\n");
+	/* Past the limit now: the client holding the most is b, not a. */
+	for (; sent < 1200000; sent += 45000)
+		if (send(b.fd, chunk, 45000, MSG_NOSIGNAL) <= 0)
+			break;
+	cr_assert_null(rd_next(&b, NULL), "the client holding 1.2 MB was not closed");
+	expect(&a, "PING", "+PONG\r\n");
+	cr_assert_eq(info_field(s.port, "evicted_clients:"), 1);
+	rd_free(&b);
+	rd_free(&a);
+	srv_stop(&s);
+}
+
+/* A client closed past --maxmemory-clients while its pipelined requests are being run runs
+ * none after that: the close came from a flush inside the parsing loop, which went on to
+ * run the request it had parsed (a review's run: INCR x applied by a client that got no
+ * reply, and that a retry would apply twice). One client holds 450 KB of a request; the
+ * other, with a small receive window, asks for six 100 KB values and then INCRs. */
+Test(kv_server, a_client_closed_past_maxmemory_clients_runs_nothing_more)
+{
+	static char req[120000], chunk[45000], pipe_[256];
+	struct srv s;
+	struct rd a, b, c;
+	size_t n, len = 0;
+	int rcv = 4096;
+	char *got;
+
+	srv_start(&s, 1, "--maxmemory-clients", "1mb", NULL);
+	rd_init(&a, test_connect(s.port));
+	n = (size_t)snprintf(req, sizeof(req), "*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$100000\r\n");
+	memset(req + n, 'v', 100000);
+	memcpy(req + n + 100000, "\r\n", 2);
+	test_send_all(a.fd, req, n + 100002);
+	got = rd_next(&a, NULL);
+	cr_assert(got && !strcmp(got, "+OK\r\n"), "SET big: %s", got ? got : "closed");
+	rd_init(&b, test_connect(s.port));
+	b.reset_ends = true;
+	memset(chunk, 'x', sizeof(chunk));
+	test_send_all(b.fd, "*3\r\n$3\r\nSET\r\n$1\r\nb\r\n$900000\r\n", 29);
+	for (int i = 0; i < 10; i++)
+		test_send_all(b.fd, chunk, sizeof(chunk));
+	WAIT_FOR(info_field(s.port, "mem_clients_normal:") > 450000, "the 450 KB held");
+	rd_init(&c, test_connect(s.port));
+	setsockopt(c.fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv));
+	c.reset_ends = true;
+	for (int i = 0; i < 6; i++)
+		len += (size_t)sprintf(pipe_ + len, "GET big\r\n");
+	for (int i = 0; i < 3; i++)
+		len += (size_t)sprintf(pipe_ + len, "INCR x\r\n");
+	test_send_all(c.fd, pipe_, len);
+	WAIT_FOR(info_field(s.port, "evicted_clients:") >= 1, "a client closed");
+	/* Every request of the closed client is either run before the close or not at all:
+	 * the INCRs come after 600 KB of replies, which passed the limit. */
+	expect(&a, "GET x", "$-1\r\n");
+	rd_free(&c);
+	rd_free(&b);
+	rd_free(&a);
 	srv_stop(&s);
 }
 
