@@ -2024,7 +2024,9 @@ kv_aof_log(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv, unsi
 		kv_db_record(db, &argv[1], &a->pend);
 		a->pend.oom |= kv_test_fault("record-oom");
 	} else if (c->route == KV_R_KEYS) {
-		for (unsigned k = 0, n = kv_cmd_nkeys(c, argc); k < n; k++)
+		/* COPY's source is only read: its record would be its value again. */
+		for (unsigned k = c->flags & KV_F_READS_FIRST ? 1 : 0, n = kv_cmd_nkeys(c, argc);
+		     k < n; k++)
 			kv_db_record(db, &argv[1 + k * c->key_step], &a->pend);
 		a->pend.oom |= kv_test_fault("record-oom");
 	}

@@ -231,6 +231,9 @@ enum kv_merge { KV_M_NONE, KV_M_SUM, KV_M_OK, KV_M_ARRAY_BY_KEY, KV_M_CONCAT, KV
 #define KV_F_ONE_SHARD 4u  /* KV_R_KEYS that cannot be split: keys on several shards refused */
 #define KV_F_TX_LOCAL  8u  /* KV_R_LOCAL taken inside MULTI (it needs no connection) */
 #define KV_F_KEYS2     16u /* KV_R_KEYS whose keys are argv[1] and argv[2], options after (COPY) */
+#define KV_F_READS_FIRST                                                   \
+	32u /* KV_R_KEYS whose first key is only read (COPY's source): the \
+	     * append-only file records the others */
 
 struct kv_cmd;
 typedef void (*kv_cmd_fn)(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out);

@@ -1246,16 +1246,69 @@ put_copy(struct kv_db *db, const struct kv_ent *e, const struct resp_arg *key, u
 	return true;
 }
 
+/* Room in the entry at link @pp for a name of @klen bytes before its value (rekey): its
+ * bytes (name and value room) are enough, or it is reallocated larger by what the name
+ * lacks (the link follows it; the value's room counts the new bytes until rekey moves
+ * the value). False when that failed: nothing changed. */
+static bool
+ent_room_for_key(struct kv_db *db, struct kv_ent **pp, size_t klen)
+{
+	struct kv_ent *e = *pp, *n;
+	size_t more;
+
+	if (klen + e->vlen <= (size_t)e->klen + e->vcap)
+		return true;
+	if (kv_test_fault("store-oom"))
+		return false;
+	more = klen - e->klen; /* klen > e->klen: the value fits its room */
+	n = keel_shard_realloc(e, ent_size(e) + more);
+	if (!n)
+		return false;
+	n->vcap += (uint32_t)more;
+	mem_add(db, (long long)more);
+	*pp = n; /* the link is in the entry before it or the bucket array, never in it */
+	return true;
+}
+
+/* The entry at link @pp takes the name @key (of hash @h), with room for it
+ * (ent_room_for_key): its value moves behind the new name in place; it is unlinked from
+ * its chain and linked into the new key's, the watches of both names told. No entry of
+ * @key may be in the table. */
+static void
+rekey(struct kv_db *db, struct kv_ent **pp, const struct resp_arg *key, uint64_t h)
+{
+	struct kv_ent *e = *pp, **bk;
+	size_t before = ent_size(e);
+
+	*pp = e->next;
+	changed(db, e, true); /* its old name, which goes */
+	memmove(e->data + key->len, e->data + e->klen, e->vlen);
+	/* The entry's bytes stay: what the name gives up or takes is the value's room. */
+	e->vcap = (uint32_t)(e->klen + e->vcap - key->len);
+	memcpy(e->data, key->p, key->len);
+	e->klen = (uint32_t)key->len;
+	e->hash = h;
+	bk = bucket(db, h);
+	e->next = *bk;
+	*bk = e;
+	mem_add(db, (long long)ent_size(e) - (long long)before);
+	changed(db, e, false);
+	counts_publish(db);
+}
+
 /* RENAME key newkey, and RENAMENX (@nx: only when newkey is not there): key's value and
  * expiry under newkey, key gone, as Redis 7 (a missing or expired key is "no such key",
  * newkey's old value and expiry are dropped, a key renamed to itself is left as it is:
- * +OK, or 0 for RENAMENX). Atomic on the shard that holds both; server.c refuses keys on
- * two shards (KV_F_ONE_SHARD), as Redis Cluster refuses keys in two slots. */
+ * +OK, or 0 for RENAMENX). The entry is renamed in place, its value not copied (rekey):
+ * a rename to a name no longer than the old one cannot fail, a longer one only where its
+ * entry cannot grow by the difference (nothing changes then). Atomic on the shard that
+ * holds both; server.c refuses keys on two shards (KV_F_ONE_SHARD), as Redis Cluster
+ * refuses keys in two slots. */
 static void
 rename_generic(struct kv_db *db, struct resp_arg *argv, struct rbuf *out, bool nx)
 {
 	struct kv_ent **pp, **pp2 = NULL, *e = lookup(db, &argv[1], &pp), *old;
-	uint64_t h2;
+	uint64_t h2, h1;
 
 	if (!e) {
 		rb_err(out, "ERR no such key");
@@ -1268,18 +1321,28 @@ rename_generic(struct kv_db *db, struct resp_arg *argv, struct rbuf *out, bool n
 			rb_simple(out, "OK");
 		return;
 	}
+	h1 = e->hash;
 	h2 = kv_hash(argv[2].p, argv[2].len);
 	old = lookup_h(db, &argv[2], h2, &pp2); /* may delete an expired newkey, not key */
 	if (old && nx) {
 		rb_int(out, 0);
 		return;
 	}
-	if (!put_copy(db, e, &argv[2], h2, old, pp2, out))
+	/* Each link found again before it is used: deleting an expired newkey, growing key's
+	 * entry and deleting newkey's old one each may move the next one's (an entry before
+	 * it in the same chain). The room first, so that nothing has changed if it cannot be
+	 * had; newkey's old value then goes, and key's entry takes its name. */
+	lookup_any(db, &argv[1], h1, &pp);
+	if (!ent_room_for_key(db, pp, argv[2].len)) {
+		rb_err(out, "%s", e_oom);
 		return;
-	/* Found again: the lookup and the put above may have moved key's link (an expired
-	 * entry before it freed, the table grown). */
-	e = lookup_any(db, &argv[1], e->hash, &pp);
-	unlink_ent(db, pp);
+	}
+	if (old) {
+		lookup_any(db, &argv[2], h2, &pp2);
+		unlink_ent(db, pp2);
+	}
+	lookup_any(db, &argv[1], h1, &pp);
+	rekey(db, pp, &argv[2], h2);
 	if (nx)
 		rb_int(out, 1);
 	else
@@ -2215,8 +2278,8 @@ static const struct kv_cmd cmds[] = {
 	{ "rename", 3, KV_F_WRITE | KV_F_ONE_SHARD, KV_R_KEYS, 1, KV_M_NONE, cmd_rename, "write" },
 	{ "renamenx", 3, KV_F_WRITE | KV_F_ONE_SHARD, KV_R_KEYS, 1, KV_M_NONE, cmd_renamenx,
 	  "write fast" },
-	{ "copy", -3, KV_F_WRITE | KV_F_DENYOOM | KV_F_ONE_SHARD | KV_F_KEYS2, KV_R_KEYS, 1,
-	  KV_M_NONE, cmd_copy, "write denyoom" },
+	{ "copy", -3, KV_F_WRITE | KV_F_DENYOOM | KV_F_ONE_SHARD | KV_F_KEYS2 | KV_F_READS_FIRST,
+	  KV_R_KEYS, 1, KV_M_NONE, cmd_copy, "write denyoom" },
 	{ "expire", -3, KV_F_WRITE, KV_R_KEY, 0, KV_M_NONE, cmd_expire, "write fast" },
 	{ "pexpire", -3, KV_F_WRITE, KV_R_KEY, 0, KV_M_NONE, cmd_pexpire, "write fast" },
 	{ "expireat", -3, KV_F_WRITE, KV_R_KEY, 0, KV_M_NONE, cmd_expireat, "write fast" },

@@ -3900,6 +3900,36 @@ Test(kv_server, clients_past_maxclients_are_refused_with_the_error)
 	srv_stop(&s);
 }
 
+/* COPY appends the destination's record alone: its source is only read, and its record,
+ * its whole value again, doubled what a copy of a large value wrote (a review's find). */
+Test(kv_server, copy_appends_the_destinations_record_alone)
+{
+	static char req[100100];
+	char dir[64], *got;
+	struct srv s;
+	struct rd r;
+	long long before, grew;
+	size_t n;
+
+	mk_dir(dir, sizeof(dir));
+	srv_start(&s, 1, "--appendonly", "yes", "--appendfsync", "always", "--dir", dir, NULL);
+	rd_init(&r, test_connect(s.port));
+	n = (size_t)snprintf(req, sizeof(req), "*3\r\n$3\r\nSET\r\n$3\r\nsrc\r\n$100000\r\n");
+	memset(req + n, 's', 100000);
+	memcpy(req + n + 100000, "\r\n", 2);
+	test_send_all(r.fd, req, n + 100002);
+	got = rd_next(&r, NULL);
+	cr_assert(got && !strcmp(got, "+OK\r\n"), "SET src: %s", got ? got : "closed");
+	before = info_field(s.port, "aof_current_size:");
+	expect(&r, "COPY src dst", ":1\r\n"); /* always: the reply waited for the file */
+	grew = info_field(s.port, "aof_current_size:") - before;
+	cr_assert(grew > 100000 && grew < 150000,
+		  "COPY of a 100,000-byte value appended %lld bytes", grew);
+	rd_free(&r);
+	srv_stop(&s);
+	rm_dir(dir);
+}
+
 /* RANDOMKEY over two shards: nil when there are no keys (an expired one deleted on the
  * way), else a key that is there, every one of 64 drawn within 4,096 draws (each shard is
  * drawn by its share of the keys: missing one key of 64 has odds of about 1e-26); refused

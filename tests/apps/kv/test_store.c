@@ -998,6 +998,107 @@ range_commands_start(void *app)
 	keel_stop(0);
 }
 
+/* RENAME renames the entry in place (its value not copied): to a longer name, to a shorter
+ * one and back, the value and its expiry are kept, used_memory moves by the names' lengths
+ * alone (a copy of the 1 MB value counted it twice for a moment and could be refused for
+ * memory), and an old entry of the new name goes with its memory. */
+static void
+rename_start(void *app)
+{
+	struct kv_stats *st = app;
+	struct rbuf out = { 0 };
+	static char big[1 << 20];
+	uint64_t used, used_big;
+
+	memset(big, 'r', sizeof(big) - 1);
+	if (!SHARD_CHECK_EQ(kv_db_init(&db, st), 0)) {
+		keel_stop(-EIO);
+		return;
+	}
+	run(&out, 3, (const char *[]){ "SET", "k", big });
+	run(&out, 3, (const char *[]){ "EXPIRE", "k", "1000" });
+	used_big = atomic_load(&st->used_memory);
+	run(&out, 3, (const char *[]){ "RENAME", "k", "a-much-longer-name" });
+	SHARD_CHECK(reply_is(&out, "+OK\r\n"), " RENAME: %.*s", (int)out.len, out.p);
+	SHARD_CHECK_EQ(atomic_load(&st->used_memory), used_big + 17);
+	run(&out, 3, (const char *[]){ "RENAME", "a-much-longer-name", "b" });
+	SHARD_CHECK(reply_is(&out, "+OK\r\n"), " RENAME: %.*s", (int)out.len, out.p);
+	/* The bytes the name gave up are the value's room: the entry's size is unchanged. */
+	SHARD_CHECK_EQ(atomic_load(&st->used_memory), used_big + 17);
+	run(&out, 2, (const char *[]){ "GET", "b" });
+	SHARD_CHECK(out.len == sizeof(big) - 1 + 12 && !memcmp(out.p + 10, big, sizeof(big) - 1),
+		    " GET b: %zu bytes", out.len);
+	run(&out, 2, (const char *[]){ "TTL", "b" });
+	SHARD_CHECK(reply_is(&out, ":1000\r\n") || reply_is(&out, ":999\r\n"), " TTL b: %.*s",
+		    (int)out.len, out.p);
+	run(&out, 3, (const char *[]){ "SET", "small", "v" });
+	used = atomic_load(&st->used_memory);
+	run(&out, 3, (const char *[]){ "RENAME", "small", "b" });
+	SHARD_CHECK(reply_is(&out, "+OK\r\n"), " RENAME: %.*s", (int)out.len, out.p);
+	SHARD_CHECK(atomic_load(&st->used_memory) < used - (sizeof(big) - 1),
+		    " the replaced 1 MB value's memory was kept");
+	run(&out, 2, (const char *[]){ "GET", "b" });
+	SHARD_CHECK(reply_is(&out, "$1\r\nv\r\n"), " GET b: %.*s", (int)out.len, out.p);
+	run(&out, 2, (const char *[]){ "TTL", "b" });
+	SHARD_CHECK(reply_is(&out, ":-1\r\n"), " TTL b: %.*s", (int)out.len, out.p);
+	run(&out, 1, (const char *[]){ "DBSIZE" });
+	SHARD_CHECK(reply_is(&out, ":1\r\n"), " DBSIZE: %.*s", (int)out.len, out.p);
+	rb_free(&out);
+	kv_db_fini(&db);
+	keel_stop(0);
+}
+
+Test(kv_store, rename_renames_in_place_keeping_value_and_expiry)
+{
+	run_with_stats(rename_start);
+}
+
+#ifdef KEEL_FAULTS
+/* With every entry allocation failing after the first (the SET): a rename to a name no
+ * longer than the old one allocates nothing and is done; one to a longer name needs room
+ * and is refused, nothing changed. With a copy of the value each was refused. */
+static void
+rename_oom_start(void *app)
+{
+	struct kv_stats *st = app;
+	struct rbuf out = { 0 };
+
+	if (!SHARD_CHECK_EQ(kv_db_init(&db, st), 0)) {
+		keel_stop(-EIO);
+		return;
+	}
+	run(&out, 3, (const char *[]){ "SET", "key", "value" });
+	SHARD_CHECK(reply_is(&out, "+OK\r\n"), " SET: %.*s", (int)out.len, out.p);
+	run(&out, 3, (const char *[]){ "RENAME", "key", "k" });
+	SHARD_CHECK(reply_is(&out, "+OK\r\n"), " RENAME to a shorter name: %.*s", (int)out.len,
+		    out.p);
+	run(&out, 3, (const char *[]){ "RENAME", "k", "yek" });
+	SHARD_CHECK(reply_is(&out, "+OK\r\n"), " RENAME back into its room: %.*s", (int)out.len,
+		    out.p);
+	run(&out, 3, (const char *[]){ "RENAME", "yek", "a-longer-name" });
+	SHARD_CHECK(reply_is(&out, "-ERR out of memory\r\n"), " RENAME to a longer name: %.*s",
+		    (int)out.len, out.p);
+	run(&out, 2, (const char *[]){ "GET", "yek" });
+	SHARD_CHECK(reply_is(&out, "$5\r\nvalue\r\n"), " GET yek: %.*s", (int)out.len, out.p);
+	run(&out, 1, (const char *[]){ "DBSIZE" });
+	SHARD_CHECK(reply_is(&out, ":1\r\n"), " DBSIZE: %.*s", (int)out.len, out.p);
+	rb_free(&out);
+	kv_db_fini(&db);
+	keel_stop(0);
+}
+#endif
+
+Test(kv_store, a_rename_needs_memory_only_for_a_longer_name)
+{
+#ifdef KEEL_FAULTS
+	setenv("KEEL_KV_TEST_FAULTS", "store-oom:after=1", 1);
+	run_with_stats(rename_oom_start);
+	unsetenv("KEEL_KV_TEST_FAULTS");
+#else
+	cr_skip_test("needs a KEEL_FAULTS build (-DKEEL_FAULTS=ON: build-asan/ in tools/test.sh)");
+#endif
+}
+
 Test(kv_store, getrange_setrange_expiretime_touch_msetnx_reply_as_redis_7)
 {
 	run_with_stats(range_commands_start);
