@@ -94,7 +94,7 @@ struct keel_conn {
 	uint32_t qhead, qn, qcap, qoff;
 	/* The open write buffer (keel_conn_write's): a reference whose data is its first free
 	 * byte; buf NULL when none. Writes fill it whatever slices were queued between them,
-	 * each joining the queue as a piece of it; it goes when the queue empties. */
+	 * each joining the queue as a piece of it; it goes once its last piece is sent. */
 	struct keel_slice wb;
 	uint64_t queued, offered;
 	uint32_t low, high;
@@ -829,8 +829,8 @@ q_at(const struct keel_conn *c, uint32_t i)
 	return &c->q[(c->qhead + i) & (c->qcap - 1)];
 }
 
-/* The open write buffer goes (the queue emptied, or was dropped): an idle connection holds
- * no memory for its next write. */
+/* The open write buffer goes (its last piece sent, the queue emptied or dropped): an idle
+ * connection holds no memory for its next write. */
 static inline void
 wb_release(struct keel_conn *c)
 {

@@ -74,6 +74,8 @@ struct kconn {
 	uint64_t pend_bytes;    /* bytes of replies made here waiting behind the head pend */
 	struct pend *pend_open; /* the pend reply_to gave the request being run */
 	bool closing;           /* a protocol error or QUIT: no more requests; close once replied */
+	bool aborted;           /* aborted (conn_fail, past a limit): nothing it asked for runs
+				 * from now on, a put-off SHUTDOWN or requests waiting for room */
 	bool refused;           /* past --maxclients: told so, closed, in no count */
 	bool paused;            /* this code paused reading (too many replies outstanding, or a
 				 * request waits for room in a full cross-shard queue) */
@@ -409,6 +411,7 @@ conn_fail(struct kconn *kc, int err)
 {
 	keel_conn_abort(kc->c, err);
 	kc->closing = true;
+	kc->aborted = true;
 }
 
 /* Queue the rest of kc->big, a piece at a time, until the connection's queue passes the
@@ -517,6 +520,11 @@ clients_evict(struct kv_shard *ks)
 {
 	uint64_t share = kv_cfg.maxmemory_clients / kv_cfg.nshards;
 
+	/* A shard over its share while the sum is under the limit is allowed (clients spread
+	 * unevenly): the sum is read before its clients are walked, or each of its flushes
+	 * walked them all for nothing. */
+	if (clients_mem_total() <= kv_cfg.maxmemory_clients)
+		return;
 	clients_recount(ks);
 	while (ks->client_mem > share && clients_mem_total() > kv_cfg.maxmemory_clients) {
 		struct kconn *big = NULL;
@@ -1356,8 +1364,10 @@ on_room(int status, void *arg)
 			free(kc);
 		return;
 	}
-	if (status < 0) {
-		bq_fail(kc, status);
+	/* Aborted since (closed past --maxmemory-clients): its waiting requests are not sent
+	 * (an INCR applied for a client already closed), as for one that closed. */
+	if (status < 0 || kc->aborted) {
+		bq_fail(kc, status < 0 ? status : -ECONNABORTED);
 	} else {
 		while ((m = kc->bq_head)) {
 			/* Read before the send: once sent, @m is the owner shard's. */
@@ -1627,7 +1637,12 @@ static void info(struct rbuf *out, struct resp_arg *argv, unsigned argc);
 static void
 later_run(struct kconn *kc, struct pend *p)
 {
-	if (p->later_kind == LATER_INFO)
+	/* An aborted client's put-off command does not run: its SHUTDOWN, reached by a
+	 * reply that came in after it was closed past --maxmemory-clients, stopped the server
+	 * for a client already gone (a review's find). */
+	if (kc->aborted)
+		;
+	else if (p->later_kind == LATER_INFO)
 		info(&p->rep, p->later, p->nlater);
 	else
 		shutdown_now(kc);
@@ -3155,6 +3170,7 @@ on_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
 			keel_slice_put(&s[i]);
 			keel_conn_abort(c, -EMSGSIZE);
 			kc->closing = true;
+			kc->aborted = true;
 			continue;
 		}
 		if (kc->held) { /* parsed once the replies drain (resume_cb) */

@@ -1256,11 +1256,15 @@ ent_room_for_key(struct kv_db *db, struct kv_ent **pp, size_t klen)
 	struct kv_ent *e = *pp, *n;
 	size_t more;
 
-	if (klen + e->vlen <= (size_t)e->klen + e->vcap)
-		return true;
-	if (kv_test_fault("store-oom"))
-		return false;
+	size_t bytes = (size_t)e->klen + e->vcap;
+
+	/* The value's room is 32 bits (rekey gives it the bytes the name does not take): a
+	 * rename that would take it past them is refused, as one without memory is. */
+	if (klen + e->vlen <= bytes)
+		return bytes - klen <= UINT32_MAX;
 	more = klen - e->klen; /* klen > e->klen: the value fits its room */
+	if ((uint64_t)e->vcap + more > UINT32_MAX || kv_test_fault("store-oom"))
+		return false;
 	n = keel_shard_realloc(e, ent_size(e) + more);
 	if (!n)
 		return false;
@@ -1284,7 +1288,7 @@ rekey(struct kv_db *db, struct kv_ent **pp, const struct resp_arg *key, uint64_t
 	changed(db, e, true); /* its old name, which goes */
 	memmove(e->data + key->len, e->data + e->klen, e->vlen);
 	/* The entry's bytes stay: what the name gives up or takes is the value's room. */
-	e->vcap = (uint32_t)(e->klen + e->vcap - key->len);
+	e->vcap = (uint32_t)((size_t)e->klen + e->vcap - key->len);
 	memcpy(e->data, key->p, key->len);
 	e->klen = (uint32_t)key->len;
 	e->hash = h;
