@@ -108,6 +108,7 @@ struct kv_config {
 	unsigned timeout_s;         /* --timeout: idle connections closed after this; 0: never */
 	uint32_t maxclients;        /* --maxclients: clients open at once, over every shard */
 	uint64_t maxmemory_clients; /* --maxmemory-clients: what clients hold together; 0: any */
+	unsigned maxmemory_clients_pct; /* ... given as this percentage of --maxmemory; 0: bytes */
 	uint32_t shard_clients; /* ... on one shard (its direct-descriptor table's room); 0: any */
 	unsigned nshards;
 	bool handoff_export;           /* --handoff export: forward requests as exported slices */

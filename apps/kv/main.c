@@ -59,7 +59,7 @@ static const char usage[] =
 	"--maxmemory-clients BYTES: what the clients hold together (their request and reply\n"
 	"           buffers, transactions, watches; INFO memory mem_clients_normal); past it\n"
 	"           the client holding the most is closed (INFO stats evicted_clients).\n"
-	"           At least 1mb; default 0: no limit\n";
+	"           At least 1mb, or a percentage of --maxmemory (10%); default 0: no limit\n";
 
 static void
 die(const char *msg, const char *opt)
@@ -409,16 +409,49 @@ main(int argc, char **argv)
 			break;
 		}
 		case O_MAXMEMORY_CLIENTS: {
+			/* Bytes, or as Redis 7 also takes it, a percentage of --maxmemory (made
+			 * bytes once every option is read). */
+			unsigned long pct = strtoul(v, &end, 10);
+
+			if (*v >= '0' && *v <= '9' && !strcmp(end, "%")) {
+				if (pct < 1 || pct > 100)
+					die("--maxmemory-clients expects a percentage of --maxmemory "
+					    "from 1% to 100%, got ",
+					    v);
+				kv_cfg.maxmemory_clients_pct = (unsigned)pct;
+				break;
+			}
 			if (parse_bytes(v, &b) < 0 || (b && b < 1024 * 1024))
-				die("--maxmemory-clients expects 0 (no limit) or at least 1mb, got ",
+				die("--maxmemory-clients expects 0 (no limit), at least 1mb, or a "
+				    "percentage of --maxmemory (10%), got ",
 				    v);
 			kv_cfg.maxmemory_clients = b;
+			kv_cfg.maxmemory_clients_pct = 0;
 			break;
 		}
 		case O_DIR: {
 			kv_cfg.dir = v;
 			break;
 		}
+		}
+	}
+	if (kv_cfg.maxmemory_clients_pct) {
+		if (!kv_cfg.maxmemory) {
+			fprintf(stderr,
+				"keel-kv: --maxmemory-clients %u%% is a share of --maxmemory, which is "
+				"not set (no limit): give --maxmemory, or --maxmemory-clients in "
+				"bytes\n",
+				kv_cfg.maxmemory_clients_pct);
+			exit(2);
+		}
+		kv_cfg.maxmemory_clients = kv_cfg.maxmemory / 100 * kv_cfg.maxmemory_clients_pct;
+		if (kv_cfg.maxmemory_clients < 1024 * 1024) {
+			fprintf(stderr,
+				"keel-kv: --maxmemory-clients %u%% of --maxmemory %llu is %llu bytes, "
+				"under the least (1mb): give a larger share or --maxmemory\n",
+				kv_cfg.maxmemory_clients_pct, (unsigned long long)kv_cfg.maxmemory,
+				(unsigned long long)kv_cfg.maxmemory_clients);
+			exit(2);
 		}
 	}
 	if (aof_opt && !kv_cfg.aof)

@@ -2085,8 +2085,12 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 				 (unsigned long long)kv_cfg.auto_rw_min);
 			snprintf(v[5], sizeof(v[5]), "%u", kv_cfg.maxclients);
 			snprintf(v[6], sizeof(v[6]), "%u", kv_port);
-			snprintf(v[7], sizeof(v[7]), "%llu",
-				 (unsigned long long)kv_cfg.maxmemory_clients);
+			/* As Redis answers it: the percentage when given as one. */
+			if (kv_cfg.maxmemory_clients_pct)
+				snprintf(v[7], sizeof(v[7]), "%u%%", kv_cfg.maxmemory_clients_pct);
+			else
+				snprintf(v[7], sizeof(v[7]), "%llu",
+					 (unsigned long long)kv_cfg.maxmemory_clients);
 			for (unsigned k = 0; k < sizeof(names) / sizeof(names[0]); k++)
 				for (unsigned i = 2; i < argc; i++)
 					if (kv_glob(argv[i].p, argv[i].len,

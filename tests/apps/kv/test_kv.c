@@ -4142,9 +4142,34 @@ Test(kv_server, maxmemory_clients_below_1mb_is_refused)
 	int st = proc_run_to_exit(argv, NULL, NULL, err, sizeof(err));
 
 	cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 2, "status %d", st);
-	cr_assert(
-		strstr(err, "--maxmemory-clients expects 0 (no limit) or at least 1mb, got 100kb"),
-		"%s", err);
+	cr_assert(strstr(err, "--maxmemory-clients expects 0 (no limit), at least 1mb, or a "
+			      "percentage of --maxmemory (10%), got 100kb"),
+		  "%s", err);
+}
+
+/* As Redis 7 takes it, a percentage of --maxmemory: CONFIG GET answers the percentage;
+ * without --maxmemory (no limit) it is refused at start, naming the fix, where Redis
+ * quietly has no client limit then. */
+Test(kv_server, maxmemory_clients_as_a_percentage_of_maxmemory)
+{
+	const char *const argv[] = { kv_bin(), "--addr", "127.0.0.1",
+				     "--port", "0",      "--maxmemory-clients",
+				     "10%",    NULL };
+	char err[512];
+	int st = proc_run_to_exit(argv, NULL, NULL, err, sizeof(err));
+	struct srv s;
+	struct rd r;
+
+	cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 2, "status %d", st);
+	cr_assert(strstr(err, "--maxmemory-clients 10% is a share of --maxmemory, which is not "
+			      "set (no limit): give --maxmemory"),
+		  "%s", err);
+	srv_start(&s, 2, "--maxmemory", "100mb", "--maxmemory-clients", "10%", NULL);
+	rd_init(&r, test_connect(s.port));
+	expect(&r, "CONFIG GET maxmemory-clients",
+	       "*2\r\n$17\r\nmaxmemory-clients\r\n$3\r\n10%\r\n");
+	rd_free(&r);
+	srv_stop(&s);
 }
 
 /* A --maxclients the shards' direct-descriptor tables cannot hold is lowered to what they
