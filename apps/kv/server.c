@@ -114,8 +114,9 @@ struct kconn {
 	unsigned argv_cap;
 	uint8_t *scratch;
 	size_t scratch_cap;
-	uint64_t mem; /* what it held at its last count (client_mem), in the shard's sum */
-	bool evicted; /* closed past --maxmemory-clients: out of the sum */
+	uint64_t mem;  /* what it held at its last count (client_mem), in the shard's sum */
+	bool evicted;  /* closed past --maxmemory-clients: out of the sum */
+	bool no_evict; /* CLIENT NO-EVICT on: counted, never closed for --maxmemory-clients */
 };
 
 /* A transaction (MULTI ... EXEC): the requests queued, as received, and the one shard they
@@ -530,7 +531,8 @@ clients_evict(struct kv_shard *ks)
 		struct kconn *big = NULL;
 
 		for (struct kconn *kc = ks->conns; kc; kc = kc->next)
-			if (!kc->evicted && !kc->refused && (!big || kc->mem > big->mem))
+			if (!kc->evicted && !kc->refused && !kc->no_evict &&
+			    (!big || kc->mem > big->mem))
 				big = kc;
 		if (!big)
 			return;
@@ -2130,12 +2132,22 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 				rb_nil(out);
 		} else if (is(&argv[1], "ID") && argc == 2) {
 			rb_int(out, (long long)kc->id);
+		} else if (is(&argv[1], "NO-EVICT") && argc == 3) {
+			/* Redis 7's: this client is never closed for --maxmemory-clients (an
+			 * admin's or a monitor's connection); it still counts in the sum. */
+			if (is(&argv[2], "ON") || is(&argv[2], "OFF")) {
+				kc->no_evict = is(&argv[2], "ON");
+				rb_simple(out, "OK");
+			} else {
+				rb_err(out, "ERR syntax error");
+			}
 		} else if (is(&argv[1], "SETNAME") || is(&argv[1], "GETNAME") ||
-			   is(&argv[1], "ID")) {
+			   is(&argv[1], "ID") || is(&argv[1], "NO-EVICT")) {
 			rb_err(out, "ERR wrong number of arguments for 'client|%s' command",
-			       is(&argv[1], "ID")        ? "id"
-			       : is(&argv[1], "SETNAME") ? "setname"
-							 : "getname");
+			       is(&argv[1], "ID")         ? "id"
+			       : is(&argv[1], "SETNAME")  ? "setname"
+			       : is(&argv[1], "NO-EVICT") ? "no-evict"
+							  : "getname");
 		} else {
 			rb_err(out, "ERR unknown subcommand '%.*s'. Try CLIENT HELP.",
 			       kv_err_len(&argv[1]), (const char *)argv[1].p);

@@ -4133,6 +4133,43 @@ Test(kv_server, a_client_closed_past_maxmemory_clients_runs_nothing_more)
 	srv_stop(&s);
 }
 
+/* CLIENT NO-EVICT on (Redis 7's): the client holding the most is passed over, and the next
+ * is closed, however little it holds. One shard, 1mb: a no-evict client 600 KB into a
+ * 700 KB request (its buffer 1 MiB) is the sum's whole excess; an idle one is closed, the
+ * request completes. The command's replies are redis-server 7.0.15's. */
+Test(kv_server, client_no_evict_exempts_a_client_from_maxmemory_clients)
+{
+	static char chunk[100000];
+	struct srv s;
+	struct rd p, q;
+	char *got;
+
+	srv_start(&s, 1, "--maxmemory-clients", "1mb", NULL);
+	rd_init(&p, test_connect(s.port));
+	expect(&p, "CLIENT NO-EVICT maybe", "-ERR syntax error\r\n");
+	expect(&p, "CLIENT NO-EVICT",
+	       "-ERR wrong number of arguments for 'client|no-evict' command\r\n");
+	expect(&p, "CLIENT NO-EVICT on", "+OK\r\n");
+	rd_init(&q, test_connect(s.port));
+	q.reset_ends = true;
+	expect(&q, "PING", "+PONG\r\n");
+	memset(chunk, 'p', sizeof(chunk));
+	test_send_all(p.fd, "*3\r\n$3\r\nSET\r\n$1\r\np\r\n$700000\r\n", 29);
+	for (int i = 0; i < 6; i++)
+		test_send_all(p.fd, chunk, sizeof(chunk));
+	/* (No INFO while over the limit: its connection would be the one closed.) */
+	cr_assert_null(rd_next(&q, NULL), "the idle client was not closed");
+	test_send_all(p.fd, chunk, sizeof(chunk));
+	test_send_all(p.fd, "\r\n", 2);
+	got = rd_next(&p, NULL);
+	cr_assert(got && !strcmp(got, "+OK\r\n"), "the no-evict client's SET: %s",
+		  got ? got : "closed");
+	cr_assert_eq(info_field(s.port, "evicted_clients:"), 1);
+	rd_free(&q);
+	rd_free(&p);
+	srv_stop(&s);
+}
+
 Test(kv_server, maxmemory_clients_below_1mb_is_refused)
 {
 	const char *const argv[] = { kv_bin(), "--addr", "127.0.0.1",
