@@ -63,8 +63,9 @@ struct keel_conn {
 	struct zc_op *zc_out;
 	/* Its RECV_ZCs ended by ENOMEM with nothing held, in a row (keel__zcrx_nomem_give_up) */
 	struct keel__zcrx_nomem zc_nomem;
-	bool sqe_retry; /* a receive, send or shutdown found no SQE: tried again next pass */
-	struct keel__later retry_later; /* ... that step, queued without allocating */
+	/* A receive, send or shutdown found no SQE: tried again next pass (queued while it
+	 * waits) */
+	struct keel__later retry_later;
 	bool want_writable, cancel_sent;
 	bool zc_ok;         /* may receive with RECV_ZC: accepted TCP (keel__zcrx_conn_wants) */
 	bool unseen;        /* accepted, on_open not yet run: ended so, no on_close either */
@@ -1208,7 +1209,6 @@ sqe_retry_cb(struct keel__later *l)
 {
 	struct keel_conn *c = container_of(l, struct keel_conn, retry_later);
 
-	c->sqe_retry = false;
 	if (!c->closing) {
 		recv_update(c);
 		send_kick(c);
@@ -1222,7 +1222,7 @@ sqe_retry_cb(struct keel__later *l)
 static void
 sqe_retry(struct keel_conn *c)
 {
-	if (c->sqe_retry)
+	if (c->retry_later.queued)
 		return;
 	/* A step that allocates nothing: a keel_defer could fail for memory too, and the
 	 * connection then waited for its next event (a close for its close timer, 5 s). */
@@ -1234,7 +1234,6 @@ sqe_retry(struct keel_conn *c)
 			 c->ns->id);
 		return;
 	}
-	c->sqe_retry = true;
 	c->nops++;
 }
 
@@ -1683,7 +1682,6 @@ close_run(struct net_shard *ns)
 
 	ns->close_head = NULL;
 	ns->close_tail = NULL;
-	ns->close_kick = false;
 	while (c) {
 		struct keel_conn *next = c->close_next;
 		/* An accepted connection the application never saw (the runtime stopped
@@ -1714,7 +1712,7 @@ close_list_add(struct keel_conn *c)
 	else
 		ns->close_head = c;
 	ns->close_tail = c;
-	if (ns->close_kick)
+	if (ns->close_later.queued) /* a run is queued (holding a reference) */
 		return;
 	/* A deferred step that allocates nothing, which keeps the shard awake until it runs
 	 * (a keel_defer could fail for memory, and then a NOP for want of an SQE: the closes
@@ -1728,7 +1726,6 @@ close_list_add(struct keel_conn *c)
 			 ns->id);
 		return;
 	}
-	ns->close_kick = true;
 	keel__net_ref(ns);
 }
 

@@ -123,8 +123,7 @@ struct net_shard {
 	struct keel_conn *flush_head, *flush_tail;
 	/* Closed connections with nothing in flight, waiting for on_close from the loop. */
 	struct keel_conn *close_head, *close_tail;
-	bool close_kick;                /* a run of the close list is queued (holds a reference) */
-	struct keel__later close_later; /* ... this one, which allocates nothing */
+	struct keel__later close_later; /* its run, queued (holding a reference) while not empty */
 	struct keel__lshard *lshards;   /* listener parts on this shard */
 	uint32_t direct_conns;          /* accepted connections holding a direct descriptor */
 	uint32_t accepts_single;        /* single direct accepts in flight (a slot each) */
