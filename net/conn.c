@@ -1712,21 +1712,15 @@ close_list_add(struct keel_conn *c)
 	else
 		ns->close_head = c;
 	ns->close_tail = c;
-	if (ns->close_later.queued) /* a run is queued (holding a reference) */
-		return;
 	/* A deferred step that allocates nothing, which keeps the shard awake until it runs
 	 * (a keel_defer could fail for memory, and then a NOP for want of an SQE: the closes
 	 * waited for the next close). It fails only once the shard's loop has ended, where
 	 * the stop has closed every connection already. */
-	ns->close_later.fn = close_later_cb;
-	if (keel__later(&ns->close_later) < 0) {
+	if (!keel__net_kick(ns, &ns->close_later, close_later_cb))
 		keel_log(KEEL_LOG_ERROR, NET_MOD,
 			 "shard %u: a connection closed after the shard's loop ended: its on_close "
 			 "does not run",
 			 ns->id);
-		return;
-	}
-	keel__net_ref(ns);
 }
 
 static void

@@ -193,11 +193,10 @@ keel__net_unref(struct net_shard *ns)
 	}
 	keel__net_unref_slow(ns);
 }
-/* Run @fn(ns) from the loop once: nothing when *@queued says it is queued already; else a
- * deferred call holding a reference to @ns, which @fn drops (keel__net_unref) after
- * clearing *@queued. Without memory for the call, nothing: the caller's next event tries
- * again. */
-void keel__net_kick(struct net_shard *ns, struct keel__later *l, void (*fn)(struct keel__later *));
+/* Run @fn(@l) from the loop once: nothing when @l is queued already; else @l queued
+ * (keel__later, which allocates nothing) holding a reference to @ns, which @fn drops
+ * (keel__net_unref). False only once the shard's loop has ended (nothing queued). */
+bool keel__net_kick(struct net_shard *ns, struct keel__later *l, void (*fn)(struct keel__later *));
 /* @c asks for a bulk ring: bulk_buf_size above buf_size. */
 static inline bool
 keel__net_bulk_on(const struct keel_net_config *c)

@@ -211,15 +211,16 @@ destroy(struct net_shard *ns)
 	free(ns);
 }
 
-void
+bool
 keel__net_kick(struct net_shard *ns, struct keel__later *l, void (*fn)(struct keel__later *))
 {
 	if (l->queued)
-		return;
+		return true;
 	l->fn = fn;
 	if (keel__later(l) < 0)
-		return; /* the shard's loop has ended: nothing is left to wake */
+		return false; /* the shard's loop has ended */
 	keel__net_ref(ns);
+	return true;
 }
 
 void

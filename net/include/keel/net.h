@@ -443,9 +443,8 @@ KEEL_API int keel_conn_send(struct keel_conn *c, struct keel_slice *s);
  * The bytes are copied into buffers of the shard's allocator (registered memory, so a large
  * one may leave with SEND_ZC): consecutive writes fill the last write buffer while it has
  * room, slices queued between them or not, and a write larger than KEEL_NET_WRITE_CHUNK
- * spans several buffers. They join the
- * same queue as keel_conn_send(): everything queued leaves in the order queued, writes and
- * slices mixed, with the same watermark.
+ * spans several buffers. They join the same queue as keel_conn_send(): everything queued
+ * leaves in the order queued, writes and slices mixed, with the same watermark.
  * Ownership: @data is borrowed for the call (free or reuse it when this returns).
  * Returns: 0; 1 when the queued bytes are above the high watermark (as keel_conn_send());
  * -EINVAL for @len 0 or @data NULL; -EPIPE after close or shutdown; -ENOBUFS as
