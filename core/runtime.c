@@ -126,19 +126,18 @@ keel__defer_run(struct keel_shard *s)
 	unsigned later = s->later_head ? later_run(s) : 0;
 	size_t n = s->defer_next.n;
 
-	if (!n) {
-		STAT_ADD(s, deferred, later);
-		return later;
+	if (n) {
+		/* Swap: what these callbacks defer lands in the (now empty) next vector. */
+		tmp = s->defer_run;
+		s->defer_run = s->defer_next;
+		s->defer_next = tmp;
+		s->defer_next.n = 0;
+		for (size_t i = 0; i < n; i++)
+			s->defer_run.v[i].fn(s->defer_run.v[i].arg);
+		s->defer_run.n = 0;
 	}
-	/* Swap: what these callbacks defer lands in the (now empty) next vector. */
-	tmp = s->defer_run;
-	s->defer_run = s->defer_next;
-	s->defer_next = tmp;
-	s->defer_next.n = 0;
-	for (size_t i = 0; i < n; i++)
-		s->defer_run.v[i].fn(s->defer_run.v[i].arg);
-	s->defer_run.n = 0;
-	STAT_ADD(s, deferred, n + later);
+	if (n + later) /* every pass comes here: no counter write for nothing */
+		STAT_ADD(s, deferred, n + later);
 	return (unsigned)n + later;
 }
 
