@@ -201,8 +201,9 @@ Test(net_write, writes_and_slice_sends_keep_their_order_with_send_zc)
 
 /* Small writes between slice sends (a reply's header written, its body sent as a slice,
  * request after request): the writes share one write buffer, each joining the queue as a
- * piece of it. Each once took a 4 KiB buffer of its own, so a connection held some 40
- * times the bytes send_max counts (a write of 10 bytes, a slice of 100). */
+ * piece of it. Each once took a 4 KiB buffer of its own: this test measured 4,224,000
+ * bytes held for 110,000 queued (38 times what send_max counts; a write of 10 bytes, a
+ * slice of 100, 1,000 of each). */
 #define INTERLEAVE_N     1000u
 #define INTERLEAVE_WRITE 10u
 #define INTERLEAVE_SLICE 100u
