@@ -2279,28 +2279,19 @@ tx_queue(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsign
 		rb_err(out, "ERR Command not allowed inside a transaction");
 		goto refused;
 	}
-	if (c->route == KV_R_ALL && kv_cfg.nshards > 1) {
-		rb_err(out,
-		       "ERR '%s' runs on every shard, and a keel-kv transaction on one: it is "
-		       "taken inside MULTI with --shards 1 only",
-		       c->name);
-		goto refused;
-	}
-	/* SCAN's cursor names a shard, so it tied the transaction to that shard and, refused
-	 * beside keys of another, got the CROSSSLOT message about keys it has none of. */
-	if (c->route == KV_R_CURSOR && kv_cfg.nshards > 1) {
-		rb_err(out,
-		       "ERR '%s' walks the shards in turn, and a keel-kv transaction runs on one: "
-		       "it is taken inside MULTI with --shards 1 only",
-		       c->name);
-		goto refused;
-	}
-	/* Inside a transaction it would draw from the transaction's shard alone. */
-	if (c->route == KV_R_RANDOM && kv_cfg.nshards > 1) {
-		rb_err(out,
-		       "ERR '%s' draws from every shard's keys, and a keel-kv transaction runs on "
-		       "one: it is taken inside MULTI with --shards 1 only",
-		       c->name);
+	/* Commands of several shards, where a transaction runs on one. SCAN's cursor names a
+	 * shard, so it tied the transaction to that shard and, refused beside keys of
+	 * another, got the CROSSSLOT message about keys it has none of; RANDOMKEY would draw
+	 * from the transaction's shard alone. */
+	if (kv_cfg.nshards > 1 &&
+	    (c->route == KV_R_ALL || c->route == KV_R_CURSOR || c->route == KV_R_RANDOM)) {
+		rb_err(out, "ERR '%s' %s: it is taken inside MULTI with --shards 1 only", c->name,
+		       c->route == KV_R_ALL
+			       ? "runs on every shard, and a keel-kv transaction on one"
+		       : c->route == KV_R_CURSOR
+			       ? "walks the shards in turn, and a keel-kv transaction runs on one"
+			       : "draws from every shard's keys, and a keel-kv transaction runs on "
+				 "one");
 		goto refused;
 	}
 	owner = tx_owner(c, argv, argc);
