@@ -206,16 +206,20 @@ unring_copy(struct net_shard *ns, struct keel_slice *s)
 	ns->st.recv_copies++;
 }
 
-/* The checks run for every slice a send queue or a UDP send takes: a few loads each while
- * no ring runs low, with the copy out of their way (unring_copy). */
+/* Whether @p lies in a receive ring or ZCRX area running low. Checked for every slice a
+ * send queue or a UDP send takes: a few loads each while no ring runs low. */
+static inline bool
+ring_pressed(const struct net_shard *ns, const void *p)
+{
+	return keel__pbuf_pressed(&ns->tcp, p) || keel__pbuf_pressed(&ns->bulk, p) ||
+	       keel__pbuf_pressed(&ns->udp, p) || keel__zcrx_pressed(ns, p);
+}
+
+/* The copy is out of the checks' way (unring_copy). */
 void
 keel__net_unring(struct net_shard *ns, struct keel_slice *s)
 {
-	if (__builtin_expect(keel__pbuf_pressed(&ns->tcp, s->data) ||
-				     keel__pbuf_pressed(&ns->bulk, s->data) ||
-				     keel__pbuf_pressed(&ns->udp, s->data) ||
-				     keel__zcrx_pressed(ns, s->data),
-			     0))
+	if (__builtin_expect(ring_pressed(ns, s->data), 0))
 		unring_copy(ns, s);
 }
 
@@ -1316,6 +1320,8 @@ queued_more(struct keel_conn *c, uint64_t bytes)
 	return 0;
 }
 
+static int send_pressed_small(struct keel_conn *c, struct keel_slice *s);
+
 int
 keel_conn_send(struct keel_conn *c, struct keel_slice *s)
 {
@@ -1326,6 +1332,13 @@ keel_conn_send(struct keel_conn *c, struct keel_slice *s)
 		return -EPIPE;
 	if (keel__lim_send_check(c->ns, c, c->cfg, c->queued, s->len) < 0)
 		return -ENOBUFS;
+	/* A small slice of a ring running low, to wait behind others: copied into the open
+	 * write buffer, as a write is. A buffer of its own (64 bytes at least) and a queue
+	 * entry each made a peer trickling bytes to an echo that cannot send cost some 90
+	 * times the bytes send_max counts. */
+	if (__builtin_expect(c->qn && s->len < NET_PRESSED_JOIN_MAX && ring_pressed(c->ns, s->data),
+			     0))
+		return send_pressed_small(c, s);
 	keel__net_unring(c->ns, s);
 	uint64_t len = s->len;
 	/* The bytes right after the tail's, in the same buffer (the next receive into an
@@ -1506,6 +1519,21 @@ keel_conn_write(struct keel_conn *c, const void *data, size_t len)
 	if (!data || !len)
 		return -EINVAL;
 	return keel_conn_writev(c, &iov, 1);
+}
+
+/* keel_conn_send's small slice of a ring running low: its bytes written, its reference put
+ * (the slice emptied, as a queued one is). On failure (-ENOMEM) the caller keeps it. */
+static __attribute__((noinline, cold)) int
+send_pressed_small(struct keel_conn *c, struct keel_slice *s)
+{
+	int r = keel_conn_write(c, s->data, s->len);
+
+	if (r < 0)
+		return r;
+	c->ns->st.recv_copies++;
+	keel_slice_put(s);
+	memset(s, 0, sizeof(*s));
+	return r;
 }
 
 int

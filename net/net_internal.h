@@ -242,6 +242,10 @@ int keel__pbuf_take(struct pbuf_ring *r, unsigned bid, int res, uint32_t cqe_fla
  * EOF or an error (a reset) the kernel retires the buffer empty and names it (seen on Linux
  * 6.18). Back to the ring, or it would shrink for good. */
 void keel__pbuf_retire_empty(struct pbuf_ring *r, unsigned bid);
+/* Slices shorter than this, of a ring running low and to wait in a send queue, are copied
+ * into the connection's open write buffer (keel_conn_send) rather than each into a buffer
+ * of its own: bytes trickled to an echo that cannot send then cost about their length. */
+#define NET_PRESSED_JOIN_MAX 256u
 /* A slice to be held while a peer reads: copied out of a receive ring (or ZCRX area)
  * running low, so that held slices cannot take every receive buffer (conn.c). */
 void keel__net_unring(struct net_shard *ns, struct keel_slice *s);

@@ -4,7 +4,9 @@
  * order, large writes span several buffers, every byte arrives, and writes after close or
  * shutdown fail with -EPIPE.
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
@@ -551,4 +553,175 @@ Test(net_write, adjacent_slices_of_one_buffer_take_one_queue_entry)
 		     "%u queue entries for 6,000 slices of two buffers",
 		     atomic_load(&trickle_entries));
 	cr_assert_eq(atomic_load(&s.close_errors), 0);
+}
+
+/* A peer trickling bytes to an echo whose receive ring runs low, while the echo's queue
+ * waits for it to read: each received byte was copied out of the ring (unring) into an
+ * allocator buffer of its own (64 bytes at least) and took a queue entry (24 bytes outside
+ * --memory), so the echo held some 90 times what send_max counts. Small slices copied out
+ * of a pressed ring join the connection's open write buffer now, as writes do.
+ *
+ * The server writes more than the kernel's socket buffers take (the client reads nothing
+ * until the end, with a small receive buffer), so its queue never empties; the client's
+ * first PT_STASH bytes are kept by the application (three of the ring's four buffers: the
+ * ring runs low), and every byte after them, sent one at a time, each received before the
+ * next is sent, is echoed with keel_conn_send. */
+#define PT_BUFS  4u
+#define PT_STASH (3u * 4096u)
+#define PT_BYTES 400u
+
+static uint64_t pt_fill_len;
+static struct keel_slice pt_stash[PT_STASH];
+static unsigned pt_nstash;
+static _Atomic uint64_t pt_got, pt_held;
+static _Atomic uint32_t pt_entries;
+static struct keel_alloc_stats pt_before;
+static uint32_t pt_entries_before;
+
+static void
+pt_open(struct keel_conn *c)
+{
+	uint8_t *p = malloc(pt_fill_len);
+	int r;
+
+	if (!SHARD_CHECK(p != NULL))
+		goto fail;
+	fill(p, 0, (uint32_t)pt_fill_len);
+	r = keel_conn_write(c, p, pt_fill_len);
+	free(p);
+	if (!SHARD_CHECK(r == 0, " write: %d", r))
+		goto fail;
+	return;
+fail:
+	keel_conn_abort(c, -EIO);
+}
+
+static void
+pt_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++) {
+		uint64_t at = atomic_load(&pt_got);
+		int r;
+
+		if (at < PT_STASH) {
+			/* The test sends the stash whole before the first trickled byte. */
+			if (!SHARD_CHECK(at + s[i].len <= PT_STASH && pt_nstash < PT_STASH))
+				goto fail;
+			atomic_store(&pt_got, at + s[i].len);
+			pt_stash[pt_nstash++] = s[i];
+			continue;
+		}
+		if (at == PT_STASH &&
+		    (!SHARD_CHECK_EQ(keel_alloc_stats(keel_shard_alloc(), &pt_before), 0)))
+			goto fail;
+		if (at == PT_STASH)
+			pt_entries_before = keel__conn_queue_slices(c);
+		if (!SHARD_CHECK(s[i].len == 1, " %u bytes in one receive", s[i].len))
+			goto fail;
+		r = keel_conn_send(c, &s[i]);
+		if (!SHARD_CHECK(r == 0, " send: %d", r))
+			goto fail;
+		if (at + 1 == PT_STASH + PT_BYTES) {
+			struct keel_alloc_stats after;
+
+			if (!SHARD_CHECK_EQ(keel_alloc_stats(keel_shard_alloc(), &after), 0))
+				goto fail;
+			atomic_store(&pt_held, after.bytes_in_use - pt_before.bytes_in_use);
+			atomic_store(&pt_entries, keel__conn_queue_slices(c) - pt_entries_before);
+		}
+		atomic_store(&pt_got, at + 1);
+	}
+	return;
+fail:
+	for (unsigned i = 0; i < n; i++)
+		keel_slice_put(&s[i]);
+	keel_conn_abort(c, -EIO);
+}
+
+static void
+pt_close(struct keel_conn *c, int status)
+{
+	while (pt_nstash)
+		keel_slice_put(&pt_stash[--pt_nstash]);
+	count_close(c, status);
+}
+
+/* The most a TCP socket's send buffer grows to (tcp_wmem's third field), or 4 MiB. */
+static uint64_t
+tcp_wmem_max(void)
+{
+	FILE *f = fopen("/proc/sys/net/ipv4/tcp_wmem", "re");
+	unsigned long lo, def, max = 4ul << 20;
+
+	if (f) {
+		if (fscanf(f, "%lu %lu %lu", &lo, &def, &max) != 3)
+			max = 4ul << 20;
+		fclose(f);
+	}
+	return max;
+}
+
+static const struct keel_conn_ops pt_ops = { .on_open = pt_open,
+					     .on_data = pt_data,
+					     .on_close = pt_close };
+
+Test(net_write, bytes_trickled_to_an_echo_on_a_pressed_ring_share_one_write_buffer)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct keel_net_stats st;
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	static uint8_t stash[PT_STASH];
+	uint8_t *got;
+	int fd, rcv = 4096;
+	uint64_t total;
+	struct srv s;
+
+	/* Twice what the server's socket may buffer, and more: the queue stays. */
+	pt_fill_len = 2 * tcp_wmem_max() + (2u << 20);
+	keel_net_config_init(&nc);
+	nc.buf_count = PT_BUFS;
+	nc.buf_size = 4096;
+	nc.bulk_buf_size = 0;
+	nc.high_watermark = 64u << 20; /* reading never pauses: every byte goes to send */
+	nc.low_watermark = 32u << 20;
+	cr_assert_eq(srv_start(&s, &o, &nc, &pt_ops), 0);
+	fd = socket(AF_INET, SOCK_STREAM, 0);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv)), 0);
+	a.sin_port = htons(s.port);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0, "connect: %s",
+		     strerror(errno));
+	cr_assert_eq(cli_write_all(fd, stash, sizeof(stash)), 0);
+	WAIT_FOR(atomic_load(&pt_got) == PT_STASH, "the stash");
+	for (uint32_t i = 0; i < PT_BYTES; i++) {
+		uint8_t b = pat(pt_fill_len + i);
+
+		cr_assert_eq(cli_write_all(fd, &b, 1), 0);
+		WAIT_FOR(atomic_load(&pt_got) == PT_STASH + i + 1, "byte %u's receive", i);
+	}
+	cr_assert_eq(srv_net_stats(&s, 0, &st), 0);
+	cr_assert_geq(st.recv_copies, PT_BYTES, "the ring did not run low: %lu copies",
+		      (unsigned long)st.recv_copies);
+	/* Everything, in order: the write, then the echoed bytes. */
+	rcv = 4 << 20;
+	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv));
+	total = pt_fill_len + PT_BYTES;
+	got = malloc(total);
+	cr_assert(got);
+	cr_assert_eq(cli_read_all(fd, got, total), 0);
+	for (uint64_t i = 0; i < total; i++)
+		cr_assert_eq(got[i], pat(i), "byte %lu is %u, want %u", (unsigned long)i, got[i],
+			     pat(i));
+	free(got);
+	close(fd);
+	WAIT_FOR(atomic_load(&s.closes) == 1, "the server's on_close");
+	cr_assert_eq(srv_stop(&s), 0);
+	SHARD_CHECKS_PASSED();
+	/* One write buffer (4 KiB) for them all, in one queue entry or two; a buffer of 64
+	 * bytes and an entry each before. */
+	cr_assert_leq(atomic_load(&pt_held), 4096u, "%u bytes held %lu bytes of the shard's memory",
+		      PT_BYTES, (unsigned long)atomic_load(&pt_held));
+	cr_assert_leq(atomic_load(&pt_entries), 2u, "%u bytes took %u more queue entries", PT_BYTES,
+		      atomic_load(&pt_entries));
 }
