@@ -122,6 +122,16 @@ Test(tools_topo_zcrx, a_pci_bus_id_names_the_nic_and_its_interface_is_probed)
 		cr_assert(strstr(out, "fake0: 0 of 1 queue can do ZCRX"), "--iface %s: %s", id,
 			  out);
 	}
+	/* With --iface alone, one queue is probed (the last), not each of the NIC's: every
+	 * probe restarts the queue it binds on a capable NIC, so eight probes interrupted the
+	 * traffic of all eight queues. */
+	nic->nrxq = 8;
+	report_for(t, "fake0", out, sizeof(out));
+	cr_assert(strstr(out, "ZCRX on fake0 rx queue 7") && !strstr(out, "rx queue 0:") &&
+			  strstr(out, "fake0: 0 of 1 queue can do ZCRX"),
+		  "%s", out);
+	cr_assert(strstr(out, "queue 7 of 8 probed alone") && strstr(out, "--rxqs fake0:LIST"),
+		  "%s", out);
 	/* A function without an interface (a VF without a network driver): said, and none of
 	 * an interface's facts (split, channels) are asked of it. */
 	nic->netdev = false;

@@ -173,11 +173,14 @@ zcrx_report(const struct tool_ctx *c, const struct keel_map_req *req, FILE *f)
 	nic = keel_topo_nic_find(c->topo, iface);
 	if (nic)
 		iface = nic->name;
+	/* No queues given: the last one alone (where the plan puts the shards' queues). A probe
+	 * binds an interface queue, and a capable NIC restarts that queue twice: probing every
+	 * queue of a live NIC interrupted each one's traffic for an answer the user had not
+	 * asked queue by queue. */
+	bool one_of_many = false;
 	if (!nq) {
-		int n = nic && nic->nrxq > 0 ? nic->nrxq : 1;
-
-		for (int q = 0; q < n && nq < KEEL_MAX_SHARDS; q++)
-			qs[nq++] = q;
+		one_of_many = nic && nic->nrxq > 1;
+		qs[nq++] = nic && nic->nrxq > 0 ? nic->nrxq - 1 : 0;
 	}
 	int maxq = 0;
 	for (unsigned i = 0; i < nq; i++)
@@ -196,6 +199,11 @@ zcrx_report(const struct tool_ctx *c, const struct keel_map_req *req, FILE *f)
 			bad++;
 		}
 	}
+	if (one_of_many)
+		fprintf(f,
+			"  (queue %d of %d probed alone: a probe restarts the queue it binds; give "
+			"--rxqs %s:LIST to probe the queues the shards take)\n",
+			qs[0], nic->nrxq, iface);
 	fprintf(f, "%s: %u of %u queue%s can do ZCRX%s\n", iface, nq - bad, nq, nq == 1 ? "" : "s",
 		total ? "; fix what is listed above, then run keel-topo --check --zcrx again" : "");
 	return bad ? 1 : 0;
