@@ -123,6 +123,8 @@ struct kv_config {
 				    * which its requests are not parsed (nor read) */
 	uint64_t reply_max;        /* --send-max: a reply of several values (MGET, EXEC) made
 				    * larger than this is refused (kv_reply_over); 0: no limit */
+	bool client_addrs;         /* --client-addrs yes: read each client's addresses at
+				    * accept (CLIENT LIST's addr and laddr, CLIENT KILL ADDR) */
 };
 extern struct kv_config kv_cfg;
 extern struct kv_stats kv_stats[];
@@ -224,8 +226,19 @@ enum kv_route {
 	KV_R_RANDOM, /* no key: runs on a shard drawn by its share of the keys (RANDOMKEY) */
 };
 /* KV_M_REWRITE (BGREWRITEAOF): started when a shard started a rewrite and the others were
- * rewriting already (KV_AOF_REWRITE_BUSY); a shard's other error wins; all busy: busy. */
-enum kv_merge { KV_M_NONE, KV_M_SUM, KV_M_OK, KV_M_ARRAY_BY_KEY, KV_M_CONCAT, KV_M_REWRITE };
+ * rewriting already (KV_AOF_REWRITE_BUSY); a shard's other error wins; all busy: busy.
+ * KV_M_BULK: the parts' bulk strings as one (CLIENT LIST). KV_M_KILL: the parts' counts,
+ * +OK when any is above 0, else Redis's "No such client" (CLIENT KILL ip:port). */
+enum kv_merge {
+	KV_M_NONE,
+	KV_M_SUM,
+	KV_M_OK,
+	KV_M_ARRAY_BY_KEY,
+	KV_M_CONCAT,
+	KV_M_REWRITE,
+	KV_M_BULK,
+	KV_M_KILL,
+};
 
 #define KV_F_WRITE     1u
 #define KV_F_DENYOOM   2u
@@ -237,6 +250,9 @@ enum kv_merge { KV_M_NONE, KV_M_SUM, KV_M_OK, KV_M_ARRAY_BY_KEY, KV_M_CONCAT, KV
 	     * append-only file records the others */
 
 struct kv_cmd;
+/* CLIENT LIST's and CLIENT KILL's part on this shard's clients (server.c): as a command's
+ * function, so a fan-out runs it on every shard. */
+void kv_client_part(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out);
 typedef void (*kv_cmd_fn)(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out);
 
 struct kv_cmd {
@@ -246,7 +262,8 @@ struct kv_cmd {
 	enum kv_route route;
 	unsigned key_step;      /* KV_R_KEYS: 1 (DEL k k) or 2 (MSET k v k v) */
 	enum kv_merge merge;    /* KV_R_KEYS and KV_R_ALL */
-	kv_cmd_fn fn;           /* runs on the owner (NULL for KV_R_LOCAL: the server runs it) */
+	kv_cmd_fn fn;           /* runs on the owner (NULL for KV_R_LOCAL: the server runs it;
+				 * CLIENT's is its LIST and KILL part, run on every shard) */
 	const char *flag_words; /* for COMMAND: "write denyoom" */
 };
 

@@ -25,7 +25,7 @@ static const char usage[] =
 	"               [--appendfsync always|everysec|no] [--dir DIR]\n"
 	"               [--aof-truncate-corrupt yes|no] [--auto-aof-rewrite-percentage N]\n"
 	"               [--auto-aof-rewrite-min-size BYTES] [--maxclients N]\n"
-	"               [--maxmemory-clients BYTES]\n"
+	"               [--maxmemory-clients BYTES] [--client-addrs yes|no]\n"
 	"               [network options] [runtime options]\n"
 	"A Redis-protocol key-value server, keys spread over the shards (docs/kv.md).\n"
 	"--port P: TCP port (default 6379; 0: an ephemeral one, printed at start)\n"
@@ -59,7 +59,11 @@ static const char usage[] =
 	"--maxmemory-clients BYTES: what the clients hold together (their request and reply\n"
 	"           buffers, transactions, watches; INFO memory mem_clients_normal); past it\n"
 	"           the client holding the most is closed (INFO stats evicted_clients).\n"
-	"           At least 1mb, or a percentage of --maxmemory (10%); default 0: no limit\n";
+	"           At least 1mb, or a percentage of --maxmemory (10%); default 0: no limit\n"
+	"--client-addrs yes|no: read each client's address and the local one at accept,\n"
+	"           for CLIENT LIST's addr and laddr and CLIENT KILL ADDR/LADDR (default no:\n"
+	"           they read ?:0; yes costs each accept a getpeername, and a getsockname\n"
+	"           on a wildcard --addr)\n";
 
 static void
 die(const char *msg, const char *opt)
@@ -86,6 +90,7 @@ enum kv_opt {
 	O_RW_MIN,
 	O_MAXCLIENTS,
 	O_MAXMEMORY_CLIENTS,
+	O_CLIENT_ADDRS,
 	O_DIR,
 };
 
@@ -108,6 +113,7 @@ static const struct {
 	{ "--auto-aof-rewrite-min-size", O_RW_MIN, true },
 	{ "--maxclients", O_MAXCLIENTS, false },
 	{ "--maxmemory-clients", O_MAXMEMORY_CLIENTS, false },
+	{ "--client-addrs", O_CLIENT_ADDRS, false },
 	{ "--dir", O_DIR, true },
 };
 
@@ -363,6 +369,12 @@ main(int argc, char **argv)
 				die("--handoff expects copy or export, got ", v);
 			break;
 		}
+		case O_CLIENT_ADDRS: {
+			if (strcmp(v, "yes") && strcmp(v, "no"))
+				die("--client-addrs expects yes or no, got ", v);
+			kv_cfg.client_addrs = !strcmp(v, "yes");
+			break;
+		}
 		case O_APPENDONLY: {
 			if (strcmp(v, "yes") && strcmp(v, "no"))
 				die("--appendonly expects yes or no, got ", v);
@@ -491,7 +503,8 @@ main(int argc, char **argv)
 	lo.addr = addr;
 	lo.port = (uint16_t)port;
 	lo.rt = rt;
-	lo.no_addrs = true; /* nothing here asks for them (no CLIENT LIST, no address logs) */
+	/* Only CLIENT LIST and KILL ask for them, and reading them costs every accept. */
+	lo.no_addrs = !kv_cfg.client_addrs;
 	r = keel_listener_create(&lo, kv_cfg.nshards, &kv_conn_ops, &a, &a.l);
 	if (r < 0) {
 		fprintf(stderr, "keel-kv: listening on %s port %ld: %s\n", addr, port,

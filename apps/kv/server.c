@@ -14,9 +14,12 @@
  */
 #include "server.h"
 
+#include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <keel/keel.h>
 #include <limits.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,6 +104,13 @@ struct kconn {
 	uint32_t big_off;
 	uint64_t idle_queued; /* keel_conn_queued at the last idle check */
 	int64_t last_ms;
+	/* Its accept and its last receive, on keel_now_ns()'s clock (CLIENT LIST's age and
+	 * idle: the loop pass's time, no clock read of their own) */
+	uint64_t born_ns, active_ns;
+	/* Its last command (CLIENT LIST's cmd): NULL before any; with CLIENT, CONFIG and
+	 * COMMAND the subcommand too, lower case ("client|list") */
+	const struct kv_cmd *last_cmd;
+	char last_sub[16];
 	char *name;
 	struct ktx *tx; /* MULTI: the commands queued for EXEC */
 	/* WATCH: the keys watched, as a request's arguments (RESP bulk strings, wn of them),
@@ -777,6 +787,32 @@ merge(struct pend *p)
 	case KV_M_OK:
 		rb_simple(out, "OK");
 		break;
+	case KV_M_KILL: {
+		long long t = 0;
+		for (unsigned s = 0; s < ns; s++)
+			if (p->parts[s].len > 1)
+				t += strtoll((const char *)p->parts[s].p + 1, NULL, 10);
+		if (t)
+			rb_simple(out, "OK");
+		else
+			rb_err(out, "ERR No such client");
+		break;
+	}
+	case KV_M_BULK: {
+		struct rbuf all = { 0 };
+		for (unsigned s = 0; s < ns; s++) {
+			const struct rbuf *b = &p->parts[s];
+			const uint8_t *cr = b->len ? memchr(b->p, '\r', b->len) : NULL;
+			size_t hdr = cr && b->p[0] == '$' ? (size_t)(cr - b->p) + 2 : 0;
+
+			if (hdr && b->len >= hdr + 2)
+				rb_put(&all, b->p + hdr, b->len - hdr - 2);
+		}
+		rb_bulk(out, all.p, all.len);
+		out->oom |= all.oom;
+		rb_free(&all);
+		break;
+	}
 	case KV_M_CONCAT: {
 		long long t = 0;
 		size_t hdr;
@@ -1963,6 +1999,322 @@ shutdown_now(struct kconn *kc)
 	keel_stop(0);
 }
 
+/* CLIENT LIST, INFO and KILL, as Redis 7.0 answers them. A shard knows its own clients
+ * only, so LIST and KILL run on every shard (a fan-out of kv_client_part) and their parts
+ * are merged: LIST's lines shard by shard, each shard's in the order its clients came. */
+
+/* The subcommand of CLIENT, CONFIG or COMMAND, for CLIENT LIST's cmd field. */
+static void
+note_sub(struct kconn *kc, const struct resp_arg *sub)
+{
+	size_t n = sub->len < sizeof(kc->last_sub) - 1 ? sub->len : sizeof(kc->last_sub) - 1;
+
+	for (size_t i = 0; i < n; i++)
+		kc->last_sub[i] = (char)tolower(sub->p[i]);
+	kc->last_sub[n] = 0;
+}
+
+/* Which clients CLIENT LIST or KILL names, from its options (after the subcommand). */
+struct client_sel {
+	bool kill;   /* CLIENT KILL */
+	bool old;    /* ... in its old form, CLIENT KILL ip:port (+OK or "No such client") */
+	bool none;   /* TYPE master, replica, slave or pubsub: keel-kv has no such client */
+	bool skipme; /* KILL: not the calling client (the new form's default) */
+	const struct resp_arg *ids; /* these ids (LIST ID takes several, KILL ID one) */
+	unsigned nids;
+	const struct resp_arg *addr, *laddr;
+	uint64_t me; /* the calling client's id */
+};
+
+static bool
+client_type(const struct resp_arg *t, bool *none, struct rbuf *out)
+{
+	if (is(t, "normal"))
+		return true;
+	if (is(t, "master") || is(t, "replica") || is(t, "slave") || is(t, "pubsub")) {
+		*none = true;
+		return true;
+	}
+	rb_err(out, "ERR Unknown client type '%.*s'", kv_err_len(t), (const char *)t->p);
+	return false;
+}
+
+/* Parse @n options at @a as Redis 7.0 does; false, with the error in @out, when they do
+ * not parse. */
+static bool
+client_sel_parse(struct client_sel *s, bool kill, const struct resp_arg *a, unsigned n,
+		 struct rbuf *out)
+{
+	long long id;
+
+	memset(s, 0, sizeof(*s));
+	s->kill = kill;
+	if (!kill) {
+		if (n == 2 && is(&a[0], "TYPE"))
+			return client_type(&a[1], &s->none, out);
+		if (n >= 2 && is(&a[0], "ID")) {
+			for (unsigned i = 1; i < n; i++)
+				if (!kv_arg_ll(&a[i], &id) || id < 1) {
+					rb_err(out, "ERR Invalid client ID");
+					return false;
+				}
+			s->ids = a + 1;
+			s->nids = n - 1;
+			return true;
+		}
+		if (n)
+			goto syntax;
+		return true;
+	}
+	if (n == 1) {
+		s->old = true;
+		s->addr = &a[0];
+		return true;
+	}
+	s->skipme = true;
+	for (unsigned i = 0; i < n; i += 2) {
+		const struct resp_arg *v = &a[i + 1];
+
+		if (i + 1 >= n)
+			goto syntax;
+		if (is(&a[i], "ID")) {
+			if (!kv_arg_ll(v, &id) || id < 1) {
+				rb_err(out, "ERR client-id should be greater than 0");
+				return false;
+			}
+			s->ids = v;
+			s->nids = 1;
+		} else if (is(&a[i], "TYPE")) {
+			if (!client_type(v, &s->none, out))
+				return false;
+		} else if (is(&a[i], "ADDR")) {
+			s->addr = v;
+		} else if (is(&a[i], "LADDR")) {
+			s->laddr = v;
+		} else if (is(&a[i], "USER")) { /* keel-kv's one user */
+			if (!is(v, "default")) {
+				rb_err(out, "ERR No such user '%.*s'", kv_err_len(v),
+				       (const char *)v->p);
+				return false;
+			}
+		} else if (is(&a[i], "SKIPME")) {
+			if (!is(v, "yes") && !is(v, "no"))
+				goto syntax;
+			s->skipme = is(v, "yes");
+		} else {
+			goto syntax;
+		}
+	}
+	return true;
+syntax:
+	rb_err(out, "ERR syntax error");
+	return false;
+}
+
+/* @kc's peer (or, @local, its own) address as Redis writes it: "ip:port", "[ip6]:port",
+ * or "?:0" when unknown (keel-kv reads the addresses only with --client-addrs yes). */
+static void
+addr_text(const struct kconn *kc, bool local, char *b, size_t len)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	char ip[INET6_ADDRSTRLEN];
+	int r = local ? keel_conn_local_addr(kc->c, &ss, &sl)
+		      : keel_conn_peer_addr(kc->c, &ss, &sl);
+
+	if (r == 0 && ss.ss_family == AF_INET) {
+		const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+
+		inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip));
+		snprintf(b, len, "%s:%u", ip, ntohs(a->sin_port));
+	} else if (r == 0 && ss.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
+
+		inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof(ip));
+		snprintf(b, len, "[%s]:%u", ip, ntohs(a->sin6_port));
+	} else {
+		snprintf(b, len, "?:0");
+	}
+}
+
+static bool
+addr_is(const struct kconn *kc, bool local, const struct resp_arg *want)
+{
+	char b[INET6_ADDRSTRLEN + 16];
+
+	addr_text(kc, local, b, sizeof(b));
+	return strlen(b) == want->len && !memcmp(b, want->p, want->len);
+}
+
+static bool
+client_matches(const struct client_sel *s, const struct kconn *kc)
+{
+	bool id_ok = !s->nids;
+	long long id;
+
+	/* Refused past --maxclients, or closed (killed, evicted, failed): no longer a
+	 * client, though its close is still under way. */
+	if (kc->refused || kc->aborted || s->none || (s->skipme && kc->id == s->me))
+		return false;
+	for (unsigned i = 0; i < s->nids && !id_ok; i++)
+		id_ok = kv_arg_ll(&s->ids[i], &id) && (uint64_t)id == kc->id;
+	return id_ok && (!s->addr || addr_is(kc, false, s->addr)) &&
+	       (!s->laddr || addr_is(kc, true, s->laddr));
+}
+
+/* @kc's line of CLIENT LIST (and CLIENT INFO), with Redis 7.0's fields in its order;
+ * docs/kv.md says what each holds in keel-kv. */
+static void
+client_line(struct rbuf *b, const struct kconn *kc, uint64_t now)
+{
+	char addr[INET6_ADDRSTRLEN + 16], laddr[INET6_ADDRSTRLEN + 16], cmd[64], flags[4];
+	char head[256], tail[640];
+	uint64_t queued = keel_conn_queued(kc->c);
+	uint64_t omem = kc->pend_bytes + queued + (kc->big.buf ? kc->big.len - kc->big_off : 0);
+	unsigned nf = 0;
+	int h, t;
+
+	addr_text(kc, false, addr, sizeof(addr));
+	addr_text(kc, true, laddr, sizeof(laddr));
+	if (!kc->last_cmd)
+		snprintf(cmd, sizeof(cmd), "NULL");
+	else if (kc->last_sub[0])
+		snprintf(cmd, sizeof(cmd), "%s|%s", kc->last_cmd->name, kc->last_sub);
+	else
+		snprintf(cmd, sizeof(cmd), "%s", kc->last_cmd->name);
+	if (kc->tx)
+		flags[nf++] = 'x';
+	if (kc->closing)
+		flags[nf++] = 'c';
+	if (!nf)
+		flags[nf++] = 'N';
+	flags[nf] = 0;
+	h = snprintf(head, sizeof(head),
+		     "id=%llu addr=%s laddr=%s fd=-1 name=", (unsigned long long)kc->id, addr,
+		     laddr);
+	t = snprintf(tail, sizeof(tail),
+		     " age=%lld idle=%lld flags=%s db=0 sub=0 psub=0 ssub=0 multi=%d qbuf=%zu "
+		     "qbuf-free=%zu argv-mem=%zu multi-mem=%zu rbs=%zu rbp=%zu obl=%zu oll=%u "
+		     "omem=%llu tot-mem=%llu events=%s cmd=%s user=default redir=-1 resp=2\n",
+		     (long long)((now - kc->born_ns) / 1000000000u),
+		     (long long)(now > kc->active_ns ? (now - kc->active_ns) / 1000000000u : 0),
+		     flags, kc->tx ? (int)kc->tx->n : -1, kc->in_len, kc->in_cap - kc->in_len,
+		     (size_t)kc->argv_cap * sizeof(*kc->argv) + kc->scratch_cap,
+		     kc->tx ? kc->tx->q.cap : 0, kc->out.cap, kc->out.len, kc->out.len, kc->npend,
+		     (unsigned long long)omem, (unsigned long long)client_mem(kc),
+		     queued ? "rw" : "r", cmd);
+	rb_put(b, head, (size_t)h);
+	if (kc->name)
+		rb_put(b, kc->name, strlen(kc->name));
+	rb_put(b, tail, (size_t)t);
+}
+
+void
+kv_client_part(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	struct kconn *kc = shards[self()].conns;
+	bool kill = argc >= 3 && is(&argv[1], "KILL");
+	uint64_t now = keel_now_ns();
+	struct client_sel s;
+	long long me = 0, n = 0;
+	struct rbuf body = { 0 };
+
+	(void)db;
+	/* Its request, made by client_fanout: "CLIENT LIST [options]" as received, or "CLIENT
+	 * KILL <the caller's id> [options]"; checked there, so it parses. */
+	if ((kill && !kv_arg_ll(&argv[2], &me)) ||
+	    !client_sel_parse(&s, kill, argv + 2 + kill, argc - 2 - kill, out))
+		return;
+	s.me = (uint64_t)me;
+	/* The list is newest first: from its end, the clients in the order they came. */
+	while (kc && kc->next)
+		kc = kc->next;
+	for (; kc; kc = kc->prev) {
+		if (!client_matches(&s, kc))
+			continue;
+		n++;
+		if (!kill) {
+			client_line(&body, kc, now);
+		} else if (kc->id == s.me) {
+			kc->closing = true; /* the caller (SKIPME no): after its reply, as Redis */
+		} else {
+			keel_log(KEEL_LOG_INFO, "kv", "client id %llu closed by CLIENT KILL",
+				 (unsigned long long)kc->id);
+			conn_fail(kc, -ECONNABORTED); /* on_close, freeing it, comes later */
+		}
+	}
+	if (kill) {
+		rb_int(out, n);
+		return;
+	}
+	rb_bulk(out, body.p, body.len);
+	out->oom |= body.oom;
+	rb_free(&body);
+}
+
+/* CLIENT LIST or CLIENT KILL from @kc: checked here (an error is the reply), then run on
+ * every shard. False for the other subcommands (local_cmd runs them). */
+static bool
+client_fanout(struct kconn *kc, struct resp_arg *argv, unsigned argc)
+{
+	/* As the table's CLIENT, run on every shard, merged as each reply wants. */
+#define CLIENT_ALL(m)                                                           \
+	{                                                                       \
+		.name = "client", .arity = -2, .route = KV_R_ALL, .merge = (m), \
+		.fn = kv_client_part, .flag_words = ""                          \
+	}
+	static const struct kv_cmd list_all = CLIENT_ALL(KV_M_BULK),
+				   kill_all = CLIENT_ALL(KV_M_SUM),
+				   kill_old = CLIENT_ALL(KV_M_KILL);
+#undef CLIENT_ALL
+	bool kill = is(&argv[1], "KILL");
+	struct rbuf req = { 0 }, err = { 0 }, *out;
+	struct client_sel s;
+	char id[24];
+
+	if (!kill && !is(&argv[1], "LIST"))
+		return false;
+	note_sub(kc, &argv[1]);
+	if (kill && argc == 2)
+		rb_err(&err, "ERR wrong number of arguments for 'client|kill' command");
+	else if (client_sel_parse(&s, kill, argv + 2, argc - 2, &err) && (s.addr || s.laddr) &&
+		 !kv_cfg.client_addrs)
+		rb_err(&err, "ERR keel-kv reads no client addresses unless started with "
+			     "--client-addrs yes (each accept then costs their reads); use CLIENT "
+			     "KILL ID id");
+	if (err.len || err.oom) {
+		out = reply_to(kc);
+		if (out) {
+			rb_put(out, err.p, err.len);
+			out->oom |= err.oom;
+		} else {
+			kc->out.oom = true; /* no place for its reply: the connection is aborted */
+		}
+		rb_free(&err);
+		return true;
+	}
+	rb_arr(&req, (long long)argc + kill);
+	rb_bulk(&req, argv[0].p, argv[0].len);
+	rb_bulk(&req, argv[1].p, argv[1].len);
+	if (kill)
+		rb_bulk(&req, id,
+			(size_t)snprintf(id, sizeof(id), "%llu", (unsigned long long)kc->id));
+	for (unsigned i = 2; i < argc; i++)
+		rb_bulk(&req, argv[i].p, argv[i].len);
+	if (req.oom) {
+		rb_free(&req);
+		kc->out.oom = true;
+		return true;
+	}
+	fanout(kc,
+	       !kill   ? &list_all
+	       : s.old ? &kill_old
+		       : &kill_all,
+	       argv, argc, req.p, req.len, NULL, true);
+	rb_free(&req);
+	return true;
+}
+
 static void watch_release(struct kconn *kc);
 
 static void
@@ -2024,6 +2376,9 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 			info(out, argv, argc);
 	} else if (!strcmp(n, "command")) {
 		unsigned nc;
+
+		if (argc > 1)
+			note_sub(kc, &argv[1]);
 		const struct kv_cmd *t = kv_cmd_table(&nc);
 		/* COMMAND, and COMMAND INFO with no names (Redis 7: every command). */
 		if (argc == 1 || (argc == 2 && is(&argv[1], "INFO"))) {
@@ -2052,6 +2407,7 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 			       kv_err_len(&argv[1]), (const char *)argv[1].p);
 		}
 	} else if (!strcmp(n, "config")) {
+		note_sub(kc, &argv[1]);
 		if (is(&argv[1], "GET") && argc >= 3) {
 			char v[8][32], dir[PATH_MAX];
 			const char *names[] = { "save",
@@ -2122,6 +2478,7 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 			       kv_err_len(&argv[1]), (const char *)argv[1].p);
 		}
 	} else if (!strcmp(n, "client")) {
+		note_sub(kc, &argv[1]);
 		if (is(&argv[1], "SETNAME") && argc == 3) {
 			if (set_name(kc, &argv[2], out))
 				rb_simple(out, "OK");
@@ -2132,6 +2489,13 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 				rb_nil(out);
 		} else if (is(&argv[1], "ID") && argc == 2) {
 			rb_int(out, (long long)kc->id);
+		} else if (is(&argv[1], "INFO") && argc == 2) {
+			struct rbuf line = { 0 };
+
+			client_line(&line, kc, keel_now_ns());
+			rb_bulk(out, line.p, line.len);
+			out->oom |= line.oom;
+			rb_free(&line);
 		} else if (is(&argv[1], "NO-EVICT") && argc == 3) {
 			/* Redis 7's: this client is never closed for --maxmemory-clients (an
 			 * admin's or a monitor's connection); it still counts in the sum. */
@@ -2142,12 +2506,9 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 				rb_err(out, "ERR syntax error");
 			}
 		} else if (is(&argv[1], "SETNAME") || is(&argv[1], "GETNAME") ||
-			   is(&argv[1], "ID") || is(&argv[1], "NO-EVICT")) {
+			   is(&argv[1], "ID") || is(&argv[1], "NO-EVICT") || is(&argv[1], "INFO")) {
 			rb_err(out, "ERR wrong number of arguments for 'client|%s' command",
-			       is(&argv[1], "ID")         ? "id"
-			       : is(&argv[1], "SETNAME")  ? "setname"
-			       : is(&argv[1], "NO-EVICT") ? "no-evict"
-							  : "getname");
+			       kc->last_sub);
 		} else {
 			rb_err(out, "ERR unknown subcommand '%.*s'. Try CLIENT HELP.",
 			       kv_err_len(&argv[1]), (const char *)argv[1].p);
@@ -2884,12 +3245,16 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 			kv_reply_arity(out, c);
 		return;
 	}
+	kc->last_cmd = c;
+	kc->last_sub[0] = 0;
 	switch (c->route) {
 	case KV_R_LOCAL:
 		if (!strcmp(c->name, "watch")) {
 			watch_cmd(kc, argv, argc, raw, rawlen);
 			return;
 		}
+		if (c->fn == kv_client_part && client_fanout(kc, argv, argc))
+			return;
 		out = reply_to(kc);
 		if (!out)
 			goto oom;
@@ -3164,6 +3529,7 @@ on_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
 {
 	struct kconn *kc = keel_conn_user(c);
 
+	kc->active_ns = keel_now_ns(); /* as Redis's idle: since the client last sent */
 	for (unsigned i = 0; i < n; i++) {
 		size_t used;
 
@@ -3266,6 +3632,7 @@ on_open(struct keel_conn *c)
 	kc->c = c;
 	kc->id = ++ks->next_id * KEEL_MAX_SHARDS + self();
 	kc->last_ms = kv_now_ms();
+	kc->born_ns = kc->active_ns = keel_now_ns();
 	kc->next = ks->conns;
 	if (ks->conns)
 		ks->conns->prev = kc;

@@ -2309,7 +2309,7 @@ static const struct kv_cmd cmds[] = {
 	  "noscript loading stale fast no_auth allow_busy" },
 	{ "command", -1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "loading stale" },
 	{ "config", -2, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "admin loading stale" },
-	{ "client", -2, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "loading stale" },
+	{ "client", -2, 0, KV_R_LOCAL, 0, KV_M_NONE, kv_client_part, "loading stale" },
 	{ "bgrewriteaof", 1, 0, KV_R_ALL, 0, KV_M_REWRITE, kv_aof_cmd_bgrewrite, "admin noscript" },
 	/* Transactions (server.c): the queued commands run on one shard, in one go */
 	{ "multi", 1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "noscript loading stale fast" },
