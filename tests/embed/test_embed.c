@@ -784,7 +784,7 @@ start_refused_naming_the_marker(struct host *h, const char *shards)
 	char cmd[512];
 	int st;
 
-	snprintf(cmd, sizeof(cmd), "timeout 20 %s --config %s/host.conf --shards %s 2>%s",
+	snprintf(cmd, sizeof(cmd), "timeout 20 '%s' --config %s/host.conf --shards %s 2>%s",
 		 embed_bin(), h->dir, shards, h->log);
 	st = system(cmd);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0, "status %#x", st);
@@ -830,7 +830,7 @@ Test(embed, a_marker_that_cannot_be_read_is_said_with_its_error, .timeout = 60)
 	host_init(&h, "");
 	snprintf(path, sizeof(path), "%s/data/marker", h.dir);
 	cr_assert_eq(mkdir(path, 0755), 0);
-	snprintf(cmd, sizeof(cmd), "timeout 20 %s --config %s/host.conf --shards 1 2>%s",
+	snprintf(cmd, sizeof(cmd), "timeout 20 '%s' --config %s/host.conf --shards 1 2>%s",
 		 embed_bin(), h.dir, h.log);
 	st = system(cmd);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0, "status %#x", st);
@@ -1257,7 +1257,7 @@ Test(embed, bad_config, .timeout = 60)
 	int st;
 
 	host_init(&h, "colour blue\n");
-	snprintf(cmd, sizeof(cmd), "%s --config %s/host.conf --shards 1 2>%s", embed_bin(), h.dir,
+	snprintf(cmd, sizeof(cmd), "'%s' --config %s/host.conf --shards 1 2>%s", embed_bin(), h.dir,
 		 h.log);
 	st = system(cmd);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "status %#x", st);
@@ -1293,8 +1293,8 @@ Test(embed, a_malformed_config_value_is_refused_naming_why, .timeout = 60)
 		host_init(&h, bad[i][0]);
 		/* A config read as something else starts the host: killed, not waited for. */
 		snprintf(cmd, sizeof(cmd),
-			 "timeout -s KILL 20 %s --config %s/host.conf --shards 1 2>%s", embed_bin(),
-			 h.dir, h.log);
+			 "timeout -s KILL 20 '%s' --config %s/host.conf --shards 1 2>%s",
+			 embed_bin(), h.dir, h.log);
 		st = system(cmd);
 		cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "%s: status %#x", bad[i][0], st);
 		free(h.log_text);
@@ -1344,7 +1344,7 @@ Test(embed, map_from_config, .timeout = 120)
 
 	host_init(&h, "");
 	snprintf(cmd, sizeof(cmd),
-		 "%s --plan --shards 1 --cpuset 1 --map %s/map.json >%s/plan 2>&1", KEEL_TOPO_BIN,
+		 "'%s' --plan --shards 1 --cpuset 1 --map %s/map.json >%s/plan 2>&1", KEEL_TOPO_BIN,
 		 h.dir, h.dir);
 	st = system(cmd);
 	snprintf(cmd, sizeof(cmd), "%s/plan", h.dir);
@@ -1574,7 +1574,7 @@ Test(embed, a_second_signal_leaves_no_unix_socket_behind, .timeout = 60)
 	fprintf(f, "dir %s/data\naddr unix:%s\nport 0\nworkers 1\n", h.dir, sock);
 	fclose(f);
 	snprintf(cmd, sizeof(cmd),
-		 "%s --config %s --shards 1 --idle-poll-us 0 >%s 2>&1 </dev/null & p=$!; i=0; "
+		 "'%s' --config %s --shards 1 --idle-poll-us 0 >%s 2>&1 </dev/null & p=$!; i=0; "
 		 "while [ $i -lt 600 ] && ! grep -qs 'listening on' %s; do sleep 0.1; "
 		 "i=$((i + 1)); done; kill -STOP $p; kill -INT $p; kill -TERM $p; kill -CONT $p; "
 		 "wait $p",

@@ -180,7 +180,8 @@ run_app(const char *prog, const char *opt, const char *val, char *out, size_t ou
 	int st;
 
 	snprintf(path, sizeof(path), "%s/%s", KEEL_BIN_DIR, prog);
-	snprintf(cmd, sizeof(cmd), "%s --port 0 %s %s --shards 1 2>&1 </dev/null", path, opt, val);
+	snprintf(cmd, sizeof(cmd), "'%s' --port 0 %s %s --shards 1 2>&1 </dev/null", path, opt,
+		 val);
 	f = popen(cmd, "r");
 	cr_assert_not_null(f);
 	n = fread(out, 1, outlen - 1, f);
@@ -241,7 +242,7 @@ Test(net_opts, keel_echo_says_what_its_arguments_do)
 	/* Stopped by SIGTERM once it says it listens (a fixed delay could end a slow start
 	 * early); the program's status is the shell's. */
 	snprintf(cmd, sizeof(cmd),
-		 "o=$(mktemp); %s/keel-echo --port 0 --addr 127.0.0.1 --forward --shards 1 "
+		 "o=$(mktemp); '%s/keel-echo' --port 0 --addr 127.0.0.1 --forward --shards 1 "
 		 ">\"$o\" 2>&1 </dev/null & p=$!; i=0; while [ $i -lt 600 ] && "
 		 "! grep -q 'listening on' \"$o\"; do sleep 0.1; i=$((i + 1)); done; "
 		 "kill -TERM $p; wait $p; s=$?; cat \"$o\"; rm -f \"$o\"; exit $s",
@@ -270,7 +271,7 @@ Test(net_opts, a_second_signal_leaves_no_unix_socket_behind)
 	snprintf(path, sizeof(path), "/tmp/keel-echo-2sig-%d.sock", (int)getpid());
 	unlink(path);
 	snprintf(cmd, sizeof(cmd),
-		 "o=$(mktemp); %s/keel-echo --addr unix:%s --port 0 --shards 1 --idle-poll-us 0 "
+		 "o=$(mktemp); '%s/keel-echo' --addr unix:%s --port 0 --shards 1 --idle-poll-us 0 "
 		 ">\"$o\" 2>&1 </dev/null & p=$!; i=0; while [ $i -lt 600 ] && "
 		 "! grep -q 'listening on' \"$o\"; do sleep 0.1; i=$((i + 1)); done; "
 		 "kill -STOP $p; kill -INT $p; kill -TERM $p; kill -CONT $p; wait $p; s=$?; "

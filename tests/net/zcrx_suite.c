@@ -649,7 +649,7 @@ run_tool(const char *bin, const char *args, char *out, size_t len)
 	size_t n = 0;
 	int st;
 
-	snprintf(cmd, sizeof(cmd), "timeout 60 %s/%s %s 2>&1", KEEL_BIN_DIR, bin, args);
+	snprintf(cmd, sizeof(cmd), "timeout 60 '%s/%s' %s 2>&1", KEEL_BIN_DIR, bin, args);
 	f = popen(cmd, "r");
 	cr_assert(f, "popen %s", cmd);
 	while (n + 1 < len && fgets(out + n, (int)(len - n), f))

@@ -49,7 +49,7 @@ bench_once(const char *args, char **out)
 	int st;
 
 	cr_assert_not_null(buf);
-	snprintf(cmd, sizeof(cmd), "%s %s 2>&1", KEEL_BENCH_BIN, args);
+	snprintf(cmd, sizeof(cmd), "'%s' %s 2>&1", KEEL_BENCH_BIN, args);
 	p = popen(cmd, "r");
 	cr_assert_not_null(p, "popen %s", cmd);
 	while ((n = fread(buf + len, 1, cap - len - 1, p)) > 0)
@@ -484,7 +484,7 @@ umute_run(unsigned mute, bool dup, const char *env, int *status)
 	cr_assert_eq(getsockname(m.fd, (struct sockaddr *)&a, &al), 0);
 	cr_assert_eq(pthread_create(&th, NULL, umute_server, &m), 0);
 	snprintf(cmd, sizeof(cmd),
-		 "%s %s udp --port %u --conns 2 --threads 1 --seconds 1 --warmup 0 --no-pin "
+		 "%s '%s' udp --port %u --conns 2 --threads 1 --seconds 1 --warmup 0 --no-pin "
 		 "--json 2>&1",
 		 env, KEEL_BENCH_BIN, (unsigned)ntohs(a.sin_port));
 	out = malloc(cap);

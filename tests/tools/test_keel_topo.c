@@ -32,7 +32,7 @@ run(const char *args, bool merge, char **out)
 	pid_t pid;
 
 	cr_assert_not_null(buf);
-	snprintf(cmd, sizeof(cmd), "%s %s%s", KEEL_TOPO_BIN, args, merge ? " 2>&1" : "");
+	snprintf(cmd, sizeof(cmd), "'%s' %s%s", KEEL_TOPO_BIN, args, merge ? " 2>&1" : "");
 	cr_assert_eq(pipe(pfd), 0);
 	pid = fork();
 	cr_assert_geq(pid, 0, "fork for %s", cmd);
@@ -53,17 +53,20 @@ run(const char *args, bool merge, char **out)
 	return WEXITSTATUS(st);
 }
 
+/* Topology file @name's path, in single quotes: every use is a word of a shell command
+ * (run, system), and the checkout's path may hold a space. */
 static const char *
 topo_file(const char *name)
 {
-	static char path[512];
+	static char path[512], quoted[520];
 	struct stat st;
 
 	snprintf(path, sizeof(path), "%s/%s", KEEL_TOPOLOGIES_DIR, name);
 	if (stat(path, &st) < 0)
 		cr_skip_test("topology file %s is missing (shared/ must sit beside the repo)",
 			     path);
-	return path;
+	snprintf(quoted, sizeof(quoted), "'%s'", path);
+	return quoted;
 }
 
 static void
