@@ -2584,12 +2584,13 @@ tx_owner(const struct kv_cmd *c, const struct resp_arg *argv, unsigned argc)
 	}
 }
 
-/* What MULTI, EXEC, DISCARD and QUIT do at once; the rest runs at EXEC. */
+/* What MULTI, EXEC, DISCARD, RESET and QUIT do at once; the rest runs at EXEC. */
 static bool
 tx_now(const struct kv_cmd *c)
 {
 	return !strcmp(c->name, "exec") || !strcmp(c->name, "discard") ||
-	       !strcmp(c->name, "multi") || !strcmp(c->name, "watch") || !strcmp(c->name, "quit");
+	       !strcmp(c->name, "reset") || !strcmp(c->name, "multi") ||
+	       !strcmp(c->name, "watch") || !strcmp(c->name, "quit");
 }
 
 /* Whether @argc words (the name included) fit @c's arity: exactly arity, or at least
@@ -3154,7 +3155,7 @@ tx_exec(struct kconn *kc)
 	tx_free(tx);
 }
 
-/* MULTI, EXEC (without MULTI), DISCARD; false for any other command. */
+/* MULTI, EXEC (without MULTI), DISCARD, RESET; false for any other command. */
 static bool
 tx_cmd(struct kconn *kc, const struct kv_cmd *c, struct rbuf *out)
 {
@@ -3182,6 +3183,16 @@ tx_cmd(struct kconn *kc, const struct kv_cmd *c, struct rbuf *out)
 		} else {
 			rb_err(out, "ERR DISCARD without MULTI");
 		}
+	} else if (!strcmp(n, "reset")) {
+		/* Redis 7.0's RESET, of what keel-kv has: the transaction discarded, every
+		 * watch ended, the name cleared (NO-EVICT stays, as redis-server 7.0.15 keeps
+		 * it; the database is always 0, the protocol RESP2, the user the default). */
+		tx_free(kc->tx);
+		kc->tx = NULL;
+		watch_release(kc);
+		free(kc->name);
+		kc->name = NULL;
+		rb_simple(out, "RESET");
 	} else {
 		return false;
 	}

@@ -2315,6 +2315,8 @@ static const struct kv_cmd cmds[] = {
 	{ "multi", 1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "noscript loading stale fast" },
 	{ "exec", 1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "noscript loading stale skip_slowlog" },
 	{ "discard", 1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL, "noscript loading stale fast" },
+	{ "reset", 1, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL,
+	  "noscript loading stale fast no_auth allow_busy" },
 	{ "watch", -2, 0, KV_R_LOCAL, 0, KV_M_NONE, NULL,
 	  "noscript loading stale fast allow_busy" },
 	{ "unwatch", 1, KV_F_TX_LOCAL, KV_R_LOCAL, 0, KV_M_NONE, NULL,

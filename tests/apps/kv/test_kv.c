@@ -5798,3 +5798,38 @@ Test(kv_server, client_addresses_are_read_only_with_client_addrs)
 	rd_free(&r);
 	srv_stop(&s);
 }
+
+/* RESET (an unknown command before), as redis-server 7.0.15 answers the same steps: inside
+ * MULTI it runs at once and discards the transaction, it ends the watches and clears the
+ * name, and NO-EVICT stays (7.0.15 keeps it). The watch's end is seen by a transaction of
+ * the same client that the watched key's change no longer aborts. */
+Test(kv_server, reset_ends_the_transaction_the_watches_and_the_name)
+{
+	struct srv s;
+	struct rd r, w;
+
+	srv_start(&s, 2, NULL);
+	rd_init(&r, test_connect(s.port));
+	rd_init(&w, test_connect(s.port));
+	expect(&r, "CLIENT SETNAME n1", "+OK\r\n");
+	expect(&r, "CLIENT NO-EVICT on", "+OK\r\n");
+	expect(&r, "WATCH k", "+OK\r\n");
+	expect(&r, "MULTI", "+OK\r\n");
+	expect(&r, "SET a 1", "+QUEUED\r\n");
+	expect(&r, "RESET", "+RESET\r\n");
+	expect(&r, "CLIENT GETNAME", "$-1\r\n");
+	expect(&r, "EXEC", "-ERR EXEC without MULTI\r\n");
+	expect(&r, "GET a", "$-1\r\n");
+	expect(&w, "SET k changed", "+OK\r\n");
+	expect(&r, "MULTI", "+OK\r\n");
+	expect(&r, "SET a 2", "+QUEUED\r\n");
+	expect(&r, "EXEC", "*1\r\n+OK\r\n"); /* no watch left to abort it */
+	expect(&r, "RESET x", "-ERR wrong number of arguments for 'reset' command\r\n");
+	expect(&r, "MULTI", "+OK\r\n");
+	expect(&r, "RESET x", "-ERR wrong number of arguments for 'reset' command\r\n");
+	expect(&r, "EXEC", "-EXECABORT Transaction discarded because of previous errors.\r\n");
+	expect(&r, "RESET", "+RESET\r\n");
+	rd_free(&w);
+	rd_free(&r);
+	srv_stop(&s);
+}
