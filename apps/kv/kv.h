@@ -224,6 +224,8 @@ enum kv_route {
 	KV_R_ALL,    /* every shard's table: run on each, replies merged */
 	KV_R_CURSOR, /* argv[1] is a SCAN cursor: runs on the shard it names (kv_scan_cursor) */
 	KV_R_RANDOM, /* no key: runs on a shard drawn by its share of the keys (RANDOMKEY) */
+	KV_R_KEY2,   /* argv[2] is the key (OBJECT ENCODING k, MEMORY USAGE k): runs on its
+		      * owner; with no argv[2] where received, for the arity's error */
 };
 /* KV_M_REWRITE (BGREWRITEAOF): started when a shard started a rewrite and the others were
  * rewriting already (KV_AOF_REWRITE_BUSY); a shard's other error wins; all busy: busy.

@@ -2569,6 +2569,8 @@ tx_owner(const struct kv_cmd *c, const struct resp_arg *argv, unsigned argc)
 	switch (c->route) {
 	case KV_R_KEY:
 		return (int)kv_owner_key(argv[1].p, argv[1].len);
+	case KV_R_KEY2:
+		return argc < 3 ? -1 : (int)kv_owner_key(argv[2].p, argv[2].len);
 	case KV_R_KEYS:
 		for (unsigned i = 1, n = 0; n < kv_cmd_nkeys(c, argc); i += c->key_step, n++) {
 			int k = (int)kv_owner_key(argv[i].p, argv[i].len);
@@ -3296,6 +3298,9 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 	case KV_R_KEY:
 		/* One shard owns every key: no hash here (the table hashes the key anyway). */
 		owner = kv_cfg.nshards == 1 ? me : kv_owner_key(argv[1].p, argv[1].len);
+		break;
+	case KV_R_KEY2:
+		owner = kv_cfg.nshards == 1 || argc < 3 ? me : kv_owner_key(argv[2].p, argv[2].len);
 		break;
 	case KV_R_KEYS: {
 		if (kv_cfg.nshards == 1) {

@@ -1757,6 +1757,90 @@ cmd_setrange(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf
 	rb_int(out, (long long)total);
 }
 
+/* OBJECT ENCODING | REFCOUNT | IDLETIME | FREQ key, as Redis 7.0 answers them where keel-kv
+ * has the answer: a value's encoding by its shape, as Redis encodes a string just SET
+ * ("int" for an integer of up to 20 characters, "embstr" up to 44 bytes, else "raw";
+ * Redis also says "raw" of a short value APPEND or SETRANGE made, which keel-kv cannot
+ * tell); REFCOUNT 1 (keel-kv shares no values); IDLETIME refused (no access times are
+ * kept); FREQ Redis's error under noeviction. A missing key is nil. */
+static void
+cmd_object(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	static const char *const subs[] = { "encoding", "refcount", "idletime", "freq" };
+	struct kv_ent *e;
+	unsigned k = 0;
+	long long v;
+
+	while (k < 4 && !arg_is(&argv[1], subs[k]))
+		k++;
+	if (k == 4) {
+		rb_err(out, "ERR unknown subcommand '%.*s'. Try OBJECT HELP.", kv_err_len(&argv[1]),
+		       (const char *)argv[1].p);
+		return;
+	}
+	if (argc != 3) {
+		rb_err(out, "ERR wrong number of arguments for 'object|%s' command", subs[k]);
+		return;
+	}
+	e = lookup_read(db, &argv[2]);
+	if (!e) {
+		rb_nil(out);
+		return;
+	}
+	if (k == 0) {
+		struct resp_arg val = { e->data + e->klen, e->vlen };
+		const char *enc = kv_arg_ll(&val, &v) ? "int" : e->vlen <= 44 ? "embstr" : "raw";
+
+		rb_bulk(out, enc, strlen(enc));
+	} else if (k == 1) {
+		rb_int(out, 1);
+	} else if (k == 2) {
+		rb_err(out, "ERR keel-kv keeps no access time per key: OBJECT IDLETIME has no "
+			    "answer");
+	} else {
+		rb_err(out, "ERR An LFU maxmemory policy is not selected, access frequency not "
+			    "tracked. Please note that when switching between policies at runtime "
+			    "LRU and LFU data will take some time to adjust.");
+	}
+}
+
+/* MEMORY USAGE key [SAMPLES count]: the bytes keel-kv counts for the key in used_memory
+ * (its entry: header, key and the value's room), as Redis answers with its own objects';
+ * SAMPLES is checked and, a string having no elements to sample, not used. */
+static void
+cmd_memory(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
+{
+	struct kv_ent *e;
+	long long n;
+
+	if (!arg_is(&argv[1], "usage")) {
+		rb_err(out, "ERR unknown subcommand '%.*s'. Try MEMORY HELP.", kv_err_len(&argv[1]),
+		       (const char *)argv[1].p);
+		return;
+	}
+	if (argc < 3) {
+		rb_err(out, "ERR wrong number of arguments for 'memory|usage' command");
+		return;
+	}
+	if (argc != 3 && (argc != 5 || !arg_is(&argv[3], "samples"))) {
+		rb_err(out, "ERR syntax error");
+		return;
+	}
+	if (argc == 5 && !kv_arg_ll(&argv[4], &n)) {
+		rb_err(out, "ERR value is not an integer or out of range");
+		return;
+	}
+	if (argc == 5 && n < 0) {
+		rb_err(out, "ERR syntax error");
+		return;
+	}
+	e = lookup_read(db, &argv[2]);
+	if (e)
+		rb_int(out, (long long)ent_size(e));
+	else
+		rb_nil(out);
+}
+
 static void
 cmd_strlen(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
@@ -2255,6 +2339,8 @@ static const struct kv_cmd cmds[] = {
 	{ "del", -2, KV_F_WRITE, KV_R_KEYS, 1, KV_M_SUM, cmd_del, "write" },
 	{ "unlink", -2, KV_F_WRITE, KV_R_KEYS, 1, KV_M_SUM, cmd_del, "write fast" },
 	{ "type", 2, 0, KV_R_KEY, 0, KV_M_NONE, cmd_type, "readonly fast" },
+	{ "object", -2, 0, KV_R_KEY2, 0, KV_M_NONE, cmd_object, "" },
+	{ "memory", -2, 0, KV_R_KEY2, 0, KV_M_NONE, cmd_memory, "" },
 	{ "exists", -2, 0, KV_R_KEYS, 1, KV_M_SUM, cmd_exists, "readonly fast" },
 	/* TOUCH counts the keys there, as EXISTS (keel-kv keeps no access times) */
 	{ "touch", -2, 0, KV_R_KEYS, 1, KV_M_SUM, cmd_exists, "readonly fast" },

@@ -5833,3 +5833,76 @@ Test(kv_server, reset_ends_the_transaction_the_watches_and_the_name)
 	rd_free(&r);
 	srv_stop(&s);
 }
+
+/* OBJECT and MEMORY USAGE (unknown commands before; redis-cli --memkeys asks MEMORY USAGE
+ * of every key): their key is argv[2], routed to its owner (KV_R_KEY2) from any shard. The
+ * replies were compared with redis-server 7.0.15's for the same steps, but for what keel-kv
+ * answers otherwise: REFCOUNT of a small integer (Redis shares those: 2147483647), IDLETIME
+ * (keel-kv keeps no access time) and MEMORY USAGE's figure (each counts its own memory). */
+Test(kv_server, object_and_memory_usage_reply_as_redis_7)
+{
+	static const char *const steps[][2] = {
+		{ "SET s hello", "+OK\r\n" },
+		{ "SET i 123", "+OK\r\n" },
+		{ "SET z 0123", "+OK\r\n" },
+		{ "SET n -0", "+OK\r\n" },
+		{ "SET e aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "+OK\r\n" },
+		{ "SET big aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "+OK\r\n" },
+		{ "OBJECT ENCODING s", "$6\r\nembstr\r\n" },
+		{ "OBJECT ENCODING i", "$3\r\nint\r\n" },
+		{ "OBJECT ENCODING z", "$6\r\nembstr\r\n" },
+		{ "OBJECT ENCODING n", "$6\r\nembstr\r\n" },
+		{ "OBJECT ENCODING e", "$6\r\nembstr\r\n" },
+		{ "OBJECT ENCODING big", "$3\r\nraw\r\n" },
+		{ "OBJECT ENCODING missing", "$-1\r\n" },
+		{ "object encoding s", "$6\r\nembstr\r\n" },
+		{ "OBJECT REFCOUNT s", ":1\r\n" },
+		{ "OBJECT FREQ s",
+		  "-ERR An LFU maxmemory policy is not selected, access frequency not tracked. "
+		  "Please note that when switching between policies at runtime LRU and LFU data "
+		  "will take some time to adjust.\r\n" },
+		{ "OBJECT FREQ missing", "$-1\r\n" },
+		{ "OBJECT IDLETIME s",
+		  "-ERR keel-kv keeps no access time per key: OBJECT IDLETIME has no answer\r\n" },
+		{ "OBJECT ENCODING",
+		  "-ERR wrong number of arguments for 'object|encoding' command\r\n" },
+		{ "OBJECT ENCODING s x",
+		  "-ERR wrong number of arguments for 'object|encoding' command\r\n" },
+		{ "OBJECT foo s", "-ERR unknown subcommand 'foo'. Try OBJECT HELP.\r\n" },
+		{ "OBJECT", "-ERR wrong number of arguments for 'object' command\r\n" },
+		{ "MEMORY USAGE missing", "$-1\r\n" },
+		{ "MEMORY USAGE", "-ERR wrong number of arguments for 'memory|usage' command\r\n" },
+		{ "MEMORY USAGE s SAMPLES", "-ERR syntax error\r\n" },
+		{ "MEMORY USAGE s SAMPLES x", "-ERR value is not an integer or out of range\r\n" },
+		{ "MEMORY USAGE s SAMPLES -1", "-ERR syntax error\r\n" },
+		{ "MEMORY USAGE s foo 5", "-ERR syntax error\r\n" },
+		{ "MEMORY foo", "-ERR unknown subcommand 'foo'. Try MEMORY HELP.\r\n" },
+		{ "MEMORY", "-ERR wrong number of arguments for 'memory' command\r\n" },
+	};
+	long long small, large;
+	struct srv s;
+	struct rd r;
+	char *got;
+
+	srv_start(&s, 3, NULL);
+	rd_init(&r, test_connect(s.port));
+	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++)
+		expect(&r, steps[i][0], steps[i][1]);
+	/* The entry's bytes: the key's and the value's among them. */
+	test_send_all(r.fd, "MEMORY USAGE s SAMPLES 0\r\n", 26);
+	got = rd_next(&r, NULL);
+	cr_assert(got && got[0] == ':', "%s", got ? got : "closed");
+	small = atoll(got + 1);
+	test_send_all(r.fd, "MEMORY USAGE big\r\n", 18);
+	got = rd_next(&r, NULL);
+	cr_assert(got && got[0] == ':', "%s", got ? got : "closed");
+	large = atoll(got + 1);
+	cr_assert(small >= 1 + 5 && large >= 3 + 46 && large - small >= 46 - 5 - 8,
+		  "MEMORY USAGE s %lld, big %lld", small, large);
+	/* Inside MULTI, on the key's shard. */
+	expect(&r, "MULTI", "+OK\r\n");
+	expect(&r, "OBJECT ENCODING i", "+QUEUED\r\n");
+	expect(&r, "EXEC", "*1\r\n$3\r\nint\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+}
