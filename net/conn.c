@@ -1332,14 +1332,19 @@ keel_conn_send(struct keel_conn *c, struct keel_slice *s)
 		return -EPIPE;
 	if (keel__lim_send_check(c->ns, c, c->cfg, c->queued, s->len) < 0)
 		return -ENOBUFS;
-	/* A small slice of a ring running low, to wait behind others: copied into the open
-	 * write buffer, as a write is. A buffer of its own (64 bytes at least) and a queue
-	 * entry each made a peer trickling bytes to an echo that cannot send cost some 90
-	 * times the bytes send_max counts. */
-	if (__builtin_expect(c->qn && s->len < NET_PRESSED_JOIN_MAX && ring_pressed(c->ns, s->data),
-			     0))
-		return send_pressed_small(c, s);
-	keel__net_unring(c->ns, s);
+	/* A slice of a ring running low is copied out of it (unring_copy). A small one to
+	 * wait behind others is copied into the open write buffer, as a write is: a buffer of
+	 * its own (64 bytes at least) and a queue entry each made a peer trickling bytes to an
+	 * echo that cannot send cost some 90 times the bytes send_max counts. Without memory
+	 * for that, the copy of its own is tried, and without memory for either the slice
+	 * stays in the ring. */
+	if (__builtin_expect(ring_pressed(c->ns, s->data), 0)) {
+		int r = c->qn && s->len < NET_PRESSED_JOIN_MAX ? send_pressed_small(c, s) : -ENOMEM;
+
+		if (r >= 0)
+			return r;
+		unring_copy(c->ns, s);
+	}
 	uint64_t len = s->len;
 	/* The bytes right after the tail's, in the same buffer (the next receive into an
 	 * incrementally consumed buffer, echoed): the tail grows, as a write's does, and
@@ -1408,8 +1413,10 @@ keel__conn_write_room(const struct keel_conn *c)
 	return c->closing || c->flush_close || c->shut_pending ? 0 : wb_room(c);
 }
 
-int
-keel_conn_writev(struct keel_conn *c, const struct iovec *iov, unsigned n)
+/* keel_conn_writev; a new buffer takes at least @minbuf bytes (room for the next writes
+ * to join it). */
+static int
+conn_writev(struct keel_conn *c, const struct iovec *iov, unsigned n, size_t minbuf)
 {
 	struct keel_alloc *a = keel_shard_alloc();
 	size_t total = 0, room, need, chunk;
@@ -1454,8 +1461,8 @@ keel_conn_writev(struct keel_conn *c, const struct iovec *iov, unsigned n)
 		struct keel_slice *s = q_at(c, first + i);
 
 		/* A small write gets a buffer with room for the next few to join it. */
-		if (want < 4096)
-			want = 4096 < chunk ? 4096 : chunk;
+		if (want < minbuf)
+			want = minbuf < chunk ? minbuf : chunk;
 		if (keel_buf_alloc(a, want, s) < 0) {
 			while (i--)
 				keel_slice_put(q_at(c, first + i));
@@ -1512,6 +1519,12 @@ keel_conn_writev(struct keel_conn *c, const struct iovec *iov, unsigned n)
 }
 
 int
+keel_conn_writev(struct keel_conn *c, const struct iovec *iov, unsigned n)
+{
+	return conn_writev(c, iov, n, 4096);
+}
+
+int
 keel_conn_write(struct keel_conn *c, const void *data, size_t len)
 {
 	struct iovec iov = { (void *)data, len };
@@ -1521,12 +1534,16 @@ keel_conn_write(struct keel_conn *c, const void *data, size_t len)
 	return keel_conn_writev(c, &iov, 1);
 }
 
-/* keel_conn_send's small slice of a ring running low: its bytes written, its reference put
- * (the slice emptied, as a queued one is). On failure (-ENOMEM) the caller keeps it. */
+/* keel_conn_send's small slice of a ring running low: its bytes written into the open
+ * write buffer, or a new one of NET_PRESSED_JOIN_BUF bytes (a write's 4 KiB would make each
+ * of many connections' first such slice cost 64 times its copy's 64 bytes), and its
+ * reference put (the slice emptied, as a queued one is). On failure (-ENOMEM) the caller
+ * keeps it. */
 static __attribute__((noinline, cold)) int
 send_pressed_small(struct keel_conn *c, struct keel_slice *s)
 {
-	int r = keel_conn_write(c, s->data, s->len);
+	struct iovec iov = { s->data, s->len };
+	int r = conn_writev(c, &iov, 1, NET_PRESSED_JOIN_BUF);
 
 	if (r < 0)
 		return r;

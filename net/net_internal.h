@@ -246,6 +246,8 @@ void keel__pbuf_retire_empty(struct pbuf_ring *r, unsigned bid);
  * into the connection's open write buffer (keel_conn_send) rather than each into a buffer
  * of its own: bytes trickled to an echo that cannot send then cost about their length. */
 #define NET_PRESSED_JOIN_MAX 256u
+/* ... into a new buffer of this many bytes when the open one has no room. */
+#define NET_PRESSED_JOIN_BUF 512u
 /* A slice to be held while a peer reads: copied out of a receive ring (or ZCRX area)
  * running low, so that held slices cannot take every receive buffer (conn.c). */
 void keel__net_unring(struct net_shard *ns, struct keel_slice *s);
