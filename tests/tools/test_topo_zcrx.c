@@ -70,9 +70,9 @@ Test(tools_topo_zcrx, nonzero_hds_thresh_is_missing)
 	cr_assert_eq(facts(&n, out, sizeof(out)), 0, "%s", out);
 }
 
-/* zcrx_report(@c's topology, --iface @iface) into @out; returns its status. */
+/* zcrx_report(@t, --iface @iface, the map @m or none) into @out; returns its status. */
 static int
-report_for(struct keel_topo *t, const char *iface, char *out, size_t len)
+report_for(struct keel_topo *t, const struct keel_map *m, const char *iface, char *out, size_t len)
 {
 	struct keel_map_req req;
 	struct tool_ctx c;
@@ -84,6 +84,7 @@ report_for(struct keel_topo *t, const char *iface, char *out, size_t len)
 	c.topo = t;
 	c.info = keel_topo_info_get(t);
 	c.port = -1;
+	c.map = m;
 	keel_map_req_init(&req);
 	snprintf(req.iface, sizeof(req.iface), "%s", iface);
 	r = zcrx_report(&c, &req, f);
@@ -105,14 +106,14 @@ Test(tools_topo_zcrx, a_pci_bus_id_names_the_nic_and_its_interface_is_probed)
 	snprintf(nic->driver, sizeof(nic->driver), "mlx5_core");
 	nic->hds = nic->hds_capable = KEEL_TOPO_ON;
 	nic->hds_thresh = 0;
-	report_for(t, "fake0", by_name, sizeof(by_name));
+	report_for(t, NULL, "fake0", by_name, sizeof(by_name));
 	cr_assert(strstr(by_name, "fake0:\n  driver: mlx5_core") &&
 			  strstr(by_name, "ZCRX on fake0 rx queue 0"),
 		  "premise: %s", by_name);
 	for (int i = 0; i < 2; i++) {
 		const char *id = i ? "81:00.0" : "0000:81:00.0";
 
-		report_for(t, id, out, sizeof(out));
+		report_for(t, NULL, id, out, sizeof(out));
 		cr_assert(!strstr(out, "not a NIC with a device"), "--iface %s: %s", id, out);
 		cr_assert(strstr(out, "fake0:\n  driver: mlx5_core (has the queue API"),
 			  "--iface %s: %s", id, out);
@@ -126,17 +127,29 @@ Test(tools_topo_zcrx, a_pci_bus_id_names_the_nic_and_its_interface_is_probed)
 	 * probe restarts the queue it binds on a capable NIC, so eight probes interrupted the
 	 * traffic of all eight queues. */
 	nic->nrxq = 8;
-	report_for(t, "fake0", out, sizeof(out));
+	report_for(t, NULL, "fake0", out, sizeof(out));
 	cr_assert(strstr(out, "ZCRX on fake0 rx queue 7") && !strstr(out, "rx queue 0:") &&
 			  strstr(out, "fake0: 0 of 1 queue can do ZCRX"),
 		  "%s", out);
 	cr_assert(strstr(out, "queue 7 of 8 probed alone") && strstr(out, "--rxqs fake0:LIST"),
 		  "%s", out);
+	/* With a map of that interface (--check --map M --zcrx --iface IF), the map's queues,
+	 * as without --iface (a review's find: the last queue alone was probed). */
+	map.nshards = 2;
+	map.shards[0].rxq = 2;
+	map.shards[1] = map.shards[0];
+	map.shards[1].rxq = 5;
+	report_for(t, &map, "fake0", out, sizeof(out));
+	cr_assert(strstr(out, "ZCRX on fake0 rx queue 2") &&
+			  strstr(out, "ZCRX on fake0 rx queue 5") && !strstr(out, "rx queue 7") &&
+			  !strstr(out, "probed alone") &&
+			  strstr(out, "fake0: 0 of 2 queues can do ZCRX"),
+		  "%s", out);
 	/* A function without an interface (a VF without a network driver): said, and none of
 	 * an interface's facts (split, channels) are asked of it. */
 	nic->netdev = false;
 	snprintf(nic->name, sizeof(nic->name), "0000:81:00.0");
-	report_for(t, "81:00.0", out, sizeof(out));
+	report_for(t, NULL, "81:00.0", out, sizeof(out));
 	cr_assert(strstr(out, "0000:81:00.0:\n  driver: none (a PCI function without a network "
 			      "interface") &&
 			  !strstr(out, "header/data split"),

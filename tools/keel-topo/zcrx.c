@@ -173,6 +173,13 @@ zcrx_report(const struct tool_ctx *c, const struct keel_map_req *req, FILE *f)
 	nic = keel_topo_nic_find(c->topo, iface);
 	if (nic)
 		iface = nic->name;
+	/* --iface naming the map's interface, without --rxqs: the map's queues. */
+	if (!nq && c->map && c->map->iface[0] &&
+	    (!strcmp(c->map->iface, iface) ||
+	     (nic && keel_topo_nic_find(c->topo, c->map->iface) == nic)))
+		for (unsigned i = 0; i < c->map->nshards; i++)
+			if (c->map->shards[i].rxq >= 0)
+				qs[nq++] = c->map->shards[i].rxq;
 	/* No queues given: the last one alone (where the plan puts the shards' queues). A probe
 	 * binds an interface queue, and a capable NIC restarts that queue twice: probing every
 	 * queue of a live NIC interrupted each one's traffic for an answer the user had not
