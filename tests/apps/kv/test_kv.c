@@ -5698,6 +5698,8 @@ Test(kv_server, client_list_info_and_kill_reach_every_shards_clients)
 			 s.port, i);
 		cr_assert(strstr(line, want), "%s in %s", want, line);
 		cr_assert(strstr(line, i ? " cmd=client|id " : " cmd=client|list "), "%s", line);
+		/* The reply being made is not among the caller's waiting ones, as in Redis. */
+		cr_assert(strstr(line, " oll=0 "), "%s", line);
 		cr_assert(strstr(line, " flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 "), "%s", line);
 		cr_assert(strstr(line, " user=default redir=-1 resp=2"), "%s", line);
 	}
@@ -5723,6 +5725,7 @@ Test(kv_server, client_list_info_and_kill_reach_every_shards_clients)
 	/* Errors, as redis-server 7.0.15's. */
 	expect(&r[0], "CLIENT LIST TYPE foo", "-ERR Unknown client type 'foo'\r\n");
 	expect(&r[0], "CLIENT LIST ID 1 x", "-ERR Invalid client ID\r\n");
+	expect(&r[0], "CLIENT LIST ID 0 -1", "$0\r\n\r\n");
 	expect(&r[0], "CLIENT LIST ID", "-ERR syntax error\r\n");
 	expect(&r[0], "CLIENT LIST foo", "-ERR syntax error\r\n");
 	expect(&r[0], "CLIENT INFO x",
