@@ -5805,7 +5805,8 @@ Test(kv_server, client_addresses_are_read_only_with_client_addrs)
 /* RESET (an unknown command before), as redis-server 7.0.15 answers the same steps: inside
  * MULTI it runs at once and discards the transaction, it ends the watches and clears the
  * name, and NO-EVICT stays (7.0.15 keeps it). The watch's end is seen by a transaction of
- * the same client that the watched key's change no longer aborts. */
+ * the same client that the watched key's change no longer aborts. The keys share a hash tag:
+ * a watch ties the transaction to its key's shard. */
 Test(kv_server, reset_ends_the_transaction_the_watches_and_the_name)
 {
 	struct srv s;
@@ -5816,16 +5817,16 @@ Test(kv_server, reset_ends_the_transaction_the_watches_and_the_name)
 	rd_init(&w, test_connect(s.port));
 	expect(&r, "CLIENT SETNAME n1", "+OK\r\n");
 	expect(&r, "CLIENT NO-EVICT on", "+OK\r\n");
-	expect(&r, "WATCH k", "+OK\r\n");
+	expect(&r, "WATCH {t}k", "+OK\r\n");
 	expect(&r, "MULTI", "+OK\r\n");
-	expect(&r, "SET a 1", "+QUEUED\r\n");
+	expect(&r, "SET {t}a 1", "+QUEUED\r\n");
 	expect(&r, "RESET", "+RESET\r\n");
 	expect(&r, "CLIENT GETNAME", "$-1\r\n");
 	expect(&r, "EXEC", "-ERR EXEC without MULTI\r\n");
-	expect(&r, "GET a", "$-1\r\n");
-	expect(&w, "SET k changed", "+OK\r\n");
+	expect(&r, "GET {t}a", "$-1\r\n");
+	expect(&w, "SET {t}k changed", "+OK\r\n");
 	expect(&r, "MULTI", "+OK\r\n");
-	expect(&r, "SET a 2", "+QUEUED\r\n");
+	expect(&r, "SET {t}a 2", "+QUEUED\r\n");
 	expect(&r, "EXEC", "*1\r\n+OK\r\n"); /* no watch left to abort it */
 	expect(&r, "RESET x", "-ERR wrong number of arguments for 'reset' command\r\n");
 	expect(&r, "MULTI", "+OK\r\n");
