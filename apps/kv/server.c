@@ -2526,6 +2526,29 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 				rb_nil(out);
 		} else if (is(&argv[1], "ID") && argc == 2) {
 			rb_int(out, (long long)kc->id);
+		} else if (is(&argv[1], "HELP") && argc == 2) {
+			static const char *const help[] = {
+				"CLIENT <subcommand> [<arg> ...]. keel-kv's subcommands:",
+				"ID",
+				"    This connection's id.",
+				"INFO",
+				"    This connection's line, as in CLIENT LIST.",
+				"LIST [TYPE normal|master|replica|pubsub | ID <id> ...]",
+				"    A line per client, over every shard.",
+				"KILL <ip:port> | KILL <filter> <value> ...",
+				"    Close clients. Filters: ID, ADDR, LADDR (with --client-addrs yes), "
+				"TYPE, USER, SKIPME yes|no.",
+				"SETNAME <name> | GETNAME",
+				"    This connection's name.",
+				"NO-EVICT on|off",
+				"    Never close this connection for --maxmemory-clients.",
+				"HELP",
+				"    This text.",
+			};
+
+			rb_arr(out, sizeof(help) / sizeof(help[0]));
+			for (size_t i = 0; i < sizeof(help) / sizeof(help[0]); i++)
+				rb_simple(out, help[i]);
 		} else if (is(&argv[1], "INFO") && argc == 2) {
 			struct rbuf line = { 0 };
 
@@ -2543,7 +2566,8 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 				rb_err(out, "ERR syntax error");
 			}
 		} else if (is(&argv[1], "SETNAME") || is(&argv[1], "GETNAME") ||
-			   is(&argv[1], "ID") || is(&argv[1], "NO-EVICT") || is(&argv[1], "INFO")) {
+			   is(&argv[1], "ID") || is(&argv[1], "NO-EVICT") || is(&argv[1], "INFO") ||
+			   is(&argv[1], "HELP")) {
 			rb_err(out, "ERR wrong number of arguments for 'client|%s' command",
 			       kc->last_sub);
 		} else {

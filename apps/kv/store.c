@@ -1757,6 +1757,15 @@ cmd_setrange(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf
 	rb_int(out, (long long)total);
 }
 
+/* A HELP subcommand's reply: @n lines, as Redis answers one (an array of status lines). */
+static void
+help_reply(struct rbuf *out, const char *const *lines, unsigned n)
+{
+	rb_arr(out, n);
+	for (unsigned i = 0; i < n; i++)
+		rb_simple(out, lines[i]);
+}
+
 /* OBJECT ENCODING | REFCOUNT | IDLETIME | FREQ key, as Redis 7.0 answers them where keel-kv
  * has the answer: a value's encoding by its shape, as Redis encodes a string just SET
  * ("int" for an integer of up to 20 characters, "embstr" up to 44 bytes, else "raw";
@@ -1771,6 +1780,27 @@ cmd_object(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *
 	unsigned k = 0;
 	long long v;
 
+	static const char *const help[] = {
+		"OBJECT <subcommand> <key>. keel-kv's subcommands:",
+		"ENCODING <key>",
+		"    int, embstr or raw: how Redis would encode the value if it were just SET.",
+		"REFCOUNT <key>",
+		"    1: keel-kv shares no values.",
+		"FREQ <key>",
+		"    An error: no LFU policy (keel-kv evicts nothing).",
+		"IDLETIME <key>",
+		"    An error: keel-kv keeps no access time per key.",
+		"HELP",
+		"    This text.",
+	};
+
+	if (arg_is(&argv[1], "help")) {
+		if (argc == 2)
+			help_reply(out, help, sizeof(help) / sizeof(help[0]));
+		else
+			rb_err(out, "ERR wrong number of arguments for 'object|help' command");
+		return;
+	}
 	while (k < 4 && !arg_is(&argv[1], subs[k]))
 		k++;
 	if (k == 4) {
@@ -1810,9 +1840,23 @@ cmd_object(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *
 static void
 cmd_memory(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
+	static const char *const help[] = {
+		"MEMORY <subcommand> [<arg> ...]. keel-kv's subcommands:",
+		"USAGE <key> [SAMPLES <count>]",
+		"    The bytes keel-kv counts for the key in used_memory (its entry).",
+		"HELP",
+		"    This text.",
+	};
 	struct kv_ent *e;
 	long long n;
 
+	if (arg_is(&argv[1], "help")) {
+		if (argc == 2)
+			help_reply(out, help, sizeof(help) / sizeof(help[0]));
+		else
+			rb_err(out, "ERR wrong number of arguments for 'memory|help' command");
+		return;
+	}
 	if (!arg_is(&argv[1], "usage")) {
 		rb_err(out, "ERR unknown subcommand '%.*s'. Try MEMORY HELP.", kv_err_len(&argv[1]),
 		       (const char *)argv[1].p);

@@ -5730,6 +5730,12 @@ Test(kv_server, client_list_info_and_kill_reach_every_shards_clients)
 	expect(&r[0], "CLIENT LIST foo", "-ERR syntax error\r\n");
 	expect(&r[0], "CLIENT INFO x",
 	       "-ERR wrong number of arguments for 'client|info' command\r\n");
+	expect(&r[0], "CLIENT HELP x",
+	       "-ERR wrong number of arguments for 'client|help' command\r\n");
+	test_send_all(r[0].fd, "CLIENT HELP\r\n", 13);
+	got = rd_next(&r[0], NULL);
+	cr_assert(got && got[0] == '*' && strstr(got, "+KILL <ip:port>"), "%s",
+		  got ? got : "closed");
 	expect(&r[0], "CLIENT KILL",
 	       "-ERR wrong number of arguments for 'client|kill' command\r\n");
 	expect(&r[0], "CLIENT KILL ID x", "-ERR client-id should be greater than 0\r\n");
@@ -5882,6 +5888,8 @@ Test(kv_server, object_and_memory_usage_reply_as_redis_7)
 		{ "MEMORY USAGE s foo 5", "-ERR syntax error\r\n" },
 		{ "MEMORY foo", "-ERR unknown subcommand 'foo'. Try MEMORY HELP.\r\n" },
 		{ "MEMORY", "-ERR wrong number of arguments for 'memory' command\r\n" },
+		{ "OBJECT HELP x", "-ERR wrong number of arguments for 'object|help' command\r\n" },
+		{ "MEMORY HELP x", "-ERR wrong number of arguments for 'memory|help' command\r\n" },
 	};
 	long long small, large;
 	struct srv s;
@@ -5903,6 +5911,14 @@ Test(kv_server, object_and_memory_usage_reply_as_redis_7)
 	large = atoll(got + 1);
 	cr_assert(small >= 1 + 5 && large >= 3 + 46 && large - small >= 46 - 5 - 8,
 		  "MEMORY USAGE s %lld, big %lld", small, large);
+	/* The errors say "Try OBJECT HELP": it answers, with keel-kv's own lines. */
+	for (int k = 0; k < 2; k++) {
+		test_send_all(r.fd, k ? "MEMORY HELP\r\n" : "OBJECT HELP\r\n", 13);
+		got = rd_next(&r, NULL);
+		cr_assert(got && got[0] == '*' &&
+				  strstr(got, k ? "+USAGE <key>" : "+ENCODING <key>"),
+			  "%s", got ? got : "closed");
+	}
 	/* Inside MULTI, on the key's shard. */
 	expect(&r, "MULTI", "+OK\r\n");
 	expect(&r, "OBJECT ENCODING i", "+QUEUED\r\n");
