@@ -1757,10 +1757,15 @@ cmd_setrange(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf
 	rb_int(out, (long long)total);
 }
 
-/* A HELP subcommand's reply: @n lines, as Redis answers one (an array of status lines). */
+/* @cmd's HELP subcommand (@argc words): @n lines, as Redis answers one (an array of status
+ * lines); with an argument, Redis 7.0's arity error. */
 static void
-help_reply(struct rbuf *out, const char *const *lines, unsigned n)
+help_reply(struct rbuf *out, unsigned argc, const char *cmd, const char *const *lines, unsigned n)
 {
+	if (argc != 2) {
+		rb_err(out, "ERR wrong number of arguments for '%s|help' command", cmd);
+		return;
+	}
 	rb_arr(out, n);
 	for (unsigned i = 0; i < n; i++)
 		rb_simple(out, lines[i]);
@@ -1795,10 +1800,7 @@ cmd_object(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *
 	};
 
 	if (arg_is(&argv[1], "help")) {
-		if (argc == 2)
-			help_reply(out, help, sizeof(help) / sizeof(help[0]));
-		else
-			rb_err(out, "ERR wrong number of arguments for 'object|help' command");
+		help_reply(out, argc, "object", help, sizeof(help) / sizeof(help[0]));
 		return;
 	}
 	while (k < 4 && !arg_is(&argv[1], subs[k]))
@@ -1851,10 +1853,7 @@ cmd_memory(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *
 	long long n;
 
 	if (arg_is(&argv[1], "help")) {
-		if (argc == 2)
-			help_reply(out, help, sizeof(help) / sizeof(help[0]));
-		else
-			rb_err(out, "ERR wrong number of arguments for 'memory|help' command");
+		help_reply(out, argc, "memory", help, sizeof(help) / sizeof(help[0]));
 		return;
 	}
 	if (!arg_is(&argv[1], "usage")) {
