@@ -27,7 +27,7 @@ static inline void __attribute__((unused)) gen_topo_xml(const char *args, char *
 	if (system("python3 -c '' >/dev/null 2>&1") != 0)
 		cr_skip_test("python3 is needed to write the synthetic topology (%s)", args);
 	snprintf(path, len, "/tmp/keel-gen-topo-%d-%u.xml", (int)getpid(), seq++);
-	snprintf(cmd, sizeof(cmd), "python3 %s %s > %s", KEEL_GEN_TOPO, args, path);
+	snprintf(cmd, sizeof(cmd), "python3 '%s' %s > %s", KEEL_GEN_TOPO, args, path);
 	r = system(cmd);
 	cr_assert_eq(r, 0, "%s: status %d", cmd, r);
 }

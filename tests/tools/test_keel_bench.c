@@ -31,6 +31,7 @@
 #include <criterion/criterion.h>
 
 #include "bench_run.h"
+#include "preload.h"
 
 #ifndef KEEL_BENCH_BIN
 #error "KEEL_BENCH_BIN must name the keel-bench binary"
@@ -532,14 +533,14 @@ Test(tools_bench, a_udp_server_that_echoes_twice_fails_the_run)
  * until the twenty-seventh session. The first sendmmsg is flow 0's first. */
 Test(tools_bench, a_udp_flow_whose_send_found_no_room_sends_again)
 {
-	char env[512];
+	char env[512], so[256];
 	int st;
 	char *out;
 
 	snprintf(env, sizeof(env),
 		 "LD_PRELOAD=%s KEEL_TEST_SENDMMSG_EAGAIN=1 "
 		 "ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0",
-		 KEEL_TEST_EAGAIN_SO);
+		 preload_path(KEEL_TEST_EAGAIN_SO, so, sizeof(so)));
 	out = umute_run(0, false, env, &st);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d: %s", st, out);
 	cr_assert(strstr(out, "sendmmsg_eagain: call 1 failed with EAGAIN"),
@@ -1556,13 +1557,13 @@ Test(tools_bench, an_epoll_server_cpu_that_cannot_be_had_is_named)
 Test(tools_bench, the_epoll_servers_refused_gso_batches_go_again_one_by_one)
 {
 	const char *asan = getenv("ASAN_OPTIONS");
-	char aopt[512], *out;
+	char aopt[512], so[256], *out;
 
 	/* A sanitizer build's keel-bench takes a preloaded library only with this. */
 	snprintf(aopt, sizeof(aopt), "%s%sverify_asan_link_order=0", asan ? asan : "",
 		 asan && *asan ? ":" : "");
 	setenv("ASAN_OPTIONS", aopt, 1);
-	setenv("LD_PRELOAD", KEEL_TEST_EAGAIN_SO, 1);
+	setenv("LD_PRELOAD", preload_path(KEEL_TEST_EAGAIN_SO, so, sizeof(so)), 1);
 	setenv("KEEL_TEST_GSO_REFUSE", "90", 1); /* EMSGSIZE */
 	cr_assert_eq(bench_once("udp --backend epoll --udp-gso --inflight 32 --seconds 0.5 "
 				"--warmup 0 --json",

@@ -137,7 +137,7 @@ Test(tools_disk, json_reports_keel_fio_and_threads, .fini = rm_path)
 
 	snprintf(path, sizeof(path), "%s/bench-disk-%d.dat", KEEL_TOOLS_TMP, (int)getpid());
 	snprintf(args, sizeof(args),
-		 "disk --path %s --size 4M --qd 4 --seconds 0.2 --rounds 3 --direct off --json",
+		 "disk --path '%s' --size 4M --qd 4 --seconds 0.2 --rounds 3 --direct off --json",
 		 path);
 	int st = bench_once(args, &out);
 	cr_assert_eq(st, 0, "keel-bench %s: status %d:\n%s", args, st, out);
@@ -176,10 +176,11 @@ Test(tools_disk, fio_off_reports_why, .fini = rm_path)
 	char args[1024], *out;
 
 	snprintf(path, sizeof(path), "%s/bench-disk-off-%d.dat", KEEL_TOOLS_TMP, (int)getpid());
-	snprintf(args, sizeof(args),
-		 "disk --path %s --size 1M --qd 1 --seconds 0.1 --rounds 1 --direct off --fio off "
-		 "--json",
-		 path);
+	snprintf(
+		args, sizeof(args),
+		"disk --path '%s' --size 1M --qd 1 --seconds 0.1 --rounds 1 --direct off --fio off "
+		"--json",
+		path);
 	cr_assert_eq(bench_once(args, &out), 0, "%s", out);
 	cr_assert_not_null(strstr(out, "\"fio_skipped\": \"--fio off\""), "%s", out);
 	cr_assert_not_null(strstr(out, "\"fio\": null"), "%s", out);

@@ -28,6 +28,7 @@
 #include <criterion/criterion.h>
 
 #include "client.h"
+#include "preload.h"
 #include "resp.h"
 #include "scale.h"
 #include "tmpdir.h"
@@ -5515,7 +5516,7 @@ Test(kv_server, aof_flushall_shows_the_emptied_files_in_info)
  * FLUSHALLs, and the keys are gone after a restart. */
 Test(kv_server, aof_flushall_truncates_off_the_shards_thread)
 {
-	char dir[64], log[96], asan[512], buf[512];
+	char dir[64], log[96], asan[512], buf[512], so[256];
 	const char *ao;
 	struct utsname u;
 	unsigned maj = 0, min = 0;
@@ -5530,7 +5531,7 @@ Test(kv_server, aof_flushall_truncates_off_the_shards_thread)
 			     u.release);
 	mk_dir(dir, sizeof(dir));
 	snprintf(log, sizeof(log), "%s.ftruncate", dir);
-	setenv("LD_PRELOAD", KEEL_TEST_FTRUNCATE_SPY, 1);
+	setenv("LD_PRELOAD", preload_path(KEEL_TEST_FTRUNCATE_SPY, so, sizeof(so)), 1);
 	setenv("KEEL_TEST_FTRUNCATE_LOG", log, 1);
 	ao = asan_opts_add("verify_asan_link_order=0", asan, sizeof(asan));
 	srv_start(&s, 2, "--appendonly", "yes", "--appendfsync", "always", "--dir", dir, NULL);
