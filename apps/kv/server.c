@@ -3296,6 +3296,10 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 	uint16_t owners_small[64], *owners = owners_small;
 	bool one = true;
 
+	/* As Redis's lastcmd: set before anything runs, queued in MULTI or refused (an unknown
+	 * command: NULL). */
+	kc->last_cmd = c;
+	kc->last_sub[0] = 0;
 	if (__builtin_expect(kc->tx != NULL, 0)) {
 		if (tx_queue(kc, c, argv, argc, raw, rawlen))
 			return;
@@ -3319,8 +3323,6 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 			kv_reply_arity(out, c);
 		return;
 	}
-	kc->last_cmd = c;
-	kc->last_sub[0] = 0;
 	switch (c->route) {
 	case KV_R_LOCAL:
 		if (!strcmp(c->name, "watch")) {
