@@ -2631,7 +2631,9 @@ tx_owner(const struct kv_cmd *c, const struct resp_arg *argv, unsigned argc)
 	case KV_R_KEY:
 		return (int)kv_owner_key(argv[1].p, argv[1].len);
 	case KV_R_KEY2:
-		return argc < 3 ? -1 : (int)kv_owner_key(argv[2].p, argv[2].len);
+		return kv_key2_check(c, argv, argc, NULL) < 1
+			       ? -1
+			       : (int)kv_owner_key(argv[2].p, argv[2].len);
 	case KV_R_KEYS:
 		for (unsigned i = 1, n = 0; n < kv_cmd_nkeys(c, argc); i += c->key_step, n++) {
 			int k = (int)kv_owner_key(argv[i].p, argv[i].len);
@@ -2719,6 +2721,10 @@ tx_queue(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsign
 				 "one");
 		goto refused;
 	}
+	/* OBJECT's and MEMORY's subcommand and its arguments, as Redis checks them before it
+	 * queues one: an error here makes EXEC abort. */
+	if (c->route == KV_R_KEY2 && kv_key2_check(c, argv, argc, out) < 0)
+		goto refused;
 	owner = tx_owner(c, argv, argc);
 	if (owner == -2 || (owner >= 0 && tx->owner >= 0 && owner != tx->owner)) {
 		rb_err(out,
@@ -3300,6 +3306,8 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 	 * command: NULL). */
 	kc->last_cmd = c;
 	kc->last_sub[0] = 0;
+	if (c && c->route == KV_R_KEY2 && argc >= 2)
+		note_sub(kc, &argv[1]); /* "object|encoding" */
 	if (__builtin_expect(kc->tx != NULL, 0)) {
 		if (tx_queue(kc, c, argv, argc, raw, rawlen))
 			return;
@@ -3362,8 +3370,10 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 		/* One shard owns every key: no hash here (the table hashes the key anyway). */
 		owner = kv_cfg.nshards == 1 ? me : kv_owner_key(argv[1].p, argv[1].len);
 		break;
-	case KV_R_KEY2:
-		owner = kv_cfg.nshards == 1 || argc < 3 ? me : kv_owner_key(argv[2].p, argv[2].len);
+	case KV_R_KEY2: /* no key (HELP, an error): its reply made here */
+		owner = kv_cfg.nshards == 1 || argc < 3 || kv_key2_check(c, argv, argc, NULL) < 1
+				? me
+				: kv_owner_key(argv[2].p, argv[2].len);
 		break;
 	case KV_R_KEYS: {
 		if (kv_cfg.nshards == 1) {

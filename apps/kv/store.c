@@ -1757,15 +1757,47 @@ cmd_setrange(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf
 	rb_int(out, (long long)total);
 }
 
-/* @cmd's HELP subcommand (@argc words): @n lines, as Redis answers one (an array of status
- * lines); with an argument, Redis 7.0's arity error. */
-static void
-help_reply(struct rbuf *out, unsigned argc, const char *cmd, const char *const *lines, unsigned n)
+/* OBJECT's subcommands that take a key (argv[2]), in cmd_object's order. */
+static const char *const object_subs[] = { "encoding", "refcount", "idletime", "freq" };
+
+int
+kv_key2_check(const struct kv_cmd *c, const struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
-	if (argc != 2) {
-		rb_err(out, "ERR wrong number of arguments for '%s|help' command", cmd);
-		return;
+	bool obj = !strcmp(c->name, "object");
+
+	if (arg_is(&argv[1], "help")) {
+		if (argc == 2)
+			return 0;
+		if (out)
+			rb_err(out, "ERR wrong number of arguments for '%s|help' command", c->name);
+		return -1;
 	}
+	for (unsigned k = 0; obj && k < 4; k++)
+		if (arg_is(&argv[1], object_subs[k])) {
+			if (argc == 3)
+				return 1;
+			if (out)
+				rb_err(out, "ERR wrong number of arguments for 'object|%s' command",
+				       object_subs[k]);
+			return -1;
+		}
+	if (!obj && arg_is(&argv[1], "usage")) {
+		if (argc >= 3)
+			return 1;
+		if (out)
+			rb_err(out, "ERR wrong number of arguments for 'memory|usage' command");
+		return -1;
+	}
+	if (out)
+		rb_err(out, "ERR unknown subcommand '%.*s'. Try %s HELP.", kv_err_len(&argv[1]),
+		       (const char *)argv[1].p, obj ? "OBJECT" : "MEMORY");
+	return -1;
+}
+
+/* A HELP subcommand's reply: @n lines, as Redis answers one (an array of status lines). */
+static void
+help_reply(struct rbuf *out, const char *const *lines, unsigned n)
+{
 	rb_arr(out, n);
 	for (unsigned i = 0; i < n; i++)
 		rb_simple(out, lines[i]);
@@ -1780,11 +1812,6 @@ help_reply(struct rbuf *out, unsigned argc, const char *cmd, const char *const *
 static void
 cmd_object(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
-	static const char *const subs[] = { "encoding", "refcount", "idletime", "freq" };
-	struct kv_ent *e;
-	unsigned k = 0;
-	long long v;
-
 	static const char *const help[] = {
 		"OBJECT <subcommand> <key>. keel-kv's subcommands:",
 		"ENCODING <key>",
@@ -1798,22 +1825,19 @@ cmd_object(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *
 		"HELP",
 		"    This text.",
 	};
+	static const struct kv_cmd self = { .name = "object" };
+	int has_key = kv_key2_check(&self, argv, argc, out);
+	struct kv_ent *e;
+	unsigned k = 0;
+	long long v;
 
-	if (arg_is(&argv[1], "help")) {
-		help_reply(out, argc, "object", help, sizeof(help) / sizeof(help[0]));
+	if (has_key <= 0) {
+		if (!has_key)
+			help_reply(out, help, sizeof(help) / sizeof(help[0]));
 		return;
 	}
-	while (k < 4 && !arg_is(&argv[1], subs[k]))
+	while (!arg_is(&argv[1], object_subs[k]))
 		k++;
-	if (k == 4) {
-		rb_err(out, "ERR unknown subcommand '%.*s'. Try OBJECT HELP.", kv_err_len(&argv[1]),
-		       (const char *)argv[1].p);
-		return;
-	}
-	if (argc != 3) {
-		rb_err(out, "ERR wrong number of arguments for 'object|%s' command", subs[k]);
-		return;
-	}
 	e = lookup_read(db, &argv[2]);
 	if (!e) {
 		rb_nil(out);
@@ -1849,20 +1873,14 @@ cmd_memory(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *
 		"HELP",
 		"    This text.",
 	};
+	static const struct kv_cmd self = { .name = "memory" };
+	int has_key = kv_key2_check(&self, argv, argc, out);
 	struct kv_ent *e;
 	long long n;
 
-	if (arg_is(&argv[1], "help")) {
-		help_reply(out, argc, "memory", help, sizeof(help) / sizeof(help[0]));
-		return;
-	}
-	if (!arg_is(&argv[1], "usage")) {
-		rb_err(out, "ERR unknown subcommand '%.*s'. Try MEMORY HELP.", kv_err_len(&argv[1]),
-		       (const char *)argv[1].p);
-		return;
-	}
-	if (argc < 3) {
-		rb_err(out, "ERR wrong number of arguments for 'memory|usage' command");
+	if (has_key <= 0) {
+		if (!has_key)
+			help_reply(out, help, sizeof(help) / sizeof(help[0]));
 		return;
 	}
 	if (argc != 3 && (argc != 5 || !arg_is(&argv[3], "samples"))) {

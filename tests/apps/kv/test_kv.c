@@ -5923,10 +5923,48 @@ Test(kv_server, object_and_memory_usage_reply_as_redis_7)
 				  strstr(got, k ? "+USAGE <key>" : "+ENCODING <key>"),
 			  "%s", got ? got : "closed");
 	}
-	/* Inside MULTI, on the key's shard. */
+	/* Inside MULTI, on the key's shard; the subcommand and its arguments are checked when
+	 * queued, as Redis checks them (each was queued and failed inside EXEC's reply, and
+	 * HELP's argument was taken for a key: -CROSSSLOT beside a key of another shard). */
 	expect(&r, "MULTI", "+OK\r\n");
 	expect(&r, "OBJECT ENCODING i", "+QUEUED\r\n");
 	expect(&r, "EXEC", "*1\r\n$3\r\nint\r\n");
+	for (int k = 0; k < 3; k++) {
+		static const char *const bad[][2] = {
+			{ "OBJECT ENCODING",
+			  "-ERR wrong number of arguments for 'object|encoding' command\r\n" },
+			{ "OBJECT foo k", "-ERR unknown subcommand 'foo'. Try OBJECT HELP.\r\n" },
+			{ "MEMORY USAGE",
+			  "-ERR wrong number of arguments for 'memory|usage' command\r\n" },
+		};
+
+		expect(&r, "MULTI", "+OK\r\n");
+		expect(&r, bad[k][0], bad[k][1]);
+		expect(&r, "EXEC",
+		       "-EXECABORT Transaction discarded because of previous errors.\r\n");
+	}
+	for (int k = 0; k < 8; k++) { /* a key of each shard, then HELP's argument */
+		char get[32];
+
+		snprintf(get, sizeof(get), "GET k%d", k);
+		expect(&r, "MULTI", "+OK\r\n");
+		expect(&r, get, "+QUEUED\r\n");
+		expect(&r, "OBJECT HELP x",
+		       "-ERR wrong number of arguments for 'object|help' command\r\n");
+		expect(&r, "EXEC",
+		       "-EXECABORT Transaction discarded because of previous errors.\r\n");
+	}
+	/* CLIENT LIST names the subcommand, as Redis: cmd=object|encoding. */
+	{
+		struct rd w;
+
+		rd_init(&w, test_connect(s.port));
+		expect(&r, "OBJECT ENCODING s", "$6\r\nembstr\r\n");
+		test_send_all(w.fd, "CLIENT LIST\r\n", 13);
+		got = rd_next(&w, NULL);
+		cr_assert(got && strstr(got, " cmd=object|encoding "), "%s", got ? got : "closed");
+		rd_free(&w);
+	}
 	rd_free(&r);
 	srv_stop(&s);
 }
