@@ -1378,6 +1378,12 @@ keel__conn_queue_slices(const struct keel_conn *c)
 }
 
 bool
+keel__conn_slice_pressed(const struct keel_conn *c, const struct keel_slice *s)
+{
+	return ring_pressed(c->ns, s->data);
+}
+
+bool
 keel__conn_write_open(const struct keel_conn *c)
 {
 	return c->wb.buf != NULL;

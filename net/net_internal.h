@@ -296,6 +296,9 @@ extern int (*keel__unix_path_stat)(const char *path, struct stat *st);
 size_t keel__framer_slices(const struct keel_framer *f);
 /* conn.c: the slices in a connection's send queue (tests: contiguous sends are one). */
 uint32_t keel__conn_queue_slices(const struct keel_conn *c);
+/* ... whether slice @s lies in a receive ring or ZCRX area running low (tests: the path
+ * keel_conn_send takes for it). */
+bool keel__conn_slice_pressed(const struct keel_conn *c, const struct keel_slice *s);
 /* ... whether it holds an open write buffer (tests: it goes once its last piece is sent). */
 bool keel__conn_write_open(const struct keel_conn *c);
 /* Copy what @f holds into buffers of @a and put the held slices, as a reclaim does (the

@@ -574,7 +574,7 @@ static uint64_t pt_fill_len;
 static struct keel_slice pt_stash[PT_STASH];
 static unsigned pt_nstash;
 static _Atomic uint64_t pt_got, pt_held;
-static _Atomic uint32_t pt_entries;
+static _Atomic uint32_t pt_entries, pt_pressed;
 static struct keel_alloc_stats pt_before;
 static uint32_t pt_entries_before;
 /* The shard's memory taken whole while the bytes are trickled (pt_exhaust), then given
@@ -657,6 +657,7 @@ pt_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
 			pt_entries_before = keel__conn_queue_slices(c);
 		if (!SHARD_CHECK(s[i].len == 1, " %u bytes in one receive", s[i].len))
 			goto fail;
+		atomic_fetch_add(&pt_pressed, keel__conn_slice_pressed(c, &s[i]));
 		r = keel_conn_send(c, &s[i]);
 		if (!SHARD_CHECK(r == 0, " send: %d", r))
 			goto fail;
@@ -722,6 +723,7 @@ pt_case(bool exhaust)
 	pt_fill_len = 2 * tcp_wmem_max() + (2u << 20);
 	pt_exhaust = exhaust;
 	atomic_store(&pt_got, 0);
+	atomic_store(&pt_pressed, 0);
 	keel_net_config_init(&nc);
 	nc.buf_count = PT_BUFS;
 	nc.buf_size = 4096;
@@ -744,6 +746,11 @@ pt_case(bool exhaust)
 		WAIT_FOR(atomic_load(&pt_got) == PT_STASH + i + 1, "byte %u's receive", i);
 	}
 	cr_assert_eq(srv_net_stats(&s, 0, &st), 0);
+	/* Every trickled byte took the path of a ring running low. */
+	cr_assert_eq(atomic_load(&pt_pressed), PT_BYTES,
+		     "premise: %u of %u bytes were of a ring "
+		     "running low",
+		     atomic_load(&pt_pressed), PT_BYTES);
 	if (exhaust)
 		cr_assert(pt_nhoard == 0 && pt_before.bytes_in_use > (60u << 20),
 			  "premise: the memory was taken (%lu bytes in use)",
