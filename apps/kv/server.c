@@ -2536,8 +2536,8 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 				"LIST [TYPE normal|master|replica|pubsub | ID <id> ...]",
 				"    A line per client, over every shard.",
 				"KILL <ip:port> | KILL <filter> <value> ...",
-				"    Close clients. Filters: ID, ADDR, LADDR (with --client-addrs yes), "
-				"TYPE, USER, SKIPME yes|no.",
+				"    Close clients. Filters: ID, TYPE, USER, SKIPME yes|no, and ADDR and "
+				"LADDR (these and KILL <ip:port> with --client-addrs yes).",
 				"SETNAME <name> | GETNAME",
 				"    This connection's name.",
 				"NO-EVICT on|off",

@@ -26,4 +26,11 @@ preload_path(const char *so, char *buf, size_t len)
 	return buf;
 }
 
+/* The link preload_path() made for @so in @path, if any, removed once the run is done. */
+static inline void __attribute__((unused)) preload_done(const char *path, const char *so)
+{
+	if (path != so)
+		unlink(path);
+}
+
 #endif

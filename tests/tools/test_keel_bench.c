@@ -534,14 +534,16 @@ Test(tools_bench, a_udp_server_that_echoes_twice_fails_the_run)
 Test(tools_bench, a_udp_flow_whose_send_found_no_room_sends_again)
 {
 	char env[512], so[256];
+	const char *pl = preload_path(KEEL_TEST_EAGAIN_SO, so, sizeof(so));
 	int st;
 	char *out;
 
 	snprintf(env, sizeof(env),
 		 "LD_PRELOAD=%s KEEL_TEST_SENDMMSG_EAGAIN=1 "
 		 "ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0",
-		 preload_path(KEEL_TEST_EAGAIN_SO, so, sizeof(so)));
+		 pl);
 	out = umute_run(0, false, env, &st);
+	preload_done(pl, KEEL_TEST_EAGAIN_SO);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d: %s", st, out);
 	cr_assert(strstr(out, "sendmmsg_eagain: call 1 failed with EAGAIN"),
 		  "the injection did not happen: %s", out);
@@ -1563,14 +1565,18 @@ Test(tools_bench, the_epoll_servers_refused_gso_batches_go_again_one_by_one)
 	snprintf(aopt, sizeof(aopt), "%s%sverify_asan_link_order=0", asan ? asan : "",
 		 asan && *asan ? ":" : "");
 	setenv("ASAN_OPTIONS", aopt, 1);
-	setenv("LD_PRELOAD", preload_path(KEEL_TEST_EAGAIN_SO, so, sizeof(so)), 1);
+	const char *pl = preload_path(KEEL_TEST_EAGAIN_SO, so, sizeof(so));
+	int st;
+
+	setenv("LD_PRELOAD", pl, 1);
 	setenv("KEEL_TEST_GSO_REFUSE", "90", 1); /* EMSGSIZE */
-	cr_assert_eq(bench_once("udp --backend epoll --udp-gso --inflight 32 --seconds 0.5 "
-				"--warmup 0 --json",
-				&out),
-		     0, "%s", out);
+	st = bench_once("udp --backend epoll --udp-gso --inflight 32 --seconds 0.5 --warmup 0 "
+			"--json",
+			&out);
 	unsetenv("KEEL_TEST_GSO_REFUSE");
 	unsetenv("LD_PRELOAD");
+	preload_done(pl, KEEL_TEST_EAGAIN_SO);
+	cr_assert_eq(st, 0, "%s", out);
 	cr_assert(strstr(out, "sendmsg_gso: a UDP_SEGMENT batch refused"),
 		  "the refusal did not happen: %s", out);
 	cr_assert_gt(num(out, "msgs"), 0, "%s", out);

@@ -5517,7 +5517,7 @@ Test(kv_server, aof_flushall_shows_the_emptied_files_in_info)
 Test(kv_server, aof_flushall_truncates_off_the_shards_thread)
 {
 	char dir[64], log[96], asan[512], buf[512], so[256];
-	const char *ao;
+	const char *ao, *pl;
 	struct utsname u;
 	unsigned maj = 0, min = 0;
 	struct srv s;
@@ -5531,11 +5531,13 @@ Test(kv_server, aof_flushall_truncates_off_the_shards_thread)
 			     u.release);
 	mk_dir(dir, sizeof(dir));
 	snprintf(log, sizeof(log), "%s.ftruncate", dir);
-	setenv("LD_PRELOAD", preload_path(KEEL_TEST_FTRUNCATE_SPY, so, sizeof(so)), 1);
+	pl = preload_path(KEEL_TEST_FTRUNCATE_SPY, so, sizeof(so));
+	setenv("LD_PRELOAD", pl, 1);
 	setenv("KEEL_TEST_FTRUNCATE_LOG", log, 1);
 	ao = asan_opts_add("verify_asan_link_order=0", asan, sizeof(asan));
 	srv_start(&s, 2, "--appendonly", "yes", "--appendfsync", "always", "--dir", dir, NULL);
 	unsetenv("LD_PRELOAD");
+	preload_done(pl, KEEL_TEST_FTRUNCATE_SPY); /* the server has it loaded */
 	unsetenv("KEEL_TEST_FTRUNCATE_LOG");
 	asan_opts_restore(ao);
 	/* The spy is in the server (ld.so only warns where it cannot preload one, and an empty
