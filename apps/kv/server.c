@@ -758,6 +758,18 @@ arr_count(const struct rbuf *b, size_t *hdr)
 	return strtoll((const char *)b->p + 1, NULL, 10);
 }
 
+/* The parts' integer replies added up. */
+static long long
+parts_sum(const struct pend *p)
+{
+	long long t = 0;
+
+	for (unsigned s = 0; s < kv_cfg.nshards; s++)
+		if (p->parts[s].len > 1)
+			t += strtoll((const char *)p->parts[s].p + 1, NULL, 10);
+	return t;
+}
+
 static void
 merge(struct pend *p)
 {
@@ -776,28 +788,18 @@ merge(struct pend *p)
 	if (part_error(p, out))
 		return;
 	switch (p->cmd->merge) {
-	case KV_M_SUM: {
-		long long t = 0;
-		for (unsigned s = 0; s < ns; s++)
-			if (p->parts[s].len > 1)
-				t += strtoll((const char *)p->parts[s].p + 1, NULL, 10);
-		rb_int(out, t);
+	case KV_M_SUM:
+		rb_int(out, parts_sum(p));
 		break;
-	}
 	case KV_M_OK:
 		rb_simple(out, "OK");
 		break;
-	case KV_M_KILL: {
-		long long t = 0;
-		for (unsigned s = 0; s < ns; s++)
-			if (p->parts[s].len > 1)
-				t += strtoll((const char *)p->parts[s].p + 1, NULL, 10);
-		if (t)
+	case KV_M_KILL:
+		if (parts_sum(p))
 			rb_simple(out, "OK");
 		else
 			rb_err(out, "ERR No such client");
 		break;
-	}
 	case KV_M_BULK: {
 		struct rbuf all = { 0 };
 		for (unsigned s = 0; s < ns; s++) {
@@ -2016,10 +2018,9 @@ note_sub(struct kconn *kc, const struct resp_arg *sub)
 
 /* Which clients CLIENT LIST or KILL names, from its options (after the subcommand). */
 struct client_sel {
-	bool kill;   /* CLIENT KILL */
-	bool old;    /* ... in its old form, CLIENT KILL ip:port (+OK or "No such client") */
-	bool none;   /* TYPE master, replica, slave or pubsub: keel-kv has no such client */
-	bool skipme; /* KILL: not the calling client (the new form's default) */
+	bool old;  /* CLIENT KILL in its old form, CLIENT KILL ip:port (+OK or "No such client") */
+	bool none; /* TYPE master, replica, slave or pubsub: keel-kv has no such client */
+	bool skipme;                /* KILL: not the calling client (the new form's default) */
 	const struct resp_arg *ids; /* these ids (LIST ID takes several, KILL ID one) */
 	unsigned nids;
 	uint64_t *idv; /* ... parsed and sorted where they are matched (nidv of them) */
@@ -2050,7 +2051,6 @@ client_sel_parse(struct client_sel *s, bool kill, const struct resp_arg *a, unsi
 	long long id;
 
 	memset(s, 0, sizeof(*s));
-	s->kill = kill;
 	if (!kill) {
 		if (n == 2 && is(&a[0], "TYPE"))
 			return client_type(&a[1], &s->none, out);
