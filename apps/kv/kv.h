@@ -252,12 +252,11 @@ enum kv_merge {
 	     * append-only file records the others */
 
 struct kv_cmd;
-/* OBJECT's or MEMORY's (@c, route KV_R_KEY2) subcommand, checked as Redis checks one before
- * it runs or is queued in MULTI: 1 when @argv[2] is a key, 0 when the request names none
+/* OBJECT's or MEMORY's (@name: a command of route KV_R_KEY2) subcommand, checked as Redis checks
+ * one before it runs or is queued in MULTI: 1 when @argv[2] is a key, 0 when the request names none
  * (HELP), -1 with Redis's error in @out, unless NULL (an unknown subcommand, a wrong number
  * of arguments). */
-int kv_key2_check(const struct kv_cmd *c, const struct resp_arg *argv, unsigned argc,
-		  struct rbuf *out);
+int kv_key2_check(const char *name, const struct resp_arg *argv, unsigned argc, struct rbuf *out);
 /* CLIENT LIST's and CLIENT KILL's part on this shard's clients (server.c): as a command's
  * function, so a fan-out runs it on every shard. */
 void kv_client_part(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out);

@@ -2631,7 +2631,7 @@ tx_owner(const struct kv_cmd *c, const struct resp_arg *argv, unsigned argc)
 	case KV_R_KEY:
 		return (int)kv_owner_key(argv[1].p, argv[1].len);
 	case KV_R_KEY2:
-		return kv_key2_check(c, argv, argc, NULL) < 1
+		return kv_key2_check(c->name, argv, argc, NULL) < 1
 			       ? -1
 			       : (int)kv_owner_key(argv[2].p, argv[2].len);
 	case KV_R_KEYS:
@@ -2723,7 +2723,7 @@ tx_queue(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsign
 	}
 	/* OBJECT's and MEMORY's subcommand and its arguments, as Redis checks them before it
 	 * queues one: an error here makes EXEC abort. */
-	if (c->route == KV_R_KEY2 && kv_key2_check(c, argv, argc, out) < 0)
+	if (c->route == KV_R_KEY2 && kv_key2_check(c->name, argv, argc, out) < 0)
 		goto refused;
 	owner = tx_owner(c, argv, argc);
 	if (owner == -2 || (owner >= 0 && tx->owner >= 0 && owner != tx->owner)) {
@@ -3371,7 +3371,8 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 		owner = kv_cfg.nshards == 1 ? me : kv_owner_key(argv[1].p, argv[1].len);
 		break;
 	case KV_R_KEY2: /* no key (HELP, an error): its reply made here */
-		owner = kv_cfg.nshards == 1 || argc < 3 || kv_key2_check(c, argv, argc, NULL) < 1
+		owner = kv_cfg.nshards == 1 || argc < 3 ||
+					kv_key2_check(c->name, argv, argc, NULL) < 1
 				? me
 				: kv_owner_key(argv[2].p, argv[2].len);
 		break;

@@ -1761,15 +1761,15 @@ cmd_setrange(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf
 static const char *const object_subs[] = { "encoding", "refcount", "idletime", "freq" };
 
 int
-kv_key2_check(const struct kv_cmd *c, const struct resp_arg *argv, unsigned argc, struct rbuf *out)
+kv_key2_check(const char *name, const struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
-	bool obj = !strcmp(c->name, "object");
+	bool obj = !strcmp(name, "object");
 
 	if (arg_is(&argv[1], "help")) {
 		if (argc == 2)
 			return 0;
 		if (out)
-			rb_err(out, "ERR wrong number of arguments for '%s|help' command", c->name);
+			rb_err(out, "ERR wrong number of arguments for '%s|help' command", name);
 		return -1;
 	}
 	for (unsigned k = 0; obj && k < 4; k++)
@@ -1825,8 +1825,7 @@ cmd_object(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *
 		"HELP",
 		"    This text.",
 	};
-	static const struct kv_cmd self = { .name = "object" };
-	int has_key = kv_key2_check(&self, argv, argc, out);
+	int has_key = kv_key2_check("object", argv, argc, out);
 	struct kv_ent *e;
 	unsigned k = 0;
 	long long v;
@@ -1873,8 +1872,7 @@ cmd_memory(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *
 		"HELP",
 		"    This text.",
 	};
-	static const struct kv_cmd self = { .name = "memory" };
-	int has_key = kv_key2_check(&self, argv, argc, out);
+	int has_key = kv_key2_check("memory", argv, argc, out);
 	struct kv_ent *e;
 	long long n;
 
