@@ -11,9 +11,11 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -749,6 +751,58 @@ Test(net_zcrx, probe_registers_the_default_area_and_refill_ring)
 	cr_assert_eq(probe_area_addr % (uint64_t)pg, 0, "the area is not page-aligned");
 	cr_assert_eq(probe_rq_entries, o.zcrx_rq_entries);
 	cr_assert_eq(probe_rq_entries, KEEL_ZCRX_RQ_ENTRIES_DEFAULT);
+}
+
+/* A stand-in for a kernel that refuses the area as 6.18 refuses one over 1 GiB (EFAULT,
+ * before it pins a page), recording how many of the area's pages were in memory then. */
+static size_t refused_resident, refused_pages;
+
+static long
+reg_count_resident_refuse(int ring_fd, void *arg)
+{
+	const struct keel_zcrx_ifq_reg *reg = arg;
+	const struct keel_zcrx_area_reg *area = (const void *)(uintptr_t)reg->area_ptr;
+	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+	unsigned char *vec;
+
+	(void)ring_fd;
+	refused_pages = (size_t)(area->len / pg);
+	refused_resident = SIZE_MAX;
+	vec = malloc(refused_pages);
+	if (vec && mincore((void *)(uintptr_t)area->addr, (size_t)area->len, vec) == 0) {
+		refused_resident = 0;
+		for (size_t i = 0; i < refused_pages; i++)
+			refused_resident += vec[i] & 1;
+	}
+	free(vec);
+	errno = EFAULT;
+	return -1;
+}
+
+/* The area is left to the registration to fault in (the kernel pins it on the shard's
+ * thread, so its pages are on the shard's node as a first touch there places them): an
+ * area the kernel refuses costs no memory. It was populated first (MAP_POPULATE), so a
+ * 2 GiB area refused for its size took 2 GiB, and seconds, before the refusal. */
+Test(net_zcrx, a_refused_area_was_never_populated)
+{
+	long (*kernel)(int, void *) = keel__zcrx_register;
+	struct zsrv z;
+	int r;
+
+	capture();
+	keel__zcrx_register = reg_count_resident_refuse;
+	r = zsrv_start_area(&z, KEEL_POLICY_AUTO, "lo", 2ull << 30);
+	keel__zcrx_register = kernel;
+	cr_assert_eq(r, 0, "auto falls back: %d\n%s", r, logbuf);
+	cr_assert_eq(zsrv_stop(&z), 0);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq(refused_pages, (2ull << 30) / (size_t)sysconf(_SC_PAGESIZE),
+		     "the area asked for: %zu pages", refused_pages);
+	cr_assert_eq(refused_resident, 0,
+		     "%zu of the area's %zu pages were in memory before "
+		     "the kernel was asked",
+		     refused_resident, refused_pages);
+	cr_assert(logged("--zcrx-area 1G or less"), "%s", logbuf);
 }
 
 /* The probe's scratch ring (DEFER_TASKRUN + CQE32) cannot be made: the message names what
