@@ -383,7 +383,12 @@ load_allowed(struct keel_topo *t)
 	struct keel_cpuset mask;
 	char why[256] = "";
 
-	t->info.allowed = t->info.present;
+	/* The source's allowed CPUs (a cgroup's cpuset, an XML file's allowed set): the
+	 * affinity mask below is within the cgroup's, and an XML file has no mask. */
+	for (unsigned w = 0; w < KEEL_MAX_CPUS / 64; w++)
+		t->info.allowed.bits[w] = t->info.present.bits[w] & t->hw_allowed.bits[w];
+	for (unsigned i = 0; i < t->info.npus; i++)
+		t->pus[i].allowed = keel_cpuset_has(&t->info.allowed, t->pus[i].os);
 	if (!t->info.live)
 		return;
 	if (keel__affinity_get(&mask, NULL, why, sizeof(why)) < 0) {
@@ -394,10 +399,8 @@ load_allowed(struct keel_topo *t)
 			 why);
 		return;
 	}
-	memset(&t->info.allowed, 0, sizeof(t->info.allowed));
-	for (unsigned c = 0; c < KEEL_MAX_CPUS; c++)
-		if (keel_cpuset_has(&mask, c) && keel_cpuset_has(&t->info.present, c))
-			keel_cpuset_add(&t->info.allowed, c);
+	for (unsigned w = 0; w < KEEL_MAX_CPUS / 64; w++)
+		t->info.allowed.bits[w] &= mask.bits[w];
 	for (unsigned i = 0; i < t->info.npus; i++)
 		t->pus[i].allowed = keel_cpuset_has(&t->info.allowed, t->pus[i].os);
 }
@@ -470,6 +473,11 @@ keel_topo_load(const struct keel_topo_load_opts *o, struct keel_topo **out, char
 	hwloc_topology_set_components(h, HWLOC_TOPOLOGY_COMPONENTS_FLAG_BLACKLIST, "pci");
 	hwloc_topology_set_components(h, HWLOC_TOPOLOGY_COMPONENTS_FLAG_BLACKLIST, "opencl");
 	hwloc_topology_set_components(h, HWLOC_TOPOLOGY_COMPONENTS_FLAG_BLACKLIST, "gl");
+	/* CPUs outside the cgroup's cpuset (or an XML file's allowed set) stay in, marked not
+	 * allowed (load_allowed): without the flag hwloc drops them, and a node whose CPUs
+	 * are all outside read "memory only", its NIC with no local CPU, so the map moved off
+	 * the NIC's node without a word. */
+	hwloc_topology_set_flags(h, HWLOC_TOPOLOGY_FLAG_INCLUDE_DISALLOWED);
 	t->info.live = !xml && !syn;
 	if (xml) {
 		snprintf(t->info.source, sizeof(t->info.source), "xml %s", xml);
@@ -531,6 +539,7 @@ keel_topo_load(const struct keel_topo_load_opts *o, struct keel_topo **out, char
 			   strerror(-r));
 		goto err_h;
 	}
+	cpuset_from_hwloc(hwloc_topology_get_allowed_cpuset(h), &t->hw_allowed);
 	hwloc_topology_destroy(h);
 	load_allowed(t);
 	t->info.irqbalance = KEEL_TOPO_UNKNOWN;

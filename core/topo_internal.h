@@ -34,6 +34,10 @@ struct keel_topo {
 	 * [i * nnuma + j] from numa[i] to numa[j], 0 where it says nothing; NULL when the
 	 * topology has none. */
 	uint64_t *numa_dist;
+	/* The CPUs the topology's source allows (hwloc's allowed cpuset: a live machine's
+	 * cgroup cpuset, an XML file's writer's): the others are in the topology, loaded with
+	 * HWLOC_TOPOLOGY_FLAG_INCLUDE_DISALLOWED, and shown not allowed. */
+	struct keel_cpuset hw_allowed;
 };
 
 /* The NUMA latency from node @from to node @to (OS indexes), 0 when not known. */

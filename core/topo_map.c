@@ -277,21 +277,11 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 				continue;
 			char cg[400] = "";
 
-			/* A live topology holds only the CPUs of the process's cgroup (hwloc
-			 * leaves out the disallowed ones): one it excludes exists. A CPU that
-			 * is not online is in no cgroup's effective set: said as such first. */
+			/* A live topology holds the CPUs outside the process's cgroup too, not
+			 * allowed (hwloc is asked for them), but not offline ones. */
 			if (!keel_cpuset_has(&in->present, c) && in->live &&
 			    keel__cpu_not_online(c, cg, sizeof(cg))[0])
 				return keel__errf(err, errlen, -EINVAL, "--cpuset: %s", cg);
-			if (!keel_cpuset_has(&in->present, c) && in->live &&
-			    keel__cgroup_excludes(c, cg, sizeof(cg))[0])
-				return keel__errf(
-					err, errlen, -EINVAL,
-					"--cpuset: CPU %u is not one this process may use%s; "
-					"the allowed CPUs are %s: pick from those, or run the "
-					"program in a cgroup that has it",
-					c, cg,
-					keel_topo_cpulist_format(&in->allowed, list, sizeof(list)));
 			for (unsigned i = 0; i < in->npus && !keel_cpuset_has(&in->present, c); i++)
 				if (in->pus[i].os == c)
 					return keel__errf(
@@ -477,19 +467,29 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 			/* The allowed CPUs (--cpuset, the affinity mask) leave out every core
 			 * local to the NIC: said, as the reserve's case is refused above, with
 			 * --rxqs too (its queues choose no CPU: it moved without a word). */
-			bool any = false;
+			bool any = false, source = false;
 
 			for (unsigned c = 0; c < in->ncores && !any; c++)
 				any = keel_cpuset_has(&nic->local, in->cores[c].pus[0]);
+			/* Whether the source allows any of them (a cgroup's cpuset, an XML
+			 * file's allowed set): if not, no --cpuset or mask can. */
+			for (unsigned w = 0; w < KEEL_MAX_CPUS / 64 && !source; w++)
+				source = (nic->local.bits[w] & t->hw_allowed.bits[w]) != 0;
 			if (any)
 				keel_log(
 					KEEL_LOG_WARN, "topo",
 					"no allowed CPU is local to %s (NUMA node %d): the default "
 					"map puts the shards on other nodes' cores, where its "
-					"packets cross the interconnect; allow some of the node's "
-					"CPUs (--cpuset, the affinity mask), or give --shards to "
+					"packets cross the interconnect; %s, or give --shards to "
 					"place them off the NIC's node on purpose",
-					nic->name, nic->numa);
+					nic->name, nic->numa,
+					source ? "allow some of the node's CPUs (--cpuset, the "
+						 "affinity mask)"
+					: in->live
+						? "the process's cgroup leaves out all the node's "
+						  "CPUs: run it in a cgroup whose cpuset has some"
+						: "the allowed set the topology file was written with "
+						  "(a cgroup's cpuset) leaves out all the node's CPUs");
 		}
 		if (req->nrxqs)
 			shards = req->nrxqs;

@@ -5,7 +5,8 @@ real files in ../shared/topologies do not have (more than two nodes, a NIC on a 
 the first of its package, CPUs numbered past KEEL_MAX_CPUS).
 
 gen_topo.py PACKAGES NODES_PER_PACKAGE CORES_PER_NODE SMT [--interleave] [--pu-offset N]
-            [--nics NAME@WHERE,...] [--distances "D00 D01 ... Dnn"] > out.xml
+            [--nics NAME@WHERE,...] [--distances "D00 D01 ... Dnn"]
+            [--allowed-cpus LIST] > out.xml
 
 --interleave numbers CPUs as Linux does on most x86 servers: every core's first thread,
   then every core's second, ... (without it a core's threads are consecutive).
@@ -14,6 +15,8 @@ gen_topo.py PACKAGES NODES_PER_PACKAGE CORES_PER_NODE SMT [--interleave] [--pu-o
   package N: local to all its nodes) or root (local to every CPU).
 --distances: the NUMA latency matrix, row-major, one value per pair of nodes (hwloc's
   NUMALatency, as Linux's node distances give it); without it the file has none.
+--allowed-cpus LIST: the CPUs the process that wrote the file could use (hwloc's
+  allowed_cpuset, as a cgroup's cpuset makes it; "0-3,8"); without it, every CPU.
 """
 import argparse
 
@@ -26,6 +29,7 @@ ap.add_argument('--interleave', action='store_true')
 ap.add_argument('--nics', default='eth0@0')
 ap.add_argument('--pu-offset', type=int, default=0)
 ap.add_argument('--distances', default='')
+ap.add_argument('--allowed-cpus', default='')
 a = ap.parse_args()
 ncores = a.pkg * a.npp * a.cpn
 nnodes = a.pkg * a.npp
@@ -84,10 +88,16 @@ def sets(cpus, nodes):
 
 allpus = [pu_os(c, t) for c in range(ncores) for t in range(a.smt)]
 allnodes = list(range(nnodes))
+allowed = allpus
+if a.allowed_cpus:
+    allowed = []
+    for part in a.allowed_cpus.split(','):
+        lo, _, hi = part.partition('-')
+        allowed += range(int(lo), int(hi or lo) + 1)
 L = ['<?xml version="1.0" encoding="UTF-8"?>', '<!DOCTYPE topology SYSTEM "hwloc2.dtd">',
      '<topology version="2.0">',
      f'<object type="Machine" os_index="0" {sets(allpus, allnodes)} '
-     f'allowed_cpuset="{bm(allpus)}" allowed_nodeset="{bm(allnodes)}" gp_index="1">']
+     f'allowed_cpuset="{bm(allowed)}" allowed_nodeset="{bm(allnodes)}" gp_index="1">']
 for p in range(a.pkg):
     nodes = [p * a.npp + i for i in range(a.npp)]
     pcores = range(p * a.npp * a.cpn, (p + 1) * a.npp * a.cpn)

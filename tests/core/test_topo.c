@@ -2511,8 +2511,9 @@ Test(core_topo, the_runtimes_cpuset_names_isolcpus_for_an_isolated_cpu_outside_t
 
 /* Live, as root on a machine with a cgroup v1 cpuset hierarchy (v2 needs the controller
  * enabled above the process, which a test should not change): a child in a cgroup of CPU
- * 0 alone asks for CPU 1. hwloc leaves CPU 1 out of the topology, and the mapper said it
- * "does not exist on this machine". */
+ * 0 alone asks for CPU 1. The mapper said it "does not exist on this machine" (hwloc left
+ * it out); then that it was not one the process may use, and hwloc still left it out of
+ * the topology (exit 6): it is in it now, not allowed. */
 Test(core_topo, a_cpu_a_live_cgroup_excludes_is_not_called_missing)
 {
 	char file[512], dir[512], *slash, msg[1024] = "";
@@ -2538,6 +2539,7 @@ Test(core_topo, a_cpu_a_live_cgroup_excludes_is_not_called_missing)
 	pid = fork();
 	if (pid == 0) {
 		char id[32], path[600];
+		const struct keel_topo_info *in;
 		struct keel_topo *t;
 		struct keel_map_req r;
 
@@ -2549,6 +2551,14 @@ Test(core_topo, a_cpu_a_live_cgroup_excludes_is_not_called_missing)
 			_exit(2);
 		if (keel_topo_load(NULL, &t, err, sizeof(err)) != 0)
 			_exit(3);
+		/* CPU 1 is in the topology, not allowed: hwloc left it out, so a NIC on its
+		 * node had no local CPU and the node read memory only */
+		in = keel_topo_info_get(t);
+		if (!keel_cpuset_has(&in->present, 1) || keel_cpuset_has(&in->allowed, 1))
+			_exit(6);
+		for (unsigned i = 0; i < in->npus; i++)
+			if (in->pus[i].os == 1 && in->pus[i].allowed)
+				_exit(7);
 		memset(&r, 0, sizeof(r));
 		keel_cpulist_parse("1", &r.cpuset, err, sizeof(err));
 		r.cpuset_given = true;
@@ -2565,6 +2575,49 @@ Test(core_topo, a_cpu_a_live_cgroup_excludes_is_not_called_missing)
 	rmdir(dir);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0 && got > 0, "child status %d", st);
 	cr_assert(strstr(msg, "its cgroup's cpuset") && !strstr(msg, "does not exist"), "%s", msg);
+}
+
+/* A machine whose NIC is on a node whose CPUs the cgroup leaves out (the XML keeps the
+ * writer's allowed set, as hwloc writes it from inside a container): node 1's CPUs are in
+ * the topology, not allowed, and the map's move to node 0 is said. hwloc left them out of
+ * the topology, so node 1 read "memory only (no CPUs of its own)", the NIC had no local
+ * CPUs and the shards went to node 0 without a word. */
+Test(core_topo, a_nodes_cpus_the_cgroup_leaves_out_are_shown_not_allowed)
+{
+	struct keel_topo *t = load_gen("1 2 2 1 --nics eth0@1 --allowed-cpus 0-1", 0);
+	const struct keel_topo_info *in = keel_topo_info_get(t);
+	const struct keel_topo_nic *n = keel_topo_nic_find(t, "eth0");
+	char list[64];
+
+	cr_assert_eq(in->npus, 4);
+	cr_assert_eq(in->ncores, 4);
+	cr_assert_str_eq(keel_topo_cpulist_format(&in->present, list, sizeof(list)), "0-3");
+	cr_assert_str_eq(keel_topo_cpulist_format(&in->allowed, list, sizeof(list)), "0-1");
+	for (unsigned i = 0; i < in->nnuma; i++) {
+		cr_assert(!in->numa[i].memory_only, "node %u reads memory only", in->numa[i].os);
+		cr_assert_eq(in->numa[i].ncores, 2, "node %u: %u cores", in->numa[i].os,
+			     in->numa[i].ncores);
+	}
+	for (int c = 0; c < 4; c++)
+		cr_assert_eq(pu_of(t, c)->allowed, c < 2, "CPU %d allowed: %d", c,
+			     pu_of(t, c)->allowed);
+	cr_assert_eq(n->numa, 1);
+	cr_assert_str_eq(keel_topo_cpulist_format(&n->local, list, sizeof(list)), "2-3");
+
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(compute(t, "eth0", 0, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map), 0,
+		     "%s", err);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq(map.nshards, 2);
+	for (unsigned i = 0; i < map.nshards; i++)
+		cr_assert(map.shards[i].cpu == 0 || map.shards[i].cpu == 1, "shard %u on CPU %d", i,
+			  map.shards[i].cpu);
+	cr_assert(strstr(logged, "no allowed CPU is local to eth0 (NUMA node 1)") &&
+			  strstr(logged, "the allowed set the topology file was written with (a "
+					 "cgroup's cpuset) leaves out all the node's CPUs"),
+		  "%s", logged);
+	keel_topo_destroy(t);
 }
 
 /* A core with more hardware threads than keel counts (KEEL_TOPO_MAX_SMT): the threads past
@@ -2666,7 +2719,9 @@ Test(core_topo, allowed_cpus_without_a_core_local_to_the_nic_are_said)
 	keel_log_set_sink(log_sink, NULL);
 	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), 0, "%s", err);
 	keel_log_set_sink(NULL, NULL);
-	cr_assert(strstr(logged, "no allowed CPU is local to eth0 (NUMA node 1)"), "%s", logged);
+	cr_assert(strstr(logged, "no allowed CPU is local to eth0 (NUMA node 1)") &&
+			  strstr(logged, "allow some of the node's CPUs (--cpuset"),
+		  "%s", logged);
 	/* The same with the queues given (--rxqs): they choose no CPU, and it was not said. */
 	cr_assert_eq(keel_map_req_rxqs_parse(&r, "eth0:0-3", err, sizeof(err)), 0, "%s", err);
 	logged[0] = 0;
