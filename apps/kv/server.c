@@ -940,6 +940,8 @@ exec_here(const struct kv_cmd *c, struct resp_arg *argv, unsigned argc, struct r
 		rb_err(out, "ERR keel-kv is shutting down");
 		return;
 	}
+	if (argc > 1)
+		kv_test_hold(self(), argv[1].p, argv[1].len); /* the test gate (KEEL_FAULTS) */
 	if (c->flags & KV_F_WRITE) {
 		const char *e = kv_cfg.aof ? kv_aof_error() : NULL;
 		/* Memory first, as Redis: over --maxmemory a write is -OOM even while the

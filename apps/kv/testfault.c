@@ -192,4 +192,21 @@ kv_test_clock_step_ms(void)
 	pthread_once(&clock_once, clock_parse);
 	return clock_step;
 }
+
+bool
+kv_test_hold(unsigned shard, const uint8_t *key, size_t len)
+{
+	static const char mark[] = ":hold";
+	const char *gate = getenv("KEEL_KV_TEST_HOLD_GATE");
+	const size_t mlen = sizeof(mark) - 1;
+
+	if (!gate || !*gate || len < mlen || memcmp(key + len - mlen, mark, mlen) != 0 ||
+	    access(gate, F_OK) != 0)
+		return false;
+	fprintf(stderr, "keel-kv: shard %u held by the test gate\n", shard);
+	while (access(gate, F_OK) == 0)
+		usleep(1000);
+	fprintf(stderr, "keel-kv: shard %u released by the test gate\n", shard);
+	return true;
+}
 #endif

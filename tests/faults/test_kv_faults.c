@@ -2530,6 +2530,133 @@ Test(faults_kv, watches_on_another_shard_end_without_memory_at_the_close)
 	rm_dir(dir);
 }
 
+/* The number of lines of the server log @log that hold @want. */
+static unsigned
+log_lines(const char *log, const char *want)
+{
+	FILE *f = fopen(log, "r");
+	char line[512];
+	unsigned n = 0;
+
+	cr_assert(f, "%s: %s", log, strerror(errno));
+	while (fgets(line, sizeof(line), f))
+		n += strstr(line, want) != NULL;
+	fclose(f);
+	return n;
+}
+
+/* Connections reset while the request that ends their watches (UNWATCH's W_END, EXEC's
+ * W_EXEC) waits for room in a full queue to the keys' shard: it is dropped unsent, and the
+ * watches end by the close's own message (watch_lost), which waits for room too. The keys'
+ * shard is held by the test gate (KEEL_KV_TEST_HOLD_GATE, a GET of "{w0}:hold": once to
+ * learn which shard it is, then to hold it); the connections are on the other shard, where
+ * a third fills the queue (16 entries, no overflow) before the UNWATCH and the EXEC come.
+ * Without watch_lost their watches stay (total_watched_keys 2). Without the gate the queue
+ * drained before the reset in every run on the 2-CPU VM
+ * (kv_server/watches_end_when_a_connection_resets_with_requests_waiting_for_room). The
+ * case is shown met: a SET behind each ending request was dropped with it, not run. */
+Test(faults_kv, watches_end_when_a_reset_drops_requests_waiting_for_room)
+{
+	static const char *const ends[] = { "UNWATCH\r\nSET {w0}after0 1\r\n",
+					    "EXEC\r\nSET {w0}after1 1\r\n" };
+	char gate[] = "/tmp/keel-kv-hold-XXXXXX", log[80], line[256], fill[100 * 24];
+	struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+	unsigned held = 2, home;
+	size_t flen = 0;
+	struct proc p;
+	int fd, c0, c[2], cf, cb;
+	FILE *f;
+
+	fd = mkstemp(gate);
+	cr_assert_geq(fd, 0, "mkstemp: %s", strerror(errno));
+	close(fd);
+	snprintf(log, sizeof(log), "%s.log", gate);
+	setenv("KEEL_TEST_SERVER_LOG", log, 1);
+	setenv("KEEL_KV_TEST_HOLD_GATE", gate, 1);
+	proc_start(&p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "2",
+		   "--idle-poll-us", "0", "--mailbox-entries", "16", "--mailbox-overflow", "0",
+		   NULL);
+	unsetenv("KEEL_KV_TEST_HOLD_GATE");
+	unsetenv("KEEL_TEST_SERVER_LOG");
+	/* Which shard holds {w0}'s keys: the one the gate holds */
+	c0 = test_connect(p.port);
+	test_send_all(c0, "GET {w0}:hold\r\n", 15);
+	log_wait(log, "held by the test gate");
+	f = fopen(log, "r");
+	cr_assert(f);
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "keel-kv: shard %u held by the test gate", &held) == 1)
+			break;
+	fclose(f);
+	cr_assert(held < 2, "which shard is held? %s", log);
+	unlink(gate);
+	reply_is(c0, "$-1\r\n", "the first held GET");
+	home = 1 - held;
+	c[0] = connect_to_shard(p.port, home);
+	if (c[0] < 0) {
+		proc_stop(&p);
+		unlink(log);
+		cr_skip_test("keel-kv's shards are not on CPUs 0 and 1");
+	}
+	c[1] = connect_to_shard(p.port, home);
+	cf = connect_to_shard(p.port, home);
+	cb = connect_to_shard(p.port, home);
+	cr_assert(c[1] >= 0 && cf >= 0 && cb >= 0);
+	test_send_all(c[0], "WATCH {w0}a\r\n", 13);
+	reply_is(c[0], "+OK\r\n", "WATCH");
+	test_send_all(c[1], "WATCH {w0}b\r\nMULTI\r\nSET {w0}b 1\r\n", 33);
+	reply_is(c[1], "+OK\r\n", "WATCH");
+	reply_is(c[1], "+OK\r\n", "MULTI");
+	reply_is(c[1], "+QUEUED\r\n", "SET in MULTI");
+	cr_assert_eq(watched_keys(p.port), 2);
+	/* The keys' shard held again, then its queue filled from the home shard */
+	fd = open(gate, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	cr_assert_geq(fd, 0, "%s: %s", gate, strerror(errno));
+	close(fd);
+	test_send_all(c0, "GET {w0}:hold\r\n", 15);
+	for (uint64_t dl = test_deadline(TEST_WAIT_MS);
+	     log_lines(log, "held by the test gate") < 2;) {
+		cr_assert(!test_expired(dl), "the shard was not held again");
+		test_pause();
+	}
+	for (int k = 0; k < 100; k++)
+		flen += (size_t)sprintf(fill + flen, "SET {w0}f%d 1\r\n", k);
+	test_send_all(cf, fill, flen);
+	/* A barrier: a PING on the home shard is answered after what came before it on
+	 * other connections was read (on loopback their bytes, and a reset, are in the
+	 * sockets when send and close return, and the shard meets them in that order). */
+	test_send_all(cb, "PING\r\n", 6);
+	reply_is(cb, "+PONG\r\n", "PING after the fill");
+	for (int e = 0; e < 2; e++) {
+		test_send_all(c[e], ends[e], strlen(ends[e]));
+		cr_assert_eq(setsockopt(c[e], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);
+		close(c[e]); /* a reset */
+	}
+	test_send_all(cb, "PING\r\n", 6);
+	reply_is(cb, "+PONG\r\n", "PING after the resets");
+	unlink(gate);
+	reply_is(c0, "$-1\r\n", "the held GET");
+	WAIT_FOR(watched_keys(p.port) == 0, "watches left after the resets");
+	for (int e = 0; e < 2; e++) {
+		char cmd[32];
+
+		snprintf(cmd, sizeof(cmd), "EXISTS {w0}after%d", e);
+		kv_command(p.port, cmd, line, sizeof(line));
+		cr_assert_str_eq(
+			line, ":0\r\n",
+			"the SET after the ending request ran: it did not wait for room at "
+			"the reset (%s: %s)",
+			cmd, line);
+	}
+	for (int k = 0; k < 100; k++) /* the fill ran whole: it was not reset */
+		reply_is(cf, "+OK\r\n", "a SET of the fill");
+	close(c0);
+	close(cf);
+	close(cb);
+	proc_stop(&p);
+	unlink(log);
+}
+
 /* One command on @f, whose first reply line must be @want. */
 static void
 line_is(FILE *f, const char *cmd, const char *want)

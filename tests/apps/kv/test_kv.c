@@ -5144,7 +5144,8 @@ Test(kv_server, watches_end_when_their_connection_closes)
  * the watches end by the close's own message (watch_lost). Whether a reset finds them
  * waiting is up to the machine's pace (on the 2-CPU VM the queue had drained by the reset
  * in every run tried: watch_lost written out was not caught); the count must come back to
- * 0 either way. */
+ * 0 either way. faults_kv/watches_end_when_a_reset_drops_requests_waiting_for_room makes
+ * sure of the case, the keys' shard held by a test gate (a KEEL_FAULTS build's). */
 Test(kv_server, watches_end_when_a_connection_resets_with_requests_waiting_for_room)
 {
 	enum { N = 100 }; /* enough to fill the queue, few enough to arrive in one read */
