@@ -891,3 +891,29 @@ Test(tools_topo, a_nic_whose_cpus_are_all_past_keel_max_cpus_is_said_so)
 	free(out);
 	unlink(xml);
 }
+
+/* The SVG draws 64 NUMA nodes and 64 of the mapped NIC's rx queues at most: what it leaves
+ * out is said in its title line. The nodes and queues past those were dropped without a
+ * word. */
+Test(tools_topo, svg_says_the_nodes_and_queues_it_does_not_draw)
+{
+	char xml[128], args[512], path[128], cmd[1024], *out;
+
+	need_python();
+	snprintf(path, sizeof(path), "/tmp/keel-topo-test-%d.svg", (int)getpid());
+	gen_topo_xml("1 66 1 1 --nics eth0@0", xml, sizeof(xml));
+	snprintf(args, sizeof(args), "--xml %s --iface eth0 --queues 80 --shards 2 --svg %s", xml,
+		 path);
+	cr_assert_eq(run(args, true, &out), 0, "%s", out);
+	free(out);
+	snprintf(cmd, sizeof(cmd),
+		 "python3 -c \"import sys,xml.etree.ElementTree as E; r=E.parse(sys.argv[1])"
+		 ".getroot(); t=' '.join(x.text or '' for x in "
+		 "r.iter('{http://www.w3.org/2000/svg}text')); "
+		 "assert '2 NUMA nodes past the first 64 not drawn' in t, t; "
+		 "assert \\\"16 of eth0's rx queues past the first 64 not drawn\\\" in t, t\" '%s'",
+		 path);
+	cr_assert_eq(system(cmd), 0, "SVG check failed for %s", path);
+	unlink(path);
+	unlink(xml);
+}

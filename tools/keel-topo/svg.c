@@ -10,16 +10,17 @@
 
 #include "topo_tool.h"
 
-#define MARGIN  24
-#define GAP     14
-#define CORE_W  132
-#define CORE_H  64
-#define NODE_HD 46
-#define NIC_H   46
-#define Q_W     64
-#define Q_H     40
-#define MAX_QS  64
-#define MAX_NIC 6 /* per column; the rest are counted */
+#define MARGIN   24
+#define GAP      14
+#define CORE_W   132
+#define CORE_H   64
+#define NODE_HD  46
+#define NIC_H    46
+#define Q_W      64
+#define Q_H      40
+#define MAX_QS   64
+#define MAX_COLS 64 /* NUMA nodes drawn */
+#define MAX_NIC  6  /* per column; the rest are counted */
 
 #define C_SHARD "#2b6cb0"
 #define C_WARN  "#dd6b20"
@@ -189,7 +190,7 @@ svg_write(const struct tool_ctx *c, FILE *f)
 	const struct keel_map *m = c->map;
 	const struct keel_topo_nic *mapped =
 		m && m->iface[0] ? keel_topo_nic_find(c->topo, m->iface) : NULL;
-	struct col cols[66];
+	struct col cols[MAX_COLS + 2];
 	unsigned ncols = 0;
 	struct pos *pu_pos = calloc(KEEL_MAX_CPUS, sizeof(*pu_pos));
 	struct pos qpos[MAX_QS];
@@ -197,7 +198,7 @@ svg_write(const struct tool_ctx *c, FILE *f)
 	int qcol = -1, per = 1, bh;
 	char buf[512], list[256];
 	bool any_unnoded = false, any_nic_unnoded = false, any_mismatch = false;
-	unsigned nq_draw = 0;
+	unsigned nq_draw = 0, nq_left = 0;
 	char *labels = NULL;
 	size_t labels_len = 0;
 	FILE *lf;
@@ -215,14 +216,16 @@ svg_write(const struct tool_ctx *c, FILE *f)
 	for (unsigned i = 0; i < in->nnics; i++)
 		any_nic_unnoded |= in->nics[i].numa < 0;
 
-	/* Columns: one per NUMA node (at most 64 drawn), plus one for what has no node. */
-	for (unsigned i = 0; i < in->nnuma && ncols < 64; i++)
+	/* Columns: one per NUMA node (at most MAX_COLS drawn, the title says when more are
+	 * left out), plus one for what has no node. */
+	for (unsigned i = 0; i < in->nnuma && ncols < MAX_COLS; i++)
 		cols[ncols++] = (struct col){ .os = (int)in->numa[i].os };
 	if (any_unnoded || any_nic_unnoded || !ncols)
 		cols[ncols++] = (struct col){ .os = -1 };
 	if (mapped && m) {
 		int nq = mapped->nrxq > (int)m->rx_queues ? mapped->nrxq : (int)m->rx_queues;
 		nq_draw = nq > MAX_QS ? MAX_QS : (unsigned)(nq < 0 ? 0 : nq);
+		nq_left = nq > MAX_QS ? (unsigned)nq - MAX_QS : 0;
 	}
 	{
 		int x = MARGIN;
@@ -322,6 +325,21 @@ svg_write(const struct tool_ctx *c, FILE *f)
 			 in->nnuma == 1 ? "" : "s", in->ncores, in->npus);
 	else
 		snprintf(buf, sizeof(buf), "no map: %s", c->map_error ? c->map_error : "?");
+	/* What the picture leaves out is said: nodes past the 64th, queues past MAX_QS. */
+	if (in->nnuma > MAX_COLS || (qcol >= 0 && nq_left)) {
+		size_t l = strlen(buf);
+
+		if (in->nnuma > MAX_COLS)
+			l += (size_t)snprintf(buf + l, sizeof(buf) - l,
+					      " · %u NUMA nodes past the first %d not drawn",
+					      in->nnuma - MAX_COLS, MAX_COLS);
+		if (l < sizeof(buf) && qcol >= 0 && nq_left)
+			l += (size_t)snprintf(buf + l, sizeof(buf) - l,
+					      " · %u of %s's rx queues past the first %d not drawn",
+					      nq_left, mapped->name, MAX_QS);
+		if (l < sizeof(buf))
+			snprintf(buf + l, sizeof(buf) - l, " (see the text report)");
+	}
 	text(f, MARGIN, MARGIN + 38, 13, "#4a5568", "start", "normal", buf);
 	{
 		int lx = MARGIN, ly = MARGIN + 52;
