@@ -2115,6 +2115,34 @@ syntax:
 	return false;
 }
 
+/* Whether @a reads as an address addr_text writes: "ip:port" or "[ip6]:port". */
+static bool
+addr_form(const struct resp_arg *a)
+{
+	char b[INET6_ADDRSTRLEN + 16], *colon, *end;
+	struct in6_addr a6;
+	struct in_addr a4;
+	unsigned long port;
+
+	if (a->len >= sizeof(b))
+		return false;
+	memcpy(b, a->p, a->len);
+	b[a->len] = 0;
+	colon = strrchr(b, ':');
+	if (!colon || !colon[1] || colon[1] < '0' || colon[1] > '9')
+		return false;
+	errno = 0;
+	port = strtoul(colon + 1, &end, 10);
+	if (*end || errno || port > 65535)
+		return false;
+	*colon = 0;
+	if (b[0] == '[' && colon > b + 1 && colon[-1] == ']') {
+		colon[-1] = 0;
+		return inet_pton(AF_INET6, b + 1, &a6) == 1;
+	}
+	return inet_pton(AF_INET, b, &a4) == 1;
+}
+
 /* @kc's peer (or, @local, its own) address as Redis writes it: "ip:port", "[ip6]:port",
  * or "?:0" when unknown (keel-kv reads the addresses only with --client-addrs yes). */
 static void
@@ -2315,10 +2343,21 @@ client_fanout(struct kconn *kc, struct resp_arg *argv, unsigned argc)
 	if (kill && argc == 2)
 		rb_err(&err, "ERR wrong number of arguments for 'client|kill' command");
 	else if (client_sel_parse(&s, kill, argv + 2, argc - 2, &err) && (s.addr || s.laddr) &&
-		 !kv_cfg.client_addrs)
-		rb_err(&err, "ERR keel-kv reads no client addresses unless started with "
-			     "--client-addrs yes (each accept then costs their reads); use CLIENT "
-			     "KILL ID id");
+		 !kv_cfg.client_addrs) {
+		/* Without the addresses, one that no client could have still finds none, as in
+		 * Redis ("CLIENT KILL ID", the old form's address "ID"); a real one is refused
+		 * naming the option, where it would find none without saying why. */
+		if ((s.addr && !addr_form(s.addr)) || (s.laddr && !addr_form(s.laddr))) {
+			if (s.old)
+				rb_err(&err, "ERR No such client");
+			else
+				rb_int(&err, 0);
+		} else {
+			rb_err(&err, "ERR keel-kv reads no client addresses unless started with "
+				     "--client-addrs yes (each accept then costs their reads); use "
+				     "CLIENT KILL ID id");
+		}
+	}
 	if (err.len || err.oom) {
 		out = reply_to(kc);
 		if (out) {

@@ -5811,6 +5811,17 @@ Test(kv_server, client_addresses_are_read_only_with_client_addrs)
 	       "-ERR keel-kv reads no client addresses unless started with --client-addrs yes "
 	       "(each accept then costs their reads); use CLIENT KILL ID id\r\n");
 	expect(&r, "CLIENT KILL TYPE normal", ":0\r\n"); /* the caller skipped: none else */
+	/* An address no client could have finds none, as in redis-server 7.0.15: the old
+	 * form's address "ID" (CLIENT KILL ID without an id) got the refusal above */
+	expect(&r, "CLIENT KILL ID", "-ERR No such client\r\n");
+	expect(&r, "CLIENT KILL foo", "-ERR No such client\r\n");
+	expect(&r, "CLIENT KILL 127.0.0.1:x", "-ERR No such client\r\n");
+	expect(&r, "CLIENT KILL ADDR foo", ":0\r\n");
+	expect(&r, "CLIENT KILL LADDR foo ID 5", ":0\r\n");
+	expect(&r, "CLIENT KILL ADDR ?:0", ":0\r\n"); /* what CLIENT LIST says: no match */
+	expect(&r, "CLIENT KILL [::1]:6379",
+	       "-ERR keel-kv reads no client addresses unless started with --client-addrs yes "
+	       "(each accept then costs their reads); use CLIENT KILL ID id\r\n");
 	rd_free(&r);
 	srv_stop(&s);
 }
