@@ -394,8 +394,8 @@ load_allowed(struct keel_topo *t)
 	if (keel__affinity_get(&mask, NULL, why, sizeof(why)) < 0) {
 		/* Not fatal for a report, but the map may then use CPUs the process cannot. */
 		keel_log(KEEL_LOG_WARN, "topo",
-			 "%s; the map assumes every CPU is allowed, so check it with "
-			 "keel-topo --check before use",
+			 "%s; the map assumes every CPU of the cgroup's cpuset is allowed, so "
+			 "check it with keel-topo --check before use",
 			 why);
 		return;
 	}

@@ -2115,7 +2115,8 @@ syntax:
 	return false;
 }
 
-/* Whether @a reads as an address addr_text writes: "ip:port" or "[ip6]:port". */
+/* Whether @a reads as an address addr_text writes: "ip:port", "[ip6]:port", or "?:0" (what
+ * CLIENT LIST shows of every client without --client-addrs: the value a user copies). */
 static bool
 addr_form(const struct resp_arg *a)
 {
@@ -2124,6 +2125,8 @@ addr_form(const struct resp_arg *a)
 	struct in_addr a4;
 	unsigned long port;
 
+	if (a->len == 3 && !memcmp(a->p, "?:0", 3))
+		return true;
 	if (a->len >= sizeof(b))
 		return false;
 	memcpy(b, a->p, a->len);

@@ -10,8 +10,8 @@ void
 kv_test_faults_init(void)
 {
 	static const char *const vars[] = { "KEEL_KV_TEST_FAULTS", "KEEL_KV_TEST_REWRITE_GATE",
-					    "KEEL_KV_TEST_SYNC_GATE",
-					    "KEEL_KV_TEST_CLOCK_STEP_MS" };
+					    "KEEL_KV_TEST_SYNC_GATE", "KEEL_KV_TEST_CLOCK_STEP_MS",
+					    "KEEL_KV_TEST_HOLD_GATE" };
 
 	for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
 		if (getenv(vars[i]))
@@ -21,6 +21,7 @@ kv_test_faults_init(void)
 				vars[i]);
 }
 #else
+#include <ctype.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -35,7 +36,7 @@ static const char *const known[] = { "record-oom",        "ftruncate",       "st
 				     "waiter-oom",        "store-oom",       "reply-oom",
 				     "watch-keys-oom",    "watch-entry-oom", "stop-rebuild",
 				     "rewrite-tail-open", "wgone-oom" };
-#define NSITES (sizeof(known) / sizeof(known[0]))
+#define NSITES      (sizeof(known) / sizeof(known[0]))
 static struct site {
 	bool set;
 	uint64_t after, n;
@@ -193,20 +194,54 @@ kv_test_clock_step_ms(void)
 	return clock_step;
 }
 
+/* The hold gate's file, read once (it is looked at for every command of these builds). */
+static const char *hold_gate;
+static pthread_once_t hold_once = PTHREAD_ONCE_INIT;
+
+static void
+hold_read(void)
+{
+	const char *v = getenv("KEEL_KV_TEST_HOLD_GATE");
+
+	hold_gate = v && *v ? v : NULL;
+}
+
+/* A held shard that nobody lets go (a test that failed with the file still there) lets go
+ * by itself after this long, so that its process can stop. */
+#define HOLD_MAX_MS 60000
+
 bool
 kv_test_hold(unsigned shard, const uint8_t *key, size_t len)
 {
 	static const char mark[] = ":hold";
-	const char *gate = getenv("KEEL_KV_TEST_HOLD_GATE");
 	const size_t mlen = sizeof(mark) - 1;
+	char path[4096];
+	size_t at, nlen;
+	unsigned ms = 0;
 
-	if (!gate || !*gate || len < mlen || memcmp(key + len - mlen, mark, mlen) != 0 ||
-	    access(gate, F_OK) != 0)
+	pthread_once(&hold_once, hold_read);
+	if (!hold_gate)
 		return false;
-	fprintf(stderr, "keel-kv: shard %u held by the test gate\n", shard);
-	while (access(gate, F_OK) == 0)
+	/* ":hold" then a name of up to 16 letters or digits at the end of the key */
+	for (at = len; at > 0 && len - at < 16 + mlen; at--)
+		if (key[at - 1] == ':')
+			break;
+	if (!at || len - (at - 1) < mlen || memcmp(key + at - 1, mark, mlen) != 0)
+		return false;
+	nlen = len - (at - 1) - mlen;
+	for (size_t k = 0; k < nlen; k++)
+		if (!isalnum(key[at - 1 + mlen + k]))
+			return false;
+	if ((size_t)snprintf(path, sizeof(path), "%s%.*s", hold_gate, (int)nlen,
+			     (const char *)key + at - 1 + mlen) >= sizeof(path) ||
+	    access(path, F_OK) != 0)
+		return false;
+	fprintf(stderr, "keel-kv: shard %u held by the test gate %s (key %.*s)\n", shard, path,
+		(int)len, (const char *)key);
+	while (access(path, F_OK) == 0 && ms++ < HOLD_MAX_MS)
 		usleep(1000);
-	fprintf(stderr, "keel-kv: shard %u released by the test gate\n", shard);
+	fprintf(stderr, "keel-kv: shard %u released by the test gate %s%s\n", shard, path,
+		ms > HOLD_MAX_MS ? " (held for a minute: let go with the file still there)" : "");
 	return true;
 }
 #endif

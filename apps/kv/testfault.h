@@ -36,10 +36,12 @@
  * second, the batch in flight meanwhile, so a test can send commands while one is
  * (kv_test_sync_held).
  *
- * KEEL_KV_TEST_HOLD_GATE=PATH: while PATH exists, a command whose first key ends in ":hold"
- * holds the shard that runs it (its thread sleeps, looking again every millisecond, with a
- * line on stderr as it holds and as it lets go), so that a test can fill the queues to that shard
- * (kv_test_hold).
+ * KEEL_KV_TEST_HOLD_GATE=PATH: while PATH exists (a minute at most), a command whose first
+ * argument ends in ":hold" holds the shard that runs it (its thread sleeps, looking again
+ * every millisecond, with a line on stderr as it holds and as it lets go, naming the file),
+ * so that a test can fill the queues to that shard (kv_test_hold); ":holdNAME" (up to 16
+ * letters or digits) waits on PATHNAME instead, so that two shards can be held and let go
+ * apart.
  *
  * KEEL_KV_TEST_CLOCK_STEP_MS=N: each reading of keel-kv's clock (kv_now_ms) on a shard is N
  * ms later than the one before on that shard, so a test can make time pass between two
@@ -61,8 +63,9 @@ bool kv_test_fault(const char *site);
 bool kv_test_rewrite_held(void);
 bool kv_test_sync_held(void);
 int64_t kv_test_clock_step_ms(void);
-/* The hold gate: true when @key ends in ":hold" and the gate's file exists, once the file is
- * gone (the caller's thread held meanwhile). */
+/* The hold gate: true when @key (the command's first argument) ends in ":hold[NAME]" and
+ * the gate's file (PATH[NAME]) exists, once the file is gone or a minute has passed (the
+ * caller's thread held meanwhile). */
 bool kv_test_hold(unsigned shard, const uint8_t *key, size_t len);
 #else
 static inline bool

@@ -2538,38 +2538,82 @@ log_lines(const char *log, const char *want)
 	char line[512];
 	unsigned n = 0;
 
-	cr_assert(f, "%s: %s", log, strerror(errno));
+	if (!f) /* not written yet */
+		return 0;
 	while (fgets(line, sizeof(line), f))
 		n += strstr(line, want) != NULL;
 	fclose(f);
 	return n;
 }
 
+/* The shard that a GET of @key, sent on a new connection, holds (KEEL_KV_TEST_HOLD_GATE):
+ * the @nth "held by the test gate" line of @log names it. The connection is returned in
+ * *@fd, its reply not read. */
+static unsigned
+hold_shard(int port, const char *log, const char *key, unsigned nth, int *fd)
+{
+	char cmd[64], line[512];
+	unsigned shard = 2, seen = 0;
+	FILE *f;
+
+	*fd = test_connect(port);
+	test_send_all(*fd, cmd, (size_t)snprintf(cmd, sizeof(cmd), "GET %s\r\n", key));
+	for (uint64_t dl = test_deadline(TEST_WAIT_MS);
+	     log_lines(log, "held by the test gate") < nth;) {
+		cr_assert(!test_expired(dl), "GET %s held no shard", key);
+		test_pause();
+	}
+	f = fopen(log, "r");
+	cr_assert(f);
+	while (fgets(line, sizeof(line), f))
+		/* (sscanf's count says nothing of the text after %u: a "released" line
+		 * would match too) */
+		if (strstr(line, " held by the test gate") &&
+		    sscanf(line, "keel-kv: shard %u", &shard) == 1 && ++seen == nth)
+			break;
+	fclose(f);
+	cr_assert(shard < 2, "which shard is held? %s", log);
+	return shard;
+}
+
+/* Make the file @path (a gate). */
+static void
+gate_make(const char *path)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+	cr_assert_geq(fd, 0, "%s: %s", path, strerror(errno));
+	close(fd);
+}
+
 /* Connections reset while the request that ends their watches (UNWATCH's W_END, EXEC's
  * W_EXEC) waits for room in a full queue to the keys' shard: it is dropped unsent, and the
- * watches end by the close's own message (watch_lost), which waits for room too. The keys'
- * shard is held by the test gate (KEEL_KV_TEST_HOLD_GATE, a GET of "{w0}:hold": once to
- * learn which shard it is, then to hold it); the connections are on the other shard, where
- * a third fills the queue (16 entries, no overflow) before the UNWATCH and the EXEC come.
- * Without watch_lost their watches stay (total_watched_keys 2). Without the gate the queue
- * drained before the reset in every run on the 2-CPU VM
- * (kv_server/watches_end_when_a_connection_resets_with_requests_waiting_for_room). The
- * case is shown met: a SET behind each ending request was dropped with it, not run. */
+ * watches end by the close's own message (watch_lost), which waits for room too. Held by
+ * the test gate (KEEL_KV_TEST_HOLD_GATE): the keys' shard S, so that its queue fills (16
+ * entries, no overflow) from the other shard R, where the connections are; and R while the
+ * ending requests and the resets arrive, so that R reads each connection's request and its
+ * reset in one go. (Once R has read a request that waits for room it reads no more of that
+ * connection, the reset included, until the room comes; then it sends the request and runs
+ * the rest, as Redis runs what it read before a reset.) Without watch_lost the two watches
+ * stay. Without the gates the queue drained before the reset in every run on the 2-CPU VM
+ * (kv_server/watches_end_when_a_connection_resets_with_requests_waiting_for_room). The case
+ * is shown met: a SET behind each ending request was dropped with it, not run. */
 Test(faults_kv, watches_end_when_a_reset_drops_requests_waiting_for_room)
 {
 	static const char *const ends[] = { "UNWATCH\r\nSET {w0}after0 1\r\n",
 					    "EXEC\r\nSET {w0}after1 1\r\n" };
-	char gate[] = "/tmp/keel-kv-hold-XXXXXX", log[80], line[256], fill[100 * 24];
+	char gate[] = "/tmp/keel-kv-hold-XXXXXX", gate_r[64], log[80], line[256], key_r[32] = "",
+	     fill[100 * 24];
 	struct linger lg = { .l_onoff = 1, .l_linger = 0 };
-	unsigned held = 2, home;
+	unsigned held, home, nheld = 1;
 	size_t flen = 0;
 	struct proc p;
-	int fd, c0, c[2], cf, cb;
-	FILE *f;
+	int fd, c0, cr, c[2], cf, cb;
 
 	fd = mkstemp(gate);
 	cr_assert_geq(fd, 0, "mkstemp: %s", strerror(errno));
 	close(fd);
+	snprintf(gate_r, sizeof(gate_r), "%sR", gate);
 	snprintf(log, sizeof(log), "%s.log", gate);
 	setenv("KEEL_TEST_SERVER_LOG", log, 1);
 	setenv("KEEL_KV_TEST_HOLD_GATE", gate, 1);
@@ -2578,22 +2622,28 @@ Test(faults_kv, watches_end_when_a_reset_drops_requests_waiting_for_room)
 		   NULL);
 	unsetenv("KEEL_KV_TEST_HOLD_GATE");
 	unsetenv("KEEL_TEST_SERVER_LOG");
-	/* Which shard holds {w0}'s keys: the one the gate holds */
-	c0 = test_connect(p.port);
-	test_send_all(c0, "GET {w0}:hold\r\n", 15);
-	log_wait(log, "held by the test gate");
-	f = fopen(log, "r");
-	cr_assert(f);
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "keel-kv: shard %u held by the test gate", &held) == 1)
-			break;
-	fclose(f);
-	cr_assert(held < 2, "which shard is held? %s", log);
+	/* Which shard holds {w0}'s keys (S), and a hash tag of the other's (R) */
+	held = hold_shard(p.port, log, "{w0}:hold", nheld++, &c0);
 	unlink(gate);
 	reply_is(c0, "$-1\r\n", "the first held GET");
+	close(c0);
 	home = 1 - held;
+	gate_make(gate_r);
+	for (unsigned t = 1; t < 8 && !key_r[0]; t++) {
+		char key[32];
+
+		snprintf(key, sizeof(key), "{w%u}:holdR", t);
+		if (hold_shard(p.port, log, key, nheld++, &cr) == home)
+			snprintf(key_r, sizeof(key_r), "%s", key);
+		unlink(gate_r);
+		reply_is(cr, "$-1\r\n", "a held GET");
+		close(cr);
+		gate_make(gate_r);
+	}
+	cr_assert(key_r[0], "no hash tag of shard %u among w1-w7", home);
 	c[0] = connect_to_shard(p.port, home);
 	if (c[0] < 0) {
+		unlink(gate_r);
 		proc_stop(&p);
 		unlink(log);
 		cr_skip_test("keel-kv's shards are not on CPUs 0 and 1");
@@ -2609,33 +2659,27 @@ Test(faults_kv, watches_end_when_a_reset_drops_requests_waiting_for_room)
 	reply_is(c[1], "+OK\r\n", "MULTI");
 	reply_is(c[1], "+QUEUED\r\n", "SET in MULTI");
 	cr_assert_eq(watched_keys(p.port), 2);
-	/* The keys' shard held again, then its queue filled from the home shard */
-	fd = open(gate, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-	cr_assert_geq(fd, 0, "%s: %s", gate, strerror(errno));
-	close(fd);
-	test_send_all(c0, "GET {w0}:hold\r\n", 15);
-	for (uint64_t dl = test_deadline(TEST_WAIT_MS);
-	     log_lines(log, "held by the test gate") < 2;) {
-		cr_assert(!test_expired(dl), "the shard was not held again");
-		test_pause();
-	}
+	/* S held, then its queue filled from R (a PING on R answered after R read it all) */
+	gate_make(gate);
+	cr_assert_eq(hold_shard(p.port, log, "{w0}:hold", nheld++, &c0), held);
 	for (int k = 0; k < 100; k++)
 		flen += (size_t)sprintf(fill + flen, "SET {w0}f%d 1\r\n", k);
 	test_send_all(cf, fill, flen);
-	/* A barrier: a PING on the home shard is answered after what came before it on
-	 * other connections was read (on loopback their bytes, and a reset, are in the
-	 * sockets when send and close return, and the shard meets them in that order). */
 	test_send_all(cb, "PING\r\n", 6);
 	reply_is(cb, "+PONG\r\n", "PING after the fill");
+	/* R held (gate_r exists), the ending requests and the resets sent, R let go */
+	cr_assert_eq(hold_shard(p.port, log, key_r, nheld++, &cr), home);
 	for (int e = 0; e < 2; e++) {
 		test_send_all(c[e], ends[e], strlen(ends[e]));
 		cr_assert_eq(setsockopt(c[e], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);
 		close(c[e]); /* a reset */
 	}
 	test_send_all(cb, "PING\r\n", 6);
+	unlink(gate_r);
+	reply_is(cr, "$-1\r\n", "R's held GET");
 	reply_is(cb, "+PONG\r\n", "PING after the resets");
 	unlink(gate);
-	reply_is(c0, "$-1\r\n", "the held GET");
+	reply_is(c0, "$-1\r\n", "S's held GET");
 	WAIT_FOR(watched_keys(p.port) == 0, "watches left after the resets");
 	for (int e = 0; e < 2; e++) {
 		char cmd[32];
@@ -2651,6 +2695,7 @@ Test(faults_kv, watches_end_when_a_reset_drops_requests_waiting_for_room)
 	for (int k = 0; k < 100; k++) /* the fill ran whole: it was not reset */
 		reply_is(cf, "+OK\r\n", "a SET of the fill");
 	close(c0);
+	close(cr);
 	close(cf);
 	close(cb);
 	proc_stop(&p);

@@ -790,12 +790,17 @@ Test(net_zcrx, a_refused_area_was_never_populated)
 	int r;
 
 	capture();
+	refused_pages = 0;
 	keel__zcrx_register = reg_count_resident_refuse;
 	r = zsrv_start_area(&z, KEEL_POLICY_AUTO, "lo", 2ull << 30);
 	keel__zcrx_register = kernel;
 	cr_assert_eq(r, 0, "auto falls back: %d\n%s", r, logbuf);
 	cr_assert_eq(zsrv_stop(&z), 0);
 	keel_log_set_sink(NULL, NULL);
+	/* A machine that commits no 2 GiB mapping (vm.overcommit_memory 2, or little memory)
+	 * refuses it before the kernel is asked. */
+	if (!refused_pages && logged("ENOMEM"))
+		cr_skip_test("the 2 GiB area could not be mapped here (overcommit): %s", logbuf);
 	cr_assert_eq(refused_pages, (2ull << 30) / (size_t)sysconf(_SC_PAGESIZE),
 		     "the area asked for: %zu pages", refused_pages);
 	cr_assert_eq(refused_resident, 0,

@@ -327,18 +327,26 @@ svg_write(const struct tool_ctx *c, FILE *f)
 		snprintf(buf, sizeof(buf), "no map: %s", c->map_error ? c->map_error : "?");
 	/* What the picture leaves out is said: nodes past the 64th, queues past MAX_QS. */
 	if (in->nnuma > MAX_COLS || (qcol >= 0 && nq_left)) {
-		size_t l = strlen(buf);
+		char more[200];
+		size_t l = 0, keep;
 
 		if (in->nnuma > MAX_COLS)
-			l += (size_t)snprintf(buf + l, sizeof(buf) - l,
+			l += (size_t)snprintf(more, sizeof(more),
 					      " · %u NUMA nodes past the first %d not drawn",
 					      in->nnuma - MAX_COLS, MAX_COLS);
-		if (l < sizeof(buf) && qcol >= 0 && nq_left)
-			l += (size_t)snprintf(buf + l, sizeof(buf) - l,
+		if (qcol >= 0 && nq_left)
+			l += (size_t)snprintf(more + l, sizeof(more) - l,
 					      " · %u of %s's rx queues past the first %d not drawn",
 					      nq_left, mapped->name, MAX_QS);
-		if (l < sizeof(buf))
-			snprintf(buf + l, sizeof(buf) - l, " (see the text report)");
+		snprintf(more + l, sizeof(more) - l, " (see the text report)");
+		/* Whole, after the line cut (at a character's start) to make room for it. */
+		keep = strlen(buf);
+		if (keep + strlen(more) >= sizeof(buf)) {
+			keep = sizeof(buf) - 1 - strlen(more);
+			while (keep && ((unsigned char)buf[keep] & 0xc0) == 0x80)
+				keep--;
+		}
+		snprintf(buf + keep, sizeof(buf) - keep, "%s", more);
 	}
 	text(f, MARGIN, MARGIN + 38, 13, "#4a5568", "start", "normal", buf);
 	{

@@ -5818,7 +5818,10 @@ Test(kv_server, client_addresses_are_read_only_with_client_addrs)
 	expect(&r, "CLIENT KILL 127.0.0.1:x", "-ERR No such client\r\n");
 	expect(&r, "CLIENT KILL ADDR foo", ":0\r\n");
 	expect(&r, "CLIENT KILL LADDR foo ID 5", ":0\r\n");
-	expect(&r, "CLIENT KILL ADDR ?:0", ":0\r\n"); /* what CLIENT LIST says: no match */
+	/* what CLIENT LIST shows, the value a user copies: refused, naming the option */
+	expect(&r, "CLIENT KILL ADDR ?:0",
+	       "-ERR keel-kv reads no client addresses unless started with --client-addrs yes "
+	       "(each accept then costs their reads); use CLIENT KILL ID id\r\n");
 	expect(&r, "CLIENT KILL [::1]:6379",
 	       "-ERR keel-kv reads no client addresses unless started with --client-addrs yes "
 	       "(each accept then costs their reads); use CLIENT KILL ID id\r\n");
