@@ -577,6 +577,25 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 		if ((unsigned)s->rxq + 1 > out->rx_queues)
 			out->rx_queues = (unsigned)s->rxq + 1;
 	}
+	/* Shards on a node whose memory this process may not use (a cgroup's cpuset.mems):
+	 * their memory comes from another node, across the interconnect. Said once. */
+	for (unsigned i = 0; i < in->nnuma; i++) {
+		unsigned on = 0;
+
+		if (in->numa[i].memory_allowed)
+			continue;
+		for (unsigned k = 0; k < shards; k++)
+			on += out->shards[k].numa == (int)in->numa[i].os;
+		if (on)
+			keel_log(KEEL_LOG_WARN, "topo",
+				 "%u shard%s on NUMA node %u, whose memory this process may not "
+				 "use (%s): their memory comes from another node, across the "
+				 "interconnect; allow the node's memory (cpuset.mems), or keep the "
+				 "shards off its CPUs (--cpuset)",
+				 on, on == 1 ? "" : "s", in->numa[i].os,
+				 in->live ? "outside the cgroup's cpuset.mems"
+					  : "outside the file's allowed nodeset");
+	}
 out:
 	free(cand);
 	free(corder);

@@ -6,7 +6,7 @@ the first of its package, CPUs numbered past KEEL_MAX_CPUS).
 
 gen_topo.py PACKAGES NODES_PER_PACKAGE CORES_PER_NODE SMT [--interleave] [--pu-offset N]
             [--nics NAME@WHERE,...] [--distances "D00 D01 ... Dnn"]
-            [--allowed-cpus LIST] > out.xml
+            [--allowed-cpus LIST] [--allowed-nodes LIST] > out.xml
 
 --interleave numbers CPUs as Linux does on most x86 servers: every core's first thread,
   then every core's second, ... (without it a core's threads are consecutive).
@@ -17,6 +17,8 @@ gen_topo.py PACKAGES NODES_PER_PACKAGE CORES_PER_NODE SMT [--interleave] [--pu-o
   NUMALatency, as Linux's node distances give it); without it the file has none.
 --allowed-cpus LIST: the CPUs the process that wrote the file could use (hwloc's
   allowed_cpuset, as a cgroup's cpuset makes it; "0-3,8"); without it, every CPU.
+--allowed-nodes LIST: the NUMA nodes whose memory it could use (allowed_nodeset, a
+  cgroup's cpuset.mems); without it, every node.
 """
 import argparse
 
@@ -30,6 +32,7 @@ ap.add_argument('--nics', default='eth0@0')
 ap.add_argument('--pu-offset', type=int, default=0)
 ap.add_argument('--distances', default='')
 ap.add_argument('--allowed-cpus', default='')
+ap.add_argument('--allowed-nodes', default='')
 a = ap.parse_args()
 ncores = a.pkg * a.npp * a.cpn
 nnodes = a.pkg * a.npp
@@ -88,16 +91,22 @@ def sets(cpus, nodes):
 
 allpus = [pu_os(c, t) for c in range(ncores) for t in range(a.smt)]
 allnodes = list(range(nnodes))
-allowed = allpus
-if a.allowed_cpus:
-    allowed = []
-    for part in a.allowed_cpus.split(','):
+
+
+def cpulist(text):
+    out = []
+    for part in text.split(','):
         lo, _, hi = part.partition('-')
-        allowed += range(int(lo), int(hi or lo) + 1)
+        out += range(int(lo), int(hi or lo) + 1)
+    return out
+
+
+allowed = cpulist(a.allowed_cpus) if a.allowed_cpus else allpus
+allowed_nodes = cpulist(a.allowed_nodes) if a.allowed_nodes else allnodes
 L = ['<?xml version="1.0" encoding="UTF-8"?>', '<!DOCTYPE topology SYSTEM "hwloc2.dtd">',
      '<topology version="2.0">',
      f'<object type="Machine" os_index="0" {sets(allpus, allnodes)} '
-     f'allowed_cpuset="{bm(allowed)}" allowed_nodeset="{bm(allnodes)}" gp_index="1">']
+     f'allowed_cpuset="{bm(allowed)}" allowed_nodeset="{bm(allowed_nodes)}" gp_index="1">']
 for p in range(a.pkg):
     nodes = [p * a.npp + i for i in range(a.npp)]
     pcores = range(p * a.npp * a.cpn, (p + 1) * a.npp * a.cpn)

@@ -2509,6 +2509,46 @@ Test(core_topo, the_runtimes_cpuset_names_isolcpus_for_an_isolated_cpu_outside_t
 	rm_dir(root);
 }
 
+/* A node whose memory the cgroup's cpuset.mems leaves out (an XML file: its allowed nodeset)
+ * is in the topology (loaded with HWLOC_TOPOLOGY_FLAG_INCLUDE_DISALLOWED), marked, and a map
+ * that puts shards on its CPUs says their memory comes from elsewhere. Without the flag
+ * hwloc dropped the node; with it and no mark, the map placed shards there without a word. */
+Test(core_topo, a_node_whose_memory_the_cgroup_leaves_out_is_marked_and_said)
+{
+	struct keel_topo *t = load_gen("1 2 2 1 --nics eth0@1 --allowed-nodes 0", 0);
+	const struct keel_topo_info *in = keel_topo_info_get(t);
+
+	cr_assert_eq(in->nnuma, 2);
+	for (unsigned i = 0; i < 2; i++)
+		cr_assert_eq(in->numa[i].memory_allowed, in->numa[i].os == 0, "node %u: %d",
+			     in->numa[i].os, in->numa[i].memory_allowed);
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(compute(t, "eth0", 0, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map), 0,
+		     "%s", err);
+	keel_log_set_sink(NULL, NULL);
+	assert_shards_on(&map, 0, map.nshards, 1);
+	cr_assert(strstr(logged, "2 shards on NUMA node 1, whose memory this process may not use "
+				 "(outside the file's allowed nodeset)"),
+		  "%s", logged);
+	/* on node 0's CPUs (--cpuset 0-1): nothing said */
+	{
+		struct keel_map_req r;
+
+		keel_map_req_init(&r);
+		snprintf(r.iface, sizeof(r.iface), "eth0");
+		cr_assert_eq(keel_cpulist_parse("0-1", &r.cpuset, err, sizeof(err)), 0);
+		r.cpuset_given = true;
+		logged[0] = 0;
+		keel_log_set_sink(log_sink, NULL);
+		cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), 0, "%s", err);
+		keel_log_set_sink(NULL, NULL);
+	}
+	assert_shards_on(&map, 0, map.nshards, 0);
+	cr_assert(!strstr(logged, "may not use"), "%s", logged);
+	keel_topo_destroy(t);
+}
+
 /* Live, as root on a machine with a cgroup v1 cpuset hierarchy (v2 needs the controller
  * enabled above the process, which a test should not change): a child in a cgroup of CPU
  * 0 alone asks for CPU 1. The mapper said it "does not exist on this machine" (hwloc left

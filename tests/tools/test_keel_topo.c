@@ -200,7 +200,7 @@ Test(tools_topo, json_parses_and_has_the_documented_fields)
 		"          'map_error']:\n"
 		"    assert k in d, k\n"
 		"assert d['keel_topo']==1 and d['live'] is (sys.argv[2]=='live')\n"
-		"for n in d['numa_nodes']: assert set(n)=={'node','memory_bytes','cpus','memory_only'}, n\n"
+		"for n in d['numa_nodes']: assert set(n)=={'node','memory_bytes','cpus','memory_only','memory_allowed'}, n\n"
 		"for c in d['core_list']: assert set(c)=={'core','package','numa_node','pus',\n"
 		"    'l2_bytes','l3_bytes'}, c\n"
 		"for n in d['nics']:\n"
@@ -915,5 +915,28 @@ Test(tools_topo, svg_says_the_nodes_and_queues_it_does_not_draw)
 		 path);
 	cr_assert_eq(system(cmd), 0, "SVG check failed for %s", path);
 	unlink(path);
+	unlink(xml);
+}
+
+/* A node whose memory the process may not use (an XML file's allowed nodeset, as a cgroup's
+ * cpuset.mems makes it) is marked in the report and in --json. */
+Test(tools_topo, a_node_whose_memory_is_not_allowed_is_marked)
+{
+	char xml[128], args[512], *out;
+
+	gen_topo_xml("1 2 2 1 --nics eth0@1 --allowed-nodes 0", xml, sizeof(xml));
+	snprintf(args, sizeof(args), "--xml '%s' --iface eth0", xml);
+	cr_assert_eq(run(args, true, &out), 0, "%s", out);
+	cr_assert(strstr(out, "NUMA node 1: 64.0 GiB memory (not allowed: outside the file's "
+			      "allowed nodeset), 2 cores"),
+		  "%s", out);
+	cr_assert(strstr(out, "NUMA node 0: 64.0 GiB memory, 2 cores"), "%s", out);
+	free(out);
+	snprintf(args, sizeof(args), "--xml '%s' --iface eth0 --json", xml);
+	cr_assert_eq(run(args, false, &out), 0, "%s", out);
+	cr_assert(strstr(out, "\"memory_only\": false, \"memory_allowed\": false }") &&
+			  strstr(out, "\"memory_only\": false, \"memory_allowed\": true }"),
+		  "%s", out);
+	free(out);
 	unlink(xml);
 }

@@ -180,15 +180,22 @@ report_text(const struct tool_ctx *c, FILE *f)
 		keel_topo_cpulist_format(&in->allowed, list, sizeof(list)));
 	for (unsigned i = 0; i < in->nnuma; i++) {
 		const struct keel_topo_numa *nd = &in->numa[i];
+		const char *na = nd->memory_allowed ? ""
+				 : in->live         ? " (not allowed here: outside the cgroup's "
+						      "cpuset.mems)"
+						    : " (not allowed: outside the file's allowed "
+						      "nodeset)";
+
 		if (nd->memory_only) {
 			fprintf(f,
-				"\nNUMA node %u: %s memory only (no CPUs of its own), near CPUs %s\n",
-				nd->os, size_str(nd->memory_bytes, b1, sizeof(b1)),
+				"\nNUMA node %u: %s memory only%s (no CPUs of its own), near CPUs "
+				"%s\n",
+				nd->os, size_str(nd->memory_bytes, b1, sizeof(b1)), na,
 				keel_topo_cpulist_format(&nd->cpus, list, sizeof(list)));
 			continue;
 		}
-		fprintf(f, "\nNUMA node %u: %s memory, %u core%s, CPUs %s\n", nd->os,
-			size_str(nd->memory_bytes, b1, sizeof(b1)), nd->ncores,
+		fprintf(f, "\nNUMA node %u: %s memory%s, %u core%s, CPUs %s\n", nd->os,
+			size_str(nd->memory_bytes, b1, sizeof(b1)), na, nd->ncores,
 			nd->ncores == 1 ? "" : "s",
 			keel_topo_cpulist_format(&nd->cpus, list, sizeof(list)));
 		for (unsigned ci = 0; ci < in->ncores; ci++)
@@ -416,7 +423,8 @@ report_json(const struct tool_ctx *c, FILE *f)
 			fputs("null", f);
 		fputs(", \"cpus\": ", f);
 		json_cpus(f, &nd->cpus);
-		fprintf(f, ", \"memory_only\": %s }", nd->memory_only ? "true" : "false");
+		fprintf(f, ", \"memory_only\": %s, \"memory_allowed\": %s }",
+			nd->memory_only ? "true" : "false", nd->memory_allowed ? "true" : "false");
 	}
 	fputs(in->nnuma ? "\n  ],\n  \"core_list\": [" : "],\n  \"core_list\": [", f);
 	for (unsigned i = 0; i < in->ncores; i++) {

@@ -75,6 +75,9 @@ struct keel_topo_numa {
 	struct keel_cpuset
 		cpus;     /* CPUs of the node (a memory-only node: those it is attached to) */
 	bool memory_only; /* memory without CPUs of its own: HBM, persistent, CXL, GPU */
+	/* Its memory is one this process may use: false outside the cgroup's cpuset.mems (an
+	 * XML file: outside the allowed nodeset it was written with). */
+	bool memory_allowed;
 };
 
 /** One rx queue of a NIC and the IRQ that serves it. */
