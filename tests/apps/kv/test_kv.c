@@ -5793,6 +5793,11 @@ Test(kv_server, client_list_info_and_kill_reach_every_shards_clients)
 /* keel-kv reads no client addresses by default (they cost each accept): CLIENT LIST and
  * INFO say ?:0, as Redis says of an address it cannot read, and CLIENT KILL by address is
  * refused naming --client-addrs, where it would find no client and say nothing of why. */
+/* The refusal of a KILL by address without --client-addrs */
+#define NO_ADDRS                                                                               \
+	"-ERR keel-kv reads no client addresses unless started with --client-addrs yes (each " \
+	"accept then costs their reads); use CLIENT KILL ID id\r\n"
+
 Test(kv_server, client_addresses_are_read_only_with_client_addrs)
 {
 	struct srv s;
@@ -5804,12 +5809,8 @@ Test(kv_server, client_addresses_are_read_only_with_client_addrs)
 	test_send_all(r.fd, "CLIENT INFO\r\n", 13);
 	got = rd_next(&r, NULL);
 	cr_assert(got && strstr(got, " addr=?:0 laddr=?:0 fd=-1 "), "%s", got);
-	expect(&r, "CLIENT KILL 127.0.0.1:1",
-	       "-ERR keel-kv reads no client addresses unless started with --client-addrs yes "
-	       "(each accept then costs their reads); use CLIENT KILL ID id\r\n");
-	expect(&r, "CLIENT KILL LADDR 127.0.0.1:1 SKIPME no",
-	       "-ERR keel-kv reads no client addresses unless started with --client-addrs yes "
-	       "(each accept then costs their reads); use CLIENT KILL ID id\r\n");
+	expect(&r, "CLIENT KILL 127.0.0.1:1", NO_ADDRS);
+	expect(&r, "CLIENT KILL LADDR 127.0.0.1:1 SKIPME no", NO_ADDRS);
 	expect(&r, "CLIENT KILL TYPE normal", ":0\r\n"); /* the caller skipped: none else */
 	/* An address no client could have finds none, as in redis-server 7.0.15: the old
 	 * form's address "ID" (CLIENT KILL ID without an id) got the refusal above */
@@ -5819,12 +5820,8 @@ Test(kv_server, client_addresses_are_read_only_with_client_addrs)
 	expect(&r, "CLIENT KILL ADDR foo", ":0\r\n");
 	expect(&r, "CLIENT KILL LADDR foo ID 5", ":0\r\n");
 	/* what CLIENT LIST shows, the value a user copies: refused, naming the option */
-	expect(&r, "CLIENT KILL ADDR ?:0",
-	       "-ERR keel-kv reads no client addresses unless started with --client-addrs yes "
-	       "(each accept then costs their reads); use CLIENT KILL ID id\r\n");
-	expect(&r, "CLIENT KILL [::1]:6379",
-	       "-ERR keel-kv reads no client addresses unless started with --client-addrs yes "
-	       "(each accept then costs their reads); use CLIENT KILL ID id\r\n");
+	expect(&r, "CLIENT KILL ADDR ?:0", NO_ADDRS);
+	expect(&r, "CLIENT KILL [::1]:6379", NO_ADDRS);
 	rd_free(&r);
 	srv_stop(&s);
 }
