@@ -171,9 +171,12 @@ load_cpus(struct keel_topo *t, hwloc_topology_t h)
 		n->os = o->os_index;
 		n->memory_bytes = o->attr ? o->attr->numanode.local_memory : 0;
 		cpuset_from_hwloc(o->cpuset, &n->cpus);
-		/* In the topology either way (HWLOC_TOPOLOGY_FLAG_INCLUDE_DISALLOWED), said */
+		/* In the topology either way (HWLOC_TOPOLOGY_FLAG_INCLUDE_DISALLOWED), said. A
+		 * node without memory of its own (CPUs only) is in no cpuset.mems, which the
+		 * kernel keeps to nodes with memory: nothing of it to allow. */
 		n->memory_allowed =
-			hwloc_bitmap_isset(hwloc_topology_get_allowed_nodeset(h), o->os_index);
+			hwloc_bitmap_isset(hwloc_topology_get_allowed_nodeset(h), o->os_index) ||
+			!n->memory_bytes;
 		kind[o->logical_index] = keel__numa_memory_kind(o, here);
 	}
 	t->info.nnuma = k;

@@ -229,6 +229,8 @@ kv_test_hold(unsigned shard, const uint8_t *key, size_t len)
 	if (!at || len - (at - 1) < mlen || memcmp(key + at - 1, mark, mlen) != 0)
 		return false;
 	nlen = len - (at - 1) - mlen;
+	if (nlen > 16)
+		return false;
 	for (size_t k = 0; k < nlen; k++)
 		if (!isalnum(key[at - 1 + mlen + k]))
 			return false;

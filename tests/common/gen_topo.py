@@ -6,7 +6,7 @@ the first of its package, CPUs numbered past KEEL_MAX_CPUS).
 
 gen_topo.py PACKAGES NODES_PER_PACKAGE CORES_PER_NODE SMT [--interleave] [--pu-offset N]
             [--nics NAME@WHERE,...] [--distances "D00 D01 ... Dnn"]
-            [--allowed-cpus LIST] [--allowed-nodes LIST] > out.xml
+            [--allowed-cpus LIST] [--allowed-nodes LIST] [--no-memory LIST] > out.xml
 
 --interleave numbers CPUs as Linux does on most x86 servers: every core's first thread,
   then every core's second, ... (without it a core's threads are consecutive).
@@ -19,6 +19,7 @@ gen_topo.py PACKAGES NODES_PER_PACKAGE CORES_PER_NODE SMT [--interleave] [--pu-o
   allowed_cpuset, as a cgroup's cpuset makes it; "0-3,8"); without it, every CPU.
 --allowed-nodes LIST: the NUMA nodes whose memory it could use (allowed_nodeset, a
   cgroup's cpuset.mems); without it, every node.
+--no-memory LIST: NUMA nodes without memory of their own (CPUs only: local_memory 0).
 """
 import argparse
 
@@ -33,6 +34,7 @@ ap.add_argument('--pu-offset', type=int, default=0)
 ap.add_argument('--distances', default='')
 ap.add_argument('--allowed-cpus', default='')
 ap.add_argument('--allowed-nodes', default='')
+ap.add_argument('--no-memory', default='')
 a = ap.parse_args()
 ncores = a.pkg * a.npp * a.cpn
 nnodes = a.pkg * a.npp
@@ -103,6 +105,7 @@ def cpulist(text):
 
 allowed = cpulist(a.allowed_cpus) if a.allowed_cpus else allpus
 allowed_nodes = cpulist(a.allowed_nodes) if a.allowed_nodes else allnodes
+no_memory = cpulist(a.no_memory) if a.no_memory else []
 L = ['<?xml version="1.0" encoding="UTF-8"?>', '<!DOCTYPE topology SYSTEM "hwloc2.dtd">',
      '<topology version="2.0">',
      f'<object type="Machine" os_index="0" {sets(allpus, allnodes)} '
@@ -122,7 +125,7 @@ for p in range(a.pkg):
                      f'subkind="0">')
             ind = '   '
         L.append(f'{ind}<object type="NUMANode" os_index="{nd}" {sets(npus, [nd])} '
-                 f'gp_index="{g()}" local_memory="68719476736"/>')
+                 f'gp_index="{g()}" local_memory="{0 if nd in no_memory else 68719476736}"/>')
         for c in ncs:
             cp = [pu_os(c, t) for t in range(a.smt)]
             L.append(f'{ind}<object type="Core" os_index="{c}" {sets(cp, [nd])} gp_index="{g()}">')

@@ -2547,6 +2547,20 @@ Test(core_topo, a_node_whose_memory_the_cgroup_leaves_out_is_marked_and_said)
 	assert_shards_on(&map, 0, map.nshards, 0);
 	cr_assert(!strstr(logged, "may not use"), "%s", logged);
 	keel_topo_destroy(t);
+	/* A node with CPUs and no memory is in no cpuset.mems (the kernel keeps those to nodes
+	 * with memory): not marked, and a map on it says nothing (a review's find) */
+	t = load_gen("1 2 2 1 --nics eth0@1 --allowed-nodes 0 --no-memory 1", 0);
+	in = keel_topo_info_get(t);
+	for (unsigned i = 0; i < 2; i++)
+		cr_assert(in->numa[i].memory_allowed, "node %u", in->numa[i].os);
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(compute(t, "eth0", 0, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map), 0,
+		     "%s", err);
+	keel_log_set_sink(NULL, NULL);
+	assert_shards_on(&map, 0, map.nshards, 1);
+	cr_assert(!strstr(logged, "may not use"), "%s", logged);
+	keel_topo_destroy(t);
 }
 
 /* Live, as root on a machine with a cgroup v1 cpuset hierarchy (v2 needs the controller

@@ -2546,17 +2546,19 @@ log_lines(const char *log, const char *want)
 	return n;
 }
 
-/* The shard that a GET of @key, sent on a new connection, holds (KEEL_KV_TEST_HOLD_GATE):
- * the @nth "held by the test gate" line of @log names it. The connection is returned in
- * *@fd, its reply not read. */
+/* The shard that a GET of @key, sent on a new connection (on shard @on, or -1: wherever
+ * steering puts it), holds (KEEL_KV_TEST_HOLD_GATE): the @nth "held by the test gate" line
+ * of @log names it. The connection is returned in *@fd, its reply not read. */
 static unsigned
-hold_shard(int port, const char *log, const char *key, unsigned nth, int *fd)
+hold_shard(int port, const char *log, const char *key, unsigned nth, int on, int *fd)
 {
 	char cmd[64], line[512];
 	unsigned shard = 2, seen = 0;
 	FILE *f;
 
-	*fd = test_connect(port);
+	/* a connection steered to a held shard would never be read */
+	*fd = on < 0 ? test_connect(port) : connect_to_shard(port, (unsigned)on);
+	cr_assert_geq(*fd, 0, "no connection on shard %d", on);
 	test_send_all(*fd, cmd, (size_t)snprintf(cmd, sizeof(cmd), "GET %s\r\n", key));
 	for (uint64_t dl = test_deadline(TEST_WAIT_MS);
 	     log_lines(log, "held by the test gate") < nth;) {
@@ -2623,7 +2625,7 @@ Test(faults_kv, watches_end_when_a_reset_drops_requests_waiting_for_room)
 	unsetenv("KEEL_KV_TEST_HOLD_GATE");
 	unsetenv("KEEL_TEST_SERVER_LOG");
 	/* Which shard holds {w0}'s keys (S), and a hash tag of the other's (R) */
-	held = hold_shard(p.port, log, "{w0}:hold", nheld++, &c0);
+	held = hold_shard(p.port, log, "{w0}:hold", nheld++, -1, &c0);
 	unlink(gate);
 	reply_is(c0, "$-1\r\n", "the first held GET");
 	close(c0);
@@ -2633,7 +2635,7 @@ Test(faults_kv, watches_end_when_a_reset_drops_requests_waiting_for_room)
 		char key[32];
 
 		snprintf(key, sizeof(key), "{w%u}:holdR", t);
-		if (hold_shard(p.port, log, key, nheld++, &cr) == home)
+		if (hold_shard(p.port, log, key, nheld++, -1, &cr) == home)
 			snprintf(key_r, sizeof(key_r), "%s", key);
 		unlink(gate_r);
 		reply_is(cr, "$-1\r\n", "a held GET");
@@ -2661,14 +2663,14 @@ Test(faults_kv, watches_end_when_a_reset_drops_requests_waiting_for_room)
 	cr_assert_eq(watched_keys(p.port), 2);
 	/* S held, then its queue filled from R (a PING on R answered after R read it all) */
 	gate_make(gate);
-	cr_assert_eq(hold_shard(p.port, log, "{w0}:hold", nheld++, &c0), held);
+	cr_assert_eq(hold_shard(p.port, log, "{w0}:hold", nheld++, (int)home, &c0), held);
 	for (int k = 0; k < 100; k++)
 		flen += (size_t)sprintf(fill + flen, "SET {w0}f%d 1\r\n", k);
 	test_send_all(cf, fill, flen);
 	test_send_all(cb, "PING\r\n", 6);
 	reply_is(cb, "+PONG\r\n", "PING after the fill");
 	/* R held (gate_r exists), the ending requests and the resets sent, R let go */
-	cr_assert_eq(hold_shard(p.port, log, key_r, nheld++, &cr), home);
+	cr_assert_eq(hold_shard(p.port, log, key_r, nheld++, (int)home, &cr), home);
 	for (int e = 0; e < 2; e++) {
 		test_send_all(c[e], ends[e], strlen(ends[e]));
 		cr_assert_eq(setsockopt(c[e], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);

@@ -181,22 +181,21 @@ report_text(const struct tool_ctx *c, FILE *f)
 	for (unsigned i = 0; i < in->nnuma; i++) {
 		const struct keel_topo_numa *nd = &in->numa[i];
 		const char *na = nd->memory_allowed ? ""
-				 : in->live         ? " (not allowed here: outside the cgroup's "
-						      "cpuset.mems)"
-						    : " (not allowed: outside the file's allowed "
-						      "nodeset)";
+				 : in->live ? "not allowed here: outside the cgroup's cpuset.mems"
+					    : "not allowed: outside the file's allowed nodeset";
 
 		if (nd->memory_only) {
 			fprintf(f,
-				"\nNUMA node %u: %s memory only%s (no CPUs of its own), near CPUs "
+				"\nNUMA node %u: %s memory only (no CPUs of its own%s%s), near CPUs "
 				"%s\n",
-				nd->os, size_str(nd->memory_bytes, b1, sizeof(b1)), na,
+				nd->os, size_str(nd->memory_bytes, b1, sizeof(b1)),
+				na[0] ? "; " : "", na,
 				keel_topo_cpulist_format(&nd->cpus, list, sizeof(list)));
 			continue;
 		}
-		fprintf(f, "\nNUMA node %u: %s memory%s, %u core%s, CPUs %s\n", nd->os,
-			size_str(nd->memory_bytes, b1, sizeof(b1)), na, nd->ncores,
-			nd->ncores == 1 ? "" : "s",
+		fprintf(f, "\nNUMA node %u: %s memory%s%s%s, %u core%s, CPUs %s\n", nd->os,
+			size_str(nd->memory_bytes, b1, sizeof(b1)), na[0] ? " (" : "", na,
+			na[0] ? ")" : "", nd->ncores, nd->ncores == 1 ? "" : "s",
 			keel_topo_cpulist_format(&nd->cpus, list, sizeof(list)));
 		for (unsigned ci = 0; ci < in->ncores; ci++)
 			if (in->cores[ci].numa == (int)nd->os)

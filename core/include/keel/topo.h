@@ -76,7 +76,8 @@ struct keel_topo_numa {
 		cpus;     /* CPUs of the node (a memory-only node: those it is attached to) */
 	bool memory_only; /* memory without CPUs of its own: HBM, persistent, CXL, GPU */
 	/* Its memory is one this process may use: false outside the cgroup's cpuset.mems (an
-	 * XML file: outside the allowed nodeset it was written with). */
+	 * XML file: outside the allowed nodeset it was written with); true for a node with no
+	 * memory (memory_bytes 0: CPUs only, or not known). */
 	bool memory_allowed;
 };
 
