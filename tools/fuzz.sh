@@ -2,9 +2,10 @@
 # SPDX-License-Identifier: MIT
 # Build the libFuzzer harnesses (clang, ASan+UBSan) and run each for SECONDS.
 #   tools/fuzz.sh [SECONDS]     default 60; 0: only replay the corpora (regression run)
-#   tools/fuzz.sh --runs N      N inputs each from a fixed seed: the same inputs on every run
-#                               of the same build (what tools/test.sh uses, so CI cannot fail
-#                               by chance)
+#   tools/fuzz.sh --runs N      N inputs each from a fixed seed, starting from the kept corpus
+#                               alone (the work corpus is emptied first): the same inputs on
+#                               every run of the same build (what tools/test.sh uses, so CI
+#                               cannot fail by chance)
 # First every input kept in tests/fuzz/corpus/NAME is replayed (a crash found once stays a
 # test); then each harness fuzzes for SECONDS, starting from that corpus. New inputs go to
 # build-fuzz/corpus/NAME, not into the repository: copy an interesting one (and every crash
@@ -47,6 +48,9 @@ export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktra
 status=0
 for h in "${harnesses[@]}"; do
 	bin=$dir/bin/fuzz_$h corpus=tests/fuzz/corpus/$h work=$dir/corpus/$h
+	# --runs starts from the kept corpus alone, as its fixed seed promises: the inputs an
+	# earlier local run added to $work made a second run fuzz other inputs.
+	[ -z "${runs:-}" ] || rm -rf "$work"
 	mkdir -p "$work"
 	echo "== fuzz_$h: replay $(find "$corpus" -type f | wc -l) corpus inputs"
 	if ! find "$corpus" -type f -print0 | xargs -0 -r "$bin" >"$dir/$h.replay.log" 2>&1; then
