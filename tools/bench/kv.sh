@@ -78,7 +78,8 @@ free_port() {
 	local p
 	while :; do
 		p=$((10000 + RANDOM % 22000)) # below the ephemeral range (32768-): no TIME_WAIT there
-		ss -tanH "sport = :$p" | grep -q . || { echo $p; return; } # nothing bound, no TIME_WAIT
+		# nothing bound, no TIME_WAIT (read whole: grep -q's early exit could SIGPIPE ss)
+		[ -n "$(ss -tanH "sport = :$p")" ] || { echo $p; return; }
 	done
 }
 
