@@ -1265,6 +1265,30 @@ log_sink(enum keel_log_level level, const char *module, int shard, const char *m
 	snprintf(logged + n, sizeof(logged) - n, "%s\n", msg);
 }
 
+/* A map request for @iface (the default shards, SMT avoided, NUMA local) on the CPUs @cpus
+ * (--cpuset), or NULL: the allowed ones. */
+static void
+req_on_cpus(struct keel_map_req *r, const char *iface, const char *cpus)
+{
+	keel_map_req_init(r);
+	snprintf(r->iface, sizeof(r->iface), "%s", iface);
+	if (!cpus)
+		return;
+	cr_assert_eq(keel_cpulist_parse(cpus, &r->cpuset, err, sizeof(err)), 0, "%s", err);
+	r->cpuset_given = true;
+}
+
+/* keel_map_compute of @r into map, which must succeed; what it logs in logged (emptied
+ * first). */
+static void
+compute_logged(const struct keel_topo *t, const struct keel_map_req *r)
+{
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_map_compute(t, r, &map, err, sizeof(err)), 0, "%s", err);
+	keel_log_set_sink(NULL, NULL);
+}
+
 static void
 write_map_rxqs(const char *path, const char *iface, unsigned rx_queues, const int *cpus,
 	       const int *rxqs, unsigned n)
@@ -2517,33 +2541,21 @@ Test(core_topo, a_node_whose_memory_the_cgroup_leaves_out_is_marked_and_said)
 {
 	struct keel_topo *t = load_gen("1 2 2 1 --nics eth0@1 --allowed-nodes 0", 0);
 	const struct keel_topo_info *in = keel_topo_info_get(t);
+	struct keel_map_req r;
 
 	cr_assert_eq(in->nnuma, 2);
 	for (unsigned i = 0; i < 2; i++)
 		cr_assert_eq(in->numa[i].memory_allowed, in->numa[i].os == 0, "node %u: %d",
 			     in->numa[i].os, in->numa[i].memory_allowed);
-	logged[0] = 0;
-	keel_log_set_sink(log_sink, NULL);
-	cr_assert_eq(compute(t, "eth0", 0, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map), 0,
-		     "%s", err);
-	keel_log_set_sink(NULL, NULL);
+	req_on_cpus(&r, "eth0", NULL);
+	compute_logged(t, &r);
 	assert_shards_on(&map, 0, map.nshards, 1);
 	cr_assert(strstr(logged, "2 shards on NUMA node 1, whose memory this process may not use "
 				 "(outside the file's allowed nodeset)"),
 		  "%s", logged);
 	/* on node 0's CPUs (--cpuset 0-1): nothing said */
-	{
-		struct keel_map_req r;
-
-		keel_map_req_init(&r);
-		snprintf(r.iface, sizeof(r.iface), "eth0");
-		cr_assert_eq(keel_cpulist_parse("0-1", &r.cpuset, err, sizeof(err)), 0);
-		r.cpuset_given = true;
-		logged[0] = 0;
-		keel_log_set_sink(log_sink, NULL);
-		cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), 0, "%s", err);
-		keel_log_set_sink(NULL, NULL);
-	}
+	req_on_cpus(&r, "eth0", "0-1");
+	compute_logged(t, &r);
 	assert_shards_on(&map, 0, map.nshards, 0);
 	cr_assert(!strstr(logged, "may not use"), "%s", logged);
 	keel_topo_destroy(t);
@@ -2553,11 +2565,8 @@ Test(core_topo, a_node_whose_memory_the_cgroup_leaves_out_is_marked_and_said)
 	in = keel_topo_info_get(t);
 	for (unsigned i = 0; i < 2; i++)
 		cr_assert(in->numa[i].memory_allowed, "node %u", in->numa[i].os);
-	logged[0] = 0;
-	keel_log_set_sink(log_sink, NULL);
-	cr_assert_eq(compute(t, "eth0", 0, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map), 0,
-		     "%s", err);
-	keel_log_set_sink(NULL, NULL);
+	req_on_cpus(&r, "eth0", NULL);
+	compute_logged(t, &r);
 	assert_shards_on(&map, 0, map.nshards, 1);
 	cr_assert(!strstr(logged, "may not use"), "%s", logged);
 	keel_topo_destroy(t);
@@ -2641,6 +2650,7 @@ Test(core_topo, a_nodes_cpus_the_cgroup_leaves_out_are_shown_not_allowed)
 	struct keel_topo *t = load_gen("1 2 2 1 --nics eth0@1 --allowed-cpus 0-1", 0);
 	const struct keel_topo_info *in = keel_topo_info_get(t);
 	const struct keel_topo_nic *n = keel_topo_nic_find(t, "eth0");
+	struct keel_map_req r;
 	char list[64];
 
 	cr_assert_eq(in->npus, 4);
@@ -2658,11 +2668,8 @@ Test(core_topo, a_nodes_cpus_the_cgroup_leaves_out_are_shown_not_allowed)
 	cr_assert_eq(n->numa, 1);
 	cr_assert_str_eq(keel_topo_cpulist_format(&n->local, list, sizeof(list)), "2-3");
 
-	logged[0] = 0;
-	keel_log_set_sink(log_sink, NULL);
-	cr_assert_eq(compute(t, "eth0", 0, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map), 0,
-		     "%s", err);
-	keel_log_set_sink(NULL, NULL);
+	req_on_cpus(&r, "eth0", NULL);
+	compute_logged(t, &r);
 	cr_assert_eq(map.nshards, 2);
 	for (unsigned i = 0; i < map.nshards; i++)
 		cr_assert(map.shards[i].cpu == 0 || map.shards[i].cpu == 1, "shard %u on CPU %d", i,
@@ -2765,31 +2772,19 @@ Test(core_topo, allowed_cpus_without_a_core_local_to_the_nic_are_said)
 	struct keel_topo *t = load_xml("32em64t-2n8c2t-pci-normalio.xml", 0);
 	struct keel_map_req r;
 
-	keel_map_req_init(&r);
-	snprintf(r.iface, sizeof(r.iface), "eth0");
-	cr_assert_eq(keel_cpulist_parse("0-7", &r.cpuset, err, sizeof(err)), 0);
-	r.cpuset_given = true;
-	logged[0] = 0;
-	keel_log_set_sink(log_sink, NULL);
-	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), 0, "%s", err);
-	keel_log_set_sink(NULL, NULL);
+	req_on_cpus(&r, "eth0", "0-7");
+	compute_logged(t, &r);
 	cr_assert(strstr(logged, "no allowed CPU is local to eth0 (NUMA node 1)") &&
 			  strstr(logged, "allow some of the node's CPUs (--cpuset"),
 		  "%s", logged);
 	/* The same with the queues given (--rxqs): they choose no CPU, and it was not said. */
 	cr_assert_eq(keel_map_req_rxqs_parse(&r, "eth0:0-3", err, sizeof(err)), 0, "%s", err);
-	logged[0] = 0;
-	keel_log_set_sink(log_sink, NULL);
-	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), 0, "%s", err);
-	keel_log_set_sink(NULL, NULL);
+	compute_logged(t, &r);
 	cr_assert(strstr(logged, "no allowed CPU is local to eth0 (NUMA node 1)"), "--rxqs: %s",
 		  logged);
 	/* With node 1's cores allowed: nothing said. */
 	keel_cpulist_parse("8-15", &r.cpuset, err, sizeof(err));
-	logged[0] = 0;
-	keel_log_set_sink(log_sink, NULL);
-	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), 0, "%s", err);
-	keel_log_set_sink(NULL, NULL);
+	compute_logged(t, &r);
 	cr_assert(!strstr(logged, "no allowed CPU is local"), "%s", logged);
 	keel_topo_destroy(t);
 }
