@@ -389,24 +389,19 @@ load_allowed(struct keel_topo *t)
 	struct keel_cpuset mask;
 	char why[256] = "";
 
-	/* The source's allowed CPUs (a cgroup's cpuset, an XML file's allowed set): the
-	 * affinity mask below is within the cgroup's, and an XML file has no mask. */
+	/* The source's allowed CPUs (a cgroup's cpuset, an XML file's allowed set), then, live,
+	 * the affinity mask within them (an XML file has no mask). */
 	for (unsigned w = 0; w < KEEL_MAX_CPUS / 64; w++)
 		t->info.allowed.bits[w] = t->info.present.bits[w] & t->hw_allowed.bits[w];
-	for (unsigned i = 0; i < t->info.npus; i++)
-		t->pus[i].allowed = keel_cpuset_has(&t->info.allowed, t->pus[i].os);
-	if (!t->info.live)
-		return;
-	if (keel__affinity_get(&mask, NULL, why, sizeof(why)) < 0) {
+	if (t->info.live && keel__affinity_get(&mask, NULL, why, sizeof(why)) < 0)
 		/* Not fatal for a report, but the map may then use CPUs the process cannot. */
 		keel_log(KEEL_LOG_WARN, "topo",
 			 "%s; the map assumes every CPU of the cgroup's cpuset is allowed, so "
 			 "check it with keel-topo --check before use",
 			 why);
-		return;
-	}
-	for (unsigned w = 0; w < KEEL_MAX_CPUS / 64; w++)
-		t->info.allowed.bits[w] &= mask.bits[w];
+	else if (t->info.live)
+		for (unsigned w = 0; w < KEEL_MAX_CPUS / 64; w++)
+			t->info.allowed.bits[w] &= mask.bits[w];
 	for (unsigned i = 0; i < t->info.npus; i++)
 		t->pus[i].allowed = keel_cpuset_has(&t->info.allowed, t->pus[i].os);
 }
