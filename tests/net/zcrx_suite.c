@@ -996,7 +996,11 @@ Test(net_zcrx, keel_bench_stream_takes_zcrx_and_reports_fallback_bytes)
 
 /* keel-bench's in-process client runs on a runtime of its own: it must not take the
  * server's --zcrx/--iface/--rxqs (its shards would claim the server's queues, and with
- * --zcrx on a capable NIC fail on EEXIST). Only the 2 server shards try ZCRX. */
+ * --zcrx on a capable NIC fail on EEXIST). Only the 2 server shards try ZCRX. What is
+ * asked of the run is its start, not its traffic: on a machine loaded by ctest -j2 its
+ * 0.2 s window once saw no byte come back (both shards held, a 26.6 ms stall logged), and
+ * keel-bench then exits 1 saying the run measured nothing; that exit is taken, any other
+ * failure is not. */
 Test(net_zcrx, keel_bench_client_runtime_does_not_take_zcrx)
 {
 	static char out[65536];
@@ -1006,7 +1010,8 @@ Test(net_zcrx, keel_bench_client_runtime_does_not_take_zcrx)
 		      "stream --seconds 0.2 --warmup 0.1 --no-pin --idle-poll-us 0 --shards 2 "
 		      "--threads 2 --conns 2 --zcrx auto --iface lo --log-level info",
 		      out, sizeof(out));
-	cr_assert_eq(st, 0, "exit %d:\n%s", st, out);
+	cr_assert(st == 0 || (st == 1 && strstr(out, "the run measured nothing")), "exit %d:\n%s",
+		  st, out);
 	cr_assert_eq(count_of(out, "ZCRX falls back to the copy path"), 2, "%s", out);
 }
 
