@@ -38,6 +38,9 @@ struct kv_ent {
 	uint64_t hash;
 	int64_t expire_ms; /* unix ms; 0: none */
 	uint32_t klen, vlen, vcap;
+	/* A string APPEND or SETRANGE changed in place: OBJECT ENCODING says "raw", as Redis
+	 * does of its strings so changed; a value set whole (SET, INCR, MSET, ...) clears it. */
+	bool raw;
 	uint8_t data[];
 };
 

@@ -5867,6 +5867,66 @@ Test(kv_server, reset_ends_the_transaction_the_watches_and_the_name)
  * replies were compared with redis-server 7.0.15's for the same steps, but for what keel-kv
  * answers otherwise: REFCOUNT of a small integer (Redis shares those: 2147483647), IDLETIME
  * (keel-kv keeps no access time) and MEMORY USAGE's figure (each counts its own memory). */
+/* OBJECT ENCODING of a string APPEND or SETRANGE changed is "raw", as Redis's: it changes
+ * its string in place, whatever its length or shape (an empty APPEND too); a key either
+ * makes is "raw" from SETRANGE and encoded as SET's from APPEND; COPY and RENAME keep it;
+ * a value set whole (SET, GETSET, MSET, INCR, INCRBYFLOAT) ends it. Every reply here is
+ * redis-server 7.0.15's for the same commands. Keys share a shard ({t}): RENAME and COPY
+ * stay on one. */
+Test(kv_server, object_encoding_is_raw_after_append_and_setrange)
+{
+	static const char *const steps[][2] = {
+		{ "SET {t}a abc", "+OK\r\n" },
+		{ "APPEND {t}a d", ":4\r\n" },
+		{ "OBJECT ENCODING {t}a", "$3\r\nraw\r\n" },
+		{ "SET {t}a abc", "+OK\r\n" },
+		{ "OBJECT ENCODING {t}a", "$6\r\nembstr\r\n" },
+		{ "APPEND {t}a \"\"", ":3\r\n" },
+		{ "OBJECT ENCODING {t}a", "$3\r\nraw\r\n" },
+		{ "SET {t}n 12", "+OK\r\n" },
+		{ "APPEND {t}n 3", ":3\r\n" },
+		{ "OBJECT ENCODING {t}n", "$3\r\nraw\r\n" },
+		{ "INCR {t}n", ":124\r\n" },
+		{ "OBJECT ENCODING {t}n", "$3\r\nint\r\n" },
+		{ "SETRANGE {t}s 0 xy", ":2\r\n" },
+		{ "OBJECT ENCODING {t}s", "$3\r\nraw\r\n" },
+		{ "COPY {t}s {t}s2", ":1\r\n" },
+		{ "OBJECT ENCODING {t}s2", "$3\r\nraw\r\n" },
+		{ "RENAME {t}s {t}s3", "+OK\r\n" },
+		{ "OBJECT ENCODING {t}s3", "$3\r\nraw\r\n" },
+		{ "GETSET {t}s3 q", "$2\r\nxy\r\n" },
+		{ "OBJECT ENCODING {t}s3", "$6\r\nembstr\r\n" },
+		{ "APPEND {t}m x", ":1\r\n" },
+		{ "OBJECT ENCODING {t}m", "$6\r\nembstr\r\n" },
+		{ "APPEND {t}m y", ":2\r\n" },
+		{ "MSET {t}m y", "+OK\r\n" },
+		{ "OBJECT ENCODING {t}m", "$6\r\nembstr\r\n" },
+		{ "APPEND {t}f 1.5", ":3\r\n" },
+		{ "APPEND {t}f 0", ":4\r\n" },
+		{ "INCRBYFLOAT {t}f 1", "$3\r\n2.5\r\n" },
+		{ "OBJECT ENCODING {t}f", "$6\r\nembstr\r\n" },
+		{ "SET {t}e abc", "+OK\r\n" },
+		{ "SETRANGE {t}e 0 \"\"", ":3\r\n" },
+		{ "OBJECT ENCODING {t}e", "$6\r\nembstr\r\n" },
+		{ "APPEND {t}i 5", ":1\r\n" },
+		{ "OBJECT ENCODING {t}i", "$3\r\nint\r\n" },
+		{ "SET {t}g 1", "+OK\r\n" },
+		{ "SETRANGE {t}g 0 2", ":1\r\n" },
+		{ "OBJECT ENCODING {t}g", "$3\r\nraw\r\n" },
+		{ "INCRBY {t}g 1", ":3\r\n" },
+		{ "OBJECT ENCODING {t}g", "$3\r\nint\r\n" },
+	};
+	struct srv s;
+	struct rd r;
+
+	srv_start(&s, 2, NULL);
+	rd_init(&r, test_connect(s.port));
+	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++)
+		expect(&r, steps[i][0], steps[i][1]);
+	rd_free(&r);
+	srv_stop(&s);
+}
+
 Test(kv_server, object_and_memory_usage_reply_as_redis_7)
 {
 	static const char *const steps[][2] = {
