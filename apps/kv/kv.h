@@ -232,8 +232,10 @@ enum kv_route {
 };
 /* KV_M_REWRITE (BGREWRITEAOF): started when a shard started a rewrite and the others were
  * rewriting already (KV_AOF_REWRITE_BUSY); a shard's other error wins; all busy: busy.
- * KV_M_BULK: the parts' bulk strings as one (CLIENT LIST). KV_M_KILL: the parts' counts,
- * +OK when any is above 0, else Redis's "No such client" (CLIENT KILL ip:port). */
+ * KV_M_BULK: the parts' bulk strings as one (CLIENT LIST). KV_M_BULK_BY_ARG: the parts'
+ * bulk strings hold a line per argument each, empty but in the one part that has it;
+ * merged in the arguments' order (CLIENT LIST ID). KV_M_KILL: the parts' counts, +OK when
+ * any is above 0, else Redis's "No such client" (CLIENT KILL ip:port). */
 enum kv_merge {
 	KV_M_NONE,
 	KV_M_SUM,
@@ -242,6 +244,7 @@ enum kv_merge {
 	KV_M_CONCAT,
 	KV_M_REWRITE,
 	KV_M_BULK,
+	KV_M_BULK_BY_ARG,
 	KV_M_KILL,
 };
 

@@ -770,6 +770,62 @@ parts_sum(const struct pend *p)
 	return t;
 }
 
+/* A part's bulk string, its body at *@at and its length in *@len; false when it is none. */
+static bool
+bulk_body(const struct rbuf *b, const uint8_t **at, size_t *len)
+{
+	const uint8_t *cr = b->len ? memchr(b->p, '\r', b->len) : NULL;
+	size_t hdr = cr && b->p[0] == '$' ? (size_t)(cr - b->p) + 2 : 0;
+
+	if (!hdr || b->len < hdr + 2)
+		return false;
+	*at = b->p + hdr;
+	*len = b->len - hdr - 2;
+	return true;
+}
+
+/* KV_M_BULK_BY_ARG (CLIENT LIST ID): each part has a line for each id argument, in their
+ * order, empty unless the client is that shard's; the lines of each argument merged in
+ * turn, so the list follows the arguments as Redis's does (a repeated id repeated). */
+static void
+merge_by_arg(struct pend *p, struct rbuf *out)
+{
+	const uint8_t *at[KEEL_MAX_SHARDS] = { 0 }, *end[KEEL_MAX_SHARDS] = { 0 };
+	unsigned ns = kv_cfg.nshards;
+	struct rbuf all = { 0 };
+
+	for (unsigned s = 0; s < ns; s++) {
+		size_t len;
+
+		if (!bulk_body(&p->parts[s], &at[s], &len))
+			goto bad;
+		end[s] = at[s] + len;
+	}
+	while (at[0] < end[0]) {
+		for (unsigned s = 0; s < ns; s++) {
+			const uint8_t *nl = at[s] < end[s]
+						    ? memchr(at[s], '\n', (size_t)(end[s] - at[s]))
+						    : NULL;
+
+			if (!nl) /* parts of other lengths: cannot happen; say so */
+				goto bad;
+			if (nl > at[s])
+				rb_put(&all, at[s], (size_t)(nl - at[s]) + 1);
+			at[s] = nl + 1;
+		}
+	}
+	for (unsigned s = 1; s < ns; s++)
+		if (at[s] != end[s])
+			goto bad;
+	rb_bulk(out, all.p, all.len);
+	out->oom |= all.oom;
+	rb_free(&all);
+	return;
+bad:
+	rb_free(&all);
+	rb_err(out, "ERR internal error merging replies");
+}
+
 static void
 merge(struct pend *p)
 {
@@ -803,18 +859,20 @@ merge(struct pend *p)
 	case KV_M_BULK: {
 		struct rbuf all = { 0 };
 		for (unsigned s = 0; s < ns; s++) {
-			const struct rbuf *b = &p->parts[s];
-			const uint8_t *cr = b->len ? memchr(b->p, '\r', b->len) : NULL;
-			size_t hdr = cr && b->p[0] == '$' ? (size_t)(cr - b->p) + 2 : 0;
+			const uint8_t *at;
+			size_t len;
 
-			if (hdr && b->len >= hdr + 2)
-				rb_put(&all, b->p + hdr, b->len - hdr - 2);
+			if (bulk_body(&p->parts[s], &at, &len))
+				rb_put(&all, at, len);
 		}
 		rb_bulk(out, all.p, all.len);
 		out->oom |= all.oom;
 		rb_free(&all);
 		break;
 	}
+	case KV_M_BULK_BY_ARG:
+		merge_by_arg(p, out);
+		break;
 	case KV_M_CONCAT: {
 		long long t = 0;
 		size_t hdr;
@@ -2270,6 +2328,55 @@ client_line(struct rbuf *b, const struct kconn *kc, uint64_t now, unsigned own)
 	rb_put(b, tail, (size_t)t);
 }
 
+/* CLIENT LIST ID: a line per id argument, in their order, empty where the client is not
+ * this shard's (or none): merge_by_arg puts the shards' lines in the arguments' order. The
+ * matching clients are sorted by id once, each argument then found in log time. False
+ * without memory. */
+static bool
+client_lines_by_arg(const struct client_sel *s, uint64_t now, struct rbuf *body)
+{
+	struct by_id {
+		uint64_t id; /* first: id_cmp compares it */
+		const struct kconn *kc;
+	} *v = NULL;
+	size_t n = 0, cap = 0;
+
+	for (const struct kconn *kc = shards[self()].conns; kc; kc = kc->next) {
+		if (!client_matches(s, kc))
+			continue;
+		if (n == cap) {
+			struct by_id *nv = realloc(v, (cap ? cap * 2 : 16) * sizeof(*v));
+
+			if (!nv) {
+				free(v);
+				return false;
+			}
+			v = nv;
+			cap = cap ? cap * 2 : 16;
+		}
+		v[n].id = kc->id;
+		v[n++].kc = kc;
+	}
+	if (n)
+		qsort(v, n, sizeof(*v), id_cmp);
+	for (unsigned i = 0; i < s->nids; i++) {
+		const struct by_id *f = NULL;
+		long long id;
+
+		if (n && kv_arg_ll(&s->ids[i], &id) && id > 0) {
+			uint64_t key = (uint64_t)id;
+
+			f = bsearch(&key, v, n, sizeof(*v), id_cmp);
+		}
+		if (f)
+			client_line(body, f->kc, now, f->id == s->me);
+		else
+			rb_put(body, "\n", 1);
+	}
+	free(v);
+	return true;
+}
+
 void
 kv_client_part(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
@@ -2289,6 +2396,15 @@ kv_client_part(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rb
 	s.me = (uint64_t)me;
 	if (!client_ids(&s)) {
 		out->oom = true;
+		return;
+	}
+	if (!kill && s.nids) {
+		if (!client_lines_by_arg(&s, now, &body))
+			body.oom = true;
+		free(s.idv);
+		rb_bulk(out, body.p, body.len);
+		out->oom |= body.oom;
+		rb_free(&body);
 		return;
 	}
 	/* The list is newest first: from its end, the clients in the order they came. */
@@ -2332,6 +2448,7 @@ client_fanout(struct kconn *kc, struct resp_arg *argv, unsigned argc)
 		.fn = kv_client_part, .flag_words = ""                          \
 	}
 	static const struct kv_cmd list_all = CLIENT_ALL(KV_M_BULK),
+				   list_by_arg = CLIENT_ALL(KV_M_BULK_BY_ARG),
 				   kill_all = CLIENT_ALL(KV_M_SUM),
 				   kill_old = CLIENT_ALL(KV_M_KILL);
 #undef CLIENT_ALL
@@ -2388,7 +2505,7 @@ client_fanout(struct kconn *kc, struct resp_arg *argv, unsigned argc)
 	/* fanout parses this shard's part into kc->argv, which may move: @argv and @s are
 	 * not read after it. */
 	fanout(kc,
-	       !kill   ? &list_all
+	       !kill   ? (s.nids ? &list_by_arg : &list_all)
 	       : s.old ? &kill_old
 		       : &kill_all,
 	       argv, argc, req.p, req.len, NULL, true);

@@ -5727,6 +5727,34 @@ Test(kv_server, client_list_info_and_kill_reach_every_shards_clients)
 			  strstr(line, " cmd=ping "),
 		  "%s", line);
 	expect(&r[1], "DISCARD", "+OK\r\n");
+	/* LIST ID follows the arguments, a repeated one repeated and one of no client left
+	 * out, as Redis's (it went by shard, then connection, each once): a client of shard 1
+	 * first, then one of shard 0. */
+	{
+		long long x = 0, y = 0, want_ids[3], n = 0;
+		const char *l;
+
+		for (int i = 0; i < CL_N; i++) {
+			if (ids[i] % 256 == 1)
+				x = ids[i];
+			else if (!y)
+				y = ids[i];
+		}
+		snprintf(cmd, sizeof(cmd), "CLIENT LIST ID %lld 99999999 %lld %lld", x, y, x);
+		want_ids[0] = x, want_ids[1] = y, want_ids[2] = x;
+		test_send_all(r[0].fd, cmd, strlen(cmd));
+		test_send_all(r[0].fd, "\r\n", 2);
+		got = rd_next(&r[0], NULL);
+		cr_assert(got && got[0] == '$', "%s", got ? got : "closed");
+		for (l = strstr(got, "id="); l; l = strstr(l + 1, "\nid=")) {
+			if (l[0] == '\n')
+				l++;
+			cr_assert_lt(n, 3, "%s: %s", cmd, got);
+			cr_assert_eq(atoll(l + 3), want_ids[n], "%s: line %lld: %s", cmd, n, got);
+			n++;
+		}
+		cr_assert_eq(n, 3, "%s: %s", cmd, got);
+	}
 	expect(&r[0], "CLIENT LIST TYPE pubsub", "$0\r\n\r\n");
 	expect(&r[0], "CLIENT LIST TYPE master", "$0\r\n\r\n");
 	/* Errors, as redis-server 7.0.15's. */
