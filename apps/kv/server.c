@@ -62,6 +62,10 @@ struct pend {
 	enum { LATER_NONE, LATER_INFO, LATER_SHUTDOWN } later_kind;
 	struct resp_arg *later;
 	unsigned nlater;
+	/* WAIT's reply, made when its timeout ends (no timer: it waits until the client goes
+	 * or half-closes) */
+	bool wait;
+	struct keel_timer *wait_timer;
 };
 
 struct kconn {
@@ -94,6 +98,7 @@ struct kconn {
 	/* A command waits for the replies before it (run_later): nothing after it is parsed
 	 * until it has run, as Redis runs a connection's commands one after another */
 	bool barrier;
+	struct pend *wait;  /* a WAIT's reply waiting for its timeout (wait_cmd): the barrier */
 	bool resume_queued; /* resume_cb is deferred (a closed connection is freed there) */
 	bool eof;           /* the client half-closed: close once every request is answered */
 	bool parsing;       /* inside process(): requests it has not reached may remain */
@@ -322,6 +327,8 @@ pend_free(struct pend *p)
 	}
 	free(p->key_owner);
 	free(p->later);
+	if (p->wait_timer)
+		keel_timer_destroy(p->wait_timer);
 	free(p);
 }
 
@@ -680,7 +687,11 @@ hold_input(struct kconn *kc, bool limits)
 	kc->in_need = 0; /* a whole request may start there: parse it at once when resumed */
 	if (limits)
 		stat_add(&kv_stats[self()].input_holds, 1);
-	keel_conn_pause_read(kc->c);
+	/* Behind a WAIT the connection is still read (into @in, within --client-query-buffer-
+	 * limit): its EOF answers the WAIT, its reset ends it, where a WAIT for ever would
+	 * otherwise keep a client that left. */
+	if (!kc->wait)
+		keel_conn_pause_read(kc->c);
 }
 
 /* Something that over_limit reads went down: parse the held requests, from the loop
@@ -2303,6 +2314,8 @@ client_line(struct rbuf *b, const struct kconn *kc, uint64_t now, unsigned own)
 		snprintf(cmd, sizeof(cmd), "%s", kc->last_cmd->name);
 	if (kc->tx)
 		flags[nf++] = 'x';
+	if (kc->wait) /* blocked, as Redis flags a client in WAIT */
+		flags[nf++] = 'b';
 	if (kc->closing)
 		flags[nf++] = 'c';
 	if (!nf)
@@ -2515,6 +2528,95 @@ client_fanout(struct kconn *kc, struct resp_arg *argv, unsigned argc)
 
 static void watch_release(struct kconn *kc);
 
+/* WAIT's timeout ended (or the client half-closed): its reply is 0, the replicas keel-kv
+ * has; what the client sent after it is parsed again. */
+static void
+wait_end(struct kconn *kc)
+{
+	struct pend *p = kc->wait;
+
+	if (p->wait_timer) {
+		keel_timer_destroy(p->wait_timer); /* allowed inside its own callback */
+		p->wait_timer = NULL;
+	}
+	kc->wait = NULL;
+	p->wait = false;
+	rb_int(&p->rep, 0);
+	p->done = true;
+	p->counted = p->rep.len;
+	kc->pend_bytes += p->counted;
+	kc->barrier = false;
+	if (p == kc->head) {
+		drain(kc);
+		flush_out(kc);
+	}
+	resume_later(kc);
+}
+
+static void
+wait_fire(struct keel_timer *t, void *arg)
+{
+	struct kconn *kc = arg;
+
+	(void)t;
+	wait_end(kc);
+}
+
+/* WAIT numreplicas timeout: keel-kv has no replicas, so the reply is 0, as Redis 7.0's
+ * without any: at once for 0 (or fewer) and inside a transaction; otherwise once the
+ * timeout (ms) has passed, for ever with 0, the client blocked meanwhile (nothing it sent
+ * after runs until then, as Redis holds a blocked client's commands; CLIENT LIST flags it
+ * b). A client that half-closes is answered at once; one that goes is forgotten. The
+ * argument errors are redis-server 7.0.15's. */
+static void
+wait_cmd(struct kconn *kc, struct resp_arg *argv, struct rbuf *out)
+{
+	long long n, ms;
+	struct pend *p;
+
+	if (!kv_arg_ll(&argv[1], &n)) {
+		rb_err(out, "%s", "ERR value is not an integer or out of range");
+		return;
+	}
+	if (!kv_arg_ll(&argv[2], &ms)) {
+		rb_err(out, "ERR timeout is not an integer or out of range");
+		return;
+	}
+	if (ms < 0) {
+		rb_err(out, "ERR timeout is negative");
+		return;
+	}
+	if (n <= 0 || !kc || kc->eof) {
+		rb_int(out, 0);
+		return;
+	}
+	/* Its reply waits in a pend of its own: the one reply_to opened for it, or a new one
+	 * when nothing waited before it (@out is then the connection's output). */
+	p = kc->pend_open;
+	if (p && out == &p->rep) {
+		kc->pend_open = NULL; /* counted when made (wait_end) */
+	} else if (!(p = pend_new(kc))) {
+		out->oom = true; /* no place for its reply: the connection is aborted */
+		return;
+	}
+	/* A timeout past what the timer's nanoseconds hold (292 years) is none. */
+	if (ms && (unsigned long long)ms <= UINT64_MAX / 1000000u) {
+		int r = keel_timer_create(wait_fire, kc, &p->wait_timer);
+
+		if (r < 0) {
+			p->wait_timer = NULL;
+			rb_err(&p->rep, "ERR WAIT: no timer for its timeout (%s)", strerror(-r));
+			p->done = true; /* answered with the error */
+			return;
+		}
+		keel_timer_start(p->wait_timer, (uint64_t)ms * 1000000u, 0);
+	}
+	p->done = false;
+	p->wait = true;
+	kc->wait = p;
+	kc->barrier = true;
+}
+
 static void
 local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsigned argc,
 	  struct rbuf *out)
@@ -2542,6 +2644,8 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 		rb_simple(out, "OK");
 		if (kc)
 			watch_release(kc);
+	} else if (!strcmp(n, "wait")) {
+		wait_cmd(kc, argv, out);
 	} else if (!strcmp(n, "quit")) {
 		rb_simple(out, "OK");
 		kc->closing = true;
@@ -3933,7 +4037,7 @@ on_close(struct keel_conn *c, int status)
 	watch_close(kc);
 	for (p = kc->head; p; p = next) {
 		next = p->next;
-		if (p->done || p->later_kind) {
+		if (p->done || p->later_kind || p->wait) {
 			pend_free(p);
 		} else { /* freed when its reply comes back */
 			p->kc = NULL;
@@ -3989,6 +4093,8 @@ on_eof(struct keel_conn *c)
 	}
 	/* After QUIT or a protocol error (closing) too: what came before them is answered. */
 	kc->eof = true;
+	if (kc->wait) /* nothing can come after it now: answered at once */
+		wait_end(kc);
 	if (close_due(kc))
 		keel_conn_close(c);
 }

@@ -2398,6 +2398,7 @@ cmd_keys(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *ou
 static const struct kv_cmd cmds[] = {
 	{ "ping", -1, KV_F_TX_LOCAL, KV_R_LOCAL, 0, KV_M_NONE, NULL, "fast" },
 	{ "echo", 2, KV_F_TX_LOCAL, KV_R_LOCAL, 0, KV_M_NONE, NULL, "fast" },
+	{ "wait", 3, KV_F_TX_LOCAL, KV_R_LOCAL, 0, KV_M_NONE, NULL, "noscript" },
 	{ "get", 2, 0, KV_R_KEY, 0, KV_M_NONE, cmd_get, "readonly fast" },
 	{ "set", -3, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEY, 0, KV_M_NONE, cmd_set, "write denyoom" },
 	{ "getset", 3, KV_F_WRITE | KV_F_DENYOOM, KV_R_KEY, 0, KV_M_NONE, cmd_getset,

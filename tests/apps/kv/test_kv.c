@@ -5895,6 +5895,85 @@ Test(kv_server, reset_ends_the_transaction_the_watches_and_the_name)
  * replies were compared with redis-server 7.0.15's for the same steps, but for what keel-kv
  * answers otherwise: REFCOUNT of a small integer (Redis shares those: 2147483647), IDLETIME
  * (keel-kv keeps no access time) and MEMORY USAGE's figure (each counts its own memory). */
+/* Clients CLIENT LIST flags blocked (b: in WAIT). */
+static int
+blocked_clients(int port)
+{
+	struct rd r;
+	char *got, *p;
+	int n = 0;
+
+	rd_init(&r, test_connect(port));
+	test_send_all(r.fd, "CLIENT LIST\r\n", 13);
+	got = rd_next(&r, NULL);
+	cr_assert(got && got[0] == '$', "%s", got ? got : "closed");
+	for (p = got; (p = strstr(p, " flags=b")); p++)
+		n++;
+	rd_free(&r);
+	return n;
+}
+
+/* WAIT numreplicas timeout: 0, the replicas keel-kv has, as redis-server 7.0.15 answers
+ * without any (its errors and immediate answers byte for byte): at once for 0 replicas or
+ * fewer and inside MULTI, else once the timeout passed, for ever with 0, the client
+ * blocked meanwhile (flags=b; what it sent after WAIT does not run until then). A client
+ * that half-closes is answered at once; one that resets is let go (the connection is
+ * still read behind a WAIT: one that paused reading kept it for ever). */
+Test(kv_server, wait_answers_as_redis_without_replicas)
+{
+	static const char *const steps[][2] = {
+		{ "WAIT 0 0", ":0\r\n" },
+		{ "WAIT -1 0", ":0\r\n" },
+		{ "WAIT x 0", "-ERR value is not an integer or out of range\r\n" },
+		{ "WAIT 1 x", "-ERR timeout is not an integer or out of range\r\n" },
+		{ "WAIT 1 1.5", "-ERR timeout is not an integer or out of range\r\n" },
+		{ "WAIT 1 -1", "-ERR timeout is negative\r\n" },
+		{ "WAIT 1", "-ERR wrong number of arguments for 'wait' command\r\n" },
+		{ "WAIT 1 2 3", "-ERR wrong number of arguments for 'wait' command\r\n" },
+		{ "WAIT 1 20", ":0\r\n" },
+		{ "MULTI", "+OK\r\n" },
+		{ "WAIT 1 0", "+QUEUED\r\n" },
+		{ "WAIT x 0", "+QUEUED\r\n" },
+		{ "EXEC", "*2\r\n:0\r\n-ERR value is not an integer or out of range\r\n" },
+	};
+	struct srv s;
+	struct rd r, a;
+	char *got;
+	int fd;
+
+	srv_start(&s, 2, NULL);
+	rd_init(&r, test_connect(s.port));
+	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++)
+		expect(&r, steps[i][0], steps[i][1]);
+	expect(&r, "DEL wk", ":0\r\n");
+	/* Blocked for ever: the SET behind the WAIT waits with it. */
+	rd_init(&a, test_connect(s.port));
+	test_send_all(a.fd, "WAIT 1 0\r\nSET wk v\r\n", 20);
+	WAIT_FOR(blocked_clients(s.port) == 1, "the client blocked in WAIT");
+	expect(&r, "GET wk", "$-1\r\n");
+	/* Its half-close answers it, and what came after runs. */
+	cr_assert_eq(shutdown(a.fd, SHUT_WR), 0);
+	got = rd_next(&a, NULL);
+	cr_assert(got && !strcmp(got, ":0\r\n"), "%s", got ? got : "closed");
+	got = rd_next(&a, NULL);
+	cr_assert(got && !strcmp(got, "+OK\r\n"), "%s", got ? got : "closed");
+	rd_free(&a);
+	expect(&r, "GET wk", "$1\r\nv\r\n");
+	/* A client that resets in WAIT for ever is gone. */
+	fd = test_connect(s.port);
+	test_send_all(fd, "WAIT 1 0\r\n", 10);
+	WAIT_FOR(blocked_clients(s.port) == 1, "the second client blocked in WAIT");
+	{
+		struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+
+		cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);
+		close(fd);
+	}
+	WAIT_FOR(blocked_clients(s.port) == 0, "the client that reset while in WAIT let go");
+	rd_free(&r);
+	srv_stop(&s);
+}
+
 /* OBJECT ENCODING of a string APPEND or SETRANGE changed is "raw", as Redis's: it changes
  * its string in place, whatever its length or shape (an empty APPEND too); a key either
  * makes is "raw" from SETRANGE and encoded as SET's from APPEND; COPY and RENAME keep it;
