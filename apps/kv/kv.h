@@ -59,6 +59,7 @@ struct kv_stats {
 	_Atomic uint64_t forwarded_exported; /* ... of forwarded_out, handed over as exported
 					      * slices of the receive buffer (--handoff export) */
 	_Atomic uint64_t watched_keys;       /* keys of this shard watched (kv_watches.keys) */
+	_Atomic uint64_t blocked;            /* its clients blocked in WAIT */
 	_Atomic uint64_t client_mem;         /* what this shard's clients hold (client_mem) */
 	_Atomic uint64_t evicted_clients;    /* clients closed past --maxmemory-clients */
 };

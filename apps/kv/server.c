@@ -1781,7 +1781,7 @@ info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
 		   info_names(argv, argc, "everything");
 	uint64_t keys = 0, expires = 0, cmds = 0, fwd = 0, conns = 0, total = 0, hits = 0,
 		 misses = 0, exp = 0, oom = 0, lazy = 0, watched = 0, rejected = 0, cmem = 0,
-		 evicted = 0, used = kv_used_total();
+		 blocked = 0, evicted = 0, used = kv_used_total();
 	unsigned ns = kv_cfg.nshards;
 	int n;
 
@@ -1808,6 +1808,7 @@ info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
 		oom += LD(oom_rejected);
 		lazy += LD(lazyfree_pending);
 		watched += LD(watched_keys);
+		blocked += LD(blocked);
 		cmem += LD(client_mem);
 		evicted += LD(evicted_clients);
 	}
@@ -1819,8 +1820,9 @@ info(struct rbuf *out, struct resp_arg *argv, unsigned argc)
 	}
 	if (WANT("clients"))
 		LINE("# Clients\r\nconnected_clients:%llu\r\nmaxclients:%u\r\n"
-		     "total_watched_keys:%llu\r\n\r\n",
-		     (unsigned long long)conns, kv_cfg.maxclients, (unsigned long long)watched);
+		     "blocked_clients:%llu\r\ntotal_watched_keys:%llu\r\n\r\n",
+		     (unsigned long long)conns, kv_cfg.maxclients, (unsigned long long)blocked,
+		     (unsigned long long)watched);
 	if (WANT("memory"))
 		LINE("# Memory\r\nused_memory:%llu\r\nused_memory_human:%.2fM\r\nmaxmemory:%llu\r\n"
 		     "maxmemory_policy:noeviction\r\nmem_clients_normal:%llu\r\n"
@@ -2541,6 +2543,7 @@ wait_end(struct kconn *kc)
 	}
 	kc->wait = NULL;
 	p->wait = false;
+	stat_add(&kv_stats[self()].blocked, -1);
 	rb_int(&p->rep, 0);
 	p->done = true;
 	p->counted = p->rep.len;
@@ -2615,6 +2618,7 @@ wait_cmd(struct kconn *kc, struct resp_arg *argv, struct rbuf *out)
 	p->wait = true;
 	kc->wait = p;
 	kc->barrier = true;
+	stat_add(&kv_stats[self()].blocked, 1);
 }
 
 static void
@@ -4038,6 +4042,8 @@ on_close(struct keel_conn *c, int status)
 	for (p = kc->head; p; p = next) {
 		next = p->next;
 		if (p->done || p->later_kind || p->wait) {
+			if (p->wait) /* a client that went while blocked in WAIT */
+				stat_add(&kv_stats[self()].blocked, -1);
 			pend_free(p);
 		} else { /* freed when its reply comes back */
 			p->kc = NULL;

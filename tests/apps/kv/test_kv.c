@@ -5916,7 +5916,8 @@ blocked_clients(int port)
 /* WAIT numreplicas timeout: 0, the replicas keel-kv has, as redis-server 7.0.15 answers
  * without any (its errors and immediate answers byte for byte): at once for 0 replicas or
  * fewer and inside MULTI, else once the timeout passed, for ever with 0, the client
- * blocked meanwhile (flags=b; what it sent after WAIT does not run until then). A client
+ * blocked meanwhile (flags=b, INFO's blocked_clients; what it sent after WAIT does not run
+ * until then). A client
  * that half-closes is answered at once; one that resets is let go (the connection is
  * still read behind a WAIT: one that paused reading kept it for ever). */
 Test(kv_server, wait_answers_as_redis_without_replicas)
@@ -5950,6 +5951,7 @@ Test(kv_server, wait_answers_as_redis_without_replicas)
 	rd_init(&a, test_connect(s.port));
 	test_send_all(a.fd, "WAIT 1 0\r\nSET wk v\r\n", 20);
 	WAIT_FOR(blocked_clients(s.port) == 1, "the client blocked in WAIT");
+	cr_assert_eq(info_field(s.port, "blocked_clients:"), 1);
 	expect(&r, "GET wk", "$-1\r\n");
 	/* Its half-close answers it, and what came after runs. */
 	cr_assert_eq(shutdown(a.fd, SHUT_WR), 0);
@@ -5970,6 +5972,7 @@ Test(kv_server, wait_answers_as_redis_without_replicas)
 		close(fd);
 	}
 	WAIT_FOR(blocked_clients(s.port) == 0, "the client that reset while in WAIT let go");
+	cr_assert_eq(info_field(s.port, "blocked_clients:"), 0);
 	rd_free(&r);
 	srv_stop(&s);
 }
