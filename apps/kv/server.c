@@ -2076,16 +2076,25 @@ shutdown_now(struct kconn *kc)
 
 /* CLIENT LIST, INFO and KILL, as Redis 7.0 answers them. A shard knows its own clients
  * only, so LIST and KILL run on every shard (a fan-out of kv_client_part) and their parts
- * are merged: LIST's lines shard by shard, each shard's in the order its clients came. */
+ * are merged: LIST's lines shard by shard, each shard's in the order its clients came
+ * (LIST ID's in the ids' order: merge_by_arg). */
 
-/* The subcommand of CLIENT, CONFIG or COMMAND, for CLIENT LIST's cmd field. */
+/* The subcommand of CLIENT, CONFIG or COMMAND, for CLIENT LIST's cmd field. Noted before
+ * it is checked: one that is no word (a space, a newline, a control byte) is not, as it
+ * would split its client's line (and CLIENT LIST ID's merge counts lines): cmd= then
+ * shows the command alone. */
 static void
 note_sub(struct kconn *kc, const struct resp_arg *sub)
 {
 	size_t n = sub->len < sizeof(kc->last_sub) - 1 ? sub->len : sizeof(kc->last_sub) - 1;
 
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
+		if (!isgraph(sub->p[i])) {
+			kc->last_sub[0] = 0;
+			return;
+		}
 		kc->last_sub[i] = (char)tolower(sub->p[i]);
+	}
 	kc->last_sub[n] = 0;
 }
 
@@ -2544,6 +2553,10 @@ wait_end(struct kconn *kc)
 	kc->wait = NULL;
 	p->wait = false;
 	stat_add(&kv_stats[self()].blocked, -1);
+	/* Input held behind it waits as any held input does, unread, until resume_cb (or
+	 * unpause) reads on. */
+	if (kc->held || kc->paused)
+		keel_conn_pause_read(kc->c);
 	rb_int(&p->rep, 0);
 	p->done = true;
 	p->counted = p->rep.len;
@@ -2619,6 +2632,10 @@ wait_cmd(struct kconn *kc, struct resp_arg *argv, struct rbuf *out)
 	kc->wait = p;
 	kc->barrier = true;
 	stat_add(&kv_stats[self()].blocked, 1);
+	/* Read behind it (hold_input does not pause): reading paused before, at the reply
+	 * limits or past PEND_MAX, would otherwise stay so, and a client that left while
+	 * blocked for ever would be kept (its EOF and reset are read). */
+	keel_conn_resume_read(kc->c);
 }
 
 static void

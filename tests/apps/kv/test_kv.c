@@ -5973,6 +5973,71 @@ Test(kv_server, wait_answers_as_redis_without_replicas)
 	}
 	WAIT_FOR(blocked_clients(s.port) == 0, "the client that reset while in WAIT let go");
 	cr_assert_eq(info_field(s.port, "blocked_clients:"), 0);
+	/* A WAIT reached with reading paused (its requests held at the reply limits, 64 GETs
+	 * of 256 KiB unread past the 1 MiB watermark): reading goes on behind it once the
+	 * client took its replies, so its reset is seen too (it stayed blocked for ever). */
+	{
+		enum { BIG = 256 << 10, GETS = 64 };
+		static char big[BIG + 64], req[GETS * 16 + 32];
+		size_t n = (size_t)sprintf(big, "*3\r\n$3\r\nSET\r\n$4\r\nwbig\r\n$%d\r\n", BIG);
+		size_t rn = 0;
+		struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+		struct rd c;
+
+		memset(big + n, 'w', BIG);
+		memcpy(big + n + BIG, "\r\n", 2);
+		test_send_all(r.fd, big, n + BIG + 2);
+		got = rd_next(&r, NULL);
+		cr_assert(got && !strcmp(got, "+OK\r\n"), "%s", got ? got : "closed");
+		for (int i = 0; i < GETS; i++)
+			rn += (size_t)sprintf(req + rn, "GET wbig\r\n");
+		rn += (size_t)sprintf(req + rn, "WAIT 1 0\r\nPING\r\n");
+		rd_init(&c, test_connect(s.port));
+		test_send_all(c.fd, req, rn);
+		for (int i = 0; i < GETS; i++) {
+			size_t len = 0;
+
+			got = rd_next(&c, &len);
+			cr_assert(got && len == BIG + 11, "GET %d: %zu bytes", i, len);
+		}
+		WAIT_FOR(blocked_clients(s.port) == 1, "the third client blocked in WAIT");
+		cr_assert_eq(setsockopt(c.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);
+		rd_free(&c); /* a reset */
+		WAIT_FOR(blocked_clients(s.port) == 0,
+			 "the client whose reading had paused before its WAIT let go");
+	}
+	rd_free(&r);
+	srv_stop(&s);
+}
+
+/* A subcommand that is no word (CONFIG "a\nb") is not noted for CLIENT LIST's cmd field:
+ * with its newline the client's line was two, plain CLIENT LIST showed a broken line, and
+ * CLIENT LIST ID, whose merge counts a line per id, answered an internal error. */
+Test(kv_server, client_list_keeps_a_line_per_client_whatever_the_subcommand)
+{
+	static const char bad[] = "*2\r\n$6\r\nCONFIG\r\n$3\r\na\nb\r\n";
+	struct srv s;
+	struct rd a, r;
+	char cmd[64], *got;
+	long long id;
+
+	srv_start(&s, 2, NULL);
+	rd_init(&a, test_connect(s.port));
+	rd_init(&r, test_connect(s.port));
+	test_send_all(a.fd, "CLIENT ID\r\n", 11);
+	got = rd_next(&a, NULL);
+	cr_assert(got && got[0] == ':');
+	id = atoll(got + 1);
+	test_send_all(a.fd, bad, sizeof(bad) - 1);
+	got = rd_next(&a, NULL);
+	cr_assert(got && got[0] == '-', "%s", got ? got : "closed");
+	snprintf(cmd, sizeof(cmd), "CLIENT LIST ID %lld", id);
+	test_send_all(r.fd, cmd, strlen(cmd));
+	test_send_all(r.fd, "\r\n", 2);
+	got = rd_next(&r, NULL);
+	cr_assert(got && got[0] == '$' && strstr(got, " cmd=config ") && cl_lines(got) == 1, "%s",
+		  got ? got : "closed");
+	rd_free(&a);
 	rd_free(&r);
 	srv_stop(&s);
 }
