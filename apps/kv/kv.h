@@ -38,10 +38,17 @@ struct kv_ent {
 	uint64_t hash;
 	int64_t expire_ms; /* unix ms; 0: none */
 	uint32_t klen, vlen, vcap;
-	/* A string APPEND or SETRANGE changed in place: OBJECT ENCODING says "raw", as Redis
-	 * does of its strings so changed; a value set whole (SET, INCR, MSET, ...) clears it. */
-	bool raw;
+	/* How Redis would encode the value, for OBJECT ENCODING (enum kv_enc): by its shape
+	 * as SET encodes it, raw once APPEND or SETRANGE changed it in place, or a string
+	 * never tried as an integer (INCRBYFLOAT's); a value set whole resets it. */
+	uint8_t enc;
 	uint8_t data[];
+};
+
+enum kv_enc {
+	KV_ENC_SHAPE, /* int up to 20 characters that read as one, embstr up to 44 bytes, raw */
+	KV_ENC_RAW,   /* raw */
+	KV_ENC_STR,   /* embstr up to 44 bytes, raw */
 };
 
 /* Counters of one shard, written by it, read by INFO on any shard (relaxed). */

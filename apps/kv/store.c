@@ -693,7 +693,7 @@ ent_put(struct kv_db *db, struct kv_ent *e, const struct resp_arg *key, uint64_t
 	e->vlen = (uint32_t)vlen;
 	e->vcap = (uint32_t)cap;
 	e->expire_ms = 0;
-	e->raw = false;
+	e->enc = KV_ENC_SHAPE;
 	memcpy(e->data, key->p, key->len);
 	memcpy(e->data + key->len, val, vlen);
 	if (old) {
@@ -731,7 +731,7 @@ store_at(struct kv_db *db, const struct resp_arg *key, uint64_t h, struct kv_ent
 	if (old && old->vcap >= vlen && old->vcap <= 2 * cap + 64) {
 		memmove(old->data + old->klen, val, vlen); /* val may point into old */
 		old->vlen = (uint32_t)vlen;
-		old->raw = false;
+		old->enc = KV_ENC_SHAPE;
 		changed(db, old, false);
 		set_expire(db, old, exp);
 		return old;
@@ -1245,7 +1245,7 @@ put_copy(struct kv_db *db, const struct kv_ent *e, const struct resp_arg *key, u
 		return false;
 	}
 	ent_put(db, n, key, h, old, pp, e->data + e->klen, e->vlen, e->vlen, e->expire_ms);
-	n->raw = e->raw; /* COPY keeps the encoding, as Redis's copy of a string does */
+	n->enc = e->enc; /* COPY keeps the encoding, as Redis's copy of a string does */
 	return true;
 }
 
@@ -1621,10 +1621,12 @@ cmd_incrbyfloat(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct r
 		t[0] = '0';
 		n = 1;
 	}
-	if (!store_at(db, &argv[1], h, e, pp, t, (size_t)n, (size_t)n, true)) {
+	e = store_at(db, &argv[1], h, e, pp, t, (size_t)n, (size_t)n, true);
+	if (!e) {
 		rb_err(out, "%s", e_oom);
 		return;
 	}
+	e->enc = KV_ENC_STR; /* Redis makes a string of it, not tried as an integer */
 	rb_bulk(out, t, (size_t)n);
 }
 
@@ -1670,7 +1672,7 @@ cmd_append(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *
 	}
 	/* Redis appends to its string in place (raw), empty bytes too; a key APPEND makes is
 	 * encoded as SET's. */
-	e->raw = existed;
+	e->enc = existed ? KV_ENC_RAW : KV_ENC_SHAPE;
 	rb_int(out, (long long)total);
 }
 
@@ -1744,7 +1746,7 @@ cmd_setrange(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf
 			memset(v + old, 0, (size_t)off - old);
 		memcpy(v + off, argv[3].p, argv[3].len);
 		e->vlen = (uint32_t)total;
-		e->raw = true;
+		e->enc = KV_ENC_RAW;
 		changed(db, e, false);
 		rb_int(out, (long long)total);
 		return;
@@ -1763,7 +1765,7 @@ cmd_setrange(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf
 		rb_err(out, "%s", e_oom);
 		return;
 	}
-	e->raw = true; /* a key SETRANGE makes too, as in Redis */
+	e->enc = KV_ENC_RAW; /* a key SETRANGE makes too, as in Redis */
 	rb_int(out, (long long)total);
 }
 
@@ -1816,7 +1818,8 @@ help_reply(struct rbuf *out, const char *const *lines, unsigned n)
 /* OBJECT ENCODING | REFCOUNT | IDLETIME | FREQ key, as Redis 7.0 answers them where keel-kv
  * has the answer: a value's encoding by its shape, as Redis encodes a string just SET
  * ("int" for an integer of up to 20 characters, "embstr" up to 44 bytes, else "raw"),
- * and "raw" of a value APPEND or SETRANGE changed (kv_ent.raw); REFCOUNT 1 (keel-kv shares no
+ * "raw" of a value APPEND or SETRANGE changed, no "int" of INCRBYFLOAT's (kv_ent.enc);
+ * REFCOUNT 1 (keel-kv shares no
  * values); IDLETIME refused (no access times are kept); FREQ Redis's error under noeviction. A
  * missing key is nil. */
 static void
@@ -1855,10 +1858,10 @@ cmd_object(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *
 	}
 	if (k == 0) {
 		struct resp_arg val = { e->data + e->klen, e->vlen };
-		const char *enc = e->raw                ? "raw"
-				  : kv_arg_ll(&val, &v) ? "int"
-				  : e->vlen <= 44       ? "embstr"
-							: "raw";
+		const char *enc = e->enc == KV_ENC_RAW                            ? "raw"
+				  : e->enc == KV_ENC_SHAPE && kv_arg_ll(&val, &v) ? "int"
+				  : e->vlen <= 44                                 ? "embstr"
+										  : "raw";
 
 		rb_bulk(out, enc, strlen(enc));
 	} else if (k == 1) {
@@ -1997,7 +2000,7 @@ mset_all(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *ou
 		}
 		memcpy(e->data + e->klen, val->p, val->len);
 		e->vlen = (uint32_t)val->len;
-		e->raw = false;
+		e->enc = KV_ENC_SHAPE;
 		changed(db, e, false);
 		set_expire(db, e, 0);
 		sl[k].shrink = e->vcap > 2 * val->len + 64;

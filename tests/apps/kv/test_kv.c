@@ -6045,7 +6045,8 @@ Test(kv_server, client_list_keeps_a_line_per_client_whatever_the_subcommand)
 /* OBJECT ENCODING of a string APPEND or SETRANGE changed is "raw", as Redis's: it changes
  * its string in place, whatever its length or shape (an empty APPEND too); a key either
  * makes is "raw" from SETRANGE and encoded as SET's from APPEND; COPY and RENAME keep it;
- * a value set whole (SET, GETSET, MSET, INCR, INCRBYFLOAT) ends it. Every reply here is
+ * a value set whole (SET, GETSET, MSET, INCR) ends it; INCRBYFLOAT's is a string, never
+ * "int". Every reply here is
  * redis-server 7.0.15's for the same commands. Keys share a shard ({t}): RENAME and COPY
  * stay on one. */
 Test(kv_server, object_encoding_is_raw_after_append_and_setrange)
@@ -6090,6 +6091,14 @@ Test(kv_server, object_encoding_is_raw_after_append_and_setrange)
 		{ "OBJECT ENCODING {t}g", "$3\r\nraw\r\n" },
 		{ "INCRBY {t}g 1", ":3\r\n" },
 		{ "OBJECT ENCODING {t}g", "$3\r\nint\r\n" },
+		/* INCRBYFLOAT makes a string Redis does not try as an integer. */
+		{ "SET {t}h 1.5", "+OK\r\n" },
+		{ "INCRBYFLOAT {t}h 0.5", "$1\r\n2\r\n" },
+		{ "OBJECT ENCODING {t}h", "$6\r\nembstr\r\n" },
+		{ "INCRBYFLOAT {t}h2 3", "$1\r\n3\r\n" },
+		{ "OBJECT ENCODING {t}h2", "$6\r\nembstr\r\n" },
+		{ "SET {t}h2 3", "+OK\r\n" },
+		{ "OBJECT ENCODING {t}h2", "$3\r\nint\r\n" },
 	};
 	struct srv s;
 	struct rd r;
