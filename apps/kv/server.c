@@ -62,9 +62,8 @@ struct pend {
 	enum { LATER_NONE, LATER_INFO, LATER_SHUTDOWN } later_kind;
 	struct resp_arg *later;
 	unsigned nlater;
-	/* WAIT's reply, made when its timeout ends (no timer: it waits until the client goes
-	 * or half-closes) */
-	bool wait;
+	/* WAIT's timeout (kconn.wait names its pend); none: it waits until the client goes or
+	 * half-closes */
 	struct keel_timer *wait_timer;
 };
 
@@ -796,20 +795,20 @@ bulk_body(const struct rbuf *b, const uint8_t **at, size_t *len)
 }
 
 /* KV_M_BULK_BY_ARG (CLIENT LIST ID): each part has a line for each id argument, in their
- * order, empty unless the client is that shard's; the lines of each argument merged in
- * turn, so the list follows the arguments as Redis's does (a repeated id repeated). */
-static void
-merge_by_arg(struct pend *p, struct rbuf *out)
+ * order, empty unless the client is that shard's; the lines of each argument put in @all
+ * in turn, so the list follows the arguments as Redis's does (a repeated id repeated).
+ * False when the parts do not hold as many lines each (cannot happen). */
+static bool
+merge_by_arg(const struct pend *p, struct rbuf *all)
 {
 	const uint8_t *at[KEEL_MAX_SHARDS] = { 0 }, *end[KEEL_MAX_SHARDS] = { 0 };
 	unsigned ns = kv_cfg.nshards;
-	struct rbuf all = { 0 };
 
 	for (unsigned s = 0; s < ns; s++) {
 		size_t len;
 
 		if (!bulk_body(&p->parts[s], &at[s], &len))
-			goto bad;
+			return false;
 		end[s] = at[s] + len;
 	}
 	while (at[0] < end[0]) {
@@ -818,23 +817,17 @@ merge_by_arg(struct pend *p, struct rbuf *out)
 						    ? memchr(at[s], '\n', (size_t)(end[s] - at[s]))
 						    : NULL;
 
-			if (!nl) /* parts of other lengths: cannot happen; say so */
-				goto bad;
+			if (!nl)
+				return false;
 			if (nl > at[s])
-				rb_put(&all, at[s], (size_t)(nl - at[s]) + 1);
+				rb_put(all, at[s], (size_t)(nl - at[s]) + 1);
 			at[s] = nl + 1;
 		}
 	}
 	for (unsigned s = 1; s < ns; s++)
 		if (at[s] != end[s])
-			goto bad;
-	rb_bulk(out, all.p, all.len);
-	out->oom |= all.oom;
-	rb_free(&all);
-	return;
-bad:
-	rb_free(&all);
-	rb_err(out, "ERR internal error merging replies");
+			return false;
+	return true;
 }
 
 static void
@@ -867,23 +860,30 @@ merge(struct pend *p)
 		else
 			rb_err(out, "ERR No such client");
 		break;
-	case KV_M_BULK: {
+	case KV_M_BULK:
+	case KV_M_BULK_BY_ARG: {
 		struct rbuf all = { 0 };
-		for (unsigned s = 0; s < ns; s++) {
-			const uint8_t *at;
-			size_t len;
 
-			if (bulk_body(&p->parts[s], &at, &len))
-				rb_put(&all, at, len);
+		if (p->cmd->merge == KV_M_BULK_BY_ARG) {
+			if (!merge_by_arg(p, &all)) {
+				rb_free(&all);
+				rb_err(out, "ERR internal error merging replies");
+				break;
+			}
+		} else {
+			for (unsigned s = 0; s < ns; s++) {
+				const uint8_t *at;
+				size_t len;
+
+				if (bulk_body(&p->parts[s], &at, &len))
+					rb_put(&all, at, len);
+			}
 		}
 		rb_bulk(out, all.p, all.len);
 		out->oom |= all.oom;
 		rb_free(&all);
 		break;
 	}
-	case KV_M_BULK_BY_ARG:
-		merge_by_arg(p, out);
-		break;
 	case KV_M_CONCAT: {
 		long long t = 0;
 		size_t hdr;
@@ -2425,11 +2425,7 @@ kv_client_part(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rb
 	if (!kill && s.nids) {
 		if (!client_lines_by_arg(&s, now, &body))
 			body.oom = true;
-		free(s.idv);
-		rb_bulk(out, body.p, body.len);
-		out->oom |= body.oom;
-		rb_free(&body);
-		return;
+		kc = NULL; /* listed: the walk below has nothing to do */
 	}
 	/* The list is newest first: from its end, the clients in the order they came. */
 	while (kc && kc->next)
@@ -2551,7 +2547,6 @@ wait_end(struct kconn *kc)
 		p->wait_timer = NULL;
 	}
 	kc->wait = NULL;
-	p->wait = false;
 	stat_add(&kv_stats[self()].blocked, -1);
 	/* Input held behind it waits as any held input does, unread, until resume_cb (or
 	 * unpause) reads on. */
@@ -2591,7 +2586,7 @@ wait_cmd(struct kconn *kc, struct resp_arg *argv, struct rbuf *out)
 	struct pend *p;
 
 	if (!kv_arg_ll(&argv[1], &n)) {
-		rb_err(out, "%s", "ERR value is not an integer or out of range");
+		rb_err(out, "ERR value is not an integer or out of range");
 		return;
 	}
 	if (!kv_arg_ll(&argv[2], &ms)) {
@@ -2628,7 +2623,6 @@ wait_cmd(struct kconn *kc, struct resp_arg *argv, struct rbuf *out)
 		keel_timer_start(p->wait_timer, (uint64_t)ms * 1000000u, 0);
 	}
 	p->done = false;
-	p->wait = true;
 	kc->wait = p;
 	kc->barrier = true;
 	stat_add(&kv_stats[self()].blocked, 1);
@@ -4058,8 +4052,8 @@ on_close(struct keel_conn *c, int status)
 	watch_close(kc);
 	for (p = kc->head; p; p = next) {
 		next = p->next;
-		if (p->done || p->later_kind || p->wait) {
-			if (p->wait) /* a client that went while blocked in WAIT */
+		if (p->done || p->later_kind || p == kc->wait) {
+			if (p == kc->wait) /* a client that went while blocked in WAIT */
 				stat_add(&kv_stats[self()].blocked, -1);
 			pend_free(p);
 		} else { /* freed when its reply comes back */

@@ -1639,13 +1639,12 @@ cmd_append(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *
 	uint64_t h = kv_hash(argv[1].p, argv[1].len);
 	struct kv_ent **pp = NULL, *e = lookup_h(db, &argv[1], h, &pp);
 	size_t old = e ? e->vlen : 0, total = old + argv[2].len;
+	bool existed = e != NULL;
 
 	if (total > kv_cfg.max_bulk) {
 		rb_err(out, "ERR string exceeds maximum allowed size (proto-max-bulk-len)");
 		return;
 	}
-	bool existed = e != NULL;
-
 	if (e && e->vcap >= total) {
 		memcpy(e->data + e->klen + old, argv[2].p, argv[2].len);
 		e->vlen = (uint32_t)total;
@@ -1819,9 +1818,8 @@ help_reply(struct rbuf *out, const char *const *lines, unsigned n)
  * has the answer: a value's encoding by its shape, as Redis encodes a string just SET
  * ("int" for an integer of up to 20 characters, "embstr" up to 44 bytes, else "raw"),
  * "raw" of a value APPEND or SETRANGE changed, no "int" of INCRBYFLOAT's (kv_ent.enc);
- * REFCOUNT 1 (keel-kv shares no
- * values); IDLETIME refused (no access times are kept); FREQ Redis's error under noeviction. A
- * missing key is nil. */
+ * REFCOUNT 1 (keel-kv shares no values); IDLETIME refused (no access times are kept);
+ * FREQ Redis's error under noeviction. A missing key is nil. */
 static void
 cmd_object(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *out)
 {
