@@ -15,7 +15,10 @@
  * one window of polling; arrivals that keep coming within the window keep it polling.
  * The completions of the loop's own submissions (a reply's send) come back within
  * microseconds and say nothing about arrivals: after a pass that submitted, the next
- * quick outcome is not counted (keel__idlepoll_submitted).
+ * quick outcome is not counted (keel__idlepoll_submitted), unless a pass with work came
+ * between (it reaped them: a send that completes inside the submit). The loop reports
+ * each pass through keel__idlepoll_pass, the wait that ended before the pass's own
+ * submissions.
  */
 #include "internal.h"
 
@@ -56,6 +59,20 @@ keel__idlepoll_polled(struct keel__idlepoll *p, bool found)
 	p->own = false;
 	if (p->adaptive && !(found && own))
 		record(p, found);
+}
+
+uint64_t
+keel__idlepoll_pass(struct keel__idlepoll *p, bool work, bool after_poll, bool submitted)
+{
+	/* The outcome first: the pass that found an arrival also queues its reply, and that
+	 * reply's completion is the next wait's to discount, not this one's. */
+	if (work && after_poll)
+		keel__idlepoll_polled(p, true);
+	else if (work)
+		p->own = false;
+	if (submitted)
+		keel__idlepoll_submitted(p);
+	return keel__idlepoll_window(p);
 }
 
 void

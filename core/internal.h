@@ -403,6 +403,11 @@ void keel__idlepoll_woke(struct keel__idlepoll *p, uint64_t gap_ns);
 /* The pass submits operations: the next quick outcome may be their completions, not an
  * arrival, and is not counted. */
 void keel__idlepoll_submitted(struct keel__idlepoll *p);
+/* The loop's report of a pass, in order: the idle wait that ended at it (@after_poll: a
+ * poll found the pass's @work), then the operations the pass @submitted (their completions
+ * may end the next wait). A pass with work that no wait preceded has reaped what was
+ * pending, the completions of earlier submissions with it. Returns keel__idlepoll_window. */
+uint64_t keel__idlepoll_pass(struct keel__idlepoll *p, bool work, bool after_poll, bool submitted);
 
 struct io_uring_sqe *keel__sqe_internal(struct keel_shard *s);
 /* io_uring_submit, counted in enters; a failure is logged with its hint (memory short,

@@ -992,14 +992,11 @@ keel__shard_loop(struct keel_shard *s)
 		must_enter = need_enter(s);
 		/* Only SQEs this pass queued are the loop's own: need_enter is also true for
 		 * arrivals (IORING_SQ_TASKRUN) and for operations in flight. */
-		if (ip.adaptive && io_uring_sq_ready(&s->ring))
-			keel__idlepoll_submitted(&ip);
-		idle_poll_ns = keel__idlepoll_window(&ip);
+		idle_poll_ns = keel__idlepoll_pass(&ip, work, idle_since,
+						   ip.adaptive && io_uring_sq_ready(&s->ring));
 		if (work) {
-			if (idle_since) { /* an idle poll ended by work, within its window */
+			if (idle_since) /* an idle poll ended by work, within its window */
 				STAT_INC(s, polls_found);
-				keel__idlepoll_polled(&ip, true);
-			}
 			idle_since = 0;
 			/* Arrivals came while this pass ran: their replies go with this pass's. */
 			if (must_enter && may_merge && merge_arrivals(s)) {
