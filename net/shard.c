@@ -203,8 +203,10 @@ destroy(struct net_shard *ns)
 	keel__udp_fini(ns);
 	keel__zcrx_fini(ns);
 	keel__framers_detach(ns);
-	if (ns->files)
-		io_uring_unregister_files(keel_shard_ring_get());
+	/* The file table stays: this runs while the shard stops, and the application's direct
+	 * files (keel_file_openat with KEEL_FILE_OPEN_DIRECT_DESC) live in it too, which its stop
+	 * hooks may still write, sync and close. Nothing registers another on this ring (no
+	 * network state is made once the stop has begun); the ring's end releases it. */
 	free(ns->scratch);
 	if (tl_ns == ns)
 		tl_ns = NULL;

@@ -6,6 +6,7 @@
  * aborts that reset (a reset's linked pair on an SQ with one free slot among them). */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -14,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1135,6 +1137,126 @@ Test(net_lifetime, direct_files_in_the_table_leave_new_connections_in_the_backlo
 	}
 	close(a);
 	dl_end(rt, df.l);
+}
+
+/* A stop hook writes a direct file and syncs it (docs/file.md, "Stop and cancellation"),
+ * while the network's state goes: its stop hook drops its reference, and the last one
+ * goes when the listener's cancelled accept is reaped. That took the ring's file table
+ * with it, under the file: every later request failed with -EBADF, the sync too, and the
+ * close with -ENXIO. */
+#define SW_WRITES 64
+static struct {
+	struct keel_listener *l;
+	struct keel_file_req req;
+	struct keel_file f;
+	char path[256];
+	char block[4096];
+	int n;
+	_Atomic int opened, closed, failed, first_err;
+} sw;
+
+static bool
+sw_ok(int res, int want, const char *what)
+{
+	if (res == want)
+		return true;
+	if (atomic_fetch_add(&sw.failed, 1) == 0)
+		atomic_store(&sw.first_err, res);
+	SHARD_CHECK_EQ(res, want, "%s %d: %s", what, sw.n, res < 0 ? strerror(-res) : "short");
+	return false;
+}
+
+static void
+sw_closed(struct keel_file_req *req, int res, void *arg)
+{
+	(void)req, (void)arg;
+	sw_ok(res, 0, "close");
+	atomic_store(&sw.closed, 1);
+}
+
+static void
+sw_synced(struct keel_file_req *req, int res, void *arg)
+{
+	(void)req, (void)arg;
+	sw_ok(res, 0, "fdatasync");
+	SHARD_CHECK_EQ(keel_file_close(&sw.req, &sw.f, sw_closed, NULL), 0, "%s",
+		       keel_file_last_error());
+}
+
+static void
+sw_wrote(struct keel_file_req *req, int res, void *arg)
+{
+	int r;
+
+	(void)req, (void)arg;
+	if (sw_ok(res, (int)sizeof(sw.block), "write") && ++sw.n < SW_WRITES)
+		r = keel_file_write(&sw.req, &sw.f, sw.block, sizeof(sw.block),
+				    (uint64_t)sw.n * sizeof(sw.block), sw_wrote, NULL);
+	else
+		r = keel_file_fdatasync(&sw.req, &sw.f, sw_synced, NULL);
+	SHARD_CHECK_EQ(r, 0, "%s", keel_file_last_error());
+}
+
+static void
+sw_hook(void *arg)
+{
+	(void)arg;
+	SHARD_CHECK_EQ(keel_file_write(&sw.req, &sw.f, sw.block, sizeof(sw.block), 0, sw_wrote,
+				       NULL),
+		       0, "%s", keel_file_last_error());
+}
+
+static void
+sw_opened(struct keel_file_req *req, int res, void *arg)
+{
+	(void)req, (void)arg;
+	if (sw_ok(res, 0, "open"))
+		atomic_store(&sw.opened, 1);
+}
+
+static void
+sw_start(void *arg)
+{
+	(void)arg;
+	if (!SHARD_CHECK_EQ(keel_listener_start(sw.l), 0)) { /* it registers the table */
+		keel_stop(-EIO);
+		return;
+	}
+	SHARD_CHECK_EQ(keel_file_openat(&sw.req, AT_FDCWD, sw.path, O_WRONLY, 0,
+					KEEL_FILE_OPEN_DIRECT_DESC, &sw.f, sw_opened, NULL),
+		       0, "%s", keel_file_last_error());
+	SHARD_CHECK_EQ(keel_shard_on_stop(sw_hook, NULL), 0);
+}
+
+Test(net_lifetime, a_stop_hook_writes_and_syncs_a_direct_file_after_the_network_went)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_runtime *rt;
+	struct stat st;
+	char back[sizeof(sw.block)];
+	int fd;
+
+	if (!keel_caps_get()->sparse_files)
+		cr_skip_test("no sparse file tables (Linux 5.19): no direct descriptors");
+	memset(&sw, 0, sizeof(sw));
+	memset(sw.block, 'w', sizeof(sw.block));
+	snprintf(sw.path, sizeof(sw.path), "%s/test_lifetime.XXXXXX", KEEL_BIN_DIR);
+	fd = mkstemp(sw.path);
+	cr_assert_geq(fd, 0, "mkstemp %s: %s", sw.path, strerror(errno));
+	rt = dl_run(&o, 4, &df_ops, &sw.l, sw_start);
+	WAIT_FOR(atomic_load(&sw.opened) || atomic_load(&sw.failed), "the file opened");
+	dl_end(rt, sw.l);
+	cr_assert_eq(atomic_load(&sw.failed), 0, "a request failed after %d writes: %s", sw.n,
+		     strerror(-atomic_load(&sw.first_err)));
+	cr_assert_eq(sw.n, SW_WRITES);
+	cr_assert(atomic_load(&sw.closed), "the close's callback did not come");
+	cr_assert_eq(fstat(fd, &st), 0);
+	cr_assert_eq(st.st_size, (off_t)SW_WRITES * (off_t)sizeof(sw.block));
+	cr_assert_eq(pread(fd, back, sizeof(back), st.st_size - (off_t)sizeof(back)),
+		     (ssize_t)sizeof(back));
+	cr_assert_eq(memcmp(back, sw.block, sizeof(back)), 0);
+	close(fd);
+	unlink(sw.path);
 }
 
 /* A listener parked on a table full of connections, then a connection's slot freed while a
