@@ -12,16 +12,16 @@
  *
  * Stop: requests in the ring are operations like any other, cancelled by the loop's
  * IORING_ASYNC_CANCEL_ANY (their callbacks run with -ECANCELED, or with their result when the
- * kernel finished first); requests still waiting in the FIFO are never issued: the first
- * completion after the stop began runs their callbacks with -ECANCELED (a FIFO is never
- * non-empty without a request in the ring, so that completion comes, but when its head
- * found no SQE: then the loop pumps it every pass, keel__file_retry, and the shard is not
- * quiescent). The requests of stop hooks, and those their callbacks make, are the exception
- * that drains: issued after the stop's cancel, they run to completion (keel__file_stop_hooks;
- * stop_progress cancels nothing more while files.ndrain counts any). A close is the
- * exception: its handle is cleared already, so one cancelled or still waiting is made on the
- * spot (close_now) and reports that, once no request in the ring names its descriptor (it
- * is held until then, at stop as while running: close_check). New requests are
+ * kernel finished first); requests still waiting in the FIFO are never issued: once the
+ * ring holds none, the last completion runs their callbacks with -ECANCELED, so callbacks
+ * come in the order the requests were made (a FIFO is never non-empty without a request in
+ * the ring, so that completion comes, but when its head found no SQE: then the loop pumps
+ * it every pass, keel__file_retry, and the shard is not quiescent). The requests of stop hooks, and
+ * those their callbacks make, are the exception that drains: issued after the stop's cancel, they
+ * run to completion (keel__file_stop_hooks; stop_progress cancels nothing more while files.ndrain
+ * counts any). A close is the exception: its handle is cleared already, so one cancelled or still
+ * waiting is made on the spot (close_now) and reports that, once no request in the ring names its
+ * descriptor (it is held until then, at stop as while running: close_check). New requests are
  * refused with -ESHUTDOWN. The loop's quiescence waits for every request in the ring, so no
  * callback runs after the runtime stopped.
  */
@@ -650,7 +650,10 @@ wait_for_sqe(struct keel_shard *s, struct keel_file_req *req)
 	s->internal_retry = true;
 }
 
-/* Issue waiting requests while slots are free; once the runtime stops, cancel them. */
+/* Issue waiting requests while slots are free; once the runtime stops, cancel them (or,
+ * a close, make it on the spot), but only once the ring holds no request: every one there
+ * was made before them, and callbacks come in the order requests were made. The last of
+ * those completions pumps again. */
 static void
 pump(struct keel_shard *s)
 {
@@ -660,7 +663,7 @@ pump(struct keel_shard *s)
 		struct keel_file_req *req = s->files.head;
 		int r;
 
-		if (issues(s, req) && s->files.st.inflight >= qd)
+		if (issues(s, req) ? s->files.st.inflight >= qd : s->files.st.inflight > 0)
 			return;
 		s->files.head = req->next_;
 		if (!s->files.head)

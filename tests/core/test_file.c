@@ -1916,14 +1916,19 @@ Test(core_file, a_held_close_at_stop_still_closes)
 	close(hs.pipefd[1]);
 }
 
-/* Requests waiting in the FIFO (--file-qd 1) are cancelled at stop in the order they were
- * made, after the one in the ring whose completion lets them go (they ran before it). */
+/* Requests waiting in the FIFO are cancelled at stop in the order they were made, after
+ * every one in the ring (made before them): with --file-qd 1 after the one whose
+ * completion lets them go; with --file-qd 2 after both in the ring (the first one's
+ * completion cancelled them, before the second's callback); and with a stop hook that made
+ * a request of its own (its pump at the stop's start cancelled them before the ring's were
+ * reaped). */
+#define FO_N 4
 static struct {
 	int pipefd[2];
-	struct keel_file_req r[3];
-	struct keel_file f;
-	char buf[3][4];
-	int res[3], at[3], seq;
+	struct keel_file_req r[FO_N], hook_req;
+	struct keel_file f, hook_f;
+	char buf[FO_N][4];
+	int n, res[FO_N], at[FO_N], seq, hook_res, hook_at;
 } fo;
 
 static void
@@ -1931,35 +1936,84 @@ fo_done(struct keel_file_req *req, int res, void *arg)
 {
 	int i = (int)(req - fo.r);
 
+	if (req == &fo.hook_req) {
+		fo.hook_res = res;
+		fo.hook_at = ++fo.seq;
+		return;
+	}
 	fo.res[i] = res;
 	fo.at[i] = ++fo.seq;
+}
+
+static void
+fo_hook(void *arg)
+{
+	(void)arg;
+	SHARD_CHECK_EQ(keel_file_fsync(&fo.hook_req, &fo.hook_f, fo_done, NULL), 0, "%s",
+		       keel_file_last_error());
 }
 
 static void
 fo_start(void *app)
 {
 	SHARD_CHECK_EQ(keel_file_from_fd(fo.pipefd[0], &fo.f), 0);
-	for (int i = 0; i < 3; i++)
+	for (int i = 0; i < fo.n; i++)
 		SHARD_CHECK_EQ(
 			keel_file_read(&fo.r[i], &fo.f, fo.buf[i], 4, (uint64_t)-1, fo_done, NULL),
 			0);
+	if (fo.hook_f.fd > 0)
+		SHARD_CHECK_EQ(keel_shard_on_stop(fo_hook, NULL), 0);
 	keel_stop(0);
+}
+
+/* @n reads of an empty pipe, @file_qd of them in the ring, and with @hook a stop hook's fsync. */
+static void
+fo_run(int n, uint32_t file_qd, bool hook)
+{
+	struct keel_opts o = test_opts(1);
+	int in_ring = n < (int)file_qd ? n : (int)file_qd;
+
+	memset(&fo, 0, sizeof(fo));
+	fo.n = n;
+	o.file_qd = file_qd;
+	cr_assert_eq(pipe(fo.pipefd), 0);
+	if (hook)
+		fo.hook_f.fd = make_tmp();
+	cr_assert_eq(keel_run(&o, fo_start, NULL), 0);
+	SHARD_CHECKS_PASSED();
+	for (int i = 0; i < n; i++) {
+		cr_assert_eq(fo.res[i], -ECANCELED, "read %d: %d", i, fo.res[i]);
+		/* Those in the ring end in whichever order the cancel ends them. */
+		if (i < in_ring)
+			cr_assert(fo.at[i] >= 1 && fo.at[i] <= in_ring,
+				  "read %d, in the ring, was called back %d", i, fo.at[i]);
+		else
+			cr_assert_eq(fo.at[i], i + 1, "read %d made was called back %d", i,
+				     fo.at[i]);
+	}
+	if (hook) {
+		cr_assert_eq(fo.hook_res, 0, "the hook's fsync: %d", fo.hook_res);
+		cr_assert_eq(fo.hook_at, n + 1);
+		close(fo.hook_f.fd);
+		rm_tmp();
+	}
+	close(fo.pipefd[0]);
+	close(fo.pipefd[1]);
 }
 
 Test(core_file, requests_cancelled_at_stop_complete_in_the_order_made)
 {
-	struct keel_opts o = test_opts(1);
+	fo_run(3, 1, false);
+}
 
-	o.file_qd = 1;
-	cr_assert_eq(pipe(fo.pipefd), 0);
-	cr_assert_eq(keel_run(&o, fo_start, NULL), 0);
-	SHARD_CHECKS_PASSED();
-	for (int i = 0; i < 3; i++) {
-		cr_assert_eq(fo.res[i], -ECANCELED, "read %d: %d", i, fo.res[i]);
-		cr_assert_eq(fo.at[i], i + 1, "read %d made was called back %d", i, fo.at[i]);
-	}
-	close(fo.pipefd[0]);
-	close(fo.pipefd[1]);
+Test(core_file, requests_cancelled_at_stop_come_after_every_one_in_the_ring)
+{
+	fo_run(FO_N, 2, false);
+}
+
+Test(core_file, requests_cancelled_at_stop_keep_their_order_when_a_stop_hook_drains)
+{
+	fo_run(3, 1, true);
 }
 
 /* The same for a statx through a descriptor (AT_EMPTY_PATH: io-wq looks @dirfd up when it
