@@ -128,6 +128,15 @@ live_here(const struct keel_shard *s, const struct keel_timer *t)
 	       t->flags_ >> TIMER_GEN_SHIFT == (s->timer_gen & (UINT_MAX >> TIMER_GEN_SHIFT));
 }
 
+/* A created timer about to be freed is not live any more: malloc may give its memory back
+ * unchanged (jemalloc does), and keel_timer_init would take it for a live created timer's
+ * and abort. Volatile: a plain store before free() is a dead store the compiler drops. */
+static void
+timer_forget(struct keel_timer *t)
+{
+	*(volatile unsigned *)&t->flags_ = 0;
+}
+
 /* Whether @p is one of @rt's shards (an address compare: a timer's shard_ may be an ended
  * runtime's, freed). */
 static bool
@@ -286,6 +295,7 @@ keel_timer_destroy(struct keel_timer *t)
 	if (t->all_next_)
 		t->all_next_->all_prev_ = t->all_prev_;
 	s->timers_live--;
+	timer_forget(t);
 	free(t);
 }
 
@@ -343,6 +353,7 @@ keel__timers_fini(struct keel_shard *s)
 	keel__timers_stop_all(s);
 	while (t) {
 		struct keel_timer *next = t->all_next_;
+		timer_forget(t);
 		free(t);
 		t = next;
 	}
