@@ -867,10 +867,18 @@ keel_frame_send(struct keel_conn *c, struct keel_slice *s, unsigned n)
 		}
 		r = keel_conn_send(c, &s[i]);
 		if (r < 0) {
-			/* Half a frame queued: the peer would misread everything after it. */
-			keel_log(KEEL_LOG_WARN, "net",
-				 "closing a connection: a framed send failed half-queued (%s)",
-				 strerror(-r));
+			unsigned suppressed;
+
+			/* Half a frame queued: the peer would misread everything after it. A
+			 * send cap (-ENOBUFS) said so itself, rate-limited, and aborted; other
+			 * errors are said as framing errors are (at most 10 a second). */
+			if (r != -ENOBUFS && log_allowed(&suppressed))
+				keel_log(KEEL_LOG_WARN, "net",
+					 "closing a connection: a framed send failed half-queued "
+					 "(%s)%s",
+					 strerror(-r),
+					 suppressed ? "; earlier framing errors were not logged"
+						    : "");
 			keel_conn_abort(c, r);
 			return r;
 		}

@@ -524,6 +524,79 @@ Test(net_limits, send_max_aborts_a_connection_that_does_not_read)
 	cr_assert_eq(srv_stop(&s), 0);
 }
 
+/* A framed send refused by send_max after its header went in (a 1 MiB frame of four
+ * slices, the payload passing it): the cap says so, rate-limited (the first refusal, then
+ * one in 1000), and aborts the connection. keel_frame_send added a line of its own for each
+ * such connection, past every limit: three connections that never read gave three. */
+static _Atomic int fs_half_lines, fs_cap_lines;
+
+static void
+fs_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	(void)level, (void)module, (void)shard, (void)arg;
+	if (strstr(msg, "half-queued"))
+		atomic_fetch_add(&fs_half_lines, 1);
+	if (strstr(msg, "would pass send_max"))
+		atomic_fetch_add(&fs_cap_lines, 1);
+}
+
+static void
+fs_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	struct big_conn *b = keel_conn_user(c);
+	bool failed = false;
+
+	for (unsigned i = 0; i < n; i++) {
+		for (uint32_t k = 0; k < s[i].len && !failed; k++) {
+			struct keel_slice f[4];
+
+			for (int j = 0; j < 4; j++)
+				keel_slice_get(&b->blk, &f[j]);
+			failed = keel_frame_send(c, f, 4) < 0;
+			for (int j = 0; j < 4; j++)
+				if (f[j].buf)
+					keel_slice_put(&f[j]);
+		}
+		keel_slice_put(&s[i]);
+	}
+}
+
+static const struct keel_conn_ops fs_ops = { .on_open = big_open,
+					     .on_data = fs_data,
+					     .on_close = big_close };
+
+Test(net_limits, framed_sends_past_send_max_log_as_the_cap_does)
+{
+	struct keel_net_config nc;
+	struct srv s;
+	char req[32];
+	int fd[3];
+
+	lim_reset();
+	keel_net_config_init(&nc);
+	nc.high_watermark = 64u << 20;
+	nc.send_max = 8u << 20;
+	keel_log_set_sink(fs_sink, NULL);
+	cr_assert_eq(srv_start(&s, NULL, &nc, &fs_ops), 0);
+	memset(req, 'x', sizeof(req)); /* 32 frames of 1 MiB each */
+	for (int i = 0; i < 3; i++) {
+		fd[i] = reader_that_never_reads(s.port);
+		cr_assert_eq(cli_write_all(fd[i], req, sizeof(req)), 0);
+		drain_until_closed(fd[i], "a connection that never reads");
+	}
+	WAIT_FOR(atomic_load(&lim_cap_conn) == 3 && atomic_load(&lim_enobufs_closes) == 3,
+		 "three send_max aborts counted (%llu), closed with -ENOBUFS (%d)",
+		 (unsigned long long)atomic_load(&lim_cap_conn), atomic_load(&lim_enobufs_closes));
+	for (int i = 0; i < 3; i++)
+		close(fd[i]);
+	cr_assert_eq(srv_stop(&s), 0);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq(atomic_load(&fs_cap_lines), 1, "the cap's lines: %d",
+		     atomic_load(&fs_cap_lines));
+	cr_assert_eq(atomic_load(&fs_half_lines), 0, "lines of keel_frame_send's own: %d",
+		     atomic_load(&fs_half_lines));
+}
+
 /* shard_send_max: two non-reading peers, each within send_max alone, pass the shard's
  * total together: the one whose send would pass it is cut off, the first keeps its queue. */
 Test(net_limits, shard_send_max_aborts_the_connection_that_passes_it)
