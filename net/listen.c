@@ -659,11 +659,12 @@ verify_submit(struct keel__lshard *ls, int fd, bool direct, int optname)
 		STAT_INC(l, ls->shard, unverified);
 		return;
 	}
-	STAT_INC(l, ls->shard, steer_reads);
 	if (!direct) {
 		uint32_t val = 0;
 		socklen_t len = sizeof(val);
 		int r = getsockopt(fd, SOL_SOCKET, optname, &val, &len) < 0 ? -errno : 0;
+
+		STAT_INC(l, ls->shard, steer_reads);
 		verify_check(l, ls, ls->ns->cpu, optname, r, val);
 		return;
 	}
@@ -674,6 +675,7 @@ verify_submit(struct keel__lshard *ls, int fd, bool direct, int optname)
 		STAT_INC(l, ls->shard, unverified);
 		return;
 	}
+	STAT_INC(l, ls->shard, steer_reads); /* issued: not when it could not be */
 	v->op.fn = verify_cb;
 	v->l = l;
 	v->ls = ls;
