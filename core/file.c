@@ -105,10 +105,11 @@ begin(struct keel_shard *s, struct keel_file_req *req, keel_file_fn cb, int kind
 	/* Made by a stop hook, or by the callback of a request a hook made (its chain): run
 	 * to completion. Any other is refused once the stop has begun, but a close, which
 	 * ends on the ring or (cancelled) on the spot, so a descriptor whose last request was
-	 * cancelled can still be closed. */
+	 * cancelled can still be closed: in the loop's last phase too (a foreign request's
+	 * done, run with -ECANCELED at the shard's end), whose reaping takes it. */
 	bool drain = (s->files.hooks || s->files.drain_cb) && !s->files.drain_over;
 
-	if (s->phase != PHASE_RUN && !drain && !(kind == K_CLOSE && s->phase == PHASE_STOP))
+	if (s->phase != PHASE_RUN && !drain && kind != K_CLOSE)
 		return refuse(s, -ESHUTDOWN,
 			      "disk request refused: the runtime is stopping (shard %u)", s->id);
 	memset(req, 0, sizeof(*req));

@@ -3,9 +3,11 @@
  * its shard. White-box: the test holds the shard's request lock itself, as a submitter
  * does between its stopping check and its enqueue, across the whole stop. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <criterion/criterion.h>
 
@@ -289,6 +291,77 @@ Test(core_foreign_stop, a_request_its_fn_hands_on_completes_once, .timeout = 60)
 	cr_assert_eq(waiter.status, -ECANCELED);
 	cr_assert_eq(atomic_load(&hop_runs), 3);
 	cr_assert_eq(atomic_load(&hop_dones), 1);
+	keel_runtime_destroy(rt);
+	keel_xqueue_destroy(q);
+}
+
+/* The same request holding a file: its done, run at the shard's end with -ECANCELED,
+ * closes it. keel_file_close refused that (-ESHUTDOWN: the loop had ended) and the
+ * descriptor stayed open, where a close is taken whenever the stop has begun so that no
+ * descriptor is stranded (docs/file.md). It goes through the ring the shard still reaps. */
+static struct {
+	int pipefd[2];
+	struct keel_file f;
+	struct keel_file_req cl;
+	struct keel_timer *t;
+	int close_r, closed_res, closed_calls, cancelled;
+	_Atomic int ran;
+} xc;
+
+static void
+xc_closed(struct keel_file_req *req, int res, void *arg)
+{
+	(void)req, (void)arg;
+	xc.closed_res = res;
+	xc.closed_calls++;
+}
+
+static void
+xc_fn(struct keel_xreq *req)
+{
+	SHARD_CHECK_EQ(keel_file_from_fd(xc.pipefd[0], &xc.f), 0);
+	SHARD_CHECK_EQ(keel_timer_create(xt_fire, req, &xc.t), 0);
+	SHARD_CHECK_EQ(keel_timer_start(xc.t, KEEL_MS(3600 * 1000), 0), 0);
+	atomic_store(&xc.ran, 1);
+}
+
+static void
+xc_done(struct keel_xreq *req)
+{
+	xc.cancelled = req->status == -ECANCELED;
+	if (atomic_load(&xc.ran)) /* else no file was made: the test fails on ran */
+		xc.close_r = keel_file_close(&xc.cl, &xc.f, xc_closed, NULL);
+}
+
+Test(core_foreign_stop, a_cancelled_requests_done_closes_its_file_at_the_shards_end, .timeout = 60)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_runtime *rt;
+	struct keel_xqueue *q;
+	struct keel_xreq r = { .fn = xc_fn, .done = xc_done };
+	struct keel_xreq *out;
+
+	memset(&xc, 0, sizeof(xc));
+	cr_assert_eq(pipe(xc.pipefd), 0);
+	o.idle_poll_us = 0;
+	cr_assert_eq(keel_xqueue_create(&q), 0);
+	r.queue = q;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, NULL, NULL), 0);
+	cr_assert_eq(keel_runtime_submit(rt, 0, &r), 0);
+	for (int i = 0; i < 30000 && !atomic_load(&xc.ran); i++)
+		nanosleep(&(struct timespec){ 0, 1000 * 1000 }, NULL);
+	cr_assert(atomic_load(&xc.ran), "the request did not run");
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(keel_xqueue_wait(q, &out, 1, 0), 1);
+	cr_assert(xc.cancelled, "the request ended with %d", r.status);
+	cr_assert_eq(xc.close_r, 0, "keel_file_close at the shard's end: %d", xc.close_r);
+	cr_assert_eq(xc.closed_calls, 1);
+	cr_assert_eq(xc.closed_res, 0);
+	cr_assert_eq(fcntl(xc.pipefd[0], F_GETFD), -1, "the pipe's descriptor is still open");
+	close(xc.pipefd[1]);
 	keel_runtime_destroy(rt);
 	keel_xqueue_destroy(q);
 }
