@@ -311,12 +311,15 @@ last_put(struct keel_buf *b)
 				home->cfg.shard);
 		alloc_verify(keel__alloc_cur != NULL);
 	}
+	/* Counted before the hook: once it has handed the buffer over, the home may be gone
+	 * (another runtime's owner stops and destroys it as soon as the buffer is back). A
+	 * refused send was no return: taken back, the home still being there. */
+	ASTAT_ADD_SHARED(home, remote_returns, 1);
 	r = home->cfg.send_home(home, b, home->cfg.ctx);
 	if (r < 0) {
+		ASTAT_ADD_SHARED(home, remote_returns, (uint64_t)-1);
 		leak_log(home, r);
-		return;
 	}
-	ASTAT_ADD_SHARED(home, remote_returns, 1);
 }
 
 void

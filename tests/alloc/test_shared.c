@@ -168,3 +168,44 @@ Test(alloc_shared, failed_trip_home_is_not_counted_and_logs_rate_limited)
 	keel_alloc_destroy(home); /* reports the leak */
 	keel_alloc_log_set(NULL, NULL);
 }
+
+/* ---- a home that ends as soon as its buffer is back ---- */
+
+/* Another runtime's shard may put the last reference of a buffer, and its owner may stop
+ * and destroy that runtime as soon as the buffer is home (docs/architecture.md: the host
+ * may join once the slice is put). The put counted the return on the home allocator after
+ * the hook had handed the buffer over: by then the home could be gone (ASan: a
+ * heap-use-after-free in last_put). Here the hook itself releases the buffer at home and
+ * destroys the home, as that owner would. */
+static struct keel_alloc *eh_mine;
+
+static int
+eh_send_home(struct keel_alloc *home, struct keel_buf *b, void *ctx)
+{
+	(void)ctx;
+	keel_alloc_bind_thread(home); /* the home's thread, played by this one */
+	keel_buf_release(b);
+	keel_alloc_destroy(home);
+	keel_alloc_bind_thread(eh_mine);
+	return 0;
+}
+
+Test(alloc_shared, a_put_leaves_the_home_alone_once_the_buffer_is_sent)
+{
+	struct keel_alloc_config c = test_alloc_config(KEEL_ALLOC_BACKEND_SLAB, 4 * MiB, 0);
+	struct keel_alloc_config o = test_alloc_config(KEEL_ALLOC_BACKEND_SLAB, 4 * MiB, 0);
+	struct keel_alloc *home;
+	struct keel_slice s;
+
+	c.send_home = eh_send_home;
+	cr_assert_eq(keel_alloc_create(&c, &home), 0);
+	o.shard = 1;
+	cr_assert_eq(keel_alloc_create(&o, &eh_mine), 0);
+	keel_alloc_bind_thread(home);
+	cr_assert_eq(keel_buf_alloc(home, 64, &s), 0);
+	keel_slice_move(&s, 1);
+	keel_alloc_bind_thread(eh_mine);
+	keel_slice_put(&s); /* the hook destroys the home */
+	keel_alloc_bind_thread(NULL);
+	keel_alloc_destroy(eh_mine);
+}
