@@ -58,8 +58,9 @@ struct pbuf_ring {
 	uint32_t *off;            /* [nbufs] bytes the kernel consumed (incremental) */
 	struct keel_slice *kref;  /* [nbufs] the ring's reference while the kernel may write */
 	struct pbuf_slot *slot;   /* [nbufs] each buffer's ring and address */
-	uint16_t *pos_bid;        /* [nbufs] buffer id at each ring position */
-	uint32_t *bid_pos;        /* [nbufs] ring position a buffer id was added at */
+	uint16_t *next;           /* [nbufs] the buffer added at the ring position after this
+				   * one's (a bundle's next buffer) */
+	uint16_t last;            /* the buffer added last (whose next the next add sets) */
 	uint32_t tail;
 	uint32_t window; /* most buffers in the ring at once (see pbuf.c, warm reuse) */
 	uint32_t wmax;   /* ... the most it grows to */

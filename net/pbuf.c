@@ -7,9 +7,13 @@
  * (incremental consumption), every slice handed to the application holds another, and the
  * last put puts the buffer back in the ring.
  *
- * With bundles one completion spans several buffers, taken from the ring in ring order;
- * pos_bid/bid_pos remember which buffer id sits at each ring position, because buffers
- * return in whatever order the application puts them.
+ * With bundles one completion spans several buffers, taken from the ring in ring order:
+ * next[] links each buffer to the one added at the ring position after it, because
+ * buffers return in whatever order the application puts them. A link, not the position:
+ * a receive the kernel runs from io-wq commits its buffer at once and may complete it
+ * after the ring's positions have all been reused (other buffers cycling meanwhile), and
+ * the buffer then at its position is another one; a buffer's link changes only when it
+ * is added again, which it is not while the kernel holds it.
  *
  * Warm reuse: the kernel takes buffers from the ring first-in first-out, so with every buffer
  * in the ring a buffer put back is filled again only after all the others, by which time it
@@ -36,12 +40,11 @@ _Atomic unsigned keel__pbuf_fail_wraps;
 static void
 ring_add(struct pbuf_ring *r, uint16_t bid)
 {
-	uint32_t pos = r->tail & r->mask;
-
 	r->inring++;
 	r->off[bid] = 0;
-	r->pos_bid[pos] = bid;
-	r->bid_pos[bid] = pos;
+	if (r->tail)
+		r->next[r->last] = bid;
+	r->last = bid;
 	io_uring_buf_ring_add(r->br, r->slot[bid].base, r->bufsize, bid, r->mask, 0);
 	r->tail++;
 	/* Publishes the entry with a store-release of the tail. */
@@ -171,11 +174,9 @@ keel__pbuf_init_window(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid,
 	r->off = calloc(nbufs, sizeof(*r->off));
 	r->kref = calloc(nbufs, sizeof(*r->kref));
 	r->slot = calloc(nbufs, sizeof(*r->slot));
-	r->pos_bid = calloc(nbufs, sizeof(*r->pos_bid));
-	r->bid_pos = calloc(nbufs, sizeof(*r->bid_pos));
+	r->next = calloc(nbufs, sizeof(*r->next));
 	r->spare = calloc(nbufs, sizeof(*r->spare));
-	if (!r->areas || !r->off || !r->kref || !r->slot || !r->pos_bid || !r->bid_pos ||
-	    !r->spare) {
+	if (!r->areas || !r->off || !r->kref || !r->slot || !r->next || !r->spare) {
 		ret = -ENOMEM;
 		goto err;
 	}
@@ -269,8 +270,7 @@ keel__pbuf_fini(struct pbuf_ring *r)
 	free(r->off);
 	free(r->kref);
 	free(r->slot);
-	free(r->pos_bid);
-	free(r->bid_pos);
+	free(r->next);
 	free(r->spare);
 	memset(r, 0, sizeof(*r));
 }
@@ -352,7 +352,7 @@ keel__pbuf_take(struct pbuf_ring *r, unsigned bid, int res, uint32_t cqe_flags, 
 		struct keel_slice *out, unsigned max)
 {
 	uint32_t rem = (uint32_t)res;
-	uint32_t pos;
+	uint16_t b = (uint16_t)bid; /* the completion's first buffer, then each one's next */
 	unsigned n = 0;
 	int err = 0;
 
@@ -373,9 +373,7 @@ keel__pbuf_take(struct pbuf_ring *r, unsigned bid, int res, uint32_t cqe_flags, 
 			top_up(r);
 		return err ? err : 1;
 	}
-	pos = r->bid_pos[bid];
 	while (rem) {
-		uint16_t b = r->pos_bid[pos & r->mask];
 		uint32_t avail = r->bufsize - r->off[b];
 		uint32_t take = rem < avail ? rem : avail;
 		bool last = rem == take;
@@ -387,6 +385,7 @@ keel__pbuf_take(struct pbuf_ring *r, unsigned bid, int res, uint32_t cqe_flags, 
 		bool done =
 			!r->inc || take == avail || (last && !(cqe_flags & IORING_CQE_F_BUF_MORE));
 		bool moved = false;
+		uint16_t nb = r->next[b]; /* read before a retire adds b to the ring again */
 		int ret;
 
 		net_verify(n < max && (bundle || n == 0));
@@ -415,7 +414,7 @@ keel__pbuf_take(struct pbuf_ring *r, unsigned bid, int res, uint32_t cqe_flags, 
 			r->inring--;
 		else if (done)
 			retire(r, b);
-		pos++;
+		b = nb;
 	}
 	if (r->registered && !r->ns->stopping)
 		top_up(r);

@@ -702,6 +702,66 @@ Test(net_lifetime, a_reset_that_names_a_buffer_returns_it_whole_buffers)
 	retire_run("pbuf_inc=off", true);
 }
 
+/* A receive the kernel runs from io-wq commits the buffer it picks and keeps it until data
+ * comes, however long. Meanwhile other connections cycle the ring's other buffers through
+ * its positions: past `buf_count` additions the position the waiting buffer was added at
+ * holds another. On incremental and bundle rings the completion's buffer was looked up by
+ * that position: the first connection was handed the other buffer's bytes (another
+ * connection's), that buffer was counted retired while the kernel held it, and the
+ * waiting one was never retired. An echo: the first connection's receive goes to io-wq
+ * (keel__conn_fail_recv_async) while its peer says nothing; a second connection echoes 16
+ * ring's worth; then the first's peer sends its line and must get it back. */
+static void
+idle_async_run(const char *spec)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	static uint8_t out[16 * WR_BUFS * WR_SIZE], back[sizeof(out)];
+	const char line[] = "the first connection's own bytes";
+	char got[sizeof(line)];
+	struct srv s;
+	int fa, fb;
+
+	net_test_feature(&o, "multishot_recv=off");
+	net_test_feature(&o, spec);
+	keel_net_config_init(&nc);
+	nc.buf_size = WR_SIZE;
+	nc.buf_count = WR_BUFS;
+	nc.bulk_buf_size = 0;
+	for (size_t i = 0; i < sizeof(out); i++)
+		out[i] = (uint8_t)('a' + i % 26);
+	cr_assert_eq(srv_start(&s, &o, &nc, &echo_ops), 0);
+	atomic_store(&keel__conn_fail_recv_async, 1);
+	fa = cli_connect(s.port);
+	cr_assert_geq(fa, 0);
+	WAIT_UNTIL(atomic_load(&keel__conn_fail_recv_async) == 0, 30000,
+		   "the first connection's receive did not go to io-wq");
+	fb = cli_connect(s.port);
+	cr_assert_geq(fb, 0);
+	for (size_t off = 0; off < sizeof(out); off += 4 * WR_SIZE) {
+		cr_assert_eq(cli_write_all(fb, out + off, 4 * WR_SIZE), 0);
+		cr_assert_eq(cli_read_all(fb, back + off, 4 * WR_SIZE), 0);
+	}
+	cr_assert_eq(memcmp(out, back, sizeof(out)), 0, "the second connection's echo differs");
+	cr_assert_eq(cli_write_all(fa, line, sizeof(line)), 0);
+	cr_assert_eq(cli_read_all(fa, got, sizeof(got)), 0);
+	cr_assert_eq(memcmp(got, line, sizeof(line)), 0, "the first connection got back \"%.*s\"",
+		     (int)sizeof(got) - 1, got);
+	close(fa);
+	close(fb);
+	cr_assert_eq(srv_stop(&s), 0);
+}
+
+Test(net_lifetime, a_receive_waiting_in_io_wq_gets_its_own_buffer_incremental)
+{
+	idle_async_run("pbuf_inc=on");
+}
+
+Test(net_lifetime, a_receive_waiting_in_io_wq_gets_its_own_buffer_bundles)
+{
+	idle_async_run("recv_bundle=on");
+}
+
 /* ---- direct descriptors closed through the ring ---- */
 
 /* A file table of 4 slots and 16 connections one after the other: each slot must come
@@ -1201,9 +1261,9 @@ static void
 sw_hook(void *arg)
 {
 	(void)arg;
-	SHARD_CHECK_EQ(keel_file_write(&sw.req, &sw.f, sw.block, sizeof(sw.block), 0, sw_wrote,
-				       NULL),
-		       0, "%s", keel_file_last_error());
+	SHARD_CHECK_EQ(
+		keel_file_write(&sw.req, &sw.f, sw.block, sizeof(sw.block), 0, sw_wrote, NULL), 0,
+		"%s", keel_file_last_error());
 }
 
 static void
