@@ -197,7 +197,9 @@ unring_copy(struct net_shard *ns, struct keel_slice *s)
 {
 	struct keel_slice copy;
 
-	if (keel_buf_alloc(keel_shard_alloc(), s->len, &copy) < 0)
+	/* An empty slice (an empty datagram's, which held a ring buffer) becomes an empty one
+	 * of a byte's buffer of its own: the allocator makes no empty buffers. */
+	if (keel_buf_alloc(keel_shard_alloc(), s->len ? s->len : 1, &copy) < 0)
 		return;
 	memcpy(copy.data, s->data, s->len);
 	copy.len = s->len;

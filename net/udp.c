@@ -1132,8 +1132,9 @@ udp_send_one(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_sto
 		send_slot_put(ns, d);
 		return -EIO;
 	}
-	if (s->len) /* taken, as in gso_join: a slice of a ring running low is copied out */
-		keel__net_unring(ns, s);
+	/* Taken, as in gso_join: a slice of a ring running low is copied out, an empty one too
+	 * (a multishot receive's empty datagram holds a whole ring buffer). */
+	keel__net_unring(ns, s);
 	d->op.fn = send_cb;
 	d->u = u;
 	d->ns = ns;

@@ -1349,6 +1349,111 @@ Test(net_udp, datagrams_held_by_a_peer_that_does_not_read_leave_the_ring_buffers
 	keel_runtime_destroy(rt);
 }
 
+/* An empty datagram echoed from a ring running low: its slice (multishot: a ring buffer,
+ * which also held the datagram's header) is copied out as a slice of any length is, so the
+ * send holds no ring buffer while it waits for room. It was left in the ring. The endpoint
+ * holds the first HOLD datagrams, then echoes an empty one and a one-byte one: both are
+ * copies (recv_copies). */
+enum { EH_NBUF = 16, EH_HOLD = EH_NBUF - 3 };
+static struct {
+	struct keel_udp *u;
+	struct keel_slice held[EH_HOLD];
+	_Atomic int nheld, echoed, port, err;
+	_Atomic uint64_t copies_before, copies_after;
+} eh;
+
+static void
+eh_datagram(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_storage *src)
+{
+	struct keel_net_stats st;
+	int n = atomic_load(&eh.nheld);
+
+	if (n < EH_HOLD) {
+		eh.held[n] = *s;
+		atomic_store(&eh.nheld, n + 1);
+		return;
+	}
+	if (keel_net_stats(keel_this_shard(), &st) == 0 && !atomic_load(&eh.echoed))
+		atomic_store(&eh.copies_before, st.recv_copies);
+	if (keel_udp_send(u, s, src) < 0)
+		keel_slice_put(s);
+	if (keel_net_stats(keel_this_shard(), &st) == 0)
+		atomic_store(&eh.copies_after, st.recv_copies);
+	atomic_fetch_add(&eh.echoed, 1);
+}
+
+static void
+eh_closed(struct keel_udp *u, int status)
+{
+	(void)u, (void)status;
+	for (int i = 0; i < atomic_load(&eh.nheld); i++)
+		keel_slice_put(&eh.held[i]);
+	atomic_store(&eh.nheld, 0);
+}
+
+static const struct keel_udp_ops eh_ops = { .on_datagram = eh_datagram, .on_close = eh_closed };
+
+static void
+eh_start(void *arg)
+{
+	int r;
+
+	(void)arg;
+	r = keel_udp_open("127.0.0.1", 0, &eh_ops, NULL, &eh.u);
+	if (r < 0)
+		atomic_store(&eh.err, r);
+	else
+		atomic_store(&eh.port, keel_udp_port(eh.u));
+}
+
+Test(net_udp, an_empty_datagram_echoed_from_a_pressed_ring_leaves_it)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct keel_runtime *rt;
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	struct timeval tv = { .tv_sec = 30 };
+	char in[8];
+	int cli;
+
+	memset(&eh, 0, sizeof(eh));
+	keel_net_config_init(&nc);
+	nc.udp_buf_size = 1024;
+	nc.udp_buf_count = EH_NBUF;
+	cr_assert_eq(keel_net_config_set(&nc), 0);
+	net_test_feature(&o, "multishot_recv=on");
+	o.idle_poll_us = 0;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, eh_start, NULL), 0);
+	WAIT_FOR(atomic_load(&eh.port) || atomic_load(&eh.err), "the endpoint");
+	cr_assert_eq(atomic_load(&eh.err), 0);
+	cli = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(cli, 0);
+	setsockopt(cli, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	sa.sin_port = htons(atomic_load(&eh.port));
+	for (int i = 0; i < EH_HOLD; i++) {
+		cr_assert_eq(sendto(cli, "h", 1, 0, (struct sockaddr *)&sa, sizeof(sa)), 1);
+		WAIT_FOR(atomic_load(&eh.nheld) == i + 1, "held datagram %d", i + 1);
+	}
+	cr_assert_eq(sendto(cli, "", 0, 0, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	cr_assert_eq(recv(cli, in, sizeof(in), 0), 0, "the empty datagram's echo: %s",
+		     strerror(errno));
+	cr_assert_eq(sendto(cli, "x", 1, 0, (struct sockaddr *)&sa, sizeof(sa)), 1);
+	cr_assert_eq(recv(cli, in, sizeof(in), 0), 1, "the one-byte echo: %s", strerror(errno));
+	WAIT_FOR(atomic_load(&eh.echoed) == 2, "the two echoes");
+	cr_assert_eq(atomic_load(&eh.copies_after) - atomic_load(&eh.copies_before), 2,
+		     "%llu of the 2 echoed slices copied out of the pressed ring",
+		     (unsigned long long)(atomic_load(&eh.copies_after) -
+					  atomic_load(&eh.copies_before)));
+	close(cli);
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	keel_net_config_init(&nc);
+	cr_assert_eq(keel_net_config_set(&nc), 0);
+}
+
 /* ---- sends the socket would refuse at once ---- */
 
 /* keel_udp_send refuses at the call what a non-blocking sendto refuses at once: a datagram
