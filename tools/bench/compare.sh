@@ -180,19 +180,23 @@ declare -A known=(
 	{ echo "compare.sh: --epoll-gather-us: '$egather' is not a number of us" >&2; exit 2; }
 [ -n "$rows_arg" ] || rows_arg=pp1,pp16,pp256,pp1000,tp64,tp4k,st64k,st1m,udp-pp,udp-tp,udp-tp-gso
 rows=() # name mode size inflight conns
+declare -A row_seen=() # a name twice would merge two rows' runs (their files and medians)
 IFS=, read -ra names <<<"$rows_arg"
 for r in "${names[@]}"; do
 	if [[ $r == *:* ]]; then
 		IFS=: read -r n m s i c <<<"$r"
-		[[ $m =~ ^(pingpong|throughput|stream|udp)$ && $s =~ ^[0-9]+$ && $i =~ ^[0-9]+$ && $c =~ ^[0-9]+$ ]] ||
-			die "--rows: '$r' is not NAME:MODE:SIZE:INFLIGHT:CONNS (MODE pingpong|throughput|stream|udp)"
+		[[ $n =~ ^[A-Za-z0-9_.-]+$ && $m =~ ^(pingpong|throughput|stream|udp)$ && $s =~ ^[0-9]+$ && $i =~ ^[0-9]+$ && $c =~ ^[0-9]+$ ]] ||
+			die "--rows: '$r' is not NAME:MODE:SIZE:INFLIGHT:CONNS (NAME letters, digits, ._-; MODE pingpong|throughput|stream|udp)"
 		rows+=("$n $m $s $i $c")
 	elif [ -n "${known[$r]:-}" ]; then
+		n=$r
 		IFS=: read -r m s i c <<<"${known[$r]}"
 		rows+=("$r $m $s $i $c")
 	else
 		die "--rows: unknown row '$r' (known: ${!known[*]})"
 	fi
+	[ -z "${row_seen[$n]:-}" ] || die "--rows: '$n' is named twice: give each row a name of its own"
+	row_seen[$n]=1
 done
 IFS=, read -ra pols <<<"$policies"
 for p in "${pols[@]}"; do [[ $p =~ ^(block|spin)$ ]] || die "--policies: '$p' is not block or spin"; done
