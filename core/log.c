@@ -17,9 +17,23 @@ static void *sink_arg;
 
 static const char *const level_names[] = { "error", "warn", "info", "debug" };
 
+/* A sink that changes the sink runs under keel_log's read lock, which the write lock
+ * would wait for on the same thread for ever: the change is kept here and made when the
+ * sink returns. */
+static _Thread_local unsigned in_sink;
+static _Thread_local bool change_due;
+static _Thread_local keel_log_fn change_fn;
+static _Thread_local void *change_arg;
+
 void
 keel_log_set_sink(keel_log_fn fn, void *arg)
 {
+	if (in_sink) {
+		change_due = true;
+		change_fn = fn;
+		change_arg = arg;
+		return;
+	}
 	pthread_rwlock_wrlock(&sink_lock);
 	sink_fn = fn;
 	sink_arg = arg;
@@ -85,7 +99,9 @@ keel_log(enum keel_log_level level, const char *module, const char *fmt, ...)
 
 	pthread_rwlock_rdlock(&sink_lock);
 	if (sink_fn) {
+		in_sink++;
 		sink_fn(level, module, shard, msg, sink_arg);
+		in_sink--;
 	} else if (shard >= 0) {
 		fprintf(stderr, "keel %s %s[shard %d]: %s\n", level_names[level], module, shard,
 			msg);
@@ -93,6 +109,10 @@ keel_log(enum keel_log_level level, const char *module, const char *fmt, ...)
 		fprintf(stderr, "keel %s %s: %s\n", level_names[level], module, msg);
 	}
 	pthread_rwlock_unlock(&sink_lock);
+	if (change_due && !in_sink) {
+		change_due = false;
+		keel_log_set_sink(change_fn, change_arg);
+	}
 }
 
 int
