@@ -440,6 +440,18 @@ Test(tools_topo, impossible_requests_fail_with_the_fix)
 	cr_assert_eq(run(args, true, &out), 2, "%s", out);
 	cr_assert(strstr(out, "--oversubscribe"), "%s", out);
 	free(out);
+	/* A PCI function with two interfaces (a ConnectX-2 VPI: eth2 and ib0): its bus id
+	 * names neither. The plan was made for the first one found, unsaid, where the
+	 * runtime refuses the same --iface. */
+	for (int i = 0; i < 2; i++) {
+		snprintf(args, sizeof(args), "--xml %s --iface %s --queues 4", xml,
+			 i ? "05:00.0" : "0000:05:00.0");
+		cr_assert_eq(run(args, true, &out), 2, "%s", out);
+		cr_assert(strstr(out, "more than one network interface") && strstr(out, "eth2") &&
+				  strstr(out, "ib0"),
+			  "%s", out);
+		free(out);
+	}
 	snprintf(args, sizeof(args), "--xml %s --queues 2 --rxqs eth0:0-2", xml);
 	cr_assert_eq(run(args, true, &out), 2, "%s", out);
 	cr_assert(strstr(out, "rx queue 2 of eth0 does not exist"), "%s", out);
