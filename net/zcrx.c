@@ -426,8 +426,18 @@ keel__zcrx_setup(struct net_shard *ns)
 		free(z);
 		return r;
 	}
-	keel_log(KEEL_LOG_INFO, NET_MOD, "shard %u: ZCRX falls back to the copy path: %s", ns->id,
-		 why);
+	/* The queue taken by another consumer: what arrives on it is in that consumer's memory
+	 * (EEXIST) or taken by XDP (EBUSY), which no copy-path receive reads either. */
+	if (r == -EEXIST || r == -EBUSY)
+		keel_log(
+			KEEL_LOG_WARN, NET_MOD,
+			"shard %u: ZCRX falls back to the copy path: %s; the copy path cannot read "
+			"what arrives on that queue either, so connections steered to it get no "
+			"bytes until the queue is free",
+			ns->id, why);
+	else
+		keel_log(KEEL_LOG_INFO, NET_MOD, "shard %u: ZCRX falls back to the copy path: %s",
+			 ns->id, why);
 	z->state = KEEL_ZCRX_FALLBACK;
 	z->err = -r;
 	ns->zcrx = z;

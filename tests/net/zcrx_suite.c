@@ -204,11 +204,13 @@ static char logbuf[16384];
 static void
 sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
 {
-	(void)level;
+	static const char *const lv[] = { "error", "warn", "info", "debug" };
+
 	(void)arg;
 	pthread_mutex_lock(&log_lock);
 	size_t n = strlen(logbuf);
-	snprintf(logbuf + n, sizeof(logbuf) - n, "[%s %d] %s\n", module, shard, msg);
+	snprintf(logbuf + n, sizeof(logbuf) - n, "[%s %d %s] %s\n", module, shard,
+		 (unsigned)level < 4 ? lv[level] : "?", msg);
 	pthread_mutex_unlock(&log_lock);
 }
 
@@ -524,6 +526,50 @@ Test(net_zcrx, auto_falls_back_on_lo_and_echo_is_intact)
 	keel_log_set_sink(NULL, NULL);
 	free(out);
 	free(in);
+}
+
+/* The kernel's EEXIST (the queue has another zero-copy consumer) or EBUSY (an AF_XDP
+ * socket holds it) under --zcrx auto: the shard goes on without ZCRX, but what arrives on
+ * that queue is not the copy path's to read either (in the other consumer's memory, or
+ * taken by XDP), so its connections cannot receive. The fallback was an INFO line, as for
+ * a NIC that cannot do ZCRX; it is a WARN that says so. */
+static int reg_errno;
+
+static long
+reg_refused(int ring_fd, void *arg)
+{
+	(void)ring_fd, (void)arg;
+	errno = reg_errno;
+	return -1;
+}
+
+Test(net_zcrx, auto_on_a_queue_another_consumer_holds_warns)
+{
+	static const int errs[] = { EEXIST, EBUSY, EOPNOTSUPP };
+	long (*kernel)(int, void *) = keel__zcrx_register;
+
+	need_root();
+	for (unsigned i = 0; i < sizeof(errs) / sizeof(errs[0]); i++) {
+		struct zsrv z;
+		int r;
+
+		reg_errno = errs[i];
+		keel__zcrx_register = reg_refused;
+		capture();
+		r = zsrv_start(&z, KEEL_POLICY_AUTO, "lo");
+		cr_assert_eq(r, 0, "listener start: %s\n%s", strerror(-r), logbuf);
+		cr_assert_eq(z.st[0].state, KEEL_ZCRX_FALLBACK);
+		cr_assert_eq(zsrv_stop(&z), 0);
+		keel_log_set_sink(NULL, NULL);
+		keel__zcrx_register = kernel;
+		if (errs[i] == EOPNOTSUPP) { /* a NIC that cannot: the copy path reads all */
+			cr_assert(logged("info] shard 0: ZCRX falls back to the copy path"), "%s", logbuf);
+			continue;
+		}
+		cr_assert(logged("warn] shard 0: ZCRX falls back to the copy path") &&
+				  logged("cannot read what arrives on that queue"),
+			  "errno %d:\n%s", errs[i], logbuf);
+	}
 }
 
 Test(net_zcrx, off_tries_nothing)
