@@ -12,11 +12,12 @@
  *
  * Stop: requests in the ring are operations like any other, cancelled by the loop's
  * IORING_ASYNC_CANCEL_ANY (their callbacks run with -ECANCELED, or with their result when the
- * kernel finished first); requests still waiting in the FIFO are never issued: once the
- * ring holds none, the last completion runs their callbacks with -ECANCELED, so callbacks
- * come in the order the requests were made (a FIFO is never non-empty without a request in
- * the ring, so that completion comes, but when its head found no SQE: then the loop pumps
- * it every pass, keel__file_retry, and the shard is not quiescent). The requests of stop hooks, and
+ * kernel finished first); requests still waiting in the FIFO are never issued: they move
+ * aside (cancel_waiting), and once the ring holds none made before the stop, the last such
+ * completion runs their callbacks with -ECANCELED, so callbacks come in the order the
+ * requests were made (a FIFO is never non-empty without a request in the ring, so that
+ * completion comes, but when its head found no SQE: then the loop pumps it every pass,
+ * keel__file_retry, and the shard is not quiescent). The requests of stop hooks, and
  * those their callbacks make, are the exception that drains: issued after the stop's cancel, they
  * run to completion (keel__file_stop_hooks; stop_progress cancels nothing more while files.ndrain
  * counts any). A close is the exception: its handle is cleared already, so one cancelled or still
@@ -542,6 +543,7 @@ issue(struct keel_shard *s, struct keel_file_req *req)
 			st->fixed++;
 		if (++st->inflight > st->inflight_max)
 			st->inflight_max = st->inflight;
+		s->files.inflight_drain += req->drain_;
 	}
 	return 0;
 }
@@ -651,10 +653,45 @@ wait_for_sqe(struct keel_shard *s, struct keel_file_req *req)
 	s->internal_retry = true;
 }
 
-/* Issue waiting requests while slots are free; once the runtime stops, cancel them (or,
- * a close, make it on the spot), but only once the ring holds no request: every one there
- * was made before them, and callbacks come in the order requests were made. The last of
- * those completions pumps again. */
+/* A request taken from the FIFO that will not be issued (the stop): cancelled, a close made
+ * on the spot, or held while a request in the ring names its descriptor. */
+static void
+end_unissued(struct keel_shard *s, struct keel_file_req *req)
+{
+	int r = close_check(s, req);
+
+	if (r == CLOSE_HELD)
+		hold(s, req);
+	else if (r < 0)
+		complete(s, req, r);
+	else
+		complete(s, req, req->kind_ == K_CLOSE ? close_now(s, req) : -ECANCELED);
+}
+
+/* The requests stopping took from the FIFO, in order, each once the ring holds none of its
+ * kind (every one there made before it): callbacks come in the order requests were made.
+ * The hooks' requests are not held behind them: they run to completion, and one made
+ * before the stop that the cancel cannot end (in io-wq on a hung device) would hold the
+ * hooks' last sync. The last completion of the kind runs this again (pump). */
+static void
+cancel_waiting(struct keel_shard *s)
+{
+	while (s->files.cwait) {
+		struct keel_file_req *req = s->files.cwait;
+		uint32_t busy = req->drain_ ? s->files.inflight_drain
+					    : s->files.st.inflight - s->files.inflight_drain;
+
+		if (busy)
+			return;
+		s->files.cwait = req->next_;
+		if (!s->files.cwait)
+			s->files.cwait_tail = NULL;
+		end_unissued(s, req);
+	}
+}
+
+/* Issue waiting requests while slots are free; once the runtime stops, those not to be
+ * issued move aside (cancel_waiting). */
 static void
 pump(struct keel_shard *s)
 {
@@ -662,14 +699,24 @@ pump(struct keel_shard *s)
 
 	while (s->files.head) {
 		struct keel_file_req *req = s->files.head;
+		bool go = issues(s, req);
 		int r;
 
-		if (issues(s, req) ? s->files.st.inflight >= qd : s->files.st.inflight > 0)
-			return;
+		if (go && s->files.st.inflight >= qd)
+			break;
 		s->files.head = req->next_;
 		if (!s->files.head)
 			s->files.tail = NULL;
 		s->files.st.waiting--;
+		if (!go) {
+			req->next_ = NULL;
+			if (s->files.cwait_tail)
+				s->files.cwait_tail->next_ = req;
+			else
+				s->files.cwait = req;
+			s->files.cwait_tail = req;
+			continue;
+		}
 		/* A close waits for the requests on its descriptor at stop too: they end soon
 		 * (cancelled), and held_release then brings it back here. */
 		r = close_check(s, req);
@@ -681,19 +728,16 @@ pump(struct keel_shard *s)
 			complete(s, req, r);
 			continue;
 		}
-		if (!issues(s, req)) {
-			complete(s, req, req->kind_ == K_CLOSE ? close_now(s, req) : -ECANCELED);
-			continue;
-		}
 		r = issue(s, req);
 		if (r == -EBUSY) {
 			wait_for_sqe(s, req);
-			return;
+			break;
 		}
 		/* A close that cannot be issued is done here: its handle is already cleared. */
 		if (r < 0)
 			complete(s, req, req->kind_ == K_CLOSE ? close_now(s, req) : r);
 	}
+	cancel_waiting(s);
 }
 
 void
@@ -802,6 +846,7 @@ file_cb(struct keel_op *op, int res, uint32_t cqe_flags)
 	if (req->lnext_)
 		req->lnext_->lprev_ = req->lprev_;
 	s->files.st.inflight--;
+	s->files.inflight_drain -= req->drain_;
 	if (s->files.held)
 		held_release(s, req);
 	/* Called back before the FIFO moves: at stop, pump completes what waits there (a

@@ -265,6 +265,11 @@ struct keel_shard {
 	struct {
 		struct keel_file_req *head, *tail;
 		struct keel_file_req *live, *held;
+		/* Stopping: taken from the FIFO, not to be issued, waiting to be cancelled (a
+		 * close: made on the spot) once the ring holds no request of their kind (made
+		 * before the stop, or by its hooks), all made before them. */
+		struct keel_file_req *cwait, *cwait_tail;
+		uint32_t inflight_drain; /* of st.inflight, the hooks' requests */
 		struct keel_file_stats st;
 		bool nosqe;        /* the FIFO's head found no SQE: keel__file_retry each pass */
 		bool nosqe_logged; /* ... said, until a request is issued again */

@@ -840,6 +840,8 @@ stop_say_held(struct keel_shard *s)
 		SAY("foreign requests pending");
 	if (s->files.head)
 		SAY("disk requests waiting for a slot or an SQE");
+	if (s->files.cwait)
+		SAY("disk requests waiting to be cancelled after those in the ring");
 	if (s->cancel_retry)
 		SAY("the stop's cancel waiting for an SQE (retried every pass)");
 	if (!n) /* the stop hooks' disk requests alone: drain_check's line */
@@ -885,7 +887,7 @@ stop_progress(struct keel_shard *s)
 	 * nothing in the ring may be left to bring it in. */
 	bool q = s->inflight == s->internal_inflight && !s->ovf_pending && !s->ndirty &&
 		 !s->defer_next.n && !s->later_head && !atomic_load(&s->xpending) &&
-		 !s->files.head && !s->cancel_retry;
+		 !s->files.head && !s->files.cwait && !s->cancel_retry;
 
 	/* Foreign requests close under their lock as the shard first finds itself quiescent:
 	 * a keel_runtime_submit that passed its stopping check just before the stop, and
