@@ -12,8 +12,9 @@
  * buffers return in whatever order the application puts them. A link, not the position:
  * a receive the kernel runs from io-wq commits its buffer at once and may complete it
  * after the ring's positions have all been reused (other buffers cycling meanwhile), and
- * the buffer then at its position is another one; a buffer's link changes only when it
- * is added again, which it is not while the kernel holds it.
+ * the buffer then at its position is another one. A buffer's link is set when the next
+ * add follows it, and changes only after it is added again, which it is not while the
+ * kernel holds it.
  *
  * Warm reuse: the kernel takes buffers from the ring first-in first-out, so with every buffer
  * in the ring a buffer put back is filled again only after all the others, by which time it
@@ -42,8 +43,9 @@ ring_add(struct pbuf_ring *r, uint16_t bid)
 {
 	r->inring++;
 	r->off[bid] = 0;
-	if (r->tail)
-		r->next[r->last] = bid;
+	/* Always, also when tail wraps to 0 (2^32 adds): the first add's write, to next[0],
+	 * is overwritten before anything reads it. */
+	r->next[r->last] = bid;
 	r->last = bid;
 	io_uring_buf_ring_add(r->br, r->slot[bid].base, r->bufsize, bid, r->mask, 0);
 	r->tail++;
