@@ -273,13 +273,17 @@ keel_buf_release(struct keel_buf *b)
 	/* On its home allocator's thread (a misrouted trip home would free it on another
 	 * shard's, racing the owner), unless its allocator is single-threaded by contract. */
 	alloc_verify(b->home == keel__alloc_cur || !b->home->cfg.send_home);
+	/* Counted here, at home, not by the put that sent it: once the hook has handed it
+	 * over, the home may be gone (another runtime's owner destroys it as soon as it is
+	 * back), and a refused send is no return. */
+	ASTAT_ADD_SHARED(b->home, remote_returns, 1);
 	release_local(b);
 }
 
 /* A buffer that could not go home stays referenced; reported at teardown too. Rate-limited
  * (a power-of-two count): this runs on the hot path. */
 static void
-leak_log(struct keel_alloc *home, int err)
+leak_log(unsigned shard, int err)
 {
 	static _Atomic uint64_t n;
 	uint64_t k = atomic_fetch_add_explicit(&n, 1, memory_order_relaxed) + 1;
@@ -288,13 +292,14 @@ leak_log(struct keel_alloc *home, int err)
 		return;
 	keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
 			"a buffer of shard %u could not be sent home (%s): leaked (%llu so far)",
-			home->cfg.shard, strerror(-err), (unsigned long long)k);
+			shard, strerror(-err), (unsigned long long)k);
 }
 
 static void
 last_put(struct keel_buf *b)
 {
 	struct keel_alloc *home = b->home;
+	unsigned shard;
 	int r;
 
 	/* Allocators without a send_home hook are single-threaded by contract. */
@@ -311,15 +316,13 @@ last_put(struct keel_buf *b)
 				home->cfg.shard);
 		alloc_verify(keel__alloc_cur != NULL);
 	}
-	/* Counted before the hook: once it has handed the buffer over, the home may be gone
-	 * (another runtime's owner stops and destroys it as soon as the buffer is back). A
-	 * refused send was no return: taken back, the home still being there. */
-	ASTAT_ADD_SHARED(home, remote_returns, 1);
+	/* Nothing of the home is touched once the hook has run: handed over, the buffer may
+	 * be back and the home destroyed by its owner (another runtime's) at once; refused,
+	 * the home runtime is stopping. keel_buf_release counts the return, at home. */
+	shard = home->cfg.shard;
 	r = home->cfg.send_home(home, b, home->cfg.ctx);
-	if (r < 0) {
-		ASTAT_ADD_SHARED(home, remote_returns, (uint64_t)-1);
-		leak_log(home, r);
-	}
+	if (r < 0)
+		leak_log(shard, r);
 }
 
 void

@@ -100,7 +100,8 @@ struct keel_alloc_stats {
 	uint64_t bytes_peak;       /* highest bytes_in_use */
 	uint64_t buffers_live;     /* region buffers allocated and not yet returned */
 	uint64_t alloc_failures;   /* buffer allocations that failed (-ENOMEM) */
-	uint64_t remote_returns;   /* buffers whose last put happened on another shard */
+	uint64_t remote_returns;   /* buffers whose last put happened on another shard, counted
+				    * as each arrives home */
 	uint64_t trace_errors;     /* KEEL_BUF_TRACE: double puts, wrong-shard puts, leaks */
 	uint64_t prefault_ns;      /* time spent pre-faulting regions */
 	uint64_t inline_prefaults; /* regions pre-faulted inside an allocation (no grow hook) */
