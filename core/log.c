@@ -17,13 +17,17 @@ static void *sink_arg;
 
 static const char *const level_names[] = { "error", "warn", "info", "debug" };
 
+static unsigned sink_gen; /* sink changes made, under sink_lock */
+
 /* A sink that changes the sink runs under keel_log's read lock, which the write lock
  * would wait for on the same thread for ever: the change is kept here and made when the
- * sink returns. */
+ * sink returns, unless another thread's came meanwhile (the later call wins, as without
+ * the wait). */
 static _Thread_local unsigned in_sink;
 static _Thread_local bool change_due;
 static _Thread_local keel_log_fn change_fn;
 static _Thread_local void *change_arg;
+static _Thread_local unsigned change_gen;
 
 void
 keel_log_set_sink(keel_log_fn fn, void *arg)
@@ -32,11 +36,27 @@ keel_log_set_sink(keel_log_fn fn, void *arg)
 		change_due = true;
 		change_fn = fn;
 		change_arg = arg;
+		change_gen = sink_gen; /* the read lock is held */
 		return;
 	}
 	pthread_rwlock_wrlock(&sink_lock);
 	sink_fn = fn;
 	sink_arg = arg;
+	sink_gen++;
+	pthread_rwlock_unlock(&sink_lock);
+}
+
+/* The change a sink made, once no sink runs on this thread. */
+static void
+sink_change_made(void)
+{
+	change_due = false;
+	pthread_rwlock_wrlock(&sink_lock);
+	if (sink_gen == change_gen) {
+		sink_fn = change_fn;
+		sink_arg = change_arg;
+		sink_gen++;
+	}
 	pthread_rwlock_unlock(&sink_lock);
 }
 
@@ -109,10 +129,8 @@ keel_log(enum keel_log_level level, const char *module, const char *fmt, ...)
 		fprintf(stderr, "keel %s %s: %s\n", level_names[level], module, msg);
 	}
 	pthread_rwlock_unlock(&sink_lock);
-	if (change_due && !in_sink) {
-		change_due = false;
-		keel_log_set_sink(change_fn, change_arg);
-	}
+	if (change_due && !in_sink)
+		sink_change_made();
 }
 
 int

@@ -32,7 +32,8 @@ typedef void (*keel_log_fn)(enum keel_log_level level, const char *module, int s
  * Install a log sink; NULL restores the default (one line per message on stderr).
  * Context: any thread; takes effect for messages logged after it returns. Called from a
  * sink (falling back to stderr when the sink's own output failed, say), it takes effect
- * once that sink returns: what the sink logs meanwhile still reaches it.
+ * once that sink returns (what the sink logs meanwhile still reaches it), unless another
+ * thread installed a sink meanwhile: the later call wins.
  */
 KEEL_API void keel_log_set_sink(keel_log_fn fn, void *arg);
 
