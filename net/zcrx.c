@@ -426,14 +426,15 @@ keel__zcrx_setup(struct net_shard *ns)
 		free(z);
 		return r;
 	}
-	/* The queue taken by another consumer: what arrives on it is in that consumer's memory
-	 * (EEXIST) or taken by XDP (EBUSY), which no copy-path receive reads either. */
+	/* The queue taken by another consumer: what arrives on it may be in that consumer's
+	 * memory (another interface queue) or taken by XDP (an AF_XDP socket, a program that
+	 * redirects), which no copy-path receive reads either. */
 	if (r == -EEXIST || r == -EBUSY)
 		keel_log(
 			KEEL_LOG_WARN, NET_MOD,
-			"shard %u: ZCRX falls back to the copy path: %s; the copy path cannot read "
-			"what arrives on that queue either, so connections steered to it get no "
-			"bytes until the queue is free",
+			"shard %u: ZCRX falls back to the copy path: %s; while another zero-copy "
+			"consumer holds the queue, the copy path cannot read what arrives on that "
+			"queue either: connections steered to it may get no bytes until it is free",
 			ns->id, why);
 	else
 		keel_log(KEEL_LOG_INFO, NET_MOD, "shard %u: ZCRX falls back to the copy path: %s",
