@@ -623,6 +623,32 @@ pci_match(const char *busid, const char *name)
 	return strlen(name) == 7 && !strcasecmp(busid + 5, name);
 }
 
+unsigned
+keel_topo_pci_ifaces(const struct keel_topo *t, const char *pci, char *buf, size_t len)
+{
+	size_t off = 0;
+	unsigned n = 0;
+
+	if (len)
+		buf[0] = 0;
+	for (unsigned i = 0; i < t->info.nnics; i++) {
+		const struct keel_topo_nic *c = &t->nics[i];
+		int w;
+
+		if (!pci[0] || strcmp(c->pci, pci) || !c->name[0])
+			continue;
+		n++;
+		if (off >= len)
+			continue;
+		w = snprintf(buf + off, len - off, "%s%s", off ? ", " : "", c->name);
+		if (w > 0 && (size_t)w < len - off)
+			off += (size_t)w;
+		else
+			buf[off] = 0; /* cut at a whole name */
+	}
+	return n;
+}
+
 const struct keel_topo_nic *
 keel_topo_nic_find(const struct keel_topo *t, const char *name)
 {

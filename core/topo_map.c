@@ -108,27 +108,6 @@ nic_names(const struct keel_topo_info *in, char *buf, size_t len)
 		snprintf(buf, len, "none");
 }
 
-/* The interfaces of PCI function @pci, listed into @buf. Returns their count. */
-static unsigned
-pci_ifaces(const struct keel_topo_info *in, const char *pci, char *buf, size_t len)
-{
-	size_t off = 0;
-	unsigned n = 0;
-
-	buf[0] = 0;
-	for (unsigned i = 0; i < in->nnics; i++) {
-		int w;
-
-		if (strcmp(in->nics[i].pci, pci) || !in->nics[i].name[0])
-			continue;
-		n++;
-		w = snprintf(buf + off, len - off, "%s%s", off ? ", " : "", in->nics[i].name);
-		if (w > 0 && (size_t)w < len - off)
-			off += (size_t)w;
-	}
-	return n;
-}
-
 static int
 pu_numa(const struct keel_topo_info *in, unsigned cpu, int *core)
 {
@@ -285,8 +264,8 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 		}
 		/* Found by its bus id: a function with several interfaces (a VPI card's
 		 * Ethernet and InfiniBand ports) names none of them, as the runtime says. */
-		if (strcmp(nic->name, req->iface) && nic->pci[0] &&
-		    pci_ifaces(in, nic->pci, list, sizeof(list)) > 1)
+		if (strcmp(nic->name, req->iface) &&
+		    keel_topo_pci_ifaces(t, nic->pci, list, sizeof(list)) > 1)
 			return keel__errf(err, errlen, -EINVAL,
 					  "--iface %s: PCI function %s has more than one network "
 					  "interface (%s); give the interface's name",

@@ -156,3 +156,34 @@ Test(tools_topo_zcrx, a_pci_bus_id_names_the_nic_and_its_interface_is_probed)
 		  "%s", out);
 	keel_topo_destroy(t);
 }
+
+/* A PCI function with two interfaces (a VPI card's Ethernet and InfiniBand ports): its bus
+ * id names neither, and --zcrx refuses it with their names, as the plan and the runtime
+ * do. It reported and probed the first one found. */
+Test(tools_topo_zcrx, a_bus_id_of_a_function_with_two_interfaces_is_refused)
+{
+	static struct keel_map map;
+	struct keel_topo_nic *nic, *ib;
+	struct keel_topo *t = fake_topo_live_nic(&map, 0, &nic);
+	static char out[8192];
+	char names[64];
+
+	ib = keel__topo_nic_add(t);
+	cr_assert_not_null(ib);
+	snprintf(ib->name, sizeof(ib->name), "fakeib0");
+	snprintf(ib->pci, sizeof(ib->pci), "0000:81:00.0");
+	ib->netdev = true;
+	cr_assert_eq(keel_topo_pci_ifaces(t, "0000:81:00.0", names, sizeof(names)), 2);
+	cr_assert_str_eq(names, "fake0, fakeib0");
+	for (int i = 0; i < 2; i++) {
+		const char *id = i ? "81:00.0" : "0000:81:00.0";
+
+		cr_assert_eq(report_for(t, NULL, id, out, sizeof(out)), 2, "--iface %s: %s", id,
+			     out);
+		cr_assert(!strstr(out, "ZCRX on"), "--iface %s probed: %s", id, out);
+	}
+	/* By name, each is its own. */
+	report_for(t, NULL, "fake0", out, sizeof(out));
+	cr_assert(strstr(out, "ZCRX on fake0 rx queue 0"), "%s", out);
+	keel_topo_destroy(t);
+}

@@ -171,6 +171,16 @@ zcrx_report(const struct tool_ctx *c, const struct keel_map_req *req, FILE *f)
 	/* --iface may be the PCI bus id (as everywhere in keel-topo): the facts and the probe
 	 * are of the NIC's interface, whose name the kernel knows. */
 	nic = keel_topo_nic_find(c->topo, iface);
+	/* Found by its bus id: a function with several interfaces names none of them (the
+	 * plan and the runtime refuse it too). */
+	if (nic && strcmp(nic->name, iface) &&
+	    keel_topo_pci_ifaces(c->topo, nic->pci, why, sizeof(why)) > 1) {
+		fprintf(stderr,
+			"keel-topo: --zcrx: --iface %s: PCI function %s has more than one network "
+			"interface (%s); give the interface's name\n",
+			iface, nic->pci, why);
+		return 2;
+	}
 	if (nic)
 		iface = nic->name;
 	/* --iface naming the map's interface, without --rxqs: the map's queues. */

@@ -163,6 +163,16 @@ KEEL_API const struct keel_topo_nic *keel_topo_nic_find(const struct keel_topo *
 							const char *name);
 
 /**
+ * The interfaces of PCI function @pci ("0000:88:00.1"), their names listed into @buf
+ * (", " between them; cut at a whole name when @len is short). A bus id names an interface
+ * only when its function has one: a VPI card's function has an Ethernet and an InfiniBand
+ * one.
+ * Returns: their count.
+ */
+KEEL_API unsigned keel_topo_pci_ifaces(const struct keel_topo *t, const char *pci, char *buf,
+				       size_t len);
+
+/**
  * Format @s as a CPU list ("0-3,8") into @buf ("" for an empty set). When it does not fit
  * in @len, it is cut after a whole element and ends in ",..." ("0,2,..."), or is "..." alone.
  * Returns: @buf.
