@@ -2329,6 +2329,20 @@ Test(core_topo, buffer_memory_over_the_memory_cgroup_limit_is_warned_at_create)
 			  strstr(logged, "lower --memory to 128 MiB or less per shard"),
 		  "%s", logged);
 
+	/* A share below the least --memory (2 MiB) that create takes: the fix is fewer shards.
+	 * It said "lower --memory to 1 MiB", which create refuses. */
+	write_in(dir, "memory.max", "3145728\n");
+	o.memory = 2ULL << 20;
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	keel_log_set_sink(NULL, NULL);
+	keel_runtime_destroy(rt);
+	cr_assert(strstr(logged, "it holds 1 shard: lower --shards") &&
+			  !strstr(logged, "lower --memory to"),
+		  "%s", logged);
+	write_in(dir, "memory.max", "268435456\n");
+
 	/* within the limit, or huge pages (charged to hugetlb): nothing said */
 	o.memory = 128ULL << 20;
 	logged[0] = 0;
