@@ -653,6 +653,18 @@ wait_for_sqe(struct keel_shard *s, struct keel_file_req *req)
 	s->internal_retry = true;
 }
 
+/* @req at the end of the list @head..@tail (the FIFO, or those waiting to be cancelled). */
+static void
+append(struct keel_file_req **head, struct keel_file_req **tail, struct keel_file_req *req)
+{
+	req->next_ = NULL;
+	if (*tail)
+		(*tail)->next_ = req;
+	else
+		*head = req;
+	*tail = req;
+}
+
 /* A request taken from the FIFO that will not be issued (the stop): cancelled, a close made
  * on the spot, or held while a request in the ring names its descriptor. */
 static void
@@ -709,12 +721,7 @@ pump(struct keel_shard *s)
 			s->files.tail = NULL;
 		s->files.st.waiting--;
 		if (!go) {
-			req->next_ = NULL;
-			if (s->files.cwait_tail)
-				s->files.cwait_tail->next_ = req;
-			else
-				s->files.cwait = req;
-			s->files.cwait_tail = req;
+			append(&s->files.cwait, &s->files.cwait_tail, req);
 			continue;
 		}
 		/* A close waits for the requests on its descriptor at stop too: they end soon
@@ -889,12 +896,7 @@ submit(struct keel_shard *s, struct keel_file_req *req, void *arg)
 	st->qd = qd_of(s);
 	s->files.ndrain += req->drain_; /* taken back by a refusal below */
 	if (s->files.head || st->inflight >= st->qd || s->files.hooks) {
-		req->next_ = NULL;
-		if (s->files.tail)
-			s->files.tail->next_ = req;
-		else
-			s->files.head = req;
-		s->files.tail = req;
+		append(&s->files.head, &s->files.tail, req);
 		st->submitted++;
 		st->waited++;
 		if (++st->waiting > st->waiting_max)

@@ -278,33 +278,30 @@ static void
 memory_limit_check(unsigned nshards, const struct keel_opts *o)
 {
 	uint64_t limit, total = (uint64_t)nshards * o->memory;
-	char file[PATH_MAX];
+	char file[PATH_MAX], fix[160];
 
 	if (o->hugepages || keel__cgroup_memory_limit(&limit, file, sizeof(file)) < 0 ||
 	    total <= limit)
 		return;
 	/* A share below the least --memory create takes: fewer shards is the fix. */
-	if (limit / nshards < KEEL_ALLOC_HUGEPAGE) {
-		keel_log(KEEL_LOG_WARN, "core",
-			 "%u shard%s x --memory %llu MiB = %llu MiB of buffers is more than this "
-			 "process's memory cgroup allows (%llu MiB, %s): past that the kernel's "
-			 "OOM killer ends the process; at the least --memory (2 MiB) it holds %llu "
-			 "shard%s: lower --shards, or raise the cgroup's limit",
-			 nshards, nshards == 1 ? "" : "s", (unsigned long long)(o->memory >> 20),
-			 (unsigned long long)(total >> 20), (unsigned long long)(limit >> 20), file,
+	if (limit / nshards < KEEL_ALLOC_HUGEPAGE)
+		snprintf(fix, sizeof(fix),
+			 "at the least --memory (2 MiB) it holds %llu shard%s: lower --shards",
 			 (unsigned long long)(limit / KEEL_ALLOC_HUGEPAGE),
 			 limit / KEEL_ALLOC_HUGEPAGE == 1 ? "" : "s");
-		return;
-	}
+	else
+		snprintf(
+			fix, sizeof(fix),
+			"lower --memory to %llu MiB or less per shard (leaving room for the rest of "
+			"the process)",
+			(unsigned long long)(limit / nshards >> 20));
 	keel_log(KEEL_LOG_WARN, "core",
 		 "%u shard%s x --memory %llu MiB = %llu MiB of buffers is more than this "
 		 "process's memory cgroup allows (%llu MiB, %s): past that the kernel's OOM "
 		 "killer ends the process, where keel's own cap would fail an allocation with "
-		 "ENOMEM; lower --memory to %llu MiB or less per shard (leaving room for the "
-		 "rest of the process), or raise the cgroup's limit",
+		 "ENOMEM; %s, or raise the cgroup's limit",
 		 nshards, nshards == 1 ? "" : "s", (unsigned long long)(o->memory >> 20),
-		 (unsigned long long)(total >> 20), (unsigned long long)(limit >> 20), file,
-		 (unsigned long long)(limit / nshards >> 20));
+		 (unsigned long long)(total >> 20), (unsigned long long)(limit >> 20), file, fix);
 }
 
 /* The CPUs shards may run on, in ascending order: the affinity mask, narrowed by --cpuset.

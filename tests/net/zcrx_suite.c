@@ -563,7 +563,8 @@ Test(net_zcrx, auto_on_a_queue_another_consumer_holds_warns)
 		keel_log_set_sink(NULL, NULL);
 		keel__zcrx_register = kernel;
 		if (errs[i] == EOPNOTSUPP) { /* a NIC that cannot: the copy path reads all */
-			cr_assert(logged("info] shard 0: ZCRX falls back to the copy path"), "%s", logbuf);
+			cr_assert(logged("info] shard 0: ZCRX falls back to the copy path"), "%s",
+				  logbuf);
 			continue;
 		}
 		cr_assert(logged("warn] shard 0: ZCRX falls back to the copy path") &&
