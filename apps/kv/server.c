@@ -2582,6 +2582,7 @@ wait_fire(struct keel_timer *t, void *arg)
 static void
 wait_cmd(struct kconn *kc, struct resp_arg *argv, struct rbuf *out)
 {
+	struct keel_timer *t = NULL;
 	long long n, ms;
 	struct pend *p;
 
@@ -2601,27 +2602,29 @@ wait_cmd(struct kconn *kc, struct resp_arg *argv, struct rbuf *out)
 		rb_int(out, 0);
 		return;
 	}
+	/* The timer first: refused, the error is WAIT's reply like any other, and no pend
+	 * is taken. A timeout past what the timer's nanoseconds hold (292 years) is none. */
+	if (ms && (unsigned long long)ms <= UINT64_MAX / 1000000u) {
+		int r = keel_timer_create(wait_fire, kc, &t);
+
+		if (r < 0) {
+			rb_err(out, "ERR WAIT: no timer for its timeout (%s)", strerror(-r));
+			return;
+		}
+	}
 	/* Its reply waits in a pend of its own: the one reply_to opened for it, or a new one
 	 * when nothing waited before it (@out is then the connection's output). */
 	p = kc->pend_open;
 	if (p && out == &p->rep) {
 		kc->pend_open = NULL; /* counted when made (wait_end) */
 	} else if (!(p = pend_new(kc))) {
+		keel_timer_destroy(t);
 		out->oom = true; /* no place for its reply: the connection is aborted */
 		return;
 	}
-	/* A timeout past what the timer's nanoseconds hold (292 years) is none. */
-	if (ms && (unsigned long long)ms <= UINT64_MAX / 1000000u) {
-		int r = keel_timer_create(wait_fire, kc, &p->wait_timer);
-
-		if (r < 0) {
-			p->wait_timer = NULL;
-			rb_err(&p->rep, "ERR WAIT: no timer for its timeout (%s)", strerror(-r));
-			p->done = true; /* answered with the error */
-			return;
-		}
-		keel_timer_start(p->wait_timer, (uint64_t)ms * 1000000u, 0);
-	}
+	p->wait_timer = t;
+	if (t)
+		keel_timer_start(t, (uint64_t)ms * 1000000u, 0);
 	p->done = false;
 	kc->wait = p;
 	kc->barrier = true;
