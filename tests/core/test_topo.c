@@ -2305,6 +2305,19 @@ Test(core_topo, the_memory_cgroup_limit_is_the_least_up_to_the_mount)
 	rm_dir(root);
 }
 
+/* A runtime of @o made and destroyed, what it logged in `logged` (reset first). */
+static void
+create_logged(struct keel_opts *o)
+{
+	struct keel_runtime *rt;
+
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_runtime_create(o, &rt), 0);
+	keel_log_set_sink(NULL, NULL);
+	keel_runtime_destroy(rt);
+}
+
 /* Shards x --memory above the memory cgroup's limit is said at create, with the cgroup's
  * file and a --memory that fits: past the limit the OOM killer, not ENOMEM, ends it. */
 Test(core_topo, buffer_memory_over_the_memory_cgroup_limit_is_warned_at_create)
@@ -2318,11 +2331,7 @@ Test(core_topo, buffer_memory_over_the_memory_cgroup_limit_is_warned_at_create)
 	snprintf(dir, sizeof(dir), "%s/v2/pod", root);
 	write_in(dir, "memory.max", "268435456\n");
 	o.memory = 256ULL << 20;
-	logged[0] = 0;
-	keel_log_set_sink(log_sink, NULL);
-	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
-	keel_log_set_sink(NULL, NULL);
-	keel_runtime_destroy(rt);
+	create_logged(&o);
 	cr_assert(strstr(logged, "2 shards x --memory 256 MiB = 512 MiB of buffers is more than "
 				 "this process's memory cgroup allows (256 MiB, ") &&
 			  strstr(logged, "v2/pod/memory.max): past that the kernel's OOM killer") &&
@@ -2333,11 +2342,7 @@ Test(core_topo, buffer_memory_over_the_memory_cgroup_limit_is_warned_at_create)
 	 * It said "lower --memory to 1 MiB", which create refuses. */
 	write_in(dir, "memory.max", "3145728\n");
 	o.memory = 2ULL << 20;
-	logged[0] = 0;
-	keel_log_set_sink(log_sink, NULL);
-	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
-	keel_log_set_sink(NULL, NULL);
-	keel_runtime_destroy(rt);
+	create_logged(&o);
 	cr_assert(strstr(logged, "it holds 1 shard: lower --shards") &&
 			  !strstr(logged, "lower --memory to"),
 		  "%s", logged);
