@@ -250,15 +250,21 @@ probe(struct keel_caps *c)
 		c->probe_status = r;
 		return;
 	}
-	pr = io_uring_get_probe_ring(&ring);
-	if (pr) {
+	/* Not io_uring_get_probe_ring: it answers NULL for a refused register as for a
+	 * failed allocation, and a seccomp profile that allows the ring but not
+	 * io_uring_register would be reported as a memory shortage. */
+	pr = calloc(1, sizeof(*pr) + 256 * sizeof(pr->ops[0]));
+	r = pr ? io_uring_register_probe(&ring, pr, 256) : -ENOMEM;
+	if (r >= 0) {
 		c->last_op = pr->last_op;
 		for (unsigned i = 0; i < pr->ops_len && i < 256; i++)
 			c->op_supported[pr->ops[i].op] = pr->ops[i].flags & IO_URING_OP_SUPPORTED;
-		io_uring_free_probe(pr);
+	} else if (probe_short_of(r)) {
+		trial_failed(r);
 	} else {
-		trial_failed(-ENOMEM); /* liburing's allocation of the probe */
+		c->register_status = r;
 	}
+	free(pr);
 #ifdef KEEL_FAULTS
 	hide_ops(c);
 #else
@@ -427,6 +433,12 @@ group_why(char *buf, size_t len)
 			 g ? g->gr_name : "without a name here", gid, g ? g->gr_name : "GROUP");
 }
 
+/* The probe's io_uring_register refused (keel_caps.register_status), with the fix. */
+static const char register_refused_why[] =
+	"io_uring_register is refused though io_uring_setup is allowed: a seccomp filter (a "
+	"container runtime's profile) lets the ring be made but not set up; keel registers "
+	"buffer rings, buffers and files: allow io_uring_register in the profile";
+
 /* Why io_uring_setup was refused (@err, its -errno), with the fix, into @buf: the sysctl
  * when it says so, else what else refuses it (it named the sysctl whatever it read, where
  * a container's seccomp profile is the usual cause). */
@@ -482,6 +494,11 @@ keel_features_decide(const struct keel_opts *opts, struct keel_feature_decision 
 			 strerror(-c->probe_status),
 			 unavailable_why(c->probe_status, why, sizeof(why)));
 		return c->probe_status;
+	}
+	if (c->register_status < 0) {
+		keel_log(KEEL_LOG_ERROR, "core", "%s: %s", strerror(-c->register_status),
+			 register_refused_why);
+		return c->register_status;
 	}
 	/* What every shard's loop needs, with no fallback: a stop that cancels everything at
 	 * once (else the shard never goes quiet and the join hangs), and sleeps bounded by
@@ -642,6 +659,11 @@ keel_caps_print(const struct keel_opts *opts, FILE *f)
 
 		fprintf(f, "io_uring unavailable: %s: %s\n", strerror(-c->probe_status),
 			unavailable_why(c->probe_status, why, sizeof(why)));
+		return;
+	}
+	if (c->register_status < 0) {
+		fprintf(f, "io_uring unusable: %s: %s\n", strerror(-c->register_status),
+			register_refused_why);
 		return;
 	}
 	for (unsigned i = 0; i < 256; i++)

@@ -927,11 +927,11 @@ Test(core_opts, the_command_line_sets_the_interface_over_the_environment)
  * read, where a container's seccomp profile is the usual cause. A seccomp filter here
  * refuses io_uring_setup with EPERM; the sysctl is a file of the test's. */
 static void
-refuse_io_uring_setup(void)
+refuse_syscall(unsigned nr)
 {
 	struct sock_filter f[] = {
 		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, nr, 0, 1),
 		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
 		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
 	};
@@ -966,7 +966,7 @@ Test(core_opts, io_uring_refused_names_what_refuses_it)
 	cr_assert_geq(fd, 0);
 	close(fd);
 	keel__sys_io_uring_disabled = path;
-	refuse_io_uring_setup();
+	refuse_syscall(__NR_io_uring_setup);
 	keel_opts_init(&o);
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		FILE *f = fopen(path, "w");
@@ -992,6 +992,39 @@ Test(core_opts, io_uring_refused_names_what_refuses_it)
 	}
 	unlink(path);
 	unlink(gpath);
+}
+
+/* A seccomp profile that allows io_uring_setup and io_uring_enter but refuses
+ * io_uring_register: the probe's op list came back NULL from liburing, which the probe took
+ * for a memory shortage ("memory ran out for a trial ring", -ENOMEM, probed again at every
+ * start). It is the profile, and the message says which call to allow. */
+Test(core_opts, a_refused_io_uring_register_names_the_profile_not_memory)
+{
+	struct keel_feature_decision d[KEEL_FEAT__COUNT];
+	struct keel_opts o;
+	FILE *f;
+	char buf[4096];
+	size_t n;
+
+	refuse_syscall(__NR_io_uring_register);
+	keel_opts_init(&o);
+	long_logged[0] = 0;
+	keel_log_set_sink(long_sink, NULL);
+	int r = keel_features_decide(&o, d);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq(r, -EPERM, "%d %s", r, long_logged);
+	cr_assert(strstr(long_logged, "io_uring_register is refused"), "%s", long_logged);
+	cr_assert(strstr(long_logged, "allow io_uring_register"), "%s", long_logged);
+	cr_assert_null(strstr(long_logged, "memory"), "%s", long_logged);
+	cr_assert_eq(keel_caps_get()->register_status, -EPERM);
+	/* keel-caps's report says the same. */
+	cr_assert_not_null(f = tmpfile());
+	keel_caps_print(&o, f);
+	rewind(f);
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	buf[n] = 0;
+	fclose(f);
+	cr_assert(strstr(buf, "allow io_uring_register"), "%s", buf);
 }
 
 /* hwloc failing to read the machine says why, and names the environment that told it what
