@@ -26,6 +26,8 @@
 #include "net_internal.h"
 #include "zcrx.h"
 
+_Atomic unsigned keel__frame_fail_give_back;
+
 struct keel_framer {
 	struct keel_framer_opts o;
 	struct keel_slice *q; /* held slices: q[head..tail) */
@@ -532,8 +534,9 @@ keel_framer_push(struct keel_framer *f, struct keel_slice *s)
 /* A frame's callback paused reading (keel_conn_pause_read, or the send queue reached its
  * high watermark): what the framer holds (whole frames not delivered yet, and the start of
  * one) and @rest, the slices not pushed, go back to the connection, which delivers them
- * again after resume; the framer starts empty. Consumes @rest. */
-static void
+ * again after resume; the framer starts empty. Consumes @rest. Returns 0, or -ENOMEM when
+ * there was no memory to hand them back: all of it is put, and the stream is broken. */
+static int
 give_back(struct keel_framer *f, struct keel_conn *c, struct keel_slice *rest, unsigned nrest)
 {
 	unsigned nheld = f->tail - f->head, k = 0;
@@ -542,8 +545,10 @@ give_back(struct keel_framer *f, struct keel_conn *c, struct keel_slice *rest, u
 	/* The pausing frame ended the data (lock-step traffic): nothing to hand back, and a
 	 * malloc(0) that may return NULL must not abort the connection. */
 	if (!nheld && !nrest)
-		return;
-	v = malloc(((size_t)nheld + nrest) * sizeof(*v));
+		return 0;
+	v = keel__fault_take(&keel__frame_fail_give_back)
+		    ? NULL
+		    : malloc(((size_t)nheld + nrest) * sizeof(*v));
 
 	for (unsigned i = f->head; i < f->tail; i++) {
 		struct keel_slice *q = &f->q[i];
@@ -568,13 +573,13 @@ give_back(struct keel_framer *f, struct keel_conn *c, struct keel_slice *rest, u
 		for (unsigned i = 0; i < nrest; i++)
 			keel_slice_put(&rest[i]);
 		free(v);
-		keel_conn_abort(c, -ENOMEM);
-		return;
+		return -ENOMEM;
 	}
 	for (unsigned i = 0; i < nrest; i++)
 		v[k++] = rest[i];
 	keel__conn_unread(c, v, k);
 	free(v);
+	return 0;
 }
 
 /* At most 10 framing errors a second per shard reach the log; the rest are counted. */
@@ -763,7 +768,16 @@ keel_framer_on_data(struct keel_framer *f, struct keel_conn *c, struct keel_slic
 		}
 		/* A callback paused reading: the rest waits for the resume. */
 		if (stop == KEEL__CONN_PAUSED) {
-			give_back(f, c, s + i + 1, n - i - 1);
+			size_t held = f->buffered;
+
+			for (unsigned k = i + 1; k < n; k++)
+				held += s[k].len;
+			if (give_back(f, c, s + i + 1, n - i - 1) < 0)
+				r = fail(
+					f, -ENOMEM,
+					"out of memory handing %zu bytes not yet delivered back to "
+					"the connection, whose reading a frame callback paused",
+					held);
 			i = n;
 			break;
 		}

@@ -286,6 +286,8 @@ extern _Atomic unsigned keel__pbuf_fail_wraps;
 /* ... while non-zero, each TCP receive armed goes to io-wq (IOSQE_ASYNC), as one does when
  * the kernel cannot allocate its poll entry; the count drops by one. */
 extern _Atomic unsigned keel__conn_fail_recv_async;
+/* ... the next this-many hand-backs of a paused framer's slices (frame.c) find no memory. */
+extern _Atomic unsigned keel__frame_fail_give_back;
 
 struct stat;
 /* listen.c: the stat of a Unix listener's path right after its bind, which records the

@@ -1587,6 +1587,78 @@ Test(net_frame, frames_after_a_pause_in_the_callback_wait_for_the_resume)
 	e2e_stop(&e);
 }
 
+/* ---- a pause whose hand-back finds no memory fails the framer, as its contract says ---- */
+
+/* Three frames in one write; the first pauses reading with the next allocation failing:
+ * the framer cannot hand the other two back, so the stream is broken. It aborted the
+ * connection but keel_framer_on_data returned 0, the framer had no error and nothing was
+ * logged; it returns -ENOMEM, keel_framer_error says so and on_close gets it. */
+static struct {
+	_Atomic int frames, ret, err;
+} gb;
+
+static int
+gb_frame(void *arg, struct keel_frame *fr)
+{
+	for (unsigned i = 0; i < fr->n; i++)
+		keel_slice_put(&fr->s[i]);
+	if (atomic_fetch_add(&gb.frames, 1) == 0) {
+		atomic_store(&keel__frame_fail_give_back, 1);
+		keel_conn_pause_read(arg);
+	}
+	return 0;
+}
+
+static void
+gb_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	struct keel_framer *f = keel_conn_user(c);
+	int r = keel_framer_on_data(f, c, s, n);
+
+	if (r < 0 && !atomic_load(&gb.ret)) {
+		atomic_store(&gb.err, keel_framer_error(f));
+		atomic_store(&gb.ret, r);
+	}
+}
+
+static void
+gb_open(struct keel_conn *c)
+{
+	attach(c, gb_frame);
+}
+
+static const struct keel_conn_ops gb_ops = { .on_open = gb_open,
+					     .on_data = gb_data,
+					     .on_close = srv_close };
+
+Test(net_frame, a_pause_whose_hand_back_finds_no_memory_fails_the_framer)
+{
+	struct e2e e;
+	uint8_t b[3 * 5];
+	size_t n = 0;
+	int fd;
+
+	memset(&e, 0, sizeof(e));
+	memset(&gb, 0, sizeof(gb));
+	e2e_start_with(&e, &gb_ops);
+	fd = cli_connect(e.port);
+	cr_assert_geq(fd, 0);
+	for (int i = 0; i < 3; i++) {
+		n += hdr32(b + n, 1);
+		b[n++] = (uint8_t)('0' + i);
+	}
+	cr_assert_eq(cli_write_all(fd, b, n), 0);
+	e2e_wait(&e, &e.srv_closed, 1, "the server's on_close");
+	close(fd);
+	cr_assert_eq(atomic_load(&gb.frames), 1);
+	cr_assert_eq(atomic_load(&gb.ret), -ENOMEM, "keel_framer_on_data returned %d",
+		     atomic_load(&gb.ret));
+	cr_assert_eq(atomic_load(&gb.err), -ENOMEM);
+	cr_assert_eq(atomic_load(&e.srv_status), -ENOMEM);
+	cr_assert_eq(atomic_load(&keel__frame_fail_give_back), 0, "the hand-back never came");
+	e2e_stop(&e);
+}
+
 /* ---- on_data's array stays as given while a framer handed part of it pauses ---- */
 
 /* An application may hand the framer the first slice of on_data's array only and read the
