@@ -12,8 +12,9 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/bin"
-# stub CPU STALLED [LINE]: a keel-bench whose client reports server CPU @CPU (null: none) and
-# @STALLED connections that got no echo, and whose server logs @LINE as it starts.
+# stub CPU STALLED [LINE [CPUS]]: a keel-bench whose client reports server CPU @CPU (null:
+# none), @STALLED connections that got no echo and the server CPUs' busy time @CPUS, and
+# whose server logs @LINE as it starts.
 stub() {
 	cat >"$tmp/bin/keel-bench" <<STUB
 #!/usr/bin/env bash
@@ -24,7 +25,7 @@ if [ "\$1" = serve ]; then
 	while :; do sleep 0.05; done
 fi
 . "$root/tests/tools/bench_stub.sh"
-bench_stub_json 1000 $1 $2
+bench_stub_json 1000 $1 $2 ${4:-500}
 STUB
 	chmod +x "$tmp/bin/keel-bench"
 }
@@ -48,6 +49,9 @@ expect_refusal() {
 }
 stub null 0
 expect_refusal "no server CPU" "could not sample the server's CPU"
+# The server CPUs' busy time unread: that column's median left the run out, silently.
+stub 1000 0 "" null
+expect_refusal "no server CPUs busy time" "could not sample the server's CPU"
 stub 1000 1
 expect_refusal "a stalled connection" "got no echo in the window"
 stub 1000 0 "keel error core[shard 0]: io_uring_enter failed: Bad address; will retry"

@@ -409,12 +409,14 @@ run_one() { # name mode size inflight conns policy backend rep
 			"run it again on a quieter machine" >&2
 		exit 1
 	fi
-	# A run whose server CPU or client load could not be read is no figure: the medians
-	# and the client-bound count would take it as one.
-	if [ "${v[4]}" = null ] || [ "${v[8]}" = null ]; then
+	# A run whose server CPU, server CPUs' busy time or client load could not be read is no
+	# figure: the medians and the client-bound count would take it as one (the busy time's
+	# median left the run out, silently).
+	if [ "${v[4]}" = null ] || [ "${v[8]}" = null ] || [ "${v[10]}" = null ]; then
 		echo "compare.sh: FAILED row $name policy $pol server $be rep $rep: the client could" \
 			"not sample the server's CPU or its own load over the window (server_cpu_ns_per_msg" \
-			"${v[4]}, client_bound ${v[8]}); run it again on a quieter machine" >&2
+			"${v[4]}, server_cpus_ns_per_msg ${v[10]}, client_bound ${v[8]}); run it again on a" \
+			"quieter machine" >&2
 		cat "$base.json" "$base.err" >&2
 		exit 1
 	fi
