@@ -36,7 +36,8 @@ struct keel_zcrx_stats {
 	uint64_t zc_frags;         /* RECV_ZC completions with payload: area fragments handed out */
 	uint64_t copy_bytes;       /* bytes received through the copy path instead: FALLBACK, every
 				    * byte; ON, those of connections that do not use RECV_ZC (Unix,
-				    * outbound, conn_fallbacks) */
+				    * outbound, conn_fallbacks). Connections only: UDP datagrams,
+				    * which RECV_ZC cannot receive, are not counted */
 	uint64_t refills;          /* refill entries written (fragments given back to the kernel) */
 	uint64_t refill_publishes; /* tail publishes (store-release): at most one per loop pass */
 	uint32_t
