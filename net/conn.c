@@ -1097,6 +1097,11 @@ linger(struct keel_conn *c)
 			return;
 		}
 		keel_timer_start(c->close_timer, KEEL_NET_LINGER_NS, 0);
+	} else if (!c->cfg->close_timeout_ns) {
+		/* The close's timer holds what the header timeout had left (keel_conn_close),
+		 * for a peer that sends no header and reads nothing; the queue went out, so
+		 * the linger's own bound applies. */
+		keel_timer_start(c->close_timer, KEEL_NET_LINGER_NS, 0);
 	}
 	recv_update(c);
 }

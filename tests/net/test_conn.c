@@ -1239,6 +1239,45 @@ Test(net_conn, a_lingering_close_ends_at_close_timeout_with_status_0)
 	cr_assert_eq(srv_stop(&s), 0);
 }
 
+/* A graceful close made before the peer's header was whole, without close_timeout_ns: the
+ * close's bound was what the header timeout had left, and the linger, which found that
+ * timer, kept it: the close ended 200 ms after the connection opened, the peer still in it,
+ * where docs/net.md promises KEEL_NET_LINGER_NS (5 s) from the queue's end. */
+Test(net_conn, a_close_before_the_header_lingers_past_the_header_timeout)
+{
+	static const struct keel_conn_ops ops = { .on_data = small_reply_close_data,
+						  .on_close = reply_close_close };
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	char b[2048];
+	struct srv s;
+	int fd;
+
+	sink_reset();
+	atomic_store(&lingers, 0);
+	keel_net_config_init(&nc);
+	nc.header_timeout_ns = KEEL_MS(200);
+	nc.header_bytes = 16; /* the one byte sent is no header */
+	cr_assert_eq(srv_start(&s, &o, &nc, &ops), 0);
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(cli_write_all(fd, "q", 1), 0);
+	cr_assert_eq(cli_read_all(fd, b, 1024), 0, "the reply");
+	cr_assert_eq(cli_read_all(fd, b, 1), -EPIPE, "EOF after the reply");
+	/* Three times the header timeout, well inside the linger's 5 s: still lingering. A
+	 * slow machine can only make the old timer later, never this one earlier. */
+	usleep(600 * 1000);
+	cr_assert_eq(atomic_load(&sink_closes), 0,
+		     "the linger ended at the header timeout's end (status %d)",
+		     atomic_load(&sink_status));
+	cr_assert_eq(shutdown(fd, SHUT_WR), 0);
+	WAIT_FOR(atomic_load(&sink_closes) == 1, "the close's end at the peer's EOF");
+	cr_assert_eq(atomic_load(&sink_status), 0, "status %d", atomic_load(&sink_status));
+	cr_assert_eq(atomic_load(&lingers), 1);
+	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
+}
+
 /* A graceful close whose peer never reads the reply but trickles bytes: the close reads
  * them to drop them, and that reading kept idle_timeout_ns from ever ending it (the
  * connection and its queue held for good). Dropped bytes are no activity. */
