@@ -700,7 +700,8 @@ struct keel_net_stats {
 				       still held pages (keel_conn_abort) */
 	uint64_t close_lingers;     /* graceful closes that sent their queue before the peer
 				       ended its side, and so shut the write side and read on
-				       until its EOF (keel_conn_close) */
+				       until its EOF (keel_conn_close); also those after the
+				       EOF that waited for zero-copy pages the socket held */
 	uint64_t frame_reclaims;    /* partial frames a framer (keel_framer_on_data) copied
 				       out of the receive buffers when they ran out, so the
 				       buffers could go back (docs/framing.md, "Ownership") */
