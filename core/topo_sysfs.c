@@ -269,9 +269,10 @@ bool
 keel__cpu_isolated(unsigned cpu)
 {
 	struct keel_cpuset set;
+	int r = keel__topo_cpulist_read(keel__sys_cpu_isolated, &set);
 
-	return keel__topo_cpulist_read(keel__sys_cpu_isolated, &set) == 0 &&
-	       keel_cpuset_has(&set, cpu);
+	/* -ERANGE: it also names CPUs a keel_cpuset cannot hold; the set has the others. */
+	return (r == 0 || r == -ERANGE) && keel_cpuset_has(&set, cpu);
 }
 
 int

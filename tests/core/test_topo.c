@@ -2512,8 +2512,9 @@ Test(core_topo, an_isolated_cpu_outside_the_mask_is_refused_naming_isolcpus)
 
 /* The runtime's own --cpuset check (keel_runtime_create, no map) names isolcpus as the
  * mapper does: for an isolated CPU outside the mask the first fix is taskset -c (then, for
- * a host started so, creating the runtime before pinning its threads). Not isolated, the
- * plain refusal. Globals set here are the process's; Criterion forks each test. */
+ * a host started so, creating the runtime before pinning its threads), also when the list
+ * names CPUs of 1024 and up. Not isolated, the plain refusal. Globals set here are the process's;
+ * Criterion forks each test. */
 Test(core_topo, the_runtimes_cpuset_names_isolcpus_for_an_isolated_cpu_outside_the_mask)
 {
 	char root[] = "/tmp/keel-iso-XXXXXX", path[300];
@@ -2539,6 +2540,15 @@ Test(core_topo, the_runtimes_cpuset_names_isolcpus_for_an_isolated_cpu_outside_t
 	cr_assert(strstr(logged, "CPU 1 is isolated (isolcpus=") && strstr(logged, "taskset -c") &&
 			  strstr(logged, "create the runtime before pinning"),
 		  "%s", logged);
+
+	/* The isolated list also names a CPU past what a keel_cpuset holds (1024 and up, a
+	 * big machine's): CPU 1 is still known isolated (the read's -ERANGE lost the list). */
+	write_in(root, "isolated", "1,2000-2001\n");
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(strstr(logged, "CPU 1 is isolated (isolcpus="), "%s", logged);
 
 	write_in(root, "isolated", "\n");
 	logged[0] = 0;
