@@ -585,6 +585,28 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 		if ((unsigned)s->rxq + 1 > out->rx_queues)
 			out->rx_queues = (unsigned)s->rxq + 1;
 	}
+	/* --rxqs without --shards: one shard per queue, more than the NIC's node has allowed
+	 * cores for: the rest went to other nodes' cores without a word (the default map
+	 * without --rxqs stops at the local cores; none local at all is said above). */
+	if (!req->shards && req->nrxqs && nic && nic->numa >= 0 && nlocal_phys) {
+		unsigned off = 0;
+
+		for (unsigned k = 0; k < shards; k++)
+			off += out->shards[k].numa != nic->numa;
+		if (off) {
+			bool siblings = req->smt == KEEL_MAP_SMT_AVOID && in->npus > in->ncores;
+
+			keel_log(KEEL_LOG_WARN, "topo",
+				 "%u of the %u shards --rxqs asks for are on other nodes' cores "
+				 "than %s's (NUMA node %d), where their packets cross the "
+				 "interconnect: the node has %u allowed core%s for them; give at "
+				 "most %u queues%s, or --shards %u to place them so on purpose",
+				 off, shards, nic->name, nic->numa, nlocal_phys,
+				 nlocal_phys == 1 ? "" : "s", nlocal_phys,
+				 siblings ? ", --smt allow to use the cores' second threads" : "",
+				 shards);
+		}
+	}
 	/* Shards on a node whose memory this process may not use (a cgroup's cpuset.mems):
 	 * their memory comes from another node, across the interconnect. Said once. */
 	for (unsigned i = 0; i < in->nnuma; i++) {

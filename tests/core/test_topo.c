@@ -2794,6 +2794,39 @@ Test(core_topo, cpus_past_keel_max_cpus_are_not_allowed_and_said)
 	keel_topo_destroy(t);
 }
 
+/* --rxqs naming more queues than the NIC's node has cores for, --shards not given: the
+ * shards past those cores went to the other node's cores, where their packets cross the
+ * interconnect, without a word (the default map without --rxqs stops at the local cores;
+ * the case with no local core at all is said above). */
+Test(core_topo, rxqs_that_spill_shards_off_the_nics_node_are_said)
+{
+	struct keel_topo *t = load_xml("32em64t-2n8c2t-pci-normalio.xml", 16);
+	struct keel_map_req r;
+	unsigned off = 0;
+
+	req_on_cpus(&r, "eth0", NULL);
+	cr_assert_eq(keel_map_req_rxqs_parse(&r, "eth0:0-9", err, sizeof(err)), 0, "%s", err);
+	compute_logged(t, &r);
+	cr_assert_eq(map.nshards, 10);
+	for (unsigned i = 0; i < map.nshards; i++)
+		off += map.shards[i].numa != 1;
+	cr_assert_eq(off, 2, "%u shards off node 1", off);
+	cr_assert(strstr(logged, "2 of the 10 shards --rxqs asks for are on other nodes' cores "
+				 "than eth0's (NUMA node 1)") &&
+			  strstr(logged, "--smt allow"),
+		  "%s", logged);
+	/* As many queues as the node has cores: nothing said. */
+	cr_assert_eq(keel_map_req_rxqs_parse(&r, "eth0:0-7", err, sizeof(err)), 0, "%s", err);
+	compute_logged(t, &r);
+	cr_assert(!strstr(logged, "--rxqs asks for"), "%s", logged);
+	/* --shards given: placed off the node on purpose, not said. */
+	cr_assert_eq(keel_map_req_rxqs_parse(&r, "eth0:0-9", err, sizeof(err)), 0, "%s", err);
+	r.shards = 10;
+	compute_logged(t, &r);
+	cr_assert(!strstr(logged, "--rxqs asks for"), "%s", logged);
+	keel_topo_destroy(t);
+}
+
 /* Allowed CPUs that leave out every core local to the NIC moved the default map to the
  * other node without a word (a reserve that does so is refused): now it is said. */
 Test(core_topo, allowed_cpus_without_a_core_local_to_the_nic_are_said)
