@@ -2006,6 +2006,21 @@ on_tick(struct keel_timer *t, void *arg)
 		kick(a);
 }
 
+/* Records were added to a->pend (a command's, an expired key's DEL). */
+static void
+logged(struct aof *a)
+{
+	if (a->pend.oom) { /* the records gathered are gone: the file lacks them */
+		rb_free(&a->pend);
+		a->rw_stale |= a->rewriting; /* and so will the running rewrite's */
+		file_lost(a, -ENOMEM, "no memory for the records to append");
+	}
+	queue_flush(a); /* kick_ starts the rebuild, outside this command */
+	/* Here, where records are added, whichever shard's connection sent them: records
+	 * other shards hand it (the parts of their commands) must hold theirs as well. */
+	backlog_grew(a);
+}
+
 void
 kv_aof_log(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv, unsigned argc)
 {
@@ -2030,15 +2045,22 @@ kv_aof_log(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv, unsi
 			kv_db_record(db, &argv[1 + k * c->key_step], &a->pend);
 		a->pend.oom |= kv_test_fault("record-oom");
 	}
-	if (a->pend.oom) { /* the records gathered are gone: the file lacks them */
-		rb_free(&a->pend);
-		a->rw_stale |= a->rewriting; /* and so will the running rewrite's */
-		file_lost(a, -ENOMEM, "no memory for the records to append");
-	}
-	queue_flush(a); /* kick_ starts the rebuild, outside this command */
-	/* Here, where records are added, whichever shard's connection sent them: records
-	 * other shards hand it (the parts of their commands) must hold theirs as well. */
-	backlog_grew(a);
+	logged(a);
+}
+
+void
+kv_aof_expired(const uint8_t *key, size_t klen)
+{
+	struct aof *a = me();
+
+	/* Not while the files are replayed (not open yet: the start's snapshot leaves the key
+	 * out), nor after the stop wrote what was pending. */
+	if (!a->open || a->stopping)
+		return;
+	rb_arr(&a->pend, 2);
+	rb_bulk(&a->pend, "DEL", 3);
+	rb_bulk(&a->pend, key, klen);
+	logged(a);
 }
 
 const char *

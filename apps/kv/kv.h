@@ -101,8 +101,9 @@ struct kv_db {
 	size_t fmask, fnext, fpending;
 	struct kv_stats *st;
 	/* Changes commands made: bumped by every key set, deleted or given another deadline,
-	 * and by FLUSHALL (not by lazy expiry: a file's deadlines are absolute). A write that
-	 * leaves it as it was appends nothing to the append-only file. */
+	 * and by FLUSHALL (not by expiry: an expired key's DEL goes to the append-only file
+	 * by itself, kv_aof_expired). A write that leaves it as it was appends nothing of its
+	 * own to the file. */
 	uint64_t changes;
 	/* A part of a command split over shards runs: the command was counted once, where it
 	 * was received, so kv_cmd_run and kv_cmd_exec do not count it (each part counted, and
@@ -362,6 +363,10 @@ int kv_aof_preload(void);
 int kv_aof_shard_start(struct kv_db *db);
 /* After a write command ran on this shard: append the new state of the keys it named. */
 void kv_aof_log(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv, unsigned argc);
+/* The store deleted @key because it expired (lazily, by the sweep, RANDOMKEY's draw): append
+ * DEL @key, as Redis propagates one (nothing while the files are replayed, or after the
+ * stop). */
+void kv_aof_expired(const uint8_t *key, size_t klen);
 /* Why writes are refused now (the last disk error of this shard's file), or NULL. */
 const char *kv_aof_error(void);
 /* The same for shard @shard, as of its last publish (checked before a write is split over

@@ -599,6 +599,29 @@ lookup_any(struct kv_db *db, const struct resp_arg *key, uint64_t h, struct kv_e
 	return NULL;
 }
 
+/* Delete @e (at its link @p), past its time. Its deadline is absolute, so the file's own
+ * records would make it expire again after a restart, but only at that time by the clock
+ * of that start: a clock stepped back, or a replay at an earlier time, brought the key back
+ * until its old deadline. So it goes to the file as a DEL, as Redis propagates one for
+ * every key it expires (lazily or in its cycle), unless @logged is false: the caller
+ * writes the key's record itself (kv_db_record). Not counted in db->changes: no command
+ * changed it, and a write that changes nothing still appends nothing of its own. */
+static void
+expire_ent(struct kv_db *db, struct kv_ent **p, struct kv_ent *e, bool logged)
+{
+	touched(db, e, true);
+	if (logged && kv_cfg.aof)
+		kv_aof_expired(e->data, e->klen);
+	*p = e->next;
+	ent_free(db, e);
+}
+
+static bool
+past(const struct kv_ent *e, int64_t now)
+{
+	return e->expire_ms && e->expire_ms <= now;
+}
+
 /* Find @key, of hash @h; an expired key is deleted on the way (lazy expiry). *pp: the
  * link to it. */
 static struct kv_ent *
@@ -608,10 +631,8 @@ lookup_h(struct kv_db *db, const struct resp_arg *key, uint64_t h, struct kv_ent
 
 	if (!e)
 		return NULL;
-	if (e->expire_ms && e->expire_ms <= kv_now_ms()) {
-		touched(db, e, true); /* expired */
-		*p = e->next;
-		ent_free(db, e);
+	if (past(e, kv_now_ms())) {
+		expire_ent(db, p, e, true);
 		atomic_fetch_add_explicit(&db->st->expired_lazy, 1, memory_order_relaxed);
 		counts_publish(db);
 		return NULL;
@@ -767,10 +788,8 @@ kv_db_sweep(struct kv_db *db, size_t budget)
 	while (budget--) {
 		struct kv_ent **p = &db->b[db->sweep & db->mask], *e;
 		while ((e = *p)) {
-			if (e->expire_ms && e->expire_ms <= now) {
-				touched(db, e, true); /* expired */
-				*p = e->next;
-				ent_free(db, e);
+			if (past(e, now)) {
+				expire_ent(db, p, e, true);
 				n++;
 			} else {
 				p = &e->next;
@@ -870,8 +889,16 @@ rec_set(struct rbuf *out, const struct kv_ent *e)
 void
 kv_db_record(struct kv_db *db, const struct resp_arg *key, struct rbuf *out)
 {
-	struct kv_ent *e = lookup(db, key, NULL);
+	struct kv_ent **p, *e = lookup_any(db, key, kv_hash(key->p, key->len), &p);
 
+	/* Past its time since the command ran: its DEL is this record, not a second one
+	 * (lookup_h's would go into @out's own buffer while the record is being made). */
+	if (e && past(e, kv_now_ms())) {
+		expire_ent(db, p, e, false);
+		atomic_fetch_add_explicit(&db->st->expired_lazy, 1, memory_order_relaxed);
+		counts_publish(db);
+		e = NULL;
+	}
 	if (e) {
 		rec_set(out, e);
 		return;

@@ -1458,6 +1458,45 @@ Test(faults_kv, a_read_past_the_deadline_expires_the_key_lazily)
 	proc_stop(&p);
 }
 
+/* A key that expired goes to the append-only file as DEL
+ * (kv_server/aof_an_expired_key_is_written_as_a_del), so a start at a time before its
+ * deadline does not bring it back. Each clock reading of the first run is 10 s later than
+ * the last (KEEL_KV_TEST_CLOCK_STEP_MS): the key set with PX 600000 is recorded with its
+ * absolute deadline (its record is made a reading or two after the SET), then GETs, and
+ * the sweep's readings, run its clock past that deadline. The second run, on the real
+ * clock, starts about ten minutes before the deadline, as after a clock stepped back:
+ * without the DEL the key came back, with its value and a TTL of about ten minutes. */
+Test(faults_kv, an_expired_key_stays_gone_after_a_start_with_the_clock_back)
+{
+	char dir[] = "/tmp/keel-kv-aof-clock-XXXXXX";
+	char line[256];
+	struct proc p;
+	int i;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	aof_start(&p, "KEEL_KV_TEST_CLOCK_STEP_MS", "10000", "1", "always", dir);
+	kv_command(p.port, "SET k v PX 600000", line, sizeof(line));
+	cr_assert_str_eq(line, "+OK\r\n");
+	kv_command(p.port, "SET kept v", line, sizeof(line));
+	cr_assert_str_eq(line, "+OK\r\n");
+	for (i = 0; i < 200; i++) { /* 60 readings at most */
+		kv_command(p.port, "GET k", line, sizeof(line));
+		if (!strcmp(line, "$-1\r\n"))
+			break;
+		cr_assert_str_eq(line, "$1\r\n", "GET %d", i + 1);
+	}
+	cr_assert_lt(i, 200, "the key never expired on the stepped clock");
+	proc_stop(&p);
+	aof_restart(&p, "1", dir);
+	kv_command(p.port, "GET k", line, sizeof(line));
+	cr_assert_str_eq(line, "$-1\r\n",
+			 "the expired key came back at a start before its deadline");
+	kv_command(p.port, "GET kept", line, sizeof(line));
+	cr_assert_str_eq(line, "$1\r\n");
+	proc_stop(&p);
+	rm_dir(dir);
+}
+
 /* A malformed KEEL_TEST_HIDE_OPS is a broken test: the process stops, status 2, naming the
  * variable, rather than run with the kernel's real operations. */
 Test(faults_kv, a_malformed_hide_ops_list_stops_the_start)
