@@ -240,6 +240,12 @@ parse_inline(const uint8_t *p, size_t n, struct resp_req *req)
 	const uint8_t *nl = memchr(p, '\n', n);
 	size_t linelen, i = 0, out = 0;
 
+	/* Redis 7 looks for the newline with strchr, which stops at a NUL byte: a NUL before
+	 * it hides it, and the request (with every one after it) waits for an end it never
+	 * finds, until the 64 KiB bound below. (Only the line is looked at: a pipeline's later
+	 * lines are not read again for each request.) */
+	if (nl && memchr(p, 0, (size_t)(nl - p)))
+		nl = NULL;
 	if (!nl) {
 		if (n > RESP_INLINE_MAX)
 			return fail(req, "Protocol error: too big inline request");

@@ -148,6 +148,33 @@ expect_error(const char *r, size_t n, const char *msg)
 	free(s);
 }
 
+/* A NUL byte in an inline request hides the request's end, as in redis-server 7.0.15: its
+ * processInlineBuffer looks for the newline with strchr, which stops at the NUL, so the
+ * request is never whole (nor are the ones after it: the newline search starts over from
+ * the same place), and once more than 64 KiB wait it is too big. keel-kv ended the request
+ * at its newline and kept the NUL as a byte of the argument ("ECHO x\0y" echoed x\0y). A
+ * NUL after the newline is the next request's; in a bulk string it is a byte like any
+ * other (binary_safe_values). */
+Test(kv_resp, a_nul_hides_the_end_of_an_inline_request)
+{
+	struct p *s = newp();
+	size_t n = RESP_INLINE_MAX + 1;
+	char *b = malloc(n);
+
+	cr_assert_eq(parse(s, "ECHO x\0y\r\n", 10), RESP_MORE);
+	cr_assert_eq(s->req.need, 11);
+	cr_assert_eq(parse(s, "SET a b\0c\r\nPING\r\n", 17), RESP_MORE);
+	cr_assert_eq(parse(s, "\0\r\n", 3), RESP_MORE);
+	cr_assert_eq(parse(s, "PING\r\nECHO \0\r\n", 14), 6);
+	cr_assert_eq(s->req.argc, 1);
+	memset(b, 'a', n);
+	memcpy(b, "ECHO x\0y\r\n", 10);
+	cr_assert_eq(parse(s, b, n - 1), RESP_MORE, "64 KiB waiting is not too big yet");
+	expect_error(b, n, "Protocol error: too big inline request");
+	free(b);
+	free(s);
+}
+
 Test(kv_resp, malformed_input_gets_redis_errors)
 {
 	expect_error("*x\r\n", 4, "Protocol error: invalid multibulk length");
