@@ -1336,7 +1336,7 @@ Test(net_udp, datagrams_held_by_a_peer_that_does_not_read_leave_the_ring_buffers
 	}
 	sa.sin_port = htons(atomic_load(&fw.pb));
 	cr_assert_eq(sendto(cli, "ping", 4, 0, (struct sockaddr *)&sa, sizeof(sa)), 4);
-	cr_assert_eq(recv(cli, in, sizeof(in), 0), 4, "the other endpoint got nothing: %s",
+	cr_assert_eq(recv_intr(cli, in, sizeof(in)), 4, "the other endpoint got nothing: %s",
 		     strerror(errno));
 	cr_assert_eq(memcmp(in, "ping", 4), 0);
 	cr_assert_eq(rt_net_stats(rt, 0, &st), 0);
@@ -1437,10 +1437,10 @@ Test(net_udp, an_empty_datagram_echoed_from_a_pressed_ring_leaves_it)
 		WAIT_FOR(atomic_load(&eh.nheld) == i + 1, "held datagram %d", i + 1);
 	}
 	cr_assert_eq(sendto(cli, "", 0, 0, (struct sockaddr *)&sa, sizeof(sa)), 0);
-	cr_assert_eq(recv(cli, in, sizeof(in), 0), 0, "the empty datagram's echo: %s",
+	cr_assert_eq(recv_intr(cli, in, sizeof(in)), 0, "the empty datagram's echo: %s",
 		     strerror(errno));
 	cr_assert_eq(sendto(cli, "x", 1, 0, (struct sockaddr *)&sa, sizeof(sa)), 1);
-	cr_assert_eq(recv(cli, in, sizeof(in), 0), 1, "the one-byte echo: %s", strerror(errno));
+	cr_assert_eq(recv_intr(cli, in, sizeof(in)), 1, "the one-byte echo: %s", strerror(errno));
 	WAIT_FOR(atomic_load(&eh.echoed) == 2, "the two echoes");
 	cr_assert_eq(atomic_load(&eh.copies_after) - atomic_load(&eh.copies_before), 2,
 		     "%llu of the 2 echoed slices copied out of the pressed ring",
