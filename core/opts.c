@@ -521,6 +521,54 @@ iface_pair(struct keel_opts *o, const char *pre, char ifs[2][32], char rqs[2][32
 	return 0;
 }
 
+/* The keel option at argv[*i], if it is one: its entry into *d (NULL: not keel's, left to
+ * the program) and its value into *v, *i moved past a separate value. Returns 0; 1 at "--";
+ * -EINVAL (message in @err) for a missing value, or a boolean word after a flag. */
+static int
+scan(int n, char **argv, int *i, const struct opt_desc **d, const char **v, char *err,
+     size_t errlen)
+{
+	const char *a = argv[*i];
+
+	*d = NULL;
+	*v = NULL;
+	if (!strcmp(a, "--"))
+		return 1;
+	for (size_t k = 0; k < sizeof(opt_table) / sizeof(opt_table[0]); k++) {
+		size_t len = strlen(opt_table[k].name);
+		if (!strncmp(a, opt_table[k].name, len) && (a[len] == 0 || a[len] == '=')) {
+			*d = &opt_table[k];
+			if (a[len] == '=')
+				*v = a + len + 1;
+			break;
+		}
+	}
+	if (!*d)
+		return 0;
+	if ((*d)->arg && !*v) {
+		if (*i + 1 >= n)
+			return keel__errf(err, errlen, -EINVAL, "%s: missing value (expected %s)",
+					  (*d)->name, (*d)->arg);
+		*v = argv[++*i];
+	} else if (!(*d)->arg && !*v) {
+		bool b;
+
+		/* "--stats off" would turn stats on and leave "off" to the program. */
+		if (*i + 1 < n && parse_bool((*d)->name, argv[*i + 1], &b, NULL, 0) == 0)
+			return keel__errf(err, errlen, -EINVAL,
+					  "%s takes no separate value: write %s=%s (or leave %s "
+					  "out)",
+					  (*d)->name, (*d)->name, argv[*i + 1], (*d)->name);
+		*v = "on";
+	}
+	return 0;
+}
+
+/* All or nothing: the options are parsed into a copy and argv is only read, so an error
+ * found late (a missing value after others were applied, the interface pair, a bad KEEL_*
+ * variable once the command line was read) leaves the caller's options and vector as they
+ * were, for a usage message or a parse again with other defaults. On success the copy is
+ * committed and argv is compacted by a second scan, which cannot fail (the first passed). */
 int
 keel_opts_parse(struct keel_opts *o, int *argc, char **argv, char *err, size_t errlen)
 {
@@ -530,80 +578,50 @@ keel_opts_parse(struct keel_opts *o, int *argc, char **argv, char *err, size_t e
 	 * [1]: checked against each other once both are read (iface_pair). */
 	char ifs[2][32] = { "", "" }, rqs[2][32] = { "", "" }, pre[32] = "";
 	int n = *argc, out = n > 0, r, help = 0; /* argc 0: argv[0] is the NULL */
+	struct keel_opts t = *o;
 	int i;
 
-	if (o->nrxqs) /* queues set before: the interface they are of */
-		snprintf(pre, sizeof(pre), "%s", o->iface);
+	if (t.nrxqs) /* queues set before: the interface they are of */
+		snprintf(pre, sizeof(pre), "%s", t.iface);
 	/* The environment first, the command line over it: a bad value in the environment
 	 * applies nothing, and is an error unless the command line sets that option (it wins)
 	 * or asks for --help. --feature adds to KEEL_FEATURE rather than replacing it, so a
 	 * bad KEEL_FEATURE is an error with it too. */
 	for (size_t k = 0; k < NOPT; k++) {
 		const char *v = opt_table[k].env ? getenv(opt_table[k].env) : NULL;
-		struct keel_opts t;
+		struct keel_opts e;
 
 		if (!v)
 			continue;
-		t = *o;
-		if (apply(&opt_table[k], v, &t, NULL, 0) < 0) {
+		e = t;
+		if (apply(&opt_table[k], v, &e, NULL, 0) < 0) {
 			env_bad[k] = true;
 		} else {
-			*o = t;
-			iface_note(&opt_table[k], o, ifs[0], rqs[0]);
+			t = e;
+			iface_note(&opt_table[k], &t, ifs[0], rqs[0]);
 		}
 	}
 
 	for (i = 1; i < n; i++) {
-		const char *a = argv[i];
-		const struct opt_desc *d = NULL;
-		const char *v = NULL;
+		const struct opt_desc *d;
+		const char *v;
 
-		if (!strcmp(a, "--")) {
-			break;
-		}
-		for (size_t k = 0; k < sizeof(opt_table) / sizeof(opt_table[0]); k++) {
-			size_t len = strlen(opt_table[k].name);
-			if (!strncmp(a, opt_table[k].name, len) && (a[len] == 0 || a[len] == '=')) {
-				d = &opt_table[k];
-				if (a[len] == '=')
-					v = a + len + 1;
-				break;
-			}
-		}
-		if (!d) {
-			argv[out++] = argv[i];
-			continue;
-		}
-		if (d->arg && !v) {
-			if (i + 1 >= n)
-				return keel__errf(err, errlen, -EINVAL,
-						  "%s: missing value (expected %s)", d->name,
-						  d->arg);
-			v = argv[++i];
-		} else if (!d->arg && !v) {
-			bool b;
-
-			/* "--stats off" would turn stats on and leave "off" to the program. */
-			if (i + 1 < n && parse_bool(d->name, argv[i + 1], &b, NULL, 0) == 0)
-				return keel__errf(err, errlen, -EINVAL,
-						  "%s takes no separate value: write %s=%s (or "
-						  "leave %s out)",
-						  d->name, d->name, argv[i + 1], d->name);
-			v = "on";
-		}
-		given[d - opt_table] = true;
-		r = apply(d, v, o, err, errlen);
+		r = scan(n, argv, &i, &d, &v, err, errlen);
 		if (r < 0)
 			return r;
-		iface_note(d, o, ifs[1], rqs[1]);
+		if (r == 1)
+			break;
+		if (!d)
+			continue;
+		given[d - opt_table] = true;
+		r = apply(d, v, &t, err, errlen);
+		if (r < 0)
+			return r;
+		iface_note(d, &t, ifs[1], rqs[1]);
 		if (r == 1)
 			help = 1;
 	}
-	for (; i < n; i++)
-		argv[out++] = argv[i];
-	argv[out] = NULL;
-	*argc = out;
-	r = iface_pair(o, pre, ifs, rqs, err, errlen);
+	r = iface_pair(&t, pre, ifs, rqs, err, errlen);
 	if (r < 0)
 		return r;
 	for (size_t k = 0; k < NOPT && !help; k++) {
@@ -613,13 +631,28 @@ keel_opts_parse(struct keel_opts *o, int *argc, char **argv, char *err, size_t e
 		if (!env_bad[k] || (given[k] && opt_table[k].id != OPT_FEATURE))
 			continue;
 		v = getenv(v);
-		r = apply(&opt_table[k], v, o, err, errlen);
+		r = apply(&opt_table[k], v, &t, err, errlen);
 		/* name the variable, not the option */
 		snprintf(tmp, sizeof(tmp), "%s (from %s=%s)", err ? err : "", opt_table[k].env, v);
 		if (err)
 			snprintf(err, errlen, "%s", tmp);
 		return r < 0 ? r : -EINVAL;
 	}
+
+	*o = t;
+	for (i = 1; i < n; i++) {
+		const struct opt_desc *d;
+		const char *v;
+
+		if (scan(n, argv, &i, &d, &v, NULL, 0) == 1)
+			break;
+		if (!d)
+			argv[out++] = argv[i];
+	}
+	for (; i < n; i++)
+		argv[out++] = argv[i];
+	argv[out] = NULL;
+	*argc = out;
 	return help;
 }
 

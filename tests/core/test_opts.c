@@ -1052,3 +1052,54 @@ Test(core_opts, a_topology_hwloc_cannot_load_names_its_environment)
 			strstr(long_logged, "HWLOC_XMLFILE is set, to /proc/self/status (unset it"),
 		"%d: %s", r, long_logged);
 }
+
+/* A parse that fails leaves argv, argc and the options as they were: it applied and took
+ * out of argv the options before the bad one (and all of them when the error came after
+ * the command line was read: --iface against --rxqs, a bad environment value), so a caller
+ * that printed usage or parsed again with other defaults saw a vector cut short and options
+ * half set. Each case fails at a different stage: a bad value, a missing value, a flag with
+ * a separate boolean word, the interface pair, a bad KEEL_* variable. */
+Test(core_opts, a_failed_parse_leaves_argv_and_the_options_as_they_were)
+{
+	static const struct {
+		const char *env, *val;
+		const char *args[8];
+	} cases[] = {
+		{ NULL, NULL, { "--shards", "3", "--app", "--stats", "--stall-ms", "x", "tail" } },
+		{ NULL, NULL, { "--shards", "3", "--app", "--memory=4M", "--stall-ms" } },
+		{ NULL, NULL, { "--cpuset=0", "--app", "--hugepages", "on", "tail" } },
+		{ NULL, NULL, { "--shards=2", "--iface", "eth0", "--app", "--rxqs", "eth1:0" } },
+		{ "KEEL_STALL_MS", "soon", { "--shards", "3", "--app", "--stats", "tail" } },
+	};
+
+	for (unsigned c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+		struct keel_opts o, before;
+		char *argv[10] = { "prog" }, *saved[10];
+		char err[256] = "";
+		int argc = 1, argc0, r;
+
+		for (unsigned k = 0; k < 8 && cases[c].args[k]; k++)
+			argv[argc++] = (char *)cases[c].args[k];
+		memcpy(saved, argv, sizeof(argv));
+		argc0 = argc;
+		keel_opts_init(&o);
+		o.shards = 5; /* a program's own default */
+		o.idle_poll_us = 7;
+		before = o;
+		if (cases[c].env)
+			setenv(cases[c].env, cases[c].val, 1);
+		r = keel_opts_parse(&o, &argc, argv, err, sizeof(err));
+		if (cases[c].env)
+			unsetenv(cases[c].env);
+		cr_assert_eq(r, -EINVAL, "case %u: %d %s", c, r, err);
+		cr_assert(err[0], "case %u: no message", c);
+		cr_assert_eq(argc, argc0, "case %u: argc %d, was %d", c, argc, argc0);
+		for (unsigned k = 0; k < 10; k++)
+			cr_assert_eq(argv[k], saved[k], "case %u: argv[%u] is now %s (was %s)", c,
+				     k, argv[k] ? argv[k] : "NULL", saved[k] ? saved[k] : "NULL");
+		cr_assert(memcmp(&o, &before, sizeof(o)) == 0,
+			  "case %u: the options changed (shards %u, stats %d, cpuset_given %d, "
+			  "iface '%s')",
+			  c, o.shards, o.stats, o.cpuset_given, o.iface);
+	}
+}

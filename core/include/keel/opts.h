@@ -167,6 +167,10 @@ KEEL_API void keel_opts_init(struct keel_opts *o);
  * takes a value only as "--flag=off", and "--flag off" (a boolean word after it) is refused
  * naming that form. "--" ends keel's options.
  *
+ * All or nothing: on an error @o, argv and *argc are as they were on entry (the options
+ * are parsed into a copy, committed with argv's compaction only on success), so a caller
+ * may print usage from argv or parse again with other defaults.
+ *
  * Returns: 0; 1 when --help was given (print keel_opts_help() and exit 0); -EINVAL with a
  * one-line message in @err naming the option and what it expects.
  */
