@@ -304,6 +304,33 @@ memory_limit_check(unsigned nshards, const struct keel_opts *o)
 		 (unsigned long long)(total >> 20), (unsigned long long)(limit >> 20), file, fix);
 }
 
+/* More shards than CPUs (--shards over the CPUs --cpuset or the affinity mask allow): shard i
+ * runs on the (i mod n)-th CPU, so several share one CPU's time and a busy shard delays the
+ * others there (with idle polling, a polling shard spins against them). Allowed (tests do
+ * it on purpose), but said at create, once, with the fix, as a map that stacks shards is
+ * (topo_map.c): WARN, as that line is. */
+static void
+shards_share_check(unsigned nshards, const int *cpus, unsigned ncpus, const struct keel_opts *o)
+{
+	struct keel_cpuset set;
+	char list[128];
+
+	if (nshards <= ncpus)
+		return;
+	memset(&set, 0, sizeof(set));
+	for (unsigned i = 0; i < ncpus; i++)
+		keel_cpuset_add(&set, (unsigned)cpus[i]);
+	keel_log(KEEL_LOG_WARN, "core",
+		 "%u shards on %u CPU%s (%s %s): up to %u shards share a CPU, and a busy shard "
+		 "delays the others on its CPU; lower --shards to %u, or %s",
+		 nshards, ncpus, ncpus == 1 ? "" : "s",
+		 o->cpuset_given ? "--cpuset" : "this process's affinity mask",
+		 keel_topo_cpulist_format(&set, list, sizeof(list)), (nshards + ncpus - 1) / ncpus,
+		 ncpus,
+		 o->cpuset_given ? "widen --cpuset"
+				 : "allow more CPUs (taskset -c, or the cgroup's cpuset.cpus)");
+}
+
 /* The CPUs shards may run on, in ascending order: the affinity mask, narrowed by --cpuset.
  * The mask is the calling thread's (sched_getaffinity(0)), as every thread it creates
  * inherits it: what taskset or a launcher set for the process, unless the host pinned this
@@ -691,6 +718,8 @@ runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 			 "%d (KEEL_MAX_SHARDS): the CPUs after the first %d take no shard; use "
 			 "--cpuset to choose them, or run a runtime per group of CPUs",
 			 ncpus, KEEL_MAX_SHARDS, KEEL_MAX_SHARDS);
+	if (r == 0)
+		shards_share_check(rt->count, cpus, ncpus, opts);
 	memory_limit_check(rt->count, opts);
 	if (hwloc_topology_init(&rt->topo) < 0) {
 		r = -ENOMEM;

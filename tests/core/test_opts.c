@@ -1103,3 +1103,48 @@ Test(core_opts, a_failed_parse_leaves_argv_and_the_options_as_they_were)
 			  c, o.shards, o.stats, o.cpuset_given, o.iface);
 	}
 }
+
+/* More shards than CPUs stacks several on a CPU: allowed (tests do it on purpose), but it
+ * was said nowhere. Create says it once, with how many share how many CPUs and the fix; the
+ * fix names --cpuset when a --cpuset chose the CPUs, the mask's tools when the process's
+ * affinity did. One shard per CPU says nothing. */
+Test(core_opts, more_shards_than_cpus_is_said_once_at_create_with_the_fix)
+{
+	struct keel_opts o = test_opts(3);
+	cpu_set_t all;
+	int first = -1, nall = 0;
+	char want[128];
+
+	cr_assert_eq(sched_getaffinity(0, sizeof(all), &all), 0);
+	for (int c = 0; c < CPU_SETSIZE; c++)
+		if (CPU_ISSET(c, &all) && c < KEEL_MAX_CPUS) {
+			first = first < 0 ? c : first;
+			nall++;
+		}
+	cr_assert_geq(first, 0);
+	keel_cpuset_add(&o.cpuset, (unsigned)first);
+	o.cpuset_given = true;
+	cr_assert_eq(create_warned(&o), 0);
+	cr_assert(strstr(warned, "3 shards on 1 CPU (--cpuset") &&
+			  strstr(warned, "3 shards share a CPU") &&
+			  strstr(warned, "lower --shards to 1, or widen --cpuset"),
+		  "warned: '%s'", warned);
+	cr_assert_null(strstr(strstr(warned, "share a CPU") + 1, "share a CPU"),
+		       "said more than once: '%s'", warned);
+
+	if (nall + 1 <= KEEL_MAX_SHARDS) { /* the process's mask: the fix is to widen it */
+		o = test_opts((unsigned)nall + 1);
+		cr_assert_eq(create_warned(&o), 0);
+		snprintf(want, sizeof(want), "%d shards on %d CPU%s (this process's affinity mask",
+			 nall + 1, nall, nall == 1 ? "" : "s");
+		cr_assert(strstr(warned, want), "'%s' not in '%s'", want, warned);
+		snprintf(want, sizeof(want), "lower --shards to %d, or allow more CPUs", nall);
+		cr_assert(strstr(warned, want), "'%s' not in '%s'", want, warned);
+	}
+
+	o = test_opts(1); /* a shard per CPU: nothing said */
+	keel_cpuset_add(&o.cpuset, (unsigned)first);
+	o.cpuset_given = true;
+	cr_assert_eq(create_warned(&o), 0);
+	cr_assert_null(strstr(warned, "share a CPU"), "warned: '%s'", warned);
+}
