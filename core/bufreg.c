@@ -87,6 +87,8 @@ memlock_fail_log(struct keel_shard *s, const char *what)
 	struct keel__bufreg *br = s->bufreg;
 	struct keel_runtime *rt = s->rt;
 	uint64_t need = rt->opts.memory * rt->count;
+	const char *mem = keel__opt_name(&rt->opts, "--memory");
+	const char *feat = keel__opt_name(&rt->opts, "--feature");
 	struct rlimit rl;
 	bool cap = have_cap_ipc_lock();
 	char lim[32];
@@ -100,13 +102,13 @@ memlock_fail_log(struct keel_shard *s, const char *what)
 		keel_log(br->policy_on ? KEEL_LOG_ERROR : KEEL_LOG_WARN, "core",
 			 "shard %u: %s: out of memory, and not for RLIMIT_MEMLOCK (%s, "
 			 "CAP_IPC_LOCK %s): the machine or the memory cgroup had no memory to pin "
-			 "(%llu KiB pinned by keel so far, --memory %llu MiB x %u shards); lower "
-			 "--memory, or give the cgroup more room (memory.max)%s",
+			 "(%llu KiB pinned by keel so far, %s %llu MiB x %u shards); lower "
+			 "%s, or give the cgroup more room (memory.max)%s%s%s",
 			 s->id, what, memlock_str(lim, sizeof(lim)), cap ? "held" : "not held",
-			 (unsigned long long)(atomic_load(&pinned_bytes) >> 10),
-			 (unsigned long long)(rt->opts.memory >> 20), rt->count,
-			 br->policy_on ? ", or use --feature reg_buffers=auto to run with "
-					 "unregistered buffers"
+			 (unsigned long long)(atomic_load(&pinned_bytes) >> 10), mem,
+			 (unsigned long long)(rt->opts.memory >> 20), rt->count, mem,
+			 br->policy_on ? ", or use " : "", br->policy_on ? feat : "",
+			 br->policy_on ? " reg_buffers=auto to run with unregistered buffers"
 				       : "; running with unregistered buffers (plain sends) where "
 					 "registration fails");
 		return;
@@ -116,15 +118,15 @@ memlock_fail_log(struct keel_shard *s, const char *what)
 			KEEL_LOG_ERROR, "core",
 			"shard %u: %s: RLIMIT_MEMLOCK (%s) is too low and the process lacks "
 			"CAP_IPC_LOCK: %llu KiB pinned by keel so far (other pinned memory of this user "
-			"counts too), at least %llu KiB needed (--memory %llu MiB "
+			"counts too), at least %llu KiB needed (%s %llu MiB "
 			"x %u shards); raise it (ulimit -l "
-			"unlimited, or LimitMEMLOCK=infinity in the systemd unit), or use --feature "
+			"unlimited, or LimitMEMLOCK=infinity in the systemd unit), or use %s "
 			"reg_buffers=auto to run with "
 			"unregistered buffers",
 			s->id, what, memlock_str(lim, sizeof(lim)),
 			(unsigned long long)(atomic_load(&pinned_bytes) >> 10),
-			(unsigned long long)(need >> 10),
-			(unsigned long long)(rt->opts.memory >> 20), rt->count);
+			(unsigned long long)(need >> 10), mem,
+			(unsigned long long)(rt->opts.memory >> 20), rt->count, feat);
 		return;
 	}
 	if (atomic_exchange(&memlock_logged, rt) == rt)
@@ -132,13 +134,13 @@ memlock_fail_log(struct keel_shard *s, const char *what)
 	keel_log(KEEL_LOG_WARN, "core",
 		 "registered buffers: %s on shard %u: RLIMIT_MEMLOCK (%s) is too low without "
 		 "CAP_IPC_LOCK: %llu KiB pinned by keel so far (other pinned memory of this user "
-		 "counts too), at least %llu KiB needed (--memory %llu MiB x %u "
+		 "counts too), at least %llu KiB needed (%s %llu MiB x %u "
 		 "shards); "
 		 "running with unregistered buffers (plain sends) where registration "
 		 "fails. Fix: ulimit -l unlimited, or LimitMEMLOCK=infinity in the systemd unit",
 		 what, s->id, memlock_str(lim, sizeof(lim)),
 		 (unsigned long long)(atomic_load(&pinned_bytes) >> 10),
-		 (unsigned long long)(need >> 10), (unsigned long long)(rt->opts.memory >> 20),
+		 (unsigned long long)(need >> 10), mem, (unsigned long long)(rt->opts.memory >> 20),
 		 rt->count);
 }
 
@@ -284,19 +286,22 @@ keel__bufreg_init(struct keel_shard *s)
 	cfg.ctx = s;
 	r = keel_alloc_create(&cfg, &br->alloc);
 	if (r == -ENOMEM && rt->opts.hugepages) /* the allocator's line above says which */
-		keel_log(
-			KEEL_LOG_ERROR, "core",
-			"--hugepages: %llu huge pages of 2 MiB needed in all (%llu MiB of buffers a "
-			"shard, --memory rounded to whole regions, x %u shards), reserved at start: if "
-			"they were not reserved, set /proc/sys/vm/nr_hugepages to at least that",
-			(unsigned long long)(keel_alloc_memory_of(&cfg) / KEEL_ALLOC_HUGEPAGE *
-					     rt->count),
-			(unsigned long long)(keel_alloc_memory_of(&cfg) >> 20), rt->count);
-	if (r < 0) {
 		keel_log(KEEL_LOG_ERROR, "core",
-			 "shard %u: buffer memory (--memory %llu MiB%s): %s", s->id,
+			 "%s: %llu huge pages of 2 MiB needed in all (%llu MiB of buffers a "
+			 "shard, %s rounded to whole regions, x %u shards), reserved at start: if "
+			 "they were not reserved, set /proc/sys/vm/nr_hugepages to at least that",
+			 keel__opt_name(&rt->opts, "--hugepages"),
+			 (unsigned long long)(keel_alloc_memory_of(&cfg) / KEEL_ALLOC_HUGEPAGE *
+					      rt->count),
+			 (unsigned long long)(keel_alloc_memory_of(&cfg) >> 20),
+			 keel__opt_name(&rt->opts, "--memory"), rt->count);
+	if (r < 0) {
+		keel_log(KEEL_LOG_ERROR, "core", "shard %u: buffer memory (%s %llu MiB%s%s): %s",
+			 s->id, keel__opt_name(&rt->opts, "--memory"),
 			 (unsigned long long)(rt->opts.memory >> 20),
-			 rt->opts.hugepages ? ", --hugepages" : "", strerror(-r));
+			 rt->opts.hugepages ? ", " : "",
+			 rt->opts.hugepages ? keel__opt_name(&rt->opts, "--hugepages") : "",
+			 strerror(-r));
 		return r;
 	}
 	keel_alloc_bind_thread(br->alloc);

@@ -477,6 +477,7 @@ unavailable_why(int err, char *buf, size_t len)
 int
 keel_features_decide(const struct keel_opts *opts, struct keel_feature_decision *out)
 {
+	const char *feat = keel__opt_name(opts, "--feature");
 	const struct keel_caps *c = keel_caps_get();
 	int err = 0;
 
@@ -571,16 +572,17 @@ keel_features_decide(const struct keel_opts *opts, struct keel_feature_decision 
 
 				keel_log(KEEL_LOG_ERROR, "core",
 					 "feature %s is forced on but needs %s, which is not used "
-					 "(%s): %s%s%s--feature %s=auto to fall back",
-					 fn, nn, out[need].reason, off ? "drop --feature " : "",
-					 off ? nn : "", off ? "=off, or use " : "use ", fn);
+					 "(%s): %s%s%s%s%s%s %s=auto to fall back",
+					 fn, nn, out[need].reason, off ? "drop " : "",
+					 off ? feat : "", off ? " " : "", off ? nn : "",
+					 off ? "=off, or use " : "use ", feat, fn);
 				err = -EOPNOTSUPP;
 			} else if (p == KEEL_POLICY_ON) {
 				keel_log(KEEL_LOG_ERROR, "core",
 					 "feature %s is forced on but unavailable: %s (kernel %s); "
-					 "use --feature %s=auto to fall back",
+					 "use %s %s=auto to fall back",
 					 keel_feature_name((enum keel_feature)f), fr.missing,
-					 c->kernel, keel_feature_name((enum keel_feature)f));
+					 c->kernel, feat, keel_feature_name((enum keel_feature)f));
 				err = -EOPNOTSUPP;
 			}
 		}
@@ -589,17 +591,19 @@ keel_features_decide(const struct keel_opts *opts, struct keel_feature_decision 
 }
 
 void
-keel__features_log(const struct keel_feature_decision *d)
+keel__features_log(const struct keel_opts *opts, const struct keel_feature_decision *d)
 {
+	const char *feat = keel__opt_name(opts, "--feature");
+
 	/* 'on' means "require it": TCP's sends going plain is a change of what was asked for
 	 * (accepted, UDP's still go zero-copy), not a detail for DEBUG. */
 	if (d[KEEL_FEAT_SEND_ZC].used && d[KEEL_FEAT_SEND_ZC].policy == KEEL_POLICY_ON &&
 	    !d[KEEL_FEAT_REG_BUFFERS].used)
 		keel_log(KEEL_LOG_WARN, "core",
-			 "--feature send_zc=on: only UDP sends go zero-copy; TCP's go from "
+			 "%s send_zc=on: only UDP sends go zero-copy; TCP's go from "
 			 "registered buffers and reg_buffers is not used (%s): TCP sends go plain; "
-			 "give --feature reg_buffers=auto|on",
-			 d[KEEL_FEAT_REG_BUFFERS].reason);
+			 "give %s reg_buffers=auto|on",
+			 feat, d[KEEL_FEAT_REG_BUFFERS].reason, feat);
 	for (int f = 0; f < KEEL_FEAT__COUNT; f++) {
 		if (d[f].used)
 			keel_log(KEEL_LOG_DEBUG, "core", "feature %s: used (%s)",

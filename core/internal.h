@@ -350,6 +350,9 @@ uint64_t keel__clock_ns(void);
 
 /* Format an error for a person into @err (may be NULL) and return @r. */
 int keel__errf(char *err, size_t errlen, int r, const char *fmt, ...) KEEL_PRINTF(4, 5);
+/* What a message about option @flag ("--shards") calls it: its KEEL_* variable when @o's
+ * value came from the environment (keel_opts.from_env), else @flag (opts.c). */
+const char *keel__opt_name(const struct keel_opts *o, const char *flag);
 
 /* loop.c */
 int keel__shard_ring_init(struct keel_shard *s);
@@ -500,7 +503,7 @@ int keel__bufreg_init(struct keel_shard *s);
 void keel__bufreg_fini(struct keel_shard *s);
 
 /* caps.c */
-void keel__features_log(const struct keel_feature_decision *d);
+void keel__features_log(const struct keel_opts *opts, const struct keel_feature_decision *d);
 
 /* --map FILE (topo_map.c): validate the map, then shard i runs on its CPU. Returns 0 (no
  * map), 1 with the map's CPUs in @cpus[*ncpus] and the map in *map (the caller frees it),
@@ -512,8 +515,10 @@ int keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus,
 
 /* --iface without --map (topo_map.c): check, as keel-topo --check does a map, that the rx
  * queue of each of @n shards (@rxqs[i], -1: none) has its IRQ on the shard's CPU (@cpus[i]),
- * and log a warning naming each queue whose IRQ is elsewhere and the fix. */
-void keel__topo_iface_check(const char *iface, const int *cpus, const int *rxqs, unsigned n);
+ * and log a warning naming each queue whose IRQ is elsewhere and the fix; @name is what the
+ * lines call the option (--iface, or KEEL_IFACE: keel__opt_name). */
+void keel__topo_iface_check(const char *name, const char *iface, const int *cpus, const int *rxqs,
+			    unsigned n);
 
 /* sched_getaffinity, through a pointer so tests can stand in for a machine with more CPUs
  * than a cpu_set_t holds, or for a failing call (topo_sysfs.c). */

@@ -142,8 +142,8 @@ keel__shard_ring_init(struct keel_shard *s)
 	if (!(p.features & IORING_FEAT_NODROP))
 		keel_log(KEEL_LOG_WARN, "core",
 			 "this kernel lacks IORING_FEAT_NODROP (5.5): completions beyond the CQ "
-			 "(--cq-entries %u) are dropped, not held; raise --cq-entries",
-			 p.cq_entries);
+			 "(%s %u) are dropped, not held; raise it",
+			 keel__opt_name(&rt->opts, "--cq-entries"), p.cq_entries);
 	s->ring_fd = s->ring.ring_fd;
 	s->ring_flags = s->ring.flags;
 	s->taskrun_flag = flags & IORING_SETUP_TASKRUN_FLAG;
@@ -441,8 +441,8 @@ cq_overflow_log(struct keel_shard *s)
 	keel_log(KEEL_LOG_WARN, "core",
 		 "shard %u: the completion queue (%u entries) overflowed: nothing is lost (the "
 		 "kernel holds the excess) but multishot receives end and are re-armed, at a "
-		 "cost; raise --cq-entries (logged once; cq_overflows in the stats counts each)",
-		 s->id, s->ring.cq.ring_entries);
+		 "cost; raise %s (logged once; cq_overflows in the stats counts each)",
+		 s->id, s->ring.cq.ring_entries, keel__opt_name(&s->rt->opts, "--cq-entries"));
 }
 
 /* The CQ overflowed: the kernel holds the completions that did not fit (IORING_FEAT_NODROP)
@@ -496,8 +496,9 @@ enter_error(struct keel_shard *s, int r, const char *what)
 		s->cq_dropped_logged = dropped;
 		keel_log(KEEL_LOG_ERROR, "core",
 			 "shard %u: the kernel dropped %llu completions (CQ of %u full and no "
-			 "memory to hold more): raise --cq-entries",
-			 s->id, (unsigned long long)dropped, s->ring.cq.ring_entries);
+			 "memory to hold more): raise %s",
+			 s->id, (unsigned long long)dropped, s->ring.cq.ring_entries,
+			 keel__opt_name(&s->rt->opts, "--cq-entries"));
 		return;
 	}
 	keel_log(KEEL_LOG_ERROR, "core", "%s failed: %s", what, strerror(-r));
@@ -554,10 +555,10 @@ pass_end(struct keel_shard *s, uint64_t t0, uint64_t t1)
 		return;
 	}
 	keel_log(KEEL_LOG_WARN, "core",
-		 "stall: loop pass took %.1f ms (> --stall-ms %u); a callback blocked shard %u "
+		 "stall: loop pass took %.1f ms (> %s %u); a callback blocked shard %u "
 		 "(%llu more stalls not logged)",
-		 (double)d / NS_PER_MS, s->rt->opts.stall_ms, s->id,
-		 (unsigned long long)s->stalls_unlogged);
+		 (double)d / NS_PER_MS, keel__opt_name(&s->rt->opts, "--stall-ms"),
+		 s->rt->opts.stall_ms, s->id, (unsigned long long)s->stalls_unlogged);
 	s->last_stall_log_ns = t1;
 	s->stalls_unlogged = 0;
 }
@@ -766,9 +767,10 @@ drain_check(struct keel_shard *s)
 	if (ms && !s->files.drain_over && waited >= (uint64_t)ms * NS_PER_MS) {
 		keel_log(KEEL_LOG_ERROR, "core",
 			 "shard %u: %u disk requests of the stop hooks still running after "
-			 "--stop-drain-ms %u: cancelling them (their callbacks get -ECANCELED "
+			 "%s %u: cancelling them (their callbacks get -ECANCELED "
 			 "where the kernel can cancel them)",
-			 s->id, s->files.ndrain, ms);
+			 s->id, s->files.ndrain, keel__opt_name(&s->rt->opts, "--stop-drain-ms"),
+			 ms);
 		keel__file_drain_expire(s);
 		return;
 	}
@@ -778,10 +780,11 @@ drain_check(struct keel_shard *s)
 	if (s->files.drain_over)
 		keel_log(KEEL_LOG_WARN, "core",
 			 "shard %u: the stop has waited %llu s for %u disk requests of the stop "
-			 "hooks, cancelled at --stop-drain-ms %u but not ended: a request running "
+			 "hooks, cancelled at %s %u but not ended: a request running "
 			 "on a worker blocked in a hung device or network file system cannot be "
 			 "cancelled",
-			 s->id, (unsigned long long)(waited / NS_PER_S), s->files.ndrain, ms);
+			 s->id, (unsigned long long)(waited / NS_PER_S), s->files.ndrain,
+			 keel__opt_name(&s->rt->opts, "--stop-drain-ms"), ms);
 	else
 		keel_log(KEEL_LOG_WARN, "core",
 			 "shard %u: the stop has waited %llu s for %u disk requests of the stop "

@@ -67,8 +67,8 @@ keel__mail_init(struct keel_shard *s)
 		if (mem)
 			hwloc_free(rt->topo, mem, one * rt->count);
 		keel_log(KEEL_LOG_ERROR, "core",
-			 "no memory for %u mailboxes of %u entries; lower --mailbox-entries",
-			 rt->count, rt->opts.mailbox_entries);
+			 "no memory for %u mailboxes of %u entries; lower %s", rt->count,
+			 rt->opts.mailbox_entries, keel__opt_name(&rt->opts, "--mailbox-entries"));
 		return -ENOMEM;
 	}
 	for (unsigned i = 0; i < rt->count; i++)

@@ -242,6 +242,8 @@ parse_iface(const char *name, const char *s, size_t len, struct keel_opts *o, ch
 	return 0;
 }
 
+static void rename_flag(char *err, size_t errlen, const char *flag, const char *name);
+
 /* "IF:LIST": the interface, then the queue of shard 0, 1, ... in order; no queue twice (the
  * map planner's parser, so keel-topo --rxqs and a program's --rxqs read alike). */
 static int
@@ -252,8 +254,10 @@ parse_rxqs(const char *name, const char *s, struct keel_opts *o, char *err, size
 
 	keel_map_req_init(&req);
 	r = keel_map_req_rxqs_parse(&req, s, err, errlen);
-	if (r < 0)
+	if (r < 0) {
+		rename_flag(err, errlen, "--rxqs", name);
 		return r;
+	}
 	r = parse_iface(name, req.iface, strlen(req.iface), o, err, errlen);
 	if (r < 0)
 		return r;
@@ -356,76 +360,94 @@ static const struct opt_desc opt_table[] = {
 	{ OPT_HELP, "--help", NULL, NULL, "show this help" },
 };
 
+/* @err starts with @flag (a parser shared with keel-topo names the flag): @name instead. */
+static void
+rename_flag(char *err, size_t errlen, const char *flag, const char *name)
+{
+	size_t fl = strlen(flag);
+	char tmp[512];
+
+	if (!err || !strcmp(flag, name) || strncmp(err, flag, fl))
+		return;
+	snprintf(tmp, sizeof(tmp), "%s%s", name, err + fl);
+	snprintf(err, errlen, "%s", tmp);
+}
+
+/* Option @d's value @v into @o; messages name @name, where the value came from (the flag,
+ * or its KEEL_* variable). */
 static int
-apply(const struct opt_desc *d, const char *v, struct keel_opts *o, char *err, size_t errlen)
+apply(const struct opt_desc *d, const char *name, const char *v, struct keel_opts *o, char *err,
+      size_t errlen)
 {
 	int r;
 
 	switch (d->id) {
 	case OPT_SHARDS:
-		r = parse_uint(d->name, v, 1, KEEL_MAX_SHARDS, &o->shards, err, errlen);
+		r = parse_uint(name, v, 1, KEEL_MAX_SHARDS, &o->shards, err, errlen);
 		if (r == 0)
 			o->shards_given = true;
 		return r;
 	case OPT_CPUSET:
 		r = keel_cpulist_parse(v, &o->cpuset, err, errlen);
+		if (r < 0)
+			rename_flag(err, errlen, "--cpuset", name);
 		if (r == 0)
 			o->cpuset_given = true;
 		/* A CPU past keel's limit (-ERANGE there) is a bad value here: the parser
 		 * promises -EINVAL for every one (the message says which). */
 		return r == -ERANGE ? -EINVAL : r;
 	case OPT_IDLE_POLL:
-		return parse_uint(d->name, v, 0, KEEL__IDLE_POLL_US_MAX, &o->idle_poll_us, err,
+		return parse_uint(name, v, 0, KEEL__IDLE_POLL_US_MAX, &o->idle_poll_us, err,
 				  errlen);
 	case OPT_IDLE_POLL_ADAPTIVE:
-		return parse_bool(d->name, v, &o->idle_poll_adaptive, err, errlen);
+		return parse_bool(name, v, &o->idle_poll_adaptive, err, errlen);
 	case OPT_WAIT_COALESCE:
-		return parse_uint(d->name, v, 0, KEEL__WAIT_COALESCE_US_MAX, &o->wait_coalesce_us,
-				  err, errlen);
+		return parse_uint(name, v, 0, KEEL__WAIT_COALESCE_US_MAX, &o->wait_coalesce_us, err,
+				  errlen);
 	case OPT_WAIT_COALESCE_FIXED:
-		return parse_bool(d->name, v, &o->wait_coalesce_fixed, err, errlen);
+		return parse_bool(name, v, &o->wait_coalesce_fixed, err, errlen);
 	case OPT_RING_ENTRIES:
-		return parse_uint(d->name, v, KEEL__RING_ENTRIES_MIN, KEEL__RING_ENTRIES_MAX,
+		return parse_uint(name, v, KEEL__RING_ENTRIES_MIN, KEEL__RING_ENTRIES_MAX,
 				  &o->ring_entries, err, errlen);
 	case OPT_CQ_ENTRIES:
-		return parse_uint(d->name, v, 16, KEEL_CQ_ENTRIES_MAX, &o->cq_entries, err, errlen);
+		return parse_uint(name, v, 16, KEEL_CQ_ENTRIES_MAX, &o->cq_entries, err, errlen);
 	case OPT_STALL_MS:
-		return parse_uint(d->name, v, 1, KEEL__STALL_MS_MAX, &o->stall_ms, err, errlen);
+		return parse_uint(name, v, 1, KEEL__STALL_MS_MAX, &o->stall_ms, err, errlen);
 	case OPT_MAILBOX:
-		r = parse_uint(d->name, v, KEEL__MAILBOX_ENTRIES_MIN, KEEL__MAILBOX_ENTRIES_MAX,
+		r = parse_uint(name, v, KEEL__MAILBOX_ENTRIES_MIN, KEEL__MAILBOX_ENTRIES_MAX,
 			       &o->mailbox_entries, err, errlen);
 		if (r == 0 && (o->mailbox_entries & (o->mailbox_entries - 1)))
 			return keel__errf(err, errlen, -EINVAL, "%s: %u is not a power of two",
-					  d->name, o->mailbox_entries);
+					  name, o->mailbox_entries);
 		return r;
 	case OPT_MAILBOX_OVERFLOW:
-		return parse_uint(d->name, v, 0, 1u << 24, &o->mailbox_overflow, err, errlen);
+		return parse_uint(name, v, 0, 1u << 24, &o->mailbox_overflow, err, errlen);
 	case OPT_LOG_LEVEL:
 		if (keel_log_level_parse(v, &o->log_level))
 			return keel__errf(err, errlen, -EINVAL,
-					  "%s: '%s' is not error, warn, info or debug", d->name, v);
+					  "%s: '%s' is not error, warn, info or debug", name, v);
 		return 0;
 	case OPT_STATS:
-		return parse_bool(d->name, v, &o->stats, err, errlen);
+		return parse_bool(name, v, &o->stats, err, errlen);
 	case OPT_FEATURE:
-		return parse_features(d->name, v, o, err, errlen);
+		return parse_features(name, v, o, err, errlen);
 	case OPT_MAP:
 		o->map_path = v;
 		return 0;
 	case OPT_MEMORY: {
 		/* The allocator's limit: one fixed-buffer slot per region (keel/alloc.h). */
 		uint64_t mem = 0;
-		int mr = parse_size(d->name, v, &mem, err, errlen);
+		int mr = parse_size(name, v, &mem, err, errlen);
 		if (mr < 0) /* the range this option takes, not the sizes' 1024G */
 			return keel__errf(err, errlen, -EINVAL,
 					  "%s: '%s' is not a size from 2M to %lluG (e.g. 512M, 2G)",
-					  d->name, v,
+					  name, v,
 					  (unsigned long long)(KEEL_ALLOC_MAX_MEMORY >> 30));
 		if (mem > KEEL_ALLOC_MAX_MEMORY)
 			return keel__errf(err, errlen, -EINVAL,
 					  "%s: '%s' is more than the maximum of %lluG per shard "
 					  "(%u regions of %llu MiB, one fixed-buffer slot each)",
-					  d->name, v,
+					  name, v,
 					  (unsigned long long)(KEEL_ALLOC_MAX_MEMORY >> 30),
 					  KEEL_ALLOC_MAX_REGIONS,
 					  (unsigned long long)(KEEL_ALLOC_DEFAULT_REGION >> 20));
@@ -433,32 +455,31 @@ apply(const struct opt_desc *d, const char *v, struct keel_opts *o, char *err, s
 		return 0;
 	}
 	case OPT_HUGEPAGES:
-		return parse_bool(d->name, v, &o->hugepages, err, errlen);
+		return parse_bool(name, v, &o->hugepages, err, errlen);
 	case OPT_FILE_QD:
-		return parse_uint(d->name, v, 1, 65536, &o->file_qd, err, errlen);
+		return parse_uint(name, v, 1, 65536, &o->file_qd, err, errlen);
 	case OPT_STOP_DRAIN:
-		return parse_uint(d->name, v, 0, 86400000, &o->stop_drain_ms, err, errlen);
+		return parse_uint(name, v, 0, 86400000, &o->stop_drain_ms, err, errlen);
 	case OPT_ZCRX:
 		for (int i = 0; i <= KEEL_POLICY_ON; i++)
 			if (!strcmp(v, policy_names[i])) {
 				o->zcrx = (enum keel_policy)i;
 				return 0;
 			}
-		return keel__errf(err, errlen, -EINVAL, "%s: '%s' is not off, on or auto", d->name,
-				  v);
+		return keel__errf(err, errlen, -EINVAL, "%s: '%s' is not off, on or auto", name, v);
 	case OPT_IFACE:
-		return parse_iface(d->name, v, strlen(v), o, err, errlen);
+		return parse_iface(name, v, strlen(v), o, err, errlen);
 	case OPT_RXQS:
-		return parse_rxqs(d->name, v, o, err, errlen);
+		return parse_rxqs(name, v, o, err, errlen);
 	case OPT_ZCRX_AREA:
 		/* From one page, as opts.h and the set-up allow (not parse_size's 2 MiB). */
-		return parse_size_from(d->name, v, 4096, "4K", &o->zcrx_area, err, errlen);
+		return parse_size_from(name, v, 4096, "4K", &o->zcrx_area, err, errlen);
 	case OPT_ZCRX_RQ:
-		r = parse_uint(d->name, v, 1, KEEL_ZCRX_RQ_ENTRIES_MAX, &o->zcrx_rq_entries, err,
+		r = parse_uint(name, v, 1, KEEL_ZCRX_RQ_ENTRIES_MAX, &o->zcrx_rq_entries, err,
 			       errlen);
 		if (r == 0 && (o->zcrx_rq_entries & (o->zcrx_rq_entries - 1)))
 			return keel__errf(err, errlen, -EINVAL, "%s: %u is not a power of two",
-					  d->name, o->zcrx_rq_entries);
+					  name, o->zcrx_rq_entries);
 		return r;
 	case OPT_HELP:
 		return 1;
@@ -519,6 +540,17 @@ iface_pair(struct keel_opts *o, const char *pre, char ifs[2][32], char rqs[2][32
 	else if (ifs[1][0] || ifs[0][0])
 		snprintf(o->iface, sizeof(o->iface), "%.31s", ifs[1][0] ? ifs[1] : ifs[0]);
 	return 0;
+}
+
+_Static_assert(sizeof(opt_table) / sizeof(opt_table[0]) <= 64, "keel_opts.from_env's bits");
+
+const char *
+keel__opt_name(const struct keel_opts *o, const char *flag)
+{
+	for (size_t k = 0; k < sizeof(opt_table) / sizeof(opt_table[0]); k++)
+		if (!strcmp(opt_table[k].name, flag))
+			return (o->from_env >> k) & 1 && opt_table[k].env ? opt_table[k].env : flag;
+	return flag;
 }
 
 /* The keel option at argv[*i], if it is one: its entry into *d (NULL: not keel's, left to
@@ -594,10 +626,11 @@ keel_opts_parse(struct keel_opts *o, int *argc, char **argv, char *err, size_t e
 		if (!v)
 			continue;
 		e = t;
-		if (apply(&opt_table[k], v, &e, NULL, 0) < 0) {
+		if (apply(&opt_table[k], opt_table[k].env, v, &e, NULL, 0) < 0) {
 			env_bad[k] = true;
 		} else {
 			t = e;
+			t.from_env |= 1ULL << k;
 			iface_note(&opt_table[k], &t, ifs[0], rqs[0]);
 		}
 	}
@@ -614,7 +647,8 @@ keel_opts_parse(struct keel_opts *o, int *argc, char **argv, char *err, size_t e
 		if (!d)
 			continue;
 		given[d - opt_table] = true;
-		r = apply(d, v, &t, err, errlen);
+		t.from_env &= ~(1ULL << (d - opt_table));
+		r = apply(d, d->name, v, &t, err, errlen);
 		if (r < 0)
 			return r;
 		iface_note(d, &t, ifs[1], rqs[1]);
@@ -626,16 +660,12 @@ keel_opts_parse(struct keel_opts *o, int *argc, char **argv, char *err, size_t e
 		return r;
 	for (size_t k = 0; k < NOPT && !help; k++) {
 		const char *v = opt_table[k].env;
-		char tmp[512];
 
 		if (!env_bad[k] || (given[k] && opt_table[k].id != OPT_FEATURE))
 			continue;
 		v = getenv(v);
-		r = apply(&opt_table[k], v, &t, err, errlen);
-		/* name the variable, not the option */
-		snprintf(tmp, sizeof(tmp), "%s (from %s=%s)", err ? err : "", opt_table[k].env, v);
-		if (err)
-			snprintf(err, errlen, "%s", tmp);
+		/* again, for the message: it names the variable, not the option */
+		r = apply(&opt_table[k], opt_table[k].env, v, &t, err, errlen);
 		return r < 0 ? r : -EINVAL;
 	}
 

@@ -285,23 +285,25 @@ memory_limit_check(unsigned nshards, const struct keel_opts *o)
 		return;
 	/* A share below the least --memory create takes: fewer shards is the fix. */
 	if (limit / nshards < KEEL_ALLOC_HUGEPAGE)
-		snprintf(fix, sizeof(fix),
-			 "at the least --memory (2 MiB) it holds %llu shard%s: lower --shards",
-			 (unsigned long long)(limit / KEEL_ALLOC_HUGEPAGE),
-			 limit / KEEL_ALLOC_HUGEPAGE == 1 ? "" : "s");
-	else
 		snprintf(
-			fix, sizeof(fix),
-			"lower --memory to %llu MiB or less per shard (leaving room for the rest of "
-			"the process)",
-			(unsigned long long)(limit / nshards >> 20));
+			fix, sizeof(fix), "at the least %s (2 MiB) it holds %llu shard%s: lower %s",
+			keel__opt_name(o, "--memory"),
+			(unsigned long long)(limit / KEEL_ALLOC_HUGEPAGE),
+			limit / KEEL_ALLOC_HUGEPAGE == 1 ? "" : "s", keel__opt_name(o, "--shards"));
+	else
+		snprintf(fix, sizeof(fix),
+			 "lower %s to %llu MiB or less per shard (leaving room for the rest of "
+			 "the process)",
+			 keel__opt_name(o, "--memory"),
+			 (unsigned long long)(limit / nshards >> 20));
 	keel_log(KEEL_LOG_WARN, "core",
-		 "%u shard%s x --memory %llu MiB = %llu MiB of buffers is more than this "
+		 "%u shard%s x %s %llu MiB = %llu MiB of buffers is more than this "
 		 "process's memory cgroup allows (%llu MiB, %s): past that the kernel's OOM "
 		 "killer ends the process, where keel's own cap would fail an allocation with "
 		 "ENOMEM; %s, or raise the cgroup's limit",
-		 nshards, nshards == 1 ? "" : "s", (unsigned long long)(o->memory >> 20),
-		 (unsigned long long)(total >> 20), (unsigned long long)(limit >> 20), file, fix);
+		 nshards, nshards == 1 ? "" : "s", keel__opt_name(o, "--memory"),
+		 (unsigned long long)(o->memory >> 20), (unsigned long long)(total >> 20),
+		 (unsigned long long)(limit >> 20), file, fix);
 }
 
 /* More shards than CPUs (--shards over the CPUs --cpuset or the affinity mask allow): shard i
@@ -312,6 +314,7 @@ memory_limit_check(unsigned nshards, const struct keel_opts *o)
 static void
 shards_share_check(unsigned nshards, const int *cpus, unsigned ncpus, const struct keel_opts *o)
 {
+	const char *cpuset = keel__opt_name(o, "--cpuset");
 	struct keel_cpuset set;
 	char list[128];
 
@@ -322,13 +325,15 @@ shards_share_check(unsigned nshards, const int *cpus, unsigned ncpus, const stru
 		keel_cpuset_add(&set, (unsigned)cpus[i]);
 	keel_log(KEEL_LOG_WARN, "core",
 		 "%u shards on %u CPU%s (%s %s): up to %u shards share a CPU, and a busy shard "
-		 "delays the others on its CPU; lower --shards to %u, or %s",
+		 "delays the others on its CPU; lower %s to %u, or %s%s",
 		 nshards, ncpus, ncpus == 1 ? "" : "s",
-		 o->cpuset_given ? "--cpuset" : "this process's affinity mask",
+		 o->cpuset_given ? cpuset : "this process's affinity mask",
 		 keel_topo_cpulist_format(&set, list, sizeof(list)), (nshards + ncpus - 1) / ncpus,
-		 ncpus,
-		 o->cpuset_given ? "widen --cpuset"
-				 : "allow more CPUs (taskset -c, or the cgroup's cpuset.cpus)");
+		 keel__opt_name(o, "--shards"), ncpus,
+		 o->cpuset_given ? "widen "
+				 : "allow more CPUs (taskset -c, or the cgroup's "
+				   "cpuset.cpus)",
+		 o->cpuset_given ? cpuset : "");
 }
 
 /* The CPUs shards may run on, in ascending order: the affinity mask, narrowed by --cpuset.
@@ -339,6 +344,7 @@ shards_share_check(unsigned nshards, const int *cpus, unsigned ncpus, const stru
 static int
 cpus_of(const struct keel_opts *o, int *cpus, unsigned *n, char *why, size_t whylen)
 {
+	const char *cpuset = keel__opt_name(o, "--cpuset");
 	struct keel_cpuset allowed;
 	unsigned beyond = 0;
 	char list[128];
@@ -362,7 +368,7 @@ cpus_of(const struct keel_opts *o, int *cpus, unsigned *n, char *why, size_t why
 				char cg[400];
 
 				if (keel__cpu_not_online(c, cg, sizeof(cg))[0]) {
-					snprintf(why, whylen, "--cpuset: %s", cg);
+					snprintf(why, whylen, "%s: %s", cpuset, cg);
 					return -EINVAL;
 				}
 				keel__cgroup_excludes(c, cg, sizeof(cg));
@@ -373,22 +379,22 @@ cpus_of(const struct keel_opts *o, int *cpus, unsigned *n, char *why, size_t why
 				if (!cg[0] && keel__cpu_isolated(c)) {
 					snprintf(
 						why, whylen,
-						"--cpuset: CPU %u is isolated (isolcpus=, listed in "
+						"%s: CPU %u is isolated (isolcpus=, listed in "
 						"/sys/devices/system/cpu/isolated), so a process has "
 						"it only when given it: start the program with "
 						"taskset -c and a list that holds it (allowed CPUs: "
 						"%s); if it was, the mask is the creating thread's: "
 						"create the runtime before pinning the host's threads",
-						c,
+						cpuset, c,
 						keel_topo_cpulist_format(&allowed, list,
 									 sizeof(list)));
 					return -EINVAL;
 				}
 				snprintf(
 					why, whylen,
-					"--cpuset: CPU %u is not in this process's affinity mask%s "
+					"%s: CPU %u is not in this process's affinity mask%s "
 					"(allowed CPUs: %s)%s",
-					c, cg,
+					cpuset, c, cg,
 					keel_topo_cpulist_format(&allowed, list, sizeof(list)),
 					cg[0] ? "; pick from those, or run the program in a cgroup "
 						"that has it"
@@ -404,7 +410,7 @@ cpus_of(const struct keel_opts *o, int *cpus, unsigned *n, char *why, size_t why
 		cpus[(*n)++] = (int)c;
 	}
 	if (*n == 0 && o->cpuset_given) {
-		snprintf(why, whylen, "--cpuset: no CPU given");
+		snprintf(why, whylen, "%s: no CPU given", cpuset);
 		return -EINVAL;
 	}
 	if (*n == 0) {
@@ -422,7 +428,7 @@ cpus_of(const struct keel_opts *o, int *cpus, unsigned *n, char *why, size_t why
  * bus id as a name: ENODEV). Returns 0 (not a bus id, or resolved), or -ENODEV (a function
  * without a network interface, or with several: logged with the fix). */
 static int
-iface_from_pci(char *iface, size_t len)
+iface_from_pci(const char *name, char *iface, size_t len)
 {
 	char id[32], found[32];
 	int n = keel__topo_sysfs_pci_ifname(iface, id, sizeof(id), found, sizeof(found));
@@ -431,13 +437,13 @@ iface_from_pci(char *iface, size_t len)
 		return 0; /* not a bus id: taken as a name, as before */
 	if (n != 1) {
 		keel_log(KEEL_LOG_ERROR, "core",
-			 "--iface %s: PCI function %s has %s network interface; give the "
+			 "%s %s: PCI function %s has %s network interface; give the "
 			 "interface's name (keel-topo lists them)%s",
-			 iface, id, n ? "more than one" : "no",
+			 name, iface, id, n ? "more than one" : "no",
 			 n ? "" : ", or bind a network driver to it first");
 		return -ENODEV;
 	}
-	keel_log(KEEL_LOG_INFO, "core", "--iface %s: PCI function %s is interface %s", iface, id,
+	keel_log(KEEL_LOG_INFO, "core", "%s %s: PCI function %s is interface %s", name, iface, id,
 		 found);
 	snprintf(iface, len, "%s", found);
 	return 0;
@@ -454,7 +460,7 @@ iface_check(const struct keel_runtime *rt)
 		cpus[i] = rt->shards[i].cpu;
 		rxqs[i] = rt->shards[i].rxq;
 	}
-	keel__topo_iface_check(rt->opts.iface, cpus, rxqs, n);
+	keel__topo_iface_check(keel__opt_name(&rt->opts, "--iface"), rt->opts.iface, cpus, rxqs, n);
 }
 
 /* The ZCRX options against the shards' queues, before any shard runs (so before the kernel is
@@ -477,9 +483,12 @@ zcrx_check(const struct keel_runtime *rt)
 				keel_log(KEEL_LOG_ERROR, "core",
 					 "shards %u and %u both ask for rx queue %d of %s: one "
 					 "queue, one shard (a queue takes one ZCRX interface "
-					 "queue); give each shard its own queue in --rxqs or the "
-					 "--map file, or use --zcrx off",
-					 j, i, rt->shards[i].rxq, iface ? iface : "the interface");
+					 "queue); give each shard its own queue in %s or the "
+					 "%s file, or use %s off",
+					 j, i, rt->shards[i].rxq, iface ? iface : "the interface",
+					 keel__opt_name(&rt->opts, "--rxqs"),
+					 keel__opt_name(&rt->opts, "--map"),
+					 keel__opt_name(&rt->opts, "--zcrx"));
 				return -EINVAL;
 			}
 	}
@@ -492,10 +501,11 @@ zcrx_check(const struct keel_runtime *rt)
 		return 0;
 	if (with < rt->count) {
 		keel_log(KEEL_LOG_ERROR, "core",
-			 "--zcrx on: %u of %u shards have no rx queue; give one per shard with "
-			 "--rxqs IF:LIST or a --map file (keel-topo --plan --hds), or use --zcrx "
+			 "%s on: %u of %u shards have no rx queue; give one per shard with "
+			 "--rxqs IF:LIST or a --map file (keel-topo --plan --hds), or use %s "
 			 "auto",
-			 rt->count - with, rt->count);
+			 keel__opt_name(&rt->opts, "--zcrx"), rt->count - with, rt->count,
+			 keel__opt_name(&rt->opts, "--zcrx"));
 		return -EINVAL;
 	}
 	if (!rt->features[KEEL_FEAT_DEFER_TASKRUN].used) {
@@ -503,15 +513,15 @@ zcrx_check(const struct keel_runtime *rt)
 
 		/* The fix follows the cause: its own policy, single_issuer's (which it needs),
 		 * or the kernel. */
-		keel_log(
-			KEEL_LOG_ERROR, "core",
-			"--zcrx on needs IORING_SETUP_DEFER_TASKRUN (Linux 6.1), which is not used "
-			"(%s): %s, or use --zcrx auto",
-			d->reason,
-			d->policy == KEEL_POLICY_OFF ? "drop --feature defer_taskrun=off"
-			: rt->features[KEEL_FEAT_SINGLE_ISSUER].policy == KEEL_POLICY_OFF
-				? "drop --feature single_issuer=off (DEFER_TASKRUN needs it)"
-				: "run Linux 6.1 or later");
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "%s on needs IORING_SETUP_DEFER_TASKRUN (Linux 6.1), which is not used "
+			 "(%s): %s, or use %s auto",
+			 keel__opt_name(&rt->opts, "--zcrx"), d->reason,
+			 d->policy == KEEL_POLICY_OFF ? "drop --feature defer_taskrun=off"
+			 : rt->features[KEEL_FEAT_SINGLE_ISSUER].policy == KEEL_POLICY_OFF
+				 ? "drop --feature single_issuer=off (DEFER_TASKRUN needs it)"
+				 : "run Linux 6.1 or later",
+			 keel__opt_name(&rt->opts, "--zcrx"));
 		return -EINVAL;
 	}
 	return 0;
@@ -588,21 +598,23 @@ runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 	}
 	if (opts->ring_entries < KEEL__RING_ENTRIES_MIN ||
 	    opts->ring_entries > KEEL__RING_ENTRIES_MAX) {
-		keel_log(KEEL_LOG_ERROR, "core", "--ring-entries %u: from %u to %u",
-			 opts->ring_entries, KEEL__RING_ENTRIES_MIN, KEEL__RING_ENTRIES_MAX);
+		keel_log(KEEL_LOG_ERROR, "core", "%s %u: from %u to %u",
+			 keel__opt_name(opts, "--ring-entries"), opts->ring_entries,
+			 KEEL__RING_ENTRIES_MIN, KEEL__RING_ENTRIES_MAX);
 		return -EINVAL;
 	}
 	/* The allocator takes 2 MiB (one huge page, the least region) to its maximum: below,
 	 * every shard failed at start with a bare EINVAL. */
 	if (opts->memory < KEEL_ALLOC_HUGEPAGE || opts->memory > KEEL_ALLOC_MAX_MEMORY) {
-		keel_log(KEEL_LOG_ERROR, "core", "--memory %llu bytes: from 2M to %lluG per shard",
-			 (unsigned long long)opts->memory,
+		keel_log(KEEL_LOG_ERROR, "core", "%s %llu bytes: from 2M to %lluG per shard",
+			 keel__opt_name(opts, "--memory"), (unsigned long long)opts->memory,
 			 (unsigned long long)(KEEL_ALLOC_MAX_MEMORY >> 30));
 		return -EINVAL;
 	}
 	if (opts->idle_poll_us > KEEL__IDLE_POLL_US_MAX) {
-		keel_log(KEEL_LOG_ERROR, "core", "--idle-poll-us %u: at most %u (10 s)",
-			 opts->idle_poll_us, KEEL__IDLE_POLL_US_MAX);
+		keel_log(KEEL_LOG_ERROR, "core", "%s %u: at most %u (10 s)",
+			 keel__opt_name(opts, "--idle-poll-us"), opts->idle_poll_us,
+			 KEEL__IDLE_POLL_US_MAX);
 		return -EINVAL;
 	}
 	keel_log_set_level(opts->log_level);
@@ -618,60 +630,68 @@ runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 #endif
 	if (opts->mailbox_entries < KEEL__MAILBOX_ENTRIES_MIN ||
 	    (opts->mailbox_entries & (opts->mailbox_entries - 1))) {
-		keel_log(KEEL_LOG_ERROR, "core", "--mailbox-entries %u is not a power of two >= %u",
-			 opts->mailbox_entries, KEEL__MAILBOX_ENTRIES_MIN);
+		keel_log(KEEL_LOG_ERROR, "core", "%s %u is not a power of two >= %u",
+			 keel__opt_name(opts, "--mailbox-entries"), opts->mailbox_entries,
+			 KEEL__MAILBOX_ENTRIES_MIN);
 		return -EINVAL;
 	}
 	if (opts->cq_entries < opts->ring_entries || opts->cq_entries > KEEL_CQ_ENTRIES_MAX) {
-		keel_log(
-			KEEL_LOG_ERROR, "core",
-			"--cq-entries %u must be from --ring-entries (%u) to %u: raise --cq-entries "
-			"or lower --ring-entries (default CQ %u)",
-			opts->cq_entries, opts->ring_entries, KEEL_CQ_ENTRIES_MAX,
-			KEEL_CQ_ENTRIES_DEFAULT);
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "%s %u must be from %s (%u) to %u: raise %s or lower %s (default CQ %u)",
+			 keel__opt_name(opts, "--cq-entries"), opts->cq_entries,
+			 keel__opt_name(opts, "--ring-entries"), opts->ring_entries,
+			 KEEL_CQ_ENTRIES_MAX, keel__opt_name(opts, "--cq-entries"),
+			 keel__opt_name(opts, "--ring-entries"), KEEL_CQ_ENTRIES_DEFAULT);
 		return -EINVAL;
 	}
 	/* As the option parser's ranges, for fields set directly. */
 	if (opts->stall_ms < 1 || opts->stall_ms > KEEL__STALL_MS_MAX) {
 		keel_log(KEEL_LOG_ERROR, "core",
-			 "--stall-ms %u: from 1 to %u (0 would report every pass a stall)",
-			 opts->stall_ms, KEEL__STALL_MS_MAX);
+			 "%s %u: from 1 to %u (0 would report every pass a stall)",
+			 keel__opt_name(opts, "--stall-ms"), opts->stall_ms, KEEL__STALL_MS_MAX);
 		return -EINVAL;
 	}
 	if (opts->mailbox_entries > KEEL__MAILBOX_ENTRIES_MAX) {
-		keel_log(KEEL_LOG_ERROR, "core", "--mailbox-entries %u: at most %u",
-			 opts->mailbox_entries, KEEL__MAILBOX_ENTRIES_MAX);
+		keel_log(KEEL_LOG_ERROR, "core", "%s %u: at most %u",
+			 keel__opt_name(opts, "--mailbox-entries"), opts->mailbox_entries,
+			 KEEL__MAILBOX_ENTRIES_MAX);
 		return -EINVAL;
 	}
 	if (opts->shards > KEEL_MAX_SHARDS) {
-		keel_log(KEEL_LOG_ERROR, "core", "--shards %u: at most %d shards", opts->shards,
-			 KEEL_MAX_SHARDS);
+		keel_log(KEEL_LOG_ERROR, "core", "%s %u: at most %d shards",
+			 keel__opt_name(opts, "--shards"), opts->shards, KEEL_MAX_SHARDS);
 		return -EINVAL;
 	}
 	/* As the option parser's range: a gathering sleep's window (and the bound it puts on a
 	 * wake-up's fallback) stays within 100 ms when the field is set directly too. */
 	if (opts->wait_coalesce_us > KEEL__WAIT_COALESCE_US_MAX) {
-		keel_log(KEEL_LOG_ERROR, "core", "--wait-coalesce-us %u: at most %u (100 ms)",
-			 opts->wait_coalesce_us, KEEL__WAIT_COALESCE_US_MAX);
+		keel_log(KEEL_LOG_ERROR, "core", "%s %u: at most %u (100 ms)",
+			 keel__opt_name(opts, "--wait-coalesce-us"), opts->wait_coalesce_us,
+			 KEEL__WAIT_COALESCE_US_MAX);
 		return -EINVAL;
 	}
 	/* Options that ask for what another turns off: each was accepted, and did nothing. */
 	if (opts->wait_coalesce_fixed && !opts->wait_coalesce_us) {
-		keel_log(KEEL_LOG_ERROR, "core",
-			 "--wait-coalesce-fixed needs --wait-coalesce-us > 0 (give a window, or "
-			 "drop --wait-coalesce-fixed)");
+		keel_log(KEEL_LOG_ERROR, "core", "%s needs %s > 0 (give a window, or drop %s)",
+			 keel__opt_name(opts, "--wait-coalesce-fixed"),
+			 keel__opt_name(opts, "--wait-coalesce-us"),
+			 keel__opt_name(opts, "--wait-coalesce-fixed"));
 		return -EINVAL;
 	}
 	if (opts->features[KEEL_FEAT_MIN_WAIT] == KEEL_POLICY_ON && !opts->wait_coalesce_us) {
 		keel_log(KEEL_LOG_ERROR, "core",
-			 "--feature min_wait=on needs --wait-coalesce-us > 0: with no window no "
-			 "sleep gathers (give a window, or --feature min_wait=auto|off)");
+			 "%s min_wait=on needs %s > 0: with no window no sleep gathers (give a "
+			 "window, or %s min_wait=auto|off)",
+			 keel__opt_name(opts, "--feature"),
+			 keel__opt_name(opts, "--wait-coalesce-us"),
+			 keel__opt_name(opts, "--feature"));
 		return -EINVAL;
 	}
 	if (opts->idle_poll_adaptive && !opts->idle_poll_us) {
-		keel_log(KEEL_LOG_ERROR, "core",
-			 "--idle-poll-adaptive needs --idle-poll-us > 0 (give a window, or drop "
-			 "--idle-poll-adaptive)");
+		keel_log(KEEL_LOG_ERROR, "core", "%s needs %s > 0 (give a window, or drop %s)",
+			 keel__opt_name(opts, "--idle-poll-adaptive"),
+			 keel__opt_name(opts, "--idle-poll-us"),
+			 keel__opt_name(opts, "--idle-poll-adaptive"));
 		return -EINVAL;
 	}
 	rt = calloc(1, sizeof(*rt));
@@ -679,7 +699,7 @@ runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 		return -ENOMEM;
 	rt->opts = *opts;
 	/* A PCI function's interface name, before anything compares names (the map's). */
-	r = iface_from_pci(rt->opts.iface, sizeof(rt->opts.iface));
+	r = iface_from_pci(keel__opt_name(opts, "--iface"), rt->opts.iface, sizeof(rt->opts.iface));
 	if (r < 0)
 		goto err_rt;
 	cpus = calloc(KEEL_MAX_CPUS, sizeof(*cpus));
@@ -694,8 +714,9 @@ runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 	 * an INFO line about min_wait alone. */
 	if (opts->wait_coalesce_fixed && !rt->features[KEEL_FEAT_MIN_WAIT].used)
 		keel_log(KEEL_LOG_WARN, "core",
-			 "--wait-coalesce-fixed: the sleeps cannot gather here, min_wait is not "
-			 "used (%s): every sleep ends at the first completion",
+			 "%s: the sleeps cannot gather here, min_wait is not used (%s): every "
+			 "sleep ends at the first completion",
+			 keel__opt_name(opts, "--wait-coalesce-fixed"),
 			 rt->features[KEEL_FEAT_MIN_WAIT].reason);
 	r = cpus_of(opts, cpus, &ncpus, why, sizeof(why));
 	if (r < 0) {
@@ -752,18 +773,21 @@ runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 	 * They were cut or padded without a word (keel-topo --plan refuses both). */
 	if (opts->nrxqs > rt->count) {
 		keel_log(KEEL_LOG_ERROR, "core",
-			 "--rxqs gives %u queues for %u shard%s: the queues after the first %u "
-			 "would have no shard while RSS still sends them traffic; give --shards "
+			 "%s gives %u queues for %u shard%s: the queues after the first %u "
+			 "would have no shard while RSS still sends them traffic; give %s "
 			 "%u, or fewer queues (and lower the interface's with ethtool -L)",
-			 opts->nrxqs, rt->count, rt->count == 1 ? "" : "s", rt->count, opts->nrxqs);
+			 keel__opt_name(opts, "--rxqs"), opts->nrxqs, rt->count,
+			 rt->count == 1 ? "" : "s", rt->count, keel__opt_name(opts, "--shards"),
+			 opts->nrxqs);
 		r = -EINVAL;
 		goto err_topo;
 	}
 	if (opts->nrxqs && opts->nrxqs < rt->count)
 		keel_log(KEEL_LOG_WARN, "core",
-			 "--rxqs gives %u queue%s for %u shards: shards %u and up own no rx queue "
+			 "%s gives %u queue%s for %u shards: shards %u and up own no rx queue "
 			 "(no ZCRX, no queue steering there)",
-			 opts->nrxqs, opts->nrxqs == 1 ? "" : "s", rt->count, opts->nrxqs);
+			 keel__opt_name(opts, "--rxqs"), opts->nrxqs, opts->nrxqs == 1 ? "" : "s",
+			 rt->count, opts->nrxqs);
 	rt->shards = calloc(rt->count, sizeof(*rt->shards));
 	if (!rt->shards) {
 		r = -ENOMEM;
@@ -795,7 +819,7 @@ runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 		iface_check(rt);
 	pthread_mutex_init(&rt->start_lock, NULL);
 	pthread_cond_init(&rt->latch_cond, NULL);
-	keel__features_log(rt->features);
+	keel__features_log(opts, rt->features);
 	free(cpus);
 	*out = rt;
 	return 0;

@@ -1043,7 +1043,8 @@ keel_map_check(const struct keel_topo *live, const struct keel_map *m, FILE *f)
 #define IFACE_WARN_LIMIT 8
 
 void
-keel__topo_iface_check(const char *iface, const int *cpus, const int *rxqs, unsigned n)
+keel__topo_iface_check(const char *name, const char *iface, const int *cpus, const int *rxqs,
+		       unsigned n)
 {
 	struct keel_topo_load_opts lo = { 0 };
 	struct keel_topo *live = NULL;
@@ -1087,20 +1088,20 @@ keel__topo_iface_check(const char *iface, const int *cpus, const int *rxqs, unsi
 		total++;
 		if (shown++ < IFACE_WARN_LIMIT)
 			keel_log(KEEL_LOG_WARN, "topo",
-				 "--iface %s without --map (its map: shard i on the i-th allowed "
+				 "%s %s without --map (its map: shard i on the i-th allowed "
 				 "CPU, with rx queue i): %s",
-				 iface, line);
+				 name, iface, line);
 	}
 	if (total > IFACE_WARN_LIMIT)
-		keel_log(KEEL_LOG_WARN, "topo", "--iface %s without --map: %u more such lines",
+		keel_log(KEEL_LOG_WARN, "topo", "%s %s without --map: %u more such lines", name,
 			 iface, total - IFACE_WARN_LIMIT);
 	if (total)
 		keel_log(KEEL_LOG_WARN, "topo",
-			 "--iface %s without --map: the shards and their rx queues do not line "
+			 "%s %s without --map: the shards and their rx queues do not line "
 			 "up with the interface as the lines above say; keel-topo --plan --iface "
 			 "%s writes a map that pairs shards, CPUs and queues by locality and "
 			 "prints the commands that fix the rest: run with --map FILE",
-			 iface, iface);
+			 name, iface, iface);
 	free(text);
 	free(m);
 	keel_topo_destroy(live);
@@ -1112,6 +1113,7 @@ int
 keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus, struct keel_map **out,
 		     char *why, size_t whylen)
 {
+	const char *map = keel__opt_name(o, "--map"), *iface = keel__opt_name(o, "--iface");
 	struct keel_map *m;
 	char err[400] = "";
 	int r;
@@ -1120,7 +1122,7 @@ keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus, stru
 		return 0;
 	m = malloc(sizeof(*m));
 	if (!m) {
-		snprintf(why, whylen, "--map %s: out of memory", o->map_path);
+		snprintf(why, whylen, "%s %s: out of memory", map, o->map_path);
 		return -ENOMEM;
 	}
 	r = keel_map_load(o->map_path, m, err, sizeof(err));
@@ -1132,42 +1134,44 @@ keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus, stru
 
 		if (keel__topo_sysfs_pci_ifname(m->iface, id, sizeof(id), name, sizeof(name)) ==
 		    1) {
-			keel_log(KEEL_LOG_INFO, "core", "--map %s: PCI function %s is interface %s",
-				 o->map_path, id, name);
+			keel_log(KEEL_LOG_INFO, "core", "%s %s: PCI function %s is interface %s",
+				 map, o->map_path, id, name);
 			keel__topo_strcpy(m->iface, sizeof(m->iface), name);
 		}
 	}
 	if (r == 0)
 		r = keel_map_validate(m, err, sizeof(err));
 	if (r == 0 && o->cpuset_given) {
-		snprintf(err, sizeof(err), "--cpuset and --map both choose the CPUs: drop one");
+		snprintf(err, sizeof(err), "%s and %s both choose the CPUs: drop one",
+			 keel__opt_name(o, "--cpuset"), map);
 		r = -EINVAL;
 	}
 	/* Only a count the user gave conflicts: a program's own default (keel-bench sets 2)
 	 * yields to the map. */
 	if (r == 0 && o->shards_given && o->shards != m->nshards) {
 		snprintf(err, sizeof(err),
-			 "--shards %u but the map has %u shards: drop --shards or run keel-topo "
-			 "--plan --shards %u",
-			 o->shards, m->nshards, o->shards);
+			 "%s %u but the map has %u shards: drop %s or run keel-topo --plan "
+			 "--shards %u",
+			 keel__opt_name(o, "--shards"), o->shards, m->nshards,
+			 keel__opt_name(o, "--shards"), o->shards);
 		r = -EINVAL;
 	}
 	/* The shards take the map's queue numbers (unless --rxqs gives its own, with its
 	 * interface): they are queues of the map's interface, not of another one. */
 	if (r == 0 && o->iface[0] && !o->nrxqs && !m->iface[0]) {
 		snprintf(err, sizeof(err),
-			 "--iface %s but the map gives no shard an rx queue (it was planned "
+			 "%s %s but the map gives no shard an rx queue (it was planned "
 			 "without an interface): run keel-topo --plan --iface %s, or give the "
 			 "queues with --rxqs %s:LIST",
-			 o->iface, o->iface, o->iface);
+			 iface, o->iface, o->iface, o->iface);
 		r = -EINVAL;
 	}
 	if (r == 0 && o->iface[0] && !o->nrxqs && m->iface[0] && strcmp(o->iface, m->iface)) {
 		snprintf(err, sizeof(err),
-			 "--iface %s but the map's rx queues are of interface %s: drop --iface "
+			 "%s %s but the map's rx queues are of interface %s: drop %s "
 			 "(the map names the interface), or run keel-topo --plan --iface %s for a "
 			 "map of %s",
-			 o->iface, m->iface, o->iface, o->iface);
+			 iface, o->iface, m->iface, iface, o->iface, o->iface);
 		r = -EINVAL;
 	}
 	if (r == 0 && !m->nshards) {
@@ -1179,8 +1183,8 @@ keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus, stru
 		if (!err[0])
 			snprintf(err, sizeof(err), "%s", strerror(-r));
 		/* @why is the runtime's short buffer: log the whole reason here. */
-		keel_log(KEEL_LOG_ERROR, "topo", "--map %s: %s", o->map_path, err);
-		snprintf(why, whylen, "--map %s: %s", o->map_path, err);
+		keel_log(KEEL_LOG_ERROR, "topo", "%s %s: %s", map, o->map_path, err);
+		snprintf(why, whylen, "%s %s: %s", map, o->map_path, err);
 		free(m);
 		return r;
 	}
@@ -1188,16 +1192,15 @@ keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus, stru
 		cpus[i] = m->shards[i].cpu;
 		for (unsigned j = 0; j < i; j++)
 			if (cpus[j] == cpus[i]) { /* said, not refused: a map may oversubscribe */
-				keel_log(
-					KEEL_LOG_WARN, "topo",
-					"--map %s: shards %u and %u share CPU %d, and so its time; "
-					"keel-topo --plan gives each shard its own CPU",
-					o->map_path, j, i, cpus[i]);
+				keel_log(KEEL_LOG_WARN, "topo",
+					 "%s %s: shards %u and %u share CPU %d, and so its time; "
+					 "keel-topo --plan gives each shard its own CPU",
+					 map, o->map_path, j, i, cpus[i]);
 				break;
 			}
 	}
 	*ncpus = m->nshards;
-	keel_log(KEEL_LOG_INFO, "topo", "--map %s: %u shard%s%s%s", o->map_path, m->nshards,
+	keel_log(KEEL_LOG_INFO, "topo", "%s %s: %u shard%s%s%s", map, o->map_path, m->nshards,
 		 m->nshards == 1 ? "" : "s", m->iface[0] ? " for " : "", m->iface);
 	*out = m;
 	return 1;

@@ -413,7 +413,7 @@ Test(core_opts, a_bad_environment_value_the_command_line_overrides_is_no_error)
 	cr_assert_eq(parse(&o, err, sizeof(err), &argc, help), 1, "%s", err);
 	argc = 1;
 	cr_assert_eq(parse(&o, err, sizeof(err), &argc, none), -EINVAL);
-	cr_assert(strstr(err, "KEEL_SHARDS=abc"), "%s", err);
+	cr_assert(strstr(err, "KEEL_SHARDS: 'abc'"), "%s", err);
 	unsetenv("KEEL_SHARDS");
 }
 
@@ -428,7 +428,7 @@ Test(core_opts, a_bad_keel_feature_is_an_error_beside_feature_and_applies_nothin
 
 	setenv("KEEL_FEATURE", "send_zc=on,direct_fd=of", 1);
 	cr_assert_eq(parse(&o, err, sizeof(err), &argc, argv), -EINVAL, "%s", err);
-	cr_assert(strstr(err, "KEEL_FEATURE="), "%s", err);
+	cr_assert(strstr(err, "KEEL_FEATURE: policy 'of' for direct_fd"), "%s", err);
 	unsetenv("KEEL_FEATURE");
 	keel_opts_init(&o);
 	setenv("KEEL_FEATURE", "send_zc=on,direct_fd=of", 1);
@@ -1147,4 +1147,85 @@ Test(core_opts, more_shards_than_cpus_is_said_once_at_create_with_the_fix)
 	o.cpuset_given = true;
 	cr_assert_eq(create_warned(&o), 0);
 	cr_assert_null(strstr(warned, "share a CPU"), "warned: '%s'", warned);
+}
+
+/* Messages about an option's value name where the value came from: the KEEL_* variable
+ * when the environment set it, the flag when the command line did (they named the flag
+ * either way, so a user who had set only the variable was told to change a flag never
+ * typed). A parse error, a conflict refused at create (one side from each place, then both
+ * from the environment), and create's line about shards sharing CPUs. */
+static int
+parse_env_create(const char *const *env, char **argv, int argc, char *err, size_t errlen)
+{
+	struct keel_opts o = test_opts(1);
+	int r;
+
+	for (unsigned k = 0; env[k]; k += 2)
+		setenv(env[k], env[k + 1], 1);
+	r = keel_opts_parse(&o, &argc, argv, err, errlen);
+	for (unsigned k = 0; env[k]; k += 2)
+		unsetenv(env[k]);
+	cr_assert_eq(r, 0, "%s", err);
+	return create_warned(&o);
+}
+
+Test(core_opts, a_message_about_a_value_names_the_variable_that_set_it)
+{
+	struct keel_opts o;
+	char err[256] = "", cpu[16];
+	char *argv[] = { "prog", NULL, NULL }, *fixed[] = { "prog", "--wait-coalesce-fixed", NULL };
+	int argc = 1, first = -1;
+	cpu_set_t all;
+
+	/* a bad value from the environment */
+	setenv("KEEL_CPUSET", "3-1", 1);
+	cr_assert_eq(parse(&o, err, sizeof(err), &argc, argv), -EINVAL);
+	unsetenv("KEEL_CPUSET");
+	cr_assert(!strncmp(err, "KEEL_CPUSET: '3-1' is not a CPU list", 36) &&
+			  !strstr(err, "--cpuset"),
+		  "%s", err);
+	argc = 1;
+	setenv("KEEL_STALL_MS", "0", 1);
+	cr_assert_eq(parse(&o, err, sizeof(err), &argc, argv), -EINVAL);
+	unsetenv("KEEL_STALL_MS");
+	cr_assert(!strncmp(err, "KEEL_STALL_MS: '0'", 18) && !strstr(err, "--stall-ms"), "%s", err);
+
+	/* a conflict: both sides from the environment, then one from each */
+	{
+		const char *env[] = { "KEEL_WAIT_COALESCE_FIXED", "on", "KEEL_WAIT_COALESCE_US",
+				      "0", NULL };
+		cr_assert_eq(parse_env_create(env, argv, 1, err, sizeof(err)), -EINVAL);
+		cr_assert(strstr(warned, "KEEL_WAIT_COALESCE_FIXED needs KEEL_WAIT_COALESCE_US > "
+					 "0 (give a window, or drop KEEL_WAIT_COALESCE_FIXED)"),
+			  "warned: '%s'", warned);
+	}
+	{
+		const char *env[] = { "KEEL_WAIT_COALESCE_US", "0", NULL };
+		cr_assert_eq(parse_env_create(env, fixed, 2, err, sizeof(err)), -EINVAL);
+		cr_assert(strstr(warned, "--wait-coalesce-fixed needs KEEL_WAIT_COALESCE_US > 0"),
+			  "warned: '%s'", warned);
+	}
+	{
+		const char *env[] = { "KEEL_RING_ENTRIES", "1024", "KEEL_CQ_ENTRIES", "512", NULL };
+		cr_assert_eq(parse_env_create(env, argv, 1, err, sizeof(err)), -EINVAL);
+		cr_assert(strstr(warned, "KEEL_CQ_ENTRIES 512 must be from KEEL_RING_ENTRIES "
+					 "(1024)") &&
+				  !strstr(warned, "--cq-entries") &&
+				  !strstr(warned, "--ring-entries"),
+			  "warned: '%s'", warned);
+	}
+
+	/* shards sharing CPUs: KEEL_SHARDS and KEEL_CPUSET in the line and its fix */
+	cr_assert_eq(sched_getaffinity(0, sizeof(all), &all), 0);
+	for (int c = 0; c < CPU_SETSIZE && first < 0; c++)
+		if (CPU_ISSET(c, &all))
+			first = c;
+	snprintf(cpu, sizeof(cpu), "%d", first);
+	{
+		const char *env[] = { "KEEL_SHARDS", "2", "KEEL_CPUSET", cpu, NULL };
+		cr_assert_eq(parse_env_create(env, argv, 1, err, sizeof(err)), 0);
+		cr_assert(strstr(warned, "2 shards on 1 CPU (KEEL_CPUSET") &&
+				  strstr(warned, "lower KEEL_SHARDS to 1, or widen KEEL_CPUSET"),
+			  "warned: '%s'", warned);
+	}
 }

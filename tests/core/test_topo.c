@@ -2969,3 +2969,62 @@ Test(core_topo, irqbalance_not_seen_from_a_container_is_unknown)
 	unlink(link);
 	rmdir(dir);
 }
+
+/* A conflict between options names where each value came from: KEEL_SHARDS or KEEL_CPUSET
+ * (and KEEL_MAP) when the environment set it, the flag when the command line did. The
+ * message said "--shards 4 but the map has 1 shards: drop --shards" to a user who never
+ * typed --shards. */
+Test(core_topo, a_map_conflict_names_the_variable_that_set_the_value)
+{
+	char path[128], num[16], cpu[16], msg[256] = "";
+	int cpus[1] = { 0 };
+	cpu_set_t mask;
+	struct keel_runtime *rt;
+	struct keel_opts o;
+	char *argv[4] = { "prog", NULL, NULL, NULL };
+	int argc = 1;
+
+	cr_assert_eq(sched_getaffinity(0, sizeof(mask), &mask), 0);
+	for (int c = 0; c < CPU_SETSIZE; c++)
+		if (CPU_ISSET(c, &mask)) {
+			cpus[0] = c;
+			break;
+		}
+	tmp_path(path, sizeof(path), "envsrc");
+	write_map(path, "lo", 1, cpus, 1);
+	snprintf(num, sizeof(num), "%d", 4);
+	snprintf(cpu, sizeof(cpu), "%d", cpus[0]);
+
+	/* KEEL_SHARDS against the map's count */
+	setenv("KEEL_SHARDS", num, 1);
+	setenv("KEEL_MAP", path, 1);
+	o = test_opts(0);
+	cr_assert_eq(keel_opts_parse(&o, &argc, argv, msg, sizeof(msg)), 0, "%s", msg);
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(strstr(logged, "KEEL_MAP ") && strstr(logged, "KEEL_SHARDS 4 but the map has") &&
+			  strstr(logged, "drop KEEL_SHARDS") &&
+			  !strstr(logged, ": --shards 4 but") && !strstr(logged, "drop --shards"),
+		  "%s", logged);
+	unsetenv("KEEL_SHARDS");
+
+	/* KEEL_CPUSET beside the map; the map from the command line this time */
+	setenv("KEEL_CPUSET", cpu, 1);
+	unsetenv("KEEL_MAP");
+	argv[1] = "--map";
+	argv[2] = path;
+	argc = 3;
+	o = test_opts(0);
+	cr_assert_eq(keel_opts_parse(&o, &argc, argv, msg, sizeof(msg)), 0, "%s", msg);
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(strstr(logged, "KEEL_CPUSET and --map both choose the CPUs") &&
+			  strstr(logged, "--map /tmp/"),
+		  "%s", logged);
+	unsetenv("KEEL_CPUSET");
+	unlink(path);
+}

@@ -140,6 +140,12 @@ struct keel_opts {
 	uint64_t zcrx_area;             /* --zcrx-area: receive area per shard, bytes (one page
 					 * to KEEL_ZCRX_AREA_MAX; else EINVAL at set-up) */
 	unsigned zcrx_rq_entries;       /* --zcrx-rq-entries: refill ring entries (power of 2) */
+
+	/* Set by keel_opts_parse (keel_opts_init clears it): which options' values came from
+	 * their KEEL_* variable rather than the command line, one bit each, so that messages
+	 * about a value name what the user set (KEEL_SHARDS, not --shards). A host that sets
+	 * a field itself after the parse may leave it: a message then names the variable. */
+	uint64_t from_env;
 };
 
 /** Default --zcrx-area: 64 MiB of receive area per ZCRX shard. */
