@@ -350,6 +350,10 @@ uint64_t keel__clock_ns(void);
 
 /* Format an error for a person into @err (may be NULL) and return @r. */
 int keel__errf(char *err, size_t errlen, int r, const char *fmt, ...) KEEL_PRINTF(4, 5);
+/* @text's lines, one sink call each at @level, whatever the log level (what the user asked
+ * for by an option, such as --stats's table), when a sink is set (log.c). Returns false,
+ * sending nothing, when none is: the caller writes @text to stderr itself. */
+bool keel__log_to_sink(enum keel_log_level level, const char *module, const char *text);
 /* What a message about option @flag ("--shards") calls it: its KEEL_* variable when @o's
  * value came from the environment (keel_opts.from_env), else @flag (opts.c). */
 const char *keel__opt_name(const struct keel_opts *o, const char *flag);

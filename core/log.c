@@ -133,6 +133,33 @@ keel_log(enum keel_log_level level, const char *module, const char *fmt, ...)
 		sink_change_made();
 }
 
+bool
+keel__log_to_sink(enum keel_log_level level, const char *module, const char *text)
+{
+	int shard = keel__cur ? (int)keel__cur->id : -1;
+	bool sent = false;
+
+	pthread_rwlock_rdlock(&sink_lock);
+	if (sink_fn) {
+		char line[4096];
+
+		sent = true;
+		in_sink++;
+		while (*text) {
+			size_t n = strcspn(text, "\n");
+
+			snprintf(line, sizeof(line), "%.*s", (int)n, text);
+			sink_fn(level, module, shard, line, sink_arg);
+			text += n + (text[n] == '\n');
+		}
+		in_sink--;
+	}
+	pthread_rwlock_unlock(&sink_lock);
+	if (change_due && !in_sink)
+		sink_change_made();
+	return sent;
+}
+
 int
 keel__errf(char *err, size_t errlen, int r, const char *fmt, ...)
 {

@@ -1032,6 +1032,28 @@ join_status(struct keel_runtime *rt)
 	return rt->start_err ? rt->start_err : stop_status(rt);
 }
 
+/* --stats's table at the join: through the log sink when a host set one (a line each, as
+ * INFO of module "stats"), so a host that routes keel's log gets it too; else on stderr, as
+ * keel_runtime_stats_print writes it. */
+static void
+stats_report(const struct keel_runtime *rt)
+{
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+
+	if (!f) { /* no memory for the text: the table as it was */
+		keel_runtime_stats_print(rt, stderr);
+		return;
+	}
+	keel_runtime_stats_print(rt, f);
+	if (fclose(f) != 0)
+		keel_runtime_stats_print(rt, stderr);
+	else if (!keel__log_to_sink(KEEL_LOG_INFO, "stats", text))
+		fputs(text, stderr);
+	free(text);
+}
+
 int
 keel_runtime_join(struct keel_runtime *rt)
 {
@@ -1046,7 +1068,7 @@ keel_runtime_join(struct keel_runtime *rt)
 	rt->joined = true;
 	mask_release(rt, true);
 	if (rt->opts.stats)
-		keel_runtime_stats_print(rt, stderr);
+		stats_report(rt);
 #ifdef KEEL_FAULTS
 	keel__faults_env_report();
 #endif

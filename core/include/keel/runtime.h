@@ -214,7 +214,8 @@ struct keel_shard_stats {
 KEEL_API int keel_runtime_stats(const struct keel_runtime *rt, unsigned shard,
 				struct keel_shard_stats *out);
 
-/** Print one line of counters per shard to @f (what --stats prints at exit). */
+/** Print one line of counters per shard to @f, after a header line (what --stats gives at
+ * the join: on stderr, or through the log sink when one is set, keel_log_set_sink()). */
 KEEL_API void keel_runtime_stats_print(const struct keel_runtime *rt, FILE *f);
 
 /*
