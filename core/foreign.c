@@ -41,11 +41,16 @@ run_unlink(struct keel_shard *s, struct keel_xreq *r)
 }
 
 /* Whether @r is on @s's list. A request's private fields are not set before its first
- * submit, so its rsh_ is not trusted: the list is walked (requests handed on from a
- * shard's fn are the only ones found, and a shard rarely submits). */
+ * submit, so its rsh_ is not trusted alone: a request on the list has rsh_ @s, and only
+ * such a one is looked for on it (a shard holding many requests that ran, and submitting
+ * others, walked them all at every submit; a buffer of another runtime going home submits
+ * one at every last put). */
+_Atomic unsigned keel__foreign_walks;
+
 static bool
 run_listed(const struct keel_shard *s, const struct keel_xreq *r)
 {
+	atomic_fetch_add_explicit(&keel__foreign_walks, 1, memory_order_relaxed);
 	for (const struct keel_xreq *l = s->xrun; l; l = l->rnext_)
 		if (l == r)
 			return true;
@@ -62,7 +67,7 @@ keel_runtime_submit(struct keel_runtime *rt, unsigned shard, struct keel_xreq *r
 	s = &rt->shards[shard];
 	/* Handed on by the fn it ran in (not completed): off this shard's list first, as the
 	 * shard it goes to lists it when it runs there. */
-	if (keel__cur && keel__cur->xrun && run_listed(keel__cur, req)) {
+	if (keel__cur && req->rsh_ == keel__cur && run_listed(keel__cur, req)) {
 		own = keel__cur;
 		run_unlink(own, req);
 	}

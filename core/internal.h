@@ -485,6 +485,9 @@ unsigned keel__defer_run(struct keel_shard *s);
 void keel__defer_fini(struct defer_vec *v);
 
 /* foreign.c */
+/* Tests: how many times keel_runtime_submit looked through a shard's list of requests that
+ * ran (for one handed on). */
+extern _Atomic unsigned keel__foreign_walks;
 unsigned keel__foreign_drain(struct keel_shard *s);
 void keel__foreign_close(struct keel_shard *s);
 /* Arm the read of the shard's wake-up eventfd. */

@@ -365,3 +365,81 @@ Test(core_foreign_stop, a_cancelled_requests_done_closes_its_file_at_the_shards_
 	keel_runtime_destroy(rt);
 	keel_xqueue_destroy(q);
 }
+
+/* A shard holding many requests that ran and are not completed (disk requests of a host in
+ * flight) that submits others (a buffer of another runtime going home makes one at every
+ * last put): each submit walked the whole list to see whether the request was one handed
+ * on, O(requests held) per submit. A request is on the list only with rsh_ naming the
+ * shard, so only those are looked for. */
+#define HELD 64
+#define SUBS 32
+static struct {
+	struct keel_xreq held[HELD], drv, sub[SUBS], fin;
+	_Atomic int ran, subs_done, walks;
+} hw;
+
+static void
+hw_hold(struct keel_xreq *req)
+{
+	atomic_fetch_add(&hw.ran, 1);
+}
+
+static void
+hw_sub(struct keel_xreq *req)
+{
+	atomic_fetch_add(&hw.subs_done, 1);
+	keel_xreq_complete(req, 0);
+}
+
+static void
+hw_drive(struct keel_xreq *req)
+{
+	unsigned before = atomic_load(&keel__foreign_walks);
+
+	for (int i = 0; i < SUBS; i++) {
+		hw.sub[i] = (struct keel_xreq){ .fn = hw_sub };
+		if (keel_runtime_submit(keel_shard_runtime(keel_this_shard()), 0, &hw.sub[i]) < 0)
+			break;
+	}
+	atomic_store(&hw.walks, (int)(atomic_load(&keel__foreign_walks) - before));
+	keel_xreq_complete(req, 0);
+}
+
+static void
+hw_finish(struct keel_xreq *req)
+{
+	for (int i = 0; i < HELD; i++)
+		keel_xreq_complete(&hw.held[i], 0);
+	keel_xreq_complete(req, 0);
+}
+
+Test(core_foreign_stop, a_shard_holding_requests_submits_without_walking_them, .timeout = 60)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_runtime *rt;
+	struct timespec ts = { 0, 1000 * 1000 };
+
+	o.idle_poll_us = 0;
+	memset(&hw, 0, sizeof(hw));
+	atomic_store(&hw.walks, -1);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, NULL, NULL), 0);
+	for (int i = 0; i < HELD; i++) {
+		hw.held[i] = (struct keel_xreq){ .fn = hw_hold };
+		cr_assert_eq(keel_runtime_submit(rt, 0, &hw.held[i]), 0);
+	}
+	hw.drv = (struct keel_xreq){ .fn = hw_drive };
+	cr_assert_eq(keel_runtime_submit(rt, 0, &hw.drv), 0);
+	for (int i = 0; i < 30000 && atomic_load(&hw.subs_done) < SUBS; i++)
+		nanosleep(&ts, NULL);
+	cr_assert_eq(atomic_load(&hw.ran), HELD);
+	cr_assert_eq(atomic_load(&hw.subs_done), SUBS);
+	cr_assert_eq(atomic_load(&hw.walks), 0,
+		     "%d of %d submits walked the list of %d requests held", atomic_load(&hw.walks),
+		     SUBS, HELD);
+	hw.fin = (struct keel_xreq){ .fn = hw_finish };
+	cr_assert_eq(keel_runtime_submit(rt, 0, &hw.fin), 0);
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+}
