@@ -44,6 +44,8 @@ keel__prefetch_write(const void *p)
 #define KEEL__STALL_MS_MAX         3600000  /* an hour */
 #define KEEL__MAILBOX_ENTRIES_MIN  16
 #define KEEL__MAILBOX_ENTRIES_MAX  (1u << 20)
+/* The most messages to one destination that may wait on the sender (--mailbox-overflow). */
+#define KEEL__MAILBOX_OVERFLOW_MAX (1u << 24)
 
 /* Always-on invariant check for states that would corrupt memory. */
 #define keel_verify(x)                                             \

@@ -421,7 +421,8 @@ apply(const struct opt_desc *d, const char *name, const char *v, struct keel_opt
 					  name, o->mailbox_entries);
 		return r;
 	case OPT_MAILBOX_OVERFLOW:
-		return parse_uint(name, v, 0, 1u << 24, &o->mailbox_overflow, err, errlen);
+		return parse_uint(name, v, 0, KEEL__MAILBOX_OVERFLOW_MAX, &o->mailbox_overflow, err,
+				  errlen);
 	case OPT_LOG_LEVEL:
 		if (keel_log_level_parse(v, &o->log_level))
 			return keel__errf(err, errlen, -EINVAL,

@@ -657,6 +657,12 @@ runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 			 KEEL__MAILBOX_ENTRIES_MAX);
 		return -EINVAL;
 	}
+	if (opts->mailbox_overflow > KEEL__MAILBOX_OVERFLOW_MAX) {
+		keel_log(KEEL_LOG_ERROR, "core", "%s %u: at most %u",
+			 keel__opt_name(opts, "--mailbox-overflow"), opts->mailbox_overflow,
+			 KEEL__MAILBOX_OVERFLOW_MAX);
+		return -EINVAL;
+	}
 	if (opts->shards > KEEL_MAX_SHARDS) {
 		keel_log(KEEL_LOG_ERROR, "core", "%s %u: at most %d shards",
 			 keel__opt_name(opts, "--shards"), opts->shards, KEEL_MAX_SHARDS);

@@ -479,7 +479,8 @@ Test(core_opts, wait_coalesce_us_set_directly_is_checked_at_create)
 }
 
 /* The same for --stall-ms (0 made every pass a stall: a warning each second, stalls equal
- * to passes) and --mailbox-entries (over 2^20: a huge allocation per shard pair). */
+ * to passes), --mailbox-entries (over 2^20: a huge allocation per shard pair) and
+ * --mailbox-overflow (over 2^24). */
 Test(core_opts, stall_ms_and_mailbox_entries_set_directly_are_checked_at_create)
 {
 	struct keel_opts o = test_opts(1);
@@ -491,6 +492,14 @@ Test(core_opts, stall_ms_and_mailbox_entries_set_directly_are_checked_at_create)
 	o.mailbox_entries = 1u << 21;
 	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
 	o.mailbox_entries = 1u << 10;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	keel_runtime_destroy(rt);
+	/* --mailbox-overflow past the parser's 2^24 (48 bytes a message waiting: 768 MiB
+	 * per destination) was taken. */
+	o = test_opts(1);
+	o.mailbox_overflow = (1u << 24) + 1;
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
+	o.mailbox_overflow = 1u << 24;
 	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
 	keel_runtime_destroy(rt);
 }

@@ -79,9 +79,11 @@ enum keel_feature {
 #define KEEL_CQ_ENTRIES_MAX 65536
 
 /**
- * Default for keel_opts.mailbox_overflow: messages to one destination that may wait on the
- * sender once the destination's queue is full (about 48 bytes each from the sender's arena,
- * so at most 768 KiB per destination) before keel_send and the calls return -EAGAIN.
+ * Default for keel_opts.mailbox_overflow: the application's messages to one destination that
+ * may wait on the sender once the destination's queue is full (about 48 bytes each from the
+ * sender's arena, so at most 768 KiB per destination) before keel_send and the calls return
+ * -EAGAIN. keel's own messages (a call's reply, a buffer going home) wait there too, never
+ * refused and not counted: bounded by the calls made and the buffers held. At most 2^24.
  */
 #define KEEL_MAILBOX_OVERFLOW_DEFAULT 16384
 #define KEEL_WAIT_COALESCE_US_DEFAULT 10
