@@ -168,32 +168,6 @@ ovf_node_free(struct ovf_node *n)
 		keel_shard_free(n);
 }
 
-/* keel_shard_malloc failed (the process's heap, or the shard's jemalloc arena: neither is
- * --memory, which sizes only the registered regions) and keel's own message (a call's reply,
- * a buffer's trip home) must still be queued: losing it would break a call's exactly-once
- * reply or leak a buffer. So must a part of an accepted broadcast, which is all or nothing
- * (its parts count toward --mailbox-overflow, which bounds them). Its node comes from
- * malloc instead, said once per shard. */
-static __attribute__((noinline, cold)) struct ovf_node *
-ovf_node_heap(struct keel_shard *s, bool bcast)
-{
-	struct ovf_node *n = malloc(sizeof(*n));
-
-	if (!s->ovf_heap_logged) {
-		s->ovf_heap_logged = true;
-		keel_log(KEEL_LOG_WARN, "core",
-			 "shard %u: keel_shard_malloc failed for a queued cross-shard %s: the "
-			 "process is short of memory (its heap, or the shard's jemalloc arena; "
-			 "not --memory, which sizes only the registered buffers); its queue node "
-			 "%s",
-			 s->id, bcast ? "broadcast part" : "reply",
-			 n ? "comes from malloc (logged once)" : "cannot be had either");
-	}
-	if (n)
-		n->heap = true;
-	return n;
-}
-
 /* What a message is to the limit on a queue's overflow (--mailbox-overflow). */
 enum q_kind {
 	Q_APP,   /* the app's: refused (-EAGAIN) at the limit, and counted toward it */
@@ -204,6 +178,32 @@ enum q_kind {
 	Q_BCAST, /* a part of an accepted broadcast: never refused (all or nothing, checked
 		  * before), but counted, so that broadcasts alone meet the limit too */
 };
+
+/* keel_shard_malloc failed (the process's heap, or the shard's jemalloc arena: neither is
+ * --memory, which sizes only the registered regions) and keel's own message (a call's reply,
+ * a buffer's trip home) must still be queued: losing it would break a call's exactly-once
+ * reply or leak a buffer. So must a part of an accepted broadcast, which is all or nothing
+ * (its parts count toward --mailbox-overflow, which bounds them). Its node comes from
+ * malloc instead, said once per shard. */
+static __attribute__((noinline, cold)) struct ovf_node *
+ovf_node_heap(struct keel_shard *s, enum q_kind kind)
+{
+	struct ovf_node *n = malloc(sizeof(*n));
+
+	if (!s->ovf_heap_logged) {
+		s->ovf_heap_logged = true;
+		keel_log(KEEL_LOG_WARN, "core",
+			 "shard %u: keel_shard_malloc failed for a queued cross-shard %s: the "
+			 "process is short of memory (its heap, or the shard's jemalloc arena; "
+			 "not --memory, which sizes only the registered buffers); its queue node "
+			 "%s",
+			 s->id, kind == Q_BCAST ? "broadcast part" : "reply or buffer going home",
+			 n ? "comes from malloc (logged once)" : "cannot be had either");
+	}
+	if (n)
+		n->heap = true;
+	return n;
+}
 
 /* The slot the next message to @dst goes into when the ring has room and nothing waits
  * before it in the overflow list, else NULL; ring_filled() counts it once written. */
@@ -246,7 +246,7 @@ enqueue(struct keel_shard *s, unsigned dst, const struct msg *m, enum q_kind kin
 	n = keel_shard_malloc(sizeof(*n));
 	if (n)
 		n->heap = false;
-	else if (!internal || !(n = ovf_node_heap(s, kind == Q_BCAST)))
+	else if (!internal || !(n = ovf_node_heap(s, kind)))
 		return -ENOMEM;
 	n->next = NULL;
 	n->m = *m;

@@ -230,7 +230,9 @@ struct keel_xqueue;
  * stop ends: the timers pending when the stop begins are dropped unrun, and none holds the
  * stop (complete a request that waits for one from a keel_shard_on_stop hook). A request
  * that ran and is not completed when its shard ends is completed then with -ECANCELED, and
- * an error says how many were. fn may hand @req on with keel_runtime_submit (to this shard
+ * an error says how many were; its done then runs after the shard's loop, where nothing can
+ * be sent: a buffer of another shard it puts last cannot go home (the allocator reports it
+ * leaked). fn may hand @req on with keel_runtime_submit (to this shard
  * or another) instead of completing it: on the shard it ran on (from fn, or a callback
  * there later), as it is completed there. Submitted from another thread or shard while
  * it is still that shard's, it would stay on that shard's list of requests that ran (its
