@@ -524,7 +524,9 @@ KEEL_API void keel_conn_abort(struct keel_conn *c, int status);
  * not run for @c, not even for completions already reaped in the same pass or racing the
  * receive's cancellation. Such data (at most what the receives in flight could fill: the
  * shard's receive buffers) is held, in order, and delivered after the resume, followed by
- * an EOF that came behind it. The same holds while the high watermark pauses reading.
+ * an EOF that came behind it. The pause covers on_data only: an EOF with nothing held
+ * ahead of it runs on_eof at once, paused or not (an application waiting on work learns
+ * that the peer is done). The same holds while the high watermark pauses reading.
  * Context: its shard (inside on_data too: the rest of that completion is then held).
  */
 KEEL_API void keel_conn_pause_read(struct keel_conn *c);
