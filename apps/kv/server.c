@@ -187,11 +187,12 @@ struct kmsg {
 	const uint8_t *req;   /* the request's bytes */
 	size_t req_len;
 	struct rbuf rep;
-	size_t counted; /* of rep's bytes, those exec_held put in its pend's counted */
-	bool admitted;  /* a part of a command --maxmemory admitted where it was received */
-	bool tx_write;  /* a transaction's writes: its reply waits as a write's would */
-	bool fan_part;  /* a fan-out's part: counted where the command was received */
-	unsigned tx;    /* a transaction: this many requests, the reply their array */
+	size_t counted;  /* of rep's bytes, those exec_held put in its pend's counted */
+	bool admitted;   /* a part of a command --maxmemory admitted where it was received */
+	bool tx_write;   /* a transaction's writes: its reply waits as a write's would */
+	bool fan_part;   /* a fan-out's part: counted where the command was received */
+	unsigned random; /* a RANDOMKEY: the shards tried so far (random_again) */
+	unsigned tx;     /* a transaction: this many requests, the reply their array */
 	/* WATCH: the request is the keys to watch (W_ADD), or to stop watching (W_END, no
 	 * reply); W_EXEC: a transaction (of tx requests, maybe none) whose first request is
 	 * the keys its connection watches: it runs only if none changed (tx_run). */
@@ -1338,6 +1339,9 @@ owner_recv(void *arg)
 		send_home(m);
 }
 
+static void random_done(struct kmsg *m);
+static void random_end(struct kconn *kc);
+
 static void
 home_recv(void *arg)
 {
@@ -1347,6 +1351,11 @@ home_recv(void *arg)
 	if (m->counted && m->pend->kc) {
 		m->pend->counted -= m->counted;
 		m->pend->kc->pend_bytes -= m->counted;
+	}
+	m->counted = 0;
+	if (m->random) {
+		random_done(m);
+		return;
 	}
 	pend_part_done(m->pend, m->part, &m->rep);
 	free(m);
@@ -1358,6 +1367,10 @@ home_done(int status, void *arg)
 {
 	struct kmsg *m = arg;
 
+	if (m->random) {
+		random_done(m);
+		return;
+	}
 	pend_part_done(m->pend, m->part, &m->rep);
 	free(m);
 }
@@ -1433,6 +1446,8 @@ bq_fail(struct kconn *kc, int err)
 		}
 		if (!watch_lost(m))
 			rb_unreachable(&m->rep, m->part, err);
+		if (m->random)
+			random_end(kc);
 		pend_part_done(m->pend, m->part, &m->rep);
 		free(m);
 	}
@@ -1498,6 +1513,8 @@ on_room(int status, void *arg)
 				}
 				if (!watch_lost(m))
 					rb_unreachable(&m->rep, m->part, r);
+				if (m->random)
+					random_end(kc);
 				pend_part_done(m->pend, m->part, &m->rep);
 				free(m);
 			}
@@ -3552,27 +3569,172 @@ tx_cmd(struct kconn *kc, const struct kv_cmd *c, struct rbuf *out)
 	return true;
 }
 
-/* RANDOMKEY's shard: drawn by each shard's share of the keys (their counts as last
- * published), so every key is as likely; @me when there are none. A shard emptied between
- * the draw and the command's run answers nil, though keys may be left on others. */
-static unsigned
-random_owner(unsigned me)
+/* RANDOMKEY's shard: drawn by each shard's share of the keys (their counts as published,
+ * at each change), so every key is as likely; -1 when there are none. The shard drawn may
+ * have none by the time the command runs there (another client emptied it meanwhile), or
+ * only keys past their time (counted until deleted, and RANDOMKEY deletes those it draws):
+ * random_again then draws again. */
+static int
+random_owner(void)
 {
 	uint64_t total = 0, r;
 
 	for (unsigned i = 0; i < kv_cfg.nshards; i++)
 		total += atomic_load_explicit(&kv_stats[i].keys, memory_order_relaxed);
 	if (!total)
-		return me;
+		return -1;
 	r = kv_random() % total;
 	for (unsigned i = 0; i < kv_cfg.nshards; i++) {
 		uint64_t k = atomic_load_explicit(&kv_stats[i].keys, memory_order_relaxed);
 
 		if (r < k)
-			return i;
+			return (int)i;
 		r -= k;
 	}
-	return me; /* the counts moved under us */
+	return (int)self(); /* the counts moved under us */
+}
+
+/* RANDOMKEY as a request of its own, for the shards it is tried on again: any is this (its
+ * arity is 1), so the home shard needs no copy of the bytes it received (an exported
+ * request's are gone once it has run). */
+static const uint8_t random_req[] = "*1\r\n$9\r\nRANDOMKEY\r\n";
+
+/* Whether @b, from @at on, is a nil reply. */
+static bool
+rb_nil_at(const struct rbuf *b, size_t at)
+{
+	return b->len - at == 5 && !memcmp(b->p + at, "$-1\r\n", 5);
+}
+
+static void
+random_room(int status, void *arg)
+{
+	struct kmsg *m = arg;
+	int r = status;
+
+	if (r == 0) {
+		r = send_req(m);
+		if (r == -EAGAIN)
+			r = keel_msg_wait_room(m->part, random_room, m);
+		if (r == 0)
+			return;
+	}
+	rb_unreachable(&m->rep, m->part, r);
+	random_done(m);
+}
+
+/* On the home shard, RANDOMKEY's reply @m->rep from the shard it ran on: a nil while the
+ * counts say other shards hold keys is not the answer (Redis answers nil only when the
+ * whole keyspace is empty): the shard is drawn again from the counts (the one that found
+ * none now counts 0) and the command tried there, here at once when drawn here, until a
+ * key is found, the counts say none is left, or 2 tries a shard are spent (keys deleted as
+ * fast as they are found). Tried again only from here, the reply keeps its place in the
+ * connection's queue (its pend). Returns true when @m went on (its reply comes back here
+ * again), false when @m->rep is the reply. */
+static bool
+random_again(struct kmsg *m)
+{
+	static const struct resp_arg argv[1] = { { (const uint8_t *)"RANDOMKEY", 9 } };
+	const struct kv_cmd *c = kv_cmd_find(argv[0].p, argv[0].len);
+	unsigned me = self();
+	int o, r;
+
+	while (rb_nil_at(&m->rep, 0) && !m->rep.oom && m->pend->kc &&
+	       m->random < 2 * kv_cfg.nshards && (o = random_owner()) >= 0) {
+		m->random++;
+		m->rep.len = 0;
+		m->part = (unsigned)o;
+		if (m->part == me) {
+			/* counted once, where it first ran */
+			shards[me].db.uncounted = true;
+			exec_here(c, (struct resp_arg *)argv, 1, &m->rep, false);
+			shards[me].db.uncounted = false;
+			if (must_hold(c) && !rep_is_error(&m->rep)) {
+				hold(m); /* back in home_recv once synced */
+				return true;
+			}
+			continue;
+		}
+		m->fan_part = true; /* counted where it first ran */
+		m->sl = (struct keel_slice){ 0 };
+		m->req = random_req;
+		m->req_len = sizeof(random_req) - 1;
+		r = send_req(m);
+		if (r == -EAGAIN)
+			r = keel_msg_wait_room(m->part, random_room, m);
+		if (r == 0)
+			return true;
+		rb_unreachable(&m->rep, m->part, r);
+		return false;
+	}
+	return false;
+}
+
+/* The connection's RANDOMKEY is answered: what it sent after it is parsed, from the loop
+ * (random_cmd's barrier). */
+static void
+random_end(struct kconn *kc)
+{
+	kc->barrier = false;
+	resume_later(kc);
+}
+
+/* RANDOMKEY's reply @m->rep is back here: tried again (random_again), or given to its
+ * place in the connection's queue. */
+static void
+random_done(struct kmsg *m)
+{
+	struct kconn *kc = m->pend->kc;
+
+	if (random_again(m))
+		return;
+	if (kc)
+		random_end(kc);
+	pend_part_done(m->pend, m->part, &m->rep);
+	free(m);
+}
+
+/* RANDOMKEY over several shards, its first shard @owner drawn: run there (here at once
+ * when drawn here), its reply back here (random_done). Nothing the connection sent after
+ * it is parsed until it is answered (kc->barrier), as Redis runs a client's commands one
+ * after another: tried again on another shard, it would otherwise find a key that a later
+ * command of the same connection wrote there (a pipelined RANDOMKEY, SET k answered k
+ * where Redis answers nil). */
+static void
+random_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsigned argc,
+	   unsigned owner)
+{
+	struct kmsg *m = malloc(sizeof(*m));
+	struct pend *p = m ? pend_new(kc) : NULL;
+	int r;
+
+	if (!p) {
+		free(m);
+		kc->out.oom = true;
+		return;
+	}
+	kc->barrier = true;
+	memset(m, 0, sizeof(*m));
+	m->pend = p;
+	m->part = owner;
+	m->home = self();
+	m->random = 1;
+	m->req = random_req;
+	m->req_len = sizeof(random_req) - 1;
+	if (owner != m->home) {
+		r = hand(p, m);
+		if (r < 0) {
+			random_end(kc);
+			rb_unreachable(&p->rep, owner, r);
+			p->done = true;
+		}
+		return;
+	}
+	exec_here(c, argv, argc, &m->rep, false);
+	if (must_hold(c) && !rep_is_error(&m->rep))
+		hold(m);
+	else
+		home_recv(m);
 }
 
 static void
@@ -3646,9 +3808,19 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 		owner = (unsigned)(cur % kv_cfg.nshards);
 		break;
 	}
-	case KV_R_RANDOM:
-		owner = kv_cfg.nshards == 1 ? me : random_owner(me);
-		break;
+	case KV_R_RANDOM: {
+		int o = -1;
+
+		if (kv_cfg.nshards > 1)
+			o = kv_test_random_any() ? (int)(kv_random() % kv_cfg.nshards)
+						 : random_owner();
+		if (o < 0) { /* one shard, or no key on any: nil, unless one came meanwhile */
+			owner = me;
+			break;
+		}
+		random_cmd(kc, c, argv, argc, (unsigned)o);
+		return;
+	}
 	case KV_R_KEY:
 		/* One shard owns every key: no hash here (the table hashes the key anyway). */
 		owner = kv_cfg.nshards == 1 ? me : kv_owner_key(argv[1].p, argv[1].len);

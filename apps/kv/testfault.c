@@ -9,9 +9,9 @@
 void
 kv_test_faults_init(void)
 {
-	static const char *const vars[] = { "KEEL_KV_TEST_FAULTS", "KEEL_KV_TEST_REWRITE_GATE",
+	static const char *const vars[] = { "KEEL_KV_TEST_FAULTS",    "KEEL_KV_TEST_REWRITE_GATE",
 					    "KEEL_KV_TEST_SYNC_GATE", "KEEL_KV_TEST_CLOCK_STEP_MS",
-					    "KEEL_KV_TEST_HOLD_GATE" };
+					    "KEEL_KV_TEST_HOLD_GATE", "KEEL_KV_TEST_RANDOM_ANY" };
 
 	for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
 		if (getenv(vars[i]))
@@ -192,6 +192,28 @@ kv_test_clock_step_ms(void)
 {
 	pthread_once(&clock_once, clock_parse);
 	return clock_step;
+}
+
+/* Read once: it is looked at for every RANDOMKEY of these builds. */
+static bool random_any;
+static pthread_once_t random_once = PTHREAD_ONCE_INIT;
+
+static void
+random_read(void)
+{
+	const char *v = getenv("KEEL_KV_TEST_RANDOM_ANY");
+
+	random_any = v && !strcmp(v, "1");
+	if (random_any)
+		fprintf(stderr, "keel-kv: KEEL_KV_TEST_RANDOM_ANY=1: RANDOMKEY's first draw takes "
+				"every shard as likely (a test build)\n");
+}
+
+bool
+kv_test_random_any(void)
+{
+	pthread_once(&random_once, random_read);
+	return random_any;
 }
 
 /* The hold gate's file, read once (it is looked at for every command of these builds). */

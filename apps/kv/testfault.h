@@ -46,6 +46,11 @@
  * KEEL_KV_TEST_CLOCK_STEP_MS=N: each reading of keel-kv's clock (kv_now_ms) on a shard is N
  * ms later than the one before on that shard, so a test can make time pass between two
  * commands without waiting (kv_test_clock_step_ms; a bad number stops the process, 2).
+ *
+ * KEEL_KV_TEST_RANDOM_ANY=1: RANDOMKEY's first draw of a shard takes every shard as
+ * likely, whatever keys each holds, as a draw on counts gone stale by the time it runs
+ * would (the shard drawn may have none), so a test can reach that case without a race
+ * (kv_test_random_any).
  */
 #ifndef KEEL_KV_TESTFAULT_H
 #define KEEL_KV_TESTFAULT_H
@@ -67,6 +72,7 @@ int64_t kv_test_clock_step_ms(void);
  * the gate's file (PATH[NAME]) exists, once the file is gone or a minute has passed (the
  * caller's thread held meanwhile). */
 bool kv_test_hold(unsigned shard, const uint8_t *key, size_t len);
+bool kv_test_random_any(void);
 #else
 static inline bool
 kv_test_fault(const char *site)
@@ -91,6 +97,12 @@ static inline int64_t
 kv_test_clock_step_ms(void)
 {
 	return 0;
+}
+
+static inline bool
+kv_test_random_any(void)
+{
+	return false;
 }
 
 static inline bool

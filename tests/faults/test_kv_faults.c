@@ -562,9 +562,9 @@ aof_check(int port, int n, const bool *acked)
 	cr_log_info("%d of %d keys present", present, n);
 }
 
-/* The value after @field in INFO persistence on the server at @port, into @val. */
+/* The value after @field in INFO @section on the server at @port, into @val. */
 static void
-persistence_value(int port, const char *field, char *val, size_t vlen)
+info_value(int port, const char *section, const char *field, char *val, size_t vlen)
 {
 	int fd = test_connect(port);
 	FILE *f = fdopen(fd, "r+");
@@ -573,7 +573,7 @@ persistence_value(int port, const char *field, char *val, size_t vlen)
 
 	cr_assert(f);
 	val[0] = 0;
-	fprintf(f, "INFO persistence\r\n");
+	fprintf(f, "INFO %s\r\n", section);
 	fflush(f);
 	cr_assert(fgets(line, sizeof(line), f) && line[0] == '$', "INFO: '%s'", line);
 	len = atoi(line + 1);
@@ -584,7 +584,14 @@ persistence_value(int port, const char *field, char *val, size_t vlen)
 				 line + strlen(field));
 	}
 	fclose(f);
-	cr_assert(val[0], "INFO persistence has no %s", field);
+	cr_assert(val[0], "INFO %s has no %s", section, field);
+}
+
+/* The value after @field in INFO persistence on the server at @port, into @val. */
+static void
+persistence_value(int port, const char *field, char *val, size_t vlen)
+{
+	info_value(port, "persistence", field, val, vlen);
 }
 
 /* A counter of INFO persistence: the number after @field. */
@@ -1456,6 +1463,85 @@ Test(faults_kv, a_read_past_the_deadline_expires_the_key_lazily)
 	cr_assert(strstr(line, "expired_lazy=1,expired_swept=0,"), "%s", line);
 	fclose(f);
 	proc_stop(&p);
+}
+
+/* A counter of INFO stats: the number after @field. */
+static long long
+stats_field(int port, const char *field)
+{
+	char v[64];
+
+	info_value(port, "stats", field, v, sizeof(v));
+	return atoll(v);
+}
+
+/* RANDOMKEYs on @f's connection, pipelined, each answered "only", the one key there. */
+static void
+randomkeys_find_only(FILE *f, int n, const char *what)
+{
+	char line[256];
+
+	for (int i = 0; i < n; i++)
+		fprintf(f, "RANDOMKEY\r\n");
+	fflush(f);
+	for (int i = 0; i < n; i++) {
+		cr_assert(fgets(line, sizeof(line), f), "%s: RANDOMKEY %d: no reply", what, i);
+		cr_assert_str_eq(line, "$4\r\n", "%s: RANDOMKEY %d answered %s", what, i, line);
+		cr_assert(fgets(line, sizeof(line), f));
+		cr_assert_str_eq(line, "only\r\n", "%s: RANDOMKEY %d", what, i);
+	}
+}
+
+/* RANDOMKEY answers nil only when no shard has a key, as Redis answers it only for an
+ * empty keyspace. The shard it draws (by the keys each holds) may have none by the time it
+ * runs there: another client emptied it meanwhile, or its keys were all past their time.
+ * KEEL_KV_TEST_RANDOM_ANY makes the first draw take every shard as likely, so that with
+ * one key on four shards three draws in four reach that case: without the draw again from
+ * the shard that found none, about 96 of 128 RANDOMKEYs answered nil. On connections of
+ * each shard (the drawn one is then at times the home, at times not), under
+ * appendfsync always too (a read there may wait for the disk before it is tried again).
+ * The tries after the first are not counted as commands: total_commands_processed grows by
+ * one a RANDOMKEY. And a RANDOMKEY of no key, a SET pipelined behind it, answers nil, as in
+ * Redis: tried again once its first shard had none, it answered the key that the SET made
+ * by then (nothing after it is parsed until it is answered now). */
+Test(faults_kv, randomkey_answers_a_key_when_the_shard_drawn_has_none)
+{
+	static const char *const fsyncs[] = { "everysec", "always" };
+
+	for (unsigned k = 0; k < 2; k++) {
+		char dir[] = "/tmp/keel-kv-randomkey-XXXXXX", line[256], what[64];
+		long long before, own;
+		struct proc p;
+		FILE *f[4];
+
+		cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+		aof_start(&p, "KEEL_KV_TEST_RANDOM_ANY", "1", "4", fsyncs[k], dir);
+		for (int c = 0; c < 4; c++) {
+			f[c] = fdopen(test_connect(p.port), "r+");
+			cr_assert(f[c]);
+		}
+		fprintf(f[0], "RANDOMKEY\r\nSET only v\r\n");
+		fflush(f[0]);
+		cr_assert(fgets(line, sizeof(line), f[0]));
+		cr_assert_str_eq(line, "$-1\r\n", "RANDOMKEY of no key: %s", line);
+		cr_assert(fgets(line, sizeof(line), f[0]));
+		cr_assert_str_eq(line, "+OK\r\n");
+		/* what an INFO adds between two readings (itself, the one before), then the
+		 * RANDOMKEYs' */
+		before = stats_field(p.port, "total_commands_processed:");
+		own = stats_field(p.port, "total_commands_processed:") - before;
+		before += own;
+		for (int c = 0; c < 4; c++) {
+			snprintf(what, sizeof(what), "appendfsync %s, connection %d", fsyncs[k], c);
+			randomkeys_find_only(f[c], 32, what);
+		}
+		cr_assert_eq(stats_field(p.port, "total_commands_processed:") - before,
+			     4 * 32 + own, "128 RANDOMKEYs counted as other than 128");
+		for (int c = 0; c < 4; c++)
+			fclose(f[c]);
+		proc_stop(&p);
+		rm_dir(dir);
+	}
 }
 
 /* A key that expired goes to the append-only file as DEL
