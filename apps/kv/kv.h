@@ -269,8 +269,8 @@ enum kv_merge {
 struct kv_cmd;
 /* OBJECT's or MEMORY's (@name: a command of route KV_R_KEY2) subcommand, checked as Redis checks
  * one before it runs or is queued in MULTI: 1 when @argv[2] is a key, 0 when the request names none
- * (HELP), -1 with Redis's error in @out, unless NULL (an unknown subcommand, a wrong number
- * of arguments). */
+ * (HELP), -1 (a wrong number of arguments) or -2 (an unknown subcommand) with Redis's error in
+ * @out, unless NULL. */
 int kv_key2_check(const char *name, const struct resp_arg *argv, unsigned argc, struct rbuf *out);
 /* CLIENT LIST's and CLIENT KILL's part on this shard's clients (server.c): as a command's
  * function, so a fan-out runs it on every shard. */

@@ -2096,10 +2096,10 @@ shutdown_now(struct kconn *kc)
  * are merged: LIST's lines shard by shard, each shard's in the order its clients came
  * (LIST ID's in the ids' order: merge_by_arg). */
 
-/* The subcommand of CLIENT, CONFIG or COMMAND, for CLIENT LIST's cmd field. Noted before
- * it is checked: one that is no word (a space, a newline, a control byte) is not, as it
- * would split its client's line (and CLIENT LIST ID's merge counts lines): cmd= then
- * shows the command alone. */
+/* The subcommand of CLIENT, CONFIG, COMMAND, OBJECT or MEMORY, for CLIENT LIST's cmd field
+ * (sub_note). One that is no word (a space, a newline, a control byte) is not, as it would
+ * split its client's line (and CLIENT LIST ID's merge counts lines); no such one is known
+ * (sub_known), so it is not reached. */
 static void
 note_sub(struct kconn *kc, const struct resp_arg *sub)
 {
@@ -2113,6 +2113,48 @@ note_sub(struct kconn *kc, const struct resp_arg *sub)
 		kc->last_sub[i] = (char)tolower(sub->p[i]);
 	}
 	kc->last_sub[n] = 0;
+}
+
+/* Whether @sub is a subcommand keel-kv knows of @c, when @c is one with subcommands
+ * (CLIENT, CONFIG, COMMAND, OBJECT, MEMORY): the ones its code runs, whatever their
+ * arguments; to any other it answers "unknown subcommand", and CLIENT LIST's cmd field
+ * then says NULL, as Redis's does (its lookup of the command finds none). @c is not NULL. */
+static bool
+sub_known(const struct kv_cmd *c, const struct resp_arg *argv, unsigned argc)
+{
+	static const char *const client[] = { "SETNAME",  "GETNAME", "ID",   "INFO",
+					      "NO-EVICT", "HELP",    "LIST", "KILL" };
+	const struct resp_arg *sub = &argv[1];
+
+	if (c->route == KV_R_KEY2)
+		return kv_key2_check(c->name, argv, argc, NULL) != -2;
+	if (!strcmp(c->name, "client")) {
+		for (size_t i = 0; i < sizeof(client) / sizeof(client[0]); i++)
+			if (is(sub, client[i]))
+				return true;
+		return false;
+	}
+	if (!strcmp(c->name, "config"))
+		return is(sub, "GET");
+	return is(sub, "COUNT") || is(sub, "DOCS") || is(sub, "INFO"); /* command */
+}
+
+/* As Redis's lastcmd, for CLIENT LIST's cmd field: @c (NULL: none known), with its
+ * subcommand where it has them ("client|list"), or NULL for a subcommand it does not
+ * know. Set before anything runs, queued in MULTI or refused. */
+static void
+sub_note(struct kconn *kc, const struct kv_cmd *c, const struct resp_arg *argv, unsigned argc)
+{
+	kc->last_cmd = c;
+	kc->last_sub[0] = 0;
+	if (!c || argc < 2 ||
+	    (c->route != KV_R_KEY2 && strcmp(c->name, "client") && strcmp(c->name, "config") &&
+	     strcmp(c->name, "command")))
+		return;
+	if (sub_known(c, argv, argc))
+		note_sub(kc, &argv[1]); /* "object|encoding" */
+	else
+		kc->last_cmd = NULL;
 }
 
 /* Which clients CLIENT LIST or KILL names, from its options (after the subcommand). */
@@ -2496,7 +2538,6 @@ client_fanout(struct kconn *kc, struct resp_arg *argv, unsigned argc)
 
 	if (!kill && !is(&argv[1], "LIST"))
 		return false;
-	note_sub(kc, &argv[1]);
 	if (kill && argc == 2)
 		rb_err(&err, "ERR wrong number of arguments for 'client|kill' command");
 	else if (client_sel_parse(&s, kill, argv + 2, argc - 2, &err) && (s.addr || s.laddr) &&
@@ -2713,10 +2754,8 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 			info(out, argv, argc);
 	} else if (!strcmp(n, "command")) {
 		unsigned nc;
-
-		if (argc > 1)
-			note_sub(kc, &argv[1]);
 		const struct kv_cmd *t = kv_cmd_table(&nc);
+
 		/* COMMAND, and COMMAND INFO with no names (Redis 7: every command). */
 		if (argc == 1 || (argc == 2 && is(&argv[1], "INFO"))) {
 			rb_arr(out, nc);
@@ -2744,7 +2783,6 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 			       kv_err_len(&argv[1]), (const char *)argv[1].p);
 		}
 	} else if (!strcmp(n, "config")) {
-		note_sub(kc, &argv[1]);
 		if (is(&argv[1], "GET") && argc >= 3) {
 			char v[8][32], dir[PATH_MAX];
 			const char *names[] = { "save",
@@ -2815,7 +2853,6 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 			       kv_err_len(&argv[1]), (const char *)argv[1].p);
 		}
 	} else if (!strcmp(n, "client")) {
-		note_sub(kc, &argv[1]);
 		if (is(&argv[1], "SETNAME") && argc == 3) {
 			if (set_name(kc, &argv[2], out))
 				rb_simple(out, "OK");
@@ -3747,12 +3784,7 @@ dispatch(struct kconn *kc, struct resp_arg *argv, unsigned argc, const uint8_t *
 	uint16_t owners_small[64], *owners = owners_small;
 	bool one = true;
 
-	/* As Redis's lastcmd: set before anything runs, queued in MULTI or refused (an unknown
-	 * command: NULL). */
-	kc->last_cmd = c;
-	kc->last_sub[0] = 0;
-	if (c && c->route == KV_R_KEY2 && argc >= 2)
-		note_sub(kc, &argv[1]); /* "object|encoding" */
+	sub_note(kc, c, argv, argc);
 	if (__builtin_expect(kc->tx != NULL, 0)) {
 		if (tx_queue(kc, c, argv, argc, raw, rawlen))
 			return;

@@ -1829,7 +1829,7 @@ kv_key2_check(const char *name, const struct resp_arg *argv, unsigned argc, stru
 	if (out)
 		rb_err(out, "ERR unknown subcommand '%.*s'. Try %s HELP.", kv_err_len(&argv[1]),
 		       (const char *)argv[1].p, obj ? "OBJECT" : "MEMORY");
-	return -1;
+	return -2;
 }
 
 /* A HELP subcommand's reply: @n lines, as Redis answers one (an array of status lines). */

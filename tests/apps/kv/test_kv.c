@@ -6184,7 +6184,8 @@ Test(kv_server, wait_answers_as_redis_without_replicas)
 
 /* A subcommand that is no word (CONFIG "a\nb") is not noted for CLIENT LIST's cmd field:
  * with its newline the client's line was two, plain CLIENT LIST showed a broken line, and
- * CLIENT LIST ID, whose merge counts a line per id, answered an internal error. */
+ * CLIENT LIST ID, whose merge counts a line per id, answered an internal error. It is an
+ * unknown subcommand: cmd=NULL, as redis-server 7.0.15 shows it. */
 Test(kv_server, client_list_keeps_a_line_per_client_whatever_the_subcommand)
 {
 	static const char bad[] = "*2\r\n$6\r\nCONFIG\r\n$3\r\na\nb\r\n";
@@ -6207,9 +6208,69 @@ Test(kv_server, client_list_keeps_a_line_per_client_whatever_the_subcommand)
 	test_send_all(r.fd, cmd, strlen(cmd));
 	test_send_all(r.fd, "\r\n", 2);
 	got = rd_next(&r, NULL);
-	cr_assert(got && got[0] == '$' && strstr(got, " cmd=config ") && cl_lines(got) == 1, "%s",
+	cr_assert(got && got[0] == '$' && strstr(got, " cmd=NULL ") && cl_lines(got) == 1, "%s",
 		  got ? got : "closed");
 	rd_free(&a);
+	rd_free(&r);
+	srv_stop(&s);
+}
+
+/* CLIENT LIST's cmd field after a subcommand the command does not know is NULL, as
+ * redis-server 7.0.15 shows it (its lookup of the command finds none), in MULTI or not;
+ * one it knows is named with it even when its arguments are wrong or MULTI refuses it, and
+ * the command alone is named when no subcommand is given. keel-kv showed "config|foo"
+ * (and "config" for CONFIG FOO inside MULTI, "client" for CLIENT ID there). Each want is
+ * what redis-server 7.0.15 showed for the same requests. */
+Test(kv_server, client_list_says_cmd_null_after_an_unknown_subcommand)
+{
+	static const struct {
+		const char *req, *cmd;
+		unsigned replies;
+	} cases[] = {
+		{ "CONFIG FOO\r\n", "NULL", 1 },
+		{ "CLIENT FOO\r\n", "NULL", 1 },
+		{ "COMMAND FOO\r\n", "NULL", 1 },
+		{ "OBJECT FOO x\r\n", "NULL", 1 },
+		{ "MEMORY FOO\r\n", "NULL", 1 },
+		{ "CONFIG\r\n", "config", 1 },
+		{ "CLIENT\r\n", "client", 1 },
+		{ "OBJECT\r\n", "object", 1 },
+		{ "COMMAND\r\n", "command", 1 },
+		{ "CONFIG GET\r\n", "config|get", 1 },
+		{ "CLIENT SETNAME\r\n", "client|setname", 1 },
+		{ "MEMORY USAGE\r\n", "memory|usage", 1 },
+		{ "MULTI\r\nCONFIG FOO\r\n", "NULL", 2 },
+		{ "MULTI\r\nCOMMAND FOO\r\n", "NULL", 2 },
+		{ "MULTI\r\nOBJECT FOO x\r\n", "NULL", 2 },
+		{ "MULTI\r\nCONFIG GET\r\n", "config|get", 2 },
+		{ "MULTI\r\nCLIENT SETNAME\r\n", "client|setname", 2 },
+	};
+	struct srv s;
+	struct rd r;
+	char cmd[64], want[64], *got;
+
+	srv_start(&s, 2, NULL);
+	rd_init(&r, test_connect(s.port));
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct rd a;
+		long long id;
+
+		rd_init(&a, test_connect(s.port));
+		test_send_all(a.fd, "CLIENT ID\r\n", 11);
+		got = rd_next(&a, NULL);
+		cr_assert(got && got[0] == ':');
+		id = atoll(got + 1);
+		test_send_all(a.fd, cases[i].req, strlen(cases[i].req));
+		for (unsigned k = 0; k < cases[i].replies; k++)
+			cr_assert(rd_next(&a, NULL), "%s: closed", cases[i].req);
+		snprintf(cmd, sizeof(cmd), "CLIENT LIST ID %lld\r\n", id);
+		test_send_all(r.fd, cmd, strlen(cmd));
+		got = rd_next(&r, NULL);
+		snprintf(want, sizeof(want), " cmd=%s ", cases[i].cmd);
+		cr_assert(got && strstr(got, want), "after %s: %s, not%s", cases[i].req,
+			  got ? got : "closed", want);
+		rd_free(&a);
+	}
 	rd_free(&r);
 	srv_stop(&s);
 }
