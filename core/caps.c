@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -147,6 +148,55 @@ probe_submit(struct io_uring *ring, int *res, unsigned *flags)
 	return true;
 }
 
+/* uring_cmd socket operations (Linux 6.7; liburing 2.3 has no names for them). */
+#define SOCKET_OP_GETSOCKOPT 2
+#define SOCKET_OP_SETSOCKOPT 3
+
+void
+keel__sqe_sockopt(struct io_uring_sqe *sqe, int fd, bool get, int level, int name, void *val,
+		  uint32_t len)
+{
+	/* struct io_uring_sqe of 6.7: cmd_op at 8, level/optname at 16, optlen at 44, optval
+	 * at 48; liburing 2.3 lacks the names. */
+	uint8_t *b = (uint8_t *)sqe;
+	uint32_t cmd_op = get ? SOCKET_OP_GETSOCKOPT : SOCKET_OP_SETSOCKOPT;
+	uint32_t lv = (uint32_t)level, nm = (uint32_t)name;
+	uint64_t optval = (uint64_t)(uintptr_t)val;
+
+	_Static_assert(sizeof(struct io_uring_sqe) == 64, "the 64-byte SQE");
+	io_uring_prep_rw(IORING_OP_URING_CMD, sqe, fd, NULL, 0, 0);
+	memcpy(b + 8, &cmd_op, 4);
+	memcpy(b + 16, &lv, 4);
+	memcpy(b + 20, &nm, 4);
+	memcpy(b + 44, &len, 4);
+	memcpy(b + 48, &optval, 8);
+}
+
+/* Whether the kernel takes socket commands through the ring (SOCKET_URING_OP_GETSOCKOPT,
+ * Linux 6.7), which options of a direct descriptor need: SO_TYPE of a Unix datagram
+ * socket. Without it, or an older kernel, the command fails with -EOPNOTSUPP. */
+static bool
+probe_sock_cmd(const struct keel_caps *c, struct io_uring *ring)
+{
+	struct io_uring_sqe *sqe;
+	int fd, res = -EOPNOTSUPP, v = 0;
+
+	if (!c->op_supported[IORING_OP_URING_CMD])
+		return false;
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		trial_failed(-errno);
+		return false;
+	}
+	sqe = io_uring_get_sqe(ring);
+	if (sqe) {
+		keel__sqe_sockopt(sqe, fd, true, SOL_SOCKET, SO_TYPE, &v, sizeof(v));
+		probe_submit(ring, &res, NULL);
+	}
+	close(fd);
+	return res >= 0 && v == SOCK_DGRAM;
+}
+
 /* Whether SEND_ZC takes IORING_SEND_ZC_REPORT_USAGE, which keel's zero-copy sends ask for
  * (Linux 6.2; 6.1 has SEND_ZC without it and fails such a send with -EINVAL). A send on an
  * eventfd: the flags are checked first (-EINVAL without it), then the socket (-ENOTSOCK). */
@@ -282,6 +332,7 @@ probe(struct keel_caps *c)
 	c->sparse_files = reg_ok(io_uring_register_files_sparse(&ring, 1));
 	c->pbuf_inc = probe_pbuf_inc(&ring);
 	c->zc_report_usage = probe_zc_report(c, &ring);
+	c->sock_cmd = probe_sock_cmd(c, &ring);
 	/* After a probe whose submit failed, its SQE may still wait in the ring: the next
 	 * submit would send it too (a SEND_ZC on a closed descriptor's number) and read its
 	 * completion for the cancel's. The probe is short then, made again, so none is made. */
@@ -700,6 +751,7 @@ keel_caps_print(const struct keel_opts *opts, FILE *f)
 		{ "SENDMSG_ZC", op(c, IORING_OP_SENDMSG_ZC), "6.1", "zero-copy UDP datagrams" },
 		{ "SEND_ZC copy report", c->zc_report_usage, "6.2",
 		  "keel's zero-copy sends need it (REPORT_USAGE)" },
+		{ "socket commands", c->sock_cmd, "6.7", "socket options of direct descriptors" },
 		{ "RECVSEND_BUNDLE", feat(c, 1U << 14), "6.10", "one CQE spans several buffers" },
 		{ "incremental buffers", c->pbuf_inc, "6.12", "small messages share a buffer" },
 		{ "min-timeout waits", feat(c, IORING_FEAT_MIN_TIMEOUT), "6.12",

@@ -486,6 +486,11 @@ int keel__defer_push(struct defer_vec *v, keel_fn fn, void *arg);
 unsigned keel__defer_run(struct keel_shard *s);
 void keel__defer_fini(struct defer_vec *v);
 
+/* caps.c: prepare @sqe as the socket command SOCKET_URING_OP_GETSOCKOPT (@get) or
+ * SETSOCKOPT of @fd (net/sockopt.c; the probe's). */
+void keel__sqe_sockopt(struct io_uring_sqe *sqe, int fd, bool get, int level, int name, void *val,
+		       uint32_t len);
+
 /* foreign.c */
 /* Tests: how many times keel_runtime_submit looked through a shard's list of requests that
  * ran (for one handed on). */

@@ -17,10 +17,6 @@
 
 #include "net_internal.h"
 
-/* uring_cmd socket operations (Linux 6.7; liburing 2.3 has no names for them). */
-#define SOCKET_OP_GETSOCKOPT 2
-#define SOCKET_OP_SETSOCKOPT 3
-
 struct sockopt_op {
 	struct keel_op op;
 	struct keel_conn *c;
@@ -31,26 +27,6 @@ struct sockopt_op {
 	uint32_t len;
 	uint8_t val[KEEL_SOCKOPT_MAX];
 };
-
-void
-keel__sqe_sockopt(struct io_uring_sqe *sqe, int fd, bool get, int level, int name, void *val,
-		  uint32_t len)
-{
-	/* struct io_uring_sqe of 6.7: cmd_op at 8, level/optname at 16, optlen at 44, optval
-	 * at 48; liburing 2.3 lacks the names. */
-	uint8_t *b = (uint8_t *)sqe;
-	uint32_t cmd_op = get ? SOCKET_OP_GETSOCKOPT : SOCKET_OP_SETSOCKOPT;
-	uint32_t lv = (uint32_t)level, nm = (uint32_t)name;
-	uint64_t optval = (uint64_t)(uintptr_t)val;
-
-	_Static_assert(sizeof(struct io_uring_sqe) == 64, "the 64-byte SQE");
-	io_uring_prep_rw(IORING_OP_URING_CMD, sqe, fd, NULL, 0, 0);
-	memcpy(b + 8, &cmd_op, 4);
-	memcpy(b + 16, &lv, 4);
-	memcpy(b + 20, &nm, 4);
-	memcpy(b + 44, &len, 4);
-	memcpy(b + 48, &optval, 8);
-}
 
 static void
 missing(struct net_shard *ns, const char *what, int res)
@@ -107,10 +83,12 @@ cmd_cb(struct keel_op *op, int res, uint32_t flags)
 {
 	struct sockopt_op *o = container_of(op, struct sockopt_op, op);
 
-	if (res == -EOPNOTSUPP)
+	/* Where the kernel has the socket commands (the probe's), the socket lacks the option
+	 * (a TCP one on a Unix socket): the callback's error, no advice to upgrade. */
+	if (res == -EOPNOTSUPP && !keel_caps_get()->sock_cmd)
 		missing(keel__conn_shard(o->c),
-			"SOCKET_URING_OP_SETSOCKOPT/GETSOCKOPT need Linux 6.7 (or the socket "
-			"does not have the option)",
+			"SOCKET_URING_OP_SETSOCKOPT/GETSOCKOPT need Linux 6.7 (this kernel "
+			"refused the capability probe's)",
 			res);
 	finish(o, res);
 }

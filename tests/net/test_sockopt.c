@@ -5,6 +5,7 @@
  * SO_KEEPALIVE set, then read back.
  */
 #include <errno.h>
+#include <keel/caps.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stddef.h>
@@ -245,8 +246,17 @@ Test(net_sockopt, connected)
 
 /* A Unix connection held as a direct descriptor: SOL_SOCKET options go through the ring's
  * socket command as for TCP (docs/net.md: Unix connections take socket options). */
-static int unix_set_status = 1, unix_get_status = 1, unix_sndbuf;
+static int unix_set_status = 1, unix_get_status = 1, unix_sndbuf, unix_tcp_status = 1;
 static _Atomic int unix_closes;
+static char unix_logged[4096];
+
+static void
+unix_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	size_t n = strlen(unix_logged);
+
+	snprintf(unix_logged + n, sizeof(unix_logged) - n, "%s\n", msg);
+}
 
 static void
 unix_got(struct keel_conn *c, int status, const void *v, socklen_t len, void *arg)
@@ -265,12 +275,27 @@ unix_set(struct keel_conn *c, int status, const void *v, socklen_t len, void *ar
 }
 
 static void
+unix_tcp(struct keel_conn *c, int status, const void *v, socklen_t len, void *arg)
+{
+	int b = 65536;
+
+	unix_tcp_status = status;
+	SHARD_CHECK_EQ(
+		keel_conn_setsockopt(c, SOL_SOCKET, SO_SNDBUF, &b, sizeof(b), unix_set, NULL), 0);
+}
+
+/* First a TCP option, which a Unix socket does not have (EOPNOTSUPP on every kernel): the
+ * callback gets the error, and nothing tells the operator to upgrade a kernel that has
+ * the ring's socket commands (it did, once per shard, hiding the line for a kernel that
+ * lacks them). */
+static void
 unix_open(struct keel_conn *c)
 {
-	int v = 65536;
+	int one = 1;
 
-	SHARD_CHECK_EQ(
-		keel_conn_setsockopt(c, SOL_SOCKET, SO_SNDBUF, &v, sizeof(v), unix_set, NULL), 0);
+	SHARD_CHECK_EQ(keel_conn_setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one),
+					    unix_tcp, NULL),
+		       0);
 }
 
 static void
@@ -294,8 +319,10 @@ unix_case(const char *feature)
 	char addr[64], b;
 	int fd, n;
 
-	unix_set_status = unix_get_status = 1;
+	unix_set_status = unix_get_status = unix_tcp_status = 1;
 	atomic_store(&unix_closes, 0);
+	unix_logged[0] = 0;
+	keel_log_set_sink(unix_sink, NULL);
 	net_test_feature(&o, feature);
 	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
 	snprintf(addr, sizeof(addr), "unix:@keel-sockopt-%d", (int)getpid());
@@ -316,7 +343,11 @@ unix_case(const char *feature)
 	cr_assert_eq(keel_runtime_join(rt), 0);
 	keel_runtime_destroy(rt);
 	keel_listener_destroy(l);
+	keel_log_set_sink(NULL, NULL);
 	SHARD_CHECKS_PASSED();
+	cr_assert_eq(unix_tcp_status, -EOPNOTSUPP, "set TCP_NODELAY: %d", unix_tcp_status);
+	if (keel_caps_get()->sock_cmd)
+		cr_assert_null(strstr(unix_logged, "upgrade the kernel"), "%s", unix_logged);
 	cr_assert_eq(unix_set_status, 0, "set SO_SNDBUF: %s", strerror(-unix_set_status));
 	cr_assert_eq(unix_get_status, sizeof(int), "get SO_SNDBUF: %s", strerror(-unix_get_status));
 	cr_assert_geq(unix_sndbuf, 65536, "SO_SNDBUF read back: %d", unix_sndbuf);

@@ -34,6 +34,8 @@ struct keel_caps {
 	bool pbuf_inc;          /* net: IOU_PBUF_RING_INC buffer rings register (6.12) */
 	bool zc_report_usage;   /* net: SEND_ZC takes IORING_SEND_ZC_REPORT_USAGE (6.2) */
 	bool cancel_any;        /* IORING_ASYNC_CANCEL_ANY (5.19): the stop needs it */
+	bool sock_cmd;          /* net: socket options through the ring (SOCKET_URING_OP_*
+				 * of IORING_OP_URING_CMD, 6.7): a direct descriptor's */
 	int register_status;    /* 0, or the -errno io_uring_register gave for the op list
 				 * though io_uring_setup worked (a seccomp profile's -EPERM):
 				 * the probe is kept, keel_runtime_create refuses */
