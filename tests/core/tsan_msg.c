@@ -233,7 +233,9 @@ sink(enum keel_log_level level, const char *module, int shard, const char *msg, 
 {
 	(void)module;
 	(void)arg;
-	if (level <= KEEL_LOG_WARN && !strstr(msg, "stall: loop pass took")) {
+	/* Stalls come on a loaded machine; more shards than CPUs is this test's choice. */
+	if (level <= KEEL_LOG_WARN && !strstr(msg, "stall: loop pass took") &&
+	    !strstr(msg, "share a CPU")) {
 		atomic_fetch_add(&bad_logs, 1);
 		fprintf(stderr, "tsan_msg: shard %d: %s\n", shard, msg);
 	}
