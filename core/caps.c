@@ -173,8 +173,11 @@ keel__sqe_sockopt(struct io_uring_sqe *sqe, int fd, bool get, int level, int nam
 }
 
 /* Whether the kernel takes socket commands through the ring (SOCKET_URING_OP_GETSOCKOPT,
- * Linux 6.7), which options of a direct descriptor need: SO_TYPE of a Unix datagram
- * socket. Without it, or an older kernel, the command fails with -EOPNOTSUPP. */
+ * Linux 6.7), which options of a direct descriptor need: SO_TYPE of a UDP socket. Without
+ * it, or an older kernel, the command fails with -EOPNOTSUPP. Not a Unix socket: kernels
+ * from 6.7 until a later fix refuse every command on a socket whose protocol has no ioctl,
+ * which Unix sockets' lack, so the probe would call a kernel that has the commands one
+ * that has not. */
 static bool
 probe_sock_cmd(const struct keel_caps *c, struct io_uring *ring)
 {
@@ -183,7 +186,7 @@ probe_sock_cmd(const struct keel_caps *c, struct io_uring *ring)
 
 	if (!c->op_supported[IORING_OP_URING_CMD])
 		return false;
-	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
 		trial_failed(-errno);
 		return false;
