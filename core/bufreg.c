@@ -328,11 +328,17 @@ keel__bufreg_init(struct keel_shard *s)
 	br->nslots = nslots;
 	r = io_uring_register_buffers_sparse(&s->ring, br->nslots);
 	if (r < 0) {
-		keel_log(br->policy_on ? KEEL_LOG_ERROR : KEEL_LOG_WARN, "core",
-			 "shard %u: sparse fixed-buffer table of %u slots failed: %s%s", s->id,
-			 br->nslots, strerror(-r),
-			 br->policy_on ? " (--feature reg_buffers=on)"
-				       : "; running with unregistered buffers (plain sends)");
+		if (br->policy_on)
+			keel_log(KEEL_LOG_ERROR, "core",
+				 "shard %u: sparse fixed-buffer table of %u slots failed: %s (%s "
+				 "reg_buffers=on)",
+				 s->id, br->nslots, strerror(-r),
+				 keel__opt_name(&s->rt->opts, "--feature"));
+		else
+			keel_log(KEEL_LOG_WARN, "core",
+				 "shard %u: sparse fixed-buffer table of %u slots failed: %s; "
+				 "running with unregistered buffers (plain sends)",
+				 s->id, br->nslots, strerror(-r));
 		return br->policy_on ? r : 0;
 	}
 	br->enabled = true;

@@ -543,14 +543,33 @@ iface_pair(struct keel_opts *o, const char *pre, char ifs[2][32], char rqs[2][32
 	return 0;
 }
 
-_Static_assert(sizeof(opt_table) / sizeof(opt_table[0]) <= 64, "keel_opts.from_env's bits");
+/* The bit of keel_opts.from_env that says option @k's value came from its KEEL_* variable;
+ * its bit + 32, that the command line added to it (only --feature adds to its variable's). */
+#define FROM_ARGV_TOO 32
+_Static_assert(sizeof(opt_table) / sizeof(opt_table[0]) <= FROM_ARGV_TOO, "from_env's halves");
+
+static size_t
+opt_index(enum opt_id id)
+{
+	size_t k = 0;
+
+	while (k < sizeof(opt_table) / sizeof(opt_table[0]) && opt_table[k].id != id)
+		k++;
+	return k;
+}
 
 const char *
 keel__opt_name(const struct keel_opts *o, const char *flag)
 {
-	for (size_t k = 0; k < sizeof(opt_table) / sizeof(opt_table[0]); k++)
-		if (!strcmp(opt_table[k].name, flag))
-			return (o->from_env >> k) & 1 && opt_table[k].env ? opt_table[k].env : flag;
+	for (size_t k = 0; k < sizeof(opt_table) / sizeof(opt_table[0]); k++) {
+		if (strcmp(opt_table[k].name, flag))
+			continue;
+		if (!((o->from_env >> k) & 1) || !opt_table[k].env)
+			return flag;
+		if (opt_table[k].id == OPT_FEATURE && (o->from_env >> (k + FROM_ARGV_TOO)) & 1)
+			return "--feature (with KEEL_FEATURE)";
+		return opt_table[k].env;
+	}
 	return flag;
 }
 
@@ -648,7 +667,14 @@ keel_opts_parse(struct keel_opts *o, int *argc, char **argv, char *err, size_t e
 		if (!d)
 			continue;
 		given[d - opt_table] = true;
-		t.from_env &= ~(1ULL << (d - opt_table));
+		/* --feature adds to KEEL_FEATURE's: both named then. */
+		if (d->id == OPT_FEATURE && (t.from_env >> (d - opt_table)) & 1)
+			t.from_env |= 1ULL << (d - opt_table + FROM_ARGV_TOO);
+		else
+			t.from_env &= ~(1ULL << (d - opt_table));
+		/* --rxqs names the interface: not KEEL_IFACE's any more. */
+		if (d->id == OPT_RXQS)
+			t.from_env &= ~(1ULL << opt_index(OPT_IFACE));
 		r = apply(d, d->name, v, &t, err, errlen);
 		if (r < 0)
 			return r;

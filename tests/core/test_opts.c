@@ -1224,6 +1224,20 @@ Test(core_opts, a_message_about_a_value_names_the_variable_that_set_it)
 			  "warned: '%s'", warned);
 	}
 
+	/* --feature adds to KEEL_FEATURE: a feature forced on by either is named by both (the
+	 * command line's --feature took the name alone, though min_wait=on was the
+	 * variable's) */
+	{
+		const char *env[] = { "KEEL_FEATURE", "min_wait=on", "KEEL_WAIT_COALESCE_US", "0",
+				      NULL };
+		char *feat[] = { "prog", "--feature", "direct_fd=auto", NULL };
+
+		cr_assert_eq(parse_env_create(env, feat, 3, err, sizeof(err)), -EINVAL);
+		cr_assert(strstr(warned, "--feature (with KEEL_FEATURE) min_wait=on needs "
+					 "KEEL_WAIT_COALESCE_US > 0"),
+			  "warned: '%s'", warned);
+	}
+
 	/* shards sharing CPUs: KEEL_SHARDS and KEEL_CPUSET in the line and its fix */
 	cr_assert_eq(sched_getaffinity(0, sizeof(all), &all), 0);
 	for (int c = 0; c < CPU_SETSIZE && first < 0; c++)

@@ -145,9 +145,11 @@ struct keel_opts {
 	unsigned zcrx_rq_entries;       /* --zcrx-rq-entries: refill ring entries (power of 2) */
 
 	/* Set by keel_opts_parse (keel_opts_init clears it): which options' values came from
-	 * their KEEL_* variable rather than the command line, one bit each, so that messages
-	 * about a value name what the user set (KEEL_SHARDS, not --shards). A host that sets
-	 * a field itself after the parse may leave it: a message then names the variable. */
+	 * their KEEL_* variable rather than the command line, one bit each (and, 32 bits up,
+	 * those the command line added to, as --feature adds to KEEL_FEATURE), so that
+	 * messages about a value name what the user set (KEEL_SHARDS, not --shards). A host
+	 * that sets a field itself after the parse may leave it: a message then names the
+	 * variable. */
 	uint64_t from_env;
 };
 
