@@ -588,21 +588,21 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 	/* --rxqs without --shards: one shard per queue, more than the NIC's node has allowed
 	 * cores for: the rest went to other nodes' cores without a word (the default map
 	 * without --rxqs stops at the local cores; none local at all is said above). */
-	if (!req->shards && req->nrxqs && nic && nic->numa >= 0 && nlocal_phys) {
+	if (!req->shards && req->nrxqs && nic && nic->numa >= 0 && nlocal_phys &&
+	    req->numa != KEEL_MAP_NUMA_SPREAD) {
 		unsigned off = 0;
 
 		for (unsigned k = 0; k < shards; k++)
-			off += out->shards[k].numa != nic->numa;
+			off += out->shards[k].numa >= 0 && out->shards[k].numa != nic->numa;
 		if (off) {
 			bool siblings = req->smt == KEEL_MAP_SMT_AVOID && in->npus > in->ncores;
 
 			keel_log(KEEL_LOG_WARN, "topo",
 				 "%u of the %u shards --rxqs asks for are on other nodes' cores "
 				 "than %s's (NUMA node %d), where their packets cross the "
-				 "interconnect: the node has %u allowed core%s for them; give at "
-				 "most %u queues%s, or --shards %u to place them so on purpose",
-				 off, shards, nic->name, nic->numa, nlocal_phys,
-				 nlocal_phys == 1 ? "" : "s", nlocal_phys,
+				 "interconnect: the node's allowed CPUs took %u; give at most %u "
+				 "queues%s, or --shards %u to place them so on purpose",
+				 off, shards, nic->name, nic->numa, shards - off, shards - off,
 				 siblings ? ", --smt allow to use the cores' second threads" : "",
 				 shards);
 		}

@@ -2819,8 +2819,13 @@ Test(core_topo, rxqs_that_spill_shards_off_the_nics_node_are_said)
 	cr_assert_eq(keel_map_req_rxqs_parse(&r, "eth0:0-7", err, sizeof(err)), 0, "%s", err);
 	compute_logged(t, &r);
 	cr_assert(!strstr(logged, "--rxqs asks for"), "%s", logged);
-	/* --shards given: placed off the node on purpose, not said. */
+	/* --numa spread: spread on purpose, not said. */
 	cr_assert_eq(keel_map_req_rxqs_parse(&r, "eth0:0-9", err, sizeof(err)), 0, "%s", err);
+	r.numa = KEEL_MAP_NUMA_SPREAD;
+	compute_logged(t, &r);
+	cr_assert(!strstr(logged, "--rxqs asks for"), "%s", logged);
+	r.numa = KEEL_MAP_NUMA_LOCAL;
+	/* --shards given: placed off the node on purpose, not said. */
 	r.shards = 10;
 	compute_logged(t, &r);
 	cr_assert(!strstr(logged, "--rxqs asks for"), "%s", logged);
