@@ -2975,17 +2975,31 @@ Test(core_topo, irqbalance_not_seen_from_a_container_is_unknown)
 	rmdir(dir);
 }
 
+/* keel_opts_parse of @argv, then a keel_runtime_create that must be refused; what it logs
+ * in logged (emptied first). */
+static void
+parse_create_refused(int *argc, char **argv)
+{
+	struct keel_opts o = test_opts(0);
+	struct keel_runtime *rt;
+	char msg[256] = "";
+
+	cr_assert_eq(keel_opts_parse(&o, argc, argv, msg, sizeof(msg)), 0, "%s", msg);
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
+	keel_log_set_sink(NULL, NULL);
+}
+
 /* A conflict between options names where each value came from: KEEL_SHARDS or KEEL_CPUSET
  * (and KEEL_MAP) when the environment set it, the flag when the command line did. The
  * message said "--shards 4 but the map has 1 shards: drop --shards" to a user who never
  * typed --shards. */
 Test(core_topo, a_map_conflict_names_the_variable_that_set_the_value)
 {
-	char path[128], num[16], cpu[16], msg[256] = "";
+	char path[128], num[16], cpu[16];
 	int cpus[1] = { 0 };
 	cpu_set_t mask;
-	struct keel_runtime *rt;
-	struct keel_opts o;
 	char *argv[4] = { "prog", NULL, NULL, NULL };
 	int argc = 1;
 
@@ -3003,12 +3017,7 @@ Test(core_topo, a_map_conflict_names_the_variable_that_set_the_value)
 	/* KEEL_SHARDS against the map's count */
 	setenv("KEEL_SHARDS", num, 1);
 	setenv("KEEL_MAP", path, 1);
-	o = test_opts(0);
-	cr_assert_eq(keel_opts_parse(&o, &argc, argv, msg, sizeof(msg)), 0, "%s", msg);
-	logged[0] = 0;
-	keel_log_set_sink(log_sink, NULL);
-	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
-	keel_log_set_sink(NULL, NULL);
+	parse_create_refused(&argc, argv);
 	cr_assert(strstr(logged, "KEEL_MAP ") && strstr(logged, "KEEL_SHARDS 4 but the map has") &&
 			  strstr(logged, "drop KEEL_SHARDS") &&
 			  !strstr(logged, ": --shards 4 but") && !strstr(logged, "drop --shards"),
@@ -3021,12 +3030,7 @@ Test(core_topo, a_map_conflict_names_the_variable_that_set_the_value)
 	argv[1] = "--map";
 	argv[2] = path;
 	argc = 3;
-	o = test_opts(0);
-	cr_assert_eq(keel_opts_parse(&o, &argc, argv, msg, sizeof(msg)), 0, "%s", msg);
-	logged[0] = 0;
-	keel_log_set_sink(log_sink, NULL);
-	cr_assert_eq(keel_runtime_create(&o, &rt), -EINVAL);
-	keel_log_set_sink(NULL, NULL);
+	parse_create_refused(&argc, argv);
 	cr_assert(strstr(logged, "KEEL_CPUSET and --map both choose the CPUs") &&
 			  strstr(logged, "--map /tmp/"),
 		  "%s", logged);
