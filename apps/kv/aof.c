@@ -2057,6 +2057,23 @@ kv_aof_expired(const uint8_t *key, size_t klen)
 	 * out), nor after the stop wrote what was pending. */
 	if (!a->open || a->stopping)
 		return;
+	/* While the file fails, writes are refused and the backlog is not held
+	 * (backlog_grew), but reads and the sweep still expire keys: their DELs, gathered for a
+	 * file that takes nothing, grew past the backlog's bound. There, what is gathered is
+	 * dropped and the file is rebuilt from memory once it can be, where none of those keys
+	 * is; until then the DELs of more are not gathered either. */
+	if (refusing(a) && backlog(a) >= backlog_max) {
+		if (a->pend.len || !a->sync_lost) {
+			rb_free(&a->pend);
+			a->rw_stale |= a->rewriting;
+			file_lost(
+				a, a->err ? a->err : -ENOBUFS,
+				"the records of keys that expired while the file failed went past "
+				"the backlog's bound");
+			queue_flush(a);
+		}
+		return;
+	}
 	rb_arr(&a->pend, 2);
 	rb_bulk(&a->pend, "DEL", 3);
 	rb_bulk(&a->pend, key, klen);

@@ -1613,6 +1613,81 @@ Test(faults_kv, an_expired_key_stays_gone_after_a_start_with_the_clock_back)
 	rm_dir(dir);
 }
 
+/* Keys that expire while the append-only file fails (every write ENOSPC: writes refused,
+ * the backlog not held): their DELs were gathered for a file that takes nothing, past
+ * KEEL_KV_AOF_BACKLOG's bound (4 KiB here; 2,000 DELs are about 60 KB). Past it, what is
+ * gathered is dropped and the file rebuilt from memory once it can be. The keys come from
+ * a first run's file (the start writes its table with plain writes, which the injection
+ * does not reach) with deadlines 8 s after they were set; in the second run a SET's record
+ * fails the file (a batch of a few bytes), and the keys are read once their deadline has
+ * surely passed (the sweep takes most of them first). */
+Test(faults_kv, aof_expired_keys_while_the_file_fails_stay_within_the_backlog, .timeout = 120)
+{
+	char dir[] = "/tmp/keel-kv-aof-expfail-XXXXXX", line[256];
+	struct timespec t0, t1;
+	struct proc p;
+	FILE *f;
+	long long most = 0;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	aof_restart(&p, "1", dir);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	f = fdopen(test_connect(p.port), "r+");
+	cr_assert(f);
+	for (int i = 0; i < 2000; i++)
+		fprintf(f, "SET key:%d v PX 8000\r\n", i);
+	fflush(f);
+	for (int i = 0; i < 2000; i++) {
+		cr_assert(fgets(line, sizeof(line), f), "SET %d: no reply", i);
+		cr_assert_str_eq(line, "+OK\r\n", "SET %d", i);
+	}
+	fclose(f);
+	proc_stop(&p);
+	setenv("KEEL_FAULTS", "write:ENOSPC", 1);
+	aof_start(&p, "KEEL_KV_AOF_BACKLOG", "4096", "1", "everysec", dir);
+	unsetenv("KEEL_FAULTS");
+	kv_command(p.port, "DBSIZE", line, sizeof(line));
+	cr_assert_str_eq(line, ":2000\r\n", "the keys were past their time at the start");
+	/* A write's record fails the file first (one small batch), before the keys expire. */
+	for (int i = 0; i < 1000; i++) {
+		kv_command(p.port, "SET failing v", line, sizeof(line));
+		if (!strncmp(line, "-MISCONF", 8))
+			break;
+		cr_assert_str_eq(line, "+OK\r\n");
+		usleep(10 * 1000);
+	}
+	cr_assert(!strncmp(line, "-MISCONF", 8), "writes never refused: %s", line);
+	do { /* 9 s after the SETs */
+		usleep(100 * 1000);
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+	} while ((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000 < 9000);
+	f = fdopen(test_connect(p.port), "r+");
+	cr_assert(f);
+	for (int i = 0; i < 2000; i++) {
+		fprintf(f, "GET key:%d\r\n", i);
+		fflush(f);
+		cr_assert(fgets(line, sizeof(line), f), "GET %d: no reply", i);
+		cr_assert_str_eq(line, "$-1\r\n", "GET %d", i);
+		if (i % 100 == 99) {
+			long long b = persistence_field(p.port, "aof_buffer_length:");
+
+			most = b > most ? b : most;
+		}
+	}
+	fclose(f);
+	cr_log_info("the most bytes waiting for the failing file: %lld", most);
+	cr_assert_leq(most, 4096 + 1024,
+		      "%lld bytes of expired keys' DELs gathered past the 4 KiB backlog", most);
+	/* The file lost, the stop rebuilds it from memory (plain writes): whole, exit 0, and a
+	 * start finds what the table held, the one key the refused writes left. */
+	proc_stop(&p);
+	aof_restart(&p, "1", dir);
+	kv_command(p.port, "DBSIZE", line, sizeof(line));
+	cr_assert_str_eq(line, ":1\r\n");
+	proc_stop(&p);
+	rm_dir(dir);
+}
+
 /* A malformed KEEL_TEST_HIDE_OPS is a broken test: the process stops, status 2, naming the
  * variable, rather than run with the kernel's real operations. */
 Test(faults_kv, a_malformed_hide_ops_list_stops_the_start)
