@@ -361,18 +361,23 @@ keel__bufreg_fini(struct keel_shard *s)
 		return;
 	if (s->rt->opts.stats && br->alloc) {
 		struct keel_alloc_stats st;
+		char line[512];
+
 		keel_alloc_stats(br->alloc, &st);
-		keel_log(
-			KEEL_LOG_INFO, "core",
-			"shard %u memory: %llu/%llu regions pre-faulted, %llu MiB registered, in use "
-			"%llu KiB (peak %llu KiB), %llu allocation failures, %llu returned from "
-			"other shards",
-			s->id, (unsigned long long)st.regions, (unsigned long long)st.regions_max,
-			(unsigned long long)(st.bytes_registered >> 20),
-			(unsigned long long)(st.bytes_in_use >> 10),
-			(unsigned long long)(st.bytes_peak >> 10),
-			(unsigned long long)st.alloc_failures,
-			(unsigned long long)st.remote_returns);
+		snprintf(line, sizeof(line),
+			 "shard %u memory: %llu/%llu regions pre-faulted, %llu MiB registered, in "
+			 "use %llu KiB (peak %llu KiB), %llu allocation failures, %llu returned "
+			 "from other shards",
+			 s->id, (unsigned long long)st.regions, (unsigned long long)st.regions_max,
+			 (unsigned long long)(st.bytes_registered >> 20),
+			 (unsigned long long)(st.bytes_in_use >> 10),
+			 (unsigned long long)(st.bytes_peak >> 10),
+			 (unsigned long long)st.alloc_failures,
+			 (unsigned long long)st.remote_returns);
+		/* Part of --stats's report, as its table (runtime.c, stats_report): through the
+		 * log sink when a host set one, else on stderr, whatever the log level. */
+		if (!keel__log_to_sink(KEEL_LOG_INFO, "stats", line))
+			fprintf(stderr, "%s\n", line);
 	}
 	/* The ring is gone: its table no longer pins anything. */
 	for (unsigned i = 0; i < br->nslots; i++) {

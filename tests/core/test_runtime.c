@@ -342,7 +342,7 @@ Test(core_runtime, later_steps_run_once_from_the_loop_and_what_they_defer_runs)
  * nothing reaches stderr; without one the table on stderr is as it was. stderr is a file of
  * the test's for the join. */
 static char stats_logged[8192];
-static unsigned stats_lines;
+static unsigned stats_lines, stats_memory_lines;
 
 static void
 stats_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
@@ -352,6 +352,10 @@ stats_sink(enum keel_log_level level, const char *module, int shard, const char 
 	(void)shard, (void)arg;
 	if (strcmp(module, "stats") || level != KEEL_LOG_INFO)
 		return;
+	if (strstr(msg, " memory: ")) { /* a shard's memory line, at its end */
+		stats_memory_lines++;
+		return;
+	}
 	stats_lines++;
 	snprintf(stats_logged + n, sizeof(stats_logged) - n, "%s\n", msg);
 }
@@ -376,8 +380,9 @@ stats_run(bool sink, char *err_out, size_t len)
 
 	cr_assert_not_null(f);
 	o.stats = true;
+	o.log_level = KEEL_LOG_WARN; /* --stats's lines are not held back by it */
 	stats_logged[0] = 0;
-	stats_lines = 0;
+	stats_lines = stats_memory_lines = 0;
 	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
 	if (sink)
 		keel_log_set_sink(stats_sink, NULL);
@@ -408,6 +413,10 @@ Test(core_runtime, stats_go_through_the_log_sink_when_one_is_set)
 		  "no header line through the sink: '%s'", stats_logged);
 	cr_assert_eq(stats_lines, 3, "%u lines (header and two shards): '%s'", stats_lines,
 		     stats_logged);
+	/* Each shard's memory line too (it was an INFO line of module "core", below the
+	 * level, while the table was not). */
+	cr_assert_eq(stats_memory_lines, 2, "%u shards' memory lines through the sink",
+		     stats_memory_lines);
 	cr_assert_null(strstr(err, "passes"), "the table went to stderr: '%s'", err);
 
 	stats_run(false, err, sizeof(err)); /* no sink: stderr, as before */

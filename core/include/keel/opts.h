@@ -115,8 +115,9 @@ struct keel_opts {
 				    * returns -EAGAIN (0: none; KEEL_MAILBOX_OVERFLOW_DEFAULT) */
 	enum keel_log_level log_level; /* --log-level; keel_opts_init: the process's level now
 					* (keel_log_get_level), which create applies */
-	bool stats;                    /* --stats: per-shard stats at the join, on stderr or
-					* through the log sink when one is set */
+	bool stats;                    /* --stats: per-shard stats at the join (and each
+					* shard's memory at its end), on stderr or through the
+					* log sink when one is set, whatever the log level */
 	bool signals;                  /* SIGINT/SIGTERM stop the runtime, and every other one
 					* with this set (keel_run default) */
 	enum keel_policy features[KEEL_FEAT__COUNT]; /* --feature NAME=off|on|auto */
