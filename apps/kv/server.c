@@ -2147,9 +2147,12 @@ sub_note(struct kconn *kc, const struct kv_cmd *c, const struct resp_arg *argv, 
 {
 	kc->last_cmd = c;
 	kc->last_sub[0] = 0;
+	/* Subcommands: OBJECT and MEMORY (KV_R_KEY2), CLIENT, CONFIG and COMMAND (local);
+	 * the route first, so that a key's command (every GET, SET ...) compares no name. */
 	if (!c || argc < 2 ||
-	    (c->route != KV_R_KEY2 && strcmp(c->name, "client") && strcmp(c->name, "config") &&
-	     strcmp(c->name, "command")))
+	    (c->route != KV_R_KEY2 &&
+	     (c->route != KV_R_LOCAL || (strcmp(c->name, "client") && strcmp(c->name, "config") &&
+					 strcmp(c->name, "command")))))
 		return;
 	if (sub_known(c, argv, argc))
 		note_sub(kc, &argv[1]); /* "object|encoding" */
