@@ -98,6 +98,35 @@ keel_log_level_parse(const char *s, enum keel_log_level *out)
 	return -EINVAL;
 }
 
+/* @text to the sink, under the lock a sink change waits for (a change a sink made is made
+ * once it returned), a call per line when @lines; false, nothing done, when none is set. */
+static bool
+to_sink(enum keel_log_level level, const char *module, int shard, const char *text, bool lines)
+{
+	bool sent = false;
+
+	pthread_rwlock_rdlock(&sink_lock);
+	if (sink_fn) {
+		sent = true;
+		in_sink++;
+		while (lines && *text) {
+			char line[4096];
+			size_t n = strcspn(text, "\n");
+
+			snprintf(line, sizeof(line), "%.*s", (int)n, text);
+			sink_fn(level, module, shard, line, sink_arg);
+			text += n + (text[n] == '\n');
+		}
+		if (!lines)
+			sink_fn(level, module, shard, text, sink_arg);
+		in_sink--;
+	}
+	pthread_rwlock_unlock(&sink_lock);
+	if (change_due && !in_sink)
+		sink_change_made();
+	return sent;
+}
+
 void
 keel_log(enum keel_log_level level, const char *module, const char *fmt, ...)
 {
@@ -117,47 +146,19 @@ keel_log(enum keel_log_level level, const char *module, const char *fmt, ...)
 		memcpy(msg + sizeof(msg) - 1 - t, tail, (size_t)t + 1);
 	}
 
-	pthread_rwlock_rdlock(&sink_lock);
-	if (sink_fn) {
-		in_sink++;
-		sink_fn(level, module, shard, msg, sink_arg);
-		in_sink--;
-	} else if (shard >= 0) {
+	if (to_sink(level, module, shard, msg, false))
+		return;
+	if (shard >= 0)
 		fprintf(stderr, "keel %s %s[shard %d]: %s\n", level_names[level], module, shard,
 			msg);
-	} else {
+	else
 		fprintf(stderr, "keel %s %s: %s\n", level_names[level], module, msg);
-	}
-	pthread_rwlock_unlock(&sink_lock);
-	if (change_due && !in_sink)
-		sink_change_made();
 }
 
 bool
 keel__log_to_sink(enum keel_log_level level, const char *module, const char *text)
 {
-	int shard = keel__cur ? (int)keel__cur->id : -1;
-	bool sent = false;
-
-	pthread_rwlock_rdlock(&sink_lock);
-	if (sink_fn) {
-		char line[4096];
-
-		sent = true;
-		in_sink++;
-		while (*text) {
-			size_t n = strcspn(text, "\n");
-
-			snprintf(line, sizeof(line), "%.*s", (int)n, text);
-			sink_fn(level, module, shard, line, sink_arg);
-			text += n + (text[n] == '\n');
-		}
-		in_sink--;
-	}
-	pthread_rwlock_unlock(&sink_lock);
-	if (change_due && !in_sink)
-		sink_change_made();
-	return sent;
+	return to_sink(level, module, keel__cur ? (int)keel__cur->id : -1, text, true);
 }
 
 int
