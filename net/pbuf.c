@@ -180,6 +180,11 @@ keel__pbuf_init_window(struct net_shard *ns, struct pbuf_ring *r, uint16_t bgid,
 	r->spare = calloc(nbufs, sizeof(*r->spare));
 	if (!r->areas || !r->off || !r->kref || !r->slot || !r->next || !r->spare) {
 		ret = -ENOMEM;
+		if (bgid != NET_BULK_BGID) /* the bulk ring's maker says it, with its fixes */
+			keel_log(
+				KEEL_LOG_ERROR, NET_MOD,
+				"shard %u: no memory for the tables of %u receive buffers; lower %s",
+				ns->id, nbufs, ring_knobs(bgid));
 		goto err;
 	}
 	for (unsigned i = 0; i < r->nareas; i++) {

@@ -485,6 +485,9 @@ udp_recv_cb(struct keel_op *op, int res, uint32_t flags)
 				if (u->ns->udp.inring)
 					keel__udp_starved_kick(u->ns);
 			} else {
+				/* An empty datagram ends a multishot receive, as does any
+				 * completion of a single-shot one. */
+				u->ns->st.rearms++;
 				udp_rearm(u);
 			}
 		} else if (!u->closing && !u->ns->stopping && res < 0) {
@@ -612,7 +615,8 @@ udp_port_probe(struct sockaddr_storage *ss, socklen_t len, const char *addr)
 
 	if (fd < 0) {
 		r = -errno;
-		keel_log(KEEL_LOG_ERROR, NET_MOD, "udp port %u: socket: %s", port, strerror(-r));
+		keel_log(KEEL_LOG_ERROR, NET_MOD, "udp port %u: socket: %s%s", port, strerror(-r),
+			 keel__sock_hint(r, false));
 		return r;
 	}
 	if (bind(fd, (const struct sockaddr *)ss, len) < 0) {
@@ -714,6 +718,8 @@ udp_socket(const struct sockaddr_storage *want, socklen_t len, const char *addr,
 	fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
 		r = -errno;
+		keel_log(KEEL_LOG_ERROR, NET_MOD, "udp port %u: socket: %s%s", port, strerror(-r),
+			 keel__sock_hint(r, false));
 		goto fail;
 	}
 	/* Each shard binds its own socket to the port: without SO_REUSEPORT the second bind

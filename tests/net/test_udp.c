@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -373,11 +374,12 @@ sink_client(struct udp_sink *k)
 /* Datagrams of 0, 3, 0, 0 and 1 bytes come back in order with their lengths. Loopback
  * keeps order, so a dropped empty datagram shows as the next one arriving in its place. */
 static void
-zero_length_run(const char *feature)
+zero_length_run(const char *feature, uint64_t rearms)
 {
 	static const size_t sizes[] = { 0, 3, 0, 0, 1 };
 	struct udp_sink *k = calloc(1, sizeof(*k));
 	struct keel_net_config nc;
+	struct keel_net_stats st;
 	struct keel_runtime *rt;
 	char in[16];
 	int fd;
@@ -393,6 +395,12 @@ zero_length_run(const char *feature)
 		cr_assert_eq(n, (ssize_t)sizes[i], "datagram %zu: echo of %zd bytes, want %zu (%s)",
 			     i, n, sizes[i], n < 0 ? strerror(errno) : "an empty one was dropped");
 	}
+	/* Each receive that ended was armed again, and counted so: an empty datagram ends a
+	 * multishot receive, every completion a single-shot one (the re-arm runs in the pass
+	 * that sent the echo just read). */
+	shard_net_stats(rt, &st);
+	cr_assert_geq(st.rearms, rearms, "%llu re-arms counted, want %llu at least",
+		      (unsigned long long)st.rearms, (unsigned long long)rearms);
 	close(fd);
 	sink_stop(rt, k);
 	cr_assert_eq(atomic_load(&k->datagrams), 5);
@@ -401,12 +409,12 @@ zero_length_run(const char *feature)
 
 Test(net_udp, zero_length_datagrams_are_delivered)
 {
-	zero_length_run(NULL);
+	zero_length_run(NULL, 3);
 }
 
 Test(net_udp, zero_length_datagrams_with_multishot_recv_off)
 {
-	zero_length_run("multishot_recv=off");
+	zero_length_run("multishot_recv=off", 5);
 }
 
 /* udp_buf_size is the largest datagram received whole: one byte more is dropped and
@@ -1849,4 +1857,76 @@ Test(net_udp, a_buffer_group_the_application_took_is_named_as_keels)
 	cr_assert(strstr(bg_logged, "registering buffer ring 1 failed") &&
 			  strstr(bg_logged, "buffer groups 0-2"),
 		  "%s", bg_logged);
+}
+
+/* An endpoint whose socket finds the descriptor table full says so with the fix, as a
+ * listener does (net_addr/a_listener_out_of_descriptors_says_so): its port's probe said
+ * "socket: Too many open files" without the fix. Run on the shard; the limit is put back
+ * at once. */
+static char nofd_log[512];
+
+static void
+nofd_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	(void)level;
+	(void)module;
+	(void)shard;
+	(void)arg;
+	if (!nofd_log[0])
+		snprintf(nofd_log, sizeof(nofd_log), "%s", msg);
+}
+
+static void
+nofd_open(struct keel_xreq *req)
+{
+	struct keel_udp *u = NULL;
+	struct rlimit rl, was;
+	int fd, r;
+
+	/* The shard's network state first (its making fits the soft limit to the file
+	 * table), and the UDP ring with it. */
+	r = keel_udp_open("127.0.0.1", 0, &sink_ops, NULL, &u);
+	if (r < 0) {
+		keel_xreq_complete(req, r);
+		return;
+	}
+	keel_udp_close(u);
+	u = NULL;
+	fd = dup(0);
+	if (fd < 0 || getrlimit(RLIMIT_NOFILE, &was) < 0) {
+		keel_xreq_complete(req, -EPERM);
+		return;
+	}
+	rl = was;
+	rl.rlim_cur = (rlim_t)fd; /* the next descriptor is past the limit */
+	close(fd);
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0) {
+		keel_xreq_complete(req, -EPERM);
+		return;
+	}
+	r = keel_udp_open("127.0.0.1", 0, &sink_ops, NULL, &u);
+	setrlimit(RLIMIT_NOFILE, &was);
+	if (r == 0)
+		keel_udp_close(u);
+	keel_xreq_complete(req, r);
+}
+
+Test(net_udp, an_endpoint_out_of_descriptors_says_so)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_runtime *rt;
+	int r;
+
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, NULL, NULL), 0);
+	nofd_log[0] = 0;
+	keel_log_set_sink(nofd_sink, NULL);
+	r = rt_run_on(rt, 0, nofd_open, NULL);
+	keel_log_set_sink(NULL, NULL);
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	cr_assert_eq(r, -EMFILE, "%d (%s)", r, nofd_log);
+	cr_assert(strstr(nofd_log, "udp port 0: socket: ") && strstr(nofd_log, "raise ulimit -n"),
+		  "'%s'", nofd_log);
 }

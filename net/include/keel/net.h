@@ -625,8 +625,9 @@ struct keel_net_stats {
 	uint64_t recv_cqes;      /* receive completions with data */
 	uint64_t recv_bufs;      /* receive buffers filled (several per CQE with bundles) */
 	uint64_t enobufs;        /* receives that ran out of buffers (re-armed later) */
-	uint64_t rearms;         /* receives that ended and were to be armed again at once
-				    (moves between the receive rings included; not after
+	uint64_t rearms;         /* receives that ended and were to be armed again at once,
+				    TCP and UDP (an empty datagram ends a multishot receive;
+				    moves between the receive rings included; not after
 				    -ENOBUFS: enobufs): counted when the receive ends, so one
 				    whose re-arm found no SQE counts even if its connection
 				    closed before the retry, and one re-armed later (after a
