@@ -1616,6 +1616,10 @@ keel_conn_close(struct keel_conn *c)
 	 * its header and never reads must still be ended). */
 	if (c->cfg->close_timeout_ns)
 		bound = c->cfg->close_timeout_ns;
+	/* The linger began inside this call (the queue empty, sent at once): its timer, set
+	 * to KEEL_NET_LINGER_NS, takes this close's bound, as it does when it begins later. */
+	if (!c->closing && c->close_timer && c->lingering && c->cfg->close_timeout_ns)
+		keel_timer_start(c->close_timer, c->cfg->close_timeout_ns, 0);
 	if (!c->closing && !c->close_timer && bound) {
 		int r = keel_timer_create(close_timeout_cb, c, &c->close_timer);
 

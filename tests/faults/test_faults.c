@@ -663,6 +663,64 @@ rl_abort(struct keel_xreq *req)
 	keel_xreq_complete(req, c ? 0 : -ENOENT);
 }
 
+/* A graceful close whose deferred flush found no memory sends the queue at once: with the
+ * queue empty it lingers inside keel_conn_close, whose timer (KEEL_NET_LINGER_NS, 5 s) was
+ * then taken for the close's own and close_timeout_ns was never applied. Here 100 ms. */
+static struct {
+	_Atomic uint64_t closed_at, ended_at;
+	_Atomic int status, closes;
+} ct;
+
+static void
+ct_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		keel_slice_put(&s[i]);
+	if (atomic_load(&ct.closed_at))
+		return;
+	atomic_store(&ct.closed_at, keel_now_ns());
+	atomic_store(&keel__fault_defer_nomem, 1);
+	keel_conn_close(c);
+	atomic_store(&keel__fault_defer_nomem, 0);
+}
+
+static void
+ct_close(struct keel_conn *c, int status)
+{
+	(void)c;
+	atomic_store(&ct.ended_at, keel_now_ns());
+	atomic_store(&ct.status, status);
+	atomic_fetch_add(&ct.closes, 1);
+}
+
+Test(faults_sqe, a_close_whose_flush_could_not_be_deferred_keeps_its_close_timeout)
+{
+	static const struct keel_conn_ops ops = { .on_data = ct_data, .on_close = ct_close };
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	uint64_t took;
+	struct srv s;
+	int fd, r;
+
+	memset(&ct, 0, sizeof(ct));
+	keel_net_config_init(&nc);
+	nc.close_timeout_ns = KEEL_MS(100);
+	r = srv_start(&s, &o, &nc, &ops);
+	cr_assert_eq(r, 0, "%s", strerror(-r));
+	fd = cli_connect(s.port);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(cli_write_all(fd, "x", 1), 0);
+	/* The peer never ends its side: only a bound ends the close. */
+	WAIT_FOR(atomic_load(&ct.closes) == 1, "the close's end");
+	took = atomic_load(&ct.ended_at) - atomic_load(&ct.closed_at);
+	cr_assert_eq(atomic_load(&ct.status), 0, "status %d", atomic_load(&ct.status));
+	/* 100 ms asked; the linger's own bound is 5 s. Far from both, for a loaded machine. */
+	cr_assert_lt(took, KEEL_MS(2500), "the close took %llu ms, not close_timeout_ns's 100",
+		     (unsigned long long)(took / 1000000));
+	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
+}
+
 Test(faults_sqe, a_reset_that_found_no_sqe_is_said)
 {
 	struct keel_opts o = net_test_opts(1);

@@ -92,7 +92,9 @@ struct keel_net_config {
 	/* An accepted connection that has not received header_bytes bytes this long after
 	 * the accept is aborted (slowloris; counted in header_timeouts). The application's
 	 * keel_conn_close() ends it: the close is bounded by close_timeout_ns, or without one by
-	 * what the header timeout had left (then -ETIMEDOUT). 0: off (default). */
+	 * what the header timeout had left until the queue went out (then -ETIMEDOUT), and
+	 * from there by the linger's KEEL_NET_LINGER_NS (then status 0; docs/net.md, "Closing
+	 * and shutdown"). 0: off (default). */
 	uint64_t header_timeout_ns;
 	/* ... the bytes it must have received by then (default 1: a first-byte timeout). */
 	uint32_t header_bytes;
@@ -258,7 +260,8 @@ struct keel_conn_ops {
 	void (*on_data)(struct keel_conn *c, struct keel_slice *s, unsigned n);
 	/** The peer shut down its side. NULL: keel_conn_close() is called. */
 	void (*on_eof)(struct keel_conn *c);
-	/** Queued bytes fell below the low watermark after passing the high one. Optional. */
+	/** Queued bytes fell to the low watermark or under after passing the high one.
+	 * Optional. */
 	void (*on_writable)(struct keel_conn *c);
 	/**
 	 * The last callback: @status is 0 after keel_conn_close(), -ECONNRESET, -EPIPE,
