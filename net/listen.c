@@ -1052,6 +1052,17 @@ keel_listener_start(struct keel_listener *l)
 	id = keel_shard_id(sh);
 	if (id >= l->n || l->parts[id].started)
 		return -EINVAL;
+	/* Each shard's socket listens from the create: one for a shard the runtime lacks
+	 * takes its share of the connections into a backlog nothing accepts. */
+	if (keel_runtime_shard_count(keel_shard_runtime(sh)) < l->n) {
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "listener on port %u for %u shards, started on a runtime of %u: the "
+			 "kernel would queue connections for the missing shards that nothing "
+			 "accepts; create it for %u",
+			 l->port, l->n, keel_runtime_shard_count(keel_shard_runtime(sh)),
+			 keel_runtime_shard_count(keel_shard_runtime(sh)));
+		return -EINVAL;
+	}
 	r = keel__net_shard_get_cfg(l->has_cfg ? &l->cfg : NULL, &ns);
 	if (r < 0)
 		return r;

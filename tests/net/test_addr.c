@@ -486,6 +486,49 @@ Test(net_addr, a_listener_for_more_shards_than_its_runtime_is_refused_with_a_rea
 	keel_runtime_destroy(rt);
 }
 
+/* A listener made for more shards than the runtime that starts it: the missing shards'
+ * sockets listen, so the kernel put a share of the connections in backlogs nothing
+ * accepted, and the start said nothing. Refused at each shard's start, with the fix. */
+static struct keel_listener *more_l;
+static _Atomic int more_starts, more_refused;
+
+static void
+more_start(void *app)
+{
+	int r = keel_listener_start(more_l);
+
+	(void)app;
+	atomic_fetch_add(&more_starts, 1);
+	if (r == -EINVAL)
+		atomic_fetch_add(&more_refused, 1);
+}
+
+Test(net_addr, a_listener_for_more_shards_than_the_runtime_that_starts_it_is_refused)
+{
+	struct keel_opts o = net_test_opts(2);
+	struct keel_listen_opts lo = { .addr = "127.0.0.1" };
+	struct keel_runtime *rt;
+
+	atomic_store(&more_starts, 0);
+	atomic_store(&more_refused, 0);
+	cr_assert_eq(keel_listener_create(&lo, 3, &addr_ops, NULL, &more_l), 0);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	create_log[0] = 0;
+	keel_log_set_sink(create_sink, NULL);
+	cr_assert_eq(keel_runtime_start(rt, more_start, NULL), 0);
+	WAIT_FOR(atomic_load(&more_starts) == 2, "both shards' starts");
+	keel_log_set_sink(NULL, NULL);
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	keel_listener_destroy(more_l);
+	cr_assert_eq(atomic_load(&more_refused), 2, "%d of 2 starts refused (log: '%s')",
+		     atomic_load(&more_refused), create_log);
+	cr_assert(strstr(create_log, "for 3 shards, started on a runtime of 2") &&
+			  strstr(create_log, "create it for 2"),
+		  "'%s'", create_log);
+}
+
 /* The addresses of an accepted direct descriptor are read through a plain copy of it: with
  * the process's descriptors all taken, that copy fails with EMFILE. keel_conn_peer_addr
  * gives -EMFILE, and the log says the descriptors ran out (raise ulimit -n), not that the

@@ -355,7 +355,9 @@ KEEL_API uint16_t keel_listener_port(const struct keel_listener *l);
 /**
  * Accept on this shard's socket of @l (socket keel_shard_id()). When the last shard has
  * started, the steering program is attached. Accepting stops when the runtime stops.
- * Returns: 0; -EINVAL (shard id >= nshards, or started twice); -EOPNOTSUPP (a feature
+ * Returns: 0; -EINVAL (shard id >= nshards, started twice, or the runtime has fewer
+ * shards than nshards: logged, as the kernel would queue connections for the missing
+ * shards' sockets that nothing accepts); -EOPNOTSUPP (a feature
  * forced on is missing); -ESHUTDOWN (the shard's stop began); -errno setting up the
  * shard's network state; -errno attaching the steering program (logged; this shard
  * accepts all the same, and the kernel's hash places connections: stop, or carry on
