@@ -601,7 +601,10 @@ verify_check(struct keel_listener *l, struct keel__lshard *ls, int cpu, int optn
 	if (optname == SO_INCOMING_CPU) {
 		if (l->steer == KEEL_STEER_CPU && (int)val != cpu && cpu_has_shard(l, val))
 			STAT_INC(l, ls->shard, cpu_mismatch);
-	} else if (val && l->napi && keel__napi_note(l->napi, val, ls->shard)) {
+	} else if (!val) {
+		/* No NAPI id (loopback, veth, a driver without NAPI): nothing to check by. */
+		STAT_INC(l, ls->shard, unverified);
+	} else if (l->napi && keel__napi_note(l->napi, val, ls->shard)) {
 		STAT_INC(l, ls->shard, napi_mismatch);
 	}
 }

@@ -379,7 +379,8 @@ struct keel_listener_stats {
 	uint64_t napi_mismatch; /* queue steering: the connection's receive queue
 				   (SO_INCOMING_NAPI_ID) sent its first connection to another
 				   shard (a shard may own several queues) */
-	uint64_t unverified;    /* the value steering is checked by could not be read */
+	uint64_t unverified;    /* the value steering is checked by could not be read, or
+				   names nothing (a NAPI id of 0: loopback, veth) */
 	uint64_t accept_errors; /* EMFILE/ENFILE/ENOMEM and other accept failures */
 	uint64_t over_limit;    /* accepted beyond max_conns and closed at once */
 	uint64_t steer_reads;   /* steering checks issued: one getsockopt per accept with
