@@ -382,6 +382,19 @@ shard_create(const struct keel_net_config *cfg, struct net_shard **out)
 			return r;
 		}
 		r = io_uring_register_files_sparse(ns->ring, ns->cfg.max_files);
+		if (r == -EBUSY) {
+			/* A ring has one table: the application registered its own (docs/file.md,
+			 * a core-only program's way to direct descriptors). */
+			keel_log(
+				KEEL_LOG_ERROR, NET_MOD,
+				"shard %u: the ring has a file table already (the application's "
+				"own, io_uring_register_files_sparse): keel's network layer "
+				"registers one of --max-files slots (%u) for files and connections "
+				"both; register none, or use --feature direct_fd=off",
+				ns->id, ns->cfg.max_files);
+			free(ns);
+			return -EEXIST;
+		}
 		if (r < 0) {
 			keel_log(KEEL_LOG_ERROR, NET_MOD,
 				 "shard %u: registering a file table of %u slots failed: %s; lower "

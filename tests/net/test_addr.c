@@ -529,6 +529,49 @@ Test(net_addr, a_listener_for_more_shards_than_the_runtime_that_starts_it_is_ref
 		  "'%s'", create_log);
 }
 
+/* A shard whose ring has a file table of the application's (docs/file.md, a core-only
+ * program's direct descriptors) cannot make its network state, which registers its own:
+ * the kernel's -EBUSY was logged as "lower --max-files", which cannot help, and returned
+ * as the -EBUSY keel_net_shard_init gives for state that exists already. */
+static struct keel_listener *table_l;
+static _Atomic int table_r = 1;
+
+static void
+table_start(void *app)
+{
+	int r = io_uring_register_files_sparse(keel_shard_ring_get(), 8);
+
+	(void)app;
+	atomic_store(&table_r, r < 0 ? 1000 + r : keel_listener_start(table_l));
+}
+
+Test(net_addr, a_file_table_of_the_applications_is_named_when_the_network_starts)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_listen_opts lo = { .addr = "127.0.0.1" };
+	struct keel_runtime *rt;
+	int r;
+
+	net_test_feature(&o, "direct_fd=on");
+	cr_assert_eq(keel_listener_create(&lo, 1, &addr_ops, NULL, &table_l), 0);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	create_log[0] = 0;
+	keel_log_set_sink(create_sink, NULL);
+	cr_assert_eq(keel_runtime_start(rt, table_start, NULL), 0);
+	WAIT_FOR(atomic_load(&table_r) != 1, "the shard's start");
+	keel_log_set_sink(NULL, NULL);
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	keel_listener_destroy(table_l);
+	r = atomic_load(&table_r);
+	cr_assert_lt(r, 900, "the test's own table was refused: %s", strerror(1000 - r));
+	cr_assert_eq(r, -EEXIST, "%d (%s)", r, create_log);
+	cr_assert(strstr(create_log, "has a file table already") &&
+			  strstr(create_log, "direct_fd=off"),
+		  "'%s'", create_log);
+}
+
 /* The addresses of an accepted direct descriptor are read through a plain copy of it: with
  * the process's descriptors all taken, that copy fails with EMFILE. keel_conn_peer_addr
  * gives -EMFILE, and the log says the descriptors ran out (raise ulimit -n), not that the

@@ -237,7 +237,8 @@ KEEL_API void keel_net_opts_parse_or_exit(struct keel_opts *o, struct keel_net_c
  * with keel_listen_opts.net uses its own for its connections).
  * Returns: 0; -EINVAL (as keel_net_config_set()); -EPERM off a shard; -ESHUTDOWN once the
  * shard's stop began; -EBUSY when the shard's network state exists already (logged);
- * -errno making it (file table, buffers).
+ * -EEXIST when the ring has a file table keel did not register (the application's own,
+ * with direct descriptors on: logged); -errno making it (file table, buffers).
  * Context: a shard.
  */
 KEEL_API int keel_net_shard_init(const struct keel_net_config *c);
