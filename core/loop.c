@@ -618,8 +618,9 @@ timers_held(struct keel_shard *s)
  * EXT_ARG): a woken shard that answers and goes back to sleep enters the kernel once.
  * GETEVENTS also runs the task work DEFER_TASKRUN holds back, so completions of what was
  * just submitted end the wait at once. Returns false without entering when there is work
- * for another pass: then the pass that began at @t0 stays open and the caller enters if it
- * must. On true the pass was closed (pass_end) before the sleep. */
+ * for another pass (a timer already due among it): then the pass that began at @t0 stays
+ * open and the caller enters if it must. On true the pass was closed (pass_end) before the
+ * sleep. */
 static bool
 sleep_in_kernel(struct keel_shard *s, uint64_t t0, struct keel__coalesce *co)
 {
@@ -646,14 +647,21 @@ sleep_in_kernel(struct keel_shard *s, uint64_t t0, struct keel__coalesce *co)
 		atomic_store(&s->sleeping, 0);
 		return false;
 	}
+	now = keel__clock_ns();
+	next = timers_held(s) ? -1 : keel__timers_next_ns(s);
+	if (next >= 0) {
+		/* A timer came due while the pass ran: the next pass runs it, where a wait of
+		 * 0 ns would cost an io_uring_enter counted as a sleep. */
+		if ((uint64_t)next <= now) {
+			atomic_store(&s->sleeping, 0);
+			return false;
+		}
+		d = (uint64_t)next - now;
+	}
 	/* What this shard sends after the sleep is sporadic: its receivers have read their
 	 * tails' lines since (msg.c, mark_dirty). */
 	s->flush_seq++;
-	now = keel__clock_ns();
 	pass_end(s, t0, now);
-	next = timers_held(s) ? -1 : keel__timers_next_ns(s);
-	if (next >= 0)
-		d = (uint64_t)next > now ? (uint64_t)next - now : 0;
 	/* Bounded: work waits for room or a retry (an internal read that found no SQE would
 	 * otherwise leave a sleep no foreign wake-up or signal can end), or the stop. */
 	if ((s->ovf_pending || s->room_waiters || s->internal_retry || s->phase != PHASE_RUN) &&
@@ -1033,8 +1041,16 @@ keel__shard_loop(struct keel_shard *s)
 			} else if (ip.adaptive) {
 				slept_at = t0;
 			}
-		} else if (must_enter)
-			enter(s);
+		} else {
+			/* Work came after the window ran out, before the sleep: the poll found
+			 * nothing in its window, as one that slept. */
+			if (idle_since) {
+				STAT_INC(s, polls_slept);
+				keel__idlepoll_polled(&ip, false);
+			}
+			if (must_enter)
+				enter(s);
+		}
 		idle_since = 0;
 	}
 

@@ -5,6 +5,7 @@
 
 #include <criterion/criterion.h>
 
+#include "../../core/internal.h"
 #include "helpers.h"
 
 struct timer_test {
@@ -248,6 +249,117 @@ Test(core_timer, idle_polls_that_find_work_are_counted)
 	cr_assert_eq(st.timers_fired, 20);
 	cr_assert_geq(st.polls_found, 1, "polls ended by the timer: %llu",
 		      (unsigned long long)st.polls_found);
+	keel_runtime_destroy(rt);
+}
+
+/* A poll whose window ran out, with work found just before the sleep (mail, a request, a
+ * deferred call in the sleep's last look): it polled the whole window for nothing, as one
+ * that slept, and was counted nowhere (nor given to the adaptive policy). */
+static struct {
+	struct keel_runtime *rt;
+	uint64_t polls;
+	_Atomic int hooked;
+} pw;
+
+static void
+pw_stop(void *arg)
+{
+	struct keel_shard_stats st;
+
+	(void)arg;
+	keel_runtime_stats(pw.rt, 0, &st);
+	pw.polls = st.polls_found + st.polls_slept;
+	keel_stop(0);
+}
+
+static void
+pw_hook(void)
+{
+	if (!atomic_exchange(&pw.hooked, 1) && keel_defer(pw_stop, NULL) < 0)
+		keel_stop(-ENOMEM);
+}
+
+Test(core_timer, a_poll_whose_window_ran_out_before_work_came_is_counted)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_runtime *rt;
+	int r;
+
+	memset(&pw, 0, sizeof(pw));
+	o.idle_poll_us = 2000; /* about polling */
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	pw.rt = rt;
+	keel__hook_before_sleep = pw_hook; /* the first sleep: after the first window */
+	cr_assert_eq(keel_runtime_start(rt, NULL, NULL), 0);
+	r = keel_runtime_join(rt);
+	keel__hook_before_sleep = NULL;
+	cr_assert_eq(r, 0);
+	cr_assert_eq(pw.polls, 1, "%llu polls counted when the deferred call ran, want 1",
+		     (unsigned long long)pw.polls);
+	keel_runtime_destroy(rt);
+}
+
+/* A timer that came due while the pass ran (started by a callback that then worked on):
+ * the sleep that followed waited 0 ns, one io_uring_enter counted as a sleep (sleeps:
+ * waits that blocked). The next pass runs it instead. */
+static struct {
+	struct keel_runtime *rt;
+	struct keel_timer *t;
+	uint64_t sleeps_before, sleeps_at_fire;
+} due;
+
+static void
+due_fire(struct keel_timer *t, void *arg)
+{
+	struct keel_shard_stats st;
+
+	(void)arg;
+	keel_runtime_stats(due.rt, 0, &st);
+	due.sleeps_at_fire = st.sleeps;
+	keel_timer_destroy(t);
+	keel_stop(0);
+}
+
+static void
+due_defer(void *arg)
+{
+	struct keel_shard_stats st;
+	uint64_t end;
+
+	(void)arg;
+	keel_runtime_stats(due.rt, 0, &st);
+	due.sleeps_before = st.sleeps;
+	keel_timer_start(due.t, KEEL_US(1), 0);
+	/* The clock itself: keel_now_ns() on a shard is the pass's time, which stands. */
+	for (end = mono_ns() + KEEL_US(200); mono_ns() < end;)
+		;
+}
+
+static void
+due_start(void *app)
+{
+	(void)app;
+	if (!SHARD_CHECK_EQ(keel_timer_create(due_fire, NULL, &due.t), 0) ||
+	    !SHARD_CHECK_EQ(keel_defer(due_defer, NULL), 0))
+		keel_stop(-EIO);
+}
+
+Test(core_timer, a_timer_due_before_the_sleep_runs_without_one)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_runtime *rt;
+	int r;
+
+	memset(&due, 0, sizeof(due));
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	due.rt = rt;
+	cr_assert_eq(keel_runtime_start(rt, due_start, NULL), 0);
+	r = keel_runtime_join(rt);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
+	cr_assert_eq(due.sleeps_at_fire, due.sleeps_before,
+		     "%llu sleeps between the start of a due timer and its fire",
+		     (unsigned long long)(due.sleeps_at_fire - due.sleeps_before));
 	keel_runtime_destroy(rt);
 }
 
