@@ -367,6 +367,7 @@ complete(struct keel_shard *s, struct keel_file_req *req, int res)
 	if (req->kind_ == K_CLOSE && (req->sqe_flags_ & IOSQE_FIXED_FILE) && res >= 0)
 		slot_drop(s, req->fd_);
 	release(req);
+	s->files.closes -= req->kind_ == K_CLOSE;
 	s->files.st.completed++;
 	if (res < 0)
 		s->files.st.errors++;
@@ -559,15 +560,16 @@ names_fd(const struct keel_file_req *l, int fd, bool fixed)
 }
 
 /* What close @req must do now: CLOSE_GO; CLOSE_HELD, wait, because a request in the ring
- * names its descriptor; -EBADF, another close of it is held: the file is still open under
- * that number, so this is a second close of it, which would run after the first, when the
- * number may be another file's. The kernel looks a plain descriptor up when it runs a
- * request, and io-wq runs some on its own threads from the start (fsync, fallocate, statx,
- * an open that cannot be done inline), so a close issued beside them could run first: they
- * would fail with EBADF, or act on whatever file took the number meanwhile. A close in the
- * ring is only waited for: io-wq frees the number before its completion is reaped, so an
- * open may have the number again already, and this close may be of that new file. Walks the
- * requests in the ring (at most --file-qd) and the held closes. */
+ * names its descriptor; -EBADF, another close of it is held, or was not yet issued when this
+ * one was made (second_, close_pending): the file is still open under that number, so this
+ * is a second close of it, which would run after the first, when the number may be another
+ * file's. The kernel looks a plain descriptor up when it runs a request, and io-wq runs some
+ * on its own threads from the start (fsync, fallocate, statx, an open that cannot be done
+ * inline), so a close issued beside them could run first: they would fail with EBADF, or
+ * act on whatever file took the number meanwhile. A close in the ring is only waited for:
+ * io-wq frees the number before its completion is reaped, so an open may have the number
+ * again already, and this close may be of that new file. Walks the requests in the ring (at
+ * most --file-qd) and the held closes. */
 enum { CLOSE_GO = 0, CLOSE_HELD = 1 };
 
 static int
@@ -578,6 +580,8 @@ close_check(const struct keel_shard *s, const struct keel_file_req *req)
 
 	if (req->kind_ != K_CLOSE)
 		return CLOSE_GO;
+	if (req->second_)
+		return -EBADF;
 	if (fixed && !slot_held(s, req->fd_))
 		return -EBADF; /* emptied by another close (of a copy) since it was made */
 	for (const struct keel_file_req *h = s->files.held; h; h = h->next_)
@@ -587,6 +591,27 @@ close_check(const struct keel_shard *s, const struct keel_file_req *req)
 		if (names_fd(l, req->fd_, fixed))
 			r = CLOSE_HELD;
 	return r;
+}
+
+/* Whether a close of @req's descriptor made before it has not yet been issued: waits in the
+ * FIFO, is held, or waits to be cancelled at stop. Then @req, made now, is a second close of
+ * the file that one will close, whenever each of them reaches the ring: by then the number
+ * may be another file's (an open queued between them takes it as soon as the first close has
+ * run). Only a close in the ring is ambiguous (close_check): io-wq may have freed its number
+ * already, so @req may be a close of a new file. Walks the FIFO: called only while a close
+ * is outstanding (files.closes). */
+static bool
+close_pending(const struct keel_shard *s, const struct keel_file_req *req)
+{
+	bool fixed = req->sqe_flags_ & IOSQE_FIXED_FILE;
+	const struct keel_file_req *const lists[] = { s->files.head, s->files.held,
+						      s->files.cwait };
+
+	for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++)
+		for (const struct keel_file_req *l = lists[i]; l; l = l->next_)
+			if (l->kind_ == K_CLOSE && names_fd(l, req->fd_, fixed))
+				return true;
+	return false;
 }
 
 /* Put close @req aside until close_check() lets it go (held_release). */
@@ -895,6 +920,12 @@ submit(struct keel_shard *s, struct keel_file_req *req, void *arg)
 	req->arg_ = arg;
 	st->qd = qd_of(s);
 	s->files.ndrain += req->drain_; /* taken back by a refusal below */
+	if (req->kind_ == K_CLOSE) {
+		/* Known now, reported when it reaches the FIFO's head or at once (close_check):
+		 * once the first close has run, nothing tells the two apart. */
+		req->second_ = s->files.closes && close_pending(s, req);
+		s->files.closes++; /* taken back by a refusal below */
+	}
 	if (s->files.head || st->inflight >= st->qd || s->files.hooks) {
 		append(&s->files.head, &s->files.tail, req);
 		st->submitted++;
@@ -907,6 +938,7 @@ submit(struct keel_shard *s, struct keel_file_req *req, void *arg)
 	if (r < 0) {
 		release(req);
 		s->files.ndrain -= req->drain_;
+		s->files.closes--;
 		return refuse(s, r, "close of fd %d refused: a close of it is waiting already",
 			      req->fd_);
 	}
@@ -925,6 +957,7 @@ submit(struct keel_shard *s, struct keel_file_req *req, void *arg)
 	if (r < 0) {
 		release(req);
 		s->files.ndrain -= req->drain_;
+		s->files.closes -= req->kind_ == K_CLOSE;
 		return refuse(s, r,
 			      "disk %s could not be submitted: its buffer's region could not be "
 			      "registered (--feature reg_buffers=on)",

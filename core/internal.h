@@ -281,6 +281,9 @@ struct keel_shard {
 				    * are cancelled */
 		uint32_t drain_cb; /* the callback of such a request runs: what it makes is one */
 		uint32_t direct;   /* keel_file_direct_slots() */
+		uint32_t closes;   /* closes accepted whose callbacks have not run: while there
+				    * are any, a new close looks for one of its descriptor not
+				    * yet issued (submit, close_pending) */
 		/* Bit N: slot N of the ring's file table holds a file keel_file_openat put
 		 * there and no close has emptied yet (a close of any other slot is refused:
 		 * a copy's second close, a connection's slot). Grown to the highest slot. */

@@ -2260,6 +2260,92 @@ Test(core_file, a_close_of_a_number_reused_behind_a_close_in_the_ring_closes_the
 	cr_assert_eq(fcntl(ru.newfd, F_GETFD), -1, "the new file's descriptor is still open");
 }
 
+/* Two closes of one plain descriptor (a keel_file and its copy), both made while the FIFO is
+ * not empty, so both queued unchecked, then an open: --file-qd 3, three reads of empty pipes
+ * fill the ring and close(f), close(copy of f), openat(B) wait in the FIFO. Two of the pipes
+ * get a byte, so two slots free in one pass: the first close is issued, the open behind the
+ * second close too, and the open gets the number the first close freed. The copy's close is
+ * a second close of f (made while f's first close had not been issued): it must end with
+ * -EBADF, leaving B open. It was held behind the first close, which was in the ring, and
+ * issued when that one completed, as a plain close of the number, B's by then. */
+static struct {
+	int pipefd[3][2], fd;
+	struct keel_file_req rd[3], c1, c2, op;
+	struct keel_file p[3], f, g, b;
+	char buf[3][1];
+	int rd_res[3], c1_res, c2_res, op_res, done;
+} sq = { .c2_res = 1 };
+
+static void
+sq_done(struct keel_file_req *req, int res, void *arg)
+{
+	(void)arg;
+	if (req >= sq.rd && req < sq.rd + 3) {
+		sq.rd_res[req - sq.rd] = res;
+		return;
+	}
+	if (req == &sq.c1)
+		sq.c1_res = res;
+	else if (req == &sq.c2)
+		sq.c2_res = res;
+	else
+		sq.op_res = res;
+	if (++sq.done == 3)
+		keel_stop(0); /* the third pipe's read: cancelled */
+}
+
+static void
+sq_start(void *app)
+{
+	(void)app;
+	for (int i = 0; i < 3; i++) {
+		SHARD_CHECK_EQ(keel_file_from_fd(sq.pipefd[i][0], &sq.p[i]), 0);
+		SHARD_CHECK_EQ(keel_file_read(&sq.rd[i], &sq.p[i], sq.buf[i], 1, (uint64_t)-1,
+					      sq_done, NULL),
+			       0);
+	}
+	/* The lowest free number: the open in the ring gets it again once it is closed. */
+	sq.fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	SHARD_CHECK_EQ(keel_file_from_fd(sq.fd, &sq.f), 0);
+	sq.g = sq.f;
+	SHARD_CHECK_EQ(keel_file_close(&sq.c1, &sq.f, sq_done, NULL), 0);
+	SHARD_CHECK_EQ(keel_file_close(&sq.c2, &sq.g, sq_done, NULL), 0); /* queued unchecked */
+	SHARD_CHECK_EQ(keel_file_openat(&sq.op, AT_FDCWD, "/dev/null", O_RDONLY | O_CLOEXEC, 0, 0,
+					&sq.b, sq_done, NULL),
+		       0);
+	SHARD_CHECK_EQ(write(sq.pipefd[0][1], "x", 1), 1);
+	SHARD_CHECK_EQ(write(sq.pipefd[1][1], "x", 1), 1);
+}
+
+Test(core_file, a_copys_close_queued_with_the_first_is_refused_and_spares_the_next_file)
+{
+	struct keel_opts o = test_opts(1);
+
+	o.file_qd = 3;
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(pipe(sq.pipefd[i]), 0);
+	cr_assert_eq(keel_run(&o, sq_start, NULL), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(sq.rd_res[0], 1, "the first pipe's read: %d", sq.rd_res[0]);
+	cr_assert_eq(sq.rd_res[1], 1, "the second pipe's read: %d", sq.rd_res[1]);
+	cr_assert_eq(sq.rd_res[2], -ECANCELED, "the third pipe's read: %d", sq.rd_res[2]);
+	cr_assert_eq(sq.c1_res, 0, "the first close: %d", sq.c1_res);
+	/* What the test is about: the open took the number the first close freed. */
+	cr_assert_eq(sq.op_res, sq.fd, "the open got %d, not the closed number %d", sq.op_res,
+		     sq.fd);
+	cr_assert_eq(sq.b.fd, sq.fd);
+	cr_assert_eq(sq.c2_res, -EBADF, "the copy's close, a second close of f: %d", sq.c2_res);
+	errno = 0;
+	cr_assert_neq(fcntl(sq.b.fd, F_GETFD), -1,
+		      "the new file's descriptor %d was closed by the copy's close: %s", sq.b.fd,
+		      strerror(errno));
+	close(sq.b.fd);
+	for (int i = 0; i < 3; i++) {
+		close(sq.pipefd[i][0]);
+		close(sq.pipefd[i][1]);
+	}
+}
+
 /* A close that waited in the FIFO (--file-qd 2, both slots taken) and reaches its head while a
  * request on its descriptor is still in the ring is held there too: a read of an empty pipe
  * and an fdatasync take the slots, the pipe's close waits in the FIFO; the sync's completion

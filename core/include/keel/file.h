@@ -105,7 +105,8 @@ struct keel_file_req {
 	struct keel_file *file_;
 	struct keel_slice slice_; /* a reference held while the kernel may use the bytes */
 	bool has_slice_;
-	bool drain_; /* made by a stop hook, or while its requests drain: not cancelled */
+	bool drain_;  /* made by a stop hook, or while its requests drain: not cancelled */
+	bool second_; /* a close made while a close of its descriptor was not yet issued */
 	int dirfd_;
 };
 
@@ -254,14 +255,16 @@ KEEL_API int keel_file_statx(struct keel_file_req *req, int dirfd, const char *p
  * block the shard; @cb may run before that release has finished. Others close inline,
  * but for files of a file system that flushes at close (NFS, FUSE, CIFS), which the kernel
  * itself hands to io-wq.
- * Returns: as keel_file_fsync(), and -EBADF when a close of the same descriptor is held
- * already (a close of a number whose close is in the ring waits for it instead: the number
+ * Returns: as keel_file_fsync(), and -EBADF when a close of the same descriptor made before
+ * has not been issued yet (it is held, or at stop waits to be cancelled: this is a second
+ * close; a close of a number whose close is in the ring waits for it instead: the number
  * may be a new file's), or when @f is a direct descriptor whose slot holds no file that
  * keel_file_openat() put there (closed already through a copy of @f; the close of such a
  * copy that waited in the queue behind the first completes with -EBADF). A close made while
- * requests wait in the queue (or the queue depth is reached, or stop hooks run) is queued
- * unchecked: it returns 0, and a second close is then refused in @cb, with -EBADF, when it
- * reaches the queue's head. Context: a shard.
+ * requests wait in the queue (or the queue depth is reached, or stop hooks run) returns 0
+ * and is queued: a second close (made while a close of its descriptor waited in the queue,
+ * was held or waited to be cancelled) is then refused in @cb, with -EBADF, when it reaches
+ * the queue's head. Context: a shard.
  */
 KEEL_API int keel_file_close(struct keel_file_req *req, struct keel_file *f, keel_file_fn cb,
 			     void *arg);
