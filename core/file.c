@@ -22,9 +22,11 @@
  * run to completion (keel__file_stop_hooks; stop_progress cancels nothing more while files.ndrain
  * counts any). A close is the exception: its handle is cleared already, so one cancelled or still
  * waiting is made on the spot (close_now) and reports that, once no request in the ring names its
- * descriptor (it is held until then, at stop as while running: close_check). New requests are
- * refused with -ESHUTDOWN. The loop's quiescence waits for every request in the ring, so no
- * callback runs after the runtime stopped.
+ * descriptor (it is held until then, at stop as while running: close_check). A close that would
+ * go to the ring while a request on its descriptor waits to be cancelled joins them
+ * (behind_cwait), so its callback still comes last. New requests are refused with -ESHUTDOWN. The
+ * loop's quiescence waits for every request in the ring, so no callback runs after the runtime
+ * stopped.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -614,6 +616,26 @@ close_pending(const struct keel_shard *s, const struct keel_file_req *req)
 	return false;
 }
 
+/* Whether close @req, about to go to the ring at stop (made in a cancelled request's callback,
+ * or a stop hook's close at the FIFO's head), must join the requests waiting to be cancelled
+ * (cwait) instead, because one of them names its descriptor: that one was made before @req
+ * (before the stop, or ahead of it in the FIFO) and is called back, with -ECANCELED, only once
+ * the ring holds none of its kind; the close's callback, where a host may free the file's
+ * object, must come after it. At the end of cwait the close is made on the spot, or held
+ * (end_unissued), as one that waited there is. cwait is filled only at stop. */
+static bool
+behind_cwait(const struct keel_shard *s, const struct keel_file_req *req)
+{
+	bool fixed = req->sqe_flags_ & IOSQE_FIXED_FILE;
+
+	if (req->kind_ != K_CLOSE)
+		return false;
+	for (const struct keel_file_req *l = s->files.cwait; l; l = l->next_)
+		if (names_fd(l, req->fd_, fixed))
+			return true;
+	return false;
+}
+
 /* Put close @req aside until close_check() lets it go (held_release). */
 static void
 hold(struct keel_shard *s, struct keel_file_req *req)
@@ -752,6 +774,10 @@ pump(struct keel_shard *s)
 		/* A close waits for the requests on its descriptor at stop too: they end soon
 		 * (cancelled), and held_release then brings it back here. */
 		r = close_check(s, req);
+		if (r >= 0 && behind_cwait(s, req)) {
+			append(&s->files.cwait, &s->files.cwait_tail, req);
+			continue;
+		}
 		if (r == CLOSE_HELD) {
 			hold(s, req);
 			continue;
@@ -941,6 +967,13 @@ submit(struct keel_shard *s, struct keel_file_req *req, void *arg)
 		s->files.closes--;
 		return refuse(s, r, "close of fd %d refused: a close of it is waiting already",
 			      req->fd_);
+	}
+	/* At stop: the pump that moved them aside, or a completion's, runs them and then it
+	 * (cwait is never left non-empty without a request in the ring to pump it). */
+	if (behind_cwait(s, req)) {
+		st->submitted++;
+		append(&s->files.cwait, &s->files.cwait_tail, req);
+		return 0;
 	}
 	if (r == CLOSE_HELD) {
 		st->submitted++;

@@ -1916,6 +1916,79 @@ Test(core_file, a_held_close_at_stop_still_closes)
 	close(hs.pipefd[1]);
 }
 
+/* A close made at stop waits for the requests on its descriptor that wait to be cancelled:
+ * --file-qd 2, reads of two empty pipes in the ring, a read of a third pipe (A) waiting in
+ * the FIFO; stop. The first cancelled read's completion moves A's read aside (cwait), to be
+ * cancelled once the ring holds none; the second's callback closes A. The close's callback
+ * is the file's last event (a host frees its object there), so A's read, made before it,
+ * must be called back first. The close looked only at the ring and the held closes: it was
+ * issued at once, and its callback ran before the read's -ECANCELED. */
+static struct {
+	int pipefd[3][2];
+	struct keel_file_req x[2], rd, cl;
+	struct keel_file p[2], a;
+	char buf[3][1];
+	int x_res[2], xn, rd_res, cl_res, cl_ret, seq, rd_at, cl_at;
+} zc = { .rd_res = 1, .cl_res = 1, .cl_ret = 1 };
+
+static void
+zc_done(struct keel_file_req *req, int res, void *arg)
+{
+	(void)arg;
+	if (req == &zc.rd) {
+		zc.rd_res = res;
+		zc.rd_at = ++zc.seq;
+	} else if (req == &zc.cl) {
+		zc.cl_res = res;
+		zc.cl_at = ++zc.seq;
+	} else {
+		zc.x_res[req - zc.x] = res;
+		if (++zc.xn == 2)
+			zc.cl_ret = keel_file_close(&zc.cl, &zc.a, zc_done, NULL);
+	}
+}
+
+static void
+zc_start(void *app)
+{
+	(void)app;
+	for (int i = 0; i < 2; i++) {
+		SHARD_CHECK_EQ(keel_file_from_fd(zc.pipefd[i][0], &zc.p[i]), 0);
+		SHARD_CHECK_EQ(keel_file_read(&zc.x[i], &zc.p[i], zc.buf[i], 1, (uint64_t)-1,
+					      zc_done, NULL),
+			       0);
+	}
+	SHARD_CHECK_EQ(keel_file_from_fd(zc.pipefd[2][0], &zc.a), 0);
+	SHARD_CHECK_EQ(keel_file_read(&zc.rd, &zc.a, zc.buf[2], 1, (uint64_t)-1, zc_done, NULL), 0);
+	keel_stop(0);
+}
+
+Test(core_file, a_close_made_at_stop_comes_after_the_cancelled_requests_on_its_descriptor)
+{
+	struct keel_opts o = test_opts(1);
+
+	o.file_qd = 2;
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(pipe(zc.pipefd[i]), 0);
+	cr_assert_eq(keel_run(&o, zc_start, NULL), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(zc.x_res[0], -ECANCELED, "the first pipe's read: %d", zc.x_res[0]);
+	cr_assert_eq(zc.x_res[1], -ECANCELED, "the second pipe's read: %d", zc.x_res[1]);
+	cr_assert_eq(zc.cl_ret, 0, "the close at stop: %d", zc.cl_ret);
+	cr_assert_eq(zc.rd_res, -ECANCELED, "A's read: %d", zc.rd_res);
+	cr_assert_eq(zc.cl_res, 0, "A's close: %d", zc.cl_res);
+	cr_assert_lt(zc.rd_at, zc.cl_at,
+		     "the close's callback (%d) ran before that of the read it was made after (%d)",
+		     zc.cl_at, zc.rd_at);
+	errno = 0;
+	cr_assert_eq(fcntl(zc.pipefd[2][0], F_GETFD), -1, "A is still open after the stop");
+	for (int i = 0; i < 3; i++) {
+		if (i < 2)
+			close(zc.pipefd[i][0]);
+		close(zc.pipefd[i][1]);
+	}
+}
+
 /* Requests waiting in the FIFO are cancelled at stop in the order they were made, after
  * every one in the ring (made before them): with --file-qd 1 after the one whose
  * completion lets them go; with --file-qd 2 after both in the ring (the first one's
