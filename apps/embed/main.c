@@ -830,8 +830,9 @@ worker(void *arg)
 		rc = keel_runtime_submit(rt, j->shard, &j->xreq);
 		pthread_mutex_lock(&pool.mu);
 		if (rc < 0) {
-			/* The runtime is stopping: its memory goes with it; main() frees the job.
-			 */
+			/* The runtime is stopping: its shard's stop hook takes the job back once
+			 * the pool has stopped (orphans_take), or main() frees it after the join
+			 * (a shard without the hook). */
 			j->next = pool.orphans;
 			pool.orphans = j;
 		}
@@ -1222,6 +1223,27 @@ do_put(struct cn *cn, struct keel_frame *fr, uint32_t id, const uint8_t *key, ui
 	put_written(NULL, 0, &p->w[0]);
 }
 
+static void stop_from_shard(int status);
+
+/* Tests: KEEL_EMBED_TEST_STOP_AT_CHECKSUM=host makes the shard that has just handed a
+ * checksum job to the pool stop the host as one that cannot listen does
+ * (stop_from_shard); =keel makes it call keel_stop itself, as any other stop that does not
+ * wait for the pool would. Either way a result may come back after the stop began. */
+static void
+test_stop_at_checksum(void)
+{
+	const char *m = getenv("KEEL_EMBED_TEST_STOP_AT_CHECKSUM");
+
+	if (!m || !*m)
+		return;
+	fprintf(stderr, "keel-embed: test: shard %u stops the host (%s) at a checksum\n",
+		keel_shard_id(keel_this_shard()), m);
+	if (!strcmp(m, "keel"))
+		keel_stop(-ECANCELED);
+	else
+		stop_from_shard(-ECANCELED);
+}
+
 /* GET and CHECKSUM: read the value into a registered buffer of this shard. */
 struct rd {
 	struct keel_file_req req;
@@ -1234,15 +1256,21 @@ struct rd {
 	uint32_t done;
 };
 
+/* A worker's result: the checksum, to the client. */
 static void
-job_back(struct keel_xreq *req)
+job_reply(const struct job *j)
 {
-	struct job *j = req->arg;
 	uint8_t be[8];
 
 	for (int i = 0; i < 8; i++)
 		be[i] = (uint8_t)(j->sum >> (56 - 8 * i));
 	reply(j->cn, EMB_OK, j->id, be, sizeof(be), NULL);
+}
+
+static void
+job_back(struct keel_xreq *req)
+{
+	job_reply(req->arg);
 	keel_xreq_complete(req, 0);
 }
 
@@ -1306,6 +1334,7 @@ read_done(struct keel_file_req *req, int res, void *arg)
 		}
 		if (j && pool_push(j) == 0) {
 			free(r); /* the job now holds the request's place on the connection */
+			test_stop_at_checksum();
 			return;
 		}
 		free(j);
@@ -1461,6 +1490,42 @@ static const struct keel_conn_ops conn_ops = { .on_open = on_open,
 
 static struct keel_listener *listener;
 
+/* On a shard, in its stop hook, once pool_stop() returned (every worker joined, so the
+ * orphan list is final): this shard's results that keel_runtime_submit refused because the
+ * stop had begun (a stop that did not wait for the pool first). Each is answered with its
+ * checksum, which the worker computed, and released here, on its shard (its slice is this
+ * shard's: put anywhere else, or never, it leaked). Every shard's hook runs pool_stop and
+ * then this, so each takes its own. The reply goes to a connection the stop is closing, so
+ * it may not reach the client; a stop the host makes itself drains the pool first
+ * (stop_from_shard, stopper) so that it does. */
+static void
+orphans_take(void)
+{
+	unsigned me = keel_shard_id(keel_this_shard());
+	struct job **pp, *mine = NULL;
+
+	pthread_mutex_lock(&pool.mu);
+	for (pp = &pool.orphans; *pp;) {
+		struct job *j = *pp;
+
+		if (j->shard == me) {
+			*pp = j->next;
+			j->next = mine;
+			mine = j;
+		} else {
+			pp = &j->next;
+		}
+	}
+	pthread_mutex_unlock(&pool.mu);
+	while (mine) {
+		struct job *j = mine;
+
+		mine = j->next;
+		job_reply(j);
+		job_done(&j->xreq);
+	}
+}
+
 /* At stop, on each shard: its disk counters (fixed: reads and writes that went to the ring
  * as READ_FIXED/WRITE_FIXED, i.e. straight from registered buffers). */
 static void
@@ -1469,9 +1534,10 @@ shard_stop(void *arg)
 	struct keel_file_stats fs;
 
 	(void)arg;
-	/* However the runtime stops (a shard that could not listen calls keel_stop), the
+	/* However the runtime stops (also a keel_stop that did not wait for the pool), the
 	 * workers finish before any shard's memory, which they read, goes with it. */
 	pool_stop();
+	orphans_take();
 	if (keel_file_stats(keel_this_shard(), &fs) == 0)
 		fprintf(stderr,
 			"keel-embed: shard %u: %llu disk requests, %llu fixed, %llu errors\n",
@@ -1485,6 +1551,16 @@ shard_stop(void *arg)
  * made the host exit 1 after a supervisor had read it. */
 static char ready_line[256 + 12 * KEEL_MAX_SHARDS];
 static _Atomic unsigned shards_listening;
+
+/* The host's own stop from a shard (one that cannot listen): the workers first, while the
+ * runtime still runs, so their results go back and are answered (as the signal's stop
+ * does); then keel. The shard waits for the running jobs here as its stop hook would. */
+static void
+stop_from_shard(int status)
+{
+	pool_stop();
+	keel_stop(status);
+}
 
 static void
 shard_start(void *app)
@@ -1501,7 +1577,7 @@ shard_start(void *app)
 		keel_log(KEEL_LOG_ERROR, "embed", "shard %u cannot listen: %s",
 			 keel_shard_id(keel_this_shard()), strerror(-rc));
 	if (rc < 0 || hr < 0)
-		keel_stop(rc < 0 ? rc : hr);
+		stop_from_shard(rc < 0 ? rc : hr);
 	else if (atomic_fetch_add(&shards_listening, 1) + 1 == keel_runtime_shard_count(rt))
 		fputs(ready_line, stderr); /* one write: stderr is unbuffered */
 }
@@ -1655,6 +1731,7 @@ main(int argc, char **argv)
 		goto stop_pool;
 	}
 	if (pthread_create(&sigthr, NULL, signal_thread, NULL)) {
+		pool_stop(); /* first, as the signal's stop does: results still go back */
 		keel_runtime_stop(rt, -EAGAIN);
 		keel_runtime_join(rt);
 		rc = -EAGAIN;
@@ -1670,8 +1747,9 @@ stop_pool:
 	while (pool.orphans) {
 		struct job *j = pool.orphans;
 		pool.orphans = j->next;
-		/* Its slice's memory went with the runtime; its connection's record is the
-		 * host's, and this job held a reference to it (the shards have ended). */
+		/* Left only by a shard without its stop hook (orphans_take), unanswered. Its
+		 * slice's memory went with the runtime; its connection's record is the host's,
+		 * and this job held a reference to it (the shards have ended). */
 		cn_unref(j->cn);
 		free(j);
 	}

@@ -1533,6 +1533,108 @@ Test(embed, a_checksum_that_comes_while_stopping_is_answered_busy, .timeout = 12
 	host_fini(&h);
 }
 
+/* A host of two shards with a job gate (KEEL_EMBED_TEST_JOB_GATE, @gate in its directory)
+ * and KEEL_EMBED_TEST_STOP_AT_CHECKSUM=@mode: the shard that hands checksum 1 (of @kv, put
+ * first) to the worker pool stops the host, no signal involved. Returns the client's
+ * connection once the stop waits in the pool's drain for that job, a worker holding it. */
+static int
+a_shard_stops_while_a_checksum_is_held(struct host *h, struct kv *kv, const char *mode, char *gate,
+				       size_t gatelen)
+{
+	int fd;
+
+	host_init(h, "");
+	snprintf(gate, gatelen, "%s/job-gate", h->dir); /* the suite's fini removes it */
+	fd = open(gate, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	cr_assert_geq(fd, 0, "%s: %s", gate, strerror(errno));
+	close(fd);
+	setenv("KEEL_EMBED_TEST_JOB_GATE", gate, 1);
+	setenv("KEEL_EMBED_TEST_STOP_AT_CHECKSUM", mode, 1);
+	host_start(h);
+	unsetenv("KEEL_EMBED_TEST_JOB_GATE");
+	unsetenv("KEEL_EMBED_TEST_STOP_AT_CHECKSUM");
+	kv->len = 5;
+	kv->val = (uint8_t *)strdup("value");
+	fd = test_connect(h->port);
+	put_all(fd, kv, 1);
+	req_send(fd, 'C', 1, kv->key, NULL, 0);
+	WAIT_FOR(log_has(h, "keel-embed: checksum job held by the test gate"),
+		 "the checksum held in a worker");
+	WAIT_FOR(log_has(h, "keel-embed: stopping: 1 checksum job"),
+		 "the stop waiting for the held checksum");
+	return fd;
+}
+
+/* The checksum reply @r: id 1, OK, the FNV-1a 64 of @kv's value. */
+static void
+expect_held_sum(const struct reply *r, const struct kv *kv)
+{
+	uint64_t sum = 0;
+
+	cr_assert_eq(r->id, 1);
+	cr_assert_eq(r->status, 0, "the held checksum: status %u (%s)", r->status, r->body);
+	cr_assert_eq(r->len, 8);
+	for (int b = 0; b < 8; b++)
+		sum = sum << 8 | r->body[b];
+	cr_assert_eq(sum, fnv64(kv->val, kv->len));
+}
+
+/* A shard that stops the host itself (as one that cannot listen does: no signal) while a
+ * worker holds a checksum job: the result is answered, with its checksum, and its buffer
+ * put. The stop hook drained the pool once the stop had begun, when keel_runtime_submit
+ * refuses: the result was left on the orphan list, unanswered, its buffer never put ("...
+ * still referenced at teardown"). The host now drains the pool before it stops keel, as
+ * the signal's stop does. */
+Test(embed, a_checksum_held_when_a_shard_stops_the_host_is_answered, .timeout = 120)
+{
+	struct kv kv = { .key = "sum-at-shard-stop" };
+	struct host h;
+	struct reply r;
+	char gate[96];
+	int fd = a_shard_stops_while_a_checksum_is_held(&h, &kv, "host", gate, sizeof(gate));
+	bool got;
+
+	unlink(gate);
+	got = reply_recv(fd, &r);
+	if (!got) {
+		char *t = slurp(h.log);
+
+		cr_assert_fail("checksum 1 was not answered (the connection closed): %s", t);
+	}
+	expect_held_sum(&r, &kv);
+	free(r.body);
+	close(fd);
+	host_wait_exit(&h, 1); /* the shard's status, -ECANCELED */
+	cr_assert_null(strstr(h.log_text, "still referenced at teardown"), "%s", h.log_text);
+	free(kv.val);
+	host_fini(&h);
+}
+
+/* A stop that does not wait for the pool (a bare keel_stop on a shard) while a worker holds
+ * a checksum job: the result, refused by keel_runtime_submit once the stop has begun, is
+ * taken back by its shard's stop hook, which answers it and puts its buffer. It was left on
+ * the orphan list that main() frees after the join, its buffer never put. Its reply goes to
+ * a connection the stop is closing, so it is checked only where it came. */
+Test(embed, a_result_refused_once_the_stop_began_is_answered_by_its_shard, .timeout = 120)
+{
+	struct kv kv = { .key = "sum-at-keel-stop" };
+	struct host h;
+	struct reply r;
+	char gate[96];
+	int fd = a_shard_stops_while_a_checksum_is_held(&h, &kv, "keel", gate, sizeof(gate));
+
+	unlink(gate);
+	if (reply_recv(fd, &r)) {
+		expect_held_sum(&r, &kv);
+		free(r.body);
+	}
+	close(fd);
+	host_wait_exit(&h, 1); /* the shard's status, -ECANCELED */
+	cr_assert_null(strstr(h.log_text, "still referenced at teardown"), "%s", h.log_text);
+	free(kv.val);
+	host_fini(&h);
+}
+
 /* A second SIGTERM while the stop waits for a checksum a worker holds (the job gate)
  * exits at once (128 + 15), saying what it drops: it was ignored, the signal thread then
  * waiting in the pool's drain, and only SIGKILL ended such a host. */
