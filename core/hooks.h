@@ -1,11 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /* Internal hooks core shares with the network layer (net/net_internal.h includes this too):
- * test countdowns and the second signal's exit. Not installed. */
+ * test countdowns, the second signal's exit and the descriptor limit's raise. Not
+ * installed. */
 #ifndef KEEL_CORE_HOOKS_H
 #define KEEL_CORE_HOOKS_H
 
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <sys/resource.h>
 
 /* Test hooks: take one from the countdown @c; true when it was not yet 0 (inject). */
 static inline bool
@@ -37,5 +39,16 @@ int keel__later(struct keel__later *l);
 /* signal.c: called before a second signal's _exit, which skips every destroy: the network
  * removes the paths of its Unix listeners there (set by net/listen.c). */
 extern void (*_Atomic keel__before_fast_exit)(void);
+
+/* nofile.c: RLIMIT_NOFILE's soft limit, raised by the network for its direct-descriptor
+ * tables, is put back at the last runtime's destroy where it still holds the value keel
+ * set. The raise (getrlimit, setrlimit) is made under keel__nofile_lock(), and a raise
+ * that took effect is told with keel__nofile_raised(@from, @to), under the lock. */
+void keel__nofile_lock(void);
+void keel__nofile_unlock(void);
+void keel__nofile_raised(rlim_t from, rlim_t to);
+/* runtime.c: counted from a runtime's create to its destroy. */
+void keel__nofile_runtime_created(void);
+void keel__nofile_runtime_destroyed(void);
 
 #endif

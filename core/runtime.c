@@ -557,6 +557,8 @@ keel_runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 
 	if (r < 0)
 		keel_log_set_level(level);
+	else
+		keel__nofile_runtime_created();
 	return r;
 }
 
@@ -1099,6 +1101,7 @@ keel_runtime_destroy(struct keel_runtime *rt)
 	hwloc_topology_destroy(rt->topo);
 	free(rt->map);
 	free(rt);
+	keel__nofile_runtime_destroyed(); /* the last one puts the descriptor limit back */
 }
 
 int

@@ -10,7 +10,6 @@
 #include <errno.h>
 #include <net/if.h>
 #include <netdb.h>
-#include <pthread.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -306,15 +305,16 @@ keel__net_shard_get_cfg(const struct keel_net_config *cfg, struct net_shard **ou
  * fails when the hard limit is below that sum (ulimit -n 1024 sets both: the start failed,
  * advising direct_fd=off). Here, below @want, the soft limit is raised to the hard one, as
  * Go's runtime does at its start, and said; a hard limit below @want is refused with the
- * fix. Process-wide, so under a lock (shards start together). Returns 0 or -EMFILE. */
+ * fix. The last runtime's destroy puts it back (core/nofile.c). Process-wide, so under
+ * core's lock (shards start together, and a destroy may put it back meanwhile). Returns 0
+ * or -EMFILE. */
 static int
 nofile_fit(unsigned id, unsigned want)
 {
-	static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 	struct rlimit rl;
 	int r = 0;
 
-	pthread_mutex_lock(&lock);
+	keel__nofile_lock();
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
 	    rl.rlim_cur < want) {
 		rlim_t was = rl.rlim_cur;
@@ -340,6 +340,7 @@ nofile_fit(unsigned id, unsigned want)
 					id, (unsigned long long)was,
 					(unsigned long long)rl.rlim_max, want, strerror(-r));
 			} else {
+				keel__nofile_raised(was, rl.rlim_max);
 				keel_log(
 					KEEL_LOG_INFO, NET_MOD,
 					"raised the soft descriptor limit (ulimit -n) from %llu to "
@@ -350,7 +351,7 @@ nofile_fit(unsigned id, unsigned want)
 			}
 		}
 	}
-	pthread_mutex_unlock(&lock);
+	keel__nofile_unlock();
 	return r;
 }
 

@@ -856,6 +856,170 @@ Test(net_limits, a_hard_descriptor_limit_below_the_file_table_is_refused_naming_
 	nofile_run(true);
 }
 
+/* The soft limit keel raised for its tables is put back at the last runtime's destroy,
+ * where it still holds the value keel set and no descriptor is open at or above the old
+ * one: it stayed raised for the rest of the process, and for the children it spawned
+ * (select()'s FD_SET cannot hold a descriptor past 1,023). */
+static char nofile_left[512];
+
+static void
+nofile_left_sink(enum keel_log_level level, const char *module, int shard, const char *msg,
+		 void *arg)
+{
+	(void)module;
+	(void)shard;
+	(void)arg;
+	if (level == KEEL_LOG_WARN && strstr(msg, "descriptor limit") && !nofile_left[0])
+		snprintf(nofile_left, sizeof(nofile_left), "%s", msg);
+}
+
+/* Soft limit 1000, then a server of one shard started: its table raised the limit. */
+static int
+nofile_low_start(struct srv *s, struct rlimit *before)
+{
+	struct keel_net_config nc;
+	struct rlimit rl;
+
+	keel_net_config_init(&nc);
+	if (getrlimit(RLIMIT_NOFILE, before) < 0)
+		return 10;
+	before->rlim_cur = 1000;
+	if (setrlimit(RLIMIT_NOFILE, before) < 0)
+		return 11;
+	keel_log_set_sink(nofile_left_sink, NULL);
+	if (srv_start(s, NULL, &nc, NULL) < 0)
+		return 12;
+	for (uint64_t dl = test_deadline(TEST_WAIT_MS); atomic_load(&s->started) < 1;) {
+		if (test_expired(dl))
+			return 13;
+		test_pause();
+	}
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur != rl.rlim_max) {
+		fprintf(stderr, "soft limit %llu while the server runs, not raised\n",
+			(unsigned long long)rl.rlim_cur);
+		return 14;
+	}
+	return 0;
+}
+
+static int
+nofile_same(const struct rlimit *want, const char *when)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return 1;
+	if (rl.rlim_cur != want->rlim_cur || rl.rlim_max != want->rlim_max) {
+		fprintf(stderr, "%s: descriptor limit %llu (hard %llu), want %llu (hard %llu)\n",
+			when, (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max,
+			(unsigned long long)want->rlim_cur, (unsigned long long)want->rlim_max);
+		return 1;
+	}
+	return 0;
+}
+
+static int
+nofile_restore_child(void)
+{
+	struct rlimit before, raised;
+	struct srv a, b;
+	int r = nofile_low_start(&a, &before);
+
+	if (r)
+		return r;
+	if (srv_start(&b, NULL, NULL, NULL) < 0) /* a second runtime, alive across a's end */
+		return 20;
+	if (getrlimit(RLIMIT_NOFILE, &raised) < 0 || srv_stop(&a) != 0)
+		return 21;
+	if (nofile_same(&raised, "after the first of two runtimes was destroyed"))
+		return 22;
+	if (srv_stop(&b) != 0)
+		return 23;
+	if (nofile_same(&before, "after the last runtime was destroyed"))
+		return 24;
+	return nofile_left[0] ? 25 : 0;
+}
+
+Test(net_limits, the_soft_descriptor_limit_is_put_back_at_the_last_runtimes_destroy)
+{
+	struct rlimit rl;
+
+	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+	if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < 4096)
+		cr_skip_test("the hard descriptor limit %llu is below the table's %u",
+			     (unsigned long long)rl.rlim_max, 4096u);
+	run_in_child(nofile_restore_child);
+}
+
+/* A descriptor the process opened at or above the old soft limit while it was raised (1500
+ * here): the limit is left raised, never below a descriptor in use, and a WARN line says
+ * so, naming the descriptor and both limits. */
+static int
+nofile_above_child(void)
+{
+	struct rlimit before, raised;
+	struct srv s;
+	int r = nofile_low_start(&s, &before);
+
+	if (r)
+		return r;
+	if (getrlimit(RLIMIT_NOFILE, &raised) < 0 || dup2(2, 1500) != 1500)
+		return 20;
+	if (srv_stop(&s) != 0)
+		return 21;
+	if (nofile_same(&raised, "with descriptor 1500 open"))
+		return 22;
+	if (!strstr(nofile_left, "descriptor 1500") || !strstr(nofile_left, "1000")) {
+		fprintf(stderr, "WARN line: '%s'\n", nofile_left);
+		return 23;
+	}
+	close(1500);
+	return 0;
+}
+
+Test(net_limits, the_soft_descriptor_limit_stays_raised_above_a_descriptor_in_use)
+{
+	struct rlimit rl;
+
+	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+	if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < 4096)
+		cr_skip_test("the hard descriptor limit %llu is below the table's %u",
+			     (unsigned long long)rl.rlim_max, 4096u);
+	run_in_child(nofile_above_child);
+}
+
+/* A limit the host set itself while the runtime ran is the host's: left as it is. */
+static int
+nofile_host_child(void)
+{
+	struct rlimit before, mine;
+	struct srv s;
+	int r = nofile_low_start(&s, &before);
+
+	if (r)
+		return r;
+	mine = before;
+	mine.rlim_cur = 2000;
+	if (setrlimit(RLIMIT_NOFILE, &mine) < 0)
+		return 20;
+	if (srv_stop(&s) != 0)
+		return 21;
+	if (nofile_same(&mine, "after the host set 2000 itself"))
+		return 22;
+	return nofile_left[0] ? 23 : 0;
+}
+
+Test(net_limits, a_soft_descriptor_limit_the_host_set_meanwhile_is_left_as_it_is)
+{
+	struct rlimit rl;
+
+	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+	if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < 4096)
+		cr_skip_test("the hard descriptor limit %llu is below the table's %u",
+			     (unsigned long long)rl.rlim_max, 4096u);
+	run_in_child(nofile_host_child);
+}
+
 /* ---- accept failures for want of descriptors: the log names the limit that was hit ---- */
 
 /* keel__accept_error_hint: EMFILE is the process's descriptor limit (ulimit -n); ENFILE

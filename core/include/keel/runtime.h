@@ -84,7 +84,14 @@ KEEL_API void keel_runtime_stop(struct keel_runtime *rt, int status);
  */
 KEEL_API int keel_runtime_join(struct keel_runtime *rt);
 
-/** Free a runtime that was never started or has been joined. */
+/**
+ * Free a runtime that was never started or has been joined. The last runtime of the process
+ * to be destroyed puts RLIMIT_NOFILE's soft limit back where it was before the network
+ * raised it for its direct-descriptor tables, if it still holds the value keel set and no
+ * descriptor at or above the old limit is open (else it stays, said in a WARN line:
+ * docs/embedding.md, "Memory keel takes per shard").
+ * Context: any thread, after join.
+ */
 KEEL_API void keel_runtime_destroy(struct keel_runtime *rt);
 
 /** Number of shards of @rt. */
