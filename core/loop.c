@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -395,11 +396,25 @@ keel__shard_wake(struct keel_shard *t, struct keel_shard *from)
 			return;
 		}
 	}
-	/* Not a shard of this runtime: the target's eventfd, read through its ring. */
+	/* Not a shard of this runtime: the target's eventfd, read through its ring. A host
+	 * thread gets here inside keel_runtime_submit, holding the target's xlock, and inside
+	 * keel_runtime_stop, counted in stop_calls: write() is a cancellation point, and a
+	 * deferred cancel acted on there left the lock held (the shard blocked in it for ever)
+	 * or the count up (join spun for ever), the shard not woken. The raw system call is
+	 * none (glibc's and musl's syscall() do not act on cancels), costs nothing more and
+	 * stays async-signal-safe (keel_runtime_stop may run in a handler); a pending cancel
+	 * acts at the caller's next cancellation point, after the call. The error line, which
+	 * is one (stdio, a sink), is written with cancellation off. */
 	uint64_t one = 1;
-	if (write(t->xefd, &one, sizeof(one)) != sizeof(one))
+
+	if (syscall(SYS_write, t->xefd, &one, sizeof(one)) != (long)sizeof(one)) {
+		int e = errno, cs;
+
+		pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cs);
 		keel_log(KEEL_LOG_ERROR, "core", "waking shard %u through its eventfd failed: %s",
-			 t->id, strerror(errno));
+			 t->id, strerror(e));
+		pthread_setcancelstate(cs, NULL);
+	}
 }
 
 /* Dispatch every CQE already in the CQ: no system call. */

@@ -443,3 +443,119 @@ Test(core_foreign_stop, a_shard_holding_requests_submits_without_walking_them, .
 	cr_assert_eq(keel_runtime_join(rt), 0);
 	keel_runtime_destroy(rt);
 }
+
+/* ---- a host thread with a deferred cancel pending ---- */
+
+/* keel_runtime_submit wakes a sleeping shard with write() on its eventfd under the shard's
+ * request lock, and keel_runtime_stop with write() while it is counted in stop_calls:
+ * write() is a cancellation point, so a host thread whose deferred cancel was pending (or
+ * came then) was cancelled there, the lock left held (the shard blocked in it for ever) or
+ * the count up (join spun for ever), and the shard never woken. The thread below makes the
+ * cancel pending first (cancel disabled, pthread_cancel of itself, enabled again: it acts
+ * at the next cancellation point), so the call certainly meets it. */
+struct cancel_call {
+	struct keel_runtime *rt;
+	struct keel_xreq *req; /* NULL: keel_runtime_stop */
+	_Atomic int returned;  /* 1: the call returned (the cancel acted after it) */
+	_Atomic int rc;
+};
+
+/* The call, in a frame of its own that returns before the cancel acts: under ASan the
+ * cancel's unwinding leaves the redzones of an instrumented frame with locals (the
+ * temporaries of atomic_store among them) poisoned, and the thread's exit then trips on
+ * them (google/sanitizers#1399). */
+static __attribute__((noinline)) void
+cancel_call_do(struct cancel_call *c)
+{
+	if (c->req)
+		atomic_store(&c->rc, keel_runtime_submit(c->rt, 0, c->req));
+	else
+		keel_runtime_stop(c->rt, 0);
+	atomic_store(&c->returned, 1);
+}
+
+static void *
+cancel_call_thread(void *arg)
+{
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL); /* glibc takes a NULL old state */
+	pthread_cancel(pthread_self());
+	pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, NULL);
+	cancel_call_do(arg);
+	pthread_testcancel(); /* the cancel still acts, here */
+	return NULL;
+}
+
+/* Shard 0 of @rt asleep in the kernel: the call then writes its eventfd. */
+static void
+wait_asleep(struct keel_runtime *rt)
+{
+	for (int i = 0; i < 3000 && !atomic_load(&rt->shards[0].sleeping); i++) {
+		struct timespec ts = { 0, 1000 * 1000 };
+
+		nanosleep(&ts, NULL);
+	}
+	cr_assert(atomic_load(&rt->shards[0].sleeping), "shard 0 never slept");
+}
+
+static void
+cancel_call_run(struct cancel_call *c)
+{
+	pthread_t t;
+	void *res;
+
+	wait_asleep(c->rt);
+	cr_assert_eq(pthread_create(&t, NULL, cancel_call_thread, c), 0);
+	cr_assert_eq(pthread_join(t, &res), 0);
+	cr_assert_eq(res, PTHREAD_CANCELED, "the pending cancel never acted");
+	cr_assert(atomic_load(&c->returned), "the thread was cancelled inside keel_runtime_%s",
+		  c->req ? "submit (its shard's request lock left held)"
+			 : "stop (stop_calls left up: join would spin)");
+}
+
+static _Atomic int cancel_req_ran;
+
+static void
+cancel_req_fn(struct keel_xreq *req)
+{
+	atomic_store(&cancel_req_ran, 1);
+	keel_xreq_complete(req, 0);
+}
+
+Test(core_foreign_stop, a_submit_from_a_thread_with_a_pending_cancel_leaves_no_lock_held,
+     .timeout = 60)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_xreq req = { .fn = cancel_req_fn };
+	struct cancel_call c = { .req = &req, .rc = 1 };
+
+	cr_assert_eq(keel_runtime_create(&o, &c.rt), 0);
+	cr_assert_eq(keel_runtime_start(c.rt, NULL, NULL), 0);
+	cancel_call_run(&c);
+	cr_assert_eq(atomic_load(&c.rc), 0);
+	/* The shard was woken: the request runs without another wake-up. */
+	for (int i = 0; i < 10000 && !atomic_load(&cancel_req_ran); i++) {
+		struct timespec ts = { 0, 1000 * 1000 };
+
+		nanosleep(&ts, NULL);
+	}
+	cr_assert(atomic_load(&cancel_req_ran), "the request was not run: its shard not woken");
+	cr_assert_eq(pthread_mutex_trylock(&c.rt->shards[0].xlock), 0);
+	pthread_mutex_unlock(&c.rt->shards[0].xlock);
+	keel_runtime_stop(c.rt, 0);
+	cr_assert_eq(keel_runtime_join(c.rt), 0);
+	keel_runtime_destroy(c.rt);
+}
+
+Test(core_foreign_stop, a_stop_from_a_thread_with_a_pending_cancel_wakes_the_shards_and_returns,
+     .timeout = 60)
+{
+	struct keel_opts o = test_opts(1);
+	struct cancel_call c = { 0 };
+
+	cr_assert_eq(keel_runtime_create(&o, &c.rt), 0);
+	cr_assert_eq(keel_runtime_start(c.rt, NULL, NULL), 0);
+	cancel_call_run(&c);
+	cr_assert_eq(atomic_load(&c.rt->stop_calls), 0);
+	cr_assert_eq(keel_runtime_join(c.rt), 0); /* woken: it ends */
+	keel_runtime_destroy(c.rt);
+}

@@ -64,7 +64,8 @@ KEEL_API int keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start,
  * already sent are delivered, then the loops end. The first status given wins.
  * Context: any thread, any number of times, and a signal handler on any thread, a shard's
  * too: it only changes atomics and writes to the sleeping shards' eventfds (it logs only
- * if such a write fails).
+ * if such a write fails). Not a cancellation point, as keel_runtime_submit: a deferred
+ * cancel acts after it (join waits for every call in progress to leave).
  */
 KEEL_API void keel_runtime_stop(struct keel_runtime *rt, int status);
 
@@ -269,6 +270,9 @@ struct keel_xreq {
  * stopping. A request accepted (0) runs on its shard, also when the stop begins as it is
  * submitted: the shard does not end before it ran (its fn then runs while the shard stops,
  * when keel_send refuses and keel's own messages, such as a buffer going home, still go).
+ * Not a cancellation point: a deferred cancel pending in the calling thread acts at its
+ * next one, after the call (the call holds the shard's request lock across its wake-up).
+ * Asynchronous cancellation (PTHREAD_CANCEL_ASYNCHRONOUS) must be off around it.
  * Context: any thread.
  */
 KEEL_API int keel_runtime_submit(struct keel_runtime *rt, unsigned shard, struct keel_xreq *req);
