@@ -31,9 +31,6 @@ static pthread_once_t once = PTHREAD_ONCE_INIT;
 /* Bytes this process has pinned in fixed-buffer tables, all runtimes and shards: what a
  * person compares with RLIMIT_MEMLOCK (the kernel counts pinned pages per user). */
 static _Atomic uint64_t pinned_bytes;
-/* The runtime that logged the memlock fallback line: one line per runtime. Cleared when
- * that runtime's shards end (a later runtime may get the same address). */
-static _Atomic(struct keel_runtime *) memlock_logged;
 
 static void
 alloc_log_hook(int level, const char *msg, void *arg)
@@ -97,7 +94,7 @@ memlock_fail_log(struct keel_shard *s, const char *what)
 	 * real shortage of memory to pin: blaming the limit sent people to raise a limit they
 	 * did not have. */
 	if ((getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur == RLIM_INFINITY) || cap) {
-		if (!br->policy_on && atomic_exchange(&memlock_logged, rt) == rt)
+		if (!br->policy_on && atomic_exchange(&rt->memlock_said, true))
 			return;
 		keel_log(br->policy_on ? KEEL_LOG_ERROR : KEEL_LOG_WARN, "core",
 			 "shard %u: %s: out of memory, and not for RLIMIT_MEMLOCK (%s, "
@@ -129,7 +126,7 @@ memlock_fail_log(struct keel_shard *s, const char *what)
 			(unsigned long long)(rt->opts.memory >> 20), rt->count, feat);
 		return;
 	}
-	if (atomic_exchange(&memlock_logged, rt) == rt)
+	if (atomic_exchange(&rt->memlock_said, true))
 		return;
 	keel_log(KEEL_LOG_WARN, "core",
 		 "registered buffers: %s on shard %u: RLIMIT_MEMLOCK (%s) is too low without "
@@ -388,10 +385,6 @@ keel__bufreg_fini(struct keel_shard *s)
 		if (keel_alloc_region(br->alloc, i, &base, &len) == 0)
 			atomic_fetch_sub(&pinned_bytes, len);
 		keel_alloc_region_set_registered(br->alloc, i, false);
-	}
-	{
-		struct keel_runtime *rt = s->rt;
-		atomic_compare_exchange_strong(&memlock_logged, &rt, NULL);
 	}
 	keel_alloc_destroy(br->alloc);
 	keel_alloc_bind_thread(NULL);

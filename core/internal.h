@@ -326,6 +326,9 @@ struct keel_runtime {
 	 * word, so no stop can see it set but not yet written). */
 	_Atomic uint64_t stop_word;
 	_Atomic int stop_calls; /* keel_runtime_stop calls in progress (join waits for them) */
+	/* A shard logged that its buffers could not be pinned (bufreg.c): one line per runtime,
+	 * whatever other runtimes of the process log meanwhile. */
+	_Atomic bool memlock_said;
 
 	_Atomic bool started; /* read by keel_runtime_stop on any thread */
 	/* keel_runtime_submit takes requests: set once every shard has started (by each shard

@@ -425,6 +425,97 @@ twice_child(char *out, size_t len, int unused)
 	return 0;
 }
 
+/* Two runtimes at once: the line is one per runtime whatever the other logs between. One
+ * process-wide slot held the runtime that last logged, and a runtime that ended cleared it:
+ * runtime 1 logged at its start, runtime 2 ran (and logged, and ended) meanwhile, and
+ * runtime 1's next failed registration (a region of a buffer asked for later) logged a
+ * second line. */
+static _Atomic int overlap_go;
+
+static void
+overlap_tick(struct keel_timer *t, void *arg)
+{
+	struct keel_slice sl[2];
+	uint32_t idx;
+	uint64_t off;
+
+	(void)arg;
+	if (!atomic_load(&overlap_go))
+		return;
+	keel_timer_destroy(t);
+	/* Region-sized: the second takes a region of its own, whose registration fails as
+	 * the first region's did. */
+	if (keel_buf_alloc(keel_shard_alloc(), 4 << 20, &sl[0]) < 0) {
+		keel_stop(-ENOMEM);
+		return;
+	}
+	if (keel_buf_alloc(keel_shard_alloc(), 4 << 20, &sl[1]) < 0) {
+		keel_slice_put(&sl[0]);
+		keel_stop(-ENOMEM);
+		return;
+	}
+	for (int i = 0; i < 2; i++) {
+		(void)keel_buf_fixed(&sl[i], &idx, &off);
+		keel_slice_put(&sl[i]);
+	}
+	keel_stop(0);
+}
+
+static void
+overlap_start(void *app)
+{
+	struct keel_timer *t;
+
+	(void)app;
+	if (keel_timer_create(overlap_tick, NULL, &t) < 0) {
+		keel_stop(-ENOMEM);
+		return;
+	}
+	keel_timer_start(t, KEEL_MS(1), KEEL_MS(1));
+}
+
+static int
+overlap_child(char *out, size_t len, int unused)
+{
+	struct rlimit rl = { 1 << 20, 1 << 20 };
+	struct keel_runtime *rt1, *rt2;
+	struct keel_opts o;
+	int r, lines;
+
+	(void)unused;
+	if ((r = drop_cap_ipc_lock()) < 0)
+		return snprintf(out, len, "dropping CAP_IPC_LOCK: %s", strerror(-r)), 1;
+	if (setrlimit(RLIMIT_MEMLOCK, &rl) < 0)
+		return snprintf(out, len, "setrlimit: %s", strerror(errno)), 1;
+	keel_log_set_sink(logcap_keel_sink, &cap);
+	keel_opts_init(&o);
+	o.cq_entries = 1024; /* as twice_child: only the buffers' registration fails */
+	o.shards = 1;
+	o.signals = false;
+	o.log_level = KEEL_LOG_INFO;
+	o.idle_poll_us = 0;
+	o.memory = 16 << 20;
+	if ((r = keel_runtime_create(&o, &rt1)) < 0 ||
+	    (r = keel_runtime_start(rt1, overlap_start, NULL)) < 0)
+		return snprintf(out, len, "runtime 1: %d", r), 1;
+	/* Runtime 1's start has logged once its shard runs the ticks: wait for its line. */
+	for (int i = 0; i < 5000 && !logcap_count(&cap, "RLIMIT_MEMLOCK"); i++)
+		usleep(1000);
+	if ((r = keel_runtime_create(&o, &rt2)) < 0 ||
+	    (r = keel_runtime_start(rt2, stop_now, NULL)) < 0 || (r = keel_runtime_join(rt2)) < 0)
+		return snprintf(out, len, "runtime 2: %d", r), 1;
+	keel_runtime_destroy(rt2);
+	atomic_store(&overlap_go, 1);
+	if ((r = keel_runtime_join(rt1)) < 0)
+		return snprintf(out, len, "runtime 1's join: %d; log: %s", r, cap.text), 1;
+	keel_runtime_destroy(rt1);
+	lines = logcap_count(&cap, "RLIMIT_MEMLOCK");
+	if (lines != 2)
+		return snprintf(out, len, "%d fallback lines for 2 runtimes: %s", lines, cap.text),
+		       1;
+	return 0;
+}
+
 /* The sparse fixed-buffer table itself refused (the kernel's allocation of its table, here
  * a seccomp filter answering ENOMEM to IORING_REGISTER_BUFFERS2 once the probe was made):
  * under auto the shard runs with unregistered buffers, and says so at WARN, as
@@ -510,6 +601,11 @@ Test(alloc_memlock, midrun_registration_failure_is_an_error_with_policy_on)
 Test(alloc_memlock, fallback_line_is_logged_for_a_second_runtime_in_the_process)
 {
 	run_child(twice_child, 0);
+}
+
+Test(alloc_memlock, the_fallback_line_is_one_per_runtime_while_another_runs)
+{
+	run_child(overlap_child, 0);
 }
 
 Test(alloc_memlock, a_failed_region_0_leaves_later_regions_to_register)
