@@ -166,9 +166,12 @@ struct keel_alloc {
 	uint64_t region_size;
 	uint64_t buf_max;  /* largest buffer keel_buf_alloc returns (keel_alloc_buf_max) */
 	unsigned nregions; /* the cap, in regions */
-	unsigned mapped;   /* regions 0..mapped-1 are in use (added to the pool or pre-faulted) */
-	unsigned faulted;  /* regions 0..faulted-1 are pre-faulted */
-	unsigned added;    /* regions 0..added-1 were added to the pool */
+	/* Regions 0..mapped-1 are in use (added to the pool or pre-faulted). Written by the
+	 * owner only (keel__alloc_mapped_grow), read by any thread (keel_alloc_region): a
+	 * region's base and length, set at create, are published by it. */
+	_Atomic unsigned mapped;
+	unsigned faulted; /* regions 0..faulted-1 are pre-faulted */
+	unsigned added;   /* regions 0..added-1 were added to the pool */
 	bool grow_pending;
 	bool grow_failed;       /* pre-faulting failed once: logged, not retried */
 	bool creating;          /* keel__region_prefault_initial: a failure fails the create */
@@ -334,5 +337,20 @@ void keel__je_fini(struct keel_alloc *a);
 
 /* buf.c */
 void keel__buf_teardown(struct keel_alloc *a);
+
+/* Regions 0..n-1 in use now: the owner's count after it added or pre-faulted region n-1. */
+static inline void
+keel__alloc_mapped_grow(struct keel_alloc *a, unsigned n)
+{
+	if (atomic_load_explicit(&a->mapped, memory_order_relaxed) < n)
+		atomic_store_explicit(&a->mapped, n, memory_order_release);
+}
+
+/* Regions in use, from any thread. */
+static inline unsigned
+keel__alloc_mapped(const struct keel_alloc *a)
+{
+	return atomic_load_explicit(&a->mapped, memory_order_acquire);
+}
 
 #endif

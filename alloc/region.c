@@ -221,8 +221,8 @@ keel__region_prefault_next(struct keel_alloc *a)
 
 	if (idx >= a->nregions || a->grow_failed)
 		return -ENOMEM;
-	r->base = a->base + (uint64_t)idx * a->region_size;
-	r->len = a->region_size;
+	/* r->base and r->len were set at create (keel__region_prefault_initial): not written
+	 * again, as any thread may read them for a region in use. */
 	e = keel__region_prefault_fn(r->base, r->len);
 	if (e < 0 && a->creating) {
 		/* At create: keel_alloc_create fails with it, and the shard does not start. */
@@ -266,8 +266,7 @@ keel__region_prefault_next(struct keel_alloc *a)
 		return e;
 	}
 	a->faulted = idx + 1;
-	if (a->mapped < a->faulted)
-		a->mapped = a->faulted;
+	keel__alloc_mapped_grow(a, a->faulted);
 	ASTAT_ADD(a, regions, 1);
 	ASTAT_ADD(a, bytes_mapped, r->len);
 	ASTAT_ADD(a, prefault_ns, now_ns() - t0);
@@ -338,7 +337,7 @@ keel_alloc_region(const struct keel_alloc *a, unsigned idx, void **base, uint64_
 {
 	if (idx >= a->nregions)
 		return -EINVAL;
-	if (idx >= a->mapped)
+	if (idx >= keel__alloc_mapped(a))
 		return -ENOENT;
 	*base = a->regions[idx].base;
 	*len = a->regions[idx].len;
@@ -354,7 +353,7 @@ keel_alloc_locate(const struct keel_alloc *a, const void *p, unsigned *region, u
 	if ((uintptr_t)p < (uintptr_t)a->base)
 		return -ENOENT;
 	idx = (unsigned)(off >> a->region_shift);
-	if (idx >= a->mapped)
+	if (idx >= keel__alloc_mapped(a))
 		return -ENOENT;
 	*region = idx;
 	*offset = off & (a->region_size - 1);
@@ -364,7 +363,7 @@ keel_alloc_locate(const struct keel_alloc *a, const void *p, unsigned *region, u
 void
 keel_alloc_region_set_registered(struct keel_alloc *a, unsigned idx, bool on)
 {
-	if (idx >= a->mapped || a->regions[idx].registered == on)
+	if (idx >= keel__alloc_mapped(a) || a->regions[idx].registered == on)
 		return;
 	a->regions[idx].registered = on;
 	if (on)

@@ -177,8 +177,7 @@ add_region(struct keel_alloc *a)
 		}
 	}
 	a->added = idx + 1;
-	if (a->mapped < a->added)
-		a->mapped = a->added;
+	keel__alloc_mapped_grow(a, a->added);
 	block_free(a, idx << a->chunk_order, a->chunk_order);
 	keel__region_maybe_grow(a);
 	return 0;

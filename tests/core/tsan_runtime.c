@@ -3,10 +3,13 @@
  * Cross-thread paths of the runtime, as a plain program so ThreadSanitizer can watch it
  * (Criterion's runner is not instrumented and forks): foreign threads submitting requests
  * with eventfd queues and callbacks, shards calling and broadcasting to each other while
- * sleeping and waking, a host thread reading stats, and a host-initiated stop.
+ * sleeping and waking, a host thread reading stats and a shard's allocator regions while the
+ * shard adds regions (keel_alloc_region: any thread), and a host-initiated stop.
  * Exits 0 when every check held, 1 otherwise.
  */
 #include <errno.h>
+#include <keel/alloc.h>
+#include <keel/bufreg.h>
 #include <keel/keel.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -66,15 +69,43 @@ pong_value(void *arg, uint64_t *value)
 
 static void ping(unsigned me);
 
+/* Shard 0's allocator, read by the host (keel_alloc_region) while shard 0 takes a region
+ * every PINGS / HELD pongs: buffers of a region's size, held until its pings are done. */
+#define HELD 8
+static _Atomic(struct keel_alloc *) alloc0;
+static struct keel_slice held[HELD];
+static unsigned nheld;
+
+static void
+hold_more(unsigned me)
+{
+	struct keel_alloc *a = keel_shard_alloc();
+
+	if (me != 0 || !a || apps[0].pongs % (PINGS / HELD) || nheld == HELD)
+		return;
+	if (keel_buf_alloc(a, 1u << 20, &held[nheld]) == 0)
+		nheld++;
+}
+
+static void
+pings_done(unsigned me)
+{
+	if (me == 0)
+		while (nheld)
+			keel_slice_put(&held[--nheld]);
+	atomic_fetch_add(&shards_finished, 1);
+}
+
 static void
 ponged(int status, void *arg)
 {
 	unsigned me = keel_shard_id(keel_this_shard());
 	CHECK(status == (int)apps[me].pongs + 1);
+	hold_more(me);
 	if (++apps[me].pongs < PINGS)
 		ping(me);
 	else
-		atomic_fetch_add(&shards_finished, 1);
+		pings_done(me);
 }
 
 static void
@@ -83,10 +114,11 @@ ponged_value(int status, uint64_t value, void *arg)
 	unsigned me = keel_shard_id(keel_this_shard());
 	CHECK(status == 0);
 	CHECK(value == (uint64_t)apps[me].pongs + 1000);
+	hold_more(me);
 	if (++apps[me].pongs < PINGS)
 		ping(me);
 	else
-		atomic_fetch_add(&shards_finished, 1);
+		pings_done(me);
 }
 
 static void
@@ -116,6 +148,8 @@ static void
 on_start(void *app)
 {
 	unsigned me = keel_shard_id(keel_this_shard());
+	if (me == 0)
+		atomic_store(&alloc0, keel_shard_alloc());
 	ping(me);
 	CHECK(keel_broadcast(bcast_fn, NULL, bcast_all, NULL) == 0);
 }
@@ -235,6 +269,17 @@ main(void)
 		}
 		for (unsigned s = 0; s < SHARDS; s++)
 			CHECK(keel_runtime_stats(rt, s, &st) == 0); /* racing readers */
+		if (atomic_load(&alloc0)) { /* ... and of the regions shard 0 adds */
+			struct keel_alloc *a = atomic_load(&alloc0);
+
+			for (unsigned i = 0; i < keel_alloc_region_max(a); i++) {
+				void *base;
+				uint64_t len;
+
+				if (keel_alloc_region(a, i, &base, &len) == 0)
+					CHECK(base && len);
+			}
+		}
 	}
 	for (int i = 0; i < THREADS; i++)
 		pthread_join(th[i], NULL);
