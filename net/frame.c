@@ -571,12 +571,14 @@ give_back(struct keel_framer *f, struct keel_conn *c, struct keel_slice *rest, u
 		for (unsigned i = 0; i < k; i++)
 			keel_slice_put(&v[i]);
 		for (unsigned i = 0; i < nrest; i++)
-			keel_slice_put(&rest[i]);
+			if (rest[i].buf)
+				keel_slice_put(&rest[i]);
 		free(v);
 		return -ENOMEM;
 	}
 	for (unsigned i = 0; i < nrest; i++)
-		v[k++] = rest[i];
+		if (rest[i].buf) /* an empty {0} goes back as nothing */
+			v[k++] = rest[i];
 	keel__conn_unread(c, v, k);
 	free(v);
 	return 0;
@@ -784,7 +786,8 @@ keel_framer_on_data(struct keel_framer *f, struct keel_conn *c, struct keel_slic
 	}
 	f->conn = NULL;
 	for (i = i < n ? i + 1 : n; i < n; i++)
-		keel_slice_put(&s[i]);
+		if (s[i].buf) /* an empty {0}, as keel_framer_push takes one */
+			keel_slice_put(&s[i]);
 	/* A partial frame held: listed for a reclaim should the receive buffers run out. */
 	if (f->buffered && !f->hns) {
 		struct net_shard *ns = keel__net_shard_cur();

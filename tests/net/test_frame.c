@@ -1503,6 +1503,52 @@ Test(net_frame, frames_after_a_close_in_the_callback_are_not_delivered)
 	e2e_stop(&e);
 }
 
+/* An empty slice ({0}, as keel_conn_send leaves one it took) after the frame whose callback
+ * closes: keel_framer_push takes one (nothing to put), but the puts of what came after the
+ * close put every slice, and a put of no buffer aborted the process. */
+static void
+quit_empty_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	struct keel_slice v[64];
+	unsigned k = n < 63 ? n : 63;
+
+	for (unsigned i = 0; i < k; i++)
+		v[i] = s[i];
+	for (unsigned i = k; i < n; i++)
+		keel_slice_put(&s[i]);
+	v[k] = (struct keel_slice){ 0 };
+	atomic_store(&quit_ret, keel_framer_on_data(keel_conn_user(c), c, v, k + 1));
+}
+
+static const struct keel_conn_ops quit_empty_ops = { .on_open = quit_open,
+						     .on_data = quit_empty_data,
+						     .on_close = srv_close };
+
+Test(net_frame, an_empty_slice_after_a_close_in_the_callback_is_skipped)
+{
+	struct e2e e;
+	uint8_t b[4 + 4], in[8], more;
+	int fd;
+
+	memset(&e, 0, sizeof(e));
+	atomic_store(&quit_after, 0);
+	atomic_store(&quit_closed, 0);
+	atomic_store(&quit_ret, -1);
+	e2e_start_with(&e, &quit_empty_ops);
+	fd = cli_connect(e.port);
+	cr_assert_geq(fd, 0);
+	hdr32(b, 4);
+	memcpy(b + 4, "QUIT", 4);
+	cr_assert_eq(cli_write_all(fd, b, sizeof(b)), 0);
+	cr_assert_eq(cli_read_all(fd, in, sizeof(in)), 0, "the reply queued before the close");
+	cr_assert_eq(cli_read_all(fd, &more, 1), -EPIPE, "end of stream after the reply");
+	close(fd);
+	e2e_wait(&e, &e.srv_closed, 1, "the server's on_close");
+	cr_assert_eq(atomic_load(&quit_ret), 0, "keel_framer_on_data returned %d",
+		     atomic_load(&quit_ret));
+	e2e_stop(&e);
+}
+
 /* ---- a callback that pauses reading gets no later frame until it resumes ---- */
 
 /* Ten frames in one write: the callback pauses reading on the second and looks, from
