@@ -851,6 +851,8 @@ static void
 send_lost(struct keel_udp *u, unsigned n, int err)
 {
 	u->ns->st.udp_send_errors += n;
+	if (err == -ENOBUFS || err == -EAGAIN || err == -ECONNREFUSED)
+		u->ns->st.udp_send_pressed += n;
 	if (u->send_err_logged)
 		return;
 	u->send_err_logged = true;

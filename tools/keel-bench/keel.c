@@ -389,11 +389,12 @@ serve_stop(struct bench_server *s, struct bench_server_stats *out)
 			st.udp_send_calls += s->sh[i].nst.udp_gso_sends + s->sh[i].dgrams_out -
 					     s->sh[i].nst.udp_gso_datagrams;
 			/* Receives that failed, and datagrams received with no memory for them:
-			 * errors, as the epoll server's failed recvmmsg. Sends that failed after
-			 * keel_udp_send took them (udp_send_errors) are not: that count mixes
-			 * ENOBUFS and ECONNREFUSED, which the epoll server does not count,
-			 * with the rest; the client counts them lost either way. */
-			st.errors += s->sh[i].nst.udp_recv_errors + s->sh[i].nst.udp_nomem;
+			 * errors, as the epoll server's failed recvmmsg; and sends that failed
+			 * after keel_udp_send took them, but for ENOBUFS, EAGAIN and
+			 * ECONNREFUSED (udp_send_pressed), as the epoll server counts its
+			 * failed sendmmsg (the client counts those lost either way). */
+			st.errors += s->sh[i].nst.udp_recv_errors + s->sh[i].nst.udp_nomem +
+				     s->sh[i].nst.udp_send_errors - s->sh[i].nst.udp_send_pressed;
 		}
 		if (s->sh[i].zst_ok) {
 			const struct keel_zcrx_stats *z = &s->sh[i].zst;

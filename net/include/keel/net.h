@@ -733,6 +733,10 @@ struct keel_net_stats {
 					 completions (--feature multishot_recv, and every
 					 RECV_ZC): equal to recv_arms when the shard uses
 					 multishot receives, 0 when it does not */
+	uint64_t udp_send_pressed;    /* ... of udp_send_errors, those the kernel refused for a
+					 moment or the peer refused (ENOBUFS, EAGAIN,
+					 ECONNREFUSED), as a socket server counts apart from
+					 failures: the rest failed for good (EINVAL, EPERM...) */
 };
 
 /**
