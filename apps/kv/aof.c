@@ -187,6 +187,11 @@ static _Atomic bool commit_started;
 /* ... and a shard of this process made its .new file (so this process holds the
  * directory's lock: nothing else's files are touched). */
 static _Atomic bool new_made;
+/* The switch is done: every shard's file has its plain name. Until then a shard that has
+ * loaded writes its appendonly-S.aof.new while appendonly-S.aof is the last run's file, so
+ * no rewrite may start (a rewrite renames its file over the plain name): see rebuild(),
+ * auto_rewrite() and kv_aof_stop(). */
+static _Atomic bool committed;
 
 static struct aof *
 me(void)
@@ -1377,6 +1382,7 @@ kv_aof_shard_start(struct kv_db *db)
 		nloaded = 0;
 		if (r < 0)
 			return r;
+		atomic_store(&committed, true);
 	}
 	r = keel_timer_create(on_tick, a, &a->tick);
 	if (r < 0)
@@ -1468,7 +1474,13 @@ issue_write(struct aof *a)
 
 /* Start the rebuild of a lost file (sync_lost), unless a rewrite runs already (its file
  * will do, unless rw_stale: rw_switch) or the shard stops. Called from kick_ and the tick,
- * never from inside a command; after a try that failed, the next waits 1, 2, 4 .. 64 s. */
+ * never from inside a command; after a try that failed, the next waits 1, 2, 4 .. 64 s.
+ * Not before the start's commit (committed): a shard that has loaded runs its tick and
+ * expires keys while others still load, but its file is appendonly-S.aof.new until the
+ * commit and the plain name is the last run's file; a rebuild then renamed its file over
+ * that one (a crash before the commit had lost the last run's keys of other shards), and
+ * the commit renamed the .new file over the rebuild's, the file the shard writes to (every
+ * later record acknowledged and lost). The tick starts it after the commit. */
 static void
 rebuild(struct aof *a)
 {
@@ -1476,7 +1488,7 @@ rebuild(struct aof *a)
 	uint64_t now;
 	int r;
 
-	if (!a->sync_lost || a->rewriting || a->stopping)
+	if (!a->sync_lost || a->rewriting || a->stopping || !atomic_load(&committed))
 		return;
 	now = keel_now_ns();
 	if (now < a->rebuild_at)
@@ -1913,7 +1925,7 @@ files_size(const struct aof *a)
  * together reached about S times it before the first rewrite. The share keeps a small
  * file beside large ones from being rewritten each time it doubles from a few bytes).
  * Not while the file fails (a rebuild is that shard's rewrite), nor before auto_at after a
- * failed rewrite. */
+ * failed rewrite, nor before the start's commit (rebuild() says why). */
 static void
 auto_rewrite(struct aof *a)
 {
@@ -1921,8 +1933,8 @@ auto_rewrite(struct aof *a)
 	bool wrote = false;
 	int r;
 
-	if (!kv_cfg.auto_rw_pct || !a->open || a->rewriting || refusing(a) ||
-	    a->off <= a->rw_base || a->off < kv_cfg.auto_rw_min / kv_cfg.nshards ||
+	if (!kv_cfg.auto_rw_pct || !a->open || !atomic_load(&committed) || a->rewriting ||
+	    refusing(a) || a->off <= a->rw_base || a->off < kv_cfg.auto_rw_min / kv_cfg.nshards ||
 	    keel_now_ns() < a->auto_at)
 		return;
 	all = files_size(a);
@@ -2778,8 +2790,11 @@ kv_aof_stop(void)
 			rw_fail(a, 0);
 	}
 	/* The file a failed sync lost, not rebuilt: the table goes to a new one. Whatever was
-	 * pending, in a batch or a FLUSHALL not yet applied to the file is in the table. */
-	if (a->sync_lost) {
+	 * pending, in a batch or a FLUSHALL not yet applied to the file is in the table. Not
+	 * before the start's commit: the plain name is the last run's file then (rebuild());
+	 * this run's .new files are removed (kv_aof_fini), or the next start completes a
+	 * commit begun, and the failure is reported below. */
+	if (a->sync_lost && atomic_load(&committed)) {
 		r = stop_rebuild(a, &rebuilt);
 		if (rebuilt) {
 			a->pend.len = 0;
@@ -2828,7 +2843,13 @@ kv_aof_stop(void)
 		err = -errno;
 	if (dir_sync && fsync(a->dir_fd) < 0 && !err)
 		err = -errno;
-	if (err)
+	if (err && !atomic_load(&committed))
+		keel_log(KEEL_LOG_ERROR, "kv",
+			 "shard %u: appendonly-%u.aof.new, this start's file, at a stop before the "
+			 "start's switch to it: %s (the last run's files stay in force unless the "
+			 "switch began)",
+			 a->id, a->id, strerror(-err));
+	else if (err)
 		keel_log(KEEL_LOG_ERROR, "kv",
 			 "shard %u: appendonly-%u.aof at stop: %s; the replies still waiting for "
 			 "it say so",
@@ -2842,6 +2863,11 @@ kv_aof_stop_failures(void)
 {
 	unsigned n = 0;
 
+	/* A stop before the start's commit began: this run's files are removed (kv_aof_fini)
+	 * and the last run's stay in force, so what failed on them loses nothing. Read after
+	 * every shard has ended: a commit that began while a shard stopped counts. */
+	if (!atomic_load(&commit_started))
+		return 0;
 	for (unsigned i = 0; i < KEEL_MAX_SHARDS; i++)
 		n += aofs[i].open && aofs[i].stop_err;
 	return n;
@@ -2901,4 +2927,5 @@ kv_aof_fini(void)
 	free(loaded);
 	loaded = NULL;
 	nloaded = 0;
+	atomic_store(&committed, false);
 }

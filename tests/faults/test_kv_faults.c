@@ -1801,6 +1801,106 @@ Test(faults_kv, aof_a_stop_rebuilds_a_lost_file_from_memory)
 	aof1_check_and_clean(dir, 300, acked);
 }
 
+/* Before the start's commit, the file of the shard that loaded first is lost: one shard's
+ * load is held (KEEL_KV_TEST_HOLD_REPLAY) while the other, loaded, expires keys of the last
+ * run, and the everysec fdatasync of their DELs fails (keel's fsync class, @faults). That
+ * file is this run's appendonly-S.aof.new until the commit, and the plain name the last
+ * run's file, yet the rebuild (its own sync succeeding: "fsync:EIO:n=1", then a SIGKILL)
+ * and the stop's rebuild of a lost file (every ring sync failing: "fsync:EIO", then a
+ * SIGTERM, @term) renamed their file over it: the last run's keys in it that the other
+ * shard owns in this run were gone at the next start. Now neither runs before the commit:
+ * the last run's files stay as they were (this run's are removed; a SIGTERM exits 0), and
+ * after a restart every key of the last run is there. */
+static void
+lost_before_the_commit(const char *faults, bool term)
+{
+	char dir[] = "/tmp/keel-kv-aof-precommit-XXXXXX", gate[96], log[16384] = "", line[512];
+	const char *argv[] = { KEEL_KV_BIN, "--port",
+			       "0",         "--addr",
+			       "127.0.0.1", "--shards",
+			       "2",         "--idle-poll-us",
+			       "0",         "--appendonly",
+			       "yes",       "--dir",
+			       dir,         NULL };
+	uint64_t dl = test_deadline(TEST_WAIT_MS);
+	bool acked[100] = { false };
+	int pfd[2], st;
+	struct proc p;
+	size_t n = 0;
+	pid_t pid;
+	FILE *f;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	aof_restart(&p, "2", dir);
+	cr_assert_eq(aof_sets(p.port, 100, acked), 0);
+	for (int i = 0; i < 50; i++) {
+		char cmd[64];
+
+		snprintf(cmd, sizeof(cmd), "SET exp%d v PX 2000", i);
+		kv_command(p.port, cmd, line, sizeof(line));
+		cr_assert_str_eq(line, "+OK\r\n");
+	}
+	proc_stop(&p);
+
+	snprintf(gate, sizeof(gate), "%s.gate", dir);
+	cr_assert_eq(pipe(pfd), 0);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		dup2(pfd[1], 2);
+		close(pfd[0]);
+		setenv("KEEL_FAULTS", faults, 1);
+		setenv("KEEL_KV_TEST_HOLD_REPLAY", gate, 1);
+		execv(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	close(pfd[1]);
+	f = fdopen(pfd[0], "r");
+	cr_assert(f);
+	/* Held, then the loaded shard's sync of its expired keys' DELs fails. */
+	while (fgets(line, sizeof(line), f) && !strstr(line, "fdatasync failed")) {
+		cr_assert(!strstr(line, "listening"), "it listened: %s", line);
+		if (n + strlen(line) < sizeof(log))
+			n += (size_t)sprintf(log + n, "%s", line);
+	}
+	cr_assert(strstr(line, "fdatasync failed"), "no failed sync: %s", log);
+	usleep(1500 * 1000); /* the rebuild's time, before the fix */
+	if (!term) {
+		kill(pid, SIGKILL);
+		cr_assert_eq(waitpid(pid, &st, 0), pid);
+		fclose(f);
+	} else {
+		kill(pid, SIGTERM);
+		cr_assert_eq(close(open(gate, O_WRONLY | O_CREAT, 0644)), 0);
+		while (fgets(line, sizeof(line), f))
+			if (n + strlen(line) < sizeof(log))
+				n += (size_t)sprintf(log + n, "%s", line);
+		fclose(f);
+		while (waitpid(pid, &st, WNOHANG) == 0) {
+			cr_assert(!test_expired(dl), "keel-kv did not stop after SIGTERM");
+			test_pause();
+		}
+		cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit status 0x%x: %s", st, log);
+	}
+	unlink(gate);
+
+	aof_restart(&p, "2", dir);
+	aof_check(p.port, 100, acked);
+	proc_stop(&p);
+	rm_dir(dir);
+}
+
+Test(faults_kv, aof_a_rebuild_before_the_starts_commit_keeps_the_last_runs_files)
+{
+	lost_before_the_commit("fsync:EIO:n=1", false);
+}
+
+Test(faults_kv, aof_a_stop_before_the_starts_commit_keeps_the_last_runs_files)
+{
+	lost_before_the_commit("fsync:EIO", true);
+}
+
 /* An MSET that runs out of memory part way (KEEL_KV_TEST_FAULTS=store-oom: the third key's
  * entry cannot be allocated, after an existing key was overwritten in place and a new one
  * made) changes nothing: MSET is atomic on its shard (docs/kv.md), and an error reply is

@@ -3656,6 +3656,129 @@ get_file(const char *dir, const char *name, char *buf, size_t cap)
 	return (long)n;
 }
 
+/* stat's inode number of @dir/appendonly-@idx.aof (0: not there). */
+static ino_t
+aof_ino(const char *dir, unsigned idx)
+{
+	char p[512];
+	struct stat st;
+
+	snprintf(p, sizeof(p), "%s/appendonly-%u.aof", dir, idx);
+	return stat(p, &st) == 0 ? st.st_ino : 0;
+}
+
+/* Some shard's .new file holds a DEL record (an expired key's, from the sweep). */
+static bool
+a_new_file_holds_a_del(const char *dir)
+{
+	static char buf[1 << 16];
+
+	for (unsigned i = 0; i < 2; i++) {
+		char name[64];
+		long n;
+
+		snprintf(name, sizeof(name), "appendonly-%u.aof.new", i);
+		n = get_file(dir, name, buf, sizeof(buf));
+		if (n > 0 && memmem(buf, (size_t)n, "$3\r\nDEL\r\n", 9))
+			return true;
+	}
+	return false;
+}
+
+/* A rewrite a shard makes before the start's commit must not touch the plain names: until
+ * the last shard commits, a loaded shard writes appendonly-S.aof.new, and appendonly-S.aof
+ * is the last run's file. One shard's load is held (KEEL_KV_TEST_HOLD_REPLAY) while the
+ * other, loaded, expires keys: its sweep appends their DELs to its .new file, and with
+ * --auto-aof-rewrite-percentage 1 and a minimum of 1 byte its tick would rewrite the file.
+ * That rewrite renamed its file over appendonly-S.aof: a crash then (@commit false) had
+ * replaced the last run's file S, whose keys that the other shard owns in this run were
+ * lost; the commit instead (@commit true) renamed the .new file over the rewrite's, which
+ * the shard writes to, so that every later write of the shard went to a file no name holds
+ * (acknowledged, and lost at the next start). With @commit the last run had one shard, so
+ * that the held shard holds the one file open (its first window) and reads it whole
+ * whatever takes its name; with two files, the held shard may open the replaced one later
+ * and stop the start, finding it changed. */
+static void
+rewrite_before_the_commit(bool commit)
+{
+	char dir[64], gate[128], cmd[128], want[64], line[512] = "";
+	uint64_t dl;
+	ino_t ino[2];
+	struct srv s;
+	struct rd r;
+	FILE *f;
+
+	mk_dir(dir, sizeof(dir));
+	srv_start(&s, commit ? 1 : 2, "--appendonly", "yes", "--dir", dir, NULL);
+	rd_init(&r, test_connect(s.port));
+	for (int i = 0; i < 50; i++) {
+		snprintf(cmd, sizeof(cmd), "SET keep%d v%d", i, i);
+		expect(&r, cmd, "+OK\r\n");
+		snprintf(cmd, sizeof(cmd), "SET exp%d v%d PX 2000", i, i);
+		expect(&r, cmd, "+OK\r\n");
+	}
+	rd_free(&r);
+	srv_stop(&s);
+	ino[0] = aof_ino(dir, 0);
+	ino[1] = aof_ino(dir, 1);
+	cr_assert(ino[0] && (commit || ino[1]));
+	snprintf(gate, sizeof(gate), "%s/gate", dir);
+	setenv("KEEL_KV_TEST_HOLD_REPLAY", gate, 1);
+	f = srv_spawn(&s, 2, "0", "--appendonly", "yes", "--dir", dir,
+		      "--auto-aof-rewrite-percentage", "1", "--auto-aof-rewrite-min-size", "1",
+		      NULL);
+	unsetenv("KEEL_KV_TEST_HOLD_REPLAY");
+	while (fgets(line, sizeof(line), f) && !strstr(line, "the load held by the test gate"))
+		;
+	cr_assert(strstr(line, "the load held"), "the load was not held");
+	WAIT_FOR(a_new_file_holds_a_del(dir),
+		 "the loaded shard's sweep writing expired keys' DELs");
+	/* Its next tick (within a second) would rewrite the file, a rename a moment later. */
+	dl = test_deadline(2500);
+	while (!test_expired(dl) && aof_ino(dir, 0) == ino[0] && aof_ino(dir, 1) == ino[1])
+		test_pause();
+	if (commit) {
+		cr_assert_eq(close(open(gate, O_WRONLY | O_CREAT, 0644)), 0);
+		srv_listening(&s, f);
+		rd_init(&r, test_connect(s.port));
+		for (int i = 0; i < 50; i++) {
+			snprintf(cmd, sizeof(cmd), "SET new%d w%d", i, i);
+			expect(&r, cmd, "+OK\r\n");
+		}
+		rd_free(&r);
+		srv_stop(&s);
+	} else {
+		srv_kill9(&s);
+		fclose(f);
+	}
+	unlink(gate);
+	srv_start(&s, 2, "--appendonly", "yes", "--dir", dir, NULL);
+	rd_init(&r, test_connect(s.port));
+	for (int i = 0; i < 50; i++) {
+		snprintf(cmd, sizeof(cmd), "GET keep%d", i);
+		snprintf(want, sizeof(want), "$%d\r\nv%d\r\n", i < 10 ? 2 : 3, i);
+		expect(&r, cmd, want);
+		if (!commit)
+			continue;
+		snprintf(cmd, sizeof(cmd), "GET new%d", i);
+		snprintf(want, sizeof(want), "$%d\r\nw%d\r\n", i < 10 ? 2 : 3, i);
+		expect(&r, cmd, want);
+	}
+	rd_free(&r);
+	srv_stop(&s);
+	rm_dir(dir);
+}
+
+Test(kv_server, aof_a_rewrite_before_the_starts_commit_keeps_the_last_runs_files)
+{
+	rewrite_before_the_commit(false);
+}
+
+Test(kv_server, aof_a_rewrite_before_the_starts_commit_keeps_the_writes_after_it)
+{
+	rewrite_before_the_commit(true);
+}
+
 #define REC_C "*3\r\n$3\r\nSET\r\n$1\r\nc\r\n$1\r\n3\r\n"
 
 /* A torn tail is cut off the file at start, not only logged. A start that succeeds rewrites
