@@ -462,7 +462,8 @@ pwrite_all(int fd, const uint8_t *p, size_t n, uint64_t off)
 
 /* The bytes a start reads of an append-only file at a time, to check it and to replay it
  * (each shard): 8 MiB, or KEEL_KV_AOF_LOAD_WINDOW=N (read once at start), for the tests
- * that check the windows. A record larger than the window is read in a window of its size. It
+ * that check the windows. A record larger than the window is read in a window of its size
+ * by the shard that owns its key; the check reads such a record by its lines. It
  * read each file whole and kept them all until every shard had loaded: a start's memory
  * was the files' size (313 MB of resident memory for a 309 MB file of one key). */
 static size_t load_window = 8u << 20;
@@ -501,13 +502,6 @@ window_grow_to(uint8_t **buf, size_t *cap, size_t want, size_t most)
 	*buf = p;
 	*cap = n;
 	return 0;
-}
-
-/* Double @*buf's @*cap, up to @most: 0 or -ENOMEM. */
-static int
-window_grow(uint8_t **buf, size_t *cap, size_t most)
-{
-	return window_grow_to(buf, cap, *cap * 2, most);
 }
 
 /* The number of a RESP line "<@type>digits\r\n" at @p[*@off..@n): true with *@v, and *@off
@@ -607,15 +601,17 @@ leftover(unsigned idx, const char *name)
 static int commit_recover(void);
 static int write_all(int fd, const uint8_t *p, size_t n);
 
-/* --aof-truncate-corrupt yes: the bytes of @path from the bad record at @good on (@rest,
- * @n of them) are saved to PATH.corrupt-GOOD (a new file, synced, and --dir after it) before the
- * file is cut there, so that nothing is destroyed. Returns 0 or -errno (printed; @path untouched).
- */
+/* --aof-truncate-corrupt yes: the bytes of @path (open as @from, @size bytes) from the bad
+ * record at @good on are saved to PATH.corrupt-GOOD (a new file, synced, and --dir after it)
+ * before the file is cut there, so that nothing is destroyed; copied a window at a time
+ * (load_window). Returns 0 or -errno (printed; @path untouched). */
 static int
-save_corrupt(const char *path, const uint8_t *rest, size_t n, size_t good)
+save_corrupt(const char *path, int from, size_t size, size_t good)
 {
+	size_t cap = load_window < size - good ? load_window : size - good;
 	char side[4200];
-	int fd, dfd, r;
+	int fd, dfd, r = 0;
+	uint8_t *buf;
 
 	snprintf(side, sizeof(side), "%s.corrupt-%zu", path, good);
 	fd = open(side, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
@@ -627,7 +623,18 @@ save_corrupt(const char *path, const uint8_t *rest, size_t n, size_t good)
 			side, strerror(-r), path, path);
 		return r;
 	}
-	r = write_all(fd, rest, n);
+	buf = malloc(cap ? cap : 1);
+	if (!buf)
+		r = -ENOMEM;
+	for (size_t at = good; r == 0 && at < size;) {
+		size_t len = 0;
+
+		r = window_fill(from, buf, cap, &len, at, size);
+		if (r == 0)
+			r = write_all(fd, buf, len);
+		at += len;
+	}
+	free(buf);
 	if (r == 0 && fsync(fd) < 0)
 		r = -errno;
 	close(fd);
@@ -712,19 +719,45 @@ foreign_file(const uint8_t *p, size_t n)
 	       !strncasecmp((const char *)argv[0].p, "SELECT", 6);
 }
 
-/* Check the records of @fd (@path) before any shard replays them: the valid ones are read
- * a window at a time (kv_aof_valid_prefix); what follows them, if anything (a torn record,
- * damage), is read whole for kv_aof_check's verdict, which is the one a check of the whole
- * file gives (the bytes are the same). A torn record is cut; damage stops the start, or with
- * --aof-truncate-corrupt yes is saved aside and cut. *@valid gets the valid bytes. Returns
- * 0 or -errno (printed). */
+/* kv_aof_check_file's reader: the file @ctx (a descriptor). */
+static int
+read_at(void *ctx, uint64_t off, uint8_t *buf, size_t len)
+{
+	size_t got = 0;
+
+	return window_fill(*(const int *)ctx, buf, len, &got, (size_t)off, (size_t)off + len);
+}
+
+/* Whether the file @fd (@size bytes) is another program's (foreign_file), from its head. */
+static int
+foreign_head(int fd, size_t size, bool *foreign)
+{
+	size_t cap = size < RESP_INLINE_MAX ? size : RESP_INLINE_MAX, len = 0;
+	uint8_t *buf = malloc(cap ? cap : 1);
+	int r;
+
+	if (!buf)
+		return -ENOMEM;
+	r = window_fill(fd, buf, cap, &len, 0, cap);
+	*foreign = r == 0 && foreign_file(buf, len);
+	free(buf);
+	return r;
+}
+
+/* Check the records of @fd (@path) before any shard replays them, a window at a time
+ * (kv_aof_check_file: the verdict a check of the whole file gives). A torn record is cut;
+ * damage stops the start, or with --aof-truncate-corrupt yes is saved aside and cut.
+ * *@valid gets the valid bytes. Returns 0 or -errno (printed). What follows a bad record
+ * used to be read whole for the verdict: damage early in a large file failed the start
+ * with ENOMEM, --aof-truncate-corrupt yes included, instead of naming the damage. */
 static int
 check_file(int fd, const char *path, size_t *valid)
 {
 	struct stat stt;
-	size_t cap = load_window, len = 0, base = 0, size, good, g;
+	size_t size, good;
 	enum kv_aof_tail rest;
-	uint8_t *buf;
+	bool foreign = false;
+	uint64_t g;
 	int r;
 
 	if (fstat(fd, &stt) < 0) {
@@ -733,41 +766,15 @@ check_file(int fd, const char *path, size_t *valid)
 		return r;
 	}
 	size = (size_t)stt.st_size;
-	if (cap > size)
-		cap = size ? size : 1;
-	buf = malloc(cap);
-	if (!buf) {
-		fprintf(stderr, "keel-kv: reading %s: %s\n", path, strerror(ENOMEM));
-		return -ENOMEM;
-	}
-	for (;;) {
-		size_t v;
-
-		r = window_fill(fd, buf, cap, &len, base, size);
-		if (r < 0)
-			break;
-		if (base + len == size) /* the rest is in the window */
-			break;
-		v = kv_aof_valid_prefix(buf, len);
-		if (v == 0) { /* a record larger than the window, or what is not one */
-			r = window_grow(&buf, &cap, size - base);
-			if (r < 0)
-				break;
-			continue;
-		}
-		memmove(buf, buf + v, len - v);
-		base += v;
-		len -= v;
-	}
+	r = kv_aof_check_file(read_at, &fd, size, load_window, &rest, &g);
+	if (r == 0 && rest == KV_AOF_CORRUPT && !kv_cfg.aof_truncate_corrupt && g == 0)
+		r = foreign_head(fd, size, &foreign);
 	if (r < 0) {
 		fprintf(stderr, "keel-kv: reading %s: %s\n", path, strerror(-r));
-		free(buf);
 		return r;
 	}
-	rest = kv_aof_check(buf, len, &g);
-	good = base + g;
-	if (rest == KV_AOF_CORRUPT && !kv_cfg.aof_truncate_corrupt && good == 0 &&
-	    foreign_file(buf, len)) {
+	good = (size_t)g;
+	if (foreign) {
 		/* Another program's file under this name, where cutting it (the option below)
 		 * would keep nothing. */
 		fprintf(stderr,
@@ -776,7 +783,6 @@ check_file(int fd, const char *path, size_t *valid)
 			"them: send its data to keel-kv as commands, e.g. with redis-cli --pipe); "
 			"the file is left as it is: move it out of --dir\n",
 			path);
-		free(buf);
 		return -EINVAL;
 	}
 	if (rest == KV_AOF_UNSURE && !kv_cfg.aof_truncate_corrupt) {
@@ -790,7 +796,6 @@ check_file(int fd, const char *path, size_t *valid)
 			"(the %zu bytes are saved to %s.corrupt-%zu first: if it was damage, the "
 			"records after it can be replayed from there), or repair it by hand\n",
 			path, good, size - good, good, size - good, path, good);
-		free(buf);
 		return -EINVAL;
 	}
 	if (rest == KV_AOF_CORRUPT && !kv_cfg.aof_truncate_corrupt) {
@@ -802,15 +807,12 @@ check_file(int fd, const char *path, size_t *valid)
 			"%zu (the %zu bytes are saved to %s.corrupt-%zu first), or repair it by "
 			"hand\n",
 			path, good, size - good, good, size - good, path, good);
-		free(buf);
 		return -EINVAL;
 	}
 	if (rest == KV_AOF_CORRUPT || rest == KV_AOF_UNSURE) {
-		r = save_corrupt(path, buf + g, len - g, good);
-		if (r < 0) {
-			free(buf);
+		r = save_corrupt(path, fd, size, good);
+		if (r < 0)
 			return r;
-		}
 		fprintf(stderr,
 			"keel-kv: %s: %s at offset %zu%s: saved the %zu bytes from there to "
 			"%s.corrupt-%zu and cut the file there (--aof-truncate-corrupt yes%s)\n",
@@ -827,7 +829,6 @@ check_file(int fd, const char *path, size_t *valid)
 			"mid-write leaves it)\n",
 			path, good, size - good);
 	}
-	free(buf);
 	if (good < size && (ftruncate(fd, (off_t)good) < 0 || fsync(fd) < 0)) {
 		r = -errno;
 		fprintf(stderr, "keel-kv: truncating %s: %s\n", path, strerror(-r));

@@ -3,8 +3,10 @@
 #include "aofrec.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static int
@@ -144,4 +146,262 @@ kv_aof_check(const uint8_t *p, size_t n, size_t *good)
 		    one_record(q, (size_t)(p + end - q)) > 0)
 			return KV_AOF_UNSURE;
 	return KV_AOF_TORN;
+}
+
+/* A file read through the caller's reader, for kv_aof_check_file. */
+struct src {
+	kv_aof_read_fn rd;
+	void *ctx;
+	uint8_t *line; /* RESP_INLINE_MAX bytes: a count or bulk line's most */
+	int err;       /* the reader's first error */
+};
+
+/* @n bytes at @off into @buf: false on a read error (s->err). */
+static bool
+get(struct src *s, uint64_t off, uint8_t *buf, size_t n)
+{
+	int r;
+
+	if (s->err)
+		return false;
+	if (!n)
+		return true;
+	r = s->rd(s->ctx, off, buf, n);
+	if (r < 0)
+		s->err = r;
+	return r == 0;
+}
+
+/* The bytes of a line looked at first: its number and '\r' fit (a number of more than 20
+ * characters is not one). */
+#define LINE_PEEK 32
+
+/* The count ('*') or bulk ('$') line at @at, the bytes up to @end being all there is, as
+ * one_record reads the one (not starting with '*': not a record) and resp_parse the
+ * other: the first '\r' from @at (*@cr), then the number between the type and it. With no
+ * '\r', a line of more than RESP_INLINE_MAX bytes is an error and a shorter one wants
+ * more; a '\r' past LINE_PEEK ends a number too long to be one. Returns 1 with *@num and
+ * *@cr, 0 (RESP_MORE) or -1 (RESP_ERROR, or a read error: s->err). */
+static int
+line_at(struct src *s, uint64_t at, uint64_t end, uint8_t type, uint64_t *cr, long long *num)
+{
+	uint64_t n = end - at;
+	size_t l = n < LINE_PEEK ? (size_t)n : LINE_PEEK;
+	const uint8_t *c;
+
+	if (!get(s, at, s->line, l))
+		return -1;
+	if (type == '*' && s->line[0] != '*') /* one_record: records are arrays */
+		return -1;
+	c = memchr(s->line, '\r', l);
+	if (!c && l < n && n <= RESP_INLINE_MAX) { /* is there one at all: more, or an error */
+		l = (size_t)n;
+		if (!get(s, at, s->line, l))
+			return -1;
+		c = memchr(s->line, '\r', l);
+	}
+	if (!c) /* none before @end: wants more within the bound; past it, or far: an error */
+		return l == n && n <= RESP_INLINE_MAX ? 0 : -1;
+	if (s->line[0] != type || !resp_number(s->line + 1, (size_t)(c - s->line) - 1, num))
+		return -1;
+	*cr = at + (uint64_t)(c - s->line);
+	return 1;
+}
+
+/* Whether the record at @at, whole up to @to, is exactly in the form keel-kv writes
+ * (written_form), its arguments' data starting at @st[i]; read a line end at a time. */
+static bool
+written_form_at(struct src *s, uint64_t at, uint64_t to, const uint64_t *st,
+		const struct resp_arg *argv, unsigned argc)
+{
+	char h[32];
+	uint8_t b[32];
+	uint64_t off = at;
+	int k = snprintf(h, sizeof(h), "*%u\r\n", argc);
+
+	if (to - off < (uint64_t)k || !get(s, off, b, (size_t)k) || memcmp(b, h, (size_t)k))
+		return false;
+	off += (uint64_t)k;
+	for (unsigned i = 0; i < argc; i++) {
+		k = snprintf(h, sizeof(h), "$%zu\r\n", argv[i].len);
+		if (to - off < (uint64_t)k || !get(s, off, b, (size_t)k) ||
+		    memcmp(b, h, (size_t)k) || st[i] != off + (uint64_t)k)
+			return false;
+		off += (uint64_t)k + argv[i].len;
+		if (to - off < 2 || !get(s, off, b, 2) || b[0] != '\r' || b[1] != '\n')
+			return false;
+		off += 2;
+	}
+	return off == to;
+}
+
+/* one_record of the file's bytes [@at, @end), whatever their size: resp_parse reads a
+ * record's count line and each argument's line and skips the arguments' data unread, so
+ * this reads the lines alone (parse_multibulk and multibulk_args, step for step), then
+ * what kv_record_check and written_form look at: the short arguments and the line ends
+ * after each. Returns its length, 0 or -1 as one_record does (-1 too on a read error:
+ * s->err). */
+static long
+record_at(struct src *s, uint64_t at, uint64_t end)
+{
+	struct resp_arg argv[8];
+	uint8_t small[8][20];
+	uint64_t st[8], pos, cr, start;
+	long long count, len;
+	unsigned argc = 0;
+	int64_t pxat;
+	int l;
+
+	if (at == end)
+		return 0;
+	l = line_at(s, at, end, '*', &cr, &count);
+	if (l <= 0)
+		return l;
+	if (count > INT_MAX)
+		return -1;
+	pos = cr + 2;
+	if (pos > end)
+		return 0;
+	if (count <= 0) /* an empty request, whole: not a record */
+		return -1;
+	for (long long i = 0; i < count; i++) {
+		if (pos >= end)
+			return 0;
+		l = line_at(s, pos, end, '$', &cr, &len);
+		if (l <= 0)
+			return l;
+		if (len < 0)
+			return -1;
+		start = cr + 2;
+		if (start + (uint64_t)len + 2 > end)
+			return 0;
+		if (argc == 8) /* one_record's argv is full: RESP_NEED_ARGV */
+			return -1;
+		/* kv_record_check reads an argument only when it is this short (its
+		 * lengths are compared first) */
+		if (len <= 20 && !get(s, start, small[argc], (size_t)len))
+			return -1;
+		argv[argc].p = small[argc];
+		argv[argc].len = (size_t)len;
+		st[argc++] = start;
+		pos = start + (uint64_t)len + 2;
+	}
+	if (kv_record_check(argv, argc, &pxat) < 0 || !written_form_at(s, at, pos, st, argv, argc))
+		return -1;
+	return (long)(pos - at);
+}
+
+int
+kv_aof_check_file(kv_aof_read_fn rd, void *ctx, uint64_t size, size_t window,
+		  enum kv_aof_tail *tail, uint64_t *good)
+{
+	struct src s = { .rd = rd, .ctx = ctx };
+	uint64_t base = 0, end, a;
+	uint8_t *w, head[13];
+	long r;
+
+	if (window > size) /* no more than the file */
+		window = (size_t)size;
+	if (!window)
+		window = 1;
+	w = malloc(window);
+	s.line = malloc(size < RESP_INLINE_MAX ? (size ? (size_t)size : 1) : RESP_INLINE_MAX);
+	if (!w || !s.line) {
+		s.err = -ENOMEM;
+		goto out;
+	}
+	/* The valid prefix (kv_aof_valid_prefix of the whole), a window at a time. A record
+	 * the window does not hold whole starts the next window, or, at the window's start,
+	 * is walked by its lines (record_at): a large value is never read. */
+	while (base < size) {
+		size_t len = size - base < window ? (size_t)(size - base) : window, v;
+
+		if (!get(&s, base, w, len))
+			goto out;
+		v = kv_aof_valid_prefix(w, len);
+		base += v;
+		if (v == len)
+			continue;
+		if (base - v + len == size) /* the rest was in the window: base is the bad one */
+			break;
+		if (v > 0)
+			continue;
+		r = record_at(&s, base, size);
+		if (s.err)
+			goto out;
+		if (r <= 0)
+			break;
+		base += (uint64_t)r;
+	}
+	*good = base;
+	if (base == size) {
+		*tail = KV_AOF_CLEAN;
+		goto out;
+	}
+	/* NUL bytes that run to the end are left aside: the last byte that is not one. */
+	for (end = size; end > base;) {
+		size_t len = end - base < window ? (size_t)(end - base) : window, j = len;
+
+		if (!get(&s, end - len, w, len))
+			goto out;
+		while (j > 0 && !w[j - 1])
+			j--;
+		if (j) {
+			end = end - len + j;
+			break;
+		}
+		end -= len;
+	}
+	if (end == base) {
+		*tail = KV_AOF_TORN;
+		goto out;
+	}
+	r = record_at(&s, base, end);
+	if (s.err)
+		goto out;
+	if (r != 0) {
+		*tail = KV_AOF_CORRUPT;
+		goto out;
+	}
+	/* A whole record starting inside what runs past the end (kv_aof_check), a window at
+	 * a time: a candidate the window does not hold whole is walked (record_at). */
+	*tail = KV_AOF_TORN;
+	for (a = base + 1; a < end && *tail == KV_AOF_TORN;) {
+		size_t len = end - a < window ? (size_t)(end - a) : window;
+		const uint8_t *q = w;
+
+		if (!get(&s, a, w, len))
+			goto out;
+		while ((q = memchr(q, '*', len - (size_t)(q - w)))) {
+			size_t j = (size_t)(q - w);
+			const uint8_t *h = q;
+
+			q++;
+			if (end - (a + j) < 13)
+				break;
+			if (len - j < 13) { /* the head runs past the window */
+				if (!get(&s, a + j, head, 13))
+					goto out;
+				h = head;
+			}
+			if (!record_head(h, 13))
+				continue;
+			/* exact, unless it wants more than the window holds */
+			r = one_record(w + j, len - j);
+			if (r == 0 && a + len < end) {
+				r = record_at(&s, a + j, end);
+				if (s.err)
+					goto out;
+			}
+			if (r > 0) {
+				*tail = KV_AOF_UNSURE;
+				break;
+			}
+		}
+		a += len;
+	}
+out:
+	free(w);
+	free(s.line);
+	return s.err;
 }

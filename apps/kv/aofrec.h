@@ -47,4 +47,23 @@ enum kv_aof_tail {
  */
 enum kv_aof_tail kv_aof_check(const uint8_t *p, size_t n, size_t *good);
 
+/**
+ * The reader of kv_aof_check_file: @len bytes of the file at @off into @buf.
+ * Returns: 0, or -errno (a short read is one: the file changed).
+ */
+typedef int (*kv_aof_read_fn)(void *ctx, uint64_t off, uint8_t *buf, size_t len);
+
+/**
+ * kv_aof_check of a file of @size bytes read through @rd (with @ctx), with at most @window
+ * bytes of it and a line's most (RESP_INLINE_MAX) in memory at once, whatever the size of
+ * the file, of a record or of the damage: the same verdict in *@tail and the same *@good
+ * as kv_aof_check of the same bytes whole. A record larger than the window, a bad one or
+ * one that runs past the end of the file, is read by its lines (what the request parser
+ * looks at; it skips a value unread), never whole. Each byte of the file is read about
+ * once for the valid records, once more from the bad record on.
+ * Returns: 0 with *@tail and *@good; -ENOMEM; or the reader's -errno.
+ */
+int kv_aof_check_file(kv_aof_read_fn rd, void *ctx, uint64_t size, size_t window,
+		      enum kv_aof_tail *tail, uint64_t *good);
+
 #endif

@@ -53,6 +53,12 @@ str2ll(const uint8_t *p, size_t n, long long *out)
 	return true;
 }
 
+bool
+resp_number(const uint8_t *p, size_t n, long long *out)
+{
+	return str2ll(p, n, out);
+}
+
 /* The number of a count line that starts at @p (after its '*' or '$'), when it is plain:
  * 1 to 18 digits, no leading zero (or "0"), then '\r' within @n bytes. Returns the
  * digits' length and *out, or 0 when the line is anything else (negative, longer, not

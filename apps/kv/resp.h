@@ -6,6 +6,7 @@
 #ifndef KEEL_KV_RESP_H
 #define KEEL_KV_RESP_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -65,6 +66,12 @@ enum {
  * start once, for req->argv.
  */
 long resp_parse(const uint8_t *p, size_t n, struct resp_req *req);
+/**
+ * The number of a count or bulk line as resp_parse reads it (Redis's string2ll: an optional
+ * '-', then 1 to 20 digits without a leading zero, no overflow), from the @n bytes at @p.
+ * Returns: true with *@out; false when they are not such a number.
+ */
+bool resp_number(const uint8_t *p, size_t n, long long *out);
 /* The argument array's next size after @cap entries (RESP_NEED_ARGV): doubled, from 8, at
  * most INT_MAX (a request's most arguments, as Redis's); 0 when @cap is already there. */
 size_t resp_argv_next(unsigned cap);

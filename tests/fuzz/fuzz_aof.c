@@ -6,7 +6,9 @@
  * valid (checking it again gives all of it); it splits into records that each parse and
  * pass kv_record_check; cutting any one byte off a non-empty valid prefix never makes a
  * longer prefix valid; kv_aof_check finds the same prefix, and a tail exactly when there
- * is one.
+ * is one; kv_aof_check_file of the same bytes, in windows of 1 to 64 bytes (the first
+ * byte picks), gives kv_aof_check's verdict and prefix, reading no more than a window or a
+ * line's most at a time.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +16,23 @@
 
 #include "aofrec.h"
 #include "fuzz.h"
+
+struct mem {
+	const uint8_t *p;
+	size_t n, most;
+};
+
+static int
+mem_read(void *ctx, uint64_t off, uint8_t *buf, size_t len)
+{
+	struct mem *m = ctx;
+
+	CHECK(off <= m->n && len <= m->n - off);
+	memcpy(buf, m->p + off, len);
+	if (len > m->most)
+		m->most = len;
+	return 0;
+}
 
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -42,5 +61,15 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (good)
 		CHECK(kv_aof_valid_prefix(copy, good - 1) <= good - 1);
 	free(copy);
+	{
+		struct mem m = { data, size, 0 };
+		size_t w = 1 + (size ? data[0] % 64 : 0);
+		enum kv_aof_tail rest2;
+		uint64_t g;
+
+		CHECK(kv_aof_check_file(mem_read, &m, size, w, &rest2, &g) == 0);
+		CHECK(rest2 == rest && g == good);
+		CHECK(m.most <= (w > RESP_INLINE_MAX ? w : RESP_INLINE_MAX));
+	}
 	return 0;
 }

@@ -3989,6 +3989,176 @@ Test(kv_server, aof_truncate_corrupt_saves_the_rest_and_starts)
 	}
 }
 
+/* Run keel-kv on one shard with --appendonly yes on @dir, the extra arguments (NULL-ended)
+ * and KEEL_KV_AOF_LOAD_WINDOW=4096, to its exit (it must fail to start: a server still
+ * running at the deadline is killed and fails the test): its wait status, what it said in
+ * @err, and its peak resident memory (KiB) in *@peak. */
+static int
+srv_refuses_peak(char *err, size_t errlen, long *peak, const char *dir, ...)
+{
+	const char *argv[32] = { kv_bin(),    "--port",       "0",   "--addr",
+				 "127.0.0.1", "--shards",     "1",   "--idle-poll-us",
+				 "0",         "--appendonly", "yes", "--dir",
+				 dir };
+	uint64_t dl = test_deadline(TEST_WAIT_MS);
+	int n = 13, pfd[2], st = 0;
+	struct rusage ru;
+	size_t got = 0;
+	va_list ap;
+	pid_t pid;
+
+	va_start(ap, dir);
+	for (const char *a; (a = va_arg(ap, const char *)) && n < 30;)
+		argv[n++] = a;
+	va_end(ap);
+	argv[n] = NULL;
+	cr_assert_eq(pipe(pfd), 0);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		dup2(pfd[1], 2);
+		close(pfd[0]);
+		setenv("KEEL_KV_AOF_LOAD_WINDOW", "4096", 1);
+		execv(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	close(pfd[1]);
+	fcntl(pfd[0], F_SETFL, O_NONBLOCK);
+	for (;;) {
+		ssize_t k = read(pfd[0], err + got, errlen - 1 - got);
+
+		if (k > 0) {
+			got += (size_t)k;
+			continue;
+		}
+		if (wait4(pid, &st, WNOHANG, &ru) == pid)
+			break;
+		if (test_expired(dl)) {
+			kill(pid, SIGKILL);
+			wait4(pid, &st, 0, &ru);
+			cr_assert(false, "keel-kv started: %.*s", (int)got, err);
+		}
+		test_pause();
+	}
+	for (ssize_t k; got < errlen - 1 && (k = read(pfd[0], err + got, errlen - 1 - got)) > 0;)
+		got += (size_t)k;
+	err[got] = 0;
+	close(pfd[0]);
+	*peak = ru.ru_maxrss;
+	return st;
+}
+
+/* @dir/appendonly-0.aof: REC_A, a damaged SET (its command SEX), and @n SETs of 1 KiB values
+ * after it; its size. */
+static size_t
+damaged_early(const char *dir, int n)
+{
+	static const char bad[] = "*3\r\n$3\r\nSEX\r\n$1\r\nb\r\n$1\r\n2\r\n";
+	char path[512], val[1025], rec[1100];
+	size_t size = strlen(REC_A) + strlen(bad);
+	FILE *f;
+
+	memset(val, 'v', 1024);
+	val[1024] = 0;
+	snprintf(path, sizeof(path), "%s/appendonly-0.aof", dir);
+	f = fopen(path, "w");
+	cr_assert(f);
+	fputs(REC_A, f);
+	fputs(bad, f);
+	for (int i = 0; i < n; i++) {
+		int l = snprintf(rec, sizeof(rec),
+				 "*3\r\n$3\r\nSET\r\n$6\r\nk%05d\r\n$1024\r\n%s\r\n", i % 100000,
+				 val);
+
+		cr_assert_eq(fwrite(rec, 1, (size_t)l, f), (size_t)l);
+		size += (size_t)l;
+	}
+	cr_assert_eq(fclose(f), 0);
+	return size;
+}
+
+/* FNV-1a of the bytes of @path from @from on. */
+static uint64_t
+file_hash(const char *path, size_t from)
+{
+	static uint8_t buf[1 << 16];
+	uint64_t h = 14695981039346656037ull;
+	FILE *f = fopen(path, "r");
+	size_t n;
+
+	cr_assert(f, "%s: %s", path, strerror(errno));
+	cr_assert_eq(fseek(f, (long)from, SEEK_SET), 0);
+	while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
+		for (size_t i = 0; i < n; i++)
+			h = (h ^ buf[i]) * 1099511628211ull;
+	fclose(f);
+	return h;
+}
+
+/* Damage early in a large file is named as in a small one, and the start's memory does not
+ * grow with what follows it: the check reads the file a window at a time (here 4 KiB,
+ * KEEL_KV_AOF_LOAD_WINDOW), the bad record by its lines, the rest for the verdict and the
+ * side file a window at a time too. It read everything after a bad record at once, so that
+ * damage near the start of a file larger than the memory failed the start with ENOMEM
+ * (with --aof-truncate-corrupt yes too) instead of the damage line; here the peak grew by
+ * the 32 MiB after the damage. With the option the start is made to fail after the check
+ * (shard 0's new file is a directory), and the side file holds the rest byte for byte. */
+Test(kv_server, aof_damage_early_in_a_large_file_is_checked_a_window_at_a_time)
+{
+	char small[64], large[64], err[8192], want[512], side[600], p[600];
+	size_t at = strlen(REC_A), ssize, lsize;
+	long speak, lpeak;
+	uint64_t rest;
+	struct stat st;
+	int s;
+
+	mk_dir(small, sizeof(small));
+	mk_dir(large, sizeof(large));
+	ssize = damaged_early(small, 3);
+	lsize = damaged_early(large, 32 * 1024);
+	snprintf(p, sizeof(p), "%s/appendonly-0.aof", large);
+	rest = file_hash(p, at);
+	for (int opt = 0; opt < 2; opt++) {
+		const char *a = opt ? "--aof-truncate-corrupt" : NULL;
+
+		if (opt) /* the start fails after the check: the new file cannot be made */
+			for (int i = 0; i < 2; i++) {
+				snprintf(p, sizeof(p), "%s/appendonly-0.aof.new",
+					 i ? large : small);
+				cr_assert_eq(mkdir(p, 0755), 0);
+			}
+		s = srv_refuses_peak(err, sizeof(err), &speak, small, a, "yes", NULL);
+		cr_assert(WIFEXITED(s) && WEXITSTATUS(s) == 1, "status 0x%x: %s", s, err);
+		s = srv_refuses_peak(err, sizeof(err), &lpeak, large, a, "yes", NULL);
+		cr_assert(WIFEXITED(s) && WEXITSTATUS(s) == 1, "status 0x%x: %s", s, err);
+		if (opt)
+			snprintf(want, sizeof(want),
+				 "%s/appendonly-0.aof: invalid record at offset %zu: saved the %zu "
+				 "bytes from there to %s/appendonly-0.aof.corrupt-%zu",
+				 large, at, lsize - at, large, at);
+		else
+			snprintf(
+				want, sizeof(want),
+				"%s/appendonly-0.aof: invalid record at offset %zu, %zu bytes after "
+				"it",
+				large, at, lsize - at);
+		cr_assert(strstr(err, want), "no '%s' in: %s", want, err);
+		cr_log_info("%s: peak %ld KiB with %zu bytes after the damage, %ld KiB with %zu",
+			    opt ? "--aof-truncate-corrupt yes" : "refused", lpeak, lsize - at,
+			    speak, ssize - at);
+		cr_assert_lt(lpeak - speak, 8 * 1024,
+			     "the peak grew %ld KiB for %zu bytes more after the damage",
+			     lpeak - speak, lsize - ssize);
+	}
+	snprintf(side, sizeof(side), "%s/appendonly-0.aof.corrupt-%zu", large, at);
+	cr_assert_eq(stat(side, &st), 0, "%s: %s", side, strerror(errno));
+	cr_assert_eq((size_t)st.st_size, lsize - at);
+	cr_assert_eq(file_hash(side, 0), rest, "%s does not hold the bytes after the damage", side);
+	rm_dir(small);
+	rm_dir(large);
+}
+
 /* Files a crash left half made (a rewrite not renamed yet, a start-up rewrite's .tmp, a
  * FLUSHALL-at-stop's .flush, a stop's rebuild of a file a failed sync lost, .stop) are
  * removed at start; the shard's file is read as before and names that only look alike are

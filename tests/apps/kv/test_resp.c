@@ -462,6 +462,216 @@ Test(kv_aofrec, check_of_a_torn_value_of_stars_is_linear)
 	free(buf);
 }
 
+/* A file in memory for kv_aof_check_file: the largest read asked of it. */
+struct memfile {
+	const uint8_t *p;
+	size_t n, most;
+};
+
+static int
+mem_read(void *ctx, uint64_t off, uint8_t *buf, size_t len)
+{
+	struct memfile *m = ctx;
+
+	cr_assert(off <= m->n && len <= m->n - off, "a read past the end: %zu bytes at %llu of %zu",
+		  len, (unsigned long long)off, m->n);
+	memcpy(buf, m->p + off, len);
+	if (len > m->most)
+		m->most = len;
+	return 0;
+}
+
+/* kv_aof_check_file of @p[0..@n) in windows of @w bytes: kv_aof_check's verdict and valid
+ * prefix, and no read larger than the window or a line's most (RESP_INLINE_MAX). */
+static void
+same_in_windows_of(const uint8_t *p, size_t n, size_t w, const char *what)
+{
+	struct memfile m = { p, n, 0 };
+	size_t good;
+	enum kv_aof_tail want = kv_aof_check(p, n, &good), got;
+	uint64_t g;
+
+	cr_assert_eq(kv_aof_check_file(mem_read, &m, n, w, &got, &g), 0);
+	cr_assert_eq(got, want, "%s (%zu bytes), window %zu: verdict %d, not %d", what, n, w, got,
+		     want);
+	cr_assert_eq(g, good, "%s (%zu bytes), window %zu: prefix %llu, not %zu", what, n, w,
+		     (unsigned long long)g, good);
+	cr_assert_leq(m.most, w > RESP_INLINE_MAX ? w : RESP_INLINE_MAX,
+		      "%s, window %zu: a read of %zu bytes", what, w, m.most);
+}
+
+static void
+same_in_windows(const uint8_t *p, size_t n, const char *what)
+{
+	static const size_t more[] = { 64, 97, 4096, 1 << 20 };
+
+	for (size_t w = 1; w <= 40; w++)
+		same_in_windows_of(p, n, w, what);
+	for (size_t i = 0; i < sizeof(more) / sizeof(more[0]); i++)
+		same_in_windows_of(p, n, more[i], what);
+}
+
+/* The start checks a file a window at a time (kv_aof_check_file), reading a record the
+ * window does not hold by its lines: for every file here it gives the verdict and prefix
+ * of kv_aof_check of the whole, in windows of 1 to 40 bytes and larger. The cases of
+ * check_tells_a_torn_tail_from_damage_inside, every cut of records of each kind with and
+ * without zeros after it, lines the parser refuses or waits on (a count or length line
+ * with no '\r', over and under its 64 KiB bound, lengths too long to be numbers, an empty
+ * or negative count, nine arguments), and seeded random damage to random records. */
+Test(kv_aofrec, check_a_window_at_a_time_is_the_check_of_the_whole)
+{
+	static const char set[] = "*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n";
+	static const char pxat[] = "*5\r\n$3\r\nSET\r\n$1\r\nb\r\n$1\r\n2\r\n$4\r\nPXAT\r\n"
+				   "$13\r\n1796011095441\r\n";
+	static const char del[] = "*2\r\n$3\r\nDEL\r\n$1\r\na\r\n";
+	static const char *const bad[] = {
+		"*2\r\n$3\r\nDEX\r\n$1\r\na\r\n",
+		"*2\r\n$3\r\nDEL\r\n$x\r\na\r\n",
+		"x",
+		"*2\r\n$3\r\nDEL\r\n$99\r\na\r\n",
+		"*3\r\n$3\r\nSET\r\n$1\r\nb\r\n$80\r\n*2\r\n$3\r\nDEL\r\n$1\r\na\r\n",
+		"*3\r\n$3\r\nSET\r\n$1\r\nb\r\n$999999999999\r\n",
+		"*0\r\n",
+		"*-1\r\n",
+		"*3\r\n$-1\r\nSET\r\n",
+		"*2\r\n$03\r\nDEL\r\n$1\r\na\r\n",
+		"*2\r\n$3\r\nDEL\r\n$1\r\naXY",
+		"*02\r\n$3\r\nDEL\r\n$1\r\na\r\n",
+		"*2\rX$3\r\nDEL\r\n$1\r\na\r\n",
+		"*9\r\n$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n$1\r\na\r\n"
+		"$1\r\na\r\n$1\r\na\r\n",
+		"*5\r\n$3\r\nSET\r\n$1\r\nb\r\n$1\r\n2\r\n$4\r\nPXAT\r\n$2\r\n-1\r\n",
+		"*3\r\n$3\r\nSET\r\n$123456789012345678901\r\n",
+	};
+	size_t cap = 200000, n, s = sizeof(set) - 1, x = sizeof(pxat) - 1, d = sizeof(del) - 1;
+	uint8_t *buf = malloc(cap), *big;
+	unsigned seed = 2024;
+	char what[64];
+
+	cr_assert(buf);
+	/* Every cut of set, pxat, del and a SET of a 300-byte value, zeros after it or not. */
+	memcpy(buf, set, s);
+	memcpy(buf + s, pxat, x);
+	memcpy(buf + s + x, del, d);
+	n = s + x + d;
+	n += (size_t)sprintf((char *)buf + n, "*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$300\r\n");
+	memset(buf + n, 'v', 300);
+	memcpy(buf + n + 300, "\r\n", 2);
+	n += 302;
+	big = malloc(n + 40);
+	cr_assert(big);
+	for (size_t cut = 0; cut <= n; cut++) {
+		memcpy(big, buf, cut);
+		memset(big + cut, 0, 40);
+		snprintf(what, sizeof(what), "cut %zu", cut);
+		same_in_windows(big, cut, what);
+		same_in_windows(big, cut + 40, what);
+	}
+	free(big);
+	/* Each bad record after a good one, with and without a record after it. */
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		size_t bl = strlen(bad[i]);
+
+		memcpy(buf, set, s);
+		memcpy(buf + s, bad[i], bl);
+		memcpy(buf + s + bl, del, d);
+		snprintf(what, sizeof(what), "bad %zu", i);
+		same_in_windows(buf, s + bl, what);
+		same_in_windows(buf, s + bl + d, what);
+	}
+	/* Count and length lines without a '\r': within the 64 KiB bound a line waits for
+	 * more (torn), past it it is an error; a '\r' far away ends a number too long. */
+	for (int k = 0; k < 4; k++) {
+		size_t digits = k & 1 ? RESP_INLINE_MAX + 10 : RESP_INLINE_MAX - 10, h = 0;
+
+		memcpy(buf, set, s);
+		if (k & 2)
+			h = (size_t)sprintf((char *)buf + s, "*2\r\n$3\r\nDEL\r\n$");
+		else
+			buf[s] = '*', h = 1;
+		memset(buf + s + h, '7', digits);
+		snprintf(what, sizeof(what), "line %d", k);
+		for (size_t w = 1; w < 6; w++)
+			same_in_windows_of(buf, s + h + digits, w * 977, what);
+		memcpy(buf + s + h + digits, "\r\n", 2);
+		memcpy(buf + s + h + digits + 2, del, d);
+		for (size_t w = 1; w < 6; w++)
+			same_in_windows_of(buf, s + h + digits + 2 + d, w * 977, what);
+	}
+	/* Random records, damaged in up to three bytes, cut anywhere, zeros after or not. */
+	for (int it = 0; it < 4000; it++) {
+		static const char *const recs[] = { set, pxat, del };
+		static const uint8_t pick[] = { '*', '$', '\r', '\n', '0', '1', '3', '9', 0, 'x' };
+		static const size_t ws[] = { 1, 2, 3, 5, 8, 13, 21, 34, 64, 4096 };
+		int nrec = 1 + rand_r(&seed) % 6, dmg = rand_r(&seed) % 4;
+
+		n = 0;
+		for (int r = 0; r < nrec; r++) {
+			if (rand_r(&seed) % 4 == 0) { /* a value larger than small windows */
+				size_t vl = 1 + (size_t)(rand_r(&seed) % 200);
+
+				n += (size_t)sprintf((char *)buf + n,
+						     "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%zu\r\n", vl);
+				memset(buf + n, rand_r(&seed) % 2 ? '*' : 'v', vl);
+				memcpy(buf + n + vl, "\r\n", 2);
+				n += vl + 2;
+				continue;
+			}
+			const char *rec = recs[rand_r(&seed) % 3];
+
+			memcpy(buf + n, rec, strlen(rec));
+			n += strlen(rec);
+		}
+		for (int k = 0; k < dmg; k++)
+			buf[rand_r(&seed) % n] = pick[rand_r(&seed) % sizeof(pick)];
+		n = rand_r(&seed) % 3 ? n : (size_t)rand_r(&seed) % (n + 1);
+		if (rand_r(&seed) % 4 == 0) {
+			memset(buf + n, 0, 30);
+			n += 30;
+		}
+		snprintf(what, sizeof(what), "random %d", it);
+		for (size_t w = 0; w < sizeof(ws) / sizeof(ws[0]); w++)
+			same_in_windows_of(buf, n, ws[w], what);
+	}
+	free(buf);
+}
+
+/* A large file checked in windows of 4 KiB reads 4 KiB at a time, or a line's most (64
+ * KiB), whatever follows a bad record: damage early in 8 MiB of records (corrupt), a
+ * length there that swallows the rest, records whole inside it (unsure), the same length
+ * last (torn), and a valid 4 MiB value, which the check walks by its lines, never reading
+ * it whole (clean). The check read everything after a bad record at once: a damaged byte
+ * early in a file larger than the memory failed the start with ENOMEM. */
+Test(kv_aofrec, check_of_damage_early_in_a_large_file_reads_a_window_at_a_time)
+{
+	static const char set[] = "*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n";
+	static const char sex[] = "*3\r\n$3\r\nSEX\r\n$1\r\na\r\n$1\r\n1\r\n";
+	static const char swallow[] = "*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1099511627776\r\n";
+	size_t s = sizeof(set) - 1, n = 8u << 20, h;
+	uint8_t *buf = malloc(n + 64);
+
+	cr_assert(buf);
+	for (size_t at = 0; at + s <= n; at += s)
+		memcpy(buf + at, set, s);
+	n -= n % s;
+	memcpy(buf + s, sex, s);
+	same_in_windows_of(buf, n, 4096, "damage early");
+	cr_assert_eq(kv_aof_check(buf, n, &h), KV_AOF_CORRUPT);
+	memcpy(buf + s, set, s);
+	memcpy(buf + s, swallow, sizeof(swallow) - 1);
+	same_in_windows_of(buf, n, 4096, "a length that swallows the rest");
+	cr_assert_eq(kv_aof_check(buf, n, &h), KV_AOF_UNSURE);
+	same_in_windows_of(buf, s + sizeof(swallow) - 1, 4096, "the same length last");
+	cr_assert_eq(kv_aof_check(buf, s + sizeof(swallow) - 1, &h), KV_AOF_TORN);
+	h = (size_t)sprintf((char *)buf, "*3\r\n$3\r\nSET\r\n$1\r\nv\r\n$%zu\r\n", (size_t)4 << 20);
+	memset(buf + h, '*', 4u << 20);
+	memcpy(buf + h + (4u << 20), "\r\n", 2);
+	memcpy(buf + h + (4u << 20) + 2, set, s);
+	same_in_windows_of(buf, h + (4u << 20) + 2 + s, 4096, "a 4 MiB value");
+	cr_assert_eq(kv_aof_check(buf, h + (4u << 20) + 2 + s, &h), KV_AOF_CLEAN);
+	free(buf);
+}
+
 /* A request that arrives in pieces: each incomplete parse says how far it checked
  * (req.resume), and the next parse of the same request goes on from there. The checked
  * arguments are not read again while the request is incomplete (here they are garbled in
