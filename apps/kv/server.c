@@ -187,7 +187,8 @@ struct kmsg {
 	const uint8_t *req;   /* the request's bytes */
 	size_t req_len;
 	struct rbuf rep;
-	size_t counted;  /* of rep's bytes, those exec_held put in its pend's counted */
+	size_t counted;  /* of rep's bytes, those in its pend's counted while it waits for a
+			  * sync (always): exec_held's, or count_held's on another shard */
 	bool admitted;   /* a part of a command --maxmemory admitted where it was received */
 	bool tx_write;   /* a transaction's writes: its reply waits as a write's would */
 	bool fan_part;   /* a fan-out's part: counted where the command was received */
@@ -1325,6 +1326,60 @@ owner_run(void *arg)
 	return 0;
 }
 
+/* A reply held on another shard (count_held) of at least this many bytes counts toward
+ * its connection's limits while it waits; a smaller one does not, sparing the message
+ * (what stays uncounted is at most PEND_MAX of them a connection: 4 MiB). */
+#define HELD_COUNT_MIN 1024
+
+/* count_held's message: @bytes of a reply for @p wait on another shard. */
+struct held_note {
+	struct pend *p;
+	size_t bytes;
+};
+
+/* On the home shard, before the reply it counts comes (the pair's messages keep their
+ * order): its bytes count toward the connection's limits, as exec_held's do; home_recv
+ * takes them off when the reply comes. The pend waits for that reply, so it is there
+ * (an orphan, kc NULL, once its connection went). */
+static void
+held_note_recv(void *arg)
+{
+	struct held_note *n = arg;
+
+	if (n->p->kc) {
+		n->p->counted += n->bytes;
+		n->p->kc->pend_bytes += n->bytes;
+	}
+	free(n);
+}
+
+/* The reply @m, made here for another shard's connection, is about to wait for this
+ * shard's sync (always): its bytes count toward that connection's limits meanwhile,
+ * through a message home. Held here uncounted, the replies of a pipeline of reads of large
+ * values grew without bound but PEND_MAX (4,096 GETs of 1 MiB: 4 GiB) while the disk was
+ * slow, where a reply held on the home shard (exec_held) or one not held (it comes home
+ * and counts there) holds the connection's parsing. Without memory or room for the
+ * message, the reply waits uncounted, as it did. */
+static void
+count_held(struct kmsg *m)
+{
+	size_t bytes = m->rep.len;
+	struct held_note *n;
+
+	if (m->home == self() || bytes < HELD_COUNT_MIN)
+		return;
+	n = malloc(sizeof(*n));
+	if (!n)
+		return;
+	n->p = m->pend;
+	n->bytes = bytes;
+	if (keel_send(m->home, held_note_recv, n) < 0) { /* not sent: still ours */
+		free(n);
+		return;
+	}
+	m->counted = bytes; /* taken off by home_recv */
+}
+
 /* --appendfsync always: the request came with keel_send; its reply goes home with
  * keel_send once a write is on disk. */
 static void
@@ -1333,10 +1388,12 @@ owner_recv(void *arg)
 	struct kmsg *m = arg;
 	const struct kv_cmd *c = owner_exec(m);
 
-	if ((m->tx ? tx_holds(m) : must_hold(c)) && !rep_is_error(&m->rep))
+	if ((m->tx ? tx_holds(m) : must_hold(c)) && !rep_is_error(&m->rep)) {
+		count_held(m);
 		hold(m);
-	else
+	} else {
 		send_home(m);
+	}
 }
 
 static void random_done(struct kmsg *m);
@@ -1347,7 +1404,8 @@ home_recv(void *arg)
 {
 	struct kmsg *m = arg;
 
-	/* What exec_held counted while the reply waited: pend_part_done counts it anew. */
+	/* What exec_held or count_held counted while the reply waited: pend_part_done counts
+	 * it anew. */
 	if (m->counted && m->pend->kc) {
 		m->pend->counted -= m->counted;
 		m->pend->kc->pend_bytes -= m->counted;
