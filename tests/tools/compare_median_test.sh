@@ -9,7 +9,7 @@
 #   the cell says so, not "keel behind" (every keel figure is at or above every epoll one);
 # - server CPU figures of 0 (no tick in a short window) are not measurements: they are in
 #   neither the median nor the per-pair ratios (as in the tests), where they made keel's
-#   median 0 and its CPU ratio 0.
+#   median 0 and its CPU ratio 0; nor in the server CPUs' busy median (it kept them).
 #   compare_median_test.sh
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -35,7 +35,7 @@ b=\$(cat "$tmp/state/backend")
 i=\$((\$(cat "$tmp/state/\$b") + 1)); echo \$i >"$tmp/state/\$b"
 if [ "\$b" = keel ]; then rates=($2); cpus=(${4:-}); else rates=($3); cpus=(${5:-}); fi
 . "$root/tests/tools/bench_stub.sh"
-bench_stub_json \${rates[\$((i - 1))]} \${cpus[\$((i - 1))]:-1000} 0
+bench_stub_json \${rates[\$((i - 1))]} \${cpus[\$((i - 1))]:-1000} 0 \${cpus[\$((i - 1))]:-1000}
 STUB
 	chmod +x "$tmp/bin/keel-bench"
 	bash "$root/tools/bench/compare.sh" --bin "$tmp/bin" --rows pp1 --policies block --reps "$1" \
@@ -60,5 +60,11 @@ cols=$(awk -F'\t' 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
 	"$tmp/out/summary.tsv")
 [ "$cols" = "1000 900 1" ] ||
 	{ echo "FAIL: keel's CPU median, minimum and ratio are '$cols', not '1000 900 1' (zeros left out)"; fail=1; }
+# ... and the server CPUs' busy time of the same runs (the stub gives it the same figures):
+# its median kept the zeros (0), where its rank-sum left them out
+busy=$(awk -F'\t' 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+	$8 == "keel" { print $col["server_cpus_ns_per_msg"] }' "$tmp/out/summary.tsv")
+[ "$busy" = 1000 ] ||
+	{ echo "FAIL: keel's server CPUs busy median is '$busy', not 1000 (zeros left out)"; fail=1; }
 [ $fail -eq 0 ] && echo "compare_median: ok"
 exit $fail

@@ -555,8 +555,10 @@ END {
 		nb = figures(cpu, k, c, a, 1); mcpu = nb ? med(a, nb) : 0; clo = nb ? a[1] : 0; chi = nb ? a[nb] : 0
 		delete a; for (i = 1; i <= c; i++) a[i] = sc[k, i]; msc = med(a, c)
 		delete a; for (i = 1; i <= c; i++) a[i] = cc[k, i]; mcc = med(a, c)
-		delete a; nb = 0; for (i = 1; i <= c; i++) if (bcpu[k, i] >= 0) a[++nb] = bcpu[k, i]
-		mbcpu = nb ? med(a, nb) : -1 # over the repetitions that have the figure
+		# over the repetitions that have the figure: a 0 (no busy tick in a short window) is
+		# none, as for the server CPU and in the rank-sum below
+		delete a; nb = 0; for (i = 1; i <= c; i++) if (bcpu[k, i] > 0) a[++nb] = bcpu[k, i]
+		mbcpu = nb ? med(a, nb) : -1
 		# the client CPU per message and that of both processes together (keel-bench
 		# client_cpu_ns_per_msg, total_cpu_ns_per_msg): over the repetitions that have them
 		nb = figures(ccpu, k, c, a, 1); mccpu = nb ? med(a, nb) : "null"
