@@ -234,7 +234,7 @@ kwin=${KEEL_WAIT_COALESCE_US:-10}
 if [ -n "$egather_opt" ] && [ "$egather" = "$egather_opt" ] && [ "$egather" != "$kwin" ]; then
 	# Bounded: a serve that does not stop by itself (a stub's) leaves keel's window as set.
 	ban=$(timeout -k 1 3 "$kb" serve --backend keel --seconds 0.1 --no-pin 2>&1) || true
-	[[ ${ban%%$'\n'*} != *"sleeps do not gather"* ]] || kwin=0
+	[[ $(keel_banner "$ban") != *"sleeps do not gather"* ]] || kwin=0
 fi
 if [ -n "$egather_opt" ] && [ "$egather" = "$egather_opt" ] && [ "$egather" != "$kwin" ]; then
 	unequal=1

@@ -1,5 +1,6 @@
 # shellcheck shell=bash
 # SPDX-License-Identifier: MIT
+
 # Sourced by the scripts that put keel's server beside the epoll server (compare.sh,
 # demo.sh): the epoll server's sleeps gather as keel's do, or not at all.
 #
@@ -9,6 +10,15 @@
 # cannot gather (Linux before 6.12: no IORING_FEAT_MIN_TIMEOUT), both are cleared, since a
 # sleep policy one server has and the other not would favour it. Returns 1, saying why, when
 # keel's answer cannot be read; PROG names the caller in messages.
+# keel_banner OUTPUT: the line of `keel-bench serve`'s output that is its banner, or the
+# first line where none is (the message then names what came instead).
+keel_banner() {
+	local l
+	while IFS= read -r l; do
+		[[ $l == "keel-bench serve: "* ]] && { printf '%s' "$l"; return 0; }
+	done <<<"$1"
+	printf '%s' "${1%%$'\n'*}"
+}
 epoll_gather_parity() {
 	local kb=$1 prog=$2 ban why
 	[ -n "${egather:-}" ] || egather=${KEEL_WAIT_COALESCE_US:-10}
@@ -23,7 +33,8 @@ epoll_gather_parity() {
 	fi
 	[ "$egather" != 0 ] || return 0
 	ban=$("$kb" serve --backend keel --seconds 0.1 --no-pin 2>&1) || true
-	ban=${ban%%$'\n'*}
+	# The banner, past what keel logs ahead of it on stderr (warnings of the machine's)
+	ban=$(keel_banner "$ban")
 	if [[ $ban != *"sleeps gather"* && $ban != *"sleeps do not gather"* ]]; then
 		echo "$prog: could not read whether keel's sleeps gather here from '$kb serve': $ban" >&2
 		return 1
