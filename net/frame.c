@@ -623,6 +623,8 @@ int
 keel__framer_compact(struct keel_framer *f, struct keel_alloc *a)
 {
 	size_t need = f->buffered, want = need < 4096 ? need + 4096 : need * 2, done = 0, max;
+	size_t spare = 0; /* the last buffer's room past what it was given: the allocator's
+			     capacity may round past it */
 	unsigned keep = f->own_n, n, cap;
 	struct keel_slice *nq;
 
@@ -656,12 +658,15 @@ keel__framer_compact(struct keel_framer *f, struct keel_alloc *a)
 		size_t take = need - done < room ? need - done : room;
 		struct keel_slice *ch = &nq[n];
 
-		if (keel_buf_alloc(a, room, ch) < 0 &&
-		    (room == take || keel_buf_alloc(a, take, ch) < 0)) {
+		if (keel_buf_alloc(a, room, ch) == 0) {
+			spare = room - take;
+		} else if (room == take || keel_buf_alloc(a, take, ch) < 0) {
 			while (n > keep)
 				keel_slice_put(&nq[--n]);
 			free(nq);
 			return -ENOMEM;
+		} else {
+			spare = 0;
 		}
 		keel_framer_peek(f, done, ch->data, take);
 		ch->len = (uint32_t)take;
@@ -681,7 +686,7 @@ keel__framer_compact(struct keel_framer *f, struct keel_alloc *a)
 	f->own = nq[n - 1].buf;
 	f->own_gen = nq[n - 1].gen_;
 	f->own_end = nq[n - 1].data + nq[n - 1].len;
-	f->own_lim = (uint8_t *)keel_buf_base(f->own) + keel_buf_cap(f->own);
+	f->own_lim = f->own_end + spare; /* within the capacity: it was asked for */
 	f->own_n = n;
 	f->pushed_held = false;
 	return 1;

@@ -825,6 +825,38 @@ Test(net_frame, a_second_reclaim_copies_only_what_came_since_the_first)
 	free(b);
 }
 
+/* The room a reclaim leaves in its last buffer ends at a LEN32 frame's end, as the comment
+ * of keel__framer_compact promises: it ended at the buffer's capacity, which the allocator
+ * rounds up to a power of two (5,004 bytes asked, 8 KiB given), so the next frame's bytes
+ * were copied there too instead of being held as they came. */
+Test(net_frame, a_reclaims_room_ends_at_the_len32_frames_end)
+{
+	uint8_t b[4 + 5000 + 4 + 100];
+	const uint8_t *p;
+	struct keel_framer *f;
+	struct got g;
+	size_t n;
+
+	got_init(&g);
+	f = framer(&g, KEEL_FRAME_LEN32, 0, NULL);
+	n = hdr32(b, 5000);
+	memset(b + n, 'a', 5000);
+	n += 5000;
+	n += hdr32(b + n, 100);
+	memset(b + n, 'b', 100);
+	cr_assert_eq(push(&g, f, b, 4 + 1000), 0);
+	cr_assert_eq(keel__framer_compact(f, g.a), 1);
+	/* The rest of the first frame and the start of the second, in one receive. */
+	cr_assert_eq(push(&g, f, b + 4 + 1000, 4000 + 4 + 50), 0);
+	cr_assert_eq(g.nframes, 1);
+	cr_assert_eq(keel_framer_buffered(f), 54);
+	cr_assert_gt(keel_framer_chunk(f, 0, &p), 0);
+	cr_assert(inside(&g, p, 1),
+		  "the second frame's start was copied into the reclaim's buffer");
+	keel_framer_destroy(f);
+	got_fini(&g);
+}
+
 /* A reclaim's copy is sized by the bytes that arrived, not by the length a peer's header
  * announces: a LEN32 header alone, announcing 16 MiB, costs a few KiB of --memory. It cost a
  * whole buffer of keel_alloc_buf_max (4 MiB), so a peer's connections each sending a header
