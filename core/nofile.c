@@ -59,16 +59,16 @@ keel__nofile_runtime_created(void)
 	pthread_mutex_unlock(&lock);
 }
 
-/* The highest descriptor open in the process, -1 for none, or -errno where /proc cannot
- * say. */
-static long
-highest_fd(void)
+/* The highest descriptor open in the process in *@top (-1 for none): 0, or -errno where
+ * /proc cannot say (an -EPERM is no "none open"). */
+static int
+highest_fd(long *top)
 {
 	DIR *d = opendir("/proc/self/fd");
 	struct dirent *e;
-	long top = -1;
 	int own;
 
+	*top = -1;
 	if (!d)
 		return -errno;
 	own = dirfd(d);
@@ -76,11 +76,11 @@ highest_fd(void)
 		char *end;
 		long fd = strtol(e->d_name, &end, 10);
 
-		if (e->d_name[0] >= '0' && e->d_name[0] <= '9' && !*end && fd != own && fd > top)
-			top = fd;
+		if (e->d_name[0] >= '0' && e->d_name[0] <= '9' && !*end && fd != own && fd > *top)
+			*top = fd;
 	}
 	closedir(d);
-	return top;
+	return 0;
 }
 
 static void
@@ -88,18 +88,19 @@ put_back(void)
 {
 	struct rlimit rl;
 	long top;
+	int e;
 
 	raised = false;
 	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur != set)
 		return; /* the host's own value since */
-	top = highest_fd();
-	if (top < 0 && top != -1) {
+	e = highest_fd(&top);
+	if (e < 0) {
 		keel_log(
 			KEEL_LOG_WARN, "core",
 			"the soft descriptor limit (ulimit -n) keel raised from %llu stays at %llu: "
 			"which descriptors are open cannot be read from /proc/self/fd (%s), and the "
 			"limit is never put below one in use",
-			(unsigned long long)was, (unsigned long long)set, strerror((int)-top));
+			(unsigned long long)was, (unsigned long long)set, strerror(-e));
 		return;
 	}
 	if (top >= 0 && (rlim_t)top >= was) {

@@ -3,12 +3,17 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -986,6 +991,54 @@ Test(net_limits, the_soft_descriptor_limit_stays_raised_above_a_descriptor_in_us
 		cr_skip_test("the hard descriptor limit %llu is below the table's %u",
 			     (unsigned long long)rl.rlim_max, 4096u);
 	run_in_child(nofile_above_child);
+}
+
+/* /proc/self/fd refused with EPERM (a seccomp filter's errno, or a security module's): the
+ * open descriptors cannot be known, so the limit stays, said. highest_fd returned -errno
+ * and -1 for "none open", and -EPERM is -1: the limit was put back under descriptor 1500. */
+static int
+nofile_eperm_child(void)
+{
+	struct sock_filter f[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_openat, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = { .len = sizeof(f) / sizeof(f[0]), .filter = f };
+	struct rlimit before, raised;
+	struct srv s;
+	int r = nofile_low_start(&s, &before);
+
+	if (r)
+		return r;
+	if (getrlimit(RLIMIT_NOFILE, &raised) < 0 || dup2(2, 1500) != 1500)
+		return 20;
+	/* This thread's opens fail from here: the destroy's look at /proc/self/fd too. */
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 ||
+	    prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) < 0)
+		return 21;
+	if (srv_stop(&s) != 0)
+		return 22;
+	if (nofile_same(&raised, "with /proc/self/fd refused (EPERM) and descriptor 1500 open"))
+		return 23;
+	if (!strstr(nofile_left, "/proc/self/fd")) {
+		fprintf(stderr, "WARN line: '%s'\n", nofile_left);
+		return 24;
+	}
+	close(1500);
+	return 0;
+}
+
+Test(net_limits, the_soft_descriptor_limit_stays_raised_where_proc_refuses_with_eperm)
+{
+	struct rlimit rl;
+
+	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+	if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < 4096)
+		cr_skip_test("the hard descriptor limit %llu is below the table's %u",
+			     (unsigned long long)rl.rlim_max, 4096u);
+	run_in_child(nofile_eperm_child);
 }
 
 /* A limit the host set itself while the runtime ran is the host's: left as it is. */

@@ -89,8 +89,9 @@ KEEL_API int keel_runtime_join(struct keel_runtime *rt);
  * Free a runtime that was never started or has been joined. The last runtime of the process
  * to be destroyed puts RLIMIT_NOFILE's soft limit back where it was before the network
  * raised it for its direct-descriptor tables, if it still holds the value keel set and no
- * descriptor at or above the old limit is open (else it stays, said in a WARN line:
- * docs/embedding.md, "Memory keel takes per shard").
+ * descriptor at or above the old limit is open (else it stays, said in a WARN line, as
+ * where /proc/self/fd cannot be read; a value the host set meanwhile is left as it is,
+ * unsaid: docs/embedding.md, "Memory keel takes per shard").
  * Context: any thread, after join.
  */
 KEEL_API void keel_runtime_destroy(struct keel_runtime *rt);
@@ -202,8 +203,9 @@ struct keel_shard_stats {
 	uint64_t idle_poll_ns;    /* time spent polling with nothing to do (--idle-poll-us):
 				   * CPU the shard burned idle, counted as busy by the OS */
 	uint64_t polls_found;     /* idle polls (--idle-poll-us) that found work in the window */
-	uint64_t polls_slept;     /* ... that found none in it and slept in the kernel: found /
-				   * (found + slept) is how often polling paid */
+	uint64_t polls_slept;     /* ... that found none in it (then slept in the kernel, or
+				   * found work in the sleep's last look): found / (found +
+				   * slept) is how often polling paid */
 	uint64_t coalesced;       /* sleeps that gathered completions (--wait-coalesce-us) */
 	uint64_t coalesce_trials; /* trials started: 4 epochs of 10 ms in the other state */
 	uint64_t coalesce_won;    /* trials that kept (or turned) gathering on */
