@@ -840,15 +840,21 @@ nofile_hard_child(void)
 }
 
 static void
-nofile_run(bool hard_too)
+nofile_child_run(int (*child)(void), bool needs_hard)
 {
 	struct rlimit rl;
 
 	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
-	if (!hard_too && rl.rlim_max != RLIM_INFINITY && rl.rlim_max < 4096)
+	if (needs_hard && rl.rlim_max != RLIM_INFINITY && rl.rlim_max < 4096)
 		cr_skip_test("the hard descriptor limit %llu is below the table's %u",
 			     (unsigned long long)rl.rlim_max, 4096u);
-	run_in_child(hard_too ? nofile_hard_child : nofile_soft_child);
+	run_in_child(child);
+}
+
+static void
+nofile_run(bool hard_too)
+{
+	nofile_child_run(hard_too ? nofile_hard_child : nofile_soft_child, !hard_too);
 }
 
 Test(net_limits, a_soft_descriptor_limit_below_the_file_table_is_raised)
@@ -947,13 +953,7 @@ nofile_restore_child(void)
 
 Test(net_limits, the_soft_descriptor_limit_is_put_back_at_the_last_runtimes_destroy)
 {
-	struct rlimit rl;
-
-	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
-	if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < 4096)
-		cr_skip_test("the hard descriptor limit %llu is below the table's %u",
-			     (unsigned long long)rl.rlim_max, 4096u);
-	run_in_child(nofile_restore_child);
+	nofile_child_run(nofile_restore_child, true);
 }
 
 /* A descriptor the process opened at or above the old soft limit while it was raised (1500
@@ -984,13 +984,7 @@ nofile_above_child(void)
 
 Test(net_limits, the_soft_descriptor_limit_stays_raised_above_a_descriptor_in_use)
 {
-	struct rlimit rl;
-
-	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
-	if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < 4096)
-		cr_skip_test("the hard descriptor limit %llu is below the table's %u",
-			     (unsigned long long)rl.rlim_max, 4096u);
-	run_in_child(nofile_above_child);
+	nofile_child_run(nofile_above_child, true);
 }
 
 /* /proc/self/fd refused with EPERM (a seccomp filter's errno, or a security module's): the
@@ -1032,13 +1026,7 @@ nofile_eperm_child(void)
 
 Test(net_limits, the_soft_descriptor_limit_stays_raised_where_proc_refuses_with_eperm)
 {
-	struct rlimit rl;
-
-	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
-	if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < 4096)
-		cr_skip_test("the hard descriptor limit %llu is below the table's %u",
-			     (unsigned long long)rl.rlim_max, 4096u);
-	run_in_child(nofile_eperm_child);
+	nofile_child_run(nofile_eperm_child, true);
 }
 
 /* A limit the host set itself while the runtime ran is the host's: left as it is. */
@@ -1064,13 +1052,7 @@ nofile_host_child(void)
 
 Test(net_limits, a_soft_descriptor_limit_the_host_set_meanwhile_is_left_as_it_is)
 {
-	struct rlimit rl;
-
-	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
-	if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < 4096)
-		cr_skip_test("the hard descriptor limit %llu is below the table's %u",
-			     (unsigned long long)rl.rlim_max, 4096u);
-	run_in_child(nofile_host_child);
+	nofile_child_run(nofile_host_child, true);
 }
 
 /* ---- accept failures for want of descriptors: the log names the limit that was hit ---- */
