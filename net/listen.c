@@ -1047,7 +1047,7 @@ keel_listener_start(struct keel_listener *l)
 	struct keel_shard *sh = keel_this_shard();
 	struct keel__lshard *ls;
 	struct net_shard *ns;
-	unsigned id;
+	unsigned id, count;
 	int r;
 
 	if (!sh)
@@ -1057,13 +1057,13 @@ keel_listener_start(struct keel_listener *l)
 		return -EINVAL;
 	/* Each shard's socket listens from the create: one for a shard the runtime lacks
 	 * takes its share of the connections into a backlog nothing accepts. */
-	if (keel_runtime_shard_count(keel_shard_runtime(sh)) < l->n) {
+	count = keel_runtime_shard_count(keel_shard_runtime(sh));
+	if (count < l->n) {
 		keel_log(KEEL_LOG_ERROR, NET_MOD,
 			 "listener on port %u for %u shards, started on a runtime of %u: the "
 			 "kernel would queue connections for the missing shards that nothing "
 			 "accepts; create it for %u",
-			 l->port, l->n, keel_runtime_shard_count(keel_shard_runtime(sh)),
-			 keel_runtime_shard_count(keel_shard_runtime(sh)));
+			 l->port, l->n, count, count);
 		return -EINVAL;
 	}
 	r = keel__net_shard_get_cfg(l->has_cfg ? &l->cfg : NULL, &ns);
