@@ -602,18 +602,23 @@ close_check(const struct keel_shard *s, const struct keel_file_req *req)
  * run). Only a close in the ring is ambiguous (close_check): io-wq may have freed its number
  * already, so @req may be a close of a new file. Walks the FIFO: called only while a close
  * is outstanding (files.closes). */
+/* Whether a request of list @l (a close only, with @closes) names @req's descriptor. */
+static bool
+list_names(const struct keel_file_req *l, const struct keel_file_req *req, bool closes)
+{
+	bool fixed = req->sqe_flags_ & IOSQE_FIXED_FILE;
+
+	for (; l; l = l->next_)
+		if ((!closes || l->kind_ == K_CLOSE) && names_fd(l, req->fd_, fixed))
+			return true;
+	return false;
+}
+
 static bool
 close_pending(const struct keel_shard *s, const struct keel_file_req *req)
 {
-	bool fixed = req->sqe_flags_ & IOSQE_FIXED_FILE;
-	const struct keel_file_req *const lists[] = { s->files.head, s->files.held,
-						      s->files.cwait };
-
-	for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++)
-		for (const struct keel_file_req *l = lists[i]; l; l = l->next_)
-			if (l->kind_ == K_CLOSE && names_fd(l, req->fd_, fixed))
-				return true;
-	return false;
+	return list_names(s->files.head, req, true) || list_names(s->files.held, req, true) ||
+	       list_names(s->files.cwait, req, true);
 }
 
 /* Whether close @req, about to go to the ring at stop (made in a cancelled request's callback,
@@ -626,14 +631,7 @@ close_pending(const struct keel_shard *s, const struct keel_file_req *req)
 static bool
 behind_cwait(const struct keel_shard *s, const struct keel_file_req *req)
 {
-	bool fixed = req->sqe_flags_ & IOSQE_FIXED_FILE;
-
-	if (req->kind_ != K_CLOSE)
-		return false;
-	for (const struct keel_file_req *l = s->files.cwait; l; l = l->next_)
-		if (names_fd(l, req->fd_, fixed))
-			return true;
-	return false;
+	return req->kind_ == K_CLOSE && list_names(s->files.cwait, req, false);
 }
 
 /* Put close @req aside until close_check() lets it go (held_release). */
