@@ -785,6 +785,13 @@ pool_push(struct job *j)
 			pool.head = j;
 		pool.tail = j;
 		pthread_cond_signal(&pool.cv);
+		if (pool.gate) { /* tests: how many a stop will find, once the gate holds them */
+			unsigned n = pool.busy;
+
+			for (const struct job *q = pool.head; q; q = q->next)
+				n++;
+			fprintf(stderr, "keel-embed: test gate: %u checksum jobs in the pool\n", n);
+		}
 	}
 	pthread_mutex_unlock(&pool.mu);
 	return rc;

@@ -1376,24 +1376,36 @@ Test(embed, map_from_config, .timeout = 120)
 }
 
 /* SIGTERM while checksums wait for the worker threads and replies are unread: the host
- * drains its pool, stops keel and exits cleanly; what was written is still there. Each job
- * waits 20 ms in the worker (KEEL_EMBED_TEST_JOB_DELAY_US), and the first reply is read
- * before the signal, so jobs are certainly queued or running when it comes (about 2 s of
- * them: without the wait, half the runs had none, and the test passed with the drain
- * removed). */
+ * drains its pool, stops keel and exits cleanly; what was written is still there. A job gate
+ * (KEEL_EMBED_TEST_JOB_GATE) holds the jobs until the stop is seen waiting for them, and the
+ * signal comes once all of them are in the pool (a connection pauses reading at 64 requests
+ * or 8 MiB, so 30 of 200 KB each are read at once). Before, each job waited 20 ms and the
+ * first reply was read before the signal: a CI run whose shard was starved for a second had
+ * the pool empty by then, and the test failed; and with the gate but 200 requests, those
+ * the paused connection had not read by the stop were never answered (44 of 200). */
+static bool log_has(const struct host *h, const char *want);
+
 Test(embed, stop_with_work_in_flight, .timeout = 120)
 {
+	enum { N = 30 };
 	static struct kv kv[1];
 	struct host h;
 	struct reply r;
-	unsigned left = 0, sums = 0;
+	unsigned left = 0;
+	bool seen[N] = { false };
+	char gate[96], want[96];
 	const char *at;
+	uint64_t sum = 0;
 	int fd;
 
 	host_init(&h, "");
-	setenv("KEEL_EMBED_TEST_JOB_DELAY_US", "20000", 1);
+	snprintf(gate, sizeof(gate), "%s/job-gate", h.dir); /* the suite's fini removes it */
+	fd = open(gate, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	cr_assert_geq(fd, 0, "%s: %s", gate, strerror(errno));
+	close(fd);
+	setenv("KEEL_EMBED_TEST_JOB_GATE", gate, 1);
 	host_start(&h);
-	unsetenv("KEEL_EMBED_TEST_JOB_DELAY_US");
+	unsetenv("KEEL_EMBED_TEST_JOB_GATE");
 	kv_fill(&kv[0], 0);
 	kv[0].len = 200000;
 	kv[0].val = realloc(kv[0].val, kv[0].len);
@@ -1401,31 +1413,33 @@ Test(embed, stop_with_work_in_flight, .timeout = 120)
 		kv[0].val[b] = (uint8_t)rnd();
 	fd = test_connect(h.port);
 	put_all(fd, kv, 1);
-	for (unsigned i = 0; i < 200; i++)
+	for (unsigned i = 0; i < N; i++)
 		req_send(fd, 'C', i, kv[0].key, NULL, 0);
-	cr_assert(reply_recv(fd, &r));
-	cr_assert_eq(r.status, 0);
-	free(r.body);
-	host_stop(&h);
+	snprintf(want, sizeof(want), "keel-embed: test gate: %u checksum jobs in the pool", N);
+	WAIT_FOR(log_has(&h, want), "all %u checksums in the pool", N);
+	kill(h.pid, SIGTERM);
+	WAIT_FOR(log_has(&h, "keel-embed: stopping: "), "the stop waiting for the pool's jobs");
+	unlink(gate);
+	host_wait_exit(&h, 0);
 	at = strstr(h.log_text, "keel-embed: stopping: ");
-	cr_assert_not_null(at, "no job was left at the stop: %s", h.log_text);
 	cr_assert_eq(sscanf(at, "keel-embed: stopping: %u checksum job", &left), 1, "%s", at);
-	cr_assert_geq(left, 1, "%s", at);
-	/* Those finished while the runtime still ran, so every request was answered: a
-	 * checksum, or BUSY for one that came after the pool closed. */
-	for (unsigned got = 1; got < 200; got++) {
-		cr_assert(reply_recv(fd, &r),
-			  "%u of 200 checksums answered (%u were left at the "
-			  "stop): %s",
-			  got, left, h.log_text);
-		cr_assert(r.status == 0 || (r.status == 4 &&
-					    strstr((const char *)r.body, "pool is stopping")),
-			  "reply %u: status %u (%s)", got, r.status, r.body);
-		sums += r.status == 0;
+	cr_assert_eq(left, N, "%s", at);
+	/* They finished while the runtime still ran, so every one was answered. */
+	sum = fnv64(kv[0].val, kv[0].len);
+	for (unsigned got = 0; got < N; got++) {
+		uint64_t s = 0;
+
+		cr_assert(reply_recv(fd, &r), "%u of %u checksums answered: %s", got, N,
+			  h.log_text);
+		cr_assert_eq(r.status, 0, "reply %u: status %u (%s)", got, r.status, r.body);
+		cr_assert(r.id < N && !seen[r.id], "reply id %u", r.id);
+		seen[r.id] = true;
+		cr_assert_eq(r.len, 8);
+		for (int b = 0; b < 8; b++)
+			s = s << 8 | r.body[b];
+		cr_assert_eq(s, sum, "checksum of request %u", r.id);
 		free(r.body);
 	}
-	cr_assert_geq(sums, left, "%u checksums after the first, %u jobs were left at the stop",
-		      sums, left);
 	close(fd);
 	host_start(&h);
 	fd = test_connect(h.port);
