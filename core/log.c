@@ -98,30 +98,46 @@ keel_log_level_parse(const char *s, enum keel_log_level *out)
 	return -EINVAL;
 }
 
-/* @text to the sink, under the lock a sink change waits for (a change a sink made is made
- * once it returned), a call per line when @lines; false, nothing done, when none is set. */
+/* A sink's thread cancelled inside it (a write to a pipe is a cancellation point): the
+ * read lock goes with it, or every later keel_log_set_sink() waited for ever. */
+static void
+sink_left(void *arg)
+{
+	(void)arg;
+	in_sink--;
+	pthread_rwlock_unlock(&sink_lock);
+}
+
+/* @text to the sink, a call per line. */
+static void
+sink_lines(enum keel_log_level level, const char *module, int shard, const char *text)
+{
+	while (*text) {
+		char line[4096];
+		size_t n = strcspn(text, "\n");
+
+		snprintf(line, sizeof(line), "%.*s", (int)n, text);
+		sink_fn(level, module, shard, line, sink_arg);
+		text += n + (text[n] == '\n');
+	}
+}
+
+/* @text to the sink, a call per line when @lines, under the lock a sink change waits for (a
+ * change a sink made is made once it returned); false, nothing done, when none is set. */
 static bool
 to_sink(enum keel_log_level level, const char *module, int shard, const char *text, bool lines)
 {
-	bool sent = false;
+	bool sent;
 
 	pthread_rwlock_rdlock(&sink_lock);
-	if (sink_fn) {
-		sent = true;
-		in_sink++;
-		while (lines && *text) {
-			char line[4096];
-			size_t n = strcspn(text, "\n");
-
-			snprintf(line, sizeof(line), "%.*s", (int)n, text);
-			sink_fn(level, module, shard, line, sink_arg);
-			text += n + (text[n] == '\n');
-		}
-		if (!lines)
-			sink_fn(level, module, shard, text, sink_arg);
-		in_sink--;
-	}
-	pthread_rwlock_unlock(&sink_lock);
+	in_sink++;
+	pthread_cleanup_push(sink_left, NULL);
+	sent = sink_fn != NULL;
+	if (sent && lines)
+		sink_lines(level, module, shard, text);
+	else if (sent)
+		sink_fn(level, module, shard, text, sink_arg);
+	pthread_cleanup_pop(1);
 	if (change_due && !in_sink)
 		sink_change_made();
 	return sent;

@@ -33,7 +33,8 @@ typedef void (*keel_log_fn)(enum keel_log_level level, const char *module, int s
  * Context: any thread; takes effect for messages logged after it returns. Called from a
  * sink (falling back to stderr when the sink's own output failed, say), it takes effect
  * once that sink returns (what the sink logs meanwhile still reaches it), unless another
- * thread installed a sink meanwhile: the later call wins.
+ * thread installed a sink meanwhile: the later call wins. A thread cancelled inside a sink
+ * (pthread_cancel() acting in the sink's write, say) holds nothing of keel's afterwards.
  */
 KEEL_API void keel_log_set_sink(keel_log_fn fn, void *arg);
 
