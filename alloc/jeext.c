@@ -170,6 +170,27 @@ spare_keep(const struct keel__je *je, unsigned arena, unsigned tcache)
 	return kept;
 }
 
+/* jemalloc refused to create @what (a thread cache when @tcache) with @r (an errno): said,
+ * with what it means, and returned as a negative errno (without it the create's caller saw
+ * only the allocator's failure). jemalloc gives EAGAIN for an arena past its 4,095, EFAULT
+ * for a thread cache past its 4,096 or without memory. */
+static int
+je_refused(const char *what, bool tcache, int r)
+{
+	const char *why = "an error of jemalloc's own (keel is tested with Debian's jemalloc 5.3)";
+
+	if (r == ENOMEM)
+		why = "memory ran out for jemalloc's metadata";
+	else if (r == EAGAIN && !tcache)
+		why = "it has no arena left (4,095 at most: fewer shards or runtimes alive at once)";
+	else if (r == EFAULT && tcache)
+		why = "it has no thread cache left (4,096 at most: fewer shards or runtimes alive "
+		      "at once) or its memory ran out";
+	keel__alloc_log(KEEL_ALLOC_LOG_ERROR, "jemalloc could not create %s (%s): %s", what,
+			strerror(r), why);
+	return -r;
+}
+
 int
 keel__je_general_init(struct keel_alloc *a)
 {
@@ -183,13 +204,13 @@ keel__je_general_init(struct keel_alloc *a)
 	}
 	r = a->je->mallctl_fn("arenas.create", &a->gen_arena, &sz, NULL, 0);
 	if (r)
-		return -r;
+		return je_refused("the shard's general arena", false, r);
 	r = tcache_create(a->je, &a->gen_tcache);
 	if (r) {
 		char key[64];
 		snprintf(key, sizeof(key), "arena.%u.destroy", a->gen_arena);
 		a->je->mallctl_fn(key, NULL, NULL, NULL, 0);
-		return -r;
+		return je_refused("the general arena's thread cache", true, r);
 	}
 	a->gen_flags = (int)(MALLOCX_ARENA(a->gen_arena) | MALLOCX_TCACHE(a->gen_tcache));
 	a->gen_ok = true;
@@ -225,16 +246,8 @@ keel__je_registered_init(struct keel_alloc *a)
 	 * fell back silently, metadata counted against the registered memory. */
 	if (r == ENOENT)
 		r = a->je->mallctl_fn("arenas.create", &a->reg_arena, &sz, &hp, sizeof(hp));
-	if (r) {
-		keel__alloc_log(
-			KEEL_ALLOC_LOG_ERROR,
-			"jemalloc could not create the registered arena (%s): %s", strerror(r),
-			r == EAGAIN   ? "it has no arena left (4,095 at most)"
-			: r == ENOMEM ? "memory ran out for the arena's metadata"
-				      : "an error of jemalloc's own (keel is tested with Debian's "
-					"jemalloc 5.3)");
-		return -r;
-	}
+	if (r)
+		return je_refused("the registered arena", false, r);
 	/* No decay work: nothing is ever purged. Grow no further than a region at a time (an
 	 * extent larger than a region cannot be carved: without the limit a 64 MiB cap of 4 MiB
 	 * regions held 34 buffers of 1 MiB, against 45 with it). */
@@ -247,8 +260,8 @@ keel__je_registered_init(struct keel_alloc *a)
 		r = arena_set(a->je, a->reg_arena, "retain_grow_limit", &grow, sizeof(grow),
 			      "would ask for extents larger than a region and fail with "
 			      "memory free");
-	if (!r)
-		r = -tcache_create(a->je, &a->reg_tcache);
+	if (!r && (r = tcache_create(a->je, &a->reg_tcache)) != 0)
+		r = je_refused("the registered arena's thread cache", true, r);
 	if (r) {
 		snprintf(key, sizeof(key), "arena.%u.destroy", a->reg_arena);
 		a->je->mallctl_fn(key, NULL, NULL, NULL, 0);

@@ -343,12 +343,15 @@ Test(alloc_pool, a_failed_prefault_at_create_says_the_allocator_is_not_made)
  * (refused_err: ENOENT, or another error). */
 static const char *refused_key;
 static int refused_err = ENOENT;
+static unsigned refused_skip; /* calls with the key let through before the refusal */
 
 static int
 refusing_mallctl(const char *name, void *oldp, size_t *oldlenp, void *newp, size_t newlen)
 {
-	if (refused_key && strstr(name, refused_key))
+	if (refused_key && strstr(name, refused_key) && refused_skip-- == 0) {
+		refused_skip = 0;
 		return refused_err;
+	}
 	return mallctl(name, oldp, oldlenp, newp, newlen);
 }
 
@@ -414,6 +417,45 @@ Test(alloc_pool, only_a_jemalloc_without_arenas_create_ext_falls_back)
 	cr_assert_eq(r, -EAGAIN, "create gave %d", r);
 	logcap_line(&cap, "registered arena", line, sizeof(line));
 	cr_assert(strstr(line, "no arena left"), "log: %s", cap.text);
+	refused_key = NULL;
+	refused_err = ENOENT;
+	keel_alloc_log_set(NULL, NULL);
+}
+
+/* jemalloc out of arenas (about 4,000 alive) or unable to make a thread cache: the general
+ * arena's refusal, and either thread cache's, failed the create with nothing said but the
+ * caller's own line (bufreg's "--memory", in a runtime). Each now names what was refused. */
+Test(alloc_pool, a_general_arena_or_thread_cache_jemalloc_refuses_is_named)
+{
+	static const struct {
+		const char *key, *said, *why;
+		int err;
+		unsigned skip; /* calls to let through first */
+	} cases[] = {
+		{ "arenas.create", "the shard's general arena", "no arena left", EAGAIN, 0 },
+		{ "tcache.create", "the general arena's thread cache", "no thread cache left",
+		  EFAULT, 0 },
+		{ "tcache.create", "the registered arena's thread cache", "no thread cache left",
+		  EFAULT, 1 },
+	};
+	struct keel_alloc_config c =
+		test_alloc_config(KEEL_ALLOC_BACKEND_JEMALLOC, 64 * MiB, 4 * MiB);
+	struct keel_alloc *a = NULL;
+	char line[512];
+	int r;
+
+	keel__alloc_set_jemalloc(&refusing_je);
+	keel_alloc_log_set(logcap_alloc_hook, &cap);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		refused_key = cases[i].key;
+		refused_err = cases[i].err;
+		refused_skip = cases[i].skip;
+		r = keel_alloc_create(&c, &a);
+		cr_assert_eq(r, -cases[i].err, "%s refused: create gave %d", cases[i].key, r);
+		logcap_line(&cap, cases[i].said, line, sizeof(line));
+		cr_assert(strstr(line, "jemalloc could not create") && strstr(line, cases[i].why),
+			  "%s: log: %s", cases[i].said, cap.text);
+	}
 	refused_key = NULL;
 	refused_err = ENOENT;
 	keel_alloc_log_set(NULL, NULL);
