@@ -1791,11 +1791,11 @@ close_cb(struct keel_op *op, int res, uint32_t flags)
 	struct keel_conn *c = container_of(op, struct keel_conn, close_op);
 
 	if (res < 0) {
-		int minus1 = -1;
-		int r = io_uring_register_files_update(keel_shard_ring_get(), (unsigned)c->fd,
-						       &minus1, 1);
-
 		/* The slot must not stay taken for good: release it the synchronous way. */
+		int r = keel__direct_clear((unsigned)c->fd);
+
+		if (r < 0)
+			c->ns->st.direct_stuck++; /* still taken: no accept counts on it */
 		keel_log(KEEL_LOG_ERROR, NET_MOD,
 			 "shard %u: closing direct descriptor %d on the ring: %s; released with "
 			 "a files update instead (%s)",
@@ -1895,17 +1895,16 @@ fd_release(struct keel_conn *c)
 		c->nops++;
 		return;
 	}
-	int minus1 = -1;
-	r = io_uring_register_files_update(keel_shard_ring_get(), (unsigned)c->fd, &minus1, 1);
+	r = keel__direct_clear((unsigned)c->fd);
 	if (r < 0) {
 		/* The slot keeps its socket (never closed: no FIN, no RST) and stays counted as
 		 * taken, so that accepts are not told it is free. */
+		c->ns->st.direct_stuck++;
 		keel_log(KEEL_LOG_ERROR, NET_MOD,
 			 "shard %u: a connection's direct descriptor %d could not be released (no "
 			 "SQE, and the file update failed: %s): its socket stays open and its slot "
 			 "taken until the shard ends",
 			 c->ns->id, c->fd, strerror(-r));
-		return;
 	}
 	keel__listeners_slot_freed(c->ns); /* only accepted connections are direct */
 }

@@ -727,23 +727,38 @@ lcfg(const struct keel_listener *l, const struct net_shard *ns)
 	return l->has_cfg ? &l->cfg : &ns->cfg;
 }
 
+_Atomic unsigned keel__net_fail_files_update;
+
+int
+keel__direct_clear(unsigned slot)
+{
+	int m1 = -1;
+
+	if (keel__fault_take(&keel__net_fail_files_update))
+		return -EIO;
+	return io_uring_register_files_update(keel_shard_ring_get(), slot, &m1, 1);
+}
+
 /* Close an accepted descriptor no connection will own: a plain close, or the direct
- * descriptor's table slot cleared (a failure there leaves the slot taken: logged). */
+ * descriptor's table slot cleared (a failure there leaves the slot taken: logged, and
+ * counted, so that no accept is armed on the slot). */
 static void
 drop_accepted(struct keel__lshard *ls, int res, bool direct)
 {
-	int m1 = -1, r;
+	int r;
 
 	if (!direct) {
 		close(res);
 		return;
 	}
-	r = io_uring_register_files_update(keel_shard_ring_get(), (unsigned)res, &m1, 1);
-	if (r < 0)
+	r = keel__direct_clear((unsigned)res);
+	if (r < 0) {
+		ls->ns->st.direct_stuck++;
 		keel_log(KEEL_LOG_WARN, NET_MOD,
 			 "shard %u: clearing direct descriptor %d of a dropped connection failed "
-			 "(%s): the slot stays taken",
+			 "(%s): its socket stays open and the slot taken until the shard ends",
 			 ls->shard, res, strerror(-r));
+	}
 }
 
 /* Slots left in the shard's direct-descriptor table (max_files) for accepted connections,
@@ -767,7 +782,8 @@ slots_left(const struct net_shard *ns)
 
 	if (!ns->f_direct)
 		return UINT32_MAX;
-	used = ns->direct_conns + ns->accepts_single + keel_file_direct_slots();
+	used = ns->direct_conns + ns->accepts_single + keel_file_direct_slots() +
+	       (uint32_t)ns->st.direct_stuck;
 	return used < ns->cfg.max_files ? ns->cfg.max_files - used : 0;
 }
 
@@ -962,12 +978,14 @@ accept_arm(struct keel__lshard *ls)
 					 (double)(now - ns->table_full_ns) / 1e9);
 			keel_log(
 				KEEL_LOG_WARN, NET_MOD,
-				"shard %u: its %u connections, %u accepts in flight and %u direct "
-				"files fill the direct-descriptor table (max_files): accepting waits, "
-				"new connections queued in the listen backlog, until one closes "
-				"(raise --max-files)%s",
+				"shard %u: its %u connections, %u accepts in flight, %u direct "
+				"files and %llu slots that could not be cleared fill the "
+				"direct-descriptor table (max_files): accepting waits, new "
+				"connections queued in the listen backlog, until one closes (raise "
+				"--max-files)%s",
 				ls->shard, ns->direct_conns, ns->accepts_single,
-				keel_file_direct_slots(), since);
+				keel_file_direct_slots(), (unsigned long long)ns->st.direct_stuck,
+				since);
 			ns->table_full_ns = now;
 			ns->table_full_unsaid = 0;
 		} else if (!ns->table_full_said) {

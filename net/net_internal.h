@@ -288,6 +288,9 @@ extern _Atomic unsigned keel__pbuf_fail_wraps;
 extern _Atomic unsigned keel__conn_fail_recv_async;
 /* ... the next this-many hand-backs of a paused framer's slices (frame.c) find no memory. */
 extern _Atomic unsigned keel__frame_fail_give_back;
+/* ... the next this-many clearings of a direct descriptor's slot by a files update
+ * (keel__direct_clear) fail with -EIO. */
+extern _Atomic unsigned keel__net_fail_files_update;
 
 struct stat;
 /* listen.c: the stat of a Unix listener's path right after its bind, which records the
@@ -473,6 +476,9 @@ void keel__listeners_stop(struct net_shard *ns);
  * of them released its slot: arm the parked ones. */
 void keel__listeners_table_low(struct net_shard *ns);
 void keel__listeners_slot_freed(struct net_shard *ns);
+/* listen.c: clear direct descriptor @slot with a synchronous files update; 0 or -errno. A
+ * failure leaves the slot taken: the caller counts it in direct_stuck. */
+int keel__direct_clear(unsigned slot);
 /* listen.c: the fix an accept failure's log line names for @res (-errno), with direct
  * descriptors (@direct) or plain ones: "" when it has none, else " (...)". */
 const char *keel__accept_error_hint(int res, bool direct);

@@ -1291,3 +1291,83 @@ Test(faults_sqe, a_udp_send_that_was_cancelled_is_counted_lost)
 	keel_faults_set(NULL);
 	nu_stop(rt, fd);
 }
+
+/* net_internal.h (KEEL_FAULTS builds): the next this-many clearings of a direct
+ * descriptor's slot by a files update fail with -EIO. */
+extern _Atomic unsigned keel__net_fail_files_update;
+
+static void
+stuck_on_start(void *arg)
+{
+	struct srv *s = arg;
+	int r = keel_listener_start(s->l);
+
+	if (r < 0)
+		keel_stop(r);
+	atomic_fetch_add(&s->started, 1);
+}
+
+/* A connection dropped over max_conns whose direct slot could not be cleared keeps its slot
+ * (its socket stays open until the shard ends); keel counted the slot free, so with the
+ * table otherwise full an accept was armed on it: the kernel took the next connection off
+ * the backlog, found no slot (-ENFILE) and closed it. Now the slot is counted
+ * (keel_net_stats.direct_stuck) and the next connection waits in the backlog until a slot
+ * comes back. A table of 2 slots, one connection at a time (max_conns 1). */
+Test(faults_net, a_direct_slot_whose_clearing_failed_stays_counted_as_taken, .timeout = 60)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_net_config nc;
+	struct keel_listen_opts lo;
+	struct keel_net_stats st;
+	struct srv s;
+	int a, b, c, d;
+	char x;
+
+	if (!keel_caps_get()->sparse_files)
+		cr_skip_test("no sparse file tables (Linux 5.19): no direct descriptors");
+	memset(&s, 0, sizeof(s));
+	net_test_feature(&o, "direct_fd=on");
+	keel_net_config_init(&nc);
+	nc.max_files = 2;
+	cr_assert_eq(keel_net_config_set(&nc), 0);
+	cr_assert_eq(keel_runtime_create(&o, &s.rt), 0);
+	memset(&lo, 0, sizeof(lo));
+	lo.addr = "127.0.0.1";
+	lo.rt = s.rt;
+	lo.max_conns = 1;
+	cr_assert_eq(keel_listener_create(&lo, 1, &echo_ops, &s, &s.l), 0);
+	s.port = keel_listener_port(s.l);
+	cr_assert_eq(keel_runtime_start(s.rt, stuck_on_start, &s), 0);
+
+	a = cli_connect(s.port); /* open: one slot */
+	cr_assert_geq(a, 0);
+	cr_assert_eq(cli_write_all(a, "a", 1), 0);
+	cr_assert_eq(cli_read_all(a, &x, 1), 0);
+	atomic_store(&keel__net_fail_files_update, 1);
+	b = cli_connect(s.port); /* over the limit: dropped, its slot's clearing fails */
+	cr_assert_geq(b, 0);
+	WAIT_FOR(atomic_load(&keel__net_fail_files_update) == 0, "the dropped connection's "
+								 "clearing");
+	cr_assert_eq(srv_net_stats(&s, 0, &st), 0);
+	cr_assert_eq(st.direct_stuck, 1, "direct_stuck %llu", (unsigned long long)st.direct_stuck);
+	close(a);
+	WAIT_FOR(atomic_load(&s.closes) == 1, "the server saw the first close");
+	c = cli_connect(s.port); /* takes the last slot */
+	cr_assert_geq(c, 0);
+	cr_assert_eq(cli_write_all(c, "c", 1), 0);
+	cr_assert_eq(cli_read_all(c, &x, 1), 0);
+	/* The table is full (c and the stuck slot): d waits in the backlog. */
+	d = cli_connect(s.port);
+	cr_assert_geq(d, 0);
+	cr_assert_eq(cli_write_all(d, "d", 1), 0);
+	close(c);
+	cr_assert_eq(cli_read_all(d, &x, 1), 0,
+		     "the connection after the full table got no echo: accepted without a slot "
+		     "and closed by the kernel");
+	cr_assert_eq(x, 'd');
+	cr_assert_eq(srv_net_stats(&s, 0, &st), 0);
+	cr_assert_eq(st.direct_stuck, 1);
+	close(d);
+	close(b);
+	cr_assert_eq(srv_stop(&s), 0);
+}

@@ -737,6 +737,11 @@ struct keel_net_stats {
 					 moment or the peer refused (ENOBUFS, EAGAIN,
 					 ECONNREFUSED), as a socket server counts apart from
 					 failures: the rest failed for good (EINVAL, EPERM...) */
+	uint64_t direct_stuck;        /* direct-descriptor slots keel could not clear (a dropped
+				       connection's files update, or a connection's close on
+				       the ring and its files update, failed: logged): their
+				       sockets stay open and the slots taken until the shard
+				       ends, counted as taken by the accepts (max_files) */
 };
 
 /**
