@@ -595,13 +595,6 @@ close_check(const struct keel_shard *s, const struct keel_file_req *req)
 	return r;
 }
 
-/* Whether a close of @req's descriptor made before it has not yet been issued: waits in the
- * FIFO, is held, or waits to be cancelled at stop. Then @req, made now, is a second close of
- * the file that one will close, whenever each of them reaches the ring: by then the number
- * may be another file's (an open queued between them takes it as soon as the first close has
- * run). Only a close in the ring is ambiguous (close_check): io-wq may have freed its number
- * already, so @req may be a close of a new file. Walks the FIFO: called only while a close
- * is outstanding (files.closes). */
 /* Whether a request of list @l (a close only, with @closes) names @req's descriptor. */
 static bool
 list_names(const struct keel_file_req *l, const struct keel_file_req *req, bool closes)
@@ -614,6 +607,13 @@ list_names(const struct keel_file_req *l, const struct keel_file_req *req, bool 
 	return false;
 }
 
+/* Whether a close of @req's descriptor made before it has not yet been issued: waits in the
+ * FIFO, is held, or waits to be cancelled at stop. Then @req, made now, is a second close of
+ * the file that one will close, whenever each of them reaches the ring: by then the number
+ * may be another file's (an open queued between them takes it as soon as the first close has
+ * run). Only a close in the ring is ambiguous (close_check): io-wq may have freed its number
+ * already, so @req may be a close of a new file. Walks the FIFO: called only while a close
+ * is outstanding (files.closes). */
 static bool
 close_pending(const struct keel_shard *s, const struct keel_file_req *req)
 {
