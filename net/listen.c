@@ -449,8 +449,10 @@ err:
 /* CPU steering: the jeq/ret of each CPU, in the order of its first shard; the shards that
  * share a CPU (more shards than CPUs, an oversubscribed map) share its connections by the
  * flow's hash (SKF_AD_RXHASH, % their count), where the first of them took every one and
- * the others none. Returns the instructions written, or 0 when a CPU has more shards than
- * a jump can pass over (KEEL__STEER_CPU_GROUP_MAX). */
+ * the others none. The hash is skb->hash as it stands, not computed: 0 for every SYN from a
+ * NIC that gives none with RPS off, which sent them all to the first shard again; then a
+ * random number (SKF_AD_RANDOM) picks. Returns the instructions written, or 0 when a CPU has
+ * more shards than a jump can pass over (KEEL__STEER_CPU_GROUP_MAX). */
 static unsigned
 steer_cpu_keys(unsigned n, const int *cpus, struct sock_filter *f, unsigned k)
 {
@@ -475,12 +477,16 @@ steer_cpu_keys(unsigned n, const int *cpus, struct sock_filter *f, unsigned k)
 			f[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, i);
 			continue;
 		}
-		/* Past the group's block when the CPU is another: ld, mod, a jeq/ret pair for
-		 * each of its shards but the last, whose ret ends the block. */
+		/* Past the group's block when the CPU is another: ld hash, jeq 0, ld random,
+		 * mod, a jeq/ret pair for each of its shards but the last, whose ret ends the
+		 * block. */
 		f[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)cpus[i],
-						      0, (uint8_t)(2 * g + 1));
+						      0, (uint8_t)(2 * g + 3));
 		f[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
 						      (uint32_t)(SKF_AD_OFF + SKF_AD_RXHASH));
+		f[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 1);
+		f[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+						      (uint32_t)(SKF_AD_OFF + SKF_AD_RANDOM));
 		f[k++] = (struct sock_filter)BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, g);
 		for (unsigned t = 0; t + 1 < g; t++) {
 			f[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, t, 0, 1);

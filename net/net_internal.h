@@ -339,8 +339,8 @@ void keel__framers_reclaim_later(struct net_shard *ns);
  * @queue_shard, NULL: queue % n); its length. */
 struct sock_filter;
 /* Shards of one CPU that CPU steering shares its connections among: a jump passes over
- * 2 * this + 1 instructions, and a classic BPF jump goes at most 255 ahead. */
-#define KEEL__STEER_CPU_GROUP_MAX 127
+ * 2 * this + 3 instructions, and a classic BPF jump goes at most 255 ahead. */
+#define KEEL__STEER_CPU_GROUP_MAX 126
 /* The most instructions keel__steer_prog writes for @keys keys (shards or queues). */
 #define KEEL__STEER_PROG_MAX(keys) (5 * (keys) + 6)
 unsigned keel__steer_prog(enum keel_steer steer, unsigned n, const int *cpus,

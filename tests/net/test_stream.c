@@ -473,10 +473,10 @@ qsteer_start(void *arg)
 }
 
 /* The instructions of keel's steering programs, run as the kernel's classic BPF would,
- * with @a the value SKF_AD_CPU or SKF_AD_QUEUE loads and @hash the one SKF_AD_RXHASH
- * loads; the index returned. */
+ * with @a the value SKF_AD_CPU or SKF_AD_QUEUE loads, @hash the one SKF_AD_RXHASH loads and
+ * @rnd the one SKF_AD_RANDOM loads; the index returned. */
 static uint32_t
-cbpf_run_h(const struct sock_filter *f, unsigned n, uint32_t a, uint32_t hash)
+cbpf_run_hr(const struct sock_filter *f, unsigned n, uint32_t a, uint32_t hash, uint32_t rnd)
 {
 	uint32_t A = 0;
 
@@ -487,8 +487,11 @@ cbpf_run_h(const struct sock_filter *f, unsigned n, uint32_t a, uint32_t hash)
 		case BPF_LD | BPF_W | BPF_ABS:
 			cr_assert(i->k == (uint32_t)(SKF_AD_OFF + SKF_AD_QUEUE) ||
 				  i->k == (uint32_t)(SKF_AD_OFF + SKF_AD_CPU) ||
-				  i->k == (uint32_t)(SKF_AD_OFF + SKF_AD_RXHASH));
-			A = i->k == (uint32_t)(SKF_AD_OFF + SKF_AD_RXHASH) ? hash : a;
+				  i->k == (uint32_t)(SKF_AD_OFF + SKF_AD_RXHASH) ||
+				  i->k == (uint32_t)(SKF_AD_OFF + SKF_AD_RANDOM));
+			A = i->k == (uint32_t)(SKF_AD_OFF + SKF_AD_RXHASH)   ? hash
+			    : i->k == (uint32_t)(SKF_AD_OFF + SKF_AD_RANDOM) ? rnd
+									     : a;
 			break;
 		case BPF_LD | BPF_IMM:
 			A = i->k;
@@ -512,6 +515,12 @@ cbpf_run_h(const struct sock_filter *f, unsigned n, uint32_t a, uint32_t hash)
 	}
 	cr_assert_fail("the program ran off its end");
 	return 0;
+}
+
+static uint32_t
+cbpf_run_h(const struct sock_filter *f, unsigned n, uint32_t a, uint32_t hash)
+{
+	return cbpf_run_hr(f, n, a, hash, 0);
 }
 
 static uint32_t
@@ -562,8 +571,8 @@ Test(net_stream, shards_that_share_a_cpu_share_its_connections)
 
 	cr_assert_gt(n, 0);
 	cr_assert_leq(n, sizeof(f) / sizeof(f[0]));
-	for (uint32_t h = 0; h < 30; h++) {
-		uint32_t sh = cbpf_run_h(f, n, 4, h);
+	for (uint32_t h = 1; h < 30; h++) {
+		uint32_t sh = cbpf_run_hr(f, n, 4, h, 1);
 
 		cr_assert(sh == 0 || sh == 2 || sh == 3, "hash %u on cpu 4: shard %u", h, sh);
 		cr_assert_eq(sh, group[h % 3], "hash %u", h);
@@ -571,6 +580,11 @@ Test(net_stream, shards_that_share_a_cpu_share_its_connections)
 		cr_assert_eq(cbpf_run_h(f, n, 9, h), 1, "cpu 9, hash %u", h);
 	}
 	cr_assert(got[0] && got[2] && got[3]);
+	/* No hash (0: a NIC that gives none, RPS off): a random number picks, where shard 0
+	 * took them all. */
+	for (uint32_t r = 0; r < 30; r++)
+		cr_assert_eq(cbpf_run_hr(f, n, 4, 0, r), group[r % 3],
+			     "no hash, random %u on cpu 4", r);
 	cr_assert_eq(cbpf_run_h(f, n, 7, 5), 7 % 4, "a cpu of no shard");
 	/* The most a CPU may have, and one more. */
 	n = keel__steer_prog(KEEL_STEER_CPU, KEEL__STEER_CPU_GROUP_MAX, many, NULL, 0, big);
