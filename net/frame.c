@@ -28,6 +28,13 @@
 
 _Atomic unsigned keel__frame_fail_give_back;
 
+/* A buffer a reclaim filled, known by its header and generation, as a slice of it has them:
+ * only compared, never followed, so that it may have been put since does no harm. */
+struct own_id {
+	const struct keel_buf *buf;
+	uint32_t gen;
+};
+
 struct keel_framer {
 	struct keel_framer_opts o;
 	struct keel_slice *q; /* held slices: q[head..tail) */
@@ -64,9 +71,14 @@ struct keel_framer {
 	/* A pushed slice was held as it is (not copied into own) since the last reclaim: what
 	 * is held may include receive buffers. */
 	bool pushed_held;
-	/* q[head..head + own_n): buffers of our own a reclaim filled (the last one own), which
-	 * the next reclaim keeps as they are. */
-	unsigned own_n;
+	/* The buffers of our own the last reclaim made or kept, in the stream's order (the
+	 * last one own): held slices of them lead q[head..tail), the first ones perhaps
+	 * delivered since, and the next reclaim keeps them as they are (own_held). Known by
+	 * identity, not by a count of held slices: a pause hands everything held back to the
+	 * connection, which pushes it again after the resume, and these are then held as any
+	 * pushed slice is. */
+	struct own_id *ownv;
+	unsigned ownv_n;
 };
 
 int
@@ -109,7 +121,9 @@ drop_all(struct keel_framer *f)
 	f->buffered = 0;
 	f->scanned = 0;
 	f->own = NULL;
-	f->own_n = 0;
+	free(f->ownv);
+	f->ownv = NULL;
+	f->ownv_n = 0;
 }
 
 static void
@@ -278,8 +292,6 @@ advance(struct keel_framer *f, size_t n)
 		keel_slice_put(s);
 		f->head++;
 		f->off = 0;
-		if (f->own_n)
-			f->own_n--;
 	}
 	if (f->head == f->tail)
 		f->own = NULL; /* no longer held here: its room is not ours to write */
@@ -534,8 +546,10 @@ keel_framer_push(struct keel_framer *f, struct keel_slice *s)
 /* A frame's callback paused reading (keel_conn_pause_read, or the send queue reached its
  * high watermark): what the framer holds (whole frames not delivered yet, and the start of
  * one) and @rest, the slices not pushed, go back to the connection, which delivers them
- * again after resume; the framer starts empty. Consumes @rest. Returns 0, or -ENOMEM when
- * there was no memory to hand them back: all of it is put, and the stream is broken. */
+ * again after resume; the framer starts empty. Its buffers of its own among them stay
+ * known (ownv): pushed again, the next reclaim keeps them rather than copying them once
+ * more. Consumes @rest. Returns 0, or -ENOMEM when there was no memory to hand them back:
+ * all of it is put, and the stream is broken (the caller fails the framer). */
 static int
 give_back(struct keel_framer *f, struct keel_conn *c, struct keel_slice *rest, unsigned nrest)
 {
@@ -566,7 +580,6 @@ give_back(struct keel_framer *f, struct keel_conn *c, struct keel_slice *rest, u
 	f->off = 0;
 	f->buffered = 0;
 	f->scanned = 0;
-	f->own_n = 0;
 	if (!v || k < nheld) { /* no memory to hand them back: the stream is broken */
 		for (unsigned i = 0; i < k; i++)
 			keel_slice_put(&v[i]);
@@ -609,13 +622,37 @@ log_allowed(unsigned *suppressed)
 	return true;
 }
 
+static bool
+is_own(const struct keel_slice *s, const struct own_id *id)
+{
+	return s->buf == id->buf && s->gen_ == id->gen;
+}
+
+/* How many of the first held slices are of buffers of our own (ownv): they follow one
+ * another in the order the reclaims made them, the first ones perhaps delivered since. */
+static unsigned
+own_held(const struct keel_framer *f)
+{
+	unsigned j = 0, k = 0;
+
+	if (f->head == f->tail)
+		return 0;
+	while (j < f->ownv_n && !is_own(&f->q[f->head], &f->ownv[j]))
+		j++;
+	while (j + k < f->ownv_n && f->head + k < f->tail &&
+	       is_own(&f->q[f->head + k], &f->ownv[j + k]))
+		k++;
+	return k;
+}
+
 /* Copy the bytes @f holds into buffers of its own (keel_buf_alloc from @a, --memory; each
  * at most keel_alloc_buf_max) and put the received slices, so their receive buffers go back to
- * their rings. The buffers an earlier reclaim filled stay as they are: only what was held
- * since is copied, after them. The last buffer has room for as much again as the framer
- * holds (4 KiB at least), no further than a LEN32 frame's end and within the largest
- * buffer's size (a copy that fills its last buffer exactly leaves none): what follows is
- * copied there (hold), and what finds no room is held as it came, for the next reclaim.
+ * their rings. The buffers an earlier reclaim filled stay as they are, also when a pause
+ * handed them back and the resume pushed them again: only what was held since is copied,
+ * after them. The last buffer has room for as much again as the framer holds (4 KiB at
+ * least), no further than a LEN32 frame's end and within the largest buffer's size (a copy
+ * that fills its last buffer exactly leaves none): what follows is copied there (hold), and
+ * what finds no room is held as it came, for the next reclaim.
  * The room grows with what arrived, never with what a peer's header announces, so a header
  * alone costs no more than its bytes. Returns: 1 (copied), 0 (nothing to copy), or -ENOMEM
  * (nothing changed). */
@@ -625,8 +662,9 @@ keel__framer_compact(struct keel_framer *f, struct keel_alloc *a)
 	size_t need = f->buffered, want = need < 4096 ? need + 4096 : need * 2, done = 0, max;
 	size_t spare = 0; /* the last buffer's room past what it was given: the allocator's
 			     capacity may round past it */
-	unsigned keep = f->own_n, n, cap;
+	unsigned keep, n, cap;
 	struct keel_slice *nq;
+	struct own_id *nv;
 
 	/* Nothing pushed held as it is since the last copy: all in buffers of our own (one or
 	 * several), nothing of the rings to give back. */
@@ -640,6 +678,7 @@ keel__framer_compact(struct keel_framer *f, struct keel_alloc *a)
 	}
 	/* The buffers earlier reclaims filled stay: copied again, they doubled the memory a
 	 * reclaim needed, and each reclaim of a long frame copied all of it once more. */
+	keep = own_held(f);
 	for (unsigned i = 0; i < keep; i++)
 		done += f->q[f->head + i].len;
 	done -= keep ? f->off : 0;
@@ -650,8 +689,12 @@ keel__framer_compact(struct keel_framer *f, struct keel_alloc *a)
 	max = (size_t)keel_alloc_buf_max(a);
 	cap = keep + (unsigned)((want - done) / max + 2);
 	nq = malloc(cap * sizeof(*nq));
-	if (!nq)
+	nv = malloc(cap * sizeof(*nv));
+	if (!nq || !nv) {
+		free(nq);
+		free(nv);
 		return -ENOMEM;
+	}
 	n = keep;
 	while (done < need) {
 		size_t room = want - done < max ? want - done : max;
@@ -664,6 +707,7 @@ keel__framer_compact(struct keel_framer *f, struct keel_alloc *a)
 			while (n > keep)
 				keel_slice_put(&nq[--n]);
 			free(nq);
+			free(nv);
 			return -ENOMEM;
 		} else {
 			spare = 0;
@@ -674,6 +718,8 @@ keel__framer_compact(struct keel_framer *f, struct keel_alloc *a)
 		n++;
 	}
 	memcpy(nq, f->q + f->head, keep * sizeof(*nq)); /* the references move */
+	for (unsigned i = 0; i < n; i++)
+		nv[i] = (struct own_id){ nq[i].buf, nq[i].gen_ };
 	for (unsigned i = f->head + keep; i < f->tail; i++)
 		keel_slice_put(&f->q[i]);
 	free(f->q);
@@ -687,7 +733,9 @@ keel__framer_compact(struct keel_framer *f, struct keel_alloc *a)
 	f->own_gen = nq[n - 1].gen_;
 	f->own_end = nq[n - 1].data + nq[n - 1].len;
 	f->own_lim = f->own_end + spare; /* within the capacity: it was asked for */
-	f->own_n = n;
+	free(f->ownv);
+	f->ownv = nv;
+	f->ownv_n = n;
 	f->pushed_held = false;
 	return 1;
 }

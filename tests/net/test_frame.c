@@ -1737,6 +1737,122 @@ Test(net_frame, a_pause_whose_hand_back_finds_no_memory_fails_the_framer)
 	e2e_stop(&e);
 }
 
+/* ---- a reclaim after a pause keeps the buffers an earlier one filled ---- */
+
+/* A line framer holds the start of a line (1,000 bytes) and a reclaim copies it into a
+ * buffer of its own (as when the receive buffers run out; keel__framer_compact, called here
+ * by hand). The line's LF and the start of the next line follow in one receive, copied into
+ * that buffer's room; the first line's callback pauses reading, so the framer hands the
+ * start of the second (a slice of its own buffer) back to the connection, which pushes it
+ * again after the resume. A reclaim then has nothing of the receive buffers to copy: the
+ * hand-back forgot which held slices were the framer's own (it kept a count of the first
+ * held slices, and set it to 0), so that reclaim copied them again, into a new buffer, the
+ * old one still held until the copy was made. */
+static struct {
+	_Atomic int phase, frames, bad, compact1, compact2, in_own, moved;
+	const uint8_t *own; /* the first reclaim's buffer (the shard's thread only) */
+} rp;
+
+static void
+rp_resume(void *arg)
+{
+	atomic_store(&rp.phase, 2);
+	keel_conn_resume_read(arg);
+}
+
+static int
+rp_frame(void *arg, struct keel_frame *fr)
+{
+	struct keel_conn *c = arg;
+	int k = atomic_fetch_add(&rp.frames, 1);
+	uint8_t want = k == 0 ? 'a' : 'B';
+
+	if (fr->len != (k == 0 ? 1000u : 4u))
+		atomic_fetch_add(&rp.bad, 1);
+	for (unsigned i = 0; i < fr->n; i++) {
+		for (uint32_t j = 0; j < fr->s[i].len; j++)
+			if (fr->s[i].data[j] != want)
+				atomic_fetch_add(&rp.bad, 1);
+		keel_slice_put(&fr->s[i]);
+	}
+	if (k == 0) {
+		keel_conn_pause_read(c);
+		if (keel_defer(rp_resume, c) < 0)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+static void
+rp_open(struct keel_conn *c)
+{
+	struct keel_framer_opts o = { .kind = KEEL_FRAME_LINE, .on_frame = rp_frame, .arg = c };
+	struct keel_framer *f;
+	int r = keel_framer_create(&o, &f);
+
+	if (r < 0) {
+		keel_conn_abort(c, r);
+		return;
+	}
+	keel_conn_set_user(c, f);
+}
+
+static void
+rp_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	struct keel_framer *f = keel_conn_user(c);
+	const uint8_t *p0, *p1;
+
+	keel_framer_on_data(f, c, s, n);
+	if (atomic_load(&rp.phase) == 0 && keel_framer_buffered(f) == 1000) {
+		atomic_store(&rp.compact1, keel__framer_compact(f, keel_shard_alloc()));
+		keel_framer_chunk(f, 0, &rp.own);
+		atomic_store(&rp.phase, 1);
+	} else if (atomic_load(&rp.phase) == 2 && keel_framer_buffered(f) == 4) {
+		keel_framer_chunk(f, 0, &p0);
+		atomic_store(&rp.in_own, p0 == rp.own + 1001);
+		atomic_store(&rp.compact2, keel__framer_compact(f, keel_shard_alloc()));
+		keel_framer_chunk(f, 0, &p1);
+		atomic_store(&rp.moved, p1 != p0);
+		atomic_store(&rp.phase, 3);
+	}
+}
+
+static const struct keel_conn_ops rp_ops = { .on_open = rp_open,
+					     .on_data = rp_data,
+					     .on_close = srv_close };
+
+Test(net_frame, a_reclaim_after_a_pause_keeps_the_buffers_an_earlier_one_filled)
+{
+	static uint8_t a[1000];
+	struct e2e e;
+	int fd;
+
+	memset(&e, 0, sizeof(e));
+	memset(&rp, 0, sizeof(rp));
+	memset(a, 'a', sizeof(a));
+	e2e_start_with(&e, &rp_ops);
+	fd = cli_connect(e.port);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(cli_write_all(fd, a, sizeof(a)), 0);
+	e2e_wait(&e, &rp.phase, 1, "the first line's start held");
+	cr_assert_eq(atomic_load(&rp.compact1), 1, "the first reclaim copied nothing");
+	cr_assert_eq(cli_write_all(fd, "\nBBBB", 5), 0);
+	e2e_wait(&e, &rp.phase, 3, "the second line's start pushed again after the resume");
+	cr_assert(atomic_load(&rp.in_own),
+		  "the second line's start is not in the reclaim's buffer");
+	cr_assert_eq(atomic_load(&rp.compact2), 0,
+		     "the reclaim after the resume copied the framer's own buffer again");
+	cr_assert(!atomic_load(&rp.moved), "the held bytes moved to another buffer");
+	cr_assert_eq(cli_write_all(fd, "\n", 1), 0);
+	e2e_wait(&e, &rp.frames, 2, "the second line");
+	close(fd);
+	e2e_wait(&e, &e.srv_closed, 1, "the server's on_close");
+	cr_assert_eq(atomic_load(&rp.bad), 0, "a line's bytes differ");
+	cr_assert_eq(atomic_load(&e.srv_status), 0);
+	e2e_stop(&e);
+}
+
 /* ---- on_data's array stays as given while a framer handed part of it pauses ---- */
 
 /* An application may hand the framer the first slice of on_data's array only and read the
