@@ -20,8 +20,9 @@
  * says, and in memory only briefly.
  *
  * Start: the main thread reads every appendonly-N.aof (any N: the shard count may have
- * changed) and cuts a torn tail with ftruncate, logged; a bad record with more after it
- * stops the start unless --aof-truncate-corrupt yes (kv_aof_check). Each shard then applies
+ * changed) and cuts a torn tail (or a transaction the file ends inside, at its MULTI)
+ * with ftruncate, logged; a bad record with more after it stops the start unless
+ * --aof-truncate-corrupt yes (kv_aof_check). Each shard then applies
  * the records of keys it owns under this run's hash (each key's records are all in one
  * file, in order) and writes its table to a .new file; the last shard to finish switches
  * to the new files in one commit (commit_begin, commit_finish: a crash in the middle is
@@ -744,6 +745,20 @@ foreign_head(int fd, size_t size, bool *foreign)
 	return r;
 }
 
+/* Whether the file @fd (@size bytes) holds a transaction's MULTI at @at: a torn tail that
+ * starts with one is the transaction the file ends inside (kv_aof_check). */
+static bool
+multi_at(int fd, size_t at, size_t size)
+{
+	static const char m[] = "*1\r\n$5\r\nMULTI\r\n";
+	uint8_t b[sizeof(m) - 1];
+	size_t got = 0;
+
+	return size - at >= sizeof(b) &&
+	       window_fill(fd, b, sizeof(b), &got, at, at + sizeof(b)) == 0 &&
+	       !memcmp(b, m, sizeof(b));
+}
+
 /* Check the records of @fd (@path) before any shard replays them, a window at a time
  * (kv_aof_check_file: the verdict a check of the whole file gives). A torn record is cut;
  * damage stops the start, or with --aof-truncate-corrupt yes is saved aside and cut.
@@ -822,6 +837,13 @@ check_file(int fd, const char *path, size_t *valid)
 			rest == KV_AOF_UNSURE ? "; it runs past the end of the file, a whole "
 						"record inside it"
 					      : "");
+	} else if (rest == KV_AOF_TORN && multi_at(fd, good, size)) {
+		/* Redis cuts it the same (its "Revert incomplete MULTI/EXEC transaction") */
+		fprintf(stderr,
+			"keel-kv: %s: the file ends inside a transaction: its MULTI at offset %zu "
+			"and the %zu bytes from there are cut, so none of it is applied (a crash "
+			"in the middle of its write leaves it so)\n",
+			path, good, size - good);
 	} else if (rest == KV_AOF_TORN) {
 		fprintf(stderr,
 			"keel-kv: %s: torn record at offset %zu: truncating the file there, %zu "
@@ -1216,6 +1238,8 @@ replay_file(struct kv_db *db, unsigned self, const struct loaded *l, struct resp
 				break; /* the rest of this record is in the next window */
 			if (n < 0) /* the check passed every record: memory, or the file changed */
 				r = n == -ENOMEM ? -ENOMEM : -EIO;
+			else if (req.argc < 2) /* MULTI, EXEC: the check cut any transaction */
+				;              /* the file ends inside, so this one is whole */
 			else if (kv_owner_key(req.argv[1].p, req.argv[1].len) == self)
 				r = kv_db_apply(db, req.argv, req.argc);
 			if (r == 0)

@@ -51,6 +51,21 @@ kv_record_check(const struct resp_arg *argv, unsigned argc, int64_t *pxat)
 	return 0;
 }
 
+/* What a record is: one of the table's (kv_record_check), or a transaction's marker. */
+enum kind { K_BAD = -1, K_DATA, K_MULTI, K_EXEC };
+
+static enum kind
+kind_of(const struct resp_arg *argv, unsigned argc)
+{
+	int64_t at;
+
+	if (argc == 1 && word(&argv[0], "MULTI"))
+		return K_MULTI;
+	if (argc == 1 && word(&argv[0], "EXEC"))
+		return K_EXEC;
+	return kv_record_check(argv, argc, &at) < 0 ? K_BAD : K_DATA;
+}
+
 /* Whether the @r bytes at @p are exactly what keel-kv writes for @argv: "*N\r\n", then
  * "$LEN\r\n" DATA "\r\n" per argument, with nothing else. The request parser is lenient,
  * as Redis's: it takes any two bytes after a bulk, and any byte after a line's '\r', for
@@ -80,14 +95,13 @@ written_form(const uint8_t *p, size_t r, const struct resp_arg *argv, unsigned a
 	return off == r;
 }
 
-/* The record at the start of @p[0..@n): its length when it is whole and valid, 0 when it
- * needs bytes past @n, -1 when it is not a record keel-kv writes. */
+/* The record at the start of @p[0..@n): its length when it is whole and valid (*@k its
+ * kind), 0 when it needs bytes past @n, -1 when it is not a record keel-kv writes. */
 static long
-one_record(const uint8_t *p, size_t n)
+one_record(const uint8_t *p, size_t n, enum kind *k)
 {
 	struct resp_arg argv[8];
 	struct resp_req req = { .argv = argv, .cap = 8, .max_bulk = UINT64_MAX >> 1 };
-	int64_t at;
 	long r;
 
 	if (!n || p[0] != '*') /* records are arrays: no inline commands */
@@ -95,21 +109,46 @@ one_record(const uint8_t *p, size_t n)
 	r = resp_parse(p, n, &req);
 	if (r == RESP_MORE)
 		return 0;
-	if (r < 0 || kv_record_check(req.argv, req.argc, &at) < 0 ||
+	if (r < 0 || (*k = kind_of(req.argv, req.argc)) == K_BAD ||
 	    !written_form(p, (size_t)r, req.argv, req.argc))
 		return -1;
 	return r;
 }
 
+/* A transaction's records are written between MULTI and EXEC: the valid prefix takes them
+ * whole or not at all, so a file that ends inside one is cut before its MULTI. */
+struct units {
+	uint64_t at;   /* the next record */
+	uint64_t good; /* the end of the last whole unit: a record outside a transaction, or a
+			* transaction from its MULTI to its EXEC */
+	bool open;     /* inside a transaction (its MULTI at good) */
+};
+
+/* One more record of kind @k, @r bytes: false when it cannot be there (a MULTI inside a
+ * transaction, an EXEC outside one), which ends the valid prefix. */
+static bool
+unit_step(struct units *u, enum kind k, long r)
+{
+	if ((k == K_MULTI) == u->open && k != K_DATA)
+		return false;
+	u->at += (uint64_t)r;
+	if (k != K_DATA)
+		u->open = k == K_MULTI;
+	if (!u->open)
+		u->good = u->at;
+	return true;
+}
+
 size_t
 kv_aof_valid_prefix(const uint8_t *p, size_t n)
 {
-	size_t off = 0;
+	struct units u = { 0 };
+	enum kind k;
 	long r;
 
-	while ((r = one_record(p + off, n - off)) > 0)
-		off += (size_t)r;
-	return off;
+	while ((r = one_record(p + u.at, n - (size_t)u.at, &k)) > 0 && unit_step(&u, k, r))
+		;
+	return (size_t)u.good;
 }
 
 /* Whether a record keel-kv writes may start at @p[0..@n): its fixed head. Tested before a
@@ -126,7 +165,9 @@ record_head(const uint8_t *p, size_t n)
 enum kv_aof_tail
 kv_aof_check(const uint8_t *p, size_t n, size_t *good)
 {
-	size_t off = kv_aof_valid_prefix(p, n), end = n;
+	size_t off = kv_aof_valid_prefix(p, n), end = n, q;
+	enum kind k;
+	long r;
 
 	*good = off;
 	if (off == n)
@@ -135,15 +176,28 @@ kv_aof_check(const uint8_t *p, size_t n, size_t *good)
 		end--;
 	if (end == off)
 		return KV_AOF_TORN;
-	if (one_record(p + off, end - off) != 0)
+	q = off;
+	r = one_record(p + q, end - q, &k);
+	if (r > 0 && k == K_MULTI) {
+		/* A transaction the file ends inside: its MULTI and whole records, then what a
+		 * torn last record may be. The file is cut at its MULTI. */
+		q += (size_t)r;
+		while (q < end && (r = one_record(p + q, end - q, &k)) > 0 && k == K_DATA)
+			q += (size_t)r;
+		if (q == end)
+			return KV_AOF_TORN;
+		if (r != 0) /* a record that is not one, or a MULTI inside it */
+			return KV_AOF_CORRUPT;
+	} else if (r != 0) {
 		return KV_AOF_CORRUPT;
+	}
 	/* A whole record inside what runs past the end: a damaged length that swallows the
 	 * records after it, or a torn last record whose value holds a record's bytes (a value
 	 * is any bytes a client sent). The bytes cannot tell them apart, whatever follows the
 	 * record found: so it is neither cut as torn nor called damage. */
-	for (const uint8_t *q = p + off + 1; (q = memchr(q, '*', (size_t)(p + end - q))); q++)
-		if (record_head(q, (size_t)(p + end - q)) &&
-		    one_record(q, (size_t)(p + end - q)) > 0)
+	for (const uint8_t *c = p + q + 1; (c = memchr(c, '*', (size_t)(p + end - c))); c++)
+		if (record_head(c, (size_t)(p + end - c)) &&
+		    one_record(c, (size_t)(p + end - c), &k) > 0)
 			return KV_AOF_UNSURE;
 	return KV_AOF_TORN;
 }
@@ -153,7 +207,10 @@ struct src {
 	kv_aof_read_fn rd;
 	void *ctx;
 	uint8_t *line; /* RESP_INLINE_MAX bytes: a count or bulk line's most */
-	int err;       /* the reader's first error */
+	uint8_t *w;    /* the window: cap bytes, holding the file's [wat, wat + wlen) */
+	size_t cap, wlen;
+	uint64_t wat;
+	int err; /* the reader's first error */
 };
 
 /* @n bytes at @off into @buf: false on a read error (s->err). */
@@ -239,17 +296,16 @@ written_form_at(struct src *s, uint64_t at, uint64_t to, const uint64_t *st,
  * record's count line and each argument's line and skips the arguments' data unread, so
  * this reads the lines alone (parse_multibulk and multibulk_args, step for step), then
  * what kv_record_check and written_form look at: the short arguments and the line ends
- * after each. Returns its length, 0 or -1 as one_record does (-1 too on a read error:
- * s->err). */
+ * after each. Returns its length (*@k its kind), 0 or -1 as one_record does (-1 too on a
+ * read error: s->err). */
 static long
-record_at(struct src *s, uint64_t at, uint64_t end)
+record_at(struct src *s, uint64_t at, uint64_t end, enum kind *k)
 {
 	struct resp_arg argv[8];
 	uint8_t small[8][20];
 	uint64_t st[8], pos, cr, start;
 	long long count, len;
 	unsigned argc = 0;
-	int64_t pxat;
 	int l;
 
 	if (at == end)
@@ -286,9 +342,39 @@ record_at(struct src *s, uint64_t at, uint64_t end)
 		st[argc++] = start;
 		pos = start + (uint64_t)len + 2;
 	}
-	if (kv_record_check(argv, argc, &pxat) < 0 || !written_form_at(s, at, pos, st, argv, argc))
+	if ((*k = kind_of(argv, argc)) == K_BAD || !written_form_at(s, at, pos, st, argv, argc))
 		return -1;
 	return (long)(pos - at);
+}
+
+/* one_record of the file's bytes [@at, @end): from the window when it holds the record
+ * whole (or all there is), else from a window read at @at, else, a record larger than the
+ * window, walked by its lines (record_at). Each byte is read about once, whatever the
+ * records' sizes. */
+static long
+rec_at(struct src *s, uint64_t at, uint64_t end, enum kind *k)
+{
+	size_t want = end - at < s->cap ? (size_t)(end - at) : s->cap, have = 0;
+	long r;
+
+	if (at >= s->wat && at < s->wat + s->wlen) {
+		have = (size_t)(s->wat + s->wlen - at);
+		have = have < end - at ? have : (size_t)(end - at);
+		r = one_record(s->w + (at - s->wat), have, k);
+		if (r > 0 || have == end - at)
+			return r;
+	}
+	if (have < want) {
+		s->wlen = 0;
+		if (!get(s, at, s->w, want))
+			return -1;
+		s->wat = at;
+		s->wlen = want;
+		r = one_record(s->w, want, k);
+		if (r > 0 || want == end - at)
+			return r;
+	}
+	return record_at(s, at, end, k);
 }
 
 int
@@ -296,49 +382,36 @@ kv_aof_check_file(kv_aof_read_fn rd, void *ctx, uint64_t size, size_t window,
 		  enum kv_aof_tail *tail, uint64_t *good)
 {
 	struct src s = { .rd = rd, .ctx = ctx };
-	uint64_t base = 0, end, a;
+	struct units u = { 0 };
+	uint64_t base, end, q, a;
 	uint8_t *w, head[13];
+	enum kind k;
 	long r;
 
 	if (window > size) /* no more than the file */
 		window = (size_t)size;
 	if (!window)
 		window = 1;
-	w = malloc(window);
+	w = s.w = malloc(window);
+	s.cap = window;
 	s.line = malloc(size < RESP_INLINE_MAX ? (size ? (size_t)size : 1) : RESP_INLINE_MAX);
 	if (!w || !s.line) {
 		s.err = -ENOMEM;
 		goto out;
 	}
-	/* The valid prefix (kv_aof_valid_prefix of the whole), a window at a time. A record
-	 * the window does not hold whole starts the next window, or, at the window's start,
-	 * is walked by its lines (record_at): a large value is never read. */
-	while (base < size) {
-		size_t len = size - base < window ? (size_t)(size - base) : window, v;
-
-		if (!get(&s, base, w, len))
-			goto out;
-		v = kv_aof_valid_prefix(w, len);
-		base += v;
-		if (v == len)
-			continue;
-		if (base - v + len == size) /* the rest was in the window: base is the bad one */
-			break;
-		if (v > 0)
-			continue;
-		r = record_at(&s, base, size);
-		if (s.err)
-			goto out;
-		if (r <= 0)
-			break;
-		base += (uint64_t)r;
-	}
-	*good = base;
+	/* The valid prefix (kv_aof_valid_prefix of the whole), a record at a time from the
+	 * window (rec_at): a large value is never read. */
+	while ((r = rec_at(&s, u.at, size, &k)) > 0 && unit_step(&u, k, r))
+		;
+	if (s.err)
+		goto out;
+	*good = base = u.good;
 	if (base == size) {
 		*tail = KV_AOF_CLEAN;
 		goto out;
 	}
 	/* NUL bytes that run to the end are left aside: the last byte that is not one. */
+	s.wlen = 0; /* w is read here and in the search below, not through rec_at */
 	for (end = size; end > base;) {
 		size_t len = end - base < window ? (size_t)(end - base) : window, j = len;
 
@@ -356,7 +429,19 @@ kv_aof_check_file(kv_aof_read_fn rd, void *ctx, uint64_t size, size_t window,
 		*tail = KV_AOF_TORN;
 		goto out;
 	}
-	r = record_at(&s, base, end);
+	q = base;
+	r = rec_at(&s, q, end, &k);
+	if (r > 0 && k == K_MULTI) { /* a transaction the file ends inside (kv_aof_check) */
+		q += (uint64_t)r;
+		while (q < end && (r = rec_at(&s, q, end, &k)) > 0 && k == K_DATA)
+			q += (uint64_t)r;
+		if (s.err)
+			goto out;
+		if (q == end) {
+			*tail = KV_AOF_TORN;
+			goto out;
+		}
+	}
 	if (s.err)
 		goto out;
 	if (r != 0) {
@@ -365,18 +450,19 @@ kv_aof_check_file(kv_aof_read_fn rd, void *ctx, uint64_t size, size_t window,
 	}
 	/* A whole record starting inside what runs past the end (kv_aof_check), a window at
 	 * a time: a candidate the window does not hold whole is walked (record_at). */
+	s.wlen = 0;
 	*tail = KV_AOF_TORN;
-	for (a = base + 1; a < end && *tail == KV_AOF_TORN;) {
+	for (a = q + 1; a < end && *tail == KV_AOF_TORN;) {
 		size_t len = end - a < window ? (size_t)(end - a) : window;
-		const uint8_t *q = w;
+		const uint8_t *c = w;
 
 		if (!get(&s, a, w, len))
 			goto out;
-		while ((q = memchr(q, '*', len - (size_t)(q - w)))) {
-			size_t j = (size_t)(q - w);
-			const uint8_t *h = q;
+		while ((c = memchr(c, '*', len - (size_t)(c - w)))) {
+			size_t j = (size_t)(c - w);
+			const uint8_t *h = c;
 
-			q++;
+			c++;
 			if (end - (a + j) < 13)
 				break;
 			if (len - j < 13) { /* the head runs past the window */
@@ -387,9 +473,9 @@ kv_aof_check_file(kv_aof_read_fn rd, void *ctx, uint64_t size, size_t window,
 			if (!record_head(h, 13))
 				continue;
 			/* exact, unless it wants more than the window holds */
-			r = one_record(w + j, len - j);
+			r = one_record(w + j, len - j, &k);
 			if (r == 0 && a + len < end) {
-				r = record_at(&s, a + j, end);
+				r = record_at(&s, a + j, end, &k);
 				if (s.err)
 					goto out;
 			}

@@ -19,14 +19,17 @@ int kv_record_check(const struct resp_arg *argv, unsigned argc, int64_t *pxat);
 
 /**
  * The length of the longest prefix of @p[0..@n) made of whole, valid records (RESP arrays
- * of bulk strings that kv_record_check accepts). What follows it, kv_aof_check says.
+ * of bulk strings that kv_record_check accepts) and whole transactions: MULTI, such
+ * records, EXEC (one-word arrays, as Redis writes them; not nested). A transaction the
+ * bytes end inside is left out from its MULTI on. What follows it, kv_aof_check says.
  */
 size_t kv_aof_valid_prefix(const uint8_t *p, size_t n);
 
 /** What follows the valid prefix of an append-only file. */
 enum kv_aof_tail {
 	KV_AOF_CLEAN,   /* nothing: the file is whole, valid records */
-	KV_AOF_TORN,    /* the last record cut short, as a crash mid-write leaves it */
+	KV_AOF_TORN,    /* the last record cut short, as a crash mid-write leaves it, or the
+			 * transaction the file ends inside, from its MULTI on */
 	KV_AOF_CORRUPT, /* a record that does not parse with more than a torn tail after it */
 	KV_AOF_UNSURE,  /* a record that runs past the end with a whole record inside it: a
 			 * damaged length, or a torn last record whose value holds a record */
@@ -43,7 +46,10 @@ enum kv_aof_tail {
  * are still there whole). Such a record with a whole record starting inside it is UNSURE:
  * damage, or a torn last record whose value holds a record's bytes (values are a client's
  * bytes: no rule over the bytes tells the two apart). Anything else is CORRUPT: damage
- * inside the file, or a record of a newer version. docs/kv.md, "Start", states the rule.
+ * inside the file, or a record of a newer version. A rest that starts with a MULTI is read
+ * the same after its MULTI and the whole records that follow it (a MULTI among them, or an
+ * EXEC outside a transaction, is damage): torn, the file ends inside that transaction, and
+ * *@good is its MULTI, so that none of it is applied. docs/kv.md, "Start", states the rule.
  */
 enum kv_aof_tail kv_aof_check(const uint8_t *p, size_t n, size_t *good);
 

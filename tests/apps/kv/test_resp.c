@@ -517,9 +517,11 @@ same_in_windows(const uint8_t *p, size_t n, const char *what)
  * check_tells_a_torn_tail_from_damage_inside, every cut of records of each kind with and
  * without zeros after it, lines the parser refuses or waits on (a count or length line
  * with no '\r', over and under its 64 KiB bound, lengths too long to be numbers, an empty
- * or negative count, nine arguments), and seeded random damage to random records. */
+ * or negative count, nine arguments), and seeded random damage to random records, a
+ * transaction's MULTI and EXEC among them. */
 Test(kv_aofrec, check_a_window_at_a_time_is_the_check_of_the_whole)
 {
+	static const char multi[] = "*1\r\n$5\r\nMULTI\r\n", exec[] = "*1\r\n$4\r\nEXEC\r\n";
 	static const char set[] = "*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n";
 	static const char pxat[] = "*5\r\n$3\r\nSET\r\n$1\r\nb\r\n$1\r\n2\r\n$4\r\nPXAT\r\n"
 				   "$13\r\n1796011095441\r\n";
@@ -598,9 +600,10 @@ Test(kv_aofrec, check_a_window_at_a_time_is_the_check_of_the_whole)
 		for (size_t w = 1; w < 6; w++)
 			same_in_windows_of(buf, s + h + digits + 2 + d, w * 977, what);
 	}
-	/* Random records, damaged in up to three bytes, cut anywhere, zeros after or not. */
+	/* Random records, a transaction's markers among them, damaged in up to three bytes,
+	 * cut anywhere, zeros after or not. */
 	for (int it = 0; it < 4000; it++) {
-		static const char *const recs[] = { set, pxat, del };
+		static const char *const recs[] = { set, pxat, del, multi, exec };
 		static const uint8_t pick[] = { '*', '$', '\r', '\n', '0', '1', '3', '9', 0, 'x' };
 		static const size_t ws[] = { 1, 2, 3, 5, 8, 13, 21, 34, 64, 4096 };
 		int nrec = 1 + rand_r(&seed) % 6, dmg = rand_r(&seed) % 4;
@@ -617,7 +620,7 @@ Test(kv_aofrec, check_a_window_at_a_time_is_the_check_of_the_whole)
 				n += vl + 2;
 				continue;
 			}
-			const char *rec = recs[rand_r(&seed) % 3];
+			const char *rec = recs[rand_r(&seed) % 5];
 
 			memcpy(buf + n, rec, strlen(rec));
 			n += strlen(rec);
@@ -634,6 +637,78 @@ Test(kv_aofrec, check_a_window_at_a_time_is_the_check_of_the_whole)
 			same_in_windows_of(buf, n, ws[w], what);
 	}
 	free(buf);
+}
+
+/* A transaction's records are written between MULTI and EXEC (as Redis writes them): a file
+ * that ends anywhere inside one, a record cut short or not, zeros after it or not, is torn
+ * from its MULTI on, so the start cuts the whole transaction and applies none of it; whole,
+ * it is clean. A nested MULTI, an EXEC without one, or damage inside a transaction with
+ * more after it is damage, from the MULTI. The check a window at a time agrees. Before,
+ * the check knew no markers: such a file was all damage from the MULTI on. */
+Test(kv_aofrec, check_cuts_a_file_that_ends_inside_a_transaction_before_its_multi)
+{
+	static const char set[] = "*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n";
+	static const char pxat[] = "*5\r\n$3\r\nSET\r\n$1\r\nb\r\n$1\r\n2\r\n$4\r\nPXAT\r\n"
+				   "$13\r\n1796011095441\r\n";
+	static const char del[] = "*2\r\n$3\r\nDEL\r\n$1\r\na\r\n";
+	static const char multi[] = "*1\r\n$5\r\nMULTI\r\n", exec[] = "*1\r\n$4\r\nEXEC\r\n";
+	const size_t s = sizeof(set) - 1, m = sizeof(multi) - 1, e = sizeof(exec) - 1;
+	uint8_t buf[512], cut[600];
+	size_t n, tx_end, good;
+	char what[128];
+
+	/* SET, then MULTI SET SET-PXAT DEL EXEC, then DEL */
+	n = (size_t)sprintf((char *)buf, "%s%s%s%s%s%s%s", set, multi, set, pxat, del, exec, del);
+	tx_end = n - (sizeof(del) - 1);
+	cr_assert_eq(kv_aof_check(buf, n, &good), KV_AOF_CLEAN);
+	cr_assert_eq(good, n);
+	cr_assert_eq(kv_aof_valid_prefix(buf, n), n);
+	same_in_windows(buf, n, "whole");
+	for (size_t at = s + 1; at < tx_end; at++) {
+		memcpy(cut, buf, at);
+		memset(cut + at, 0, 40);
+		snprintf(what, sizeof(what), "cut at %zu of the transaction's %zu..%zu", at, s,
+			 tx_end);
+		cr_assert_eq(kv_aof_valid_prefix(cut, at), s, "%s", what);
+		cr_assert_eq(kv_aof_check(cut, at, &good), KV_AOF_TORN, "%s: verdict %d", what,
+			     kv_aof_check(cut, at, &good));
+		cr_assert_eq(good, s, "%s: kept %zu bytes", what, good);
+		cr_assert_eq(kv_aof_check(cut, at + 40, &good), KV_AOF_TORN, "%s, zeros after",
+			     what);
+		cr_assert_eq(good, s, "%s, zeros after: kept %zu bytes", what, good);
+		same_in_windows(cut, at, what);
+		same_in_windows(cut, at + 40, what);
+	}
+	/* After the EXEC: the transaction is whole, and a cut there is the last record's. */
+	cr_assert_eq(kv_aof_check(buf, tx_end, &good), KV_AOF_CLEAN);
+	cr_assert_eq(kv_aof_check(buf, tx_end + 3, &good), KV_AOF_TORN);
+	cr_assert_eq(good, tx_end);
+	/* Damage: a MULTI inside a transaction, an EXEC without a MULTI, a bad record inside a
+	 * transaction with records after it; a length inside one that runs past the end with
+	 * a whole record in what it swallows is unsure; all from the MULTI (or the EXEC). */
+	static const struct {
+		const char *rec;
+		enum kv_aof_tail want;
+		size_t good;
+	} bad[] = {
+		{ "*1\r\n$5\r\nMULTI\r\n*1\r\n$5\r\nMULTI\r\n", KV_AOF_CORRUPT, 0 },
+		{ "*1\r\n$4\r\nEXEC\r\n", KV_AOF_CORRUPT, 0 },
+		{ "*1\r\n$5\r\nMULTI\r\n*2\r\n$3\r\nDEX\r\n$1\r\na\r\n", KV_AOF_CORRUPT, 0 },
+		{ "*1\r\n$5\r\nMULTI\r\n*2\r\n$3\r\nDEL\r\n$99\r\na\r\n", KV_AOF_UNSURE, 0 },
+		{ "*1\r\n$5\r\nMULTI\r\n*1\r\n$4\r\nEXEX\r\n", KV_AOF_CORRUPT, 0 },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		n = (size_t)sprintf((char *)buf, "%s%s%s%s%s", set, bad[i].rec, set, exec, del);
+		snprintf(what, sizeof(what), "bad %zu", i);
+		cr_assert_eq(kv_aof_check(buf, n, &good), bad[i].want, "%s: verdict %d", what,
+			     kv_aof_check(buf, n, &good));
+		cr_assert_eq(good, s, "%s: kept %zu bytes", what, good);
+		same_in_windows(buf, n, what);
+	}
+	/* A transaction of no records is whole (keel-kv writes none; Redis's loader takes it). */
+	n = (size_t)sprintf((char *)buf, "%s%s%s", set, multi, exec);
+	cr_assert_eq(kv_aof_check(buf, n, &good), KV_AOF_CLEAN);
+	cr_assert_eq(m + e + s, n);
 }
 
 /* A large file checked in windows of 4 KiB reads 4 KiB at a time, or a line's most (64
