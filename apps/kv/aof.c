@@ -4,7 +4,9 @@
  *
  * Every write command that ran on a shard appends, for each key it named, the key's new
  * state as one RESP record (SET k v [PXAT ms] or DEL k: kv_db_record), so a file replays
- * in order to the table whatever commands made it, and expiry times are absolute. FLUSHALL
+ * in order to the table whatever commands made it, and expiry times are absolute. A
+ * transaction's records go between MULTI and EXEC (kv_aof_tx_begin), so that a start that
+ * finds the file ending inside one cuts it at its MULTI, as Redis does. FLUSHALL
  * empties the shard's file (truncated before its next write). Records of one loop pass
  * are gathered and written with keel_file writes of at most 1 GiB (from a registered
  * buffer when they fit in one, else from the heap memory they gathered in), one write in
@@ -68,8 +70,13 @@ struct aof {
 	 * reach a later fdatasync of fd, but does reach this one (opened before it). */
 	int chk_fd;
 	struct keel_file f;
-	uint64_t off;            /* the file's length as written */
-	struct rbuf pend;        /* records not yet handed to the disk */
+	uint64_t off;     /* the file's length as written */
+	struct rbuf pend; /* records not yet handed to the disk */
+	/* A transaction runs (kv_aof_tx_begin): its records go between MULTI and EXEC. tx_in:
+	 * its MULTI is in pend, at tx_at (written before its first record, so one that writes
+	 * nothing writes no MULTI either). */
+	bool tx_open, tx_in;
+	size_t tx_at;
 	struct waiter *pw, *pwt; /* waiting for the pending records */
 	struct waiter *iw;       /* waiting for the batch in flight */
 	int st;
@@ -2043,12 +2050,26 @@ on_tick(struct keel_timer *t, void *arg)
 		kick(a);
 }
 
+/* A record is about to be added to a->pend: the first of a transaction's goes after its
+ * MULTI (kv_aof_tx_begin). Without memory for it, pend.oom drops the records (logged). */
+static void
+tx_mark(struct aof *a)
+{
+	if (!a->tx_open || a->tx_in)
+		return;
+	a->tx_in = true;
+	a->tx_at = a->pend.len;
+	rb_arr(&a->pend, 1);
+	rb_bulk(&a->pend, "MULTI", 5);
+}
+
 /* Records were added to a->pend (a command's, an expired key's DEL). */
 static void
 logged(struct aof *a)
 {
 	if (a->pend.oom) { /* the records gathered are gone: the file lacks them */
 		rb_free(&a->pend);
+		a->tx_in = false;            /* its MULTI with them: the rebuild writes the table */
 		a->rw_stale |= a->rewriting; /* and so will the running rewrite's */
 		file_lost(a, -ENOMEM, "no memory for the records to append");
 	}
@@ -2067,16 +2088,19 @@ kv_aof_log(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv, unsi
 		return;
 	if (!strcmp(c->name, "flushall") || !strcmp(c->name, "flushdb")) {
 		a->pend.len = 0;
+		a->tx_in = false; /* a transaction's records after it get a MULTI of their own */
 		a->reset = true;
 		/* A rewrite whose file has not taken over: the old file is emptied now and takes
 		 * the writes after (kick_); the rewrite, of a table that is gone, ends. */
 		if (a->rewriting && a->rw_tail && !a->rw_frozen)
 			a->rw_abandon = true;
 	} else if (c->route == KV_R_KEY) {
+		tx_mark(a);
 		kv_db_record(db, &argv[1], &a->pend);
 		a->pend.oom |= kv_test_fault("record-oom");
 	} else if (c->route == KV_R_KEYS) {
 		/* COPY's source is only read: its record would be its value again. */
+		tx_mark(a);
 		for (unsigned k = c->flags & KV_F_READS_FIRST ? 1 : 0, n = kv_cmd_nkeys(c, argc);
 		     k < n; k++)
 			kv_db_record(db, &argv[1 + k * c->key_step], &a->pend);
@@ -2102,6 +2126,7 @@ kv_aof_expired(const uint8_t *key, size_t klen)
 	if (refusing(a) && backlog(a) >= backlog_max) {
 		if (a->pend.len || !a->sync_lost) {
 			rb_free(&a->pend);
+			a->tx_in = false;
 			a->rw_stale |= a->rewriting;
 			file_lost(
 				a, a->err ? a->err : -ENOBUFS,
@@ -2111,10 +2136,34 @@ kv_aof_expired(const uint8_t *key, size_t klen)
 		}
 		return;
 	}
+	tx_mark(a);
 	rb_arr(&a->pend, 2);
 	rb_bulk(&a->pend, "DEL", 3);
 	rb_bulk(&a->pend, key, klen);
 	logged(a);
+}
+
+void
+kv_aof_tx_begin(void)
+{
+	struct aof *a = me();
+
+	a->tx_open = a->open;
+	a->tx_in = false;
+}
+
+void
+kv_aof_tx_end(void)
+{
+	struct aof *a = me();
+
+	a->tx_open = false;
+	if (!a->tx_in)
+		return;
+	a->tx_in = false;
+	rb_arr(&a->pend, 1);
+	rb_bulk(&a->pend, "EXEC", 4);
+	logged(a); /* no memory for it: the records go, and the table is written instead */
 }
 
 const char *
@@ -2614,7 +2663,10 @@ rw_begin(struct aof *a, bool *wrote)
 				a->id, path, strerror(errno));
 	}
 	a->rw_old_batch = a->st == A_WRITING || a->st == A_FAILED;
-	a->rw_from = a->off + (a->rw_old_batch ? a->wlen : 0) + a->pend.len;
+	/* Begun inside a transaction (BGREWRITEAOF queued in MULTI, --shards 1): the tail
+	 * starts at its MULTI, which would otherwise be cut off from its EXEC (its records
+	 * before the rewrite are in the snapshot as well: applied twice, the same table). */
+	a->rw_from = a->off + (a->rw_old_batch ? a->wlen : 0) + (a->tx_in ? a->tx_at : a->pend.len);
 	a->rw_copied = 0;
 	a->rw_gap = 0;
 	/* A FLUSHALL not yet applied to the file is in the snapshot: the new file must not be

@@ -363,6 +363,11 @@ int kv_aof_preload(void);
 int kv_aof_shard_start(struct kv_db *db);
 /* After a write command ran on this shard: append the new state of the keys it named. */
 void kv_aof_log(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv, unsigned argc);
+/* A transaction's commands run between these two (tx_run): the records they append go
+ * between MULTI and EXEC, so that a start applies all of them or, the file ending inside
+ * them, none. One that appends nothing writes no MULTI. */
+void kv_aof_tx_begin(void);
+void kv_aof_tx_end(void);
 /* The store deleted @key because it expired (lazily, by the sweep, RANDOMKEY's draw): append
  * DEL @key, as Redis propagates one (nothing while the files are replayed, or after the
  * stop). */

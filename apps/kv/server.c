@@ -1246,6 +1246,8 @@ tx_run(struct kmsg *m)
 		}
 	}
 	rb_arr(&m->rep, m->tx);
+	if (kv_cfg.aof)
+		kv_aof_tx_begin();
 	for (unsigned i = 0; i < m->tx; i++) {
 		const struct kv_cmd *c;
 		size_t at = m->rep.len;
@@ -1269,6 +1271,8 @@ tx_run(struct kmsg *m)
 			kv_reply_over(&m->rep, start, at, c->flags & KV_F_WRITE);
 		off += (size_t)r;
 	}
+	if (kv_cfg.aof)
+		kv_aof_tx_end();
 out:
 	kv_clock_thaw();
 	args_shrink(&ks->argv, &ks->argv_cap, &ks->scratch, &ks->scratch_cap);

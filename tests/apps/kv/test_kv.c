@@ -5774,6 +5774,206 @@ Test(kv_server, a_start_that_cannot_write_its_files_leaves_no_new_file)
 	rm_dir(dir);
 }
 
+/* For the transaction tests: write @n bytes of @b to @dir/appendonly-@idx.aof. */
+static void
+put_aof(const char *dir, unsigned idx, const char *b, size_t n)
+{
+	char p[512];
+	FILE *f;
+
+	snprintf(p, sizeof(p), "%s/appendonly-%u.aof", dir, idx);
+	f = fopen(p, "w");
+	cr_assert(f, "%s: %s", p, strerror(errno));
+	cr_assert_eq(fwrite(b, 1, n, f), n);
+	cr_assert_eq(fclose(f), 0);
+}
+
+/* Run SET {t}pre 0, then MULTI SET {t}a 1, SET {t}b 2, INCR {t}pre EXEC on 2 shards under
+ * appendfsync always, and stop: the bytes of both files into @f[0..1] (@n, their sizes);
+ * returns the file that holds the transaction (its keys share a hash tag: one shard). */
+static unsigned
+tx_files(const char *dir, char (*f)[1 << 14], long *n)
+{
+	static const char bset[] = "*3\r\n$3\r\nSET\r\n$4\r\n{t}b\r\n";
+	unsigned tx = 2;
+	struct srv s;
+	struct rd r;
+
+	srv_start(&s, 2, "--appendonly", "yes", "--appendfsync", "always", "--dir", dir, NULL);
+	rd_init(&r, test_connect(s.port));
+	expect(&r, "SET {t}pre 0", "+OK\r\n");
+	expect(&r, "MULTI", "+OK\r\n");
+	expect(&r, "SET {t}a 1", "+QUEUED\r\n");
+	expect(&r, "SET {t}b 2", "+QUEUED\r\n");
+	expect(&r, "INCR {t}pre", "+QUEUED\r\n");
+	expect(&r, "EXEC", "*3\r\n+OK\r\n+OK\r\n:1\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+	for (unsigned i = 0; i < 2; i++) {
+		char name[32];
+
+		snprintf(name, sizeof(name), "appendonly-%u.aof", i);
+		n[i] = get_file(dir, name, f[i], sizeof(f[i]));
+		cr_assert_geq(n[i], 0, "no %s", name);
+		if (memmem(f[i], (size_t)n[i], bset, sizeof(bset) - 1))
+			tx = i;
+	}
+	cr_assert_lt(tx, 2, "no file holds the transaction's records");
+	return tx;
+}
+
+/* A transaction's records are written between MULTI and EXEC, as Redis writes them, and a
+ * file that ends inside one (a crash in the middle of its write: here cut before the
+ * record of its second SET, inside it, at its last record's end and inside its EXEC) is
+ * cut before its MULTI at the next start, with a line that says so: none of the
+ * transaction is applied, the write before it is, and the file then takes new records
+ * that the start after finds (no open MULTI left in it, as Redis leaves one when the cut
+ * is inside a record, and reverts it only at the start after). Before, nothing marked a
+ * transaction in the file: the start applied the records that were whole, half of it
+ * (redis-server 7.0.15 reverts it: "Revert incomplete MULTI/EXEC transaction"). */
+Test(kv_server, aof_a_transaction_cut_short_by_a_crash_is_reverted_whole)
+{
+	static char f[2][1 << 14];
+	static const char bset[] = "*3\r\n$3\r\nSET\r\n$4\r\n{t}b\r\n";
+	char dir[64], path[512], want[700];
+	long n[2], at, cuts[4];
+	unsigned tx;
+	struct srv s;
+	struct rd r;
+	char *got;
+
+	mk_dir(dir, sizeof(dir));
+	tx = tx_files(dir, f, n);
+	at = (long)((char *)memmem(f[tx], (size_t)n[tx], bset, sizeof(bset) - 1) - f[tx]);
+	cuts[0] = at;         /* at the record of SET {t}b 2 */
+	cuts[1] = at + 10;    /* inside it */
+	cuts[2] = n[tx] - 14; /* the length of an EXEC record short of the end */
+	cuts[3] = n[tx] - 1;  /* the last byte short */
+	snprintf(path, sizeof(path), "%s/appendonly-%u.aof", dir, tx);
+	for (unsigned c = 0; c < 4; c++) {
+		put_aof(dir, tx, f[tx], (size_t)cuts[c]);
+		put_aof(dir, !tx, f[!tx], (size_t)n[!tx]);
+		srv_start(&s, 2, "--appendonly", "yes", "--appendfsync", "always", "--dir", dir,
+			  NULL);
+		rd_init(&r, test_connect(s.port));
+		test_send_all(r.fd, "MGET {t}pre {t}a {t}b\r\n", 23);
+		got = rd_next(&r, NULL);
+		cr_assert(got && !strcmp(got, "*3\r\n$1\r\n0\r\n$-1\r\n$-1\r\n"),
+			  "the file cut at %ld of %ld, inside the transaction: MGET {t}pre {t}a "
+			  "{t}b gave %s (pre 0, a and b missing: none of it applied)",
+			  cuts[c], n[tx], got);
+		snprintf(want, sizeof(want),
+			 "%s: the file ends inside a transaction: its MULTI at offset ", path);
+		cr_assert(strstr(start_log, want), "the file cut at %ld: no line '%s' in:\n%s",
+			  cuts[c], want, start_log);
+		expect(&r, "SET {t}c 3", "+OK\r\n");
+		rd_free(&r);
+		srv_kill9(&s);
+		srv_start(&s, 2, "--appendonly", "yes", "--dir", dir, NULL);
+		rd_init(&r, test_connect(s.port));
+		expect(&r, "MGET {t}pre {t}a {t}b {t}c",
+		       "*4\r\n$1\r\n0\r\n$-1\r\n$-1\r\n$1\r\n3\r\n");
+		rd_free(&r);
+		srv_stop(&s);
+	}
+	rm_dir(dir);
+}
+
+/* A transaction's writes are in the file between MULTI and EXEC, as Redis writes them
+ * (Redis 7.0 leaves out the markers around a single write; 6.2 writes them, as here), and a
+ * start (on another shard count) applies it whole; a transaction that writes nothing
+ * writes no MULTI either. */
+Test(kv_server, aof_a_whole_transaction_is_written_between_multi_and_exec)
+{
+	static char f[2][1 << 14], g[1 << 14];
+	static const char multi[] = "*1\r\n$5\r\nMULTI\r\n", exec[] = "*1\r\n$4\r\nEXEC\r\n";
+	static const char aset[] = "*3\r\n$3\r\nSET\r\n$4\r\n{t}a\r\n$1\r\n1\r\n";
+	static const char pre1[] = "*3\r\n$3\r\nSET\r\n$6\r\n{t}pre\r\n$1\r\n1\r\n";
+	static const char one[] = "*3\r\n$3\r\nSET\r\n$6\r\n{t}one\r\n$1\r\n1\r\n";
+	char dir[64], name[32], want[128];
+	long n[2], l = -1, l2 = -1;
+	unsigned tx, i;
+	struct srv s;
+	struct rd r;
+	char *m;
+
+	mk_dir(dir, sizeof(dir));
+	tx = tx_files(dir, f, n);
+	m = memmem(f[tx], (size_t)n[tx], multi, sizeof(multi) - 1);
+	cr_assert(m, "no MULTI in the file of the transaction");
+	cr_assert(!memcmp(m + sizeof(multi) - 1, aset, sizeof(aset) - 1),
+		  "the MULTI is not right before the transaction's first record");
+	cr_assert_eq(f[tx] + n[tx] - (m + sizeof(multi) - 1),
+		     (long)(sizeof(aset) - 1) * 2 + (long)sizeof(pre1) - 1 + (long)sizeof(exec) - 1,
+		     "not SET SET SET EXEC after the MULTI");
+	cr_assert(!memcmp(f[tx] + n[tx] - (sizeof(exec) - 1), exec, sizeof(exec) - 1),
+		  "the file does not end with the EXEC");
+	srv_start(&s, 3, "--appendonly", "yes", "--appendfsync", "always", "--dir", dir, NULL);
+	rd_init(&r, test_connect(s.port));
+	expect(&r, "MGET {t}pre {t}a {t}b", "*3\r\n$1\r\n1\r\n$1\r\n1\r\n$1\r\n2\r\n");
+	expect(&r, "MULTI", "+OK\r\n");
+	expect(&r, "SET {t}one 1", "+QUEUED\r\n");
+	expect(&r, "GET {t}one", "+QUEUED\r\n");
+	expect(&r, "EXEC", "*2\r\n+OK\r\n$1\r\n1\r\n");
+	for (i = 0; i < 3; i++) {
+		snprintf(name, sizeof(name), "appendonly-%u.aof", i);
+		l = get_file(dir, name, g, sizeof(g));
+		if (l > 0 && memmem(g, (size_t)l, "{t}one", 6))
+			break;
+	}
+	cr_assert_lt(i, 3, "no file holds SET {t}one 1");
+	snprintf(want, sizeof(want), "%s%s%s", multi, one, exec);
+	cr_assert(l >= (long)strlen(want) && !memcmp(g + l - strlen(want), want, strlen(want)),
+		  "the transaction of one SET is not MULTI SET EXEC at the end of %s", name);
+	/* reads only, and a write that changes nothing: nothing written */
+	expect(&r, "MULTI", "+OK\r\n");
+	expect(&r, "GET {t}one", "+QUEUED\r\n");
+	expect(&r, "DEL {t}none", "+QUEUED\r\n");
+	expect(&r, "EXEC", "*2\r\n$1\r\n1\r\n:0\r\n");
+	expect(&r, "SET {t}two 2", "+OK\r\n");
+	l2 = get_file(dir, name, g, sizeof(g));
+	snprintf(want, sizeof(want), "%s", "*3\r\n$3\r\nSET\r\n$6\r\n{t}two\r\n$1\r\n2\r\n");
+	cr_assert_eq(l2, l + (long)strlen(want), "a transaction that wrote nothing wrote %ld bytes",
+		     l2 - l - (long)strlen(want));
+	rd_free(&r);
+	srv_stop(&s);
+	rm_dir(dir);
+}
+
+/* A BGREWRITEAOF queued inside a transaction (--shards 1) starts while the transaction's
+ * records gather: the rewrite's copy of the old file's tail starts at the transaction's
+ * MULTI, not after the records gathered before the BGREWRITEAOF, so the new file holds the
+ * transaction whole (its first records in the snapshot as well, which is harmless) and a
+ * start takes it. From after them, the tail held the rest of the transaction and its EXEC
+ * without its MULTI: damage, and the start refused the file. */
+Test(kv_server, aof_a_rewrite_begun_inside_a_transaction_keeps_it_whole)
+{
+	char dir[64];
+	struct srv s;
+	struct rd r;
+
+	mk_dir(dir, sizeof(dir));
+	srv_start(&s, 1, "--appendonly", "yes", "--appendfsync", "always", "--dir", dir, NULL);
+	rd_init(&r, test_connect(s.port));
+	expect(&r, "SET pre 0", "+OK\r\n");
+	expect(&r, "MULTI", "+OK\r\n");
+	expect(&r, "SET a 1", "+QUEUED\r\n");
+	expect(&r, "BGREWRITEAOF", "+QUEUED\r\n");
+	expect(&r, "SET b 2", "+QUEUED\r\n");
+	expect(&r, "EXEC",
+	       "*3\r\n+OK\r\n+Background append only file rewriting started\r\n+OK\r\n");
+	wait_rewrites(s.port, 1);
+	expect(&r, "SET after 3", "+OK\r\n");
+	rd_free(&r);
+	srv_kill9(&s);
+	srv_start(&s, 2, "--appendonly", "yes", "--dir", dir, NULL);
+	rd_init(&r, test_connect(s.port));
+	expect(&r, "MGET pre a b after", "*4\r\n$1\r\n0\r\n$1\r\n1\r\n$1\r\n2\r\n$1\r\n3\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+	rm_dir(dir);
+}
+
 /* A start reads its files a window at a time (KEEL_KV_AOF_LOAD_WINDOW=1000 here, 8 MiB by
  * default): records across windows, two 300 KB values larger than a window (one with an
  * expiry), and a torn record at the end; on 2 shards, each of which reads the file for its keys.
