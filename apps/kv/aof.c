@@ -2100,11 +2100,23 @@ kv_aof_log(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv, unsi
 		a->pend.oom |= kv_test_fault("record-oom");
 	} else if (c->route == KV_R_KEYS) {
 		/* COPY's source is only read: its record would be its value again. */
+		unsigned k = c->flags & KV_F_READS_FIRST ? 1 : 0, n = kv_cmd_nkeys(c, argc);
+		/* A command of several records (MSET, DEL of several keys, RENAME's DEL and SET)
+		 * goes between MULTI and EXEC as a transaction does, so that a file cut between
+		 * them brings back none of it (RENAME's DEL alone lost the value). */
+		bool own_tx = !a->tx_open && n - k > 1;
+
+		if (own_tx)
+			kv_aof_tx_begin();
 		tx_mark(a);
-		for (unsigned k = c->flags & KV_F_READS_FIRST ? 1 : 0, n = kv_cmd_nkeys(c, argc);
-		     k < n; k++)
+		for (; k < n; k++)
 			kv_db_record(db, &argv[1 + k * c->key_step], &a->pend);
 		a->pend.oom |= kv_test_fault("record-oom");
+		if (own_tx) {
+			logged(a);
+			kv_aof_tx_end();
+			return;
+		}
 	}
 	logged(a);
 }

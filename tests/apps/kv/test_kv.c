@@ -6956,3 +6956,58 @@ Test(kv_server, object_and_memory_usage_reply_as_redis_7)
 	rd_free(&r);
 	srv_stop(&s);
 }
+
+/* A command of several records on one shard (MSET of two keys, RENAME's DEL of the old name
+ * and SET of the new) goes between MULTI and EXEC, as a transaction's records do, so a file
+ * cut between its records brings back none of it. Before, they were written bare: the file
+ * cut after the first brought back half an MSET, and a RENAME's DEL without its SET, the
+ * value gone under both names (Redis writes either as one command). */
+Test(kv_server, aof_a_command_of_several_records_cut_short_is_reverted_whole)
+{
+	static const char *const cmds[] = { "MSET {m}a 1 {m}b 2", "RENAME {m}old {m}new" };
+	static const char *const second[] = { "*3\r\n$3\r\nSET\r\n$4\r\n{m}b\r\n",
+					      "*3\r\n$3\r\nSET\r\n$6\r\n{m}new\r\n" };
+	static const char *const want[] = { "*2\r\n$-1\r\n$-1\r\n", "*2\r\n$1\r\nv\r\n$-1\r\n" };
+	static const char *const keys[] = { "MGET {m}a {m}b", "MGET {m}old {m}new" };
+	static char f[2][1 << 14];
+	char dir[64], name[32];
+	long n[2];
+
+	for (unsigned c = 0; c < 2; c++) {
+		unsigned file = 2;
+		const char *at = NULL;
+		struct srv s;
+		struct rd r;
+
+		mk_dir(dir, sizeof(dir));
+		srv_start(&s, 2, "--appendonly", "yes", "--appendfsync", "always", "--dir", dir,
+			  NULL);
+		rd_init(&r, test_connect(s.port));
+		if (c == 1)
+			expect(&r, "SET {m}old v", "+OK\r\n");
+		expect(&r, cmds[c], "+OK\r\n");
+		rd_free(&r);
+		srv_stop(&s);
+		for (unsigned i = 0; i < 2; i++) {
+			const char *m;
+
+			snprintf(name, sizeof(name), "appendonly-%u.aof", i);
+			n[i] = get_file(dir, name, f[i], sizeof(f[i]));
+			cr_assert_geq(n[i], 0, "no %s", name);
+			m = memmem(f[i], (size_t)n[i], second[c], strlen(second[c]));
+			if (m) {
+				file = i;
+				at = m;
+			}
+		}
+		cr_assert_lt(file, 2, "%s: no file holds its second record", cmds[c]);
+		put_aof(dir, file, f[file], (size_t)(at - f[file])); /* cut before it */
+		put_aof(dir, !file, f[!file], (size_t)n[!file]);
+		srv_start(&s, 2, "--appendonly", "yes", "--dir", dir, NULL);
+		rd_init(&r, test_connect(s.port));
+		expect(&r, keys[c], want[c]);
+		rd_free(&r);
+		srv_stop(&s);
+		rm_dir(dir);
+	}
+}
