@@ -91,6 +91,7 @@ struct aof {
 	bool backlog_held;      /* over backlog_max: the shard's connections stop reading */
 	bool held_by_others;    /* ... or another shard's was, and held them (held_shards) */
 	uint64_t backlog_holds; /* times it got there (INFO aof_backlog_holds) */
+	uint64_t backlog_waits; /* times another's held them (INFO aof_backlog_waits) */
 	uint64_t replies_held;  /* replies that waited for their sync (always; INFO) */
 	int err;                /* the last write error (writes are refused while set) */
 	/* A sync failed (its error): the file may lack records it seems to hold, so it is
@@ -174,7 +175,7 @@ struct aof {
 	unsigned id;
 	/* What INFO on any shard reads (published by this shard: publish()). */
 	_Atomic uint64_t pub_size, pub_rewrites, pub_sync_errors, pub_buffered, pub_holds,
-		pub_replies_held, pub_base, pub_rw_fails;
+		pub_replies_held, pub_base, pub_rw_fails, pub_waits;
 	_Atomic bool pub_rewriting, pub_err, pub_rw_failed;
 	_Atomic int pub_errno; /* kv_aof_error's errno, for other shards (kv_aof_error_on) */
 };
@@ -237,6 +238,7 @@ publish(struct aof *a)
 	atomic_store_explicit(&a->pub_sync_errors, a->sync_errors, memory_order_relaxed);
 	atomic_store_explicit(&a->pub_buffered, backlog(a), memory_order_relaxed);
 	atomic_store_explicit(&a->pub_holds, a->backlog_holds, memory_order_relaxed);
+	atomic_store_explicit(&a->pub_waits, a->backlog_waits, memory_order_relaxed);
 	atomic_store_explicit(&a->pub_replies_held, a->replies_held, memory_order_relaxed);
 	atomic_store_explicit(&a->pub_rewriting, a->rewriting, memory_order_relaxed);
 	atomic_store_explicit(&a->pub_rw_failed, a->rw_failed, memory_order_relaxed);
@@ -384,7 +386,11 @@ kv_aof_backlog_full(void)
 		return true;
 	if (!atomic_load_explicit(&held_shards, memory_order_relaxed))
 		return false;
-	a->held_by_others = true; /* resumed by the releasing shard's message, or on_tick */
+	if (!a->held_by_others) {
+		a->held_by_others = true; /* resumed by the releasing shard's message, or on_tick */
+		a->backlog_waits++;
+		publish(a);
+	}
 	return true;
 }
 
@@ -2718,6 +2724,7 @@ kv_aof_info(struct rbuf *out)
 {
 	char line[768];
 	uint64_t size = 0, rewrites = 0, sync_errors = 0, buffered = 0, holds = 0, held = 0;
+	uint64_t waits = 0;
 	uint64_t base = 0, fails = 0;
 	bool rw = false, err = false, rw_failed = false;
 	int n;
@@ -2735,6 +2742,7 @@ kv_aof_info(struct rbuf *out)
 		sync_errors += atomic_load_explicit(&aofs[i].pub_sync_errors, memory_order_relaxed);
 		buffered += atomic_load_explicit(&aofs[i].pub_buffered, memory_order_relaxed);
 		holds += atomic_load_explicit(&aofs[i].pub_holds, memory_order_relaxed);
+		waits += atomic_load_explicit(&aofs[i].pub_waits, memory_order_relaxed);
 		held += atomic_load_explicit(&aofs[i].pub_replies_held, memory_order_relaxed);
 	}
 	n = snprintf(line, sizeof(line),
@@ -2743,12 +2751,13 @@ kv_aof_info(struct rbuf *out)
 		     "aof_rewrites:%llu\r\naof_rewrites_consecutive_failures:%llu\r\n"
 		     "aof_current_size:%llu\r\naof_base_size:%llu\r\naof_buffer_length:%llu\r\n"
 		     "aof_last_write_status:%s\r\naof_sync_errors:%llu\r\n"
-		     "aof_backlog_holds:%llu\r\naof_replies_held:%llu\r\n\r\n",
+		     "aof_backlog_holds:%llu\r\naof_backlog_waits:%llu\r\n"
+		     "aof_replies_held:%llu\r\n\r\n",
 		     kv_cfg.aof, rw, rw_failed ? "err" : "ok", (unsigned long long)rewrites,
 		     (unsigned long long)fails, (unsigned long long)size, (unsigned long long)base,
 		     (unsigned long long)buffered, err ? "err" : "ok",
 		     (unsigned long long)sync_errors, (unsigned long long)holds,
-		     (unsigned long long)held);
+		     (unsigned long long)waits, (unsigned long long)held);
 	rb_put(out, line, (size_t)n);
 }
 

@@ -1014,12 +1014,17 @@ connect_to_shard(int port, unsigned shard)
 
 /* The same with two shards, shard 1's disk slow and shard 0's not, and a connection on
  * shard 0 whose SETs go to both: half of them are records for shard 1, which holds no
- * connection of its own. Its backlog held must hold shard 0's connection too; else the
- * records it is handed grow to half the pipeline (about 400 KB). */
+ * connection of its own. Its backlog held must hold shard 0's connection too
+ * (aof_backlog_waits: the times a shard's connections waited for another's backlog); else
+ * the records it is handed grow to half the pipeline (about 400 KB). The peak is not
+ * checked against a bound: shard 1's backlog passes its own by the records shard 0 handed
+ * it before the hold reached shard 0's connection, and how many that is depends on how the
+ * two threads are scheduled (69-166 KB in twelve idle ASan runs, 240 KB in a CI run, 303
+ * KB with builds running beside it, against 289-460 KB without the hold), so a bound
+ * there failed now and then with the hold working; the count says whether it held. */
 Test(faults_kv, aof_a_slow_shards_backlog_holds_the_connections_of_the_others)
 {
 	char dir[] = "/tmp/keel-kv-aof-backlog2-XXXXXX";
-	uint64_t peak;
 	struct proc p;
 	int fd;
 
@@ -1034,18 +1039,11 @@ Test(faults_kv, aof_a_slow_shards_backlog_holds_the_connections_of_the_others)
 		cr_skip_test("no connection landed on shard 0 (CPU steering: shards not on CPUs "
 			     "0 and 1 here)");
 	}
-	peak = sets_backlog_peak(p.port, fd);
-	/* Each shard's backlog within the bound, and its half and a record and the batch in
-	 * flight of slack, as above; and shard 1's over it by the records shard 0 had handed
-	 * it before the hold reached shard 0's connection (those waiting in shard 1's queue
-	 * when it got to the bound: peaks of 69-166 KB in twelve idle ASan runs; 240 KB in a
-	 * clean-clone CI run on the 2-CPU VM, 8.8 KB past an allowance of 96 KiB, so 128 KiB
-	 * allowed, a bound of 264 KB). Without the hold reaching shard 0 the records for
-	 * shard 1 reached 289 to 460 KB (ASan build, idle and loaded; 373-447 KB in eight idle
-	 * runs of the thirty-ninth session). */
-	cr_assert_leq(peak, 2 * (65536 + 2 * 420) + 128 * 1024,
-		      "records waiting for the disks: %llu bytes", (unsigned long long)peak);
-	cr_assert_geq(persistence_field(p.port, "aof_backlog_holds:"), 1);
+	sets_backlog_peak(p.port, fd);
+	cr_assert_geq(persistence_field(p.port, "aof_backlog_holds:"), 1,
+		      "shard 1's backlog never reached its bound: the test shows nothing");
+	cr_assert_geq(persistence_field(p.port, "aof_backlog_waits:"), 1,
+		      "shard 1's held backlog never held shard 0's connection");
 	close(fd);
 	proc_stop(&p);
 	rm_dir(dir);
