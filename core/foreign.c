@@ -88,9 +88,12 @@ keel_runtime_submit(struct keel_runtime *rt, unsigned shard, struct keel_xreq *r
 	atomic_store(&s->xpending, 1);
 	/* Woken under the lock: the shard takes it to run the request, so once it is released
 	 * the request may complete and its owner stop and destroy the runtime; nothing of the
-	 * shard may be touched after. */
+	 * shard may be touched after. Through its eventfd, at once, also from a shard of its
+	 * runtime: a MSG_RING would wait in the caller's ring for its next io_uring_enter (the
+	 * end of its pass, or of a long callback), and the flag taken here tells every other
+	 * waker meanwhile that the shard is awake. */
 	if (atomic_load(&s->sleeping) && atomic_exchange(&s->sleeping, 0))
-		keel__shard_wake(s, keel__cur);
+		keel__shard_wake(s, NULL);
 	pthread_mutex_unlock(&s->xlock);
 	return 0;
 }

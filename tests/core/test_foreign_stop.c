@@ -559,3 +559,68 @@ Test(core_foreign_stop, a_stop_from_a_thread_with_a_pending_cancel_wakes_the_sha
 	cr_assert_eq(keel_runtime_join(c.rt), 0); /* woken: it ends */
 	keel_runtime_destroy(c.rt);
 }
+
+/* keel_runtime_submit from a shard's callback to a sleeping shard of the same runtime: the
+ * wake-up went as a MSG_RING prepared in the caller's own ring, which reaches the kernel at
+ * the caller's next io_uring_enter, but it took the target's sleeping flag at once, so a
+ * host thread's request to the target after it found the shard "awake" and woke nothing:
+ * both waited for the caller's callback to return (here held until the host's request ran,
+ * or 20 s). The wake-up now goes through the target's eventfd, at once. */
+static struct {
+	struct keel_runtime *rt;
+	struct keel_xreq r1;
+	_Atomic int r1_sent, release;
+} sw;
+
+static void
+sw_complete(struct keel_xreq *req)
+{
+	keel_xreq_complete(req, 0);
+}
+
+static void
+sw_hold(struct keel_xreq *req)
+{
+	struct timespec ts = { 0, 1000 * 1000 };
+
+	/* Shard 1 asleep: the submit below is what wakes it. */
+	for (int i = 0; i < 20000 && !atomic_load(&sw.rt->shards[1].sleeping); i++)
+		nanosleep(&ts, NULL);
+	sw.r1 = (struct keel_xreq){ .fn = sw_complete };
+	SHARD_CHECK_EQ(keel_runtime_submit(sw.rt, 1, &sw.r1), 0);
+	atomic_store(&sw.r1_sent, 1);
+	for (int i = 0; i < 20000 && !atomic_load(&sw.release); i++)
+		nanosleep(&ts, NULL);
+	keel_xreq_complete(req, 0);
+}
+
+Test(core_foreign_stop, a_submit_from_a_shard_wakes_its_target_at_once, .timeout = 90)
+{
+	struct keel_opts o = test_opts(2);
+	struct keel_xreq r0 = { .fn = sw_hold }, r2 = { .fn = sw_complete }, *out;
+	struct keel_xqueue *q;
+	struct timespec ts = { 0, 1000 * 1000 };
+	int got;
+
+	o.idle_poll_us = 0;
+	o.wait_coalesce_us = 0;
+	cr_assert_eq(keel_xqueue_create(&q), 0);
+	cr_assert_eq(keel_runtime_create(&o, &sw.rt), 0);
+	cr_assert_eq(keel_runtime_start(sw.rt, NULL, NULL), 0);
+	cr_assert_eq(keel_runtime_submit(sw.rt, 0, &r0), 0);
+	for (int i = 0; i < 30000 && !atomic_load(&sw.r1_sent); i++)
+		nanosleep(&ts, NULL);
+	cr_assert(atomic_load(&sw.r1_sent), "shard 0's request never ran");
+	r2.queue = q;
+	cr_assert_eq(keel_runtime_submit(sw.rt, 1, &r2), 0);
+	got = keel_xqueue_wait(q, &out, 1, KEEL_S(10));
+	atomic_store(&sw.release, 1);
+	cr_assert_eq(got, 1,
+		     "the host's request to shard 1 did not run while shard 0's callback held "
+		     "the wake-up it had taken");
+	keel_runtime_stop(sw.rt, 0);
+	cr_assert_eq(keel_runtime_join(sw.rt), 0);
+	SHARD_CHECKS_PASSED();
+	keel_runtime_destroy(sw.rt);
+	keel_xqueue_destroy(q);
+}
