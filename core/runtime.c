@@ -1074,7 +1074,9 @@ keel_runtime_join(struct keel_runtime *rt)
 	while (atomic_load(&rt->stop_calls))
 		sched_yield();
 	rt->joined = true;
-	mask_release(rt, true);
+	/* A start that failed leaves pending signals to the host, as one that failed before
+	 * its threads does: no stop of keel's was under way for them to belong to. */
+	mask_release(rt, !rt->start_err);
 	if (rt->opts.stats)
 		stats_report(rt);
 #ifdef KEEL_FAULTS

@@ -54,7 +54,8 @@ KEEL_API int keel_runtime_create(const struct keel_opts *opts, struct keel_runti
  * Returns: 0, or -errno when a shard failed to start (all shards are then stopped and joined;
  * keel_runtime_join returns the same error). A failure before any shard thread existed
  * (signalfd or eventfd: descriptors ran out) leaves nothing open, and start may be called
- * again.
+ * again. A failed start gives the thread's mask back and leaves a SIGINT or SIGTERM that
+ * came meanwhile pending for the host.
  * Context: the thread that created the runtime; once (but for that retry).
  */
 KEEL_API int keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start, void *app);
