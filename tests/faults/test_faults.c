@@ -1296,17 +1296,6 @@ Test(faults_sqe, a_udp_send_that_was_cancelled_is_counted_lost)
  * descriptor's slot by a files update fail with -EIO. */
 extern _Atomic unsigned keel__net_fail_files_update;
 
-static void
-stuck_on_start(void *arg)
-{
-	struct srv *s = arg;
-	int r = keel_listener_start(s->l);
-
-	if (r < 0)
-		keel_stop(r);
-	atomic_fetch_add(&s->started, 1);
-}
-
 /* A connection dropped over max_conns whose direct slot could not be cleared keeps its slot
  * (its socket stays open until the shard ends); keel counted the slot free, so with the
  * table otherwise full an accept was armed on it: the kernel took the next connection off
@@ -1337,7 +1326,7 @@ Test(faults_net, a_direct_slot_whose_clearing_failed_stays_counted_as_taken, .ti
 	lo.max_conns = 1;
 	cr_assert_eq(keel_listener_create(&lo, 1, &echo_ops, &s, &s.l), 0);
 	s.port = keel_listener_port(s.l);
-	cr_assert_eq(keel_runtime_start(s.rt, stuck_on_start, &s), 0);
+	cr_assert_eq(keel_runtime_start(s.rt, srv_on_start, &s), 0);
 
 	a = cli_connect(s.port); /* open: one slot */
 	cr_assert_geq(a, 0);

@@ -48,6 +48,9 @@ void shard_hold_fini(struct shard_hold *h);
 void shard_hold(struct shard_hold *h, struct keel_runtime *rt, unsigned shard);
 /* Lets the shard go; returns once the shard is done with @h (it may then go out of scope). */
 void shard_hold_release(struct shard_hold *h);
+/* A runtime's on_start for @arg, a struct srv: start its listener (keel_stop on failure),
+ * count the shard in started. */
+void srv_on_start(void *arg);
 /* Start an echo server on 127.0.0.1:0 with @o (NULL: defaults) and @nc (NULL: defaults). */
 int srv_start(struct srv *s, const struct keel_opts *o, const struct keel_net_config *nc,
 	      const struct keel_conn_ops *ops);

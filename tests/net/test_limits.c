@@ -22,16 +22,6 @@
 #include "../../net/net_internal.h"
 #include "helpers.h"
 
-static void
-limits_on_start(void *arg)
-{
-	struct srv *s = arg;
-	int r = keel_listener_start(s->l);
-	if (r < 0)
-		keel_stop(r);
-	atomic_fetch_add(&s->started, 1);
-}
-
 /* An echo server on one shard whose listener keeps at most @max connections. */
 static void
 limited_start(struct srv *s, uint32_t max)
@@ -50,7 +40,7 @@ limited_start(struct srv *s, uint32_t max)
 	lo.max_conns = max;
 	cr_assert_eq(keel_listener_create(&lo, 1, &echo_ops, s, &s->l), 0);
 	s->port = keel_listener_port(s->l);
-	cr_assert_eq(keel_runtime_start(s->rt, limits_on_start, s), 0);
+	cr_assert_eq(keel_runtime_start(s->rt, srv_on_start, s), 0);
 }
 
 static void

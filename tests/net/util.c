@@ -81,8 +81,8 @@ echo_close(struct keel_conn *c, int status)
 
 const struct keel_conn_ops echo_ops = { .on_data = echo_data, .on_close = echo_close };
 
-static void
-on_start(void *arg)
+void
+srv_on_start(void *arg)
 {
 	struct srv *s = arg;
 	int r = keel_listener_start(s->l);
@@ -118,7 +118,7 @@ srv_start(struct srv *s, const struct keel_opts *o, const struct keel_net_config
 		return r;
 	}
 	s->port = keel_listener_port(s->l);
-	r = keel_runtime_start(s->rt, on_start, s);
+	r = keel_runtime_start(s->rt, srv_on_start, s);
 	if (r < 0) {
 		keel_runtime_destroy(s->rt);
 		keel_listener_destroy(s->l);
