@@ -127,25 +127,36 @@ kv_opt_find(const char *name)
 	return -1;
 }
 
-/* "100", "64k", "100mb", "1gb" (Redis's memtoll, case-insensitive). */
+/* "100", "100b", "64k", "64kb", "100mb", "1gb", as Redis's memtoll reads them (case does
+ * not matter): k, m and g are powers of 1000, kb, mb and gb of 1024 (redis-server 7.0.15:
+ * maxmemory 1k is 1000, 1kb 1024). keel's own options (--send-max, --memory) take powers
+ * of 1024 for either, as keel's other programs do. */
 static int
 parse_bytes(const char *s, uint64_t *out)
 {
+	static const struct {
+		const char *unit;
+		uint64_t mul;
+	} units[] = { { "", 1 },
+		      { "b", 1 },
+		      { "k", 1000 },
+		      { "kb", 1024 },
+		      { "m", 1000 * 1000 },
+		      { "mb", 1024 * 1024 },
+		      { "g", 1000 * 1000 * 1000 },
+		      { "gb", 1024 * 1024 * 1024 } };
 	char *end;
 	unsigned long long v;
-	uint64_t mul = 1;
+	uint64_t mul = 0;
 
 	errno = 0;
 	v = strtoull(s, &end, 10);
 	if (errno || *s < '0' || *s > '9') /* strtoull takes spaces and a sign */
 		return -EINVAL;
-	if (!strcasecmp(end, "k") || !strcasecmp(end, "kb"))
-		mul = 1024;
-	else if (!strcasecmp(end, "m") || !strcasecmp(end, "mb"))
-		mul = 1024 * 1024;
-	else if (!strcasecmp(end, "g") || !strcasecmp(end, "gb"))
-		mul = 1024 * 1024 * 1024;
-	else if (*end)
+	for (size_t i = 0; i < sizeof(units) / sizeof(units[0]) && !mul; i++)
+		if (!strcasecmp(end, units[i].unit))
+			mul = units[i].mul;
+	if (!mul)
 		return -EINVAL;
 	if (v > UINT64_MAX / mul)
 		return -ERANGE;

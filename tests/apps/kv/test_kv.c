@@ -7011,3 +7011,36 @@ Test(kv_server, aof_a_command_of_several_records_cut_short_is_reverted_whole)
 		rm_dir(dir);
 	}
 }
+
+/* keel-kv's own sizes read as Redis's memtoll reads them: k, m and g are powers of 1000,
+ * kb, mb and gb of 1024, and b is bytes (redis-server 7.0.15: maxmemory 1k is 1000, 1kb
+ * 1024, 100b 100, and proto-max-bulk-len 4g is 4,000,000,000). keel-kv took k as 1024 and
+ * refused b, and so refused 4g as past 4gb - 1. */
+Test(kv_server, sizes_read_as_redis_reads_them)
+{
+	static const struct {
+		const char *opt, *val, *name, *want;
+	} cases[] = {
+		{ "--maxmemory", "1k", "maxmemory", "1000" },
+		{ "--maxmemory", "1KB", "maxmemory", "1024" },
+		{ "--maxmemory", "2m", "maxmemory", "2000000" },
+		{ "--maxmemory", "100b", "maxmemory", "100" },
+		{ "--proto-max-bulk-len", "4g", "proto-max-bulk-len", "4000000000" },
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char cmd[64], want[128];
+		struct srv s;
+		struct rd r;
+
+		srv_start(&s, 1, cases[i].opt, cases[i].val, NULL);
+		rd_init(&r, test_connect(s.port));
+		snprintf(cmd, sizeof(cmd), "CONFIG GET %s", cases[i].name);
+		snprintf(want, sizeof(want), "*2\r\n$%zu\r\n%s\r\n$%zu\r\n%s\r\n",
+			 strlen(cases[i].name), cases[i].name, strlen(cases[i].want),
+			 cases[i].want);
+		expect(&r, cmd, want);
+		rd_free(&r);
+		srv_stop(&s);
+	}
+}
