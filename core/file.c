@@ -68,7 +68,7 @@ enum { ST_FIRST = 0, ST_OPEN_STATX = 1 };
 static uint32_t
 qd_of(const struct keel_shard *s)
 {
-	return s->rt->opts.file_qd ? s->rt->opts.file_qd : KEEL_FILE_QD_DEFAULT;
+	return s->rt->opts.file_qd; /* 1 to KEEL_FILE_QD_MAX: checked at create */
 }
 
 /* A refusal a person may read: kept for keel_file_last_error() and logged, at most one line

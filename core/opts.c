@@ -195,6 +195,11 @@ parse_features(const char *name, const char *s, struct keel_opts *o, char *err, 
 
 	if (strlen(s) >= sizeof(buf))
 		return keel__errf(err, errlen, -EINVAL, "%s: value too long", name);
+	/* strtok_r passes over empty items: "" or "a=on,,b=off" changed nothing, silently. */
+	if (!*s || *s == ',' || s[strlen(s) - 1] == ',' || strstr(s, ",,"))
+		return keel__errf(err, errlen, -EINVAL,
+				  "%s: '%s' has an empty item: give NAME=off|on|auto[,NAME=...]",
+				  name, s);
 	strcpy(buf, s);
 	for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
 		char *eq = strchr(tok, '=');
@@ -433,6 +438,11 @@ apply(const struct opt_desc *d, const char *name, const char *v, struct keel_opt
 	case OPT_FEATURE:
 		return parse_features(name, v, o, err, errlen);
 	case OPT_MAP:
+		/* An empty value ("--map $UNSET") meant no map, silently. */
+		if (!*v)
+			return keel__errf(err, errlen, -EINVAL,
+					  "%s: an empty path: give the map's FILE, or leave %s out",
+					  name, name);
 		o->map_path = v;
 		return 0;
 	case OPT_MEMORY: {
@@ -458,7 +468,7 @@ apply(const struct opt_desc *d, const char *name, const char *v, struct keel_opt
 	case OPT_HUGEPAGES:
 		return parse_bool(name, v, &o->hugepages, err, errlen);
 	case OPT_FILE_QD:
-		return parse_uint(name, v, 1, 65536, &o->file_qd, err, errlen);
+		return parse_uint(name, v, 1, KEEL_FILE_QD_MAX, &o->file_qd, err, errlen);
 	case OPT_STOP_DRAIN:
 		return parse_uint(name, v, 0, 86400000, &o->stop_drain_ms, err, errlen);
 	case OPT_ZCRX:

@@ -613,6 +613,13 @@ runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 			 (unsigned long long)(KEEL_ALLOC_MAX_MEMORY >> 30));
 		return -EINVAL;
 	}
+	if (opts->file_qd < 1 || opts->file_qd > KEEL_FILE_QD_MAX) {
+		/* 0 meant the default, silently, and past the most was taken as it was. */
+		keel_log(KEEL_LOG_ERROR, "core", "%s %u: from 1 to %u (keel_opts_init gives %u)",
+			 keel__opt_name(opts, "--file-qd"), opts->file_qd, KEEL_FILE_QD_MAX,
+			 KEEL_FILE_QD_DEFAULT);
+		return -EINVAL;
+	}
 	if (opts->idle_poll_us > KEEL__IDLE_POLL_US_MAX) {
 		keel_log(KEEL_LOG_ERROR, "core", "%s %u: at most %u (10 s)",
 			 keel__opt_name(opts, "--idle-poll-us"), opts->idle_poll_us,

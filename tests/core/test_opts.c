@@ -181,6 +181,18 @@ bad_poll(struct keel_opts *o)
 }
 
 static void
+zero_file_qd(struct keel_opts *o)
+{
+	o->file_qd = 0; /* taken as the default, silently */
+}
+
+static void
+big_file_qd(struct keel_opts *o)
+{
+	o->file_qd = KEEL_FILE_QD_MAX + 1; /* taken as it was */
+}
+
+static void
 bad_memory(struct keel_opts *o)
 {
 	o->memory = 1u << 20; /* every shard failed at start with "Invalid argument" */
@@ -290,6 +302,8 @@ Test(core_opts, values_set_directly_that_no_option_gives_are_refused)
 	refused_directly(bad_level, "keel_opts.log_level 99");
 	refused_directly(bad_ring, "--ring-entries 3");
 	refused_directly(bad_poll, "--idle-poll-us 4000000000");
+	refused_directly(zero_file_qd, "--file-qd 0: from 1 to 65536");
+	refused_directly(big_file_qd, "--file-qd 65537: from 1 to 65536");
 }
 
 Test(core_opts, malformed_values_are_rejected_naming_the_option)
@@ -315,6 +329,11 @@ Test(core_opts, malformed_values_are_rejected_naming_the_option)
 		{ "--feature", "warp_drive=on", "warp_drive" },
 		{ "--feature", "defer_taskrun=maybe", "defer_taskrun" },
 		{ "--stall-ms", "", "--stall-ms" },
+		/* Empty: no map and no feature change, said nowhere. */
+		{ "--map", "", "--map: an empty path" },
+		{ "--feature", "", "--feature: '' has an empty item" },
+		{ "--feature", "send_zc=on,,bundles=off", "has an empty item" },
+		{ "--feature", "send_zc=on,", "has an empty item" },
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		struct keel_opts o;

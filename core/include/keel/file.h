@@ -43,6 +43,8 @@ struct statx;
 
 /** Default per-shard limit on disk requests in the ring (--file-qd). */
 #define KEEL_FILE_QD_DEFAULT 64
+/* The most --file-qd (keel_opts.file_qd) takes. */
+#define KEEL_FILE_QD_MAX 65536
 
 /** keel_file.flags: @fd is a direct descriptor (an index in the ring's file table). */
 #define KEEL_FILE_F_FIXED (1u << 0)
