@@ -219,6 +219,7 @@ int
 keel_net_opts_parse(struct keel_net_config *c, int *argc, char **argv, char *err, size_t errlen)
 {
 	int n = *argc, out = n > 0, i, r; /* argc 0: argv[0] is the NULL */
+	const char *bulk_opt = NULL;      /* a bulk ring option given */
 
 	for (i = 1; i < n && strcmp(argv[i], "--"); i++) {
 		const char *a = argv[i], *v = NULL;
@@ -248,7 +249,17 @@ keel_net_opts_parse(struct keel_net_config *c, int *argc, char **argv, char *err
 		r = apply(d, v, c, err, errlen);
 		if (r < 0)
 			return r;
+		if (!strcmp(d->name, "--bulk-buf-count") || !strcmp(d->name, "--bulk-window"))
+			bulk_opt = d->name;
 	}
+	/* A bulk_buf_size not above buf_size is no bulk ring (--buf-size 64k turns off the
+	 * default one): its options were taken and did nothing, said nowhere. With
+	 * --bulk-buf-size 0 the ring is off as asked, its other options left as they are. */
+	if (bulk_opt && c->bulk_buf_size && c->bulk_buf_size <= c->buf_size)
+		return errf(err, errlen,
+			    "%s: there is no bulk ring (--bulk-buf-size %u is not above --buf-size "
+			    "%u): raise --bulk-buf-size above --buf-size, or leave %s out",
+			    bulk_opt, c->bulk_buf_size, c->buf_size, bulk_opt);
 	for (; i < n; i++)
 		argv[out++] = argv[i];
 	argv[out] = NULL;

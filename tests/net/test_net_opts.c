@@ -135,9 +135,20 @@ Test(net_opts, bulk_ring_off_needs_no_valid_count)
 	keel_net_config_init(&c);
 	cr_assert_eq(parse(&c, "--bulk-buf-count 3 --bulk-buf-size 0", err, sizeof(err), NULL, 0),
 		     0, "%s", err);
+	/* Not above --buf-size: no bulk ring, so the bulk options do nothing. They were taken
+	 * and said nowhere (--buf-size 64k turns off the default ring of 64k buffers). */
 	keel_net_config_init(&c);
 	cr_assert_eq(parse(&c, "--bulk-buf-count 3 --bulk-buf-size 16k", err, sizeof(err), NULL, 0),
-		     0, "not above --buf-size: no bulk ring (%s)", err);
+		     -EINVAL, "a bulk option without a bulk ring accepted");
+	cr_assert(strstr(err, "--bulk-buf-count: there is no bulk ring"), "%s", err);
+	keel_net_config_init(&c);
+	cr_assert_eq(parse(&c, "--buf-size 64k --bulk-window 1m", err, sizeof(err), NULL, 0),
+		     -EINVAL, "a bulk option without a bulk ring accepted");
+	cr_assert(strstr(err, "--bulk-window: there is no bulk ring") &&
+			  strstr(err, "raise --bulk-buf-size above --buf-size"),
+		  "%s", err);
+	keel_net_config_init(&c); /* the default ring of 64k buffers left alone: no option */
+	cr_assert_eq(parse(&c, "--buf-size 64k", err, sizeof(err), NULL, 0), 0, "%s", err);
 }
 
 Test(net_opts, config_check_names_each_field)
