@@ -154,6 +154,10 @@ cfg_load(const char *path, struct host_cfg *c)
 				goto bad;
 			}
 		} else if (!strcmp(key, "dir")) {
+			if (strlen(val) >= sizeof(c->dir)) {
+				why = "the path is longer than PATH_MAX - 1 bytes";
+				goto bad;
+			}
 			snprintf(c->dir, sizeof(c->dir), "%s", val);
 		} else if (!strcmp(key, "workers")) {
 			if (!cfg_uint(val, 64, &c->workers) || !c->workers) {
@@ -161,6 +165,10 @@ cfg_load(const char *path, struct host_cfg *c)
 				goto bad;
 			}
 		} else if (!strcmp(key, "map")) {
+			if (strlen(val) >= sizeof(c->map)) {
+				why = "the path is longer than PATH_MAX - 1 bytes";
+				goto bad;
+			}
 			snprintf(c->map, sizeof(c->map), "%s", val);
 		} else {
 			why = "unknown key";

@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
@@ -1270,10 +1271,14 @@ Test(embed, bad_config, .timeout = 60)
 
 /* Values the config used to read as something else are refused, naming the line and why:
  * a number with junk after it (7070x was 7070), one that wrapped (4294967297 was port 1),
- * a word (abc was port 0: any free port), an address cut at 63 bytes. */
+ * a word (abc was port 0: any free port), an address cut at 63 bytes, a map or directory
+ * path cut at PATH_MAX - 1 bytes (it was used cut). */
 Test(embed, a_malformed_config_value_is_refused_naming_why, .timeout = 60)
 {
-	static const char *const bad[][2] = {
+	static char long_map[PATH_MAX + 8], long_dir[PATH_MAX + 8];
+	const char *const bad[][2] = {
+		{ long_map, "the path is longer than PATH_MAX - 1 bytes" },
+		{ long_dir, "the path is longer than PATH_MAX - 1 bytes" },
 		{ "port 7070x\n", "'port' takes a number in 0..65535" },
 		{ "port 4294967297\n", "'port' takes a number in 0..65535" },
 		{ "port abc\n", "'port' takes a number in 0..65535" },
@@ -1285,6 +1290,8 @@ Test(embed, a_malformed_config_value_is_refused_naming_why, .timeout = 60)
 		{ "port\n", "no value" },
 	};
 
+	snprintf(long_map, sizeof(long_map), "map /%0*d\n", PATH_MAX - 1, 0);
+	snprintf(long_dir, sizeof(long_dir), "dir /%0*d\n", PATH_MAX - 1, 0);
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		struct host h;
 		char cmd[512], want[128];
