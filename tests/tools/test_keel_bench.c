@@ -1446,6 +1446,122 @@ Test(tools_bench, every_thread_of_a_run_keeps_to_its_cpus)
 		  seen);
 }
 
+/* A core/queue map of @n shards, all on CPU @cpu and without a NIC (docs/topology.md), in
+ * KEEL_TOOLS_TMP; its path into @path. */
+static void
+map_file(char *path, size_t len, unsigned n, long cpu)
+{
+	FILE *f;
+
+	snprintf(path, len, "%s/bench-map-%d-%u.json", KEEL_TOOLS_TMP, (int)getpid(), n);
+	f = fopen(path, "w");
+	cr_assert_not_null(f, "%s: %s", path, strerror(errno));
+	fprintf(f, "{\"keel_map\": 1, \"iface\": null, \"rx_queues\": 0, \"shards\": [");
+	for (unsigned i = 0; i < n; i++)
+		fprintf(f, "%s{\"shard\": %u, \"cpu\": %ld, \"rxq\": null}", i ? ", " : "", i, cpu);
+	fprintf(f, "]}\n");
+	cr_assert_eq(fclose(f), 0);
+}
+
+/* --map places the in-process keel server (docs/zcrx.md): keel-bench gave the runtime its
+ * own shard count (1) as if the user had, and with pinning its own CPU list, so the runtime
+ * refused every map ("--cpuset and --map both choose the CPUs", "--shards 1 but the map has
+ * 2 shards"), naming options nobody gave. The map's count decides unless --shards is given;
+ * a --shards or --cpuset the user gave is still refused beside it. */
+Test(tools_bench, the_keel_server_runs_where_its_map_says)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	char one[512], two[512], args[1024], *out;
+	static const char *const pins[] = { "", " --no-pin" };
+
+	map_file(one, sizeof(one), 1, n - 1);
+	map_file(two, sizeof(two), 2, n - 1); /* two shards share the CPU: a warning */
+	for (int p = 0; p < 2; p++) {
+		snprintf(args, sizeof(args), "pingpong --map %s%s --seconds 0.05 --warmup 0 --json",
+			 one, pins[p]);
+		cr_assert_eq(bench(args, &out), 0, "%s:\n%s", args, out);
+		cr_expect_null(strstr(out, "--cpuset"), "%s:\n%s", args, out);
+		cr_expect_null(strstr(out, "--shards"), "%s:\n%s", args, out);
+		cr_expect_eq(num(out, "shards"), 1, "%s:\n%s", args, out);
+		free(out);
+		snprintf(args, sizeof(args), "pingpong --map %s%s --seconds 0.05 --warmup 0 --json",
+			 two, pins[p]);
+		cr_assert_eq(bench(args, &out), 0, "%s:\n%s", args, out);
+		cr_expect_null(strstr(out, "--shards"), "%s:\n%s", args, out);
+		cr_expect_eq(num(out, "shards"), 2, "%s:\n%s", args, out);
+		free(out);
+	}
+	snprintf(args, sizeof(args), "serve --map %s --seconds 0.05", two);
+	cr_assert_eq(bench(args, &out), 0, "%s:\n%s", args, out);
+	cr_expect(strstr(out, "2 shards"), "%s:\n%s", args, out);
+	free(out);
+	/* What the user gave is theirs to drop. */
+	snprintf(args, sizeof(args), "pingpong --map %s --shards 1 --seconds 0.05 --warmup 0", two);
+	cr_expect_neq(bench_once(args, &out), 0, "%s:\n%s", args, out);
+	cr_expect(strstr(out, "--shards 1 but the map has 2 shards"), "%s:\n%s", args, out);
+	free(out);
+	snprintf(args, sizeof(args), "pingpong --map %s --cpuset 0 --seconds 0.05 --warmup 0", one);
+	cr_expect_neq(bench_once(args, &out), 0, "%s:\n%s", args, out);
+	cr_expect(strstr(out, "--cpuset and --map"), "%s:\n%s", args, out);
+	free(out);
+	unlink(one);
+	unlink(two);
+}
+
+/* With --map, pinned, the server's shards run on the map's CPUs and the client's threads
+ * (and the main thread and the sampler) on CPUs the map leaves free: the client's CPU slots
+ * begin after the map's CPUs, not after a count of shards keel-bench assumed. */
+Test(tools_bench, a_mapped_server_and_its_client_keep_apart)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	char srv[24], path[512], seen[1024] = "", now[1024];
+	unsigned most = 0, tasks;
+	char *argv[16];
+	int ac = 0, st;
+	bool ok = false;
+	pid_t pid;
+
+	if (n < 2)
+		cr_skip_test("needs 2 CPUs");
+	/* The server on the last CPU: the client's slots wrap to CPU 0. */
+	snprintf(srv, sizeof(srv), "%ld", n - 1);
+	map_file(path, sizeof(path), 1, n - 1);
+	argv[ac++] = (char *)KEEL_BENCH_BIN;
+	argv[ac++] = "pingpong";
+	argv[ac++] = "--map";
+	argv[ac++] = path;
+	argv[ac++] = "--seconds";
+	argv[ac++] = "1";
+	argv[ac++] = "--warmup";
+	argv[ac++] = "0.2";
+	argv[ac++] = "--json";
+	argv[ac] = NULL;
+	{
+		posix_spawn_file_actions_t fa;
+
+		posix_spawn_file_actions_init(&fa);
+		posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+		cr_assert_eq(posix_spawn(&pid, KEEL_BENCH_BIN, &fa, NULL, argv, environ), 0);
+		posix_spawn_file_actions_destroy(&fa);
+	}
+	/* Main, sampler, the server's shard and the client's. */
+	while (!ok && waitpid(pid, &st, WNOHANG) == 0) {
+		ok = tasks_keep_to(pid, 4, srv, "0", now, sizeof(now), &tasks);
+		if (tasks >= most) {
+			most = tasks;
+			memcpy(seen, now, sizeof(seen));
+		}
+		if (!ok)
+			usleep(1000);
+	}
+	if (ok)
+		cr_assert_eq(waitpid(pid, &st, 0), pid);
+	unlink(path);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "keel-bench failed (status %d)", st);
+	cr_assert(ok, "threads not kept to server CPU %s and client CPU 0; last seen:%s", srv,
+		  seen);
+}
+
 /* A port another program holds is refused by both servers, TCP or UDP: their SO_REUSEPORT
  * sockets would share it with that program unseen, its part of the traffic uncounted (the
  * epoll server did, and reported no error). */

@@ -56,6 +56,11 @@ struct bench_cfg {
 	uint32_t client_cpu0;    /* client thread i takes CPU slot client_cpu0 + i */
 	struct keel_cpuset cpus; /* --cpuset: the CPUs slot k means, in order; else CPU k */
 	bool cpus_given;
+	/* --map with the keel server in this process: its shards' CPUs, which the runtime
+	 * takes from the map (not from slots); @cpus then holds the CPUs it leaves free, for
+	 * the client's slots (net.c, map_place). */
+	struct keel_cpuset map_cpus;
+	bool map_given;
 	uint32_t busy_poll_us;      /* epoll server: epoll_wait(0) this long before blocking */
 	uint32_t gather_us;         /* epoll server: sleep this long before a blocking
 				     * epoll_wait when keel's coalescing policy says so */

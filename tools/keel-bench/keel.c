@@ -81,9 +81,17 @@ opts_for(struct keel_opts *o, const struct bench_cfg *cfg, unsigned shards, unsi
 		o->log_level = KEEL_LOG_WARN;
 		o->memory = SHARD_MEMORY;
 	}
+	o->signals = false;
+	if (o->map_path && *o->map_path) {
+		/* The server's map places its shards: the count and the CPUs stay as the user
+		 * gave them (the runtime refuses a --shards or --cpuset beside the map), not
+		 * keel-bench's default count and CPU slots, which the runtime took for the
+		 * user's and refused every map for (net.c's map_place set cfg->shards to the
+		 * map's count and the client's slots apart from its CPUs). */
+		return 0;
+	}
 	o->shards = shards;
 	o->shards_given = true;
-	o->signals = false;
 	memset(&o->cpuset, 0, sizeof(o->cpuset));
 	o->cpuset_given = false;
 	if (cfg->pin) {
@@ -303,6 +311,16 @@ serve_start(const struct bench_cfg *cfg, uint16_t *port, struct bench_server **o
 		s->rt = NULL;
 		srv_free(s);
 		return r;
+	}
+	/* With --map the runtime counted the shards itself: the per-shard state above is
+	 * cfg->shards long (the map's count as net.c read it), and must be the runtime's. */
+	if (keel_runtime_shard_count(s->rt) != s->n) {
+		fprintf(stderr,
+			"keel-bench: the keel server has %u shards where %u were expected (did "
+			"the --map file change while it started?)\n",
+			keel_runtime_shard_count(s->rt), s->n);
+		srv_free(s);
+		return -EINVAL;
 	}
 	memset(&lo, 0, sizeof(lo));
 	inet_ntop(AF_INET, &cfg->addr.sin_addr, s->addr, sizeof(s->addr));

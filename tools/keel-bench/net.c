@@ -20,8 +20,10 @@
 #include <errno.h>
 #include <keel/caps.h>
 #include <keel/net.h>
+#include <keel/topo.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -660,7 +662,9 @@ client_cpuset(const struct opts *o, const struct bench_cfg *c, struct keel_cpuse
 
 		bool shared = o->has_server_cpus && keel_cpuset_has(&o->server_cpus, cpu);
 
-		for (unsigned j = 0; !o->has_port && j < c->shards; j++)
+		if (!o->has_port && c->map_given)
+			shared |= keel_cpuset_has(&c->map_cpus, cpu);
+		for (unsigned j = 0; !o->has_port && !c->map_given && j < c->shards; j++)
 			shared |= cpu == (unsigned)bench_cpu_for(c, j);
 		if (shared) {
 			*n = 0;
@@ -949,7 +953,8 @@ run_client(struct opts *o)
 	}
 	c->seconds_ns = (uint64_t)(o->seconds * 1e9);
 	c->warmup_ns = (uint64_t)(o->warmup * 1e9);
-	c->client_cpu0 = o->has_port && c->cpus_given ? 0 : c->shards;
+	if (!c->map_given) /* else map_place set it */
+		c->client_cpu0 = o->has_port && c->cpus_given ? 0 : c->shards;
 	if (o->server_pid) {
 		uint64_t probe;
 
@@ -1278,6 +1283,70 @@ run_serve(struct opts *o)
 	return ss.errors ? 1 : 0;
 }
 
+/*
+ * --map with the keel server in this process: the map places its shards (keel.c's opts_for
+ * leaves the count and the CPUs to the runtime), so the run's shard count is the map's
+ * unless --shards was given (the runtime refuses a different one), and the client's CPU
+ * slots are the CPUs the process may use that the map leaves free, the first after the
+ * map's highest CPU (wrapping); where the map takes them all, the client shares them. A map
+ * that does not load is left to the runtime, which refuses it with the reason.
+ */
+static void
+map_place(struct opts *o)
+{
+	struct bench_cfg *c = &o->cfg;
+	struct keel_map *m;
+	cpu_set_t allowed;
+	unsigned top = 0, below = 0, nfree = 0;
+	char err[256];
+
+	if (!o->rt.map_path || !*o->rt.map_path || o->be != &bench_backend_keel ||
+	    (!o->serve && o->has_port))
+		return;
+	m = malloc(sizeof(*m));
+	if (!m || keel_map_load(o->rt.map_path, m, err, sizeof(err)) < 0 || !m->nshards ||
+	    m->nshards > KEEL_MAX_SHARDS) {
+		free(m);
+		return;
+	}
+	if (!o->rt.shards_given)
+		c->shards = m->nshards;
+	memset(&c->map_cpus, 0, sizeof(c->map_cpus));
+	for (unsigned i = 0; i < m->nshards; i++) {
+		unsigned cpu = (unsigned)m->shards[i].cpu;
+
+		keel_cpuset_add(&c->map_cpus, cpu);
+		top = cpu > top ? cpu : top;
+	}
+	free(m);
+	c->map_given = true;
+	/* With --cpuset too the runtime refuses the run (both choose the server's CPUs). */
+	if (o->rt.cpuset_given)
+		return;
+	if (sched_getaffinity(0, sizeof(allowed), &allowed) < 0) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+		CPU_ZERO(&allowed);
+		for (long cpu = 0; cpu < n && cpu < CPU_SETSIZE; cpu++)
+			CPU_SET(cpu, &allowed);
+	}
+	memset(&c->cpus, 0, sizeof(c->cpus));
+	for (unsigned cpu = 0; cpu < CPU_SETSIZE && cpu < KEEL_MAX_CPUS; cpu++)
+		if (CPU_ISSET(cpu, &allowed) && !keel_cpuset_has(&c->map_cpus, cpu)) {
+			keel_cpuset_add(&c->cpus, cpu);
+			nfree++;
+			below += cpu < top;
+		}
+	if (!nfree) {
+		for (unsigned cpu = 0; cpu < CPU_SETSIZE && cpu < KEEL_MAX_CPUS; cpu++)
+			if (CPU_ISSET(cpu, &allowed))
+				keel_cpuset_add(&c->cpus, cpu);
+		below = 0;
+	}
+	c->cpus_given = true;
+	c->client_cpu0 = below;
+}
+
 int
 bench_net(int argc, char **argv)
 {
@@ -1337,6 +1406,7 @@ bench_net(int argc, char **argv)
 	rc = parse(&o, argc, argv);
 	if (rc)
 		return rc;
+	map_place(&o);
 	if (o.be->unavailable) {
 		fprintf(stderr, "keel-bench %s: %s\n", o.prog, o.be->unavailable);
 		return 2;
