@@ -621,6 +621,70 @@ Test(tools_bench, bad_options_exit_2_naming_them)
 	}
 }
 
+/* keel's runtime options in a run with no keel runtime in the process (the epoll server and
+ * client, udp's sockets client, an external server): keel_opts_parse took them, nothing
+ * used them, and the JSON reported them as the run's ("idle_poll_us": 100 beside an epoll
+ * server). Only --shards and --cpuset place the epoll side's threads. --no-pin dropped
+ * --cpuset (or KEEL_CPUSET) unsaid. Each is refused, naming the options. */
+Test(tools_bench, runtime_options_nothing_uses_are_refused)
+{
+	static const struct {
+		const char *args, *names[2];
+	} cases[] = {
+		{ "throughput --backend epoll --idle-poll-us 100",
+		  { "--idle-poll-us", "--busy-poll-us" } },
+		{ "udp --backend epoll --wait-coalesce-us 5",
+		  { "--wait-coalesce-us", "--gather-us" } },
+		{ "serve --backend epoll --memory 128M", { "--memory", "--backend keel" } },
+		{ "pingpong --backend epoll --map /nonexistent", { "--map", "--backend keel" } },
+		{ "pingpong --client epoll --port 1 --ring-entries=64",
+		  { "--ring-entries", "--port" } },
+		{ "udp --port 1 --log-level info", { "--log-level", "--port" } },
+		{ "pingpong --no-pin --cpuset 0", { "--no-pin", "--cpuset" } },
+		{ "serve --backend epoll --cpuset 0 --no-pin", { "--no-pin", "--cpuset" } },
+	};
+	char args[256], *out;
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		/* Short, so that a run that takes the options ends soon and fails the test. */
+		snprintf(args, sizeof(args), "%s --seconds 0.05%s", cases[i].args,
+			 strncmp(cases[i].args, "serve", 5) ? " --warmup 0" : "");
+		cr_expect_eq(bench_once(args, &out), 2, "%s:\n%s", args, out);
+		for (int k = 0; k < 2; k++)
+			cr_expect(strstr(out, cases[i].names[k]), "%s: no %s in:\n%s", args,
+				  cases[i].names[k], out);
+		free(out);
+	}
+	/* --no-pin with the variable's CPU list: the message names the variable. */
+	setenv("KEEL_CPUSET", "0", 1);
+	cr_expect_eq(bench_once("pingpong --no-pin --seconds 0.05 --warmup 0", &out), 2, "%s", out);
+	cr_expect(strstr(out, "KEEL_CPUSET") && strstr(out, "--no-pin"), "%s", out);
+	unsetenv("KEEL_CPUSET");
+	free(out);
+}
+
+/* A run with no keel runtime reports no keel policy: its JSON gave keel's idle_poll_us and
+ * wait_coalesce_us (keel-bench's defaults, or what the command line asked) beside the epoll
+ * server's busy_poll_us and gather_us, which are the run's. */
+Test(tools_bench, an_epoll_run_reports_no_keel_policy)
+{
+	static const char *const runs[] = {
+		"throughput --backend epoll --seconds 0.05 --warmup 0 --json",
+		"udp --backend epoll --seconds 0.05 --warmup 0 --json",
+		"serve --backend epoll --seconds 0.05 --json",
+	};
+	char *out;
+
+	for (size_t i = 0; i < sizeof(runs) / sizeof(runs[0]); i++) {
+		cr_assert_eq(bench(runs[i], &out), 0, "%s:\n%s", runs[i], out);
+		cr_expect_null(strstr(out, "\"idle_poll_us\""), "%s:\n%s", runs[i], out);
+		cr_expect_null(strstr(out, "\"wait_coalesce_us\""), "%s:\n%s", runs[i], out);
+		cr_expect_eq(num(out, "busy_poll_us"), 0, "%s:\n%s", runs[i], out);
+		cr_expect_eq(num(out, "gather_us"), 0, "%s:\n%s", runs[i], out);
+		free(out);
+	}
+}
+
 /* The epoll client's connect is bounded as the keel client's is (BENCH_CONNECT_MS, 10 s):
  * against a server whose listen backlog is full (backlog 0, one connection queued and never
  * accepted) the SYNs are dropped, and the kernel's retries held the run about two minutes

@@ -82,13 +82,16 @@ static const char client_usage[] =
 	"  --cpuset LIST  pin to these CPUs in order: in-process server threads first, then\n"
 	"                 the client threads (default: server i on CPU i, client i on CPU\n"
 	"                 shards+i)\n"
-	"  --no-pin       do not pin threads\n"
+	"  --no-pin       do not pin threads (not with --cpuset)\n"
 	"  --json         print JSON instead of a table\n\n";
 
 /* After keel_opts_help(), whose defaults are the runtime's: keel-bench sets its own. */
 static const char rt_defaults[] =
 	"keel-bench's defaults for the runtime options above (not the runtime's): --idle-poll-us\n"
-	"0 (no spin, as the epoll server's --busy-poll-us 0), --memory 64M, --log-level warn\n";
+	"0 (no spin, as the epoll server's --busy-poll-us 0), --memory 64M, --log-level warn.\n"
+	"Without a keel runtime in the process (epoll server and client) only --shards and\n"
+	"--cpuset are taken. --map places the keel server's shards; the client's threads take\n"
+	"the CPUs it leaves free.\n";
 
 static const char serve_usage[] =
 	"usage: keel-bench serve [options]\n"
@@ -111,7 +114,7 @@ static const char serve_usage[] =
 	"  --cpuset LIST  server thread i on the i-th CPU of LIST (default CPU i)\n"
 	"  --seconds S    stop after S seconds (default: at SIGINT or SIGTERM)\n"
 	"  --size N       report per-message figures for framed messages of N bytes\n"
-	"  --no-pin       do not pin the server threads\n"
+	"  --no-pin       do not pin the server threads (not with --cpuset)\n"
 	"  --json         print the end report as JSON\n"
 	"  network options (below): keel's receive rings, UDP batching, limits (keel only)\n"
 	"Serves TCP and UDP (each datagram back to its sender) on the same port.\n\n";
@@ -127,6 +130,12 @@ struct opts {
 	struct keel_cpuset server_cpus; /* --server-cpus */
 	bool has_server_cpus;
 	bool has_net; /* network options (keel_net_opts_parse): keel's server or client only */
+	/* The first runtime option (keel_opts_parse) of the command line other than --shards
+	 * and --cpuset, the two that place the epoll side's threads too ("": none), and
+	 * whether --cpuset was one of them (else a cpuset came from KEEL_CPUSET). */
+	char rt_opt[48];
+	bool rt_cpuset_argv;
+	bool keel_here; /* a keel runtime runs in this process (keel_in_process) */
 };
 
 static int
@@ -718,10 +727,14 @@ json_u64(const char *key, uint64_t v)
 static void
 json_policy(const struct opts *o)
 {
+	/* keel's fields only where a keel runtime ran: an epoll run printed keel-bench's
+	 * defaults (or options nothing used) as if they were the run's. */
 	if (!o->has_port || o->serve) {
-		json_u64("idle_poll_us", o->rt.idle_poll_us);
+		if (o->keel_here)
+			json_u64("idle_poll_us", o->rt.idle_poll_us);
 		json_u64("busy_poll_us", o->cfg.busy_poll_us);
-		json_u64("wait_coalesce_us", o->rt.wait_coalesce_us);
+		if (o->keel_here)
+			json_u64("wait_coalesce_us", o->rt.wait_coalesce_us);
 		json_u64("gather_us", o->cfg.gather_us);
 	} else if (o->client == &bench_backend_keel ||
 		   (!o->client && o->be == &bench_backend_keel)) {
@@ -1283,6 +1296,80 @@ run_serve(struct opts *o)
 	return ss.errors ? 1 : 0;
 }
 
+/* Whether a keel runtime runs in this process: the keel server (serve, or a client mode
+ * without --port), or the keel client (udp's client is plain sockets). */
+static bool
+keel_in_process(const struct opts *o)
+{
+	if (o->be == &bench_backend_keel && (o->serve || !o->has_port))
+		return true;
+	return !o->serve && o->cfg.mode != BENCH_UDP &&
+	       (o->client ? o->client : o->be) == &bench_backend_keel;
+}
+
+/* The runtime options keel_opts_parse took from the command line: those of @before (argv as
+ * it was) that @after (argv as it left it) lacks. The options' values are taken too, and
+ * do not start with "--". */
+static void
+rt_given(struct opts *o, char **before, int nbefore, char **after, int nafter)
+{
+	for (int i = 1; i < nbefore; i++) {
+		const char *a = before[i];
+		size_t len = strcspn(a, "=");
+		bool kept = false;
+
+		for (int j = 1; j < nafter && !kept; j++)
+			kept = after[j] == a;
+		if (kept || strncmp(a, "--", 2) || len == 2)
+			continue;
+		if (len == strlen("--cpuset") && !strncmp(a, "--cpuset", len))
+			o->rt_cpuset_argv = true;
+		else if (!(len == strlen("--shards") && !strncmp(a, "--shards", len)) &&
+			 !o->rt_opt[0])
+			snprintf(o->rt_opt, sizeof(o->rt_opt), "%.*s", (int)len, a);
+	}
+}
+
+/*
+ * The runtime options with no keel runtime in the process: keel_opts_parse took them and
+ * nothing used them (the JSON even gave them as the run's). keel-bench itself reads
+ * --shards and --cpuset, for the epoll side's threads. And --no-pin with a CPU list, which
+ * it dropped unsaid.
+ */
+static int
+rt_check(const struct opts *o)
+{
+	char what[320];
+
+	if (!o->cfg.pin && o->rt.cpuset_given)
+		return bad(o,
+			   o->rt_cpuset_argv ? "--no-pin and --cpuset" : "--no-pin and KEEL_CPUSET",
+			   "the CPU list pins the threads, --no-pin leaves them unpinned: give one",
+			   NULL);
+	if (o->keel_here || !o->rt_opt[0])
+		return 0;
+	if (o->serve)
+		snprintf(what, sizeof(what),
+			 "a keel runtime option, and the epoll server runs no keel runtime (of "
+			 "those it takes --shards and --cpuset; it polls with --busy-poll-us and "
+			 "gathers with --gather-us): give it with --backend keel");
+	else if (!o->has_port)
+		snprintf(what, sizeof(what),
+			 "a keel runtime option, and no keel runtime runs in this process (the "
+			 "epoll server, %s client; of those options keel-bench takes --shards and "
+			 "--cpuset): the epoll server polls with --busy-poll-us and gathers with "
+			 "--gather-us; give --backend keel%s for a keel side",
+			 o->cfg.mode == BENCH_UDP ? "udp's sockets" : "the epoll",
+			 o->cfg.mode == BENCH_UDP ? "" : " or --client keel");
+	else
+		snprintf(what, sizeof(what),
+			 "a keel runtime option, and no keel runtime runs in this process (the "
+			 "server --port drives, %s client): give it to that server%s",
+			 o->cfg.mode == BENCH_UDP ? "udp's sockets" : "the epoll",
+			 o->cfg.mode == BENCH_UDP ? "" : ", or use --client keel");
+	return bad(o, o->rt_opt, what, NULL);
+}
+
 /*
  * --map with the keel server in this process: the map places its shards (keel.c's opts_for
  * leaves the count and the CPUs to the runtime), so the run's shard count is the map's
@@ -1372,7 +1459,19 @@ bench_net(int argc, char **argv)
 	o.rt.log_level = KEEL_LOG_WARN;
 	o.rt.memory = 64ull << 20;
 	o.rt.idle_poll_us = 0;
-	rc = keel_opts_parse(&o.rt, &argc, argv, err, sizeof(err));
+	{
+		/* argv before the parse, to name the options it took (rt_given) */
+		char **before = malloc(sizeof(*before) * (size_t)(argc + 1));
+		int n = argc;
+
+		if (!before)
+			return 1;
+		memcpy(before, argv, sizeof(*before) * (size_t)argc);
+		rc = keel_opts_parse(&o.rt, &argc, argv, err, sizeof(err));
+		if (rc == 0)
+			rt_given(&o, before, n, argv, argc);
+		free(before);
+	}
 	if (rc < 0) {
 		fprintf(stderr, "keel-bench %s: %s\n", o.prog, err);
 		return 2;
@@ -1404,6 +1503,10 @@ bench_net(int argc, char **argv)
 	}
 	o.cfg.rt = &o.rt;
 	rc = parse(&o, argc, argv);
+	if (rc)
+		return rc;
+	o.keel_here = keel_in_process(&o);
+	rc = rt_check(&o);
 	if (rc)
 		return rc;
 	map_place(&o);
