@@ -552,11 +552,8 @@ keel_topo_load(const struct keel_topo_load_opts *o, struct keel_topo **out, char
 			keel_topo_destroy(t);
 			return r;
 		}
-		for (unsigned i = 0; i < t->info.nnics; i++) {
-			if (t->nics[i].is_virtual)
-				t->nics[i].local = t->info.present;
+		for (unsigned i = 0; i < t->info.nnics; i++)
 			keel__topo_sysfs_nic(&t->nics[i]);
-		}
 		t->info.irqbalance = keel__topo_irqbalance();
 	} else {
 		for (unsigned i = 0; i < t->info.nnics; i++) {

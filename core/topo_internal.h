@@ -49,8 +49,13 @@ struct keel_topo_nic *keel__topo_nic_add(struct keel_topo *t);
 /* Live facts of one NIC from sysfs, /proc and ethtool: queues, IRQs, channels, driver, hds. */
 void keel__topo_sysfs_nic(struct keel_topo_nic *nic);
 
-/* Add every /sys/class/net interface that hwloc did not report (virtual ones), except lo. */
+/* Add every /sys/class/net interface that hwloc did not report (virtual ones), except lo;
+ * those without a device link are virtual, local to every CPU. */
 int keel__topo_sysfs_virtual(struct keel_topo *t);
+
+/* The directory of network interfaces, "/sys/class/net": a pointer so tests can stand in
+ * for it with a folder of their own. */
+extern const char *keel__sys_class_net;
 
 /* -EINVAL, said in @err, when @h (loaded as this machine's) describes another machine:
  * HWLOC_XMLFILE or HWLOC_SYNTHETIC in the environment (without HWLOC_THISSYSTEM=1). */

@@ -264,6 +264,7 @@ keel__cpu_not_online(unsigned cpu, char *buf, size_t len)
 }
 
 const char *keel__sys_cpu_isolated = "/sys/devices/system/cpu/isolated";
+const char *keel__sys_class_net = "/sys/class/net";
 
 bool
 keel__cpu_isolated(unsigned cpu)
@@ -376,7 +377,7 @@ keel__topo_sysfs_rxq_count(const char *ifname)
 
 	if (!*ifname || strchr(ifname, '/'))
 		return -ENODEV;
-	snprintf(path, sizeof(path), "/sys/class/net/%s/queues", ifname);
+	snprintf(path, sizeof(path), "%s/%s/queues", keel__sys_class_net, ifname);
 	d = opendir(path);
 	if (!d)
 		return errno == ENOENT ? -ENODEV : -errno;
@@ -406,9 +407,9 @@ keel__topo_sysfs_pci_of(const char *ifname, char *pci, size_t len, int *numa)
 	*numa = -1;
 	if (!*ifname || strchr(ifname, '/'))
 		return -ENODEV;
-	snprintf(path, sizeof(path), "/sys/class/net/%s/device", ifname);
+	snprintf(path, sizeof(path), "%s/%s/device", keel__sys_class_net, ifname);
 	if (!realpath(path, real)) {
-		snprintf(path, sizeof(path), "/sys/class/net/%s", ifname);
+		snprintf(path, sizeof(path), "%s/%s", keel__sys_class_net, ifname);
 		return access(path, F_OK) == 0 ? -ENOENT : -ENODEV;
 	}
 	/* The nearest PCI function on the way up: a virtio device sits under its own. */
@@ -448,7 +449,7 @@ keel__topo_sysfs_pci_ifname(const char *s, char *id, size_t idlen, char *name, s
 	if (d > 0xffff || b > 0xff || sl > 0x1f || fn > 7)
 		return -EINVAL;
 	snprintf(id, idlen, "%04x:%02x:%02x.%x", d, b, sl, fn);
-	dir = opendir("/sys/class/net");
+	dir = opendir(keel__sys_class_net);
 	while (dir && (de = readdir(dir))) {
 		char pci[16];
 		int numa;
@@ -486,7 +487,7 @@ count_prefix(const char *dir, const char *prefix)
 void
 keel__topo_sysfs_ifnames(char *buf, size_t len)
 {
-	DIR *d = opendir("/sys/class/net");
+	DIR *d = opendir(keel__sys_class_net);
 	struct dirent *e;
 	size_t off = 0;
 
@@ -510,7 +511,7 @@ keel__topo_sysfs_ifnames(char *buf, size_t len)
 int
 keel__topo_sysfs_virtual(struct keel_topo *t)
 {
-	DIR *d = opendir("/sys/class/net");
+	DIR *d = opendir(keel__sys_class_net);
 	struct dirent *e;
 
 	if (!d)
@@ -537,8 +538,10 @@ keel__topo_sysfs_virtual(struct keel_topo *t)
 		n->netdev = true;
 		/* hwloc skips interfaces it cannot place; one with a device link is a real
 		 * device hwloc did not tie to PCI, one without is virtual. */
-		snprintf(path, sizeof(path), "/sys/class/net/%s/device", e->d_name);
+		snprintf(path, sizeof(path), "%s/%s/device", keel__sys_class_net, e->d_name);
 		n->is_virtual = stat(path, &st) < 0;
+		if (n->is_virtual)
+			n->local = t->info.present;
 	}
 	closedir(d);
 	return 0;
@@ -862,7 +865,7 @@ read_irqs(struct keel_topo_nic *n)
 	char(*names)[64] = NULL;
 	int nirq;
 
-	snprintf(dev, sizeof(dev), "/sys/class/net/%s/device", n->name);
+	snprintf(dev, sizeof(dev), "%s/%s/device", keel__sys_class_net, n->name);
 	nirq = keel__topo_msi_irqs(dev, &irqs);
 	if (nirq > 0 && !(names = calloc((size_t)nirq, sizeof(*names))))
 		nirq = -ENOMEM;
@@ -1144,7 +1147,7 @@ keel__topo_sysfs_nic(struct keel_topo_nic *n)
 		return;
 	rx = keel__topo_sysfs_rxq_count(n->name);
 	if (rx >= 0) {
-		snprintf(path, sizeof(path), "/sys/class/net/%s/queues", n->name);
+		snprintf(path, sizeof(path), "%s/%s/queues", keel__sys_class_net, n->name);
 		n->nrxq = rx;
 		n->ntxq = count_prefix(path, "tx-");
 		n->rxq = rx ? calloc((size_t)rx, sizeof(*n->rxq)) : NULL;
@@ -1157,9 +1160,9 @@ keel__topo_sysfs_nic(struct keel_topo_nic *n)
 			}
 		}
 	}
-	snprintf(path, sizeof(path), "/sys/class/net/%s/device/physfn", n->name);
+	snprintf(path, sizeof(path), "%s/%s/device/physfn", keel__sys_class_net, n->name);
 	n->is_vf = access(path, F_OK) == 0;
-	snprintf(path, sizeof(path), "/sys/class/net/%s/device/driver", n->name);
+	snprintf(path, sizeof(path), "%s/%s/device/driver", keel__sys_class_net, n->name);
 	len = readlink(path, link, sizeof(link) - 1);
 	if (len > 0) {
 		char *b;
