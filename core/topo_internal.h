@@ -53,6 +53,11 @@ void keel__topo_sysfs_nic(struct keel_topo_nic *nic);
  * those without a device link are virtual, local to every CPU. */
 int keel__topo_sysfs_virtual(struct keel_topo *t);
 
+/* The interfaces @ifname is over, following its lower_NAME links down (a VLAN over a bond
+ * over eth0 and eth1 is over eth0 and eth1), listed sorted into @buf (", " between them, cut
+ * at a whole name). Returns their count, 0 when it is over none. */
+unsigned keel__topo_sysfs_lower(const char *ifname, char *buf, size_t len);
+
 /* The directory of network interfaces, "/sys/class/net": a pointer so tests can stand in
  * for it with a folder of their own. */
 extern const char *keel__sys_class_net;

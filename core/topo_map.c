@@ -79,7 +79,8 @@ bad:
 }
 
 /* The NIC a map uses when none is named: the first with a PCI device (it has a locality),
- * else the first interface. */
+ * else the first interface over no other (a bond or VLAN is refused below), else the first
+ * interface. */
 static const struct keel_topo_nic *
 default_nic(const struct keel_topo_info *in)
 {
@@ -87,9 +88,30 @@ default_nic(const struct keel_topo_info *in)
 		if (in->nics[i].netdev && in->nics[i].pci[0])
 			return &in->nics[i];
 	for (unsigned i = 0; i < in->nnics; i++)
+		if (in->nics[i].netdev && !in->nics[i].nlower)
+			return &in->nics[i];
+	for (unsigned i = 0; i < in->nnics; i++)
 		if (in->nics[i].netdev)
 			return &in->nics[i];
 	return NULL;
+}
+
+/* Why a map of @nic, an interface over others (a bond, VLAN, macvlan), is no map to run,
+ * with the interface to plan with instead (@how: "plan with", "run: keel-topo --plan"),
+ * into @buf. */
+static void
+over_others(const struct keel_topo_nic *nic, const char *how, char *buf, size_t len)
+{
+	int first = (int)strcspn(nic->lower, ",");
+
+	snprintf(
+		buf, len,
+		"%s is over %s: an interface over others (a bond, VLAN or macvlan) has no "
+		"hardware rx queues, IRQs or NUMA node of its own (its packets arrive on the queues of %s); "
+		"%s --iface %.*s%s",
+		nic->name, nic->lower, nic->nlower == 1 ? "that interface" : "those interfaces",
+		how, first, nic->lower,
+		nic->nlower == 1 ? "" : " (or each of them: a map serves one interface)");
 }
 
 static void
@@ -272,6 +294,12 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 					  req->iface, nic->pci, list);
 	} else {
 		nic = default_nic(in);
+	}
+	/* Mapped as a virtual interface (no PCI device), its shards went to the first cores in
+	 * hwloc's order whatever node the NIC beneath it is on, each owning a software queue. */
+	if (nic && nic->nlower) {
+		over_others(nic, "plan with", list, sizeof(list));
+		return keel__errf(err, errlen, -EINVAL, "%s", list);
 	}
 	if (nic) {
 		keel__topo_strcpy(out->iface, sizeof(out->iface), nic->name);
@@ -935,6 +963,17 @@ keel_map_check(const struct keel_topo *live, const struct keel_map *m, FILE *f)
 	nic = m->iface[0] ? keel_topo_nic_find(live, m->iface) : NULL;
 	if (!nic)
 		return (int)n;
+	if (nic->nlower) {
+		/* Its queues have no IRQs to check: without this it passed. */
+		char why[512];
+
+		over_others(
+			nic,
+			"the map's shards and queues line up with nothing: run keel-topo --plan",
+			why, sizeof(why));
+		fprintf(f, "%s\n", why);
+		n++;
+	}
 	for (unsigned i = 0; i < m->nshards; i++) {
 		const struct keel_map_shard *s = &m->shards[i];
 		const struct keel_topo_rxq *q;

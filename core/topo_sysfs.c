@@ -508,6 +508,76 @@ keel__topo_sysfs_ifnames(char *buf, size_t len)
 		snprintf(buf, len, "none");
 }
 
+/* The interfaces beneath one, collected by lower_walk. */
+struct lowers {
+	char name[32][IF_NAMESIZE];
+	unsigned n;
+};
+
+/* Add to @l the interfaces @ifname is over, following their own lower_NAME links down to
+ * those over none; @depth bounds the walk (the kernel refuses loops, a folder standing in
+ * for sysfs may not). Returns whether @ifname has any lower_NAME link. */
+static bool
+lower_walk(const char *ifname, unsigned depth, struct lowers *l)
+{
+	char path[PATH_MAX];
+	struct dirent *e;
+	bool any = false;
+	DIR *d;
+
+	if (strchr(ifname, '/'))
+		return false;
+	snprintf(path, sizeof(path), "%s/%s", keel__sys_class_net, ifname);
+	d = opendir(path);
+	if (!d)
+		return false;
+	while ((e = readdir(d))) {
+		const char *name = e->d_name + 6;
+		bool seen = false;
+
+		if (strncmp(e->d_name, "lower_", 6) || !*name || strlen(name) >= IF_NAMESIZE)
+			continue;
+		any = true;
+		if (depth < 8 && lower_walk(name, depth + 1, l))
+			continue;
+		for (unsigned i = 0; i < l->n && !seen; i++)
+			seen = !strcmp(l->name[i], name);
+		if (!seen && l->n < sizeof(l->name) / sizeof(l->name[0]))
+			keel__topo_strcpy(l->name[l->n++], sizeof(l->name[0]), name);
+	}
+	closedir(d);
+	return any;
+}
+
+static int
+name_cmp(const void *a, const void *b)
+{
+	return strcmp(a, b);
+}
+
+unsigned
+keel__topo_sysfs_lower(const char *ifname, char *buf, size_t len)
+{
+	struct lowers l;
+	size_t off = 0;
+
+	l.n = 0;
+	if (len)
+		buf[0] = 0;
+	lower_walk(ifname, 0, &l);
+	qsort(l.name, l.n, sizeof(l.name[0]), name_cmp);
+	for (unsigned i = 0; i < l.n && off < len; i++) {
+		int w = snprintf(buf + off, len - off, "%s%s", off ? ", " : "", l.name[i]);
+
+		if (w < 0 || (size_t)w >= len - off) {
+			buf[off] = 0; /* cut at a whole name */
+			break;
+		}
+		off += (size_t)w;
+	}
+	return l.n;
+}
+
 int
 keel__topo_sysfs_virtual(struct keel_topo *t)
 {
@@ -542,6 +612,9 @@ keel__topo_sysfs_virtual(struct keel_topo *t)
 		n->is_virtual = stat(path, &st) < 0;
 		if (n->is_virtual)
 			n->local = t->info.present;
+		/* A bond, VLAN or macvlan: its packets arrive on the queues of the interfaces
+		 * beneath it, which the mapper names instead of mapping it. */
+		n->nlower = keel__topo_sysfs_lower(n->name, n->lower, sizeof(n->lower));
 	}
 	closedir(d);
 	return 0;

@@ -3037,3 +3037,105 @@ Test(core_topo, a_map_conflict_names_the_variable_that_set_the_value)
 	unsetenv("KEEL_CPUSET");
 	unlink(path);
 }
+
+/* ---- interfaces over others: bonds, VLANs, macvlans ---- */
+
+/* A folder standing in for /sys/class/net at @root: fake0 and fake1 (the NICs of the
+ * topology), vlan0 over fake0, bond0 over fake0 and fake1, bond0.7 (a VLAN) over bond0, and
+ * veth0 over nothing; each with one rx queue. The kernel links a device to each device it is
+ * over as lower_NAME. */
+static void
+fake_class_net(const char *root)
+{
+	static const char *const ifs[] = { "fake0", "fake1", "vlan0", "bond0", "bond0.7", "veth0" };
+	static const char *const lower[][2] = {
+		{ "vlan0", "fake0" },
+		{ "bond0", "fake1" },
+		{ "bond0", "fake0" },
+		{ "bond0.7", "bond0" },
+	};
+	char path[512], target[128];
+
+	for (size_t i = 0; i < sizeof(ifs) / sizeof(ifs[0]); i++) {
+		snprintf(path, sizeof(path), "%s/%s/queues/rx-0", root, ifs[i]);
+		mkdirs(path);
+	}
+	for (size_t i = 0; i < sizeof(lower) / sizeof(lower[0]); i++) {
+		snprintf(path, sizeof(path), "%s/%s/lower_%s", root, lower[i][0], lower[i][1]);
+		snprintf(target, sizeof(target), "../%s", lower[i][1]);
+		cr_assert_eq(symlink(target, path), 0, "%s: %s", path, strerror(errno));
+	}
+}
+
+/* Two nodes of two cores, fake0 on node 1 and fake1 on node 0, and the interfaces of
+ * fake_class_net as a live load adds them (keel__sys_class_net stands in for sysfs). */
+static struct keel_topo *
+load_with_upper_devices(char *root)
+{
+	struct keel_topo *t = load_gen("1 2 2 1 --nics fake0@1,fake1@0", 2);
+
+	cr_assert(mkdtemp(root));
+	fake_class_net(root);
+	keel__sys_class_net = root;
+	cr_assert_eq(keel__topo_sysfs_virtual(t), 0);
+	cr_assert_not_null(keel_topo_nic_find(t, "vlan0"));
+	return t;
+}
+
+/* A VLAN, bond or macvlan has no PCI device and so counted as virtual: local to every CPU,
+ * its shards went to node 0 (hwloc's first cores) while its packets arrive on fake0's
+ * queues on node 1, and its own queues are software ones no IRQ or RSS table serves. The
+ * map is refused, naming the interfaces beneath it (through a VLAN over a bond too) to plan
+ * with; one over nothing (veth) is mapped as before. */
+Test(core_topo, an_interface_over_another_is_refused_naming_the_nic_beneath)
+{
+	char root[] = "/tmp/keel-net-XXXXXX";
+	struct keel_topo *t = load_with_upper_devices(root);
+	int r;
+
+	r = compute(t, "vlan0", 0, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map);
+	cr_assert_eq(r, -EINVAL, "vlan0: %d, %u shards from node %d (%s)", r, map.nshards,
+		     map.nshards ? map.shards[0].numa : -1, err);
+	cr_assert(strstr(err, "vlan0 is over fake0") && strstr(err, "plan with --iface fake0"),
+		  "%s", err);
+	r = compute(t, "bond0", 0, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map);
+	cr_assert_eq(r, -EINVAL, "bond0: %d (%s)", r, err);
+	cr_assert(strstr(err, "bond0 is over fake0, fake1") &&
+			  strstr(err, "plan with --iface fake0 (or each"),
+		  "%s", err);
+	r = compute(t, "bond0.7", 0, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map);
+	cr_assert_eq(r, -EINVAL, "bond0.7: %d (%s)", r, err);
+	cr_assert(strstr(err, "bond0.7 is over fake0, fake1"), "%s", err);
+	/* veth0 is over nothing: a virtual interface, mapped on every CPU as before */
+	cr_assert_eq(compute(t, "veth0", 0, KEEL_MAP_SMT_AVOID, KEEL_MAP_NUMA_LOCAL, 0, &map), 0,
+		     "%s", err);
+	keel_topo_destroy(t);
+	rm_dir(root);
+}
+
+/* --check of a map on such an interface (an older keel-topo's, or one written by hand):
+ * its queues have no IRQs, so nothing was checked and it passed. Now a mismatch naming the
+ * interface to plan with. */
+Test(core_topo, check_of_a_map_on_an_interface_over_another_names_the_nic_beneath)
+{
+	char root[] = "/tmp/keel-net-XXXXXX";
+	struct keel_topo *t = load_with_upper_devices(root);
+	char *out;
+	int n;
+
+	t->info.live = true; /* keel_map_check reads the live machine; sysfs is the test's */
+	memset(&map, 0, sizeof(map));
+	map.version = KEEL_MAP_VERSION;
+	snprintf(map.iface, sizeof(map.iface), "vlan0");
+	map.numa = -1;
+	map.rx_queues = 1;
+	map.nshards = 1;
+	map.shards[0] =
+		(struct keel_map_shard){ .cpu = 0, .core = -1, .numa = -1, .rxq = 0, .irq_cpu = 0 };
+	out = check_output(t, &n);
+	cr_assert_geq(n, 1, "%d: %s", n, out);
+	cr_assert(strstr(out, "vlan0 is over fake0") && strstr(out, "--iface fake0"), "%s", out);
+	free(out);
+	keel_topo_destroy(t);
+	rm_dir(root);
+}

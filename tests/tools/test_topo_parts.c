@@ -597,3 +597,56 @@ Test(topo_plan, apply_says_how_a_step_failed_and_reads_a_long_output)
 	free(text);
 	rm_dir(dir);
 }
+
+/* A map of vlan0, an interface over fake0 (an older keel-topo's, which mapped it as a
+ * virtual interface, or one written by hand; the mapper now refuses to make it). The report
+ * and --json say what it is over; the plan runs nothing and stops --apply, naming fake0 to
+ * plan with. Its plan was ethtool -L vlan0 and "virtual interface: no RSS table, ntuple
+ * rules or IRQs to configure". sysfs is a folder of the test's (keel__sys_class_net). */
+Test(tools_topo, a_map_of_an_interface_over_another_is_said_and_not_applied)
+{
+	static struct plan_step steps[64];
+	char root[] = "/tmp/keel-net-XXXXXX", path[300], *out = NULL;
+	struct keel_topo_nic *nic;
+	struct keel_topo *t = fake_live(&nic);
+	struct tool_ctx c;
+	unsigned n, stop = 0;
+	size_t len = 0;
+	FILE *f;
+
+	cr_assert(mkdtemp(root));
+	snprintf(path, sizeof(path), "%s/vlan0", root);
+	cr_assert_eq(mkdir(path, 0755), 0);
+	snprintf(path, sizeof(path), "%s/vlan0/lower_fake0", root);
+	cr_assert_eq(symlink("../fake0", path), 0);
+	keel__sys_class_net = root;
+	cr_assert_eq(keel__topo_sysfs_virtual(t), 0);
+	snprintf(map.iface, sizeof(map.iface), "vlan0");
+
+	n = plan_of(t, &c, steps, sizeof(steps) / sizeof(steps[0]));
+	for (unsigned i = 0; i < n; i++) {
+		cr_assert_neq(steps[i].kind, PLAN_RUN, "step %u runs a command: %s", i + 1,
+			      steps[i].why);
+		if (steps[i].stops_apply && !stop)
+			stop = i + 1;
+	}
+	cr_assert(stop, "no step of the %u stops --apply", n);
+	cr_assert(strstr(steps[stop - 1].why, "vlan0 is over fake0") &&
+			  strstr(steps[stop - 1].why, "--iface fake0"),
+		  "%s", steps[stop - 1].why);
+
+	out = report(t);
+	cr_assert(strstr(out, "  vlan0\n      over fake0: "), "%s", out);
+	free(out);
+	out = NULL;
+	f = open_memstream(&out, &len);
+	cr_assert_not_null(f);
+	report_json(&c, f);
+	fclose(f);
+	cr_assert(strstr(out, "\"name\": \"vlan0\"") && strstr(out, "\"lower\": [\"fake0\"]") &&
+			  strstr(out, "\"lower\": []"),
+		  "%s", out);
+	free(out);
+	keel_topo_destroy(t);
+	rm_dir(root);
+}

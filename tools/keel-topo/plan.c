@@ -164,6 +164,22 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 	/* Whether the RSS lines below set the indirection table: not on a virtual interface,
 	 * nor when --hds leaves the shards every queue (a note stops the plan there). */
 	sets_table = !(nic && nic->is_virtual) && !(m->hds && nown == nq);
+	/* A map of a bond, VLAN or macvlan (an older keel-topo's, or written by hand; the
+	 * mapper refuses to make one): its queues are software ones, no command here serves
+	 * it. */
+	if (nic && nic->nlower) {
+		struct plan_step *ns;
+
+		snprintf(
+			why, sizeof(why),
+			"%s is over %s: it has no hardware rx queues, IRQs or NUMA node of its own, so no "
+			"command can make this map work; plan again with --iface %.*s",
+			ifn, nic->lower, (int)strcspn(nic->lower, ","), nic->lower);
+		ns = note(out, max, &n, why);
+		if (ns)
+			ns->stops_apply = true;
+		goto out;
+	}
 	/* A PCI function without an interface first: the map names it but has no queues. */
 	if (nic && !nic->netdev) {
 		note(out, max, &n,

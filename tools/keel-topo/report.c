@@ -107,7 +107,13 @@ text_nic(const struct tool_ctx *c, const struct keel_topo_nic *n, FILE *f)
 	if (n->model[0])
 		fprintf(f, "  \"%s\"", n->model);
 	fputc('\n', f);
-	if (n->is_virtual)
+	if (n->nlower)
+		fprintf(f,
+			"      over %s: no PCI device, queues or IRQs of its own (its packets arrive "
+			"on those of %s); a map names %s\n",
+			n->lower, n->nlower == 1 ? "that interface" : "those interfaces",
+			n->nlower == 1 ? "it" : "one of them");
+	else if (n->is_virtual)
 		fprintf(f, "      virtual interface: no PCI device, no NUMA locality\n");
 	else
 		text_nic_local(n, f);
@@ -337,6 +343,18 @@ json_nic(const struct tool_ctx *c, const struct keel_topo_nic *n, FILE *f)
 		fputs("null", f);
 	fputs(", \"virtual\": ", f);
 	fputs(n->is_virtual ? "true" : "false", f);
+	fputs(", \"lower\": [", f);
+	for (const char *p = n->lower; *p;) {
+		char name[sizeof(n->lower)];
+		size_t len = strcspn(p, ",");
+
+		snprintf(name, sizeof(name), "%.*s", (int)len, p);
+		fputs(p == n->lower ? "" : ", ", f);
+		json_str(f, name);
+		p += len;
+		p += strspn(p, ", ");
+	}
+	fputs("]", f);
 	fputs(", \"vf\": ", f);
 	fputs(n->is_vf ? "true" : "false", f);
 	fputs(", \"model\": ", f);

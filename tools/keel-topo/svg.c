@@ -591,6 +591,8 @@ svg_write(const struct tool_ctx *c, FILE *f)
 					 nic->nrxq == 1 ? "" : "s");
 			if (!nic->netdev)
 				snprintf(buf, sizeof(buf), "PCI function, no interface (VF?)");
+			else if (nic->nlower)
+				snprintf(buf, sizeof(buf), "over %s", nic->lower);
 			else if (nic->is_virtual)
 				snprintf(buf, sizeof(buf), "virtual%s", q);
 			else

@@ -100,6 +100,11 @@ struct keel_topo_nic {
 	char model[96];                /* PCI device name, "" when unknown */
 	bool netdev;                   /* has a network interface */
 	bool is_virtual;               /* no PCI device (veth, bridge...): no NUMA locality */
+	char lower[160];               /* live: the interfaces it is over (a bond's, a VLAN's, a
+					* macvlan's: its lower_* links, followed down to those
+					* over no other), sorted, ", " between them, cut at a
+					* whole name; "" when it is over none */
+	unsigned nlower;               /* how many (0: over no other interface) */
 	bool is_vf;                    /* live: an SR-IOV virtual function (has a physfn) */
 	int numa;                      /* OS index of its NUMA node, -1 when not one node */
 	struct keel_cpuset local;      /* CPUs local to it (all CPUs for a virtual one) */
