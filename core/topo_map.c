@@ -252,6 +252,66 @@ core_order(const struct keel_topo *t, const struct keel_topo_nic *nic, unsigned 
 	return 0;
 }
 
+/* Append node @node to the list @buf ("0, 1") unless it is there; @seen[@n] the nodes so far.
+ * Returns the new count. */
+static unsigned
+node_list_add(int node, int *seen, unsigned n, unsigned cap, char *buf, size_t len)
+{
+	size_t off = strlen(buf);
+
+	if (node < 0)
+		return n;
+	for (unsigned i = 0; i < n; i++)
+		if (seen[i] == node)
+			return n;
+	if (n < cap)
+		seen[n] = node;
+	snprintf(buf + off, len - off, "%s%d", n ? ", " : "", node);
+	return n + 1;
+}
+
+/* A physical NIC with no one NUMA node (firmware numa_node -1, no _PXM: hwloc hangs it off
+ * the machine or a package, local to CPUs of several nodes): every one of those cores
+ * counts as local, and the shards go to the first in hwloc's order, which may be the socket
+ * far from the NIC. Said when the allowed local cores span nodes (--cpuset on one node is a
+ * choice already made), naming the nodes the shards are on. */
+static void
+warn_no_one_node(const struct keel_topo_info *in, const struct keel_topo_nic *nic,
+		 const struct keel_cpuset *allowed, const struct keel_map *m)
+{
+	int seen[64];
+	char span[256] = "", on[256] = "";
+	unsigned nspan = 0, non = 0;
+
+	for (unsigned c = 0; c < in->ncores; c++) {
+		const struct keel_topo_core *co = &in->cores[c];
+		bool any = false;
+
+		if (!keel_cpuset_has(&nic->local, co->pus[0]))
+			continue;
+		for (unsigned p = 0; p < co->npus && !any; p++)
+			any = keel_cpuset_has(allowed, co->pus[p]);
+		if (any)
+			nspan = node_list_add(co->numa, seen, nspan, 64, span, sizeof(span));
+	}
+	if (nspan < 2)
+		return;
+	for (unsigned i = 0; i < m->nshards; i++)
+		non = node_list_add(m->shards[i].numa, seen, non, 64, on, sizeof(on));
+	keel_log(KEEL_LOG_WARN, "topo",
+		 "%s has no NUMA node of its own (%s): its local CPUs span NUMA nodes %s, so the "
+		 "shards are on node%s %s by hwloc's order alone, which may be the socket far "
+		 "from the NIC; give --cpuset with the CPUs of the NIC's node (its PCI slot's "
+		 "socket, from the board's manual), or fix the slot's _PXM in the firmware (a "
+		 "BIOS update) so that numa_node names it",
+		 nic->name,
+		 in->live ? "its numa_node in sysfs is -1: the firmware's _PXM gives its PCI slot "
+			    "none"
+			  : "the topology hangs it off several nodes, as hwloc does for a PCI slot "
+			    "whose numa_node is -1: no _PXM in the firmware",
+		 span, non == 1 ? "" : "s", on);
+}
+
 int
 keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, struct keel_map *out,
 		 char *err, size_t errlen)
@@ -635,6 +695,8 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 				 shards);
 		}
 	}
+	if (nic && !nic->is_virtual && nic->numa < 0)
+		warn_no_one_node(in, nic, &allowed, out);
 	/* Shards on a node whose memory this process may not use (a cgroup's cpuset.mems):
 	 * their memory comes from another node, across the interconnect. Said once. */
 	for (unsigned i = 0; i < in->nnuma; i++) {

@@ -3139,3 +3139,31 @@ Test(core_topo, check_of_a_map_on_an_interface_over_another_names_the_nic_beneat
 	keel_topo_destroy(t);
 	rm_dir(root);
 }
+
+/* A NIC the firmware gives no NUMA node (numa_node -1, no _PXM: hwloc hangs it off the
+ * machine, local to every CPU), on two packages of four cores with four queues: the default
+ * map's shards all went to package 0's node, in hwloc's order, which may be the far socket,
+ * without a word. Now a warning names the nodes the shards are on and the fixes; with
+ * --cpuset on one node there is no guess to warn about. */
+Test(core_topo, a_nic_of_no_one_node_spanning_nodes_is_said)
+{
+	struct keel_topo *t = load_gen("2 1 4 1 --nics eth0@root", 4);
+	struct keel_map_req r;
+
+	cr_assert_eq(keel_topo_nic_find(t, "eth0")->numa, -1);
+	req_on_cpus(&r, "eth0", NULL);
+	compute_logged(t, &r);
+	cr_assert_eq(map.nshards, 4);
+	assert_shards_on(&map, 0, 4, 0);
+	cr_assert(strstr(logged, "eth0 has no NUMA node of its own") &&
+			  strstr(logged, "nodes 0, 1") &&
+			  strstr(logged, "the shards are on node 0") &&
+			  strstr(logged, "--cpuset") && strstr(logged, "_PXM"),
+		  "logged: '%s'", logged);
+	/* --cpuset on node 1's CPUs: the shards are where the user put them */
+	req_on_cpus(&r, "eth0", "4-7");
+	compute_logged(t, &r);
+	assert_shards_on(&map, 0, 4, 1);
+	cr_assert(!strstr(logged, "no NUMA node of its own"), "%s", logged);
+	keel_topo_destroy(t);
+}
