@@ -651,8 +651,8 @@ from_tree(struct jp *p, const struct jval *root, struct keel_map *m)
 	/* Cross-field consistency: queues need an interface and fit rx_queues, which is the
 	 * highest rxq + 1 (0 without queues), as keel_map_compute writes it: more would have
 	 * the runtime, --check and the plan's ethtool -L ask for queues no shard uses. */
+	int top = -1;
 	{
-		int top = -1;
 		unsigned at = 0;
 
 		for (unsigned s = 0; s < m->nshards; s++)
@@ -679,11 +679,13 @@ from_tree(struct jp *p, const struct jval *root, struct keel_map *m)
 		if (m->shards[s].rxq >= 0 && (unsigned)m->shards[s].rxq >= m->rx_queues) {
 			char msg[160];
 			p->pos = shard_at(root, s);
+			/* The one value taken is the highest rxq + 1 (above): not this
+			 * shard's rxq + 1, which another shard's may exceed, nor the
+			 * interface's count. */
 			snprintf(msg, sizeof(msg),
-				 "shard %u's rxq %d is not below \"rx_queues\" %u: set rx_queues "
-				 "to the interface's count (at least %d), or the rxq below %u",
-				 s, m->shards[s].rxq, m->rx_queues, m->shards[s].rxq + 1,
-				 m->rx_queues);
+				 "shard %u's rxq %d is not below \"rx_queues\" %u: it must be %d: "
+				 "the highest rxq + 1 (or keep every rxq below %u)",
+				 s, m->shards[s].rxq, m->rx_queues, top + 1, m->rx_queues);
 			return jerr(p, msg);
 		}
 		for (unsigned o = 0; o < s; o++)

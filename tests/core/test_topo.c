@@ -1088,8 +1088,25 @@ Test(core_topo, map_parser_is_strict)
 		      "byte-order mark starts the file: save it without one");
 	expect_reject("{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 1, \"shards\": "
 		      "[{\"shard\": 0, \"cpu\": 0, \"rxq\": 3}]}",
-		      "shard 0's rxq 3 is not below \"rx_queues\" 1: set rx_queues to the "
-		      "interface's count (at least 4)");
+		      "shard 0's rxq 3 is not below \"rx_queues\" 1: it must be 4: the highest "
+		      "rxq + 1");
+	/* The value advised is the one the parser takes: the highest rxq + 1, not the first
+	 * shard's (it advised "at least 4" here, and the interface's count, which any value
+	 * above 6 is refused for). */
+	{
+		static const char fmt[] = "{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": %u, "
+					  "\"shards\": [{\"shard\": 0, \"cpu\": 0, \"rxq\": 3}, "
+					  "{\"shard\": 1, \"cpu\": 1, \"rxq\": 5}]}";
+		char doc[256];
+
+		snprintf(doc, sizeof(doc), fmt, 1u);
+		expect_reject(doc, "shard 0's rxq 3 is not below \"rx_queues\" 1: it must be 6: "
+				   "the highest rxq + 1");
+		snprintf(doc, sizeof(doc), fmt, 6u);
+		cr_assert_eq(keel_map_parse(doc, strlen(doc), &back, err, sizeof(err)), 0,
+			     "the advised rx_queues 6 is refused: %s", err);
+		cr_assert_eq(back.rx_queues, 6);
+	}
 	/* Many members: refused at the 65th, not compared with each other (90,000 in a
 	 * 1 MiB file took 19 s to refuse). */
 	{
