@@ -371,8 +371,12 @@ parse_container(struct jp *p, struct jval *v, int depth)
 			}
 			for (unsigned i = 0; i < v->n; i++)
 				if (!strcmp(v->kid[i].key, key)) {
+					char msg[96];
+
+					snprintf(msg, sizeof(msg),
+						 "duplicate member \"%.40s\" (remove one)", key);
 					free(key);
-					return jerr(p, "duplicate member");
+					return jerr(p, msg);
 				}
 			skip_ws(p);
 			if (p->pos >= p->len || p->s[p->pos] != ':') {

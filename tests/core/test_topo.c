@@ -1079,7 +1079,10 @@ Test(core_topo, map_parser_is_strict)
 	expect_reject(
 		"{\"keel_map\": 1, \"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 1, " SHARD0
 		"}",
-		"duplicate member");
+		"duplicate member \"keel_map\" (remove one)");
+	expect_reject("{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 1, \"shards\": "
+		      "[{\"shard\": 0, \"cpu\": 0, \"cpu\": 1, \"rxq\": 0}]}",
+		      "duplicate member \"cpu\" (remove one) at line 1");
 	expect_reject("{\"keel_map\": 1, \"iface\": \"lo\", \"rx_queues\": 1, " SHARD0 "} x",
 		      "data after the document");
 	/* The fixes named: an editor's byte-order mark, and the rx_queues a queue needs. */
