@@ -60,6 +60,7 @@ struct kv_stats {
 	_Atomic uint64_t rejected; /* connections refused past --maxclients */
 	_Atomic uint64_t hits, misses;
 	_Atomic uint64_t input_holds;      /* receives whose parsing stopped at the reply limits */
+	_Atomic uint64_t input_moved;      /* bytes of unparsed input moved to its buffer's start */
 	_Atomic uint64_t replies_orphaned; /* replies from another shard for a closed client */
 	_Atomic uint64_t args_bytes;       /* argument arrays held by connections and the shard */
 	_Atomic uint64_t lazyfree_pending; /* keys FLUSHALL ASYNC set aside, not yet freed */

@@ -2103,6 +2103,64 @@ Test(kv_server, a_client_that_half_closes_past_the_watermark_gets_every_reply)
 	free(cmd);
 }
 
+/* Input held behind a WAIT, then parsed a request at a time (each GET's 1 MiB reply passes
+ * the high watermark): the unparsed rest was moved to the buffer's start after every pass,
+ * 16 GETs before an 8 MiB SET moving it 16 times (134 MB moved for 8.4 MB received, O(n^2)
+ * in the held input, the shard stalled meanwhile). The bytes moved (input_moved in INFO
+ * shards) stay within twice those received. WAIT 1 0 waits until the half-close, so all
+ * of the pipeline is held first, with no timing. */
+Test(kv_server, input_held_behind_a_wait_is_not_moved_on_every_pass)
+{
+	enum { N = 16, V = 1 << 20, PAD = 8 << 20 };
+	size_t cap = (size_t)N * (V + 64) + 64, got = 0, len = 0, want;
+	char *in = malloc(cap), *req = malloc(PAD + 4096);
+	struct timeval tv = { .tv_sec = 60 };
+	long long moved;
+	struct srv s;
+	struct rd r;
+	int fd;
+
+	cr_assert(in && req);
+	srv_start(&s, 1, NULL);
+	rd_init(&r, test_connect(s.port));
+	set_big(&r, "big", V, 0);
+	len = (size_t)sprintf(req, "WAIT 1 0\r\n");
+	for (int i = 0; i < N; i++)
+		len += (size_t)sprintf(req + len, "*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n");
+	len += (size_t)sprintf(req + len, "*3\r\n$3\r\nSET\r\n$3\r\npad\r\n$%d\r\n", PAD);
+	memset(req + len, 'p', PAD);
+	len += PAD;
+	len += (size_t)sprintf(req + len, "\r\n");
+	fd = test_connect(s.port);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	test_send_all(fd, req, len);
+	cr_assert_eq(shutdown(fd, SHUT_WR), 0);
+	for (;;) {
+		ssize_t k = recv(fd, in + got, cap - got, 0);
+
+		if (k <= 0) {
+			cr_assert_eq(k, 0, "recv: %s", strerror(errno));
+			break;
+		}
+		got += (size_t)k;
+		cr_assert_lt(got, cap, "more than the replies");
+	}
+	close(fd);
+	want = 4 + (size_t)N * (strlen("$1048576\r\n") + V + 2) + 5;
+	cr_assert_eq(got, want, "%zu bytes of replies, not %zu", got, want);
+	cr_assert_eq(memcmp(in, ":0\r\n", 4), 0, "WAIT's reply");
+	cr_assert_eq(memcmp(in + got - 5, "+OK\r\n", 5), 0, "SET's reply");
+	moved = info_field(s.port, "input_moved=");
+	cr_assert_leq(moved, 2 * (long long)len,
+		      "%lld bytes of input moved for %zu received (%.1f times)", moved, len,
+		      (double)moved / (double)len);
+	expect(&r, "STRLEN pad", ":8388608\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+	free(in);
+	free(req);
+}
+
 /* The same with QUIT at the end of the pipeline (QUIT marks the connection closing): the
  * replies made on other shards before it, and QUIT's +OK, all come before the close. The
  * EOF closed at once when QUIT had come first. */
