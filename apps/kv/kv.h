@@ -325,6 +325,8 @@ void kv_reply_arity(struct rbuf *out, const struct kv_cmd *c);
  * so that one short request (MGET of one large key, repeated) cannot make the server build
  * and hold a reply of any size. Returns: true when it was refused. */
 bool kv_reply_over(struct rbuf *out, size_t start, size_t at, bool ran);
+/* The error itself: a reply of @n bytes refused past kv_cfg.reply_max. */
+void kv_reply_too_large(struct rbuf *out, size_t n, bool ran);
 
 /* Persistence records (store.c): the state of @key as one RESP record (SET k v [PXAT ms]
  * or DEL k); the check of a record read back (0, and *pxat its expiry or 0; -EINVAL when

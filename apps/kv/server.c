@@ -887,7 +887,11 @@ merge(struct pend *p)
 					rb_put(&all, at, len);
 			}
 		}
-		rb_bulk(out, all.p, all.len);
+		/* Each part is bounded where it was made; together they may pass it. */
+		if (kv_reply_over(&all, 0, 0, false))
+			rb_put(out, all.p, all.len);
+		else
+			rb_bulk(out, all.p, all.len);
 		out->oom |= all.oom;
 		rb_free(&all);
 		break;
@@ -1223,17 +1227,22 @@ watch_end_req(uint64_t id, const uint8_t *req, size_t len)
 	args_shrink(&ks->argv, &ks->argv_cap, &ks->scratch, &ks->scratch_cap);
 }
 
-/* A transaction's reply no longer than this is never refused past --send-max (the
- * error would be as long). */
+/* A command's reply in a transaction no longer than this is not refused on its own past
+ * --send-max (the error would be as long). */
 #define TX_REPLY_SMALL 160
 
 /* On the owner: a transaction's requests, each parsed again and run, in order; their
- * replies are EXEC's array. Only memory can fail a request parsed once already. */
+ * replies are EXEC's array. Only memory can fail a request parsed once already. Past
+ * --send-max a command's reply longer than TX_REPLY_SMALL is refused in the array; once the
+ * array passes it even so (short replies, and those errors, add up: 20,000 GETs of a
+ * 149-byte value made 3.1 MB), every command still runs, its reply dropped, and EXEC's
+ * reply is the error, saying they ran. */
 static void
 tx_run(struct kmsg *m)
 {
 	struct kv_shard *ks = &shards[self()];
-	size_t off = 0, start = m->rep.len;
+	size_t off = 0, start = m->rep.len, made = 0;
+	bool over = false;
 	struct resp_req req;
 
 	kv_clock_freeze();      /* one time for the whole transaction, as Redis */
@@ -1252,6 +1261,7 @@ tx_run(struct kmsg *m)
 		}
 	}
 	rb_arr(&m->rep, m->tx);
+	made = m->rep.len - start; /* the reply as made, for the error: over this much */
 	if (kv_cfg.aof)
 		kv_aof_tx_begin();
 	for (unsigned i = 0; i < m->tx; i++) {
@@ -1273,9 +1283,20 @@ tx_run(struct kmsg *m)
 		/* Past --send-max, a command's reply that carries a value is refused (its own
 		 * error, in the array), a write's too (GETEX, GETSET: what it did is done, the
 		 * error says so); replies no longer than the error stay. */
-		if (m->rep.len - at > TX_REPLY_SMALL)
+		made += m->rep.len - at;
+		if (over)
+			m->rep.len = at; /* dropped: the error replaces them all */
+		else if (m->rep.len - at > TX_REPLY_SMALL)
 			kv_reply_over(&m->rep, start, at, c->flags & KV_F_WRITE);
+		if (!over && kv_cfg.reply_max && m->rep.len - start > kv_cfg.reply_max) {
+			over = true;
+			m->rep.len = start;
+		}
 		off += (size_t)r;
+	}
+	if (over) {
+		m->rep.len = start;
+		kv_reply_too_large(&m->rep, made, true);
 	}
 	if (kv_cfg.aof)
 		kv_aof_tx_end();
@@ -2485,10 +2506,11 @@ client_line(struct rbuf *b, const struct kconn *kc, uint64_t now, unsigned own)
 
 /* CLIENT LIST ID: a line per id argument, in their order, empty where the client is not
  * this shard's (or none): merge_by_arg puts the shards' lines in the arguments' order. The
- * matching clients are sorted by id once, each argument then found in log time. False
+ * matching clients are sorted by id once, each argument then found in log time. An id may
+ * repeat: past --send-max @body is the error instead (kv_reply_over; *@over set). False
  * without memory. */
 static bool
-client_lines_by_arg(const struct client_sel *s, uint64_t now, struct rbuf *body)
+client_lines_by_arg(const struct client_sel *s, uint64_t now, struct rbuf *body, bool *over)
 {
 	struct by_id {
 		uint64_t id; /* first: id_cmp compares it */
@@ -2527,6 +2549,8 @@ client_lines_by_arg(const struct client_sel *s, uint64_t now, struct rbuf *body)
 			client_line(body, f->kc, now, f->id == s->me);
 		else
 			rb_put(body, "\n", 1);
+		if ((*over = kv_reply_over(body, 0, 0, false)))
+			break;
 	}
 	free(v);
 	return true;
@@ -2541,6 +2565,7 @@ kv_client_part(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rb
 	struct client_sel s;
 	long long me = 0, n = 0, first = 0;
 	struct rbuf body = { 0 };
+	bool over = false;
 
 	(void)db;
 	/* Its request, made by client_fanout: "CLIENT LIST|KILL <the caller's id> [options]",
@@ -2554,7 +2579,7 @@ kv_client_part(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rb
 		return;
 	}
 	if (!kill && s.nids) {
-		if (!client_lines_by_arg(&s, now, &body))
+		if (!client_lines_by_arg(&s, now, &body, &over))
 			body.oom = true;
 		kc = NULL; /* listed: the walk below has nothing to do */
 	}
@@ -2566,9 +2591,12 @@ kv_client_part(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rb
 			continue;
 		if (!n++)
 			first = (long long)kc->id;
-		if (!kill)
+		if (!kill) {
 			client_line(&body, kc, now, kc->id == s.me);
-		else if (kc->id == s.me)
+			/* Names up to --proto-max-bulk-len: bounded as CLIENT LIST ID is. */
+			if ((over = kv_reply_over(&body, 0, 0, false)))
+				break;
+		} else if (kc->id == s.me)
 			kc->closing = true; /* the caller (SKIPME no): after its reply, as Redis */
 		else
 			conn_fail(kc, -ECONNABORTED); /* on_close, freeing it, comes later */
@@ -2582,7 +2610,10 @@ kv_client_part(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rb
 		rb_int(out, n);
 		return;
 	}
-	rb_bulk(out, body.p, body.len);
+	if (over) /* the error: merge's part_error makes it the reply */
+		rb_put(out, body.p, body.len);
+	else
+		rb_bulk(out, body.p, body.len);
 	out->oom |= body.oom;
 	rb_free(&body);
 }
@@ -2842,13 +2873,19 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 		} else if (is(&argv[1], "DOCS")) {
 			rb_arr(out, 0); /* no documentation: redis-cli then shows no hints */
 		} else if (is(&argv[1], "INFO")) {
+			size_t start = out->len;
+
 			rb_arr(out, argc - 2);
+			/* A name may repeat: a reply of any size, refused past --send-max as
+			 * MGET's is (100,000 names made 10 MB). */
 			for (unsigned i = 2; i < argc; i++) {
 				const struct kv_cmd *k = kv_cmd_find(argv[i].p, argv[i].len);
 				if (k)
 					command_info(out, k);
 				else
 					rb_nil(out);
+				if (kv_reply_over(out, start, start, false))
+					break;
 			}
 		} else {
 			rb_err(out, "ERR unknown subcommand '%.*s'. Try COMMAND HELP.",

@@ -999,6 +999,15 @@ lookup_read(struct kv_db *db, struct resp_arg *key)
 	return e;
 }
 
+void
+kv_reply_too_large(struct rbuf *out, size_t n, bool ran)
+{
+	rb_err(out,
+	       "ERR reply too large: over %zu bytes, past --send-max (%llu bytes)%s; ask for "
+	       "fewer or smaller values in one command or transaction, or raise --send-max",
+	       n, (unsigned long long)kv_cfg.reply_max, ran ? " (the command ran)" : "");
+}
+
 bool
 kv_reply_over(struct rbuf *out, size_t start, size_t at, bool ran)
 {
@@ -1007,10 +1016,7 @@ kv_reply_over(struct rbuf *out, size_t start, size_t at, bool ran)
 	if (!kv_cfg.reply_max || n <= kv_cfg.reply_max)
 		return false;
 	out->len = at;
-	rb_err(out,
-	       "ERR reply too large: over %zu bytes, past --send-max (%llu bytes)%s; ask for "
-	       "fewer or smaller values in one command or transaction, or raise --send-max",
-	       n, (unsigned long long)kv_cfg.reply_max, ran ? " (the command ran)" : "");
+	kv_reply_too_large(out, n, ran);
 	return true;
 }
 

@@ -1494,6 +1494,161 @@ Test(kv_server, a_reply_of_many_values_past_send_max_is_refused_on_3_shards)
 	reply_refused_past_send_max(3);
 }
 
+/* The first line of the next reply on @r, without its CRLF (the rest of the reply stays
+ * for rd_next). */
+static char *
+first_line(struct rd *r)
+{
+	static char line[1024];
+	uint8_t *nl;
+
+	while (!(nl = r->len ? memmem(r->b, r->len, "\r\n", 2) : NULL)) {
+		ssize_t k;
+
+		cr_assert_lt(r->len, sizeof(line), "a first line of over %zu bytes", r->len);
+		k = recv(r->fd, r->b + r->len, r->cap - r->len, 0);
+		cr_assert_gt(k, 0, "recv: %s", k ? strerror(errno) : "closed");
+		r->len += (size_t)k;
+	}
+	cr_assert_lt((size_t)(nl - r->b), sizeof(line), "a first line of %zu bytes",
+		     (size_t)(nl - r->b));
+	memcpy(line, r->b, (size_t)(nl - r->b));
+	line[nl - r->b] = 0;
+	r->len -= (size_t)(nl - r->b) + 2;
+	memmove(r->b, nl + 2, r->len);
+	return line;
+}
+
+/* A transaction of many commands whose replies are each short (a 149-byte value's GET:
+ * 157 bytes of reply for 7 of request) against --send-max 2mb: its reply was checked only
+ * when one command's reply passed 160 bytes, so 20,000 GETs made a 3.1 MB array, and a
+ * transaction queued to the query buffer limit one of any size. Past --send-max now the
+ * replies are dropped and EXEC's reply is the error, saying the commands ran: the SET
+ * queued after the GETs took effect. @shards: 1, or 3 (the keys on one, by a hash tag). */
+static void
+exec_of_many_short_replies(unsigned shards)
+{
+	enum { N = 20000 };
+	static const char refused[] = "-ERR reply too large: ";
+	char *req = malloc(N * 16 + 256), val[150], *got;
+	size_t len = 0;
+	struct srv s;
+	struct rd r;
+
+	cr_assert(req);
+	srv_start(&s, shards, "--send-max", "2mb", NULL);
+	rd_init(&r, test_connect(s.port));
+	memset(val, 'v', 149);
+	val[149] = 0;
+	len = (size_t)sprintf(req, "SET {t}k %s", val);
+	expect(&r, req, "+OK\r\n");
+	len = (size_t)sprintf(req, "MULTI\r\n");
+	for (int i = 0; i < N; i++)
+		len += (size_t)sprintf(req + len, "GET {t}k\r\n");
+	len += (size_t)sprintf(req + len, "SET {t}w done\r\nEXEC\r\n");
+	test_send_all(r.fd, req, len);
+	expect_reply(&r, "+OK\r\n");
+	for (int i = 0; i < N + 1; i++)
+		expect_reply(&r, "+QUEUED\r\n");
+	got = first_line(&r);
+	cr_assert(!strncmp(got, refused, sizeof(refused) - 1),
+		  "EXEC of %d GETs of a 149-byte value: %.60s, not %s...", N, got, refused);
+	cr_assert(strstr(got, "past --send-max (2097152 bytes) (the command ran)"), "%s", got);
+	expect(&r, "GET {t}w", "$4\r\ndone\r\n");
+	expect(&r, "PING", "+PONG\r\n");
+	rd_free(&r);
+	srv_stop(&s);
+	free(req);
+}
+
+Test(kv_server, a_transaction_of_many_short_replies_past_send_max_is_refused)
+{
+	exec_of_many_short_replies(1);
+	exec_of_many_short_replies(3);
+}
+
+/* COMMAND INFO of one name repeated 100,000 times against --send-max 2mb: its reply was not
+ * bounded (an array of 100,000, 10 MB, for 1 MB of request). It is the error now, and the
+ * connection is still served. */
+static void
+command_info_repeated_past_send_max(unsigned shards)
+{
+	enum { NC = 100000 };
+	static const char refused[] = "-ERR reply too large: ";
+	char *req = malloc(NC * 16 + 256), *got;
+	size_t len;
+	struct srv s;
+	struct rd r;
+
+	cr_assert(req);
+	srv_start(&s, shards, "--send-max", "2mb", NULL);
+	rd_init(&r, test_connect(s.port));
+	len = (size_t)sprintf(req, "*%d\r\n$7\r\nCOMMAND\r\n$4\r\nINFO\r\n", NC + 2);
+	for (int i = 0; i < NC; i++)
+		len += (size_t)sprintf(req + len, "$3\r\nget\r\n");
+	test_send_all(r.fd, req, len);
+	got = first_line(&r);
+	cr_assert(!strncmp(got, refused, sizeof(refused) - 1),
+		  "COMMAND INFO of 'get' x %d: %.60s, not %s...", NC, got, refused);
+	test_send_all(r.fd, "COMMAND INFO get set\r\n", 22); /* a short one still answers */
+	got = rd_next(&r, NULL);
+	cr_assert(got && !strncmp(got, "*2\r\n*10\r\n$3\r\nget\r\n", 18),
+		  "COMMAND INFO get set: %.60s", got ? got : "closed");
+	rd_free(&r);
+	srv_stop(&s);
+	free(req);
+}
+
+Test(kv_server, command_info_of_a_repeated_name_past_send_max_is_refused)
+{
+	command_info_repeated_past_send_max(1);
+}
+
+/* CLIENT LIST ID of the caller's id repeated 20,000 times against --send-max 2mb: the lines
+ * (5 MB) were not bounded, on the shard of the client nor merged. The reply is the error
+ * now, on one shard and on 3 (the other shards' parts are empty lines). */
+static void
+client_list_repeated_past_send_max(unsigned shards)
+{
+	enum { NL = 20000 };
+	static const char refused[] = "-ERR reply too large: ";
+	char *req = malloc(NL * 32 + 256), *got, id[32];
+	size_t len;
+	struct srv s;
+	struct rd r;
+
+	cr_assert(req);
+	srv_start(&s, shards, "--send-max", "2mb", NULL);
+	rd_init(&r, test_connect(s.port));
+	test_send_all(r.fd, "CLIENT ID\r\n", 11);
+	got = rd_next(&r, NULL);
+	cr_assert(got && got[0] == ':', "CLIENT ID: %s", got ? got : "closed");
+	snprintf(id, sizeof(id), "%.*s", (int)strcspn(got + 1, "\r"), got + 1);
+	len = (size_t)sprintf(req, "*%d\r\n$6\r\nCLIENT\r\n$4\r\nLIST\r\n$2\r\nID\r\n", NL + 3);
+	for (int i = 0; i < NL; i++)
+		len += (size_t)sprintf(req + len, "$%zu\r\n%s\r\n", strlen(id), id);
+	test_send_all(r.fd, req, len);
+	got = first_line(&r);
+	cr_assert(!strncmp(got, refused, sizeof(refused) - 1),
+		  "CLIENT LIST ID of id %s x %d on %u shard(s): %.60s, not %s...", id, NL, shards,
+		  got, refused);
+	snprintf(req, 256, "CLIENT LIST ID %s %s", id, id); /* two lines: answered */
+	test_send_all(r.fd, req, strlen(req));
+	test_send_all(r.fd, "\r\n", 2);
+	got = rd_next(&r, NULL);
+	cr_assert(got && got[0] == '$' && strstr(strstr(got, "id=") + 1, "id="),
+		  "CLIENT LIST ID %s %s: %.80s", id, id, got ? got : "closed");
+	rd_free(&r);
+	srv_stop(&s);
+	free(req);
+}
+
+Test(kv_server, client_list_of_a_repeated_id_past_send_max_is_refused)
+{
+	client_list_repeated_past_send_max(1);
+	client_list_repeated_past_send_max(3);
+}
+
 /* The same behind a reply that waits (appendfsync always: a SET's reply waits for its
  * fdatasync): the replies made behind it wait in memory until it is done, and only their
  * count (4,096) held the parsing, so one receive's GETs of a 16 KiB value made tens of MiB
