@@ -122,7 +122,8 @@ struct kconn {
 	const struct kv_cmd *last_cmd;
 	char last_sub[16];
 	char *name;
-	struct ktx *tx; /* MULTI: the commands queued for EXEC */
+	size_t name_len; /* its bytes, counted in client_mem: up to --proto-max-bulk-len */
+	struct ktx *tx;  /* MULTI: the commands queued for EXEC */
 	/* WATCH: the keys watched, as a request's arguments (RESP bulk strings, wn of them),
 	 * all on shard watch_owner, whose table holds the watches (watch.c) */
 	struct rbuf wkeys;
@@ -491,12 +492,13 @@ close_due(const struct kconn *kc)
 
 /* What a client holds: its request and reply buffers, replies made and not yet sent (on
  * this shard, queued on its connection, a large one's rest), its transaction's queue, its
- * watched keys and its argument arrays. Redis 7 counts a client's buffers alike for
- * maxmemory-clients. */
+ * watched keys, its argument arrays and its name. Redis 7 counts a client's buffers alike
+ * for maxmemory-clients (not its name: one of 512 MB set by CLIENT SETNAME went uncounted
+ * here, where nothing else bounds it). */
 static uint64_t
 client_mem(const struct kconn *kc)
 {
-	return sizeof(*kc) + kc->in_cap + kc->out.cap + kc->pend_bytes +
+	return sizeof(*kc) + kc->in_cap + kc->name_len + kc->out.cap + kc->pend_bytes +
 	       (uint64_t)kc->npend * sizeof(struct pend) + keel_conn_queued(kc->c) +
 	       (kc->big.buf ? kc->big.len - kc->big_off : 0) + (kc->tx ? kc->tx->q.cap : 0) +
 	       kc->wkeys.cap + (uint64_t)kc->wset_cap * sizeof(*kc->wset) +
@@ -2055,6 +2057,7 @@ set_name(struct kconn *kc, const struct resp_arg *name, struct rbuf *out)
 	}
 	free(kc->name);
 	kc->name = n;
+	kc->name_len = name->len;
 	return true;
 }
 
@@ -2500,7 +2503,7 @@ client_line(struct rbuf *b, const struct kconn *kc, uint64_t now, unsigned own)
 		     queued ? "rw" : "r", cmd);
 	rb_put(b, head, (size_t)h);
 	if (kc->name)
-		rb_put(b, kc->name, strlen(kc->name));
+		rb_put(b, kc->name, kc->name_len);
 	rb_put(b, tail, (size_t)t);
 }
 
@@ -2967,7 +2970,7 @@ local_cmd(struct kconn *kc, const struct kv_cmd *c, struct resp_arg *argv, unsig
 				rb_simple(out, "OK");
 		} else if (is(&argv[1], "GETNAME") && argc == 2) {
 			if (kc->name)
-				rb_bulk(out, kc->name, strlen(kc->name));
+				rb_bulk(out, kc->name, kc->name_len);
 			else
 				rb_nil(out);
 		} else if (is(&argv[1], "ID") && argc == 2) {
@@ -3707,6 +3710,7 @@ tx_cmd(struct kconn *kc, const struct kv_cmd *c, struct rbuf *out)
 		watch_release(kc);
 		free(kc->name);
 		kc->name = NULL;
+		kc->name_len = 0;
 		rb_simple(out, "RESET");
 	} else {
 		return false;

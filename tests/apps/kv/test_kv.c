@@ -4853,6 +4853,57 @@ Test(kv_server, client_no_evict_exempts_a_client_from_maxmemory_clients)
 	srv_stop(&s);
 }
 
+/* A client's name (CLIENT SETNAME, HELLO SETNAME: up to --proto-max-bulk-len) counts in
+ * what it holds: a 10 MB one was in neither CLIENT LIST's tot-mem nor mem_clients_normal
+ * (so --maxmemory-clients never saw it). */
+Test(kv_server, a_client_name_counts_in_what_the_client_holds)
+{
+	enum { NAME = 10000000 };
+	char *req = malloc(NAME + 64), *got, *list, *tm;
+	size_t n, len, have;
+	struct srv s;
+	struct rd r;
+
+	cr_assert(req);
+	srv_start(&s, 1, NULL);
+	rd_init(&r, test_connect(s.port));
+	n = (size_t)sprintf(req, "*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n$%d\r\n", NAME);
+	memset(req + n, 'n', NAME);
+	memcpy(req + n + NAME, "\r\n", 2);
+	test_send_all(r.fd, req, n + NAME + 2);
+	expect_reply(&r, "+OK\r\n");
+	/* The reply, its 10 MB name too, read whole. */
+	test_send_all(r.fd, "CLIENT LIST\r\n", 13);
+	got = first_line(&r);
+	cr_assert_eq(got[0], '$', "CLIENT LIST: %.60s", got);
+	len = strtoul(got + 1, NULL, 10);
+	cr_assert_gt(len, NAME, "CLIENT LIST: %zu bytes", len);
+	list = malloc(len + 3);
+	cr_assert(list);
+	have = r.len < len + 2 ? r.len : len + 2;
+	memcpy(list, r.b, have);
+	r.len -= have;
+	memmove(r.b, r.b + have, r.len);
+	while (have < len + 2) {
+		ssize_t k = recv(r.fd, list + have, len + 2 - have, 0);
+
+		cr_assert_gt(k, 0, "recv: %s", k ? strerror(errno) : "closed");
+		have += (size_t)k;
+	}
+	list[len] = 0;
+	tm = strstr(list + NAME, " tot-mem=");
+	cr_assert(tm, "no tot-mem in CLIENT LIST");
+	cr_assert_geq(strtoull(tm + 9, NULL, 10), NAME, "tot-mem=%.20s with a %d-byte name", tm + 9,
+		      NAME);
+	cr_assert_geq(info_field(s.port, "mem_clients_normal:"), NAME);
+	expect(&r, "CLIENT SETNAME short", "+OK\r\n");
+	cr_assert_lt(info_field(s.port, "mem_clients_normal:"), 1000000, "the name freed");
+	free(list);
+	rd_free(&r);
+	srv_stop(&s);
+	free(req);
+}
+
 Test(kv_server, maxmemory_clients_below_1mb_is_refused)
 {
 	const char *const argv[] = { kv_bin(), "--addr", "127.0.0.1",
