@@ -323,7 +323,7 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 	const char *qsrc = "";
 	int qmax;
 	unsigned char *reserved;
-	char list[512];
+	char list[1024]; /* over_others: up to about 650 bytes */
 	int r = 0;
 
 	memset(out, 0, sizeof(*out));
@@ -1027,7 +1027,7 @@ keel_map_check(const struct keel_topo *live, const struct keel_map *m, FILE *f)
 		return (int)n;
 	if (nic->nlower) {
 		/* Its queues have no IRQs to check: without this it passed. */
-		char why[512];
+		char why[1024]; /* over_others: up to about 650 bytes */
 
 		over_others(
 			nic,
