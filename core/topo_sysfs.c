@@ -179,11 +179,26 @@ keel__cgroup_cpus(struct keel_cpuset *out, char *file, size_t filelen)
 
 	if (r < 0)
 		return r;
-	if (snprintf(file, filelen, "%s/%s", dir,
-		     v2 ? "cpuset.cpus.effective" : "cpuset.effective_cpus") >= (int)filelen)
-		return -ENAMETOOLONG;
-	r = keel__topo_cpulist_read(file, out);
-	return r == -ERANGE ? 0 : r;
+	/* v2 gives a cgroup the file only where its parent enabled cpuset for it
+	 * (cgroup.subtree_control): a session scope under a slice with AllowedCPUs= has none,
+	 * and the nearest ancestor's is the set that binds it. That -ENOENT sent the --cpuset
+	 * error to "start the program with a wider mask". Up to the mount point, as the memory
+	 * limit's walk: a container sees its own subtree only. */
+	for (;;) {
+		char *slash;
+
+		if (snprintf(file, filelen, "%s/%s", dir,
+			     v2 ? "cpuset.cpus.effective" : "cpuset.effective_cpus") >=
+		    (int)filelen)
+			return -ENAMETOOLONG;
+		r = keel__topo_cpulist_read(file, out);
+		if (r != -ENOENT)
+			return r == -ERANGE ? 0 : r;
+		slash = strrchr(dir, '/');
+		if (!slash || (size_t)(slash - dir) < mntlen)
+			return r;
+		*slash = 0;
+	}
 }
 
 int

@@ -2243,6 +2243,17 @@ Test(core_topo, the_cgroup_cpuset_is_read_from_v1_v2_and_a_subtree_mount)
 	write_in(dir, "cpuset.cpus.effective", "2\n");
 	cr_assert_eq(keel__cgroup_cpus(&s, file, sizeof(file)), 0, "%s", file);
 	cr_assert(keel_cpuset_has(&s, 2) && !keel_cpuset_has(&s, 0));
+	/* a v2 cgroup whose parent did not enable cpuset for it has no file: its nearest
+	 * ancestor's binds it (-ENOENT before, and the --cpuset error named the wrong fix) */
+	fake_cgroup(root, "cgroup2", "v2", "/", "0::/u.slice/s.scope\n");
+	snprintf(dir, sizeof(dir), "%s/v2/u.slice/s.scope", root);
+	write_in(dir, "cgroup.procs", "1\n");
+	snprintf(dir, sizeof(dir), "%s/v2/u.slice", root);
+	write_in(dir, "cpuset.cpus.effective", "3\n");
+	cr_assert_eq(keel__cgroup_cpus(&s, file, sizeof(file)), 0, "the ancestor's file not read");
+	snprintf(want, sizeof(want), "%s/v2/u.slice/cpuset.cpus.effective", root);
+	cr_assert_str_eq(file, want);
+	cr_assert(keel_cpuset_has(&s, 3) && !keel_cpuset_has(&s, 2));
 	/* at the root of the hierarchy */
 	fake_cgroup(root, "cgroup2", "v2", "/", "0::/\n");
 	snprintf(dir, sizeof(dir), "%s/v2", root);
