@@ -169,6 +169,19 @@ cgroup_dir(const char *ctl, char *dir, size_t dirlen, size_t *mntlen, bool *v2)
 	return 0;
 }
 
+/* @dir to its parent cgroup's folder: false at the hierarchy's mount point (@mntlen bytes
+ * of @dir), past which a container sees nothing of its own. */
+static bool
+cgroup_up(char *dir, size_t mntlen)
+{
+	char *slash = strrchr(dir, '/');
+
+	if (!slash || (size_t)(slash - dir) < mntlen)
+		return false;
+	*slash = 0;
+	return true;
+}
+
 int
 keel__cgroup_cpus(struct keel_cpuset *out, char *file, size_t filelen)
 {
@@ -185,8 +198,6 @@ keel__cgroup_cpus(struct keel_cpuset *out, char *file, size_t filelen)
 	 * error to "start the program with a wider mask". Up to the mount point, as the memory
 	 * limit's walk: a container sees its own subtree only. */
 	for (;;) {
-		char *slash;
-
 		if (snprintf(file, filelen, "%s/%s", dir,
 			     v2 ? "cpuset.cpus.effective" : "cpuset.effective_cpus") >=
 		    (int)filelen)
@@ -194,10 +205,8 @@ keel__cgroup_cpus(struct keel_cpuset *out, char *file, size_t filelen)
 		r = keel__topo_cpulist_read(file, out);
 		if (r != -ENOENT)
 			return r == -ERANGE ? 0 : r;
-		slash = strrchr(dir, '/');
-		if (!slash || (size_t)(slash - dir) < mntlen)
+		if (!cgroup_up(dir, mntlen))
 			return r;
-		*slash = 0;
 	}
 }
 
@@ -218,7 +227,6 @@ keel__cgroup_memory_limit(uint64_t *limit, char *file, size_t filelen)
 		char text[64] = "", *end;
 		unsigned long long v;
 		FILE *fp;
-		char *slash;
 
 		snprintf(f, sizeof(f), "%s/%s", dir, v2 ? "memory.max" : "memory.limit_in_bytes");
 		if ((fp = fopen(f, "re"))) {
@@ -235,10 +243,8 @@ keel__cgroup_memory_limit(uint64_t *limit, char *file, size_t filelen)
 			}
 			fclose(fp);
 		}
-		slash = strrchr(dir, '/');
-		if (!slash || (size_t)(slash - dir) < mntlen)
+		if (!cgroup_up(dir, mntlen))
 			break;
-		*slash = 0;
 	}
 	return found ? 0 : -ENOENT;
 }
