@@ -2119,8 +2119,7 @@ kv_aof_log(const struct kv_cmd *c, struct kv_db *db, struct resp_arg *argv, unsi
 			kv_db_record(db, &argv[1 + k * c->key_step], &a->pend);
 		a->pend.oom |= kv_test_fault("record-oom");
 		if (own_tx) {
-			logged(a);
-			kv_aof_tx_end();
+			kv_aof_tx_end(); /* its EXEC, then logged() as below */
 			return;
 		}
 	}
