@@ -33,7 +33,7 @@ struct resp_req {
 	struct resp_arg *argv; /* caller's array of @cap entries */
 	unsigned cap;
 	unsigned argc;    /* out: arguments parsed (0: an empty request, skip it) */
-	uint8_t *scratch; /* caller's area for inline arguments with quotes */
+	uint8_t *scratch; /* caller's area for inline arguments (all of them, quoted or not) */
 	size_t scratch_cap;
 	size_t need;       /* out, on RESP_MORE: the request is at least this many bytes;
 			    * on RESP_NEED_ARGV / RESP_NEED_SCRATCH: entries / bytes needed */
@@ -59,7 +59,9 @@ enum {
  * ("*2\r\n$3\r\nGET\r\n$1\r\nk\r\n") or an inline command ("GET k\r\n", arguments split
  * on spaces, "double" and 'single' quotes as in redis-cli).
  * Returns: the bytes the request takes (> 0), req->argc arguments in req->argv; or one of
- * the RESP_* codes above. Arguments point into @p (inline ones with quotes into scratch).
+ * the RESP_* codes above. Arguments point into @p (a multibulk request's) or into scratch
+ * (an inline request's, every one: unquoting may change bytes, and the copy is one pass;
+ * RESP_NEED_SCRATCH asks for the line's length).
  * Errors match Redis 7's replies ("Protocol error: invalid bulk length", ...).
  * With req->resume set (an earlier RESP_MORE on this request), arguments before
  * resume.next are not read again until the request is whole; then it is parsed from its
