@@ -804,10 +804,20 @@ bulk_body(const struct rbuf *b, const uint8_t **at, size_t *len)
 	return true;
 }
 
+/* Whether @all, a merge being built, is past --send-max: the merge stops there (its caller's
+ * kv_reply_over makes the error), so that it holds at most that and the piece that passed
+ * it, not every shard's part, each up to --send-max, again. */
+static bool
+merge_over(const struct rbuf *all)
+{
+	return kv_cfg.reply_max && all->len > kv_cfg.reply_max;
+}
+
 /* KV_M_BULK_BY_ARG (CLIENT LIST ID): each part has a line for each id argument, in their
  * order, empty unless the client is that shard's; the lines of each argument put in @all
- * in turn, so the list follows the arguments as Redis's does (a repeated id repeated).
- * False when the parts do not hold as many lines each (cannot happen). */
+ * in turn, so the list follows the arguments as Redis's does (a repeated id repeated),
+ * until past --send-max (merge_over). False when the parts do not hold as many lines each
+ * (cannot happen). */
 static bool
 merge_by_arg(const struct pend *p, struct rbuf *all)
 {
@@ -832,6 +842,8 @@ merge_by_arg(const struct pend *p, struct rbuf *all)
 			if (nl > at[s])
 				rb_put(all, at[s], (size_t)(nl - at[s]) + 1);
 			at[s] = nl + 1;
+			if (merge_over(all))
+				return true;
 		}
 	}
 	for (unsigned s = 1; s < ns; s++)
@@ -887,9 +899,12 @@ merge(struct pend *p)
 
 				if (bulk_body(&p->parts[s], &at, &len))
 					rb_put(&all, at, len);
+				if (merge_over(&all))
+					break;
 			}
 		}
-		/* Each part is bounded where it was made; together they may pass it. */
+		/* Each part is bounded where it was made; together they may pass it: the merge
+		 * stopped once they did (merge_over). */
 		if (kv_reply_over(&all, 0, 0, false))
 			rb_put(out, all.p, all.len);
 		else

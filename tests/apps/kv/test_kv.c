@@ -6567,6 +6567,76 @@ cl_line(const char *list, long long id, char *line, size_t len)
 	return false;
 }
 
+/* CLIENT LIST ID of two clients on different shards, each id repeated 90 times, with names
+ * of 20,000 bytes under --send-max 2mb: each shard's part (90 lines, about 1.8 MB) is under
+ * it, the two merged (3.6 MB) are not. The merge stops once past it, so the refusal says
+ * about --send-max and a line: before, the merge built every part's lines whole first
+ * (up to shards x --send-max), and the error said "over 3654... bytes". */
+Test(kv_server, client_list_id_merge_stops_past_send_max)
+{
+	enum { NAME = 20000, K = 90, MAX = 2 << 20 };
+	struct rd r[8];
+	long long ids[8], a = -1, b = -1;
+	char *name = malloc(NAME + 32), *req = malloc(2 * K * 48 + 128), *got;
+	size_t len, line = 0, over = 0;
+	int n = 0;
+	struct srv s;
+
+	cr_assert(name && req);
+	srv_start(&s, 2, "--send-max", "2mb", NULL);
+	for (; n < 8 && (a < 0 || b < 0); n++) {
+		rd_init(&r[n], cl_connect_spread(s.port, n));
+		test_send_all(r[n].fd, "CLIENT ID\r\n", 11);
+		got = rd_next(&r[n], NULL);
+		cr_assert(got && got[0] == ':', "CLIENT ID: %s", got ? got : "closed");
+		ids[n] = atoll(got + 1);
+		if (ids[n] % 256 == 0 && a < 0) /* keel-kv's ids: a count * 256 + the shard */
+			a = n;
+		else if (ids[n] % 256 == 1 && b < 0)
+			b = n;
+	}
+	if (a < 0 || b < 0) {
+		cpu_set_t set;
+
+		cr_assert_eq(sched_getaffinity(0, sizeof(set), &set), 0);
+		cr_assert_lt(CPU_COUNT(&set), 2, "premise: clients on both shards");
+		cr_skip_test("one CPU: every client lands on one shard");
+	}
+	memcpy(name, "CLIENT SETNAME ", 15);
+	memset(name + 15, 'n', NAME);
+	name[15 + NAME] = 0;
+	expect(&r[a], name, "+OK\r\n");
+	expect(&r[b], name, "+OK\r\n");
+	/* a line's length, for the premise: each part alone is under --send-max */
+	len = (size_t)sprintf(req, "CLIENT LIST ID %lld\r\n", ids[b]);
+	test_send_all(r[a].fd, req, len);
+	got = rd_next(&r[a], NULL);
+	cr_assert(got && sscanf(got, "$%zu", &line) == 1 && line > NAME, "%s: %.80s", req,
+		  got ? got : "closed");
+	cr_assert_lt((size_t)K * (line + 64), MAX, "premise: a part of %d lines of %zu bytes", K,
+		     line);
+	cr_assert_gt((size_t)2 * K * line, MAX, "premise: the parts together past it");
+	len = (size_t)sprintf(req, "*%d\r\n$6\r\nCLIENT\r\n$4\r\nLIST\r\n$2\r\nID\r\n", 2 * K + 3);
+	for (int i = 0; i < 2 * K; i++) {
+		char id[32];
+
+		snprintf(id, sizeof(id), "%lld", ids[i % 2 ? b : a]);
+		len += (size_t)sprintf(req + len, "$%zu\r\n%s\r\n", strlen(id), id);
+	}
+	test_send_all(r[a].fd, req, len);
+	got = rd_next(&r[a], NULL);
+	cr_assert(got && sscanf(got, "-ERR reply too large: over %zu bytes", &over) == 1,
+		  "CLIENT LIST ID of 2 x %d ids: %.100s", K, got ? got : "closed");
+	cr_assert_leq(over, (size_t)MAX + line + 64,
+		      "the merge went on to %zu bytes past --send-max (%d) with lines of %zu", over,
+		      MAX, line);
+	for (int i = 0; i < n; i++)
+		rd_free(&r[i]);
+	srv_stop(&s);
+	free(name);
+	free(req);
+}
+
 static unsigned
 cl_lines(const char *list)
 {
