@@ -336,7 +336,9 @@ struct keel_runtime {
 	 * request can wait on a shard that will not run it. */
 	_Atomic bool accepting;
 	bool joined;
-	bool mask_saved;
+	/* opts.signals: the starting thread's record of the stop signals it blocked (runtime.c),
+	 * held from start until the release at join; NULL when none is held. */
+	struct keel__sig_hold *sig_hold;
 	/* opts.signals: on the process's list of such runtimes from start to join (signal.c) */
 	struct keel_runtime *sig_next;
 	bool sig_listed;

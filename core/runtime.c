@@ -862,15 +862,67 @@ close_shard_fds(struct keel_runtime *rt)
 	}
 }
 
-/* The starts of runtimes with opts.signals on this thread that have not ended, and the
- * mask the first of them found: SIGINT and SIGTERM stay blocked here until the last ends.
- * Saved and restored per runtime, a runtime joined while another started after it still ran
- * unblocked them under that one (a SIGTERM then took the process's default action, killing
- * it), and the last joined restored a mask with them blocked for good (a review's runs). */
-static _Thread_local unsigned sig_starts;
-static _Thread_local sigset_t sig_saved;
+/* A thread's starts of runtimes with opts.signals that have not been released, and the
+ * mask the first of them found: SIGINT and SIGTERM stay blocked on the thread until the last
+ * is released. Saved and restored per runtime, a runtime joined while another started after
+ * it still ran unblocked them under that one (a SIGTERM then took the process's default
+ * action, killing it), and the last joined restored a mask with them blocked for good (a
+ * review's runs). On the heap, not in the thread's own storage, because a runtime may be
+ * joined (keel_runtime_destroy without a join) on another thread, which cannot touch the
+ * starting thread's mask but must still take its start off the count: else that thread's
+ * next runtimes, joined where they started, never gave its mask back. */
+struct keel__sig_hold {
+	unsigned starts; /* runtimes started on the thread, not yet released */
+	unsigned refs;   /* the thread's own while it runs, and one per runtime started */
+	bool owed;       /* the last was released elsewhere: the mask is still blocked here and
+			  * @saved is still the one to give back */
+	sigset_t saved;
+};
 
-/* @rt's start blocked the stop signals on this thread: once no other such start here is
+static pthread_mutex_t hold_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t hold_once = PTHREAD_ONCE_INIT;
+static pthread_key_t hold_key; /* its destructor drops the thread's reference as it exits */
+static _Thread_local struct keel__sig_hold *my_hold;
+
+static void
+hold_put(struct keel__sig_hold *h)
+{
+	bool last;
+
+	pthread_mutex_lock(&hold_lock);
+	last = --h->refs == 0;
+	pthread_mutex_unlock(&hold_lock);
+	if (last)
+		free(h);
+}
+
+static void
+hold_key_make(void)
+{
+	pthread_key_create(&hold_key, (void (*)(void *))hold_put);
+}
+
+/* The calling thread's record, made at its first start with signals. */
+static struct keel__sig_hold *
+hold_mine(void)
+{
+	struct keel__sig_hold *h;
+
+	if (my_hold)
+		return my_hold;
+	pthread_once(&hold_once, hold_key_make);
+	h = calloc(1, sizeof(*h));
+	if (!h)
+		return NULL;
+	h->refs = 1;
+	if (pthread_setspecific(hold_key, h) != 0) {
+		free(h);
+		return NULL;
+	}
+	return my_hold = h;
+}
+
+/* @rt's start blocked the stop signals on its thread: once no other such start there is
  * running, the signals that came as the last one stopped are taken (@take_late) and the
  * thread's mask from before the first goes back. */
 static void take_late_signals(struct keel_runtime *rt);
@@ -878,14 +930,29 @@ static void take_late_signals(struct keel_runtime *rt);
 static void
 mask_release(struct keel_runtime *rt, bool take_late)
 {
-	if (!rt->mask_saved)
+	struct keel__sig_hold *h = rt->sig_hold;
+	bool mine = h == my_hold, give_back;
+
+	if (!h)
 		return;
-	rt->mask_saved = false;
-	if (!sig_starts || --sig_starts) /* joined elsewhere (misuse), or another still runs */
-		return;
-	if (take_late)
+	rt->sig_hold = NULL;
+	pthread_mutex_lock(&hold_lock);
+	give_back = --h->starts == 0;
+	/* Released on another thread, the starting thread's mask cannot be given back from
+	 * here: it is when that thread next releases a runtime it started. */
+	h->owed = give_back && !mine;
+	pthread_mutex_unlock(&hold_lock);
+	if (!mine)
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "a runtime with signals on was joined on another thread than the one "
+			 "that started it, which keeps SIGINT and SIGTERM blocked (until it "
+			 "joins a runtime it starts): call keel_runtime_join on the starting "
+			 "thread before keel_runtime_destroy");
+	else if (give_back && take_late)
 		take_late_signals(rt);
-	pthread_sigmask(SIG_SETMASK, &sig_saved, NULL);
+	if (mine && give_back)
+		pthread_sigmask(SIG_SETMASK, &h->saved, NULL);
+	hold_put(h);
 }
 
 int
@@ -914,8 +981,20 @@ keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start, void *app)
 		 * keel's own: under valgrind a shard asleep in io_uring_enter keeps every other
 		 * thread from running, and such a thread never took SIGTERM (the forty-third
 		 * session's trial). */
-		pthread_sigmask(SIG_BLOCK, &set, sig_starts++ ? NULL : &sig_saved);
-		rt->mask_saved = true;
+		struct keel__sig_hold *h = hold_mine();
+
+		if (!h) {
+			r = -ENOMEM;
+			goto err;
+		}
+		pthread_mutex_lock(&hold_lock);
+		/* The first start here saves the mask, unless one released elsewhere left it
+		 * blocked: the one saved then is still the thread's own. */
+		pthread_sigmask(SIG_BLOCK, &set, h->starts++ || h->owed ? NULL : &h->saved);
+		h->owed = false;
+		h->refs++;
+		pthread_mutex_unlock(&hold_lock);
+		rt->sig_hold = h;
 		for (unsigned i = 0; i < rt->count; i++) {
 			rt->shards[i].sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
 			if (rt->shards[i].sigfd < 0) {

@@ -313,6 +313,59 @@ Test(core_lifecycle, runtimes_joined_in_the_order_they_started_keep_the_signals_
 	two_rt_run(in_order_child, 0, "the child to join both runtimes");
 }
 
+/* keel_runtime_destroy without a join, on another thread than the one that started the
+ * runtime (signals on): that thread cannot give the starting thread its mask back, so it
+ * says so, naming the fix; and the starting thread's next runtime, joined where it started,
+ * gives back the mask it had before the first. The starting thread's count of its starts
+ * kept the first, so its later joins never unblocked SIGINT and SIGTERM, and nothing was
+ * said. */
+static _Atomic int wrong_thread_lines;
+
+static void
+wrong_thread_sink(enum keel_log_level level, const char *module, int shard, const char *msg,
+		  void *arg)
+{
+	if (level == KEEL_LOG_ERROR && strstr(msg, "another thread than the one that started") &&
+	    strstr(msg,
+		   "call keel_runtime_join on the starting thread before keel_runtime_destroy"))
+		atomic_fetch_add(&wrong_thread_lines, 1);
+}
+
+static void *
+destroy_elsewhere(void *rt)
+{
+	keel_runtime_destroy(rt);
+	return NULL;
+}
+
+Test(core_lifecycle, a_destroy_on_another_thread_says_so_and_the_mask_comes_back_later)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_runtime *a, *b;
+	pthread_t t;
+
+	o.signals = true;
+	cr_assert(!sigterm_blocked(), "the test thread blocks SIGTERM already");
+	keel_log_set_sink(wrong_thread_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &a), 0);
+	cr_assert_eq(keel_runtime_start(a, NULL, NULL), 0);
+	cr_assert_eq(pthread_create(&t, NULL, destroy_elsewhere, a), 0);
+	cr_assert_eq(pthread_join(t, NULL), 0);
+	cr_assert_eq(atomic_load(&wrong_thread_lines), 1,
+		     "%d ERROR lines naming the fix for the destroy on another thread, want 1",
+		     atomic_load(&wrong_thread_lines));
+	cr_assert(sigterm_blocked(), "another thread cannot unblock this one's signals");
+	cr_assert_eq(keel_runtime_create(&o, &b), 0);
+	cr_assert_eq(keel_runtime_start(b, NULL, NULL), 0);
+	keel_runtime_stop(b, 0);
+	cr_assert_eq(keel_runtime_join(b), 0);
+	keel_runtime_destroy(b);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(!sigterm_blocked(), "SIGINT and SIGTERM still blocked on the starting thread "
+				      "after it joined a runtime it started");
+	cr_assert_eq(atomic_load(&wrong_thread_lines), 1);
+}
+
 /* A runtime with signals started after a SIGTERM stopped the others, before they were
  * joined: that signal stops it too (its first own signal would otherwise be the process's
  * second, and exit at once; and nothing else would stop it). */

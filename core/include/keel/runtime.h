@@ -82,7 +82,9 @@ KEEL_API void keel_runtime_stop(struct keel_runtime *rt, int status);
  * waits for (architecture.md, "Stopping").
  * Returns: the stop status (0 after a clean stop), or keel_runtime_start's error when it
  * failed.
- * Context: the thread that started the runtime; once.
+ * Context: the thread that started the runtime; once. (With opts->signals, a join on
+ * another thread leaves the starting thread's mask as it is, logged as in
+ * keel_runtime_destroy().)
  */
 KEEL_API int keel_runtime_join(struct keel_runtime *rt);
 
@@ -93,7 +95,11 @@ KEEL_API int keel_runtime_join(struct keel_runtime *rt);
  * descriptor at or above the old limit is open (else it stays, said in a WARN line, as
  * where /proc/self/fd cannot be read; a value the host set meanwhile is left as it is,
  * unsaid: docs/embedding.md, "Memory keel takes per shard").
- * Context: any thread, after join.
+ * A runtime started but not joined is stopped and joined here; with opts->signals, on
+ * another thread than the starting one, that join cannot unblock SIGINT and SIGTERM in the
+ * starting thread: it logs an ERROR naming the fix, and that thread gets its mask back when
+ * it next joins a runtime it started.
+ * Context: any thread, after join (with opts->signals, a join on the starting thread).
  */
 KEEL_API void keel_runtime_destroy(struct keel_runtime *rt);
 
