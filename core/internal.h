@@ -184,7 +184,8 @@ struct keel_shard {
 	uint64_t stall_ns;
 	uint64_t last_stall_log_ns;
 	uint64_t stalls_unlogged;
-	bool cq_ovf_logged; /* the first CQ overflow was logged (the stats count the rest) */
+	bool cq_ovf_logged;   /* the first CQ overflow was logged (the stats count the rest) */
+	uint64_t cq_ovf_pass; /* the pass (stats.passes) cq_overflows last counted */
 	uint64_t cq_dropped_logged; /* completions dropped, as last logged */
 	bool ovf_heap_logged;       /* an overflow node of keel's own came from the heap (logged) */
 
@@ -381,6 +382,9 @@ extern unsigned keel__mail_scan_max;
 /* Fault injection for tests: while non-zero, each MSG_RING wake-up is aimed at an invalid
  * fd (so it fails with -EBADF on the sender) and the count drops by one. */
 extern _Atomic unsigned keel__fault_msgring_fail;
+/* ... while non-zero, each io_uring_enter of the loop reports -EBADR (completions dropped)
+ * after it ran; the count drops by one. */
+extern _Atomic unsigned keel__fault_enter_ebadr;
 /* ... while non-zero, each arming of keel's own read finds no SQE; the count drops by one. */
 extern _Atomic unsigned keel__fault_internal_nosqe;
 /* ... while non-zero, each cancel of the shard's final reaping (once it is quiescent, the
