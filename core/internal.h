@@ -187,6 +187,8 @@ struct keel_shard {
 	bool cq_ovf_logged;   /* the first CQ overflow was logged (the stats count the rest) */
 	uint64_t cq_ovf_pass; /* the pass (stats.passes) cq_overflows last counted */
 	uint64_t cq_dropped_logged; /* completions dropped, as last logged */
+	uint32_t cq_drops_seen;     /* the kernel's count of CQEs it dropped, as last seen */
+	uint32_t cq_drops_faked;    /* dropped by keel__fault_msgring_cqe_drop (tests) */
 	bool ovf_heap_logged;       /* an overflow node of keel's own came from the heap (logged) */
 
 	/* Operations in flight: all, and keel's own permanent ones. */
@@ -382,6 +384,9 @@ extern unsigned keel__mail_scan_max;
 /* Fault injection for tests: while non-zero, each MSG_RING wake-up is aimed at an invalid
  * fd (so it fails with -EBADF on the sender) and the count drops by one. */
 extern _Atomic unsigned keel__fault_msgring_fail;
+/* ... while non-zero, each MSG_RING failure CQE is discarded unseen, as the kernel drops a
+ * CQE it has no room nor memory for (counted as dropped, as the kernel counts its own). */
+extern _Atomic unsigned keel__fault_msgring_cqe_drop;
 /* ... while non-zero, each io_uring_enter of the loop reports -EBADR (completions dropped)
  * after it ran; the count drops by one. */
 extern _Atomic unsigned keel__fault_enter_ebadr;

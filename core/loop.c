@@ -54,7 +54,11 @@ wake_cb(struct keel_op *op, int res, uint32_t flags)
  * non-zero and the re-armed read completes at once. The failure CQE is on our own ring:
  * it ends our next sleep at once if that sleep is plain, and at its window
  * (--wait-coalesce-us) if it gathers, where one CQE does not reach the count. No wake-up
- * is lost; one is late by that window at most. */
+ * is lost; one is late by that window at most. The failure CQE itself may be dropped
+ * (the kernel's, with our CQ full and no memory to hold it): then cq_drops_grew wakes the
+ * target. */
+_Atomic unsigned keel__fault_msgring_cqe_drop;
+
 static void
 msgring_cb(struct keel_op *op, int res, uint32_t flags)
 {
@@ -62,6 +66,10 @@ msgring_cb(struct keel_op *op, int res, uint32_t flags)
 	struct keel_shard *t = &s->rt->shards[op - s->msgring_ops];
 	uint64_t one = 1, now = keel__clock_ns();
 
+	if (keel__fault_take(&keel__fault_msgring_cqe_drop)) { /* as if the kernel dropped it */
+		s->cq_drops_faked++;
+		return;
+	}
 	STAT_INC(s, wake_fallbacks);
 	if (!s->wake_fail_logged_ns || now - s->wake_fail_logged_ns >= 10 * NS_PER_S) {
 		s->wake_fail_logged_ns = now;
@@ -460,6 +468,13 @@ cq_overflow_log(struct keel_shard *s)
 		 s->id, s->ring.cq.ring_entries, keel__opt_name(&s->rt->opts, "--cq-entries"));
 }
 
+/* The CQEs the kernel dropped on this ring: its own count (the tests' drops added). */
+static inline uint32_t
+cq_drops(const struct keel_shard *s)
+{
+	return IO_URING_READ_ONCE(*s->ring.cq.koverflow) + s->cq_drops_faked;
+}
+
 /* The CQ overflowed: the kernel holds the completions that did not fit (IORING_FEAT_NODROP)
  * and moves them into the CQ at the next io_uring_enter with GETEVENTS, which the caller
  * makes. Multishot operations whose CQE did not fit end (a final CQE without F_MORE, data
@@ -476,10 +491,27 @@ cq_overflowed(struct keel_shard *s)
 		s->cq_ovf_pass = pass;
 		STAT_INC(s, cq_overflows);
 	}
-	atomic_store_explicit(&s->stats.cq_dropped, IO_URING_READ_ONCE(*s->ring.cq.koverflow),
-			      memory_order_relaxed);
+	atomic_store_explicit(&s->stats.cq_dropped, cq_drops(s), memory_order_relaxed);
 	if (__builtin_expect(!s->cq_ovf_logged, 0))
 		cq_overflow_log(s);
+}
+
+/* The kernel dropped CQEs on this ring (no room in the CQ, no memory to hold them). One may
+ * have been the failure of a MSG_RING wake-up (msgring_cb): its sender had cleared the
+ * target's `sleeping` flag, so no other sender wakes it, and the target could sleep with
+ * mail for ever. Which target is not known: every other shard of the runtime is woken
+ * through its eventfd, which costs a woken shard one pass and each of the rest a read of
+ * its eventfd, on a path that is rare (memory is short). */
+static __attribute__((noinline, cold)) void
+cq_drops_grew(struct keel_shard *s, uint32_t drops)
+{
+	struct keel_runtime *rt = s->rt;
+
+	s->cq_drops_seen = drops;
+	atomic_store_explicit(&s->stats.cq_dropped, drops, memory_order_relaxed);
+	for (unsigned i = 0; i < rt->count; i++)
+		if (&rt->shards[i] != s)
+			keel__shard_wake(&rt->shards[i], NULL);
 }
 
 /* Enter the kernel only when it has something for us: SQEs to submit, task work pending
@@ -489,7 +521,10 @@ static bool
 need_enter(struct keel_shard *s)
 {
 	unsigned sqf = IO_URING_READ_ONCE(*s->ring.sq.kflags);
+	uint32_t drops = cq_drops(s); /* beside the flags in the rings' header */
 
+	if (__builtin_expect(drops != s->cq_drops_seen, 0))
+		cq_drops_grew(s, drops);
 	if (__builtin_expect(sqf & IORING_SQ_CQ_OVERFLOW, 0)) {
 		cq_overflowed(s);
 		return true;

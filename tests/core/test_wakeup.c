@@ -13,6 +13,9 @@
 
 /* core/internal.h: while non-zero, each MSG_RING wake-up targets an invalid fd. */
 extern _Atomic unsigned keel__fault_msgring_fail;
+/* ... while non-zero, each MSG_RING failure CQE is dropped, as the kernel drops a CQE it
+ * has no room nor memory for. */
+extern _Atomic unsigned keel__fault_msgring_cqe_drop;
 
 #define ROUNDS 200
 
@@ -44,8 +47,12 @@ send_from_0(struct keel_xreq *req)
 
 /* Round after round, shard 0 mails the sleeping shard 1 with the next MSG_RING wake-up
  * forced to fail, until a round actually used (and failed) a wake-up. That round's
- * message must still be run: the sender falls back to shard 1's eventfd. */
-Test(core_wakeup, failed_msg_ring_wakeup_falls_back_to_eventfd, .timeout = 120)
+ * message must still be run: the sender falls back to shard 1's eventfd. With @drop, the
+ * failure's CQE is dropped as well (the kernel's, when the sender's CQ is full and memory
+ * short), so no fallback runs: the sender sees its ring's count of dropped CQEs grow and
+ * wakes every other shard through its eventfd. */
+static void
+failed_wakeup_rounds(bool drop)
 {
 	struct keel_opts o = test_opts(2);
 	struct keel_runtime *rt;
@@ -75,6 +82,7 @@ Test(core_wakeup, failed_msg_ring_wakeup_falls_back_to_eventfd, .timeout = 120)
 		}
 		slept = st1.sleeps;
 		atomic_store(&keel__fault_msgring_fail, 1);
+		atomic_store(&keel__fault_msgring_cqe_drop, drop);
 		w->req[rounds] = (struct keel_xreq){ .fn = send_from_0, .arg = w };
 		cr_assert_eq(keel_runtime_submit(rt, 0, &w->req[rounds]), 0);
 		rounds++;
@@ -88,6 +96,9 @@ Test(core_wakeup, failed_msg_ring_wakeup_falls_back_to_eventfd, .timeout = 120)
 		}
 	}
 	atomic_store(&keel__fault_msgring_fail, 0);
+	if (drop)
+		injected = injected && atomic_load(&keel__fault_msgring_cqe_drop) == 0;
+	atomic_store(&keel__fault_msgring_cqe_drop, 0);
 	/* Before stopping: a shard that lost its wake-up would not see the stop either. */
 	cr_assert(!lost,
 		  "round %u: shard 1 slept for 10 s with mail waiting after a failed MSG_RING "
@@ -102,10 +113,22 @@ Test(core_wakeup, failed_msg_ring_wakeup_falls_back_to_eventfd, .timeout = 120)
 	cr_assert(injected, "no round in %u used a MSG_RING wake-up: the path was not tested",
 		  rounds);
 	cr_assert_eq(atomic_load(&w->delivered), rounds);
-	cr_assert_eq(st0.wake_fallbacks, 1, "shard 0 counted %llu eventfd fallbacks, want 1",
-		     (unsigned long long)st0.wake_fallbacks);
+	cr_assert_eq(st0.wake_fallbacks, !drop, "shard 0 counted %llu eventfd fallbacks, want %d",
+		     (unsigned long long)st0.wake_fallbacks, !drop);
 	cr_assert_eq(st1.wake_fallbacks, 0);
+	cr_assert_eq(st0.cq_dropped, drop, "shard 0 counted %llu dropped CQEs, want %d",
+		     (unsigned long long)st0.cq_dropped, drop);
 	free(w);
+}
+
+Test(core_wakeup, failed_msg_ring_wakeup_falls_back_to_eventfd, .timeout = 120)
+{
+	failed_wakeup_rounds(false);
+}
+
+Test(core_wakeup, a_failed_msg_ring_wakeup_whose_cqe_was_dropped_still_wakes, .timeout = 120)
+{
+	failed_wakeup_rounds(true);
 }
 
 static _Atomic unsigned ring_cq, ring_sq;
