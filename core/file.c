@@ -352,6 +352,96 @@ slot_take(struct keel_shard *s, int slot)
 	return 0;
 }
 
+/* The unissued closes' table (files.pend): its buckets and their number. */
+static struct keel_file_req **
+pend_tab(struct keel_shard *s, uint32_t *nb)
+{
+	*nb = s->files.pend
+		      ? s->files.pend_nb
+		      : (uint32_t)(sizeof(s->files.pend_inline) / sizeof(s->files.pend_inline[0]));
+	return s->files.pend ? s->files.pend : s->files.pend_inline;
+}
+
+/* Close @req's bucket in a table of @nb buckets: 2 * fd + direct, whose low bits differ
+ * from one descriptor to the next (the kernel hands out the lowest free numbers). */
+static uint32_t
+pend_bucket(const struct keel_file_req *req, uint32_t nb)
+{
+	return (uint32_t)(2 * (uint32_t)req->fd_ + !!(req->sqe_flags_ & IOSQE_FIXED_FILE)) &
+	       (nb - 1);
+}
+
+static void
+pend_link(struct keel_file_req **tab, uint32_t nb, struct keel_file_req *req)
+{
+	struct keel_file_req **b = &tab[pend_bucket(req, nb)];
+
+	req->lprev_ = NULL;
+	req->lnext_ = *b;
+	if (*b)
+		(*b)->lprev_ = req;
+	*b = req;
+}
+
+/* More buckets once closes outnumber them twice: O(1) amortised. Without memory the table
+ * stays as it is, correct, its chains longer. */
+static void
+pend_grow(struct keel_shard *s)
+{
+	uint32_t nb, nnb;
+	struct keel_file_req **tab = pend_tab(s, &nb), **ntab;
+
+	if (s->files.pend_n < 2 * nb || nb > UINT32_MAX / 4)
+		return;
+	nnb = 4 * nb;
+	ntab = calloc(nnb, sizeof(*ntab));
+	if (!ntab)
+		return;
+	for (uint32_t i = 0; i < nb; i++)
+		for (struct keel_file_req *r = tab[i], *next; r; r = next) {
+			next = r->lnext_;
+			pend_link(ntab, nnb, r);
+		}
+	free(s->files.pend);
+	s->files.pend = ntab;
+	s->files.pend_nb = nnb;
+}
+
+/* Close @req was accepted and not issued: it waits in the FIFO, is held, or waits to be
+ * cancelled, until issue() or complete() (pend_drop). */
+static void
+pend_add(struct keel_shard *s, struct keel_file_req *req)
+{
+	uint32_t nb;
+	struct keel_file_req **tab;
+
+	s->files.pend_n++;
+	pend_grow(s);
+	tab = pend_tab(s, &nb);
+	pend_link(tab, nb, req);
+	req->pend_ = true;
+}
+
+static void
+pend_drop(struct keel_shard *s, struct keel_file_req *req)
+{
+	uint32_t nb;
+	struct keel_file_req **tab;
+
+	if (!req->pend_)
+		return;
+	tab = pend_tab(s, &nb);
+	if (req->lprev_)
+		req->lprev_->lnext_ = req->lnext_;
+	else
+		tab[pend_bucket(req, nb)] = req->lnext_;
+	if (req->lnext_)
+		req->lnext_->lprev_ = req->lprev_;
+	req->lprev_ = req->lnext_ = NULL;
+	req->pend_ = false;
+	s->files.pend_n--;
+}
+
 static void
 complete(struct keel_shard *s, struct keel_file_req *req, int res)
 {
@@ -369,6 +459,7 @@ complete(struct keel_shard *s, struct keel_file_req *req, int res)
 	if (req->kind_ == K_CLOSE && (req->sqe_flags_ & IOSQE_FIXED_FILE) && res >= 0)
 		slot_drop(s, req->fd_);
 	release(req);
+	pend_drop(s, req);
 	s->files.closes -= req->kind_ == K_CLOSE;
 	s->files.st.completed++;
 	if (res < 0)
@@ -529,6 +620,7 @@ issue(struct keel_shard *s, struct keel_file_req *req)
 	if (req->kind_ != K_OPEN && req->kind_ != K_STATX && req->kind_ != K_CLOSE)
 		sqe->flags |= req->sqe_flags_ & IOSQE_FIXED_FILE;
 	io_uring_sqe_set_data(sqe, &req->op_);
+	pend_drop(s, req); /* a close in the ring is no longer pending (close_pending) */
 	s->files.nosqe_logged = false; /* the next time none is had is said again */
 	KEEL__FAULTS_SQE(sqe);
 	s->inflight++;
@@ -595,14 +687,14 @@ close_check(const struct keel_shard *s, const struct keel_file_req *req)
 	return r;
 }
 
-/* Whether a request of list @l (a close only, with @closes) names @req's descriptor. */
+/* Whether a request of list @l names @req's descriptor. */
 static bool
-list_names(const struct keel_file_req *l, const struct keel_file_req *req, bool closes)
+list_names(const struct keel_file_req *l, const struct keel_file_req *req)
 {
 	bool fixed = req->sqe_flags_ & IOSQE_FIXED_FILE;
 
 	for (; l; l = l->next_)
-		if ((!closes || l->kind_ == K_CLOSE) && names_fd(l, req->fd_, fixed))
+		if (names_fd(l, req->fd_, fixed))
 			return true;
 	return false;
 }
@@ -612,13 +704,20 @@ list_names(const struct keel_file_req *l, const struct keel_file_req *req, bool 
  * the file that one will close, whenever each of them reaches the ring: by then the number
  * may be another file's (an open queued between them takes it as soon as the first close has
  * run). Only a close in the ring is ambiguous (close_check): io-wq may have freed its number
- * already, so @req may be a close of a new file. Walks the FIFO: called only while a close
- * is outstanding (files.closes). */
+ * already, so @req may be a close of a new file. Looks in one bucket of files.pend, which
+ * holds exactly those closes: it walked the FIFO, the held closes and cwait, so each close
+ * cost O(queue) while any close was outstanding. @req itself is not in it yet. */
 static bool
-close_pending(const struct keel_shard *s, const struct keel_file_req *req)
+close_pending(struct keel_shard *s, const struct keel_file_req *req)
 {
-	return list_names(s->files.head, req, true) || list_names(s->files.held, req, true) ||
-	       list_names(s->files.cwait, req, true);
+	bool fixed = req->sqe_flags_ & IOSQE_FIXED_FILE;
+	uint32_t nb;
+	struct keel_file_req **tab = pend_tab(s, &nb);
+
+	for (const struct keel_file_req *l = tab[pend_bucket(req, nb)]; l; l = l->lnext_)
+		if (names_fd(l, req->fd_, fixed))
+			return true;
+	return false;
 }
 
 /* Whether close @req, about to go to the ring at stop (made in a cancelled request's callback,
@@ -631,7 +730,7 @@ close_pending(const struct keel_shard *s, const struct keel_file_req *req)
 static bool
 behind_cwait(const struct keel_shard *s, const struct keel_file_req *req)
 {
-	return req->kind_ == K_CLOSE && list_names(s->files.cwait, req, false);
+	return req->kind_ == K_CLOSE && list_names(s->files.cwait, req);
 }
 
 /* Put close @req aside until close_check() lets it go (held_release). */
@@ -951,6 +1050,8 @@ submit(struct keel_shard *s, struct keel_file_req *req, void *arg)
 		s->files.closes++; /* taken back by a refusal below */
 	}
 	if (s->files.head || st->inflight >= st->qd || s->files.hooks) {
+		if (req->kind_ == K_CLOSE)
+			pend_add(s, req);
 		append(&s->files.head, &s->files.tail, req);
 		st->submitted++;
 		st->waited++;
@@ -970,16 +1071,20 @@ submit(struct keel_shard *s, struct keel_file_req *req, void *arg)
 	 * (cwait is never left non-empty without a request in the ring to pump it). */
 	if (behind_cwait(s, req)) {
 		st->submitted++;
+		pend_add(s, req); /* a close: only a close joins cwait here */
 		append(&s->files.cwait, &s->files.cwait_tail, req);
 		return 0;
 	}
 	if (r == CLOSE_HELD) {
 		st->submitted++;
+		pend_add(s, req);
 		hold(s, req);
 		return 0;
 	}
 	r = issue(s, req);
 	if (r == -EBUSY) { /* the FIFO is empty: this one waits at its head */
+		if (req->kind_ == K_CLOSE)
+			pend_add(s, req);
 		st->submitted++;
 		st->waited++;
 		wait_for_sqe(s, req);

@@ -287,6 +287,17 @@ struct keel_shard {
 		uint32_t closes;   /* closes accepted whose callbacks have not run: while there
 				    * are any, a new close looks for one of its descriptor not
 				    * yet issued (submit, close_pending) */
+		/* The closes accepted and not yet issued (waiting in the FIFO, held, or waiting
+		 * to be cancelled at stop), hashed by descriptor and chained through their
+		 * lprev_/lnext_ (unused until a request is in the ring): close_pending looks in
+		 * one bucket rather than walk the FIFO, which made every close O(queue) while a
+		 * close was outstanding. pend_inline until more wait than it holds; then
+		 * pend, grown 4x as closes wait (a growth that finds no memory keeps the
+		 * table: only its chains get longer). */
+		struct keel_file_req **pend;
+		struct keel_file_req *pend_inline[16];
+		uint32_t pend_nb; /* pend's buckets (a power of two) */
+		uint32_t pend_n;  /* closes in the table */
 		/* Bit N: slot N of the ring's file table holds a file keel_file_openat put
 		 * there and no close has emptied yet (a close of any other slot is refused:
 		 * a copy's second close, a connection's slot). Grown to the highest slot. */

@@ -202,6 +202,9 @@ keel__shard_ring_fini(struct keel_shard *s)
 	free(s->files.slots); /* the table went with the ring */
 	s->files.slots = NULL;
 	s->files.slot_words = 0;
+	free(s->files.pend); /* empty: every close was issued or completed */
+	s->files.pend = NULL;
+	s->files.pend_nb = 0;
 }
 
 /* What a person can do about a failed submit (@r, its -errno), or "". */

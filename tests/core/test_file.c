@@ -2419,6 +2419,91 @@ Test(core_file, a_copys_close_queued_with_the_first_is_refused_and_spares_the_ne
 	}
 }
 
+/* Many closes wait in the FIFO together (--file-qd 1, its slot taken by a read of an empty
+ * pipe), more than the shard's first table of unissued closes holds, so it grows and rehashes
+ * them: a copy's close made then, of a file whose first close waits among them, is still
+ * found a second close and ends with -EBADF, and every first close closes its file. The
+ * closes are looked up per descriptor (close_pending); before, each walked the FIFO. */
+#define MQ_N 300
+static struct {
+	int pipefd[2], fd[MQ_N];
+	struct keel_file_req rd, c1[MQ_N], c2[MQ_N];
+	struct keel_file p, f[MQ_N], g[MQ_N];
+	char buf[1];
+	int rd_res, c1_res[MQ_N], c2_res[MQ_N], done, copies;
+	uint32_t waiting_max;
+} mq;
+
+static bool
+mq_copied(int i)
+{
+	return i % 7 == 3;
+}
+
+static void
+mq_done(struct keel_file_req *req, int res, void *arg)
+{
+	struct keel_file_stats st;
+
+	(void)arg;
+	if (req == &mq.rd)
+		mq.rd_res = res;
+	else if (req >= mq.c1 && req < mq.c1 + MQ_N)
+		mq.c1_res[req - mq.c1] = res;
+	else
+		mq.c2_res[req - mq.c2] = res;
+	if (++mq.done < 1 + MQ_N + mq.copies)
+		return;
+	SHARD_CHECK_EQ(keel_file_stats(keel_this_shard(), &st), 0);
+	mq.waiting_max = st.waiting_max;
+	keel_stop(0);
+}
+
+static void
+mq_start(void *app)
+{
+	(void)app;
+	SHARD_CHECK_EQ(keel_file_from_fd(mq.pipefd[0], &mq.p), 0);
+	SHARD_CHECK_EQ(keel_file_read(&mq.rd, &mq.p, mq.buf, 1, (uint64_t)-1, mq_done, NULL), 0);
+	for (int i = 0; i < MQ_N; i++) {
+		mq.fd[i] = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		SHARD_CHECK(mq.fd[i] >= 0, "open: %s", strerror(errno));
+		SHARD_CHECK_EQ(keel_file_from_fd(mq.fd[i], &mq.f[i]), 0);
+		mq.g[i] = mq.f[i];
+		SHARD_CHECK_EQ(keel_file_close(&mq.c1[i], &mq.f[i], mq_done, NULL), 0);
+	}
+	for (int i = 0; i < MQ_N; i++) {
+		if (!mq_copied(i))
+			continue;
+		mq.copies++;
+		mq.c2_res[i] = 1;
+		SHARD_CHECK_EQ(keel_file_close(&mq.c2[i], &mq.g[i], mq_done, NULL), 0);
+	}
+	SHARD_CHECK_EQ(write(mq.pipefd[1], "x", 1), 1);
+}
+
+Test(core_file, many_closes_waiting_together_each_copys_close_is_refused)
+{
+	struct keel_opts o = test_opts(1);
+
+	o.file_qd = 1;
+	cr_assert_eq(pipe(mq.pipefd), 0);
+	cr_assert_eq(keel_run(&o, mq_start, NULL), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(mq.rd_res, 1, "the pipe's read: %d", mq.rd_res);
+	cr_assert_geq(mq.waiting_max, MQ_N, "closes that waited together: %u", mq.waiting_max);
+	for (int i = 0; i < MQ_N; i++) {
+		cr_assert_eq(mq.c1_res[i], 0, "close %d: %d", i, mq.c1_res[i]);
+		if (mq_copied(i))
+			cr_assert_eq(mq.c2_res[i], -EBADF, "close %d's copy, a second close: %d", i,
+				     mq.c2_res[i]);
+		errno = 0;
+		cr_assert_eq(fcntl(mq.fd[i], F_GETFD), -1, "fd %d was not closed", mq.fd[i]);
+	}
+	close(mq.pipefd[0]);
+	close(mq.pipefd[1]);
+}
+
 /* A close that waited in the FIFO (--file-qd 2, both slots taken) and reaches its head while a
  * request on its descriptor is still in the ring is held there too: a read of an empty pipe
  * and an fdatasync take the slots, the pipe's close waits in the FIFO; the sync's completion

@@ -109,6 +109,7 @@ struct keel_file_req {
 	bool has_slice_;
 	bool drain_;  /* made by a stop hook, or while its requests drain: not cancelled */
 	bool second_; /* a close made while a close of its descriptor was not yet issued */
+	bool pend_;   /* a close counted in the shard's closes not yet issued (in padding) */
 	int dirfd_;
 };
 
