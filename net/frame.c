@@ -27,6 +27,10 @@
 #include "zcrx.h"
 
 _Atomic unsigned keel__frame_fail_give_back;
+_Atomic unsigned keel__frame_fail_room;
+
+/* The least a reclaim's buffer holds, but at a LEN32 frame's end (keel__framer_compact). */
+#define OWN_MIN 4096u
 
 /* A buffer a reclaim filled, known by its header and generation, as a slice of it has them:
  * only compared, never followed, so that it may have been put since does no harm. */
@@ -701,16 +705,24 @@ keel__framer_compact(struct keel_framer *f, struct keel_alloc *a)
 		size_t take = need - done < room ? need - done : room;
 		struct keel_slice *ch = &nq[n];
 
-		if (keel_buf_alloc(a, room, ch) == 0) {
+		/* Short of memory for the whole room, at least OWN_MIN (but a LEN32 frame's
+		 * end, whose room is less: the frame's last buffer, delivered with it). It was
+		 * what was taken, a byte perhaps: a peer trickling a frame under low memory made
+		 * a buffer per byte, each with its own_id and slice here (40 bytes of malloc,
+		 * outside --memory, for 64 of it) and a copy of ownv at every reclaim. */
+		size_t least = room < OWN_MIN ? take : OWN_MIN;
+		size_t fb = take > least ? take : least;
+
+		if (!keel__fault_take(&keel__frame_fail_room) && keel_buf_alloc(a, room, ch) == 0) {
 			spare = room - take;
-		} else if (room == take || keel_buf_alloc(a, take, ch) < 0) {
+		} else if (fb == room || keel_buf_alloc(a, fb, ch) < 0) {
 			while (n > keep)
 				keel_slice_put(&nq[--n]);
 			free(nq);
 			free(nv);
 			return -ENOMEM;
 		} else {
-			spare = 0;
+			spare = fb - take;
 		}
 		keel_framer_peek(f, done, ch->data, take);
 		ch->len = (uint32_t)take;

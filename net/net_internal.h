@@ -288,6 +288,9 @@ extern _Atomic unsigned keel__pbuf_fail_wraps;
 extern _Atomic unsigned keel__conn_fail_recv_async;
 /* ... the next this-many hand-backs of a paused framer's slices (frame.c) find no memory. */
 extern _Atomic unsigned keel__frame_fail_give_back;
+/* ... the next this-many buffers a reclaim (keel__framer_compact) asks for with their full
+ * room find no memory, as when --memory runs low: it falls back to a smaller one. */
+extern _Atomic unsigned keel__frame_fail_room;
 /* ... the next this-many clearings of a direct descriptor's slot by a files update
  * (keel__direct_clear) fail with -EIO. */
 extern _Atomic unsigned keel__net_fail_files_update;

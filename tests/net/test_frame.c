@@ -884,6 +884,39 @@ Test(net_frame, a_reclaim_copies_what_arrived_not_what_a_header_announces)
 	got_fini(&g);
 }
 
+/* Short of memory for a reclaim's whole room, the buffer it falls back to still has room for
+ * 4 KiB: it had room only for the bytes taken, so a peer trickling a line a byte per receive
+ * while --memory ran low made a buffer of the framer's own per byte, each with its
+ * bookkeeping in malloc, outside --memory (an own_id and a slot of the slice queue, copied at
+ * every reclaim): 201 buffers for 201 bytes. */
+Test(net_frame, a_reclaim_short_of_memory_still_takes_room_for_4_kib)
+{
+	struct keel_framer *f;
+	struct got g;
+	char line[202];
+
+	memset(line, 'x', 201);
+	line[201] = '\n';
+	got_init(&g);
+	f = framer(&g, KEEL_FRAME_LINE, 0, NULL);
+	for (unsigned i = 0; i < 201; i++) {
+		cr_assert_eq(push(&g, f, line + i, 1), 0);
+		atomic_store(&keel__frame_fail_room, 1); /* the whole room cannot be had */
+		cr_assert_geq(keel__framer_compact(f, g.a), 0, "reclaim %u failed", i);
+	}
+	atomic_store(&keel__frame_fail_room, 0);
+	cr_assert_eq(keel_framer_buffered(f), 201);
+	cr_assert_eq(keel__framer_slices(f), 1, "%zu buffers of its own for 201 bytes",
+		     keel__framer_slices(f));
+	cr_assert_eq(push(&g, f, line + 201, 1), 0);
+	cr_assert_eq(g.nframes, 1);
+	cr_assert_eq(g.lens[0], 201);
+	cr_assert(!memcmp(g.bytes, line, 201), "the line's bytes differ");
+	keel_framer_destroy(f);
+	cr_assert_eq(live(&g), 0);
+	got_fini(&g);
+}
+
 /* A reclaim right after another, nothing pushed between: the framer holds only copies of
  * its own (here several, the frame being larger than one buffer), nothing of the receive
  * buffers, and copies nothing again. It copied the whole partial frame again at every
