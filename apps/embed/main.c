@@ -1523,9 +1523,10 @@ static struct keel_listener *listener;
  * stop had begun (a stop that did not wait for the pool first). Each is answered with its
  * checksum, which the worker computed, and released here, on its shard (its slice is this
  * shard's: put anywhere else, or never, it leaked). Every shard's hook runs pool_stop and
- * then this, so each takes its own. The reply goes to a connection the stop is closing, so
- * it may not reach the client; a stop the host makes itself drains the pool first
- * (stop_from_shard, stopper) so that it does. */
+ * then this, so each takes its own. The reply does not reach the client: the network's stop
+ * hook, registered before this one (at the listener's start), has aborted the connection,
+ * and keel's stop drains no sends (docs/embedding.md). A stop the host makes itself drains
+ * the pool first (stop_from_shard, stopper), while the runtime runs, so that it does. */
 static void
 orphans_take(void)
 {
