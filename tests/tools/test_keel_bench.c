@@ -663,6 +663,36 @@ Test(tools_bench, runtime_options_nothing_uses_are_refused)
 	free(out);
 }
 
+/* The options that place the keel server's shards and give them rx queues, where the only
+ * keel runtime in the process is the keel client: keel.c's opts_for drops them from the
+ * client's runtime (else its shards would claim the server's queues), so they were taken,
+ * unused and unsaid. Each is refused, naming the option and the way out. */
+Test(tools_bench, server_options_with_the_keel_client_alone_are_refused)
+{
+	static const struct {
+		const char *args, *names[2];
+	} cases[] = {
+		{ "pingpong --client keel --port 1 --map /nonexistent", { "--map", "--port" } },
+		{ "throughput --backend keel --port 1 --zcrx on", { "--zcrx", "--port" } },
+		{ "pingpong --port 1 --iface=lo", { "--iface", "--port" } },
+		{ "stream --client keel --port 1 --rxqs lo:0", { "--rxqs", "--port" } },
+		{ "pingpong --port 1 --zcrx-rq-entries 64", { "--zcrx-rq-entries", "--port" } },
+		{ "pingpong --backend epoll --client keel --zcrx-area 1M",
+		  { "--zcrx-area", "--backend keel" } },
+	};
+	char args[256], *out;
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		/* Short, so that a run that takes the options ends soon and fails the test. */
+		snprintf(args, sizeof(args), "%s --seconds 0.05 --warmup 0", cases[i].args);
+		cr_expect_eq(bench_once(args, &out), 2, "%s:\n%s", args, out);
+		for (int k = 0; k < 2; k++)
+			cr_expect(strstr(out, cases[i].names[k]), "%s: no %s in:\n%s", args,
+				  cases[i].names[k], out);
+		free(out);
+	}
+}
+
 /* A run with no keel runtime reports no keel policy: its JSON gave keel's idle_poll_us and
  * wait_coalesce_us (keel-bench's defaults, or what the command line asked) beside the epoll
  * server's busy_poll_us and gather_us, which are the run's. */

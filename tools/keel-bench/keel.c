@@ -62,7 +62,8 @@
  * sets its own defaults for the log level and memory before parsing them, see net.c), with
  * the shards and their CPUs of this side. The options that give shards rx queues (--zcrx,
  * --iface, --rxqs, --map) are the server's: the @client runtime drops them, else its
- * shards would try ZCRX on (and claim) the server's queues. */
+ * shards would try ZCRX on (and claim) the server's queues. Where the keel client is the
+ * only keel runtime here, net.c's rt_check refused them (they would do nothing). */
 static int
 opts_for(struct keel_opts *o, const struct bench_cfg *cfg, unsigned shards, unsigned first_slot,
 	 bool client)

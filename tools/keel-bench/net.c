@@ -135,6 +135,10 @@ struct opts {
 	 * whether --cpuset was one of them (else a cpuset came from KEEL_CPUSET). */
 	char rt_opt[48];
 	bool rt_cpuset_argv;
+	/* The first option of the command line that only a keel server takes (--map, --zcrx,
+	 * --iface, --rxqs, --zcrx-area, --zcrx-rq-entries: they give its shards CPUs and rx
+	 * queues; keel.c's opts_for drops them from the keel client's runtime), "": none. */
+	char server_opt[48];
 	bool keel_here; /* a keel runtime runs in this process (keel_in_process) */
 };
 
@@ -1296,12 +1300,19 @@ run_serve(struct opts *o)
 	return ss.errors ? 1 : 0;
 }
 
+/* Whether the keel server runs in this process (serve, or a client mode without --port). */
+static bool
+keel_server_here(const struct opts *o)
+{
+	return o->be == &bench_backend_keel && (o->serve || !o->has_port);
+}
+
 /* Whether a keel runtime runs in this process: the keel server (serve, or a client mode
  * without --port), or the keel client (udp's client is plain sockets). */
 static bool
 keel_in_process(const struct opts *o)
 {
-	if (o->be == &bench_backend_keel && (o->serve || !o->has_port))
+	if (keel_server_here(o))
 		return true;
 	return !o->serve && o->cfg.mode != BENCH_UDP &&
 	       (o->client ? o->client : o->be) == &bench_backend_keel;
@@ -1313,6 +1324,9 @@ keel_in_process(const struct opts *o)
 static void
 rt_given(struct opts *o, char **before, int nbefore, char **after, int nafter)
 {
+	static const char *const server_only[] = { "--map",  "--zcrx",      "--iface",
+						   "--rxqs", "--zcrx-area", "--zcrx-rq-entries" };
+
 	for (int i = 1; i < nbefore; i++) {
 		const char *a = before[i];
 		size_t len = strcspn(a, "=");
@@ -1322,6 +1336,11 @@ rt_given(struct opts *o, char **before, int nbefore, char **after, int nafter)
 			kept = after[j] == a;
 		if (kept || strncmp(a, "--", 2) || len == 2)
 			continue;
+		for (size_t k = 0; k < sizeof(server_only) / sizeof(server_only[0]); k++)
+			if (len == strlen(server_only[k]) && !strncmp(a, server_only[k], len) &&
+			    !o->server_opt[0])
+				snprintf(o->server_opt, sizeof(o->server_opt), "%s",
+					 server_only[k]);
 		if (len == strlen("--cpuset") && !strncmp(a, "--cpuset", len))
 			o->rt_cpuset_argv = true;
 		else if (!(len == strlen("--shards") && !strncmp(a, "--shards", len)) &&
@@ -1339,13 +1358,33 @@ rt_given(struct opts *o, char **before, int nbefore, char **after, int nafter)
 static int
 rt_check(const struct opts *o)
 {
-	char what[320];
+	char what[400];
 
 	if (!o->cfg.pin && o->rt.cpuset_given)
 		return bad(o,
 			   o->rt_cpuset_argv ? "--no-pin and --cpuset" : "--no-pin and KEEL_CPUSET",
 			   "the CPU list pins the threads, --no-pin leaves them unpinned: give one",
 			   NULL);
+	/* The keel client alone: it runs no server shards to place or give rx queues, and
+	 * took the option unused (the JSON gave it as the run's). */
+	if (o->keel_here && !keel_server_here(o) && o->server_opt[0]) {
+		if (o->has_port)
+			snprintf(
+				what, sizeof(what),
+				"an option of the keel server's shards (their CPUs, rx queues, "
+				"zero-copy receive), and that server runs outside this process "
+				"(--port drives it; the keel client here takes none of --map, "
+				"--zcrx, --iface, --rxqs, --zcrx-area, --zcrx-rq-entries): give it "
+				"to that server, or drop --port to run a keel server here");
+		else
+			snprintf(
+				what, sizeof(what),
+				"an option of the keel server's shards (their CPUs, rx queues, "
+				"zero-copy receive), and the server here is the epoll one (the "
+				"keel client takes none of --map, --zcrx, --iface, --rxqs, "
+				"--zcrx-area, --zcrx-rq-entries): give --backend keel, or drop it");
+		return bad(o, o->server_opt, what, NULL);
+	}
 	if (o->keel_here || !o->rt_opt[0])
 		return 0;
 	if (o->serve)
