@@ -723,6 +723,64 @@ keel_opts_parse(struct keel_opts *o, int *argc, char **argv, char *err, size_t e
 	return help;
 }
 
+int
+keel_opts_next(int argc, char **argv, int *i, const struct keel_app_opt *opts, size_t nopts,
+	       const char **value, char *err, size_t errlen)
+{
+	const char *a, *v = NULL;
+	size_t k, len;
+	bool b;
+
+	*value = NULL;
+	if (*i >= argc)
+		return -ENOENT;
+	a = argv[*i];
+	if (!strcmp(a, "--")) {
+		++*i;
+		return -ENOENT;
+	}
+	if (strncmp(a, "--", 2))
+		return keel__errf(err, errlen, -EINVAL,
+				  "unexpected argument %s (options begin with \"--\"; see --help)",
+				  a);
+	len = strcspn(a, "=");
+	for (k = 0; k < nopts; k++)
+		if (opts[k].name && strlen(opts[k].name) == len && !strncmp(a, opts[k].name, len))
+			break;
+	if (k == nopts)
+		return keel__errf(err, errlen, -EINVAL, "unknown option %.*s (see --help)",
+				  (int)len, a);
+	if (a[len] == '=')
+		v = a + len + 1;
+	if (opts[k].arg && !v) {
+		/* "--dir --appendonly yes": the next option is no value of --dir's. */
+		if (*i + 1 >= argc)
+			return keel__errf(err, errlen, -EINVAL, "%s: missing value (expected %s)",
+					  opts[k].name, opts[k].arg);
+		if (!strncmp(argv[*i + 1], "--", 2))
+			return keel__errf(err, errlen, -EINVAL,
+					  "%s: missing value (expected %s) before %s; a value that "
+					  "begins with \"--\" is written %s=VALUE",
+					  opts[k].name, opts[k].arg, argv[*i + 1], opts[k].name);
+		v = argv[++*i];
+	} else if (!opts[k].arg && v) {
+		if (parse_bool(opts[k].name, v, &b, err, errlen) < 0)
+			return -EINVAL;
+		v = b ? "on" : "off";
+	} else if (!opts[k].arg) {
+		/* "--udp off" would turn it on and leave "off" an unexpected argument. */
+		if (*i + 1 < argc && parse_bool(opts[k].name, argv[*i + 1], &b, NULL, 0) == 0)
+			return keel__errf(err, errlen, -EINVAL,
+					  "%s takes no separate value: write %s=%s (or leave %s "
+					  "out)",
+					  opts[k].name, opts[k].name, argv[*i + 1], opts[k].name);
+		v = "on";
+	}
+	++*i;
+	*value = v;
+	return (int)k;
+}
+
 void
 keel_opts_help(FILE *f)
 {

@@ -196,6 +196,21 @@ on_start(void *arg)
 			(unsigned)atomic_load(&a->udp_port), keel_shard_count(keel_this_shard()));
 }
 
+/* keel-echo's own options, read by keel_opts_next (as keel's: "--port 0" or "--port=0").
+ * main's switch has no default: an option added here and not parsed there does not compile
+ * (-Wswitch). */
+enum echo_opt { E_UDP, E_FORWARD, E_CAPS, E_PORT, E_ADDR, E_STEER, E_MAX_CONNS };
+
+static const struct keel_app_opt echo_opts[] = {
+	[E_UDP] = { "--udp", NULL },
+	[E_FORWARD] = { "--forward", NULL },
+	[E_CAPS] = { "--caps", NULL },
+	[E_PORT] = { "--port", "0..65535" },
+	[E_ADDR] = { "--addr", "an address, or unix:PATH" },
+	[E_STEER] = { "--steer", "cpu, queue or hash" },
+	[E_MAX_CONNS] = { "--max-conns", "a count, 0 for no limit" },
+};
+
 static void
 die(const char *msg, const char *opt)
 {
@@ -223,46 +238,50 @@ main(int argc, char **argv)
 	keel_net_config_init(&nc);
 	keel_net_opts_parse_or_exit(&o, &nc, &argc, argv, usage);
 	memset(&lo, 0, sizeof(lo));
-	for (int i = 1; i < argc; i++) {
-		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-		char *end;
+	for (int i = 1;;) { /* keel_opts_next: as keel's options are written */
+		const char *v;
+		char *end, err[256];
 
-		if (!strcmp(argv[i], "--")) { /* the options' end: keel-echo takes no argument */
-			if (i + 1 < argc)
-				die("unexpected argument ", argv[i + 1]);
+		r = keel_opts_next(argc, argv, &i, echo_opts,
+				   sizeof(echo_opts) / sizeof(echo_opts[0]), &v, err, sizeof(err));
+		if (r == -ENOENT) { /* the options' end: keel-echo takes no argument */
+			if (i < argc)
+				die("unexpected argument ", argv[i]);
 			break;
-		} else if (!strcmp(argv[i], "--udp")) {
-			a.udp = true;
-		} else if (!strcmp(argv[i], "--forward")) {
-			a.forward = true;
-		} else if (!strcmp(argv[i], "--caps")) {
-			caps = true;
-		} else if (!strcmp(argv[i], "--port")) {
-			if (!v)
-				die("missing value for ", "--port");
+		}
+		if (r < 0)
+			die(err, NULL);
+		switch ((enum echo_opt)r) {
+		case E_UDP:
+			a.udp = !strcmp(v, "on");
+			break;
+		case E_FORWARD:
+			a.forward = !strcmp(v, "on");
+			break;
+		case E_CAPS:
+			caps = !strcmp(v, "on");
+			break;
+		case E_PORT:
 			a.port = strtol(v, &end, 10);
 			if (*v < '0' || *v > '9' || *end || a.port < 0 || a.port > 65535)
 				die("--port expects 0..65535, got ", v);
-			i++;
-		} else if (!strcmp(argv[i], "--addr")) {
-			if (!v)
-				die("missing value for ", "--addr");
+			break;
+		case E_ADDR:
 			a.addr = v;
-			i++;
-		} else if (!strcmp(argv[i], "--steer")) {
-			if (!v || keel_steer_parse(v, &lo.steer) < 0)
-				die("--steer expects cpu, queue or hash, got ", v ? v : "nothing");
+			break;
+		case E_STEER:
+			if (keel_steer_parse(v, &lo.steer) < 0)
+				die("--steer expects cpu, queue or hash, got ", v);
 			steer_given = true;
-			i++;
-		} else if (!strcmp(argv[i], "--max-conns")) {
-			long m = v ? strtol(v, &end, 10) : -1;
-			if (!v || *v < '0' || *v > '9' || *end || m < 0 || m > (1L << 24))
+			break;
+		case E_MAX_CONNS: {
+			long m = strtol(v, &end, 10);
+			if (*v < '0' || *v > '9' || *end || m < 0 || m > (1L << 24))
 				die("--max-conns expects a count from 0 (no limit) to 16777216, got ",
-				    v ? v : "nothing");
+				    v);
 			lo.max_conns = (uint32_t)m;
-			i++;
-		} else {
-			die("unknown option ", argv[i]);
+			break;
+		}
 		}
 	}
 	if (caps) {

@@ -1706,13 +1706,22 @@ main(int argc, char **argv)
 	keel_opts_init(&opts);
 	opts.signals = false; /* the host owns its signals */
 	keel_opts_parse_or_exit(&opts, &argc, argv, usage);
-	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--config") && i + 1 < argc) {
-			cfg_path = argv[++i];
-		} else {
-			fprintf(stderr, "keel-embed: unknown argument '%s'\n%s", argv[i], usage);
+	/* keel_opts_next: written as keel's options are ("--config FILE", "--config=FILE"). */
+	for (int i = 1;;) {
+		static const struct keel_app_opt own[] = { { "--config", "FILE" } };
+		const char *v;
+		char err[256];
+
+		rc = keel_opts_next(argc, argv, &i, own, 1, &v, err, sizeof(err));
+		if (rc == -ENOENT && i < argc) /* after "--": keel-embed takes no argument */
+			snprintf(err, sizeof(err), "unexpected argument %s", argv[i]);
+		else if (rc == -ENOENT)
+			break;
+		if (rc < 0) {
+			fprintf(stderr, "keel-embed: %s\n%s", err, usage);
 			return 2;
 		}
+		cfg_path = v;
 	}
 	if (!cfg_path) {
 		fprintf(stderr, "keel-embed: --config FILE is required\n%s", usage);

@@ -93,39 +93,37 @@ enum kv_opt {
 	O_MAXMEMORY_CLIENTS,
 	O_CLIENT_ADDRS,
 	O_DIR,
+	O__COUNT
 };
 
-static const struct {
-	const char *name;
-	enum kv_opt id;
-	bool aof; /* of the append-only file: nothing without --appendonly yes */
-} kv_opts[] = {
-	{ "--port", O_PORT, false },
-	{ "--addr", O_ADDR, false },
-	{ "--maxmemory", O_MAXMEMORY, false },
-	{ "--timeout", O_TIMEOUT, false },
-	{ "--proto-max-bulk-len", O_MAX_BULK, false },
-	{ "--client-query-buffer-limit", O_QUERY_MAX, false },
-	{ "--handoff", O_HANDOFF, false },
-	{ "--appendonly", O_APPENDONLY, false },
-	{ "--appendfsync", O_APPENDFSYNC, true },
-	{ "--aof-truncate-corrupt", O_AOF_TRUNCATE, true },
-	{ "--auto-aof-rewrite-percentage", O_RW_PCT, true },
-	{ "--auto-aof-rewrite-min-size", O_RW_MIN, true },
-	{ "--maxclients", O_MAXCLIENTS, false },
-	{ "--maxmemory-clients", O_MAXMEMORY_CLIENTS, false },
-	{ "--client-addrs", O_CLIENT_ADDRS, false },
-	{ "--dir", O_DIR, true },
+/* Indexed by enum kv_opt, for keel_opts_next ("--port 7000", as Redis reads it, or
+ * "--port=7000", as keel's options are written). */
+static const struct keel_app_opt kv_opts[] = {
+	[O_PORT] = { "--port", "0..65535" },
+	[O_ADDR] = { "--addr", "an address" },
+	[O_MAXMEMORY] = { "--maxmemory", "bytes" },
+	[O_TIMEOUT] = { "--timeout", "seconds" },
+	[O_MAX_BULK] = { "--proto-max-bulk-len", "bytes" },
+	[O_QUERY_MAX] = { "--client-query-buffer-limit", "bytes" },
+	[O_HANDOFF] = { "--handoff", "copy or export" },
+	[O_APPENDONLY] = { "--appendonly", "yes or no" },
+	[O_APPENDFSYNC] = { "--appendfsync", "always, everysec or no" },
+	[O_AOF_TRUNCATE] = { "--aof-truncate-corrupt", "yes or no" },
+	[O_RW_PCT] = { "--auto-aof-rewrite-percentage", "a percentage" },
+	[O_RW_MIN] = { "--auto-aof-rewrite-min-size", "bytes" },
+	[O_MAXCLIENTS] = { "--maxclients", "a count" },
+	[O_MAXMEMORY_CLIENTS] = { "--maxmemory-clients", "bytes or a percentage" },
+	[O_CLIENT_ADDRS] = { "--client-addrs", "yes or no" },
+	[O_DIR] = { "--dir", "a directory" },
 };
+_Static_assert(sizeof(kv_opts) / sizeof(kv_opts[0]) == O__COUNT, "an option without a name");
 
-/* @name's entry in kv_opts, or -1. */
-static int
-kv_opt_find(const char *name)
+/* Of the append-only file: nothing without --appendonly yes. */
+static bool
+kv_opt_aof(enum kv_opt id)
 {
-	for (size_t i = 0; i < sizeof(kv_opts) / sizeof(kv_opts[0]); i++)
-		if (!strcmp(name, kv_opts[i].name))
-			return (int)i;
-	return -1;
+	return id == O_APPENDFSYNC || id == O_AOF_TRUNCATE || id == O_RW_PCT || id == O_RW_MIN ||
+	       id == O_DIR;
 }
 
 /* "100", "100b", "64k", "64kb", "100mb", "1gb", as Redis's memtoll reads them (case does
@@ -319,24 +317,25 @@ main(int argc, char **argv)
 	keel_net_config_init(&nc);
 	keel_net_opts_parse_or_exit(&o, &nc, &argc, argv, usage);
 	memset(&lo, 0, sizeof(lo));
-	for (int i = 1; i < argc; i += 2) { /* every option takes a value */
-		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-		char *end;
+	for (int i = 1;;) { /* every option takes a value */
+		const char *v;
+		char *end, err[256];
 		uint64_t b;
-		int k;
 
-		/* What is not an option of keel-kv's is said as such: a stray word or an unknown
-		 * option read as an option missing its value, and an option's missing value took
-		 * the next option as it ("--dir --appendonly yes"). */
-		if (strncmp(argv[i], "--", 2))
-			die("unexpected argument ", argv[i]);
-		if ((k = kv_opt_find(argv[i])) < 0)
-			die("unknown option ", argv[i]);
-		if (!v || !strncmp(v, "--", 2))
-			die("missing value for ", argv[i]);
-		if (kv_opts[k].aof)
-			aof_opt = argv[i];
-		switch (kv_opts[k].id) {
+		/* What is not an option of keel-kv's is said as such (keel_opts_next): a stray
+		 * word or an unknown option read as an option missing its value, and an option's
+		 * missing value took the next option as it ("--dir --appendonly yes"). */
+		r = keel_opts_next(argc, argv, &i, kv_opts, O__COUNT, &v, err, sizeof(err));
+		if (r == -ENOENT) { /* the options' end: keel-kv takes no argument */
+			if (i < argc)
+				die("unexpected argument ", argv[i]);
+			break;
+		}
+		if (r < 0)
+			die(err, NULL);
+		if (kv_opt_aof((enum kv_opt)r))
+			aof_opt = kv_opts[r].name;
+		switch ((enum kv_opt)r) {
 		case O_PORT: {
 			port = strtol(v, &end, 10);
 			if (*v < '0' || *v > '9' || *end || port < 0 || port > 65535)
@@ -457,6 +456,8 @@ main(int argc, char **argv)
 			kv_cfg.dir = v;
 			break;
 		}
+		case O__COUNT: /* no option's index */
+			break;
 		}
 	}
 	if (kv_cfg.maxmemory_clients_pct) {

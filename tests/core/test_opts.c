@@ -395,6 +395,55 @@ Test(core_opts, a_boolean_word_after_a_flag_is_refused_naming_the_form)
 	}
 }
 
+/* keel_opts_next reads a program's own options by keel_opts_parse's rules: "--opt value",
+ * "--opt=value", a flag alone or "=off", "--" the end (the index after it left to the
+ * program), and each error said naming the option and the form to write. */
+Test(core_opts, a_programs_own_options_are_read_by_keels_rules)
+{
+	static const struct keel_app_opt own[] = { { "--port", "0..65535" },
+						   { NULL, NULL }, /* skipped */
+						   { "--udp", NULL } };
+	char *argv[] = { "prog", "--port", "7", "--udp=off", "--port=8", "--udp", "--", "x", NULL };
+	const char *v;
+	char err[256];
+	int i = 1;
+
+	cr_assert_eq(keel_opts_next(8, argv, &i, own, 3, &v, err, sizeof(err)), 0);
+	cr_assert_str_eq(v, "7");
+	cr_assert_eq(keel_opts_next(8, argv, &i, own, 3, &v, err, sizeof(err)), 2);
+	cr_assert_str_eq(v, "off");
+	cr_assert_eq(keel_opts_next(8, argv, &i, own, 3, &v, err, sizeof(err)), 0);
+	cr_assert_str_eq(v, "8");
+	cr_assert_eq(keel_opts_next(8, argv, &i, own, 3, &v, err, sizeof(err)), 2);
+	cr_assert_str_eq(v, "on");
+	cr_assert_eq(keel_opts_next(8, argv, &i, own, 3, &v, err, sizeof(err)), -ENOENT);
+	cr_assert_eq(i, 7, "the index after \"--\": %d", i);
+	i = 8;
+	cr_assert_eq(keel_opts_next(8, argv, &i, own, 3, &v, err, sizeof(err)), -ENOENT);
+
+	static const struct {
+		const char *args[3], *says;
+	} bad[] = {
+		{ { "--port", NULL }, "--port: missing value (expected 0..65535)" },
+		{ { "--port", "--udp" },
+		  "a value that begins with \"--\" is written --port=VALUE" },
+		{ { "--udp", "off" }, "--udp takes no separate value: write --udp=off" },
+		{ { "--udp=maybe" }, "--udp: 'maybe' is not a boolean" },
+		{ { "--bogus=1" }, "unknown option --bogus" },
+		{ { "stray" }, "unexpected argument stray" },
+	};
+	for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+		char *a[4] = { "prog", (char *)bad[k].args[0], (char *)bad[k].args[1], NULL };
+		int n = a[2] ? 3 : 2;
+
+		i = 1;
+		err[0] = 0;
+		cr_expect_eq(keel_opts_next(n, a, &i, own, 3, &v, err, sizeof(err)), -EINVAL, "%s",
+			     bad[k].says);
+		cr_expect(strstr(err, bad[k].says), "%s: %s", bad[k].says, err);
+	}
+}
+
 Test(core_opts, environment_is_read_and_argv_overrides_it)
 {
 	struct keel_opts o;

@@ -1269,6 +1269,39 @@ Test(embed, bad_config, .timeout = 60)
 	host_fini(&h);
 }
 
+/* keel-embed's own option is written as keel's are: "--config=FILE" too (it was "unknown
+ * argument '--config=...'"), and "--" ends the options, what follows refused by name (it was
+ * "unknown argument '--'"). The config here is refused once read, so nothing starts. */
+Test(embed, its_option_is_written_as_keels_options_are, .timeout = 60)
+{
+	static const struct {
+		const char *form, *says;
+	} cases[] = {
+		{ "--config=%s/host.conf --shards 1", "expected 'KEY VALUE' with KEY one of" },
+		{ "--shards 1 --config %s/host.conf --", "expected 'KEY VALUE' with KEY one of" },
+		{ "--config %s/host.conf -- --shards 1",
+		  "keel-embed: unexpected argument --shards" },
+		{ "--config %s/host.conf --config", "keel-embed: --config: missing value" },
+	};
+	struct host h;
+
+	host_init(&h, "colour blue\n");
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char args[256], cmd[768];
+		int st;
+
+		snprintf(args, sizeof(args), cases[i].form, h.dir);
+		snprintf(cmd, sizeof(cmd), "timeout -s KILL 20 '%s' %s 2>%s", embed_bin(), args,
+			 h.log);
+		st = system(cmd);
+		cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 2, "%s: status %#x", args, st);
+		free(h.log_text);
+		h.log_text = slurp(h.log);
+		cr_expect_not_null(strstr(h.log_text, cases[i].says), "%s: %s", args, h.log_text);
+	}
+	host_fini(&h);
+}
+
 /* Values the config used to read as something else are refused, naming the line and why:
  * a number with junk after it (7070x was 7070), one that wrapped (4294967297 was port 1),
  * a word (abc was port 0: any free port), an address cut at 63 bytes, a map or directory

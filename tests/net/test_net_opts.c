@@ -268,6 +268,30 @@ Test(net_opts, keel_echo_says_what_its_arguments_do)
 		  "%s", out);
 }
 
+/* keel-echo's own options are written as keel's runtime options are: "--opt=value" (it was
+ * "unknown option --port=70000"), a flag with a boolean after '=' ("--udp=off"), and a
+ * boolean word after a flag refused naming that form (it was "unknown option off"). --caps
+ * exits before anything starts, once every option was read. */
+Test(net_opts, keel_echo_takes_its_options_as_keel_takes_its_own)
+{
+	char out[16384];
+
+	cr_expect_eq(run_app("keel-echo", "--port=70000", "--caps", out, sizeof(out)), 2, "%s",
+		     out);
+	cr_expect(strstr(out, "--port expects 0..65535, got 70000"), "%s", out);
+	cr_expect_eq(run_app("keel-echo", "--steer=bogus", "--caps", out, sizeof(out)), 2, "%s",
+		     out);
+	cr_expect(strstr(out, "--steer expects cpu, queue or hash, got bogus"), "%s", out);
+	cr_expect_eq(run_app("keel-echo", "--max-conns=5 --udp=off --forward=no", "--caps=on", out,
+			     sizeof(out)),
+		     0, "%s", out);
+	cr_expect(strstr(out, "kernel"), "%s", out);
+	cr_expect_eq(run_app("keel-echo", "--udp", "off", out, sizeof(out)), 2, "%s", out);
+	cr_expect(strstr(out, "--udp takes no separate value: write --udp=off"), "%s", out);
+	cr_expect_eq(run_app("keel-echo", "--addr", "--caps", out, sizeof(out)), 2, "%s", out);
+	cr_expect(strstr(out, "--addr: missing value"), "%s", out);
+}
+
 /* A second SIGINT/SIGTERM exits at once, skipping every destroy: a Unix listener's socket
  * file was left, and the next start failed with EADDRINUSE until it was removed. The
  * program is stopped while both signals are sent, so that its shard reads them together

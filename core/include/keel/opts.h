@@ -188,6 +188,34 @@ KEEL_API void keel_opts_init(struct keel_opts *o);
  */
 KEEL_API int keel_opts_parse(struct keel_opts *o, int *argc, char **argv, char *err, size_t errlen);
 
+/** One of a program's own options, for keel_opts_next(). */
+struct keel_app_opt {
+	const char *name; /* "--port" */
+	const char *arg;  /* what its value is, for messages ("0..65535"); NULL: a flag */
+};
+
+/**
+ * Program helper: read the program's own option at argv[*i] (in what keel_opts_parse and
+ * keel_net_opts_parse left) by the rules they read keel's by, so that every option of a
+ * program is written alike: "--name value" or "--name=value"; a flag alone ("--udp") or with
+ * a boolean word after '=' ("--udp=off"). "--" ends the options. A separate value that begins
+ * with "--" is taken for the next option (its missing value is said, naming the '=' form,
+ * which takes any value).
+ *
+ * @opts: the program's options (@nopts of them; an entry with a NULL name is skipped).
+ *
+ * Context: any thread; argv is only read.
+ *
+ * Returns: the index in @opts of the option read, with its value in *value ("on" or "off"
+ * for a flag) and *i moved past it and its value; -ENOENT at the end of the options, *i then
+ * at argc or at the first argument after "--" (a program that takes no arguments refuses any
+ * there); -EINVAL with a one-line message in @err for an unknown option, an argument before
+ * "--" (a word not an option), a missing value, a flag given a value that is not a boolean,
+ * or a boolean word after a flag ("--udp off": write --udp=off).
+ */
+KEEL_API int keel_opts_next(int argc, char **argv, int *i, const struct keel_app_opt *opts,
+			    size_t nopts, const char **value, char *err, size_t errlen);
+
 /** Write the list of runtime options and environment variables to @f. */
 KEEL_API void keel_opts_help(FILE *f);
 

@@ -4455,7 +4455,10 @@ Test(kv_server, words_that_are_not_its_options_are_said_as_such)
 	static const char *const bad[][4] = {
 		{ "6380", NULL, NULL, "unexpected argument 6380" },
 		{ "--verbose", NULL, NULL, "unknown option --verbose" },
-		{ "--dir", "--appendonly", "yes", "missing value for --dir" },
+		{ "--dir", "--appendonly", "yes", "--dir: missing value" },
+		/* "--" ends the options (it was "unknown option --"). */
+		{ "--", "--appendonly", "yes", "unexpected argument --appendonly" },
+		{ "--appendonly=maybe", NULL, NULL, "--appendonly expects yes or no, got maybe" },
 	};
 	struct srv s;
 
@@ -4472,6 +4475,21 @@ Test(kv_server, words_that_are_not_its_options_are_said_as_such)
 	srv_start(&s, 1, "--appendfsync", "always", NULL);
 	cr_assert(strstr(start_log, "--appendfsync has no effect without --appendonly yes"), "%s",
 		  start_log);
+	srv_stop(&s);
+}
+
+/* keel-kv's options are written as redis-server's ("--maxclients 7") and as keel's own
+ * runtime options ("--maxclients=7"; it was "unknown option --maxclients=7"); a "--" after
+ * them ends the options (it was "unknown option --"). */
+Test(kv_server, its_options_take_keels_forms_beside_redis_forms)
+{
+	struct srv s;
+	struct rd r;
+
+	srv_start(&s, 1, "--maxclients=7", "--client-addrs", "yes", "--timeout=0", "--", NULL);
+	rd_init(&r, test_connect(s.port));
+	expect(&r, "CONFIG GET maxclients", "*2\r\n$10\r\nmaxclients\r\n$1\r\n7\r\n");
+	rd_free(&r);
 	srv_stop(&s);
 }
 
