@@ -96,22 +96,22 @@ default_nic(const struct keel_topo_info *in)
 	return NULL;
 }
 
-/* Why a map of @nic, an interface over others (a bond, VLAN, macvlan), is no map to run,
- * with the interface to plan with instead (@how: "plan with", "run: keel-topo --plan"),
- * into @buf. */
+/* Why a map of @name, an interface over the @nlower interfaces @lower (a bond, VLAN,
+ * macvlan: struct keel_topo_nic's lower), is no map to run, with the interface to plan with
+ * instead (@how: "plan with", "run: keel-topo --plan"), into @buf. */
 static void
-over_others(const struct keel_topo_nic *nic, const char *how, char *buf, size_t len)
+over_others(const char *name, const char *lower, unsigned nlower, const char *how, char *buf,
+	    size_t len)
 {
-	int first = (int)strcspn(nic->lower, ",");
+	int first = (int)strcspn(lower, ",");
 
 	snprintf(
 		buf, len,
 		"%s is over %s: an interface over others (a bond, VLAN or macvlan) has no "
 		"hardware rx queues, IRQs or NUMA node of its own (its packets arrive on the queues of %s); "
 		"%s --iface %.*s%s",
-		nic->name, nic->lower, nic->nlower == 1 ? "that interface" : "those interfaces",
-		how, first, nic->lower,
-		nic->nlower == 1 ? "" : " (or each of them: a map serves one interface)");
+		name, lower, nlower == 1 ? "that interface" : "those interfaces", how, first, lower,
+		nlower == 1 ? "" : " (or each of them: a map serves one interface)");
 }
 
 static void
@@ -358,7 +358,7 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 	/* Mapped as a virtual interface (no PCI device), its shards went to the first cores in
 	 * hwloc's order whatever node the NIC beneath it is on, each owning a software queue. */
 	if (nic && nic->nlower) {
-		over_others(nic, "plan with", list, sizeof(list));
+		over_others(nic->name, nic->lower, nic->nlower, "plan with", list, sizeof(list));
 		return keel__errf(err, errlen, -EINVAL, "%s", list);
 	}
 	if (nic) {
@@ -844,7 +844,8 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 	}
 	if (ifn) {
 		int rx = keel__topo_sysfs_rxq_count(ifn), pr, numa;
-		char pci[64];
+		char pci[64], lower[sizeof(((struct keel_topo_nic *)0)->lower)];
+		unsigned nlower = 0;
 
 		if (rx == -ENODEV) {
 			keel__topo_sysfs_ifnames(list, sizeof(list));
@@ -852,6 +853,18 @@ validate_each(const struct keel_map *m, bool (*emit)(void *arg, const char *line
 				 "interface %s does not exist here (interfaces: %s); the map is "
 				 "stale: run keel-topo --plan again",
 				 ifn, list);
+			n++;
+			if (!emit(arg, line, true))
+				return n;
+		} else if ((nlower = keel__topo_sysfs_lower(ifn, lower, sizeof(lower)))) {
+			/* A bond, VLAN or macvlan: read as keel_topo_load reads it (the lower_NAME
+			 * links under keel__sys_class_net), so the runtime refuses what keel-topo
+			 * --check and --plan refuse; it counted the interface's software queues
+			 * and started. */
+			over_others(ifn, lower, nlower,
+				    "the map's shards and queues line up with nothing: run "
+				    "keel-topo --plan",
+				    line, sizeof(line));
 			n++;
 			if (!emit(arg, line, true))
 				return n;
@@ -1023,19 +1036,10 @@ keel_map_check(const struct keel_topo *live, const struct keel_map *m, FILE *f)
 		return -EINVAL;
 	n = validate_each(m, print_line, f);
 	nic = m->iface[0] ? keel_topo_nic_find(live, m->iface) : NULL;
-	if (!nic)
+	/* An interface over others (a bond, VLAN) is said by validate_each; its queues have no
+	 * IRQs of their own to check. */
+	if (!nic || nic->nlower)
 		return (int)n;
-	if (nic->nlower) {
-		/* Its queues have no IRQs to check: without this it passed. */
-		char why[1024]; /* over_others: up to about 650 bytes */
-
-		over_others(
-			nic,
-			"the map's shards and queues line up with nothing: run keel-topo --plan",
-			why, sizeof(why));
-		fprintf(f, "%s\n", why);
-		n++;
-	}
 	for (unsigned i = 0; i < m->nshards; i++) {
 		const struct keel_map_shard *s = &m->shards[i];
 		const struct keel_topo_rxq *q;

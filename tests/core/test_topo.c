@@ -3171,6 +3171,45 @@ Test(core_topo, check_of_a_map_on_an_interface_over_another_names_the_nic_beneat
 	rm_dir(root);
 }
 
+/* A map on an interface over others, loaded by the runtime: its check read the queue count
+ * from sysfs and not the lower_NAME links keel_topo_load reads, so vlan0's one software queue
+ * passed and the runtime started, while keel-topo --check (through the topology) refused the
+ * same map. Now the runtime's check reads them from the same place (keel__sys_class_net,
+ * here the test's folder) and refuses it, naming the NIC beneath. */
+Test(core_topo, runtime_refuses_a_map_on_an_interface_over_another)
+{
+	char root[] = "/tmp/keel-net-XXXXXX", path[128];
+	struct keel_topo *t = load_with_upper_devices(root);
+	struct keel_runtime *rt = NULL;
+	struct keel_opts o = test_opts(0);
+	int cpu0 = 0, r;
+
+	keel_topo_destroy(t);
+	tmp_path(path, sizeof(path), "over");
+	write_map(path, "bond0.7", 1, &cpu0, 1);
+	cr_assert_eq(keel_map_load(path, &back, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(keel_map_validate(&back, err, sizeof(err)), -EINVAL, "bond0.7 passed");
+	cr_assert(strstr(err, "bond0.7 is over fake0, fake1") && strstr(err, "--iface fake0"), "%s",
+		  err);
+	write_map(path, "vlan0", 1, &cpu0, 1);
+	o.map_path = path;
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	r = keel_runtime_create(&o, &rt);
+	keel_log_set_sink(NULL, NULL);
+	if (r == 0)
+		keel_runtime_destroy(rt);
+	cr_assert_eq(r, -EINVAL, "a map on vlan0 started: %d, logged '%s'", r, logged);
+	cr_assert(strstr(logged, "vlan0 is over fake0") && strstr(logged, "--iface fake0"), "%s",
+		  logged);
+	/* the NIC beneath is a map's interface as before */
+	write_map(path, "fake0", 1, &cpu0, 1);
+	cr_assert_eq(keel_map_load(path, &back, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(keel_map_validate(&back, err, sizeof(err)), 0, "%s", err);
+	unlink(path);
+	rm_dir(root);
+}
+
 /* A NIC the firmware gives no NUMA node (numa_node -1, no _PXM: hwloc hangs it off the
  * machine, local to every CPU), on two packages of four cores with four queues: the default
  * map's shards all went to package 0's node, in hwloc's order, which may be the far socket,
