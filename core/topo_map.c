@@ -1166,6 +1166,22 @@ keel__topo_iface_check(const char *name, const char *iface, const int *cpus, con
 		return; /* no map to check against: said by nothing, as without --iface */
 	}
 	nic = keel_topo_nic_find(live, iface);
+	if (nic && nic->nlower) {
+		/* A bond, VLAN, macvlan or bridge with ports has no device link, so it is
+		 * virtual too, and nothing was said: its shards' queues are software ones, and
+		 * the queues and IRQs its packets arrive on are the NICs' beneath it. */
+		int first = (int)strcspn(nic->lower, ",");
+
+		keel_log(KEEL_LOG_WARN, "topo",
+			 "%s %s is over %s (a bond, VLAN, macvlan or bridge): it has no hardware "
+			 "rx queues or IRQs of its own, its packets arrive on the queues of %s, "
+			 "so no shard's queue or CPU lines up with an IRQ; for queue and IRQ "
+			 "alignment give %s one of them (keel-topo --plan --iface %.*s writes a "
+			 "map for it%s)",
+			 name, iface, nic->lower,
+			 nic->nlower == 1 ? "that interface" : "those interfaces", name, first,
+			 nic->lower, nic->nlower == 1 ? "" : "; a runtime serves one interface");
+	}
 	if (nic && nic->is_virtual) { /* lo, veth: no queues to line up, no IRQs */
 		free(m);
 		keel_topo_destroy(live);

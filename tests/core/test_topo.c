@@ -3171,6 +3171,47 @@ Test(core_topo, check_of_a_map_on_an_interface_over_another_names_the_nic_beneat
 	rm_dir(root);
 }
 
+/* --iface bond0 without --map: the runtime's check of its queues found a virtual interface
+ * (no device link) and said nothing, while the queues and IRQs its packets arrive on are
+ * fake0's and fake1's. Now a warning names them and that --iface should name one. A VLAN
+ * over one NIC names that one; veth (over nothing) is still not warned about. */
+Test(core_topo, runtime_with_an_iface_over_others_names_the_nics_beneath)
+{
+	char root[] = "/tmp/keel-net-XXXXXX";
+	struct keel_topo *t = load_with_upper_devices(root);
+	struct keel_runtime *rt;
+	struct keel_opts o = test_opts(1);
+
+	keel_topo_destroy(t); /* the runtime loads its own; the folder stays */
+	snprintf(o.iface, sizeof(o.iface), "bond0");
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0, "%s", logged);
+	keel_log_set_sink(NULL, NULL);
+	keel_runtime_destroy(rt);
+	cr_assert(strstr(logged, "--iface bond0 is over fake0, fake1") &&
+			  strstr(logged, "queue and IRQ alignment give --iface one of them") &&
+			  strstr(logged, "keel-topo --plan --iface fake0"),
+		  "logged: '%s'", logged);
+	snprintf(o.iface, sizeof(o.iface), "vlan0");
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0, "%s", logged);
+	keel_log_set_sink(NULL, NULL);
+	keel_runtime_destroy(rt);
+	cr_assert(strstr(logged, "--iface vlan0 is over fake0 (") &&
+			  strstr(logged, "the queues of that interface"),
+		  "logged: '%s'", logged);
+	snprintf(o.iface, sizeof(o.iface), "veth0");
+	logged[0] = 0;
+	keel_log_set_sink(log_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0, "%s", logged);
+	keel_log_set_sink(NULL, NULL);
+	keel_runtime_destroy(rt);
+	cr_assert_null(strstr(logged, "is over"), "%s", logged);
+	rm_dir(root);
+}
+
 /* A map on an interface over others, loaded by the runtime: its check read the queue count
  * from sysfs and not the lower_NAME links keel_topo_load reads, so vlan0's one software queue
  * passed and the runtime started, while keel-topo --check (through the topology) refused the
