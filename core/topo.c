@@ -541,6 +541,7 @@ keel_topo_load(const struct keel_topo_load_opts *o, struct keel_topo **out, char
 		goto err_h;
 	}
 	cpuset_from_hwloc(hwloc_topology_get_allowed_cpuset(h), &t->hw_allowed);
+	cpuset_from_hwloc(hwloc_topology_get_complete_cpuset(h), &t->hw_complete);
 	hwloc_topology_destroy(h);
 	load_allowed(t);
 	t->info.irqbalance = KEEL_TOPO_UNKNOWN;

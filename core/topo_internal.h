@@ -38,6 +38,9 @@ struct keel_topo {
 	 * cgroup cpuset, an XML file's writer's): the others are in the topology, loaded with
 	 * HWLOC_TOPOLOGY_FLAG_INCLUDE_DISALLOWED, and shown not allowed. */
 	struct keel_cpuset hw_allowed;
+	/* Every CPU the source knows of (hwloc's complete cpuset): an XML file's CPUs that were
+	 * offline when it was written are here, with no PU in the topology. */
+	struct keel_cpuset hw_complete;
 };
 
 /* The NUMA latency from node @from to node @to (OS indexes), 0 when not known. */

@@ -388,6 +388,21 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 						c, in->pus[i].core, KEEL_TOPO_MAX_SMT,
 						keel_topo_cpulist_format(&in->allowed, list,
 									 sizeof(list)));
+			/* A file written with the CPU offline lists it in its complete cpuset
+			 * only: it is not missing from the machine, and no mask left it out. */
+			if (!keel_cpuset_has(&in->present, c) && !in->live &&
+			    keel_cpuset_has(&t->hw_complete, c))
+				return keel__errf(
+					err, errlen, -EINVAL,
+					"--cpuset: CPU %u was offline when %s was written (its "
+					"complete cpuset has it, with no PU), so the file neither "
+					"describes nor allows it; pick from its allowed CPUs %s, or "
+					"write the file again with the CPU online (echo 1 > "
+					"/sys/devices/system/cpu/cpu%u/online, then "
+					"lstopo-no-graphics --of xml FILE)",
+					c, in->source,
+					keel_topo_cpulist_format(&in->allowed, list, sizeof(list)),
+					c);
 			if (!keel_cpuset_has(&in->present, c))
 				return keel__errf(
 					err, errlen, -EINVAL,
@@ -407,6 +422,19 @@ keel_map_compute(const struct keel_topo *t, const struct keel_map_req *req, stru
 						"unless started on it: start the program with taskset -c "
 						"and a list that holds it; the allowed CPUs are %s",
 						c,
+						keel_topo_cpulist_format(&in->allowed, list,
+									 sizeof(list)));
+				/* A file's allowed set is its writer's, not this process's. */
+				if (!in->live)
+					return keel__errf(
+						err, errlen, -EINVAL,
+						"--cpuset: CPU %u is outside the allowed CPUs of %s "
+						"(those of the process that wrote it: its cgroup's "
+						"cpuset and affinity mask), %s; pick from those, or "
+						"write the file again from a process that has the CPU "
+						"(lstopo-no-graphics --of xml FILE, outside that cgroup "
+						"or taskset)",
+						c, in->source,
 						keel_topo_cpulist_format(&in->allowed, list,
 									 sizeof(list)));
 				return keel__errf(

@@ -6,7 +6,8 @@ the first of its package, CPUs numbered past KEEL_MAX_CPUS).
 
 gen_topo.py PACKAGES NODES_PER_PACKAGE CORES_PER_NODE SMT [--interleave] [--pu-offset N]
             [--nics NAME@WHERE,...] [--distances "D00 D01 ... Dnn"]
-            [--allowed-cpus LIST] [--allowed-nodes LIST] [--no-memory LIST] > out.xml
+            [--allowed-cpus LIST] [--allowed-nodes LIST] [--no-memory LIST]
+            [--offline-cpus LIST] > out.xml
 
 --interleave numbers CPUs as Linux does on most x86 servers: every core's first thread,
   then every core's second, ... (without it a core's threads are consecutive).
@@ -20,6 +21,9 @@ gen_topo.py PACKAGES NODES_PER_PACKAGE CORES_PER_NODE SMT [--interleave] [--pu-o
 --allowed-nodes LIST: the NUMA nodes whose memory it could use (allowed_nodeset, a
   cgroup's cpuset.mems); without it, every node.
 --no-memory LIST: NUMA nodes without memory of their own (CPUs only: local_memory 0).
+--offline-cpus LIST: CPUs that were offline when the file was written: as hwloc writes
+  them, in the complete cpusets only (no PU, and a core left with none is left out too),
+  and not allowed.
 """
 import argparse
 
@@ -35,6 +39,7 @@ ap.add_argument('--distances', default='')
 ap.add_argument('--allowed-cpus', default='')
 ap.add_argument('--allowed-nodes', default='')
 ap.add_argument('--no-memory', default='')
+ap.add_argument('--offline-cpus', default='')
 a = ap.parse_args()
 ncores = a.pkg * a.npp * a.cpn
 nnodes = a.pkg * a.npp
@@ -87,7 +92,8 @@ def io(where, ind):
 
 
 def sets(cpus, nodes):
-    return (f'cpuset="{bm(cpus)}" complete_cpuset="{bm(cpus)}" nodeset="{bm(nodes)}" '
+    online = [c for c in cpus if c not in offline]
+    return (f'cpuset="{bm(online)}" complete_cpuset="{bm(cpus)}" nodeset="{bm(nodes)}" '
             f'complete_nodeset="{bm(nodes)}"')
 
 
@@ -103,7 +109,9 @@ def cpulist(text):
     return out
 
 
-allowed = cpulist(a.allowed_cpus) if a.allowed_cpus else allpus
+offline = cpulist(a.offline_cpus) if a.offline_cpus else []
+allowed = [c for c in (cpulist(a.allowed_cpus) if a.allowed_cpus else allpus)
+           if c not in offline]
 allowed_nodes = cpulist(a.allowed_nodes) if a.allowed_nodes else allnodes
 no_memory = cpulist(a.no_memory) if a.no_memory else []
 L = ['<?xml version="1.0" encoding="UTF-8"?>', '<!DOCTYPE topology SYSTEM "hwloc2.dtd">',
@@ -128,9 +136,13 @@ for p in range(a.pkg):
                  f'gp_index="{g()}" local_memory="{0 if nd in no_memory else 68719476736}"/>')
         for c in ncs:
             cp = [pu_os(c, t) for t in range(a.smt)]
+            if all(o in offline for o in cp):
+                continue
             L.append(f'{ind}<object type="Core" os_index="{c}" {sets(cp, [nd])} gp_index="{g()}">')
             for t in range(a.smt):
                 o = pu_os(c, t)
+                if o in offline:
+                    continue
                 L.append(f'{ind} <object type="PU" os_index="{o}" {sets([o], [nd])} '
                          f'gp_index="{g()}"/>')
             L.append(f'{ind}</object>')

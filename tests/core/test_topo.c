@@ -1298,6 +1298,35 @@ req_on_cpus(struct keel_map_req *r, const char *iface, const char *cpus)
 	r->cpuset_given = true;
 }
 
+/* --cpuset with a CPU a topology file does not allow, offline: the file's CPU 3 was offline
+ * when it was written (its complete cpuset only) and was called missing ("does not exist");
+ * online but outside the file's allowed set (its writer's cgroup), the message blamed this
+ * process's affinity mask and asked for a wider one, which no mask of this process changes.
+ * Each now names the real cause and the fix: the file, written again. */
+Test(core_topo, a_cpu_a_topology_file_leaves_out_is_said_as_the_files_not_the_mask)
+{
+	struct keel_topo *t = load_gen("1 1 4 1 --offline-cpus 3", 0);
+	struct keel_map_req r;
+
+	req_on_cpus(&r, "eth0", "2-3");
+	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "CPU 3 was offline when xml ") &&
+			  strstr(err, "pick from its allowed CPUs 0-2") &&
+			  strstr(err, "/sys/devices/system/cpu/cpu3/online") &&
+			  !strstr(err, "does not exist") && !strstr(err, "affinity mask"),
+		  "%s", err);
+	keel_topo_destroy(t);
+
+	t = load_gen("1 1 4 1 --allowed-cpus 0-2", 0);
+	req_on_cpus(&r, "eth0", "2-3");
+	cr_assert_eq(keel_map_compute(t, &r, &map, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "CPU 3 is outside the allowed CPUs of xml ") &&
+			  strstr(err, "the process that wrote it") &&
+			  strstr(err, "write the file again") && !strstr(err, "this process"),
+		  "%s", err);
+	keel_topo_destroy(t);
+}
+
 /* keel_map_compute of @r into map, which must succeed; what it logs in logged (emptied
  * first). */
 static void
