@@ -89,6 +89,13 @@ extern const char *keel__proc_self_pidns;
  * 65535. The interface's name, where it stands as words of @irq_name, is not read. */
 int keel__topo_irq_rxq(const char *irq_name, const char *ifname, unsigned *q);
 
+/* Give @n's rx queues their IRQs among the @nirq MSI vectors @irqs, named @names (as
+ * irq_names reads them): each by the queue its name gives (keel__topo_irq_rxq; the lower
+ * IRQ where two name one queue), then, where virtio-pci has one vector for every virtqueue
+ * ("virtio0-virtqueues"), that one to each queue still without. Queues no name gives keep
+ * irq -1. */
+void keel__topo_rxq_irqs(struct keel_topo_nic *n, const int *irqs, int nirq, char (*names)[64]);
+
 /* The MSI IRQ numbers of the device at @devdir (/sys/class/net/IF/device): the entries of
  * its msi_irqs, or of its parent's when it has none (virtio-net's netdev sits on a virtio
  * device whose PCI parent owns the vectors), however many (a large NIC has thousands).

@@ -1051,6 +1051,49 @@ print_line(void *arg, const char *line, bool fatal)
 	return true;
 }
 
+/* Shard @i's queue's IRQ, when another shard's queue of @m has it too (virtio-net with one
+ * vector for every virtqueue): an IRQ fires on one set of CPUs, not on each shard's. At the
+ * first shard with it, @f (when not NULL) gets one line for them all. Returns 1 at that
+ * shard, -1 at the others with it, 0 when no other shard's queue has it. */
+static int
+shared_irq(const struct keel_topo_nic *nic, const struct keel_map *m, unsigned i, FILE *f)
+{
+	const struct keel_topo_rxq *q = &nic->rxq[m->shards[i].rxq];
+	char queues[256] = "", shards[256] = "";
+	size_t oq = 0, os = 0;
+	unsigned with = 0;
+
+	for (unsigned j = 0; j < m->nshards; j++) {
+		const struct keel_map_shard *s = &m->shards[j];
+
+		if (s->rxq < 0 || s->irq_cpu < 0 || s->rxq >= nic->nrxq ||
+		    nic->rxq[s->rxq].irq != q->irq)
+			continue;
+		if (j < i)
+			return -1;
+		with++;
+		if (oq < sizeof(queues))
+			oq += (size_t)snprintf(queues + oq, sizeof(queues) - oq, "%s%d",
+					       oq ? ", " : "", s->rxq);
+		if (os < sizeof(shards))
+			os += (size_t)snprintf(shards + os, sizeof(shards) - os, "%s%u",
+					       os ? ", " : "", j);
+	}
+	if (with < 2)
+		return 0;
+	if (f)
+		fprintf(f,
+			"%s rx queues %s (shards %s) share one IRQ %d (%s): an IRQ fires on the "
+			"CPUs it points at, not per queue, so it cannot fire on each shard's CPU; "
+			"give the device an MSI-X vector per queue (virtio-net: 2 per queue pair "
+			"and 2 more, e.g. QEMU's -device virtio-net-pci,mq=on,vectors=%d), or pin "
+			"it by hand to one of the shards' CPUs: echo %d > "
+			"/proc/irq/%d/smp_affinity_list\n",
+			nic->name, queues, shards, q->irq, q->irq_name, 2 * nic->nrxq + 2,
+			m->shards[i].irq_cpu, q->irq);
+	return 1;
+}
+
 int
 keel_map_check(const struct keel_topo *live, const struct keel_map *m, FILE *f)
 {
@@ -1072,6 +1115,7 @@ keel_map_check(const struct keel_topo *live, const struct keel_map *m, FILE *f)
 		const struct keel_map_shard *s = &m->shards[i];
 		const struct keel_topo_rxq *q;
 		struct keel_cpuset want;
+		int shared;
 
 		if (s->rxq < 0 || s->irq_cpu < 0 || s->rxq >= nic->nrxq)
 			continue;
@@ -1100,6 +1144,11 @@ keel_map_check(const struct keel_topo *live, const struct keel_map *m, FILE *f)
 				"%d\n",
 				nic->name, s->rxq, i, nic->name, s->irq_cpu);
 			n++;
+			continue;
+		}
+		shared = shared_irq(nic, m, i, f);
+		if (shared) {
+			n += shared > 0; /* said once, at its first shard */
 			continue;
 		}
 		memset(&want, 0, sizeof(want));

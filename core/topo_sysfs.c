@@ -951,6 +951,45 @@ irq_names(const int *irqs, int n, char (*names)[64])
 	fclose(f);
 }
 
+/* Whether @irq_name is virtio-pci's vector shared by every virtqueue ("virtio0-virtqueues":
+ * when the device has too few MSI-X vectors for one per queue, vp_find_vqs_msix falls back to
+ * one for the configuration and one for all the queues). */
+static bool
+irq_shared_by_virtqueues(const char *irq_name)
+{
+	size_t n = strlen(irq_name), w = sizeof("-virtqueues") - 1;
+
+	return n > w && !strcmp(irq_name + n - w, "-virtqueues");
+}
+
+void
+keel__topo_rxq_irqs(struct keel_topo_nic *n, const int *irqs, int nirq, char (*names)[64])
+{
+	for (int i = 0; i < nirq; i++) {
+		unsigned q;
+
+		if (!names[i][0] || !keel__topo_irq_rxq(names[i], n->name, &q))
+			continue;
+		if (n->nrxq <= 0 || q >= (unsigned)n->nrxq || n->rxq[q].irq >= 0)
+			continue;
+		n->rxq[q].irq = irqs[i];
+		keel__topo_strcpy(n->rxq[q].irq_name, sizeof(n->rxq[q].irq_name), names[i]);
+	}
+	/* The shared vector is every queue's IRQ: "IRQ unknown" for each, and a "pin it by
+	 * hand" line per queue, hid that one IRQ serves them all. */
+	for (int i = 0; i < nirq; i++) {
+		if (!irq_shared_by_virtqueues(names[i]))
+			continue;
+		for (int q = 0; q < n->nrxq; q++) {
+			if (n->rxq[q].irq >= 0)
+				continue;
+			n->rxq[q].irq = irqs[i];
+			keel__topo_strcpy(n->rxq[q].irq_name, sizeof(n->rxq[q].irq_name), names[i]);
+		}
+		break;
+	}
+}
+
 static void
 read_irqs(struct keel_topo_nic *n)
 {
@@ -969,16 +1008,7 @@ read_irqs(struct keel_topo_nic *n)
 			 n->name);
 	n->has_irqs = nirq > 0;
 	irq_names(irqs, nirq > 0 ? nirq : 0, names);
-	for (int i = 0; i < nirq; i++) {
-		unsigned q;
-
-		if (!names[i][0] || !keel__topo_irq_rxq(names[i], n->name, &q))
-			continue;
-		if (n->nrxq <= 0 || q >= (unsigned)n->nrxq || n->rxq[q].irq >= 0)
-			continue;
-		n->rxq[q].irq = irqs[i];
-		keel__topo_strcpy(n->rxq[q].irq_name, sizeof(n->rxq[q].irq_name), names[i]);
-	}
+	keel__topo_rxq_irqs(n, irqs, nirq, names);
 	free(irqs);
 	free(names);
 	for (int q = 0; q < n->nrxq; q++) {

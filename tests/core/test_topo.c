@@ -1996,6 +1996,65 @@ Test(core_topo, check_counts_a_physical_nic_without_msi_irqs_as_cannot_be_checke
 	keel_topo_destroy(t);
 }
 
+/* A virtio-net NIC whose device has too few MSI-X vectors for one per queue: virtio-pci
+ * gives one to the configuration and one to every virtqueue (as /proc/interrupts lists
+ * them below). No vector named a queue, so each of the 4 queues had "IRQ unknown" and
+ * --check printed a "pin it by hand" line per queue, though one IRQ serves them all and no
+ * pinning puts it on each shard's CPU. Now every queue has the shared IRQ, and one line
+ * says so, with the fix. */
+Test(core_topo, a_virtio_vector_shared_by_every_queue_is_said_once)
+{
+	static const char interrupts[] =
+		"           CPU0       CPU1       CPU2       CPU3\n"
+		" 24:          0          0          0          0  PCI-MSIX-0000:00:03.0   0-edge "
+		"     virtio0-config\n"
+		" 25:       1234        567         89         10  PCI-MSIX-0000:00:03.0   1-edge "
+		"     virtio0-virtqueues\n";
+	int irqs[2] = { 24, 25 };
+	char names[2][64] = { "", "" };
+	struct keel_topo_nic *nic;
+	struct keel_topo *t = fake_live_nic(&nic);
+	FILE *f = fmemopen((void *)interrupts, sizeof(interrupts) - 1, "r");
+	char *out;
+	int n;
+
+	cr_assert_not_null(f);
+	cr_assert_eq(keel__topo_irq_names_parse(f, irqs, 2, names), 2);
+	fclose(f);
+	snprintf(nic->name, sizeof(nic->name), "eth0");
+	snprintf(map.iface, sizeof(map.iface), "eth0");
+	nic->rxq = realloc(nic->rxq, 4 * sizeof(*nic->rxq));
+	cr_assert_not_null(nic->rxq);
+	memset(nic->rxq, 0, 4 * sizeof(*nic->rxq));
+	nic->nrxq = 4;
+	for (unsigned q = 0; q < 4; q++) {
+		nic->rxq[q].index = q;
+		nic->rxq[q].irq = -1;
+		nic->rxq[q].affinity_known = true;
+		keel_cpuset_add(&nic->rxq[q].affinity, 0);
+		map.shards[q] = (struct keel_map_shard){
+			.cpu = (int)q, .core = -1, .numa = -1, .rxq = (int)q, .irq_cpu = (int)q
+		};
+	}
+	map.nshards = 4;
+	map.rx_queues = 4;
+	keel__topo_rxq_irqs(nic, irqs, 2, names);
+	for (unsigned q = 0; q < 4; q++)
+		cr_assert(nic->rxq[q].irq == 25 &&
+				  !strcmp(nic->rxq[q].irq_name, "virtio0-virtqueues"),
+			  "rxq %u: IRQ %d (%s)", q, nic->rxq[q].irq, nic->rxq[q].irq_name);
+	out = check_output(t, &n);
+	cr_assert(strstr(out, "eth0 rx queues 0, 1, 2, 3 (shards 0, 1, 2, 3) share one IRQ 25 "
+			      "(virtio0-virtqueues)") &&
+			  strstr(out, "vectors=10") &&
+			  strstr(out, "echo 0 > /proc/irq/25/smp_affinity_list"),
+		  "%s", out);
+	cr_assert_null(strstr(out, "pin it by hand to CPU"), "%s", out);
+	cr_assert_null(strstr(out, "rx queue 1 (shard 1)"), "%s", out);
+	free(out);
+	keel_topo_destroy(t);
+}
+
 /* A map with header/data split (--hds) needs the split's threshold at 0 as well: the kernel
  * refuses a ZCRX interface queue with EINVAL otherwise, and --plan sets hds-thresh 0 for it.
  * --check compared the split alone and said such a NIC matched. */

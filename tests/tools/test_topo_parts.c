@@ -109,6 +109,46 @@ Test(tools_topo, plan_for_a_physical_nic_without_msi_irqs_says_to_pin_by_hand)
 	keel_topo_destroy(t);
 }
 
+/* --plan for a virtio-net NIC whose one IRQ serves every queue (virtio0-virtqueues, as
+ * keel__topo_rxq_irqs gives it to each): an IRQ line per shard, each undoing the one before,
+ * or (the IRQ named no queue) a "pin it by hand" note per queue, said nothing true. Now one
+ * note names the queues, the shared IRQ and the fix, and no IRQ line is written. */
+Test(tools_topo, plan_for_a_virtio_vector_shared_by_every_queue_says_it_once)
+{
+	static struct plan_step steps[64];
+	static const int irqs[2] = { 24, 25 };
+	char names[2][64] = { "virtio0-config", "virtio0-virtqueues" };
+	struct keel_topo_nic *nic;
+	struct keel_topo *t = fake_live(&nic);
+	struct tool_ctx c;
+	unsigned n, said = 0;
+
+	nic->rxq = realloc(nic->rxq, 2 * sizeof(*nic->rxq));
+	cr_assert_not_null(nic->rxq);
+	nic->nrxq = 2;
+	nic->ch_combined = nic->ch_max_combined = 2; /* no channel change */
+	for (int q = 0; q < 2; q++) {
+		nic->rxq[q] = (struct keel_topo_rxq){ .index = (unsigned)q, .irq = -1 };
+		map.shards[q] = (struct keel_map_shard){
+			.cpu = q, .core = -1, .numa = -1, .rxq = q, .irq_cpu = q
+		};
+	}
+	map.nshards = 2;
+	map.rx_queues = 2;
+	keel__topo_rxq_irqs(nic, irqs, 2, names);
+	n = plan_of(t, &c, steps, sizeof(steps) / sizeof(steps[0]));
+	for (unsigned i = 0; i < n; i++) {
+		cr_assert_neq(steps[i].kind, PLAN_WRITE, "an IRQ line for a shared IRQ: %s %s",
+			      steps[i].path, steps[i].data);
+		cr_assert_null(strstr(steps[i].why, "pin the IRQ of"), "%s", steps[i].why);
+		said += steps[i].kind == PLAN_NOTE &&
+			strstr(steps[i].why, "rx queues 0, 1 of fake0 share IRQ 25") &&
+			strstr(steps[i].why, "echo 0 > /proc/irq/25/smp_affinity_list");
+	}
+	cr_assert_eq(said, 1, "%u notes of the shared IRQ (%u steps)", said, n);
+	keel_topo_destroy(t);
+}
+
 /* --plan for @t, whose NIC's driver reports no channels (ethtool -l unsupported: e1000e,
  * r8169): no channel step (ethtool -L fails on such a driver), and IRQ 77 pinned to CPU 0.
  * Returns whether a note has @note in it (NULL: not looked for). */

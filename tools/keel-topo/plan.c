@@ -146,6 +146,55 @@ reset_table(struct plan_step *out, unsigned max, unsigned *n, const char *ifn, u
 		    "ethtool", "-X", ifn, "default", (char *)NULL);
 }
 
+/* "a, b, c" of @v into @buf[@len]; "..." ends a list that does not fit. */
+static void
+list_add(char *buf, size_t len, size_t *o, unsigned v)
+{
+	if (*o >= len)
+		return;
+	*o += (size_t)snprintf(buf + *o, len - *o, "%s%u", *o ? ", " : "", v);
+	if (*o >= len && len > 4)
+		memcpy(buf + len - 4, "...", 4);
+}
+
+/* Whether shard @i's queue of @nic has an IRQ another shard's queue has too (virtio-net with
+ * one vector for every virtqueue); at the first shard with it, the note that says so into
+ * @why, else "" (said already). */
+static bool
+shared_irq_note(const struct tool_ctx *c, const struct keel_topo_nic *nic, unsigned i, char *why,
+		size_t len)
+{
+	const struct keel_map *m = c->map;
+	const struct keel_topo_rxq *q = &nic->rxq[m->shards[i].rxq];
+	char queues[32] = "", shards[32] = "";
+	size_t oq = 0, os = 0;
+	unsigned with = 0;
+
+	why[0] = 0;
+	for (unsigned j = 0; j < m->nshards; j++) {
+		const struct keel_map_shard *s = &m->shards[j];
+
+		if (s->rxq < 0 || s->irq_cpu < 0 || s->rxq >= nic->nrxq ||
+		    nic->rxq[s->rxq].irq != q->irq)
+			continue;
+		if (j < i)
+			return true;
+		with++;
+		list_add(queues, sizeof(queues), &oq, (unsigned)s->rxq);
+		list_add(shards, sizeof(shards), &os, j);
+	}
+	if (with < 2)
+		return false;
+	snprintf(why, len,
+		 "shards %s: rx queues %s of %s share IRQ %d (%s), which fires where it points, "
+		 "not per queue; give the device an MSI-X vector per queue (QEMU virtio-net-pci: "
+		 "vectors=%d), or pin it by hand to one shard's CPU: echo %d > "
+		 "/proc/irq/%d/smp_affinity_list",
+		 shards, queues, nic->name, q->irq, q->irq_name, 2 * nic->nrxq + 2,
+		 m->shards[i].irq_cpu, q->irq);
+	return true;
+}
+
 unsigned
 plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 {
@@ -393,7 +442,13 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 			note(out, max, &n, why);
 			continue;
 		}
-		if (live && !channels_change && q && q->irq >= 0) {
+		if (live && !channels_change && q && q->irq >= 0 &&
+		    shared_irq_note(c, nic, i, why, sizeof(why))) {
+			/* One IRQ for several shards' queues (virtio-net's vector for every
+			 * virtqueue): one note at the first, no line that the next would undo. */
+			if (why[0])
+				note(out, max, &n, why);
+		} else if (live && !channels_change && q && q->irq >= 0) {
 			struct plan_step *st;
 			snprintf(why, sizeof(why),
 				 "shard %u: rx queue %d's IRQ (%s) fires on the shard's own CPU", i,
