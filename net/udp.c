@@ -928,7 +928,11 @@ udp_csum_off(const struct keel_udp *u)
 	return v4 || v6;
 }
 
-/* A refused batch's first datagram, sent alone as @d, completed with @res. */
+/* A refused batch's first datagram, sent alone as @d, completed with @res. udp_send_one
+ * checks gso_off and the ceiling only when it makes a sendmsg the next datagram may join
+ * (gso_tail): one it made earlier in this pass, still in the SQ, is let go here, or it took
+ * datagrams of the refused size after this and was refused again (a second fallback, and
+ * the size logged again). Here rather than in gso_join: nothing per datagram. */
 static void
 gso_probe_done(struct keel_udp *u, int res, const struct udp_send *d)
 {
@@ -938,7 +942,9 @@ gso_probe_done(struct keel_udp *u, int res, const struct udp_send *d)
 		return;
 	if (keel__udp_gso_refused(w->err, w->seg, w->err == -EINVAL && udp_csum_off(u)) ==
 	    KEEL__UDP_GSO_CEILING) {
-		if (w->seg <= u->gso_seg_ceiling) {
+		/* Once per size: a second probe of the same size (two batches refused at
+		 * once) finds the ceiling already there. */
+		if (w->seg < u->gso_seg_ceiling) {
 			keel_log(KEEL_LOG_INFO, NET_MOD,
 				 "udp port %u: a sendmsg of %u datagrams of %u bytes with "
 				 "UDP_SEGMENT failed (%s) where one went: datagrams of %u bytes "
@@ -946,6 +952,8 @@ gso_probe_done(struct keel_udp *u, int res, const struct udp_send *d)
 				 u->port, w->n, w->seg, strerror(-w->err), w->seg);
 			u->gso_seg_ceiling = w->seg;
 		}
+		if (u->gso_tail && u->gso_tail->iov.iov_len >= u->gso_seg_ceiling)
+			u->gso_tail = NULL;
 		return;
 	}
 	keel_log(KEEL_LOG_WARN, NET_MOD,
@@ -954,6 +962,7 @@ gso_probe_done(struct keel_udp *u, int res, const struct udp_send *d)
 		 "(keel-echo --udp-gso-segs 1) turns batching off",
 		 u->port, w->n, strerror(-w->err));
 	u->gso_off = true;
+	u->gso_tail = NULL;
 }
 
 static void

@@ -28,6 +28,10 @@ struct gso_cmd {
 	uint16_t n, alt_port;
 	uint16_t to_port_0;   /* every datagram to 127.0.0.1:0 (refused: EINVAL) */
 	uint16_t port_0_from; /* when not 0: datagrams from this index on to 127.0.0.1:0 */
+	uint16_t alt_from;    /* when not 0: from this index on to @alt_port, not every odd one */
+	uint16_t later;       /* when not 0: datagrams from index @later_from on are sent from a
+			       * keel_defer callback, after the pass's completions */
+	uint16_t later_from;
 	uint16_t size[MAXDG];
 };
 
@@ -39,6 +43,8 @@ struct gso_srv {
 	_Atomic bool
 		close_after; /* close the endpoint right after queueing the datagrams asked for */
 	_Atomic unsigned send_errors;
+	struct gso_cmd later; /* the command whose last datagrams a deferred call sends */
+	struct sockaddr_storage later_src;
 };
 
 static uint8_t
@@ -47,37 +53,28 @@ pattern(unsigned i, size_t k)
 	return (uint8_t)(i * 37 + k * 11 + 5);
 }
 
+/* Send datagrams [@from, @c->n) of command @c, which @src asked for. */
 static void
-gso_datagram(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_storage *src)
+gso_send_range(struct keel_udp *u, struct gso_srv *g, const struct gso_cmd *c,
+	       const struct sockaddr_storage *src, unsigned from)
 {
-	struct gso_srv *g = keel_udp_app(u);
-	struct gso_cmd c;
 	struct sockaddr_storage alt = *src;
 
-	memset(&c, 0, sizeof(c));
-	memcpy(&c, s->data, s->len < sizeof(c) ? s->len : sizeof(c));
-	keel_slice_put(s);
-	((struct sockaddr_in *)&alt)->sin_port = htons(c.alt_port);
-	if (c.to_port_0) {
-		struct keel_slice none = { 0 };
-
+	((struct sockaddr_in *)&alt)->sin_port = htons(c->alt_port);
+	if (c->to_port_0)
 		((struct sockaddr_in *)&alt)->sin_port = 0;
-		/* And a slice without a buffer is refused at the call (it was accepted, and
-		 * its put aborted at completion). */
-		if (keel_udp_send(u, &none, src) != -EINVAL)
-			atomic_fetch_add(&g->send_errors, 1);
-	}
-	for (unsigned i = 0; i < c.n && i < MAXDG; i++) {
+	for (unsigned i = from; i < c->n && i < MAXDG; i++) {
 		struct keel_slice d;
+		bool to_alt = c->alt_from ? i >= c->alt_from : c->alt_port && (i & 1);
 
-		if (keel_buf_alloc(keel_shard_alloc(), c.size[i], &d) < 0) {
+		if (keel_buf_alloc(keel_shard_alloc(), c->size[i], &d) < 0) {
 			atomic_fetch_add(&g->send_errors, 1);
 			continue;
 		}
-		d.len = c.size[i];
+		d.len = c->size[i];
 		for (size_t k = 0; k < d.len; k++)
 			d.data[k] = pattern(i, k);
-		if (c.port_0_from && i >= c.port_0_from) {
+		if (c->port_0_from && i >= c->port_0_from) {
 			struct sockaddr_storage p0 = *src;
 
 			((struct sockaddr_in *)&p0)->sin_port = 0;
@@ -86,11 +83,47 @@ gso_datagram(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_sto
 					&d); /* accepted or not, counted lost: not an error here */
 			continue;
 		}
-		if (keel_udp_send(u, &d, c.to_port_0 || (c.alt_port && (i & 1)) ? &alt : src) < 0) {
+		if (keel_udp_send(u, &d, c->to_port_0 || to_alt ? &alt : src) < 0) {
 			keel_slice_put(&d);
 			atomic_fetch_add(&g->send_errors, 1);
 		}
 	}
+}
+
+/* A command's datagrams from later_from on, from the pass's deferred work. */
+static void
+gso_send_later(void *arg)
+{
+	struct gso_srv *g = arg;
+
+	gso_send_range(g->u, g, &g->later, &g->later_src, g->later.later_from);
+}
+
+static void
+gso_datagram(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_storage *src)
+{
+	struct gso_srv *g = keel_udp_app(u);
+	struct gso_cmd c;
+
+	memset(&c, 0, sizeof(c));
+	memcpy(&c, s->data, s->len < sizeof(c) ? s->len : sizeof(c));
+	keel_slice_put(s);
+	if (c.to_port_0) {
+		struct keel_slice none = { 0 };
+
+		/* And a slice without a buffer is refused at the call (it was accepted, and
+		 * its put aborted at completion). */
+		if (keel_udp_send(u, &none, src) != -EINVAL)
+			atomic_fetch_add(&g->send_errors, 1);
+	}
+	if (c.later) {
+		g->later = c;
+		g->later_src = *src;
+		if (keel_defer(gso_send_later, g) < 0)
+			atomic_fetch_add(&g->send_errors, 1);
+		c.n = c.later_from;
+	}
+	gso_send_range(u, g, &c, src, 0);
 	if (atomic_load(&g->close_after))
 		keel_udp_close(u);
 }
@@ -151,9 +184,11 @@ struct gso_run {
 	uint16_t alt_port;
 };
 
-/* As gso_run_start, with keel_net_config.udp_send_max at @send_max. */
+/* As gso_run_start, with keel_net_config.udp_send_max at @send_max and the --feature
+ * @feature (NULL: none). */
 static void
-gso_run_start_max(struct gso_run *t, uint32_t segs, bool no_check, uint32_t send_max)
+gso_run_start_max(struct gso_run *t, uint32_t segs, bool no_check, uint32_t send_max,
+		  const char *feature)
 {
 	struct keel_opts o = net_test_opts(1);
 	struct keel_net_config nc;
@@ -162,6 +197,8 @@ gso_run_start_max(struct gso_run *t, uint32_t segs, bool no_check, uint32_t send
 	int sz = 4 << 20;
 
 	memset(t, 0, sizeof(*t));
+	if (feature)
+		net_test_feature(&o, feature);
 	t->srv.no_check = no_check;
 	keel_net_config_init(&nc);
 	nc.udp_gso_segs = segs;
@@ -189,7 +226,7 @@ gso_run_start_max(struct gso_run *t, uint32_t segs, bool no_check, uint32_t send
 static void
 gso_run_start(struct gso_run *t, uint32_t segs, bool no_check)
 {
-	gso_run_start_max(t, segs, no_check, KEEL_NET_UDP_SEND_MAX_DEFAULT);
+	gso_run_start_max(t, segs, no_check, KEEL_NET_UDP_SEND_MAX_DEFAULT, NULL);
 }
 
 static void
@@ -260,7 +297,7 @@ send_max_run(uint32_t segs)
 	static uint8_t in[2048];
 	uint16_t size[5];
 
-	gso_run_start_max(&t, segs, false, 10);
+	gso_run_start_max(&t, segs, false, 10, NULL);
 	for (unsigned i = 0; i < c.n; i++)
 		c.size[i] = 100;
 	cr_assert_eq(send(t.fd, &c, sizeof(c), 0), (ssize_t)sizeof(c));
@@ -594,6 +631,121 @@ Test(net_udp_gso, two_batches_refused_at_once_are_each_judged_by_their_own_error
 	cr_assert_eq(st.udp_gso_sends - prev.udp_gso_sends, 1,
 		     "batching was turned off by the other batch's refusal");
 	gso_run_stop(&t);
+}
+
+/* Receive @n datagrams of @size bytes on @fd, the @i0-th on of a command (pattern). */
+static void
+recv_run(int fd, unsigned n, uint16_t size, unsigned i0)
+{
+	static uint8_t in[65536];
+
+	for (unsigned i = 0; i < n; i++) {
+		ssize_t got;
+
+		wait_fd(fd, POLLIN, TEST_WAIT_MS, 0, "a datagram");
+		got = recv(fd, in, sizeof(in), MSG_DONTWAIT);
+		cr_assert_eq(got, (ssize_t)size, "datagram %u: %zd bytes, want %u", i, got, size);
+		for (size_t k = 0; k < size; k++)
+			cr_assert_eq(in[k], pattern(i0 + i, k), "datagram %u byte %zu", i, k);
+	}
+}
+
+/* The INFO lines that say a size now goes alone. */
+static _Atomic unsigned ceiling_lines;
+
+static void
+ceiling_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	(void)module;
+	(void)shard;
+	(void)arg;
+	if (level == KEEL_LOG_INFO && strstr(msg, "or more are sent one by one from now on"))
+		atomic_fetch_add(&ceiling_lines, 1);
+}
+
+/* A sendmsg of one 2,000-byte datagram queued (not yet submitted) in the pass whose
+ * completions then bring the probe that finds batching refused, for 2,000-byte datagrams
+ * (over a 1,500-byte MTU: EMSGSIZE) or for all (SO_NO_CHECK: EINVAL): a datagram of that
+ * size sent later in the pass goes alone, not into that sendmsg. It joined it, as the
+ * endpoint's last sendmsg, and the kernel refused the batch again: a second fallback (and
+ * over the MTU a second INFO line for the size). The order is made with single-shot
+ * receives: the shard is held while three commands wait in its socket, so each receive armed
+ * again completes at once, ahead of what the same pass queued after it; the first command's
+ * batch is queued from deferred work (after that receive), so the third command is received
+ * in the pass of the probe's completion, ahead of it, and its second datagram goes from
+ * deferred work, after it. */
+static void
+queued_before_refusal_run(bool no_check)
+{
+	struct gso_cmd c1 = { .n = 4, .later = 1 }, c2 = { 0 },
+		       c3 = { .n = 2, .later = 1, .later_from = 1 };
+	struct keel_net_stats st;
+	struct shard_hold h;
+	struct gso_run t;
+
+	if (!no_check)
+		enter_netns_mtu(1500);
+	gso_run_start_max(&t, KEEL_UDP_GSO_MAX, no_check, KEEL_NET_UDP_SEND_MAX_DEFAULT,
+			  "multishot_recv=off");
+	fill(c1.size, 4, 2000);
+	fill(c3.size, 2, 2000);
+	shard_hold_init(&h);
+	shard_hold(&h, t.rt, 0);
+	cr_assert_eq(send(t.fd, &c1, sizeof(c1), 0), (ssize_t)sizeof(c1));
+	cr_assert_eq(send(t.fd, &c2, sizeof(c2), 0), (ssize_t)sizeof(c2));
+	cr_assert_eq(send(t.fd, &c3, sizeof(c3), 0), (ssize_t)sizeof(c3));
+	shard_hold_release(&h);
+	shard_hold_fini(&h);
+	recv_run(t.fd, 4, 2000, 0);
+	recv_run(t.fd, 2, 2000, 0);
+	WAIT_FOR(inflight(&t) == 0, "no datagram in flight");
+	cr_assert_eq(rt_net_stats(t.rt, 0, &st), 0);
+	cr_assert_eq(st.udp_gso_fallbacks, 1,
+		     "%llu batches refused: a 2,000-byte datagram joined a sendmsg after the "
+		     "probe had found batching it refused",
+		     (unsigned long long)st.udp_gso_fallbacks);
+	/* The refused batch, its 4 datagrams alone, the third command's 2 alone. */
+	cr_assert_eq(st.sends, 7, "%llu sendmsgs", (unsigned long long)st.sends);
+	gso_run_stop(&t);
+}
+
+/* Over the MTU, in a network namespace of the test's own (root only, as above). */
+Test(net_udp_gso, a_sendmsg_queued_before_its_size_was_refused_takes_no_more_of_that_size)
+{
+	queued_before_refusal_run(false);
+}
+
+Test(net_udp_gso, a_sendmsg_queued_before_batching_was_refused_takes_no_more_datagrams)
+{
+	queued_before_refusal_run(true);
+}
+
+/* Two batches of 2,000-byte datagrams, to two destinations, refused in one pass over a
+ * 1,500-byte MTU: both probes complete, and the size is said once (the second probe's
+ * size equal to the ceiling the first set was taken for a lower one). Root only. */
+Test(net_udp_gso, a_size_two_batches_found_refused_at_once_is_logged_once)
+{
+	struct keel_net_stats st;
+	struct gso_run t;
+	struct gso_cmd c = { .n = 8, .alt_from = 4 };
+
+	enter_netns_mtu(1500);
+	keel_log_set_sink(ceiling_sink, NULL);
+	gso_run_start(&t, KEEL_UDP_GSO_MAX, false);
+	keel_log_set_level(KEEL_LOG_INFO); /* the runtime's create set the tests' WARN */
+	c.alt_port = t.alt_port;
+	fill(c.size, 8, 2000);
+	cr_assert_eq(send(t.fd, &c, sizeof(c), 0), (ssize_t)sizeof(c));
+	recv_run(t.fd, 4, 2000, 0);
+	recv_run(t.alt, 4, 2000, 4);
+	WAIT_FOR(inflight(&t) == 0, "no datagram in flight");
+	cr_assert_eq(rt_net_stats(t.rt, 0, &st), 0);
+	gso_run_stop(&t);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq(st.udp_gso_fallbacks, 2, "both batches refused");
+	cr_assert_eq(atomic_load(&ceiling_lines), 1,
+		     "%u INFO lines for 2,000-byte datagrams going alone, want 1",
+		     atomic_load(&ceiling_lines));
 }
 
 /* A dual-stack endpoint ("::") batches to a v4-mapped source (IPv4 underneath, through
