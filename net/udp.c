@@ -753,6 +753,24 @@ fail:
 	return r;
 }
 
+/* The shard's UDP buffer ring, shared by its endpoints: made with the first. */
+static int
+udp_ring(struct net_shard *ns)
+{
+	/* Each buffer holds the largest datagram with its header, address and control data;
+	 * rounded up to 8 bytes so every buffer starts aligned. */
+	uint32_t bufsize = (ns->cfg.udp_buf_size + KEEL_UDP_BUF_OVERHEAD + 7) & ~7u;
+	int r;
+
+	if (ns->udp_ready)
+		return 0;
+	r = keel__pbuf_init(ns, &ns->udp, 1, ns->cfg.udp_buf_count, bufsize, false);
+	if (r < 0)
+		return r;
+	ns->udp_ready = true;
+	return 0;
+}
+
 int
 keel_udp_open(const char *addr, uint16_t port, const struct keel_udp_ops *ops, void *app,
 	      struct keel_udp **out)
@@ -777,16 +795,6 @@ keel_udp_open(const char *addr, uint16_t port, const struct keel_udp_ops *ops, v
 	r = keel__net_shard_get(&ns);
 	if (r < 0)
 		return r;
-	if (!ns->udp_ready) {
-		/* Each buffer holds the largest datagram with its header, address and control
-		 * data; rounded up to 8 bytes so every buffer starts aligned. */
-		uint32_t bufsize = (ns->cfg.udp_buf_size + KEEL_UDP_BUF_OVERHEAD + 7) & ~7u;
-
-		r = keel__pbuf_init(ns, &ns->udp, 1, ns->cfg.udp_buf_count, bufsize, false);
-		if (r < 0)
-			return r;
-		ns->udp_ready = true;
-	}
 	r = udp_socket(&ss, len, addr, ns->id, &held, &fd);
 	if (r < 0)
 		return r;
@@ -794,15 +802,20 @@ keel_udp_open(const char *addr, uint16_t port, const struct keel_udp_ops *ops, v
 		r = -errno;
 		keel_log(KEEL_LOG_ERROR, NET_MOD, "udp port %u: getsockname: %s", port,
 			 strerror(-r));
-		close(fd);
-		udp_port_release(held, ns->id);
-		return r;
+		goto err_fd;
 	}
 	u = calloc(1, sizeof(*u));
 	if (!u) {
-		close(fd);
-		udp_port_release(held, ns->id);
-		return -ENOMEM;
+		r = -ENOMEM;
+		goto err_fd;
+	}
+	/* The shard's UDP ring last, when nothing else can fail: made before the port's probe,
+	 * a refused open left it (17 MiB of --memory with the defaults, and buffer group 1)
+	 * to a shard with no endpoint, for the shard's life. */
+	r = udp_ring(ns);
+	if (r < 0) {
+		free(u);
+		goto err_fd;
 	}
 	u->held = held;
 	u->ns = ns;
@@ -830,6 +843,10 @@ keel_udp_open(const char *addr, uint16_t port, const struct keel_udp_ops *ops, v
 	udp_rearm(u);
 	*out = u;
 	return 0;
+err_fd:
+	close(fd);
+	udp_port_release(held, ns->id);
+	return r;
 }
 
 static int udp_send_one(struct keel_udp *u, struct keel_slice *s,

@@ -1812,6 +1812,67 @@ Test(net_udp, a_port_another_socket_shares_through_reuseport_is_refused)
 	close(got[1]);
 }
 
+/* A refused keel_udp_open on a shard with no endpoint leaves no UDP buffer ring: the ring
+ * (17 MiB of --memory with the defaults, and buffer group 1) was made before the port's
+ * probe and stayed for the shard's life. Run on the shard, whose network state the echo
+ * server's listener made; the ring comes with the first endpoint that opens. */
+static struct {
+	uint16_t port;                  /* a port the test's own socket holds */
+	uint64_t before, after, opened; /* bytes_in_use: before, after the refusal, after an open */
+} ring_left;
+
+static void
+ring_left_fn(struct keel_xreq *req)
+{
+	struct keel_alloc_stats as;
+	struct keel_udp *u;
+	int r;
+
+	keel_alloc_stats(keel_shard_alloc(), &as);
+	ring_left.before = as.bytes_in_use;
+	r = keel_udp_open("127.0.0.1", ring_left.port, &share_ops, NULL, &u);
+	keel_alloc_stats(keel_shard_alloc(), &as);
+	ring_left.after = as.bytes_in_use;
+	if (r != -EADDRINUSE) {
+		if (r == 0)
+			keel_udp_close(u);
+		keel_xreq_complete(req, r < 0 ? r : -EEXIST);
+		return;
+	}
+	r = keel_udp_open("127.0.0.1", 0, &share_ops, NULL, &u);
+	keel_alloc_stats(keel_shard_alloc(), &as);
+	ring_left.opened = as.bytes_in_use;
+	if (r == 0)
+		keel_udp_close(u);
+	keel_xreq_complete(req, r);
+}
+
+Test(net_udp, a_refused_open_leaves_no_buffer_ring)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t l = sizeof(a);
+	struct srv s;
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), r;
+
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &l), 0);
+	ring_left.port = ntohs(a.sin_port);
+	cr_assert_eq(srv_start(&s, NULL, NULL, NULL), 0);
+	r = rt_run_on(s.rt, 0, ring_left_fn, NULL);
+	cr_assert_eq(srv_stop(&s), 0);
+	close(fd);
+	cr_assert_eq(r, 0, "%s (-EEXIST: the open on a held port was not refused)", strerror(-r));
+	cr_assert_eq(ring_left.after, ring_left.before,
+		     "a refused keel_udp_open left %llu bytes of --memory in use (%llu before)",
+		     (unsigned long long)(ring_left.after - ring_left.before),
+		     (unsigned long long)ring_left.before);
+	/* The ring is made with the first endpoint that opens: the check above can fail. */
+	cr_assert_gt(ring_left.opened, ring_left.before + 8u * 1024 * 1024,
+		     "an open endpoint took %llu bytes: no buffer ring?",
+		     (unsigned long long)(ring_left.opened - ring_left.before));
+}
+
 /* keel's network layer takes buffer groups 0-2 of the shard's ring; an application that
  * registered its own ring as group 1 (the UDP ring's) made keel_udp_open fail with
  * "registering buffer ring 1 failed: File exists", which named neither the cause nor the
