@@ -1001,6 +1001,13 @@ send_cb(struct keel_op *op, int res, uint32_t flags)
 			gso_fallback(u, d, res);
 		else if (res < 0) /* -ECANCELED too: the stop cancelled it, and it is lost */
 			send_lost(u, d->gso ? d->gso->n : 1, res);
+		else if (d->gso) {
+			/* A batch counted once sent, not as its datagrams joined it: a refused
+			 * one was counted as carrying them, and they again as batched when
+			 * they went one by one. Per sendmsg, nothing per datagram. */
+			d->ns->st.udp_gso_sends++;
+			d->ns->st.udp_gso_datagrams += d->gso->n;
+		}
 		udp_check(u);
 		if (d->zc && (flags & IORING_CQE_F_MORE))
 			return; /* the notification releases the buffer */
@@ -1133,8 +1140,6 @@ gso_join(struct keel_udp *u, struct udp_send *d, struct keel_slice *s,
 		cm->cmsg_type = UDP_SEGMENT;
 		cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
 		*(uint16_t *)CMSG_DATA(cm) = (uint16_t)seg;
-		ns->st.udp_gso_sends++;
-		ns->st.udp_gso_datagrams++;
 	}
 	/* Taken (nothing fails from here): a send may wait for room in the socket as long as
 	 * the network takes, so a slice of a receive ring running low is copied out of it. */
@@ -1144,7 +1149,6 @@ gso_join(struct keel_udp *u, struct udp_send *d, struct keel_slice *s,
 	g->s[g->n++] = *s;
 	g->closed = s->len < seg;
 	d->msg.msg_iovlen = g->n;
-	ns->st.udp_gso_datagrams++;
 	ns->st.udp_send_inflight++;
 	memset(s, 0, sizeof(*s));
 	return true;

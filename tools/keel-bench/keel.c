@@ -401,11 +401,13 @@ serve_stop(struct bench_server *s, struct bench_server_stats *out)
 			st.bp_pauses += s->sh[i].nst.bp_pauses;
 			if (s->sh[i].nst.bulk_window > st.bulk_window)
 				st.bulk_window = s->sh[i].nst.bulk_window;
-			/* A completion per datagram received; a sendmsg per UDP_SEGMENT batch and
-			 * per datagram sent alone (batches the kernel refused and that went again
-			 * one by one count as one). */
+			/* A completion per datagram received; a sendmsg per UDP_SEGMENT batch
+			 * sent, per datagram sent alone, and per batch the kernel refused (whose
+			 * datagrams then went alone: udp_gso_sends and udp_gso_datagrams count
+			 * only the batches that went). */
 			st.udp_recv_calls += s->sh[i].dgrams_in;
-			st.udp_send_calls += s->sh[i].nst.udp_gso_sends + s->sh[i].dgrams_out -
+			st.udp_send_calls += s->sh[i].nst.udp_gso_sends +
+					     s->sh[i].nst.udp_gso_fallbacks + s->sh[i].dgrams_out -
 					     s->sh[i].nst.udp_gso_datagrams;
 			/* Receives that failed, and datagrams received with no memory for them:
 			 * errors, as the epoll server's failed recvmmsg; and sends that failed

@@ -666,7 +666,8 @@ struct keel_net_stats {
 	uint64_t udp_send_slots; /* UDP send slots allocated (pooled: grows with the most
 				    datagrams in flight at once, not with the sends) */
 	uint64_t udp_gso_sends;  /* UDP sendmsgs that carried several datagrams (counted
-				    once in sends) */
+				    once in sends), as each completes: a refused one
+				    (udp_gso_fallbacks) carried none */
 	uint64_t udp_gso_datagrams; /* ... the datagrams they carried */
 	uint64_t udp_gso_fallbacks; /* ... that failed (EIO, EINVAL, EMSGSIZE) and were sent
 				       again one by one (see keel_udp_send for what the
