@@ -827,6 +827,46 @@ Test(tools_topo, empty_sources_live_queues_and_caps_with_a_file_are_errors)
 	free(out);
 }
 
+/* keel-topo reads its options by keel's rules (keel_opts_next), as keel's programs read
+ * theirs: "--opt=value" beside "--opt value", a flag alone or with "=on"/"=off", "--" the
+ * end of the options (no argument after it), and a missing value said naming the '=' form.
+ * Before, "--" was "unknown option '--'", "--json=on" "--json takes no value", and
+ * "--shards --json" took --json for the count. */
+Test(tools_topo, its_options_are_read_by_keels_rules)
+{
+	static const struct {
+		const char *args, *says;
+	} bad[] = {
+		{ "-- --json", "unexpected argument '--json' after \"--\"" },
+		{ "--shards --json",
+		  "--shards: missing value (expected a shard count) before --json; "
+		  "a value that begins with \"--\" is written --shards=VALUE" },
+		{ "--shards", "--shards: missing value (expected a shard count)" },
+		{ "--json off", "--json takes no separate value: write --json=off" },
+		{ "--json=maybe", "--json: 'maybe' is not a boolean" },
+		{ "stray", "unexpected argument stray" },
+	};
+	char args[256], *out;
+
+	cr_assert_eq(run("--synthetic='core:2 pu:1' --shards=1 --json=on --", false, &out), 0, "%s",
+		     out);
+	cr_assert(strstr(out, "\"keel_topo\": 1") && strstr(out, "\"synthetic core:2 pu:1\""), "%s",
+		  out);
+	free(out);
+	cr_assert_eq(run("--synthetic 'core:2 pu:1' --shards 1 --json=off --json --json=off", true,
+			 &out),
+		     0, "%s", out);
+	cr_assert(strstr(out, "Map (1 shard;") && !strstr(out, "\"keel_topo\""), "%s", out);
+	free(out);
+	for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+		snprintf(args, sizeof(args), "--synthetic 'core:2 pu:1' %s", bad[k].args);
+		cr_expect_eq(run(args, true, &out), 2, "%s: %s", args, out);
+		cr_expect(strstr(out, bad[k].says), "%s: expected \"%s\" in: %s", args, bad[k].says,
+			  out);
+		free(out);
+	}
+}
+
 Test(tools_topo, synthetic_two_packages_with_queues_but_no_nic)
 {
 	char *out;

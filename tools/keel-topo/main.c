@@ -52,7 +52,9 @@ static const char usage[] =
 	"                        can ZCRX work, from the start-up registration probe, and\n"
 	"                        what is missing (driver, header split, channels, ntuple);\n"
 	"                        exit 1 when a queue cannot (with --check: after the map)\n"
-	"  --help                this text\n";
+	"  --help                this text\n"
+	"A value is given as --opt VALUE or --opt=VALUE, a flag as --flag or --flag=on|off;\n"
+	"\"--\" ends the options.\n";
 
 struct args {
 	struct keel_topo_load_opts load;
@@ -114,72 +116,117 @@ parse_num(const char *opt, const char *v, unsigned lo, unsigned hi, unsigned *ou
 	return 0;
 }
 
+/* keel-topo's options, read by keel_opts_next (keel's rules: "--opt value" or "--opt=value",
+ * a flag alone or "--flag=on|off", "--" the end). @arg says what a value is, for messages. */
+enum {
+	O_HELP,
+	O_XML,
+	O_SYNTHETIC,
+	O_QUEUES,
+	O_IFACE,
+	O_SHARDS,
+	O_CPUSET,
+	O_RXQS,
+	O_SMT,
+	O_RESERVE,
+	O_NUMA,
+	O_PORT,
+	O_MAP,
+	O_SVG,
+	O_FEATURE,
+	O_NO_RXQ_FOR_EXTRA,
+	O_OVERSUBSCRIBE,
+	O_HDS,
+	O_JSON,
+	O_PLAN,
+	O_APPLY,
+	O_CHECK,
+	O_CAPS,
+	O_ZCRX,
+	O_COUNT
+};
+
+static const struct keel_app_opt own_opts[O_COUNT] = {
+	[O_HELP] = { "--help", NULL },
+	[O_XML] = { "--xml", "an hwloc XML file" },
+	[O_SYNTHETIC] = { "--synthetic", "e.g. \"pack:2 numa:2 core:8 pu:2\"" },
+	[O_QUEUES] = { "--queues", "1..4096" },
+	[O_IFACE] = { "--iface", "an interface or PCI bus id" },
+	[O_SHARDS] = { "--shards", "a shard count" },
+	[O_CPUSET] = { "--cpuset", "a CPU list, e.g. 0-7,16" },
+	[O_RXQS] = { "--rxqs", "IF:LIST" },
+	[O_SMT] = { "--smt", "avoid or allow" },
+	[O_RESERVE] = { "--reserve", "a core count" },
+	[O_NUMA] = { "--numa", "local or spread" },
+	[O_PORT] = { "--port", "1..65535" },
+	[O_MAP] = { "--map", "a map file" },
+	[O_SVG] = { "--svg", "a file to write" },
+	[O_FEATURE] = { "--feature", "NAME=auto|on|off" },
+	[O_NO_RXQ_FOR_EXTRA] = { "--no-rxq-for-extra", NULL },
+	[O_OVERSUBSCRIBE] = { "--oversubscribe", NULL },
+	[O_HDS] = { "--hds", NULL },
+	[O_JSON] = { "--json", NULL },
+	[O_PLAN] = { "--plan", NULL },
+	[O_APPLY] = { "--apply", NULL },
+	[O_CHECK] = { "--check", NULL },
+	[O_CAPS] = { "--caps", NULL },
+	[O_ZCRX] = { "--zcrx", NULL },
+};
+
 static int
 parse_args(int argc, char **argv, struct args *a)
 {
 	char err[256] = "";
 	bool feature = false;
+	int i = 1, k;
+	const char *v;
 
 	memset(a, 0, sizeof(*a));
 	keel_map_req_init(&a->req);
 	a->port = -1;
-	for (int i = 1; i < argc; i++) {
-		char name[64];
-		const char *arg = argv[i], *eq = strchr(arg, '='), *v = NULL;
-		size_t nl = eq ? (size_t)(eq - arg) : strlen(arg);
-		static const char *const with_value[] = { "--xml",   "--synthetic", "--queues",
-							  "--iface", "--shards",    "--cpuset",
-							  "--rxqs",  "--smt",       "--reserve",
-							  "--numa",  "--port",      "--map",
-							  "--svg",   "--feature",   NULL };
-		bool takes = false;
+	while ((k = keel_opts_next(argc, argv, &i, own_opts, O_COUNT, &v, err, sizeof(err))) >= 0) {
+		const char *name = own_opts[k].name;
+		bool on = !strcmp(v, "on"); /* a flag's value: "on" or "off" */
 		unsigned u;
 
-		if (nl >= sizeof(name))
-			return bad("unknown option '%s'%s (see --help)", arg, "");
-		memcpy(name, arg, nl);
-		name[nl] = 0;
-		for (int k = 0; with_value[k]; k++)
-			takes |= !strcmp(name, with_value[k]);
-		if (takes) {
-			if (eq)
-				v = eq + 1;
-			else if (i + 1 < argc)
-				v = argv[++i];
-			else
-				return bad("%s needs a value (see --help)", name, "");
-		} else if (eq) {
-			return bad("%s takes no value%s", name, "");
-		}
-
-		for (int k = 0; map_opt_names[k]; k++)
-			if (!strcmp(name, map_opt_names[k]))
-				note_map_opt(a, map_opt_names[k]);
-		if (!strcmp(name, "--help")) {
-			fputs(usage, stdout);
-			exit(0);
-		} else if (!strcmp(name, "--xml")) {
+		for (int m = 0; map_opt_names[m]; m++)
+			if (!strcmp(name, map_opt_names[m]))
+				note_map_opt(a, map_opt_names[m]);
+		switch (k) {
+		case O_HELP:
+			if (on) {
+				fputs(usage, stdout);
+				exit(0);
+			}
+			break;
+		case O_XML:
 			a->load.xml = v;
-		} else if (!strcmp(name, "--synthetic")) {
+			break;
+		case O_SYNTHETIC:
 			a->load.synthetic = v;
-		} else if (!strcmp(name, "--queues")) {
+			break;
+		case O_QUEUES:
 			if (parse_num(name, v, 1, 4096, &a->load.queues))
 				return -EINVAL;
-		} else if (!strcmp(name, "--iface")) {
+			break;
+		case O_IFACE:
 			if (strlen(v) >= sizeof(a->req.iface))
 				return bad("--iface: '%s' is too long%s", v, "");
 			if (a->req.nrxqs && strcmp(a->req.iface, v))
 				return bad("--iface %s conflicts with --rxqs %s:...", v,
 					   a->req.iface);
 			snprintf(a->req.iface, sizeof(a->req.iface), "%s", v);
-		} else if (!strcmp(name, "--shards")) {
+			break;
+		case O_SHARDS:
 			if (parse_num(name, v, 1, KEEL_MAX_SHARDS, &a->req.shards))
 				return -EINVAL;
-		} else if (!strcmp(name, "--cpuset")) {
+			break;
+		case O_CPUSET:
 			if (keel_cpulist_parse(v, &a->req.cpuset, err, sizeof(err)) < 0)
 				return bad("%s%s", err, "");
 			a->req.cpuset_given = true;
-		} else if (!strcmp(name, "--rxqs")) {
+			break;
+		case O_RXQS: {
 			char prev[KEEL_TOPO_NAME_MAX];
 			snprintf(prev, sizeof(prev), "%s", a->req.iface);
 			if (keel_map_req_rxqs_parse(&a->req, v, err, sizeof(err)) < 0)
@@ -187,56 +234,79 @@ parse_args(int argc, char **argv, struct args *a)
 			if (prev[0] && strcmp(prev, a->req.iface))
 				return bad("--rxqs names %s but --iface is %s: use one interface",
 					   a->req.iface, prev);
-		} else if (!strcmp(name, "--smt")) {
+			break;
+		}
+		case O_SMT:
 			if (!strcmp(v, "avoid"))
 				a->req.smt = KEEL_MAP_SMT_AVOID;
 			else if (!strcmp(v, "allow"))
 				a->req.smt = KEEL_MAP_SMT_ALLOW;
 			else
 				return bad("--smt: '%s' is not avoid or allow%s", v, "");
-		} else if (!strcmp(name, "--numa")) {
+			break;
+		case O_NUMA:
 			if (!strcmp(v, "local"))
 				a->req.numa = KEEL_MAP_NUMA_LOCAL;
 			else if (!strcmp(v, "spread"))
 				a->req.numa = KEEL_MAP_NUMA_SPREAD;
 			else
 				return bad("--numa: '%s' is not local or spread%s", v, "");
-		} else if (!strcmp(name, "--reserve")) {
+			break;
+		case O_RESERVE:
 			if (parse_num(name, v, 0, KEEL_MAX_CPUS, &a->req.reserve))
 				return -EINVAL;
-		} else if (!strcmp(name, "--port")) {
+			break;
+		case O_PORT:
 			if (parse_num(name, v, 1, 65535, &u))
 				return -EINVAL;
 			a->port = (int)u;
-		} else if (!strcmp(name, "--map")) {
+			break;
+		case O_MAP:
 			a->map_path = v;
-		} else if (!strcmp(name, "--svg")) {
+			break;
+		case O_SVG:
 			a->svg = v;
-		} else if (!strcmp(name, "--no-rxq-for-extra")) {
-			a->req.extra_without_rxq = true;
-		} else if (!strcmp(name, "--oversubscribe")) {
-			a->req.oversubscribe = true;
-		} else if (!strcmp(name, "--hds")) {
-			a->req.hds = true;
-		} else if (!strcmp(name, "--json")) {
-			a->json = true;
-		} else if (!strcmp(name, "--plan")) {
-			a->plan = true;
-		} else if (!strcmp(name, "--apply")) {
-			a->apply = true;
-		} else if (!strcmp(name, "--check")) {
-			a->check = true;
-		} else if (!strcmp(name, "--caps")) {
-			a->caps = true;
-		} else if (!strcmp(name, "--zcrx")) {
-			a->zcrx = true;
-		} else if (!strcmp(name, "--feature")) {
+			break;
+		case O_FEATURE:
 			/* read by keel_opts_parse() for --caps */
 			feature = true;
-		} else {
-			return bad("unknown option '%s'%s (see --help)", arg, "");
+			break;
+		case O_NO_RXQ_FOR_EXTRA:
+			a->req.extra_without_rxq = on;
+			break;
+		case O_OVERSUBSCRIBE:
+			a->req.oversubscribe = on;
+			break;
+		case O_HDS:
+			a->req.hds = on;
+			break;
+		case O_JSON:
+			a->json = on;
+			break;
+		case O_PLAN:
+			a->plan = on;
+			break;
+		case O_APPLY:
+			a->apply = on;
+			break;
+		case O_CHECK:
+			a->check = on;
+			break;
+		case O_CAPS:
+			a->caps = on;
+			break;
+		case O_ZCRX:
+			a->zcrx = on;
+			break;
 		}
 	}
+	if (k != -ENOENT)
+		return bad("%s%s", err, "");
+	/* After "--": keel-topo reads its machine, or a file an option names. */
+	if (i < argc)
+		return bad("unexpected argument '%s' after \"--\": keel-topo takes no arguments "
+			   "(drop it; a file is given with --xml, --map or --svg)%s",
+			   argv[i], "");
 	if ((a->load.xml && !*a->load.xml) || (a->load.synthetic && !*a->load.synthetic))
 		return bad("%s needs a value: %s", a->load.xml ? "--xml" : "--synthetic",
 			   a->load.xml ? "an hwloc XML file"
