@@ -1308,14 +1308,15 @@ keel__topo_iface_check(const char *name, const char *iface, const int *cpus, con
 /* ---- the runtime's --map FILE ---- */
 
 int
-keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus, struct keel_map **out,
-		     char *why, size_t whylen)
+keel__topo_map_of_opts(const struct keel_opts *o, bool validate, struct keel_map **out, char *why,
+		       size_t whylen)
 {
 	const char *map = keel__opt_name(o, "--map"), *iface = keel__opt_name(o, "--iface");
 	struct keel_map *m;
 	char err[400] = "";
 	int r;
 
+	*out = NULL;
 	if (!o->map_path || !*o->map_path)
 		return 0;
 	m = malloc(sizeof(*m));
@@ -1337,7 +1338,7 @@ keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus, stru
 			keel__topo_strcpy(m->iface, sizeof(m->iface), name);
 		}
 	}
-	if (r == 0)
+	if (r == 0 && validate)
 		r = keel_map_validate(m, err, sizeof(err));
 	if (r == 0 && o->cpuset_given) {
 		snprintf(err, sizeof(err), "%s and %s both choose the CPUs: drop one",
@@ -1380,12 +1381,31 @@ keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus, stru
 		/* Every path above writes @err; should one not, still say something true. */
 		if (!err[0])
 			snprintf(err, sizeof(err), "%s", strerror(-r));
-		/* @why is the runtime's short buffer: log the whole reason here. */
-		keel_log(KEEL_LOG_ERROR, "topo", "%s %s: %s", map, o->map_path, err);
 		snprintf(why, whylen, "%s %s: %s", map, o->map_path, err);
 		free(m);
 		return r;
 	}
+	*out = m;
+	return 1;
+}
+
+int
+keel__topo_apply_map(const struct keel_opts *o, int *cpus, unsigned *ncpus, struct keel_map **out,
+		     char *why, size_t whylen)
+{
+	const char *map = keel__opt_name(o, "--map");
+	struct keel_map *m;
+	char full[1024] = "";
+	int r;
+
+	r = keel__topo_map_of_opts(o, true, &m, full, sizeof(full));
+	if (r < 0) {
+		/* @why is the runtime's short buffer: log the whole reason here. */
+		keel_log(KEEL_LOG_ERROR, "topo", "%s", full);
+		snprintf(why, whylen, "%s", full);
+	}
+	if (r <= 0)
+		return r;
 	for (unsigned i = 0; i < m->nshards; i++) {
 		cpus[i] = m->shards[i].cpu;
 		for (unsigned j = 0; j < i; j++)

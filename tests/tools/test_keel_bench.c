@@ -1607,6 +1607,52 @@ Test(tools_bench, the_keel_server_runs_where_its_map_says)
 	cr_expect(strstr(out, "KEEL_SHARDS 1 but the map has 2 shards"), "%s:\n%s", args, out);
 	unsetenv("KEEL_SHARDS");
 	free(out);
+	/* So is a map that does not load, or that --iface conflicts with: one line in the
+	 * runtime's words, exit 2 (the runtime logged "keel error topo: ..." and keel-bench
+	 * exited 1). A map of another interface conflicts whether or not this machine has it. */
+	{
+		static const struct {
+			const char *map, *json, *opt, *says;
+		} refused[] = {
+			{ "missing", NULL, "", "cannot read map " },
+			{ "garbled", "not a map\n", "", "map file: unexpected character" },
+			{ "queueless", NULL, " --iface lo",
+			  "--iface lo but the map gives no shard an rx queue" },
+			{ "other",
+			  "{\"keel_map\": 1, \"iface\": \"kb0\", \"rx_queues\": 1, "
+			  "\"shards\": [{\"shard\": 0, \"cpu\": 0, \"rxq\": 0}]}\n",
+			  " --iface lo",
+			  "--iface lo but the map's rx queues are of interface kb0" },
+		};
+
+		for (size_t k = 0; k < sizeof(refused) / sizeof(refused[0]); k++) {
+			char path[512];
+			const char *at = path;
+
+			snprintf(path, sizeof(path), "/tmp/keel-bench-map-%d-%s.json",
+				 (int)getpid(), refused[k].map);
+			if (refused[k].json) {
+				FILE *f = fopen(path, "w");
+
+				cr_assert_not_null(f, "%s: %s", path, strerror(errno));
+				fputs(refused[k].json, f);
+				cr_assert_eq(fclose(f), 0);
+			} else if (!strcmp(refused[k].map, "queueless")) {
+				at = one;
+			}
+			snprintf(args, sizeof(args),
+				 "pingpong --map %s%s --seconds 0.05 --warmup 0", at,
+				 refused[k].opt);
+			cr_expect_eq(bench_once(args, &out), 2, "%s:\n%s", args, out);
+			cr_expect(strstr(out, refused[k].says), "%s: expected \"%s\" in:\n%s", args,
+				  refused[k].says, out);
+			cr_expect_null(strstr(out, "keel error"), "%s: more than one line:\n%s",
+				       args, out);
+			free(out);
+			if (refused[k].json)
+				unlink(path);
+		}
+	}
 	unlink(one);
 	unlink(two);
 }

@@ -30,6 +30,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "../../core/topo_internal.h"
 #include "backend.h"
 #include "bench.h"
 
@@ -134,7 +135,7 @@ struct opts {
 	 * and --cpuset, the two that place the epoll side's threads too ("": none), and
 	 * whether --cpuset was one of them (else a cpuset came from KEEL_CPUSET). */
 	char rt_opt[48];
-	bool rt_cpuset_argv, rt_shards_argv, rt_map_argv;
+	bool rt_cpuset_argv;
 	/* The first option of the command line that only a keel server takes (--map, --zcrx,
 	 * --iface, --rxqs, --zcrx-area, --zcrx-rq-entries: they give its shards CPUs and rx
 	 * queues; keel.c's opts_for drops them from the keel client's runtime), "": none. */
@@ -1341,13 +1342,10 @@ rt_given(struct opts *o, char **before, int nbefore, char **after, int nafter)
 			    !o->server_opt[0])
 				snprintf(o->server_opt, sizeof(o->server_opt), "%s",
 					 server_only[k]);
-		if (len == strlen("--map") && !strncmp(a, "--map", len))
-			o->rt_map_argv = true;
 		if (len == strlen("--cpuset") && !strncmp(a, "--cpuset", len))
 			o->rt_cpuset_argv = true;
-		else if (len == strlen("--shards") && !strncmp(a, "--shards", len))
-			o->rt_shards_argv = true;
-		else if (!o->rt_opt[0])
+		else if (!(len == strlen("--shards") && !strncmp(a, "--shards", len)) &&
+			 !o->rt_opt[0])
 			snprintf(o->rt_opt, sizeof(o->rt_opt), "%.*s", (int)len, a);
 	}
 }
@@ -1417,9 +1415,12 @@ rt_check(const struct opts *o)
  * leaves the count and the CPUs to the runtime), so the run's shard count is the map's
  * unless --shards was given (the runtime refuses a different one), and the client's CPU
  * slots are the CPUs the process may use that the map leaves free, the first after the
- * map's highest CPU (wrapping); where the map takes them all, the client shares them. A map
- * that does not load is left to the runtime, which refuses it with the reason. Returns 0, or
- * 2 (said) for a --shards or --cpuset beside the map.
+ * map's highest CPU (wrapping); where the map takes them all, the client shares them. The
+ * runtime's own checks of the map against the options beside it run here first: a map that
+ * does not load, or that a --cpuset, another --shards or an --iface conflicts with, is a
+ * usage error, exit 2 with one line in the runtime's words (the runtime refused it later, a
+ * failed run, exit 1). Whether the map still matches this machine is the runtime's to say.
+ * Returns 0, or 2 (said).
  */
 static int
 map_place(struct opts *o)
@@ -1428,36 +1429,19 @@ map_place(struct opts *o)
 	struct keel_map *m;
 	cpu_set_t allowed;
 	unsigned top = 0, below = 0, nfree = 0;
-	char err[256];
+	char why[1024];
+	int r;
 
 	if (!o->rt.map_path || !*o->rt.map_path || o->be != &bench_backend_keel ||
 	    (!o->serve && o->has_port))
 		return 0;
-	m = malloc(sizeof(*m));
-	if (!m || keel_map_load(o->rt.map_path, m, err, sizeof(err)) < 0 || !m->nshards ||
-	    m->nshards > KEEL_MAX_SHARDS) {
-		free(m);
+	r = keel__topo_map_of_opts(&o->rt, false, &m, why, sizeof(why));
+	if (r < 0) {
+		fprintf(stderr, "keel-bench %s: %s\n", o->prog, why);
+		return 2;
+	}
+	if (r == 0)
 		return 0;
-	}
-	/* The runtime refuses these too, but as a failed run (exit 1), after keel-bench had
-	 * started: a usage error exits 2 with one line, as every other does. */
-	if (o->rt.cpuset_given || (o->rt.shards_given && o->rt.shards != m->nshards)) {
-		const char *map = o->rt_map_argv ? "--map" : "KEEL_MAP";
-		const char *sh = o->rt_shards_argv ? "--shards" : "KEEL_SHARDS";
-		char at[320], what[320];
-
-		snprintf(at, sizeof(at), "%s %s", map, o->rt.map_path);
-		if (o->rt.cpuset_given)
-			snprintf(what, sizeof(what), "%s and %s both choose the CPUs: drop one",
-				 o->rt_cpuset_argv ? "--cpuset" : "KEEL_CPUSET", map);
-		else
-			snprintf(what, sizeof(what),
-				 "%s %u but the map has %u shards: drop %s or run keel-topo "
-				 "--plan --shards %u",
-				 sh, o->rt.shards, m->nshards, sh, o->rt.shards);
-		free(m);
-		return bad(o, at, what, NULL);
-	}
 	if (!o->rt.shards_given)
 		c->shards = m->nshards;
 	memset(&c->map_cpus, 0, sizeof(c->map_cpus));
