@@ -149,6 +149,67 @@ Test(tools_topo, plan_for_a_virtio_vector_shared_by_every_queue_says_it_once)
 	keel_topo_destroy(t);
 }
 
+/* The report and --json of a virtio-net NIC whose one IRQ serves every queue: each queue
+ * shows it (keel__topo_rxq_irqs gives it to each), marked shared, as one IRQ fires on one
+ * set of CPUs for them all; a queue with its own IRQ is not marked. Before, each queue's line
+ * read as its own IRQ ("rxq 1   IRQ 25   virtio0-virtqueues -> CPU ..."). */
+Test(tools_topo, report_marks_a_virtio_vector_shared_by_every_queue)
+{
+	static const int irqs[2] = { 24, 25 };
+	char names[2][64] = { "virtio0-config", "virtio0-virtqueues" };
+	struct keel_topo_nic *nic;
+	struct keel_topo *t = fake_live(&nic);
+	struct tool_ctx c;
+	char *out = report(t), *json = NULL;
+	size_t len = 0;
+	FILE *f;
+
+	/* fake0's one queue has its own IRQ 77 */
+	cr_assert(strstr(out, "rxq 0   IRQ 77"), "%s", out);
+	cr_assert_null(strstr(out, "shared"), "%s", out);
+	free(out);
+
+	nic->rxq = realloc(nic->rxq, 3 * sizeof(*nic->rxq));
+	cr_assert_not_null(nic->rxq);
+	nic->nrxq = 3;
+	for (int q = 0; q < 3; q++)
+		nic->rxq[q] = (struct keel_topo_rxq){ .index = (unsigned)q, .irq = -1 };
+	keel__topo_rxq_irqs(nic, irqs, 2, names);
+	out = report(t);
+	for (int q = 0; q < 3; q++) {
+		char line[128];
+
+		snprintf(line, sizeof(line),
+			 "rxq %-3d IRQ 25   virtio0-virtqueues       -> CPU ? (shared by all 3 rx "
+			 "queues)\n",
+			 q);
+		cr_assert(strstr(out, line), "no \"%s\" in:\n%s", line, out);
+	}
+	free(out);
+
+	memset(&c, 0, sizeof(c));
+	c.topo = t;
+	c.info = keel_topo_info_get(t);
+	c.map = &map;
+	c.port = -1;
+	f = open_memstream(&json, &len);
+	cr_assert_not_null(f);
+	report_json(&c, f);
+	fclose(f);
+	for (int q = 0; q < 3; q++) {
+		char item[160];
+
+		snprintf(item, sizeof(item),
+			 "{ \"queue\": %d, \"irq\": 25, \"irq_name\": \"virtio0-virtqueues\", "
+			 "\"affinity\": null, \"affinity_beyond_limit\": false, \"irq_shared\": "
+			 "true }",
+			 q);
+		cr_assert(strstr(json, item), "no %s in:\n%s", item, json);
+	}
+	free(json);
+	keel_topo_destroy(t);
+}
+
 /* --plan for @t, whose NIC's driver reports no channels (ethtool -l unsupported: e1000e,
  * r8169): no channel step (ethtool -L fails on such a driver), and IRQ 77 pinned to CPU 0.
  * Returns whether a note has @note in it (NULL: not looked for). */

@@ -90,10 +90,24 @@ text_nic_local(const struct keel_topo_nic *n, FILE *f)
 			node, list, KEEL_MAX_CPUS);
 }
 
+/* How many of @n's rx queues have IRQ @irq (-1: none): more than one where one vector serves
+ * several queues (virtio-net's for every virtqueue, "virtio0-virtqueues"), which fires on
+ * one set of CPUs for them all. */
+static int
+irq_queues(const struct keel_topo_nic *n, int irq)
+{
+	int with = 0;
+
+	for (int q = 0; irq >= 0 && q < n->nrxq; q++)
+		with += n->rxq[q].irq == irq;
+	return with;
+}
+
 static void
 text_nic(const struct tool_ctx *c, const struct keel_topo_nic *n, FILE *f)
 {
 	char b1[16], b2[16], b3[16], list[256];
+	int with;
 
 	fprintf(f, "  %s", n->name);
 	if (!n->netdev)
@@ -150,11 +164,16 @@ text_nic(const struct tool_ctx *c, const struct keel_topo_nic *n, FILE *f)
 			fprintf(f, "      rxq %-3d IRQ unknown (none named for it)\n", q);
 			continue;
 		}
-		fprintf(f, "      rxq %-3d IRQ %-4d %-24s -> CPU %s%s\n", q, r->irq, r->irq_name,
+		with = irq_queues(n, r->irq);
+		fprintf(f, "      rxq %-3d IRQ %-4d %-24s -> CPU %s%s", q, r->irq, r->irq_name,
 			r->affinity_known
 				? keel_topo_cpulist_format(&r->affinity, list, sizeof(list))
 				: "?",
 			r->affinity_beyond ? " and CPUs >= 1024 (beyond KEEL_MAX_CPUS)" : "");
+		if (with > 1)
+			fprintf(f, " (shared by %s%d rx queues)", with == n->nrxq ? "all " : "",
+				with);
+		fputc('\n', f);
 	}
 	if (n->nrxq > 64)
 		fprintf(f, "      ... %d more rx queues\n", n->nrxq - 64);
@@ -408,6 +427,8 @@ json_nic(const struct tool_ctx *c, const struct keel_topo_nic *n, FILE *f)
 			fputs("null", f);
 		fputs(", \"affinity_beyond_limit\": ", f);
 		fputs(r->affinity_beyond ? "true" : "false", f);
+		fputs(", \"irq_shared\": ", f);
+		fputs(irq_queues(n, r->irq) > 1 ? "true" : "false", f);
 		fputs(" }", f);
 	}
 	fputs(n->nrxq > 0 ? "\n      ] }" : "] }", f);
