@@ -896,30 +896,58 @@ hold_put(struct keel__sig_hold *h)
 		free(h);
 }
 
+/* The key's destructor, as the thread exits: the thread's reference goes, and so does its
+ * pointer (a destructor of another key that runs after it and starts a runtime makes a new
+ * record rather than take this one, maybe freed). */
+static void
+hold_exit(void *p)
+{
+	my_hold = NULL;
+	hold_put(p);
+}
+
+static int hold_key_err; /* pthread_key_create's error, if it had one */
+
 static void
 hold_key_make(void)
 {
-	pthread_key_create(&hold_key, (void (*)(void *))hold_put);
+	hold_key_err = pthread_key_create(&hold_key, hold_exit);
 }
 
-/* The calling thread's record, made at its first start with signals. */
-static struct keel__sig_hold *
-hold_mine(void)
+/* The calling thread's record in *@out, made at its first start with signals. Returns 0 or
+ * -errno: -EAGAIN when the process had no thread-specific key left for it (logged; the key
+ * was not made, and a setspecific on it would overwrite another library's key 0). */
+static int
+hold_mine(struct keel__sig_hold **out)
 {
 	struct keel__sig_hold *h;
+	int r;
 
-	if (my_hold)
-		return my_hold;
+	if (my_hold) {
+		*out = my_hold;
+		return 0;
+	}
 	pthread_once(&hold_once, hold_key_make);
+	if (hold_key_err) {
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "opts.signals: no thread-specific key for the signal mask's record "
+			 "(pthread_key_create: %s; the process holds PTHREAD_KEYS_MAX keys): "
+			 "set keel_opts.signals false and handle SIGINT and SIGTERM in the "
+			 "host",
+			 strerror(hold_key_err));
+		return -EAGAIN;
+	}
 	h = calloc(1, sizeof(*h));
 	if (!h)
-		return NULL;
+		return -ENOMEM;
 	h->refs = 1;
-	if (pthread_setspecific(hold_key, h) != 0) {
+	r = pthread_setspecific(hold_key, h);
+	if (r != 0) {
 		free(h);
-		return NULL;
+		return -r;
 	}
-	return my_hold = h;
+	*out = my_hold = h;
+	return 0;
 }
 
 /* @rt's start blocked the stop signals on its thread: once no other such start there is
@@ -981,12 +1009,11 @@ keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start, void *app)
 		 * keel's own: under valgrind a shard asleep in io_uring_enter keeps every other
 		 * thread from running, and such a thread never took SIGTERM (the forty-third
 		 * session's trial). */
-		struct keel__sig_hold *h = hold_mine();
+		struct keel__sig_hold *h = NULL;
 
-		if (!h) {
-			r = -ENOMEM;
+		r = hold_mine(&h);
+		if (r < 0)
 			goto err;
-		}
 		pthread_mutex_lock(&hold_lock);
 		/* The first start here saves the mask, unless one released elsewhere left it
 		 * blocked: the one saved then is still the thread's own. */

@@ -2,6 +2,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -364,6 +365,45 @@ Test(core_lifecycle, a_destroy_on_another_thread_says_so_and_the_mask_comes_back
 	cr_assert(!sigterm_blocked(), "SIGINT and SIGTERM still blocked on the starting thread "
 				      "after it joined a runtime it started");
 	cr_assert_eq(atomic_load(&wrong_thread_lines), 1);
+}
+
+/* With every thread-specific key of the process taken, the signal mask's record gets none:
+ * the start is refused (-EAGAIN), naming the way out. pthread_key_create's failure went
+ * unseen, and the record was set on key 0, another's (here the test's own first key), so
+ * the start went on and that key's destructor would have got keel's record. */
+static _Atomic int no_key_lines;
+
+static void
+no_key_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	if (level == KEEL_LOG_ERROR && strstr(msg, "no thread-specific key") &&
+	    strstr(msg, "keel_opts.signals false"))
+		atomic_fetch_add(&no_key_lines, 1);
+}
+
+Test(core_lifecycle, a_start_with_no_thread_key_left_is_refused_naming_why)
+{
+	static pthread_key_t keys[PTHREAD_KEYS_MAX];
+	struct keel_opts o = test_opts(1);
+	struct keel_runtime *rt;
+	unsigned n = 0;
+	int r;
+
+	o.signals = true;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	keel_log_set_sink(no_key_sink, NULL);
+	while (n < PTHREAD_KEYS_MAX && pthread_key_create(&keys[n], NULL) == 0)
+		n++;
+	r = keel_runtime_start(rt, NULL, NULL);
+	for (unsigned k = 0; k < n; k++)
+		pthread_key_delete(keys[k]);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq(r, -EAGAIN, "keel_runtime_start: %d (%s) with no thread-specific key left", r,
+		     strerror(-r));
+	cr_assert_eq(atomic_load(&no_key_lines), 1, "%d ERROR lines naming the fix",
+		     atomic_load(&no_key_lines));
+	cr_assert(!sigterm_blocked(), "a refused start left SIGTERM blocked");
+	keel_runtime_destroy(rt);
 }
 
 /* A runtime with signals started after a SIGTERM stopped the others, before they were
