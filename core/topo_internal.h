@@ -142,8 +142,9 @@ int keel__topo_rss_unserved(const uint32_t *t, uint32_t n, const struct keel_map
 /* The map of @o's --map FILE (KEEL_MAP), as the runtime takes it (keel__topo_apply_map): loaded
  * (a PCI function resolved to its interface), validated against this machine when @validate,
  * and refused where --cpuset, a given --shards or --iface conflicts with it, or it has no
- * shards. Logs no error: keel-bench calls it before it starts a runtime, to refuse such a
- * map as a usage error (exit 2) in the runtime's words. Returns 0 (no --map), 1 with the map
+ * shards. Logs no error (an INFO line when a PCI function names the interface): keel-bench
+ * calls it before it starts a runtime, to refuse such a map as a usage error (exit 2) in the
+ * runtime's words. Returns 0 (no --map), 1 with the map
  * in *out (the caller frees it), or -errno with "--map FILE: why" in @why (the option as
  * keel__opt_name names it). */
 struct keel_opts;

@@ -1062,7 +1062,18 @@ shared_irq(const struct keel_topo_nic *nic, const struct keel_map *m, unsigned i
 	char queues[256] = "", shards[256] = "";
 	size_t oq = 0, os = 0;
 	unsigned with = 0;
+	bool other = false;
 
+	/* Shared only with another queue: shards a map puts on one queue share its IRQ as
+	 * they share the queue (a vector per queue is no cure). */
+	for (unsigned j = 0; j < m->nshards && !other; j++) {
+		const struct keel_map_shard *s = &m->shards[j];
+
+		other = s->rxq >= 0 && s->irq_cpu >= 0 && s->rxq < nic->nrxq &&
+			s->rxq != m->shards[i].rxq && nic->rxq[s->rxq].irq == q->irq;
+	}
+	if (!other)
+		return 0;
 	for (unsigned j = 0; j < m->nshards; j++) {
 		const struct keel_map_shard *s = &m->shards[j];
 

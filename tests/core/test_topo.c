@@ -2055,6 +2055,32 @@ Test(core_topo, a_virtio_vector_shared_by_every_queue_is_said_once)
 	keel_topo_destroy(t);
 }
 
+/* Two shards a map puts on one queue (--zcrx off allows it) share its IRQ as they share the
+ * queue: no other queue has it, so it is no shared vector, and a vector per queue is no
+ * cure. The first cut of the shared-vector check said "rx queues 0, 0 (shards 0, 1) share
+ * one IRQ ... give the device an MSI-X vector per queue" and skipped the affinity check,
+ * which the IRQ on the shards' CPU passes. */
+Test(core_topo, shards_on_one_queue_are_no_shared_vector)
+{
+	struct keel_topo_nic *nic;
+	struct keel_topo *t = fake_live_nic(&nic);
+	char *out;
+	int n0, n;
+
+	nic->rxq[0].affinity_known = true;
+	keel_cpuset_add(&nic->rxq[0].affinity, 0);
+	out = check_output(t, &n0); /* one shard on queue 0, its IRQ on its CPU */
+	free(out);
+	map.shards[1] = map.shards[0];
+	map.shards[1].cpu = 1;
+	map.nshards = 2;
+	out = check_output(t, &n);
+	cr_assert_null(strstr(out, "share one IRQ"), "%s", out);
+	cr_assert_eq(n, n0, "the IRQ on the shards' CPU was counted as something to fix: %s", out);
+	free(out);
+	keel_topo_destroy(t);
+}
+
 /* A map with header/data split (--hds) needs the split's threshold at 0 as well: the kernel
  * refuses a ZCRX interface queue with EINVAL otherwise, and --plan sets hds-thresh 0 for it.
  * --check compared the split alone and said such a NIC matched. */

@@ -169,8 +169,18 @@ shared_irq_note(const struct tool_ctx *c, const struct keel_topo_nic *nic, unsig
 	char queues[32] = "", shards[32] = "";
 	size_t oq = 0, os = 0;
 	unsigned with = 0;
+	bool other = false;
 
 	why[0] = 0;
+	/* Shared only with another queue (shards on one queue share its IRQ as the queue). */
+	for (unsigned j = 0; j < m->nshards && !other; j++) {
+		const struct keel_map_shard *s = &m->shards[j];
+
+		other = s->rxq >= 0 && s->irq_cpu >= 0 && s->rxq < nic->nrxq &&
+			s->rxq != m->shards[i].rxq && nic->rxq[s->rxq].irq == q->irq;
+	}
+	if (!other)
+		return false;
 	for (unsigned j = 0; j < m->nshards; j++) {
 		const struct keel_map_shard *s = &m->shards[j];
 
