@@ -720,6 +720,16 @@ Test(tools_topo, plan_of_an_existing_map_keeps_it)
 		cr_assert_str_eq(back, text, "the map file was rewritten");
 	}
 	fclose(f);
+	/* Flags given off are no map options: the edited map is still kept as it is. */
+	snprintf(args, sizeof(args),
+		 "--xml %s --queues 2 --plan --map %s --hds=off --oversubscribe=off "
+		 "--no-rxq-for-extra=off",
+		 xml, path);
+	cr_assert_eq(run(args, true, &out), 0, "%s", out);
+	cr_assert(strstr(out, "the map in") && strstr(out, "as it is") &&
+			  strstr(out, "eth0 rx queue 1 to CPU 14"),
+		  "flags given off planned a new map: %s", out);
+	free(out);
 	/* Map options plan a new one, written over it. */
 	snprintf(args, sizeof(args), "--xml %s --queues 2 --iface eth0 --plan --map %s", xml, path);
 	cr_assert_eq(run(args, true, &out), 0, "%s", out);
@@ -771,6 +781,12 @@ Test(tools_topo, map_file_refuses_the_options_that_would_compute_a_map)
 		cr_assert(strstr(out, name), "%s: %s", args, out);
 		free(out);
 	}
+	/* A flag given off (or on, then off) changes nothing: not refused. */
+	snprintf(args, sizeof(args),
+		 "--map %s --hds=off --oversubscribe --oversubscribe=off --no-rxq-for-extra=off",
+		 path);
+	cr_assert_eq(run(args, true, &out), 0, "%s: %s", args, out);
+	free(out);
 	/* --plan computes the map and writes it to FILE: the options are what it is made of */
 	snprintf(args, sizeof(args), "--synthetic 'core:2 pu:1' --shards 1 --plan --map %s", path);
 	cr_assert_eq(run(args, true, &out), 0, "%s", out);

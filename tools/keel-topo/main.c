@@ -189,8 +189,10 @@ parse_args(int argc, char **argv, struct args *a)
 		bool on = !strcmp(v, "on"); /* a flag's value: "on" or "off" */
 		unsigned u;
 
+		/* A value option is given once read; a flag only if it ends on (after the
+		 * loop): "--hds=off" changes nothing and is no map option given. */
 		for (int m = 0; map_opt_names[m]; m++)
-			if (!strcmp(name, map_opt_names[m]))
+			if (own_opts[k].arg && !strcmp(name, map_opt_names[m]))
 				note_map_opt(a, map_opt_names[m]);
 		switch (k) {
 		case O_HELP:
@@ -302,6 +304,12 @@ parse_args(int argc, char **argv, struct args *a)
 	}
 	if (k != -ENOENT)
 		return bad("%s%s", err, "");
+	if (a->req.oversubscribe)
+		note_map_opt(a, "--oversubscribe");
+	if (a->req.extra_without_rxq)
+		note_map_opt(a, "--no-rxq-for-extra");
+	if (a->req.hds)
+		note_map_opt(a, "--hds");
 	/* After "--": keel-topo reads its machine, or a file an option names. */
 	if (i < argc)
 		return bad("unexpected argument '%s' after \"--\": keel-topo takes no arguments "
