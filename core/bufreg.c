@@ -386,7 +386,13 @@ keel__bufreg_fini(struct keel_shard *s)
 			atomic_fetch_sub(&pinned_bytes, len);
 		keel_alloc_region_set_registered(br->alloc, i, false);
 	}
-	keel_alloc_destroy(br->alloc);
+	/* Operations that never completed (their CQEs dropped, loop.c final_drain) may still
+	 * be live ones keel could not tell from them: their buffers are left allocated, not
+	 * handed back to the system under a kernel that may still write them. */
+	if (!s->ops_unmatched)
+		keel_alloc_destroy(br->alloc);
+	else
+		KEEL__LEAK_ON_PURPOSE(br->alloc);
 	keel_alloc_bind_thread(NULL);
 	free(br->slots);
 	free(br);

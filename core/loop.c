@@ -428,6 +428,10 @@ keel__shard_wake(struct keel_shard *t, struct keel_shard *from)
 	}
 }
 
+/* While it points at an operation, that operation's next CQE is discarded in reap and
+ * counted as dropped, as the kernel drops a CQE it has no room nor memory for (tests). */
+struct keel_op *_Atomic keel__fault_cqe_drop_op;
+
 /* Dispatch every CQE already in the CQ: no system call. */
 static unsigned
 reap(struct keel_shard *s)
@@ -441,6 +445,13 @@ reap(struct keel_shard *s)
 		n++;
 		if (__builtin_expect(op == NULL, 0))
 			continue;
+		if (__builtin_expect(op == atomic_load_explicit(&keel__fault_cqe_drop_op,
+								memory_order_relaxed),
+				     0)) {
+			atomic_store(&keel__fault_cqe_drop_op, NULL);
+			s->cq_drops_faked++;
+			continue;
+		}
 		/* Wake-ups (MSG_RING, the eventfd) come with the mail or request they announce,
 		 * which is counted as it is run: not arrivals of their own. */
 		wakes += op == &s->wake_op || op == &s->xefd_op.op;
@@ -900,7 +911,10 @@ stop_say_due(struct keel_shard *s, uint64_t *waited)
 static void
 stop_say_held(struct keel_shard *s)
 {
-	uint64_t user = s->inflight - s->internal_inflight, waited;
+	uint64_t user = s->inflight > s->internal_inflight + s->lost
+				? s->inflight - s->internal_inflight - s->lost
+				: 0,
+		 waited;
 	char held[512];
 	size_t n = 0;
 
@@ -960,13 +974,48 @@ stop_say_waiting(struct keel_shard *s)
 }
 #undef SAY
 
+/* How long a stop, and the loop's final drain, wait for operations that may be the ones
+ * whose completions the kernel dropped, once nothing else completes. */
+#define DROP_WAIT_NS NS_PER_S
+
+/* A dropped CQE (cq_drops) belonged to an operation that the kernel finished and that will
+ * never complete here: its count in s->inflight never goes, and the stop waited for it for
+ * ever (the join with it). Which operations they were is not known. Once the kernel has
+ * dropped CQEs, the user operations still in flight are no more than the drops, a cancel
+ * made after the last of them was bound has ended, and none has completed for DROP_WAIT_NS,
+ * they are taken as lost: the shard counts itself quiescent without them. Without drops
+ * nothing changes: an operation no cancel ends is waited for, and said (stop_say_held). */
+static void
+stop_drops_lost(struct keel_shard *s)
+{
+	uint32_t drops = cq_drops(s);
+	uint64_t user;
+
+	if (!drops || s->inflight <= s->internal_inflight + s->lost)
+		return;
+	user = s->inflight - s->internal_inflight - s->lost;
+	if (user > drops - s->lost || s->cancel_op.armed || s->cancel_retry ||
+	    s->binds != s->cancel_mark || s->inflight != s->drop_inflight) {
+		s->drop_inflight = s->inflight;
+		s->drop_since_ns = s->now_ns;
+		return;
+	}
+	if (s->now_ns - s->drop_since_ns < DROP_WAIT_NS)
+		return;
+	s->lost += user;
+	keel_log(KEEL_LOG_WARN, "core",
+		 "shard %u: the stop takes %llu operations as lost: the kernel dropped %u "
+		 "completions and nothing has completed for %.1f s",
+		 s->id, (unsigned long long)user, drops, (double)DROP_WAIT_NS / NS_PER_S);
+}
+
 static bool
 stop_progress(struct keel_shard *s)
 {
 	uint64_t s1, r1, s2, r2;
 	/* A disk request waiting in the FIFO for an SQE (file.c, wait_for_sqe) is work too:
 	 * nothing in the ring may be left to bring it in. */
-	bool q = s->inflight == s->internal_inflight && !s->ovf_pending && !s->ndirty &&
+	bool q = s->inflight <= s->internal_inflight + s->lost && !s->ovf_pending && !s->ndirty &&
 		 !s->defer_next.n && !s->later_head && !atomic_load(&s->xpending) &&
 		 !s->files.head && !s->files.cwait && !s->cancel_retry;
 
@@ -994,12 +1043,74 @@ stop_progress(struct keel_shard *s)
 		if (s->inflight > s->internal_inflight && !s->cancel_op.armed &&
 		    s->binds != s->cancel_mark && (!s->files.ndrain || s->files.drain_over))
 			submit_cancel_all(s);
+		stop_drops_lost(s);
 		return false;
 	}
 	if (wave(s->rt, &s1, &r1) && wave(s->rt, &s2, &r2) && s1 == r1 && s2 == r2 && s1 == s2)
 		return true;
 	stop_say_waiting(s);
 	return false;
+}
+
+/* The operations that never completed because the kernel dropped their CQEs: said once, as
+ * the shard ends without them. */
+static __attribute__((noinline, cold)) void
+drops_unmatched_log(struct keel_shard *s)
+{
+	keel_log(KEEL_LOG_ERROR, "core",
+		 "shard %u: %llu operations never completed: the kernel dropped %u "
+		 "completions, theirs among them (the CQ of %u entries was full and memory was "
+		 "short to hold more), and keel cannot tell which; the shard ends without them "
+		 "and leaves its buffers allocated, not freed under the kernel: raise %s, and "
+		 "give the process more memory",
+		 s->id, (unsigned long long)s->inflight, cq_drops(s), s->ring.cq.ring_entries,
+		 keel__opt_name(&s->rt->opts, "--cq-entries"));
+}
+
+/* The runtime is quiescent: cancel keel's own operations and reap until none is left, so no
+ * CQE stays unreaped. Once the kernel has dropped CQEs, an operation whose CQE was dropped
+ * never completes: then the wait is bounded (DROP_WAIT_NS once nothing completes, or as soon
+ * as only the operations the stop took as lost are left), cancels are made once per
+ * 10 ms rather than once per completion, and the shard ends with the rest counted in
+ * ops_unmatched. Without drops the drain waits as long as it takes. */
+static void
+final_drain(struct keel_shard *s)
+{
+	uint64_t since = keel__clock_ns(), seen = s->inflight, next_cancel = 0;
+
+	while (s->inflight) {
+		struct __kernel_timespec ts = { .tv_sec = 0, .tv_nsec = BOUNDED_SLEEP_NS };
+		struct io_uring_cqe *cqe;
+		bool drops = cq_drops(s) != 0;
+		uint64_t now = drops ? keel__clock_ns() : 0;
+
+		if (drops) {
+			uint64_t left = s->inflight - s->cancel_op.armed; /* not the cancel's own */
+
+			if (left != seen) {
+				seen = left;
+				since = now;
+			}
+			if ((s->inflight <= s->lost && !s->internal_inflight) ||
+			    now - since >= DROP_WAIT_NS)
+				break;
+		}
+		if (!s->cancel_op.armed && (!drops || now >= next_cancel)) {
+			submit_cancel_all(s);
+			next_cancel = now + 10 * NS_PER_MS;
+		}
+		/* A cancel that found no SQE (the submit failed, logged) ends none of the reads
+		 * left (the eventfd's, the signalfd's), which may never complete on their
+		 * own: the wait is bounded and the cancel tried again, as in the loop. So is
+		 * the wait once CQEs were dropped: the cancel's own may have been one. */
+		io_uring_submit_and_wait_timeout(&s->ring, &cqe, 1,
+						 s->cancel_op.armed && !drops ? NULL : &ts, NULL);
+		STAT_INC(s, enters);
+		reap(s);
+	}
+	s->ops_unmatched = s->inflight;
+	if (s->inflight)
+		drops_unmatched_log(s);
 }
 
 void
@@ -1128,19 +1239,6 @@ keel__shard_loop(struct keel_shard *s)
 	 * so no CQE stays unreaped. */
 	s->phase = PHASE_DONE;
 	keel__foreign_close(s);
-	while (s->inflight) {
-		struct __kernel_timespec ts = { .tv_sec = 0, .tv_nsec = BOUNDED_SLEEP_NS };
-		struct io_uring_cqe *cqe;
-
-		if (!s->cancel_op.armed)
-			submit_cancel_all(s);
-		/* A cancel that found no SQE (the submit failed, logged) ends none of the reads
-		 * left (the eventfd's, the signalfd's), which may never complete on their
-		 * own: the wait is bounded and the cancel tried again, as in the loop. */
-		io_uring_submit_and_wait_timeout(&s->ring, &cqe, 1, s->cancel_op.armed ? NULL : &ts,
-						 NULL);
-		STAT_INC(s, enters);
-		reap(s);
-	}
+	final_drain(s);
 	reap(s); /* uncounted CQEs (MSG_RING wake-ups) that arrived with the last ones */
 }

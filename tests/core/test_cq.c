@@ -3,6 +3,8 @@
 #include <errno.h>
 #include <keel/ring.h>
 #include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
 
 #include <criterion/criterion.h>
 #include <liburing.h>
@@ -71,4 +73,83 @@ Test(core_cq, an_overflow_is_counted_once_a_pass_when_the_enter_says_ebadr, .tim
 		      (unsigned long long)st.cq_overflows, (unsigned long long)st.passes);
 	cr_assert_eq(st.cq_dropped, 0, "the kernel dropped %llu completions",
 		     (unsigned long long)st.cq_dropped);
+}
+
+/* core/internal.h: while it points at an operation, that operation's next CQE is discarded
+ * and counted as dropped, as the kernel drops one it has no room nor memory for. */
+extern struct keel_op *_Atomic keel__fault_cqe_drop_op;
+
+static struct keel_op dropped_op;
+static _Atomic unsigned dropped_ran, drop_lines;
+static char drop_line[512];
+
+static void
+dropped_cb(struct keel_op *op, int res, uint32_t flags)
+{
+	(void)op, (void)res, (void)flags;
+	atomic_fetch_add(&dropped_ran, 1);
+}
+
+static void
+drop_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	(void)module, (void)arg;
+	if (level == KEEL_LOG_ERROR && strstr(msg, "never completed")) {
+		snprintf(drop_line, sizeof(drop_line), "%d %s", shard, msg);
+		atomic_fetch_add(&drop_lines, 1);
+	}
+}
+
+/* On shard 1: a NOP whose CQE the fault point drops. */
+static void
+drop_start(void *app)
+{
+	struct io_uring_sqe *sqe;
+
+	(void)app;
+	if (keel_shard_id(keel_this_shard()) != 1)
+		return;
+	dropped_op.fn = dropped_cb;
+	sqe = keel_sqe_get();
+	cr_assert_not_null(sqe);
+	io_uring_prep_nop(sqe);
+	atomic_store(&keel__fault_cqe_drop_op, &dropped_op);
+	keel_sqe_bind(sqe, &dropped_op);
+}
+
+/* An operation whose CQE the kernel dropped never completes: its count in flight stayed, and
+ * the stop (then the loop's final drain) waited for it for ever, and the join with it. The
+ * shard now takes it as lost once nothing completes for a bounded time, ends, and says so
+ * with the fix. */
+Test(core_cq, a_stop_ends_when_the_kernel_dropped_an_operations_completion, .timeout = 30)
+{
+	struct keel_opts o = test_opts(2);
+	struct keel_runtime *rt;
+	struct keel_shard_stats st;
+	uint64_t deadline;
+
+	atomic_store(&drop_lines, 0);
+	keel_log_set_sink(drop_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, drop_start, NULL), 0);
+	deadline = test_now_ms() + 10000;
+	do {
+		cr_assert_eq(keel_runtime_stats(rt, 1, &st), 0);
+		if (st.cq_dropped)
+			break;
+		test_pause();
+	} while (test_now_ms() < deadline);
+	cr_assert_eq(st.cq_dropped, 1, "the NOP's CQE was not dropped: the path was not tested");
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_log_set_sink(NULL, NULL);
+	keel_runtime_destroy(rt);
+	cr_assert_null(atomic_load(&keel__fault_cqe_drop_op));
+	cr_assert_eq(atomic_load(&dropped_ran), 0, "the dropped NOP's callback ran");
+	cr_assert_eq(atomic_load(&drop_lines), 1, "%u lines said operations never completed",
+		     atomic_load(&drop_lines));
+	cr_assert(strncmp(drop_line, "1 shard 1: 1 operations never completed", 39) == 0, "%s",
+		  drop_line);
+	cr_assert(strstr(drop_line, "raise --cq-entries"), "%s", drop_line);
+	cr_assert(strstr(drop_line, "memory"), "%s", drop_line);
 }
