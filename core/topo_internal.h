@@ -96,6 +96,15 @@ int keel__topo_irq_rxq(const char *irq_name, const char *ifname, unsigned *q);
  * irq -1. */
 void keel__topo_rxq_irqs(struct keel_topo_nic *n, const int *irqs, int nirq, char (*names)[64]);
 
+/* Whether shard @i's queue's IRQ (@i has a queue of @nic with an IRQ, and an IRQ CPU) is one
+ * that another shard's queue of @m has too (virtio-net with one vector for every virtqueue):
+ * an IRQ fires on one set of CPUs, not on each shard's. At the first shard with it, @f (when
+ * not NULL) gets keel_map_check's one line for them all, with the fix. Returns 1 at that
+ * shard, -1 at the others with it, 0 when no other shard's queue has it. keel-topo's report
+ * and SVG use it to say such an IRQ once, as --check does. */
+int keel__topo_shared_irq(const struct keel_topo_nic *nic, const struct keel_map *m, unsigned i,
+			  FILE *f);
+
 /* The MSI IRQ numbers of the device at @devdir (/sys/class/net/IF/device): the entries of
  * its msi_irqs, or of its parent's when it has none (virtio-net's netdev sits on a virtio
  * device whose PCI parent owns the vectors), however many (a large NIC has thousands).

@@ -1051,12 +1051,9 @@ print_line(void *arg, const char *line, bool fatal)
 	return true;
 }
 
-/* Shard @i's queue's IRQ, when another shard's queue of @m has it too (virtio-net with one
- * vector for every virtqueue): an IRQ fires on one set of CPUs, not on each shard's. At the
- * first shard with it, @f (when not NULL) gets one line for them all. Returns 1 at that
- * shard, -1 at the others with it, 0 when no other shard's queue has it. */
-static int
-shared_irq(const struct keel_topo_nic *nic, const struct keel_map *m, unsigned i, FILE *f)
+int
+keel__topo_shared_irq(const struct keel_topo_nic *nic, const struct keel_map *m, unsigned i,
+		      FILE *f)
 {
 	const struct keel_topo_rxq *q = &nic->rxq[m->shards[i].rxq];
 	char queues[256] = "", shards[256] = "";
@@ -1105,6 +1102,65 @@ shared_irq(const struct keel_topo_nic *nic, const struct keel_map *m, unsigned i
 	return 1;
 }
 
+/* "a, b, c" of @v into @buf[@len], a value already there not again; "..." ends a list that
+ * does not fit. */
+static void
+list_add(char *buf, size_t len, size_t *o, unsigned v)
+{
+	char item[16];
+	size_t il = (size_t)snprintf(item, sizeof(item), "%u", v);
+
+	for (const char *p = buf; *o < len && (p = strstr(p, item)); p += il)
+		if ((p == buf || p[-1] == ' ') && (!p[il] || p[il] == ','))
+			return;
+	if (*o >= len)
+		return;
+	*o += (size_t)snprintf(buf + *o, len - *o, "%s%s", *o ? ", " : "", item);
+	if (*o >= len && len > 4)
+		memcpy(buf + len - 4, "...", 4);
+}
+
+/* keel_map_check's one line for @nic, a physical NIC without MSI IRQs, from shard @first
+ * (the first with a queue and an IRQ CPU): its legacy INTx line is one IRQ for all its
+ * queues, and nothing names a queue of it, so one line names the queues and the fix, as
+ * one "pin it by hand" line per queue said the one IRQ as many. */
+static void
+no_msi_line(const struct keel_topo_nic *nic, const struct keel_map *m, unsigned first, FILE *f)
+{
+	char queues[256] = "", shards[256] = "";
+	size_t oq = 0, os = 0;
+	unsigned nq = 0, ns = 0;
+
+	for (unsigned j = first; j < m->nshards; j++) {
+		const struct keel_map_shard *s = &m->shards[j];
+		size_t before = oq;
+
+		if (s->rxq < 0 || s->irq_cpu < 0 || s->rxq >= nic->nrxq)
+			continue;
+		list_add(queues, sizeof(queues), &oq, (unsigned)s->rxq);
+		nq += oq != before;
+		list_add(shards, sizeof(shards), &os, j);
+		ns++;
+	}
+	if (ns < 2) {
+		fprintf(f,
+			"%s rx queue %s (shard %s): %s has no MSI IRQs (a legacy INTx line, or "
+			"none listed in its msi_irqs), so the queue's IRQ cannot be identified and "
+			"its CPU cannot be checked; find %s's IRQ in /proc/interrupts and pin it by "
+			"hand to CPU %d\n",
+			nic->name, queues, shards, nic->name, nic->name, m->shards[first].irq_cpu);
+		return;
+	}
+	fprintf(f,
+		"%s rx queue%s %s (shards %s): %s has no MSI IRQs (a legacy INTx line, or none "
+		"listed in its msi_irqs), one IRQ for all its queues that names none of them, so "
+		"it cannot be checked and cannot fire on each shard's CPU (an IRQ per queue needs "
+		"MSI-X); find %s's IRQ in /proc/interrupts and pin it by hand to one of the "
+		"shards' CPUs, e.g. CPU %d\n",
+		nic->name, nq == 1 ? "" : "s", queues, shards, nic->name, nic->name,
+		m->shards[first].irq_cpu);
+}
+
 int
 keel_map_check(const struct keel_topo *live, const struct keel_map *m, FILE *f)
 {
@@ -1112,7 +1168,7 @@ keel_map_check(const struct keel_topo *live, const struct keel_map *m, FILE *f)
 	const struct keel_topo_nic *nic;
 	char list[256];
 	unsigned n;
-	bool irq_checked = false;
+	bool irq_checked = false, no_msi_said = false;
 
 	if (!in->live)
 		return -EINVAL;
@@ -1133,16 +1189,12 @@ keel_map_check(const struct keel_topo *live, const struct keel_map *m, FILE *f)
 		if (!nic->has_irqs) {
 			/* A virtual interface has no IRQs to point anywhere. A device without MSI
 			 * vectors (legacy INTx) has one, but nothing says which queue it is: that
-			 * cannot be checked, so it is not a match. */
-			if (nic->is_virtual)
+			 * cannot be checked, so it is not a match. It is one line for all the
+			 * queues, so it is said once, at the first shard. */
+			if (nic->is_virtual || no_msi_said)
 				continue;
-			irq_checked = true;
-			fprintf(f,
-				"%s rx queue %d (shard %u): %s has no MSI IRQs (a legacy INTx line, "
-				"or none listed in its msi_irqs), so the queue's IRQ cannot be "
-				"identified and its CPU cannot be checked; find %s's IRQ in "
-				"/proc/interrupts and pin it by hand to CPU %d\n",
-				nic->name, s->rxq, i, nic->name, nic->name, s->irq_cpu);
+			irq_checked = no_msi_said = true;
+			no_msi_line(nic, m, i, f);
 			n++;
 			continue;
 		}
@@ -1157,7 +1209,7 @@ keel_map_check(const struct keel_topo *live, const struct keel_map *m, FILE *f)
 			n++;
 			continue;
 		}
-		shared = shared_irq(nic, m, i, f);
+		shared = keel__topo_shared_irq(nic, m, i, f);
 		if (shared) {
 			n += shared > 0; /* said once, at its first shard */
 			continue;

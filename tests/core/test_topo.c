@@ -1996,6 +1996,45 @@ Test(core_topo, check_counts_a_physical_nic_without_msi_irqs_as_cannot_be_checke
 	keel_topo_destroy(t);
 }
 
+/* A physical NIC without MSI IRQs (legacy INTx) with shards on three of its queues (two on
+ * one): its one IRQ line serves all the queues, and --check said "fake0 rx queue N (shard
+ * N): fake0 has no MSI IRQs ... pin it by hand to CPU N" for each shard, each counted. One
+ * line names the queues, the shards and the fix now, counted once. */
+Test(core_topo, check_says_a_nic_without_msi_irqs_once_for_all_its_queues)
+{
+	struct keel_topo_nic *nic;
+	struct keel_topo *t = fake_live_nic(&nic);
+	const char *said;
+	char *out;
+	int n_virtual, n;
+
+	nic->rxq = realloc(nic->rxq, 3 * sizeof(*nic->rxq));
+	cr_assert_not_null(nic->rxq);
+	nic->nrxq = 3;
+	nic->has_irqs = false;
+	for (int q = 0; q < 3; q++)
+		nic->rxq[q] = (struct keel_topo_rxq){ .index = (unsigned)q, .irq = -1 };
+	for (int i = 0; i < 4; i++)
+		map.shards[i] = (struct keel_map_shard){
+			.cpu = i, .core = -1, .numa = -1, .rxq = i % 3, .irq_cpu = i
+		};
+	map.nshards = 4;
+	map.rx_queues = 3;
+	nic->is_virtual = true;
+	out = check_output(t, &n_virtual);
+	free(out);
+	nic->is_virtual = false;
+	out = check_output(t, &n);
+	said = strstr(out, "fake0 rx queues 0, 1, 2 (shards 0, 1, 2, 3): fake0 has no MSI IRQs");
+	cr_assert(said && strstr(said, "pin it by hand to one of the shards' CPUs, e.g. CPU 0\n"),
+		  "%s", out);
+	cr_assert_null(strstr(strstr(said, "no MSI IRQs") + 1, "no MSI IRQs"),
+		       "said more than once:\n%s", out);
+	cr_assert_eq(n, n_virtual + 1, "%s", out);
+	free(out);
+	keel_topo_destroy(t);
+}
+
 /* A virtio-net NIC whose device has too few MSI-X vectors for one per queue: virtio-pci
  * gives one to the configuration and one to every virtqueue (as /proc/interrupts lists
  * them below). No vector named a queue, so each of the 4 queues had "IRQ unknown" and

@@ -207,6 +207,134 @@ Test(tools_topo, report_marks_a_virtio_vector_shared_by_every_queue)
 		cr_assert(strstr(json, item), "no %s in:\n%s", item, json);
 	}
 	free(json);
+
+	/* The Map section, with a shard on each queue and the IRQ on CPUs 0-3: one IRQ points
+	 * at one set of CPUs, so it is said once as shared, in --check's words with its fix,
+	 * not as "IRQ 25 now CPU 0-3: MISMATCH" on each shard. */
+	for (int q = 0; q < 3; q++) {
+		nic->rxq[q].affinity_known = true;
+		for (unsigned cpu = 0; cpu < 4; cpu++)
+			keel_cpuset_add(&nic->rxq[q].affinity, cpu);
+		map.shards[q] = (struct keel_map_shard){
+			.cpu = q, .core = -1, .numa = -1, .rxq = q, .irq_cpu = q
+		};
+	}
+	map.nshards = 3;
+	map.rx_queues = 3;
+	out = report(t);
+	cr_assert_null(strstr(out, "MISMATCH"), "%s", out);
+	for (int q = 0; q < 3; q++) {
+		char line[128];
+
+		snprintf(line, sizeof(line),
+			 "fake0 rxq %d -> IRQ CPU %d (IRQ 25 now CPU 0-3, shared: see below)\n", q,
+			 q);
+		cr_assert(strstr(out, line), "no \"%s\" in:\n%s", line, out);
+	}
+	{
+		const char *said = strstr(out, "\n  fake0 rx queues 0, 1, 2 (shards 0, 1, 2) share "
+					       "one IRQ 25 (virtio0-virtqueues)");
+
+		cr_assert(said && strstr(said, "vectors=8") &&
+				  strstr(said, "echo 0 > /proc/irq/25/smp_affinity_list\n"),
+			  "%s", out);
+		cr_assert_null(strstr(strstr(said, "share one IRQ") + 1, "share one IRQ"),
+			       "said twice:\n%s", out);
+	}
+	free(out);
+	keel_topo_destroy(t);
+}
+
+/* --svg of the same NIC and map: the one IRQ each queue has was drawn on each queue box
+ * ("IRQ 25→0-3"), and each box but one in the warning colour as a mismatch. Each box now
+ * reads "IRQ 25*", and one line above the queues says the IRQ, where it points and that it
+ * cannot fire on each shard's CPU. */
+Test(tools_topo, svg_draws_a_virtio_vector_shared_by_every_queue_once)
+{
+	static const int irqs[2] = { 24, 25 };
+	char names[2][64] = { "virtio0-config", "virtio0-virtqueues" };
+	struct keel_topo_nic *nic;
+	struct keel_topo *t = fake_live(&nic);
+	struct tool_ctx c;
+	char *svg = NULL;
+	const char *p;
+	size_t len = 0;
+	unsigned boxes = 0;
+	FILE *f;
+
+	nic->rxq = realloc(nic->rxq, 3 * sizeof(*nic->rxq));
+	cr_assert_not_null(nic->rxq);
+	nic->nrxq = 3;
+	for (int q = 0; q < 3; q++) {
+		nic->rxq[q] = (struct keel_topo_rxq){ .index = (unsigned)q, .irq = -1 };
+		nic->rxq[q].affinity_known = true;
+		for (unsigned cpu = 0; cpu < 4; cpu++)
+			keel_cpuset_add(&nic->rxq[q].affinity, cpu);
+		map.shards[q] = (struct keel_map_shard){
+			.cpu = q, .core = -1, .numa = -1, .rxq = q, .irq_cpu = q
+		};
+	}
+	map.nshards = 3;
+	map.rx_queues = 3;
+	keel__topo_rxq_irqs(nic, irqs, 2, names);
+	memset(&c, 0, sizeof(c));
+	c.topo = t;
+	c.info = keel_topo_info_get(t);
+	c.map = &map;
+	c.port = -1;
+	f = open_memstream(&svg, &len);
+	cr_assert_not_null(f);
+	cr_assert_eq(svg_write(&c, f), 0);
+	fclose(f);
+	cr_assert_null(strstr(svg, "IRQ 25→"), "a shared IRQ drawn per queue:\n%s", svg);
+	for (p = svg; (p = strstr(p, ">IRQ 25*</text>")); p++)
+		boxes++;
+	cr_assert_eq(boxes, 3, "%u queue boxes marked shared:\n%s", boxes, svg);
+	p = strstr(svg, ">* IRQ 25 (virtio0-virtqueues) → CPU 0-3 serves all 3 rx queues: one "
+			"IRQ cannot fire on each shard's CPU (see keel-topo --check)</text>");
+	cr_assert(p, "no line for the shared IRQ:\n%s", svg);
+	cr_assert_null(strstr(p + 2, "* IRQ 25 ("), "said twice:\n%s", svg);
+	cr_assert_null(strstr(svg, "#feebc8"), "a queue drawn as a mismatch:\n%s", svg);
+	free(svg);
+	keel_topo_destroy(t);
+}
+
+/* --plan for a NIC without MSI IRQs (legacy INTx) with shards on three of its queues (two on
+ * one): its one IRQ line serves all of them, and the plan said "shard N: ... no MSI IRQs ...
+ * pin it by hand to CPU N" for each shard. One note says it for the NIC now. */
+Test(tools_topo, plan_for_a_nic_without_msi_irqs_says_it_once)
+{
+	static struct plan_step steps[64];
+	struct keel_topo_nic *nic;
+	struct keel_topo *t = fake_live(&nic);
+	struct tool_ctx c;
+	unsigned n, said = 0, all = 0;
+
+	nic->rxq = realloc(nic->rxq, 3 * sizeof(*nic->rxq));
+	cr_assert_not_null(nic->rxq);
+	nic->nrxq = 3;
+	nic->has_irqs = false;
+	nic->ch_combined = nic->ch_max_combined = 3; /* no channel change */
+	for (int q = 0; q < 3; q++)
+		nic->rxq[q] = (struct keel_topo_rxq){ .index = (unsigned)q, .irq = -1 };
+	for (int i = 0; i < 4; i++)
+		map.shards[i] = (struct keel_map_shard){
+			.cpu = i, .core = -1, .numa = -1, .rxq = i % 3, .irq_cpu = i
+		};
+	map.nshards = 4;
+	map.rx_queues = 3;
+	n = plan_of(t, &c, steps, sizeof(steps) / sizeof(steps[0]));
+	for (unsigned i = 0; i < n; i++) {
+		cr_assert_neq(steps[i].kind, PLAN_WRITE, "an IRQ line without an IRQ: %s",
+			      steps[i].why);
+		all += strstr(steps[i].why, "no MSI IRQs") != NULL;
+		said += steps[i].kind == PLAN_NOTE &&
+			strstr(steps[i].why, "shards 0, 1, 2, 3: fake0 has no MSI IRQs") &&
+			strstr(steps[i].why, "rx queues 0, 1, 2,") &&
+			strstr(steps[i].why, "pin it by hand to one shard's CPU, e.g. CPU 0");
+	}
+	cr_assert(said == 1 && all == 1, "%u notes of the NIC's one IRQ, %u in all (%u steps)%s%s",
+		  said, all, n, n ? ": " : "", n ? steps[n - 1].why : "");
 	keel_topo_destroy(t);
 }
 

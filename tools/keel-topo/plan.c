@@ -146,13 +146,20 @@ reset_table(struct plan_step *out, unsigned max, unsigned *n, const char *ifn, u
 		    "ethtool", "-X", ifn, "default", (char *)NULL);
 }
 
-/* "a, b, c" of @v into @buf[@len]; "..." ends a list that does not fit. */
+/* "a, b, c" of @v into @buf[@len], a value already there not again; "..." ends a list that
+ * does not fit. */
 static void
 list_add(char *buf, size_t len, size_t *o, unsigned v)
 {
+	char item[16];
+	size_t il = (size_t)snprintf(item, sizeof(item), "%u", v);
+
+	for (const char *p = buf; *o < len && (p = strstr(p, item)); p += il)
+		if ((p == buf || p[-1] == ' ') && (!p[il] || p[il] == ','))
+			return;
 	if (*o >= len)
 		return;
-	*o += (size_t)snprintf(buf + *o, len - *o, "%s%u", *o ? ", " : "", v);
+	*o += (size_t)snprintf(buf + *o, len - *o, "%s%s", *o ? ", " : "", item);
 	if (*o >= len && len > 4)
 		memcpy(buf + len - 4, "...", 4);
 }
@@ -205,6 +212,44 @@ shared_irq_note(const struct tool_ctx *c, const struct keel_topo_nic *nic, unsig
 	return true;
 }
 
+/* The note for the shards of @ifn, a NIC without MSI IRQs, from shard @first (the first with
+ * a queue and an IRQ CPU): its legacy INTx line is one IRQ for all its queues and names none,
+ * so one note names them and the fix (a note per shard said the one IRQ as many). */
+static void
+no_msi_note(const struct tool_ctx *c, const char *ifn, unsigned first, char *why, size_t len)
+{
+	const struct keel_map *m = c->map;
+	char queues[32] = "", shards[32] = "";
+	size_t oq = 0, os = 0;
+	unsigned ns = 0;
+	bool more_queues = false;
+
+	for (unsigned j = first; j < m->nshards; j++) {
+		const struct keel_map_shard *s = &m->shards[j];
+
+		if (s->rxq < 0 || s->irq_cpu < 0)
+			continue;
+		more_queues |= s->rxq != m->shards[first].rxq;
+		list_add(queues, sizeof(queues), &oq, (unsigned)s->rxq);
+		list_add(shards, sizeof(shards), &os, j);
+		ns++;
+	}
+	if (ns < 2)
+		snprintf(why, len,
+			 "shard %u: %s has no MSI IRQs (a legacy INTx line, or none listed in its "
+			 "msi_irqs), so rx queue %d's IRQ cannot be identified: find %s's IRQ in "
+			 "/proc/interrupts and pin it by hand to CPU %d",
+			 first, ifn, m->shards[first].rxq, ifn, m->shards[first].irq_cpu);
+	else
+		snprintf(
+			why, len,
+			"shards %s: %s has no MSI IRQs (a legacy INTx line): one IRQ for rx "
+			"queue%s %s, which cannot fire on each shard's CPU (an IRQ per queue needs "
+			"MSI-X); find %s's IRQ in /proc/interrupts and pin it by hand to one "
+			"shard's CPU, e.g. CPU %d",
+			shards, ifn, more_queues ? "s" : "", queues, ifn, m->shards[first].irq_cpu);
+}
+
 unsigned
 plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 {
@@ -212,7 +257,7 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 	const struct keel_topo_nic *nic =
 		m->iface[0] ? keel_topo_nic_find(c->topo, m->iface) : NULL;
 	const char *ifn = m->iface;
-	bool live = c->info->live, channels_change = true, sets_table;
+	bool live = c->info->live, channels_change = true, sets_table, no_msi_said = false;
 	unsigned n = 0, nq = m->rx_queues, nown;
 	int *owned = calloc(nq + 1, sizeof(*owned));
 	char a[32], b[32], why[400];
@@ -442,14 +487,13 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 			continue;
 		if (live && nic && !nic->has_irqs) {
 			/* Not virtual (that returned above): a device without MSI vectors,
-			 * whose legacy IRQ names no queue. Say so rather than nothing. */
-			snprintf(
-				why, sizeof(why),
-				"shard %u: %s has no MSI IRQs (a legacy INTx line, or none listed "
-				"in its msi_irqs), so rx queue %d's IRQ cannot be identified: find "
-				"%s's IRQ in /proc/interrupts and pin it by hand to CPU %d",
-				i, ifn, s->rxq, ifn, s->irq_cpu);
-			note(out, max, &n, why);
+			 * whose legacy IRQ names no queue. Say so rather than nothing, once: it
+			 * is one line for all the queues. */
+			if (!no_msi_said) {
+				no_msi_note(c, ifn, i, why, sizeof(why));
+				note(out, max, &n, why);
+			}
+			no_msi_said = true;
 			continue;
 		}
 		if (live && !channels_change && q && q->irq >= 0 &&

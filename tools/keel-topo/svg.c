@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../core/topo_internal.h"
 #include "topo_tool.h"
 
 #define MARGIN   24
@@ -127,6 +128,66 @@ irq_mismatch(const struct keel_topo_rxq *q, int want)
 	return q->affinity_beyond || memcmp(&w, &q->affinity, sizeof(w)) != 0;
 }
 
+/* Whether shard @s's queue's IRQ is one another shard's queue has too (keel__topo_shared_irq:
+ * virtio-net's one vector for every virtqueue): it can point at one set of CPUs, so it is
+ * drawn once as shared, not as a mismatch with an arrow at every shard but one. */
+static bool
+shard_irq_shared(const struct keel_topo_nic *nic, const struct keel_map *m, unsigned s)
+{
+	const struct keel_map_shard *sh = &m->shards[s];
+
+	return nic && sh->rxq >= 0 && sh->rxq < nic->nrxq && sh->irq_cpu >= 0 &&
+	       nic->rxq[sh->rxq].irq >= 0 && keel__topo_shared_irq(nic, m, s, NULL) != 0;
+}
+
+/* The line said once above the mapped NIC's queues for the first IRQ several of them share
+ * (their boxes read "IRQ N*"), into @buf; whether the map puts several shards' queues on it
+ * (then --check counts it, and the line is in the warning colour). @buf is "" when no IRQ is
+ * shared. */
+static bool
+shared_irq_line(const struct keel_topo_nic *nic, const struct keel_map *m, unsigned nq_draw,
+		char *buf, size_t len)
+{
+	const struct keel_topo_rxq *first = NULL;
+	unsigned others = 0;
+	bool by_shards = false;
+	char list[256];
+	int with;
+
+	buf[0] = 0;
+	for (unsigned q = 0; q < nq_draw && (int)q < nic->nrxq; q++) {
+		const struct keel_topo_rxq *r = &nic->rxq[q];
+		bool seen = false;
+
+		if (r->irq < 0 || irq_queues(nic, r->irq) < 2)
+			continue;
+		for (unsigned p = 0; p < q && !seen; p++)
+			seen = nic->rxq[p].irq == r->irq;
+		if (seen)
+			continue;
+		if (first)
+			others++;
+		else
+			first = r;
+	}
+	if (!first)
+		return false;
+	for (unsigned s = 0; s < m->nshards && !by_shards; s++)
+		by_shards =
+			shard_irq_shared(nic, m, s) && nic->rxq[m->shards[s].rxq].irq == first->irq;
+	with = irq_queues(nic, first->irq);
+	snprintf(buf, len, "* IRQ %d (%s) → CPU %s%s serves %s%d rx queues%s%s", first->irq,
+		 first->irq_name,
+		 first->affinity_known
+			 ? keel_topo_cpulist_format(&first->affinity, list, sizeof(list))
+			 : "?",
+		 first->affinity_beyond ? ",1024+" : "", with == nic->nrxq ? "all " : "", with,
+		 by_shards ? ": one IRQ cannot fire on each shard's CPU (see keel-topo --check)"
+			   : "",
+		 others ? " · more shared IRQs in the text report" : "");
+	return by_shards;
+}
+
 /* A generous estimate of @s's width at @size px in DejaVu Sans (bold is wider), so boxes
  * can be sized from their text instead of clipping it. */
 static int
@@ -196,8 +257,9 @@ svg_write(const struct tool_ctx *c, FILE *f)
 	struct pos qpos[MAX_QS];
 	int width, height, core_top, q_top, nic_top, max_core_rows = 0, max_nic_h = 0, qrows = 0;
 	int qcol = -1, per = 1, bh;
-	char buf[512], list[256];
-	bool any_unnoded = false, any_nic_unnoded = false, any_mismatch = false;
+	char buf[512], list[256], shared[384] = "";
+	bool any_unnoded = false, any_nic_unnoded = false, any_mismatch = false,
+	     shared_warn = false;
 	unsigned nq_draw = 0, nq_left = 0;
 	char *labels = NULL;
 	size_t labels_len = 0;
@@ -263,6 +325,12 @@ svg_write(const struct tool_ctx *c, FILE *f)
 		width = x - GAP * 2 + MARGIN;
 		if (width < 760)
 			width = 760;
+		/* The shared IRQ's line above the queues is as long as it needs. */
+		if (qcol >= 0 && nq_draw) {
+			shared_warn = shared_irq_line(mapped, m, nq_draw, shared, sizeof(shared));
+			if (shared[0] && width < cols[qcol].x + text_w(shared, 11, false) + MARGIN)
+				width = cols[qcol].x + text_w(shared, 11, false) + MARGIN;
+		}
 	}
 	/* The mapped NIC's queues sit right under its node, above the NICs, so the arrows to
 	 * the shards cross no NIC box and no other queue row. */
@@ -504,7 +572,7 @@ svg_write(const struct tool_ctx *c, FILE *f)
 		if (mapped && sh->rxq < mapped->nrxq) {
 			const struct keel_topo_rxq *rq = &mapped->rxq[sh->rxq];
 			unsigned w = 0;
-			if (!irq_mismatch(rq, sh->irq_cpu))
+			if (!irq_mismatch(rq, sh->irq_cpu) || shard_irq_shared(mapped, m, s))
 				continue;
 			for (unsigned cpu = 0; cpu < KEEL_MAX_CPUS; cpu++)
 				w += keel_cpuset_has(&rq->affinity, cpu);
@@ -527,17 +595,23 @@ svg_write(const struct tool_ctx *c, FILE *f)
 	if (qcol >= 0 && nq_draw)
 		label(f, cols[qcol].x, q_top - 8, 11, "#4a5568", "start", "normal", "#ffffff",
 		      "rx queues of the mapped NIC");
+	if (shared[0])
+		label(f, cols[qcol].x, q_top - 22, 11, shared_warn ? C_WARN : "#4a5568", "start",
+		      shared_warn ? "bold" : "normal", "#ffffff", shared);
+	any_mismatch |= shared_warn;
 	for (unsigned qi = 0; qcol >= 0 && qi < nq_draw; qi++) {
 		int qx = qpos[qi].x - Q_W / 2, qy = qpos[qi].y;
 		const struct keel_topo_rxq *rq = (int)qi < mapped->nrxq ? &mapped->rxq[qi] : NULL;
 		int want = -1;
-		bool exists = rq != NULL, bad;
+		bool exists = rq != NULL, bad, shared_by_shards = false;
 		const char *fill, *stroke;
 
 		for (unsigned s = 0; m && s < m->nshards; s++)
-			if (m->shards[s].rxq == (int)qi)
+			if (m->shards[s].rxq == (int)qi) {
 				want = m->shards[s].irq_cpu;
-		bad = irq_mismatch(rq, want);
+				shared_by_shards |= shard_irq_shared(mapped, m, s);
+			}
+		bad = irq_mismatch(rq, want) && !shared_by_shards;
 		any_mismatch |= bad;
 		fill = bad ? "#feebc8" : want >= 0 ? "#ebf8ff" : "#ffffff";
 		stroke = bad ? C_WARN : want >= 0 ? C_SHARD : "#a0aec0";
@@ -548,7 +622,9 @@ svg_write(const struct tool_ctx *c, FILE *f)
 			exists || !c->info->live ? "" : " stroke-dasharray=\"4,3\"");
 		snprintf(buf, sizeof(buf), "rxq %u", qi);
 		text(f, qx + Q_W / 2, qy + 16, 12, "#1a202c", "middle", "bold", buf);
-		if (rq && rq->irq >= 0)
+		if (rq && rq->irq >= 0 && irq_queues(mapped, rq->irq) > 1)
+			snprintf(buf, sizeof(buf), "IRQ %d*", rq->irq); /* said once above */
+		else if (rq && rq->irq >= 0)
 			snprintf(buf, sizeof(buf), "IRQ %d→%s%s", rq->irq,
 				 rq->affinity_known ? keel_topo_cpulist_format(&rq->affinity, list,
 									       sizeof(list))

@@ -72,6 +72,11 @@ unsigned zcrx_iface_facts(const char *iface, const struct keel_topo_nic *nic, in
 /* JSON string helper shared by the JSON report. */
 void json_str(FILE *f, const char *s);
 
+/* How many of @n's rx queues have IRQ @irq (-1: none): more than one where one vector serves
+ * several queues (virtio-net's for every virtqueue, "virtio0-virtqueues"), which fires on
+ * one set of CPUs for them all. */
+int irq_queues(const struct keel_topo_nic *n, int irq);
+
 /* The map's shard on @cpu (its id in *id), or NULL. */
 const struct keel_map_shard *shard_on_cpu(const struct keel_map *m, unsigned cpu, unsigned *id);
 
