@@ -148,6 +148,11 @@ int keel__topo_rss_table(const char *ifname, uint32_t **table);
 int keel__topo_rss_unserved(const uint32_t *t, uint32_t n, const struct keel_map *m,
 			    unsigned *count);
 
+/* "a, b, c" of @v into @buf[@len] (@o: its length so far), a value already there not again;
+ * "..." ends a list that does not fit (keel_map_check's and keel-topo's lists of queues and
+ * shards). */
+void keel__topo_list_add(char *buf, size_t len, size_t *o, unsigned v);
+
 /* The map of @o's --map FILE (KEEL_MAP), as the runtime takes it (keel__topo_apply_map): loaded
  * (a PCI function resolved to its interface), validated against this machine when @validate,
  * and refused where --cpuset, a given --shards or --iface conflicts with it, or it has no

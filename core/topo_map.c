@@ -1102,10 +1102,8 @@ keel__topo_shared_irq(const struct keel_topo_nic *nic, const struct keel_map *m,
 	return 1;
 }
 
-/* "a, b, c" of @v into @buf[@len], a value already there not again; "..." ends a list that
- * does not fit. */
-static void
-list_add(char *buf, size_t len, size_t *o, unsigned v)
+void
+keel__topo_list_add(char *buf, size_t len, size_t *o, unsigned v)
 {
 	char item[16];
 	size_t il = (size_t)snprintf(item, sizeof(item), "%u", v);
@@ -1137,9 +1135,9 @@ no_msi_line(const struct keel_topo_nic *nic, const struct keel_map *m, unsigned 
 
 		if (s->rxq < 0 || s->irq_cpu < 0 || s->rxq >= nic->nrxq)
 			continue;
-		list_add(queues, sizeof(queues), &oq, (unsigned)s->rxq);
+		keel__topo_list_add(queues, sizeof(queues), &oq, (unsigned)s->rxq);
 		nq += oq != before;
-		list_add(shards, sizeof(shards), &os, j);
+		keel__topo_list_add(shards, sizeof(shards), &os, j);
 		ns++;
 	}
 	if (ns < 2) {

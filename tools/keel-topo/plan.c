@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "../../core/topo_internal.h"
 #include "topo_tool.h"
 
 extern char **environ;
@@ -146,24 +147,6 @@ reset_table(struct plan_step *out, unsigned max, unsigned *n, const char *ifn, u
 		    "ethtool", "-X", ifn, "default", (char *)NULL);
 }
 
-/* "a, b, c" of @v into @buf[@len], a value already there not again; "..." ends a list that
- * does not fit. */
-static void
-list_add(char *buf, size_t len, size_t *o, unsigned v)
-{
-	char item[16];
-	size_t il = (size_t)snprintf(item, sizeof(item), "%u", v);
-
-	for (const char *p = buf; *o < len && (p = strstr(p, item)); p += il)
-		if ((p == buf || p[-1] == ' ') && (!p[il] || p[il] == ','))
-			return;
-	if (*o >= len)
-		return;
-	*o += (size_t)snprintf(buf + *o, len - *o, "%s%s", *o ? ", " : "", item);
-	if (*o >= len && len > 4)
-		memcpy(buf + len - 4, "...", 4);
-}
-
 /* Whether shard @i's queue of @nic has an IRQ another shard's queue has too (virtio-net with
  * one vector for every virtqueue); at the first shard with it, the note that says so into
  * @why, else "" (said already). */
@@ -197,8 +180,8 @@ shared_irq_note(const struct tool_ctx *c, const struct keel_topo_nic *nic, unsig
 		if (j < i)
 			return true;
 		with++;
-		list_add(queues, sizeof(queues), &oq, (unsigned)s->rxq);
-		list_add(shards, sizeof(shards), &os, j);
+		keel__topo_list_add(queues, sizeof(queues), &oq, (unsigned)s->rxq);
+		keel__topo_list_add(shards, sizeof(shards), &os, j);
 	}
 	if (with < 2)
 		return false;
@@ -230,8 +213,8 @@ no_msi_note(const struct tool_ctx *c, const char *ifn, unsigned first, char *why
 		if (s->rxq < 0 || s->irq_cpu < 0)
 			continue;
 		more_queues |= s->rxq != m->shards[first].rxq;
-		list_add(queues, sizeof(queues), &oq, (unsigned)s->rxq);
-		list_add(shards, sizeof(shards), &os, j);
+		keel__topo_list_add(queues, sizeof(queues), &oq, (unsigned)s->rxq);
+		keel__topo_list_add(shards, sizeof(shards), &os, j);
 		ns++;
 	}
 	if (ns < 2)
