@@ -158,33 +158,20 @@ shared_irq_note(const struct tool_ctx *c, const struct keel_topo_nic *nic, unsig
 	const struct keel_topo_rxq *q = &nic->rxq[m->shards[i].rxq];
 	char queues[32] = "", shards[32] = "";
 	size_t oq = 0, os = 0;
-	unsigned with = 0;
-	bool other = false;
+	int shared = keel__topo_shared_irq(nic, m, i, NULL); /* as --check decides it */
 
 	why[0] = 0;
-	/* Shared only with another queue (shards on one queue share its IRQ as the queue). */
-	for (unsigned j = 0; j < m->nshards && !other; j++) {
-		const struct keel_map_shard *s = &m->shards[j];
-
-		other = s->rxq >= 0 && s->irq_cpu >= 0 && s->rxq < nic->nrxq &&
-			s->rxq != m->shards[i].rxq && nic->rxq[s->rxq].irq == q->irq;
-	}
-	if (!other)
-		return false;
-	for (unsigned j = 0; j < m->nshards; j++) {
+	if (shared <= 0)
+		return shared < 0; /* said at the first shard with it */
+	for (unsigned j = i; j < m->nshards; j++) {
 		const struct keel_map_shard *s = &m->shards[j];
 
 		if (s->rxq < 0 || s->irq_cpu < 0 || s->rxq >= nic->nrxq ||
 		    nic->rxq[s->rxq].irq != q->irq)
 			continue;
-		if (j < i)
-			return true;
-		with++;
 		keel__topo_list_add(queues, sizeof(queues), &oq, (unsigned)s->rxq);
 		keel__topo_list_add(shards, sizeof(shards), &os, j);
 	}
-	if (with < 2)
-		return false;
 	snprintf(why, len,
 		 "shards %s: rx queues %s of %s share IRQ %d (%s), which fires where it points, "
 		 "not per queue; give the device an MSI-X vector per queue (QEMU virtio-net-pci: "
