@@ -33,6 +33,17 @@ fake_live(struct keel_topo_nic **out)
 	return t;
 }
 
+/* The tool's context for @t and the test's map. */
+static void
+ctx_of(struct keel_topo *t, struct tool_ctx *c)
+{
+	memset(c, 0, sizeof(*c));
+	c->topo = t;
+	c->info = keel_topo_info_get(t);
+	c->map = &map;
+	c->port = -1;
+}
+
 static char *
 report(struct keel_topo *t)
 {
@@ -42,11 +53,7 @@ report(struct keel_topo *t)
 	FILE *f = open_memstream(&out, &len);
 
 	cr_assert_not_null(f);
-	memset(&c, 0, sizeof(c));
-	c.topo = t;
-	c.info = keel_topo_info_get(t);
-	c.map = &map;
-	c.port = -1;
+	ctx_of(t, &c);
 	report_text(&c, f);
 	fclose(f);
 	return out;
@@ -75,11 +82,7 @@ Test(tools_topo, report_of_a_map_without_irq_cpu_shows_no_mismatch)
 static unsigned
 plan_of(struct keel_topo *t, struct tool_ctx *c, struct plan_step *steps, unsigned max)
 {
-	memset(c, 0, sizeof(*c));
-	c->topo = t;
-	c->info = keel_topo_info_get(t);
-	c->map = &map;
-	c->port = -1;
+	ctx_of(t, c);
 	return plan_build(c, steps, max);
 }
 
@@ -187,11 +190,7 @@ Test(tools_topo, report_marks_a_virtio_vector_shared_by_every_queue)
 	}
 	free(out);
 
-	memset(&c, 0, sizeof(c));
-	c.topo = t;
-	c.info = keel_topo_info_get(t);
-	c.map = &map;
-	c.port = -1;
+	ctx_of(t, &c);
 	f = open_memstream(&json, &len);
 	cr_assert_not_null(f);
 	report_json(&c, f);
@@ -277,11 +276,7 @@ Test(tools_topo, svg_draws_a_virtio_vector_shared_by_every_queue_once)
 	map.nshards = 3;
 	map.rx_queues = 3;
 	keel__topo_rxq_irqs(nic, irqs, 2, names);
-	memset(&c, 0, sizeof(c));
-	c.topo = t;
-	c.info = keel_topo_info_get(t);
-	c.map = &map;
-	c.port = -1;
+	ctx_of(t, &c);
 	f = open_memstream(&svg, &len);
 	cr_assert_not_null(f);
 	cr_assert_eq(svg_write(&c, f), 0);
