@@ -49,6 +49,7 @@ struct gso_refusal {
 	int err;
 	unsigned n;
 	uint32_t seg;
+	bool ceiling; /* keel__udp_gso_refused's verdict: that size and larger, not all */
 };
 
 /* The largest UDP payload in an IP packet: 65,535 less the IPv4 (20) and UDP (8) headers;
@@ -88,6 +89,11 @@ struct keel_udp {
 	/* Datagrams of at least this many bytes go alone: a batch of them was refused with
 	 * EMSGSIZE, larger than the path's MTU (UINT32_MAX: no such ceiling). */
 	uint32_t gso_seg_ceiling;
+	/* While refused batches' probes are out (gso_probes of them), datagrams of at least
+	 * this many bytes go alone (0: all; UINT32_MAX: none held): one batched before the
+	 * probe answers went to the kernel, was refused again and counted twice. */
+	uint32_t gso_probe_seg;
+	unsigned gso_probes;
 	bool send_err_logged;      /* a failed send was logged (udp_send_errors counts all) */
 	bool recv_err_logged;      /* a failed receive was logged (udp_recv_errors counts all) */
 	struct keel_timer *retry;  /* arms the receive again after a failure (made on first use) */
@@ -835,6 +841,7 @@ keel_udp_open(const char *addr, uint16_t port, const struct keel_udp_ops *ops, v
 		u->v4ok = true;
 	}
 	u->gso_seg_ceiling = UINT32_MAX;
+	u->gso_probe_seg = UINT32_MAX;
 	u->port = ntohs(((struct sockaddr_in *)&b)->sin_port);
 	u->recv_op.fn = udp_recv_cb;
 	u->next = ns->udps;
@@ -885,11 +892,17 @@ send_lost(struct keel_udp *u, unsigned n, int err)
  * (gso_probe_done), and this endpoint's datagrams go one by one from then on; if it fails
  * too, the datagrams' own destination refused them (port 0 gets EINVAL either way), and
  * batching stays on (a peer could otherwise turn it off by sending from port 0). */
+static bool udp_csum_off(const struct keel_udp *u);
+
 static void
 gso_fallback(struct keel_udp *u, struct udp_send *d, int res)
 {
 	struct udp_gso *g = d->gso;
-	struct gso_refusal why = { res, g->n, (uint32_t)g->iov[0].iov_len };
+	uint32_t seg = (uint32_t)g->iov[0].iov_len;
+	struct gso_refusal why = { res, g->n, seg,
+				   keel__udp_gso_refused(res, seg,
+							 res == -EINVAL && udp_csum_off(u)) ==
+					   KEEL__UDP_GSO_CEILING };
 
 	d->ns->st.udp_gso_fallbacks++;
 	/* They move to sends of their own, which count them again. */
@@ -946,19 +959,21 @@ udp_csum_off(const struct keel_udp *u)
 }
 
 /* A refused batch's first datagram, sent alone as @d, completed with @res. udp_send_one
- * checks gso_off and the ceiling only when it makes a sendmsg the next datagram may join
- * (gso_tail): one it made earlier in this pass, still in the SQ, is let go here, or it took
- * datagrams of the refused size after this and was refused again (a second fallback, and
- * the size logged again). Here rather than in gso_join: nothing per datagram. */
+ * checks gso_off, the ceiling and the probes' hold only when it makes a sendmsg the next
+ * datagram may join (gso_tail), nothing per datagram: from the refusal (gso_fallback) to
+ * here the hold keeps the refused size from batching, so no sendmsg made meanwhile, in the
+ * SQ or submitted, holds datagrams the probe then finds refused (one that took them was
+ * refused again: a second fallback, and the size logged again). */
 static void
 gso_probe_done(struct keel_udp *u, int res, const struct udp_send *d)
 {
 	const struct gso_refusal *w = &d->refusal;
 
+	if (--u->gso_probes == 0)
+		u->gso_probe_seg = UINT32_MAX; /* what the probes found holds from here */
 	if (res < 0 || u->gso_off)
 		return;
-	if (keel__udp_gso_refused(w->err, w->seg, w->err == -EINVAL && udp_csum_off(u)) ==
-	    KEEL__UDP_GSO_CEILING) {
+	if (w->ceiling) {
 		/* Once per size: a second probe of the same size (two batches refused at
 		 * once) finds the ceiling already there. */
 		if (w->seg < u->gso_seg_ceiling) {
@@ -969,8 +984,6 @@ gso_probe_done(struct keel_udp *u, int res, const struct udp_send *d)
 				 u->port, w->n, w->seg, strerror(-w->err), w->seg);
 			u->gso_seg_ceiling = w->seg;
 		}
-		if (u->gso_tail && u->gso_tail->iov.iov_len >= u->gso_seg_ceiling)
-			u->gso_tail = NULL;
 		return;
 	}
 	keel_log(KEEL_LOG_WARN, NET_MOD,
@@ -1177,8 +1190,16 @@ udp_send_one(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_sto
 	d->u = u;
 	d->ns = ns;
 	d->probe = u->probe_next != NULL;
-	if (d->probe)
+	if (d->probe) {
+		/* Until it answers, its size (or, for a refusal taken for the socket's, every
+		 * size) goes alone. */
 		d->refusal = *u->probe_next;
+		u->gso_probes++;
+		if (!d->refusal.ceiling)
+			u->gso_probe_seg = 0;
+		else if (d->refusal.seg < u->gso_probe_seg)
+			u->gso_probe_seg = d->refusal.seg;
+	}
 	d->s = *s;
 	d->dst = *dst;
 	d->iov.iov_base = s->data;
@@ -1205,7 +1226,8 @@ udp_send_one(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_sto
 	keel__net_ref(ns);
 	/* The next datagram may join this sendmsg while it waits in the SQ. */
 	u->gso_tail = !d->zc && d->iov.iov_len && !u->gso_off && ns->cfg.udp_gso_segs > 1 &&
-				      d->iov.iov_len < u->gso_seg_ceiling
+				      d->iov.iov_len < u->gso_seg_ceiling &&
+				      d->iov.iov_len < u->gso_probe_seg
 			      ? d
 			      : NULL;
 	return 0;

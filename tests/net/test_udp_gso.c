@@ -680,12 +680,12 @@ ceiling_sink(enum keel_log_level level, const char *module, int shard, const cha
  * again completes at once, ahead of what the same pass queued after it; the first command's
  * batch is queued from deferred work (after that receive), so the third command is received
  * in the pass of the probe's completion, ahead of it, and its second datagram goes from
- * deferred work, after it. */
+ * deferred work, after it (with @both_ahead, at once, ahead of it too). */
 static void
-queued_before_refusal_run(bool no_check)
+queued_before_refusal_run(bool no_check, bool both_ahead)
 {
 	struct gso_cmd c1 = { .n = 4, .later = 1 }, c2 = { 0 },
-		       c3 = { .n = 2, .later = 1, .later_from = 1 };
+		       c3 = { .n = 2, .later = !both_ahead, .later_from = 1 };
 	struct keel_net_stats st;
 	struct shard_hold h;
 	struct gso_run t;
@@ -707,10 +707,13 @@ queued_before_refusal_run(bool no_check)
 	recv_run(t.fd, 2, 2000, 0);
 	WAIT_FOR(inflight(&t) == 0, "no datagram in flight");
 	cr_assert_eq(rt_net_stats(t.rt, 0, &st), 0);
-	cr_assert_eq(st.udp_gso_fallbacks, 1,
-		     "%llu batches refused: a 2,000-byte datagram joined a sendmsg after the "
-		     "probe had found batching it refused",
-		     (unsigned long long)st.udp_gso_fallbacks);
+	cr_assert_eq(st.udp_gso_fallbacks, 1, "%llu batches refused: %s",
+		     (unsigned long long)st.udp_gso_fallbacks,
+		     both_ahead
+			     ? "two 2,000-byte datagrams were batched while a refused batch "
+			       "of their size was being probed, and refused again"
+			     : "a 2,000-byte datagram joined a sendmsg after the probe had found "
+			       "batching it refused");
 	/* The refused batch, its 4 datagrams alone, the third command's 2 alone. */
 	cr_assert_eq(st.sends, 7, "%llu sendmsgs", (unsigned long long)st.sends);
 	gso_run_stop(&t);
@@ -719,12 +722,27 @@ queued_before_refusal_run(bool no_check)
 /* Over the MTU, in a network namespace of the test's own (root only, as above). */
 Test(net_udp_gso, a_sendmsg_queued_before_its_size_was_refused_takes_no_more_of_that_size)
 {
-	queued_before_refusal_run(false);
+	queued_before_refusal_run(false, false);
 }
 
 Test(net_udp_gso, a_sendmsg_queued_before_batching_was_refused_takes_no_more_datagrams)
 {
-	queued_before_refusal_run(true);
+	queued_before_refusal_run(true, false);
+}
+
+/* As above, with both of the third command's datagrams sent ahead of the probe's
+ * completion: from a refusal until its probe says, datagrams of the refused size (all,
+ * after a refusal taken for the socket's) go alone. They were batched, that batch (two
+ * datagrams, made before the probe's answer cleared the tail) went to the kernel, was
+ * refused once more and counted a second time in udp_gso_fallbacks. */
+Test(net_udp_gso, a_batch_made_while_its_size_was_probed_is_not_refused_again)
+{
+	queued_before_refusal_run(false, true);
+}
+
+Test(net_udp_gso, a_batch_made_while_batching_was_probed_is_not_refused_again)
+{
+	queued_before_refusal_run(true, true);
 }
 
 /* Two batches of 2,000-byte datagrams, to two destinations, refused in one pass over a

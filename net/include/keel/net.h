@@ -799,8 +799,9 @@ KEEL_API uint16_t keel_udp_port(const struct keel_udp *u);
  * MTU), with datagrams over 40 bytes, only datagrams of that size or larger go one by one
  * from then on; after any other error (EIO, EINVAL with SO_NO_CHECK or UDP_NO_CHECK6_TX,
  * or either at 40 bytes or less) the endpoint sends every datagram one by one from then
- * on (docs/net.md, "UDP"). If the first one fails too (the destination refused them), it
- * batches on.
+ * on (docs/net.md, "UDP"). Until that first datagram's send completes, the sizes it would
+ * stop batching go one by one already. If it fails too (the destination refused them),
+ * the endpoint batches on.
  * The send's
  * state is a slot of a per-shard pool: nothing is allocated per datagram once the pool
  * covers the most datagrams in flight (udp_send_slots in keel_net_stats).
