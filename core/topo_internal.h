@@ -148,10 +148,21 @@ int keel__topo_rss_table(const char *ifname, uint32_t **table);
 int keel__topo_rss_unserved(const uint32_t *t, uint32_t n, const struct keel_map *m,
 			    unsigned *count);
 
-/* "a, b, c" of @v into @buf[@len] (@o: its length so far), a value already there not again;
- * "..." ends a list that does not fit (keel_map_check's and keel-topo's lists of queues and
- * shards). */
-void keel__topo_list_add(char *buf, size_t len, size_t *o, unsigned v);
+/* Values for a line a person reads (keel_map_check's and keel-topo's lists of queues and
+ * shards): each once, in the order added. Up to KEEL_MAX_SHARDS of them (a map's shards,
+ * or their queues); one past that is counted in @over. */
+struct keel__topo_list {
+	unsigned n, over;
+	unsigned v[KEEL_MAX_SHARDS];
+};
+
+/* Add @v to @l unless it is there already. Returns whether it was added. */
+bool keel__topo_list_add(struct keel__topo_list *l, unsigned v);
+
+/* "a, b, c" of @l into @buf[@len] (at least 24 bytes): whole values only, and where not all
+ * fit, as many as do and " and N more" (a list was cut mid-value, and how much was left out
+ * unsaid). Returns @buf. */
+const char *keel__topo_list_format(const struct keel__topo_list *l, char *buf, size_t len);
 
 /* The map of @o's --map FILE (KEEL_MAP), as the runtime takes it (keel__topo_apply_map): loaded
  * (a PCI function resolved to its interface), validated against this machine when @validate,

@@ -1102,20 +1102,44 @@ keel__topo_shared_irq(const struct keel_topo_nic *nic, const struct keel_map *m,
 	return 1;
 }
 
-void
-keel__topo_list_add(char *buf, size_t len, size_t *o, unsigned v)
+bool
+keel__topo_list_add(struct keel__topo_list *l, unsigned v)
 {
-	char item[16];
-	size_t il = (size_t)snprintf(item, sizeof(item), "%u", v);
+	for (unsigned i = 0; i < l->n; i++)
+		if (l->v[i] == v)
+			return false;
+	if (l->n < sizeof(l->v) / sizeof(l->v[0]))
+		l->v[l->n++] = v;
+	else
+		l->over++;
+	return true;
+}
 
-	for (const char *p = buf; *o < len && (p = strstr(p, item)); p += il)
-		if ((p == buf || p[-1] == ' ') && (!p[il] || p[il] == ','))
-			return;
-	if (*o >= len)
-		return;
-	*o += (size_t)snprintf(buf + *o, len - *o, "%s%s", *o ? ", " : "", item);
-	if (*o >= len && len > 4)
-		memcpy(buf + len - 4, "...", 4);
+const char *
+keel__topo_list_format(const struct keel__topo_list *l, char *buf, size_t len)
+{
+	size_t o = 0;
+	unsigned all = l->n + l->over;
+
+	buf[0] = 0;
+	for (unsigned i = 0; i < l->n; i++) {
+		char item[32], rest[32] = "";
+		int il = snprintf(item, sizeof(item), "%s%u", i ? ", " : "", l->v[i]);
+		int rl =
+			all - i - 1 ? snprintf(rest, sizeof(rest), " and %u more", all - i - 1) : 0;
+
+		/* Room for this value and for saying the ones after it, should they not fit:
+		 * the room each value leaves is what the next one's " and N more" takes. */
+		if (o + (size_t)il + (size_t)rl >= len) {
+			snprintf(buf + o, len - o, "%s%u more", o ? " and " : "", all - i);
+			return buf;
+		}
+		memcpy(buf + o, item, (size_t)il + 1);
+		o += (size_t)il;
+	}
+	if (l->over)
+		snprintf(buf + o, len - o, " and %u more", l->over);
+	return buf;
 }
 
 /* keel_map_check's one line for @nic, a physical NIC without MSI IRQs, from shard @first
@@ -1125,21 +1149,22 @@ keel__topo_list_add(char *buf, size_t len, size_t *o, unsigned v)
 static void
 no_msi_line(const struct keel_topo_nic *nic, const struct keel_map *m, unsigned first, FILE *f)
 {
-	char queues[256] = "", shards[256] = "";
-	size_t oq = 0, os = 0;
+	struct keel__topo_list ql, sl; /* 1 KiB each */
+	char queues[256], shards[256];
 	unsigned nq = 0, ns = 0;
 
+	ql.n = ql.over = sl.n = sl.over = 0;
 	for (unsigned j = first; j < m->nshards; j++) {
 		const struct keel_map_shard *s = &m->shards[j];
-		size_t before = oq;
 
 		if (s->rxq < 0 || s->irq_cpu < 0 || s->rxq >= nic->nrxq)
 			continue;
-		keel__topo_list_add(queues, sizeof(queues), &oq, (unsigned)s->rxq);
-		nq += oq != before;
-		keel__topo_list_add(shards, sizeof(shards), &os, j);
+		nq += keel__topo_list_add(&ql, (unsigned)s->rxq);
+		keel__topo_list_add(&sl, j);
 		ns++;
 	}
+	keel__topo_list_format(&ql, queues, sizeof(queues));
+	keel__topo_list_format(&sl, shards, sizeof(shards));
 	if (ns < 2) {
 		fprintf(f,
 			"%s rx queue %s (shard %s): %s has no MSI IRQs (a legacy INTx line, or "

@@ -152,6 +152,79 @@ Test(tools_topo, plan_for_a_virtio_vector_shared_by_every_queue_says_it_once)
 	keel_topo_destroy(t);
 }
 
+/* @nq queues of the test's NIC sharing IRQ 25 (a virtio-net vector for all), and @ns shards,
+ * shard i on queue i % @nq. */
+static void
+shared_irq_nic(struct keel_topo_nic *nic, unsigned nq, unsigned ns)
+{
+	nic->rxq = realloc(nic->rxq, nq * sizeof(*nic->rxq));
+	cr_assert_not_null(nic->rxq);
+	nic->nrxq = nq;
+	nic->ch_combined = nic->ch_max_combined = (int)nq; /* no channel change */
+	for (unsigned q = 0; q < nq; q++)
+		nic->rxq[q] = (struct keel_topo_rxq){ .index = q, .irq = 25 };
+	snprintf(nic->rxq[0].irq_name, sizeof(nic->rxq[0].irq_name), "virtio0-virtqueues");
+	for (unsigned i = 0; i < ns; i++)
+		map.shards[i] = (struct keel_map_shard){ .cpu = (int)i,
+							 .core = -1,
+							 .numa = -1,
+							 .rxq = (int)(i % nq),
+							 .irq_cpu = (int)i };
+	map.nshards = ns;
+	map.rx_queues = nq;
+}
+
+/* --plan's note for a shared IRQ of 40 queues and shards lists all 40 of each: the lists
+ * were cut at 32 characters ("0, 1, 2, 3, 4, 5, 6, 7, 8, 9..."), mid-list and unsaid how
+ * many were left out, in a note of 400 bytes. */
+Test(tools_topo, plan_note_of_a_shared_irq_lists_every_queue_and_shard)
+{
+	static struct plan_step steps[64];
+	static char want[512];
+	struct keel_topo_nic *nic;
+	struct keel_topo *t = fake_live(&nic);
+	struct tool_ctx c;
+	size_t o = 0;
+	unsigned n, said = 0;
+	const char *last = "";
+
+	shared_irq_nic(nic, 40, 40);
+	for (unsigned q = 0; q < 40; q++)
+		o += (size_t)snprintf(want + o, sizeof(want) - o, "%s%u", q ? ", " : "", q);
+	n = plan_of(t, &c, steps, sizeof(steps) / sizeof(steps[0]));
+	for (unsigned i = 0; i < n; i++) {
+		const char *why = steps[i].why, *rq = strstr(why, ": rx queues ");
+		size_t wl = strlen(want);
+
+		if (steps[i].kind != PLAN_NOTE || !strstr(why, "share IRQ 25"))
+			continue;
+		last = why;
+		said += !strncmp(why, "shards ", 7) && !strncmp(why + 7, want, wl) &&
+			why[7 + wl] == ':' && rq && !strncmp(rq + 12, want, wl) &&
+			!strncmp(rq + 12 + wl, " of fake0", 9) &&
+			strstr(why, "echo 0 > /proc/irq/25/smp_affinity_list");
+	}
+	cr_assert_eq(said, 1, "no note lists shards and queues 0 to 39 whole: %s", last);
+	keel_topo_destroy(t);
+}
+
+/* A list longer than its line keeps whole items and says how many it left out: never cut
+ * mid-number, never left out unsaid. */
+Test(tools_topo, a_list_too_long_for_its_line_says_how_many_it_left_out)
+{
+	static struct keel__topo_list l;
+	char buf[40];
+
+	l.n = 0;
+	for (unsigned v = 100; v < 120; v++)
+		cr_assert(keel__topo_list_add(&l, v));
+	cr_assert_not(keel__topo_list_add(&l, 105), "a value already there was added again");
+	cr_assert_str_eq(keel__topo_list_format(&l, buf, sizeof(buf)),
+			 "100, 101, 102, 103, 104 and 15 more");
+	l.n = 3;
+	cr_assert_str_eq(keel__topo_list_format(&l, buf, sizeof(buf)), "100, 101, 102");
+}
+
 /* The report and --json of a virtio-net NIC whose one IRQ serves every queue: each queue
  * shows it (keel__topo_rxq_irqs gives it to each), marked shared, as one IRQ fires on one
  * set of CPUs for them all; a queue with its own IRQ is not marked. Before, each queue's line

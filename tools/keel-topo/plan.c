@@ -156,8 +156,8 @@ shared_irq_note(const struct tool_ctx *c, const struct keel_topo_nic *nic, unsig
 {
 	const struct keel_map *m = c->map;
 	const struct keel_topo_rxq *q = &nic->rxq[m->shards[i].rxq];
-	char queues[32] = "", shards[32] = "";
-	size_t oq = 0, os = 0;
+	struct keel__topo_list ql = { 0 }, sl = { 0 };
+	char queues[256], shards[256]; /* whole lists: the note holds both (PLAN_WHY_LEN) */
 	int shared = keel__topo_shared_irq(nic, m, i, NULL); /* as --check decides it */
 
 	why[0] = 0;
@@ -169,9 +169,11 @@ shared_irq_note(const struct tool_ctx *c, const struct keel_topo_nic *nic, unsig
 		if (s->rxq < 0 || s->irq_cpu < 0 || s->rxq >= nic->nrxq ||
 		    nic->rxq[s->rxq].irq != q->irq)
 			continue;
-		keel__topo_list_add(queues, sizeof(queues), &oq, (unsigned)s->rxq);
-		keel__topo_list_add(shards, sizeof(shards), &os, j);
+		keel__topo_list_add(&ql, (unsigned)s->rxq);
+		keel__topo_list_add(&sl, j);
 	}
+	keel__topo_list_format(&ql, queues, sizeof(queues));
+	keel__topo_list_format(&sl, shards, sizeof(shards));
 	snprintf(why, len,
 		 "shards %s: rx queues %s of %s share IRQ %d (%s), which fires where it points, "
 		 "not per queue; give the device an MSI-X vector per queue (QEMU virtio-net-pci: "
@@ -189,8 +191,8 @@ static void
 no_msi_note(const struct tool_ctx *c, const char *ifn, unsigned first, char *why, size_t len)
 {
 	const struct keel_map *m = c->map;
-	char queues[32] = "", shards[32] = "";
-	size_t oq = 0, os = 0;
+	struct keel__topo_list ql = { 0 }, sl = { 0 };
+	char queues[256], shards[256]; /* whole lists: the note holds both (PLAN_WHY_LEN) */
 	unsigned ns = 0;
 	bool more_queues = false;
 
@@ -200,10 +202,12 @@ no_msi_note(const struct tool_ctx *c, const char *ifn, unsigned first, char *why
 		if (s->rxq < 0 || s->irq_cpu < 0)
 			continue;
 		more_queues |= s->rxq != m->shards[first].rxq;
-		keel__topo_list_add(queues, sizeof(queues), &oq, (unsigned)s->rxq);
-		keel__topo_list_add(shards, sizeof(shards), &os, j);
+		keel__topo_list_add(&ql, (unsigned)s->rxq);
+		keel__topo_list_add(&sl, j);
 		ns++;
 	}
+	keel__topo_list_format(&ql, queues, sizeof(queues));
+	keel__topo_list_format(&sl, shards, sizeof(shards));
 	if (ns < 2)
 		snprintf(why, len,
 			 "shard %u: %s has no MSI IRQs (a legacy INTx line, or none listed in its "
@@ -230,7 +234,7 @@ plan_build(const struct tool_ctx *c, struct plan_step *out, unsigned max)
 	bool live = c->info->live, channels_change = true, sets_table, no_msi_said = false;
 	unsigned n = 0, nq = m->rx_queues, nown;
 	int *owned = calloc(nq + 1, sizeof(*owned));
-	char a[32], b[32], why[400];
+	char a[32], b[32], why[PLAN_WHY_LEN];
 
 	if (!owned)
 		return 0;

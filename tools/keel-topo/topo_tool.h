@@ -34,6 +34,9 @@ enum plan_kind {
 };
 
 #define PLAN_MAX_ARGS 520
+/* A step's why: the longest, a shared IRQ's note, holds two lists of up to 255 bytes
+ * (keel__topo_list_format) and some 330 of its own. */
+#define PLAN_WHY_LEN 1024
 /* An argument replaced by the number PLAN_NEW_CTX printed ("$ctx" in the script). */
 #define PLAN_CTX_ARG "\x01ctx"
 
@@ -47,7 +50,7 @@ struct plan_step {
 	bool too_long;           /* an argument did not fit: printed as a note, not run */
 	bool stops_apply;        /* a note saying the plan cannot be right: --apply refuses */
 	char path[64], data[16]; /* PLAN_WRITE */
-	char why[400];
+	char why[PLAN_WHY_LEN];
 };
 
 /* The commands that make the machine match c->map. Returns the number of steps in @out. */
