@@ -1056,8 +1056,8 @@ keel__topo_shared_irq(const struct keel_topo_nic *nic, const struct keel_map *m,
 		      FILE *f)
 {
 	const struct keel_topo_rxq *q = &nic->rxq[m->shards[i].rxq];
-	char queues[256] = "", shards[256] = "";
-	size_t oq = 0, os = 0;
+	struct keel__topo_list queues, shards; /* 1 KiB each */
+	char ql[256], sl[256];
 	unsigned with = 0;
 	bool other = false;
 
@@ -1071,6 +1071,7 @@ keel__topo_shared_irq(const struct keel_topo_nic *nic, const struct keel_map *m,
 	}
 	if (!other)
 		return 0;
+	queues.n = queues.over = shards.n = shards.over = 0;
 	for (unsigned j = 0; j < m->nshards; j++) {
 		const struct keel_map_shard *s = &m->shards[j];
 
@@ -1080,12 +1081,9 @@ keel__topo_shared_irq(const struct keel_topo_nic *nic, const struct keel_map *m,
 		if (j < i)
 			return -1;
 		with++;
-		if (oq < sizeof(queues))
-			oq += (size_t)snprintf(queues + oq, sizeof(queues) - oq, "%s%d",
-					       oq ? ", " : "", s->rxq);
-		if (os < sizeof(shards))
-			os += (size_t)snprintf(shards + os, sizeof(shards) - os, "%s%u",
-					       os ? ", " : "", j);
+		/* Each queue once: two shards a map puts on one queue share it. */
+		keel__topo_list_add(&queues, (unsigned)s->rxq);
+		keel__topo_list_add(&shards, j);
 	}
 	if (with < 2)
 		return 0;
@@ -1097,8 +1095,9 @@ keel__topo_shared_irq(const struct keel_topo_nic *nic, const struct keel_map *m,
 			"and 2 more, e.g. QEMU's -device virtio-net-pci,mq=on,vectors=%d), or pin "
 			"it by hand to one of the shards' CPUs: echo %d > "
 			"/proc/irq/%d/smp_affinity_list\n",
-			nic->name, queues, shards, q->irq, q->irq_name, 2 * nic->nrxq + 2,
-			m->shards[i].irq_cpu, q->irq);
+			nic->name, keel__topo_list_format(&queues, ql, sizeof(ql)),
+			keel__topo_list_format(&shards, sl, sizeof(sl)), q->irq, q->irq_name,
+			2 * nic->nrxq + 2, m->shards[i].irq_cpu, q->irq);
 	return 1;
 }
 

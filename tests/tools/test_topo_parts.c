@@ -225,6 +225,27 @@ Test(tools_topo, a_list_too_long_for_its_line_says_how_many_it_left_out)
 	cr_assert_str_eq(keel__topo_list_format(&l, buf, sizeof(buf)), "100, 101, 102");
 }
 
+/* keel__topo_shared_irq's line (keel-topo --check and the report) for two shards on queue
+ * 0 and one on queue 1 of one shared IRQ names queue 0 once: it listed "0, 0, 1". */
+Test(tools_topo, shared_irq_line_names_a_queue_of_two_shards_once)
+{
+	struct keel_topo_nic *nic;
+	struct keel_topo *t = fake_live(&nic);
+	char *out = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&out, &len);
+
+	cr_assert_not_null(f);
+	shared_irq_nic(nic, 2, 3);
+	map.shards[1].rxq = 0;
+	map.shards[2].rxq = 1;
+	cr_assert_eq(keel__topo_shared_irq(nic, &map, 0, f), 1);
+	fclose(f);
+	cr_assert(strstr(out, "rx queues 0, 1 (shards 0, 1, 2) share one IRQ 25"), "%s", out);
+	free(out);
+	keel_topo_destroy(t);
+}
+
 /* The report and --json of a virtio-net NIC whose one IRQ serves every queue: each queue
  * shows it (keel__topo_rxq_irqs gives it to each), marked shared, as one IRQ fires on one
  * set of CPUs for them all; a queue with its own IRQ is not marked. Before, each queue's line
