@@ -744,6 +744,11 @@ keel_opts_next(int argc, char **argv, int *i, const struct keel_app_opt *opts, s
 				  "unexpected argument %s (options begin with \"--\"; see --help)",
 				  a);
 	len = strcspn(a, "=");
+	if (len == 2 && a[2] == '=') /* "--=x": read as option "--", which nobody wrote */
+		return keel__errf(err, errlen, -EINVAL,
+				  "%s: no option name before \"=\" (write --NAME=VALUE; \"--\" "
+				  "alone ends the options; see --help)",
+				  a);
 	for (k = 0; k < nopts; k++)
 		if (opts[k].name && strlen(opts[k].name) == len && !strncmp(a, opts[k].name, len))
 			break;

@@ -444,6 +444,21 @@ Test(core_opts, a_programs_own_options_are_read_by_keels_rules)
 	}
 }
 
+/* "--=x" has no option name before its "=": it was said as "unknown option --", a name
+ * nobody wrote. It is said as what it is, with the forms that are meant. */
+Test(core_opts, an_option_with_an_empty_name_is_said_as_one)
+{
+	static const struct keel_app_opt own[] = { { "--port", "0..65535" } };
+	char *argv[] = { "prog", "--=x", NULL };
+	const char *v;
+	char err[256] = "";
+	int i = 1;
+
+	cr_assert_eq(keel_opts_next(2, argv, &i, own, 1, &v, err, sizeof(err)), -EINVAL);
+	cr_assert_null(strstr(err, "unknown option"), "%s", err);
+	cr_assert(strstr(err, "--=x: no option name before \"=\" (write --NAME=VALUE"), "%s", err);
+}
+
 Test(core_opts, environment_is_read_and_argv_overrides_it)
 {
 	struct keel_opts o;

@@ -209,7 +209,8 @@ struct keel_app_opt {
  * Returns: the index in @opts of the option read, with its value in *value ("on" or "off"
  * for a flag) and *i moved past it and its value; -ENOENT at the end of the options, *i then
  * at argc or at the first argument after "--" (a program that takes no arguments refuses any
- * there); -EINVAL with a one-line message in @err for an unknown option, an argument before
+ * there); -EINVAL with a one-line message in @err for an unknown option, one with no name
+ * before its '=' ("--=x": said so, not as an unknown option "--"), an argument before
  * "--" (a word not an option), a missing value, a flag given a value that is not a boolean,
  * or a boolean word after a flag ("--udp off": write --udp=off).
  */
