@@ -176,6 +176,15 @@ struct keel_opts;
 int keel__topo_map_of_opts(const struct keel_opts *o, bool validate, struct keel_map **out,
 			   char *why, size_t whylen);
 
+/* Whether @m, @o's --map as keel__topo_map_of_opts gave it, no longer fits this machine (a
+ * CPU offline, its interface gone: keel_map_validate's first fatal reason), said as the
+ * runtime says it ("--map FILE: why" into @why). Logs nothing: the runtime logs the lines
+ * that only warn when it takes the map. keel-bench asks before it starts the runtime, after
+ * the option conflicts (a map of another interface is that conflict, here or not).
+ * Returns 0, or -EINVAL (said). */
+int keel__topo_map_stale(const struct keel_opts *o, const struct keel_map *m, char *why,
+			 size_t whylen);
+
 /* Comma-separated names in /sys/class/net except lo, into @buf ("none" when empty). */
 void keel__topo_sysfs_ifnames(char *buf, size_t len);
 

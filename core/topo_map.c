@@ -1016,6 +1016,7 @@ struct first_line {
 	char *buf;
 	size_t len;
 	bool fatal;
+	bool quiet; /* lines that only warn are not logged (keel__topo_map_stale) */
 };
 
 /* The first reason the map cannot run; one that only may not run as meant is logged. */
@@ -1025,7 +1026,8 @@ keep_first(void *arg, const char *line, bool fatal)
 	struct first_line *f = arg;
 
 	if (!fatal) {
-		keel_log(KEEL_LOG_WARN, "core", "map: %s", line);
+		if (!f->quiet)
+			keel_log(KEEL_LOG_WARN, "core", "map: %s", line);
 		return true;
 	}
 	if (f->buf && f->len)
@@ -1037,7 +1039,7 @@ keep_first(void *arg, const char *line, bool fatal)
 int
 keel_map_validate(const struct keel_map *m, char *err, size_t errlen)
 {
-	struct first_line f = { err, errlen, false };
+	struct first_line f = { err, errlen, false, false };
 
 	validate_each(m, keep_first, &f);
 	return f.fatal ? -EINVAL : 0;
@@ -1472,6 +1474,19 @@ keel__topo_map_of_opts(const struct keel_opts *o, bool validate, struct keel_map
 	}
 	*out = m;
 	return 1;
+}
+
+int
+keel__topo_map_stale(const struct keel_opts *o, const struct keel_map *m, char *why, size_t whylen)
+{
+	char err[1024] = "";
+	struct first_line f = { err, sizeof(err), false, true };
+
+	validate_each(m, keep_first, &f);
+	if (!f.fatal)
+		return 0;
+	snprintf(why, whylen, "%s %s: %s", keel__opt_name(o, "--map"), o->map_path, err);
+	return -EINVAL;
 }
 
 int

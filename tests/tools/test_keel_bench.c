@@ -1607,9 +1607,10 @@ Test(tools_bench, the_keel_server_runs_where_its_map_says)
 	cr_expect(strstr(out, "KEEL_SHARDS 1 but the map has 2 shards"), "%s:\n%s", args, out);
 	unsetenv("KEEL_SHARDS");
 	free(out);
-	/* So is a map that does not load, or that --iface conflicts with: one line in the
-	 * runtime's words, exit 2 (the runtime logged "keel error topo: ..." and keel-bench
-	 * exited 1). A map of another interface conflicts whether or not this machine has it. */
+	/* So is a map that does not load, that --iface conflicts with, or that is stale (a CPU
+	 * this machine does not have online): one line in the runtime's words, exit 2 (the
+	 * runtime logged "keel error topo: ..." and keel-bench exited 1, as a failed run). A
+	 * map of another interface conflicts whether or not this machine has it. */
 	{
 		static const struct {
 			const char *map, *json, *opt, *says;
@@ -1623,6 +1624,10 @@ Test(tools_bench, the_keel_server_runs_where_its_map_says)
 			  "\"shards\": [{\"shard\": 0, \"cpu\": 0, \"rxq\": 0}]}\n",
 			  " --iface lo",
 			  "--iface lo but the map's rx queues are of interface kb0" },
+			{ "stale",
+			  "{\"keel_map\": 1, \"iface\": null, \"rx_queues\": 0, "
+			  "\"shards\": [{\"shard\": 0, \"cpu\": 1023, \"rxq\": null}]}\n",
+			  "", "shard 0: CPU 1023 does not exist or is offline here" },
 		};
 
 		for (size_t k = 0; k < sizeof(refused) / sizeof(refused[0]); k++) {

@@ -1419,8 +1419,9 @@ rt_check(const struct opts *o)
  * runtime's own checks of the map against the options beside it run here first: a map that
  * does not load, or that a --cpuset, another --shards or an --iface conflicts with, is a
  * usage error, exit 2 with one line in the runtime's words (the runtime refused it later, a
- * failed run, exit 1). Whether the map still matches this machine is the runtime's to say.
- * Returns 0, or 2 (said).
+ * failed run, exit 1), and so, after those, is a map no longer this machine's (a CPU
+ * offline, its interface gone: keel__topo_map_stale, the runtime's check, which it runs
+ * again when it takes the map). Returns 0, or 2 (said).
  */
 static int
 map_place(struct opts *o)
@@ -1442,6 +1443,13 @@ map_place(struct opts *o)
 	}
 	if (r == 0)
 		return 0;
+	/* A map no longer this machine's: the runtime would refuse it once started, and
+	 * keel-bench exit 1 as for a failed run. */
+	if (keel__topo_map_stale(&o->rt, m, why, sizeof(why)) < 0) {
+		fprintf(stderr, "keel-bench %s: %s\n", o->prog, why);
+		free(m);
+		return 2;
+	}
 	if (!o->rt.shards_given)
 		c->shards = m->nshards;
 	memset(&c->map_cpus, 0, sizeof(c->map_cpus));
