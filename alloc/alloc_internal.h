@@ -70,6 +70,8 @@ enum buf_kind {
 	BUF_JEMALLOC = 1,
 	BUF_EXTERNAL = 2,
 	BUF_FOREIGN = 3, /* a proxy made by keel_slice_export: counts a remote holder's refs */
+	BUF_SLOT = 4,    /* external memory whose header its owner keeps across uses
+			  * (keel_buf_slot_create): the last put does not free the header */
 };
 
 struct keel_buf {
@@ -86,7 +88,7 @@ struct keel_buf {
 		struct {
 			keel_buf_release_fn fn;
 			void *arg;
-		} ext; /* BUF_EXTERNAL, while live */
+		} ext; /* BUF_EXTERNAL while live; BUF_SLOT from create to destroy */
 		struct {
 			struct keel_buf *buf;
 			uint32_t gen;

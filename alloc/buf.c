@@ -6,6 +6,12 @@
  * exactly its size class and stay aligned. A header's generation is bumped when the buffer
  * is freed; slices carry the generation they were taken at, so a put through a stale slice
  * (a double put) is recognised even after the header was reused.
+ *
+ * A slot header (keel_buf_slot_create) is one its owner keeps across the uses of memory
+ * it reuses, a provided-buffer ring's buffer: the last put of a use bumps the generation
+ * and runs the release, and the header stays the owner's, so a receive costs no header
+ * allocation and free (about a third of keel's user-space work per UDP datagram,
+ * docs/performance.md).
  */
 #include <errno.h>
 #include <string.h>
@@ -205,6 +211,79 @@ keel_buf_wrap_at(struct keel_alloc *a, void *data, uint32_t cap, keel_buf_releas
 	return 0;
 }
 
+int
+keel_buf_slot_create(struct keel_alloc *a, void *data, uint32_t cap, keel_buf_release_fn release,
+		     void *arg, struct keel_buf **out)
+{
+	struct keel_buf *b;
+
+	if (!data || !cap || !release)
+		return -EINVAL;
+	b = hdr_get(a);
+	if (!b)
+		return -ENOMEM;
+	/* Everything a use does not change is set once, here. refs 0: no use is live. */
+	b->refs = 0;
+	b->cap = cap;
+	b->cls = 0;
+	b->kind = BUF_SLOT;
+	b->holder = (uint16_t)a->cfg.shard;
+	b->data = data;
+	b->home = a;
+	b->u.ext.fn = release;
+	b->u.ext.arg = arg;
+	*out = b;
+	return 0;
+}
+
+void
+keel_buf_slot_arm_at(struct keel_buf *b, struct keel_slice *out, const char *file, int line)
+{
+	struct keel_alloc *a = b->home;
+
+	/* A use while the last one is live would hand its references a second owner. */
+	alloc_verify(b->kind == BUF_SLOT && b->refs == 0);
+	b->refs = 1;
+	/* A use's holder may have moved (keel_slice_move); each use starts at home. */
+	b->holder = (uint16_t)a->cfg.shard;
+	/* Counted as keel_buf_wrap counts: live from the first reference to the last put. */
+	ASTAT_ADD(a, ext_bytes_in_use, b->cap);
+	ASTAT_ADD(a, ext_buffers_live, 1);
+#ifdef KEEL_BUF_TRACE
+	trace_link(a, b, file, line);
+#else
+	(void)file;
+	(void)line;
+#endif
+	slice_init(out, b, b->data, b->cap);
+}
+
+void
+keel_buf_slot_destroy(struct keel_buf *b)
+{
+	alloc_verify(b->kind == BUF_SLOT && b->refs == 0);
+	b->gen++;
+	b->data = NULL;
+	hdr_put(b->home, b);
+}
+
+/* The last put of a use of a slot header: everything of the header is done before the
+ * release runs, which may destroy the header (the owner's teardown, once its last use is
+ * back). The header stays its owner's; the bumped generation makes the use's slices stale. */
+static void
+release_slot(struct keel_buf *b)
+{
+	struct keel_alloc *a = b->home;
+
+	ASTAT_SUB(a, ext_bytes_in_use, b->cap);
+	ASTAT_SUB(a, ext_buffers_live, 1);
+#ifdef KEEL_BUF_TRACE
+	trace_unlink(a, b);
+#endif
+	b->gen++;
+	b->u.ext.fn(b->data, b->cap, b->u.ext.arg);
+}
+
 static void release_foreign(struct keel_buf *b);
 
 /* Free a buffer on its home shard. */
@@ -216,6 +295,9 @@ release_local(struct keel_buf *b)
 	switch (b->kind) {
 	case BUF_FOREIGN:
 		release_foreign(b);
+		return;
+	case BUF_SLOT:
+		release_slot(b);
 		return;
 	case BUF_SLAB:
 		keel__slab_free(a, b->data, b->cls);
@@ -501,7 +583,7 @@ keel_buf_home(const struct keel_buf *b)
 bool
 keel_buf_is_external(const struct keel_buf *b)
 {
-	return b->kind == BUF_EXTERNAL;
+	return b->kind == BUF_EXTERNAL || b->kind == BUF_SLOT;
 }
 
 /* At destroy: buffers still live are leaks. */

@@ -48,6 +48,38 @@ KEEL_API void keel_alloc_region_set_registered(struct keel_alloc *a, unsigned id
  */
 KEEL_API void keel_buf_release(struct keel_buf *b);
 
+/**
+ * Make a header for external memory used again and again (a provided-buffer ring's
+ * buffer): each use is what keel_buf_wrap() makes, a buffer whose last put calls
+ * @release(@data, @cap, @arg) on @a's shard, but the header outlives the use, so a use
+ * costs no header allocation. Its generation changes between uses: a slice of an earlier
+ * use is stale (its put aborts, or with KEEL_BUF_TRACE is reported), as a slice of a freed
+ * buffer is. A use counts in ext_bytes_in_use and ext_buffers_live, as a wrap does, and
+ * keel_buf_is_external() is true of it.
+ * Ownership: *out is the caller's until keel_buf_slot_destroy(); no use is live yet.
+ * Returns: 0, -EINVAL, or -ENOMEM (no header).
+ * Context: @a's shard.
+ */
+KEEL_API int keel_buf_slot_create(struct keel_alloc *a, void *data, uint32_t cap,
+				  keel_buf_release_fn release, void *arg, struct keel_buf **out);
+
+/**
+ * Start a use of slot header @b: *out is a slice of all of its memory holding the use's
+ * first reference. A use while the last one is live (a reference not yet put) aborts.
+ * Ownership: *out's reference, put with keel_slice_put(); the last put ends the use (its
+ * release runs, and may destroy @b).
+ * Context: @b's home shard.
+ */
+#define keel_buf_slot_arm(b, out) keel_buf_slot_arm_at((b), (out), __FILE__, __LINE__)
+KEEL_API void keel_buf_slot_arm_at(struct keel_buf *b, struct keel_slice *out, const char *file,
+				   int line);
+
+/**
+ * Give slot header @b back to its allocator. No use may be live (aborts otherwise).
+ * Context: @b's home shard.
+ */
+KEEL_API void keel_buf_slot_destroy(struct keel_buf *b);
+
 #ifdef __cplusplus
 }
 #endif

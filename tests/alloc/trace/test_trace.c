@@ -173,3 +173,63 @@ Test(alloc_trace, leak_at_teardown_is_reported_with_the_allocation_site)
 	cr_assert_eq(logcap_count(&cap, "buf trace: leak"), 1, "only the planted leak: %s",
 		     cap.text);
 }
+
+/* Slot headers (keel_buf_slot_create): a put through a slice of an earlier use of the slot
+ * is a double put, reported, and the use now live keeps its reference; a use never ended is
+ * a leak with the site that armed it. */
+static void
+slot_release(void *data, uint32_t len, void *arg)
+{
+	(void)data;
+	(void)len;
+	++*(unsigned *)arg;
+}
+
+Test(alloc_trace, a_stale_slice_of_an_earlier_slot_use_is_reported_and_skipped)
+{
+	static uint8_t mem[512];
+	struct keel_alloc *a = make(0);
+	struct keel_alloc_stats st;
+	struct keel_slice s, stale, t;
+	struct keel_buf *b;
+	unsigned released = 0;
+
+	keel_alloc_bind_thread(a);
+	cr_assert_eq(keel_buf_slot_create(a, mem, sizeof(mem), slot_release, &released, &b), 0);
+	keel_buf_slot_arm(b, &s);
+	stale = s;
+	keel_slice_put(&s);
+	cr_assert_eq(released, 1);
+	keel_buf_slot_arm(b, &t);
+	cr_assert_eq(cap.len, 0, "no report for correct use: %s", cap.text);
+	keel_slice_put(&stale);
+	cr_assert(logcap_has(&cap, "double put"), "log: %s", cap.text);
+	cr_assert_eq(keel_slice_refs(&t), 1, "the live use kept its reference");
+	cr_assert_eq(released, 1, "the live use did not end");
+	keel_alloc_stats(a, &st);
+	cr_assert_eq(st.trace_errors, 1);
+	keel_slice_put(&t);
+	cr_assert_eq(released, 2);
+	keel_buf_slot_destroy(b);
+	keel_alloc_destroy(a);
+}
+
+Test(alloc_trace, a_slot_use_never_put_is_a_leak_with_the_site_that_armed_it)
+{
+	static uint8_t mem[512];
+	struct keel_alloc *a = make(3);
+	struct keel_slice s;
+	struct keel_buf *b;
+	unsigned released = 0;
+	char where[64];
+	int line;
+
+	keel_alloc_bind_thread(a);
+	cr_assert_eq(keel_buf_slot_create(a, mem, sizeof(mem), slot_release, &released, &b), 0);
+	line = __LINE__ + 1;
+	keel_buf_slot_arm(b, &s); /* planted leak */
+	keel_alloc_destroy(a);
+	site(where, sizeof(where), line);
+	cr_assert(logcap_has(&cap, "leak on shard 3"), "log: %s", cap.text);
+	cr_assert(logcap_has(&cap, where), "no arm site %s in: %s", where, cap.text);
+}
