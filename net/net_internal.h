@@ -41,6 +41,8 @@ struct net_zcrx;
 struct pbuf_slot {
 	struct pbuf_ring *r;
 	uint8_t *base;
+	struct keel_buf *hdr; /* the buffer's header across its uses (keel_buf_slot_create),
+			       * made the first time the kernel fills it; NULL before */
 };
 
 /* A provided-buffer ring: nbufs buffers of bufsize bytes in areas of allocator memory. */
@@ -280,8 +282,9 @@ keel__slice_follows(const struct keel_slice *t, const struct keel_slice *s)
 	       s->len <= UINT32_MAX - t->len;
 }
 
-/* Fault injection for tests: the next this-many buffer wraps in keel__pbuf_take fail
- * with -ENOMEM (as keel_buf_wrap does when no buffer header can be allocated). */
+/* Fault injection for tests: the next this-many first uses of a receive buffer in
+ * keel__pbuf_take fail with -ENOMEM, as they do when the buffer's header cannot be
+ * allocated (a buffer's later uses reuse its header and cannot fail). */
 extern _Atomic unsigned keel__pbuf_fail_wraps;
 /* ... while non-zero, each TCP receive armed goes to io-wq (IOSQE_ASYNC), as one does when
  * the kernel cannot allocate its poll entry; the count drops by one. */

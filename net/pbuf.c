@@ -2,10 +2,15 @@
 /*
  * The provided-buffer ring of a shard. Buffers are carved from allocator buffers ("areas",
  * each at most one allocator region), so a receive buffer is registered memory and can go
- * back out with SEND_ZC. Each buffer the kernel fills is wrapped as a keel buffer
- * (keel_buf_wrap): the ring keeps one reference while the kernel may still write into it
- * (incremental consumption), every slice handed to the application holds another, and the
- * last put puts the buffer back in the ring.
+ * back out with SEND_ZC. Each buffer the kernel fills is a keel buffer: the ring keeps one
+ * reference while the kernel may still write into it (incremental consumption), every slice
+ * handed to the application holds another, and the last put puts the buffer back in the
+ * ring. Each buffer has one header (keel_buf_slot_create), made the first time the kernel
+ * fills it and kept until the ring goes: a use re-arms it (keel_buf_slot_arm), and its last
+ * put bumps its generation, so a slice of an earlier use is stale, and gives the buffer back
+ * without freeing the header. Making and freeing a header for every receive was about a
+ * third of keel's user-space work per UDP datagram (docs/performance.md). The ring is freed
+ * only once every use is over: each holds a reference on the network shard (r->out).
  *
  * With bundles one completion spans several buffers, taken from the ring in ring order:
  * next[] links each buffer to the one added at the ring position after it, because
@@ -30,6 +35,7 @@
  * grown to 4 MiB left the kernel's copies into it cold (docs/net.md, "Two receive rings").
  */
 #include <errno.h>
+#include <keel/alloc_runtime.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -267,6 +273,11 @@ keel__pbuf_fini(struct pbuf_ring *r)
 	if (r->kref)
 		for (uint32_t i = 0; i < r->nbufs; i++)
 			net_verify(!r->kref[i].buf);
+	/* No use is live (each holds the shard, which is not freed before): the headers go. */
+	if (r->slot)
+		for (uint32_t i = 0; i < r->nbufs; i++)
+			if (r->slot[i].hdr)
+				keel_buf_slot_destroy(r->slot[i].hdr);
 	if (r->areas)
 		for (unsigned i = 0; i < r->nareas; i++)
 			if (r->areas[i].buf)
@@ -295,19 +306,25 @@ keel__pbuf_drop_krefs(struct pbuf_ring *r)
 	}
 }
 
-/* Wrap buffer @bid into @out, a reference the ring hands out (the ring's own, or the
- * caller's). keel__pbuf_fail_wraps makes it fail as a header allocation would. */
+/* Start a use of buffer @bid into @out, a reference the ring hands out (the ring's own, or
+ * the caller's). Fails only the first time, when the buffer's header cannot be made;
+ * keel__pbuf_fail_wraps makes that fail as the header allocation would. */
 static int
 wrap(struct pbuf_ring *r, uint16_t bid, struct keel_slice *out)
 {
-	int ret;
+	struct pbuf_slot *sl = &r->slot[bid];
 
-	if (keel__fault_take(&keel__pbuf_fail_wraps))
-		return -ENOMEM;
-	ret = keel_buf_wrap(keel_shard_alloc(), r->slot[bid].base, r->bufsize, buf_release,
-			    &r->slot[bid], out);
-	if (ret < 0)
-		return ret;
+	if (__builtin_expect(sl->hdr == NULL, 0)) {
+		int ret;
+
+		if (keel__fault_take(&keel__pbuf_fail_wraps))
+			return -ENOMEM;
+		ret = keel_buf_slot_create(keel_shard_alloc(), sl->base, r->bufsize, buf_release,
+					   sl, &sl->hdr);
+		if (ret < 0)
+			return ret;
+	}
+	keel_buf_slot_arm(sl->hdr, out);
 	r->out++;
 	keel__net_ref(r->ns);
 	return 0;

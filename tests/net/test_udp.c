@@ -567,6 +567,132 @@ Test(net_udp, a_buffer_that_cannot_be_wrapped_goes_back_multishot_recv_off)
  * --memory, as documented, also when its 4 MiB areas do not divide them evenly: the
  * default's 65,608-byte buffers fit 63 to an area, so 256 of them are four full areas and
  * one of 4 buffers, not of 63 (3.9 MB more). */
+/* A receive buffer keeps one header across its uses (net/pbuf.c): a datagram received
+ * into a buffer used before arrives on the same header, with a new generation (slices of
+ * the earlier datagram are stale). After each put the application allocates a buffer and
+ * keeps it: a ring that freed the header at the put and took a fresh one at the next
+ * receive would have handed the freed one (the free list is LIFO) to that allocation. */
+static struct {
+	const uint8_t *data[8];
+	struct keel_buf *buf[8];
+	uint32_t gen[8];
+} hr;
+
+static void
+hr_datagram(struct keel_udp *u, struct keel_slice *s, const struct sockaddr_storage *src)
+{
+	struct udp_sink *k = keel_udp_app(u);
+	uint64_t i = atomic_load(&k->datagrams);
+
+	(void)src;
+	if (i < 8) {
+		hr.data[i] = s->data;
+		hr.buf[i] = s->buf;
+		hr.gen[i] = s->gen_;
+	}
+	keel_slice_put(s);
+	cr_assert_eq(keel_buf_alloc(keel_shard_alloc(), 1, &k->held[k->nheld]), 0);
+	k->nheld++;
+	atomic_fetch_add(&k->datagrams, 1);
+}
+
+static const struct keel_udp_ops hr_ops = { .on_datagram = hr_datagram };
+
+Test(net_udp, a_receive_buffer_keeps_its_header_across_its_uses)
+{
+	struct udp_sink *k = calloc(1, sizeof(*k));
+	struct keel_net_config nc;
+	struct keel_runtime *rt;
+	unsigned reuses = 0;
+	int fd;
+
+	keel_net_config_init(&nc);
+	nc.udp_buf_size = 1024;
+	nc.udp_buf_count = 2;
+	k->ops = &hr_ops;
+	rt = sink_run(k, &nc, NULL);
+	fd = sink_client(k);
+	for (unsigned i = 0; i < 8; i++) {
+		cr_assert_eq(send(fd, "d", 1, 0), 1);
+		WAIT_FOR(atomic_load(&k->datagrams) == i + 1, "datagram %u received", i);
+	}
+	for (unsigned i = 0; i < 8; i++)
+		for (unsigned j = 0; j < i; j++) {
+			if (hr.data[j] != hr.data[i])
+				continue;
+			reuses++;
+			cr_assert_eq(hr.buf[i], hr.buf[j],
+				     "datagrams %u and %u, received into the same buffer, have "
+				     "different headers",
+				     j, i);
+			cr_assert_neq(hr.gen[i], hr.gen[j],
+				      "datagrams %u and %u: one generation for two uses", j, i);
+		}
+	cr_assert_gt(reuses, 0, "8 datagrams in 2 buffers and no buffer used twice?");
+	sink_put_held(rt, k);
+	close(fd);
+	sink_stop(rt, k);
+	free(k);
+}
+
+/* Slices held past the stop: the ring's buffers and their headers live until the last put,
+ * here the endpoint's on_close, which runs once the stop has begun; each slice still reads
+ * its own datagram and holds its one reference (under ASan: no header freed under it). */
+static _Atomic unsigned hs_intact, hs_closed;
+
+static void
+hs_closed_fn(struct keel_udp *u, int status)
+{
+	struct udp_sink *k = keel_udp_app(u);
+	char want[16];
+
+	(void)status;
+	for (unsigned i = 0; i < k->nheld; i++) {
+		int n = snprintf(want, sizeof(want), "held-%u", i);
+
+		if (k->held[i].len == (uint32_t)n && memcmp(k->held[i].data, want, n) == 0 &&
+		    keel_slice_refs(&k->held[i]) == 1)
+			atomic_fetch_add(&hs_intact, 1);
+	}
+	while (k->nheld)
+		keel_slice_put(&k->held[--k->nheld]);
+	atomic_fetch_add(&hs_closed, 1);
+}
+
+static const struct keel_udp_ops hs_ops = { .on_datagram = sink_datagram,
+					    .on_close = hs_closed_fn };
+
+Test(net_udp, datagrams_held_past_the_stop_stay_intact_until_their_puts)
+{
+	struct udp_sink *k = calloc(1, sizeof(*k));
+	struct keel_net_config nc;
+	struct keel_runtime *rt;
+	char msg[16];
+	int fd;
+
+	atomic_store(&hs_intact, 0);
+	atomic_store(&hs_closed, 0);
+	keel_net_config_init(&nc);
+	nc.udp_buf_size = 1024;
+	nc.udp_buf_count = 8;
+	k->ops = &hs_ops;
+	k->hold = true;
+	rt = sink_run(k, &nc, NULL);
+	fd = sink_client(k);
+	for (unsigned i = 0; i < 6; i++) {
+		int n = snprintf(msg, sizeof(msg), "held-%u", i);
+
+		cr_assert_eq(send(fd, msg, n, 0), n);
+		WAIT_FOR(atomic_load(&k->datagrams) == i + 1, "datagram %u received", i);
+	}
+	close(fd);
+	sink_stop(rt, k);
+	cr_assert_eq(atomic_load(&hs_closed), 1, "on_close ran %u times", atomic_load(&hs_closed));
+	cr_assert_eq(atomic_load(&hs_intact), 6, "%u of 6 held datagrams intact at on_close",
+		     atomic_load(&hs_intact));
+	free(k);
+}
+
 static _Atomic uint64_t udp_ring_bytes, udp_ring_want;
 
 static void
