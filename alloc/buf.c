@@ -10,8 +10,8 @@
  * A slot header (keel_buf_slot_create) is one its owner keeps across the uses of memory
  * it reuses, a provided-buffer ring's buffer: the last put of a use bumps the generation
  * and runs the release, and the header stays the owner's, so a receive costs no header
- * allocation and free (about a third of keel's user-space work per UDP datagram,
- * docs/performance.md).
+ * allocation and free (68 of the 712 user-space instructions keel spent per UDP datagram,
+ * callgrind, docs/performance.md).
  */
 #include <errno.h>
 #include <string.h>
