@@ -204,6 +204,7 @@ struct keel_shard {
 	uint64_t lost;          /* user operations the stop gave up on */
 	uint64_t drop_inflight; /* s->inflight when stop_drops_lost last saw it change */
 	uint64_t drop_since_ns; /* ... and when */
+	uint64_t drop_binds;    /* s->binds then: a stop hook's chain binds as it completes */
 	uint64_t ops_unmatched; /* operations still counted when the shard ended */
 	bool ovf_heap_logged;   /* an overflow node of keel's own came from the heap (logged) */
 

@@ -984,7 +984,12 @@ stop_say_waiting(struct keel_shard *s)
  * dropped CQEs, the user operations still in flight are no more than the drops, a cancel
  * made after the last of them was bound has ended, and none has completed for DROP_WAIT_NS,
  * they are taken as lost: the shard counts itself quiescent without them. Without drops
- * nothing changes: an operation no cancel ends is waited for, and said (stop_say_held). */
+ * nothing changes: an operation no cancel ends is waited for, and said (stop_say_held).
+ *
+ * The stop hooks' disk requests are not cancelled while they drain (file.c): one whose CQE
+ * was dropped kept the drain, and so the stop, going for ever, no cancel made after it. So
+ * once nothing has completed nor been bound for DROP_WAIT_NS with them in flight, their
+ * drain ends as --stop-drain-ms ends it (they are cancelled), and the bound above follows. */
 static void
 stop_drops_lost(struct keel_shard *s)
 {
@@ -995,13 +1000,30 @@ stop_drops_lost(struct keel_shard *s)
 		return;
 	user = s->inflight - s->internal_inflight - s->lost;
 	if (user > drops - s->lost || s->cancel_op.armed || s->cancel_retry ||
-	    s->binds != s->cancel_mark || s->inflight != s->drop_inflight) {
+	    s->inflight != s->drop_inflight || s->binds != s->drop_binds) {
 		s->drop_inflight = s->inflight;
+		s->drop_binds = s->binds;
 		s->drop_since_ns = s->now_ns;
 		return;
 	}
 	if (s->now_ns - s->drop_since_ns < DROP_WAIT_NS)
 		return;
+	if (s->binds != s->cancel_mark) {
+		/* Bound after the stop's cancel, and none made since (stop_progress makes one
+		 * for any other): the stop hooks' requests, draining. */
+		if (s->files.ndrain && !s->files.drain_over) {
+			keel_log(KEEL_LOG_WARN, "core",
+				 "shard %u: the kernel dropped %u completions and the %u disk "
+				 "requests of the stop hooks have not completed for %.1f s: "
+				 "cancelling them (those whose completions were dropped end "
+				 "without their callbacks)",
+				 s->id, drops, s->files.ndrain, (double)DROP_WAIT_NS / NS_PER_S);
+			keel__file_drain_expire(s);
+			submit_cancel_all(s);
+		}
+		s->drop_since_ns = s->now_ns;
+		return;
+	}
 	s->lost += user;
 	keel_log(KEEL_LOG_WARN, "core",
 		 "shard %u: the stop takes %llu operations as lost: the kernel dropped %u "
@@ -1057,14 +1079,22 @@ stop_progress(struct keel_shard *s)
 static __attribute__((noinline, cold)) void
 drops_unmatched_log(struct keel_shard *s)
 {
+	char hooks[96] = "";
+
+	/* A stop hook's request that never completed never ran its callback: the host's last
+	 * write or sync, whose result it never learnt. */
+	if (s->files.ndrain)
+		snprintf(hooks, sizeof(hooks),
+			 " (%u of them a stop hook's disk request, its callback never run)",
+			 s->files.ndrain);
 	keel_log(KEEL_LOG_ERROR, "core",
-		 "shard %u: %llu operations never completed: the kernel dropped %u "
+		 "shard %u: %llu operations never completed%s: the kernel dropped %u "
 		 "completions, theirs among them (the CQ of %u entries was full and memory was "
 		 "short to hold more), and keel cannot tell which; the shard ends without them "
 		 "and leaves its buffers allocated, not freed under the kernel: raise %s, and "
 		 "give the process more memory",
-		 s->id, (unsigned long long)s->inflight, cq_drops(s), s->ring.cq.ring_entries,
-		 keel__opt_name(&s->rt->opts, "--cq-entries"));
+		 s->id, (unsigned long long)s->inflight, hooks, cq_drops(s),
+		 s->ring.cq.ring_entries, keel__opt_name(&s->rt->opts, "--cq-entries"));
 }
 
 /* The runtime is quiescent: cancel keel's own operations and reap until none is left, so no

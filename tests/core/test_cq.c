@@ -5,6 +5,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <criterion/criterion.h>
 #include <liburing.h>
@@ -152,4 +153,78 @@ Test(core_cq, a_stop_ends_when_the_kernel_dropped_an_operations_completion, .tim
 		  drop_line);
 	cr_assert(strstr(drop_line, "raise --cq-entries"), "%s", drop_line);
 	cr_assert(strstr(drop_line, "memory"), "%s", drop_line);
+}
+
+/* A stop hook's disk request whose CQE the kernel dropped. */
+static struct {
+	struct keel_file_req w;
+	struct keel_file f;
+	int pipefd[2];
+	_Atomic unsigned ran;
+} hk;
+
+static void
+hk_write_cb(struct keel_file_req *req, int res, void *arg)
+{
+	(void)req, (void)res, (void)arg;
+	atomic_fetch_add(&hk.ran, 1);
+}
+
+static void
+hk_hook(void *arg)
+{
+	(void)arg;
+	SHARD_CHECK_EQ(keel_file_write(&hk.w, &hk.f, "x", 1, (uint64_t)-1, hk_write_cb, NULL), 0,
+		       "%s", keel_file_last_error());
+	atomic_store(&keel__fault_cqe_drop_op, &hk.w.op_);
+}
+
+static void
+hk_start(void *app)
+{
+	(void)app;
+	hk.f = (struct keel_file){ .fd = hk.pipefd[1] };
+	SHARD_CHECK_EQ(keel_shard_on_stop(hk_hook, NULL), 0);
+	keel_stop(0);
+}
+
+/* The stop hooks' disk requests run to completion: the stop cancels nothing while they
+ * drain. One whose CQE the kernel dropped never completes, so the drain never ended and the
+ * stop's bound for dropped completions (stop_drops_lost) never began: the join hung for
+ * ever. Now the drain ends once nothing has completed for that bound, the request is taken
+ * as lost like any other, and the shard's last line says that a stop hook's request was
+ * among them. */
+Test(core_cq, a_stop_ends_when_the_kernel_dropped_a_stop_hooks_disk_requests_completion,
+     .timeout = 20)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_runtime *rt;
+	struct keel_shard_stats st;
+	char c;
+
+	memset(&hk, 0, sizeof(hk));
+	cr_assert_eq(pipe(hk.pipefd), 0);
+	atomic_store(&drop_lines, 0);
+	keel_log_set_sink(drop_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, hk_start, NULL), 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq(keel_runtime_stats(rt, 0, &st), 0);
+	keel_runtime_destroy(rt);
+	SHARD_CHECKS_PASSED();
+	cr_assert_null(atomic_load(&keel__fault_cqe_drop_op),
+		       "the hook's write never completed in the kernel: the path was not tested");
+	cr_assert_eq(read(hk.pipefd[0], &c, 1), 1, "the hook's write did not reach the pipe");
+	cr_assert_eq(atomic_load(&hk.ran), 0, "the dropped write's callback ran");
+	cr_assert_eq(st.cq_dropped, 1, "%llu dropped CQEs counted",
+		     (unsigned long long)st.cq_dropped);
+	cr_assert_eq(atomic_load(&drop_lines), 1, "%u lines said operations never completed",
+		     atomic_load(&drop_lines));
+	cr_assert(strncmp(drop_line, "0 shard 0: 1 operations never completed", 39) == 0, "%s",
+		  drop_line);
+	cr_assert(strstr(drop_line, "1 of them a stop hook's disk request"), "%s", drop_line);
+	cr_assert(strstr(drop_line, "raise --cq-entries"), "%s", drop_line);
+	close(hk.pipefd[0]);
+	close(hk.pipefd[1]);
 }
