@@ -196,6 +196,7 @@ struct keel_shard {
 	bool cq_ovf_logged;   /* the first CQ overflow was logged (the stats count the rest) */
 	uint64_t cq_ovf_pass; /* the pass (stats.passes) cq_overflows last counted */
 	uint64_t cq_dropped_logged; /* completions dropped, as last logged */
+	uint64_t drops_said_ns;     /* when that line was logged (loop.c, cq_drops_log) */
 	uint32_t cq_drops_seen;     /* the kernel's count of CQEs it dropped, as last seen */
 	uint32_t cq_drops_faked;    /* dropped by keel__fault_msgring_cqe_drop (tests) */
 	/* Completions dropped make operations that never complete: the stop takes those it

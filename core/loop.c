@@ -510,6 +510,37 @@ cq_overflowed(struct keel_shard *s)
 		cq_overflow_log(s);
 }
 
+/* Completions the kernel dropped, said as they are first seen, whether io_uring_enter
+ * reported -EBADR or the pass found the ring's count grown (an enter that also submitted
+ * returns its count instead, and the kernel's flag may have been cleared by then): the
+ * operations they ended do not complete here, and the stop gives up on them (stop_drops_lost)
+ * with an ERROR that counts them. At most one line per DROPS_SAY_NS per shard: memory short
+ * enough to drop one often drops many; cq_dropped in the stats counts each. */
+#define DROPS_SAY_NS (10 * NS_PER_S)
+static __attribute__((noinline, cold)) void
+cq_drops_log(struct keel_shard *s, uint64_t dropped)
+{
+	uint64_t now = keel__clock_ns();
+	char since[64] = "";
+
+	if (dropped == s->cq_dropped_logged ||
+	    (s->drops_said_ns && now - s->drops_said_ns < DROPS_SAY_NS))
+		return;
+	if (s->cq_dropped_logged)
+		snprintf(since, sizeof(since), " (%llu since the last such line)",
+			 (unsigned long long)(dropped - s->cq_dropped_logged));
+	s->drops_said_ns = now;
+	s->cq_dropped_logged = dropped;
+	keel_log(KEEL_LOG_ERROR, "core",
+		 "shard %u: the kernel dropped %llu completions%s: the CQ of %u entries was "
+		 "full and the kernel had no memory to hold more; their operations end unseen, "
+		 "their callbacks never run, and the stop gives them up after 1 s, leaking what "
+		 "they could write: raise %s, and give the process more memory (logged at most "
+		 "once per 10 s; cq_dropped in the stats counts them)",
+		 s->id, (unsigned long long)dropped, since, s->ring.cq.ring_entries,
+		 keel__opt_name(&s->rt->opts, "--cq-entries"));
+}
+
 /* The kernel dropped CQEs on this ring (no room in the CQ, no memory to hold them). One may
  * have been the failure of a MSG_RING wake-up (msgring_cb): its sender had cleared the
  * target's `sleeping` flag, so no other sender wakes it, and the target could sleep with
@@ -523,6 +554,7 @@ cq_drops_grew(struct keel_shard *s, uint32_t drops)
 
 	s->cq_drops_seen = drops;
 	atomic_store_explicit(&s->stats.cq_dropped, drops, memory_order_relaxed);
+	cq_drops_log(s, drops);
 	for (unsigned i = 0; i < rt->count; i++)
 		if (&rt->shards[i] != s)
 			keel__shard_wake(&rt->shards[i], NULL);
@@ -558,18 +590,8 @@ static void
 enter_error(struct keel_shard *s, int r, const char *what)
 {
 	if (r == -EBADR) {
-		uint64_t dropped;
-
 		cq_overflowed(s);
-		dropped = atomic_load_explicit(&s->stats.cq_dropped, memory_order_relaxed);
-		if (dropped == s->cq_dropped_logged)
-			return;
-		s->cq_dropped_logged = dropped;
-		keel_log(KEEL_LOG_ERROR, "core",
-			 "shard %u: the kernel dropped %llu completions (CQ of %u full and no "
-			 "memory to hold more): raise %s",
-			 s->id, (unsigned long long)dropped, s->ring.cq.ring_entries,
-			 keel__opt_name(&s->rt->opts, "--cq-entries"));
+		cq_drops_log(s, atomic_load_explicit(&s->stats.cq_dropped, memory_order_relaxed));
 		return;
 	}
 	keel_log(KEEL_LOG_ERROR, "core", "%s failed: %s", what, strerror(-r));

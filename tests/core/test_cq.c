@@ -228,3 +228,53 @@ Test(core_cq, a_stop_ends_when_the_kernel_dropped_a_stop_hooks_disk_requests_com
 	close(hk.pipefd[0]);
 	close(hk.pipefd[1]);
 }
+
+/* The line that says the kernel dropped completions, as a pass first sees them. */
+static _Atomic unsigned seen_lines;
+static char seen_line[768];
+
+static void
+seen_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	(void)module, (void)arg;
+	if (level == KEEL_LOG_ERROR && strstr(msg, "the kernel dropped") &&
+	    !strstr(msg, "never completed")) {
+		snprintf(seen_line, sizeof(seen_line), "%d %s", shard, msg);
+		atomic_fetch_add(&seen_lines, 1);
+	}
+}
+
+/* A drop the kernel counts without io_uring_enter's -EBADR (an enter that also submitted
+ * returns its count instead) was counted in cq_dropped and said by no line until the shard
+ * ended, if then. It is said as the pass that finds the count grown sees it, with its cause
+ * and what follows from it, while the runtime still runs. */
+Test(core_cq, a_drop_without_ebadr_is_said_when_first_seen, .timeout = 30)
+{
+	struct keel_opts o = test_opts(2);
+	struct keel_runtime *rt;
+	struct keel_shard_stats st;
+	bool said;
+
+	atomic_store(&seen_lines, 0);
+	atomic_store(&dropped_ran, 0);
+	keel_log_set_sink(seen_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, drop_start, NULL), 0);
+	for (uint64_t deadline = test_deadline(5000);
+	     !(said = atomic_load(&seen_lines) > 0) && !test_expired(deadline);)
+		test_pause();
+	cr_assert_eq(keel_runtime_stats(rt, 1, &st), 0);
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_log_set_sink(NULL, NULL);
+	keel_runtime_destroy(rt);
+	cr_assert_eq(st.cq_dropped, 1, "the NOP's CQE was not dropped: the path was not tested");
+	cr_assert(said, "no line said the dropped completion while the runtime ran");
+	cr_assert_eq(atomic_load(&seen_lines), 1, "%u lines; the last: %s",
+		     atomic_load(&seen_lines), seen_line);
+	cr_assert(strncmp(seen_line, "1 shard 1: the kernel dropped 1 completions", 43) == 0, "%s",
+		  seen_line);
+	cr_assert(strstr(seen_line, "no memory"), "%s", seen_line);
+	cr_assert(strstr(seen_line, "callbacks never run"), "%s", seen_line);
+	cr_assert(strstr(seen_line, "raise --cq-entries"), "%s", seen_line);
+}
