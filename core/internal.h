@@ -417,6 +417,9 @@ extern _Atomic unsigned keel__fault_msgring_fail;
  * CQE it has no room nor memory for (counted as dropped, as the kernel counts its own). */
 extern _Atomic unsigned keel__fault_msgring_cqe_drop;
 extern struct keel_op *_Atomic keel__fault_cqe_drop_op;
+/* ... while non-zero, the first CQE of each reap in the loop's final drain is discarded so
+ * (as keel__fault_cqe_drop_op does); the count drops by one. */
+extern _Atomic unsigned keel__fault_final_cqe_drop;
 /* ... while non-zero, each io_uring_enter of the loop reports -EBADR (completions dropped)
  * after it ran; the count drops by one. */
 extern _Atomic unsigned keel__fault_enter_ebadr;

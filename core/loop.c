@@ -1119,12 +1119,30 @@ drops_unmatched_log(struct keel_shard *s)
 		 s->ring.cq.ring_entries, keel__opt_name(&s->rt->opts, "--cq-entries"));
 }
 
+/* Drops first seen in the loop's last pass (it breaks before need_enter) or in its final
+ * drain: counted and said, as in any pass. The other shards are not woken (cq_drops_grew):
+ * every one was quiescent, so stopping, and a stopping shard's sleeps are bounded
+ * (BOUNDED_SLEEP_NS), and every message sent had run, so none waits for a wake-up. */
+static void
+drops_settle(struct keel_shard *s)
+{
+	uint32_t drops = cq_drops(s);
+
+	if (drops == s->cq_drops_seen)
+		return;
+	s->cq_drops_seen = drops;
+	atomic_store_explicit(&s->stats.cq_dropped, drops, memory_order_relaxed);
+	cq_drops_log(s, drops);
+}
+
 /* The runtime is quiescent: cancel keel's own operations and reap until none is left, so no
  * CQE stays unreaped. Once the kernel has dropped CQEs, an operation whose CQE was dropped
  * never completes: then the wait is bounded (DROP_WAIT_NS once nothing completes, or as soon
  * as only the operations the stop took as lost are left), cancels are made once per
  * 10 ms rather than once per completion, and the shard ends with the rest counted in
  * ops_unmatched. Without drops the drain waits as long as it takes. */
+_Atomic unsigned keel__fault_final_cqe_drop;
+
 static void
 final_drain(struct keel_shard *s)
 {
@@ -1158,8 +1176,15 @@ final_drain(struct keel_shard *s)
 		io_uring_submit_and_wait_timeout(&s->ring, &cqe, 1,
 						 s->cancel_op.armed && !drops ? NULL : &ts, NULL);
 		STAT_INC(s, enters);
+		if (__builtin_expect(
+			    atomic_load_explicit(&keel__fault_final_cqe_drop, memory_order_relaxed),
+			    0) &&
+		    io_uring_peek_cqe(&s->ring, &cqe) == 0 && io_uring_cqe_get_data(cqe) &&
+		    keel__fault_take(&keel__fault_final_cqe_drop))
+			atomic_store(&keel__fault_cqe_drop_op, io_uring_cqe_get_data(cqe));
 		reap(s);
 	}
+	drops_settle(s);
 	s->ops_unmatched = s->inflight;
 	if (s->inflight)
 		drops_unmatched_log(s);
@@ -1293,4 +1318,5 @@ keel__shard_loop(struct keel_shard *s)
 	keel__foreign_close(s);
 	final_drain(s);
 	reap(s); /* uncounted CQEs (MSG_RING wake-ups) that arrived with the last ones */
+	drops_settle(s);
 }
