@@ -877,11 +877,15 @@ struct keel__sig_hold {
 	bool owed;       /* the last was released elsewhere: the mask is still blocked here and
 			  * @saved is still the one to give back */
 	sigset_t saved;
+	struct keel__sig_hold *next, **pprev; /* every record (holds), for the unload */
 };
 
 static pthread_mutex_t hold_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t hold_once = PTHREAD_ONCE_INIT;
-static pthread_key_t hold_key; /* its destructor drops the thread's reference as it exits */
+static pthread_key_t hold_key;       /* its destructor drops the thread's reference as it exits */
+static bool hold_key_made;           /* pthread_key_create made it (hold_unload deletes it) */
+static struct keel__sig_hold *holds; /* under hold_lock */
+static bool hold_unloaded;           /* under hold_lock: hold_unload ran */
 static _Thread_local struct keel__sig_hold *my_hold;
 
 static void
@@ -890,7 +894,14 @@ hold_put(struct keel__sig_hold *h)
 	bool last;
 
 	pthread_mutex_lock(&hold_lock);
-	last = --h->refs == 0;
+	/* After hold_unload (the process exits while this thread still runs keel) the record
+	 * may be freed: it is left alone. */
+	last = !hold_unloaded && --h->refs == 0;
+	if (last) {
+		*h->pprev = h->next;
+		if (h->next)
+			h->next->pprev = h->pprev;
+	}
 	pthread_mutex_unlock(&hold_lock);
 	if (last)
 		free(h);
@@ -912,11 +923,39 @@ static void
 hold_key_make(void)
 {
 	hold_key_err = pthread_key_create(&hold_key, hold_exit);
+	hold_key_made = hold_key_err == 0;
+}
+
+/* As libkeel is unloaded (a host's dlclose, or the process's exit): the key's destructor is
+ * in this library, so a thread that started a runtime here and exits after the unload
+ * called into unmapped code (a crash). The key goes; the records it would have dropped, of
+ * threads that no runtime started here still holds, are freed; one a runtime still holds (a
+ * host that unloaded libkeel with a runtime not joined, which it must not do) is left
+ * allocated. Deleted first: a thread that exits meanwhile (the process's exit) runs the
+ * destructor either before, under hold_lock, or not at all. A start after this fails
+ * (hold_unloaded). */
+__attribute__((destructor)) static void
+hold_unload(void)
+{
+	struct keel__sig_hold *h, *next;
+
+	if (hold_key_made)
+		pthread_key_delete(hold_key);
+	pthread_mutex_lock(&hold_lock);
+	hold_unloaded = true;
+	for (h = holds; h; h = next) {
+		next = h->next;
+		if (h->refs == 1 && !h->starts)
+			free(h); /* only its thread's reference, whose key is gone */
+	}
+	holds = NULL;
+	pthread_mutex_unlock(&hold_lock);
 }
 
 /* The calling thread's record in *@out, made at its first start with signals. Returns 0 or
  * -errno: -EAGAIN when the process had no thread-specific key left for it (logged; the key
- * was not made, and a setspecific on it would overwrite another library's key 0). */
+ * was not made, and a setspecific on it would overwrite another library's key 0),
+ * -ESHUTDOWN after hold_unload (not logged: the caller says it). */
 static int
 hold_mine(struct keel__sig_hold **out)
 {
@@ -941,7 +980,18 @@ hold_mine(struct keel__sig_hold **out)
 	if (!h)
 		return -ENOMEM;
 	h->refs = 1;
-	r = pthread_setspecific(hold_key, h);
+	pthread_mutex_lock(&hold_lock);
+	/* After hold_unload the key is deleted (the process exits): keel_runtime_start says
+	 * so. */
+	r = hold_unloaded ? ESHUTDOWN : pthread_setspecific(hold_key, h);
+	if (r == 0) {
+		h->next = holds;
+		if (holds)
+			holds->pprev = &h->next;
+		h->pprev = &holds;
+		holds = h;
+	}
+	pthread_mutex_unlock(&hold_lock);
 	if (r != 0) {
 		free(h);
 		return -r;
@@ -1012,9 +1062,19 @@ keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start, void *app)
 		struct keel__sig_hold *h = NULL;
 
 		r = hold_mine(&h);
-		if (r < 0)
-			goto err;
 		pthread_mutex_lock(&hold_lock);
+		if (r == -ESHUTDOWN || hold_unloaded) { /* the process exits: @h may be freed */
+			pthread_mutex_unlock(&hold_lock);
+			keel_log(KEEL_LOG_ERROR, "core",
+				 "keel_runtime_start with opts.signals after libkeel's unload (the "
+				 "process is exiting): start runtimes before exit()");
+			r = -ESHUTDOWN;
+			goto err;
+		}
+		if (r < 0) {
+			pthread_mutex_unlock(&hold_lock);
+			goto err;
+		}
 		/* The first start here saves the mask, unless one released elsewhere left it
 		 * blocked: the one saved then is still the thread's own. */
 		pthread_sigmask(SIG_BLOCK, &set, h->starts++ || h->owed ? NULL : &h->saved);

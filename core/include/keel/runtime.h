@@ -55,7 +55,8 @@ KEEL_API int keel_runtime_create(const struct keel_opts *opts, struct keel_runti
  * keel_runtime_join returns the same error). A failure before any shard thread existed
  * (signalfd or eventfd: descriptors ran out) leaves nothing open, and start may be called
  * again. A failed start gives the thread's mask back and leaves a SIGINT or SIGTERM that
- * came meanwhile pending for the host.
+ * came meanwhile pending for the host. -ESHUTDOWN with opts->signals once libkeel was
+ * unloaded or the process is exiting (its destructors ran: docs/embedding.md).
  * Context: the thread that created the runtime; once (but for that retry).
  */
 KEEL_API int keel_runtime_start(struct keel_runtime *rt, keel_shard_fn on_start, void *app);
