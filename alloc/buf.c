@@ -489,27 +489,33 @@ keel_slice_export_at(const struct keel_slice *s, unsigned dst, struct keel_slice
 	struct keel_alloc *a = keel__alloc_cur;
 	struct keel_slice orig;
 	struct keel_buf *b;
+	int r;
 
+	/* Every failure leaves *out empty: a caller that sends it anyway (or puts it) must
+	 * not act on whatever the memory held before (a garbage buffer pointer). */
+	r = -EPERM;
 	if (!a)
-		return -EPERM;
+		goto fail;
 	if (dst == a->cfg.shard) {
 		/* Staying here: an ordinary reference. */
 		keel_slice_get(s, out);
 		return out->buf ? 0 : -EINVAL;
 	}
 	/* Without the hook the proxy's last put could not come back here. */
+	r = -EINVAL;
 	if (!a->cfg.send_home)
-		return -EINVAL;
+		goto fail;
+	r = -ENOMEM;
 	b = hdr_get(a);
 	if (!b)
-		return -ENOMEM;
+		goto fail;
 	/* The home-side reference, taken here on the holder: the only count of @s's buffer
 	 * the export touches, and only this shard touches it. */
 	keel_slice_get(s, &orig);
 	if (!orig.buf) { /* KEEL_BUF_TRACE: a stale slice, reported */
 		hdr_put(a, b);
-		memset(out, 0, sizeof(*out));
-		return -EINVAL;
+		r = -EINVAL;
+		goto fail;
 	}
 	b->refs = 1;
 	b->cap = s->len;
@@ -527,6 +533,9 @@ keel_slice_export_at(const struct keel_slice *s, unsigned dst, struct keel_slice
 #endif
 	slice_init(out, b, s->data, s->len);
 	return 0;
+fail:
+	memset(out, 0, sizeof(*out));
+	return r;
 }
 
 int

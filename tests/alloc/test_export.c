@@ -225,6 +225,33 @@ Test(alloc_export, export_refused_without_a_shard_or_a_way_home)
 	keel_alloc_destroy(a);
 }
 
+/* A caller that does not check the return (docs/net.md's example once) must not send or put
+ * whatever *out held before: a refused export leaves an empty slice, never garbage. */
+Test(alloc_export, a_refused_export_leaves_an_empty_slice)
+{
+	struct keel_alloc_config c =
+		test_alloc_config(KEEL_ALLOC_BACKEND_DEFAULT, 8ULL << 20, 4ULL << 20);
+	struct keel_alloc *a;
+	struct keel_slice s, out;
+
+	cr_assert_eq(keel_alloc_create(&c, &a), 0);
+	keel_alloc_bind_thread(a);
+	cr_assert_eq(keel_buf_alloc(a, 64, &s), 0);
+	memset(&out, 0xa5, sizeof(out));
+	cr_assert_eq(keel_slice_export(&s, 1, &out), -EINVAL, "no send_home hook: no way back");
+	cr_assert_null(out.buf, "a refused export (-EINVAL) left *out as it was: %p", out.buf);
+	cr_assert_null(out.data);
+	cr_assert_eq(out.len, 0);
+	keel_alloc_bind_thread(NULL);
+	memset(&out, 0xa5, sizeof(out));
+	cr_assert_eq(keel_slice_export(&s, 1, &out), -EPERM);
+	cr_assert_null(out.buf, "a refused export (-EPERM) left *out as it was: %p", out.buf);
+	keel_alloc_bind_thread(a);
+	cr_assert_eq(keel_slice_refs(&s), 1, "nothing taken");
+	keel_slice_put(&s);
+	keel_alloc_destroy(a);
+}
+
 Test(alloc_export, copy_lands_in_the_calling_shards_memory_and_frees_the_original_at_once)
 {
 	struct keel_slice ring, frame, c, e;

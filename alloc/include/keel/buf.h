@@ -148,7 +148,8 @@ KEEL_API void keel_slice_move(const struct keel_slice *s, unsigned dst);
  * Returns: 0; -ENOMEM (no proxy header; nothing taken); -EPERM on a thread without an
  * allocator; -EINVAL when the allocator has no send_home hook (single-threaded use, no
  * runtime) or, with KEEL_BUF_TRACE, @s is stale (reported). @dst equal to this shard is an
- * ordinary keel_slice_get().
+ * ordinary keel_slice_get(). On every failure *out is an empty slice (no buffer, no bytes)
+ * and holds no reference: check the return before sending it; do not put it.
  */
 #define keel_slice_export(s, dst, out) keel_slice_export_at((s), (dst), (out), __FILE__, __LINE__)
 KEEL_API int keel_slice_export_at(const struct keel_slice *s, unsigned dst, struct keel_slice *out,
