@@ -86,10 +86,10 @@ trace_unlink(struct keel_alloc *a, struct keel_buf *b)
 	b->tprev = b->tnext = NULL;
 }
 
-/* Checks before a reference is taken or dropped. Returns true when the operation must be
- * skipped (the slice is stale: doing it would corrupt a reused buffer). */
+/* The stale half of trace_check: true (reported) when @s's buffer was freed since @s was
+ * taken, whatever its header holds now. */
 static bool
-trace_check(const struct keel_slice *s, const char *what)
+trace_stale(const struct keel_slice *s, const char *what)
 {
 	struct keel_buf *b = s->buf;
 	struct keel_alloc *cur = keel__alloc_cur;
@@ -110,6 +110,19 @@ trace_check(const struct keel_slice *s, const char *what)
 				b->line);
 		return true;
 	}
+	return false;
+}
+
+/* Checks before a reference is taken or dropped. Returns true when the operation must be
+ * skipped (the slice is stale: doing it would corrupt a reused buffer). */
+static bool
+trace_check(const struct keel_slice *s, const char *what)
+{
+	struct keel_buf *b = s->buf;
+	struct keel_alloc *cur = keel__alloc_cur;
+
+	if (trace_stale(s, what))
+		return true;
 	if (cur && b->holder != cur->cfg.shard) {
 		ASTAT_ADD_SHARED(b->home, trace_errors, 1);
 		keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
@@ -467,6 +480,7 @@ keel_slice_move(const struct keel_slice *s, unsigned dst)
 {
 #ifdef KEEL_BUF_TRACE
 	struct keel_alloc *cur = keel__alloc_cur;
+	bool back;
 
 	if (!s->buf) {
 		trace_check(s, "move");
@@ -474,9 +488,11 @@ keel_slice_move(const struct keel_slice *s, unsigned dst)
 	}
 
 	/* The exporter taking back a proxy it never sent (the message could not go): it is
-	 * the proxy's home, so the proxy's puts are local again. Not a wrong-shard touch. */
-	if (!(s->buf->kind == BUF_FOREIGN && cur && s->buf->home == cur && dst == cur->cfg.shard) &&
-	    trace_check(s, "move"))
+	 * the proxy's home, so the proxy's puts are local again. Not a wrong-shard touch, but
+	 * still checked for staleness: a proxy put and released since may have its header
+	 * reused by the next export, held by another shard. */
+	back = s->buf->kind == BUF_FOREIGN && cur && s->buf->home == cur && dst == cur->cfg.shard;
+	if (back ? trace_stale(s, "move") : trace_check(s, "move"))
 		return; /* stale: the header may hold another buffer now, whose holder stays */
 #endif
 	s->buf->holder = (uint16_t)dst;

@@ -142,3 +142,32 @@ Test(alloc_export_trace, a_proxy_never_put_is_a_leak_with_the_export_site)
 	keel_alloc_destroy(sim.a[1]);
 	keel_alloc_destroy(sim.a[2]);
 }
+
+/* The exporter's move of a proxy back to itself is exempt from the holder check (an unsent
+ * proxy, the_exporter_taking_back_an_unsent_proxy_reports_nothing), not from the stale check:
+ * a proxy already put and released may have its header reused by the next export, and a
+ * move through the old slice would take that new proxy from the shard that holds it. */
+Test(alloc_export_trace, the_exporter_moving_back_a_stale_proxy_is_reported)
+{
+	struct keel_slice s, p, p2;
+
+	sim_init(logcap_alloc_hook, &cap);
+	cr_assert_eq(keel_buf_alloc(sim.a[0], 100, &s), 0); /* kept alive throughout */
+	cr_assert_eq(keel_slice_export(&s, 1, &p), 0);
+	sim_on(1);
+	keel_slice_put(&p);
+	cr_assert_eq(sim_deliver(0), 1, "the proxy went home and its header was freed");
+	cr_assert_eq(keel_slice_export(&s, 1, &p2), 0);
+	cr_assert_eq(p2.buf, p.buf, "test premise: the next export reuses the header");
+	cr_assert_eq(trace_errors(), 0, "log: %s", cap.text);
+	keel_slice_move(&p, 0); /* stale: p was put on shard 1 already */
+	cr_assert_eq(trace_errors(), 1, "a move through a stale proxy slice went unreported");
+	cr_assert(logcap_has(&cap, "move of a buffer already freed"), "log: %s", cap.text);
+	sim_on(1);
+	keel_slice_put(&p2); /* shard 1 still holds the new proxy */
+	cr_assert_eq(trace_errors(), 1, "shard 1's put of its own proxy was reported: %s",
+		     cap.text);
+	cr_assert_eq(sim_deliver(0), 1);
+	keel_slice_put(&s);
+	sim_fini();
+}
