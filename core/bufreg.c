@@ -237,8 +237,19 @@ send_home_hook(struct keel_alloc *home, struct keel_buf *b, void *ctx)
 	struct xrt_home *h;
 	int r;
 
-	if (!cur)
-		return -EPERM;
+	if (!cur) {
+		/* No shard of any runtime: a host thread with an allocator of its own bound (with
+		 * none, the allocator aborts before calling here). The count it just dropped is
+		 * not atomic and was changed off the buffer's shard, as the allocator's own check
+		 * says; refusing (the buffer leaked, logged) let the misuse go on. */
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "last put of a buffer of shard %u on a thread that is not a shard (an "
+			 "allocator bound to it makes no shard): buffers may be held and put only "
+			 "on shards; hand the slice back to a shard to put (keel_runtime_submit), "
+			 "or copy its bytes out there",
+			 hs->id);
+		keel_verify(cur != NULL);
+	}
 	/* Not keel_send: a last put during the stop sequence (a cancelled operation's
 	 * completion) must still reach home, or the buffer leaks. */
 	if (__builtin_expect(hs->rt == cur->rt, 1))

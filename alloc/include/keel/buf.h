@@ -113,7 +113,8 @@ KEEL_API int keel_slice_sub(const struct keel_slice *s, size_t off, size_t len,
  * external owner); on a shard that is not the buffer's home, it is sent home first.
  * Consumes: @s's reference; *s must not be used again.
  * Context: the shard holding the buffer (with the runtime: a shard thread; a last put on
- * a thread that is not a shard is misuse and aborts, since the count is not atomic). A
+ * a thread that is not a shard, one with an allocator of its own bound included, is
+ * misuse and aborts, since the count is not atomic). A
  * refcount underflow, or a put through a stale
  * slice (its buffer was freed already, even if the header now holds another buffer),
  * aborts (keel_verify); with KEEL_BUF_TRACE both are reported and the put is skipped.
