@@ -615,8 +615,11 @@ keel_buf_is_external(const struct keel_buf *b)
 void
 keel__buf_teardown(struct keel_alloc *a)
 {
-	uint64_t live = ASTAT_GET(a, buffers_live) + ASTAT_GET(a, ext_buffers_live) +
-			ASTAT_GET(a, exports_live);
+	/* Buffers and proxies apart: a proxy is a header whose kept reference holds a buffer
+	 * (counted here when it is this shard's, on its home when it is a proxy itself), so one
+	 * exported buffer whose proxy was never put is 1 buffer and 1 exported slice, not 2. */
+	uint64_t live = ASTAT_GET(a, buffers_live) + ASTAT_GET(a, ext_buffers_live);
+	uint64_t exports = ASTAT_GET(a, exports_live);
 
 #ifdef KEEL_BUF_TRACE
 	for (struct keel_buf *b = a->trace_live; b; b = b->tnext) {
@@ -634,16 +637,18 @@ keel__buf_teardown(struct keel_alloc *a)
 					a->cfg.shard, b->cap, b->refs, b->file, b->line);
 	}
 #endif
-	if (live)
+	if (live || exports)
 		keel__alloc_log(
 			KEEL_ALLOC_LOG_WARN,
 			"shard %u: %llu buffers (%llu bytes of regions, %llu of external "
-			"memory wrapped, which may lie in those regions) still referenced "
-			"at teardown; build with -DKEEL_BUF_TRACE=ON to see where they were "
-			"allocated",
+			"memory wrapped, which may lie in those regions) and %llu exported "
+			"slices (proxies not yet put on the shard they went to) still "
+			"referenced at teardown; build with -DKEEL_BUF_TRACE=ON to see where "
+			"they were allocated",
 			a->cfg.shard, (unsigned long long)live,
 			(unsigned long long)ASTAT_GET(a, bytes_in_use),
-			(unsigned long long)ASTAT_GET(a, ext_bytes_in_use));
+			(unsigned long long)ASTAT_GET(a, ext_bytes_in_use),
+			(unsigned long long)exports);
 	/* The headers go with the allocator (a jemalloc arena would drop them too). */
 	while (a->hdr_blocks) {
 		struct keel_buf *next = a->hdr_blocks[0].u.next_free;

@@ -300,6 +300,29 @@ Test(alloc_export, copy_lands_in_the_calling_shards_memory_and_frees_the_origina
 	sim_fini();
 }
 
+static struct logcap cap = { PTHREAD_MUTEX_INITIALIZER, "", 0 };
+
+/* The export's kept reference holds the received buffer: one buffer, counted once (it was
+ * counted again through its proxy, "2 buffers"), and the proxy said apart. */
+Test(alloc_export, the_teardown_line_counts_an_exported_buffer_once)
+{
+	struct keel_slice ring, frame, p;
+	char line[512];
+
+	sim_init(logcap_alloc_hook, &cap);
+	received(&ring, &frame, 0, 16);
+	cr_assert_eq(keel_slice_export(&frame, 1, &p), 0);
+	keel_slice_put(&frame);
+	keel_slice_put(&ring); /* only the export's reference is left; p is never put */
+	keel_alloc_destroy(sim.a[0]);
+	keel_alloc_log_set(NULL, NULL);
+	logcap_line(&cap, "still referenced at teardown", line, sizeof(line));
+	cr_assert(strstr(line, "shard 0: 1 buffers ("), "line: '%s'", line);
+	cr_assert(strstr(line, "and 1 exported slices"), "line: '%s'", line);
+	keel_alloc_destroy(sim.a[1]);
+	keel_alloc_destroy(sim.a[2]);
+}
+
 #ifndef KEEL_BUF_TRACE
 static void
 quiet_log(int lvl, const char *msg, void *arg)
