@@ -210,6 +210,9 @@ struct keel_alloc {
 #ifdef KEEL_BUF_TRACE
 	struct keel_buf *trace_live;
 #endif
+	/* Other shards' buffers whose last put here could not be sent home (leaked): the
+	 * putting shard's count, not the home's (whose allocator may be gone by then). */
+	uint64_t unsent;
 	struct atomic_astats st;
 };
 

@@ -375,41 +375,44 @@ keel_buf_release(struct keel_buf *b)
 	release_local(b);
 }
 
-/* A buffer that could not go home stays referenced; reported at teardown too. Rate-limited
- * (a power-of-two count): this runs on the hot path. */
+/* A buffer that could not go home stays referenced; reported at teardown too. Counted on
+ * @cur, the putting shard's own allocator (only its thread touches it; the home's may be
+ * gone), so "so far" is that shard's, not every shard's and runtime's in the process.
+ * Rate-limited (a power-of-two count): this runs on the hot path. */
 static void
-leak_log(unsigned shard, int err)
+leak_log(struct keel_alloc *cur, unsigned shard, int err)
 {
-	static _Atomic uint64_t n;
-	uint64_t k = atomic_fetch_add_explicit(&n, 1, memory_order_relaxed) + 1;
+	uint64_t k = ++cur->unsent;
 
 	if (k & (k - 1))
 		return;
 	keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
-			"a buffer of shard %u could not be sent home (%s): leaked (%llu so far)",
-			shard, strerror(-err), (unsigned long long)k);
+			"a buffer of shard %u could not be sent home from shard %u (%s): leaked "
+			"(%llu so far put on shard %u)",
+			shard, cur->cfg.shard, strerror(-err), (unsigned long long)k,
+			cur->cfg.shard);
 }
 
 static void
 last_put(struct keel_buf *b)
 {
-	struct keel_alloc *home = b->home;
+	struct keel_alloc *home = b->home, *cur = keel__alloc_cur;
 	unsigned shard;
 	int r;
 
 	/* Allocators without a send_home hook are single-threaded by contract. */
-	if (__builtin_expect(home == keel__alloc_cur || !home->cfg.send_home, 1)) {
+	if (__builtin_expect(home == cur || !home->cfg.send_home, 1)) {
 		release_local(b);
 		return;
 	}
-	if (!keel__alloc_cur) {
+	if (!cur) {
 		/* A thread that is no shard held a reference: refcounts are not atomic, so
 		 * the count itself may already be wrong (documented misuse). */
 		keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
 				"last put of a buffer of shard %u on a thread that is not a shard: "
 				"buffers may be held and put only on shards",
 				home->cfg.shard);
-		alloc_verify(keel__alloc_cur != NULL);
+		alloc_verify(cur != NULL);
 	}
 	/* Nothing of the home is touched once the hook has run: handed over, the buffer may
 	 * be back and the home destroyed by its owner (another runtime's) at once; refused,
@@ -417,7 +420,7 @@ last_put(struct keel_buf *b)
 	shard = home->cfg.shard;
 	r = home->cfg.send_home(home, b, home->cfg.ctx);
 	if (r < 0)
-		leak_log(shard, r);
+		leak_log(cur, shard, r);
 }
 
 void

@@ -172,6 +172,43 @@ Test(alloc_shared, failed_trip_home_is_not_counted_and_logs_rate_limited)
 	keel_alloc_log_set(NULL, NULL);
 }
 
+/* The count in the line is the putting shard's: shard 2's first failure is its first, not
+ * the process's second (one static counted every shard's, and every runtime's). */
+static struct logcap cap2 = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+Test(alloc_shared, failed_trips_home_are_counted_per_putting_shard)
+{
+	struct keel_alloc_config c = test_alloc_config(KEEL_ALLOC_BACKEND_SLAB, 8 * MiB, 4 * MiB);
+	struct keel_alloc *home, *other[2];
+	struct keel_slice s[2];
+
+	c.send_home = home_refuses;
+	cr_assert_eq(keel_alloc_create(&c, &home), 0);
+	for (int i = 0; i < 2; i++) {
+		struct keel_alloc_config o = test_alloc_config(KEEL_ALLOC_BACKEND_SLAB, 4 * MiB, 0);
+		o.shard = (unsigned)i + 1;
+		cr_assert_eq(keel_alloc_create(&o, &other[i]), 0);
+	}
+	keel_alloc_bind_thread(home);
+	for (int i = 0; i < 2; i++)
+		cr_assert_eq(keel_buf_alloc(home, 64, &s[i]), 0);
+	keel_alloc_log_set(logcap_alloc_hook, &cap2);
+	for (int i = 0; i < 2; i++) {
+		keel_alloc_bind_thread(other[i]); /* "shard 1", then "shard 2" */
+		keel_slice_put(&s[i]);
+	}
+	keel_alloc_log_set(NULL, NULL);
+	cr_assert_eq(logcap_count(&cap2, "could not be sent home"), 2, "%s", cap2.text);
+	cr_assert_eq(logcap_count(&cap2, "leaked (1 so far"), 2, "each shard's first: %s",
+		     cap2.text);
+	keel_alloc_bind_thread(NULL);
+	keel_alloc_log_set(quiet, NULL);
+	for (int i = 0; i < 2; i++)
+		keel_alloc_destroy(other[i]);
+	keel_alloc_destroy(home);
+	keel_alloc_log_set(NULL, NULL);
+}
+
 /* ---- a home that ends as soon as its buffer is back ---- */
 
 /* Another runtime's shard may put the last reference of a buffer, and its owner may stop
