@@ -17,7 +17,8 @@
  * completion runs their callbacks with -ECANCELED, so callbacks come in the order the
  * requests were made (a FIFO is never non-empty without a request in the ring, so that
  * completion comes, but when its head found no SQE: then the loop pumps it every pass,
- * keel__file_retry, and the shard is not quiescent). The requests of stop hooks, and
+ * keel__file_retry, and the shard is not quiescent; in the loop's last phase, where only a
+ * close is taken, final_drain does, keel__file_settle). The requests of stop hooks, and
  * those their callbacks make, are the exception that drains: issued after the stop's cancel, they
  * run to completion (keel__file_stop_hooks; stop_progress cancels nothing more while files.ndrain
  * counts any). A close is the exception: its handle is cleared already, so one cancelled or still
@@ -907,6 +908,20 @@ keel__file_retry(struct keel_shard *s)
 {
 	s->files.nosqe = false;
 	pump(s);
+}
+
+/* The loop's last phase (PHASE_DONE): a close made there (a foreign request's done, run with
+ * -ECANCELED at the shard's end, or a callback final_drain reaps) that found no SQE waits at
+ * the FIFO's head, and nothing tries it again: keel__internal_retry runs no more. Its
+ * callback never ran, its descriptor stayed open, and the shard freed files.pend with it
+ * still linked. pump issues nothing in this phase (issues()): it makes the close on the
+ * spot (cancel_waiting), or holds it behind the request in the ring that names its
+ * descriptor, whose completion brings it back. A close's callback may make another. */
+void
+keel__file_settle(struct keel_shard *s)
+{
+	while (s->files.nosqe)
+		keel__file_retry(s);
 }
 
 /* The O_DIRECT open's statx stage (issue(), ST_OPEN_STATX) made here, synchronously.

@@ -440,6 +440,9 @@ extern uint64_t keel__stop_say_ns;
 void keel__internal_retry(struct keel_shard *s);
 /* file.c: the FIFO's head found no SQE: issue what waits again (or cancel it, stopping). */
 void keel__file_retry(struct keel_shard *s);
+/* file.c: the loop's last phase, where keel__internal_retry no longer runs: a close made
+ * there that found no SQE is made on the spot now. loop.c, final_drain. */
+void keel__file_settle(struct keel_shard *s);
 /* file.c: the stop hooks are about to run (@running), or ran and the stop's cancel is
  * queued: the disk requests they made go into the ring after it, and run to completion. */
 void keel__file_stop_hooks(struct keel_shard *s, bool running);

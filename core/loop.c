@@ -1148,6 +1148,7 @@ final_drain(struct keel_shard *s)
 {
 	uint64_t since = keel__clock_ns(), seen = s->inflight, next_cancel = 0;
 
+	keel__file_settle(s); /* a close keel__foreign_close's dones made */
 	while (s->inflight) {
 		struct __kernel_timespec ts = { .tv_sec = 0, .tv_nsec = BOUNDED_SLEEP_NS };
 		struct io_uring_cqe *cqe;
@@ -1183,6 +1184,7 @@ final_drain(struct keel_shard *s)
 		    keel__fault_take(&keel__fault_final_cqe_drop))
 			atomic_store(&keel__fault_cqe_drop_op, io_uring_cqe_get_data(cqe));
 		reap(s);
+		keel__file_settle(s); /* ... or the callbacks just reaped */
 	}
 	drops_settle(s);
 	s->ops_unmatched = s->inflight;

@@ -975,6 +975,90 @@ Test(faults_sqe, a_stop_hooks_write_that_found_no_sqe_still_completes)
 	unlink(path);
 }
 
+/* A close made in the loop's last phase that finds no SQE: a foreign request that ran and
+ * was not completed gets its done with -ECANCELED at the shard's end, and closes its file
+ * there (core_foreign_stop/a_cancelled_requests_done_closes_its_file_at_the_shards_end).
+ * With no SQE the close waited at the FIFO's head for the loop's retry, which no longer
+ * runs: its callback never ran and the descriptor stayed open. It is made on the spot. */
+static struct {
+	int pipefd[2];
+	struct keel_file f;
+	struct keel_file_req cl;
+	struct keel_timer *t;
+	int close_r, closed_res, closed_calls, cancelled;
+	_Atomic int ran;
+} dn;
+
+static void
+dn_fire(struct keel_timer *t, void *arg)
+{
+	(void)t;
+	keel_xreq_complete(arg, 0);
+}
+
+static void
+dn_closed(struct keel_file_req *req, int res, void *arg)
+{
+	(void)req, (void)arg;
+	dn.closed_res = res;
+	dn.closed_calls++;
+}
+
+static void
+dn_fn(struct keel_xreq *req)
+{
+	SHARD_CHECK_EQ(keel_file_from_fd(dn.pipefd[0], &dn.f), 0);
+	/* Never fires: the request is still running when the shard ends. */
+	SHARD_CHECK_EQ(keel_timer_create(dn_fire, req, &dn.t), 0);
+	SHARD_CHECK_EQ(keel_timer_start(dn.t, KEEL_MS(3600 * 1000), 0), 0);
+	atomic_store(&dn.ran, 1);
+}
+
+static void
+dn_done(struct keel_xreq *req)
+{
+	dn.cancelled = req->status == -ECANCELED;
+	if (!atomic_load(&dn.ran)) /* no file was made: the test fails on ran */
+		return;
+	atomic_store(&keel__fault_sqe_none, 1); /* the close's SQE */
+	dn.close_r = keel_file_close(&dn.cl, &dn.f, dn_closed, NULL);
+}
+
+Test(faults_sqe, a_close_at_the_shards_end_that_found_no_sqe_is_made_on_the_spot, .timeout = 60)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct keel_runtime *rt;
+	struct keel_xqueue *q;
+	struct keel_xreq r = { .fn = dn_fn, .done = dn_done };
+	struct keel_xreq *out;
+	uint64_t dl = test_deadline(TEST_WAIT_MS);
+
+	memset(&dn, 0, sizeof(dn));
+	cr_assert_eq(pipe(dn.pipefd), 0);
+	cr_assert_eq(keel_xqueue_create(&q), 0);
+	r.queue = q;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, NULL, NULL), 0);
+	cr_assert_eq(keel_runtime_submit(rt, 0, &r), 0);
+	while (!atomic_load(&dn.ran) && !test_expired(dl))
+		test_pause();
+	cr_assert(atomic_load(&dn.ran), "the request did not run");
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	atomic_store(&keel__fault_sqe_none, 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(keel_xqueue_wait(q, &out, 1, 0), 1);
+	cr_assert(dn.cancelled, "the request ended with %d", r.status);
+	cr_assert_eq(dn.close_r, 0, "keel_file_close at the shard's end: %d", dn.close_r);
+	cr_assert_eq(dn.closed_calls, 1, "the close's callback ran %d times", dn.closed_calls);
+	cr_assert_eq(dn.closed_res, 0, "the close: %d", dn.closed_res);
+	cr_assert_eq(fcntl(dn.pipefd[0], F_GETFD), -1, "the pipe's descriptor is still open");
+	cr_assert_eq(errno, EBADF);
+	close(dn.pipefd[1]);
+	keel_runtime_destroy(rt);
+	keel_xqueue_destroy(q);
+}
+
 /* An accept error that is the one connection's (ECONNABORTED: the peer reset it while it
  * was queued) does not pause accepting: the next client is served at once. With the
  * back-off at 60 s, twice the test's wait, the pause the error used to bring shows as a
