@@ -367,7 +367,9 @@ struct keel_runtime {
 	 * before its on_start, and by keel_runtime_start), never when the start failed, so no
 	 * request can wait on a shard that will not run it. */
 	_Atomic bool accepting;
-	bool joined;
+	/* keel_runtime_join: JOIN_IDLE until one claims it (JOIN_BUSY, another is refused),
+	 * JOIN_DONE once it has returned. */
+	_Atomic int join;
 	/* opts.signals: the starting thread's record of the stop signals it blocked (runtime.c),
 	 * held from start until the release at join; NULL when none is held. */
 	struct keel__sig_hold *sig_hold;
@@ -375,6 +377,8 @@ struct keel_runtime {
 	struct keel_runtime *sig_next;
 	bool sig_listed;
 };
+
+enum { JOIN_IDLE = 0, JOIN_BUSY = 1, JOIN_DONE = 2 };
 
 /* Current shard of this thread (NULL off-shard). */
 extern _Thread_local struct keel_shard *keel__cur __attribute__((tls_model("initial-exec")));

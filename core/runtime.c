@@ -1235,18 +1235,50 @@ stats_report(const struct keel_runtime *rt)
 	free(text);
 }
 
+/* Whether the calling thread is one of @rt's shards, which can neither wait for the shards'
+ * end (its own among them: they wait for it at their exit) nor free @rt under itself: then
+ * @call is logged, refused. */
+static bool
+on_own_shard(const struct keel_runtime *rt, const char *call)
+{
+	const struct keel_shard *s = keel__cur;
+
+	if (!s || s->rt != rt)
+		return false;
+	keel_log(KEEL_LOG_ERROR, "core",
+		 "%s on shard %u of that runtime: refused (a shard cannot wait for its own end, "
+		 "nor free the runtime it runs on; it would hang): call keel_stop there, and "
+		 "keel_runtime_join and keel_runtime_destroy on the thread that started the "
+		 "runtime",
+		 call, s->id);
+	return true;
+}
+
 int
 keel_runtime_join(struct keel_runtime *rt)
 {
-	if (!rt->started || rt->joined)
+	int idle = JOIN_IDLE;
+
+	if (!rt->started)
 		return join_status(rt);
+	if (on_own_shard(rt, "keel_runtime_join"))
+		return -EDEADLK;
+	/* Claimed once: two joins at once would join the same threads (undefined) and give
+	 * the signal mask's record back twice. */
+	if (!atomic_compare_exchange_strong(&rt->join, &idle, JOIN_BUSY)) {
+		if (idle == JOIN_DONE)
+			return join_status(rt);
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "keel_runtime_join while another thread joins the runtime: refused "
+			 "(-EALREADY); join a runtime once, on the thread that started it");
+		return -EALREADY;
+	}
 	for (unsigned i = 0; i < rt->created; i++)
 		pthread_join(rt->shards[i].thread, NULL);
 	keel__signal_unlist(rt); /* no other runtime's signal reader stops @rt from now on */
 	/* A keel_runtime_stop on another thread may still be waking shards that have ended. */
 	while (atomic_load(&rt->stop_calls))
 		sched_yield();
-	rt->joined = true;
 	/* A start that failed leaves pending signals to the host, as one that failed before
 	 * its threads does: no stop of keel's was under way for them to belong to. */
 	mask_release(rt, !rt->start_err);
@@ -1255,6 +1287,7 @@ keel_runtime_join(struct keel_runtime *rt)
 #ifdef KEEL_FAULTS
 	keel__faults_env_report();
 #endif
+	atomic_store(&rt->join, JOIN_DONE);
 	return join_status(rt);
 }
 
@@ -1271,9 +1304,9 @@ shards_unmatched(const struct keel_runtime *rt)
 void
 keel_runtime_destroy(struct keel_runtime *rt)
 {
-	if (!rt)
+	if (!rt || on_own_shard(rt, "keel_runtime_destroy"))
 		return;
-	if (rt->started && !rt->joined) {
+	if (rt->started && atomic_load(&rt->join) != JOIN_DONE) {
 		keel_runtime_stop(rt, 0);
 		keel_runtime_join(rt);
 	}

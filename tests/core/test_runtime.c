@@ -424,3 +424,133 @@ Test(core_runtime, stats_go_through_the_log_sink_when_one_is_set)
 		  "no table on stderr: '%s'", err);
 	cr_assert_eq(stats_lines, 0);
 }
+
+/* keel_runtime_join and keel_runtime_destroy on one of the runtime's own shards: refused
+ * with an ERROR naming the fix. The join used to wait for the shard it runs on (its own
+ * pthread_join failed unseen, EDEADLK) and for the others, which once stopped wait for it
+ * at their exit: the process hung. A destroy of a runtime not joined joins it: the same. */
+static _Atomic int own_r, own_lines;
+static _Atomic bool own_destroy;
+
+static void
+own_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	const char *call = atomic_load(&own_destroy) ? "keel_runtime_destroy" : "keel_runtime_join";
+
+	(void)module, (void)shard, (void)arg;
+	if (level == KEEL_LOG_ERROR && strstr(msg, call) && strstr(msg, "on shard 0") &&
+	    strstr(msg, "the thread that started"))
+		atomic_fetch_add(&own_lines, 1);
+}
+
+static void
+own_start(void *app)
+{
+	struct keel_shard *sh = keel_this_shard();
+	struct keel_runtime *rt = keel_shard_runtime(sh);
+
+	(void)app;
+	if (keel_shard_id(sh) != 0)
+		return;
+	keel_runtime_stop(rt, 0);
+	if (atomic_load(&own_destroy))
+		keel_runtime_destroy(rt); /* refused: the runtime stays, the host joins it */
+	else
+		atomic_store(&own_r, keel_runtime_join(rt));
+}
+
+static void
+own_run(bool destroy)
+{
+	struct keel_opts o = test_opts(2);
+	struct keel_runtime *rt;
+
+	atomic_store(&own_r, 1);
+	atomic_store(&own_lines, 0);
+	atomic_store(&own_destroy, destroy);
+	keel_log_set_sink(own_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, own_start, NULL), 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_log_set_sink(NULL, NULL);
+	keel_runtime_destroy(rt);
+	cr_assert_eq(atomic_load(&own_lines), 1, "%d ERROR lines naming the fix, want 1",
+		     atomic_load(&own_lines));
+}
+
+Test(core_runtime, a_join_on_one_of_its_own_shards_is_refused, .timeout = 10)
+{
+	own_run(false);
+	cr_assert_eq(atomic_load(&own_r), -EDEADLK, "the join on shard 0: %d", atomic_load(&own_r));
+}
+
+Test(core_runtime, a_destroy_on_one_of_its_own_shards_is_refused, .timeout = 10)
+{
+	own_run(true);
+}
+
+/* Two threads that join one runtime at once: one joins it and returns the stop status, the
+ * other is refused with -EALREADY rather than join the same threads again (undefined; glibc
+ * fails the second pthread_join, so that join returned at once, status 0, while the shards
+ * still ran) and release the signal mask's record twice. The stop comes a second after both
+ * calls, from a timer on the shard. A join after the first has returned gets the status. */
+static _Atomic int cj_lines;
+
+static void
+cj_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	(void)module, (void)shard, (void)arg;
+	if (level == KEEL_LOG_ERROR && strstr(msg, "keel_runtime_join") &&
+	    strstr(msg, "another thread"))
+		atomic_fetch_add(&cj_lines, 1);
+}
+
+static void
+cj_fire(struct keel_timer *t, void *arg)
+{
+	(void)t, (void)arg;
+	keel_stop(7);
+}
+
+static void
+cj_start(void *app)
+{
+	struct keel_timer *t;
+
+	(void)app;
+	SHARD_CHECK_EQ(keel_timer_create(cj_fire, NULL, &t), 0);
+	SHARD_CHECK_EQ(keel_timer_start(t, KEEL_MS(1000), 0), 0);
+}
+
+static void *
+cj_join(void *rt)
+{
+	return (void *)(intptr_t)keel_runtime_join(rt);
+}
+
+Test(core_runtime, a_second_join_at_once_is_refused, .timeout = 10)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_runtime *rt;
+	pthread_t th;
+	void *other;
+	int mine;
+
+	atomic_store(&cj_lines, 0);
+	keel_log_set_sink(cj_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, cj_start, NULL), 0);
+	cr_assert_eq(pthread_create(&th, NULL, cj_join, rt), 0);
+	mine = keel_runtime_join(rt);
+	cr_assert_eq(pthread_join(th, &other), 0);
+	keel_log_set_sink(NULL, NULL);
+	SHARD_CHECKS_PASSED();
+	cr_assert((mine == 7 && (intptr_t)other == -EALREADY) ||
+			  (mine == -EALREADY && (intptr_t)other == 7),
+		  "the two joins returned %d and %d: want the stop status (7) and -EALREADY", mine,
+		  (int)(intptr_t)other);
+	cr_assert_eq(atomic_load(&cj_lines), 1, "%d ERROR lines naming the fix, want 1",
+		     atomic_load(&cj_lines));
+	cr_assert_eq(keel_runtime_join(rt), 7, "a join after the join: not the status");
+	keel_runtime_destroy(rt);
+}

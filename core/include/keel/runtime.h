@@ -82,10 +82,14 @@ KEEL_API void keel_runtime_stop(struct keel_runtime *rt, int status);
  * quiescence), every 10 s each shard logs a WARN naming what holds it, or the shards it
  * waits for (architecture.md, "Stopping").
  * Returns: the stop status (0 after a clean stop), or keel_runtime_start's error when it
- * failed.
+ * failed; the same again from a join after the one that joined. -EDEADLK, logged as an
+ * ERROR, when called on one of this runtime's own shards (a callback, on_start, a stop
+ * hook): a shard cannot wait for its own end; call keel_stop() there and join on the
+ * starting thread. -EALREADY, logged, while another thread's join of the runtime is under
+ * way: only one joins.
  * Context: the thread that started the runtime; once. (With opts->signals, a join on
  * another thread leaves the starting thread's mask as it is, logged as in
- * keel_runtime_destroy().)
+ * keel_runtime_destroy().) Never one of the runtime's own shards.
  */
 KEEL_API int keel_runtime_join(struct keel_runtime *rt);
 
@@ -100,7 +104,10 @@ KEEL_API int keel_runtime_join(struct keel_runtime *rt);
  * another thread than the starting one, that join cannot unblock SIGINT and SIGTERM in the
  * starting thread: it logs an ERROR naming the fix, and that thread gets its mask back when
  * it next joins a runtime it started.
- * Context: any thread, after join (with opts->signals, a join on the starting thread).
+ * Context: any thread, after join (with opts->signals, a join on the starting thread), but
+ * one of the runtime's own shards: there it cannot free the runtime it runs on, nor join
+ * it, so it logs an ERROR naming the fix and returns, destroying nothing (the runtime runs
+ * on; the host still joins and destroys it).
  */
 KEEL_API void keel_runtime_destroy(struct keel_runtime *rt);
 
