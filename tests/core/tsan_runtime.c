@@ -4,7 +4,8 @@
  * (Criterion's runner is not instrumented and forks): foreign threads submitting requests
  * with eventfd queues and callbacks, shards calling and broadcasting to each other while
  * sleeping and waking, a host thread reading stats and a shard's allocator regions while the
- * shard adds regions (keel_alloc_region: any thread), and a host-initiated stop.
+ * shard adds regions (keel_alloc_region: any thread), and a host-initiated stop joined by two
+ * threads at once.
  * Exits 0 when every check held, 1 otherwise.
  */
 #include <errno.h>
@@ -13,6 +14,7 @@
 #include <keel/keel.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -241,12 +243,22 @@ early(void *arg)
 	return NULL;
 }
 
+/* A second host thread that joins as main does: one of the two joins the shards, the other
+ * is refused (-EALREADY) while that join is under way, or gets the status after it. */
+static void *
+joiner(void *rt)
+{
+	return (void *)(intptr_t)keel_runtime_join(rt);
+}
+
 int
 main(void)
 {
 	struct keel_opts o;
 	struct keel_runtime *rt;
-	pthread_t th[THREADS], early_th;
+	pthread_t th[THREADS], early_th, join_th;
+	void *joined;
+	int r;
 	struct thr t;
 	_Atomic unsigned cb = 0;
 	struct keel_shard_stats st;
@@ -290,7 +302,13 @@ main(void)
 	for (int i = 0; i < THREADS; i++)
 		pthread_join(th[i], NULL);
 	keel_runtime_stop(rt, 0);
-	CHECK(keel_runtime_join(rt) == 0);
+	pthread_create(&join_th, NULL, joiner, rt);
+	r = keel_runtime_join(rt);
+	pthread_join(join_th, &joined);
+	CHECK(r == 0 || r == -EALREADY);
+	CHECK((intptr_t)joined == 0 || (intptr_t)joined == -EALREADY);
+	CHECK(r == 0 || (intptr_t)joined == 0);
+	CHECK(keel_runtime_join(rt) == 0); /* after the join: the status */
 	for (unsigned s = 0; s < SHARDS; s++) {
 		CHECK(apps[s].pongs == PINGS);
 		CHECK(apps[s].bcast_done == 1);
