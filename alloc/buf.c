@@ -194,6 +194,27 @@ nomem:
 	return -ENOMEM;
 }
 
+/* A header for external memory (a wrap, or a slot made for uses to come), refs 0. */
+static struct keel_buf *
+ext_hdr(struct keel_alloc *a, void *data, uint32_t cap, keel_buf_release_fn release, void *arg,
+	enum buf_kind kind)
+{
+	struct keel_buf *b = hdr_get(a);
+
+	if (!b)
+		return NULL;
+	b->refs = 0;
+	b->cap = cap;
+	b->cls = 0;
+	b->kind = kind;
+	b->holder = (uint16_t)a->cfg.shard;
+	b->data = data;
+	b->home = a;
+	b->u.ext.fn = release;
+	b->u.ext.arg = arg;
+	return b;
+}
+
 int
 keel_buf_wrap_at(struct keel_alloc *a, void *data, uint32_t cap, keel_buf_release_fn release,
 		 void *arg, struct keel_slice *out, const char *file, int line)
@@ -202,18 +223,10 @@ keel_buf_wrap_at(struct keel_alloc *a, void *data, uint32_t cap, keel_buf_releas
 
 	if (!data || !cap || !release)
 		return -EINVAL;
-	b = hdr_get(a);
+	b = ext_hdr(a, data, cap, release, arg, BUF_EXTERNAL);
 	if (!b)
 		return -ENOMEM;
 	b->refs = 1;
-	b->cap = cap;
-	b->cls = 0;
-	b->kind = BUF_EXTERNAL;
-	b->holder = (uint16_t)a->cfg.shard;
-	b->data = data;
-	b->home = a;
-	b->u.ext.fn = release;
-	b->u.ext.arg = arg;
 	/* Not registered memory: counted apart from bytes_in_use and its peak. */
 	ASTAT_ADD(a, ext_bytes_in_use, cap);
 	ASTAT_ADD(a, ext_buffers_live, 1);
@@ -228,25 +241,11 @@ int
 keel_buf_slot_create(struct keel_alloc *a, void *data, uint32_t cap, keel_buf_release_fn release,
 		     void *arg, struct keel_buf **out)
 {
-	struct keel_buf *b;
-
 	if (!data || !cap || !release)
 		return -EINVAL;
-	b = hdr_get(a);
-	if (!b)
-		return -ENOMEM;
 	/* Everything a use does not change is set once, here. refs 0: no use is live. */
-	b->refs = 0;
-	b->cap = cap;
-	b->cls = 0;
-	b->kind = BUF_SLOT;
-	b->holder = (uint16_t)a->cfg.shard;
-	b->data = data;
-	b->home = a;
-	b->u.ext.fn = release;
-	b->u.ext.arg = arg;
-	*out = b;
-	return 0;
+	*out = ext_hdr(a, data, cap, release, arg, BUF_SLOT);
+	return *out ? 0 : -ENOMEM;
 }
 
 void
