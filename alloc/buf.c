@@ -153,11 +153,16 @@ keel_buf_alloc_at(struct keel_alloc *a, size_t len, struct keel_slice *out, cons
 	void *p;
 	uint32_t cap;
 	uint8_t cls = 0;
+	int r;
 
+	/* Every failure leaves *out empty, as keel_slice_export's do: a caller that puts or
+	 * sends it anyway must not act on whatever the memory held before. */
+	r = -EINVAL;
 	if (len == 0)
-		return -EINVAL;
+		goto fail;
+	r = -E2BIG;
 	if (len > a->buf_max)
-		return -E2BIG;
+		goto fail;
 	b = hdr_get(a);
 	if (!b)
 		goto nomem;
@@ -191,7 +196,10 @@ keel_buf_alloc_at(struct keel_alloc *a, size_t len, struct keel_slice *out, cons
 	return 0;
 nomem:
 	ASTAT_ADD(a, alloc_failures, 1);
-	return -ENOMEM;
+	r = -ENOMEM;
+fail:
+	memset(out, 0, sizeof(*out));
+	return r;
 }
 
 /* A header for external memory (a wrap, or a slot made for uses to come), refs 0. */
@@ -220,12 +228,16 @@ keel_buf_wrap_at(struct keel_alloc *a, void *data, uint32_t cap, keel_buf_releas
 		 void *arg, struct keel_slice *out, const char *file, int line)
 {
 	struct keel_buf *b;
+	int r;
 
+	/* A failure leaves *out empty, as keel_buf_alloc's do. */
+	r = -EINVAL;
 	if (!data || !cap || !release)
-		return -EINVAL;
+		goto fail;
+	r = -ENOMEM;
 	b = ext_hdr(a, data, cap, release, arg, BUF_EXTERNAL);
 	if (!b)
-		return -ENOMEM;
+		goto fail;
 	b->refs = 1;
 	/* Not registered memory: counted apart from bytes_in_use and its peak. */
 	ASTAT_ADD(a, ext_bytes_in_use, cap);
@@ -235,6 +247,9 @@ keel_buf_wrap_at(struct keel_alloc *a, void *data, uint32_t cap, keel_buf_releas
 #endif
 	slice_init(out, b, data, cap);
 	return 0;
+fail:
+	memset(out, 0, sizeof(*out));
+	return r;
 }
 
 int
@@ -465,8 +480,10 @@ keel_slice_get(const struct keel_slice *s, struct keel_slice *out)
 int
 keel_slice_sub(const struct keel_slice *s, size_t off, size_t len, struct keel_slice *out)
 {
-	if (off > s->len || len > s->len - off)
+	if (off > s->len || len > s->len - off) {
+		memset(out, 0, sizeof(*out)); /* as every refusal of a slice (keel_buf_alloc) */
 		return -ERANGE;
+	}
 	keel_slice_get(s, out);
 #ifdef KEEL_BUF_TRACE
 	if (!out->buf) /* @s was stale: reported, no reference taken */
@@ -562,9 +579,12 @@ keel_slice_copy_at(const struct keel_slice *s, struct keel_slice *out, const cha
 	struct keel_alloc *a = keel__alloc_cur;
 	int r;
 
-	if (!a)
+	if (!a) {
+		memset(out, 0, sizeof(*out)); /* as keel_buf_alloc's refusals leave it */
 		return -EPERM;
-	/* A buffer has at least one byte; an empty copy is an empty window on one. */
+	}
+	/* A buffer has at least one byte; an empty copy is an empty window on one. A refusal
+	 * leaves *out empty. */
 	r = keel_buf_alloc_at(a, s->len ? s->len : 1, out, file, line);
 	if (r < 0)
 		return r;

@@ -28,7 +28,7 @@ static void
 refcount_rules(enum keel_alloc_backend be)
 {
 	struct keel_alloc *a = make(be, 16 * MiB, 4 * MiB);
-	struct keel_slice s, g, sub, subsub;
+	struct keel_slice s, g, sub, subsub, bad;
 	struct keel_alloc_stats st;
 
 	cr_assert_eq(keel_buf_alloc(a, 2000, &s), 0);
@@ -49,7 +49,8 @@ refcount_rules(enum keel_alloc_backend be)
 	cr_assert_eq(subsub.buf, s.buf);
 	cr_assert_eq(subsub.data, s.data + 150);
 	cr_assert_eq(keel_slice_refs(&s), 4);
-	cr_assert_eq(keel_slice_sub(&sub, 400, 101, &g), -ERANGE, "range past the slice");
+	cr_assert_eq(keel_slice_sub(&sub, 400, 101, &bad), -ERANGE, "range past the slice");
+	cr_assert_null(bad.buf, "a refused sub leaves an empty slice");
 	cr_assert_eq(keel_slice_refs(&s), 4, "a refused sub took no reference");
 
 	keel_slice_put(&g);
@@ -253,6 +254,51 @@ Test(alloc_buf, bad_sizes_are_refused)
 	c.region_size = 4 * MiB;
 	c.memory = 1 * MiB;
 	cr_assert_eq(keel_alloc_create(&c, &b), -EINVAL, "cap below one huge page");
+	keel_alloc_destroy(a);
+}
+
+/* Every refusal of a call that makes a slice leaves *out an empty slice, as
+ * keel_slice_export's do: a caller that ignores the return and puts or sends it must not
+ * act on whatever the memory held before (a garbage buffer pointer). */
+static void
+assert_empty(const struct keel_slice *s, const char *call)
+{
+	cr_assert_null(s->buf, "a refused %s left *out as it was: buf %p", call, (void *)s->buf);
+	cr_assert_null(s->data, "a refused %s: data %p", call, (void *)s->data);
+	cr_assert_eq(s->len, 0, "a refused %s: len %u", call, s->len);
+}
+
+Test(alloc_buf, a_refused_alloc_wrap_or_sub_leaves_an_empty_slice)
+{
+	struct keel_alloc *a = make(KEEL_ALLOC_BACKEND_DEFAULT, 8 * MiB, 4 * MiB);
+	static uint8_t ext[64];
+	struct ext_state e = { 0 };
+	struct keel_slice s[16], out;
+	unsigned n = 0;
+	int r;
+
+	memset(&out, 0xa5, sizeof(out));
+	cr_assert_eq(keel_buf_alloc(a, 0, &out), -EINVAL);
+	assert_empty(&out, "keel_buf_alloc (-EINVAL)");
+	memset(&out, 0xa5, sizeof(out));
+	cr_assert_eq(keel_buf_alloc(a, 4 * MiB + 1, &out), -E2BIG);
+	assert_empty(&out, "keel_buf_alloc (-E2BIG)");
+	/* The cap: 1 MiB buffers until --memory (8 MiB) is reached. */
+	while (n < 16 && (r = keel_buf_alloc(a, 1 << 20, &s[n])) == 0)
+		n++;
+	cr_assert_eq(r, -ENOMEM, "no -ENOMEM after %u buffers of 1 MiB", n);
+	memset(&out, 0xa5, sizeof(out));
+	cr_assert_eq(keel_buf_alloc(a, 1 << 20, &out), -ENOMEM);
+	assert_empty(&out, "keel_buf_alloc (-ENOMEM)");
+	memset(&out, 0xa5, sizeof(out));
+	cr_assert_eq(keel_buf_wrap(a, ext, 0, ext_release, &e, &out), -EINVAL);
+	assert_empty(&out, "keel_buf_wrap (-EINVAL)");
+	memset(&out, 0xa5, sizeof(out));
+	cr_assert_eq(keel_slice_sub(&s[0], 10, s[0].len, &out), -ERANGE);
+	assert_empty(&out, "keel_slice_sub (-ERANGE)");
+	cr_assert_eq(keel_slice_refs(&s[0]), 1, "a refused sub took a reference");
+	while (n)
+		keel_slice_put(&s[--n]);
 	keel_alloc_destroy(a);
 }
 

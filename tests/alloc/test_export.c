@@ -32,7 +32,7 @@ stats(int i, struct keel_alloc_stats *st)
 
 Test(alloc_export, remote_puts_leave_the_home_count_alone_until_the_proxy_comes_home)
 {
-	struct keel_slice ring, frame, p, g, sub;
+	struct keel_slice ring, frame, p, g, sub, bad;
 	struct keel_alloc_stats st;
 
 	sim_init(NULL, NULL);
@@ -49,7 +49,7 @@ Test(alloc_export, remote_puts_leave_the_home_count_alone_until_the_proxy_comes_
 	cr_assert_eq(memcmp(p.data, mem + 100, 1000), 0, "zero copy: the same bytes");
 	keel_slice_get(&p, &g);
 	cr_assert_eq(keel_slice_sub(&p, 10, 20, &sub), 0);
-	cr_assert_eq(keel_slice_sub(&p, 990, 20, &sub), -ERANGE, "the window is the export's");
+	cr_assert_eq(keel_slice_sub(&p, 990, 20, &bad), -ERANGE, "the window is the export's");
 	cr_assert_eq(keel_slice_refs(&p), 3, "the remote side counts on the proxy");
 	keel_slice_put(&g);
 	keel_slice_put(&sub);
@@ -248,6 +248,59 @@ Test(alloc_export, a_refused_export_leaves_an_empty_slice)
 	cr_assert_null(out.buf, "a refused export (-EPERM) left *out as it was: %p", out.buf);
 	keel_alloc_bind_thread(a);
 	cr_assert_eq(keel_slice_refs(&s), 1, "nothing taken");
+	keel_slice_put(&s);
+	keel_alloc_destroy(a);
+}
+
+/* A refused copy leaves *out empty, as a refused export does: -EPERM on a thread without an
+ * allocator, -E2BIG for a slice larger than the calling shard's largest buffer (an
+ * external buffer may be), -ENOMEM at the cap. */
+static int big_released;
+
+static void
+big_release(void *data, uint32_t cap, void *arg)
+{
+	(void)data, (void)cap, (void)arg;
+	big_released++;
+}
+
+Test(alloc_export, a_refused_copy_leaves_an_empty_slice)
+{
+	struct keel_alloc_config c =
+		test_alloc_config(KEEL_ALLOC_BACKEND_DEFAULT, 8ULL << 20, 4ULL << 20);
+	static uint8_t big[(4u << 20) + 1];
+	struct keel_alloc *a;
+	struct keel_slice s, ext, fill[16], out;
+	unsigned n = 0;
+	int r;
+
+	cr_assert_eq(keel_alloc_create(&c, &a), 0);
+	keel_alloc_bind_thread(a);
+	cr_assert_eq(keel_buf_alloc(a, 64, &s), 0);
+	keel_alloc_bind_thread(NULL);
+	memset(&out, 0xa5, sizeof(out));
+	cr_assert_eq(keel_slice_copy(&s, &out), -EPERM);
+	cr_assert_null(out.buf, "a refused copy (-EPERM) left *out as it was: %p", out.buf);
+	cr_assert_null(out.data);
+	cr_assert_eq(out.len, 0);
+	keel_alloc_bind_thread(a);
+	cr_assert_eq(keel_buf_wrap(a, big, sizeof(big), big_release, NULL, &ext), 0);
+	memset(&out, 0xa5, sizeof(out));
+	cr_assert_eq(keel_slice_copy(&ext, &out), -E2BIG);
+	cr_assert_null(out.buf, "a refused copy (-E2BIG) left *out as it was: %p", out.buf);
+	cr_assert_eq(out.len, 0);
+	while (n < 16 && (r = keel_buf_alloc(a, 1 << 20, &fill[n])) == 0)
+		n++;
+	cr_assert_eq(r, -ENOMEM, "no -ENOMEM after %u buffers of 1 MiB", n);
+	memset(&out, 0xa5, sizeof(out));
+	cr_assert_eq(keel_slice_copy(&fill[0], &out), -ENOMEM);
+	cr_assert_null(out.buf, "a refused copy (-ENOMEM) left *out as it was: %p", out.buf);
+	cr_assert_eq(out.len, 0);
+	while (n)
+		keel_slice_put(&fill[--n]);
+	cr_assert_eq(keel_slice_refs(&s), 1, "nothing taken");
+	keel_slice_put(&ext);
+	cr_assert_eq(big_released, 1);
 	keel_slice_put(&s);
 	keel_alloc_destroy(a);
 }

@@ -29,6 +29,10 @@
  * A buffer whose last put happens away from its home shard is sent home (through the
  * allocator's send_home hook) and freed there.
  *
+ * Every call below that makes a slice (alloc, wrap, sub, export, copy) leaves *out an empty
+ * slice (no buffer, no bytes, no reference) when it fails: check the return before using
+ * it; never put or send it.
+ *
  * Built with -DKEEL_BUF_TRACE=ON, each buffer records its allocation site and the shard
  * holding it; double puts, puts on the wrong shard and leaks at teardown are reported with
  * the allocation site (through the allocator's log hook) and counted in trace_errors. A
@@ -73,7 +77,8 @@ typedef void (*keel_buf_release_fn)(void *data, uint32_t cap, void *arg);
  * Ownership: *out holds the only reference; put it with keel_slice_put().
  * Returns: 0; -EINVAL for @len 0; -E2BIG past keel_alloc_buf_max(@a) (the region size, or
  * 7/8 of it with the jemalloc backend); -ENOMEM when the cap
- * (--memory) is reached (the caller decides what to do; nothing is killed).
+ * (--memory) is reached (the caller decides what to do; nothing is killed). On every failure
+ * *out is an empty slice and holds no reference.
  * Context: @a's shard.
  */
 #define keel_buf_alloc(a, len, out) keel_buf_alloc_at((a), (len), (out), __FILE__, __LINE__)
@@ -83,7 +88,8 @@ KEEL_API int keel_buf_alloc_at(struct keel_alloc *a, size_t len, struct keel_sli
 /**
  * Wrap external memory (a provided-buffer ring's buffer, say) as a buffer of @a: the last
  * put calls @release(@data, @cap, @arg) on @a's shard.
- * Returns: 0, -EINVAL, or -ENOMEM (no header).
+ * Returns: 0, -EINVAL, or -ENOMEM (no header); on failure *out is an empty slice and
+ * @release is not called.
  * Context: @a's shard.
  */
 #define keel_buf_wrap(a, data, cap, release, arg, out) \
@@ -102,7 +108,8 @@ KEEL_API void keel_slice_get(const struct keel_slice *s, struct keel_slice *out)
 /**
  * Take another reference (+1) on a sub-range: *out covers @len bytes from @off of @s.
  * Returns: 0, or -ERANGE when the range is not inside @s (no reference taken); with
- * KEEL_BUF_TRACE, -ESTALE when @s is stale (reported; *out is empty).
+ * KEEL_BUF_TRACE, -ESTALE when @s is stale (reported). On either failure *out is an empty
+ * slice, so @out must not be @s or a slice still to be put.
  * Context: the shard holding @s's buffer.
  */
 KEEL_API int keel_slice_sub(const struct keel_slice *s, size_t off, size_t len,
@@ -166,7 +173,7 @@ KEEL_API int keel_slice_export_at(const struct keel_slice *s, unsigned dst, stru
  * copy, with @s->len bytes (a zero-length copy is an empty window on a one-byte buffer).
  * Context: a shard that holds @s (or may read it: it holds an export of it).
  * Returns: 0; -EPERM on a thread without an allocator; as keel_buf_alloc() (-ENOMEM,
- * -E2BIG).
+ * -E2BIG). On every failure *out is an empty slice and holds no reference.
  */
 #define keel_slice_copy(s, out) keel_slice_copy_at((s), (out), __FILE__, __LINE__)
 KEEL_API int keel_slice_copy_at(const struct keel_slice *s, struct keel_slice *out,
