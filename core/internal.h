@@ -368,8 +368,10 @@ struct keel_runtime {
 	 * request can wait on a shard that will not run it. */
 	_Atomic bool accepting;
 	/* keel_runtime_join: JOIN_IDLE until one claims it (JOIN_BUSY, another is refused),
-	 * JOIN_DONE once it has returned. */
+	 * JOIN_DONE once it has returned. Set to JOIN_DONE under start_lock and signalled on
+	 * join_cond: a destroy on another thread waits for it there. */
 	_Atomic int join;
+	pthread_cond_t join_cond;
 	/* opts.signals: the starting thread's record of the stop signals it blocked (runtime.c),
 	 * held from start until the release at join; NULL when none is held. */
 	struct keel__sig_hold *sig_hold;

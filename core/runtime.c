@@ -834,6 +834,7 @@ runtime_create(const struct keel_opts *opts, struct keel_runtime **out)
 		iface_check(rt);
 	pthread_mutex_init(&rt->start_lock, NULL);
 	pthread_cond_init(&rt->latch_cond, NULL);
+	pthread_cond_init(&rt->join_cond, NULL);
 	keel__features_log(opts, rt->features);
 	free(cpus);
 	*out = rt;
@@ -1254,6 +1255,46 @@ on_own_shard(const struct keel_runtime *rt, const char *call)
 	return true;
 }
 
+/* The join, once claimed (rt->join JOIN_BUSY). Returns the join's status. */
+static int
+join_claimed(struct keel_runtime *rt)
+{
+	int r;
+
+	for (unsigned i = 0; i < rt->created; i++)
+		pthread_join(rt->shards[i].thread, NULL);
+	keel__signal_unlist(rt); /* no other runtime's signal reader stops @rt from now on */
+	/* A keel_runtime_stop on another thread may still be waking shards that have ended. */
+	while (atomic_load(&rt->stop_calls))
+		sched_yield();
+	/* A start that failed leaves pending signals to the host, as one that failed before
+	 * its threads does: no stop of keel's was under way for them to belong to. */
+	mask_release(rt, !rt->start_err);
+	if (rt->opts.stats)
+		stats_report(rt);
+#ifdef KEEL_FAULTS
+	keel__faults_env_report();
+#endif
+	r = join_status(rt);
+	/* A destroy on another thread waits for this (join_wait) and frees @rt as soon as it
+	 * sees it: nothing here touches @rt once the lock is released. */
+	pthread_mutex_lock(&rt->start_lock);
+	atomic_store(&rt->join, JOIN_DONE);
+	pthread_cond_broadcast(&rt->join_cond);
+	pthread_mutex_unlock(&rt->start_lock);
+	return r;
+}
+
+/* Until another thread's join of @rt has returned. */
+static void
+join_wait(struct keel_runtime *rt)
+{
+	pthread_mutex_lock(&rt->start_lock);
+	while (atomic_load(&rt->join) != JOIN_DONE)
+		pthread_cond_wait(&rt->join_cond, &rt->start_lock);
+	pthread_mutex_unlock(&rt->start_lock);
+}
+
 int
 keel_runtime_join(struct keel_runtime *rt)
 {
@@ -1273,22 +1314,7 @@ keel_runtime_join(struct keel_runtime *rt)
 			 "(-EALREADY); join a runtime once, on the thread that started it");
 		return -EALREADY;
 	}
-	for (unsigned i = 0; i < rt->created; i++)
-		pthread_join(rt->shards[i].thread, NULL);
-	keel__signal_unlist(rt); /* no other runtime's signal reader stops @rt from now on */
-	/* A keel_runtime_stop on another thread may still be waking shards that have ended. */
-	while (atomic_load(&rt->stop_calls))
-		sched_yield();
-	/* A start that failed leaves pending signals to the host, as one that failed before
-	 * its threads does: no stop of keel's was under way for them to belong to. */
-	mask_release(rt, !rt->start_err);
-	if (rt->opts.stats)
-		stats_report(rt);
-#ifdef KEEL_FAULTS
-	keel__faults_env_report();
-#endif
-	atomic_store(&rt->join, JOIN_DONE);
-	return join_status(rt);
+	return join_claimed(rt);
 }
 
 /* Whether a shard ended with operations still counted (their CQEs dropped). */
@@ -1304,17 +1330,25 @@ shards_unmatched(const struct keel_runtime *rt)
 void
 keel_runtime_destroy(struct keel_runtime *rt)
 {
+	int idle = JOIN_IDLE;
+
 	if (!rt || on_own_shard(rt, "keel_runtime_destroy"))
 		return;
 	if (rt->started && atomic_load(&rt->join) != JOIN_DONE) {
 		keel_runtime_stop(rt, 0);
-		keel_runtime_join(rt);
+		/* Joined here, or, when another thread's join is under way, after that join has
+		 * returned: freeing @rt under it would have it join freed threads. */
+		if (atomic_compare_exchange_strong(&rt->join, &idle, JOIN_BUSY))
+			join_claimed(rt);
+		else
+			join_wait(rt);
 	}
 	close_shard_fds(rt);
 	for (unsigned i = 0; i < rt->count; i++)
 		pthread_mutex_destroy(&rt->shards[i].xlock);
 	pthread_mutex_destroy(&rt->start_lock);
 	pthread_cond_destroy(&rt->latch_cond);
+	pthread_cond_destroy(&rt->join_cond);
 	/* A shard that ended with operations that never completed (loop.c, final_drain)
 	 * leaves its struct, whose internal reads' buffers such an operation may still
 	 * write, allocated: a leak, said by that shard's ERROR line. */

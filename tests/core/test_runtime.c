@@ -12,6 +12,7 @@
 #include <criterion/criterion.h>
 
 #include "../../core/hooks.h"
+#include "../../core/internal.h"
 #include "helpers.h"
 
 struct start_state {
@@ -544,4 +545,48 @@ Test(core_runtime, a_second_join_at_once_is_refused, .timeout = 30)
 		     atomic_load(&cj_lines));
 	cr_assert_eq(keel_runtime_join(rt), 7, "a join after the join: not the status");
 	keel_runtime_destroy(rt);
+}
+
+/* A destroy on one thread while another joins the runtime: the destroy stops it and waits
+ * for that join to return before it frees anything. It used to stop, be refused by its own
+ * join (-EALREADY, logged) and free the runtime under the joining thread (use after free:
+ * run in the ASan build). The join is seen claimed (core/internal.h: rt->join) before the
+ * destroy: while the runtime runs the join waits in it, so no timing decides the order. */
+static _Atomic int dj_errors;
+
+static void
+dj_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	(void)module, (void)shard, (void)msg, (void)arg;
+	if (level == KEEL_LOG_ERROR)
+		atomic_fetch_add(&dj_errors, 1);
+}
+
+static void *
+dj_join(void *rt)
+{
+	return (void *)(intptr_t)keel_runtime_join(rt);
+}
+
+Test(core_runtime, a_destroy_while_another_thread_joins_waits_for_that_join, .timeout = 30)
+{
+	struct keel_opts o = test_opts(2);
+	struct keel_runtime *rt;
+	pthread_t th;
+	void *r;
+
+	atomic_store(&dj_errors, 0);
+	keel_log_set_sink(dj_sink, NULL);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, NULL, NULL), 0);
+	cr_assert_eq(pthread_create(&th, NULL, dj_join, rt), 0);
+	while (atomic_load(&rt->join) != JOIN_BUSY)
+		sched_yield();
+	keel_runtime_destroy(rt);
+	cr_assert_eq(pthread_join(th, &r), 0);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert_eq((intptr_t)r, 0, "the join returned %d: want the destroy's stop status (0)",
+		     (int)(intptr_t)r);
+	cr_assert_eq(atomic_load(&dj_errors), 0,
+		     "%d ERROR lines: the destroy's own join was refused", atomic_load(&dj_errors));
 }

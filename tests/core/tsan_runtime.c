@@ -4,8 +4,8 @@
  * (Criterion's runner is not instrumented and forks): foreign threads submitting requests
  * with eventfd queues and callbacks, shards calling and broadcasting to each other while
  * sleeping and waking, a host thread reading stats and a shard's allocator regions while the
- * shard adds regions (keel_alloc_region: any thread), and a host-initiated stop joined by two
- * threads at once.
+ * shard adds regions (keel_alloc_region: any thread), a host-initiated stop joined by two
+ * threads at once, and a runtime destroyed while another thread is inside its join.
  * Exits 0 when every check held, 1 otherwise.
  */
 #include <errno.h>
@@ -13,11 +13,14 @@
 #include <keel/bufreg.h>
 #include <keel/keel.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+
+#include "../../core/internal.h" /* rt->join: a join is under way */
 
 #define SHARDS  3
 #define THREADS 3
@@ -251,6 +254,31 @@ joiner(void *rt)
 	return (void *)(intptr_t)keel_runtime_join(rt);
 }
 
+/* A destroy while another thread joins: it stops the runtime, waits for that join to return
+ * and only then frees it (the join's last touch of the runtime and the free are ordered by
+ * the runtime's lock). The join is seen claimed before the destroy. */
+static void
+destroy_while_joined(void)
+{
+	struct keel_opts o;
+	struct keel_runtime *rt;
+	pthread_t th;
+	void *joined;
+
+	keel_opts_init(&o);
+	o.shards = 1;
+	o.signals = false;
+	o.log_level = KEEL_LOG_WARN;
+	CHECK(keel_runtime_create(&o, &rt) == 0);
+	CHECK(keel_runtime_start(rt, NULL, NULL) == 0);
+	pthread_create(&th, NULL, joiner, rt);
+	while (atomic_load(&rt->join) != JOIN_BUSY)
+		sched_yield();
+	keel_runtime_destroy(rt);
+	pthread_join(th, &joined);
+	CHECK((intptr_t)joined == 0);
+}
+
 int
 main(void)
 {
@@ -315,6 +343,7 @@ main(void)
 	}
 	CHECK(atomic_load(&cb) == THREADS * REQS / 2);
 	keel_runtime_destroy(rt);
+	destroy_while_joined();
 	printf("tsan_runtime: %d passed, %d failed\n", failures ? 0 : 1, failures ? 1 : 0);
 	return failures ? 1 : 0;
 }
