@@ -778,7 +778,9 @@ held_release(struct keel_shard *s, const struct keel_file_req *done)
 /* Request @req found no SQE (the ring's submit failed, logged there; the SQ stays full):
  * it goes back to the head of the FIFO, ahead of what was made after it, and the loop tries
  * the FIFO again at the end of each pass (keel__file_retry) until the ring takes it, or the
- * stop cancels it. Nothing in the ring may end to pump it, so the loop must. */
+ * stop cancels it. Nothing in the ring may end to pump it, so the loop must. In the loop's
+ * last phase no pass comes: final_drain settles it at once (keel__file_settle), a close
+ * made on the spot, and the line says that. */
 static void
 wait_for_sqe(struct keel_shard *s, struct keel_file_req *req)
 {
@@ -788,7 +790,14 @@ wait_for_sqe(struct keel_shard *s, struct keel_file_req *req)
 		s->files.tail = req;
 	if (++s->files.st.waiting > s->files.st.waiting_max)
 		s->files.st.waiting_max = s->files.st.waiting;
-	if (!s->files.nosqe_logged)
+	if (!s->files.nosqe_logged && s->phase == PHASE_DONE) /* only a close is taken there */
+		keel_log(KEEL_LOG_WARN, "core",
+			 "shard %u: the ring's submission queue is full at the shard's end: a disk "
+			 "close found no SQE and is made on the spot instead, synchronously, once "
+			 "no request in the ring names its descriptor (raise --ring-entries if "
+			 "this line comes back; said once until one is had)",
+			 s->id);
+	else if (!s->files.nosqe_logged)
 		keel_log(KEEL_LOG_WARN, "core",
 			 "shard %u: the ring's submission queue is full: a disk %s waits, tried "
 			 "again every pass (raise --ring-entries if this line comes back; said "
