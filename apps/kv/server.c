@@ -1084,7 +1084,8 @@ must_hold(const struct kv_cmd *c)
 
 /* An error reply: the command changed nothing, so nothing of it waits for the disk (a
  * write refused while the append-only file is being rebuilt is answered at once, not when
- * the rebuild ends). Replies still leave in order (the connection's queue). */
+ * the rebuild ends). Replies still leave in order (the connection's queue). Not for EXEC:
+ * its error past --send-max says the commands ran (tx_holds decides). */
 static bool
 rep_is_error(const struct rbuf *r)
 {
@@ -1429,14 +1430,16 @@ count_held(struct kmsg *m)
 }
 
 /* --appendfsync always: the request came with keel_send; its reply goes home with
- * keel_send once a write is on disk. */
+ * keel_send once a write is on disk. A command's error reply changed nothing and goes at
+ * once; a transaction's may follow its writes (past --send-max every command ran: tx_run),
+ * so it waits as on the home shard (tx_exec): it went before the batch's sync. */
 static void
 owner_recv(void *arg)
 {
 	struct kmsg *m = arg;
 	const struct kv_cmd *c = owner_exec(m);
 
-	if ((m->tx ? tx_holds(m) : must_hold(c)) && !rep_is_error(&m->rep)) {
+	if (m->tx ? tx_holds(m) : (must_hold(c) && !rep_is_error(&m->rep))) {
 		count_held(m);
 		hold(m);
 	} else {

@@ -2885,6 +2885,113 @@ Test(faults_kv, aof_always_reads_held_on_another_shard_count_toward_the_limits)
 	rm_dir(dir);
 }
 
+/* One line of reply on @fd (up to its \r\n) into @buf, within the suite's wait. */
+static void
+line_of(int fd, char *buf, size_t len, const char *what)
+{
+	size_t got = 0;
+
+	while (got < 2 || memcmp(buf + got - 2, "\r\n", 2)) {
+		ssize_t r;
+
+		cr_assert_lt(got, len - 1, "%s: no line end in '%.*s'", what, (int)got, buf);
+		wait_fd(fd, POLLIN, TEST_WAIT_MS, 0, what);
+		r = recv(fd, buf + got, 1, 0);
+		cr_assert_gt(r, 0, "%s: %s", what, r ? strerror(errno) : "EOF");
+		got += (size_t)r;
+	}
+	buf[got] = 0;
+}
+
+/* appendfsync always: a transaction run on the other shard whose reply passes --send-max
+ * (8,000 GETs of a 149-byte value, 1.26 MB, against --send-max 1mb) runs every command, its
+ * SET too, and its reply is the error saying so. That error waits on the owner for the
+ * batch's sync (held by the test gate), as the same transaction's on its home shard does:
+ * it went home at once, as an error that changed nothing does, before the SET was on disk.
+ * A write's error from the same owner (INCR of a string, which goes home at once) is read
+ * first on a second connection: the messages from the owner keep their order, so an EXEC
+ * reply sent home at once is on the socket by then. Once the sync goes, the error comes, and
+ * the SET is there. */
+Test(faults_kv, aof_always_exec_error_past_send_max_on_another_shard_waits_for_the_sync)
+{
+	enum { NGET = 8000 };
+	char dir[] = "/tmp/keel-kv-aof-txbig-XXXXXX", log[64], sgate[80], v[64], line[512];
+	static char req[NGET * 16 + 256];
+	long long base;
+	unsigned owner;
+	struct proc p;
+	int w, fd, fd2;
+	size_t len;
+	ssize_t r;
+
+	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	snprintf(sgate, sizeof(sgate), "%s.sgate", dir);
+	snprintf(log, sizeof(log), "%s.log", dir);
+	setenv("KEEL_TEST_SERVER_LOG", log, 1);
+	setenv("KEEL_KV_TEST_SYNC_GATE", sgate, 1);
+	proc_start(&p, KEEL_KV_BIN, "--port", "0", "--addr", "127.0.0.1", "--shards", "2",
+		   "--idle-poll-us", "0", "--appendonly", "yes", "--appendfsync", "always",
+		   "--send-max", "1mb", "--dir", dir, NULL);
+	unsetenv("KEEL_KV_TEST_SYNC_GATE");
+	unsetenv("KEEL_TEST_SERVER_LOG");
+	w = test_connect(p.port);
+	len = (size_t)sprintf(req, "SET {t}k ");
+	memset(req + len, 'v', 149);
+	len += 149;
+	len += (size_t)sprintf(req + len, "\r\n");
+	test_send_all(w, req, len);
+	reply_is(w, "+OK\r\n", "SET {t}k");
+	info_value(p.port, "shards", "shard0:keys=", v, sizeof(v));
+	owner = atoi(v) == 1 ? 0 : 1;
+	fd = connect_to_shard(p.port, 1 - owner);
+	fd2 = fd < 0 ? -1 : connect_to_shard(p.port, 1 - owner);
+	if (fd2 < 0) {
+		if (fd >= 0)
+			close(fd);
+		close(w);
+		proc_stop(&p);
+		unlink(log);
+		rm_dir(dir);
+		cr_skip_test("no connection landed on shard %u (CPU steering: shards not on CPUs "
+			     "0 and 1 here)",
+			     1 - owner);
+	}
+	base = forwarded_in(p.port, owner);
+	/* The owner's next records (the transaction's SET) wait for their sync. */
+	cr_assert_eq(close(open(sgate, O_WRONLY | O_CREAT, 0644)), 0);
+	len = (size_t)sprintf(req, "MULTI\r\n");
+	for (int i = 0; i < NGET; i++)
+		len += (size_t)sprintf(req + len, "GET {t}k\r\n");
+	len += (size_t)sprintf(req + len, "SET {t}w done\r\nEXEC\r\n");
+	test_send_all(fd, req, len);
+	reply_is(fd, "+OK\r\n", "MULTI");
+	for (int i = 0; i < NGET + 1; i++)
+		reply_is(fd, "+QUEUED\r\n", "a queued command");
+	/* EXEC ran on the owner, and the sync of its SET is held. */
+	WAIT_FOR(forwarded_in(p.port, owner) > base, "EXEC run on shard %u", owner);
+	log_wait(log, "sync held by the test gate");
+	test_send_all(fd2, "INCR {t}k\r\n", 11);
+	reply_is(fd2, "-ERR value is not an integer or out of range\r\n", "INCR {t}k");
+	r = recv(fd, line, sizeof(line) - 1, MSG_DONTWAIT);
+	line[r > 0 ? r : 0] = 0;
+	cr_assert(r < 0 && errno == EAGAIN,
+		  "EXEC's reply came before its SET was on disk (recv %zd: %s): '%.80s'", r,
+		  r < 0 ? strerror(errno) : "data", line);
+	unlink(sgate);
+	line_of(fd, line, sizeof(line), "EXEC, once synced");
+	cr_assert(!strncmp(line, "-ERR reply too large: ", 22) &&
+			  strstr(line, "past --send-max (1048576 bytes) (the command ran)"),
+		  "EXEC of %d GETs: '%s'", NGET, line);
+	test_send_all(fd2, "GET {t}w\r\n", 10);
+	reply_is(fd2, "$4\r\ndone\r\n", "GET {t}w");
+	close(fd2);
+	close(fd);
+	close(w);
+	proc_stop(&p);
+	unlink(log);
+	rm_dir(dir);
+}
+
 /* INFO clients' total_watched_keys on the server at @port. */
 static long long
 watched_keys(int port)
