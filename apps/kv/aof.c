@@ -37,6 +37,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <keel/keel.h>
+#include <libgen.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -873,6 +874,40 @@ check_file(int fd, const char *path, size_t *valid)
 	return 0;
 }
 
+/* --dir, just made: its name is durable only once its parent directory is synced (POSIX;
+ * the files' own syncs cover their entries in --dir, not --dir's in its parent), else a
+ * crash could take the directory away with every write acknowledged in it. On failure the
+ * directory, still empty, is removed, so that the next start makes and syncs it again.
+ * Returns 0 or -errno (printed). */
+static int
+parent_synced(void)
+{
+	char copy[4096];
+	const char *parent;
+	int fd, r = 0;
+
+	snprintf(copy, sizeof(copy), "%s", kv_cfg.dir); /* mkdir took it: under PATH_MAX */
+	parent = dirname(copy);                         /* "b" and "b/": "." */
+	fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		r = -errno;
+	else if (kv_test_fault("dir-parent-sync"))
+		r = -EIO;
+	else if (fsync(fd) < 0)
+		r = -errno;
+	if (fd >= 0)
+		close(fd);
+	if (r < 0) {
+		fprintf(stderr,
+			"keel-kv: --dir %s: made, but syncing the directory it is in (%s) failed: "
+			"%s; removed it again, as a crash could lose it (check that disk, then "
+			"start again)\n",
+			kv_cfg.dir, parent, strerror(-r));
+		rmdir(kv_cfg.dir);
+	}
+	return r;
+}
+
 int
 kv_aof_preload(void)
 {
@@ -910,7 +945,11 @@ kv_aof_preload(void)
 		}
 		chunk_shard = (int)n;
 	}
-	if (mkdir(kv_cfg.dir, 0755) < 0 && errno != EEXIST) {
+	if (mkdir(kv_cfg.dir, 0755) == 0) {
+		r = parent_synced();
+		if (r < 0)
+			return r;
+	} else if (errno != EEXIST) {
 		fprintf(stderr, "keel-kv: --dir %s: %s (create it or name another)\n", kv_cfg.dir,
 			strerror(errno));
 		return -errno;

@@ -35,7 +35,7 @@ static const char *const known[] = { "record-oom",        "ftruncate",       "st
 				     "commit-dirsync",    "rewrite-rename",  "rewrite-dirsync",
 				     "waiter-oom",        "store-oom",       "reply-oom",
 				     "watch-keys-oom",    "watch-entry-oom", "stop-rebuild",
-				     "rewrite-tail-open", "wgone-oom" };
+				     "rewrite-tail-open", "wgone-oom",       "dir-parent-sync" };
 #define NSITES      (sizeof(known) / sizeof(known[0]))
 static struct site {
 	bool set;

@@ -26,6 +26,7 @@
  *                send them with EXEC)
  *   watch-entry-oom no memory for a watch's entry on the shard that owns its key (WATCH
  *                gets -ERR out of memory)
+ *   dir-parent-sync the fsync of the directory that holds a --dir the start just made (EIO)
  *
  * KEEL_KV_TEST_REWRITE_GATE=PATH: while PATH exists, a rewrite (BGREWRITEAOF, or the rebuild
  * after a failed sync) holds before each of its steps and looks again each second and

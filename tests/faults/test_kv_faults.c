@@ -2041,6 +2041,34 @@ Test(faults_kv, aof_start_commit_failing_at_each_step_loses_no_write)
 	}
 }
 
+/* A start on a --dir that does not exist yet makes it, and syncs the directory it is in:
+ * until then the new directory's own name is not durable (POSIX), and a crash could take it
+ * away with every write acknowledged in it. It was never synced. With that sync failing
+ * (KEEL_KV_TEST_FAULTS=dir-parent-sync) the start stops with status 1 and a line naming
+ * both directories, and removes the directory it made, so that the next start makes and
+ * syncs it again: that one serves, and its SETs are there after a restart. */
+Test(faults_kv, aof_start_on_a_new_dir_syncs_the_directory_it_is_in)
+{
+	char base[] = "/tmp/keel-kv-aof-newdir-XXXXXX", dir[64], says[256];
+	bool acked[50] = { false };
+	struct proc p;
+
+	cr_assert(mkdtemp(base), "mkdtemp: %s", strerror(errno));
+	snprintf(dir, sizeof(dir), "%s/data", base);
+	snprintf(says, sizeof(says),
+		 "--dir %s: made, but syncing the directory it is in (%s) failed", dir, base);
+	start_fails("dir-parent-sync", "1", dir, says);
+	cr_assert_eq(access(dir, F_OK), -1, "%s was left after the failed start", dir);
+
+	kvf_start(&p, "", "1", "always", dir);
+	cr_assert_eq(aof_sets(p.port, 50, acked), 0);
+	proc_stop(&p);
+	aof_restart(&p, "1", dir);
+	aof_check(p.port, 50, acked);
+	proc_stop(&p);
+	rm_dir(base);
+}
+
 /* keel-kv on one shard (appendfsync @fsync) on the directory @dir, whose rewrites hold
  * while the file @gate (@dir.gate, created here) exists (KEEL_KV_TEST_REWRITE_GATE), with
  * @var=@val in its environment too when @var is not NULL. */
