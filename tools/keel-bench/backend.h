@@ -159,7 +159,7 @@ struct bench_server_stats {
 	/* TCP receives and sends (keel: receive completions with data, and send operations
 	 * (UDP's included), from keel_net_stats; epoll: read() calls that returned data,
 	 * sendmsg() calls), and the buffers the sends offered (keel: iovecs after merging;
-	 * epoll: 1 or 2 per sendmsg). */
+	 * epoll: 1 per sendmsg). */
 	uint64_t recvs, sends, send_iovs;
 	bool io_udp_too; /* keel: recvs and sends count UDP's too */
 	/* UDP: the receive calls that took datagrams and the send calls that sent some, for the
@@ -171,6 +171,10 @@ struct bench_server_stats {
 	/* Sends that took less than was offered: keel's short completions; epoll's sendmsg()
 	 * calls that took part or, with EAGAIN, none (keel's wait in the kernel instead). */
 	uint64_t short_sends;
+	/* epoll: the sends that left bytes the socket did not take, kept (without a copy) in the
+	 * read buffer handed to the connection, whose reads wait until they went; and those
+	 * bytes. */
+	uint64_t held, held_bytes;
 	/* keel: its receive rings (keel_net_stats): receives that found no buffer, multishot
 	 * receives re-armed after ending, reads paused by the high watermark. */
 	uint64_t enobufs, rearms, bp_pauses;

@@ -1242,6 +1242,9 @@ run_serve(struct opts *o)
 			       ss.zcrx_state, (unsigned long long)ss.zcrx_bytes,
 			       (unsigned long long)ss.zcrx_copy_bytes,
 			       (unsigned long long)ss.zcrx_refills);
+		if (o->be == &bench_backend_epoll)
+			printf("  \"held\": %llu,\n  \"held_bytes\": %llu,\n",
+			       (unsigned long long)ss.held, (unsigned long long)ss.held_bytes);
 		printf("  \"errors\": %llu\n}\n", (unsigned long long)ss.errors);
 	} else {
 		bool udp = ss.dgrams_in || ss.dgrams_out;
@@ -1279,6 +1282,11 @@ run_serve(struct opts *o)
 			       ss.sends ? (double)ss.bytes_out / ss.sends : 0.0,
 			       ss.sends ? (double)ss.send_iovs / ss.sends : 0.0,
 			       (unsigned long long)ss.short_sends);
+		if (o->be == &bench_backend_epoll)
+			printf("epoll backpressure: %llu sends left %llu B the socket did not take, "
+			       "held uncopied in the read buffer handed to the connection, whose "
+			       "reads waited until they went\n",
+			       (unsigned long long)ss.held, (unsigned long long)ss.held_bytes);
 		if (ss.zcrx_state) { /* keel */
 			printf("keel receives: %llu without a buffer, %llu multishot re-arms, %llu "
 			       "pauses at the high watermark, bulk window %llu KiB; %llu passes "
