@@ -279,7 +279,7 @@ client_cmd() { # NAME SECS -> ccmd[]
 		2) ccmd=("${bench[@]}" stream --conns $((1 + RANDOM % 8)) --size $((1 + RANDOM % 65536))) ;;
 		3) ccmd=("${bench[@]}" connections --conns $((1 + RANDOM % 8)) --idle $((RANDOM % 100)) --churn $((1 + RANDOM % 50))) ;;
 		esac
-		ccmd+=("${common[@]}" --shards 1 --idle-poll-us 0)
+		ccmd+=("${common[@]}" --shards 1 --client keel --idle-poll-us 0)
 		;;
 	bench-fwd)
 		case $((RANDOM % 3)) in
@@ -287,7 +287,7 @@ client_cmd() { # NAME SECS -> ccmd[]
 		1) ccmd=("${bench[@]}" pingpong --conns $((1 + RANDOM % 8)) --size $((1 + RANDOM % 4096))) ;;
 		2) ccmd=("${bench[@]}" connections --conns $((1 + RANDOM % 8)) --idle $((RANDOM % 50)) --churn $((1 + RANDOM % 50)) --size $((1 + RANDOM % 512))) ;;
 		esac
-		ccmd+=("${common[@]}" --shards 1 --idle-poll-us 0)
+		ccmd+=("${common[@]}" --shards 1 --client keel --idle-poll-us 0)
 		;;
 	bench-udp)
 		ccmd=("${bench[@]}" udp --conns $((1 + RANDOM % 4)) --size $((16 + RANDOM % 1457)) --inflight $((1 + RANDOM % 64)) "${common[@]}")

@@ -134,7 +134,7 @@ pids+=($!)
 		fi
 		runs=$((runs + 1))
 		if ! timeout 120 "$build/bin/keel-bench" "${args[@]}" --port "$echoport" --seconds $((1 + RANDOM % 5)) \
-			--warmup 0 --no-pin --shards 1 --idle-poll-us 0 >"$out/bench.last" 2>&1; then
+			--warmup 0 --no-pin --shards 1 --client keel --idle-poll-us 0 >"$out/bench.last" 2>&1; then
 			errs=$((errs + 1))
 			{ echo "run $runs: ${args[*]}"; tail -5 "$out/bench.last"; } >>"$out/bench-errors.txt"
 		fi

@@ -1054,8 +1054,8 @@ Test(net_zcrx, keel_bench_client_runtime_does_not_take_zcrx)
 	int st;
 
 	st = run_tool("keel-bench",
-		      "stream --seconds 0.2 --warmup 0.1 --no-pin --idle-poll-us 0 --shards 2 "
-		      "--threads 2 --conns 2 --zcrx auto --iface lo --log-level info",
+		      "stream --client keel --seconds 0.2 --warmup 0.1 --no-pin --idle-poll-us 0 "
+		      "--shards 2 --threads 2 --conns 2 --zcrx auto --iface lo --log-level info",
 		      out, sizeof(out));
 	cr_assert(st == 0 || (st == 1 && strstr(out, "the run measured nothing")), "exit %d:\n%s",
 		  st, out);

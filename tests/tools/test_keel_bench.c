@@ -589,7 +589,7 @@ Test(tools_bench, bad_options_exit_2_naming_them)
 		{ "udp --client keel", "--client" },
 		{ "udp --size 8", "--size" },
 		{ "pingpong --client dpdk", "--client" },
-		{ "pingpong --backend keel --client-poll-us 5", "--client epoll" },
+		{ "pingpong --backend epoll --client keel --client-poll-us 5", "--client epoll" },
 		{ "pingpong --client keel --client-poll-us 5", "--idle-poll-us" },
 		{ "serve --client-poll-us 5", "--client-poll-us" },
 		{ "pingpong --server-cpus x", "--server-cpus" },
@@ -605,6 +605,7 @@ Test(tools_bench, bad_options_exit_2_naming_them)
 		{ "udp --backend epoll --port 1 --udp-gso", "--udp-gso" },
 		{ "pingpong --port 1 --steer cpu", "--steer" },
 		{ "pingpong --client epoll --port 1 --buf-count 64", "network options" },
+		{ "pingpong --port 1 --buf-count 64", "network options" }, /* the epoll client */
 		/* NaN passed every range check, a sign or an empty value strtoull's */
 		{ "xshard --seconds nan", "--seconds" },
 		{ "xshard --gap-us=", "--gap-us" },
@@ -1964,4 +1965,25 @@ Test(tools_bench, the_epoll_server_holds_a_backed_up_batch_without_copying_it)
 	cr_assert_leq(held_bytes, in, "held %.0f bytes of %.0f read", held_bytes, in);
 	cr_assert_geq(sent, (double)total + msgs_all * 1048576,
 		      "the clients counted more than was sent");
+}
+
+/* One client program for every server: without --client the client is the epoll client,
+ * whichever server --backend starts. Until the sixty-fourth session it was --backend's, so
+ * "pingpong --backend keel" and "--backend epoll" compared two clients as well as two
+ * servers. */
+Test(tools_bench, the_client_is_the_epoll_client_whatever_the_server)
+{
+	static const char *const backends[] = { "keel", "epoll" };
+	char args[256], *out;
+
+	for (size_t i = 0; i < 2; i++) {
+		snprintf(args, sizeof(args),
+			 "pingpong --backend %s --seconds 0.3 --warmup 0 --json", backends[i]);
+		cr_assert_eq(bench(args, &out), 0, "%s:\n%s", args, out);
+		cr_assert(strstr(out, "\"client\": \"epoll\""), "%s:\n%s", args, out);
+		free(out);
+	}
+	cr_assert_eq(bench("pingpong --backend keel --seconds 0.3 --warmup 0", &out), 0, "%s", out);
+	cr_assert(strstr(out, "server keel, client epoll"), "%s", out);
+	free(out);
 }

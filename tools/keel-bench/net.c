@@ -3,8 +3,8 @@
  * keel-bench network modes: pingpong, throughput, stream, connections, udp (clients) and
  * serve (a TCP and UDP echo server). Options are parsed here (keel's runtime options first,
  * keel_opts_parse), the server backend is picked by --backend and the client by --client
- * (default: the same), and without --port the client starts a server in this process on an
- * ephemeral loopback port.
+ * (default: the epoll client, whatever the server: one client program for both), and without --port
+ * the client starts a server in this process on an ephemeral loopback port.
  *
  * CPU over the window: when the client sets its window it calls on_window; a sampler thread
  * then reads CPU-time clocks at the window's start and end: the server's (the in-process
@@ -44,7 +44,8 @@ static const char client_usage[] =
 	"usage: keel-bench pingpong|throughput|stream|connections|udp [options] [runtime "
 	"options]\n"
 	"  --backend B    the in-process server: keel or epoll (default keel)\n"
-	"  --client B     the client: keel or epoll (default: --backend; udp: one client)\n"
+	"  --client B     the client: keel or epoll (default: epoll, for either server; udp: one\n"
+	"                 client)\n"
 	"  --port P       drive an external echo server on P (keel-echo, keel-bench serve);\n"
 	"                 without it a server starts in this process on an ephemeral port\n"
 	"  --server-pid N with --port: the server's pid, whose CPU time is read at the\n"
@@ -142,6 +143,15 @@ struct opts {
 	char server_opt[48];
 	bool keel_here; /* a keel runtime runs in this process (keel_in_process) */
 };
+
+/* The client: --client's, or the epoll client, whichever server runs, so that a comparison
+ * of the two servers has one client program unless told otherwise. Until the sixty-fourth
+ * session it was --backend's, which paired each server with its own kind of client. */
+static const struct bench_backend *
+client_of(const struct opts *o)
+{
+	return o->client ? o->client : &bench_backend_epoll;
+}
 
 static int
 bad(const struct opts *o, const char *opt, const char *what, const char *got)
@@ -312,7 +322,7 @@ parse(struct opts *o, int argc, char **argv)
 	if (c->gather_fixed && !c->gather_us)
 		return bad(o, "--gather-fixed", "needs --gather-us N (N > 0)", NULL);
 	if (o->has_net && o->be != &bench_backend_keel &&
-	    (o->serve || (o->client ? o->client : o->be) != &bench_backend_keel))
+	    (o->serve || client_of(o) != &bench_backend_keel))
 		return bad(o, "network options (--buf-count, --bulk-buf-size, ...)",
 			   "keel's network layer's (keel_net_opts_parse): give them with --backend "
 			   "keel or --client keel",
@@ -341,7 +351,7 @@ parse(struct opts *o, int argc, char **argv)
 					: "--steer",
 			   "sets the in-process server; give it to the server that --port drives",
 			   NULL);
-	if (o->has_net && !o->serve && o->has_port && o->client && o->client != &bench_backend_keel)
+	if (o->has_net && !o->serve && o->has_port && client_of(o) != &bench_backend_keel)
 		return bad(o, "network options (--buf-count, --bulk-buf-size, ...)",
 			   "keel's network layer's, and neither the epoll client nor the server "
 			   "--port drives takes them here: give them to that server",
@@ -358,8 +368,7 @@ parse(struct opts *o, int argc, char **argv)
 			   "udp has one client (plain sockets, recvmmsg/sendmmsg): use --client "
 			   "epoll or leave it out",
 			   NULL);
-	if (o->has_client_poll && c->mode != BENCH_UDP &&
-	    (o->client ? o->client : o->be) != &bench_backend_epoll)
+	if (o->has_client_poll && c->mode != BENCH_UDP && client_of(o) != &bench_backend_epoll)
 		return bad(o, "--client-poll-us",
 			   "the epoll client's option (a keel client polls with the runtime "
 			   "option --idle-poll-us; give --client epoll)",
@@ -741,8 +750,7 @@ json_policy(const struct opts *o)
 		if (o->keel_here)
 			json_u64("wait_coalesce_us", o->rt.wait_coalesce_us);
 		json_u64("gather_us", o->cfg.gather_us);
-	} else if (o->client == &bench_backend_keel ||
-		   (!o->client && o->be == &bench_backend_keel)) {
+	} else if (client_of(o) == &bench_backend_keel) {
 		json_u64("client_idle_poll_us", o->rt.idle_poll_us);
 	}
 	json_u64("client_poll_us", o->cfg.client_poll_us);
@@ -768,7 +776,7 @@ report(const struct opts *o, const struct bench_result *r, const struct bench_se
        bool have_server, const struct window_cpu *w, uint64_t errors, const char *error)
 {
 	const struct bench_cfg *c = &o->cfg;
-	const struct bench_backend *cli = o->client ? o->client : o->be;
+	const struct bench_backend *cli = client_of(o);
 	double secs = (double)r->window_ns / 1e9;
 	double mps = (double)r->msgs / secs;
 	double gbps = (double)r->msgs * c->size * 8.0 / secs / 1e9;
@@ -954,7 +962,7 @@ static int
 run_client(struct opts *o)
 {
 	struct bench_cfg *c = &o->cfg;
-	const struct bench_backend *cli = o->client ? o->client : o->be;
+	const struct bench_backend *cli = client_of(o);
 	struct bench_server_stats ss = { 0 };
 	struct bench_server *srv = NULL;
 	struct bench_result *r = calloc(1, sizeof(*r));
@@ -1323,8 +1331,7 @@ keel_in_process(const struct opts *o)
 {
 	if (keel_server_here(o))
 		return true;
-	return !o->serve && o->cfg.mode != BENCH_UDP &&
-	       (o->client ? o->client : o->be) == &bench_backend_keel;
+	return !o->serve && o->cfg.mode != BENCH_UDP && client_of(o) == &bench_backend_keel;
 }
 
 /* The runtime options keel_opts_parse took from the command line: those of @before (argv as
