@@ -38,7 +38,7 @@ run_and_check() {
 			line=$(sed -n "/^## policy: $pol/,/^## policy/p" "$md" | grep "^| $row |" || true)
 			[ -n "$line" ] || { echo "FAIL: no row $row ($pol) in $md"; fail=1; continue; }
 			# columns: row mode size inflight conns threads unit keel epoll ratio p50 p99 cpu
-			# cpus-busy cores client-cores client-cpu total shown pairs flags
+			# cpus-busy cores client-cores client-cpu total shown pairs gathered flags
 			awk -F'|' -v r="$row $pol" '{k = $9 + 0; e = $10 + 0; q = $11 + 0; split($14, c, "/")
 				split($18, cc, "/"); split($19, t, "[/;]")
 				if (k <= 0 || e <= 0 || q <= 0 || c[1] + 0 <= 0 || c[2] + 0 <= 0) {
@@ -50,7 +50,12 @@ run_and_check() {
 					printf "FAIL: row %s: shown column \"%s\"\n", r, $20; exit 1 }
 				# the paired column: 2 pairs cannot either (smallest p 2 / 2^2 = 0.5)
 				if ($21 !~ /^ (rate moot \(client-bound\): )?not shown \(p (0\.50|1\.00)\); not shown \(p (0\.50|1\.00)\) $/) {
-					printf "FAIL: row %s: pairs column \"%s\"\n", r, $21; exit 1 }}' \
+					printf "FAIL: row %s: pairs column \"%s\"\n", r, $21; exit 1 }
+				# each server'"'"'s share of blocking waits that gathered (serve reports both);
+				# a server that blocks when idle has some
+				g = "([0-9]+ % \\([0-9]+-[0-9]+\\)" (r ~ /block$/ ? ")" : "|-)")
+				if ($22 !~ ("^ " g " / " g " $")) {
+					printf "FAIL: row %s: sleeps that gathered \"%s\"\n", r, $22; exit 1 }}' \
 				<<<"$line" || fail=1
 		done
 	done

@@ -261,7 +261,7 @@ mkdir -p "$out/runs"
 runs=$out/runs
 rm -f "$runs"/*.json "$runs"/*.log "$runs"/*.err
 tsv=$out/results.tsv
-printf 'row\tmode\tsize\tinflight\tconns\tthreads\tpolicy\tserver\trep\tmetric\tmsgs_per_sec\tgbps\tp50_us\tp99_us\tserver_cpu_ns_per_msg\tserver_cores\tclient_cores_used\tclient_cores\tclient_bound\tlost\tserver_cpus_ns_per_msg\tclient_cpu_ns_per_msg\ttotal_cpu_ns_per_msg\tlate\tlost_all\n' >"$tsv"
+printf 'row\tmode\tsize\tinflight\tconns\tthreads\tpolicy\tserver\trep\tmetric\tmsgs_per_sec\tgbps\tp50_us\tp99_us\tserver_cpu_ns_per_msg\tserver_cores\tclient_cores_used\tclient_cores\tclient_bound\tlost\tserver_cpus_ns_per_msg\tclient_cpu_ns_per_msg\ttotal_cpu_ns_per_msg\tlate\tlost_all\tgathered_share\n' >"$tsv"
 
 server=
 stop_server() {
@@ -390,6 +390,14 @@ run_one() { # name mode size inflight conns policy backend rep
 		x=$(field "$base.json" $f)
 		v+=("${x:-null}")
 	done
+	# The share of the server's blocking waits (its whole life) that gathered first (keel's
+	# coalesced sleeps, the epoll server's --gather-us sleeps: the serve report's "N blocking
+	# waits, M busy polls, G gathered"): the adaptive policy decides it per run, and the two
+	# servers need not decide alike. null: no such line, or no blocking wait.
+	local gshare
+	gshare=$(sed -n 's/.*; \([0-9][0-9]*\) blocking waits, [0-9][0-9]* busy polls, \([0-9][0-9]*\) gathered$/\1 \2/p' \
+		"$base.log" | awk 'NR == 1 { print ($1 > 0) ? $2 / $1 : "null" }')
+	v+=("${gshare:-null}")
 	# A run in which a connection got no echo in the window is no figure either: the
 	# server stopped answering it, or served it grossly unfairly, and the rate hides it.
 	local stalled
@@ -532,6 +540,7 @@ NR == 1 { next }
 	# A CPU figure of 0 (no tick of the server CPU in a short window) or null is not a
 	# measurement: it is in no median, ratio or test (as figures(..., 1) leaves it out).
 	if (tcpu[k, i] != "null" && $23 > 0) tcpurep[$1, $7, $8, $9] = $23
+	gsh[k, i] = ($26 == "null" || $26 == "") ? "null" : $26
 	if ($19 == "true") cb[k]++
 	lost[k] += ($20 == "null") ? 0 : $20
 	info[k] = $2 OFS $3 OFS $4 OFS $5 OFS $6
@@ -546,7 +555,8 @@ END {
 		"p_cpus", "server_cpu_min", "server_cpu_max", "cpu_ratio_median", "cpu_ratio_min", \
 		"cpu_ratio_max", "client_cpu_ns_per_msg", "total_cpu_ns_per_msg", "p_total", \
 		"total_ratio_median", "total_ratio_min", "total_ratio_max", "late", "lost_all", \
-		"p_rate_paired", "p_cpu_paired"
+		"p_rate_paired", "p_cpu_paired", "gathered_share", "gathered_share_min", \
+		"gathered_share_max"
 	for (o = 1; o <= nk; o++) {
 		k = order[o]; split(k, kk, SUBSEP); c = n[k]
 		delete a; for (i = 1; i <= c; i++) a[i] = m[k, i]; md = med(a, c); lo = a[1]; hi = a[c]
@@ -563,6 +573,9 @@ END {
 		# client_cpu_ns_per_msg, total_cpu_ns_per_msg): over the repetitions that have them
 		nb = figures(ccpu, k, c, a, 1); mccpu = nb ? med(a, nb) : "null"
 		nb = figures(tcpu, k, c, a, 1); mtcpu = nb ? med(a, nb) : "null"
+		# the share of blocking waits that gathered (0 is a figure here: none did)
+		nb = figures(gsh, k, c, a, 0); mgsh = nb ? med(a, nb) : "null"
+		glo = nb ? a[1] : "null"; ghi = nb ? a[nb] : "null"
 		# per-rep keel/epoll ratios of this row and policy (on the keel line): the rate,
 		# and the server CPU per message (the figure of client-bound rows)
 		rm = rl = rh = cm = cl = ch = tm = tl = th = "-"
@@ -603,7 +616,8 @@ END {
 		}
 		print kk[1], info[k], kk[2], kk[3], c, md, lo, hi, (mp50 < 0 ? "null" : mp50), (mp99 < 0 ? "null" : mp99), \
 			mcpu, msc, mcc, cb[k], lost[k], rm, rl, rh, (mbcpu < 0 ? "null" : mbcpu), prate, pcpu, pcpus, \
-			clo, chi, cm, cl, ch, mccpu, mtcpu, ptot, tm, tl, th, late[k], lostall[k], pprate, ppcpu
+			clo, chi, cm, cl, ch, mccpu, mtcpu, ptot, tm, tl, th, late[k], lostall[k], pprate, ppcpu, \
+			mgsh, glo, ghi
 	}
 }'
 # Numbers print with 10 significant digits, not awk's 6: the median of an even count of
@@ -655,6 +669,10 @@ client_desc="keel-bench MODE --client $client --port P --server-pid PID"
 	egath=$(awk '/^keel-bench serve: epoll .*, sleeps gather / { sub(/^.*, sleeps /, ""); print; exit }' \
 		"$runs"/*-epoll-1.log 2>/dev/null || true)
 	echo "- keel's sleeps: ${gather:-end at the first completion} (--wait-coalesce-us, architecture.md step 8); the epoll server's: ${egath:-end at the first event} (keel-bench serve --gather-us, the same policy)"
+	echo "- sleeps that gathered: the share of each server's blocking waits over its whole life that gathered first"
+	echo "  (its serve report's \"gathered\" over its \"blocking waits\"), median (min-max) over the repetitions; the"
+	echo "  adaptive policy decides each run anew, so where keel's and epoll's shares differ the two servers did not"
+	echo "  sleep alike in that row, and its figures compare that too"
 	[ "$unequal" = 0 ] ||
 		echo "- **UNEQUAL sleep policies**: --epoll-gather-us $egather_opt set the epoll server's gathering window alone (keel's: $kwin us); this run is an experiment, not a comparison at equal footing"
 	echo "- $reps alternating repetitions of ${secs} s (+${warmup} s warm-up) per row, policy and server; median (min-max)"
@@ -693,6 +711,8 @@ md_prog='
 function fmtv(v, mode) { if (v == "null" || v == "-" || v == "") return "-"; return (mode == "stream") ? sprintf("%.3f", v) : sprintf("%.0f", v) }
 function f1(v) { return (v == "null" || v == "-" || v == "") ? "-" : sprintf("%.1f", v) }
 function f2(v) { return (v == "null" || v == "-" || v == "") ? "-" : sprintf("%.2f", v) }
+# a median share of sleeps and its range, in per cent: "62 % (52-84)"; "-" without one
+function share(m, lo, hi) { if (m == "null" || m == "-" || m == "") return "-"; return sprintf("%.0f %% (%.0f-%.0f)", 100 * m, 100 * lo, 100 * hi) }
 function unit(mode) { return mode == "stream" ? "Gb/s" : mode == "pingpong" ? "round trips/s" : mode == "udp" ? "datagrams/s" : "msgs/s" }
 NR == 1 { next }
 {
@@ -706,8 +726,8 @@ END {
 		print ""
 		print "## policy: " pol (pol == "block" ? " (both servers block in the kernel when idle)" : " (both servers poll " spin " us before blocking)")
 		print ""
-		print "| row | mode | size | inflight | conns | client threads | unit | keel median (min-max) | epoll median (min-max) | keel/epoll (min-max) | p50 µs keel / epoll | p99 µs keel / epoll | server CPU ns/msg keel (min-max) / epoll (min-max); keel/epoll (min-max) | server CPUs busy ns/msg keel / epoll | server cores keel / epoll | client cores used keel / epoll | client CPU ns/msg keel / epoll | server + client CPU ns/msg keel / epoll; keel/epoll (min-max) | shown (p): rate; server CPU; CPUs busy; server + client | pairs (p): rate; server CPU | flags |"
-		print "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+		print "| row | mode | size | inflight | conns | client threads | unit | keel median (min-max) | epoll median (min-max) | keel/epoll (min-max) | p50 µs keel / epoll | p99 µs keel / epoll | server CPU ns/msg keel (min-max) / epoll (min-max); keel/epoll (min-max) | server CPUs busy ns/msg keel / epoll | server cores keel / epoll | client cores used keel / epoll | client CPU ns/msg keel / epoll | server + client CPU ns/msg keel / epoll; keel/epoll (min-max) | shown (p): rate; server CPU; CPUs busy; server + client | pairs (p): rate; server CPU | sleeps that gathered keel (min-max) / epoll (min-max) | flags |"
+		print "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 		for (r = 1; r <= nr; r++) {
 			kk = rows[r] SUBSEP pol SUBSEP "keel"; ke = rows[r] SUBSEP pol SUBSEP "epoll"
 			if (!(kk in have) && !(ke in have)) continue
@@ -736,14 +756,15 @@ END {
 			# the paired verdicts: the direction is the median per-pair ratio'"'"'s
 			pr = ranksum_shown(K[40], K[20], 1, K[41], K[29], 1)
 			if (pr != "-" && (K[18] > 0 || E[18] > 0)) pr = "rate moot (client-bound): " pr
-			printf "| %s | %s | %s | %s | %s | %s | %s | %s (%s-%s) | %s (%s-%s) | %s (%s-%s) | %s / %s | %s / %s | %s (%s-%s) / %s (%s-%s); %s (%s-%s) | %s / %s | %s / %s | %s / %s | %s / %s | %s / %s; %s (%s-%s) | %s | %s | %s |\n", \
+			printf "| %s | %s | %s | %s | %s | %s | %s | %s (%s-%s) | %s (%s-%s) | %s (%s-%s) | %s / %s | %s / %s | %s (%s-%s) / %s (%s-%s); %s (%s-%s) | %s / %s | %s / %s | %s / %s | %s / %s | %s / %s; %s (%s-%s) | %s | %s | %s / %s | %s |\n", \
 				S[1], mode, S[3], S[4], S[5], S[6], unit(mode), \
 				fmtv(K[10], mode), fmtv(K[11], mode), fmtv(K[12], mode), fmtv(E[10], mode), fmtv(E[11], mode), fmtv(E[12], mode), \
 				f2(K[20]), f2(K[21]), f2(K[22]), f1(K[13]), f1(E[13]), f1(K[14]), f1(E[14]), \
 				fmtv(K[15], "x"), fmtv(K[27], "x"), fmtv(K[28], "x"), fmtv(E[15], "x"), fmtv(E[27], "x"), \
 				fmtv(E[28], "x"), f2(K[29]), f2(K[30]), f2(K[31]), fmtv(K[23], "x"), fmtv(E[23], "x"), \
 				f2(K[16]), f2(E[16]), f2(K[17]), f2(E[17]), fmtv(K[32], "x"), fmtv(E[32], "x"), \
-				fmtv(K[33], "x"), fmtv(E[33], "x"), f2(K[35]), f2(K[36]), f2(K[37]), sh, pr, (flags == "" ? "" : flags)
+				fmtv(K[33], "x"), fmtv(E[33], "x"), f2(K[35]), f2(K[36]), f2(K[37]), sh, pr, \
+				share(K[42], K[43], K[44]), share(E[42], E[43], E[44]), (flags == "" ? "" : flags)
 		}
 	}
 }'
