@@ -541,6 +541,15 @@ cq_drops_log(struct keel_shard *s, uint64_t dropped)
 		 keel__opt_name(&s->rt->opts, "--cq-entries"));
 }
 
+/* The ring's dropped-CQE count grew to @drops: seen, counted in the stats and said. */
+static void
+cq_drops_note(struct keel_shard *s, uint32_t drops)
+{
+	s->cq_drops_seen = drops;
+	atomic_store_explicit(&s->stats.cq_dropped, drops, memory_order_relaxed);
+	cq_drops_log(s, drops);
+}
+
 /* The kernel dropped CQEs on this ring (no room in the CQ, no memory to hold them). One may
  * have been the failure of a MSG_RING wake-up (msgring_cb): its sender had cleared the
  * target's `sleeping` flag, so no other sender wakes it, and the target could sleep with
@@ -552,9 +561,7 @@ cq_drops_grew(struct keel_shard *s, uint32_t drops)
 {
 	struct keel_runtime *rt = s->rt;
 
-	s->cq_drops_seen = drops;
-	atomic_store_explicit(&s->stats.cq_dropped, drops, memory_order_relaxed);
-	cq_drops_log(s, drops);
+	cq_drops_note(s, drops);
 	for (unsigned i = 0; i < rt->count; i++)
 		if (&rt->shards[i] != s)
 			keel__shard_wake(&rt->shards[i], NULL);
@@ -1128,11 +1135,8 @@ drops_settle(struct keel_shard *s)
 {
 	uint32_t drops = cq_drops(s);
 
-	if (drops == s->cq_drops_seen)
-		return;
-	s->cq_drops_seen = drops;
-	atomic_store_explicit(&s->stats.cq_dropped, drops, memory_order_relaxed);
-	cq_drops_log(s, drops);
+	if (drops != s->cq_drops_seen)
+		cq_drops_note(s, drops);
 }
 
 /* The runtime is quiescent: cancel keel's own operations and reap until none is left, so no
