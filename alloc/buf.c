@@ -223,6 +223,26 @@ ext_hdr(struct keel_alloc *a, void *data, uint32_t cap, keel_buf_release_fn rele
 	return b;
 }
 
+/* A use of external memory begins (a wrap, a slot's arm): its first reference, in *@out.
+ * Not registered memory: counted apart from bytes_in_use and its peak, live from the first
+ * reference to the last put. */
+static inline void
+ext_use(struct keel_buf *b, struct keel_slice *out, const char *file, int line)
+{
+	struct keel_alloc *a = b->home;
+
+	b->refs = 1;
+	ASTAT_ADD(a, ext_bytes_in_use, b->cap);
+	ASTAT_ADD(a, ext_buffers_live, 1);
+#ifdef KEEL_BUF_TRACE
+	trace_link(a, b, file, line);
+#else
+	(void)file;
+	(void)line;
+#endif
+	slice_init(out, b, b->data, b->cap);
+}
+
 int
 keel_buf_wrap_at(struct keel_alloc *a, void *data, uint32_t cap, keel_buf_release_fn release,
 		 void *arg, struct keel_slice *out, const char *file, int line)
@@ -238,14 +258,7 @@ keel_buf_wrap_at(struct keel_alloc *a, void *data, uint32_t cap, keel_buf_releas
 	b = ext_hdr(a, data, cap, release, arg, BUF_EXTERNAL);
 	if (!b)
 		goto fail;
-	b->refs = 1;
-	/* Not registered memory: counted apart from bytes_in_use and its peak. */
-	ASTAT_ADD(a, ext_bytes_in_use, cap);
-	ASTAT_ADD(a, ext_buffers_live, 1);
-#ifdef KEEL_BUF_TRACE
-	trace_link(a, b, file, line);
-#endif
-	slice_init(out, b, data, cap);
+	ext_use(b, out, file, line);
 	return 0;
 fail:
 	memset(out, 0, sizeof(*out));
@@ -270,19 +283,9 @@ keel_buf_slot_arm_at(struct keel_buf *b, struct keel_slice *out, const char *fil
 
 	/* A use while the last one is live would hand its references a second owner. */
 	alloc_verify(b->kind == BUF_SLOT && b->refs == 0);
-	b->refs = 1;
 	/* A use's holder may have moved (keel_slice_move); each use starts at home. */
 	b->holder = (uint16_t)a->cfg.shard;
-	/* Counted as keel_buf_wrap counts: live from the first reference to the last put. */
-	ASTAT_ADD(a, ext_bytes_in_use, b->cap);
-	ASTAT_ADD(a, ext_buffers_live, 1);
-#ifdef KEEL_BUF_TRACE
-	trace_link(a, b, file, line);
-#else
-	(void)file;
-	(void)line;
-#endif
-	slice_init(out, b, b->data, b->cap);
+	ext_use(b, out, file, line); /* counted as a wrap is */
 }
 
 void
