@@ -164,6 +164,12 @@ bool keel__topo_list_add(struct keel__topo_list *l, unsigned v);
  * unsaid). Returns @buf. */
 const char *keel__topo_list_format(const struct keel__topo_list *l, char *buf, size_t len);
 
+/* keel__topo_shared_irq, with the queues and the shards that share shard @i's IRQ in
+ * *@queues and *@shards where it returns 1 (keel-topo --plan's note names them). */
+int keel__topo_shared_irq_lists(const struct keel_topo_nic *nic, const struct keel_map *m,
+				unsigned i, FILE *f, struct keel__topo_list *queues,
+				struct keel__topo_list *shards);
+
 /* The map of @o's --map FILE (KEEL_MAP), as the runtime takes it (keel__topo_apply_map): loaded
  * (a PCI function resolved to its interface), validated against this machine when @validate,
  * and refused where --cpuset, a given --shards or --iface conflicts with it, or it has no

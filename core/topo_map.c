@@ -1054,11 +1054,10 @@ print_line(void *arg, const char *line, bool fatal)
 }
 
 int
-keel__topo_shared_irq(const struct keel_topo_nic *nic, const struct keel_map *m, unsigned i,
-		      FILE *f)
+keel__topo_shared_irq_lists(const struct keel_topo_nic *nic, const struct keel_map *m, unsigned i,
+			    FILE *f, struct keel__topo_list *queues, struct keel__topo_list *shards)
 {
 	const struct keel_topo_rxq *q = &nic->rxq[m->shards[i].rxq];
-	struct keel__topo_list queues, shards; /* 1 KiB each */
 	char ql[256], sl[256];
 	unsigned with = 0;
 	bool other = false;
@@ -1073,7 +1072,7 @@ keel__topo_shared_irq(const struct keel_topo_nic *nic, const struct keel_map *m,
 	}
 	if (!other)
 		return 0;
-	queues.n = queues.over = shards.n = shards.over = 0;
+	queues->n = queues->over = shards->n = shards->over = 0;
 	for (unsigned j = 0; j < m->nshards; j++) {
 		const struct keel_map_shard *s = &m->shards[j];
 
@@ -1084,8 +1083,8 @@ keel__topo_shared_irq(const struct keel_topo_nic *nic, const struct keel_map *m,
 			return -1;
 		with++;
 		/* Each queue once: two shards a map puts on one queue share it. */
-		keel__topo_list_add(&queues, (unsigned)s->rxq);
-		keel__topo_list_add(&shards, j);
+		keel__topo_list_add(queues, (unsigned)s->rxq);
+		keel__topo_list_add(shards, j);
 	}
 	if (with < 2)
 		return 0;
@@ -1097,10 +1096,19 @@ keel__topo_shared_irq(const struct keel_topo_nic *nic, const struct keel_map *m,
 			"and 2 more, e.g. QEMU's -device virtio-net-pci,mq=on,vectors=%d), or pin "
 			"it by hand to one of the shards' CPUs: echo %d > "
 			"/proc/irq/%d/smp_affinity_list\n",
-			nic->name, keel__topo_list_format(&queues, ql, sizeof(ql)),
-			keel__topo_list_format(&shards, sl, sizeof(sl)), q->irq, q->irq_name,
+			nic->name, keel__topo_list_format(queues, ql, sizeof(ql)),
+			keel__topo_list_format(shards, sl, sizeof(sl)), q->irq, q->irq_name,
 			2 * nic->nrxq + 2, m->shards[i].irq_cpu, q->irq);
 	return 1;
+}
+
+int
+keel__topo_shared_irq(const struct keel_topo_nic *nic, const struct keel_map *m, unsigned i,
+		      FILE *f)
+{
+	struct keel__topo_list queues, shards; /* 1 KiB each */
+
+	return keel__topo_shared_irq_lists(nic, m, i, f, &queues, &shards);
 }
 
 bool

@@ -156,22 +156,14 @@ shared_irq_note(const struct tool_ctx *c, const struct keel_topo_nic *nic, unsig
 {
 	const struct keel_map *m = c->map;
 	const struct keel_topo_rxq *q = &nic->rxq[m->shards[i].rxq];
-	struct keel__topo_list ql = { 0 }, sl = { 0 };
+	struct keel__topo_list ql, sl;
 	char queues[256], shards[256]; /* whole lists: the note holds both (PLAN_WHY_LEN) */
-	int shared = keel__topo_shared_irq(nic, m, i, NULL); /* as --check decides it */
+	/* As --check decides it, and its queues and shards. */
+	int shared = keel__topo_shared_irq_lists(nic, m, i, NULL, &ql, &sl);
 
 	why[0] = 0;
 	if (shared <= 0)
 		return shared < 0; /* said at the first shard with it */
-	for (unsigned j = i; j < m->nshards; j++) {
-		const struct keel_map_shard *s = &m->shards[j];
-
-		if (s->rxq < 0 || s->irq_cpu < 0 || s->rxq >= nic->nrxq ||
-		    nic->rxq[s->rxq].irq != q->irq)
-			continue;
-		keel__topo_list_add(&ql, (unsigned)s->rxq);
-		keel__topo_list_add(&sl, j);
-	}
 	keel__topo_list_format(&ql, queues, sizeof(queues));
 	keel__topo_list_format(&sl, shards, sizeof(shards));
 	snprintf(why, len,
