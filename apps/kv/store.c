@@ -725,7 +725,8 @@ ent_put(struct kv_db *db, struct kv_ent *e, const struct resp_arg *key, uint64_t
 	e->expire_ms = 0;
 	e->enc = KV_ENC_SHAPE;
 	memcpy(e->data, key->p, key->len);
-	memcpy(e->data + key->len, val, vlen);
+	if (val != e->data + key->len) /* grow_at built the value in place */
+		memcpy(e->data + key->len, val, vlen);
 	if (old) {
 		e->next = old->next;
 		*pp = e;
@@ -770,6 +771,35 @@ store_at(struct kv_db *db, const struct resp_arg *key, uint64_t h, struct kv_ent
 	if (!e)
 		return NULL;
 	ent_put(db, e, key, h, old, pp, val, vlen, cap, exp);
+	return e;
+}
+
+/* Make @key's new value in a new entry of capacity @cap: the old value (@old, at its link
+ * @pp, as lookup_h() returned them; NULL for a new key) with @len bytes of @val written at
+ * @at over it, zero bytes between, as long as the longer of the two; the TTL kept. The value is
+ * made in the new entry itself, so a large APPEND or SETRANGE holds the new value and the old one,
+ * not a third copy (a scratch buffer the size of the result, made and copied again, doubled their
+ * peak). NULL when memory ran out (@old then untouched). */
+static struct kv_ent *
+grow_at(struct kv_db *db, const struct resp_arg *key, uint64_t h, struct kv_ent *old,
+	struct kv_ent **pp, size_t cap, size_t at, const void *val, size_t len)
+{
+	size_t have = old ? old->vlen : 0, vlen = at + len > have ? at + len : have;
+	struct kv_ent *e;
+	uint8_t *v;
+
+	if (cap < vlen)
+		cap = vlen;
+	e = ent_alloc(key->len + cap);
+	if (!e)
+		return NULL;
+	v = e->data + key->len;
+	if (have)
+		memcpy(v, old->data + old->klen, have);
+	if (at > have)
+		memset(v + have, 0, at - have);
+	memcpy(v + at, val, len);
+	ent_put(db, e, key, h, old, pp, v, vlen, cap, old ? old->expire_ms : 0);
 	return e;
 }
 
@@ -1694,18 +1724,10 @@ cmd_append(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf *
 	} else {
 		/* Grow geometrically so that repeated appends are amortised. */
 		size_t cap = total < 64 ? 64 : total + total / 2;
-		uint8_t *tmp = malloc(total ? total : 1);
-		if (!tmp) {
-			rb_err(out, "%s", e_oom);
-			return;
-		}
-		if (e)
-			memcpy(tmp, e->data + e->klen, old);
-		memcpy(tmp + old, argv[2].p, argv[2].len);
+
 		if (cap > kv_cfg.max_bulk)
 			cap = total;
-		e = store_at(db, &argv[1], h, e, pp, tmp, total, cap, true);
-		free(tmp);
+		e = grow_at(db, &argv[1], h, e, pp, cap, old, argv[2].p, argv[2].len);
 		if (!e) {
 			rb_err(out, "%s", e_oom);
 			return;
@@ -1757,7 +1779,6 @@ cmd_setrange(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf
 	struct kv_ent **pp = NULL, *e;
 	long long off;
 	size_t old, total;
-	uint8_t *tmp;
 
 	if (!kv_arg_ll(&argv[2], &off)) {
 		rb_err(out, "%s", e_int);
@@ -1792,16 +1813,7 @@ cmd_setrange(struct kv_db *db, struct resp_arg *argv, unsigned argc, struct rbuf
 		rb_int(out, (long long)total);
 		return;
 	}
-	tmp = calloc(1, total);
-	if (!tmp) {
-		rb_err(out, "%s", e_oom);
-		return;
-	}
-	if (e)
-		memcpy(tmp, e->data + e->klen, old);
-	memcpy(tmp + off, argv[3].p, argv[3].len);
-	e = store_at(db, &argv[1], h, e, pp, tmp, total, total, true);
-	free(tmp);
+	e = grow_at(db, &argv[1], h, e, pp, total, (size_t)off, argv[3].p, argv[3].len);
 	if (!e) {
 		rb_err(out, "%s", e_oom);
 		return;
