@@ -9,6 +9,7 @@
 
 #include <criterion/criterion.h>
 
+#include "../../core/internal.h"
 #include "helpers.h"
 
 /* core/internal.h: while non-zero, each MSG_RING wake-up targets an invalid fd. */
@@ -265,10 +266,24 @@ wait_sleeps(struct keel_runtime *rt, unsigned i, uint64_t after)
 	return now.sleeps;
 }
 
+/* Whether shard @i of @rt has its eventfd read armed and no internal read waiting to be
+ * armed again: then it sleeps until woken (internal_retry caps each sleep at 1 ms). The
+ * shard writes both fields; the relaxed loads only keep the compiler from caching them. */
+static bool
+eventfd_read_armed(struct keel_runtime *rt, unsigned i)
+{
+	struct keel_shard *s = &rt->shards[i];
+
+	return __atomic_load_n(&s->xefd_op.armed, __ATOMIC_RELAXED) &&
+	       !__atomic_load_n(&s->internal_retry, __ATOMIC_RELAXED);
+}
+
 /* A foreign thread wakes a sleeping shard through the shard's eventfd, which the shard
  * reads through its ring. When re-arming that read finds no SQE, the shard arms it again
- * later: a second request to the sleeping shard is still run. With @fails 2 the retry at
- * the end of that pass fails too, and the shard's sleep must stay short enough to retry. */
+ * later. With @fails 2 the retry at the end of that pass fails too. While the read waits
+ * to be armed each sleep is capped at 1 ms, so a request would be found without any
+ * wake-up: the test waits until the read is armed and the shard sleeps unbounded, then
+ * asserts the second request came through a wake-up (the shard's wakeups stat). */
 static void
 eventfd_rearm_case(unsigned fails)
 {
@@ -276,25 +291,36 @@ eventfd_rearm_case(unsigned fails)
 	struct keel_runtime *rt;
 	struct keel_xqueue *q;
 	struct keel_xreq a = { .fn = xreq_done }, b = { .fn = xreq_done }, *got;
-	uint64_t slept;
+	struct keel_shard_stats st;
+	uint64_t slept, woken;
 
 	o.idle_poll_us = 0;
 	cr_assert_eq(keel_xqueue_create(&q), 0);
 	a.queue = b.queue = q;
 	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
 	cr_assert_eq(keel_runtime_start(rt, NULL, NULL), 0);
-	/* Asleep (its sleeps count rose from 0); a's wake-up ends that sleep, the next one
-	 * comes after a ran and the read was re-armed. */
-	slept = wait_sleeps(rt, 0, 0);
+	/* Asleep (its sleeps count rose from 0); a's wake-up ends that sleep, and re-arming
+	 * the read after it finds no SQE. */
+	wait_sleeps(rt, 0, 0);
 	atomic_store(&keel__fault_internal_nosqe, fails);
 	cr_assert_eq(keel_runtime_submit(rt, 0, &a), 0);
 	cr_assert_eq(keel_xqueue_wait(q, &got, 1, KEEL_S(30)), 1, "the first request was not run");
 	/* The faults are used up by the re-arm and its retries, a millisecond apart at most. */
 	WAIT_FOR(atomic_load(&keel__fault_internal_nosqe) == 0, "the faults to be used");
-	wait_sleeps(rt, 0, slept);
+	WAIT_FOR(eventfd_read_armed(rt, 0),
+		 "shard 0 to arm its eventfd read again after %u failure(s)", fails);
+	/* The shard's sleep from now on is unbounded: only the eventfd's wake-up ends it. Once
+	 * it is asleep, b's submit wakes it through the eventfd. */
+	WAIT_FOR(atomic_load(&rt->shards[0].sleeping), "shard 0 to sleep");
+	cr_assert_eq(keel_runtime_stats(rt, 0, &st), 0);
+	woken = st.wakeups;
+	slept = st.sleeps;
 	cr_assert_eq(keel_runtime_submit(rt, 0, &b), 0);
 	cr_assert_eq(keel_xqueue_wait(q, &got, 1, KEEL_S(30)), 1,
 		     "a request to the sleeping shard was not run in 30 s");
+	WAIT_FOR((keel_runtime_stats(rt, 0, &st), st.wakeups > woken),
+		 "the request to shard 0 (asleep: %llu sleeps) to come through its eventfd",
+		 (unsigned long long)slept);
 	keel_runtime_stop(rt, 0);
 	cr_assert_eq(keel_runtime_join(rt), 0);
 	keel_runtime_destroy(rt);
@@ -304,5 +330,9 @@ eventfd_rearm_case(unsigned fails)
 Test(core_wakeup, an_eventfd_read_that_found_no_sqe_is_armed_again)
 {
 	eventfd_rearm_case(1);
+}
+
+Test(core_wakeup, an_eventfd_read_whose_retry_found_no_sqe_is_armed_again)
+{
 	eventfd_rearm_case(2);
 }
