@@ -294,16 +294,56 @@ keel_xqueue_destroy(struct keel_xqueue *q)
 	free(q);
 }
 
+_Atomic unsigned keel__fault_xefd_read_err;
+
+/* A failed read of the shard's eventfd: said at most once per 10 s, and armed again; after
+ * KEEL__XEFD_FAILS_MAX in a row (an error that persists would make every pass re-arm a read
+ * that fails at once) the read is given up and each sleep capped instead. */
+static void
+xefd_failed(struct keel_shard *s, int res)
+{
+	uint64_t now = keel__clock_ns();
+	const char *err = res < 0 ? strerror(-res) : "it read nothing";
+	const char *hint = res == -EBADF ? " (EBADF: the host closed a descriptor keel owns)"
+					 : " (a kernel or keel fault: report it)";
+
+	if (++s->xefd_fails >= KEEL__XEFD_FAILS_MAX) {
+		s->xefd_lost = true;
+		keel_log(KEEL_LOG_ERROR, "core",
+			 "shard %u: its eventfd read failed %u times in a row (the last: %s)%s; "
+			 "it is no longer read, so host threads' keel_runtime_submit and "
+			 "keel_runtime_stop cannot wake this shard: it now sleeps at most 1 ms at "
+			 "a time to find them (a busy wait: restart the process)",
+			 s->id, s->xefd_fails, err, hint);
+		return;
+	}
+	if (s->xefd_fail_log_ns && now - s->xefd_fail_log_ns < 10000000000ULL)
+		return;
+	s->xefd_fail_log_ns = now;
+	keel_log(KEEL_LOG_ERROR, "core",
+		 "shard %u: eventfd read failed: %s%s; armed again (what it announced runs at the "
+		 "next pass). After %u failures in a row the shard stops reading it and polls "
+		 "for host threads' requests and stops every 1 ms instead (logged at most once "
+		 "per 10 s)",
+		 s->id, err, hint, KEEL__XEFD_FAILS_MAX);
+}
+
 static void
 xefd_cb(struct keel_op *op, int res, uint32_t flags)
 {
 	struct internal_op *iop = keel__internal_done(op);
 	struct keel_shard *s = iop->shard;
 
-	if (res > 0)
+	if (res != -ECANCELED && keel__fault_take(&keel__fault_xefd_read_err))
+		res = -EIO;
+	if (res > 0) {
 		STAT_INC(s, wakeups);
-	else if (res != -ECANCELED)
-		keel_log(KEEL_LOG_ERROR, "core", "eventfd read failed: %s", strerror(-res));
+		s->xefd_fails = 0;
+	} else if (res != -ECANCELED) {
+		xefd_failed(s, res);
+		if (s->xefd_lost)
+			return;
+	}
 	if (s->phase != PHASE_DONE)
 		keel__internal_read(s, iop, s->xefd, &s->xefd_buf, sizeof(s->xefd_buf));
 }

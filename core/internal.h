@@ -259,6 +259,9 @@ struct keel_shard {
 	int xefd;
 	uint64_t xefd_buf;
 	struct internal_op xefd_op;
+	unsigned xefd_fails;       /* its reads that failed in a row (foreign.c, xefd_cb) */
+	bool xefd_lost;            /* no longer read after too many: each sleep is capped */
+	uint64_t xefd_fail_log_ns; /* when a failed read was last logged */
 
 	/* Signals (opts.signals: every shard). */
 	int sigfd;
@@ -431,6 +434,12 @@ extern _Atomic unsigned keel__fault_final_cqe_drop;
 extern _Atomic unsigned keel__fault_enter_ebadr;
 /* ... while non-zero, each arming of keel's own read finds no SQE; the count drops by one. */
 extern _Atomic unsigned keel__fault_internal_nosqe;
+/* ... while non-zero, each completion of a shard's eventfd read is taken as failed with
+ * -EIO (the eventfd's count it read is lost: the request it announced runs at the next
+ * pass anyway); the count drops by one (foreign.c). */
+extern _Atomic unsigned keel__fault_xefd_read_err;
+/* Failed eventfd reads in a row after which a shard no longer arms the read (foreign.c). */
+#define KEEL__XEFD_FAILS_MAX 8
 /* ... while non-zero, each cancel of the shard's final reaping (once it is quiescent, the
  * one that ends keel's own reads) finds no SQE; the count drops by one. */
 extern _Atomic unsigned keel__fault_cancel_nosqe;

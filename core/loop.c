@@ -772,8 +772,10 @@ sleep_in_kernel(struct keel_shard *s, uint64_t t0, struct keel__coalesce *co)
 	s->flush_seq++;
 	pass_end(s, t0, now);
 	/* Bounded: work waits for room or a retry (an internal read that found no SQE would
-	 * otherwise leave a sleep no foreign wake-up or signal can end), or the stop. */
-	if ((s->ovf_pending || s->room_waiters || s->internal_retry || s->phase != PHASE_RUN) &&
+	 * otherwise leave a sleep no foreign wake-up or signal can end), or the stop; or the
+	 * eventfd read was given up after repeated failures (foreign.c, xefd_cb). */
+	if ((s->ovf_pending || s->room_waiters || s->internal_retry || s->xefd_lost ||
+	     s->phase != PHASE_RUN) &&
 	    d > BOUNDED_SLEEP_NS)
 		d = BOUNDED_SLEEP_NS;
 	if (d != UINT64_MAX) {

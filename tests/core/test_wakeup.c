@@ -5,6 +5,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include <criterion/criterion.h>
@@ -335,4 +336,124 @@ Test(core_wakeup, an_eventfd_read_that_found_no_sqe_is_armed_again)
 Test(core_wakeup, an_eventfd_read_whose_retry_found_no_sqe_is_armed_again)
 {
 	eventfd_rearm_case(2);
+}
+
+static _Atomic unsigned xefd_lines;
+static char xefd_first[1024], xefd_last[1024];
+
+static void
+xefd_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	(void)module, (void)arg;
+	if (level != KEEL_LOG_ERROR || !strstr(msg, "eventfd read failed"))
+		return;
+	snprintf(atomic_load(&xefd_lines) ? xefd_last : xefd_first, sizeof(xefd_first), "%d %s",
+		 shard, msg);
+	atomic_fetch_add(&xefd_lines, 1);
+}
+
+/* Runs @n requests on the sleeping shard 0 of @rt one after another, each submitted once
+ * the shard has counted a sleep after the last ran: past the look for work that would find
+ * it, so each submit wakes it through its eventfd (whose read completes). @slept: the
+ * shard's sleeps when the first is submitted (it sleeps then); returns the count after. */
+static uint64_t
+requests_to_sleeper(struct keel_runtime *rt, struct keel_xqueue *q, struct keel_xreq *reqs,
+		    unsigned n, uint64_t slept)
+{
+	struct keel_xreq *got;
+
+	for (unsigned i = 0; i < n; i++) {
+		reqs[i] = (struct keel_xreq){ .fn = xreq_done, .queue = q };
+		cr_assert_eq(keel_runtime_submit(rt, 0, &reqs[i]), 0);
+		cr_assert_eq(keel_xqueue_wait(q, &got, 1, KEEL_S(30)), 1, "request %u not run", i);
+		slept = wait_sleeps(rt, 0, slept);
+	}
+	return slept;
+}
+
+static uint64_t
+wakeups_of(struct keel_runtime *rt, unsigned i)
+{
+	struct keel_shard_stats st;
+
+	cr_assert_eq(keel_runtime_stats(rt, i, &st), 0);
+	return st.wakeups;
+}
+
+/* A failed read of the shard's eventfd was logged without the shard's id nor what follows,
+ * at every failure, and armed again at once (an error that persists: a busy loop flooding
+ * the log). Two failures now give one line naming the shard; the read stays armed. */
+Test(core_wakeup, a_failed_eventfd_read_is_said_once_naming_the_shard, .timeout = 120)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_runtime *rt;
+	struct keel_xqueue *q;
+	struct keel_xreq reqs[3];
+	uint64_t slept, woken;
+
+	o.idle_poll_us = 0;
+	atomic_store(&xefd_lines, 0);
+	keel_log_set_sink(xefd_sink, NULL);
+	cr_assert_eq(keel_xqueue_create(&q), 0);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, NULL, NULL), 0);
+	slept = wait_sleeps(rt, 0, 0);
+	atomic_store(&keel__fault_xefd_read_err, 2);
+	slept = requests_to_sleeper(rt, q, reqs, 2, slept);
+	cr_assert_eq(atomic_load(&keel__fault_xefd_read_err), 0, "the two reads did not fail");
+	/* Still armed: the next request wakes the shard through it. */
+	woken = wakeups_of(rt, 0);
+	requests_to_sleeper(rt, q, reqs + 2, 1, slept);
+	WAIT_FOR(wakeups_of(rt, 0) > woken, "the third request to come through the eventfd");
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_log_set_sink(NULL, NULL);
+	keel_runtime_destroy(rt);
+	keel_xqueue_destroy(q);
+	cr_assert_eq(atomic_load(&xefd_lines), 1, "%u lines for 2 failed reads: %s | %s",
+		     atomic_load(&xefd_lines), xefd_first, xefd_last);
+	cr_assert(strncmp(xefd_first, "0 shard 0: eventfd read failed: Input/output error", 50) ==
+			  0,
+		  "%s", xefd_first);
+	cr_assert(strstr(xefd_first, "armed again"), "%s", xefd_first);
+	cr_assert(strstr(xefd_first, "once per 10 s"), "%s", xefd_first);
+}
+
+/* An error that persists: after KEEL__XEFD_FAILS_MAX failed reads in a row the read is no
+ * longer armed, a second line says what the shard loses, and its sleeps are capped so host
+ * threads' requests and the stop still reach it. */
+Test(core_wakeup, an_eventfd_read_that_keeps_failing_is_given_up, .timeout = 120)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_runtime *rt;
+	struct keel_xqueue *q;
+	struct keel_xreq reqs[KEEL__XEFD_FAILS_MAX + 1];
+	uint64_t slept;
+
+	o.idle_poll_us = 0;
+	atomic_store(&xefd_lines, 0);
+	keel_log_set_sink(xefd_sink, NULL);
+	cr_assert_eq(keel_xqueue_create(&q), 0);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, NULL, NULL), 0);
+	slept = wait_sleeps(rt, 0, 0);
+	atomic_store(&keel__fault_xefd_read_err, KEEL__XEFD_FAILS_MAX);
+	slept = requests_to_sleeper(rt, q, reqs, KEEL__XEFD_FAILS_MAX, slept);
+	cr_assert_eq(atomic_load(&keel__fault_xefd_read_err), 0, "the reads did not all fail");
+	WAIT_FOR(atomic_load(&xefd_lines) == 2, "the line that gives the read up");
+	cr_assert(!__atomic_load_n(&rt->shards[0].xefd_op.armed, __ATOMIC_RELAXED),
+		  "the eventfd read is still armed");
+	/* A request and the stop from this thread still reach the shard (its capped sleeps). */
+	requests_to_sleeper(rt, q, reqs + KEEL__XEFD_FAILS_MAX, 1, slept);
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_log_set_sink(NULL, NULL);
+	keel_runtime_destroy(rt);
+	keel_xqueue_destroy(q);
+	cr_assert_eq(atomic_load(&xefd_lines), 2, "%s | %s", xefd_first, xefd_last);
+	cr_assert(strncmp(xefd_last, "0 shard 0: its eventfd read failed 8 times in a row", 51) ==
+			  0,
+		  "%s", xefd_last);
+	cr_assert(strstr(xefd_last, "cannot wake this shard"), "%s", xefd_last);
+	cr_assert(strstr(xefd_last, "at most 1 ms"), "%s", xefd_last);
 }
