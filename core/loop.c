@@ -59,6 +59,24 @@ wake_cb(struct keel_op *op, int res, uint32_t flags)
  * target. */
 _Atomic unsigned keel__fault_msgring_cqe_drop;
 
+/* Waking @t through its eventfd failed with errno @e (@after: what failed before, or ""):
+ * whoever sent it had cleared @t's `sleeping`, so no later sender wakes it. */
+static __attribute__((cold, noinline)) void
+wake_lost_log(const struct keel_shard *t, int e, const char *after)
+{
+	keel_log(KEEL_LOG_ERROR, "core",
+		 "waking shard %u through its eventfd%s failed: %s; that wake-up is lost (a later "
+		 "sender takes the shard as already woken): it may sleep with messages or "
+		 "requests unrun, or miss the stop, until something else wakes it (a timer, "
+		 "I/O)%s",
+		 t->id, after, strerror(e),
+		 e == EBADF ? ". EBADF: its eventfd is closed: a keel_runtime_submit or "
+			      "keel_runtime_stop racing keel_runtime_destroy (call neither once "
+			      "the destroy may have begun), or the host closed a descriptor keel "
+			      "owns"
+			    : "");
+}
+
 static void
 msgring_cb(struct keel_op *op, int res, uint32_t flags)
 {
@@ -79,8 +97,7 @@ msgring_cb(struct keel_op *op, int res, uint32_t flags)
 			 s->id, t->id, strerror(-res));
 	}
 	if (write(t->xefd, &one, sizeof(one)) != sizeof(one))
-		keel_log(KEEL_LOG_ERROR, "core", "waking shard %u through its eventfd failed: %s",
-			 t->id, strerror(errno));
+		wake_lost_log(t, errno, " (after its MSG_RING wake-up failed)");
 }
 
 /* Not counted in flight: wake-ups received, and our MSG_RING failures. */
@@ -422,8 +439,7 @@ keel__shard_wake(struct keel_shard *t, struct keel_shard *from)
 		int e = errno, cs;
 
 		pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cs);
-		keel_log(KEEL_LOG_ERROR, "core", "waking shard %u through its eventfd failed: %s",
-			 t->id, strerror(e));
+		wake_lost_log(t, e, "");
 		pthread_setcancelstate(cs, NULL);
 	}
 }

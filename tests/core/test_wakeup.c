@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
 
 #include <criterion/criterion.h>
@@ -456,4 +457,61 @@ Test(core_wakeup, an_eventfd_read_that_keeps_failing_is_given_up, .timeout = 120
 		  "%s", xefd_last);
 	cr_assert(strstr(xefd_last, "cannot wake this shard"), "%s", xefd_last);
 	cr_assert(strstr(xefd_last, "at most 1 ms"), "%s", xefd_last);
+}
+
+static _Atomic unsigned lost_lines;
+static char lost_line[1024];
+
+static void
+lost_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	(void)module, (void)arg, (void)shard;
+	if (level == KEEL_LOG_ERROR && strstr(msg, "through its eventfd") &&
+	    atomic_fetch_add(&lost_lines, 1) == 0)
+		snprintf(lost_line, sizeof(lost_line), "%s", msg);
+}
+
+/* A host thread's wake-up through the eventfd that fails (here EBADF: the test hides the
+ * shard's eventfd, as a submit racing keel_runtime_destroy meets it closed) cleared the
+ * shard's `sleeping` first, so no later submit wakes it: the line said only "failed". It
+ * now says the wake-up is lost, what follows and, for EBADF, the misuse behind it. The
+ * shard sleeps on until the test writes its eventfd itself. */
+Test(core_wakeup, a_failed_eventfd_wakeup_is_said_lost, .timeout = 120)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_runtime *rt;
+	struct keel_xqueue *q;
+	struct keel_xreq a = { .fn = xreq_done }, *got;
+	int fd;
+
+	o.idle_poll_us = 0;
+	atomic_store(&lost_lines, 0);
+	keel_log_set_sink(lost_sink, NULL);
+	cr_assert_eq(keel_xqueue_create(&q), 0);
+	a.queue = q;
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, NULL, NULL), 0);
+	wait_sleeps(rt, 0, 0);
+	/* Asleep in its ring with the read armed (the ring holds the file): the shard reads
+	 * xefd only when that read completes, which nothing makes it do meanwhile. */
+	fd = rt->shards[0].xefd;
+	rt->shards[0].xefd = -1;
+	cr_assert_eq(keel_runtime_submit(rt, 0, &a), 0);
+	rt->shards[0].xefd = fd;
+	cr_assert_eq(atomic_load(&lost_lines), 1);
+	cr_assert_eq(keel_xqueue_pop(q, &got, 1), 0, "the request ran without a wake-up");
+	cr_assert_eq(eventfd_write(fd, 1), 0);
+	cr_assert_eq(keel_xqueue_wait(q, &got, 1, KEEL_S(30)), 1, "the request was not run");
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_log_set_sink(NULL, NULL);
+	keel_runtime_destroy(rt);
+	keel_xqueue_destroy(q);
+	cr_assert(strncmp(lost_line,
+			  "waking shard 0 through its eventfd failed: Bad file descriptor",
+			  62) == 0,
+		  "%s", lost_line);
+	cr_assert(strstr(lost_line, "that wake-up is lost"), "%s", lost_line);
+	cr_assert(strstr(lost_line, "until something else wakes it"), "%s", lost_line);
+	cr_assert(strstr(lost_line, "racing keel_runtime_destroy"), "%s", lost_line);
 }
