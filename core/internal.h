@@ -414,6 +414,9 @@ int keel__shard_ring_init(struct keel_shard *s);
 void keel__shard_loop(struct keel_shard *s);
 void keel__shard_ring_fini(struct keel_shard *s);
 void keel__shard_wake(struct keel_shard *target, struct keel_shard *from);
+/* What a person can do about a ring's failed submit or io_uring_enter (@r, its -errno): a
+ * parenthesised hint, never "" (an unexpected error says so). */
+const char *keel__ring_err_hint(int r);
 /* The most shards for which a runtime finds mail by reading every inbox (runtime.mail_scan);
  * KEEL_MAIL_SCAN_MAX, set lower by tests to run the has-mail bitmap with few shards. Read
  * when a runtime is created. */

@@ -224,15 +224,34 @@ keel__shard_ring_fini(struct keel_shard *s)
 	s->files.pend_nb = 0;
 }
 
-/* What a person can do about a failed submit (@r, its -errno), or "". */
-static const char *
-submit_hint(int r)
+const char *
+keel__ring_err_hint(int r)
 {
-	return r == -EBUSY ? " (completions not yet reaped fill the completion queue: raise "
-			     "--cq-entries)"
-	       : r == -EAGAIN || r == -ENOMEM
-		       ? " (the kernel could not allocate the requests: memory is short)"
-		       : "";
+	switch (-r) {
+	case EBUSY:
+		return " (completions not yet reaped fill the completion queue: raise "
+		       "--cq-entries)";
+	case EAGAIN:
+	case ENOMEM:
+		return " (the kernel could not allocate the requests: memory is short)";
+	case EINVAL:
+	case EOPNOTSUPP:
+		return " (the kernel refused a flag or operation keel asked for: a kernel without "
+		       "a feature forced on with --feature NAME=on; set it to auto, or run a newer "
+		       "kernel)";
+	case EEXIST:
+	case EOWNERDEAD:
+		return " (the ring is single-issuer and was entered by a thread other than its "
+		       "shard's, or that thread is gone: only the shard's own thread may use its "
+		       "ring, keel_shard_ring_get's included)";
+	case EBADF:
+	case EBADFD:
+		return " (the ring's descriptor is closed or no longer an io_uring: the host closed "
+		       "a descriptor keel owns)";
+	default:
+		return " (unexpected: the shard goes on and tries again at its next pass; report "
+		       "it)";
+	}
 }
 
 #ifdef KEEL_FAULTS
@@ -253,8 +272,8 @@ keel__submit_said(struct keel_shard *s)
 
 	STAT_INC(s, enters);
 	if (r < 0)
-		keel_log(KEEL_LOG_ERROR, "core", "submitting to the ring failed: %s%s",
-			 strerror(-r), submit_hint(r));
+		keel_log(KEEL_LOG_ERROR, "core", "shard %u: submitting to the ring failed: %s%s",
+			 s->id, strerror(-r), keel__ring_err_hint(r));
 	return r;
 }
 
@@ -617,7 +636,8 @@ enter_error(struct keel_shard *s, int r, const char *what)
 		cq_drops_log(s, atomic_load_explicit(&s->stats.cq_dropped, memory_order_relaxed));
 		return;
 	}
-	keel_log(KEEL_LOG_ERROR, "core", "%s failed: %s", what, strerror(-r));
+	keel_log(KEEL_LOG_ERROR, "core", "shard %u: %s failed: %s%s", s->id, what, strerror(-r),
+		 keel__ring_err_hint(r));
 }
 
 _Atomic unsigned keel__fault_enter_ebadr;
