@@ -202,6 +202,20 @@ map_local(size_t len)
 	return p == MAP_FAILED ? NULL : p;
 }
 
+const char *
+keel__zcrx_ring_fix(const struct keel_opts *o)
+{
+	/* As the features were decided (core/caps.c): DEFER_TASKRUN is not used because its
+	 * policy is off, because single_issuer's is (it needs it), or because the kernel lacks
+	 * it (single_issuer came a release earlier). */
+	if (o->features[KEEL_FEAT_DEFER_TASKRUN] == KEEL_POLICY_OFF)
+		return "drop --feature defer_taskrun=off";
+	if (o->features[KEEL_FEAT_SINGLE_ISSUER] == KEEL_POLICY_OFF)
+		return "drop --feature single_issuer=off, which DEFER_TASKRUN needs";
+	return "this kernel lacks DEFER_TASKRUN: run Linux 6.1 or later (ZCRX itself came in "
+	       "6.15)";
+}
+
 /* Checks, allocation and the registration. On failure *why holds our own reason (when the
  * kernel was not asked) or is empty (the caller maps the errno). */
 static int
@@ -220,10 +234,10 @@ try_setup(struct net_zcrx *z, const struct keel_opts *o, unsigned ring_flags, in
 	if (!(ring_flags & IORING_SETUP_DEFER_TASKRUN) || !(ring_flags & IORING_SETUP_CQE32)) {
 		snprintf(why, whylen,
 			 "ZCRX on %s rx queue %d: the shard's ring lacks %s (the kernel registers "
-			 "interface queues only on DEFER_TASKRUN + CQE32 rings); drop --feature "
-			 "defer_taskrun=off, and single_issuer=off, which DEFER_TASKRUN needs",
+			 "interface queues only on DEFER_TASKRUN + CQE32 rings); %s",
 			 z->iface, z->rxq,
-			 (ring_flags & IORING_SETUP_DEFER_TASKRUN) ? "CQE32" : "DEFER_TASKRUN");
+			 (ring_flags & IORING_SETUP_DEFER_TASKRUN) ? "CQE32" : "DEFER_TASKRUN",
+			 keel__zcrx_ring_fix(o));
 		return -EINVAL;
 	}
 	if (!o->zcrx_rq_entries || o->zcrx_rq_entries > KEEL_ZCRX_RQ_ENTRIES_MAX ||

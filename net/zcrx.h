@@ -256,6 +256,10 @@ enum keel__zcrx_verdict keel__zcrx_verdict(enum keel_policy policy, int err, boo
 const char *keel__zcrx_reason(int err, const char *iface, int rxq, size_t area, char *buf,
 			      size_t len);
 
+/* What makes a shard's ring DEFER_TASKRUN (+ CQE32) for ZCRX under @o, as the features were
+ * decided: drop the policy that turned it off, or run a kernel that has it. */
+const char *keel__zcrx_ring_fix(const struct keel_opts *o);
+
 /* Claim (iface, rxq) for @shard in the process-wide table: 0, or -EEXIST with the owner in
  * *owner (one queue, one shard). keel__zcrx_unclaim() gives it back. keel_zcrx_probe()
  * claims as KEEL__ZCRX_PROBE_SHARD. */

@@ -330,14 +330,13 @@ zon_start(void *arg)
 
 /* Start a one-shard echo server with @policy on @iface queue 0 and a receive area of
  * @area bytes; returns the runtime's status after the start (0 while running). */
+static int zsrv_start_opts(struct zsrv *z, const struct keel_opts *o);
+
 static int
 zsrv_start_area(struct zsrv *z, enum keel_policy policy, const char *iface, uint64_t area)
 {
 	struct keel_opts o = net_test_opts(1);
-	struct keel_listen_opts lo;
-	int r;
 
-	memset(z, 0, sizeof(*z));
 	o.log_level = KEEL_LOG_INFO;
 	o.zcrx = policy;
 	snprintf(o.iface, sizeof(o.iface), "%s", iface);
@@ -345,7 +344,18 @@ zsrv_start_area(struct zsrv *z, enum keel_policy policy, const char *iface, uint
 	o.nrxqs = 1;
 	o.zcrx_area = area;
 	o.zcrx_rq_entries = 256;
-	r = keel_runtime_create(&o, &z->rt);
+	return zsrv_start_opts(z, &o);
+}
+
+/* ... with the options @o. */
+static int
+zsrv_start_opts(struct zsrv *z, const struct keel_opts *o)
+{
+	struct keel_listen_opts lo;
+	int r;
+
+	memset(z, 0, sizeof(*z));
+	r = keel_runtime_create(o, &z->rt);
 	if (r < 0)
 		return r;
 	memset(&lo, 0, sizeof(lo));
@@ -3126,4 +3136,51 @@ Test(net_zcrx, sim_pressure_counts_pages_not_fragments)
 	sim_up(1, 2048, false);
 	run_on(0, step_small_frags_one_page);
 	sim_down();
+}
+
+/* A shard's ring without DEFER_TASKRUN cannot take ZCRX: the line always said "drop
+ * --feature defer_taskrun=off, and single_issuer=off", also when neither was given and the
+ * kernel lacked DEFER_TASKRUN. The fix now follows the features' decision. */
+Test(net_zcrx, a_ring_without_defer_taskrun_names_the_real_fix)
+{
+	struct keel_opts o;
+
+	keel_opts_init(&o);
+	cr_assert_str_eq(keel__zcrx_ring_fix(&o),
+			 "this kernel lacks DEFER_TASKRUN: run Linux 6.1 or later (ZCRX itself "
+			 "came in 6.15)");
+	o.features[KEEL_FEAT_SINGLE_ISSUER] = KEEL_POLICY_OFF;
+	cr_assert_str_eq(keel__zcrx_ring_fix(&o),
+			 "drop --feature single_issuer=off, which DEFER_TASKRUN needs");
+	o.features[KEEL_FEAT_DEFER_TASKRUN] = KEEL_POLICY_OFF;
+	cr_assert_str_eq(keel__zcrx_ring_fix(&o), "drop --feature defer_taskrun=off");
+	o.features[KEEL_FEAT_SINGLE_ISSUER] = KEEL_POLICY_AUTO;
+	cr_assert_str_eq(keel__zcrx_ring_fix(&o), "drop --feature defer_taskrun=off");
+}
+
+/* ... and a shard that meets it under --zcrx auto says that fix, and only it. */
+Test(net_zcrx, auto_on_a_ring_without_defer_taskrun_names_the_policy_to_drop)
+{
+	struct keel_opts o = net_test_opts(1);
+	struct zsrv z;
+	unsigned calls = atomic_load(&keel__zcrx_register_calls);
+
+	o.log_level = KEEL_LOG_INFO;
+	o.zcrx = KEEL_POLICY_AUTO;
+	o.features[KEEL_FEAT_DEFER_TASKRUN] = KEEL_POLICY_OFF;
+	snprintf(o.iface, sizeof(o.iface), "lo");
+	o.rxqs[0] = 0;
+	o.nrxqs = 1;
+	o.zcrx_area = 4ull << 20;
+	o.zcrx_rq_entries = 256;
+	capture();
+	cr_assert_eq(zsrv_start_opts(&z, &o), 0, "%s", logbuf);
+	cr_assert_eq(z.st[0].state, KEEL_ZCRX_FALLBACK, "%s", logbuf);
+	cr_assert_eq(zsrv_stop(&z), 0);
+	keel_log_set_sink(NULL, NULL);
+	cr_assert(logged("ring lacks DEFER_TASKRUN") &&
+			  logged("drop --feature defer_taskrun=off") &&
+			  !logged("single_issuer=off"),
+		  "%s", logbuf);
+	cr_assert_eq(atomic_load(&keel__zcrx_register_calls), calls);
 }
