@@ -33,6 +33,8 @@ register_ifq(int ring_fd, void *reg)
 
 long (*keel__zcrx_register)(int ring_fd, void *reg) = register_ifq;
 
+unsigned (*keel__zcrx_ifindex)(const char *name) = if_nametoindex;
+
 int (*keel__zcrx_ring_init)(unsigned entries, struct io_uring *ring,
 			    struct io_uring_params *p) = io_uring_queue_init_params;
 
@@ -286,9 +288,29 @@ try_setup(struct net_zcrx *z, const struct keel_opts *o, unsigned ring_flags, in
 		return (int)r;
 	}
 	z->claimed = true;
-	idx = if_nametoindex(z->iface);
-	if (!idx)
-		return -ENODEV;
+	/* 0 is no such interface (ENODEV, errno untouched by some libcs) or a lookup that
+	 * could not run: glibc opens a socket for it (EMFILE, ENFILE, EACCES, ...). */
+	errno = 0;
+	idx = keel__zcrx_ifindex(z->iface);
+	if (!idx) {
+		int e = errno && errno != ENODEV ? errno : 0;
+
+		if (!e)
+			return -ENODEV; /* keel__zcrx_reason says it */
+		snprintf(why, whylen,
+			 "ZCRX on %s rx queue %d: looking up the interface's index failed: %s%s",
+			 z->iface, z->rxq, strerror(e),
+			 e == EMFILE ? " (the lookup opens a socket and the process has no "
+				       "descriptor left: raise ulimit -n)"
+			 : e == ENFILE
+				 ? " (the lookup opens a socket and the system has no file left: "
+				   "raise fs.file-max)"
+			 : e == EACCES || e == EPERM
+				 ? " (the lookup opens a socket, which a security policy refused: "
+				   "allow AF_INET/AF_UNIX sockets to the process, or --zcrx off)"
+				 : "");
+		return -e;
+	}
 	if (keel__zcrx_set_area(z, page_round(o->zcrx_area)) < 0)
 		return -ENOMEM;
 	z->area = map_local(z->area_len);

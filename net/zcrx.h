@@ -276,6 +276,11 @@ extern _Atomic unsigned keel__zcrx_register_calls;
  * that takes the registration, which no NIC here does. */
 extern long (*keel__zcrx_register)(int ring_fd, void *reg);
 
+/* The interface's index (if_nametoindex: 0 with errno when it fails; ENODEV, or errno
+ * untouched, for no such interface): a pointer so tests can play a lookup that cannot open
+ * its socket. */
+extern unsigned (*keel__zcrx_ifindex)(const char *name);
+
 /* The creation of keel_zcrx_probe()'s scratch ring (io_uring_queue_init_params): a pointer
  * so tests can make it fail as a kernel does (EPERM from kernel.io_uring_disabled, ...). */
 extern int (*keel__zcrx_ring_init)(unsigned entries, struct io_uring *ring,

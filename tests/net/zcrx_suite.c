@@ -3184,3 +3184,50 @@ Test(net_zcrx, auto_on_a_ring_without_defer_taskrun_names_the_policy_to_drop)
 		  "%s", logbuf);
 	cr_assert_eq(atomic_load(&keel__zcrx_register_calls), calls);
 }
+
+static int ifindex_errno;
+
+/* A lookup that could not open its socket: 0 with @ifindex_errno. */
+static unsigned
+ifindex_failing(const char *name)
+{
+	(void)name;
+	errno = ifindex_errno;
+	return 0;
+}
+
+/* if_nametoindex's 0 was always "there is no interface" (ENODEV), though glibc's lookup
+ * fails with the errno of the socket it opens. Each errno is now kept and said with its
+ * fix; 0 without one (or ENODEV) is still no such interface. */
+Test(net_zcrx, an_interface_lookup_that_could_not_run_says_why)
+{
+	static const struct {
+		int err;
+		const char *says;
+	} cases[] = {
+		{ EMFILE,
+		  "looking up the interface's index failed: Too many open files (the lookup "
+		  "opens a socket and the process has no descriptor left: raise ulimit -n)" },
+		{ ENFILE, "raise fs.file-max" },
+		{ EACCES, "a security policy refused" },
+		{ 0, "there is no interface lo" },
+		{ ENODEV, "there is no interface lo" },
+	};
+	unsigned (*libc)(const char *) = keel__zcrx_ifindex;
+
+	keel__zcrx_ifindex = ifindex_failing;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct zsrv z;
+		int r;
+
+		ifindex_errno = cases[i].err;
+		capture();
+		r = zsrv_start(&z, KEEL_POLICY_ON, "lo");
+		zsrv_stop(&z);
+		keel_log_set_sink(NULL, NULL);
+		cr_assert_eq(r, cases[i].err ? -cases[i].err : -ENODEV, "errno %d: %d\n%s",
+			     cases[i].err, r, logbuf);
+		cr_assert(logged(cases[i].says), "errno %d\n%s", cases[i].err, logbuf);
+	}
+	keel__zcrx_ifindex = libc;
+}
