@@ -283,7 +283,12 @@ try_setup(struct net_zcrx *z, const struct keel_opts *o, unsigned ring_flags, in
 		return -EEXIST;
 	}
 	if (r < 0) {
-		snprintf(why, whylen, "ZCRX on %s rx queue %d: more than %d queues claimed",
+		snprintf(why, whylen,
+			 "ZCRX on %s rx queue %d: this process already holds %d ZCRX queues, the "
+			 "most it can (KEEL_MAX_SHARDS, for the shards of every runtime in it and "
+			 "keel_zcrx_probe calls under way): give ZCRX queues to fewer shards or "
+			 "runtimes in one process (--rxqs; --zcrx off for the others), or rebuild "
+			 "keel with a larger KEEL_MAX_SHARDS",
 			 z->iface, z->rxq, KEEL_MAX_SHARDS);
 		return (int)r;
 	}

@@ -3231,3 +3231,29 @@ Test(net_zcrx, an_interface_lookup_that_could_not_run_says_why)
 	}
 	keel__zcrx_ifindex = libc;
 }
+
+/* The process's table of claimed queues full (KEEL_MAX_SHARDS, shared by every runtime in
+ * it): -ENOSPC said only "more than 256 queues claimed". It now says the limit, what it
+ * counts and what to do. */
+Test(net_zcrx, a_full_claim_table_names_the_limit_and_the_fix)
+{
+	unsigned owner;
+	struct zsrv z;
+	int r;
+
+	for (int i = 0; i < KEEL_MAX_SHARDS; i++)
+		cr_assert_eq(keel__zcrx_claim("keelfill0", i, (unsigned)i, &owner), 0);
+	capture();
+	r = zsrv_start(&z, KEEL_POLICY_ON, "lo");
+	zsrv_stop(&z);
+	keel_log_set_sink(NULL, NULL);
+	for (int i = 0; i < KEEL_MAX_SHARDS; i++)
+		keel__zcrx_unclaim("keelfill0", i);
+	cr_assert_eq(r, -ENOSPC, "%d\n%s", r, logbuf);
+	cr_assert(logged("ZCRX on lo rx queue 0: this process already holds 256 ZCRX queues, the "
+			 "most it can (KEEL_MAX_SHARDS"),
+		  "%s", logbuf);
+	cr_assert(logged("give ZCRX queues to fewer shards or runtimes in one process") &&
+			  logged("a larger KEEL_MAX_SHARDS"),
+		  "%s", logbuf);
+}
