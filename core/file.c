@@ -863,6 +863,12 @@ pump(struct keel_shard *s)
 {
 	uint32_t qd = qd_of(s);
 
+	/* The stop is held (keel__stop_hold): nothing goes in before its cancel, which would
+	 * take a hook's request with it; keel__file_stop_hooks pumps once it is queued. */
+	if (s->stop_held) {
+		s->files.pump_held = true;
+		return;
+	}
 	while (s->files.head) {
 		struct keel_file_req *req = s->files.head;
 		bool go = issues(s, req);
@@ -1044,8 +1050,9 @@ keel__file_stop_hooks(struct keel_shard *s, bool running)
 		return;
 	/* The stop's cancel is queued (or nothing was in the ring): what the hooks made goes
 	 * in after it, the requests made before the stop that still wait are cancelled. */
-	if (!s->files.ndrain)
+	if (!s->files.ndrain && !s->files.pump_held)
 		return;
+	s->files.pump_held = false;
 	if (s->cancel_retry) {
 		/* The cancel found no SQE: they wait for it (keel__internal_retry). */
 		s->files.nosqe = true;

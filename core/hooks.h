@@ -36,6 +36,33 @@ struct keel__later {
  * once the shard's loop has ended (as keel_defer). Context: a shard. */
 int keel__later(struct keel__later *l);
 
+/* The stop's hold (loop.c). A stopping shard cancels everything in flight right after its
+ * stop hooks, then issues the hooks' disk requests. A hold taken by a stop hook postpones
+ * both, so that what its taker still does then (the network's graceful closes under
+ * --stop-flush-ms: sends and lingering receives) is not cancelled. The stop goes on once
+ * every hold is released, or opts.stop_flush_ms after the stop began: then each hold
+ * still taken is released by core and its @expire(@h) runs, from the loop, to end at once
+ * what it held (it must not take a hold again). The shard counts as busy while held, so
+ * its timers run and the stop waits. */
+struct keel__stop_hold {
+	struct keel__stop_hold *next;
+	void (*expire)(struct keel__stop_hold *h);
+	const char *what; /* what holds the stop, for the line a long stop logs */
+	bool held;
+};
+
+/* Take @h (nothing when taken already). Returns 0; -EINVAL when opts.stop_flush_ms is 0
+ * (no bound for it) or outside the stop hooks (begin_stop). Context: a shard's stop hook. */
+int keel__stop_hold(struct keel__stop_hold *h, void (*expire)(struct keel__stop_hold *h),
+		    const char *what);
+/* Release @h (nothing when not taken, or taken back by core at the deadline). Context: the
+ * shard that took it. */
+void keel__stop_release(struct keel__stop_hold *h);
+/* The current shard's opts.stop_flush_ms, and what a message calls that option
+ * (--stop-flush-ms, or KEEL_STOP_FLUSH_MS when the environment set it). Context: a shard. */
+unsigned keel__stop_flush_ms(void);
+const char *keel__stop_flush_opt(void);
+
 /* signal.c: called before a second signal's _exit, which skips every destroy: the network
  * removes the paths of its Unix listeners there (set by net/listen.c). */
 extern void (*_Atomic keel__before_fast_exit)(void);

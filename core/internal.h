@@ -218,6 +218,11 @@ struct keel_shard {
 	uint64_t binds, cancel_mark;
 	uint64_t stop_ns;      /* when the stop began (begin_stop) */
 	uint64_t stop_said_ns; /* a stop that does not end was last logged this long into it */
+	/* The stop's holds (keel__stop_hold): while stop_held, the stop's cancel and the stop
+	 * hooks' disk requests wait for them, until opts.stop_flush_ms from stop_ns. */
+	struct keel__stop_hold *holds;
+	bool stop_held;
+	uint64_t drain_ns; /* when the stop hooks' disk requests went in (drain_check) */
 
 	/* Inbound mail: queues from every shard and the has-mail bitmap (with more than
 	 * keel__mail_scan_max shards: runtime.mail_scan), both owned here. */
@@ -325,6 +330,7 @@ struct keel_shard {
 		uint64_t *slots;
 		uint32_t slot_words;
 		bool drain_over; /* --stop-drain-ms passed: the drain's requests are cancelled */
+		bool pump_held;  /* pump found the stop held: it runs again as the hold ends */
 		uint64_t drain_said_ns; /* the wait was last logged this long into the stop */
 		uint64_t err_logged_ns;
 		char last_err[384];

@@ -868,6 +868,19 @@ submit_cancel_all(struct keel_shard *s)
 	s->cancel_mark = s->binds;
 }
 
+/* After the stop hooks (and the holds they took): everything in flight is cancelled, and
+ * the hooks' disk requests go in after the cancel. */
+static void
+stop_cancel(struct keel_shard *s)
+{
+	if (s->inflight > s->internal_inflight)
+		submit_cancel_all(s);
+	/* A hook's disk requests are its last writes and syncs: they go into the ring after
+	 * the cancel, and stop_progress cancels nothing more while they run (files.ndrain). */
+	s->drain_ns = keel__clock_ns();
+	keel__file_stop_hooks(s, false);
+}
+
 static void
 begin_stop(struct keel_shard *s)
 {
@@ -886,11 +899,79 @@ begin_stop(struct keel_shard *s)
 	s->phase = PHASE_STOP;
 	s->stop_ns = keel__clock_ns(); /* after the hooks: the drain's time is its own */
 	keel__timers_stop_all(s);
-	if (s->inflight > s->internal_inflight)
-		submit_cancel_all(s);
-	/* A hook's disk requests are its last writes and syncs: they go into the ring after
-	 * the cancel, and stop_progress cancels nothing more while they run (files.ndrain). */
-	keel__file_stop_hooks(s, false);
+	/* A hook took a hold (the network's flush): the cancel waits for it (hold_check). */
+	if (s->holds) {
+		s->stop_held = true;
+		return;
+	}
+	stop_cancel(s);
+}
+
+/* The stop's holds released, or past opts.stop_flush_ms: each one still taken is released
+ * here and told so (its expire ends what it held), then the stop goes on (stop_cancel). */
+static void
+hold_check(struct keel_shard *s)
+{
+	uint64_t waited = s->now_ns > s->stop_ns ? s->now_ns - s->stop_ns : 0;
+
+	if (s->holds && waited < (uint64_t)s->rt->opts.stop_flush_ms * NS_PER_MS)
+		return;
+	while (s->holds) {
+		struct keel__stop_hold *h = s->holds;
+
+		s->holds = h->next;
+		h->next = NULL;
+		h->held = false;
+		h->expire(h);
+	}
+	s->stop_held = false;
+	stop_cancel(s);
+}
+
+int
+keel__stop_hold(struct keel__stop_hold *h, void (*expire)(struct keel__stop_hold *h),
+		const char *what)
+{
+	struct keel_shard *s = cur_shard(__func__);
+
+	/* Only from the stop hooks: the cancel they precede is the one it postpones. */
+	if (!s->rt->opts.stop_flush_ms || !s->stop_begun || s->phase != PHASE_RUN || !expire)
+		return -EINVAL;
+	if (h->held)
+		return 0;
+	h->expire = expire;
+	h->what = what;
+	h->held = true;
+	h->next = s->holds;
+	s->holds = h;
+	return 0;
+}
+
+void
+keel__stop_release(struct keel__stop_hold *h)
+{
+	struct keel_shard *s = cur_shard(__func__);
+	struct keel__stop_hold **p = &s->holds;
+
+	if (!h->held)
+		return;
+	while (*p != h)
+		p = &(*p)->next;
+	*p = h->next;
+	h->next = NULL;
+	h->held = false;
+}
+
+unsigned
+keel__stop_flush_ms(void)
+{
+	return cur_shard(__func__)->rt->opts.stop_flush_ms;
+}
+
+const char *
+keel__stop_flush_opt(void)
+{
+	return keel__opt_name(&cur_shard(__func__)->rt->opts, "--stop-flush-ms");
 }
 
 /* Termination of the whole runtime: every shard quiescent (no user operation in flight, no
@@ -918,7 +999,7 @@ static void
 drain_check(struct keel_shard *s)
 {
 	unsigned ms = s->rt->opts.stop_drain_ms;
-	uint64_t waited = s->now_ns > s->stop_ns ? s->now_ns - s->stop_ns : 0;
+	uint64_t waited = s->now_ns > s->drain_ns ? s->now_ns - s->drain_ns : 0;
 
 	if (ms && !s->files.drain_over && waited >= (uint64_t)ms * NS_PER_MS) {
 		keel_log(KEEL_LOG_ERROR, "core",
@@ -987,9 +1068,15 @@ stop_say_held(struct keel_shard *s)
 
 	if (!stop_say_due(s, &waited))
 		return;
+	if (s->stop_held)
+		for (const struct keel__stop_hold *h = s->holds; h; h = h->next)
+			SAY("a stop hold: %s (until %s %u from the stop's start)", h->what,
+			    keel__opt_name(&s->rt->opts, "--stop-flush-ms"),
+			    s->rt->opts.stop_flush_ms);
 	if (user > s->files.ndrain)
-		SAY("%llu user operations in flight (no cancel ended them)",
-		    (unsigned long long)(user - s->files.ndrain));
+		SAY("%llu user operations in flight (%s)",
+		    (unsigned long long)(user - s->files.ndrain),
+		    s->stop_held ? "not cancelled while the stop is held" : "no cancel ended them");
 	if (s->defer_next.n || s->later_head)
 		SAY("%zu deferred callbacks pending (one that defers itself again never ends)",
 		    s->defer_next.n + (s->later_head != NULL));
@@ -1063,7 +1150,8 @@ stop_drops_lost(struct keel_shard *s)
 	uint32_t drops = cq_drops(s);
 	uint64_t user;
 
-	if (!drops || s->inflight <= s->internal_inflight + s->lost)
+	/* Held, nothing is cancelled yet, and the hold's deadline bounds the wait. */
+	if (!drops || s->stop_held || s->inflight <= s->internal_inflight + s->lost)
 		return;
 	user = s->inflight - s->internal_inflight - s->lost;
 	if (user > drops - s->lost || s->cancel_op.armed || s->cancel_retry ||
@@ -1102,11 +1190,16 @@ static bool
 stop_progress(struct keel_shard *s)
 {
 	uint64_t s1, r1, s2, r2;
+	bool q;
+
+	if (s->stop_held)
+		hold_check(s);
 	/* A disk request waiting in the FIFO for an SQE (file.c, wait_for_sqe) is work too:
-	 * nothing in the ring may be left to bring it in. */
-	bool q = s->inflight <= s->internal_inflight + s->lost && !s->ovf_pending && !s->ndirty &&
-		 !s->defer_next.n && !s->later_head && !atomic_load(&s->xpending) &&
-		 !s->files.head && !s->files.cwait && !s->cancel_retry;
+	 * nothing in the ring may be left to bring it in. A held stop is work: what holds it
+	 * runs yet. */
+	q = !s->stop_held && s->inflight <= s->internal_inflight + s->lost && !s->ovf_pending &&
+	    !s->ndirty && !s->defer_next.n && !s->later_head && !atomic_load(&s->xpending) &&
+	    !s->files.head && !s->files.cwait && !s->cancel_retry;
 
 	/* Foreign requests close under their lock as the shard first finds itself quiescent:
 	 * a keel_runtime_submit that passed its stopping check just before the stop, and
@@ -1126,10 +1219,10 @@ stop_progress(struct keel_shard *s)
 		/* Operations started after the last cancel (by stop hooks or callbacks). One
 		 * that no cancel can end (a disk read running in io-wq) is waited for in
 		 * bounded sleeps, not cancelled again every pass. */
-		if (s->files.ndrain)
+		if (s->files.ndrain && !s->stop_held)
 			drain_check(s);
 		stop_say_held(s);
-		if (s->inflight > s->internal_inflight && !s->cancel_op.armed &&
+		if (!s->stop_held && s->inflight > s->internal_inflight && !s->cancel_op.armed &&
 		    s->binds != s->cancel_mark && (!s->files.ndrain || s->files.drain_over))
 			submit_cancel_all(s);
 		stop_drops_lost(s);

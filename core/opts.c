@@ -291,6 +291,7 @@ enum opt_id {
 	OPT_HUGEPAGES,
 	OPT_FILE_QD,
 	OPT_STOP_DRAIN,
+	OPT_STOP_FLUSH,
 	OPT_ZCRX,
 	OPT_IFACE,
 	OPT_RXQS,
@@ -352,6 +353,9 @@ static const struct opt_desc opt_table[] = {
 	{ OPT_STOP_DRAIN, "--stop-drain-ms", "KEEL_STOP_DRAIN_MS", "N",
 	  "at the stop, cancel the disk requests of the stop hooks still running after N ms, "
 	  "where the kernel can (default 0: wait for them)" },
+	{ OPT_STOP_FLUSH, "--stop-flush-ms", "KEEL_STOP_FLUSH_MS", "N",
+	  "at the stop, close connections gracefully (replies queued are sent) and wait up to "
+	  "N ms for them before resetting the rest (default 0: reset them at once)" },
 	{ OPT_ZCRX, "--zcrx", "KEEL_ZCRX", "off|on|auto",
 	  "zero-copy receive on each shard's rx queue; auto falls back to copying with one line "
 	  "naming the kernel's reason (default auto)" },
@@ -471,6 +475,8 @@ apply(const struct opt_desc *d, const char *name, const char *v, struct keel_opt
 		return parse_uint(name, v, 1, KEEL_FILE_QD_MAX, &o->file_qd, err, errlen);
 	case OPT_STOP_DRAIN:
 		return parse_uint(name, v, 0, 86400000, &o->stop_drain_ms, err, errlen);
+	case OPT_STOP_FLUSH:
+		return parse_uint(name, v, 0, 86400000, &o->stop_flush_ms, err, errlen);
 	case OPT_ZCRX:
 		for (int i = 0; i <= KEEL_POLICY_ON; i++)
 			if (!strcmp(v, policy_names[i])) {

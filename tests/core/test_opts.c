@@ -1335,3 +1335,37 @@ Test(core_opts, a_message_about_a_value_names_the_variable_that_set_it)
 			  "warned: '%s'", warned);
 	}
 }
+
+/* --stop-flush-ms: 0 (no flush) by default, a range of 0 to a day, from the command line
+ * or KEEL_STOP_FLUSH_MS, and a bad value is said under the name that set it. */
+Test(core_opts, stop_flush_ms_parses_in_range_naming_the_option)
+{
+	struct keel_opts o;
+	char err[256];
+	char *argv[] = { "prog", "--stop-flush-ms", "2000", NULL };
+	char *neg[] = { "prog", "--stop-flush-ms", "-1", NULL };
+	char *big[] = { "prog", "--stop-flush-ms=86400001", NULL };
+	char *none[] = { "prog", NULL };
+	int argc = 3;
+
+	keel_opts_init(&o);
+	cr_assert_eq(o.stop_flush_ms, 0, "no flush by default");
+	cr_assert_eq(parse(&o, err, sizeof(err), &argc, argv), 0, "%s", err);
+	cr_assert_eq(o.stop_flush_ms, 2000);
+	argc = 3;
+	cr_assert_eq(parse(&o, err, sizeof(err), &argc, neg), -EINVAL);
+	cr_assert(strstr(err, "--stop-flush-ms"), "%s", err);
+	argc = 2;
+	cr_assert_eq(parse(&o, err, sizeof(err), &argc, big), -EINVAL);
+	cr_assert(strstr(err, "--stop-flush-ms"), "%s", err);
+	setenv("KEEL_STOP_FLUSH_MS", "150", 1);
+	argc = 1;
+	cr_assert_eq(parse(&o, err, sizeof(err), &argc, none), 0, "%s", err);
+	cr_assert_eq(o.stop_flush_ms, 150);
+	cr_assert_str_eq(keel__opt_name(&o, "--stop-flush-ms"), "KEEL_STOP_FLUSH_MS");
+	setenv("KEEL_STOP_FLUSH_MS", "soon", 1);
+	argc = 1;
+	cr_assert_eq(parse(&o, err, sizeof(err), &argc, none), -EINVAL);
+	cr_assert(strstr(err, "KEEL_STOP_FLUSH_MS"), "%s", err);
+	unsetenv("KEEL_STOP_FLUSH_MS");
+}

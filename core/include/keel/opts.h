@@ -132,6 +132,12 @@ struct keel_opts {
 	 * before it cancels them, where the kernel can (0: no bound, the default; docs/file.md
 	 * "Stop and cancellation") */
 	unsigned stop_drain_ms;
+	/* --stop-flush-ms: at the stop, the network closes its connections gracefully (their
+	 * queued replies sent, then a FIN) and the stop waits up to this many ms, from its
+	 * start, for those closes before it cancels what is in flight and resets the rest
+	 * (0: no flush, the default: every connection is reset at once; docs/net.md "The
+	 * stop's flush") */
+	unsigned stop_flush_ms;
 
 	/* ZCRX (zero-copy receive, docs/net.md "ZCRX"). A shard registers an interface queue
 	 * when it has an rx queue: the i-th of --rxqs, else its --map entry's, else with
