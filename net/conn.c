@@ -1727,6 +1727,8 @@ conn_free(struct keel_conn *c, bool notify)
 	if (c->next)
 		c->next->prev = c->prev;
 	ns->st.conns_open--;
+	if (ns->flushing && !ns->conns)
+		keel__net_flush_idle(ns);
 	keel__lim_close(ns, &c->lim);
 	net_verify(!c->qn && !c->wb.buf);
 	free(c->q);
@@ -2101,6 +2103,21 @@ keel__conns_stop(struct net_shard *ns)
 	for (; c; c = next) {
 		next = c->next;
 		keel_conn_abort(c, -ESHUTDOWN);
+	}
+}
+
+void
+keel__conns_flush(struct net_shard *ns)
+{
+	struct keel_conn *c = ns->conns, *next;
+
+	for (; c; c = next) {
+		next = c->next;
+		/* Nothing of the application's to deliver yet: no reply can be waiting. */
+		if (c->unseen || c->connecting)
+			keel_conn_abort(c, -ESHUTDOWN);
+		else
+			keel_conn_close(c);
 	}
 }
 

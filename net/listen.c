@@ -1194,15 +1194,25 @@ keel__listeners_slot_freed(struct net_shard *ns)
 }
 
 void
-keel__listeners_stop(struct net_shard *ns)
+keel__listeners_stop(struct net_shard *ns, bool cancel)
 {
 	for (struct keel__lshard *ls = ns->lshards; ls; ls = ls->next) {
+		struct io_uring_sqe *sqe;
+
 		ls->stopping = true;
 		if (ls->backoff)
 			keel_timer_stop(ls->backoff);
-		/* Armed: keel cancels it right after the stop hooks; the callback closes. */
+		/* Armed: keel cancels it right after the stop hooks, or, while the stop's
+		 * flush holds that cancel, here; the callback closes. Without an SQE it waits
+		 * for the stop's cancel, what it accepts meanwhile closed at once. */
 		if (!ls->armed)
 			lshard_close(ls);
+		else if (cancel && !ls->cancel_sent && (sqe = keel_sqe_get())) {
+			io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)&ls->op, 0);
+			ls->cancel_op.fn = cancel_cb;
+			keel_sqe_bind(sqe, &ls->cancel_op);
+			ls->cancel_sent = true;
+		}
 	}
 }
 

@@ -134,8 +134,13 @@ struct net_shard {
 	uint64_t table_full_ns;         /* ... at this time (keel_now_ns) */
 	uint64_t table_full_unsaid;     /* ... and parks since, not logged */
 	bool close_untimed_said;        /* a close without its timer was logged (conn.c) */
-	struct keel_slice *scratch;     /* [scratch_n] slices of one completion, or of held data */
-	unsigned scratch_n;             /* the larger ring's nbufs */
+	/* The stop's flush (--stop-flush-ms, shard.c): the connections close gracefully under
+	 * a hold of the stop; its end (the last one gone, or the deadline) stops the rest. */
+	bool flushing;
+	struct keel__stop_hold flush_hold;
+	struct keel__later flush_end_later; /* queued (with a reference) as the last one goes */
+	struct keel_slice *scratch; /* [scratch_n] slices of one completion, or of held data */
+	unsigned scratch_n;         /* the larger ring's nbufs */
 	struct keel_net_stats st;
 	struct net_zcrx *zcrx;        /* zcrx.c: the shard's ZCRX set-up (NULL until decided) */
 	struct net_lim *lim_head;     /* limits.c: connections with a timeout */
@@ -379,6 +384,13 @@ void keel__udp_starved_kick(struct net_shard *ns);
  * buffer (0: the tail is not a write buffer). */
 size_t keel__conn_write_room(const struct keel_conn *c);
 void keel__conns_stop(struct net_shard *ns);
+/* The stop's flush: every connection closed as keel_conn_close does (its queue sent, then
+ * a FIN, lingering for the peer's EOF); one still connecting, or accepted and not yet
+ * opened, is aborted with -ESHUTDOWN (conn.c). */
+void keel__conns_flush(struct net_shard *ns);
+/* The last connection is gone while flushing (conn.c, conn_free): the flush ends from the
+ * loop (shard.c). */
+void keel__net_flush_idle(struct net_shard *ns);
 /* Tests (simulated ZCRX kernel side): complete @c's simulated RECV_ZC (armed when its shard
  * has a keel__zcrx_sim_attach() queue) with @cqe (32 bytes), through the path every
  * receive completion takes (recv_cb's): data, EOF, errors, and the re-arm when @cqe lacks
@@ -476,7 +488,9 @@ void keel__sqe_sockopt(struct io_uring_sqe *sqe, int fd, bool get, int level, in
 		       uint32_t len);
 
 /* listen.c */
-void keel__listeners_stop(struct net_shard *ns);
+/* Stop accepting. @cancel: cancel the armed accepts now (the stop's flush postpones the
+ * stop's cancel of everything, which they otherwise wait for). */
+void keel__listeners_stop(struct net_shard *ns, bool cancel);
 /* listen.c: the shard's accepted connections nearly fill its direct-descriptor table:
  * cancel the armed multishot accepts (single ones follow, or none while it is full); one
  * of them released its slot: arm the parked ones. */

@@ -153,18 +153,116 @@ keel_net_shard_init(const struct keel_net_config *c)
 	return shard_create(c, &ns);
 }
 
+/* The stop, once no connection is to be flushed: every one still open is aborted
+ * (-ESHUTDOWN; one with a send in flight is reset), and the state goes with its last
+ * reference. */
 static void
-on_stop(void *arg)
+stop_rest(struct net_shard *ns)
 {
-	struct net_shard *ns = arg;
-
 	ns->stopping = true;
-	keel__listeners_stop(ns);
 	keel__conns_stop(ns);
 	keel__lim_stop(ns);
 	keel__udps_stop(ns);
 	keel__zcrx_stop(ns);
 	keel__net_unref(ns); /* the base reference */
+}
+
+/* The flush is over: the last connection gone, or the deadline passed (flush_expire). The
+ * hold is released first: stop_rest may free @ns. */
+static void
+flush_end(struct net_shard *ns)
+{
+	if (!ns->flushing)
+		return;
+	ns->flushing = false;
+	keel__stop_release(&ns->flush_hold);
+	stop_rest(ns);
+}
+
+static void
+flush_end_cb(struct keel__later *l)
+{
+	struct net_shard *ns = container_of(l, struct net_shard, flush_end_later);
+
+	flush_end(ns);
+	keel__net_unref(ns); /* the kick's */
+}
+
+void
+keel__net_flush_idle(struct net_shard *ns)
+{
+	/* The loop runs while the stop is held: the kick cannot find it ended. */
+	bool queued = keel__net_kick(ns, &ns->flush_end_later, flush_end_cb);
+
+	net_verify(queued);
+}
+
+/* --stop-flush-ms passed from the stop's start with connections still closing (core took
+ * the hold back): they are aborted now, and the stop goes on. */
+static void
+flush_expire(struct keel__stop_hold *h)
+{
+	struct net_shard *ns = container_of(h, struct net_shard, flush_hold);
+
+	keel_log(KEEL_LOG_WARN, NET_MOD,
+		 "shard %u: %llu connections still closing %s %u ms into the stop: aborted "
+		 "(-ESHUTDOWN; a reply still going out is cut by a reset). Their peers did not "
+		 "take their replies or end their side in time; raise %s to wait longer",
+		 ns->id, (unsigned long long)ns->st.conns_open, keel__stop_flush_opt(),
+		 keel__stop_flush_ms(), keel__stop_flush_opt());
+	flush_end(ns);
+}
+
+/* The flush's second step, a stop hook registered by on_stop: it runs after the hooks
+ * registered before it (the application's, which may still queue replies), and closes
+ * every connection gracefully. The closes' own timers are stopped with every other timer
+ * right after the hooks: the deadline bounds them (the linger's bound too, where it
+ * starts later). */
+static void
+flush_begin(void *arg)
+{
+	struct net_shard *ns = arg;
+
+	if (!ns->conns) {
+		flush_end(ns);
+		return;
+	}
+	keel__conns_flush(ns);
+}
+
+static void
+on_stop(void *arg)
+{
+	struct net_shard *ns = arg;
+	int r;
+
+	if (!keel__stop_flush_ms() || !ns->conns) {
+		ns->stopping = true;
+		keel__listeners_stop(ns, false);
+		stop_rest(ns);
+		return;
+	}
+	/* --stop-flush-ms: nothing new comes (the listeners stop, their accepts cancelled
+	 * now, UDP endpoints end), and the connections stay open for the application's stop
+	 * hooks, which run after this one; the state is not stopping yet, so that the closes'
+	 * receives still get buffers. */
+	keel__listeners_stop(ns, true);
+	keel__udps_stop(ns);
+	r = keel__stop_hold(&ns->flush_hold, flush_expire,
+			    "the network's graceful closes of its connections");
+	if (r == 0)
+		r = keel_shard_on_stop(flush_begin, ns);
+	if (r < 0) {
+		keel__stop_release(&ns->flush_hold);
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "shard %u: the stop's flush (%s %u) could not begin (%s): the "
+			 "connections are aborted at once, as without it",
+			 ns->id, keel__stop_flush_opt(), keel__stop_flush_ms(), strerror(-r));
+		ns->stopping = true;
+		stop_rest(ns);
+		return;
+	}
+	ns->flushing = true;
 }
 
 /* The shard's receive rings. One not made (UDP, bulk) is all zeros, which the pbuf calls

@@ -1357,9 +1357,11 @@ keel__udps_stop(struct net_shard *ns)
 {
 	struct keel_udp *u = ns->udps, *next;
 
+	/* -ESHUTDOWN whether or not the shard's network state is stopping yet: the stop's
+	 * flush ends the endpoints before it (shard.c, on_stop). */
 	for (; u; u = next) {
 		next = u->next;
-		keel_udp_close(u);
+		udp_close_status(u, -ESHUTDOWN);
 	}
 }
 

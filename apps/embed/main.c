@@ -1690,7 +1690,8 @@ static const char usage[] =
 	"usage: keel-embed --config FILE [keel options]\n"
 	"  The config file holds 'KEY VALUE' lines: dir PATH (data files; required),\n"
 	"  addr ADDR (127.0.0.1), port N (7070; 0: any), workers N (2), map FILE (a core/queue\n"
-	"  map from keel-topo --plan: the shards' CPUs). Without a map, --cpuset picks them.\n";
+	"  map from keel-topo --plan: the shards' CPUs). Without a map, --cpuset picks them.\n"
+	"  --stop-flush-ms defaults to 2000 here: replies made at the stop are delivered.\n";
 
 int
 main(int argc, char **argv)
@@ -1705,6 +1706,11 @@ main(int argc, char **argv)
 
 	keel_opts_init(&opts);
 	opts.signals = false; /* the host owns its signals */
+	/* A stop that does not wait for the pool (a bare keel_stop) still delivers the replies
+	 * the stop hook makes of the results it takes back: the connections close gracefully,
+	 * for up to 2 s (--stop-flush-ms N or KEEL_STOP_FLUSH_MS change it; 0 resets them at
+	 * once). */
+	opts.stop_flush_ms = 2000;
 	keel_opts_parse_or_exit(&opts, &argc, argv, usage);
 	/* keel_opts_next: written as keel's options are ("--config FILE", "--config=FILE"). */
 	for (int i = 1;;) {
