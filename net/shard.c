@@ -205,7 +205,7 @@ flush_expire(struct keel__stop_hold *h)
 	struct net_shard *ns = container_of(h, struct net_shard, flush_hold);
 
 	keel_log(KEEL_LOG_WARN, NET_MOD,
-		 "shard %u: %llu connections still closing %s %u ms into the stop: aborted "
+		 "shard %u: %llu connections still closing at the stop's deadline (%s %u): aborted "
 		 "(-ESHUTDOWN; a reply still going out is cut by a reset). Their peers did not "
 		 "take their replies or end their side in time; raise %s to wait longer",
 		 ns->id, (unsigned long long)ns->st.conns_open, keel__stop_flush_opt(),
