@@ -59,8 +59,9 @@ __attribute__((noreturn)) void keel__alloc_verify_fail(const char *file, int lin
 			      atomic_load_explicit(&(a)->st.field, memory_order_relaxed) + (n), \
 			      memory_order_relaxed)
 #define ASTAT_SUB(a, field, n) ASTAT_ADD(a, field, -(uint64_t)(n))
-/* Counters that several threads may update (a remote put counts on the home allocator):
- * an atomic read-modify-write, or concurrent updates are lost. */
+/* Counters that several threads may update (trace_errors: a trace check on a shard that
+ * does not hold a buffer counts on its home allocator): an atomic read-modify-write, or
+ * concurrent updates are lost. */
 #define ASTAT_ADD_SHARED(a, field, n) \
 	atomic_fetch_add_explicit(&(a)->st.field, (n), memory_order_relaxed)
 #define ASTAT_GET(a, field) atomic_load_explicit(&(a)->st.field, memory_order_relaxed)
@@ -72,6 +73,9 @@ enum buf_kind {
 	BUF_FOREIGN = 3, /* a proxy made by keel_slice_export: counts a remote holder's refs */
 	BUF_SLOT = 4,    /* external memory whose header its owner keeps across uses
 			  * (keel_buf_slot_create): the last put does not free the header */
+	BUF_DEAD = 5,    /* a slot header keel_buf_slot_destroy gave back, on the free list
+			  * until reused: no check accepts it, so a second destroy or an arm
+			  * is caught (a reuse gives it another kind) */
 };
 
 struct keel_buf {

@@ -276,11 +276,41 @@ keel_buf_slot_create(struct keel_alloc *a, void *data, uint32_t cap, keel_buf_re
 	return *out ? 0 : -ENOMEM;
 }
 
+/* Misuse of a slot header: said, then abort, as alloc_verify does. Each would corrupt
+ * memory if it ran on: a destroyed header is on its allocator's free list, where its link
+ * overlays the release callback, and a second destroy links it to itself there (the next
+ * allocations would share it); an arm off its home thread races the home's counts. */
+static void __attribute__((noreturn, cold)) slot_misuse(const struct keel_buf *b, const char *what)
+{
+	struct keel_alloc *cur = keel__alloc_cur;
+
+	if (b->kind == BUF_DEAD)
+		keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
+				"%s of a slot header already destroyed (keel_buf_slot_destroy gave "
+				"it back to its allocator): destroy a header once, after its last "
+				"use, and arm it no more",
+				what);
+	else
+		keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
+				"%s of a slot header of shard %u on %s %d: a slot is armed on "
+				"its home shard only (hand its slices to another shard with "
+				"keel_slice_export)",
+				what, b->home->cfg.shard,
+				cur ? "shard" : "a thread that is no shard,",
+				cur ? (int)cur->cfg.shard : -1);
+	abort();
+}
+
 void
 keel_buf_slot_arm_at(struct keel_buf *b, struct keel_slice *out, const char *file, int line)
 {
 	struct keel_alloc *a = b->home;
 
+	if (__builtin_expect(b->kind == BUF_DEAD, 0))
+		slot_misuse(b, "keel_buf_slot_arm");
+	/* On its home allocator's thread, as keel_buf_release: a use counts on the home. */
+	if (__builtin_expect(a != keel__alloc_cur && a->cfg.send_home, 0))
+		slot_misuse(b, "keel_buf_slot_arm");
 	/* A use while the last one is live would hand its references a second owner. */
 	alloc_verify(b->kind == BUF_SLOT && b->refs == 0);
 	/* A use's holder may have moved (keel_slice_move); each use starts at home. */
@@ -291,9 +321,12 @@ keel_buf_slot_arm_at(struct keel_buf *b, struct keel_slice *out, const char *fil
 void
 keel_buf_slot_destroy(struct keel_buf *b)
 {
+	if (__builtin_expect(b->kind == BUF_DEAD, 0))
+		slot_misuse(b, "keel_buf_slot_destroy");
 	alloc_verify(b->kind == BUF_SLOT && b->refs == 0);
 	b->gen++;
 	b->data = NULL;
+	b->kind = BUF_DEAD;
 	hdr_put(b->home, b);
 }
 
@@ -387,8 +420,9 @@ keel_buf_release(struct keel_buf *b)
 	alloc_verify(b->home == keel__alloc_cur || !b->home->cfg.send_home);
 	/* Counted here, at home, not by the put that sent it: once the hook has handed it
 	 * over, the home may be gone (another runtime's owner destroys it as soon as it is
-	 * back), and a refused send is no return. */
-	ASTAT_ADD_SHARED(b->home, remote_returns, 1);
+	 * back), and a refused send is no return. Only the home's thread writes it (checked
+	 * above), so it is no shared counter. */
+	ASTAT_ADD(b->home, remote_returns, 1);
 	release_local(b);
 }
 
@@ -440,6 +474,24 @@ last_put(struct keel_buf *b)
 		leak_log(cur, shard, r);
 }
 
+/* A slice with no buffer (what a refused call leaves: keel_buf_alloc's, keel_slice_sub's,
+ * keel_slice_export's) used as if it held a reference: said, then abort, where the NULL
+ * buffer would otherwise be read (a bare SIGSEGV). KEEL_BUF_TRACE reports it and goes on
+ * (trace_stale). */
+#ifndef KEEL_BUF_TRACE
+static void __attribute__((noreturn, cold)) empty_slice(const char *what)
+{
+	struct keel_alloc *cur = keel__alloc_cur;
+
+	keel__alloc_log(KEEL_ALLOC_LOG_ERROR,
+			"%s of an empty slice on shard %d: it holds no buffer (what a refused "
+			"call leaves, or a slice never allocated); check the call's return "
+			"before using its slice",
+			what, cur ? (int)cur->cfg.shard : -1);
+	abort();
+}
+#endif
+
 void
 keel_slice_put(struct keel_slice *s)
 {
@@ -451,7 +503,8 @@ keel_slice_put(struct keel_slice *s)
 	if (trace_check(s, "put"))
 		return;
 #else
-	alloc_verify(b != NULL);
+	if (__builtin_expect(b == NULL, 0))
+		empty_slice("keel_slice_put");
 	/* A stale slice (a put after the last one, the header since reused by another
 	 * buffer) would drop a reference of that other buffer: one compare on the line the
 	 * count is on. */
@@ -473,6 +526,8 @@ keel_slice_get(const struct keel_slice *s, struct keel_slice *out)
 		return;
 	}
 #else
+	if (__builtin_expect(b == NULL, 0))
+		empty_slice("keel_slice_get");
 	alloc_verify(s->gen_ == b->gen);
 #endif
 	alloc_verify(b->refs > 0 && b->refs < UINT32_MAX);
@@ -487,6 +542,10 @@ keel_slice_sub(const struct keel_slice *s, size_t off, size_t len, struct keel_s
 		memset(out, 0, sizeof(*out)); /* as every refusal of a slice (keel_buf_alloc) */
 		return -ERANGE;
 	}
+#ifndef KEEL_BUF_TRACE
+	if (__builtin_expect(s->buf == NULL, 0))
+		empty_slice("keel_slice_sub");
+#endif
 	keel_slice_get(s, out);
 #ifdef KEEL_BUF_TRACE
 	if (!out->buf) /* @s was stale: reported, no reference taken */
@@ -608,6 +667,9 @@ keel_slice_refs(const struct keel_slice *s)
 #ifdef KEEL_BUF_TRACE
 	if (!s->buf) /* a stale get's empty result */
 		return 0;
+#else
+	if (__builtin_expect(s->buf == NULL, 0))
+		empty_slice("keel_slice_refs");
 #endif
 	return s->buf->refs;
 }

@@ -16,7 +16,12 @@
 
 #define MiB (1ULL << 20)
 
-/* ---- remote returns counted exactly under concurrency ---- */
+/* ---- remote returns counted at home, not by the threads that put ---- */
+
+/* Two threads put the last references of the home's buffers at once; their send_home hook
+ * only collects them. remote_returns is still 0 then (the putting threads do not count),
+ * and is exactly the number released once the home releases them: only the home's thread
+ * writes it (keel_buf_release). */
 
 #define RR_THREADS 2
 #define RR_PER     200000
@@ -51,7 +56,7 @@ rr_run(void *p)
 	return NULL;
 }
 
-Test(alloc_shared, remote_returns_counted_exactly_when_threads_put_concurrently)
+Test(alloc_shared, remote_returns_are_counted_at_home_as_each_buffer_is_released)
 {
 	struct keel_alloc_config c = test_alloc_config(KEEL_ALLOC_BACKEND_SLAB, 64 * MiB, 4 * MiB);
 	struct keel_alloc *home;

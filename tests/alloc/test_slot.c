@@ -144,3 +144,59 @@ Test(alloc_slot, a_release_that_destroys_the_header_is_the_last_touch_of_it)
 	cr_assert_eq(st.buffers_live, 0);
 	sim_fini();
 }
+
+/* The misuse aborts below say what was misused first: the log hook checks the line (a
+ * line without it fails the test before the abort). */
+static void
+says(int level, const char *msg, void *arg)
+{
+	(void)level;
+	cr_assert(strstr(msg, (const char *)arg), "the abort's line: '%s'", msg);
+}
+
+/* A destroyed header is on its allocator's free list: destroyed again, it was linked to
+ * itself there, and the next two allocations shared it (x.buf == y.buf). */
+Test(alloc_slot, destroying_a_header_twice_aborts, .signal = SIGABRT)
+{
+	struct keel_buf *b;
+
+	sim_init(NULL, NULL);
+	b = slot();
+	keel_buf_slot_destroy(b);
+	keel_alloc_log_set(says, "keel_buf_slot_destroy of a slot header already destroyed");
+	keel_buf_slot_destroy(b);
+	keel_alloc_log_set(NULL, NULL);
+	cr_assert_fail("a second destroy returned");
+}
+
+/* An arm after the destroy began a use on a header on the free list, whose link there
+ * overlays the release callback. */
+Test(alloc_slot, arming_a_destroyed_header_aborts, .signal = SIGABRT)
+{
+	struct keel_slice s;
+	struct keel_buf *b;
+
+	sim_init(NULL, NULL);
+	b = slot();
+	keel_buf_slot_destroy(b);
+	keel_alloc_log_set(says, "keel_buf_slot_arm of a slot header already destroyed");
+	keel_buf_slot_arm(b, &s);
+	keel_alloc_log_set(NULL, NULL);
+	cr_assert_fail("an arm of a destroyed header returned (slice of %u bytes)", s.len);
+}
+
+/* A use counts on its home's allocator, which only the home's thread writes: an arm on
+ * another shard is refused as keel_buf_release on one is. */
+Test(alloc_slot, arming_on_a_shard_other_than_the_home_aborts, .signal = SIGABRT)
+{
+	struct keel_slice s;
+	struct keel_buf *b;
+
+	sim_init(NULL, NULL);
+	b = slot();
+	sim_on(1);
+	keel_alloc_log_set(says, "keel_buf_slot_arm of a slot header of shard 0 on shard 1");
+	keel_buf_slot_arm(b, &s);
+	keel_alloc_log_set(NULL, NULL);
+	cr_assert_fail("an arm on shard 1 of shard 0's slot returned");
+}

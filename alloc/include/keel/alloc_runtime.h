@@ -65,7 +65,8 @@ KEEL_API int keel_buf_slot_create(struct keel_alloc *a, void *data, uint32_t cap
 
 /**
  * Start a use of slot header @b: *out is a slice of all of its memory holding the use's
- * first reference. A use while the last one is live (a reference not yet put) aborts.
+ * first reference. A use while the last one is live (a reference not yet put), an arm
+ * after keel_buf_slot_destroy(@b), and one off @b's home shard abort (said first).
  * Ownership: *out's reference, put with keel_slice_put(); the last put ends the use (its
  * release runs, and may destroy @b).
  * Context: @b's home shard.
@@ -75,7 +76,8 @@ KEEL_API void keel_buf_slot_arm_at(struct keel_buf *b, struct keel_slice *out, c
 				   int line);
 
 /**
- * Give slot header @b back to its allocator. No use may be live (aborts otherwise).
+ * Give slot header @b back to its allocator. No use may be live, and @b is destroyed once
+ * (aborts otherwise; a second destroy is said first).
  * Context: @b's home shard.
  */
 KEEL_API void keel_buf_slot_destroy(struct keel_buf *b);

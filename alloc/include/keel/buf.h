@@ -31,7 +31,8 @@
  *
  * Every call below that makes a slice (alloc, wrap, sub, export, copy) leaves *out an empty
  * slice (no buffer, no bytes, no reference) when it fails: check the return before using
- * it; never put or send it.
+ * it; never put or send it. Its get, sub, refs or put aborts with a line saying so (with
+ * KEEL_BUF_TRACE: is reported, and does nothing).
  *
  * Built with -DKEEL_BUF_TRACE=ON, each buffer records its allocation site and the shard
  * holding it; double puts, puts on the wrong shard and leaks at teardown are reported with
