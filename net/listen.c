@@ -209,10 +209,14 @@ unix_listen(struct keel_listener *l, const struct keel_listen_opts *o,
 	l->attached = true; /* nothing to steer */
 	if (bind(fd, (const struct sockaddr *)ss, len) < 0) {
 		r = -errno;
+		/* An abstract name has no file: it is free once its last socket closes. */
 		keel_log(KEEL_LOG_ERROR, NET_MOD, "bind %s: %s%s", o->addr, strerror(-r),
-			 r == -EADDRINUSE ? " (the name is taken; for a path left behind by a "
-					    "program that ended, remove the file)"
-					  : "");
+			 r != -EADDRINUSE ? ""
+			 : u->sun_path[0]
+				 ? " (the name is taken; for a path left behind by a program that "
+				   "ended, remove the file)"
+				 : " (another socket holds the abstract name: stop the program "
+				   "that listens there, or choose another name)");
 		return r;
 	}
 	if (u->sun_path[0]) {
@@ -307,6 +311,17 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 				 q, o->queue_shard[q], nshards, nshards - 1);
 			return -EINVAL;
 		}
+	/* Past it the kernel refused the program with EINVAL, said only as "Invalid argument",
+	 * and its length (an unsigned short) wrapped from 32765 queues on. */
+	if (o->steer == KEEL_STEER_QUEUE && o->queue_shard && o->nqueues > KEEL__STEER_QUEUES_MAX) {
+		keel_log(KEEL_LOG_ERROR, NET_MOD,
+			 "keel_listen_opts.queue_shard: a map of %u rx queues is longer than the "
+			 "queue-steering program can hold (at most %u queues: the kernel takes "
+			 "%u instructions, 2 a queue); map at most %u, fewer queues on the NIC "
+			 "(ethtool -L), or use --steer hash",
+			 o->nqueues, KEEL__STEER_QUEUES_MAX, BPF_MAXINSNS, KEEL__STEER_QUEUES_MAX);
+		return -EINVAL;
+	}
 	/* A host name is resolved here, on the thread setting up (never on a shard's loop:
 	 * keel_net_resolve refuses there). */
 	r = keel_net_resolve(o->addr ? o->addr : "0.0.0.0", o->port, AF_UNSPEC, &ss, &len);
@@ -503,6 +518,10 @@ steer_cpu_keys(unsigned n, const int *cpus, struct sock_filter *f, unsigned k)
  * skb->queue_mapping, which a driver sets to the rx queue + 1 (skb_record_rx_queue; 0:
  * none recorded, as on lo, whose one queue is 0): queue q is key q + 1, and 0 is taken as
  * queue 0. */
+_Static_assert(2 * KEEL__STEER_QUEUES_MAX + 6 <= BPF_MAXINSNS &&
+		       2 * (KEEL__STEER_QUEUES_MAX + 1) + 6 > BPF_MAXINSNS,
+	       "the longest queue map's program is the longest the kernel takes");
+
 unsigned
 keel__steer_prog(enum keel_steer steer, unsigned n, const int *cpus, const unsigned *queue_shard,
 		 unsigned nqueues, struct sock_filter *f)
@@ -836,7 +855,9 @@ accept_error_of_one(int res)
  * descriptor of the process: its ENFILE is the table with no free slot, which keel's count
  * (slots_left) said had one, so something keel does not count took it: the application's
  * own direct descriptors, registered on the ring outside keel_file. The struct file a
- * direct accept still makes can hit fs.file-max too. */
+ * direct accept still makes can hit fs.file-max too. ENOMEM and ENOBUFS are the kernel's
+ * memory (socket buffers, the connection's own); any other gets a line that says where to
+ * look, so that no pause goes unexplained. */
 const char *
 keel__accept_error_hint(int res, bool direct)
 {
@@ -850,8 +871,18 @@ keel__accept_error_hint(int res, bool direct)
 				"system be out of files, fs.file-max)"
 			      : " (the system's open files reached fs.file-max: raise it with sysctl "
 				"fs.file-max, or close files elsewhere)";
+	case ENOMEM:
+	case ENOBUFS:
+		return " (the kernel had no memory for the connection: check dmesg, the memory "
+		       "free, and the socket memory in use (/proc/net/sockstat) against "
+		       "net.ipv4.tcp_mem and net.core.rmem_max/wmem_max)";
 	default:
-		return "";
+		/* Reached by one connection's errors only when 16 came in a row. */
+		return accept_error_of_one(res)
+			       ? " (16 connections in a row failed so: look at the network path "
+				 "and the clients)"
+			       : " (not a descriptor limit nor one connection's error: see "
+				 "accept(2) for it, and the kernel log, dmesg)";
 	}
 }
 

@@ -354,6 +354,9 @@ struct sock_filter;
 #define KEEL__STEER_CPU_GROUP_MAX 126
 /* The most instructions keel__steer_prog writes for @keys keys (shards or queues). */
 #define KEEL__STEER_PROG_MAX(keys) (5 * (keys) + 6)
+/* The longest queue map queue steering takes: its program is 2 * queues + 6 instructions,
+ * and the kernel takes at most BPF_MAXINSNS (4096) of classic BPF. */
+#define KEEL__STEER_QUEUES_MAX 2045
 unsigned keel__steer_prog(enum keel_steer steer, unsigned n, const int *cpus,
 			  const unsigned *queue_shard, unsigned nqueues, struct sock_filter *f);
 /* The shard's network state goes: its framers forget it (frame.c). */
@@ -500,7 +503,7 @@ void keel__listeners_slot_freed(struct net_shard *ns);
  * failure leaves the slot taken: the caller counts it in direct_stuck. */
 int keel__direct_clear(unsigned slot);
 /* listen.c: the fix an accept failure's log line names for @res (-errno), with direct
- * descriptors (@direct) or plain ones: "" when it has none, else " (...)". */
+ * descriptors (@direct) or plain ones: " (...)", for every error. */
 const char *keel__accept_error_hint(int res, bool direct);
 
 /* Which shard a receive queue's connections arrive on, by its NAPI id (queue steering's

@@ -71,7 +71,8 @@ static const struct net_opt net_opts[] = {
 	     "--high-watermark (default 256k)"),
 	NOPT("--max-files", NOPT_COUNT, 1, 1u << 20, max_files,
 	     "direct-descriptor slots per shard, the most connections a shard holds "
-	     "(default 4096; at most ulimit -n)"),
+	     "(default 4096; at most 1048576 and the hard descriptor limit, ulimit -Hn: the "
+	     "soft one is raised to it)"),
 	NOPT("--header-timeout-ms", NOPT_MS, 0, 86400000, header_timeout_ns,
 	     "abort a connection that has not sent --header-bytes bytes this long after its "
 	     "accept (slowloris; default 0: off)"),

@@ -406,6 +406,29 @@ bind_refused(const char *addr, uint16_t port, int want, const char *said)
 	cr_assert(strstr(create_log, said), "%s port %u: '%s'", addr, port, create_log);
 }
 
+/* A queue map longer than the steering program can hold (2 instructions a queue, the
+ * kernel's 4096 at most) is refused at create, naming the count and the limit; the
+ * kernel's refusal said only "Invalid argument; use --steer hash". */
+Test(net_addr, a_queue_map_longer_than_the_steering_program_holds_is_refused_naming_the_limit)
+{
+	static unsigned map[3000]; /* every queue to shard 0 */
+	struct keel_listen_opts lo = {
+		.addr = "127.0.0.1", .steer = KEEL_STEER_QUEUE, .queue_shard = map, .nqueues = 3000
+	};
+	struct keel_listener *l = NULL;
+	int r;
+
+	create_log[0] = 0;
+	keel_log_set_sink(create_sink, NULL);
+	r = keel_listener_create(&lo, 1, &addr_ops, NULL, &l);
+	keel_log_set_sink(NULL, NULL);
+	if (r == 0)
+		keel_listener_destroy(l);
+	cr_assert_eq(r, -EINVAL, "%d: '%s'", r, create_log);
+	cr_assert(strstr(create_log, "3000 rx queues") && strstr(create_log, "at most 2045 queues"),
+		  "'%s'", create_log);
+}
+
 Test(net_addr, an_address_no_interface_has_is_said_as_such)
 {
 	if (net_sysctl_int("/proc/sys/net/ipv4/ip_nonlocal_bind", 0))

@@ -1067,8 +1067,29 @@ Test(net_limits, the_accept_failure_hint_follows_the_error_and_the_descriptor_mo
 	cr_assert(strstr(table, "--max-files") && strstr(table, "direct") &&
 			  !strstr(table, "ulimit"),
 		  "ENFILE, direct: '%s'", table);
-	cr_assert_str_eq(keel__accept_error_hint(-ENOMEM, false), "");
-	cr_assert_str_eq(keel__accept_error_hint(-ECONNABORTED, true), "");
+}
+
+/* Every other failure that pauses accepting says where to look too: ENOMEM and ENOBUFS the
+ * kernel's memory (they had no hint: "accept failed: Cannot allocate memory; pausing
+ * 100 ms", nothing to check); the rest a line naming accept(2) and the kernel log, and one
+ * connection's errors, 16 in a row, the network and the clients. */
+Test(net_limits, an_accept_failure_for_want_of_memory_names_the_kernels_memory)
+{
+	int mem[] = { -ENOMEM, -ENOBUFS };
+
+	for (unsigned i = 0; i < 2; i++)
+		for (int direct = 0; direct < 2; direct++) {
+			const char *h = keel__accept_error_hint(mem[i], direct);
+
+			cr_assert(strstr(h, "dmesg") && strstr(h, "net.ipv4.tcp_mem") &&
+					  strstr(h, "net.core.rmem_max") && !strstr(h, "ulimit"),
+				  "%s: '%s'", strerror(-mem[i]), h);
+		}
+	cr_assert(strstr(keel__accept_error_hint(-EPERM, false), "accept(2)") &&
+			  strstr(keel__accept_error_hint(-EPERM, true), "dmesg"),
+		  "EPERM: '%s'", keel__accept_error_hint(-EPERM, false));
+	cr_assert(strstr(keel__accept_error_hint(-ECONNABORTED, true), "16 connections in a row"),
+		  "ECONNABORTED: '%s'", keel__accept_error_hint(-ECONNABORTED, true));
 }
 
 /* The first "accept failed" line of the run (any shard), kept for the test to read. */

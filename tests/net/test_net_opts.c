@@ -5,6 +5,7 @@
  * network options through them.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -342,4 +343,27 @@ Test(net_opts, an_empty_vector_is_left_as_it_is)
 	cr_assert_eq(argc, 0);
 	cr_assert_null(argv[0]);
 	free(argv);
+}
+
+/* The --max-files line of the help: the soft descriptor limit is raised to the hard one
+ * (net/shard.c, nofile_fit), so the ceiling is the hard limit and the option's own 1 << 20;
+ * it said "at most ulimit -n", the soft limit, which is no ceiling. */
+Test(net_opts, the_max_files_help_names_the_hard_descriptor_limit)
+{
+	char *text = NULL, line[512] = "";
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+	const char *p, *e;
+
+	cr_assert_not_null(f);
+	keel_net_opts_help(f);
+	fclose(f);
+	p = strstr(text, "--max-files");
+	cr_assert_not_null(p, "%s", text);
+	e = strchr(p, '\n');
+	snprintf(line, sizeof(line), "%.*s", (int)(e ? e - p : (ptrdiff_t)strlen(p)), p);
+	free(text);
+	cr_assert(strstr(line, "ulimit -Hn") && strstr(line, "1048576") &&
+			  !strstr(line, "ulimit -n"),
+		  "'%s'", line);
 }

@@ -566,3 +566,40 @@ Test(net_unix, a_connect_to_a_full_backlog_ended_by_the_stop_gives_eshutdown)
 {
 	full_backlog_case(0, -ESHUTDOWN);
 }
+
+/* ---- an abstract name that another socket holds ---- */
+
+static char inuse_log[512];
+
+static void
+inuse_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	(void)module, (void)shard, (void)arg;
+	if (level == KEEL_LOG_ERROR && !inuse_log[0])
+		snprintf(inuse_log, sizeof(inuse_log), "%s", msg);
+}
+
+/* An abstract name has no file to remove: the refusal says another socket holds it (it
+ * said "remove the file", as for a path left behind). */
+Test(net_unix, a_taken_abstract_name_is_said_as_held_by_another_socket)
+{
+	char addr[64];
+	struct keel_listen_opts lo = { 0 };
+	struct keel_listener *l = NULL, *again = NULL;
+	struct srv sv = { 0 };
+	int r;
+
+	snprintf(addr, sizeof(addr), "unix:@keel-taken-%d", (int)getpid());
+	lo.addr = addr;
+	cr_assert_eq(keel_listener_create(&lo, 1, &echo_ops, &sv, &l), 0);
+	inuse_log[0] = 0;
+	keel_log_set_sink(inuse_sink, NULL);
+	r = keel_listener_create(&lo, 1, &echo_ops, &sv, &again);
+	keel_log_set_sink(NULL, NULL);
+	keel_listener_destroy(l);
+	cr_assert_eq(r, -EADDRINUSE, "%d: %s", r, inuse_log);
+	cr_assert_null(again);
+	cr_assert(strstr(inuse_log, addr) && strstr(inuse_log, "abstract name") &&
+			  !strstr(inuse_log, "remove the file"),
+		  "'%s'", inuse_log);
+}
