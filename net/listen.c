@@ -76,7 +76,11 @@ struct keel_listener {
 	unsigned *queue_shard;
 	unsigned nqueues;
 	_Atomic unsigned started;
-	bool attached;               /* the steering program is in place */
+	bool attached; /* the steering program is in place */
+	/* Without the runtime at create, the last shard to start attaches the program to
+	 * parts[0]'s socket from its own thread, while shard 0, stopped, may close it from
+	 * its own: the attach and that close hold this lock (late_attach, lshard_close). */
+	pthread_mutex_t attach_lock;
 	int *cpus;                   /* [n], filled as shards start */
 	struct keel__lshard *parts;  /* [n] */
 	struct lstats *stats;        /* [n] */
@@ -330,6 +334,7 @@ keel_listener_create(const struct keel_listen_opts *o, unsigned nshards,
 	l = calloc(1, sizeof(*l));
 	if (!l)
 		return -ENOMEM;
+	pthread_mutex_init(&l->attach_lock, NULL);
 	l->ops = *ops;
 	l->app = app;
 	l->n = nshards;
@@ -731,8 +736,15 @@ static void
 lshard_close(struct keel__lshard *ls)
 {
 	if (ls->fd >= 0) {
+		/* Shard 0's socket, which a late attach may still read (late_attach). */
+		bool attach_target = ls == &ls->l->parts[0] && !ls->l->attached;
+
+		if (attach_target)
+			pthread_mutex_lock(&ls->l->attach_lock);
 		close(ls->fd);
 		ls->fd = -1;
+		if (attach_target)
+			pthread_mutex_unlock(&ls->l->attach_lock);
 	}
 	if (ls->backoff) {
 		keel_timer_destroy(ls->backoff);
@@ -1096,6 +1108,24 @@ listeners_vs_table(const struct net_shard *ns, unsigned id)
 			 id, n, ns->cfg.max_files, ns->cfg.max_files);
 }
 
+/* The attach of the last shard to start, on its thread. Shard 0 may have stopped already
+ * (another shard's start runs before that shard sees the stop) and closed its socket, the
+ * one the program goes on: the attach read -1 (EBADF, said as "use --steer hash"), or a
+ * number since reused by another file. Under the lock that close takes: a socket closed
+ * is a listener stopping, with nothing left to steer, so the attach is skipped; one not
+ * yet closed stays open until the attach is done. */
+static int
+late_attach(struct keel_listener *l)
+{
+	int r = 0;
+
+	pthread_mutex_lock(&l->attach_lock);
+	if (l->parts[0].fd >= 0)
+		r = steer_attach(l);
+	pthread_mutex_unlock(&l->attach_lock);
+	return r;
+}
+
 int
 keel_listener_start(struct keel_listener *l)
 {
@@ -1153,7 +1183,7 @@ keel_listener_start(struct keel_listener *l)
 	 * the program (until then the kernel's hash places connections). */
 	r = 0;
 	if (atomic_fetch_add(&l->started, 1) + 1 == l->n && !l->attached)
-		r = steer_attach(l); /* logged; accepting all the same serves this socket */
+		r = late_attach(l); /* logged; accepting all the same serves this socket */
 	accept_arm(ls);
 	return r;
 }
@@ -1268,6 +1298,7 @@ keel_listener_destroy(struct keel_listener *l)
 	free(l->stats);
 	free(l->napi);
 	free(l->queue_shard);
+	pthread_mutex_destroy(&l->attach_lock);
 	free(l);
 }
 

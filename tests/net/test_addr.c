@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <linux/capability.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -678,4 +679,104 @@ no_fd_child(void)
 Test(net_addr, no_descriptor_left_to_read_the_addresses_is_said_as_such)
 {
 	run_in_child(no_fd_child);
+}
+
+/* ---- CPU steering attached late while shard 0's socket is closed by the stop ---- */
+
+/* Without a runtime at create, the last shard to start attaches the program to shard 0's
+ * socket (l->parts[0].fd) from its own thread, while shard 0, stopped already, may close
+ * that socket from its own. Driven in that order here: shard 0 starts the listener and
+ * stops; shard 1 waits in on_start until shard 0's socket is gone, then starts it. The
+ * attach read the closed socket's -1 (EBADF: "attaching the cpu steering program
+ * failed: Bad file descriptor; use --steer hash"; or, had the number been reused, another
+ * file). It is skipped now, the listener stopping. */
+static struct {
+	struct keel_listener *l;
+	int fd0; /* shard 0's socket: the lowest free descriptor at create */
+	uint16_t port;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool gone;  /* shard 0's socket closed (set on shard 0) */
+	int r0, r1; /* each shard's keel_listener_start */
+	char attach_log[512];
+} late = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER };
+
+static bool
+late_fd0_open(void)
+{
+	struct sockaddr_in a;
+	socklen_t al = sizeof(a);
+
+	return getsockname(late.fd0, (struct sockaddr *)&a, &al) == 0 && a.sin_family == AF_INET &&
+	       ntohs(a.sin_port) == late.port;
+}
+
+/* On shard 0, each pass of its loop until the stop has closed the socket. */
+static void
+late_watch(void *arg)
+{
+	(void)arg;
+	if (late_fd0_open()) {
+		SHARD_CHECK_EQ(keel_defer(late_watch, NULL), 0);
+		return;
+	}
+	pthread_mutex_lock(&late.lock);
+	late.gone = true;
+	pthread_cond_broadcast(&late.cond);
+	pthread_mutex_unlock(&late.lock);
+}
+
+static void
+late_start(void *app)
+{
+	(void)app;
+	if (keel_shard_id(keel_this_shard()) == 0) {
+		late.r0 = keel_listener_start(late.l);
+		SHARD_CHECK_EQ(keel_defer(late_watch, NULL), 0);
+		keel_stop(0);
+		return;
+	}
+	pthread_mutex_lock(&late.lock);
+	while (!late.gone)
+		pthread_cond_wait(&late.cond, &late.lock);
+	pthread_mutex_unlock(&late.lock);
+	late.r1 = keel_listener_start(late.l);
+}
+
+static void
+late_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	(void)module, (void)shard, (void)arg;
+	if (level == KEEL_LOG_ERROR && strstr(msg, "steering program") && !late.attach_log[0])
+		snprintf(late.attach_log, sizeof(late.attach_log), "%s", msg);
+}
+
+Test(net_addr, a_late_cpu_steering_attach_after_shard_0_closed_its_socket_is_skipped)
+{
+	struct keel_opts o = net_test_opts(2);
+	struct keel_runtime *rt;
+	struct keel_listen_opts lo = { .addr = "127.0.0.1", .steer = KEEL_STEER_CPU };
+
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	/* The listener's first socket takes the lowest free descriptor (port 0: no port
+	 * probe before it; nothing else opens one meanwhile, the shards not yet running). */
+	late.fd0 = dup(0);
+	cr_assert_geq(late.fd0, 0);
+	close(late.fd0);
+	cr_assert_eq(keel_listener_create(&lo, 2, &addr_ops, NULL, &late.l), 0);
+	late.port = keel_listener_port(late.l);
+	cr_assert(late_fd0_open(), "descriptor %d is the listener's first socket (premise)",
+		  late.fd0);
+	keel_log_set_sink(late_sink, NULL);
+	cr_assert_eq(keel_runtime_start(rt, late_start, NULL), 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_log_set_sink(NULL, NULL);
+	keel_runtime_destroy(rt);
+	keel_listener_destroy(late.l);
+	cr_assert(late.gone);
+	cr_assert_eq(late.r0, 0);
+	cr_assert_eq(late.r1, 0, "shard 1's start: %d (%s); '%s'", late.r1, strerror(-late.r1),
+		     late.attach_log);
+	cr_assert_eq(late.attach_log[0], 0, "'%s'", late.attach_log);
+	SHARD_CHECKS_PASSED();
 }
