@@ -1048,6 +1048,12 @@ keel__file_stop_hooks(struct keel_shard *s, bool running)
 	s->files.hooks = running;
 	if (running)
 		return;
+	if (s->stop_held) {
+		/* The hooks have run and their requests wait for the cancel, which the hold
+		 * postpones: stop_cancel calls again once it is queued. */
+		s->files.pump_held = true;
+		return;
+	}
 	/* The stop's cancel is queued (or nothing was in the ring): what the hooks made goes
 	 * in after it, the requests made before the stop that still wait are cancelled. */
 	if (!s->files.ndrain && !s->files.pump_held)
@@ -1080,7 +1086,7 @@ submit(struct keel_shard *s, struct keel_file_req *req, void *arg)
 		req->second_ = s->files.closes && close_pending(s, req);
 		s->files.closes++; /* taken back by a refusal below */
 	}
-	if (s->files.head || st->inflight >= st->qd || s->files.hooks) {
+	if (s->files.head || st->inflight >= st->qd || s->files.hooks || s->stop_held) {
 		if (req->kind_ == K_CLOSE)
 			pend_add(s, req);
 		append(&s->files.head, &s->files.tail, req);

@@ -902,6 +902,9 @@ begin_stop(struct keel_shard *s)
 	/* A hook took a hold (the network's flush): the cancel waits for it (hold_check). */
 	if (s->holds) {
 		s->stop_held = true;
+		/* The hooks have run: only their requests (queued till the cancel) and those
+		 * requests' chains drain, not a request a callback makes while held. */
+		keel__file_stop_hooks(s, false);
 		return;
 	}
 	stop_cancel(s);

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -13,6 +14,7 @@
 
 #include "../../core/hooks.h"
 #include "helpers.h"
+#include "keel/file.h"
 
 extern uint64_t keel__stop_say_ns;
 
@@ -153,4 +155,85 @@ Test(core_stop_hold, without_stop_flush_ms_a_hold_is_refused)
 	SHARD_CHECKS_PASSED();
 	cr_assert_eq(sh.hold_r, -EINVAL);
 	cr_assert_eq(atomic_load(&sh.res), -ECANCELED);
+}
+
+/* Only the hooks' requests and their chains drain, held or not: a chain of disk reads the
+ * shard was running when the stop began (each callback makes the next read) completes its
+ * read while the stop is held, and its next read is refused, while the hook's write goes in
+ * after the cancel and completes. Before, every request made while held was taken as one of
+ * the hooks' (they were "running" until the cancel), so the chain joined the drain and kept
+ * the stop going for ever (the chain ends itself here at CH_CAP reads). */
+#define CH_CAP 1000
+
+static struct {
+	struct keel_file_req rd, w;
+	struct keel_file f;
+	struct keel__stop_hold hold;
+	char buf[1];
+	bool stopping;
+	int after, refused_r, w_res, hold_r;
+} ch;
+
+static void
+ch_read_cb(struct keel_file_req *req, int res, void *arg)
+{
+	int r;
+
+	(void)req;
+	(void)res;
+	(void)arg;
+	if (ch.stopping && ++ch.after > CH_CAP)
+		return;
+	r = keel_file_read(&ch.rd, &ch.f, ch.buf, 1, 0, ch_read_cb, NULL);
+	if (r < 0)
+		ch.refused_r = r;
+}
+
+static void
+ch_write_cb(struct keel_file_req *req, int res, void *arg)
+{
+	(void)req;
+	(void)arg;
+	ch.w_res = res;
+}
+
+static void
+ch_hook(void *arg)
+{
+	(void)arg;
+	ch.stopping = true;
+	/* Never released: it expires at --stop-flush-ms, after the chain's read completed. */
+	ch.hold_r = keel__stop_hold(&ch.hold, sh_expire, "the chain test");
+	SHARD_CHECK_EQ(keel_file_write(&ch.w, &ch.f, "h", 1, 0, ch_write_cb, NULL), 0);
+}
+
+static void
+ch_start(void *arg)
+{
+	(void)arg;
+	SHARD_CHECK_EQ(keel_shard_on_stop(ch_hook, NULL), 0);
+	SHARD_CHECK_EQ(keel_file_read(&ch.rd, &ch.f, ch.buf, 1, 0, ch_read_cb, NULL), 0);
+	keel_stop(0);
+}
+
+Test(core_stop_hold, a_chain_running_at_a_held_stop_does_not_join_the_hooks_drain, .timeout = 120)
+{
+	struct keel_opts o = test_opts(1);
+	char path[] = "/tmp/keel-stop-hold-XXXXXX";
+	int fd = mkstemp(path);
+
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(unlink(path), 0);
+	cr_assert_eq(write(fd, "x", 1), 1);
+	cr_assert_eq(keel_file_from_fd(fd, &ch.f), 0);
+	memset(&sh, 0, sizeof(sh));
+	o.stop_flush_ms = 50;
+	cr_assert_eq(keel_run(&o, ch_start, NULL), 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(ch.hold_r, 0);
+	cr_assert_eq(atomic_load(&sh.expired), 1);
+	cr_assert_leq(ch.after, 1, "%d reads of the chain ran after the stop began", ch.after);
+	cr_assert_eq(ch.refused_r, -ESHUTDOWN, "the chain's next read: %d", ch.refused_r);
+	cr_assert_eq(ch.w_res, 1, "the hook's write: %d", ch.w_res);
+	close(fd);
 }
