@@ -1097,10 +1097,12 @@ linger(struct keel_conn *c)
 			return;
 		}
 		keel_timer_start(c->close_timer, KEEL_NET_LINGER_NS, 0);
-	} else if (!c->cfg->close_timeout_ns) {
+	} else if (!c->cfg->close_timeout_ns || c->ns->flushing) {
 		/* The close's timer holds what the header timeout had left (keel_conn_close),
 		 * for a peer that sends no header and reads nothing; the queue went out, so
-		 * the linger's own bound applies. */
+		 * the linger's own bound applies. In the stop's flush the close's timer
+		 * (close_timeout_ns too) was stopped with every timer: the linger's bound
+		 * applies as well, or only the flush's deadline would end the linger. */
 		keel_timer_start(c->close_timer, KEEL_NET_LINGER_NS, 0);
 	}
 	recv_update(c);

@@ -93,6 +93,9 @@ fl_sink(enum keel_log_level level, const char *module, int shard, const char *ms
 		atomic_fetch_add(&fl.flush_said, 1);
 }
 
+/* The network configuration fl_start gives the server (NULL: the default). */
+static const struct keel_net_config *fl_nc;
+
 /* A server of fl_ops with --stop-flush-ms @ms (0: the default), and a client connected to
  * it that sent its request (@rcvbuf: its receive buffer, 0 the kernel's). */
 static int
@@ -105,7 +108,7 @@ fl_start(struct srv *s, unsigned ms, size_t reply, bool stop_in_data, int rcvbuf
 	fl.reply = reply;
 	fl.stop_in_data = stop_in_data;
 	o.stop_flush_ms = ms;
-	cr_assert_eq(srv_start(s, &o, NULL, &fl_ops), 0);
+	cr_assert_eq(srv_start(s, &o, fl_nc, &fl_ops), 0);
 	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	cr_assert_geq(fd, 0);
 	if (rcvbuf)
@@ -219,4 +222,36 @@ Test(net_stop_flush, a_peer_that_never_reads_is_reset_at_the_deadline_and_said)
 	cr_assert_eq(atomic_load(&fl.close_status), -ESHUTDOWN, "on_close: %s",
 		     strerror(-atomic_load(&fl.close_status)));
 	cr_assert_eq(atomic_load(&fl.flush_said), 1, "said %d times", atomic_load(&fl.flush_said));
+}
+
+/* A peer that takes the whole reply and its EOF but keeps its side open, with the
+ * connections' close_timeout_ns set: the close's own timer (started by the flush's close)
+ * was stopped with every timer at the stop, so the linger takes its own bound,
+ * KEEL_NET_LINGER_NS (5 s), from the queue's end, and the stop ends there with on_close(0),
+ * well before the 60 s deadline. Before, with close_timeout_ns set the linger started no
+ * timer, and the stop waited for the deadline and reset the connection. */
+Test(net_stop_flush, a_lingering_close_with_close_timeout_ns_ends_at_the_lingers_bound,
+     .timeout = 120)
+{
+	struct keel_net_config nc;
+	struct srv s;
+	int fd;
+
+	keel_net_config_init(&nc);
+	nc.close_timeout_ns = KEEL_MS(1000);
+	fl_nc = &nc;
+	keel_log_set_sink(fl_sink, NULL);
+	fd = fl_start(&s, 60000, 4096, true, 0);
+	fl_nc = NULL;
+	fl_read_whole(fd, 4096); /* the whole reply, then the EOF; this side stays open */
+	cr_assert_eq(srv_stop(&s), 0);
+	keel_log_set_sink(NULL, NULL);
+	SHARD_CHECKS_PASSED();
+	close(fd);
+	cr_assert_eq(atomic_load(&fl.closed), 1, "on_close ran");
+	cr_assert_eq(atomic_load(&fl.close_status), 0, "on_close: %s",
+		     strerror(-atomic_load(&fl.close_status)));
+	cr_assert_eq(atomic_load(&fl.flush_said), 0,
+		     "the stop waited for --stop-flush-ms's deadline (said %d times)",
+		     atomic_load(&fl.flush_said));
 }
