@@ -58,6 +58,10 @@
 # udp-tp's baseline is the issue's sendmmsg one, a datagram per message, which keel's
 # batching leads by technique; this row shows what is left of the lead without that).
 set -euo pipefail
+# keel-bench writes numbers with a '.' decimal point, and awk and printf read and write them
+# in the locale's: under one with a ',' (de_DE) the summary read 3.25 as 3, sorted the figures
+# as text and printed commas, wrong medians, ratios and p-values without an error (a review).
+export LC_ALL=C
 root=$(cd "$(dirname "$0")/../.." && pwd)
 # shellcheck source=serve_port.sh
 . "$root/tools/bench/serve_port.sh"
@@ -546,6 +550,7 @@ NR == 1 { next }
 	info[k] = $2 OFS $3 OFS $4 OFS $5 OFS $6
 	byrep[$1, $7, $8, $9] = v
 	if ($15 != "null" && $15 > 0) cpurep[$1, $7, $8, $9] = $15
+	if (bcpu[k, i] > 0) bcpurep[$1, $7, $8, $9] = $21
 	reps[$1, $7, $9] = 1
 }
 END {
@@ -556,7 +561,8 @@ END {
 		"cpu_ratio_max", "client_cpu_ns_per_msg", "total_cpu_ns_per_msg", "p_total", \
 		"total_ratio_median", "total_ratio_min", "total_ratio_max", "late", "lost_all", \
 		"p_rate_paired", "p_cpu_paired", "gathered_share", "gathered_share_min", \
-		"gathered_share_max"
+		"gathered_share_max", "cpus_ratio_median", "cpus_ratio_min", "cpus_ratio_max", \
+		"p_cpus_paired"
 	for (o = 1; o <= nk; o++) {
 		k = order[o]; split(k, kk, SUBSEP); c = n[k]
 		delete a; for (i = 1; i <= c; i++) a[i] = m[k, i]; md = med(a, c); lo = a[1]; hi = a[c]
@@ -578,10 +584,12 @@ END {
 		glo = nb ? a[1] : "null"; ghi = nb ? a[nb] : "null"
 		# per-rep keel/epoll ratios of this row and policy (on the keel line): the rate,
 		# and the server CPU per message (the figure of client-bound rows)
-		rm = rl = rh = cm = cl = ch = tm = tl = th = "-"
+		# and the server CPUs busy per message (the figure to read on veth)
+		rm = rl = rh = cm = cl = ch = tm = tl = th = bm = bl = bh = "-"
 		if (kk[3] == "keel") {
 			if (rep_ratios(byrep, kk[1], kk[2], q)) { rm = q[1]; rl = q[2]; rh = q[3] }
 			if (rep_ratios(cpurep, kk[1], kk[2], q)) { cm = q[1]; cl = q[2]; ch = q[3] }
+			if (rep_ratios(bcpurep, kk[1], kk[2], q)) { bm = q[1]; bl = q[2]; bh = q[3] }
 			if (rep_ratios(tcpurep, kk[1], kk[2], q)) { tm = q[1]; tl = q[2]; th = q[3] }
 		}
 		# keel against epoll, rank-sum test over the repetitions (ranksum.awk): the rate
@@ -607,17 +615,19 @@ END {
 		# the same two figures paired: the signed-rank test over the per-pair ratios
 		# (ranksum.awk), which the pace of the machine, shared by the two runs of a pair, does
 		# not move
-		pprate = ppcpu = "-"
+		pprate = ppcpu = ppcpus = "-"
 		if (kk[3] == "keel") {
 			nx = rep_logs(byrep, kk[1], kk[2], x); pprate = signrank_p(x, nx)
 			nx = rep_logs(cpurep, kk[1], kk[2], x); ppcpu = signrank_p(x, nx)
+			nx = rep_logs(bcpurep, kk[1], kk[2], x); ppcpus = signrank_p(x, nx)
 			if (pprate < 0) pprate = "-"
 			if (ppcpu < 0) ppcpu = "-"
+			if (ppcpus < 0) ppcpus = "-"
 		}
 		print kk[1], info[k], kk[2], kk[3], c, md, lo, hi, (mp50 < 0 ? "null" : mp50), (mp99 < 0 ? "null" : mp99), \
 			mcpu, msc, mcc, cb[k], lost[k], rm, rl, rh, (mbcpu < 0 ? "null" : mbcpu), prate, pcpu, pcpus, \
 			clo, chi, cm, cl, ch, mccpu, mtcpu, ptot, tm, tl, th, late[k], lostall[k], pprate, ppcpu, \
-			mgsh, glo, ghi
+			mgsh, glo, ghi, bm, bl, bh, ppcpus
 	}
 }'
 # Numbers print with 10 significant digits, not awk's 6: the median of an even count of
@@ -726,7 +736,7 @@ END {
 		print ""
 		print "## policy: " pol (pol == "block" ? " (both servers block in the kernel when idle)" : " (both servers poll " spin " us before blocking)")
 		print ""
-		print "| row | mode | size | inflight | conns | client threads | unit | keel median (min-max) | epoll median (min-max) | keel/epoll (min-max) | p50 µs keel / epoll | p99 µs keel / epoll | server CPU ns/msg keel (min-max) / epoll (min-max); keel/epoll (min-max) | server CPUs busy ns/msg keel / epoll | server cores keel / epoll | client cores used keel / epoll | client CPU ns/msg keel / epoll | server + client CPU ns/msg keel / epoll; keel/epoll (min-max) | shown (p): rate; server CPU; CPUs busy; server + client | pairs (p): rate; server CPU | sleeps that gathered keel (min-max) / epoll (min-max) | flags |"
+		print "| row | mode | size | inflight | conns | client threads | unit | keel median (min-max) | epoll median (min-max) | keel/epoll (min-max) | p50 µs keel / epoll | p99 µs keel / epoll | server CPU ns/msg keel (min-max) / epoll (min-max); keel/epoll (min-max) | server CPUs busy ns/msg keel / epoll; keel/epoll (min-max) | server cores keel / epoll | client cores used keel / epoll | client CPU ns/msg keel / epoll | server + client CPU ns/msg keel / epoll; keel/epoll (min-max) | shown (p): rate; server CPU; CPUs busy; server + client | pairs (p): rate; server CPU; CPUs busy | sleeps that gathered keel (min-max) / epoll (min-max) | flags |"
 		print "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 		for (r = 1; r <= nr; r++) {
 			kk = rows[r] SUBSEP pol SUBSEP "keel"; ke = rows[r] SUBSEP pol SUBSEP "epoll"
@@ -756,12 +766,15 @@ END {
 			# the paired verdicts: the direction is the median per-pair ratio'"'"'s
 			pr = ranksum_shown(K[40], K[20], 1, K[41], K[29], 1)
 			if (pr != "-" && (K[18] > 0 || E[18] > 0)) pr = "rate moot (client-bound): " pr
-			printf "| %s | %s | %s | %s | %s | %s | %s | %s (%s-%s) | %s (%s-%s) | %s (%s-%s) | %s / %s | %s / %s | %s (%s-%s) / %s (%s-%s); %s (%s-%s) | %s / %s | %s / %s | %s / %s | %s / %s | %s / %s; %s (%s-%s) | %s | %s | %s / %s | %s |\n", \
+			shb = ranksum_verdict(K[48], K[45], 1, "dearer", "cheaper")
+			if (pr != "-" && shb != "-") pr = pr "; CPUs busy: " shb
+			printf "| %s | %s | %s | %s | %s | %s | %s | %s (%s-%s) | %s (%s-%s) | %s (%s-%s) | %s / %s | %s / %s | %s (%s-%s) / %s (%s-%s); %s (%s-%s) | %s / %s; %s (%s-%s) | %s / %s | %s / %s | %s / %s | %s / %s; %s (%s-%s) | %s | %s | %s / %s | %s |\n", \
 				S[1], mode, S[3], S[4], S[5], S[6], unit(mode), \
 				fmtv(K[10], mode), fmtv(K[11], mode), fmtv(K[12], mode), fmtv(E[10], mode), fmtv(E[11], mode), fmtv(E[12], mode), \
 				f2(K[20]), f2(K[21]), f2(K[22]), f1(K[13]), f1(E[13]), f1(K[14]), f1(E[14]), \
 				fmtv(K[15], "x"), fmtv(K[27], "x"), fmtv(K[28], "x"), fmtv(E[15], "x"), fmtv(E[27], "x"), \
 				fmtv(E[28], "x"), f2(K[29]), f2(K[30]), f2(K[31]), fmtv(K[23], "x"), fmtv(E[23], "x"), \
+				f2(K[45]), f2(K[46]), f2(K[47]), \
 				f2(K[16]), f2(E[16]), f2(K[17]), f2(E[17]), fmtv(K[32], "x"), fmtv(E[32], "x"), \
 				fmtv(K[33], "x"), fmtv(E[33], "x"), f2(K[35]), f2(K[36]), f2(K[37]), sh, pr, \
 				share(K[42], K[43], K[44]), share(E[42], E[43], E[44]), (flags == "" ? "" : flags)

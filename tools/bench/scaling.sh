@@ -32,6 +32,9 @@
 #     --report-only     run nothing: write scaling.md/.tsv again from OUT/shards-S/summary.tsv
 #                       of the shard counts that have one
 set -euo pipefail
+# The figures are read and written with a '.' decimal point whatever the caller's locale
+# (compare.sh does the same; a ',' locale made awk misread them).
+export LC_ALL=C
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cmdline="tools/bench/scaling.sh $*"
 
