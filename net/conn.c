@@ -2123,6 +2123,22 @@ keel__conns_flush(struct net_shard *ns)
 	}
 }
 
+void
+keel__conns_flush_timers(struct net_shard *ns)
+{
+	for (struct keel_conn *c = ns->conns; c; c = c->next) {
+		if (!c->flush_close || c->closing || !c->close_timer)
+			continue;
+		/* Lingering: only the peer's EOF is awaited, for the linger's own bound.
+		 * Else the queue still goes out: close_timeout_ns again from here (the header
+		 * timeout's rest is not restarted: the flush's deadline bounds that close). */
+		if (c->lingering)
+			keel_timer_start(c->close_timer, KEEL_NET_LINGER_NS, 0);
+		else if (c->cfg->close_timeout_ns)
+			keel_timer_start(c->close_timer, c->cfg->close_timeout_ns, 0);
+	}
+}
+
 /* A failed connect: -ETIMEDOUT whenever its timeout fired, whatever the connect's own error
  * says. Which error a timed-out connect gets is the kernel's: -ECANCELED when the cancel
  * found it waiting on poll, but -EINTR when it was blocked in an io-wq worker (an AF_UNIX

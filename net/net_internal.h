@@ -138,7 +138,8 @@ struct net_shard {
 	 * a hold of the stop; its end (the last one gone, or the deadline) stops the rest. */
 	bool flushing;
 	struct keel__stop_hold flush_hold;
-	struct keel__later flush_end_later; /* queued (with a reference) as the last one goes */
+	struct keel__later flush_end_later;    /* queued (with a reference) as the last one goes */
+	struct keel__later flush_timers_later; /* the closes' timers, again after the stop's */
 	struct keel_slice *scratch; /* [scratch_n] slices of one completion, or of held data */
 	unsigned scratch_n;         /* the larger ring's nbufs */
 	struct keel_net_stats st;
@@ -391,6 +392,10 @@ void keel__conns_stop(struct net_shard *ns);
  * a FIN, lingering for the peer's EOF); one still connecting, or accepted and not yet
  * opened, is aborted with -ESHUTDOWN (conn.c). */
 void keel__conns_flush(struct net_shard *ns);
+/* The flush's closes' timers again, after the stop stopped every timer: the linger's
+ * KEEL_NET_LINGER_NS for one lingering (begun before the stop too), close_timeout_ns from
+ * here for one whose queue still goes out (conn.c). */
+void keel__conns_flush_timers(struct net_shard *ns);
 /* The last connection is gone while flushing (conn.c, conn_free): the flush ends from the
  * loop (shard.c). */
 void keel__net_flush_idle(struct net_shard *ns);

@@ -219,6 +219,16 @@ flush_expire(struct keel__stop_hold *h)
  * right after the hooks: the deadline bounds them (the linger's bound too, where it
  * starts later). */
 static void
+flush_timers_cb(struct keel__later *l)
+{
+	struct net_shard *ns = container_of(l, struct net_shard, flush_timers_later);
+
+	if (ns->flushing)
+		keel__conns_flush_timers(ns);
+	keel__net_unref(ns); /* the kick's */
+}
+
+static void
 flush_begin(void *arg)
 {
 	struct net_shard *ns = arg;
@@ -228,6 +238,12 @@ flush_begin(void *arg)
 		return;
 	}
 	keel__conns_flush(ns);
+	/* The stop stops every timer right after its hooks, the closes' too (those begun
+	 * here, and those begun before the stop, lingering or not): they are started again
+	 * on the next pass. The loop runs while the stop is held: the kick cannot find it
+	 * ended. */
+	if (ns->conns && !keel__net_kick(ns, &ns->flush_timers_later, flush_timers_cb))
+		net_verify(false);
 }
 
 static void

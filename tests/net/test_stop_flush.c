@@ -24,6 +24,7 @@ pat(uint64_t k)
 static struct {
 	size_t reply;        /* bytes the server answers with */
 	bool stop_in_data;   /* on_data calls keel_stop after queueing the reply */
+	bool close_in_data;  /* on_data closes the connection after queueing the reply */
 	struct keel_conn *c; /* shard only: the connection the stop hook answers on */
 	_Atomic int got, closed, close_status, hooked, flush_said;
 } fl;
@@ -66,6 +67,11 @@ fl_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
 		keel_stop(0);
 		return;
 	}
+	if (fl.close_in_data) {
+		fl_reply(c);
+		keel_conn_close(c);
+		return;
+	}
 	/* The network's own stop hook was registered as its state was made (the listener's
 	 * start): this one runs after it, as an application's does. */
 	fl.c = c;
@@ -93,8 +99,10 @@ fl_sink(enum keel_log_level level, const char *module, int shard, const char *ms
 		atomic_fetch_add(&fl.flush_said, 1);
 }
 
-/* The network configuration fl_start gives the server (NULL: the default). */
+/* The network configuration fl_start gives the server (NULL: the default), and whether its
+ * on_data closes the connection after the reply (fl.close_in_data). */
 static const struct keel_net_config *fl_nc;
+static bool fl_close_next;
 
 /* A server of fl_ops with --stop-flush-ms @ms (0: the default), and a client connected to
  * it that sent its request (@rcvbuf: its receive buffer, 0 the kernel's). */
@@ -107,6 +115,7 @@ fl_start(struct srv *s, unsigned ms, size_t reply, bool stop_in_data, int rcvbuf
 	memset(&fl, 0, sizeof(fl));
 	fl.reply = reply;
 	fl.stop_in_data = stop_in_data;
+	fl.close_in_data = fl_close_next;
 	o.stop_flush_ms = ms;
 	cr_assert_eq(srv_start(s, &o, fl_nc, &fl_ops), 0);
 	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -244,6 +253,34 @@ Test(net_stop_flush, a_lingering_close_with_close_timeout_ns_ends_at_the_lingers
 	fd = fl_start(&s, 60000, 4096, true, 0);
 	fl_nc = NULL;
 	fl_read_whole(fd, 4096); /* the whole reply, then the EOF; this side stays open */
+	cr_assert_eq(srv_stop(&s), 0);
+	keel_log_set_sink(NULL, NULL);
+	SHARD_CHECKS_PASSED();
+	close(fd);
+	cr_assert_eq(atomic_load(&fl.closed), 1, "on_close ran");
+	cr_assert_eq(atomic_load(&fl.close_status), 0, "on_close: %s",
+		     strerror(-atomic_load(&fl.close_status)));
+	cr_assert_eq(atomic_load(&fl.flush_said), 0,
+		     "the stop waited for --stop-flush-ms's deadline (said %d times)",
+		     atomic_load(&fl.flush_said));
+}
+
+/* A connection already lingering when the stop begins (the application closed it after its
+ * reply; the peer took the reply and the FIN and keeps its side open): the stop stops every
+ * timer, the linger's too, and the flush starts it again, so the stop ends at the linger's
+ * bound (KEEL_NET_LINGER_NS, 5 s) with on_close(0), not at the 60 s deadline. Before, only the
+ * deadline ended it, with its line. */
+Test(net_stop_flush, a_close_lingering_before_the_stop_keeps_the_lingers_bound, .timeout = 120)
+{
+	struct srv s;
+	int fd;
+
+	keel_log_set_sink(fl_sink, NULL);
+	fl_close_next = true;
+	fd = fl_start(&s, 60000, 4096, false, 0);
+	fl_close_next = false;
+	fl_read_whole(fd, 4096); /* the whole reply, then the EOF; this side stays open */
+	cr_assert_eq(atomic_load(&fl.closed), 0, "the close ended before the stop");
 	cr_assert_eq(srv_stop(&s), 0);
 	keel_log_set_sink(NULL, NULL);
 	SHARD_CHECKS_PASSED();
