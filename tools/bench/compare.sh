@@ -694,7 +694,8 @@ client_desc="keel-bench MODE --client $client --port P --server-pid PID"
 	echo "  by the client at the window's edges), per message echoed in the window; cores = CPU time / window"
 	echo "- server CPUs busy: all the work on the server's CPUs over the same window (/proc/stat: user, nice, system,"
 	echo "  irq, softirq; tick-sampled), per message: unlike the process's clock it includes the receive softirqs that"
-	echo "  ran while the server slept (charged to the idle task), so it does not favour the server that sleeps more"
+	echo "  ran while the server slept (charged to the idle task), so it does not favour the server that sleeps more;"
+	echo "  its keel/epoll is the median of the per-repetition ratios (min-max), the figure to read on veth"
 	echo "- client CPU: the client process's CPU time over the same window, per message; server + client: the two"
 	echo "  processes' together. On loopback the client's send runs the server socket's wake-up (io_uring's poll"
 	echo "  wake-up for keel's server, epoll's callback for the other), which no server clock holds: the client being the"
@@ -711,7 +712,7 @@ client_desc="keel-bench MODE --client $client --port P --server-pid PID"
 	echo "  shown at p < 0.05. \"not shown\" is a row within its noise, neither lead nor loss; the median ratio is"
 	echo "  still the figure. With $reps repetitions a side the smallest possible p is $(awk -v n="$reps" \
 		-f "$root/tools/bench/ranksum.awk" -f <(echo 'BEGIN { printf "%.4f", ranksum_min_p(n) }'))"
-	echo "- pairs (p): the same two figures tested over the pairs, the exact two-sided Wilcoxon signed-rank test of"
+	echo "- pairs (p): the rate, the server CPU and the server CPUs busy tested over the pairs, the exact two-sided Wilcoxon signed-rank test of"
 	echo "  the per-pair keel/epoll ratios (ranksum.awk): a pair's two runs ran back to back, so a change of the"
 	echo "  machine's pace that moves both, and spreads each server's repetitions enough to hide a difference"
 	echo "  from the rank-sum, drops out of their ratio; the direction is the median ratio's. With $reps pairs the"
@@ -767,7 +768,7 @@ END {
 			pr = ranksum_shown(K[40], K[20], 1, K[41], K[29], 1)
 			if (pr != "-" && (K[18] > 0 || E[18] > 0)) pr = "rate moot (client-bound): " pr
 			shb = ranksum_verdict(K[48], K[45], 1, "dearer", "cheaper")
-			if (pr != "-" && shb != "-") pr = pr "; CPUs busy: " shb
+			if (shb != "-") pr = (pr == "-" ? "" : pr "; ") "CPUs busy: " shb
 			printf "| %s | %s | %s | %s | %s | %s | %s | %s (%s-%s) | %s (%s-%s) | %s (%s-%s) | %s / %s | %s / %s | %s (%s-%s) / %s (%s-%s); %s (%s-%s) | %s / %s; %s (%s-%s) | %s / %s | %s / %s | %s / %s | %s / %s; %s (%s-%s) | %s | %s | %s / %s | %s |\n", \
 				S[1], mode, S[3], S[4], S[5], S[6], unit(mode), \
 				fmtv(K[10], mode), fmtv(K[11], mode), fmtv(K[12], mode), fmtv(E[10], mode), fmtv(E[11], mode), fmtv(E[12], mode), \
