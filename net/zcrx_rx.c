@@ -320,7 +320,7 @@ keel__zcrx_prep_recv(struct net_shard *ns, struct io_uring_sqe *sqe, int fd)
 	sqe->ioprio |= IORING_RECV_MULTISHOT;
 	/* The interface queue's id in zcrx_ifq_idx, the u32 at byte 44 (a union with
 	 * file_index and splice_fd_in; liburing 2.3 does not name it). */
-	memcpy((char *)sqe + 44, &ifq, sizeof(ifq));
+	memcpy((char *)sqe + KEEL_SQE_ZCRX_IFQ_IDX_OFF, &ifq, sizeof(ifq));
 	return true;
 }
 

@@ -6,7 +6,9 @@
  * answers EOPNOTSUPP), with the auto fallback still echoing intact.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <keel/keel.h>
+#include <linux/btf.h>
 #include <linux/capability.h>
 #include <pthread.h>
 #include <sched.h>
@@ -24,6 +26,7 @@
 
 #include "../../net/net_internal.h"
 #include "../../net/zcrx.h"
+#include "btf_layout.h"
 #include "helpers.h"
 
 /* The kernel ABI sizes and offsets (include/uapi/linux/io_uring.h, 6.15-6.18), pinned again
@@ -47,14 +50,351 @@ _Static_assert(KEEL_IORING_REGISTER_ZCRX_IFQ == 32, "register opcode");
 _Static_assert(KEEL_IORING_OP_RECV_ZC == 58, "recv_zc opcode");
 _Static_assert(KEEL_IORING_ZCRX_AREA_MASK == 0xffff000000000000ULL, "area mask");
 
+/* The static asserts above check keel's copy against numbers copied by hand; this checks it
+ * against the running kernel's own layout, read from its BTF. A keel struct member and the
+ * kernel's name for it (keel drops the kernel's leading underscores; rx_buf_len is __resv2
+ * until the kernel names it). */
+struct abi_member {
+	const char *keel;
+	size_t off, size;
+	const char *kernel, *kernel_alt; /* kernel_alt: NULL, or its other name */
+};
+
+struct abi_struct {
+	const char *kernel;
+	size_t size;
+	const struct abi_member *m;
+	size_t n;
+};
+
+#define ABI_M(type, field, kname, kalt)                                                           \
+	{                                                                                         \
+		.keel = #field, .off = offsetof(type, field), .size = sizeof(((type *)0)->field), \
+		.kernel = kname, .kernel_alt = kalt                                               \
+	}
+#define ABI_S(name, type, members)                                                \
+	{                                                                         \
+		name, sizeof(type), members, sizeof(members) / sizeof(members[0]) \
+	}
+
+static const struct abi_member rqe_m[] = {
+	ABI_M(struct keel_zcrx_rqe, off, "off", NULL),
+	ABI_M(struct keel_zcrx_rqe, len, "len", NULL),
+	ABI_M(struct keel_zcrx_rqe, pad, "__pad", NULL),
+};
+static const struct abi_member cqe_m[] = {
+	ABI_M(struct keel_zcrx_cqe, off, "off", NULL),
+	ABI_M(struct keel_zcrx_cqe, pad, "__pad", NULL),
+};
+static const struct abi_member offsets_m[] = {
+	ABI_M(struct keel_zcrx_offsets, head, "head", NULL),
+	ABI_M(struct keel_zcrx_offsets, tail, "tail", NULL),
+	ABI_M(struct keel_zcrx_offsets, rqes, "rqes", NULL),
+	ABI_M(struct keel_zcrx_offsets, resv2, "__resv2", NULL),
+	ABI_M(struct keel_zcrx_offsets, resv, "__resv", NULL),
+};
+static const struct abi_member area_m[] = {
+	ABI_M(struct keel_zcrx_area_reg, addr, "addr", NULL),
+	ABI_M(struct keel_zcrx_area_reg, len, "len", NULL),
+	ABI_M(struct keel_zcrx_area_reg, rq_area_token, "rq_area_token", NULL),
+	ABI_M(struct keel_zcrx_area_reg, flags, "flags", NULL),
+	ABI_M(struct keel_zcrx_area_reg, dmabuf_fd, "dmabuf_fd", NULL),
+	ABI_M(struct keel_zcrx_area_reg, resv2, "__resv2", NULL),
+};
+static const struct abi_member ifq_m[] = {
+	ABI_M(struct keel_zcrx_ifq_reg, if_idx, "if_idx", NULL),
+	ABI_M(struct keel_zcrx_ifq_reg, if_rxq, "if_rxq", NULL),
+	ABI_M(struct keel_zcrx_ifq_reg, rq_entries, "rq_entries", NULL),
+	ABI_M(struct keel_zcrx_ifq_reg, flags, "flags", NULL),
+	ABI_M(struct keel_zcrx_ifq_reg, area_ptr, "area_ptr", NULL),
+	ABI_M(struct keel_zcrx_ifq_reg, region_ptr, "region_ptr", NULL),
+	ABI_M(struct keel_zcrx_ifq_reg, offsets, "offsets", NULL),
+	ABI_M(struct keel_zcrx_ifq_reg, zcrx_id, "zcrx_id", NULL),
+	ABI_M(struct keel_zcrx_ifq_reg, rx_buf_len, "rx_buf_len", "__resv2"),
+	ABI_M(struct keel_zcrx_ifq_reg, resv, "__resv", NULL),
+};
+static const struct abi_member region_m[] = {
+	ABI_M(struct keel_region_desc, user_addr, "user_addr", NULL),
+	ABI_M(struct keel_region_desc, size, "size", NULL),
+	ABI_M(struct keel_region_desc, flags, "flags", NULL),
+	ABI_M(struct keel_region_desc, id, "id", NULL),
+	ABI_M(struct keel_region_desc, mmap_offset, "mmap_offset", NULL),
+	ABI_M(struct keel_region_desc, resv, "__resv", NULL),
+};
+/* keel__zcrx_prep_recv writes the ifq index, a uint32_t, at KEEL_SQE_ZCRX_IFQ_IDX_OFF; the
+ * kernel's member sits inside an anonymous union of struct io_uring_sqe. */
+static const struct abi_member sqe_m[] = {
+	{ "ifq index", KEEL_SQE_ZCRX_IFQ_IDX_OFF, sizeof(uint32_t), "zcrx_ifq_idx", NULL },
+};
+static const struct abi_struct abi_structs[] = {
+	ABI_S("io_uring_zcrx_ifq_reg", struct keel_zcrx_ifq_reg, ifq_m),
+	ABI_S("io_uring_zcrx_area_reg", struct keel_zcrx_area_reg, area_m),
+	ABI_S("io_uring_zcrx_offsets", struct keel_zcrx_offsets, offsets_m),
+	ABI_S("io_uring_zcrx_rqe", struct keel_zcrx_rqe, rqe_m),
+	ABI_S("io_uring_zcrx_cqe", struct keel_zcrx_cqe, cqe_m),
+	ABI_S("io_uring_region_desc", struct keel_region_desc, region_m),
+	ABI_S("io_uring_sqe", struct io_uring_sqe, sqe_m),
+};
+
+/* The whole file at @path: 0, or -errno (the file cannot be read). */
+static int
+read_file(const char *path, uint8_t **out, size_t *len)
+{
+	size_t cap = 1 << 20, used = 0;
+	uint8_t *buf = NULL;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return -errno;
+	for (;;) {
+		ssize_t r;
+
+		if (used == cap || !buf) {
+			uint8_t *nb;
+
+			/* vmlinux BTF is a few MiB; a file past 1 GiB is not BTF */
+			if (buf && (cap *= 2) > (1u << 30)) {
+				free(buf);
+				close(fd);
+				return -EFBIG;
+			}
+			nb = realloc(buf, cap);
+			cr_assert(nb, "no memory for %zu bytes of %s", cap, path);
+			buf = nb;
+		}
+		r = read(fd, buf + used, cap - used);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			int e = -errno;
+
+			free(buf);
+			close(fd);
+			return e;
+		}
+		if (r == 0)
+			break;
+		used += (size_t)r;
+	}
+	close(fd);
+	*out = buf;
+	*len = used;
+	return 0;
+}
+
+/* Compare keel's copy of one struct with the kernel's; mismatches are appended to @bad. */
+static void
+check_struct(const struct btf_view *v, uint32_t id, const struct abi_struct *s, char *bad,
+	     size_t badlen)
+{
+	char err[256], names[512];
+	uint64_t ksize;
+	size_t used = strlen(bad);
+
+#define BAD(...) \
+	(used += (size_t)snprintf(bad + used, used < badlen ? badlen - used : 0, __VA_ARGS__))
+	cr_assert_eq(btf_view_size(v, id, &ksize, err, sizeof(err)), 0, "%s: %s", s->kernel, err);
+	/* the SQE's size is liburing's, pinned elsewhere; only its ifq field is keel's */
+	if (strcmp(s->kernel, "io_uring_sqe") != 0 && ksize != s->size)
+		BAD("\n  struct %s: %llu bytes in the running kernel, %zu in keel", s->kernel,
+		    (unsigned long long)ksize, s->size);
+	for (size_t i = 0; i < s->n; i++) {
+		const struct abi_member *m = &s->m[i];
+		uint64_t off = 0, size = 0;
+		const char *kname;
+		int r;
+
+		kname = m->kernel;
+		r = btf_view_member(v, id, kname, &off, &size, err, sizeof(err));
+		if (r == -ENOENT && m->kernel_alt) {
+			kname = m->kernel_alt;
+			r = btf_view_member(v, id, kname, &off, &size, err, sizeof(err));
+		}
+		cr_assert(r == 0 || r == -ENOENT, "%s.%s: %s", s->kernel, kname, err);
+		if (r == -ENOENT) {
+			btf_view_member_names(v, id, names, sizeof(names));
+			BAD("\n  struct %s has no member %s%s%s (keel's %s); its members: %s",
+			    s->kernel, m->kernel, m->kernel_alt ? " or " : "",
+			    m->kernel_alt ? m->kernel_alt : "", m->keel, names);
+			continue;
+		}
+		if (off != m->off || size != m->size)
+			BAD("\n  %s.%s: byte %llu, %llu bytes in the running kernel; keel's %s: "
+			    "byte %zu, %zu bytes",
+			    s->kernel, kname, (unsigned long long)off, (unsigned long long)size,
+			    m->keel, m->off, m->size);
+	}
+#undef BAD
+}
+
 Test(net_zcrx, abi_layout_matches_kernel)
 {
-	struct keel_zcrx_ifq_reg reg;
+	static const char path[] = "/sys/kernel/btf/vmlinux";
+	struct btf_view v;
+	uint32_t ids[sizeof(abi_structs) / sizeof(abi_structs[0])];
+	char err[256], missing[512] = "", bad[4096] = "";
+	uint8_t *buf = NULL;
+	size_t len = 0;
+	int r = read_file(path, &buf, &len);
 
-	/* The runtime view of the same facts (the static asserts above are the real check). */
-	cr_assert_eq(sizeof(reg), 96);
-	cr_assert_eq(offsetof(struct keel_zcrx_ifq_reg, offsets) + sizeof(reg.offsets), 64);
-	cr_assert_eq(offsetof(struct keel_zcrx_offsets, rqes), 8);
+	if (r)
+		cr_skip_test("cannot read %s (%s): the kernel has no BTF (CONFIG_DEBUG_INFO_BTF) "
+			     "or it is not readable here; keel's ZCRX structs were not checked",
+			     path, strerror(-r));
+	r = btf_view_init(&v, buf, len, err, sizeof(err));
+	cr_assert_eq(r, 0, "%s: %s", path, err);
+	for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
+		ids[i] = btf_view_struct(&v, abi_structs[i].kernel);
+		if (!ids[i])
+			snprintf(missing + strlen(missing), sizeof(missing) - strlen(missing),
+				 " struct %s", abi_structs[i].kernel);
+	}
+	if (missing[0]) {
+		btf_view_fini(&v);
+		free(buf);
+		cr_skip_test("the running kernel's BTF lacks%s: a kernel without ZCRX (6.15+, "
+			     "CONFIG_IO_URING_ZCRX); keel's ZCRX structs were not checked",
+			     missing);
+	}
+	for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++)
+		check_struct(&v, ids[i], &abi_structs[i], bad, sizeof(bad));
+	btf_view_fini(&v);
+	free(buf);
+	cr_assert(!bad[0],
+		  "keel's ZCRX ABI differs from the running kernel's (%s):%s\n"
+		  "fix the structs in core/include/keel/compat.h (and their static asserts) to "
+		  "the kernel's layout",
+		  path, bad);
+}
+
+/* A BTF file built here: a header, then @types and @strs as its two sections. */
+static size_t
+fake_btf(uint8_t *out, const void *types, uint32_t types_len, const char *strs, uint32_t strs_len)
+{
+	struct btf_header h = {
+		.magic = BTF_MAGIC,
+		.version = BTF_VERSION,
+		.hdr_len = sizeof(h),
+		.type_off = 0,
+		.type_len = types_len,
+		.str_off = types_len,
+		.str_len = strs_len,
+	};
+
+	memcpy(out, &h, sizeof(h));
+	memcpy(out + sizeof(h), types, types_len);
+	memcpy(out + sizeof(h) + types_len, strs, strs_len);
+	return sizeof(h) + types_len + strs_len;
+}
+
+/* The reader's bounds: each malformed file is refused with a message, never read past. */
+Test(net_zcrx, abi_btf_reader_refuses_malformed_files)
+{
+	/* names: "u32" at 1, "s" at 5, "a" at 7 */
+	static const char strs[] = "\0u32\0s\0a";
+	struct {
+		struct btf_type i32;
+		uint32_t i32_enc;
+		struct btf_type s;
+		struct btf_member a;
+	} good = {
+		.i32 = { .name_off = 1, .info = BTF_KIND_INT << 24, .size = 4 },
+		.i32_enc = 32,
+		.s = { .name_off = 5, .info = BTF_KIND_STRUCT << 24 | 1, .size = 8 },
+		.a = { .name_off = 7, .type = 1, .offset = 32 },
+	};
+	_Alignas(8) uint8_t file[256] = { 0 };
+	uint8_t *heap;
+	struct btf_view v;
+	char err[256];
+	uint64_t off, size;
+	size_t n;
+	struct btf_header *h = (struct btf_header *)file;
+
+	/* The well-formed file reads: struct s, member a at byte 4, 4 bytes. */
+	n = fake_btf(file, &good, sizeof(good), strs, sizeof(strs));
+	cr_assert_eq(btf_view_init(&v, file, n, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(btf_view_struct(&v, "s"), 2);
+	cr_assert_eq(btf_view_struct(&v, "u32"), 0, "an int is no struct");
+	cr_assert_eq(btf_view_member(&v, 2, "a", &off, &size, err, sizeof(err)), 0, "%s", err);
+	cr_assert(off == 4 && size == 4, "a at %llu, %llu bytes", (unsigned long long)off,
+		  (unsigned long long)size);
+	cr_assert_eq(btf_view_member(&v, 2, "b", &off, &size, err, sizeof(err)), -ENOENT);
+	btf_view_fini(&v);
+
+	/* Each file below is copied to a heap block of its exact length, so ASan catches a
+	 * read past its end. */
+#define REFUSED(len, want)                                                              \
+	do {                                                                            \
+		heap = malloc((len) ? (len) : 1);                                       \
+		cr_assert(heap);                                                        \
+		memcpy(heap, file, (len));                                              \
+		err[0] = '\0';                                                          \
+		cr_assert_eq(btf_view_init(&v, heap, (len), err, sizeof(err)), -EINVAL, \
+			     "accepted: " want);                                        \
+		cr_assert(strstr(err, want), "'%s' missing: %s", want, err);            \
+		free(heap);                                                             \
+	} while (0)
+
+	n = fake_btf(file, &good, sizeof(good), strs, sizeof(strs));
+	REFUSED(sizeof(*h) - 1, "shorter than its");
+	n = fake_btf(file, &good, sizeof(good), strs, sizeof(strs));
+	h->magic = 0x9feb;
+	REFUSED(n, "another byte order");
+	n = fake_btf(file, &good, sizeof(good), strs, sizeof(strs));
+	h->type_len = 1000;
+	REFUSED(n, "type section 0+1000 past the data");
+	n = fake_btf(file, &good, sizeof(good), strs, sizeof(strs));
+	REFUSED(n - 1, "string section");
+	n = fake_btf(file, &good, sizeof(good), strs, sizeof(strs));
+	h->hdr_len = 8;
+	REFUSED(n, "header length 8");
+	n = fake_btf(file, &good, sizeof(good), strs, sizeof(strs) - 1);
+	REFUSED(n, "not NUL-terminated");
+	/* the struct claims three members and has one */
+	good.s.info = BTF_KIND_STRUCT << 24 | 3;
+	n = fake_btf(file, &good, sizeof(good), strs, sizeof(strs));
+	REFUSED(n, "runs past the type section");
+	good.s.info = 31u << 24;
+	n = fake_btf(file, &good, sizeof(good), strs, sizeof(strs));
+	REFUSED(n, "unknown to this reader");
+	/* a type cut in the middle of its btf_type */
+	n = fake_btf(file, &good, sizeof(good) - sizeof(good.a) - 4, strs, sizeof(strs));
+	REFUSED(n, "cut short");
+#undef REFUSED
+
+	/* Indexed fine, but a member's name and type point outside their sections. */
+	good.s.info = BTF_KIND_STRUCT << 24 | 1;
+	good.a.type = 9;
+	n = fake_btf(file, &good, sizeof(good), strs, sizeof(strs));
+	cr_assert_eq(btf_view_init(&v, file, n, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(btf_view_member(&v, 2, "a", &off, &size, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "type id 9 outside 1..2"), "%s", err);
+	good.a.name_off = 400;
+	n = fake_btf(file, &good, sizeof(good), strs, sizeof(strs));
+	btf_view_fini(&v);
+	cr_assert_eq(btf_view_init(&v, file, n, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(btf_view_member(&v, 2, "a", &off, &size, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "name offset 400 past"), "%s", err);
+	btf_view_fini(&v);
+	/* a member whose type is a typedef of itself */
+	{
+		struct {
+			struct btf_type td;
+			struct btf_type s;
+			struct btf_member a;
+		} loop = {
+			.td = { .name_off = 1, .info = BTF_KIND_TYPEDEF << 24, .type = 1 },
+			.s = { .name_off = 5, .info = BTF_KIND_STRUCT << 24 | 1, .size = 4 },
+			.a = { .name_off = 7, .type = 1, .offset = 0 },
+		};
+
+		n = fake_btf(file, &loop, sizeof(loop), strs, sizeof(strs));
+		cr_assert_eq(btf_view_init(&v, file, n, err, sizeof(err)), 0, "%s", err);
+		cr_assert_eq(btf_view_member(&v, 2, "a", &off, &size, err, sizeof(err)), -EINVAL);
+		cr_assert(strstr(err, "deeper than"), "%s", err);
+		btf_view_fini(&v);
+	}
 }
 
 static void

@@ -195,8 +195,11 @@ KEEL_ABI_FIELD(struct keel_buf_reg, flags, 14);
 KEEL_ABI_FIELD(struct keel_buf_reg, resv, 16);
 
 /* The ZCRX interface-queue index is the SQE's 32-bit field at byte 44 (zcrx_ifq_idx in the
- * uapi), which it shares with file_index. */
-KEEL_STATIC_ASSERT(offsetof(struct io_uring_sqe, file_index) == 44, "sqe.file_index");
+ * uapi), which it shares with file_index. One name for it, so the test that reads the
+ * running kernel's BTF checks the byte keel__zcrx_prep_recv really writes. */
+#define KEEL_SQE_ZCRX_IFQ_IDX_OFF 44
+KEEL_STATIC_ASSERT(offsetof(struct io_uring_sqe, file_index) == KEEL_SQE_ZCRX_IFQ_IDX_OFF,
+		   "sqe.file_index");
 
 #ifdef __cplusplus
 }
