@@ -514,6 +514,9 @@ extern _Atomic unsigned keel__fault_sqe_none;
 /* ... each keel_defer() fails with -ENOMEM (its vector could not grow), as under memory
  * pressure. */
 extern _Atomic unsigned keel__fault_defer_nomem;
+/* ... each keel_shard_on_stop() before the stop (or from a stop hook) fails with -ENOMEM
+ * (the hooks' vector could not grow): the network's flush then cannot begin. */
+extern _Atomic unsigned keel__fault_stop_hook_nomem;
 /* ... each keel__submit_said() fails with -ENOMEM without entering the kernel. */
 extern _Atomic unsigned keel__fault_submit_fail;
 /* ... while non-zero, each submit of a feature probe's trial (caps.c) fails with -ENOMEM, as

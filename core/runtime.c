@@ -60,6 +60,7 @@ keel__defer_fini(struct defer_vec *v)
 
 #ifdef KEEL_FAULTS
 _Atomic unsigned keel__fault_defer_nomem;
+_Atomic unsigned keel__fault_stop_hook_nomem;
 #endif
 
 int
@@ -163,6 +164,10 @@ keel_shard_on_stop(keel_fn fn, void *arg)
 	 * waits for deferred work), rather than never. */
 	if (s->phase != PHASE_RUN)
 		return keel_defer(fn, arg);
+#ifdef KEEL_FAULTS
+	if (keel__fault_take(&keel__fault_stop_hook_nomem))
+		return -ENOMEM;
+#endif
 	return keel__defer_push(&s->stop_hooks, fn, arg);
 }
 
