@@ -2,9 +2,13 @@
 /* The stop's flush (--stop-flush-ms): the replies queued as the runtime stops (by the
  * callback that stops it, or by a stop hook) reach the client whole, then an EOF, where
  * the default stop resets the connection; a peer that never reads holds the stop only
- * until the deadline, said with the option's name. */
+ * until the deadline, said with the option's name. Every shard flushes at one stop; a
+ * connect still in progress is aborted, not waited for; a flush that cannot begin says so
+ * and aborts as the default does. */
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,14 +30,15 @@ static struct {
 	bool stop_in_data;   /* on_data calls keel_stop after queueing the reply */
 	bool close_in_data;  /* on_data closes the connection after queueing the reply */
 	struct keel_conn *c; /* shard only: the connection the stop hook answers on */
-	_Atomic int got, closed, close_status, hooked, flush_said;
+	_Atomic int got, closed, close_status, hooked, flush_said, begin_failed_said;
 } fl;
 
-/* The reply, in 64 KiB writes (pattern by offset). */
+/* The reply, in 64 KiB writes (pattern by offset); a buffer per thread, as several shards
+ * may write replies at once. */
 static void
 fl_reply(struct keel_conn *c)
 {
-	static uint8_t chunk[1 << 16];
+	static _Thread_local uint8_t chunk[1 << 16];
 	size_t off = 0;
 
 	while (off < fl.reply) {
@@ -97,6 +102,9 @@ fl_sink(enum keel_log_level level, const char *module, int shard, const char *ms
 	if (level == KEEL_LOG_WARN && strstr(msg, "connections still closing") &&
 	    strstr(msg, "--stop-flush-ms"))
 		atomic_fetch_add(&fl.flush_said, 1);
+	if (level == KEEL_LOG_ERROR && strstr(msg, "the stop's flush (--stop-flush-ms") &&
+	    strstr(msg, "could not begin"))
+		atomic_fetch_add(&fl.begin_failed_said, 1);
 }
 
 /* The network configuration fl_start gives the server (NULL: the default), and whether its
@@ -104,13 +112,30 @@ fl_sink(enum keel_log_level level, const char *module, int shard, const char *ms
 static const struct keel_net_config *fl_nc;
 static bool fl_close_next;
 
+/* A client connected to 127.0.0.1:@port that sent @req (@rcvbuf: its receive buffer, 0 the
+ * kernel's). */
+static int
+fl_client(uint16_t port, int rcvbuf, const char *req)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port) };
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	cr_assert_geq(fd, 0);
+	if (rcvbuf)
+		cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)), 0);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0, "connect: %s",
+		     strerror(errno));
+	cr_assert_eq(cli_write_all(fd, req, strlen(req)), 0);
+	return fd;
+}
+
 /* A server of fl_ops with --stop-flush-ms @ms (0: the default), and a client connected to
  * it that sent its request (@rcvbuf: its receive buffer, 0 the kernel's). */
 static int
 fl_start(struct srv *s, unsigned ms, size_t reply, bool stop_in_data, int rcvbuf)
 {
 	struct keel_opts o = net_test_opts(1);
-	int fd;
 
 	memset(&fl, 0, sizeof(fl));
 	fl.reply = reply;
@@ -118,19 +143,24 @@ fl_start(struct srv *s, unsigned ms, size_t reply, bool stop_in_data, int rcvbuf
 	fl.close_in_data = fl_close_next;
 	o.stop_flush_ms = ms;
 	cr_assert_eq(srv_start(s, &o, fl_nc, &fl_ops), 0);
-	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	cr_assert_geq(fd, 0);
-	if (rcvbuf)
-		cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)), 0);
-	{
-		struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(s->port) };
+	return fl_client(s->port, rcvbuf, "go");
+}
 
-		a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-		cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0, "connect: %s",
-			     strerror(errno));
-	}
-	cr_assert_eq(cli_write_all(fd, "go", 2), 0);
-	return fd;
+/* srv_start with the listener's steering @steer and the shards' @on_start (its app @s). */
+static void
+fl_srv_start(struct srv *s, const struct keel_opts *o, enum keel_steer steer,
+	     keel_shard_fn on_start, const struct keel_conn_ops *ops)
+{
+	struct keel_listen_opts lo = { .addr = "127.0.0.1", .steer = steer };
+	struct keel_net_config nc;
+
+	memset(s, 0, sizeof(*s));
+	keel_net_config_init(&nc);
+	cr_assert_eq(keel_net_config_set(&nc), 0);
+	cr_assert_eq(keel_runtime_create(o, &s->rt), 0);
+	cr_assert_eq(keel_listener_create(&lo, keel_runtime_shard_count(s->rt), ops, s, &s->l), 0);
+	s->port = keel_listener_port(s->l);
+	cr_assert_eq(keel_runtime_start(s->rt, on_start, s), 0);
 }
 
 /* Read the whole reply, in @step-byte reads, then the EOF; fails the test otherwise. */
@@ -292,3 +322,260 @@ Test(net_stop_flush, a_close_lingering_before_the_stop_keeps_the_lingers_bound, 
 		     "the stop waited for --stop-flush-ms's deadline (said %d times)",
 		     atomic_load(&fl.flush_said));
 }
+
+/* Several shards: each connection's request (one byte) registers a stop hook that queues
+ * its reply, counted by the shard it landed on. */
+#define MS_SHARDS 2
+static struct {
+	_Atomic int requests, closes, bad_closes, bad_status;
+	_Atomic int on_shard[MS_SHARDS];
+} ms;
+
+static void
+ms_hook(void *arg)
+{
+	fl_reply(arg);
+	atomic_fetch_add(&fl.hooked, 1);
+}
+
+static void
+ms_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	unsigned id = keel_shard_id(keel_this_shard());
+
+	for (unsigned i = 0; i < n; i++)
+		keel_slice_put(&s[i]);
+	if (!SHARD_CHECK(id < MS_SHARDS))
+		return;
+	SHARD_CHECK_EQ(keel_shard_on_stop(ms_hook, c), 0);
+	atomic_fetch_add(&ms.on_shard[id], 1);
+	atomic_fetch_add(&ms.requests, 1);
+}
+
+static void
+ms_close(struct keel_conn *c, int status)
+{
+	(void)c;
+	if (status != 0) {
+		atomic_store(&ms.bad_status, status);
+		atomic_fetch_add(&ms.bad_closes, 1);
+	}
+	atomic_fetch_add(&ms.closes, 1);
+}
+
+static const struct keel_conn_ops ms_ops = { .on_data = ms_data, .on_close = ms_close };
+
+/* Connections on more than one shard (the kernel's hash places them: more are opened until
+ * two shards hold some), each reply queued by its shard's stop hook, one stop from the test
+ * thread: every shard flushes, and every client reads its whole reply, then an EOF. */
+Test(net_stop_flush, one_stop_flushes_the_connections_of_every_shard)
+{
+	enum { STEP = 4, MOST = 32 };
+	struct keel_opts o = net_test_opts(MS_SHARDS);
+	int fds[MOST];
+	unsigned n = 0, held = 0;
+	struct srv s;
+
+	memset(&fl, 0, sizeof(fl));
+	memset(&ms, 0, sizeof(ms));
+	fl.reply = 256u << 10;
+	o.stop_flush_ms = 60000;
+	keel_log_set_sink(fl_sink, NULL);
+	fl_srv_start(&s, &o, KEEL_STEER_HASH, srv_on_start, &ms_ops);
+	WAIT_FOR(atomic_load(&s.started) == MS_SHARDS, "the shards' listeners");
+	while (held < 2) {
+		cr_assert_lt(n, MOST, "all %u connections landed on one shard", n);
+		for (unsigned k = 0; k < STEP; k++)
+			fds[n++] = fl_client(s.port, 0, "g");
+		WAIT_FOR(atomic_load(&ms.requests) == (int)n, "%u requests", n);
+		held = 0;
+		for (unsigned i = 0; i < MS_SHARDS; i++)
+			held += atomic_load(&ms.on_shard[i]) > 0;
+	}
+	keel_runtime_stop(s.rt, 0);
+	for (unsigned i = 0; i < n; i++) {
+		fl_read_whole(fds[i], 1u << 16);
+		close(fds[i]); /* the server's close lingers for this EOF */
+	}
+	cr_assert_eq(srv_stop(&s), 0);
+	keel_log_set_sink(NULL, NULL);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(atomic_load(&fl.hooked), (int)n);
+	cr_assert_eq(atomic_load(&ms.closes), (int)n);
+	cr_assert_eq(atomic_load(&ms.bad_closes), 0, "%d on_close with %s",
+		     atomic_load(&ms.bad_closes), strerror(-atomic_load(&ms.bad_status)));
+	cr_assert_eq(atomic_load(&fl.flush_said), 0, "the stop waited for the deadline");
+}
+
+/* An outbound connection of the server's, still connecting as the runtime stops. */
+static struct {
+	uint16_t port; /* what it connects to */
+	_Atomic int opened, closed, close_status;
+} cn;
+
+static void
+cn_open(struct keel_conn *c)
+{
+	(void)c;
+	atomic_store(&cn.opened, 1);
+}
+
+static void
+cn_data(struct keel_conn *c, struct keel_slice *s, unsigned n)
+{
+	(void)c;
+	for (unsigned i = 0; i < n; i++)
+		keel_slice_put(&s[i]);
+}
+
+static void
+cn_close(struct keel_conn *c, int status)
+{
+	(void)c;
+	atomic_store(&cn.close_status, status);
+	atomic_store(&cn.closed, 1);
+}
+
+static const struct keel_conn_ops cn_ops = { .on_open = cn_open,
+					     .on_data = cn_data,
+					     .on_close = cn_close };
+
+static void
+cn_connect(struct keel_xreq *req)
+{
+	struct keel_conn *c;
+
+	keel_xreq_complete(req, keel_conn_connect("127.0.0.1", cn.port, 0, &cn_ops, NULL, &c));
+}
+
+/* The accept queue of listening socket @fd: its length, and its most (TCP_INFO). */
+static void
+accept_queue(int fd, unsigned *len, unsigned *most)
+{
+	struct tcp_info ti;
+	socklen_t tl = sizeof(ti);
+
+	cr_assert_eq(getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tl), 0, "TCP_INFO: %s",
+		     strerror(errno));
+	*len = ti.tcpi_unacked;
+	*most = ti.tcpi_sacked;
+}
+
+/* A connect in progress at the stop: the test's listener never accepts and its accept queue
+ * is full, so the kernel drops the connect's SYNs (and its retries) and the connect cannot
+ * end by itself within the test. The flush aborts it with -ESHUTDOWN, and the stop, with a
+ * client's reply flushed beside it, ends once that client is done: not at the 60 s
+ * deadline. */
+Test(net_stop_flush, a_connect_in_progress_is_aborted_and_the_stop_does_not_wait_for_it,
+     .timeout = 120)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	socklen_t al = sizeof(a);
+	int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), fill[4];
+	unsigned nfill = 0, len, most;
+	struct srv s;
+	int fd;
+
+	cr_assert_geq(lfd, 0);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(bind(lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+	cr_assert_eq(listen(lfd, 1), 0);
+	cr_assert_eq(getsockname(lfd, (struct sockaddr *)&a, &al), 0);
+	memset(&cn, 0, sizeof(cn));
+	cn.port = ntohs(a.sin_port);
+	/* Filled one connection at a time, each waited for in the queue: the kernel drops a
+	 * SYN once the queue holds more than its most. */
+	for (accept_queue(lfd, &len, &most); len <= most; accept_queue(lfd, &len, &most)) {
+		cr_assert_lt(nfill, 4, "the accept queue of backlog 1 holds %u of at most %u", len,
+			     most);
+		fill[nfill] = cli_connect(cn.port);
+		cr_assert_geq(fill[nfill], 0, "a filler's connect: %s", strerror(-fill[nfill]));
+		nfill++;
+		WAIT_FOR((accept_queue(lfd, &len, &most), len == nfill), "filler %u queued", nfill);
+	}
+	keel_log_set_sink(fl_sink, NULL);
+	fd = fl_start(&s, 60000, 4096, false, 0);
+	WAIT_FOR(atomic_load(&fl.got), "the request");
+	cr_assert_eq(rt_run_on(s.rt, 0, cn_connect, NULL), 0);
+	keel_runtime_stop(s.rt, 0);
+	fl_read_whole(fd, 4096);
+	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
+	keel_log_set_sink(NULL, NULL);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(atomic_load(&cn.opened), 0, "the connect completed: the queue was not full");
+	cr_assert_eq(atomic_load(&cn.closed), 1, "the connect's on_close ran");
+	cr_assert_eq(atomic_load(&cn.close_status), -ESHUTDOWN, "the connect's on_close: %s",
+		     strerror(-atomic_load(&cn.close_status)));
+	cr_assert_eq(atomic_load(&fl.close_status), 0, "the client's on_close: %s",
+		     strerror(-atomic_load(&fl.close_status)));
+	cr_assert_eq(atomic_load(&fl.flush_said), 0,
+		     "the stop waited for --stop-flush-ms's deadline (said %d times)",
+		     atomic_load(&fl.flush_said));
+	for (unsigned i = 0; i < nfill; i++)
+		close(fill[i]);
+	close(lfd);
+}
+
+#ifdef KEEL_FAULTS
+/* core/internal.h: while non-zero, each keel_shard_on_stop() fails with -ENOMEM. */
+extern _Atomic unsigned keel__fault_stop_hook_nomem;
+
+/* Registered before the listener starts (so before the network's hook): it runs first. */
+static void
+fh_arm(void *arg)
+{
+	(void)arg;
+	atomic_store(&keel__fault_stop_hook_nomem, 1);
+}
+
+static void
+fh_on_start(void *arg)
+{
+	SHARD_CHECK_EQ(keel_shard_on_stop(fh_arm, NULL), 0);
+	srv_on_start(arg);
+}
+
+/* The network's hook cannot register the flush's second hook: it says so, and the
+ * connections are aborted at once, as without the option (the reply queued with the stop
+ * is reset), with no wait for the deadline. */
+Test(net_stop_flush, a_flush_that_cannot_begin_is_said_and_aborts_as_without_the_option,
+     .timeout = 120)
+{
+	static char buf[1 << 16];
+	struct keel_opts o = net_test_opts(1);
+	struct srv s;
+	unsigned left;
+	ssize_t r;
+	int fd;
+
+	memset(&fl, 0, sizeof(fl));
+	fl.reply = 64u << 10;
+	fl.stop_in_data = true;
+	o.stop_flush_ms = 60000;
+	keel_log_set_sink(fl_sink, NULL);
+	fl_srv_start(&s, &o, KEEL_STEER_HASH, fh_on_start, &fl_ops);
+	fd = fl_client(s.port, 0, "go");
+	while ((r = cli_recv(fd, buf, sizeof(buf))) > 0)
+		;
+	cr_assert(r < 0 && errno == ECONNRESET, "the stopped reply ended with %s",
+		  r == 0 ? "an EOF, as a flushed one does" : strerror(errno));
+	close(fd);
+	cr_assert_eq(srv_stop(&s), 0);
+	keel_log_set_sink(NULL, NULL);
+	left = atomic_exchange(&keel__fault_stop_hook_nomem, 0);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(left, 0, "the fault was not used: no keel_shard_on_stop after fh_arm");
+	cr_assert_eq(atomic_load(&fl.begin_failed_said), 1, "the ERROR line, said %d times",
+		     atomic_load(&fl.begin_failed_said));
+	cr_assert_eq(atomic_load(&fl.closed), 1, "on_close ran");
+	cr_assert_eq(atomic_load(&fl.close_status), -ESHUTDOWN, "on_close: %s",
+		     strerror(-atomic_load(&fl.close_status)));
+	cr_assert_eq(atomic_load(&fl.flush_said), 0, "the stop waited for the deadline");
+}
+#else
+Test(net_stop_flush, a_flush_that_cannot_begin_is_said_and_aborts_as_without_the_option)
+{
+	cr_skip_test("needs fault injection: a -DKEEL_FAULTS=ON build (build-asan)");
+}
+#endif
