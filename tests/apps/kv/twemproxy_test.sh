@@ -34,6 +34,9 @@ fail() {
 
 # Start one keel-kv on an ephemeral port; sets $port from its start-up line (10 s deadline).
 start_kv() { # name
+	# The log exists before the server starts: the child opens it after the fork, and a
+	# first look that came before that failed the test ("sed: can't read ...").
+	: >"$tmp/$1.log"
 	"$kv" --port 0 --addr 127.0.0.1 --shards 1 --idle-poll-us 0 2>"$tmp/$1.log" &
 	pids+=($!)
 	local i
