@@ -515,24 +515,33 @@ keel_slice_put(struct keel_slice *s)
 		last_put(b);
 }
 
-void
-keel_slice_get(const struct keel_slice *s, struct keel_slice *out)
+/* A new reference to @s's buffer in @out; @what names the caller in the empty slice's
+ * message (keel_slice_get's and keel_slice_sub's one check). */
+static inline void
+slice_take(const struct keel_slice *s, struct keel_slice *out, const char *what)
 {
 	struct keel_buf *b = s->buf;
 
 #ifdef KEEL_BUF_TRACE
+	(void)what;
 	if (trace_check(s, "get")) {
 		memset(out, 0, sizeof(*out));
 		return;
 	}
 #else
 	if (__builtin_expect(b == NULL, 0))
-		empty_slice("keel_slice_get");
+		empty_slice(what);
 	alloc_verify(s->gen_ == b->gen);
 #endif
 	alloc_verify(b->refs > 0 && b->refs < UINT32_MAX);
 	b->refs++;
 	*out = *s;
+}
+
+void
+keel_slice_get(const struct keel_slice *s, struct keel_slice *out)
+{
+	slice_take(s, out, "keel_slice_get");
 }
 
 int
@@ -542,11 +551,7 @@ keel_slice_sub(const struct keel_slice *s, size_t off, size_t len, struct keel_s
 		memset(out, 0, sizeof(*out)); /* as every refusal of a slice (keel_buf_alloc) */
 		return -ERANGE;
 	}
-#ifndef KEEL_BUF_TRACE
-	if (__builtin_expect(s->buf == NULL, 0))
-		empty_slice("keel_slice_sub");
-#endif
-	keel_slice_get(s, out);
+	slice_take(s, out, "keel_slice_sub");
 #ifdef KEEL_BUF_TRACE
 	if (!out->buf) /* @s was stale: reported, no reference taken */
 		return -ESTALE;
