@@ -186,8 +186,10 @@ KEEL_API int keel_file_writev(struct keel_file_req *req, const struct keel_file 
  * buffer of this shard (keel_buf_fixed()), plain READ otherwise. Use a buffer the app
  * allocated (keel_buf_alloc()), never a received slice (its buffer belongs to a
  * provided-buffer ring).
- * Ownership: @s is borrowed; the request takes its own reference, put before @cb runs, so
- * the caller may put @s at once.
+ * Ownership: @s is borrowed; the request takes its own reference, put before @cb runs (so
+ * @cb may reuse @req), which keeps the buffer while the kernel uses it: a write's caller may
+ * put @s at once. A read's caller keeps its own reference until @cb, where the bytes read
+ * are: put at once, the buffer may be freed, or reused by another allocation, before @cb.
  * Returns: as keel_file_read(); with --feature reg_buffers=on, -ENOMEM when @s's region
  * could not be registered (or that error in @cb when the request waited for room in the
  * ring: it is registered when it is issued).

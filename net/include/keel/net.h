@@ -639,14 +639,15 @@ struct keel_net_stats {
 				    whose re-arm found no SQE counts even if its connection
 				    closed before the retry, and one re-armed later (after a
 				    pause) does not */
-	uint64_t sends;          /* send/sendmsg operations */
+	uint64_t sends;          /* send/sendmsg operations (SEND_ZC's are sends_zc's) */
 	uint64_t send_iovs;      /* TCP: buffers those sends offered (1 for a send, the iovec count
 				    for a sendmsg; adjacent slices merged count once) */
 	uint64_t send_bytes;     /* TCP: bytes those sends offered (a short send's rest is offered
 				    again by the next one) */
 	uint64_t sends_zc;       /* SEND_ZC / SENDMSG_ZC operations */
 	uint64_t zc_copied;      /* ... whose notification says the kernel copied */
-	uint64_t short_sends;    /* sends that took part of what was offered */
+	uint64_t short_sends;    /* sends that took part of what was offered: sends' and
+				    sends_zc's both, so it may pass sends alone */
 	uint64_t bp_pauses;      /* reads paused by the high watermark */
 	uint64_t bufs_out;       /* receive buffers out of their ring now (held by the app, or
 				    by the ring itself while the kernel fills them: bufs_kernel) */
@@ -824,9 +825,10 @@ KEEL_API int keel_udp_send(struct keel_udp *u, struct keel_slice *s,
 /**
  * Close @u: the receive is cancelled, datagrams keel_udp_send accepted still go out, and
  * on_close(u, 0) follows once its operations end, from the loop, never before this returns
- * (also when nothing is in flight); on_close(u, -ESHUTDOWN) when called while the runtime
- * stops. (keel closes an endpoint itself only when a failed receive finds no timer to try
- * again: on_close then has that receive's error.)
+ * (also when nothing is in flight), but for a close made after the shard's loop has ended
+ * (no pass is left to run it: on_close then runs, and @u is freed, inside this call);
+ * on_close(u, -ESHUTDOWN) when called while the runtime stops. (keel closes an endpoint itself only
+ * when a failed receive finds no timer to try again: on_close then has that receive's error.)
  * Context: its shard.
  */
 KEEL_API void keel_udp_close(struct keel_udp *u);
