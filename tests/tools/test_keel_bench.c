@@ -912,10 +912,11 @@ udp_check(const char *out, double sin, double sout, double window, double retrie
 	cr_assert_eq(num(out, "errors"), 0, "%s", out);
 }
 
-/* Every mode of the @client backend's client against the @server backend's server, and
- * the sum of what the client counted against what the server counted. */
+/* Every mode of the @client backend's client against the @server backend's server (its
+ * serve given @extra too, or nothing), and the sum of what the client counted against what
+ * the server counted. */
 static void
-cross(const char *client, const char *server)
+cross_with(const char *client, const char *server, const char *extra)
 {
 	static const struct {
 		const char *args;
@@ -929,7 +930,7 @@ cross(const char *client, const char *server)
 	char args[512], *out;
 	pid_t pid;
 	FILE *f;
-	unsigned port = serve_spawn(server, &pid, &f);
+	unsigned port = serve_spawn_with(server, extra, &pid, &f);
 	double counted = 0, tx = 0, window = 0, msgs = 0;
 	struct served sv;
 	struct tally t;
@@ -964,12 +965,20 @@ cross(const char *client, const char *server)
 
 Test(tools_bench, keel_client_against_the_epoll_server)
 {
-	cross("keel", "epoll");
+	cross_with("keel", "epoll", NULL);
 }
 
 Test(tools_bench, epoll_client_against_the_keel_server)
 {
-	cross("epoll", "keel");
+	cross_with("epoll", "keel", NULL);
+}
+
+/* The epoll server that sends a wait's replies after all of its events (--defer-writes,
+ * as Redis does): every mode, each connection's replies gathered in its own 16 KiB buffer
+ * (stream 64 KiB fills it: the rest is read after the flush, with no new edge). */
+Test(tools_bench, the_epoll_server_deferring_its_writes_serves_every_mode)
+{
+	cross_with("epoll", "epoll", "--defer-writes");
 }
 
 /* ---- udp: one client, both servers ---- */
@@ -1965,6 +1974,48 @@ Test(tools_bench, the_epoll_server_holds_a_backed_up_batch_without_copying_it)
 	cr_assert_leq(held_bytes, in, "held %.0f bytes of %.0f read", held_bytes, in);
 	cr_assert_geq(sent, (double)total + msgs_all * 1048576,
 		      "the clients counted more than was sent");
+}
+
+/* The same with --defer-writes: a connection whose socket took part of its gathered
+ * replies is not read until it took the rest, and every byte comes back in order. */
+Test(tools_bench, the_epoll_server_deferring_its_writes_echoes_a_backed_up_stream_intact)
+{
+	char args[256], *out;
+	pid_t pid;
+	FILE *f;
+	unsigned port = serve_spawn_with("epoll", "--defer-writes", &pid, &f);
+	struct served sv;
+
+	echo_backed_up(port, 64u << 20);
+	snprintf(args, sizeof(args),
+		 "stream --client epoll --port %u --size 1048576 --inflight 16 --seconds 0.3 "
+		 "--warmup 0 --json",
+		 port);
+	cr_assert_eq(bench(args, &out), 0, "%s:\n%s", args, out);
+	cr_assert_eq(num(out, "errors"), 0, "%s", out);
+	cr_assert_gt(num(out, "msgs"), 0, "%s", out);
+	free(out);
+	sv = serve_end(pid, f);
+	cr_assert_geq(sv.bytes_out, (double)(64u << 20), "the server sent %.0f bytes",
+		      sv.bytes_out);
+}
+
+/* --defer-writes is the epoll server's, given where that server runs. */
+Test(tools_bench, defer_writes_is_refused_where_no_epoll_server_runs)
+{
+	static const char *const cases[] = {
+		"pingpong --backend keel --defer-writes",
+		"pingpong --port 1 --defer-writes",
+	};
+	char args[256], *out;
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		snprintf(args, sizeof(args), "%s --seconds 0.05 --warmup 0", cases[i]);
+		cr_expect_eq(bench_once(args, &out), 2, "%s:\n%s", args, out);
+		cr_expect(strstr(out, "--defer-writes"), "%s: the option is not named:\n%s", args,
+			  out);
+		free(out);
+	}
 }
 
 /* One client program for every server: without --client the client is the epoll client,

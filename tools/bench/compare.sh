@@ -30,6 +30,9 @@
 #                         (set KEEL_WAIT_COALESCE_US too to move both)
 #     --epoll-udp-gso     the epoll server echoes UDP with UDP_SEGMENT, as keel batches its
 #                         UDP sends (keel-bench serve --udp-gso; default: sendmmsg)
+#     --epoll-defer-writes the epoll server sends a wait's replies after all of its events
+#                         are read, as Redis does (keel-bench serve --defer-writes; default:
+#                         each as its connection is read)
 #     --client B          the one client: epoll (default) or keel (udp always uses sockets)
 #     --client-poll-us N  the epoll client (and udp's) polls N us before it blocks (keel-bench
 #                         --client-poll-us; default 0): a client whose wake-ups do not make
@@ -70,7 +73,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 cmdline="tools/bench/compare.sh $*"
 
 quick=0 reps=7 secs=3 warmup=1 rows_arg= policies=block,spin spin=50 client=epoll egather= cpoll=0 net=lo
-eudp=()
+eudp=() edefer=()
 servers=keel,epoll shards= server_cpus=0 client_cpus=1 client_threads= port=0 shared=0
 out=bench-results bin= plot=1 iperf=1
 usage() { sed -n '/^#   tools\/bench\/compare.sh \[options\]/,/^set -e/{/^#/s/^# \{0,1\}//p}' "$0"; }
@@ -91,6 +94,7 @@ while [ $# -gt 0 ]; do
 	--spin-us) spin=${2:?--spin-us needs a value}; shift ;;
 	--epoll-gather-us) egather=${2:?--epoll-gather-us needs a value}; shift ;;
 	--epoll-udp-gso) eudp=(--udp-gso) ;;
+	--epoll-defer-writes) edefer=(--defer-writes) ;;
 	--client) client=${2:?--client needs a value}; shift ;;
 	--client-poll-us) cpoll=${2:?--client-poll-us needs a value}; shift ;;
 	--servers) servers=${2:?--servers needs a value}; shift ;;
@@ -335,7 +339,7 @@ start_server() {
 	[[ $row == *-gso ]] && ug=(--udp-gso) # the row that batches the epoll server's sends too
 	local popt=(--idle-poll-us "$poll")
 	[ "$be" = epoll ] &&
-		popt=(--busy-poll-us "$poll" --gather-us "$egather" "${efixed[@]}" "${ug[@]}")
+		popt=(--busy-poll-us "$poll" --gather-us "$egather" "${efixed[@]}" "${ug[@]}" "${edefer[@]}")
 	"${in_srv[@]}" "$kb" serve --backend "$be" --addr "$addr" --port "$port" --shards "$shards" \
 		--cpuset "$server_cpus" "${popt[@]}" >"$log" 2>&1 &
 	server=$!
@@ -672,6 +676,11 @@ client_desc="keel-bench MODE --client $client --port P --server-pid PID"
 		echo "- UDP sends: keel batches datagrams to one destination with UDP_SEGMENT (udp_gso_segs, docs/net.md); so does the epoll server (--udp-gso)"
 	else
 		echo "- UDP sends: keel batches datagrams to one destination with UDP_SEGMENT (udp_gso_segs, docs/net.md); the epoll server uses sendmmsg, a datagram per message (--epoll-udp-gso: UDP_SEGMENT too), except in rows named *-gso, where it batches with UDP_SEGMENT as keel does"
+	fi
+	if [ ${#edefer[@]} -gt 0 ]; then
+		echo "- TCP replies: the epoll server sends a wait's replies after all of its events are read, as Redis does (--defer-writes); keel submits its sends with the pass's other requests"
+	else
+		echo "- TCP replies: the epoll server sends each connection's reply as it reads it (--epoll-defer-writes: after all of a wait's events); keel submits its sends with the pass's other requests"
 	fi
 	# One server only (--servers) leaves the other's glob unmatched: nothing, not an exit.
 	gather=$(awk '/^keel-bench serve: keel .*, sleeps gather / { sub(/^.*, sleeps /, ""); print; exit }' \

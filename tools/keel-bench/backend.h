@@ -65,6 +65,8 @@ struct bench_cfg {
 	uint32_t gather_us;         /* epoll server: sleep this long before a blocking
 				     * epoll_wait when keel's coalescing policy says so */
 	bool gather_fixed;          /* ... always, no trials (--gather-fixed) */
+	bool defer_writes;          /* epoll server: a wait's replies sent after all its events
+				       (--defer-writes) */
 	bool udp_gso;               /* epoll server: UDP echoes with UDP_SEGMENT (--udp-gso) */
 	int steer;                  /* keel server: enum keel_steer (--steer; default hash, as
 				     * the epoll server's SO_REUSEPORT group places flows) */

@@ -40,6 +40,8 @@
  *     the sends its sleep submits). Until the forty-fourth session each event counted one,
  *     which met the floor only at twice keel's message rate and skipped only at 64 events
  *     (a review of the measurement code);
+ *   - --defer-writes (default off): a wait's replies are sent after all of its events are
+ *     read, as Redis does, from a 16 KiB reply buffer per connection (conn_io_defer);
  *   - UDP on the same port: a SO_REUSEPORT socket per thread in the same epoll instance,
  *     datagrams read with recvmmsg and echoed with sendmmsg in batches (udp.c).
  * No allocation per message. Every epoll_wait, read, sendmsg, accept4 and close a server
@@ -68,6 +70,7 @@
 #define EV_UNITS 2u /* keel's completions per ready descriptor: a receive's and a send's */
 #define SPARES   8u /* read buffers a thread keeps for connections that back up */
 #define MAXEV    256
+#define OCAP     (16u * 1024u) /* --defer-writes: a connection's reply buffer */
 
 struct sconn {
 	int fd;
@@ -75,6 +78,11 @@ struct sconn {
 			*/
 	size_t head, len;
 	struct sconn *prev, *next;
+	/* --defer-writes: replies read in this wait's events, sent after all of them */
+	uint8_t *out;                /* OCAP bytes, from the first read */
+	size_t ohead, olen;          /* unsent: [ohead, olen) */
+	bool more;                   /* out filled up before the socket drained: read on after */
+	struct sconn *dprev, *dnext; /* on the thread's list of those to send (dirty) */
 };
 
 struct sthread {
@@ -86,6 +94,7 @@ struct sthread {
 	unsigned nspare;
 	struct bench_udp_batch *ub;
 	struct sconn conns; /* list head */
+	struct sconn dirty; /* --defer-writes: connections with replies to send (dprev/dnext) */
 	uint64_t syscalls, bytes_in, bytes_out, dgrams_in, dgrams_out, accepted, errors, cpu_ns;
 	uint64_t sleeps, polls, gathered, recvs, sends, send_iovs, short_sends, held, held_bytes;
 	clockid_t clock;
@@ -98,6 +107,7 @@ struct bench_server {
 	uint64_t busy_poll_ns;
 	uint64_t gather_ns; /* --gather-us */
 	bool gather_fixed;
+	bool defer_writes; /* --defer-writes */
 	_Atomic bool stop;
 };
 
@@ -127,8 +137,13 @@ conn_close(struct sthread *t, struct sconn *c)
 	t->syscalls++;
 	c->prev->next = c->next;
 	c->next->prev = c->prev;
+	if (c->dnext) {
+		c->dprev->dnext = c->dnext;
+		c->dnext->dprev = c->dprev;
+	}
 	if (c->pend)
 		buf_put(t, c->pend);
+	free(c->out);
 	free(c);
 }
 
@@ -253,6 +268,111 @@ conn_io(struct sthread *t, struct sconn *c, uint32_t events)
 	}
 }
 
+/*
+ * --defer-writes: as a Redis-style server does, the replies a wait's events produce are
+ * sent after all of those events are handled, not one by one between the reads. A
+ * connection reads into its own reply buffer (OCAP: 16 KiB, copied to nowhere: the echo
+ * is the bytes read) until it is full, EAGAIN, a short read or EOF, and goes on the
+ * thread's dirty list; defer_flush sends each with one sendmsg. A connection whose socket
+ * took part of its replies is not read until its EPOLLOUT edge, as in conn_io.
+ */
+static void
+dirty_add(struct sthread *t, struct sconn *c)
+{
+	if (c->dnext)
+		return;
+	c->dnext = &t->dirty;
+	c->dprev = t->dirty.dprev;
+	c->dprev->dnext = c;
+	t->dirty.dprev = c;
+}
+
+static bool
+conn_io_defer(struct sthread *t, struct sconn *c, uint32_t events)
+{
+	ssize_t n;
+
+	if (c->olen > c->ohead && !c->dnext) {
+		/* backed up: the rest of the last replies goes first */
+		if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
+			return true;
+		n = conn_send(t, c, c->out + c->ohead, c->olen - c->ohead);
+		if (n < 0)
+			return false;
+		c->ohead += (size_t)n;
+		if (c->ohead < c->olen)
+			return true;
+		c->ohead = c->olen = 0;
+	}
+	if (!c->out && !(c->out = malloc(OCAP))) {
+		t->errors++;
+		conn_close(t, c);
+		return false;
+	}
+	c->more = false;
+	for (;;) {
+		if (c->olen == OCAP) {
+			c->more = true;
+			break;
+		}
+		n = read(c->fd, c->out + c->olen, OCAP - c->olen);
+		t->syscalls++;
+		if (n > 0) {
+			t->recvs++;
+			t->bytes_in += (uint64_t)n;
+			c->olen += (size_t)n;
+			if (c->olen < OCAP)
+				break; /* a short read: drained */
+			continue;
+		}
+		if (n == 0) {
+			/* EOF: what it sent before goes back first (conn_io's order) */
+			if (c->olen > c->ohead &&
+			    conn_send(t, c, c->out + c->ohead, c->olen - c->ohead) < 0)
+				return false; /* closed */
+			conn_close(t, c);
+			return false;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN)
+			break;
+		if (errno != ECONNRESET)
+			t->errors++;
+		conn_close(t, c);
+		return false;
+	}
+	if (c->olen > c->ohead)
+		dirty_add(t, c);
+	return true;
+}
+
+/* --defer-writes: send every dirty connection's replies, after a wait's events. */
+static void
+defer_flush(struct sthread *t)
+{
+	struct sconn *c;
+
+	while ((c = t->dirty.dnext) != &t->dirty) {
+		ssize_t n;
+
+		t->dirty.dnext = c->dnext;
+		c->dnext->dprev = &t->dirty;
+		c->dnext = c->dprev = NULL;
+		n = conn_send(t, c, c->out + c->ohead, c->olen - c->ohead);
+		if (n < 0)
+			continue; /* closed */
+		c->ohead += (size_t)n;
+		if (c->ohead < c->olen)
+			continue; /* backed up: its EPOLLOUT edge sends the rest */
+		c->ohead = c->olen = 0;
+		/* Its buffer filled before the socket drained: no new edge will come for what
+		 * is left, so read on now (it joins the list's tail again if it has more). */
+		if (c->more)
+			(void)conn_io_defer(t, c, 0);
+	}
+}
+
 static void
 do_accept(struct sthread *t)
 {
@@ -305,6 +425,7 @@ server_thread(void *arg)
 				.tv_nsec = (long)(gather % 1000000000u) };
 	struct keel__coalesce co;
 	uint64_t units = 0; /* the last epoll_wait's events in keel's unit (EV_UNITS) */
+	bool defer = t->srv->defer_writes;
 	int n;
 
 	keel__coalesce_init(&co, gather, t->srv->gather_fixed, bench_now_ns());
@@ -339,9 +460,15 @@ server_thread(void *arg)
 			else if (ev[i].data.ptr == &t->ufd)
 				bench_udp_echo(t->ufd, t->ub, &t->syscalls, &t->dgrams_in,
 					       &t->dgrams_out, &t->errors);
-			else if (ev[i].data.ptr != &t->evfd)
+			else if (ev[i].data.ptr == &t->evfd)
+				;
+			else if (defer)
+				conn_io_defer(t, ev[i].data.ptr, ev[i].events);
+			else
 				conn_io(t, ev[i].data.ptr, ev[i].events);
 		}
+		if (defer)
+			defer_flush(t);
 	}
 	while (t->conns.next != &t->conns)
 		conn_close(t, t->conns.next);
@@ -389,6 +516,7 @@ serve_start(const struct bench_cfg *cfg, uint16_t *port, struct bench_server **o
 	s->busy_poll_ns = (uint64_t)cfg->busy_poll_us * 1000;
 	s->gather_ns = (uint64_t)cfg->gather_us * 1000;
 	s->gather_fixed = cfg->gather_fixed;
+	s->defer_writes = cfg->defer_writes;
 	s->t = aligned_alloc(64, sizeof(*s->t) * s->n);
 	if (!s->t) {
 		free(s);
@@ -402,6 +530,7 @@ serve_start(const struct bench_cfg *cfg, uint16_t *port, struct bench_server **o
 		t->srv = s;
 		t->lfd = t->epfd = t->evfd = t->ufd = -1;
 		t->conns.next = t->conns.prev = &t->conns;
+		t->dirty.dnext = t->dirty.dprev = &t->dirty;
 		t->cpu = cfg->pin ? bench_cpu_for(cfg, i) : -1;
 		t->buf = malloc(TBUF);
 		t->ub = bench_udp_batch_new(cfg->udp_gso);

@@ -69,6 +69,8 @@ static const char client_usage[] =
 	"                 keel's wait coalescing policy says it pays (default 0: never); keel's\n"
 	"                 runtime option is --wait-coalesce-us (default 10)\n"
 	"  --gather-fixed the epoll server: with --gather-us, before every blocking wait\n"
+	"  --defer-writes the epoll server: send a wait's replies after all of its events are\n"
+	"                 read, as Redis does (default: each as its connection is read)\n"
 	"  --udp-gso      the epoll server: echo each run of datagrams of one size from one\n"
 	"                 source with one sendmsg carrying UDP_SEGMENT (default: sendmmsg)\n"
 	"  --steer S      the keel server: cpu or hash, which shard accepts a connection\n"
@@ -107,6 +109,8 @@ static const char serve_usage[] =
 	"  --gather-us N  epoll: sleep N us before a blocking epoll_wait while keel's wait\n"
 	"                 coalescing policy says it pays (default 0); --gather-fixed: always;\n"
 	"                 keel: use the runtime option --wait-coalesce-us (default 10)\n"
+	"  --defer-writes epoll: send a wait's replies after all of its events are read, as\n"
+	"                 Redis does (default: each as its connection is read)\n"
 	"  --udp-gso      epoll: echo each run of datagrams of one size from one source with\n"
 	"                 one sendmsg carrying UDP_SEGMENT, as keel batches its UDP sends\n"
 	"                 (default: sendmmsg, a datagram per message)\n"
@@ -254,6 +258,8 @@ parse(struct opts *o, int argc, char **argv)
 		} else if (!strcmp(a, "--gather-fixed")) {
 			c->gather_fixed = true;
 			o->has_gather = true;
+		} else if (!strcmp(a, "--defer-writes")) {
+			c->defer_writes = true;
 		} else if (!strcmp(a, "--udp-gso")) {
 			c->udp_gso = true;
 		} else if (OPT("--steer")) {
@@ -331,6 +337,11 @@ parse(struct opts *o, int argc, char **argv)
 		return bad(o, "--steer",
 			   "the keel server's option (the epoll server's SO_REUSEPORT group places "
 			   "connections by the kernel's hash)",
+			   NULL);
+	if (c->defer_writes && (o->be != &bench_backend_epoll || (!o->serve && o->has_port)))
+		return bad(o, "--defer-writes",
+			   "the epoll server's option: give it with --backend epoll, to the "
+			   "server that runs it",
 			   NULL);
 	if (c->udp_gso && o->be != &bench_backend_epoll)
 		return bad(o, "--udp-gso",
