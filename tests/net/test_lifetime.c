@@ -770,7 +770,7 @@ Test(net_lifetime, a_receive_waiting_in_io_wq_gets_its_own_buffer_bundles)
  * pause would close the connection: the server pauses it while its receive waits in
  * io-wq, then resumes it; the client then sends and must get its bytes back, the
  * connection still open. */
-static _Atomic int pw_step; /* 1 paused, 2 resumed */
+static _Atomic int pw_step; /* 1 paused, 2 resumed; -1 on_open's timer not made */
 static _Atomic int pw_closes, pw_status;
 static struct keel_timer *pw_timer;
 
@@ -796,7 +796,11 @@ pw_tick(struct keel_timer *t, void *arg)
 static void
 pw_open(struct keel_conn *c)
 {
-	SHARD_CHECK_EQ(keel_timer_create(pw_tick, c, &pw_timer), 0);
+	if (!SHARD_CHECK_EQ(keel_timer_create(pw_tick, c, &pw_timer), 0)) {
+		pw_timer = NULL;
+		atomic_store(&pw_step, -1);
+		return;
+	}
 	keel_timer_start(pw_timer, KEEL_MS(20), 0);
 }
 
@@ -839,8 +843,10 @@ pause_async_run(const char *spec)
 	atomic_store(&keel__conn_fail_recv_async, 1);
 	fd = cli_connect(s.port);
 	cr_assert_geq(fd, 0);
-	WAIT_UNTIL(atomic_load(&pw_step) == 2 || atomic_load(&pw_closes) > 0, 30000,
-		   "the connection was not paused and resumed");
+	WAIT_UNTIL(atomic_load(&pw_step) == 2 || atomic_load(&pw_step) < 0 ||
+			   atomic_load(&pw_closes) > 0,
+		   30000, "the connection was not paused and resumed");
+	SHARD_CHECKS_PASSED();
 	cr_assert_eq(atomic_load(&pw_closes), 0,
 		     "pausing a connection whose receive waited in io-wq closed it (%d: %s)",
 		     atomic_load(&pw_status), strerror(-atomic_load(&pw_status)));
@@ -850,7 +856,9 @@ pause_async_run(const char *spec)
 	cr_assert_eq(atomic_load(&pw_closes), 0);
 	close(fd);
 	atomic_store(&keel__conn_fail_recv_async, 0);
-	cr_assert_eq(srv_stop(&s), 0);
+	int r = srv_stop(&s);
+	SHARD_CHECKS_PASSED();
+	cr_assert_eq(r, 0);
 }
 
 Test(net_lifetime, a_pause_while_the_receive_waits_in_io_wq_keeps_the_connection)
@@ -1640,7 +1648,7 @@ Test(net_lifetime, a_stop_hook_before_the_networks_own_is_refused_as_stopping)
  * ends with a FIN. */
 static struct {
 	int status;
-	_Atomic int closed, opened;
+	_Atomic int closed, opened; /* opened: -1 when on_open's writes were refused */
 	struct keel_conn *_Atomic c;
 } ab;
 
@@ -1657,8 +1665,10 @@ ab_open(struct keel_conn *c)
 	static uint8_t chunk[1 << 16];
 
 	for (int i = 0; i < 512; i++)
-		if (!SHARD_CHECK(keel_conn_write(c, chunk, sizeof(chunk)) >= 0))
+		if (!SHARD_CHECK(keel_conn_write(c, chunk, sizeof(chunk)) >= 0)) {
+			atomic_store(&ab.opened, -1);
 			return;
+		}
 	atomic_store(&ab.c, c);
 	atomic_store(&ab.opened, 1);
 }
@@ -1701,6 +1711,7 @@ abort_case(int status, const char *feature)
 	fd = cli_connect(s.port);
 	cr_assert_geq(fd, 0);
 	WAIT_FOR(atomic_load(&ab.opened), "on_open's writes");
+	SHARD_CHECKS_PASSED();
 	cr_assert_eq(rt_run_on(s.rt, 0, ab_abort, NULL), 0);
 	WAIT_FOR(atomic_load(&ab.closed), "the abort's on_close");
 	while ((r = cli_recv(fd, buf, sizeof(buf))) > 0)
@@ -1714,6 +1725,7 @@ abort_case(int status, const char *feature)
 	cr_assert_eq(srv_net_stats(&s, 0, &st), 0);
 	cr_assert_eq(st.conn_resets, status < 0 ? 1u : 0u);
 	cr_assert_eq(srv_stop(&s), 0);
+	SHARD_CHECKS_PASSED();
 }
 
 Test(net_lifetime, an_abort_that_cuts_a_reply_resets_the_connection)
@@ -1990,19 +2002,20 @@ Test(net_lifetime, a_reset_with_one_free_sqe_sends_its_two_sqes_together)
 /* A zero-copy send whose notification came back holds no page of the socket: an abort for an
  * error after it (here the idle timeout, once the peer read the whole reply) ends with a
  * FIN, as one without zero-copy does. Any SEND_ZC ever sent made it a reset. */
-static _Atomic int zf_opened;
+static _Atomic int zf_opened; /* 1 sent, -1 refused */
 
 static void
 zf_open(struct keel_conn *c)
 {
 	struct keel_slice s;
 
-	if (!SHARD_CHECK_EQ(keel_buf_alloc(keel_shard_alloc(), 4096, &s), 0))
+	if (!SHARD_CHECK_EQ(keel_buf_alloc(keel_shard_alloc(), 4096, &s), 0)) {
+		atomic_store(&zf_opened, -1);
 		return;
+	}
 	memset(s.data, 'f', 4096);
 	s.len = 4096;
-	SHARD_CHECK(keel_conn_send(c, &s) >= 0);
-	atomic_store(&zf_opened, 1);
+	atomic_store(&zf_opened, SHARD_CHECK(keel_conn_send(c, &s) >= 0) ? 1 : -1);
 }
 
 static void
@@ -2020,6 +2033,8 @@ zf_case(const char *feature)
 	atomic_store(&zf_opened, 0);
 	atomic_store(&ab.closed, 0);
 	fd = zc_srv_start(&s, &ops, feature, KEEL_MS(300));
+	WAIT_FOR(atomic_load(&zf_opened), "on_open's send");
+	SHARD_CHECKS_PASSED();
 	cr_assert_eq(cli_read_all(fd, buf, sizeof(buf)), 0);
 	WAIT_FOR(atomic_load(&ab.closed), "the idle timeout's abort");
 	r = cli_recv(fd, buf, sizeof(buf));
@@ -2030,6 +2045,7 @@ zf_case(const char *feature)
 	cr_assert_gt(st.sends_zc, 0);
 	cr_assert_eq(st.conn_resets, 0);
 	cr_assert_eq(srv_stop(&s), 0);
+	SHARD_CHECKS_PASSED();
 }
 
 Test(net_lifetime, an_abort_after_a_zero_copy_send_that_came_back_ends_with_a_fin)
@@ -2050,7 +2066,7 @@ Test(net_lifetime, an_abort_after_a_zero_copy_send_that_came_back_ends_with_a_fi
  * waited on their notification all that time (the review's run: no return in 191 s). Found
  * by the fortieth session's review; both cases hung their stop before the fix. */
 #define ZL_LEN (32u << 10) /* the socket takes it whole: the send completes */
-static _Atomic int zl_opened, zl_closed, zl_status;
+static _Atomic int zl_opened, zl_closed, zl_status; /* zl_opened -1: zl_send failed */
 static _Atomic(struct keel_conn *) zl_conn;
 
 /* ZL_LEN bytes of 'l' from registered memory: one zero-copy send. */
@@ -2069,8 +2085,10 @@ zl_send(struct keel_conn *c)
 static void
 zl_open(struct keel_conn *c)
 {
-	if (!zl_send(c))
+	if (!zl_send(c)) {
+		atomic_store(&zl_opened, -1);
 		return;
+	}
 	keel_conn_close(c);
 	atomic_store(&zl_conn, c);
 	atomic_store(&zl_opened, 1);
@@ -2128,6 +2146,7 @@ zl_start(struct srv *s, const char *feature, bool shut, uint64_t close_ns)
 	zl_server(s, &zl_ops, feature, close_ns);
 	fd = zl_client(s->port, shut);
 	WAIT_FOR(atomic_load(&zl_opened), "on_open's send and close");
+	SHARD_CHECKS_PASSED(); /* zl_send's, the only checks on the shard */
 	WAIT_FOR((srv_net_stats(s, 0, &st), st.close_lingers == 1 || atomic_load(&zl_closed)),
 		 "the close to linger");
 	cr_assert(!atomic_load(&zl_closed),
@@ -2211,6 +2230,8 @@ Test(net_lifetime, a_lingering_close_whose_zero_copy_pages_stay_held_times_out_w
 
 	zl_server(&s, &zl_ops, NULL, KEEL_MS(2000)); /* after the send, even under ASan */
 	fd = zl_client(s.port, false);
+	WAIT_FOR(atomic_load(&zl_opened), "on_open's send and close");
+	SHARD_CHECKS_PASSED();
 	WAIT_FOR(atomic_load(&zl_closed), "the close's bound");
 	cr_assert_eq(atomic_load(&zl_status), -ETIMEDOUT, "on_close: %d", atomic_load(&zl_status));
 	do /* what the socket took before the reset, then the reset */
@@ -2233,8 +2254,10 @@ static _Atomic(struct keel_conn *) za_conn;
 static void
 za_open(struct keel_conn *c)
 {
-	if (!zl_send(c))
+	if (!zl_send(c)) {
+		atomic_store(&zl_opened, -1);
 		return;
+	}
 	atomic_store(&za_conn, c);
 	atomic_store(&zl_opened, 1);
 }
@@ -2270,6 +2293,7 @@ Test(net_lifetime, an_abort_with_status_0_while_zero_copy_pages_are_held_resets,
 	zl_server(&s, &ops, NULL, 0);
 	fd = zl_client(s.port, false);
 	WAIT_FOR(atomic_load(&zl_opened), "on_open's send");
+	SHARD_CHECKS_PASSED();
 	WAIT_FOR(rt_run_on(s.rt, 0, za_abort, NULL) == 1, "the send to go into the socket");
 	WAIT_FOR(atomic_load(&zl_closed), "the abort's on_close");
 	cr_assert_eq(atomic_load(&zl_status), 0);
@@ -2282,6 +2306,7 @@ Test(net_lifetime, an_abort_with_status_0_while_zero_copy_pages_are_held_resets,
 	while (r > 0);
 	close(fd);
 	pthread_join(th, NULL);
+	SHARD_CHECKS_PASSED();
 	cr_assert(stopped, "the stop waited 60 s on an aborted connection's zero-copy pages");
 	cr_assert_eq(st.r, 0);
 	cr_assert(r < 0 && errno == ECONNRESET, "the cut reply ended with %s",
