@@ -982,10 +982,27 @@ Test(faults_kv, aof_a_failed_sync_ends_the_backlogs_hold)
 	rm_dir(dir);
 }
 
+/* The premise of connect_to_shard: CPUs 0 and 1 both allowed, so keel-kv's shards 0 and 1 run
+ * there (a runtime's shards take the allowed CPUs in ascending order: core/runtime.c,
+ * cpus_of). Skips the test where they are not; call it before starting the server. */
+static void
+shards_on_cpus_0_and_1(void)
+{
+	cpu_set_t allowed;
+
+	cr_assert_eq(sched_getaffinity(0, sizeof(allowed), &allowed), 0);
+	if (CPU_COUNT(&allowed) < 2 || !CPU_ISSET(0, &allowed) || !CPU_ISSET(1, &allowed))
+		cr_skip_test("premise: CPUs 0 and 1 allowed, for keel-kv's shards 0 and 1 (%d "
+			     "CPUs allowed here, CPU 0 %s, CPU 1 %s)",
+			     CPU_COUNT(&allowed), CPU_ISSET(0, &allowed) ? "in" : "not in",
+			     CPU_ISSET(1, &allowed) ? "in" : "not in");
+}
+
 /* A connection to @port on keel-kv's shard @shard: CPU steering puts a loopback
  * connection on the shard of the CPU that sent its SYN, so connect from that CPU, and check
- * with CLIENT ID (the shard is the id modulo KEEL_MAX_SHARDS, 256). -1 when it is not there
- * (the shards are not on CPUs 0 and 1). */
+ * with CLIENT ID (the shard is the id modulo KEEL_MAX_SHARDS, 256). Its test called
+ * shards_on_cpus_0_and_1 first, so the connection must land there: the test fails, naming
+ * which step went wrong, where it does not. */
 static int
 connect_to_shard(int port, unsigned shard)
 {
@@ -998,17 +1015,23 @@ connect_to_shard(int port, unsigned shard)
 	CPU_ZERO(&set);
 	CPU_SET(shard, &set);
 	cr_assert_eq(sched_getaffinity(0, sizeof(old), &old), 0);
-	if (sched_setaffinity(0, sizeof(set), &set) < 0)
-		return -1;
+	cr_assert_eq(sched_setaffinity(0, sizeof(set), &set), 0,
+		     "connect_to_shard: sched_setaffinity to CPU %u, which is allowed: %s", shard,
+		     strerror(errno));
 	fd = test_connect(port);
 	sched_setaffinity(0, sizeof(old), &old);
 	test_send_all(fd, "CLIENT ID\r\n", 11);
 	n = recv(fd, rep, sizeof(rep) - 1, 0);
 	rep[n > 0 ? n : 0] = 0;
-	if (sscanf(rep, ":%lld", &id) != 1 || id % 256 != shard) {
-		close(fd);
-		return -1;
-	}
+	cr_assert(n > 0 && sscanf(rep, ":%lld", &id) == 1,
+		  "connect_to_shard: CLIENT ID's reply did not parse: '%s' (%s)", rep,
+		  n < 0    ? strerror(errno)
+		  : n == 0 ? "EOF"
+			   : "no :id");
+	cr_assert_eq(id % 256, shard,
+		     "connect_to_shard: a connection made from CPU %u landed on shard %lld, not "
+		     "%u (CLIENT ID %lld): CPU steering did not put it on that CPU's shard",
+		     shard, id % 256, shard, id);
 	return fd;
 }
 
@@ -1028,17 +1051,12 @@ Test(faults_kv, aof_a_slow_shards_backlog_holds_the_connections_of_the_others)
 	struct proc p;
 	int fd;
 
+	shards_on_cpus_0_and_1();
 	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
 	setenv("KEEL_KV_AOF_CHUNK_SHARD", "1", 1);
 	slow_disk_start(&p, "2", dir);
 	unsetenv("KEEL_KV_AOF_CHUNK_SHARD");
 	fd = connect_to_shard(p.port, 0);
-	if (fd < 0) {
-		proc_stop(&p);
-		rm_dir(dir);
-		cr_skip_test("no connection landed on shard 0 (CPU steering: shards not on CPUs "
-			     "0 and 1 here)");
-	}
 	sets_backlog_peak(p.port, fd);
 	cr_assert_geq(persistence_field(p.port, "aof_backlog_holds:"), 1,
 		      "shard 1's backlog never reached its bound: the test shows nothing");
@@ -2840,6 +2858,7 @@ Test(faults_kv, aof_always_reads_held_on_another_shard_count_toward_the_limits)
 	int w, fd, sent = 0;
 	size_t sl;
 
+	shards_on_cpus_0_and_1();
 	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
 	snprintf(sgate, sizeof(sgate), "%s.sgate", dir);
 	snprintf(log, sizeof(log), "%s.log", dir);
@@ -2856,15 +2875,6 @@ Test(faults_kv, aof_always_reads_held_on_another_shard_count_toward_the_limits)
 	info_value(p.port, "shards", "shard0:keys=", v, sizeof(v));
 	owner = atoi(v) == 1 ? 0 : 1;
 	fd = connect_to_shard(p.port, 1 - owner);
-	if (fd < 0) {
-		close(w);
-		proc_stop(&p);
-		unlink(log);
-		rm_dir(dir);
-		cr_skip_test("no connection landed on shard %u (CPU steering: shards not on CPUs "
-			     "0 and 1 here)",
-			     1 - owner);
-	}
 	/* The owner's next records wait for their sync: big, written again. */
 	cr_assert_eq(close(open(sgate, O_WRONLY | O_CREAT, 0644)), 0);
 	test_send_all(w, set, sl);
@@ -2952,6 +2962,7 @@ Test(faults_kv, aof_always_exec_error_past_send_max_on_another_shard_waits_for_t
 	size_t len;
 	ssize_t r;
 
+	shards_on_cpus_0_and_1();
 	cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
 	snprintf(sgate, sizeof(sgate), "%s.sgate", dir);
 	snprintf(log, sizeof(log), "%s.log", dir);
@@ -2972,18 +2983,7 @@ Test(faults_kv, aof_always_exec_error_past_send_max_on_another_shard_waits_for_t
 	info_value(p.port, "shards", "shard0:keys=", v, sizeof(v));
 	owner = atoi(v) == 1 ? 0 : 1;
 	fd = connect_to_shard(p.port, 1 - owner);
-	fd2 = fd < 0 ? -1 : connect_to_shard(p.port, 1 - owner);
-	if (fd2 < 0) {
-		if (fd >= 0)
-			close(fd);
-		close(w);
-		proc_stop(&p);
-		unlink(log);
-		rm_dir(dir);
-		cr_skip_test("no connection landed on shard %u (CPU steering: shards not on CPUs "
-			     "0 and 1 here)",
-			     1 - owner);
-	}
+	fd2 = connect_to_shard(p.port, 1 - owner);
 	base = forwarded_in(p.port, owner);
 	/* The owner's next records (the transaction's SET) wait for their sync. */
 	cr_assert_eq(close(open(sgate, O_WRONLY | O_CREAT, 0644)), 0);
@@ -3183,6 +3183,7 @@ Test(faults_kv, watches_end_when_a_reset_drops_requests_waiting_for_room)
 	struct proc p;
 	int fd, c0, cr, c[2], cf, cb;
 
+	shards_on_cpus_0_and_1();
 	fd = mkstemp(gate);
 	cr_assert_geq(fd, 0, "mkstemp: %s", strerror(errno));
 	close(fd);
@@ -3217,16 +3218,9 @@ Test(faults_kv, watches_end_when_a_reset_drops_requests_waiting_for_room)
 	}
 	cr_assert(key_r[0], "no hash tag of shard %u among w1-w47", home);
 	c[0] = connect_to_shard(p.port, home);
-	if (c[0] < 0) {
-		unlink(gate_r);
-		proc_stop(&p);
-		unlink(log);
-		cr_skip_test("keel-kv's shards are not on CPUs 0 and 1");
-	}
 	c[1] = connect_to_shard(p.port, home);
 	cf = connect_to_shard(p.port, home);
 	cb = connect_to_shard(p.port, home);
-	cr_assert(c[1] >= 0 && cf >= 0 && cb >= 0);
 	test_send_all(c[0], "WATCH {w0}a\r\n", 13);
 	reply_is(c[0], "+OK\r\n", "WATCH");
 	test_send_all(c[1], "WATCH {w0}b\r\nMULTI\r\nSET {w0}b 1\r\n", 33);
