@@ -61,6 +61,16 @@ Test(alloc_slot, each_use_ends_at_its_last_put_and_the_next_use_has_a_new_genera
 	sim_fini();
 }
 
+/* The misuse aborts below say what was misused first: the log hook checks the line (a
+ * line without it fails the test before the abort). */
+static void
+says(int level, const char *msg, void *arg)
+{
+	(void)level;
+	cr_assert(strstr(msg, (const char *)arg), "the abort's line: '%s'", msg);
+}
+
+/* The allocator's invariant check (alloc_verify) says the expression that failed. */
 Test(alloc_slot, a_stale_slice_of_an_earlier_use_aborts_its_put, .signal = SIGABRT)
 {
 	struct keel_slice s, stale, t;
@@ -72,7 +82,11 @@ Test(alloc_slot, a_stale_slice_of_an_earlier_use_aborts_its_put, .signal = SIGAB
 	stale = s;
 	keel_slice_put(&s);
 	keel_buf_slot_arm(b, &t);
+	keel_alloc_log_set(says, "invariant violated: s->gen_ == b->gen (memory corruption)");
 	keel_slice_put(&stale); /* the earlier use's: must not drop the new use's reference */
+	keel_alloc_log_set(NULL, NULL);
+	cr_assert_fail("the put of a stale slice returned (the new use's references: %u)",
+		       keel_slice_refs(&t));
 }
 
 Test(alloc_slot, arming_a_slot_whose_use_is_live_aborts, .signal = SIGABRT)
@@ -83,7 +97,12 @@ Test(alloc_slot, arming_a_slot_whose_use_is_live_aborts, .signal = SIGABRT)
 	sim_init(NULL, NULL);
 	b = slot();
 	keel_buf_slot_arm(b, &s);
+	keel_alloc_log_set(
+		says,
+		"invariant violated: b->kind == BUF_SLOT && b->refs == 0 (memory corruption)");
 	keel_buf_slot_arm(b, &t);
+	keel_alloc_log_set(NULL, NULL);
+	cr_assert_fail("a second arm while the first use is live returned");
 }
 
 Test(alloc_slot, a_use_exported_and_put_on_another_shard_ends_at_home)
@@ -143,15 +162,6 @@ Test(alloc_slot, a_release_that_destroys_the_header_is_the_last_touch_of_it)
 	cr_assert_eq(st.ext_buffers_live, 0);
 	cr_assert_eq(st.buffers_live, 0);
 	sim_fini();
-}
-
-/* The misuse aborts below say what was misused first: the log hook checks the line (a
- * line without it fails the test before the abort). */
-static void
-says(int level, const char *msg, void *arg)
-{
-	(void)level;
-	cr_assert(strstr(msg, (const char *)arg), "the abort's line: '%s'", msg);
 }
 
 /* A destroyed header is on its allocator's free list: destroyed again, it was linked to
