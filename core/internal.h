@@ -517,6 +517,12 @@ extern _Atomic unsigned keel__fault_defer_nomem;
 /* ... each keel_shard_on_stop() before the stop (or from a stop hook) fails with -ENOMEM
  * (the hooks' vector could not grow): the network's flush then cannot begin. */
 extern _Atomic unsigned keel__fault_stop_hook_nomem;
+/* Pause points for tests of the races between threads, each called when set (NULL:
+ * nothing): keel_runtime_join's end, JOIN_DONE stored with start_lock still held, before
+ * the destroy on another thread that waits for it may free @rt (runtime.c, join_claimed);
+ * a destroy about to wait there for another thread's join. */
+extern void (*keel__hook_join_done)(struct keel_runtime *rt);
+extern void (*keel__hook_join_wait)(struct keel_runtime *rt);
 /* ... each keel__submit_said() fails with -ENOMEM without entering the kernel. */
 extern _Atomic unsigned keel__fault_submit_fail;
 /* ... while non-zero, each submit of a feature probe's trial (caps.c) fails with -ENOMEM, as

@@ -61,6 +61,8 @@ keel__defer_fini(struct defer_vec *v)
 #ifdef KEEL_FAULTS
 _Atomic unsigned keel__fault_defer_nomem;
 _Atomic unsigned keel__fault_stop_hook_nomem;
+void (*keel__hook_join_done)(struct keel_runtime *rt);
+void (*keel__hook_join_wait)(struct keel_runtime *rt);
 #endif
 
 int
@@ -1285,15 +1287,24 @@ join_claimed(struct keel_runtime *rt)
 	 * sees it: nothing here touches @rt once the lock is released. */
 	pthread_mutex_lock(&rt->start_lock);
 	atomic_store(&rt->join, JOIN_DONE);
+#ifdef KEEL_FAULTS
+	if (keel__hook_join_done)
+		keel__hook_join_done(rt);
+#endif
 	pthread_cond_broadcast(&rt->join_cond);
 	pthread_mutex_unlock(&rt->start_lock);
 	return r;
 }
 
-/* Until another thread's join of @rt has returned. */
+/* Until another thread's join of @rt has returned. Under the lock: a join that stored
+ * JOIN_DONE still holds it until it no longer touches @rt. */
 static void
 join_wait(struct keel_runtime *rt)
 {
+#ifdef KEEL_FAULTS
+	if (keel__hook_join_wait)
+		keel__hook_join_wait(rt);
+#endif
 	pthread_mutex_lock(&rt->start_lock);
 	while (atomic_load(&rt->join) != JOIN_DONE)
 		pthread_cond_wait(&rt->join_cond, &rt->start_lock);
@@ -1339,19 +1350,31 @@ keel_runtime_destroy(struct keel_runtime *rt)
 
 	if (!rt || on_own_shard(rt, "keel_runtime_destroy"))
 		return;
-	if (rt->started && atomic_load(&rt->join) != JOIN_DONE) {
-		keel_runtime_stop(rt, 0);
-		/* Joined here, or, when another thread's join is under way, after that join has
-		 * returned: freeing @rt under it would have it join freed threads. */
+	if (rt->started) {
+		if (atomic_load(&rt->join) != JOIN_DONE)
+			keel_runtime_stop(rt, 0);
+		/* Joined here, or, when another thread's join is under way or has just ended,
+		 * after that join has released start_lock: freeing @rt under it would have it
+		 * join freed threads, or signal and unlock freed memory (a JOIN_DONE read
+		 * without the lock may be one its joiner stored and has not yet unlocked). */
 		if (atomic_compare_exchange_strong(&rt->join, &idle, JOIN_BUSY))
 			join_claimed(rt);
 		else
 			join_wait(rt);
 	}
 	close_shard_fds(rt);
+#ifdef KEEL_FAULTS
+	/* A lock held here is a thread still inside @rt (EBUSY from glibc): the tests of the
+	 * races above see it at once rather than as a use after free that may go unseen (the
+	 * freed memory's reads and writes are glibc's, not instrumented). */
+	for (unsigned i = 0; i < rt->count; i++)
+		keel_verify(pthread_mutex_destroy(&rt->shards[i].xlock) == 0);
+	keel_verify(pthread_mutex_destroy(&rt->start_lock) == 0);
+#else
 	for (unsigned i = 0; i < rt->count; i++)
 		pthread_mutex_destroy(&rt->shards[i].xlock);
 	pthread_mutex_destroy(&rt->start_lock);
+#endif
 	pthread_cond_destroy(&rt->latch_cond);
 	pthread_cond_destroy(&rt->join_cond);
 	/* A shard that ended with operations that never completed (loop.c, final_drain)

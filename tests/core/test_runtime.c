@@ -4,9 +4,11 @@
 #include <keel/caps.h>
 #include <pthread.h>
 #include <sched.h>
+#include <semaphore.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
@@ -590,3 +592,76 @@ Test(core_runtime, a_destroy_while_another_thread_joins_waits_for_that_join, .ti
 	cr_assert_eq(atomic_load(&dj_errors), 0,
 		     "%d ERROR lines: the destroy's own join was refused", atomic_load(&dj_errors));
 }
+
+/* The same destroy, made just as that join ends: it has stored JOIN_DONE and still holds
+ * start_lock to signal join_cond. The destroy read JOIN_DONE without the lock, skipped the
+ * wait, destroyed the locked mutex and freed the runtime, and the joiner then signalled and
+ * unlocked freed memory (a KEEL_FAULTS build checks the mutex's destroy: EBUSY aborted the
+ * test). The join is held at that point (core/internal.h, keel__hook_join_done) until the
+ * destroy is about to wait for the lock (keel__hook_join_wait), or has returned. */
+#ifdef KEEL_FAULTS
+static sem_t dd_held, dd_release;
+static _Atomic int dd_waits;
+
+/* Waits up to 20 s: false when the semaphore was not posted by then. */
+static bool
+sem_wait_20s(sem_t *sem)
+{
+	struct timespec dl;
+
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += 20;
+	while (sem_timedwait(sem, &dl) != 0)
+		if (errno != EINTR)
+			return false;
+	return true;
+}
+
+static void
+dd_hold(struct keel_runtime *rt)
+{
+	(void)rt;
+	sem_post(&dd_held);
+	sem_wait_20s(&dd_release);
+}
+
+static void
+dd_wait(struct keel_runtime *rt)
+{
+	(void)rt;
+	atomic_fetch_add(&dd_waits, 1);
+	sem_post(&dd_release);
+}
+
+Test(core_runtime, a_destroy_as_another_threads_join_ends_waits_for_it_to_let_go, .timeout = 60)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_runtime *rt;
+	pthread_t th;
+	void *r;
+
+	sem_init(&dd_held, 0, 0);
+	sem_init(&dd_release, 0, 0);
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, NULL, NULL), 0);
+	keel__hook_join_done = dd_hold;
+	keel__hook_join_wait = dd_wait;
+	cr_assert_eq(pthread_create(&th, NULL, dj_join, rt), 0);
+	keel_runtime_stop(rt, 5);
+	cr_assert(sem_wait_20s(&dd_held), "the join never reached its end");
+	keel_runtime_destroy(rt); /* JOIN_DONE stored, start_lock held by the joiner */
+	sem_post(&dd_release);    /* without the wait: the joiner goes on in freed memory */
+	cr_assert_eq(pthread_join(th, &r), 0);
+	keel__hook_join_done = NULL;
+	keel__hook_join_wait = NULL;
+	cr_assert_eq((intptr_t)r, 5, "the join returned %d: want the stop status (5)",
+		     (int)(intptr_t)r);
+	cr_assert_eq(atomic_load(&dd_waits), 1, "the destroy waited %d times for the join",
+		     atomic_load(&dd_waits));
+}
+#else
+Test(core_runtime, a_destroy_as_another_threads_join_ends_waits_for_it_to_let_go)
+{
+	cr_skip_test("needs fault injection's pause points: a -DKEEL_FAULTS=ON build (build-asan)");
+}
+#endif

@@ -105,8 +105,9 @@ KEEL_API int keel_runtime_join(struct keel_runtime *rt);
  * starting thread: it logs an ERROR naming the fix, and that thread gets its mask back when
  * it next joins a runtime it started. When another thread is inside keel_runtime_join()
  * already, the destroy stops the runtime (status 0 unless a stop came first), waits for
- * that join to return (it returns the stop status) and then frees the runtime. A join that
- * begins after the destroy has begun is a use after free, as any call on @rt.
+ * that join to return (it returns the stop status; also a join at its very end, which
+ * still holds the runtime's lock) and then frees the runtime. A join that begins after the
+ * destroy has begun is a use after free, as any call on @rt.
  * Context: any thread, after join (with opts->signals, a join on the starting thread), but
  * one of the runtime's own shards: there it cannot free the runtime it runs on, nor join
  * it, so it logs an ERROR naming the fix and returns, destroying nothing (the runtime runs
