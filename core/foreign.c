@@ -57,20 +57,22 @@ run_listed(const struct keel_shard *s, const struct keel_xreq *r)
 	return false;
 }
 
-int
-keel_runtime_submit(struct keel_runtime *rt, unsigned shard, struct keel_xreq *req)
+/* keel_runtime_submit's work, counted in @s->xcalls. */
+static int
+submit_counted(struct keel_runtime *rt, struct keel_shard *s, struct keel_xreq *req)
 {
-	struct keel_shard *s, *own = NULL;
+	struct keel_shard *own = NULL;
 
-	if (!rt || shard >= rt->count || !req || !req->fn)
-		return -EINVAL;
-	s = &rt->shards[shard];
 	/* Handed on by the fn it ran in (not completed): off this shard's list first, as the
 	 * shard it goes to lists it when it runs there. */
 	if (keel__cur && req->rsh_ == keel__cur && run_listed(keel__cur, req)) {
 		own = keel__cur;
 		run_unlink(own, req);
 	}
+#ifdef KEEL_FAULTS
+	if (keel__hook_submit)
+		keel__hook_submit(rt, s->id);
+#endif
 	pthread_mutex_lock(&s->xlock);
 	if (s->xclosed || !atomic_load(&rt->accepting) || atomic_load(&rt->stopping)) {
 		pthread_mutex_unlock(&s->xlock);
@@ -96,6 +98,26 @@ keel_runtime_submit(struct keel_runtime *rt, unsigned shard, struct keel_xreq *r
 		keel__shard_wake(s, NULL);
 	pthread_mutex_unlock(&s->xlock);
 	return 0;
+}
+
+int
+keel_runtime_submit(struct keel_runtime *rt, unsigned shard, struct keel_xreq *req)
+{
+	struct keel_shard *s;
+	int r;
+
+	if (!rt || shard >= rt->count || !req || !req->fn)
+		return -EINVAL;
+	s = &rt->shards[shard];
+	/* Counted before the shard's lock and list are touched, until the last touch of @s
+	 * (its wake-up included): keel_runtime_join waits for no call to be left in progress,
+	 * as for keel_runtime_stop's, so a destroy after it cannot free the lock under a host
+	 * thread still in here (one that submits until it gets -ESHUTDOWN). Per shard, so
+	 * that threads submitting to different shards share no line for it. */
+	atomic_fetch_add(&s->xcalls, 1);
+	r = submit_counted(rt, s, req);
+	atomic_fetch_sub(&s->xcalls, 1);
+	return r;
 }
 
 unsigned

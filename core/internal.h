@@ -260,6 +260,9 @@ struct keel_shard {
 	 * rnext_ and rprev_), completed with -ECANCELED at the shard's end. */
 	struct keel_xreq *xrun;
 	_Atomic int xpending;
+	/* keel_runtime_submit calls to this shard in progress, on any thread (join waits for
+	 * none to be left before a destroy may free the lock). */
+	_Atomic int xcalls;
 	bool xclosed;
 	int xefd;
 	uint64_t xefd_buf;
@@ -523,6 +526,11 @@ extern _Atomic unsigned keel__fault_stop_hook_nomem;
  * a destroy about to wait there for another thread's join. */
 extern void (*keel__hook_join_done)(struct keel_runtime *rt);
 extern void (*keel__hook_join_wait)(struct keel_runtime *rt);
+/* ... keel_runtime_submit to @shard, counted (xcalls), before it takes the shard's lock;
+ * keel_runtime_join finding calls of keel_runtime_submit or keel_runtime_stop in progress
+ * (once per join), before it waits for them to leave. */
+extern void (*keel__hook_submit)(struct keel_runtime *rt, unsigned shard);
+extern void (*keel__hook_join_calls)(struct keel_runtime *rt);
 /* ... each keel__submit_said() fails with -ENOMEM without entering the kernel. */
 extern _Atomic unsigned keel__fault_submit_fail;
 /* ... while non-zero, each submit of a feature probe's trial (caps.c) fails with -ENOMEM, as

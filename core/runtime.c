@@ -63,6 +63,8 @@ _Atomic unsigned keel__fault_defer_nomem;
 _Atomic unsigned keel__fault_stop_hook_nomem;
 void (*keel__hook_join_done)(struct keel_runtime *rt);
 void (*keel__hook_join_wait)(struct keel_runtime *rt);
+void (*keel__hook_join_calls)(struct keel_runtime *rt);
+void (*keel__hook_submit)(struct keel_runtime *rt, unsigned shard);
 #endif
 
 int
@@ -1262,6 +1264,38 @@ on_own_shard(const struct keel_runtime *rt, const char *call)
 	return true;
 }
 
+/* Whether a keel_runtime_stop or keel_runtime_submit on another thread is inside @rt. */
+static bool
+calls_in_progress(struct keel_runtime *rt)
+{
+	if (atomic_load(&rt->stop_calls))
+		return true;
+	for (unsigned i = 0; i < rt->count; i++)
+		if (atomic_load(&rt->shards[i].xcalls))
+			return true;
+	return false;
+}
+
+/* Until no such call is left: a stop may still be waking shards that have ended, a submit
+ * be about to lock a shard's request list (and find it closed). The caller may destroy @rt
+ * once this returns. */
+static void
+calls_wait(struct keel_runtime *rt)
+{
+#ifdef KEEL_FAULTS
+	bool said = false;
+#endif
+
+	while (calls_in_progress(rt)) {
+#ifdef KEEL_FAULTS
+		if (!said && keel__hook_join_calls)
+			keel__hook_join_calls(rt);
+		said = true;
+#endif
+		sched_yield();
+	}
+}
+
 /* The join, once claimed (rt->join JOIN_BUSY). Returns the join's status. */
 static int
 join_claimed(struct keel_runtime *rt)
@@ -1271,9 +1305,7 @@ join_claimed(struct keel_runtime *rt)
 	for (unsigned i = 0; i < rt->created; i++)
 		pthread_join(rt->shards[i].thread, NULL);
 	keel__signal_unlist(rt); /* no other runtime's signal reader stops @rt from now on */
-	/* A keel_runtime_stop on another thread may still be waking shards that have ended. */
-	while (atomic_load(&rt->stop_calls))
-		sched_yield();
+	calls_wait(rt);
 	/* A start that failed leaves pending signals to the host, as one that failed before
 	 * its threads does: no stop of keel's was under way for them to belong to. */
 	mask_release(rt, !rt->start_err);

@@ -294,6 +294,13 @@ struct keel_xreq {
  * Not a cancellation point: a deferred cancel pending in the calling thread acts at its
  * next one, after the call (the call holds the shard's request lock across its wake-up).
  * Asynchronous cancellation (PTHREAD_CANCEL_ASYNCHRONOUS) must be off around it.
+ * keel_runtime_join() waits for the calls in progress on other threads to return, as for
+ * keel_runtime_stop()'s: a host thread inside this call while the starting thread stops,
+ * joins and destroys @rt gets its -ESHUTDOWN before the shard's memory is freed. That
+ * covers a call already under way, not one made after the join returned (or just as it
+ * returns, before the call is counted): a host whose threads submit until they get
+ * -ESHUTDOWN still stops them (joins them, or hears from each that it is done with @rt)
+ * before keel_runtime_destroy().
  * Context: any thread.
  */
 KEEL_API int keel_runtime_submit(struct keel_runtime *rt, unsigned shard, struct keel_xreq *req);
