@@ -1523,10 +1523,16 @@ static struct keel_listener *listener;
  * stop had begun (a stop that did not wait for the pool first). Each is answered with its
  * checksum, which the worker computed, and released here, on its shard (its slice is this
  * shard's: put anywhere else, or never, it leaked). Every shard's hook runs pool_stop and
- * then this, so each takes its own. The reply does not reach the client: the network's stop
- * hook, registered before this one (at the listener's start), has aborted the connection,
- * and keel's stop drains no sends (docs/embedding.md). A stop the host makes itself drains
- * the pool first (stop_from_shard, stopper), while the runtime runs, so that it does. */
+ * then this, so each takes its own. With keel-embed's --stop-flush-ms (2000 by default) the
+ * reply reaches the client: the network's stop hook, registered before this one (at the
+ * listener's start), leaves the connection open for this hook and closes it gracefully
+ * after it (the reply, then a FIN), holding the stop up to 2 s for the client to take it
+ * (docs/net.md, "The stop's flush"; tested by
+ * embed/a_result_refused_once_the_stop_began_is_answered_by_its_shard). With
+ * --stop-flush-ms 0 that hook has aborted the connection already, and the reply is lost.
+ * A stop the host makes itself drains the pool first (stop_from_shard, stopper), while
+ * the runtime runs, so that its replies go out before keel's stop begins, whatever the
+ * option. */
 static void
 orphans_take(void)
 {
