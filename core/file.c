@@ -1440,13 +1440,28 @@ keel_file_last_error(void)
 	return cur_shard(__func__)->files.last_err;
 }
 
+/* Said once per process: a host that polls the counters from its own thread would log
+ * at every poll. */
+static _Atomic bool stats_off_said;
+
 int
 keel_file_stats(const struct keel_shard *sh, struct keel_file_stats *out)
 {
 	struct keel_shard *s = keel__cur;
 
-	if (!sh || !out || sh != s)
+	if (!sh || !out)
 		return -EINVAL;
+	if (sh != s) {
+		if (!atomic_exchange(&stats_off_said, true))
+			keel_log(
+				KEEL_LOG_ERROR, "file",
+				"keel_file_stats of shard %u %s: refused (-EINVAL; the counters "
+				"are plain fields of that shard, read only there); call it on that "
+				"shard, e.g. from a request handed to it with keel_runtime_submit "
+				"(said once)",
+				sh->id, s ? "on another shard" : "on a thread that is not a shard");
+		return -EINVAL;
+	}
 	s->files.st.qd = qd_of(s);
 	s->files.st.direct_slots = s->files.direct;
 	*out = s->files.st;

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/falloc.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -368,6 +369,52 @@ dio_misalignment(bool desc)
 	cr_assert(!strstr(dio.e_addr, "length 4096 is") && !strstr(dio.e_addr, "offset 0 is"), "%s",
 		  dio.e_addr);
 	cr_assert_eq(dio.read_res, 4096, "aligned O_DIRECT read at the position: %d", dio.read_res);
+}
+
+/* keel_file_stats off its shard: -EINVAL, and one ERROR line naming the fix, however
+ * often it is called (before, a bare -EINVAL: a host polling it from its own thread saw
+ * only that). */
+static struct keel_shard *_Atomic fs_shard;
+static _Atomic int fs_errors, fs_named;
+
+static void
+fs_start(void *app)
+{
+	(void)app;
+	atomic_store(&fs_shard, keel_this_shard());
+}
+
+static void
+fs_sink(enum keel_log_level level, const char *module, int shard, const char *msg, void *arg)
+{
+	(void)shard, (void)arg;
+	if (level != KEEL_LOG_ERROR || strcmp(module, "file") != 0)
+		return;
+	atomic_fetch_add(&fs_errors, 1);
+	if (strstr(msg, "keel_file_stats of shard 0 on a thread that is not a shard") &&
+	    strstr(msg, "keel_runtime_submit"))
+		atomic_fetch_add(&fs_named, 1);
+}
+
+Test(core_file, stats_off_the_shard_are_refused_and_said_once)
+{
+	struct keel_opts o = test_opts(1);
+	struct keel_runtime *rt;
+	struct keel_file_stats st;
+
+	cr_assert_eq(keel_runtime_create(&o, &rt), 0);
+	cr_assert_eq(keel_runtime_start(rt, fs_start, NULL), 0);
+	WAIT_FOR(atomic_load(&fs_shard) != NULL, "on_start never ran");
+	keel_log_set_sink(fs_sink, NULL);
+	cr_assert_eq(keel_file_stats(atomic_load(&fs_shard), &st), -EINVAL);
+	cr_assert_eq(keel_file_stats(atomic_load(&fs_shard), &st), -EINVAL);
+	keel_log_set_sink(NULL, NULL);
+	keel_runtime_stop(rt, 0);
+	cr_assert_eq(keel_runtime_join(rt), 0);
+	keel_runtime_destroy(rt);
+	cr_assert_eq(atomic_load(&fs_errors), 1, "%d ERROR lines for two refusals, want 1",
+		     atomic_load(&fs_errors));
+	cr_assert_eq(atomic_load(&fs_named), 1, "the line does not name the shard and the fix");
 }
 
 Test(core_file, odirect_misalignment_names_the_value)

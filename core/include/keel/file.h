@@ -307,7 +307,7 @@ struct keel_file_stats {
  * Shard @sh's disk request counters into *out (the stats convention: docs/architecture.md,
  * "Stats").
  * Returns: 0; -EINVAL when @sh is not the calling shard (the counters are plain per-shard
- * fields) or @out is NULL.
+ * fields: an ERROR, once per process, names the fix) or @out is NULL.
  * Context: the shard @sh (keel_this_shard()).
  */
 KEEL_API int keel_file_stats(const struct keel_shard *sh, struct keel_file_stats *out);
