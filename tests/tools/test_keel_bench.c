@@ -973,12 +973,19 @@ Test(tools_bench, epoll_client_against_the_keel_server)
 	cross_with("epoll", "keel", NULL);
 }
 
-/* The epoll server that sends a wait's replies after all of its events (--defer-writes,
- * as Redis does): every mode, each connection's replies gathered in its own 16 KiB buffer
- * (stream 64 KiB fills it: the rest is read after the flush, with no new edge). */
+/* The epoll server sends a wait's replies after all of its events by default
+ * (--defer-writes, as Redis does), each connection's replies gathered in its own buffer
+ * (stream 64 KiB fills its first 16 KiB: it grows, and the rest is read after the flush,
+ * with no new edge); with --no-defer-writes each reply goes as its connection is read:
+ * every mode, both ways. */
 Test(tools_bench, the_epoll_server_deferring_its_writes_serves_every_mode)
 {
 	cross_with("epoll", "epoll", "--defer-writes");
+}
+
+Test(tools_bench, the_epoll_server_writing_as_it_reads_serves_every_mode)
+{
+	cross_with("epoll", "epoll", "--no-defer-writes");
 }
 
 /* ---- udp: one client, both servers ---- */
@@ -1948,7 +1955,7 @@ Test(tools_bench, the_epoll_server_holds_a_backed_up_batch_without_copying_it)
 	double in = -1, sent = -1, held = -1, held_bytes = -1, msgs_all;
 	pid_t pid;
 	FILE *f;
-	unsigned port = serve_spawn("epoll", &pid, &f);
+	unsigned port = serve_spawn_with("epoll", "--no-defer-writes", &pid, &f);
 	int st;
 
 	echo_backed_up(port, total);
@@ -2000,20 +2007,23 @@ Test(tools_bench, the_epoll_server_deferring_its_writes_echoes_a_backed_up_strea
 		      sv.bytes_out);
 }
 
-/* --defer-writes is the epoll server's, given where that server runs. */
+/* --defer-writes and --no-defer-writes are the epoll server's, given where that server
+ * runs. */
 Test(tools_bench, defer_writes_is_refused_where_no_epoll_server_runs)
 {
 	static const char *const cases[] = {
 		"pingpong --backend keel --defer-writes",
 		"pingpong --port 1 --defer-writes",
+		"pingpong --backend keel --no-defer-writes",
 	};
 	char args[256], *out;
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		snprintf(args, sizeof(args), "%s --seconds 0.05 --warmup 0", cases[i]);
 		cr_expect_eq(bench_once(args, &out), 2, "%s:\n%s", args, out);
-		cr_expect(strstr(out, "--defer-writes"), "%s: the option is not named:\n%s", args,
-			  out);
+		cr_expect(strstr(out, strstr(cases[i], "--no-") ? "--no-defer-writes"
+								: "--defer-writes"),
+			  "%s: the option is not named:\n%s", args, out);
 		free(out);
 	}
 }

@@ -30,9 +30,9 @@
 #                         (set KEEL_WAIT_COALESCE_US too to move both)
 #     --epoll-udp-gso     the epoll server echoes UDP with UDP_SEGMENT, as keel batches its
 #                         UDP sends (keel-bench serve --udp-gso; default: sendmmsg)
-#     --epoll-defer-writes the epoll server sends a wait's replies after all of its events
-#                         are read, as Redis does (keel-bench serve --defer-writes; default:
-#                         each as its connection is read)
+#     --epoll-plain-writes the epoll server sends each reply as its connection is read
+#                         (keel-bench serve --no-defer-writes; default: a wait's replies after
+#                         all of its events are read, as Redis does)
 #     --client B          the one client: epoll (default) or keel (udp always uses sockets)
 #     --client-poll-us N  the epoll client (and udp's) polls N us before it blocks (keel-bench
 #                         --client-poll-us; default 0): a client whose wake-ups do not make
@@ -94,7 +94,7 @@ while [ $# -gt 0 ]; do
 	--spin-us) spin=${2:?--spin-us needs a value}; shift ;;
 	--epoll-gather-us) egather=${2:?--epoll-gather-us needs a value}; shift ;;
 	--epoll-udp-gso) eudp=(--udp-gso) ;;
-	--epoll-defer-writes) edefer=(--defer-writes) ;;
+	--epoll-plain-writes) edefer=(--no-defer-writes) ;;
 	--client) client=${2:?--client needs a value}; shift ;;
 	--client-poll-us) cpoll=${2:?--client-poll-us needs a value}; shift ;;
 	--servers) servers=${2:?--servers needs a value}; shift ;;
@@ -678,9 +678,9 @@ client_desc="keel-bench MODE --client $client --port P --server-pid PID"
 		echo "- UDP sends: keel batches datagrams to one destination with UDP_SEGMENT (udp_gso_segs, docs/net.md); the epoll server uses sendmmsg, a datagram per message (--epoll-udp-gso: UDP_SEGMENT too), except in rows named *-gso, where it batches with UDP_SEGMENT as keel does"
 	fi
 	if [ ${#edefer[@]} -gt 0 ]; then
-		echo "- TCP replies: the epoll server sends a wait's replies after all of its events are read, as Redis does (--defer-writes); keel submits its sends with the pass's other requests"
+		echo "- TCP replies: the epoll server sends each connection's reply as it reads it (--epoll-plain-writes; by default after all of a wait's events, as Redis does); keel submits its sends with the pass's other requests"
 	else
-		echo "- TCP replies: the epoll server sends each connection's reply as it reads it (--epoll-defer-writes: after all of a wait's events); keel submits its sends with the pass's other requests"
+		echo "- TCP replies: the epoll server sends a wait's replies after all of its events are read, as Redis does (keel-bench serve's default; --epoll-plain-writes: each as its connection is read); keel submits its sends with the pass's other requests"
 	fi
 	# One server only (--servers) leaves the other's glob unmatched: nothing, not an exit.
 	gather=$(awk '/^keel-bench serve: keel .*, sleeps gather / { sub(/^.*, sleeps /, ""); print; exit }' \

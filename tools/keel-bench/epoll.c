@@ -40,8 +40,10 @@
  *     the sends its sleep submits). Until the forty-fourth session each event counted one,
  *     which met the floor only at twice keel's message rate and skipped only at 64 events
  *     (a review of the measurement code);
- *   - --defer-writes (default off): a wait's replies are sent after all of its events are
- *     read, as Redis does, from a 16 KiB reply buffer per connection (conn_io_defer);
+ *   - --defer-writes (the default; --no-defer-writes: each reply as its connection is read,
+ *     conn_io): a wait's replies are sent after all of its events are
+ *     read, as Redis does, from a reply buffer per connection (16 KiB, doubled up to 256
+ *     KiB by a connection that fills it: conn_io_defer);
  *   - UDP on the same port: a SO_REUSEPORT socket per thread in the same epoll instance,
  *     datagrams read with recvmmsg and echoed with sendmmsg in batches (udp.c).
  * No allocation per message. Every epoll_wait, read, sendmsg, accept4 and close a server
@@ -70,7 +72,7 @@
 #define EV_UNITS 2u /* keel's completions per ready descriptor: a receive's and a send's */
 #define SPARES   8u /* read buffers a thread keeps for connections that back up */
 #define MAXEV    256
-#define OCAP     (16u * 1024u) /* --defer-writes: a connection's reply buffer */
+#define OCAP     (16u * 1024u) /* --defer-writes: a connection's first reply buffer */
 
 struct sconn {
 	int fd;
@@ -79,8 +81,8 @@ struct sconn {
 	size_t head, len;
 	struct sconn *prev, *next;
 	/* --defer-writes: replies read in this wait's events, sent after all of them */
-	uint8_t *out;                /* OCAP bytes, from the first read */
-	size_t ohead, olen;          /* unsent: [ohead, olen) */
+	uint8_t *out;                /* ocap bytes, from the first read */
+	size_t ohead, olen, ocap;    /* unsent: [ohead, olen) */
 	bool more;                   /* out filled up before the socket drained: read on after */
 	struct sconn *dprev, *dnext; /* on the thread's list of those to send (dirty) */
 };
@@ -271,9 +273,10 @@ conn_io(struct sthread *t, struct sconn *c, uint32_t events)
 /*
  * --defer-writes: as a Redis-style server does, the replies a wait's events produce are
  * sent after all of those events are handled, not one by one between the reads. A
- * connection reads into its own reply buffer (OCAP: 16 KiB, copied to nowhere: the echo
- * is the bytes read) until it is full, EAGAIN, a short read or EOF, and goes on the
- * thread's dirty list; defer_flush sends each with one sendmsg. A connection whose socket
+ * connection reads into its own reply buffer (OCAP, 16 KiB, doubled up to TBUF by one that
+ * fills it; nothing is copied: the echo is the bytes read) until it is full, EAGAIN, a
+ * short read or EOF, and goes on the thread's dirty list; defer_flush sends each with one
+ * sendmsg. A connection whose socket
  * took part of its replies is not read until its EPOLLOUT edge, as in conn_io.
  */
 static void
@@ -304,24 +307,38 @@ conn_io_defer(struct sthread *t, struct sconn *c, uint32_t events)
 			return true;
 		c->ohead = c->olen = 0;
 	}
-	if (!c->out && !(c->out = malloc(OCAP))) {
-		t->errors++;
-		conn_close(t, c);
-		return false;
+	if (!c->out) {
+		c->out = malloc(OCAP);
+		c->ocap = OCAP;
+		if (!c->out) {
+			t->errors++;
+			conn_close(t, c);
+			return false;
+		}
 	}
 	c->more = false;
 	for (;;) {
-		if (c->olen == OCAP) {
+		if (c->olen == c->ocap && c->ocap < TBUF) {
+			/* A connection that fills its buffer (a stream) reads in batches as
+			 * large as conn_io's, so the mode costs it no more reads. */
+			uint8_t *b = realloc(c->out, c->ocap * 2);
+
+			if (b) {
+				c->out = b;
+				c->ocap *= 2;
+			}
+		}
+		if (c->olen == c->ocap) {
 			c->more = true;
 			break;
 		}
-		n = read(c->fd, c->out + c->olen, OCAP - c->olen);
+		n = read(c->fd, c->out + c->olen, c->ocap - c->olen);
 		t->syscalls++;
 		if (n > 0) {
 			t->recvs++;
 			t->bytes_in += (uint64_t)n;
 			c->olen += (size_t)n;
-			if (c->olen < OCAP)
+			if (c->olen < c->ocap)
 				break; /* a short read: drained */
 			continue;
 		}

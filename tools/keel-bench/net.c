@@ -69,8 +69,9 @@ static const char client_usage[] =
 	"                 keel's wait coalescing policy says it pays (default 0: never); keel's\n"
 	"                 runtime option is --wait-coalesce-us (default 10)\n"
 	"  --gather-fixed the epoll server: with --gather-us, before every blocking wait\n"
-	"  --defer-writes the epoll server: send a wait's replies after all of its events are\n"
-	"                 read, as Redis does (default: each as its connection is read)\n"
+	"  --no-defer-writes  the epoll server: send each reply as its connection is read\n"
+	"                 (default --defer-writes: a wait's replies after all of its events, as\n"
+	"                 Redis does)\n"
 	"  --udp-gso      the epoll server: echo each run of datagrams of one size from one\n"
 	"                 source with one sendmsg carrying UDP_SEGMENT (default: sendmmsg)\n"
 	"  --steer S      the keel server: cpu or hash, which shard accepts a connection\n"
@@ -109,8 +110,9 @@ static const char serve_usage[] =
 	"  --gather-us N  epoll: sleep N us before a blocking epoll_wait while keel's wait\n"
 	"                 coalescing policy says it pays (default 0); --gather-fixed: always;\n"
 	"                 keel: use the runtime option --wait-coalesce-us (default 10)\n"
-	"  --defer-writes epoll: send a wait's replies after all of its events are read, as\n"
-	"                 Redis does (default: each as its connection is read)\n"
+	"  --no-defer-writes  epoll: send each reply as its connection is read (default\n"
+	"                 --defer-writes: a wait's replies after all of its events are read, as\n"
+	"                 Redis does)\n"
 	"  --udp-gso      epoll: echo each run of datagrams of one size from one source with\n"
 	"                 one sendmsg carrying UDP_SEGMENT, as keel batches its UDP sends\n"
 	"                 (default: sendmmsg, a datagram per message)\n"
@@ -131,6 +133,7 @@ struct opts {
 	struct keel_opts rt;
 	const struct bench_backend *be, *client;
 	bool json, has_port, serve, has_size, has_busy, has_gather, has_client_poll, has_steer;
+	bool has_defer; /* --defer-writes or --no-defer-writes given */
 	long server_pid;
 	double seconds, warmup;
 	struct keel_cpuset server_cpus; /* --server-cpus */
@@ -258,8 +261,9 @@ parse(struct opts *o, int argc, char **argv)
 		} else if (!strcmp(a, "--gather-fixed")) {
 			c->gather_fixed = true;
 			o->has_gather = true;
-		} else if (!strcmp(a, "--defer-writes")) {
-			c->defer_writes = true;
+		} else if (!strcmp(a, "--defer-writes") || !strcmp(a, "--no-defer-writes")) {
+			c->defer_writes = a[2] == 'd';
+			o->has_defer = true;
 		} else if (!strcmp(a, "--udp-gso")) {
 			c->udp_gso = true;
 		} else if (OPT("--steer")) {
@@ -338,8 +342,8 @@ parse(struct opts *o, int argc, char **argv)
 			   "the keel server's option (the epoll server's SO_REUSEPORT group places "
 			   "connections by the kernel's hash)",
 			   NULL);
-	if (c->defer_writes && (o->be != &bench_backend_epoll || (!o->serve && o->has_port)))
-		return bad(o, "--defer-writes",
+	if (o->has_defer && (o->be != &bench_backend_epoll || (!o->serve && o->has_port)))
+		return bad(o, c->defer_writes ? "--defer-writes" : "--no-defer-writes",
 			   "the epoll server's option: give it with --backend epoll, to the "
 			   "server that runs it",
 			   NULL);
@@ -413,6 +417,7 @@ defaults(struct opts *o, enum bench_mode mode)
 	c->threads = 1;
 	c->shards = 1;
 	c->steer = KEEL_STEER_HASH;
+	c->defer_writes = true;
 	c->pin = true;
 	o->be = &bench_backend_keel;
 	o->client = NULL;
