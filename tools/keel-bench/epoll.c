@@ -380,8 +380,13 @@ defer_flush(struct sthread *t)
 		if (n < 0)
 			continue; /* closed */
 		c->ohead += (size_t)n;
-		if (c->ohead < c->olen)
-			continue; /* backed up: its EPOLLOUT edge sends the rest */
+		if (c->ohead < c->olen) {
+			/* backed up: its EPOLLOUT edge sends the rest, from where it lies (the
+			 * report's backpressure line counts it, as conn_io's) */
+			t->held++;
+			t->held_bytes += c->olen - c->ohead;
+			continue;
+		}
 		c->ohead = c->olen = 0;
 		/* Its buffer filled before the socket drained: no new edge will come for what
 		 * is left, so read on now (it joins the list's tail again if it has more). */
