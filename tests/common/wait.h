@@ -12,7 +12,9 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <semaphore.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -37,6 +39,20 @@ static inline uint64_t __attribute__((unused)) test_now_ms(void)
 static inline uint64_t __attribute__((unused)) test_deadline(unsigned ms)
 {
 	return test_now_ms() + ms;
+}
+
+/* Waits for @sem to be posted, up to TEST_WAIT_MS (EINTR goes on waiting): false when it
+ * was not by then, for the caller to fail with what it waited for. */
+static inline bool __attribute__((unused)) test_sem_wait(sem_t *sem)
+{
+	struct timespec dl;
+
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += TEST_WAIT_MS / 1000;
+	while (sem_timedwait(sem, &dl) != 0)
+		if (errno != EINTR)
+			return false;
+	return true;
 }
 
 static inline bool __attribute__((unused)) test_expired(uint64_t deadline)

@@ -644,19 +644,6 @@ static struct {
 } ws;
 static _Thread_local bool ws_mine; /* the test's submitting thread */
 
-static bool
-ws_sem_wait(sem_t *sem)
-{
-	struct timespec dl;
-
-	clock_gettime(CLOCK_REALTIME, &dl);
-	dl.tv_sec += 20;
-	while (sem_timedwait(sem, &dl) != 0)
-		if (errno != EINTR)
-			return false;
-	return true;
-}
-
 static void
 ws_hold(struct keel_runtime *rt, unsigned shard)
 {
@@ -665,7 +652,7 @@ ws_hold(struct keel_runtime *rt, unsigned shard)
 		return;
 	ws_mine = false;
 	sem_post(&ws.held);
-	ws_sem_wait(&ws.release);
+	test_sem_wait(&ws.release);
 }
 
 static void
@@ -706,7 +693,7 @@ Test(core_foreign_stop, a_join_waits_for_a_submit_under_way_on_another_thread, .
 	keel__hook_submit = ws_hold;
 	keel__hook_join_calls = ws_found;
 	cr_assert_eq(pthread_create(&th, NULL, ws_submitter, NULL), 0);
-	cr_assert(ws_sem_wait(&ws.held), "the submit never reached the shard's lock");
+	cr_assert(test_sem_wait(&ws.held), "the submit never reached the shard's lock");
 	keel_runtime_stop(ws.rt, 0);
 	cr_assert_eq(keel_runtime_join(ws.rt), 0);
 	keel_runtime_destroy(ws.rt);

@@ -603,26 +603,12 @@ Test(core_runtime, a_destroy_while_another_thread_joins_waits_for_that_join, .ti
 static sem_t dd_held, dd_release;
 static _Atomic int dd_waits;
 
-/* Waits up to 20 s: false when the semaphore was not posted by then. */
-static bool
-sem_wait_20s(sem_t *sem)
-{
-	struct timespec dl;
-
-	clock_gettime(CLOCK_REALTIME, &dl);
-	dl.tv_sec += 20;
-	while (sem_timedwait(sem, &dl) != 0)
-		if (errno != EINTR)
-			return false;
-	return true;
-}
-
 static void
 dd_hold(struct keel_runtime *rt)
 {
 	(void)rt;
 	sem_post(&dd_held);
-	sem_wait_20s(&dd_release);
+	test_sem_wait(&dd_release);
 }
 
 static void
@@ -648,7 +634,7 @@ Test(core_runtime, a_destroy_as_another_threads_join_ends_waits_for_it_to_let_go
 	keel__hook_join_wait = dd_wait;
 	cr_assert_eq(pthread_create(&th, NULL, dj_join, rt), 0);
 	keel_runtime_stop(rt, 5);
-	cr_assert(sem_wait_20s(&dd_held), "the join never reached its end");
+	cr_assert(test_sem_wait(&dd_held), "the join never reached its end");
 	keel_runtime_destroy(rt); /* JOIN_DONE stored, start_lock held by the joiner */
 	sem_post(&dd_release);    /* without the wait: the joiner goes on in freed memory */
 	cr_assert_eq(pthread_join(th, &r), 0);
