@@ -2024,7 +2024,7 @@ Test(tools_bench, defer_writes_is_refused_where_no_epoll_server_runs)
 {
 	static const char *const cases[] = {
 		"pingpong --backend keel --defer-writes",
-		"pingpong --port 1 --defer-writes",
+		"pingpong --backend epoll --port 1 --defer-writes",
 		"pingpong --backend keel --no-defer-writes",
 	};
 	char args[256], *out;

@@ -308,6 +308,10 @@ conn_io_defer(struct sthread *t, struct sconn *c, uint32_t events)
 		c->ohead = c->olen = 0;
 	}
 	if (!c->out) {
+		/* Allocated at its first data, not at the EPOLLOUT edge every new connection
+		 * gets: an idle connection (the connections mode holds many) holds none. */
+		if (!(events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+			return true;
 		c->out = malloc(OCAP);
 		c->ocap = OCAP;
 		if (!c->out) {
