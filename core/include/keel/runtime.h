@@ -300,7 +300,9 @@ struct keel_xreq {
  * covers a call already under way, not one made after the join returned (or just as it
  * returns, before the call is counted): a host whose threads submit until they get
  * -ESHUTDOWN still stops them (joins them, or hears from each that it is done with @rt)
- * before keel_runtime_destroy().
+ * before keel_runtime_destroy(). -ESHUTDOWN is final: a thread that calls again and again
+ * after it keeps the join waiting (it waits until no call is in progress on any shard at
+ * one moment), so a host's threads end their submitting at the first one.
  * Context: any thread.
  */
 KEEL_API int keel_runtime_submit(struct keel_runtime *rt, unsigned shard, struct keel_xreq *req);
