@@ -1948,51 +1948,15 @@ echo_backed_up(unsigned port, size_t total)
  * connection, whose reads wait until the socket took it, and the report says how often and
  * how many bytes. A client that stops reading backs it up for sure; a stream of 1 MiB
  * chunks, 16 in flight, checks every byte under load as well. */
-Test(tools_bench, the_epoll_server_holds_a_backed_up_batch_without_copying_it)
+static void
+backed_up_case(const char *mode)
 {
 	const size_t total = 64u << 20;
 	char args[256], line[512], *out;
 	double in = -1, sent = -1, held = -1, held_bytes = -1, msgs_all;
 	pid_t pid;
 	FILE *f;
-	unsigned port = serve_spawn_with("epoll", "--no-defer-writes", &pid, &f);
-	int st;
-
-	echo_backed_up(port, total);
-	snprintf(args, sizeof(args),
-		 "stream --client epoll --port %u --size 1048576 --inflight 16 --seconds 0.3 "
-		 "--warmup 0 --json",
-		 port);
-	cr_assert_eq(bench(args, &out), 0, "%s:\n%s", args, out);
-	cr_assert_eq(num(out, "errors"), 0, "%s", out);
-	msgs_all = num(out, "msgs_all");
-	free(out);
-	kill(pid, SIGTERM);
-	while (fgets(line, sizeof(line), f)) {
-		sscanf(line, "bytes in %lf out %lf", &in, &sent);
-		sscanf(line, "epoll backpressure: %lf sends left %lf B", &held, &held_bytes);
-	}
-	fclose(f);
-	cr_assert_eq(waitpid(pid, &st, 0), pid);
-	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "serve status %d", st);
-	cr_assert_geq(held, 0, "the epoll server's report has no backpressure line");
-	cr_assert_gt(held, 0, "a client that stopped reading never backed the server up");
-	cr_assert_geq(held_bytes, held, "%.0f sends held %.0f bytes", held, held_bytes);
-	cr_assert_leq(held_bytes, in, "held %.0f bytes of %.0f read", held_bytes, in);
-	cr_assert_geq(sent, (double)total + msgs_all * 1048576,
-		      "the clients counted more than was sent");
-}
-
-/* The same with --defer-writes: a connection whose socket took part of its gathered
- * replies is not read until it took the rest, and every byte comes back in order. */
-Test(tools_bench, the_epoll_server_deferring_its_writes_echoes_a_backed_up_stream_intact)
-{
-	const size_t total = 64u << 20;
-	char args[256], line[512], *out;
-	double in = -1, sent = -1, held = -1, held_bytes = -1;
-	pid_t pid;
-	FILE *f;
-	unsigned port = serve_spawn_with("epoll", "--defer-writes", &pid, &f);
+	unsigned port = serve_spawn_with("epoll", mode, &pid, &f);
 	int st;
 
 	echo_backed_up(port, total);
@@ -2003,6 +1967,7 @@ Test(tools_bench, the_epoll_server_deferring_its_writes_echoes_a_backed_up_strea
 	cr_assert_eq(bench(args, &out), 0, "%s:\n%s", args, out);
 	cr_assert_eq(num(out, "errors"), 0, "%s", out);
 	cr_assert_gt(num(out, "msgs"), 0, "%s", out);
+	msgs_all = num(out, "msgs_all");
 	free(out);
 	kill(pid, SIGTERM);
 	while (fgets(line, sizeof(line), f)) {
@@ -2012,10 +1977,25 @@ Test(tools_bench, the_epoll_server_deferring_its_writes_echoes_a_backed_up_strea
 	fclose(f);
 	cr_assert_eq(waitpid(pid, &st, 0), pid);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "serve status %d", st);
-	cr_assert_geq(sent, (double)total, "the server sent %.0f bytes", sent);
-	/* The backed-up sends are counted in this mode too (its report's backpressure line). */
-	cr_assert_gt(held, 0, "a client that stopped reading never backed the server up");
+	cr_assert_geq(held, 0, "%s: the epoll server's report has no backpressure line", mode);
+	cr_assert_gt(held, 0, "%s: a client that stopped reading never backed the server up", mode);
+	cr_assert_geq(held_bytes, held, "%.0f sends held %.0f bytes", held, held_bytes);
 	cr_assert_leq(held_bytes, in, "held %.0f bytes of %.0f read", held_bytes, in);
+	cr_assert_geq(sent, (double)total + msgs_all * 1048576,
+		      "%s: the clients counted more than was sent", mode);
+}
+
+Test(tools_bench, the_epoll_server_holds_a_backed_up_batch_without_copying_it)
+{
+	backed_up_case("--no-defer-writes");
+}
+
+/* The same with --defer-writes: a connection whose socket took part of its gathered
+ * replies is not read until it took the rest, every byte comes back in order, and the
+ * backed-up sends are counted in this mode too (its report's backpressure line). */
+Test(tools_bench, the_epoll_server_deferring_its_writes_echoes_a_backed_up_stream_intact)
+{
+	backed_up_case("--defer-writes");
 }
 
 /* --defer-writes and --no-defer-writes are the epoll server's, given where that server
